@@ -1,0 +1,1 @@
+"""Identities, roles, capabilities and client tokens. Pure: no I/O."""

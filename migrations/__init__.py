@@ -1,0 +1,1 @@
+"""Alembic migrations for Parley's relational schema (run with ``parley migrate``)."""

@@ -1,0 +1,1 @@
+"""Parley's I/O shell: the Starlette app, WebSocket and REST endpoints, persistence, CLI."""

@@ -1,0 +1,213 @@
+"""The admin REST API under ``/api/v1``: sessions, members, client tokens, transcripts."""
+
+from __future__ import annotations
+
+import re
+import secrets
+
+from authz.roles import Role
+from authz.tokens import issue_token
+from server.api_models import (
+    MemberList,
+    MemberOut,
+    MemberPut,
+    SessionCreate,
+    SessionList,
+    SessionOut,
+    TokenCreate,
+    TokenOut,
+    TranscriptEntryOut,
+    TranscriptOut,
+)
+from server.rest import Operation, QueryParam
+from server.state import AppState
+from server.store import SessionRow
+from session.errors import Conflict, InvalidInput, NotFound
+
+USER_ID = re.compile(r"[A-Za-z0-9._@:+-]{1,200}")
+
+
+def _session_out(row: SessionRow) -> SessionOut:
+    return SessionOut(id=row.id, title=row.title, created_at=row.created_at, last_seq=row.last_seq)
+
+
+async def _session(state: AppState, session_id: str) -> SessionRow:
+    row = await state.store.get_session(session_id)
+    if row is None:
+        raise NotFound(f"no session {session_id!r}")
+    return row
+
+
+def _check_user_id(user_id: str) -> None:
+    if not USER_ID.fullmatch(user_id):
+        raise InvalidInput("user_id: 1-200 characters of letters, digits and ._@:+-")
+
+
+async def create_session(state: AppState, body: SessionCreate) -> SessionOut:
+    session_id = secrets.token_hex(12)
+    row = await state.store.create_session(session_id, body.title, int(state.clock() * 1000))
+    return _session_out(row)
+
+
+async def list_sessions(state: AppState, limit: int, offset: int) -> SessionList:
+    rows = await state.store.list_sessions(limit=limit, offset=offset)
+    total = await state.store.count_sessions()
+    return SessionList(
+        sessions=[_session_out(r) for r in rows], total=total, limit=limit, offset=offset
+    )
+
+
+async def get_session(state: AppState, session_id: str) -> SessionOut:
+    return _session_out(await _session(state, session_id))
+
+
+async def delete_session(state: AppState, session_id: str) -> None:
+    await _session(state, session_id)
+    await state.rooms.forget_session(session_id)
+    if not await state.store.delete_session(session_id):
+        raise NotFound(f"no session {session_id!r}")
+
+
+async def put_member(state: AppState, session_id: str, user_id: str, body: MemberPut) -> MemberOut:
+    _check_user_id(user_id)
+    await _session(state, session_id)
+    await state.store.put_member(session_id, user_id, body.role, int(state.clock() * 1000))
+    room = state.rooms.loaded(session_id)
+    if room is not None:
+        room.set_member(user_id, Role(body.role))
+    member = await state.store.get_member(session_id, user_id)
+    if member is None:  # deleted concurrently
+        raise Conflict("the member was removed while being written")
+    return MemberOut(user_id=member.user_id, role=body.role, created_at=member.created_at)
+
+
+async def delete_member(state: AppState, session_id: str, user_id: str) -> None:
+    await _session(state, session_id)
+    if not await state.store.delete_member(session_id, user_id):
+        raise NotFound(f"{user_id!r} is not a member of this session")
+    room = state.rooms.loaded(session_id)
+    if room is not None:
+        room.set_member(user_id, None)
+
+
+async def list_members(state: AppState, session_id: str) -> MemberList:
+    await _session(state, session_id)
+    rows = await state.store.list_members(session_id)
+    return MemberList(
+        members=[
+            MemberOut(user_id=r.user_id, role=Role(r.role).value, created_at=r.created_at)
+            for r in rows
+        ]
+    )
+
+
+async def create_token(state: AppState, session_id: str, body: TokenCreate) -> TokenOut:
+    await _session(state, session_id)
+    member = await state.store.get_member(session_id, body.user_id)
+    if member is None:
+        raise Conflict(f"{body.user_id!r} is not a member of this session")
+    ttl = body.ttl_seconds or state.settings.token_ttl_default_s
+    if ttl > state.settings.token_ttl_max_s:
+        raise InvalidInput(f"ttl_seconds: at most {state.settings.token_ttl_max_s}")
+    token, claims = issue_token(
+        state.keys.signing_key,
+        user_id=body.user_id,
+        session_id=session_id,
+        now=int(state.clock()),
+        ttl_seconds=ttl,
+    )
+    return TokenOut(
+        token=token,
+        expires_at=claims.expires_at,
+        user_id=body.user_id,
+        session_id=session_id,
+        role=Role(member.role).value,
+    )
+
+
+async def get_transcript(state: AppState, session_id: str) -> TranscriptOut:
+    room = await state.rooms.get(session_id)
+    return TranscriptOut(
+        messages=[TranscriptEntryOut.model_validate(e.to_json()) for e in room.doc.entries()]
+    )
+
+
+SESSION_ERRORS = (404,)
+OPERATIONS: list[Operation] = [
+    Operation(
+        "POST",
+        "/api/v1/sessions",
+        create_session,
+        "Create a session",
+        body=SessionCreate,
+        response=SessionOut,
+        status=201,
+    ),
+    Operation(
+        "GET",
+        "/api/v1/sessions",
+        list_sessions,
+        "List sessions",
+        response=SessionList,
+        query=(QueryParam("limit", 1, 500, 50), QueryParam("offset", 0, 10**9, 0)),
+    ),
+    Operation(
+        "GET",
+        "/api/v1/sessions/{session_id}",
+        get_session,
+        "Get a session",
+        response=SessionOut,
+        errors=SESSION_ERRORS,
+    ),
+    Operation(
+        "DELETE",
+        "/api/v1/sessions/{session_id}",
+        delete_session,
+        "Delete a session and close its sockets",
+        status=204,
+        errors=SESSION_ERRORS,
+    ),
+    Operation(
+        "PUT",
+        "/api/v1/sessions/{session_id}/members/{user_id}",
+        put_member,
+        "Add a member or change a member's role",
+        body=MemberPut,
+        response=MemberOut,
+        errors=(404, 409),
+    ),
+    Operation(
+        "DELETE",
+        "/api/v1/sessions/{session_id}/members/{user_id}",
+        delete_member,
+        "Remove a member (their sockets close with 4403)",
+        status=204,
+        errors=SESSION_ERRORS,
+    ),
+    Operation(
+        "GET",
+        "/api/v1/sessions/{session_id}/members",
+        list_members,
+        "List members",
+        response=MemberList,
+        errors=SESSION_ERRORS,
+    ),
+    Operation(
+        "POST",
+        "/api/v1/sessions/{session_id}/tokens",
+        create_token,
+        "Mint a short-lived client token for a member",
+        body=TokenCreate,
+        response=TokenOut,
+        status=201,
+        errors=(404, 409),
+    ),
+    Operation(
+        "GET",
+        "/api/v1/sessions/{session_id}/transcript",
+        get_transcript,
+        "The transcript in sequence order",
+        response=TranscriptOut,
+        errors=SESSION_ERRORS,
+    ),
+]

@@ -1,0 +1,95 @@
+"""Pydantic models of every REST request and response body."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+RoleName = Literal["owner", "editor", "viewer"]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ErrorDetail(Strict):
+    code: str = Field(description="Stable, machine-readable error code.")
+    message: str
+
+
+class ErrorBody(Strict):
+    error: ErrorDetail
+
+
+class Health(Strict):
+    status: str
+
+
+class Readiness(Strict):
+    status: str
+    database: str
+    migrations: str
+
+
+class SessionCreate(Strict):
+    title: str = Field(default="", max_length=500)
+
+
+class SessionOut(Strict):
+    id: str
+    title: str
+    created_at: int = Field(description="Milliseconds since the epoch.")
+    last_seq: int = Field(description="The highest sequence number handed out so far.")
+
+
+class SessionList(Strict):
+    sessions: list[SessionOut]
+    total: int
+    limit: int
+    offset: int
+
+
+class MemberPut(Strict):
+    role: RoleName
+
+
+class MemberOut(Strict):
+    user_id: str
+    role: RoleName
+    created_at: int
+
+
+class MemberList(Strict):
+    members: list[MemberOut]
+
+
+class TokenCreate(Strict):
+    user_id: str = Field(min_length=1, max_length=200)
+    ttl_seconds: int | None = Field(default=None, ge=1)
+
+
+class TokenOut(Strict):
+    token: str
+    expires_at: int = Field(description="Seconds since the epoch.")
+    user_id: str
+    session_id: str
+    role: RoleName
+
+
+class TranscriptEntryOut(Strict):
+    id: str
+    seq: int
+    kind: Literal["prompt", "message", "reply"]
+    author: str
+    role: Literal["user", "assistant"]
+    status: str
+    content: str
+    created_at: int
+    reason: str | None
+    reply_to: str | None
+    reply_id: str | None
+
+
+class TranscriptOut(Strict):
+    messages: list[TranscriptEntryOut]

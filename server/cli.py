@@ -1,0 +1,83 @@
+"""``parley serve`` and ``parley migrate``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Any
+
+import uvicorn
+
+from server.app import create_app
+from server.db import migrate
+from server.keys import resolve_keys
+from server.settings import Settings
+
+
+def uvicorn_config(app: Any, settings: Settings) -> uvicorn.Config:
+    """Uvicorn with explicit WebSocket limits: size, keep-alive pings, no compression."""
+    return uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        ws="websockets-sansio",
+        ws_max_size=settings.max_ws_message_bytes,
+        ws_ping_interval=settings.ws_ping_interval_s,
+        ws_ping_timeout=settings.ws_ping_timeout_s,
+        ws_per_message_deflate=False,
+        lifespan="on",
+        access_log=False,  # request lines would carry client tokens in query strings
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=10,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="parley", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the server")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.add_argument("--database-url")
+    serve.add_argument("--data-dir")
+    serve.add_argument(
+        "--no-migrate", action="store_true", help="do not apply pending migrations at start"
+    )
+    mig = commands.add_parser("migrate", help="apply pending database migrations")
+    mig.add_argument("--database-url")
+    args = parser.parse_args(argv)
+
+    overrides = {
+        key: value
+        for key, value in {
+            "host": getattr(args, "host", None),
+            "port": getattr(args, "port", None),
+            "database_url": args.database_url,
+            "data_dir": getattr(args, "data_dir", None),
+        }.items()
+        if value is not None
+    }
+    settings = Settings(**overrides)
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(levelname)s %(name)s %(message)s"
+    )
+
+    if args.command == "migrate":
+        migrate(settings.database_url)
+        print("migrations applied", file=sys.stderr)
+        return 0
+
+    if settings.migrate_on_start and not args.no_migrate:
+        migrate(settings.database_url)
+    keys = resolve_keys(settings.data_dir, settings.admin_key, settings.secret_key)
+    if keys.admin_key_created:
+        print(f"Generated admin key (kept in {settings.data_dir / 'admin_key'}):", flush=True)
+        print(f"  {keys.admin_key}", flush=True)
+    server = uvicorn.Server(uvicorn_config(create_app(settings), settings))
+    server.run()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

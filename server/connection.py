@@ -1,0 +1,107 @@
+"""One client socket: a bounded outbox drained by one sender task.
+
+A client that stops reading fills its outbox; past the limit it is disconnected with 1013
+(try again later), so it reconnects and resyncs from the CRDT state, and nobody else waits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+
+from starlette.websockets import WebSocket, WebSocketState
+
+from authz.roles import Role
+from session.commands import error_reply
+from session.errors import ParleyError
+
+log = logging.getLogger("parley.connection")
+
+CLOSE_SLOW_CONSUMER = 1013
+CLOSE_GOING_AWAY = 1001
+
+
+@dataclass(eq=False)
+class Connection:
+    websocket: WebSocket
+    user_id: str
+    role: Role
+    outbox_limit: int
+    # Stock Yjs clients cannot parse text frames: send JSON only to a socket that sent some.
+    speaks_json: bool = False
+    awareness_ids: set[int] = field(default_factory=set)
+    closed: bool = False
+    close_code: int | None = None
+    _reason: str = ""
+    _outbox: asyncio.Queue[bytes | str | None] = field(init=False)
+    _sender: asyncio.Task[None] | None = field(init=False, default=None)
+
+    def __post_init__(self) -> None:
+        self._outbox = asyncio.Queue(maxsize=self.outbox_limit)
+
+    def start(self) -> None:
+        self._sender = asyncio.create_task(self._drain(), name=f"sender:{self.user_id}")
+
+    def send(self, message: bytes | str) -> bool:
+        """Queue a frame; False (and the socket is being closed) if the client fell behind."""
+        if self.closed:
+            return False
+        try:
+            self._outbox.put_nowait(message)
+        except asyncio.QueueFull:
+            log.warning("slow consumer disconnected", extra={"user_id": self.user_id})
+            self.close(CLOSE_SLOW_CONSUMER, "slow consumer: resync on reconnect")
+            return False
+        return True
+
+    def send_error(self, error: ParleyError) -> None:
+        """Report an error that belongs to no command, to clients that read JSON."""
+        if self.speaks_json:
+            self.send(error_reply(None, error))
+
+    def close(self, code: int, reason: str = "") -> None:
+        """Close after what is already queued; a slow consumer's backlog is dropped instead."""
+        if self.closed:
+            return
+        self.closed = True
+        self.close_code = code
+        self._reason = reason
+        if code != CLOSE_SLOW_CONSUMER and self._sender is not None:
+            with contextlib.suppress(asyncio.QueueFull):
+                self._outbox.put_nowait(None)
+                return
+        # The sender may be stuck writing to a client that does not read: abandon it.
+        if self._sender is not None:
+            self._sender.cancel()
+        asyncio.get_running_loop().create_task(self._close_socket())
+
+    async def _close_socket(self) -> None:
+        if self.websocket.application_state == WebSocketState.CONNECTED:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(5):
+                    await self.websocket.close(self.close_code or 1000, self._reason)
+
+    async def _drain(self) -> None:
+        try:
+            while True:
+                message = await self._outbox.get()
+                if message is None:
+                    break
+                if isinstance(message, bytes):
+                    await self.websocket.send_bytes(message)
+                else:
+                    await self.websocket.send_text(message)
+        except Exception:
+            self.closed = True
+            return
+        await self._close_socket()
+
+    async def wait_closed(self) -> None:
+        if self._sender is not None:
+            with contextlib.suppress(BaseException):
+                await self._sender
+
+    def queued(self) -> int:
+        return self._outbox.qsize()

@@ -1,0 +1,1 @@
+"""Model providers: implementations of ``session.model.ModelProvider``."""

@@ -1,0 +1,58 @@
+"""The built-in offline model: a deterministic reply, streamed word by word.
+
+It needs no network and no weights. The reply says who asked and what the call was given,
+so a demo (and a test) can see the mechanics: ordering, attribution, context.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator
+
+from session.model import Finish, ModelEvent, ModelRequest, TextDelta, Usage
+
+_WORD = re.compile(r"\S+\s*")
+EXCERPT_CHARS = 80
+
+
+def compose_reply(request: ModelRequest) -> str:
+    *history, prompt = request.messages
+    people = sorted({m.author for m in history if m.role == "user" and m.author})
+    replies = sum(1 for m in history if m.role == "assistant")
+    excerpt = " ".join(prompt.content.split())
+    if len(excerpt) > EXCERPT_CHARS:
+        excerpt = excerpt[: EXCERPT_CHARS - 1] + "…"
+    who = ", ".join(people) if people else "nobody yet"
+    return (
+        f"Hello {request.issuer}. You asked: \u201c{excerpt}\u201d. "
+        f"I was given {len(history)} earlier messages ({len(history) - replies} from members: "
+        f"{who}; {replies} replies of mine) plus your prompt. "
+        "I am Parley's offline model, so this reply is deterministic."
+    )
+
+
+def count_tokens(text: str) -> int:
+    return len(_WORD.findall(text))
+
+
+class OfflineProvider:
+    name = "parley-offline"
+
+    def __init__(self, token_delay_s: float = 0.015) -> None:
+        self.token_delay_s = token_delay_s
+
+    async def stream(self, request: ModelRequest) -> AsyncIterator[ModelEvent]:
+        reply = compose_reply(request)
+        tokens = _WORD.findall(reply)
+        for token in tokens:
+            if self.token_delay_s > 0:
+                await asyncio.sleep(self.token_delay_s)
+            else:
+                await asyncio.sleep(0)
+            yield TextDelta(token)
+        input_tokens = sum(count_tokens(m.content) for m in request.messages)
+        yield Usage(
+            input_tokens=input_tokens + count_tokens(request.system), output_tokens=len(tokens)
+        )
+        yield Finish("stop")

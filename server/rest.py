@@ -1,0 +1,217 @@
+"""A small route table for the JSON API: validation, errors and OpenAPI from one declaration.
+
+Each operation names its body and response models; the wrapper authenticates the admin
+key, enforces the request size limit, validates the body and query, and maps every
+``ParleyError`` to ``{"error": {"code", "message"}}`` with its status.
+"""
+
+from __future__ import annotations
+
+import hmac
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+from pydantic.json_schema import models_json_schema
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from server.api_models import ErrorBody
+from server.state import AppState
+from session.errors import InvalidInput, ParleyError, TooLarge, Unauthenticated
+
+Handler = Callable[..., Awaitable[BaseModel | None]]
+
+ERROR_DESCRIPTIONS = {
+    400: "Bad request",
+    401: "Missing or wrong admin key",
+    403: "Forbidden",
+    404: "Not found",
+    409: "Conflict",
+    413: "Body too large",
+    422: "Invalid input",
+    429: "Too many requests",
+    503: "Database unavailable",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class QueryParam:
+    name: str
+    minimum: int
+    maximum: int
+    default: int
+
+
+@dataclass(slots=True)
+class Operation:
+    method: str
+    path: str
+    handler: Handler
+    summary: str
+    body: type[BaseModel] | None = None
+    response: type[BaseModel] | None = None
+    status: int = 200
+    auth: bool = True
+    errors: tuple[int, ...] = ()
+    query: tuple[QueryParam, ...] = field(default_factory=tuple)
+
+
+def error_response(error: ParleyError) -> JSONResponse:
+    return JSONResponse(
+        {"error": {"code": error.code.value, "message": error.message}},
+        status_code=error.http_status,
+        headers={"WWW-Authenticate": "Bearer"} if error.http_status == 401 else None,
+    )
+
+
+def check_admin(request: Request, state: AppState) -> None:
+    header = request.headers.get("authorization", "")
+    scheme, _, key = header.partition(" ")
+    if scheme.lower() != "bearer" or not key:
+        raise Unauthenticated("send the admin key as 'Authorization: Bearer <key>'")
+    if not hmac.compare_digest(key.strip().encode(), state.keys.admin_key.encode()):
+        raise Unauthenticated("wrong admin key")
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise TooLarge(f"request body exceeds {limit} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise TooLarge(f"request body exceeds {limit} bytes")
+    return bytes(body)
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors()[:5]:
+        where = ".".join(str(p) for p in error["loc"]) or "body"
+        parts.append(f"{where}: {error['msg']}")
+    return "; ".join(parts)
+
+
+def route(op: Operation) -> Route:
+    async def endpoint(request: Request) -> Response:
+        state: AppState = request.app.state.parley
+        try:
+            if op.auth:
+                check_admin(request, state)
+            kwargs: dict[str, Any] = dict(request.path_params)
+            for param in op.query:
+                kwargs[param.name] = _query_int(request, param)
+            if op.body is not None:
+                raw = await read_body(request, state.settings.max_request_bytes)
+                try:
+                    kwargs["body"] = op.body.model_validate_json(raw or b"{}")
+                except ValidationError as exc:
+                    raise InvalidInput(_describe(exc)) from None
+            result = await op.handler(state, **kwargs)
+        except ParleyError as exc:
+            return error_response(exc)
+        if result is None:
+            return Response(status_code=op.status)
+        return JSONResponse(result.model_dump(mode="json"), status_code=op.status)
+
+    return Route(op.path, endpoint, methods=[op.method], name=op.handler.__name__)
+
+
+def _query_int(request: Request, param: QueryParam) -> int:
+    raw = request.query_params.get(param.name)
+    if raw is None:
+        return param.default
+    if not re.fullmatch(r"\d{1,9}", raw):
+        raise InvalidInput(f"{param.name}: must be a whole number")
+    value = int(raw)
+    if not param.minimum <= value <= param.maximum:
+        raise InvalidInput(f"{param.name}: must be between {param.minimum} and {param.maximum}")
+    return value
+
+
+def openapi_document(operations: list[Operation], *, title: str, version: str) -> dict[str, Any]:
+    models: set[type[BaseModel]] = {ErrorBody}
+    for op in operations:
+        models.update(m for m in (op.body, op.response) if m is not None)
+    _, schema = models_json_schema(
+        [(m, "validation") for m in sorted(models, key=lambda m: m.__name__)],
+        ref_template="#/components/schemas/{model}",
+    )
+    paths: dict[str, dict[str, Any]] = {}
+    for op in operations:
+        item: dict[str, Any] = {"summary": op.summary, "operationId": op.handler.__name__}
+        params = [
+            {
+                "name": name,
+                "in": "path",
+                "required": True,
+                "schema": {"type": "string", "minLength": 1, "maxLength": 200},
+            }
+            for name in re.findall(r"{(\w+)}", op.path)
+        ]
+        params += [
+            {
+                "name": q.name,
+                "in": "query",
+                "required": False,
+                "schema": {
+                    "type": "integer",
+                    "minimum": q.minimum,
+                    "maximum": q.maximum,
+                    "default": q.default,
+                },
+            }
+            for q in op.query
+        ]
+        if params:
+            item["parameters"] = params
+        if op.body is not None:
+            item["requestBody"] = {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {"$ref": f"#/components/schemas/{op.body.__name__}"}
+                    }
+                },
+            }
+        responses: dict[str, Any] = {}
+        if op.response is not None:
+            responses[str(op.status)] = {
+                "description": "OK",
+                "content": {
+                    "application/json": {
+                        "schema": {"$ref": f"#/components/schemas/{op.response.__name__}"}
+                    }
+                },
+            }
+        else:
+            responses[str(op.status)] = {"description": "Done"}
+        statuses = set(op.errors) | ({401} if op.auth else set())
+        statuses |= {413, 422} if op.body is not None else set()
+        statuses |= {422} if op.query else set()
+        statuses |= {503} if op.auth else set()
+        for status in sorted(statuses):
+            responses[str(status)] = {
+                "description": ERROR_DESCRIPTIONS[status],
+                "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}
+                },
+            }
+        item["responses"] = responses
+        if op.auth:
+            item["security"] = [{"adminKey": []}]
+        paths.setdefault(op.path, {})[op.method.lower()] = item
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": title, "version": version},
+        "paths": paths,
+        "components": {
+            "schemas": schema.get("$defs", {}),
+            "securitySchemes": {"adminKey": {"type": "http", "scheme": "bearer"}},
+        },
+    }

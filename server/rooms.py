@@ -1,0 +1,111 @@
+"""Which sessions are loaded in this process: load on demand, recover at start, unload idle."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+
+from server.room import CLOSE_NOT_FOUND, SessionRoom
+from server.runner import SessionRunner
+from server.settings import Settings
+from server.store import Store
+from session.errors import NotFound
+from session.lifecycle import PromptStatus
+from session.model import ModelProvider
+
+log = logging.getLogger("parley.rooms")
+
+CLOSE_GOING_AWAY = 1001
+
+
+class RoomRegistry:
+    def __init__(
+        self,
+        store: Store,
+        settings: Settings,
+        provider: ModelProvider,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.settings = settings
+        self.provider = provider
+        self.clock = clock
+        self._rooms: dict[str, tuple[SessionRoom, SessionRunner]] = {}
+        self._loading: dict[str, asyncio.Lock] = {}
+        self._reaper: asyncio.Task[None] | None = None
+
+    async def get(self, session_id: str) -> SessionRoom:
+        """The loaded room of a session; raises ``NotFound`` for an unknown session."""
+        loaded = self._rooms.get(session_id)
+        if loaded is not None:
+            return loaded[0]
+        lock = self._loading.setdefault(session_id, asyncio.Lock())
+        async with lock:
+            loaded = self._rooms.get(session_id)
+            if loaded is not None:
+                return loaded[0]
+            row = await self.store.get_session(session_id)
+            if row is None:
+                raise NotFound(f"no session {session_id!r}")
+            room = SessionRoom(
+                session_id, store=self.store, settings=self.settings, clock=self.clock
+            )
+            await room.load(row.title)
+            runner = SessionRunner(room, self.provider, self.settings.run_timeout_s)
+            runner.start()
+            self._rooms[session_id] = (room, runner)
+            return room
+
+    def loaded(self, session_id: str) -> SessionRoom | None:
+        loaded = self._rooms.get(session_id)
+        return None if loaded is None else loaded[0]
+
+    def __len__(self) -> int:
+        return len(self._rooms)
+
+    async def recover(self) -> int:
+        """Load every session that has prompts waiting or cut off, so their queues resume."""
+        pending = await self.store.sessions_with_status(
+            [PromptStatus.QUEUED.value, PromptStatus.RUNNING.value]
+        )
+        for session_id in pending:
+            await self.get(session_id)
+        return len(pending)
+
+    async def unload(
+        self, session_id: str, close_code: int = CLOSE_GOING_AWAY, reason: str = ""
+    ) -> None:
+        loaded = self._rooms.pop(session_id, None)
+        if loaded is None:
+            return
+        room, runner = loaded
+        room.closed = True
+        await runner.stop()
+        for connection in list(room.connections):
+            connection.close(close_code, reason)
+
+    async def forget_session(self, session_id: str) -> None:
+        await self.unload(session_id, CLOSE_NOT_FOUND, "session deleted")
+
+    def start_reaper(self) -> None:
+        self._reaper = asyncio.create_task(self._reap_forever(), name="room-reaper")
+
+    async def _reap_forever(self) -> None:
+        interval = max(self.settings.room_idle_unload_s / 2, 0.5)
+        while True:
+            await asyncio.sleep(interval)
+            now = self.clock()
+            for session_id, (room, _) in list(self._rooms.items()):
+                if room.is_idle() and now - room.last_active > self.settings.room_idle_unload_s:
+                    await self.unload(session_id)
+
+    async def close(self) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reaper
+        for session_id in list(self._rooms):
+            await self.unload(session_id, CLOSE_GOING_AWAY, "server shutting down")

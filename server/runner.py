@@ -1,0 +1,175 @@
+"""The run loop of one session: take the next prompt, stream the model's reply, settle it.
+
+One loop per loaded session, so sessions run in parallel while each runs one call at a time.
+The provider is read by a separate task into a bounded buffer; the writer appends whatever
+has arrived since its last commit in one update, so a fast model costs a few commits, not
+one per token, while a slow one still shows every token at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+
+from server.room import ActiveRun, SessionRoom
+from session.context import build_request
+from session.errors import Unavailable
+from session.lifecycle import PromptStatus
+from session.model import ModelProvider, ModelRequest, TextDelta, Usage
+from session.queue import PendingPrompt
+
+log = logging.getLogger("parley.runner")
+
+MAX_BATCH_CHARS = 4096
+DELTA_BUFFER = 1024
+RETRY_DELAYS_S = (0.2, 0.5, 1.0, 2.0, 5.0)
+
+
+@dataclass(slots=True)
+class RunOutcome:
+    status: PromptStatus
+    reason: str | None = None
+    usage: Usage | None = None
+
+
+class SessionRunner:
+    def __init__(self, room: SessionRoom, provider: ModelProvider, run_timeout_s: float) -> None:
+        self.room = room
+        self.provider = provider
+        self.run_timeout_s = run_timeout_s
+        self.task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self.task = asyncio.create_task(self._loop(), name=f"runner:{self.room.session_id}")
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+
+    async def _loop(self) -> None:
+        failures = 0
+        while not self.room.closed:
+            prompt = self.room.queue.next()
+            if prompt is None:
+                self.room.wakeup.clear()
+                if self.room.queue.next() is None:
+                    await self.room.wakeup.wait()
+                continue
+            try:
+                await self._run(prompt)
+                failures = 0
+            except Unavailable:
+                delay = RETRY_DELAYS_S[min(failures, len(RETRY_DELAYS_S) - 1)]
+                failures += 1
+                log.warning("store unavailable; retrying run", extra={"delay_s": delay})
+                await asyncio.sleep(delay)
+
+    async def _run(self, prompt: PendingPrompt) -> None:
+        reply_id = await self.room.start_prompt(prompt, self.provider.name)
+        if reply_id is None:
+            return
+        request = build_request(
+            session_id=self.room.session_id,
+            entries=self.room.doc.entries(),
+            prompt_id=prompt.id,
+            max_output_tokens=self.room.settings.max_output_tokens,
+        )
+        run = ActiveRun(prompt, reply_id)
+        self.room.active_run = run
+        try:
+            outcome = await self._execute(run, request)
+            await self._settle(run, outcome)
+        finally:
+            self.room.active_run = None
+            run.finished.set()
+
+    async def _execute(self, run: ActiveRun, request: ModelRequest) -> RunOutcome:
+        run.task = asyncio.create_task(self._stream(run, request))
+        try:
+            async with asyncio.timeout(self.run_timeout_s):
+                usage = await run.task
+            return RunOutcome(PromptStatus.DONE, usage=usage)
+        except TimeoutError:
+            return RunOutcome(
+                PromptStatus.FAILED, f"timeout: no answer within {self.run_timeout_s:g} s"
+            )
+        except asyncio.CancelledError:
+            if run.cancel_reason is None:
+                run.task.cancel()
+                raise
+            return RunOutcome(PromptStatus.CANCELLED, run.cancel_reason)
+        except Exception as exc:
+            log.exception("model call failed")
+            return RunOutcome(PromptStatus.FAILED, f"provider error: {type(exc).__name__}: {exc}")
+
+    async def _stream(self, run: ActiveRun, request: ModelRequest) -> Usage | None:
+        deltas: asyncio.Queue[str | None] = asyncio.Queue(maxsize=DELTA_BUFFER)
+        usage: list[Usage] = []
+        errors: list[BaseException] = []
+
+        async def read() -> None:
+            stream = self.provider.stream(request)
+            try:
+                async for event in stream:
+                    if isinstance(event, TextDelta) and event.text:
+                        await deltas.put(event.text)
+                    elif isinstance(event, Usage):
+                        usage.append(event)
+            except Exception as exc:
+                errors.append(exc)
+            finally:
+                aclose = getattr(stream, "aclose", None)
+                if aclose is not None:
+                    await aclose()
+            await deltas.put(None)
+
+        reader = asyncio.create_task(read())
+        try:
+            finished = False
+            while not finished:
+                chunk = await deltas.get()
+                if chunk is None:
+                    break
+                parts = [chunk]
+                size = len(chunk)
+                while size < MAX_BATCH_CHARS:
+                    try:
+                        more = deltas.get_nowait()
+                    except asyncio.QueueEmpty:
+                        break
+                    if more is None:
+                        finished = True
+                        break
+                    parts.append(more)
+                    size += len(more)
+                await self.room.append_reply(run.reply_id, "".join(parts))
+        finally:
+            if not reader.done():
+                reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+        if errors:
+            raise errors[0]
+        return usage[-1] if usage else None
+
+    async def _settle(self, run: ActiveRun, outcome: RunOutcome) -> None:
+        """Store the run's outcome; keep trying while the database is away."""
+        failures = 0
+        prompt_id = run.prompt.id
+        while True:
+            try:
+                await self.room.finish_prompt(
+                    prompt_id,
+                    outcome.status,
+                    outcome.reason,
+                    after_commit=lambda: self.room.queue.finish(prompt_id),
+                )
+                return
+            except Unavailable:
+                delay = RETRY_DELAYS_S[min(failures, len(RETRY_DELAYS_S) - 1)]
+                failures += 1
+                await asyncio.sleep(delay)

@@ -1,0 +1,46 @@
+"""Configuration from the environment (prefix ``PARLEY_``) and the command line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PARLEY_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = 8765
+    database_url: str = "sqlite+aiosqlite:///./parley.db"
+    data_dir: Path = Path(".parley")
+    migrate_on_start: bool = True
+
+    admin_key: str | None = Field(default=None, repr=False)
+    secret_key: str | None = Field(default=None, repr=False)
+    token_ttl_default_s: int = 3600
+    token_ttl_max_s: int = 7 * 24 * 3600
+
+    # Model
+    offline_token_delay_ms: float = 15.0
+    run_timeout_s: float = 300.0
+    max_output_tokens: int = 1024
+
+    # Queue
+    max_pending_per_user: int = 5
+    max_pending_per_session: int = 100
+
+    # Wire limits
+    max_prompt_chars: int = 32_000
+    max_ws_message_bytes: int = 4 * 1024 * 1024
+    max_awareness_state_bytes: int = 16 * 1024
+    send_queue_max_messages: int = 4096
+    max_request_bytes: int = 1024 * 1024
+    ws_ping_interval_s: float = 20.0
+    ws_ping_timeout_s: float = 20.0
+
+    # Storage
+    snapshot_every_updates: int = 500
+    room_idle_unload_s: float = 60.0
+    log_level: str = "info"

@@ -1,0 +1,20 @@
+"""What the app's endpoints share: settings, store, keys, loaded rooms, clock."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from server.keys import Keys
+from server.rooms import RoomRegistry
+from server.settings import Settings
+from server.store import Store
+
+
+@dataclass(slots=True)
+class AppState:
+    settings: Settings
+    store: Store
+    keys: Keys
+    rooms: RoomRegistry
+    clock: Callable[[], float]

@@ -1,0 +1,346 @@
+"""Persistence over SQLAlchemy async Core: one class, SQLite and PostgreSQL alike.
+
+Writes that must be atomic (a prompt with its sequence number and the CRDT update that shows
+it) go through ``Store.transaction()``; everything a caller acknowledges has been committed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import and_, delete, func, insert, select, update
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from server.tables import doc_snapshots, doc_updates, entries, members, sessions
+from session.errors import Unavailable
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRow:
+    id: str
+    title: str
+    created_at: int
+    last_seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class MemberRow:
+    session_id: str
+    user_id: str
+    role: str
+    created_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class EntryRow:
+    id: str
+    session_id: str
+    seq: int
+    kind: str
+    author: str
+    command_id: str
+    text: str
+    status: str
+    reason: str | None
+    reply_id: str | None
+    created_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoredDoc:
+    snapshot: bytes | None
+    updates: list[bytes]
+    updates_since_snapshot: int
+
+
+def _session(row: Any) -> SessionRow:
+    return SessionRow(row.id, row.title, row.created_at, row.last_seq)
+
+
+def _member(row: Any) -> MemberRow:
+    return MemberRow(row.session_id, row.user_id, row.role, row.created_at)
+
+
+def _entry(row: Any) -> EntryRow:
+    return EntryRow(
+        row.id,
+        row.session_id,
+        row.seq,
+        row.kind,
+        row.author,
+        row.command_id,
+        row.text,
+        row.status,
+        row.reason,
+        row.reply_id,
+        row.created_at,
+    )
+
+
+class DuplicateCommand(Exception):
+    """The (session, author, command id) was stored before: answer with the original ack."""
+
+
+class StoreTx:
+    """One database transaction; methods mirror the writes a session makes."""
+
+    def __init__(self, connection: AsyncConnection) -> None:
+        self.connection = connection
+
+    async def next_seq(self, session_id: str) -> int:
+        result = await self.connection.execute(
+            update(sessions)
+            .where(sessions.c.id == session_id)
+            .values(last_seq=sessions.c.last_seq + 1)
+            .returning(sessions.c.last_seq)
+        )
+        seq = result.scalar_one_or_none()
+        if seq is None:
+            raise LookupError(session_id)
+        return int(seq)
+
+    async def insert_entry(self, row: EntryRow) -> None:
+        try:
+            async with self.connection.begin_nested():
+                await self.connection.execute(
+                    insert(entries).values(
+                        id=row.id,
+                        session_id=row.session_id,
+                        seq=row.seq,
+                        kind=row.kind,
+                        author=row.author,
+                        command_id=row.command_id,
+                        text=row.text,
+                        status=row.status,
+                        reason=row.reason,
+                        reply_id=row.reply_id,
+                        created_at=row.created_at,
+                    )
+                )
+        except IntegrityError:
+            raise DuplicateCommand(row.command_id) from None
+
+    async def set_entry_status(
+        self,
+        entry_id: str,
+        status: str,
+        *,
+        reason: str | None = None,
+        reply_id: str | None = None,
+        started_at: int | None = None,
+        finished_at: int | None = None,
+    ) -> None:
+        values: dict[str, Any] = {"status": status}
+        if reason is not None:
+            values["reason"] = reason
+        if reply_id is not None:
+            values["reply_id"] = reply_id
+        if started_at is not None:
+            values["started_at"] = started_at
+        if finished_at is not None:
+            values["finished_at"] = finished_at
+        await self.connection.execute(
+            update(entries).where(entries.c.id == entry_id).values(**values)
+        )
+
+    async def append_update(self, session_id: str, data: bytes) -> int:
+        result = await self.connection.execute(
+            insert(doc_updates).values(session_id=session_id, data=data).returning(doc_updates.c.id)
+        )
+        return int(result.scalar_one())
+
+    async def write_snapshot(
+        self, session_id: str, data: bytes, last_update_id: int, now: int
+    ) -> None:
+        """Replace the snapshot and drop the updates it covers, in this transaction."""
+        await self.connection.execute(
+            delete(doc_snapshots).where(doc_snapshots.c.session_id == session_id)
+        )
+        await self.connection.execute(
+            insert(doc_snapshots).values(
+                session_id=session_id, data=data, last_update_id=last_update_id, created_at=now
+            )
+        )
+        await self.connection.execute(
+            delete(doc_updates).where(
+                and_(doc_updates.c.session_id == session_id, doc_updates.c.id <= last_update_id)
+            )
+        )
+
+
+class Store:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[StoreTx]:
+        """A write transaction; database faults surface as ``Unavailable``."""
+        try:
+            async with self.engine.begin() as connection:
+                yield StoreTx(connection)
+        except (OperationalError, DBAPIError, OSError) as exc:
+            if isinstance(exc, IntegrityError):
+                raise
+            raise Unavailable("the database is unavailable; nothing was stored") from exc
+
+    @asynccontextmanager
+    async def _read(self) -> AsyncIterator[AsyncConnection]:
+        try:
+            async with self.engine.connect() as connection:
+                yield connection
+        except (OperationalError, DBAPIError, OSError) as exc:
+            raise Unavailable("the database is unavailable") from exc
+
+    async def ping(self) -> None:
+        async with self._read() as connection:
+            await connection.execute(select(1))
+
+    # -- sessions -------------------------------------------------------------------------
+
+    async def create_session(self, session_id: str, title: str, now: int) -> SessionRow:
+        async with self.transaction() as tx:
+            await tx.connection.execute(
+                insert(sessions).values(id=session_id, title=title, created_at=now, last_seq=0)
+            )
+        return SessionRow(session_id, title, now, 0)
+
+    async def get_session(self, session_id: str) -> SessionRow | None:
+        async with self._read() as connection:
+            row = (
+                await connection.execute(select(sessions).where(sessions.c.id == session_id))
+            ).first()
+        return None if row is None else _session(row)
+
+    async def list_sessions(self, *, limit: int, offset: int) -> list[SessionRow]:
+        async with self._read() as connection:
+            rows = await connection.execute(
+                select(sessions)
+                .order_by(sessions.c.created_at, sessions.c.id)
+                .limit(limit)
+                .offset(offset)
+            )
+            return [_session(row) for row in rows]
+
+    async def count_sessions(self) -> int:
+        async with self._read() as connection:
+            return int(
+                (await connection.execute(select(func.count()).select_from(sessions))).scalar_one()
+            )
+
+    async def delete_session(self, session_id: str) -> bool:
+        async with self.transaction() as tx:
+            # Children first: SQLite enforces ON DELETE CASCADE only with the pragma on.
+            for table in (doc_snapshots, doc_updates, entries, members):
+                await tx.connection.execute(delete(table).where(table.c.session_id == session_id))
+            result = await tx.connection.execute(
+                delete(sessions).where(sessions.c.id == session_id)
+            )
+        return bool(result.rowcount)
+
+    # -- members --------------------------------------------------------------------------
+
+    async def put_member(self, session_id: str, user_id: str, role: str, now: int) -> bool:
+        """Add or change a member; True when the member is new."""
+        async with self.transaction() as tx:
+            result = await tx.connection.execute(
+                update(members)
+                .where(and_(members.c.session_id == session_id, members.c.user_id == user_id))
+                .values(role=role)
+            )
+            if result.rowcount:
+                return False
+            await tx.connection.execute(
+                insert(members).values(
+                    session_id=session_id, user_id=user_id, role=role, created_at=now
+                )
+            )
+            return True
+
+    async def delete_member(self, session_id: str, user_id: str) -> bool:
+        async with self.transaction() as tx:
+            result = await tx.connection.execute(
+                delete(members).where(
+                    and_(members.c.session_id == session_id, members.c.user_id == user_id)
+                )
+            )
+        return bool(result.rowcount)
+
+    async def list_members(self, session_id: str) -> list[MemberRow]:
+        async with self._read() as connection:
+            rows = await connection.execute(
+                select(members)
+                .where(members.c.session_id == session_id)
+                .order_by(members.c.created_at, members.c.user_id)
+            )
+            return [_member(row) for row in rows]
+
+    async def get_member(self, session_id: str, user_id: str) -> MemberRow | None:
+        async with self._read() as connection:
+            row = (
+                await connection.execute(
+                    select(members).where(
+                        and_(members.c.session_id == session_id, members.c.user_id == user_id)
+                    )
+                )
+            ).first()
+        return None if row is None else _member(row)
+
+    # -- entries --------------------------------------------------------------------------
+
+    async def entry_by_command(
+        self, session_id: str, author: str, command_id: str
+    ) -> EntryRow | None:
+        async with self._read() as connection:
+            row = (
+                await connection.execute(
+                    select(entries).where(
+                        and_(
+                            entries.c.session_id == session_id,
+                            entries.c.author == author,
+                            entries.c.command_id == command_id,
+                        )
+                    )
+                )
+            ).first()
+        return None if row is None else _entry(row)
+
+    async def entries_with_status(self, session_id: str, statuses: Sequence[str]) -> list[EntryRow]:
+        async with self._read() as connection:
+            rows = await connection.execute(
+                select(entries)
+                .where(and_(entries.c.session_id == session_id, entries.c.status.in_(statuses)))
+                .order_by(entries.c.seq)
+            )
+            return [_entry(row) for row in rows]
+
+    async def sessions_with_status(self, statuses: Sequence[str]) -> list[str]:
+        async with self._read() as connection:
+            rows = await connection.execute(
+                select(entries.c.session_id).where(entries.c.status.in_(statuses)).distinct()
+            )
+            return [row.session_id for row in rows]
+
+    # -- the CRDT document ----------------------------------------------------------------
+
+    async def load_doc(self, session_id: str) -> StoredDoc:
+        async with self._read() as connection:
+            snap = (
+                await connection.execute(
+                    select(doc_snapshots.c.data).where(doc_snapshots.c.session_id == session_id)
+                )
+            ).first()
+            rows = await connection.execute(
+                select(doc_updates.c.data)
+                .where(doc_updates.c.session_id == session_id)
+                .order_by(doc_updates.c.id)
+            )
+            updates = [bytes(row.data) for row in rows]
+        return StoredDoc(
+            snapshot=None if snap is None else bytes(snap.data),
+            updates=updates,
+            updates_since_snapshot=len(updates),
+        )

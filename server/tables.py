@@ -1,0 +1,85 @@
+"""The relational schema (SQLAlchemy Core). Alembic migrations in ``migrations/`` create it."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+metadata = MetaData()
+
+# Autoincrementing 64-bit keys on PostgreSQL, INTEGER PRIMARY KEY (rowid) on SQLite.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+sessions = Table(
+    "sessions",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("title", String(500), nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("last_seq", BigInteger, nullable=False, default=0),
+)
+
+members = Table(
+    "members",
+    metadata,
+    Column(
+        "session_id", String(64), ForeignKey("sessions.id", ondelete="CASCADE"), primary_key=True
+    ),
+    Column("user_id", String(200), primary_key=True),
+    Column("role", String(32), nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+)
+
+# Prompts and messages: everything a member authored, with its sequence number.
+entries = Table(
+    "entries",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("session_id", String(64), ForeignKey("sessions.id", ondelete="CASCADE"), nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("author", String(200), nullable=False),
+    Column("command_id", String(128), nullable=False),
+    Column("text", Text, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("reason", String(500)),
+    Column("reply_id", String(64)),
+    Column("created_at", BigInteger, nullable=False),
+    Column("started_at", BigInteger),
+    Column("finished_at", BigInteger),
+    UniqueConstraint("session_id", "seq", name="uq_entries_session_seq"),
+    UniqueConstraint("session_id", "author", "command_id", name="uq_entries_command"),
+)
+Index("ix_entries_session_status", entries.c.session_id, entries.c.status)
+
+# The CRDT update log: appended before an update is broadcast, squashed into snapshots.
+doc_updates = Table(
+    "doc_updates",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("session_id", String(64), ForeignKey("sessions.id", ondelete="CASCADE"), nullable=False),
+    Column("data", LargeBinary, nullable=False),
+)
+Index("ix_doc_updates_session_id", doc_updates.c.session_id, doc_updates.c.id)
+
+doc_snapshots = Table(
+    "doc_snapshots",
+    metadata,
+    Column(
+        "session_id", String(64), ForeignKey("sessions.id", ondelete="CASCADE"), primary_key=True
+    ),
+    Column("data", LargeBinary, nullable=False),
+    Column("last_update_id", BigInteger, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+)

@@ -1,0 +1,140 @@
+"""The WebSocket endpoint: y-websocket binary frames and JSON commands on one socket.
+
+Close codes: 4401 bad or expired token, 4403 not a member (or membership revoked),
+4404 unknown session, 4400 malformed binary frame, 1009 message too big (set by the server's
+size limit), 1013 slow consumer (reconnect and resync), 1001 server going away.
+44xx codes are final for stock clients; the others make them reconnect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from authz.tokens import verify_token
+from server.connection import Connection
+from server.room import CLOSE_FORBIDDEN, CLOSE_NOT_FOUND, SessionRoom
+from server.state import AppState
+from session.errors import Forbidden, NotFound, ParleyError, Unauthenticated
+from session.presence import Presence
+from session.yprotocol import (
+    AwarenessMessage,
+    ProtocolError,
+    QueryAwarenessMessage,
+    SyncMessage,
+    SyncType,
+    decode_client_frame,
+    encode_awareness,
+)
+
+log = logging.getLogger("parley.ws")
+
+CLOSE_UNAUTHENTICATED = 4401
+CLOSE_PROTOCOL = 4400
+
+
+async def session_socket(websocket: WebSocket) -> None:
+    state: AppState = websocket.app.state.parley
+    session_id = websocket.path_params["session_id"]
+    token = websocket.query_params.get("token", "")
+    # Accept before refusing: a refused upgrade reaches browsers as a bare 1006, and stock
+    # clients retry it forever; a close code after accepting is final and readable.
+    await websocket.accept()
+    try:
+        claims = verify_token(state.keys.signing_key, token, now=int(state.clock()))
+        if claims.session_id != session_id:
+            raise Unauthenticated("the token is for another session")
+        room = await state.rooms.get(session_id)
+    except Unauthenticated as exc:
+        await websocket.close(CLOSE_UNAUTHENTICATED, exc.message[:120])
+        return
+    except NotFound:
+        await websocket.close(CLOSE_NOT_FOUND, "unknown session")
+        return
+    except ParleyError as exc:
+        await websocket.close(1013, exc.message[:120])
+        return
+    role = room.members.get(claims.user_id)
+    if role is None:
+        await websocket.close(CLOSE_FORBIDDEN, "not a member of this session")
+        return
+    connection = Connection(websocket, claims.user_id, role, state.settings.send_queue_max_messages)
+    connection.start()
+    room.connections.add(connection)
+    presence = room.presence
+    snapshot = presence.snapshot()
+    if snapshot is not None:
+        connection.send(encode_awareness(snapshot))
+    expiry = asyncio.get_running_loop().call_later(
+        max(claims.expires_at - state.clock(), 0),
+        connection.close,
+        CLOSE_UNAUTHENTICATED,
+        "token expired",
+    )
+    try:
+        await _serve(websocket, room, connection, presence)
+    finally:
+        expiry.cancel()
+        room.connections.discard(connection)
+        left = presence.drop(connection)
+        if left is not None:
+            room.broadcast(encode_awareness(left))
+        if not connection.closed:
+            connection.close(1000)
+        await connection.wait_closed()
+
+
+async def _serve(
+    websocket: WebSocket, room: SessionRoom, connection: Connection, presence: Presence
+) -> None:
+    while not connection.closed:
+        try:
+            message = await websocket.receive()
+        except (WebSocketDisconnect, RuntimeError):
+            return
+        if message["type"] == "websocket.disconnect":
+            return
+        data = message.get("bytes")
+        text = message.get("text")
+        if data is not None:
+            try:
+                await _on_binary(room, connection, presence, data)
+            except ProtocolError as exc:
+                log.info("protocol error; closing socket", extra={"error": exc.message})
+                connection.close(CLOSE_PROTOCOL, f"protocol error: {exc.message}"[:120])
+                return
+            except ParleyError as exc:
+                connection.send_error(exc)
+        elif text is not None:
+            connection.speaks_json = True
+            connection.send(await room.handle_command(connection, text))
+
+
+async def _on_binary(
+    room: SessionRoom, connection: Connection, presence: Presence, data: bytes
+) -> None:
+    message = decode_client_frame(data)
+    if isinstance(message, SyncMessage):
+        if message.sync_type is SyncType.STEP1:
+            try:
+                connection.send(await room.sync_step2_for(message.payload))
+            except ParleyError:
+                raise
+            except Exception as exc:
+                raise ProtocolError(f"bad state vector: {exc}") from None
+        elif not room.is_noop(message.payload):
+            # The server is the only writer: a client's change is neither applied nor relayed.
+            log.info("refused a client write", extra={"user_id": connection.user_id})
+            room.refused_writes += 1
+            connection.send_error(
+                Forbidden("the shared document is read-only; send commands instead")
+            )
+    elif isinstance(message, AwarenessMessage):
+        relay = presence.apply(connection, connection.user_id, message.update)
+        room.broadcast(encode_awareness(relay))
+    elif isinstance(message, QueryAwarenessMessage):
+        snapshot = presence.snapshot()
+        if snapshot is not None:
+            connection.send(encode_awareness(snapshot))

@@ -1,0 +1,110 @@
+"""JSON commands clients send on text frames, parsed and validated without I/O.
+
+    {"type": "prompt",  "id": "<client id>", "text": "…"}     ask the model
+    {"type": "message", "id": "<client id>", "text": "…"}     talk to the other members only
+    {"type": "cancel",  "id": "<client id>", "prompt_id": "…"} cancel a queued or running prompt
+
+Every command gets exactly one reply: ``ack`` or ``error`` (see ``ack`` / ``error_reply``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from session.errors import InvalidInput, ParleyError, TooLarge, UnknownCommand
+
+MAX_COMMAND_ID_CHARS = 128
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_text_chars: int = 32_000
+    max_frame_chars: int = 256_000
+
+
+@dataclass(frozen=True, slots=True)
+class PromptCommand:
+    id: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class MessageCommand:
+    id: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class CancelCommand:
+    id: str
+    prompt_id: str
+
+
+Command = PromptCommand | MessageCommand | CancelCommand
+
+
+class CommandError(InvalidInput):
+    """A command that could not be parsed; ``command_id`` is echoed when it was readable."""
+
+    def __init__(self, error: ParleyError, command_id: str | None) -> None:
+        super().__init__(error.message)
+        self.code = error.code
+        self.http_status = error.http_status
+        self.command_id = command_id
+
+
+def parse_command(frame: str, limits: Limits) -> Command:
+    """Parse one text frame; raise ``CommandError`` carrying the stable error code."""
+    if len(frame) > limits.max_frame_chars:
+        raise CommandError(TooLarge(f"command exceeds {limits.max_frame_chars} characters"), None)
+    try:
+        data = json.loads(frame)
+    except ValueError:
+        raise CommandError(InvalidInput("frame is not valid JSON"), None) from None
+    if not isinstance(data, dict):
+        raise CommandError(InvalidInput("a command must be a JSON object"), None)
+    raw_id = data.get("id")
+    command_id = raw_id if isinstance(raw_id, str) else None
+    try:
+        return _parse(data, limits)
+    except ParleyError as exc:
+        raise CommandError(exc, command_id) from None
+
+
+def _parse(data: dict[str, Any], limits: Limits) -> Command:
+    command_id = data.get("id")
+    if not isinstance(command_id, str) or not command_id.strip():
+        raise InvalidInput("'id' must be a non-empty string")
+    if len(command_id) > MAX_COMMAND_ID_CHARS:
+        raise InvalidInput(f"'id' exceeds {MAX_COMMAND_ID_CHARS} characters")
+    kind = data.get("type")
+    if kind in ("prompt", "message"):
+        text = data.get("text")
+        if not isinstance(text, str):
+            raise InvalidInput("'text' must be a string")
+        if not text.strip():
+            raise InvalidInput("'text' is empty")
+        if len(text) > limits.max_text_chars:
+            raise TooLarge(f"'text' exceeds {limits.max_text_chars} characters")
+        if kind == "prompt":
+            return PromptCommand(id=command_id, text=text)
+        return MessageCommand(id=command_id, text=text)
+    if kind == "cancel":
+        prompt_id = data.get("prompt_id")
+        if not isinstance(prompt_id, str) or not prompt_id:
+            raise InvalidInput("'prompt_id' must be a non-empty string")
+        return CancelCommand(id=command_id, prompt_id=prompt_id)
+    raise UnknownCommand(f"unknown command type {kind!r}")
+
+
+def ack(command_id: str, *, seq: int | None = None, **ids: str) -> str:
+    """The acknowledgement of a stored command: its sequence number and the ids it made."""
+    return json.dumps({"type": "ack", "id": command_id, "seq": seq, **ids})
+
+
+def error_reply(command_id: str | None, error: ParleyError) -> str:
+    return json.dumps(
+        {"type": "error", "id": command_id, "code": error.code.value, "message": error.message}
+    )

@@ -1,0 +1,91 @@
+"""The lifecycles of prompts and replies: every allowed transition, in one table each.
+
+    prompt:  queued ──> running ──> done
+               │          ├──────> failed       (provider error, timeout, restart, revoked rights)
+               │          ├──────> cancelled    (author or owner cancelled it)
+               │          └──────> interrupted  (a newer prompt pre-empted it)
+               ├──────> cancelled
+               └──────> failed                  (could not run at all)
+
+    reply:   streaming ──> done | failed | cancelled | interrupted
+
+Anything not in these tables raises IllegalTransition; terminal states have no exits.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from session.errors import Conflict
+
+
+class PromptStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    INTERRUPTED = "interrupted"
+
+
+class ReplyStatus(StrEnum):
+    STREAMING = "streaming"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    INTERRUPTED = "interrupted"
+
+
+PROMPT_TRANSITIONS: dict[PromptStatus, frozenset[PromptStatus]] = {
+    PromptStatus.QUEUED: frozenset(
+        {PromptStatus.RUNNING, PromptStatus.CANCELLED, PromptStatus.FAILED}
+    ),
+    PromptStatus.RUNNING: frozenset(
+        {
+            PromptStatus.DONE,
+            PromptStatus.FAILED,
+            PromptStatus.CANCELLED,
+            PromptStatus.INTERRUPTED,
+        }
+    ),
+    PromptStatus.DONE: frozenset(),
+    PromptStatus.FAILED: frozenset(),
+    PromptStatus.CANCELLED: frozenset(),
+    PromptStatus.INTERRUPTED: frozenset(),
+}
+
+REPLY_TRANSITIONS: dict[ReplyStatus, frozenset[ReplyStatus]] = {
+    ReplyStatus.STREAMING: frozenset(
+        {ReplyStatus.DONE, ReplyStatus.FAILED, ReplyStatus.CANCELLED, ReplyStatus.INTERRUPTED}
+    ),
+    ReplyStatus.DONE: frozenset(),
+    ReplyStatus.FAILED: frozenset(),
+    ReplyStatus.CANCELLED: frozenset(),
+    ReplyStatus.INTERRUPTED: frozenset(),
+}
+
+# The reply status that mirrors a prompt's terminal status.
+REPLY_STATUS_FOR: dict[PromptStatus, ReplyStatus] = {
+    PromptStatus.DONE: ReplyStatus.DONE,
+    PromptStatus.FAILED: ReplyStatus.FAILED,
+    PromptStatus.CANCELLED: ReplyStatus.CANCELLED,
+    PromptStatus.INTERRUPTED: ReplyStatus.INTERRUPTED,
+}
+
+
+class IllegalTransition(Conflict):
+    """A status change the lifecycle table does not allow."""
+
+
+def check_prompt_transition(old: PromptStatus, new: PromptStatus) -> None:
+    if new not in PROMPT_TRANSITIONS[old]:
+        raise IllegalTransition(f"prompt cannot go from {old} to {new}")
+
+
+def check_reply_transition(old: ReplyStatus, new: ReplyStatus) -> None:
+    if new not in REPLY_TRANSITIONS[old]:
+        raise IllegalTransition(f"reply cannot go from {old} to {new}")
+
+
+def is_terminal(status: PromptStatus) -> bool:
+    return not PROMPT_TRANSITIONS[status]

@@ -1,0 +1,84 @@
+"""Awareness (presence) bookkeeping for one session, sans I/O.
+
+Clients announce awareness states (who is here, who is typing) under their Yjs client ids.
+The server relays them to everyone, the sender included (stock clients close a socket that
+stays silent for 30 s; the echo keeps it alive), stamps each state with the authenticated
+user id under ``parley``, and announces a client's departure when its socket closes.
+A socket may only speak for client ids it introduced.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Hashable
+from dataclasses import dataclass
+from typing import Any
+
+from session.errors import Forbidden, TooLarge
+from session.yprotocol import AwarenessState, decode_awareness_update, encode_awareness_update
+
+MAX_CLIENTS_PER_SOCKET = 8
+
+
+@dataclass(slots=True)
+class _Client:
+    owner: Hashable
+    clock: int
+    state: dict[str, Any] | None
+
+
+class Presence:
+    def __init__(self, max_state_bytes: int = 16 * 1024) -> None:
+        self.max_state_bytes = max_state_bytes
+        self._clients: dict[int, _Client] = {}
+
+    def apply(self, owner: Hashable, user_id: str, update: bytes) -> bytes:
+        """Record an awareness update from ``owner``; return the update to relay."""
+        if len(update) > self.max_state_bytes * MAX_CLIENTS_PER_SOCKET:
+            raise TooLarge("awareness update too large")
+        relayed: list[AwarenessState] = []
+        for item in decode_awareness_update(update):
+            known = self._clients.get(item.client_id)
+            if known is not None and known.owner != owner:
+                raise Forbidden(f"awareness client {item.client_id} belongs to another socket")
+            if known is None and self.owned_by(owner) >= MAX_CLIENTS_PER_SOCKET:
+                raise Forbidden("too many awareness clients on one socket")
+            state = item.state
+            if state is not None:
+                state = {**state, "parley": {"user_id": user_id}}
+                if len(json.dumps(state)) > self.max_state_bytes:
+                    raise TooLarge("awareness state too large")
+            if known is not None and item.clock < known.clock:
+                continue  # stale
+            self._clients[item.client_id] = _Client(owner, item.clock, state)
+            relayed.append(AwarenessState(item.client_id, item.clock, state))
+        return encode_awareness_update(relayed)
+
+    def owned_by(self, owner: Hashable) -> int:
+        return sum(1 for c in self._clients.values() if c.owner == owner)
+
+    def drop(self, owner: Hashable) -> bytes | None:
+        """Forget ``owner``'s clients; return the "they left" update to relay, if any."""
+        gone = [cid for cid, c in self._clients.items() if c.owner == owner]
+        if not gone:
+            return None
+        left = [AwarenessState(cid, self._clients[cid].clock + 1, None) for cid in gone]
+        for cid in gone:
+            del self._clients[cid]
+        return encode_awareness_update(left)
+
+    def snapshot(self) -> bytes | None:
+        """Every live state, for a socket that just joined (None when nobody is present)."""
+        live = [
+            AwarenessState(cid, c.clock, c.state)
+            for cid, c in self._clients.items()
+            if c.state is not None
+        ]
+        return encode_awareness_update(live) if live else None
+
+    def users(self) -> list[str]:
+        found = []
+        for c in self._clients.values():
+            if c.state is not None:
+                found.append(str(c.state["parley"]["user_id"]))
+        return sorted(set(found))

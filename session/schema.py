@@ -1,0 +1,292 @@
+"""The shared document of a session: its roots, its entries, and the only ways to change them.
+
+Roots (all written by the server only; clients read):
+
+``transcript`` — Y.Array of Y.Map, the story of the session in sequence order.
+    Each entry has ``id``, ``seq``, ``kind`` (``prompt`` | ``message`` | ``reply``), ``author``,
+    ``role`` (``user`` | ``assistant``), ``status``, ``content`` (Y.Text) and ``created_at``
+    (milliseconds since the epoch). A prompt also has ``reply_id`` once it runs; a reply has
+    ``reply_to`` (the prompt id) and shares its prompt's ``seq``; it is inserted directly after
+    that prompt. ``reason`` is set when a status is ``failed``, ``cancelled`` or ``interrupted``.
+``queue`` — Y.Array of Y.Map ``{id, seq, author}``: prompts waiting to run, in the order they
+    will run (position = index + 1).
+``meta`` — Y.Map: ``session_id``, ``title``, ``schema_version``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from pycrdt import Array, Doc, Map, Text
+
+from session.errors import NotFound
+from session.lifecycle import (
+    REPLY_STATUS_FOR,
+    PromptStatus,
+    ReplyStatus,
+    check_prompt_transition,
+    check_reply_transition,
+)
+
+SCHEMA_VERSION = 1
+MESSAGE_STATUS = "posted"
+
+
+class EntryKind(StrEnum):
+    PROMPT = "prompt"
+    MESSAGE = "message"
+    REPLY = "reply"
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """A read-only copy of one transcript entry."""
+
+    id: str
+    seq: int
+    kind: EntryKind
+    author: str
+    role: str
+    status: str
+    content: str
+    created_at: int
+    reason: str | None = None
+    reply_to: str | None = None
+    reply_id: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "seq": self.seq,
+            "kind": self.kind.value,
+            "author": self.author,
+            "role": self.role,
+            "status": self.status,
+            "content": self.content,
+            "created_at": self.created_at,
+            "reason": self.reason,
+            "reply_to": self.reply_to,
+            "reply_id": self.reply_id,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedItem:
+    id: str
+    seq: int
+    author: str
+
+
+class SessionDocument:
+    """Typed access to a session's pycrdt document.
+
+    Every mutation goes through a method here, so the schema and the lifecycle rules are
+    enforced in one place. Each public mutator runs in one transaction, so it reaches clients
+    as one update.
+    """
+
+    def __init__(self, doc: Doc[Any]) -> None:
+        self.doc = doc
+        self.transcript: Array[Any] = doc.get("transcript", type=Array)
+        self.queue: Array[Any] = doc.get("queue", type=Array)
+        self.meta: Map[Any] = doc.get("meta", type=Map)
+        self._order: list[str] = []
+        self._entries: dict[str, Map[Any]] = {}
+        self._reindex()
+
+    def _reindex(self) -> None:
+        self._order = []
+        self._entries = {}
+        for entry in self.transcript:
+            entry_id = str(entry["id"])
+            self._order.append(entry_id)
+            self._entries[entry_id] = entry
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def init_meta(self, session_id: str, title: str) -> None:
+        with self.doc.transaction():
+            self.meta["session_id"] = session_id
+            self.meta["title"] = title
+            self.meta["schema_version"] = SCHEMA_VERSION
+
+    def add_prompt(self, *, id: str, seq: int, author: str, text: str, created_at: int) -> None:
+        with self.doc.transaction():
+            self._append(
+                id=id,
+                seq=seq,
+                kind=EntryKind.PROMPT,
+                author=author,
+                role="user",
+                status=PromptStatus.QUEUED.value,
+                text=text,
+                created_at=created_at,
+            )
+            self.queue.append(Map({"id": id, "seq": seq, "author": author}))
+
+    def add_message(self, *, id: str, seq: int, author: str, text: str, created_at: int) -> None:
+        with self.doc.transaction():
+            self._append(
+                id=id,
+                seq=seq,
+                kind=EntryKind.MESSAGE,
+                author=author,
+                role="user",
+                status=MESSAGE_STATUS,
+                text=text,
+                created_at=created_at,
+            )
+
+    def start_reply(self, *, prompt_id: str, reply_id: str, author: str, created_at: int) -> None:
+        """Mark a queued prompt running and insert its (empty) reply directly after it."""
+        prompt = self._entry(prompt_id)
+        with self.doc.transaction():
+            self._set_prompt_status(prompt, PromptStatus.RUNNING, None)
+            prompt["reply_id"] = reply_id
+            self._drop_from_queue(prompt_id)
+            index = self._order.index(prompt_id) + 1
+            entry = self._new_entry(
+                id=reply_id,
+                seq=int(prompt["seq"]),
+                kind=EntryKind.REPLY,
+                author=author,
+                role="assistant",
+                status=ReplyStatus.STREAMING.value,
+                text="",
+                created_at=created_at,
+                reply_to=prompt_id,
+            )
+            self.transcript.insert(index, entry)
+            self._order.insert(index, reply_id)
+            self._entries[reply_id] = self.transcript[index]
+
+    def append_reply_text(self, reply_id: str, text: str) -> None:
+        reply = self._entry(reply_id)
+        if reply["status"] != ReplyStatus.STREAMING.value:
+            check_reply_transition(ReplyStatus(reply["status"]), ReplyStatus.STREAMING)
+        content: Text = reply["content"]
+        content.insert(len(content), text)
+
+    def finish_prompt(
+        self,
+        prompt_id: str,
+        status: PromptStatus,
+        reason: str | None = None,
+        *,
+        reply_status: ReplyStatus | None = None,
+    ) -> None:
+        """Move a prompt to a terminal status; its reply, if any, follows (done → done, …).
+
+        ``reply_status`` overrides the reply's mirror status, e.g. a prompt ``failed`` by a
+        restart leaves its cut-off reply ``interrupted``.
+        """
+        prompt = self._entry(prompt_id)
+        with self.doc.transaction():
+            was_queued = prompt["status"] == PromptStatus.QUEUED.value
+            self._set_prompt_status(prompt, status, reason)
+            if was_queued:
+                self._drop_from_queue(prompt_id)
+            reply_id = prompt.get("reply_id")
+            if reply_id is not None:
+                reply = self._entry(str(reply_id))
+                new = reply_status or REPLY_STATUS_FOR[status]
+                check_reply_transition(ReplyStatus(reply["status"]), new)
+                reply["status"] = new.value
+                if reason is not None:
+                    reply["reason"] = reason
+
+    def _append(self, **fields: Any) -> None:
+        entry = self._new_entry(**fields)
+        self.transcript.append(entry)
+        self._order.append(fields["id"])
+        self._entries[fields["id"]] = self.transcript[len(self.transcript) - 1]
+
+    @staticmethod
+    def _new_entry(
+        *,
+        id: str,
+        seq: int,
+        kind: EntryKind,
+        author: str,
+        role: str,
+        status: str,
+        text: str,
+        created_at: int,
+        **extra: str,
+    ) -> Map[Any]:
+        return Map(
+            {
+                "id": id,
+                "seq": seq,
+                "kind": kind.value,
+                "author": author,
+                "role": role,
+                "status": status,
+                "content": Text(text),
+                "created_at": created_at,
+                **extra,
+            }
+        )
+
+    def _set_prompt_status(
+        self, prompt: Map[Any], status: PromptStatus, reason: str | None
+    ) -> None:
+        check_prompt_transition(PromptStatus(prompt["status"]), status)
+        prompt["status"] = status.value
+        if reason is not None:
+            prompt["reason"] = reason
+
+    def _drop_from_queue(self, prompt_id: str) -> None:
+        for index, item in enumerate(self.queue):
+            if item["id"] == prompt_id:
+                del self.queue[index]
+                return
+
+    def _entry(self, entry_id: str) -> Map[Any]:
+        try:
+            return self._entries[entry_id]
+        except KeyError:
+            raise NotFound(f"no transcript entry {entry_id!r}") from None
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def entries(self) -> list[Entry]:
+        return [read_entry(self._entries[entry_id]) for entry_id in self._order]
+
+    def entry(self, entry_id: str) -> Entry:
+        return read_entry(self._entry(entry_id))
+
+    def has_entry(self, entry_id: str) -> bool:
+        return entry_id in self._entries
+
+    def queued(self) -> list[QueuedItem]:
+        return [
+            QueuedItem(id=str(item["id"]), seq=int(item["seq"]), author=str(item["author"]))
+            for item in self.queue
+        ]
+
+    def __iter__(self) -> Iterator[Entry]:
+        return iter(self.entries())
+
+
+def read_entry(entry: Map[Any]) -> Entry:
+    def optional(key: str) -> str | None:
+        value = entry.get(key)
+        return None if value is None else str(value)
+
+    return Entry(
+        id=str(entry["id"]),
+        seq=int(entry["seq"]),
+        kind=EntryKind(entry["kind"]),
+        author=str(entry["author"]),
+        role=str(entry["role"]),
+        status=str(entry["status"]),
+        content=str(entry["content"]),
+        created_at=int(entry["created_at"]),
+        reason=optional("reason"),
+        reply_to=optional("reply_to"),
+        reply_id=optional("reply_id"),
+    )

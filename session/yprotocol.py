@@ -1,0 +1,247 @@
+"""The y-websocket wire protocol, sans I/O: decode client frames, encode server frames.
+
+A frame is ``varuint message_type`` followed by its body:
+    0 sync:      varuint sync_type (0 step 1, 1 step 2, 2 update), varbytes payload
+    1 awareness: varbytes awareness_update
+    3 query awareness (no body)
+Decoding never raises into the caller's loop except as ``ProtocolError``, which the server
+turns into a close code.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any
+
+from pycrdt import get_state, get_update, write_var_uint
+
+from session.errors import InvalidInput
+
+MAX_VARUINT_BYTES = 8
+
+
+class ProtocolError(InvalidInput):
+    """A binary frame that does not follow the y-websocket protocol."""
+
+
+class MessageType(IntEnum):
+    SYNC = 0
+    AWARENESS = 1
+    AUTH = 2
+    QUERY_AWARENESS = 3
+
+
+class SyncType(IntEnum):
+    STEP1 = 0
+    STEP2 = 1
+    UPDATE = 2
+
+
+@dataclass(frozen=True, slots=True)
+class SyncMessage:
+    sync_type: SyncType
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class AwarenessMessage:
+    update: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class QueryAwarenessMessage:
+    pass
+
+
+ClientMessage = SyncMessage | AwarenessMessage | QueryAwarenessMessage
+
+
+class _Reader:
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.pos = 0
+
+    def varuint(self) -> int:
+        value = 0
+        shift = 0
+        for _ in range(MAX_VARUINT_BYTES):
+            if self.pos >= len(self.data):
+                raise ProtocolError("truncated varuint")
+            byte = self.data[self.pos]
+            self.pos += 1
+            value |= (byte & 0x7F) << shift
+            if byte < 0x80:
+                return value
+            shift += 7
+        raise ProtocolError("varuint too long")
+
+    def varbytes(self) -> bytes:
+        length = self.varuint()
+        end = self.pos + length
+        if end > len(self.data):
+            raise ProtocolError("length prefix runs past the end of the frame")
+        chunk = self.data[self.pos : end]
+        self.pos = end
+        return chunk
+
+    def varstring(self) -> str:
+        try:
+            return self.varbytes().decode("utf-8")
+        except UnicodeDecodeError:
+            raise ProtocolError("string is not UTF-8") from None
+
+    def at_end(self) -> bool:
+        return self.pos == len(self.data)
+
+
+def decode_client_frame(frame: bytes) -> ClientMessage:
+    reader = _Reader(frame)
+    kind = reader.varuint()
+    message: ClientMessage
+    if kind == MessageType.SYNC:
+        sync_type = reader.varuint()
+        if sync_type not in (0, 1, 2):
+            raise ProtocolError(f"unknown sync message type {sync_type}")
+        message = SyncMessage(SyncType(sync_type), reader.varbytes())
+    elif kind == MessageType.AWARENESS:
+        message = AwarenessMessage(reader.varbytes())
+    elif kind == MessageType.QUERY_AWARENESS:
+        message = QueryAwarenessMessage()
+    else:
+        raise ProtocolError(f"unknown message type {kind}")
+    if not reader.at_end():
+        raise ProtocolError("trailing bytes after the message")
+    return message
+
+
+def encode_sync(sync_type: SyncType, payload: bytes) -> bytes:
+    return bytes([MessageType.SYNC, sync_type]) + write_var_uint(len(payload)) + payload
+
+
+def encode_awareness(update: bytes) -> bytes:
+    return bytes([MessageType.AWARENESS]) + write_var_uint(len(update)) + update
+
+
+# -- awareness ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AwarenessState:
+    client_id: int
+    clock: int
+    state: dict[str, Any] | None  # None: the client left
+
+
+def decode_awareness_update(update: bytes) -> list[AwarenessState]:
+    reader = _Reader(update)
+    count = reader.varuint()
+    states: list[AwarenessState] = []
+    for _ in range(count):
+        client_id = reader.varuint()
+        clock = reader.varuint()
+        raw = reader.varstring()
+        try:
+            state = json.loads(raw)
+        except ValueError:
+            raise ProtocolError("awareness state is not JSON") from None
+        if state is not None and not isinstance(state, dict):
+            raise ProtocolError("awareness state must be an object or null")
+        states.append(AwarenessState(client_id, clock, state))
+    if not reader.at_end():
+        raise ProtocolError("trailing bytes after the awareness update")
+    return states
+
+
+def encode_awareness_update(states: list[AwarenessState]) -> bytes:
+    parts = [write_var_uint(len(states))]
+    for item in states:
+        body = json.dumps(item.state, separators=(",", ":")).encode()
+        parts += [write_var_uint(item.client_id), write_var_uint(item.clock)]
+        parts += [write_var_uint(len(body)), body]
+    return b"".join(parts)
+
+
+# -- refusing client writes -----------------------------------------------------------------
+
+DeleteSet = dict[int, list[tuple[int, int]]]
+
+
+def delete_set_of(update: bytes) -> DeleteSet:
+    """The deletions an update carries, as ``{client: [(clock, length), …]}``."""
+    # Diffing an update against its own state vector drops every struct and keeps the
+    # delete set, whose encoding is simple enough to read here.
+    try:
+        only_deletes = get_update(update, get_state(update))
+    except Exception as exc:  # pycrdt raises plain exceptions for corrupt updates
+        raise ProtocolError(f"malformed update: {exc}") from None
+    reader = _Reader(only_deletes)
+    if reader.varuint() != 0:
+        raise ProtocolError("unexpected structs in a delete set")
+    deletes: DeleteSet = {}
+    for _ in range(reader.varuint()):
+        client = reader.varuint()
+        ranges = deletes.setdefault(client, [])
+        for _ in range(reader.varuint()):
+            clock = reader.varuint()
+            ranges.append((clock, reader.varuint()))
+    return deletes
+
+
+def decode_state_vector(state: bytes) -> dict[int, int]:
+    reader = _Reader(state)
+    vector: dict[int, int] = {}
+    for _ in range(reader.varuint()):
+        client = reader.varuint()
+        vector[client] = reader.varuint()
+    return vector
+
+
+def _covered(ranges: list[tuple[int, int]], clock: int, length: int) -> bool:
+    end = clock + length
+    for start, size in ranges:
+        if start <= clock < start + size:
+            if end <= start + size:
+                return True
+            clock, length = start + size, end - (start + size)
+    return False
+
+
+def is_noop_update(update: bytes, server_state: dict[int, int], server_deletes: DeleteSet) -> bool:
+    """True when applying ``update`` to the server's document would change nothing.
+
+    ``server_state`` is the server's state vector, ``server_deletes`` its delete set (merged,
+    sorted ranges per client). Any struct the server lacks, or any deletion it has not made,
+    makes the update a write.
+    """
+    try:
+        update_state = decode_state_vector(get_state(update))
+    except ProtocolError:
+        raise
+    except Exception as exc:
+        raise ProtocolError(f"malformed update: {exc}") from None
+    for client, clock in update_state.items():
+        if clock > server_state.get(client, 0):
+            return False
+    for client, ranges in delete_set_of(update).items():
+        known = server_deletes.get(client, [])
+        for clock, length in ranges:
+            if not _covered(known, clock, length):
+                return False
+    return True
+
+
+def normalise_delete_set(deletes: DeleteSet) -> DeleteSet:
+    """Sort and merge adjacent ranges so coverage checks can walk them in order."""
+    merged: DeleteSet = {}
+    for client, ranges in deletes.items():
+        out: list[tuple[int, int]] = []
+        for start, size in sorted(ranges):
+            if out and start <= out[-1][0] + out[-1][1]:
+                last_start, last_size = out[-1]
+                out[-1] = (last_start, max(last_size, start + size - last_start))
+            else:
+                out.append((start, size))
+        merged[client] = out
+    return merged

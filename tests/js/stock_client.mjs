@@ -1,0 +1,255 @@
+// A stock, unmodified Yjs + y-websocket client, driven over a line protocol so
+// that pytest can act as a real browser user would.
+//
+// Usage:
+//   node stock_client.mjs --url ws://127.0.0.1:PORT/ws/sessions --room SESSION_ID \
+//        --token TOKEN [--name NAME]
+//
+// stdout carries exactly one JSON object per line (events and replies); all
+// diagnostics from the libraries go to stderr. stdin carries one JSON command
+// per line; every command is answered by exactly one
+// {"event":"reply","cmd":...} line. EOF on stdin behaves like {"cmd":"quit"}.
+//
+// The client never writes to the socket itself: everything on the wire is
+// produced by the stock WebsocketProvider (binary y-websocket frames).
+
+import { parseArgs } from 'node:util'
+import { createInterface } from 'node:readline'
+import * as Y from 'yjs'
+import { WebsocketProvider } from 'y-websocket'
+import WebSocket from 'ws'
+
+/** @param {Record<string, unknown>} obj */
+const emit = (obj) => {
+  process.stdout.write(JSON.stringify(obj) + '\n')
+}
+
+/**
+ * @param {string} where
+ * @param {unknown} err
+ */
+const fatal = (where, err) => {
+  const e = /** @type {any} */ (err)
+  emit({
+    event: 'fatal',
+    where,
+    error: e instanceof Error ? e.message : String(e),
+    stack: e instanceof Error ? e.stack : undefined
+  })
+  process.exit(1)
+}
+
+process.on('uncaughtException', (err) => fatal('uncaughtException', err))
+process.on('unhandledRejection', (err) => fatal('unhandledRejection', err))
+
+// Keep stdout clean for the line protocol, whatever a library might log.
+console.log = (...args) => console.error(...args)
+console.info = (...args) => console.error(...args)
+
+let args
+try {
+  args = parseArgs({
+    options: {
+      url: { type: 'string' },
+      room: { type: 'string' },
+      token: { type: 'string' },
+      name: { type: 'string', default: 'stock' }
+    },
+    strict: true,
+    allowPositionals: false
+  }).values
+} catch (err) {
+  fatal('args', err)
+}
+if (!args.url || !args.room || args.token === undefined) {
+  fatal('args', new Error('--url, --room and --token are required'))
+}
+
+const doc = new Y.Doc()
+const transcript = doc.getArray('transcript')
+const queue = doc.getArray('queue')
+
+/**
+ * For every assistant entry: the set of distinct lengths its content Y.Text
+ * has had, as observed after each applied transaction.
+ * @type {Map<string, Set<number>>}
+ */
+const replyLengths = new Map()
+
+const recordReplyLengths = () => {
+  const n = transcript.length
+  for (let i = 0; i < n; i++) {
+    const entry = transcript.get(i)
+    if (!(entry instanceof Y.Map)) continue
+    if (entry.get('role') !== 'assistant') continue
+    const content = entry.get('content')
+    if (!(content instanceof Y.Text)) continue
+    const rawId = entry.get('id')
+    const key = typeof rawId === 'string' || typeof rawId === 'number' ? String(rawId) : `#${i}`
+    let seen = replyLengths.get(key)
+    if (seen === undefined) {
+      seen = new Set()
+      replyLengths.set(key, seen)
+    }
+    seen.add(content.length)
+  }
+}
+transcript.observeDeep(() => recordReplyLengths())
+
+const provider = new WebsocketProvider(args.url, args.room, doc, {
+  WebSocketPolyfill: /** @type {any} */ (WebSocket),
+  params: { token: args.token },
+  connect: true
+})
+
+provider.on('status', (/** @type {{status: string}} */ ev) => {
+  emit({ event: 'status', status: ev.status })
+})
+provider.on('sync', (/** @type {boolean} */ synced) => {
+  emit({ event: 'sync', synced })
+})
+provider.on('connection-close', (/** @type {any} */ ev) => {
+  if (ev == null) {
+    // closed locally (provider.disconnect()/destroy() or the idle watchdog)
+    emit({ event: 'connection-close', code: null, reason: null, local: true })
+  } else {
+    emit({
+      event: 'connection-close',
+      code: typeof ev.code === 'number' ? ev.code : null,
+      reason: typeof ev.reason === 'string' ? ev.reason : String(ev.reason ?? ''),
+      local: false
+    })
+  }
+})
+provider.on('connection-error', (/** @type {any} */ ev) => {
+  const msg = ev && ev.message ? String(ev.message) : (ev && ev.error ? String(ev.error) : 'error')
+  emit({ event: 'connection-error', message: msg })
+})
+// y-websocket >= 3.1: emitted when the server closed with a code for which
+// the provider gives up reconnecting (by default 4400-4499).
+provider.on('closed', (/** @type {{code: number, reason: string}} */ ev) => {
+  emit({ event: 'closed', code: ev.code, reason: ev.reason })
+})
+
+// With connect: true the provider already emitted its first
+// {status: 'connecting'} inside the constructor, before any listener could be
+// attached; report that state now so the event stream is complete.
+if (provider.wsconnecting) emit({ event: 'status', status: 'connecting' })
+
+provider.awareness.setLocalState({ user: { name: args.name }, typing: false })
+
+const dump = () => {
+  /** @type {Record<string, number>} */
+  const lengths = {}
+  for (const [id, seen] of replyLengths) lengths[id] = seen.size
+  return {
+    event: 'reply',
+    cmd: 'dump',
+    transcript: transcript.toJSON(),
+    queue: queue.toJSON(),
+    awareness: Array.from(provider.awareness.getStates().entries()).map(
+      ([clientID, state]) => ({ clientID, state })
+    ),
+    reply_lengths_seen: lengths
+  }
+}
+
+const attemptWrites = () => {
+  // Targets are the entries that existed before this command, so the forged
+  // entry from (a) is not itself the target of (b)-(d).
+  const existing = transcript.length
+  const first = existing > 0 ? transcript.get(0) : undefined
+  // (a) forge a user entry
+  doc.transact(() => {
+    const forged = new Y.Map()
+    forged.set('id', 'forged')
+    forged.set('role', 'user')
+    forged.set('author', 'mallory')
+    forged.set('status', 'done')
+    forged.set('content', new Y.Text('forged'))
+    transcript.push([forged])
+  })
+  // (b) rewrite the status of the first entry
+  doc.transact(() => {
+    if (first instanceof Y.Map) first.set('status', 'hacked')
+  })
+  // (c) edit the text of the first entry
+  doc.transact(() => {
+    if (first instanceof Y.Map) {
+      const content = first.get('content')
+      if (content instanceof Y.Text) content.insert(0, 'HACK')
+    }
+  })
+  // (d) delete the last (pre-existing) entry
+  doc.transact(() => {
+    if (existing > 0) {
+      const idx = existing - 1
+      if (idx < transcript.length) transcript.delete(idx, 1)
+    }
+  })
+  return { event: 'reply', cmd: 'write', attempted: 4, existing_entries: existing }
+}
+
+let quitting = false
+
+const quit = async () => {
+  if (quitting) return
+  quitting = true
+  const ws = /** @type {any} */ (provider.ws)
+  /** @type {Promise<void>} */
+  let closed = Promise.resolve()
+  if (ws && typeof ws.once === 'function' && ws.readyState !== WebSocket.CLOSED) {
+    closed = new Promise((resolve) => {
+      ws.once('close', () => resolve())
+      setTimeout(resolve, 1000).unref()
+    })
+  }
+  provider.destroy()
+  doc.destroy()
+  await closed
+  emit({ event: 'reply', cmd: 'quit' })
+  process.exit(0)
+}
+
+/** @param {string} line */
+const handle = (line) => {
+  const text = line.trim()
+  if (text === '') return
+  let msg
+  try {
+    msg = JSON.parse(text)
+  } catch (err) {
+    emit({ event: 'reply', cmd: null, error: `invalid JSON: ${String(err)}` })
+    return
+  }
+  const cmd = msg && typeof msg === 'object' ? msg.cmd : undefined
+  switch (cmd) {
+    case 'dump':
+      emit(dump())
+      return
+    case 'write':
+      emit(attemptWrites())
+      return
+    case 'typing':
+      provider.awareness.setLocalStateField('typing', Boolean(msg.value))
+      emit({ event: 'reply', cmd: 'typing' })
+      return
+    case 'quit':
+      quit().catch((err) => fatal('quit', err))
+      return
+    default:
+      emit({ event: 'reply', cmd: cmd ?? null, error: `unknown command: ${JSON.stringify(cmd)}` })
+  }
+}
+
+const rl = createInterface({ input: process.stdin, crlfDelay: Infinity })
+rl.on('line', (line) => {
+  try {
+    handle(line)
+  } catch (err) {
+    fatal(`command ${line}`, err)
+  }
+})
+rl.on('close', () => {
+  quit().catch((err) => fatal('quit', err))
+})

@@ -1,0 +1,125 @@
+"""A small Python Parley client for tests: a y-websocket peer plus JSON commands."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import Callable
+from typing import Any
+
+import websockets
+from pycrdt import Array, Doc
+
+from session.yprotocol import (
+    AwarenessMessage,
+    AwarenessState,
+    SyncMessage,
+    SyncType,
+    decode_awareness_update,
+    decode_client_frame,
+    encode_awareness,
+    encode_awareness_update,
+    encode_sync,
+)
+
+
+class YClient:
+    def __init__(self, ws: websockets.ClientConnection) -> None:
+        self.ws = ws
+        self.doc: Doc = Doc()
+        self.transcript: Array[Any] = self.doc.get("transcript", type=Array)
+        self.queue: Array[Any] = self.doc.get("queue", type=Array)
+        self.replies: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self.unsolicited: list[dict[str, Any]] = []
+        self.awareness: dict[int, dict[str, Any] | None] = {}
+        self.synced = asyncio.Event()
+        self.changed = asyncio.Event()
+        self.close_code: int | None = None
+        self.frames_received = 0
+        self._reader = asyncio.create_task(self._read())
+
+    @classmethod
+    async def connect(cls, base_url: str, session_id: str, token: str) -> YClient:
+        ws = await websockets.connect(
+            f"{base_url}/ws/sessions/{session_id}?token={token}", max_size=None
+        )
+        client = cls(ws)
+        await ws.send(encode_sync(SyncType.STEP1, client.doc.get_state()))
+        return client
+
+    async def _read(self) -> None:
+        try:
+            async for frame in self.ws:
+                self.frames_received += 1
+                if isinstance(frame, str):
+                    data = json.loads(frame)
+                    future = self.replies.pop(data.get("id"), None)
+                    if future is not None and not future.done():
+                        future.set_result(data)
+                    else:
+                        self.unsolicited.append(data)
+                    continue
+                message = decode_client_frame(frame)
+                if isinstance(message, SyncMessage):
+                    if message.sync_type is SyncType.STEP1:
+                        continue
+                    self.doc.apply_update(message.payload)
+                    if message.sync_type is SyncType.STEP2:
+                        self.synced.set()
+                elif isinstance(message, AwarenessMessage):
+                    for state in decode_awareness_update(message.update):
+                        self.awareness[state.client_id] = state.state
+                self.changed.set()
+        except websockets.ConnectionClosed:
+            pass
+        finally:
+            self.close_code = self.ws.close_code
+            self.changed.set()
+
+    async def command(self, payload: dict[str, Any], timeout: float = 10) -> dict[str, Any]:
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self.replies[payload["id"]] = future
+        await self.ws.send(json.dumps(payload))
+        async with asyncio.timeout(timeout):
+            return await future
+
+    async def send_raw(self, frame: str | bytes) -> None:
+        await self.ws.send(frame)
+
+    async def set_awareness(self, client_id: int, clock: int, state: dict[str, Any]) -> None:
+        update = encode_awareness_update([AwarenessState(client_id, clock, state)])
+        await self.ws.send(encode_awareness(update))
+
+    def entries(self) -> list[dict[str, Any]]:
+        return [
+            {key: (str(value) if key == "content" else value) for key, value in entry.items()}
+            for entry in self.transcript
+        ]
+
+    async def wait_until(self, predicate: Callable[[YClient], bool], timeout: float = 20) -> None:
+        async with asyncio.timeout(timeout):
+            while not predicate(self):
+                self.changed.clear()
+                if self._reader.done():
+                    if predicate(self):
+                        return
+                    raise ConnectionError(f"socket closed ({self.close_code})")
+                await self.changed.wait()
+
+    async def wait_closed(self, timeout: float = 10) -> int | None:
+        async with asyncio.timeout(timeout):
+            await self._reader
+        return self.close_code
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.ws.close()
+        with contextlib.suppress(BaseException):
+            await self._reader
+
+
+def all_replies_settled(client: YClient, prompts: int) -> bool:
+    entries = client.entries()
+    replies = [e for e in entries if e["kind"] == "reply" and e["status"] != "streaming"]
+    return len(replies) >= prompts
