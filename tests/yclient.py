@@ -59,6 +59,7 @@ class YClient:
                         future.set_result(data)
                     else:
                         self.unsolicited.append(data)
+                    self.changed.set()
                     continue
                 message = decode_client_frame(frame)
                 if isinstance(message, SyncMessage):
@@ -98,6 +99,7 @@ class YClient:
         ]
 
     async def wait_until(self, predicate: Callable[[YClient], bool], timeout: float = 20) -> None:
+        """Wait until ``predicate`` holds, re-checking after changes (at most every 20 ms)."""
         async with asyncio.timeout(timeout):
             while not predicate(self):
                 self.changed.clear()
@@ -106,6 +108,7 @@ class YClient:
                         return
                     raise ConnectionError(f"socket closed ({self.close_code})")
                 await self.changed.wait()
+                await asyncio.sleep(0.02)
 
     async def wait_closed(self, timeout: float = 10) -> int | None:
         async with asyncio.timeout(timeout):
@@ -120,6 +123,7 @@ class YClient:
 
 
 def all_replies_settled(client: YClient, prompts: int) -> bool:
-    entries = client.entries()
-    replies = [e for e in entries if e["kind"] == "reply" and e["status"] != "streaming"]
-    return len(replies) >= prompts
+    settled = sum(
+        1 for e in client.transcript if e["kind"] == "reply" and e["status"] != "streaming"
+    )
+    return settled >= prompts

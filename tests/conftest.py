@@ -1,0 +1,259 @@
+"""Fixtures that run the real app: uvicorn on a free loopback port, SQLite or PostgreSQL.
+
+PostgreSQL tests use ``PARLEY_TEST_POSTGRES_URL`` (default: the local server) and a fresh
+database per test. Without a reachable server they skip with the reason shown, unless
+``PARLEY_TEST_REQUIRE_POSTGRES=1`` (set by ``.ci/run``), which turns the skip into a failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+import uvicorn
+
+from server.app import create_app
+from server.cli import uvicorn_config
+from server.db import migrate
+from server.settings import Settings
+from tests.yclient import YClient
+
+ADMIN_KEY = "test-admin-key"
+SECRET_KEY = "test-secret-key-0123456789abcdef0123"
+POSTGRES_URL = os.environ.get(
+    "PARLEY_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+REQUIRE_POSTGRES = os.environ.get("PARLEY_TEST_REQUIRE_POSTGRES") == "1"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+async def _postgres_reachable() -> str | None:
+    try:
+        conn = await asyncpg.connect(POSTGRES_URL, timeout=3)
+    except Exception as exc:
+        return f"PostgreSQL not reachable at {POSTGRES_URL}: {exc}"
+    await conn.close()
+    return None
+
+
+@contextlib.asynccontextmanager
+async def postgres_database() -> AsyncIterator[str]:
+    """A fresh, empty database for one test, dropped afterwards."""
+    problem = await _postgres_reachable()
+    if problem is not None:
+        if REQUIRE_POSTGRES:
+            pytest.fail(f"PostgreSQL is required here: {problem}")
+        pytest.skip(problem)
+    name = f"parley_test_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(POSTGRES_URL)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    base = POSTGRES_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://", 1)
+    try:
+        yield f"{base}/{name}"
+    finally:
+        admin = await asyncpg.connect(POSTGRES_URL)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'parley.db'}"
+        return
+    async with postgres_database() as url:
+        yield url
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def make_settings(database_url: str, data_dir: Path, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "database_url": database_url,
+        "data_dir": data_dir,
+        "admin_key": ADMIN_KEY,
+        "secret_key": SECRET_KEY,
+        "offline_token_delay_ms": 1.0,
+        "max_pending_per_user": 50,
+        "max_pending_per_session": 1000,
+        "log_level": "warning",
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+@dataclass
+class RunningServer:
+    """A live Parley: its URLs, an authenticated admin HTTP client, and helpers."""
+
+    base_url: str
+    ws_url: str
+    http: httpx.AsyncClient
+    clients: list[YClient] = field(default_factory=list)
+
+    async def new_session(self, members: dict[str, str], title: str = "test") -> str:
+        response = await self.http.post("/api/v1/sessions", json={"title": title})
+        assert response.status_code == 201, response.text
+        session_id: str = response.json()["id"]
+        for user_id, role in members.items():
+            put = await self.http.put(
+                f"/api/v1/sessions/{session_id}/members/{user_id}", json={"role": role}
+            )
+            assert put.status_code == 200, put.text
+        return session_id
+
+    async def token(self, session_id: str, user_id: str, ttl_seconds: int | None = None) -> str:
+        body: dict[str, Any] = {"user_id": user_id}
+        if ttl_seconds is not None:
+            body["ttl_seconds"] = ttl_seconds
+        response = await self.http.post(f"/api/v1/sessions/{session_id}/tokens", json=body)
+        assert response.status_code == 201, response.text
+        return str(response.json()["token"])
+
+    async def connect(self, session_id: str, user_id: str, *, synced: bool = True) -> YClient:
+        client = await YClient.connect(
+            self.ws_url, session_id, await self.token(session_id, user_id)
+        )
+        self.clients.append(client)
+        if synced:
+            async with asyncio.timeout(10):
+                await client.synced.wait()
+        return client
+
+    async def transcript(self, session_id: str) -> list[dict[str, Any]]:
+        response = await self.http.get(f"/api/v1/sessions/{session_id}/transcript")
+        assert response.status_code == 200, response.text
+        messages: list[dict[str, Any]] = response.json()["messages"]
+        return messages
+
+
+@contextlib.asynccontextmanager
+async def serve_in_process(settings: Settings) -> AsyncIterator[RunningServer]:
+    await asyncio.to_thread(migrate, settings.database_url)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn_config(create_app(settings), settings)
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    async with asyncio.timeout(20):
+        while not server.started:
+            if task.done():
+                task.result()
+            await asyncio.sleep(0.02)
+    base = f"http://127.0.0.1:{port}"
+    http = httpx.AsyncClient(
+        base_url=base, headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=20
+    )
+    running = RunningServer(base, f"ws://127.0.0.1:{port}", http)
+    try:
+        yield running
+    finally:
+        for client in running.clients:
+            await client.close()
+        await http.aclose()
+        server.should_exit = True
+        async with asyncio.timeout(20):
+            await task
+        sock.close()
+
+
+@pytest.fixture
+async def server(database_url: str, tmp_path: Path) -> AsyncIterator[RunningServer]:
+    async with serve_in_process(make_settings(database_url, tmp_path / "data")) as running:
+        yield running
+
+
+@pytest.fixture
+async def sqlite_server(tmp_path: Path) -> AsyncIterator[RunningServer]:
+    """For tests of behaviour that does not depend on the database."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'parley.db'}"
+    async with serve_in_process(make_settings(url, tmp_path / "data")) as running:
+        yield running
+
+
+class ServerProcess:
+    """``parley serve`` in a subprocess, for tests that kill and restart it."""
+
+    def __init__(self, database_url: str, data_dir: Path, port: int, **env: str) -> None:
+        self.port = port
+        self.base_url = f"http://127.0.0.1:{port}"
+        self.ws_url = f"ws://127.0.0.1:{port}"
+        self.log = data_dir / f"server-{port}.log"
+        self.env = {
+            **os.environ,
+            "PARLEY_DATABASE_URL": database_url,
+            "PARLEY_DATA_DIR": str(data_dir),
+            "PARLEY_ADMIN_KEY": ADMIN_KEY,
+            "PARLEY_SECRET_KEY": SECRET_KEY,
+            "PARLEY_LOG_LEVEL": "warning",
+            "PARLEY_MAX_PENDING_PER_USER": "50",
+            **env,
+        }
+        self.process: subprocess.Popen[bytes] | None = None
+
+    async def start(self) -> None:
+        data_dir = Path(self.env["PARLEY_DATA_DIR"])
+        data_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.log, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "server.cli", "serve", "--port", str(self.port)],
+                env=self.env,
+                cwd=REPO_ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + 30
+        async with httpx.AsyncClient() as http:
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"server exited: {self.log.read_text()[-2000:]}")
+                with contextlib.suppress(httpx.HTTPError):
+                    if (await http.get(f"{self.base_url}/healthz")).status_code == 200:
+                        return
+                await asyncio.sleep(0.1)
+        raise RuntimeError(f"server did not start: {self.log.read_text()[-2000:]}")
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait(10)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+
+
+@pytest.fixture
+def server_processes() -> Iterator[list[ServerProcess]]:
+    started: list[ServerProcess] = []
+    yield started
+    for process in started:
+        process.stop()

@@ -1,0 +1,263 @@
+"""The WebSocket endpoint: handshake refusals, commands, bad input, read-only document."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from pathlib import Path
+
+import websockets
+from pycrdt import Array, Doc, Map, Text
+
+from session.yprotocol import SyncType, encode_sync
+from tests.conftest import RunningServer, make_settings, serve_in_process
+from tests.yclient import YClient, all_replies_settled
+
+
+async def close_code_of(url: str) -> int | None:
+    async with websockets.connect(url) as ws:
+        try:
+            async with asyncio.timeout(5):
+                await ws.recv()
+        except websockets.ConnectionClosed:
+            pass
+        return ws.close_code
+
+
+async def test_handshake_refusals(sqlite_server: RunningServer) -> None:
+    server = sqlite_server
+    sid = await server.new_session({"alice": "editor"})
+    other = await server.new_session({"alice": "editor"})
+    token = await server.token(sid, "alice")
+    assert await close_code_of(f"{server.ws_url}/ws/sessions/{sid}?token=garbage") == 4401
+    assert await close_code_of(f"{server.ws_url}/ws/sessions/{sid}") == 4401
+    assert await close_code_of(f"{server.ws_url}/ws/sessions/{other}?token={token}") == 4401
+    await server.http.delete(f"/api/v1/sessions/{sid}/members/alice")
+    assert await close_code_of(f"{server.ws_url}/ws/sessions/{sid}?token={token}") == 4403
+
+
+async def test_unknown_session_closes_4404(sqlite_server: RunningServer) -> None:
+    sid = await sqlite_server.new_session({"alice": "editor"})
+    token = await sqlite_server.token(sid, "alice")
+    await sqlite_server.http.delete(f"/api/v1/sessions/{sid}")
+    url = f"{sqlite_server.ws_url}/ws/sessions/{sid}?token={token}"
+    assert await close_code_of(url) == 4404
+
+
+async def test_expired_token_closes_4401(sqlite_server: RunningServer) -> None:
+    sid = await sqlite_server.new_session({"alice": "editor"})
+    token = await sqlite_server.token(sid, "alice", ttl_seconds=1)
+    client = await YClient.connect(sqlite_server.ws_url, sid, token)
+    sqlite_server.clients.append(client)
+    assert await client.wait_closed(timeout=5) == 4401
+    assert await close_code_of(f"{sqlite_server.ws_url}/ws/sessions/{sid}?token={token}") == 4401
+
+
+async def test_prompt_streams_reply_to_every_member(server: RunningServer) -> None:
+    sid = await server.new_session({"alice": "editor", "bob": "viewer"})
+    alice = await server.connect(sid, "alice")
+    bob = await server.connect(sid, "bob")
+    reply = await alice.command({"type": "prompt", "id": "c1", "text": "What is Parley?"})
+    assert reply["type"] == "ack" and reply["id"] == "c1" and reply["seq"] == 1
+    prompt_id = reply["prompt_id"]
+    await bob.wait_until(lambda c: all_replies_settled(c, 1))
+    entries = bob.entries()
+    assert [e["kind"] for e in entries] == ["prompt", "reply"]
+    prompt, answer = entries
+    assert prompt["id"] == prompt_id and prompt["author"] == "alice"
+    assert prompt["status"] == "done" and prompt["reply_id"] == answer["id"]
+    assert answer["reply_to"] == prompt_id and answer["status"] == "done"
+    assert answer["role"] == "assistant" and "Hello alice" in answer["content"]
+    assert "What is Parley?" in answer["content"]
+    assert bob.unsolicited == []  # a client that sends no text frame gets none
+
+
+async def test_messages_are_history_without_a_model_call(server: RunningServer) -> None:
+    sid = await server.new_session({"alice": "editor", "bob": "editor"})
+    alice = await server.connect(sid, "alice")
+    bob = await server.connect(sid, "bob")
+    posted = await bob.command({"type": "message", "id": "m1", "text": "the log is in #ops"})
+    assert posted["type"] == "ack" and posted["seq"] == 1 and "message_id" in posted
+    await alice.command({"type": "prompt", "id": "p1", "text": "summarise"})
+    await alice.wait_until(lambda c: all_replies_settled(c, 1))
+    kinds = [(e["kind"], e["author"]) for e in alice.entries()]
+    assert kinds == [("message", "bob"), ("prompt", "alice"), ("reply", "parley-offline")]
+    answer = alice.entries()[2]["content"]
+    assert "1 earlier messages" in answer and "bob" in answer
+
+
+async def test_bad_commands_get_errors_and_the_socket_stays_open(
+    sqlite_server: RunningServer,
+) -> None:
+    server = sqlite_server
+    sid = await server.new_session({"alice": "editor", "vera": "viewer"})
+    alice = await server.connect(sid, "alice")
+    vera = await server.connect(sid, "vera")
+
+    async def error_of(client: YClient, payload: dict[str, object]) -> str:
+        reply = await client.command(payload)
+        assert reply["type"] == "error", reply
+        return str(reply["code"])
+
+    assert await error_of(vera, {"type": "prompt", "id": "v", "text": "hi"}) == "forbidden"
+    assert await error_of(vera, {"type": "message", "id": "v2", "text": "hi"}) == "forbidden"
+    assert await error_of(alice, {"type": "prompt", "id": "e", "text": "   "}) == "invalid"
+    assert await error_of(alice, {"type": "prompt", "id": "t", "text": "x" * 40_000}) == (
+        "too_large"
+    )
+    assert await error_of(alice, {"type": "dance", "id": "d"}) == "unknown_command"
+    assert await error_of(alice, {"type": "prompt", "id": "", "text": "x"}) == "invalid"
+    assert await error_of(alice, {"type": "cancel", "id": "c", "prompt_id": "nope"}) == (
+        "not_found"
+    )
+    await alice.send_raw("{not json")
+    await alice.wait_until(lambda c: len(c.unsolicited) == 1, timeout=5)
+    assert alice.unsolicited[0]["code"] == "invalid" and alice.unsolicited[0]["id"] is None
+    ok = await alice.command({"type": "prompt", "id": "ok", "text": "still here?"})
+    assert ok["type"] == "ack" and ok["seq"] == 1  # nothing was stored for the bad ones
+    transcript = await server.transcript(sid)
+    assert transcript[0]["content"] == "still here?"
+    assert [m["seq"] for m in transcript if m["kind"] != "reply"] == [1]
+
+
+async def test_resent_command_gets_the_original_ack(server: RunningServer) -> None:
+    sid = await server.new_session({"alice": "editor"})
+    alice = await server.connect(sid, "alice")
+    first = await alice.command({"type": "prompt", "id": "same", "text": "once"})
+    await alice.close()
+    again = await server.connect(sid, "alice")
+    second = await again.command({"type": "prompt", "id": "same", "text": "once"})
+    assert second == first
+    await again.wait_until(lambda c: all_replies_settled(c, 1))
+    prompts = [e for e in again.entries() if e["kind"] == "prompt"]
+    assert len(prompts) == 1
+
+
+async def test_malformed_binary_frame_closes_only_that_socket(
+    sqlite_server: RunningServer,
+) -> None:
+    server = sqlite_server
+    sid = await server.new_session({"alice": "editor", "bob": "editor"})
+    alice = await server.connect(sid, "alice")
+    bob = await server.connect(sid, "bob")
+    await bob.send_raw(b"\x00\x02\xff\xff\xff")
+    assert await bob.wait_closed() == 4400
+    await alice.command({"type": "prompt", "id": "p", "text": "hello"})
+    await alice.wait_until(lambda c: all_replies_settled(c, 1))
+
+
+async def test_oversized_message_closes_with_1009(sqlite_server: RunningServer) -> None:
+    server = sqlite_server
+    sid = await server.new_session({"alice": "editor", "bob": "editor"})
+    alice = await server.connect(sid, "alice")
+    bob = await server.connect(sid, "bob")
+    with contextlib.suppress(websockets.ConnectionClosed):
+        await bob.send_raw(b"\x01" + b"\x00" * (5 * 1024 * 1024))
+    assert await bob.wait_closed() == 1009
+    ack = await alice.command({"type": "message", "id": "m", "text": "still fine"})
+    assert ack["type"] == "ack"
+
+
+async def test_client_writes_are_refused_and_never_relayed(server: RunningServer) -> None:
+    sid = await server.new_session({"alice": "editor", "mallory": "editor"})
+    alice = await server.connect(sid, "alice")
+    mallory = await server.connect(sid, "mallory")
+    await alice.command({"type": "prompt", "id": "p", "text": "hello"})
+    await alice.wait_until(lambda c: all_replies_settled(c, 1))
+    await mallory.wait_until(lambda c: all_replies_settled(c, 1))
+
+    await mallory.command({"type": "message", "id": "hi", "text": "hello all"})
+    await mallory.wait_until(lambda c: c.entries()[-1]["content"] == "hello all")
+    forged: Doc = Doc()
+    forged.apply_update(mallory.doc.get_update())
+    before = forged.get_state()
+    transcript = forged.get("transcript", type=Array)
+    transcript.append(Map({"id": "forged", "kind": "reply", "content": Text("pwned")}))
+    transcript[0]["status"] = "hacked"
+    await mallory.send_raw(encode_sync(SyncType.UPDATE, forged.get_update(before)))
+    await mallory.command({"type": "message", "id": "after", "text": "did it stick?"})
+    refusal = [m for m in mallory.unsolicited if m.get("code") == "forbidden"]
+    assert refusal, "a JSON-speaking client is told its write was refused"
+    await alice.wait_until(lambda c: c.entries()[-1]["content"] == "did it stick?")
+    for view in (alice.entries(), await server.transcript(sid)):
+        assert all(e["id"] != "forged" for e in view)
+        assert view[0]["status"] == "done"
+
+
+async def test_cancel_queued_and_running_prompts(database_url: str, tmp_path: Path) -> None:
+    settings = make_settings(database_url, tmp_path / "data", offline_token_delay_ms=50)
+    async with serve_in_process(settings) as server:
+        await _cancel_scenario(server)
+
+
+async def _cancel_scenario(server: RunningServer) -> None:
+    sid = await server.new_session({"alice": "editor", "bob": "editor", "olga": "owner"})
+    alice = await server.connect(sid, "alice")
+    bob = await server.connect(sid, "bob")
+    olga = await server.connect(sid, "olga")
+    first = await alice.command({"type": "prompt", "id": "1", "text": "long " * 50})
+    second = await alice.command({"type": "prompt", "id": "2", "text": "queued"})
+    third = await bob.command({"type": "prompt", "id": "3", "text": "bob's"})
+
+    denied = await bob.command({"type": "cancel", "id": "x", "prompt_id": second["prompt_id"]})
+    assert denied["type"] == "error" and denied["code"] == "forbidden"
+    own = await alice.command({"type": "cancel", "id": "c2", "prompt_id": second["prompt_id"]})
+    assert own["type"] == "ack"
+    by_owner = await olga.command({"type": "cancel", "id": "c3", "prompt_id": first["prompt_id"]})
+    assert by_owner["type"] == "ack"
+    again = await olga.command({"type": "cancel", "id": "c4", "prompt_id": first["prompt_id"]})
+    assert again["type"] == "error" and again["code"] == "conflict"
+
+    await alice.wait_until(lambda c: all_replies_settled(c, 2))
+    by_id = {e["id"]: e for e in alice.entries()}
+    assert by_id[second["prompt_id"]]["status"] == "cancelled"
+    assert "reply_id" not in by_id[second["prompt_id"]]
+    cancelled = by_id[first["prompt_id"]]
+    assert cancelled["status"] == "cancelled" and cancelled["reason"] == "cancelled by olga"
+    assert by_id[cancelled["reply_id"]]["status"] == "cancelled"
+    assert by_id[third["prompt_id"]]["status"] == "done"
+    assert [q for q in alice.queue] == []
+
+
+async def test_presence_is_relayed_with_the_verified_user(sqlite_server: RunningServer) -> None:
+    server = sqlite_server
+    sid = await server.new_session({"alice": "editor", "vera": "viewer"})
+    alice = await server.connect(sid, "alice")
+    vera = await server.connect(sid, "vera")
+    await vera.set_awareness(777, 1, {"user": {"name": "Vera"}, "typing": True})
+    await alice.wait_until(lambda c: 777 in c.awareness)
+    state = alice.awareness[777]
+    assert state is not None and state["parley"] == {"user_id": "vera"} and state["typing"]
+    await vera.wait_until(lambda c: 777 in c.awareness)  # echoed to the sender too
+    await vera.set_awareness(12345, 1, {"user": {"name": "spoof"}})
+    await alice.set_awareness(777, 5, {"user": {"name": "not vera"}})
+    await asyncio.sleep(0.2)
+    assert alice.awareness[777] == state  # alice may not speak for vera's client
+    await vera.close()
+    await alice.wait_until(lambda c: c.awareness.get(777, {}) is None)
+
+
+async def test_session_deletion_and_removal_close_sockets(sqlite_server: RunningServer) -> None:
+    server = sqlite_server
+    sid = await server.new_session({"alice": "editor", "bob": "editor"})
+    alice = await server.connect(sid, "alice")
+    bob = await server.connect(sid, "bob")
+    await server.http.delete(f"/api/v1/sessions/{sid}/members/bob")
+    assert await bob.wait_closed() == 4403
+    await server.http.delete(f"/api/v1/sessions/{sid}")
+    assert await alice.wait_closed() == 4404
+
+
+async def test_json_is_sent_only_to_clients_that_speak_it(sqlite_server: RunningServer) -> None:
+    server = sqlite_server
+    sid = await server.new_session({"alice": "editor", "bob": "editor"})
+    alice = await server.connect(sid, "alice")
+    silent = await server.connect(sid, "bob")
+    forged: Doc = Doc()
+    forged.get("transcript", type=Array).append(Map({"id": "x"}))
+    await silent.send_raw(encode_sync(SyncType.UPDATE, forged.get_update()))
+    await alice.command({"type": "prompt", "id": "p", "text": "hi"})
+    await silent.wait_until(lambda c: all_replies_settled(c, 1))
+    assert silent.unsolicited == [] and not silent.replies
+    assert all(json.dumps(e) for e in silent.entries())
