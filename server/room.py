@@ -42,7 +42,6 @@ from session.schema import MESSAGE_STATUS, EntryKind, SessionDocument
 from session.yprotocol import (
     DeleteSet,
     SyncType,
-    decode_state_vector,
     delete_set_of,
     encode_sync,
     is_noop_update,
@@ -409,9 +408,10 @@ class SessionRoom:
 
     def is_noop(self, update: bytes) -> bool:
         """True when a client update would change nothing (clients may not write)."""
+        state = self.doc.doc.get_state()
         if self._deletes is None:
-            self._deletes = normalise_delete_set(delete_set_of(self.doc.doc.get_update()))
-        state = decode_state_vector(self.doc.doc.get_state())
+            full = self.doc.doc.get_update()
+            self._deletes = normalise_delete_set(delete_set_of(full, state))
         return is_noop_update(update, state, self._deletes)
 
     # -- membership -----------------------------------------------------------------------

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
 
-from pycrdt import get_state, get_update, write_var_uint
+from pycrdt import get_update, write_var_uint
 
 from session.errors import InvalidInput
 
@@ -168,17 +168,7 @@ def encode_awareness_update(states: list[AwarenessState]) -> bytes:
 DeleteSet = dict[int, list[tuple[int, int]]]
 
 
-def delete_set_of(update: bytes) -> DeleteSet:
-    """The deletions an update carries, as ``{client: [(clock, length), …]}``."""
-    # Diffing an update against its own state vector drops every struct and keeps the
-    # delete set, whose encoding is simple enough to read here.
-    try:
-        only_deletes = get_update(update, get_state(update))
-    except Exception as exc:  # pycrdt raises plain exceptions for corrupt updates
-        raise ProtocolError(f"malformed update: {exc}") from None
-    reader = _Reader(only_deletes)
-    if reader.varuint() != 0:
-        raise ProtocolError("unexpected structs in a delete set")
+def _read_delete_set(reader: _Reader) -> DeleteSet:
     deletes: DeleteSet = {}
     for _ in range(reader.varuint()):
         client = reader.varuint()
@@ -187,6 +177,22 @@ def delete_set_of(update: bytes) -> DeleteSet:
             clock = reader.varuint()
             ranges.append((clock, reader.varuint()))
     return deletes
+
+
+def _diff(update: bytes, state: bytes) -> _Reader:
+    """A reader over ``update`` minus every struct ``state`` already covers."""
+    try:
+        return _Reader(get_update(update, state))
+    except Exception as exc:  # pycrdt raises plain exceptions for corrupt input
+        raise ProtocolError(f"malformed update: {exc}") from None
+
+
+def delete_set_of(update: bytes, state: bytes) -> DeleteSet:
+    """The deletions of a document's full ``update``; ``state`` is its state vector."""
+    reader = _diff(update, state)
+    if reader.varuint() != 0:
+        raise ProtocolError("the state vector does not cover the update")
+    return _read_delete_set(reader)
 
 
 def decode_state_vector(state: bytes) -> dict[int, int]:
@@ -208,23 +214,18 @@ def _covered(ranges: list[tuple[int, int]], clock: int, length: int) -> bool:
     return False
 
 
-def is_noop_update(update: bytes, server_state: dict[int, int], server_deletes: DeleteSet) -> bool:
+def is_noop_update(update: bytes, server_state: bytes, server_deletes: DeleteSet) -> bool:
     """True when applying ``update`` to the server's document would change nothing.
 
-    ``server_state`` is the server's state vector, ``server_deletes`` its delete set (merged,
-    sorted ranges per client). Any struct the server lacks, or any deletion it has not made,
-    makes the update a write.
+    ``server_state`` is the server's encoded state vector, ``server_deletes`` its delete set
+    (merged, sorted ranges per client). Diffing the update against the server's state
+    leaves only structs the server lacks; any of those, or any deletion the server has not
+    made, makes the update a write.
     """
-    try:
-        update_state = decode_state_vector(get_state(update))
-    except ProtocolError:
-        raise
-    except Exception as exc:
-        raise ProtocolError(f"malformed update: {exc}") from None
-    for client, clock in update_state.items():
-        if clock > server_state.get(client, 0):
-            return False
-    for client, ranges in delete_set_of(update).items():
+    reader = _diff(update, server_state)
+    if reader.varuint() != 0:
+        return False
+    for client, ranges in _read_delete_set(reader).items():
         known = server_deletes.get(client, [])
         for clock, length in ranges:
             if not _covered(known, clock, length):

@@ -214,9 +214,8 @@ class ServerProcess:
         }
         self.process: subprocess.Popen[bytes] | None = None
 
-    async def start(self) -> None:
-        data_dir = Path(self.env["PARLEY_DATA_DIR"])
-        data_dir.mkdir(parents=True, exist_ok=True)
+    def spawn(self) -> None:
+        Path(self.env["PARLEY_DATA_DIR"]).mkdir(parents=True, exist_ok=True)
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "server.cli", "serve", "--port", str(self.port)],
@@ -225,6 +224,11 @@ class ServerProcess:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
+
+    async def start(self) -> None:
+        """Spawn the server and wait until ``/healthz`` answers."""
+        self.spawn()
+        assert self.process is not None
         deadline = time.monotonic() + 30
         async with httpx.AsyncClient() as http:
             while time.monotonic() < deadline:
@@ -257,3 +261,21 @@ def server_processes() -> Iterator[list[ServerProcess]]:
     yield started
     for process in started:
         process.stop()
+
+
+# -- CI: a skipped test is a failed run --------------------------------------------------------
+
+_skipped: list[str] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.skipped:
+        _skipped.append(report.nodeid)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if os.environ.get("PARLEY_TEST_FORBID_SKIPS") == "1" and _skipped:
+        print(f"\nPARLEY_TEST_FORBID_SKIPS=1 and {len(_skipped)} tests were skipped:")
+        for nodeid in _skipped:
+            print(f"  {nodeid}")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

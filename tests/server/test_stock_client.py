@@ -1,0 +1,72 @@
+"""An unmodified Yjs client (npm yjs + y-websocket + ws) against a live server."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import RunningServer, make_settings, serve_in_process
+from tests.stock_client import StockYjsClient, ensure_node_modules
+from tests.yclient import all_replies_settled
+
+pytestmark = pytest.mark.node
+
+
+async def test_stock_client_sees_the_stream_and_cannot_write(tmp_path: Path) -> None:
+    await asyncio.to_thread(ensure_node_modules)
+    url = f"sqlite+aiosqlite:///{tmp_path / 'parley.db'}"
+    settings = make_settings(url, tmp_path / "data", offline_token_delay_ms=20)
+    async with serve_in_process(settings) as server:
+        await _scenario(server)
+
+
+async def _scenario(server: RunningServer) -> None:
+    sid = await server.new_session({"alice": "editor", "sam": "editor"})
+    stock = await StockYjsClient.start(
+        f"{server.ws_url}/ws/sessions", sid, await server.token(sid, "sam"), name="Sam"
+    )
+    try:
+        await stock.wait_event(lambda e: e.get("event") == "sync" and e["synced"], 15)
+        alice = await server.connect(sid, "alice")
+        await alice.wait_until(
+            lambda c: any(s and s["parley"]["user_id"] == "sam" for s in c.awareness.values())
+        )
+        await stock.command({"cmd": "typing", "value": True})
+        await alice.wait_until(lambda c: any(s and s.get("typing") for s in c.awareness.values()))
+        await alice.command({"type": "prompt", "id": "p", "text": "stream to everyone"})
+        await alice.wait_until(lambda c: all_replies_settled(c, 1))
+        for _ in range(100):
+            dump = await stock.dump()
+            if any(e["status"] == "done" for e in dump["transcript"] if e["kind"] == "reply"):
+                break
+            await asyncio.sleep(0.05)
+        prompt, reply = dump["transcript"]
+        assert prompt["content"] == "stream to everyone" and prompt["author"] == "alice"
+        assert reply["content"] == alice.entries()[1]["content"]
+        # The stock client saw the reply grow token by token, not arrive whole.
+        assert dump["reply_lengths_seen"][reply["id"]] > 5
+
+        before = await server.transcript(sid)
+        written = await stock.command({"cmd": "write"})
+        assert written["attempted"] == 4
+        await alice.command({"type": "message", "id": "m", "text": "after the forgery"})
+        await alice.wait_until(lambda c: c.entries()[-1]["content"] == "after the forgery")
+        after = await server.transcript(sid)
+        assert after[:2] == before
+        assert [e["id"] for e in alice.entries()] == [e["id"] for e in after]
+        assert all(e["id"] != "forged" and "HACK" not in e["content"] for e in after)
+        assert all(e["status"] != "hacked" for e in alice.entries())
+        # The stock client's own copy diverged locally, but nobody else received it,
+        # and it still receives the server's updates.
+        for _ in range(100):
+            dump = await stock.dump()
+            if any(e["content"] == "after the forgery" for e in dump["transcript"]):
+                break
+            await asyncio.sleep(0.05)
+        assert any(e["content"] == "after the forgery" for e in dump["transcript"]), [
+            e for e in stock.history if e.get("event") != "reply"
+        ][-5:]
+    finally:
+        await stock.close()
