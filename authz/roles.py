@@ -20,6 +20,7 @@ class Capability(StrEnum):
     POST_MESSAGE = "post_message"
     CANCEL_OWN = "cancel_own"
     CANCEL_ANY = "cancel_any"
+    MANAGE_SESSION = "manage_session"
 
 
 ROLE_CAPABILITIES: dict[Role, frozenset[Capability]] = {

@@ -14,6 +14,7 @@ from server.api_models import (
     SessionCreate,
     SessionList,
     SessionOut,
+    SessionPatch,
     TokenCreate,
     TokenOut,
     TranscriptEntryOut,
@@ -23,12 +24,19 @@ from server.rest import Operation, QueryParam
 from server.state import AppState
 from server.store import SessionRow
 from session.errors import Conflict, InvalidInput, NotFound
+from session.queue import Policy
 
 USER_ID = re.compile(r"[A-Za-z0-9._@:+-]{1,200}")
 
 
 def _session_out(row: SessionRow) -> SessionOut:
-    return SessionOut(id=row.id, title=row.title, created_at=row.created_at, last_seq=row.last_seq)
+    return SessionOut(
+        id=row.id,
+        title=row.title,
+        created_at=row.created_at,
+        last_seq=row.last_seq,
+        policy=Policy(row.policy).value,
+    )
 
 
 async def _session(state: AppState, session_id: str) -> SessionRow:
@@ -45,7 +53,9 @@ def _check_user_id(user_id: str) -> None:
 
 async def create_session(state: AppState, body: SessionCreate) -> SessionOut:
     session_id = secrets.token_hex(12)
-    row = await state.store.create_session(session_id, body.title, int(state.clock() * 1000))
+    row = await state.store.create_session(
+        session_id, body.title, body.policy, int(state.clock() * 1000)
+    )
     return _session_out(row)
 
 
@@ -58,6 +68,17 @@ async def list_sessions(state: AppState, limit: int, offset: int) -> SessionList
 
 
 async def get_session(state: AppState, session_id: str) -> SessionOut:
+    return _session_out(await _session(state, session_id))
+
+
+async def update_session(state: AppState, session_id: str, body: SessionPatch) -> SessionOut:
+    """Change a session's title or scheduling policy (the admin acts as an owner)."""
+    await _session(state, session_id)
+    if body.title is not None:
+        await state.store.set_title(session_id, body.title)
+    if body.policy is not None:
+        room = await state.rooms.get(session_id)
+        await room.set_policy(Policy(body.policy))
     return _session_out(await _session(state, session_id))
 
 
@@ -156,6 +177,15 @@ OPERATIONS: list[Operation] = [
         "/api/v1/sessions/{session_id}",
         get_session,
         "Get a session",
+        response=SessionOut,
+        errors=SESSION_ERRORS,
+    ),
+    Operation(
+        "PATCH",
+        "/api/v1/sessions/{session_id}",
+        update_session,
+        "Change a session's title or scheduling policy",
+        body=SessionPatch,
         response=SessionOut,
         errors=SESSION_ERRORS,
     ),

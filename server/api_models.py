@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 RoleName = Literal["owner", "editor", "viewer"]
+PolicyName = Literal["queue", "coalesce", "interrupt", "reject"]
 
 
 class Strict(BaseModel):
@@ -34,6 +35,12 @@ class Readiness(Strict):
 
 class SessionCreate(Strict):
     title: str = Field(default="", max_length=500)
+    policy: PolicyName = Field(default="queue", description="How concurrent prompts run.")
+
+
+class SessionPatch(Strict):
+    title: str | None = Field(default=None, max_length=500)
+    policy: PolicyName | None = None
 
 
 class SessionOut(Strict):
@@ -41,6 +48,7 @@ class SessionOut(Strict):
     title: str
     created_at: int = Field(description="Milliseconds since the epoch.")
     last_seq: int = Field(description="The highest sequence number handed out so far.")
+    policy: PolicyName
 
 
 class SessionList(Strict):
@@ -89,6 +97,8 @@ class TranscriptEntryOut(Strict):
     reason: str | None
     reply_to: str | None
     reply_id: str | None
+    answers: list[str]
+    started_at: int | None
 
 
 class TranscriptOut(Strict):

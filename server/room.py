@@ -19,26 +19,19 @@ from typing import Any
 
 from pycrdt import Doc, TransactionEvent, merge_updates
 
-from authz.roles import Capability, Role, may, may_cancel, require
+from authz.roles import Capability, Role, may
 from server.connection import Connection
 from server.settings import Settings
-from server.store import DuplicateCommand, EntryRow, Store, StoreTx
+from server.store import EntryRow, Store, StoreTx
 from session.commands import (
-    CancelCommand,
-    CommandError,
     Limits,
-    MessageCommand,
-    PromptCommand,
-    ack,
-    error_reply,
-    parse_command,
 )
-from session.errors import Conflict, Forbidden, NotFound, ParleyError, QueueFull, Unavailable
+from session.errors import Forbidden, Unavailable
 from session.lifecycle import PromptStatus, ReplyStatus
 from session.model import Usage
 from session.presence import Presence
-from session.queue import OrderingQueue, PendingPrompt, QueueLimits
-from session.schema import MESSAGE_STATUS, EntryKind, SessionDocument
+from session.queue import OrderingQueue, PendingPrompt, Policy, QueueLimits, Run
+from session.schema import MESSAGE_STATUS, EntryKind, QueuedItem, SessionDocument
 from session.yprotocol import (
     DeleteSet,
     SyncType,
@@ -89,6 +82,7 @@ class SessionRoom:
         self.doc = SessionDocument(Doc())
         self.presence = Presence(settings.max_awareness_state_bytes)
         self.refused_writes = 0
+        self.active_run: ActiveRun | None = None
         self.wakeup = asyncio.Event()
         self.closed = False
         self.last_active = clock()
@@ -103,7 +97,7 @@ class SessionRoom:
 
     # -- loading --------------------------------------------------------------------------
 
-    async def load(self, title: str) -> None:
+    async def load(self, title: str, policy: Policy) -> None:
         """Restore the document from its update log and the queue from the entries table."""
         await self._load_doc()
         self.members = {
@@ -111,18 +105,10 @@ class SessionRoom:
         }
         if "session_id" not in self.doc.meta:
             async with self._writing():
-                self.doc.init_meta(self.session_id, title)
+                self.doc.init_meta(self.session_id, title, policy.value)
         waiting = await self.store.entries_with_status(
             self.session_id, [PromptStatus.QUEUED.value, PromptStatus.RUNNING.value]
         )
-        for row in waiting:
-            if row.status == PromptStatus.RUNNING.value:
-                await self.finish_prompt(
-                    row.id,
-                    PromptStatus.FAILED,
-                    RESTART_REASON,
-                    reply_status=ReplyStatus.INTERRUPTED,
-                )
         self.queue = OrderingQueue(
             self.queue.limits,
             [
@@ -130,7 +116,21 @@ class SessionRoom:
                 for row in waiting
                 if row.status == PromptStatus.QUEUED.value
             ],
+            policy,
         )
+        cut_off = tuple(
+            PendingPrompt(row.id, row.seq, row.author)
+            for row in waiting
+            if row.status == PromptStatus.RUNNING.value
+        )
+        if cut_off:
+            # The process died mid-reply: never re-run (it would answer twice), mark it.
+            await self.finish_run(
+                Run(cut_off),
+                PromptStatus.FAILED,
+                RESTART_REASON,
+                reply_status=ReplyStatus.INTERRUPTED,
+            )
 
     async def _load_doc(self) -> None:
         stored = await self.store.load_doc(self.session_id)
@@ -194,91 +194,63 @@ class SessionRoom:
         for connection in list(self.connections):
             connection.send(message)
 
-    # -- commands -------------------------------------------------------------------------
-
-    async def handle_command(self, connection: Connection, frame: str) -> str:
-        """Run one JSON command and return its single reply (ack or error)."""
-        try:
-            command = parse_command(frame, self.limits)
-        except CommandError as exc:
-            return error_reply(exc.command_id, exc)
-        try:
-            role = self.role_of(connection.user_id)
-            if isinstance(command, PromptCommand):
-                return await self.submit_prompt(connection.user_id, role, command)
-            if isinstance(command, MessageCommand):
-                return await self.post_message(connection.user_id, role, command)
-            return await self.cancel(connection.user_id, role, command)
-        except ParleyError as exc:
-            return error_reply(command.id, exc)
-
     def role_of(self, user_id: str) -> Role:
         role = self.members.get(user_id)
         if role is None:
             raise Forbidden("you are not a member of this session")
         return role
 
-    async def submit_prompt(self, user_id: str, role: Role, command: PromptCommand) -> str:
-        require(role, Capability.PROMPT)
+    # -- queue transitions (each one write; the queue is swapped in on commit) -------------
+
+    def _planned(self, queue: OrderingQueue) -> list[QueuedItem]:
+        return [QueuedItem(p.id, p.seq, p.author) for p in queue.pending()]
+
+    async def add_prompt(self, user_id: str, command_id: str, text: str) -> tuple[int, str]:
+        """Admit, store and queue a prompt; returns its sequence number and id."""
         entry_id = new_id()
-        try:
-            async with self._writing() as write:
-                try:
-                    self.queue.admit(user_id)
-                except QueueFull:
-                    previous = await self._previous_ack(user_id, command.id)
-                    if previous is not None:
-                        return previous
-                    raise
-                seq = await self._store_entry(
-                    write.tx,
-                    entry_id,
-                    EntryKind.PROMPT,
-                    user_id,
-                    command.id,
-                    command.text,
-                    PromptStatus.QUEUED.value,
-                )
-                self.doc.add_prompt(
-                    id=entry_id,
-                    seq=seq,
-                    author=user_id,
-                    text=command.text,
-                    created_at=self.now_ms(),
-                )
-                prompt = PendingPrompt(entry_id, seq, user_id)
-                write.after_commit.append(lambda: self.queue.push(prompt))
-        except DuplicateCommand:
-            return await self._previous_ack_or_fail(user_id, command.id)
+        async with self._writing() as write:
+            queue = self.queue.clone()
+            queue.admit(user_id)
+            seq = await self.store_entry(
+                write.tx,
+                entry_id,
+                EntryKind.PROMPT,
+                user_id,
+                command_id,
+                text,
+                PromptStatus.QUEUED.value,
+            )
+            self.doc.add_prompt(
+                id=entry_id, seq=seq, author=user_id, text=text, created_at=self.now_ms()
+            )
+            pushed = queue.push(PendingPrompt(entry_id, seq, user_id))
+            if pushed.superseded:
+                ids = [p.id for p in pushed.superseded]
+                reason = f"interrupted: superseded by a newer prompt from {user_id}"
+                for prompt_id in ids:
+                    await self._store_finish(write.tx, prompt_id, PromptStatus.INTERRUPTED, reason)
+                self.doc.finish_prompts(ids, PromptStatus.INTERRUPTED, reason)
+            self.doc.set_queue(self._planned(queue))
+            write.after_commit.append(lambda: setattr(self, "queue", queue))
+        if pushed.interrupt_running and self.active_run is not None:
+            self.active_run.stop(
+                PromptStatus.INTERRUPTED, f"interrupted by a newer prompt from {user_id}"
+            )
         self.wakeup.set()
-        return ack(command.id, seq=seq, prompt_id=entry_id)
+        return seq, entry_id
 
-    async def post_message(self, user_id: str, role: Role, command: MessageCommand) -> str:
-        require(role, Capability.POST_MESSAGE)
+    async def add_message(self, user_id: str, command_id: str, text: str) -> tuple[int, str]:
         entry_id = new_id()
-        try:
-            async with self._writing() as write:
-                seq = await self._store_entry(
-                    write.tx,
-                    entry_id,
-                    EntryKind.MESSAGE,
-                    user_id,
-                    command.id,
-                    command.text,
-                    MESSAGE_STATUS,
-                )
-                self.doc.add_message(
-                    id=entry_id,
-                    seq=seq,
-                    author=user_id,
-                    text=command.text,
-                    created_at=self.now_ms(),
-                )
-        except DuplicateCommand:
-            return await self._previous_ack_or_fail(user_id, command.id)
-        return ack(command.id, seq=seq, message_id=entry_id)
+        async with self._writing() as write:
+            seq = await self.store_entry(
+                write.tx, entry_id, EntryKind.MESSAGE, user_id, command_id, text, MESSAGE_STATUS
+            )
+            self.doc.add_message(
+                id=entry_id, seq=seq, author=user_id, text=text, created_at=self.now_ms()
+            )
+        return seq, entry_id
 
-    async def _store_entry(
+    async def store_entry(
         self,
         tx: StoreTx,
         entry_id: str,
@@ -306,98 +278,92 @@ class SessionRoom:
         )
         return seq
 
-    async def _previous_ack(self, user_id: str, command_id: str) -> str | None:
-        """The ack a resent command got the first time, if it was stored."""
-        row = await self.store.entry_by_command(self.session_id, user_id, command_id)
-        if row is None:
-            return None
-        if row.kind == EntryKind.PROMPT.value:
-            return ack(command_id, seq=row.seq, prompt_id=row.id)
-        return ack(command_id, seq=row.seq, message_id=row.id)
-
-    async def _previous_ack_or_fail(self, user_id: str, command_id: str) -> str:
-        previous = await self._previous_ack(user_id, command_id)
-        if previous is None:
-            raise Conflict(f"command id {command_id!r} is already in use")
-        return previous
-
-    async def cancel(self, user_id: str, role: Role, command: CancelCommand) -> str:
-        if not self.doc.has_entry(command.prompt_id):
-            raise NotFound(f"no prompt {command.prompt_id!r} in this session")
-        entry = self.doc.entry(command.prompt_id)
-        if entry.kind is not EntryKind.PROMPT:
-            raise NotFound(f"{command.prompt_id!r} is not a prompt")
-        if not may_cancel(role, issuer=user_id, author=entry.author):
-            raise Forbidden("only the prompt's author or an owner may cancel it")
-        reason = f"cancelled by {user_id}"
+    async def cancel_waiting(self, prompt_id: str, reason: str) -> bool:
+        """Cancel a prompt that has not started; False if it is no longer waiting."""
         async with self._writing() as write:
-            if self.queue.is_pending(entry.id):
-                await self._store_finish(write.tx, entry.id, PromptStatus.CANCELLED, reason)
-                self.doc.finish_prompt(entry.id, PromptStatus.CANCELLED, reason)
-                write.after_commit.append(lambda: self.queue.remove(entry.id))
-                return ack(command.id, seq=entry.seq, prompt_id=entry.id)
-        run = self.active_run
-        if run is None or run.prompt.id != entry.id:
-            status = self.doc.entry(entry.id).status
-            raise Conflict(f"prompt {entry.id!r} is {status}; it can no longer be cancelled")
-        await run.cancel(reason)
-        return ack(command.id, seq=entry.seq, prompt_id=entry.id)
+            if not self.queue.is_pending(prompt_id):
+                return False
+            queue = self.queue.clone()
+            queue.remove(prompt_id)
+            await self._store_finish(write.tx, prompt_id, PromptStatus.CANCELLED, reason)
+            self.doc.finish_prompts([prompt_id], PromptStatus.CANCELLED, reason)
+            self.doc.set_queue(self._planned(queue))
+            write.after_commit.append(lambda: setattr(self, "queue", queue))
+        return True
 
-    # -- prompt lifecycle (used by the runner) --------------------------------------------
-
-    active_run: ActiveRun | None = None
+    async def set_policy(self, policy: Policy) -> None:
+        async with self._writing() as write:
+            queue = self.queue.clone()
+            queue.set_policy(policy)
+            await write.tx.set_policy(self.session_id, policy.value)
+            self.doc.set_policy(policy.value)
+            self.doc.set_queue(self._planned(queue))
+            write.after_commit.append(lambda: setattr(self, "queue", queue))
+        self.wakeup.set()
 
     async def _store_finish(
         self, tx: StoreTx, prompt_id: str, status: PromptStatus, reason: str | None
     ) -> None:
         await tx.set_entry_status(prompt_id, status.value, reason=reason, finished_at=self.now_ms())
 
-    async def finish_prompt(
-        self,
-        prompt_id: str,
-        status: PromptStatus,
-        reason: str | None = None,
-        *,
-        reply_status: ReplyStatus | None = None,
-        after_commit: Callable[[], object] | None = None,
-    ) -> None:
-        async with self._writing() as write:
-            await self._store_finish(write.tx, prompt_id, status, reason)
-            self.doc.finish_prompt(prompt_id, status, reason, reply_status=reply_status)
-            if after_commit is not None:
-                write.after_commit.append(after_commit)
+    async def start_run(self, run: Run, reply_author: str) -> str | None:
+        """Mark a run's prompts running and open their reply; None if the run may not start.
 
-    async def start_prompt(self, prompt: PendingPrompt, reply_author: str) -> str | None:
-        """Mark the next prompt running and open its reply; None if it may not run."""
+        A prompt whose author may no longer prompt fails with ``forbidden`` instead, and the
+        caller asks the queue again.
+        """
         reply_id = new_id()
-        role = self.members.get(prompt.author)
-        if role is None or not may(role, Capability.PROMPT):
-            await self.finish_prompt(
-                prompt.id,
-                PromptStatus.FAILED,
-                "forbidden: the author may no longer prompt in this session",
-                after_commit=lambda: self.queue.remove(prompt.id),
-            )
-            return None
         async with self._writing() as write:
-            await write.tx.set_entry_status(
-                prompt.id,
-                PromptStatus.RUNNING.value,
-                reply_id=reply_id,
-                started_at=self.now_ms(),
-            )
+            queue = self.queue.clone()
+            if queue.next() != run:
+                return None
+            revoked = [p for p in run.prompts if not self._may_prompt(p.author)]
+            if revoked:
+                reason = "forbidden: the author may no longer prompt in this session"
+                for prompt in revoked:
+                    queue.remove(prompt.id)
+                    await self._store_finish(write.tx, prompt.id, PromptStatus.FAILED, reason)
+                self.doc.finish_prompts([p.id for p in revoked], PromptStatus.FAILED, reason)
+                self.doc.set_queue(self._planned(queue))
+                write.after_commit.append(lambda: setattr(self, "queue", queue))
+                return None
+            queue.start(run)
+            now = self.now_ms()
+            for prompt in run.prompts:
+                await write.tx.set_entry_status(
+                    prompt.id, PromptStatus.RUNNING.value, reply_id=reply_id, started_at=now
+                )
             self.doc.start_reply(
-                prompt_id=prompt.id,
-                reply_id=reply_id,
-                author=reply_author,
-                created_at=self.now_ms(),
+                prompt_ids=run.ids, reply_id=reply_id, author=reply_author, created_at=now
             )
-            write.after_commit.append(lambda: self.queue.start(prompt.id))
+            self.doc.set_queue(self._planned(queue))
+            write.after_commit.append(lambda: setattr(self, "queue", queue))
         return reply_id
+
+    def _may_prompt(self, user_id: str) -> bool:
+        role = self.members.get(user_id)
+        return role is not None and may(role, Capability.PROMPT)
 
     async def append_reply(self, reply_id: str, text: str) -> None:
         async with self._writing():
             self.doc.append_reply_text(reply_id, text)
+
+    async def finish_run(
+        self,
+        run: Run,
+        status: PromptStatus,
+        reason: str | None = None,
+        *,
+        reply_status: ReplyStatus | None = None,
+    ) -> None:
+        async with self._writing() as write:
+            queue = self.queue.clone()
+            if queue.running is not None and queue.running.ids == run.ids:
+                queue.finish(run.ids)
+            for prompt_id in run.ids:
+                await self._store_finish(write.tx, prompt_id, status, reason)
+            self.doc.finish_prompts(run.ids, status, reason, reply_status=reply_status)
+            write.after_commit.append(lambda: setattr(self, "queue", queue))
 
     # -- sync and awareness ---------------------------------------------------------------
 
@@ -435,20 +401,22 @@ class SessionRoom:
 
 @dataclass(eq=False)
 class ActiveRun:
-    """The prompt running now, and the handle to stop it."""
+    """The run in flight, and the handle to stop it."""
 
-    prompt: PendingPrompt
+    run: Run
     reply_id: str
     task: asyncio.Task[Usage | None] | None = None
-    cancel_reason: str | None = None
+    stopped: tuple[PromptStatus, str] | None = None
     finished: asyncio.Event = field(default_factory=asyncio.Event)
 
-    async def cancel(self, reason: str, wait_s: float = 5.0) -> None:
-        """Stop the model call (its stream is closed) and wait until the reply is marked."""
-        if self.cancel_reason is None:
-            self.cancel_reason = reason
+    def stop(self, status: PromptStatus, reason: str) -> None:
+        """Stop the model call (its stream is closed); the runner marks the reply."""
+        if self.stopped is None:
+            self.stopped = (status, reason)
             if self.task is not None:
                 self.task.cancel()
+
+    async def wait(self, wait_s: float = 5.0) -> None:
         try:
             async with asyncio.timeout(wait_s):
                 await self.finished.wait()

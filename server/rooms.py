@@ -15,6 +15,7 @@ from server.store import Store
 from session.errors import NotFound
 from session.lifecycle import PromptStatus
 from session.model import ModelProvider
+from session.queue import Policy
 
 log = logging.getLogger("parley.rooms")
 
@@ -53,7 +54,7 @@ class RoomRegistry:
             room = SessionRoom(
                 session_id, store=self.store, settings=self.settings, clock=self.clock
             )
-            await room.load(row.title)
+            await room.load(row.title, Policy(row.policy))
             runner = SessionRunner(room, self.provider, self.settings.run_timeout_s)
             runner.start()
             self._rooms[session_id] = (room, runner)

@@ -18,7 +18,7 @@ from session.context import build_request
 from session.errors import Unavailable
 from session.lifecycle import PromptStatus
 from session.model import ModelProvider, ModelRequest, TextDelta, Usage
-from session.queue import PendingPrompt
+from session.queue import Run
 
 log = logging.getLogger("parley.runner")
 
@@ -53,14 +53,14 @@ class SessionRunner:
     async def _loop(self) -> None:
         failures = 0
         while not self.room.closed:
-            prompt = self.room.queue.next()
-            if prompt is None:
+            run = self.room.queue.next()
+            if run is None:
                 self.room.wakeup.clear()
                 if self.room.queue.next() is None:
                     await self.room.wakeup.wait()
                 continue
             try:
-                await self._run(prompt)
+                await self._run(run)
                 failures = 0
             except Unavailable:
                 delay = RETRY_DELAYS_S[min(failures, len(RETRY_DELAYS_S) - 1)]
@@ -68,45 +68,45 @@ class SessionRunner:
                 log.warning("store unavailable; retrying run", extra={"delay_s": delay})
                 await asyncio.sleep(delay)
 
-    async def _run(self, prompt: PendingPrompt) -> None:
-        reply_id = await self.room.start_prompt(prompt, self.provider.name)
+    async def _run(self, run: Run) -> None:
+        reply_id = await self.room.start_run(run, self.provider.name)
         if reply_id is None:
-            return
+            return  # the queue changed under us (cancel, revoked author): ask it again
         request = build_request(
             session_id=self.room.session_id,
             entries=self.room.doc.entries(),
-            prompt_id=prompt.id,
+            prompt_ids=run.ids,
             max_output_tokens=self.room.settings.max_output_tokens,
         )
-        run = ActiveRun(prompt, reply_id)
-        self.room.active_run = run
+        active = ActiveRun(run, reply_id)
+        self.room.active_run = active
         try:
-            outcome = await self._execute(run, request)
-            await self._settle(run, outcome)
+            outcome = await self._execute(active, request)
+            await self._settle(active, outcome)
         finally:
             self.room.active_run = None
-            run.finished.set()
+            active.finished.set()
 
-    async def _execute(self, run: ActiveRun, request: ModelRequest) -> RunOutcome:
-        run.task = asyncio.create_task(self._stream(run, request))
+    async def _execute(self, active: ActiveRun, request: ModelRequest) -> RunOutcome:
+        active.task = asyncio.create_task(self._stream(active, request))
         try:
             async with asyncio.timeout(self.run_timeout_s):
-                usage = await run.task
+                usage = await active.task
             return RunOutcome(PromptStatus.DONE, usage=usage)
         except TimeoutError:
             return RunOutcome(
                 PromptStatus.FAILED, f"timeout: no answer within {self.run_timeout_s:g} s"
             )
         except asyncio.CancelledError:
-            if run.cancel_reason is None:
-                run.task.cancel()
+            if active.stopped is None:
+                active.task.cancel()
                 raise
-            return RunOutcome(PromptStatus.CANCELLED, run.cancel_reason)
+            return RunOutcome(*active.stopped)
         except Exception as exc:
             log.exception("model call failed")
             return RunOutcome(PromptStatus.FAILED, f"provider error: {type(exc).__name__}: {exc}")
 
-    async def _stream(self, run: ActiveRun, request: ModelRequest) -> Usage | None:
+    async def _stream(self, active: ActiveRun, request: ModelRequest) -> Usage | None:
         deltas: asyncio.Queue[str | None] = asyncio.Queue(maxsize=DELTA_BUFFER)
         usage: list[Usage] = []
         errors: list[BaseException] = []
@@ -146,7 +146,7 @@ class SessionRunner:
                         break
                     parts.append(more)
                     size += len(more)
-                await self.room.append_reply(run.reply_id, "".join(parts))
+                await self.room.append_reply(active.reply_id, "".join(parts))
         finally:
             if not reader.done():
                 reader.cancel()
@@ -156,18 +156,12 @@ class SessionRunner:
             raise errors[0]
         return usage[-1] if usage else None
 
-    async def _settle(self, run: ActiveRun, outcome: RunOutcome) -> None:
+    async def _settle(self, active: ActiveRun, outcome: RunOutcome) -> None:
         """Store the run's outcome; keep trying while the database is away."""
         failures = 0
-        prompt_id = run.prompt.id
         while True:
             try:
-                await self.room.finish_prompt(
-                    prompt_id,
-                    outcome.status,
-                    outcome.reason,
-                    after_commit=lambda: self.room.queue.finish(prompt_id),
-                )
+                await self.room.finish_run(active.run, outcome.status, outcome.reason)
                 return
             except Unavailable:
                 delay = RETRY_DELAYS_S[min(failures, len(RETRY_DELAYS_S) - 1)]

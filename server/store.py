@@ -25,6 +25,7 @@ class SessionRow:
     title: str
     created_at: int
     last_seq: int
+    policy: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +59,7 @@ class StoredDoc:
 
 
 def _session(row: Any) -> SessionRow:
-    return SessionRow(row.id, row.title, row.created_at, row.last_seq)
+    return SessionRow(row.id, row.title, row.created_at, row.last_seq, row.policy)
 
 
 def _member(row: Any) -> MemberRow:
@@ -147,6 +148,11 @@ class StoreTx:
             update(entries).where(entries.c.id == entry_id).values(**values)
         )
 
+    async def set_policy(self, session_id: str, policy: str) -> None:
+        await self.connection.execute(
+            update(sessions).where(sessions.c.id == session_id).values(policy=policy)
+        )
+
     async def append_update(self, session_id: str, data: bytes) -> int:
         result = await self.connection.execute(
             insert(doc_updates).values(session_id=session_id, data=data).returning(doc_updates.c.id)
@@ -201,12 +207,22 @@ class Store:
 
     # -- sessions -------------------------------------------------------------------------
 
-    async def create_session(self, session_id: str, title: str, now: int) -> SessionRow:
+    async def create_session(
+        self, session_id: str, title: str, policy: str, now: int
+    ) -> SessionRow:
         async with self.transaction() as tx:
             await tx.connection.execute(
-                insert(sessions).values(id=session_id, title=title, created_at=now, last_seq=0)
+                insert(sessions).values(
+                    id=session_id, title=title, created_at=now, last_seq=0, policy=policy
+                )
             )
-        return SessionRow(session_id, title, now, 0)
+        return SessionRow(session_id, title, now, 0, policy)
+
+    async def set_title(self, session_id: str, title: str) -> None:
+        async with self.transaction() as tx:
+            await tx.connection.execute(
+                update(sessions).where(sessions.c.id == session_id).values(title=title)
+            )
 
     async def get_session(self, session_id: str) -> SessionRow | None:
         async with self._read() as connection:

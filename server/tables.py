@@ -28,6 +28,7 @@ sessions = Table(
     Column("title", String(500), nullable=False),
     Column("created_at", BigInteger, nullable=False),
     Column("last_seq", BigInteger, nullable=False, default=0),
+    Column("policy", String(16), nullable=False, server_default="queue"),
 )
 
 members = Table(

@@ -14,6 +14,7 @@ import logging
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from authz.tokens import verify_token
+from server.commands import handle_command
 from server.connection import Connection
 from server.room import CLOSE_FORBIDDEN, CLOSE_NOT_FOUND, SessionRoom
 from server.state import AppState
@@ -109,7 +110,7 @@ async def _serve(
                 connection.send_error(exc)
         elif text is not None:
             connection.speaks_json = True
-            connection.send(await room.handle_command(connection, text))
+            connection.send(await handle_command(room, connection, text))
 
 
 async def _on_binary(

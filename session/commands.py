@@ -3,6 +3,7 @@
     {"type": "prompt",  "id": "<client id>", "text": "…"}     ask the model
     {"type": "message", "id": "<client id>", "text": "…"}     talk to the other members only
     {"type": "cancel",  "id": "<client id>", "prompt_id": "…"} cancel a queued or running prompt
+    {"type": "set_policy", "id": "<client id>", "policy": "queue"|"coalesce"|"interrupt"|"reject"}
 
 Every command gets exactly one reply: ``ack`` or ``error`` (see ``ack`` / ``error_reply``).
 """
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from session.errors import InvalidInput, ParleyError, TooLarge, UnknownCommand
+from session.queue import Policy
 
 MAX_COMMAND_ID_CHARS = 128
 
@@ -42,7 +44,13 @@ class CancelCommand:
     prompt_id: str
 
 
-Command = PromptCommand | MessageCommand | CancelCommand
+@dataclass(frozen=True, slots=True)
+class PolicyCommand:
+    id: str
+    policy: Policy
+
+
+Command = PromptCommand | MessageCommand | CancelCommand | PolicyCommand
 
 
 class CommandError(InvalidInput):
@@ -96,6 +104,11 @@ def _parse(data: dict[str, Any], limits: Limits) -> Command:
         if not isinstance(prompt_id, str) or not prompt_id:
             raise InvalidInput("'prompt_id' must be a non-empty string")
         return CancelCommand(id=command_id, prompt_id=prompt_id)
+    if kind == "set_policy":
+        policy = data.get("policy")
+        if policy not in {p.value for p in Policy}:
+            raise InvalidInput(f"'policy' must be one of {', '.join(p.value for p in Policy)}")
+        return PolicyCommand(id=command_id, policy=Policy(policy))
     raise UnknownCommand(f"unknown command type {kind!r}")
 
 

@@ -5,6 +5,7 @@
                │          ├──────> cancelled    (author or owner cancelled it)
                │          └──────> interrupted  (a newer prompt pre-empted it)
                ├──────> cancelled
+               ├──────> interrupted             (superseded by a newer prompt, ``interrupt``)
                └──────> failed                  (could not run at all)
 
     reply:   streaming ──> done | failed | cancelled | interrupted
@@ -38,7 +39,12 @@ class ReplyStatus(StrEnum):
 
 PROMPT_TRANSITIONS: dict[PromptStatus, frozenset[PromptStatus]] = {
     PromptStatus.QUEUED: frozenset(
-        {PromptStatus.RUNNING, PromptStatus.CANCELLED, PromptStatus.FAILED}
+        {
+            PromptStatus.RUNNING,
+            PromptStatus.CANCELLED,
+            PromptStatus.FAILED,
+            PromptStatus.INTERRUPTED,
+        }
     ),
     PromptStatus.RUNNING: frozenset(
         {

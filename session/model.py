@@ -20,10 +20,15 @@ class ModelMessage:
 
 @dataclass(frozen=True, slots=True)
 class ModelRequest:
+    """One model call. ``answering`` indexes the messages this call answers (the run's
+    prompts, several when a coalesced run answers them together); ``issuers`` are their
+    authors, in order."""
+
     session_id: str
-    issuer: str
+    issuers: tuple[str, ...]
     system: str
     messages: tuple[ModelMessage, ...]
+    answering: tuple[int, ...]
     max_output_tokens: int = 1024
 
 

@@ -5,17 +5,19 @@ Roots (all written by the server only; clients read):
 ``transcript`` — Y.Array of Y.Map, the story of the session in sequence order.
     Each entry has ``id``, ``seq``, ``kind`` (``prompt`` | ``message`` | ``reply``), ``author``,
     ``role`` (``user`` | ``assistant``), ``status``, ``content`` (Y.Text) and ``created_at``
-    (milliseconds since the epoch). A prompt also has ``reply_id`` once it runs; a reply has
-    ``reply_to`` (the prompt id) and shares its prompt's ``seq``; it is inserted directly after
-    that prompt. ``reason`` is set when a status is ``failed``, ``cancelled`` or ``interrupted``.
+    (milliseconds since the epoch). A prompt also has ``reply_id`` and ``started_at`` once it
+    runs; a reply has ``reply_to`` (the prompt id), ``answers`` (every prompt it answers:
+    several when a coalesced run answers them together) and shares its prompt's ``seq``; it
+    is inserted directly after that prompt (the last of them). ``reason`` is set when a
+    status is ``failed``, ``cancelled`` or ``interrupted``.
 ``queue`` — Y.Array of Y.Map ``{id, seq, author}``: prompts waiting to run, in the order they
     will run (position = index + 1).
-``meta`` — Y.Map: ``session_id``, ``title``, ``schema_version``.
+``meta`` — Y.Map: ``session_id``, ``title``, ``policy``, ``schema_version``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -56,6 +58,8 @@ class Entry:
     reason: str | None = None
     reply_to: str | None = None
     reply_id: str | None = None
+    answers: tuple[str, ...] = ()
+    started_at: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -70,6 +74,8 @@ class Entry:
             "reason": self.reason,
             "reply_to": self.reply_to,
             "reply_id": self.reply_id,
+            "answers": list(self.answers),
+            "started_at": self.started_at,
         }
 
 
@@ -107,13 +113,18 @@ class SessionDocument:
 
     # -- writing ---------------------------------------------------------------------------
 
-    def init_meta(self, session_id: str, title: str) -> None:
+    def init_meta(self, session_id: str, title: str, policy: str) -> None:
         with self.doc.transaction():
             self.meta["session_id"] = session_id
             self.meta["title"] = title
+            self.meta["policy"] = policy
             self.meta["schema_version"] = SCHEMA_VERSION
 
+    def set_policy(self, policy: str) -> None:
+        self.meta["policy"] = policy
+
     def add_prompt(self, *, id: str, seq: int, author: str, text: str, created_at: int) -> None:
+        """Append a queued prompt; the caller lists it in ``queue`` with ``set_queue``."""
         with self.doc.transaction():
             self._append(
                 id=id,
@@ -125,7 +136,6 @@ class SessionDocument:
                 text=text,
                 created_at=created_at,
             )
-            self.queue.append(Map({"id": id, "seq": seq, "author": author}))
 
     def add_message(self, *, id: str, seq: int, author: str, text: str, created_at: int) -> None:
         with self.doc.transaction():
@@ -140,28 +150,54 @@ class SessionDocument:
                 created_at=created_at,
             )
 
-    def start_reply(self, *, prompt_id: str, reply_id: str, author: str, created_at: int) -> None:
-        """Mark a queued prompt running and insert its (empty) reply directly after it."""
-        prompt = self._entry(prompt_id)
+    def start_reply(
+        self, *, prompt_ids: Sequence[str], reply_id: str, author: str, created_at: int
+    ) -> None:
+        """Mark queued prompts running and insert their one reply directly after the last.
+
+        Several prompts share a reply when a coalesced run answers them together; the reply's
+        ``reply_to`` is the last of them and ``answers`` lists them all.
+        """
+        prompts = [self._entry(prompt_id) for prompt_id in prompt_ids]
+        if not prompts:
+            raise ValueError("a reply answers at least one prompt")
         with self.doc.transaction():
-            self._set_prompt_status(prompt, PromptStatus.RUNNING, None)
-            prompt["reply_id"] = reply_id
-            self._drop_from_queue(prompt_id)
-            index = self._order.index(prompt_id) + 1
+            for prompt in prompts:
+                self._set_prompt_status(prompt, PromptStatus.RUNNING, None)
+                prompt["reply_id"] = reply_id
+                prompt["started_at"] = created_at
+            last = max(self._order.index(p) for p in prompt_ids)
+            index = last + 1
             entry = self._new_entry(
                 id=reply_id,
-                seq=int(prompt["seq"]),
+                seq=int(self._entries[self._order[last]]["seq"]),
                 kind=EntryKind.REPLY,
                 author=author,
                 role="assistant",
                 status=ReplyStatus.STREAMING.value,
                 text="",
                 created_at=created_at,
-                reply_to=prompt_id,
+                reply_to=self._order[last],
+                answers=list(prompt_ids),
             )
             self.transcript.insert(index, entry)
             self._order.insert(index, reply_id)
             self._entries[reply_id] = self.transcript[index]
+
+    def set_queue(self, planned: Sequence[QueuedItem]) -> None:
+        """Make the ``queue`` root list ``planned``, rewriting only what changed."""
+        current = [str(item["id"]) for item in self.queue]
+        wanted = [item.id for item in planned]
+        if current == wanted:
+            return
+        keep = 0
+        while keep < min(len(current), len(wanted)) and current[keep] == wanted[keep]:
+            keep += 1
+        with self.doc.transaction():
+            if keep < len(current):
+                del self.queue[keep:]
+            for item in planned[keep:]:
+                self.queue.append(Map({"id": item.id, "seq": item.seq, "author": item.author}))
 
     def append_reply_text(self, reply_id: str, text: str) -> None:
         reply = self._entry(reply_id)
@@ -170,28 +206,30 @@ class SessionDocument:
         content: Text = reply["content"]
         content.insert(len(content), text)
 
-    def finish_prompt(
+    def finish_prompts(
         self,
-        prompt_id: str,
+        prompt_ids: Sequence[str],
         status: PromptStatus,
         reason: str | None = None,
         *,
         reply_status: ReplyStatus | None = None,
     ) -> None:
-        """Move a prompt to a terminal status; its reply, if any, follows (done → done, …).
+        """Move prompts to a terminal status; their reply follows (done → done, …).
 
         ``reply_status`` overrides the reply's mirror status, e.g. a prompt ``failed`` by a
-        restart leaves its cut-off reply ``interrupted``.
+        restart leaves its cut-off reply ``interrupted``. Prompts still listed in ``queue``
+        must be taken out of it by the caller (``set_queue``).
         """
-        prompt = self._entry(prompt_id)
+        prompts = [self._entry(prompt_id) for prompt_id in prompt_ids]
         with self.doc.transaction():
-            was_queued = prompt["status"] == PromptStatus.QUEUED.value
-            self._set_prompt_status(prompt, status, reason)
-            if was_queued:
-                self._drop_from_queue(prompt_id)
-            reply_id = prompt.get("reply_id")
-            if reply_id is not None:
-                reply = self._entry(str(reply_id))
+            replies: dict[str, None] = {}
+            for prompt in prompts:
+                self._set_prompt_status(prompt, status, reason)
+                reply_id = prompt.get("reply_id")
+                if reply_id is not None:
+                    replies[str(reply_id)] = None
+            for reply_id in replies:
+                reply = self._entry(reply_id)
                 new = reply_status or REPLY_STATUS_FOR[status]
                 check_reply_transition(ReplyStatus(reply["status"]), new)
                 reply["status"] = new.value
@@ -215,7 +253,7 @@ class SessionDocument:
         status: str,
         text: str,
         created_at: int,
-        **extra: str,
+        **extra: Any,
     ) -> Map[Any]:
         return Map(
             {
@@ -238,12 +276,6 @@ class SessionDocument:
         prompt["status"] = status.value
         if reason is not None:
             prompt["reason"] = reason
-
-    def _drop_from_queue(self, prompt_id: str) -> None:
-        for index, item in enumerate(self.queue):
-            if item["id"] == prompt_id:
-                del self.queue[index]
-                return
 
     def _entry(self, entry_id: str) -> Map[Any]:
         try:
@@ -289,4 +321,6 @@ def read_entry(entry: Map[Any]) -> Entry:
         reason=optional("reason"),
         reply_to=optional("reply_to"),
         reply_id=optional("reply_id"),
+        answers=tuple(str(a) for a in entry.get("answers") or ()),
+        started_at=None if entry.get("started_at") is None else int(entry["started_at"]),
     )

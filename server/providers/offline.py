@@ -16,18 +16,26 @@ _WORD = re.compile(r"\S+\s*")
 EXCERPT_CHARS = 80
 
 
+def _excerpt(text: str) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= EXCERPT_CHARS else flat[: EXCERPT_CHARS - 1] + "\u2026"
+
+
 def compose_reply(request: ModelRequest) -> str:
-    *history, prompt = request.messages
+    answering = set(request.answering)
+    history = [m for i, m in enumerate(request.messages) if i not in answering]
     people = sorted({m.author for m in history if m.role == "user" and m.author})
     replies = sum(1 for m in history if m.role == "assistant")
-    excerpt = " ".join(prompt.content.split())
-    if len(excerpt) > EXCERPT_CHARS:
-        excerpt = excerpt[: EXCERPT_CHARS - 1] + "…"
+    asked = "; ".join(
+        f"{request.messages[i].author} asked: \u201c{_excerpt(request.messages[i].content)}\u201d"
+        for i in request.answering
+    )
     who = ", ".join(people) if people else "nobody yet"
     return (
-        f"Hello {request.issuer}. You asked: \u201c{excerpt}\u201d. "
+        f"Hello {' and '.join(request.issuers)}. {asked}. "
         f"I was given {len(history)} earlier messages ({len(history) - replies} from members: "
-        f"{who}; {replies} replies of mine) plus your prompt. "
+        f"{who}; {replies} replies of mine) plus "
+        f"{'your prompt' if len(request.answering) == 1 else f'{len(answering)} prompts'}. "
         "I am Parley's offline model, so this reply is deterministic."
     )
 

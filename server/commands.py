@@ -1,0 +1,99 @@
+"""JSON commands on a session socket: authorize, run against the room, answer once."""
+
+from __future__ import annotations
+
+from authz.roles import Capability, Role, may_cancel, require
+from server.connection import Connection
+from server.room import SessionRoom
+from server.store import DuplicateCommand
+from session.commands import (
+    CancelCommand,
+    CommandError,
+    MessageCommand,
+    PolicyCommand,
+    PromptCommand,
+    ack,
+    error_reply,
+    parse_command,
+)
+from session.errors import Conflict, Forbidden, NotFound, ParleyError
+from session.lifecycle import PromptStatus
+from session.schema import EntryKind
+
+
+async def handle_command(room: SessionRoom, connection: Connection, frame: str) -> str:
+    """Run one JSON command and return its single reply (ack or error)."""
+    try:
+        command = parse_command(frame, room.limits)
+    except CommandError as exc:
+        return error_reply(exc.command_id, exc)
+    user_id = connection.user_id
+    try:
+        role = room.role_of(user_id)
+        if isinstance(command, PromptCommand):
+            require(role, Capability.PROMPT)
+            try:
+                seq, prompt_id = await room.add_prompt(user_id, command.id, command.text)
+            except (DuplicateCommand, Conflict) as exc:
+                # A resent command is answered with its first ack, even if the queue is
+                # full or busy now; anything else is the error it is.
+                previous = await _previous_ack(room, user_id, command.id)
+                if previous is None:
+                    raise _as_error(exc) from None
+                return previous
+            return ack(command.id, seq=seq, prompt_id=prompt_id)
+        if isinstance(command, MessageCommand):
+            require(role, Capability.POST_MESSAGE)
+            try:
+                seq, message_id = await room.add_message(user_id, command.id, command.text)
+            except DuplicateCommand as exc:
+                previous = await _previous_ack(room, user_id, command.id)
+                if previous is None:
+                    raise _as_error(exc) from None
+                return previous
+            return ack(command.id, seq=seq, message_id=message_id)
+        if isinstance(command, PolicyCommand):
+            require(role, Capability.MANAGE_SESSION)
+            await room.set_policy(command.policy)
+            return ack(command.id, policy=command.policy.value)
+        return await _cancel(room, user_id, role, command)
+    except ParleyError as exc:
+        return error_reply(command.id, exc)
+
+
+def _as_error(exc: Exception) -> ParleyError:
+    if isinstance(exc, ParleyError):
+        return exc
+    return Conflict("this command id was used for another command")
+
+
+async def _previous_ack(room: SessionRoom, user_id: str, command_id: str) -> str | None:
+    """The ack a resent command got the first time, if it was stored."""
+    row = await room.store.entry_by_command(room.session_id, user_id, command_id)
+    if row is None:
+        return None
+    if row.kind == EntryKind.PROMPT.value:
+        return ack(command_id, seq=row.seq, prompt_id=row.id)
+    return ack(command_id, seq=row.seq, message_id=row.id)
+
+
+async def _cancel(room: SessionRoom, user_id: str, role: Role, command: CancelCommand) -> str:
+    prompt_id = command.prompt_id
+    if not room.doc.has_entry(prompt_id) or room.doc.entry(prompt_id).kind is not EntryKind.PROMPT:
+        raise NotFound(f"no prompt {prompt_id!r} in this session")
+    entry = room.doc.entry(prompt_id)
+    if not may_cancel(role, issuer=user_id, author=entry.author):
+        raise Forbidden("only the prompt's author or an owner may cancel it")
+    reason = f"cancelled by {user_id}"
+    if await room.cancel_waiting(prompt_id, reason):
+        return ack(command.id, seq=entry.seq, prompt_id=prompt_id)
+    active = room.active_run
+    if active is None or prompt_id not in active.run.ids:
+        status = room.doc.entry(prompt_id).status
+        raise Conflict(f"prompt {prompt_id!r} is {status}; it can no longer be cancelled")
+    others = [p.author for p in active.run.prompts if p.author != user_id]
+    if others and not may_cancel(role, issuer=user_id, author=others[0]):
+        raise Forbidden("the running reply also answers other members' prompts")
+    active.stop(PromptStatus.CANCELLED, reason)
+    await active.wait()
+    return ack(command.id, seq=entry.seq, prompt_id=prompt_id)
