@@ -63,13 +63,17 @@ class CommandError(InvalidInput):
         self.command_id = command_id
 
 
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
 def parse_command(frame: str, limits: Limits) -> Command:
     """Parse one text frame; raise ``CommandError`` carrying the stable error code."""
     if len(frame) > limits.max_frame_chars:
         raise CommandError(TooLarge(f"command exceeds {limits.max_frame_chars} characters"), None)
     try:
-        data = json.loads(frame)
-    except ValueError:
+        data = json.loads(frame, parse_constant=_reject_constant)
+    except (ValueError, RecursionError):
         raise CommandError(InvalidInput("frame is not valid JSON"), None) from None
     if not isinstance(data, dict):
         raise CommandError(InvalidInput("a command must be a JSON object"), None)
@@ -106,7 +110,7 @@ def _parse(data: dict[str, Any], limits: Limits) -> Command:
         return CancelCommand(id=command_id, prompt_id=prompt_id)
     if kind == "set_policy":
         policy = data.get("policy")
-        if policy not in {p.value for p in Policy}:
+        if not isinstance(policy, str) or policy not in {p.value for p in Policy}:
             raise InvalidInput(f"'policy' must be one of {', '.join(p.value for p in Policy)}")
         return PolicyCommand(id=command_id, policy=Policy(policy))
     raise UnknownCommand(f"unknown command type {kind!r}")

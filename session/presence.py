@@ -37,12 +37,15 @@ class Presence:
         if len(update) > self.max_state_bytes * MAX_CLIENTS_PER_SOCKET:
             raise TooLarge("awareness update too large")
         relayed: list[AwarenessState] = []
-        for item in decode_awareness_update(update):
+        new_clients = 0
+        for item in decode_awareness_update(update):  # check all before recording any
             known = self._clients.get(item.client_id)
             if known is not None and known.owner != owner:
                 raise Forbidden(f"awareness client {item.client_id} belongs to another socket")
-            if known is None and self.owned_by(owner) >= MAX_CLIENTS_PER_SOCKET:
-                raise Forbidden("too many awareness clients on one socket")
+            if known is None:
+                new_clients += 1
+                if self.owned_by(owner) + new_clients > MAX_CLIENTS_PER_SOCKET:
+                    raise Forbidden("too many awareness clients on one socket")
             state = item.state
             if state is not None:
                 state = {**state, "parley": {"user_id": user_id}}
@@ -50,8 +53,9 @@ class Presence:
                     raise TooLarge("awareness state too large")
             if known is not None and item.clock < known.clock:
                 continue  # stale
-            self._clients[item.client_id] = _Client(owner, item.clock, state)
             relayed.append(AwarenessState(item.client_id, item.clock, state))
+        for item in relayed:
+            self._clients[item.client_id] = _Client(owner, item.clock, item.state)
         return encode_awareness_update(relayed)
 
     def owned_by(self, owner: Hashable) -> int:

@@ -24,13 +24,15 @@ from typing import Any
 
 from pycrdt import Array, Doc, Map, Text
 
-from session.errors import NotFound
+from session.errors import InvalidInput, NotFound
 from session.lifecycle import (
     REPLY_STATUS_FOR,
+    IllegalTransition,
     PromptStatus,
     ReplyStatus,
     check_prompt_transition,
     check_reply_transition,
+    is_terminal,
 )
 
 SCHEMA_VERSION = 1
@@ -99,17 +101,23 @@ class SessionDocument:
         self.transcript: Array[Any] = doc.get("transcript", type=Array)
         self.queue: Array[Any] = doc.get("queue", type=Array)
         self.meta: Map[Any] = doc.get("meta", type=Map)
+        # Mirrors of the document kept in step by the mutators, so that reading the story
+        # costs dictionary look-ups, not a walk through the CRDT, on every run.
         self._order: list[str] = []
         self._entries: dict[str, Map[Any]] = {}
+        self._copies: dict[str, Entry] = {}
+        self._queue_ids: list[str] = []
         self._reindex()
 
     def _reindex(self) -> None:
         self._order = []
         self._entries = {}
+        self._copies = {}
         for entry in self.transcript:
             entry_id = str(entry["id"])
             self._order.append(entry_id)
             self._entries[entry_id] = entry
+        self._queue_ids = [str(item["id"]) for item in self.queue]
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -158,9 +166,11 @@ class SessionDocument:
         Several prompts share a reply when a coalesced run answers them together; the reply's
         ``reply_to`` is the last of them and ``answers`` lists them all.
         """
-        prompts = [self._entry(prompt_id) for prompt_id in prompt_ids]
+        prompts = self._distinct(prompt_ids)
         if not prompts:
             raise ValueError("a reply answers at least one prompt")
+        for prompt in prompts:  # check everything before changing anything
+            check_prompt_transition(PromptStatus(prompt["status"]), PromptStatus.RUNNING)
         with self.doc.transaction():
             for prompt in prompts:
                 self._set_prompt_status(prompt, PromptStatus.RUNNING, None)
@@ -185,19 +195,29 @@ class SessionDocument:
             self._entries[reply_id] = self.transcript[index]
 
     def set_queue(self, planned: Sequence[QueuedItem]) -> None:
-        """Make the ``queue`` root list ``planned``, rewriting only what changed."""
-        current = [str(item["id"]) for item in self.queue]
+        """Make the ``queue`` root list ``planned`` with few edits.
+
+        Items no longer planned are deleted where they stand (the usual case: the head
+        started running); past the first item out of place the rest is rewritten.
+        """
         wanted = [item.id for item in planned]
-        if current == wanted:
+        if self._queue_ids == wanted:
             return
-        keep = 0
-        while keep < min(len(current), len(wanted)) and current[keep] == wanted[keep]:
-            keep += 1
+        keep_ids = set(wanted)
         with self.doc.transaction():
-            if keep < len(current):
-                del self.queue[keep:]
-            for item in planned[keep:]:
+            current = self._queue_ids
+            for index in range(len(current) - 1, -1, -1):
+                if current[index] not in keep_ids:
+                    del self.queue[index]
+            current = [i for i in current if i in keep_ids]
+            same = 0
+            while same < len(current) and current[same] == wanted[same]:
+                same += 1
+            if same < len(current):
+                del self.queue[same:]
+            for item in planned[same:]:
                 self.queue.append(Map({"id": item.id, "seq": item.seq, "author": item.author}))
+        self._queue_ids = wanted
 
     def append_reply_text(self, reply_id: str, text: str) -> None:
         reply = self._entry(reply_id)
@@ -220,18 +240,23 @@ class SessionDocument:
         restart leaves its cut-off reply ``interrupted``. Prompts still listed in ``queue``
         must be taken out of it by the caller (``set_queue``).
         """
-        prompts = [self._entry(prompt_id) for prompt_id in prompt_ids]
+        if not is_terminal(status):
+            raise IllegalTransition(f"{status} is not a final status")
+        prompts = self._distinct(prompt_ids)
+        replies = {
+            str(prompt["reply_id"]): self._entry(str(prompt["reply_id"]))
+            for prompt in prompts
+            if prompt.get("reply_id") is not None
+        }
+        new = reply_status or REPLY_STATUS_FOR[status]
+        for prompt in prompts:  # check everything before changing anything
+            check_prompt_transition(PromptStatus(prompt["status"]), status)
+        for reply in replies.values():
+            check_reply_transition(ReplyStatus(reply["status"]), new)
         with self.doc.transaction():
-            replies: dict[str, None] = {}
             for prompt in prompts:
                 self._set_prompt_status(prompt, status, reason)
-                reply_id = prompt.get("reply_id")
-                if reply_id is not None:
-                    replies[str(reply_id)] = None
-            for reply_id in replies:
-                reply = self._entry(reply_id)
-                new = reply_status or REPLY_STATUS_FOR[status]
-                check_reply_transition(ReplyStatus(reply["status"]), new)
+            for reply in replies.values():
                 reply["status"] = new.value
                 if reason is not None:
                     reply["reason"] = reason
@@ -277,19 +302,36 @@ class SessionDocument:
         if reason is not None:
             prompt["reason"] = reason
 
+    def _distinct(self, entry_ids: Sequence[str]) -> list[Map[Any]]:
+        if len(set(entry_ids)) != len(entry_ids):
+            raise InvalidInput("an entry is named twice")
+        return [self._entry(entry_id) for entry_id in entry_ids]
+
     def _entry(self, entry_id: str) -> Map[Any]:
+        """The live entry, for a mutator: its cached copy is dropped."""
         try:
-            return self._entries[entry_id]
+            entry = self._entries[entry_id]
         except KeyError:
             raise NotFound(f"no transcript entry {entry_id!r}") from None
+        self._copies.pop(entry_id, None)
+        return entry
+
+    def _copy(self, entry_id: str) -> Entry:
+        copy = self._copies.get(entry_id)
+        if copy is None:
+            try:
+                copy = self._copies[entry_id] = read_entry(self._entries[entry_id])
+            except KeyError:
+                raise NotFound(f"no transcript entry {entry_id!r}") from None
+        return copy
 
     # -- reading ---------------------------------------------------------------------------
 
     def entries(self) -> list[Entry]:
-        return [read_entry(self._entries[entry_id]) for entry_id in self._order]
+        return [self._copy(entry_id) for entry_id in self._order]
 
     def entry(self, entry_id: str) -> Entry:
-        return read_entry(self._entry(entry_id))
+        return self._copy(entry_id)
 
     def has_entry(self, entry_id: str) -> bool:
         return entry_id in self._entries

@@ -134,6 +134,11 @@ class AwarenessState:
     state: dict[str, Any] | None  # None: the client left
 
 
+def _reject_constant(name: str) -> None:
+    # NaN and Infinity are not JSON: y-protocols' JSON.parse would fail on every peer.
+    raise ValueError(f"{name} is not JSON")
+
+
 def decode_awareness_update(update: bytes) -> list[AwarenessState]:
     reader = _Reader(update)
     count = reader.varuint()
@@ -143,8 +148,8 @@ def decode_awareness_update(update: bytes) -> list[AwarenessState]:
         clock = reader.varuint()
         raw = reader.varstring()
         try:
-            state = json.loads(raw)
-        except ValueError:
+            state = json.loads(raw, parse_constant=_reject_constant)
+        except (ValueError, RecursionError):
             raise ProtocolError("awareness state is not JSON") from None
         if state is not None and not isinstance(state, dict):
             raise ProtocolError("awareness state must be an object or null")
@@ -157,7 +162,7 @@ def decode_awareness_update(update: bytes) -> list[AwarenessState]:
 def encode_awareness_update(states: list[AwarenessState]) -> bytes:
     parts = [write_var_uint(len(states))]
     for item in states:
-        body = json.dumps(item.state, separators=(",", ":")).encode()
+        body = json.dumps(item.state, separators=(",", ":"), allow_nan=False).encode()
         parts += [write_var_uint(item.client_id), write_var_uint(item.clock)]
         parts += [write_var_uint(len(body)), body]
     return b"".join(parts)

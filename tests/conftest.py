@@ -29,6 +29,7 @@ from server.app import create_app
 from server.cli import uvicorn_config
 from server.db import migrate
 from server.settings import Settings
+from session.model import ModelProvider
 from tests.yclient import YClient
 
 ADMIN_KEY = "test-admin-key"
@@ -150,12 +151,14 @@ class RunningServer:
 
 
 @contextlib.asynccontextmanager
-async def serve_in_process(settings: Settings) -> AsyncIterator[RunningServer]:
+async def serve_in_process(
+    settings: Settings, provider: ModelProvider | None = None
+) -> AsyncIterator[RunningServer]:
     await asyncio.to_thread(migrate, settings.database_url)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    config = uvicorn_config(create_app(settings), settings)
+    config = uvicorn_config(create_app(settings, provider=provider), settings)
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     async with asyncio.timeout(20):

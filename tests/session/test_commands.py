@@ -1,0 +1,261 @@
+"""parse_command: JSON text frames to typed commands, every refusal with a stable code."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from session.commands import (
+    MAX_COMMAND_ID_CHARS,
+    CancelCommand,
+    CommandError,
+    Limits,
+    MessageCommand,
+    PolicyCommand,
+    PromptCommand,
+    ack,
+    error_reply,
+    parse_command,
+)
+from session.errors import ErrorCode, Forbidden, QueueFull
+from session.queue import Policy
+
+LIMITS = Limits(max_text_chars=50, max_frame_chars=500)
+
+
+def parse(data: Any, limits: Limits = LIMITS) -> Any:
+    return parse_command(json.dumps(data), limits)
+
+
+def refusal(frame: str, limits: Limits = LIMITS) -> CommandError:
+    with pytest.raises(CommandError) as info:
+        parse_command(frame, limits)
+    return info.value
+
+
+# -- accepted -------------------------------------------------------------------------------
+
+
+def test_prompt() -> None:
+    assert parse({"type": "prompt", "id": "c1", "text": "What now?"}) == PromptCommand(
+        id="c1", text="What now?"
+    )
+
+
+def test_message() -> None:
+    assert parse({"type": "message", "id": "c2", "text": "  hi all  "}) == MessageCommand(
+        id="c2", text="  hi all  "
+    )
+
+
+def test_cancel() -> None:
+    assert parse({"type": "cancel", "id": "c3", "prompt_id": "p9"}) == CancelCommand(
+        id="c3", prompt_id="p9"
+    )
+
+
+@pytest.mark.parametrize("policy", list(Policy))
+def test_set_policy(policy: Policy) -> None:
+    command = parse({"type": "set_policy", "id": "c4", "policy": policy.value})
+    assert command == PolicyCommand(id="c4", policy=policy)
+    assert command.policy is policy
+
+
+def test_extra_fields_are_ignored() -> None:
+    command = parse({"type": "prompt", "id": "c1", "text": "x", "extra": [1, 2]})
+    assert command == PromptCommand(id="c1", text="x")
+
+
+def test_text_at_the_limit_is_accepted() -> None:
+    text = "é" * LIMITS.max_text_chars  # characters, not bytes
+    assert parse({"type": "prompt", "id": "c", "text": text}) == PromptCommand("c", text)
+
+
+def test_id_at_the_limit_is_accepted() -> None:
+    command_id = "i" * MAX_COMMAND_ID_CHARS
+    assert parse({"type": "cancel", "id": command_id, "prompt_id": "p"}).id == command_id
+
+
+# -- refused --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("frame", ["", "{", "not json", "{'id': 'x'}", '{"id": "x",}'])
+def test_bad_json(frame: str) -> None:
+    error = refusal(frame)
+    assert (error.code, error.command_id, error.http_status) == (ErrorCode.INVALID, None, 422)
+
+
+@pytest.mark.parametrize("frame", ["[]", '["prompt"]', "42", '"prompt"', "null", "true"])
+def test_non_object(frame: str) -> None:
+    error = refusal(frame)
+    assert (error.code, error.command_id) == (ErrorCode.INVALID, None)
+
+
+@pytest.mark.parametrize("command_id", [None, 7, "", "   ", ["c1"]])
+def test_missing_or_unusable_id(command_id: Any) -> None:
+    data: dict[str, Any] = {"type": "prompt", "text": "hello"}
+    if command_id is not None:
+        data["id"] = command_id
+    error = refusal(json.dumps(data))
+    assert error.code == ErrorCode.INVALID
+    if not isinstance(command_id, str):
+        assert error.command_id is None
+
+
+def test_oversize_id() -> None:
+    error = refusal(
+        json.dumps({"type": "prompt", "id": "i" * (MAX_COMMAND_ID_CHARS + 1), "text": "x"})
+    )
+    assert error.code == ErrorCode.INVALID
+
+
+@pytest.mark.parametrize("kind", ["prompt", "message"])
+@pytest.mark.parametrize("text", ["", " ", "\n\t  ", None, 5, ["hi"]])
+def test_empty_or_non_string_text(kind: str, text: Any) -> None:
+    data = {"type": kind, "id": "c7", "text": text}
+    if text is None:
+        del data["text"]
+    error = refusal(json.dumps(data))
+    assert (error.code, error.command_id) == (ErrorCode.INVALID, "c7")
+
+
+@pytest.mark.parametrize("kind", ["prompt", "message"])
+def test_oversize_text(kind: str) -> None:
+    error = refusal(
+        json.dumps({"type": kind, "id": "c8", "text": "x" * (LIMITS.max_text_chars + 1)})
+    )
+    assert (error.code, error.command_id, error.http_status) == (ErrorCode.TOO_LARGE, "c8", 413)
+
+
+def test_oversize_frame() -> None:
+    frame = json.dumps({"type": "prompt", "id": "c9", "text": "x", "pad": "y" * 600})
+    error = refusal(frame)
+    assert (error.code, error.command_id) == (ErrorCode.TOO_LARGE, None)
+
+
+@pytest.mark.parametrize("kind", ["delete", "PROMPT", "", None, 3, ["prompt"]])
+def test_unknown_type(kind: Any) -> None:
+    data = {"id": "c10", "text": "hi", "prompt_id": "p"}
+    if kind is not None:
+        data["type"] = kind
+    error = refusal(json.dumps(data))
+    assert (error.code, error.command_id) == (ErrorCode.UNKNOWN_COMMAND, "c10")
+
+
+@pytest.mark.parametrize("prompt_id", [None, "", 12, {"id": "p"}])
+def test_cancel_needs_a_prompt_id(prompt_id: Any) -> None:
+    data = {"type": "cancel", "id": "c11"}
+    if prompt_id is not None:
+        data["prompt_id"] = prompt_id
+    error = refusal(json.dumps(data))
+    assert (error.code, error.command_id) == (ErrorCode.INVALID, "c11")
+
+
+@pytest.mark.parametrize("policy", [None, "", "QUEUE", "fifo", 1, True])
+def test_set_policy_needs_a_known_policy(policy: Any) -> None:
+    data = {"type": "set_policy", "id": "c12"}
+    if policy is not None:
+        data["policy"] = policy
+    error = refusal(json.dumps(data))
+    assert (error.code, error.command_id) == (ErrorCode.INVALID, "c12")
+    assert "queue, coalesce, interrupt, reject" in error.message
+
+
+@pytest.mark.parametrize("policy", [["queue"], {"name": "queue"}], ids=["list", "object"])
+def test_set_policy_with_a_list_or_object_is_refused_not_crashed(policy: Any) -> None:
+    error = refusal(json.dumps({"type": "set_policy", "id": "c13", "policy": policy}))
+    assert (error.code, error.command_id) == (ErrorCode.INVALID, "c13")
+
+
+def test_command_error_keeps_the_message() -> None:
+    error = refusal(json.dumps({"type": "nope", "id": "c"}))
+    assert "nope" in error.message
+    assert str(error) == error.message
+
+
+def test_deeply_nested_json_is_refused_not_crashed() -> None:
+    # A 20 kB frame (far below max_frame_chars) nested deeper than json's recursion limit:
+    # it must come back as an error reply, not a RecursionError out of the socket loop.
+    frame = '{"type":"prompt","id":"c","text":"x","pad":' + "[" * 10_000 + "]" * 10_000 + "}"
+    error = refusal(frame, Limits())
+    assert error.code == ErrorCode.INVALID
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=80))
+def test_any_text_parses_or_raises_command_error(frame: str) -> None:
+    try:
+        command = parse_command(frame, LIMITS)
+    except CommandError as error:
+        assert error.code in {ErrorCode.INVALID, ErrorCode.TOO_LARGE, ErrorCode.UNKNOWN_COMMAND}
+        return
+    assert isinstance(command, PromptCommand | MessageCommand | CancelCommand | PolicyCommand)
+
+
+json_scalars = st.none() | st.booleans() | st.integers() | st.text(max_size=20)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "type": st.sampled_from(["prompt", "message", "cancel", "set_policy", "x"])
+            | json_scalars,
+            "id": json_scalars,
+            "text": json_scalars,
+            "prompt_id": json_scalars,
+            "policy": st.sampled_from([p.value for p in Policy]) | json_scalars,
+        },
+    )
+)
+def test_any_object_parses_or_echoes_a_readable_id(data: dict[str, Any]) -> None:
+    try:
+        command = parse(data, Limits(max_text_chars=50, max_frame_chars=10_000))
+    except CommandError as error:
+        expected_id = data.get("id") if isinstance(data.get("id"), str) else None
+        assert error.command_id == expected_id
+        return
+    assert command.id == data["id"]
+
+
+# -- replies --------------------------------------------------------------------------------
+
+
+def test_ack_shape() -> None:
+    assert json.loads(ack("c1", seq=4, prompt_id="p4")) == {
+        "type": "ack",
+        "id": "c1",
+        "seq": 4,
+        "prompt_id": "p4",
+    }
+    assert json.loads(ack("c2")) == {"type": "ack", "id": "c2", "seq": None}
+
+
+def test_error_reply_shape() -> None:
+    assert json.loads(error_reply("c1", QueueFull("too many"))) == {
+        "type": "error",
+        "id": "c1",
+        "code": "queue_full",
+        "message": "too many",
+    }
+    assert json.loads(error_reply(None, Forbidden("viewers may not prompt"))) == {
+        "type": "error",
+        "id": None,
+        "code": "forbidden",
+        "message": "viewers may not prompt",
+    }
+
+
+def test_error_reply_for_a_parse_failure_carries_its_code_and_id() -> None:
+    error = refusal(json.dumps({"type": "prompt", "id": "c5", "text": "x" * 51}))
+    assert json.loads(error_reply(error.command_id, error)) == {
+        "type": "error",
+        "id": "c5",
+        "code": "too_large",
+        "message": "'text' exceeds 50 characters",
+    }

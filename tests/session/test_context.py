@@ -1,0 +1,212 @@
+"""build_request: what a run is given, from the transcript alone."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pycrdt import Doc
+
+from session.context import SYSTEM_PROMPT, build_request
+from session.lifecycle import PromptStatus, ReplyStatus
+from session.model import ModelMessage, ModelRequest
+from session.schema import MESSAGE_STATUS, Entry, EntryKind, SessionDocument
+
+
+def busy_session() -> SessionDocument:
+    """A transcript with every kind of entry a run must skip, before and after the target."""
+    doc = SessionDocument(Doc())
+    doc.add_message(id="m1", seq=1, author="bob", text="Context: we ship Friday.", created_at=1)
+    doc.add_prompt(id="p2", seq=2, author="alice", text="Summarise.", created_at=2)
+    doc.add_prompt(id="p3", seq=3, author="carol", text="Cancelled ask", created_at=3)
+    doc.add_prompt(id="p4", seq=4, author="bob", text="Failed ask", created_at=4)
+    doc.add_prompt(id="p5", seq=5, author="carol", text="Interrupted ask", created_at=5)
+    doc.add_message(id="m6", seq=6, author="carol", text="Also: no deploys.", created_at=6)
+    doc.add_prompt(id="p7", seq=7, author="alice", text="Target question", created_at=7)
+    doc.add_prompt(id="p8", seq=8, author="bob", text="Later ask", created_at=8)
+    doc.add_message(id="m9", seq=9, author="bob", text="Later chat", created_at=9)
+
+    doc.start_reply(prompt_ids=["p2"], reply_id="r2", author="model", created_at=10)
+    doc.append_reply_text("r2", "Shipping Friday.")
+    doc.finish_prompts(["p2"], PromptStatus.DONE)
+    doc.finish_prompts(["p3"], PromptStatus.CANCELLED, "withdrawn")
+    doc.start_reply(prompt_ids=["p4"], reply_id="r4", author="model", created_at=11)
+    doc.append_reply_text("r4", "half an ans")
+    doc.finish_prompts(["p4"], PromptStatus.FAILED, "upstream error")
+    doc.start_reply(prompt_ids=["p5"], reply_id="r5", author="model", created_at=12)
+    doc.append_reply_text("r5", "cut off")
+    doc.finish_prompts(["p5"], PromptStatus.INTERRUPTED, "pre-empted")
+    return doc
+
+
+def request_for(doc: SessionDocument, *prompt_ids: str, **kwargs: Any) -> ModelRequest:
+    return build_request(session_id="s1", entries=doc.entries(), prompt_ids=prompt_ids, **kwargs)
+
+
+def test_a_run_sees_the_answered_prefix_with_authors_and_its_prompt_last() -> None:
+    doc = busy_session()
+    request = request_for(doc, "p7")
+    assert request.messages == (
+        ModelMessage("user", "Context: we ship Friday.", "bob"),
+        ModelMessage("user", "Summarise.", "alice"),
+        ModelMessage("assistant", "Shipping Friday."),
+        ModelMessage("user", "Also: no deploys.", "carol"),
+        ModelMessage("user", "Target question", "alice"),
+    )
+    assert request.answering == (4,)
+    assert request.session_id == "s1"
+    assert request.issuers == ("alice",)
+    assert request.system == SYSTEM_PROMPT
+    assert request.max_output_tokens == 1024
+
+
+def test_the_running_prompt_itself_is_what_the_run_answers() -> None:
+    doc = busy_session()
+    doc.start_reply(prompt_ids=["p7"], reply_id="r7", author="model", created_at=20)
+    doc.append_reply_text("r7", "streaming...")
+    request = request_for(doc, "p7")
+    assert request.messages[-1] == ModelMessage("user", "Target question", "alice")
+    assert all(m.content != "streaming..." for m in request.messages)
+
+
+def test_queued_prompts_before_the_target_are_skipped() -> None:
+    doc = busy_session()
+    request = request_for(doc, "p8")
+    contents = [m.content for m in request.messages]
+    assert "Target question" not in contents  # still queued
+    assert contents[-1] == "Later ask"
+    assert request.issuers == ("bob",)
+
+
+def test_what_comes_after_the_prompt_is_never_seen() -> None:
+    doc = busy_session()
+    before = request_for(doc, "p7")
+    doc.add_message(id="m10", seq=10, author="dave", text="late", created_at=13)
+    doc.start_reply(prompt_ids=["p7"], reply_id="r7", author="model", created_at=14)
+    after = request_for(doc, "p7")
+    assert after == before
+
+
+def test_a_coalesced_run_answers_its_prompts_in_story_order() -> None:
+    doc = busy_session()
+    request = request_for(doc, "p8", "p7")  # the order asked for does not matter
+    assert request.messages == (
+        ModelMessage("user", "Context: we ship Friday.", "bob"),
+        ModelMessage("user", "Summarise.", "alice"),
+        ModelMessage("assistant", "Shipping Friday."),
+        ModelMessage("user", "Also: no deploys.", "carol"),
+        ModelMessage("user", "Target question", "alice"),
+        ModelMessage("user", "Later ask", "bob"),
+    )
+    assert request.answering == (4, 5)
+    assert request.issuers == ("alice", "bob")
+    assert all(m.content != "Later chat" for m in request.messages)  # after the last prompt
+
+
+def test_a_message_between_coalesced_prompts_is_seen() -> None:
+    doc = SessionDocument(Doc())
+    doc.add_prompt(id="p1", seq=1, author="alice", text="one", created_at=1)
+    doc.add_message(id="m2", seq=2, author="bob", text="fyi", created_at=2)
+    doc.add_prompt(id="p3", seq=3, author="alice", text="two", created_at=3)
+    request = request_for(doc, "p1", "p3")
+    assert request.messages == (
+        ModelMessage("user", "one", "alice"),
+        ModelMessage("user", "fyi", "bob"),
+        ModelMessage("user", "two", "alice"),
+    )
+    assert request.answering == (0, 2)
+    assert request.issuers == ("alice",)  # each author once
+
+
+def test_deterministic() -> None:
+    doc = busy_session()
+    first = request_for(doc, "p7", max_output_tokens=77)
+    again = request_for(doc, "p7", max_output_tokens=77)
+    rebuilt = request_for(busy_session(), "p7", max_output_tokens=77)
+    assert first == again == rebuilt
+    assert first.max_output_tokens == 77
+
+
+@pytest.mark.parametrize("prompt_ids", [("nope",), ("p7", "nope")])
+def test_unknown_prompt(prompt_ids: tuple[str, ...]) -> None:
+    with pytest.raises(KeyError):
+        request_for(busy_session(), *prompt_ids)
+
+
+# -- any transcript -------------------------------------------------------------------------
+
+STATUSES: dict[EntryKind, list[str]] = {
+    EntryKind.PROMPT: [s.value for s in PromptStatus],
+    EntryKind.MESSAGE: [MESSAGE_STATUS],
+    EntryKind.REPLY: [s.value for s in ReplyStatus],
+}
+
+
+@st.composite
+def entry(draw: Any, index: int) -> Entry:
+    kind = draw(st.sampled_from(list(EntryKind)))
+    return Entry(
+        id=f"e{index}",
+        seq=index,
+        kind=kind,
+        author=draw(st.sampled_from(["alice", "bob", "model"])),
+        role="assistant" if kind is EntryKind.REPLY else "user",
+        status=draw(st.sampled_from(STATUSES[kind])),
+        content=draw(st.text(max_size=6)),
+        created_at=index,
+    )
+
+
+@st.composite
+def transcripts(draw: Any) -> tuple[list[Entry], int]:
+    size = draw(st.integers(1, 12))
+    entries = [draw(entry(i)) for i in range(size)]
+    target = draw(st.integers(0, size - 1))
+    prompt = entries[target]
+    entries[target] = Entry(
+        id=prompt.id,
+        seq=prompt.seq,
+        kind=EntryKind.PROMPT,
+        author=prompt.author,
+        role="user",
+        status=draw(st.sampled_from(["queued", "running"])),
+        content=prompt.content,
+        created_at=prompt.created_at,
+    )
+    return entries, target
+
+
+@settings(max_examples=200, deadline=None)
+@given(transcripts())
+def test_a_run_sees_only_finished_work_before_its_prompt(case: tuple[list[Entry], int]) -> None:
+    entries, target = case
+    request = build_request(session_id="s", entries=entries, prompt_ids=[f"e{target}"])
+    *history, last = request.messages
+    prompt = entries[target]
+    assert last == ModelMessage("user", prompt.content, prompt.author)
+    assert request.answering == (len(history),)
+    assert request.issuers == (prompt.author,)
+
+    visible = [
+        e
+        for e in entries[:target]
+        if (e.kind is EntryKind.MESSAGE)
+        or (e.kind is EntryKind.PROMPT and e.status == "done")
+        or (e.kind is EntryKind.REPLY and e.status == "done")
+    ]
+    assert len(history) == len(visible)
+    for message, source in zip(history, visible, strict=True):
+        if source.kind is EntryKind.REPLY:
+            assert message == ModelMessage("assistant", source.content)
+        else:
+            assert message == ModelMessage("user", source.content, source.author)
+
+    # Whatever follows the prompt changes nothing.
+    tail = [
+        Entry(**{**e.to_json(), "kind": e.kind, "answers": (), "id": f"x{i}"})
+        for i, e in enumerate(entries)
+    ]
+    again = build_request(session_id="s", entries=entries + tail, prompt_ids=[f"e{target}"])
+    assert again == request

@@ -1,0 +1,249 @@
+"""Presence: awareness bookkeeping for one session, fed encoded updates by hand."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from session.errors import Forbidden, TooLarge
+from session.presence import MAX_CLIENTS_PER_SOCKET, Presence
+from session.yprotocol import (
+    AwarenessState,
+    ProtocolError,
+    decode_awareness_update,
+    encode_awareness_update,
+)
+
+ALICE_SOCKET = "socket-a"
+BOB_SOCKET = "socket-b"
+
+
+def update(*states: tuple[int, int, dict[str, Any] | None]) -> bytes:
+    return encode_awareness_update([AwarenessState(*s) for s in states])
+
+
+def relayed(raw: bytes | None) -> list[AwarenessState]:
+    assert raw is not None
+    return decode_awareness_update(raw)
+
+
+def stamped(state: dict[str, Any], user_id: str) -> dict[str, Any]:
+    return {**state, "parley": {"user_id": user_id}}
+
+
+def test_relay_stamps_the_authenticated_user() -> None:
+    presence = Presence()
+    out = presence.apply(ALICE_SOCKET, "alice", update((11, 1, {"cursor": 3, "name": "Al"})))
+    assert relayed(out) == [AwarenessState(11, 1, stamped({"cursor": 3, "name": "Al"}, "alice"))]
+    assert presence.users() == ["alice"]
+    assert presence.owned_by(ALICE_SOCKET) == 1
+
+
+def test_a_client_cannot_forge_its_stamp() -> None:
+    presence = Presence()
+    forged = {"parley": {"user_id": "owner"}, "name": "x"}
+    out = presence.apply(ALICE_SOCKET, "mallory", update((11, 1, forged)))
+    assert relayed(out)[0].state == {"name": "x", "parley": {"user_id": "mallory"}}
+    assert presence.users() == ["mallory"]
+
+
+def test_several_clients_in_one_update_are_all_relayed() -> None:
+    presence = Presence()
+    out = presence.apply(ALICE_SOCKET, "alice", update((1, 1, {"a": 1}), (2, 5, {"b": 2})))
+    assert relayed(out) == [
+        AwarenessState(1, 1, stamped({"a": 1}, "alice")),
+        AwarenessState(2, 5, stamped({"b": 2}, "alice")),
+    ]
+
+
+def test_a_socket_may_not_speak_for_another_sockets_client() -> None:
+    presence = Presence()
+    presence.apply(ALICE_SOCKET, "alice", update((11, 1, {"name": "Al"})))
+    for hostile in [(11, 2, {"name": "Bob was here"}), (11, 2, None)]:
+        with pytest.raises(Forbidden):
+            presence.apply(BOB_SOCKET, "bob", update(hostile))
+    snapshot = relayed(presence.snapshot())
+    assert snapshot == [AwarenessState(11, 1, stamped({"name": "Al"}, "alice"))]
+    assert presence.owned_by(BOB_SOCKET) == 0
+
+
+def test_a_socket_may_introduce_only_so_many_clients() -> None:
+    presence = Presence()
+    for cid in range(MAX_CLIENTS_PER_SOCKET):
+        presence.apply(ALICE_SOCKET, "alice", update((cid, 1, {})))
+    with pytest.raises(Forbidden):
+        presence.apply(ALICE_SOCKET, "alice", update((99, 1, {})))
+    # Known clients keep updating; other sockets are not affected.
+    presence.apply(ALICE_SOCKET, "alice", update((0, 2, {"x": 1})))
+    presence.apply(BOB_SOCKET, "bob", update((99, 1, {})))
+
+
+def test_stale_clocks_are_ignored() -> None:
+    presence = Presence()
+    presence.apply(ALICE_SOCKET, "alice", update((11, 5, {"v": "new"})))
+    out = presence.apply(ALICE_SOCKET, "alice", update((11, 4, {"v": "old"})))
+    assert relayed(out) == []
+    assert relayed(presence.snapshot()) == [AwarenessState(11, 5, stamped({"v": "new"}, "alice"))]
+
+
+def test_a_stale_state_is_skipped_but_fresh_ones_in_the_same_update_pass() -> None:
+    presence = Presence()
+    presence.apply(ALICE_SOCKET, "alice", update((1, 5, {"v": 1}), (2, 1, {"v": 1})))
+    out = presence.apply(ALICE_SOCKET, "alice", update((1, 3, {"v": 0}), (2, 2, {"v": 2})))
+    assert relayed(out) == [AwarenessState(2, 2, stamped({"v": 2}, "alice"))]
+
+
+def test_an_equal_clock_is_relayed_as_a_keepalive() -> None:
+    presence = Presence()
+    presence.apply(ALICE_SOCKET, "alice", update((11, 5, {"v": 1})))
+    out = presence.apply(ALICE_SOCKET, "alice", update((11, 5, {"v": 1})))
+    assert relayed(out) == [AwarenessState(11, 5, stamped({"v": 1}, "alice"))]
+
+
+def test_drop_announces_departure_with_the_next_clock() -> None:
+    presence = Presence()
+    presence.apply(ALICE_SOCKET, "alice", update((11, 5, {"v": 1}), (12, 9, {"v": 2})))
+    presence.apply(BOB_SOCKET, "bob", update((21, 3, {"v": 3})))
+    left = relayed(presence.drop(ALICE_SOCKET))
+    assert sorted(left, key=lambda s: s.client_id) == [
+        AwarenessState(11, 6, None),
+        AwarenessState(12, 10, None),
+    ]
+    assert presence.owned_by(ALICE_SOCKET) == 0
+    assert presence.drop(ALICE_SOCKET) is None
+    assert presence.users() == ["bob"]
+    assert relayed(presence.snapshot()) == [AwarenessState(21, 3, stamped({"v": 3}, "bob"))]
+
+
+def test_drop_of_an_unknown_socket_says_nothing() -> None:
+    assert Presence().drop(ALICE_SOCKET) is None
+
+
+def test_a_dropped_client_id_can_be_reclaimed_by_a_new_socket() -> None:
+    # A reconnecting browser keeps its Yjs client id.
+    presence = Presence()
+    presence.apply(ALICE_SOCKET, "alice", update((11, 5, {"v": 1})))
+    presence.drop(ALICE_SOCKET)
+    out = presence.apply("socket-a2", "alice", update((11, 7, {"v": 2})))
+    assert relayed(out) == [AwarenessState(11, 7, stamped({"v": 2}, "alice"))]
+
+
+def test_snapshot_excludes_clients_that_left() -> None:
+    presence = Presence()
+    assert presence.snapshot() is None
+    presence.apply(ALICE_SOCKET, "alice", update((11, 1, {"v": 1})))
+    presence.apply(BOB_SOCKET, "bob", update((21, 1, {"v": 2})))
+    out = presence.apply(BOB_SOCKET, "bob", update((21, 2, None)))  # bob closes his tab
+    assert relayed(out) == [AwarenessState(21, 2, None)]
+    assert relayed(presence.snapshot()) == [AwarenessState(11, 1, stamped({"v": 1}, "alice"))]
+    assert presence.users() == ["alice"]
+    presence.drop(ALICE_SOCKET)
+    assert presence.snapshot() is None
+    assert presence.users() == []
+
+
+def test_an_update_too_large_to_relay_is_refused() -> None:
+    presence = Presence(max_state_bytes=100)
+    big = update((1, 1, {"pad": "x" * (100 * MAX_CLIENTS_PER_SOCKET)}))
+    with pytest.raises(TooLarge) as info:
+        presence.apply(ALICE_SOCKET, "alice", big)
+    assert info.value.code == "too_large"
+    assert presence.snapshot() is None
+
+
+def test_a_state_too_large_once_stamped_is_refused() -> None:
+    presence = Presence(max_state_bytes=100)
+    fits = {"pad": "x" * 40}
+    presence.apply(ALICE_SOCKET, "alice", update((1, 1, fits)))
+    with pytest.raises(TooLarge):
+        presence.apply(ALICE_SOCKET, "alice", update((1, 2, {"pad": "x" * 90})))
+    assert relayed(presence.snapshot()) == [AwarenessState(1, 1, stamped(fits, "alice"))]
+
+
+def test_a_null_state_is_never_too_large() -> None:
+    presence = Presence(max_state_bytes=10)
+    out = presence.apply(ALICE_SOCKET, "alice", update((1, 1, None)))
+    assert relayed(out) == [AwarenessState(1, 1, None)]
+
+
+def test_malformed_updates_raise_protocol_error() -> None:
+    with pytest.raises(ProtocolError):
+        Presence().apply(ALICE_SOCKET, "alice", b"\x01\x05")
+
+
+def test_a_refused_update_changes_nothing() -> None:
+    # The second state belongs to another socket: the whole update is refused, so the first
+    # must not be recorded either (it was never relayed, yet would show up in snapshots).
+    presence = Presence()
+    presence.apply(BOB_SOCKET, "bob", update((21, 1, {"v": "bob"})))
+    with pytest.raises(Forbidden):
+        presence.apply(ALICE_SOCKET, "alice", update((11, 1, {"v": "al"}), (21, 2, {"v": "x"})))
+    assert presence.owned_by(ALICE_SOCKET) == 0
+    assert relayed(presence.snapshot()) == [AwarenessState(21, 1, stamped({"v": "bob"}, "bob"))]
+
+
+def is_strict_json(text: str) -> bool:
+    def refuse(constant: str) -> None:
+        raise ValueError(constant)
+
+    try:
+        json.loads(text, parse_constant=refuse)
+    except ValueError:
+        return False
+    return True
+
+
+def test_relayed_updates_are_strict_json() -> None:
+    # Stock clients parse each state with JSON.parse, which rejects NaN and Infinity; relaying
+    # them would break presence for every peer (and for every later joiner, via snapshots).
+    for cid, constant in enumerate(["NaN", "Infinity", "-Infinity"]):
+        body = f'{{"x":{constant}}}'.encode()
+        hostile = b"\x01" + bytes([cid, 1, len(body)]) + body
+        try:
+            out = Presence().apply(ALICE_SOCKET, "mallory", hostile)
+        except ProtocolError:
+            continue
+        for item in relayed(out):
+            text = json.dumps(item.state)
+            assert is_strict_json(text), f"relayed {text}, which JSON.parse rejects"
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([ALICE_SOCKET, BOB_SOCKET]),
+            st.integers(0, 3),
+            st.integers(0, 5),
+            st.none() | st.dictionaries(st.sampled_from("abc"), st.integers(), max_size=2),
+        ),
+        max_size=25,
+    )
+)
+def test_presence_never_leaks_across_sockets(
+    events: list[tuple[str, int, int, dict[str, Any] | None]],
+) -> None:
+    presence = Presence()
+    owner: dict[int, str] = {}
+    user_of = {ALICE_SOCKET: "alice", BOB_SOCKET: "bob"}
+    for socket, cid, clock, state in events:
+        try:
+            out = presence.apply(socket, user_of[socket], update((cid, clock, state)))
+        except Forbidden:
+            assert owner[cid] != socket
+            continue
+        owner.setdefault(cid, socket)
+        assert owner[cid] == socket
+        for item in relayed(out):
+            if item.state is not None:
+                assert item.state["parley"] == {"user_id": user_of[socket]}
+    for socket in (ALICE_SOCKET, BOB_SOCKET):
+        assert presence.owned_by(socket) == sum(1 for s in owner.values() if s == socket)
+    snapshot = presence.snapshot()
+    for item in [] if snapshot is None else relayed(snapshot):
+        assert item.state is not None
+        assert item.state["parley"]["user_id"] == user_of[owner[item.client_id]]

@@ -1,0 +1,514 @@
+"""SessionDocument over a real pycrdt Doc: the only ways the shared transcript changes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pycrdt import Doc
+
+from session.errors import NotFound
+from session.lifecycle import IllegalTransition, PromptStatus, ReplyStatus
+from session.queue import OrderingQueue, PendingPrompt, Policy, QueueLimits
+from session.schema import (
+    MESSAGE_STATUS,
+    SCHEMA_VERSION,
+    Entry,
+    EntryKind,
+    QueuedItem,
+    SessionDocument,
+)
+
+
+def fresh() -> SessionDocument:
+    return SessionDocument(Doc())
+
+
+def replica(doc: SessionDocument) -> SessionDocument:
+    """A second document built only from the first one's encoded state."""
+    other: Doc[Any] = Doc()
+    other.apply_update(doc.doc.get_update())
+    return SessionDocument(other)
+
+
+State = tuple[list[Entry], list[QueuedItem], dict[str, Any], bytes]
+
+
+def state_of(doc: SessionDocument) -> State:
+    return doc.entries(), doc.queued(), doc.meta.to_py() or {}, doc.doc.get_update()
+
+
+def prompt(doc: SessionDocument, id: str, seq: int, author: str = "alice", text: str = "") -> None:
+    doc.add_prompt(id=id, seq=seq, author=author, text=text or f"prompt {id}", created_at=seq)
+
+
+def message(doc: SessionDocument, id: str, seq: int, author: str = "bob", text: str = "") -> None:
+    doc.add_message(id=id, seq=seq, author=author, text=text or f"message {id}", created_at=seq)
+
+
+def start(doc: SessionDocument, *prompt_ids: str, created_at: int = 100) -> str:
+    reply_id = f"r-{prompt_ids[-1]}"
+    doc.start_reply(
+        prompt_ids=list(prompt_ids), reply_id=reply_id, author="model", created_at=created_at
+    )
+    return reply_id
+
+
+def ids(doc: SessionDocument) -> list[str]:
+    return [e.id for e in doc.entries()]
+
+
+# -- writing --------------------------------------------------------------------------------
+
+
+def test_init_meta_and_policy() -> None:
+    doc = fresh()
+    doc.init_meta("s1", "Planning", "queue")
+    assert doc.meta.to_py() == {
+        "session_id": "s1",
+        "title": "Planning",
+        "policy": "queue",
+        "schema_version": SCHEMA_VERSION,
+    }
+    doc.set_policy("coalesce")
+    assert replica(doc).meta["policy"] == "coalesce"
+
+
+def test_add_prompt_appends_a_queued_entry() -> None:
+    doc = fresh()
+    doc.add_prompt(id="p1", seq=3, author="alice", text="What is 2+2?", created_at=1700)
+    assert doc.entries() == [
+        Entry(
+            id="p1",
+            seq=3,
+            kind=EntryKind.PROMPT,
+            author="alice",
+            role="user",
+            status="queued",
+            content="What is 2+2?",
+            created_at=1700,
+        )
+    ]
+    assert doc.has_entry("p1") and not doc.has_entry("p2")
+    assert doc.entry("p1").status == PromptStatus.QUEUED
+    assert doc.queued() == []  # the caller lists it with set_queue
+
+
+def test_add_message_is_posted() -> None:
+    doc = fresh()
+    doc.add_message(id="m1", seq=1, author="bob", text="lunch?", created_at=5)
+    entry = doc.entry("m1")
+    assert (entry.kind, entry.role, entry.status, entry.content, entry.author) == (
+        EntryKind.MESSAGE,
+        "user",
+        MESSAGE_STATUS,
+        "lunch?",
+        "bob",
+    )
+
+
+def test_start_reply_inserts_the_reply_directly_after_its_prompt() -> None:
+    doc = fresh()
+    prompt(doc, "p1", 1)
+    message(doc, "m2", 2)
+    prompt(doc, "p3", 3, author="bob")
+    prompt(doc, "p4", 4)
+    reply_id = start(doc, "p1", created_at=77)
+
+    assert ids(doc) == ["p1", reply_id, "m2", "p3", "p4"]
+    assert doc.entry(reply_id) == Entry(
+        id=reply_id,
+        seq=1,  # shares its prompt's seq
+        kind=EntryKind.REPLY,
+        author="model",
+        role="assistant",
+        status="streaming",
+        content="",
+        created_at=77,
+        reply_to="p1",
+        answers=("p1",),
+    )
+    started = doc.entry("p1")
+    assert (started.status, started.reply_id, started.started_at) == ("running", reply_id, 77)
+
+
+def test_a_later_reply_lands_after_its_own_prompt_not_at_the_end() -> None:
+    doc = fresh()
+    for n in (1, 2, 3):
+        prompt(doc, f"p{n}", n)
+    r1 = start(doc, "p1")
+    doc.finish_prompts(["p1"], PromptStatus.DONE)
+    r2 = start(doc, "p2")
+    assert ids(doc) == ["p1", r1, "p2", r2, "p3"]
+    assert ids(replica(doc)) == ["p1", r1, "p2", r2, "p3"]
+
+
+def test_a_coalesced_reply_follows_the_last_prompt_it_answers() -> None:
+    doc = fresh()
+    prompt(doc, "p1", 1, author="alice")
+    message(doc, "m2", 2)
+    prompt(doc, "p3", 3, author="bob")
+    prompt(doc, "p4", 4, author="carol")
+    reply_id = start(doc, "p1", "p3", created_at=50)
+    assert ids(doc) == ["p1", "m2", "p3", reply_id, "p4"]
+    reply = doc.entry(reply_id)
+    assert (reply.seq, reply.reply_to, reply.answers) == (3, "p3", ("p1", "p3"))
+    for pid in ("p1", "p3"):
+        assert (doc.entry(pid).status, doc.entry(pid).reply_id) == ("running", reply_id)
+    assert doc.entry("p4").status == "queued"
+
+    doc.append_reply_text(reply_id, "both answered")
+    doc.finish_prompts(["p1", "p3"], PromptStatus.DONE)
+    assert [doc.entry(i).status for i in ("p1", "p3", reply_id)] == ["done"] * 3
+    assert replica(doc).entries() == doc.entries()
+
+
+def test_append_reply_text_accumulates_in_order() -> None:
+    doc = fresh()
+    prompt(doc, "p1", 1)
+    reply_id = start(doc, "p1")
+    for chunk in ("Hel", "lo, ", "wörld ", "🙂"):
+        doc.append_reply_text(reply_id, chunk)
+    assert doc.entry(reply_id).content == "Hello, wörld 🙂"
+    assert replica(doc).entry(reply_id).content == "Hello, wörld 🙂"
+
+
+@pytest.mark.parametrize(
+    "status",
+    [PromptStatus.DONE, PromptStatus.FAILED, PromptStatus.CANCELLED, PromptStatus.INTERRUPTED],
+)
+def test_finish_prompts_mirrors_the_status_onto_the_reply(status: PromptStatus) -> None:
+    doc = fresh()
+    prompt(doc, "p1", 1)
+    reply_id = start(doc, "p1")
+    reason = None if status is PromptStatus.DONE else f"because {status}"
+    doc.finish_prompts(["p1"], status, reason)
+    assert (doc.entry("p1").status, doc.entry("p1").reason) == (status.value, reason)
+    assert (doc.entry(reply_id).status, doc.entry(reply_id).reason) == (status.value, reason)
+
+
+@pytest.mark.parametrize("status", [PromptStatus.CANCELLED, PromptStatus.INTERRUPTED])
+def test_finishing_waiting_prompts_makes_no_reply(status: PromptStatus) -> None:
+    doc = fresh()
+    prompt(doc, "p1", 1)
+    prompt(doc, "p2", 2, author="bob")
+    prompt(doc, "p3", 3)
+    doc.finish_prompts(["p2", "p3"], status, "withdrawn")
+    for pid in ("p2", "p3"):
+        entry = doc.entry(pid)
+        assert (entry.status, entry.reason, entry.reply_id) == (status.value, "withdrawn", None)
+    assert [e.kind for e in doc.entries()] == [EntryKind.PROMPT] * 3
+    assert doc.entry("p1").status == "queued"
+
+
+def test_reply_status_override() -> None:
+    # A restart fails the running prompt, but its cut-off reply reads as interrupted.
+    doc = fresh()
+    prompt(doc, "p1", 1)
+    reply_id = start(doc, "p1")
+    doc.append_reply_text(reply_id, "partial ans")
+    doc.finish_prompts(
+        ["p1"], PromptStatus.FAILED, "server restarted", reply_status=ReplyStatus.INTERRUPTED
+    )
+    assert doc.entry("p1").status == "failed"
+    reply = doc.entry(reply_id)
+    assert (reply.status, reply.reason, reply.content) == (
+        "interrupted",
+        "server restarted",
+        "partial ans",
+    )
+    with pytest.raises(IllegalTransition):
+        doc.append_reply_text(reply_id, "more")
+    assert replica(doc).entry(reply_id).status == "interrupted"
+
+
+# -- the queue root -------------------------------------------------------------------------
+
+
+def planned(queue: OrderingQueue) -> list[QueuedItem]:
+    return [QueuedItem(p.id, p.seq, p.author) for p in queue.pending()]
+
+
+def test_queue_root_mirrors_waiting_prompts_in_run_order() -> None:
+    # Drive the document the way the room does: the queue decides, set_queue mirrors it.
+    doc, queue = fresh(), OrderingQueue(QueueLimits())
+    for n, author in [(1, "alice"), (3, "alice"), (4, "bob"), (5, "carol"), (6, "alice")]:
+        prompt(doc, f"p{n}", n, author=author)
+        queue.push(PendingPrompt(f"p{n}", n, author))
+        doc.set_queue(planned(queue))
+    message(doc, "m2", 2)
+    assert [q.id for q in doc.queued()] == ["p1", "p4", "p5", "p3", "p6"]
+
+    run = queue.next()
+    assert run is not None
+    queue.start(run)
+    start(doc, *run.ids)
+    doc.set_queue(planned(queue))
+    queue.remove("p5")
+    doc.finish_prompts(["p5"], PromptStatus.CANCELLED)
+    doc.set_queue(planned(queue))
+
+    expected = [
+        QueuedItem("p4", 4, "bob"),
+        QueuedItem("p3", 3, "alice"),
+        QueuedItem("p6", 6, "alice"),
+    ]
+    assert doc.queued() == expected
+    assert replica(doc).queued() == expected
+    waiting = {e.id for e in doc.entries() if e.status == PromptStatus.QUEUED}
+    assert {q.id for q in doc.queued()} == waiting
+
+    queue.set_policy(Policy.COALESCE)
+    doc.set_queue(planned(queue))
+    assert [q.id for q in replica(doc).queued()] == ["p3", "p4", "p6"]
+
+
+def test_set_queue_writes_nothing_when_nothing_changed() -> None:
+    doc = fresh()
+    items = [QueuedItem("p1", 1, "alice"), QueuedItem("p2", 2, "bob")]
+    doc.set_queue(items)
+    before = doc.doc.get_update()
+    doc.set_queue(list(items))
+    assert doc.doc.get_update() == before
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ("", "ab"),
+        ("abc", ""),
+        ("abc", "abd"),
+        ("abc", "bca"),
+        ("abc", "ab"),
+        ("ab", "abcd"),
+        ("abcd", "ad"),
+    ],
+)
+def test_set_queue_lists_exactly_the_planned_items(old: str, new: str) -> None:
+    def items(letters: str) -> list[QueuedItem]:
+        return [QueuedItem(f"p{c}", ord(c), f"user-{c}") for c in letters]
+
+    doc = fresh()
+    doc.set_queue(items(old))
+    doc.set_queue(items(new))
+    assert doc.queued() == items(new)
+    assert replica(doc).queued() == items(new)
+
+
+def test_each_mutator_reaches_peers_as_one_update() -> None:
+    doc = fresh()
+    updates: list[bytes] = []
+    subscription = doc.doc.observe(lambda event: updates.append(event.update))
+    try:
+        prompt(doc, "p1", 1)
+        doc.set_queue([QueuedItem("p1", 1, "alice")])
+        message(doc, "m2", 2)
+        reply_id = start(doc, "p1")
+        doc.append_reply_text(reply_id, "hi")
+        doc.finish_prompts(["p1"], PromptStatus.DONE)
+        doc.set_queue([])
+    finally:
+        doc.doc.unobserve(subscription)
+    assert len(updates) == 7
+
+    # A peer that applies exactly those updates sees what the server sees.
+    peer: Doc[Any] = Doc()
+    for update in updates:
+        peer.apply_update(update)
+    assert SessionDocument(peer).entries() == doc.entries()
+    assert SessionDocument(peer).queued() == []
+
+
+# -- illegal changes ------------------------------------------------------------------------
+
+
+def _running_doc() -> SessionDocument:
+    doc = fresh()
+    doc.init_meta("s1", "t", "queue")
+    prompt(doc, "p1", 1)
+    prompt(doc, "p2", 2)
+    prompt(doc, "p3", 3)
+    message(doc, "m4", 4)
+    doc.set_queue([QueuedItem("p1", 1, "alice"), QueuedItem("p2", 2, "alice")])
+    reply_id = start(doc, "p1")
+    doc.set_queue([QueuedItem("p2", 2, "alice")])
+    doc.append_reply_text(reply_id, "so far")
+    doc.finish_prompts(["p3"], PromptStatus.CANCELLED, "nope")
+    return doc
+
+
+def _start(*prompt_ids: str) -> Callable[[SessionDocument], object]:
+    return lambda d: d.start_reply(
+        prompt_ids=list(prompt_ids), reply_id="rX", author="m", created_at=1
+    )
+
+
+ILLEGAL: dict[str, tuple[Callable[[SessionDocument], object], type[Exception]]] = {
+    "start a running prompt": (_start("p1"), IllegalTransition),
+    "start a cancelled prompt": (_start("p3"), IllegalTransition),
+    "start a reply to nothing": (_start(), ValueError),
+    "finish a cancelled prompt": (
+        lambda d: d.finish_prompts(["p3"], PromptStatus.DONE),
+        IllegalTransition,
+    ),
+    "send a running prompt back to the queue": (
+        lambda d: d.finish_prompts(["p1"], PromptStatus.QUEUED),
+        IllegalTransition,
+    ),
+    "finish a queued prompt as done": (
+        lambda d: d.finish_prompts(["p2"], PromptStatus.DONE, "skipped ahead"),
+        IllegalTransition,
+    ),
+    "start an unknown prompt": (_start("zz"), NotFound),
+    "finish an unknown prompt": (
+        lambda d: d.finish_prompts(["p2", "zz"], PromptStatus.CANCELLED),
+        NotFound,
+    ),
+    "append to an unknown reply": (lambda d: d.append_reply_text("zz", "x"), NotFound),
+    # The three below make a legal change before reaching the illegal one.
+    "override the reply back to streaming": (
+        lambda d: d.finish_prompts(
+            ["p1"], PromptStatus.DONE, "why", reply_status=ReplyStatus.STREAMING
+        ),
+        IllegalTransition,
+    ),
+    "start a waiting and a running prompt together": (_start("p2", "p1"), IllegalTransition),
+    "cancel a waiting and a cancelled prompt together": (
+        lambda d: d.finish_prompts(["p2", "p3"], PromptStatus.CANCELLED, "again"),
+        IllegalTransition,
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(ILLEGAL))
+def test_illegal_change_raises_and_leaves_the_doc_unchanged(case: str) -> None:
+    change, error = ILLEGAL[case]
+    doc = _running_doc()
+    before = state_of(doc)
+    with pytest.raises(error):
+        change(doc)
+    assert state_of(doc) == before
+    assert state_of(replica(doc))[:3] == before[:3]
+
+
+def test_appending_to_a_finished_reply_raises_and_changes_nothing() -> None:
+    doc = _running_doc()
+    doc.finish_prompts(["p1"], PromptStatus.DONE)
+    before = state_of(doc)
+    with pytest.raises(IllegalTransition):
+        doc.append_reply_text("r-p1", " and more")
+    assert state_of(doc) == before
+    with pytest.raises(IllegalTransition):
+        doc.finish_prompts(["p1"], PromptStatus.FAILED)
+    assert state_of(doc) == before
+
+
+# -- reading back from the encoded state ----------------------------------------------------
+
+
+def test_a_replica_reads_back_identical_entries() -> None:
+    doc = _running_doc()
+    doc.finish_prompts(["p1"], PromptStatus.DONE)
+    r2 = start(doc, "p2", created_at=200)
+    doc.set_queue([])
+    doc.append_reply_text(r2, "second ")
+    doc.finish_prompts(["p2"], PromptStatus.FAILED, "upstream 500")
+
+    copy = replica(doc)
+    assert copy.entries() == doc.entries()
+    assert [e.to_json() for e in copy] == [e.to_json() for e in doc]
+    assert copy.queued() == doc.queued() == []
+    assert copy.meta.to_py() == {
+        "session_id": "s1",
+        "title": "t",
+        "policy": "queue",
+        "schema_version": SCHEMA_VERSION,
+    }
+    for entry in doc.entries():
+        assert copy.entry(entry.id) == entry
+    # Spot-check content, not just the shape.
+    assert copy.entry("r-p1").content == "so far"
+    assert (copy.entry(r2).content, copy.entry(r2).status) == ("second ", "failed")
+    assert copy.entry("p2").reason == "upstream 500"
+    assert copy.entry("p2").started_at == 200
+
+
+def test_to_json_carries_every_field() -> None:
+    doc = fresh()
+    prompt(doc, "p1", 1, text="hello")
+    reply_id = start(doc, "p1", created_at=9)
+    assert doc.entry(reply_id).to_json() == {
+        "id": reply_id,
+        "seq": 1,
+        "kind": "reply",
+        "author": "model",
+        "role": "assistant",
+        "status": "streaming",
+        "content": "",
+        "created_at": 9,
+        "reason": None,
+        "reply_to": "p1",
+        "reply_id": None,
+        "answers": ["p1"],
+        "started_at": None,
+    }
+    assert doc.entry("p1").to_json()["reply_id"] == reply_id
+    assert doc.entry("p1").to_json()["started_at"] == 9
+
+
+texts = st.text(min_size=1, max_size=40)
+actions = st.lists(
+    st.one_of(
+        st.tuples(st.just("prompt"), st.sampled_from(["alice", "bob"]), texts),
+        st.tuples(st.just("message"), st.sampled_from(["alice", "bob"]), texts),
+        st.tuples(
+            st.just("run"),
+            st.sampled_from(list(PromptStatus)[2:]),
+            st.lists(texts, max_size=3),
+        ),
+        st.tuples(st.just("cancel"), st.integers(0, 10), st.none()),
+    ),
+    max_size=20,
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(actions, st.sampled_from([Policy.QUEUE, Policy.COALESCE]))
+def test_replica_equality_for_random_sessions(
+    steps: list[tuple[str, Any, Any]], policy: Policy
+) -> None:
+    doc, queue = fresh(), OrderingQueue(QueueLimits(100, 100), policy=policy)
+    seq = 0
+    for kind, arg, extra in steps:
+        if kind in ("prompt", "message"):
+            seq += 1
+            add = prompt if kind == "prompt" else message
+            add(doc, f"e{seq}", seq, author=arg, text=extra)
+            if kind == "prompt":
+                queue.push(PendingPrompt(f"e{seq}", seq, arg))
+        elif kind == "run" and (run := queue.next()) is not None:
+            queue.start(run)
+            reply_id = start(doc, *run.ids, created_at=seq)
+            for chunk in extra:
+                doc.append_reply_text(reply_id, chunk)
+            doc.finish_prompts(run.ids, arg, None if arg is PromptStatus.DONE else "r")
+            queue.finish(run.ids)
+        elif kind == "cancel" and len(queue):
+            victim = queue.pending()[arg % len(queue)].id
+            queue.remove(victim)
+            doc.finish_prompts([victim], PromptStatus.CANCELLED)
+        doc.set_queue(planned(queue))
+        # Whatever the document caches for readers must follow every change.
+        assert doc.entries() == SessionDocument(doc.doc).entries()
+        assert doc.queued() == SessionDocument(doc.doc).queued()
+
+    copy = replica(doc)
+    assert copy.entries() == doc.entries()
+    assert copy.queued() == doc.queued() == planned(queue)
+    order = ids(doc)
+    for entry in doc.entries():
+        if entry.kind is EntryKind.REPLY:
+            assert order[order.index(entry.id) - 1] == entry.reply_to == entry.answers[-1]
