@@ -102,7 +102,11 @@ def replies_follow_prompts(view: list[dict[str, Any]]) -> None:
 def report(policy: str, view: list[dict[str, Any]]) -> dict[str, float]:
     prompts = [e for e in view if e["kind"] == "prompt" and e.get("started_at") is not None]
     waits = [int(e["started_at"]) - int(e["created_at"]) for e in prompts]
-    figure = {"prompts_run": len(prompts), "longest_wait_ms": max(waits, default=0)}
+    figure = {
+        "prompts_run": len(prompts),
+        "model_calls": sum(1 for e in view if e["kind"] == "reply"),
+        "longest_wait_ms": max(waits, default=0),
+    }
     print(f"\n[{policy}] {figure}")
     return figure
 
