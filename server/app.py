@@ -4,20 +4,26 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server import api
 from server.api_models import Health, Readiness
 from server.db import create_engine, current_revision, head_revision
 from server.keys import resolve_keys
+from server.metrics import Metrics
 from server.providers.offline import OfflineProvider
 from server.rest import Operation, error_response, openapi_document, route
 from server.rooms import RoomRegistry
@@ -34,6 +40,48 @@ VERSION = "0.1.0"
 
 class SchemaNotCurrent(RuntimeError):
     pass
+
+
+class RequestLog:
+    """Give every HTTP request an id (``X-Request-ID``) and log one line when it ends."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        given = headers.get(b"x-request-id", b"").decode("latin-1")
+        request_id = given if 0 < len(given) <= 64 and given.isprintable() else uuid.uuid4().hex
+        started = time.monotonic()
+        status = 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message.setdefault("headers", [])
+                message["headers"] = [
+                    *message["headers"],
+                    (b"x-request-id", request_id.encode("latin-1")),
+                ]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            log.info(
+                "request",
+                extra={
+                    "request_id": request_id,
+                    "method": scope["method"],
+                    "path": scope["path"],
+                    "status": status,
+                    "ms": round((time.monotonic() - started) * 1000, 1),
+                },
+            )
 
 
 async def healthz(state: AppState) -> Health:
@@ -88,8 +136,10 @@ def create_app(
                 "run 'parley migrate'"
             )
         keys = resolve_keys(settings.data_dir, settings.admin_key, settings.secret_key)
-        rooms = RoomRegistry(store, settings, model, clock)
-        app.state.parley = AppState(settings, store, keys, rooms, clock)
+        metrics = Metrics()
+        rooms = RoomRegistry(store, settings, model, clock, metrics)
+        metrics.watch(lambda: len(rooms), rooms.queue_depth)
+        app.state.parley = AppState(settings, store, keys, rooms, clock, metrics)
         recovered = await rooms.recover()
         if recovered:
             log.info("resumed sessions with pending prompts", extra={"sessions": recovered})
@@ -102,6 +152,10 @@ def create_app(
 
     async def openapi(_: Request) -> Response:
         return JSONResponse(spec)
+
+    async def metrics_endpoint(request: Request) -> Response:
+        state: AppState = request.app.state.parley
+        return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     async def on_parley_error(_: Request, exc: Exception) -> Response:
         assert isinstance(exc, ParleyError)
@@ -123,10 +177,22 @@ def create_app(
     routes: list[Any] = [route(op) for op in operations]
     routes += [
         Route("/api/v1/openapi.json", openapi, methods=["GET"]),
+        Route("/metrics", metrics_endpoint, methods=["GET"]),
         WebSocketRoute("/ws/sessions/{session_id}", session_socket),
     ]
+    middleware = [Middleware(RequestLog)]
+    if settings.cors_origins:
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=settings.cors_origins,
+                allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+                allow_headers=["Authorization", "Content-Type"],
+            )
+        )
     return Starlette(
         routes=routes,
+        middleware=middleware,
         lifespan=lifespan,
         exception_handlers={
             ParleyError: on_parley_error,

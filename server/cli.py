@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import argparse
-import logging
+import socket
 import sys
 from typing import Any
 
 import uvicorn
+from starlette.applications import Starlette
 
 from server.app import create_app
 from server.db import migrate
 from server.keys import resolve_keys
+from server.logs import configure_logging
 from server.settings import Settings
+from server.state import AppState
 
 
 def uvicorn_config(app: Any, settings: Settings) -> uvicorn.Config:
@@ -31,6 +34,22 @@ def uvicorn_config(app: Any, settings: Settings) -> uvicorn.Config:
         log_level=settings.log_level,
         timeout_graceful_shutdown=10,
     )
+
+
+class ParleyServer(uvicorn.Server):
+    """Uvicorn with Parley's graceful shutdown: on SIGTERM, first drain the sessions
+    (sockets closed with 1001, running replies finished or marked), then stop as usual."""
+
+    def __init__(self, config: uvicorn.Config, app: Starlette) -> None:
+        super().__init__(config)
+        self.parley_app = app
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        state: AppState | None = getattr(self.parley_app.state, "parley", None)
+        if state is not None:
+            state.draining = True
+            await state.rooms.drain(state.settings.shutdown_grace_s)
+        await super().shutdown(sockets)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,9 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         if value is not None
     }
     settings = Settings(**overrides)
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(levelname)s %(name)s %(message)s"
-    )
+    configure_logging(settings.log_level, settings.log_format)
 
     if args.command == "migrate":
         migrate(settings.database_url)
@@ -74,8 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     if keys.admin_key_created:
         print(f"Generated admin key (kept in {settings.data_dir / 'admin_key'}):", flush=True)
         print(f"  {keys.admin_key}", flush=True)
-    server = uvicorn.Server(uvicorn_config(create_app(settings), settings))
-    server.run()
+    app = create_app(settings)
+    ParleyServer(uvicorn_config(app, settings), app).run()
     return 0
 
 

@@ -26,6 +26,7 @@ async def handle_command(room: SessionRoom, connection: Connection, frame: str) 
     try:
         command = parse_command(frame, room.limits)
     except CommandError as exc:
+        room.metrics.errors.labels(code=exc.code.value).inc()
         return error_reply(exc.command_id, exc)
     user_id = connection.user_id
     try:
@@ -58,6 +59,7 @@ async def handle_command(room: SessionRoom, connection: Connection, frame: str) 
             return ack(command.id, policy=command.policy.value)
         return await _cancel(room, user_id, role, command)
     except ParleyError as exc:
+        room.metrics.errors.labels(code=exc.code.value).inc()
         return error_reply(command.id, exc)
 
 

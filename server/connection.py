@@ -9,18 +9,36 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from starlette.websockets import WebSocket, WebSocketState
 
 from authz.roles import Role
+from server.settings import Settings
 from session.commands import error_reply
 from session.errors import ParleyError
+from session.ratelimit import AbuseCounter, Rate, TokenBucket
 
 log = logging.getLogger("parley.connection")
 
 CLOSE_SLOW_CONSUMER = 1013
 CLOSE_GOING_AWAY = 1001
+
+
+@dataclass(slots=True)
+class ConnectionLimits:
+    commands: TokenBucket
+    updates: TokenBucket
+    abuse: AbuseCounter
+
+    @classmethod
+    def from_settings(cls, settings: Settings, now: float) -> ConnectionLimits:
+        return cls(
+            commands=TokenBucket(Rate(settings.commands_per_second, settings.commands_burst), now),
+            updates=TokenBucket(Rate(settings.updates_per_second, settings.updates_burst), now),
+            abuse=AbuseCounter(settings.abuse_refusals, settings.abuse_window_s),
+        )
 
 
 @dataclass(eq=False)
@@ -32,9 +50,14 @@ class Connection:
     # Stock Yjs clients cannot parse text frames: send JSON only to a socket that sent some.
     speaks_json: bool = False
     awareness_ids: set[int] = field(default_factory=set)
+    limits: ConnectionLimits | None = None
     closed: bool = False
     close_code: int | None = None
     _reason: str = ""
+    on_overflow: Callable[[], None] | None = None
+    # Set once the socket is closed (or given up on): the endpoint then stops reading.
+    finished: asyncio.Event = field(default_factory=asyncio.Event)
+    _closer: asyncio.Task[None] | None = field(init=False, default=None)
     _outbox: asyncio.Queue[bytes | str | None] = field(init=False)
     _sender: asyncio.Task[None] | None = field(init=False, default=None)
 
@@ -68,6 +91,8 @@ class Connection:
         self.closed = True
         self.close_code = code
         self._reason = reason
+        if code == CLOSE_SLOW_CONSUMER and self.on_overflow is not None:
+            self.on_overflow()
         if code != CLOSE_SLOW_CONSUMER and self._sender is not None:
             with contextlib.suppress(asyncio.QueueFull):
                 self._outbox.put_nowait(None)
@@ -75,13 +100,16 @@ class Connection:
         # The sender may be stuck writing to a client that does not read: abandon it.
         if self._sender is not None:
             self._sender.cancel()
-        asyncio.get_running_loop().create_task(self._close_socket())
+        self._closer = asyncio.get_running_loop().create_task(self._close_socket())
 
     async def _close_socket(self) -> None:
-        if self.websocket.application_state == WebSocketState.CONNECTED:
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(5):
-                    await self.websocket.close(self.close_code or 1000, self._reason)
+        try:
+            if self.websocket.application_state == WebSocketState.CONNECTED:
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(5):
+                        await self.websocket.close(self.close_code or 1000, self._reason)
+        finally:
+            self.finished.set()
 
     async def _drain(self) -> None:
         try:
@@ -95,13 +123,15 @@ class Connection:
                     await self.websocket.send_text(message)
         except Exception:
             self.closed = True
+            self.finished.set()
             return
         await self._close_socket()
 
     async def wait_closed(self) -> None:
-        if self._sender is not None:
-            with contextlib.suppress(BaseException):
-                await self._sender
+        for task in (self._sender, self._closer):
+            if task is not None:
+                with contextlib.suppress(BaseException):
+                    await task
 
     def queued(self) -> int:
         return self._outbox.qsize()

@@ -114,6 +114,7 @@ def route(op: Operation) -> Route:
                     raise InvalidInput(_describe(exc)) from None
             result = await op.handler(state, **kwargs)
         except ParleyError as exc:
+            state.metrics.errors.labels(code=exc.code.value).inc()
             return error_response(exc)
         if result is None:
             return Response(status_code=op.status)

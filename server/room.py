@@ -21,6 +21,7 @@ from pycrdt import Doc, TransactionEvent, merge_updates
 
 from authz.roles import Capability, Role, may
 from server.connection import Connection
+from server.metrics import Metrics
 from server.settings import Settings
 from server.store import EntryRow, Store, StoreTx
 from session.commands import (
@@ -31,6 +32,7 @@ from session.lifecycle import PromptStatus, ReplyStatus
 from session.model import Usage
 from session.presence import Presence
 from session.queue import OrderingQueue, PendingPrompt, Policy, QueueLimits, Run
+from session.ratelimit import Rate, TokenBucket
 from session.schema import MESSAGE_STATUS, EntryKind, QueuedItem, SessionDocument
 from session.yprotocol import (
     DeleteSet,
@@ -45,6 +47,7 @@ log = logging.getLogger("parley.room")
 
 CLOSE_FORBIDDEN = 4403
 CLOSE_NOT_FOUND = 4404
+CLOSE_TRY_AGAIN = 1013
 RESTART_REASON = "interrupted: the server stopped while this prompt ran"
 
 
@@ -66,7 +69,10 @@ class SessionRoom:
         store: Store,
         settings: Settings,
         clock: Callable[[], float] = time.time,
+        metrics: Metrics | None = None,
     ) -> None:
+        self.metrics = metrics or Metrics()
+        self.draining = False
         self.session_id = session_id
         self.store = store
         self.settings = settings
@@ -83,6 +89,7 @@ class SessionRoom:
         self.presence = Presence(settings.max_awareness_state_bytes)
         self.refused_writes = 0
         self.active_run: ActiveRun | None = None
+        self._user_buckets: dict[str, TokenBucket] = {}
         self.wakeup = asyncio.Event()
         self.closed = False
         self.last_active = clock()
@@ -171,7 +178,10 @@ class SessionRoom:
                 self._captured = None
                 if captured:
                     # The change never reached the store: forget it, so nobody sees it.
-                    await self._load_doc()
+                    try:
+                        await self._load_doc()
+                    except Exception:
+                        self.fail("the database is unavailable; reconnect to resync")
                 raise
             self._captured = None
             for callback in write.after_commit:
@@ -194,6 +204,14 @@ class SessionRoom:
         for connection in list(self.connections):
             connection.send(message)
 
+    def user_bucket(self, user_id: str) -> TokenBucket:
+        """One command budget per user across all their sockets in this session."""
+        bucket = self._user_buckets.get(user_id)
+        if bucket is None:
+            rate = Rate(self.settings.user_commands_per_second, 2 * self.settings.commands_burst)
+            bucket = self._user_buckets[user_id] = TokenBucket(rate, self.clock())
+        return bucket
+
     def role_of(self, user_id: str) -> Role:
         role = self.members.get(user_id)
         if role is None:
@@ -208,6 +226,8 @@ class SessionRoom:
     async def add_prompt(self, user_id: str, command_id: str, text: str) -> tuple[int, str]:
         """Admit, store and queue a prompt; returns its sequence number and id."""
         entry_id = new_id()
+        if self.draining:
+            raise Unavailable("the server is shutting down; send it again after reconnecting")
         async with self._writing() as write:
             queue = self.queue.clone()
             queue.admit(user_id)
@@ -395,6 +415,14 @@ class SessionRoom:
             if connection.user_id == user_id:
                 connection.role = role
 
+    def fail(self, reason: str) -> None:
+        """Give the room up (its memory may hold an un-stored change): sockets are closed
+        with 1013 so clients reconnect, and the next use reloads it from the store."""
+        self.closed = True
+        self.wakeup.set()
+        for connection in list(self.connections):
+            connection.close(CLOSE_TRY_AGAIN, reason)
+
     def is_idle(self) -> bool:
         return not self.connections and len(self.queue) == 0 and self.active_run is None
 
@@ -406,13 +434,15 @@ class ActiveRun:
     run: Run
     reply_id: str
     task: asyncio.Task[Usage | None] | None = None
-    stopped: tuple[PromptStatus, str] | None = None
+    stopped: tuple[PromptStatus, str, ReplyStatus | None] | None = None
     finished: asyncio.Event = field(default_factory=asyncio.Event)
 
-    def stop(self, status: PromptStatus, reason: str) -> None:
+    def stop(
+        self, status: PromptStatus, reason: str, *, reply_status: ReplyStatus | None = None
+    ) -> None:
         """Stop the model call (its stream is closed); the runner marks the reply."""
         if self.stopped is None:
-            self.stopped = (status, reason)
+            self.stopped = (status, reason, reply_status)
             if self.task is not None:
                 self.task.cancel()
 

@@ -8,18 +8,20 @@ import logging
 import time
 from collections.abc import Callable
 
+from server.metrics import Metrics
 from server.room import CLOSE_NOT_FOUND, SessionRoom
 from server.runner import SessionRunner
 from server.settings import Settings
 from server.store import Store
-from session.errors import NotFound
-from session.lifecycle import PromptStatus
+from session.errors import NotFound, Unavailable
+from session.lifecycle import PromptStatus, ReplyStatus
 from session.model import ModelProvider
 from session.queue import Policy
 
 log = logging.getLogger("parley.rooms")
 
 CLOSE_GOING_AWAY = 1001
+SHUTDOWN_REASON = "interrupted: the server shut down while this prompt ran"
 
 
 class RoomRegistry:
@@ -29,7 +31,9 @@ class RoomRegistry:
         settings: Settings,
         provider: ModelProvider,
         clock: Callable[[], float] = time.time,
+        metrics: Metrics | None = None,
     ) -> None:
+        self.metrics = metrics or Metrics()
         self.store = store
         self.settings = settings
         self.provider = provider
@@ -41,24 +45,61 @@ class RoomRegistry:
     async def get(self, session_id: str) -> SessionRoom:
         """The loaded room of a session; raises ``NotFound`` for an unknown session."""
         loaded = self._rooms.get(session_id)
-        if loaded is not None:
+        if loaded is not None and not loaded[0].closed:
             return loaded[0]
         lock = self._loading.setdefault(session_id, asyncio.Lock())
         async with lock:
             loaded = self._rooms.get(session_id)
             if loaded is not None:
-                return loaded[0]
+                if not loaded[0].closed:
+                    return loaded[0]
+                await self.unload(session_id)  # given up after a store failure: reload
+            if any(room.draining for room, _ in self._rooms.values()):
+                raise Unavailable("the server is shutting down")
             row = await self.store.get_session(session_id)
             if row is None:
                 raise NotFound(f"no session {session_id!r}")
             room = SessionRoom(
-                session_id, store=self.store, settings=self.settings, clock=self.clock
+                session_id,
+                store=self.store,
+                settings=self.settings,
+                clock=self.clock,
+                metrics=self.metrics,
             )
             await room.load(row.title, Policy(row.policy))
             runner = SessionRunner(room, self.provider, self.settings.run_timeout_s)
             runner.start()
             self._rooms[session_id] = (room, runner)
             return room
+
+    def queue_depth(self) -> int:
+        return sum(len(room.queue) for room, _ in self._rooms.values())
+
+    async def drain(self, grace_s: float) -> None:
+        """Shut down gently: take no new work, let running replies finish for ``grace_s``,
+        then stop the rest (marked ``failed``, the reply ``interrupted``). Waiting prompts
+        stay queued in the database and run after the next start."""
+        rooms = [room for room, _ in self._rooms.values()]
+        for room in rooms:
+            room.draining = True
+            for connection in list(room.connections):
+                connection.close(CLOSE_GOING_AWAY, "server shutting down")
+        deadline = self.clock() + grace_s
+        for room in rooms:
+            active = room.active_run
+            while active is not None and not active.finished.is_set():
+                remaining = deadline - self.clock()
+                if remaining <= 0:
+                    active.stop(
+                        PromptStatus.FAILED, SHUTDOWN_REASON, reply_status=ReplyStatus.INTERRUPTED
+                    )
+                    remaining = 5.0
+                try:
+                    async with asyncio.timeout(remaining):
+                        await active.finished.wait()
+                except TimeoutError:
+                    continue
+                active = room.active_run
 
     def loaded(self, session_id: str) -> SessionRoom | None:
         loaded = self._rooms.get(session_id)

@@ -11,12 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from dataclasses import dataclass
 
 from server.room import ActiveRun, SessionRoom
 from session.context import build_request
 from session.errors import Unavailable
-from session.lifecycle import PromptStatus
+from session.lifecycle import PromptStatus, ReplyStatus
 from session.model import ModelProvider, ModelRequest, TextDelta, Usage
 from session.queue import Run
 
@@ -31,6 +32,7 @@ RETRY_DELAYS_S = (0.2, 0.5, 1.0, 2.0, 5.0)
 class RunOutcome:
     status: PromptStatus
     reason: str | None = None
+    reply_status: ReplyStatus | None = None
     usage: Usage | None = None
 
 
@@ -53,10 +55,10 @@ class SessionRunner:
     async def _loop(self) -> None:
         failures = 0
         while not self.room.closed:
-            run = self.room.queue.next()
+            run = None if self.room.draining else self.room.queue.next()
             if run is None:
                 self.room.wakeup.clear()
-                if self.room.queue.next() is None:
+                if self.room.draining or self.room.queue.next() is None:
                     await self.room.wakeup.wait()
                 continue
             try:
@@ -80,12 +82,43 @@ class SessionRunner:
         )
         active = ActiveRun(run, reply_id)
         self.room.active_run = active
+        metrics = self.room.metrics
+        started = time.monotonic()
+        first = self.room.doc.entry(run.ids[0])
+        metrics.queue_wait.observe(max(self.room.now_ms() - first.created_at, 0) / 1000)
+        log.info(
+            "run started",
+            extra={
+                "session_id": self.room.session_id,
+                "prompt_ids": ",".join(run.ids),
+                "reply_id": reply_id,
+            },
+        )
         try:
             outcome = await self._execute(active, request)
             await self._settle(active, outcome)
         finally:
             self.room.active_run = None
             active.finished.set()
+        elapsed = time.monotonic() - started
+        metrics.model_call.observe(elapsed)
+        metrics.runs.labels(status=outcome.status.value).inc()
+        if outcome.usage is not None:
+            metrics.tokens.labels(direction="in").inc(outcome.usage.input_tokens)
+            metrics.tokens.labels(direction="out").inc(outcome.usage.output_tokens)
+        if self.room.doc.has_entry(reply_id):
+            metrics.reply_chars.observe(len(self.room.doc.entry(reply_id).content))
+        log.info(
+            "run finished",
+            extra={
+                "session_id": self.room.session_id,
+                "prompt_ids": ",".join(run.ids),
+                "reply_id": reply_id,
+                "status": outcome.status.value,
+                "reason": outcome.reason,
+                "seconds": round(elapsed, 3),
+            },
+        )
 
     async def _execute(self, active: ActiveRun, request: ModelRequest) -> RunOutcome:
         active.task = asyncio.create_task(self._stream(active, request))
@@ -101,7 +134,8 @@ class SessionRunner:
             if active.stopped is None:
                 active.task.cancel()
                 raise
-            return RunOutcome(*active.stopped)
+            status, reason, reply_status = active.stopped
+            return RunOutcome(status, reason, reply_status)
         except Exception as exc:
             log.exception("model call failed")
             return RunOutcome(PromptStatus.FAILED, f"provider error: {type(exc).__name__}: {exc}")
@@ -128,12 +162,17 @@ class SessionRunner:
             await deltas.put(None)
 
         reader = asyncio.create_task(read())
+        started = time.monotonic()
         try:
             finished = False
+            first = True
             while not finished:
                 chunk = await deltas.get()
                 if chunk is None:
                     break
+                if first:
+                    self.room.metrics.first_token.observe(time.monotonic() - started)
+                    first = False
                 parts = [chunk]
                 size = len(chunk)
                 while size < MAX_BATCH_CHARS:
@@ -159,9 +198,14 @@ class SessionRunner:
     async def _settle(self, active: ActiveRun, outcome: RunOutcome) -> None:
         """Store the run's outcome; keep trying while the database is away."""
         failures = 0
-        while True:
+        while not self.room.closed:  # a closed room is recovered from the store on reload
             try:
-                await self.room.finish_run(active.run, outcome.status, outcome.reason)
+                await self.room.finish_run(
+                    active.run,
+                    outcome.status,
+                    outcome.reason,
+                    reply_status=outcome.reply_status,
+                )
                 return
             except Unavailable:
                 delay = RETRY_DELAYS_S[min(failures, len(RETRY_DELAYS_S) - 1)]

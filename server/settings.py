@@ -40,6 +40,23 @@ class Settings(BaseSettings):
     ws_ping_interval_s: float = 20.0
     ws_ping_timeout_s: float = 20.0
 
+    # Abuse and keep-alive
+    allowed_origins: list[str] = Field(
+        default_factory=list,
+        description="Browser origins allowed to open sockets; empty: same host only; '*': any",
+    )
+    cors_origins: list[str] = Field(default_factory=list)
+    commands_per_second: float = 10.0
+    commands_burst: int = 30
+    user_commands_per_second: float = 20.0
+    updates_per_second: float = 50.0
+    updates_burst: int = 200
+    abuse_refusals: int = 50
+    abuse_window_s: float = 10.0
+    ws_idle_timeout_s: float = 120.0
+    shutdown_grace_s: float = 5.0
+    log_format: str = "json"
+
     # Storage
     snapshot_every_updates: int = 500
     room_idle_unload_s: float = 60.0

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from server.keys import Keys
+from server.metrics import Metrics
 from server.rooms import RoomRegistry
 from server.settings import Settings
 from server.store import Store
@@ -18,3 +19,5 @@ class AppState:
     keys: Keys
     rooms: RoomRegistry
     clock: Callable[[], float]
+    metrics: Metrics = field(default_factory=Metrics)
+    draining: bool = False

@@ -1,24 +1,28 @@
 """The WebSocket endpoint: y-websocket binary frames and JSON commands on one socket.
 
-Close codes: 4401 bad or expired token, 4403 not a member (or membership revoked),
-4404 unknown session, 4400 malformed binary frame, 1009 message too big (set by the server's
-size limit), 1013 slow consumer (reconnect and resync), 1001 server going away.
+Close codes: 4401 bad or expired token, 4403 not a member (or membership revoked, or a
+browser origin that is not allowed), 4404 unknown session, 4400 malformed binary frame,
+4429 rate limits ignored again and again, 1009 message too big (set by the server's size
+limit), 1013 slow consumer (reconnect and resync), 1001 server going away or idle timeout.
 44xx codes are final for stock clients; the others make them reconnect.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from authz.origins import origin_allowed
 from authz.tokens import verify_token
 from server.commands import handle_command
-from server.connection import Connection
+from server.connection import Connection, ConnectionLimits
 from server.room import CLOSE_FORBIDDEN, CLOSE_NOT_FOUND, SessionRoom
 from server.state import AppState
-from session.errors import Forbidden, NotFound, ParleyError, Unauthenticated
+from session.commands import command_id_of, error_reply
+from session.errors import Forbidden, NotFound, ParleyError, RateLimited, Unauthenticated
 from session.presence import Presence
 from session.yprotocol import (
     AwarenessMessage,
@@ -34,6 +38,8 @@ log = logging.getLogger("parley.ws")
 
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_PROTOCOL = 4400
+CLOSE_ABUSE = 4429
+CLOSE_GOING_AWAY = 1001
 
 
 async def session_socket(websocket: WebSocket) -> None:
@@ -43,6 +49,16 @@ async def session_socket(websocket: WebSocket) -> None:
     # Accept before refusing: a refused upgrade reaches browsers as a bare 1006, and stock
     # clients retry it forever; a close code after accepting is final and readable.
     await websocket.accept()
+    if state.draining:
+        await websocket.close(CLOSE_GOING_AWAY, "server shutting down")
+        return
+    if not origin_allowed(
+        websocket.headers.get("origin"),
+        websocket.headers.get("host"),
+        state.settings.allowed_origins,
+    ):
+        await websocket.close(CLOSE_FORBIDDEN, "origin not allowed")
+        return
     try:
         claims = verify_token(state.keys.signing_key, token, now=int(state.clock()))
         if claims.session_id != session_id:
@@ -62,7 +78,10 @@ async def session_socket(websocket: WebSocket) -> None:
         await websocket.close(CLOSE_FORBIDDEN, "not a member of this session")
         return
     connection = Connection(websocket, claims.user_id, role, state.settings.send_queue_max_messages)
+    connection.limits = ConnectionLimits.from_settings(state.settings, state.clock())
+    connection.on_overflow = state.metrics.slow_consumers.inc
     connection.start()
+    state.metrics.connections.inc()
     room.connections.add(connection)
     presence = room.presence
     snapshot = presence.snapshot()
@@ -75,8 +94,19 @@ async def session_socket(websocket: WebSocket) -> None:
         "token expired",
     )
     try:
-        await _serve(websocket, room, connection, presence)
+        serving = asyncio.create_task(_serve(websocket, room, connection, presence, state))
+        finished = asyncio.create_task(connection.finished.wait())
+        try:
+            # Stop reading once the connection is closed from our side (a slow or revoked
+            # client may never send the frame that would end the read).
+            await asyncio.wait({serving, finished}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (serving, finished):
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
     finally:
+        state.metrics.connections.dec()
         expiry.cancel()
         room.connections.discard(connection)
         left = presence.drop(connection)
@@ -88,17 +118,45 @@ async def session_socket(websocket: WebSocket) -> None:
 
 
 async def _serve(
-    websocket: WebSocket, room: SessionRoom, connection: Connection, presence: Presence
+    websocket: WebSocket,
+    room: SessionRoom,
+    connection: Connection,
+    presence: Presence,
+    state: AppState,
 ) -> None:
+    limits = connection.limits
+    assert limits is not None
     while not connection.closed:
         try:
-            message = await websocket.receive()
+            async with asyncio.timeout(state.settings.ws_idle_timeout_s):
+                message = await websocket.receive()
+        except TimeoutError:
+            connection.close(CLOSE_GOING_AWAY, "idle timeout")
+            return
         except (WebSocketDisconnect, RuntimeError):
             return
         if message["type"] == "websocket.disconnect":
             return
         data = message.get("bytes")
         text = message.get("text")
+        now = state.clock()
+        if data is not None and not limits.updates.allow(now):
+            if limits.abuse.refused(now):
+                connection.close(CLOSE_ABUSE, "too many messages")
+                return
+            continue  # dropped: the client is over its update rate
+        if text is not None and not (
+            limits.commands.allow(now) and room.user_bucket(connection.user_id).allow(now)
+        ):
+            connection.speaks_json = True
+            state.metrics.errors.labels(code="rate_limited").inc()
+            connection.send(
+                error_reply(command_id_of(text), RateLimited("too many commands; slow down"))
+            )
+            if limits.abuse.refused(now):
+                connection.close(CLOSE_ABUSE, "too many commands")
+                return
+            continue
         if data is not None:
             try:
                 await _on_binary(room, connection, presence, data)

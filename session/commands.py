@@ -116,6 +116,17 @@ def _parse(data: dict[str, Any], limits: Limits) -> Command:
     raise UnknownCommand(f"unknown command type {kind!r}")
 
 
+def command_id_of(frame: str) -> str | None:
+    """The id of a command frame, if one can be read (for replies to unparsed frames)."""
+    try:
+        data = json.loads(frame, parse_constant=_reject_constant)
+    except (ValueError, RecursionError):
+        return None
+    if isinstance(data, dict) and isinstance(data.get("id"), str):
+        return str(data["id"])[:MAX_COMMAND_ID_CHARS]
+    return None
+
+
 def ack(command_id: str, *, seq: int | None = None, **ids: str) -> str:
     """The acknowledgement of a stored command: its sequence number and the ids it made."""
     return json.dumps({"type": "ack", "id": command_id, "seq": seq, **ids})

@@ -23,10 +23,9 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
-import uvicorn
 
 from server.app import create_app
-from server.cli import uvicorn_config
+from server.cli import ParleyServer, uvicorn_config
 from server.db import migrate
 from server.settings import Settings
 from session.model import ModelProvider
@@ -158,8 +157,8 @@ async def serve_in_process(
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    config = uvicorn_config(create_app(settings, provider=provider), settings)
-    server = uvicorn.Server(config)
+    app = create_app(settings, provider=provider)
+    server = ParleyServer(uvicorn_config(app, settings), app)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     async with asyncio.timeout(20):
         while not server.started:

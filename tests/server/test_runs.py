@@ -160,3 +160,30 @@ async def test_reject_names_the_running_prompt(tmp_path: Path) -> None:
         ok = await bob.command({"type": "prompt", "id": "2", "text": "now?"})
         assert ok["type"] == "ack" and ok["seq"] == 2
         await bob.command({"type": "cancel", "id": "c", "prompt_id": ok["prompt_id"]})
+
+
+async def test_queue_limits_refuse_with_queue_full_and_store_nothing(tmp_path: Path) -> None:
+    provider = EndlessProvider()
+    url = f"sqlite+aiosqlite:///{tmp_path / 'p.db'}"
+    settings = make_settings(url, tmp_path / "d", max_pending_per_user=2, max_pending_per_session=3)
+    async with serve_in_process(settings, provider) as server:
+        sid = await server.new_session({"alice": "editor", "bob": "editor"})
+        alice = await server.connect(sid, "alice")
+        bob = await server.connect(sid, "bob")
+        running = await alice.command({"type": "prompt", "id": "0", "text": "runs"})
+        await alice.wait_until(streaming)
+        replies = [
+            await alice.command({"type": "prompt", "id": str(n), "text": "x"}) for n in (1, 2, 3)
+        ]
+        assert [r["type"] for r in replies] == ["ack", "ack", "error"]
+        assert replies[2]["code"] == "queue_full" and "limit 2" in replies[2]["message"]
+        assert (await bob.command({"type": "prompt", "id": "b1", "text": "x"}))["type"] == "ack"
+        full = await bob.command({"type": "prompt", "id": "b2", "text": "x"})
+        assert full["code"] == "queue_full" and "limit 3" in full["message"]
+        seqs = [int(e["seq"]) for e in await server.transcript(sid) if e["kind"] == "prompt"]
+        assert seqs == [1, 2, 3, 4]  # the refused prompts took no sequence number
+        await alice.command({"type": "cancel", "id": "c", "prompt_id": running["prompt_id"]})
+        for client, ack in ((alice, replies[0]), (alice, replies[1])):
+            await client.command(
+                {"type": "cancel", "id": "c" + ack["id"], "prompt_id": ack["prompt_id"]}
+            )

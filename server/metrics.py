@@ -1,0 +1,58 @@
+"""Prometheus metrics, one registry per app (tests run many apps in one process)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+LENGTH_BUCKETS = (16, 64, 256, 1024, 4096, 16384, 65536, 262144)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.connections = Gauge(
+            "parley_open_connections", "Open WebSocket connections", registry=r
+        )
+        self.sessions = Gauge(
+            "parley_active_sessions", "Sessions loaded in this process", registry=r
+        )
+        self.queue_depth = Gauge("parley_queue_depth", "Prompts waiting, all sessions", registry=r)
+        self.queue_wait = Histogram(
+            "parley_queue_wait_seconds",
+            "From a prompt's ack to its run starting",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.model_call = Histogram(
+            "parley_model_call_seconds", "Whole model calls", buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.first_token = Histogram(
+            "parley_time_to_first_token_seconds",
+            "From a run starting to its first token",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.tokens = Counter("parley_model_tokens", "Model tokens", ["direction"], registry=r)
+        self.errors = Counter(
+            "parley_errors", "Errors sent to clients, by code", ["code"], registry=r
+        )
+        self.slow_consumers = Counter(
+            "parley_slow_consumers",
+            "Sockets dropped because their send buffer was full",
+            registry=r,
+        )
+        self.runs = Counter("parley_runs", "Finished runs, by outcome", ["status"], registry=r)
+        self.reply_chars = Histogram(
+            "parley_reply_chars", "Length of finished replies", buckets=LENGTH_BUCKETS, registry=r
+        )
+
+    def watch(self, sessions: Callable[[], int], queue_depth: Callable[[], int]) -> None:
+        self.sessions.set_function(sessions)
+        self.queue_depth.set_function(queue_depth)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
