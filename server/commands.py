@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
+
 from authz.roles import Capability, Role, may_cancel, require
 from server.connection import Connection
 from server.room import SessionRoom
@@ -33,26 +35,12 @@ async def handle_command(room: SessionRoom, connection: Connection, frame: str) 
         role = room.role_of(user_id)
         if isinstance(command, PromptCommand):
             require(role, Capability.PROMPT)
-            try:
-                seq, prompt_id = await room.add_prompt(user_id, command.id, command.text)
-            except (DuplicateCommand, Conflict) as exc:
-                # A resent command is answered with its first ack, even if the queue is
-                # full or busy now; anything else is the error it is.
-                previous = await _previous_ack(room, user_id, command.id)
-                if previous is None:
-                    raise _as_error(exc) from None
-                return previous
-            return ack(command.id, seq=seq, prompt_id=prompt_id)
+            stored = room.add_prompt(user_id, command.id, command.text)
+            return await _store_once(room, user_id, command.id, stored, "prompt_id")
         if isinstance(command, MessageCommand):
             require(role, Capability.POST_MESSAGE)
-            try:
-                seq, message_id = await room.add_message(user_id, command.id, command.text)
-            except DuplicateCommand as exc:
-                previous = await _previous_ack(room, user_id, command.id)
-                if previous is None:
-                    raise _as_error(exc) from None
-                return previous
-            return ack(command.id, seq=seq, message_id=message_id)
+            stored = room.add_message(user_id, command.id, command.text)
+            return await _store_once(room, user_id, command.id, stored, "message_id")
         if isinstance(command, PolicyCommand):
             require(role, Capability.MANAGE_SESSION)
             await room.set_policy(command.policy)
@@ -63,10 +51,25 @@ async def handle_command(room: SessionRoom, connection: Connection, frame: str) 
         return error_reply(command.id, exc)
 
 
-def _as_error(exc: Exception) -> ParleyError:
-    if isinstance(exc, ParleyError):
-        return exc
-    return Conflict("this command id was used for another command")
+async def _store_once(
+    room: SessionRoom,
+    user_id: str,
+    command_id: str,
+    stored: Awaitable[tuple[int, str]],
+    id_key: str,
+) -> str:
+    """Ack a newly stored entry, or answer a resent command with its first ack (even when
+    the queue is full or busy now); any other refusal is the error it is."""
+    try:
+        seq, entry_id = await stored
+    except (DuplicateCommand, Conflict) as exc:
+        previous = await _previous_ack(room, user_id, command_id)
+        if previous is not None:
+            return previous
+        if isinstance(exc, ParleyError):
+            raise
+        raise Conflict("this command id was used for another command") from None
+    return ack(command_id, seq=seq, **{id_key: entry_id})
 
 
 async def _previous_ack(room: SessionRoom, user_id: str, command_id: str) -> str | None:

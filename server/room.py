@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -59,6 +59,9 @@ def new_id() -> str:
 class _Write:
     tx: StoreTx
     after_commit: list[Callable[[], object]] = field(default_factory=list)
+    # A changed copy of the queue: its plan goes into the document, and it replaces the
+    # room's queue when (and only when) the write commits.
+    queue: OrderingQueue | None = None
 
 
 class SessionRoom:
@@ -170,6 +173,8 @@ class SessionRoom:
                 async with self.store.transaction() as tx:
                     write = _Write(tx)
                     yield write
+                    if write.queue is not None:
+                        self.doc.set_queue(self._planned(write.queue))
                     update = b""
                     if captured:
                         update = captured[0] if len(captured) == 1 else merge_updates(*captured)
@@ -184,6 +189,8 @@ class SessionRoom:
                         self.fail("the database is unavailable; reconnect to resync")
                 raise
             self._captured = None
+            if write.queue is not None:
+                self.queue = write.queue
             for callback in write.after_commit:
                 callback()
             if update:
@@ -220,6 +227,26 @@ class SessionRoom:
 
     # -- queue transitions (each one write; the queue is swapped in on commit) -------------
 
+    def _staged_queue(self, write: _Write) -> OrderingQueue:
+        """The copy of the queue that ``write`` changes (see ``_Write.queue``)."""
+        if write.queue is None:
+            write.queue = self.queue.clone()
+        return write.queue
+
+    async def _finish(
+        self,
+        write: _Write,
+        prompt_ids: Sequence[str],
+        status: PromptStatus,
+        reason: str | None,
+        reply_status: ReplyStatus | None = None,
+    ) -> None:
+        for prompt_id in prompt_ids:
+            await write.tx.set_entry_status(
+                prompt_id, status.value, reason=reason, finished_at=self.now_ms()
+            )
+        self.doc.finish_prompts(prompt_ids, status, reason, reply_status=reply_status)
+
     def _planned(self, queue: OrderingQueue) -> list[QueuedItem]:
         return [QueuedItem(p.id, p.seq, p.author) for p in queue.pending()]
 
@@ -229,7 +256,7 @@ class SessionRoom:
         if self.draining:
             raise Unavailable("the server is shutting down; send it again after reconnecting")
         async with self._writing() as write:
-            queue = self.queue.clone()
+            queue = self._staged_queue(write)
             queue.admit(user_id)
             seq = await self.store_entry(
                 write.tx,
@@ -245,13 +272,9 @@ class SessionRoom:
             )
             pushed = queue.push(PendingPrompt(entry_id, seq, user_id))
             if pushed.superseded:
-                ids = [p.id for p in pushed.superseded]
                 reason = f"interrupted: superseded by a newer prompt from {user_id}"
-                for prompt_id in ids:
-                    await self._store_finish(write.tx, prompt_id, PromptStatus.INTERRUPTED, reason)
-                self.doc.finish_prompts(ids, PromptStatus.INTERRUPTED, reason)
-            self.doc.set_queue(self._planned(queue))
-            write.after_commit.append(lambda: setattr(self, "queue", queue))
+                ids = [p.id for p in pushed.superseded]
+                await self._finish(write, ids, PromptStatus.INTERRUPTED, reason)
         if pushed.interrupt_running and self.active_run is not None:
             self.active_run.stop(
                 PromptStatus.INTERRUPTED, f"interrupted by a newer prompt from {user_id}"
@@ -303,28 +326,16 @@ class SessionRoom:
         async with self._writing() as write:
             if not self.queue.is_pending(prompt_id):
                 return False
-            queue = self.queue.clone()
-            queue.remove(prompt_id)
-            await self._store_finish(write.tx, prompt_id, PromptStatus.CANCELLED, reason)
-            self.doc.finish_prompts([prompt_id], PromptStatus.CANCELLED, reason)
-            self.doc.set_queue(self._planned(queue))
-            write.after_commit.append(lambda: setattr(self, "queue", queue))
+            self._staged_queue(write).remove(prompt_id)
+            await self._finish(write, [prompt_id], PromptStatus.CANCELLED, reason)
         return True
 
     async def set_policy(self, policy: Policy) -> None:
         async with self._writing() as write:
-            queue = self.queue.clone()
-            queue.set_policy(policy)
+            self._staged_queue(write).set_policy(policy)
             await write.tx.set_policy(self.session_id, policy.value)
             self.doc.set_policy(policy.value)
-            self.doc.set_queue(self._planned(queue))
-            write.after_commit.append(lambda: setattr(self, "queue", queue))
         self.wakeup.set()
-
-    async def _store_finish(
-        self, tx: StoreTx, prompt_id: str, status: PromptStatus, reason: str | None
-    ) -> None:
-        await tx.set_entry_status(prompt_id, status.value, reason=reason, finished_at=self.now_ms())
 
     async def start_run(self, run: Run, reply_author: str) -> str | None:
         """Mark a run's prompts running and open their reply; None if the run may not start.
@@ -334,18 +345,15 @@ class SessionRoom:
         """
         reply_id = new_id()
         async with self._writing() as write:
-            queue = self.queue.clone()
-            if queue.next() != run:
+            if self.queue.next() != run:
                 return None
-            revoked = [p for p in run.prompts if not self._may_prompt(p.author)]
+            queue = self._staged_queue(write)
+            revoked = [p.id for p in run.prompts if not self._may_prompt(p.author)]
             if revoked:
                 reason = "forbidden: the author may no longer prompt in this session"
-                for prompt in revoked:
-                    queue.remove(prompt.id)
-                    await self._store_finish(write.tx, prompt.id, PromptStatus.FAILED, reason)
-                self.doc.finish_prompts([p.id for p in revoked], PromptStatus.FAILED, reason)
-                self.doc.set_queue(self._planned(queue))
-                write.after_commit.append(lambda: setattr(self, "queue", queue))
+                for prompt_id in revoked:
+                    queue.remove(prompt_id)
+                await self._finish(write, revoked, PromptStatus.FAILED, reason)
                 return None
             queue.start(run)
             now = self.now_ms()
@@ -356,8 +364,6 @@ class SessionRoom:
             self.doc.start_reply(
                 prompt_ids=run.ids, reply_id=reply_id, author=reply_author, created_at=now
             )
-            self.doc.set_queue(self._planned(queue))
-            write.after_commit.append(lambda: setattr(self, "queue", queue))
         return reply_id
 
     def _may_prompt(self, user_id: str) -> bool:
@@ -377,13 +383,10 @@ class SessionRoom:
         reply_status: ReplyStatus | None = None,
     ) -> None:
         async with self._writing() as write:
-            queue = self.queue.clone()
+            queue = self._staged_queue(write)
             if queue.running is not None and queue.running.ids == run.ids:
                 queue.finish(run.ids)
-            for prompt_id in run.ids:
-                await self._store_finish(write.tx, prompt_id, status, reason)
-            self.doc.finish_prompts(run.ids, status, reason, reply_status=reply_status)
-            write.after_commit.append(lambda: setattr(self, "queue", queue))
+            await self._finish(write, run.ids, status, reason, reply_status)
 
     # -- sync and awareness ---------------------------------------------------------------
 
