@@ -16,7 +16,8 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route, WebSocketRoute
+from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server import api
@@ -178,6 +179,11 @@ def create_app(
     routes += [
         Route("/api/v1/openapi.json", openapi, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
+        Mount(
+            "/demo",
+            app=StaticFiles(directory=settings.demo_dir, html=True, check_dir=False),
+            name="demo",
+        ),
         WebSocketRoute("/ws/sessions/{session_id}", session_socket),
     ]
     middleware = [Middleware(RequestLog)]

@@ -57,6 +57,9 @@ class Settings(BaseSettings):
     shutdown_grace_s: float = 5.0
     log_format: str = "json"
 
+    # The browser demo (client-demo/, built with npm) served at /demo
+    demo_dir: Path = Path(__file__).resolve().parent.parent / "client-demo" / "dist"
+
     # Storage
     snapshot_every_updates: int = 500
     room_idle_unload_s: float = 60.0
