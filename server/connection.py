@@ -128,10 +128,10 @@ class Connection:
         await self._close_socket()
 
     async def wait_closed(self) -> None:
-        for task in (self._sender, self._closer):
-            if task is not None:
-                with contextlib.suppress(BaseException):
-                    await task
+        # gather(return_exceptions=True) collects the tasks' own errors and cancellations
+        # but still lets a cancellation of the caller through.
+        tasks = [t for t in (self._sender, self._closer) if t is not None]
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     def queued(self) -> int:
         return self._outbox.qsize()

@@ -10,7 +10,6 @@ limit), 1013 slow consumer (reconnect and resync), 1001 server going away or idl
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
@@ -103,8 +102,7 @@ async def session_socket(websocket: WebSocket) -> None:
         finally:
             for task in (serving, finished):
                 task.cancel()
-                with contextlib.suppress(BaseException):
-                    await task
+            await asyncio.gather(serving, finished, return_exceptions=True)
     finally:
         state.metrics.connections.dec()
         expiry.cancel()
