@@ -7,6 +7,7 @@ everyone, replies in place) and prints the longest queue wait and the fairness f
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -21,8 +22,8 @@ CLIENTS = 50
 PROMPTS_EACH = 20
 
 
-@pytest.fixture
-async def loaded(database_url: str, tmp_path: Path) -> AsyncIterator[RunningServer]:
+@contextlib.asynccontextmanager
+async def loaded_server(database_url: str, tmp_path: Path) -> AsyncIterator[RunningServer]:
     settings = make_settings(
         database_url,
         tmp_path / "data",
@@ -31,6 +32,21 @@ async def loaded(database_url: str, tmp_path: Path) -> AsyncIterator[RunningServ
         max_pending_per_session=CLIENTS * PROMPTS_EACH,
     )
     async with serve_in_process(settings) as server:
+        yield server
+
+
+@pytest.fixture
+async def loaded(database_url: str, tmp_path: Path) -> AsyncIterator[RunningServer]:
+    """On SQLite and PostgreSQL."""
+    async with loaded_server(database_url, tmp_path) as server:
+        yield server
+
+
+@pytest.fixture
+async def loaded_sqlite(tmp_path: Path) -> AsyncIterator[RunningServer]:
+    """SQLite only: the storage path is the same for every policy, and the queue test
+    already runs this load on PostgreSQL; this keeps the suite's time in bounds."""
+    async with loaded_server(f"sqlite+aiosqlite:///{tmp_path / 'p.db'}", tmp_path) as server:
         yield server
 
 
@@ -141,7 +157,8 @@ async def test_queue_is_fair_round_robin(loaded: RunningServer) -> None:
     assert figure["prompts_run"] == CLIENTS * PROMPTS_EACH
 
 
-async def test_coalesce_answers_waiting_prompts_together(loaded: RunningServer) -> None:
+async def test_coalesce_answers_waiting_prompts_together(loaded_sqlite: RunningServer) -> None:
+    loaded = loaded_sqlite
     sid, clients, acks = await flood(loaded, "coalesce")
     assert all(a["type"] == "ack" for a in acks)
     view = await converge(loaded, sid, clients, acks)
@@ -157,7 +174,8 @@ async def test_coalesce_answers_waiting_prompts_together(loaded: RunningServer) 
     report("coalesce", view)
 
 
-async def test_interrupt_keeps_only_the_newest(loaded: RunningServer) -> None:
+async def test_interrupt_keeps_only_the_newest(loaded_sqlite: RunningServer) -> None:
+    loaded = loaded_sqlite
     sid, clients, acks = await flood(loaded, "interrupt")
     assert all(a["type"] == "ack" for a in acks)
     view = await converge(loaded, sid, clients, acks)
@@ -176,7 +194,8 @@ async def test_interrupt_keeps_only_the_newest(loaded: RunningServer) -> None:
     report("interrupt", view)
 
 
-async def test_reject_refuses_while_busy_and_stores_nothing(loaded: RunningServer) -> None:
+async def test_reject_refuses_while_busy_and_stores_nothing(loaded_sqlite: RunningServer) -> None:
+    loaded = loaded_sqlite
     sid, clients, acks = await flood(loaded, "reject")
     accepted = [a for a in acks if a["type"] == "ack"]
     refused = [a for a in acks if a["type"] == "error"]
