@@ -4,7 +4,8 @@ Clients announce awareness states (who is here, who is typing) under their Yjs c
 The server relays them to everyone, the sender included (stock clients close a socket that
 stays silent for 30 s; the echo keeps it alive), stamps each state with the authenticated
 user id under ``parley``, and announces a client's departure when its socket closes.
-A socket may only speak for client ids it introduced.
+A socket may only speak for client ids it introduced; states it sends for other sockets'
+clients (stock y-websocket clients echo what they receive) are ignored.
 """
 
 from __future__ import annotations
@@ -41,7 +42,9 @@ class Presence:
         for item in decode_awareness_update(update):  # check all before recording any
             known = self._clients.get(item.client_id)
             if known is not None and known.owner != owner:
-                raise Forbidden(f"awareness client {item.client_id} belongs to another socket")
+                # Stock y-websocket re-sends the states it received from others: skip them
+                # (a socket never speaks for a client another socket introduced).
+                continue
             if known is None:
                 new_clients += 1
                 if self.owned_by(owner) + new_clients > MAX_CLIENTS_PER_SOCKET:

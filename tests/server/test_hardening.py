@@ -170,20 +170,25 @@ async def test_cors_only_where_configured(tmp_path: Path) -> None:
         "Access-Control-Request-Method": "GET",
         "Access-Control-Request-Headers": "authorization",
     }
-    async with serve_in_process(make_settings(sqlite_url(tmp_path), tmp_path / "d")) as server:
-        async with httpx.AsyncClient(base_url=server.base_url) as http:
-            plain = await http.options("/api/v1/sessions", headers=preflight)
-            assert "access-control-allow-origin" not in plain.headers
+    plain_settings = make_settings(sqlite_url(tmp_path), tmp_path / "d")
+    async with (
+        serve_in_process(plain_settings) as server,
+        httpx.AsyncClient(base_url=server.base_url) as http,
+    ):
+        plain = await http.options("/api/v1/sessions", headers=preflight)
+        assert "access-control-allow-origin" not in plain.headers
     settings = make_settings(
         sqlite_url(tmp_path).replace("p.db", "c.db"),
         tmp_path / "e",
         cors_origins=["https://admin.example"],
     )
-    async with serve_in_process(settings) as server:
-        async with httpx.AsyncClient(base_url=server.base_url) as http:
-            allowed = await http.options("/api/v1/sessions", headers=preflight)
-            assert allowed.headers["access-control-allow-origin"] == "https://admin.example"
-            other = await http.options(
-                "/api/v1/sessions", headers={**preflight, "Origin": "https://evil.example"}
-            )
-            assert "access-control-allow-origin" not in other.headers
+    async with (
+        serve_in_process(settings) as server,
+        httpx.AsyncClient(base_url=server.base_url) as http,
+    ):
+        allowed = await http.options("/api/v1/sessions", headers=preflight)
+        assert allowed.headers["access-control-allow-origin"] == "https://admin.example"
+        other = await http.options(
+            "/api/v1/sessions", headers={**preflight, "Origin": "https://evil.example"}
+        )
+        assert "access-control-allow-origin" not in other.headers

@@ -64,8 +64,8 @@ def test_a_socket_may_not_speak_for_another_sockets_client() -> None:
     presence = Presence()
     presence.apply(ALICE_SOCKET, "alice", update((11, 1, {"name": "Al"})))
     for hostile in [(11, 2, {"name": "Bob was here"}), (11, 2, None)]:
-        with pytest.raises(Forbidden):
-            presence.apply(BOB_SOCKET, "bob", update(hostile))
+        # Ignored, not refused: stock clients echo the states they receive.
+        assert relayed(presence.apply(BOB_SOCKET, "bob", update(hostile))) == []
     snapshot = relayed(presence.snapshot())
     assert snapshot == [AwarenessState(11, 1, stamped({"name": "Al"}, "alice"))]
     assert presence.owned_by(BOB_SOCKET) == 0
@@ -176,14 +176,23 @@ def test_malformed_updates_raise_protocol_error() -> None:
 
 
 def test_a_refused_update_changes_nothing() -> None:
-    # The second state belongs to another socket: the whole update is refused, so the first
-    # must not be recorded either (it was never relayed, yet would show up in snapshots).
-    presence = Presence()
+    # The second state is too large: the whole update is refused, so the first must not be
+    # recorded either (it was never relayed, yet would show up in snapshots).
+    presence = Presence(max_state_bytes=200)
     presence.apply(BOB_SOCKET, "bob", update((21, 1, {"v": "bob"})))
-    with pytest.raises(Forbidden):
-        presence.apply(ALICE_SOCKET, "alice", update((11, 1, {"v": "al"}), (21, 2, {"v": "x"})))
+    with pytest.raises(TooLarge):
+        presence.apply(
+            ALICE_SOCKET, "alice", update((11, 1, {"v": "al"}), (12, 1, {"v": "x" * 300}))
+        )
     assert presence.owned_by(ALICE_SOCKET) == 0
     assert relayed(presence.snapshot()) == [AwarenessState(21, 1, stamped({"v": "bob"}, "bob"))]
+
+
+def test_echoes_of_other_sockets_states_are_skipped_not_relayed() -> None:
+    presence = Presence()
+    presence.apply(BOB_SOCKET, "bob", update((21, 1, {"v": "bob"})))
+    out = presence.apply(ALICE_SOCKET, "alice", update((11, 1, {"v": "al"}), (21, 1, {"v": "bob"})))
+    assert relayed(out) == [AwarenessState(11, 1, stamped({"v": "al"}, "alice"))]
 
 
 def is_strict_json(text: str) -> bool:
@@ -231,12 +240,10 @@ def test_presence_never_leaks_across_sockets(
     owner: dict[int, str] = {}
     user_of = {ALICE_SOCKET: "alice", BOB_SOCKET: "bob"}
     for socket, cid, clock, state in events:
-        try:
-            out = presence.apply(socket, user_of[socket], update((cid, clock, state)))
-        except Forbidden:
-            assert owner[cid] != socket
+        out = presence.apply(socket, user_of[socket], update((cid, clock, state)))
+        if owner.setdefault(cid, socket) != socket:
+            assert relayed(out) == []
             continue
-        owner.setdefault(cid, socket)
         assert owner[cid] == socket
         for item in relayed(out):
             if item.state is not None:
