@@ -21,6 +21,7 @@ class Capability(StrEnum):
     CANCEL_OWN = "cancel_own"
     CANCEL_ANY = "cancel_any"
     MANAGE_SESSION = "manage_session"
+    PIN = "pin"
 
 
 ROLE_CAPABILITIES: dict[Role, frozenset[Capability]] = {
@@ -32,6 +33,7 @@ ROLE_CAPABILITIES: dict[Role, frozenset[Capability]] = {
             Capability.PROMPT,
             Capability.POST_MESSAGE,
             Capability.CANCEL_OWN,
+            Capability.PIN,
         }
     ),
     Role.OWNER: frozenset(Capability),

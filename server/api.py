@@ -8,9 +8,16 @@ import secrets
 from authz.roles import Role
 from authz.tokens import issue_token
 from server.api_models import (
+    ContextPreview,
+    FactPut,
+    FactsOut,
     MemberList,
     MemberOut,
     MemberPut,
+    PinCreate,
+    PinsOut,
+    PreviewExcluded,
+    PreviewMessage,
     SessionCreate,
     SessionList,
     SessionOut,
@@ -20,7 +27,7 @@ from server.api_models import (
     TranscriptEntryOut,
     TranscriptOut,
 )
-from server.rest import Operation, QueryParam
+from server.rest import Operation, QueryParam, QueryStr
 from server.state import AppState
 from server.store import SessionRow
 from session.errors import Conflict, InvalidInput, NotFound
@@ -153,8 +160,146 @@ async def get_transcript(state: AppState, session_id: str) -> TranscriptOut:
     )
 
 
+async def list_facts(state: AppState, session_id: str) -> FactsOut:
+    room = await state.rooms.get(session_id)
+    return FactsOut(facts=room.doc.fact_map())
+
+
+async def put_fact(state: AppState, session_id: str, key: str, body: FactPut) -> FactsOut:
+    room = await state.rooms.get(session_id)
+    await room.set_fact(key, body.value)
+    return FactsOut(facts=room.doc.fact_map())
+
+
+async def delete_fact(state: AppState, session_id: str, key: str) -> None:
+    room = await state.rooms.get(session_id)
+    if key not in room.doc.fact_map():
+        raise NotFound(f"no fact {key!r}")
+    await room.set_fact(key, None)
+
+
+async def list_pins(state: AppState, session_id: str) -> PinsOut:
+    room = await state.rooms.get(session_id)
+    return PinsOut(pins=room.doc.pinned())
+
+
+async def create_pin(state: AppState, session_id: str, body: PinCreate) -> PinsOut:
+    room = await state.rooms.get(session_id)
+    await room.set_pinned(body.entry_id, True)
+    return PinsOut(pins=room.doc.pinned())
+
+
+async def delete_pin(state: AppState, session_id: str, entry_id: str) -> None:
+    room = await state.rooms.get(session_id)
+    if entry_id not in room.doc.pinned():
+        raise NotFound(f"{entry_id!r} is not pinned")
+    await room.set_pinned(entry_id, False)
+
+
+async def preview_context(state: AppState, session_id: str, user_id: str) -> ContextPreview:
+    """Exactly what the next model call for ``user_id`` would be given, if it started now:
+    the run that takes the user's next waiting prompt, or the history alone."""
+    room = await state.rooms.get(session_id)
+    if user_id not in room.members:
+        raise Conflict(f"{user_id!r} is not a member of this session")
+    waiting = [p for p in room.queue.pending() if p.author == user_id]
+    prompt_ids: tuple[str, ...] = ()
+    if waiting:
+        upcoming = room.queue.next()
+        if upcoming is not None and waiting[0].id in upcoming.ids:
+            prompt_ids = upcoming.ids
+        else:
+            prompt_ids = (waiting[0].id,)
+    built = room.context_for(prompt_ids)
+    request = built.request
+    return ContextPreview(
+        user_id=user_id,
+        prompt_ids=list(prompt_ids),
+        tokenizer=built.tokenizer,
+        budget=built.budget,
+        tokens=built.tokens,
+        system=request.system,
+        system_tokens=built.system_tokens,
+        messages=[
+            PreviewMessage(
+                role=m.role,
+                author=m.author,
+                authors=list(m.authors),
+                content=m.content,
+                tokens=tokens,
+                answering=index in request.answering,
+            )
+            for index, (m, tokens) in enumerate(
+                zip(request.messages, built.tokens_per_message, strict=True)
+            )
+        ],
+        excluded=[PreviewExcluded(entry_id=x.entry_id, reason=x.reason) for x in built.excluded],
+        notes=built.notes,
+    )
+
+
 SESSION_ERRORS = (404,)
 OPERATIONS: list[Operation] = [
+    Operation(
+        "GET",
+        "/api/v1/sessions/{session_id}/facts",
+        list_facts,
+        "Session facts",
+        response=FactsOut,
+        errors=SESSION_ERRORS,
+    ),
+    Operation(
+        "PUT",
+        "/api/v1/sessions/{session_id}/facts/{key}",
+        put_fact,
+        "Set a session fact (always in the model's input)",
+        body=FactPut,
+        response=FactsOut,
+        errors=(404,),
+    ),
+    Operation(
+        "DELETE",
+        "/api/v1/sessions/{session_id}/facts/{key}",
+        delete_fact,
+        "Remove a session fact",
+        status=204,
+        errors=SESSION_ERRORS,
+    ),
+    Operation(
+        "GET",
+        "/api/v1/sessions/{session_id}/pins",
+        list_pins,
+        "Pinned entries",
+        response=PinsOut,
+        errors=SESSION_ERRORS,
+    ),
+    Operation(
+        "POST",
+        "/api/v1/sessions/{session_id}/pins",
+        create_pin,
+        "Pin an entry (always in the model's input)",
+        body=PinCreate,
+        response=PinsOut,
+        status=201,
+        errors=SESSION_ERRORS,
+    ),
+    Operation(
+        "DELETE",
+        "/api/v1/sessions/{session_id}/pins/{entry_id}",
+        delete_pin,
+        "Unpin an entry",
+        status=204,
+        errors=SESSION_ERRORS,
+    ),
+    Operation(
+        "GET",
+        "/api/v1/sessions/{session_id}/context",
+        preview_context,
+        "Preview the next model input for a member",
+        response=ContextPreview,
+        errors=(404, 409),
+        query_str=(QueryStr("user_id"),),
+    ),
     Operation(
         "POST",
         "/api/v1/sessions",

@@ -103,3 +103,46 @@ class TranscriptEntryOut(Strict):
 
 class TranscriptOut(Strict):
     messages: list[TranscriptEntryOut]
+
+
+class FactPut(Strict):
+    value: str = Field(max_length=2000)
+
+
+class FactsOut(Strict):
+    facts: dict[str, str]
+
+
+class PinCreate(Strict):
+    entry_id: str = Field(min_length=1, max_length=64)
+
+
+class PinsOut(Strict):
+    pins: list[str]
+
+
+class PreviewMessage(Strict):
+    role: Literal["user", "assistant"]
+    author: str | None
+    authors: list[str] = Field(description="Everyone who said it, when duplicates were folded")
+    content: str
+    tokens: int
+    answering: bool = Field(description="One of the prompts this call answers")
+
+
+class PreviewExcluded(Strict):
+    entry_id: str
+    reason: str
+
+
+class ContextPreview(Strict):
+    user_id: str
+    prompt_ids: list[str] = Field(description="The prompts the call answers (none: history)")
+    tokenizer: str
+    budget: int
+    tokens: int
+    system: str
+    system_tokens: int
+    messages: list[PreviewMessage]
+    excluded: list[PreviewExcluded] = Field(description="Left out, and why")
+    notes: dict[str, str] = Field(description="Entry id -> what was folded into it")

@@ -11,7 +11,9 @@ from server.store import DuplicateCommand
 from session.commands import (
     CancelCommand,
     CommandError,
+    FactCommand,
     MessageCommand,
+    PinCommand,
     PolicyCommand,
     PromptCommand,
     ack,
@@ -41,6 +43,14 @@ async def handle_command(room: SessionRoom, connection: Connection, frame: str) 
             require(role, Capability.POST_MESSAGE)
             stored = room.add_message(user_id, command.id, command.text)
             return await _store_once(room, user_id, command.id, stored, "message_id")
+        if isinstance(command, PinCommand):
+            require(role, Capability.PIN)
+            await room.set_pinned(command.entry_id, command.pinned)
+            return ack(command.id, entry_id=command.entry_id)
+        if isinstance(command, FactCommand):
+            require(role, Capability.PIN)
+            await room.set_fact(command.key, command.value)
+            return ack(command.id, key=command.key)
         if isinstance(command, PolicyCommand):
             require(role, Capability.MANAGE_SESSION)
             await room.set_policy(command.policy)

@@ -46,6 +46,14 @@ class QueryParam:
     default: int
 
 
+@dataclass(frozen=True, slots=True)
+class QueryStr:
+    """A required string query parameter."""
+
+    name: str
+    max_length: int = 200
+
+
 @dataclass(slots=True)
 class Operation:
     method: str
@@ -58,6 +66,7 @@ class Operation:
     auth: bool = True
     errors: tuple[int, ...] = ()
     query: tuple[QueryParam, ...] = field(default_factory=tuple)
+    query_str: tuple[QueryStr, ...] = field(default_factory=tuple)
 
 
 def error_response(error: ParleyError) -> JSONResponse:
@@ -106,6 +115,11 @@ def route(op: Operation) -> Route:
             kwargs: dict[str, Any] = dict(request.path_params)
             for param in op.query:
                 kwargs[param.name] = _query_int(request, param)
+            for text in op.query_str:
+                value = request.query_params.get(text.name)
+                if not value or len(value) > text.max_length:
+                    raise InvalidInput(f"{text.name}: required, 1-{text.max_length} characters")
+                kwargs[text.name] = value
             if op.body is not None:
                 raw = await read_body(request, state.settings.max_request_bytes)
                 try:
@@ -169,6 +183,15 @@ def openapi_document(operations: list[Operation], *, title: str, version: str) -
             }
             for q in op.query
         ]
+        params += [
+            {
+                "name": q.name,
+                "in": "query",
+                "required": True,
+                "schema": {"type": "string", "minLength": 1, "maxLength": q.max_length},
+            }
+            for q in op.query_str
+        ]
         if params:
             item["parameters"] = params
         if op.body is not None:
@@ -194,7 +217,7 @@ def openapi_document(operations: list[Operation], *, title: str, version: str) -
             responses[str(op.status)] = {"description": "Done"}
         statuses = set(op.errors) | ({401} if op.auth else set())
         statuses |= {413, 422} if op.body is not None else set()
-        statuses |= {422} if op.query else set()
+        statuses |= {422} if op.query or op.query_str else set()
         statuses |= {503} if op.auth else set()
         for status in sorted(statuses):
             responses[str(status)] = {

@@ -26,8 +26,10 @@ from server.settings import Settings
 from server.store import EntryRow, Store, StoreTx
 from session.commands import (
     Limits,
+    check_fact,
 )
-from session.errors import Forbidden, Unavailable
+from session.context import BuiltContext, ContextSettings, build_context
+from session.errors import Forbidden, NotFound, TooLarge, Unavailable
 from session.lifecycle import PromptStatus, ReplyStatus
 from session.model import Usage
 from session.presence import Presence
@@ -365,6 +367,45 @@ class SessionRoom:
                 prompt_ids=run.ids, reply_id=reply_id, author=reply_author, created_at=now
             )
         return reply_id
+
+    async def set_pinned(self, entry_id: str, pinned: bool) -> None:
+        if not self.doc.has_entry(entry_id):
+            raise NotFound(f"no entry {entry_id!r} in this session")
+        async with self._writing():
+            if not pinned:
+                self.doc.unpin(entry_id)
+            elif entry_id not in self.doc.pinned():
+                if len(self.doc.pins) >= self.settings.max_pins:
+                    raise TooLarge(f"at most {self.settings.max_pins} pins per session")
+                self.doc.pin(entry_id)
+
+    async def set_fact(self, key: str, value: str | None) -> None:
+        check_fact(key, value)
+        async with self._writing():
+            adding = value is not None and key not in self.doc.facts
+            if adding and len(self.doc.facts) >= self.settings.max_facts:
+                raise TooLarge(f"at most {self.settings.max_facts} facts per session")
+            self.doc.set_fact(key, value)
+
+    def context_settings(self) -> ContextSettings:
+        return ContextSettings(
+            window_tokens=self.settings.context_window_tokens,
+            reserve_output_tokens=self.settings.max_output_tokens,
+            near_duplicate_threshold=self.settings.near_duplicate_threshold,
+            min_block_lines=self.settings.min_block_lines,
+        )
+
+    def context_for(self, prompt_ids: Sequence[str]) -> BuiltContext:
+        """What a model call answering ``prompt_ids`` is given (none: the history alone)."""
+        return build_context(
+            session_id=self.session_id,
+            entries=self.doc.entries(),
+            prompt_ids=prompt_ids,
+            facts=self.doc.fact_map(),
+            pins=self.doc.pinned(),
+            settings=self.context_settings(),
+            max_output_tokens=self.settings.max_output_tokens,
+        )
 
     def _may_prompt(self, user_id: str) -> bool:
         role = self.members.get(user_id)

@@ -15,7 +15,6 @@ import time
 from dataclasses import dataclass
 
 from server.room import ActiveRun, SessionRoom
-from session.context import build_request
 from session.errors import Unavailable
 from session.lifecycle import PromptStatus, ReplyStatus
 from session.model import ModelProvider, ModelRequest, TextDelta, Usage
@@ -74,12 +73,7 @@ class SessionRunner:
         reply_id = await self.room.start_run(run, self.provider.name)
         if reply_id is None:
             return  # the queue changed under us (cancel, revoked author): ask it again
-        request = build_request(
-            session_id=self.room.session_id,
-            entries=self.room.doc.entries(),
-            prompt_ids=run.ids,
-            max_output_tokens=self.room.settings.max_output_tokens,
-        )
+        request = self.room.context_for(run.ids).request
         active = ActiveRun(run, reply_id)
         self.room.active_run = active
         metrics = self.room.metrics

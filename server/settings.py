@@ -27,6 +27,13 @@ class Settings(BaseSettings):
     run_timeout_s: float = 300.0
     max_output_tokens: int = 1024
 
+    # Context building
+    context_window_tokens: int = 16_384
+    near_duplicate_threshold: float = Field(default=0.8, ge=0.0, le=1.0)
+    min_block_lines: int = 4
+    max_pins: int = 50
+    max_facts: int = 100
+
     # Queue
     max_pending_per_user: int = 5
     max_pending_per_session: int = 100

@@ -4,6 +4,8 @@
     {"type": "message", "id": "<client id>", "text": "…"}     talk to the other members only
     {"type": "cancel",  "id": "<client id>", "prompt_id": "…"} cancel a queued or running prompt
     {"type": "set_policy", "id": "<client id>", "policy": "queue"|"coalesce"|"interrupt"|"reject"}
+    {"type": "pin" | "unpin", "id": "<client id>", "entry_id": "…"}  keep a message in every input
+    {"type": "set_fact", "id": "<client id>", "key": "…", "value": "…" | null}
 
 Every command gets exactly one reply: ``ack`` or ``error`` (see ``ack`` / ``error_reply``).
 """
@@ -11,6 +13,7 @@ Every command gets exactly one reply: ``ack`` or ``error`` (see ``ack`` / ``erro
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,7 +53,31 @@ class PolicyCommand:
     policy: Policy
 
 
-Command = PromptCommand | MessageCommand | CancelCommand | PolicyCommand
+@dataclass(frozen=True, slots=True)
+class PinCommand:
+    id: str
+    entry_id: str
+    pinned: bool
+
+
+@dataclass(frozen=True, slots=True)
+class FactCommand:
+    id: str
+    key: str
+    value: str | None  # None removes the fact
+
+
+Command = PromptCommand | MessageCommand | CancelCommand | PolicyCommand | PinCommand | FactCommand
+
+FACT_KEY = re.compile(r"[A-Za-z0-9_.:-]{1,100}")
+MAX_FACT_CHARS = 2000
+
+
+def check_fact(key: str, value: str | None) -> None:
+    if not FACT_KEY.fullmatch(key):
+        raise InvalidInput("a fact key is 1-100 letters, digits or _.:-")
+    if value is not None and len(value) > MAX_FACT_CHARS:
+        raise TooLarge(f"a fact is at most {MAX_FACT_CHARS} characters")
 
 
 class CommandError(InvalidInput):
@@ -108,6 +135,19 @@ def _parse(data: dict[str, Any], limits: Limits) -> Command:
         if not isinstance(prompt_id, str) or not prompt_id:
             raise InvalidInput("'prompt_id' must be a non-empty string")
         return CancelCommand(id=command_id, prompt_id=prompt_id)
+    if kind in ("pin", "unpin"):
+        entry_id = data.get("entry_id")
+        if not isinstance(entry_id, str) or not entry_id:
+            raise InvalidInput("'entry_id' must be a non-empty string")
+        return PinCommand(id=command_id, entry_id=entry_id, pinned=kind == "pin")
+    if kind == "set_fact":
+        key, value = data.get("key"), data.get("value")
+        if not isinstance(key, str):
+            raise InvalidInput("'key' must be a string")
+        if value is not None and not isinstance(value, str):
+            raise InvalidInput("'value' must be a string, or null to remove the fact")
+        check_fact(key, value)
+        return FactCommand(id=command_id, key=key, value=value)
     if kind == "set_policy":
         policy = data.get("policy")
         if not isinstance(policy, str) or policy not in {p.value for p in Policy}:

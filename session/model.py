@@ -15,7 +15,8 @@ from typing import Literal, Protocol
 class ModelMessage:
     role: Literal["user", "assistant"]
     content: str
-    author: str | None = None  # the member who wrote a user message
+    author: str | None = None  # the member who wrote a user message (the latest, if several)
+    authors: tuple[str, ...] = ()  # everyone who said it, when duplicates were folded
 
 
 @dataclass(frozen=True, slots=True)

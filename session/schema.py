@@ -13,6 +13,8 @@ Roots (all written by the server only; clients read):
 ``queue`` — Y.Array of Y.Map ``{id, seq, author}``: prompts waiting to run, in the order they
     will run (position = index + 1).
 ``meta`` — Y.Map: ``session_id``, ``title``, ``policy``, ``schema_version``.
+``pins`` — Y.Array of entry ids: messages that always stay in the model's input.
+``facts`` — Y.Map of ``key → value`` strings: session facts that always stay in it.
 """
 
 from __future__ import annotations
@@ -101,6 +103,8 @@ class SessionDocument:
         self.transcript: Array[Any] = doc.get("transcript", type=Array)
         self.queue: Array[Any] = doc.get("queue", type=Array)
         self.meta: Map[Any] = doc.get("meta", type=Map)
+        self.pins: Array[Any] = doc.get("pins", type=Array)
+        self.facts: Map[Any] = doc.get("facts", type=Map)
         # Mirrors of the document kept in step by the mutators, so that reading the story
         # costs dictionary look-ups, not a walk through the CRDT, on every run.
         self._order: list[str] = []
@@ -130,6 +134,35 @@ class SessionDocument:
 
     def set_policy(self, policy: str) -> None:
         self.meta["policy"] = policy
+
+    def pin(self, entry_id: str) -> bool:
+        """Pin an entry; False if it was pinned already."""
+        self._entry(entry_id)
+        if entry_id in self.pinned():
+            return False
+        self.pins.append(entry_id)
+        return True
+
+    def unpin(self, entry_id: str) -> bool:
+        for index, pinned in enumerate(self.pins):
+            if pinned == entry_id:
+                del self.pins[index]
+                return True
+        return False
+
+    def set_fact(self, key: str, value: str | None) -> None:
+        """Set a fact, or remove it with ``None``."""
+        if value is None:
+            if key in self.facts:
+                del self.facts[key]
+        else:
+            self.facts[key] = value
+
+    def pinned(self) -> list[str]:
+        return [str(p) for p in self.pins]
+
+    def fact_map(self) -> dict[str, str]:
+        return {str(k): str(v) for k, v in self.facts.items()}
 
     def add_prompt(self, *, id: str, seq: int, author: str, text: str, created_at: int) -> None:
         """Append a queued prompt; the caller lists it in ``queue`` with ``set_queue``."""

@@ -14,7 +14,7 @@ C = Capability
 # Written from the product rules, not copied from the table.
 EXPECTED = {
     Role.VIEWER: {C.READ_SESSION, C.BE_PRESENT},
-    Role.EDITOR: {C.READ_SESSION, C.BE_PRESENT, C.PROMPT, C.POST_MESSAGE, C.CANCEL_OWN},
+    Role.EDITOR: {C.READ_SESSION, C.BE_PRESENT, C.PROMPT, C.POST_MESSAGE, C.CANCEL_OWN, C.PIN},
     Role.OWNER: {
         C.READ_SESSION,
         C.BE_PRESENT,
@@ -23,6 +23,7 @@ EXPECTED = {
         C.CANCEL_OWN,
         C.CANCEL_ANY,
         C.MANAGE_SESSION,
+        C.PIN,
     },
 }
 

@@ -154,7 +154,8 @@ def entry(draw: Any, index: int) -> Entry:
         author=draw(st.sampled_from(["alice", "bob", "model"])),
         role="assistant" if kind is EntryKind.REPLY else "user",
         status=draw(st.sampled_from(STATUSES[kind])),
-        content=draw(st.text(max_size=6)),
+        # Unique texts: folding of duplicates is tested in test_context_folding.py.
+        content=f"{draw(st.text(max_size=6))} #{index}",
         created_at=index,
     )
 

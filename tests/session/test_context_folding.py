@@ -1,0 +1,133 @@
+"""The context builder folds repetition and keeps to its budget."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from session.context import ContextSettings, build_context
+from session.schema import Entry, EntryKind
+from session.tokens import count_tokens
+
+LOG = "\n".join(
+    f"2026-11-25T10:00:{i:02d} ERROR worker-{i} cache dir not writable" for i in range(8)
+)
+
+
+def msg(n: int, author: str, text: str, kind: EntryKind = EntryKind.MESSAGE) -> Entry:
+    status = {"message": "posted", "prompt": "done", "reply": "done"}[kind.value]
+    role = "assistant" if kind is EntryKind.REPLY else "user"
+    return Entry(
+        id=f"e{n}",
+        seq=n,
+        kind=kind,
+        author=author,
+        role=role,
+        status=status,
+        content=text,
+        created_at=n,
+    )
+
+
+def prompt(n: int, author: str, text: str) -> Entry:
+    return Entry(
+        id=f"e{n}",
+        seq=n,
+        kind=EntryKind.PROMPT,
+        author=author,
+        role="user",
+        status="queued",
+        content=text,
+        created_at=n,
+    )
+
+
+def test_exact_duplicates_appear_once_attributed_to_every_author() -> None:
+    entries = [
+        msg(1, "alice", "Is the   deploy done?"),
+        msg(2, "carol", "unrelated"),
+        msg(3, "bob", "is the deploy DONE?"),
+        prompt(4, "dan", "what do we know?"),
+    ]
+    built = build_context(session_id="s", entries=entries, prompt_ids=["e4"])
+    texts = [m.content for m in built.request.messages]
+    assert texts == [
+        "unrelated",
+        "is the deploy DONE?\n(asked by alice and bob)",
+        "what do we know?",
+    ]
+    assert built.request.messages[1].authors == ("alice", "bob")
+    assert [(x.entry_id, x.reason) for x in built.excluded] == [("e1", "duplicate of e3")]
+
+
+def test_near_duplicates_keep_the_most_recent_wording() -> None:
+    first = "The nightly build failed because the cache directory on runner 3 is not writable"
+    later = "The nightly build failed because the cache directory on runner 3 isn't writable"
+    entries = [msg(1, "alice", first), msg(2, "bob", later), prompt(3, "carol", "why?")]
+    built = build_context(session_id="s", entries=entries, prompt_ids=["e3"])
+    assert built.request.messages[0].content == f"{later}\n(asked by alice and bob)"
+    assert built.excluded[0].reason == "near-duplicate of e2"
+    loose = ContextSettings(near_duplicate_threshold=0.99)
+    strict = build_context(session_id="s", entries=entries, prompt_ids=["e3"], settings=loose)
+    assert [m.content for m in strict.request.messages] == [first, later, "why?"]
+
+
+def test_a_pasted_block_seen_before_becomes_a_reference() -> None:
+    entries = [
+        msg(1, "alice", f"here is the log:\n\n{LOG}"),
+        msg(2, "bob", f"same here\n\n{LOG}\n\nany idea?"),
+        prompt(3, "carol", "what broke?"),
+    ]
+    built = build_context(session_id="s", entries=entries, prompt_ids=["e3"])
+    first, second, _ = (m.content for m in built.request.messages)
+    assert LOG in first
+    assert LOG not in second
+    assert "[the same 8-line block alice posted in message #1]" in second
+    assert second.startswith("same here") and second.endswith("any idea?")
+    assert built.notes["e2"] == "repeated block replaced by a reference"
+
+
+def test_facts_and_pins_are_always_in_the_input() -> None:
+    filler = [msg(i, "alice", f"chatter number {i} " * 20) for i in range(1, 60)]
+    entries = [msg(0, "bob", "my account number is 7731"), *filler, prompt(60, "bob", "help")]
+    tight = ContextSettings(window_tokens=600, reserve_output_tokens=100)
+    built = build_context(
+        session_id="s",
+        entries=entries,
+        prompt_ids=["e60"],
+        facts={"region": "eu-west-1"},
+        pins=["e0"],
+        settings=tight,
+    )
+    assert "region: eu-west-1" in built.request.system
+    assert "my account number is 7731" in built.request.system
+    assert all("7731" not in m.content for m in built.request.messages)
+    assert built.request.messages[-1].content == "help"
+    assert any(x.reason == "over budget" for x in built.excluded)
+    assert built.tokens <= tight.budget
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    texts=st.lists(st.text(min_size=1, max_size=300), min_size=1, max_size=30),
+    window=st.integers(200, 3000),
+)
+def test_the_budget_is_never_exceeded_and_the_build_is_deterministic(
+    texts: list[str], window: int
+) -> None:
+    entries = [msg(i, ["alice", "bob", "carol"][i % 3], t) for i, t in enumerate(texts)]
+    entries.append(prompt(len(texts), "alice", "sum it up"))
+    config = ContextSettings(window_tokens=window, reserve_output_tokens=100)
+    built = build_context(
+        session_id="s", entries=entries, prompt_ids=[f"e{len(texts)}"], settings=config
+    )
+    assert built.tokens <= config.budget
+    assert built.tokens == count_tokens(built.request.system) + sum(
+        count_tokens(m.content) for m in built.request.messages
+    )
+    again = build_context(
+        session_id="s", entries=entries, prompt_ids=[f"e{len(texts)}"], settings=config
+    )
+    assert again == built
+    included = {m.content for m in built.request.messages}
+    assert "sum it up" in included
