@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 RoleName = Literal["owner", "editor", "viewer"]
 PolicyName = Literal["queue", "coalesce", "interrupt", "reject"]
@@ -12,6 +12,19 @@ PolicyName = Literal["queue", "coalesce", "interrupt", "reject"]
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="after")
+    def _storable_text(self) -> Strict:
+        """Refuse text the database cannot store (NUL, lone surrogates) as invalid input."""
+        for name, value in self:
+            if isinstance(value, str):
+                if "\x00" in value:
+                    raise ValueError(f"{name} contains a NUL character")
+                try:
+                    value.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise ValueError(f"{name} is not valid Unicode") from None
+        return self
 
 
 class ErrorDetail(Strict):

@@ -38,11 +38,11 @@ async def handle_command(room: SessionRoom, connection: Connection, frame: str) 
         if isinstance(command, PromptCommand):
             require(role, Capability.PROMPT)
             stored = room.add_prompt(user_id, command.id, command.text)
-            return await _store_once(room, user_id, command.id, stored, "prompt_id")
+            return await _store_once(room, user_id, command.id, stored, EntryKind.PROMPT)
         if isinstance(command, MessageCommand):
             require(role, Capability.POST_MESSAGE)
             stored = room.add_message(user_id, command.id, command.text)
-            return await _store_once(room, user_id, command.id, stored, "message_id")
+            return await _store_once(room, user_id, command.id, stored, EntryKind.MESSAGE)
         if isinstance(command, PinCommand):
             require(role, Capability.PIN)
             await room.set_pinned(command.entry_id, command.pinned)
@@ -66,30 +66,33 @@ async def _store_once(
     user_id: str,
     command_id: str,
     stored: Awaitable[tuple[int, str]],
-    id_key: str,
+    kind: EntryKind,
 ) -> str:
     """Ack a newly stored entry, or answer a resent command with its first ack (even when
     the queue is full or busy now); any other refusal is the error it is."""
     try:
         seq, entry_id = await stored
     except (DuplicateCommand, Conflict) as exc:
-        previous = await _previous_ack(room, user_id, command_id)
+        previous = await _previous_ack(room, user_id, command_id, kind)
         if previous is not None:
             return previous
         if isinstance(exc, ParleyError):
             raise
         raise Conflict("this command id was used for another command") from None
-    return ack(command_id, seq=seq, **{id_key: entry_id})
+    return ack(command_id, seq=seq, **{_ID_KEY[kind]: entry_id})
 
 
-async def _previous_ack(room: SessionRoom, user_id: str, command_id: str) -> str | None:
-    """The ack a resent command got the first time, if it was stored."""
+_ID_KEY = {EntryKind.PROMPT: "prompt_id", EntryKind.MESSAGE: "message_id"}
+
+
+async def _previous_ack(
+    room: SessionRoom, user_id: str, command_id: str, kind: EntryKind
+) -> str | None:
+    """The ack a resent command got the first time, if a command of its kind was stored."""
     row = await room.store.entry_by_command(room.session_id, user_id, command_id)
-    if row is None:
+    if row is None or row.kind != kind.value:
         return None
-    if row.kind == EntryKind.PROMPT.value:
-        return ack(command_id, seq=row.seq, prompt_id=row.id)
-    return ack(command_id, seq=row.seq, message_id=row.id)
+    return ack(command_id, seq=row.seq, **{_ID_KEY[kind]: row.id})
 
 
 async def _cancel(room: SessionRoom, user_id: str, role: Role, command: CancelCommand) -> str:

@@ -113,6 +113,9 @@ def route(op: Operation) -> Route:
             if op.auth:
                 check_admin(request, state)
             kwargs: dict[str, Any] = dict(request.path_params)
+            for name, value in kwargs.items():
+                if "\x00" in str(value):
+                    raise InvalidInput(f"{name}: contains a NUL character")
             for param in op.query:
                 kwargs[param.name] = _query_int(request, param)
             for text in op.query_str:

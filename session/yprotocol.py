@@ -20,6 +20,7 @@ from pycrdt import get_update, write_var_uint
 from session.errors import InvalidInput
 
 MAX_VARUINT_BYTES = 8
+MAX_SAFE_INTEGER = 2**53 - 1
 
 
 class ProtocolError(InvalidInput):
@@ -139,6 +140,13 @@ def _reject_constant(name: str) -> None:
     raise ValueError(f"{name} is not JSON")
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise ValueError(f"{text} is out of range")
+    return value
+
+
 def decode_awareness_update(update: bytes) -> list[AwarenessState]:
     reader = _Reader(update)
     count = reader.varuint()
@@ -147,8 +155,11 @@ def decode_awareness_update(update: bytes) -> list[AwarenessState]:
         client_id = reader.varuint()
         clock = reader.varuint()
         raw = reader.varstring()
+        if client_id > MAX_SAFE_INTEGER or clock >= MAX_SAFE_INTEGER:
+            # JavaScript peers read varuints as doubles: past 2^53 they cannot decode them.
+            raise ProtocolError("awareness client id or clock out of range")
         try:
-            state = json.loads(raw, parse_constant=_reject_constant)
+            state = json.loads(raw, parse_constant=_reject_constant, parse_float=_finite_float)
         except (ValueError, RecursionError):
             raise ProtocolError("awareness state is not JSON") from None
         if state is not None and not isinstance(state, dict):

@@ -259,3 +259,18 @@ def test_error_reply_for_a_parse_failure_carries_its_code_and_id() -> None:
         "code": "too_large",
         "message": "'text' exceeds 50 characters",
     }
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        '{"type": "prompt", "id": "c1", "text": "\\ud800"}',
+        '{"type": "prompt", "id": "\\ud800", "text": "hi"}',
+        '{"type": "message", "id": "c1", "text": "a\\u0000b"}',
+        '{"type": "set_fact", "id": "c1", "key": "k", "value": "\\udfff"}',
+    ],
+)
+def test_text_the_database_cannot_store_is_invalid(frame: str) -> None:
+    with pytest.raises(CommandError) as caught:
+        parse_command(frame, Limits())
+    assert caught.value.code == "invalid"

@@ -135,7 +135,7 @@ json_values = st.recursive(
 states = st.builds(
     AwarenessState,
     client_id=st.integers(0, 2**53 - 1),
-    clock=st.integers(0, 2**53 - 1),
+    clock=st.integers(0, 2**53 - 2),
     state=st.none() | st.dictionaries(st.text(max_size=8), json_values, max_size=4),
 )
 
@@ -436,3 +436,24 @@ def test_decode_state_vector() -> None:
     assert decode_state_vector(doc.get_state()) == {doc.client_id: 3}
     with pytest.raises(ProtocolError):
         decode_state_vector(b"\x01\x05")
+
+
+@pytest.mark.parametrize(
+    "item",
+    [
+        AwarenessState(2**53, 1, {}),
+        AwarenessState(1, 2**53 - 1, {}),
+    ],
+)
+def test_awareness_ids_and_clocks_a_javascript_peer_cannot_read_are_refused(
+    item: AwarenessState,
+) -> None:
+    with pytest.raises(ProtocolError):
+        decode_awareness_update(encode_awareness_update([item]))
+
+
+def test_awareness_numbers_out_of_float_range_are_refused() -> None:
+    raw = b'{"x":1e400}'
+    update = b"\x01\x01\x01" + bytes([len(raw)]) + raw
+    with pytest.raises(ProtocolError):
+        decode_awareness_update(update)

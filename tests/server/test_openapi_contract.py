@@ -1,0 +1,140 @@
+"""The admin API against its own OpenAPI document, with schemathesis on a live server.
+
+Every operation is called with generated requests, both ones the document allows
+(positive) and ones it forbids (negative), authenticated with the admin key. Every response
+must be no 5xx, have a documented status code and content type, and match the documented
+body schema. In about half of the positive cases the ids in the path, the query and the body
+(session, member, fact key, entry) are swapped for real ones, so the success paths are checked
+too (a transcript with a prompt, a reply and a message, a fact, a pin, a context preview), and
+the test insists that every operation answered with a 2xx at least once. Deletions run last.
+
+Schemathesis calls are synchronous (``requests``), so they run in a worker thread while the
+server keeps serving on the test's event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections import Counter
+from typing import Any
+
+import hypothesis
+import requests
+import schemathesis
+from hypothesis import strategies as st
+from schemathesis import APIOperation, BaseSchema, Case, GenerationMode
+from schemathesis.checks import not_a_server_error
+from schemathesis.core.result import Err
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from tests.conftest import ADMIN_KEY, RunningServer
+from tests.yclient import all_replies_settled
+
+MAX_EXAMPLES = int(os.environ.get("PARLEY_CONTRACT_EXAMPLES", "25"))
+SEED = int(os.environ.get("PARLEY_CONTRACT_SEED", "20240611"))
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+]
+AUTH = {"Authorization": f"Bearer {ADMIN_KEY}"}
+
+
+async def test_every_operation_honours_its_documented_contract(
+    sqlite_server: RunningServer,
+) -> None:
+    server = sqlite_server
+    real = await _seed(server)
+    document = (await server.http.get("/api/v1/openapi.json")).json()
+    schema = schemathesis.openapi.from_dict(document)
+    statuses = await asyncio.to_thread(_exercise, schema, document, server.base_url, real)
+    print(
+        f"\ncontract: schemathesis {schemathesis.__version__}, "
+        f"{sum(c.total() for c in statuses.values())} calls, statuses "
+        + ", ".join(f"{op} {dict(sorted(c.items()))}" for op, c in sorted(statuses.items()))
+    )
+    assert (await server.http.get("/healthz")).status_code == 200
+    unexercised = sorted(op for op, c in statuses.items() if not any(200 <= s < 300 for s in c))
+    assert not unexercised, f"no success path reached for {unexercised}"
+
+
+async def _seed(server: RunningServer) -> dict[str, str]:
+    """A session with members and a settled prompt and reply, for the success paths."""
+    sid = await server.new_session({"alice": "owner", "bob": "viewer"}, title="contract")
+    alice = await server.connect(sid, "alice")
+    ack = await alice.command({"type": "prompt", "id": "p", "text": "seed the transcript"})
+    assert ack["type"] == "ack", ack
+    await alice.command({"type": "message", "id": "m", "text": "and a message"})
+    await alice.wait_until(lambda c: all_replies_settled(c, 1))
+    fact = await server.http.put(f"/api/v1/sessions/{sid}/facts/account", json={"value": "7731"})
+    assert fact.status_code == 200, fact.text
+    pin = await server.http.post(
+        f"/api/v1/sessions/{sid}/pins", json={"entry_id": ack["prompt_id"]}
+    )
+    assert pin.status_code == 201, pin.text
+    return {"session_id": sid, "user_id": "alice", "key": "account", "entry_id": ack["prompt_id"]}
+
+
+def _exercise(
+    schema: BaseSchema, document: dict[str, Any], base_url: str, real: dict[str, str]
+) -> dict[str, Counter[int]]:
+    statuses: dict[str, Counter[int]] = {}
+    with requests.Session() as http:
+        operations: list[APIOperation[Any, Any, Any, Any]] = []
+        for result in schema.get_all_operations():
+            if isinstance(result, Err):
+                raise AssertionError(f"an operation schemathesis cannot use: {result.err()}")
+            operations.append(result.ok())
+        # Deletions last (members before sessions), so the other operations find the seed.
+        operations.sort(key=lambda op: (op.method.upper() == "DELETE", -len(op.path)))
+        for operation in operations:
+            declared = document["paths"][operation.path][operation.method.lower()]
+            modes = [GenerationMode.POSITIVE]
+            if "parameters" in declared or "requestBody" in declared:
+                modes.append(GenerationMode.NEGATIVE)  # nothing to get wrong otherwise
+            seen = statuses.setdefault(operation.label, Counter())
+            for mode in modes:
+                _run_operation(operation, mode, http, base_url, real, seen)
+    return statuses
+
+
+def _run_operation(
+    operation: APIOperation[Any, Any, Any, Any],
+    mode: GenerationMode,
+    http: requests.Session,
+    base_url: str,
+    real: dict[str, str],
+    seen: Counter[int],
+) -> None:
+    @hypothesis.seed(SEED)
+    @hypothesis.settings(
+        max_examples=MAX_EXAMPLES,
+        deadline=None,
+        database=None,
+        derandomize=False,
+        suppress_health_check=list(hypothesis.HealthCheck),
+    )
+    @hypothesis.given(
+        case=operation.as_strategy(generation_mode=mode, headers=AUTH), use_real=st.booleans()
+    )
+    def check(case: Case[Any], use_real: bool) -> None:
+        if use_real and mode is GenerationMode.POSITIVE:
+            _point_at_real_resources(case, real)
+        response = case.call(base_url=base_url, session=http, headers=AUTH, timeout=20)
+        seen[response.status_code] += 1
+        case.validate_response(response, checks=CHECKS, headers=AUTH)
+
+    check()
+
+
+def _point_at_real_resources(case: Case[Any], real: dict[str, str]) -> None:
+    for where in (case.path_parameters, case.query, case.body):
+        if isinstance(where, dict):
+            for name in real.keys() & where.keys():
+                where[name] = real[name]
