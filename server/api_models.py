@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from session.commands import unstorable
+
 RoleName = Literal["owner", "editor", "viewer"]
 PolicyName = Literal["queue", "coalesce", "interrupt", "reject"]
 
@@ -17,13 +19,9 @@ class Strict(BaseModel):
     def _storable_text(self) -> Strict:
         """Refuse text the database cannot store (NUL, lone surrogates) as invalid input."""
         for name, value in self:
-            if isinstance(value, str):
-                if "\x00" in value:
-                    raise ValueError(f"{name} contains a NUL character")
-                try:
-                    value.encode("utf-8")
-                except UnicodeEncodeError:
-                    raise ValueError(f"{name} is not valid Unicode") from None
+            problem = unstorable(value) if isinstance(value, str) else None
+            if problem is not None:
+                raise ValueError(f"{name} {problem}")
         return self
 
 

@@ -21,6 +21,7 @@ from starlette.routing import Route
 
 from server.api_models import ErrorBody
 from server.state import AppState
+from session.commands import unstorable
 from session.errors import InvalidInput, ParleyError, TooLarge, Unauthenticated
 
 Handler = Callable[..., Awaitable[BaseModel | None]]
@@ -114,8 +115,9 @@ def route(op: Operation) -> Route:
                 check_admin(request, state)
             kwargs: dict[str, Any] = dict(request.path_params)
             for name, value in kwargs.items():
-                if "\x00" in str(value):
-                    raise InvalidInput(f"{name}: contains a NUL character")
+                problem = unstorable(str(value))
+                if problem is not None:
+                    raise InvalidInput(f"{name}: {problem}")
             for param in op.query:
                 kwargs[param.name] = _query_int(request, param)
             for text in op.query_str:

@@ -112,17 +112,24 @@ def parse_command(frame: str, limits: Limits) -> Command:
         raise CommandError(exc, command_id) from None
 
 
+def unstorable(text: str) -> str | None:
+    """Why a database could not store ``text`` (NUL, lone surrogates), or None if it can.
+
+    Such text is refused as invalid input where it arrives, not when it is written."""
+    if "\x00" in text:
+        return "contains a NUL character"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "is not valid Unicode (a lone surrogate?)"
+    return None
+
+
 def _check_strings(data: dict[str, Any]) -> None:
-    """Text that the database cannot store is refused here, not when it is written."""
     for key, value in data.items():
-        if not isinstance(value, str):
-            continue
-        if "\x00" in value:
-            raise InvalidInput(f"'{key}' contains a NUL character")
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            raise InvalidInput(f"'{key}' is not valid Unicode (a lone surrogate?)") from None
+        problem = unstorable(value) if isinstance(value, str) else None
+        if problem is not None:
+            raise InvalidInput(f"'{key}' {problem}")
 
 
 def _parse(data: dict[str, Any], limits: Limits) -> Command:
