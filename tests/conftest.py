@@ -77,10 +77,15 @@ async def postgres_database() -> AsyncIterator[str]:
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
     if request.param == "sqlite":
-        yield f"sqlite+aiosqlite:///{tmp_path / 'parley.db'}"
+        yield sqlite_url(tmp_path)
         return
     async with postgres_database() as url:
         yield url
+
+
+def sqlite_url(tmp_path: Path, name: str = "parley.db") -> str:
+    """A SQLite database file of one test."""
+    return f"sqlite+aiosqlite:///{tmp_path / name}"
 
 
 def free_port() -> int:
@@ -191,7 +196,7 @@ async def server(database_url: str, tmp_path: Path) -> AsyncIterator[RunningServ
 @pytest.fixture
 async def sqlite_server(tmp_path: Path) -> AsyncIterator[RunningServer]:
     """For tests of behaviour that does not depend on the database."""
-    url = f"sqlite+aiosqlite:///{tmp_path / 'parley.db'}"
+    url = sqlite_url(tmp_path)
     async with serve_in_process(make_settings(url, tmp_path / "data")) as running:
         yield running
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from pycrdt import Array, Map
 
 from session.model import ModelEvent, ModelRequest, TextDelta
-from tests.conftest import RunningServer, make_settings, serve_in_process
+from tests.conftest import RunningServer, make_settings, serve_in_process, sqlite_url
 from tests.yclient import all_replies_settled
 
 
@@ -32,7 +32,7 @@ class GatedProvider:
 async def test_pins_and_facts_reach_every_input(tmp_path: Path) -> None:
     provider = GatedProvider()
     provider.gate.set()
-    url = f"sqlite+aiosqlite:///{tmp_path / 'p.db'}"
+    url = sqlite_url(tmp_path)
     async with serve_in_process(make_settings(url, tmp_path / "d"), provider) as server:
         sid = await server.new_session({"alice": "editor", "vera": "viewer"})
         alice = await server.connect(sid, "alice")
@@ -76,7 +76,7 @@ async def test_pins_and_facts_reach_every_input(tmp_path: Path) -> None:
 
 async def test_the_preview_is_what_the_model_receives(tmp_path: Path) -> None:
     provider = GatedProvider()
-    url = f"sqlite+aiosqlite:///{tmp_path / 'p.db'}"
+    url = sqlite_url(tmp_path)
     async with serve_in_process(make_settings(url, tmp_path / "d"), provider) as server:
         sid = await server.new_session({"alice": "editor", "bob": "editor", "olga": "owner"})
         alice = await server.connect(sid, "alice")

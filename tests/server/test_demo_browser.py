@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import REPO_ROOT, RunningServer, make_settings, serve_in_process
+from tests.conftest import REPO_ROOT, RunningServer, make_settings, serve_in_process, sqlite_url
 
 pytestmark = pytest.mark.node
 
@@ -78,7 +78,7 @@ async def test_demo_in_three_browsers(tmp_path: Path) -> None:
 
     await asyncio.to_thread(_build_demo)
 
-    url = f"sqlite+aiosqlite:///{tmp_path / 'parley.db'}"
+    url = sqlite_url(tmp_path)
     settings = make_settings(url, tmp_path / "d", offline_token_delay_ms=20)
     async with serve_in_process(settings) as server, async_playwright() as pw:
         browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)

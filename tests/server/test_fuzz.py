@@ -49,7 +49,7 @@ from hypothesis import strategies as st
 from pycrdt import Array, Doc, Map, Text
 
 from session.yprotocol import SyncType, encode_sync
-from tests.conftest import RunningServer, make_settings, serve_in_process
+from tests.conftest import RunningServer, make_settings, serve_in_process, sqlite_url
 from tests.yclient import YClient
 
 T = TypeVar("T")
@@ -910,7 +910,7 @@ def _short(value: Any) -> str:
 
 
 async def test_hostile_frames_are_refused_cleanly(tmp_path: Path) -> None:
-    url = f"sqlite+aiosqlite:///{tmp_path / 'parley.db'}"
+    url = sqlite_url(tmp_path)
     settings = make_settings(url, tmp_path / "data", max_ws_message_bytes=MAX_WS_BYTES, **UNLIMITED)
     errors = ErrorLog()
     async with serve_in_process(settings) as server:

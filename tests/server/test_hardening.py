@@ -12,12 +12,8 @@ import websockets
 
 from session.model import ModelEvent, ModelRequest, TextDelta
 from session.yprotocol import SyncType, encode_sync
-from tests.conftest import RunningServer, make_settings, serve_in_process
+from tests.conftest import RunningServer, make_settings, serve_in_process, sqlite_url
 from tests.yclient import all_replies_settled
-
-
-def sqlite_url(tmp_path: Path) -> str:
-    return f"sqlite+aiosqlite:///{tmp_path / 'p.db'}"
 
 
 async def close_code(url: str, **kwargs: object) -> int | None:
@@ -41,7 +37,7 @@ async def test_browser_origins_are_checked_at_the_handshake(tmp_path: Path) -> N
         assert await close_code(url, origin=server.base_url) is None  # same host: stays open
         assert await close_code(url) is None  # no Origin: not a browser
     settings = make_settings(
-        sqlite_url(tmp_path).replace("p.db", "q.db"),
+        sqlite_url(tmp_path, "q.db"),
         tmp_path / "e",
         allowed_origins=["https://app.example"],
     )
@@ -178,7 +174,7 @@ async def test_cors_only_where_configured(tmp_path: Path) -> None:
         plain = await http.options("/api/v1/sessions", headers=preflight)
         assert "access-control-allow-origin" not in plain.headers
     settings = make_settings(
-        sqlite_url(tmp_path).replace("p.db", "c.db"),
+        sqlite_url(tmp_path, "c.db"),
         tmp_path / "e",
         cors_origins=["https://admin.example"],
     )

@@ -22,6 +22,7 @@ from tests.conftest import (
     make_settings,
     postgres_database,
     serve_in_process,
+    sqlite_url,
 )
 from tests.yclient import YClient, all_replies_settled
 
@@ -46,7 +47,7 @@ async def connect(node: ServerProcess, http: httpx.AsyncClient, sid: str, user: 
 async def test_sigterm_drains_then_the_queue_resumes(
     tmp_path: Path, server_processes: list[ServerProcess]
 ) -> None:
-    url = f"sqlite+aiosqlite:///{tmp_path / 'p.db'}"
+    url = sqlite_url(tmp_path)
     node = ServerProcess(
         url,
         tmp_path / "d",

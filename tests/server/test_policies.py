@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import RunningServer, make_settings, serve_in_process
+from tests.conftest import RunningServer, make_settings, serve_in_process, sqlite_url
 from tests.yclient import YClient
 
 CLIENTS = 50
@@ -46,7 +46,7 @@ async def loaded(database_url: str, tmp_path: Path) -> AsyncIterator[RunningServ
 async def loaded_sqlite(tmp_path: Path) -> AsyncIterator[RunningServer]:
     """SQLite only: the storage path is the same for every policy, and the queue test
     already runs this load on PostgreSQL; this keeps the suite's time in bounds."""
-    async with loaded_server(f"sqlite+aiosqlite:///{tmp_path / 'p.db'}", tmp_path) as server:
+    async with loaded_server(sqlite_url(tmp_path), tmp_path) as server:
         yield server
 
 

@@ -17,7 +17,7 @@ from sqlalchemy import func, select
 
 from server.db import create_engine
 from server.tables import doc_snapshots
-from tests.conftest import ADMIN_KEY, ServerProcess, free_port
+from tests.conftest import ADMIN_KEY, ServerProcess, free_port, sqlite_url
 from tests.stock_client import StockYjsClient, ensure_node_modules
 from tests.yclient import YClient, all_replies_settled
 
@@ -160,7 +160,7 @@ async def test_stock_yjs_client_stays_connected_across_restart(
     tmp_path: Path, server_processes: list[ServerProcess]
 ) -> None:
     await asyncio.to_thread(ensure_node_modules)
-    url = f"sqlite+aiosqlite:///{tmp_path / 'parley.db'}"
+    url = sqlite_url(tmp_path)
     node = ServerProcess(url, tmp_path / "data", free_port(), PARLEY_OFFLINE_TOKEN_DELAY_MS="5")
     server_processes.append(node)
     await node.start()

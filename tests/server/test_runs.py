@@ -10,7 +10,7 @@ from pathlib import Path
 from pycrdt import Map
 
 from session.model import ModelEvent, ModelRequest, TextDelta
-from tests.conftest import RunningServer, make_settings, serve_in_process
+from tests.conftest import RunningServer, make_settings, serve_in_process, sqlite_url
 from tests.yclient import YClient, all_replies_settled
 
 
@@ -65,7 +65,7 @@ async def test_cancel_closes_the_model_stream_quickly(database_url: str, tmp_pat
 
 async def test_a_run_past_its_time_limit_fails_and_the_queue_moves_on(tmp_path: Path) -> None:
     provider = EndlessProvider()
-    url = f"sqlite+aiosqlite:///{tmp_path / 'p.db'}"
+    url = sqlite_url(tmp_path)
     settings = make_settings(url, tmp_path / "d", run_timeout_s=0.3)
     async with serve_in_process(settings, provider) as server:
         sid = await server.new_session({"alice": "editor"})
@@ -81,7 +81,7 @@ async def test_a_run_past_its_time_limit_fails_and_the_queue_moves_on(tmp_path: 
 
 async def test_the_queue_root_shows_waiting_prompts_in_run_order(tmp_path: Path) -> None:
     provider = EndlessProvider()
-    url = f"sqlite+aiosqlite:///{tmp_path / 'p.db'}"
+    url = sqlite_url(tmp_path)
     async with serve_in_process(make_settings(url, tmp_path / "d"), provider) as server:
         sid = await server.new_session({"alice": "editor", "bob": "editor", "olga": "owner"})
         alice = await server.connect(sid, "alice")
@@ -142,7 +142,7 @@ async def test_policy_over_rest(sqlite_server: RunningServer) -> None:
 
 async def test_reject_names_the_running_prompt(tmp_path: Path) -> None:
     provider = EndlessProvider()
-    url = f"sqlite+aiosqlite:///{tmp_path / 'p.db'}"
+    url = sqlite_url(tmp_path)
     async with serve_in_process(make_settings(url, tmp_path / "d"), provider) as server:
         response = await server.http.post("/api/v1/sessions", json={"policy": "reject"})
         sid = response.json()["id"]
@@ -164,7 +164,7 @@ async def test_reject_names_the_running_prompt(tmp_path: Path) -> None:
 
 async def test_queue_limits_refuse_with_queue_full_and_store_nothing(tmp_path: Path) -> None:
     provider = EndlessProvider()
-    url = f"sqlite+aiosqlite:///{tmp_path / 'p.db'}"
+    url = sqlite_url(tmp_path)
     settings = make_settings(url, tmp_path / "d", max_pending_per_user=2, max_pending_per_session=3)
     async with serve_in_process(settings, provider) as server:
         sid = await server.new_session({"alice": "editor", "bob": "editor"})

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import RunningServer, make_settings, serve_in_process
+from tests.conftest import RunningServer, make_settings, serve_in_process, sqlite_url
 from tests.stock_client import StockYjsClient, ensure_node_modules
 from tests.yclient import all_replies_settled
 
@@ -16,7 +16,7 @@ pytestmark = pytest.mark.node
 
 async def test_stock_client_sees_the_stream_and_cannot_write(tmp_path: Path) -> None:
     await asyncio.to_thread(ensure_node_modules)
-    url = f"sqlite+aiosqlite:///{tmp_path / 'parley.db'}"
+    url = sqlite_url(tmp_path)
     settings = make_settings(url, tmp_path / "data", offline_token_delay_ms=20)
     async with serve_in_process(settings) as server:
         await _scenario(server)
