@@ -11,7 +11,9 @@
     │   ├── Busy                     busy        409
     │   └── QueueFull                queue_full  429
     ├── RateLimited                  rate_limited 429
-    └── Unavailable                  unavailable 503   1013
+    │   └── QuotaExceeded            quota_exceeded 429
+    ├── Unavailable                  unavailable 503   1013
+    └── ProviderError                provider_error 502 (a run fails with it; never fatal)
 
 The WebSocket layer sends non-fatal errors as JSON error replies and keeps the socket open;
 only errors a retry cannot fix close with a 44xx code (stock Yjs clients stop reconnecting).
@@ -34,6 +36,8 @@ class ErrorCode(StrEnum):
     QUEUE_FULL = "queue_full"
     RATE_LIMITED = "rate_limited"
     UNAVAILABLE = "unavailable"
+    QUOTA_EXCEEDED = "quota_exceeded"
+    PROVIDER_ERROR = "provider_error"
     INTERNAL = "internal"
 
 
@@ -99,3 +103,29 @@ class RateLimited(ParleyError):
 class Unavailable(ParleyError):
     code = ErrorCode.UNAVAILABLE
     http_status = 503
+
+
+class QuotaExceeded(RateLimited):
+    code = ErrorCode.QUOTA_EXCEEDED
+
+
+class ProviderError(ParleyError):
+    """The model provider failed. ``retryable`` says whether the same call may succeed
+    later (429, 5xx, a dropped connection); ``retry_after_s`` is the provider's own hint.
+    The message never contains credentials."""
+
+    code = ErrorCode.PROVIDER_ERROR
+    http_status = 502
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retryable: bool = False,
+        status: int | None = None,
+        retry_after_s: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+        self.status = status
+        self.retry_after_s = retry_after_s

@@ -1,29 +1,61 @@
 """What a model call is given and what it yields: the provider port's vocabulary.
 
 Providers (``server/providers``) turn a ``ModelRequest`` into an async stream of
-``ModelEvent``; closing the stream must stop the upstream call.
+``ModelEvent``; closing the stream must stop the upstream call. Providers render this
+vocabulary into their wire format; they add nothing to the content, so what the context
+preview shows is what the model is given.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from typing import Literal, Protocol
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class ToolSpec:
+    """A tool offered to the model: ``parameters`` is a JSON Schema object."""
+
+    name: str
+    description: str
+    parameters: Mapping[str, Any] = field(default_factory=lambda: {"type": "object"})
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """The model asks for a tool. ``arguments`` is the JSON text the model wrote (it may be
+    invalid JSON: the tool loop answers that with an error result, it does not crash)."""
+
+    id: str
+    name: str
+    arguments: str
 
 
 @dataclass(frozen=True, slots=True)
 class ModelMessage:
-    role: Literal["user", "assistant"]
+    """One message of the conversation.
+
+    ``user``: a member's message (``author``; ``authors`` when duplicates were folded).
+    ``assistant``: the model's earlier output, with the ``tool_calls`` it made.
+    ``tool``: the result of the tool call ``tool_call_id`` (``is_error`` when it failed).
+    """
+
+    role: Literal["user", "assistant", "tool"]
     content: str
-    author: str | None = None  # the member who wrote a user message (the latest, if several)
-    authors: tuple[str, ...] = ()  # everyone who said it, when duplicates were folded
+    author: str | None = None
+    authors: tuple[str, ...] = ()
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str | None = None
+    is_error: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class ModelRequest:
     """One model call. ``answering`` indexes the messages this call answers (the run's
     prompts, several when a coalesced run answers them together); ``issuers`` are their
-    authors, in order."""
+    authors, in order. ``purpose`` is ``summary`` for the audited calls that condense old
+    turns. ``model`` names the model when the provider serves several (None: its default)."""
 
     session_id: str
     issuers: tuple[str, ...]
@@ -31,6 +63,9 @@ class ModelRequest:
     messages: tuple[ModelMessage, ...]
     answering: tuple[int, ...]
     max_output_tokens: int = 1024
+    tools: tuple[ToolSpec, ...] = ()
+    purpose: Literal["reply", "summary"] = "reply"
+    model: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,10 +81,12 @@ class Usage:
 
 @dataclass(frozen=True, slots=True)
 class Finish:
+    """Why the model stopped: ``stop``, ``length``, ``tool_calls`` or a provider's word."""
+
     reason: str = "stop"
 
 
-ModelEvent = TextDelta | Usage | Finish
+ModelEvent = TextDelta | ToolCall | Usage | Finish
 
 
 class ModelProvider(Protocol):
@@ -58,5 +95,7 @@ class ModelProvider(Protocol):
     name: str
 
     def stream(self, request: ModelRequest) -> AsyncIterator[ModelEvent]:
-        """Yield events for one call. Closing the iterator (``aclose``) cancels the call."""
+        """Yield events for one call. Closing the iterator (``aclose``) cancels the call.
+
+        Raises ``session.errors.ProviderError`` for a failure the provider could name."""
         ...
