@@ -133,7 +133,7 @@ class PinsOut(Strict):
 
 
 class PreviewMessage(Strict):
-    role: Literal["user", "assistant"]
+    role: Literal["user", "assistant", "tool"]
     author: str | None
     authors: list[str] = Field(description="Everyone who said it, when duplicates were folded")
     content: str

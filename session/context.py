@@ -18,8 +18,8 @@ spent; older turns are left out and counted in one note.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 
 from session.dedup import NearDuplicateIndex, blocks, minhash, normalise
 from session.lifecycle import PromptStatus, ReplyStatus
@@ -77,21 +77,38 @@ class _Item:
     note: list[str] = field(default_factory=list)
 
 
-def _visible(entries: Sequence[Entry], prompt_ids: Sequence[str]) -> list[tuple[Entry, bool]]:
+WithheldReason = Callable[[Entry], str | None]
+"""A read scope: None when the run's issuers may read the entry, else why they may not."""
+
+
+def _visible(
+    entries: Sequence[Entry],
+    prompt_ids: Sequence[str],
+    withheld: WithheldReason | None,
+    private_text: Mapping[str, str],
+    excluded: list[Excluded],
+) -> list[tuple[Entry, bool]]:
     wanted = set(prompt_ids)
     seen: list[tuple[Entry, bool]] = []
     for entry in entries:
         if prompt_ids and not wanted:
             break
-        if entry.id in wanted:
+        answering = entry.id in wanted
+        if answering:
             wanted.discard(entry.id)
-            seen.append((entry, True))
-        elif (
+        elif not (
             (entry.kind is EntryKind.MESSAGE and entry.status == MESSAGE_STATUS)
             or (entry.kind is EntryKind.PROMPT and entry.status == PromptStatus.DONE)
             or (entry.kind is EntryKind.REPLY and entry.status == ReplyStatus.DONE)
         ):
-            seen.append((entry, False))
+            continue
+        reason = None if withheld is None else withheld(entry)
+        if reason is not None:
+            excluded.append(Excluded(entry.id, f"withheld: {reason}"))
+            continue
+        if entry.id in private_text:
+            entry = replace(entry, content=private_text[entry.id])
+        seen.append((entry, answering))
     if wanted:
         raise KeyError(sorted(wanted))
     return seen
@@ -190,13 +207,22 @@ def build_context(
     pins: Sequence[str] = (),
     settings: ContextSettings | None = None,
     max_output_tokens: int = 1024,
+    withheld: WithheldReason | None = None,
+    private_text: Mapping[str, str] | None = None,
 ) -> BuiltContext:
-    """The model input for a run answering ``prompt_ids`` (none: the history alone)."""
+    """The model input for a run answering ``prompt_ids`` (none: the history alone).
+
+    ``withheld`` is the issuers' read scope: an entry it names a reason for is left out
+    (and listed as withheld), pinned or not. ``private_text`` holds the server-side text
+    of entries whose shared copy is a placeholder; it replaces the placeholder for entries
+    the scope may read."""
     settings = settings or ContextSettings()
-    visible = _visible(entries, prompt_ids)
+    withheld_items: list[Excluded] = []
+    visible = _visible(entries, prompt_ids, withheld, private_text or {}, withheld_items)
     by_id = {entry.id: entry for entry, _ in visible}
     pinned = [by_id[p] for p in pins if p in by_id]
     items, excluded = _fold(visible, {p.id for p in pinned}, settings)
+    excluded = withheld_items + excluded
 
     system = _system_text(facts or {}, pinned)
     system_tokens = count_tokens(system)

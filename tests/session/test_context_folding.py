@@ -131,3 +131,28 @@ def test_the_budget_is_never_exceeded_and_the_build_is_deterministic(
     assert again == built
     included = {m.content for m in built.request.messages}
     assert "sum it up" in included
+
+
+def test_withheld_entries_are_left_out_and_listed_and_private_text_replaces_placeholders() -> None:
+    entries = [
+        msg(1, "alice", "the secret plan is to launch on friday"),
+        msg(2, "bob", "[restricted]"),
+        prompt(3, "carol", "what did everyone say?"),
+    ]
+
+    def scope(entry: Entry) -> str | None:
+        return "bob's document" if entry.id == "e1" else None
+
+    built = build_context(
+        session_id="s",
+        entries=entries,
+        prompt_ids=["e3"],
+        pins=["e1"],
+        withheld=scope,
+        private_text={"e2": "the passage bob's tool read"},
+    )
+    sent = built.request.system + "".join(m.content for m in built.request.messages)
+    assert "secret plan" not in sent
+    assert "the passage bob's tool read" in sent
+    assert "[restricted]" not in sent
+    assert ("e1", "withheld: bob's document") in [(x.entry_id, x.reason) for x in built.excluded]
