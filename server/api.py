@@ -18,6 +18,7 @@ from server.api_models import (
     PinsOut,
     PreviewExcluded,
     PreviewMessage,
+    PreviewSummary,
     SessionCreate,
     SessionList,
     SessionOut,
@@ -235,6 +236,15 @@ async def preview_context(state: AppState, session_id: str, user_id: str) -> Con
         ],
         excluded=[PreviewExcluded(entry_id=x.entry_id, reason=x.reason) for x in built.excluded],
         notes=built.notes,
+        summary=None
+        if built.summary is None
+        else PreviewSummary(
+            id=built.summary.id,
+            from_seq=built.summary.from_seq,
+            to_seq=built.summary.to_seq,
+            entries=len(built.summary.covers),
+            tokens=built.summary.tokens,
+        ),
     )
 
 

@@ -146,6 +146,14 @@ class PreviewExcluded(Strict):
     reason: str
 
 
+class PreviewSummary(Strict):
+    id: str
+    from_seq: int
+    to_seq: int
+    entries: int = Field(description="How many transcript entries it stands for")
+    tokens: int
+
+
 class ContextPreview(Strict):
     user_id: str
     prompt_ids: list[str] = Field(description="The prompts the call answers (none: history)")
@@ -157,3 +165,6 @@ class ContextPreview(Strict):
     messages: list[PreviewMessage]
     excluded: list[PreviewExcluded] = Field(description="Left out, and why")
     notes: dict[str, str] = Field(description="Entry id -> what was folded into it")
+    summary: PreviewSummary | None = Field(
+        description="The summary of older turns given in the system text, if any"
+    )

@@ -45,6 +45,15 @@ class Metrics:
             "Sockets dropped because their send buffer was full",
             registry=r,
         )
+        self.summaries = Counter(
+            "parley_summaries", "Summary calls, by outcome", ["status"], registry=r
+        )
+        self.context_build = Histogram(
+            "parley_context_build_seconds",
+            "Building one model input",
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+            registry=r,
+        )
         self.runs = Counter("parley_runs", "Finished runs, by outcome", ["status"], registry=r)
         self.reply_chars = Histogram(
             "parley_reply_chars", "Length of finished replies", buckets=LENGTH_BUCKETS, registry=r

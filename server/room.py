@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,7 +28,7 @@ from session.commands import (
     Limits,
     check_fact,
 )
-from session.context import BuiltContext, ContextSettings, build_context
+from session.context import BuiltContext, ContextBuilder, ContextSettings, WithheldReason
 from session.errors import Forbidden, NotFound, TooLarge, Unavailable
 from session.lifecycle import PromptStatus, ReplyStatus
 from session.model import Usage
@@ -36,6 +36,7 @@ from session.presence import Presence
 from session.queue import OrderingQueue, PendingPrompt, Policy, QueueLimits, Run
 from session.ratelimit import Rate, TokenBucket
 from session.schema import MESSAGE_STATUS, EntryKind, QueuedItem, SessionDocument
+from session.summary import Summary, SummaryPlan, plan_extension
 from session.yprotocol import (
     DeleteSet,
     SyncType,
@@ -103,6 +104,8 @@ class SessionRoom:
         self._since_snapshot = 0
         self._deletes: DeleteSet | None = None
         self._subscription: Any = None
+        self._builder = ContextBuilder(self.context_settings())
+        self.summaries: list[Summary] = []
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
@@ -112,6 +115,7 @@ class SessionRoom:
     async def load(self, title: str, policy: Policy) -> None:
         """Restore the document from its update log and the queue from the entries table."""
         await self._load_doc()
+        self.summaries = await self.store.load_summaries(self.session_id)
         self.members = {
             m.user_id: Role(m.role) for m in await self.store.list_members(self.session_id)
         }
@@ -395,17 +399,65 @@ class SessionRoom:
             min_block_lines=self.settings.min_block_lines,
         )
 
-    def context_for(self, prompt_ids: Sequence[str]) -> BuiltContext:
-        """What a model call answering ``prompt_ids`` is given (none: the history alone)."""
-        return build_context(
+    def context_for(
+        self,
+        prompt_ids: Sequence[str],
+        *,
+        withheld: WithheldReason | None = None,
+        private_text: Mapping[str, str] | None = None,
+        scope_key: str = "members",
+    ) -> BuiltContext:
+        """What a model call answering ``prompt_ids`` is given (none: the history alone).
+
+        The room keeps its builder, so each build folds only what changed since the last."""
+        settings = self.context_settings()
+        if self._builder.settings != settings:
+            self._builder = ContextBuilder(settings)
+        started = time.perf_counter()
+        built = self._builder.build(
             session_id=self.session_id,
             entries=self.doc.entries(),
             prompt_ids=prompt_ids,
             facts=self.doc.fact_map(),
             pins=self.doc.pinned(),
-            settings=self.context_settings(),
             max_output_tokens=self.settings.max_output_tokens,
+            withheld=withheld,
+            private_text=private_text,
+            scope_key=scope_key,
+            summaries=self.summaries,
         )
+        self.metrics.context_build.observe(time.perf_counter() - started)
+        return built
+
+    def summary_plan(self) -> SummaryPlan | None:
+        """The turns to summarise next, from what every member may read; None: nothing yet.
+
+        Every entry in the shared document is readable by every member today, so the shared
+        scope is the whole history."""
+        if not self.settings.summaries:
+            return None
+        built = self.context_for((), scope_key="summary")
+        previous = self.summaries[-1] if self.summaries else None
+        return plan_extension(
+            built.dropped,
+            previous,
+            min_tokens=self.settings.summary_min_tokens,
+            max_input_tokens=max(built.budget // 2, 1),
+        )
+
+    async def add_summary(
+        self, summary: Summary, added: frozenset[str], model: str, usage: Usage | None
+    ) -> None:
+        await self.store.add_summary(
+            self.session_id,
+            summary,
+            added=added,
+            model=model,
+            input_tokens=0 if usage is None else usage.input_tokens,
+            output_tokens=0 if usage is None else usage.output_tokens,
+            now=self.now_ms(),
+        )
+        self.summaries.append(summary)
 
     def _may_prompt(self, user_id: str) -> bool:
         role = self.members.get(user_id)

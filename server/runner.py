@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 
 from server.room import ActiveRun, SessionRoom
+from server.summarise import Summariser
 from session.errors import Unavailable
 from session.lifecycle import PromptStatus, ReplyStatus
 from session.model import ModelProvider, ModelRequest, TextDelta, Usage
@@ -41,11 +42,13 @@ class SessionRunner:
         self.provider = provider
         self.run_timeout_s = run_timeout_s
         self.task: asyncio.Task[None] | None = None
+        self.summariser = Summariser(room, provider, run_timeout_s)
 
     def start(self) -> None:
         self.task = asyncio.create_task(self._loop(), name=f"runner:{self.room.session_id}")
 
     async def stop(self) -> None:
+        await self.summariser.stop()
         if self.task is not None:
             self.task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -63,6 +66,7 @@ class SessionRunner:
             try:
                 await self._run(run)
                 failures = 0
+                self.summariser.poke()
             except Unavailable:
                 delay = RETRY_DELAYS_S[min(failures, len(RETRY_DELAYS_S) - 1)]
                 failures += 1

@@ -33,6 +33,14 @@ class Settings(BaseSettings):
     min_block_lines: int = 4
     max_pins: int = 50
     max_facts: int = 100
+    summaries: bool = Field(
+        default=True, description="Summarise turns that no longer fit, with the model"
+    )
+    summary_min_tokens: int = Field(
+        default=1024, ge=1, description="Turns out of the budget worth a summary call"
+    )
+    summary_max_output_tokens: int = Field(default=768, ge=16)
+    summary_calls_per_run: int = Field(default=4, ge=1, description="At most, after one run")
 
     # Queue
     max_pending_per_user: int = 5

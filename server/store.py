@@ -6,6 +6,7 @@ it) go through ``Store.transaction()``; everything a caller acknowledges has bee
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -15,8 +16,10 @@ from sqlalchemy import and_, delete, func, insert, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from server.tables import doc_snapshots, doc_updates, entries, members, sessions
+from server.tables import doc_snapshots, doc_updates, entries, members, sessions, summaries
 from session.errors import Unavailable
+from session.summary import Summary
+from session.tokens import count_tokens
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,7 +253,7 @@ class Store:
     async def delete_session(self, session_id: str) -> bool:
         async with self.transaction() as tx:
             # Children first: SQLite enforces ON DELETE CASCADE only with the pragma on.
-            for table in (doc_snapshots, doc_updates, entries, members):
+            for table in (summaries, doc_snapshots, doc_updates, entries, members):
                 await tx.connection.execute(delete(table).where(table.c.session_id == session_id))
             result = await tx.connection.execute(
                 delete(sessions).where(sessions.c.id == session_id)
@@ -360,3 +363,65 @@ class Store:
             updates=updates,
             updates_since_snapshot=len(updates),
         )
+
+    # -- summaries ------------------------------------------------------------------------
+
+    async def add_summary(
+        self,
+        session_id: str,
+        summary: Summary,
+        *,
+        added: frozenset[str],
+        model: str,
+        input_tokens: int,
+        output_tokens: int,
+        now: int,
+    ) -> None:
+        """Store ``summary``, which extends the session's newest by the entries ``added``."""
+        async with self.transaction() as tx:
+            ordinal = (
+                await tx.connection.execute(
+                    select(func.coalesce(func.max(summaries.c.ordinal), 0)).where(
+                        summaries.c.session_id == session_id
+                    )
+                )
+            ).scalar_one()
+            await tx.connection.execute(
+                insert(summaries).values(
+                    id=summary.id,
+                    session_id=session_id,
+                    ordinal=int(ordinal) + 1,
+                    from_seq=summary.from_seq,
+                    to_seq=summary.to_seq,
+                    covers=json.dumps(sorted(added)),
+                    text=summary.text,
+                    model=model,
+                    input_tokens=input_tokens,
+                    output_tokens=output_tokens,
+                    created_at=now,
+                )
+            )
+
+    async def load_summaries(self, session_id: str) -> list[Summary]:
+        """The session's summaries, oldest first, each with everything it covers."""
+        async with self._read() as connection:
+            rows = await connection.execute(
+                select(summaries)
+                .where(summaries.c.session_id == session_id)
+                .order_by(summaries.c.ordinal)
+            )
+            found: list[Summary] = []
+            covers: frozenset[str] = frozenset()
+            for row in rows:
+                covers = covers | frozenset(json.loads(row.covers))
+                found.append(
+                    Summary(
+                        id=row.id,
+                        from_seq=row.from_seq,
+                        to_seq=row.to_seq,
+                        covers=covers,
+                        text=row.text,
+                        tokens=count_tokens(row.text),
+                    )
+                )
+        return found

@@ -84,3 +84,22 @@ doc_snapshots = Table(
     Column("last_update_id", BigInteger, nullable=False),
     Column("created_at", BigInteger, nullable=False),
 )
+
+# Rolling summaries of older turns, made by the model from what every member may read.
+# Each row extends the previous one; ``covers`` lists the entry ids it added (JSON).
+summaries = Table(
+    "summaries",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("session_id", String(64), ForeignKey("sessions.id", ondelete="CASCADE"), nullable=False),
+    Column("ordinal", Integer, nullable=False),
+    Column("from_seq", BigInteger, nullable=False),
+    Column("to_seq", BigInteger, nullable=False),
+    Column("covers", Text, nullable=False),
+    Column("text", Text, nullable=False),
+    Column("model", String(200), nullable=False),
+    Column("input_tokens", Integer, nullable=False),
+    Column("output_tokens", Integer, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    UniqueConstraint("session_id", "ordinal", name="uq_summaries_session_ordinal"),
+)

@@ -91,6 +91,17 @@ class NearDuplicateIndex:
         for band in range(BANDS):
             self._buckets.setdefault(self._band(signature, band), []).append(key)
 
+    def remove_last(self, key: str) -> None:
+        """Undo the latest ``add``, which must have been of ``key``."""
+        signature = self._signatures.pop(key)
+        for band in range(BANDS):
+            bucket_key = self._band(signature, band)
+            bucket = self._buckets[bucket_key]
+            assert bucket[-1] == key, "remove_last must undo the latest add"
+            bucket.pop()
+            if not bucket:
+                del self._buckets[bucket_key]
+
     @staticmethod
     def _band(signature: tuple[int, ...], band: int) -> tuple[int, tuple[int, ...]]:
         return band, signature[band * ROWS : (band + 1) * ROWS]

@@ -40,6 +40,30 @@ def compose_reply(request: ModelRequest) -> str:
     )
 
 
+SUMMARY_LINE_WORDS = 24
+
+
+def compose_summary(request: ModelRequest) -> str:
+    """An extractive summary: the previous one's lines, then the opening words of each new
+    message with its number and author, trimmed from the oldest line to the output limit."""
+    content = request.messages[-1].content if request.messages else ""
+    previous, _, new = content.partition("New messages:\n")
+    lines = [
+        line
+        for line in previous.removeprefix("Previous summary:\n").strip().split("\n")
+        if line.strip()
+    ]
+    for line in new.split("\n"):
+        words = line.split()
+        if not words:
+            continue
+        short = " ".join(words[:SUMMARY_LINE_WORDS])
+        lines.append(short if len(words) <= SUMMARY_LINE_WORDS else short + " \u2026")
+    while len(lines) > 1 and count_tokens("\n".join(lines)) > request.max_output_tokens:
+        lines.pop(0)
+    return "\n".join(lines)
+
+
 def count_tokens(text: str) -> int:
     return len(_WORD.findall(text))
 
@@ -51,7 +75,7 @@ class OfflineProvider:
         self.token_delay_s = token_delay_s
 
     async def stream(self, request: ModelRequest) -> AsyncIterator[ModelEvent]:
-        reply = compose_reply(request)
+        reply = compose_summary(request) if request.purpose == "summary" else compose_reply(request)
         tokens = _WORD.findall(reply)
         for token in tokens:
             if self.token_delay_s > 0:

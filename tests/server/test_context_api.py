@@ -99,10 +99,11 @@ async def test_the_preview_is_what_the_model_receives(tmp_path: Path) -> None:
         ).json()
         assert preview["prompt_ids"] == [waiting["prompt_id"]]
         contents = [m["content"] for m in preview["messages"]]
-        assert "is PROD down?\n(asked by alice and olga)" in contents
+        assert "[alice and olga each wrote]\nis PROD down?" in contents
         # The log pasted twice is given once (as a folded near-duplicate or a block reference).
         assert sum(c.count("worker crashed") for c in contents) == 6
-        assert preview["messages"][-1]["answering"] and contents[-1] == "what happened?"
+        assert preview["messages"][-1]["answering"]
+        assert contents[-1] == "[bob asks you]\nwhat happened?"
         assert preview["tokens"] == preview["system_tokens"] + sum(
             m["tokens"] for m in preview["messages"]
         )

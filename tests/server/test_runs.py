@@ -110,7 +110,8 @@ async def test_the_queue_root_shows_waiting_prompts_in_run_order(tmp_path: Path)
         assert len(provider.requests) == 2
         second = provider.requests[1]
         assert second.issuers == ("alice", "bob")
-        assert [second.messages[i].content for i in second.answering] == ["a2", "a3", "b1"]
+        answered = [second.messages[i].content for i in second.answering]
+        assert answered == ["[alice asks you]\na2", "[alice asks you]\na3", "[bob asks you]\nb1"]
         assert olga.queue.to_py() == []
         assert olga.doc.get("meta", type=Map).to_py()["policy"] == "coalesce"
         a2 = next(e["id"] for e in olga.entries() if e["content"] == "a2")

@@ -41,6 +41,14 @@ def busy_session() -> SessionDocument:
     return doc
 
 
+def wrote(text: str, author: str) -> ModelMessage:
+    return ModelMessage("user", f"[{author} wrote]\n{text}", author)
+
+
+def asks(text: str, author: str) -> ModelMessage:
+    return ModelMessage("user", f"[{author} asks you]\n{text}", author)
+
+
 def request_for(doc: SessionDocument, *prompt_ids: str, **kwargs: Any) -> ModelRequest:
     return build_request(session_id="s1", entries=doc.entries(), prompt_ids=prompt_ids, **kwargs)
 
@@ -49,11 +57,11 @@ def test_a_run_sees_the_answered_prefix_with_authors_and_its_prompt_last() -> No
     doc = busy_session()
     request = request_for(doc, "p7")
     assert request.messages == (
-        ModelMessage("user", "Context: we ship Friday.", "bob"),
-        ModelMessage("user", "Summarise.", "alice"),
+        wrote("Context: we ship Friday.", "bob"),
+        wrote("Summarise.", "alice"),
         ModelMessage("assistant", "Shipping Friday."),
-        ModelMessage("user", "Also: no deploys.", "carol"),
-        ModelMessage("user", "Target question", "alice"),
+        wrote("Also: no deploys.", "carol"),
+        asks("Target question", "alice"),
     )
     assert request.answering == (4,)
     assert request.session_id == "s1"
@@ -67,7 +75,7 @@ def test_the_running_prompt_itself_is_what_the_run_answers() -> None:
     doc.start_reply(prompt_ids=["p7"], reply_id="r7", author="model", created_at=20)
     doc.append_reply_text("r7", "streaming...")
     request = request_for(doc, "p7")
-    assert request.messages[-1] == ModelMessage("user", "Target question", "alice")
+    assert request.messages[-1] == asks("Target question", "alice")
     assert all(m.content != "streaming..." for m in request.messages)
 
 
@@ -75,8 +83,8 @@ def test_queued_prompts_before_the_target_are_skipped() -> None:
     doc = busy_session()
     request = request_for(doc, "p8")
     contents = [m.content for m in request.messages]
-    assert "Target question" not in contents  # still queued
-    assert contents[-1] == "Later ask"
+    assert not any("Target question" in c for c in contents)  # still queued
+    assert contents[-1] == "[bob asks you]\nLater ask"
     assert request.issuers == ("bob",)
 
 
@@ -93,12 +101,12 @@ def test_a_coalesced_run_answers_its_prompts_in_story_order() -> None:
     doc = busy_session()
     request = request_for(doc, "p8", "p7")  # the order asked for does not matter
     assert request.messages == (
-        ModelMessage("user", "Context: we ship Friday.", "bob"),
-        ModelMessage("user", "Summarise.", "alice"),
+        wrote("Context: we ship Friday.", "bob"),
+        wrote("Summarise.", "alice"),
         ModelMessage("assistant", "Shipping Friday."),
-        ModelMessage("user", "Also: no deploys.", "carol"),
-        ModelMessage("user", "Target question", "alice"),
-        ModelMessage("user", "Later ask", "bob"),
+        wrote("Also: no deploys.", "carol"),
+        asks("Target question", "alice"),
+        asks("Later ask", "bob"),
     )
     assert request.answering == (4, 5)
     assert request.issuers == ("alice", "bob")
@@ -112,9 +120,9 @@ def test_a_message_between_coalesced_prompts_is_seen() -> None:
     doc.add_prompt(id="p3", seq=3, author="alice", text="two", created_at=3)
     request = request_for(doc, "p1", "p3")
     assert request.messages == (
-        ModelMessage("user", "one", "alice"),
-        ModelMessage("user", "fyi", "bob"),
-        ModelMessage("user", "two", "alice"),
+        asks("one", "alice"),
+        wrote("fyi", "bob"),
+        asks("two", "alice"),
     )
     assert request.answering == (0, 2)
     assert request.issuers == ("alice",)  # each author once
@@ -186,7 +194,7 @@ def test_a_run_sees_only_finished_work_before_its_prompt(case: tuple[list[Entry]
     request = build_request(session_id="s", entries=entries, prompt_ids=[f"e{target}"])
     *history, last = request.messages
     prompt = entries[target]
-    assert last == ModelMessage("user", prompt.content, prompt.author)
+    assert last == asks(prompt.content, prompt.author)
     assert request.answering == (len(history),)
     assert request.issuers == (prompt.author,)
 
@@ -202,7 +210,7 @@ def test_a_run_sees_only_finished_work_before_its_prompt(case: tuple[list[Entry]
         if source.kind is EntryKind.REPLY:
             assert message == ModelMessage("assistant", source.content)
         else:
-            assert message == ModelMessage("user", source.content, source.author)
+            assert message == wrote(source.content, source.author)
 
     # Whatever follows the prompt changes nothing.
     tail = [

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 from session.context import ContextSettings, build_context
 from session.schema import Entry, EntryKind
 from session.tokens import count_tokens
+from tests.session.factories import entry
 
 LOG = "\n".join(
     f"2026-11-25T10:00:{i:02d} ERROR worker-{i} cache dir not writable" for i in range(8)
@@ -15,31 +16,11 @@ LOG = "\n".join(
 
 
 def msg(n: int, author: str, text: str, kind: EntryKind = EntryKind.MESSAGE) -> Entry:
-    status = {"message": "posted", "prompt": "done", "reply": "done"}[kind.value]
-    role = "assistant" if kind is EntryKind.REPLY else "user"
-    return Entry(
-        id=f"e{n}",
-        seq=n,
-        kind=kind,
-        author=author,
-        role=role,
-        status=status,
-        content=text,
-        created_at=n,
-    )
+    return entry(n, author, text, kind, "done" if kind is EntryKind.PROMPT else None)
 
 
 def prompt(n: int, author: str, text: str) -> Entry:
-    return Entry(
-        id=f"e{n}",
-        seq=n,
-        kind=EntryKind.PROMPT,
-        author=author,
-        role="user",
-        status="queued",
-        content=text,
-        created_at=n,
-    )
+    return entry(n, author, text, EntryKind.PROMPT)
 
 
 def test_exact_duplicates_appear_once_attributed_to_every_author() -> None:
@@ -52,9 +33,9 @@ def test_exact_duplicates_appear_once_attributed_to_every_author() -> None:
     built = build_context(session_id="s", entries=entries, prompt_ids=["e4"])
     texts = [m.content for m in built.request.messages]
     assert texts == [
-        "unrelated",
-        "is the deploy DONE?\n(asked by alice and bob)",
-        "what do we know?",
+        "[carol wrote]\nunrelated",
+        "[alice and bob each wrote]\nis the deploy DONE?",
+        "[dan asks you]\nwhat do we know?",
     ]
     assert built.request.messages[1].authors == ("alice", "bob")
     assert [(x.entry_id, x.reason) for x in built.excluded] == [("e1", "duplicate of e3")]
@@ -65,11 +46,11 @@ def test_near_duplicates_keep_the_most_recent_wording() -> None:
     later = "The nightly build failed because the cache directory on runner 3 isn't writable"
     entries = [msg(1, "alice", first), msg(2, "bob", later), prompt(3, "carol", "why?")]
     built = build_context(session_id="s", entries=entries, prompt_ids=["e3"])
-    assert built.request.messages[0].content == f"{later}\n(asked by alice and bob)"
+    assert built.request.messages[0].content == f"[alice and bob each wrote]\n{later}"
     assert built.excluded[0].reason == "near-duplicate of e2"
     loose = ContextSettings(near_duplicate_threshold=0.99)
     strict = build_context(session_id="s", entries=entries, prompt_ids=["e3"], settings=loose)
-    assert [m.content for m in strict.request.messages] == [first, later, "why?"]
+    assert [m.content.split("\n", 1)[1] for m in strict.request.messages] == [first, later, "why?"]
 
 
 def test_a_pasted_block_seen_before_becomes_a_reference() -> None:
@@ -83,7 +64,7 @@ def test_a_pasted_block_seen_before_becomes_a_reference() -> None:
     assert LOG in first
     assert LOG not in second
     assert "[the same 8-line block alice posted in message #1]" in second
-    assert second.startswith("same here") and second.endswith("any idea?")
+    assert second.startswith("[bob wrote]\nsame here") and second.endswith("any idea?")
     assert built.notes["e2"] == "repeated block replaced by a reference"
 
 
@@ -102,7 +83,7 @@ def test_facts_and_pins_are_always_in_the_input() -> None:
     assert "region: eu-west-1" in built.request.system
     assert "my account number is 7731" in built.request.system
     assert all("7731" not in m.content for m in built.request.messages)
-    assert built.request.messages[-1].content == "help"
+    assert built.request.messages[-1].content == "[bob asks you]\nhelp"
     assert any(x.reason == "over budget" for x in built.excluded)
     assert built.tokens <= tight.budget
 
@@ -130,7 +111,7 @@ def test_the_budget_is_never_exceeded_and_the_build_is_deterministic(
     )
     assert again == built
     included = {m.content for m in built.request.messages}
-    assert "sum it up" in included
+    assert "[alice asks you]\nsum it up" in included
 
 
 def test_withheld_entries_are_left_out_and_listed_and_private_text_replaces_placeholders() -> None:

@@ -1,0 +1,233 @@
+"""Folding repetition out of a history, one entry at a time, with an undo log.
+
+``HistoryFold`` turns the visible entries of a transcript, in story order, into items:
+- exact duplicates (case and whitespace folded) become one item at the latest occurrence,
+  attributed to every author;
+- near-duplicates (MinHash similarity at or above the threshold) are merged the same way,
+  keeping the most recent wording;
+- a pasted block (``min_block_lines`` lines or more) seen before becomes a short reference;
+- an identical assistant reply seen before becomes a short reference.
+
+Every step records how to undo itself, so when the next build's history differs from the
+last one only near its end (a reply finished, a prompt was added, a pin changed), the fold
+rolls back to where they part and folds only what follows: the cost of a build is the
+size of what changed, not of the whole history.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+from session.dedup import NearDuplicateIndex, blocks, minhash, normalise
+from session.schema import Entry
+from session.tokens import count_tokens
+
+
+@dataclass(frozen=True, slots=True)
+class FoldedItem:
+    """One message of the folded history. Never changed once made: a merge makes a new item."""
+
+    entry_ids: tuple[str, ...]
+    seqs: tuple[int, ...]
+    role: str  # "user" or "assistant"
+    authors: tuple[str, ...]
+    text: str
+    note: str  # what was folded into it, for the preview ("" when nothing)
+    tokens: int  # of ``render(item, answering=False)``
+
+    @property
+    def last_seq(self) -> int:
+        return self.seqs[-1]
+
+
+def render(item: FoldedItem, *, answering: bool) -> str:
+    """The message text the model is given: every user message names its author(s), and
+    says whether it is a prompt to answer now or earlier content from those members."""
+    if item.role != "user":
+        return item.text
+    who = " and ".join(item.authors)
+    if answering:
+        verb = "asks" if len(item.authors) == 1 else "ask"
+        return f"[{who} {verb} you]\n{item.text}"
+    said = "wrote" if len(item.authors) == 1 else "each wrote"
+    return f"[{who} {said}]\n{item.text}"
+
+
+StepKey = tuple[str, str, bool]
+"""What a step folded: entry id, its text, whether it was pinned. Equal keys fold equally."""
+
+V = TypeVar("V")
+_MISSING = object()
+_Undo = Callable[[], None]
+
+
+class HistoryFold:
+    """The fold of a history prefix; ``sync`` brings it to a new history with few steps."""
+
+    def __init__(self, near_duplicate_threshold: float, min_block_lines: int) -> None:
+        self.near_duplicate_threshold = near_duplicate_threshold
+        self.min_block_lines = min_block_lines
+        self.items: list[FoldedItem | None] = []  # None: merged into a later item
+        self.item_of: dict[str, int] = {}  # entry id -> index of the item showing it
+        self.excluded: list[tuple[str, str]] = []  # (entry id, reason), in fold order
+        self.keys: list[StepKey] = []
+        self._undo: list[list[_Undo]] = []
+        self._exact: dict[str, int] = {}
+        self._near = NearDuplicateIndex(near_duplicate_threshold)
+        self._replies: dict[str, Entry] = {}
+        self._blocks: dict[str, Entry] = {}
+
+    def sync(self, history: Sequence[tuple[Entry, bool]]) -> int:
+        """Fold ``history`` (entries with their pinned flag); return the steps redone."""
+        keys = [(entry.id, entry.content, pinned) for entry, pinned in history]
+        common = 0
+        limit = min(len(keys), len(self.keys))
+        while common < limit and keys[common] == self.keys[common]:
+            common += 1
+        while len(self.keys) > common:
+            for undo in reversed(self._undo.pop()):
+                undo()
+            self.keys.pop()
+        for (entry, pinned), key in zip(history[common:], keys[common:], strict=True):
+            self._undo.append(self._step(entry, pinned))
+            self.keys.append(key)
+        return len(keys) - common
+
+    def live_items(self) -> list[tuple[int, FoldedItem]]:
+        return [(index, item) for index, item in enumerate(self.items) if item is not None]
+
+    # -- one step ----------------------------------------------------------------------------
+
+    def _step(self, entry: Entry, pinned: bool) -> list[_Undo]:
+        undo: list[_Undo] = []
+        if pinned:
+            return undo  # shown with the pins, never in the history
+        if entry.role == "assistant":
+            self._add_reply(entry, undo)
+        else:
+            self._add_user(entry, undo)
+        return undo
+
+    def _add_reply(self, entry: Entry, undo: list[_Undo]) -> None:
+        key = normalise(entry.content)
+        first = self._replies.get(key)
+        text = entry.content
+        note = ""
+        if first is not None:
+            text = f"[the same reply as to message #{first.seq}]"
+            note = f"identical to the reply in message #{first.seq}"
+        else:
+            self._set(self._replies, key, entry, undo)
+        tokens = count_tokens(text)
+        self._append(
+            FoldedItem((entry.id,), (entry.seq,), "assistant", (), text, note, tokens), undo
+        )
+
+    def _add_user(self, entry: Entry, undo: list[_Undo]) -> None:
+        key = normalise(entry.content)
+        earlier = self._exact.get(key)
+        reason = "duplicate"
+        if earlier is None:
+            signature = minhash(entry.content)
+            if signature is not None:
+                match = self._near.find(signature)
+                earlier = None if match is None else int(match)
+                reason = "near-duplicate"
+                near_key = str(len(self.items))
+                self._near.add(near_key, signature)
+                undo.append(lambda: self._near.remove_last(near_key))
+        old = None if earlier is None else self.items[earlier]
+        if earlier is not None and old is not None:
+            self._set_item(earlier, None, undo)
+            self._set(self._exact, normalise(old.text), _MISSING, undo)
+            authors = tuple(dict.fromkeys([*old.authors, entry.author]))
+            note = f"{reason} of an earlier message by {', '.join(old.authors)}"
+            item = self._item(
+                (*old.entry_ids, entry.id), (*old.seqs, entry.seq), authors, entry.content, note
+            )
+            for old_id in old.entry_ids:
+                self._exclude(old_id, f"{reason} of {entry.id}", undo)
+        else:
+            text, replaced = self._replace_seen_blocks(entry, undo)
+            note = "repeated block replaced by a reference" if replaced else ""
+            item = self._item((entry.id,), (entry.seq,), (entry.author,), text, note)
+        self._set(self._exact, key, len(self.items), undo)
+        self._append(item, undo)
+
+    @staticmethod
+    def _item(
+        entry_ids: tuple[str, ...],
+        seqs: tuple[int, ...],
+        authors: tuple[str, ...],
+        text: str,
+        note: str,
+    ) -> FoldedItem:
+        draft = FoldedItem(entry_ids, seqs, "user", authors, text, note, 0)
+        return FoldedItem(
+            entry_ids,
+            seqs,
+            "user",
+            authors,
+            text,
+            note,
+            count_tokens(render(draft, answering=False)),
+        )
+
+    def _replace_seen_blocks(self, entry: Entry, undo: list[_Undo]) -> tuple[str, bool]:
+        lines = entry.content.split("\n")
+        replaced = False
+        for start, end, key in reversed(list(blocks(entry.content, self.min_block_lines))):
+            first = self._blocks.get(key)
+            if first is None:
+                self._set(self._blocks, key, entry, undo)
+                continue
+            lines[start:end] = [
+                f"[the same {end - start}-line block {first.author} posted in message #{first.seq}]"
+            ]
+            replaced = True
+        return "\n".join(lines), replaced
+
+    # -- mutations that know their inverse ---------------------------------------------------
+
+    def _append(self, item: FoldedItem, undo: list[_Undo]) -> None:
+        index = len(self.items)
+        self.items.append(item)
+        undo.append(lambda: self._drop_last(self.items))
+        for entry_id in item.entry_ids:
+            self._set(self.item_of, entry_id, index, undo)
+
+    def _set_item(self, index: int, item: FoldedItem | None, undo: list[_Undo]) -> None:
+        old = self.items[index]
+        self.items[index] = item
+
+        def restore() -> None:
+            self.items[index] = old
+
+        undo.append(restore)
+
+    def _exclude(self, entry_id: str, reason: str, undo: list[_Undo]) -> None:
+        self.excluded.append((entry_id, reason))
+        undo.append(lambda: self._drop_last(self.excluded))
+
+    @staticmethod
+    def _drop_last(values: list[V]) -> None:
+        values.pop()
+
+    @staticmethod
+    def _set(mapping: dict[str, V], key: str, value: V | object, undo: list[_Undo]) -> None:
+        """``mapping[key] = value`` (``_MISSING``: delete the key), undoably."""
+        old = mapping.get(key, _MISSING)
+        if value is _MISSING:
+            mapping.pop(key, None)
+        else:
+            mapping[key] = value  # type: ignore[assignment]
+
+        def restore() -> None:
+            if old is _MISSING:
+                mapping.pop(key, None)
+            else:
+                mapping[key] = old  # type: ignore[assignment]
+
+        undo.append(restore)

@@ -1,0 +1,127 @@
+"""Rolling summaries of older turns: what to summarise next, and the call that does it.
+
+A summary is made by the model in a separate, audited call, from items every member may
+read, and stored with the sequence numbers and entry ids it covers. Each new summary
+extends the previous one with the turns that have since fallen out of the budget, so a
+summary is never rebuilt from scratch. A run uses the newest summary that ends inside its
+own history; the turns it covers are replaced by it, and pins and facts are never in it
+(they are always given verbatim).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from session.fold import FoldedItem
+from session.model import ModelMessage, ModelRequest
+from session.tokens import count_tokens
+
+SUMMARY_SYSTEM = (
+    "You condense the earlier part of a shared conversation between several people and an "
+    "assistant, so that it can be continued without the full text. Keep every fact, number, "
+    "identifier, name, decision and open question, and say who said what. Extend the "
+    "previous summary, if there is one, with the new messages; write only the summary."
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    """A stored summary. ``covers`` holds every entry id it stands for, including those of
+    the summaries it extends; ``to_seq`` is the highest sequence number among them."""
+
+    id: str
+    from_seq: int
+    to_seq: int
+    covers: frozenset[str]
+    text: str
+    tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class SummaryPlan:
+    """The next extension: summarise ``items`` onto ``previous``."""
+
+    previous: Summary | None
+    items: tuple[FoldedItem, ...]
+
+    @property
+    def from_seq(self) -> int:
+        first = self.items[0].seqs[0]
+        return first if self.previous is None else min(self.previous.from_seq, first)
+
+    @property
+    def to_seq(self) -> int:
+        last = max(item.last_seq for item in self.items)
+        return last if self.previous is None else max(self.previous.to_seq, last)
+
+    @property
+    def new_ids(self) -> frozenset[str]:
+        return frozenset(entry_id for item in self.items for entry_id in item.entry_ids)
+
+
+def newest_within(summaries: Sequence[Summary], last_seq: int) -> Summary | None:
+    """The newest summary that covers nothing after ``last_seq`` (the end of a run's history)."""
+    for summary in reversed(summaries):
+        if summary.to_seq <= last_seq:
+            return summary
+    return None
+
+
+def plan_extension(
+    dropped: Sequence[FoldedItem],
+    previous: Summary | None,
+    *,
+    min_tokens: int,
+    max_input_tokens: int,
+) -> SummaryPlan | None:
+    """The oldest turns left out for want of room, once they are worth a call (``min_tokens``
+    at least), and no more than one call can read (``max_input_tokens``)."""
+    if sum(item.tokens for item in dropped) < min_tokens:
+        return None
+    taken: list[FoldedItem] = []
+    spent = 0 if previous is None else previous.tokens
+    for item in dropped:
+        if taken and spent + item.tokens > max_input_tokens:
+            break
+        taken.append(item)
+        spent += item.tokens
+    return SummaryPlan(previous, tuple(taken))
+
+
+def transcript_line(item: FoldedItem) -> str:
+    """One turn as the summariser reads it: sequence number, who, and what."""
+    who = "assistant" if item.role == "assistant" else " and ".join(item.authors)
+    return f"#{item.last_seq} {who}: {' '.join(item.text.split())}"
+
+
+def summary_request(
+    session_id: str, plan: SummaryPlan, max_output_tokens: int, model: str | None = None
+) -> ModelRequest:
+    parts = []
+    if plan.previous is not None:
+        parts.append(f"Previous summary:\n{plan.previous.text}")
+    parts.append("New messages:\n" + "\n".join(transcript_line(item) for item in plan.items))
+    return ModelRequest(
+        session_id=session_id,
+        issuers=(),
+        system=SUMMARY_SYSTEM,
+        messages=(ModelMessage("user", "\n\n".join(parts)),),
+        answering=(0,),
+        max_output_tokens=max_output_tokens,
+        purpose="summary",
+        model=model,
+    )
+
+
+def extended(plan: SummaryPlan, summary_id: str, text: str) -> Summary:
+    """The summary a plan's call produced."""
+    covers = plan.new_ids if plan.previous is None else plan.previous.covers | plan.new_ids
+    return Summary(
+        id=summary_id,
+        from_seq=plan.from_seq,
+        to_seq=plan.to_seq,
+        covers=covers,
+        text=text,
+        tokens=count_tokens(text),
+    )

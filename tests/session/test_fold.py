@@ -1,0 +1,117 @@
+"""The kept fold gives byte for byte the input a build from nothing gives, at a fraction
+of the work."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from session.context import ContextBuilder, ContextSettings, build_context
+from session.schema import Entry, EntryKind
+from tests.session.factories import entry
+
+LOG = "\n".join(f"10:00:{i:02d} ERROR worker-{i} cache dir not writable" for i in range(6))
+TEXTS = [
+    "is the deploy done?",
+    "Is the deploy DONE?",
+    "The nightly build failed because the cache directory on runner 3 is not writable",
+    "The nightly build failed because the cache directory on runner 3 isn't writable",
+    f"here is the log:\n\n{LOG}",
+    f"same again\n\n{LOG}\n\nany idea?",
+    "my account number is 7731",
+    "lunch?",
+    "we ship on friday " * 30,
+]
+USERS = ["alice", "bob", "carol"]
+
+
+operations = st.lists(
+    st.one_of(
+        st.tuples(st.just("message"), st.integers(0, len(TEXTS) - 1), st.integers(0, 2)),
+        st.tuples(st.just("prompt"), st.integers(0, len(TEXTS) - 1), st.integers(0, 2)),
+        st.tuples(st.just("answer"), st.integers(0, 50), st.integers(0, 1)),
+        st.tuples(st.just("pin"), st.integers(0, 50), st.integers(0, 1)),
+        st.tuples(st.just("build"), st.integers(0, 50), st.integers(0, 1)),
+    ),
+    min_size=1,
+    max_size=40,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(operations, st.integers(150, 2000))
+def test_kept_fold_equals_a_fresh_build(ops: list[tuple[str, int, int]], window: int) -> None:
+    config = ContextSettings(window_tokens=window, reserve_output_tokens=100)
+    builder = ContextBuilder(config, max_scopes=2)
+    entries: list[Entry] = []
+    pins: list[str] = []
+    for op, a, b in ops:
+        n = len(entries) + 1
+        if op == "message":
+            entries.append(entry(n, USERS[b], TEXTS[a]))
+        elif op == "prompt":
+            entries.append(entry(n, USERS[b], TEXTS[a], EntryKind.PROMPT))
+        elif op == "answer":  # a waiting prompt is answered: its reply goes right after it
+            waiting = [i for i, e in enumerate(entries) if e.status == "queued"]
+            if waiting:
+                i = waiting[a % len(waiting)]
+                entries[i] = replace(entries[i], status="done")
+                reply = entry(n, "model", f"answer {a % 3}", EntryKind.REPLY)
+                entries.insert(i + 1, replace(reply, seq=entries[i].seq))
+        elif op == "pin" and entries:
+            target = entries[a % len(entries)].id
+            pins = [p for p in pins if p != target] if target in pins else [*pins, target]
+        elif op == "build":
+            waiting = [e.id for e in entries if e.status == "queued"]
+            prompt_ids = [waiting[a % len(waiting)]] if waiting else []
+            scope = "odd" if b else "even"
+            withheld = (lambda e: "odd" if e.seq % 2 else None) if b else None
+            kept = builder.build(
+                session_id="s",
+                entries=entries,
+                prompt_ids=prompt_ids,
+                pins=pins,
+                withheld=withheld,
+                scope_key=scope,
+            )
+            fresh = build_context(
+                session_id="s",
+                entries=entries,
+                prompt_ids=prompt_ids,
+                pins=pins,
+                settings=config,
+                withheld=withheld,
+            )
+            assert kept == fresh
+            assert kept.tokens <= config.budget or len(kept.request.messages) == len(
+                kept.request.answering
+            )
+
+
+def test_a_new_message_refolds_one_step_not_the_history() -> None:
+    builder = ContextBuilder()
+    entries = [entry(i, USERS[i % 3], f"message number {i} " * 5) for i in range(1, 500)]
+    builder.build(session_id="s", entries=entries, prompt_ids=[])
+    assert builder.last_refolded == 499
+    entries.append(entry(500, "alice", "and now?", EntryKind.PROMPT))
+    built = builder.build(session_id="s", entries=entries, prompt_ids=["e500"])
+    assert builder.last_refolded == 1
+    assert built.request.messages[-1].content == "[alice asks you]\nand now?"
+    # The prompt is answered and a reply follows it: two steps, not five hundred.
+    entries[-1] = replace(entries[-1], status="done")
+    entries.append(entry(501, "model", "an answer", EntryKind.REPLY))
+    builder.build(session_id="s", entries=entries, prompt_ids=[])
+    assert builder.last_refolded == 1  # the prompt's own step is unchanged; the reply is new
+
+
+def test_an_earlier_prompt_rolls_back_only_to_where_the_histories_part() -> None:
+    builder = ContextBuilder()
+    entries = [entry(i, "bob", f"note {i} about the release plan") for i in range(1, 100)]
+    entries[89] = entry(90, "alice", "first question", EntryKind.PROMPT)
+    entries.append(entry(100, "carol", "second question", EntryKind.PROMPT))
+    builder.build(session_id="s", entries=entries, prompt_ids=["e100"])  # the later one runs
+    built = builder.build(session_id="s", entries=entries, prompt_ids=["e90"])
+    assert builder.last_refolded == 1  # rolled back past ten steps, folded the prompt again
+    assert built.request.messages[-1].content == "[alice asks you]\nfirst question"

@@ -1,0 +1,78 @@
+"""Planning summaries, and how a build uses one."""
+
+from __future__ import annotations
+
+from session.context import ContextSettings, build_context
+from session.schema import Entry, EntryKind
+from session.summary import (
+    Summary,
+    extended,
+    newest_within,
+    plan_extension,
+    summary_request,
+    transcript_line,
+)
+from session.tokens import count_tokens
+from tests.session.factories import entry
+
+
+def msg(n: int, text: str) -> Entry:
+    return entry(n, "bob", text)
+
+
+def prompt(n: int, text: str) -> Entry:
+    return entry(n, "alice", text, EntryKind.PROMPT)
+
+
+TIGHT = ContextSettings(window_tokens=400, reserve_output_tokens=100)
+HISTORY = [msg(i, f"note {i}: ticket PRJ-{i} moved to review by team {i % 4}") for i in range(40)]
+
+
+def test_what_does_not_fit_is_planned_oldest_first_once_worth_a_call() -> None:
+    built = build_context(session_id="s", entries=HISTORY, prompt_ids=[], settings=TIGHT)
+    assert built.dropped and built.dropped[0].entry_ids == ("e0",)
+    assert plan_extension(built.dropped, None, min_tokens=10**6, max_input_tokens=500) is None
+    plan = plan_extension(built.dropped, None, min_tokens=10, max_input_tokens=60)
+    assert plan is not None
+    assert plan.items[0].entry_ids == ("e0",)
+    assert sum(item.tokens for item in plan.items) <= 60
+    assert plan.from_seq == 0 and plan.to_seq == plan.items[-1].last_seq
+
+    request = summary_request("s", plan, 200)
+    assert request.purpose == "summary" and request.issuers == ()
+    assert transcript_line(plan.items[0]) in request.messages[0].content
+
+
+def test_a_build_gives_the_summary_instead_of_the_turns_it_covers() -> None:
+    built = build_context(session_id="s", entries=HISTORY, prompt_ids=[], settings=TIGHT)
+    plan = plan_extension(built.dropped, None, min_tokens=10, max_input_tokens=10**6)
+    assert plan is not None
+    summary = extended(plan, "sum-1", "bob moved tickets PRJ-0 to PRJ-9 to review")
+    entries = [*HISTORY, prompt(40, "where are we?")]
+    after = build_context(
+        session_id="s", entries=entries, prompt_ids=["e40"], settings=TIGHT, summaries=[summary]
+    )
+    assert after.summary == summary
+    assert "bob moved tickets PRJ-0 to PRJ-9" in after.request.system
+    covered = {x.entry_id for x in after.excluded if x.reason == "summarised in sum-1"}
+    assert covered == set(summary.covers)
+    assert not covered & {i for item in after.dropped for i in item.entry_ids}
+    assert after.tokens <= TIGHT.budget
+    assert after.tokens == count_tokens(after.request.system) + sum(
+        count_tokens(m.content) for m in after.request.messages
+    )
+
+    # An extension covers the old summary's turns and the newly dropped ones.
+    more = plan_extension(after.dropped, summary, min_tokens=1, max_input_tokens=10**6)
+    assert more is not None
+    second = extended(more, "sum-2", "more")
+    assert second.covers > summary.covers
+    assert second.from_seq == summary.from_seq and second.to_seq >= summary.to_seq
+
+
+def test_a_run_uses_no_summary_reaching_past_its_own_history() -> None:
+    early = Summary("a", 0, 5, frozenset({"e0"}), "early", 1)
+    late = Summary("b", 0, 30, frozenset({"e0", "e30"}), "late", 1)
+    assert newest_within([early, late], 40) == late
+    assert newest_within([early, late], 20) == early
+    assert newest_within([early, late], 3) is None
