@@ -75,6 +75,7 @@ class HistoryFold:
         self.keys: list[StepKey] = []
         self._undo: list[list[_Undo]] = []
         self._exact: dict[str, int] = {}
+        self._merged_into: dict[str, int] = {}  # item index -> the item it was merged into
         self._near = NearDuplicateIndex(near_duplicate_threshold)
         self._replies: dict[str, Entry] = {}
         self._blocks: dict[str, Entry] = {}
@@ -94,6 +95,15 @@ class HistoryFold:
             self._undo.append(self._step(entry, pinned))
             self.keys.append(key)
         return len(keys) - common
+
+    def _live(self, index: int) -> int | None:
+        """The item that now shows item ``index``'s text (itself, or what it merged into)."""
+        while self.items[index] is None:
+            later = self._merged_into.get(str(index))
+            if later is None:
+                return None
+            index = later
+        return index
 
     def live_items(self) -> list[tuple[int, FoldedItem]]:
         return [(index, item) for index, item in enumerate(self.items) if item is not None]
@@ -138,10 +148,12 @@ class HistoryFold:
                 near_key = str(len(self.items))
                 self._near.add(near_key, signature)
                 undo.append(lambda: self._near.remove_last(near_key))
+        if earlier is not None:
+            earlier = self._live(earlier)
         old = None if earlier is None else self.items[earlier]
         if earlier is not None and old is not None:
             self._set_item(earlier, None, undo)
-            self._set(self._exact, normalise(old.text), _MISSING, undo)
+            self._set(self._merged_into, str(earlier), len(self.items), undo)
             authors = tuple(dict.fromkeys([*old.authors, entry.author]))
             note = f"{reason} of an earlier message by {', '.join(old.authors)}"
             item = self._item(

@@ -9,27 +9,37 @@ from __future__ import annotations
 import hashlib
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 T = TypeVar("T")
 
 
-def memo_by_digest(limit: int) -> Callable[[Callable[[str], T]], Callable[[str], T]]:
-    def wrap(function: Callable[[str], T]) -> Callable[[str], T]:
-        cache: OrderedDict[bytes, T] = OrderedDict()
+class DigestMemo(Generic[T]):
+    """``function`` with its results kept for the ``limit`` texts used most recently."""
 
-        def cached(text: str) -> T:
-            key = hashlib.blake2b(text.encode(), digest_size=16).digest()
-            try:
-                cache.move_to_end(key)
-                return cache[key]
-            except KeyError:
-                value = cache[key] = function(text)
-                if len(cache) > limit:
-                    cache.popitem(last=False)
-                return value
+    def __init__(self, function: Callable[[str], T], limit: int) -> None:
+        self.function = function
+        self.limit = limit
+        self.cache: OrderedDict[bytes, T] = OrderedDict()
+        self.__doc__ = function.__doc__
 
-        cached.__doc__ = function.__doc__
-        return cached
+    def __call__(self, text: str) -> T:
+        key = hashlib.blake2b(text.encode(), digest_size=16).digest()
+        try:
+            self.cache.move_to_end(key)
+            return self.cache[key]
+        except KeyError:
+            value = self.cache[key] = self.function(text)
+            if len(self.cache) > self.limit:
+                self.cache.popitem(last=False)
+            return value
+
+    def clear(self) -> None:
+        self.cache.clear()
+
+
+def memo_by_digest(limit: int) -> Callable[[Callable[[str], T]], DigestMemo[T]]:
+    def wrap(function: Callable[[str], T]) -> DigestMemo[T]:
+        return DigestMemo(function, limit)
 
     return wrap
