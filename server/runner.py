@@ -77,7 +77,7 @@ class SessionRunner:
         reply_id = await self.room.start_run(run, self.provider.name)
         if reply_id is None:
             return  # the queue changed under us (cancel, revoked author): ask it again
-        request = self.room.context_for(run.ids).request
+        built = self.room.context_for(run.ids)
         active = ActiveRun(run, reply_id)
         self.room.active_run = active
         metrics = self.room.metrics
@@ -93,7 +93,15 @@ class SessionRunner:
             },
         )
         try:
-            outcome = await self._execute(active, request)
+            if built.tokens > built.budget:
+                # Pins, facts and the prompts alone overflow the window: no call can fit.
+                outcome = RunOutcome(
+                    PromptStatus.FAILED,
+                    f"too_large: the prompt with the pinned messages and facts needs "
+                    f"{built.tokens} tokens; the window leaves {built.budget}",
+                )
+            else:
+                outcome = await self._execute(active, built.request)
             await self._settle(active, outcome)
         finally:
             self.room.active_run = None

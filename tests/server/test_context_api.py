@@ -134,3 +134,27 @@ async def test_preview_needs_a_user(sqlite_server: RunningServer) -> None:
     sid = await sqlite_server.new_session({"alice": "editor"})
     response = await sqlite_server.http.get(f"/api/v1/sessions/{sid}/context")
     assert response.status_code == 422
+
+
+async def test_a_prompt_that_cannot_fit_with_its_pins_fails_without_a_model_call(
+    tmp_path: Path,
+) -> None:
+    provider = GatedProvider()
+    provider.gate.set()
+    url = sqlite_url(tmp_path)
+    settings = make_settings(url, tmp_path / "d", context_window_tokens=400, max_output_tokens=100)
+    async with serve_in_process(settings, provider) as server:
+        sid = await server.new_session({"alice": "editor"})
+        alice = await server.connect(sid, "alice")
+        long = " ".join(f"clause {i} of the contract" for i in range(120))
+        posted = await alice.command({"type": "message", "id": "m", "text": long})
+        await alice.command({"type": "pin", "id": "p", "entry_id": posted["message_id"]})
+        ack = await alice.command({"type": "prompt", "id": "q", "text": "summarise"})
+        await alice.wait_until(
+            lambda c: any(
+                e["id"] == ack["prompt_id"] and e["status"] == "failed" for e in c.entries()
+            )
+        )
+        prompt = next(e for e in alice.entries() if e["id"] == ack["prompt_id"])
+        assert prompt["reason"].startswith("too_large: ")
+        assert provider.requests == []

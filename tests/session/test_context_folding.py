@@ -137,3 +137,40 @@ def test_withheld_entries_are_left_out_and_listed_and_private_text_replaces_plac
     assert "the passage bob's tool read" in sent
     assert "[restricted]" not in sent
     assert ("e1", "withheld: bob's document") in [(x.entry_id, x.reason) for x in built.excluded]
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    texts=st.lists(st.text(min_size=1, max_size=200), min_size=1, max_size=25),
+    pinned=st.sets(st.integers(0, 24), max_size=4),
+    facts=st.dictionaries(
+        st.from_regex(r"[a-z_]{1,12}", fullmatch=True), st.text(min_size=1, max_size=40), max_size=4
+    ),
+    window=st.integers(300, 4000),
+)
+def test_pins_facts_the_prompt_and_the_newest_turn_that_fits_are_always_kept(
+    texts: list[str], pinned: set[int], facts: dict[str, str], window: int
+) -> None:
+    entries = [msg(i, ["alice", "bob"][i % 2], t) for i, t in enumerate(texts)]
+    entries.append(prompt(len(texts), "carol", "and the needle?"))
+    pins = [f"e{i}" for i in sorted(pinned) if i < len(texts)]
+    config = ContextSettings(window_tokens=window, reserve_output_tokens=100)
+    built = build_context(
+        session_id="s",
+        entries=entries,
+        prompt_ids=[f"e{len(texts)}"],
+        facts=facts,
+        pins=pins,
+        settings=config,
+    )
+    for key, value in facts.items():
+        assert f"- {key}: {value}" in built.request.system
+    for pin in pins:
+        assert entries[int(pin[1:])].content in built.request.system
+    assert built.request.messages[-1].content == "[carol asks you]\nand the needle?"
+    # Newest first: the newest turn is left out for want of room only when nothing older
+    # is given either.
+    newest = next((e for e in reversed(entries[:-1]) if e.id not in pins), None)
+    reasons = {x.entry_id: x.reason for x in built.excluded}
+    if newest is not None and reasons.get(newest.id) == "over budget":
+        assert len(built.request.messages) == 1
