@@ -87,7 +87,11 @@ class SessionRoom:
             max_text_chars=settings.max_prompt_chars, max_frame_chars=settings.max_ws_message_bytes
         )
         self.queue = OrderingQueue(
-            QueueLimits(settings.max_pending_per_user, settings.max_pending_per_session)
+            QueueLimits(
+                settings.max_pending_per_user,
+                settings.max_pending_per_session,
+                settings.max_prompts_per_run,
+            )
         )
         self.members: dict[str, Role] = {}
         self.connections: set[Connection] = set()

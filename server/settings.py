@@ -45,6 +45,7 @@ class Settings(BaseSettings):
     # Queue
     max_pending_per_user: int = 5
     max_pending_per_session: int = 100
+    max_prompts_per_run: int = Field(default=20, ge=1, description="coalesce: prompts per call")
 
     # Wire limits
     max_prompt_chars: int = 32_000

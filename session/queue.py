@@ -11,7 +11,8 @@ At most one run is in flight. What runs next depends on the session's policy:
     joins at the tail. So a waiting prompt that is its author's oldest runs after at most one
     prompt of each other user with prompts waiting, and each user's prompts keep their order.
 ``coalesce`` — every prompt waiting when the previous run ends is answered by one run, in
-    sequence order; a prompt arriving on an idle session runs alone.
+    sequence order, up to ``max_prompts_per_run`` (the oldest first; the rest wait for the
+    next run); a prompt arriving on an idle session runs alone.
 ``interrupt`` — a new prompt interrupts the running reply and supersedes any prompt still
     waiting (both end ``interrupted``); it runs next. At most one prompt waits at a time.
 ``reject`` — while a run is in flight or a prompt waits, a new prompt is refused with
@@ -40,6 +41,7 @@ class Policy(StrEnum):
 class QueueLimits:
     max_pending_per_user: int = 5
     max_pending_per_session: int = 100
+    max_prompts_per_run: int = 20  # coalesce: one call answers at most this many
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,7 +150,7 @@ class OrderingQueue:
         if self.running is not None or not self._count:
             return None
         if self.policy is Policy.COALESCE:
-            return Run(tuple(self.pending()))
+            return Run(tuple(self.pending()[: self.limits.max_prompts_per_run]))
         if self.policy is Policy.QUEUE:
             return Run((self._by_user[self._rotation[0]][0],))
         return Run((min(self._heads(), key=lambda p: p.seq),))

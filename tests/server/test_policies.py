@@ -167,6 +167,7 @@ async def test_coalesce_answers_waiting_prompts_together(loaded_sqlite: RunningS
     answered = [p for r in replies for p in r["answers"]]
     assert sorted(answered) == sorted(a["prompt_id"] for a in acks)  # each exactly once
     assert len(replies) < len(acks) / 5  # really coalesced
+    assert max(len(r["answers"]) for r in replies) <= 20  # PARLEY_MAX_PROMPTS_PER_RUN
     batch = max(replies, key=lambda r: len(r["answers"]))
     by_id = {e["id"]: e for e in view}
     for prompt_id in batch["answers"]:

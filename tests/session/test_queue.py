@@ -165,6 +165,18 @@ def test_coalesce_answers_everything_waiting_in_one_run() -> None:
     assert queue.next() is None
 
 
+def test_coalesce_answers_at_most_its_cap_per_run_oldest_first() -> None:
+    limits = QueueLimits(max_pending_per_user=10, max_pending_per_session=10, max_prompts_per_run=2)
+    queue = OrderingQueue(limits, policy=Policy.COALESCE)
+    for n, author in [(1, "alice"), (2, "bob"), (3, "carol"), (4, "alice")]:
+        queue.push(prompt(n, author))
+    first = queue.next()
+    assert first == Run((prompt(1, "alice"), prompt(2, "bob")))
+    queue.start(first)
+    queue.finish(first.ids)
+    assert queue.next() == Run((prompt(3, "carol"), prompt(4, "alice")))
+
+
 # -- interrupt ------------------------------------------------------------------------------
 
 
