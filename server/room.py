@@ -137,6 +137,7 @@ class SessionRoom:
                 if row.status == PromptStatus.QUEUED.value
             ],
             policy,
+            rotation=[item.author for item in self.doc.queued()],  # the plan clients saw
         )
         cut_off = tuple(
             PendingPrompt(row.id, row.seq, row.author)

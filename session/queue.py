@@ -80,7 +80,11 @@ class OrderingQueue:
         limits: QueueLimits,
         pending: Iterable[PendingPrompt] = (),
         policy: Policy = Policy.QUEUE,
+        rotation: Iterable[str] = (),
     ) -> None:
+        """``rotation``: the round-robin turn order to resume (authors named first take
+        their turns first; the others follow by their oldest prompt), so a restart does
+        not reshuffle whose turn it is."""
         self.limits = limits
         self.policy = policy
         self.running: Run | None = None
@@ -90,6 +94,8 @@ class OrderingQueue:
         self._last_seq = 0
         for prompt in sorted(pending, key=lambda p: p.seq):
             self._add(prompt)
+        resumed = [a for a in dict.fromkeys(rotation) if a in self._by_user]
+        self._rotation = deque([*resumed, *(a for a in self._rotation if a not in resumed)])
 
     # -- admission --------------------------------------------------------------------------
 

@@ -177,6 +177,14 @@ def test_coalesce_answers_at_most_its_cap_per_run_oldest_first() -> None:
     assert queue.next() == Run((prompt(3, "carol"), prompt(4, "alice")))
 
 
+def test_a_restored_queue_resumes_the_turn_order_it_is_given() -> None:
+    stored = [prompt(1, "alice"), prompt(2, "bob"), prompt(3, "carol"), prompt(4, "alice")]
+    fresh = OrderingQueue(QueueLimits(), stored)
+    assert [p.author for p in fresh.pending()] == ["alice", "bob", "carol", "alice"]
+    resumed = OrderingQueue(QueueLimits(), stored, rotation=["carol", "alice", "nobody"])
+    assert [p.author for p in resumed.pending()] == ["carol", "alice", "bob", "alice"]
+
+
 # -- interrupt ------------------------------------------------------------------------------
 
 
