@@ -52,6 +52,11 @@ class SessionCreate(Strict):
 class SessionPatch(Strict):
     title: str | None = Field(default=None, max_length=500)
     policy: PolicyName | None = None
+    model: str | None = Field(
+        default=None,
+        max_length=100,
+        description="One of the configured models; null: back to the server's default",
+    )
 
 
 class SessionOut(Strict):
@@ -60,6 +65,7 @@ class SessionOut(Strict):
     created_at: int = Field(description="Milliseconds since the epoch.")
     last_seq: int = Field(description="The highest sequence number handed out so far.")
     policy: PolicyName
+    model: str | None = Field(description="The session's model; null: the server's default")
 
 
 class SessionList(Strict):

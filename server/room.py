@@ -14,7 +14,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pycrdt import Doc, TransactionEvent, merge_updates
@@ -94,6 +94,7 @@ class SessionRoom:
         self.presence = Presence(settings.max_awareness_state_bytes)
         self.refused_writes = 0
         self.active_run: ActiveRun | None = None
+        self.model: str | None = None  # the session's model; None: the server's default
         self._user_buckets: dict[str, TokenBucket] = {}
         self.wakeup = asyncio.Event()
         self.closed = False
@@ -388,24 +389,29 @@ class SessionRoom:
             self.doc.set_fact(key, value)
 
     def context_settings(self) -> ContextSettings:
+        spec = self.settings.model_spec(self.model)
         return ContextSettings(
-            window_tokens=self.settings.context_window_tokens,
-            reserve_output_tokens=self.settings.max_output_tokens,
+            window_tokens=spec.context_window_tokens,
+            reserve_output_tokens=spec.reserved_output_tokens,
             near_duplicate_threshold=self.settings.near_duplicate_threshold,
             min_block_lines=self.settings.min_block_lines,
         )
 
     def context_for(self, prompt_ids: Sequence[str]) -> BuiltContext:
         """What a model call answering ``prompt_ids`` is given (none: the history alone)."""
-        return build_context(
+        spec = self.settings.model_spec(self.model)
+        built = build_context(
             session_id=self.session_id,
             entries=self.doc.entries(),
             prompt_ids=prompt_ids,
             facts=self.doc.fact_map(),
             pins=self.doc.pinned(),
             settings=self.context_settings(),
-            max_output_tokens=self.settings.max_output_tokens,
+            max_output_tokens=spec.reserved_output_tokens,
         )
+        # A model taken out of the configuration fails the call (the registry says so)
+        # rather than sending the session's text to another vendor.
+        return replace(built, request=replace(built.request, model=self.model or spec.name))
 
     def _may_prompt(self, user_id: str) -> bool:
         role = self.members.get(user_id)

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 
 from server.room import ActiveRun, SessionRoom
-from session.errors import Unavailable
+from session.errors import ProviderError, Unavailable
 from session.lifecycle import PromptStatus, ReplyStatus
 from session.model import ModelProvider, ModelRequest, TextDelta, Usage
 from session.queue import Run
@@ -130,6 +130,9 @@ class SessionRunner:
                 raise
             status, reason, reply_status = active.stopped
             return RunOutcome(status, reason, reply_status)
+        except ProviderError as exc:
+            log.warning("model call failed", extra={"error": exc.message, "status": exc.status})
+            return RunOutcome(PromptStatus.FAILED, f"{exc.code.value}: {exc.message}")
         except Exception as exc:
             log.exception("model call failed")
             return RunOutcome(PromptStatus.FAILED, f"provider error: {type(exc).__name__}: {exc}")

@@ -26,6 +26,7 @@ class SessionRow:
     created_at: int
     last_seq: int
     policy: str
+    model: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +60,7 @@ class StoredDoc:
 
 
 def _session(row: Any) -> SessionRow:
-    return SessionRow(row.id, row.title, row.created_at, row.last_seq, row.policy)
+    return SessionRow(row.id, row.title, row.created_at, row.last_seq, row.policy, row.model)
 
 
 def _member(row: Any) -> MemberRow:
@@ -222,6 +223,12 @@ class Store:
         async with self.transaction() as tx:
             await tx.connection.execute(
                 update(sessions).where(sessions.c.id == session_id).values(title=title)
+            )
+
+    async def set_model(self, session_id: str, model: str | None) -> None:
+        async with self.transaction() as tx:
+            await tx.connection.execute(
+                update(sessions).where(sessions.c.id == session_id).values(model=model)
             )
 
     async def get_session(self, session_id: str) -> SessionRow | None:

@@ -29,6 +29,7 @@ sessions = Table(
     Column("created_at", BigInteger, nullable=False),
     Column("last_seq", BigInteger, nullable=False, default=0),
     Column("policy", String(16), nullable=False, server_default="queue"),
+    Column("model", String(100)),
 )
 
 members = Table(
