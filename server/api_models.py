@@ -163,3 +163,35 @@ class ContextPreview(Strict):
     messages: list[PreviewMessage]
     excluded: list[PreviewExcluded] = Field(description="Left out, and why")
     notes: dict[str, str] = Field(description="Entry id -> what was folded into it")
+
+
+class QuotasPut(Strict):
+    """Replaces the session's quotas; a limit left out or null is no limit."""
+
+    session_tokens_per_day: int | None = Field(
+        default=None, ge=1, le=10**15, description="Tokens a UTC day; null: no limit"
+    )
+    user_tokens_per_day: int | None = Field(
+        default=None, ge=1, le=10**15, description="For each member; null: no limit"
+    )
+
+
+class QuotasOut(Strict):
+    session_tokens_per_day: int | None
+    user_tokens_per_day: int | None
+
+
+class UserUsageOut(Strict):
+    user_id: str
+    input_tokens: int
+    output_tokens: int
+    calls: int = Field(description="Model calls this user's prompts took part in")
+
+
+class UsageOut(Strict):
+    session_id: str
+    day: str = Field(description="UTC day, YYYY-MM-DD")
+    input_tokens: int
+    output_tokens: int
+    users: list[UserUsageOut]
+    quotas: QuotasOut

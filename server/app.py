@@ -20,7 +20,7 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from server import api
+from server import api, api_usage
 from server.api_models import Health, Readiness
 from server.db import create_engine, current_revision, head_revision
 from server.keys import resolve_keys
@@ -121,7 +121,7 @@ def create_app(
     clock: Callable[[], float] = time.time,
 ) -> Starlette:
     settings = settings or Settings()
-    operations = PROBES + api.OPERATIONS
+    operations = PROBES + api.OPERATIONS + api_usage.OPERATIONS
     spec = openapi_document(operations, title="Parley admin API", version=VERSION)
 
     @asynccontextmanager

@@ -15,7 +15,8 @@ import time
 from dataclasses import dataclass
 
 from server.room import ActiveRun, SessionRoom
-from session.errors import ProviderError, Unavailable
+from server.usage import UsageLedger
+from session.errors import ProviderError, QuotaExceeded, Unavailable
 from session.lifecycle import PromptStatus, ReplyStatus
 from session.model import ModelProvider, ModelRequest, TextDelta, Usage
 from session.queue import Run
@@ -41,6 +42,7 @@ class SessionRunner:
         self.provider = provider
         self.run_timeout_s = run_timeout_s
         self.task: asyncio.Task[None] | None = None
+        self.usage = UsageLedger(room.store, room.clock)
 
     def start(self) -> None:
         self.task = asyncio.create_task(self._loop(), name=f"runner:{self.room.session_id}")
@@ -90,6 +92,8 @@ class SessionRunner:
         )
         try:
             outcome = await self._execute(active, request)
+            if outcome.usage is not None:
+                await self._record_usage(request, reply_id, outcome.usage)
             await self._settle(active, outcome)
         finally:
             self.room.active_run = None
@@ -115,6 +119,10 @@ class SessionRunner:
         )
 
     async def _execute(self, active: ActiveRun, request: ModelRequest) -> RunOutcome:
+        try:
+            await self.usage.admit(self.room.session_id, request.issuers)
+        except (QuotaExceeded, Unavailable) as exc:  # no model call without a quota check
+            return RunOutcome(PromptStatus.FAILED, f"{exc.code.value}: {exc.message}")
         active.task = asyncio.create_task(self._stream(active, request))
         try:
             async with asyncio.timeout(self.run_timeout_s):
@@ -191,6 +199,18 @@ class SessionRunner:
         if errors:
             raise errors[0]
         return usage[-1] if usage else None
+
+    async def _record_usage(self, request: ModelRequest, reply_id: str, usage: Usage) -> None:
+        try:
+            await self.usage.record(
+                self.room.session_id,
+                request.issuers,
+                request.model or self.provider.name,
+                reply_id,
+                usage,
+            )
+        except Unavailable:
+            log.warning("usage not recorded: database unavailable", extra={"reply_id": reply_id})
 
     async def _settle(self, active: ActiveRun, outcome: RunOutcome) -> None:
         """Store the run's outcome; keep trying while the database is away."""

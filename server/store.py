@@ -15,7 +15,15 @@ from sqlalchemy import and_, delete, func, insert, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from server.tables import doc_snapshots, doc_updates, entries, members, sessions
+from server.tables import (
+    doc_snapshots,
+    doc_updates,
+    entries,
+    members,
+    model_usage,
+    quotas,
+    sessions,
+)
 from session.errors import Unavailable
 
 
@@ -257,7 +265,7 @@ class Store:
     async def delete_session(self, session_id: str) -> bool:
         async with self.transaction() as tx:
             # Children first: SQLite enforces ON DELETE CASCADE only with the pragma on.
-            for table in (doc_snapshots, doc_updates, entries, members):
+            for table in (doc_snapshots, doc_updates, entries, members, model_usage, quotas):
                 await tx.connection.execute(delete(table).where(table.c.session_id == session_id))
             result = await tx.connection.execute(
                 delete(sessions).where(sessions.c.id == session_id)

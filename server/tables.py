@@ -85,3 +85,29 @@ doc_snapshots = Table(
     Column("last_update_id", BigInteger, nullable=False),
     Column("created_at", BigInteger, nullable=False),
 )
+
+# Tokens of each model call, one row per issuer (their share of the call).
+model_usage = Table(
+    "model_usage",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("session_id", String(64), ForeignKey("sessions.id", ondelete="CASCADE"), nullable=False),
+    Column("user_id", String(200), nullable=False),
+    Column("day", String(10), nullable=False),
+    Column("model", String(100), nullable=False),
+    Column("reply_id", String(64), nullable=False),
+    Column("input_tokens", BigInteger, nullable=False),
+    Column("output_tokens", BigInteger, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+)
+Index("ix_model_usage_session_day", model_usage.c.session_id, model_usage.c.day)
+
+quotas = Table(
+    "quotas",
+    metadata,
+    Column(
+        "session_id", String(64), ForeignKey("sessions.id", ondelete="CASCADE"), primary_key=True
+    ),
+    Column("session_tokens_per_day", BigInteger),
+    Column("user_tokens_per_day", BigInteger),
+)

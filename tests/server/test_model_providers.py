@@ -252,3 +252,71 @@ async def test_a_model_naming_an_unset_key_variable_is_refused_at_start(
     with pytest.raises(MissingApiKey, match="PARLEY_TEST_OPENAI_KEY is not set"):
         async with open_models(settings):
             pass
+
+
+async def test_usage_is_recorded_per_issuer_and_shown_over_rest(
+    database_url: str, tmp_path: Path
+) -> None:
+    upstream = FakeUpstream(
+        [
+            Reply(pieces=openai_stream(["one"], usage=(31, 3))),
+            Reply(pieces=anthropic_stream(["two"], usage=(40, 7))),
+        ]
+    )
+    async with upstream.running(), parley_with(upstream, tmp_path, database_url) as server:
+        sid = await server.new_session({"alice": "editor", "bob": "editor"})
+        alice = await server.connect(sid, "alice")
+        bob = await server.connect(sid, "bob")
+        await alice.command({"type": "prompt", "id": "1", "text": "one"})
+        await settled(alice, 1)
+        await server.http.patch(f"/api/v1/sessions/{sid}", json={"model": "claude"})
+        await bob.command({"type": "prompt", "id": "1", "text": "two"})
+        await settled(bob, 2)
+        url = f"/api/v1/sessions/{sid}/usage"
+        usage = (await server.http.get(url)).json()
+        only_bob = (await server.http.get(url, params={"user_id": "bob"})).json()
+        long_ago = (await server.http.get(url, params={"day": "2000-01-01"})).json()
+        not_a_day = await server.http.get(url, params={"day": "2025-13-45"})
+        unknown = await server.http.get("/api/v1/sessions/nope/usage")
+    assert usage["input_tokens"] == 71 and usage["output_tokens"] == 10
+    assert usage["users"] == [
+        {"user_id": "alice", "input_tokens": 31, "output_tokens": 3, "calls": 1},
+        {"user_id": "bob", "input_tokens": 40, "output_tokens": 7, "calls": 1},
+    ]
+    assert usage["day"] == time.strftime("%Y-%m-%d", time.gmtime())
+    assert usage["quotas"] == {"session_tokens_per_day": None, "user_tokens_per_day": None}
+    assert [u["user_id"] for u in only_bob["users"]] == ["bob"] and only_bob["input_tokens"] == 40
+    assert long_ago["users"] == [] and long_ago["input_tokens"] == 0
+    assert not_a_day.status_code == 422 and not_a_day.json()["error"]["code"] == "invalid"
+    assert unknown.status_code == 404
+
+
+async def test_a_prompt_over_quota_fails_before_any_model_call(tmp_path: Path) -> None:
+    upstream = FakeUpstream([Reply(pieces=openai_stream([w], usage=(31, 3))) for w in "ab"])
+    async with upstream.running(), parley_with(upstream, tmp_path) as server:
+        sid = await server.new_session({"alice": "editor", "bob": "editor"})
+        quotas = f"/api/v1/sessions/{sid}/quotas"
+        alice = await server.connect(sid, "alice")
+        bob = await server.connect(sid, "bob")
+        await alice.command({"type": "prompt", "id": "1", "text": "first"})
+        await settled(alice, 1)
+        put = await server.http.put(quotas, json={"user_tokens_per_day": 30})
+        assert put.json() == {"session_tokens_per_day": None, "user_tokens_per_day": 30}
+        await alice.command({"type": "prompt", "id": "2", "text": "second"})
+        await settled(alice, 2)
+        await bob.command({"type": "prompt", "id": "1", "text": "bob's first"})
+        await settled(bob, 3)
+        await server.http.put(quotas, json={"session_tokens_per_day": 60})
+        await bob.command({"type": "prompt", "id": "2", "text": "bob's second"})
+        entries = await settled(bob, 4)
+        bad = await server.http.put(quotas, json={"user_tokens_per_day": 0})
+        stored = (await server.http.get(quotas)).json()
+    replies = [e for e in entries if e["kind"] == "reply"]
+    prompts = [e for e in entries if e["kind"] == "prompt"]
+    assert [p["status"] for p in prompts] == ["done", "failed", "done", "failed"]
+    assert prompts[1]["reason"] == "quota_exceeded: alice used 34 of their 30 tokens today"
+    assert prompts[3]["reason"] == "quota_exceeded: the session used 68 of its 60 tokens today"
+    assert [r["content"] for r in replies] == ["a", "", "b", ""]
+    assert len(upstream.exchanges) == 2  # the refused prompts never reached the model
+    assert bad.status_code == 422 and bad.json()["error"]["code"] == "invalid"
+    assert stored == {"session_tokens_per_day": 60, "user_tokens_per_day": None}
