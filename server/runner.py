@@ -72,7 +72,8 @@ class SessionRunner:
                 await asyncio.sleep(delay)
 
     async def _run(self, run: Run) -> None:
-        reply_id = await self.room.start_run(run, self.provider.name)
+        # The reply is signed by the model that writes it: the session's, or the default.
+        reply_id = await self.room.start_run(run, self.room.model or self.provider.name)
         if reply_id is None:
             return  # the queue changed under us (cancel, revoked author): ask it again
         request = self.room.context_for(run.ids).request
@@ -123,6 +124,9 @@ class SessionRunner:
             await self.usage.admit(self.room.session_id, request.issuers)
         except (QuotaExceeded, Unavailable) as exc:  # no model call without a quota check
             return RunOutcome(PromptStatus.FAILED, f"{exc.code.value}: {exc.message}")
+        if active.stopped is not None:  # cancelled while the quotas were read
+            status, reason, reply_status = active.stopped
+            return RunOutcome(status, reason, reply_status)
         active.task = asyncio.create_task(self._stream(active, request))
         try:
             async with asyncio.timeout(self.run_timeout_s):

@@ -233,7 +233,8 @@ async def test_the_session_model_is_chosen_over_rest(tmp_path: Path) -> None:
         entries = await settled(alice, 2)
         back = await server.http.patch(url, json={"model": None})
         assert back.json()["model"] is None
-    assert [e["content"] for e in entries if e["kind"] == "reply"] == ["from gpt", "from claude"]
+    replies = [(e["author"], e["content"]) for e in entries if e["kind"] == "reply"]
+    assert replies == [("gpt", "from gpt"), ("claude", "from claude")]
     assert [x.path for x in upstream.exchanges] == ["/v1/chat/completions", "/v1/messages"]
 
 

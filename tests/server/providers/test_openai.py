@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import socket
+import time
 from collections.abc import AsyncIterator
 
 import httpx
 import pytest
 
 from server.providers.openai import OpenAIProvider, render
-from server.providers.upstream import Upstream
+from server.providers.upstream import Upstream, timeout
 from session.errors import ProviderError
 from session.model import (
     Finish,
@@ -211,3 +214,31 @@ async def test_a_reply_that_is_not_an_event_stream_is_an_error() -> None:
     async with FakeUpstream([reply]).running() as up:
         with pytest.raises(ProviderError, match="did not stream events"):
             await collect(up)
+
+
+async def test_a_silent_upstream_times_out_as_a_retryable_error() -> None:
+    slow = Reply(pieces=openai_stream(["late"]), delay_s=0.5)
+    async with (
+        FakeUpstream([slow]).running() as up,
+        httpx.AsyncClient(timeout=timeout(connect_s=1.0, read_s=0.1)) as client,
+    ):
+        provider = OpenAIProvider("gpt", Upstream("model 'gpt'", up.base_url, "m", KEY), client)
+        started = time.monotonic()
+        with pytest.raises(ProviderError, match=r"timed out \(ReadTimeout\)") as caught:
+            [event async for event in provider.stream(REQUEST)]
+        assert time.monotonic() - started < 0.45
+        await asyncio.wait_for(up.exchanges[0].hung_up.wait(), 2)
+    assert caught.value.retryable
+
+
+async def test_a_refused_connection_is_a_retryable_error() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # bound, never listening: connections are refused
+        async with httpx.AsyncClient() as client:
+            provider = OpenAIProvider(
+                "gpt", Upstream("model 'gpt'", f"http://127.0.0.1:{port}", "m", KEY), client
+            )
+            with pytest.raises(ProviderError, match="connection failed") as caught:
+                [event async for event in provider.stream(REQUEST)]
+    assert caught.value.retryable and KEY not in caught.value.message
