@@ -44,6 +44,7 @@ def _session_out(row: SessionRow) -> SessionOut:
         created_at=row.created_at,
         last_seq=row.last_seq,
         policy=Policy(row.policy).value,
+        model=row.model,
     )
 
 
@@ -80,8 +81,16 @@ async def get_session(state: AppState, session_id: str) -> SessionOut:
 
 
 async def update_session(state: AppState, session_id: str, body: SessionPatch) -> SessionOut:
-    """Change a session's title or scheduling policy (the admin acts as an owner)."""
+    """Change a session's title, scheduling policy or model (the admin acts as an owner)."""
     await _session(state, session_id)
+    if "model" in body.model_fields_set:
+        if body.model is not None and body.model not in state.settings.catalog():
+            names = ", ".join(sorted(state.settings.catalog()))
+            raise InvalidInput(f"model: {body.model!r} is not configured (choose from {names})")
+        await state.store.set_model(session_id, body.model)
+        room = state.rooms.loaded(session_id)
+        if room is not None:
+            room.model = body.model
     if body.title is not None:
         await state.store.set_title(session_id, body.title)
     if body.policy is not None:
@@ -339,7 +348,7 @@ OPERATIONS: list[Operation] = [
         "PATCH",
         "/api/v1/sessions/{session_id}",
         update_session,
-        "Change a session's title or scheduling policy",
+        "Change a session's title, scheduling policy or model",
         body=SessionPatch,
         response=SessionOut,
         errors=SESSION_ERRORS,

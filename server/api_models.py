@@ -52,6 +52,11 @@ class SessionCreate(Strict):
 class SessionPatch(Strict):
     title: str | None = Field(default=None, max_length=500)
     policy: PolicyName | None = None
+    model: str | None = Field(
+        default=None,
+        max_length=100,
+        description="One of the configured models; null: back to the server's default",
+    )
 
 
 class SessionOut(Strict):
@@ -60,6 +65,7 @@ class SessionOut(Strict):
     created_at: int = Field(description="Milliseconds since the epoch.")
     last_seq: int = Field(description="The highest sequence number handed out so far.")
     policy: PolicyName
+    model: str | None = Field(description="The session's model; null: the server's default")
 
 
 class SessionList(Strict):
@@ -168,3 +174,35 @@ class ContextPreview(Strict):
     summary: PreviewSummary | None = Field(
         description="The summary of older turns given in the system text, if any"
     )
+
+
+class QuotasPut(Strict):
+    """Replaces the session's quotas; a limit left out or null is no limit."""
+
+    session_tokens_per_day: int | None = Field(
+        default=None, ge=1, le=10**15, description="Tokens a UTC day; null: no limit"
+    )
+    user_tokens_per_day: int | None = Field(
+        default=None, ge=1, le=10**15, description="For each member; null: no limit"
+    )
+
+
+class QuotasOut(Strict):
+    session_tokens_per_day: int | None
+    user_tokens_per_day: int | None
+
+
+class UserUsageOut(Strict):
+    user_id: str
+    input_tokens: int
+    output_tokens: int
+    calls: int = Field(description="Model calls this user's prompts took part in")
+
+
+class UsageOut(Strict):
+    session_id: str
+    day: str = Field(description="UTC day, YYYY-MM-DD")
+    input_tokens: int
+    output_tokens: int
+    users: list[UserUsageOut]
+    quotas: QuotasOut

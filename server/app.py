@@ -6,7 +6,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -20,12 +20,12 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from server import api
+from server import api, api_usage
 from server.api_models import Health, Readiness
 from server.db import create_engine, current_revision, head_revision
 from server.keys import resolve_keys
 from server.metrics import Metrics
-from server.providers.offline import OfflineProvider
+from server.providers.registry import open_models
 from server.rest import Operation, error_response, openapi_document, route
 from server.rooms import RoomRegistry
 from server.settings import Settings
@@ -121,12 +121,20 @@ def create_app(
     clock: Callable[[], float] = time.time,
 ) -> Starlette:
     settings = settings or Settings()
-    model = provider or OfflineProvider(settings.offline_token_delay_ms / 1000)
-    operations = PROBES + api.OPERATIONS
+    operations = PROBES + api.OPERATIONS + api_usage.OPERATIONS
     spec = openapi_document(operations, title="Parley admin API", version=VERSION)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with AsyncExitStack() as stack:
+            model = provider
+            if model is None:
+                model = await stack.enter_async_context(open_models(settings))
+            async with _resources(app, model):
+                yield
+
+    @asynccontextmanager
+    async def _resources(app: Starlette, model: ModelProvider) -> AsyncIterator[None]:
         engine = create_engine(settings.database_url)
         store = Store(engine)
         revision = await current_revision(engine)

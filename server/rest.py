@@ -49,10 +49,12 @@ class QueryParam:
 
 @dataclass(frozen=True, slots=True)
 class QueryStr:
-    """A required string query parameter."""
+    """A string query parameter (None when optional and absent), matching ``pattern``."""
 
     name: str
     max_length: int = 200
+    required: bool = True
+    pattern: str | None = None
 
 
 @dataclass(slots=True)
@@ -121,10 +123,7 @@ def route(op: Operation) -> Route:
             for param in op.query:
                 kwargs[param.name] = _query_int(request, param)
             for text in op.query_str:
-                value = request.query_params.get(text.name)
-                if not value or len(value) > text.max_length:
-                    raise InvalidInput(f"{text.name}: required, 1-{text.max_length} characters")
-                kwargs[text.name] = value
+                kwargs[text.name] = _query_str(request, text)
             if op.body is not None:
                 raw = await read_body(request, state.settings.max_request_bytes)
                 try:
@@ -140,6 +139,18 @@ def route(op: Operation) -> Route:
         return JSONResponse(result.model_dump(mode="json"), status_code=op.status)
 
     return Route(op.path, endpoint, methods=[op.method], name=op.handler.__name__)
+
+
+def _query_str(request: Request, param: QueryStr) -> str | None:
+    value = request.query_params.get(param.name)
+    if value is None and not param.required:
+        return None
+    if not value or len(value) > param.max_length:
+        need = "required, " if param.required else ""
+        raise InvalidInput(f"{param.name}: {need}1-{param.max_length} characters")
+    if param.pattern is not None and not re.fullmatch(param.pattern, value):
+        raise InvalidInput(f"{param.name}: must match {param.pattern}")
+    return value
 
 
 def _query_int(request: Request, param: QueryParam) -> int:
@@ -192,8 +203,13 @@ def openapi_document(operations: list[Operation], *, title: str, version: str) -
             {
                 "name": q.name,
                 "in": "query",
-                "required": True,
-                "schema": {"type": "string", "minLength": 1, "maxLength": q.max_length},
+                "required": q.required,
+                "schema": {
+                    "type": "string",
+                    "minLength": 1,
+                    "maxLength": q.max_length,
+                    **({"pattern": f"^{q.pattern}$"} if q.pattern else {}),
+                },
             }
             for q in op.query_str
         ]

@@ -99,6 +99,7 @@ class SessionRoom:
         self.presence = Presence(settings.max_awareness_state_bytes)
         self.refused_writes = 0
         self.active_run: ActiveRun | None = None
+        self.model: str | None = None  # the session's model; None: the server's default
         self._user_buckets: dict[str, TokenBucket] = {}
         self.wakeup = asyncio.Event()
         self.closed = False
@@ -397,9 +398,10 @@ class SessionRoom:
             self.doc.set_fact(key, value)
 
     def context_settings(self) -> ContextSettings:
+        spec = self.settings.model_spec(self.model)
         return ContextSettings(
-            window_tokens=self.settings.context_window_tokens,
-            reserve_output_tokens=self.settings.max_output_tokens,
+            window_tokens=spec.context_window_tokens,
+            reserve_output_tokens=spec.reserved_output_tokens,
             near_duplicate_threshold=self.settings.near_duplicate_threshold,
             min_block_lines=self.settings.min_block_lines,
         )
@@ -415,6 +417,7 @@ class SessionRoom:
         """What a model call answering ``prompt_ids`` is given (none: the history alone).
 
         The room keeps its builder, so each build folds only what changed since the last."""
+        spec = self.settings.model_spec(self.model)
         settings = self.context_settings()
         if self._builder.settings != settings:
             self._builder = ContextBuilder(settings)
@@ -425,11 +428,14 @@ class SessionRoom:
             prompt_ids=prompt_ids,
             facts=self.doc.fact_map(),
             pins=self.doc.pinned(),
-            max_output_tokens=self.settings.max_output_tokens,
+            max_output_tokens=spec.reserved_output_tokens,
             withheld=withheld,
             private_text=private_text,
             scope_key=scope_key,
             summaries=self.summaries,
+            # A model taken out of the configuration fails the call (the registry says so)
+            # rather than sending the session's text to another vendor.
+            model=self.model or spec.name,
         )
         self.metrics.context_build.observe(time.perf_counter() - started)
         return built

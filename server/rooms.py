@@ -66,6 +66,7 @@ class RoomRegistry:
                 clock=self.clock,
                 metrics=self.metrics,
             )
+            room.model = row.model
             await room.load(row.title, Policy(row.policy))
             runner = SessionRunner(room, self.provider, self.settings.run_timeout_s)
             runner.start()

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 
 from server.room import ActiveRun, SessionRoom
 from server.summarise import Summariser
-from session.errors import Unavailable
+from server.usage import UsageLedger
+from session.errors import ProviderError, QuotaExceeded, Unavailable
 from session.lifecycle import PromptStatus, ReplyStatus
 from session.model import ModelProvider, ModelRequest, TextDelta, Usage
 from session.queue import Run
@@ -43,6 +44,7 @@ class SessionRunner:
         self.run_timeout_s = run_timeout_s
         self.task: asyncio.Task[None] | None = None
         self.summariser = Summariser(room, provider, run_timeout_s)
+        self.usage = UsageLedger(room.store, room.clock)
 
     def start(self) -> None:
         self.task = asyncio.create_task(self._loop(), name=f"runner:{self.room.session_id}")
@@ -74,7 +76,8 @@ class SessionRunner:
                 await asyncio.sleep(delay)
 
     async def _run(self, run: Run) -> None:
-        reply_id = await self.room.start_run(run, self.provider.name)
+        # The reply is signed by the model that writes it: the session's, or the default.
+        reply_id = await self.room.start_run(run, self.room.model or self.provider.name)
         if reply_id is None:
             return  # the queue changed under us (cancel, revoked author): ask it again
         built = self.room.context_for(run.ids)
@@ -102,6 +105,8 @@ class SessionRunner:
                 )
             else:
                 outcome = await self._execute(active, built.request)
+                if outcome.usage is not None:
+                    await self._record_usage(built.request, reply_id, outcome.usage)
             await self._settle(active, outcome)
         finally:
             self.room.active_run = None
@@ -127,6 +132,13 @@ class SessionRunner:
         )
 
     async def _execute(self, active: ActiveRun, request: ModelRequest) -> RunOutcome:
+        try:
+            await self.usage.admit(self.room.session_id, request.issuers)
+        except (QuotaExceeded, Unavailable) as exc:  # no model call without a quota check
+            return RunOutcome(PromptStatus.FAILED, f"{exc.code.value}: {exc.message}")
+        if active.stopped is not None:  # cancelled while the quotas were read
+            status, reason, reply_status = active.stopped
+            return RunOutcome(status, reason, reply_status)
         active.task = asyncio.create_task(self._stream(active, request))
         try:
             async with asyncio.timeout(self.run_timeout_s):
@@ -142,6 +154,9 @@ class SessionRunner:
                 raise
             status, reason, reply_status = active.stopped
             return RunOutcome(status, reason, reply_status)
+        except ProviderError as exc:
+            log.warning("model call failed", extra={"error": exc.message, "status": exc.status})
+            return RunOutcome(PromptStatus.FAILED, f"{exc.code.value}: {exc.message}")
         except Exception as exc:
             log.exception("model call failed")
             return RunOutcome(PromptStatus.FAILED, f"provider error: {type(exc).__name__}: {exc}")
@@ -200,6 +215,18 @@ class SessionRunner:
         if errors:
             raise errors[0]
         return usage[-1] if usage else None
+
+    async def _record_usage(self, request: ModelRequest, reply_id: str, usage: Usage) -> None:
+        try:
+            await self.usage.record(
+                self.room.session_id,
+                request.issuers,
+                request.model or self.provider.name,
+                reply_id,
+                usage,
+            )
+        except Unavailable:
+            log.warning("usage not recorded: database unavailable", extra={"reply_id": reply_id})
 
     async def _settle(self, active: ActiveRun, outcome: RunOutcome) -> None:
         """Store the run's outcome; keep trying while the database is away."""

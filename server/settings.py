@@ -3,9 +3,37 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+OFFLINE_MODEL = "offline"
+
+
+class ModelSpec(BaseModel):
+    """One model a session may use (an item of ``PARLEY_MODELS``). The API key is read from
+    the environment variable ``api_key_env`` names, so it never sits in the configuration."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9._:/-]+$")
+    kind: Literal["openai", "anthropic", "offline"]
+    base_url: str = Field(default="", max_length=2000)
+    api_key_env: str | None = Field(default=None, min_length=1, max_length=200)
+    model: str = Field(default="", max_length=200, description="The upstream model id")
+    context_window_tokens: int = Field(default=16_384, gt=0)
+    reserved_output_tokens: int = Field(default=1024, gt=0)
+
+    @model_validator(mode="after")
+    def _complete(self) -> ModelSpec:
+        if self.kind != "offline" and not (self.base_url and self.model):
+            raise ValueError(f"model {self.name!r}: base_url and model are required")
+        if self.reserved_output_tokens >= self.context_window_tokens:
+            raise ValueError(
+                f"model {self.name!r}: reserved_output_tokens must be below context_window_tokens"
+            )
+        return self
 
 
 class Settings(BaseSettings):
@@ -26,6 +54,17 @@ class Settings(BaseSettings):
     offline_token_delay_ms: float = 15.0
     run_timeout_s: float = 300.0
     max_output_tokens: int = 1024
+    models: list[ModelSpec] = Field(
+        default_factory=list,
+        description="JSON list of models; empty: the built-in offline model alone",
+    )
+    default_model: str | None = None
+    provider_connect_timeout_s: float = Field(default=10.0, gt=0)
+    provider_read_timeout_s: float = Field(default=120.0, gt=0)
+    provider_max_attempts: int = Field(default=3, ge=1, le=10)
+    provider_retry_base_s: float = Field(default=0.5, ge=0)
+    provider_retry_max_s: float = Field(default=8.0, ge=0)
+    provider_retry_after_max_s: float = Field(default=30.0, ge=0)
 
     # Context building
     context_window_tokens: int = 16_384
@@ -80,3 +119,30 @@ class Settings(BaseSettings):
     snapshot_every_updates: int = 500
     room_idle_unload_s: float = 60.0
     log_level: str = "info"
+
+    @model_validator(mode="after")
+    def _models_consistent(self) -> Settings:
+        names = [spec.name for spec in self.models]
+        if len(set(names)) != len(names):
+            raise ValueError("PARLEY_MODELS: model names must be unique")
+        if self.default_model is not None and self.default_model not in self.catalog():
+            raise ValueError(f"PARLEY_DEFAULT_MODEL {self.default_model!r} is not configured")
+        return self
+
+    def catalog(self) -> dict[str, ModelSpec]:
+        """The models sessions may choose, by name (the offline model when none is set)."""
+        if not self.models:
+            offline = ModelSpec(
+                name=OFFLINE_MODEL,
+                kind="offline",
+                context_window_tokens=self.context_window_tokens,
+                reserved_output_tokens=min(self.max_output_tokens, self.context_window_tokens - 1),
+            )
+            return {OFFLINE_MODEL: offline}
+        return {spec.name: spec for spec in self.models}
+
+    def model_spec(self, name: str | None) -> ModelSpec:
+        """The spec of ``name``; the default model's for None or a name no longer set."""
+        catalog = self.catalog()
+        chosen = catalog.get(name) if name is not None else None
+        return chosen or catalog[self.default_model or next(iter(catalog))]

@@ -16,7 +16,16 @@ from sqlalchemy import and_, delete, func, insert, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from server.tables import doc_snapshots, doc_updates, entries, members, sessions, summaries
+from server.tables import (
+    doc_snapshots,
+    doc_updates,
+    entries,
+    members,
+    model_usage,
+    quotas,
+    sessions,
+    summaries,
+)
 from session.errors import Unavailable
 from session.summary import Summary
 from session.tokens import count_tokens
@@ -29,6 +38,7 @@ class SessionRow:
     created_at: int
     last_seq: int
     policy: str
+    model: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +72,7 @@ class StoredDoc:
 
 
 def _session(row: Any) -> SessionRow:
-    return SessionRow(row.id, row.title, row.created_at, row.last_seq, row.policy)
+    return SessionRow(row.id, row.title, row.created_at, row.last_seq, row.policy, row.model)
 
 
 def _member(row: Any) -> MemberRow:
@@ -227,6 +237,12 @@ class Store:
                 update(sessions).where(sessions.c.id == session_id).values(title=title)
             )
 
+    async def set_model(self, session_id: str, model: str | None) -> None:
+        async with self.transaction() as tx:
+            await tx.connection.execute(
+                update(sessions).where(sessions.c.id == session_id).values(model=model)
+            )
+
     async def get_session(self, session_id: str) -> SessionRow | None:
         async with self._read() as connection:
             row = (
@@ -253,7 +269,15 @@ class Store:
     async def delete_session(self, session_id: str) -> bool:
         async with self.transaction() as tx:
             # Children first: SQLite enforces ON DELETE CASCADE only with the pragma on.
-            for table in (summaries, doc_snapshots, doc_updates, entries, members):
+            for table in (
+                summaries,
+                doc_snapshots,
+                doc_updates,
+                entries,
+                members,
+                model_usage,
+                quotas,
+            ):
                 await tx.connection.execute(delete(table).where(table.c.session_id == session_id))
             result = await tx.connection.execute(
                 delete(sessions).where(sessions.c.id == session_id)

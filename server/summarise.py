@@ -59,7 +59,10 @@ class Summariser:
 
     async def _summarise(self, plan: SummaryPlan) -> None:
         room = self.room
-        request = summary_request(room.session_id, plan, room.settings.summary_max_output_tokens)
+        model = room.model or room.settings.model_spec(room.model).name
+        request = summary_request(
+            room.session_id, plan, room.settings.summary_max_output_tokens, model
+        )
         started = time.monotonic()
         parts: list[str] = []
         usage: Usage | None = None
@@ -79,14 +82,14 @@ class Summariser:
         if not text:
             raise ParleyError("the model returned an empty summary")
         summary = extended(plan, f"sum-{uuid.uuid4().hex[:16]}", text)
-        await room.add_summary(summary, plan.new_ids, self.provider.name, usage)
+        await room.add_summary(summary, plan.new_ids, model, usage)
         room.metrics.summaries.labels(status="done").inc()
         log.info(
             "summary call",
             extra={
                 "session_id": room.session_id,
                 "summary_id": summary.id,
-                "model": self.provider.name,
+                "model": model,
                 "from_seq": summary.from_seq,
                 "to_seq": summary.to_seq,
                 "entries": len(plan.new_ids),

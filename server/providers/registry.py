@@ -1,0 +1,92 @@
+"""The configured models, by name: one provider each, chosen per call by ``request.model``.
+
+``open_models`` builds them from the settings and owns the one HTTP client they share
+(its connection pool, its time-outs); leaving it closes every upstream connection.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+
+import httpx
+
+from server.providers.anthropic import AnthropicProvider
+from server.providers.offline import OfflineProvider
+from server.providers.openai import OpenAIProvider
+from server.providers.retry import RetryingProvider, RetryPolicy, close_events
+from server.providers.upstream import Upstream, timeout
+from server.settings import ModelSpec, Settings
+from session.errors import ProviderError
+from session.model import ModelEvent, ModelProvider, ModelRequest
+
+
+class MissingApiKey(RuntimeError):
+    """A model names an API-key variable that is not set (the server refuses to start)."""
+
+
+class ModelRegistry:
+    """A ``ModelProvider`` that hands each call to the provider of the model it names
+    (None: the default model). Its ``name`` is the default provider's."""
+
+    def __init__(self, providers: Mapping[str, ModelProvider], default: str) -> None:
+        self.providers = dict(providers)
+        self.default = default
+        self.name = self.providers[default].name
+
+    async def stream(self, request: ModelRequest) -> AsyncIterator[ModelEvent]:
+        name = request.model or self.default
+        provider = self.providers.get(name)
+        if provider is None:
+            raise ProviderError(f"model {name!r} is not configured on this server")
+        events = provider.stream(request)
+        try:
+            async for event in events:
+                yield event
+        finally:
+            await close_events(events)
+
+
+def _api_key(spec: ModelSpec) -> str | None:
+    if spec.api_key_env is None:
+        return None
+    key = os.environ.get(spec.api_key_env)
+    if not key:
+        raise MissingApiKey(
+            f"model {spec.name!r}: the environment variable {spec.api_key_env} is not set"
+        )
+    return key
+
+
+def build_provider(spec: ModelSpec, settings: Settings, client: httpx.AsyncClient) -> ModelProvider:
+    if spec.kind == "offline":
+        return OfflineProvider(settings.offline_token_delay_ms / 1000)
+    upstream = Upstream(
+        label=f"model {spec.name!r}",
+        base_url=spec.base_url,
+        model=spec.model,
+        api_key=_api_key(spec),
+    )
+    inner: ModelProvider
+    if spec.kind == "openai":
+        inner = OpenAIProvider(spec.name, upstream, client)
+    else:
+        inner = AnthropicProvider(spec.name, upstream, client)
+    policy = RetryPolicy(
+        max_attempts=settings.provider_max_attempts,
+        base_delay_s=settings.provider_retry_base_s,
+        max_delay_s=settings.provider_retry_max_s,
+        max_retry_after_s=settings.provider_retry_after_max_s,
+    )
+    return RetryingProvider(inner, policy)
+
+
+@asynccontextmanager
+async def open_models(settings: Settings) -> AsyncIterator[ModelRegistry]:
+    """The registry of ``settings.catalog()``; raises ``MissingApiKey`` before any call."""
+    limits = timeout(settings.provider_connect_timeout_s, settings.provider_read_timeout_s)
+    async with httpx.AsyncClient(timeout=limits, follow_redirects=False) as client:
+        catalog = settings.catalog()
+        providers = {name: build_provider(spec, settings, client) for name, spec in catalog.items()}
+        yield ModelRegistry(providers, settings.model_spec(None).name)

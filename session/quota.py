@@ -1,0 +1,64 @@
+"""Token quotas per day: who pays for a call, and whether a call may start.
+
+A call's tokens (input plus output) are shared among its issuers, so a coalesced run that
+answers two people's prompts charges each half; a quota counts both directions.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from session.model import Usage
+
+
+@dataclass(frozen=True, slots=True)
+class Quotas:
+    """Tokens a day (UTC); None is no limit. ``user_tokens_per_day`` holds for each member."""
+
+    session_tokens_per_day: int | None = None
+    user_tokens_per_day: int | None = None
+
+
+def day_of(epoch_s: float) -> str:
+    """The UTC day a moment falls on, as ``YYYY-MM-DD``."""
+    return datetime.datetime.fromtimestamp(epoch_s, datetime.UTC).date().isoformat()
+
+
+def shares(usage: Usage, issuers: Sequence[str]) -> list[tuple[str, Usage]]:
+    """``usage`` split among the distinct ``issuers``; the first ones take the remainders,
+    so the shares add up to the whole."""
+    people = list(dict.fromkeys(issuers))
+    if not people:
+        return []
+    n = len(people)
+    result = []
+    for index, person in enumerate(people):
+        result.append(
+            (
+                person,
+                Usage(
+                    usage.input_tokens // n + (index < usage.input_tokens % n),
+                    usage.output_tokens // n + (index < usage.output_tokens % n),
+                ),
+            )
+        )
+    return result
+
+
+def over_quota(
+    quotas: Quotas, session_used: int, used_by: Mapping[str, int], issuers: Sequence[str]
+) -> str | None:
+    """Why a call for ``issuers`` may not start today, or None. ``used_by`` holds the
+    tokens each issuer used today, ``session_used`` the session's total."""
+    limit = quotas.session_tokens_per_day
+    if limit is not None and session_used >= limit:
+        return f"the session used {session_used} of its {limit} tokens today"
+    limit = quotas.user_tokens_per_day
+    if limit is not None:
+        for issuer in issuers:
+            used = used_by.get(issuer, 0)
+            if used >= limit:
+                return f"{issuer} used {used} of their {limit} tokens today"
+    return None

@@ -1,0 +1,244 @@
+"""The Chat Completions adapter against a real local HTTP server speaking the wire format."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from server.providers.openai import OpenAIProvider, render
+from server.providers.upstream import Upstream, timeout
+from session.errors import ProviderError
+from session.model import (
+    Finish,
+    ModelEvent,
+    ModelMessage,
+    ModelRequest,
+    TextDelta,
+    ToolCall,
+    ToolSpec,
+    Usage,
+)
+from tests.fake_upstream import FakeUpstream, Reply, openai_chunk, openai_stream, sse
+
+KEY = "sk-test-0123456789-RECOGNISABLE"
+
+REQUEST = ModelRequest(
+    session_id="s",
+    issuers=("alice",),
+    system="You are Parley.",
+    messages=(
+        ModelMessage("user", "bob: what is the weather?", author="bob"),
+        ModelMessage(
+            "assistant",
+            "",
+            tool_calls=(ToolCall("call_1", "weather", '{"city": "Oslo"}'),),
+        ),
+        ModelMessage("tool", "rain, 4 C", tool_call_id="call_1"),
+        ModelMessage("assistant", "It rains in Oslo."),
+        ModelMessage("user", "and tomorrow?", author="alice"),
+    ),
+    answering=(4,),
+    max_output_tokens=321,
+    tools=(
+        ToolSpec(
+            "weather",
+            "The weather in a city",
+            {"type": "object", "properties": {"city": {"type": "string"}}},
+        ),
+    ),
+)
+
+
+def test_render_follows_the_chat_completions_format() -> None:
+    body = render(REQUEST, "gpt-4o-mini")
+    assert body["model"] == "gpt-4o-mini"
+    assert body["stream"] is True and body["stream_options"] == {"include_usage": True}
+    assert body["max_tokens"] == 321
+    assert body["messages"] == [
+        {"role": "system", "content": "You are Parley."},
+        {"role": "user", "content": "bob: what is the weather?"},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": "weather", "arguments": '{"city": "Oslo"}'},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "call_1", "content": "rain, 4 C"},
+        {"role": "assistant", "content": "It rains in Oslo."},
+        {"role": "user", "content": "and tomorrow?"},
+    ]
+    assert body["tools"] == [
+        {
+            "type": "function",
+            "function": {
+                "name": "weather",
+                "description": "The weather in a city",
+                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+            },
+        }
+    ]
+
+
+async def collect(upstream: FakeUpstream) -> list[ModelEvent]:
+    async with httpx.AsyncClient() as client:
+        provider = OpenAIProvider(
+            "gpt", Upstream("model 'gpt'", upstream.base_url + "/v1", "gpt-4o-mini", KEY), client
+        )
+        stream = provider.stream(REQUEST)
+        assert isinstance(stream, AsyncIterator)
+        return [event async for event in stream]
+
+
+def split_every(data: bytes, size: int) -> list[bytes]:
+    return [data[i : i + size] for i in range(0, len(data), size)]
+
+
+def tool_call_stream() -> bytes:
+    """Two parallel tool calls, their arguments split mid-token, as OpenAI streams them."""
+
+    def call(index: int, **fields: object) -> bytes:
+        return sse(json.dumps(openai_chunk({"tool_calls": [{"index": index, **fields}]})))
+
+    pieces = [
+        sse(json.dumps(openai_chunk({"role": "assistant", "content": None}))),
+        call(0, id="call_a", type="function", function={"name": "weather", "arguments": ""}),
+        call(0, function={"arguments": '{"ci'}),
+        call(1, id="call_b", type="function", function={"name": "time", "arguments": '{"tz'}),
+        call(0, function={"arguments": 'ty": "Os'}),
+        call(1, function={"arguments": '": "CET"}'}),
+        call(0, function={"arguments": 'lo"}'}),
+        sse(json.dumps(openai_chunk({}, "tool_calls"))),
+        sse(
+            json.dumps(
+                {
+                    **openai_chunk({}),
+                    "choices": [],
+                    "usage": {"prompt_tokens": 40, "completion_tokens": 9, "total_tokens": 49},
+                }
+            )
+        ),
+        sse("[DONE]"),
+    ]
+    return b"".join(pieces)
+
+
+@pytest.mark.parametrize("size", [1, 7, 64, 10_000])
+async def test_tool_calls_split_at_any_byte_are_assembled_per_index(size: int) -> None:
+    async with FakeUpstream([Reply(pieces=split_every(tool_call_stream(), size))]).running() as up:
+        events = await collect(up)
+        sent = up.exchanges[0]
+    assert events == [
+        ToolCall("call_a", "weather", '{"city": "Oslo"}'),
+        ToolCall("call_b", "time", '{"tz": "CET"}'),
+        Usage(40, 9),
+        Finish("tool_calls"),
+    ]
+    assert sent.path == "/v1/chat/completions"
+    assert sent.headers["authorization"] == f"Bearer {KEY}"
+    assert sent.json()["messages"][0] == {"role": "system", "content": "You are Parley."}
+
+
+async def test_crlf_lines_comments_and_multi_line_data_are_read() -> None:
+    text = b"".join(openai_stream(["Hel", "lo"])).replace(b"\n", b"\r\n")
+    # A keep-alive comment, and one JSON object spread over two data lines.
+    chunk = json.dumps(openai_chunk({"content": "!"}))
+    middle = chunk.index(', "choices"') + 1
+    extra = f": keep-alive\r\n\r\ndata: {chunk[:middle]}\r\ndata: {chunk[middle:]}\r\n\r\n"
+    head, done = text.rsplit(b"data: [DONE]", 1)
+    stream = head + extra.encode() + b"data: [DONE]" + done
+    async with FakeUpstream([Reply(pieces=split_every(stream, 5))]).running() as up:
+        events = await collect(up)
+    # json.loads joins the two data lines with a newline, which JSON allows between tokens.
+    assert events == [TextDelta("Hel"), TextDelta("lo"), TextDelta("!"), Usage(12, 5), Finish()]
+
+
+async def test_a_stream_that_ends_before_done_is_an_error() -> None:
+    pieces = openai_stream(["partial"])[:2]
+    async with FakeUpstream([Reply(pieces=pieces)]).running() as up:
+        with pytest.raises(ProviderError, match=r"before \[DONE\]"):
+            await collect(up)
+
+
+async def test_an_http_error_names_status_and_message_but_never_the_key() -> None:
+    body = json.dumps(
+        {
+            "error": {
+                "message": f"Incorrect API key provided: {KEY}.",
+                "type": "invalid_request_error",
+                "code": "invalid_api_key",
+            }
+        }
+    ).encode()
+    reply = Reply(401, [body], headers={"content-type": "application/json"})
+    async with FakeUpstream([reply]).running() as up:
+        with pytest.raises(ProviderError) as caught:
+            await collect(up)
+    error = caught.value
+    assert error.status == 401 and not error.retryable
+    assert "401" in error.message and "Incorrect API key provided" in error.message
+    assert KEY not in str(error) and "[redacted]" in error.message
+
+
+async def test_429_is_retryable_with_its_retry_after() -> None:
+    reply = Reply(
+        429,
+        [b'{"error": {"message": "Rate limit reached"}}'],
+        headers={"content-type": "application/json", "retry-after": "7"},
+    )
+    async with FakeUpstream([reply]).running() as up:
+        with pytest.raises(ProviderError) as caught:
+            await collect(up)
+    assert caught.value.retryable and caught.value.retry_after_s == 7.0
+
+
+async def test_an_error_object_inside_the_stream_fails_the_call() -> None:
+    pieces = [sse(json.dumps({"error": {"message": "model overloaded"}}))]
+    async with FakeUpstream([Reply(pieces=pieces)]).running() as up:
+        with pytest.raises(ProviderError, match="model overloaded"):
+            await collect(up)
+
+
+async def test_a_reply_that_is_not_an_event_stream_is_an_error() -> None:
+    reply = Reply(200, [b'{"choices": []}'], headers={"content-type": "application/json"})
+    async with FakeUpstream([reply]).running() as up:
+        with pytest.raises(ProviderError, match="did not stream events"):
+            await collect(up)
+
+
+async def test_a_silent_upstream_times_out_as_a_retryable_error() -> None:
+    slow = Reply(pieces=openai_stream(["late"]), delay_s=0.5)
+    async with (
+        FakeUpstream([slow]).running() as up,
+        httpx.AsyncClient(timeout=timeout(connect_s=1.0, read_s=0.1)) as client,
+    ):
+        provider = OpenAIProvider("gpt", Upstream("model 'gpt'", up.base_url, "m", KEY), client)
+        started = time.monotonic()
+        with pytest.raises(ProviderError, match=r"timed out \(ReadTimeout\)") as caught:
+            [event async for event in provider.stream(REQUEST)]
+        assert time.monotonic() - started < 0.45
+        await asyncio.wait_for(up.exchanges[0].hung_up.wait(), 2)
+    assert caught.value.retryable
+
+
+async def test_a_refused_connection_is_a_retryable_error() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # bound, never listening: connections are refused
+        async with httpx.AsyncClient() as client:
+            provider = OpenAIProvider(
+                "gpt", Upstream("model 'gpt'", f"http://127.0.0.1:{port}", "m", KEY), client
+            )
+            with pytest.raises(ProviderError, match="connection failed") as caught:
+                [event async for event in provider.stream(REQUEST)]
+    assert caught.value.retryable and KEY not in caught.value.message

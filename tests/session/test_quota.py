@@ -1,0 +1,41 @@
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from session.model import Usage
+from session.quota import Quotas, day_of, over_quota, shares
+
+
+def test_day_is_the_utc_date() -> None:
+    assert day_of(0) == "1970-01-01"
+    assert day_of(1_764_115_199.9) == "2025-11-25"
+    assert day_of(1_764_115_200) == "2025-11-26"
+
+
+@given(
+    st.integers(0, 10**9),
+    st.integers(0, 10**9),
+    st.lists(st.sampled_from(["a", "b", "c", "d"]), max_size=6),
+)
+def test_shares_add_up_to_the_whole_and_differ_by_at_most_one(
+    tokens_in: int, tokens_out: int, issuers: list[str]
+) -> None:
+    split = shares(Usage(tokens_in, tokens_out), issuers)
+    assert [p for p, _ in split] == list(dict.fromkeys(issuers))
+    if split:
+        assert sum(u.input_tokens for _, u in split) == tokens_in
+        assert sum(u.output_tokens for _, u in split) == tokens_out
+        ins = [u.input_tokens for _, u in split]
+        assert max(ins) - min(ins) <= 1
+
+
+def test_over_quota_names_who_is_over() -> None:
+    quotas = Quotas(session_tokens_per_day=1000, user_tokens_per_day=300)
+    assert over_quota(quotas, 999, {"alice": 299}, ["alice"]) is None
+    assert (
+        over_quota(quotas, 1000, {}, ["alice"]) == "the session used 1000 of its 1000 tokens today"
+    )
+    reason = over_quota(quotas, 500, {"alice": 10, "bob": 300}, ["alice", "bob"])
+    assert reason == "bob used 300 of their 300 tokens today"
+    assert over_quota(Quotas(), 10**12, {"alice": 10**12}, ["alice"]) is None
