@@ -66,20 +66,22 @@ class SessionRunner:
                     await self.room.wakeup.wait()
                 continue
             try:
-                await self._run(run)
+                overflowed = await self._run(run)
                 failures = 0
-                self.summariser.poke()
+                if overflowed:
+                    self.summariser.poke()
             except Unavailable:
                 delay = RETRY_DELAYS_S[min(failures, len(RETRY_DELAYS_S) - 1)]
                 failures += 1
                 log.warning("store unavailable; retrying run", extra={"delay_s": delay})
                 await asyncio.sleep(delay)
 
-    async def _run(self, run: Run) -> None:
+    async def _run(self, run: Run) -> bool:
+        """Run ``run``; True when its history did not fit (a summary may be due)."""
         # The reply is signed by the model that writes it: the session's, or the default.
         reply_id = await self.room.start_run(run, self.room.model or self.provider.name)
         if reply_id is None:
-            return  # the queue changed under us (cancel, revoked author): ask it again
+            return False  # the queue changed under us (cancel, revoked author): ask again
         built = self.room.context_for(run.ids)
         active = ActiveRun(run, reply_id)
         self.room.active_run = active
@@ -130,6 +132,7 @@ class SessionRunner:
                 "seconds": round(elapsed, 3),
             },
         )
+        return built.overflowed
 
     async def _execute(self, active: ActiveRun, request: ModelRequest) -> RunOutcome:
         try:

@@ -57,19 +57,52 @@ class Excluded:
 
 @dataclass(frozen=True, slots=True)
 class BuiltContext:
+    """A model input and an account of what was left out of it.
+
+    What was left out is kept in compact form (``left``: the turns the budget loop set
+    aside, newest first; ``older``: the turns it never reached, oldest first), so a build
+    does not pay for listing a long history that only a preview or a summary plan reads."""
+
     request: ModelRequest
     tokens_per_message: tuple[int, ...]
     system_tokens: int
-    excluded: tuple[Excluded, ...]
     notes: dict[str, str]  # entry id -> what was folded into it
     budget: int
     tokenizer: str
     summary: Summary | None = None  # the summary given in the system text
-    dropped: tuple[FoldedItem, ...] = ()  # over budget and not summarised, oldest first
+    withheld: tuple[Excluded, ...] = ()
+    folded: tuple[tuple[str, str], ...] = ()  # (entry id, why) for every folded duplicate
+    left: tuple[FoldedItem, ...] = ()
+    older: tuple[FoldedItem, ...] = ()
 
     @property
     def tokens(self) -> int:
         return self.system_tokens + sum(self.tokens_per_message)
+
+    def _covered(self, item: FoldedItem) -> bool:
+        return self.summary is not None and self.summary.covers.issuperset(item.entry_ids)
+
+    @property
+    def excluded(self) -> tuple[Excluded, ...]:
+        """Every entry left out, with why: withheld, folded, summarised or over budget."""
+        found = [*self.withheld, *(Excluded(e, why) for e, why in self.folded)]
+        summarised = "" if self.summary is None else f"summarised in {self.summary.id}"
+        for item in (*self.left, *reversed(self.older)):
+            reason = summarised if self._covered(item) else "over budget"
+            found += [Excluded(e, reason) for e in item.entry_ids]
+        return tuple(found)
+
+    @property
+    def overflowed(self) -> bool:
+        """Some turn is over budget and not summarised (the newest such are looked at first,
+        so this is cheap when true)."""
+        return any(not self._covered(i) for i in (*self.left, *reversed(self.older)))
+
+    @property
+    def dropped(self) -> tuple[FoldedItem, ...]:
+        """Turns over budget and not summarised, oldest first: what a summary takes next."""
+        newest_first = [i for i in (*self.left, *reversed(self.older)) if not self._covered(i)]
+        return tuple(reversed(newest_first))
 
 
 WithheldReason = Callable[[Entry], str | None]
@@ -175,14 +208,13 @@ class ContextBuilder:
         entries the scope may read. ``summaries`` are the session's, oldest first; they must
         have been made from entries every member may read."""
         settings = self.settings
-        excluded: list[Excluded] = []
-        visible = _visible(entries, prompt_ids, withheld, private_text or {}, excluded)
+        withheld_items: list[Excluded] = []
+        visible = _visible(entries, prompt_ids, withheld, private_text or {}, withheld_items)
         pin_set = set(pins)
         pinned = [entry for entry, answers in visible if entry.id in pin_set and not answers]
         fold = self._fold_for(scope_key)
         history = [(entry, entry.id in pin_set and not answers) for entry, answers in visible]
         self.last_refolded = fold.sync(history)
-        excluded += [Excluded(entry_id, reason) for entry_id, reason in fold.excluded]
 
         summary = newest_within(summaries, visible[-1][0].seq) if visible else None
         covered = summary.covers if summary is not None else frozenset()
@@ -197,27 +229,30 @@ class ContextBuilder:
             cost[index] = count_tokens(render(item, answering=True))
         spent = system_tokens + sum(cost.values())
         kept: list[int] = []
-        dropped: list[FoldedItem] = []
+        left: list[FoldedItem] = []
         full = False
+        unseen_answering = len(answering_items)
+        cut = 0  # the turns before it were never reached: the budget was spent
         for index in range(len(fold.items) - 1, -1, -1):  # newest first
             item = fold.items[index]
             if item is None:
                 continue
             if index in answering_items:
                 kept.append(index)
-            elif covered and covered.issuperset(item.entry_ids):
-                assert summary is not None
-                excluded += [Excluded(e, f"summarised in {summary.id}") for e in item.entry_ids]
-            elif full or spent + item.tokens > settings.budget:
+                unseen_answering -= 1
+            elif (covered and covered.issuperset(item.entry_ids)) or full:
+                left.append(item)
+            elif spent + item.tokens > settings.budget:
                 full = True
-                dropped.append(item)
-                excluded += [Excluded(e, "over budget") for e in item.entry_ids]
+                left.append(item)
             else:
                 kept.append(index)
                 cost[index] = item.tokens
                 spent += item.tokens
+            if full and not unseen_answering:
+                cut = index
+                break
         kept.reverse()
-        dropped.reverse()
 
         messages: list[ModelMessage] = []
         answering: list[int] = []
@@ -251,12 +286,14 @@ class ContextBuilder:
             request=request,
             tokens_per_message=tuple(cost[index] for index in kept),
             system_tokens=system_tokens,
-            excluded=tuple(excluded),
             notes=notes,
             budget=settings.budget,
             tokenizer=tokenizer_name(),
             summary=summary,
-            dropped=tuple(dropped),
+            withheld=tuple(withheld_items),
+            folded=tuple(fold.excluded),
+            left=tuple(left),
+            older=tuple(item for item in fold.items[:cut] if item is not None),
         )
 
 
