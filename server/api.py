@@ -5,7 +5,8 @@ from __future__ import annotations
 import re
 import secrets
 
-from authz.roles import Role
+from authz.policy import Subject
+from authz.roles import Capability, Member, check_capabilities
 from authz.tokens import issue_token
 from server.api_models import (
     ContextPreview,
@@ -27,10 +28,10 @@ from server.api_models import (
     TranscriptEntryOut,
     TranscriptOut,
 )
-from server.rest import Operation, QueryParam, QueryStr
+from server.rest import Caller, Operation, QueryParam, QueryStr
 from server.state import AppState
-from server.store import SessionRow
-from session.errors import Conflict, InvalidInput, NotFound
+from server.store import MemberRow, SessionRow
+from session.errors import Conflict, Forbidden, InvalidInput, NotFound
 from session.queue import Policy
 
 USER_ID = re.compile(r"[A-Za-z0-9._@:+-]{1,200}")
@@ -96,37 +97,79 @@ async def delete_session(state: AppState, session_id: str) -> None:
         raise NotFound(f"no session {session_id!r}")
 
 
-async def put_member(state: AppState, session_id: str, user_id: str, body: MemberPut) -> MemberOut:
+def _member_out(state: AppState, row: MemberRow) -> MemberOut:
+    member = Member(row.user_id, row.role, frozenset(row.grants), frozenset(row.denials))
+    subject = Subject.of(member, state.rooms.roles)
+    return MemberOut(
+        user_id=row.user_id,
+        role=row.role,
+        grants=sorted(member.grants),
+        denials=sorted(member.denials),
+        capabilities=sorted(subject.capabilities),
+        created_at=row.created_at,
+    )
+
+
+async def put_member(
+    state: AppState, session_id: str, user_id: str, body: MemberPut, caller: Caller
+) -> MemberOut:
     _check_user_id(user_id)
     await _session(state, session_id)
-    await state.store.put_member(session_id, user_id, body.role, int(state.clock() * 1000))
-    room = state.rooms.loaded(session_id)
-    if room is not None:
-        room.set_member(user_id, Role(body.role))
-    member = await state.store.get_member(session_id, user_id)
-    if member is None:  # deleted concurrently
+    if body.role not in state.rooms.roles:
+        raise InvalidInput(f"role: no role {body.role!r} (see GET /api/v1/roles)")
+    grants, denials = check_capabilities(body.grants), check_capabilities(body.denials)
+    room = await state.rooms.get(session_id)
+    before = room.members.get(user_id)
+    await state.store.put_member(
+        session_id, user_id, body.role, int(state.clock() * 1000), grants, denials
+    )
+    member = Member(user_id, body.role, grants, denials)
+    room.set_member(user_id, member)
+    await room.audit(
+        "membership",
+        caller.user_id or "admin",
+        {
+            "user_id": user_id,
+            "before": None if before is None else _member_json(before),
+            "after": _member_json(member),
+        },
+    )
+    row = await state.store.get_member(session_id, user_id)
+    if row is None:  # deleted concurrently
         raise Conflict("the member was removed while being written")
-    return MemberOut(user_id=member.user_id, role=body.role, created_at=member.created_at)
+    return _member_out(state, row)
 
 
-async def delete_member(state: AppState, session_id: str, user_id: str) -> None:
+def _member_json(member: Member) -> dict[str, object]:
+    return {
+        "role": member.role,
+        "grants": sorted(member.grants),
+        "denials": sorted(member.denials),
+    }
+
+
+async def delete_member(state: AppState, session_id: str, user_id: str, caller: Caller) -> None:
     await _session(state, session_id)
+    room = await state.rooms.get(session_id)
+    before = room.members.get(user_id)
     if not await state.store.delete_member(session_id, user_id):
         raise NotFound(f"{user_id!r} is not a member of this session")
-    room = state.rooms.loaded(session_id)
-    if room is not None:
-        room.set_member(user_id, None)
+    room.set_member(user_id, None)
+    await room.audit(
+        "membership",
+        caller.user_id or "admin",
+        {
+            "user_id": user_id,
+            "before": None if before is None else _member_json(before),
+            "after": None,
+        },
+    )
 
 
 async def list_members(state: AppState, session_id: str) -> MemberList:
     await _session(state, session_id)
     rows = await state.store.list_members(session_id)
-    return MemberList(
-        members=[
-            MemberOut(user_id=r.user_id, role=Role(r.role).value, created_at=r.created_at)
-            for r in rows
-        ]
-    )
+    return MemberList(members=[_member_out(state, r) for r in rows])
 
 
 async def create_token(state: AppState, session_id: str, body: TokenCreate) -> TokenOut:
@@ -149,7 +192,7 @@ async def create_token(state: AppState, session_id: str, body: TokenCreate) -> T
         expires_at=claims.expires_at,
         user_id=body.user_id,
         session_id=session_id,
-        role=Role(member.role).value,
+        role=member.role,
     )
 
 
@@ -196,9 +239,14 @@ async def delete_pin(state: AppState, session_id: str, entry_id: str) -> None:
     await room.set_pinned(entry_id, False)
 
 
-async def preview_context(state: AppState, session_id: str, user_id: str) -> ContextPreview:
+async def preview_context(
+    state: AppState, session_id: str, user_id: str, caller: Caller
+) -> ContextPreview:
     """Exactly what the next model call for ``user_id`` would be given, if it started now:
-    the run that takes the user's next waiting prompt, or the history alone."""
+    the run that takes the user's next waiting prompt, or the history alone. A member may
+    preview only their own."""
+    if caller.user_id is not None and caller.user_id != user_id:
+        raise Forbidden("a member may preview only their own model input")
     room = await state.rooms.get(session_id)
     if user_id not in room.members:
         raise Conflict(f"{user_id!r} is not a member of this session")
@@ -245,6 +293,7 @@ OPERATIONS: list[Operation] = [
         "/api/v1/sessions/{session_id}/facts",
         list_facts,
         "Session facts",
+        capability=Capability.READ_SESSION,
         response=FactsOut,
         errors=SESSION_ERRORS,
     ),
@@ -253,6 +302,7 @@ OPERATIONS: list[Operation] = [
         "/api/v1/sessions/{session_id}/facts/{key}",
         put_fact,
         "Set a session fact (always in the model's input)",
+        capability=Capability.PIN,
         body=FactPut,
         response=FactsOut,
         errors=(404,),
@@ -262,6 +312,7 @@ OPERATIONS: list[Operation] = [
         "/api/v1/sessions/{session_id}/facts/{key}",
         delete_fact,
         "Remove a session fact",
+        capability=Capability.PIN,
         status=204,
         errors=SESSION_ERRORS,
     ),
@@ -270,6 +321,7 @@ OPERATIONS: list[Operation] = [
         "/api/v1/sessions/{session_id}/pins",
         list_pins,
         "Pinned entries",
+        capability=Capability.READ_SESSION,
         response=PinsOut,
         errors=SESSION_ERRORS,
     ),
@@ -278,6 +330,7 @@ OPERATIONS: list[Operation] = [
         "/api/v1/sessions/{session_id}/pins",
         create_pin,
         "Pin an entry (always in the model's input)",
+        capability=Capability.PIN,
         body=PinCreate,
         response=PinsOut,
         status=201,
@@ -288,6 +341,7 @@ OPERATIONS: list[Operation] = [
         "/api/v1/sessions/{session_id}/pins/{entry_id}",
         delete_pin,
         "Unpin an entry",
+        capability=Capability.PIN,
         status=204,
         errors=SESSION_ERRORS,
     ),
@@ -296,6 +350,8 @@ OPERATIONS: list[Operation] = [
         "/api/v1/sessions/{session_id}/context",
         preview_context,
         "Preview the next model input for a member",
+        capability=Capability.READ_SESSION,
+        with_caller=True,
         response=ContextPreview,
         errors=(404, 409),
         query_str=(QueryStr("user_id"),),
@@ -322,6 +378,7 @@ OPERATIONS: list[Operation] = [
         "/api/v1/sessions/{session_id}",
         get_session,
         "Get a session",
+        capability=Capability.READ_SESSION,
         response=SessionOut,
         errors=SESSION_ERRORS,
     ),
@@ -330,6 +387,7 @@ OPERATIONS: list[Operation] = [
         "/api/v1/sessions/{session_id}",
         update_session,
         "Change a session's title or scheduling policy",
+        capability=Capability.MANAGE_SESSION,
         body=SessionPatch,
         response=SessionOut,
         errors=SESSION_ERRORS,
@@ -339,6 +397,7 @@ OPERATIONS: list[Operation] = [
         "/api/v1/sessions/{session_id}",
         delete_session,
         "Delete a session and close its sockets",
+        capability=Capability.MANAGE_SESSION,
         status=204,
         errors=SESSION_ERRORS,
     ),
@@ -347,6 +406,8 @@ OPERATIONS: list[Operation] = [
         "/api/v1/sessions/{session_id}/members/{user_id}",
         put_member,
         "Add a member or change a member's role",
+        capability=Capability.MANAGE_MEMBERS,
+        with_caller=True,
         body=MemberPut,
         response=MemberOut,
         errors=(404, 409),
@@ -356,6 +417,8 @@ OPERATIONS: list[Operation] = [
         "/api/v1/sessions/{session_id}/members/{user_id}",
         delete_member,
         "Remove a member (their sockets close with 4403)",
+        capability=Capability.MANAGE_MEMBERS,
+        with_caller=True,
         status=204,
         errors=SESSION_ERRORS,
     ),
@@ -364,6 +427,7 @@ OPERATIONS: list[Operation] = [
         "/api/v1/sessions/{session_id}/members",
         list_members,
         "List members",
+        capability=Capability.READ_SESSION,
         response=MemberList,
         errors=SESSION_ERRORS,
     ),
@@ -382,6 +446,7 @@ OPERATIONS: list[Operation] = [
         "/api/v1/sessions/{session_id}/transcript",
         get_transcript,
         "The transcript in sequence order",
+        capability=Capability.READ_SESSION,
         response=TranscriptOut,
         errors=SESSION_ERRORS,
     ),

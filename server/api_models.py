@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from session.commands import unstorable
 
-RoleName = Literal["owner", "editor", "viewer"]
+RoleName = Annotated[
+    str,
+    Field(
+        pattern=r"^[a-z][a-z0-9_-]{0,31}$",
+        description="owner, editor, viewer, or a custom role defined under /api/v1/roles",
+    ),
+]
+CapabilityName = Annotated[
+    str,
+    Field(
+        pattern=r"^[a-z][a-z0-9_]{0,39}(:[A-Za-z0-9_.-]{1,100})?$",
+        description="e.g. prompt, pin, manage_members, tool:deploy, read:<document id>",
+    ),
+]
 PolicyName = Literal["queue", "coalesce", "interrupt", "reject"]
 
 
@@ -71,12 +84,33 @@ class SessionList(Strict):
 
 class MemberPut(Strict):
     role: RoleName
+    grants: list[CapabilityName] = Field(default_factory=list, max_length=100)
+    denials: list[CapabilityName] = Field(
+        default_factory=list, max_length=100, description="Win over the role and the grants"
+    )
 
 
 class MemberOut(Strict):
     user_id: str
     role: RoleName
+    grants: list[str]
+    denials: list[str]
+    capabilities: list[str] = Field(description="What the member may do now")
     created_at: int
+
+
+class RolePut(Strict):
+    capabilities: list[CapabilityName] = Field(max_length=100)
+
+
+class RoleOut(Strict):
+    name: str
+    builtin: bool
+    capabilities: list[str]
+
+
+class RoleList(Strict):
+    roles: list[RoleOut]
 
 
 class MemberList(Strict):
@@ -157,3 +191,16 @@ class ContextPreview(Strict):
     messages: list[PreviewMessage]
     excluded: list[PreviewExcluded] = Field(description="Left out, and why")
     notes: dict[str, str] = Field(description="Entry id -> what was folded into it")
+
+
+class AuditRecordOut(Strict):
+    id: int
+    at: int = Field(description="Milliseconds since the epoch.")
+    kind: str = Field(description="model_call, tool_refused, membership, policy, refused, …")
+    actor: str = Field(description="The user who acted (or 'admin')")
+    data: dict[str, Any]
+
+
+class AuditList(Strict):
+    records: list[AuditRecordOut]
+    next_after: int | None = Field(description="Pass as ?after= for the next page")

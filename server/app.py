@@ -20,7 +20,7 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from server import api
+from server import access_api, api
 from server.api_models import Health, Readiness
 from server.db import create_engine, current_revision, head_revision
 from server.keys import resolve_keys
@@ -122,7 +122,7 @@ def create_app(
 ) -> Starlette:
     settings = settings or Settings()
     model = provider or OfflineProvider(settings.offline_token_delay_ms / 1000)
-    operations = PROBES + api.OPERATIONS
+    operations = PROBES + api.OPERATIONS + access_api.OPERATIONS
     spec = openapi_document(operations, title="Parley admin API", version=VERSION)
 
     @asynccontextmanager
@@ -141,6 +141,7 @@ def create_app(
         rooms = RoomRegistry(store, settings, model, clock, metrics)
         metrics.watch(lambda: len(rooms), rooms.queue_depth)
         app.state.parley = AppState(settings, store, keys, rooms, clock, metrics)
+        await rooms.load_roles()
         recovered = await rooms.recover()
         if recovered:
             log.info("resumed sessions with pending prompts", extra={"sessions": recovered})

@@ -19,7 +19,9 @@ from typing import Any
 
 from pycrdt import Doc, TransactionEvent, merge_updates
 
-from authz.roles import Capability, Role, may
+from authz.policy import Action, Decision, Do, Subject, decide
+from authz.roles import Capability, Member, RoleTable
+from server.access_store import AccessStore
 from server.connection import Connection
 from server.metrics import Metrics
 from server.settings import Settings
@@ -29,7 +31,7 @@ from session.commands import (
     check_fact,
 )
 from session.context import BuiltContext, ContextSettings, build_context
-from session.errors import Forbidden, NotFound, TooLarge, Unavailable
+from session.errors import NotFound, TooLarge, Unavailable
 from session.lifecycle import PromptStatus, ReplyStatus
 from session.model import Usage
 from session.presence import Presence
@@ -75,8 +77,11 @@ class SessionRoom:
         settings: Settings,
         clock: Callable[[], float] = time.time,
         metrics: Metrics | None = None,
+        roles: Callable[[], RoleTable] = RoleTable,
     ) -> None:
         self.metrics = metrics or Metrics()
+        self.roles = roles
+        self.access = AccessStore(store)
         self.draining = False
         self.session_id = session_id
         self.store = store
@@ -88,7 +93,7 @@ class SessionRoom:
         self.queue = OrderingQueue(
             QueueLimits(settings.max_pending_per_user, settings.max_pending_per_session)
         )
-        self.members: dict[str, Role] = {}
+        self.members: dict[str, Member] = {}
         self.connections: set[Connection] = set()
         self.doc = SessionDocument(Doc())
         self.presence = Presence(settings.max_awareness_state_bytes)
@@ -113,7 +118,8 @@ class SessionRoom:
         """Restore the document from its update log and the queue from the entries table."""
         await self._load_doc()
         self.members = {
-            m.user_id: Role(m.role) for m in await self.store.list_members(self.session_id)
+            m.user_id: Member(m.user_id, m.role, frozenset(m.grants), frozenset(m.denials))
+            for m in await self.store.list_members(self.session_id)
         }
         if "session_id" not in self.doc.meta:
             async with self._writing():
@@ -221,11 +227,22 @@ class SessionRoom:
             bucket = self._user_buckets[user_id] = TokenBucket(rate, self.clock())
         return bucket
 
-    def role_of(self, user_id: str) -> Role:
-        role = self.members.get(user_id)
-        if role is None:
-            raise Forbidden("you are not a member of this session")
-        return role
+    def subject(self, user_id: str) -> Subject | None:
+        """The member as of now (role table and grants read live), or None."""
+        member = self.members.get(user_id)
+        return None if member is None else Subject.of(member, self.roles())
+
+    async def check(self, user_id: str, action: Action, what: str) -> Decision:
+        """Decide ``action`` for ``user_id`` now; a refusal is audited and raised."""
+        decision = decide(self.subject(user_id), action)
+        if not decision.allowed:
+            await self.audit("refused", user_id, {"action": what, "reason": decision.reason})
+            decision.require()
+        return decision
+
+    async def audit(self, kind: str, actor: str, data: dict[str, Any]) -> None:
+        """Append an audit record now (outside any document change)."""
+        await self.access.audit(self.session_id, self.now_ms(), kind, actor, data)
 
     # -- queue transitions (each one write; the queue is swapped in on commit) -------------
 
@@ -350,7 +367,11 @@ class SessionRoom:
             if self.queue.next() != run:
                 return None
             queue = self._staged_queue(write)
-            revoked = [p.id for p in run.prompts if not self._may_prompt(p.author)]
+            revoked = [
+                p.id
+                for p in run.prompts
+                if not decide(self.subject(p.author), Do(Capability.PROMPT)).allowed
+            ]
             if revoked:
                 reason = "forbidden: the author may no longer prompt in this session"
                 for prompt_id in revoked:
@@ -407,10 +428,6 @@ class SessionRoom:
             max_output_tokens=self.settings.max_output_tokens,
         )
 
-    def _may_prompt(self, user_id: str) -> bool:
-        role = self.members.get(user_id)
-        return role is not None and may(role, Capability.PROMPT)
-
     async def append_reply(self, reply_id: str, text: str) -> None:
         async with self._writing():
             self.doc.append_reply_text(reply_id, text)
@@ -446,18 +463,21 @@ class SessionRoom:
 
     # -- membership -----------------------------------------------------------------------
 
-    def set_member(self, user_id: str, role: Role | None) -> None:
-        """Apply a membership change made over REST to live sockets."""
-        if role is None:
+    def set_member(self, user_id: str, member: Member | None) -> None:
+        """Apply a membership change made over REST to live sockets: a member who may no
+        longer read the session is disconnected."""
+        if member is None:
             self.members.pop(user_id, None)
-            for connection in list(self.connections):
-                if connection.user_id == user_id:
-                    connection.close(CLOSE_FORBIDDEN, "membership revoked")
-            return
-        self.members[user_id] = role
-        for connection in self.connections:
-            if connection.user_id == user_id:
-                connection.role = role
+        else:
+            self.members[user_id] = member
+        self.refresh_sockets()
+
+    def refresh_sockets(self) -> None:
+        """Close the sockets of users who may no longer read the session (after a
+        membership change or a redefined role)."""
+        for connection in list(self.connections):
+            if not decide(self.subject(connection.user_id), Do(Capability.READ_SESSION)).allowed:
+                connection.close(CLOSE_FORBIDDEN, "membership revoked")
 
     def fail(self, reason: str) -> None:
         """Give the room up (its memory may hold an un-stored change): sockets are closed

@@ -8,6 +8,8 @@ import logging
 import time
 from collections.abc import Callable
 
+from authz.roles import RoleTable
+from server.access_store import AccessStore
 from server.metrics import Metrics
 from server.room import CLOSE_NOT_FOUND, SessionRoom
 from server.runner import SessionRunner
@@ -38,6 +40,7 @@ class RoomRegistry:
         self.settings = settings
         self.provider = provider
         self.clock = clock
+        self.roles = RoleTable()
         self._rooms: dict[str, tuple[SessionRoom, SessionRunner]] = {}
         self._loading: dict[str, asyncio.Lock] = {}
         self._reaper: asyncio.Task[None] | None = None
@@ -65,12 +68,20 @@ class RoomRegistry:
                 settings=self.settings,
                 clock=self.clock,
                 metrics=self.metrics,
+                roles=lambda: self.roles,
             )
             await room.load(row.title, Policy(row.policy))
             runner = SessionRunner(room, self.provider, self.settings.run_timeout_s)
             runner.start()
             self._rooms[session_id] = (room, runner)
             return room
+
+    async def load_roles(self) -> None:
+        """Read the custom roles again (at start, and after one is changed over REST); a
+        member whose role no longer lets them read a session is disconnected from it."""
+        self.roles = RoleTable(await AccessStore(self.store).list_roles())
+        for room, _ in self._rooms.values():
+            room.refresh_sockets()
 
     def queue_depth(self) -> int:
         return sum(len(room.queue) for room, _ in self._rooms.values())

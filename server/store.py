@@ -6,7 +6,8 @@ it) go through ``Store.transaction()``; everything a caller acknowledges has bee
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+import json
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -15,7 +16,16 @@ from sqlalchemy import and_, delete, func, insert, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from server.tables import doc_snapshots, doc_updates, entries, members, sessions
+from server.tables import (
+    audit_log,
+    doc_snapshots,
+    doc_updates,
+    documents,
+    entries,
+    members,
+    private_items,
+    sessions,
+)
 from session.errors import Unavailable
 
 
@@ -26,6 +36,7 @@ class SessionRow:
     created_at: int
     last_seq: int
     policy: str
+    restricted_replies: str = "private"
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +45,8 @@ class MemberRow:
     user_id: str
     role: str
     created_at: int
+    grants: tuple[str, ...] = ()
+    denials: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,11 +72,20 @@ class StoredDoc:
 
 
 def _session(row: Any) -> SessionRow:
-    return SessionRow(row.id, row.title, row.created_at, row.last_seq, row.policy)
+    return SessionRow(
+        row.id, row.title, row.created_at, row.last_seq, row.policy, row.restricted_replies
+    )
 
 
 def _member(row: Any) -> MemberRow:
-    return MemberRow(row.session_id, row.user_id, row.role, row.created_at)
+    return MemberRow(
+        row.session_id,
+        row.user_id,
+        row.role,
+        row.created_at,
+        tuple(json.loads(row.grants)),
+        tuple(json.loads(row.denials)),
+    )
 
 
 def _entry(row: Any) -> EntryRow:
@@ -194,7 +216,7 @@ class Store:
             raise Unavailable("the database is unavailable; nothing was stored") from exc
 
     @asynccontextmanager
-    async def _read(self) -> AsyncIterator[AsyncConnection]:
+    async def read(self) -> AsyncIterator[AsyncConnection]:
         try:
             async with self.engine.connect() as connection:
                 yield connection
@@ -202,7 +224,7 @@ class Store:
             raise Unavailable("the database is unavailable") from exc
 
     async def ping(self) -> None:
-        async with self._read() as connection:
+        async with self.read() as connection:
             await connection.execute(select(1))
 
     # -- sessions -------------------------------------------------------------------------
@@ -225,14 +247,14 @@ class Store:
             )
 
     async def get_session(self, session_id: str) -> SessionRow | None:
-        async with self._read() as connection:
+        async with self.read() as connection:
             row = (
                 await connection.execute(select(sessions).where(sessions.c.id == session_id))
             ).first()
         return None if row is None else _session(row)
 
     async def list_sessions(self, *, limit: int, offset: int) -> list[SessionRow]:
-        async with self._read() as connection:
+        async with self.read() as connection:
             rows = await connection.execute(
                 select(sessions)
                 .order_by(sessions.c.created_at, sessions.c.id)
@@ -242,7 +264,7 @@ class Store:
             return [_session(row) for row in rows]
 
     async def count_sessions(self) -> int:
-        async with self._read() as connection:
+        async with self.read() as connection:
             return int(
                 (await connection.execute(select(func.count()).select_from(sessions))).scalar_one()
             )
@@ -250,7 +272,15 @@ class Store:
     async def delete_session(self, session_id: str) -> bool:
         async with self.transaction() as tx:
             # Children first: SQLite enforces ON DELETE CASCADE only with the pragma on.
-            for table in (doc_snapshots, doc_updates, entries, members):
+            for table in (
+                audit_log,
+                private_items,
+                documents,
+                doc_snapshots,
+                doc_updates,
+                entries,
+                members,
+            ):
                 await tx.connection.execute(delete(table).where(table.c.session_id == session_id))
             result = await tx.connection.execute(
                 delete(sessions).where(sessions.c.id == session_id)
@@ -259,19 +289,32 @@ class Store:
 
     # -- members --------------------------------------------------------------------------
 
-    async def put_member(self, session_id: str, user_id: str, role: str, now: int) -> bool:
+    async def put_member(
+        self,
+        session_id: str,
+        user_id: str,
+        role: str,
+        now: int,
+        grants: Iterable[str] = (),
+        denials: Iterable[str] = (),
+    ) -> bool:
         """Add or change a member; True when the member is new."""
+        values = {
+            "role": role,
+            "grants": json.dumps(sorted(grants)),
+            "denials": json.dumps(sorted(denials)),
+        }
         async with self.transaction() as tx:
             result = await tx.connection.execute(
                 update(members)
                 .where(and_(members.c.session_id == session_id, members.c.user_id == user_id))
-                .values(role=role)
+                .values(**values)
             )
             if result.rowcount:
                 return False
             await tx.connection.execute(
                 insert(members).values(
-                    session_id=session_id, user_id=user_id, role=role, created_at=now
+                    session_id=session_id, user_id=user_id, created_at=now, **values
                 )
             )
             return True
@@ -286,7 +329,7 @@ class Store:
         return bool(result.rowcount)
 
     async def list_members(self, session_id: str) -> list[MemberRow]:
-        async with self._read() as connection:
+        async with self.read() as connection:
             rows = await connection.execute(
                 select(members)
                 .where(members.c.session_id == session_id)
@@ -295,7 +338,7 @@ class Store:
             return [_member(row) for row in rows]
 
     async def get_member(self, session_id: str, user_id: str) -> MemberRow | None:
-        async with self._read() as connection:
+        async with self.read() as connection:
             row = (
                 await connection.execute(
                     select(members).where(
@@ -310,7 +353,7 @@ class Store:
     async def entry_by_command(
         self, session_id: str, author: str, command_id: str
     ) -> EntryRow | None:
-        async with self._read() as connection:
+        async with self.read() as connection:
             row = (
                 await connection.execute(
                     select(entries).where(
@@ -325,7 +368,7 @@ class Store:
         return None if row is None else _entry(row)
 
     async def entries_with_status(self, session_id: str, statuses: Sequence[str]) -> list[EntryRow]:
-        async with self._read() as connection:
+        async with self.read() as connection:
             rows = await connection.execute(
                 select(entries)
                 .where(and_(entries.c.session_id == session_id, entries.c.status.in_(statuses)))
@@ -334,7 +377,7 @@ class Store:
             return [_entry(row) for row in rows]
 
     async def sessions_with_status(self, statuses: Sequence[str]) -> list[str]:
-        async with self._read() as connection:
+        async with self.read() as connection:
             rows = await connection.execute(
                 select(entries.c.session_id).where(entries.c.status.in_(statuses)).distinct()
             )
@@ -343,7 +386,7 @@ class Store:
     # -- the CRDT document ----------------------------------------------------------------
 
     async def load_doc(self, session_id: str) -> StoredDoc:
-        async with self._read() as connection:
+        async with self.read() as connection:
             snap = (
                 await connection.execute(
                     select(doc_snapshots.c.data).where(doc_snapshots.c.session_id == session_id)

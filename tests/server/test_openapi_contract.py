@@ -78,7 +78,16 @@ async def _seed(server: RunningServer) -> dict[str, str]:
         f"/api/v1/sessions/{sid}/pins", json={"entry_id": ack["prompt_id"]}
     )
     assert pin.status_code == 201, pin.text
-    return {"session_id": sid, "user_id": "alice", "key": "account", "entry_id": ack["prompt_id"]}
+    role = await server.http.put("/api/v1/roles/support", json={"capabilities": ["prompt"]})
+    assert role.status_code == 200, role.text
+    return {
+        "session_id": sid,
+        "user_id": "alice",
+        "key": "account",
+        "entry_id": ack["prompt_id"],
+        "role": "editor",
+        "name": "support",
+    }
 
 
 def _exercise(

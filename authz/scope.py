@@ -1,0 +1,75 @@
+"""A run's scope: computed once, when the run starts, from its issuers' grants at that moment.
+
+A run acts with the rights every one of its issuers has (one issuer usually; several when a
+coalesced run answers them together): the tools offered are those all of them may use, and
+it may draw only on what all of them may read. Nothing the model says widens it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from authz.policy import Do, Read, Restriction, Subject, UseTool, decide
+from authz.roles import Capability
+from session.errors import Forbidden
+from session.model import ToolSpec
+
+
+@dataclass(frozen=True, slots=True)
+class ToolDef:
+    """A tool Parley can run, and the capability a member needs to use it."""
+
+    spec: ToolSpec
+    capability: str
+
+
+@dataclass(frozen=True, slots=True)
+class RunScope:
+    issuers: tuple[Subject, ...]
+    tools: tuple[ToolDef, ...]
+
+    @property
+    def capabilities(self) -> frozenset[str]:
+        """What every issuer may do."""
+        return frozenset.intersection(*(s.capabilities for s in self.issuers))
+
+    @property
+    def tool_specs(self) -> tuple[ToolSpec, ...]:
+        return tuple(t.spec for t in self.tools)
+
+    def tool(self, name: str) -> ToolDef | None:
+        """The tool ``name`` if this run offers it, else None (the call must be refused)."""
+        return next((t for t in self.tools if t.spec.name == name), None)
+
+    def withheld(self, restriction: Restriction) -> str | None:
+        """None if every issuer may read something with ``restriction``, else why not."""
+        for subject in self.issuers:
+            decision = decide(subject, Read(restriction))
+            if not decision.allowed:
+                return f"{subject.user_id} may not read it ({decision.reason})"
+        return None
+
+
+def scope_for_run(
+    issuers: Sequence[tuple[str, Subject | None]], tools: Sequence[ToolDef]
+) -> RunScope:
+    """The scope of a run answering prompts by ``issuers`` (user id, member now or None).
+
+    Raises ``Forbidden`` naming the first issuer who may no longer prompt."""
+    subjects: list[Subject] = []
+    for user_id, subject in issuers:
+        decision = decide(subject, Do(Capability.PROMPT))
+        if not decision.allowed:
+            raise Forbidden(f"{user_id}: {decision.reason}")
+        assert subject is not None
+        if subject not in subjects:
+            subjects.append(subject)
+    if not subjects:
+        raise ValueError("a run has at least one issuer")
+    offered = tuple(
+        tool
+        for tool in tools
+        if all(decide(s, UseTool(tool.spec.name, tool.capability)).allowed for s in subjects)
+    )
+    return RunScope(tuple(subjects), offered)
