@@ -7,13 +7,14 @@ it may draw only on what all of them may read. Nothing the model says widens it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from authz.policy import Do, Read, Restriction, Subject, UseTool, decide
 from authz.roles import Capability
 from session.errors import Forbidden
 from session.model import ToolSpec
+from session.schema import Entry
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +43,17 @@ class RunScope:
         """The tool ``name`` if this run offers it, else None (the call must be refused)."""
         return next((t for t in self.tools if t.spec.name == name), None)
 
+    def with_tools(self, tools: Sequence[ToolDef]) -> RunScope:
+        """This scope offering those of ``tools`` every issuer may use."""
+        offered = tuple(
+            tool
+            for tool in tools
+            if all(
+                decide(s, UseTool(tool.spec.name, tool.capability)).allowed for s in self.issuers
+            )
+        )
+        return RunScope(self.issuers, offered)
+
     def withheld(self, restriction: Restriction) -> str | None:
         """None if every issuer may read something with ``restriction``, else why not."""
         for subject in self.issuers:
@@ -49,6 +61,23 @@ class RunScope:
             if not decision.allowed:
                 return f"{subject.user_id} may not read it ({decision.reason})"
         return None
+
+    def read_filter(
+        self, restrictions: Mapping[str, Restriction], private_text: Mapping[str, str]
+    ) -> tuple[Callable[[Entry], str | None], dict[str, str]]:
+        """What ``session.context.build_context`` takes as ``withheld`` and ``private_text``:
+        entries (by id) this scope may not read are withheld; of the server-side texts
+        behind placeholders, only those it may read are given."""
+
+        def withheld(entry: Entry) -> str | None:
+            return self.withheld(restrictions.get(entry.id, ()))
+
+        readable = {
+            entry_id: text
+            for entry_id, text in private_text.items()
+            if self.withheld(restrictions.get(entry_id, ())) is None
+        }
+        return withheld, readable
 
 
 def scope_for_run(
@@ -59,17 +88,13 @@ def scope_for_run(
     Raises ``Forbidden`` naming the first issuer who may no longer prompt."""
     subjects: list[Subject] = []
     for user_id, subject in issuers:
-        decision = decide(subject, Do(Capability.PROMPT))
-        if not decision.allowed:
-            raise Forbidden(f"{user_id}: {decision.reason}")
+        for needed in (Capability.READ_SESSION, Capability.PROMPT):
+            decision = decide(subject, Do(needed))
+            if not decision.allowed:
+                raise Forbidden(f"{user_id}: {decision.reason}")
         assert subject is not None
         if subject not in subjects:
             subjects.append(subject)
     if not subjects:
         raise ValueError("a run has at least one issuer")
-    offered = tuple(
-        tool
-        for tool in tools
-        if all(decide(s, UseTool(tool.spec.name, tool.capability)).allowed for s in subjects)
-    )
-    return RunScope(tuple(subjects), offered)
+    return RunScope(tuple(subjects), ()).with_tools(tools)

@@ -2,12 +2,37 @@
 
 from __future__ import annotations
 
-from authz.roles import ROLE_CAPABILITIES, Capability, Role, check_capabilities, check_role_name
-from server.access_store import AccessStore
-from server.api_models import AuditList, AuditRecordOut, RoleList, RoleOut, RolePut
-from server.rest import Operation, QueryParam, QueryText
+import secrets
+
+from authz.policy import Read, Readers, check_readers, decide
+from authz.roles import (
+    ROLE_CAPABILITIES,
+    Capability,
+    Role,
+    check_capabilities,
+    check_role_name,
+    tool_capability,
+)
+from server.access_store import AccessStore, DocumentRow, ToolRow
+from server.api_models import (
+    AuditList,
+    AuditRecordOut,
+    DocumentCreate,
+    DocumentList,
+    DocumentOut,
+    PrivateOut,
+    ReadersIn,
+    RoleList,
+    RoleOut,
+    RolePut,
+    ToolCreate,
+    ToolList,
+    ToolOut,
+)
+from server.rest import Caller, Operation, QueryParam, QueryText
 from server.state import AppState
-from session.errors import Conflict, NotFound
+from server.tools import SEARCH_DOCUMENTS, new_secret
+from session.errors import Conflict, NotFound, TooLarge
 
 
 def _access(state: AppState) -> AccessStore:
@@ -33,7 +58,7 @@ async def put_role(state: AppState, name: str, body: RolePut) -> RoleOut:
         raise Conflict(f"{name!r} is a built-in role and cannot be redefined")
     capabilities = check_capabilities(body.capabilities)
     await _access(state).put_role(name, capabilities, int(state.clock() * 1000))
-    await state.rooms.load_roles()
+    await state.rooms.load_access()
     return _role_out(state, name)
 
 
@@ -42,7 +67,135 @@ async def delete_role(state: AppState, name: str) -> None:
         raise Conflict(f"{name!r} is a built-in role")
     if not await _access(state).delete_role(name):
         raise NotFound(f"no custom role {name!r}")
-    await state.rooms.load_roles()
+    await state.rooms.load_access()
+
+
+def _document_out(row: DocumentRow, *, text: bool) -> DocumentOut:
+    return DocumentOut(
+        id=row.id,
+        title=row.title,
+        readers=ReadersIn(users=sorted(row.readers.users), roles=sorted(row.readers.roles)),
+        chars=len(row.text),
+        created_at=row.created_at,
+        text=row.text if text else None,
+    )
+
+
+async def create_document(
+    state: AppState, session_id: str, body: DocumentCreate, caller: Caller
+) -> DocumentOut:
+    """Attach a document; only its readers' runs can find it with ``search_documents``."""
+    room = await state.rooms.get(session_id)
+    if len(body.text) > state.settings.max_document_chars:
+        raise TooLarge(f"text: at most {state.settings.max_document_chars} characters")
+    check_readers(body.readers.users, body.readers.roles)
+    document_id = secrets.token_hex(8)
+    readers = Readers(document_id, frozenset(body.readers.users), frozenset(body.readers.roles))
+    row = DocumentRow(
+        document_id, session_id, body.title, body.text, readers, int(state.clock() * 1000)
+    )
+    await _access(state).add_document(row, state.settings.max_documents_per_session)
+    await room.audit(
+        "document",
+        caller.user_id or "admin",
+        {"added": document_id, "title": body.title, "readers": readers.to_json()},
+    )
+    return _document_out(row, text=False)
+
+
+async def _readable(state: AppState, session_id: str, caller: Caller) -> list[DocumentRow]:
+    room = await state.rooms.get(session_id)
+    rows = await _access(state).list_documents(session_id)
+    if caller.user_id is None:
+        return rows
+    subject = room.subject(caller.user_id)
+    return [r for r in rows if decide(subject, Read((r.readers,))).allowed]
+
+
+async def list_documents(state: AppState, session_id: str, caller: Caller) -> DocumentList:
+    """The documents the caller may read (all of them for the admin), without their text."""
+    rows = await _readable(state, session_id, caller)
+    return DocumentList(documents=[_document_out(r, text=False) for r in rows])
+
+
+async def get_document(
+    state: AppState, session_id: str, document_id: str, caller: Caller
+) -> DocumentOut:
+    """One document with its text; 404 also when the caller may not read it."""
+    for row in await _readable(state, session_id, caller):
+        if row.id == document_id:
+            return _document_out(row, text=True)
+    raise NotFound(f"no document {document_id!r} you may read")
+
+
+async def delete_document(
+    state: AppState, session_id: str, document_id: str, caller: Caller
+) -> None:
+    room = await state.rooms.get(session_id)
+    if not await _access(state).delete_document(session_id, document_id):
+        raise NotFound(f"no document {document_id!r}")
+    await room.audit("document", caller.user_id or "admin", {"deleted": document_id})
+
+
+def _tool_out(row: ToolRow, *, secret: bool) -> ToolOut:
+    return ToolOut(
+        name=row.name,
+        description=row.description,
+        parameters=row.parameters,
+        url=row.url,
+        capability=row.capability,
+        timeout_s=row.timeout_ms / 1000,
+        created_at=row.created_at,
+        secret=row.secret if secret else None,
+    )
+
+
+async def create_tool(state: AppState, body: ToolCreate) -> ToolOut:
+    """Register a webhook tool; the answer carries its signing secret, once."""
+    if body.name == SEARCH_DOCUMENTS.name:
+        raise Conflict(f"{body.name!r} is built in")
+    capability = check_capabilities([body.capability or tool_capability(body.name)])
+    row = ToolRow(
+        body.name,
+        body.description,
+        body.parameters,
+        body.url,
+        next(iter(capability)),
+        new_secret(),
+        int(body.timeout_s * 1000),
+        int(state.clock() * 1000),
+    )
+    await _access(state).add_tool(row)
+    await state.rooms.load_access()
+    return _tool_out(row, secret=True)
+
+
+async def list_tools(state: AppState) -> ToolList:
+    return ToolList(tools=[_tool_out(t, secret=False) for t in state.rooms.webhooks])
+
+
+async def delete_tool(state: AppState, name: str) -> None:
+    if not await _access(state).delete_tool(name):
+        raise NotFound(f"no tool {name!r}")
+    await state.rooms.load_access()
+
+
+async def get_private(
+    state: AppState, session_id: str, entry_id: str, caller: Caller
+) -> PrivateOut:
+    """The full text behind a placeholder, for a caller who may read every source of it."""
+    room = await state.rooms.get(session_id)
+    item = room.private.get(entry_id)
+    if item is None:
+        raise NotFound(f"entry {entry_id!r} has no restricted text")
+    if caller.user_id is not None:
+        await room.check(caller.user_id, Read(item.restriction), f"read restricted {entry_id}")
+    return PrivateOut(
+        entry_id=entry_id,
+        kind="tool" if item.kind == "tool" else "reply",
+        text=item.text,
+        readers=[r.to_json() for r in item.restriction],
+    )
 
 
 async def list_audit(
@@ -67,7 +220,74 @@ async def list_audit(
     )
 
 
+DOCUMENTS = "/api/v1/sessions/{session_id}/documents"
 OPERATIONS: list[Operation] = [
+    Operation(
+        "POST",
+        "/api/v1/tools",
+        create_tool,
+        "Register a webhook tool (its signing secret is in the answer, once)",
+        body=ToolCreate,
+        response=ToolOut,
+        status=201,
+        errors=(409,),
+    ),
+    Operation("GET", "/api/v1/tools", list_tools, "Registered webhook tools", response=ToolList),
+    Operation(
+        "DELETE", "/api/v1/tools/{name}", delete_tool, "Remove a tool", status=204, errors=(404,)
+    ),
+    Operation(
+        "GET",
+        "/api/v1/sessions/{session_id}/entries/{entry_id}/private",
+        get_private,
+        "The restricted text behind a placeholder (tool step or reply)",
+        response=PrivateOut,
+        errors=(404,),
+        capability=Capability.READ_SESSION,
+        with_caller=True,
+    ),
+    Operation(
+        "POST",
+        DOCUMENTS,
+        create_document,
+        "Attach a document with its readers",
+        body=DocumentCreate,
+        response=DocumentOut,
+        status=201,
+        errors=(404, 409),
+        capability=Capability.MANAGE_SESSION,
+        with_caller=True,
+    ),
+    Operation(
+        "GET",
+        DOCUMENTS,
+        list_documents,
+        "The documents the caller may read",
+        response=DocumentList,
+        errors=(404,),
+        capability=Capability.READ_SESSION,
+        with_caller=True,
+    ),
+    Operation(
+        "GET",
+        DOCUMENTS + "/{document_id}",
+        get_document,
+        "One document the caller may read, with its text",
+        response=DocumentOut,
+        errors=(404,),
+        capability=Capability.READ_SESSION,
+        with_caller=True,
+    ),
+    Operation(
+        "DELETE",
+        DOCUMENTS + "/{document_id}",
+        delete_document,
+        "Detach a document",
+        status=204,
+        errors=(404,),
+        capability=Capability.MANAGE_SESSION,
+        with_caller=True,
+    ),
     Operation(
         "GET",
         "/api/v1/sessions/{session_id}/audit",

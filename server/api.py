@@ -29,6 +29,7 @@ from server.api_models import (
     TranscriptOut,
 )
 from server.rest import Caller, Operation, QueryParam, QueryStr
+from server.room import SessionRoom
 from server.state import AppState
 from server.store import MemberRow, SessionRow
 from session.errors import Conflict, Forbidden, InvalidInput, NotFound
@@ -258,7 +259,10 @@ async def preview_context(
             prompt_ids = upcoming.ids
         else:
             prompt_ids = (waiting[0].id,)
-    built = room.context_for(prompt_ids)
+    scope = room.scope_for(
+        [user_id] if not prompt_ids else _authors(room, prompt_ids), preview=True
+    )
+    built = room.context_for(prompt_ids, scope)
     request = built.request
     return ContextPreview(
         user_id=user_id,
@@ -284,6 +288,10 @@ async def preview_context(
         excluded=[PreviewExcluded(entry_id=x.entry_id, reason=x.reason) for x in built.excluded],
         notes=built.notes,
     )
+
+
+def _authors(room: SessionRoom, prompt_ids: tuple[str, ...]) -> list[str]:
+    return [room.doc.entry(p).author for p in prompt_ids]
 
 
 SESSION_ERRORS = (404,)

@@ -133,9 +133,9 @@ class TokenOut(Strict):
 class TranscriptEntryOut(Strict):
     id: str
     seq: int
-    kind: Literal["prompt", "message", "reply"]
+    kind: Literal["prompt", "message", "reply", "tool"]
     author: str
-    role: Literal["user", "assistant"]
+    role: Literal["user", "assistant", "tool"]
     status: str
     content: str
     created_at: int
@@ -144,6 +144,7 @@ class TranscriptEntryOut(Strict):
     reply_id: str | None
     answers: list[str]
     started_at: int | None
+    tool: str | None = Field(description="On a tool step: the tool it ran")
 
 
 class TranscriptOut(Strict):
@@ -204,3 +205,65 @@ class AuditRecordOut(Strict):
 class AuditList(Strict):
     records: list[AuditRecordOut]
     next_after: int | None = Field(description="Pass as ?after= for the next page")
+
+
+NameStr = Annotated[str, Field(min_length=1, max_length=200)]
+
+
+class ReadersIn(Strict):
+    users: list[NameStr] = Field(default_factory=list, max_length=1000)
+    roles: list[NameStr] = Field(default_factory=list, max_length=100)
+
+
+class DocumentCreate(Strict):
+    title: str = Field(min_length=1, max_length=500)
+    text: str = Field(min_length=1)
+    readers: ReadersIn = Field(description="Who may read it (and so what is drawn from it)")
+
+
+class DocumentOut(Strict):
+    id: str
+    title: str
+    readers: ReadersIn
+    chars: int
+    created_at: int
+    text: str | None = Field(description="Only when one document is asked for")
+
+
+class DocumentList(Strict):
+    documents: list[DocumentOut]
+
+
+class ToolCreate(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    description: str = Field(min_length=1, max_length=2000)
+    parameters: dict[str, Any] = Field(
+        default_factory=lambda: {"type": "object"}, description="JSON Schema of the arguments"
+    )
+    url: str = Field(pattern=r"^https?://[^\s]{1,1990}$", description="Where Parley POSTs")
+    capability: CapabilityName | None = Field(
+        default=None, description="Needed to use it; default tool:<name>"
+    )
+    timeout_s: float = Field(default=10.0, gt=0, le=120)
+
+
+class ToolOut(Strict):
+    name: str
+    description: str
+    parameters: dict[str, Any]
+    url: str
+    capability: str
+    timeout_s: float
+    created_at: int
+    secret: str | None = Field(description="The signing secret: shown once, when created")
+
+
+class ToolList(Strict):
+    tools: list[ToolOut]
+
+
+class PrivateOut(Strict):
+    entry_id: str
+    kind: Literal["tool", "reply"]
+    text: str
+    readers: list[dict[str, Any]] = Field(description="Readers of every source it drew on")

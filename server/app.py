@@ -141,7 +141,7 @@ def create_app(
         rooms = RoomRegistry(store, settings, model, clock, metrics)
         metrics.watch(lambda: len(rooms), rooms.queue_depth)
         app.state.parley = AppState(settings, store, keys, rooms, clock, metrics)
-        await rooms.load_roles()
+        await rooms.load_access()
         recovered = await rooms.recover()
         if recovered:
             log.info("resumed sessions with pending prompts", extra={"sessions": recovered})

@@ -19,21 +19,22 @@ from typing import Any
 
 from pycrdt import Doc, TransactionEvent, merge_updates
 
-from authz.policy import Action, Decision, Do, Subject, decide
+from authz.policy import Action, Decision, Do, Restriction, Subject, decide, may_read, restrict
 from authz.roles import Capability, Member, RoleTable
-from server.access_store import AccessStore
+from authz.scope import RunScope, scope_for_run
+from server.access_store import AccessStore, PrivateItem, ToolRow, insert_audit, insert_private
 from server.connection import Connection
 from server.metrics import Metrics
 from server.settings import Settings
 from server.store import EntryRow, Store, StoreTx
+from server.tools import tool_defs
 from session.commands import (
     Limits,
     check_fact,
 )
 from session.context import BuiltContext, ContextSettings, build_context
-from session.errors import NotFound, TooLarge, Unavailable
+from session.errors import Forbidden, NotFound, TooLarge, Unavailable
 from session.lifecycle import PromptStatus, ReplyStatus
-from session.model import Usage
 from session.presence import Presence
 from session.queue import OrderingQueue, PendingPrompt, Policy, QueueLimits, Run
 from session.ratelimit import Rate, TokenBucket
@@ -53,6 +54,11 @@ CLOSE_FORBIDDEN = 4403
 CLOSE_NOT_FOUND = 4404
 CLOSE_TRY_AGAIN = 1013
 RESTART_REASON = "interrupted: the server stopped while this prompt ran"
+RESTRICTED_REPLY = (
+    "\n[restricted: the rest of this reply draws on material not every member may read;"
+    " members who may read it get it over REST]"
+)
+MAX_SHOWN_TOOL_CHARS = 2000
 
 
 def new_id() -> str:
@@ -78,9 +84,14 @@ class SessionRoom:
         clock: Callable[[], float] = time.time,
         metrics: Metrics | None = None,
         roles: Callable[[], RoleTable] = RoleTable,
+        webhooks: Callable[[], list[ToolRow]] = list,
     ) -> None:
         self.metrics = metrics or Metrics()
         self.roles = roles
+        self.webhooks = webhooks
+        # Full text behind the placeholders of the shared document, with its readers.
+        self.private: dict[str, PrivateItem] = {}
+        self.restricted_replies = "private"
         self.access = AccessStore(store)
         self.draining = False
         self.session_id = session_id
@@ -114,9 +125,11 @@ class SessionRoom:
 
     # -- loading --------------------------------------------------------------------------
 
-    async def load(self, title: str, policy: Policy) -> None:
+    async def load(self, title: str, policy: Policy, restricted_replies: str = "private") -> None:
         """Restore the document from its update log and the queue from the entries table."""
         await self._load_doc()
+        self.restricted_replies = restricted_replies
+        self.private = {i.entry_id: i for i in await self.access.private_items(self.session_id)}
         self.members = {
             m.user_id: Member(m.user_id, m.role, frozenset(m.grants), frozenset(m.denials))
             for m in await self.store.list_members(self.session_id)
@@ -356,28 +369,29 @@ class SessionRoom:
             self.doc.set_policy(policy.value)
         self.wakeup.set()
 
-    async def start_run(self, run: Run, reply_author: str) -> str | None:
+    async def start_run(self, run: Run, reply_author: str) -> tuple[str, RunScope] | None:
         """Mark a run's prompts running and open their reply; None if the run may not start.
 
-        A prompt whose author may no longer prompt fails with ``forbidden`` instead, and the
-        caller asks the queue again.
+        The run's scope is computed here, from its issuers' grants at this moment. A prompt
+        whose author may no longer prompt fails with ``forbidden`` instead (nothing reaches
+        the model), and the caller asks the queue again.
         """
         reply_id = new_id()
         async with self._writing() as write:
             if self.queue.next() != run:
                 return None
             queue = self._staged_queue(write)
-            revoked = [
-                p.id
-                for p in run.prompts
-                if not decide(self.subject(p.author), Do(Capability.PROMPT)).allowed
-            ]
+            revoked = [p for p in run.prompts if not self._may_run(p.author)]
             if revoked:
                 reason = "forbidden: the author may no longer prompt in this session"
-                for prompt_id in revoked:
-                    queue.remove(prompt_id)
-                await self._finish(write, revoked, PromptStatus.FAILED, reason)
+                for prompt in revoked:
+                    queue.remove(prompt.id)
+                    await self._audit_in(
+                        write, "refused", prompt.author, {"action": "run", "prompt_id": prompt.id}
+                    )
+                await self._finish(write, [p.id for p in revoked], PromptStatus.FAILED, reason)
                 return None
+            scope = self.scope_for([p.author for p in run.prompts])
             queue.start(run)
             now = self.now_ms()
             for prompt in run.prompts:
@@ -387,7 +401,64 @@ class SessionRoom:
             self.doc.start_reply(
                 prompt_ids=run.ids, reply_id=reply_id, author=reply_author, created_at=now
             )
-        return reply_id
+        return reply_id, scope
+
+    def _may_run(self, user_id: str) -> bool:
+        try:
+            scope_for_run([(user_id, self.subject(user_id))], ())
+        except Forbidden:
+            return False
+        return True
+
+    def scope_for(self, user_ids: Sequence[str], *, preview: bool = False) -> RunScope:
+        """The scope a run for ``user_ids`` would have now (``Forbidden`` if one of them may
+        not prompt, unless ``preview``: then the scope of what they may read and use)."""
+        issuers = [(u, self.subject(u)) for u in dict.fromkeys(user_ids)]
+        if preview:
+            subjects = tuple(s for _, s in issuers if s is not None)
+            if not subjects:
+                raise Forbidden("not a member of this session")
+            return RunScope(subjects, ()).with_tools(tool_defs(self.webhooks()))
+        return scope_for_run(issuers, tool_defs(self.webhooks()))
+
+    def context_audit(
+        self, built: BuiltContext, prompt_ids: Sequence[str], scope: RunScope
+    ) -> ContextSeen:
+        """Which entries a built context drew on, which it withheld (tool steps too), and
+        the restriction its reply inherits from them."""
+        excluded = {x.entry_id for x in built.excluded}
+        withheld = [
+            {"entry_id": x.entry_id, "reason": x.reason}
+            for x in built.excluded
+            if x.reason.startswith("withheld")
+        ]
+        entries = self.doc.entries()
+        last = max((i for i, e in enumerate(entries) if e.id in prompt_ids), default=len(entries))
+        included: list[str] = []
+        for entry in entries[: last + 1]:
+            if entry.kind is EntryKind.TOOL:
+                reason = scope.withheld(self.restriction_of(entry.id))
+                if reason is not None:
+                    withheld.append({"entry_id": entry.id, "reason": f"withheld: {reason}"})
+            elif entry.id not in excluded and (
+                entry.id in prompt_ids or entry.status in (PromptStatus.DONE, MESSAGE_STATUS)
+            ):
+                included.append(entry.id)
+        restriction = restrict(*(self.restriction_of(i) for i in included))
+        return ContextSeen(included, withheld, restriction)
+
+    def restriction_of(self, entry_id: str) -> Restriction:
+        item = self.private.get(entry_id)
+        return () if item is None else item.restriction
+
+    def everyone_may_read(self, restriction: Restriction) -> bool:
+        """True when every member who may read the session may read this too."""
+        roles = self.roles()
+        for member in self.members.values():
+            subject = Subject.of(member, roles)
+            if may_read(subject, ()) and not may_read(subject, restriction):
+                return False
+        return True
 
     async def set_pinned(self, entry_id: str, pinned: bool) -> None:
         if not self.doc.has_entry(entry_id):
@@ -416,8 +487,14 @@ class SessionRoom:
             min_block_lines=self.settings.min_block_lines,
         )
 
-    def context_for(self, prompt_ids: Sequence[str]) -> BuiltContext:
-        """What a model call answering ``prompt_ids`` is given (none: the history alone)."""
+    def context_for(self, prompt_ids: Sequence[str], scope: RunScope) -> BuiltContext:
+        """What a model call answering ``prompt_ids`` is given (none: the history alone),
+        within ``scope``: what its issuers may not read is withheld, what they may read of
+        the server-side text replaces its placeholder."""
+        withheld, readable = scope.read_filter(
+            {i: item.restriction for i, item in self.private.items()},
+            {i: item.text for i, item in self.private.items()},
+        )
         return build_context(
             session_id=self.session_id,
             entries=self.doc.entries(),
@@ -426,11 +503,77 @@ class SessionRoom:
             pins=self.doc.pinned(),
             settings=self.context_settings(),
             max_output_tokens=self.settings.max_output_tokens,
+            withheld=withheld,
+            private_text=readable,
         )
 
-    async def append_reply(self, reply_id: str, text: str) -> None:
+    async def append_reply(self, active: ActiveRun, text: str) -> None:
+        """Stream reply text: into the shared document, or, once the reply draws on what
+        not every member may read (policy ``private``), only into the server-side copy."""
+        active.text.append(text)
+        if active.private:
+            return
         async with self._writing():
-            self.doc.append_reply_text(reply_id, text)
+            self.doc.append_reply_text(active.reply_id, text)
+
+    async def widen(self, active: ActiveRun, restriction: Restriction) -> None:
+        """The run drew on something with ``restriction``: its reply inherits it; under
+        ``private`` the rest of the reply leaves the shared document if not every member
+        may read it."""
+        active.restriction = restrict(active.restriction, restriction)
+        if active.private or self.restricted_replies != "private":
+            return
+        if not self.everyone_may_read(active.restriction):
+            active.private = True
+            async with self._writing():
+                self.doc.append_reply_text(active.reply_id, RESTRICTED_REPLY)
+
+    async def add_tool_step(
+        self, active: ActiveRun, *, tool: str, status: str, detail: str, restriction: Restriction
+    ) -> str:
+        """Store a tool step (full detail server-side) and show it in the document: in full
+        when every member may read it, else as who ran which tool."""
+        assert active.scope is not None
+        entry_id = new_id()
+        actor = ", ".join(s.user_id for s in active.scope.issuers)
+        restriction = restrict(active.restriction, restriction)
+        shown = f"{actor} ran {tool}: {status}"
+        if self.everyone_may_read(restriction):
+            shown += "\n" + detail[:MAX_SHOWN_TOOL_CHARS]
+        else:
+            shown += "\n[details restricted]"
+        async with self._writing() as write:
+            item = PrivateItem(entry_id, "tool", detail, restriction)
+            await insert_private(write.tx.connection, self.session_id, item, self.now_ms())
+            self.doc.add_tool_step(
+                id=entry_id,
+                reply_id=active.reply_id,
+                author=actor,
+                tool=tool,
+                status=status,
+                text=shown,
+                created_at=self.now_ms(),
+            )
+            write.after_commit.append(lambda: self.private.__setitem__(entry_id, item))
+        return entry_id
+
+    async def _keep_reply(self, write: _Write, active: ActiveRun) -> None:
+        """A reply that drew on restricted material: under ``private`` its full text is kept
+        server-side with the readers it inherited; under ``shared`` an owner allowed it into
+        the shared document, so it stays there for everyone and the sharing is audited."""
+        if self.restricted_replies != "private":
+            readers = [r.to_json() for r in active.restriction]
+            await self._audit_in(
+                write, "reply_shared", "policy", {"reply_id": active.reply_id, "drew_on": readers}
+            )
+            return
+        text = "".join(active.text)
+        item = PrivateItem(active.reply_id, "reply", text, active.restriction)
+        await insert_private(write.tx.connection, self.session_id, item, self.now_ms())
+        write.after_commit.append(lambda: self.private.__setitem__(item.entry_id, item))
+
+    async def _audit_in(self, write: _Write, kind: str, actor: str, data: dict[str, Any]) -> None:
+        await insert_audit(write.tx.connection, self.session_id, self.now_ms(), kind, actor, data)
 
     async def finish_run(
         self,
@@ -439,12 +582,20 @@ class SessionRoom:
         reason: str | None = None,
         *,
         reply_status: ReplyStatus | None = None,
+        active: ActiveRun | None = None,
+        audit: Sequence[tuple[str, str, dict[str, Any]]] = (),
     ) -> None:
+        """Settle a run; a restricted reply's full text and the run's audit records are
+        stored in the same transaction."""
         async with self._writing() as write:
             queue = self._staged_queue(write)
             if queue.running is not None and queue.running.ids == run.ids:
                 queue.finish(run.ids)
             await self._finish(write, run.ids, status, reason, reply_status)
+            if active is not None and active.restriction:
+                await self._keep_reply(write, active)
+            for kind, actor, data in audit:
+                await self._audit_in(write, kind, actor, data)
 
     # -- sync and awareness ---------------------------------------------------------------
 
@@ -491,13 +642,29 @@ class SessionRoom:
         return not self.connections and len(self.queue) == 0 and self.active_run is None
 
 
+@dataclass(frozen=True, slots=True)
+class ContextSeen:
+    included: list[str]
+    withheld: list[dict[str, str]]
+    restriction: Restriction
+
+
 @dataclass(eq=False)
 class ActiveRun:
-    """The run in flight, and the handle to stop it."""
+    """The run in flight, and the handle to stop it. ``restriction`` is what its reply
+    inherits from what it drew on; ``private``: the reply no longer streams into the doc."""
 
     run: Run
     reply_id: str
-    task: asyncio.Task[Usage | None] | None = None
+    scope: RunScope | None = None
+    restriction: Restriction = ()
+    private: bool = False
+    text: list[str] = field(default_factory=list)
+    task: asyncio.Task[Any] | None = None
+    # For the audit log: what the run was (issuers, scope, context), each model call, refusals.
+    audit_base: dict[str, Any] = field(default_factory=dict)
+    model_calls: list[dict[str, Any]] = field(default_factory=list)
+    refusals: list[dict[str, Any]] = field(default_factory=list)
     stopped: tuple[PromptStatus, str, ReplyStatus | None] | None = None
     finished: asyncio.Event = field(default_factory=asyncio.Event)
 

@@ -2,7 +2,9 @@
 
 The expectations are written from the product rules (which capability each route needs,
 what each role carries), not read from the code. Each role acts with its own client token;
-a removed member's token still verifies, so it shows what "not a member" gets.
+a removed member's token still verifies, so it shows what "not a member" gets. (The
+restricted-text route, whose answer also depends on the item's readers, is exercised by
+tests/server/test_confused_deputy.py.)
 """
 
 from __future__ import annotations
@@ -57,6 +59,18 @@ ROUTES = [
     Route("DELETE", "/api/v1/sessions/{sid}/pins/{entry}", PIN),
     Route("GET", "/api/v1/sessions/{sid}/context?user_id={user}", READ),
     Route("GET", "/api/v1/sessions/{sid}/context?user_id=olga", ADMIN),  # someone else's
+    Route(
+        "POST",
+        "/api/v1/sessions/{sid}/documents",
+        MANAGE,
+        {"title": "t", "text": "x", "readers": {"roles": ["viewer"]}},
+    ),
+    Route("GET", "/api/v1/sessions/{sid}/documents", READ),
+    Route("GET", "/api/v1/sessions/{sid}/documents/{doc}", READ),
+    Route("DELETE", "/api/v1/sessions/{sid}/documents/{doc}", MANAGE),
+    Route("GET", "/api/v1/sessions/{sid}/audit", AUDIT),
+    Route("POST", "/api/v1/tools", ADMIN, {"name": "t", "description": "d", "url": "http://x/"}),
+    Route("GET", "/api/v1/tools", ADMIN),
     Route("POST", "/api/v1/sessions", ADMIN, {"title": "mine"}),
     Route("GET", "/api/v1/sessions", ADMIN),
     Route("GET", "/api/v1/roles", ADMIN),
@@ -89,14 +103,19 @@ async def matrix_server(tmp_path: Path) -> AsyncIterator[RunningServer]:
 
 
 async def _session_for(server: RunningServer, role: str) -> tuple[str, str, str]:
-    """A session where ``u`` has ``role`` (outsider: removed), with an entry to pin."""
+    """A session where ``u`` has ``role`` (outsider: removed), with an entry to pin and a
+    document every role may read."""
     sid = await server.new_session({"u": "viewer" if role == "outsider" else role, "olga": "owner"})
     token = await server.token(sid, "u")
     if role == "outsider":
         assert (await server.http.delete(f"/api/v1/sessions/{sid}/members/u")).status_code == 204
     olga = await server.connect(sid, "olga")
     posted = await olga.command({"type": "message", "id": "m", "text": "pin me"})
-    return sid, token, str(posted["message_id"])
+    document = await server.http.post(
+        f"/api/v1/sessions/{sid}/documents",
+        json={"title": "all", "text": "for all", "readers": {"roles": list(ROLES)}},
+    )
+    return sid, token, f"{posted['message_id']}/{document.json()['id']}"
 
 
 async def _prepare(server: RunningServer, sid: str, route: Route, entry: str) -> None:
@@ -106,11 +125,14 @@ async def _prepare(server: RunningServer, sid: str, route: Route, entry: str) ->
     if route.path.endswith("/facts/k") and route.method == "DELETE":
         await server.http.put(f"/api/v1/sessions/{sid}/facts/k", json={"value": "v"})
     if route.path.endswith("/pins/{entry}"):
-        await server.http.post(f"/api/v1/sessions/{sid}/pins", json={"entry_id": entry})
+        pin = {"entry_id": entry.split("/")[0]}
+        await server.http.post(f"/api/v1/sessions/{sid}/pins", json=pin)
 
 
-def _fill(text: str, sid: str, entry: str) -> str:
-    return text.replace("{sid}", sid).replace("{entry}", entry).replace("{user}", "u")
+def _fill(text: str, sid: str, ids: str) -> str:
+    entry, doc = ids.split("/")
+    filled = text.replace("{sid}", sid).replace("{entry}", entry).replace("{doc}", doc)
+    return filled.replace("{user}", "u")
 
 
 @pytest.mark.parametrize("role", list(ROLES))
@@ -195,7 +217,8 @@ WS_ROLES: dict[str, set[str]] = {
 @pytest.mark.parametrize("role", list(WS_ROLES))
 async def test_every_command_for_every_role(matrix_server: RunningServer, role: str) -> None:
     server = matrix_server
-    sid, _, entry = await _session_for(server, role)
+    sid, _, ids = await _session_for(server, role)
+    entry = ids.split("/")[0]
     olga = await server.connect(sid, "olga")
     await olga.command({"type": "prompt", "id": "o1", "text": "runs forever"})
     waiting = await olga.command({"type": "prompt", "id": "o2", "text": "waits"})
