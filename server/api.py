@@ -8,6 +8,7 @@ import secrets
 from authz.policy import Subject
 from authz.roles import Capability, Member, check_capabilities
 from authz.tokens import issue_token
+from server.access_store import AccessStore
 from server.api_models import (
     ContextPreview,
     FactPut,
@@ -45,6 +46,7 @@ def _session_out(row: SessionRow) -> SessionOut:
         created_at=row.created_at,
         last_seq=row.last_seq,
         policy=Policy(row.policy).value,
+        restricted_replies="shared" if row.restricted_replies == "shared" else "private",
     )
 
 
@@ -80,14 +82,30 @@ async def get_session(state: AppState, session_id: str) -> SessionOut:
     return _session_out(await _session(state, session_id))
 
 
-async def update_session(state: AppState, session_id: str, body: SessionPatch) -> SessionOut:
-    """Change a session's title or scheduling policy (the admin acts as an owner)."""
-    await _session(state, session_id)
+async def update_session(
+    state: AppState, session_id: str, body: SessionPatch, caller: Caller
+) -> SessionOut:
+    """Change a session's title, scheduling policy or restricted-reply policy; policy
+    changes are audited."""
+    before = await _session(state, session_id)
     if body.title is not None:
         await state.store.set_title(session_id, body.title)
+    room = await state.rooms.get(session_id)
     if body.policy is not None:
-        room = await state.rooms.get(session_id)
         await room.set_policy(Policy(body.policy))
+    if body.restricted_replies is not None:
+        await AccessStore(state.store).set_restricted_replies(session_id, body.restricted_replies)
+        room.restricted_replies = body.restricted_replies
+    changes = {
+        name: {"from": getattr(before, name), "to": value}
+        for name, value in (
+            ("policy", body.policy),
+            ("restricted_replies", body.restricted_replies),
+        )
+        if value is not None and value != getattr(before, name)
+    }
+    if changes:
+        await room.audit("policy", caller.user_id or "admin", changes)
     return _session_out(await _session(state, session_id))
 
 
@@ -394,8 +412,9 @@ OPERATIONS: list[Operation] = [
         "PATCH",
         "/api/v1/sessions/{session_id}",
         update_session,
-        "Change a session's title or scheduling policy",
+        "Change a session's title, scheduling policy or restricted-reply policy",
         capability=Capability.MANAGE_SESSION,
+        with_caller=True,
         body=SessionPatch,
         response=SessionOut,
         errors=SESSION_ERRORS,

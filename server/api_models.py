@@ -62,9 +62,18 @@ class SessionCreate(Strict):
     policy: PolicyName = Field(default="queue", description="How concurrent prompts run.")
 
 
+RestrictedReplies = Literal["private", "shared"]
+
+
 class SessionPatch(Strict):
     title: str | None = Field(default=None, max_length=500)
     policy: PolicyName | None = None
+    restricted_replies: RestrictedReplies | None = Field(
+        default=None,
+        description="private: a reply drawing on what not every member may read is shown "
+        "only to those who may (others see a placeholder); shared: it is shown to everyone "
+        "(an owner's decision, audited)",
+    )
 
 
 class SessionOut(Strict):
@@ -73,6 +82,7 @@ class SessionOut(Strict):
     created_at: int = Field(description="Milliseconds since the epoch.")
     last_seq: int = Field(description="The highest sequence number handed out so far.")
     policy: PolicyName
+    restricted_replies: RestrictedReplies
 
 
 class SessionList(Strict):

@@ -54,7 +54,11 @@ async def handle_command(room: SessionRoom, connection: Connection, frame: str) 
             return ack(command.id, key=command.key)
         if isinstance(command, PolicyCommand):
             await room.check(user_id, Do(Capability.MANAGE_SESSION), what)
+            before = room.queue.policy.value
             await room.set_policy(command.policy)
+            if before != command.policy.value:
+                change = {"from": before, "to": command.policy.value}
+                await room.audit("policy", user_id, {"policy": change})
             return ack(command.id, policy=command.policy.value)
         return await _cancel(room, user_id, command)
     except ParleyError as exc:
