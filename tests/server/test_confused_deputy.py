@@ -1,7 +1,7 @@
 """Confused-deputy scenarios over real WebSockets: a run acts only with its issuer's rights.
 
 The model is a scripted provider (tests/scripted.py) that records every request; everything
-else is the real server on SQLite.
+else is the real server, on SQLite and PostgreSQL.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from session.model import ModelEvent, ModelRequest, TextDelta
-from tests.conftest import RunningServer, make_settings, serve_in_process, sqlite_url
+from tests.conftest import RunningServer, make_settings, serve_in_process
 from tests.scripted import ScriptedProvider, answering_text, call, everything_in
 from tests.yclient import YClient, all_replies_settled
 
@@ -32,9 +32,11 @@ def script(request: ModelRequest) -> list[ModelEvent]:
 
 
 @pytest.fixture
-async def deputy(tmp_path: Path) -> AsyncIterator[tuple[RunningServer, ScriptedProvider]]:
+async def deputy(
+    database_url: str, tmp_path: Path
+) -> AsyncIterator[tuple[RunningServer, ScriptedProvider]]:
     provider = ScriptedProvider(script)
-    settings = make_settings(sqlite_url(tmp_path), tmp_path / "d")
+    settings = make_settings(database_url, tmp_path / "d")
     async with serve_in_process(settings, provider) as server:
         yield server, provider
 
