@@ -9,6 +9,7 @@ is reloaded from the store, so nothing un-stored is ever shown to anyone.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 import uuid
@@ -554,8 +555,21 @@ class SessionRoom:
                 text=shown,
                 created_at=self.now_ms(),
             )
-            write.after_commit.append(lambda: self.private.__setitem__(entry_id, item))
+            write.after_commit.append(lambda: self._keep_private(item))
         return entry_id
+
+    def _keep_private(self, item: PrivateItem) -> None:
+        """Remember a stored private item and deliver it to the sockets of members who may
+        read it (those that speak JSON; stock Yjs clients read it over REST)."""
+        self.private[item.entry_id] = item
+        frame = json.dumps(
+            {"type": "restricted", "entry_id": item.entry_id, "kind": item.kind, "text": item.text}
+        )
+        for connection in list(self.connections):
+            if connection.speaks_json and may_read(
+                self.subject(connection.user_id), item.restriction
+            ):
+                connection.send(frame)
 
     async def _keep_reply(self, write: _Write, active: ActiveRun) -> None:
         """A reply that drew on restricted material: under ``private`` its full text is kept
@@ -570,7 +584,7 @@ class SessionRoom:
         text = "".join(active.text)
         item = PrivateItem(active.reply_id, "reply", text, active.restriction)
         await insert_private(write.tx.connection, self.session_id, item, self.now_ms())
-        write.after_commit.append(lambda: self.private.__setitem__(item.entry_id, item))
+        write.after_commit.append(lambda: self._keep_private(item))
 
     async def _audit_in(self, write: _Write, kind: str, actor: str, data: dict[str, Any]) -> None:
         await insert_audit(write.tx.connection, self.session_id, self.now_ms(), kind, actor, data)

@@ -55,9 +55,21 @@ async def test_private_replies_stay_out_of_every_copy_of_the_document(
 ) -> None:
     sid = await restricted_session(server)
     bob = await server.connect(sid, "bob")
+    olga = await server.connect(sid, "olga")
+    alice = await server.connect(sid, "alice")
+    for client in (olga, alice):  # speak JSON, so restricted text could be pushed to them
+        await client.command({"type": "unpin", "id": "x", "entry_id": "none"})
     await bob.command({"type": "prompt", "id": "p", "text": "what is the vault code?"})
     await bob.wait_until(lambda c: all_replies_settled(c, 1))
     reply = next(e for e in bob.entries() if e["kind"] == "reply")
+    step = next(e for e in bob.entries() if e["kind"] == "tool")
+    # Members who may read it get the full text on their socket; alice gets nothing.
+    await olga.wait_until(lambda c: len(c.unsolicited) == 2)
+    for client in (bob, olga):
+        pushed = {m["entry_id"]: m for m in client.unsolicited if m["type"] == "restricted"}
+        assert set(pushed) == {reply["id"], step["id"]}
+        assert SECRET in pushed[reply["id"]]["text"] and pushed[step["id"]]["kind"] == "tool"
+    assert alice.unsolicited == []
     # What was streamed before the tool ran stays; the rest is a placeholder.
     assert reply["content"].startswith("Let me look. ")
     assert "[restricted:" in reply["content"] and "7731" not in reply["content"]
