@@ -158,6 +158,12 @@ def may_read(subject: Subject | None, restriction: Restriction) -> bool:
     return decide(subject, Read(restriction)).allowed
 
 
+def everyone_may_read(members: Iterable[Subject], restriction: Restriction) -> bool:
+    """True when every member who may read the session may also read ``restriction``:
+    only then may something drawn from it go into the shared document."""
+    return all(may_read(m, restriction) for m in members if may_read(m, ()))
+
+
 def check_readers(users: Sequence[str], roles: Sequence[str]) -> None:
     if not users and not roles:
         raise InvalidInput("readers: name at least one user or role")

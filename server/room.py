@@ -20,10 +20,21 @@ from typing import Any
 
 from pycrdt import Doc, TransactionEvent, merge_updates
 
-from authz.policy import Action, Decision, Do, Restriction, Subject, decide, may_read, restrict
+from authz.policy import (
+    Action,
+    Decision,
+    Do,
+    Restriction,
+    Subject,
+    decide,
+    everyone_may_read,
+    may_read,
+    restrict,
+)
 from authz.roles import Capability, Member, RoleTable
-from authz.scope import RunScope, scope_for_run
+from authz.scope import ContextSeen, RunScope, scope_for_run, seen_in_context
 from server.access_store import AccessStore, PrivateItem, ToolRow, insert_audit, insert_private
+from server.active_run import ActiveRun
 from server.connection import Connection
 from server.metrics import Metrics
 from server.settings import Settings
@@ -425,28 +436,13 @@ class SessionRoom:
     def context_audit(
         self, built: BuiltContext, prompt_ids: Sequence[str], scope: RunScope
     ) -> ContextSeen:
-        """Which entries a built context drew on, which it withheld (tool steps too), and
-        the restriction its reply inherits from them."""
-        excluded = {x.entry_id for x in built.excluded}
-        withheld = [
-            {"entry_id": x.entry_id, "reason": x.reason}
-            for x in built.excluded
-            if x.reason.startswith("withheld")
-        ]
-        entries = self.doc.entries()
-        last = max((i for i, e in enumerate(entries) if e.id in prompt_ids), default=len(entries))
-        included: list[str] = []
-        for entry in entries[: last + 1]:
-            if entry.kind is EntryKind.TOOL:
-                reason = scope.withheld(self.restriction_of(entry.id))
-                if reason is not None:
-                    withheld.append({"entry_id": entry.id, "reason": f"withheld: {reason}"})
-            elif entry.id not in excluded and (
-                entry.id in prompt_ids or entry.status in (PromptStatus.DONE, MESSAGE_STATUS)
-            ):
-                included.append(entry.id)
-        restriction = restrict(*(self.restriction_of(i) for i in included))
-        return ContextSeen(included, withheld, restriction)
+        return seen_in_context(
+            self.doc.entries(),
+            built.excluded,
+            prompt_ids,
+            scope,
+            {i: item.restriction for i, item in self.private.items()},
+        )
 
     def restriction_of(self, entry_id: str) -> Restriction:
         item = self.private.get(entry_id)
@@ -455,11 +451,7 @@ class SessionRoom:
     def everyone_may_read(self, restriction: Restriction) -> bool:
         """True when every member who may read the session may read this too."""
         roles = self.roles()
-        for member in self.members.values():
-            subject = Subject.of(member, roles)
-            if may_read(subject, ()) and not may_read(subject, restriction):
-                return False
-        return True
+        return everyone_may_read((Subject.of(m, roles) for m in self.members.values()), restriction)
 
     async def set_pinned(self, entry_id: str, pinned: bool) -> None:
         if not self.doc.has_entry(entry_id):
@@ -654,46 +646,3 @@ class SessionRoom:
 
     def is_idle(self) -> bool:
         return not self.connections and len(self.queue) == 0 and self.active_run is None
-
-
-@dataclass(frozen=True, slots=True)
-class ContextSeen:
-    included: list[str]
-    withheld: list[dict[str, str]]
-    restriction: Restriction
-
-
-@dataclass(eq=False)
-class ActiveRun:
-    """The run in flight, and the handle to stop it. ``restriction`` is what its reply
-    inherits from what it drew on; ``private``: the reply no longer streams into the doc."""
-
-    run: Run
-    reply_id: str
-    scope: RunScope | None = None
-    restriction: Restriction = ()
-    private: bool = False
-    text: list[str] = field(default_factory=list)
-    task: asyncio.Task[Any] | None = None
-    # For the audit log: what the run was (issuers, scope, context), each model call, refusals.
-    audit_base: dict[str, Any] = field(default_factory=dict)
-    model_calls: list[dict[str, Any]] = field(default_factory=list)
-    refusals: list[dict[str, Any]] = field(default_factory=list)
-    stopped: tuple[PromptStatus, str, ReplyStatus | None] | None = None
-    finished: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def stop(
-        self, status: PromptStatus, reason: str, *, reply_status: ReplyStatus | None = None
-    ) -> None:
-        """Stop the model call (its stream is closed); the runner marks the reply."""
-        if self.stopped is None:
-            self.stopped = (status, reason, reply_status)
-            if self.task is not None:
-                self.task.cancel()
-
-    async def wait(self, wait_s: float = 5.0) -> None:
-        try:
-            async with asyncio.timeout(wait_s):
-                await self.finished.wait()
-        except TimeoutError:
-            raise Unavailable("the run did not stop in time; try again") from None

@@ -15,7 +15,8 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any
 
-from server.room import ActiveRun, SessionRoom
+from server.active_run import ActiveRun
+from server.room import SessionRoom
 from server.tools import ToolRunner
 from session.errors import Unavailable
 from session.lifecycle import PromptStatus, ReplyStatus

@@ -11,6 +11,7 @@ from authz.policy import (
     Subject,
     UseTool,
     decide,
+    everyone_may_read,
     may_read,
     restrict,
     restriction_from_json,
@@ -103,3 +104,11 @@ def test_scope_refuses_an_issuer_who_may_no_longer_prompt() -> None:
         scope_for_run([("carol", who("carol", "viewer"))], [SEARCH])
     with pytest.raises(Forbidden, match="not a member"):
         scope_for_run([("gone", None)], [SEARCH])
+
+
+def test_everyone_may_read_counts_only_members_who_read_the_session() -> None:
+    bob, olga = who("bob", "viewer"), who("olga", "owner")
+    blind = who("x", "viewer", denials=frozenset({Capability.READ_SESSION}))
+    assert everyone_may_read([bob, olga, blind], (HANDBOOK,))
+    assert not everyone_may_read([bob, olga, who("alice", "editor")], (HANDBOOK,))
+    assert everyone_may_read([], (HANDBOOK,))
