@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import secrets
 
-from authz.policy import Subject
+from authz.policy import Delegate, Subject
 from authz.roles import Capability, Member, check_capabilities
 from authz.tokens import issue_token
 from server.access_store import AccessStore
@@ -139,10 +139,11 @@ async def put_member(
     grants, denials = check_capabilities(body.grants), check_capabilities(body.denials)
     room = await state.rooms.get(session_id)
     before = room.members.get(user_id)
+    member = Member(user_id, body.role, grants, denials)
+    await _may_delegate(state, room, caller, before, member)
     await state.store.put_member(
         session_id, user_id, body.role, int(state.clock() * 1000), grants, denials
     )
-    member = Member(user_id, body.role, grants, denials)
     room.set_member(user_id, member)
     await room.audit(
         "membership",
@@ -159,6 +160,23 @@ async def put_member(
     return _member_out(state, row)
 
 
+async def _may_delegate(
+    state: AppState,
+    room: SessionRoom,
+    caller: Caller,
+    before: Member | None,
+    after: Member | None,
+) -> None:
+    """A member (not the admin) may change only members within their own rights."""
+    if caller.user_id is None:
+        return
+    roles = state.rooms.roles
+    touched = frozenset().union(
+        *(roles.capabilities(m.role) | m.grants for m in (before, after) if m is not None)
+    )
+    await room.check(caller.user_id, Delegate(touched), "change member")
+
+
 def _member_json(member: Member) -> dict[str, object]:
     return {
         "role": member.role,
@@ -171,6 +189,7 @@ async def delete_member(state: AppState, session_id: str, user_id: str, caller: 
     await _session(state, session_id)
     room = await state.rooms.get(session_id)
     before = room.members.get(user_id)
+    await _may_delegate(state, room, caller, before, None)
     if not await state.store.delete_member(session_id, user_id):
         raise NotFound(f"{user_id!r} is not a member of this session")
     room.set_member(user_id, None)

@@ -250,3 +250,33 @@ async def test_an_outsider_cannot_open_a_socket(matrix_server: RunningServer) ->
     server = matrix_server
     sid, token, _ = await _session_for(server, "outsider")
     assert await close_code_of(f"{server.ws_url}/ws/sessions/{sid}?token={token}") == 4403
+
+
+async def test_a_member_manager_cannot_hand_out_more_than_they_hold(
+    matrix_server: RunningServer,
+) -> None:
+    server = matrix_server
+    await server.http.put(
+        "/api/v1/roles/manager",
+        json={"capabilities": ["read_session", "be_present", "manage_members", "prompt"]},
+    )
+    sid = await server.new_session({"m": "manager", "olga": "owner", "v": "viewer"})
+    token = await server.token(sid, "m")
+    members = f"/api/v1/sessions/{sid}/members"
+    async with httpx.AsyncClient(
+        base_url=server.base_url, headers={"Authorization": f"Bearer {token}"}
+    ) as manager:
+        cases = [
+            ("PUT", "m", {"role": "manager", "grants": ["read_audit"]}, 403),
+            ("PUT", "v", {"role": "owner"}, 403),
+            ("PUT", "olga", {"role": "viewer"}, 403),  # olga holds more than m
+            ("DELETE", "olga", None, 403),
+            ("PUT", "v", {"role": "viewer", "denials": ["be_present"]}, 200),
+            ("PUT", "newbie", {"role": "viewer"}, 200),
+            ("DELETE", "newbie", None, 204),
+        ]
+        for method, user, body, status in cases:
+            response = await manager.request(method, f"{members}/{user}", json=body)
+            assert response.status_code == status, (method, user, body, response.text)
+    roles = {m["user_id"]: m["role"] for m in (await server.http.get(members)).json()["members"]}
+    assert roles == {"m": "manager", "olga": "owner", "v": "viewer"}
