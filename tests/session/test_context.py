@@ -141,6 +141,7 @@ STATUSES: dict[EntryKind, list[str]] = {
     EntryKind.PROMPT: [s.value for s in PromptStatus],
     EntryKind.MESSAGE: [MESSAGE_STATUS],
     EntryKind.REPLY: [s.value for s in ReplyStatus],
+    EntryKind.TOOL: ["done", "error", "refused"],  # tool steps: never in a model input
 }
 
 
