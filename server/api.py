@@ -5,8 +5,10 @@ from __future__ import annotations
 import re
 import secrets
 
-from authz.roles import Role
+from authz.policy import Delegate, Subject
+from authz.roles import Capability, Member, check_capabilities
 from authz.tokens import issue_token
+from server.access_store import AccessStore
 from server.api_models import (
     ContextPreview,
     FactPut,
@@ -28,10 +30,11 @@ from server.api_models import (
     TranscriptEntryOut,
     TranscriptOut,
 )
-from server.rest import Operation, QueryParam, QueryStr
+from server.rest import Caller, Operation, QueryParam, QueryStr
+from server.room import SessionRoom
 from server.state import AppState
-from server.store import SessionRow
-from session.errors import Conflict, InvalidInput, NotFound
+from server.store import MemberRow, SessionRow
+from session.errors import Conflict, Forbidden, InvalidInput, NotFound
 from session.queue import Policy
 
 USER_ID = re.compile(r"[A-Za-z0-9._@:+-]{1,200}")
@@ -45,6 +48,7 @@ def _session_out(row: SessionRow) -> SessionOut:
         last_seq=row.last_seq,
         policy=Policy(row.policy).value,
         model=row.model,
+        restricted_replies="shared" if row.restricted_replies == "shared" else "private",
     )
 
 
@@ -80,22 +84,38 @@ async def get_session(state: AppState, session_id: str) -> SessionOut:
     return _session_out(await _session(state, session_id))
 
 
-async def update_session(state: AppState, session_id: str, body: SessionPatch) -> SessionOut:
-    """Change a session's title, scheduling policy or model (the admin acts as an owner)."""
-    await _session(state, session_id)
+async def update_session(
+    state: AppState, session_id: str, body: SessionPatch, caller: Caller
+) -> SessionOut:
+    """Change a session's title, scheduling policy, model or restricted-reply policy; policy
+    changes are audited."""
+    before = await _session(state, session_id)
     if "model" in body.model_fields_set:
         if body.model is not None and body.model not in state.settings.catalog():
             names = ", ".join(sorted(state.settings.catalog()))
             raise InvalidInput(f"model: {body.model!r} is not configured (choose from {names})")
         await state.store.set_model(session_id, body.model)
-        room = state.rooms.loaded(session_id)
-        if room is not None:
-            room.model = body.model
+        loaded = state.rooms.loaded(session_id)
+        if loaded is not None:
+            loaded.model = body.model
     if body.title is not None:
         await state.store.set_title(session_id, body.title)
+    room = await state.rooms.get(session_id)
     if body.policy is not None:
-        room = await state.rooms.get(session_id)
         await room.set_policy(Policy(body.policy))
+    if body.restricted_replies is not None:
+        await AccessStore(state.store).set_restricted_replies(session_id, body.restricted_replies)
+        room.restricted_replies = body.restricted_replies
+    changes = {
+        name: {"from": getattr(before, name), "to": value}
+        for name, value in (
+            ("policy", body.policy),
+            ("restricted_replies", body.restricted_replies),
+        )
+        if value is not None and value != getattr(before, name)
+    }
+    if changes:
+        await room.audit("policy", caller.user_id or "admin", changes)
     return _session_out(await _session(state, session_id))
 
 
@@ -106,37 +126,98 @@ async def delete_session(state: AppState, session_id: str) -> None:
         raise NotFound(f"no session {session_id!r}")
 
 
-async def put_member(state: AppState, session_id: str, user_id: str, body: MemberPut) -> MemberOut:
+def _member_out(state: AppState, row: MemberRow) -> MemberOut:
+    member = Member(row.user_id, row.role, frozenset(row.grants), frozenset(row.denials))
+    subject = Subject.of(member, state.rooms.roles)
+    return MemberOut(
+        user_id=row.user_id,
+        role=row.role,
+        grants=sorted(member.grants),
+        denials=sorted(member.denials),
+        capabilities=sorted(subject.capabilities),
+        created_at=row.created_at,
+    )
+
+
+async def put_member(
+    state: AppState, session_id: str, user_id: str, body: MemberPut, caller: Caller
+) -> MemberOut:
     _check_user_id(user_id)
     await _session(state, session_id)
-    await state.store.put_member(session_id, user_id, body.role, int(state.clock() * 1000))
-    room = state.rooms.loaded(session_id)
-    if room is not None:
-        room.set_member(user_id, Role(body.role))
-    member = await state.store.get_member(session_id, user_id)
-    if member is None:  # deleted concurrently
+    if body.role not in state.rooms.roles:
+        raise InvalidInput(f"role: no role {body.role!r} (see GET /api/v1/roles)")
+    grants, denials = check_capabilities(body.grants), check_capabilities(body.denials)
+    room = await state.rooms.get(session_id)
+    before = room.members.get(user_id)
+    member = Member(user_id, body.role, grants, denials)
+    await _may_delegate(state, room, caller, before, member)
+    await state.store.put_member(
+        session_id, user_id, body.role, int(state.clock() * 1000), grants, denials
+    )
+    room.set_member(user_id, member)
+    await room.audit(
+        "membership",
+        caller.user_id or "admin",
+        {
+            "user_id": user_id,
+            "before": None if before is None else _member_json(before),
+            "after": _member_json(member),
+        },
+    )
+    row = await state.store.get_member(session_id, user_id)
+    if row is None:  # deleted concurrently
         raise Conflict("the member was removed while being written")
-    return MemberOut(user_id=member.user_id, role=body.role, created_at=member.created_at)
+    return _member_out(state, row)
 
 
-async def delete_member(state: AppState, session_id: str, user_id: str) -> None:
+async def _may_delegate(
+    state: AppState,
+    room: SessionRoom,
+    caller: Caller,
+    before: Member | None,
+    after: Member | None,
+) -> None:
+    """A member (not the admin) may change only members within their own rights."""
+    if caller.user_id is None:
+        return
+    roles = state.rooms.roles
+    touched = frozenset().union(
+        *(roles.capabilities(m.role) | m.grants for m in (before, after) if m is not None)
+    )
+    await room.check(caller.user_id, Delegate(touched), "change member")
+
+
+def _member_json(member: Member) -> dict[str, object]:
+    return {
+        "role": member.role,
+        "grants": sorted(member.grants),
+        "denials": sorted(member.denials),
+    }
+
+
+async def delete_member(state: AppState, session_id: str, user_id: str, caller: Caller) -> None:
     await _session(state, session_id)
+    room = await state.rooms.get(session_id)
+    before = room.members.get(user_id)
+    await _may_delegate(state, room, caller, before, None)
     if not await state.store.delete_member(session_id, user_id):
         raise NotFound(f"{user_id!r} is not a member of this session")
-    room = state.rooms.loaded(session_id)
-    if room is not None:
-        room.set_member(user_id, None)
+    room.set_member(user_id, None)
+    await room.audit(
+        "membership",
+        caller.user_id or "admin",
+        {
+            "user_id": user_id,
+            "before": None if before is None else _member_json(before),
+            "after": None,
+        },
+    )
 
 
 async def list_members(state: AppState, session_id: str) -> MemberList:
     await _session(state, session_id)
     rows = await state.store.list_members(session_id)
-    return MemberList(
-        members=[
-            MemberOut(user_id=r.user_id, role=Role(r.role).value, created_at=r.created_at)
-            for r in rows
-        ]
-    )
+    return MemberList(members=[_member_out(state, r) for r in rows])
 
 
 async def create_token(state: AppState, session_id: str, body: TokenCreate) -> TokenOut:
@@ -159,7 +240,7 @@ async def create_token(state: AppState, session_id: str, body: TokenCreate) -> T
         expires_at=claims.expires_at,
         user_id=body.user_id,
         session_id=session_id,
-        role=Role(member.role).value,
+        role=member.role,
     )
 
 
@@ -206,9 +287,14 @@ async def delete_pin(state: AppState, session_id: str, entry_id: str) -> None:
     await room.set_pinned(entry_id, False)
 
 
-async def preview_context(state: AppState, session_id: str, user_id: str) -> ContextPreview:
+async def preview_context(
+    state: AppState, session_id: str, user_id: str, caller: Caller
+) -> ContextPreview:
     """Exactly what the next model call for ``user_id`` would be given, if it started now:
-    the run that takes the user's next waiting prompt, or the history alone."""
+    the run that takes the user's next waiting prompt, or the history alone. A member may
+    preview only their own."""
+    if caller.user_id is not None and caller.user_id != user_id:
+        raise Forbidden("a member may preview only their own model input")
     room = await state.rooms.get(session_id)
     if user_id not in room.members:
         raise Conflict(f"{user_id!r} is not a member of this session")
@@ -220,7 +306,10 @@ async def preview_context(state: AppState, session_id: str, user_id: str) -> Con
             prompt_ids = upcoming.ids
         else:
             prompt_ids = (waiting[0].id,)
-    built = room.context_for(prompt_ids)
+    scope = room.scope_for(
+        [user_id] if not prompt_ids else _authors(room, prompt_ids), preview=True
+    )
+    built = room.context_for(prompt_ids, scope)
     request = built.request
     return ContextPreview(
         user_id=user_id,
@@ -257,6 +346,10 @@ async def preview_context(state: AppState, session_id: str, user_id: str) -> Con
     )
 
 
+def _authors(room: SessionRoom, prompt_ids: tuple[str, ...]) -> list[str]:
+    return [room.doc.entry(p).author for p in prompt_ids]
+
+
 SESSION_ERRORS = (404,)
 OPERATIONS: list[Operation] = [
     Operation(
@@ -264,6 +357,7 @@ OPERATIONS: list[Operation] = [
         "/api/v1/sessions/{session_id}/facts",
         list_facts,
         "Session facts",
+        capability=Capability.READ_SESSION,
         response=FactsOut,
         errors=SESSION_ERRORS,
     ),
@@ -272,6 +366,7 @@ OPERATIONS: list[Operation] = [
         "/api/v1/sessions/{session_id}/facts/{key}",
         put_fact,
         "Set a session fact (always in the model's input)",
+        capability=Capability.PIN,
         body=FactPut,
         response=FactsOut,
         errors=(404,),
@@ -281,6 +376,7 @@ OPERATIONS: list[Operation] = [
         "/api/v1/sessions/{session_id}/facts/{key}",
         delete_fact,
         "Remove a session fact",
+        capability=Capability.PIN,
         status=204,
         errors=SESSION_ERRORS,
     ),
@@ -289,6 +385,7 @@ OPERATIONS: list[Operation] = [
         "/api/v1/sessions/{session_id}/pins",
         list_pins,
         "Pinned entries",
+        capability=Capability.READ_SESSION,
         response=PinsOut,
         errors=SESSION_ERRORS,
     ),
@@ -297,6 +394,7 @@ OPERATIONS: list[Operation] = [
         "/api/v1/sessions/{session_id}/pins",
         create_pin,
         "Pin an entry (always in the model's input)",
+        capability=Capability.PIN,
         body=PinCreate,
         response=PinsOut,
         status=201,
@@ -307,6 +405,7 @@ OPERATIONS: list[Operation] = [
         "/api/v1/sessions/{session_id}/pins/{entry_id}",
         delete_pin,
         "Unpin an entry",
+        capability=Capability.PIN,
         status=204,
         errors=SESSION_ERRORS,
     ),
@@ -315,6 +414,8 @@ OPERATIONS: list[Operation] = [
         "/api/v1/sessions/{session_id}/context",
         preview_context,
         "Preview the next model input for a member",
+        capability=Capability.READ_SESSION,
+        with_caller=True,
         response=ContextPreview,
         errors=(404, 409),
         query_str=(QueryStr("user_id"),),
@@ -341,6 +442,7 @@ OPERATIONS: list[Operation] = [
         "/api/v1/sessions/{session_id}",
         get_session,
         "Get a session",
+        capability=Capability.READ_SESSION,
         response=SessionOut,
         errors=SESSION_ERRORS,
     ),
@@ -348,7 +450,9 @@ OPERATIONS: list[Operation] = [
         "PATCH",
         "/api/v1/sessions/{session_id}",
         update_session,
-        "Change a session's title, scheduling policy or model",
+        "Change a session's title, scheduling policy, model or restricted-reply policy",
+        capability=Capability.MANAGE_SESSION,
+        with_caller=True,
         body=SessionPatch,
         response=SessionOut,
         errors=SESSION_ERRORS,
@@ -358,6 +462,7 @@ OPERATIONS: list[Operation] = [
         "/api/v1/sessions/{session_id}",
         delete_session,
         "Delete a session and close its sockets",
+        capability=Capability.MANAGE_SESSION,
         status=204,
         errors=SESSION_ERRORS,
     ),
@@ -366,6 +471,8 @@ OPERATIONS: list[Operation] = [
         "/api/v1/sessions/{session_id}/members/{user_id}",
         put_member,
         "Add a member or change a member's role",
+        capability=Capability.MANAGE_MEMBERS,
+        with_caller=True,
         body=MemberPut,
         response=MemberOut,
         errors=(404, 409),
@@ -375,6 +482,8 @@ OPERATIONS: list[Operation] = [
         "/api/v1/sessions/{session_id}/members/{user_id}",
         delete_member,
         "Remove a member (their sockets close with 4403)",
+        capability=Capability.MANAGE_MEMBERS,
+        with_caller=True,
         status=204,
         errors=SESSION_ERRORS,
     ),
@@ -383,6 +492,7 @@ OPERATIONS: list[Operation] = [
         "/api/v1/sessions/{session_id}/members",
         list_members,
         "List members",
+        capability=Capability.READ_SESSION,
         response=MemberList,
         errors=SESSION_ERRORS,
     ),
@@ -401,6 +511,7 @@ OPERATIONS: list[Operation] = [
         "/api/v1/sessions/{session_id}/transcript",
         get_transcript,
         "The transcript in sequence order",
+        capability=Capability.READ_SESSION,
         response=TranscriptOut,
         errors=SESSION_ERRORS,
     ),

@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from session.commands import unstorable
 
-RoleName = Literal["owner", "editor", "viewer"]
+RoleName = Annotated[
+    str,
+    Field(
+        pattern=r"^[a-z][a-z0-9_-]{0,31}$",
+        description="owner, editor, viewer, or a custom role defined under /api/v1/roles",
+    ),
+]
+CapabilityName = Annotated[
+    str,
+    Field(
+        pattern=r"^[a-z][a-z0-9_]{0,39}(:[A-Za-z0-9_.-]{1,100})?$",
+        description="e.g. prompt, pin, manage_members, tool:deploy, read:<document id>",
+    ),
+]
 PolicyName = Literal["queue", "coalesce", "interrupt", "reject"]
 
 
@@ -49,6 +62,9 @@ class SessionCreate(Strict):
     policy: PolicyName = Field(default="queue", description="How concurrent prompts run.")
 
 
+RestrictedReplies = Literal["private", "shared"]
+
+
 class SessionPatch(Strict):
     title: str | None = Field(default=None, max_length=500)
     policy: PolicyName | None = None
@@ -56,6 +72,12 @@ class SessionPatch(Strict):
         default=None,
         max_length=100,
         description="One of the configured models; null: back to the server's default",
+    )
+    restricted_replies: RestrictedReplies | None = Field(
+        default=None,
+        description="private: a reply drawing on what not every member may read is shown "
+        "only to those who may (others see a placeholder); shared: it is shown to everyone "
+        "(an owner's decision, audited)",
     )
 
 
@@ -66,6 +88,7 @@ class SessionOut(Strict):
     last_seq: int = Field(description="The highest sequence number handed out so far.")
     policy: PolicyName
     model: str | None = Field(description="The session's model; null: the server's default")
+    restricted_replies: RestrictedReplies
 
 
 class SessionList(Strict):
@@ -77,12 +100,33 @@ class SessionList(Strict):
 
 class MemberPut(Strict):
     role: RoleName
+    grants: list[CapabilityName] = Field(default_factory=list, max_length=100)
+    denials: list[CapabilityName] = Field(
+        default_factory=list, max_length=100, description="Win over the role and the grants"
+    )
 
 
 class MemberOut(Strict):
     user_id: str
     role: RoleName
+    grants: list[str]
+    denials: list[str]
+    capabilities: list[str] = Field(description="What the member may do now")
     created_at: int
+
+
+class RolePut(Strict):
+    capabilities: list[CapabilityName] = Field(max_length=100)
+
+
+class RoleOut(Strict):
+    name: str
+    builtin: bool
+    capabilities: list[str]
+
+
+class RoleList(Strict):
+    roles: list[RoleOut]
 
 
 class MemberList(Strict):
@@ -105,9 +149,9 @@ class TokenOut(Strict):
 class TranscriptEntryOut(Strict):
     id: str
     seq: int
-    kind: Literal["prompt", "message", "reply"]
+    kind: Literal["prompt", "message", "reply", "tool"]
     author: str
-    role: Literal["user", "assistant"]
+    role: Literal["user", "assistant", "tool"]
     status: str
     content: str
     created_at: int
@@ -116,6 +160,7 @@ class TranscriptEntryOut(Strict):
     reply_id: str | None
     answers: list[str]
     started_at: int | None
+    tool: str | None = Field(description="On a tool step: the tool it ran")
 
 
 class TranscriptOut(Strict):
@@ -206,3 +251,78 @@ class UsageOut(Strict):
     output_tokens: int
     users: list[UserUsageOut]
     quotas: QuotasOut
+
+
+class AuditRecordOut(Strict):
+    id: int
+    at: int = Field(description="Milliseconds since the epoch.")
+    kind: str = Field(description="model_call, tool_refused, membership, policy, refused, …")
+    actor: str = Field(description="The user who acted (or 'admin')")
+    data: dict[str, Any]
+
+
+class AuditList(Strict):
+    records: list[AuditRecordOut]
+    next_after: int | None = Field(description="Pass as ?after= for the next page")
+
+
+NameStr = Annotated[str, Field(min_length=1, max_length=200)]
+
+
+class ReadersIn(Strict):
+    users: list[NameStr] = Field(default_factory=list, max_length=1000)
+    roles: list[NameStr] = Field(default_factory=list, max_length=100)
+
+
+class DocumentCreate(Strict):
+    title: str = Field(min_length=1, max_length=500)
+    text: str = Field(min_length=1)
+    readers: ReadersIn = Field(description="Who may read it (and so what is drawn from it)")
+
+
+class DocumentOut(Strict):
+    id: str
+    title: str
+    readers: ReadersIn
+    chars: int
+    created_at: int
+    text: str | None = Field(description="Only when one document is asked for")
+
+
+class DocumentList(Strict):
+    documents: list[DocumentOut]
+
+
+class ToolCreate(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    description: str = Field(min_length=1, max_length=2000)
+    parameters: dict[str, Any] = Field(
+        default_factory=lambda: {"type": "object"}, description="JSON Schema of the arguments"
+    )
+    url: str = Field(pattern=r"^https?://[^\s]{1,1990}$", description="Where Parley POSTs")
+    capability: CapabilityName | None = Field(
+        default=None, description="Needed to use it; default tool:<name>"
+    )
+    timeout_s: float = Field(default=10.0, gt=0, le=120)
+
+
+class ToolOut(Strict):
+    name: str
+    description: str
+    parameters: dict[str, Any]
+    url: str
+    capability: str
+    timeout_s: float
+    created_at: int
+    secret: str | None = Field(description="The signing secret: shown once, when created")
+
+
+class ToolList(Strict):
+    tools: list[ToolOut]
+
+
+class PrivateOut(Strict):
+    entry_id: str
+    kind: Literal["tool", "reply"]
+    text: str
+    readers: list[dict[str, Any]] = Field(description="Readers of every source it drew on")

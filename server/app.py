@@ -20,7 +20,7 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from server import api, api_usage
+from server import access_api, api, api_usage
 from server.api_models import Health, Readiness
 from server.db import create_engine, current_revision, head_revision
 from server.keys import resolve_keys
@@ -121,7 +121,7 @@ def create_app(
     clock: Callable[[], float] = time.time,
 ) -> Starlette:
     settings = settings or Settings()
-    operations = PROBES + api.OPERATIONS + api_usage.OPERATIONS
+    operations = PROBES + api.OPERATIONS + api_usage.OPERATIONS + access_api.OPERATIONS
     spec = openapi_document(operations, title="Parley admin API", version=VERSION)
 
     @asynccontextmanager
@@ -149,6 +149,7 @@ def create_app(
         rooms = RoomRegistry(store, settings, model, clock, metrics)
         metrics.watch(lambda: len(rooms), rooms.queue_depth)
         app.state.parley = AppState(settings, store, keys, rooms, clock, metrics)
+        await rooms.load_access()
         recovered = await rooms.recover()
         if recovered:
             log.info("resumed sessions with pending prompts", extra={"sessions": recovered})

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Awaitable
 
-from authz.roles import Capability, Role, may_cancel, require
+from authz.policy import Cancel, Do, decide
+from authz.roles import Capability
 from server.connection import Connection
 from server.room import SessionRoom
 from server.store import DuplicateCommand
@@ -33,29 +34,33 @@ async def handle_command(room: SessionRoom, connection: Connection, frame: str) 
         room.metrics.errors.labels(code=exc.code.value).inc()
         return error_reply(exc.command_id, exc)
     user_id = connection.user_id
+    what = f"command {type(command).__name__}"
     try:
-        role = room.role_of(user_id)
         if isinstance(command, PromptCommand):
-            require(role, Capability.PROMPT)
+            await room.check(user_id, Do(Capability.PROMPT), what)
             stored = room.add_prompt(user_id, command.id, command.text)
             return await _store_once(room, user_id, command.id, stored, EntryKind.PROMPT)
         if isinstance(command, MessageCommand):
-            require(role, Capability.POST_MESSAGE)
+            await room.check(user_id, Do(Capability.POST_MESSAGE), what)
             stored = room.add_message(user_id, command.id, command.text)
             return await _store_once(room, user_id, command.id, stored, EntryKind.MESSAGE)
         if isinstance(command, PinCommand):
-            require(role, Capability.PIN)
+            await room.check(user_id, Do(Capability.PIN), what)
             await room.set_pinned(command.entry_id, command.pinned)
             return ack(command.id, entry_id=command.entry_id)
         if isinstance(command, FactCommand):
-            require(role, Capability.PIN)
+            await room.check(user_id, Do(Capability.PIN), what)
             await room.set_fact(command.key, command.value)
             return ack(command.id, key=command.key)
         if isinstance(command, PolicyCommand):
-            require(role, Capability.MANAGE_SESSION)
+            await room.check(user_id, Do(Capability.MANAGE_SESSION), what)
+            before = room.queue.policy.value
             await room.set_policy(command.policy)
+            if before != command.policy.value:
+                change = {"from": before, "to": command.policy.value}
+                await room.audit("policy", user_id, {"policy": change})
             return ack(command.id, policy=command.policy.value)
-        return await _cancel(room, user_id, role, command)
+        return await _cancel(room, user_id, command)
     except ParleyError as exc:
         room.metrics.errors.labels(code=exc.code.value).inc()
         return error_reply(command.id, exc)
@@ -95,13 +100,13 @@ async def _previous_ack(
     return ack(command_id, seq=row.seq, **{_ID_KEY[kind]: row.id})
 
 
-async def _cancel(room: SessionRoom, user_id: str, role: Role, command: CancelCommand) -> str:
+async def _cancel(room: SessionRoom, user_id: str, command: CancelCommand) -> str:
     prompt_id = command.prompt_id
+    await room.check(user_id, Do(Capability.READ_SESSION), "command CancelCommand")
     if not room.doc.has_entry(prompt_id) or room.doc.entry(prompt_id).kind is not EntryKind.PROMPT:
         raise NotFound(f"no prompt {prompt_id!r} in this session")
     entry = room.doc.entry(prompt_id)
-    if not may_cancel(role, issuer=user_id, author=entry.author):
-        raise Forbidden("only the prompt's author or an owner may cancel it")
+    await room.check(user_id, Cancel(entry.author), "command CancelCommand")
     reason = f"cancelled by {user_id}"
     if await room.cancel_waiting(prompt_id, reason):
         return ack(command.id, seq=entry.seq, prompt_id=prompt_id)
@@ -109,8 +114,9 @@ async def _cancel(room: SessionRoom, user_id: str, role: Role, command: CancelCo
     if active is None or prompt_id not in active.run.ids:
         status = room.doc.entry(prompt_id).status
         raise Conflict(f"prompt {prompt_id!r} is {status}; it can no longer be cancelled")
+    subject = room.subject(user_id)
     others = [p.author for p in active.run.prompts if p.author != user_id]
-    if others and not may_cancel(role, issuer=user_id, author=others[0]):
+    if others and not decide(subject, Cancel(others[0])).allowed:
         raise Forbidden("the running reply also answers other members' prompts")
     active.stop(PromptStatus.CANCELLED, reason)
     await active.wait()

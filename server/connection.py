@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 
 from starlette.websockets import WebSocket, WebSocketState
 
-from authz.roles import Role
 from server.settings import Settings
 from session.commands import error_reply
 from session.errors import ParleyError
@@ -45,7 +44,6 @@ class ConnectionLimits:
 class Connection:
     websocket: WebSocket
     user_id: str
-    role: Role
     outbox_limit: int
     # Stock Yjs clients cannot parse text frames: send JSON only to a socket that sent some.
     speaks_json: bool = False

@@ -1,8 +1,12 @@
 """A small route table for the JSON API: validation, errors and OpenAPI from one declaration.
 
-Each operation names its body and response models; the wrapper authenticates the admin
-key, enforces the request size limit, validates the body and query, and maps every
+Each operation names its body and response models; the wrapper authenticates the caller,
+authorizes it, enforces the request size limit, validates the body and query, and maps every
 ``ParleyError`` to ``{"error": {"code", "message"}}`` with its status.
+
+Callers: the admin key may do everything. A member's client token may call the routes of
+its own session that declare a ``capability``, when ``authz.policy.decide`` allows the member
+that capability now; every refusal is audited.
 """
 
 from __future__ import annotations
@@ -19,16 +23,18 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from authz.policy import Do
+from authz.tokens import verify_token
 from server.api_models import ErrorBody
 from server.state import AppState
 from session.commands import unstorable
-from session.errors import InvalidInput, ParleyError, TooLarge, Unauthenticated
+from session.errors import Forbidden, InvalidInput, ParleyError, TooLarge, Unauthenticated
 
 Handler = Callable[..., Awaitable[BaseModel | None]]
 
 ERROR_DESCRIPTIONS = {
     400: "Bad request",
-    401: "Missing or wrong admin key",
+    401: "Missing or wrong admin key or client token",
     403: "Forbidden",
     404: "Not found",
     409: "Conflict",
@@ -57,6 +63,21 @@ class QueryStr:
     pattern: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who calls: the admin (``user_id`` None) or a member with a client token."""
+
+    user_id: str | None = None
+    session_id: str | None = None
+
+    @property
+    def is_admin(self) -> bool:
+        return self.user_id is None
+
+
+ADMIN = Caller()
+
+
 @dataclass(slots=True)
 class Operation:
     method: str
@@ -70,6 +91,10 @@ class Operation:
     errors: tuple[int, ...] = ()
     query: tuple[QueryParam, ...] = field(default_factory=tuple)
     query_str: tuple[QueryStr, ...] = field(default_factory=tuple)
+    # Members holding this capability may call it with their client token; None: admin only.
+    capability: str | None = None
+    # The handler takes ``caller`` (for checks that depend on the resource).
+    with_caller: bool = False
 
 
 def error_response(error: ParleyError) -> JSONResponse:
@@ -80,13 +105,33 @@ def error_response(error: ParleyError) -> JSONResponse:
     )
 
 
-def check_admin(request: Request, state: AppState) -> None:
+def authenticate(request: Request, state: AppState) -> Caller:
     header = request.headers.get("authorization", "")
     scheme, _, key = header.partition(" ")
+    key = key.strip()
     if scheme.lower() != "bearer" or not key:
-        raise Unauthenticated("send the admin key as 'Authorization: Bearer <key>'")
-    if not hmac.compare_digest(key.strip().encode(), state.keys.admin_key.encode()):
-        raise Unauthenticated("wrong admin key")
+        raise Unauthenticated("send the admin key or a client token as 'Authorization: Bearer …'")
+    if hmac.compare_digest(key.encode(), state.keys.admin_key.encode()):
+        return ADMIN
+    try:
+        claims = verify_token(state.keys.signing_key, key, now=int(state.clock()))
+    except Unauthenticated:
+        raise Unauthenticated("wrong admin key or client token") from None
+    return Caller(claims.user_id, claims.session_id)
+
+
+async def authorize(op: Operation, caller: Caller, state: AppState, session_id: str | None) -> None:
+    """Let a member call ``op`` only in their token's session, holding its capability."""
+    if caller.user_id is None:
+        return
+    if session_id is None or session_id != caller.session_id:
+        raise Forbidden("a client token acts only in its own session's routes")
+    room = await state.rooms.get(session_id)
+    what = f"{op.method} {op.path}"
+    if op.capability is None:
+        await room.audit("refused", caller.user_id, {"action": what, "reason": "admin only"})
+        raise Forbidden("this route needs the admin key")
+    await room.check(caller.user_id, Do(op.capability), what)
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -113,9 +158,8 @@ def route(op: Operation) -> Route:
     async def endpoint(request: Request) -> Response:
         state: AppState = request.app.state.parley
         try:
-            if op.auth:
-                check_admin(request, state)
             kwargs: dict[str, Any] = dict(request.path_params)
+            caller = authenticate(request, state) if op.auth else ADMIN
             for name, value in kwargs.items():
                 problem = unstorable(str(value))
                 if problem is not None:
@@ -124,6 +168,9 @@ def route(op: Operation) -> Route:
                 kwargs[param.name] = _query_int(request, param)
             for text in op.query_str:
                 kwargs[text.name] = _query_str(request, text)
+            await authorize(op, caller, state, kwargs.get("session_id"))
+            if op.with_caller:
+                kwargs["caller"] = caller
             if op.body is not None:
                 raw = await read_body(request, state.settings.max_request_bytes)
                 try:
@@ -239,6 +286,7 @@ def openapi_document(operations: list[Operation], *, title: str, version: str) -
         statuses = set(op.errors) | ({401} if op.auth else set())
         statuses |= {413, 422} if op.body is not None else set()
         statuses |= {422} if op.query or op.query_str else set()
+        statuses |= {403} if op.capability is not None or "{session_id}" in op.path else set()
         statuses |= {503} if op.auth else set()
         for status in sorted(statuses):
             responses[str(status)] = {

@@ -9,21 +9,37 @@ is reloaded from the store, so nothing un-stored is ever shown to anyone.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 from pycrdt import Doc, TransactionEvent, merge_updates
 
-from authz.roles import Capability, Role, may
+from authz.policy import (
+    Action,
+    Decision,
+    Do,
+    Restriction,
+    Subject,
+    decide,
+    everyone_may_read,
+    may_read,
+    restrict,
+)
+from authz.roles import Capability, Member, RoleTable
+from authz.scope import ContextSeen, RunScope, scope_for_run, seen_in_context
+from server.access_store import AccessStore, PrivateItem, ToolRow, insert_audit, insert_private
+from server.active_run import ActiveRun
 from server.connection import Connection
 from server.metrics import Metrics
 from server.settings import Settings
 from server.store import EntryRow, Store, StoreTx
+from server.tools import tool_defs
 from session.commands import (
     Limits,
     check_fact,
@@ -35,7 +51,7 @@ from session.model import Usage
 from session.presence import Presence
 from session.queue import OrderingQueue, PendingPrompt, Policy, QueueLimits, Run
 from session.ratelimit import Rate, TokenBucket
-from session.schema import MESSAGE_STATUS, EntryKind, QueuedItem, SessionDocument
+from session.schema import MESSAGE_STATUS, Entry, EntryKind, QueuedItem, SessionDocument
 from session.summary import Summary, SummaryPlan, plan_extension
 from session.yprotocol import (
     DeleteSet,
@@ -52,6 +68,11 @@ CLOSE_FORBIDDEN = 4403
 CLOSE_NOT_FOUND = 4404
 CLOSE_TRY_AGAIN = 1013
 RESTART_REASON = "interrupted: the server stopped while this prompt ran"
+RESTRICTED_REPLY = (
+    "\n[restricted: the rest of this reply draws on material not every member may read;"
+    " members who may read it get it over REST]"
+)
+MAX_SHOWN_TOOL_CHARS = 2000
 
 
 def new_id() -> str:
@@ -76,8 +97,16 @@ class SessionRoom:
         settings: Settings,
         clock: Callable[[], float] = time.time,
         metrics: Metrics | None = None,
+        roles: Callable[[], RoleTable] = RoleTable,
+        webhooks: Callable[[], list[ToolRow]] = list,
     ) -> None:
         self.metrics = metrics or Metrics()
+        self.roles = roles
+        self.webhooks = webhooks
+        # Full text behind the placeholders of the shared document, with its readers.
+        self.private: dict[str, PrivateItem] = {}
+        self.restricted_replies = "private"
+        self.access = AccessStore(store)
         self.draining = False
         self.session_id = session_id
         self.store = store
@@ -93,7 +122,7 @@ class SessionRoom:
                 settings.max_prompts_per_run,
             )
         )
-        self.members: dict[str, Role] = {}
+        self.members: dict[str, Member] = {}
         self.connections: set[Connection] = set()
         self.doc = SessionDocument(Doc())
         self.presence = Presence(settings.max_awareness_state_bytes)
@@ -117,12 +146,15 @@ class SessionRoom:
 
     # -- loading --------------------------------------------------------------------------
 
-    async def load(self, title: str, policy: Policy) -> None:
+    async def load(self, title: str, policy: Policy, restricted_replies: str = "private") -> None:
         """Restore the document from its update log and the queue from the entries table."""
         await self._load_doc()
         self.summaries = await self.store.load_summaries(self.session_id)
+        self.restricted_replies = restricted_replies
+        self.private = {i.entry_id: i for i in await self.access.private_items(self.session_id)}
         self.members = {
-            m.user_id: Role(m.role) for m in await self.store.list_members(self.session_id)
+            m.user_id: Member(m.user_id, m.role, frozenset(m.grants), frozenset(m.denials))
+            for m in await self.store.list_members(self.session_id)
         }
         if "session_id" not in self.doc.meta:
             async with self._writing():
@@ -231,11 +263,22 @@ class SessionRoom:
             bucket = self._user_buckets[user_id] = TokenBucket(rate, self.clock())
         return bucket
 
-    def role_of(self, user_id: str) -> Role:
-        role = self.members.get(user_id)
-        if role is None:
-            raise Forbidden("you are not a member of this session")
-        return role
+    def subject(self, user_id: str) -> Subject | None:
+        """The member as of now (role table and grants read live), or None."""
+        member = self.members.get(user_id)
+        return None if member is None else Subject.of(member, self.roles())
+
+    async def check(self, user_id: str, action: Action, what: str) -> Decision:
+        """Decide ``action`` for ``user_id`` now; a refusal is audited and raised."""
+        decision = decide(self.subject(user_id), action)
+        if not decision.allowed:
+            await self.audit("refused", user_id, {"action": what, "reason": decision.reason})
+            decision.require()
+        return decision
+
+    async def audit(self, kind: str, actor: str, data: dict[str, Any]) -> None:
+        """Append an audit record now (outside any document change)."""
+        await self.access.audit(self.session_id, self.now_ms(), kind, actor, data)
 
     # -- queue transitions (each one write; the queue is swapped in on commit) -------------
 
@@ -349,24 +392,29 @@ class SessionRoom:
             self.doc.set_policy(policy.value)
         self.wakeup.set()
 
-    async def start_run(self, run: Run, reply_author: str) -> str | None:
+    async def start_run(self, run: Run, reply_author: str) -> tuple[str, RunScope] | None:
         """Mark a run's prompts running and open their reply; None if the run may not start.
 
-        A prompt whose author may no longer prompt fails with ``forbidden`` instead, and the
-        caller asks the queue again.
+        The run's scope is computed here, from its issuers' grants at this moment. A prompt
+        whose author may no longer prompt fails with ``forbidden`` instead (nothing reaches
+        the model), and the caller asks the queue again.
         """
         reply_id = new_id()
         async with self._writing() as write:
             if self.queue.next() != run:
                 return None
             queue = self._staged_queue(write)
-            revoked = [p.id for p in run.prompts if not self._may_prompt(p.author)]
+            revoked = [p for p in run.prompts if not self._may_run(p.author)]
             if revoked:
                 reason = "forbidden: the author may no longer prompt in this session"
-                for prompt_id in revoked:
-                    queue.remove(prompt_id)
-                await self._finish(write, revoked, PromptStatus.FAILED, reason)
+                for prompt in revoked:
+                    queue.remove(prompt.id)
+                    await self._audit_in(
+                        write, "refused", prompt.author, {"action": "run", "prompt_id": prompt.id}
+                    )
+                await self._finish(write, [p.id for p in revoked], PromptStatus.FAILED, reason)
                 return None
+            scope = self.scope_for([p.author for p in run.prompts])
             queue.start(run)
             now = self.now_ms()
             for prompt in run.prompts:
@@ -376,7 +424,45 @@ class SessionRoom:
             self.doc.start_reply(
                 prompt_ids=run.ids, reply_id=reply_id, author=reply_author, created_at=now
             )
-        return reply_id
+        return reply_id, scope
+
+    def _may_run(self, user_id: str) -> bool:
+        try:
+            scope_for_run([(user_id, self.subject(user_id))], ())
+        except Forbidden:
+            return False
+        return True
+
+    def scope_for(self, user_ids: Sequence[str], *, preview: bool = False) -> RunScope:
+        """The scope a run for ``user_ids`` would have now (``Forbidden`` if one of them may
+        not prompt, unless ``preview``: then the scope of what they may read and use)."""
+        issuers = [(u, self.subject(u)) for u in dict.fromkeys(user_ids)]
+        if preview:
+            subjects = tuple(s for _, s in issuers if s is not None)
+            if not subjects:
+                raise Forbidden("not a member of this session")
+            return RunScope(subjects, ()).with_tools(tool_defs(self.webhooks()))
+        return scope_for_run(issuers, tool_defs(self.webhooks()))
+
+    def context_audit(
+        self, built: BuiltContext, prompt_ids: Sequence[str], scope: RunScope
+    ) -> ContextSeen:
+        return seen_in_context(
+            self.doc.entries(),
+            built.excluded,
+            prompt_ids,
+            scope,
+            {i: item.restriction for i, item in self.private.items()},
+        )
+
+    def restriction_of(self, entry_id: str) -> Restriction:
+        item = self.private.get(entry_id)
+        return () if item is None else item.restriction
+
+    def everyone_may_read(self, restriction: Restriction) -> bool:
+        """True when every member who may read the session may read this too."""
+        roles = self.roles()
+        return everyone_may_read((Subject.of(m, roles) for m in self.members.values()), restriction)
 
     async def set_pinned(self, entry_id: str, pinned: bool) -> None:
         if not self.doc.has_entry(entry_id):
@@ -406,17 +492,29 @@ class SessionRoom:
             min_block_lines=self.settings.min_block_lines,
         )
 
-    def context_for(
-        self,
-        prompt_ids: Sequence[str],
-        *,
-        withheld: WithheldReason | None = None,
-        private_text: Mapping[str, str] | None = None,
-        scope_key: str = "members",
-    ) -> BuiltContext:
-        """What a model call answering ``prompt_ids`` is given (none: the history alone).
+    def context_for(self, prompt_ids: Sequence[str], scope: RunScope | None = None) -> BuiltContext:
+        """What a model call answering ``prompt_ids`` is given (none: the history alone),
+        within ``scope``: what its issuers may not read is withheld, what they may read of
+        the server-side text replaces its placeholder. No scope: what every member may read
+        (the scope summaries are made in).
 
-        The room keeps its builder, so each build folds only what changed since the last."""
+        The room keeps a builder, with one fold per set of readable private items, so each
+        build folds only what changed since the last."""
+        restrictions = {i: item.restriction for i, item in self.private.items()}
+        texts = {i: item.text for i, item in self.private.items()}
+        withheld: WithheldReason
+        if scope is None:
+            shared = {i: t for i, t in texts.items() if self.everyone_may_read(restrictions[i])}
+
+            def not_shared(entry: Entry) -> str | None:
+                if entry.id in restrictions and entry.id not in shared:
+                    return "not every member may read it"
+                return None
+
+            withheld, readable, scope_key = not_shared, shared, "members"
+        else:
+            withheld, readable = scope.read_filter(restrictions, texts)
+            scope_key = "readable:" + ",".join(sorted(readable))
         spec = self.settings.model_spec(self.model)
         settings = self.context_settings()
         if self._builder.settings != settings:
@@ -430,7 +528,7 @@ class SessionRoom:
             pins=self.doc.pinned(),
             max_output_tokens=spec.reserved_output_tokens,
             withheld=withheld,
-            private_text=private_text,
+            private_text=readable,
             scope_key=scope_key,
             summaries=self.summaries,
             # A model taken out of the configuration fails the call (the registry says so)
@@ -443,15 +541,15 @@ class SessionRoom:
     def summary_plan(self) -> SummaryPlan | None:
         """The turns to summarise next, from what every member may read; None: nothing yet.
 
-        Every entry in the shared document is readable by every member today, so the shared
-        scope is the whole history."""
+        It extends the newest summary that is still made only of what every member may
+        read (the one a history-alone build in that scope uses); when membership changed so
+        that none is, a new chain starts."""
         if not self.settings.summaries:
             return None
-        built = self.context_for((), scope_key="summary")
-        previous = self.summaries[-1] if self.summaries else None
+        built = self.context_for(())
         return plan_extension(
             built.dropped,
-            previous,
+            built.summary,
             min_tokens=self.settings.summary_min_tokens,
             max_input_tokens=max(built.budget // 2, 1),
         )
@@ -470,13 +568,86 @@ class SessionRoom:
         )
         self.summaries.append(summary)
 
-    def _may_prompt(self, user_id: str) -> bool:
-        role = self.members.get(user_id)
-        return role is not None and may(role, Capability.PROMPT)
-
-    async def append_reply(self, reply_id: str, text: str) -> None:
+    async def append_reply(self, active: ActiveRun, text: str) -> None:
+        """Stream reply text: into the shared document, or, once the reply draws on what
+        not every member may read (policy ``private``), only into the server-side copy."""
+        active.text.append(text)
+        if active.private:
+            return
         async with self._writing():
-            self.doc.append_reply_text(reply_id, text)
+            self.doc.append_reply_text(active.reply_id, text)
+
+    async def widen(self, active: ActiveRun, restriction: Restriction) -> None:
+        """The run drew on something with ``restriction``: its reply inherits it; under
+        ``private`` the rest of the reply leaves the shared document if not every member
+        may read it."""
+        active.restriction = restrict(active.restriction, restriction)
+        if active.private or self.restricted_replies != "private":
+            return
+        if not self.everyone_may_read(active.restriction):
+            active.private = True
+            async with self._writing():
+                self.doc.append_reply_text(active.reply_id, RESTRICTED_REPLY)
+
+    async def add_tool_step(
+        self, active: ActiveRun, *, tool: str, status: str, detail: str, restriction: Restriction
+    ) -> str:
+        """Store a tool step (full detail server-side) and show it in the document: in full
+        when every member may read it, else as who ran which tool."""
+        assert active.scope is not None
+        entry_id = new_id()
+        actor = ", ".join(s.user_id for s in active.scope.issuers)
+        restriction = restrict(active.restriction, restriction)
+        shown = f"{actor} ran {tool}: {status}"
+        if self.everyone_may_read(restriction):
+            shown += "\n" + detail[:MAX_SHOWN_TOOL_CHARS]
+        else:
+            shown += "\n[details restricted]"
+        async with self._writing() as write:
+            item = PrivateItem(entry_id, "tool", detail, restriction)
+            await insert_private(write.tx.connection, self.session_id, item, self.now_ms())
+            self.doc.add_tool_step(
+                id=entry_id,
+                reply_id=active.reply_id,
+                author=actor,
+                tool=tool,
+                status=status,
+                text=shown,
+                created_at=self.now_ms(),
+            )
+            write.after_commit.append(lambda: self._keep_private(item))
+        return entry_id
+
+    def _keep_private(self, item: PrivateItem) -> None:
+        """Remember a stored private item and deliver it to the sockets of members who may
+        read it (those that speak JSON; stock Yjs clients read it over REST)."""
+        self.private[item.entry_id] = item
+        frame = json.dumps(
+            {"type": "restricted", "entry_id": item.entry_id, "kind": item.kind, "text": item.text}
+        )
+        for connection in list(self.connections):
+            if connection.speaks_json and may_read(
+                self.subject(connection.user_id), item.restriction
+            ):
+                connection.send(frame)
+
+    async def _keep_reply(self, write: _Write, active: ActiveRun) -> None:
+        """A reply that drew on restricted material: under ``private`` its full text is kept
+        server-side with the readers it inherited; under ``shared`` an owner allowed it into
+        the shared document, so it stays there for everyone and the sharing is audited."""
+        if self.restricted_replies != "private":
+            readers = [r.to_json() for r in active.restriction]
+            await self._audit_in(
+                write, "reply_shared", "policy", {"reply_id": active.reply_id, "drew_on": readers}
+            )
+            return
+        text = "".join(active.text)
+        item = PrivateItem(active.reply_id, "reply", text, active.restriction)
+        await insert_private(write.tx.connection, self.session_id, item, self.now_ms())
+        write.after_commit.append(lambda: self._keep_private(item))
+
+    async def _audit_in(self, write: _Write, kind: str, actor: str, data: dict[str, Any]) -> None:
+        await insert_audit(write.tx.connection, self.session_id, self.now_ms(), kind, actor, data)
 
     async def finish_run(
         self,
@@ -485,12 +656,20 @@ class SessionRoom:
         reason: str | None = None,
         *,
         reply_status: ReplyStatus | None = None,
+        active: ActiveRun | None = None,
+        audit: Sequence[tuple[str, str, dict[str, Any]]] = (),
     ) -> None:
+        """Settle a run; a restricted reply's full text and the run's audit records are
+        stored in the same transaction."""
         async with self._writing() as write:
             queue = self._staged_queue(write)
             if queue.running is not None and queue.running.ids == run.ids:
                 queue.finish(run.ids)
             await self._finish(write, run.ids, status, reason, reply_status)
+            if active is not None and active.restriction:
+                await self._keep_reply(write, active)
+            for kind, actor, data in audit:
+                await self._audit_in(write, kind, actor, data)
 
     # -- sync and awareness ---------------------------------------------------------------
 
@@ -509,18 +688,21 @@ class SessionRoom:
 
     # -- membership -----------------------------------------------------------------------
 
-    def set_member(self, user_id: str, role: Role | None) -> None:
-        """Apply a membership change made over REST to live sockets."""
-        if role is None:
+    def set_member(self, user_id: str, member: Member | None) -> None:
+        """Apply a membership change made over REST to live sockets: a member who may no
+        longer read the session is disconnected."""
+        if member is None:
             self.members.pop(user_id, None)
-            for connection in list(self.connections):
-                if connection.user_id == user_id:
-                    connection.close(CLOSE_FORBIDDEN, "membership revoked")
-            return
-        self.members[user_id] = role
-        for connection in self.connections:
-            if connection.user_id == user_id:
-                connection.role = role
+        else:
+            self.members[user_id] = member
+        self.refresh_sockets()
+
+    def refresh_sockets(self) -> None:
+        """Close the sockets of users who may no longer read the session (after a
+        membership change or a redefined role)."""
+        for connection in list(self.connections):
+            if not decide(self.subject(connection.user_id), Do(Capability.READ_SESSION)).allowed:
+                connection.close(CLOSE_FORBIDDEN, "membership revoked")
 
     def fail(self, reason: str) -> None:
         """Give the room up (its memory may hold an un-stored change): sockets are closed
@@ -532,30 +714,3 @@ class SessionRoom:
 
     def is_idle(self) -> bool:
         return not self.connections and len(self.queue) == 0 and self.active_run is None
-
-
-@dataclass(eq=False)
-class ActiveRun:
-    """The run in flight, and the handle to stop it."""
-
-    run: Run
-    reply_id: str
-    task: asyncio.Task[Usage | None] | None = None
-    stopped: tuple[PromptStatus, str, ReplyStatus | None] | None = None
-    finished: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def stop(
-        self, status: PromptStatus, reason: str, *, reply_status: ReplyStatus | None = None
-    ) -> None:
-        """Stop the model call (its stream is closed); the runner marks the reply."""
-        if self.stopped is None:
-            self.stopped = (status, reason, reply_status)
-            if self.task is not None:
-                self.task.cancel()
-
-    async def wait(self, wait_s: float = 5.0) -> None:
-        try:
-            async with asyncio.timeout(wait_s):
-                await self.finished.wait()
-        except TimeoutError:
-            raise Unavailable("the run did not stop in time; try again") from None

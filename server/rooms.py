@@ -8,6 +8,8 @@ import logging
 import time
 from collections.abc import Callable
 
+from authz.roles import RoleTable
+from server.access_store import AccessStore, ToolRow
 from server.metrics import Metrics
 from server.room import CLOSE_NOT_FOUND, SessionRoom
 from server.runner import SessionRunner
@@ -38,6 +40,8 @@ class RoomRegistry:
         self.settings = settings
         self.provider = provider
         self.clock = clock
+        self.roles = RoleTable()
+        self.webhooks: list[ToolRow] = []
         self._rooms: dict[str, tuple[SessionRoom, SessionRunner]] = {}
         self._loading: dict[str, asyncio.Lock] = {}
         self._reaper: asyncio.Task[None] | None = None
@@ -65,13 +69,24 @@ class RoomRegistry:
                 settings=self.settings,
                 clock=self.clock,
                 metrics=self.metrics,
+                roles=lambda: self.roles,
+                webhooks=lambda: self.webhooks,
             )
             room.model = row.model
-            await room.load(row.title, Policy(row.policy))
+            await room.load(row.title, Policy(row.policy), row.restricted_replies)
             runner = SessionRunner(room, self.provider, self.settings.run_timeout_s)
             runner.start()
             self._rooms[session_id] = (room, runner)
             return room
+
+    async def load_access(self) -> None:
+        """Read the custom roles and tools again (at start, and after one is changed over
+        REST); a member whose role no longer lets them read a session is disconnected."""
+        access = AccessStore(self.store)
+        self.roles = RoleTable(await access.list_roles())
+        self.webhooks = await access.list_tools()
+        for room, _ in self._rooms.values():
+            room.refresh_sockets()
 
     def queue_depth(self) -> int:
         return sum(len(room.queue) for room, _ in self._rooms.values())

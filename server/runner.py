@@ -12,15 +12,27 @@ import asyncio
 import contextlib
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
-from server.room import ActiveRun, SessionRoom
+from server.active_run import ActiveRun
+from server.room import SessionRoom
 from server.summarise import Summariser
+from server.tools import ToolRunner
 from server.usage import UsageLedger
 from session.errors import ProviderError, QuotaExceeded, Unavailable
 from session.lifecycle import PromptStatus, ReplyStatus
-from session.model import ModelProvider, ModelRequest, TextDelta, Usage
+from session.model import ModelProvider, ModelRequest, TextDelta, ToolCall, Usage
 from session.queue import Run
+from session.toolloop import (
+    CallModel,
+    CallTool,
+    LoopLimits,
+    LoopOutcome,
+    ModelTurn,
+    ToolResult,
+    tool_loop,
+)
 
 log = logging.getLogger("parley.runner")
 
@@ -45,6 +57,10 @@ class SessionRunner:
         self.task: asyncio.Task[None] | None = None
         self.summariser = Summariser(room, provider, run_timeout_s)
         self.usage = UsageLedger(room.store, room.clock)
+        self.tools = ToolRunner(room.settings, room.access)
+        self.limits = LoopLimits(
+            room.settings.max_tool_steps, room.settings.max_tool_calls_per_turn
+        )
 
     def start(self) -> None:
         self.task = asyncio.create_task(self._loop(), name=f"runner:{self.room.session_id}")
@@ -79,12 +95,25 @@ class SessionRunner:
     async def _run(self, run: Run) -> bool:
         """Run ``run``; True when its history did not fit (a summary may be due)."""
         # The reply is signed by the model that writes it: the session's, or the default.
-        reply_id = await self.room.start_run(run, self.room.model or self.provider.name)
-        if reply_id is None:
+        started_run = await self.room.start_run(run, self.room.model or self.provider.name)
+        if started_run is None:
             return False  # the queue changed under us (cancel, revoked author): ask again
-        built = self.room.context_for(run.ids)
-        active = ActiveRun(run, reply_id)
+        reply_id, scope = started_run
+        built = self.room.context_for(run.ids, scope)
+        request = replace(built.request, tools=scope.tool_specs)
+        active = ActiveRun(run, reply_id, scope=scope)
+        seen = self.room.context_audit(built, run.ids, scope)
+        active.audit_base = {
+            "prompt_ids": list(run.ids),
+            "reply_id": reply_id,
+            "issuers": [{"user_id": s.user_id, "role": s.role} for s in scope.issuers],
+            "capabilities": sorted(scope.capabilities),
+            "tools_offered": [t.spec.name for t in scope.tools],
+            "context_included": seen.included,
+            "context_withheld": seen.withheld,
+        }
         self.room.active_run = active
+        await self.room.widen(active, seen.restriction)
         metrics = self.room.metrics
         started = time.monotonic()
         first = self.room.doc.entry(run.ids[0])
@@ -106,9 +135,9 @@ class SessionRunner:
                     f"{built.tokens} tokens; the window leaves {built.budget}",
                 )
             else:
-                outcome = await self._execute(active, built.request)
+                outcome = await self._execute(active, request)
                 if outcome.usage is not None:
-                    await self._record_usage(built.request, reply_id, outcome.usage)
+                    await self._record_usage(request, reply_id, outcome.usage)
             await self._settle(active, outcome)
         finally:
             self.room.active_run = None
@@ -142,10 +171,12 @@ class SessionRunner:
         if active.stopped is not None:  # cancelled while the quotas were read
             status, reason, reply_status = active.stopped
             return RunOutcome(status, reason, reply_status)
-        active.task = asyncio.create_task(self._stream(active, request))
+        task = asyncio.create_task(self._drive(active, request))
+        active.task = task
         try:
             async with asyncio.timeout(self.run_timeout_s):
-                usage = await active.task
+                loop = await task
+            usage = Usage(loop.input_tokens, loop.output_tokens)
             return RunOutcome(PromptStatus.DONE, usage=usage)
         except TimeoutError:
             return RunOutcome(
@@ -164,9 +195,85 @@ class SessionRunner:
             log.exception("model call failed")
             return RunOutcome(PromptStatus.FAILED, f"provider error: {type(exc).__name__}: {exc}")
 
-    async def _stream(self, active: ActiveRun, request: ModelRequest) -> Usage | None:
+    async def _drive(self, active: ActiveRun, request: ModelRequest) -> LoopOutcome:
+        """Run the tool loop: each effect it yields is performed here, within the scope."""
+        scope = active.scope
+        assert scope is not None
+        webhooks = self.room.webhooks()
+
+        def refuse(name: str) -> str | None:
+            return None if scope.tool(name) else f"tool {name!r} is not offered to this run"
+
+        loop = tool_loop(request, refuse, self.limits)
+        effect = next(loop)
+        while True:
+            result: ModelTurn | ToolResult | None = None
+            if isinstance(effect, CallModel):
+                started, clock = self.room.now_ms(), time.monotonic()
+                result = await self._stream(active, effect.request)
+                active.model_calls.append(
+                    {
+                        "step": effect.step,
+                        "started_at": started,
+                        "ms": round((time.monotonic() - clock) * 1000, 1),
+                        "input_tokens": None if result.usage is None else result.usage.input_tokens,
+                        "output_tokens": (
+                            None if result.usage is None else result.usage.output_tokens
+                        ),
+                        "tool_calls": [],
+                    }
+                )
+            elif isinstance(effect, CallTool):
+                call = effect.call
+                executed = await self.tools.run(
+                    self.room.session_id, call.name, call.id, effect.arguments, scope, webhooks
+                )
+                await self.room.widen(active, executed.restriction)
+                status = "error" if executed.is_error else "done"
+                detail = f"arguments: {call.arguments}\nresult: {executed.content}"
+                await self.room.add_tool_step(
+                    active,
+                    tool=call.name,
+                    status=status,
+                    detail=detail,
+                    restriction=executed.restriction,
+                )
+                self._note_call(active, call, status)
+                result = ToolResult(executed.content, executed.is_error)
+            else:
+                call = effect.call
+                log.warning(
+                    "tool call refused",
+                    extra={"session_id": self.room.session_id, "tool": call.name[:100]},
+                )
+                await self.room.add_tool_step(
+                    active,
+                    tool=call.name[:64],
+                    status="refused",
+                    detail=f"arguments: {call.arguments}\nrefused: {effect.reason}",
+                    restriction=(),
+                )
+                self._note_call(active, call, "refused")
+                active.refusals.append(
+                    {"reply_id": active.reply_id, "tool": call.name[:100], "reason": effect.reason}
+                )
+            try:
+                effect = loop.send(result)
+            except StopIteration as stop:
+                outcome: LoopOutcome = stop.value
+                return outcome
+
+    @staticmethod
+    def _note_call(active: ActiveRun, call: ToolCall, outcome: str) -> None:
+        active.model_calls[-1]["tool_calls"].append(
+            {"id": call.id[:100], "tool": call.name[:100], "outcome": outcome}
+        )
+
+    async def _stream(self, active: ActiveRun, request: ModelRequest) -> ModelTurn:
         deltas: asyncio.Queue[str | None] = asyncio.Queue(maxsize=DELTA_BUFFER)
         usage: list[Usage] = []
+        calls: list[ToolCall] = []
+        text: list[str] = []
         errors: list[BaseException] = []
 
         async def read() -> None:
@@ -175,6 +282,8 @@ class SessionRunner:
                 async for event in stream:
                     if isinstance(event, TextDelta) and event.text:
                         await deltas.put(event.text)
+                    elif isinstance(event, ToolCall):
+                        calls.append(event)
                     elif isinstance(event, Usage):
                         usage.append(event)
             except Exception as exc:
@@ -209,7 +318,8 @@ class SessionRunner:
                         break
                     parts.append(more)
                     size += len(more)
-                await self.room.append_reply(active.reply_id, "".join(parts))
+                text += parts
+                await self.room.append_reply(active, "".join(parts))
         finally:
             if not reader.done():
                 reader.cancel()
@@ -217,7 +327,17 @@ class SessionRunner:
                 await reader
         if errors:
             raise errors[0]
-        return usage[-1] if usage else None
+        return ModelTurn("".join(text), tuple(calls), usage[-1] if usage else None)
+
+    @staticmethod
+    def _audit_records(active: ActiveRun) -> list[tuple[str, str, dict[str, Any]]]:
+        """One record per model call, one per refused tool call."""
+        actor = active.audit_base["issuers"][0]["user_id"]
+        records = [
+            ("model_call", actor, {**active.audit_base, **call}) for call in active.model_calls
+        ]
+        records += [("tool_refused", actor, refusal) for refusal in active.refusals]
+        return records
 
     async def _record_usage(self, request: ModelRequest, reply_id: str, usage: Usage) -> None:
         try:
@@ -241,6 +361,8 @@ class SessionRunner:
                     outcome.status,
                     outcome.reason,
                     reply_status=outcome.reply_status,
+                    active=active,
+                    audit=self._audit_records(active),
                 )
                 return
             except Unavailable:

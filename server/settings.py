@@ -66,6 +66,13 @@ class Settings(BaseSettings):
     provider_retry_max_s: float = Field(default=8.0, ge=0)
     provider_retry_after_max_s: float = Field(default=30.0, ge=0)
 
+    # Tools and documents
+    max_tool_steps: int = Field(default=8, ge=1, le=50)
+    max_tool_calls_per_turn: int = Field(default=8, ge=1, le=50)
+    max_tool_result_bytes: int = 65_536
+    max_documents_per_session: int = 100
+    max_document_chars: int = 200_000
+
     # Context building
     context_window_tokens: int = 16_384
     near_duplicate_threshold: float = Field(default=0.8, ge=0.0, le=1.0)

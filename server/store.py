@@ -7,7 +7,7 @@ it) go through ``Store.transaction()``; everything a caller acknowledges has bee
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -17,11 +17,14 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from server.tables import (
+    audit_log,
     doc_snapshots,
     doc_updates,
+    documents,
     entries,
     members,
     model_usage,
+    private_items,
     quotas,
     sessions,
     summaries,
@@ -39,6 +42,7 @@ class SessionRow:
     last_seq: int
     policy: str
     model: str | None = None
+    restricted_replies: str = "private"
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +51,8 @@ class MemberRow:
     user_id: str
     role: str
     created_at: int
+    grants: tuple[str, ...] = ()
+    denials: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,11 +78,26 @@ class StoredDoc:
 
 
 def _session(row: Any) -> SessionRow:
-    return SessionRow(row.id, row.title, row.created_at, row.last_seq, row.policy, row.model)
+    return SessionRow(
+        row.id,
+        row.title,
+        row.created_at,
+        row.last_seq,
+        row.policy,
+        row.model,
+        row.restricted_replies,
+    )
 
 
 def _member(row: Any) -> MemberRow:
-    return MemberRow(row.session_id, row.user_id, row.role, row.created_at)
+    return MemberRow(
+        row.session_id,
+        row.user_id,
+        row.role,
+        row.created_at,
+        tuple(json.loads(row.grants)),
+        tuple(json.loads(row.denials)),
+    )
 
 
 def _entry(row: Any) -> EntryRow:
@@ -207,7 +228,7 @@ class Store:
             raise Unavailable("the database is unavailable; nothing was stored") from exc
 
     @asynccontextmanager
-    async def _read(self) -> AsyncIterator[AsyncConnection]:
+    async def read(self) -> AsyncIterator[AsyncConnection]:
         try:
             async with self.engine.connect() as connection:
                 yield connection
@@ -215,7 +236,7 @@ class Store:
             raise Unavailable("the database is unavailable") from exc
 
     async def ping(self) -> None:
-        async with self._read() as connection:
+        async with self.read() as connection:
             await connection.execute(select(1))
 
     # -- sessions -------------------------------------------------------------------------
@@ -244,14 +265,14 @@ class Store:
             )
 
     async def get_session(self, session_id: str) -> SessionRow | None:
-        async with self._read() as connection:
+        async with self.read() as connection:
             row = (
                 await connection.execute(select(sessions).where(sessions.c.id == session_id))
             ).first()
         return None if row is None else _session(row)
 
     async def list_sessions(self, *, limit: int, offset: int) -> list[SessionRow]:
-        async with self._read() as connection:
+        async with self.read() as connection:
             rows = await connection.execute(
                 select(sessions)
                 .order_by(sessions.c.created_at, sessions.c.id)
@@ -261,7 +282,7 @@ class Store:
             return [_session(row) for row in rows]
 
     async def count_sessions(self) -> int:
-        async with self._read() as connection:
+        async with self.read() as connection:
             return int(
                 (await connection.execute(select(func.count()).select_from(sessions))).scalar_one()
             )
@@ -271,6 +292,9 @@ class Store:
             # Children first: SQLite enforces ON DELETE CASCADE only with the pragma on.
             for table in (
                 summaries,
+                audit_log,
+                private_items,
+                documents,
                 doc_snapshots,
                 doc_updates,
                 entries,
@@ -286,19 +310,32 @@ class Store:
 
     # -- members --------------------------------------------------------------------------
 
-    async def put_member(self, session_id: str, user_id: str, role: str, now: int) -> bool:
+    async def put_member(
+        self,
+        session_id: str,
+        user_id: str,
+        role: str,
+        now: int,
+        grants: Iterable[str] = (),
+        denials: Iterable[str] = (),
+    ) -> bool:
         """Add or change a member; True when the member is new."""
+        values = {
+            "role": role,
+            "grants": json.dumps(sorted(grants)),
+            "denials": json.dumps(sorted(denials)),
+        }
         async with self.transaction() as tx:
             result = await tx.connection.execute(
                 update(members)
                 .where(and_(members.c.session_id == session_id, members.c.user_id == user_id))
-                .values(role=role)
+                .values(**values)
             )
             if result.rowcount:
                 return False
             await tx.connection.execute(
                 insert(members).values(
-                    session_id=session_id, user_id=user_id, role=role, created_at=now
+                    session_id=session_id, user_id=user_id, created_at=now, **values
                 )
             )
             return True
@@ -313,7 +350,7 @@ class Store:
         return bool(result.rowcount)
 
     async def list_members(self, session_id: str) -> list[MemberRow]:
-        async with self._read() as connection:
+        async with self.read() as connection:
             rows = await connection.execute(
                 select(members)
                 .where(members.c.session_id == session_id)
@@ -322,7 +359,7 @@ class Store:
             return [_member(row) for row in rows]
 
     async def get_member(self, session_id: str, user_id: str) -> MemberRow | None:
-        async with self._read() as connection:
+        async with self.read() as connection:
             row = (
                 await connection.execute(
                     select(members).where(
@@ -337,7 +374,7 @@ class Store:
     async def entry_by_command(
         self, session_id: str, author: str, command_id: str
     ) -> EntryRow | None:
-        async with self._read() as connection:
+        async with self.read() as connection:
             row = (
                 await connection.execute(
                     select(entries).where(
@@ -352,7 +389,7 @@ class Store:
         return None if row is None else _entry(row)
 
     async def entries_with_status(self, session_id: str, statuses: Sequence[str]) -> list[EntryRow]:
-        async with self._read() as connection:
+        async with self.read() as connection:
             rows = await connection.execute(
                 select(entries)
                 .where(and_(entries.c.session_id == session_id, entries.c.status.in_(statuses)))
@@ -361,7 +398,7 @@ class Store:
             return [_entry(row) for row in rows]
 
     async def sessions_with_status(self, statuses: Sequence[str]) -> list[str]:
-        async with self._read() as connection:
+        async with self.read() as connection:
             rows = await connection.execute(
                 select(entries.c.session_id).where(entries.c.status.in_(statuses)).distinct()
             )
@@ -370,7 +407,7 @@ class Store:
     # -- the CRDT document ----------------------------------------------------------------
 
     async def load_doc(self, session_id: str) -> StoredDoc:
-        async with self._read() as connection:
+        async with self.read() as connection:
             snap = (
                 await connection.execute(
                     select(doc_snapshots.c.data).where(doc_snapshots.c.session_id == session_id)
@@ -428,7 +465,7 @@ class Store:
 
     async def load_summaries(self, session_id: str) -> list[Summary]:
         """The session's summaries, oldest first, each with everything it covers."""
-        async with self._read() as connection:
+        async with self.read() as connection:
             rows = await connection.execute(
                 select(summaries)
                 .where(summaries.c.session_id == session_id)

@@ -30,6 +30,7 @@ sessions = Table(
     Column("last_seq", BigInteger, nullable=False, default=0),
     Column("policy", String(16), nullable=False, server_default="queue"),
     Column("model", String(100)),
+    Column("restricted_replies", String(16), nullable=False, server_default="private"),
 )
 
 members = Table(
@@ -41,6 +42,9 @@ members = Table(
     Column("user_id", String(200), primary_key=True),
     Column("role", String(32), nullable=False),
     Column("created_at", BigInteger, nullable=False),
+    # JSON lists of capability names on top of the role (a denial always wins).
+    Column("grants", Text, nullable=False, server_default="[]"),
+    Column("denials", Text, nullable=False, server_default="[]"),
 )
 
 # Prompts and messages: everything a member authored, with its sequence number.
@@ -130,3 +134,65 @@ quotas = Table(
     Column("session_tokens_per_day", BigInteger),
     Column("user_tokens_per_day", BigInteger),
 )
+
+# Custom roles an integrator defined (the built-in ones live in ``authz.roles``).
+roles = Table(
+    "roles",
+    metadata,
+    Column("name", String(32), primary_key=True),
+    Column("capabilities", Text, nullable=False),  # JSON list
+    Column("created_at", BigInteger, nullable=False),
+)
+
+# Documents attached to a session, each with its own readers (JSON {users, roles}).
+documents = Table(
+    "documents",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("session_id", String(64), ForeignKey("sessions.id", ondelete="CASCADE"), nullable=False),
+    Column("title", String(500), nullable=False),
+    Column("text", Text, nullable=False),
+    Column("readers", Text, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+)
+Index("ix_documents_session_id", documents.c.session_id)
+
+# Integrator tools: HTTP webhooks Parley calls, signed with the per-tool secret.
+tools = Table(
+    "tools",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("description", Text, nullable=False),
+    Column("parameters", Text, nullable=False),  # JSON Schema
+    Column("url", String(2000), nullable=False),
+    Column("capability", String(200), nullable=False),
+    Column("secret", String(128), nullable=False),
+    Column("timeout_ms", Integer, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+)
+
+# What not every member may read: the full text behind a placeholder in the shared
+# document (a tool result, a restricted reply), with the readers of its sources.
+private_items = Table(
+    "private_items",
+    metadata,
+    Column("entry_id", String(64), primary_key=True),
+    Column("session_id", String(64), ForeignKey("sessions.id", ondelete="CASCADE"), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("text", Text, nullable=False),
+    Column("restriction", Text, nullable=False),  # JSON list of readers
+    Column("created_at", BigInteger, nullable=False),
+)
+Index("ix_private_items_session_id", private_items.c.session_id)
+
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("session_id", String(64), ForeignKey("sessions.id", ondelete="CASCADE"), nullable=False),
+    Column("at", BigInteger, nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("actor", String(200), nullable=False),
+    Column("data", Text, nullable=False),  # JSON object
+)
+Index("ix_audit_log_session_id", audit_log.c.session_id, audit_log.c.id)

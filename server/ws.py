@@ -15,6 +15,8 @@ import logging
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from authz.origins import origin_allowed
+from authz.policy import Do, decide
+from authz.roles import Capability
 from authz.tokens import verify_token
 from server.commands import handle_command
 from server.connection import Connection, ConnectionLimits
@@ -73,11 +75,11 @@ async def session_socket(websocket: WebSocket) -> None:
     except ParleyError as exc:
         await websocket.close(1013, exc.message[:120])
         return
-    role = room.members.get(claims.user_id)
-    if role is None:
-        await websocket.close(CLOSE_FORBIDDEN, "not a member of this session")
+    allowed = decide(room.subject(claims.user_id), Do(Capability.READ_SESSION))
+    if not allowed.allowed:
+        await websocket.close(CLOSE_FORBIDDEN, allowed.reason[:120])
         return
-    connection = Connection(websocket, claims.user_id, role, state.settings.send_queue_max_messages)
+    connection = Connection(websocket, claims.user_id, state.settings.send_queue_max_messages)
     connection.limits = ConnectionLimits.from_settings(state.settings, state.clock())
     connection.on_overflow = state.metrics.slow_consumers.inc
     connection.start()

@@ -28,6 +28,8 @@ from session.schema import MESSAGE_STATUS, Entry, EntryKind
 from session.summary import Summary, newest_within
 from session.tokens import count_tokens, tokenizer_name
 
+TOOL_DONE = "done"  # a tool step that returned a result (not an error or a refusal)
+
 SYSTEM_PROMPT = (
     "You are the assistant in a shared session with several people. Each user message "
     "starts with the name of the member who wrote it. Messages marked \u201casks you\u201d are "
@@ -128,6 +130,7 @@ def _visible(
             (entry.kind is EntryKind.MESSAGE and entry.status == MESSAGE_STATUS)
             or (entry.kind is EntryKind.PROMPT and entry.status == PromptStatus.DONE)
             or (entry.kind is EntryKind.REPLY and entry.status == ReplyStatus.DONE)
+            or (entry.kind is EntryKind.TOOL and entry.status == TOOL_DONE)
         ):
             continue
         reason = None if withheld is None or answering else withheld(entry)
@@ -216,7 +219,8 @@ class ContextBuilder:
         history = [(entry, entry.id in pin_set and not answers) for entry, answers in visible]
         self.last_refolded = fold.sync(history)
 
-        summary = newest_within(summaries, visible[-1][0].seq) if visible else None
+        unreadable = frozenset(x.entry_id for x in withheld_items)
+        summary = newest_within(summaries, visible[-1][0].seq, unreadable) if visible else None
         covered = summary.covers if summary is not None else frozenset()
         system = _system_text(facts or {}, pinned, summary)
         system_tokens = count_tokens(system)
@@ -271,6 +275,8 @@ class ContextBuilder:
                 folded = item.authors if len(item.authors) > 1 else ()
                 text = render(item, answering=is_answering)
                 messages.append(ModelMessage("user", text, item.authors[-1], folded))
+            elif item.role == "tool":  # an earlier run's tool result: content, not a call
+                messages.append(ModelMessage("user", item.text))
             else:
                 messages.append(ModelMessage("assistant", item.text))
         request = ModelRequest(

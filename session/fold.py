@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from session.dedup import NearDuplicateIndex, blocks, minhash, normalise
-from session.schema import Entry
+from session.schema import Entry, EntryKind
 from session.tokens import count_tokens
 
 
@@ -31,7 +31,7 @@ class FoldedItem:
 
     entry_ids: tuple[str, ...]
     seqs: tuple[int, ...]
-    role: str  # "user" or "assistant"
+    role: str  # "user", "assistant" or "tool" (an earlier run's tool step)
     authors: tuple[str, ...]
     text: str
     note: str  # what was folded into it, for the preview ("" when nothing)
@@ -79,6 +79,7 @@ class HistoryFold:
         self._near = NearDuplicateIndex(near_duplicate_threshold)
         self._replies: dict[str, Entry] = {}
         self._blocks: dict[str, Entry] = {}
+        self._tool_results: dict[str, Entry] = {}
 
     def sync(self, history: Sequence[tuple[Entry, bool]]) -> int:
         """Fold ``history`` (entries with their pinned flag); return the steps redone."""
@@ -114,7 +115,9 @@ class HistoryFold:
         undo: list[_Undo] = []
         if pinned:
             return undo  # shown with the pins, never in the history
-        if entry.role == "assistant":
+        if entry.kind is EntryKind.TOOL:
+            self._add_tool_result(entry, undo)
+        elif entry.role == "assistant":
             self._add_reply(entry, undo)
         else:
             self._add_user(entry, undo)
@@ -134,6 +137,20 @@ class HistoryFold:
         self._append(
             FoldedItem((entry.id,), (entry.seq,), "assistant", (), text, note, tokens), undo
         )
+
+    def _add_tool_result(self, entry: Entry, undo: list[_Undo]) -> None:
+        """A tool step of an earlier run; the same result again becomes a reference."""
+        tool = entry.tool or "tool"
+        key = f"{tool}\n{normalise(entry.content)}"
+        first = self._tool_results.get(key)
+        if first is not None:
+            text = f"[the same {tool} result as in message #{first.seq}]"
+            note = f"identical to the {tool} result in message #{first.seq}"
+        else:
+            self._set(self._tool_results, key, entry, undo)
+            text, note = f"[{tool} was run for an earlier answer]\n{entry.content}", ""
+        tokens = count_tokens(text)
+        self._append(FoldedItem((entry.id,), (entry.seq,), "tool", (), text, note, tokens), undo)
 
     def _add_user(self, entry: Entry, undo: list[_Undo]) -> None:
         key = normalise(entry.content)

@@ -9,7 +9,11 @@ Roots (all written by the server only; clients read):
     runs; a reply has ``reply_to`` (the prompt id), ``answers`` (every prompt it answers:
     several when a coalesced run answers them together) and shares its prompt's ``seq``; it
     is inserted directly after that prompt (the last of them). ``reason`` is set when a
-    status is ``failed``, ``cancelled`` or ``interrupted``.
+    status is ``failed``, ``cancelled`` or ``interrupted``. A ``tool`` entry (role ``tool``)
+    is one step of a reply's tool loop: ``tool`` names it, ``author`` is who the run acted
+    for, ``reply_to`` is the reply, ``status`` ``done`` | ``error`` | ``refused``; it sits
+    directly before its reply. Its ``content`` is what every member may read (details that
+    some may not read stay on the server).
 ``queue`` — Y.Array of Y.Map ``{id, seq, author}``: prompts waiting to run, in the order they
     will run (position = index + 1).
 ``meta`` — Y.Map: ``session_id``, ``title``, ``policy``, ``schema_version``.
@@ -45,6 +49,7 @@ class EntryKind(StrEnum):
     PROMPT = "prompt"
     MESSAGE = "message"
     REPLY = "reply"
+    TOOL = "tool"
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +69,7 @@ class Entry:
     reply_id: str | None = None
     answers: tuple[str, ...] = ()
     started_at: int | None = None
+    tool: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -80,6 +86,7 @@ class Entry:
             "reply_id": self.reply_id,
             "answers": list(self.answers),
             "started_at": self.started_at,
+            "tool": self.tool,
         }
 
 
@@ -226,6 +233,37 @@ class SessionDocument:
             self.transcript.insert(index, entry)
             self._order.insert(index, reply_id)
             self._entries[reply_id] = self.transcript[index]
+
+    def add_tool_step(
+        self,
+        *,
+        id: str,
+        reply_id: str,
+        author: str,
+        tool: str,
+        status: str,
+        text: str,
+        created_at: int,
+    ) -> None:
+        """Insert one tool step of a running reply directly before the reply."""
+        reply = self._entry(reply_id)
+        index = self._order.index(reply_id)
+        entry = self._new_entry(
+            id=id,
+            seq=int(reply["seq"]),
+            kind=EntryKind.TOOL,
+            author=author,
+            role="tool",
+            status=status,
+            text=text,
+            created_at=created_at,
+            reply_to=reply_id,
+            tool=tool,
+        )
+        with self.doc.transaction():
+            self.transcript.insert(index, entry)
+        self._order.insert(index, id)
+        self._entries[id] = self.transcript[index]
 
     def set_queue(self, planned: Sequence[QueuedItem]) -> None:
         """Make the ``queue`` root list ``planned`` with few edits.
@@ -398,4 +436,5 @@ def read_entry(entry: Map[Any]) -> Entry:
         reply_id=optional("reply_id"),
         answers=tuple(str(a) for a in entry.get("answers") or ()),
         started_at=None if entry.get("started_at") is None else int(entry["started_at"]),
+        tool=optional("tool"),
     )

@@ -60,10 +60,14 @@ class SummaryPlan:
         return frozenset(entry_id for item in self.items for entry_id in item.entry_ids)
 
 
-def newest_within(summaries: Sequence[Summary], last_seq: int) -> Summary | None:
-    """The newest summary that covers nothing after ``last_seq`` (the end of a run's history)."""
+def newest_within(
+    summaries: Sequence[Summary], last_seq: int, unreadable: frozenset[str] = frozenset()
+) -> Summary | None:
+    """The newest summary that covers nothing after ``last_seq`` (the end of a run's history)
+    and nothing in ``unreadable`` (entries the run's issuers may not read: membership may
+    have changed since the summary was made from what every member could read then)."""
     for summary in reversed(summaries):
-        if summary.to_seq <= last_seq:
+        if summary.to_seq <= last_seq and summary.covers.isdisjoint(unreadable):
             return summary
     return None
 
@@ -91,7 +95,7 @@ def plan_extension(
 
 def transcript_line(item: FoldedItem) -> str:
     """One turn as the summariser reads it: sequence number, who, and what."""
-    who = "assistant" if item.role == "assistant" else " and ".join(item.authors)
+    who = " and ".join(item.authors) if item.role == "user" else item.role
     return f"#{item.last_seq} {who}: {' '.join(item.text.split())}"
 
 

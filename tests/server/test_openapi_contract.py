@@ -17,9 +17,12 @@ from __future__ import annotations
 import asyncio
 import os
 from collections import Counter
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import hypothesis
+import pytest
 import requests
 import schemathesis
 from hypothesis import strategies as st
@@ -32,7 +35,9 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from tests.conftest import ADMIN_KEY, RunningServer
+from session.model import ModelEvent, ModelRequest, TextDelta
+from tests.conftest import ADMIN_KEY, RunningServer, make_settings, serve_in_process, sqlite_url
+from tests.scripted import ScriptedProvider, answering_text, call
 from tests.yclient import all_replies_settled
 
 MAX_EXAMPLES = int(os.environ.get("PARLEY_CONTRACT_EXAMPLES", "25"))
@@ -46,10 +51,24 @@ CHECKS = [
 AUTH = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
 
+def _script(request: ModelRequest) -> list[ModelEvent]:
+    if "search" in answering_text(request):
+        return [call("search_documents", {"query": "vault"})]
+    return [TextDelta("fine")]
+
+
+@pytest.fixture
+async def contract_server(tmp_path: Path) -> AsyncIterator[RunningServer]:
+    """A server whose model searches documents when asked, so restricted items exist."""
+    settings = make_settings(sqlite_url(tmp_path), tmp_path / "data")
+    async with serve_in_process(settings, ScriptedProvider(_script)) as server:
+        yield server
+
+
 async def test_every_operation_honours_its_documented_contract(
-    sqlite_server: RunningServer,
+    contract_server: RunningServer,
 ) -> None:
-    server = sqlite_server
+    server = contract_server
     real = await _seed(server)
     document = (await server.http.get("/api/v1/openapi.json")).json()
     schema = schemathesis.openapi.from_dict(document)
@@ -68,17 +87,42 @@ async def _seed(server: RunningServer) -> dict[str, str]:
     """A session with members and a settled prompt and reply, for the success paths."""
     sid = await server.new_session({"alice": "owner", "bob": "viewer"}, title="contract")
     alice = await server.connect(sid, "alice")
-    ack = await alice.command({"type": "prompt", "id": "p", "text": "seed the transcript"})
+    document = await server.http.post(
+        f"/api/v1/sessions/{sid}/documents",
+        json={
+            "title": "Vault",
+            "text": "The vault opens at nine.",
+            "readers": {"users": ["alice"]},
+        },
+    )
+    assert document.status_code == 201, document.text
+    ack = await alice.command({"type": "prompt", "id": "p", "text": "search the vault"})
     assert ack["type"] == "ack", ack
     await alice.command({"type": "message", "id": "m", "text": "and a message"})
     await alice.wait_until(lambda c: all_replies_settled(c, 1))
+    reply = next(e for e in alice.entries() if e["kind"] == "reply")
+    restricted = await server.http.get(f"/api/v1/sessions/{sid}/entries/{reply['id']}/private")
+    assert restricted.status_code == 200, restricted.text
+    tool = await server.http.post(
+        "/api/v1/tools",
+        json={"name": "support", "description": "a tool", "url": "http://127.0.0.1:9/"},
+    )
+    assert tool.status_code == 201, tool.text
     fact = await server.http.put(f"/api/v1/sessions/{sid}/facts/account", json={"value": "7731"})
     assert fact.status_code == 200, fact.text
-    pin = await server.http.post(
-        f"/api/v1/sessions/{sid}/pins", json={"entry_id": ack["prompt_id"]}
-    )
+    pin = await server.http.post(f"/api/v1/sessions/{sid}/pins", json={"entry_id": reply["id"]})
     assert pin.status_code == 201, pin.text
-    return {"session_id": sid, "user_id": "alice", "key": "account", "entry_id": ack["prompt_id"]}
+    role = await server.http.put("/api/v1/roles/support", json={"capabilities": ["prompt"]})
+    assert role.status_code == 200, role.text
+    return {
+        "session_id": sid,
+        "user_id": "alice",
+        "key": "account",
+        "entry_id": reply["id"],
+        "document_id": document.json()["id"],
+        "role": "editor",
+        "name": "support",
+    }
 
 
 def _exercise(

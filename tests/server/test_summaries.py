@@ -7,9 +7,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from server.providers.offline import OfflineProvider
-from session.model import ModelEvent, ModelRequest
+from session.model import ModelEvent, ModelRequest, TextDelta
 from tests.conftest import RunningServer, make_settings, serve_in_process, sqlite_url
-from tests.yclient import YClient
+from tests.scripted import ScriptedProvider, answering_text, call, everything_in
+from tests.yclient import YClient, all_replies_settled
 
 TOPICS = ["billing", "deploys", "search", "onboarding", "latency", "alerts", "exports"]
 
@@ -156,3 +157,42 @@ async def test_summaries_can_be_turned_off(tmp_path: Path) -> None:
         ).json()
         assert preview["summary"] is None
         assert any(x["reason"] == "over budget" for x in preview["excluded"])
+
+
+async def test_a_summary_is_made_only_from_what_every_member_may_read(tmp_path: Path) -> None:
+    def script(request: ModelRequest) -> list[ModelEvent]:
+        if request.purpose == "summary":
+            return [TextDelta("earlier: updates on billing and deploys")]
+        if "launch" in answering_text(request):
+            return [call("search_documents", {"query": "launch code"})]
+        return [TextDelta("noted")]
+
+    provider = ScriptedProvider(script)
+    url = sqlite_url(tmp_path)
+    settings = make_settings(url, tmp_path / "d", **small_window(tmp_path, url))
+    async with serve_in_process(settings, provider) as server:
+        sid = await server.new_session({"alice": "editor", "bob": "editor"})
+        made = await server.http.post(
+            f"/api/v1/sessions/{sid}/documents",
+            json={
+                "title": "Vault",
+                "text": "The launch code is 7731.",
+                "readers": {"users": ["bob"]},
+            },
+        )
+        assert made.status_code == 201, made.text
+        bob = await server.connect(sid, "bob")
+        await bob.command({"type": "prompt", "id": "b", "text": "what is the launch code?"})
+        await bob.wait_until(lambda c: all_replies_settled(c, 1))
+        assert "7731" in everything_in(provider.requests_for("bob")[-1])
+        await chat(bob, 0, 50)  # bob's restricted answer falls out of the window
+        await bob.command({"type": "prompt", "id": "q", "text": "status?"})
+        for _ in range(500):
+            if [r for r in provider.requests if r.purpose == "summary"]:
+                break
+            await asyncio.sleep(0.02)
+        summaries = [r for r in provider.requests if r.purpose == "summary"]
+        assert summaries, "a summary call was made"
+        for request in summaries:
+            assert "7731" not in everything_in(request)
+            assert "Update 0 on billing" in everything_in(summaries[0])

@@ -149,6 +149,7 @@ STATUSES: dict[EntryKind, list[str]] = {
     EntryKind.PROMPT: [s.value for s in PromptStatus],
     EntryKind.MESSAGE: [MESSAGE_STATUS],
     EntryKind.REPLY: [s.value for s in ReplyStatus],
+    EntryKind.TOOL: ["done", "error", "refused"],  # a result ("done") is in later inputs
 }
 
 
@@ -204,11 +205,16 @@ def test_a_run_sees_only_finished_work_before_its_prompt(case: tuple[list[Entry]
         if (e.kind is EntryKind.MESSAGE)
         or (e.kind is EntryKind.PROMPT and e.status == "done")
         or (e.kind is EntryKind.REPLY and e.status == "done")
+        or (e.kind is EntryKind.TOOL and e.status == "done")
     ]
     assert len(history) == len(visible)
     for message, source in zip(history, visible, strict=True):
         if source.kind is EntryKind.REPLY:
             assert message == ModelMessage("assistant", source.content)
+        elif source.kind is EntryKind.TOOL:
+            assert message == ModelMessage(
+                "user", f"[tool was run for an earlier answer]\n{source.content}"
+            )
         else:
             assert message == wrote(source.content, source.author)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -174,3 +176,30 @@ def test_pins_facts_the_prompt_and_the_newest_turn_that_fits_are_always_kept(
     reasons = {x.entry_id: x.reason for x in built.excluded}
     if newest is not None and reasons.get(newest.id) == "over budget":
         assert len(built.request.messages) == 1
+
+
+def test_an_earlier_tool_result_is_given_once_and_only_to_who_may_read_it() -> None:
+    def step(n: int, text: str) -> Entry:
+        return replace(entry(n, "model", text, EntryKind.TOOL, "done"), tool="search_documents")
+
+    entries = [
+        prompt(1, "bob", "what does the plan say?"),
+        step(2, "passage: launch on friday"),
+        msg(3, "model", "It says friday.", EntryKind.REPLY),
+        step(4, "passage: launch on friday"),
+        prompt(5, "alice", "and now?"),
+    ]
+    entries[0] = replace(entries[0], status="done")
+    built = build_context(session_id="s", entries=entries, prompt_ids=["e5"])
+    texts = [m.content for m in built.request.messages]
+    assert "[search_documents was run for an earlier answer]\npassage: launch on friday" in texts
+    assert "[the same search_documents result as in message #2]" in texts
+
+    def alice_may_not(entry: Entry) -> str | None:
+        return "bob's document" if entry.kind is EntryKind.TOOL else None
+
+    scoped = build_context(
+        session_id="s", entries=entries, prompt_ids=["e5"], withheld=alice_may_not
+    )
+    assert all("launch on friday" not in m.content for m in scoped.request.messages)
+    assert {x.entry_id for x in scoped.excluded if x.reason.startswith("withheld")} == {"e2", "e4"}

@@ -454,6 +454,7 @@ def test_to_json_carries_every_field() -> None:
         "reply_id": None,
         "answers": ["p1"],
         "started_at": None,
+        "tool": None,
     }
     assert doc.entry("p1").to_json()["reply_id"] == reply_id
     assert doc.entry("p1").to_json()["started_at"] == 9
@@ -512,3 +513,28 @@ def test_replica_equality_for_random_sessions(
     for entry in doc.entries():
         if entry.kind is EntryKind.REPLY:
             assert order[order.index(entry.id) - 1] == entry.reply_to == entry.answers[-1]
+
+
+def test_a_tool_step_sits_directly_before_its_reply() -> None:
+    doc = fresh()
+    prompt(doc, "p1", 1, text="look it up")
+    reply_id = start(doc, "p1", created_at=9)
+    doc.add_tool_step(
+        id="t1",
+        reply_id=reply_id,
+        author="alice",
+        tool="search_documents",
+        status="done",
+        text="alice ran search_documents: done",
+        created_at=10,
+    )
+    assert [e.id for e in doc.entries()] == ["p1", "t1", reply_id]
+    step = doc.entry("t1")
+    assert (step.kind, step.role, step.tool, step.reply_to, step.seq) == (
+        EntryKind.TOOL,
+        "tool",
+        "search_documents",
+        reply_id,
+        1,
+    )
+    assert replica(doc).entry("t1") == step

@@ -1,0 +1,143 @@
+"""A run's scope: computed once, when the run starts, from its issuers' grants at that moment.
+
+A run acts with the rights every one of its issuers has (one issuer usually; several when a
+coalesced run answers them together): the tools offered are those all of them may use, and
+it may draw only on what all of them may read. Nothing the model says widens it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from authz.policy import Do, Read, Restriction, Subject, UseTool, decide, restrict
+from authz.roles import Capability
+from session.context import Excluded
+from session.errors import Forbidden
+from session.lifecycle import PromptStatus
+from session.model import ToolSpec
+from session.schema import MESSAGE_STATUS, Entry, EntryKind
+
+
+@dataclass(frozen=True, slots=True)
+class ToolDef:
+    """A tool Parley can run, and the capability a member needs to use it."""
+
+    spec: ToolSpec
+    capability: str
+
+
+@dataclass(frozen=True, slots=True)
+class RunScope:
+    issuers: tuple[Subject, ...]
+    tools: tuple[ToolDef, ...]
+
+    @property
+    def capabilities(self) -> frozenset[str]:
+        """What every issuer may do."""
+        return frozenset.intersection(*(s.capabilities for s in self.issuers))
+
+    @property
+    def tool_specs(self) -> tuple[ToolSpec, ...]:
+        return tuple(t.spec for t in self.tools)
+
+    def tool(self, name: str) -> ToolDef | None:
+        """The tool ``name`` if this run offers it, else None (the call must be refused)."""
+        return next((t for t in self.tools if t.spec.name == name), None)
+
+    def with_tools(self, tools: Sequence[ToolDef]) -> RunScope:
+        """This scope offering those of ``tools`` every issuer may use."""
+        offered = tuple(
+            tool
+            for tool in tools
+            if all(
+                decide(s, UseTool(tool.spec.name, tool.capability)).allowed for s in self.issuers
+            )
+        )
+        return RunScope(self.issuers, offered)
+
+    def withheld(self, restriction: Restriction) -> str | None:
+        """None if every issuer may read something with ``restriction``, else why not."""
+        for subject in self.issuers:
+            decision = decide(subject, Read(restriction))
+            if not decision.allowed:
+                return f"{subject.user_id} may not read it ({decision.reason})"
+        return None
+
+    def read_filter(
+        self, restrictions: Mapping[str, Restriction], private_text: Mapping[str, str]
+    ) -> tuple[Callable[[Entry], str | None], dict[str, str]]:
+        """What ``session.context.build_context`` takes as ``withheld`` and ``private_text``:
+        entries (by id) this scope may not read are withheld; of the server-side texts
+        behind placeholders, only those it may read are given."""
+
+        def withheld(entry: Entry) -> str | None:
+            return self.withheld(restrictions.get(entry.id, ()))
+
+        readable = {
+            entry_id: text
+            for entry_id, text in private_text.items()
+            if self.withheld(restrictions.get(entry_id, ())) is None
+        }
+        return withheld, readable
+
+
+def scope_for_run(
+    issuers: Sequence[tuple[str, Subject | None]], tools: Sequence[ToolDef]
+) -> RunScope:
+    """The scope of a run answering prompts by ``issuers`` (user id, member now or None).
+
+    Raises ``Forbidden`` naming the first issuer who may no longer prompt."""
+    subjects: list[Subject] = []
+    for user_id, subject in issuers:
+        for needed in (Capability.READ_SESSION, Capability.PROMPT):
+            decision = decide(subject, Do(needed))
+            if not decision.allowed:
+                raise Forbidden(f"{user_id}: {decision.reason}")
+        assert subject is not None
+        if subject not in subjects:
+            subjects.append(subject)
+    if not subjects:
+        raise ValueError("a run has at least one issuer")
+    return RunScope(tuple(subjects), ()).with_tools(tools)
+
+
+@dataclass(frozen=True, slots=True)
+class ContextSeen:
+    """What a run's model input drew on (entry ids), what was withheld from it and why, and
+    the restriction its reply inherits."""
+
+    included: list[str]
+    withheld: list[dict[str, str]]
+    restriction: Restriction
+
+
+def seen_in_context(
+    entries: Sequence[Entry],
+    excluded: Sequence[Excluded],
+    prompt_ids: Sequence[str],
+    scope: RunScope,
+    restrictions: Mapping[str, Restriction],
+) -> ContextSeen:
+    """For the audit and the reply's readers: the story up to the run's last prompt, split
+    into what the built context included and what it withheld (tool steps, which the
+    context leaves out anyway, are listed as withheld when the scope may not read them)."""
+    left_out = {x.entry_id for x in excluded}
+    withheld = [
+        {"entry_id": x.entry_id, "reason": x.reason}
+        for x in excluded
+        if x.reason.startswith("withheld")
+    ]
+    last = max((i for i, e in enumerate(entries) if e.id in prompt_ids), default=len(entries))
+    included: list[str] = []
+    for entry in entries[: last + 1]:
+        if entry.kind is EntryKind.TOOL:
+            reason = scope.withheld(restrictions.get(entry.id, ()))
+            if reason is not None:
+                withheld.append({"entry_id": entry.id, "reason": f"withheld: {reason}"})
+        elif entry.id not in left_out and (
+            entry.id in prompt_ids or entry.status in (PromptStatus.DONE, MESSAGE_STATUS)
+        ):
+            included.append(entry.id)
+    restriction = restrict(*(restrictions.get(i, ()) for i in included))
+    return ContextSeen(included, withheld, restriction)

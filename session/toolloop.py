@@ -1,0 +1,126 @@
+"""The tool loop of one run, as a generator that does no I/O.
+
+It yields what must happen next and receives the result:
+
+    CallModel(request)  -> ModelTurn   (the model's text and the tool calls it made)
+    CallTool(call, arguments) -> ToolResult
+    RefuseTool(call, reason)  -> None  (the shell records the refusal; the model gets an error)
+
+A call is refused when ``refuse(name)`` names a reason (the tool is outside the run's scope:
+that check is ``authz``'s, passed in), when its arguments are not a JSON object, when one
+turn asks for more than ``max_calls_per_turn`` tools, and after ``max_steps`` model calls
+with tools (the last call offers none). The loop returns a ``LoopOutcome``; model output
+never changes which tools are offered.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Generator
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from session.model import ModelMessage, ModelRequest, ToolCall, Usage
+
+
+@dataclass(frozen=True, slots=True)
+class CallModel:
+    request: ModelRequest
+    step: int
+
+
+@dataclass(frozen=True, slots=True)
+class CallTool:
+    call: ToolCall
+    arguments: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class RefuseTool:
+    call: ToolCall
+    reason: str
+
+
+Effect = CallModel | CallTool | RefuseTool
+
+
+@dataclass(frozen=True, slots=True)
+class ModelTurn:
+    text: str
+    calls: tuple[ToolCall, ...] = ()
+    usage: Usage | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ToolResult:
+    content: str
+    is_error: bool = False
+
+
+@dataclass(slots=True)
+class LoopOutcome:
+    steps: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    calls: list[tuple[ToolCall, str]] = field(default_factory=list)  # (call, outcome)
+
+
+@dataclass(frozen=True, slots=True)
+class LoopLimits:
+    max_steps: int = 8
+    max_calls_per_turn: int = 8
+
+
+def _arguments(call: ToolCall) -> dict[str, Any] | None:
+    try:
+        value = json.loads(call.arguments or "{}")
+    except (ValueError, RecursionError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def tool_loop(
+    request: ModelRequest,
+    refuse: Callable[[str], str | None],
+    limits: LoopLimits | None = None,
+) -> Generator[Effect, Any, LoopOutcome]:
+    """Drive one run: call the model, run the tools it asks for, feed results back."""
+    limits = limits or LoopLimits()
+    outcome = LoopOutcome()
+    messages = list(request.messages)
+    for step in range(limits.max_steps + 1):
+        last = step == limits.max_steps
+        call_request = replace(
+            request, messages=tuple(messages), tools=() if last else request.tools
+        )
+        turn: ModelTurn = yield CallModel(call_request, step)
+        outcome.steps = step + 1
+        if turn.usage is not None:
+            outcome.input_tokens += turn.usage.input_tokens
+            outcome.output_tokens += turn.usage.output_tokens
+        if not turn.calls:
+            return outcome
+        messages.append(ModelMessage("assistant", turn.text, tool_calls=turn.calls))
+        for index, call in enumerate(turn.calls):
+            arguments = _arguments(call)
+            reason = refuse(call.name)
+            if last:
+                reason = "the step limit of this run is reached; answer without tools"
+            elif reason is None and index >= limits.max_calls_per_turn:
+                reason = f"at most {limits.max_calls_per_turn} tool calls per turn"
+            if reason is not None:
+                yield RefuseTool(call, reason)
+                result = ToolResult(f"refused: {reason}", is_error=True)
+                outcome.calls.append((call, "refused"))
+            elif arguments is None:
+                result = ToolResult("error: the arguments are not a JSON object", is_error=True)
+                outcome.calls.append((call, "invalid arguments"))
+            else:
+                result = yield CallTool(call, arguments)
+                outcome.calls.append((call, "error" if result.is_error else "ok"))
+            messages.append(
+                ModelMessage("tool", result.content, tool_call_id=call.id, is_error=result.is_error)
+            )
+        if last:
+            return outcome
+    raise AssertionError("unreachable: the last step returns")

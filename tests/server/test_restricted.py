@@ -1,0 +1,136 @@
+"""The shared document carries only what every member may read: placeholders, catch-up and
+export paths, the restricted_replies policy, and paging through the audit log."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from session.model import ModelEvent, ModelRequest, TextDelta
+from tests.conftest import RunningServer, make_settings, serve_in_process, sqlite_url
+from tests.scripted import ScriptedProvider, answering_text, call
+from tests.yclient import all_replies_settled
+
+SECRET = "the vault code is 7731"
+
+
+def script(request: ModelRequest) -> list[ModelEvent]:
+    if "vault" in answering_text(request):
+        return [TextDelta("Let me look. "), call("search_documents", {"query": "vault code"})]
+    return [TextDelta("ok")]
+
+
+@pytest.fixture
+async def server(tmp_path: Path) -> AsyncIterator[RunningServer]:
+    settings = make_settings(sqlite_url(tmp_path), tmp_path / "d")
+    async with serve_in_process(settings, ScriptedProvider(script)) as running:
+        yield running
+
+
+async def restricted_session(server: RunningServer) -> str:
+    sid = await server.new_session({"olga": "owner", "bob": "editor", "alice": "viewer"})
+    made = await server.http.post(
+        f"/api/v1/sessions/{sid}/documents",
+        json={"title": "Vault", "text": SECRET, "readers": {"users": ["bob", "olga"]}},
+    )
+    assert made.status_code == 201
+    return sid
+
+
+async def as_member(
+    server: RunningServer, sid: str, user: str, method: str, url: str, **kw: object
+) -> httpx.Response:
+    """One request with ``user``'s client token."""
+    token = await server.token(sid, user)
+    async with httpx.AsyncClient(base_url=server.base_url) as http:
+        headers = {"Authorization": f"Bearer {token}"}
+        return await http.request(method, url, headers=headers, **kw)
+
+
+async def test_private_replies_stay_out_of_every_copy_of_the_document(
+    server: RunningServer,
+) -> None:
+    sid = await restricted_session(server)
+    bob = await server.connect(sid, "bob")
+    olga = await server.connect(sid, "olga")
+    alice = await server.connect(sid, "alice")
+    for client in (olga, alice):  # speak JSON, so restricted text could be pushed to them
+        await client.command({"type": "unpin", "id": "x", "entry_id": "none"})
+    await bob.command({"type": "prompt", "id": "p", "text": "what is the vault code?"})
+    await bob.wait_until(lambda c: all_replies_settled(c, 1))
+    reply = next(e for e in bob.entries() if e["kind"] == "reply")
+    step = next(e for e in bob.entries() if e["kind"] == "tool")
+    # Members who may read it get the full text on their socket; alice gets nothing.
+    await olga.wait_until(lambda c: len(c.unsolicited) == 2)
+    for client in (bob, olga):
+        pushed = {m["entry_id"]: m for m in client.unsolicited if m["type"] == "restricted"}
+        assert set(pushed) == {reply["id"], step["id"]}
+        assert SECRET in pushed[reply["id"]]["text"] and pushed[step["id"]]["kind"] == "tool"
+    assert alice.unsolicited == []
+    # What was streamed before the tool ran stays; the rest is a placeholder.
+    assert reply["content"].startswith("Let me look. ")
+    assert "[restricted:" in reply["content"] and "7731" not in reply["content"]
+
+    late = await server.connect(sid, "alice")  # catch-up from the stored state
+    assert "7731" not in str([e["content"] for e in late.entries()])
+    transcript = f"/api/v1/sessions/{sid}/transcript"
+    for exported in (
+        await server.http.get(transcript),
+        await as_member(server, sid, "alice", "GET", transcript),
+    ):
+        assert exported.status_code == 200 and "7731" not in exported.text
+    private = f"/api/v1/sessions/{sid}/entries/{reply['id']}/private"
+    full = await as_member(server, sid, "olga", "GET", private)
+    assert full.status_code == 200 and SECRET in full.json()["text"]
+    assert full.json()["readers"][0]["users"] == ["bob", "olga"]
+
+
+async def test_an_owner_may_share_restricted_replies_and_it_is_audited(
+    server: RunningServer,
+) -> None:
+    sid = await restricted_session(server)
+    share = {"restricted_replies": "shared"}
+    url = f"/api/v1/sessions/{sid}"
+    refused = await as_member(server, sid, "bob", "PATCH", url, json=share)
+    assert refused.status_code == 403
+    shared = await as_member(server, sid, "olga", "PATCH", url, json=share)
+    assert shared.status_code == 200 and shared.json()["restricted_replies"] == "shared"
+
+    bob = await server.connect(sid, "bob")
+    alice = await server.connect(sid, "alice")
+    await bob.command({"type": "prompt", "id": "p", "text": "what is the vault code?"})
+    await alice.wait_until(lambda c: all_replies_settled(c, 1))
+    entries = {e["kind"]: e for e in alice.entries()}
+    assert "7731" in entries["reply"]["content"]  # shared, as the owner decided
+    assert "[details restricted]" in entries["tool"]["content"]  # tool results never are
+
+    audit = (await server.http.get(f"/api/v1/sessions/{sid}/audit")).json()["records"]
+    kinds = [(r["kind"], r["actor"]) for r in audit]
+    assert ("policy", "olga") in kinds and ("refused", "bob") in kinds
+    policy = next(r for r in audit if r["kind"] == "policy")
+    assert policy["data"] == {"restricted_replies": {"from": "private", "to": "shared"}}
+    sharing = next(r for r in audit if r["kind"] == "reply_shared")
+    assert sharing["data"]["reply_id"] == entries["reply"]["id"]
+
+
+async def test_the_audit_log_pages_and_filters(server: RunningServer) -> None:
+    sid = await server.new_session({"olga": "owner"})
+    for n in range(5):
+        role = "viewer" if n % 2 else "editor"
+        await server.http.put(f"/api/v1/sessions/{sid}/members/u{n}", json={"role": role})
+    url = f"/api/v1/sessions/{sid}/audit"
+    first = (await server.http.get(url, params={"limit": 3})).json()
+    assert len(first["records"]) == 3 and first["next_after"] == first["records"][-1]["id"]
+    rest = (await server.http.get(url, params={"after": first["next_after"]})).json()
+    assert rest["next_after"] is None
+    users = [r["data"]["user_id"] for r in first["records"] + rest["records"]]
+    assert users == ["olga", "u0", "u1", "u2", "u3", "u4"]
+    by_admin = await server.http.get(url, params={"actor": "admin", "kind": "membership"})
+    assert len(by_admin.json()["records"]) == 6
+    none = (await server.http.get(url, params={"kind": "model_call"})).json()
+    assert none == {"records": [], "next_after": None}
+    bad = await server.http.get(url, params={"limit": "0"})
+    assert bad.status_code == 422

@@ -1,0 +1,189 @@
+"""Integrator tools over real HTTP: a webhook server on 127.0.0.1 checks Parley's signature
+with the README's verification function, sees the issuer, and its failures become error
+results the model reads while the run goes on."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from authz.webhooks import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign, verify_signature
+from session.model import ModelEvent, ModelRequest, TextDelta
+from tests.conftest import RunningServer, make_settings, serve_in_process, sqlite_url
+from tests.scripted import ScriptedProvider, answering_text, call
+from tests.yclient import all_replies_settled
+
+
+class ToolServer:
+    """A webhook endpoint: verifies every request with ``verify_signature``."""
+
+    def __init__(self) -> None:
+        self.secret = ""
+        self.received: list[dict[str, Any]] = []
+        self.rejected = 0
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                ok = verify_signature(
+                    outer.secret,
+                    body,
+                    self.headers.get(TIMESTAMP_HEADER),
+                    self.headers.get(SIGNATURE_HEADER),
+                    now=time.time(),
+                )
+                if not ok:
+                    outer.rejected += 1
+                    self._answer(401, b"bad signature")
+                    return
+                outer.received.append(json.loads(body))
+                if self.path == "/slow":
+                    time.sleep(1.0)
+                if self.path == "/broken":
+                    self._answer(500, b"boom")
+                elif self.path == "/huge":
+                    self._answer(200, b"x" * 5000)
+                else:
+                    answer = {
+                        "content": f"the answer for {outer.received[-1]['issuer']['user_id']}"
+                    }
+                    self._answer(200, json.dumps(answer).encode())
+
+            def _answer(self, status: int, body: bytes) -> None:
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+
+@pytest.fixture
+def tool_server() -> Iterator[ToolServer]:
+    server = ToolServer()
+    thread = threading.Thread(target=server.httpd.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.httpd.shutdown()
+    server.httpd.server_close()
+    thread.join(5)
+
+
+def script(request: ModelRequest) -> list[ModelEvent]:
+    asked = answering_text(request)
+    for name in ("lookup", "slow", "broken", "huge"):
+        if name in asked:
+            return [call(name, {"q": asked})]
+    return [TextDelta("no tool")]
+
+
+@pytest.fixture
+async def parley(tmp_path: Path) -> AsyncIterator[tuple[RunningServer, ScriptedProvider]]:
+    provider = ScriptedProvider(script)
+    settings = make_settings(sqlite_url(tmp_path), tmp_path / "d", max_tool_result_bytes=1000)
+    async with serve_in_process(settings, provider) as server:
+        yield server, provider
+
+
+async def register(server: RunningServer, name: str, url: str, **extra: Any) -> str:
+    made = await server.http.post(
+        "/api/v1/tools",
+        json={"name": name, "description": f"{name} things", "url": url, **extra},
+    )
+    assert made.status_code == 201, made.text
+    assert made.json()["capability"] == f"tool:{name}"
+    listed = await server.http.get("/api/v1/tools")
+    assert all(t["secret"] is None for t in listed.json()["tools"])  # shown once only
+    return str(made.json()["secret"])
+
+
+async def test_a_signed_call_carries_the_issuer_and_its_result_reaches_the_model(
+    parley: tuple[RunningServer, ScriptedProvider], tool_server: ToolServer
+) -> None:
+    server, provider = parley
+    tool_server.secret = await register(server, "lookup", tool_server.url + "/lookup")
+    sid = await server.new_session({"olga": "owner"})
+    await server.http.put(
+        f"/api/v1/sessions/{sid}/members/alice", json={"role": "editor", "grants": ["tool:lookup"]}
+    )
+    alice = await server.connect(sid, "alice")
+    await alice.command({"type": "prompt", "id": "p", "text": "lookup the answer"})
+    await alice.wait_until(lambda c: all_replies_settled(c, 1))
+
+    assert tool_server.rejected == 0
+    [request] = tool_server.received
+    assert request["tool"] == "lookup" and request["session_id"] == sid
+    assert request["arguments"] == {"q": "lookup the answer"}
+    assert request["issuer"]["user_id"] == "alice" and request["issuer"]["role"] == "editor"
+    assert "tool:lookup" in request["issuer"]["capabilities"]
+    assert "manage_members" not in request["capabilities"]
+    first, second = provider.requests_for("alice")
+    assert [t.name for t in first.tools] == ["search_documents", "lookup"]
+    assert second.messages[-1].content == "the answer for alice"
+    reply = next(e for e in alice.entries() if e["kind"] == "reply")
+    assert reply["status"] == "done" and "the answer for alice" in reply["content"]
+
+
+async def test_the_verification_refuses_a_bad_signature_and_a_replay(
+    tool_server: ToolServer,
+) -> None:
+    tool_server.secret = "the-real-secret"
+    body = json.dumps({"tool": "lookup", "issuer": {"user_id": "mallory"}}).encode()
+    now = int(time.time())
+    async with httpx.AsyncClient() as http:
+
+        async def post(timestamp: int, signature: str) -> int:
+            response = await http.post(
+                tool_server.url + "/lookup",
+                content=body,
+                headers={TIMESTAMP_HEADER: str(timestamp), SIGNATURE_HEADER: signature},
+            )
+            return response.status_code
+
+        assert await post(now, sign("a-guessed-secret", now, body)) == 401
+        assert await post(now, sign("the-real-secret", now, body + b" ")) == 401
+        assert await post(now - 3600, sign("the-real-secret", now - 3600, body)) == 401
+        assert await post(now, sign("the-real-secret", now, body)) == 200
+    assert tool_server.rejected == 3 and len(tool_server.received) == 1
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        ("slow", "did not answer within 0.3 s"),
+        ("broken", "answered HTTP 500"),
+        ("huge", "exceeds 1000 bytes"),
+    ],
+)
+async def test_tool_failures_are_error_results_and_the_run_goes_on(
+    parley: tuple[RunningServer, ScriptedProvider],
+    tool_server: ToolServer,
+    path: str,
+    expected: str,
+) -> None:
+    server, provider = parley
+    tool_server.secret = await register(server, path, f"{tool_server.url}/{path}", timeout_s=0.3)
+    sid = await server.new_session({})
+    await server.http.put(
+        f"/api/v1/sessions/{sid}/members/alice", json={"role": "editor", "grants": [f"tool:{path}"]}
+    )
+    alice = await server.connect(sid, "alice")
+    await alice.command({"type": "prompt", "id": "p", "text": f"try {path}"})
+    await alice.wait_until(lambda c: all_replies_settled(c, 1))
+    last = provider.requests_for("alice")[-1].messages[-1]
+    assert last.role == "tool" and last.is_error and expected in last.content
+    statuses = {e["kind"]: e["status"] for e in alice.entries()}
+    assert statuses == {"prompt": "done", "tool": "error", "reply": "done"}
