@@ -30,6 +30,9 @@ async def loaded_server(database_url: str, tmp_path: Path) -> AsyncIterator[Runn
         offline_token_delay_ms=0,
         max_pending_per_user=PROMPTS_EACH,
         max_pending_per_session=CLIENTS * PROMPTS_EACH,
+        # These clients only listen while the load drains (minutes on a busy machine);
+        # idle sockets are closed after ws_idle_timeout_s, which test_hardening covers.
+        ws_idle_timeout_s=900,
     )
     async with serve_in_process(settings) as server:
         yield server
