@@ -291,6 +291,49 @@ function start ({ token, sessionId, me, role }) {
     renderMeta()
     renderTranscript()
     renderQueue()
+    scheduleContext()
+  }
+
+  // -- the context preview: what the server would give the model for me, now ----------------
+  let contextTimer = 0
+  let contextBusy = false
+  function scheduleContext () {
+    clearTimeout(contextTimer)
+    contextTimer = setTimeout(refreshContext, 400) // once the transcript settles
+  }
+
+  async function refreshContext () {
+    if (contextBusy) return scheduleContext()
+    contextBusy = true
+    try {
+      const url = `/api/v1/sessions/${encodeURIComponent(sessionId)}/context?user_id=${encodeURIComponent(me)}`
+      const response = await fetch(url, { headers: { Authorization: `Bearer ${token}` } })
+      const body = await response.json()
+      if (!response.ok) {
+        $('context-error').textContent = body.message || `HTTP ${response.status}`
+        return
+      }
+      $('context-error').textContent = ''
+      const count = (test) => body.excluded.filter((x) => test(x.reason)).length
+      setText($('context-tokens'), `${body.tokens.toLocaleString()} of ${body.budget.toLocaleString()}`)
+      setText($('context-messages'), String(body.messages.length))
+      const counts = {
+        // merged repeats, plus pasted blocks and replies given as references
+        'context-folded': count((r) => /^(near-)?duplicate of /.test(r)) +
+          Object.values(body.notes).filter((n) => !/duplicate of an earlier/.test(n)).length,
+        'context-summarised': count((r) => r.startsWith('summarised in')),
+        'context-over': count((r) => r === 'over budget'),
+        'context-withheld': count((r) => r.startsWith('withheld'))
+      }
+      for (const [id, n] of Object.entries(counts)) {
+        $(id).dataset.count = String(n)
+        setText($(id), String(n))
+      }
+    } catch (error) {
+      $('context-error').textContent = `Preview unavailable: ${error}`
+    } finally {
+      contextBusy = false
+    }
   }
 
   function renderMeta () {

@@ -143,6 +143,14 @@ async def _scenario(server: RunningServer, browser: Any) -> None:
     for page in (alice, bob):  # no error was shown to the editors
         assert await page.locator("#errors .error").count() == 0
 
+    # The context panel shows what the model would be given: alice repeats bob's question
+    # as a message, and her next input has it once, folded.
+    await alice.fill("#composer-text", "is the database   healthy?")
+    await alice.click("#send-message")
+    await alice.wait_for_selector("#context-folded[data-count='1']")
+    assert "of" in await alice.inner_text("#context-tokens")
+    assert await alice.inner_text("#context-withheld") == "0"
+
     # A message for the people only, and a prompt its author cancels while it runs.
     await bob.fill("#composer-text", "I'll check the dashboards")
     await bob.click("#send-message")
