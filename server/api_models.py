@@ -42,6 +42,7 @@ class Readiness(Strict):
     status: str
     database: str
     migrations: str
+    listener: str = Field(default="off", description="Cluster mode: ok / down; else off")
 
 
 class SessionCreate(Strict):

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from server.metrics import Metrics
 from server.room import CLOSE_NOT_FOUND, SessionRoom
@@ -17,6 +18,9 @@ from session.errors import NotFound, Unavailable
 from session.lifecycle import PromptStatus, ReplyStatus
 from session.model import ModelProvider
 from session.queue import Policy
+
+if TYPE_CHECKING:
+    from server.cluster.node import ClusterNode
 
 log = logging.getLogger("parley.rooms")
 
@@ -41,6 +45,8 @@ class RoomRegistry:
         self._rooms: dict[str, tuple[SessionRoom, SessionRunner]] = {}
         self._loading: dict[str, asyncio.Lock] = {}
         self._reaper: asyncio.Task[None] | None = None
+        # Cluster mode: the node decides whether a room runs here or is a read replica.
+        self.cluster: ClusterNode | None = None
 
     async def get(self, session_id: str) -> SessionRoom:
         """The loaded room of a session; raises ``NotFound`` for an unknown session."""
@@ -66,9 +72,12 @@ class RoomRegistry:
                 clock=self.clock,
                 metrics=self.metrics,
             )
-            await room.load(row.title, Policy(row.policy))
             runner = SessionRunner(room, self.provider, self.settings.run_timeout_s)
-            runner.start()
+            if self.cluster is not None:
+                await self.cluster.open(room, runner, row.title, Policy(row.policy))
+            else:
+                await room.load(row.title, Policy(row.policy))
+                runner.start()
             self._rooms[session_id] = (room, runner)
             return room
 
@@ -126,6 +135,8 @@ class RoomRegistry:
         room, runner = loaded
         room.closed = True
         await runner.stop()
+        if self.cluster is not None:
+            await self.cluster.close(room)
         for connection in list(room.connections):
             connection.close(close_code, reason)
 
