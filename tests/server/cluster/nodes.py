@@ -36,7 +36,9 @@ class Cluster:
         return sid
 
     async def connect(self, node: ServerProcess, sid: str, user: str) -> YClient:
-        response = await self.http.post(f"/api/v1/sessions/{sid}/tokens", json={"user_id": user})
+        response = await self.http.post(  # from the node itself: any node may be down
+            f"{node.base_url}/api/v1/sessions/{sid}/tokens", json={"user_id": user}
+        )
         client = await YClient.connect(node.ws_url, sid, response.json()["token"])
         await asyncio.wait_for(client.synced.wait(), 20)
         return client
