@@ -34,10 +34,12 @@ class NotificationListener:
         channels: Mapping[str, Callable[[str], None]],
         on_connected: Callable[[], None],
         *,
+        name: str = "parley-listener",
         health_interval_s: float = 1.0,
         health_timeout_s: float = 3.0,
     ) -> None:
         self.dsn = dsn
+        self.name = name  # its application_name in pg_stat_activity
         self.channels = dict(channels)
         self.on_connected = on_connected
         self.health_interval_s = health_interval_s
@@ -78,7 +80,9 @@ class NotificationListener:
             connection: asyncpg.Connection | None = None
             try:
                 async with asyncio.timeout(self.health_timeout_s * 2):
-                    connection = await asyncpg.connect(self.dsn)
+                    connection = await asyncpg.connect(
+                        self.dsn, server_settings={"application_name": self.name[:63]}
+                    )
                     for channel in self.channels:
                         await connection.add_listener(channel, self._dispatch)
                 self.healthy = True

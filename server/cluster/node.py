@@ -123,6 +123,7 @@ class ClusterNode:
                 CHANNEL_AWARENESS: self._on_awareness,
             },
             self._on_connected,
+            name=f"parley-listener {self.node_id}",
         )
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -441,12 +442,30 @@ class ClusterNode:
                 if now - last_poll >= self.settings.cluster_poll_s:
                     last_poll = now
                     self._on_connected()  # the safety net for a missed notification
+                    await self._refresh_members()
                 if now - last_cleanup >= ANSWERED_KEPT_S / 10:
                     last_cleanup = now
                     cutoff = int((time.time() - ANSWERED_KEPT_S) * 1000)
                     await self.commands.forget_answered(cutoff)
             except Exception as exc:
                 log.warning("lease round failed", extra={"error": f"{type(exc).__name__}: {exc}"})
+
+    async def _refresh_members(self) -> None:
+        """Apply membership changes made over REST on other nodes to this node's sockets
+        (a revoked member's socket closes with 4403, a deleted session's with 4404)."""
+        for session_id in list(self._runners):
+            room = self.registry.loaded(session_id)
+            if room is None or room.closed:
+                continue
+            if await self.store.get_session(session_id) is None:
+                await self.registry.forget_session(session_id)
+                continue
+            current = {m.user_id: Role(m.role) for m in await self.store.list_members(session_id)}
+            for user_id in set(room.members) - set(current):
+                room.set_member(user_id, None)
+            for user_id, role in current.items():
+                if room.members.get(user_id) != role:
+                    room.set_member(user_id, role)
 
     async def _keep_leases(self) -> None:
         held = list(self.leases.values())

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 
@@ -202,4 +203,62 @@ async def test_a_paused_holder_is_fenced_when_it_wakes(tmp_path: Path) -> None:
         await again.wait_until(lambda c: settled(c, prompt_ids), timeout=30)
         check_one_story([watcher.entries(), again.entries()], prompt_ids)
         for client in (first, on_paused, watcher, again):
+            await client.close()
+
+
+async def test_membership_changes_and_deletion_reach_every_node(tmp_path: Path) -> None:
+    async with cluster(tmp_path, 2, PARLEY_CLUSTER_POLL_S="0.5") as nodes:
+        sid = await nodes.new_session({"a": "editor", "b": "editor"})
+        first = await nodes.connect(nodes.nodes[0], sid, "a")
+        await first.command({"type": "message", "id": "m1", "text": "hello"})
+        a = await nodes.connect(nodes.nodes[1], sid, "a")
+        b = await nodes.connect(nodes.nodes[1], sid, "b")
+        # Changed over REST on node 0; b's socket is on node 1.
+        assert (await nodes.http.delete(f"/api/v1/sessions/{sid}/members/b")).status_code == 204
+        assert await b.wait_closed(timeout=10) == 4403
+        assert (await nodes.http.delete(f"/api/v1/sessions/{sid}")).status_code == 204
+        assert await a.wait_closed(timeout=10) == 4404
+        assert await first.wait_closed(timeout=10) == 4404
+
+
+async def test_the_listener_reconnects_and_catches_up(tmp_path: Path) -> None:
+    """Updates committed while a node's listener is away are not lost: it re-reads."""
+    listener = "application_name = 'parley-listener n1'"
+    async with cluster(tmp_path, 2, PARLEY_CLUSTER_POLL_S="60") as nodes:
+        sid = await nodes.new_session({"a": "editor", "b": "editor"})
+        holder_client = await nodes.connect(nodes.nodes[0], sid, "a")
+        await holder_client.command({"type": "message", "id": "m0", "text": "first"})
+        assert (await nodes.wait_holder(sid))[0] == "n0"
+        reader = await nodes.connect(nodes.nodes[1], sid, "b")
+        admin = await asyncpg.connect(nodes.url.replace("+asyncpg", ""))
+        caught_up_after_gap = False
+        try:
+            for attempt in range(5):
+                await admin.execute(
+                    f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE {listener}"
+                )
+                for _ in range(100):  # termination is asynchronous: wait for the gap
+                    if not await admin.fetchval(
+                        f"SELECT count(*) FROM pg_stat_activity WHERE {listener}"
+                    ):
+                        break
+                    await asyncio.sleep(0.01)
+                ack = await holder_client.command(
+                    {"type": "message", "id": f"m{attempt + 1}", "text": "while away"}
+                )
+                committed = await admin.fetchval("SELECT clock_timestamp()")
+                await seen_at(reader, ack["message_id"], timeout_s=10)
+                started = await admin.fetchval(
+                    f"SELECT backend_start FROM pg_stat_activity WHERE {listener}"
+                )
+                if started is not None and started > committed:
+                    caught_up_after_gap = True  # its notification went to nobody
+                    break
+        finally:
+            await admin.close()
+        assert caught_up_after_gap
+        async with httpx.AsyncClient() as http:
+            ready = await http.get(f"{nodes.nodes[1].base_url}/readyz")
+        assert ready.json()["listener"] == "ok"
+        for client in (holder_client, reader):
             await client.close()
