@@ -87,6 +87,8 @@ async def session_socket(websocket: WebSocket) -> None:
     snapshot = presence.snapshot()
     if snapshot is not None:
         connection.send(encode_awareness(snapshot))
+    if state.rooms.cluster is not None:
+        state.rooms.cluster.presence.joined(session_id)  # and from the other nodes
     expiry = asyncio.get_running_loop().call_later(
         max(claims.expires_at - state.clock(), 0),
         connection.close,
@@ -120,7 +122,7 @@ async def session_socket(websocket: WebSocket) -> None:
         if left is not None:
             room.broadcast(encode_awareness(left))
             if state.rooms.cluster is not None:
-                state.rooms.cluster.publish_awareness(session_id, left)
+                state.rooms.cluster.presence.publish(session_id, left)
         if not connection.closed:
             connection.close(1000)
         await connection.wait_closed()
@@ -170,7 +172,7 @@ async def _serve(
             try:
                 relay = await _on_binary(room, connection, presence, data)
                 if relay is not None and state.rooms.cluster is not None:
-                    state.rooms.cluster.publish_awareness(room.session_id, relay)
+                    state.rooms.cluster.presence.publish(room.session_id, relay)
             except ProtocolError as exc:
                 log.info("protocol error; closing socket", extra={"error": exc.message})
                 connection.close(CLOSE_PROTOCOL, f"protocol error: {exc.message}"[:120])

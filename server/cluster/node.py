@@ -15,8 +15,6 @@ lease it lost (the room is given up and reloaded on next use).
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import contextlib
 import logging
 import os
@@ -33,11 +31,11 @@ from authz.roles import Role
 from server.cluster.forwarding import (
     CHANNEL_COMMAND,
     CHANNEL_RESULT,
-    MAX_NOTIFY_BYTES,
     CommandTable,
 )
 from server.cluster.lease import Fenced, Lease, LeaseTable, NotHolder
 from server.cluster.listener import NotificationListener, asyncpg_dsn
+from server.cluster.presence import CHANNEL_AWARENESS, PresenceRelay
 from server.cluster.tail import read_tail
 from server.commands import handle_command
 from server.connection import Connection
@@ -48,7 +46,6 @@ from server.store import Store, StoreTx
 from session.commands import command_id_of, error_reply
 from session.errors import ParleyError, Unavailable
 from session.queue import Policy
-from session.yprotocol import encode_awareness
 
 if TYPE_CHECKING:
     from server.rooms import RoomRegistry
@@ -56,12 +53,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("parley.cluster")
 
 CHANNEL_DOC = "parley_doc"  # payload: session id (an update was committed)
-CHANNEL_AWARENESS = "parley_awareness"  # payload: "<session id> <node id> <base64 update>"
 TAIL_PAGE = 500
 MAX_TAIL_PAGES = 100
 COMMAND_BATCH = 200
 FORWARD_POLL_S = 0.5
-AWARENESS_OUTBOX = 1024
 ANSWERED_KEPT_S = 600
 
 
@@ -110,7 +105,7 @@ class ClusterNode:
         self._open_commands: set[str] = set()
         self._draining: set[str] = set()
         self._results: dict[int, asyncio.Future[str]] = {}
-        self._awareness: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(AWARENESS_OUTBOX)
+        self.presence = PresenceRelay(store.engine, self.node_id, registry.loaded)
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[None]] = set()
@@ -120,7 +115,7 @@ class ClusterNode:
                 CHANNEL_DOC: self._on_doc,
                 CHANNEL_COMMAND: self._on_command,
                 CHANNEL_RESULT: self._on_result,
-                CHANNEL_AWARENESS: self._on_awareness,
+                CHANNEL_AWARENESS: self.presence.on_notification,
             },
             self._on_connected,
             name=f"parley-listener {self.node_id}",
@@ -134,7 +129,7 @@ class ClusterNode:
         for name, loop in (
             ("cluster-leases", self._lease_loop),
             ("cluster-apply", self._apply_loop),
-            ("cluster-awareness", self._awareness_loop),
+            ("cluster-presence", self.presence.run),
         ):
             self._tasks.append(asyncio.create_task(loop(), name=name))
 
@@ -323,39 +318,6 @@ class ClusterNode:
         # has no socket here, and nothing is ever sent on this one.
         sender = Connection(cast(WebSocket, None), user_id, role or Role.VIEWER, 1)
         return await handle_command(room, sender, frame)
-
-    # -- awareness ------------------------------------------------------------------------
-
-    def publish_awareness(self, session_id: str, update: bytes) -> None:
-        """Relay a presence update to the other nodes (dropped if the outbox is full)."""
-        with contextlib.suppress(asyncio.QueueFull):
-            self._awareness.put_nowait((session_id, update))
-
-    async def _awareness_loop(self) -> None:
-        while True:
-            session_id, update = await self._awareness.get()
-            payload = f"{session_id} {self.node_id} {base64.b64encode(update).decode()}"
-            if len(payload.encode()) > MAX_NOTIFY_BYTES:
-                log.info("presence state too large to relay", extra={"session_id": session_id})
-                continue
-            try:
-                async with self.store.engine.begin() as connection:
-                    await connection.execute(select(func.pg_notify(CHANNEL_AWARENESS, payload)))
-            except Exception:
-                log.warning("presence relay failed", extra={"session_id": session_id})
-
-    def _on_awareness(self, payload: str) -> None:
-        session_id, origin, body = payload.split(" ", 2)
-        if origin == self.node_id:
-            return
-        room = self.registry.loaded(session_id)
-        if room is None:
-            return
-        try:
-            update = base64.b64decode(body, validate=True)
-        except binascii.Error:
-            return
-        room.broadcast(encode_awareness(update))
 
     # -- notifications --------------------------------------------------------------------
 

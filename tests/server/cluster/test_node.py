@@ -262,3 +262,20 @@ async def test_the_listener_reconnects_and_catches_up(tmp_path: Path) -> None:
         assert ready.json()["listener"] == "ok"
         for client in (holder_client, reader):
             await client.close()
+
+
+async def test_presence_crosses_nodes(tmp_path: Path) -> None:
+    async with cluster(tmp_path, 2) as nodes:
+        sid = await nodes.new_session({"x": "editor", "y": "viewer"})
+        x = await nodes.connect(nodes.nodes[0], sid, "x")
+        await x.set_awareness(111, 1, {"name": "X"})
+        await x.wait_until(lambda c: 111 in c.awareness, timeout=5)
+        # y joins on the other node and sees x at once (not at x's next renewal).
+        y = await nodes.connect(nodes.nodes[1], sid, "y")
+        await y.wait_until(lambda c: (c.awareness.get(111) or {}).get("name") == "X", timeout=5)
+        assert y.awareness[111]["parley"] == {"user_id": "x"}
+        await y.set_awareness(222, 1, {"name": "Y"})
+        await x.wait_until(lambda c: (c.awareness.get(222) or {}).get("name") == "Y", timeout=5)
+        await y.close()
+        await x.wait_until(lambda c: 222 in c.awareness and c.awareness[222] is None, timeout=5)
+        await x.close()
