@@ -39,6 +39,8 @@ class Cluster:
         response = await self.http.post(  # from the node itself: any node may be down
             f"{node.base_url}/api/v1/sessions/{sid}/tokens", json={"user_id": user}
         )
+        if response.status_code != 201:  # a node shutting down, say: try another
+            raise ConnectionError(f"{response.status_code}: {response.text}")
         client = await YClient.connect(node.ws_url, sid, response.json()["token"])
         await asyncio.wait_for(client.synced.wait(), 20)
         return client
