@@ -11,9 +11,12 @@ lease therefore cannot write afterwards, however late it notices.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from session.errors import Unavailable
@@ -25,6 +28,15 @@ class NotHolder(Unavailable):
 
 class Fenced(NotHolder):
     """This node's lease was taken over: the write was refused and nothing was stored."""
+
+
+@asynccontextmanager
+async def database_errors() -> AsyncIterator[None]:
+    """Database faults surface as ``Unavailable``, as the store's do."""
+    try:
+        yield
+    except (OperationalError, DBAPIError, OSError) as exc:
+        raise Unavailable("the database is unavailable") from exc
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +116,7 @@ class LeaseTable:
 
     async def try_acquire(self, session_id: str) -> Lease | None:
         """Take the lease if nobody holds it (absent or expired); None if someone does."""
-        async with self.engine.begin() as connection:
+        async with database_errors(), self.engine.begin() as connection:
             epoch = (
                 await connection.execute(
                     _ACQUIRE, {"session_id": session_id, "holder": self.holder, "ttl": self.ttl_s}

@@ -35,6 +35,7 @@ from server.cluster.forwarding import (
 )
 from server.cluster.lease import Fenced, Lease, LeaseTable, NotHolder
 from server.cluster.listener import NotificationListener, asyncpg_dsn
+from server.cluster.metrics import ClusterMetrics
 from server.cluster.presence import CHANNEL_AWARENESS, PresenceRelay
 from server.cluster.tail import read_tail
 from server.commands import handle_command
@@ -120,6 +121,10 @@ class ClusterNode:
             self._on_connected,
             name=f"parley-listener {self.node_id}",
         )
+        self.metrics = ClusterMetrics(registry.metrics.registry)
+        self.metrics.watch(
+            lambda: len(self.running), lambda: len(self.applied), lambda: self.listener.healthy
+        )
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -154,7 +159,12 @@ class ClusterNode:
         room.fence = HolderFence(self, room)
         self._runners[session_id] = runner
         async with self._lock(session_id):
-            if not await self._take(room, title, policy):
+            try:
+                taken = await self._take(room, title, policy)
+            except BaseException:
+                self._runners.pop(session_id, None)
+                raise
+            if not taken:
                 room.members = {
                     m.user_id: Role(m.role) for m in await self.store.list_members(session_id)
                 }
@@ -181,6 +191,7 @@ class ClusterNode:
             return
         del self.leases[session_id]
         self.running.discard(session_id)
+        self.metrics.lost.inc()
         log.warning("lease lost", extra={"session_id": session_id, "epoch": lease.epoch})
         room = self.registry.loaded(session_id)
         if room is not None:
@@ -197,17 +208,20 @@ class ClusterNode:
         if lease is None:
             return False
         self.leases[session_id] = lease
-        self.applied.pop(session_id, None)
+        applied = self.applied.pop(session_id, None)
         try:
             # The store is the truth: the queue resumes from it and a reply cut off by the
             # previous holder is marked interrupted (the same path as a restart).
             await room.load(title, policy)
         except BaseException:
             self.leases.pop(session_id, None)
+            if applied is not None:
+                self.applied[session_id] = applied  # still a replica: keep following
             with contextlib.suppress(Exception):
                 await self.leases_table.release(lease)
             raise
         self.running.add(session_id)
+        self.metrics.taken.inc()
         self._runners[session_id].start()
         self._open_commands.add(session_id)
         self._wake.set()
@@ -233,8 +247,10 @@ class ClusterNode:
         """Run a socket's command here if this node runs the session, else forward it."""
         session_id = room.session_id
         if session_id not in self.running and session_id not in self.live_elsewhere:
-            with contextlib.suppress(Unavailable):
+            try:
                 await self._promote(room)
+            except Exception as exc:  # the database, say: forwarding reports it
+                log.warning("could not take the session", extra={"error": repr(exc)})
         if session_id in self.running:
             return await handle_command(room, connection, frame)
         return await self._forward(room, connection.user_id, frame)
@@ -246,6 +262,7 @@ class ClusterNode:
                 session_id, user_id, frame, int(time.time() * 1000)
             )
         except Exception:
+            self.metrics.forwarded.labels(outcome="unstored").inc()
             return error_reply(command_id_of(frame), Unavailable("the database is unavailable"))
         future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._results[command_id] = future
@@ -254,16 +271,20 @@ class ClusterNode:
             while (remaining := deadline - time.monotonic()) > 0:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(min(FORWARD_POLL_S, remaining)):
-                        return await asyncio.shield(future)
+                        reply = await asyncio.shield(future)
+                        self.metrics.forwarded.labels(outcome="answered").inc()
+                        return reply
                 with contextlib.suppress(Exception):
                     result = await self.commands.result(command_id)
                     if result is not None:
+                        self.metrics.forwarded.labels(outcome="answered").inc()
                         return result
                     if session_id not in self.running and session_id not in self.live_elsewhere:
                         # The running node may be gone: take the session (and this command).
                         await self._promote(room)
         finally:
             self._results.pop(command_id, None)
+        self.metrics.forwarded.labels(outcome="timeout").inc()
         return error_reply(
             command_id_of(frame),
             Unavailable("the node running this session did not answer; send it again"),
@@ -276,40 +297,49 @@ class ClusterNode:
             return
         self._draining.add(session_id)
         try:
-            for _ in range(MAX_TAIL_PAGES):
-                room = self.registry.loaded(session_id)
-                if room is None or session_id not in self.running:
-                    return
-                open_commands = await self.commands.open_commands(session_id, COMMAND_BATCH)
-                if not open_commands:
-                    return
-                roles: dict[str, Role | None] = {}
-                for user_id in {c.user_id for c in open_commands}:
-                    # Membership may have changed on another node: read it fresh.
-                    member = await self.store.get_member(session_id, user_id)
-                    roles[user_id] = None if member is None else Role(member.role)
-                    room.set_member(user_id, roles[user_id])
-                outcomes = await asyncio.gather(
-                    *(
-                        self._run_forwarded(room, c.user_id, roles[c.user_id], c.frame)
-                        for c in open_commands
-                    ),
-                    return_exceptions=True,
-                )
-                if session_id not in self.running:
-                    return  # fenced meanwhile: the next holder answers them
-                answers: list[tuple[int, str]] = []
-                for command, outcome in zip(open_commands, outcomes, strict=True):
-                    if isinstance(outcome, BaseException):
-                        # Answered, so a command that crashes cannot block the ones after it.
-                        log.error("forwarded command failed", exc_info=outcome)
-                        outcome = error_reply(
-                            command_id_of(command.frame), ParleyError("internal error")
-                        )
-                    answers.append((command.id, outcome))
-                await self.commands.answer(answers)
+            await self._run_open_commands(session_id)
+        except Exception as exc:
+            # Left open in the table: the next poll (or notification) tries again.
+            log.warning("forwarded commands failed", extra={"error": repr(exc)})
         finally:
             self._draining.discard(session_id)
+            if session_id in self._open_commands:
+                self._wake.set()  # a command came in while this drain was ending
+
+    async def _run_open_commands(self, session_id: str) -> None:
+        """Run the open forwarded commands of a session run here, in id order."""
+        for _ in range(MAX_TAIL_PAGES):
+            room = self.registry.loaded(session_id)
+            if room is None or session_id not in self.running:
+                return
+            open_commands = await self.commands.open_commands(session_id, COMMAND_BATCH)
+            if not open_commands:
+                return
+            roles: dict[str, Role | None] = {}
+            for user_id in {c.user_id for c in open_commands}:
+                # Membership may have changed on another node: read it fresh.
+                member = await self.store.get_member(session_id, user_id)
+                roles[user_id] = None if member is None else Role(member.role)
+                room.set_member(user_id, roles[user_id])
+            outcomes = await asyncio.gather(
+                *(
+                    self._run_forwarded(room, c.user_id, roles[c.user_id], c.frame)
+                    for c in open_commands
+                ),
+                return_exceptions=True,
+            )
+            if session_id not in self.running:
+                return  # fenced meanwhile: the next holder answers them
+            answers: list[tuple[int, str]] = []
+            for command, outcome in zip(open_commands, outcomes, strict=True):
+                if isinstance(outcome, BaseException):
+                    # Answered, so a command that crashes cannot block the ones after it.
+                    log.error("forwarded command failed", exc_info=outcome)
+                    outcome = error_reply(
+                        command_id_of(command.frame), ParleyError("internal error")
+                    )
+                answers.append((command.id, outcome))
+            await self.commands.answer(answers)
 
     async def _run_forwarded(
         self, room: SessionRoom, user_id: str, role: Role | None, frame: str

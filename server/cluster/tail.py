@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from sqlalchemy import and_, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from server.cluster.lease import database_errors
 from server.tables import doc_snapshots, doc_updates
 
 
@@ -26,7 +27,7 @@ class Tail:
 
 
 async def read_tail(engine: AsyncEngine, session_id: str, after: int, limit: int) -> Tail:
-    async with engine.connect() as connection:
+    async with database_errors(), engine.connect() as connection:
         connection = await connection.execution_options(isolation_level="REPEATABLE READ")
         async with connection.begin():
             snap = (
