@@ -55,6 +55,7 @@ class Readiness(Strict):
     status: str
     database: str
     migrations: str
+    listener: str = Field(default="off", description="Cluster mode: ok / down; else off")
 
 
 class SessionCreate(Strict):

@@ -22,6 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server import access_api, api, api_usage
 from server.api_models import Health, Readiness
+from server.cluster.node import ClusterNode
 from server.db import create_engine, current_revision, head_revision
 from server.keys import resolve_keys
 from server.metrics import Metrics
@@ -97,7 +98,12 @@ async def readyz(state: AppState) -> Readiness:
     head = head_revision()
     if revision != head:
         raise Unavailable(f"migrations not current: at {revision}, head is {head}")
-    return Readiness(status="ready", database="ok", migrations=str(revision))
+    listener = "off"
+    if state.rooms.cluster is not None:
+        listener = state.rooms.cluster.status()
+        if listener != "ok":
+            raise Unavailable("the cluster notification listener is not connected")
+    return Readiness(status="ready", database="ok", migrations=str(revision), listener=listener)
 
 
 PROBES = [
@@ -106,7 +112,7 @@ PROBES = [
         "GET",
         "/readyz",
         readyz,
-        "Ready: database reachable, migrations current",
+        "Ready: database reachable, migrations current (cluster: listener connected)",
         response=Readiness,
         auth=False,
         errors=(503,),
@@ -150,13 +156,20 @@ def create_app(
         metrics.watch(lambda: len(rooms), rooms.queue_depth)
         app.state.parley = AppState(settings, store, keys, rooms, clock, metrics)
         await rooms.load_access()
-        recovered = await rooms.recover()
-        if recovered:
-            log.info("resumed sessions with pending prompts", extra={"sessions": recovered})
+        if settings.cluster:
+            # Sessions with work are taken over by whichever node finds them free first.
+            rooms.cluster = ClusterNode(settings, store, rooms)
+            await rooms.cluster.start()
+        else:
+            recovered = await rooms.recover()
+            if recovered:
+                log.info("resumed sessions with pending prompts", extra={"sessions": recovered})
         rooms.start_reaper()
         try:
             yield
         finally:
+            if rooms.cluster is not None:
+                await rooms.cluster.stop()
             await rooms.close()
             await engine.dispose()
 

@@ -16,7 +16,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from pycrdt import Doc, TransactionEvent, merge_updates
 
@@ -88,6 +88,15 @@ class _Write:
     queue: OrderingQueue | None = None
 
 
+class WriteFence(Protocol):
+    """Cluster mode: may this node write the session? Checked first in every write
+    transaction (raise to refuse it); told each update it stores, in the same transaction."""
+
+    async def check(self, tx: StoreTx) -> None: ...
+
+    async def published(self, tx: StoreTx, update_id: int) -> None: ...
+
+
 class SessionRoom:
     def __init__(
         self,
@@ -140,6 +149,7 @@ class SessionRoom:
         self._subscription: Any = None
         self._builder = ContextBuilder(self.context_settings())
         self.summaries: list[Summary] = []
+        self.fence: WriteFence | None = None
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
@@ -200,6 +210,28 @@ class SessionRoom:
         self._since_snapshot = stored.updates_since_snapshot
         self._deletes = None
 
+    async def apply_replicated(self, snapshot: bytes | None, updates: Sequence[bytes]) -> None:
+        """Cluster mode, read replica: apply what the running node committed (a snapshot it
+        squashed the log into, then updates) and pass it on to this node's sockets."""
+        frames: list[bytes] = []
+        async with self._lock:
+            self._captured = []
+            try:
+                if snapshot is not None:
+                    before = self.doc.doc.get_state()
+                    self.doc.doc.apply_update(snapshot)
+                    frames.append(self.doc.doc.get_update(before))
+                for update in updates:
+                    self.doc.doc.apply_update(update)
+                    frames.append(update)
+            finally:
+                self._captured = None
+            self._deletes = None
+        for frame in frames:
+            self.broadcast(encode_sync(SyncType.UPDATE, frame))
+        if frames:
+            self.last_active = self.clock()
+
     def _capture(self, event: TransactionEvent) -> None:
         if self._captured is None:
             raise RuntimeError("the session document changed outside a write")
@@ -215,6 +247,8 @@ class SessionRoom:
             self._captured = captured
             try:
                 async with self.store.transaction() as tx:
+                    if self.fence is not None:
+                        await self.fence.check(tx)
                     write = _Write(tx)
                     yield write
                     if write.queue is not None:
@@ -244,6 +278,8 @@ class SessionRoom:
 
     async def _persist_update(self, tx: StoreTx, update: bytes) -> None:
         update_id = await tx.append_update(self.session_id, update)
+        if self.fence is not None:
+            await self.fence.published(tx, update_id)
         self._since_snapshot += 1
         if self._since_snapshot >= self.settings.snapshot_every_updates:
             await tx.write_snapshot(

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from authz.roles import RoleTable
 from server.access_store import AccessStore, ToolRow
@@ -19,6 +20,9 @@ from session.errors import NotFound, Unavailable
 from session.lifecycle import PromptStatus, ReplyStatus
 from session.model import ModelProvider
 from session.queue import Policy
+
+if TYPE_CHECKING:
+    from server.cluster.node import ClusterNode
 
 log = logging.getLogger("parley.rooms")
 
@@ -45,6 +49,8 @@ class RoomRegistry:
         self._rooms: dict[str, tuple[SessionRoom, SessionRunner]] = {}
         self._loading: dict[str, asyncio.Lock] = {}
         self._reaper: asyncio.Task[None] | None = None
+        # Cluster mode: the node decides whether a room runs here or is a read replica.
+        self.cluster: ClusterNode | None = None
 
     async def get(self, session_id: str) -> SessionRoom:
         """The loaded room of a session; raises ``NotFound`` for an unknown session."""
@@ -73,9 +79,14 @@ class RoomRegistry:
                 webhooks=lambda: self.webhooks,
             )
             room.model = row.model
-            await room.load(row.title, Policy(row.policy), row.restricted_replies)
             runner = SessionRunner(room, self.provider, self.settings.run_timeout_s)
-            runner.start()
+            if self.cluster is not None:
+                await self.cluster.open(
+                    room, runner, row.title, Policy(row.policy), row.restricted_replies
+                )
+            else:
+                await room.load(row.title, Policy(row.policy), row.restricted_replies)
+                runner.start()
             self._rooms[session_id] = (room, runner)
             return room
 
@@ -142,6 +153,8 @@ class RoomRegistry:
         room, runner = loaded
         room.closed = True
         await runner.stop()
+        if self.cluster is not None:
+            await self.cluster.close(room)
         for connection in list(room.connections):
             connection.close(close_code, reason)
 

@@ -127,6 +127,13 @@ class Settings(BaseSettings):
     room_idle_unload_s: float = 60.0
     log_level: str = "info"
 
+    # Cluster mode (several nodes on one PostgreSQL; see server/cluster/)
+    cluster: bool = Field(default=False, description="Run as one of several nodes")
+    node_id: str = Field(default="", max_length=200, description="Empty: host:pid:random")
+    lease_ttl_s: float = Field(default=3.0, gt=0, description="A dead node's sessions move after")
+    cluster_poll_s: float = Field(default=2.0, gt=0, description="Catch-up safety net period")
+    forward_timeout_s: float = Field(default=30.0, gt=0)
+
     @model_validator(mode="after")
     def _models_consistent(self) -> Settings:
         names = [spec.name for spec in self.models]

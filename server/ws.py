@@ -89,6 +89,8 @@ async def session_socket(websocket: WebSocket) -> None:
     snapshot = presence.snapshot()
     if snapshot is not None:
         connection.send(encode_awareness(snapshot))
+    if state.rooms.cluster is not None:
+        state.rooms.cluster.presence.joined(session_id)  # and from the other nodes
     expiry = asyncio.get_running_loop().call_later(
         max(claims.expires_at - state.clock(), 0),
         connection.close,
@@ -121,6 +123,8 @@ async def session_socket(websocket: WebSocket) -> None:
         left = presence.drop(connection)
         if left is not None:
             room.broadcast(encode_awareness(left))
+            if state.rooms.cluster is not None:
+                state.rooms.cluster.presence.publish(session_id, left)
         if not connection.closed:
             connection.close(1000)
         await connection.wait_closed()
@@ -168,7 +172,9 @@ async def _serve(
             continue
         if data is not None:
             try:
-                await _on_binary(room, connection, presence, data)
+                relay = await _on_binary(room, connection, presence, data)
+                if relay is not None and state.rooms.cluster is not None:
+                    state.rooms.cluster.presence.publish(room.session_id, relay)
             except ProtocolError as exc:
                 log.info("protocol error; closing socket", extra={"error": exc.message})
                 connection.close(CLOSE_PROTOCOL, f"protocol error: {exc.message}"[:120])
@@ -177,12 +183,16 @@ async def _serve(
                 connection.send_error(exc)
         elif text is not None:
             connection.speaks_json = True
-            connection.send(await handle_command(room, connection, text))
+            if state.rooms.cluster is not None:  # run where the session runs
+                connection.send(await state.rooms.cluster.command(room, connection, text))
+            else:
+                connection.send(await handle_command(room, connection, text))
 
 
 async def _on_binary(
     room: SessionRoom, connection: Connection, presence: Presence, data: bytes
-) -> None:
+) -> bytes | None:
+    """Handle a binary frame; returns the awareness update it relayed, if any."""
     message = decode_client_frame(data)
     if isinstance(message, SyncMessage):
         if message.sync_type is SyncType.STEP1:
@@ -202,7 +212,9 @@ async def _on_binary(
     elif isinstance(message, AwarenessMessage):
         relay = presence.apply(connection, connection.user_id, message.update)
         room.broadcast(encode_awareness(relay))
+        return relay
     elif isinstance(message, QueryAwarenessMessage):
         snapshot = presence.snapshot()
         if snapshot is not None:
             connection.send(encode_awareness(snapshot))
+    return None

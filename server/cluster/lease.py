@@ -1,0 +1,172 @@
+"""Session leases on PostgreSQL: who runs a session's queue, and the fence on its writes.
+
+A lease row names its holder, an epoch and an expiry on the database's clock (so node
+clocks never matter). A node takes a lease only when it is absent or expired, and each take
+raises the epoch. Every write transaction of the holder first runs ``fence()``: an UPDATE
+of its own row matching holder *and* epoch. The row lock it takes is held to the commit, so
+a takeover either waits for that write to commit (and then finds the lease renewed) or has
+already raised the epoch (and the write finds no row and aborts). A node that lost its
+lease therefore cannot write afterwards, however late it notices.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from session.errors import Unavailable
+
+
+class NotHolder(Unavailable):
+    """This node does not run the session (another node does); nothing was stored."""
+
+
+class Fenced(NotHolder):
+    """This node's lease was taken over: the write was refused and nothing was stored."""
+
+
+@asynccontextmanager
+async def database_errors() -> AsyncIterator[None]:
+    """Database faults surface as ``Unavailable``, as the store's do."""
+    try:
+        yield
+    except (OperationalError, DBAPIError, OSError) as exc:
+        raise Unavailable("the database is unavailable") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    session_id: str
+    holder: str
+    epoch: int
+
+
+_ACQUIRE = text(
+    """
+    INSERT INTO session_leases (session_id, holder, epoch, expires_at)
+    VALUES (:session_id, :holder, 1, clock_timestamp() + make_interval(secs => :ttl))
+    ON CONFLICT (session_id) DO UPDATE
+        SET holder = EXCLUDED.holder,
+            epoch = session_leases.epoch + 1,
+            expires_at = EXCLUDED.expires_at
+        WHERE session_leases.expires_at < clock_timestamp()
+    RETURNING epoch
+    """
+)
+
+_FENCE = text(
+    """
+    UPDATE session_leases SET expires_at = clock_timestamp() + make_interval(secs => :ttl)
+    WHERE session_id = :session_id AND holder = :holder AND epoch = :epoch
+    """
+)
+
+_RENEW_ALL = text(
+    """
+    UPDATE session_leases SET expires_at = clock_timestamp() + make_interval(secs => :ttl)
+    WHERE holder = :holder AND session_id = ANY(:ids)
+    RETURNING session_id, epoch
+    """
+)
+
+_RELEASE = text(
+    """
+    UPDATE session_leases SET expires_at = clock_timestamp() - interval '1 second'
+    WHERE session_id = :session_id AND holder = :holder AND epoch = :epoch
+    """
+)
+
+# Sessions with work (a prompt waiting or cut off, or a forwarded command unanswered) and
+# nobody holding them: what a surviving node takes over.
+_ORPHANED = text(
+    """
+    SELECT session_id FROM (
+        SELECT DISTINCT session_id FROM entries WHERE status IN ('queued', 'running')
+        UNION
+        SELECT DISTINCT session_id FROM session_commands WHERE result IS NULL
+    ) AS busy
+    WHERE NOT EXISTS (
+        SELECT 1 FROM session_leases l
+        WHERE l.session_id = busy.session_id AND l.expires_at >= clock_timestamp()
+    )
+    LIMIT :limit
+    """
+)
+
+_LIVE = text(
+    """
+    SELECT session_id FROM session_leases
+    WHERE session_id = ANY(:ids) AND expires_at >= clock_timestamp()
+    """
+)
+
+
+class LeaseTable:
+    """The ``session_leases`` operations of one node (``holder``)."""
+
+    def __init__(self, engine: AsyncEngine, holder: str, ttl_s: float) -> None:
+        self.engine = engine
+        self.holder = holder
+        self.ttl_s = ttl_s
+
+    async def try_acquire(self, session_id: str) -> Lease | None:
+        """Take the lease if nobody holds it (absent or expired); None if someone does."""
+        async with database_errors(), self.engine.begin() as connection:
+            epoch = (
+                await connection.execute(
+                    _ACQUIRE, {"session_id": session_id, "holder": self.holder, "ttl": self.ttl_s}
+                )
+            ).scalar_one_or_none()
+        return None if epoch is None else Lease(session_id, self.holder, int(epoch))
+
+    async def fence(self, connection: AsyncConnection, lease: Lease) -> None:
+        """In a write transaction: renew the lease, or raise ``Fenced`` if it was lost."""
+        result = await connection.execute(
+            _FENCE,
+            {
+                "session_id": lease.session_id,
+                "holder": lease.holder,
+                "epoch": lease.epoch,
+                "ttl": self.ttl_s,
+            },
+        )
+        if result.rowcount != 1:
+            raise Fenced("this node lost the session to another node; nothing was stored")
+
+    async def renew(self, leases: list[Lease]) -> set[str]:
+        """Extend these leases of this node; returns the session ids still held (same epoch)."""
+        if not leases:
+            return set()
+        async with self.engine.begin() as connection:
+            rows = await connection.execute(
+                _RENEW_ALL,
+                {"holder": self.holder, "ids": [x.session_id for x in leases], "ttl": self.ttl_s},
+            )
+            epochs = {row.session_id: int(row.epoch) for row in rows}
+        return {x.session_id for x in leases if epochs.get(x.session_id) == x.epoch}
+
+    async def release(self, lease: Lease) -> None:
+        """Give the lease up now (another node may take it at once)."""
+        async with self.engine.begin() as connection:
+            await connection.execute(
+                _RELEASE,
+                {"session_id": lease.session_id, "holder": lease.holder, "epoch": lease.epoch},
+            )
+
+    async def orphaned(self, limit: int = 50) -> list[str]:
+        async with self.engine.connect() as connection:
+            rows = await connection.execute(_ORPHANED, {"limit": limit})
+            return [row.session_id for row in rows]
+
+    async def live(self, session_ids: list[str]) -> set[str]:
+        """Which of ``session_ids`` some node holds right now."""
+        if not session_ids:
+            return set()
+        async with self.engine.connect() as connection:
+            rows = await connection.execute(_LIVE, {"ids": session_ids})
+            return {row.session_id for row in rows}

@@ -1,0 +1,489 @@
+"""This process as one node of a cluster on one PostgreSQL.
+
+Each loaded session is, on this node, either **run** here (this node holds its lease: it
+is the only writer of the document and runs the queue) or a **read replica** (it applies
+the update log the running node writes and forwards its sockets' commands there). Nodes
+learn of new updates, forwarded commands and their replies through LISTEN/NOTIFY, and
+re-read the tables after any reconnect and every ``cluster_poll_s`` so a lost notification
+only delays, never loses, anything.
+
+A background loop renews this node's leases, takes over sessions whose holder stopped
+renewing (its replicas first, then any session with work and no live holder) and notices a
+lease it lost (the room is given up and reloaded on next use).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, cast
+
+from sqlalchemy import func, select
+from starlette.websockets import WebSocket
+
+from authz.roles import Member
+from server.cluster.forwarding import (
+    CHANNEL_COMMAND,
+    CHANNEL_RESULT,
+    CommandTable,
+)
+from server.cluster.lease import Fenced, Lease, LeaseTable, NotHolder
+from server.cluster.listener import NotificationListener, asyncpg_dsn
+from server.cluster.metrics import ClusterMetrics
+from server.cluster.presence import CHANNEL_AWARENESS, PresenceRelay
+from server.cluster.tail import read_tail
+from server.commands import handle_command
+from server.connection import Connection
+from server.room import SessionRoom
+from server.runner import SessionRunner
+from server.settings import Settings
+from server.store import MemberRow, Store, StoreTx
+from session.commands import command_id_of, error_reply
+from session.errors import ParleyError, Unavailable
+from session.queue import Policy
+
+if TYPE_CHECKING:
+    from server.rooms import RoomRegistry
+
+log = logging.getLogger("parley.cluster")
+
+CHANNEL_DOC = "parley_doc"  # payload: session id (an update was committed)
+TAIL_PAGE = 500
+MAX_TAIL_PAGES = 100
+COMMAND_BATCH = 200
+FORWARD_POLL_S = 0.5
+ANSWERED_KEPT_S = 600
+
+
+def default_node_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class HolderFence:
+    """The ``WriteFence`` of a room on a cluster node: only the lease holder writes."""
+
+    def __init__(self, node: ClusterNode, room: SessionRoom) -> None:
+        self.node = node
+        self.room = room
+
+    async def check(self, tx: StoreTx) -> None:
+        lease = self.node.leases.get(self.room.session_id)
+        if lease is None:
+            raise NotHolder("another node runs this session; try again")
+        try:
+            await self.node.leases_table.fence(tx.connection, lease)
+        except Fenced:
+            self.node.lost(self.room.session_id, lease)
+            raise
+
+    async def published(self, tx: StoreTx, update_id: int) -> None:
+        await tx.connection.execute(select(func.pg_notify(CHANNEL_DOC, self.room.session_id)))
+
+
+class ClusterNode:
+    def __init__(self, settings: Settings, store: Store, registry: RoomRegistry) -> None:
+        if not store.engine.dialect.name == "postgresql":
+            raise ValueError("cluster mode needs PostgreSQL (PARLEY_DATABASE_URL)")
+        self.settings = settings
+        self.store = store
+        self.registry = registry
+        self.node_id = settings.node_id or default_node_id()
+        self.leases_table = LeaseTable(store.engine, self.node_id, settings.lease_ttl_s)
+        self.commands = CommandTable(store.engine, self.node_id)
+        self.leases: dict[str, Lease] = {}
+        self.running: set[str] = set()  # held, loaded and its runner started
+        self.applied: dict[str, int] = {}  # replica rooms: last update id applied
+        self.live_elsewhere: set[str] = set()
+        self._runners: dict[str, SessionRunner] = {}
+        self._room_locks: dict[str, asyncio.Lock] = {}
+        self._stale_docs: set[str] = set()
+        self._open_commands: set[str] = set()
+        self._draining: set[str] = set()
+        self._results: dict[int, asyncio.Future[str]] = {}
+        self.presence = PresenceRelay(store.engine, self.node_id, registry.loaded)
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._background: set[asyncio.Task[None]] = set()
+        self.listener = NotificationListener(
+            asyncpg_dsn(settings.database_url),
+            {
+                CHANNEL_DOC: self._on_doc,
+                CHANNEL_COMMAND: self._on_command,
+                CHANNEL_RESULT: self._on_result,
+                CHANNEL_AWARENESS: self.presence.on_notification,
+            },
+            self._on_connected,
+            name=f"parley-listener {self.node_id}",
+        )
+        self.metrics = ClusterMetrics(registry.metrics.registry)
+        self.metrics.watch(
+            lambda: len(self.running), lambda: len(self.applied), lambda: self.listener.healthy
+        )
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.listener.start()
+        await self.listener.wait_connected(10)
+        for name, loop in (
+            ("cluster-leases", self._lease_loop),
+            ("cluster-apply", self._apply_loop),
+            ("cluster-presence", self.presence.run),
+        ):
+            self._tasks.append(asyncio.create_task(loop(), name=name))
+
+    async def stop(self) -> None:
+        for task in [*self._tasks, *self._background]:
+            task.cancel()
+        for task in [*self._tasks, *self._background]:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await self.listener.stop()
+
+    def status(self) -> str:
+        return "ok" if self.listener.healthy else "down"
+
+    # -- rooms (called by the registry) ---------------------------------------------------
+
+    async def open(
+        self,
+        room: SessionRoom,
+        runner: SessionRunner,
+        title: str,
+        policy: Policy,
+        restricted_replies: str = "private",
+    ) -> None:
+        """Load a room: run it here if nobody does, else as a read replica."""
+        session_id = room.session_id
+        room.fence = HolderFence(self, room)
+        self._runners[session_id] = runner
+        async with self._lock(session_id):
+            try:
+                room.restricted_replies = restricted_replies
+                taken = await self._take(room, title, policy)
+            except BaseException:
+                self._runners.pop(session_id, None)
+                raise
+            if not taken:
+                room.members = {
+                    m.user_id: _member(m) for m in await self.store.list_members(session_id)
+                }
+                self.applied[session_id] = 0
+                self.live_elsewhere.add(session_id)
+                await self._catch_up(room)
+
+    async def close(self, room: SessionRoom) -> None:
+        """The registry unloaded the room: give its lease up so another node takes it."""
+        session_id = room.session_id
+        self.running.discard(session_id)
+        self.applied.pop(session_id, None)
+        self._runners.pop(session_id, None)
+        self._room_locks.pop(session_id, None)
+        self.live_elsewhere.discard(session_id)
+        lease = self.leases.pop(session_id, None)
+        if lease is not None:
+            with contextlib.suppress(Exception):
+                await self.leases_table.release(lease)
+
+    def lost(self, session_id: str, lease: Lease) -> None:
+        """Our lease was taken over: stop writing; the room is reloaded on next use."""
+        if self.leases.get(session_id) != lease:
+            return
+        del self.leases[session_id]
+        self.running.discard(session_id)
+        self.metrics.lost.inc()
+        log.warning("lease lost", extra={"session_id": session_id, "epoch": lease.epoch})
+        room = self.registry.loaded(session_id)
+        if room is not None:
+            room.fail("this session moved to another node; reconnect")
+        self._spawn(self.registry.unload(session_id, 1013, "session moved to another node"))
+
+    def _lock(self, session_id: str) -> asyncio.Lock:
+        return self._room_locks.setdefault(session_id, asyncio.Lock())
+
+    async def _take(self, room: SessionRoom, title: str, policy: Policy) -> bool:
+        """Try to become the session's runner (under the room's cluster lock)."""
+        session_id = room.session_id
+        lease = await self.leases_table.try_acquire(session_id)
+        if lease is None:
+            return False
+        self.leases[session_id] = lease
+        applied = self.applied.pop(session_id, None)
+        try:
+            # The store is the truth: the queue resumes from it and a reply cut off by the
+            # previous holder is marked interrupted (the same path as a restart).
+            await room.load(title, policy, room.restricted_replies)
+        except BaseException:
+            self.leases.pop(session_id, None)
+            if applied is not None:
+                self.applied[session_id] = applied  # still a replica: keep following
+            with contextlib.suppress(Exception):
+                await self.leases_table.release(lease)
+            raise
+        self.running.add(session_id)
+        self.metrics.taken.inc()
+        self._runners[session_id].start()
+        self._open_commands.add(session_id)
+        self._wake.set()
+        log.info("session taken", extra={"session_id": session_id, "epoch": lease.epoch})
+        return True
+
+    async def _promote(self, room: SessionRoom) -> bool:
+        """A replica here, nobody running it: run it here. True if this node runs it now."""
+        session_id = room.session_id
+        async with self._lock(session_id):
+            if session_id in self.running:
+                return True
+            if room.closed or self.registry.loaded(session_id) is not room:
+                return False
+            row = await self.store.get_session(session_id)
+            if row is None:
+                return False
+            room.restricted_replies = row.restricted_replies
+            room.model = row.model
+            return await self._take(room, row.title, Policy(row.policy))
+
+    # -- commands -------------------------------------------------------------------------
+
+    async def command(self, room: SessionRoom, connection: Connection, frame: str) -> str:
+        """Run a socket's command here if this node runs the session, else forward it."""
+        session_id = room.session_id
+        if session_id not in self.running and session_id not in self.live_elsewhere:
+            try:
+                await self._promote(room)
+            except Exception as exc:  # the database, say: forwarding reports it
+                log.warning("could not take the session", extra={"error": repr(exc)})
+        if session_id in self.running:
+            return await handle_command(room, connection, frame)
+        return await self._forward(room, connection.user_id, frame)
+
+    async def _forward(self, room: SessionRoom, user_id: str, frame: str) -> str:
+        session_id = room.session_id
+        try:
+            command_id = await self.commands.submit(
+                session_id, user_id, frame, int(time.time() * 1000)
+            )
+        except Exception:
+            self.metrics.forwarded.labels(outcome="unstored").inc()
+            return error_reply(command_id_of(frame), Unavailable("the database is unavailable"))
+        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._results[command_id] = future
+        deadline = time.monotonic() + self.settings.forward_timeout_s
+        try:
+            while (remaining := deadline - time.monotonic()) > 0:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(min(FORWARD_POLL_S, remaining)):
+                        reply = await asyncio.shield(future)
+                        self.metrics.forwarded.labels(outcome="answered").inc()
+                        return reply
+                with contextlib.suppress(Exception):
+                    result = await self.commands.result(command_id)
+                    if result is not None:
+                        self.metrics.forwarded.labels(outcome="answered").inc()
+                        return result
+                    if session_id not in self.running and session_id not in self.live_elsewhere:
+                        # The running node may be gone: take the session (and this command).
+                        await self._promote(room)
+        finally:
+            self._results.pop(command_id, None)
+        self.metrics.forwarded.labels(outcome="timeout").inc()
+        return error_reply(
+            command_id_of(frame),
+            Unavailable("the node running this session did not answer; send it again"),
+        )
+
+    async def _drain_commands(self, session_id: str) -> None:
+        """Run the forwarded commands of a session this node runs, in id order."""
+        if session_id in self._draining:
+            self._open_commands.add(session_id)  # look again when this drain ends
+            return
+        self._draining.add(session_id)
+        try:
+            await self._run_open_commands(session_id)
+        except Exception as exc:
+            # Left open in the table: the next poll (or notification) tries again.
+            log.warning("forwarded commands failed", extra={"error": repr(exc)})
+        finally:
+            self._draining.discard(session_id)
+            if session_id in self._open_commands:
+                self._wake.set()  # a command came in while this drain was ending
+
+    async def _run_open_commands(self, session_id: str) -> None:
+        """Run the open forwarded commands of a session run here, in id order."""
+        for _ in range(MAX_TAIL_PAGES):
+            room = self.registry.loaded(session_id)
+            if room is None or session_id not in self.running:
+                return
+            open_commands = await self.commands.open_commands(session_id, COMMAND_BATCH)
+            if not open_commands:
+                return
+            for user_id in {c.user_id for c in open_commands}:
+                # Membership may have changed on another node: read it fresh.
+                member = await self.store.get_member(session_id, user_id)
+                room.set_member(user_id, None if member is None else _member(member))
+            outcomes = await asyncio.gather(
+                *(self._run_forwarded(room, c.user_id, c.frame) for c in open_commands),
+                return_exceptions=True,
+            )
+            if session_id not in self.running:
+                return  # fenced meanwhile: the next holder answers them
+            answers: list[tuple[int, str]] = []
+            for command, outcome in zip(open_commands, outcomes, strict=True):
+                if isinstance(outcome, BaseException):
+                    # Answered, so a command that crashes cannot block the ones after it.
+                    log.error("forwarded command failed", exc_info=outcome)
+                    outcome = error_reply(
+                        command_id_of(command.frame), ParleyError("internal error")
+                    )
+                answers.append((command.id, outcome))
+            await self.commands.answer(answers)
+
+    async def _run_forwarded(self, room: SessionRoom, user_id: str, frame: str) -> str:
+        # ``handle_command`` knows its sender by a Connection (and decides by the member's
+        # current rights in the room); this sender has no socket, nothing is sent on it.
+        sender = Connection(cast(WebSocket, None), user_id, 1)
+        return await handle_command(room, sender, frame)
+
+    # -- notifications --------------------------------------------------------------------
+
+    def _on_doc(self, session_id: str) -> None:
+        if session_id in self.applied:
+            self._stale_docs.add(session_id)
+            self._wake.set()
+
+    def _on_command(self, session_id: str) -> None:
+        if session_id in self.running:
+            self._open_commands.add(session_id)
+            self._wake.set()
+
+    def _on_result(self, payload: str) -> None:
+        head, _, reply = payload.partition(" ")
+        future = self._results.get(int(head))
+        if future is None or future.done():
+            return
+        if reply:
+            future.set_result(reply)
+        else:
+            self._spawn(self._fetch_result(int(head), future))
+
+    async def _fetch_result(self, command_id: int, future: asyncio.Future[str]) -> None:
+        result = await self.commands.result(command_id)
+        if result is not None and not future.done():
+            future.set_result(result)
+
+    def _on_connected(self) -> None:
+        """After a (re)connect notifications may have been missed: look at everything."""
+        self._stale_docs.update(self.applied)
+        self._open_commands.update(self.running)
+        self._wake.set()
+
+    def _spawn(self, work: Coroutine[object, object, None]) -> None:
+        task = asyncio.create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # -- background loops -----------------------------------------------------------------
+
+    async def _apply_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            stale, self._stale_docs = self._stale_docs, set()
+            for session_id in stale:
+                room = self.registry.loaded(session_id)
+                if room is not None and session_id in self.applied:
+                    try:
+                        await self._catch_up(room)
+                    except Exception:
+                        log.warning("catch-up failed", extra={"session_id": session_id})
+                        self._stale_docs.add(session_id)
+            waiting, self._open_commands = self._open_commands, set()
+            for session_id in waiting:
+                self._spawn(self._drain_commands(session_id))
+
+    async def _catch_up(self, room: SessionRoom) -> None:
+        session_id = room.session_id
+        for _ in range(MAX_TAIL_PAGES):
+            after = self.applied.get(session_id)
+            if after is None:
+                return  # run here now: the room has the state
+            tail = await read_tail(self.store.engine, session_id, after, TAIL_PAGE)
+            if tail.snapshot is not None or tail.updates:
+                await room.apply_replicated(tail.snapshot, tail.updates)
+            if session_id in self.applied:
+                self.applied[session_id] = tail.last_id
+            if tail.complete:
+                return
+        self._stale_docs.add(session_id)  # a very long tail: go on next round
+
+    async def _lease_loop(self) -> None:
+        interval = self.settings.lease_ttl_s / 4
+        last_poll = 0.0
+        last_cleanup = time.monotonic()
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self._keep_leases()
+                await self._take_over()
+                now = time.monotonic()
+                if now - last_poll >= self.settings.cluster_poll_s:
+                    last_poll = now
+                    self._on_connected()  # the safety net for a missed notification
+                    await self._refresh_members()
+                if now - last_cleanup >= ANSWERED_KEPT_S / 10:
+                    last_cleanup = now
+                    cutoff = int((time.time() - ANSWERED_KEPT_S) * 1000)
+                    await self.commands.forget_answered(cutoff)
+            except Exception as exc:
+                log.warning("lease round failed", extra={"error": f"{type(exc).__name__}: {exc}"})
+
+    async def _refresh_members(self) -> None:
+        """Apply membership changes made over REST on other nodes to this node's sockets
+        (a revoked member's socket closes with 4403, a deleted session's with 4404)."""
+        for session_id in list(self._runners):
+            room = self.registry.loaded(session_id)
+            if room is None or room.closed:
+                continue
+            if await self.store.get_session(session_id) is None:
+                await self.registry.forget_session(session_id)
+                continue
+            current = {m.user_id: _member(m) for m in await self.store.list_members(session_id)}
+            for user_id in set(room.members) - set(current):
+                room.set_member(user_id, None)
+            for user_id, member in current.items():
+                if room.members.get(user_id) != member:
+                    room.set_member(user_id, member)
+
+    async def _keep_leases(self) -> None:
+        held = list(self.leases.values())
+        kept = await self.leases_table.renew(held)
+        for lease in held:
+            if lease.session_id not in kept:
+                self.lost(lease.session_id, lease)
+
+    async def _take_over(self) -> None:
+        replicas = list(self.applied)
+        self.live_elsewhere = await self.leases_table.live(replicas)
+        for session_id in replicas:
+            room = self.registry.loaded(session_id)
+            if session_id not in self.live_elsewhere and room is not None:
+                await self._promote(room)
+        for session_id in await self.leases_table.orphaned():
+            if self.registry.loaded(session_id) is None:
+                try:
+                    await self.registry.get(session_id)
+                except Exception as exc:
+                    log.warning(
+                        "takeover failed",
+                        extra={"session_id": session_id, "error": f"{type(exc).__name__}"},
+                    )
+
+
+def _member(row: MemberRow) -> Member:
+    return Member(row.user_id, row.role, frozenset(row.grants), frozenset(row.denials))

@@ -1,0 +1,129 @@
+"""Test helpers: several real ``parley serve`` processes on one PostgreSQL database."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+
+from tests.conftest import ADMIN_KEY, ServerProcess, free_port, postgres_database
+from tests.yclient import YClient
+
+
+@dataclass
+class Cluster:
+    url: str
+    nodes: list[ServerProcess]
+    http: httpx.AsyncClient  # the admin API, through the first node
+
+    def node(self, node_id: str) -> ServerProcess:
+        return next(n for n in self.nodes if n.env["PARLEY_NODE_ID"] == node_id)
+
+    async def new_session(self, members: dict[str, str], **body: Any) -> str:
+        response = await self.http.post("/api/v1/sessions", json=body)
+        assert response.status_code == 201, response.text
+        sid = str(response.json()["id"])
+        for user, role in members.items():
+            put = await self.http.put(f"/api/v1/sessions/{sid}/members/{user}", json={"role": role})
+            assert put.status_code == 200, put.text
+        return sid
+
+    async def connect(self, node: ServerProcess, sid: str, user: str) -> YClient:
+        response = await self.http.post(  # from the node itself: any node may be down
+            f"{node.base_url}/api/v1/sessions/{sid}/tokens", json={"user_id": user}
+        )
+        if response.status_code != 201:  # a node shutting down, say: try another
+            raise ConnectionError(f"{response.status_code}: {response.text}")
+        client = await YClient.connect(node.ws_url, sid, response.json()["token"])
+        await asyncio.wait_for(client.synced.wait(), 20)
+        return client
+
+    async def holder(self, sid: str) -> tuple[str, int] | None:
+        """The node running ``sid`` and its lease epoch; None when nobody holds it."""
+        connection = await asyncpg.connect(self.url.replace("+asyncpg", ""))
+        try:
+            row = await connection.fetchrow(
+                "SELECT holder, epoch FROM session_leases "
+                "WHERE session_id = $1 AND expires_at >= clock_timestamp()",
+                sid,
+            )
+        finally:
+            await connection.close()
+        return None if row is None else (str(row["holder"]), int(row["epoch"]))
+
+    async def wait_holder(
+        self, sid: str, timeout_s: float = 20, *, not_: str | None = None
+    ) -> tuple[str, int]:
+        """The node running ``sid`` (other than ``not_``), polled every 50 ms."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            found = await self.holder(sid)
+            if found is not None and found[0] != not_:
+                return found
+            await asyncio.sleep(0.05)
+        raise TimeoutError(f"no node (other than {not_}) runs {sid}")
+
+
+@contextlib.asynccontextmanager
+async def cluster(tmp_path: Path, count: int, **env: str) -> AsyncIterator[Cluster]:
+    async with postgres_database() as url:
+        nodes = [
+            ServerProcess(
+                url,
+                tmp_path / "data",
+                free_port(),
+                PARLEY_CLUSTER="1",
+                PARLEY_NODE_ID=f"n{i}",
+                **env,
+            )
+            for i in range(count)
+        ]
+        http = httpx.AsyncClient(
+            base_url=nodes[0].base_url, headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=30
+        )
+        try:
+            await nodes[0].start()  # applies the migrations; the others find them current
+            await asyncio.gather(*(node.start() for node in nodes[1:]))
+            yield Cluster(url, nodes, http)
+        finally:
+            await http.aclose()
+            for node in nodes:
+                await asyncio.to_thread(node.stop)
+
+
+def settled(client: YClient, prompt_ids: set[str]) -> bool:
+    seen = 0
+    for entry in client.transcript:
+        if entry["id"] in prompt_ids:
+            seen += 1
+        if entry["status"] in {"queued", "running", "streaming"}:
+            return False
+    return seen == len(prompt_ids)
+
+
+def check_one_story(views: list[list[dict[str, Any]]], prompt_ids: set[str]) -> None:
+    """Every view has the same entries in the same order; each prompt once, seqs without
+    gaps, each reply right under the prompt it answers, no prompt answered twice."""
+    order = [e["id"] for e in views[0]]
+    for view in views[1:]:
+        assert [e["id"] for e in view] == order
+    assert len(set(order)) == len(order)
+    view = views[0]
+    prompts = [e for e in view if e["kind"] == "prompt"]
+    assert {e["id"] for e in prompts} == prompt_ids
+    assert [int(e["seq"]) for e in prompts] == list(range(1, len(prompts) + 1))
+    by_id = {e["id"]: e for e in view}
+    answered: list[str] = []
+    for index, entry in enumerate(view):
+        if entry["kind"] == "reply":
+            assert view[index - 1]["id"] == entry["reply_to"]
+            answered += list(entry["answers"])
+            assert all(by_id[p]["reply_id"] == entry["id"] for p in entry["answers"])
+    assert len(answered) == len(set(answered))  # no prompt ran twice

@@ -1,0 +1,112 @@
+"""Session leases on a real PostgreSQL: one holder at a time, and the fence on its writes."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+from sqlalchemy import select, text
+
+from server.cluster.lease import Fenced, LeaseTable
+from server.db import create_engine, migrate
+from server.store import Store
+from server.tables import doc_updates
+from tests.conftest import postgres_database
+
+pytestmark = pytest.mark.postgres
+
+
+@pytest.fixture
+async def store() -> AsyncIterator[Store]:
+    async with postgres_database() as url:
+        await asyncio.to_thread(migrate, url)
+        engine = create_engine(url)
+        store = Store(engine)
+        await store.create_session("s1", "t", "queue", 0)
+        try:
+            yield store
+        finally:
+            await engine.dispose()
+
+
+async def expire(store: Store, session_id: str) -> None:
+    async with store.engine.begin() as connection:
+        await connection.execute(
+            text(
+                "UPDATE session_leases SET expires_at = clock_timestamp() - interval '1 second' "
+                "WHERE session_id = :s"
+            ),
+            {"s": session_id},
+        )
+
+
+async def updates_of(store: Store, session_id: str) -> list[bytes]:
+    async with store.engine.connect() as connection:
+        rows = await connection.execute(
+            select(doc_updates.c.data).where(doc_updates.c.session_id == session_id)
+        )
+        return [bytes(r.data) for r in rows]
+
+
+async def test_one_holder_at_a_time_and_takeover_raises_the_epoch(store: Store) -> None:
+    a = LeaseTable(store.engine, "node-a", ttl_s=30)
+    b = LeaseTable(store.engine, "node-b", ttl_s=30)
+    first = await a.try_acquire("s1")
+    assert first is not None and first.epoch == 1
+    assert await b.try_acquire("s1") is None
+    assert await a.try_acquire("s1") is None  # not even twice by the same node
+    assert await b.live(["s1"]) == {"s1"}
+    await expire(store, "s1")
+    assert await b.live(["s1"]) == set()
+    second = await b.try_acquire("s1")
+    assert second is not None and second.epoch == 2 and second.holder == "node-b"
+    assert await a.renew([first]) == set()  # a learns it lost the lease
+    assert await b.renew([second]) == {"s1"}
+
+
+async def test_a_fenced_holder_cannot_write(store: Store) -> None:
+    a = LeaseTable(store.engine, "node-a", ttl_s=30)
+    b = LeaseTable(store.engine, "node-b", ttl_s=30)
+    lease = await a.try_acquire("s1")
+    assert lease is not None
+    async with store.transaction() as tx:
+        await a.fence(tx.connection, lease)
+        await tx.append_update("s1", b"before")
+    await expire(store, "s1")  # node a stalls past its lease...
+    assert await b.try_acquire("s1") is not None  # ...and node b takes over
+    with pytest.raises(Fenced):
+        async with store.transaction() as tx:
+            await tx.append_update("s1", b"late")
+            await a.fence(tx.connection, lease)
+    assert await updates_of(store, "s1") == [b"before"]  # the late write was rolled back
+
+
+async def test_a_takeover_waits_for_the_holders_write_and_then_finds_it_renewed(
+    store: Store,
+) -> None:
+    """The fence's row lock serialises a write with a takeover: no write slips past one."""
+    a = LeaseTable(store.engine, "node-a", ttl_s=30)
+    b = LeaseTable(store.engine, "node-b", ttl_s=30)
+    lease = await a.try_acquire("s1")
+    assert lease is not None
+    await expire(store, "s1")
+    fenced = asyncio.Event()
+    release = asyncio.Event()
+
+    async def slow_write() -> None:
+        async with store.transaction() as tx:
+            await a.fence(tx.connection, lease)  # expired, but nobody took it: still ours
+            fenced.set()
+            await tx.append_update("s1", b"in flight")
+            await release.wait()
+
+    writer = asyncio.create_task(slow_write())
+    await asyncio.wait_for(fenced.wait(), 10)
+    takeover = asyncio.create_task(b.try_acquire("s1"))
+    await asyncio.sleep(0.3)
+    assert not takeover.done()  # blocked on the holder's row lock
+    release.set()
+    await asyncio.wait_for(writer, 10)
+    assert await asyncio.wait_for(takeover, 10) is None  # the write renewed the lease
+    assert await updates_of(store, "s1") == [b"in flight"]

@@ -1,0 +1,284 @@
+"""Several nodes on one PostgreSQL: one session across nodes, one order, failover, fencing.
+
+Each test runs real ``parley serve`` processes with ``PARLEY_CLUSTER=1`` on a fresh
+database; clients are spread across the nodes with no sticky routing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+
+from tests.server.cluster.nodes import check_one_story, cluster, settled
+from tests.yclient import YClient
+
+pytestmark = pytest.mark.postgres
+
+CLIENTS = 30
+PROMPTS_EACH = 10  # 300 prompts: the 50 x 20 scenario scaled to two busy cores
+
+
+async def burst(client: YClient, user: str, count: int, timeout: float = 120) -> list[Any]:
+    return list(
+        await asyncio.gather(
+            *(
+                client.command(
+                    {"type": "prompt", "id": f"{user}-{n}", "text": f"{user} #{n}"},
+                    timeout=timeout,
+                )
+                for n in range(count)
+            )
+        )
+    )
+
+
+async def seen_at(client: YClient, entry_id: str, timeout_s: float = 10) -> float:
+    """When ``entry_id`` shows up in the client's copy of the transcript."""
+    async with asyncio.timeout(timeout_s):
+        while not any(e["id"] == entry_id for e in client.transcript):
+            client.changed.clear()
+            await client.changed.wait()
+    return time.perf_counter()
+
+
+async def test_thirty_clients_on_three_nodes_see_one_order(tmp_path: Path) -> None:
+    async with cluster(
+        tmp_path,
+        3,
+        PARLEY_OFFLINE_TOKEN_DELAY_MS="0",
+        PARLEY_MAX_PENDING_PER_USER=str(PROMPTS_EACH),
+        PARLEY_MAX_PENDING_PER_SESSION=str(CLIENTS * PROMPTS_EACH),
+    ) as nodes:
+        users = [f"u{i:02d}" for i in range(CLIENTS)]
+        sid = await nodes.new_session(dict.fromkeys(users, "editor"))
+        clients = [
+            await nodes.connect(nodes.nodes[i % 3], sid, user) for i, user in enumerate(users)
+        ]
+        started = time.monotonic()
+        replies = await asyncio.gather(
+            *(burst(c, u, PROMPTS_EACH) for c, u in zip(clients, users, strict=True))
+        )
+        acks = [r for per_client in replies for r in per_client]
+        assert all(a["type"] == "ack" for a in acks), [a for a in acks if a["type"] != "ack"]
+        prompt_ids = {str(a["prompt_id"]) for a in acks}
+        for client in clients:
+            await client.wait_until(lambda c: settled(c, prompt_ids), timeout=180)
+        elapsed = time.monotonic() - started
+        views = [c.entries() for c in clients]
+        check_one_story(views, prompt_ids)
+        assert all(e["status"] == "done" for e in views[0] if e["kind"] != "message")
+        rest = (await nodes.http.get(f"/api/v1/sessions/{sid}/transcript")).json()["messages"]
+        assert [e["id"] for e in rest] == [e["id"] for e in views[0]]
+
+        # Fan-out latency: a message stored on the running node, seen on the others.
+        holder, _ = await nodes.wait_holder(sid)
+        home = next(i for i in range(3) if nodes.nodes[i] is nodes.node(holder))
+        writer = clients[home]
+        readers = [clients[(home + 1) % 3], clients[(home + 2) % 3]]
+        lags: list[float] = []
+        forwarded: list[float] = []
+        for n in range(20):
+            sent = time.perf_counter()
+            ack = await writer.command({"type": "message", "id": f"m{n}", "text": f"note {n}"})
+            acked = time.perf_counter()
+            for reader in readers:
+                lags.append(await seen_at(reader, ack["message_id"]) - acked)
+            local = acked - sent
+            sent = time.perf_counter()
+            await readers[0].command({"type": "message", "id": f"f{n}", "text": f"reply {n}"})
+            forwarded.append(time.perf_counter() - sent - local)
+        print(
+            f"\n{CLIENTS} clients x {PROMPTS_EACH} prompts on 3 nodes: {elapsed:.1f} s; "
+            f"fan-out after commit: median {statistics.median(lags) * 1000:.1f} ms, "
+            f"max {max(lags) * 1000:.1f} ms; forwarding adds median "
+            f"{statistics.median(forwarded) * 1000:.1f} ms to an ack"
+        )
+        assert statistics.median(lags) < 0.5
+        for client in clients:
+            await client.close()
+
+
+async def test_readyz_reports_the_listener(tmp_path: Path) -> None:
+    async with cluster(tmp_path, 1) as nodes, httpx.AsyncClient() as http:
+        body = (await http.get(f"{nodes.nodes[0].base_url}/readyz")).json()
+        assert body["listener"] == "ok" and body["database"] == "ok"
+        metrics = (await http.get(f"{nodes.nodes[0].base_url}/metrics")).text
+        assert "parley_cluster_listener_up 1.0" in metrics
+        assert "parley_cluster_sessions_run 0.0" in metrics
+
+
+async def test_killing_the_running_node_moves_the_session(tmp_path: Path) -> None:
+    ttl = 2.0
+    async with cluster(
+        tmp_path, 3, PARLEY_OFFLINE_TOKEN_DELAY_MS="25", PARLEY_LEASE_TTL_S=str(ttl)
+    ) as nodes:
+        users = [f"u{i}" for i in range(6)]
+        sid = await nodes.new_session(dict.fromkeys(users, "editor"))
+        placed = [
+            (nodes.nodes[i % 3], await nodes.connect(nodes.nodes[i % 3], sid, u))
+            for i, u in enumerate(users)
+        ]
+        replies = await asyncio.gather(
+            *(burst(c, u, 4) for (_, c), u in zip(placed, users, strict=True))
+        )
+        acks = [r for per_client in replies for r in per_client]
+        assert all(a["type"] == "ack" for a in acks)
+        prompt_ids = {str(a["prompt_id"]) for a in acks}
+        holder, epoch = await nodes.wait_holder(sid)
+        dead = nodes.node(holder)
+        watcher = next(c for node, c in placed if node is not dead)
+        # Mid-stream: the third reply has begun.
+        await watcher.wait_until(
+            lambda c: (
+                sum(e["kind"] == "reply" for e in c.transcript) >= 3
+                and any(e["status"] == "streaming" and str(e["content"]) for e in c.transcript)
+            ),
+            timeout=60,
+        )
+        assert dead.process is not None
+        dead.process.send_signal(signal.SIGKILL)
+        killed = time.monotonic()
+        await asyncio.to_thread(dead.process.wait, 10)
+        found = await nodes.wait_holder(sid, 15, not_=holder)
+        takeover = time.monotonic() - killed
+        assert found[1] > epoch
+        survivors = [c for node, c in placed if node is not dead]
+        for client in survivors:
+            await client.wait_until(lambda c: settled(c, prompt_ids), timeout=120)
+        views = [c.entries() for c in survivors]
+        check_one_story(views, prompt_ids)
+        prompts = [e for e in views[0] if e["kind"] == "prompt"]
+        cut = [e for e in prompts if e["status"] != "done"]
+        assert len(cut) <= 1 and all(e["reason"].startswith("interrupted") for e in cut), cut
+        cut_replies = [e for e in views[0] if e["kind"] == "reply" and e["status"] != "done"]
+        assert [e["status"] for e in cut_replies] == ["interrupted"] * len(cut)
+        print(
+            f"\ntakeover after SIGKILL: {takeover:.2f} s (lease TTL {ttl:g} s); cut off: {len(cut)}"
+        )
+        assert takeover < ttl + 3
+        for _, client in placed:
+            await client.close()
+
+
+async def test_a_paused_holder_is_fenced_when_it_wakes(tmp_path: Path) -> None:
+    """A node that stalls past its lease (SIGSTOP) and wakes up must not write again."""
+    async with cluster(
+        tmp_path, 2, PARLEY_OFFLINE_TOKEN_DELAY_MS="25", PARLEY_LEASE_TTL_S="1.5"
+    ) as nodes:
+        sid = await nodes.new_session({"a": "editor", "b": "editor"})
+        first = await nodes.connect(nodes.nodes[0], sid, "a")
+        await first.command({"type": "prompt", "id": "p0", "text": "warm up"})
+        holder, _ = await nodes.wait_holder(sid)
+        paused = nodes.node(holder)
+        other = next(n for n in nodes.nodes if n is not paused)
+        on_paused = await nodes.connect(paused, sid, "a")
+        watcher = await nodes.connect(other, sid, "b")
+        acks = [
+            await watcher.command({"type": "prompt", "id": f"q{n}", "text": "tell me a long story"})
+            for n in range(3)
+        ]
+        prompt_ids = {e["id"] for e in first.entries() if e["kind"] == "prompt"} | {
+            a["prompt_id"] for a in acks
+        }
+        await watcher.wait_until(
+            lambda c: any(e["status"] == "streaming" and str(e["content"]) for e in c.transcript),
+            timeout=60,
+        )
+        assert paused.process is not None
+        os.kill(paused.process.pid, signal.SIGSTOP)
+        try:
+            await nodes.wait_holder(sid, 15, not_=holder)
+        finally:
+            os.kill(paused.process.pid, signal.SIGCONT)
+        # It wakes mid-reply: its next write is refused and its sockets told to reconnect.
+        assert await on_paused.wait_closed(timeout=20) == 1013
+        await watcher.wait_until(lambda c: settled(c, prompt_ids), timeout=60)
+        again = await nodes.connect(paused, sid, "a")
+        await again.wait_until(lambda c: settled(c, prompt_ids), timeout=30)
+        check_one_story([watcher.entries(), again.entries()], prompt_ids)
+        for client in (first, on_paused, watcher, again):
+            await client.close()
+
+
+async def test_membership_changes_and_deletion_reach_every_node(tmp_path: Path) -> None:
+    async with cluster(tmp_path, 2, PARLEY_CLUSTER_POLL_S="0.5") as nodes:
+        sid = await nodes.new_session({"a": "editor", "b": "editor"})
+        first = await nodes.connect(nodes.nodes[0], sid, "a")
+        await first.command({"type": "message", "id": "m1", "text": "hello"})
+        a = await nodes.connect(nodes.nodes[1], sid, "a")
+        b = await nodes.connect(nodes.nodes[1], sid, "b")
+        # Changed over REST on node 0; b's socket is on node 1.
+        assert (await nodes.http.delete(f"/api/v1/sessions/{sid}/members/b")).status_code == 204
+        assert await b.wait_closed(timeout=10) == 4403
+        assert (await nodes.http.delete(f"/api/v1/sessions/{sid}")).status_code == 204
+        assert await a.wait_closed(timeout=10) == 4404
+        assert await first.wait_closed(timeout=10) == 4404
+
+
+async def test_the_listener_reconnects_and_catches_up(tmp_path: Path) -> None:
+    """Updates committed while a node's listener is away are not lost: it re-reads."""
+    listener = "application_name = 'parley-listener n1'"
+    async with cluster(tmp_path, 2, PARLEY_CLUSTER_POLL_S="60") as nodes:
+        sid = await nodes.new_session({"a": "editor", "b": "editor"})
+        holder_client = await nodes.connect(nodes.nodes[0], sid, "a")
+        await holder_client.command({"type": "message", "id": "m0", "text": "first"})
+        assert (await nodes.wait_holder(sid))[0] == "n0"
+        reader = await nodes.connect(nodes.nodes[1], sid, "b")
+        admin = await asyncpg.connect(nodes.url.replace("+asyncpg", ""))
+        caught_up_after_gap = False
+        try:
+            for attempt in range(5):
+                await admin.execute(
+                    f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE {listener}"
+                )
+                for _ in range(100):  # termination is asynchronous: wait for the gap
+                    if not await admin.fetchval(
+                        f"SELECT count(*) FROM pg_stat_activity WHERE {listener}"
+                    ):
+                        break
+                    await asyncio.sleep(0.01)
+                ack = await holder_client.command(
+                    {"type": "message", "id": f"m{attempt + 1}", "text": "while away"}
+                )
+                committed = await admin.fetchval("SELECT clock_timestamp()")
+                await seen_at(reader, ack["message_id"], timeout_s=10)
+                started = await admin.fetchval(
+                    f"SELECT backend_start FROM pg_stat_activity WHERE {listener}"
+                )
+                if started is not None and started > committed:
+                    caught_up_after_gap = True  # its notification went to nobody
+                    break
+        finally:
+            await admin.close()
+        assert caught_up_after_gap
+        async with httpx.AsyncClient() as http:
+            ready = await http.get(f"{nodes.nodes[1].base_url}/readyz")
+        assert ready.json()["listener"] == "ok"
+        for client in (holder_client, reader):
+            await client.close()
+
+
+async def test_presence_crosses_nodes(tmp_path: Path) -> None:
+    async with cluster(tmp_path, 2) as nodes:
+        sid = await nodes.new_session({"x": "editor", "y": "viewer"})
+        x = await nodes.connect(nodes.nodes[0], sid, "x")
+        await x.set_awareness(111, 1, {"name": "X"})
+        await x.wait_until(lambda c: 111 in c.awareness, timeout=5)
+        # y joins on the other node and sees x at once (not at x's next renewal).
+        y = await nodes.connect(nodes.nodes[1], sid, "y")
+        await y.wait_until(lambda c: (c.awareness.get(111) or {}).get("name") == "X", timeout=5)
+        assert y.awareness[111]["parley"] == {"user_id": "x"}
+        await y.set_awareness(222, 1, {"name": "Y"})
+        await x.wait_until(lambda c: (c.awareness.get(222) or {}).get("name") == "Y", timeout=5)
+        await y.close()
+        await x.wait_until(lambda c: 222 in c.awareness and c.awareness[222] is None, timeout=5)
+        await x.close()
