@@ -68,6 +68,7 @@ class Subscriber:
         self.base_chars = 0
         self.tokens = 0
         self.held = 0
+        self.updates = 0
         self.holds = array("d")
         self.done: asyncio.Future[None] | None = None
 
@@ -114,6 +115,7 @@ class Subscriber:
         size, pos = _varuint(message, pos)
         self.doc.apply_update(message[pos : pos + size])
         if self.armed:
+            self.updates += 1
             self._observe()
 
     def _observe(self) -> None:
@@ -195,14 +197,15 @@ class Worker:
             subscriber.arm(tokens)
         return len(self.subscribers)
 
-    async def collect(self, timeout_s: float) -> list[bytes]:
+    async def collect(self, timeout_s: float) -> list[tuple[bytes, int]]:
         """Wait until every subscriber holds every token (or the timeout); return each
-        one's hold times as packed doubles (0.0: never held)."""
+        one's hold times as packed doubles (0.0: never held) and how many document
+        updates it applied while armed."""
         waits = [s.done for s in self.subscribers if s.done is not None]
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout_s):
                 await asyncio.gather(*waits)
-        holds = [s.holds.tobytes() for s in self.subscribers]
+        holds = [(s.holds.tobytes(), s.updates) for s in self.subscribers]
         for subscriber in self.subscribers:
             subscriber.disarm()
         return holds

@@ -64,6 +64,7 @@ class Sizes:
     admission_open_count: int
     runs: int
     shards: int = 4
+    parley_database: str = "sqlite"  # for fan-out and connections; admission runs both
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -167,7 +168,11 @@ async def run_server(
 ) -> dict[str, Any]:
     """Fan-out (saturated and paced) and connections against one server."""
     result: dict[str, Any] = {}
-    async with running(make_target(name, workdir)) as target:
+    async with contextlib.AsyncExitStack() as stack:
+        url = None
+        if name == PARLEY and sizes.parley_database == "postgresql":
+            url = await stack.enter_async_context(postgres_database())
+        target = await stack.enter_async_context(running(make_target(name, workdir, url)))
         if "fanout" in chosen:
             result["fanout"] = []
             for subscribers in sizes.fanout_subscribers:
@@ -204,9 +209,15 @@ async def run_server(
     return result
 
 
-async def run_admission(sizes: Sizes, pool: ClientPool, workdir: Path) -> dict[str, Any]:
+async def run_admission(
+    sizes: Sizes,
+    pool: ClientPool,
+    workdir: Path,
+    databases: tuple[str, ...] = ("sqlite", "postgresql"),
+) -> dict[str, Any]:
+    """Prompt admission against Parley on each database (PostgreSQL: a scratch one)."""
     result: dict[str, Any] = {}
-    for database in ("sqlite", "postgresql"):
+    for database in databases:
         print(f"  parley: admission on {database}", flush=True)
         async with contextlib.AsyncExitStack() as stack:
             url = None
@@ -301,8 +312,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     parser.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated subset")
     parser.add_argument("--out", type=Path, default=BENCH_DIR / "results")
+    parser.add_argument(
+        "--parley-database",
+        choices=("sqlite", "postgresql"),
+        default="sqlite",
+        help="Parley's database for fan-out and connections (admission runs on both)",
+    )
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else FULL
+    sizes.parley_database = args.parley_database
     if args.runs:
         sizes.runs = args.runs
     servers = [s for s in args.servers.split(",") if s]

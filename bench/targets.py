@@ -116,7 +116,7 @@ class Target:
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
             try:
-                await asyncio.to_thread(self.process.wait, 20)
+                await asyncio.to_thread(self.process.wait, 60)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 await asyncio.to_thread(self.process.wait, 10)

@@ -50,21 +50,24 @@ async def _round(
     tokens: int,
     rate: float,
     timeout_s: float,
-) -> tuple[list[list[float]], list[array[float]]]:
+) -> tuple[list[list[float]], list[array[float]], list[int]]:
     """Arm the subscribers, start every room's writer, wait for the tokens to arrive.
-    Returns each room's yield times and each socket's hold times (per shard, in order)."""
+    Returns each room's yield times, and each socket's hold times and count of updates
+    applied (sockets per shard, in order)."""
     await pool.call_all("arm", tokens=tokens)
     writers = [target.write(room, tokens, rate) for room in rooms]
     packed = await pool.call_all("collect", timeout_s=timeout_s)
     async with asyncio.timeout(timeout_s + 30):
         yields = list(await asyncio.gather(*writers))
     holds = []
+    updates = []
     for shard in packed:
-        for raw in shard:
+        for raw, applied in shard:
             values: array[float] = array("d")
             values.frombytes(raw)
             holds.append(values)
-    return yields, holds
+            updates.append(applied)
+    return yields, holds, updates
 
 
 async def fanout_saturated(
@@ -77,7 +80,7 @@ async def fanout_saturated(
     measured = []
     try:
         for _ in range(runs):
-            yields, holds = await _round(target, pool, rooms, tokens, 0, timeout_s)
+            yields, holds, updates = await _round(target, pool, rooms, tokens, 0, timeout_s)
             first_yield = yields[0][0]
             complete = [h for h in holds if h[-1] > 0]
             held = sum(sum(1 for t in h if t > 0) for h in holds)
@@ -98,6 +101,7 @@ async def fanout_saturated(
                     "delay_p50_ms": 1000 * percentile(delays, 50),
                     "delay_p99_ms": 1000 * percentile(delays, 99),
                     "complete_fraction": len(complete) / len(holds),
+                    "updates_per_subscriber": statistics.median(updates),
                 }
             )
     finally:
@@ -128,7 +132,7 @@ async def fanout_paced(
     measured = []
     try:
         for _ in range(runs):
-            yields, holds = await _round(target, pool, rooms, tokens, rate, seconds + 60)
+            yields, holds, updates = await _round(target, pool, rooms, tokens, rate, seconds + 60)
             delays = []
             missing = 0
             for room, held in zip(order, holds, strict=True):
@@ -143,6 +147,7 @@ async def fanout_paced(
                     "delay_p99_ms": 1000 * percentile(delays, 99),
                     "delay_max_ms": 1000 * max(delays, default=float("nan")),
                     "missing_fraction": missing / (len(holds) * tokens),
+                    "updates_per_subscriber": statistics.median(updates),
                 }
             )
     finally:
@@ -206,8 +211,11 @@ async def admission(
             )
             records = [r for shard in closed for r in shard]
             span = max(r[2] for r in records) - min(r[1] for r in records)
-            await target.records()
-            target.finished.clear()  # the closed loop's calls: not what latency measures
+            # Let the closed loop's runs finish first: the open loop measures admission
+            # at a steady load, not behind a backlog of thousands of queued runs.
+            await _finished_calls(target, [r[0] for r in records], timeout_s=300)
+            await asyncio.sleep(0.5)
+            target.finished.clear()
             opened = await pool.call(
                 "prompt_open_loop",
                 [
@@ -246,16 +254,22 @@ async def admission(
     }
 
 
+async def _finished_calls(
+    target: ParleyTarget, call_ids: list[str], timeout_s: float
+) -> dict[str, Any]:
+    """Wait (within ``timeout_s``) until the bench provider has finished these calls."""
+    deadline = time.monotonic() + timeout_s
+    finished = await target.records()
+    while time.monotonic() < deadline and not all(c in finished for c in call_ids):
+        await asyncio.sleep(0.1)
+        finished = await target.records()
+    return finished
+
+
 async def _model_starts(target: ParleyTarget, latency: list[list[Any]]) -> list[float]:
     """From each open-loop prompt's send to its model call starting (the provider's record)."""
     wanted = {r[0]: r[1] for r in latency}
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        finished = await target.records()
-        if all(c in finished for c in wanted):
-            break
-        await asyncio.sleep(0.1)
-    finished = target.finished
+    finished = await _finished_calls(target, list(wanted), timeout_s=120)
     starts = [finished[c]["started"] - sent for c, sent in wanted.items() if c in finished]
     target.finished.clear()
     return starts

@@ -28,8 +28,9 @@ const write = async (room, tokens, rate) => {
   for (let i = 0; i < tokens; i++) {
     if (rate > 0) await sleep(started + i / rate - now())
     else await nextTurn()
-    text.insert(text.length, tokenText(i))
+    // The token is yielded now: inserting it sends it to every socket before returning.
     yields.push(now())
+    text.insert(text.length, tokenText(i))
   }
   return { started, yields }
 }

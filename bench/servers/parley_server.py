@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import re
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 from starlette.responses import JSONResponse
@@ -131,7 +133,28 @@ def main() -> None:
     recorder = Recorder()
     app = create_app(settings, provider=BenchProvider(recorder))
     config = uvicorn_config(BenchApp(app, recorder), settings)
-    ParleyServer(config, app).run()
+    profile = os.environ.get("PARLEY_BENCH_PROFILE")
+    server = ParleyServer(config, app) if not profile else ProfiledServer(config, app, profile)
+    server.run()
+
+
+class ProfiledServer(ParleyServer):
+    """``PARLEY_BENCH_PROFILE=DIR``: the whole serving time under pyinstrument, its text
+    report written to ``DIR/parley-<port>.txt`` at shutdown (before uvicorn re-raises the
+    signal that stopped it)."""
+
+    def __init__(self, config: Any, app: Any, directory: str) -> None:
+        from pyinstrument import Profiler
+
+        super().__init__(config, app)
+        self.report = Path(directory) / f"parley-{config.port}.txt"
+        self.profiler = Profiler(interval=0.001, async_mode="disabled")
+        self.profiler.start()
+
+    async def shutdown(self, sockets: Any = None) -> None:
+        self.profiler.stop()
+        self.report.write_text(self.profiler.output_text(show_all=False))
+        await super().shutdown(sockets)
 
 
 if __name__ == "__main__":

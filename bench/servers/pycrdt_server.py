@@ -68,8 +68,8 @@ class BenchApp:
                 await asyncio.sleep(max(started + index / rate - time.monotonic(), 0.0))
             else:
                 await asyncio.sleep(0)
-            text += token_text(index)
             yields.append(time.monotonic())
+            text += token_text(index)
         return {"started": started, "yields": yields}
 
 
