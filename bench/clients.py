@@ -212,7 +212,7 @@ class Worker:
 
     async def prompt_each(self, count: int, prefix: str, timeout_s: float) -> list[list[Any]]:
         """Closed loop: every socket sends ``count`` prompts, each after the previous ack.
-        Returns ``[command id, sent, acked]`` per prompt."""
+        Returns ``[command id, sent, acked or None]`` per prompt."""
 
         async def run(index: int, subscriber: Subscriber) -> list[list[Any]]:
             assert subscriber.socket is not None
@@ -221,8 +221,11 @@ class Worker:
                 command_id = f"{prefix}-{index}-{n}"
                 sent = time.monotonic()
                 waiter = subscriber.send_prompt(command_id)
-                async with asyncio.timeout(timeout_s):
-                    await waiter
+                try:
+                    await asyncio.wait_for(waiter, timeout_s)
+                except TimeoutError:
+                    records.append([command_id, sent, None])
+                    break  # this socket is stuck: the rest of the run goes on without it
                 records.append([command_id, sent, subscriber.acks.pop(command_id)])
             return records
 

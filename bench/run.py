@@ -79,9 +79,9 @@ FULL = Sizes(
     connections_per_room=100,
     connections_hold_s=5,
     admission_sessions=1000,
-    admission_prompts_each=3,
-    admission_open_rate=100,
-    admission_open_count=1000,
+    admission_prompts_each=1,
+    admission_open_rate=50,
+    admission_open_count=500,
     runs=3,
 )
 QUICK = Sizes(

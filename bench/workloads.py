@@ -209,7 +209,8 @@ async def admission(
             closed = await pool.call_all(
                 "prompt_each", count=prompts_each, prefix=f"c{run}", timeout_s=120
             )
-            records = [r for shard in closed for r in shard]
+            sent = [r for shard in closed for r in shard]
+            records = [r for r in sent if r[2] is not None]
             span = max(r[2] for r in records) - min(r[1] for r in records)
             # Let the closed loop's runs finish first: the open loop measures admission
             # at a steady load, not behind a backlog of thousands of queued runs.
@@ -239,7 +240,7 @@ async def admission(
                     "ack_p99_ms": 1000 * percentile(acks, 99),
                     "start_p50_ms": 1000 * percentile(starts, 50),
                     "start_p99_ms": 1000 * percentile(starts, 99),
-                    "unacked": float(len(latency) - len(acks)),
+                    "unacked": float(len(latency) - len(acks) + len(sent) - len(records)),
                 }
             )
     finally:
