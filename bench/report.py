@@ -58,6 +58,8 @@ def markdown(results: dict[str, Any]) -> str:
         for peer in peers:
             head += f" {peer} spread |"
             rule += "---:|"
+        head += f" Updates per subscriber ({' / '.join([PARLEY, *peers])}) |"
+        rule += "---:|"
         lines += [head, rule]
         fan = {name: _by_size(r, "fanout", "subscribers") for name, r in servers.items()}
         for n in sizes["fanout_subscribers"]:
@@ -72,6 +74,11 @@ def markdown(results: dict[str, Any]) -> str:
                 row += (
                     f" {_num(got.get('spread_p50_ms'), 1)} / {_num(got.get('spread_p99_ms'), 1)} |"
                 )
+            updates = [
+                _num(fan.get(name, {}).get(n, {}).get("updates_per_subscriber"))
+                for name in [PARLEY, *peers]
+            ]
+            row += f" {' / '.join(updates)} |"
             lines.append(row)
         lines.append("")
 
@@ -147,3 +154,12 @@ def markdown(results: dict[str, Any]) -> str:
             lines.append(f"| {key} | {shown} |")
         lines.append("")
     return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+    from pathlib import Path
+
+    # Render a results file again: python -m bench.report bench/results/<date>.json
+    print(markdown(json.loads(Path(sys.argv[1]).read_text())))

@@ -272,6 +272,18 @@ class ParleyTarget(Target):
 
         return asyncio.ensure_future(run())
 
+    async def runs_finished(self) -> int:
+        """Runs settled so far, from the server's own metrics (``parley_runs_total``)."""
+        assert self.http is not None
+        response = await self.http.get("/metrics")
+        response.raise_for_status()
+        counts = [
+            float(line.split()[-1])
+            for line in response.text.splitlines()
+            if line.startswith("parley_runs_total{")
+        ]
+        return int(sum(counts))
+
     async def records(self) -> dict[str, Any]:
         """Add the finished bench calls (``bench.servers.parley_server.Recorder``) to
         ``finished``, where each caller takes its own: parallel writers poll in turn."""

@@ -206,16 +206,18 @@ async def admission(
     measured = []
     try:
         for run in range(runs):
+            runs_before = await target.runs_finished()
             closed = await pool.call_all(
                 "prompt_each", count=prompts_each, prefix=f"c{run}", timeout_s=120
             )
             sent = [r for shard in closed for r in shard]
             records = [r for r in sent if r[2] is not None]
             span = max(r[2] for r in records) - min(r[1] for r in records)
-            # Let the closed loop's runs finish first: the open loop measures admission
-            # at a steady load, not behind a backlog of thousands of queued runs.
-            await _finished_calls(target, [r[0] for r in records], timeout_s=300)
-            await asyncio.sleep(0.5)
+            # Let the closed loop's runs settle first (the model calls end well before
+            # their reply and finish commits): the open loop measures admission at a
+            # steady load, not behind a backlog of a thousand runs.
+            await _runs_settled(target, runs_before + len(records), timeout_s=300)
+            await target.records()
             target.finished.clear()
             opened = await pool.call(
                 "prompt_open_loop",
@@ -253,6 +255,14 @@ async def admission(
         "runs": measured,
         "median": median_of(measured),
     }
+
+
+async def _runs_settled(target: ParleyTarget, count: int, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    settled = await target.runs_finished()
+    while time.monotonic() < deadline and settled < count:
+        await asyncio.sleep(0.1)
+        settled = await target.runs_finished()
 
 
 async def _finished_calls(
