@@ -24,7 +24,7 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from server.app import create_app
-from server.cli import ParleyServer, uvicorn_config
+from server.cli import ParleyServer, freeze_startup_heap, uvicorn_config
 from server.db import migrate
 from server.logs import configure_logging
 from server.settings import Settings
@@ -135,6 +135,7 @@ def main() -> None:
     config = uvicorn_config(BenchApp(app, recorder), settings)
     profile = os.environ.get("PARLEY_BENCH_PROFILE")
     server = ParleyServer(config, app) if not profile else ProfiledServer(config, app, profile)
+    freeze_startup_heap()  # as `parley serve` does
     server.run()
 
 
