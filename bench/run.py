@@ -283,11 +283,18 @@ async def run(
     finally:
         await pool.close()
     if "context" in chosen:
-        context = await asyncio.to_thread(run_context_build)
-        if context is None:
+        if not (BENCH_DIR / "context_build.py").exists():
             results["not_run"]["context_build"] = "bench/context_build.py is not there yet"
         else:
-            results["context_build"] = context
+            try:
+                context = await asyncio.to_thread(run_context_build)
+            except Exception as exc:  # its failure is reported, the other results kept
+                results["not_run"]["context_build"] = f"failed: {type(exc).__name__}: {exc}"
+                context = {}
+            if context is None:
+                results["not_run"]["context_build"] = "its main() returned no dict"
+            elif context:
+                results["context_build"] = context
     results["finished_at"] = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     return results
 

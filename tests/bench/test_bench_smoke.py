@@ -70,6 +70,18 @@ async def test_admission_on_sqlite(pool: ClientPool, tmp_path: Path) -> None:
     assert median["ack_p50_ms"] <= median["ack_p99_ms"]
 
 
+def test_context_build_script_is_run_when_present(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "context_build.py").write_text(
+        "def main():\n    return {'entries': 3, 'ms': 0.5}\n"
+    )
+    monkeypatch.setattr(run, "BENCH_DIR", tmp_path)
+    assert run.run_context_build() == {"entries": 3, "ms": 0.5}
+    (tmp_path / "context_build.py").unlink()
+    assert run.run_context_build() is None
+
+
 def test_report_renders_every_section() -> None:
     fanout = {"deliveries_per_s": 1000.0, "spread_p50_ms": 1.0, "spread_p99_ms": 2.0}
     paced = {"delay_p50_ms": 1.0, "delay_p99_ms": 2.0, "delay_max_ms": 3.0}
