@@ -17,11 +17,12 @@ import importlib.util
 import json
 import os
 import platform
+import shutil
 import socket
 import tempfile
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +66,6 @@ class Sizes:
     runs: int
     shards: int = 4
     parley_database: str = "sqlite"  # for fan-out and connections; admission runs both
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 FULL = Sizes(
@@ -258,7 +258,7 @@ async def run(
         "started_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": machine(),
         "mode": "quick" if quick else "full",
-        "sizes": {k: v for k, v in vars(sizes).items() if k != "extra"},
+        "sizes": dict(vars(sizes)),
         "servers": {},
         "not_run": {},
     }
@@ -280,6 +280,11 @@ async def run(
             results["servers"][name] = await run_server(name, sizes, chosen, pool, workdir)
         if "admission" in chosen and PARLEY in servers:
             results["admission"] = await run_admission(sizes, pool, workdir)
+    except BaseException:
+        print(f"the servers' logs are kept in {workdir}", flush=True)
+        raise
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
     finally:
         await pool.close()
     if "context" in chosen:
