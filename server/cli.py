@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import socket
 import sys
 from typing import Any
@@ -16,6 +17,7 @@ from server.keys import resolve_keys
 from server.logs import configure_logging
 from server.settings import Settings
 from server.state import AppState
+from session.tokens import tokenizer_name
 
 
 def uvicorn_config(app: Any, settings: Settings) -> uvicorn.Config:
@@ -50,6 +52,21 @@ class ParleyServer(uvicorn.Server):
             state.draining = True
             await state.rooms.drain(state.settings.shutdown_grace_s)
         await super().shutdown(sockets)
+
+
+def freeze_startup_heap() -> None:
+    """Load what every run needs, then take everything alive out of the collector's sight.
+
+    A full garbage collection walks every tracked object. After start-up that is about
+    100,000 objects of imported libraries (and the tokenizer's tables) that live as long
+    as the process, and walking them stopped the event loop for 90 to 160 ms each time:
+    every socket's acks and tokens waited (bench: admission ack p99 on SQLite). Frozen,
+    they are not walked again; what the server creates afterwards (rooms, sockets) is
+    collected as before. Call it once, just before serving.
+    """
+    tokenizer_name()
+    gc.collect()
+    gc.freeze()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -92,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Generated admin key (kept in {settings.data_dir / 'admin_key'}):", flush=True)
         print(f"  {keys.admin_key}", flush=True)
     app = create_app(settings)
+    freeze_startup_heap()
     ParleyServer(uvicorn_config(app, settings), app).run()
     return 0
 

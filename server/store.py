@@ -6,6 +6,8 @@ it) go through ``Store.transaction()``; everything a caller acknowledges has bee
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
@@ -215,17 +217,28 @@ class StoreTx:
 class Store:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
+        # SQLite lets one transaction write at a time; the others get SQLITE_BUSY and its
+        # busy handler sleeps and retries, backing off to 100 ms a try, so with a few
+        # sessions streaming at once a commit could wait seconds while the database sat
+        # idle. Queueing our writers here instead (first come, first served) costs them
+        # no sleep. PostgreSQL locks rows, not the database: no queue there.
+        self._writers: asyncio.Lock | None = (
+            asyncio.Lock() if engine.dialect.name == "sqlite" else None
+        )
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[StoreTx]:
-        """A write transaction; database faults surface as ``Unavailable``."""
-        try:
-            async with self.engine.begin() as connection:
-                yield StoreTx(connection)
-        except (OperationalError, DBAPIError, OSError) as exc:
-            if isinstance(exc, IntegrityError):
-                raise
-            raise Unavailable("the database is unavailable; nothing was stored") from exc
+        """A write transaction; database faults surface as ``Unavailable``.
+
+        Do not open one inside another: on SQLite the second would wait for the first."""
+        async with self._writers or contextlib.nullcontext():
+            try:
+                async with self.engine.begin() as connection:
+                    yield StoreTx(connection)
+            except (OperationalError, DBAPIError, OSError) as exc:
+                if isinstance(exc, IntegrityError):
+                    raise
+                raise Unavailable("the database is unavailable; nothing was stored") from exc
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:

@@ -1,0 +1,165 @@
+"""The Markdown tables of one benchmark run (what README's "Performance" section shows)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+PARLEY = "parley"
+
+
+def _num(value: float | None, digits: int = 0) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "\u2013"
+    return f"{value:,.{digits}f}"
+
+
+def _ratio(ours: float | None, theirs: float | None) -> str:
+    if not ours or not theirs or math.isnan(ours) or math.isnan(theirs):
+        return "\u2013"
+    return f"{ours / theirs:.2f}\u00d7"
+
+
+def _by_size(result: dict[str, Any], key: str, size_key: str) -> dict[Any, dict[str, Any]]:
+    return {entry[size_key]: entry["median"] for entry in result.get(key, [])}
+
+
+def markdown(results: dict[str, Any]) -> str:
+    m = results["machine"]
+    sizes = results["sizes"]
+    servers: dict[str, Any] = results["servers"]
+    peers = [s for s in servers if s != PARLEY]
+    lines = [
+        f"Run of {results['started_at']} ({results['mode']}): {m['cores']} cores, {m['cpu']}, "
+        f"Python {m['python']}. Medians of {sizes['runs']} runs. Server and clients share "
+        f"the cores (clients in {sizes['shards']} processes).",
+        "",
+    ]
+    for name, reason in results.get("not_run", {}).items():
+        lines.append(f"Not run: {name}: {reason}")
+    if results.get("not_run"):
+        lines.append("")
+
+    if any("fanout" in r for r in servers.values()):
+        lines += [
+            f"**Token fan-out, saturated**: one session, {sizes['fanout_tokens']:,} tokens "
+            "yielded as fast as the writer can; deliveries/s = subscribers \u00d7 tokens / time "
+            "until the last subscriber holds the last token; spread = per token, last "
+            "subscriber minus first (p50 / p99, ms).",
+            "",
+        ]
+        head = "| Subscribers | Parley deliveries/s |"
+        rule = "|---:|---:|"
+        for peer in peers:
+            head += f" {peer} | Parley ÷ {peer} |"
+            rule += "---:|---:|"
+        head += " Parley spread p50 / p99 |"
+        rule += "---:|"
+        for peer in peers:
+            head += f" {peer} spread |"
+            rule += "---:|"
+        head += f" Updates per subscriber ({' / '.join([PARLEY, *peers])}) |"
+        rule += "---:|"
+        lines += [head, rule]
+        fan = {name: _by_size(r, "fanout", "subscribers") for name, r in servers.items()}
+        for n in sizes["fanout_subscribers"]:
+            ours = fan.get(PARLEY, {}).get(n, {})
+            row = f"| {n:,} | {_num(ours.get('deliveries_per_s'))} |"
+            for peer in peers:
+                theirs = fan.get(peer, {}).get(n, {})
+                row += f" {_num(theirs.get('deliveries_per_s'))} |"
+                row += f" {_ratio(ours.get('deliveries_per_s'), theirs.get('deliveries_per_s'))} |"
+            for name in [PARLEY, *peers]:
+                got = fan.get(name, {}).get(n, {})
+                row += (
+                    f" {_num(got.get('spread_p50_ms'), 1)} / {_num(got.get('spread_p99_ms'), 1)} |"
+                )
+            updates = [
+                _num(fan.get(name, {}).get(n, {}).get("updates_per_subscriber"))
+                for name in [PARLEY, *peers]
+            ]
+            row += f" {' / '.join(updates)} |"
+            lines.append(row)
+        lines.append("")
+
+    if any("paced" in r for r in servers.values()):
+        lines += [
+            f"**Token fan-out, paced**: {sizes['paced_sessions']} sessions \u00d7 "
+            f"{sizes['paced_subscribers']} subscribers, each session's writer at a steady "
+            f"rate for {sizes['paced_seconds']:g} s; delay from the writer yielding a token to "
+            "each subscriber holding it (ms).",
+            "",
+            "| Tokens/s per session | Server | p50 | p99 | max | tokens missing |",
+            "|---:|---|---:|---:|---:|---:|",
+        ]
+        for rate in sizes["paced_rates"]:
+            for name, result in servers.items():
+                got = _by_size(result, "paced", "rate_tokens_per_s").get(rate)
+                if got is None:
+                    continue
+                lines.append(
+                    f"| {rate:g} | {name} | {_num(got['delay_p50_ms'], 1)} | "
+                    f"{_num(got['delay_p99_ms'], 1)} | {_num(got['delay_max_ms'], 1)} | "
+                    f"{got['missing_fraction']:.1%} |"
+                )
+        lines.append("")
+
+    if any("connections" in r for r in servers.values()):
+        lines += [
+            f"**Connections**: {sizes['connections']:,} idle sockets, each synced (Parley: "
+            "each with a client token), held "
+            f"{sizes['connections_hold_s']:g} s; memory is the server's resident set.",
+            "",
+            "| Server | Held | Resident memory per connection | Connects/s |",
+            "|---|---:|---:|---:|",
+        ]
+        for name, result in servers.items():
+            got = result.get("connections")
+            if got is None:
+                continue
+            lines.append(
+                f"| {name} | {got['held']:,} of {got['requested']:,} | "
+                f"{_num(got['kb_per_connection'], 1)} kB | {_num(got['connect_per_s'])} |"
+            )
+        lines.append("")
+
+    admission = results.get("admission")
+    if admission:
+        any_db = next(iter(admission.values()))
+        lines += [
+            f"**Prompt admission** (Parley): {any_db['sessions']:,} sessions, one editor "
+            f"socket each, a one-token model. Prompts/s: {any_db['closed_loop_prompts']:,} "
+            "prompts sent closed-loop (each socket's next prompt after its ack). Latency: "
+            f"{any_db['open_loop_prompts']:,} prompts at "
+            f"{any_db['open_loop_rate_per_s']:g}/s open-loop, from the command to its ack "
+            "and to its model call starting (ms).",
+            "",
+            "| Database | Prompts/s | Ack p50 | Ack p99 | Model start p50 | Model start p99 |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for database, result in admission.items():
+            got = result["median"]
+            lines.append(
+                f"| {database} | {_num(got['prompts_per_s'])} | {_num(got['ack_p50_ms'], 1)} | "
+                f"{_num(got['ack_p99_ms'], 1)} | {_num(got['start_p50_ms'], 1)} | "
+                f"{_num(got['start_p99_ms'], 1)} |"
+            )
+        lines.append("")
+
+    context = results.get("context_build")
+    if context:
+        lines += ["**Context build** (`bench/context_build.py`):", "", "| | |", "|---|---:|"]
+        for key, value in context.items():
+            shown = _num(value, 2) if isinstance(value, float) else str(value)
+            lines.append(f"| {key} | {shown} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+    from pathlib import Path
+
+    # Render a results file again: python -m bench.report bench/results/<date>.json
+    print(markdown(json.loads(Path(sys.argv[1]).read_text())))

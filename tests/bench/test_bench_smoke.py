@@ -1,0 +1,123 @@
+"""The benchmark at tiny sizes: every workload runs end to end and measures something.
+
+Parley always; each peer too when ``python -m bench.setup_peers`` has installed it (the
+peers need network installs, so they are chosen when the tests are collected, never
+skipped at run time).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from bench import run
+from bench.clients import ClientPool
+from bench.report import markdown
+from bench.setup_peers import peers_ready
+
+SIZES = run.Sizes(
+    fanout_subscribers=[3],
+    fanout_tokens=40,
+    paced_rates=[200],
+    paced_sessions=2,
+    paced_subscribers=2,
+    paced_seconds=0.3,
+    connections=20,
+    connections_per_room=10,
+    connections_hold_s=0.2,
+    admission_sessions=4,
+    admission_prompts_each=2,
+    admission_open_rate=40,
+    admission_open_count=8,
+    runs=1,
+    shards=2,
+)
+SERVERS = [run.PARLEY, *(run.PEERS if peers_ready() else ())]
+
+
+@pytest.fixture
+async def pool() -> AsyncIterator[ClientPool]:
+    clients = ClientPool(SIZES.shards)
+    try:
+        yield clients
+    finally:
+        await clients.close()
+
+
+@pytest.mark.parametrize("server", SERVERS)
+async def test_fanout_paced_and_connections(server: str, pool: ClientPool, tmp_path: Path) -> None:
+    result = await run.run_server(server, SIZES, {"fanout", "paced", "connections"}, pool, tmp_path)
+    (fanout,) = result["fanout"]
+    assert fanout["median"]["complete_fraction"] == 1.0
+    assert fanout["median"]["deliveries_per_s"] > 0
+    (paced,) = result["paced"]
+    assert paced["tokens"] == 60
+    assert paced["median"]["missing_fraction"] == 0.0
+    assert 0 <= paced["median"]["delay_p50_ms"] <= paced["median"]["delay_p99_ms"]
+    connections = result["connections"]
+    assert connections["held"] == connections["requested"] == 20
+
+
+async def test_admission_on_sqlite(pool: ClientPool, tmp_path: Path) -> None:
+    result = await run.run_admission(SIZES, pool, tmp_path, databases=("sqlite",))
+    median = result["sqlite"]["median"]
+    assert median["unacked"] == 0
+    assert median["prompts_per_s"] > 0
+    assert not math.isnan(median["start_p99_ms"])
+    assert median["ack_p50_ms"] <= median["ack_p99_ms"]
+
+
+def test_the_runner_runs_the_context_build_benchmark() -> None:
+    result = run.run_context_build(quick=True)
+    assert result["messages"] == 200
+    assert result["facts_retained"] == result["facts_planted"]
+
+
+def test_report_renders_every_section() -> None:
+    fanout = {"deliveries_per_s": 1000.0, "spread_p50_ms": 1.0, "spread_p99_ms": 2.0}
+    paced = {"delay_p50_ms": 1.0, "delay_p99_ms": 2.0, "delay_max_ms": 3.0}
+    results = {
+        "started_at": "2026-01-01T00:00:00+00:00",
+        "mode": "quick",
+        "machine": {"cores": 2, "cpu": "test cpu", "python": "3.11"},
+        "sizes": dict(vars(SIZES)),
+        "servers": {
+            name: {
+                "fanout": [{"subscribers": 3, "median": fanout}],
+                "paced": [{"rate_tokens_per_s": 200, "median": {**paced, "missing_fraction": 0.0}}],
+                "connections": {
+                    "held": 20,
+                    "requested": 20,
+                    "kb_per_connection": 9.0,
+                    "connect_per_s": 100.0,
+                },
+            }
+            for name in ("parley", "y-websocket")
+        },
+        "admission": {
+            "sqlite": {
+                "sessions": 4,
+                "closed_loop_prompts": 8,
+                "open_loop_prompts": 8,
+                "open_loop_rate_per_s": 40,
+                "median": {
+                    "prompts_per_s": 50.0,
+                    "ack_p50_ms": 1.0,
+                    "ack_p99_ms": 2.0,
+                    "start_p50_ms": 3.0,
+                    "start_p99_ms": 4.0,
+                },
+            }
+        },
+        "context_build": {"entries": 100, "ms": 1.5},
+        "not_run": {"pycrdt-websocket": "not installed"},
+    }
+    table = markdown(results)
+    assert "| 3 | 1,000 | 1,000 | 1.00\u00d7 |" in table
+    assert "| 200 | y-websocket | 1.0 | 2.0 | 3.0 | 0.0% |" in table
+    assert "| sqlite | 50 | 1.0 | 2.0 | 3.0 | 4.0 |" in table
+    assert "| ms | 1.50 |" in table
+    assert "Not run: pycrdt-websocket: not installed" in table
