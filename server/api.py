@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import secrets
+from typing import Any
 
 from authz.policy import Delegate, Subject
 from authz.roles import Capability, Member, check_capabilities
@@ -30,6 +31,7 @@ from server.api_models import (
     TranscriptEntryOut,
     TranscriptOut,
 )
+from server.document_writes import apply_document_write
 from server.rest import Caller, Operation, QueryParam, QueryStr
 from server.room import SessionRoom
 from server.state import AppState
@@ -102,7 +104,7 @@ async def update_session(
         await state.store.set_title(session_id, body.title)
     room = await state.rooms.get(session_id)
     if body.policy is not None:
-        await room.set_policy(Policy(body.policy))
+        await _write_document(state, room, {"op": "policy", "policy": body.policy})
     if body.restricted_replies is not None:
         await AccessStore(state.store).set_restricted_replies(session_id, body.restricted_replies)
         room.restricted_replies = body.restricted_replies
@@ -256,17 +258,28 @@ async def list_facts(state: AppState, session_id: str) -> FactsOut:
     return FactsOut(facts=room.doc.fact_map())
 
 
+async def _write_document(
+    state: AppState, room: SessionRoom, write: dict[str, Any]
+) -> dict[str, Any]:
+    """A write of the shared document: on the room here, or (cluster mode) on the node that
+    runs the session."""
+    write = {"id": "rest", **write}
+    if state.rooms.cluster is not None:
+        return await state.rooms.cluster.write_document(room, write)
+    return await apply_document_write(room, write)
+
+
 async def put_fact(state: AppState, session_id: str, key: str, body: FactPut) -> FactsOut:
     room = await state.rooms.get(session_id)
-    await room.set_fact(key, body.value)
-    return FactsOut(facts=room.doc.fact_map())
+    result = await _write_document(state, room, {"op": "set_fact", "key": key, "value": body.value})
+    return FactsOut(facts=result["facts"])
 
 
 async def delete_fact(state: AppState, session_id: str, key: str) -> None:
     room = await state.rooms.get(session_id)
     if key not in room.doc.fact_map():
         raise NotFound(f"no fact {key!r}")
-    await room.set_fact(key, None)
+    await _write_document(state, room, {"op": "set_fact", "key": key, "value": None})
 
 
 async def list_pins(state: AppState, session_id: str) -> PinsOut:
@@ -276,15 +289,17 @@ async def list_pins(state: AppState, session_id: str) -> PinsOut:
 
 async def create_pin(state: AppState, session_id: str, body: PinCreate) -> PinsOut:
     room = await state.rooms.get(session_id)
-    await room.set_pinned(body.entry_id, True)
-    return PinsOut(pins=room.doc.pinned())
+    result = await _write_document(
+        state, room, {"op": "pin", "entry_id": body.entry_id, "pinned": True}
+    )
+    return PinsOut(pins=result["pins"])
 
 
 async def delete_pin(state: AppState, session_id: str, entry_id: str) -> None:
     room = await state.rooms.get(session_id)
     if entry_id not in room.doc.pinned():
         raise NotFound(f"{entry_id!r} is not pinned")
-    await room.set_pinned(entry_id, False)
+    await _write_document(state, room, {"op": "pin", "entry_id": entry_id, "pinned": False})
 
 
 async def preview_context(

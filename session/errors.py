@@ -129,3 +129,14 @@ class ProviderError(ParleyError):
         self.retryable = retryable
         self.status = status
         self.retry_after_s = retry_after_s
+
+
+def error_for(code: str, message: str) -> ParleyError:
+    """The error a reply with ``code`` reports (as it crossed a process boundary)."""
+    pending: list[type[ParleyError]] = [ParleyError]
+    while pending:
+        kind = pending.pop()
+        if kind.code.value == code and kind is not ProviderError:
+            return kind(message)
+        pending += kind.__subclasses__()
+    return ParleyError(message)

@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import socket
 import time
 import uuid
 from collections.abc import Coroutine
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from sqlalchemy import func, select
 from starlette.websockets import WebSocket
@@ -40,18 +41,21 @@ from server.cluster.presence import CHANNEL_AWARENESS, PresenceRelay
 from server.cluster.tail import read_tail
 from server.commands import handle_command
 from server.connection import Connection
+from server.document_writes import apply_document_write
 from server.room import SessionRoom
 from server.runner import SessionRunner
 from server.settings import Settings
 from server.store import MemberRow, Store, StoreTx
 from session.commands import command_id_of, error_reply
-from session.errors import ParleyError, Unavailable
+from session.errors import ParleyError, Unavailable, error_for
 from session.queue import Policy
 
 if TYPE_CHECKING:
     from server.rooms import RoomRegistry
 
 log = logging.getLogger("parley.cluster")
+# The sender of a forwarded REST write: no user id can contain "!", so no member is it.
+ADMIN_SENDER = "!admin"
 
 CHANNEL_DOC = "parley_doc"  # payload: session id (an update was committed)
 TAIL_PAGE = 500
@@ -263,6 +267,20 @@ class ClusterNode:
             return await handle_command(room, connection, frame)
         return await self._forward(room, connection.user_id, frame)
 
+    async def write_document(self, room: SessionRoom, write: dict[str, Any]) -> dict[str, Any]:
+        """A REST write of the session's document: run here if this node runs the session,
+        else forwarded to the node that does (as the admin: the REST call was authorised)."""
+        session_id = room.session_id
+        if session_id not in self.running and session_id not in self.live_elsewhere:
+            with contextlib.suppress(Exception):  # the database, say: forwarding reports it
+                await self._promote(room)
+        if session_id in self.running:
+            return await apply_document_write(room, write)
+        reply = json.loads(await self._forward(room, ADMIN_SENDER, json.dumps(write)))
+        if reply.get("type") == "error":
+            raise error_for(str(reply.get("code")), str(reply.get("message")))
+        return dict(reply.get("result") or {})
+
     async def _forward(self, room: SessionRoom, user_id: str, frame: str) -> str:
         session_id = room.session_id
         try:
@@ -323,7 +341,7 @@ class ClusterNode:
             open_commands = await self.commands.open_commands(session_id, COMMAND_BATCH)
             if not open_commands:
                 return
-            for user_id in {c.user_id for c in open_commands}:
+            for user_id in {c.user_id for c in open_commands} - {ADMIN_SENDER}:
                 # Membership may have changed on another node: read it fresh.
                 member = await self.store.get_member(session_id, user_id)
                 room.set_member(user_id, None if member is None else _member(member))
@@ -345,6 +363,13 @@ class ClusterNode:
             await self.commands.answer(answers)
 
     async def _run_forwarded(self, room: SessionRoom, user_id: str, frame: str) -> str:
+        if user_id == ADMIN_SENDER:
+            write = json.loads(frame)
+            try:
+                result = await apply_document_write(room, write)
+            except ParleyError as exc:
+                return error_reply(command_id_of(frame), exc)
+            return json.dumps({"type": "ack", "id": write.get("id"), "result": result})
         # ``handle_command`` knows its sender by a Connection (and decides by the member's
         # current rights in the room); this sender has no socket, nothing is sent on it.
         sender = Connection(cast(WebSocket, None), user_id, 1)

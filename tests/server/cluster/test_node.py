@@ -17,7 +17,9 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
+from pycrdt import Array, Map
 
+from tests.conftest import ADMIN_KEY
 from tests.server.cluster.nodes import check_one_story, cluster, settled
 from tests.yclient import YClient
 
@@ -282,3 +284,37 @@ async def test_presence_crosses_nodes(tmp_path: Path) -> None:
         await y.close()
         await x.wait_until(lambda c: 222 in c.awareness and c.awareness[222] is None, timeout=5)
         await x.close()
+
+
+async def test_rest_writes_on_any_node_reach_the_running_one(tmp_path: Path) -> None:
+    async with cluster(tmp_path, 2) as nodes:
+        sid = await nodes.new_session({"a": "owner"})
+        runner_node = nodes.nodes[0]
+        client = await nodes.connect(runner_node, sid, "a")
+        posted = await client.command({"type": "message", "id": "m1", "text": "acct 7731"})
+        holder, _ = await nodes.wait_holder(sid)
+        other = next(n for n in nodes.nodes if n.env["PARLEY_NODE_ID"] != holder)
+        headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
+        async with httpx.AsyncClient(base_url=other.base_url, headers=headers) as http:
+            fact = await http.put(f"/api/v1/sessions/{sid}/facts/region", json={"value": "eu"})
+            assert fact.status_code == 200, fact.text
+            assert fact.json() == {"facts": {"region": "eu"}}
+            pin = await http.post(
+                f"/api/v1/sessions/{sid}/pins", json={"entry_id": posted["message_id"]}
+            )
+            assert pin.status_code == 201, pin.text
+            assert pin.json() == {"pins": [posted["message_id"]]}
+            policy = await http.patch(f"/api/v1/sessions/{sid}", json={"policy": "coalesce"})
+            assert policy.status_code == 200, policy.text
+            missing = await http.post(f"/api/v1/sessions/{sid}/pins", json={"entry_id": "nope"})
+            assert missing.status_code == 404, missing.text  # the running node's error
+        await client.wait_until(
+            lambda c: (
+                c.doc.get("facts", type=Map).to_py() == {"region": "eu"}
+                and c.doc.get("meta", type=Map).get("policy") == "coalesce"
+                and list(c.doc.get("pins", type=Array)) == [posted["message_id"]]
+            ),
+            timeout=10,
+        )
+        assert (await nodes.holder(sid)) is not None and (await nodes.holder(sid))[0] == holder
+        await client.close()
