@@ -2,12 +2,6 @@
 
 A client that stops reading fills its outbox; past the limit it is disconnected with 1013
 (try again later), so it reconnects and resyncs from the CRDT state, and nobody else waits.
-
-When a socket's sender falls behind (a busy server, a slow network), the document updates
-waiting in its outbox are merged into one before they are sent: one frame instead of many,
-with the same effect on the client's document. At low load nothing waits, nothing is merged,
-and every update goes out on its own at once. Sockets that fell behind by the same updates
-share one merge.
 """
 
 from __future__ import annotations
@@ -15,19 +9,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import lru_cache
 
-from pycrdt import merge_updates
 from starlette.websockets import WebSocket, WebSocketState
 
 from server.settings import Settings
 from session.commands import error_reply
 from session.errors import ParleyError
 from session.ratelimit import AbuseCounter, Rate, TokenBucket
-from session.yprotocol import SyncType, encode_sync, update_of
 
 log = logging.getLogger("parley.connection")
 
@@ -66,9 +56,11 @@ class Connection:
     # Set once the socket is closed (or given up on): the endpoint then stops reading.
     finished: asyncio.Event = field(default_factory=asyncio.Event)
     _closer: asyncio.Task[None] | None = field(init=False, default=None)
-    _outbox: deque[bytes | str | None] = field(init=False, default_factory=deque)
-    _ready: asyncio.Event = field(init=False, default_factory=asyncio.Event)
+    _outbox: asyncio.Queue[bytes | str | None] = field(init=False)
     _sender: asyncio.Task[None] | None = field(init=False, default=None)
+
+    def __post_init__(self) -> None:
+        self._outbox = asyncio.Queue(maxsize=self.outbox_limit)
 
     def start(self) -> None:
         self._sender = asyncio.create_task(self._drain(), name=f"sender:{self.user_id}")
@@ -77,12 +69,12 @@ class Connection:
         """Queue a frame; False (and the socket is being closed) if the client fell behind."""
         if self.closed:
             return False
-        if len(self._outbox) >= self.outbox_limit:
+        try:
+            self._outbox.put_nowait(message)
+        except asyncio.QueueFull:
             log.warning("slow consumer disconnected", extra={"user_id": self.user_id})
             self.close(CLOSE_SLOW_CONSUMER, "slow consumer: resync on reconnect")
             return False
-        self._outbox.append(message)
-        self._ready.set()
         return True
 
     def send_error(self, error: ParleyError) -> None:
@@ -100,9 +92,9 @@ class Connection:
         if code == CLOSE_SLOW_CONSUMER and self.on_overflow is not None:
             self.on_overflow()
         if code != CLOSE_SLOW_CONSUMER and self._sender is not None:
-            self._outbox.append(None)  # after what is queued (one past the limit at most)
-            self._ready.set()
-            return
+            with contextlib.suppress(asyncio.QueueFull):
+                self._outbox.put_nowait(None)
+                return
         # The sender may be stuck writing to a client that does not read: abandon it.
         if self._sender is not None:
             self._sender.cancel()
@@ -120,15 +112,9 @@ class Connection:
     async def _drain(self) -> None:
         try:
             while True:
-                if not self._outbox:
-                    self._ready.clear()
-                    await self._ready.wait()
-                    continue
-                message = self._outbox.popleft()
+                message = await self._outbox.get()
                 if message is None:
                     break
-                if isinstance(message, bytes) and self._outbox:
-                    message = self._merge_waiting_updates(message)
                 if isinstance(message, bytes):
                     await self.websocket.send_bytes(message)
                 else:
@@ -145,26 +131,5 @@ class Connection:
         tasks = [t for t in (self._sender, self._closer) if t is not None]
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    def _merge_waiting_updates(self, first: bytes) -> bytes:
-        """``first`` and the update frames queued right behind it, as one frame."""
-        if update_of(first) is None:
-            return first
-        frames = [first]
-        while self._outbox:
-            following = self._outbox[0]
-            if not isinstance(following, bytes) or update_of(following) is None:
-                break
-            frames.append(following)
-            self._outbox.popleft()
-        return first if len(frames) == 1 else merged_update_frame(tuple(frames))
-
     def queued(self) -> int:
-        return len(self._outbox)
-
-
-@lru_cache(maxsize=256)
-def merged_update_frame(frames: tuple[bytes, ...]) -> bytes:
-    """One sync ``update`` frame with the effect of ``frames`` applied in order (cached:
-    every socket that fell behind by the same updates gets the same bytes)."""
-    updates = [update_of(frame) for frame in frames]
-    return encode_sync(SyncType.UPDATE, merge_updates(*(u for u in updates if u is not None)))
+        return self._outbox.qsize()

@@ -121,19 +121,6 @@ def encode_sync(sync_type: SyncType, payload: bytes) -> bytes:
     return bytes([MessageType.SYNC, sync_type]) + write_var_uint(len(payload)) + payload
 
 
-def update_of(frame: bytes) -> bytes | None:
-    """The CRDT update a sync ``update`` frame carries; None for any other frame."""
-    if len(frame) < 3 or frame[0] != MessageType.SYNC or frame[1] != SyncType.UPDATE:
-        return None
-    reader = _Reader(frame)
-    reader.pos = 2
-    try:
-        payload = reader.varbytes()
-    except ProtocolError:
-        return None
-    return payload if reader.at_end() else None
-
-
 def encode_awareness(update: bytes) -> bytes:
     return bytes([MessageType.AWARENESS]) + write_var_uint(len(update)) + update
 
