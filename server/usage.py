@@ -74,14 +74,15 @@ class UsageLedger:
             .group_by(model_usage.c.user_id)
             .order_by(model_usage.c.user_id)
         )
-        async with self.store.transaction() as tx:
-            rows = (await tx.connection.execute(query)).all()
+        async with self.store.read() as connection:
+            rows = (await connection.execute(query)).all()
         return [UserUsage(str(r[0]), int(r[1]), int(r[2]), int(r[3])) for r in rows]
 
     async def quotas(self, session_id: str) -> Quotas:
-        async with self.store.transaction() as tx:
+        # A read, not a write transaction: it must not queue behind SQLite's writers.
+        async with self.store.read() as connection:
             row = (
-                await tx.connection.execute(select(quotas).where(quotas.c.session_id == session_id))
+                await connection.execute(select(quotas).where(quotas.c.session_id == session_id))
             ).first()
         if row is None:
             return Quotas()
