@@ -12,11 +12,10 @@ from dataclasses import dataclass
 
 from authz.policy import Do, Read, Restriction, Subject, UseTool, decide, restrict
 from authz.roles import Capability
-from session.context import Excluded
+from session.context import BuiltContext
 from session.errors import Forbidden
-from session.lifecycle import PromptStatus
 from session.model import ToolSpec
-from session.schema import MESSAGE_STATUS, Entry, EntryKind
+from session.schema import Entry
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,32 +111,10 @@ class ContextSeen:
     restriction: Restriction
 
 
-def seen_in_context(
-    entries: Sequence[Entry],
-    excluded: Sequence[Excluded],
-    prompt_ids: Sequence[str],
-    scope: RunScope,
-    restrictions: Mapping[str, Restriction],
-) -> ContextSeen:
-    """For the audit and the reply's readers: the story up to the run's last prompt, split
-    into what the built context included and what it withheld (tool steps, which the
-    context leaves out anyway, are listed as withheld when the scope may not read them)."""
-    left_out = {x.entry_id for x in excluded}
-    withheld = [
-        {"entry_id": x.entry_id, "reason": x.reason}
-        for x in excluded
-        if x.reason.startswith("withheld")
-    ]
-    last = max((i for i, e in enumerate(entries) if e.id in prompt_ids), default=len(entries))
-    included: list[str] = []
-    for entry in entries[: last + 1]:
-        if entry.kind is EntryKind.TOOL:
-            reason = scope.withheld(restrictions.get(entry.id, ()))
-            if reason is not None:
-                withheld.append({"entry_id": entry.id, "reason": f"withheld: {reason}"})
-        elif entry.id not in left_out and (
-            entry.id in prompt_ids or entry.status in (PromptStatus.DONE, MESSAGE_STATUS)
-        ):
-            included.append(entry.id)
+def seen_in_context(built: BuiltContext, restrictions: Mapping[str, Restriction]) -> ContextSeen:
+    """For the audit and the reply's readers: what the built model input drew on, what was
+    withheld from it and why, and the restriction of what it drew on (a reply inherits it)."""
+    included = list(built.included)
+    withheld = [{"entry_id": x.entry_id, "reason": x.reason} for x in built.withheld]
     restriction = restrict(*(restrictions.get(i, ()) for i in included))
     return ContextSeen(included, withheld, restriction)

@@ -480,16 +480,8 @@ class SessionRoom:
             return RunScope(subjects, ()).with_tools(tool_defs(self.webhooks()))
         return scope_for_run(issuers, tool_defs(self.webhooks()))
 
-    def context_audit(
-        self, built: BuiltContext, prompt_ids: Sequence[str], scope: RunScope
-    ) -> ContextSeen:
-        return seen_in_context(
-            self.doc.entries(),
-            built.excluded,
-            prompt_ids,
-            scope,
-            {i: item.restriction for i, item in self.private.items()},
-        )
+    def context_audit(self, built: BuiltContext) -> ContextSeen:
+        return seen_in_context(built, {i: item.restriction for i, item in self.private.items()})
 
     def restriction_of(self, entry_id: str) -> Restriction:
         item = self.private.get(entry_id)

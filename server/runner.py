@@ -102,7 +102,7 @@ class SessionRunner:
         built = self.room.context_for(run.ids, scope)
         request = replace(built.request, tools=scope.tool_specs)
         active = ActiveRun(run, reply_id, scope=scope)
-        seen = self.room.context_audit(built, run.ids, scope)
+        seen = self.room.context_audit(built)
         active.audit_base = {
             "prompt_ids": list(run.ids),
             "reply_id": reply_id,

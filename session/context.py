@@ -18,7 +18,7 @@ last one; ``build_context`` is the same build from nothing, and gives the same b
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from session.fold import FoldedItem, HistoryFold, render
@@ -76,6 +76,7 @@ class BuiltContext:
     folded: tuple[tuple[str, str], ...] = ()  # (entry id, why) for every folded duplicate
     left: tuple[FoldedItem, ...] = ()
     older: tuple[FoldedItem, ...] = ()
+    included: tuple[str, ...] = ()  # every entry the input draws on: pins, then the messages
 
     @property
     def tokens(self) -> int:
@@ -94,17 +95,20 @@ class BuiltContext:
             found += [Excluded(e, reason) for e in item.entry_ids]
         return tuple(found)
 
+    def _uncovered(self) -> Iterator[FoldedItem]:
+        """Turns over budget and not summarised, newest first."""
+        return (i for i in (*self.left, *reversed(self.older)) if not self._covered(i))
+
     @property
     def overflowed(self) -> bool:
-        """Some turn is over budget and not summarised (the newest such are looked at first,
-        so this is cheap when true)."""
-        return any(not self._covered(i) for i in (*self.left, *reversed(self.older)))
+        """Some turn is over budget and not summarised (cheap when true: the newest such
+        are looked at first)."""
+        return next(self._uncovered(), None) is not None
 
     @property
     def dropped(self) -> tuple[FoldedItem, ...]:
         """Turns over budget and not summarised, oldest first: what a summary takes next."""
-        newest_first = [i for i in (*self.left, *reversed(self.older)) if not self._covered(i)]
-        return tuple(reversed(newest_first))
+        return tuple(reversed(list(self._uncovered())))
 
 
 WithheldReason = Callable[[Entry], str | None]
@@ -262,9 +266,11 @@ class ContextBuilder:
         answering: list[int] = []
         issuers: list[str] = []
         notes: dict[str, str] = {}
+        included = [pin.id for pin in pinned]
         for index in kept:
             item = fold.items[index]
             assert item is not None
+            included += item.entry_ids
             is_answering = index in answering_items
             if is_answering:
                 answering.append(len(messages))
@@ -300,6 +306,7 @@ class ContextBuilder:
             folded=tuple(fold.excluded),
             left=tuple(left),
             older=tuple(item for item in fold.items[:cut] if item is not None),
+            included=tuple(included),
         )
 
 

@@ -134,3 +134,39 @@ async def test_the_audit_log_pages_and_filters(server: RunningServer) -> None:
     assert none == {"records": [], "next_after": None}
     bad = await server.http.get(url, params={"limit": "0"})
     assert bad.status_code == 422
+
+
+class FailsAfterTools(ScriptedProvider):
+    """Runs the search, then breaks before answering: the tool step stays, the reply fails."""
+
+    async def stream(self, request: ModelRequest) -> AsyncIterator[ModelEvent]:
+        if request.messages[-1].role == "tool":
+            self.requests.append(request)
+            raise RuntimeError("upstream broke after the tool ran")
+        async for event in super().stream(request):
+            yield event
+
+
+async def test_a_reply_drawing_on_an_earlier_restricted_tool_result_is_restricted(
+    tmp_path: Path,
+) -> None:
+    settings = make_settings(sqlite_url(tmp_path), tmp_path / "d")
+    provider = FailsAfterTools(script)
+    async with serve_in_process(settings, provider) as running:
+        sid = await restricted_session(running)
+        bob = await running.connect(sid, "bob")
+        alice = await running.connect(sid, "alice")
+        await bob.command({"type": "prompt", "id": "p1", "text": "what is the vault code?"})
+        await bob.wait_until(lambda c: all_replies_settled(c, 1))
+        assert next(e for e in bob.entries() if e["kind"] == "reply")["status"] == "failed"
+        await bob.command({"type": "prompt", "id": "p2", "text": "anything else?"})
+        await bob.wait_until(lambda c: all_replies_settled(c, 2))
+        # The second run was given the earlier search result (bob may read it) ...
+        assert SECRET in "\n".join(m.content for m in provider.requests[-1].messages)
+        # ... so its reply inherits the document's readers: a placeholder for everyone else.
+        second = [e for e in alice.entries() if e["kind"] == "reply"][-1]
+        await alice.wait_until(
+            lambda c: any(e["id"] == second["id"] and e["status"] == "done" for e in c.entries())
+        )
+        second = next(e for e in alice.entries() if e["id"] == second["id"])
+        assert "[restricted:" in second["content"], second
