@@ -58,6 +58,7 @@ def render(item: FoldedItem, *, answering: bool) -> str:
 StepKey = tuple[str, str, bool]
 """What a step folded: entry id, its text, whether it was pinned. Equal keys fold equally."""
 
+K = TypeVar("K")
 V = TypeVar("V")
 _MISSING = object()
 _Undo = Callable[[], None]
@@ -75,7 +76,7 @@ class HistoryFold:
         self.keys: list[StepKey] = []
         self._undo: list[list[_Undo]] = []
         self._exact: dict[str, int] = {}
-        self._merged_into: dict[str, int] = {}  # item index -> the item it was merged into
+        self._merged_into: dict[int, int] = {}  # item index -> the item it was merged into
         self._near = NearDuplicateIndex(near_duplicate_threshold)
         self._replies: dict[str, Entry] = {}
         self._blocks: dict[str, Entry] = {}
@@ -100,7 +101,7 @@ class HistoryFold:
     def _live(self, index: int) -> int | None:
         """The item that now shows item ``index``'s text (itself, or what it merged into)."""
         while self.items[index] is None:
-            later = self._merged_into.get(str(index))
+            later = self._merged_into.get(index)
             if later is None:
                 return None
             index = later
@@ -124,33 +125,40 @@ class HistoryFold:
         return undo
 
     def _add_reply(self, entry: Entry, undo: list[_Undo]) -> None:
-        key = normalise(entry.content)
-        first = self._replies.get(key)
-        text = entry.content
-        note = ""
-        if first is not None:
-            text = f"[the same reply as to message #{first.seq}]"
-            note = f"identical to the reply in message #{first.seq}"
+        first = self._first_of(self._replies, normalise(entry.content), entry, undo)
+        if first is None:
+            self._add_whole(entry, "assistant", entry.content, "", undo)
         else:
-            self._set(self._replies, key, entry, undo)
-        tokens = count_tokens(text)
-        self._append(
-            FoldedItem((entry.id,), (entry.seq,), "assistant", (), text, note, tokens), undo
-        )
+            reference = f"[the same reply as to message #{first.seq}]"
+            note = f"identical to the reply in message #{first.seq}"
+            self._add_whole(entry, "assistant", reference, note, undo)
 
     def _add_tool_result(self, entry: Entry, undo: list[_Undo]) -> None:
         """A tool step of an earlier run; the same result again becomes a reference."""
         tool = entry.tool or "tool"
         key = f"{tool}\n{normalise(entry.content)}"
-        first = self._tool_results.get(key)
-        if first is not None:
-            text = f"[the same {tool} result as in message #{first.seq}]"
-            note = f"identical to the {tool} result in message #{first.seq}"
+        first = self._first_of(self._tool_results, key, entry, undo)
+        if first is None:
+            text = f"[{tool} was run for an earlier answer]\n{entry.content}"
+            self._add_whole(entry, "tool", text, "", undo)
         else:
-            self._set(self._tool_results, key, entry, undo)
-            text, note = f"[{tool} was run for an earlier answer]\n{entry.content}", ""
-        tokens = count_tokens(text)
-        self._append(FoldedItem((entry.id,), (entry.seq,), "tool", (), text, note, tokens), undo)
+            reference = f"[the same {tool} result as in message #{first.seq}]"
+            note = f"identical to the {tool} result in message #{first.seq}"
+            self._add_whole(entry, "tool", reference, note, undo)
+
+    def _first_of(
+        self, seen: dict[str, Entry], key: str, entry: Entry, undo: list[_Undo]
+    ) -> Entry | None:
+        """The entry that first had ``key``; None (and ``entry`` is now it) if none did."""
+        first = seen.get(key)
+        if first is None:
+            self._set(seen, key, entry, undo)
+        return first
+
+    def _add_whole(self, entry: Entry, role: str, text: str, note: str, undo: list[_Undo]) -> None:
+        """An item for one entry that is never merged (a reply, a tool result)."""
+        item = FoldedItem((entry.id,), (entry.seq,), role, (), text, note, count_tokens(text))
+        self._append(item, undo)
 
     def _add_user(self, entry: Entry, undo: list[_Undo]) -> None:
         key = normalise(entry.content)
@@ -170,7 +178,7 @@ class HistoryFold:
         old = None if earlier is None else self.items[earlier]
         if earlier is not None and old is not None:
             self._set_item(earlier, None, undo)
-            self._set(self._merged_into, str(earlier), len(self.items), undo)
+            self._set(self._merged_into, earlier, len(self.items), undo)
             authors = tuple(dict.fromkeys([*old.authors, entry.author]))
             note = f"{reason} of an earlier message by {', '.join(old.authors)}"
             item = self._item(
@@ -208,9 +216,8 @@ class HistoryFold:
         lines = entry.content.split("\n")
         replaced = False
         for start, end, key in reversed(list(blocks(entry.content, self.min_block_lines))):
-            first = self._blocks.get(key)
+            first = self._first_of(self._blocks, key, entry, undo)
             if first is None:
-                self._set(self._blocks, key, entry, undo)
                 continue
             lines[start:end] = [
                 f"[the same {end - start}-line block {first.author} posted in message #{first.seq}]"
@@ -245,13 +252,10 @@ class HistoryFold:
         values.pop()
 
     @staticmethod
-    def _set(mapping: dict[str, V], key: str, value: V | object, undo: list[_Undo]) -> None:
-        """``mapping[key] = value`` (``_MISSING``: delete the key), undoably."""
+    def _set(mapping: dict[K, V], key: K, value: V, undo: list[_Undo]) -> None:
+        """``mapping[key] = value``, undoably."""
         old = mapping.get(key, _MISSING)
-        if value is _MISSING:
-            mapping.pop(key, None)
-        else:
-            mapping[key] = value  # type: ignore[assignment]
+        mapping[key] = value
 
         def restore() -> None:
             if old is _MISSING:
