@@ -29,10 +29,9 @@ class Summariser:
         self.task: asyncio.Task[None] | None = None
 
     def poke(self) -> None:
-        """Start summarising if there is enough to summarise and no call is under way."""
-        if self.task is not None and not self.task.done():
-            return
-        if self.room.closed or self.room.summary_plan() is None:
+        """Start summarising unless a call is under way (the task plans, and ends at once
+        when there is not yet enough to summarise)."""
+        if self.room.closed or (self.task is not None and not self.task.done()):
             return
         self.task = asyncio.create_task(self._run(), name=f"summaries:{self.room.session_id}")
 
