@@ -136,7 +136,7 @@ def error_for(code: str, message: str) -> ParleyError:
     pending: list[type[ParleyError]] = [ParleyError]
     while pending:
         kind = pending.pop()
-        if kind.code.value == code and kind is not ProviderError:
+        if kind.code.value == code:
             return kind(message)
         pending += kind.__subclasses__()
     return ParleyError(message)
