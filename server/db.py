@@ -3,35 +3,36 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import event
+from sqlalchemy import event, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 import migrations
+from server.sqlite_inline import InlineConnection, file_path, pragmas
 
 MIGRATIONS_DIR = Path(migrations.__file__).parent
 
 
 def create_engine(url: str) -> AsyncEngine:
-    if url.startswith("sqlite"):
-        engine = create_async_engine(url, connect_args={"timeout": 30})
-
-        @event.listens_for(engine.sync_engine, "connect")
-        def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-            cursor = dbapi_connection.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA synchronous=NORMAL")
-            cursor.execute("PRAGMA foreign_keys=ON")
-            cursor.execute("PRAGMA busy_timeout=30000")
-            cursor.close()
-
-        return engine
-    return create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
+    """An async engine; on a SQLite file, one whose connections call SQLite from the
+    event loop's thread (``server.sqlite_inline``)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
+    path = file_path(parsed)
+    if path is None:  # in memory: aiosqlite's own connection, on its thread
+        engine = create_async_engine(parsed.set(drivername="sqlite+aiosqlite"))
+    else:
+        engine = create_async_engine(
+            parsed.set(drivername="sqlite+aiosqlite"),
+            async_creator=lambda: InlineConnection.open(path),
+        )
+    event.listen(engine.sync_engine, "connect", pragmas(checkpoints=path is None))
+    return engine
 
 
 def alembic_config(url: str) -> Config:
