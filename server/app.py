@@ -24,6 +24,7 @@ from server import access_api, api, api_usage
 from server.api_models import Health, Readiness
 from server.cluster.node import ClusterNode
 from server.db import create_engine, current_revision, head_revision
+from server.direct_send import DirectSendMiddleware
 from server.keys import resolve_keys
 from server.metrics import Metrics
 from server.providers.registry import open_models
@@ -171,7 +172,7 @@ def create_app(
             if rooms.cluster is not None:
                 await rooms.cluster.stop()
             await rooms.close()
-            await engine.dispose()
+            await store.close()
 
     async def openapi(_: Request) -> Response:
         return JSONResponse(spec)
@@ -208,7 +209,7 @@ def create_app(
         ),
         WebSocketRoute("/ws/sessions/{session_id}", session_socket),
     ]
-    middleware = [Middleware(RequestLog)]
+    middleware = [Middleware(DirectSendMiddleware), Middleware(RequestLog)]
     if settings.cors_origins:
         middleware.append(
             Middleware(

@@ -16,7 +16,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from pycrdt import Doc, TransactionEvent, merge_updates
 
@@ -36,6 +36,7 @@ from authz.scope import ContextSeen, RunScope, scope_for_run, seen_in_context
 from server.access_store import AccessStore, PrivateItem, ToolRow, insert_audit, insert_private
 from server.active_run import ActiveRun
 from server.connection import Connection
+from server.group_commit import WriteFence
 from server.metrics import Metrics
 from server.settings import Settings
 from server.store import EntryRow, Store, StoreTx
@@ -75,6 +76,25 @@ RESTRICTED_REPLY = (
 MAX_SHOWN_TOOL_CHARS = 2000
 
 
+def _merged(updates: list[bytes]) -> bytes:
+    """One update for what a write changed (empty if nothing)."""
+    if not updates:
+        return b""
+    return updates[0] if len(updates) == 1 else merge_updates(*updates)
+
+
+async def _settled(future: asyncio.Future[Any]) -> bool:
+    """Wait until ``future`` is done, whatever happens; True if this task was cancelled
+    meanwhile (the caller re-raises once it has dealt with the outcome)."""
+    cancelled = False
+    while not future.done():
+        try:
+            await asyncio.wait([future])
+        except asyncio.CancelledError:
+            cancelled = True
+    return cancelled
+
+
 def new_id() -> str:
     return uuid.uuid4().hex
 
@@ -86,15 +106,6 @@ class _Write:
     # A changed copy of the queue: its plan goes into the document, and it replaces the
     # room's queue when (and only when) the write commits.
     queue: OrderingQueue | None = None
-
-
-class WriteFence(Protocol):
-    """Cluster mode: may this node write the session? Checked first in every write
-    transaction (raise to refuse it); told each update it stores, in the same transaction."""
-
-    async def check(self, tx: StoreTx) -> None: ...
-
-    async def published(self, tx: StoreTx, update_id: int) -> None: ...
 
 
 class SessionRoom:
@@ -243,8 +254,7 @@ class SessionRoom:
     async def _writing(self) -> AsyncIterator[_Write]:
         """Serialize a change: store its rows and CRDT update, commit, then broadcast."""
         async with self._lock:
-            captured: list[bytes] = []
-            self._captured = captured
+            captured = self._capturing()
             try:
                 async with self.store.transaction() as tx:
                     if self.fence is not None:
@@ -253,39 +263,100 @@ class SessionRoom:
                     yield write
                     if write.queue is not None:
                         self.doc.set_queue(self._planned(write.queue))
-                    update = b""
-                    if captured:
-                        update = captured[0] if len(captured) == 1 else merge_updates(*captured)
-                        await self._persist_update(tx, update)
+                    update = _merged(captured)
+                    if update:
+                        update_id = await tx.append_update(self.session_id, update)
+                        await self._published(tx, update_id)
             except BaseException:
-                self._captured = None
-                if captured:
-                    # The change never reached the store: forget it, so nobody sees it.
-                    try:
-                        await self._load_doc()
-                    except Exception:
-                        self.fail("the database is unavailable; reconnect to resync")
+                await self._forget(captured)
                 raise
             self._captured = None
             if write.queue is not None:
                 self.queue = write.queue
             for callback in write.after_commit:
                 callback()
-            if update:
-                self._deletes = None
-                self.broadcast(encode_sync(SyncType.UPDATE, update))
+            self._broadcast_update(update)
         self.last_active = self.clock()
 
-    async def _persist_update(self, tx: StoreTx, update: bytes) -> None:
-        update_id = await tx.append_update(self.session_id, update)
+    @asynccontextmanager
+    async def _appending(self) -> AsyncIterator[None]:
+        """A change that is a document update and nothing else (streamed reply text): the
+        promise of ``_writing`` (stored before it is broadcast), kept through the group
+        commit, which stores it with other sessions' updates in one transaction."""
+        async with self._lock:
+            captured = self._capturing()
+            cancelled = False
+            try:
+                yield
+                self._captured = None
+                update = _merged(captured)
+                stored = None
+                if update:
+                    stored = self.store.group.submit(self.session_id, update, self.fence)
+                    # The round commits or fails whatever happens to this task: wait for it
+                    # even if cancelled, so the document, the store and the sockets agree.
+                    cancelled = await _settled(stored)
+                    update_id = stored.result()
+            except BaseException:
+                await self._forget(captured)
+                if cancelled:
+                    raise asyncio.CancelledError from None
+                raise
+            self._broadcast_update(update)
+            if stored is not None:
+                self._since_snapshot += 1
+                if self._since_snapshot >= self.settings.snapshot_every_updates:
+                    await self._snapshot_after(update_id)
+                if cancelled:
+                    raise asyncio.CancelledError
+        self.last_active = self.clock()
+
+    def _capturing(self) -> list[bytes]:
+        """Start collecting the document's updates for the write under way."""
+        captured: list[bytes] = []
+        self._captured = captured
+        return captured
+
+    async def _forget(self, captured: list[bytes]) -> None:
+        """A write failed: if it changed the document, reload the document from the store,
+        so nobody sees what was never stored."""
+        self._captured = None
+        if captured:
+            try:
+                await self._load_doc()
+            except Exception:
+                self.fail("the database is unavailable; reconnect to resync")
+
+    def _broadcast_update(self, update: bytes) -> None:
+        if update:
+            self._deletes = None
+            self.broadcast(encode_sync(SyncType.UPDATE, update))
+
+    async def _published(self, tx: StoreTx, update_id: int) -> None:
+        """An update was stored in ``tx``: tell the fence, and squash the log into a
+        snapshot every ``snapshot_every_updates``."""
         if self.fence is not None:
             await self.fence.published(tx, update_id)
         self._since_snapshot += 1
         if self._since_snapshot >= self.settings.snapshot_every_updates:
-            await tx.write_snapshot(
-                self.session_id, self.doc.doc.get_update(), update_id, self.now_ms()
-            )
-            self._since_snapshot = 0
+            await self._write_snapshot(tx, update_id)
+
+    async def _write_snapshot(self, tx: StoreTx, update_id: int) -> None:
+        await tx.write_snapshot(
+            self.session_id, self.doc.doc.get_update(), update_id, self.now_ms()
+        )
+        self._since_snapshot = 0
+
+    async def _snapshot_after(self, update_id: int) -> None:
+        """Squash the log after a group-committed update (already stored and sent, so a
+        failure here only leaves the log longer: the next write tries again)."""
+        try:
+            async with self.store.transaction() as tx:
+                if self.fence is not None:
+                    await self.fence.check(tx)
+                await self._write_snapshot(tx, update_id)
+        except Exception:
+            log.warning("snapshot failed", exc_info=True, extra={"session_id": self.session_id})
 
     def broadcast(self, message: bytes) -> None:
         for connection in list(self.connections):
@@ -602,7 +673,7 @@ class SessionRoom:
         active.text.append(text)
         if active.private:
             return
-        async with self._writing():
+        async with self._appending():
             self.doc.append_reply_text(active.reply_id, text)
 
     async def widen(self, active: ActiveRun, restriction: Restriction) -> None:
@@ -614,7 +685,7 @@ class SessionRoom:
             return
         if not self.everyone_may_read(active.restriction):
             active.private = True
-            async with self._writing():
+            async with self._appending():
                 self.doc.append_reply_text(active.reply_id, RESTRICTED_REPLY)
 
     async def add_tool_step(

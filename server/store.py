@@ -18,6 +18,8 @@ from sqlalchemy import and_, delete, func, insert, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from server.group_commit import GroupCommit, insert_updates
+from server.sqlite_inline import Checkpointer, file_path
 from server.tables import (
     audit_log,
     doc_snapshots,
@@ -195,6 +197,14 @@ class StoreTx:
         )
         return int(result.scalar_one())
 
+    async def append_updates(self, rows: Sequence[tuple[str, bytes]]) -> list[int]:
+        """Several sessions' updates in one statement; their ids, in the order given."""
+        if not rows:
+            return []
+        statement, parameters = insert_updates(rows)
+        result = await self.connection.execute(statement, parameters)  # type: ignore[call-overload]
+        return [int(row[0]) for row in result]
+
     async def write_snapshot(
         self, session_id: str, data: bytes, last_update_id: int, now: int
     ) -> None:
@@ -217,14 +227,17 @@ class StoreTx:
 class Store:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
-        # SQLite lets one transaction write at a time; the others get SQLITE_BUSY and its
-        # busy handler sleeps and retries, backing off to 100 ms a try, so with a few
-        # sessions streaming at once a commit could wait seconds while the database sat
-        # idle. Queueing our writers here instead (first come, first served) costs them
-        # no sleep. PostgreSQL locks rows, not the database: no queue there.
+        # SQLite lets one transaction write at a time, and its calls run in the event
+        # loop's thread (server.sqlite_inline): a second writer would block the loop in
+        # SQLite's busy handler while the first, needing the loop, could not finish.
+        # Writers queue here instead, first come, first served. PostgreSQL locks rows,
+        # not the database: no queue there.
         self._writers: asyncio.Lock | None = (
             asyncio.Lock() if engine.dialect.name == "sqlite" else None
         )
+        self.group = GroupCommit(self)
+        path = file_path(engine.url) if engine.dialect.name == "sqlite" else None
+        self.checkpointer = Checkpointer(path) if path else None
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[StoreTx]:
@@ -235,10 +248,19 @@ class Store:
             try:
                 async with self.engine.begin() as connection:
                     yield StoreTx(connection)
+                if self.checkpointer is not None:
+                    self.checkpointer.wrote()
             except (OperationalError, DBAPIError, OSError) as exc:
                 if isinstance(exc, IntegrityError):
                     raise
                 raise Unavailable("the database is unavailable; nothing was stored") from exc
+
+    async def close(self) -> None:
+        """Finish the group commit's rounds, checkpoint, then close every connection."""
+        await self.group.close()
+        if self.checkpointer is not None:
+            await self.checkpointer.close()
+        await self.engine.dispose()
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:

@@ -1,0 +1,152 @@
+"""The group commit (many sessions' updates, one transaction) and SQLite from the loop."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import event, text
+
+from server.db import create_engine, migrate
+from server.room import _settled
+from server.store import Store, StoreTx
+from session.errors import Unavailable
+
+
+@pytest.fixture
+async def store(database_url: str) -> AsyncIterator[Store]:
+    await asyncio.to_thread(migrate, database_url)
+    store = Store(create_engine(database_url))
+    try:
+        for n in range(3):
+            await store.create_session(f"s{n}", "t", "queue", 0)
+        yield store
+    finally:
+        await store.close()
+
+
+async def stored_updates(store: Store, session_id: str) -> list[bytes]:
+    return (await store.load_doc(session_id)).updates
+
+
+async def test_updates_submitted_together_commit_in_one_round_in_order(store: Store) -> None:
+    group = store.group
+    futures = [group.submit(f"s{n % 3}", bytes([n]), None) for n in range(30)]
+    ids = await asyncio.gather(*futures)
+    assert group.rounds == 1
+    assert ids == sorted(ids) and len(set(ids)) == 30
+    for n in range(3):
+        assert await stored_updates(store, f"s{n}") == [bytes([k]) for k in range(n, 30, 3)]
+
+
+async def test_what_arrives_during_a_round_joins_the_next(store: Store) -> None:
+    group = store.group
+    first = group.submit("s0", b"a", None)
+    await asyncio.sleep(0)  # the first round starts
+    later = [group.submit("s1", bytes([n]), None) for n in range(5)]
+    await asyncio.gather(first, *later)
+    assert group.rounds <= 2
+    assert await stored_updates(store, "s1") == [bytes([n]) for n in range(5)]
+
+
+async def test_an_update_of_a_deleted_session_fails_alone(store: Store) -> None:
+    group = store.group
+    good = group.submit("s0", b"kept", None)
+    orphan = group.submit("no-such-session", b"lost", None)
+    other = group.submit("s1", b"kept too", None)
+    assert isinstance(await good, int) and isinstance(await other, int)
+    with pytest.raises(Unavailable):
+        await orphan
+    assert await stored_updates(store, "s0") == [b"kept"]
+    assert await stored_updates(store, "s1") == [b"kept too"]
+
+
+class Fence:
+    def __init__(self, allowed: bool) -> None:
+        self.allowed = allowed
+        self.ids: list[int] = []
+
+    async def check(self, tx: StoreTx) -> None:
+        if not self.allowed:
+            raise LookupError("another node holds this session")
+
+    async def published(self, tx: StoreTx, update_id: int) -> None:
+        self.ids.append(update_id)
+
+
+async def test_a_fence_refuses_its_own_session_only(store: Store) -> None:
+    group = store.group
+    held, lost = Fence(True), Fence(False)
+    ours = [group.submit("s0", bytes([n]), held) for n in range(3)]
+    theirs = group.submit("s1", b"x", lost)
+    plain = group.submit("s2", b"y", None)
+    ids = await asyncio.gather(*ours)
+    assert held.ids == ids
+    with pytest.raises(LookupError):
+        await theirs
+    assert isinstance(await plain, int)
+    assert await stored_updates(store, "s1") == []
+
+
+async def test_a_database_fault_fails_every_update_of_the_round(store: Store) -> None:
+    async with store.transaction() as tx:
+        await tx.connection.execute(text("DROP TABLE doc_updates"))
+    futures = [store.group.submit(f"s{n}", b"z", None) for n in range(3)]
+    results = await asyncio.gather(*futures, return_exceptions=True)
+    assert all(isinstance(r, Unavailable) for r in results), results
+
+
+async def test_sqlite_runs_in_the_loops_thread_and_the_wal_is_checkpointed(
+    tmp_path: Path,
+) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'inline.db'}"
+    await asyncio.to_thread(migrate, url)
+    engine = create_engine(url)
+    threads: set[int] = set()
+
+    @event.listens_for(engine.sync_engine, "before_cursor_execute")
+    def where(*_: object) -> None:
+        threads.add(threading.get_ident())
+
+    store = Store(engine)
+    assert store.checkpointer is not None
+    store.checkpointer.every_s = 0.05
+    wal = tmp_path / "inline.db-wal"
+    try:
+        await store.create_session("s", "t", "queue", 0)
+        for _ in range(300):
+            await store.group.submit("s", os.urandom(2000), None)
+        assert threads == {threading.get_ident()}
+        async with store.read() as connection:
+            never = (await connection.execute(text("PRAGMA wal_autocheckpoint"))).scalar()
+        assert never == 0  # commits on the loop never fsync for a checkpoint
+        assert wal.stat().st_size > 300 * 2000
+        for _ in range(100):
+            if store.checkpointer.last is not None:
+                break
+            await asyncio.sleep(0.05)
+        frames, copied = store.checkpointer.last or (0, -1)
+        assert frames > 0 and copied == frames, "the checkpointer left frames in the WAL"
+        assert len(await stored_updates(store, "s")) == 300
+    finally:
+        await store.close()
+
+
+async def test_a_writer_cancelled_mid_round_still_learns_its_outcome() -> None:
+    """A streaming run interrupted while its text commits must know whether it was
+    stored (to send it, or to roll the document back) before it unwinds."""
+    round_done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    waiter = asyncio.create_task(_settled(round_done))
+    await asyncio.sleep(0)
+    waiter.cancel()
+    await asyncio.sleep(0)
+    waiter.cancel()  # twice, even
+    await asyncio.sleep(0)
+    assert not waiter.done()
+    round_done.set_result(7)
+    assert await waiter is True
+    assert round_done.result() == 7
