@@ -1,7 +1,12 @@
-"""One client socket: a bounded outbox drained by one sender task.
+"""One client socket: frames written straight to it, or a bounded outbox drained by one
+sender task.
 
-A client that stops reading fills its outbox; past the limit it is disconnected with 1013
-(try again later), so it reconnects and resyncs from the CRDT state, and nobody else waits.
+Under ``parley serve`` (uvicorn's sans-I/O WebSocket protocol) each frame is written to the
+socket as it is sent (``server.direct_send``); a client that stops reading backs up its
+transport, and past ``send_buffer_max_bytes`` it is cut off. Under another ASGI server a
+client that stops reading fills its outbox; past the limit it is disconnected with 1013
+(try again later). Either way it reconnects and resyncs from the CRDT state, and nobody
+else waits.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from dataclasses import dataclass, field
 
 from starlette.websockets import WebSocket, WebSocketState
 
+from server.direct_send import DirectWriter
 from server.settings import Settings
 from session.commands import error_reply
 from session.errors import ParleyError
@@ -45,6 +51,9 @@ class Connection:
     websocket: WebSocket
     user_id: str
     outbox_limit: int
+    # Frames written as they are sent (``server.direct_send``), in place of the outbox.
+    direct: DirectWriter | None = None
+    buffer_limit: int = 8 * 1024 * 1024
     # Stock Yjs clients cannot parse text frames: send JSON only to a socket that sent some.
     speaks_json: bool = False
     awareness_ids: set[int] = field(default_factory=set)
@@ -63,19 +72,45 @@ class Connection:
         self._outbox = asyncio.Queue(maxsize=self.outbox_limit)
 
     def start(self) -> None:
-        self._sender = asyncio.create_task(self._drain(), name=f"sender:{self.user_id}")
+        if self.direct is None:
+            self._sender = asyncio.create_task(self._drain(), name=f"sender:{self.user_id}")
 
     def send(self, message: bytes | str) -> bool:
-        """Queue a frame; False (and the socket is being closed) if the client fell behind."""
+        """Send a frame; False (and the socket is being closed) if the client fell behind."""
         if self.closed:
             return False
+        if self.direct is not None:
+            return self._write(self.direct, message)
         try:
             self._outbox.put_nowait(message)
         except asyncio.QueueFull:
-            log.warning("slow consumer disconnected", extra={"user_id": self.user_id})
-            self.close(CLOSE_SLOW_CONSUMER, "slow consumer: resync on reconnect")
+            self._slow_consumer()
             return False
         return True
+
+    def _write(self, direct: DirectWriter, message: bytes | str) -> bool:
+        if direct.buffered() > self.buffer_limit:
+            self._slow_consumer()
+            return False
+        if not direct.write(message):  # the socket is closing under us
+            self.closed = True
+            self.finished.set()
+            return False
+        return True
+
+    def _slow_consumer(self) -> None:
+        log.warning("slow consumer disconnected", extra={"user_id": self.user_id})
+        if self.direct is None:
+            self.close(CLOSE_SLOW_CONSUMER, "slow consumer: resync on reconnect")
+            return
+        # Its backlog sits in the transport, ahead of where a close frame would go: drop
+        # the connection with it (the client sees 1006, reconnects and resyncs).
+        self.closed = True
+        self.close_code = CLOSE_SLOW_CONSUMER
+        if self.on_overflow is not None:
+            self.on_overflow()
+        self.direct.abort()
+        self.finished.set()
 
     def send_error(self, error: ParleyError) -> None:
         """Report an error that belongs to no command, to clients that read JSON."""

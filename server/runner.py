@@ -296,6 +296,8 @@ class SessionRunner:
 
         reader = asyncio.create_task(read())
         started = time.monotonic()
+        interval = self.room.settings.stream_interval_ms / 1000
+        sent = -interval
         try:
             finished = False
             first = True
@@ -306,6 +308,12 @@ class SessionRunner:
                 if first:
                     self.room.metrics.first_token.observe(time.monotonic() - started)
                     first = False
+                # Batches go out at most once per interval, on a grid (so a late wake-up
+                # does not push every later batch back); what arrives meanwhile joins.
+                now = time.monotonic()
+                sent = max(sent + interval, now)
+                if sent > now:
+                    await asyncio.sleep(sent - now)
                 parts = [chunk]
                 size = len(chunk)
                 while size < MAX_BATCH_CHARS:

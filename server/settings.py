@@ -92,12 +92,25 @@ class Settings(BaseSettings):
     max_pending_per_user: int = 5
     max_pending_per_session: int = 100
     max_prompts_per_run: int = Field(default=20, ge=1, description="coalesce: prompts per call")
+    stream_interval_ms: float = Field(
+        default=10.0,
+        ge=0,
+        le=1000,
+        description="A session's reply text goes out at most once per this many ms: a slower "
+        "model is sent each token as it comes, a faster one in batches (0: every batch as soon "
+        "as the one before is stored)",
+    )
 
     # Wire limits
     max_prompt_chars: int = 32_000
     max_ws_message_bytes: int = 4 * 1024 * 1024
     max_awareness_state_bytes: int = 16 * 1024
-    send_queue_max_messages: int = 4096
+    send_queue_max_messages: int = Field(
+        default=4096, ge=1, description="Frames queued for one socket (other ASGI servers)"
+    )
+    send_buffer_max_bytes: int = Field(
+        default=8 * 1024 * 1024, ge=1024, description="Bytes unsent to one socket, at most"
+    )
     max_request_bytes: int = 1024 * 1024
     ws_ping_interval_s: float = 20.0
     ws_ping_timeout_s: float = 20.0

@@ -20,6 +20,7 @@ from authz.roles import Capability
 from authz.tokens import verify_token
 from server.commands import handle_command
 from server.connection import Connection, ConnectionLimits
+from server.direct_send import SCOPE_KEY as DIRECT_WRITER
 from server.room import CLOSE_FORBIDDEN, CLOSE_NOT_FOUND, SessionRoom
 from server.state import AppState
 from session.commands import command_id_of, error_reply
@@ -79,7 +80,13 @@ async def session_socket(websocket: WebSocket) -> None:
     if not allowed.allowed:
         await websocket.close(CLOSE_FORBIDDEN, allowed.reason[:120])
         return
-    connection = Connection(websocket, claims.user_id, state.settings.send_queue_max_messages)
+    connection = Connection(
+        websocket,
+        claims.user_id,
+        state.settings.send_queue_max_messages,
+        direct=websocket.scope.get(DIRECT_WRITER),
+        buffer_limit=state.settings.send_buffer_max_bytes,
+    )
     connection.limits = ConnectionLimits.from_settings(state.settings, state.clock())
     connection.on_overflow = state.metrics.slow_consumers.inc
     connection.start()

@@ -117,6 +117,7 @@ class RunningServer:
     ws_url: str
     http: httpx.AsyncClient
     clients: list[YClient] = field(default_factory=list)
+    app: Any = None  # the Starlette app, for tests that look inside
 
     async def new_session(self, members: dict[str, str], title: str = "test") -> str:
         response = await self.http.post("/api/v1/sessions", json={"title": title})
@@ -174,7 +175,7 @@ async def serve_in_process(
     http = httpx.AsyncClient(
         base_url=base, headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=20
     )
-    running = RunningServer(base, f"ws://127.0.0.1:{port}", http)
+    running = RunningServer(base, f"ws://127.0.0.1:{port}", http, app=app)
     try:
         yield running
     finally:

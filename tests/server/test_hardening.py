@@ -92,7 +92,7 @@ async def test_a_client_that_stops_reading_is_dropped_and_others_get_everything(
     tmp_path: Path,
 ) -> None:
     provider = FloodProvider(tokens=1500, size=4096)
-    settings = make_settings(sqlite_url(tmp_path), tmp_path / "d", send_queue_max_messages=32)
+    settings = make_settings(sqlite_url(tmp_path), tmp_path / "d", send_buffer_max_bytes=256 * 1024)
     async with serve_in_process(settings, provider) as server:
         sid = await server.new_session({"alice": "editor", "stuck": "viewer"})
         alice = await server.connect(sid, "alice")

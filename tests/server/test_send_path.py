@@ -1,0 +1,215 @@
+"""How frames reach a socket: written straight into uvicorn's protocol under ``parley
+serve``, or through a bounded outbox and a sender task under other ASGI servers."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from websockets.frames import Frame, Opcode
+from websockets.protocol import State
+from websockets.server import ServerProtocol
+from websockets.streams import StreamReader
+
+from server.connection import CLOSE_SLOW_CONSUMER, Connection
+from server.direct_send import DirectWriter
+from session.model import ModelEvent, ModelRequest, TextDelta
+from session.yprotocol import SyncType, encode_sync
+from tests.conftest import RunningServer, make_settings, serve_in_process, sqlite_url
+from tests.yclient import all_replies_settled
+
+
+class Transport:
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.backlog = 0
+        self.aborted = False
+
+    def write(self, data: bytes) -> None:
+        self.data += data
+
+    def is_closing(self) -> bool:
+        return self.aborted
+
+    def get_write_buffer_size(self) -> int:
+        return self.backlog
+
+    def abort(self) -> None:
+        self.aborted = True
+
+
+class Protocol:
+    """The parts of uvicorn's sans-I/O WebSocket protocol the writer uses."""
+
+    def __init__(self) -> None:
+        self.conn = ServerProtocol()
+        self.conn.state = State.OPEN
+        self.transport = Transport()
+        self.close_sent = False
+        self.disconnected = False
+
+    async def send(self, message: Any) -> None:
+        raise AssertionError("the direct path never goes through ASGI send")
+
+
+def frames(data: bytes) -> list[Frame]:
+    reader = StreamReader()
+    reader.feed_data(data)
+    parsed = []
+    while reader.buffer:
+        parser = Frame.parse(reader.read_exact, mask=False)
+        try:
+            next(parser)
+        except StopIteration as done:
+            parsed.append(done.value)
+    return parsed
+
+
+def test_the_writer_frames_each_message_into_the_transport() -> None:
+    protocol = Protocol()
+    writer = DirectWriter.beneath(protocol.send)
+    assert writer is not None
+    update = encode_sync(SyncType.UPDATE, b"\x01\x02")
+    assert writer.write(update) and writer.write('{"type":"ack"}')
+    sent = frames(bytes(protocol.transport.data))
+    assert [(f.opcode, f.data) for f in sent] == [
+        (Opcode.BINARY, update),
+        (Opcode.TEXT, b'{"type":"ack"}'),
+    ]
+    protocol.close_sent = True
+    assert not writer.write(update)  # nothing after the close frame
+
+
+def test_no_writer_beneath_a_server_it_does_not_know() -> None:
+    async def send(message: Any) -> None: ...
+
+    assert DirectWriter.beneath(send) is None
+    assert DirectWriter.beneath(Transport().write) is None  # type: ignore[arg-type]
+
+
+async def test_a_client_that_backs_up_its_transport_is_cut_off() -> None:
+    protocol = Protocol()
+    writer = DirectWriter.beneath(protocol.send)
+    overflowed: list[bool] = []
+    connection = Connection(
+        websocket=None,  # type: ignore[arg-type]
+        user_id="u",
+        outbox_limit=10,
+        direct=writer,
+        buffer_limit=1000,
+        on_overflow=lambda: overflowed.append(True),
+    )
+    connection.start()
+    assert connection.send(b"x" * 10)
+    protocol.transport.backlog = 1001
+    assert not connection.send(b"y")
+    assert connection.closed and connection.close_code == CLOSE_SLOW_CONSUMER
+    assert protocol.transport.aborted and overflowed == [True]
+    assert connection.finished.is_set()
+    assert not connection.send(b"z")
+
+
+class StuckSocket:
+    """A Starlette WebSocket whose client never reads: the first send never returns."""
+
+    def __init__(self) -> None:
+        self.sent: list[bytes | str] = []
+        self.stuck = asyncio.Event()
+
+    async def send_bytes(self, data: bytes) -> None:
+        self.sent.append(data)
+        await self.stuck.wait()
+
+    async def send_text(self, data: str) -> None:
+        self.sent.append(data)
+        await self.stuck.wait()
+
+
+async def test_without_a_writer_the_outbox_is_bounded_and_the_rest_unharmed() -> None:
+    socket = StuckSocket()
+    overflowed: list[bool] = []
+    connection = Connection(
+        websocket=socket,  # type: ignore[arg-type]
+        user_id="u",
+        outbox_limit=3,
+        on_overflow=lambda: overflowed.append(True),
+    )
+    connection.start()
+    assert connection.send(b"1")
+    await asyncio.sleep(0)  # the sender takes it and gets stuck writing it
+    assert [connection.send(bytes([n])) for n in range(3)] == [True, True, True]
+    assert not connection.send(b"over")
+    assert connection.close_code == CLOSE_SLOW_CONSUMER and overflowed == [True]
+    assert socket.sent == [b"1"]
+    await connection.wait_closed()
+
+
+async def test_parley_serve_writes_frames_directly(sqlite_server: RunningServer) -> None:
+    server = sqlite_server
+    sid = await server.new_session({"alice": "editor"})
+    client = await server.connect(sid, "alice")
+    await client.command({"type": "prompt", "id": "p", "text": "hello"})
+    room = await server.app.state.parley.rooms.get(sid)
+    assert room.connections and all(c.direct is not None for c in room.connections)
+    await client.wait_until(lambda c: len(c.entries()) == 2)
+
+
+class PacedProvider:
+    """Yields ``tokens`` tokens ``gap_s`` apart, noting when it yielded each."""
+
+    name = "paced"
+
+    def __init__(self, tokens: int, gap_s: float) -> None:
+        self.tokens = tokens
+        self.gap_s = gap_s
+        self.yielded: list[float] = []
+
+    async def stream(self, request: ModelRequest) -> AsyncIterator[ModelEvent]:
+        for n in range(self.tokens):
+            await asyncio.sleep(self.gap_s)
+            self.yielded.append(time.monotonic())
+            yield TextDelta(f"{n:04d} ")
+
+
+async def reply_batches(tmp_path: Path, provider: PacedProvider, interval_ms: float) -> list[float]:
+    """When each batch of reply text went out (one document update each)."""
+    settings = make_settings(sqlite_url(tmp_path), tmp_path / "d", stream_interval_ms=interval_ms)
+    sent: list[float] = []
+    async with serve_in_process(settings, provider) as server:
+        sid = await server.new_session({"alice": "editor"})
+        alice = await server.connect(sid, "alice")
+        room = await server.app.state.parley.rooms.get(sid)
+        appending = room.append_reply
+
+        async def noting(active: Any, text: str) -> None:
+            sent.append(time.monotonic())
+            await appending(active, text)
+
+        room.append_reply = noting
+        await alice.command({"type": "prompt", "id": "p", "text": "go"})
+        await alice.wait_until(lambda c: all_replies_settled(c, 1))
+        reply = alice.entries()[1]["content"]
+        assert reply == "".join(f"{n:04d} " for n in range(provider.tokens))
+    return sent
+
+
+async def test_a_fast_model_is_sent_in_batches_at_most_once_per_interval(
+    tmp_path: Path,
+) -> None:
+    provider = PacedProvider(tokens=200, gap_s=0)
+    sent = await reply_batches(tmp_path, provider, interval_ms=20)
+    assert len(sent) < 200
+    gaps = [b - a for a, b in itertools.pairwise(sent)]
+    assert min(gaps) >= 0.019
+
+
+async def test_a_slow_model_is_sent_each_token_as_it_comes(tmp_path: Path) -> None:
+    provider = PacedProvider(tokens=20, gap_s=0.05)
+    sent = await reply_batches(tmp_path, provider, interval_ms=20)
+    assert len(sent) == 20
+    waits = sorted(s - y for s, y in zip(sent, provider.yielded, strict=True))
+    assert waits[len(waits) // 2] < 0.005  # not held back for a batch
