@@ -75,12 +75,13 @@ class Connection:
         if self.direct is None:
             self._sender = asyncio.create_task(self._drain(), name=f"sender:{self.user_id}")
 
-    def send(self, message: bytes | str) -> bool:
-        """Send a frame; False (and the socket is being closed) if the client fell behind."""
+    def send(self, message: bytes | str, frame: bytes | None = None) -> bool:
+        """Send a message (``frame``: the same, framed already); False (and the socket is
+        being closed) if the client fell behind."""
         if self.closed:
             return False
         if self.direct is not None:
-            return self._write(self.direct, message)
+            return self._write(self.direct, message, frame)
         try:
             self._outbox.put_nowait(message)
         except asyncio.QueueFull:
@@ -88,11 +89,11 @@ class Connection:
             return False
         return True
 
-    def _write(self, direct: DirectWriter, message: bytes | str) -> bool:
+    def _write(self, direct: DirectWriter, message: bytes | str, frame: bytes | None) -> bool:
         if direct.buffered() > self.buffer_limit:
             self._slow_consumer()
             return False
-        if not direct.write(message):  # the socket is closing under us
+        if not direct.write(message, frame):  # the socket is closing under us
             self.closed = True
             self.finished.set()
             return False

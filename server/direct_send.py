@@ -18,8 +18,15 @@ from __future__ import annotations
 from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
+from websockets.frames import Frame, Opcode
+from websockets.protocol import State
 
 SCOPE_KEY = "parley.direct_writer"
+
+
+def binary_frame(payload: bytes) -> bytes:
+    """A server's binary frame of ``payload`` (unmasked, no extension), as bytes."""
+    return Frame(Opcode.BINARY, payload).serialize(mask=False, extensions=[])
 
 
 class DirectWriter:
@@ -40,18 +47,28 @@ class DirectWriter:
     @property
     def open(self) -> bool:
         protocol = self._protocol
-        return not (protocol.disconnected or protocol.close_sent or protocol.transport.is_closing())
+        return (
+            protocol.conn.state is State.OPEN
+            and not (protocol.disconnected or protocol.close_sent)
+            and not protocol.transport.is_closing()
+        )
 
-    def write(self, message: bytes | str) -> bool:
-        """Frame ``message`` and hand it to the transport; False if the socket is closing."""
+    def write(self, message: bytes | str, frame: bytes | None = None) -> bool:
+        """Frame ``message`` and hand it to the transport; False if the socket is closing.
+        ``frame``: ``message`` already framed (``binary_frame``), for a broadcast that
+        frames once for every socket; used when the connection has no extension that
+        would change the bytes (Parley turns compression off)."""
         if not self.open:
             return False
         conn = self._protocol.conn
-        if isinstance(message, bytes):
-            conn.send_binary(message)
+        if frame is not None and not conn.extensions:
+            self._protocol.transport.write(frame)
         else:
-            conn.send_text(message.encode())
-        self._protocol.transport.write(b"".join(conn.data_to_send()))
+            if isinstance(message, bytes):
+                conn.send_binary(message)
+            else:
+                conn.send_text(message.encode())
+            self._protocol.transport.write(b"".join(conn.data_to_send()))
         return True
 
     def buffered(self) -> int:

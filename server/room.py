@@ -36,6 +36,7 @@ from authz.scope import ContextSeen, RunScope, scope_for_run, seen_in_context
 from server.access_store import AccessStore, PrivateItem, ToolRow, insert_audit, insert_private
 from server.active_run import ActiveRun
 from server.connection import Connection
+from server.direct_send import binary_frame
 from server.group_commit import WriteFence
 from server.metrics import Metrics
 from server.settings import Settings
@@ -359,8 +360,9 @@ class SessionRoom:
             log.warning("snapshot failed", exc_info=True, extra={"session_id": self.session_id})
 
     def broadcast(self, message: bytes) -> None:
+        frame = binary_frame(message)  # framed once for every socket
         for connection in list(self.connections):
-            connection.send(message)
+            connection.send(message, frame)
 
     def user_bucket(self, user_id: str) -> TokenBucket:
         """One command budget per user across all their sockets in this session."""

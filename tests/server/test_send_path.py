@@ -16,7 +16,7 @@ from websockets.server import ServerProtocol
 from websockets.streams import StreamReader
 
 from server.connection import CLOSE_SLOW_CONSUMER, Connection
-from server.direct_send import DirectWriter
+from server.direct_send import DirectWriter, binary_frame
 from session.model import ModelEvent, ModelRequest, TextDelta
 from session.yprotocol import SyncType, encode_sync
 from tests.conftest import RunningServer, make_settings, serve_in_process, sqlite_url
@@ -213,3 +213,16 @@ async def test_a_slow_model_is_sent_each_token_as_it_comes(tmp_path: Path) -> No
     assert len(sent) == 20
     waits = sorted(s - y for s, y in zip(sent, provider.yielded, strict=True))
     assert waits[len(waits) // 2] < 0.005  # not held back for a batch
+
+
+def test_a_broadcast_frame_is_the_bytes_the_protocol_would_write() -> None:
+    protocol = Protocol()
+    writer = DirectWriter.beneath(protocol.send)
+    assert writer is not None
+    update = encode_sync(SyncType.UPDATE, b"\x07" * 300)  # a two-byte length
+    assert writer.write(update, binary_frame(update))
+    assert writer.write(update)
+    half = len(protocol.transport.data) // 2
+    assert protocol.transport.data[:half] == protocol.transport.data[half:]
+    protocol.conn.state = State.CLOSING  # the client's close frame came in
+    assert not writer.write(update, binary_frame(update))
