@@ -22,6 +22,7 @@ from typing import Any
 
 from pycrdt import Array, Doc, Text
 
+from bench.targets import process_cpu_seconds
 from bench.wsclient import WSClient, connect
 
 TOKEN_WIDTH = 8
@@ -314,6 +315,10 @@ class ClientPool:
 
     async def call_all(self, command: str, **kwargs: Any) -> list[Any]:
         return await self.call(command, [kwargs] * len(self.pipes))
+
+    def cpu_seconds(self) -> float:
+        """CPU time the client workers have used so far, together."""
+        return sum(process_cpu_seconds(p.pid) for p in self.processes if p.pid is not None)
 
     def split(self, items: list[Any]) -> list[list[Any]]:
         """Deal ``items`` round-robin over the shards."""

@@ -8,6 +8,12 @@ from typing import Any
 PARLEY = "parley"
 
 
+def _cpu(got: dict[str, Any], who: str) -> str:
+    """A CPU share in % of one core (older results have none)."""
+    value = got.get(f"{who}_cpu_percent")
+    return "" if value is None else f"{value:.0f}%"
+
+
 def _num(value: float | None, digits: int = 0) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "\u2013"
@@ -89,8 +95,9 @@ def markdown(results: dict[str, Any]) -> str:
             f"rate for {sizes['paced_seconds']:g} s; delay from the writer yielding a token to "
             "each subscriber holding it (ms).",
             "",
-            "| Tokens/s per session | Server | p50 | p99 | max | tokens missing |",
-            "|---:|---|---:|---:|---:|---:|",
+            "| Tokens/s per session | Server | p50 | p99 | max | tokens missing "
+            "| Updates per subscriber | Server CPU | Clients' CPU |",
+            "|---:|---|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for rate in sizes["paced_rates"]:
             for name, result in servers.items():
@@ -100,7 +107,8 @@ def markdown(results: dict[str, Any]) -> str:
                 lines.append(
                     f"| {rate:g} | {name} | {_num(got['delay_p50_ms'], 1)} | "
                     f"{_num(got['delay_p99_ms'], 1)} | {_num(got['delay_max_ms'], 1)} | "
-                    f"{got['missing_fraction']:.1%} |"
+                    f"{got['missing_fraction']:.1%} | {_num(got.get('updates_per_subscriber'), 0)} | "
+                    f"{_cpu(got, 'server')} | {_cpu(got, 'clients')} |"
                 )
         lines.append("")
 

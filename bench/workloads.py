@@ -43,6 +43,18 @@ async def _connect(pool: ClientPool, rooms: list[Room], layout: str) -> list[lis
     return [[i for i, _ in s] for s in shards]
 
 
+def _cpu_percent(
+    before: tuple[float, float, float], target: Target, pool: ClientPool
+) -> dict[str, float]:
+    """The server's and the client workers' CPU use since ``before``, in % of one core."""
+    server, clients, started = before
+    elapsed = max(time.monotonic() - started, 1e-9)
+    return {
+        "server_cpu_percent": 100 * (target.cpu_seconds() - server) / elapsed,
+        "clients_cpu_percent": 100 * (pool.cpu_seconds() - clients) / elapsed,
+    }
+
+
 async def _round(
     target: Target,
     pool: ClientPool,
@@ -132,7 +144,9 @@ async def fanout_paced(
     measured = []
     try:
         for _ in range(runs):
+            cpu_before = target.cpu_seconds(), pool.cpu_seconds(), time.monotonic()
             yields, holds, updates = await _round(target, pool, rooms, tokens, rate, seconds + 60)
+            cpu = _cpu_percent(cpu_before, target, pool)
             delays = []
             missing = 0
             for room, held in zip(order, holds, strict=True):
@@ -148,6 +162,7 @@ async def fanout_paced(
                     "delay_max_ms": 1000 * max(delays, default=float("nan")),
                     "missing_fraction": missing / (len(holds) * tokens),
                     "updates_per_subscriber": statistics.median(updates),
+                    **cpu,
                 }
             )
     finally:
