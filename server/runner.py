@@ -49,6 +49,21 @@ class RunOutcome:
     usage: Usage | None = None
 
 
+def _take(deltas: asyncio.Queue[str | None], parts: list[str], size: int) -> tuple[int, bool]:
+    """Move what ``deltas`` holds into ``parts`` (``size`` characters so far), up to
+    ``MAX_BATCH_CHARS`` in all; returns the new size, and whether the stream ended."""
+    while size < MAX_BATCH_CHARS:
+        try:
+            more = deltas.get_nowait()
+        except asyncio.QueueEmpty:
+            return size, False
+        if more is None:
+            return size, True
+        parts.append(more)
+        size += len(more)
+    return size, False
+
+
 class SessionRunner:
     def __init__(self, room: SessionRoom, provider: ModelProvider, run_timeout_s: float) -> None:
         self.room = room
@@ -308,24 +323,19 @@ class SessionRunner:
                 if first:
                     self.room.metrics.first_token.observe(time.monotonic() - started)
                     first = False
-                # Batches go out at most once per interval, on a grid (so a late wake-up
-                # does not push every later batch back); what arrives meanwhile joins.
-                now = time.monotonic()
-                sent = max(sent + interval, now)
-                if sent > now:
-                    await asyncio.sleep(sent - now)
                 parts = [chunk]
-                size = len(chunk)
-                while size < MAX_BATCH_CHARS:
-                    try:
-                        more = deltas.get_nowait()
-                    except asyncio.QueueEmpty:
-                        break
-                    if more is None:
-                        finished = True
-                        break
-                    parts.append(more)
-                    size += len(more)
+                size, finished = _take(deltas, parts, len(chunk))
+                # Batches go out at most once per interval, on a grid (so a late wake-up
+                # does not push every later batch back); what arrives meanwhile joins. A
+                # full batch goes at once: waiting would only hold it back.
+                now = time.monotonic()
+                due = sent + interval
+                if due > now and not finished and size < MAX_BATCH_CHARS:
+                    await asyncio.sleep(due - now)
+                    size, finished = _take(deltas, parts, size)
+                    sent = due
+                else:
+                    sent = now
                 text += parts
                 await self.room.append_reply(active, "".join(parts))
         finally:

@@ -93,7 +93,7 @@ class Settings(BaseSettings):
     max_pending_per_session: int = 100
     max_prompts_per_run: int = Field(default=20, ge=1, description="coalesce: prompts per call")
     stream_interval_ms: float = Field(
-        default=10.0,
+        default=15.0,
         ge=0,
         le=1000,
         description="A session's reply text goes out at most once per this many ms: a slower "

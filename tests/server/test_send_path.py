@@ -163,20 +163,24 @@ class PacedProvider:
 
     name = "paced"
 
-    def __init__(self, tokens: int, gap_s: float) -> None:
+    def __init__(self, tokens: int, gap_s: float, width: int = 1) -> None:
         self.tokens = tokens
         self.gap_s = gap_s
+        self.width = width
         self.yielded: list[float] = []
 
     async def stream(self, request: ModelRequest) -> AsyncIterator[ModelEvent]:
         for n in range(self.tokens):
             await asyncio.sleep(self.gap_s)
             self.yielded.append(time.monotonic())
-            yield TextDelta(f"{n:04d} ")
+            yield TextDelta(f"{n:04d} " * self.width)
 
 
-async def reply_batches(tmp_path: Path, provider: PacedProvider, interval_ms: float) -> list[float]:
-    """When each batch of reply text went out (one document update each)."""
+async def reply_batches(
+    tmp_path: Path, provider: PacedProvider, interval_ms: float, sizes: list[int] | None = None
+) -> list[float]:
+    """When each batch of reply text went out (one document update each); its size
+    goes into ``sizes``."""
     settings = make_settings(sqlite_url(tmp_path), tmp_path / "d", stream_interval_ms=interval_ms)
     sent: list[float] = []
     async with serve_in_process(settings, provider) as server:
@@ -187,13 +191,15 @@ async def reply_batches(tmp_path: Path, provider: PacedProvider, interval_ms: fl
 
         async def noting(active: Any, text: str) -> None:
             sent.append(time.monotonic())
+            if sizes is not None:
+                sizes.append(len(text))
             await appending(active, text)
 
         room.append_reply = noting
         await alice.command({"type": "prompt", "id": "p", "text": "go"})
         await alice.wait_until(lambda c: all_replies_settled(c, 1))
         reply = alice.entries()[1]["content"]
-        assert reply == "".join(f"{n:04d} " for n in range(provider.tokens))
+        assert reply == "".join(f"{n:04d} " * provider.width for n in range(provider.tokens))
     return sent
 
 
@@ -226,3 +232,14 @@ def test_a_broadcast_frame_is_the_bytes_the_protocol_would_write() -> None:
     assert protocol.transport.data[:half] == protocol.transport.data[half:]
     protocol.conn.state = State.CLOSING  # the client's close frame came in
     assert not writer.write(update, binary_frame(update))
+
+
+async def test_a_full_batch_is_not_held_back_by_the_interval(tmp_path: Path) -> None:
+    provider = PacedProvider(tokens=400, gap_s=0, width=10)  # 20,000 characters at once
+    sizes: list[int] = []
+    sent = await reply_batches(tmp_path, provider, interval_ms=1000, sizes=sizes)
+    assert sum(sizes) == 20_000
+    full = [n for n, size in enumerate(sizes) if size >= 4096]
+    assert len(full) >= 4
+    # One interval at most before the first batch is full; none between full batches.
+    assert sent[full[-1]] - sent[full[1]] < 0.5
