@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import and_, delete, func, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -143,25 +145,29 @@ class StoreTx:
         return int(seq)
 
     async def insert_entry(self, row: EntryRow) -> None:
-        try:
-            async with self.connection.begin_nested():
-                await self.connection.execute(
-                    insert(entries).values(
-                        id=row.id,
-                        session_id=row.session_id,
-                        seq=row.seq,
-                        kind=row.kind,
-                        author=row.author,
-                        command_id=row.command_id,
-                        text=row.text,
-                        status=row.status,
-                        reason=row.reason,
-                        reply_id=row.reply_id,
-                        created_at=row.created_at,
-                    )
-                )
-        except IntegrityError:
-            raise DuplicateCommand(row.command_id) from None
+        """Insert ``row``; ``DuplicateCommand`` if its author sent its command id before
+        (the insert does nothing then, and the transaction stays usable)."""
+        upsert = pg_insert if self.connection.dialect.name == "postgresql" else sqlite_insert
+        statement = (
+            upsert(entries)
+            .values(
+                id=row.id,
+                session_id=row.session_id,
+                seq=row.seq,
+                kind=row.kind,
+                author=row.author,
+                command_id=row.command_id,
+                text=row.text,
+                status=row.status,
+                reason=row.reason,
+                reply_id=row.reply_id,
+                created_at=row.created_at,
+            )
+            .on_conflict_do_nothing(index_elements=["session_id", "author", "command_id"])
+            .returning(entries.c.id)
+        )
+        if (await self.connection.execute(statement)).first() is None:
+            raise DuplicateCommand(row.command_id)
 
     async def set_entry_status(
         self,

@@ -261,3 +261,17 @@ async def test_json_is_sent_only_to_clients_that_speak_it(sqlite_server: Running
     await silent.wait_until(lambda c: all_replies_settled(c, 1))
     assert silent.unsolicited == [] and not silent.replies
     assert all(json.dumps(e) for e in silent.entries())
+
+
+async def test_a_command_sent_again_gets_its_first_ack_and_is_stored_once(
+    server: RunningServer,
+) -> None:
+    sid = await server.new_session({"alice": "editor"})
+    alice = await server.connect(sid, "alice")
+    first = await alice.command({"type": "prompt", "id": "again", "text": "hello"})
+    second = await alice.command({"type": "prompt", "id": "again", "text": "hello"})
+    assert first["type"] == second["type"] == "ack"
+    assert (second["prompt_id"], second["seq"]) == (first["prompt_id"], first["seq"])
+    other = await alice.command({"type": "message", "id": "next", "text": "still works"})
+    assert other["type"] == "ack" and other["seq"] == first["seq"] + 1
+    await alice.wait_until(lambda c: len([e for e in c.entries() if e["kind"] == "prompt"]) == 1)
