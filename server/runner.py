@@ -49,19 +49,52 @@ class RunOutcome:
     usage: Usage | None = None
 
 
-def _take(deltas: asyncio.Queue[str | None], parts: list[str], size: int) -> tuple[int, bool]:
-    """Move what ``deltas`` holds into ``parts`` (``size`` characters so far), up to
-    ``MAX_BATCH_CHARS`` in all; returns the new size, and whether the stream ended."""
-    while size < MAX_BATCH_CHARS:
-        try:
-            more = deltas.get_nowait()
-        except asyncio.QueueEmpty:
-            return size, False
-        if more is None:
-            return size, True
-        parts.append(more)
-        size += len(more)
-    return size, False
+class _Deltas:
+    """The model's text on its way to the document: a bounded queue that tells when it
+    holds a full batch, or the end of the stream (``None``)."""
+
+    def __init__(self) -> None:
+        self._queue: asyncio.Queue[str | None] = asyncio.Queue(maxsize=DELTA_BUFFER)
+        self._chars = 0
+        self._need = MAX_BATCH_CHARS  # queued characters that make the batch full
+        self._ready = asyncio.Event()
+
+    async def put(self, text: str | None) -> None:
+        await self._queue.put(text)
+        self._chars += len(text or "")
+        if text is None or self._chars >= self._need:
+            self._ready.set()
+
+    async def get(self) -> str | None:
+        text = await self._queue.get()
+        self._chars -= len(text or "")
+        return text
+
+    def take(self, parts: list[str], size: int) -> tuple[int, bool]:
+        """Move what is queued into ``parts`` (``size`` characters so far), up to
+        ``MAX_BATCH_CHARS`` in all; returns the new size, and whether the stream ended."""
+        while size < MAX_BATCH_CHARS:
+            try:
+                more = self._queue.get_nowait()
+            except asyncio.QueueEmpty:
+                return size, False
+            if more is None:
+                return size, True
+            self._chars -= len(more)
+            parts.append(more)
+            size += len(more)
+        return size, False
+
+    async def fill(self, seconds: float, size: int) -> bool:
+        """Wait up to ``seconds`` for more text for a batch of ``size`` characters; True
+        if the batch filled, or the stream ended, first."""
+        self._need = MAX_BATCH_CHARS - size
+        self._ready.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._ready.wait()
+                return True
+        return False
 
 
 class SessionRunner:
@@ -285,7 +318,7 @@ class SessionRunner:
         )
 
     async def _stream(self, active: ActiveRun, request: ModelRequest) -> ModelTurn:
-        deltas: asyncio.Queue[str | None] = asyncio.Queue(maxsize=DELTA_BUFFER)
+        deltas = _Deltas()
         usage: list[Usage] = []
         calls: list[ToolCall] = []
         text: list[str] = []
@@ -324,18 +357,17 @@ class SessionRunner:
                     self.room.metrics.first_token.observe(time.monotonic() - started)
                     first = False
                 parts = [chunk]
-                size, finished = _take(deltas, parts, len(chunk))
+                size, finished = deltas.take(parts, len(chunk))
                 # Batches go out at most once per interval, on a grid (so a late wake-up
                 # does not push every later batch back); what arrives meanwhile joins. A
-                # full batch goes at once: waiting would only hold it back.
+                # batch that is full, or the stream's last, goes at once.
                 now = time.monotonic()
                 due = sent + interval
+                sent = now
                 if due > now and not finished and size < MAX_BATCH_CHARS:
-                    await asyncio.sleep(due - now)
-                    size, finished = _take(deltas, parts, size)
-                    sent = due
-                else:
-                    sent = now
+                    if not await deltas.fill(due - now, size):
+                        sent = due
+                    size, finished = deltas.take(parts, size)
                 text += parts
                 await self.room.append_reply(active, "".join(parts))
         finally:
