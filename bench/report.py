@@ -107,7 +107,8 @@ def markdown(results: dict[str, Any]) -> str:
                 lines.append(
                     f"| {rate:g} | {name} | {_num(got['delay_p50_ms'], 1)} | "
                     f"{_num(got['delay_p99_ms'], 1)} | {_num(got['delay_max_ms'], 1)} | "
-                    f"{got['missing_fraction']:.1%} | {_num(got.get('updates_per_subscriber'), 0)} | "
+                    f"{got['missing_fraction']:.1%} | "
+                    f"{_num(got.get('updates_per_subscriber'), 0)} | "
                     f"{_cpu(got, 'server')} | {_cpu(got, 'clients')} |"
                 )
         lines.append("")
