@@ -142,7 +142,11 @@ def create_app(
 
     @asynccontextmanager
     async def _resources(app: Starlette, model: ModelProvider) -> AsyncIterator[None]:
-        engine = create_engine(settings.database_url)
+        engine = create_engine(
+            settings.database_url,
+            # A stalled node's open transaction must not outlive its lease.
+            idle_in_transaction_s=settings.lease_ttl_s if settings.cluster else None,
+        )
         store = Store(engine)
         revision = await current_revision(engine)
         if revision != head_revision():

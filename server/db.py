@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
@@ -17,12 +18,23 @@ from server.sqlite_inline import InlineConnection, file_path, pragmas
 MIGRATIONS_DIR = Path(migrations.__file__).parent
 
 
-def create_engine(url: str) -> AsyncEngine:
+def create_engine(url: str, *, idle_in_transaction_s: float | None = None) -> AsyncEngine:
     """An async engine; on a SQLite file, one whose connections call SQLite from the
-    event loop's thread (``server.sqlite_inline``)."""
+    event loop's thread (``server.sqlite_inline``).
+
+    ``idle_in_transaction_s`` (PostgreSQL): the server ends a session whose transaction
+    waits on the client longer than this. A cluster node that stalls (paused, swapped
+    out) in the middle of a write holds row locks, the lease row's among them, and the
+    node taking the session over would wait on them for as long as it stalls."""
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
-        return create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
+        connect_args: dict[str, Any] = {}
+        if idle_in_transaction_s is not None and parsed.get_driver_name() == "asyncpg":
+            timeout_ms = str(max(1, round(idle_in_transaction_s * 1000)))
+            connect_args["server_settings"] = {"idle_in_transaction_session_timeout": timeout_ms}
+        return create_async_engine(
+            url, pool_size=10, max_overflow=10, pool_pre_ping=True, connect_args=connect_args
+        )
     path = file_path(parsed)
     if path is None:  # in memory: aiosqlite's own connection, on its thread
         engine = create_async_engine(parsed.set(drivername="sqlite+aiosqlite"))
