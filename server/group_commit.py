@@ -83,15 +83,17 @@ class GroupCommit:
                 # One session's update broke a constraint (its session was deleted
                 # meanwhile): store the others one by one, so only it fails.
                 for item in batch:
-                    with contextlib.suppress(Exception):
+                    try:
                         await self._commit([item])
-            except BaseException as exc:
+                    except Exception as exc:
+                        _settle(item, _unstored(exc))
+            except Exception as exc:  # the store's own: Unavailable
                 for item in batch:
-                    _settle(item, _as_unavailable(exc))
-                if not isinstance(exc, Exception):
-                    raise
-            for item in batch:
-                _settle(item, Unavailable("nothing was stored"))
+                    _settle(item, exc)
+            except BaseException:
+                for item in batch:
+                    _settle(item, Unavailable("the server is stopping; nothing was stored"))
+                raise
             self.rounds += 1
 
     async def _commit(self, batch: list[_Pending]) -> None:
@@ -132,9 +134,9 @@ def _settle(item: _Pending, exc: BaseException) -> None:
         item.stored.set_exception(exc)
 
 
-def _as_unavailable(exc: BaseException) -> Exception:
-    if isinstance(exc, Unavailable):
-        return exc
-    if isinstance(exc, Exception):
-        return Unavailable("the database is unavailable; nothing was stored")
-    return Unavailable("the server is stopping; nothing was stored")
+def _unstored(exc: Exception) -> Exception:
+    """What a caller is told of its own update's failure: a broken constraint is a
+    fault of the data it was stored with, not of the caller."""
+    if isinstance(exc, IntegrityError):
+        return Unavailable("this session's update could not be stored")
+    return exc

@@ -305,8 +305,7 @@ class SessionRoom:
                 raise
             self._broadcast_update(update)
             if stored is not None:
-                self._since_snapshot += 1
-                if self._since_snapshot >= self.settings.snapshot_every_updates:
+                if self._snapshot_due():
                     await self._snapshot_after(update_id)
                 if cancelled:
                     raise asyncio.CancelledError
@@ -338,9 +337,13 @@ class SessionRoom:
         snapshot every ``snapshot_every_updates``."""
         if self.fence is not None:
             await self.fence.published(tx, update_id)
-        self._since_snapshot += 1
-        if self._since_snapshot >= self.settings.snapshot_every_updates:
+        if self._snapshot_due():
             await self._write_snapshot(tx, update_id)
+
+    def _snapshot_due(self) -> bool:
+        """Count a stored update; True when the log is due to be squashed."""
+        self._since_snapshot += 1
+        return self._since_snapshot >= self.settings.snapshot_every_updates
 
     async def _write_snapshot(self, tx: StoreTx, update_id: int) -> None:
         await tx.write_snapshot(

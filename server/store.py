@@ -198,10 +198,8 @@ class StoreTx:
         )
 
     async def append_update(self, session_id: str, data: bytes) -> int:
-        result = await self.connection.execute(
-            insert(doc_updates).values(session_id=session_id, data=data).returning(doc_updates.c.id)
-        )
-        return int(result.scalar_one())
+        (update_id,) = await self.append_updates([(session_id, data)])
+        return update_id
 
     async def append_updates(self, rows: Sequence[tuple[str, bytes]]) -> list[int]:
         """Several sessions' updates in one statement; their ids, in the order given."""
