@@ -156,7 +156,10 @@ class TranscriptEntryOut(Strict):
     status: str
     content: str
     created_at: int
-    reason: str | None
+    reason: str | None = Field(description="Why it ended unanswered, for people")
+    reason_code: str | None = Field(
+        description="Why it ended unanswered, as a stable code (see README's reason table)"
+    )
     reply_to: str | None
     reply_id: str | None
     answers: list[str]

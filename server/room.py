@@ -48,11 +48,12 @@ from session.commands import (
 )
 from session.context import BuiltContext, ContextBuilder, ContextSettings, WithheldReason
 from session.errors import Forbidden, NotFound, TooLarge, Unavailable
-from session.lifecycle import PromptStatus, ReplyStatus
+from session.lifecycle import PromptStatus
 from session.model import Usage
 from session.presence import Presence
 from session.queue import OrderingQueue, PendingPrompt, Policy, QueueLimits, Run
 from session.ratelimit import Rate, TokenBucket
+from session.reasons import Ending, ReasonCode
 from session.schema import MESSAGE_STATUS, Entry, EntryKind, QueuedItem, SessionDocument
 from session.summary import Summary, SummaryPlan, plan_extension
 from session.yprotocol import (
@@ -69,7 +70,12 @@ log = logging.getLogger("parley.room")
 CLOSE_FORBIDDEN = 4403
 CLOSE_NOT_FOUND = 4404
 CLOSE_TRY_AGAIN = 1013
-RESTART_REASON = "interrupted: the server stopped while this prompt ran"
+# Why a run that was in flight when its room was last lost ended (see ``load``).
+CUT_OFF_REASONS = {
+    ReasonCode.SERVER_RESTART: "the server stopped while this prompt ran",
+    ReasonCode.FAILOVER: "the node running this session stopped; another node took it over",
+    ReasonCode.STORAGE_ERROR: "the database failed while this reply was written",
+}
 RESTRICTED_REPLY = (
     "\n[restricted: the rest of this reply draws on material not every member may read;"
     " members who may read it get it over REST]"
@@ -153,6 +159,9 @@ class SessionRoom:
         self._user_buckets: dict[str, TokenBucket] = {}
         self.wakeup = asyncio.Event()
         self.closed = False
+        # What a run found in flight on the next load was cut off by: a restart unless the
+        # room was given up for another cause (``fail``) or taken over from another node.
+        self.cut_off = ReasonCode.SERVER_RESTART
         self.last_active = clock()
         self._lock = asyncio.Lock()
         self._captured: list[bytes] | None = None
@@ -201,12 +210,7 @@ class SessionRoom:
         )
         if cut_off:
             # The process died mid-reply: never re-run (it would answer twice), mark it.
-            await self.finish_run(
-                Run(cut_off),
-                PromptStatus.FAILED,
-                RESTART_REASON,
-                reply_status=ReplyStatus.INTERRUPTED,
-            )
+            await self.finish_run(Run(cut_off), Ending(self.cut_off, CUT_OFF_REASONS[self.cut_off]))
 
     async def _load_doc(self) -> None:
         stored = await self.store.load_doc(self.session_id)
@@ -401,18 +405,16 @@ class SessionRoom:
         return write.queue
 
     async def _finish(
-        self,
-        write: _Write,
-        prompt_ids: Sequence[str],
-        status: PromptStatus,
-        reason: str | None,
-        reply_status: ReplyStatus | None = None,
+        self, write: _Write, prompt_ids: Sequence[str], ending: Ending | None
     ) -> None:
+        """Prompts reach their final status (``done`` without an ending) in the row and the
+        document alike; both are checked against the lifecycle table."""
+        status = PromptStatus.DONE if ending is None else ending.status
         for prompt_id in prompt_ids:
             await write.tx.set_entry_status(
-                prompt_id, status.value, reason=reason, finished_at=self.now_ms()
+                prompt_id, status, ending=ending, finished_at=self.now_ms()
             )
-        self.doc.finish_prompts(prompt_ids, status, reason, reply_status=reply_status)
+        self.doc.finish_prompts(prompt_ids, ending)
 
     def _planned(self, queue: OrderingQueue) -> list[QueuedItem]:
         return [QueuedItem(p.id, p.seq, p.author) for p in queue.pending()]
@@ -438,14 +440,13 @@ class SessionRoom:
                 id=entry_id, seq=seq, author=user_id, text=text, created_at=self.now_ms()
             )
             pushed = queue.push(PendingPrompt(entry_id, seq, user_id))
-            if pushed.superseded:
-                reason = f"interrupted: superseded by a newer prompt from {user_id}"
-                ids = [p.id for p in pushed.superseded]
-                await self._finish(write, ids, PromptStatus.INTERRUPTED, reason)
-        if pushed.interrupt_running and self.active_run is not None:
-            self.active_run.stop(
-                PromptStatus.INTERRUPTED, f"interrupted by a newer prompt from {user_id}"
+            superseded = Ending(
+                ReasonCode.SUPERSEDED, f"superseded by a newer prompt from {user_id}"
             )
+            if pushed.superseded:
+                await self._finish(write, [p.id for p in pushed.superseded], superseded)
+        if pushed.interrupt_running and self.active_run is not None:
+            self.active_run.stop(superseded)
         self.wakeup.set()
         return seq, entry_id
 
@@ -488,13 +489,13 @@ class SessionRoom:
         )
         return seq
 
-    async def cancel_waiting(self, prompt_id: str, reason: str) -> bool:
-        """Cancel a prompt that has not started; False if it is no longer waiting."""
+    async def cancel_waiting(self, prompt_id: str, ending: Ending) -> bool:
+        """End a prompt that has not started; False if it is no longer waiting."""
         async with self._writing() as write:
             if not self.queue.is_pending(prompt_id):
                 return False
             self._staged_queue(write).remove(prompt_id)
-            await self._finish(write, [prompt_id], PromptStatus.CANCELLED, reason)
+            await self._finish(write, [prompt_id], ending)
         return True
 
     async def set_policy(self, policy: Policy) -> None:
@@ -518,20 +519,22 @@ class SessionRoom:
             queue = self._staged_queue(write)
             revoked = [p for p in run.prompts if not self._may_run(p.author)]
             if revoked:
-                reason = "forbidden: the author may no longer prompt in this session"
+                forbidden = Ending(
+                    ReasonCode.FORBIDDEN, "the author may no longer prompt in this session"
+                )
                 for prompt in revoked:
                     queue.remove(prompt.id)
                     await self._audit_in(
                         write, "refused", prompt.author, {"action": "run", "prompt_id": prompt.id}
                     )
-                await self._finish(write, [p.id for p in revoked], PromptStatus.FAILED, reason)
+                await self._finish(write, [p.id for p in revoked], forbidden)
                 return None
             scope = self.scope_for([p.author for p in run.prompts])
             queue.start(run)
             now = self.now_ms()
             for prompt in run.prompts:
                 await write.tx.set_entry_status(
-                    prompt.id, PromptStatus.RUNNING.value, reply_id=reply_id, started_at=now
+                    prompt.id, PromptStatus.RUNNING, reply_id=reply_id, started_at=now
                 )
             self.doc.start_reply(
                 prompt_ids=run.ids, reply_id=reply_id, author=reply_author, created_at=now
@@ -756,20 +759,18 @@ class SessionRoom:
     async def finish_run(
         self,
         run: Run,
-        status: PromptStatus,
-        reason: str | None = None,
+        ending: Ending | None = None,
         *,
-        reply_status: ReplyStatus | None = None,
         active: ActiveRun | None = None,
         audit: Sequence[tuple[str, str, dict[str, Any]]] = (),
     ) -> None:
-        """Settle a run; a restricted reply's full text and the run's audit records are
-        stored in the same transaction."""
+        """Settle a run: answered without an ``ending``, else ended by it. A restricted
+        reply's full text and the run's audit records are stored in the same transaction."""
         async with self._writing() as write:
             queue = self._staged_queue(write)
             if queue.running is not None and queue.running.ids == run.ids:
                 queue.finish(run.ids)
-            await self._finish(write, run.ids, status, reason, reply_status)
+            await self._finish(write, run.ids, ending)
             if active is not None and active.restriction:
                 await self._keep_reply(write, active)
             for kind, actor, data in audit:
@@ -808,10 +809,12 @@ class SessionRoom:
             if not decide(self.subject(connection.user_id), Do(Capability.READ_SESSION)).allowed:
                 connection.close(CLOSE_FORBIDDEN, "membership revoked")
 
-    def fail(self, reason: str) -> None:
+    def fail(self, reason: str, cause: ReasonCode = ReasonCode.STORAGE_ERROR) -> None:
         """Give the room up (its memory may hold an un-stored change): sockets are closed
-        with 1013 so clients reconnect, and the next use reloads it from the store."""
+        with 1013 so clients reconnect, and the next use reloads it from the store; a run it
+        had in flight is marked with ``cause`` then."""
         self.closed = True
+        self.cut_off = cause
         self.wakeup.set()
         for connection in list(self.connections):
             connection.close(CLOSE_TRY_AGAIN, reason)

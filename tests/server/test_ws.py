@@ -214,7 +214,8 @@ async def _cancel_scenario(server: RunningServer) -> None:
     assert by_id[second["prompt_id"]]["status"] == "cancelled"
     assert "reply_id" not in by_id[second["prompt_id"]]
     cancelled = by_id[first["prompt_id"]]
-    assert cancelled["status"] == "cancelled" and cancelled["reason"] == "cancelled by olga"
+    assert (cancelled["status"], cancelled["reason_code"]) == ("cancelled", "cancelled")
+    assert cancelled["reason"] == "cancelled by olga"
     assert by_id[cancelled["reply_id"]]["status"] == "cancelled"
     assert by_id[third["prompt_id"]]["status"] == "done"
     assert [q for q in alice.queue] == []

@@ -12,6 +12,7 @@ from pycrdt import Doc
 from session.context import SYSTEM_PROMPT, build_request
 from session.lifecycle import PromptStatus, ReplyStatus
 from session.model import ModelMessage, ModelRequest
+from session.reasons import Ending, ReasonCode
 from session.schema import MESSAGE_STATUS, Entry, EntryKind, SessionDocument
 
 
@@ -30,14 +31,14 @@ def busy_session() -> SessionDocument:
 
     doc.start_reply(prompt_ids=["p2"], reply_id="r2", author="model", created_at=10)
     doc.append_reply_text("r2", "Shipping Friday.")
-    doc.finish_prompts(["p2"], PromptStatus.DONE)
-    doc.finish_prompts(["p3"], PromptStatus.CANCELLED, "withdrawn")
+    doc.finish_prompts(["p2"])
+    doc.finish_prompts(["p3"], Ending(ReasonCode.CANCELLED, "withdrawn"))
     doc.start_reply(prompt_ids=["p4"], reply_id="r4", author="model", created_at=11)
     doc.append_reply_text("r4", "half an ans")
-    doc.finish_prompts(["p4"], PromptStatus.FAILED, "upstream error")
+    doc.finish_prompts(["p4"], Ending(ReasonCode.PROVIDER_ERROR, "upstream error"))
     doc.start_reply(prompt_ids=["p5"], reply_id="r5", author="model", created_at=12)
     doc.append_reply_text("r5", "cut off")
-    doc.finish_prompts(["p5"], PromptStatus.INTERRUPTED, "pre-empted")
+    doc.finish_prompts(["p5"], Ending(ReasonCode.SUPERSEDED, "pre-empted"))
     return doc
 
 

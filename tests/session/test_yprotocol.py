@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from pycrdt import Array, Doc, Map, Text, write_var_uint
 
 from session.errors import InvalidInput
-from session.lifecycle import PromptStatus
+from session.reasons import Ending, ReasonCode
 from session.schema import QueuedItem, SessionDocument
 from session.yprotocol import (
     AwarenessMessage,
@@ -209,8 +209,8 @@ def server_document() -> SessionDocument:
     doc.start_reply(prompt_ids=["p1"], reply_id="r1", author="model", created_at=5)
     doc.set_queue([QueuedItem("p3", 3, "bob"), QueuedItem("p4", 4, "carol")])
     doc.append_reply_text("r1", "an answer")
-    doc.finish_prompts(["p1"], PromptStatus.DONE)
-    doc.finish_prompts(["p4"], PromptStatus.CANCELLED, "withdrawn")
+    doc.finish_prompts(["p1"])
+    doc.finish_prompts(["p4"], Ending(ReasonCode.CANCELLED, "withdrawn"))
     doc.set_queue([QueuedItem("p3", 3, "bob")])
     return doc
 
@@ -256,7 +256,7 @@ def test_a_client_that_fell_behind_is_a_noop() -> None:
     server.start_reply(prompt_ids=["p3"], reply_id="r3", author="model", created_at=9)
     server.set_queue([])
     server.append_reply_text("r3", "more")
-    server.finish_prompts(["p3"], PromptStatus.DONE)
+    server.finish_prompts(["p3"])
     assert not is_write(server, client)
 
 
