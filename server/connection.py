@@ -16,6 +16,7 @@ import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import Enum
 
 from starlette.websockets import WebSocket, WebSocketState
 
@@ -24,6 +25,7 @@ from server.settings import Settings
 from session.commands import error_reply
 from session.errors import ParleyError
 from session.ratelimit import AbuseCounter, Rate, TokenBucket
+from session.yprotocol import encode_command_frame
 
 log = logging.getLogger("parley.connection")
 
@@ -46,6 +48,11 @@ class ConnectionLimits:
         )
 
 
+class CommandChannel(Enum):
+    TEXT = "text"
+    BINARY = "binary"
+
+
 @dataclass(eq=False)
 class Connection:
     websocket: WebSocket
@@ -54,8 +61,10 @@ class Connection:
     # Frames written as they are sent (``server.direct_send``), in place of the outbox.
     direct: DirectWriter | None = None
     buffer_limit: int = 8 * 1024 * 1024
-    # Stock Yjs clients cannot parse text frames: send JSON only to a socket that sent some.
-    speaks_json: bool = False
+    # How this socket last sent a command, and so how it gets JSON: text frames, or binary
+    # command frames (``encode_command_frame``); None: a stock Yjs client that sent none,
+    # which would fail on either, so it is sent no JSON at all.
+    channel: CommandChannel | None = None
     awareness_ids: set[int] = field(default_factory=set)
     limits: ConnectionLimits | None = None
     closed: bool = False
@@ -113,10 +122,17 @@ class Connection:
         self.direct.abort()
         self.finished.set()
 
+    def send_json(self, text: str) -> bool:
+        """Send a JSON message on the socket's command channel; False if it has none."""
+        if self.channel is None:
+            return False
+        if self.channel is CommandChannel.BINARY:
+            return self.send(encode_command_frame(text))
+        return self.send(text)
+
     def send_error(self, error: ParleyError) -> None:
         """Report an error that belongs to no command, to clients that read JSON."""
-        if self.speaks_json:
-            self.send(error_reply(None, error))
+        self.send_json(error_reply(None, error))
 
     def close(self, code: int, reason: str = "") -> None:
         """Close after what is already queued; a slow consumer's backlog is dropped instead."""

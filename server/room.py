@@ -733,10 +733,8 @@ class SessionRoom:
             {"type": "restricted", "entry_id": item.entry_id, "kind": item.kind, "text": item.text}
         )
         for connection in list(self.connections):
-            if connection.speaks_json and may_read(
-                self.subject(connection.user_id), item.restriction
-            ):
-                connection.send(frame)
+            if may_read(self.subject(connection.user_id), item.restriction):
+                connection.send_json(frame)
 
     async def _keep_reply(self, write: _Write, active: ActiveRun) -> None:
         """A reply that drew on restricted material: under ``private`` its full text is kept

@@ -1,5 +1,10 @@
 """The WebSocket endpoint: y-websocket binary frames and JSON commands on one socket.
 
+A command is a JSON text frame or a binary frame of message type 100 (``varstring`` JSON,
+``session.yprotocol.encode_command_frame``); its reply comes back the same way, and so do
+errors and events later sent to that socket. A socket that never sent a command is sent
+neither (stock Yjs providers decode every frame as y-websocket binary).
+
 Close codes: 4401 bad or expired token, 4403 not a member (or membership revoked, or a
 browser origin that is not allowed), 4404 unknown session, 4400 malformed binary frame,
 4429 rate limits ignored again and again, 1009 message too big (set by the server's size
@@ -19,7 +24,7 @@ from authz.policy import Do, decide
 from authz.roles import Capability
 from authz.tokens import verify_token
 from server.commands import handle_command
-from server.connection import Connection, ConnectionLimits
+from server.connection import CommandChannel, Connection, ConnectionLimits
 from server.direct_send import SCOPE_KEY as DIRECT_WRITER
 from server.room import CLOSE_FORBIDDEN, CLOSE_NOT_FOUND, SessionRoom
 from server.state import AppState
@@ -33,7 +38,9 @@ from session.yprotocol import (
     SyncMessage,
     SyncType,
     decode_client_frame,
+    decode_command_frame,
     encode_awareness,
+    is_command_frame,
 )
 
 log = logging.getLogger("parley.ws")
@@ -159,18 +166,26 @@ async def _serve(
             return
         data = message.get("bytes")
         text = message.get("text")
+        channel = CommandChannel.TEXT
+        if data is not None and is_command_frame(data):
+            try:
+                text, data, channel = decode_command_frame(data), None, CommandChannel.BINARY
+            except ProtocolError as exc:
+                connection.close(CLOSE_PROTOCOL, f"protocol error: {exc.message}"[:120])
+                return
         now = state.clock()
         if data is not None and not limits.updates.allow(now):
             if limits.abuse.refused(now):
                 connection.close(CLOSE_ABUSE, "too many messages")
                 return
             continue  # dropped: the client is over its update rate
+        if text is not None:
+            connection.channel = channel  # answered the way it asked
         if text is not None and not (
             limits.commands.allow(now) and room.user_bucket(connection.user_id).allow(now)
         ):
-            connection.speaks_json = True
             state.metrics.errors.labels(code="rate_limited").inc()
-            connection.send(
+            connection.send_json(
                 error_reply(command_id_of(text), RateLimited("too many commands; slow down"))
             )
             if limits.abuse.refused(now):
@@ -189,11 +204,11 @@ async def _serve(
             except ParleyError as exc:
                 connection.send_error(exc)
         elif text is not None:
-            connection.speaks_json = True
             if state.rooms.cluster is not None:  # run where the session runs
-                connection.send(await state.rooms.cluster.command(room, connection, text))
+                reply = await state.rooms.cluster.command(room, connection, text)
             else:
-                connection.send(await handle_command(room, connection, text))
+                reply = await handle_command(room, connection, text)
+            connection.send_json(reply)
 
 
 async def _on_binary(

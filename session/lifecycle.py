@@ -70,6 +70,7 @@ REPLY_TRANSITIONS: dict[ReplyStatus, frozenset[ReplyStatus]] = {
     ReplyStatus.INTERRUPTED: frozenset(),
 }
 
+
 class IllegalTransition(Conflict):
     """A status change the lifecycle table does not allow."""
 

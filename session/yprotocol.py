@@ -4,6 +4,7 @@ A frame is ``varuint message_type`` followed by its body:
     0 sync:      varuint sync_type (0 step 1, 1 step 2, 2 update), varbytes payload
     1 awareness: varbytes awareness_update
     3 query awareness (no body)
+  100 command:   varstring JSON — Parley's commands, and the replies to them (see below)
 Decoding never raises into the caller's loop except as ``ProtocolError``, which the server
 turns into a close code.
 """
@@ -32,6 +33,7 @@ class MessageType(IntEnum):
     AWARENESS = 1
     AUTH = 2
     QUERY_AWARENESS = 3
+    COMMAND = 100
 
 
 class SyncType(IntEnum):
@@ -123,6 +125,36 @@ def encode_sync(sync_type: SyncType, payload: bytes) -> bytes:
 
 def encode_awareness(update: bytes) -> bytes:
     return bytes([MessageType.AWARENESS]) + write_var_uint(len(update)) + update
+
+
+# -- the command channel ----------------------------------------------------------------------
+#
+# A stock y-websocket provider decodes every frame it receives as binary, so a JSON text frame
+# crashes it. Commands may therefore also travel as binary frames of their own message type,
+# which a provider handles with one entry in its ``messageHandlers``; the server answers each
+# on the channel it came by, and sends a socket nothing of this type unless it sent some.
+
+_COMMAND_PREFIX = bytes([MessageType.COMMAND])  # a varuint under 128 is one byte
+
+
+def is_command_frame(frame: bytes) -> bool:
+    return frame[:1] == _COMMAND_PREFIX
+
+
+def decode_command_frame(frame: bytes) -> str:
+    """The JSON text of a command frame (``ProtocolError`` if the frame is malformed)."""
+    reader = _Reader(frame)
+    if reader.varuint() != MessageType.COMMAND:
+        raise ProtocolError("not a command frame")
+    text = reader.varstring()
+    if not reader.at_end():
+        raise ProtocolError("trailing bytes after the message")
+    return text
+
+
+def encode_command_frame(text: str) -> bytes:
+    data = text.encode("utf-8")
+    return _COMMAND_PREFIX + write_var_uint(len(data)) + data
 
 
 # -- awareness ------------------------------------------------------------------------------

@@ -25,11 +25,14 @@ from session.yprotocol import (
     SyncType,
     decode_awareness_update,
     decode_client_frame,
+    decode_command_frame,
     decode_state_vector,
     delete_set_of,
     encode_awareness,
     encode_awareness_update,
+    encode_command_frame,
     encode_sync,
+    is_command_frame,
     is_noop_update,
     normalise_delete_set,
 )
@@ -457,3 +460,28 @@ def test_awareness_numbers_out_of_float_range_are_refused() -> None:
     update = b"\x01\x01\x01" + bytes([len(raw)]) + raw
     with pytest.raises(ProtocolError):
         decode_awareness_update(update)
+
+
+# -- the command channel --------------------------------------------------------------------
+
+
+@given(st.text(max_size=200))
+def test_a_command_frame_round_trips(text: str) -> None:
+    frame = encode_command_frame(text)
+    assert is_command_frame(frame) and decode_command_frame(frame) == text
+    assert not is_command_frame(encode_sync(SyncType.STEP1, b"\x00"))
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        b"\x64",  # no length
+        b"\x64\x05abc",  # length past the end
+        b"\x64\x01\xff",  # not UTF-8
+        b"\x64\x01ab",  # trailing bytes
+        b"\x00\x00\x00",  # a sync frame
+    ],
+)
+def test_a_malformed_command_frame_is_a_protocol_error(frame: bytes) -> None:
+    with pytest.raises(ProtocolError):
+        decode_command_frame(frame)
