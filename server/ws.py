@@ -232,6 +232,14 @@ async def _on_binary(
                 Forbidden("the shared document is read-only; send commands instead")
             )
     elif isinstance(message, AwarenessMessage):
+        if not decide(room.subject(connection.user_id), Do(Capability.BE_PRESENT)).allowed:
+            # Seeing the others is reading the session; showing oneself is ``be_present``.
+            # A state shown before the capability was taken away goes too.
+            connection.send_error(Forbidden("you may not show presence here (be_present)"))
+            left = presence.drop(connection)
+            if left is not None:
+                room.broadcast(encode_awareness(left))
+            return left
         relay = presence.apply(connection, connection.user_id, message.update)
         room.broadcast(encode_awareness(relay))
         return relay
