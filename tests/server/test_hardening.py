@@ -243,3 +243,25 @@ async def test_cors_only_where_configured(tmp_path: Path) -> None:
             "/api/v1/sessions", headers={**preflight, "Origin": "https://evil.example"}
         )
         assert "access-control-allow-origin" not in other.headers
+
+
+async def test_an_unbuilt_demo_is_a_404_that_says_how_to_build_it(tmp_path: Path) -> None:
+    for demo_dir in (tmp_path / "empty", tmp_path / "absent"):
+        (tmp_path / "empty").mkdir(exist_ok=True)
+        settings = make_settings(
+            sqlite_url(tmp_path, f"{demo_dir.name}.db"), tmp_path / demo_dir.name, demo_dir=demo_dir
+        )
+        async with (
+            serve_in_process(settings) as server,
+            httpx.AsyncClient(base_url=server.base_url) as http,
+        ):
+            for path in ("/demo/", "/demo/index.html", "/demo/assets/app.js"):
+                response = await http.get(path)
+                assert response.status_code == 404, (path, response.text)
+                error = response.json()["error"]
+                assert error["code"] == "not_found"
+                assert "npm run build" in error["message"]
+            if demo_dir.exists():  # built while the server runs: served at once
+                (demo_dir / "index.html").write_text("<title>Parley demo</title>")
+                built = await http.get("/demo/")
+                assert built.status_code == 200 and "Parley demo" in built.text
