@@ -187,3 +187,33 @@ async def test_tool_failures_are_error_results_and_the_run_goes_on(
     assert last.role == "tool" and last.is_error and expected in last.content
     statuses = {e["kind"]: e["status"] for e in alice.entries()}
     assert statuses == {"prompt": "done", "tool": "error", "reply": "done"}
+
+
+async def test_unstorable_text_is_refused_at_any_depth_of_a_tool(server: RunningServer) -> None:
+    def tool(name: str, parameters: Any) -> dict[str, Any]:
+        return {
+            "name": name,
+            "description": "d",
+            "url": "http://127.0.0.1:9/x",
+            "parameters": parameters,
+        }
+
+    nested = {"type": "object", "properties": {"q": {"type": "string", "enum": ["ok"]}}}
+    bad = [
+        {**nested, "properties": {"q": {"type": "string", "description": "a\x00b"}}},
+        {**nested, "properties": {"q\x00": {"type": "string"}}},
+        {**nested, "properties": {"q": {"type": "string", "enum": ["fine", "\x00"]}}},
+        {**nested, "properties": {"q": {"type": "string", "description": "\ud800"}}},
+    ]
+    for n, parameters in enumerate(bad):
+        body = json.dumps(tool(f"bad{n}", parameters)).encode()  # \ud800 stays escaped
+        response = await server.http.post("/api/v1/tools", content=body)
+        assert response.status_code == 422, response.text
+        assert response.json()["error"]["code"] == "invalid"
+        if n < 3:  # the NULs (the JSON parser itself refuses a lone surrogate)
+            assert "parameters" in response.json()["error"]["message"]
+    made = await server.http.post("/api/v1/tools", json=tool("good", nested))
+    assert made.status_code == 201, made.text
+    listed = await server.http.get("/api/v1/tools")
+    assert [t["name"] for t in listed.json()["tools"]] == ["good"]
+    assert listed.json()["tools"][0]["parameters"] == nested
