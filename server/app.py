@@ -17,13 +17,13 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
-from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server import access_api, api, api_usage
 from server.api_models import Health, Readiness
 from server.cluster.node import ClusterNode
 from server.db import create_engine, current_revision, head_revision
+from server.demo import DemoFiles
 from server.direct_send import DirectSendMiddleware
 from server.keys import resolve_keys
 from server.metrics import Metrics
@@ -206,11 +206,7 @@ def create_app(
     routes += [
         Route("/api/v1/openapi.json", openapi, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
-        Mount(
-            "/demo",
-            app=StaticFiles(directory=settings.demo_dir, html=True, check_dir=False),
-            name="demo",
-        ),
+        Mount("/demo", app=DemoFiles(settings.demo_dir), name="demo"),
         WebSocketRoute("/ws/sessions/{session_id}", session_socket),
     ]
     middleware = [Middleware(DirectSendMiddleware), Middleware(RequestLog)]

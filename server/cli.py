@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import gc
+import logging
+import os
 import socket
 import sys
 from typing import Any
@@ -13,7 +15,7 @@ from starlette.applications import Starlette
 
 from server.app import create_app
 from server.db import migrate
-from server.keys import resolve_keys
+from server.keys import Keys, resolve_keys
 from server.logs import configure_logging
 from server.settings import Settings
 from server.state import AppState
@@ -32,8 +34,11 @@ def uvicorn_config(app: Any, settings: Settings) -> uvicorn.Config:
         ws_ping_timeout=settings.ws_ping_timeout_s,
         ws_per_message_deflate=False,
         lifespan="on",
-        access_log=False,  # request lines would carry client tokens in query strings
-        log_level=settings.log_level,
+        access_log=False,  # Parley logs each request itself (path, no query string)
+        # Uvicorn's records go to the root handler of ``configure_logging`` (one JSON
+        # formatter, one redaction point), not to handlers of its own.
+        log_config=None,
+        log_level=None,
         timeout_graceful_shutdown=10,
     )
 
@@ -81,6 +86,15 @@ def freeze_startup_heap() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
+def held_secrets(settings: Settings, keys: Keys | None = None) -> list[str | None]:
+    """What the logs must never show literally: the keys and the models' API keys."""
+    found = [settings.admin_key, settings.secret_key]
+    if keys is not None:
+        found += [keys.admin_key, keys.signing_key]
+    found += [os.environ.get(spec.api_key_env) for spec in settings.models if spec.api_key_env]
+    return found
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="parley", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -107,19 +121,23 @@ def main(argv: list[str] | None = None) -> int:
         if value is not None
     }
     settings = Settings(**overrides)
-    configure_logging(settings.log_level, settings.log_format)
 
     if args.command == "migrate":
+        configure_logging(settings.log_level, settings.log_format, held_secrets(settings))
         migrate(settings.database_url)
         print("migrations applied", file=sys.stderr)
         return 0
 
+    keys = resolve_keys(settings.data_dir, settings.admin_key, settings.secret_key)
+    configure_logging(settings.log_level, settings.log_format, held_secrets(settings, keys))
+    if keys.admin_key_created:
+        # Never the key itself: whatever reads this output (a journal, a log shipper)
+        # would hold the admin key.
+        logging.getLogger("parley.cli").warning(
+            "generated an admin key", extra={"path": str(settings.data_dir / "admin_key")}
+        )
     if settings.migrate_on_start and not args.no_migrate:
         migrate(settings.database_url)
-    keys = resolve_keys(settings.data_dir, settings.admin_key, settings.secret_key)
-    if keys.admin_key_created:
-        print(f"Generated admin key (kept in {settings.data_dir / 'admin_key'}):", flush=True)
-        print(f"  {keys.admin_key}", flush=True)
     app = create_app(settings)
     freeze_startup_heap()
     ParleyServer(uvicorn_config(app, settings), app).run()

@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from authz.origins import check_allowed_origins
 
 OFFLINE_MODEL = "offline"
 
@@ -118,7 +120,14 @@ class Settings(BaseSettings):
     # Abuse and keep-alive
     allowed_origins: list[str] = Field(
         default_factory=list,
-        description="Browser origins allowed to open sockets; empty: same host only; '*': any",
+        description="Browser origins (scheme://host[:port]) allowed to open sockets; empty: "
+        "the server's own address and port only; '*': any",
+    )
+    max_connections_per_user: int = Field(
+        default=16, ge=1, description="Sockets of one user to one session (on one node)"
+    )
+    max_connections_per_session: int = Field(
+        default=1000, ge=1, description="Sockets to one session (on one node)"
     )
     cors_origins: list[str] = Field(default_factory=list)
     commands_per_second: float = 10.0
@@ -146,6 +155,11 @@ class Settings(BaseSettings):
     lease_ttl_s: float = Field(default=3.0, gt=0, description="A dead node's sessions move after")
     cluster_poll_s: float = Field(default=2.0, gt=0, description="Catch-up safety net period")
     forward_timeout_s: float = Field(default=30.0, gt=0)
+
+    @field_validator("allowed_origins")
+    @classmethod
+    def _origins(cls, value: list[str]) -> list[str]:
+        return check_allowed_origins(value)
 
     @model_validator(mode="after")
     def _models_consistent(self) -> Settings:

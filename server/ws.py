@@ -7,8 +7,9 @@ neither (stock Yjs providers decode every frame as y-websocket binary).
 
 Close codes: 4401 bad or expired token, 4403 not a member (or membership revoked, or a
 browser origin that is not allowed), 4404 unknown session, 4400 malformed binary frame,
-4429 rate limits ignored again and again, 1009 message too big (set by the server's size
-limit), 1013 slow consumer (reconnect and resync), 1001 server going away or idle timeout.
+4429 rate limits ignored again and again, or too many sockets of the user or the session,
+1009 message too big (set by the server's size limit), 1013 slow consumer (reconnect and
+resync), 1001 server going away or idle timeout.
 44xx codes are final for stock clients; the others make them reconnect.
 """
 
@@ -19,7 +20,7 @@ import logging
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from authz.origins import origin_allowed
+from authz.origins import origin_allowed, own_origins
 from authz.policy import Do, decide
 from authz.roles import Capability
 from authz.tokens import verify_token
@@ -27,6 +28,7 @@ from server.commands import handle_command
 from server.connection import CommandChannel, Connection, ConnectionLimits
 from server.direct_send import SCOPE_KEY as DIRECT_WRITER
 from server.room import CLOSE_FORBIDDEN, CLOSE_NOT_FOUND, SessionRoom
+from server.settings import Settings
 from server.state import AppState
 from session.commands import command_id_of, error_reply
 from session.errors import Forbidden, NotFound, ParleyError, RateLimited, Unauthenticated
@@ -62,11 +64,9 @@ async def session_socket(websocket: WebSocket) -> None:
     if state.draining:
         await websocket.close(CLOSE_GOING_AWAY, "server shutting down")
         return
-    if not origin_allowed(
-        websocket.headers.get("origin"),
-        websocket.headers.get("host"),
-        state.settings.allowed_origins,
-    ):
+    local_host, local_port = websocket.scope.get("server") or (None, None)
+    own = own_origins(websocket.scope.get("scheme") == "wss", local_host, local_port)
+    if not origin_allowed(websocket.headers.get("origin"), state.settings.allowed_origins, own):
         await websocket.close(CLOSE_FORBIDDEN, "origin not allowed")
         return
     try:
@@ -86,6 +86,11 @@ async def session_socket(websocket: WebSocket) -> None:
     allowed = decide(room.subject(claims.user_id), Do(Capability.READ_SESSION))
     if not allowed.allowed:
         await websocket.close(CLOSE_FORBIDDEN, allowed.reason[:120])
+        return
+    too_many = _over_connection_cap(room, claims.user_id, state.settings)
+    if too_many is not None:  # checked and counted with no await between: no race
+        state.metrics.errors.labels(code="rate_limited").inc()
+        await websocket.close(CLOSE_ABUSE, too_many)
         return
     connection = Connection(
         websocket,
@@ -142,6 +147,16 @@ async def session_socket(websocket: WebSocket) -> None:
         if not connection.closed:
             connection.close(1000)
         await connection.wait_closed()
+
+
+def _over_connection_cap(room: SessionRoom, user_id: str, settings: Settings) -> str | None:
+    """Why one more socket of ``user_id`` to ``room`` is refused, or None (caps per node)."""
+    if len(room.connections) >= settings.max_connections_per_session:
+        return f"too many connections to this session ({settings.max_connections_per_session})"
+    mine = sum(1 for c in room.connections if c.user_id == user_id)
+    if mine >= settings.max_connections_per_user:
+        return f"too many connections of this user ({settings.max_connections_per_user})"
+    return None
 
 
 async def _serve(
@@ -232,6 +247,14 @@ async def _on_binary(
                 Forbidden("the shared document is read-only; send commands instead")
             )
     elif isinstance(message, AwarenessMessage):
+        if not decide(room.subject(connection.user_id), Do(Capability.BE_PRESENT)).allowed:
+            # Seeing the others is reading the session; showing oneself is ``be_present``.
+            # A state shown before the capability was taken away goes too.
+            connection.send_error(Forbidden("you may not show presence here (be_present)"))
+            left = presence.drop(connection)
+            if left is not None:
+                room.broadcast(encode_awareness(left))
+            return left
         relay = presence.apply(connection, connection.user_id, message.update)
         room.broadcast(encode_awareness(relay))
         return relay
