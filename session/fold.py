@@ -233,11 +233,10 @@ class HistoryFold:
     def _replace_seen_blocks(self, entry: Entry, undo: list[_Undo]) -> tuple[str, bool]:
         """The entry's escaped text with each block posted before replaced by a reference
         (a line of the server's, which the escaped lines around it cannot imitate)."""
-        lines = entry.content.split("\n")
         found = list(blocks(entry.content, self.min_block_lines))
         if not found:
             return escape_text(entry.content), False
-        lines = [escape_text(line) for line in lines]
+        lines = [escape_text(line) for line in entry.content.split("\n")]
         replaced = False
         for start, end, key in reversed(found):
             first = self._first_of(self._blocks, key, entry, undo)

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from session.attribution import name
 from session.fold import FoldedItem
 from session.model import ModelMessage, ModelRequest
 from session.tokens import count_tokens
@@ -95,7 +96,7 @@ def plan_extension(
 
 def transcript_line(item: FoldedItem) -> str:
     """One turn as the summariser reads it: sequence number, who, and what."""
-    who = " and ".join(item.authors) if item.role == "user" else item.role
+    who = " and ".join(name(a) for a in item.authors) if item.role == "user" else item.role
     return f"#{item.last_seq} {who}: {' '.join(item.text.split())}"
 
 
