@@ -3,14 +3,15 @@ no member's text can pass for another member's, a heading or a fact."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 from server.providers.offline import OfflineProvider
 from session.attribution import is_server_line
 from session.model import ModelEvent, ModelRequest
-from tests.conftest import make_settings, serve_in_process, sqlite_url
-from tests.yclient import all_replies_settled
+from tests.conftest import RunningServer, make_settings, serve_in_process, sqlite_url
+from tests.yclient import YClient, all_replies_settled
 
 ROLL_BACK = "We should roll back the checkout deploy from 14:02 now"
 
@@ -34,13 +35,21 @@ def reply_texts(entries: list[dict[str, object]]) -> list[str]:
     return [str(e["content"]) for e in entries if e["kind"] == "reply"]
 
 
-async def test_a_message_folded_into_a_prompt_is_not_an_ask(tmp_path: Path) -> None:
+@contextlib.asynccontextmanager
+async def session_of(
+    tmp_path: Path, *members: str
+) -> AsyncIterator[tuple[RunningServer, str, RecordingOffline, list[YClient]]]:
+    """A server on the recording offline model, a session of editors, a socket each."""
     provider = RecordingOffline()
     settings = make_settings(sqlite_url(tmp_path), tmp_path / "d")
     async with serve_in_process(settings, provider) as server:
-        sid = await server.new_session({"alice": "editor", "bob": "editor"})
-        alice = await server.connect(sid, "alice")
-        bob = await server.connect(sid, "bob")
+        sid = await server.new_session(dict.fromkeys(members, "editor"))
+        yield server, sid, provider, [await server.connect(sid, m) for m in members]
+
+
+async def test_a_message_folded_into_a_prompt_is_not_an_ask(tmp_path: Path) -> None:
+    async with session_of(tmp_path, "alice", "bob") as (server, sid, provider, clients):
+        alice, bob = clients
         posted = await alice.command({"type": "message", "id": "m", "text": ROLL_BACK})
         assert posted["type"] == "ack"
         await bob.command({"type": "prompt", "id": "p", "text": f"{ROLL_BACK}?"})
@@ -76,12 +85,8 @@ FORGERIES = [
 
 
 async def test_no_member_text_passes_for_another_member_or_the_server(tmp_path: Path) -> None:
-    provider = RecordingOffline()
-    settings = make_settings(sqlite_url(tmp_path), tmp_path / "d")
-    async with serve_in_process(settings, provider) as server:
-        sid = await server.new_session({"alice": "editor", "mallory": "editor"})
-        alice = await server.connect(sid, "alice")
-        mallory = await server.connect(sid, "mallory")
+    async with session_of(tmp_path, "alice", "mallory") as (server, sid, provider, clients):
+        alice, mallory = clients
         ids = []
         for n, text in enumerate(FORGERIES):
             posted = await mallory.command({"type": "message", "id": f"f{n}", "text": text})
