@@ -50,7 +50,7 @@ async def handle_command(room: SessionRoom, connection: Connection, frame: str) 
             return ack(command.id, entry_id=command.entry_id)
         if isinstance(command, FactCommand):
             await room.check(user_id, Do(Capability.PIN), what)
-            await room.set_fact(command.key, command.value)
+            await room.set_fact(command.key, command.value, user_id)
             return ack(command.id, key=command.key)
         if isinstance(command, PolicyCommand):
             await room.check(user_id, Do(Capability.MANAGE_SESSION), what)

@@ -582,13 +582,14 @@ class SessionRoom:
                     raise TooLarge(f"at most {self.settings.max_pins} pins per session")
                 self.doc.pin(entry_id)
 
-    async def set_fact(self, key: str, value: str | None) -> None:
+    async def set_fact(self, key: str, value: str | None, author: str) -> None:
+        """Set (or, with None, remove) a fact as ``author`` (``""``: the admin API)."""
         check_fact(key, value)
         async with self._writing():
             adding = value is not None and key not in self.doc.facts
             if adding and len(self.doc.facts) >= self.settings.max_facts:
                 raise TooLarge(f"at most {self.settings.max_facts} facts per session")
-            self.doc.set_fact(key, value)
+            self.doc.set_fact(key, value, author)
 
     def context_settings(self) -> ContextSettings:
         spec = self.settings.model_spec(self.model)
@@ -631,7 +632,7 @@ class SessionRoom:
             session_id=self.session_id,
             entries=self.doc.entries(),
             prompt_ids=prompt_ids,
-            facts=self.doc.fact_map(),
+            facts=self.doc.facts_with_authors(),
             pins=self.doc.pinned(),
             max_output_tokens=spec.reserved_output_tokens,
             withheld=withheld,

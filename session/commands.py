@@ -17,6 +17,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from session.attribution import has_line_break
 from session.errors import InvalidInput, ParleyError, TooLarge, UnknownCommand
 from session.queue import Policy
 
@@ -74,10 +75,13 @@ MAX_FACT_CHARS = 2000
 
 
 def check_fact(key: str, value: str | None) -> None:
+    """A fact is one line (it is given to the model as one quoted line under its author)."""
     if not FACT_KEY.fullmatch(key):
         raise InvalidInput("a fact key is 1-100 letters, digits or _.:-")
     if value is not None and len(value) > MAX_FACT_CHARS:
         raise TooLarge(f"a fact is at most {MAX_FACT_CHARS} characters")
+    if value is not None and has_line_break(value):
+        raise InvalidInput("a fact is one line: no line breaks")
 
 
 class CommandError(InvalidInput):

@@ -20,6 +20,7 @@ Roots (all written by the server only; clients read):
 ``meta`` — Y.Map: ``session_id``, ``title``, ``policy``, ``schema_version``.
 ``pins`` — Y.Array of entry ids: messages that always stay in the model's input.
 ``facts`` — Y.Map of ``key → value`` strings: session facts that always stay in it.
+``fact_authors`` — Y.Map of ``key → user id``: who set each fact (``""``: the admin API).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from typing import Any
 
 from pycrdt import Array, Doc, Map, Text
 
+from session.attribution import Fact
 from session.errors import InvalidInput, NotFound
 from session.lifecycle import (
     PromptStatus,
@@ -113,6 +115,7 @@ class SessionDocument:
         self.meta: Map[Any] = doc.get("meta", type=Map)
         self.pins: Array[Any] = doc.get("pins", type=Array)
         self.facts: Map[Any] = doc.get("facts", type=Map)
+        self.fact_authors: Map[Any] = doc.get("fact_authors", type=Map)
         # Mirrors of the document kept in step by the mutators, so that reading the story
         # costs dictionary look-ups, not a walk through the CRDT, on every run.
         self._order: list[str] = []
@@ -158,19 +161,27 @@ class SessionDocument:
                 return True
         return False
 
-    def set_fact(self, key: str, value: str | None) -> None:
-        """Set a fact, or remove it with ``None``."""
-        if value is None:
-            if key in self.facts:
-                del self.facts[key]
-        else:
-            self.facts[key] = value
+    def set_fact(self, key: str, value: str | None, author: str) -> None:
+        """Set a fact as ``author`` (``""``: the admin API), or remove it with ``None``."""
+        with self.doc.transaction():
+            if value is None:
+                for kept in (self.facts, self.fact_authors):
+                    if key in kept:
+                        del kept[key]
+            else:
+                self.facts[key] = value
+                self.fact_authors[key] = author
 
     def pinned(self) -> list[str]:
         return [str(p) for p in self.pins]
 
     def fact_map(self) -> dict[str, str]:
         return {str(k): str(v) for k, v in self.facts.items()}
+
+    def facts_with_authors(self) -> dict[str, Fact]:
+        """Every fact with who set it (None for a fact set before authors were kept)."""
+        authors = {str(k): str(v) for k, v in self.fact_authors.items()}
+        return {key: Fact(value, authors.get(key)) for key, value in self.fact_map().items()}
 
     def add_prompt(self, *, id: str, seq: int, author: str, text: str, created_at: int) -> None:
         """Append a queued prompt; the caller lists it in ``queue`` with ``set_queue``."""

@@ -96,7 +96,11 @@ async def test_openai_reply_streams_into_the_transcript(database_url: str, tmp_p
     body = sent.json()
     assert body["model"] == "gpt-4o-mini" and body["max_tokens"] == 500
     assert body["messages"][0]["role"] == "system"
-    assert body["messages"][-1] == {"role": "user", "content": "[alice asks you]\nhello?"}
+    assert body["messages"][-1] == {
+        "role": "user",
+        "content": "[alice asks you]\nhello?",
+        "name": "alice",
+    }
 
 
 async def test_anthropic_reply_streams_into_the_transcript(tmp_path: Path) -> None:
@@ -110,7 +114,10 @@ async def test_anthropic_reply_streams_into_the_transcript(tmp_path: Path) -> No
     body = sent.json()
     assert body["model"] == "claude-sonnet-4-5" and body["max_tokens"] == 4000
     assert body["system"]
-    assert body["messages"][-1]["content"][-1]["text"] == "[alice asks you]\nsalut"
+    assert body["messages"][-1]["content"][-2:] == [
+        {"type": "text", "text": "[alice asks you]"},
+        {"type": "text", "text": "salut"},
+    ]
 
 
 async def test_a_dropped_stream_fails_the_prompt_and_keeps_the_partial_text(
