@@ -1,0 +1,371 @@
+"""Issue #15 breaks 1, 4 and 5 as measurements: what a hostile member's cheap frames cost
+everyone else. Starts ``parley serve`` in a subprocess (SQLite, offline model) and runs:
+
+- ``deletes``: after 20 prompts, a viewer sends three ~3.9 MB sync updates whose delete set
+  repeats the server's own last deleted range; another member's command round trip is
+  timed before and during the attack.
+- ``awareness``: a viewer floods awareness at the socket's frame rate (8 clients of ~16 KB
+  each per frame) for 6 s; 20 listeners count the bytes they receive, and one more listener
+  reads at ~1 MB/s (is it dropped as a slow consumer?).
+- ``sync``: four viewer sockets loop "send me everything" (sync step 1) against a ~3 MB
+  document for 10 s (reconnecting when closed); another editor's ack round trip is timed.
+
+    python -m bench.attack_frames [deletes|awareness|sync ...]
+
+The attackers run in a child process so their own parsing does not skew the timings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import multiprocessing
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import websockets
+from pycrdt import write_var_uint
+
+from session.yprotocol import (
+    AwarenessState,
+    SyncType,
+    delete_set_of,
+    encode_awareness,
+    encode_awareness_update,
+    encode_sync,
+    normalise_delete_set,
+)
+from tests.yclient import YClient, all_replies_settled
+
+ADMIN = "bench-admin-key"
+FRAME_BYTES = 3_900_000
+PROBE_EVERY_S = 0.05
+SYNC_STEP1_EMPTY = encode_sync(SyncType.STEP1, b"\x00")
+
+Stats = dict[str, Any]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Server:
+    """``parley serve`` in a subprocess, with an admin HTTP client."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.ws = f"ws://127.0.0.1:{self.port}"
+        env = {
+            **os.environ,
+            "PARLEY_ADMIN_KEY": ADMIN,
+            "PARLEY_SECRET_KEY": "bench-secret-key-0123456789abcdef01234",
+            "PARLEY_OFFLINE_TOKEN_DELAY_MS": "1",
+            "PARLEY_LOG_LEVEL": "warning",
+            # Setup sends many commands; the attacks are not commands.
+            "PARLEY_COMMANDS_PER_SECOND": "1000",
+            "PARLEY_COMMANDS_BURST": "1000",
+            "PARLEY_USER_COMMANDS_PER_SECOND": "1000",
+        }
+        self.process = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "server.cli", "serve", "--port", str(self.port)),
+                *("--database-url", f"sqlite+aiosqlite:///{workdir / 'bench.db'}"),
+                *("--data-dir", str(workdir / "data")),
+            ],
+            env=env,
+            stderr=subprocess.DEVNULL,
+        )
+        self.http = httpx.AsyncClient(
+            base_url=self.base, headers={"Authorization": f"Bearer {ADMIN}"}, timeout=60
+        )
+
+    async def started(self) -> None:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.HTTPError):
+                if (await self.http.get("/healthz")).status_code == 200:
+                    return
+            await asyncio.sleep(0.1)
+        raise TimeoutError("the server did not start")
+
+    async def session(self, members: dict[str, str]) -> str:
+        sid = str((await self.http.post("/api/v1/sessions", json={"title": "b"})).json()["id"])
+        for user, role in members.items():
+            await self.http.put(f"/api/v1/sessions/{sid}/members/{user}", json={"role": role})
+        return sid
+
+    async def url(self, sid: str, user: str) -> str:
+        reply = await self.http.post(f"/api/v1/sessions/{sid}/tokens", json={"user_id": user})
+        return f"{self.ws}/ws/sessions/{sid}?token={reply.json()['token']}"
+
+    async def stop(self) -> None:
+        await self.http.aclose()
+        self.process.terminate()
+        self.process.wait(20)
+
+
+def summary(times: list[float]) -> Stats:
+    if not times:
+        return {"n": 0}
+    ordered = sorted(times)
+    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+    return {
+        "n": len(times),
+        "median_ms": round(statistics.median(times) * 1000, 1),
+        "p99_ms": round(p99 * 1000, 1),
+        "max_ms": round(ordered[-1] * 1000, 1),
+    }
+
+
+async def probe_while(client: YClient, running: Callable[[], bool], kind: str) -> list[float]:
+    """Round trips of ``message`` commands (``kind``: a label) while ``running()``."""
+    times: list[float] = []
+    n = 0
+    while running():
+        n += 1
+        started = time.perf_counter()
+        try:
+            reply = await client.command({"type": "message", "id": f"{kind}{n}", "text": "."}, 120)
+        except TimeoutError:
+            times.append(120.0)  # reported as a 120 s round trip: the loop is stalled
+            break
+        assert reply["type"] == "ack", reply
+        times.append(time.perf_counter() - started)
+        await asyncio.sleep(PROBE_EVERY_S)
+    return times
+
+
+async def baseline(client: YClient, seconds: float) -> list[float]:
+    end = time.monotonic() + seconds
+    return await probe_while(client, lambda: time.monotonic() < end, "base")
+
+
+def in_child(attack: Callable[..., Awaitable[Stats]], *args: Any) -> tuple[Any, Any]:
+    """Run ``attack(*args)`` in a child process; returns (process, result queue)."""
+    results: multiprocessing.Queue[Stats] = multiprocessing.Queue()
+    process = multiprocessing.Process(target=_child, args=(attack, args, results))
+    process.start()
+    return process, results
+
+
+def _child(attack: Callable[..., Awaitable[Stats]], args: Any, results: Any) -> None:
+    results.put(asyncio.run(attack(*args)))
+
+
+async def under_attack(
+    client: YClient, attack: Callable[..., Awaitable[Stats]], *args: Any
+) -> Stats:
+    process, results = in_child(attack, *args)
+    times = await probe_while(client, process.is_alive, "attack")
+    process.join()
+    return {"probe": summary(times), "attacker": results.get()}
+
+
+# -- break 1: delete-set frames ---------------------------------------------------------------
+
+
+def delete_set_frame(full: bytes, state: bytes) -> bytes:
+    """A no-op sync update repeating the document's last deleted range to ~3.9 MB."""
+    deletes = normalise_delete_set(delete_set_of(full, state))
+    client, (clock, size) = max(
+        ((c, r[-1]) for c, r in deletes.items() if r), key=lambda item: item[1][0]
+    )
+    one = write_var_uint(clock) + write_var_uint(size)
+    count = FRAME_BYTES // len(one)
+    update = b"\x00\x01" + write_var_uint(client) + write_var_uint(count) + one * count
+    return encode_sync(SyncType.UPDATE, update)
+
+
+async def send_frames(url: str, frame: bytes, count: int) -> Stats:
+    started = time.monotonic()
+    codes: list[str] = []
+    async with websockets.connect(url, max_size=None) as ws:
+        with contextlib.suppress(websockets.ConnectionClosed):
+            await ws.send('{"type":"cancel","id":"hello","prompt_id":"none"}')  # speak JSON
+            for _ in range(count):
+                await ws.send(frame)
+            await ws.send('{"type":"cancel","id":"done","prompt_id":"none"}')
+            while True:
+                message = await ws.recv()
+                if isinstance(message, str):
+                    reply = json.loads(message)
+                    if reply.get("id") is None:
+                        codes.append(reply.get("code"))
+                    if reply.get("id") == "done":
+                        break
+        return {
+            "frames": count,
+            "frame_bytes": len(frame),
+            "refusals": codes,
+            "close_code": ws.close_code,
+            "judged_in_s": round(time.monotonic() - started, 2),
+        }
+
+
+async def deletes(server: Server) -> Stats:
+    sid = await server.session({"erin": "editor", "vera": "viewer"})
+    erin = await YClient.connect(server.ws, sid, (await server.url(sid, "erin")).split("=")[-1])
+    await erin.synced.wait()
+    for n in range(20):  # one at a time: queued prompts may be answered together
+        await erin.command({"type": "prompt", "id": f"p{n}", "text": f"question {n}"})
+        await erin.wait_until(lambda c, n=n: all_replies_settled(c, n + 1), timeout=120)
+    frame = delete_set_frame(erin.doc.get_update(), erin.doc.get_state())
+    before = summary(await baseline(erin, 3))
+    during = await under_attack(erin, send_frames, await server.url(sid, "vera"), frame, 3)
+    await erin.close()
+    return {"baseline": before, **during}
+
+
+# -- break 4: awareness flood -----------------------------------------------------------------
+
+
+async def count_bytes(url: str, seconds: float, read_bytes_per_s: float | None) -> Stats:
+    received = 0
+    async with websockets.connect(url, max_size=None, max_queue=1) as ws:
+        await ws.send(SYNC_STEP1_EMPTY)
+        end = time.monotonic() + seconds
+        with contextlib.suppress(websockets.ConnectionClosed, TimeoutError):
+            while (left := end - time.monotonic()) > 0:
+                message = await asyncio.wait_for(ws.recv(), left)
+                received += len(message)
+                if read_bytes_per_s is not None:
+                    await asyncio.sleep(len(message) / read_bytes_per_s)
+    return {"bytes": received, "close_code": ws.close_code}
+
+
+async def flood_awareness(url: str, seconds: float, frames_per_s: float) -> Stats:
+    pad = "x" * 16_250
+    sent = frames = 0
+    async with websockets.connect(url, max_size=None) as ws:
+        await ws.send(SYNC_STEP1_EMPTY)
+        drain = asyncio.create_task(_discard(ws))  # read the echoes, as a client would
+        end = time.monotonic() + seconds
+        clock = 0
+        with contextlib.suppress(websockets.ConnectionClosed):
+            while time.monotonic() < end:
+                clock += 1
+                states = [AwarenessState(900 + i, clock, {"pad": pad}) for i in range(8)]
+                frame = encode_awareness(encode_awareness_update(states))
+                await ws.send(frame)
+                sent += len(frame)
+                frames += 1
+                await asyncio.sleep(1 / frames_per_s)
+        drain.cancel()
+    return {"sent_bytes": sent, "frames": frames, "close_code": ws.close_code}
+
+
+async def _discard(ws: websockets.ClientConnection) -> None:
+    with contextlib.suppress(websockets.ConnectionClosed):
+        async for _ in ws:
+            pass
+
+
+async def _awareness_attack(urls: list[str], slow_url: str, flooder: str) -> Stats:
+    seconds = 6.0
+    listeners = [count_bytes(u, seconds + 3, None) for u in urls]
+    slow = count_bytes(slow_url, seconds + 3, 1_000_000)
+    await asyncio.sleep(0.5)  # everyone connected
+    results = await asyncio.gather(*listeners, slow, flood_awareness(flooder, seconds, 50))
+    heard, slow_result, sent = results[:-2], results[-2], results[-1]
+    return {
+        "flooder": sent,
+        "listeners": len(heard),
+        "listener_bytes_total": sum(r["bytes"] for r in heard),
+        "slow_reader": slow_result,
+    }
+
+
+async def awareness(server: Server) -> Stats:
+    members = {f"l{n}": "viewer" for n in range(21)} | {"mal": "viewer", "erin": "editor"}
+    sid = await server.session(members)
+    urls = [await server.url(sid, f"l{n}") for n in range(20)]
+    slow = await server.url(sid, "l20")
+    flooder = await server.url(sid, "mal")
+    process, results = in_child(_awareness_attack, urls, slow, flooder)
+    await asyncio.to_thread(process.join)
+    return dict(results.get())
+
+
+# -- break 5: sync step 1 loops ---------------------------------------------------------------
+
+
+async def loop_syncs(urls: list[str], seconds: float) -> Stats:
+    received = answers = closes = 0
+    end = time.monotonic() + seconds
+
+    async def one(url: str) -> None:
+        nonlocal received, answers, closes
+        while time.monotonic() < end:
+            with contextlib.suppress(websockets.ConnectionClosed, OSError):
+                async with websockets.connect(url, max_size=None) as ws:
+                    while time.monotonic() < end:
+                        await ws.send(SYNC_STEP1_EMPTY)
+                        with contextlib.suppress(TimeoutError):
+                            async with asyncio.timeout(0.2):
+                                while True:
+                                    message = await ws.recv()
+                                    received += len(message)
+                                    if message[:2] == b"\x00\x01":
+                                        answers += 1
+                                        break
+            closes += 1
+
+    await asyncio.gather(*(one(url) for url in urls))
+    return {"received_bytes": received, "full_answers": answers, "sockets_closed": closes}
+
+
+async def sync(server: Server) -> Stats:
+    members = {"erin": "editor", "ed": "editor"} | {f"v{n}": "viewer" for n in range(4)}
+    sid = await server.session(members)
+    ed = await YClient.connect(server.ws, sid, (await server.url(sid, "ed")).split("=")[-1])
+    await ed.synced.wait()
+    for n in range(100):
+        await ed.command({"type": "message", "id": f"big{n}", "text": f"{n} " + "y" * 30_000})
+    erin = await YClient.connect(server.ws, sid, (await server.url(sid, "erin")).split("=")[-1])
+    await erin.synced.wait()
+    size = len(erin.doc.get_update())
+    before = summary(await baseline(erin, 5))
+    urls = [await server.url(sid, f"v{n}") for n in range(4)]
+    during = await under_attack(erin, loop_syncs, urls, 10.0)
+    await erin.close()
+    await ed.close()
+    return {"document_bytes": size, "baseline": before, **during}
+
+
+SCENARIOS: dict[str, Callable[[Server], Awaitable[Stats]]] = {
+    "deletes": deletes,
+    "awareness": awareness,
+    "sync": sync,
+}
+
+
+async def main(names: list[str]) -> None:
+    for name in names:
+        with tempfile.TemporaryDirectory() as workdir:
+            server = Server(Path(workdir))
+            try:
+                await server.started()
+                result = await SCENARIOS[name](server)
+            finally:
+                await server.stop()
+        print(json.dumps({name: result}), flush=True)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("scenarios", nargs="*", default=list(SCENARIOS), choices=list(SCENARIOS))
+    asyncio.run(main(parser.parse_args().scenarios))
