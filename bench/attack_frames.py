@@ -22,11 +22,7 @@ import asyncio
 import contextlib
 import json
 import multiprocessing
-import os
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -35,20 +31,17 @@ from typing import Any
 
 import httpx
 import websockets
-from pycrdt import write_var_uint
 
 from session.yprotocol import (
     AwarenessState,
     SyncType,
-    delete_set_of,
     encode_awareness,
     encode_awareness_update,
     encode_sync,
-    normalise_delete_set,
 )
-from tests.yclient import YClient, all_replies_settled
+from tests.conftest import ADMIN_KEY, ServerProcess, free_port
+from tests.yclient import YClient, all_replies_settled, repeated_deletion
 
-ADMIN = "bench-admin-key"
 FRAME_BYTES = 3_900_000
 PROBE_EVERY_S = 0.05
 SYNC_STEP1_EMPTY = encode_sync(SyncType.STEP1, b"\x00")
@@ -56,51 +49,18 @@ SYNC_STEP1_EMPTY = encode_sync(SyncType.STEP1, b"\x00")
 Stats = dict[str, Any]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class Server:
-    """``parley serve`` in a subprocess, with an admin HTTP client."""
+class Server(ServerProcess):
+    """``parley serve`` in a subprocess (the tests' own), with an admin HTTP client."""
 
     def __init__(self, workdir: Path) -> None:
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.ws = f"ws://127.0.0.1:{self.port}"
-        env = {
-            **os.environ,
-            "PARLEY_ADMIN_KEY": ADMIN,
-            "PARLEY_SECRET_KEY": "bench-secret-key-0123456789abcdef01234",
-            "PARLEY_OFFLINE_TOKEN_DELAY_MS": "1",
-            "PARLEY_LOG_LEVEL": "warning",
-            # Setup sends many commands; the attacks are not commands.
-            "PARLEY_COMMANDS_PER_SECOND": "1000",
-            "PARLEY_COMMANDS_BURST": "1000",
-            "PARLEY_USER_COMMANDS_PER_SECOND": "1000",
-        }
-        self.process = subprocess.Popen(
-            [
-                *(sys.executable, "-m", "server.cli", "serve", "--port", str(self.port)),
-                *("--database-url", f"sqlite+aiosqlite:///{workdir / 'bench.db'}"),
-                *("--data-dir", str(workdir / "data")),
-            ],
-            env=env,
-            stderr=subprocess.DEVNULL,
-        )
+        # Setup sends many commands; the attacks are not commands.
+        fast = {"PARLEY_OFFLINE_TOKEN_DELAY_MS": "1", "PARLEY_COMMANDS_PER_SECOND": "1000"}
+        fast |= {"PARLEY_COMMANDS_BURST": "1000", "PARLEY_USER_COMMANDS_PER_SECOND": "1000"}
+        url = f"sqlite+aiosqlite:///{workdir / 'bench.db'}"
+        super().__init__(url, workdir / "data", free_port(), **fast)
         self.http = httpx.AsyncClient(
-            base_url=self.base, headers={"Authorization": f"Bearer {ADMIN}"}, timeout=60
+            base_url=self.base_url, headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=60
         )
-
-    async def started(self) -> None:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            with contextlib.suppress(httpx.HTTPError):
-                if (await self.http.get("/healthz")).status_code == 200:
-                    return
-            await asyncio.sleep(0.1)
-        raise TimeoutError("the server did not start")
 
     async def session(self, members: dict[str, str]) -> str:
         sid = str((await self.http.post("/api/v1/sessions", json={"title": "b"})).json()["id"])
@@ -110,12 +70,13 @@ class Server:
 
     async def url(self, sid: str, user: str) -> str:
         reply = await self.http.post(f"/api/v1/sessions/{sid}/tokens", json={"user_id": user})
-        return f"{self.ws}/ws/sessions/{sid}?token={reply.json()['token']}"
+        return f"{self.ws_url}/ws/sessions/{sid}?token={reply.json()['token']}"
 
-    async def stop(self) -> None:
-        await self.http.aclose()
-        self.process.terminate()
-        self.process.wait(20)
+    async def client(self, sid: str, user: str) -> YClient:
+        url = await self.url(sid, user)
+        client = await YClient.connect(self.ws_url, sid, url.rsplit("=", 1)[1])
+        await client.synced.wait()
+        return client
 
 
 def summary(times: list[float]) -> Stats:
@@ -170,24 +131,19 @@ async def under_attack(
     client: YClient, attack: Callable[..., Awaitable[Stats]], *args: Any
 ) -> Stats:
     process, results = in_child(attack, *args)
-    times = await probe_while(client, process.is_alive, "attack")
+    ended: list[float] = []
+
+    def attacking() -> bool:  # and for a second after, for what the attack left behind
+        if not process.is_alive() and not ended:
+            ended.append(time.monotonic())
+        return not ended or time.monotonic() < ended[0] + 1.0
+
+    times = await probe_while(client, attacking, "attack")
     process.join()
     return {"probe": summary(times), "attacker": results.get()}
 
 
 # -- break 1: delete-set frames ---------------------------------------------------------------
-
-
-def delete_set_frame(full: bytes, state: bytes) -> bytes:
-    """A no-op sync update repeating the document's last deleted range to ~3.9 MB."""
-    deletes = normalise_delete_set(delete_set_of(full, state))
-    client, (clock, size) = max(
-        ((c, r[-1]) for c, r in deletes.items() if r), key=lambda item: item[1][0]
-    )
-    one = write_var_uint(clock) + write_var_uint(size)
-    count = FRAME_BYTES // len(one)
-    update = b"\x00\x01" + write_var_uint(client) + write_var_uint(count) + one * count
-    return encode_sync(SyncType.UPDATE, update)
 
 
 async def send_frames(url: str, frame: bytes, count: int) -> Stats:
@@ -218,12 +174,11 @@ async def send_frames(url: str, frame: bytes, count: int) -> Stats:
 
 async def deletes(server: Server) -> Stats:
     sid = await server.session({"erin": "editor", "vera": "viewer"})
-    erin = await YClient.connect(server.ws, sid, (await server.url(sid, "erin")).split("=")[-1])
-    await erin.synced.wait()
+    erin = await server.client(sid, "erin")
     for n in range(20):  # one at a time: queued prompts may be answered together
         await erin.command({"type": "prompt", "id": f"p{n}", "text": f"question {n}"})
         await erin.wait_until(lambda c, n=n: all_replies_settled(c, n + 1), timeout=120)
-    frame = delete_set_frame(erin.doc.get_update(), erin.doc.get_state())
+    frame = encode_sync(SyncType.UPDATE, repeated_deletion(erin.doc, FRAME_BYTES))
     before = summary(await baseline(erin, 3))
     during = await under_attack(erin, send_frames, await server.url(sid, "vera"), frame, 3)
     await erin.close()
@@ -331,12 +286,10 @@ async def loop_syncs(urls: list[str], seconds: float) -> Stats:
 async def sync(server: Server) -> Stats:
     members = {"erin": "editor", "ed": "editor"} | {f"v{n}": "viewer" for n in range(4)}
     sid = await server.session(members)
-    ed = await YClient.connect(server.ws, sid, (await server.url(sid, "ed")).split("=")[-1])
-    await ed.synced.wait()
+    ed = await server.client(sid, "ed")
     for n in range(100):
         await ed.command({"type": "message", "id": f"big{n}", "text": f"{n} " + "y" * 30_000})
-    erin = await YClient.connect(server.ws, sid, (await server.url(sid, "erin")).split("=")[-1])
-    await erin.synced.wait()
+    erin = await server.client(sid, "erin")
     size = len(erin.doc.get_update())
     before = summary(await baseline(erin, 5))
     urls = [await server.url(sid, f"v{n}") for n in range(4)]
@@ -358,10 +311,11 @@ async def main(names: list[str]) -> None:
         with tempfile.TemporaryDirectory() as workdir:
             server = Server(Path(workdir))
             try:
-                await server.started()
+                await server.start()
                 result = await SCENARIOS[name](server)
             finally:
-                await server.stop()
+                await server.http.aclose()
+                server.stop()
         print(json.dumps({name: result}), flush=True)
 
 
