@@ -2,8 +2,9 @@
 
 Close codes: 4401 bad or expired token, 4403 not a member (or membership revoked, or a
 browser origin that is not allowed), 4404 unknown session, 4400 malformed binary frame,
-4429 rate limits ignored again and again, 1009 message too big (set by the server's size
-limit), 1013 slow consumer (reconnect and resync), 1001 server going away or idle timeout.
+4429 rate limits ignored (or frames refused) again and again, 1009 message too big (set by
+the server's size limit), 1013 slow consumer (reconnect and resync), 1001 server going away
+or idle timeout.
 44xx codes are final for stock clients; the others make them reconnect.
 """
 
