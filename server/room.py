@@ -59,6 +59,7 @@ from session.schema import MESSAGE_STATUS, Entry, EntryKind, QueuedItem, Session
 from session.summary import Summary, SummaryPlan, plan_extension
 from session.yprotocol import (
     DeleteSet,
+    ProtocolError,
     SyncType,
     add_deletes,
     delete_set_of,
@@ -358,7 +359,10 @@ class SessionRoom:
         """Keep what judges and answers client frames current with a committed update: a
         cost linear in the update, never in the document."""
         if self._deletes is not None:
-            add_deletes(self._deletes, delete_set_of(update, self.doc.doc.get_state()))
+            try:
+                add_deletes(self._deletes, delete_set_of(update, self.doc.doc.get_state()))
+            except ProtocolError:  # structs still pending (a replica): read it all again
+                self._deletes = None
         if self._encoded is not None:
             self._encoded.committed(update)
 
@@ -808,12 +812,10 @@ class SessionRoom:
         only. They come from the encoded copy kept beside the document, without the write
         lock; only the first request after a load may wait for a write under way (the
         live document is committed state only between writes)."""
-        if self._encoded is None:
-            if self._lock.locked():
-                async with self._lock:
-                    return self._encoded_now().answer(state_vector)
-            return self._encoded_now().answer(state_vector)
-        return self._encoded.answer(state_vector)
+        if self._encoded is None and self._lock.locked():
+            async with self._lock:
+                return self._encoded_now().answer(state_vector)
+        return self._encoded_now().answer(state_vector)
 
     def _encoded_now(self) -> EncodedDocument:
         if self._encoded is None:
