@@ -262,16 +262,20 @@ def is_noop_update(
     ``server_state`` is the server's encoded state vector, ``server_deletes`` its delete set
     (merged, sorted ranges per client). Diffing the update against the server's state
     leaves only structs the server lacks; any of those, or any deletion the server has not
-    made, makes the update a write. The cost is linear in the update (the diff), plus a
-    binary search per deleted range; an update with more than ``max_delete_ranges`` ranges
-    raises ``TooLarge`` instead of being read.
+    made, makes the update a write. The cost is linear in the update (the diff; an update
+    of deletions only is read directly), plus a binary search per deleted range; one with
+    more than ``max_delete_ranges`` ranges raises ``TooLarge`` instead of being read.
     """
-    reader = _diff(update, server_state)
-    if reader.varuint() != 0:
-        return False
+    reader = _Reader(update)
+    if reader.varuint() != 0:  # structs: keep those the server lacks, then the delete set
+        reader = _diff(update, server_state)
+        if reader.varuint() != 0:
+            return False
     for client, clock, length in _delete_ranges(reader, max_delete_ranges):
         if not _covered(server_deletes.get(client, []), clock, length):
             return False
+    if not reader.at_end():
+        raise ProtocolError("trailing bytes after the update")
     return True
 
 
