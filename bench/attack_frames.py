@@ -1,6 +1,7 @@
 """Issue #15 breaks 1, 4 and 5 as measurements: what a hostile member's cheap frames cost
 everyone else. Starts ``parley serve`` in a subprocess (SQLite, offline model) and runs:
 
+- ``judge``: no server; what judging each frame of break 1 costs, in process.
 - ``deletes``: after 20 prompts, a viewer sends three ~3.9 MB sync updates whose delete set
   repeats the server's own last deleted range; another member's command round trip is
   timed before and during the attack.
@@ -10,7 +11,7 @@ everyone else. Starts ``parley serve`` in a subprocess (SQLite, offline model) a
 - ``sync``: four viewer sockets loop "send me everything" (sync step 1) against a ~3 MB
   document for 10 s (reconnecting when closed); another editor's ack round trip is timed.
 
-    python -m bench.attack_frames [deletes|awareness|sync ...]
+    python -m bench.attack_frames [judge|deletes|awareness|sync ...]
 
 The attackers run in a child process so their own parsing does not skew the timings.
 """
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import inspect
 import json
 import multiprocessing
 import statistics
@@ -31,13 +33,19 @@ from typing import Any
 
 import httpx
 import websockets
+from pycrdt import Doc, write_var_uint
 
+from session.errors import TooLarge
+from session.schema import QueuedItem, SessionDocument
 from session.yprotocol import (
     AwarenessState,
     SyncType,
+    delete_set_of,
     encode_awareness,
     encode_awareness_update,
     encode_sync,
+    is_noop_update,
+    normalise_delete_set,
 )
 from tests.conftest import ADMIN_KEY, ServerProcess, free_port
 from tests.yclient import YClient, all_replies_settled, repeated_deletion
@@ -299,6 +307,39 @@ async def sync(server: Server) -> Stats:
     return {"document_bytes": size, "baseline": before, **during}
 
 
+# -- break 1, in process: what judging one frame costs ------------------------------------------
+
+
+def judge() -> Stats:
+    """Time ``is_noop_update`` on the two frames of break 1 against a document whose queue
+    filled and emptied 60 times (no server: the judging alone, on this loop)."""
+    doc = SessionDocument(Doc())
+    doc.init_meta("s", "judge", "queue")
+    for n in range(60):
+        doc.add_prompt(id=f"p{n}", seq=n + 1, author="a", text="t", created_at=n)
+        doc.set_queue([QueuedItem(f"p{n}", n + 1, "a")])
+        doc.set_queue([])
+    state = doc.doc.get_state()
+    deletes = normalise_delete_set(delete_set_of(doc.doc.get_update(), state))
+    distinct = write_var_uint(doc.doc.client_id) + write_var_uint(270_000)
+    distinct += b"".join(write_var_uint(10**6 + 2 * i) + b"\x01" for i in range(270_000))
+    frames = {
+        "repeated_3.9MB": repeated_deletion(doc.doc, FRAME_BYTES),
+        "distinct_0.8MB": b"\x00\x01" + distinct,
+    }
+    capped = "max_delete_ranges" in inspect.signature(is_noop_update).parameters
+    result: Stats = {"server_delete_ranges": sum(len(r) for r in deletes.values())}
+    for name, update in frames.items():
+        started = time.perf_counter()
+        try:
+            args = (update, state, deletes, 10_000) if capped else (update, state, deletes)
+            verdict: Any = "noop" if is_noop_update(*args) else "write"
+        except TooLarge:
+            verdict = "too_large"
+        result[name] = {"verdict": verdict, "ms": round((time.perf_counter() - started) * 1000)}
+    return result
+
+
 SCENARIOS: dict[str, Callable[[Server], Awaitable[Stats]]] = {
     "deletes": deletes,
     "awareness": awareness,
@@ -308,6 +349,9 @@ SCENARIOS: dict[str, Callable[[Server], Awaitable[Stats]]] = {
 
 async def main(names: list[str]) -> None:
     for name in names:
+        if name == "judge":
+            print(json.dumps({name: judge()}), flush=True)
+            continue
         with tempfile.TemporaryDirectory() as workdir:
             server = Server(Path(workdir))
             try:
@@ -321,5 +365,6 @@ async def main(names: list[str]) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("scenarios", nargs="*", default=list(SCENARIOS), choices=list(SCENARIOS))
+    names = ["judge", *SCENARIOS]
+    parser.add_argument("scenarios", nargs="*", default=names, choices=names)
     asyncio.run(main(parser.parse_args().scenarios))
