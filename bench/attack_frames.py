@@ -366,5 +366,8 @@ async def main(names: list[str]) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     names = ["judge", *SCENARIOS]
-    parser.add_argument("scenarios", nargs="*", default=names, choices=names)
-    asyncio.run(main(parser.parse_args().scenarios))
+    parser.add_argument("scenarios", nargs="*", help=f"of {', '.join(names)} (default: all)")
+    chosen = parser.parse_args().scenarios or names
+    if unknown := set(chosen) - set(names):
+        parser.error(f"unknown scenarios: {sorted(unknown)}")
+    asyncio.run(main(chosen))
