@@ -24,7 +24,7 @@ from server.direct_send import DirectWriter
 from server.settings import Settings
 from session.commands import error_reply
 from session.errors import ParleyError
-from session.ratelimit import AbuseCounter, Rate, TokenBucket
+from session.ratelimit import AbuseCounter, Budgets, Rate, Spend, TokenBucket
 from session.yprotocol import encode_command_frame
 
 log = logging.getLogger("parley.connection")
@@ -38,13 +38,17 @@ class ConnectionLimits:
     commands: TokenBucket
     updates: TokenBucket
     abuse: AbuseCounter
+    # Spends budgeted per socket rather than per member (full resyncs).
+    budgets: Budgets
 
     @classmethod
     def from_settings(cls, settings: Settings, now: float) -> ConnectionLimits:
+        syncs = Rate(settings.sync_requests_per_minute / 60, settings.sync_requests_burst)
         return cls(
             commands=TokenBucket(Rate(settings.commands_per_second, settings.commands_burst), now),
             updates=TokenBucket(Rate(settings.updates_per_second, settings.updates_burst), now),
             abuse=AbuseCounter(settings.abuse_refusals, settings.abuse_window_s),
+            budgets=Budgets({Spend.SYNC_REQUESTS: syncs}),
         )
 
 

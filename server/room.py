@@ -35,6 +35,7 @@ from authz.roles import Capability, Member, RoleTable
 from authz.scope import ContextSeen, RunScope, scope_for_run, seen_in_context
 from server.access_store import AccessStore, PrivateItem, ToolRow, insert_audit, insert_private
 from server.active_run import ActiveRun
+from server.awareness import AwarenessFanout
 from server.connection import Connection
 from server.direct_send import binary_frame
 from server.group_commit import WriteFence
@@ -47,18 +48,21 @@ from session.commands import (
     check_fact,
 )
 from session.context import BuiltContext, ContextBuilder, ContextSettings, WithheldReason
+from session.encoded import EncodedDocument
 from session.errors import Forbidden, NotFound, TooLarge, Unavailable
 from session.lifecycle import PromptStatus
 from session.model import Usage
 from session.presence import Presence
 from session.queue import OrderingQueue, PendingPrompt, Policy, QueueLimits, Run
-from session.ratelimit import Rate, TokenBucket
+from session.ratelimit import Budgets, Rate, Spend, TokenBucket
 from session.reasons import Ending, ReasonCode
 from session.schema import MESSAGE_STATUS, Entry, EntryKind, QueuedItem, SessionDocument
 from session.summary import Summary, SummaryPlan, plan_extension
 from session.yprotocol import (
     DeleteSet,
+    ProtocolError,
     SyncType,
+    add_deletes,
     delete_set_of,
     encode_sync,
     is_noop_update,
@@ -100,6 +104,17 @@ async def _settled(future: asyncio.Future[Any]) -> bool:
         except asyncio.CancelledError:
             cancelled = True
     return cancelled
+
+
+def member_rates(settings: Settings) -> dict[Spend, Rate]:
+    """What one member may spend across all their sockets in a session."""
+    return {
+        Spend.COMMANDS: Rate(settings.user_commands_per_second, 2 * settings.commands_burst),
+        Spend.DOCUMENT_BYTES: Rate(
+            settings.document_write_bytes_per_s, settings.document_write_burst_bytes
+        ),
+        Spend.AWARENESS_BYTES: Rate(settings.awareness_bytes_per_s, settings.awareness_burst_bytes),
+    }
 
 
 def new_id() -> str:
@@ -153,10 +168,13 @@ class SessionRoom:
         self.connections: set[Connection] = set()
         self.doc = SessionDocument(Doc())
         self.presence = Presence(settings.max_awareness_state_bytes)
+        self.awareness = AwarenessFanout(
+            self.presence, self.broadcast, settings.awareness_flush_ms / 1000
+        )
         self.refused_writes = 0
         self.active_run: ActiveRun | None = None
         self.model: str | None = None  # the session's model; None: the server's default
-        self._user_buckets: dict[str, TokenBucket] = {}
+        self.budgets = Budgets(member_rates(settings))
         self.wakeup = asyncio.Event()
         self.closed = False
         # What a run found in flight on the next load was cut off by: a restart unless the
@@ -166,7 +184,10 @@ class SessionRoom:
         self._lock = asyncio.Lock()
         self._captured: list[bytes] | None = None
         self._since_snapshot = 0
+        # Kept current by the room's own commits (``_committed``), so judging a client
+        # frame never re-reads the whole document.
         self._deletes: DeleteSet | None = None
+        self._encoded: EncodedDocument | None = None
         self._subscription: Any = None
         self._builder = ContextBuilder(self.context_settings())
         self.summaries: list[Summary] = []
@@ -225,6 +246,7 @@ class SessionRoom:
         self._subscription = doc.observe(self._capture)
         self._since_snapshot = stored.updates_since_snapshot
         self._deletes = None
+        self._encoded = None
 
     async def apply_replicated(self, snapshot: bytes | None, updates: Sequence[bytes]) -> None:
         """Cluster mode, read replica: apply what the running node committed (a snapshot it
@@ -242,7 +264,8 @@ class SessionRoom:
                     frames.append(update)
             finally:
                 self._captured = None
-            self._deletes = None
+            for frame in frames:
+                self._committed(frame)
         for frame in frames:
             self.broadcast(encode_sync(SyncType.UPDATE, frame))
         if frames:
@@ -333,8 +356,19 @@ class SessionRoom:
 
     def _broadcast_update(self, update: bytes) -> None:
         if update:
-            self._deletes = None
+            self._committed(update)
             self.broadcast(encode_sync(SyncType.UPDATE, update))
+
+    def _committed(self, update: bytes) -> None:
+        """Keep what judges and answers client frames current with a committed update: a
+        cost linear in the update, never in the document."""
+        if self._deletes is not None:
+            try:
+                add_deletes(self._deletes, delete_set_of(update, self.doc.doc.get_state()))
+            except ProtocolError:  # structs still pending (a replica): read it all again
+                self._deletes = None
+        if self._encoded is not None:
+            self._encoded.committed(update)
 
     async def _published(self, tx: StoreTx, update_id: int) -> None:
         """An update was stored in ``tx``: tell the fence, and squash the log into a
@@ -373,11 +407,7 @@ class SessionRoom:
 
     def user_bucket(self, user_id: str) -> TokenBucket:
         """One command budget per user across all their sockets in this session."""
-        bucket = self._user_buckets.get(user_id)
-        if bucket is None:
-            rate = Rate(self.settings.user_commands_per_second, 2 * self.settings.commands_burst)
-            bucket = self._user_buckets[user_id] = TokenBucket(rate, self.clock())
-        return bucket
+        return self.budgets.bucket(user_id, Spend.COMMANDS, self.clock())
 
     def subject(self, user_id: str) -> Subject | None:
         """The member as of now (role table and grants read live), or None."""
@@ -777,18 +807,30 @@ class SessionRoom:
 
     # -- sync and awareness ---------------------------------------------------------------
 
-    async def sync_step2_for(self, state_vector: bytes) -> bytes:
-        """What a client lacks, from committed state only (taken under the write lock)."""
-        async with self._lock:
-            return encode_sync(SyncType.STEP2, self.doc.doc.get_update(state_vector))
+    async def sync_answer(self, state_vector: bytes) -> list[bytes]:
+        """The frames answering a sync step 1: what a client lacks, from committed state
+        only. They come from the encoded copy kept beside the document, without the write
+        lock; only the first request after a load may wait for a write under way (the
+        live document is committed state only between writes)."""
+        if self._encoded is None and self._lock.locked():
+            async with self._lock:
+                return self._encoded_now().answer(state_vector)
+        return self._encoded_now().answer(state_vector)
+
+    def _encoded_now(self) -> EncodedDocument:
+        if self._encoded is None:
+            self._encoded = EncodedDocument(self.doc.doc.get_update())
+        return self._encoded
 
     def is_noop(self, update: bytes) -> bool:
-        """True when a client update would change nothing (clients may not write)."""
+        """True when a client update would change nothing (clients may not write); an
+        update deleting too many ranges is refused (``TooLarge``) unread."""
         state = self.doc.doc.get_state()
         if self._deletes is None:
             full = self.doc.doc.get_update()
             self._deletes = normalise_delete_set(delete_set_of(full, state))
-        return is_noop_update(update, state, self._deletes)
+        limit = self.settings.max_delete_ranges_per_update
+        return is_noop_update(update, state, self._deletes, limit)
 
     # -- membership -----------------------------------------------------------------------
 

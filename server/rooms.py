@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -83,6 +84,10 @@ class RoomRegistry:
             )
             room.model = row.model
             room.cut_off = cut_off
+            if self.cluster is not None:
+                room.awareness.publish = functools.partial(
+                    self.cluster.presence.publish, session_id
+                )
             runner = SessionRunner(room, self.provider, self.settings.run_timeout_s)
             if self.cluster is not None:
                 await self.cluster.open(

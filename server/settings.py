@@ -137,6 +137,19 @@ class Settings(BaseSettings):
     updates_burst: int = 200
     abuse_refusals: int = 50
     abuse_window_s: float = 10.0
+    # What a member's binary frames may cost (per member, across their sockets; a frame
+    # over a burst is always refused): client document writes, refused or no-op, and
+    # presence. Full resyncs (sync step 1, query awareness) are counted per socket.
+    document_write_bytes_per_s: float = Field(default=64 * 1024, ge=0)
+    document_write_burst_bytes: int = Field(default=1024 * 1024, ge=0)
+    max_delete_ranges_per_update: int = Field(default=10_000, ge=0)
+    awareness_bytes_per_s: float = Field(default=32 * 1024, ge=0)
+    awareness_burst_bytes: int = Field(default=256 * 1024, ge=0)
+    awareness_flush_ms: float = Field(
+        default=100.0, ge=0, le=10_000, description="Presence goes out at most this often"
+    )
+    sync_requests_per_minute: float = Field(default=6.0, ge=0)
+    sync_requests_burst: int = Field(default=3, ge=1)
     ws_idle_timeout_s: float = 120.0
     shutdown_grace_s: float = 5.0
     log_format: str = "json"

@@ -7,9 +7,9 @@ neither (stock Yjs providers decode every frame as y-websocket binary).
 
 Close codes: 4401 bad or expired token, 4403 not a member (or membership revoked, or a
 browser origin that is not allowed), 4404 unknown session, 4400 malformed binary frame,
-4429 rate limits ignored again and again, or too many sockets of the user or the session,
-1009 message too big (set by the server's size limit), 1013 slow consumer (reconnect and
-resync), 1001 server going away or idle timeout.
+4429 rate limits ignored (or frames refused) again and again, or too many sockets of the user
+or the session, 1009 message too big (set by the server's size limit), 1013 slow consumer
+(reconnect and resync), 1001 server going away or idle timeout.
 44xx codes are final for stock clients; the others make them reconnect.
 """
 
@@ -33,6 +33,7 @@ from server.state import AppState
 from session.commands import command_id_of, error_reply
 from session.errors import Forbidden, NotFound, ParleyError, RateLimited, Unauthenticated
 from session.presence import Presence
+from session.ratelimit import cost_of
 from session.yprotocol import (
     AwarenessMessage,
     ProtocolError,
@@ -139,11 +140,8 @@ async def session_socket(websocket: WebSocket) -> None:
         state.metrics.connections.dec()
         expiry.cancel()
         room.connections.discard(connection)
-        left = presence.drop(connection)
-        if left is not None:
-            room.broadcast(encode_awareness(left))
-            if state.rooms.cluster is not None:
-                state.rooms.cluster.presence.publish(session_id, left)
+        if presence.drop(connection) is not None:
+            room.awareness.changed()
         if not connection.closed:
             connection.close(1000)
         await connection.wait_closed()
@@ -209,15 +207,19 @@ async def _serve(
             continue
         if data is not None:
             try:
-                relay = await _on_binary(room, connection, presence, data)
-                if relay is not None and state.rooms.cluster is not None:
-                    state.rooms.cluster.presence.publish(room.session_id, relay)
+                await _on_binary(room, connection, presence, data, now)
             except ProtocolError as exc:
                 log.info("protocol error; closing socket", extra={"error": exc.message})
                 connection.close(CLOSE_PROTOCOL, f"protocol error: {exc.message}"[:120])
                 return
             except ParleyError as exc:
+                # A refused frame (a write, over a budget, too large): the client is told,
+                # and one refused again and again is cut off.
+                state.metrics.errors.labels(code=exc.code).inc()
                 connection.send_error(exc)
+                if limits.abuse.refused(now):
+                    connection.close(CLOSE_ABUSE, "too many refused frames")
+                    return
         elif text is not None:
             if state.rooms.cluster is not None:  # run where the session runs
                 reply = await state.rooms.cluster.command(room, connection, text)
@@ -227,39 +229,40 @@ async def _serve(
 
 
 async def _on_binary(
-    room: SessionRoom, connection: Connection, presence: Presence, data: bytes
-) -> bytes | None:
-    """Handle a binary frame; returns the awareness update it relayed, if any."""
+    room: SessionRoom, connection: Connection, presence: Presence, data: bytes, now: float
+) -> None:
+    """Handle a binary frame; a refused one raises its ``ParleyError``.
+
+    A frame is charged what it costs (``cost_of``) before it is judged: bytes for document
+    writes and presence (per member), a count for full resyncs (per socket)."""
     message = decode_client_frame(data)
+    cost = cost_of(message, len(data))
+    limits = connection.limits
+    assert limits is not None
+    if not (
+        limits.budgets.allow(connection, cost, now)
+        and room.budgets.allow(connection.user_id, cost, now)
+    ):
+        raise RateLimited(f"over the {cost.spend.value} budget; slow down")
     if isinstance(message, SyncMessage):
         if message.sync_type is SyncType.STEP1:
-            try:
-                connection.send(await room.sync_step2_for(message.payload))
-            except ParleyError:
-                raise
-            except Exception as exc:
-                raise ProtocolError(f"bad state vector: {exc}") from None
+            for frame in await room.sync_answer(message.payload):
+                connection.send(frame)
         elif not room.is_noop(message.payload):
             # The server is the only writer: a client's change is neither applied nor relayed.
             log.info("refused a client write", extra={"user_id": connection.user_id})
             room.refused_writes += 1
-            connection.send_error(
-                Forbidden("the shared document is read-only; send commands instead")
-            )
+            raise Forbidden("the shared document is read-only; send commands instead")
     elif isinstance(message, AwarenessMessage):
         if not decide(room.subject(connection.user_id), Do(Capability.BE_PRESENT)).allowed:
             # Seeing the others is reading the session; showing oneself is ``be_present``.
             # A state shown before the capability was taken away goes too.
-            connection.send_error(Forbidden("you may not show presence here (be_present)"))
-            left = presence.drop(connection)
-            if left is not None:
-                room.broadcast(encode_awareness(left))
-            return left
-        relay = presence.apply(connection, connection.user_id, message.update)
-        room.broadcast(encode_awareness(relay))
-        return relay
+            if presence.drop(connection) is not None:
+                room.awareness.changed()
+            raise Forbidden("you may not show presence here (be_present)")
+        presence.apply(connection, connection.user_id, message.update)
+        room.awareness.changed()
     elif isinstance(message, QueryAwarenessMessage):
         snapshot = presence.snapshot()
         if snapshot is not None:
             connection.send(encode_awareness(snapshot))
-    return None

@@ -157,5 +157,5 @@ async def test_a_prompt_that_cannot_fit_with_its_pins_fails_without_a_model_call
             )
         )
         prompt = next(e for e in alice.entries() if e["id"] == ack["prompt_id"])
-        assert prompt["reason"].startswith("too_large: ")
+        assert prompt["reason_code"] == "too_large"
         assert provider.requests == []

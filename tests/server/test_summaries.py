@@ -153,7 +153,7 @@ async def test_summaries_can_be_turned_off(tmp_path: Path) -> None:
         # A later run is given the over-budget turns' absence, never a summary of them.
         await ask(server, alice, provider, 2)
         later = provider.calls("reply")[-1]
-        assert "summary" not in later.system.lower()
+        assert "[Summary of the conversation" not in later.system
         assert provider.calls("summary") == []
         preview = (
             await server.http.get(f"/api/v1/sessions/{sid}/context", params={"user_id": "alice"})
