@@ -17,6 +17,7 @@ from websockets.streams import StreamReader
 
 from server.connection import CLOSE_SLOW_CONSUMER, Connection
 from server.direct_send import DirectWriter, binary_frame
+from server.send_budget import DropReason
 from session.model import ModelEvent, ModelRequest, TextDelta
 from session.yprotocol import SyncType, encode_sync
 from tests.conftest import RunningServer, make_settings, serve_in_process, sqlite_url
@@ -37,6 +38,12 @@ class Transport:
 
     def get_write_buffer_size(self) -> int:
         return self.backlog
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return (16 * 1024, 64 * 1024)
+
+    def get_extra_info(self, name: str) -> Any:
+        return None
 
     def abort(self) -> None:
         self.aborted = True
@@ -94,21 +101,21 @@ def test_no_writer_beneath_a_server_it_does_not_know() -> None:
 async def test_a_client_that_backs_up_its_transport_is_cut_off() -> None:
     protocol = Protocol()
     writer = DirectWriter.beneath(protocol.send)
-    overflowed: list[bool] = []
+    dropped: list[DropReason] = []
     connection = Connection(
         websocket=None,  # type: ignore[arg-type]
         user_id="u",
         outbox_limit=10,
         direct=writer,
         buffer_limit=1000,
-        on_overflow=lambda: overflowed.append(True),
+        on_drop=dropped.append,
     )
     connection.start()
     assert connection.send(b"x" * 10)
-    protocol.transport.backlog = 1001
-    assert not connection.send(b"y")
+    protocol.transport.backlog = 995
+    assert not connection.send(b"y" * 10)  # 995 + 10 would pass the limit
     assert connection.closed and connection.close_code == CLOSE_SLOW_CONSUMER
-    assert protocol.transport.aborted and overflowed == [True]
+    assert protocol.transport.aborted and dropped == [DropReason.SOCKET_LIMIT]
     assert connection.finished.is_set()
     assert not connection.send(b"z")
 
@@ -131,19 +138,20 @@ class StuckSocket:
 
 async def test_without_a_writer_the_outbox_is_bounded_and_the_rest_unharmed() -> None:
     socket = StuckSocket()
-    overflowed: list[bool] = []
+    dropped: list[DropReason] = []
     connection = Connection(
         websocket=socket,  # type: ignore[arg-type]
         user_id="u",
         outbox_limit=3,
-        on_overflow=lambda: overflowed.append(True),
+        on_drop=dropped.append,
     )
     connection.start()
     assert connection.send(b"1")
     await asyncio.sleep(0)  # the sender takes it and gets stuck writing it
     assert [connection.send(bytes([n])) for n in range(3)] == [True, True, True]
     assert not connection.send(b"over")
-    assert connection.close_code == CLOSE_SLOW_CONSUMER and overflowed == [True]
+    assert connection.close_code == CLOSE_SLOW_CONSUMER and dropped == [DropReason.SOCKET_LIMIT]
+    assert connection.unsent() == 0  # the backlog is let go at once
     assert socket.sent == [b"1"]
     await connection.wait_closed()
 
