@@ -46,7 +46,8 @@ class Backlog(Protocol):
         """Bytes handed to this socket and not yet taken by its client."""
 
     def taken(self) -> int:
-        """A count that grows whenever the client takes bytes (only changes matter)."""
+        """A count that grows whenever the client takes bytes. It may dip (a ping the
+        server's protocol writes by itself), which is no progress."""
 
     def drop(self, reason: DropReason) -> None:
         """Give up on the client now: free its backlog without waiting for it."""
@@ -135,9 +136,9 @@ class SendBudget:
         stalled = []
         for sock, watched in list(self._watched.items()):
             unsent, taken = sock.unsent(), sock.taken()
-            if taken != watched.taken:
-                watched.taken = taken
+            if taken > watched.taken:
                 watched.progress_at = now
+            watched.taken = taken
             self._total += unsent - watched.unsent
             watched.unsent = unsent
             if unsent == 0:
