@@ -98,28 +98,37 @@ class Connection:
         if self.closed:
             return False
         size = len(message)  # its frame's header aside
-        unsent = self.unsent()
+        direct = self.direct
+        if direct is None:
+            unsent = self._queued_bytes + self._in_flight
+        else:  # the kernel took all of the last frame: nothing to look up
+            unsent = direct.held() if direct.backlogged else 0
         # A frame into an empty backlog goes whatever its size (the first sync of a big
         # session is one frame); the process cap and the stall deadline still hold for it.
         if unsent and unsent + size > self.buffer_limit:
             self.drop(DropReason.SOCKET_LIMIT)
             return False
-        if self.budget is not None and not self.budget.admit(self, size):
+        budget = self.budget
+        if budget is not None and not budget.admit(self, size):
             return False
-        if self.direct is not None:
-            if not self.direct.write(message, frame):  # the socket is closing under us
+        if direct is not None:
+            if not direct.write(message, frame):  # the socket is closing under us
                 self.closed = True
                 self.finished.set()
                 return False
-        else:
-            try:
-                self._outbox.put_nowait(message)
-            except asyncio.QueueFull:
-                self.drop(DropReason.SOCKET_LIMIT)
-                return False
-            self._queued_bytes += size
-        if self.budget is not None:
-            self.budget.note(self)
+            # Most frames go straight into the kernel: nothing to watch. A watched socket
+            # that has drained is seen by the budget's next look.
+            if budget is not None and direct.backlogged:
+                budget.note(self)
+            return True
+        try:
+            self._outbox.put_nowait(message)
+        except asyncio.QueueFull:
+            self.drop(DropReason.SOCKET_LIMIT)
+            return False
+        self._queued_bytes += size
+        if budget is not None:
+            budget.note(self)
         return True
 
     def unsent(self) -> int:

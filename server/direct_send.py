@@ -44,6 +44,8 @@ class DirectWriter:
         self._written = 0  # bytes this writer handed to the transport
         # Where each frame the kernel has not wholly taken starts, in ``_written`` terms.
         self._unfinished: deque[int] = deque()
+        # The kernel did not take all of the last write (so there is a backlog to watch).
+        self.backlogged = False
 
     @classmethod
     def beneath(cls, send: Send) -> DirectWriter | None:
@@ -81,9 +83,10 @@ class DirectWriter:
             frame = b"".join(conn.data_to_send())
         transport = self._protocol.transport
         transport.write(frame)
-        if transport.get_write_buffer_size():
+        self.backlogged = bool(transport.get_write_buffer_size())
+        if self.backlogged:
             self._unfinished.append(self._written)
-        else:
+        elif self._unfinished:
             self._unfinished.clear()
         self._written += len(frame)
         return True
@@ -97,9 +100,10 @@ class DirectWriter:
         taken. (uvloop keeps a frame whole until its last byte is sent, so a 4 MiB sync
         the kernel took all but 300 KiB of still holds 4 MiB; asyncio keeps a copy of the
         rest, so this is at most a frame too many there.)"""
-        buffered = self.buffered()
+        buffered: int = self._protocol.transport.get_write_buffer_size()
         if not buffered:
-            self._unfinished.clear()
+            if self._unfinished:
+                self._unfinished.clear()
             return 0
         taken = self._written - buffered
         unfinished = self._unfinished

@@ -111,8 +111,8 @@ async def test_a_client_that_backs_up_its_transport_is_cut_off() -> None:
         on_drop=dropped.append,
     )
     connection.start()
-    assert connection.send(b"x" * 10)
-    protocol.transport.backlog = 995
+    protocol.transport.backlog = 995  # the kernel took none of it
+    assert connection.send(b"x" * 10)  # a frame into an empty backlog goes
     assert not connection.send(b"y" * 10)  # 995 + 10 would pass the limit
     assert connection.closed and connection.close_code == CLOSE_SLOW_CONSUMER
     assert protocol.transport.aborted and dropped == [DropReason.SOCKET_LIMIT]
