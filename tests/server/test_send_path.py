@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+from starlette.websockets import WebSocketState
 from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 from websockets.server import ServerProtocol
@@ -17,7 +18,7 @@ from websockets.streams import StreamReader
 
 from server.connection import CLOSE_SLOW_CONSUMER, Connection
 from server.direct_send import DirectWriter, binary_frame
-from server.send_budget import DropReason
+from server.send_budget import DropReason, SendBudget
 from session.model import ModelEvent, ModelRequest, TextDelta
 from session.yprotocol import SyncType, encode_sync
 from tests.conftest import RunningServer, make_settings, serve_in_process, sqlite_url
@@ -118,6 +119,49 @@ async def test_a_client_that_backs_up_its_transport_is_cut_off() -> None:
     assert protocol.transport.aborted and dropped == [DropReason.SOCKET_LIMIT]
     assert connection.finished.is_set()
     assert not connection.send(b"z")
+
+
+class ClosingSocket:
+    """A Starlette WebSocket whose close frame lands behind what the transport holds."""
+
+    def __init__(self, transport: Transport) -> None:
+        self.transport = transport
+        self.application_state = WebSocketState.CONNECTED
+        self.closes: list[int] = []
+
+    async def close(self, code: int = 1000, reason: str | None = None) -> None:
+        self.closes.append(code)
+        self.transport.backlog += 2 + len(reason or "") + 2
+        self.application_state = WebSocketState.DISCONNECTED
+
+
+async def test_a_close_behind_a_backlog_the_client_never_takes_ends_in_a_reset() -> None:
+    protocol = Protocol()
+    writer = DirectWriter.beneath(protocol.send)
+    socket = ClosingSocket(protocol.transport)
+    budget = SendBudget(total_max_bytes=1 << 20, stall_timeout_s=0.2)
+    dropped: list[DropReason] = []
+    connection = Connection(
+        socket,  # type: ignore[arg-type]
+        user_id="u",
+        outbox_limit=10,
+        direct=writer,
+        budget=budget,
+        on_drop=dropped.append,
+    )
+    connection.start()
+    protocol.transport.backlog = 1000  # under the high-water mark: a close frame can go
+    assert connection.send(b"x" * 1000)
+    connection.close(1001, "idle timeout")
+    await connection.wait_closed()
+    assert socket.closes == [1001] and budget.watching(connection)
+    for _ in range(200):  # the client never takes a byte: the budget's timer resets it
+        if protocol.transport.aborted:
+            break
+        await asyncio.sleep(0.05)
+    assert protocol.transport.aborted and dropped == [DropReason.STALLED]
+    assert budget.total == 0
+    budget.close()
 
 
 class StuckSocket:
