@@ -30,6 +30,7 @@ from server.metrics import Metrics
 from server.providers.registry import open_models
 from server.rest import Operation, error_response, openapi_document, route
 from server.rooms import RoomRegistry
+from server.send_budget import SendBudget
 from server.settings import Settings
 from server.state import AppState
 from server.store import Store
@@ -158,8 +159,9 @@ def create_app(
         keys = resolve_keys(settings.data_dir, settings.admin_key, settings.secret_key)
         metrics = Metrics()
         rooms = RoomRegistry(store, settings, model, clock, metrics)
-        metrics.watch(lambda: len(rooms), rooms.queue_depth)
-        app.state.parley = AppState(settings, store, keys, rooms, clock, metrics)
+        budget = SendBudget(settings.send_buffer_total_max_bytes, settings.send_stall_timeout_s)
+        metrics.watch(lambda: len(rooms), rooms.queue_depth, lambda: budget.total)
+        app.state.parley = AppState(settings, store, keys, rooms, clock, budget, metrics)
         await rooms.load_access()
         if settings.cluster:
             # Sessions with work are taken over by whichever node finds them free first.
@@ -177,6 +179,7 @@ def create_app(
                 await rooms.cluster.stop()
             await rooms.close()
             await store.close()
+            budget.close()
 
     async def openapi(_: Request) -> Response:
         return JSONResponse(spec)

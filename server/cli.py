@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ctypes
 import gc
 import logging
 import os
@@ -95,6 +96,28 @@ def held_secrets(settings: Settings, keys: Keys | None = None) -> list[str | Non
     return found
 
 
+# glibc's malloc option number for the size from which a block gets its own mapping.
+M_MMAP_THRESHOLD = -3
+LARGE_BLOCK_BYTES = 256 * 1024
+
+
+def return_large_blocks() -> None:
+    """Keep large blocks (a socket's backlog, a big session's sync frame) in mappings of
+    their own, which go back to the system the moment they are freed.
+
+    By default glibc raises that threshold to the size of every large block freed (up to
+    32 MiB): after a few 4 MiB frames, such buffers come from the heap, and freeing them
+    returns nothing while anything lies above them. Twenty dropped clients of a 4 MiB
+    session left 46 of their 82 MiB in the server that way (bench/stuck_readers.py). A
+    fixed threshold also fixes the heap's trim threshold. Elsewhere than glibc: nothing.
+    """
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt(M_MMAP_THRESHOLD, LARGE_BLOCK_BYTES)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="parley", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -139,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     if settings.migrate_on_start and not args.no_migrate:
         migrate(settings.database_url)
     app = create_app(settings)
+    return_large_blocks()
     freeze_startup_heap()
     ParleyServer(uvicorn_config(app, settings), app).run()
     return 0

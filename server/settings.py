@@ -113,6 +113,12 @@ class Settings(BaseSettings):
     send_buffer_max_bytes: int = Field(
         default=8 * 1024 * 1024, ge=1024, description="Bytes unsent to one socket, at most"
     )
+    send_buffer_total_max_bytes: int = Field(
+        default=64 * 1024 * 1024, ge=1024, description="Bytes unsent to all sockets, at most"
+    )
+    send_stall_timeout_s: float = Field(
+        default=20.0, gt=0, description="A socket whose client takes nothing this long is dropped"
+    )
     max_request_bytes: int = 1024 * 1024
     ws_ping_interval_s: float = 20.0
     ws_ping_timeout_s: float = 20.0

@@ -99,9 +99,10 @@ async def session_socket(websocket: WebSocket) -> None:
         state.settings.send_queue_max_messages,
         direct=websocket.scope.get(DIRECT_WRITER),
         buffer_limit=state.settings.send_buffer_max_bytes,
+        budget=state.send_budget,
+        on_drop=state.metrics.send_dropped,
     )
     connection.limits = ConnectionLimits.from_settings(state.settings, state.clock())
-    connection.on_overflow = state.metrics.slow_consumers.inc
     connection.start()
     state.metrics.connections.inc()
     room.connections.add(connection)

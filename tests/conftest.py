@@ -172,14 +172,18 @@ class RunningServer:
 
 @contextlib.asynccontextmanager
 async def serve_in_process(
-    settings: Settings, provider: ModelProvider | None = None
+    settings: Settings, provider: ModelProvider | None = None, *, ws: str | None = None
 ) -> AsyncIterator[RunningServer]:
+    """``ws``: another of uvicorn's WebSocket implementations than ``parley serve``'s."""
     await asyncio.to_thread(migrate, settings.database_url)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     app = create_app(settings, provider=provider)
-    server = ParleyServer(uvicorn_config(app, settings), app)
+    config = uvicorn_config(app, settings)
+    if ws is not None:
+        config.ws = ws
+    server = ParleyServer(config, app)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     async with asyncio.timeout(20):
         while not server.started:

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+from starlette.websockets import WebSocketState
 from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 from websockets.server import ServerProtocol
@@ -17,6 +18,7 @@ from websockets.streams import StreamReader
 
 from server.connection import CLOSE_SLOW_CONSUMER, Connection
 from server.direct_send import DirectWriter, binary_frame
+from server.send_budget import DropReason, SendBudget
 from session.model import ModelEvent, ModelRequest, TextDelta
 from session.yprotocol import SyncType, encode_sync
 from tests.conftest import RunningServer, make_settings, serve_in_process, sqlite_url
@@ -37,6 +39,12 @@ class Transport:
 
     def get_write_buffer_size(self) -> int:
         return self.backlog
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return (16 * 1024, 64 * 1024)
+
+    def get_extra_info(self, name: str) -> Any:
+        return None
 
     def abort(self) -> None:
         self.aborted = True
@@ -94,23 +102,66 @@ def test_no_writer_beneath_a_server_it_does_not_know() -> None:
 async def test_a_client_that_backs_up_its_transport_is_cut_off() -> None:
     protocol = Protocol()
     writer = DirectWriter.beneath(protocol.send)
-    overflowed: list[bool] = []
+    dropped: list[DropReason] = []
     connection = Connection(
         websocket=None,  # type: ignore[arg-type]
         user_id="u",
         outbox_limit=10,
         direct=writer,
         buffer_limit=1000,
-        on_overflow=lambda: overflowed.append(True),
+        on_drop=dropped.append,
     )
     connection.start()
-    assert connection.send(b"x" * 10)
-    protocol.transport.backlog = 1001
-    assert not connection.send(b"y")
+    protocol.transport.backlog = 995  # the kernel took none of it
+    assert connection.send(b"x" * 10)  # a frame into an empty backlog goes
+    assert not connection.send(b"y" * 10)  # 995 + 10 would pass the limit
     assert connection.closed and connection.close_code == CLOSE_SLOW_CONSUMER
-    assert protocol.transport.aborted and overflowed == [True]
+    assert protocol.transport.aborted and dropped == [DropReason.SOCKET_LIMIT]
     assert connection.finished.is_set()
     assert not connection.send(b"z")
+
+
+class ClosingSocket:
+    """A Starlette WebSocket whose close frame lands behind what the transport holds."""
+
+    def __init__(self, transport: Transport) -> None:
+        self.transport = transport
+        self.application_state = WebSocketState.CONNECTED
+        self.closes: list[int] = []
+
+    async def close(self, code: int = 1000, reason: str | None = None) -> None:
+        self.closes.append(code)
+        self.transport.backlog += 2 + len(reason or "") + 2
+        self.application_state = WebSocketState.DISCONNECTED
+
+
+async def test_a_close_behind_a_backlog_the_client_never_takes_ends_in_a_reset() -> None:
+    protocol = Protocol()
+    writer = DirectWriter.beneath(protocol.send)
+    socket = ClosingSocket(protocol.transport)
+    budget = SendBudget(total_max_bytes=1 << 20, stall_timeout_s=0.2)
+    dropped: list[DropReason] = []
+    connection = Connection(
+        socket,  # type: ignore[arg-type]
+        user_id="u",
+        outbox_limit=10,
+        direct=writer,
+        budget=budget,
+        on_drop=dropped.append,
+    )
+    connection.start()
+    protocol.transport.backlog = 1000  # under the high-water mark: a close frame can go
+    assert connection.send(b"x" * 1000)
+    connection.close(1001, "idle timeout")
+    await connection.wait_closed()
+    assert socket.closes == [1001] and budget.watching(connection)
+    for _ in range(200):  # the client never takes a byte: the budget's timer resets it
+        if protocol.transport.aborted:
+            break
+        await asyncio.sleep(0.05)
+    assert protocol.transport.aborted and dropped == [DropReason.STALLED]
+    assert budget.total == 0
+    budget.close()
 
 
 class StuckSocket:
@@ -131,19 +182,20 @@ class StuckSocket:
 
 async def test_without_a_writer_the_outbox_is_bounded_and_the_rest_unharmed() -> None:
     socket = StuckSocket()
-    overflowed: list[bool] = []
+    dropped: list[DropReason] = []
     connection = Connection(
         websocket=socket,  # type: ignore[arg-type]
         user_id="u",
         outbox_limit=3,
-        on_overflow=lambda: overflowed.append(True),
+        on_drop=dropped.append,
     )
     connection.start()
     assert connection.send(b"1")
     await asyncio.sleep(0)  # the sender takes it and gets stuck writing it
     assert [connection.send(bytes([n])) for n in range(3)] == [True, True, True]
     assert not connection.send(b"over")
-    assert connection.close_code == CLOSE_SLOW_CONSUMER and overflowed == [True]
+    assert connection.close_code == CLOSE_SLOW_CONSUMER and dropped == [DropReason.SOCKET_LIMIT]
+    assert connection.unsent() == 0  # the backlog is let go at once
     assert socket.sent == [b"1"]
     await connection.wait_closed()
 
