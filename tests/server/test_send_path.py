@@ -4,7 +4,6 @@ serve``, or through a bounded outbox and a sender task under other ASGI servers.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -261,16 +260,18 @@ async def test_a_fast_model_is_sent_in_batches_at_most_once_per_interval(
     provider = PacedProvider(tokens=200, gap_s=0.001)
     sent = await reply_batches(tmp_path, provider, interval_ms=20)
     assert 3 <= len(sent) < 100
-    gaps = [b - a for a, b in itertools.pairwise(sent)]
-    assert min(gaps[:-1]) >= 0.019  # the last batch goes when the reply ends
+    # At most one batch per 20 ms slot of the grid the batches keep (a late wake-up does not
+    # push the later ones back), plus the last, which goes when the reply ends. A loaded
+    # machine stretches the span and so only loosens the bound.
+    assert len(sent) <= (sent[-1] - sent[0]) / 0.020 + 2
 
 
 async def test_a_slow_model_is_sent_each_token_as_it_comes(tmp_path: Path) -> None:
     provider = PacedProvider(tokens=20, gap_s=0.05)
     sent = await reply_batches(tmp_path, provider, interval_ms=20)
     assert len(sent) == 20
-    waits = sorted(s - y for s, y in zip(sent, provider.yielded, strict=True))
-    assert waits[len(waits) // 2] < 0.005  # not held back for a batch
+    # Not held back for a batch: each token went out before the model gave the next.
+    assert all(s < y for s, y in zip(sent, provider.yielded[1:], strict=False))
 
 
 def test_a_broadcast_frame_is_the_bytes_the_protocol_would_write() -> None:
@@ -289,14 +290,16 @@ def test_a_broadcast_frame_is_the_bytes_the_protocol_would_write() -> None:
 async def test_a_full_batch_is_not_held_back_by_the_interval(tmp_path: Path) -> None:
     provider = PacedProvider(tokens=400, gap_s=0, width=10)  # 20,000 characters at once
     sizes: list[int] = []
-    sent = await reply_batches(tmp_path, provider, interval_ms=1000, sizes=sizes)
+    # An interval of ten minutes: a batch that waited it out would never arrive within the
+    # reply's bounded wait.
+    await reply_batches(tmp_path, provider, interval_ms=600_000, sizes=sizes)
     assert sum(sizes) == 20_000
     full = [n for n, size in enumerate(sizes) if size >= 4096]
     assert len(full) >= 4
-    assert sent[-1] - sent[0] < 0.5  # no batch waited out the interval
 
 
 async def test_the_end_of_a_reply_is_not_held_back_by_the_interval(tmp_path: Path) -> None:
     provider = PacedProvider(tokens=3, gap_s=0)
-    sent = await reply_batches(tmp_path, provider, interval_ms=1000)
-    assert sent[-1] - provider.yielded[-1] < 0.5
+    # Ten minutes: a held-back end would never arrive within the reply's bounded wait.
+    sent = await reply_batches(tmp_path, provider, interval_ms=600_000)
+    assert sent[-1] >= provider.yielded[-1]

