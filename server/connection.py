@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 from starlette.websockets import WebSocket, WebSocketState
 
+from authz.tokens import ClientClaims
 from server.direct_send import DirectWriter
 from server.settings import Settings
 from session.commands import error_reply
@@ -57,6 +58,8 @@ class Connection:
     # Stock Yjs clients cannot parse text frames: send JSON only to a socket that sent some.
     speaks_json: bool = False
     awareness_ids: set[int] = field(default_factory=set)
+    # The token the socket was opened with (revoking it closes the socket).
+    claims: ClientClaims | None = None
     limits: ConnectionLimits | None = None
     closed: bool = False
     close_code: int | None = None

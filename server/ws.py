@@ -1,7 +1,7 @@
 """The WebSocket endpoint: y-websocket binary frames and JSON commands on one socket.
 
-Close codes: 4401 bad or expired token, 4403 not a member (or membership revoked, or a
-browser origin that is not allowed), 4404 unknown session, 4400 malformed binary frame,
+Close codes: 4401 bad, expired or revoked token, 4403 not a member (or membership revoked,
+or a browser origin that is not allowed), 4404 unknown session, 4400 malformed binary frame,
 4429 rate limits ignored again and again, 1009 message too big (set by the server's size
 limit), 1013 slow consumer (reconnect and resync), 1001 server going away or idle timeout.
 44xx codes are final for stock clients; the others make them reconnect.
@@ -80,12 +80,17 @@ async def session_socket(websocket: WebSocket) -> None:
     if not allowed.allowed:
         await websocket.close(CLOSE_FORBIDDEN, allowed.reason[:120])
         return
+    revoked = room.token_refusal(claims)
+    if revoked is not None:
+        await websocket.close(CLOSE_UNAUTHENTICATED, revoked[:120])
+        return
     connection = Connection(
         websocket,
         claims.user_id,
         state.settings.send_queue_max_messages,
         direct=websocket.scope.get(DIRECT_WRITER),
         buffer_limit=state.settings.send_buffer_max_bytes,
+        claims=claims,
     )
     connection.limits = ConnectionLimits.from_settings(state.settings, state.clock())
     connection.on_overflow = state.metrics.slow_consumers.inc
