@@ -84,9 +84,13 @@ def _readers_json(readers: Readers) -> str:
     return json.dumps({"users": sorted(readers.users), "roles": sorted(readers.roles)})
 
 
-def _document(row: Any) -> DocumentRow:
+def _readers(row: Any) -> Readers:
     data = json.loads(row.readers)
-    readers = Readers(row.id, frozenset(data["users"]), frozenset(data["roles"]))
+    return Readers(row.id, frozenset(data["users"]), frozenset(data["roles"]))
+
+
+def _document(row: Any) -> DocumentRow:
+    readers = _readers(row)
     return DocumentRow(row.id, row.session_id, row.title, row.text, readers, row.created_at)
 
 
@@ -277,6 +281,27 @@ class AccessStore:
                 .order_by(documents.c.created_at, documents.c.id)
             )
             return [_document(row) for row in rows]
+
+    async def reader_lists(self, session_id: str) -> set[Readers]:
+        """Every reader list in the session: its documents' and its restricted items'
+        (which outlive a deleted document, and name tool results' readers)."""
+        async with self.store.read() as connection:
+            lists = {
+                _readers(row)
+                for row in await connection.execute(
+                    select(documents.c.id, documents.c.readers).where(
+                        documents.c.session_id == session_id
+                    )
+                )
+            }
+            restrictions = await connection.execute(
+                select(private_items.c.restriction)
+                .where(private_items.c.session_id == session_id)
+                .distinct()
+            )
+            for (restriction,) in restrictions:
+                lists.update(restriction_from_json(json.loads(restriction)))
+        return lists
 
     async def delete_document(self, session_id: str, document_id: str) -> bool:
         async with self.store.transaction() as tx:

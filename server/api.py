@@ -7,7 +7,7 @@ import secrets
 from typing import Any
 
 from authz.membership import ADMIN, judge_membership_change
-from authz.policy import Decision, Readers, Subject
+from authz.policy import Decision, Subject
 from authz.roles import Capability, Member, check_capabilities
 from authz.tokens import ClientClaims, issue_token
 from server.access_store import AccessStore
@@ -165,20 +165,12 @@ async def delete_member(state: AppState, session_id: str, user_id: str, caller: 
     await _change_member(state, room, caller, user_id, None)
 
 
-async def _reader_lists(state: AppState, room: SessionRoom) -> set[Readers]:
-    """Every reader list in the session: its documents' and its restricted items'."""
-    documents = await AccessStore(state.store).list_documents(room.session_id)
-    lists = {row.readers for row in documents}
-    lists.update(r for item in room.private.values() for r in item.restriction)
-    return lists
-
-
 async def _change_member(
     state: AppState, room: SessionRoom, caller: Caller, user_id: str, after: Member | None
 ) -> MemberChange:
     """Judge (``authz.membership``), store and apply one membership change, the judgment
     made on the rows read in the writing transaction. A refusal is audited and raised."""
-    documents = await _reader_lists(state, room)
+    documents = await AccessStore(state.store).reader_lists(room.session_id)
     roles = state.rooms.roles
 
     def judge(before: MemberRow | None, actor: MemberRow | None) -> Decision:

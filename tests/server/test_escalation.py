@@ -8,11 +8,17 @@ not make someone else an editor who would read it. Each attempt is refused 403
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
-from tests.conftest import RunningServer
+from session.model import ModelEvent, ModelRequest, TextDelta
+from tests.conftest import RunningServer, make_settings, serve_in_process
+from tests.scripted import ScriptedProvider, answering_text, call
+from tests.yclient import all_replies_settled
 
 ALL_OWNER_CAPS = [
     "read_session",
@@ -134,3 +140,41 @@ async def test_an_owner_cannot_make_someone_an_editor_who_reads_what_she_cannot(
     async with _as(server, await server.token(sid, "ed")) as ed:
         lifted = await ed.put(f"{members}/vic", json={"role": "editor"})
         assert lifted.status_code == 200, lifted.text
+
+
+def _searching(request: ModelRequest) -> list[ModelEvent]:
+    if "plans" in answering_text(request):
+        return [call("search_documents", {"query": "secret plans"})]
+    return [TextDelta("ok")]
+
+
+@pytest.fixture
+async def searching(database_url: str, tmp_path: Path) -> AsyncIterator[RunningServer]:
+    settings = make_settings(database_url, tmp_path / "data")
+    async with serve_in_process(settings, ScriptedProvider(_searching)) as running:
+        yield running
+
+
+async def test_a_restricted_reply_counts_after_its_document_is_gone(
+    searching: RunningServer,
+) -> None:
+    """What editors may read includes a reply drawn from an editors-only document, even
+    once the document is detached: the owner who cannot read it may not make an editor."""
+    server = searching
+    sid = await server.new_session({"olga": "owner", "ed": "editor"})
+    doc = await _document(server, sid, ["editor"])
+    ed = await server.connect(sid, "ed")
+    await ed.command({"type": "prompt", "id": "p", "text": "what are the plans?"})
+    await ed.wait_until(lambda c: all_replies_settled(c, 1))
+    reply = next(e for e in ed.entries() if e["kind"] == "reply")
+    assert "[restricted:" in reply["content"]
+    detached = await server.http.delete(f"/api/v1/sessions/{sid}/documents/{doc}")
+    assert detached.status_code == 204, detached.text
+    async with _as(server, await server.token(sid, "olga")) as olga:
+        add = await olga.put(f"/api/v1/sessions/{sid}/members/eve", json={"role": "editor"})
+        assert _forbidden(add), add.text
+        assert "eve" not in await _members(server, sid)
+        # A viewer reads none of it: hers to add.
+        viewer = await olga.put(f"/api/v1/sessions/{sid}/members/eve", json={"role": "viewer"})
+        assert viewer.status_code == 200, viewer.text
+    assert [r["action"] for r in await _refused(server, sid, "olga")] == ["change member eve"]
