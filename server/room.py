@@ -859,7 +859,8 @@ class SessionRoom:
         try:
             await self.stop_prompts_of(user_id, reason)
         except Exception:
-            # The change is stored: a prompt left waiting still fails when it comes up.
+            # The change is stored either way; a removed member's prompt left waiting
+            # still fails when it comes up (``start_run``).
             log.warning("could not stop a member's prompts", exc_info=True)
 
     def token_refusal(self, claims: ClientClaims) -> str | None:
