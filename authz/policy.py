@@ -93,16 +93,8 @@ class UseTool:
     capability: str
 
 
-@dataclass(frozen=True, slots=True)
-class Delegate:
-    """Change a member who holds (before or after the change) ``capabilities``: a member
-    may manage only members whose rights are within their own, so nobody can hand out,
-    or take from others, more than they have."""
-
-    capabilities: frozenset[str]
-
-
-Action = Do | Cancel | Read | UseTool | Delegate
+Action = Do | Cancel | Read | UseTool
+"""Membership changes are judged by ``authz.membership.judge_membership_change``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,13 +143,6 @@ def decide(subject: Subject | None, action: Action) -> Decision:
         if action.author == subject.user_id and Capability.CANCEL_OWN in caps:
             return _allow()
         return _deny("only the prompt's author or an owner may cancel it")
-    if isinstance(action, Delegate):
-        if Capability.MANAGE_MEMBERS not in caps:
-            return _deny(f"{who} may not manage members here")
-        beyond = sorted(action.capabilities - caps)
-        if beyond:
-            return _deny(f"you may not give or take capabilities you do not hold: {beyond}")
-        return _allow()
     if isinstance(action, UseTool):
         if action.capability in caps:
             return _allow()

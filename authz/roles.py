@@ -105,12 +105,15 @@ class RoleTable:
 
 @dataclass(frozen=True, slots=True)
 class Member:
-    """A member of a session as stored: their role and their own grants and denials."""
+    """A member of a session as stored: their role and their own grants and denials, and
+    the epoch of this membership (new each time the user is added; their client tokens
+    carry it, so removing a member ends every token issued to them)."""
 
     user_id: str
     role: str
     grants: frozenset[str] = frozenset()
     denials: frozenset[str] = frozenset()
+    token_epoch: str = ""
 
 
 def capabilities_of(member: Member, roles: RoleTable) -> frozenset[str]:

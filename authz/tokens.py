@@ -1,12 +1,15 @@
 """Signed, short-lived client tokens: which user may open which session's socket.
 
 A token names the user and the session; the member's role is looked up live when it is
-used, so a demotion takes effect at once instead of when the token expires.
+used, so a demotion takes effect at once instead of when the token expires. It also names
+itself (``jti``, so it can be revoked alone) and the membership it was issued under (its
+epoch: a member who is removed and added back has a new one, so old tokens stay dead).
 """
 
 from __future__ import annotations
 
 import secrets
+from collections.abc import Container
 from dataclasses import dataclass
 
 import jwt
@@ -23,16 +26,18 @@ class ClientClaims:
     session_id: str
     expires_at: int  # seconds since the epoch
     token_id: str
+    epoch: str = ""  # the membership's epoch; "" in tokens issued before epochs existed
 
 
 def issue_token(
-    key: str, *, user_id: str, session_id: str, now: int, ttl_seconds: int
+    key: str, *, user_id: str, session_id: str, now: int, ttl_seconds: int, epoch: str = ""
 ) -> tuple[str, ClientClaims]:
     claims = ClientClaims(
         user_id=user_id,
         session_id=session_id,
         expires_at=now + ttl_seconds,
         token_id=secrets.token_urlsafe(12),
+        epoch=epoch,
     )
     payload = {
         "sub": user_id,
@@ -41,6 +46,7 @@ def issue_token(
         "exp": claims.expires_at,
         "aud": AUDIENCE,
         "jti": claims.token_id,
+        "mep": epoch,
     }
     return jwt.encode(payload, key, algorithm=ALGORITHM), claims
 
@@ -64,8 +70,19 @@ def verify_token(key: str, token: str, *, now: int) -> ClientClaims:
     except jwt.PyJWTError as exc:
         raise Unauthenticated(f"invalid token: {exc}") from None
     sub, sid, exp, jti = payload["sub"], payload["sid"], payload["exp"], payload["jti"]
-    if not (isinstance(sub, str) and isinstance(sid, str) and isinstance(exp, int)):
+    epoch = payload.get("mep", "")
+    if not all(isinstance(v, str) for v in (sub, sid, jti, epoch)) or not isinstance(exp, int):
         raise Unauthenticated("invalid token: malformed claims")
     if exp <= now:
         raise Unauthenticated("token expired")
-    return ClientClaims(user_id=sub, session_id=sid, expires_at=exp, token_id=str(jti))
+    return ClientClaims(user_id=sub, session_id=sid, expires_at=exp, token_id=jti, epoch=epoch)
+
+
+def token_refusal(claims: ClientClaims, epoch: str, revoked: Container[str]) -> str | None:
+    """Why a verified token of a current member (whose membership has ``epoch``) may not
+    be used any more, or None. ``revoked``: the ids of the session's revoked tokens."""
+    if claims.token_id in revoked:
+        return "revoked: this token was revoked"
+    if claims.epoch != epoch:
+        return "revoked: this token was issued before the member was removed"
+    return None

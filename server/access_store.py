@@ -7,7 +7,7 @@ record of a run) are written with the ``insert_*`` functions inside the room's t
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,8 +16,18 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from authz.policy import Readers, Restriction, restriction_from_json, restriction_to_json
-from server.store import Store
-from server.tables import audit_log, documents, members, private_items, roles, sessions, tools
+from authz.tokens import ClientClaims
+from server.store import MemberRow, Store, lock_session, read_member
+from server.tables import (
+    audit_log,
+    client_tokens,
+    documents,
+    members,
+    private_items,
+    roles,
+    sessions,
+    tools,
+)
 from session.errors import Conflict
 
 
@@ -52,6 +62,16 @@ class PrivateItem:
 
 
 @dataclass(frozen=True, slots=True)
+class TokenRow:
+    """A client token issued: whose, until when (seconds), and whether it was revoked."""
+
+    id: str
+    user_id: str
+    expires_at: int
+    revoked: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class AuditRow:
     id: int
     at: int
@@ -64,9 +84,13 @@ def _readers_json(readers: Readers) -> str:
     return json.dumps({"users": sorted(readers.users), "roles": sorted(readers.roles)})
 
 
-def _document(row: Any) -> DocumentRow:
+def _readers(row: Any) -> Readers:
     data = json.loads(row.readers)
-    readers = Readers(row.id, frozenset(data["users"]), frozenset(data["roles"]))
+    return Readers(row.id, frozenset(data["users"]), frozenset(data["roles"]))
+
+
+def _document(row: Any) -> DocumentRow:
+    readers = _readers(row)
     return DocumentRow(row.id, row.session_id, row.title, row.text, readers, row.created_at)
 
 
@@ -148,6 +172,75 @@ class AccessStore:
             result = await tx.connection.execute(delete(roles).where(roles.c.name == name))
         return bool(result.rowcount)
 
+    # -- client tokens --------------------------------------------------------------------
+
+    async def record_token(
+        self,
+        session_id: str,
+        user_id: str,
+        now: int,
+        mint: Callable[[MemberRow], tuple[str, ClientClaims]],
+    ) -> tuple[MemberRow, str, ClientClaims] | None:
+        """Mint a token for a current member (``mint`` signs it with the membership's
+        epoch) and record it, in one transaction with the membership read, so a token
+        cannot be minted for a member being removed. None if ``user_id`` is no member.
+        The session's expired token rows are deleted on the way."""
+        async with self.store.transaction() as tx:
+            connection = tx.connection
+            await lock_session(connection, session_id)
+            member = await read_member(connection, session_id, user_id)
+            if member is None:
+                return None
+            token, claims = mint(member)
+            await connection.execute(
+                delete(client_tokens).where(
+                    and_(
+                        client_tokens.c.session_id == session_id,
+                        client_tokens.c.expires_at <= now,
+                    )
+                )
+            )
+            await connection.execute(
+                insert(client_tokens).values(
+                    id=claims.token_id,
+                    session_id=session_id,
+                    user_id=user_id,
+                    expires_at=claims.expires_at,
+                )
+            )
+        return member, token, claims
+
+    async def revoke_token(self, session_id: str, token_id: str, now: int) -> TokenRow | None:
+        """Mark a token of the session revoked; None if there is no such unexpired token."""
+        where = and_(
+            client_tokens.c.session_id == session_id,
+            client_tokens.c.id == token_id,
+            client_tokens.c.expires_at > now,
+        )
+        async with self.store.transaction() as tx:
+            row = (await tx.connection.execute(select(client_tokens).where(where))).first()
+            if row is None:
+                return None
+            if row.revoked_at is None:
+                await tx.connection.execute(
+                    update(client_tokens).where(where).values(revoked_at=now)
+                )
+        return TokenRow(row.id, row.user_id, row.expires_at, revoked=True)
+
+    async def revoked_tokens(self, session_id: str, now: int) -> dict[str, TokenRow]:
+        """The session's revoked tokens that have not expired yet, by id."""
+        async with self.store.read() as connection:
+            rows = await connection.execute(
+                select(client_tokens).where(
+                    and_(
+                        client_tokens.c.session_id == session_id,
+                        client_tokens.c.revoked_at.is_not(None),
+                        client_tokens.c.expires_at > now,
+                    )
+                )
+            )
+            return {row.id: TokenRow(row.id, row.user_id, row.expires_at, True) for row in rows}
+
     # -- sessions -------------------------------------------------------------------------
 
     async def set_restricted_replies(self, session_id: str, value: str) -> None:
@@ -188,6 +281,27 @@ class AccessStore:
                 .order_by(documents.c.created_at, documents.c.id)
             )
             return [_document(row) for row in rows]
+
+    async def reader_lists(self, session_id: str) -> set[Readers]:
+        """Every reader list in the session: its documents' and its restricted items'
+        (which outlive a deleted document, and name tool results' readers)."""
+        async with self.store.read() as connection:
+            lists = {
+                _readers(row)
+                for row in await connection.execute(
+                    select(documents.c.id, documents.c.readers).where(
+                        documents.c.session_id == session_id
+                    )
+                )
+            }
+            restrictions = await connection.execute(
+                select(private_items.c.restriction)
+                .where(private_items.c.session_id == session_id)
+                .distinct()
+            )
+            for (restriction,) in restrictions:
+                lists.update(restriction_from_json(json.loads(restriction)))
+        return lists
 
     async def delete_document(self, session_id: str, document_id: str) -> bool:
         async with self.store.transaction() as tx:

@@ -6,9 +6,10 @@ import re
 import secrets
 from typing import Any
 
-from authz.policy import Delegate, Subject
+from authz.membership import ADMIN, judge_membership_change
+from authz.policy import Decision, Subject
 from authz.roles import Capability, Member, check_capabilities
-from authz.tokens import issue_token
+from authz.tokens import ClientClaims, issue_token
 from server.access_store import AccessStore
 from server.api_models import (
     ContextPreview,
@@ -35,7 +36,7 @@ from server.document_writes import apply_document_write
 from server.rest import Caller, Operation, QueryParam, QueryStr
 from server.room import SessionRoom
 from server.state import AppState
-from server.store import MemberRow, SessionRow
+from server.store import MemberChange, MemberRow, SessionRow
 from session.errors import Conflict, Forbidden, InvalidInput, NotFound
 from session.queue import Policy
 
@@ -150,43 +151,57 @@ async def put_member(
         raise InvalidInput(f"role: no role {body.role!r} (see GET /api/v1/roles)")
     grants, denials = check_capabilities(body.grants), check_capabilities(body.denials)
     room = await state.rooms.get(session_id)
-    before = room.members.get(user_id)
-    member = Member(user_id, body.role, grants, denials)
-    await _may_delegate(state, room, caller, before, member)
-    await state.store.put_member(
-        session_id, user_id, body.role, int(state.clock() * 1000), grants, denials
+    change = await _change_member(
+        state, room, caller, user_id, Member(user_id, body.role, grants, denials)
     )
-    room.set_member(user_id, member)
+    assert change.after is not None
+    return _member_out(state, change.after)
+
+
+async def delete_member(state: AppState, session_id: str, user_id: str, caller: Caller) -> None:
+    """Remove a member: their tokens are revoked, their sockets closed, their prompts
+    stopped."""
+    room = await state.rooms.get(session_id)
+    await _change_member(state, room, caller, user_id, None)
+
+
+async def _change_member(
+    state: AppState, room: SessionRoom, caller: Caller, user_id: str, after: Member | None
+) -> MemberChange:
+    """Judge (``authz.membership``), store and apply one membership change, the judgment
+    made on the rows read in the writing transaction. A refusal is audited and raised."""
+    documents = await AccessStore(state.store).reader_lists(room.session_id)
+    roles = state.rooms.roles
+
+    def judge(before: MemberRow | None, actor: MemberRow | None) -> Decision:
+        who = ADMIN if caller.user_id is None else None if actor is None else actor.as_member()
+        previous = None if before is None else before.as_member()
+        return judge_membership_change(who, previous, after, roles, documents)
+
+    change = await state.store.change_member(
+        room.session_id, user_id, after, int(state.clock() * 1000), judge, caller.user_id
+    )
+    actor = caller.user_id or "admin"
+    if not change.decision.allowed:
+        action = f"{'change' if after is not None else 'remove'} member {user_id}"
+        wanted = None if after is None else _member_json(after)
+        await room.audit(
+            "refused", actor, {"action": action, "reason": change.decision.reason, "after": wanted}
+        )
+        change.decision.require()
+    if change.before is None and change.after is None:
+        raise NotFound(f"{user_id!r} is not a member of this session")
+    await room.set_member(user_id, None if change.after is None else change.after.as_member())
     await room.audit(
         "membership",
-        caller.user_id or "admin",
+        actor,
         {
             "user_id": user_id,
-            "before": None if before is None else _member_json(before),
-            "after": _member_json(member),
+            "before": None if change.before is None else _member_json(change.before.as_member()),
+            "after": None if change.after is None else _member_json(change.after.as_member()),
         },
     )
-    row = await state.store.get_member(session_id, user_id)
-    if row is None:  # deleted concurrently
-        raise Conflict("the member was removed while being written")
-    return _member_out(state, row)
-
-
-async def _may_delegate(
-    state: AppState,
-    room: SessionRoom,
-    caller: Caller,
-    before: Member | None,
-    after: Member | None,
-) -> None:
-    """A member (not the admin) may change only members within their own rights."""
-    if caller.user_id is None:
-        return
-    roles = state.rooms.roles
-    touched = frozenset().union(
-        *(roles.capabilities(m.role) | m.grants for m in (before, after) if m is not None)
-    )
-    await room.check(caller.user_id, Delegate(touched), "change member")
+    return change
 
 
 def _member_json(member: Member) -> dict[str, object]:
@@ -197,25 +212,6 @@ def _member_json(member: Member) -> dict[str, object]:
     }
 
 
-async def delete_member(state: AppState, session_id: str, user_id: str, caller: Caller) -> None:
-    await _session(state, session_id)
-    room = await state.rooms.get(session_id)
-    before = room.members.get(user_id)
-    await _may_delegate(state, room, caller, before, None)
-    if not await state.store.delete_member(session_id, user_id):
-        raise NotFound(f"{user_id!r} is not a member of this session")
-    room.set_member(user_id, None)
-    await room.audit(
-        "membership",
-        caller.user_id or "admin",
-        {
-            "user_id": user_id,
-            "before": None if before is None else _member_json(before),
-            "after": None,
-        },
-    )
-
-
 async def list_members(state: AppState, session_id: str) -> MemberList:
     await _session(state, session_id)
     rows = await state.store.list_members(session_id)
@@ -224,26 +220,44 @@ async def list_members(state: AppState, session_id: str) -> MemberList:
 
 async def create_token(state: AppState, session_id: str, body: TokenCreate) -> TokenOut:
     await _session(state, session_id)
-    member = await state.store.get_member(session_id, body.user_id)
-    if member is None:
-        raise Conflict(f"{body.user_id!r} is not a member of this session")
     ttl = body.ttl_seconds or state.settings.token_ttl_default_s
     if ttl > state.settings.token_ttl_max_s:
         raise InvalidInput(f"ttl_seconds: at most {state.settings.token_ttl_max_s}")
-    token, claims = issue_token(
-        state.keys.signing_key,
-        user_id=body.user_id,
-        session_id=session_id,
-        now=int(state.clock()),
-        ttl_seconds=ttl,
-    )
+    now = int(state.clock())
+
+    def mint(member: MemberRow) -> tuple[str, ClientClaims]:
+        return issue_token(
+            state.keys.signing_key,
+            user_id=body.user_id,
+            session_id=session_id,
+            now=now,
+            ttl_seconds=ttl,
+            epoch=member.token_epoch,
+        )
+
+    issued = await AccessStore(state.store).record_token(session_id, body.user_id, now, mint)
+    if issued is None:
+        raise Conflict(f"{body.user_id!r} is not a member of this session")
+    member, token, claims = issued
     return TokenOut(
         token=token,
+        jti=claims.token_id,
         expires_at=claims.expires_at,
         user_id=body.user_id,
         session_id=session_id,
         role=member.role,
     )
+
+
+async def revoke_token(state: AppState, session_id: str, jti: str) -> None:
+    """Revoke one client token: its sockets close (4401) and its member's prompts stop."""
+    await _session(state, session_id)
+    token = await AccessStore(state.store).revoke_token(session_id, jti, int(state.clock()))
+    if token is None:
+        raise NotFound(f"no unexpired token {jti!r} in this session")
+    room = await state.rooms.get(session_id)
+    await room.revoke_token(token)
+    await room.audit("token", "admin", {"revoked": jti, "user_id": token.user_id})
 
 
 async def get_transcript(state: AppState, session_id: str) -> TranscriptOut:
@@ -500,7 +514,7 @@ OPERATIONS: list[Operation] = [
         "DELETE",
         "/api/v1/sessions/{session_id}/members/{user_id}",
         delete_member,
-        "Remove a member (their sockets close with 4403)",
+        "Remove a member (their tokens are revoked, sockets close with 4403, prompts stop)",
         capability=Capability.MANAGE_MEMBERS,
         with_caller=True,
         status=204,
@@ -524,6 +538,14 @@ OPERATIONS: list[Operation] = [
         response=TokenOut,
         status=201,
         errors=(404, 409),
+    ),
+    Operation(
+        "DELETE",
+        "/api/v1/sessions/{session_id}/tokens/{jti}",
+        revoke_token,
+        "Revoke a client token (its sockets close with 4401, its member's prompts stop)",
+        status=204,
+        errors=(404,),
     ),
     Operation(
         "GET",

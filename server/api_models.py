@@ -143,6 +143,7 @@ class TokenCreate(Strict):
 
 class TokenOut(Strict):
     token: str
+    jti: str = Field(description="The token's id: revoke it with DELETE …/tokens/{jti}.")
     expires_at: int = Field(description="Seconds since the epoch.")
     user_id: str
     session_id: str

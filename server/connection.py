@@ -21,6 +21,7 @@ from enum import Enum
 
 from starlette.websockets import WebSocket, WebSocketState
 
+from authz.tokens import ClientClaims
 from server.direct_send import DirectWriter
 from server.send_budget import DropReason, SendBudget
 from server.settings import Settings
@@ -83,6 +84,8 @@ class Connection:
     # which would fail on either, so it is sent no JSON at all.
     channel: CommandChannel | None = None
     awareness_ids: set[int] = field(default_factory=set)
+    # The token the socket was opened with (revoking it closes the socket).
+    claims: ClientClaims | None = None
     limits: ConnectionLimits | None = None
     closed: bool = False
     close_code: int | None = None

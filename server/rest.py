@@ -6,7 +6,7 @@ authorizes it, enforces the request size limit, validates the body and query, an
 
 Callers: the admin key may do everything. A member's client token may call the routes of
 its own session that declare a ``capability``, when ``authz.policy.decide`` allows the member
-that capability now; every refusal is audited.
+that capability now and the token is not revoked (401); every refusal is audited.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from authz.policy import Do
-from authz.tokens import verify_token
+from authz.tokens import ClientClaims, verify_token
 from server.api_models import ErrorBody
 from server.state import AppState
 from session.commands import unstorable
@@ -69,6 +69,7 @@ class Caller:
 
     user_id: str | None = None
     session_id: str | None = None
+    claims: ClientClaims | None = None
 
     @property
     def is_admin(self) -> bool:
@@ -117,7 +118,7 @@ def authenticate(request: Request, state: AppState) -> Caller:
         claims = verify_token(state.keys.signing_key, key, now=int(state.clock()))
     except Unauthenticated:
         raise Unauthenticated("wrong admin key or client token") from None
-    return Caller(claims.user_id, claims.session_id)
+    return Caller(claims.user_id, claims.session_id, claims)
 
 
 async def authorize(op: Operation, caller: Caller, state: AppState, session_id: str | None) -> None:
@@ -127,6 +128,9 @@ async def authorize(op: Operation, caller: Caller, state: AppState, session_id: 
     if session_id is None or session_id != caller.session_id:
         raise Forbidden("a client token acts only in its own session's routes")
     room = await state.rooms.get(session_id)
+    revoked = None if caller.claims is None else room.token_refusal(caller.claims)
+    if revoked is not None:
+        raise Unauthenticated(revoked)
     what = f"{op.method} {op.path}"
     if op.capability is None:
         await room.audit("refused", caller.user_id, {"action": what, "reason": "admin only"})

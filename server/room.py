@@ -33,7 +33,15 @@ from authz.policy import (
 )
 from authz.roles import Capability, Member, RoleTable
 from authz.scope import ContextSeen, RunScope, scope_for_run, seen_in_context
-from server.access_store import AccessStore, PrivateItem, ToolRow, insert_audit, insert_private
+from authz.tokens import ClientClaims, token_refusal
+from server.access_store import (
+    AccessStore,
+    PrivateItem,
+    TokenRow,
+    ToolRow,
+    insert_audit,
+    insert_private,
+)
 from server.active_run import ActiveRun
 from server.awareness import AwarenessFanout
 from server.connection import Connection
@@ -71,6 +79,7 @@ from session.yprotocol import (
 
 log = logging.getLogger("parley.room")
 
+CLOSE_UNAUTHENTICATED = 4401
 CLOSE_FORBIDDEN = 4403
 CLOSE_NOT_FOUND = 4404
 CLOSE_TRY_AGAIN = 1013
@@ -165,6 +174,8 @@ class SessionRoom:
             )
         )
         self.members: dict[str, Member] = {}
+        # Revoked client tokens not expired yet, by id (the check of every socket and call).
+        self.revoked_tokens: dict[str, TokenRow] = {}
         self.connections: set[Connection] = set()
         self.doc = SessionDocument(Doc())
         self.presence = Presence(settings.max_awareness_state_bytes)
@@ -204,10 +215,7 @@ class SessionRoom:
         self.summaries = await self.store.load_summaries(self.session_id)
         self.restricted_replies = restricted_replies
         self.private = {i.entry_id: i for i in await self.access.private_items(self.session_id)}
-        self.members = {
-            m.user_id: Member(m.user_id, m.role, frozenset(m.grants), frozenset(m.denials))
-            for m in await self.store.list_members(self.session_id)
-        }
+        await self.refresh_membership()
         if "session_id" not in self.doc.meta:
             async with self._writing():
                 self.doc.init_meta(self.session_id, title, policy.value)
@@ -528,6 +536,23 @@ class SessionRoom:
             await self._finish(write, [prompt_id], ending)
         return True
 
+    async def stop_prompts_of(self, user_id: str, ending: Ending) -> None:
+        """Fail the user's waiting prompts and stop a running reply that answers one of
+        theirs (membership removed or token revoked), without waiting for the run to end.
+        Nothing to do on a node that does not run the session: its queue is empty and
+        nothing runs there."""
+        waiting = [p.id for p in self.queue.pending() if p.author == user_id]
+        if waiting:
+            async with self._writing() as write:
+                queue = self._staged_queue(write)
+                waiting = [p for p in waiting if queue.is_pending(p)]
+                for prompt_id in waiting:
+                    queue.remove(prompt_id)
+                await self._finish(write, waiting, ending)
+        active = self.active_run
+        if active is not None and any(p.author == user_id for p in active.run.prompts):
+            active.stop(ending)  # the runner settles it
+
     async def set_policy(self, policy: Policy) -> None:
         async with self._writing() as write:
             self._staged_queue(write).set_policy(policy)
@@ -832,22 +857,75 @@ class SessionRoom:
         limit = self.settings.max_delete_ranges_per_update
         return is_noop_update(update, state, self._deletes, limit)
 
-    # -- membership -----------------------------------------------------------------------
+    # -- membership and client tokens ------------------------------------------------------
 
-    def set_member(self, user_id: str, member: Member | None) -> None:
-        """Apply a membership change made over REST to live sockets: a member who may no
-        longer read the session is disconnected."""
+    async def refresh_membership(self) -> None:
+        """Read the members and revoked tokens from the store and apply what changed (at
+        load, and in cluster mode after changes made on another node)."""
+        rows = await self.store.list_members(self.session_id)
+        current = {row.user_id: row.as_member() for row in rows}
+        for user_id in set(self.members) - set(current):
+            await self.set_member(user_id, None)
+        for user_id, member in current.items():
+            if self.members.get(user_id) != member:
+                await self.set_member(user_id, member)
+        revoked = await self.access.revoked_tokens(self.session_id, int(self.clock()))
+        for token in revoked.values():
+            await self.revoke_token(token)
+
+    async def set_member(self, user_id: str, member: Member | None) -> None:
+        """Apply a stored membership change: sockets that may no longer read the session
+        close; a member removed (or removed and added back: a new epoch) loses their
+        tokens, sockets and prompts."""
+        before = self.members.get(user_id)
         if member is None:
             self.members.pop(user_id, None)
         else:
             self.members[user_id] = member
         self.refresh_sockets()
+        if before is not None and (member is None or member.token_epoch != before.token_epoch):
+            removed = Ending(ReasonCode.MEMBER_REMOVED, f"{user_id} was removed from the session")
+            await self._stop_prompts(user_id, removed)
+
+    async def revoke_token(self, token: TokenRow) -> None:
+        """Apply a revoked token: its sockets close, its user's prompts stop."""
+        now = self.clock()
+        self.revoked_tokens = {k: t for k, t in self.revoked_tokens.items() if t.expires_at > now}
+        if token.id in self.revoked_tokens or token.expires_at <= now:
+            return
+        self.revoked_tokens[token.id] = token
+        self.refresh_sockets()
+        revoked = Ending(ReasonCode.TOKEN_REVOKED, f"a client token of {token.user_id} was revoked")
+        await self._stop_prompts(token.user_id, revoked)
+
+    async def _stop_prompts(self, user_id: str, ending: Ending) -> None:
+        try:
+            await self.stop_prompts_of(user_id, ending)
+        except Exception:
+            # The change is stored either way; a removed member's prompt left waiting
+            # still fails when it comes up (``start_run``).
+            log.warning("could not stop a member's prompts", exc_info=True)
+
+    def token_refusal(self, claims: ClientClaims) -> str | None:
+        """Why a verified token may not be used now (None: it may, or its user is no
+        member, which the membership check answers)."""
+        member = self.members.get(claims.user_id)
+        if member is None:
+            return None
+        return token_refusal(claims, member.token_epoch, self.revoked_tokens)
 
     def refresh_sockets(self) -> None:
-        """Close the sockets of users who may no longer read the session (after a
-        membership change or a redefined role)."""
+        """Close the sockets of users removed (4403), of revoked tokens (4401), and of
+        members who may no longer read the session (4403)."""
         for connection in list(self.connections):
-            if not decide(self.subject(connection.user_id), Do(Capability.READ_SESSION)).allowed:
+            user_id = connection.user_id
+            if user_id not in self.members:
+                connection.close(CLOSE_FORBIDDEN, "removed: you are no longer a member")
+                continue
+            refusal = None if connection.claims is None else self.token_refusal(connection.claims)
+            if refusal is not None:
+                connection.close(CLOSE_UNAUTHENTICATED, refusal)
+            elif not decide(self.subject(user_id), Do(Capability.READ_SESSION)).allowed:
                 connection.close(CLOSE_FORBIDDEN, "membership revoked")
 
     def fail(self, reason: str, cause: ReasonCode = ReasonCode.STORAGE_ERROR) -> None:

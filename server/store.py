@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Iterable, Sequence
+import secrets
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +21,8 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from authz.policy import Decision
+from authz.roles import Member
 from server.group_commit import GroupCommit, insert_updates
 from server.sqlite_inline import Checkpointer, file_path
 from server.tables import (
@@ -35,7 +38,7 @@ from server.tables import (
     sessions,
     summaries,
 )
-from session.errors import Unavailable
+from session.errors import NotFound, Unavailable
 from session.lifecycle import IllegalTransition, PromptStatus, prompt_predecessors
 from session.reasons import Ending
 from session.summary import Summary
@@ -61,6 +64,26 @@ class MemberRow:
     created_at: int
     grants: tuple[str, ...] = ()
     denials: tuple[str, ...] = ()
+    token_epoch: str = ""
+
+    def as_member(self) -> Member:
+        return Member(
+            self.user_id,
+            self.role,
+            frozenset(self.grants),
+            frozenset(self.denials),
+            self.token_epoch,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class MemberChange:
+    """What ``Store.change_member`` decided, and the member before and after (as before
+    when refused)."""
+
+    decision: Decision
+    before: MemberRow | None
+    after: MemberRow | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +128,32 @@ def _member(row: Any) -> MemberRow:
         row.created_at,
         tuple(json.loads(row.grants)),
         tuple(json.loads(row.denials)),
+        row.token_epoch,
     )
+
+
+async def lock_session(connection: AsyncConnection, session_id: str) -> None:
+    """Lock the session's row for this transaction (PostgreSQL; SQLite has one writer at a
+    time anyway), so its membership changes and token issues happen one after another.
+    ``NotFound`` for an unknown session."""
+    found = await connection.execute(
+        select(sessions.c.id).where(sessions.c.id == session_id).with_for_update()
+    )
+    if found.first() is None:
+        raise NotFound(f"no session {session_id!r}")
+
+
+async def read_member(
+    connection: AsyncConnection, session_id: str, user_id: str
+) -> MemberRow | None:
+    row = (
+        await connection.execute(
+            select(members).where(
+                and_(members.c.session_id == session_id, members.c.user_id == user_id)
+            )
+        )
+    ).first()
+    return None if row is None else _member(row)
 
 
 def _entry(row: Any) -> EntryRow:
@@ -359,44 +407,55 @@ class Store:
 
     # -- members --------------------------------------------------------------------------
 
-    async def put_member(
+    async def change_member(
         self,
         session_id: str,
         user_id: str,
-        role: str,
+        after: Member | None,
         now: int,
-        grants: Iterable[str] = (),
-        denials: Iterable[str] = (),
-    ) -> bool:
-        """Add or change a member; True when the member is new."""
-        values = {
-            "role": role,
-            "grants": json.dumps(sorted(grants)),
-            "denials": json.dumps(sorted(denials)),
-        }
+        judge: Callable[[MemberRow | None, MemberRow | None], Decision],
+        actor_id: str | None = None,
+    ) -> MemberChange:
+        """Add or change (``after``) or remove (None) a member if ``judge(before, actor)``
+        allows it, both rows read in the writing transaction. A user added gets a new token
+        epoch (their earlier tokens stay dead); a change keeps it."""
         async with self.transaction() as tx:
-            result = await tx.connection.execute(
-                update(members)
-                .where(and_(members.c.session_id == session_id, members.c.user_id == user_id))
-                .values(**values)
-            )
-            if result.rowcount:
-                return False
-            await tx.connection.execute(
-                insert(members).values(
-                    session_id=session_id, user_id=user_id, created_at=now, **values
+            connection = tx.connection
+            await lock_session(connection, session_id)
+            before = await read_member(connection, session_id, user_id)
+            actor = None
+            if actor_id is not None:
+                same = actor_id == user_id
+                actor = before if same else await read_member(connection, session_id, actor_id)
+            decision = judge(before, actor)
+            where = and_(members.c.session_id == session_id, members.c.user_id == user_id)
+            if not decision.allowed:
+                return MemberChange(decision, before, before)
+            if after is None:
+                await connection.execute(delete(members).where(where))
+                return MemberChange(decision, before, None)
+            grants, denials = tuple(sorted(after.grants)), tuple(sorted(after.denials))
+            values = {
+                "role": after.role,
+                "grants": json.dumps(grants),
+                "denials": json.dumps(denials),
+            }
+            if before is not None:
+                await connection.execute(update(members).where(where).values(**values))
+                created, epoch = before.created_at, before.token_epoch
+            else:
+                created, epoch = now, secrets.token_hex(8)
+                await connection.execute(
+                    insert(members).values(
+                        session_id=session_id,
+                        user_id=user_id,
+                        created_at=now,
+                        token_epoch=epoch,
+                        **values,
+                    )
                 )
-            )
-            return True
-
-    async def delete_member(self, session_id: str, user_id: str) -> bool:
-        async with self.transaction() as tx:
-            result = await tx.connection.execute(
-                delete(members).where(
-                    and_(members.c.session_id == session_id, members.c.user_id == user_id)
-                )
-            )
-        return bool(result.rowcount)
+            row = MemberRow(session_id, user_id, after.role, created, grants, denials, epoch)
+            return MemberChange(decision, before, row)
 
     async def list_members(self, session_id: str) -> list[MemberRow]:
         async with self.read() as connection:
@@ -409,16 +468,7 @@ class Store:
 
     async def get_member(self, session_id: str, user_id: str) -> MemberRow | None:
         async with self.read() as connection:
-            row = (
-                await connection.execute(
-                    select(members).where(
-                        and_(members.c.session_id == session_id, members.c.user_id == user_id)
-                    )
-                )
-            ).first()
-        return None if row is None else _member(row)
-
-    # -- entries --------------------------------------------------------------------------
+            return await read_member(connection, session_id, user_id)
 
     async def entry_by_command(
         self, session_id: str, author: str, command_id: str

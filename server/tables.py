@@ -45,6 +45,8 @@ members = Table(
     # JSON lists of capability names on top of the role (a denial always wins).
     Column("grants", Text, nullable=False, server_default="[]"),
     Column("denials", Text, nullable=False, server_default="[]"),
+    # New each time the user is added; client tokens carry it (authz.tokens).
+    Column("token_epoch", String(32), nullable=False, server_default=""),
 )
 
 # Prompts and messages: everything a member authored, with its sequence number.
@@ -197,3 +199,16 @@ audit_log = Table(
     Column("data", Text, nullable=False),  # JSON object
 )
 Index("ix_audit_log_session_id", audit_log.c.session_id, audit_log.c.id)
+
+# Client tokens issued, so one can be revoked by its id; rows past ``expires_at`` (seconds)
+# are deleted as new tokens are issued.
+client_tokens = Table(
+    "client_tokens",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("session_id", String(64), ForeignKey("sessions.id", ondelete="CASCADE"), nullable=False),
+    Column("user_id", String(200), nullable=False),
+    Column("expires_at", BigInteger, nullable=False),
+    Column("revoked_at", BigInteger),
+)
+Index("ix_client_tokens_session_id", client_tokens.c.session_id, client_tokens.c.revoked_at)

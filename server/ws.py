@@ -5,8 +5,8 @@ A command is a JSON text frame or a binary frame of message type 100 (``varstrin
 errors and events later sent to that socket. A socket that never sent a command is sent
 neither (stock Yjs providers decode every frame as y-websocket binary).
 
-Close codes: 4401 bad or expired token, 4403 not a member (or membership revoked, or a
-browser origin that is not allowed), 4404 unknown session, 4400 malformed binary frame,
+Close codes: 4401 bad, expired or revoked token, 4403 not a member (or membership revoked,
+or a browser origin that is not allowed), 4404 unknown session, 4400 malformed binary frame,
 4429 rate limits ignored (or frames refused) again and again, or too many sockets of the user
 or the session, 1009 message too big (set by the server's size limit), 1013 slow consumer
 (reconnect and resync), 1001 server going away or idle timeout.
@@ -88,6 +88,10 @@ async def session_socket(websocket: WebSocket) -> None:
     if not allowed.allowed:
         await websocket.close(CLOSE_FORBIDDEN, allowed.reason[:120])
         return
+    revoked = room.token_refusal(claims)
+    if revoked is not None:
+        await websocket.close(CLOSE_UNAUTHENTICATED, revoked[:120])
+        return
     too_many = _over_connection_cap(room, claims.user_id, state.settings)
     if too_many is not None:  # checked and counted with no await between: no race
         state.metrics.errors.labels(code="rate_limited").inc()
@@ -101,6 +105,7 @@ async def session_socket(websocket: WebSocket) -> None:
         buffer_limit=state.settings.send_buffer_max_bytes,
         budget=state.send_budget,
         on_drop=state.metrics.send_dropped,
+        claims=claims,
     )
     connection.limits = ConnectionLimits.from_settings(state.settings, state.clock())
     connection.start()

@@ -28,7 +28,6 @@ from typing import TYPE_CHECKING, Any, cast
 from sqlalchemy import func, select
 from starlette.websockets import WebSocket
 
-from authz.roles import Member
 from server.cluster.forwarding import (
     CHANNEL_COMMAND,
     CHANNEL_RESULT,
@@ -45,7 +44,7 @@ from server.document_writes import apply_document_write
 from server.room import SessionRoom
 from server.runner import SessionRunner
 from server.settings import Settings
-from server.store import MemberRow, Store, StoreTx
+from server.store import Store, StoreTx
 from session.commands import command_id_of, error_reply
 from session.errors import ParleyError, Unavailable, error_for
 from session.queue import Policy
@@ -176,9 +175,7 @@ class ClusterNode:
                 self._runners.pop(session_id, None)
                 raise
             if not taken:
-                room.members = {
-                    m.user_id: _member(m) for m in await self.store.list_members(session_id)
-                }
+                await room.refresh_membership()
                 self.applied[session_id] = 0
                 self.live_elsewhere.add(session_id)
                 await self._catch_up(room)
@@ -347,7 +344,7 @@ class ClusterNode:
             for user_id in {c.user_id for c in open_commands} - {ADMIN_SENDER}:
                 # Membership may have changed on another node: read it fresh.
                 member = await self.store.get_member(session_id, user_id)
-                room.set_member(user_id, None if member is None else _member(member))
+                await room.set_member(user_id, None if member is None else member.as_member())
             outcomes = await asyncio.gather(
                 *(self._run_forwarded(room, c.user_id, c.frame) for c in open_commands),
                 return_exceptions=True,
@@ -472,8 +469,9 @@ class ClusterNode:
                 log.warning("lease round failed", extra={"error": f"{type(exc).__name__}: {exc}"})
 
     async def _refresh_members(self) -> None:
-        """Apply membership changes made over REST on other nodes to this node's sockets
-        (a revoked member's socket closes with 4403, a deleted session's with 4404)."""
+        """Apply membership changes and token revocations made over REST on other nodes
+        (a removed member's socket closes with 4403 and their prompts stop, a revoked
+        token's socket with 4401, a deleted session's with 4404)."""
         for session_id in list(self._runners):
             room = self.registry.loaded(session_id)
             if room is None or room.closed:
@@ -481,12 +479,7 @@ class ClusterNode:
             if await self.store.get_session(session_id) is None:
                 await self.registry.forget_session(session_id)
                 continue
-            current = {m.user_id: _member(m) for m in await self.store.list_members(session_id)}
-            for user_id in set(room.members) - set(current):
-                room.set_member(user_id, None)
-            for user_id, member in current.items():
-                if room.members.get(user_id) != member:
-                    room.set_member(user_id, member)
+            await room.refresh_membership()  # revoked tokens too
 
     async def _keep_leases(self) -> None:
         held = list(self.leases.values())
@@ -511,7 +504,3 @@ class ClusterNode:
                         "takeover failed",
                         extra={"session_id": session_id, "error": f"{type(exc).__name__}"},
                     )
-
-
-def _member(row: MemberRow) -> Member:
-    return Member(row.user_id, row.role, frozenset(row.grants), frozenset(row.denials))

@@ -6,7 +6,6 @@ import pytest
 
 from authz.policy import (
     Cancel,
-    Delegate,
     Read,
     Readers,
     Subject,
@@ -113,12 +112,3 @@ def test_everyone_may_read_counts_only_members_who_read_the_session() -> None:
     assert everyone_may_read([bob, olga, blind], (HANDBOOK,))
     assert not everyone_may_read([bob, olga, who("alice", "editor")], (HANDBOOK,))
     assert everyone_may_read([], (HANDBOOK,))
-
-
-def test_a_manager_may_hand_out_only_what_they_hold() -> None:
-    table = RoleTable({"manager": frozenset({Capability.READ_SESSION, Capability.MANAGE_MEMBERS})})
-    manager = Subject.of(Member("m", "manager"), table)
-    assert decide(manager, Delegate(frozenset({Capability.READ_SESSION}))).allowed
-    escalation = decide(manager, Delegate(frozenset({Capability.READ_AUDIT})))
-    assert not escalation.allowed and "read_audit" in escalation.reason
-    assert not decide(who("e", "editor"), Delegate(frozenset())).allowed

@@ -10,7 +10,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from authz.tokens import ALGORITHM, AUDIENCE, ClientClaims, issue_token, verify_token
+from authz.tokens import (
+    ALGORITHM,
+    AUDIENCE,
+    ClientClaims,
+    issue_token,
+    token_refusal,
+    verify_token,
+)
 from session.errors import Unauthenticated
 
 KEY = "k" * 43  # the length of secrets.token_urlsafe(32), as the server generates
@@ -137,3 +144,24 @@ def test_garbage(token: str) -> None:
 @given(st.text(max_size=200))
 def test_any_string_is_refused_cleanly(token: str) -> None:
     refused(token)
+
+
+def test_a_token_carries_its_membership_epoch_and_id() -> None:
+    token, claims = issue_token(
+        KEY, user_id="alice", session_id="s1", now=NOW, ttl_seconds=TTL, epoch="e1"
+    )
+    verified = verify_token(KEY, token, now=NOW)
+    assert verified == claims and verified.epoch == "e1" and verified.token_id
+
+
+def test_a_revoked_token_or_one_of_an_earlier_membership_is_refused() -> None:
+    _, claims = issue_token(
+        KEY, user_id="alice", session_id="s1", now=NOW, ttl_seconds=TTL, epoch="e1"
+    )
+    assert token_refusal(claims, "e1", set()) is None
+    revoked = token_refusal(claims, "e1", {claims.token_id})
+    assert revoked is not None and revoked.startswith("revoked:")
+    readded = token_refusal(claims, "e2", set())  # removed and added back
+    assert readded is not None and readded.startswith("revoked:")
+    _, old = issue()  # issued before epochs: valid while the membership it saw lasts
+    assert old.epoch == "" and token_refusal(old, "", ()) is None

@@ -114,6 +114,8 @@ async def _seed(server: RunningServer) -> dict[str, str]:
     assert pin.status_code == 201, pin.text
     role = await server.http.put("/api/v1/roles/support", json={"capabilities": ["prompt"]})
     assert role.status_code == 200, role.text
+    token = await server.http.post(f"/api/v1/sessions/{sid}/tokens", json={"user_id": "bob"})
+    assert token.status_code == 201, token.text
     return {
         "session_id": sid,
         "user_id": "alice",
@@ -122,6 +124,7 @@ async def _seed(server: RunningServer) -> dict[str, str]:
         "document_id": document.json()["id"],
         "role": "editor",
         "name": "support",
+        "jti": token.json()["jti"],
     }
 
 

@@ -1,0 +1,111 @@
+"""The one judge of membership changes: may ``actor`` turn ``before`` into ``after``?
+
+Nobody hands out access they do not hold. A member's access is what they may do (their
+capabilities) and what they may read: the reader lists of the session's documents and
+restricted items name users and *roles*, and ``read:<resource>`` grants and denials widen
+or narrow them. So a role is judged by what it reads, not only by the capabilities it
+carries, and lifting a denial is judged like a grant. The rules, in the order checked:
+
+1. the admin key may make any change; someone who is not a member may make none;
+2. a member needs ``manage_members``;
+3. a member changing themselves may only narrow: nothing gained to do or to read, no
+   denial lifted;
+4. the capabilities of the target's role and grants, before and after, must be within the
+   actor's own (nobody hands out, or takes from others, more than they hold);
+5. whatever the target may read after the change and could not before, the actor must be
+   able to read;
+6. a denial is lifted only by someone who holds what it denies.
+
+Pure: the caller passes the members as stored, the live role table and the reader lists;
+every REST path that adds, changes or removes a member asks here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from authz.policy import Decision, Read, Readers, Subject, decide
+from authz.roles import Capability, Member, RoleTable, capabilities_of
+
+
+@dataclass(frozen=True, slots=True)
+class Admin:
+    """The admin key: trusted with every change."""
+
+
+ADMIN = Admin()
+
+Actor = Member | Admin | None
+"""Who asks: a member as stored, the admin key, or None (someone who is not a member)."""
+
+
+def readable(
+    member: Member | None, roles: RoleTable, documents: Iterable[Readers]
+) -> frozenset[str]:
+    """The resources among ``documents`` that ``member`` may read (none when not a member)."""
+    if member is None:
+        return frozenset()
+    subject = Subject.of(member, roles)
+    return frozenset(r.resource for r in documents if decide(subject, Read((r,))).allowed)
+
+
+def holds(subject: Subject, granted: str, reads: frozenset[str]) -> bool:
+    """Whether ``subject`` holds ``granted``: as a capability, or (``read:<resource>``) by
+    being able to read the resource (``reads``)."""
+    if granted in subject.capabilities:
+        return True
+    kind, _, resource = granted.partition(":")
+    return kind == "read" and resource in reads
+
+
+def _raw(member: Member | None, roles: RoleTable) -> frozenset[str]:
+    """What a member's role and grants name, denials aside."""
+    return frozenset() if member is None else roles.capabilities(member.role) | member.grants
+
+
+def _effective(member: Member | None, roles: RoleTable) -> frozenset[str]:
+    return frozenset() if member is None else capabilities_of(member, roles)
+
+
+def judge_membership_change(
+    actor: Actor,
+    before: Member | None,
+    after: Member | None,
+    roles: RoleTable,
+    documents: Iterable[Readers],
+) -> Decision:
+    """May ``actor`` change one member from ``before`` to ``after`` (None: not a member,
+    so None → member adds, member → None removes)? ``documents``: the reader lists of
+    everything in the session that has one. The reason names what was refused."""
+    if isinstance(actor, Admin):
+        return Decision(True, "the admin key")
+    if actor is None:
+        return Decision(False, "you are not a member of this session")
+    target = (after or before or actor).user_id
+    if before is not None and after is not None and before.user_id != after.user_id:
+        raise ValueError("a membership change is of one user")
+    held = capabilities_of(actor, roles)
+    if Capability.MANAGE_MEMBERS not in held:
+        return Decision(False, f"a {actor.role} may not manage members here")
+    lists = tuple(documents)
+    subject = Subject.of(actor, roles)
+    actor_reads = readable(actor, roles, lists)
+    gained = _effective(after, roles) - _effective(before, roles)
+    gained_reads = readable(after, roles, lists) - readable(before, roles, lists)
+    lifted = (
+        before.denials - after.denials if before is not None and after is not None else frozenset()
+    )
+    if target == actor.user_id and (gained or gained_reads or lifted):
+        widened = sorted(gained | {f"read:{r}" for r in gained_reads} | lifted)
+        return Decision(False, f"you may only narrow your own membership, not add {widened}")
+    beyond = sorted((_raw(before, roles) | _raw(after, roles)) - held)
+    if beyond:
+        return Decision(False, f"you may not give or take capabilities you do not hold: {beyond}")
+    unread = sorted(gained_reads - actor_reads)
+    if unread:
+        return Decision(False, f"you may not give read access you do not have: {unread}")
+    unheld = sorted(d for d in lifted if not holds(subject, d, actor_reads))
+    if unheld:
+        return Decision(False, f"you may not lift denials of what you do not hold: {unheld}")
+    return Decision(True, "allowed")

@@ -1,0 +1,99 @@
+"""Issue 15 in cluster mode: a token revoked, or a member removed, on one node is dead on
+every node (sockets closed, REST refused, prompts stopped), and adding the member back on
+one node does not revive their old token on another."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import ServerProcess
+from tests.server.cluster.nodes import Cluster, cluster
+from tests.yclient import YClient
+
+pytestmark = pytest.mark.postgres
+
+
+async def _issue(nodes: Cluster, node: ServerProcess, sid: str, user: str) -> tuple[str, str]:
+    response = await nodes.http.post(
+        f"{node.base_url}/api/v1/sessions/{sid}/tokens", json={"user_id": user}
+    )
+    assert response.status_code == 201, response.text
+    return str(response.json()["token"]), str(response.json()["jti"])
+
+
+async def _status(node: ServerProcess, sid: str, token: str) -> int:
+    async with httpx.AsyncClient(
+        base_url=node.base_url, headers={"Authorization": f"Bearer {token}"}
+    ) as member:
+        return (await member.get(f"/api/v1/sessions/{sid}")).status_code
+
+
+async def _socket(node: ServerProcess, sid: str, token: str) -> YClient:
+    client = await YClient.connect(node.ws_url, sid, token)
+    await client.wait_until(lambda c: c.synced.is_set(), timeout=20)
+    return client
+
+
+async def _refused_soon(node: ServerProcess, sid: str, token: str) -> int:
+    """The status the node answers once it saw the member removed *and* added back (it may
+    first have seen only the removal: 403 not a member)."""
+    async with asyncio.timeout(20):
+        while True:
+            status = await _status(node, sid, token)
+            if status != 403:
+                return status
+            await asyncio.sleep(0.1)
+
+
+async def test_revocation_and_removal_hold_on_every_node(tmp_path: Path) -> None:
+    async with cluster(
+        tmp_path,
+        2,
+        PARLEY_CLUSTER_POLL_S="0.5",
+        PARLEY_OFFLINE_TOKEN_DELAY_MS="300",  # a reply runs for many seconds
+    ) as nodes:
+        first, second = nodes.nodes
+        sid = await nodes.new_session({"a": "editor", "o": "owner"})
+        watcher = await nodes.connect(first, sid, "o")
+        token, jti = await _issue(nodes, second, sid, "a")
+        a = await _socket(second, sid, token)
+        ack = await a.command({"type": "prompt", "id": "p1", "text": "tell me"}, timeout=30)
+        prompt_id = ack["prompt_id"]
+        await watcher.wait_until(
+            lambda c: any(e["kind"] == "reply" and str(e["content"]) for e in c.entries()),
+            timeout=30,
+        )
+
+        # Revoked through the first node; the socket is on the second.
+        revoked = await nodes.http.delete(f"/api/v1/sessions/{sid}/tokens/{jti}")
+        assert revoked.status_code == 204, revoked.text
+        assert await a.wait_closed(timeout=20) == 4401
+        assert a.ws.close_reason is not None and a.ws.close_reason.startswith("revoked:")
+        assert await _status(second, sid, token) == 401
+        assert await _status(first, sid, token) == 401
+        await watcher.wait_until(
+            lambda c: any(
+                e["id"] == prompt_id
+                and e["status"] == "failed"
+                and e.get("reason_code") == "token_revoked"
+                for e in c.entries()
+            ),
+            timeout=30,
+        )
+
+        # Removed and added back at once through the first node: the token the second
+        # node saw is dead there too.
+        token2, _ = await _issue(nodes, second, sid, "a")
+        a2 = await _socket(second, sid, token2)
+        members = f"/api/v1/sessions/{sid}/members/a"
+        assert (await nodes.http.delete(members)).status_code == 204
+        assert (await nodes.http.put(members, json={"role": "editor"})).status_code == 200
+        assert await a2.wait_closed(timeout=20) in {4401, 4403}
+        assert await _refused_soon(second, sid, token2) == 401
+        token3, _ = await _issue(nodes, second, sid, "a")
+        assert await _status(second, sid, token3) == 200
+        await watcher.close()
