@@ -39,6 +39,7 @@ from server.connection import Connection
 from server.direct_send import binary_frame
 from server.group_commit import WriteFence
 from server.metrics import Metrics
+from server.retry_hint import retry_reason
 from server.settings import Settings
 from server.store import EntryRow, Store, StoreTx
 from server.tools import tool_defs
@@ -153,6 +154,8 @@ class SessionRoom:
         self._user_buckets: dict[str, TokenBucket] = {}
         self.wakeup = asyncio.Event()
         self.closed = False
+        self.failed: str | None = None  # why the room was given up (``fail``)
+        self._closing: asyncio.Task[None] | None = None
         self.last_active = clock()
         self._lock = asyncio.Lock()
         self._captured: list[bytes] | None = None
@@ -255,6 +258,7 @@ class SessionRoom:
     async def _writing(self) -> AsyncIterator[_Write]:
         """Serialize a change: store its rows and CRDT update, commit, then broadcast."""
         async with self._lock:
+            self._require_usable()
             captured = self._capturing()
             try:
                 async with self.store.transaction() as tx:
@@ -285,6 +289,7 @@ class SessionRoom:
         promise of ``_writing`` (stored before it is broadcast), kept through the group
         commit, which stores it with other sessions' updates in one transaction."""
         async with self._lock:
+            self._require_usable()
             captured = self._capturing()
             cancelled = False
             try:
@@ -311,6 +316,12 @@ class SessionRoom:
                     raise asyncio.CancelledError
         self.last_active = self.clock()
 
+    def _require_usable(self) -> None:
+        """A failed room's document may hold a change that was never stored: a write
+        made on it would depend on that change. The reloaded room takes writes."""
+        if self.failed is not None:
+            raise Unavailable(f"{self.failed}; nothing was stored")
+
     def _capturing(self) -> list[bytes]:
         """Start collecting the document's updates for the write under way."""
         captured: list[bytes] = []
@@ -325,7 +336,10 @@ class SessionRoom:
             try:
                 await self._load_doc()
             except Exception:
-                self.fail("the database is unavailable; reconnect to resync")
+                self.fail(
+                    "the database is unavailable; reconnect to resync",
+                    self.settings.db_retry_after_s,
+                )
 
     def _broadcast_update(self, update: bytes) -> None:
         if update:
@@ -808,13 +822,23 @@ class SessionRoom:
             if not decide(self.subject(connection.user_id), Do(Capability.READ_SESSION)).allowed:
                 connection.close(CLOSE_FORBIDDEN, "membership revoked")
 
-    def fail(self, reason: str) -> None:
-        """Give the room up (its memory may hold an un-stored change): sockets are closed
-        with 1013 so clients reconnect, and the next use reloads it from the store."""
+    def fail(self, reason: str, retry_after_s: float | None = None) -> None:
+        """Give the room up (its memory may hold an un-stored change): no write is made
+        here any more, the next use reloads it from the store, and its sockets are closed
+        with 1013 so clients reconnect (``retry_after_s``: a hint, in the reason, to wait
+        that long first) -- once the writes waiting here now have answered their commands
+        (``unavailable``), so those answers go out first."""
         self.closed = True
+        self.failed = reason
         self.wakeup.set()
-        for connection in list(self.connections):
-            connection.close(CLOSE_TRY_AGAIN, reason)
+        if retry_after_s is not None:
+            reason = retry_reason(reason, retry_after_s)
+        self._closing = asyncio.get_running_loop().create_task(self._close_after_writes(reason))
+
+    async def _close_after_writes(self, reason: str) -> None:
+        async with self._lock:  # behind every write that waits for it now
+            for connection in list(self.connections):
+                connection.close(CLOSE_TRY_AGAIN, reason)
 
     def is_idle(self) -> bool:
         return not self.connections and len(self.queue) == 0 and self.active_run is None
