@@ -61,6 +61,7 @@ async def ping(base_url: str, seconds: float, every_s: float = 0.01) -> dict[str
     longest, at = 0.0, 0.0
     async with httpx.AsyncClient(base_url=base_url, timeout=60) as http:
         await http.get("/healthz")  # connected: measure from here
+        print("ready", flush=True)
         started = last = time.monotonic()
         while last - started < seconds:
             await http.get("/healthz")
@@ -73,7 +74,8 @@ async def ping(base_url: str, seconds: float, every_s: float = 0.01) -> dict[str
 
 
 async def _pinger(base_url: str, seconds: float) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
+    """A pinger process, once it has had its first answer."""
+    pinger = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "bench.storage_faults",
@@ -84,6 +86,9 @@ async def _pinger(base_url: str, seconds: float) -> asyncio.subprocess.Process:
         str(seconds),
         stdout=subprocess.PIPE,
     )
+    assert pinger.stdout is not None
+    await pinger.stdout.readline()
+    return pinger
 
 
 async def _gap(pinger: asyncio.subprocess.Process) -> dict[str, float]:
@@ -110,6 +115,7 @@ async def sqlite_lock(hold_s: float) -> dict[str, Any]:
                 pinger = await _pinger(node.base_url, hold_s)
                 await _prompt_every_second(client, hold_s, "idle")
                 before = await _gap(pinger)
+                pinger = await _pinger(node.base_url, hold_s)
                 holder = await asyncio.create_subprocess_exec(
                     sys.executable,
                     "-c",
@@ -120,7 +126,6 @@ async def sqlite_lock(hold_s: float) -> dict[str, Any]:
                 )
                 assert holder.stdout is not None
                 await holder.stdout.readline()
-                pinger = await _pinger(node.base_url, hold_s)
                 answers = await _prompt_every_second(client, hold_s, "held")
                 await holder.wait()
                 during = await _gap(pinger)
