@@ -7,8 +7,9 @@ loop's longest stall), with what the prompts sent during the hold were answered.
 
 ``pg-outage``: the server's PostgreSQL database refuses connections for ``--hold-s``
 seconds (its sessions terminated, ``ALLOW_CONNECTIONS false``; the shared server keeps
-running); clients that reconnect as y-websocket does (100 ms doubling to 2.5 s after
-each attempt that did not open) count their attempts. Reports connection attempts per
+running); Python clients that reconnect as y-websocket 1.x/2.x does (100 ms, doubling to
+2.5 s after each attempt that did not open) count their attempts, and so do stock
+y-websocket clients (``tests/js/stock_client.mjs``: its closes). Reports connection attempts per
 second during the outage, and what a command sent during it was answered.
 
     python -m bench.storage_faults sqlite-lock
@@ -35,6 +36,7 @@ import websockets
 
 from server.db import migrate
 from tests.conftest import POSTGRES_URL, ServerProcess, free_port, postgres_database, sqlite_url
+from tests.stock_client import StockYjsClient
 from tests.yclient import YClient
 
 HOLDER = """
@@ -164,7 +166,7 @@ async def _prompt_every_second(client: YClient, seconds: float, tag: str) -> lis
 
 
 class StockLikeClient:
-    """Reconnects like y-websocket: after a close, waits min(2**failures * 100 ms, 2.5 s),
+    """Reconnects like y-websocket 1.x/2.x: after a close, waits min(2**failures * 100 ms, 2.5 s),
     where ``failures`` counts attempts in a row that never opened."""
 
     def __init__(self, url: str) -> None:
@@ -212,7 +214,7 @@ async def _allow(name: str, allowed: bool) -> None:
         await admin.close()
 
 
-async def pg_outage(hold_s: float, clients: int) -> dict[str, Any]:
+async def pg_outage(hold_s: float, clients: int, stock_clients: int) -> dict[str, Any]:
     async with postgres_database() as url:
         name = url.rsplit("/", 1)[1]
         await asyncio.to_thread(migrate, url)
@@ -234,6 +236,14 @@ async def pg_outage(hold_s: float, clients: int) -> dict[str, Any]:
                     stock = [StockLikeClient(url_ws) for _ in range(clients)]
                     for client in stock:
                         client.start()
+                    real = [
+                        await StockYjsClient.start(f"{node.ws_url}/ws/sessions", sid, token)
+                        for _ in range(stock_clients)
+                    ]
+                    for client in real:
+                        await client.wait_event(
+                            lambda e: e.get("event") == "sync" and bool(e.get("synced")), 30
+                        )
                     # A reply streaming when the database goes: its writes fail too.
                     await speaker.command({"type": "prompt", "id": "long", "text": "hi"})
                     await speaker.wait_until(
@@ -241,6 +251,7 @@ async def pg_outage(hold_s: float, clients: int) -> dict[str, Any]:
                     )
                     await _allow(name, False)
                     started = time.monotonic()
+                    real_from = [len(c.history) for c in real]
                     try:
                         try:
                             reply = await speaker.command(
@@ -254,7 +265,13 @@ async def pg_outage(hold_s: float, clients: int) -> dict[str, Any]:
                     finally:
                         await _allow(name, True)
                     ended = time.monotonic()
+                    real_closes = sum(
+                        sum(1 for e in c.history[i:] if e.get("event") == "connection-close")
+                        for c, i in zip(real, real_from, strict=True)
+                    )
                     await asyncio.sleep(3)
+                    for stock_client in real:
+                        await stock_client.close()
                     for client in stock:
                         await client.stop()
                     attempts = sum(
@@ -272,6 +289,9 @@ async def pg_outage(hold_s: float, clients: int) -> dict[str, Any]:
                         "reconnects_per_s_per_client": round(
                             attempts / (ended - started) / clients, 2
                         ),
+                        "stock_y_websocket_reconnects_per_s_per_client": round(
+                            real_closes / (ended - started) / max(1, stock_clients), 2
+                        ),
                         "command_during_outage": during,
                         "readyz_during_outage": ready,
                         "closes": closes,
@@ -286,14 +306,17 @@ def main() -> None:
     parser.add_argument("scenario", choices=["sqlite-lock", "pg-outage", "ping"])
     parser.add_argument("--url", help="ping: the server's base URL")
     parser.add_argument("--hold-s", type=float, default=10.0)
-    parser.add_argument("--clients", type=int, default=5)
+    parser.add_argument("--clients", type=int, default=5, help="pg-outage: Python clients")
+    parser.add_argument(
+        "--stock-clients", type=int, default=1, help="pg-outage: y-websocket clients (node)"
+    )
     args = parser.parse_args()
     if args.scenario == "ping":
         result: dict[str, Any] = asyncio.run(ping(args.url, args.hold_s))
     elif args.scenario == "sqlite-lock":
         result = asyncio.run(sqlite_lock(args.hold_s))
     else:
-        result = asyncio.run(pg_outage(args.hold_s, args.clients))
+        result = asyncio.run(pg_outage(args.hold_s, args.clients, args.stock_clients))
     print(json.dumps(result, indent=2))
 
 

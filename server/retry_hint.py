@@ -1,11 +1,12 @@
 """Telling clients when to come back while the database is unavailable.
 
-Stock y-websocket clients reconnect 100 ms after a socket that had opened closes, and back
-off (doubling, up to 2.5 s) only after attempts that never opened. A server that accepts
-each socket and closes it at once because the database is down is called ten times a
-second by every client. So: a socket whose session cannot be loaded is refused at the
-upgrade (HTTP 503, ``Retry-After``), and a socket closed because the database failed gets
-the same hint in its close reason, for clients that read it.
+y-websocket before 3.x reconnects 100 ms after a socket that had opened closes, and backs
+off (doubling, up to 2.5 s) only after attempts that never opened (3.x resets its back-off
+only after a sync). A server that accepts each socket and closes it at once because the
+database is down is called about ten times a second by each such client. So: a socket
+whose session cannot be loaded is refused at the upgrade (HTTP 503, ``Retry-After``), and
+a socket closed because the database failed gets the same hint in its close reason, for
+clients that read it.
 """
 
 from __future__ import annotations

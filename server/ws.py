@@ -63,8 +63,8 @@ async def session_socket(websocket: WebSocket) -> None:
     # Accept before refusing: a refused upgrade reaches browsers as a bare 1006, and stock
     # clients retry it forever; a close code after accepting is final and readable. The
     # one exception is a database that cannot load the session: there retrying is right,
-    # and a refused upgrade is what makes stock clients back off (an accepted socket
-    # resets their back-off, and they came back ten times a second).
+    # and a refused upgrade is what makes every stock client back off (y-websocket before
+    # 3.x resets its back-off when a socket opens, and came back ten times a second).
     refusal: tuple[int, str] | None = None
     if state.draining:
         refusal = (CLOSE_GOING_AWAY, "server shutting down")
