@@ -172,10 +172,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     url = settings.database_url
-    if settings.migrate_on_start and not args.no_migrate:
-        wait_for_database(lambda: migrate(url), settings.db_connect_timeout_s)
-    else:
-        wait_for_database(lambda: check_database(url), settings.db_connect_timeout_s)
+    migrating = settings.migrate_on_start and not args.no_migrate
+    try:
+        wait_for_database(
+            (lambda: migrate(url)) if migrating else (lambda: check_database(url)),
+            settings.db_connect_timeout_s,
+        )
+    except (DBAPIError, OSError):
+        return 1  # logged
     keys = resolve_keys(settings.data_dir, settings.admin_key, settings.secret_key)
     if keys.admin_key_created:
         print(f"Generated admin key (kept in {settings.data_dir / 'admin_key'}):", flush=True)
