@@ -161,10 +161,15 @@ def create_app(
             # A stalled node's open transaction must not outlive its lease.
             idle_in_transaction_s=settings.lease_ttl_s if settings.cluster else None,
         )
+        metrics = Metrics()
+        refusals = metrics.storage_refusals
         store = Store(
             engine,
             lock_timeout_s=settings.db_lock_timeout_s,
-            health=StorageHealth(settings.storage_log_every_s),
+            health=StorageHealth(
+                settings.storage_log_every_s,
+                on_refused=lambda kind: refusals.labels(kind=kind).inc(),
+            ),
         )
         revision = await current_revision(engine)
         if revision != head_revision():
@@ -174,7 +179,6 @@ def create_app(
                 "run 'parley migrate'"
             )
         keys = resolve_keys(settings.data_dir, settings.admin_key, settings.secret_key)
-        metrics = Metrics()
         rooms = RoomRegistry(store, settings, model, clock, metrics)
         metrics.watch(lambda: len(rooms), rooms.queue_depth)
         app.state.parley = AppState(settings, store, keys, rooms, clock, metrics)

@@ -45,6 +45,12 @@ class Metrics:
             "Sockets dropped because their send buffer was full",
             registry=r,
         )
+        self.storage_refusals = Counter(
+            "parley_storage_refusals",
+            "Writes the database refused, by kind of fault (locked, readonly, unreachable, ...)",
+            ["kind"],
+            registry=r,
+        )
         self.summaries = Counter(
             "parley_summaries", "Summary calls, by outcome", ["status"], registry=r
         )

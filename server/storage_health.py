@@ -47,10 +47,14 @@ class StorageHealth:
     """The outcome of the latest write, and the rate-limited refusal log."""
 
     def __init__(
-        self, log_every_s: float = 10.0, clock: Callable[[], float] = time.monotonic
+        self,
+        log_every_s: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+        on_refused: Callable[[str], None] | None = None,
     ) -> None:
         self.log_every_s = log_every_s
         self.clock = clock
+        self.on_refused = on_refused  # told the kind of every refusal (a metric)
         self.failing: str | None = None  # the kind of the latest write's fault, if it failed
         self.refused = 0
         self._kinds: dict[str, _Suppressed] = {}
@@ -67,6 +71,8 @@ class StorageHealth:
         kind = fault_kind(exc)
         self.failing = kind
         self.refused += 1
+        if self.on_refused is not None:
+            self.on_refused(kind)
         now = self.clock()
         seen = self._kinds.get(kind)
         if seen is not None and now - seen.logged_at < self.log_every_s:

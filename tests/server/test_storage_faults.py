@@ -131,6 +131,8 @@ async def test_a_write_refused_for_a_held_lock_is_unavailable_logged_and_on_read
             assert ready.status_code == 503
             assert ready.json()["error"]["code"] == "unavailable"
             assert (await server.http.get(f"/api/v1/sessions/{sid}/transcript")).status_code == 200
+            metrics = (await server.http.get("/metrics")).text
+            assert 'parley_storage_refusals_total{kind="locked"}' in metrics
             await release(holder)
         assert (await server.http.get("/readyz")).status_code == 200
         acked.append(await alice.command(_prompt(2)))  # the same id: it was never stored

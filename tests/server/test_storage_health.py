@@ -36,7 +36,8 @@ def test_refusals_are_logged_once_per_kind_per_interval_with_a_count(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     now = [100.0]
-    health = StorageHealth(log_every_s=10, clock=lambda: now[0])
+    counted: list[str] = []
+    health = StorageHealth(log_every_s=10, clock=lambda: now[0], on_refused=counted.append)
     caplog.set_level(logging.WARNING, logger="parley.storage")
     logged = [health.refuse(LockTimeout("held"), "write") for _ in range(5)]
     assert logged == [True, False, False, False, False]
@@ -50,6 +51,7 @@ def test_refusals_are_logged_once_per_kind_per_interval_with_a_count(
         ("unreachable", 0),
         ("locked", 4),
     ]
+    assert counted == ["locked"] * 5 + ["unreachable", "locked"]  # the metric misses none
     health.wrote()
     assert health.failing is None
 
