@@ -11,7 +11,7 @@ import logging
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import asyncpg
@@ -144,6 +144,41 @@ async def test_a_write_refused_for_a_held_lock_is_unavailable_logged_and_on_read
     assert len(refusals) < 3
     ids = {e["id"] for e in alice.entries()}
     assert {a["prompt_id"] for a in acked} <= ids
+
+
+@contextlib.contextmanager
+def read_only(*files: Path) -> Iterator[None]:
+    """``files`` may not be written (``chattr +i``: even through descriptors already
+    open, and even for root), as on a disk remounted read-only."""
+    try:
+        subprocess.run(["chattr", "+i", *map(str, files)], check=True, capture_output=True)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        pytest.skip(f"needs chattr +i (root on ext4 or the like): {exc}")
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-i", *map(str, files)], check=True)
+
+
+async def test_a_read_only_sqlite_database_turns_readyz_503_until_writes_succeed(
+    tmp_path: Path,
+) -> None:
+    settings = make_settings(sqlite_url(tmp_path), tmp_path / "d")
+    async with serve_in_process(settings) as server:
+        sid = await server.new_session({"alice": "editor"})
+        alice = await server.connect(sid, "alice")
+        acked = [await alice.command(_prompt(1))]
+        await alice.wait_until(lambda c: all_replies_settled(c, 1))
+        with read_only(tmp_path / "parley.db", tmp_path / "parley.db-wal"):
+            refused = await alice.command(_prompt(2))
+            assert refused["type"] == "error" and refused["code"] == "unavailable"
+            assert (await server.http.get("/readyz")).status_code == 503
+            assert (await server.http.get(f"/api/v1/sessions/{sid}/transcript")).status_code == 200
+        assert (await server.http.get("/readyz")).status_code == 200
+        acked.append(await alice.command(_prompt(2)))
+        assert acked[-1]["type"] == "ack" and acked[-1]["seq"] == 2
+        await alice.wait_until(lambda c: all_replies_settled(c, 2))
+        assert {a["prompt_id"] for a in acked} <= {e["id"] for e in alice.entries()}
 
 
 # -- PostgreSQL: the database stops taking connections (the shared server keeps running) ---
