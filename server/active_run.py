@@ -9,8 +9,8 @@ from typing import Any
 from authz.policy import Restriction
 from authz.scope import RunScope
 from session.errors import Unavailable
-from session.lifecycle import PromptStatus, ReplyStatus
 from session.queue import Run
+from session.reasons import Ending
 
 
 @dataclass(eq=False)
@@ -29,15 +29,13 @@ class ActiveRun:
     audit_base: dict[str, Any] = field(default_factory=dict)
     model_calls: list[dict[str, Any]] = field(default_factory=list)
     refusals: list[dict[str, Any]] = field(default_factory=list)
-    stopped: tuple[PromptStatus, str, ReplyStatus | None] | None = None
+    stopped: Ending | None = None
     finished: asyncio.Event = field(default_factory=asyncio.Event)
 
-    def stop(
-        self, status: PromptStatus, reason: str, *, reply_status: ReplyStatus | None = None
-    ) -> None:
+    def stop(self, ending: Ending) -> None:
         """Stop the model call (its stream is closed); the runner marks the reply."""
         if self.stopped is None:
-            self.stopped = (status, reason, reply_status)
+            self.stopped = ending
             if self.task is not None:
                 self.task.cancel()
 

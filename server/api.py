@@ -269,9 +269,12 @@ async def _write_document(
     return await apply_document_write(room, write)
 
 
-async def put_fact(state: AppState, session_id: str, key: str, body: FactPut) -> FactsOut:
+async def put_fact(
+    state: AppState, session_id: str, key: str, body: FactPut, caller: Caller
+) -> FactsOut:
     room = await state.rooms.get(session_id)
-    result = await _write_document(state, room, {"op": "set_fact", "key": key, "value": body.value})
+    write = {"op": "set_fact", "key": key, "value": body.value, "author": caller.user_id or ""}
+    result = await _write_document(state, room, write)
     return FactsOut(facts=result["facts"])
 
 
@@ -380,11 +383,12 @@ OPERATIONS: list[Operation] = [
         "PUT",
         "/api/v1/sessions/{session_id}/facts/{key}",
         put_fact,
-        "Set a session fact (always in the model's input)",
+        "Set a session fact (always in the model's input, one line, with who set it)",
         capability=Capability.PIN,
         body=FactPut,
         response=FactsOut,
         errors=(404,),
+        with_caller=True,
     ),
     Operation(
         "DELETE",

@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from session.commands import unstorable
+from session.commands import unstorable_in
 
 RoleName = Annotated[
     str,
@@ -30,11 +30,13 @@ class Strict(BaseModel):
 
     @model_validator(mode="after")
     def _storable_text(self) -> Strict:
-        """Refuse text the database cannot store (NUL, lone surrogates) as invalid input."""
+        """Refuse text the database cannot store (NUL, lone surrogates) as invalid input,
+        at any depth of free-form JSON fields (tool parameters, say) and in their keys.
+        Nested models check themselves."""
         for name, value in self:
-            problem = unstorable(value) if isinstance(value, str) else None
-            if problem is not None:
-                raise ValueError(f"{name} {problem}")
+            found = unstorable_in(value, name)
+            if found is not None:
+                raise ValueError(f"{found[0]} {found[1]}")
         return self
 
 
@@ -156,7 +158,10 @@ class TranscriptEntryOut(Strict):
     status: str
     content: str
     created_at: int
-    reason: str | None
+    reason: str | None = Field(description="Why it ended unanswered, for people")
+    reason_code: str | None = Field(
+        description="Why it ended unanswered, as a stable code (see README's reason table)"
+    )
     reply_to: str | None
     reply_id: str | None
     answers: list[str]

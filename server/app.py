@@ -17,19 +17,20 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
-from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server import access_api, api, api_usage
 from server.api_models import Health, Readiness
 from server.cluster.node import ClusterNode
 from server.db import create_engine, current_revision, head_revision
+from server.demo import DemoFiles
 from server.direct_send import DirectSendMiddleware
 from server.keys import resolve_keys
 from server.metrics import Metrics
 from server.providers.registry import open_models
 from server.rest import Operation, error_response, openapi_document, route
 from server.rooms import RoomRegistry
+from server.send_budget import SendBudget
 from server.settings import Settings
 from server.state import AppState
 from server.storage_health import StorageHealth
@@ -180,8 +181,9 @@ def create_app(
             )
         keys = resolve_keys(settings.data_dir, settings.admin_key, settings.secret_key)
         rooms = RoomRegistry(store, settings, model, clock, metrics)
-        metrics.watch(lambda: len(rooms), rooms.queue_depth)
-        app.state.parley = AppState(settings, store, keys, rooms, clock, metrics)
+        budget = SendBudget(settings.send_buffer_total_max_bytes, settings.send_stall_timeout_s)
+        metrics.watch(lambda: len(rooms), rooms.queue_depth, lambda: budget.total)
+        app.state.parley = AppState(settings, store, keys, rooms, clock, budget, metrics)
         await rooms.load_access()
         if settings.cluster:
             # Sessions with work are taken over by whichever node finds them free first.
@@ -199,6 +201,7 @@ def create_app(
                 await rooms.cluster.stop()
             await rooms.close()
             await store.close()
+            budget.close()
 
     async def openapi(_: Request) -> Response:
         return JSONResponse(spec)
@@ -228,11 +231,7 @@ def create_app(
     routes += [
         Route("/api/v1/openapi.json", openapi, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
-        Mount(
-            "/demo",
-            app=StaticFiles(directory=settings.demo_dir, html=True, check_dir=False),
-            name="demo",
-        ),
+        Mount("/demo", app=DemoFiles(settings.demo_dir), name="demo"),
         WebSocketRoute("/ws/sessions/{session_id}", session_socket),
     ]
     middleware = [Middleware(DirectSendMiddleware), Middleware(RequestLog)]

@@ -22,7 +22,7 @@ from session.commands import (
     parse_command,
 )
 from session.errors import Conflict, Forbidden, NotFound, ParleyError
-from session.lifecycle import PromptStatus
+from session.reasons import Ending, ReasonCode
 from session.schema import EntryKind
 
 
@@ -50,7 +50,7 @@ async def handle_command(room: SessionRoom, connection: Connection, frame: str) 
             return ack(command.id, entry_id=command.entry_id)
         if isinstance(command, FactCommand):
             await room.check(user_id, Do(Capability.PIN), what)
-            await room.set_fact(command.key, command.value)
+            await room.set_fact(command.key, command.value, user_id)
             return ack(command.id, key=command.key)
         if isinstance(command, PolicyCommand):
             await room.check(user_id, Do(Capability.MANAGE_SESSION), what)
@@ -107,8 +107,8 @@ async def _cancel(room: SessionRoom, user_id: str, command: CancelCommand) -> st
         raise NotFound(f"no prompt {prompt_id!r} in this session")
     entry = room.doc.entry(prompt_id)
     await room.check(user_id, Cancel(entry.author), "command CancelCommand")
-    reason = f"cancelled by {user_id}"
-    if await room.cancel_waiting(prompt_id, reason):
+    cancelled = Ending(ReasonCode.CANCELLED, f"cancelled by {user_id}")
+    if await room.cancel_waiting(prompt_id, cancelled):
         return ack(command.id, seq=entry.seq, prompt_id=prompt_id)
     active = room.active_run
     if active is None or prompt_id not in active.run.ids:
@@ -118,6 +118,6 @@ async def _cancel(room: SessionRoom, user_id: str, command: CancelCommand) -> st
     others = [p.author for p in active.run.prompts if p.author != user_id]
     if others and not decide(subject, Cancel(others[0])).allowed:
         raise Forbidden("the running reply also answers other members' prompts")
-    active.stop(PromptStatus.CANCELLED, reason)
+    active.stop(cancelled)
     await active.wait()
     return ack(command.id, seq=entry.seq, prompt_id=prompt_id)

@@ -3,10 +3,11 @@ sender task.
 
 Under ``parley serve`` (uvicorn's sans-I/O WebSocket protocol) each frame is written to the
 socket as it is sent (``server.direct_send``); a client that stops reading backs up its
-transport, and past ``send_buffer_max_bytes`` it is cut off. Under another ASGI server a
-client that stops reading fills its outbox; past the limit it is disconnected with 1013
-(try again later). Either way it reconnects and resyncs from the CRDT state, and nobody
-else waits.
+transport. Under another ASGI server it fills its outbox instead. Either way the bytes it
+has not taken are bounded three times: per socket (``send_buffer_max_bytes``), across the
+process (``send_buffer_total_max_bytes``) and in time (``send_stall_timeout_s``; see
+``server.send_budget``). A client past any of them is dropped: its backlog is freed at
+once, the client reconnects and resyncs from the CRDT state, and nobody else waits.
 """
 
 from __future__ import annotations
@@ -16,19 +17,31 @@ import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import Enum
 
 from starlette.websockets import WebSocket, WebSocketState
 
 from server.direct_send import DirectWriter
+from server.send_budget import DropReason, SendBudget
 from server.settings import Settings
 from session.commands import error_reply
 from session.errors import ParleyError
-from session.ratelimit import AbuseCounter, Rate, TokenBucket
+from session.ratelimit import AbuseCounter, Budgets, Rate, Spend, TokenBucket
+from session.yprotocol import encode_command_frame
 
 log = logging.getLogger("parley.connection")
 
 CLOSE_SLOW_CONSUMER = 1013
 CLOSE_GOING_AWAY = 1001
+# The close reason a dropped client gets, when a close frame can still reach it.
+DROP_REASONS = {
+    DropReason.SOCKET_LIMIT: "slow consumer: send buffer full; resync on reconnect",
+    DropReason.TOTAL_LIMIT: "server send buffers full; retry later",
+    DropReason.STALLED: "slow consumer: stopped reading; resync on reconnect",
+    DropReason.CLOSING: "slow consumer: closed with unread data",
+}
+# The most a close waits for an ASGI server other than ``parley serve``'s to send it.
+CLOSE_WAIT_S = 5.0
 
 
 @dataclass(slots=True)
@@ -36,14 +49,23 @@ class ConnectionLimits:
     commands: TokenBucket
     updates: TokenBucket
     abuse: AbuseCounter
+    # Spends budgeted per socket rather than per member (full resyncs).
+    budgets: Budgets
 
     @classmethod
     def from_settings(cls, settings: Settings, now: float) -> ConnectionLimits:
+        syncs = Rate(settings.sync_requests_per_minute / 60, settings.sync_requests_burst)
         return cls(
             commands=TokenBucket(Rate(settings.commands_per_second, settings.commands_burst), now),
             updates=TokenBucket(Rate(settings.updates_per_second, settings.updates_burst), now),
             abuse=AbuseCounter(settings.abuse_refusals, settings.abuse_window_s),
+            budgets=Budgets({Spend.SYNC_REQUESTS: syncs}),
         )
+
+
+class CommandChannel(Enum):
+    TEXT = "text"
+    BINARY = "binary"
 
 
 @dataclass(eq=False)
@@ -54,19 +76,27 @@ class Connection:
     # Frames written as they are sent (``server.direct_send``), in place of the outbox.
     direct: DirectWriter | None = None
     buffer_limit: int = 8 * 1024 * 1024
-    # Stock Yjs clients cannot parse text frames: send JSON only to a socket that sent some.
-    speaks_json: bool = False
+    # The process-wide budget of unsent bytes (None: this socket's own limits only).
+    budget: SendBudget | None = None
+    # How this socket last sent a command, and so how it gets JSON: text frames, or binary
+    # command frames (``encode_command_frame``); None: a stock Yjs client that sent none,
+    # which would fail on either, so it is sent no JSON at all.
+    channel: CommandChannel | None = None
     awareness_ids: set[int] = field(default_factory=set)
     limits: ConnectionLimits | None = None
     closed: bool = False
     close_code: int | None = None
     _reason: str = ""
-    on_overflow: Callable[[], None] | None = None
+    on_drop: Callable[[DropReason], None] | None = None
     # Set once the socket is closed (or given up on): the endpoint then stops reading.
     finished: asyncio.Event = field(default_factory=asyncio.Event)
+    dropped: DropReason | None = None
     _closer: asyncio.Task[None] | None = field(init=False, default=None)
     _outbox: asyncio.Queue[bytes | str | None] = field(init=False)
     _sender: asyncio.Task[None] | None = field(init=False, default=None)
+    _queued_bytes: int = field(init=False, default=0)  # in the outbox
+    _in_flight: int = field(init=False, default=0)  # handed to the ASGI server, not done
+    _sent_bytes: int = field(init=False, default=0)  # through the ASGI server
 
     def __post_init__(self) -> None:
         self._outbox = asyncio.Queue(maxsize=self.outbox_limit)
@@ -77,71 +107,129 @@ class Connection:
 
     def send(self, message: bytes | str, frame: bytes | None = None) -> bool:
         """Send a message (``frame``: the same, framed already); False (and the socket is
-        being closed) if the client fell behind."""
+        being dropped) if the client fell behind or the process cannot hold it."""
         if self.closed:
             return False
-        if self.direct is not None:
-            return self._write(self.direct, message, frame)
+        size = len(message)  # its frame's header aside
+        direct = self.direct
+        if direct is None:
+            unsent = self._queued_bytes + self._in_flight
+        else:  # the kernel took all of the last frame: nothing to look up
+            unsent = direct.held() if direct.backlogged else 0
+        # A frame into an empty backlog goes whatever its size (the first sync of a big
+        # session is one frame); the process cap and the stall deadline still hold for it.
+        if unsent and unsent + size > self.buffer_limit:
+            self.drop(DropReason.SOCKET_LIMIT)
+            return False
+        budget = self.budget
+        if budget is not None and not budget.admit(self, size):
+            return False
+        if direct is not None:
+            if not direct.write(message, frame):  # the socket is closing under us
+                self.closed = True
+                self.finished.set()
+                return False
+            # Most frames go straight into the kernel: nothing to watch. A watched socket
+            # that has drained is seen by the budget's next look.
+            if budget is not None and direct.backlogged:
+                budget.note(self)
+            return True
         try:
             self._outbox.put_nowait(message)
         except asyncio.QueueFull:
-            self._slow_consumer()
+            self.drop(DropReason.SOCKET_LIMIT)
             return False
+        self._queued_bytes += size
+        if budget is not None:
+            budget.note(self)
         return True
 
-    def _write(self, direct: DirectWriter, message: bytes | str, frame: bytes | None) -> bool:
-        if direct.buffered() > self.buffer_limit:
-            self._slow_consumer()
-            return False
-        if not direct.write(message, frame):  # the socket is closing under us
-            self.closed = True
-            self.finished.set()
-            return False
-        return True
+    def unsent(self) -> int:
+        """Bytes sent to this socket and not yet taken by its client (or its server)."""
+        if self.direct is not None:
+            return self.direct.held()
+        return self._queued_bytes + self._in_flight
 
-    def _slow_consumer(self) -> None:
-        log.warning("slow consumer disconnected", extra={"user_id": self.user_id})
-        if self.direct is None:
-            self.close(CLOSE_SLOW_CONSUMER, "slow consumer: resync on reconnect")
+    def taken(self) -> int:
+        if self.direct is not None:
+            return self.direct.taken()
+        return self._sent_bytes
+
+    def drop(self, reason: DropReason) -> None:
+        """Give up on a client that does not take what it is sent: its backlog is freed now
+        and nothing waits for it. A close frame (1013, with the reason) goes only where it
+        would not queue behind unread data; otherwise the connection is reset."""
+        if self.dropped is None:
+            self.dropped = reason
+            log.warning(
+                "slow consumer dropped",
+                extra={"user_id": self.user_id, "reason": reason.value, "unsent": self.unsent()},
+            )
+            if self.on_drop is not None:
+                self.on_drop(reason)
+        if self.budget is not None:
+            self.budget.forget(self)
+        if not self.closed and self.unsent() == 0:
+            self.close(CLOSE_SLOW_CONSUMER, DROP_REASONS[reason])
             return
-        # Its backlog sits in the transport, ahead of where a close frame would go: drop
-        # the connection with it (the client sees 1006, reconnects and resyncs).
         self.closed = True
-        self.close_code = CLOSE_SLOW_CONSUMER
-        if self.on_overflow is not None:
-            self.on_overflow()
-        self.direct.abort()
-        self.finished.set()
+        if self.close_code is None:
+            self.close_code = CLOSE_SLOW_CONSUMER
+            self._reason = DROP_REASONS[reason]
+        if self.direct is not None:
+            self.direct.abort()
+            self.finished.set()
+            return
+        # The sender may be stuck writing to a client that does not read: abandon it, and
+        # what it still had to send.
+        if self._sender is not None:
+            self._sender.cancel()
+        while not self._outbox.empty():
+            self._outbox.get_nowait()
+        self._queued_bytes = self._in_flight = 0
+        if self._closer is None:
+            self._closer = asyncio.get_running_loop().create_task(self._close_socket())
+
+    def send_json(self, text: str) -> bool:
+        """Send a JSON message on the socket's command channel; False if it has none."""
+        if self.channel is None:
+            return False
+        if self.channel is CommandChannel.BINARY:
+            return self.send(encode_command_frame(text))
+        return self.send(text)
 
     def send_error(self, error: ParleyError) -> None:
         """Report an error that belongs to no command, to clients that read JSON."""
-        if self.speaks_json:
-            self.send(error_reply(None, error))
+        self.send_json(error_reply(None, error))
 
     def close(self, code: int, reason: str = "") -> None:
-        """Close after what is already queued; a slow consumer's backlog is dropped instead."""
+        """Close after what is already queued. The client has until the stall deadline to
+        take it; one that is far behind already is dropped instead."""
         if self.closed:
             return
         self.closed = True
         self.close_code = code
         self._reason = reason
-        if code == CLOSE_SLOW_CONSUMER and self.on_overflow is not None:
-            self.on_overflow()
-        if code != CLOSE_SLOW_CONSUMER and self._sender is not None:
-            with contextlib.suppress(asyncio.QueueFull):
-                self._outbox.put_nowait(None)
-                return
-        # The sender may be stuck writing to a client that does not read: abandon it.
+        if self.direct is not None and self.direct.backed_up():
+            # A close frame sent through ASGI would wait for the client to read the rest.
+            self.drop(DropReason.CLOSING)
+            return
         if self._sender is not None:
-            self._sender.cancel()
+            try:
+                self._outbox.put_nowait(None)
+            except asyncio.QueueFull:
+                self.drop(DropReason.SOCKET_LIMIT)
+            return
         self._closer = asyncio.get_running_loop().create_task(self._close_socket())
 
     async def _close_socket(self) -> None:
         try:
             if self.websocket.application_state == WebSocketState.CONNECTED:
                 with contextlib.suppress(Exception):
-                    async with asyncio.timeout(5):
+                    async with asyncio.timeout(CLOSE_WAIT_S):
                         await self.websocket.close(self.close_code or 1000, self._reason)
+                if self.budget is not None and self.dropped is None:
+                    self.budget.note(self)  # the close frame may wait behind a backlog
         finally:
             self.finished.set()
 
@@ -151,10 +239,15 @@ class Connection:
                 message = await self._outbox.get()
                 if message is None:
                     break
+                size = len(message)
+                self._queued_bytes -= size
+                self._in_flight = size
                 if isinstance(message, bytes):
                     await self.websocket.send_bytes(message)
                 else:
                     await self.websocket.send_text(message)
+                self._in_flight = 0
+                self._sent_bytes += size
         except Exception:
             self.closed = True
             self.finished.set()

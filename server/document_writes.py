@@ -19,7 +19,9 @@ async def apply_document_write(room: SessionRoom, write: dict[str, Any]) -> dict
     kind = write.get("op")
     if kind == "set_fact":
         await room.set_fact(
-            str(write["key"]), None if write["value"] is None else str(write["value"])
+            str(write["key"]),
+            None if write["value"] is None else str(write["value"]),
+            str(write.get("author") or ""),
         )
         return {"facts": room.doc.fact_map()}
     if kind == "pin":

@@ -1,7 +1,7 @@
 """The admin key and the token-signing key: from settings, or generated once and kept.
 
 A generated key is written to the data directory (mode 0600) so it survives restarts; the
-admin key is printed once, when it is created.
+admin key is never printed or logged (the log says where it is kept).
 """
 
 from __future__ import annotations

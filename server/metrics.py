@@ -42,7 +42,18 @@ class Metrics:
         )
         self.slow_consumers = Counter(
             "parley_slow_consumers",
-            "Sockets dropped because their send buffer was full",
+            "Sockets dropped because their client did not take what was sent",
+            registry=r,
+        )
+        self.send_drops = Counter(
+            "parley_send_drops",
+            "Sockets dropped, by reason (socket_limit, total_limit, stalled, closing)",
+            ["reason"],
+            registry=r,
+        )
+        self.send_unsent = Gauge(
+            "parley_send_unsent_bytes",
+            "Bytes sent to sockets and not yet taken by their clients, all sockets",
             registry=r,
         )
         self.storage_refusals = Counter(
@@ -65,9 +76,19 @@ class Metrics:
             "parley_reply_chars", "Length of finished replies", buckets=LENGTH_BUCKETS, registry=r
         )
 
-    def watch(self, sessions: Callable[[], int], queue_depth: Callable[[], int]) -> None:
+    def watch(
+        self,
+        sessions: Callable[[], int],
+        queue_depth: Callable[[], int],
+        unsent: Callable[[], int],
+    ) -> None:
         self.sessions.set_function(sessions)
         self.queue_depth.set_function(queue_depth)
+        self.send_unsent.set_function(unsent)
+
+    def send_dropped(self, reason: str) -> None:
+        self.slow_consumers.inc()
+        self.send_drops.labels(reason=reason).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -35,6 +35,7 @@ from authz.roles import Capability, Member, RoleTable
 from authz.scope import ContextSeen, RunScope, scope_for_run, seen_in_context
 from server.access_store import AccessStore, PrivateItem, ToolRow, insert_audit, insert_private
 from server.active_run import ActiveRun
+from server.awareness import AwarenessFanout
 from server.connection import Connection
 from server.direct_send import binary_frame
 from server.group_commit import WriteFence
@@ -48,17 +49,21 @@ from session.commands import (
     check_fact,
 )
 from session.context import BuiltContext, ContextBuilder, ContextSettings, WithheldReason
+from session.encoded import EncodedDocument
 from session.errors import Forbidden, NotFound, TooLarge, Unavailable
-from session.lifecycle import PromptStatus, ReplyStatus
+from session.lifecycle import PromptStatus
 from session.model import Usage
 from session.presence import Presence
 from session.queue import OrderingQueue, PendingPrompt, Policy, QueueLimits, Run
-from session.ratelimit import Rate, TokenBucket
+from session.ratelimit import Budgets, Rate, Spend, TokenBucket
+from session.reasons import Ending, ReasonCode
 from session.schema import MESSAGE_STATUS, Entry, EntryKind, QueuedItem, SessionDocument
 from session.summary import Summary, SummaryPlan, plan_extension
 from session.yprotocol import (
     DeleteSet,
+    ProtocolError,
     SyncType,
+    add_deletes,
     delete_set_of,
     encode_sync,
     is_noop_update,
@@ -70,7 +75,12 @@ log = logging.getLogger("parley.room")
 CLOSE_FORBIDDEN = 4403
 CLOSE_NOT_FOUND = 4404
 CLOSE_TRY_AGAIN = 1013
-RESTART_REASON = "interrupted: the server stopped while this prompt ran"
+# Why a run that was in flight when its room was last lost ended (see ``load``).
+CUT_OFF_REASONS = {
+    ReasonCode.SERVER_RESTART: "the server stopped while this prompt ran",
+    ReasonCode.FAILOVER: "the node running this session stopped; another node took it over",
+    ReasonCode.STORAGE_ERROR: "the database failed while this reply was written",
+}
 RESTRICTED_REPLY = (
     "\n[restricted: the rest of this reply draws on material not every member may read;"
     " members who may read it get it over REST]"
@@ -95,6 +105,17 @@ async def _settled(future: asyncio.Future[Any]) -> bool:
         except asyncio.CancelledError:
             cancelled = True
     return cancelled
+
+
+def member_rates(settings: Settings) -> dict[Spend, Rate]:
+    """What one member may spend across all their sockets in a session."""
+    return {
+        Spend.COMMANDS: Rate(settings.user_commands_per_second, 2 * settings.commands_burst),
+        Spend.DOCUMENT_BYTES: Rate(
+            settings.document_write_bytes_per_s, settings.document_write_burst_bytes
+        ),
+        Spend.AWARENESS_BYTES: Rate(settings.awareness_bytes_per_s, settings.awareness_burst_bytes),
+    }
 
 
 def new_id() -> str:
@@ -148,19 +169,28 @@ class SessionRoom:
         self.connections: set[Connection] = set()
         self.doc = SessionDocument(Doc())
         self.presence = Presence(settings.max_awareness_state_bytes)
+        self.awareness = AwarenessFanout(
+            self.presence, self.broadcast, settings.awareness_flush_ms / 1000
+        )
         self.refused_writes = 0
         self.active_run: ActiveRun | None = None
         self.model: str | None = None  # the session's model; None: the server's default
-        self._user_buckets: dict[str, TokenBucket] = {}
+        self.budgets = Budgets(member_rates(settings))
         self.wakeup = asyncio.Event()
         self.closed = False
         self.failed: str | None = None  # why the room was given up (``fail``)
         self._closing: asyncio.Task[None] | None = None
+        # What a run found in flight on the next load was cut off by: a restart unless the
+        # room was given up for another cause (``fail``) or taken over from another node.
+        self.cut_off = ReasonCode.SERVER_RESTART
         self.last_active = clock()
         self._lock = asyncio.Lock()
         self._captured: list[bytes] | None = None
         self._since_snapshot = 0
+        # Kept current by the room's own commits (``_committed``), so judging a client
+        # frame never re-reads the whole document.
         self._deletes: DeleteSet | None = None
+        self._encoded: EncodedDocument | None = None
         self._subscription: Any = None
         self._builder = ContextBuilder(self.context_settings())
         self.summaries: list[Summary] = []
@@ -204,12 +234,7 @@ class SessionRoom:
         )
         if cut_off:
             # The process died mid-reply: never re-run (it would answer twice), mark it.
-            await self.finish_run(
-                Run(cut_off),
-                PromptStatus.FAILED,
-                RESTART_REASON,
-                reply_status=ReplyStatus.INTERRUPTED,
-            )
+            await self.finish_run(Run(cut_off), Ending(self.cut_off, CUT_OFF_REASONS[self.cut_off]))
 
     async def _load_doc(self) -> None:
         stored = await self.store.load_doc(self.session_id)
@@ -224,6 +249,7 @@ class SessionRoom:
         self._subscription = doc.observe(self._capture)
         self._since_snapshot = stored.updates_since_snapshot
         self._deletes = None
+        self._encoded = None
 
     async def apply_replicated(self, snapshot: bytes | None, updates: Sequence[bytes]) -> None:
         """Cluster mode, read replica: apply what the running node committed (a snapshot it
@@ -241,7 +267,8 @@ class SessionRoom:
                     frames.append(update)
             finally:
                 self._captured = None
-            self._deletes = None
+            for frame in frames:
+                self._committed(frame)
         for frame in frames:
             self.broadcast(encode_sync(SyncType.UPDATE, frame))
         if frames:
@@ -338,13 +365,24 @@ class SessionRoom:
             except Exception:
                 self.fail(
                     "the database is unavailable; reconnect to resync",
-                    self.settings.db_retry_after_s,
+                    retry_after_s=self.settings.db_retry_after_s,
                 )
 
     def _broadcast_update(self, update: bytes) -> None:
         if update:
-            self._deletes = None
+            self._committed(update)
             self.broadcast(encode_sync(SyncType.UPDATE, update))
+
+    def _committed(self, update: bytes) -> None:
+        """Keep what judges and answers client frames current with a committed update: a
+        cost linear in the update, never in the document."""
+        if self._deletes is not None:
+            try:
+                add_deletes(self._deletes, delete_set_of(update, self.doc.doc.get_state()))
+            except ProtocolError:  # structs still pending (a replica): read it all again
+                self._deletes = None
+        if self._encoded is not None:
+            self._encoded.committed(update)
 
     async def _published(self, tx: StoreTx, update_id: int) -> None:
         """An update was stored in ``tx``: tell the fence, and squash the log into a
@@ -383,11 +421,7 @@ class SessionRoom:
 
     def user_bucket(self, user_id: str) -> TokenBucket:
         """One command budget per user across all their sockets in this session."""
-        bucket = self._user_buckets.get(user_id)
-        if bucket is None:
-            rate = Rate(self.settings.user_commands_per_second, 2 * self.settings.commands_burst)
-            bucket = self._user_buckets[user_id] = TokenBucket(rate, self.clock())
-        return bucket
+        return self.budgets.bucket(user_id, Spend.COMMANDS, self.clock())
 
     def subject(self, user_id: str) -> Subject | None:
         """The member as of now (role table and grants read live), or None."""
@@ -415,18 +449,16 @@ class SessionRoom:
         return write.queue
 
     async def _finish(
-        self,
-        write: _Write,
-        prompt_ids: Sequence[str],
-        status: PromptStatus,
-        reason: str | None,
-        reply_status: ReplyStatus | None = None,
+        self, write: _Write, prompt_ids: Sequence[str], ending: Ending | None
     ) -> None:
+        """Prompts reach their final status (``done`` without an ending) in the row and the
+        document alike; both are checked against the lifecycle table."""
+        status = PromptStatus.DONE if ending is None else ending.status
         for prompt_id in prompt_ids:
             await write.tx.set_entry_status(
-                prompt_id, status.value, reason=reason, finished_at=self.now_ms()
+                prompt_id, status, ending=ending, finished_at=self.now_ms()
             )
-        self.doc.finish_prompts(prompt_ids, status, reason, reply_status=reply_status)
+        self.doc.finish_prompts(prompt_ids, ending)
 
     def _planned(self, queue: OrderingQueue) -> list[QueuedItem]:
         return [QueuedItem(p.id, p.seq, p.author) for p in queue.pending()]
@@ -452,14 +484,13 @@ class SessionRoom:
                 id=entry_id, seq=seq, author=user_id, text=text, created_at=self.now_ms()
             )
             pushed = queue.push(PendingPrompt(entry_id, seq, user_id))
-            if pushed.superseded:
-                reason = f"interrupted: superseded by a newer prompt from {user_id}"
-                ids = [p.id for p in pushed.superseded]
-                await self._finish(write, ids, PromptStatus.INTERRUPTED, reason)
-        if pushed.interrupt_running and self.active_run is not None:
-            self.active_run.stop(
-                PromptStatus.INTERRUPTED, f"interrupted by a newer prompt from {user_id}"
+            superseded = Ending(
+                ReasonCode.SUPERSEDED, f"superseded by a newer prompt from {user_id}"
             )
+            if pushed.superseded:
+                await self._finish(write, [p.id for p in pushed.superseded], superseded)
+        if pushed.interrupt_running and self.active_run is not None:
+            self.active_run.stop(superseded)
         self.wakeup.set()
         return seq, entry_id
 
@@ -502,13 +533,13 @@ class SessionRoom:
         )
         return seq
 
-    async def cancel_waiting(self, prompt_id: str, reason: str) -> bool:
-        """Cancel a prompt that has not started; False if it is no longer waiting."""
+    async def cancel_waiting(self, prompt_id: str, ending: Ending) -> bool:
+        """End a prompt that has not started; False if it is no longer waiting."""
         async with self._writing() as write:
             if not self.queue.is_pending(prompt_id):
                 return False
             self._staged_queue(write).remove(prompt_id)
-            await self._finish(write, [prompt_id], PromptStatus.CANCELLED, reason)
+            await self._finish(write, [prompt_id], ending)
         return True
 
     async def set_policy(self, policy: Policy) -> None:
@@ -532,20 +563,22 @@ class SessionRoom:
             queue = self._staged_queue(write)
             revoked = [p for p in run.prompts if not self._may_run(p.author)]
             if revoked:
-                reason = "forbidden: the author may no longer prompt in this session"
+                forbidden = Ending(
+                    ReasonCode.FORBIDDEN, "the author may no longer prompt in this session"
+                )
                 for prompt in revoked:
                     queue.remove(prompt.id)
                     await self._audit_in(
                         write, "refused", prompt.author, {"action": "run", "prompt_id": prompt.id}
                     )
-                await self._finish(write, [p.id for p in revoked], PromptStatus.FAILED, reason)
+                await self._finish(write, [p.id for p in revoked], forbidden)
                 return None
             scope = self.scope_for([p.author for p in run.prompts])
             queue.start(run)
             now = self.now_ms()
             for prompt in run.prompts:
                 await write.tx.set_entry_status(
-                    prompt.id, PromptStatus.RUNNING.value, reply_id=reply_id, started_at=now
+                    prompt.id, PromptStatus.RUNNING, reply_id=reply_id, started_at=now
                 )
             self.doc.start_reply(
                 prompt_ids=run.ids, reply_id=reply_id, author=reply_author, created_at=now
@@ -593,13 +626,14 @@ class SessionRoom:
                     raise TooLarge(f"at most {self.settings.max_pins} pins per session")
                 self.doc.pin(entry_id)
 
-    async def set_fact(self, key: str, value: str | None) -> None:
+    async def set_fact(self, key: str, value: str | None, author: str) -> None:
+        """Set (or, with None, remove) a fact as ``author`` (``""``: the admin API)."""
         check_fact(key, value)
         async with self._writing():
             adding = value is not None and key not in self.doc.facts
             if adding and len(self.doc.facts) >= self.settings.max_facts:
                 raise TooLarge(f"at most {self.settings.max_facts} facts per session")
-            self.doc.set_fact(key, value)
+            self.doc.set_fact(key, value, author)
 
     def context_settings(self) -> ContextSettings:
         spec = self.settings.model_spec(self.model)
@@ -642,7 +676,7 @@ class SessionRoom:
             session_id=self.session_id,
             entries=self.doc.entries(),
             prompt_ids=prompt_ids,
-            facts=self.doc.fact_map(),
+            facts=self.doc.facts_with_authors(),
             pins=self.doc.pinned(),
             max_output_tokens=spec.reserved_output_tokens,
             withheld=withheld,
@@ -744,10 +778,8 @@ class SessionRoom:
             {"type": "restricted", "entry_id": item.entry_id, "kind": item.kind, "text": item.text}
         )
         for connection in list(self.connections):
-            if connection.speaks_json and may_read(
-                self.subject(connection.user_id), item.restriction
-            ):
-                connection.send(frame)
+            if may_read(self.subject(connection.user_id), item.restriction):
+                connection.send_json(frame)
 
     async def _keep_reply(self, write: _Write, active: ActiveRun) -> None:
         """A reply that drew on restricted material: under ``private`` its full text is kept
@@ -770,20 +802,18 @@ class SessionRoom:
     async def finish_run(
         self,
         run: Run,
-        status: PromptStatus,
-        reason: str | None = None,
+        ending: Ending | None = None,
         *,
-        reply_status: ReplyStatus | None = None,
         active: ActiveRun | None = None,
         audit: Sequence[tuple[str, str, dict[str, Any]]] = (),
     ) -> None:
-        """Settle a run; a restricted reply's full text and the run's audit records are
-        stored in the same transaction."""
+        """Settle a run: answered without an ``ending``, else ended by it. A restricted
+        reply's full text and the run's audit records are stored in the same transaction."""
         async with self._writing() as write:
             queue = self._staged_queue(write)
             if queue.running is not None and queue.running.ids == run.ids:
                 queue.finish(run.ids)
-            await self._finish(write, run.ids, status, reason, reply_status)
+            await self._finish(write, run.ids, ending)
             if active is not None and active.restriction:
                 await self._keep_reply(write, active)
             for kind, actor, data in audit:
@@ -791,18 +821,30 @@ class SessionRoom:
 
     # -- sync and awareness ---------------------------------------------------------------
 
-    async def sync_step2_for(self, state_vector: bytes) -> bytes:
-        """What a client lacks, from committed state only (taken under the write lock)."""
-        async with self._lock:
-            return encode_sync(SyncType.STEP2, self.doc.doc.get_update(state_vector))
+    async def sync_answer(self, state_vector: bytes) -> list[bytes]:
+        """The frames answering a sync step 1: what a client lacks, from committed state
+        only. They come from the encoded copy kept beside the document, without the write
+        lock; only the first request after a load may wait for a write under way (the
+        live document is committed state only between writes)."""
+        if self._encoded is None and self._lock.locked():
+            async with self._lock:
+                return self._encoded_now().answer(state_vector)
+        return self._encoded_now().answer(state_vector)
+
+    def _encoded_now(self) -> EncodedDocument:
+        if self._encoded is None:
+            self._encoded = EncodedDocument(self.doc.doc.get_update())
+        return self._encoded
 
     def is_noop(self, update: bytes) -> bool:
-        """True when a client update would change nothing (clients may not write)."""
+        """True when a client update would change nothing (clients may not write); an
+        update deleting too many ranges is refused (``TooLarge``) unread."""
         state = self.doc.doc.get_state()
         if self._deletes is None:
             full = self.doc.doc.get_update()
             self._deletes = normalise_delete_set(delete_set_of(full, state))
-        return is_noop_update(update, state, self._deletes)
+        limit = self.settings.max_delete_ranges_per_update
+        return is_noop_update(update, state, self._deletes, limit)
 
     # -- membership -----------------------------------------------------------------------
 
@@ -822,14 +864,21 @@ class SessionRoom:
             if not decide(self.subject(connection.user_id), Do(Capability.READ_SESSION)).allowed:
                 connection.close(CLOSE_FORBIDDEN, "membership revoked")
 
-    def fail(self, reason: str, retry_after_s: float | None = None) -> None:
+    def fail(
+        self,
+        reason: str,
+        cause: ReasonCode = ReasonCode.STORAGE_ERROR,
+        retry_after_s: float | None = None,
+    ) -> None:
         """Give the room up (its memory may hold an un-stored change): no write is made
-        here any more, the next use reloads it from the store, and its sockets are closed
-        with 1013 so clients reconnect (``retry_after_s``: a hint, in the reason, to wait
-        that long first) -- once the writes waiting here now have answered their commands
-        (``unavailable``), so those answers go out first."""
+        here any more, the next use reloads it from the store (a run it had in flight is
+        marked with ``cause`` then), and its sockets are closed with 1013 so clients
+        reconnect (``retry_after_s``: a hint, in the reason, to wait that long first) --
+        once the writes waiting here now have answered their commands (``unavailable``),
+        so those answers go out first."""
         self.closed = True
         self.failed = reason
+        self.cut_off = cause
         self.wakeup.set()
         if retry_after_s is not None:
             reason = retry_reason(reason, retry_after_s)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -17,9 +18,10 @@ from server.runner import SessionRunner
 from server.settings import Settings
 from server.store import Store
 from session.errors import NotFound, Unavailable
-from session.lifecycle import PromptStatus, ReplyStatus
+from session.lifecycle import PromptStatus
 from session.model import ModelProvider
 from session.queue import Policy
+from session.reasons import Ending, ReasonCode
 
 if TYPE_CHECKING:
     from server.cluster.node import ClusterNode
@@ -27,7 +29,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("parley.rooms")
 
 CLOSE_GOING_AWAY = 1001
-SHUTDOWN_REASON = "interrupted: the server shut down while this prompt ran"
+SHUT_DOWN = Ending(ReasonCode.SERVER_SHUTDOWN, "the server shut down while this prompt ran")
 
 
 class RoomRegistry:
@@ -60,9 +62,11 @@ class RoomRegistry:
         lock = self._loading.setdefault(session_id, asyncio.Lock())
         async with lock:
             loaded = self._rooms.get(session_id)
+            cut_off = ReasonCode.SERVER_RESTART
             if loaded is not None:
                 if not loaded[0].closed:
                     return loaded[0]
+                cut_off = loaded[0].cut_off  # why it was given up: a run it had ended so
                 await self.unload(session_id)  # given up after a store failure: reload
             if any(room.draining for room, _ in self._rooms.values()):
                 raise Unavailable("the server is shutting down")
@@ -79,6 +83,11 @@ class RoomRegistry:
                 webhooks=lambda: self.webhooks,
             )
             room.model = row.model
+            room.cut_off = cut_off
+            if self.cluster is not None:
+                room.awareness.publish = functools.partial(
+                    self.cluster.presence.publish, session_id
+                )
             runner = SessionRunner(room, self.provider, self.settings.run_timeout_s)
             if self.cluster is not None:
                 await self.cluster.open(
@@ -117,9 +126,7 @@ class RoomRegistry:
             while active is not None and not active.finished.is_set():
                 remaining = deadline - self.clock()
                 if remaining <= 0:
-                    active.stop(
-                        PromptStatus.FAILED, SHUTDOWN_REASON, reply_status=ReplyStatus.INTERRUPTED
-                    )
+                    active.stop(SHUT_DOWN)
                     remaining = 5.0
                 try:
                     async with asyncio.timeout(remaining):

@@ -21,9 +21,10 @@ from server.summarise import Summariser
 from server.tools import ToolRunner
 from server.usage import UsageLedger
 from session.errors import ProviderError, QuotaExceeded, Unavailable
-from session.lifecycle import PromptStatus, ReplyStatus
+from session.lifecycle import PromptStatus
 from session.model import ModelProvider, ModelRequest, TextDelta, ToolCall, Usage
 from session.queue import Run
+from session.reasons import Ending, ReasonCode
 from session.toolloop import (
     CallModel,
     CallTool,
@@ -43,10 +44,14 @@ RETRY_DELAYS_S = (0.2, 0.5, 1.0, 2.0, 5.0)
 
 @dataclass(slots=True)
 class RunOutcome:
-    status: PromptStatus
-    reason: str | None = None
-    reply_status: ReplyStatus | None = None
+    """How a run ended: answered (no ``ending``) or not, and what it used."""
+
+    ending: Ending | None = None
     usage: Usage | None = None
+
+    @property
+    def status(self) -> PromptStatus:
+        return PromptStatus.DONE if self.ending is None else self.ending.status
 
 
 class _Deltas:
@@ -178,9 +183,11 @@ class SessionRunner:
             if built.tokens > built.budget:
                 # Pins, facts and the prompts alone overflow the window: no call can fit.
                 outcome = RunOutcome(
-                    PromptStatus.FAILED,
-                    f"too_large: the prompt with the pinned messages and facts needs "
-                    f"{built.tokens} tokens; the window leaves {built.budget}",
+                    Ending(
+                        ReasonCode.TOO_LARGE,
+                        f"the prompt with the pinned messages and facts needs "
+                        f"{built.tokens} tokens; the window leaves {built.budget}",
+                    )
                 )
             else:
                 outcome = await self._execute(active, request)
@@ -205,7 +212,7 @@ class SessionRunner:
                 "prompt_ids": ",".join(run.ids),
                 "reply_id": reply_id,
                 "status": outcome.status.value,
-                "reason": outcome.reason,
+                "reason_code": None if outcome.ending is None else outcome.ending.code.value,
                 "seconds": round(elapsed, 3),
             },
         )
@@ -214,34 +221,35 @@ class SessionRunner:
     async def _execute(self, active: ActiveRun, request: ModelRequest) -> RunOutcome:
         try:
             await self.usage.admit(self.room.session_id, request.issuers)
-        except (QuotaExceeded, Unavailable) as exc:  # no model call without a quota check
-            return RunOutcome(PromptStatus.FAILED, f"{exc.code.value}: {exc.message}")
+        except QuotaExceeded as exc:  # no model call without a quota check
+            return RunOutcome(Ending(ReasonCode.QUOTA_EXCEEDED, exc.message))
+        except Unavailable as exc:
+            return RunOutcome(Ending(ReasonCode.UNAVAILABLE, exc.message))
         if active.stopped is not None:  # cancelled while the quotas were read
-            status, reason, reply_status = active.stopped
-            return RunOutcome(status, reason, reply_status)
+            return RunOutcome(active.stopped)
         task = asyncio.create_task(self._drive(active, request))
         active.task = task
         try:
             async with asyncio.timeout(self.run_timeout_s):
                 loop = await task
-            usage = Usage(loop.input_tokens, loop.output_tokens)
-            return RunOutcome(PromptStatus.DONE, usage=usage)
+            return RunOutcome(usage=Usage(loop.input_tokens, loop.output_tokens))
         except TimeoutError:
-            return RunOutcome(
-                PromptStatus.FAILED, f"timeout: no answer within {self.run_timeout_s:g} s"
-            )
+            ending = Ending(ReasonCode.TIMEOUT, f"no answer within {self.run_timeout_s:g} s")
+            return RunOutcome(ending)
         except asyncio.CancelledError:
             if active.stopped is None:
                 active.task.cancel()
                 raise
-            status, reason, reply_status = active.stopped
-            return RunOutcome(status, reason, reply_status)
+            return RunOutcome(active.stopped)
         except ProviderError as exc:
             log.warning("model call failed", extra={"error": exc.message, "status": exc.status})
-            return RunOutcome(PromptStatus.FAILED, f"{exc.code.value}: {exc.message}")
+            return RunOutcome(Ending(ReasonCode.PROVIDER_ERROR, exc.message))
+        except Unavailable as exc:  # the reply's text could not be stored: not the model
+            log.warning("reply not stored", extra={"error": exc.message})
+            return RunOutcome(Ending(ReasonCode.STORAGE_ERROR, exc.message))
         except Exception as exc:
-            log.exception("model call failed")
-            return RunOutcome(PromptStatus.FAILED, f"provider error: {type(exc).__name__}: {exc}")
+            log.exception("run failed")
+            return RunOutcome(Ending(ReasonCode.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}"))
 
     async def _drive(self, active: ActiveRun, request: ModelRequest) -> LoopOutcome:
         """Run the tool loop: each effect it yields is performed here, within the scope."""
@@ -380,13 +388,24 @@ class SessionRunner:
         return ModelTurn("".join(text), tuple(calls), usage[-1] if usage else None)
 
     @staticmethod
-    def _audit_records(active: ActiveRun) -> list[tuple[str, str, dict[str, Any]]]:
-        """One record per model call, one per refused tool call."""
+    def _audit_records(
+        active: ActiveRun, ending: Ending | None
+    ) -> list[tuple[str, str, dict[str, Any]]]:
+        """One record per model call, one per refused tool call, one for a run that ended
+        unanswered (with its ``reason_code``)."""
         actor = active.audit_base["issuers"][0]["user_id"]
         records = [
             ("model_call", actor, {**active.audit_base, **call}) for call in active.model_calls
         ]
         records += [("tool_refused", actor, refusal) for refusal in active.refusals]
+        if ending is not None:
+            ended = {
+                "prompt_ids": list(active.run.ids),
+                "reply_id": active.reply_id,
+                "reason_code": ending.code.value,
+                "reason": ending.reason,
+            }
+            records.append(("run_ended", actor, ended))
         return records
 
     async def _record_usage(self, request: ModelRequest, reply_id: str, usage: Usage) -> None:
@@ -408,11 +427,9 @@ class SessionRunner:
             try:
                 await self.room.finish_run(
                     active.run,
-                    outcome.status,
-                    outcome.reason,
-                    reply_status=outcome.reply_status,
+                    outcome.ending,
                     active=active,
-                    audit=self._audit_records(active),
+                    audit=self._audit_records(active, outcome.ending),
                 )
                 return
             except Unavailable:

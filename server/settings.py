@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from authz.origins import check_allowed_origins
 
 OFFLINE_MODEL = "offline"
 
@@ -111,6 +113,12 @@ class Settings(BaseSettings):
     send_buffer_max_bytes: int = Field(
         default=8 * 1024 * 1024, ge=1024, description="Bytes unsent to one socket, at most"
     )
+    send_buffer_total_max_bytes: int = Field(
+        default=64 * 1024 * 1024, ge=1024, description="Bytes unsent to all sockets, at most"
+    )
+    send_stall_timeout_s: float = Field(
+        default=20.0, gt=0, description="A socket whose client takes nothing this long is dropped"
+    )
     max_request_bytes: int = 1024 * 1024
     ws_ping_interval_s: float = 20.0
     ws_ping_timeout_s: float = 20.0
@@ -118,7 +126,14 @@ class Settings(BaseSettings):
     # Abuse and keep-alive
     allowed_origins: list[str] = Field(
         default_factory=list,
-        description="Browser origins allowed to open sockets; empty: same host only; '*': any",
+        description="Browser origins (scheme://host[:port]) allowed to open sockets; empty: "
+        "the server's own address and port only; '*': any",
+    )
+    max_connections_per_user: int = Field(
+        default=16, ge=1, description="Sockets of one user to one session (on one node)"
+    )
+    max_connections_per_session: int = Field(
+        default=1000, ge=1, description="Sockets to one session (on one node)"
     )
     cors_origins: list[str] = Field(default_factory=list)
     commands_per_second: float = 10.0
@@ -128,6 +143,19 @@ class Settings(BaseSettings):
     updates_burst: int = 200
     abuse_refusals: int = 50
     abuse_window_s: float = 10.0
+    # What a member's binary frames may cost (per member, across their sockets; a frame
+    # over a burst is always refused): client document writes, refused or no-op, and
+    # presence. Full resyncs (sync step 1, query awareness) are counted per socket.
+    document_write_bytes_per_s: float = Field(default=64 * 1024, ge=0)
+    document_write_burst_bytes: int = Field(default=1024 * 1024, ge=0)
+    max_delete_ranges_per_update: int = Field(default=10_000, ge=0)
+    awareness_bytes_per_s: float = Field(default=32 * 1024, ge=0)
+    awareness_burst_bytes: int = Field(default=256 * 1024, ge=0)
+    awareness_flush_ms: float = Field(
+        default=100.0, ge=0, le=10_000, description="Presence goes out at most this often"
+    )
+    sync_requests_per_minute: float = Field(default=6.0, ge=0)
+    sync_requests_burst: int = Field(default=3, ge=1)
     ws_idle_timeout_s: float = 120.0
     shutdown_grace_s: float = 5.0
     log_format: str = "json"
@@ -166,6 +194,11 @@ class Settings(BaseSettings):
     lease_ttl_s: float = Field(default=3.0, gt=0, description="A dead node's sessions move after")
     cluster_poll_s: float = Field(default=2.0, gt=0, description="Catch-up safety net period")
     forward_timeout_s: float = Field(default=30.0, gt=0)
+
+    @field_validator("allowed_origins")
+    @classmethod
+    def _origins(cls, value: list[str]) -> list[str]:
+        return check_allowed_origins(value)
 
     @model_validator(mode="after")
     def _models_consistent(self) -> Settings:

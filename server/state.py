@@ -1,4 +1,4 @@
-"""What the app's endpoints share: settings, store, keys, loaded rooms, clock."""
+"""What the app's endpoints share: settings, store, keys, loaded rooms, clock, send budget."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from server.keys import Keys
 from server.metrics import Metrics
 from server.rooms import RoomRegistry
+from server.send_budget import SendBudget
 from server.settings import Settings
 from server.store import Store
 
@@ -19,5 +20,6 @@ class AppState:
     keys: Keys
     rooms: RoomRegistry
     clock: Callable[[], float]
+    send_budget: SendBudget
     metrics: Metrics = field(default_factory=Metrics)
     draining: bool = False

@@ -37,6 +37,8 @@ from server.tables import (
     summaries,
 )
 from session.errors import Unavailable
+from session.lifecycle import IllegalTransition, PromptStatus, prompt_predecessors
+from session.reasons import Ending
 from session.summary import Summary
 from session.tokens import count_tokens
 
@@ -181,25 +183,33 @@ class StoreTx:
     async def set_entry_status(
         self,
         entry_id: str,
-        status: str,
+        status: PromptStatus,
         *,
-        reason: str | None = None,
+        ending: Ending | None = None,
         reply_id: str | None = None,
         started_at: int | None = None,
         finished_at: int | None = None,
     ) -> None:
-        values: dict[str, Any] = {"status": status}
-        if reason is not None:
-            values["reason"] = reason
+        """Move a prompt's row to ``status``, only from a status the lifecycle table allows
+        before it (``IllegalTransition`` otherwise: crash recovery reads this column)."""
+        values: dict[str, Any] = {"status": status.value}
+        if ending is not None:
+            values["reason"] = ending.reason
+            values["reason_code"] = ending.code.value
         if reply_id is not None:
             values["reply_id"] = reply_id
         if started_at is not None:
             values["started_at"] = started_at
         if finished_at is not None:
             values["finished_at"] = finished_at
-        await self.connection.execute(
-            update(entries).where(entries.c.id == entry_id).values(**values)
+        allowed = [old.value for old in prompt_predecessors(status)]
+        result = await self.connection.execute(
+            update(entries)
+            .where(entries.c.id == entry_id, entries.c.status.in_(allowed))
+            .values(**values)
         )
+        if result.rowcount != 1:
+            raise IllegalTransition(f"prompt {entry_id} cannot become {status} from its row")
 
     async def set_policy(self, session_id: str, policy: str) -> None:
         await self.connection.execute(

@@ -60,6 +60,7 @@ entries = Table(
     Column("text", Text, nullable=False),
     Column("status", String(16), nullable=False),
     Column("reason", String(500)),
+    Column("reason_code", String(32)),
     Column("reply_id", String(64)),
     Column("created_at", BigInteger, nullable=False),
     Column("started_at", BigInteger),

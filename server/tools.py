@@ -19,7 +19,13 @@ import httpx
 from authz.policy import Readers, Restriction, restrict
 from authz.roles import Capability
 from authz.scope import RunScope, ToolDef
-from authz.webhooks import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
+from authz.webhooks import (
+    DELIVERY_HEADER,
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    new_delivery_id,
+    sign,
+)
 from server.access_store import AccessStore, DocumentRow, ToolRow
 from server.settings import Settings
 from session.documents import Document, render, search
@@ -115,10 +121,12 @@ class ToolRunner:
             separators=(",", ":"),
         ).encode()
         timestamp = int(time.time())
+        delivery = new_delivery_id()  # one per request: the tool server accepts it once
         headers = {
             "content-type": "application/json",
+            DELIVERY_HEADER: delivery,
             TIMESTAMP_HEADER: str(timestamp),
-            SIGNATURE_HEADER: sign(hook.secret, timestamp, body),
+            SIGNATURE_HEADER: sign(hook.secret, timestamp, delivery, body),
         }
         limit = self.settings.max_tool_result_bytes
         timeout = hook.timeout_ms / 1000

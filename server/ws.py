@@ -1,13 +1,18 @@
 """The WebSocket endpoint: y-websocket binary frames and JSON commands on one socket.
 
+A command is a JSON text frame or a binary frame of message type 100 (``varstring`` JSON,
+``session.yprotocol.encode_command_frame``); its reply comes back the same way, and so do
+errors and events later sent to that socket. A socket that never sent a command is sent
+neither (stock Yjs providers decode every frame as y-websocket binary).
+
 Close codes: 4401 bad or expired token, 4403 not a member (or membership revoked, or a
 browser origin that is not allowed), 4404 unknown session, 4400 malformed binary frame,
-4429 rate limits ignored again and again, 1009 message too big (set by the server's size
-limit), 1013 slow consumer or the database failed under a write (reconnect and resync; the
-reason is JSON with ``retry_after_ms`` when it is the database), 1001 server going away or
-idle timeout. 44xx codes are final for stock clients; the others make them reconnect. While
-the database cannot load the session, the upgrade itself is refused: HTTP 503 with
-``Retry-After``.
+4429 rate limits ignored (or frames refused) again and again, or too many sockets of the user
+or the session, 1009 message too big (set by the server's size limit), 1013 slow consumer
+or the database failed under a write (reconnect and resync; the reason is JSON with
+``retry_after_ms`` when it is the database), 1001 server going away or idle timeout.
+44xx codes are final for stock clients; the others make them reconnect. While the database
+cannot load the session, the upgrade itself is refused: HTTP 503 with ``Retry-After``.
 """
 
 from __future__ import annotations
@@ -17,15 +22,16 @@ import logging
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from authz.origins import origin_allowed
+from authz.origins import origin_allowed, own_origins
 from authz.policy import Do, decide
 from authz.roles import Capability
 from authz.tokens import verify_token
 from server.commands import handle_command
-from server.connection import Connection, ConnectionLimits
+from server.connection import CommandChannel, Connection, ConnectionLimits
 from server.direct_send import SCOPE_KEY as DIRECT_WRITER
 from server.retry_hint import retry_later_response
 from server.room import CLOSE_FORBIDDEN, CLOSE_NOT_FOUND, CLOSE_TRY_AGAIN, SessionRoom
+from server.settings import Settings
 from server.state import AppState
 from session.commands import command_id_of, error_reply
 from session.errors import (
@@ -37,6 +43,7 @@ from session.errors import (
     Unavailable,
 )
 from session.presence import Presence
+from session.ratelimit import cost_of
 from session.yprotocol import (
     AwarenessMessage,
     ProtocolError,
@@ -44,7 +51,9 @@ from session.yprotocol import (
     SyncMessage,
     SyncType,
     decode_client_frame,
+    decode_command_frame,
     encode_awareness,
+    is_command_frame,
 )
 
 log = logging.getLogger("parley.ws")
@@ -65,14 +74,12 @@ async def session_socket(websocket: WebSocket) -> None:
     # one exception is a database that cannot load the session: there retrying is right,
     # and a refused upgrade is what makes every stock client back off (y-websocket before
     # 3.x resets its back-off when a socket opens, and came back ten times a second).
+    local_host, local_port = websocket.scope.get("server") or (None, None)
+    own = own_origins(websocket.scope.get("scheme") == "wss", local_host, local_port)
     refusal: tuple[int, str] | None = None
     if state.draining:
         refusal = (CLOSE_GOING_AWAY, "server shutting down")
-    elif not origin_allowed(
-        websocket.headers.get("origin"),
-        websocket.headers.get("host"),
-        state.settings.allowed_origins,
-    ):
+    elif not origin_allowed(websocket.headers.get("origin"), state.settings.allowed_origins, own):
         refusal = (CLOSE_FORBIDDEN, "origin not allowed")
     else:
         try:
@@ -99,15 +106,21 @@ async def session_socket(websocket: WebSocket) -> None:
     if not allowed.allowed:
         await websocket.close(CLOSE_FORBIDDEN, allowed.reason[:120])
         return
+    too_many = _over_connection_cap(room, claims.user_id, state.settings)
+    if too_many is not None:  # checked and counted with no await between: no race
+        state.metrics.errors.labels(code="rate_limited").inc()
+        await websocket.close(CLOSE_ABUSE, too_many)
+        return
     connection = Connection(
         websocket,
         claims.user_id,
         state.settings.send_queue_max_messages,
         direct=websocket.scope.get(DIRECT_WRITER),
         buffer_limit=state.settings.send_buffer_max_bytes,
+        budget=state.send_budget,
+        on_drop=state.metrics.send_dropped,
     )
     connection.limits = ConnectionLimits.from_settings(state.settings, state.clock())
-    connection.on_overflow = state.metrics.slow_consumers.inc
     connection.start()
     state.metrics.connections.inc()
     room.connections.add(connection)
@@ -146,14 +159,21 @@ async def session_socket(websocket: WebSocket) -> None:
         state.metrics.connections.dec()
         expiry.cancel()
         room.connections.discard(connection)
-        left = presence.drop(connection)
-        if left is not None:
-            room.broadcast(encode_awareness(left))
-            if state.rooms.cluster is not None:
-                state.rooms.cluster.presence.publish(session_id, left)
+        if presence.drop(connection) is not None:
+            room.awareness.changed()
         if not connection.closed:
             connection.close(1000)
         await connection.wait_closed()
+
+
+def _over_connection_cap(room: SessionRoom, user_id: str, settings: Settings) -> str | None:
+    """Why one more socket of ``user_id`` to ``room`` is refused, or None (caps per node)."""
+    if len(room.connections) >= settings.max_connections_per_session:
+        return f"too many connections to this session ({settings.max_connections_per_session})"
+    mine = sum(1 for c in room.connections if c.user_id == user_id)
+    if mine >= settings.max_connections_per_user:
+        return f"too many connections of this user ({settings.max_connections_per_user})"
+    return None
 
 
 async def _serve(
@@ -178,18 +198,26 @@ async def _serve(
             return
         data = message.get("bytes")
         text = message.get("text")
+        channel = CommandChannel.TEXT
+        if data is not None and is_command_frame(data):
+            try:
+                text, data, channel = decode_command_frame(data), None, CommandChannel.BINARY
+            except ProtocolError as exc:
+                connection.close(CLOSE_PROTOCOL, f"protocol error: {exc.message}"[:120])
+                return
         now = state.clock()
         if data is not None and not limits.updates.allow(now):
             if limits.abuse.refused(now):
                 connection.close(CLOSE_ABUSE, "too many messages")
                 return
             continue  # dropped: the client is over its update rate
+        if text is not None:
+            connection.channel = channel  # answered the way it asked
         if text is not None and not (
             limits.commands.allow(now) and room.user_bucket(connection.user_id).allow(now)
         ):
-            connection.speaks_json = True
             state.metrics.errors.labels(code="rate_limited").inc()
-            connection.send(
+            connection.send_json(
                 error_reply(command_id_of(text), RateLimited("too many commands; slow down"))
             )
             if limits.abuse.refused(now):
@@ -198,49 +226,62 @@ async def _serve(
             continue
         if data is not None:
             try:
-                relay = await _on_binary(room, connection, presence, data)
-                if relay is not None and state.rooms.cluster is not None:
-                    state.rooms.cluster.presence.publish(room.session_id, relay)
+                await _on_binary(room, connection, presence, data, now)
             except ProtocolError as exc:
                 log.info("protocol error; closing socket", extra={"error": exc.message})
                 connection.close(CLOSE_PROTOCOL, f"protocol error: {exc.message}"[:120])
                 return
             except ParleyError as exc:
+                # A refused frame (a write, over a budget, too large): the client is told,
+                # and one refused again and again is cut off.
+                state.metrics.errors.labels(code=exc.code).inc()
                 connection.send_error(exc)
+                if limits.abuse.refused(now):
+                    connection.close(CLOSE_ABUSE, "too many refused frames")
+                    return
         elif text is not None:
-            connection.speaks_json = True
             if state.rooms.cluster is not None:  # run where the session runs
-                connection.send(await state.rooms.cluster.command(room, connection, text))
+                reply = await state.rooms.cluster.command(room, connection, text)
             else:
-                connection.send(await handle_command(room, connection, text))
+                reply = await handle_command(room, connection, text)
+            connection.send_json(reply)
 
 
 async def _on_binary(
-    room: SessionRoom, connection: Connection, presence: Presence, data: bytes
-) -> bytes | None:
-    """Handle a binary frame; returns the awareness update it relayed, if any."""
+    room: SessionRoom, connection: Connection, presence: Presence, data: bytes, now: float
+) -> None:
+    """Handle a binary frame; a refused one raises its ``ParleyError``.
+
+    A frame is charged what it costs (``cost_of``) before it is judged: bytes for document
+    writes and presence (per member), a count for full resyncs (per socket)."""
     message = decode_client_frame(data)
+    cost = cost_of(message, len(data))
+    limits = connection.limits
+    assert limits is not None
+    if not (
+        limits.budgets.allow(connection, cost, now)
+        and room.budgets.allow(connection.user_id, cost, now)
+    ):
+        raise RateLimited(f"over the {cost.spend.value} budget; slow down")
     if isinstance(message, SyncMessage):
         if message.sync_type is SyncType.STEP1:
-            try:
-                connection.send(await room.sync_step2_for(message.payload))
-            except ParleyError:
-                raise
-            except Exception as exc:
-                raise ProtocolError(f"bad state vector: {exc}") from None
+            for frame in await room.sync_answer(message.payload):
+                connection.send(frame)
         elif not room.is_noop(message.payload):
             # The server is the only writer: a client's change is neither applied nor relayed.
             log.info("refused a client write", extra={"user_id": connection.user_id})
             room.refused_writes += 1
-            connection.send_error(
-                Forbidden("the shared document is read-only; send commands instead")
-            )
+            raise Forbidden("the shared document is read-only; send commands instead")
     elif isinstance(message, AwarenessMessage):
-        relay = presence.apply(connection, connection.user_id, message.update)
-        room.broadcast(encode_awareness(relay))
-        return relay
+        if not decide(room.subject(connection.user_id), Do(Capability.BE_PRESENT)).allowed:
+            # Seeing the others is reading the session; showing oneself is ``be_present``.
+            # A state shown before the capability was taken away goes too.
+            if presence.drop(connection) is not None:
+                room.awareness.changed()
+            raise Forbidden("you may not show presence here (be_present)")
+        presence.apply(connection, connection.user_id, message.update)
+        room.awareness.changed()
     elif isinstance(message, QueryAwarenessMessage):
         snapshot = presence.snapshot()
         if snapshot is not None:
             connection.send(encode_awareness(snapshot))
-    return None

@@ -17,6 +17,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from session.attribution import has_line_break
 from session.errors import InvalidInput, ParleyError, TooLarge, UnknownCommand
 from session.queue import Policy
 
@@ -74,10 +75,13 @@ MAX_FACT_CHARS = 2000
 
 
 def check_fact(key: str, value: str | None) -> None:
+    """A fact is one line (it is given to the model as one quoted line under its author)."""
     if not FACT_KEY.fullmatch(key):
         raise InvalidInput("a fact key is 1-100 letters, digits or _.:-")
     if value is not None and len(value) > MAX_FACT_CHARS:
         raise TooLarge(f"a fact is at most {MAX_FACT_CHARS} characters")
+    if value is not None and has_line_break(value):
+        raise InvalidInput("a fact is one line: no line breaks")
 
 
 class CommandError(InvalidInput):
@@ -125,11 +129,31 @@ def unstorable(text: str) -> str | None:
     return None
 
 
+def unstorable_in(data: object, path: str = "") -> tuple[str, str] | None:
+    """Where (a dotted path) and why parsed JSON ``data`` holds text a database cannot
+    store, at any depth and in keys too; None if all of it can be stored."""
+    pending: list[tuple[str, object]] = [(path, data)]
+    while pending:  # no recursion: a deeply nested body must not overflow the stack
+        where, value = pending.pop()
+        if isinstance(value, str):
+            problem = unstorable(value)
+            if problem is not None:
+                return where, problem
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                key_problem = unstorable(key) if isinstance(key, str) else None
+                if key_problem is not None:
+                    return where, f"has a key that {key_problem}"
+                pending.append((f"{where}.{key}" if where else str(key), item))
+        elif isinstance(value, list | tuple):
+            pending.extend((f"{where}[{n}]", item) for n, item in enumerate(value))
+    return None
+
+
 def _check_strings(data: dict[str, Any]) -> None:
-    for key, value in data.items():
-        problem = unstorable(value) if isinstance(value, str) else None
-        if problem is not None:
-            raise InvalidInput(f"'{key}' {problem}")
+    found = unstorable_in(data)
+    if found is not None:
+        raise InvalidInput(f"'{found[0]}' {found[1]}")
 
 
 def _parse(data: dict[str, Any], limits: Limits) -> Command:

@@ -11,6 +11,8 @@ import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+from session.attribution import escape_text
+
 _WORD = re.compile(r"\w{2,}", re.UNICODE)
 
 
@@ -61,7 +63,10 @@ def search(
 
 
 def render(found: Sequence[Passage]) -> str:
-    """The tool result the model reads."""
+    """The tool result the model reads: each passage under its document's bracketed line,
+    its text escaped (a member wrote it: no line of it may read as such a line)."""
     if not found:
         return "No passage in the documents you may read matches."
-    return "\n\n".join(f"[{p.title} ({p.document_id})]\n{p.text}" for p in found)
+    return "\n\n".join(
+        f"[{' '.join(p.title.split())} ({p.document_id})]\n{escape_text(p.text)}" for p in found
+    )

@@ -5,6 +5,9 @@
   attributed to every author;
 - near-duplicates (MinHash similarity at or above the threshold) are merged the same way,
   keeping the most recent wording;
+- a merged item remembers who said each of its entries, so a message folded into a prompt
+  stays that member's words (``[alice wrote, bob asks you]``): only the authors of the
+  prompts a run answers ask, and every author of a folded entry is named;
 - a pasted block (``min_block_lines`` lines or more) seen before becomes a short reference;
 - an identical assistant reply seen before becomes a short reference.
 
@@ -16,10 +19,11 @@ size of what changed, not of the whole history.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
+from session.attribution import attribution_line, escape_text, name
 from session.dedup import NearDuplicateIndex, blocks, minhash, normalise
 from session.schema import Entry, EntryKind
 from session.tokens import count_tokens
@@ -27,32 +31,49 @@ from session.tokens import count_tokens
 
 @dataclass(frozen=True, slots=True)
 class FoldedItem:
-    """One message of the folded history. Never changed once made: a merge makes a new item."""
+    """One message of the folded history. Never changed once made: a merge makes a new item.
+
+    ``said_by`` names the author of each of ``entry_ids``; ``text`` is ready for the model
+    (member text escaped, the server's references in it)."""
 
     entry_ids: tuple[str, ...]
     seqs: tuple[int, ...]
     role: str  # "user", "assistant" or "tool" (an earlier run's tool step)
-    authors: tuple[str, ...]
+    said_by: tuple[str, ...]
     text: str
     note: str  # what was folded into it, for the preview ("" when nothing)
-    tokens: int  # of ``render(item, answering=False)``
+    tokens: int  # of ``render(item)``: the item as history, nobody asking
 
     @property
     def last_seq(self) -> int:
         return self.seqs[-1]
 
+    @property
+    def authors(self) -> tuple[str, ...]:
+        """Everyone who said it, each once, in story order."""
+        return tuple(dict.fromkeys(self.said_by))
 
-def render(item: FoldedItem, *, answering: bool) -> str:
-    """The message text the model is given: every user message names its author(s), and
-    says whether it is a prompt to answer now or earlier content from those members."""
+    def voices(self, asking: Collection[str] = ()) -> tuple[list[str], list[str]]:
+        """(who wrote it, who asks it now): an author asks only through a prompt of theirs
+        in ``asking`` (the entries a run answers)."""
+        wrote: list[str] = []
+        asks: list[str] = []
+        for entry_id, author in zip(self.entry_ids, self.said_by, strict=True):
+            (asks if entry_id in asking else wrote).append(author)
+        return wrote, asks
+
+
+def attribution(item: FoldedItem, asking: Collection[str] = ()) -> str:
+    """The server's first line of a user item: every author with their own verb."""
+    return attribution_line(*item.voices(asking))
+
+
+def render(item: FoldedItem, asking: Collection[str] = ()) -> str:
+    """The message text the model is given: a user item opens with its attribution line
+    (who wrote it, and who of the run's issuers asks it now), then the escaped text."""
     if item.role != "user":
         return item.text
-    who = " and ".join(item.authors)
-    if answering:
-        verb = "asks" if len(item.authors) == 1 else "ask"
-        return f"[{who} {verb} you]\n{item.text}"
-    said = "wrote" if len(item.authors) == 1 else "each wrote"
-    return f"[{who} {said}]\n{item.text}"
+    return f"{attribution(item, asking)}\n{item.text}"
 
 
 StepKey = tuple[str, str, bool]
@@ -127,7 +148,7 @@ class HistoryFold:
     def _add_reply(self, entry: Entry, undo: list[_Undo]) -> None:
         first = self._first_of(self._replies, normalise(entry.content), entry, undo)
         if first is None:
-            self._add_whole(entry, "assistant", entry.content, "", undo)
+            self._add_whole(entry, "assistant", escape_text(entry.content), "", undo)
         else:
             reference = f"[the same reply as to message #{first.seq}]"
             note = f"identical to the reply in message #{first.seq}"
@@ -139,7 +160,7 @@ class HistoryFold:
         key = f"{tool}\n{normalise(entry.content)}"
         first = self._first_of(self._tool_results, key, entry, undo)
         if first is None:
-            text = f"[{tool} was run for an earlier answer]\n{entry.content}"
+            text = f"[{tool} was run for an earlier answer]\n{escape_text(entry.content)}"
             self._add_whole(entry, "tool", text, "", undo)
         else:
             reference = f"[the same {tool} result as in message #{first.seq}]"
@@ -157,7 +178,9 @@ class HistoryFold:
 
     def _add_whole(self, entry: Entry, role: str, text: str, note: str, undo: list[_Undo]) -> None:
         """An item for one entry that is never merged (a reply, a tool result)."""
-        item = FoldedItem((entry.id,), (entry.seq,), role, (), text, note, count_tokens(text))
+        item = FoldedItem(
+            (entry.id,), (entry.seq,), role, (entry.author,), text, note, count_tokens(text)
+        )
         self._append(item, undo)
 
     def _add_user(self, entry: Entry, undo: list[_Undo]) -> None:
@@ -179,13 +202,16 @@ class HistoryFold:
         if earlier is not None and old is not None:
             self._set_item(earlier, None, undo)
             self._set(self._merged_into, earlier, len(self.items), undo)
-            authors = tuple(dict.fromkeys([*old.authors, entry.author]))
             note = f"{reason} of an earlier message by {', '.join(old.authors)}"
             item = self._item(
-                (*old.entry_ids, entry.id), (*old.seqs, entry.seq), authors, entry.content, note
+                (*old.entry_ids, entry.id),
+                (*old.seqs, entry.seq),
+                (*old.said_by, entry.author),
+                escape_text(entry.content),
+                note,
             )
-            for old_id in old.entry_ids:
-                self._exclude(old_id, f"{reason} of {entry.id}", undo)
+            # The entries folded into ``old`` before were listed then.
+            self._exclude(old.entry_ids[-1], f"{reason} of {entry.id}", undo)
         else:
             text, replaced = self._replace_seen_blocks(entry, undo)
             note = "repeated block replaced by a reference" if replaced else ""
@@ -197,30 +223,28 @@ class HistoryFold:
     def _item(
         entry_ids: tuple[str, ...],
         seqs: tuple[int, ...],
-        authors: tuple[str, ...],
+        said_by: tuple[str, ...],
         text: str,
         note: str,
     ) -> FoldedItem:
-        draft = FoldedItem(entry_ids, seqs, "user", authors, text, note, 0)
-        return FoldedItem(
-            entry_ids,
-            seqs,
-            "user",
-            authors,
-            text,
-            note,
-            count_tokens(render(draft, answering=False)),
-        )
+        draft = FoldedItem(entry_ids, seqs, "user", said_by, text, note, 0)
+        return FoldedItem(entry_ids, seqs, "user", said_by, text, note, count_tokens(render(draft)))
 
     def _replace_seen_blocks(self, entry: Entry, undo: list[_Undo]) -> tuple[str, bool]:
-        lines = entry.content.split("\n")
+        """The entry's escaped text with each block posted before replaced by a reference
+        (a line of the server's, which the escaped lines around it cannot imitate)."""
+        found = list(blocks(entry.content, self.min_block_lines))
+        if not found:
+            return escape_text(entry.content), False
+        lines = [escape_text(line) for line in entry.content.split("\n")]
         replaced = False
-        for start, end, key in reversed(list(blocks(entry.content, self.min_block_lines))):
+        for start, end, key in reversed(found):
             first = self._first_of(self._blocks, key, entry, undo)
             if first is None:
                 continue
             lines[start:end] = [
-                f"[the same {end - start}-line block {first.author} posted in message #{first.seq}]"
+                f"[the same {end - start}-line block {name(first.author)} posted in message "
+                f"#{first.seq}]"
             ]
             replaced = True
         return "\n".join(lines), replaced

@@ -70,14 +70,6 @@ REPLY_TRANSITIONS: dict[ReplyStatus, frozenset[ReplyStatus]] = {
     ReplyStatus.INTERRUPTED: frozenset(),
 }
 
-# The reply status that mirrors a prompt's terminal status.
-REPLY_STATUS_FOR: dict[PromptStatus, ReplyStatus] = {
-    PromptStatus.DONE: ReplyStatus.DONE,
-    PromptStatus.FAILED: ReplyStatus.FAILED,
-    PromptStatus.CANCELLED: ReplyStatus.CANCELLED,
-    PromptStatus.INTERRUPTED: ReplyStatus.INTERRUPTED,
-}
-
 
 class IllegalTransition(Conflict):
     """A status change the lifecycle table does not allow."""
@@ -91,6 +83,12 @@ def check_prompt_transition(old: PromptStatus, new: PromptStatus) -> None:
 def check_reply_transition(old: ReplyStatus, new: ReplyStatus) -> None:
     if new not in REPLY_TRANSITIONS[old]:
         raise IllegalTransition(f"reply cannot go from {old} to {new}")
+
+
+def prompt_predecessors(status: PromptStatus) -> frozenset[PromptStatus]:
+    """The statuses a prompt may have before it becomes ``status``: the store updates a row
+    only from one of these, so the database obeys the same table as the document."""
+    return frozenset(old for old, allowed in PROMPT_TRANSITIONS.items() if status in allowed)
 
 
 def is_terminal(status: PromptStatus) -> bool:

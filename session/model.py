@@ -36,7 +36,11 @@ class ToolCall:
 class ModelMessage:
     """One message of the conversation.
 
-    ``user``: a member's message (``author``; ``authors`` when duplicates were folded).
+    ``user``: a member's message (``author``: who it is from, the member who asks it when
+    someone does; ``authors`` when duplicates were folded). Its ``content`` opens with
+    ``attribution``, the server's line naming every author with their verb, then a line
+    break and ``body``, the members' escaped text (``session.attribution``): providers
+    with structured fields send the two apart, the content stays what the preview shows.
     ``assistant``: the model's earlier output, with the ``tool_calls`` it made.
     ``tool``: the result of the tool call ``tool_call_id`` (``is_error`` when it failed).
     """
@@ -48,6 +52,14 @@ class ModelMessage:
     tool_calls: tuple[ToolCall, ...] = ()
     tool_call_id: str | None = None
     is_error: bool = False
+    attribution: str = ""
+
+    @property
+    def body(self) -> str:
+        """The content after the attribution line (all of it when there is none)."""
+        if not self.attribution:
+            return self.content
+        return self.content.removeprefix(self.attribution).removeprefix("\n")
 
 
 @dataclass(frozen=True, slots=True)

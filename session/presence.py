@@ -4,6 +4,8 @@ Clients announce awareness states (who is here, who is typing) under their Yjs c
 The server relays them to everyone, the sender included (stock clients close a socket that
 stays silent for 30 s; the echo keeps it alive), stamps each state with the authenticated
 user id under ``parley``, and announces a client's departure when its socket closes.
+What is relayed is coalesced: each client's latest state waits until ``flush()``, so
+however many updates a client sends, listeners get one state per client per flush.
 A socket may only speak for client ids it introduced; states it sends for other sockets'
 clients (stock y-websocket clients echo what they receive) are ignored.
 """
@@ -32,9 +34,11 @@ class Presence:
     def __init__(self, max_state_bytes: int = 16 * 1024) -> None:
         self.max_state_bytes = max_state_bytes
         self._clients: dict[int, _Client] = {}
+        self._pending: dict[int, AwarenessState] = {}  # to relay at the next flush
 
     def apply(self, owner: Hashable, user_id: str, update: bytes) -> bytes:
-        """Record an awareness update from ``owner``; return the update to relay."""
+        """Record an awareness update from ``owner`` for the next flush; return what of it
+        is relayed (an update of no states when nothing is)."""
         if len(update) > self.max_state_bytes * MAX_CLIENTS_PER_SOCKET:
             raise TooLarge("awareness update too large")
         relayed: list[AwarenessState] = []
@@ -59,19 +63,31 @@ class Presence:
             relayed.append(AwarenessState(item.client_id, item.clock, state))
         for item in relayed:
             self._clients[item.client_id] = _Client(owner, item.clock, item.state)
+            self._pending[item.client_id] = item
         return encode_awareness_update(relayed)
+
+    def flush(self) -> bytes | None:
+        """One update with the latest state of every client that changed (or left) since
+        the last flush; None when none did."""
+        if not self._pending:
+            return None
+        update = encode_awareness_update(list(self._pending.values()))
+        self._pending.clear()
+        return update
 
     def owned_by(self, owner: Hashable) -> int:
         return sum(1 for c in self._clients.values() if c.owner == owner)
 
     def drop(self, owner: Hashable) -> bytes | None:
-        """Forget ``owner``'s clients; return the "they left" update to relay, if any."""
+        """Forget ``owner``'s clients; return the "they left" update (relayed at the next
+        flush), if any."""
         gone = [cid for cid, c in self._clients.items() if c.owner == owner]
         if not gone:
             return None
         left = [AwarenessState(cid, self._clients[cid].clock + 1, None) for cid in gone]
-        for cid in gone:
-            del self._clients[cid]
+        for item in left:
+            del self._clients[item.client_id]
+            self._pending[item.client_id] = item  # replaces a state not yet relayed
         return encode_awareness_update(left)
 
     def snapshot(self) -> bytes | None:

@@ -1,8 +1,16 @@
-"""Token buckets for commands and updates, sans I/O: the caller passes the time."""
+"""Token buckets for what members' frames cost the server, sans I/O: the caller passes the time.
+
+One mechanism for every budget: a ``TokenBucket`` per socket or per member and kind of
+spend (``Spend``), charged what a frame costs (``cost_of``: a count, or its bytes), and an
+``AbuseCounter`` per socket that closes a client refused again and again.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
+
+from session.yprotocol import AwarenessMessage, ClientMessage, SyncMessage, SyncType
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,3 +50,51 @@ class AbuseCounter:
         self._times = [t for t in self._times if now - t < self.window_s]
         self._times.append(now)
         return len(self._times) > self.limit
+
+
+class Spend(StrEnum):
+    """What a member's input costs the server, each kind with its own budget."""
+
+    COMMANDS = "commands"  # JSON commands, counted (per member; sockets have their own)
+    DOCUMENT_BYTES = "document_bytes"  # client document writes, refused or no-op: bytes
+    AWARENESS_BYTES = "awareness_bytes"  # presence updates: bytes, fanned out to everyone
+    SYNC_REQUESTS = "sync_requests"  # "send me everything" (sync step 1, query awareness)
+
+
+@dataclass(frozen=True, slots=True)
+class Cost:
+    spend: Spend
+    amount: int
+
+
+def cost_of(message: ClientMessage, frame_bytes: int) -> Cost:
+    """What a decoded binary frame costs: a request for state is counted (its answer may be
+    the whole document, whatever the frame's size); anything else costs its bytes."""
+    if isinstance(message, SyncMessage):
+        if message.sync_type is SyncType.STEP1:
+            return Cost(Spend.SYNC_REQUESTS, 1)
+        return Cost(Spend.DOCUMENT_BYTES, frame_bytes)
+    if isinstance(message, AwarenessMessage):
+        return Cost(Spend.AWARENESS_BYTES, frame_bytes)
+    return Cost(Spend.SYNC_REQUESTS, 1)  # query awareness: every present state
+
+
+class Budgets:
+    """Token buckets by owner (a member, or a socket) and kind of spend, made on first use.
+    A spend without a rate here is not budgeted at this level."""
+
+    def __init__(self, rates: dict[Spend, Rate]) -> None:
+        self.rates = rates
+        self._buckets: dict[tuple[object, Spend], TokenBucket] = {}
+
+    def bucket(self, owner: object, spend: Spend, now: float) -> TokenBucket:
+        key = (owner, spend)
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            bucket = self._buckets[key] = TokenBucket(self.rates[spend], now)
+        return bucket
+
+    def allow(self, owner: object, cost: Cost, now: float) -> bool:
+        if cost.spend not in self.rates:
+            return True
+        return self.bucket(owner, cost.spend, now).allow(now, cost.amount)

@@ -8,8 +8,9 @@ Roots (all written by the server only; clients read):
     (milliseconds since the epoch). A prompt also has ``reply_id`` and ``started_at`` once it
     runs; a reply has ``reply_to`` (the prompt id), ``answers`` (every prompt it answers:
     several when a coalesced run answers them together) and shares its prompt's ``seq``; it
-    is inserted directly after that prompt (the last of them). ``reason`` is set when a
-    status is ``failed``, ``cancelled`` or ``interrupted``. A ``tool`` entry (role ``tool``)
+    is inserted directly after that prompt (the last of them). ``reason`` (a sentence) and
+    ``reason_code`` (``session.reasons.ReasonCode``) are set when a status is ``failed``,
+    ``cancelled`` or ``interrupted``. A ``tool`` entry (role ``tool``)
     is one step of a reply's tool loop: ``tool`` names it, ``author`` is who the run acted
     for, ``reply_to`` is the reply, ``status`` ``done`` | ``error`` | ``refused``; it sits
     directly before its reply. Its ``content`` is what every member may read (details that
@@ -19,6 +20,7 @@ Roots (all written by the server only; clients read):
 ``meta`` — Y.Map: ``session_id``, ``title``, ``policy``, ``schema_version``.
 ``pins`` — Y.Array of entry ids: messages that always stay in the model's input.
 ``facts`` — Y.Map of ``key → value`` strings: session facts that always stay in it.
+``fact_authors`` — Y.Map of ``key → user id``: who set each fact (``""``: the admin API).
 """
 
 from __future__ import annotations
@@ -30,16 +32,15 @@ from typing import Any
 
 from pycrdt import Array, Doc, Map, Text
 
+from session.attribution import Fact
 from session.errors import InvalidInput, NotFound
 from session.lifecycle import (
-    REPLY_STATUS_FOR,
-    IllegalTransition,
     PromptStatus,
     ReplyStatus,
     check_prompt_transition,
     check_reply_transition,
-    is_terminal,
 )
+from session.reasons import Ending
 
 SCHEMA_VERSION = 1
 MESSAGE_STATUS = "posted"
@@ -65,6 +66,7 @@ class Entry:
     content: str
     created_at: int
     reason: str | None = None
+    reason_code: str | None = None
     reply_to: str | None = None
     reply_id: str | None = None
     answers: tuple[str, ...] = ()
@@ -82,6 +84,7 @@ class Entry:
             "content": self.content,
             "created_at": self.created_at,
             "reason": self.reason,
+            "reason_code": self.reason_code,
             "reply_to": self.reply_to,
             "reply_id": self.reply_id,
             "answers": list(self.answers),
@@ -112,6 +115,7 @@ class SessionDocument:
         self.meta: Map[Any] = doc.get("meta", type=Map)
         self.pins: Array[Any] = doc.get("pins", type=Array)
         self.facts: Map[Any] = doc.get("facts", type=Map)
+        self.fact_authors: Map[Any] = doc.get("fact_authors", type=Map)
         # Mirrors of the document kept in step by the mutators, so that reading the story
         # costs dictionary look-ups, not a walk through the CRDT, on every run.
         self._order: list[str] = []
@@ -157,19 +161,27 @@ class SessionDocument:
                 return True
         return False
 
-    def set_fact(self, key: str, value: str | None) -> None:
-        """Set a fact, or remove it with ``None``."""
-        if value is None:
-            if key in self.facts:
-                del self.facts[key]
-        else:
-            self.facts[key] = value
+    def set_fact(self, key: str, value: str | None, author: str) -> None:
+        """Set a fact as ``author`` (``""``: the admin API), or remove it with ``None``."""
+        with self.doc.transaction():
+            if value is None:
+                for kept in (self.facts, self.fact_authors):
+                    if key in kept:
+                        del kept[key]
+            else:
+                self.facts[key] = value
+                self.fact_authors[key] = author
 
     def pinned(self) -> list[str]:
         return [str(p) for p in self.pins]
 
     def fact_map(self) -> dict[str, str]:
         return {str(k): str(v) for k, v in self.facts.items()}
+
+    def facts_with_authors(self) -> dict[str, Fact]:
+        """Every fact with who set it (None for a fact set before authors were kept)."""
+        authors = {str(k): str(v) for k, v in self.fact_authors.items()}
+        return {key: Fact(value, authors.get(key)) for key, value in self.fact_map().items()}
 
     def add_prompt(self, *, id: str, seq: int, author: str, text: str, created_at: int) -> None:
         """Append a queued prompt; the caller lists it in ``queue`` with ``set_queue``."""
@@ -213,7 +225,7 @@ class SessionDocument:
             check_prompt_transition(PromptStatus(prompt["status"]), PromptStatus.RUNNING)
         with self.doc.transaction():
             for prompt in prompts:
-                self._set_prompt_status(prompt, PromptStatus.RUNNING, None)
+                prompt["status"] = PromptStatus.RUNNING.value
                 prompt["reply_id"] = reply_id
                 prompt["started_at"] = created_at
             last = max(self._order.index(p) for p in prompt_ids)
@@ -297,40 +309,34 @@ class SessionDocument:
         content: Text = reply["content"]
         content.insert(len(content), text)
 
-    def finish_prompts(
-        self,
-        prompt_ids: Sequence[str],
-        status: PromptStatus,
-        reason: str | None = None,
-        *,
-        reply_status: ReplyStatus | None = None,
-    ) -> None:
-        """Move prompts to a terminal status; their reply follows (done → done, …).
+    def finish_prompts(self, prompt_ids: Sequence[str], ending: Ending | None = None) -> None:
+        """Move prompts to their final status: ``done`` without an ``ending``, else the one
+        its code names (``session.reasons.OUTCOMES``); their reply follows.
 
-        ``reply_status`` overrides the reply's mirror status, e.g. a prompt ``failed`` by a
-        restart leaves its cut-off reply ``interrupted``. Prompts still listed in ``queue``
-        must be taken out of it by the caller (``set_queue``).
+        Prompts still listed in ``queue`` must be taken out of it by the caller
+        (``set_queue``).
         """
-        if not is_terminal(status):
-            raise IllegalTransition(f"{status} is not a final status")
+        status = PromptStatus.DONE if ending is None else ending.status
+        new = ReplyStatus.DONE if ending is None else ending.reply_status
         prompts = self._distinct(prompt_ids)
         replies = {
             str(prompt["reply_id"]): self._entry(str(prompt["reply_id"]))
             for prompt in prompts
             if prompt.get("reply_id") is not None
         }
-        new = reply_status or REPLY_STATUS_FOR[status]
         for prompt in prompts:  # check everything before changing anything
             check_prompt_transition(PromptStatus(prompt["status"]), status)
         for reply in replies.values():
             check_reply_transition(ReplyStatus(reply["status"]), new)
         with self.doc.transaction():
-            for prompt in prompts:
-                self._set_prompt_status(prompt, status, reason)
-            for reply in replies.values():
-                reply["status"] = new.value
-                if reason is not None:
-                    reply["reason"] = reason
+            for entry in prompts:
+                entry["status"] = status.value
+            for entry in replies.values():
+                entry["status"] = new.value
+            if ending is not None:
+                for entry in [*prompts, *replies.values()]:
+                    entry["reason"] = ending.reason
+                    entry["reason_code"] = ending.code.value
 
     def _append(self, **fields: Any) -> None:
         entry = self._new_entry(**fields)
@@ -364,14 +370,6 @@ class SessionDocument:
                 **extra,
             }
         )
-
-    def _set_prompt_status(
-        self, prompt: Map[Any], status: PromptStatus, reason: str | None
-    ) -> None:
-        check_prompt_transition(PromptStatus(prompt["status"]), status)
-        prompt["status"] = status.value
-        if reason is not None:
-            prompt["reason"] = reason
 
     def _distinct(self, entry_ids: Sequence[str]) -> list[Map[Any]]:
         if len(set(entry_ids)) != len(entry_ids):
@@ -432,6 +430,7 @@ def read_entry(entry: Map[Any]) -> Entry:
         content=str(entry["content"]),
         created_at=int(entry["created_at"]),
         reason=optional("reason"),
+        reason_code=optional("reason_code"),
         reply_to=optional("reply_to"),
         reply_id=optional("reply_id"),
         answers=tuple(str(a) for a in entry.get("answers") or ()),

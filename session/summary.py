@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from session.attribution import escape_text, name
 from session.fold import FoldedItem
 from session.model import ModelMessage, ModelRequest
 from session.tokens import count_tokens
@@ -95,7 +96,7 @@ def plan_extension(
 
 def transcript_line(item: FoldedItem) -> str:
     """One turn as the summariser reads it: sequence number, who, and what."""
-    who = " and ".join(item.authors) if item.role == "user" else item.role
+    who = " and ".join(name(a) for a in item.authors) if item.role == "user" else item.role
     return f"#{item.last_seq} {who}: {' '.join(item.text.split())}"
 
 
@@ -104,7 +105,8 @@ def summary_request(
 ) -> ModelRequest:
     parts = []
     if plan.previous is not None:
-        parts.append(f"Previous summary:\n{plan.previous.text}")
+        # The model wrote it, perhaps echoing members: none of its lines may pass for ours.
+        parts.append(f"Previous summary:\n{escape_text(plan.previous.text)}")
     parts.append("New messages:\n" + "\n".join(transcript_line(item) for item in plan.items))
     return ModelRequest(
         session_id=session_id,

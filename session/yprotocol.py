@@ -4,6 +4,7 @@ A frame is ``varuint message_type`` followed by its body:
     0 sync:      varuint sync_type (0 step 1, 1 step 2, 2 update), varbytes payload
     1 awareness: varbytes awareness_update
     3 query awareness (no body)
+  100 command:   varstring JSON — Parley's commands, and the replies to them (see below)
 Decoding never raises into the caller's loop except as ``ProtocolError``, which the server
 turns into a close code.
 """
@@ -11,13 +12,15 @@ turns into a close code.
 from __future__ import annotations
 
 import json
+from bisect import bisect_left, bisect_right
+from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
 
 from pycrdt import get_update, write_var_uint
 
-from session.errors import InvalidInput
+from session.errors import InvalidInput, TooLarge
 
 MAX_VARUINT_BYTES = 8
 MAX_SAFE_INTEGER = 2**53 - 1
@@ -32,6 +35,7 @@ class MessageType(IntEnum):
     AWARENESS = 1
     AUTH = 2
     QUERY_AWARENESS = 3
+    COMMAND = 100
 
 
 class SyncType(IntEnum):
@@ -123,6 +127,36 @@ def encode_sync(sync_type: SyncType, payload: bytes) -> bytes:
 
 def encode_awareness(update: bytes) -> bytes:
     return bytes([MessageType.AWARENESS]) + write_var_uint(len(update)) + update
+
+
+# -- the command channel ----------------------------------------------------------------------
+#
+# A stock y-websocket provider decodes every frame it receives as binary, so a JSON text frame
+# crashes it. Commands may therefore also travel as binary frames of their own message type,
+# which a provider handles with one entry in its ``messageHandlers``; the server answers each
+# on the channel it came by, and sends a socket nothing of this type unless it sent some.
+
+_COMMAND_PREFIX = bytes([MessageType.COMMAND])  # a varuint under 128 is one byte
+
+
+def is_command_frame(frame: bytes) -> bool:
+    return frame[:1] == _COMMAND_PREFIX
+
+
+def decode_command_frame(frame: bytes) -> str:
+    """The JSON text of a command frame (``ProtocolError`` if the frame is malformed)."""
+    reader = _Reader(frame)
+    if reader.varuint() != MessageType.COMMAND:
+        raise ProtocolError("not a command frame")
+    text = reader.varstring()
+    if not reader.at_end():
+        raise ProtocolError("trailing bytes after the message")
+    return text
+
+
+def encode_command_frame(text: str) -> bytes:
+    data = text.encode("utf-8")
+    return _COMMAND_PREFIX + write_var_uint(len(data)) + data
 
 
 # -- awareness ------------------------------------------------------------------------------
@@ -220,33 +254,83 @@ def decode_state_vector(state: bytes) -> dict[int, int]:
     return vector
 
 
+def _start(item: tuple[int, int]) -> int:
+    return item[0]
+
+
 def _covered(ranges: list[tuple[int, int]], clock: int, length: int) -> bool:
-    end = clock + length
-    for start, size in ranges:
-        if start <= clock < start + size:
-            if end <= start + size:
-                return True
-            clock, length = start + size, end - (start + size)
-    return False
+    """True when ``ranges`` (sorted, merged) already delete ``length`` clocks from ``clock``:
+    a binary search, since merged ranges never leave a covered span split in two."""
+    if length == 0:
+        return True  # deletes nothing
+    at = bisect_right(ranges, clock, key=_start) - 1
+    return at >= 0 and clock + length <= ranges[at][0] + ranges[at][1]
 
 
-def is_noop_update(update: bytes, server_state: bytes, server_deletes: DeleteSet) -> bool:
+def _delete_ranges(reader: _Reader, max_ranges: int | None) -> Iterator[tuple[int, int, int]]:
+    """``(client, clock, length)`` of each range of the delete set under ``reader``, refusing
+    (``TooLarge``) a set that declares more than ``max_ranges`` before reading a range past
+    the cap, so the cost of reading one is bounded whatever its size."""
+    total = 0
+    for _ in range(reader.varuint()):
+        client = reader.varuint()
+        count = reader.varuint()
+        total += count
+        if max_ranges is not None and total > max_ranges:
+            raise TooLarge(f"an update may delete at most {max_ranges} ranges")
+        for _ in range(count):
+            clock = reader.varuint()
+            yield client, clock, reader.varuint()
+
+
+def is_noop_update(
+    update: bytes,
+    server_state: bytes,
+    server_deletes: DeleteSet,
+    max_delete_ranges: int | None = None,
+) -> bool:
     """True when applying ``update`` to the server's document would change nothing.
 
     ``server_state`` is the server's encoded state vector, ``server_deletes`` its delete set
     (merged, sorted ranges per client). Diffing the update against the server's state
     leaves only structs the server lacks; any of those, or any deletion the server has not
-    made, makes the update a write.
+    made, makes the update a write. The cost is linear in the update (the diff; an update
+    of deletions only is read directly), plus a binary search per deleted range; one with
+    more than ``max_delete_ranges`` ranges raises ``TooLarge`` instead of being read.
     """
-    reader = _diff(update, server_state)
-    if reader.varuint() != 0:
-        return False
-    for client, ranges in _read_delete_set(reader).items():
-        known = server_deletes.get(client, [])
-        for clock, length in ranges:
-            if not _covered(known, clock, length):
-                return False
+    reader = _Reader(update)
+    if reader.varuint() != 0:  # structs: keep those the server lacks, then the delete set
+        reader = _diff(update, server_state)
+        if reader.varuint() != 0:
+            return False
+    for client, clock, length in _delete_ranges(reader, max_delete_ranges):
+        if not _covered(server_deletes.get(client, []), clock, length):
+            return False
+    if not reader.at_end():
+        raise ProtocolError("trailing bytes after the update")
     return True
+
+
+def add_deletes(known: DeleteSet, added: DeleteSet) -> None:
+    """Merge ``added`` into ``known`` (normalised, kept so) in place: a binary search and one
+    slice assignment per added range, so the server's own writes keep its delete set current
+    without recomputing it from the whole document."""
+    for client, ranges in added.items():
+        have = known.setdefault(client, [])
+        for start, size in ranges:
+            if size == 0:
+                continue
+            end = start + size
+            at = bisect_left(have, start, key=_start)
+            if at > 0 and have[at - 1][0] + have[at - 1][1] >= start:
+                at -= 1
+                start = have[at][0]
+                end = max(end, have[at][0] + have[at][1])
+            stop = at
+            while stop < len(have) and have[stop][0] <= end:
+                end = max(end, have[stop][0] + have[stop][1])
+                stop += 1
+            have[at:stop] = [(start, end - start)]
 
 
 def normalise_delete_set(deletes: DeleteSet) -> DeleteSet:
@@ -255,6 +339,8 @@ def normalise_delete_set(deletes: DeleteSet) -> DeleteSet:
     for client, ranges in deletes.items():
         out: list[tuple[int, int]] = []
         for start, size in sorted(ranges):
+            if size == 0:
+                continue  # deletes nothing
             if out and start <= out[-1][0] + out[-1][1]:
                 last_start, last_size = out[-1]
                 out[-1] = (last_start, max(last_size, start + size - last_start))

@@ -23,6 +23,7 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
+from hypothesis import HealthCheck, settings
 
 from server.app import create_app
 from server.cli import ParleyServer, uvicorn_config
@@ -38,6 +39,20 @@ POSTGRES_URL = os.environ.get(
 )
 REQUIRE_POSTGRES = os.environ.get("PARLEY_TEST_REQUIRE_POSTGRES") == "1"
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+# Property tests: locally, fresh examples each run and a database that replays the ones that
+# failed; in CI (``.ci/run`` sets the profile), the same examples on every run, so a class of
+# inputs a test's strategy is built to reach is found every time, not by luck. Failures
+# worth keeping for good are written into the tests with ``@example``.
+settings.register_profile(
+    "ci",
+    derandomize=True,
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+if os.environ.get("PARLEY_TEST_HYPOTHESIS_PROFILE"):
+    settings.load_profile(os.environ["PARLEY_TEST_HYPOTHESIS_PROFILE"])
 
 
 async def _postgres_reachable() -> str | None:
@@ -157,14 +172,18 @@ class RunningServer:
 
 @contextlib.asynccontextmanager
 async def serve_in_process(
-    settings: Settings, provider: ModelProvider | None = None
+    settings: Settings, provider: ModelProvider | None = None, *, ws: str | None = None
 ) -> AsyncIterator[RunningServer]:
+    """``ws``: another of uvicorn's WebSocket implementations than ``parley serve``'s."""
     await asyncio.to_thread(migrate, settings.database_url)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     app = create_app(settings, provider=provider)
-    server = ParleyServer(uvicorn_config(app, settings), app)
+    config = uvicorn_config(app, settings)
+    if ws is not None:
+        config.ws = ws
+    server = ParleyServer(config, app)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     async with asyncio.timeout(20):
         while not server.started:

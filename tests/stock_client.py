@@ -106,8 +106,11 @@ class StockYjsClient:
         self._stderr_task = asyncio.create_task(self._read_stderr())
 
     @classmethod
-    async def start(cls, url: str, room: str, token: str, name: str = "stock") -> Self:
-        """Spawn the client; it starts connecting immediately.
+    async def start(
+        cls, url: str, room: str, token: str, name: str = "stock", *, commands: bool = False
+    ) -> Self:
+        """Spawn the client; it starts connecting immediately. ``commands``: its provider
+        registers a handler for Parley's command message type (and nothing else changes).
 
         Wait for e.g. ``lambda e: e.get("event") == "sync" and e.get("synced")``
         before relying on the document content.
@@ -126,6 +129,7 @@ class StockYjsClient:
             token,
             "--name",
             name,
+            *(["--commands"] if commands else []),
             cwd=REPO_ROOT,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 import websockets
-from pycrdt import Array, Doc
+from pycrdt import Array, Doc, write_var_uint
 
 from session.yprotocol import (
     AwarenessMessage,
@@ -18,9 +18,11 @@ from session.yprotocol import (
     SyncType,
     decode_awareness_update,
     decode_client_frame,
+    delete_set_of,
     encode_awareness,
     encode_awareness_update,
     encode_sync,
+    normalise_delete_set,
 )
 
 
@@ -130,3 +132,15 @@ def all_replies_settled(client: YClient, prompts: int) -> bool:
         1 for e in client.transcript if e["kind"] == "reply" and e["status"] != "streaming"
     )
     return settled >= prompts
+
+
+def repeated_deletion(doc: Doc, size_bytes: int) -> bytes:
+    """A no-op update of about ``size_bytes``: the document's last deleted range, deleted
+    again and again (the frame of issue #15's first break)."""
+    deletes = normalise_delete_set(delete_set_of(doc.get_update(), doc.get_state()))
+    client, (clock, length) = max(
+        ((c, ranges[-1]) for c, ranges in deletes.items() if ranges), key=lambda i: i[1][0]
+    )
+    one = write_var_uint(clock) + write_var_uint(length)
+    count = max(size_bytes // len(one), 1)
+    return b"\x00\x01" + write_var_uint(client) + write_var_uint(count) + one * count

@@ -49,6 +49,7 @@ from server.store import MemberRow, Store, StoreTx
 from session.commands import command_id_of, error_reply
 from session.errors import ParleyError, Unavailable, error_for
 from session.queue import Policy
+from session.reasons import ReasonCode
 
 if TYPE_CHECKING:
     from server.rooms import RoomRegistry
@@ -205,7 +206,7 @@ class ClusterNode:
         log.warning("lease lost", extra={"session_id": session_id, "epoch": lease.epoch})
         room = self.registry.loaded(session_id)
         if room is not None:
-            room.fail("this session moved to another node; reconnect")
+            room.fail("this session moved to another node; reconnect", ReasonCode.FAILOVER)
         self._spawn(self.registry.unload(session_id, 1013, "session moved to another node"))
 
     def _lock(self, session_id: str) -> asyncio.Lock:
@@ -222,6 +223,8 @@ class ClusterNode:
         try:
             # The store is the truth: the queue resumes from it and a reply cut off by the
             # previous holder is marked interrupted (the same path as a restart).
+            if room.cut_off is ReasonCode.SERVER_RESTART:
+                room.cut_off = ReasonCode.FAILOVER
             await room.load(title, policy, room.restricted_replies)
         except BaseException:
             self.leases.pop(session_id, None)

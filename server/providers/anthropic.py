@@ -3,7 +3,8 @@
 ``render`` and ``MessagesDecoder`` are pure; ``AnthropicProvider`` adds the HTTP call.
 The API's rules shape the rendering: the system prompt is a top-level field, roles
 alternate (consecutive messages of one role are merged), tool results are ``tool_result``
-blocks in a user message, and the first message is the user's.
+blocks in a user message, and the first message is the user's. A user message's
+attribution line is a text block of its own, before the block of the members' text.
 """
 
 from __future__ import annotations
@@ -51,8 +52,10 @@ def _blocks(message: ModelMessage) -> tuple[str, list[dict[str, Any]]]:
             result["is_error"] = True
         return "user", [result]
     blocks: list[dict[str, Any]] = []
-    if message.content:  # the API refuses empty text blocks
-        blocks.append({"type": "text", "text": message.content})
+    # The server's attribution line in a block of its own, the members' text in the next.
+    for text in (message.attribution, message.body):
+        if text:  # the API refuses empty text blocks
+            blocks.append({"type": "text", "text": text})
     for call in message.tool_calls:
         blocks.append(
             {"type": "tool_use", "id": call.id, "name": call.name, "input": _input(call.arguments)}

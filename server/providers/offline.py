@@ -10,7 +10,7 @@ import asyncio
 import re
 from collections.abc import AsyncIterator
 
-from session.model import Finish, ModelEvent, ModelRequest, TextDelta, Usage
+from session.model import Finish, ModelEvent, ModelMessage, ModelRequest, TextDelta, Usage
 
 _WORD = re.compile(r"\S+\s*")
 EXCERPT_CHARS = 80
@@ -21,15 +21,20 @@ def _excerpt(text: str) -> str:
     return flat if len(flat) <= EXCERPT_CHARS else flat[: EXCERPT_CHARS - 1] + "\u2026"
 
 
+def _asked(message: ModelMessage, issuers: tuple[str, ...]) -> str:
+    """Who asked what, in the member's words (never the server's attribution line), and
+    who wrote the same before, when their message was folded into the prompt."""
+    others = [a for a in message.authors if a not in issuers]
+    also = f" ({' and '.join(others)} wrote much the same)" if others else ""
+    return f"{message.author} asked: \u201c{_excerpt(message.body)}\u201d{also}"
+
+
 def compose_reply(request: ModelRequest) -> str:
     answering = set(request.answering)
     history = [m for i, m in enumerate(request.messages) if i not in answering]
     people = sorted({m.author for m in history if m.role == "user" and m.author})
     replies = sum(1 for m in history if m.role == "assistant")
-    asked = "; ".join(
-        f"{request.messages[i].author} asked: \u201c{_excerpt(request.messages[i].content)}\u201d"
-        for i in request.answering
-    )
+    asked = "; ".join(_asked(request.messages[i], request.issuers) for i in request.answering)
     who = ", ".join(people) if people else "nobody yet"
     return (
         f"Hello {' and '.join(request.issuers)}. {asked}. "

@@ -6,6 +6,8 @@ out) so the wire format is tested without a socket; ``OpenAIProvider`` adds the 
 
 from __future__ import annotations
 
+import hashlib
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +19,7 @@ from session.errors import ProviderError
 from session.model import Finish, ModelEvent, ModelMessage, ModelRequest, TextDelta, ToolCall, Usage
 
 FINISH_REASONS = {"function_call": "tool_calls"}
+WIRE_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 def _message(message: ModelMessage) -> dict[str, Any]:
@@ -35,12 +38,26 @@ def _message(message: ModelMessage) -> dict[str, Any]:
                 for call in message.tool_calls
             ],
         }
-    return {"role": message.role, "content": message.content}
+    rendered = {"role": message.role, "content": message.content}
+    if message.role == "user" and message.author:
+        rendered["name"] = wire_name(message.author)
+    return rendered
+
+
+def wire_name(member: str) -> str:
+    """A member as the API's ``name`` field allows (``^[a-zA-Z0-9_-]{1,64}$``): the id
+    itself when it fits, else its allowed characters and a digest of the whole id, so two
+    members never share a name by losing the same characters."""
+    if WIRE_NAME.fullmatch(member):
+        return member
+    kept = re.sub(r"[^A-Za-z0-9_-]+", "_", member)[:48].strip("_") or "member"
+    return f"{kept}-{hashlib.blake2b(member.encode(), digest_size=6).hexdigest()}"
 
 
 def render(request: ModelRequest, model: str) -> dict[str, Any]:
     """The Chat Completions body of ``request``: the system prompt as a system message,
-    every other message as it is (user content already names its author)."""
+    every other message as it is (user content opens with the server's attribution line),
+    a user message's member in its ``name`` field."""
     body: dict[str, Any] = {
         "model": model,
         "messages": [

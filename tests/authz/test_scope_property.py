@@ -14,7 +14,6 @@ from authz.roles import Capability, Member, RoleTable
 from authz.scope import scope_for_run
 from session.context import build_context
 from session.errors import Forbidden
-from session.lifecycle import PromptStatus
 from session.schema import SessionDocument
 
 USERS = ["u0", "u1", "u2", "u3"]
@@ -72,7 +71,7 @@ def build(story: list[Any], docs: dict[str, Readers]) -> tuple[SessionDocument, 
             doc.add_prompt(id=f"p{index}", seq=seq, author=author, text="ask", created_at=seq)
             doc.start_reply(prompt_ids=[f"p{index}"], reply_id=entry_id, author="m", created_at=1)
             doc.append_reply_text(entry_id, shown)
-            doc.finish_prompts([f"p{index}"], PromptStatus.DONE)
+            doc.finish_prompts([f"p{index}"])
         if restriction:
             restrictions[entry_id] = restriction
             private[entry_id] = text

@@ -11,13 +11,22 @@
 // {"event":"reply","cmd":...} line. EOF on stdin behaves like {"cmd":"quit"}.
 //
 // The client never writes to the socket itself: everything on the wire is
-// produced by the stock WebsocketProvider (binary y-websocket frames).
+// produced by the stock WebsocketProvider (binary y-websocket frames), except
+// with --commands, where {"cmd":"command","payload":{...}} sends one Parley
+// command frame on the provider's socket and its replies come back as
+// {"event":"command-reply","reply":{...}} through provider.messageHandlers.
 
 import { parseArgs } from 'node:util'
 import { createInterface } from 'node:readline'
 import * as Y from 'yjs'
 import { WebsocketProvider } from 'y-websocket'
 import WebSocket from 'ws'
+import * as encoding from 'lib0/encoding'
+import * as decoding from 'lib0/decoding'
+
+// Parley's command channel: binary frames of this y-websocket message type carry a JSON
+// command one way and its reply (or a later error or event) the other.
+const messageCommand = 100
 
 /** @param {Record<string, unknown>} obj */
 const emit = (obj) => {
@@ -53,7 +62,8 @@ try {
       url: { type: 'string' },
       room: { type: 'string' },
       token: { type: 'string' },
-      name: { type: 'string', default: 'stock' }
+      name: { type: 'string', default: 'stock' },
+      commands: { type: 'boolean', default: false }
     },
     strict: true,
     allowPositionals: false
@@ -101,6 +111,25 @@ const provider = new WebsocketProvider(args.url, args.room, doc, {
   params: { token: args.token },
   connect: true
 })
+
+// The one extension a Parley client adds to a stock provider: a handler for its message
+// type. Registered only with --commands, so the plain client stays exactly stock.
+if (args.commands) {
+  provider.messageHandlers[messageCommand] = (_encoder, decoder) => {
+    emit({ event: 'command-reply', reply: JSON.parse(decoding.readVarString(decoder)) })
+  }
+}
+
+/** @param {unknown} payload */
+const sendCommand = (payload) => {
+  const encoder = encoding.createEncoder()
+  encoding.writeVarUint(encoder, messageCommand)
+  encoding.writeVarString(encoder, JSON.stringify(payload))
+  const ws = /** @type {any} */ (provider.ws)
+  if (!ws || ws.readyState !== WebSocket.OPEN) return { event: 'reply', cmd: 'command', sent: false }
+  ws.send(encoding.toUint8Array(encoder))
+  return { event: 'reply', cmd: 'command', sent: true }
+}
 
 provider.on('status', (/** @type {{status: string}} */ ev) => {
   emit({ event: 'status', status: ev.status })
@@ -229,6 +258,9 @@ const handle = (line) => {
       return
     case 'write':
       emit(attemptWrites())
+      return
+    case 'command':
+      emit(sendCommand(msg.payload))
       return
     case 'typing':
       provider.awareness.setLocalStateField('typing', Boolean(msg.value))

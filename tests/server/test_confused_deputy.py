@@ -166,7 +166,7 @@ async def test_a_prompt_whose_author_was_demoted_while_waiting_fails_forbidden(
         )
     )
     prompt = next(e for e in olga.entries() if e["id"] == waiting["prompt_id"])
-    assert prompt["reason"].startswith("forbidden")
+    assert prompt["reason_code"] == "forbidden"
     assert provider.requests_for("alice") == []  # nothing was sent to the model
     refused = await audit(server, sid, kind="refused", actor="alice")
     assert refused[-1]["data"] == {"action": "run", "prompt_id": waiting["prompt_id"]}

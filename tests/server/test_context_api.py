@@ -63,8 +63,9 @@ async def test_pins_and_facts_reach_every_input(tmp_path: Path) -> None:
         await alice.command({"type": "prompt", "id": "q", "text": "what is my account?"})
         await alice.wait_until(lambda c: all_replies_settled(c, 1))
         system = provider.requests[0].system
-        assert "region: eu-west-1" in system and "tier: gold" in system
-        assert "acct is 7731" in system
+        assert '  region = "eu-west-1" (set by alice)' in system.split("\n")
+        assert '  tier = "gold" (set over the admin API)' in system.split("\n")
+        assert "  acct is 7731" in system.split("\n")
         assert all("7731" not in m.content for m in provider.requests[0].messages)
 
         gone = await server.http.delete(f"/api/v1/sessions/{sid}/facts/tier")
@@ -156,5 +157,5 @@ async def test_a_prompt_that_cannot_fit_with_its_pins_fails_without_a_model_call
             )
         )
         prompt = next(e for e in alice.entries() if e["id"] == ack["prompt_id"])
-        assert prompt["reason"].startswith("too_large: ")
+        assert prompt["reason_code"] == "too_large"
         assert provider.requests == []

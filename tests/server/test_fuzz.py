@@ -94,6 +94,12 @@ UNLIMITED = {
     "updates_per_second": 1e6,
     "updates_burst": 1_000_000,
     "abuse_refusals": 1_000_000,
+    "document_write_bytes_per_s": 1e12,
+    "document_write_burst_bytes": 10**12,
+    "awareness_bytes_per_s": 1e12,
+    "awareness_burst_bytes": 10**12,
+    "sync_requests_per_minute": 1e9,
+    "sync_requests_burst": 10**9,
 }
 
 

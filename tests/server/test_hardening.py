@@ -6,8 +6,10 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
+import pytest
 import websockets
 
 from session.model import ModelEvent, ModelRequest, TextDelta
@@ -16,36 +18,89 @@ from tests.conftest import RunningServer, make_settings, serve_in_process, sqlit
 from tests.yclient import all_replies_settled
 
 
-async def close_code(url: str, **kwargs: object) -> int | None:
-    async with websockets.connect(url, **kwargs) as ws:  # type: ignore[arg-type]
+async def handshake(url: str, **kwargs: Any) -> int | str:
+    """``"open"`` once the server answers a sync step 1 (the socket was accepted), else the
+    close code it was refused with."""
+    async with websockets.connect(url, proxy=None, **kwargs) as ws:
         try:
-            async with asyncio.timeout(5):
-                while True:
-                    await ws.recv()
+            await ws.send(encode_sync(SyncType.STEP1, b"\x00"))
+            async with asyncio.timeout(10):
+                while not isinstance(await ws.recv(), bytes):
+                    pass
         except websockets.ConnectionClosed:
-            pass
-        except TimeoutError:
-            return None
-        return ws.close_code
+            assert ws.close_code is not None
+            return ws.close_code
+        return "open"
 
 
-async def test_browser_origins_are_checked_at_the_handshake(tmp_path: Path) -> None:
+async def test_origins_are_matched_by_scheme_host_and_port_never_by_host(
+    tmp_path: Path,
+) -> None:
     async with serve_in_process(make_settings(sqlite_url(tmp_path), tmp_path / "d")) as server:
         sid = await server.new_session({"alice": "editor"})
-        url = f"{server.ws_url}/ws/sessions/{sid}?token={await server.token(sid, 'alice')}"
-        assert await close_code(url, origin="https://evil.example") == 4403
-        assert await close_code(url, origin=server.base_url) is None  # same host: stays open
-        assert await close_code(url) is None  # no Origin: not a browser
+        path = f"/ws/sessions/{sid}?token={await server.token(sid, 'alice')}"
+        url = server.ws_url + path
+        port = int(server.base_url.rsplit(":", 1)[1])
+        assert await handshake(url) == "open"  # no Origin: not a browser
+        assert await handshake(url, origin=server.base_url) == "open"  # the server's own page
+        assert await handshake(url, origin=f"http://localhost:{port}") == "open"  # loopback
+        assert await handshake(url, origin="https://evil.example") == 4403
+        assert await handshake(url, origin=f"https://127.0.0.1:{port}") == 4403  # scheme
+        assert await handshake(url, origin=f"http://127.0.0.1:{port + 1}") == 4403  # port
+        assert await handshake(url, origin="null") == 4403
+        # DNS rebinding: evil.example resolves to this server, so Host and Origin agree.
+        rebound = f"ws://evil.example:{port}{path}"
+        evil = {"host": "127.0.0.1", "port": port, "origin": f"http://evil.example:{port}"}
+        assert await handshake(rebound, **evil) == 4403
     settings = make_settings(
         sqlite_url(tmp_path, "q.db"),
         tmp_path / "e",
-        allowed_origins=["https://app.example"],
+        allowed_origins=["https://app.example", "http://dev.example:3000"],
     )
     async with serve_in_process(settings) as server:
         sid = await server.new_session({"alice": "editor"})
         url = f"{server.ws_url}/ws/sessions/{sid}?token={await server.token(sid, 'alice')}"
-        assert await close_code(url, origin="https://app.example") is None
-        assert await close_code(url, origin="https://app.example.evil") == 4403
+        assert await handshake(url, origin="https://app.example") == "open"
+        assert await handshake(url, origin="https://app.example:443") == "open"
+        assert await handshake(url, origin="http://dev.example:3000") == "open"
+        assert await handshake(url) == "open"
+        assert await handshake(url, origin="http://app.example") == 4403  # scheme
+        assert await handshake(url, origin="https://app.example:8443") == 4403  # port
+        assert await handshake(url, origin="http://dev.example") == 4403  # port
+        assert await handshake(url, origin="https://app.example.evil") == 4403
+        assert await handshake(url, origin=server.base_url) == 4403  # the list replaces it
+
+
+async def test_sockets_are_capped_per_user_and_per_session(tmp_path: Path) -> None:
+    settings = make_settings(
+        sqlite_url(tmp_path),
+        tmp_path / "d",
+        max_connections_per_user=3,
+        max_connections_per_session=5,
+    )
+    async with serve_in_process(settings) as server:
+        sid = await server.new_session({"alice": "editor", "bob": "editor", "carol": "editor"})
+        token = await server.token(sid, "alice")
+        url = f"{server.ws_url}/ws/sessions/{sid}?token={token}"
+        async with contextlib.AsyncExitStack() as stack:
+            for _ in range(3):
+                held = await stack.enter_async_context(websockets.connect(url))
+                await held.send(encode_sync(SyncType.STEP1, b"\x00"))
+                assert isinstance(await held.recv(), bytes)
+            async with websockets.connect(url) as fourth:
+                with pytest.raises(websockets.ConnectionClosed):
+                    await asyncio.wait_for(fourth.recv(), 10)
+                assert fourth.close_code == 4429
+                assert "too many connections of this user (3)" in (fourth.close_reason or "")
+            bob = await server.connect(sid, "bob")  # another user is not affected
+            ok = await bob.command({"type": "message", "id": "m", "text": "still here"})
+            assert ok["type"] == "ack"
+            await server.connect(sid, "carol")  # the session's fifth socket
+            dave_url = f"{server.ws_url}/ws/sessions/{sid}?token={await server.token(sid, 'bob')}"
+            assert await handshake(dave_url) == 4429
+        # Closed sockets no longer count.
+        alice = await server.connect(sid, "alice")
+        assert alice.close_code is None
 
 
 async def test_command_rate_limits_then_cut_off(tmp_path: Path) -> None:
@@ -188,3 +243,25 @@ async def test_cors_only_where_configured(tmp_path: Path) -> None:
             "/api/v1/sessions", headers={**preflight, "Origin": "https://evil.example"}
         )
         assert "access-control-allow-origin" not in other.headers
+
+
+async def test_an_unbuilt_demo_is_a_404_that_says_how_to_build_it(tmp_path: Path) -> None:
+    for demo_dir in (tmp_path / "empty", tmp_path / "absent"):
+        (tmp_path / "empty").mkdir(exist_ok=True)
+        settings = make_settings(
+            sqlite_url(tmp_path, f"{demo_dir.name}.db"), tmp_path / demo_dir.name, demo_dir=demo_dir
+        )
+        async with (
+            serve_in_process(settings) as server,
+            httpx.AsyncClient(base_url=server.base_url) as http,
+        ):
+            for path in ("/demo/", "/demo/index.html", "/demo/assets/app.js"):
+                response = await http.get(path)
+                assert response.status_code == 404, (path, response.text)
+                error = response.json()["error"]
+                assert error["code"] == "not_found"
+                assert "npm run build" in error["message"]
+            if demo_dir.exists():  # built while the server runs: served at once
+                (demo_dir / "index.html").write_text("<title>Parley demo</title>")
+                built = await http.get("/demo/")
+                assert built.status_code == 200 and "Parley demo" in built.text

@@ -96,7 +96,11 @@ async def test_openai_reply_streams_into_the_transcript(database_url: str, tmp_p
     body = sent.json()
     assert body["model"] == "gpt-4o-mini" and body["max_tokens"] == 500
     assert body["messages"][0]["role"] == "system"
-    assert body["messages"][-1] == {"role": "user", "content": "[alice asks you]\nhello?"}
+    assert body["messages"][-1] == {
+        "role": "user",
+        "content": "[alice asks you]\nhello?",
+        "name": "alice",
+    }
 
 
 async def test_anthropic_reply_streams_into_the_transcript(tmp_path: Path) -> None:
@@ -110,7 +114,10 @@ async def test_anthropic_reply_streams_into_the_transcript(tmp_path: Path) -> No
     body = sent.json()
     assert body["model"] == "claude-sonnet-4-5" and body["max_tokens"] == 4000
     assert body["system"]
-    assert body["messages"][-1]["content"][-1]["text"] == "[alice asks you]\nsalut"
+    assert body["messages"][-1]["content"][-2:] == [
+        {"type": "text", "text": "[alice asks you]"},
+        {"type": "text", "text": "salut"},
+    ]
 
 
 async def test_a_dropped_stream_fails_the_prompt_and_keeps_the_partial_text(
@@ -123,7 +130,8 @@ async def test_a_dropped_stream_fails_the_prompt_and_keeps_the_partial_text(
         prompt, reply = await settled(alice)
     assert prompt["status"] == "failed" and reply["status"] == "failed"
     assert reply["content"] == "Half a reply"
-    assert prompt["reason"].startswith("provider_error: model 'gpt' connection failed")
+    assert prompt["reason_code"] == "provider_error"
+    assert prompt["reason"].startswith("model 'gpt' connection failed")
     assert len(upstream.exchanges) == 1  # no silent second answer after tokens streamed
 
 
@@ -162,7 +170,8 @@ async def test_too_many_failures_fail_the_prompt_with_the_upstream_reason(tmp_pa
         _, alice = await ask(srv)
         prompt, reply = await settled(alice)
     assert prompt["status"] == "failed" and reply["content"] == ""
-    assert prompt["reason"] == "provider_error: model 'gpt' answered 503: no capacity"
+    assert prompt["reason_code"] == "provider_error"
+    assert prompt["reason"] == "model 'gpt' answered 503: no capacity"
     assert len(upstream.exchanges) == 2
 
 
@@ -202,7 +211,8 @@ async def test_api_keys_appear_nowhere(tmp_path: Path, caplog: pytest.LogCapture
         prompt, _ = await settled(alice)
         transcript = json.dumps(await server.transcript(sid))
         session = (await server.http.get(f"/api/v1/sessions/{sid}")).text
-    assert prompt["reason"].startswith("provider_error: model 'gpt' answered 401: Incorrect API")
+    assert prompt["reason_code"] == "provider_error"
+    assert prompt["reason"].startswith("model 'gpt' answered 401: Incorrect API")
     assert upstream.exchanges[0].headers["authorization"] == f"Bearer {OPENAI_KEY}"  # it was sent
     for text in (prompt["reason"], transcript, session, caplog.text):
         assert OPENAI_KEY not in text and ANTHROPIC_KEY not in text
@@ -316,8 +326,9 @@ async def test_a_prompt_over_quota_fails_before_any_model_call(tmp_path: Path) -
     replies = [e for e in entries if e["kind"] == "reply"]
     prompts = [e for e in entries if e["kind"] == "prompt"]
     assert [p["status"] for p in prompts] == ["done", "failed", "done", "failed"]
-    assert prompts[1]["reason"] == "quota_exceeded: alice used 34 of their 30 tokens today"
-    assert prompts[3]["reason"] == "quota_exceeded: the session used 68 of its 60 tokens today"
+    assert prompts[1]["reason_code"] == prompts[3]["reason_code"] == "quota_exceeded"
+    assert prompts[1]["reason"] == "alice used 34 of their 30 tokens today"
+    assert prompts[3]["reason"] == "the session used 68 of its 60 tokens today"
     assert [r["content"] for r in replies] == ["a", "", "b", ""]
     assert len(upstream.exchanges) == 2  # the refused prompts never reached the model
     assert bad.status_code == 422 and bad.json()["error"]["code"] == "invalid"

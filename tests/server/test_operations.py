@@ -87,7 +87,7 @@ async def test_sigterm_drains_then_the_queue_resumes(
         await alice.wait_until(lambda c: all_replies_settled(c, 2), timeout=30)
         by_id = {e["id"]: e for e in alice.entries()}
         cut = by_id[first["prompt_id"]]
-        assert cut["status"] == "failed" and "shut down" in cut["reason"]
+        assert cut["status"] == "failed" and cut["reason_code"] == "server_shutdown"
         assert by_id[cut["reply_id"]]["status"] == "interrupted"
         assert by_id[second["prompt_id"]]["status"] == "done"
         await alice.close()

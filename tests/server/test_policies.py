@@ -194,7 +194,7 @@ async def test_interrupt_keeps_only_the_newest(loaded_sqlite: RunningServer) -> 
             expected = "done" if prompt["status"] == "done" else "interrupted"
             assert reply["status"] == expected
         else:
-            assert prompt["status"] == "interrupted" and "superseded" in prompt["reason"]
+            assert prompt["status"] == "interrupted" and prompt["reason_code"] == "superseded"
     report("interrupt", view)
 
 

@@ -86,7 +86,7 @@ async def test_sigkill_mid_reply_then_restart(
 
         by_id = {e["id"]: e for e in entries}
         first = by_id[acks[0]["prompt_id"]]
-        assert first["status"] == "failed" and "interrupted" in first["reason"]
+        assert first["status"] == "failed" and first["reason_code"] == "server_restart"
         cut = by_id[first["reply_id"]]
         assert cut["status"] == "interrupted" and len(str(cut["content"])) > 10
         for ack in acks[1:]:

@@ -4,12 +4,12 @@ serve``, or through a bounded outbox and a sender task under other ASGI servers.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+from starlette.websockets import WebSocketState
 from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 from websockets.server import ServerProtocol
@@ -17,6 +17,7 @@ from websockets.streams import StreamReader
 
 from server.connection import CLOSE_SLOW_CONSUMER, Connection
 from server.direct_send import DirectWriter, binary_frame
+from server.send_budget import DropReason, SendBudget
 from session.model import ModelEvent, ModelRequest, TextDelta
 from session.yprotocol import SyncType, encode_sync
 from tests.conftest import RunningServer, make_settings, serve_in_process, sqlite_url
@@ -37,6 +38,12 @@ class Transport:
 
     def get_write_buffer_size(self) -> int:
         return self.backlog
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return (16 * 1024, 64 * 1024)
+
+    def get_extra_info(self, name: str) -> Any:
+        return None
 
     def abort(self) -> None:
         self.aborted = True
@@ -94,23 +101,66 @@ def test_no_writer_beneath_a_server_it_does_not_know() -> None:
 async def test_a_client_that_backs_up_its_transport_is_cut_off() -> None:
     protocol = Protocol()
     writer = DirectWriter.beneath(protocol.send)
-    overflowed: list[bool] = []
+    dropped: list[DropReason] = []
     connection = Connection(
         websocket=None,  # type: ignore[arg-type]
         user_id="u",
         outbox_limit=10,
         direct=writer,
         buffer_limit=1000,
-        on_overflow=lambda: overflowed.append(True),
+        on_drop=dropped.append,
     )
     connection.start()
-    assert connection.send(b"x" * 10)
-    protocol.transport.backlog = 1001
-    assert not connection.send(b"y")
+    protocol.transport.backlog = 995  # the kernel took none of it
+    assert connection.send(b"x" * 10)  # a frame into an empty backlog goes
+    assert not connection.send(b"y" * 10)  # 995 + 10 would pass the limit
     assert connection.closed and connection.close_code == CLOSE_SLOW_CONSUMER
-    assert protocol.transport.aborted and overflowed == [True]
+    assert protocol.transport.aborted and dropped == [DropReason.SOCKET_LIMIT]
     assert connection.finished.is_set()
     assert not connection.send(b"z")
+
+
+class ClosingSocket:
+    """A Starlette WebSocket whose close frame lands behind what the transport holds."""
+
+    def __init__(self, transport: Transport) -> None:
+        self.transport = transport
+        self.application_state = WebSocketState.CONNECTED
+        self.closes: list[int] = []
+
+    async def close(self, code: int = 1000, reason: str | None = None) -> None:
+        self.closes.append(code)
+        self.transport.backlog += 2 + len(reason or "") + 2
+        self.application_state = WebSocketState.DISCONNECTED
+
+
+async def test_a_close_behind_a_backlog_the_client_never_takes_ends_in_a_reset() -> None:
+    protocol = Protocol()
+    writer = DirectWriter.beneath(protocol.send)
+    socket = ClosingSocket(protocol.transport)
+    budget = SendBudget(total_max_bytes=1 << 20, stall_timeout_s=0.2)
+    dropped: list[DropReason] = []
+    connection = Connection(
+        socket,  # type: ignore[arg-type]
+        user_id="u",
+        outbox_limit=10,
+        direct=writer,
+        budget=budget,
+        on_drop=dropped.append,
+    )
+    connection.start()
+    protocol.transport.backlog = 1000  # under the high-water mark: a close frame can go
+    assert connection.send(b"x" * 1000)
+    connection.close(1001, "idle timeout")
+    await connection.wait_closed()
+    assert socket.closes == [1001] and budget.watching(connection)
+    for _ in range(200):  # the client never takes a byte: the budget's timer resets it
+        if protocol.transport.aborted:
+            break
+        await asyncio.sleep(0.05)
+    assert protocol.transport.aborted and dropped == [DropReason.STALLED]
+    assert budget.total == 0
+    budget.close()
 
 
 class StuckSocket:
@@ -131,19 +181,20 @@ class StuckSocket:
 
 async def test_without_a_writer_the_outbox_is_bounded_and_the_rest_unharmed() -> None:
     socket = StuckSocket()
-    overflowed: list[bool] = []
+    dropped: list[DropReason] = []
     connection = Connection(
         websocket=socket,  # type: ignore[arg-type]
         user_id="u",
         outbox_limit=3,
-        on_overflow=lambda: overflowed.append(True),
+        on_drop=dropped.append,
     )
     connection.start()
     assert connection.send(b"1")
     await asyncio.sleep(0)  # the sender takes it and gets stuck writing it
     assert [connection.send(bytes([n])) for n in range(3)] == [True, True, True]
     assert not connection.send(b"over")
-    assert connection.close_code == CLOSE_SLOW_CONSUMER and overflowed == [True]
+    assert connection.close_code == CLOSE_SLOW_CONSUMER and dropped == [DropReason.SOCKET_LIMIT]
+    assert connection.unsent() == 0  # the backlog is let go at once
     assert socket.sent == [b"1"]
     await connection.wait_closed()
 
@@ -209,16 +260,18 @@ async def test_a_fast_model_is_sent_in_batches_at_most_once_per_interval(
     provider = PacedProvider(tokens=200, gap_s=0.001)
     sent = await reply_batches(tmp_path, provider, interval_ms=20)
     assert 3 <= len(sent) < 100
-    gaps = [b - a for a, b in itertools.pairwise(sent)]
-    assert min(gaps[:-1]) >= 0.019  # the last batch goes when the reply ends
+    # At most one batch per 20 ms slot of the grid the batches keep (a late wake-up does not
+    # push the later ones back), plus the last, which goes when the reply ends. A loaded
+    # machine stretches the span and so only loosens the bound.
+    assert len(sent) <= (sent[-1] - sent[0]) / 0.020 + 2
 
 
 async def test_a_slow_model_is_sent_each_token_as_it_comes(tmp_path: Path) -> None:
     provider = PacedProvider(tokens=20, gap_s=0.05)
     sent = await reply_batches(tmp_path, provider, interval_ms=20)
     assert len(sent) == 20
-    waits = sorted(s - y for s, y in zip(sent, provider.yielded, strict=True))
-    assert waits[len(waits) // 2] < 0.005  # not held back for a batch
+    # Not held back for a batch: each token went out before the model gave the next.
+    assert all(s < y for s, y in zip(sent, provider.yielded[1:], strict=False))
 
 
 def test_a_broadcast_frame_is_the_bytes_the_protocol_would_write() -> None:
@@ -237,14 +290,16 @@ def test_a_broadcast_frame_is_the_bytes_the_protocol_would_write() -> None:
 async def test_a_full_batch_is_not_held_back_by_the_interval(tmp_path: Path) -> None:
     provider = PacedProvider(tokens=400, gap_s=0, width=10)  # 20,000 characters at once
     sizes: list[int] = []
-    sent = await reply_batches(tmp_path, provider, interval_ms=1000, sizes=sizes)
+    # An interval of ten minutes: a batch that waited it out would never arrive within the
+    # reply's bounded wait.
+    await reply_batches(tmp_path, provider, interval_ms=600_000, sizes=sizes)
     assert sum(sizes) == 20_000
     full = [n for n, size in enumerate(sizes) if size >= 4096]
     assert len(full) >= 4
-    assert sent[-1] - sent[0] < 0.5  # no batch waited out the interval
 
 
 async def test_the_end_of_a_reply_is_not_held_back_by_the_interval(tmp_path: Path) -> None:
     provider = PacedProvider(tokens=3, gap_s=0)
-    sent = await reply_batches(tmp_path, provider, interval_ms=1000)
-    assert sent[-1] - provider.yielded[-1] < 0.5
+    # Ten minutes: a held-back end would never arrive within the reply's bounded wait.
+    sent = await reply_batches(tmp_path, provider, interval_ms=600_000)
+    assert sent[-1] >= provider.yielded[-1]

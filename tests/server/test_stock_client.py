@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import RunningServer, make_settings, serve_in_process, sqlite_url
-from tests.stock_client import StockYjsClient, ensure_node_modules
+from tests.stock_client import Event, StockYjsClient, ensure_node_modules
 from tests.yclient import all_replies_settled
 
 pytestmark = pytest.mark.node
@@ -70,3 +70,69 @@ async def _scenario(server: RunningServer) -> None:
         ][-5:]
     finally:
         await stock.close()
+
+
+async def test_a_stock_provider_sends_commands_on_its_own_message_type(tmp_path: Path) -> None:
+    """One registered ``messageHandlers`` entry is all a stock provider needs: its commands
+    are acked on the same channel, errors come back typed, and a plain stock provider in the
+    same session is never sent a frame it cannot decode (it would crash on one)."""
+    await asyncio.to_thread(ensure_node_modules)
+    url = sqlite_url(tmp_path)
+    settings = make_settings(url, tmp_path / "data", offline_token_delay_ms=5)
+    async with serve_in_process(settings) as server:
+        sid = await server.new_session({"sam": "editor", "vic": "viewer", "pat": "viewer"})
+        ws_url = f"{server.ws_url}/ws/sessions"
+        sam = await StockYjsClient.start(ws_url, sid, await server.token(sid, "sam"), commands=True)
+        vic = await StockYjsClient.start(ws_url, sid, await server.token(sid, "vic"), commands=True)
+        plain = await StockYjsClient.start(ws_url, sid, await server.token(sid, "pat"))
+        try:
+            for client in (sam, vic, plain):
+                await client.wait_event(lambda e: e.get("event") == "sync" and e["synced"], 15)
+
+            async def reply_to(client: StockYjsClient, payload: dict[str, object]) -> Event:
+                sent = await client.command({"cmd": "command", "payload": payload})
+                assert sent["sent"] is True
+                event = await client.wait_event(
+                    lambda e: (
+                        e.get("event") == "command-reply" and e["reply"].get("id") == payload["id"]
+                    ),
+                    15,
+                )
+                return event["reply"]
+
+            ack = await reply_to(sam, {"type": "prompt", "id": "c1", "text": "over binary"})
+            assert ack["type"] == "ack" and ack["seq"] == 1 and ack["prompt_id"]
+            # Sent again (a reconnecting client would): the first ack, nothing stored twice.
+            assert await reply_to(sam, {"type": "prompt", "id": "c1", "text": "over binary"}) == ack
+            refused = await reply_to(vic, {"type": "prompt", "id": "v1", "text": "may I?"})
+            assert (refused["type"], refused["code"]) == ("error", "forbidden")
+            # Forged writes are refused with an error on the command channel, too.
+            await vic.command({"cmd": "write"})
+            await vic.wait_event(
+                lambda e: (
+                    e.get("event") == "command-reply"
+                    and e["reply"].get("code") == "forbidden"
+                    and e["reply"].get("id") is None
+                ),
+                15,
+            )
+
+            def answered(dump: Event) -> bool:
+                return any(
+                    e["kind"] == "reply" and e["status"] == "done" for e in dump["transcript"]
+                )
+
+            for client in (sam, plain):
+                for _ in range(200):
+                    dump = await client.dump()
+                    if answered(dump):
+                        break
+                    await asyncio.sleep(0.05)
+                assert answered(dump)
+                assert [e["kind"] for e in dump["transcript"]] == ["prompt", "reply"]
+            # The plain provider got through all of it: alive, never sent a command reply.
+            assert plain.returncode is None
+            assert not [e for e in plain.history if e.get("event") in ("command-reply", "fatal")]
+        finally:
+            for client in (sam, vic, plain):
+                await client.close()

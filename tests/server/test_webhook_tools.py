@@ -15,7 +15,14 @@ from typing import Any
 import httpx
 import pytest
 
-from authz.webhooks import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign, verify_signature
+from authz.webhooks import (
+    DELIVERY_HEADER,
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    WebhookVerifier,
+    new_delivery_id,
+    sign,
+)
 from session.model import ModelEvent, ModelRequest, TextDelta
 from tests.conftest import RunningServer, make_settings, serve_in_process, sqlite_url
 from tests.scripted import ScriptedProvider, answering_text, call
@@ -23,11 +30,12 @@ from tests.yclient import all_replies_settled
 
 
 class ToolServer:
-    """A webhook endpoint: verifies every request with ``verify_signature``."""
+    """A webhook endpoint: verifies every request with the README's ``WebhookVerifier``."""
 
     def __init__(self) -> None:
-        self.secret = ""
+        self.verifier = WebhookVerifier("")
         self.received: list[dict[str, Any]] = []
+        self.raw: list[tuple[bytes, dict[str, str]]] = []  # as sent, for replays
         self.rejected = 0
         outer = self
 
@@ -37,10 +45,10 @@ class ToolServer:
 
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
-                ok = verify_signature(
-                    outer.secret,
+                ok = outer.verifier.verify(
                     body,
                     self.headers.get(TIMESTAMP_HEADER),
+                    self.headers.get(DELIVERY_HEADER),
                     self.headers.get(SIGNATURE_HEADER),
                     now=time.time(),
                 )
@@ -48,6 +56,7 @@ class ToolServer:
                     outer.rejected += 1
                     self._answer(401, b"bad signature")
                     return
+                outer.raw.append((body, dict(self.headers.items())))
                 outer.received.append(json.loads(body))
                 if self.path == "/slow":
                     time.sleep(1.0)
@@ -114,7 +123,9 @@ async def test_a_signed_call_carries_the_issuer_and_its_result_reaches_the_model
     parley: tuple[RunningServer, ScriptedProvider], tool_server: ToolServer
 ) -> None:
     server, provider = parley
-    tool_server.secret = await register(server, "lookup", tool_server.url + "/lookup")
+    tool_server.verifier = WebhookVerifier(
+        await register(server, "lookup", tool_server.url + "/lookup")
+    )
     sid = await server.new_session({"olga": "owner"})
     await server.http.put(
         f"/api/v1/sessions/{sid}/members/alice", json={"role": "editor", "grants": ["tool:lookup"]}
@@ -140,24 +151,57 @@ async def test_a_signed_call_carries_the_issuer_and_its_result_reaches_the_model
 async def test_the_verification_refuses_a_bad_signature_and_a_replay(
     tool_server: ToolServer,
 ) -> None:
-    tool_server.secret = "the-real-secret"
+    tool_server.verifier = WebhookVerifier("the-real-secret")
     body = json.dumps({"tool": "lookup", "issuer": {"user_id": "mallory"}}).encode()
     now = int(time.time())
     async with httpx.AsyncClient() as http:
 
-        async def post(timestamp: int, signature: str) -> int:
+        async def post(timestamp: int, delivery: str, signature: str) -> int:
             response = await http.post(
                 tool_server.url + "/lookup",
                 content=body,
-                headers={TIMESTAMP_HEADER: str(timestamp), SIGNATURE_HEADER: signature},
+                headers={
+                    TIMESTAMP_HEADER: str(timestamp),
+                    DELIVERY_HEADER: delivery,
+                    SIGNATURE_HEADER: signature,
+                },
             )
             return response.status_code
 
-        assert await post(now, sign("a-guessed-secret", now, body)) == 401
-        assert await post(now, sign("the-real-secret", now, body + b" ")) == 401
-        assert await post(now - 3600, sign("the-real-secret", now - 3600, body)) == 401
-        assert await post(now, sign("the-real-secret", now, body)) == 200
-    assert tool_server.rejected == 3 and len(tool_server.received) == 1
+        one, two = new_delivery_id(), new_delivery_id()
+        assert await post(now, one, sign("a-guessed-secret", now, one, body)) == 401
+        assert await post(now, one, sign("the-real-secret", now, one, body + b" ")) == 401
+        old = now - 3600
+        assert await post(old, one, sign("the-real-secret", old, one, body)) == 401
+        assert await post(now, one, sign("the-real-secret", now, two, body)) == 401
+        assert await post(now, one, sign("the-real-secret", now, one, body)) == 200
+        assert await post(now, one, sign("the-real-secret", now, one, body)) == 401  # replay
+    assert tool_server.rejected == 5 and len(tool_server.received) == 1
+
+
+async def test_each_call_has_its_own_delivery_id_and_a_replay_is_refused(
+    parley: tuple[RunningServer, ScriptedProvider], tool_server: ToolServer
+) -> None:
+    server, _ = parley
+    tool_server.verifier = WebhookVerifier(
+        await register(server, "lookup", tool_server.url + "/lookup")
+    )
+    sid = await server.new_session({})
+    await server.http.put(
+        f"/api/v1/sessions/{sid}/members/olga", json={"role": "editor", "grants": ["tool:lookup"]}
+    )
+    olga = await server.connect(sid, "olga")
+    await olga.command({"type": "prompt", "id": "1", "text": "lookup one"})
+    await olga.command({"type": "prompt", "id": "2", "text": "lookup two"})
+    await olga.wait_until(lambda c: all_replies_settled(c, 2))
+    assert tool_server.rejected == 0 and len(tool_server.raw) == 2
+    deliveries = [headers[DELIVERY_HEADER] for _, headers in tool_server.raw]
+    assert len(set(deliveries)) == 2
+    async with httpx.AsyncClient() as http:
+        for body, headers in tool_server.raw:  # a captured request, sent again at once
+            again = await http.post(tool_server.url + "/lookup", content=body, headers=headers)
+            assert again.status_code == 401
+    assert tool_server.rejected == 2 and len(tool_server.received) == 2
 
 
 @pytest.mark.parametrize(
@@ -175,7 +219,9 @@ async def test_tool_failures_are_error_results_and_the_run_goes_on(
     expected: str,
 ) -> None:
     server, provider = parley
-    tool_server.secret = await register(server, path, f"{tool_server.url}/{path}", timeout_s=0.3)
+    tool_server.verifier = WebhookVerifier(
+        await register(server, path, f"{tool_server.url}/{path}", timeout_s=0.3)
+    )
     sid = await server.new_session({})
     await server.http.put(
         f"/api/v1/sessions/{sid}/members/alice", json={"role": "editor", "grants": [f"tool:{path}"]}
@@ -187,3 +233,33 @@ async def test_tool_failures_are_error_results_and_the_run_goes_on(
     assert last.role == "tool" and last.is_error and expected in last.content
     statuses = {e["kind"]: e["status"] for e in alice.entries()}
     assert statuses == {"prompt": "done", "tool": "error", "reply": "done"}
+
+
+async def test_unstorable_text_is_refused_at_any_depth_of_a_tool(server: RunningServer) -> None:
+    def tool(name: str, parameters: Any) -> dict[str, Any]:
+        return {
+            "name": name,
+            "description": "d",
+            "url": "http://127.0.0.1:9/x",
+            "parameters": parameters,
+        }
+
+    nested = {"type": "object", "properties": {"q": {"type": "string", "enum": ["ok"]}}}
+    bad = [
+        {**nested, "properties": {"q": {"type": "string", "description": "a\x00b"}}},
+        {**nested, "properties": {"q\x00": {"type": "string"}}},
+        {**nested, "properties": {"q": {"type": "string", "enum": ["fine", "\x00"]}}},
+        {**nested, "properties": {"q": {"type": "string", "description": "\ud800"}}},
+    ]
+    for n, parameters in enumerate(bad):
+        body = json.dumps(tool(f"bad{n}", parameters)).encode()  # \ud800 stays escaped
+        response = await server.http.post("/api/v1/tools", content=body)
+        assert response.status_code == 422, response.text
+        assert response.json()["error"]["code"] == "invalid"
+        if n < 3:  # the NULs (the JSON parser itself refuses a lone surrogate)
+            assert "parameters" in response.json()["error"]["message"]
+    made = await server.http.post("/api/v1/tools", json=tool("good", nested))
+    assert made.status_code == 201, made.text
+    listed = await server.http.get("/api/v1/tools")
+    assert [t["name"] for t in listed.json()["tools"]] == ["good"]
+    assert listed.json()["tools"][0]["parameters"] == nested

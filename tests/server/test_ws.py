@@ -214,7 +214,8 @@ async def _cancel_scenario(server: RunningServer) -> None:
     assert by_id[second["prompt_id"]]["status"] == "cancelled"
     assert "reply_id" not in by_id[second["prompt_id"]]
     cancelled = by_id[first["prompt_id"]]
-    assert cancelled["status"] == "cancelled" and cancelled["reason"] == "cancelled by olga"
+    assert (cancelled["status"], cancelled["reason_code"]) == ("cancelled", "cancelled")
+    assert cancelled["reason"] == "cancelled by olga"
     assert by_id[cancelled["reply_id"]]["status"] == "cancelled"
     assert by_id[third["prompt_id"]]["status"] == "done"
     assert [q for q in alice.queue] == []
@@ -275,3 +276,36 @@ async def test_a_command_sent_again_gets_its_first_ack_and_is_stored_once(
     other = await alice.command({"type": "message", "id": "next", "text": "still works"})
     assert other["type"] == "ack" and other["seq"] == first["seq"] + 1
     await alice.wait_until(lambda c: len([e for e in c.entries() if e["kind"] == "prompt"]) == 1)
+
+
+async def test_presence_needs_be_present(sqlite_server: RunningServer) -> None:
+    server = sqlite_server
+    sid = await server.new_session({"alice": "editor", "vera": "viewer"})
+    await server.http.put(
+        f"/api/v1/sessions/{sid}/members/lena", json={"role": "viewer", "denials": ["be_present"]}
+    )
+    alice = await server.connect(sid, "alice")
+    vera = await server.connect(sid, "vera")
+    lena = await server.connect(sid, "lena")
+    await vera.set_awareness(7, 1, {"user": {"name": "Vera"}})
+    await lena.wait_until(lambda c: 7 in c.awareness)  # lena still sees the others
+
+    # lena reads JSON, so she is told; nobody is shown her state.
+    assert (await lena.command({"type": "cancel", "id": "c", "prompt_id": "x"}))["type"] == "error"
+    await lena.set_awareness(9, 1, {"user": {"name": "Lena"}})
+    await lena.wait_until(lambda c: any(u.get("code") == "forbidden" for u in c.unsolicited))
+    await alice.set_awareness(5, 1, {"user": {"name": "Alice"}})
+    await alice.wait_until(lambda c: 5 in c.awareness and 7 in c.awareness)
+    assert 9 not in alice.awareness
+    late = await server.connect(sid, "alice")
+    await late.set_awareness(6, 1, {"user": {"name": "Alice again"}})
+    await late.wait_until(lambda c: 6 in c.awareness)
+    assert 9 not in late.awareness and {5, 7} <= set(late.awareness)
+
+    # Taking the capability away also takes down the state shown before.
+    put = await server.http.put(
+        f"/api/v1/sessions/{sid}/members/vera", json={"role": "viewer", "denials": ["be_present"]}
+    )
+    assert put.status_code == 200
+    await vera.set_awareness(7, 2, {"user": {"name": "Vera"}, "typing": True})
+    await alice.wait_until(lambda c: c.awareness.get(7, {}) is None)

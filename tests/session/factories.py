@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+from session.attribution import attribution_line, escape_text, is_server_line
+from session.context import BuiltContext
 from session.schema import Entry, EntryKind
 
 DEFAULT_STATUS = {EntryKind.MESSAGE: "posted", EntryKind.PROMPT: "queued", EntryKind.REPLY: "done"}
@@ -25,3 +29,33 @@ def entry(
         content=text,
         created_at=n,
     )
+
+
+def assert_attributed(
+    built: BuiltContext, shown: Sequence[Entry], prompt_ids: Sequence[str]
+) -> None:
+    """The attribution rules of a model input, whatever was folded.
+
+    ``shown`` are the entries the input should draw on (visible, not pinned, not withheld);
+    each is in exactly one message, under its own author with its own verb: ``asks you``
+    only for the run's prompts, ``wrote`` for everything else; a user message's text is
+    the escaped wording of its latest entry, and no line of it reads as the server's."""
+    by_id = {e.id: e for e in shown}
+    drawn = [entry_id for ids in built.sources for entry_id in ids]
+    assert sorted(drawn) == sorted(by_id)  # nothing lost, nothing twice
+    asking = set(prompt_ids)
+    askers: list[str] = []
+    for message, ids in zip(built.request.messages, built.sources, strict=True):
+        sources = [by_id[i] for i in ids]
+        if sources[-1].kind not in (EntryKind.MESSAGE, EntryKind.PROMPT):
+            assert len(sources) == 1  # replies and tool results are never merged
+            continue
+        assert all(s.kind in (EntryKind.MESSAGE, EntryKind.PROMPT) for s in sources)
+        wrote = [s.author for s in sources if s.id not in asking]
+        asks = [s.author for s in sources if s.id in asking]
+        askers += asks
+        assert message.attribution == attribution_line(wrote, asks)
+        assert message.content == f"{message.attribution}\n{escape_text(sources[-1].content)}"
+        assert message.author == (asks or wrote)[-1]
+        assert not any(is_server_line(line) for line in message.body.splitlines())
+    assert built.request.issuers == tuple(dict.fromkeys(askers))

@@ -20,6 +20,7 @@ from session.commands import (
     ack,
     error_reply,
     parse_command,
+    unstorable_in,
 )
 from session.errors import ErrorCode, Forbidden, QueueFull
 from session.queue import Policy
@@ -274,3 +275,18 @@ def test_text_the_database_cannot_store_is_invalid(frame: str) -> None:
     with pytest.raises(CommandError) as caught:
         parse_command(frame, Limits())
     assert caught.value.code == "invalid"
+
+
+def test_unstorable_text_is_found_at_any_depth_and_in_keys() -> None:
+    assert unstorable_in({"a": [1, {"b": "fine\n\t"}], "c": None}) is None
+    assert unstorable_in({"a": [1, {"b": "x\x00"}]}) == ("a[1].b", "contains a NUL character")
+    assert unstorable_in({"a": {"k\x00": 1}}, "body") == (
+        "body.a",
+        "has a key that contains a NUL character",
+    )
+    found = unstorable_in(["\ud800"])
+    assert found is not None and found[1].startswith("is not valid Unicode")
+    deep: object = "\x00"
+    for _ in range(50_000):  # deeper than the interpreter's recursion limit
+        deep = [deep]
+    assert unstorable_in(deep) is not None

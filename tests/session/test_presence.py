@@ -254,3 +254,32 @@ def test_presence_never_leaks_across_sockets(
     for item in [] if snapshot is None else relayed(snapshot):
         assert item.state is not None
         assert item.state["parley"]["user_id"] == user_of[owner[item.client_id]]
+
+
+def test_a_flood_from_one_client_is_relayed_as_its_latest_state() -> None:
+    presence = Presence()
+    presence.apply(BOB_SOCKET, "bob", update((21, 1, {"v": "bob"})))
+    for clock in range(1, 200):
+        presence.apply(ALICE_SOCKET, "alice", update((11, clock, {"cursor": clock})))
+    assert sorted(relayed(presence.flush()), key=lambda s: s.client_id) == [
+        AwarenessState(11, 199, stamped({"cursor": 199}, "alice")),
+        AwarenessState(21, 1, stamped({"v": "bob"}, "bob")),
+    ]
+    assert presence.flush() is None  # nothing changed since
+
+
+def test_a_departure_replaces_a_state_not_yet_relayed() -> None:
+    presence = Presence()
+    presence.apply(ALICE_SOCKET, "alice", update((11, 5, {"v": 1})))
+    presence.drop(ALICE_SOCKET)
+    assert relayed(presence.flush()) == [AwarenessState(11, 6, None)]
+
+
+def test_refused_and_ignored_updates_relay_nothing() -> None:
+    presence = Presence(max_state_bytes=100)
+    presence.apply(BOB_SOCKET, "bob", update((21, 1, {"v": "bob"})))
+    presence.flush()
+    with pytest.raises(TooLarge):
+        presence.apply(ALICE_SOCKET, "alice", update((11, 1, {"pad": "x" * 200})))
+    presence.apply(ALICE_SOCKET, "alice", update((21, 9, {"v": "not bob"})))  # an echo
+    assert presence.flush() is None

@@ -11,8 +11,9 @@ from hypothesis import strategies as st
 from pycrdt import Doc
 
 from session.errors import NotFound
-from session.lifecycle import IllegalTransition, PromptStatus, ReplyStatus
+from session.lifecycle import IllegalTransition, PromptStatus
 from session.queue import OrderingQueue, PendingPrompt, Policy, QueueLimits
+from session.reasons import Ending, ReasonCode
 from session.schema import (
     MESSAGE_STATUS,
     SCHEMA_VERSION,
@@ -140,7 +141,7 @@ def test_a_later_reply_lands_after_its_own_prompt_not_at_the_end() -> None:
     for n in (1, 2, 3):
         prompt(doc, f"p{n}", n)
     r1 = start(doc, "p1")
-    doc.finish_prompts(["p1"], PromptStatus.DONE)
+    doc.finish_prompts(["p1"])
     r2 = start(doc, "p2")
     assert ids(doc) == ["p1", r1, "p2", r2, "p3"]
     assert ids(replica(doc)) == ["p1", r1, "p2", r2, "p3"]
@@ -161,7 +162,7 @@ def test_a_coalesced_reply_follows_the_last_prompt_it_answers() -> None:
     assert doc.entry("p4").status == "queued"
 
     doc.append_reply_text(reply_id, "both answered")
-    doc.finish_prompts(["p1", "p3"], PromptStatus.DONE)
+    doc.finish_prompts(["p1", "p3"])
     assert [doc.entry(i).status for i in ("p1", "p3", reply_id)] == ["done"] * 3
     assert replica(doc).entries() == doc.entries()
 
@@ -176,43 +177,45 @@ def test_append_reply_text_accumulates_in_order() -> None:
     assert replica(doc).entry(reply_id).content == "Hello, wörld 🙂"
 
 
-@pytest.mark.parametrize(
-    "status",
-    [PromptStatus.DONE, PromptStatus.FAILED, PromptStatus.CANCELLED, PromptStatus.INTERRUPTED],
-)
-def test_finish_prompts_mirrors_the_status_onto_the_reply(status: PromptStatus) -> None:
+@pytest.mark.parametrize("code", [None, *ReasonCode])
+def test_finish_prompts_gives_the_prompt_and_its_reply_the_status_of_the_ending(
+    code: ReasonCode | None,
+) -> None:
     doc = fresh()
     prompt(doc, "p1", 1)
     reply_id = start(doc, "p1")
-    reason = None if status is PromptStatus.DONE else f"because {status}"
-    doc.finish_prompts(["p1"], status, reason)
-    assert (doc.entry("p1").status, doc.entry("p1").reason) == (status.value, reason)
-    assert (doc.entry(reply_id).status, doc.entry(reply_id).reason) == (status.value, reason)
+    ending = None if code is None else Ending(code, f"because {code}")
+    doc.finish_prompts(["p1"], ending)
+    p, r = doc.entry("p1"), doc.entry(reply_id)
+    if ending is None:
+        assert (p.status, p.reason, p.reason_code, r.status) == ("done", None, None, "done")
+        return
+    assert (p.status, p.reason, p.reason_code) == (ending.status, ending.reason, code)
+    assert (r.status, r.reason, r.reason_code) == (ending.reply_status, ending.reason, code)
 
 
-@pytest.mark.parametrize("status", [PromptStatus.CANCELLED, PromptStatus.INTERRUPTED])
-def test_finishing_waiting_prompts_makes_no_reply(status: PromptStatus) -> None:
+@pytest.mark.parametrize("code", [ReasonCode.CANCELLED, ReasonCode.SUPERSEDED])
+def test_finishing_waiting_prompts_makes_no_reply(code: ReasonCode) -> None:
     doc = fresh()
     prompt(doc, "p1", 1)
     prompt(doc, "p2", 2, author="bob")
     prompt(doc, "p3", 3)
-    doc.finish_prompts(["p2", "p3"], status, "withdrawn")
+    ending = Ending(code, "withdrawn")
+    doc.finish_prompts(["p2", "p3"], ending)
     for pid in ("p2", "p3"):
         entry = doc.entry(pid)
-        assert (entry.status, entry.reason, entry.reply_id) == (status.value, "withdrawn", None)
+        assert (entry.status, entry.reason, entry.reply_id) == (ending.status, "withdrawn", None)
     assert [e.kind for e in doc.entries()] == [EntryKind.PROMPT] * 3
     assert doc.entry("p1").status == "queued"
 
 
-def test_reply_status_override() -> None:
+def test_a_cut_off_reply_reads_as_interrupted() -> None:
     # A restart fails the running prompt, but its cut-off reply reads as interrupted.
     doc = fresh()
     prompt(doc, "p1", 1)
     reply_id = start(doc, "p1")
     doc.append_reply_text(reply_id, "partial ans")
-    doc.finish_prompts(
-        ["p1"], PromptStatus.FAILED, "server restarted", reply_status=ReplyStatus.INTERRUPTED
-    )
+    doc.finish_prompts(["p1"], Ending(ReasonCode.SERVER_RESTART, "server restarted"))
     assert doc.entry("p1").status == "failed"
     reply = doc.entry(reply_id)
     assert (reply.status, reply.reason, reply.content) == (
@@ -248,7 +251,7 @@ def test_queue_root_mirrors_waiting_prompts_in_run_order() -> None:
     start(doc, *run.ids)
     doc.set_queue(planned(queue))
     queue.remove("p5")
-    doc.finish_prompts(["p5"], PromptStatus.CANCELLED)
+    doc.finish_prompts(["p5"], Ending(ReasonCode.CANCELLED, "cancelled"))
     doc.set_queue(planned(queue))
 
     expected = [
@@ -308,7 +311,7 @@ def test_each_mutator_reaches_peers_as_one_update() -> None:
         message(doc, "m2", 2)
         reply_id = start(doc, "p1")
         doc.append_reply_text(reply_id, "hi")
-        doc.finish_prompts(["p1"], PromptStatus.DONE)
+        doc.finish_prompts(["p1"])
         doc.set_queue([])
     finally:
         doc.doc.unobserve(subscription)
@@ -336,7 +339,7 @@ def _running_doc() -> SessionDocument:
     reply_id = start(doc, "p1")
     doc.set_queue([QueuedItem("p2", 2, "alice")])
     doc.append_reply_text(reply_id, "so far")
-    doc.finish_prompts(["p3"], PromptStatus.CANCELLED, "nope")
+    doc.finish_prompts(["p3"], Ending(ReasonCode.CANCELLED, "nope"))
     return doc
 
 
@@ -351,33 +354,23 @@ ILLEGAL: dict[str, tuple[Callable[[SessionDocument], object], type[Exception]]] 
     "start a cancelled prompt": (_start("p3"), IllegalTransition),
     "start a reply to nothing": (_start(), ValueError),
     "finish a cancelled prompt": (
-        lambda d: d.finish_prompts(["p3"], PromptStatus.DONE),
-        IllegalTransition,
-    ),
-    "send a running prompt back to the queue": (
-        lambda d: d.finish_prompts(["p1"], PromptStatus.QUEUED),
+        lambda d: d.finish_prompts(["p3"]),
         IllegalTransition,
     ),
     "finish a queued prompt as done": (
-        lambda d: d.finish_prompts(["p2"], PromptStatus.DONE, "skipped ahead"),
+        lambda d: d.finish_prompts(["p2"]),
         IllegalTransition,
     ),
     "start an unknown prompt": (_start("zz"), NotFound),
     "finish an unknown prompt": (
-        lambda d: d.finish_prompts(["p2", "zz"], PromptStatus.CANCELLED),
+        lambda d: d.finish_prompts(["p2", "zz"], Ending(ReasonCode.CANCELLED, "cancelled")),
         NotFound,
     ),
     "append to an unknown reply": (lambda d: d.append_reply_text("zz", "x"), NotFound),
-    # The three below make a legal change before reaching the illegal one.
-    "override the reply back to streaming": (
-        lambda d: d.finish_prompts(
-            ["p1"], PromptStatus.DONE, "why", reply_status=ReplyStatus.STREAMING
-        ),
-        IllegalTransition,
-    ),
+    # The two below make a legal change before reaching the illegal one.
     "start a waiting and a running prompt together": (_start("p2", "p1"), IllegalTransition),
     "cancel a waiting and a cancelled prompt together": (
-        lambda d: d.finish_prompts(["p2", "p3"], PromptStatus.CANCELLED, "again"),
+        lambda d: d.finish_prompts(["p2", "p3"], Ending(ReasonCode.CANCELLED, "again")),
         IllegalTransition,
     ),
 }
@@ -396,13 +389,13 @@ def test_illegal_change_raises_and_leaves_the_doc_unchanged(case: str) -> None:
 
 def test_appending_to_a_finished_reply_raises_and_changes_nothing() -> None:
     doc = _running_doc()
-    doc.finish_prompts(["p1"], PromptStatus.DONE)
+    doc.finish_prompts(["p1"])
     before = state_of(doc)
     with pytest.raises(IllegalTransition):
         doc.append_reply_text("r-p1", " and more")
     assert state_of(doc) == before
     with pytest.raises(IllegalTransition):
-        doc.finish_prompts(["p1"], PromptStatus.FAILED)
+        doc.finish_prompts(["p1"], Ending(ReasonCode.PROVIDER_ERROR, "failed"))
     assert state_of(doc) == before
 
 
@@ -411,11 +404,11 @@ def test_appending_to_a_finished_reply_raises_and_changes_nothing() -> None:
 
 def test_a_replica_reads_back_identical_entries() -> None:
     doc = _running_doc()
-    doc.finish_prompts(["p1"], PromptStatus.DONE)
+    doc.finish_prompts(["p1"])
     r2 = start(doc, "p2", created_at=200)
     doc.set_queue([])
     doc.append_reply_text(r2, "second ")
-    doc.finish_prompts(["p2"], PromptStatus.FAILED, "upstream 500")
+    doc.finish_prompts(["p2"], Ending(ReasonCode.PROVIDER_ERROR, "upstream 500"))
 
     copy = replica(doc)
     assert copy.entries() == doc.entries()
@@ -433,6 +426,7 @@ def test_a_replica_reads_back_identical_entries() -> None:
     assert copy.entry("r-p1").content == "so far"
     assert (copy.entry(r2).content, copy.entry(r2).status) == ("second ", "failed")
     assert copy.entry("p2").reason == "upstream 500"
+    assert copy.entry("p2").reason_code == copy.entry(r2).reason_code == "provider_error"
     assert copy.entry("p2").started_at == 200
 
 
@@ -450,6 +444,7 @@ def test_to_json_carries_every_field() -> None:
         "content": "",
         "created_at": 9,
         "reason": None,
+        "reason_code": None,
         "reply_to": "p1",
         "reply_id": None,
         "answers": ["p1"],
@@ -467,7 +462,7 @@ actions = st.lists(
         st.tuples(st.just("message"), st.sampled_from(["alice", "bob"]), texts),
         st.tuples(
             st.just("run"),
-            st.sampled_from(list(PromptStatus)[2:]),
+            st.sampled_from([None, *ReasonCode]),
             st.lists(texts, max_size=3),
         ),
         st.tuples(st.just("cancel"), st.integers(0, 10), st.none()),
@@ -495,12 +490,12 @@ def test_replica_equality_for_random_sessions(
             reply_id = start(doc, *run.ids, created_at=seq)
             for chunk in extra:
                 doc.append_reply_text(reply_id, chunk)
-            doc.finish_prompts(run.ids, arg, None if arg is PromptStatus.DONE else "r")
+            doc.finish_prompts(run.ids, None if arg is None else Ending(arg, "r"))
             queue.finish(run.ids)
         elif kind == "cancel" and len(queue):
             victim = queue.pending()[arg % len(queue)].id
             queue.remove(victim)
-            doc.finish_prompts([victim], PromptStatus.CANCELLED)
+            doc.finish_prompts([victim], Ending(ReasonCode.CANCELLED, "cancelled"))
         doc.set_queue(planned(queue))
         # Whatever the document caches for readers must follow every change.
         assert doc.entries() == SessionDocument(doc.doc).entries()

@@ -11,8 +11,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pycrdt import Array, Doc, Map, Text, write_var_uint
 
-from session.errors import InvalidInput
+from session.errors import InvalidInput, TooLarge
 from session.lifecycle import PromptStatus
+from session.reasons import Ending, ReasonCode
 from session.schema import QueuedItem, SessionDocument
 from session.yprotocol import (
     AwarenessMessage,
@@ -23,13 +24,17 @@ from session.yprotocol import (
     QueryAwarenessMessage,
     SyncMessage,
     SyncType,
+    add_deletes,
     decode_awareness_update,
     decode_client_frame,
+    decode_command_frame,
     decode_state_vector,
     delete_set_of,
     encode_awareness,
     encode_awareness_update,
+    encode_command_frame,
     encode_sync,
+    is_command_frame,
     is_noop_update,
     normalise_delete_set,
 )
@@ -209,8 +214,8 @@ def server_document() -> SessionDocument:
     doc.start_reply(prompt_ids=["p1"], reply_id="r1", author="model", created_at=5)
     doc.set_queue([QueuedItem("p3", 3, "bob"), QueuedItem("p4", 4, "carol")])
     doc.append_reply_text("r1", "an answer")
-    doc.finish_prompts(["p1"], PromptStatus.DONE)
-    doc.finish_prompts(["p4"], PromptStatus.CANCELLED, "withdrawn")
+    doc.finish_prompts(["p1"])
+    doc.finish_prompts(["p4"], Ending(ReasonCode.CANCELLED, "withdrawn"))
     doc.set_queue([QueuedItem("p3", 3, "bob")])
     return doc
 
@@ -256,7 +261,7 @@ def test_a_client_that_fell_behind_is_a_noop() -> None:
     server.start_reply(prompt_ids=["p3"], reply_id="r3", author="model", created_at=9)
     server.set_queue([])
     server.append_reply_text("r3", "more")
-    server.finish_prompts(["p3"], PromptStatus.DONE)
+    server.finish_prompts(["p3"])
     assert not is_write(server, client)
 
 
@@ -430,6 +435,84 @@ def test_normalise_delete_set_keeps_the_same_clocks_in_sorted_disjoint_ranges(
             assert a + size_a < b  # sorted, neither overlapping nor touching
 
 
+@FAST
+@given(
+    st.dictionaries(st.integers(0, 3), ranges, max_size=3),
+    st.lists(st.tuples(st.integers(0, 3), ranges), max_size=4),
+)
+def test_add_deletes_keeps_a_normalised_set_equal_to_the_union(
+    start: DeleteSet, batches: list[tuple[int, list[tuple[int, int]]]]
+) -> None:
+    known = normalise_delete_set(start)
+    union = {c: list(rs) for c, rs in start.items()}
+    for client, added in batches:
+        add_deletes(known, {client: added})
+        union.setdefault(client, []).extend(added)
+    assert known == {c: rs for c, rs in normalise_delete_set(union).items() if rs or c in known}
+
+
+def delete_only_update(deletes: DeleteSet) -> bytes:
+    """An update with no structs and ``deletes`` as its delete set, as a client may send."""
+    body = write_var_uint(0) + write_var_uint(len(deletes))
+    for client, rs in deletes.items():
+        body += write_var_uint(client) + write_var_uint(len(rs))
+        body += b"".join(write_var_uint(clock) + write_var_uint(size) for clock, size in rs)
+    return body
+
+
+def deleted_clocks(doc: Doc[Any]) -> dict[int, set[int]]:
+    return _clocks(normalise_delete_set(delete_set_of(doc.get_update(), doc.get_state())))
+
+
+SERVER = server_document()
+SERVER_CLIENT = SERVER.doc.client_id
+SERVER_CLOCK = decode_state_vector(SERVER.doc.get_state())[SERVER_CLIENT]
+SERVER_DELETES = server_deletes(SERVER)
+
+
+@FAST
+@given(st.lists(st.tuples(st.integers(0, SERVER_CLOCK - 1), st.integers(0, 6)), max_size=6))
+def test_a_delete_set_is_a_noop_exactly_when_applying_it_changes_nothing(
+    picked: list[tuple[int, int]],
+) -> None:
+    # Ranges the server knows the clocks of (so applying them is a real deletion or none).
+    ranges = [(clock, min(size, SERVER_CLOCK - clock)) for clock, size in picked]
+    update = delete_only_update({SERVER_CLIENT: ranges})
+    copy = client_of(SERVER)
+    before = deleted_clocks(copy)
+    copy.apply_update(update)
+    changed = deleted_clocks(copy) != before
+    assert is_noop_update(update, SERVER.doc.get_state(), SERVER_DELETES) is not changed
+
+
+def test_repeating_the_servers_own_deletion_is_a_noop_however_often() -> None:
+    last = SERVER_DELETES[SERVER_CLIENT][-1]
+    update = delete_only_update({SERVER_CLIENT: [last] * 5000})
+    assert is_noop_update(update, SERVER.doc.get_state(), SERVER_DELETES, 5000)
+
+
+def test_an_update_with_too_many_delete_ranges_is_refused_unread() -> None:
+    last = SERVER_DELETES[SERVER_CLIENT][-1]
+    update = delete_only_update({SERVER_CLIENT: [last] * 5001})
+    with pytest.raises(TooLarge) as info:
+        is_noop_update(update, SERVER.doc.get_state(), SERVER_DELETES, 5000)
+    assert info.value.code == "too_large"
+
+
+def test_the_servers_own_updates_keep_its_delete_set_current() -> None:
+    # What the room does with each committed update, instead of re-reading the document.
+    server = server_document()
+    known = server_deletes(server)
+    for change in (
+        lambda _: server.start_reply(prompt_ids=["p3"], reply_id="r3", author="m", created_at=9),
+        lambda _: server.set_queue([]),
+        lambda _: server.finish_prompts(["p3"], PromptStatus.DONE),
+    ):
+        for update in captured_updates(server.doc, change):
+            add_deletes(known, delete_set_of(update, server.doc.get_state()))
+    assert known == server_deletes(server) != server_deletes(server_document())
+
+
 def test_decode_state_vector() -> None:
     doc: Doc[Any] = Doc()
     doc.get("t", type=Text).insert(0, "abc")
@@ -457,3 +540,28 @@ def test_awareness_numbers_out_of_float_range_are_refused() -> None:
     update = b"\x01\x01\x01" + bytes([len(raw)]) + raw
     with pytest.raises(ProtocolError):
         decode_awareness_update(update)
+
+
+# -- the command channel --------------------------------------------------------------------
+
+
+@given(st.text(max_size=200))
+def test_a_command_frame_round_trips(text: str) -> None:
+    frame = encode_command_frame(text)
+    assert is_command_frame(frame) and decode_command_frame(frame) == text
+    assert not is_command_frame(encode_sync(SyncType.STEP1, b"\x00"))
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        b"\x64",  # no length
+        b"\x64\x05abc",  # length past the end
+        b"\x64\x01\xff",  # not UTF-8
+        b"\x64\x01ab",  # trailing bytes
+        b"\x00\x00\x00",  # a sync frame
+    ],
+)
+def test_a_malformed_command_frame_is_a_protocol_error(frame: bytes) -> None:
+    with pytest.raises(ProtocolError):
+        decode_command_frame(frame)

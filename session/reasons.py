@@ -1,0 +1,94 @@
+"""Why a prompt ended without an answer: one code per cause, in one table.
+
+Every run or waiting prompt that does not end ``done`` ends with an ``Ending``: a stable
+``ReasonCode`` (stored, sent to clients as ``reason_code`` and written to the audit log)
+and a human sentence (``reason``). The code alone decides the prompt's terminal status and
+its reply's, so the document, the database and REST can never disagree about them:
+
+    code               prompt       reply         cause
+    cancelled          cancelled    cancelled     its author or an owner cancelled it
+    superseded         interrupted  interrupted   a newer prompt replaced it (``interrupt``)
+    timeout            failed       failed        no answer within the run time-out
+    provider_error     failed       failed        the model's API failed or refused the call
+    quota_exceeded     failed       failed        a token quota of the issuer or session
+    forbidden          failed       failed        its author may no longer prompt
+    member_removed     failed       failed        its author was removed from the session
+    token_revoked      failed       failed        the token it was sent with was revoked
+    too_large          failed       failed        the prompt does not fit the context window
+    unavailable        failed       failed        the database could not be read to admit it
+    storage_error      failed       interrupted   the database failed while the reply streamed
+    server_shutdown    failed       interrupted   the server was stopped while it ran
+    server_restart     failed       interrupted   the server died while it ran (found on start)
+    failover           failed       interrupted   another node took the session over mid-run
+    internal_error     failed       failed        a bug: anything else
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from session.lifecycle import PromptStatus, ReplyStatus
+
+
+class ReasonCode(StrEnum):
+    CANCELLED = "cancelled"
+    SUPERSEDED = "superseded"
+    TIMEOUT = "timeout"
+    PROVIDER_ERROR = "provider_error"
+    QUOTA_EXCEEDED = "quota_exceeded"
+    FORBIDDEN = "forbidden"
+    MEMBER_REMOVED = "member_removed"
+    TOKEN_REVOKED = "token_revoked"
+    TOO_LARGE = "too_large"
+    UNAVAILABLE = "unavailable"
+    STORAGE_ERROR = "storage_error"
+    SERVER_SHUTDOWN = "server_shutdown"
+    SERVER_RESTART = "server_restart"
+    FAILOVER = "failover"
+    INTERNAL_ERROR = "internal_error"
+
+
+_FAILED = (PromptStatus.FAILED, ReplyStatus.FAILED)
+_CUT_OFF = (PromptStatus.FAILED, ReplyStatus.INTERRUPTED)
+
+# The one table: what a code makes of the prompt and of its reply.
+OUTCOMES: dict[ReasonCode, tuple[PromptStatus, ReplyStatus]] = {
+    ReasonCode.CANCELLED: (PromptStatus.CANCELLED, ReplyStatus.CANCELLED),
+    ReasonCode.SUPERSEDED: (PromptStatus.INTERRUPTED, ReplyStatus.INTERRUPTED),
+    ReasonCode.TIMEOUT: _FAILED,
+    ReasonCode.PROVIDER_ERROR: _FAILED,
+    ReasonCode.QUOTA_EXCEEDED: _FAILED,
+    ReasonCode.FORBIDDEN: _FAILED,
+    ReasonCode.MEMBER_REMOVED: _FAILED,
+    ReasonCode.TOKEN_REVOKED: _FAILED,
+    ReasonCode.TOO_LARGE: _FAILED,
+    ReasonCode.UNAVAILABLE: _FAILED,
+    ReasonCode.STORAGE_ERROR: _CUT_OFF,
+    ReasonCode.SERVER_SHUTDOWN: _CUT_OFF,
+    ReasonCode.SERVER_RESTART: _CUT_OFF,
+    ReasonCode.FAILOVER: _CUT_OFF,
+    ReasonCode.INTERNAL_ERROR: _FAILED,
+}
+
+MAX_REASON_CHARS = 500
+
+
+@dataclass(frozen=True, slots=True)
+class Ending:
+    """Why a prompt ended unanswered: a code from the table and a sentence for people."""
+
+    code: ReasonCode
+    reason: str
+
+    def __post_init__(self) -> None:
+        if len(self.reason) > MAX_REASON_CHARS:  # the column's width; a provider's text is long
+            object.__setattr__(self, "reason", self.reason[: MAX_REASON_CHARS - 1] + "…")
+
+    @property
+    def status(self) -> PromptStatus:
+        return OUTCOMES[self.code][0]
+
+    @property
+    def reply_status(self) -> ReplyStatus:
+        return OUTCOMES[self.code][1]

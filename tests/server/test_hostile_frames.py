@@ -1,0 +1,274 @@
+"""Issue #15, breaks 1, 4 and 5, over real sockets: frames that are cheap to send and were
+expensive to judge or to answer are charged what they cost, refused past a budget, and a
+member who keeps sending them is closed with 4429; everyone else carries on."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from pathlib import Path
+from typing import Any
+
+import websockets
+from pycrdt import Doc, Text
+
+from session.yprotocol import (
+    AwarenessMessage,
+    AwarenessState,
+    SyncMessage,
+    SyncType,
+    decode_awareness_update,
+    decode_client_frame,
+    encode_awareness,
+    encode_awareness_update,
+    encode_sync,
+)
+from tests.conftest import RunningServer, make_settings, serve_in_process, sqlite_url
+from tests.yclient import YClient, all_replies_settled, repeated_deletion
+
+REFUSALS = {"rate_limited", "too_large", "forbidden"}
+
+
+def refusals(client: YClient) -> list[str]:
+    return [str(m["code"]) for m in client.unsolicited if m.get("id") is None]
+
+
+async def speaks_json(client: YClient) -> YClient:
+    """Make the server send this socket its refusals (it does only to JSON speakers)."""
+    reply = await client.command({"type": "cancel", "id": "hello", "prompt_id": "none"})
+    assert reply["code"] == "not_found"
+    return client
+
+
+async def with_history(server: RunningServer, sid: str, prompts: int) -> YClient:
+    """An editor who asked ``prompts`` questions, one at a time (so the document has the
+    deletions of a queue that filled and emptied)."""
+    alice = await server.connect(sid, "alice")
+    for n in range(prompts):
+        await alice.command({"type": "prompt", "id": f"p{n}", "text": f"question {n}"})
+        await alice.wait_until(lambda c, n=n: all_replies_settled(c, n + 1))
+    return alice
+
+
+async def command_acked(client: YClient, name: str) -> None:
+    reply = await client.command({"type": "message", "id": name, "text": "still here"})
+    assert reply["type"] == "ack", reply
+
+
+# -- break 1: document writes ------------------------------------------------------------------
+
+
+async def test_huge_noop_delete_sets_are_refused_and_others_are_answered(
+    sqlite_server: RunningServer,
+) -> None:
+    server = sqlite_server
+    sid = await server.new_session({"alice": "editor", "bob": "editor", "vera": "viewer"})
+    alice = await with_history(server, sid, 20)
+    bob = await server.connect(sid, "bob")
+    vera = await speaks_json(await server.connect(sid, "vera"))
+    frame = encode_sync(SyncType.UPDATE, repeated_deletion(alice.doc, 3_900_000))
+    assert len(frame) > 3_800_000
+    for _ in range(3):
+        await vera.send_raw(frame)
+    # Each frame is refused (it used to be judged for seconds, then let through as a no-op).
+    await vera.wait_until(lambda c: len(refusals(c)) >= 3, timeout=30)
+    assert set(refusals(vera)) <= REFUSALS
+    await command_acked(bob, "after")
+    assert vera.close_code is None  # three refusals are not yet abuse
+    stored = await server.transcript(sid)
+    assert [e["id"] for e in stored] == [e["id"] for e in bob.entries()]
+
+
+async def test_a_member_who_keeps_sending_noop_writes_is_closed_4429(tmp_path: Path) -> None:
+    settings = make_settings(
+        sqlite_url(tmp_path),
+        tmp_path / "d",
+        document_write_bytes_per_s=1,
+        document_write_burst_bytes=32 * 1024,
+        abuse_refusals=3,
+    )
+    async with serve_in_process(settings) as server:
+        sid = await server.new_session({"alice": "editor", "bob": "editor", "vera": "viewer"})
+        alice = await with_history(server, sid, 2)
+        vera = await speaks_json(await server.connect(sid, "vera"))
+        # ~8 KB no-ops: judged (and let through) until the member's bytes run out.
+        frame = encode_sync(SyncType.UPDATE, repeated_deletion(alice.doc, 8000))
+        with contextlib.suppress(websockets.ConnectionClosed):
+            for _ in range(20):
+                await vera.send_raw(frame)
+        assert await vera.wait_closed() == 4429
+        assert refusals(vera) == ["rate_limited"] * 4  # the fourth refusal closes
+        await command_acked(alice, "after")
+
+
+async def test_forged_writes_count_as_refusals_too(tmp_path: Path) -> None:
+    settings = make_settings(sqlite_url(tmp_path), tmp_path / "d", abuse_refusals=3)
+    async with serve_in_process(settings) as server:
+        sid = await server.new_session({"alice": "editor", "mallory": "editor"})
+        alice = await server.connect(sid, "alice")
+        mallory = await speaks_json(await server.connect(sid, "mallory"))
+        forged: Doc = Doc()
+        forged.get("evil", type=Text).insert(0, "pwned")
+        with contextlib.suppress(websockets.ConnectionClosed):
+            for _ in range(6):
+                await mallory.send_raw(encode_sync(SyncType.UPDATE, forged.get_update()))
+        assert await mallory.wait_closed() == 4429
+        assert refusals(mallory) == ["forbidden"] * 4
+        await command_acked(alice, "after")
+
+
+# -- break 4: presence -------------------------------------------------------------------------
+
+
+class Listener:
+    """A raw socket that counts the awareness frames carrying one client id."""
+
+    def __init__(self, ws: websockets.ClientConnection, client_id: int) -> None:
+        self.ws = ws
+        self.client_id = client_id
+        self.frames = 0
+        self.latest: dict[str, Any] | None = None
+        self.changed = asyncio.Event()
+        self.reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        with contextlib.suppress(websockets.ConnectionClosed):
+            async for frame in self.ws:
+                if isinstance(frame, str):
+                    continue
+                message = decode_client_frame(frame)
+                if not isinstance(message, AwarenessMessage):
+                    continue
+                states = [
+                    s
+                    for s in decode_awareness_update(message.update)
+                    if s.client_id == self.client_id
+                ]
+                if states:
+                    self.frames += 1
+                    self.latest = states[-1].state
+                    self.changed.set()
+
+    async def wait_for(self, n: int) -> None:
+        async with asyncio.timeout(20):
+            while self.latest is None or self.latest.get("n") != n:
+                self.changed.clear()
+                await self.changed.wait()
+
+    async def close(self) -> None:
+        await self.ws.close()
+        await self.reader
+
+
+async def listen(server: RunningServer, sid: str, user: str, client_id: int) -> Listener:
+    token = await server.token(sid, user)
+    ws = await websockets.connect(f"{server.ws_url}/ws/sessions/{sid}?token={token}")
+    return Listener(ws, client_id)
+
+
+async def test_an_awareness_flood_reaches_listeners_coalesced(
+    sqlite_server: RunningServer,
+) -> None:
+    server = sqlite_server
+    viewers = {f"l{n}": "viewer" for n in range(3)}
+    sid = await server.new_session({"vera": "viewer", **viewers})
+    listeners = [await listen(server, sid, user, 77) for user in viewers]
+    vera = await server.connect(sid, "vera")
+    # Within every limit: 200 small updates of one client, back to back.
+    for n in range(1, 201):
+        await vera.set_awareness(77, n, {"n": n})
+    for listener in listeners:
+        await listener.wait_for(200)  # the latest state always arrives
+        # One frame per flush interval, not one per update.
+        assert listener.frames < 100, listener.frames
+        await listener.close()
+
+
+async def test_presence_past_its_byte_budget_is_refused_then_closed(tmp_path: Path) -> None:
+    settings = make_settings(sqlite_url(tmp_path), tmp_path / "d", abuse_refusals=3)
+    async with serve_in_process(settings) as server:
+        sid = await server.new_session({"vera": "viewer", "alice": "editor"})
+        alice = await server.connect(sid, "alice")
+        vera = await speaks_json(await server.connect(sid, "vera"))
+        pad = "x" * 15_000  # each state under PARLEY_MAX_AWARENESS_STATE_BYTES
+        with contextlib.suppress(websockets.ConnectionClosed):
+            for clock in range(1, 30):
+                states = [AwarenessState(500 + i, clock, {"pad": pad}) for i in range(8)]
+                await vera.send_raw(encode_awareness(encode_awareness_update(states)))
+        assert await vera.wait_closed() == 4429
+        assert refusals(vera) == ["rate_limited"] * 4
+        await command_acked(alice, "after")
+
+
+# -- break 5: sync requests --------------------------------------------------------------------
+
+
+async def loop_full_syncs(url: str, requests: int) -> tuple[int, list[str], int | None]:
+    """Ask for the whole document ``requests`` times; (answers, refusals, close code)."""
+    answers = 0
+    codes: list[str] = []
+    async with websockets.connect(url, max_size=None) as ws:
+        await ws.send(json.dumps({"type": "cancel", "id": "hello", "prompt_id": "none"}))
+        with contextlib.suppress(websockets.ConnectionClosed):
+            for _ in range(requests):
+                await ws.send(encode_sync(SyncType.STEP1, b"\x00"))
+            async with asyncio.timeout(30):
+                async for frame in ws:
+                    if isinstance(frame, str):
+                        reply = json.loads(frame)
+                        if reply.get("id") is None:
+                            codes.append(reply["code"])
+                    else:
+                        message = decode_client_frame(frame)
+                        if isinstance(message, SyncMessage) and message.sync_type is SyncType.STEP2:
+                            answers += 1
+    return answers, codes, ws.close_code
+
+
+async def test_full_resyncs_are_rate_limited_per_socket(tmp_path: Path) -> None:
+    settings = make_settings(sqlite_url(tmp_path), tmp_path / "d", abuse_refusals=5)
+    async with serve_in_process(settings) as server:
+        viewers = {f"v{n}": "viewer" for n in range(4)}
+        sid = await server.new_session({"alice": "editor", "bob": "editor", **viewers})
+        bob = await server.connect(sid, "bob")
+        await command_acked(bob, "content")
+        urls = [
+            f"{server.ws_url}/ws/sessions/{sid}?token={await server.token(sid, user)}"
+            for user in viewers
+        ]
+        looping = [asyncio.create_task(loop_full_syncs(url, 40)) for url in urls]
+        alice = await server.connect(sid, "alice")
+        await command_acked(alice, "during")
+        for answers, codes, close_code in await asyncio.gather(*looping):
+            assert close_code == 4429
+            assert codes == ["rate_limited"] * 6
+            assert 3 <= answers <= 4  # the burst (and perhaps one refilled meanwhile)
+
+
+def streamed(client: YClient) -> str:
+    """The text of the newest reply so far ("" before it starts)."""
+    replies = [e for e in client.entries() if e["kind"] == "reply"]
+    return str(replies[-1]["content"]) if len(replies) >= 3 else ""
+
+
+async def test_sockets_that_sync_mid_reply_end_with_the_stored_document(tmp_path: Path) -> None:
+    # Answers come from the committed encoding plus the updates since: joining (or asking
+    # again) while a reply streams in must still converge on what was stored.
+    settings = make_settings(sqlite_url(tmp_path), tmp_path / "d", offline_token_delay_ms=5)
+    async with serve_in_process(settings) as server:
+        sid = await server.new_session({"alice": "editor", "vera": "viewer"})
+        alice = await with_history(server, sid, 2)
+        await alice.command({"type": "prompt", "id": "long", "text": "long " * 300})
+        joined = []
+        for _ in range(4):
+            shown = len(streamed(alice))
+            await alice.wait_until(lambda c, shown=shown: len(streamed(c)) > shown)
+            viewer = await server.connect(sid, "vera")
+            await viewer.send_raw(encode_sync(SyncType.STEP1, viewer.doc.get_state()))
+            joined.append(viewer)
+        await alice.wait_until(lambda c: all_replies_settled(c, 3), timeout=60)
+        stored = [(e["id"], e["content"]) for e in await server.transcript(sid)]
+        for viewer in joined:
+            await viewer.wait_until(lambda c: all_replies_settled(c, 3))
+            assert [(e["id"], e["content"]) for e in viewer.entries()] == stored

@@ -1,0 +1,106 @@
+"""Logs hold no secret: a real ``parley serve`` at debug level, sockets and REST calls with
+tokens good and bad, then its whole output read back: JSON lines only, no token in them."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import sys
+from pathlib import Path
+
+import httpx
+import jwt
+import websockets
+
+from server.logs import REDACTED, LogFormatter, Redactor
+from tests.conftest import ADMIN_KEY, SECRET_KEY, ServerProcess, free_port, sqlite_url
+from tests.yclient import YClient, all_replies_settled
+
+FORGED = jwt.encode({"sub": "mallory", "sid": "x", "exp": 2**40}, "not-the-key" * 4)
+
+
+def line(message: str, *args: object, **extra: object) -> str:
+    record = logging.LogRecord("uvicorn.error", logging.INFO, __file__, 1, message, args, None)
+    record.__dict__.update(extra)
+    return LogFormatter(Redactor(["the-admin-key-123"])).format(record)
+
+
+def test_tokens_and_keys_are_redacted_wherever_they_appear() -> None:
+    token = FORGED
+    handshake = line('%s - "WebSocket %s" [accepted]', "1.2.3.4:5", f"/ws/sessions/s?token={token}")
+    assert token not in handshake and "token=[redacted]" in handshake
+    assert json.loads(handshake)["event"].endswith('?token=[redacted]" [accepted]')
+    assert token not in line("< authorization: Bearer %s", token)
+    assert "opaque-key" not in line("Authorization: Bearer opaque-key")
+    assert token not in line("path", path=f"/nope/{token}/more")
+    assert "hunter22" not in line('{"api_key": "hunter22", "password": "hunter22"}')
+    assert "the-admin-key-123" not in line("key the-admin-key-123 in a sentence")
+    assert REDACTED in line("%s", token[20:])  # a cut-off token still looks like one
+    kept = line("run started", session_id="abc", prompt_tokens=12)
+    assert json.loads(kept) == {**json.loads(kept), "event": "run started", "prompt_tokens": 12}
+
+
+def test_an_exception_text_is_redacted() -> None:
+    try:
+        raise ValueError(f"bad url /ws?token={FORGED}")
+    except ValueError:
+        record = logging.LogRecord("x", logging.ERROR, __file__, 1, "crash", (), None)
+        record.exc_info = sys.exc_info()
+    text = LogFormatter(Redactor()).format(record)
+    assert FORGED not in text and "ValueError" in json.loads(text)["exception"]
+
+
+async def test_a_server_run_at_debug_level_logs_no_token(
+    tmp_path: Path, server_processes: list[ServerProcess]
+) -> None:
+    node = ServerProcess(
+        sqlite_url(tmp_path), tmp_path / "d", free_port(), PARLEY_LOG_LEVEL="debug"
+    )
+    server_processes.append(node)
+    await node.start()
+    secrets = [ADMIN_KEY, SECRET_KEY, FORGED]
+    admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    async with httpx.AsyncClient(base_url=node.base_url, timeout=20) as http:
+        sid = (await http.post("/api/v1/sessions", json={}, headers=admin)).json()["id"]
+        put = await http.put(
+            f"/api/v1/sessions/{sid}/members/alice", json={"role": "editor"}, headers=admin
+        )
+        assert put.status_code == 200
+        tokens = []
+        for _ in range(3):
+            made = await http.post(
+                f"/api/v1/sessions/{sid}/tokens", json={"user_id": "alice"}, headers=admin
+            )
+            tokens.append(made.json()["token"])
+        secrets += tokens
+        good, other, third = tokens
+
+        alice = await YClient.connect(node.ws_url, sid, good)
+        await alice.command({"type": "prompt", "id": "p", "text": "hello"})
+        await alice.wait_until(lambda c: all_replies_settled(c, 1), timeout=30)
+        for bad in (FORGED, other + "x", "not-a-token"):
+            ws = await websockets.connect(f"{node.ws_url}/ws/sessions/{sid}?token={bad}")
+            with contextlib.suppress(websockets.ConnectionClosed):
+                await ws.recv()
+            assert ws.close_code == 4401
+        await alice.close()
+
+        as_member = {"Authorization": f"Bearer {third}"}
+        assert (await http.get(f"/api/v1/sessions/{sid}/transcript", headers=as_member)).is_success
+        forged = {"Authorization": f"Bearer {FORGED}"}
+        refused = await http.get(f"/api/v1/sessions/{sid}/members", headers=forged)
+        assert refused.status_code == 401
+        assert (await http.get(f"/api/v1/sessions/{sid}?token={third}")).status_code == 401
+        assert (await http.get(f"/nope/{third}", headers=as_member)).status_code == 404
+        assert (await http.get(f"/api/v1/sessions/{third}", headers=admin)).status_code == 404
+    node.stop()
+
+    output = node.log.read_text()
+    lines = output.splitlines()
+    assert lines and [json.loads(text) for text in lines]  # every line is one JSON object
+    events = {json.loads(text)["event"] for text in lines}
+    assert any("WebSocket /ws/sessions/" in event for event in events)  # uvicorn's, redacted
+    assert "request" in events and "run started" in events
+    leaked = [secret for secret in secrets if secret in output]
+    assert leaked == []

@@ -1,0 +1,92 @@
+"""Sync answers from the committed document's encoding: a client ends with what the server
+holds, whatever it had and whatever was committed since the full encoding was taken."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pycrdt import Array, Doc, Map, Text
+
+from session.encoded import EMPTY_STATE_VECTOR, EncodedDocument
+from session.yprotocol import ProtocolError, SyncMessage, SyncType, decode_client_frame
+
+Change = tuple[str, int]
+CHANGES = st.lists(
+    st.tuples(st.sampled_from(["append", "edit", "delete", "set"]), st.integers(0, 30)),
+    max_size=25,
+)
+
+
+def apply_change(doc: Doc[Any], change: Change) -> None:
+    kind, n = change
+    entries = doc.get("transcript", type=Array)
+    if kind == "append" or not len(entries):
+        entries.append(Map({"id": f"e{n}", "content": Text("x" * n)}))
+    elif kind == "edit":
+        entries[n % len(entries)]["content"].insert(0, f"<{n}>")
+    elif kind == "delete":
+        del entries[n % len(entries)]
+    else:
+        doc.get("meta", type=Map)["n"] = n
+
+
+def committed(doc: Doc[Any], encoded: EncodedDocument, changes: list[Change]) -> None:
+    """Make ``changes`` on the server document, recording each update as the room does."""
+    subscription = doc.observe(lambda event: encoded.committed(event.update))
+    for change in changes:
+        apply_change(doc, change)
+    doc.unobserve(subscription)
+
+
+def synced_from(answer: list[bytes], client: Doc[Any]) -> Doc[Any]:
+    kinds = []
+    for frame in answer:
+        message = decode_client_frame(frame)  # the same layout both ways
+        assert isinstance(message, SyncMessage)
+        kinds.append(message.sync_type)
+        client.apply_update(message.payload)
+    assert kinds[0] is SyncType.STEP2 and set(kinds[1:]) <= {SyncType.UPDATE}
+    return client
+
+
+def content(doc: Doc[Any]) -> Any:
+    return (doc.get("transcript", type=Array).to_py(), doc.get("meta", type=Map).to_py())
+
+
+@settings(max_examples=60, deadline=None)
+@given(CHANGES, CHANGES, CHANGES, st.booleans())
+def test_an_answer_brings_any_client_to_the_committed_document(
+    before: list[Change], seen: list[Change], after: list[Change], empty_client: bool
+) -> None:
+    server: Doc[Any] = Doc()
+    for change in before:
+        apply_change(server, change)
+    encoded = EncodedDocument(server.get_update())
+    committed(server, encoded, seen)
+    client: Doc[Any] = Doc()
+    if not empty_client:
+        client.apply_update(server.get_update())  # a client that was in sync, then fell behind
+    committed(server, encoded, after)
+    asked = EMPTY_STATE_VECTOR if empty_client else client.get_state()
+    assert content(synced_from(encoded.answer(asked), client)) == content(server)
+    # Asked again (folded by now), the answer is the same document.
+    assert content(synced_from(encoded.answer(EMPTY_STATE_VECTOR), Doc())) == content(server)
+
+
+def test_many_small_commits_are_folded_into_few_frames() -> None:
+    server: Doc[Any] = Doc()
+    encoded = EncodedDocument(server.get_update())
+    committed(server, encoded, [("append", n) for n in range(200)])
+    answer = encoded.answer(EMPTY_STATE_VECTOR)
+    assert len(answer) <= 2
+    assert len(encoded.answer(EMPTY_STATE_VECTOR)) <= 2
+
+
+def test_a_bad_state_vector_is_a_protocol_error() -> None:
+    server: Doc[Any] = Doc()
+    apply_change(server, ("append", 3))
+    with pytest.raises(ProtocolError):
+        EncodedDocument(server.get_update()).answer(b"\xff\xff\xff")

@@ -1,0 +1,79 @@
+"""Budgets: token buckets charged what a frame costs, per member or per socket."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from session.ratelimit import (
+    AbuseCounter,
+    Budgets,
+    Cost,
+    Rate,
+    Spend,
+    TokenBucket,
+    cost_of,
+)
+from session.yprotocol import (
+    AwarenessMessage,
+    QueryAwarenessMessage,
+    SyncMessage,
+    SyncType,
+)
+
+
+def test_frames_cost_their_bytes_and_requests_for_state_are_counted() -> None:
+    assert cost_of(SyncMessage(SyncType.UPDATE, b"x"), 900) == Cost(Spend.DOCUMENT_BYTES, 900)
+    assert cost_of(SyncMessage(SyncType.STEP2, b"x"), 70) == Cost(Spend.DOCUMENT_BYTES, 70)
+    assert cost_of(AwarenessMessage(b"x"), 50) == Cost(Spend.AWARENESS_BYTES, 50)
+    # Four bytes may ask for the whole document: what is counted is the request.
+    assert cost_of(SyncMessage(SyncType.STEP1, b"\x00"), 4) == Cost(Spend.SYNC_REQUESTS, 1)
+    assert cost_of(QueryAwarenessMessage(), 1) == Cost(Spend.SYNC_REQUESTS, 1)
+
+
+def test_a_byte_budget_refuses_past_its_burst_then_refills() -> None:
+    budgets = Budgets({Spend.DOCUMENT_BYTES: Rate(per_second=100, burst=1000)})
+    cost = Cost(Spend.DOCUMENT_BYTES, 400)
+    assert budgets.allow("vera", cost, now=0)
+    assert budgets.allow("vera", cost, now=0)
+    assert not budgets.allow("vera", cost, now=0)
+    assert budgets.allow("alice", cost, now=0)  # each member has their own
+    assert budgets.allow("vera", cost, now=2.0)  # 200 bytes back
+
+
+def test_a_frame_larger_than_the_burst_is_always_refused() -> None:
+    budgets = Budgets({Spend.DOCUMENT_BYTES: Rate(per_second=1e6, burst=1000)})
+    assert not budgets.allow("vera", Cost(Spend.DOCUMENT_BYTES, 1001), now=1e9)
+
+
+def test_a_spend_without_a_rate_is_not_budgeted_at_that_level() -> None:
+    per_socket = Budgets({Spend.SYNC_REQUESTS: Rate(per_second=0, burst=1)})
+    assert per_socket.allow("s", Cost(Spend.AWARENESS_BYTES, 10**9), now=0)
+    assert per_socket.allow("s", Cost(Spend.SYNC_REQUESTS, 1), now=0)
+    assert not per_socket.allow("s", Cost(Spend.SYNC_REQUESTS, 1), now=100)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.floats(0, 1e4),
+    st.integers(1, 10_000),
+    st.lists(st.tuples(st.floats(0, 5), st.integers(0, 2000)), max_size=40),
+)
+def test_a_bucket_never_allows_more_than_burst_plus_rate_times_time(
+    per_second: float, burst: int, events: list[tuple[float, int]]
+) -> None:
+    bucket = TokenBucket(Rate(per_second, burst), now=0)
+    now = spent = 0.0
+    for step, cost in events:
+        now += step
+        if bucket.allow(now, cost):
+            spent += cost
+        assert spent <= burst + per_second * now + 1e-6
+
+
+def test_refusals_past_the_limit_within_the_window_cut_off() -> None:
+    abuse = AbuseCounter(limit=2, window_s=10)
+    assert not abuse.refused(0)
+    assert not abuse.refused(1)
+    assert abuse.refused(2)
+    assert not AbuseCounter(limit=2, window_s=10).refused(100)
