@@ -98,7 +98,7 @@ async def test_a_held_sqlite_lock_does_not_stop_the_server(tmp_path: Path) -> No
             assert transcript.status_code == 200
             assert first["prompt_id"] in {m["id"] for m in transcript.json()["messages"]}
             again = await server.connect(elsewhere, "bob")  # another session's socket
-            assert note["message_id"] in {e["id"] for e in again.entries()}
+            await again.wait_until(lambda c: note["message_id"] in {e["id"] for e in c.entries()})
             assert not waiting.done()
             await release(holder)
         second = await waiting
