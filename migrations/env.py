@@ -11,6 +11,7 @@ from server.db import create_engine
 from server.tables import metadata
 
 config = context.config
+MIGRATION_LOCK_WAIT_S = 30.0
 
 
 def run_with(connection: Connection) -> None:
@@ -24,7 +25,10 @@ def run_with(connection: Connection) -> None:
 
 
 async def run_online() -> None:
-    engine = create_engine(config.get_main_option("sqlalchemy.url") or "")
+    # Before the server serves: waiting on another process's SQLite lock blocks nobody.
+    engine = create_engine(
+        config.get_main_option("sqlalchemy.url") or "", sqlite_busy_timeout_s=MIGRATION_LOCK_WAIT_S
+    )
     async with engine.connect() as connection:
         await connection.run_sync(run_with)
         await connection.commit()

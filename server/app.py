@@ -33,6 +33,7 @@ from server.rooms import RoomRegistry
 from server.send_budget import SendBudget
 from server.settings import Settings
 from server.state import AppState
+from server.storage_health import StorageHealth
 from server.store import Store
 from server.ws import session_socket
 from session.errors import ParleyError, Unavailable
@@ -92,11 +93,23 @@ async def healthz(state: AppState) -> Health:
     return Health(status="ok")
 
 
+# ``/readyz`` waits no longer than this for SQLite's write lock when it probes.
+PROBE_LOCK_TIMEOUT_S = 0.5
+
+
 async def readyz(state: AppState) -> Readiness:
     try:
         revision = await current_revision(state.store.engine)
     except Exception as exc:
         raise Unavailable("database unreachable") from exc
+    if state.store.health.failing is not None:
+        # Writes failed last time; nothing may have tried since: try one.
+        try:
+            await state.store.probe_write(PROBE_LOCK_TIMEOUT_S)
+        except Unavailable as exc:
+            raise Unavailable(
+                f"database writes fail ({state.store.health.failing}): {exc.message}"
+            ) from exc
     head = head_revision()
     if revision != head:
         raise Unavailable(f"migrations not current: at {revision}, head is {head}")
@@ -114,7 +127,8 @@ PROBES = [
         "GET",
         "/readyz",
         readyz,
-        "Ready: database reachable, migrations current (cluster: listener connected)",
+        "Ready: database reachable and taking writes, migrations current "
+        "(cluster: listener connected)",
         response=Readiness,
         auth=False,
         errors=(503,),
@@ -148,7 +162,16 @@ def create_app(
             # A stalled node's open transaction must not outlive its lease.
             idle_in_transaction_s=settings.lease_ttl_s if settings.cluster else None,
         )
-        store = Store(engine)
+        metrics = Metrics()
+        refusals = metrics.storage_refusals
+        store = Store(
+            engine,
+            lock_timeout_s=settings.db_lock_timeout_s,
+            health=StorageHealth(
+                settings.storage_log_every_s,
+                on_refused=lambda kind: refusals.labels(kind=kind).inc(),
+            ),
+        )
         revision = await current_revision(engine)
         if revision != head_revision():
             await engine.dispose()
@@ -157,7 +180,6 @@ def create_app(
                 "run 'parley migrate'"
             )
         keys = resolve_keys(settings.data_dir, settings.admin_key, settings.secret_key)
-        metrics = Metrics()
         rooms = RoomRegistry(store, settings, model, clock, metrics)
         budget = SendBudget(settings.send_buffer_total_max_bytes, settings.send_stall_timeout_s)
         metrics.watch(lambda: len(rooms), rooms.queue_depth, lambda: budget.total)

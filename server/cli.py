@@ -3,24 +3,80 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import ctypes
 import gc
 import logging
 import os
 import socket
 import sys
+import time
+from collections.abc import Callable
 from typing import Any
 
 import uvicorn
+from sqlalchemy.exc import DBAPIError
 from starlette.applications import Starlette
 
 from server.app import create_app
-from server.db import migrate
+from server.db import create_engine, current_revision, migrate
 from server.keys import Keys, resolve_keys
 from server.logs import configure_logging
 from server.settings import Settings
 from server.state import AppState
 from session.tokens import tokenizer_name
+
+log = logging.getLogger("parley.cli")
+
+FIRST_RETRY_S = 0.5
+MAX_RETRY_S = 10.0
+
+
+def wait_for_database(
+    attempt: Callable[[], object], timeout_s: float, sleep: Callable[[float], None] = time.sleep
+) -> None:
+    """Call ``attempt`` until the database answers it: an unreachable database (not
+    created yet, refusing connections, its server starting) is tried again with back-off
+    (doubling from ``FIRST_RETRY_S`` to ``MAX_RETRY_S``) for ``timeout_s``, each try
+    logged, so the server comes up after its database without a supervisor. Raises the
+    last error once the time is up."""
+    deadline = time.monotonic() + timeout_s
+    delay = FIRST_RETRY_S
+    tries = 0
+    while True:
+        tries += 1
+        try:
+            attempt()
+        except (DBAPIError, OSError) as exc:
+            remaining = deadline - time.monotonic()
+            error = str(getattr(exc, "orig", None) or exc).splitlines()[0][:300]
+            if remaining <= 0:
+                log.error("database unreachable; giving up", extra={"tries": tries, "error": error})
+                raise
+            wait = min(delay, remaining)
+            log.warning(
+                "database unreachable; retrying",
+                extra={"tries": tries, "retry_in_s": round(wait, 2), "error": error},
+            )
+            sleep(wait)
+            delay = min(delay * 2, MAX_RETRY_S)
+            continue
+        if tries > 1:
+            log.info("database reachable", extra={"tries": tries})
+        return
+
+
+def check_database(url: str) -> None:
+    """Connect and read the schema's revision (``--no-migrate``)."""
+
+    async def check() -> None:
+        engine = create_engine(url)
+        try:
+            await current_revision(engine)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(check())
 
 
 def uvicorn_config(app: Any, settings: Settings) -> uvicorn.Config:
@@ -159,8 +215,15 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("parley.cli").warning(
             "generated an admin key", extra={"path": str(settings.data_dir / "admin_key")}
         )
-    if settings.migrate_on_start and not args.no_migrate:
-        migrate(settings.database_url)
+    url = settings.database_url
+    migrating = settings.migrate_on_start and not args.no_migrate
+    try:
+        wait_for_database(
+            (lambda: migrate(url)) if migrating else (lambda: check_database(url)),
+            settings.db_connect_timeout_s,
+        )
+    except (DBAPIError, OSError):
+        return 1  # logged
     app = create_app(settings)
     return_large_blocks()
     freeze_startup_heap()

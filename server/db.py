@@ -18,9 +18,12 @@ from server.sqlite_inline import InlineConnection, file_path, pragmas
 MIGRATIONS_DIR = Path(migrations.__file__).parent
 
 
-def create_engine(url: str, *, idle_in_transaction_s: float | None = None) -> AsyncEngine:
+def create_engine(
+    url: str, *, idle_in_transaction_s: float | None = None, sqlite_busy_timeout_s: float = 0.0
+) -> AsyncEngine:
     """An async engine; on a SQLite file, one whose connections call SQLite from the
-    event loop's thread (``server.sqlite_inline``).
+    event loop's thread (``server.sqlite_inline``), waiting on no lock there unless
+    ``sqlite_busy_timeout_s`` says so (migrations, which run before the server serves).
 
     ``idle_in_transaction_s`` (PostgreSQL): the server ends a session whose transaction
     waits on the client longer than this. A cluster node that stalls (paused, swapped
@@ -41,9 +44,10 @@ def create_engine(url: str, *, idle_in_transaction_s: float | None = None) -> As
     else:
         engine = create_async_engine(
             parsed.set(drivername="sqlite+aiosqlite"),
-            async_creator=lambda: InlineConnection.open(path),
+            async_creator=lambda: InlineConnection.open(path, sqlite_busy_timeout_s),
         )
-    event.listen(engine.sync_engine, "connect", pragmas(checkpoints=path is None))
+    listener = pragmas(checkpoints=path is None, busy_timeout_s=sqlite_busy_timeout_s)
+    event.listen(engine.sync_engine, "connect", listener)
     return engine
 
 

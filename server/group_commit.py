@@ -99,7 +99,7 @@ class GroupCommit:
     async def _commit(self, batch: list[_Pending]) -> None:
         """One round; raises its error, leaving every future of ``batch`` unsettled."""
         refused: dict[int, Exception] = {}
-        async with self.store.transaction() as tx:
+        async with self.store.transaction("document updates") as tx:
             fences = {id(i.fence): i.fence for i in batch if i.fence is not None}
             for key, fence in fences.items():
                 try:

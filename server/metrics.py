@@ -56,6 +56,12 @@ class Metrics:
             "Bytes sent to sockets and not yet taken by their clients, all sockets",
             registry=r,
         )
+        self.storage_refusals = Counter(
+            "parley_storage_refusals",
+            "Writes the database refused, by kind of fault (locked, readonly, unreachable, ...)",
+            ["kind"],
+            registry=r,
+        )
         self.summaries = Counter(
             "parley_summaries", "Summary calls, by outcome", ["status"], registry=r
         )

@@ -48,6 +48,7 @@ from server.connection import Connection
 from server.direct_send import binary_frame
 from server.group_commit import WriteFence
 from server.metrics import Metrics
+from server.retry_hint import retry_reason
 from server.settings import Settings
 from server.store import EntryRow, Store, StoreTx
 from server.tools import tool_defs
@@ -188,6 +189,8 @@ class SessionRoom:
         self.budgets = Budgets(member_rates(settings))
         self.wakeup = asyncio.Event()
         self.closed = False
+        self.failed: str | None = None  # why the room was given up (``fail``)
+        self._closing: asyncio.Task[None] | None = None
         # What a run found in flight on the next load was cut off by: a restart unless the
         # room was given up for another cause (``fail``) or taken over from another node.
         self.cut_off = ReasonCode.SERVER_RESTART
@@ -290,6 +293,7 @@ class SessionRoom:
     async def _writing(self) -> AsyncIterator[_Write]:
         """Serialize a change: store its rows and CRDT update, commit, then broadcast."""
         async with self._lock:
+            self._require_usable()
             captured = self._capturing()
             try:
                 async with self.store.transaction() as tx:
@@ -320,6 +324,7 @@ class SessionRoom:
         promise of ``_writing`` (stored before it is broadcast), kept through the group
         commit, which stores it with other sessions' updates in one transaction."""
         async with self._lock:
+            self._require_usable()
             captured = self._capturing()
             cancelled = False
             try:
@@ -346,6 +351,12 @@ class SessionRoom:
                     raise asyncio.CancelledError
         self.last_active = self.clock()
 
+    def _require_usable(self) -> None:
+        """A failed room's document may hold a change that was never stored: a write
+        made on it would depend on that change. The reloaded room takes writes."""
+        if self.failed is not None:
+            raise Unavailable(f"{self.failed}; nothing was stored")
+
     def _capturing(self) -> list[bytes]:
         """Start collecting the document's updates for the write under way."""
         captured: list[bytes] = []
@@ -360,7 +371,10 @@ class SessionRoom:
             try:
                 await self._load_doc()
             except Exception:
-                self.fail("the database is unavailable; reconnect to resync")
+                self.fail(
+                    "the database is unavailable; reconnect to resync",
+                    retry_after_s=self.settings.db_retry_after_s,
+                )
 
     def _broadcast_update(self, update: bytes) -> None:
         if update:
@@ -928,15 +942,30 @@ class SessionRoom:
             elif not decide(self.subject(user_id), Do(Capability.READ_SESSION)).allowed:
                 connection.close(CLOSE_FORBIDDEN, "membership revoked")
 
-    def fail(self, reason: str, cause: ReasonCode = ReasonCode.STORAGE_ERROR) -> None:
-        """Give the room up (its memory may hold an un-stored change): sockets are closed
-        with 1013 so clients reconnect, and the next use reloads it from the store; a run it
-        had in flight is marked with ``cause`` then."""
+    def fail(
+        self,
+        reason: str,
+        cause: ReasonCode = ReasonCode.STORAGE_ERROR,
+        retry_after_s: float | None = None,
+    ) -> None:
+        """Give the room up (its memory may hold an un-stored change): no write is made
+        here any more, the next use reloads it from the store (a run it had in flight is
+        marked with ``cause`` then), and its sockets are closed with 1013 so clients
+        reconnect (``retry_after_s``: a hint, in the reason, to wait that long first) --
+        once the writes waiting here now have answered their commands (``unavailable``),
+        so those answers go out first."""
         self.closed = True
+        self.failed = reason
         self.cut_off = cause
         self.wakeup.set()
-        for connection in list(self.connections):
-            connection.close(CLOSE_TRY_AGAIN, reason)
+        if retry_after_s is not None:
+            reason = retry_reason(reason, retry_after_s)
+        self._closing = asyncio.get_running_loop().create_task(self._close_after_writes(reason))
+
+    async def _close_after_writes(self, reason: str) -> None:
+        async with self._lock:  # behind every write that waits for it now
+            for connection in list(self.connections):
+                connection.close(CLOSE_TRY_AGAIN, reason)
 
     def is_idle(self) -> bool:
         return not self.connections and len(self.queue) == 0 and self.active_run is None

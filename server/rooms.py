@@ -50,6 +50,7 @@ class RoomRegistry:
         self.webhooks: list[ToolRow] = []
         self._rooms: dict[str, tuple[SessionRoom, SessionRunner]] = {}
         self._loading: dict[str, asyncio.Lock] = {}
+        self._cut_off: dict[str, ReasonCode] = {}  # sessions given up and not loaded since
         self._reaper: asyncio.Task[None] | None = None
         # Cluster mode: the node decides whether a room runs here or is a read replica.
         self.cluster: ClusterNode | None = None
@@ -62,12 +63,13 @@ class RoomRegistry:
         lock = self._loading.setdefault(session_id, asyncio.Lock())
         async with lock:
             loaded = self._rooms.get(session_id)
-            cut_off = ReasonCode.SERVER_RESTART
             if loaded is not None:
                 if not loaded[0].closed:
                     return loaded[0]
-                cut_off = loaded[0].cut_off  # why it was given up: a run it had ended so
-                await self.unload(session_id)  # given up after a store failure: reload
+                # Given up (after a store failure, say): reload it. Why it was given up is
+                # what ended a run it had in flight, until a load succeeds and marks it.
+                self._cut_off[session_id] = loaded[0].cut_off
+                await self.unload(session_id)
             if any(room.draining for room, _ in self._rooms.values()):
                 raise Unavailable("the server is shutting down")
             row = await self.store.get_session(session_id)
@@ -83,7 +85,7 @@ class RoomRegistry:
                 webhooks=lambda: self.webhooks,
             )
             room.model = row.model
-            room.cut_off = cut_off
+            room.cut_off = self._cut_off.get(session_id, ReasonCode.SERVER_RESTART)
             if self.cluster is not None:
                 room.awareness.publish = functools.partial(
                     self.cluster.presence.publish, session_id
@@ -97,6 +99,7 @@ class RoomRegistry:
                 await room.load(row.title, Policy(row.policy), row.restricted_replies)
                 runner.start()
             self._rooms[session_id] = (room, runner)
+            self._cut_off.pop(session_id, None)
             return room
 
     async def load_access(self) -> None:
@@ -166,6 +169,7 @@ class RoomRegistry:
             connection.close(close_code, reason)
 
     async def forget_session(self, session_id: str) -> None:
+        self._cut_off.pop(session_id, None)
         await self.unload(session_id, CLOSE_NOT_FOUND, "session deleted")
 
     def start_reaper(self) -> None:

@@ -165,6 +165,26 @@ class Settings(BaseSettings):
 
     # Storage
     snapshot_every_updates: int = 500
+    db_lock_timeout_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="SQLite: a write waits this long for the write lock (another process may "
+        "hold it) and for the writes before it, then is refused with 'unavailable'",
+    )
+    db_connect_timeout_s: float = Field(
+        default=60.0,
+        ge=0,
+        description="'parley serve' retries an unreachable database this long at start",
+    )
+    db_retry_after_s: float = Field(
+        default=2.0,
+        gt=0,
+        le=300,
+        description="While the database is unavailable, clients are told to retry after this",
+    )
+    storage_log_every_s: float = Field(
+        default=10.0, ge=0, description="At most one log line per kind of refused write per"
+    )
     room_idle_unload_s: float = 60.0
     log_level: str = "info"
 

@@ -9,6 +9,14 @@ connections make them in the loop's thread, as a blocking program would, behind 
 aiosqlite interface SQLAlchemy's async engine drives. In-process writers take turns
 (``Store``'s writer queue), so a call never waits on SQLite's lock for another of ours.
 
+Another process may hold the lock, though (a backup, an admin's ``sqlite3`` shell), and
+a call waiting on it in the loop's thread stopped every socket and probe for as long.
+So these connections never wait in SQLite's busy handler (``busy_timeout=0``); a write
+transaction starts with ``begin_immediate``: it takes the write lock up front, and if
+another process holds it, waits for it in a worker thread while the loop goes on. Once
+the lock is taken, nothing in the transaction waits on another process (WAL: readers
+never block the writer, nor the writer them).
+
 The one slow thing a commit can do is a WAL checkpoint, which fsyncs: these connections
 never checkpoint (``wal_autocheckpoint=0``); ``Checkpointer`` does it from a worker thread.
 
@@ -25,9 +33,12 @@ from typing import Any
 
 from sqlalchemy import URL
 
+from server.storage_health import LockTimeout
+
 log = logging.getLogger("parley.sqlite")
 
 CHECKPOINT_EVERY_S = 1.0
+SQLITE_BUSY = 5
 
 
 class InlineCursor:
@@ -94,8 +105,35 @@ class InlineConnection:
         return self._connection
 
     @classmethod
-    async def open(cls, path: str) -> InlineConnection:
-        return cls(sqlite3.connect(path, timeout=30, check_same_thread=False))
+    async def open(cls, path: str, busy_timeout_s: float = 0.0) -> InlineConnection:
+        return cls(sqlite3.connect(path, timeout=busy_timeout_s, check_same_thread=False))
+
+    async def begin_immediate(self, wait_s: float) -> None:
+        """Start a write transaction holding SQLite's write lock. Tried once in the loop's
+        thread; if another process holds the lock, waited for in a worker thread for up to
+        ``wait_s``, then ``LockTimeout``. Other errors are SQLite's own."""
+        connection = self._open
+        try:
+            connection.execute("BEGIN IMMEDIATE")
+            return
+        except sqlite3.OperationalError as exc:
+            if not _busy(exc):
+                raise
+            if wait_s <= 0:
+                raise LockTimeout("another process holds the database's write lock") from exc
+        waiting = asyncio.ensure_future(asyncio.to_thread(_begin_waiting, connection, wait_s))
+        cancelled = False
+        while not waiting.done():
+            try:
+                await asyncio.wait([waiting])
+            except asyncio.CancelledError:
+                # The thread has the connection: nobody else may use it until it is done.
+                cancelled = True
+        if cancelled:
+            if waiting.exception() is None:
+                connection.rollback()
+            raise asyncio.CancelledError
+        waiting.result()
 
     @property
     def isolation_level(self) -> str | None:
@@ -120,6 +158,25 @@ class InlineConnection:
 
     async def stop(self) -> None:
         await self.close()
+
+
+def _busy(exc: sqlite3.Error) -> bool:
+    return (getattr(exc, "sqlite_errorcode", 0) & 0xFF) == SQLITE_BUSY
+
+
+def _begin_waiting(connection: sqlite3.Connection, wait_s: float) -> None:
+    """``BEGIN IMMEDIATE`` in SQLite's busy handler for up to ``wait_s`` (worker thread)."""
+    connection.execute(f"PRAGMA busy_timeout={max(1, round(wait_s * 1000))}")
+    try:
+        connection.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError as exc:
+        if _busy(exc):
+            raise LockTimeout(
+                f"another process held the database's write lock for {wait_s:g} s"
+            ) from exc
+        raise
+    finally:
+        connection.execute("PRAGMA busy_timeout=0")
 
 
 class Checkpointer:
@@ -176,15 +233,17 @@ def file_path(url: URL) -> str | None:
     return database
 
 
-def pragmas(checkpoints: bool) -> Any:
-    """The ``connect`` listener that sets up each connection."""
+def pragmas(checkpoints: bool, busy_timeout_s: float = 0.0) -> Any:
+    """The ``connect`` listener that sets up each connection. ``busy_timeout_s``: how long
+    a statement waits on another process's lock in SQLite's busy handler (which blocks
+    the calling thread: zero for connections used from the event loop)."""
 
     def set_up(dbapi_connection: Any, _record: Any) -> None:
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute(f"PRAGMA busy_timeout={round(busy_timeout_s * 1000)}")
         if not checkpoints:
             cursor.execute("PRAGMA wal_autocheckpoint=0")
         cursor.close()

@@ -9,8 +9,10 @@ Close codes: 4401 bad, expired or revoked token, 4403 not a member (or membershi
 or a browser origin that is not allowed), 4404 unknown session, 4400 malformed binary frame,
 4429 rate limits ignored (or frames refused) again and again, or too many sockets of the user
 or the session, 1009 message too big (set by the server's size limit), 1013 slow consumer
-(reconnect and resync), 1001 server going away or idle timeout.
-44xx codes are final for stock clients; the others make them reconnect.
+or the database failed under a write (reconnect and resync; the reason is JSON with
+``retry_after_ms`` when it is the database), 1001 server going away or idle timeout.
+44xx codes are final for stock clients; the others make them reconnect. While the database
+cannot load the session, the upgrade itself is refused: HTTP 503 with ``Retry-After``.
 """
 
 from __future__ import annotations
@@ -27,11 +29,19 @@ from authz.tokens import verify_token
 from server.commands import handle_command
 from server.connection import CommandChannel, Connection, ConnectionLimits
 from server.direct_send import SCOPE_KEY as DIRECT_WRITER
-from server.room import CLOSE_FORBIDDEN, CLOSE_NOT_FOUND, SessionRoom
+from server.retry_hint import retry_later_response
+from server.room import CLOSE_FORBIDDEN, CLOSE_NOT_FOUND, CLOSE_TRY_AGAIN, SessionRoom
 from server.settings import Settings
 from server.state import AppState
 from session.commands import command_id_of, error_reply
-from session.errors import Forbidden, NotFound, ParleyError, RateLimited, Unauthenticated
+from session.errors import (
+    Forbidden,
+    NotFound,
+    ParleyError,
+    RateLimited,
+    Unauthenticated,
+    Unavailable,
+)
 from session.presence import Presence
 from session.ratelimit import cost_of
 from session.yprotocol import (
@@ -60,29 +70,37 @@ async def session_socket(websocket: WebSocket) -> None:
     session_id = websocket.path_params["session_id"]
     token = websocket.query_params.get("token", "")
     # Accept before refusing: a refused upgrade reaches browsers as a bare 1006, and stock
-    # clients retry it forever; a close code after accepting is final and readable.
-    await websocket.accept()
-    if state.draining:
-        await websocket.close(CLOSE_GOING_AWAY, "server shutting down")
-        return
+    # clients retry it forever; a close code after accepting is final and readable. The
+    # one exception is a database that cannot load the session: there retrying is right,
+    # and a refused upgrade is what makes every stock client back off (y-websocket before
+    # 3.x resets its back-off when a socket opens, and came back ten times a second).
     local_host, local_port = websocket.scope.get("server") or (None, None)
     own = own_origins(websocket.scope.get("scheme") == "wss", local_host, local_port)
-    if not origin_allowed(websocket.headers.get("origin"), state.settings.allowed_origins, own):
-        await websocket.close(CLOSE_FORBIDDEN, "origin not allowed")
-        return
-    try:
-        claims = verify_token(state.keys.signing_key, token, now=int(state.clock()))
-        if claims.session_id != session_id:
-            raise Unauthenticated("the token is for another session")
-        room = await state.rooms.get(session_id)
-    except Unauthenticated as exc:
-        await websocket.close(CLOSE_UNAUTHENTICATED, exc.message[:120])
-        return
-    except NotFound:
-        await websocket.close(CLOSE_NOT_FOUND, "unknown session")
-        return
-    except ParleyError as exc:
-        await websocket.close(1013, exc.message[:120])
+    refusal: tuple[int, str] | None = None
+    if state.draining:
+        refusal = (CLOSE_GOING_AWAY, "server shutting down")
+    elif not origin_allowed(websocket.headers.get("origin"), state.settings.allowed_origins, own):
+        refusal = (CLOSE_FORBIDDEN, "origin not allowed")
+    else:
+        try:
+            claims = verify_token(state.keys.signing_key, token, now=int(state.clock()))
+            if claims.session_id != session_id:
+                raise Unauthenticated("the token is for another session")
+            room = await state.rooms.get(session_id)
+        except Unauthenticated as exc:
+            refusal = (CLOSE_UNAUTHENTICATED, exc.message[:120])
+        except NotFound:
+            refusal = (CLOSE_NOT_FOUND, "unknown session")
+        except Unavailable as exc:
+            await websocket.send_denial_response(
+                retry_later_response(exc, state.settings.db_retry_after_s)
+            )
+            return
+        except ParleyError as exc:
+            refusal = (CLOSE_TRY_AGAIN, exc.message[:120])
+    await websocket.accept()
+    if refusal is not None:
+        await websocket.close(*refusal)
         return
     allowed = decide(room.subject(claims.user_id), Do(Capability.READ_SESSION))
     if not allowed.allowed:

@@ -1,0 +1,42 @@
+"""Telling clients when to come back while the database is unavailable.
+
+y-websocket before 3.x reconnects 100 ms after a socket that had opened closes, and backs
+off (doubling, up to 2.5 s) only after attempts that never opened (3.x resets its back-off
+only after a sync). A server that accepts each socket and closes it at once because the
+database is down is called about ten times a second by each such client. So: a socket
+whose session cannot be loaded is refused at the upgrade (HTTP 503, ``Retry-After``), and
+a socket closed because the database failed gets the same hint in its close reason, for
+clients that read it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+from starlette.responses import JSONResponse
+
+from session.errors import ErrorCode, Unavailable
+
+MAX_CLOSE_REASON_BYTES = 123  # RFC 6455: a control frame's 125 bytes, less the code
+
+
+def retry_reason(message: str, retry_after_s: float) -> str:
+    """A close reason telling a client to wait ``retry_after_s`` before it reconnects:
+    JSON (``code``, ``retry_after_ms``, ``message``) that fits a close frame."""
+    head = {"code": ErrorCode.UNAVAILABLE.value, "retry_after_ms": round(retry_after_s * 1000)}
+    while True:
+        reason = json.dumps({**head, "message": message}, separators=(",", ":"))
+        if len(reason.encode()) <= MAX_CLOSE_REASON_BYTES or not message:
+            return reason
+        message = message[:-1]
+
+
+def retry_later_response(error: Unavailable, retry_after_s: float) -> JSONResponse:
+    """The answer to a WebSocket upgrade the database cannot serve now: 503, the error
+    body REST uses, and ``Retry-After`` in whole seconds."""
+    return JSONResponse(
+        {"error": {"code": error.code.value, "message": error.message}},
+        status_code=503,
+        headers={"Retry-After": str(max(1, math.ceil(retry_after_s)))},
+    )

@@ -1,0 +1,105 @@
+"""The pieces of storage-fault handling that need no database: the refusal log's rate
+limit, the retry hints, and start-up's wait for the database."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import sqlite3
+
+import pytest
+from sqlalchemy.exc import OperationalError
+
+from server.cli import FIRST_RETRY_S, MAX_RETRY_S, wait_for_database
+from server.retry_hint import MAX_CLOSE_REASON_BYTES, retry_later_response, retry_reason
+from server.storage_health import LockTimeout, StorageHealth, fault_kind
+from session.errors import Unavailable
+
+
+def _sqlite_error(code: int, name: str) -> sqlite3.OperationalError:
+    exc = sqlite3.OperationalError("boom")
+    exc.sqlite_errorcode = code  # type: ignore[attr-defined]
+    exc.sqlite_errorname = name  # type: ignore[attr-defined]
+    return exc
+
+
+def test_fault_kinds_name_the_cause() -> None:
+    assert fault_kind(LockTimeout("held")) == "locked"
+    readonly = OperationalError("UPDATE", {}, _sqlite_error(8, "SQLITE_READONLY"))
+    assert fault_kind(readonly) == "readonly"
+    assert fault_kind(_sqlite_error(13, "SQLITE_FULL")) == "full"
+    assert fault_kind(ConnectionRefusedError()) == "unreachable"
+
+
+def test_refusals_are_logged_once_per_kind_per_interval_with_a_count(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    now = [100.0]
+    counted: list[str] = []
+    health = StorageHealth(log_every_s=10, clock=lambda: now[0], on_refused=counted.append)
+    caplog.set_level(logging.WARNING, logger="parley.storage")
+    logged = [health.refuse(LockTimeout("held"), "write") for _ in range(5)]
+    assert logged == [True, False, False, False, False]
+    assert health.refuse(ConnectionRefusedError(), "write")  # another kind: its own line
+    assert health.failing == "unreachable" and health.refused == 6
+    now[0] += 10
+    assert health.refuse(LockTimeout("held"), "write")
+    lines = [r for r in caplog.records if r.getMessage() == "database write refused"]
+    assert [(r.kind, r.suppressed) for r in lines] == [  # type: ignore[attr-defined]
+        ("locked", 0),
+        ("unreachable", 0),
+        ("locked", 4),
+    ]
+    assert counted == ["locked"] * 5 + ["unreachable", "locked"]  # the metric misses none
+    health.wrote()
+    assert health.failing is None
+
+
+def test_a_retry_reason_is_json_that_fits_a_close_frame() -> None:
+    reason = retry_reason("the database is unavailable " * 20, 2.5)
+    assert len(reason.encode()) <= MAX_CLOSE_REASON_BYTES
+    parsed = json.loads(reason)
+    assert parsed["code"] == "unavailable" and parsed["retry_after_ms"] == 2500
+    assert parsed["message"].startswith("the database is unavailable")
+
+
+def test_a_refused_upgrade_says_when_to_come_back() -> None:
+    response = retry_later_response(Unavailable("the database is unavailable"), 2.2)
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "3"
+    assert json.loads(response.body)["error"]["code"] == "unavailable"
+
+
+def test_start_up_retries_an_unreachable_database_with_back_off() -> None:
+    tries: list[int] = []
+    slept: list[float] = []
+
+    def attempt() -> None:
+        tries.append(1)
+        if len(tries) < 7:
+            raise ConnectionRefusedError("not yet")
+
+    wait_for_database(attempt, timeout_s=3600, sleep=slept.append)
+    assert len(tries) == 7
+    assert slept[0] == FIRST_RETRY_S
+    assert all(b == min(a * 2, MAX_RETRY_S) for a, b in itertools.pairwise(slept))
+    assert max(slept) == MAX_RETRY_S
+
+
+def test_start_up_gives_up_after_its_time_and_never_retries_other_errors() -> None:
+    def unreachable() -> None:
+        raise ConnectionRefusedError("down")
+
+    with pytest.raises(ConnectionRefusedError):
+        wait_for_database(unreachable, timeout_s=0, sleep=lambda _: None)
+
+    calls: list[int] = []
+
+    def broken() -> None:
+        calls.append(1)
+        raise ValueError("a bad URL is no outage")
+
+    with pytest.raises(ValueError):
+        wait_for_database(broken, timeout_s=3600, sleep=lambda _: None)
+    assert calls == [1]
