@@ -220,7 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         wait_for_database(
             (lambda: migrate(url)) if migrating else (lambda: check_database(url)),
-            settings.db_connect_timeout_s,
+            # An embedded file opens or it does not: no server to wait for.
+            0 if url.startswith("sqlite") else settings.db_connect_timeout_s,
         )
     except (DBAPIError, OSError):
         return 1  # logged
