@@ -58,7 +58,7 @@ async def put_role(state: AppState, name: str, body: RolePut) -> RoleOut:
         raise Conflict(f"{name!r} is a built-in role and cannot be redefined")
     capabilities = check_capabilities(body.capabilities)
     await _access(state).put_role(name, capabilities, int(state.clock() * 1000))
-    await state.rooms.load_access()
+    await state.rooms.access_changed()
     return _role_out(state, name)
 
 
@@ -67,7 +67,7 @@ async def delete_role(state: AppState, name: str) -> None:
         raise Conflict(f"{name!r} is a built-in role")
     if not await _access(state).delete_role(name):
         raise NotFound(f"no custom role {name!r}")
-    await state.rooms.load_access()
+    await state.rooms.access_changed()
 
 
 def _document_out(row: DocumentRow, *, text: bool) -> DocumentOut:
@@ -104,7 +104,7 @@ async def create_document(
 
 
 async def _readable(state: AppState, session_id: str, caller: Caller) -> list[DocumentRow]:
-    room = await state.rooms.get(session_id)
+    room = await state.rooms.current(session_id)
     rows = await _access(state).list_documents(session_id)
     if caller.user_id is None:
         return rows
@@ -166,7 +166,7 @@ async def create_tool(state: AppState, body: ToolCreate) -> ToolOut:
         int(state.clock() * 1000),
     )
     await _access(state).add_tool(row)
-    await state.rooms.load_access()
+    await state.rooms.access_changed()
     return _tool_out(row, secret=True)
 
 
@@ -177,14 +177,14 @@ async def list_tools(state: AppState) -> ToolList:
 async def delete_tool(state: AppState, name: str) -> None:
     if not await _access(state).delete_tool(name):
         raise NotFound(f"no tool {name!r}")
-    await state.rooms.load_access()
+    await state.rooms.access_changed()
 
 
 async def get_private(
     state: AppState, session_id: str, entry_id: str, caller: Caller
 ) -> PrivateOut:
     """The full text behind a placeholder, for a caller who may read every source of it."""
-    room = await state.rooms.get(session_id)
+    room = await state.rooms.current(session_id)
     item = room.private.get(entry_id)
     if item is None:
         raise NotFound(f"entry {entry_id!r} has no restricted text")

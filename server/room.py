@@ -53,7 +53,14 @@ from session.model import Usage
 from session.presence import Presence
 from session.queue import OrderingQueue, PendingPrompt, Policy, QueueLimits, Run
 from session.ratelimit import Rate, TokenBucket
-from session.schema import MESSAGE_STATUS, Entry, EntryKind, QueuedItem, SessionDocument
+from session.schema import (
+    MESSAGE_STATUS,
+    Entry,
+    EntryKind,
+    QueuedItem,
+    SessionDocument,
+    queue_of,
+)
 from session.summary import Summary, SummaryPlan, plan_extension
 from session.yprotocol import (
     DeleteSet,
@@ -174,10 +181,7 @@ class SessionRoom:
         self.summaries = await self.store.load_summaries(self.session_id)
         self.restricted_replies = restricted_replies
         self.private = {i.entry_id: i for i in await self.access.private_items(self.session_id)}
-        self.members = {
-            m.user_id: Member(m.user_id, m.role, frozenset(m.grants), frozenset(m.denials))
-            for m in await self.store.list_members(self.session_id)
-        }
+        self.members = await self._stored_members()
         if "session_id" not in self.doc.meta:
             async with self._writing():
                 self.doc.init_meta(self.session_id, title, policy.value)
@@ -790,7 +794,31 @@ class SessionRoom:
             self._deletes = normalise_delete_set(delete_set_of(full, state))
         return is_noop_update(update, state, self._deletes)
 
-    # -- membership -----------------------------------------------------------------------
+    # -- settings and membership ----------------------------------------------------------
+
+    async def reload_settings(self) -> None:
+        """Put the session's stored settings in force here: its model, its restricted-reply
+        policy and its members (a member who may no longer read it is disconnected).
+        ``NotFound`` if the session was deleted."""
+        row = await self.store.get_session(self.session_id)
+        if row is None:
+            raise NotFound(f"no session {self.session_id!r}")
+        self.model = row.model
+        self.restricted_replies = row.restricted_replies
+        self.members = await self._stored_members()
+        self.refresh_sockets()
+
+    async def _stored_members(self) -> dict[str, Member]:
+        return {m.user_id: m.member() for m in await self.store.list_members(self.session_id)}
+
+    async def follow_store(self) -> None:
+        """A read replica (cluster mode): read what the running node keeps beside the
+        document (settings, members, restricted text, summaries) from the store, and its
+        queue from the document, so that a REST read answers here as it does there."""
+        await self.reload_settings()
+        self.private = {i.entry_id: i for i in await self.access.private_items(self.session_id)}
+        self.summaries = await self.store.load_summaries(self.session_id)
+        self.queue = queue_of(self.doc, self.queue.limits)
 
     def set_member(self, user_id: str, member: Member | None) -> None:
         """Apply a membership change made over REST to live sockets: a member who may no

@@ -7,13 +7,14 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from authz.roles import RoleTable
-from server.access_store import AccessStore, ToolRow
+from server.access_store import AccessStore, ToolRow, access_digest
 from server.metrics import Metrics
 from server.room import CLOSE_NOT_FOUND, SessionRoom
 from server.runner import SessionRunner
+from server.session_writes import SETTINGS_WRITE, apply_session_write
 from server.settings import Settings
 from server.store import Store
 from session.errors import NotFound, Unavailable
@@ -90,14 +91,43 @@ class RoomRegistry:
             self._rooms[session_id] = (room, runner)
             return room
 
-    async def load_access(self) -> None:
-        """Read the custom roles and tools again (at start, and after one is changed over
-        REST); a member whose role no longer lets them read a session is disconnected."""
+    async def current(self, session_id: str) -> SessionRoom:
+        """The loaded room, with what a REST call reads from it as committed whichever node
+        runs the session (cluster mode: a read replica catches up first)."""
+        room = await self.get(session_id)
+        if self.cluster is not None:
+            await self.cluster.follow(room)
+        return room
+
+    async def change(self, room: SessionRoom, write: dict[str, Any]) -> dict[str, Any]:
+        """The one door for a REST change of a session (see ``server.session_writes``): in
+        force on the node that runs the session when this returns."""
+        write = {"id": "rest", **write}
+        if self.cluster is not None:
+            return await self.cluster.write_session(room, write)
+        return await apply_session_write(room, write)
+
+    async def settings_changed(self, room: SessionRoom) -> None:
+        """A REST call stored a session's settings or members: put them in force."""
+        await self.change(room, {"op": SETTINGS_WRITE})
+
+    async def access_changed(self) -> None:
+        """A REST call stored roles or tools: put them in force here and, in cluster mode,
+        on every node that runs a session, before the call returns."""
+        await self.load_access()
+        if self.cluster is not None:
+            await self.cluster.confirm_access()
+
+    async def load_access(self) -> str:
+        """Read the custom roles and tools again (at start, and after one is changed); a
+        member whose role no longer lets them read a session is disconnected. Returns the
+        digest of what is now in force."""
         access = AccessStore(self.store)
         self.roles = RoleTable(await access.list_roles())
         self.webhooks = await access.list_tools()
         for room, _ in self._rooms.values():
             room.refresh_sockets()
+        return access_digest(self.roles.custom, self.webhooks)
 
     def queue_depth(self) -> int:
         return sum(len(room.queue) for room, _ in self._rooms.values())

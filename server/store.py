@@ -20,6 +20,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from authz.roles import Member
 from server.group_commit import GroupCommit, insert_updates
 from server.sqlite_inline import Checkpointer, file_path
 from server.tables import (
@@ -59,6 +60,9 @@ class MemberRow:
     created_at: int
     grants: tuple[str, ...] = ()
     denials: tuple[str, ...] = ()
+
+    def member(self) -> Member:
+        return Member(self.user_id, self.role, frozenset(self.grants), frozenset(self.denials))
 
 
 @dataclass(frozen=True, slots=True)

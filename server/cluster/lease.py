@@ -98,6 +98,8 @@ _ORPHANED = text(
     """
 )
 
+_HOLDERS = text("SELECT DISTINCT holder FROM session_leases WHERE expires_at >= clock_timestamp()")
+
 _LIVE = text(
     """
     SELECT session_id FROM session_leases
@@ -170,3 +172,9 @@ class LeaseTable:
         async with self.engine.connect() as connection:
             rows = await connection.execute(_LIVE, {"ids": session_ids})
             return {row.session_id for row in rows}
+
+    async def holders(self) -> set[str]:
+        """The nodes holding a live lease right now (those that run sessions)."""
+        async with database_errors(), self.engine.connect() as connection:
+            rows = await connection.execute(_HOLDERS)
+            return {str(row.holder) for row in rows}

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, cast
 from sqlalchemy import func, select
 from starlette.websockets import WebSocket
 
-from authz.roles import Member
+from server.cluster.access import CHANNEL_ACCESS, CHANNEL_ACCESS_SEEN, AccessSync
 from server.cluster.forwarding import (
     CHANNEL_COMMAND,
     CHANNEL_RESULT,
@@ -41,20 +41,20 @@ from server.cluster.presence import CHANNEL_AWARENESS, PresenceRelay
 from server.cluster.tail import read_tail
 from server.commands import handle_command
 from server.connection import Connection
-from server.document_writes import apply_document_write
 from server.room import SessionRoom
 from server.runner import SessionRunner
+from server.session_writes import apply_session_write
 from server.settings import Settings
-from server.store import MemberRow, Store, StoreTx
+from server.store import Store, StoreTx
 from session.commands import command_id_of, error_reply
-from session.errors import ParleyError, Unavailable, error_for
+from session.errors import NotFound, ParleyError, Unavailable, error_for
 from session.queue import Policy
 
 if TYPE_CHECKING:
     from server.rooms import RoomRegistry
 
 log = logging.getLogger("parley.cluster")
-# The sender of a forwarded REST write: no user id can contain "!", so no member is it.
+# The sender of a forwarded REST change: no user id can contain "!", so no member is it.
 ADMIN_SENDER = "!admin"
 
 CHANNEL_DOC = "parley_doc"  # payload: session id (an update was committed)
@@ -111,6 +111,9 @@ class ClusterNode:
         self._draining: set[str] = set()
         self._results: dict[int, asyncio.Future[str]] = {}
         self.presence = PresenceRelay(store.engine, self.node_id, registry.loaded)
+        self.access = AccessSync(
+            store.engine, self.node_id, registry.load_access, self.leases_table.holders
+        )
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[None]] = set()
@@ -121,8 +124,10 @@ class ClusterNode:
                 CHANNEL_COMMAND: self._on_command,
                 CHANNEL_RESULT: self._on_result,
                 CHANNEL_AWARENESS: self.presence.on_notification,
+                CHANNEL_ACCESS: self.access.on_asked,
+                CHANNEL_ACCESS_SEEN: self.access.on_seen,
             },
-            self._on_connected,
+            self._on_listening,
             name=f"parley-listener {self.node_id}",
         )
         self.metrics = ClusterMetrics(registry.metrics.registry)
@@ -148,6 +153,7 @@ class ClusterNode:
         for task in [*self._tasks, *self._background]:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        await self.access.stop()
         await self.listener.stop()
 
     def status(self) -> str:
@@ -175,9 +181,7 @@ class ClusterNode:
                 self._runners.pop(session_id, None)
                 raise
             if not taken:
-                room.members = {
-                    m.user_id: _member(m) for m in await self.store.list_members(session_id)
-                }
+                await room.reload_settings()
                 self.applied[session_id] = 0
                 self.live_elsewhere.add(session_id)
                 await self._catch_up(room)
@@ -220,6 +224,9 @@ class ClusterNode:
         self.leases[session_id] = lease
         applied = self.applied.pop(session_id, None)
         try:
+            # Roles and tools as stored now: a change confirmed before this node held the
+            # lease did not wait for it (see ``AccessSync``).
+            await self.registry.load_access()
             # The store is the truth: the queue resumes from it and a reply cut off by the
             # previous holder is marked interrupted (the same path as a restart).
             await room.load(title, policy, room.restricted_replies)
@@ -267,19 +274,34 @@ class ClusterNode:
             return await handle_command(room, connection, frame)
         return await self._forward(room, connection.user_id, frame)
 
-    async def write_document(self, room: SessionRoom, write: dict[str, Any]) -> dict[str, Any]:
-        """A REST write of the session's document: run here if this node runs the session,
-        else forwarded to the node that does (as the admin: the REST call was authorised)."""
+    async def write_session(self, room: SessionRoom, write: dict[str, Any]) -> dict[str, Any]:
+        """A REST change of the session (``server.session_writes``): run here if this node
+        runs the session, else forwarded to the node that does (as the admin: the REST call
+        was authorised), then followed here, so both nodes answer with it."""
         session_id = room.session_id
         if session_id not in self.running and session_id not in self.live_elsewhere:
             with contextlib.suppress(Exception):  # the database, say: forwarding reports it
                 await self._promote(room)
         if session_id in self.running:
-            return await apply_document_write(room, write)
+            return await apply_session_write(room, write)
         reply = json.loads(await self._forward(room, ADMIN_SENDER, json.dumps(write)))
         if reply.get("type") == "error":
             raise error_for(str(reply.get("code")), str(reply.get("message")))
+        await self.follow(room)
         return dict(reply.get("result") or {})
+
+    async def follow(self, room: SessionRoom) -> None:
+        """Bring a read replica up to what is committed (the document's tail, then what the
+        running node keeps beside it), so a REST read here answers as one there would."""
+        if room.session_id in self.running:
+            return
+        await self._catch_up(room)
+        await room.follow_store()
+
+    async def confirm_access(self) -> None:
+        """Roles or tools were changed here: wait until every node running a session has
+        them in force (``Unavailable`` if one does not say so in ``forward_timeout_s``)."""
+        await self.access.confirm(self.settings.forward_timeout_s)
 
     async def _forward(self, room: SessionRoom, user_id: str, frame: str) -> str:
         session_id = room.session_id
@@ -344,7 +366,7 @@ class ClusterNode:
             for user_id in {c.user_id for c in open_commands} - {ADMIN_SENDER}:
                 # Membership may have changed on another node: read it fresh.
                 member = await self.store.get_member(session_id, user_id)
-                room.set_member(user_id, None if member is None else _member(member))
+                room.set_member(user_id, None if member is None else member.member())
             outcomes = await asyncio.gather(
                 *(self._run_forwarded(room, c.user_id, c.frame) for c in open_commands),
                 return_exceptions=True,
@@ -366,7 +388,7 @@ class ClusterNode:
         if user_id == ADMIN_SENDER:
             write = json.loads(frame)
             try:
-                result = await apply_document_write(room, write)
+                result = await apply_session_write(room, write)
             except ParleyError as exc:
                 return error_reply(command_id_of(frame), exc)
             return json.dumps({"type": "ack", "id": write.get("id"), "result": result})
@@ -401,6 +423,11 @@ class ClusterNode:
         result = await self.commands.result(command_id)
         if result is not None and not future.done():
             future.set_result(result)
+
+    def _on_listening(self) -> None:
+        """The listener (re)connected: notifications may have been missed meanwhile."""
+        self.access.on_asked("")
+        self._on_connected()
 
     def _on_connected(self) -> None:
         """After a (re)connect notifications may have been missed: look at everything."""
@@ -469,21 +496,17 @@ class ClusterNode:
                 log.warning("lease round failed", extra={"error": f"{type(exc).__name__}: {exc}"})
 
     async def _refresh_members(self) -> None:
-        """Apply membership changes made over REST on other nodes to this node's sockets
-        (a revoked member's socket closes with 4403, a deleted session's with 4404)."""
+        """The safety net for settings changed on other nodes: put the stored ones in force
+        on this node's rooms (a revoked member's socket closes with 4403, a deleted
+        session's with 4404)."""
         for session_id in list(self._runners):
             room = self.registry.loaded(session_id)
             if room is None or room.closed:
                 continue
-            if await self.store.get_session(session_id) is None:
+            try:
+                await room.reload_settings()
+            except NotFound:
                 await self.registry.forget_session(session_id)
-                continue
-            current = {m.user_id: _member(m) for m in await self.store.list_members(session_id)}
-            for user_id in set(room.members) - set(current):
-                room.set_member(user_id, None)
-            for user_id, member in current.items():
-                if room.members.get(user_id) != member:
-                    room.set_member(user_id, member)
 
     async def _keep_leases(self) -> None:
         held = list(self.leases.values())
@@ -508,7 +531,3 @@ class ClusterNode:
                         "takeover failed",
                         extra={"session_id": session_id, "error": f"{type(exc).__name__}"},
                     )
-
-
-def _member(row: MemberRow) -> Member:
-    return Member(row.user_id, row.role, frozenset(row.grants), frozenset(row.denials))
