@@ -469,7 +469,8 @@ class ClusterNode:
             if tail.snapshot is not None or tail.updates:
                 await room.apply_replicated(tail.snapshot, tail.updates)
             if session_id in self.applied:
-                self.applied[session_id] = tail.last_id
+                # A REST read catches up too (``follow``): the later of two never goes back.
+                self.applied[session_id] = max(self.applied[session_id], tail.last_id)
             if tail.complete:
                 return
         self._stale_docs.add(session_id)  # a very long tail: go on next round
