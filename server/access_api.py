@@ -48,6 +48,7 @@ def _role_out(state: AppState, name: str) -> RoleOut:
 
 
 async def list_roles(state: AppState) -> RoleList:
+    await state.rooms.current_access()
     return RoleList(roles=[_role_out(state, name) for name in state.rooms.roles.names()])
 
 
@@ -171,6 +172,7 @@ async def create_tool(state: AppState, body: ToolCreate) -> ToolOut:
 
 
 async def list_tools(state: AppState) -> ToolList:
+    await state.rooms.current_access()
     return ToolList(tools=[_tool_out(t, secret=False) for t in state.rooms.webhooks])
 
 

@@ -36,6 +36,7 @@ from server.state import AppState
 from server.store import MemberRow, SessionRow
 from session.errors import Conflict, Forbidden, InvalidInput, NotFound
 from session.queue import Policy
+from session.schema import queue_of
 
 USER_ID = re.compile(r"[A-Za-z0-9._@:+-]{1,200}")
 
@@ -214,6 +215,7 @@ async def delete_member(state: AppState, session_id: str, user_id: str, caller: 
 
 async def list_members(state: AppState, session_id: str) -> MemberList:
     await _session(state, session_id)
+    await state.rooms.current_access()
     rows = await state.store.list_members(session_id)
     return MemberList(members=[_member_out(state, r) for r in rows])
 
@@ -298,10 +300,13 @@ async def preview_context(
     room = await state.rooms.current(session_id)
     if user_id not in room.members:
         raise Conflict(f"{user_id!r} is not a member of this session")
-    waiting = [p for p in room.queue.pending() if p.author == user_id]
+    # The queue as the document shows it: the running node's committed plan, the same on
+    # every node (a read replica has no queue of its own).
+    queue = queue_of(room.doc, room.queue.limits)
+    waiting = [p for p in queue.pending() if p.author == user_id]
     prompt_ids: tuple[str, ...] = ()
     if waiting:
-        upcoming = room.queue.next()
+        upcoming = queue.next()
         if upcoming is not None and waiting[0].id in upcoming.ids:
             prompt_ids = upcoming.ids
         else:

@@ -53,14 +53,7 @@ from session.model import Usage
 from session.presence import Presence
 from session.queue import OrderingQueue, PendingPrompt, Policy, QueueLimits, Run
 from session.ratelimit import Rate, TokenBucket
-from session.schema import (
-    MESSAGE_STATUS,
-    Entry,
-    EntryKind,
-    QueuedItem,
-    SessionDocument,
-    queue_of,
-)
+from session.schema import MESSAGE_STATUS, Entry, EntryKind, QueuedItem, SessionDocument
 from session.summary import Summary, SummaryPlan, plan_extension
 from session.yprotocol import (
     DeleteSet,
@@ -813,12 +806,11 @@ class SessionRoom:
 
     async def follow_store(self) -> None:
         """A read replica (cluster mode): read what the running node keeps beside the
-        document (settings, members, restricted text, summaries) from the store, and its
-        queue from the document, so that a REST read answers here as it does there."""
+        document (settings, members, restricted text, summaries) from the store, so that a
+        REST read answers here as it does there."""
         await self.reload_settings()
         self.private = {i.entry_id: i for i in await self.access.private_items(self.session_id)}
         self.summaries = await self.store.load_summaries(self.session_id)
-        self.queue = queue_of(self.doc, self.queue.limits)
 
     def set_member(self, user_id: str, member: Member | None) -> None:
         """Apply a membership change made over REST to live sockets: a member who may no

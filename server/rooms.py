@@ -47,6 +47,7 @@ class RoomRegistry:
         self.clock = clock
         self.roles = RoleTable()
         self.webhooks: list[ToolRow] = []
+        self._access_digest = access_digest(self.roles.custom, self.webhooks)
         self._rooms: dict[str, tuple[SessionRoom, SessionRunner]] = {}
         self._loading: dict[str, asyncio.Lock] = {}
         self._reaper: asyncio.Task[None] | None = None
@@ -118,16 +119,25 @@ class RoomRegistry:
         if self.cluster is not None:
             await self.cluster.confirm_access()
 
+    async def current_access(self) -> None:
+        """Before a REST read of roles or tools: in cluster mode another node may have
+        changed them a moment ago (it waited only for the nodes that run sessions)."""
+        if self.cluster is not None:
+            await self.load_access()
+
     async def load_access(self) -> str:
-        """Read the custom roles and tools again (at start, and after one is changed); a
-        member whose role no longer lets them read a session is disconnected. Returns the
-        digest of what is now in force."""
+        """Read the custom roles and tools again (at start, and after one is changed); if
+        they changed, a member whose role no longer lets them read a session is
+        disconnected. Returns the digest of what is now in force."""
         access = AccessStore(self.store)
         self.roles = RoleTable(await access.list_roles())
         self.webhooks = await access.list_tools()
-        for room, _ in self._rooms.values():
-            room.refresh_sockets()
-        return access_digest(self.roles.custom, self.webhooks)
+        digest = access_digest(self.roles.custom, self.webhooks)
+        if digest != self._access_digest:
+            self._access_digest = digest
+            for room, _ in self._rooms.values():
+                room.refresh_sockets()
+        return digest
 
     def queue_depth(self) -> int:
         return sum(len(room.queue) for room, _ in self._rooms.values())

@@ -4,11 +4,12 @@ REST call returns.
 Roles and tools belong to the whole server, not to one session, and every node keeps them in
 memory. The node that stored a change asks all nodes to read them again (``parley_access``);
 each answers with a digest of what it now has in force (``parley_access_seen``). The asking
-node returns once every node holding a session lease has answered with the digest of what
-the store holds now, or raises ``Unavailable`` after ``forward_timeout_s``. A node that
-stops renewing its leases drops out of the wait (its sessions move to nodes that read the
-roles afresh when they take them). The question is asked again every ``ASK_AGAIN_S``, so a
-lost notification delays an answer and never loses it.
+node returns once every node holding a live session lease has answered with the digest of
+what the store holds now, or raises ``Unavailable`` after ``forward_timeout_s``. A node that
+stopped renewing its leases (dead, or paused) drops out of the wait: its lapsed leases are
+fenced first, so it can never write under them again, only take a session afresh, which
+reads roles and tools anew. The question is asked again every ``ASK_AGAIN_S``, so a lost
+notification delays an answer and never loses it.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from collections.abc import Awaitable, Callable
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from server.cluster.lease import LeaseTable
 from session.errors import Unavailable
 
 log = logging.getLogger("parley.cluster.access")
@@ -37,14 +39,13 @@ class AccessSync:
         engine: AsyncEngine,
         node_id: str,
         reload: Callable[[], Awaitable[str]],
-        holders: Callable[[], Awaitable[set[str]]],
+        leases: LeaseTable,
     ) -> None:
-        """``reload`` reads roles and tools again and returns the digest now in force here;
-        ``holders`` names the nodes holding a live session lease."""
+        """``reload`` reads roles and tools again and returns the digest now in force here."""
         self.engine = engine
         self.node_id = node_id
         self.reload = reload
-        self.holders = holders
+        self.leases = leases
         self._seen: dict[str, str] = {}  # while a change waits: what each node answered
         self._waiting = 0
         self._answered = asyncio.Event()
@@ -60,11 +61,11 @@ class AccessSync:
         try:
             while True:
                 current = await self.reload()
-                behind = {
-                    node
-                    for node in await self.holders()
-                    if node != self.node_id and self._seen.get(node) != current
-                }
+                kept = {n for n, seen in self._seen.items() if seen == current} | {self.node_id}
+                # Fenced before the holders are read: a lease found live afterwards was
+                # renewed after the fence, so its holder is waited for.
+                await self.leases.fence_lapsed(kept)
+                behind = await self.leases.holders() - kept
                 if not behind:
                     return
                 now = time.monotonic()

@@ -112,7 +112,7 @@ class ClusterNode:
         self._results: dict[int, asyncio.Future[str]] = {}
         self.presence = PresenceRelay(store.engine, self.node_id, registry.loaded)
         self.access = AccessSync(
-            store.engine, self.node_id, registry.load_access, self.leases_table.holders
+            store.engine, self.node_id, registry.load_access, self.leases_table
         )
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -291,11 +291,13 @@ class ClusterNode:
         return dict(reply.get("result") or {})
 
     async def follow(self, room: SessionRoom) -> None:
-        """Bring a read replica up to what is committed (the document's tail, then what the
-        running node keeps beside it), so a REST read here answers as one there would."""
+        """Bring a read replica up to what is committed (the document's tail, the roles and
+        tools, what the running node keeps beside the document), so a REST read here
+        answers as one there would."""
         if room.session_id in self.running:
             return
         await self._catch_up(room)
+        await self.registry.current_access()
         await room.follow_store()
 
     async def confirm_access(self) -> None:

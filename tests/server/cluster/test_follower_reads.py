@@ -40,7 +40,9 @@ async def test_every_rest_read_of_a_session_answers_the_same_on_every_node(
     ]
     async with upstream_cluster(tmp_path, replies) as nodes:
         runner, follower = nodes.nodes
-        sid = await nodes.new_session({"olga": "owner", "bob": "editor", "vic": "viewer"})
+        watcher = {"capabilities": ["read_session"]}
+        assert (await nodes.http.put("/api/v1/roles/watcher", json=watcher)).is_success
+        sid = await nodes.new_session({"olga": "owner", "bob": "editor", "vic": "watcher"})
         document = await nodes.http.post(
             f"/api/v1/sessions/{sid}/documents",
             json={"title": "Vault", "text": SECRET, "readers": {"users": ["bob", "olga"]}},
@@ -77,6 +79,9 @@ async def test_every_rest_read_of_a_session_answers_the_same_on_every_node(
             timeout=30,
         )
 
+        # Redefined through the running node just before the reads (see /members).
+        watcher = {"capabilities": ["read_session", "be_present"]}
+        assert (await nodes.http.put("/api/v1/roles/watcher", json=watcher)).is_success
         tokens = {
             user: (
                 await nodes.http.post(f"/api/v1/sessions/{sid}/tokens", json={"user_id": user})
@@ -99,6 +104,8 @@ async def test_every_rest_read_of_a_session_answers_the_same_on_every_node(
             base + "/usage",
             base + "/quotas",
             base + "/audit",
+            "/api/v1/roles",
+            "/api/v1/tools",
         ]
         callers = {"admin": ADMIN_KEY, **tokens}
         differ = []

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -145,4 +147,35 @@ async def test_restricted_replies_changed_on_a_follower_are_in_force_on_the_runn
         # Shared by the owner's choice: the reply stays in the shared document, audited.
         assert "[restricted:" not in reply["content"] and "7731" in reply["content"]
         assert any(r["kind"] == "reply_shared" for r in audit)
+        await bob.close()
+
+
+async def test_a_role_change_does_not_wait_for_a_node_that_stopped(tmp_path: Path) -> None:
+    """The node running the session is paused (SIGSTOP) when a role changes elsewhere: the
+    change is confirmed once its lease lapses (not after the forward timeout), and the
+    session, wherever it runs next, judges by the new role."""
+    async with cluster(tmp_path, 2, PARLEY_OFFLINE_TOKEN_DELAY_MS="0") as nodes:
+        n0, n1 = nodes.nodes
+        assert (
+            await nodes.http.put("/api/v1/roles/asker", json={"capabilities": ASKER})
+        ).is_success
+        async with admin(n1) as on_n1:  # opened through n1, so n1 runs it
+            sid = (await on_n1.post("/api/v1/sessions", json={})).json()["id"]
+            put = await on_n1.put(f"/api/v1/sessions/{sid}/members/bob", json={"role": "asker"})
+            assert put.status_code == 200, put.text
+        assert (await nodes.wait_holder(sid))[0] == "n1"
+        assert n1.process is not None
+        os.kill(n1.process.pid, signal.SIGSTOP)
+        try:
+            dropped = [c for c in ASKER if c != "prompt"]
+            changed = await nodes.http.put("/api/v1/roles/asker", json={"capabilities": dropped})
+        finally:
+            os.kill(n1.process.pid, signal.SIGCONT)
+        assert changed.status_code == 200, changed.text
+        async with admin(n1) as on_n1:  # n1 is awake again (it may resume its lease)
+            roles = (await on_n1.get("/api/v1/roles")).json()["roles"]
+            assert next(r for r in roles if r["name"] == "asker")["capabilities"] == sorted(dropped)
+        bob = await nodes.connect(n0, sid, "bob")
+        refused = await bob.command({"type": "prompt", "id": "p", "text": "hi"})
+        assert (refused["type"], refused.get("code")) == ("error", "forbidden"), refused
         await bob.close()
