@@ -186,7 +186,7 @@ async def get_private(
     state: AppState, session_id: str, entry_id: str, caller: Caller
 ) -> PrivateOut:
     """The full text behind a placeholder, for a caller who may read every source of it."""
-    room = await state.rooms.current(session_id)
+    room = await state.rooms.current(session_id, kept=True)
     item = room.private.get(entry_id)
     if item is None:
         raise NotFound(f"entry {entry_id!r} has no restricted text")

@@ -143,10 +143,10 @@ async def put_member(
 ) -> MemberOut:
     _check_user_id(user_id)
     await _session(state, session_id)
+    room = await state.rooms.current(session_id)  # roles included, as committed
     if body.role not in state.rooms.roles:
         raise InvalidInput(f"role: no role {body.role!r} (see GET /api/v1/roles)")
     grants, denials = check_capabilities(body.grants), check_capabilities(body.denials)
-    room = await state.rooms.current(session_id)
     before = room.members.get(user_id)
     member = Member(user_id, body.role, grants, denials)
     await _may_delegate(state, room, caller, before, member)
@@ -297,7 +297,7 @@ async def preview_context(
     preview only their own."""
     if caller.user_id is not None and caller.user_id != user_id:
         raise Forbidden("a member may preview only their own model input")
-    room = await state.rooms.current(session_id)
+    room = await state.rooms.current(session_id, kept=True)
     if user_id not in room.members:
         raise Conflict(f"{user_id!r} is not a member of this session")
     # The queue as the document shows it: the running node's committed plan, the same on

@@ -126,7 +126,7 @@ async def authorize(op: Operation, caller: Caller, state: AppState, session_id: 
         return
     if session_id is None or session_id != caller.session_id:
         raise Forbidden("a client token acts only in its own session's routes")
-    room = await state.rooms.get(session_id)
+    room = await state.rooms.current(session_id)  # judged by what is committed
     what = f"{op.method} {op.path}"
     if op.capability is None:
         await room.audit("refused", caller.user_id, {"action": what, "reason": "admin only"})

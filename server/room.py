@@ -804,11 +804,10 @@ class SessionRoom:
     async def _stored_members(self) -> dict[str, Member]:
         return {m.user_id: m.member() for m in await self.store.list_members(self.session_id)}
 
-    async def follow_store(self) -> None:
-        """A read replica (cluster mode): read what the running node keeps beside the
-        document (settings, members, restricted text, summaries) from the store, so that a
-        REST read answers here as it does there."""
-        await self.reload_settings()
+    async def load_kept(self) -> None:
+        """A read replica (cluster mode): read the restricted text and the summaries the
+        running node keeps beside the document from the store, so that a REST read of
+        them answers here as it does there."""
         self.private = {i.entry_id: i for i in await self.access.private_items(self.session_id)}
         self.summaries = await self.store.load_summaries(self.session_id)
 

@@ -92,12 +92,13 @@ class RoomRegistry:
             self._rooms[session_id] = (room, runner)
             return room
 
-    async def current(self, session_id: str) -> SessionRoom:
-        """The loaded room, with what a REST call reads from it as committed whichever node
-        runs the session (cluster mode: a read replica catches up first)."""
+    async def current(self, session_id: str, *, kept: bool = False) -> SessionRoom:
+        """The loaded room, with what a REST call judges and reads as committed whichever
+        node runs the session (cluster mode: a read replica catches up first; ``kept``:
+        also the restricted text and the summaries, for the routes that read them)."""
         room = await self.get(session_id)
         if self.cluster is not None:
-            await self.cluster.follow(room)
+            await self.cluster.follow(room, kept=kept)
         return room
 
     async def change(self, room: SessionRoom, write: dict[str, Any]) -> dict[str, Any]:

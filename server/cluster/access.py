@@ -66,18 +66,20 @@ class AccessSync:
                 # renewed after the fence, so its holder is waited for.
                 await self.leases.fence_lapsed(kept)
                 behind = await self.leases.holders() - kept
+                now = time.monotonic()
+                if now - asked >= ASK_AGAIN_S:
+                    # At once, so that every node reloads (not only those waited for), then
+                    # again while some are behind, in case a notification was lost.
+                    asked = now
+                    await self._notify(CHANNEL_ACCESS, self.node_id)
                 if not behind:
                     return
-                now = time.monotonic()
                 if now >= deadline:
                     raise Unavailable(
                         "the change is stored, but node(s) "
                         f"{', '.join(sorted(behind))} have not put it in force yet; send it again"
                     )
                 self._answered.clear()
-                if now - asked >= ASK_AGAIN_S:
-                    asked = now
-                    await self._notify(CHANNEL_ACCESS, self.node_id)
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(min(ASK_AGAIN_S, deadline - now)):
                         await self._answered.wait()

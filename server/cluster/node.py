@@ -290,15 +290,17 @@ class ClusterNode:
         await self.follow(room)
         return dict(reply.get("result") or {})
 
-    async def follow(self, room: SessionRoom) -> None:
+    async def follow(self, room: SessionRoom, *, kept: bool = False) -> None:
         """Bring a read replica up to what is committed (the document's tail, the roles and
-        tools, what the running node keeps beside the document), so a REST read here
-        answers as one there would."""
+        tools, the settings and members; with ``kept`` also the restricted text and the
+        summaries), so a REST call here is judged and answered as one there would be."""
         if room.session_id in self.running:
             return
         await self._catch_up(room)
         await self.registry.current_access()
-        await room.follow_store()
+        await room.reload_settings()
+        if kept:
+            await room.load_kept()
 
     async def confirm_access(self) -> None:
         """Roles or tools were changed here: wait until every node running a session has
