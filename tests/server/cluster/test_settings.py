@@ -1,5 +1,6 @@
 """Settings changed over REST on any node are in force where the session runs before the
-call returns: roles, members, the model, tools, quotas, the restricted-reply policy.
+call returns: roles, members, the model, tools, quotas, documents, the restricted-reply
+policy.
 
 Two real ``parley serve`` nodes on one PostgreSQL; the session runs on the first, each
 change goes through the second, and the next prompt goes through the first at once (no
@@ -119,25 +120,24 @@ async def test_settings_changed_on_a_follower_are_in_force_on_the_running_node(
         await bob.close()
 
 
-async def test_restricted_replies_changed_on_a_follower_are_in_force_on_the_running_node(
+async def test_documents_and_restricted_replies_changed_on_a_follower_are_in_force_there(
     tmp_path: Path,
 ) -> None:
     replies = [Reply(pieces=search_call("vault")), Reply(pieces=openai_stream(["It is 7731."]))]
     async with upstream_cluster(tmp_path, replies) as nodes:
         runner, follower = nodes.nodes
         sid = await nodes.new_session({"olga": "owner", "bob": "editor", "vic": "viewer"})
-        made = await nodes.http.post(
-            f"/api/v1/sessions/{sid}/documents",
-            json={
-                "title": "Vault",
-                "text": "the vault code is 7731",
-                "readers": {"users": ["bob"]},
-            },
-        )
-        assert made.status_code == 201, made.text
         assert (await nodes.wait_holder(sid))[0] == "n0"
         bob = await nodes.connect(runner, sid, "bob")
         async with admin(follower) as via:
+            # A document attached through the follower is found by the running node's run.
+            vault = {
+                "title": "Vault",
+                "text": "the vault code is 7731",
+                "readers": {"users": ["bob"]},
+            }
+            made = await via.post(f"/api/v1/sessions/{sid}/documents", json=vault)
+            assert made.status_code == 201, made.text
             shared = {"restricted_replies": "shared"}
             assert (await via.patch(f"/api/v1/sessions/{sid}", json=shared)).status_code == 200
             asked = await bob.command({"type": "prompt", "id": "p", "text": "the vault code?"})
