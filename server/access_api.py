@@ -48,6 +48,7 @@ def _role_out(state: AppState, name: str) -> RoleOut:
 
 
 async def list_roles(state: AppState) -> RoleList:
+    await state.rooms.current_access()
     return RoleList(roles=[_role_out(state, name) for name in state.rooms.roles.names()])
 
 
@@ -58,7 +59,7 @@ async def put_role(state: AppState, name: str, body: RolePut) -> RoleOut:
         raise Conflict(f"{name!r} is a built-in role and cannot be redefined")
     capabilities = check_capabilities(body.capabilities)
     await _access(state).put_role(name, capabilities, int(state.clock() * 1000))
-    await state.rooms.load_access()
+    await state.rooms.access_changed()
     return _role_out(state, name)
 
 
@@ -67,7 +68,7 @@ async def delete_role(state: AppState, name: str) -> None:
         raise Conflict(f"{name!r} is a built-in role")
     if not await _access(state).delete_role(name):
         raise NotFound(f"no custom role {name!r}")
-    await state.rooms.load_access()
+    await state.rooms.access_changed()
 
 
 def _document_out(row: DocumentRow, *, text: bool) -> DocumentOut:
@@ -104,7 +105,7 @@ async def create_document(
 
 
 async def _readable(state: AppState, session_id: str, caller: Caller) -> list[DocumentRow]:
-    room = await state.rooms.get(session_id)
+    room = await state.rooms.current(session_id)
     rows = await _access(state).list_documents(session_id)
     if caller.user_id is None:
         return rows
@@ -166,25 +167,26 @@ async def create_tool(state: AppState, body: ToolCreate) -> ToolOut:
         int(state.clock() * 1000),
     )
     await _access(state).add_tool(row)
-    await state.rooms.load_access()
+    await state.rooms.access_changed()
     return _tool_out(row, secret=True)
 
 
 async def list_tools(state: AppState) -> ToolList:
+    await state.rooms.current_access()
     return ToolList(tools=[_tool_out(t, secret=False) for t in state.rooms.webhooks])
 
 
 async def delete_tool(state: AppState, name: str) -> None:
     if not await _access(state).delete_tool(name):
         raise NotFound(f"no tool {name!r}")
-    await state.rooms.load_access()
+    await state.rooms.access_changed()
 
 
 async def get_private(
     state: AppState, session_id: str, entry_id: str, caller: Caller
 ) -> PrivateOut:
     """The full text behind a placeholder, for a caller who may read every source of it."""
-    room = await state.rooms.get(session_id)
+    room = await state.rooms.current(session_id, kept=True)
     item = room.private.get(entry_id)
     if item is None:
         raise NotFound(f"entry {entry_id!r} has no restricted text")

@@ -6,9 +6,10 @@ record of a run) are written with the ``insert_*`` functions inside the room's t
 
 from __future__ import annotations
 
+import hashlib
 import json
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from sqlalchemy import and_, delete, func, insert, select, update
@@ -78,6 +79,16 @@ class AuditRow:
     kind: str
     actor: str
     data: dict[str, Any]
+
+
+def access_digest(custom_roles: Mapping[str, frozenset[str]], webhooks: Sequence[ToolRow]) -> str:
+    """A fingerprint of the roles and tools a node has in force: two nodes with the same
+    digest judge every command alike."""
+    data = {
+        "roles": {name: sorted(caps) for name, caps in sorted(custom_roles.items())},
+        "tools": [asdict(tool) for tool in webhooks],
+    }
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
 def _readers_json(readers: Readers) -> str:

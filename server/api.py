@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import secrets
-from typing import Any
 
 from authz.membership import ADMIN, judge_membership_change
 from authz.policy import Decision, Subject
@@ -32,13 +31,13 @@ from server.api_models import (
     TranscriptEntryOut,
     TranscriptOut,
 )
-from server.document_writes import apply_document_write
 from server.rest import Caller, Operation, QueryParam, QueryStr
 from server.room import SessionRoom
 from server.state import AppState
 from server.store import MemberChange, MemberRow, SessionRow
 from session.errors import Conflict, Forbidden, InvalidInput, NotFound
 from session.queue import Policy
+from session.schema import queue_of
 
 USER_ID = re.compile(r"[A-Za-z0-9._@:+-]{1,200}")
 
@@ -90,25 +89,23 @@ async def get_session(state: AppState, session_id: str) -> SessionOut:
 async def update_session(
     state: AppState, session_id: str, body: SessionPatch, caller: Caller
 ) -> SessionOut:
-    """Change a session's title, scheduling policy, model or restricted-reply policy; policy
-    changes are audited."""
+    """Change a session's title, scheduling policy, model or restricted-reply policy (in
+    force where the session runs when this returns); policy changes are audited."""
     before = await _session(state, session_id)
     if "model" in body.model_fields_set:
         if body.model is not None and body.model not in state.settings.catalog():
             names = ", ".join(sorted(state.settings.catalog()))
             raise InvalidInput(f"model: {body.model!r} is not configured (choose from {names})")
         await state.store.set_model(session_id, body.model)
-        loaded = state.rooms.loaded(session_id)
-        if loaded is not None:
-            loaded.model = body.model
     if body.title is not None:
         await state.store.set_title(session_id, body.title)
     room = await state.rooms.get(session_id)
     if body.policy is not None:
-        await _write_document(state, room, {"op": "policy", "policy": body.policy})
+        await state.rooms.change(room, {"op": "policy", "policy": body.policy})
     if body.restricted_replies is not None:
         await AccessStore(state.store).set_restricted_replies(session_id, body.restricted_replies)
-        room.restricted_replies = body.restricted_replies
+    if "model" in body.model_fields_set or body.restricted_replies is not None:
+        await state.rooms.settings_changed(room)
     changes = {
         name: {"from": getattr(before, name), "to": value}
         for name, value in (
@@ -130,7 +127,7 @@ async def delete_session(state: AppState, session_id: str) -> None:
 
 
 def _member_out(state: AppState, row: MemberRow) -> MemberOut:
-    member = Member(row.user_id, row.role, frozenset(row.grants), frozenset(row.denials))
+    member = row.as_member()
     subject = Subject.of(member, state.rooms.roles)
     return MemberOut(
         user_id=row.user_id,
@@ -147,10 +144,11 @@ async def put_member(
 ) -> MemberOut:
     _check_user_id(user_id)
     await _session(state, session_id)
+    room = await state.rooms.current(session_id)  # roles included, as committed
     if body.role not in state.rooms.roles:
         raise InvalidInput(f"role: no role {body.role!r} (see GET /api/v1/roles)")
     grants, denials = check_capabilities(body.grants), check_capabilities(body.denials)
-    room = await state.rooms.get(session_id)
+    room = await state.rooms.current(session_id)
     change = await _change_member(
         state, room, caller, user_id, Member(user_id, body.role, grants, denials)
     )
@@ -161,7 +159,7 @@ async def put_member(
 async def delete_member(state: AppState, session_id: str, user_id: str, caller: Caller) -> None:
     """Remove a member: their tokens are revoked, their sockets closed, their prompts
     stopped."""
-    room = await state.rooms.get(session_id)
+    room = await state.rooms.current(session_id)
     await _change_member(state, room, caller, user_id, None)
 
 
@@ -191,7 +189,7 @@ async def _change_member(
         change.decision.require()
     if change.before is None and change.after is None:
         raise NotFound(f"{user_id!r} is not a member of this session")
-    await room.set_member(user_id, None if change.after is None else change.after.as_member())
+    await state.rooms.settings_changed(room)  # in force where the session runs
     await room.audit(
         "membership",
         actor,
@@ -214,6 +212,7 @@ def _member_json(member: Member) -> dict[str, object]:
 
 async def list_members(state: AppState, session_id: str) -> MemberList:
     await _session(state, session_id)
+    await state.rooms.current_access()
     rows = await state.store.list_members(session_id)
     return MemberList(members=[_member_out(state, r) for r in rows])
 
@@ -261,26 +260,15 @@ async def revoke_token(state: AppState, session_id: str, jti: str) -> None:
 
 
 async def get_transcript(state: AppState, session_id: str) -> TranscriptOut:
-    room = await state.rooms.get(session_id)
+    room = await state.rooms.current(session_id)
     return TranscriptOut(
         messages=[TranscriptEntryOut.model_validate(e.to_json()) for e in room.doc.entries()]
     )
 
 
 async def list_facts(state: AppState, session_id: str) -> FactsOut:
-    room = await state.rooms.get(session_id)
+    room = await state.rooms.current(session_id)
     return FactsOut(facts=room.doc.fact_map())
-
-
-async def _write_document(
-    state: AppState, room: SessionRoom, write: dict[str, Any]
-) -> dict[str, Any]:
-    """A write of the shared document: on the room here, or (cluster mode) on the node that
-    runs the session."""
-    write = {"id": "rest", **write}
-    if state.rooms.cluster is not None:
-        return await state.rooms.cluster.write_document(room, write)
-    return await apply_document_write(room, write)
 
 
 async def put_fact(
@@ -288,35 +276,35 @@ async def put_fact(
 ) -> FactsOut:
     room = await state.rooms.get(session_id)
     write = {"op": "set_fact", "key": key, "value": body.value, "author": caller.user_id or ""}
-    result = await _write_document(state, room, write)
+    result = await state.rooms.change(room, write)
     return FactsOut(facts=result["facts"])
 
 
 async def delete_fact(state: AppState, session_id: str, key: str) -> None:
-    room = await state.rooms.get(session_id)
+    room = await state.rooms.current(session_id)
     if key not in room.doc.fact_map():
         raise NotFound(f"no fact {key!r}")
-    await _write_document(state, room, {"op": "set_fact", "key": key, "value": None})
+    await state.rooms.change(room, {"op": "set_fact", "key": key, "value": None})
 
 
 async def list_pins(state: AppState, session_id: str) -> PinsOut:
-    room = await state.rooms.get(session_id)
+    room = await state.rooms.current(session_id)
     return PinsOut(pins=room.doc.pinned())
 
 
 async def create_pin(state: AppState, session_id: str, body: PinCreate) -> PinsOut:
     room = await state.rooms.get(session_id)
-    result = await _write_document(
-        state, room, {"op": "pin", "entry_id": body.entry_id, "pinned": True}
+    result = await state.rooms.change(
+        room, {"op": "pin", "entry_id": body.entry_id, "pinned": True}
     )
     return PinsOut(pins=result["pins"])
 
 
 async def delete_pin(state: AppState, session_id: str, entry_id: str) -> None:
-    room = await state.rooms.get(session_id)
+    room = await state.rooms.current(session_id)
     if entry_id not in room.doc.pinned():
         raise NotFound(f"{entry_id!r} is not pinned")
-    await _write_document(state, room, {"op": "pin", "entry_id": entry_id, "pinned": False})
+    await state.rooms.change(room, {"op": "pin", "entry_id": entry_id, "pinned": False})
 
 
 async def preview_context(
@@ -327,13 +315,16 @@ async def preview_context(
     preview only their own."""
     if caller.user_id is not None and caller.user_id != user_id:
         raise Forbidden("a member may preview only their own model input")
-    room = await state.rooms.get(session_id)
+    room = await state.rooms.current(session_id, kept=True)
     if user_id not in room.members:
         raise Conflict(f"{user_id!r} is not a member of this session")
-    waiting = [p for p in room.queue.pending() if p.author == user_id]
+    # The queue as the document shows it: the running node's committed plan, the same on
+    # every node (a read replica has no queue of its own).
+    queue = queue_of(room.doc, room.queue.limits)
+    waiting = [p for p in queue.pending() if p.author == user_id]
     prompt_ids: tuple[str, ...] = ()
     if waiting:
-        upcoming = room.queue.next()
+        upcoming = queue.next()
         if upcoming is not None and waiting[0].id in upcoming.ids:
             prompt_ids = upcoming.ids
         else:

@@ -871,6 +871,26 @@ class SessionRoom:
         limit = self.settings.max_delete_ranges_per_update
         return is_noop_update(update, state, self._deletes, limit)
 
+    # -- settings and membership ----------------------------------------------------------
+
+    async def reload_settings(self) -> None:
+        """Put the session's stored settings in force here: its model, its restricted-reply
+        policy, its members and revoked tokens (``refresh_membership``).
+        ``NotFound`` if the session was deleted."""
+        row = await self.store.get_session(self.session_id)
+        if row is None:
+            raise NotFound(f"no session {self.session_id!r}")
+        self.model = row.model
+        self.restricted_replies = row.restricted_replies
+        await self.refresh_membership()
+
+    async def load_kept(self) -> None:
+        """A read replica (cluster mode): read the restricted text and the summaries the
+        running node keeps beside the document from the store, so that a REST read of
+        them answers here as it does there."""
+        self.private = {i.entry_id: i for i in await self.access.private_items(self.session_id)}
+        self.summaries = await self.store.load_summaries(self.session_id)
+
     # -- membership and client tokens ------------------------------------------------------
 
     async def refresh_membership(self) -> None:

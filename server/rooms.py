@@ -8,13 +8,14 @@ import functools
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from authz.roles import RoleTable
-from server.access_store import AccessStore, ToolRow
+from server.access_store import AccessStore, ToolRow, access_digest
 from server.metrics import Metrics
 from server.room import CLOSE_NOT_FOUND, SessionRoom
 from server.runner import SessionRunner
+from server.session_writes import SETTINGS_WRITE, apply_session_write
 from server.settings import Settings
 from server.store import Store
 from session.errors import NotFound, Unavailable
@@ -48,6 +49,7 @@ class RoomRegistry:
         self.clock = clock
         self.roles = RoleTable()
         self.webhooks: list[ToolRow] = []
+        self._access_digest = access_digest(self.roles.custom, self.webhooks)
         self._rooms: dict[str, tuple[SessionRoom, SessionRunner]] = {}
         self._loading: dict[str, asyncio.Lock] = {}
         self._cut_off: dict[str, ReasonCode] = {}  # sessions given up and not loaded since
@@ -102,14 +104,53 @@ class RoomRegistry:
             self._cut_off.pop(session_id, None)
             return room
 
-    async def load_access(self) -> None:
-        """Read the custom roles and tools again (at start, and after one is changed over
-        REST); a member whose role no longer lets them read a session is disconnected."""
+    async def current(self, session_id: str, *, kept: bool = False) -> SessionRoom:
+        """The loaded room, with what a REST call judges and reads as committed whichever
+        node runs the session (cluster mode: a read replica catches up first; ``kept``:
+        also the restricted text and the summaries, for the routes that read them)."""
+        room = await self.get(session_id)
+        if self.cluster is not None:
+            await self.cluster.follow(room, kept=kept)
+        return room
+
+    async def change(self, room: SessionRoom, write: dict[str, Any]) -> dict[str, Any]:
+        """The one door for a REST change of a session (see ``server.session_writes``): in
+        force on the node that runs the session when this returns."""
+        write = {"id": "rest", **write}
+        if self.cluster is not None:
+            return await self.cluster.write_session(room, write)
+        return await apply_session_write(room, write)
+
+    async def settings_changed(self, room: SessionRoom) -> None:
+        """A REST call stored a session's settings or members: put them in force."""
+        await self.change(room, {"op": SETTINGS_WRITE})
+
+    async def access_changed(self) -> None:
+        """A REST call stored roles or tools: put them in force here and, in cluster mode,
+        on every node that runs a session, before the call returns."""
+        await self.load_access()
+        if self.cluster is not None:
+            await self.cluster.confirm_access()
+
+    async def current_access(self) -> None:
+        """Before a REST read of roles or tools: in cluster mode another node may have
+        changed them a moment ago (it waited only for the nodes that run sessions)."""
+        if self.cluster is not None:
+            await self.load_access()
+
+    async def load_access(self) -> str:
+        """Read the custom roles and tools again (at start, and after one is changed); if
+        they changed, a member whose role no longer lets them read a session is
+        disconnected. Returns the digest of what is now in force."""
         access = AccessStore(self.store)
         self.roles = RoleTable(await access.list_roles())
         self.webhooks = await access.list_tools()
-        for room, _ in self._rooms.values():
-            room.refresh_sockets()
+        digest = access_digest(self.roles.custom, self.webhooks)
+        if digest != self._access_digest:
+            self._access_digest = digest
+            for room, _ in self._rooms.values():
+                room.refresh_sockets()
+        return digest
 
     def queue_depth(self) -> int:
         return sum(len(room.queue) for room, _ in self._rooms.values())

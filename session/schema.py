@@ -25,12 +25,13 @@ Roots (all written by the server only; clients read):
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import functools
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from pycrdt import Array, Doc, Map, Text
+from pycrdt import Array, Doc, Map, Text, TransactionEvent
 
 from session.attribution import Fact
 from session.errors import InvalidInput, NotFound
@@ -40,6 +41,7 @@ from session.lifecycle import (
     check_prompt_transition,
     check_reply_transition,
 )
+from session.queue import OrderingQueue, PendingPrompt, Policy, QueueLimits, Run
 from session.reasons import Ending
 
 SCHEMA_VERSION = 1
@@ -100,12 +102,34 @@ class QueuedItem:
     author: str
 
 
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _mutator(
+    method: Callable[Concatenate[SessionDocument, _P], _R],
+) -> Callable[Concatenate[SessionDocument, _P], _R]:
+    """Mark a method that changes the document and keeps the mirrors in step itself."""
+
+    def mutate(self: SessionDocument, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        self._current()
+        self._own = True
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            self._own = False
+
+    functools.update_wrapper(mutate, method)
+    return mutate
+
+
 class SessionDocument:
     """Typed access to a session's pycrdt document.
 
-    Every mutation goes through a method here, so the schema and the lifecycle rules are
-    enforced in one place. Each public mutator runs in one transaction, so it reaches clients
-    as one update.
+    Every mutation made here goes through a method here, so the schema and the lifecycle
+    rules are enforced in one place. Each public mutator runs in one transaction, so it
+    reaches clients as one update. Updates made elsewhere (a read replica applying what the
+    running node wrote, say) are applied to ``doc`` directly: the mirrors notice and follow.
     """
 
     def __init__(self, doc: Doc[Any]) -> None:
@@ -122,9 +146,23 @@ class SessionDocument:
         self._entries: dict[str, Map[Any]] = {}
         self._copies: dict[str, Entry] = {}
         self._queue_ids: list[str] = []
+        # True while a mutator runs; any other change marks the mirrors stale, and they are
+        # rebuilt on their next use (once per read, however many updates arrived).
+        self._own = False
+        self._stale = False
+        self._subscription = doc.observe(self._changed)
         self._reindex()
 
+    def _changed(self, event: TransactionEvent) -> None:
+        if not self._own:
+            self._stale = True
+
+    def _current(self) -> None:
+        if self._stale:
+            self._reindex()
+
     def _reindex(self) -> None:
+        self._stale = False
         self._order = []
         self._entries = {}
         self._copies = {}
@@ -136,6 +174,7 @@ class SessionDocument:
 
     # -- writing ---------------------------------------------------------------------------
 
+    @_mutator
     def init_meta(self, session_id: str, title: str, policy: str) -> None:
         with self.doc.transaction():
             self.meta["session_id"] = session_id
@@ -143,9 +182,11 @@ class SessionDocument:
             self.meta["policy"] = policy
             self.meta["schema_version"] = SCHEMA_VERSION
 
+    @_mutator
     def set_policy(self, policy: str) -> None:
         self.meta["policy"] = policy
 
+    @_mutator
     def pin(self, entry_id: str) -> bool:
         """Pin an entry; False if it was pinned already."""
         self._entry(entry_id)
@@ -154,6 +195,7 @@ class SessionDocument:
         self.pins.append(entry_id)
         return True
 
+    @_mutator
     def unpin(self, entry_id: str) -> bool:
         for index, pinned in enumerate(self.pins):
             if pinned == entry_id:
@@ -161,6 +203,7 @@ class SessionDocument:
                 return True
         return False
 
+    @_mutator
     def set_fact(self, key: str, value: str | None, author: str) -> None:
         """Set a fact as ``author`` (``""``: the admin API), or remove it with ``None``."""
         with self.doc.transaction():
@@ -183,6 +226,7 @@ class SessionDocument:
         authors = {str(k): str(v) for k, v in self.fact_authors.items()}
         return {key: Fact(value, authors.get(key)) for key, value in self.fact_map().items()}
 
+    @_mutator
     def add_prompt(self, *, id: str, seq: int, author: str, text: str, created_at: int) -> None:
         """Append a queued prompt; the caller lists it in ``queue`` with ``set_queue``."""
         with self.doc.transaction():
@@ -197,6 +241,7 @@ class SessionDocument:
                 created_at=created_at,
             )
 
+    @_mutator
     def add_message(self, *, id: str, seq: int, author: str, text: str, created_at: int) -> None:
         with self.doc.transaction():
             self._append(
@@ -210,6 +255,7 @@ class SessionDocument:
                 created_at=created_at,
             )
 
+    @_mutator
     def start_reply(
         self, *, prompt_ids: Sequence[str], reply_id: str, author: str, created_at: int
     ) -> None:
@@ -246,6 +292,7 @@ class SessionDocument:
             self._order.insert(index, reply_id)
             self._entries[reply_id] = self.transcript[index]
 
+    @_mutator
     def add_tool_step(
         self,
         *,
@@ -277,6 +324,7 @@ class SessionDocument:
         self._order.insert(index, id)
         self._entries[id] = self.transcript[index]
 
+    @_mutator
     def set_queue(self, planned: Sequence[QueuedItem]) -> None:
         """Make the ``queue`` root list ``planned`` with few edits.
 
@@ -302,6 +350,7 @@ class SessionDocument:
                 self.queue.append(Map({"id": item.id, "seq": item.seq, "author": item.author}))
         self._queue_ids = wanted
 
+    @_mutator
     def append_reply_text(self, reply_id: str, text: str) -> None:
         reply = self._entry(reply_id)
         if reply["status"] != ReplyStatus.STREAMING.value:
@@ -309,6 +358,7 @@ class SessionDocument:
         content: Text = reply["content"]
         content.insert(len(content), text)
 
+    @_mutator
     def finish_prompts(self, prompt_ids: Sequence[str], ending: Ending | None = None) -> None:
         """Move prompts to their final status: ``done`` without an ``ending``, else the one
         its code names (``session.reasons.OUTCOMES``); their reply follows.
@@ -386,6 +436,7 @@ class SessionDocument:
         return entry
 
     def _copy(self, entry_id: str) -> Entry:
+        self._current()
         copy = self._copies.get(entry_id)
         if copy is None:
             try:
@@ -397,12 +448,14 @@ class SessionDocument:
     # -- reading ---------------------------------------------------------------------------
 
     def entries(self) -> list[Entry]:
+        self._current()
         return [self._copy(entry_id) for entry_id in self._order]
 
     def entry(self, entry_id: str) -> Entry:
         return self._copy(entry_id)
 
     def has_entry(self, entry_id: str) -> bool:
+        self._current()
         return entry_id in self._entries
 
     def queued(self) -> list[QueuedItem]:
@@ -437,3 +490,25 @@ def read_entry(entry: Map[Any]) -> Entry:
         started_at=None if entry.get("started_at") is None else int(entry["started_at"]),
         tool=optional("tool"),
     )
+
+
+def queue_of(document: SessionDocument, limits: QueueLimits) -> OrderingQueue:
+    """The ordering queue a document shows: its ``queue`` root (the waiting prompts in the
+    order they will run), the policy in ``meta`` and the run in flight (its prompts are
+    ``running``). A read replica answers from it what the running node answers from its
+    own queue, of which the document is the committed plan."""
+    waiting = document.queued()
+    queue = OrderingQueue(
+        limits,
+        [PendingPrompt(item.id, item.seq, item.author) for item in waiting],
+        Policy(document.meta.get("policy") or Policy.QUEUE.value),
+        rotation=[item.author for item in waiting],
+    )
+    running = [
+        PendingPrompt(e.id, e.seq, e.author)
+        for e in document.entries()
+        if e.kind is EntryKind.PROMPT and e.status == PromptStatus.RUNNING.value
+    ]
+    if running:
+        queue.running = Run(tuple(sorted(running, key=lambda p: p.seq)))
+    return queue

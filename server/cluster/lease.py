@@ -69,7 +69,7 @@ _FENCE = text(
 _RENEW_ALL = text(
     """
     UPDATE session_leases SET expires_at = clock_timestamp() + make_interval(secs => :ttl)
-    WHERE holder = :holder AND session_id = ANY(:ids)
+    WHERE holder = :holder AND session_id = ANY(:ids) AND expires_at > '-infinity'
     RETURNING session_id, epoch
     """
 )
@@ -95,6 +95,19 @@ _ORPHANED = text(
         WHERE l.session_id = busy.session_id AND l.expires_at >= clock_timestamp()
     )
     LIMIT :limit
+    """
+)
+
+_HOLDERS = text("SELECT DISTINCT holder FROM session_leases WHERE expires_at >= clock_timestamp()")
+
+# Lapsed leases of nodes that did not confirm a change of roles or tools (see
+# ``server.cluster.access``): a new epoch, so their holder cannot renew or write under them
+# again and must take the session afresh; '-infinity' marks them fenced once.
+_FENCE_LAPSED = text(
+    """
+    UPDATE session_leases SET epoch = epoch + 1, expires_at = '-infinity'
+    WHERE expires_at < clock_timestamp() AND expires_at > '-infinity'
+        AND NOT (holder = ANY(:kept))
     """
 )
 
@@ -170,3 +183,14 @@ class LeaseTable:
         async with self.engine.connect() as connection:
             rows = await connection.execute(_LIVE, {"ids": session_ids})
             return {row.session_id for row in rows}
+
+    async def fence_lapsed(self, kept: set[str]) -> None:
+        """Fence every lapsed lease of a holder not in ``kept``."""
+        async with database_errors(), self.engine.begin() as connection:
+            await connection.execute(_FENCE_LAPSED, {"kept": sorted(kept)})
+
+    async def holders(self) -> set[str]:
+        """The nodes holding a live lease right now (those that run sessions)."""
+        async with database_errors(), self.engine.connect() as connection:
+            rows = await connection.execute(_HOLDERS)
+            return {str(row.holder) for row in rows}

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, cast
 from sqlalchemy import func, select
 from starlette.websockets import WebSocket
 
+from server.cluster.access import CHANNEL_ACCESS, CHANNEL_ACCESS_SEEN, AccessSync
 from server.cluster.forwarding import (
     CHANNEL_COMMAND,
     CHANNEL_RESULT,
@@ -40,13 +41,13 @@ from server.cluster.presence import CHANNEL_AWARENESS, PresenceRelay
 from server.cluster.tail import read_tail
 from server.commands import handle_command
 from server.connection import Connection
-from server.document_writes import apply_document_write
 from server.room import SessionRoom
 from server.runner import SessionRunner
+from server.session_writes import apply_session_write
 from server.settings import Settings
 from server.store import Store, StoreTx
 from session.commands import command_id_of, error_reply
-from session.errors import ParleyError, Unavailable, error_for
+from session.errors import NotFound, ParleyError, Unavailable, error_for
 from session.queue import Policy
 from session.reasons import ReasonCode
 
@@ -54,7 +55,7 @@ if TYPE_CHECKING:
     from server.rooms import RoomRegistry
 
 log = logging.getLogger("parley.cluster")
-# The sender of a forwarded REST write: no user id can contain "!", so no member is it.
+# The sender of a forwarded REST change: no user id can contain "!", so no member is it.
 ADMIN_SENDER = "!admin"
 
 CHANNEL_DOC = "parley_doc"  # payload: session id (an update was committed)
@@ -111,6 +112,9 @@ class ClusterNode:
         self._draining: set[str] = set()
         self._results: dict[int, asyncio.Future[str]] = {}
         self.presence = PresenceRelay(store.engine, self.node_id, registry.loaded)
+        self.access = AccessSync(
+            store.engine, self.node_id, registry.load_access, self.leases_table
+        )
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[None]] = set()
@@ -121,8 +125,10 @@ class ClusterNode:
                 CHANNEL_COMMAND: self._on_command,
                 CHANNEL_RESULT: self._on_result,
                 CHANNEL_AWARENESS: self.presence.on_notification,
+                CHANNEL_ACCESS: self.access.on_asked,
+                CHANNEL_ACCESS_SEEN: self.access.on_seen,
             },
-            self._on_connected,
+            self._on_listening,
             name=f"parley-listener {self.node_id}",
         )
         self.metrics = ClusterMetrics(registry.metrics.registry)
@@ -148,6 +154,7 @@ class ClusterNode:
         for task in [*self._tasks, *self._background]:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        await self.access.stop()
         await self.listener.stop()
 
     def status(self) -> str:
@@ -175,7 +182,7 @@ class ClusterNode:
                 self._runners.pop(session_id, None)
                 raise
             if not taken:
-                await room.refresh_membership()
+                await room.reload_settings()
                 self.applied[session_id] = 0
                 self.live_elsewhere.add(session_id)
                 await self._catch_up(room)
@@ -218,6 +225,9 @@ class ClusterNode:
         self.leases[session_id] = lease
         applied = self.applied.pop(session_id, None)
         try:
+            # Roles and tools as stored now: a change confirmed before this node held the
+            # lease did not wait for it (see ``AccessSync``).
+            await self.registry.load_access()
             # The store is the truth: the queue resumes from it and a reply cut off by the
             # previous holder is marked interrupted (the same path as a restart).
             if room.cut_off is ReasonCode.SERVER_RESTART:
@@ -267,19 +277,38 @@ class ClusterNode:
             return await handle_command(room, connection, frame)
         return await self._forward(room, connection.user_id, frame)
 
-    async def write_document(self, room: SessionRoom, write: dict[str, Any]) -> dict[str, Any]:
-        """A REST write of the session's document: run here if this node runs the session,
-        else forwarded to the node that does (as the admin: the REST call was authorised)."""
+    async def write_session(self, room: SessionRoom, write: dict[str, Any]) -> dict[str, Any]:
+        """A REST change of the session (``server.session_writes``): run here if this node
+        runs the session, else forwarded to the node that does (as the admin: the REST call
+        was authorised), then followed here, so both nodes answer with it."""
         session_id = room.session_id
         if session_id not in self.running and session_id not in self.live_elsewhere:
             with contextlib.suppress(Exception):  # the database, say: forwarding reports it
                 await self._promote(room)
         if session_id in self.running:
-            return await apply_document_write(room, write)
+            return await apply_session_write(room, write)
         reply = json.loads(await self._forward(room, ADMIN_SENDER, json.dumps(write)))
         if reply.get("type") == "error":
             raise error_for(str(reply.get("code")), str(reply.get("message")))
+        await self.follow(room)
         return dict(reply.get("result") or {})
+
+    async def follow(self, room: SessionRoom, *, kept: bool = False) -> None:
+        """Bring a read replica up to what is committed (the document's tail, the roles and
+        tools, the settings and members; with ``kept`` also the restricted text and the
+        summaries), so a REST call here is judged and answered as one there would be."""
+        if room.session_id in self.running:
+            return
+        await self._catch_up(room)
+        await self.registry.current_access()
+        await room.reload_settings()
+        if kept:
+            await room.load_kept()
+
+    async def confirm_access(self) -> None:
+        """Roles or tools were changed here: wait until every node running a session has
+        them in force (``Unavailable`` if one does not say so in ``forward_timeout_s``)."""
+        await self.access.confirm(self.settings.forward_timeout_s)
 
     async def _forward(self, room: SessionRoom, user_id: str, frame: str) -> str:
         session_id = room.session_id
@@ -366,7 +395,7 @@ class ClusterNode:
         if user_id == ADMIN_SENDER:
             write = json.loads(frame)
             try:
-                result = await apply_document_write(room, write)
+                result = await apply_session_write(room, write)
             except ParleyError as exc:
                 return error_reply(command_id_of(frame), exc)
             return json.dumps({"type": "ack", "id": write.get("id"), "result": result})
@@ -401,6 +430,11 @@ class ClusterNode:
         result = await self.commands.result(command_id)
         if result is not None and not future.done():
             future.set_result(result)
+
+    def _on_listening(self) -> None:
+        """The listener (re)connected: notifications may have been missed meanwhile."""
+        self.access.on_asked("")
+        self._on_connected()
 
     def _on_connected(self) -> None:
         """After a (re)connect notifications may have been missed: look at everything."""
@@ -442,7 +476,8 @@ class ClusterNode:
             if tail.snapshot is not None or tail.updates:
                 await room.apply_replicated(tail.snapshot, tail.updates)
             if session_id in self.applied:
-                self.applied[session_id] = tail.last_id
+                # A REST read catches up too (``follow``): the later of two never goes back.
+                self.applied[session_id] = max(self.applied[session_id], tail.last_id)
             if tail.complete:
                 return
         self._stale_docs.add(session_id)  # a very long tail: go on next round
@@ -469,17 +504,17 @@ class ClusterNode:
                 log.warning("lease round failed", extra={"error": f"{type(exc).__name__}: {exc}"})
 
     async def _refresh_members(self) -> None:
-        """Apply membership changes and token revocations made over REST on other nodes
-        (a removed member's socket closes with 4403 and their prompts stop, a revoked
-        token's socket with 4401, a deleted session's with 4404)."""
+        """The safety net for settings changed on other nodes: put the stored ones in force
+        on this node's rooms (a removed member's socket closes with 4403 and their prompts
+        stop, a revoked token's socket with 4401, a deleted session's with 4404)."""
         for session_id in list(self._runners):
             room = self.registry.loaded(session_id)
             if room is None or room.closed:
                 continue
-            if await self.store.get_session(session_id) is None:
+            try:
+                await room.reload_settings()
+            except NotFound:
                 await self.registry.forget_session(session_id)
-                continue
-            await room.refresh_membership()  # revoked tokens too
 
     async def _keep_leases(self) -> None:
         held = list(self.leases.values())

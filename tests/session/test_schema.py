@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from pycrdt import Doc
 
 from session.errors import NotFound
-from session.lifecycle import IllegalTransition, PromptStatus
+from session.lifecycle import IllegalTransition, PromptStatus, ReplyStatus
 from session.queue import OrderingQueue, PendingPrompt, Policy, QueueLimits
 from session.reasons import Ending, ReasonCode
 from session.schema import (
@@ -21,6 +21,7 @@ from session.schema import (
     EntryKind,
     QueuedItem,
     SessionDocument,
+    queue_of,
 )
 
 
@@ -428,6 +429,76 @@ def test_a_replica_reads_back_identical_entries() -> None:
     assert copy.entry("p2").reason == "upstream 500"
     assert copy.entry("p2").reason_code == copy.entry(r2).reason_code == "provider_error"
     assert copy.entry("p2").started_at == 200
+
+
+def test_a_follower_reads_what_updates_applied_to_its_doc_changed() -> None:
+    """A read replica builds its document once, then applies the running node's updates to
+    the raw doc: every read (entries, one entry, has_entry, its status and text) follows."""
+    leader = fresh()
+    follower = replica(leader)  # built before anything was written
+    assert follower.entries() == []
+    updates: list[bytes] = []
+    subscription = leader.doc.observe(lambda event: updates.append(event.update))
+    try:
+        prompt(leader, "p1", 1)
+        message(leader, "m2", 2)
+        for update in updates:
+            follower.doc.apply_update(update)
+        assert ids(follower) == ["p1", "m2"] and follower.has_entry("m2")
+        assert follower.entry("p1").status == PromptStatus.QUEUED.value
+        updates.clear()
+        reply_id = start(leader, "p1")
+        leader.append_reply_text(reply_id, "half ")
+        for update in updates:
+            follower.doc.apply_update(update)
+        assert follower.entry("p1").status == PromptStatus.RUNNING.value  # a cached copy moved
+        updates.clear()
+        leader.append_reply_text(reply_id, "done")
+        leader.finish_prompts(["p1"])
+        for update in updates:
+            follower.doc.apply_update(update)
+    finally:
+        leader.doc.unobserve(subscription)
+    assert follower.entries() == leader.entries()
+    assert follower.entry(reply_id).content == "half done"
+    assert follower.entry(reply_id).status == ReplyStatus.DONE.value
+    # Promoted, the follower writes on top of what it followed.
+    message(follower, "m3", 3)
+    assert ids(follower) == ["p1", reply_id, "m2", "m3"]
+
+
+@pytest.mark.parametrize("policy", list(Policy))
+def test_queue_of_a_document_is_the_queue_that_planned_it(policy: Policy) -> None:
+    """What a read replica rebuilds from the document alone: the same waiting prompts in
+    the same order, the same next run, the same run in flight."""
+    doc = fresh()
+    doc.init_meta("s1", "t", policy.value)
+    limits = QueueLimits(5, 100, 3)
+    queue = OrderingQueue(limits, policy=policy)
+    authors = ["ann", "bob", "ann", "cid", "bob", "ann", "cid"]
+    for seq, author in enumerate(authors, start=1):
+        if policy is Policy.REJECT and (queue.running is not None or len(queue)):
+            break
+        prompt(doc, f"p{seq}", seq, author)
+        queue.push(PendingPrompt(f"p{seq}", seq, author))
+        doc.set_queue([QueuedItem(p.id, p.seq, p.author) for p in queue.pending()])
+        if seq == 3:
+            run = queue.next()
+            assert run is not None
+            queue.start(run)
+            start(doc, *run.ids)
+            doc.set_queue([QueuedItem(p.id, p.seq, p.author) for p in queue.pending()])
+    for follower in (doc, replica(doc)):
+        rebuilt = queue_of(follower, limits)
+        assert rebuilt.policy is policy
+        assert rebuilt.pending() == queue.pending()
+        assert rebuilt.running == queue.running
+        assert rebuilt.next() == queue.next()
+        if queue.running is not None:
+            queue_done, rebuilt_done = queue.clone(), rebuilt.clone()
+            queue_done.finish(queue.running.ids)
+            rebuilt_done.finish(queue.running.ids)
+            assert rebuilt_done.next() == queue_done.next()
 
 
 def test_to_json_carries_every_field() -> None:

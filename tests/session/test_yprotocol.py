@@ -12,7 +12,6 @@ from hypothesis import strategies as st
 from pycrdt import Array, Doc, Map, Text, write_var_uint
 
 from session.errors import InvalidInput, TooLarge
-from session.lifecycle import PromptStatus
 from session.reasons import Ending, ReasonCode
 from session.schema import QueuedItem, SessionDocument
 from session.yprotocol import (
@@ -506,7 +505,7 @@ def test_the_servers_own_updates_keep_its_delete_set_current() -> None:
     for change in (
         lambda _: server.start_reply(prompt_ids=["p3"], reply_id="r3", author="m", created_at=9),
         lambda _: server.set_queue([]),
-        lambda _: server.finish_prompts(["p3"], PromptStatus.DONE),
+        lambda _: server.finish_prompts(["p3"]),
     ):
         for update in captured_updates(server.doc, change):
             add_deletes(known, delete_set_of(update, server.doc.get_state()))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ import asyncpg
 import httpx
 
 from tests.conftest import ADMIN_KEY, ServerProcess, free_port, postgres_database
+from tests.fake_upstream import FakeUpstream, Reply, openai_chunk, sse
 from tests.yclient import YClient
 
 
@@ -96,6 +98,48 @@ async def cluster(tmp_path: Path, count: int, **env: str) -> AsyncIterator[Clust
             await http.aclose()
             for node in nodes:
                 await asyncio.to_thread(node.stop)
+
+
+def search_call(query: str) -> list[bytes]:
+    """A Chat Completions stream that calls ``search_documents``."""
+    call = {
+        "index": 0,
+        "id": "call_1",
+        "type": "function",
+        "function": {"name": "search_documents", "arguments": json.dumps({"query": query})},
+    }
+    return [
+        sse(json.dumps(openai_chunk({"role": "assistant", "content": None}))),
+        sse(json.dumps(openai_chunk({"tool_calls": [call]}))),
+        sse(json.dumps(openai_chunk({}, "tool_calls"))),
+        sse("[DONE]"),
+    ]
+
+
+@contextlib.asynccontextmanager
+async def upstream_cluster(tmp_path: Path, replies: list[Reply]) -> AsyncIterator[Cluster]:
+    """Two nodes whose one model is a real HTTP upstream playing ``replies`` in order."""
+    async with (
+        FakeUpstream(replies).running() as upstream,
+        cluster(
+            tmp_path,
+            2,
+            PARLEY_MODELS=json.dumps(
+                [
+                    {
+                        "name": "up",
+                        "kind": "openai",
+                        "base_url": upstream.base_url + "/v1",
+                        "model": "m",
+                    }
+                ]
+            ),
+            PARLEY_OFFLINE_TOKEN_DELAY_MS="0",
+            PARLEY_SUMMARIES="false",
+            PARLEY_SHUTDOWN_GRACE_S="0.5",
+        ) as nodes,
+    ):
+        yield nodes
 
 
 def settled(client: YClient, prompt_ids: set[str]) -> bool:

@@ -1,0 +1,133 @@
+"""Every REST read of a session answers the same on every node, whichever runs it.
+
+Two real ``parley serve`` nodes on one PostgreSQL; the session runs on the first. Its model
+is a real HTTP upstream (``tests.fake_upstream``) that calls ``search_documents``, so the
+session has a tool step and a restricted reply (text kept server-side), a run in flight and
+a prompt waiting when the reads are compared.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import ADMIN_KEY, ServerProcess
+from tests.fake_upstream import Reply, openai_stream
+from tests.server.cluster.nodes import search_call, upstream_cluster
+
+pytestmark = pytest.mark.postgres
+
+SECRET = "the vault code is 7731"
+STALLED_S = 120.0  # the last run streams nothing while the reads are compared
+
+
+async def read(node: ServerProcess, path: str, token: str = ADMIN_KEY) -> tuple[int, Any]:
+    async with httpx.AsyncClient(base_url=node.base_url, timeout=30) as http:
+        response = await http.get(path, headers={"Authorization": f"Bearer {token}"})
+    return response.status_code, response.json() if response.content else None
+
+
+async def test_every_rest_read_of_a_session_answers_the_same_on_every_node(
+    tmp_path: Path,
+) -> None:
+    replies = [
+        Reply(pieces=search_call("vault code")),
+        Reply(pieces=openai_stream(["It ", "is ", "7731."])),
+        Reply(pieces=openai_stream(["late"]), delay_s=STALLED_S),
+    ]
+    async with upstream_cluster(tmp_path, replies) as nodes:
+        runner, follower = nodes.nodes
+        watcher = {"capabilities": ["read_session"]}
+        assert (await nodes.http.put("/api/v1/roles/watcher", json=watcher)).is_success
+        sid = await nodes.new_session({"olga": "owner", "bob": "editor", "vic": "watcher"})
+        document = await nodes.http.post(
+            f"/api/v1/sessions/{sid}/documents",
+            json={"title": "Vault", "text": SECRET, "readers": {"users": ["bob", "olga"]}},
+        )
+        assert document.status_code == 201, document.text
+        document_id = document.json()["id"]
+        quotas = {"session_tokens_per_day": 100000, "user_tokens_per_day": 50000}
+        assert (await nodes.http.put(f"/api/v1/sessions/{sid}/quotas", json=quotas)).is_success
+        assert (await nodes.wait_holder(sid))[0] == "n0"
+
+        bob = await nodes.connect(runner, sid, "bob")
+        olga = await nodes.connect(runner, sid, "olga")
+        note = await bob.command({"type": "message", "id": "m1", "text": "a note"})
+        assert (await bob.command({"type": "pin", "id": "pin", "entry_id": note["message_id"]}))[
+            "type"
+        ] == "ack"
+        fact = {"type": "set_fact", "id": "f", "key": "region", "value": "eu"}
+        assert (await bob.command(fact))["type"] == "ack"
+        await bob.command({"type": "prompt", "id": "p1", "text": "the vault code?"})
+        await bob.wait_until(
+            lambda c: any(e["kind"] == "reply" and e["status"] == "done" for e in c.entries()),
+            timeout=30,
+        )
+        reply = next(e for e in bob.entries() if e["kind"] == "reply")
+        assert "[restricted:" in reply["content"]
+        # A run in flight (its upstream stalls) and a prompt waiting behind it.
+        await bob.command({"type": "prompt", "id": "p2", "text": "and now?"})
+        waiting = await olga.command({"type": "prompt", "id": "p3", "text": "me next"})
+        await olga.wait_until(
+            lambda c: (
+                [e["status"] for e in c.entries() if e["kind"] == "prompt"]
+                == ["done", "running", "queued"]
+            ),
+            timeout=30,
+        )
+
+        # Redefined through the running node just before the reads (see /members).
+        watcher = {"capabilities": ["read_session", "be_present"]}
+        assert (await nodes.http.put("/api/v1/roles/watcher", json=watcher)).is_success
+        tokens = {
+            user: (
+                await nodes.http.post(f"/api/v1/sessions/{sid}/tokens", json={"user_id": user})
+            ).json()["token"]
+            for user in ("olga", "bob", "vic")
+        }
+        base = f"/api/v1/sessions/{sid}"
+        routes = [
+            base,
+            base + "/transcript",
+            base + "/context?user_id=olga",
+            base + "/context?user_id=bob",
+            base + "/context?user_id=vic",
+            base + "/facts",
+            base + "/pins",
+            base + "/members",
+            base + "/documents",
+            base + f"/documents/{document_id}",
+            base + f"/entries/{reply['id']}/private",
+            base + "/usage",
+            base + "/quotas",
+            base + "/audit",
+            "/api/v1/roles",
+            "/api/v1/tools",
+        ]
+        callers = {"admin": ADMIN_KEY, **tokens}
+        differ = []
+        for route in routes:
+            for who, token in callers.items():
+                on_runner = await read(runner, route, token)
+                on_follower = await read(follower, route, token)
+                if on_runner != on_follower:
+                    differ.append((route, who, on_runner[0], on_follower[0]))
+        transcript = (await read(follower, base + "/transcript"))[1]["messages"]
+        context = (await read(follower, base + "/context?user_id=olga"))[1]
+        print(
+            f"\non the follower: transcript {len(transcript)} entries, "
+            f"context {len(context.get('messages') or [])} messages; "
+            f"{len(differ)} of {len(routes) * len(callers)} reads differ: {differ}"
+        )
+        assert differ == []
+        # Not vacuous: the follower answered the whole story, restricted text included.
+        assert [e["id"] for e in transcript] == [e["id"] for e in olga.entries()]
+        assert context["prompt_ids"] == [waiting["prompt_id"]]
+        assert len(context["messages"]) >= 4
+        private = await read(follower, base + f"/entries/{reply['id']}/private", tokens["bob"])
+        assert private[0] == 200 and "7731" in private[1]["text"]
+        for client in (bob, olga):
+            await client.close()
