@@ -45,7 +45,7 @@ async def reply_to(client: YClient, prompt_id: str) -> dict[str, Any]:
     await client.wait_until(settled, timeout=30)
     prompt = next(e for e in client.entries() if e["id"] == prompt_id)
     reply = next((e for e in client.entries() if e["id"] == prompt.get("reply_id")), {})
-    return {**reply, "prompt_status": prompt["status"], "prompt_reason": prompt.get("reason")}
+    return {**reply, "prompt_status": prompt["status"], "prompt_code": prompt.get("reason_code")}
 
 
 async def test_settings_changed_on_a_follower_are_in_force_on_the_running_node(
@@ -116,7 +116,7 @@ async def test_settings_changed_on_a_follower_are_in_force_on_the_running_node(
             assert (await via.put(f"/api/v1/sessions/{sid}/quotas", json=quotas)).is_success
             asked = await prompt()
             over = await reply_to(bob, asked["prompt_id"])
-            assert over["prompt_status"] == "failed" and "quota" in over["prompt_reason"]
+            assert (over["prompt_status"], over["prompt_code"]) == ("failed", "quota_exceeded")
         await bob.close()
 
 
