@@ -29,6 +29,7 @@ import asyncio
 import contextlib
 import logging
 import sqlite3
+import threading
 from typing import Any
 
 from sqlalchemy import URL
@@ -189,6 +190,9 @@ class Checkpointer:
         self.dirty = False
         self.last: tuple[int, int] | None = None  # WAL frames, and how many went back
         self._connection: sqlite3.Connection | None = None
+        # A cancelled ``to_thread`` leaves its thread running: the worker threads take
+        # turns on the connection, so a checkpoint never overlaps another or the close.
+        self._turn = threading.Lock()
         self._task: asyncio.Task[None] | None = None
 
     def wrote(self) -> None:
@@ -208,10 +212,17 @@ class Checkpointer:
                 self.dirty = True
 
     def _checkpoint(self) -> None:
-        if self._connection is None:
-            self._connection = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
-        row = self._connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-        self.last = (int(row[1]), int(row[2]))
+        with self._turn:
+            if self._connection is None:
+                self._connection = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
+            row = self._connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            self.last = (int(row[1]), int(row[2]))
+
+    def _close(self) -> None:
+        with self._turn:
+            if self._connection is not None:
+                self._connection.close()
+                self._connection = None
 
     async def close(self) -> None:
         if self._task is not None:
@@ -220,9 +231,7 @@ class Checkpointer:
                 await self._task
         with contextlib.suppress(sqlite3.Error):
             await asyncio.to_thread(self._checkpoint)
-        if self._connection is not None:
-            self._connection.close()
-            self._connection = None
+        await asyncio.to_thread(self._close)
 
 
 def file_path(url: URL) -> str | None:
