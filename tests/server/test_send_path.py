@@ -232,7 +232,11 @@ async def reply_batches(
 ) -> list[float]:
     """When each batch of reply text went out (one document update each); its size
     goes into ``sizes``."""
-    settings = make_settings(sqlite_url(tmp_path), tmp_path / "d", stream_interval_ms=interval_ms)
+    settings = make_settings(sqlite_url(tmp_path), tmp_path / "d").model_copy(
+        # Unvalidated: a test may hold batches longer than a server may (its 1 s cap), so
+        # that a batch held back for the interval would outlast the test's bounded wait.
+        update={"stream_interval_ms": interval_ms}
+    )
     sent: list[float] = []
     async with serve_in_process(settings, provider) as server:
         sid = await server.new_session({"alice": "editor"})
