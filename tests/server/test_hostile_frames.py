@@ -175,13 +175,16 @@ async def test_an_awareness_flood_reaches_listeners_coalesced(
     sid = await server.new_session({"vera": "viewer", **viewers})
     listeners = [await listen(server, sid, user, 77) for user in viewers]
     vera = await server.connect(sid, "vera")
-    # Within every limit: 200 small updates of one client, back to back.
-    for n in range(1, 201):
+    # Within every limit: 150 small updates of one client, back to back. (The socket's
+    # frame burst is 200 and its sync frames count too; a loaded server may read them all
+    # at one instant, with nothing refilled, so the flood stays well under the burst.)
+    updates = 150
+    for n in range(1, updates + 1):
         await vera.set_awareness(77, n, {"n": n})
     for listener in listeners:
-        await listener.wait_for(200)  # the latest state always arrives
+        await listener.wait_for(updates)  # the latest state always arrives
         # One frame per flush interval, not one per update.
-        assert listener.frames < 100, listener.frames
+        assert listener.frames < updates // 2, listener.frames
         await listener.close()
 
 
