@@ -181,7 +181,7 @@ async def test_cancelling_a_slow_stream_closes_the_upstream_connection(tmp_path:
     async with upstream.running(), parley_with(upstream, tmp_path) as server:
         _, alice = await ask(server)
         await alice.wait_until(
-            lambda c: any(e["kind"] == "reply" and len(e["content"]) > 20 for e in c.transcript)
+            lambda c: any(e["kind"] == "reply" and len(e["content"]) > 20 for e in c.entries())
         )
         prompt_id = alice.entries()[0]["id"]
         sent = time.monotonic()

@@ -65,7 +65,7 @@ async def test_sigterm_drains_then_the_queue_resumes(
         first = await alice.command({"type": "prompt", "id": "1", "text": "a long answer"})
         second = await alice.command({"type": "prompt", "id": "2", "text": "waits its turn"})
         await alice.wait_until(
-            lambda c: any(e["kind"] == "reply" and e["content"] for e in c.transcript)
+            lambda c: any(e["kind"] == "reply" and e["content"] for e in c.entries())
         )
         assert node.process is not None
         node.process.send_signal(signal.SIGTERM)

@@ -43,7 +43,7 @@ async def token(http: httpx.AsyncClient, sid: str, user: str) -> str:
 def streaming_reply(client: YClient) -> bool:
     return any(
         e["kind"] == "reply" and e["status"] == "streaming" and len(str(e["content"])) > 10
-        for e in client.transcript
+        for e in client.entries()
     )
 
 

@@ -37,7 +37,7 @@ class EndlessProvider:
 def streaming(client: YClient) -> bool:
     return any(
         e["kind"] == "reply" and e["status"] == "streaming" and len(str(e["content"])) > 20
-        for e in client.transcript
+        for e in client.entries()
     )
 
 
@@ -105,7 +105,7 @@ async def test_the_queue_root_shows_waiting_prompts_in_run_order(tmp_path: Path)
         assert denied["code"] == "forbidden"
         await olga.command({"type": "cancel", "id": "c", "prompt_id": first["prompt_id"]})
         # Coalesce: the three waiting prompts are answered by one run.
-        await olga.wait_until(lambda c: any(len(e.get("answers") or []) == 3 for e in c.transcript))
+        await olga.wait_until(lambda c: any(len(e.get("answers") or []) == 3 for e in c.entries()))
         assert len(provider.requests) == 2
         second = provider.requests[1]
         assert second.issuers == ("alice", "bob")

@@ -144,7 +144,7 @@ async def upstream_cluster(tmp_path: Path, replies: list[Reply]) -> AsyncIterato
 
 def settled(client: YClient, prompt_ids: set[str]) -> bool:
     seen = 0
-    for entry in client.transcript:
+    for entry in client.entries():
         if entry["id"] in prompt_ids:
             seen += 1
         if entry["status"] in {"queued", "running", "streaming"}:

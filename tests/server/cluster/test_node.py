@@ -46,7 +46,7 @@ async def burst(client: YClient, user: str, count: int, timeout: float = 120) ->
 async def seen_at(client: YClient, entry_id: str, timeout_s: float = 10) -> float:
     """When ``entry_id`` shows up in the client's copy of the transcript."""
     async with asyncio.timeout(timeout_s):
-        while not any(e["id"] == entry_id for e in client.transcript):
+        while not any(e["id"] == entry_id for e in client.entries()):
             client.changed.clear()
             await client.changed.wait()
     return time.perf_counter()
@@ -140,8 +140,8 @@ async def test_killing_the_running_node_moves_the_session(tmp_path: Path) -> Non
         # Mid-stream: the third reply has begun.
         await watcher.wait_until(
             lambda c: (
-                sum(e["kind"] == "reply" for e in c.transcript) >= 3
-                and any(e["status"] == "streaming" and str(e["content"]) for e in c.transcript)
+                sum(e["kind"] == "reply" for e in c.entries()) >= 3
+                and any(e["status"] == "streaming" and str(e["content"]) for e in c.entries())
             ),
             timeout=60,
         )
@@ -191,7 +191,7 @@ async def test_a_paused_holder_is_fenced_when_it_wakes(tmp_path: Path) -> None:
             a["prompt_id"] for a in acks
         }
         await watcher.wait_until(
-            lambda c: any(e["status"] == "streaming" and str(e["content"]) for e in c.transcript),
+            lambda c: any(e["status"] == "streaming" and str(e["content"]) for e in c.entries()),
             timeout=60,
         )
         assert paused.process is not None

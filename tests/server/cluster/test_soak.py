@@ -114,8 +114,8 @@ async def test_nodes_restarted_at_random_converge(tmp_path: Path) -> None:
             # Everything acknowledged shows up, and every run ends, on every node.
             await view.wait_until(
                 lambda c: (
-                    settled(c, {e["id"] for e in c.transcript if e["kind"] == "prompt"})
-                    and acked <= {e["id"] for e in c.transcript}
+                    settled(c, {e["id"] for e in c.entries() if e["kind"] == "prompt"})
+                    and acked <= {e["id"] for e in c.entries()}
                 ),
                 timeout=90,
             )
