@@ -25,6 +25,7 @@ Roots (all written by the server only; clients read):
 
 from __future__ import annotations
 
+import bisect
 import functools
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -326,28 +327,26 @@ class SessionDocument:
 
     @_mutator
     def set_queue(self, planned: Sequence[QueuedItem]) -> None:
-        """Make the ``queue`` root list ``planned`` with few edits.
-
-        Items no longer planned are deleted where they stand (the usual case: the head
-        started running); past the first item out of place the rest is rewritten.
-        """
+        """Make the ``queue`` root list ``planned`` with the fewest edits: the longest run
+        of items already in planned order stays, every other item is deleted, and the
+        planned items not there are inserted where they go. (Rewriting the tail past the
+        first item out of place cost the whole queue per prompt when round-robin placed a
+        member's burst between other members' prompts: quadratic in the queue.)"""
         wanted = [item.id for item in planned]
         if self._queue_ids == wanted:
             return
-        keep_ids = set(wanted)
+        stay = _longest_in_order(self._queue_ids, wanted)
         with self.doc.transaction():
-            current = self._queue_ids
-            for index in range(len(current) - 1, -1, -1):
-                if current[index] not in keep_ids:
+            for index in range(len(self._queue_ids) - 1, -1, -1):
+                if self._queue_ids[index] not in stay:
                     del self.queue[index]
-            current = [i for i in current if i in keep_ids]
-            same = 0
-            while same < len(current) and current[same] == wanted[same]:
-                same += 1
-            if same < len(current):
-                del self.queue[same:]
-            for item in planned[same:]:
-                self.queue.append(Map({"id": item.id, "seq": item.seq, "author": item.author}))
+            # The queue now holds ``stay`` in planned order: walking ``planned``, each item
+            # not there goes in at its own index.
+            for index, item in enumerate(planned):
+                if item.id not in stay:
+                    self.queue.insert(
+                        index, Map({"id": item.id, "seq": item.seq, "author": item.author})
+                    )
         self._queue_ids = wanted
 
     @_mutator
@@ -512,3 +511,29 @@ def queue_of(document: SessionDocument, limits: QueueLimits) -> OrderingQueue:
     if running:
         queue.running = Run(tuple(sorted(running, key=lambda p: p.seq)))
     return queue
+
+
+def _longest_in_order(current: Sequence[str], wanted: Sequence[str]) -> set[str]:
+    """The largest set of ``current`` ids whose order there is their order in ``wanted``
+    (a longest increasing subsequence of their planned positions, O(n log n))."""
+    position = {id: index for index, id in enumerate(wanted)}
+    ranks = [(position[id], id) for id in current if id in position]
+    tails: list[int] = []  # tails[k]: index in ranks ending the best run of length k + 1
+    tail_ranks: list[int] = []  # their ranks, for the binary search
+    before: list[int] = [-1] * len(ranks)
+    for index, (rank, _) in enumerate(ranks):
+        length = bisect.bisect_left(tail_ranks, rank)
+        if length:
+            before[index] = tails[length - 1]
+        if length == len(tails):
+            tails.append(index)
+            tail_ranks.append(rank)
+        else:
+            tails[length] = index
+            tail_ranks[length] = rank
+    kept: set[str] = set()
+    index = tails[-1] if tails else -1
+    while index >= 0:
+        kept.add(ranks[index][1])
+        index = before[index]
+    return kept

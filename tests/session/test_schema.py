@@ -302,6 +302,40 @@ def test_set_queue_lists_exactly_the_planned_items(old: str, new: str) -> None:
     assert replica(doc).queued() == items(new)
 
 
+@given(
+    old=st.lists(st.sampled_from("abcdefgh"), unique=True),
+    new=st.lists(st.sampled_from("abcdefghij"), unique=True),
+)
+def test_set_queue_reaches_any_plan_from_any_plan(old: list[str], new: list[str]) -> None:
+    def items(letters: list[str]) -> list[QueuedItem]:
+        return [QueuedItem(f"p{c}", ord(c), f"user-{c}") for c in letters]
+
+    doc = fresh()
+    doc.set_queue(items(old))
+    doc.set_queue(items(new))
+    assert doc.queued() == items(new)
+    assert replica(doc).queued() == items(new)
+
+
+def test_a_prompt_placed_mid_queue_is_one_insert_not_a_rewrite() -> None:
+    # Round-robin puts a member's new prompt between other members' prompts: the change
+    # must cost about what an append costs, however long the queue behind it.
+    def items(letters: str) -> list[QueuedItem]:
+        return [QueuedItem(f"p{c}", ord(c), "u") for c in letters]
+
+    def cost(old: str, new: str) -> int:
+        doc = fresh()
+        doc.set_queue(items(old))
+        state = doc.doc.get_state()
+        doc.set_queue(items(new))
+        return len(doc.doc.get_update(state))
+
+    tail = "bcdefghijklmnopqrstuvwxyz"
+    appended = cost("a" + tail, "a" + tail + "A")
+    inserted = cost("a" + tail, "aA" + tail)
+    assert inserted < 2 * appended, (inserted, appended)
+
+
 def test_each_mutator_reaches_peers_as_one_update() -> None:
     doc = fresh()
     updates: list[bytes] = []
