@@ -36,15 +36,11 @@ from server.state import AppState
 from server.storage_health import StorageHealth
 from server.store import Store
 from server.ws import session_socket
-from session.errors import ParleyError, Unavailable
+from session.errors import ParleyError, SchemaNotCurrent, Unavailable
 from session.model import ModelProvider
 
 log = logging.getLogger("parley.app")
 VERSION = "0.1.0"
-
-
-class SchemaNotCurrent(RuntimeError):
-    pass
 
 
 class RequestLog:

@@ -8,7 +8,6 @@ from authz.policy import Cancel, Do, decide
 from authz.roles import Capability
 from server.connection import Connection
 from server.room import SessionRoom
-from server.store import DuplicateCommand
 from session.commands import (
     CancelCommand,
     CommandError,
@@ -77,13 +76,11 @@ async def _store_once(
     the queue is full or busy now); any other refusal is the error it is."""
     try:
         seq, entry_id = await stored
-    except (DuplicateCommand, Conflict) as exc:
+    except Conflict:  # ``DuplicateCommand`` among them
         previous = await _previous_ack(room, user_id, command_id, kind)
         if previous is not None:
             return previous
-        if isinstance(exc, ParleyError):
-            raise
-        raise Conflict("this command id was used for another command") from None
+        raise
     return ack(command_id, seq=seq, **{_ID_KEY[kind]: entry_id})
 
 

@@ -25,6 +25,7 @@ from authz.tokens import ClientClaims
 from server.direct_send import DirectWriter
 from server.send_budget import DropReason, SendBudget
 from server.settings import Settings
+from session.closes import CloseCode
 from session.commands import error_reply
 from session.errors import ParleyError
 from session.ratelimit import AbuseCounter, Budgets, Rate, Spend, TokenBucket
@@ -32,8 +33,6 @@ from session.yprotocol import encode_command_frame
 
 log = logging.getLogger("parley.connection")
 
-CLOSE_SLOW_CONSUMER = 1013
-CLOSE_GOING_AWAY = 1001
 # The close reason a dropped client gets, when a close frame can still reach it.
 DROP_REASONS = {
     DropReason.SOCKET_LIMIT: "slow consumer: send buffer full; resync on reconnect",
@@ -88,7 +87,7 @@ class Connection:
     claims: ClientClaims | None = None
     limits: ConnectionLimits | None = None
     closed: bool = False
-    close_code: int | None = None
+    close_code: CloseCode | None = None
     _reason: str = ""
     on_drop: Callable[[DropReason], None] | None = None
     # Set once the socket is closed (or given up on): the endpoint then stops reading.
@@ -173,11 +172,11 @@ class Connection:
         if self.budget is not None:
             self.budget.forget(self)
         if not self.closed and self.unsent() == 0:
-            self.close(CLOSE_SLOW_CONSUMER, DROP_REASONS[reason])
+            self.close(CloseCode.TRY_AGAIN, DROP_REASONS[reason])
             return
         self.closed = True
         if self.close_code is None:
-            self.close_code = CLOSE_SLOW_CONSUMER
+            self.close_code = CloseCode.TRY_AGAIN
             self._reason = DROP_REASONS[reason]
         if self.direct is not None:
             self.direct.abort()
@@ -205,7 +204,7 @@ class Connection:
         """Report an error that belongs to no command, to clients that read JSON."""
         self.send_json(error_reply(None, error))
 
-    def close(self, code: int, reason: str = "") -> None:
+    def close(self, code: CloseCode, reason: str = "") -> None:
         """Close after what is already queued. The client has until the stall deadline to
         take it; one that is far behind already is dropped instead."""
         if self.closed:
@@ -230,7 +229,9 @@ class Connection:
             if self.websocket.application_state == WebSocketState.CONNECTED:
                 with contextlib.suppress(Exception):
                     async with asyncio.timeout(CLOSE_WAIT_S):
-                        await self.websocket.close(self.close_code or 1000, self._reason)
+                        await self.websocket.close(
+                            self.close_code or CloseCode.NORMAL, self._reason
+                        )
                 if self.budget is not None and self.dropped is None:
                     self.budget.note(self)  # the close frame may wait behind a backlog
         finally:

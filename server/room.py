@@ -52,6 +52,7 @@ from server.retry_hint import retry_reason
 from server.settings import Settings
 from server.store import EntryRow, Store, StoreTx
 from server.tools import tool_defs
+from session.closes import CloseCode
 from session.commands import (
     Limits,
     check_fact,
@@ -80,10 +81,6 @@ from session.yprotocol import (
 
 log = logging.getLogger("parley.room")
 
-CLOSE_UNAUTHENTICATED = 4401
-CLOSE_FORBIDDEN = 4403
-CLOSE_NOT_FOUND = 4404
-CLOSE_TRY_AGAIN = 1013
 # Why a run that was in flight when its room was last lost ended (see ``load``).
 CUT_OFF_REASONS = {
     ReasonCode.SERVER_RESTART: "the server stopped while this prompt ran",
@@ -954,13 +951,13 @@ class SessionRoom:
         for connection in list(self.connections):
             user_id = connection.user_id
             if user_id not in self.members:
-                connection.close(CLOSE_FORBIDDEN, "removed: you are no longer a member")
+                connection.close(CloseCode.FORBIDDEN, "removed: you are no longer a member")
                 continue
             refusal = None if connection.claims is None else self.token_refusal(connection.claims)
             if refusal is not None:
-                connection.close(CLOSE_UNAUTHENTICATED, refusal)
+                connection.close(CloseCode.UNAUTHENTICATED, refusal)
             elif not decide(self.subject(user_id), Do(Capability.READ_SESSION)).allowed:
-                connection.close(CLOSE_FORBIDDEN, "membership revoked")
+                connection.close(CloseCode.FORBIDDEN, "membership revoked")
 
     def fail(
         self,
@@ -985,7 +982,7 @@ class SessionRoom:
     async def _close_after_writes(self, reason: str) -> None:
         async with self._lock:  # behind every write that waits for it now
             for connection in list(self.connections):
-                connection.close(CLOSE_TRY_AGAIN, reason)
+                connection.close(CloseCode.TRY_AGAIN, reason)
 
     def is_idle(self) -> bool:
         return not self.connections and len(self.queue) == 0 and self.active_run is None

@@ -13,11 +13,12 @@ from typing import TYPE_CHECKING, Any
 from authz.roles import RoleTable
 from server.access_store import AccessStore, ToolRow, access_digest
 from server.metrics import Metrics
-from server.room import CLOSE_NOT_FOUND, SessionRoom
+from server.room import SessionRoom
 from server.runner import SessionRunner
 from server.session_writes import SETTINGS_WRITE, apply_session_write
 from server.settings import Settings
 from server.store import Store
+from session.closes import CloseCode
 from session.errors import NotFound, Unavailable
 from session.lifecycle import PromptStatus
 from session.model import ModelProvider
@@ -29,7 +30,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("parley.rooms")
 
-CLOSE_GOING_AWAY = 1001
 SHUT_DOWN = Ending(ReasonCode.SERVER_SHUTDOWN, "the server shut down while this prompt ran")
 
 
@@ -163,7 +163,7 @@ class RoomRegistry:
         for room in rooms:
             room.draining = True
             for connection in list(room.connections):
-                connection.close(CLOSE_GOING_AWAY, "server shutting down")
+                connection.close(CloseCode.GOING_AWAY, "server shutting down")
         deadline = self.clock() + grace_s
         for room in rooms:
             active = room.active_run
@@ -196,7 +196,7 @@ class RoomRegistry:
         return len(pending)
 
     async def unload(
-        self, session_id: str, close_code: int = CLOSE_GOING_AWAY, reason: str = ""
+        self, session_id: str, close_code: CloseCode = CloseCode.GOING_AWAY, reason: str = ""
     ) -> None:
         loaded = self._rooms.pop(session_id, None)
         if loaded is None:
@@ -211,7 +211,7 @@ class RoomRegistry:
 
     async def forget_session(self, session_id: str) -> None:
         self._cut_off.pop(session_id, None)
-        await self.unload(session_id, CLOSE_NOT_FOUND, "session deleted")
+        await self.unload(session_id, CloseCode.NOT_FOUND, "session deleted")
 
     def start_reaper(self) -> None:
         self._reaper = asyncio.create_task(self._reap_forever(), name="room-reaper")
@@ -231,4 +231,4 @@ class RoomRegistry:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reaper
         for session_id in list(self._rooms):
-            await self.unload(session_id, CLOSE_GOING_AWAY, "server shutting down")
+            await self.unload(session_id, CloseCode.GOING_AWAY, "server shutting down")

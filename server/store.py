@@ -39,7 +39,7 @@ from server.tables import (
     sessions,
     summaries,
 )
-from session.errors import NotFound, Unavailable
+from session.errors import DuplicateCommand, NotFound, Unavailable
 from session.lifecycle import IllegalTransition, PromptStatus, prompt_predecessors
 from session.reasons import Ending
 from session.summary import Summary
@@ -179,10 +179,6 @@ def _entry(row: Any) -> EntryRow:
         row.reply_id,
         row.created_at,
     )
-
-
-class DuplicateCommand(Exception):
-    """The (session, author, command id) was stored before: answer with the original ack."""
 
 
 class StoreTx:

@@ -30,9 +30,10 @@ from server.commands import handle_command
 from server.connection import CommandChannel, Connection, ConnectionLimits
 from server.direct_send import SCOPE_KEY as DIRECT_WRITER
 from server.retry_hint import retry_later_response
-from server.room import CLOSE_FORBIDDEN, CLOSE_NOT_FOUND, CLOSE_TRY_AGAIN, SessionRoom
+from server.room import SessionRoom
 from server.settings import Settings
 from server.state import AppState
+from session.closes import CloseCode
 from session.commands import command_id_of, error_reply
 from session.errors import (
     Forbidden,
@@ -41,6 +42,7 @@ from session.errors import (
     RateLimited,
     Unauthenticated,
     Unavailable,
+    close_code_for,
 )
 from session.presence import Presence
 from session.ratelimit import cost_of
@@ -58,12 +60,6 @@ from session.yprotocol import (
 
 log = logging.getLogger("parley.ws")
 
-CLOSE_UNAUTHENTICATED = 4401
-CLOSE_PROTOCOL = 4400
-CLOSE_ABUSE = 4429
-CLOSE_GOING_AWAY = 1001
-CLOSE_INTERNAL = 1011
-
 
 async def session_socket(websocket: WebSocket) -> None:
     state: AppState = websocket.app.state.parley
@@ -76,11 +72,11 @@ async def session_socket(websocket: WebSocket) -> None:
     # 3.x resets its back-off when a socket opens, and came back ten times a second).
     local_host, local_port = websocket.scope.get("server") or (None, None)
     own = own_origins(websocket.scope.get("scheme") == "wss", local_host, local_port)
-    refusal: tuple[int, str] | None = None
+    refusal: tuple[CloseCode, str] | None = None
     if state.draining:
-        refusal = (CLOSE_GOING_AWAY, "server shutting down")
+        refusal = (CloseCode.GOING_AWAY, "server shutting down")
     elif not origin_allowed(websocket.headers.get("origin"), state.settings.allowed_origins, own):
-        refusal = (CLOSE_FORBIDDEN, "origin not allowed")
+        refusal = (CloseCode.FORBIDDEN, "origin not allowed")
     else:
         try:
             claims = verify_token(state.keys.signing_key, token, now=int(state.clock()))
@@ -88,32 +84,32 @@ async def session_socket(websocket: WebSocket) -> None:
                 raise Unauthenticated("the token is for another session")
             room = await state.rooms.get(session_id)
         except Unauthenticated as exc:
-            refusal = (CLOSE_UNAUTHENTICATED, exc.message[:120])
-        except NotFound:
-            refusal = (CLOSE_NOT_FOUND, "unknown session")
+            refusal = (close_code_for(exc), exc.message[:120])
+        except NotFound as exc:
+            refusal = (close_code_for(exc), "unknown session")
         except Unavailable as exc:
             await websocket.send_denial_response(
                 retry_later_response(exc, state.settings.db_retry_after_s)
             )
             return
         except ParleyError as exc:
-            refusal = (CLOSE_TRY_AGAIN, exc.message[:120])
+            refusal = (close_code_for(exc), exc.message[:120])
     await websocket.accept()
     if refusal is not None:
         await websocket.close(*refusal)
         return
     allowed = decide(room.subject(claims.user_id), Do(Capability.READ_SESSION))
     if not allowed.allowed:
-        await websocket.close(CLOSE_FORBIDDEN, allowed.reason[:120])
+        await websocket.close(CloseCode.FORBIDDEN, allowed.reason[:120])
         return
     revoked = room.token_refusal(claims)
     if revoked is not None:
-        await websocket.close(CLOSE_UNAUTHENTICATED, revoked[:120])
+        await websocket.close(CloseCode.UNAUTHENTICATED, revoked[:120])
         return
     too_many = _over_connection_cap(room, claims.user_id, state.settings)
     if too_many is not None:  # checked and counted with no await between: no race
         state.metrics.errors.labels(code="rate_limited").inc()
-        await websocket.close(CLOSE_ABUSE, too_many)
+        await websocket.close(CloseCode.ABUSE, too_many)
         return
     connection = Connection(
         websocket,
@@ -138,7 +134,7 @@ async def session_socket(websocket: WebSocket) -> None:
     expiry = asyncio.get_running_loop().call_later(
         max(claims.expires_at - state.clock(), 0),
         connection.close,
-        CLOSE_UNAUTHENTICATED,
+        CloseCode.UNAUTHENTICATED,
         "token expired",
     )
     try:
@@ -159,7 +155,7 @@ async def session_socket(websocket: WebSocket) -> None:
                     exc_info=crash,
                     extra={"session_id": session_id, "user_id": claims.user_id},
                 )
-                connection.close(CLOSE_INTERNAL, "internal error")
+                connection.close(CloseCode.INTERNAL, "internal error")
     finally:
         state.metrics.connections.dec()
         expiry.cancel()
@@ -167,7 +163,7 @@ async def session_socket(websocket: WebSocket) -> None:
         if presence.drop(connection) is not None:
             room.awareness.changed()
         if not connection.closed:
-            connection.close(1000)
+            connection.close(CloseCode.NORMAL)
         await connection.wait_closed()
 
 
@@ -195,7 +191,7 @@ async def _serve(
             async with asyncio.timeout(state.settings.ws_idle_timeout_s):
                 message = await websocket.receive()
         except TimeoutError:
-            connection.close(CLOSE_GOING_AWAY, "idle timeout")
+            connection.close(CloseCode.GOING_AWAY, "idle timeout")
             return
         except (WebSocketDisconnect, RuntimeError):
             return
@@ -208,12 +204,12 @@ async def _serve(
             try:
                 text, data, channel = decode_command_frame(data), None, CommandChannel.BINARY
             except ProtocolError as exc:
-                connection.close(CLOSE_PROTOCOL, f"protocol error: {exc.message}"[:120])
+                connection.close(close_code_for(exc), f"protocol error: {exc.message}"[:120])
                 return
         now = state.clock()
         if data is not None and not limits.updates.allow(now):
             if limits.abuse.refused(now):
-                connection.close(CLOSE_ABUSE, "too many messages")
+                connection.close(CloseCode.ABUSE, "too many messages")
                 return
             continue  # dropped: the client is over its update rate
         if text is not None:
@@ -226,7 +222,7 @@ async def _serve(
                 error_reply(command_id_of(text), RateLimited("too many commands; slow down"))
             )
             if limits.abuse.refused(now):
-                connection.close(CLOSE_ABUSE, "too many commands")
+                connection.close(CloseCode.ABUSE, "too many commands")
                 return
             continue
         if data is not None:
@@ -234,7 +230,7 @@ async def _serve(
                 await _on_binary(room, connection, presence, data, now)
             except ProtocolError as exc:
                 log.info("protocol error; closing socket", extra={"error": exc.message})
-                connection.close(CLOSE_PROTOCOL, f"protocol error: {exc.message}"[:120])
+                connection.close(close_code_for(exc), f"protocol error: {exc.message}"[:120])
                 return
             except ParleyError as exc:
                 # A refused frame (a write, over a budget, too large): the client is told,
@@ -242,7 +238,7 @@ async def _serve(
                 state.metrics.errors.labels(code=exc.code).inc()
                 connection.send_error(exc)
                 if limits.abuse.refused(now):
-                    connection.close(CLOSE_ABUSE, "too many refused frames")
+                    connection.close(CloseCode.ABUSE, "too many refused frames")
                     return
         elif text is not None:
             if state.rooms.cluster is not None:  # run where the session runs

@@ -1,27 +1,44 @@
-"""One exception tree for the whole project, each leaf with a stable error code.
+"""One exception tree for the whole project. Each class states its error code (REST bodies
+and command replies), its HTTP status, and the WebSocket close code (``session.closes``)
+a socket is closed with when this error ends it (-: it never ends one).
 
-    ParleyError                      code        HTTP  WebSocket close (when fatal)
-    ├── InvalidInput                 invalid     422
-    │   ├── TooLarge                 too_large   413   1009
-    │   └── UnknownCommand           unknown_command 422
-    ├── Unauthenticated              unauthenticated 401 4401
-    ├── Forbidden                    forbidden   403   4403
-    ├── NotFound                     not_found   404   4404
-    ├── Conflict                     conflict    409
-    │   ├── Busy                     busy        409
-    │   └── QueueFull                queue_full  429
-    ├── RateLimited                  rate_limited 429
-    │   └── QuotaExceeded            quota_exceeded 429
-    ├── Unavailable                  unavailable 503   1013
-    └── ProviderError                provider_error 502 (a run fails with it; never fatal)
+    ParleyError                             code             HTTP  close
+    ├── InvalidInput                        invalid          422   -
+    │   ├── TooLarge                        too_large        413   1009
+    │   ├── UnknownCommand                  unknown_command  422   -
+    │   ├── ProtocolError (yprotocol)       invalid          422   4400
+    │   └── CommandError (commands)         the code and status of the error it wraps
+    ├── Unauthenticated                     unauthenticated  401   4401
+    ├── Forbidden                           forbidden        403   4403
+    ├── NotFound                            not_found        404   4404
+    ├── Conflict                            conflict         409   -
+    │   ├── Busy                            busy             409   -
+    │   ├── QueueFull                       queue_full       429   -
+    │   ├── DuplicateCommand                conflict         409   -
+    │   └── IllegalTransition (lifecycle)   conflict         409   -
+    ├── RateLimited                         rate_limited     429   4429
+    │   └── QuotaExceeded                   quota_exceeded   429   -
+    ├── Unavailable                         unavailable      503   1013
+    │   └── NotHolder (server.cluster.lease) unavailable     503   1013
+    │       └── Fenced                      unavailable      503   1013
+    ├── ProviderError                       provider_error   502   - (a run fails with it)
+    └── ConfigurationError                  internal         500   - (the server does not start)
+        ├── MissingApiKey                   internal         500   -
+        └── SchemaNotCurrent                internal         500   -
 
-The WebSocket layer sends non-fatal errors as JSON error replies and keeps the socket open;
-only errors a retry cannot fix close with a 44xx code (stock Yjs clients stop reconnecting).
+On a WebSocket an error is answered with a JSON error reply and the socket stays open,
+except: a malformed binary frame (4400); a refused token, membership or session at the
+upgrade or later (4401, 4403, 4404); a RateLimited refusal repeated again and again
+(4429); a whole message over the ASGI server's size limit (1009); a database that fails
+under a write (1013). Only errors a retry cannot fix close with a 44xx code (stock Yjs
+clients stop reconnecting).
 """
 
 from __future__ import annotations
 
 from enum import StrEnum
+
+from session.closes import CloseCode
 
 
 class ErrorCode(StrEnum):
@@ -46,6 +63,7 @@ class ParleyError(Exception):
 
     code: ErrorCode = ErrorCode.INTERNAL
     http_status: int = 500
+    close_code: CloseCode | None = None
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -60,6 +78,7 @@ class InvalidInput(ParleyError):
 class TooLarge(InvalidInput):
     code = ErrorCode.TOO_LARGE
     http_status = 413
+    close_code = CloseCode.TOO_LARGE
 
 
 class UnknownCommand(InvalidInput):
@@ -69,16 +88,19 @@ class UnknownCommand(InvalidInput):
 class Unauthenticated(ParleyError):
     code = ErrorCode.UNAUTHENTICATED
     http_status = 401
+    close_code = CloseCode.UNAUTHENTICATED
 
 
 class Forbidden(ParleyError):
     code = ErrorCode.FORBIDDEN
     http_status = 403
+    close_code = CloseCode.FORBIDDEN
 
 
 class NotFound(ParleyError):
     code = ErrorCode.NOT_FOUND
     http_status = 404
+    close_code = CloseCode.NOT_FOUND
 
 
 class Conflict(ParleyError):
@@ -95,18 +117,30 @@ class QueueFull(Conflict):
     http_status = 429
 
 
+class DuplicateCommand(Conflict):
+    """The (session, author, command id) was stored before: a resent command is answered
+    with its original ack; a command id reused for another command is this conflict."""
+
+    def __init__(self, command_id: str) -> None:
+        super().__init__("this command id was used for another command")
+        self.command_id = command_id
+
+
 class RateLimited(ParleyError):
     code = ErrorCode.RATE_LIMITED
     http_status = 429
+    close_code: CloseCode | None = CloseCode.ABUSE
 
 
 class Unavailable(ParleyError):
     code = ErrorCode.UNAVAILABLE
     http_status = 503
+    close_code = CloseCode.TRY_AGAIN
 
 
 class QuotaExceeded(RateLimited):
     code = ErrorCode.QUOTA_EXCEEDED
+    close_code = None  # a prompt is refused; the socket stays
 
 
 class ProviderError(ParleyError):
@@ -129,6 +163,24 @@ class ProviderError(ParleyError):
         self.retryable = retryable
         self.status = status
         self.retry_after_s = retry_after_s
+
+
+class ConfigurationError(ParleyError):
+    """The server's configuration or database cannot be served: it refuses to start."""
+
+
+class MissingApiKey(ConfigurationError):
+    """A model names an API-key variable that is not set."""
+
+
+class SchemaNotCurrent(ConfigurationError):
+    """The database schema is not at the migrations' head (``parley migrate``)."""
+
+
+def close_code_for(error: ParleyError, otherwise: CloseCode = CloseCode.TRY_AGAIN) -> CloseCode:
+    """The code to close a socket with because of ``error``: its own, else ``otherwise``
+    (an error with none that still ends a socket: the server could not serve it now)."""
+    return error.close_code if error.close_code is not None else otherwise
 
 
 def error_for(code: str, message: str) -> ParleyError:

@@ -20,6 +20,7 @@ from typing import Any
 
 from pycrdt import get_update, write_var_uint
 
+from session.closes import CloseCode
 from session.errors import InvalidInput, TooLarge
 
 MAX_VARUINT_BYTES = 8
@@ -28,6 +29,8 @@ MAX_SAFE_INTEGER = 2**53 - 1
 
 class ProtocolError(InvalidInput):
     """A binary frame that does not follow the y-websocket protocol."""
+
+    close_code = CloseCode.PROTOCOL
 
 
 class MessageType(IntEnum):

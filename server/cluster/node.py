@@ -46,6 +46,7 @@ from server.runner import SessionRunner
 from server.session_writes import apply_session_write
 from server.settings import Settings
 from server.store import Store, StoreTx
+from session.closes import CloseCode
 from session.commands import command_id_of, error_reply
 from session.errors import NotFound, ParleyError, Unavailable, error_for
 from session.queue import Policy
@@ -211,7 +212,9 @@ class ClusterNode:
         room = self.registry.loaded(session_id)
         if room is not None:
             room.fail("this session moved to another node; reconnect", ReasonCode.FAILOVER)
-        self._spawn(self.registry.unload(session_id, 1013, "session moved to another node"))
+        self._spawn(
+            self.registry.unload(session_id, CloseCode.TRY_AGAIN, "session moved to another node")
+        )
 
     def _lock(self, session_id: str) -> asyncio.Lock:
         return self._room_locks.setdefault(session_id, asyncio.Lock())

@@ -18,12 +18,8 @@ from server.providers.openai import OpenAIProvider
 from server.providers.retry import RetryingProvider, RetryPolicy, close_events
 from server.providers.upstream import Upstream, timeout
 from server.settings import ModelSpec, Settings
-from session.errors import ProviderError
+from session.errors import MissingApiKey, ProviderError
 from session.model import ModelEvent, ModelProvider, ModelRequest
-
-
-class MissingApiKey(RuntimeError):
-    """A model names an API-key variable that is not set (the server refuses to start)."""
 
 
 class ModelRegistry:

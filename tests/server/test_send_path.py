@@ -15,9 +15,10 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 from websockets.streams import StreamReader
 
-from server.connection import CLOSE_SLOW_CONSUMER, Connection
+from server.connection import Connection
 from server.direct_send import DirectWriter, binary_frame
 from server.send_budget import DropReason, SendBudget
+from session.closes import CloseCode
 from session.model import ModelEvent, ModelRequest, TextDelta
 from session.yprotocol import SyncType, encode_sync
 from tests.conftest import RunningServer, make_settings, serve_in_process, sqlite_url
@@ -114,7 +115,7 @@ async def test_a_client_that_backs_up_its_transport_is_cut_off() -> None:
     protocol.transport.backlog = 995  # the kernel took none of it
     assert connection.send(b"x" * 10)  # a frame into an empty backlog goes
     assert not connection.send(b"y" * 10)  # 995 + 10 would pass the limit
-    assert connection.closed and connection.close_code == CLOSE_SLOW_CONSUMER
+    assert connection.closed and connection.close_code == CloseCode.TRY_AGAIN
     assert protocol.transport.aborted and dropped == [DropReason.SOCKET_LIMIT]
     assert connection.finished.is_set()
     assert not connection.send(b"z")
@@ -151,7 +152,7 @@ async def test_a_close_behind_a_backlog_the_client_never_takes_ends_in_a_reset()
     connection.start()
     protocol.transport.backlog = 1000  # under the high-water mark: a close frame can go
     assert connection.send(b"x" * 1000)
-    connection.close(1001, "idle timeout")
+    connection.close(CloseCode.GOING_AWAY, "idle timeout")
     await connection.wait_closed()
     assert socket.closes == [1001] and budget.watching(connection)
     for _ in range(200):  # the client never takes a byte: the budget's timer resets it
@@ -193,7 +194,7 @@ async def test_without_a_writer_the_outbox_is_bounded_and_the_rest_unharmed() ->
     await asyncio.sleep(0)  # the sender takes it and gets stuck writing it
     assert [connection.send(bytes([n])) for n in range(3)] == [True, True, True]
     assert not connection.send(b"over")
-    assert connection.close_code == CLOSE_SLOW_CONSUMER and dropped == [DropReason.SOCKET_LIMIT]
+    assert connection.close_code == CloseCode.TRY_AGAIN and dropped == [DropReason.SOCKET_LIMIT]
     assert connection.unsent() == 0  # the backlog is let go at once
     assert socket.sent == [b"1"]
     await connection.wait_closed()

@@ -132,6 +132,11 @@ async def test_resent_command_gets_the_original_ack(server: RunningServer) -> No
     await again.wait_until(lambda c: all_replies_settled(c, 1))
     prompts = [e for e in again.entries() if e["kind"] == "prompt"]
     assert len(prompts) == 1
+    # The same id for another kind of command is a conflict, and nothing is stored.
+    reused = await again.command({"type": "message", "id": "same", "text": "other"})
+    assert (reused["type"], reused["id"], reused["code"]) == ("error", "same", "conflict")
+    assert reused["message"] == "this command id was used for another command"
+    assert [e["kind"] for e in again.entries() if e["kind"] != "reply"] == ["prompt"]
 
 
 async def test_malformed_binary_frame_closes_only_that_socket(

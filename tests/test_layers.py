@@ -1,0 +1,123 @@
+"""The layers, read from the source: imports point one way, the core does no I/O, and the
+WebSocket close codes come from one table.
+
+    server  ->  authz  ->  session
+       └─────────────────────┘
+
+``session/`` imports neither ``authz/`` nor ``server/``; ``authz/`` imports ``session/``
+only; ``server/`` (the I/O shell) may import both. Neither ``session/`` nor ``authz/``
+imports an I/O library.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterator
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Package: the project packages it may import (besides itself).
+MAY_IMPORT = {
+    "session": frozenset(),
+    "authz": frozenset({"session"}),
+    "server": frozenset({"session", "authz", "migrations"}),
+}
+PROJECT = frozenset(MAY_IMPORT) | {"migrations", "bench", "tests"}
+IO_LIBRARIES = frozenset(
+    {
+        "asyncio",
+        "anyio",
+        "socket",
+        "sqlite3",
+        "sqlalchemy",
+        "alembic",
+        "asyncpg",
+        "aiosqlite",
+        "httpx",
+        "httpx_sse",
+        "starlette",
+        "uvicorn",
+        "websockets",
+    }
+)
+PURE = ("session", "authz")
+
+
+def _modules(package: str) -> Iterator[tuple[Path, ast.Module]]:
+    for path in sorted((ROOT / package).rglob("*.py")):
+        yield path.relative_to(ROOT), ast.parse(path.read_text(), str(path))
+
+
+def _imported(tree: ast.Module) -> Iterator[tuple[int, str]]:
+    """Top-level names of every absolute import (``TYPE_CHECKING`` ones included)."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield node.lineno, alias.name.split(".")[0]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            yield node.lineno, node.module.split(".")[0]
+
+
+def import_violations(package: str) -> list[str]:
+    found = []
+    for path, tree in _modules(package):
+        for line, name in _imported(tree):
+            if name in PROJECT and name != package and name not in MAY_IMPORT[package]:
+                found.append(f"{path}:{line} imports {name}")
+            if package in PURE and name in IO_LIBRARIES:
+                found.append(f"{path}:{line} imports {name} (I/O in the pure core)")
+    return found
+
+
+def _is_close_number(node: ast.AST) -> bool:
+    return (
+        isinstance(node, ast.Constant)
+        and type(node.value) is int
+        and (1000 <= node.value <= 1015 or 3000 <= node.value <= 4999)
+    )
+
+
+def close_code_violations(package: str) -> list[str]:
+    """Close codes written as numbers: one assigned to a ``CLOSE_*`` constant (or any
+    ``*close*`` name or attribute), passed to a ``close``/``unload`` call, or given as the
+    default of a ``*close*`` parameter."""
+    found = []
+    for path, tree in _modules(package):
+        for node in ast.walk(tree):
+            where = f"{path}:{getattr(node, 'lineno', '?')}"
+            if isinstance(node, ast.Assign | ast.AnnAssign):
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                names = [ast.unparse(t) for t in targets]
+                value = node.value
+                if (
+                    value is not None
+                    and _is_close_number(value)
+                    and any("close" in n.lower() for n in names)
+                ):
+                    found.append(f"{where} defines close code {names[0]}")
+            elif isinstance(node, ast.Call):
+                func = node.func
+                name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+                if name in {"close", "unload"}:
+                    given = [*node.args, *(k.value for k in node.keywords)]
+                    if any(_is_close_number(n) for arg in given for n in ast.walk(arg)):
+                        found.append(f"{where} closes with a bare number")
+            elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                given = node.args.args[len(node.args.args) - len(node.args.defaults) :]
+                pairs = [
+                    *zip(given, node.args.defaults, strict=True),
+                    *zip(node.args.kwonlyargs, node.args.kw_defaults, strict=True),
+                ]
+                for arg, default in pairs:
+                    if "close" in arg.arg and default is not None and _is_close_number(default):
+                        found.append(f"{where} defaults {arg.arg} to a bare number")
+    return found
+
+
+def test_imports_point_one_way_and_the_core_does_no_io() -> None:
+    assert [v for package in MAY_IMPORT for v in import_violations(package)] == []
+
+
+def test_no_module_of_the_server_has_close_codes_of_its_own() -> None:
+    assert close_code_violations("server") == []
