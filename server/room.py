@@ -46,27 +46,32 @@ from server.active_run import ActiveRun
 from server.awareness import AwarenessFanout
 from server.connection import Connection
 from server.direct_send import binary_frame
+from server.effect_writes import SequenceMoved, finish_prompts, write_effects
 from server.group_commit import WriteFence
 from server.metrics import Metrics
 from server.retry_hint import retry_reason
 from server.settings import Settings
-from server.store import EntryRow, Store, StoreTx
+from server.store import Store, StoreTx
 from server.tools import tool_defs
 from session.closes import CloseCode
-from session.commands import (
-    Limits,
-    check_fact,
-)
+from session.commands import Limits
 from session.context import BuiltContext, ContextBuilder, ContextSettings, WithheldReason
+from session.core import (
+    CommandEvent,
+    DocumentLimits,
+    Effects,
+    SessionView,
+    handle,
+)
 from session.encoded import EncodedDocument
-from session.errors import Forbidden, NotFound, TooLarge, Unavailable
+from session.errors import Forbidden, NotFound, Unavailable
 from session.lifecycle import PromptStatus
 from session.model import Usage
 from session.presence import Presence
 from session.queue import OrderingQueue, PendingPrompt, Policy, QueueLimits, Run
 from session.ratelimit import Budgets, Rate, Spend, TokenBucket
 from session.reasons import Ending, ReasonCode
-from session.schema import MESSAGE_STATUS, Entry, EntryKind, QueuedItem, SessionDocument
+from session.schema import Entry, QueuedItem, SessionDocument
 from session.summary import Summary, SummaryPlan, plan_extension
 from session.yprotocol import (
     DeleteSet,
@@ -137,6 +142,10 @@ class _Write:
     queue: OrderingQueue | None = None
 
 
+class _Refused(Exception):
+    """The core refused a command under the writer: nothing of the write is kept."""
+
+
 class SessionRoom:
     def __init__(
         self,
@@ -181,6 +190,7 @@ class SessionRoom:
             self.presence, self.broadcast, settings.awareness_flush_ms / 1000
         )
         self.refused_writes = 0
+        self.last_seq = 0  # the highest sequence number stored (``load``)
         self.active_run: ActiveRun | None = None
         self.model: str | None = None  # the session's model; None: the server's default
         self.budgets = Budgets(member_rates(settings))
@@ -212,6 +222,8 @@ class SessionRoom:
     async def load(self, title: str, policy: Policy, restricted_replies: str = "private") -> None:
         """Restore the document from its update log and the queue from the entries table."""
         await self._load_doc()
+        row = await self.store.get_session(self.session_id)
+        self.last_seq = 0 if row is None else row.last_seq
         self.summaries = await self.store.load_summaries(self.session_id)
         self.restricted_replies = restricted_replies
         self.private = {i.entry_id: i for i in await self.access.private_items(self.session_id)}
@@ -456,96 +468,58 @@ class SessionRoom:
     async def _finish(
         self, write: _Write, prompt_ids: Sequence[str], ending: Ending | None
     ) -> None:
-        """Prompts reach their final status (``done`` without an ending) in the row and the
-        document alike; both are checked against the lifecycle table."""
-        status = PromptStatus.DONE if ending is None else ending.status
-        for prompt_id in prompt_ids:
-            await write.tx.set_entry_status(
-                prompt_id, status, ending=ending, finished_at=self.now_ms()
-            )
-        self.doc.finish_prompts(prompt_ids, ending)
+        await finish_prompts(write.tx, self.doc, prompt_ids, ending, self.now_ms())
 
     def _planned(self, queue: OrderingQueue) -> list[QueuedItem]:
         return [QueuedItem(p.id, p.seq, p.author) for p in queue.pending()]
 
-    async def add_prompt(self, user_id: str, command_id: str, text: str) -> tuple[int, str]:
-        """Admit, store and queue a prompt; returns its sequence number and id."""
-        entry_id = new_id()
-        if self.draining:
-            raise Unavailable("the server is shutting down; send it again after reconnecting")
-        async with self._writing() as write:
-            queue = self._staged_queue(write)
-            queue.admit(user_id)
-            seq = await self.store_entry(
-                write.tx,
-                entry_id,
-                EntryKind.PROMPT,
-                user_id,
-                command_id,
-                text,
-                PromptStatus.QUEUED.value,
-            )
-            self.doc.add_prompt(
-                id=entry_id, seq=seq, author=user_id, text=text, created_at=self.now_ms()
-            )
-            pushed = queue.push(PendingPrompt(entry_id, seq, user_id))
-            superseded = Ending(
-                ReasonCode.SUPERSEDED, f"superseded by a newer prompt from {user_id}"
-            )
-            if pushed.superseded:
-                await self._finish(write, [p.id for p in pushed.superseded], superseded)
-        if pushed.interrupt_running and self.active_run is not None:
-            self.active_run.stop(superseded)
-        self.wakeup.set()
-        return seq, entry_id
+    async def execute(self, event: CommandEvent) -> Effects:
+        """Carry out what ``event`` does (``session.core.rules``): judged at the door, and
+        judged again under the writer on the state it changes (which may have moved while
+        this waited), then stored, committed and broadcast; after the commit the run in
+        flight is stopped or the runner woken. A refusal is audited and raised."""
+        effects = handle(self.view(), event)
+        if effects.error is None and effects.writes:
+            try:
+                async with self._writing() as write:
+                    effects = handle(self.view(), event)
+                    if effects.error is not None:
+                        raise _Refused
+                    await write_effects(write.tx, self.doc, self.session_id, effects, event.now_ms)
+                    write.queue = effects.queue
+                    if effects.entry is not None:
+                        seq = effects.entry.seq
+                        write.after_commit.append(lambda: setattr(self, "last_seq", seq))
+            except _Refused:
+                pass
+            except SequenceMoved as exc:
+                self.last_seq = exc.last_seq
+                raise
+        if effects.error is not None:
+            for record in effects.audit:
+                await self.audit(record.kind, record.actor, dict(record.data))
+            raise effects.error
+        active = self.active_run
+        if effects.stop is not None and active is not None:
+            active.stop(effects.stop.ending)
+            if effects.stop.wait:
+                await active.wait()
+        if effects.wake_runner:
+            self.wakeup.set()
+        return effects
 
-    async def add_message(self, user_id: str, command_id: str, text: str) -> tuple[int, str]:
-        entry_id = new_id()
-        async with self._writing() as write:
-            seq = await self.store_entry(
-                write.tx, entry_id, EntryKind.MESSAGE, user_id, command_id, text, MESSAGE_STATUS
-            )
-            self.doc.add_message(
-                id=entry_id, seq=seq, author=user_id, text=text, created_at=self.now_ms()
-            )
-        return seq, entry_id
-
-    async def store_entry(
-        self,
-        tx: StoreTx,
-        entry_id: str,
-        kind: EntryKind,
-        author: str,
-        command_id: str,
-        text: str,
-        status: str,
-    ) -> int:
-        seq = await tx.next_seq(self.session_id)
-        await tx.insert_entry(
-            EntryRow(
-                id=entry_id,
-                session_id=self.session_id,
-                seq=seq,
-                kind=kind.value,
-                author=author,
-                command_id=command_id,
-                text=text,
-                status=status,
-                reason=None,
-                reply_id=None,
-                created_at=self.now_ms(),
-            )
+    def view(self) -> SessionView:
+        """The session as committed, as the core reads it."""
+        active = self.active_run
+        return SessionView(
+            doc=self.doc,
+            queue=self.queue,
+            subject=self.subject,
+            running=None if active is None else active.run,
+            last_seq=self.last_seq,
+            limits=DocumentLimits(self.settings.max_pins, self.settings.max_facts),
+            accepting_prompts=not self.draining,
         )
-        return seq
-
-    async def cancel_waiting(self, prompt_id: str, ending: Ending) -> bool:
-        """End a prompt that has not started; False if it is no longer waiting."""
-        async with self._writing() as write:
-            if not self.queue.is_pending(prompt_id):
-                return False
-            self._staged_queue(write).remove(prompt_id)
-            await self._finish(write, [prompt_id], ending)
-        return True
 
     async def stop_prompts_of(self, user_id: str, ending: Ending) -> None:
         """Fail the user's waiting prompts and stop a running reply that answers one of
@@ -563,13 +537,6 @@ class SessionRoom:
         active = self.active_run
         if active is not None and any(p.author == user_id for p in active.run.prompts):
             active.stop(ending)  # the runner settles it
-
-    async def set_policy(self, policy: Policy) -> None:
-        async with self._writing() as write:
-            self._staged_queue(write).set_policy(policy)
-            await write.tx.set_policy(self.session_id, policy.value)
-            self.doc.set_policy(policy.value)
-        self.wakeup.set()
 
     async def start_run(self, run: Run, reply_author: str) -> tuple[str, RunScope] | None:
         """Mark a run's prompts running and open their reply; None if the run may not start.
@@ -636,26 +603,6 @@ class SessionRoom:
         """True when every member who may read the session may read this too."""
         roles = self.roles()
         return everyone_may_read((Subject.of(m, roles) for m in self.members.values()), restriction)
-
-    async def set_pinned(self, entry_id: str, pinned: bool) -> None:
-        if not self.doc.has_entry(entry_id):
-            raise NotFound(f"no entry {entry_id!r} in this session")
-        async with self._writing():
-            if not pinned:
-                self.doc.unpin(entry_id)
-            elif entry_id not in self.doc.pinned():
-                if len(self.doc.pins) >= self.settings.max_pins:
-                    raise TooLarge(f"at most {self.settings.max_pins} pins per session")
-                self.doc.pin(entry_id)
-
-    async def set_fact(self, key: str, value: str | None, author: str) -> None:
-        """Set (or, with None, remove) a fact as ``author`` (``""``: the admin API)."""
-        check_fact(key, value)
-        async with self._writing():
-            adding = value is not None and key not in self.doc.facts
-            if adding and len(self.doc.facts) >= self.settings.max_facts:
-                raise TooLarge(f"at most {self.settings.max_facts} facts per session")
-            self.doc.set_fact(key, value, author)
 
     def context_settings(self) -> ContextSettings:
         spec = self.settings.model_spec(self.model)

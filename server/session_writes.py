@@ -6,14 +6,18 @@ They enter through ``RoomRegistry.change``: on one node they run on the room at 
 cluster mode only the node running the session may write its document or judge its
 commands, so on another node the same change is forwarded there (as the admin, whose REST
 call was already authorised) and its result comes back. Either way the change is in force
-where the session runs before the REST call returns.
+where the session runs before the REST call returns. Document writes are carried out by
+the session core like any command (``SessionRoom.execute``), so its limits hold here too;
+the REST route authorised the caller and audits the change itself.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from server.room import SessionRoom
+from server.room import SessionRoom, new_id
+from session.commands import Command, FactCommand, PinCommand, PolicyCommand
+from session.core import CommandEvent
 from session.errors import InvalidInput
 from session.queue import Policy
 
@@ -23,20 +27,24 @@ SETTINGS_WRITE = "settings"
 async def apply_session_write(room: SessionRoom, write: dict[str, Any]) -> dict[str, Any]:
     """Run ``write`` on ``room``; returns the facts or pins after it."""
     kind = write.get("op")
-    if kind == "set_fact":
-        await room.set_fact(
-            str(write["key"]),
-            None if write["value"] is None else str(write["value"]),
-            str(write.get("author") or ""),
-        )
-        return {"facts": room.doc.fact_map()}
-    if kind == "pin":
-        await room.set_pinned(str(write["entry_id"]), bool(write["pinned"]))
-        return {"pins": room.doc.pinned()}
-    if kind == "policy":
-        await room.set_policy(Policy(write["policy"]))
-        return {}
+    write_id = str(write.get("id") or "rest")
+    command: Command
     if kind == SETTINGS_WRITE:
         await room.reload_settings()
         return {}
-    raise InvalidInput(f"unknown session write {kind!r}")
+    if kind == "set_fact":
+        value = None if write["value"] is None else str(write["value"])
+        command = FactCommand(write_id, str(write["key"]), value)
+    elif kind == "pin":
+        command = PinCommand(write_id, str(write["entry_id"]), bool(write["pinned"]))
+    elif kind == "policy":
+        command = PolicyCommand(write_id, Policy(write["policy"]))
+    else:
+        raise InvalidInput(f"unknown session write {kind!r}")
+    actor = str(write.get("author") or "")  # "" : the admin API
+    await room.execute(CommandEvent(actor, command, room.now_ms(), new_id(), admin=True))
+    if kind == "set_fact":
+        return {"facts": room.doc.fact_map()}
+    if kind == "pin":
+        return {"pins": room.doc.pinned()}
+    return {}

@@ -19,8 +19,9 @@ a socket is closed with when this error ends it (-: it never ends one).
     ├── RateLimited                         rate_limited     429   4429
     │   └── QuotaExceeded                   quota_exceeded   429   -
     ├── Unavailable                         unavailable      503   1013
-    │   └── NotHolder (server.cluster.lease) unavailable     503   1013
-    │       └── Fenced                      unavailable      503   1013
+    │   ├── NotHolder (server.cluster.lease) unavailable     503   1013
+    │   │   └── Fenced                      unavailable      503   1013
+    │   └── SequenceMoved (server.effect_writes) unavailable 503   1013
     ├── ProviderError                       provider_error   502   - (a run fails with it)
     └── ConfigurationError                  internal         500   - (the server does not start)
         ├── MissingApiKey                   internal         500   -

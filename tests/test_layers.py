@@ -1,11 +1,12 @@
 """The layers, read from the source: imports point one way, the core does no I/O, and the
 WebSocket close codes come from one table.
 
-    server  ->  authz  ->  session
-       └─────────────────────┘
+    server  ->  session.core  ->  authz  ->  session
+       └──────────────┴───────────────────────┘
 
-``session/`` imports neither ``authz/`` nor ``server/``; ``authz/`` imports ``session/``
-only; ``server/`` (the I/O shell) may import both. Neither ``session/`` nor ``authz/``
+``session/`` (but its ``core/``) imports neither ``authz/`` nor ``server/``; ``authz/``
+imports ``session/`` only; the session core (``session/core/``, which judges commands with
+``authz``) sits above both; ``server/`` (the I/O shell) may import all three. Neither ``session/`` nor ``authz/``
 imports an I/O library.
 """
 
@@ -21,9 +22,11 @@ ROOT = Path(__file__).resolve().parents[1]
 MAY_IMPORT = {
     "session": frozenset(),
     "authz": frozenset({"session"}),
-    "server": frozenset({"session", "authz", "migrations"}),
+    "session.core": frozenset({"session", "authz"}),
+    "server": frozenset({"session", "session.core", "authz", "migrations"}),
 }
 PROJECT = frozenset(MAY_IMPORT) | {"migrations", "bench", "tests"}
+CORE = "session.core"
 IO_LIBRARIES = frozenset(
     {
         "asyncio",
@@ -41,12 +44,19 @@ IO_LIBRARIES = frozenset(
         "websockets",
     }
 )
-PURE = ("session", "authz")
+PURE = ("session", "authz", CORE)
 
 
 def _modules(package: str) -> Iterator[tuple[Path, ast.Module]]:
-    for path in sorted((ROOT / package).rglob("*.py")):
+    core = ROOT / "session" / "core"
+    for path in sorted((ROOT / package.replace(".", "/")).rglob("*.py")):
+        if package == "session" and path.is_relative_to(core):
+            continue  # a layer of its own
         yield path.relative_to(ROOT), ast.parse(path.read_text(), str(path))
+
+
+def _layer(module: str) -> str:
+    return CORE if module == CORE or module.startswith(CORE + ".") else module.split(".")[0]
 
 
 def _imported(tree: ast.Module) -> Iterator[tuple[int, str]]:
@@ -54,9 +64,13 @@ def _imported(tree: ast.Module) -> Iterator[tuple[int, str]]:
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             for alias in node.names:
-                yield node.lineno, alias.name.split(".")[0]
+                yield node.lineno, _layer(alias.name)
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            yield node.lineno, node.module.split(".")[0]
+            if node.module == "session":  # ``from session import core``
+                for alias in node.names:
+                    yield node.lineno, _layer(f"session.{alias.name}")
+            else:
+                yield node.lineno, _layer(node.module)
 
 
 def import_violations(package: str) -> list[str]:

@@ -23,10 +23,9 @@ import socket
 import time
 import uuid
 from collections.abc import Coroutine
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, select
-from starlette.websockets import WebSocket
 
 from server.cluster.access import CHANNEL_ACCESS, CHANNEL_ACCESS_SEEN, AccessSync
 from server.cluster.forwarding import (
@@ -39,7 +38,7 @@ from server.cluster.listener import NotificationListener, asyncpg_dsn
 from server.cluster.metrics import ClusterMetrics
 from server.cluster.presence import CHANNEL_AWARENESS, PresenceRelay
 from server.cluster.tail import read_tail
-from server.commands import handle_command
+from server.commands import handle_frame
 from server.connection import Connection
 from server.room import SessionRoom
 from server.runner import SessionRunner
@@ -277,7 +276,7 @@ class ClusterNode:
             except Exception as exc:  # the database, say: forwarding reports it
                 log.warning("could not take the session", extra={"error": repr(exc)})
         if session_id in self.running:
-            return await handle_command(room, connection, frame)
+            return await handle_frame(room, connection.user_id, frame)
         return await self._forward(room, connection.user_id, frame)
 
     async def write_session(self, room: SessionRoom, write: dict[str, Any]) -> dict[str, Any]:
@@ -402,10 +401,8 @@ class ClusterNode:
             except ParleyError as exc:
                 return error_reply(command_id_of(frame), exc)
             return json.dumps({"type": "ack", "id": write.get("id"), "result": result})
-        # ``handle_command`` knows its sender by a Connection (and decides by the member's
-        # current rights in the room); this sender has no socket, nothing is sent on it.
-        sender = Connection(cast(WebSocket, None), user_id, 1)
-        return await handle_command(room, sender, frame)
+        # The same door as a socket's command, judged by the member's rights here now.
+        return await handle_frame(room, user_id, frame)
 
     # -- notifications --------------------------------------------------------------------
 

@@ -48,6 +48,7 @@ TABLE: dict[str, tuple[str, int, int | None]] = {
     "Unavailable": ("unavailable", 503, 1013),
     "NotHolder": ("unavailable", 503, 1013),
     "Fenced": ("unavailable", 503, 1013),
+    "SequenceMoved": ("unavailable", 503, 1013),
     "ProviderError": ("provider_error", 502, None),
     "ConfigurationError": ("internal", 500, None),
     "MissingApiKey": ("internal", 500, None),
@@ -71,6 +72,9 @@ CLOSE_CODES = {
 OUTSIDE_THE_TREE = {
     # A driver error on purpose: the store maps every sqlite3 error to ``Unavailable``.
     "LockTimeout",
+    # Control flow inside the room's writer: a command the core refuses on a second look
+    # under the lock rolls the write back; its ParleyError is answered afterwards.
+    "_Refused",
 }
 
 

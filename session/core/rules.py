@@ -1,0 +1,193 @@
+"""``handle(view, event) -> Effects``: every rule a session command is judged by.
+
+Pure: no I/O, no clock (``now_ms`` comes with the event), no randomness (``new_id`` too).
+Authorisation is decided here, with ``authz.policy.decide`` on the member as of now, so
+every door (a socket, a command forwarded from another node, REST) applies one rule; the
+queue's rules are the ``OrderingQueue``'s, applied to a copy that the effects carry.
+"""
+
+from __future__ import annotations
+
+from authz.policy import Cancel, Do, decide
+from authz.roles import Capability
+from session.commands import (
+    CancelCommand,
+    FactCommand,
+    MessageCommand,
+    PinCommand,
+    PolicyCommand,
+    PromptCommand,
+    check_fact,
+)
+from session.core.effects import (
+    Ack,
+    AuditRecord,
+    Effects,
+    Finish,
+    NewEntry,
+    Pin,
+    SetFact,
+    SetPolicy,
+    StopRun,
+    refused,
+)
+from session.core.state import CommandEvent, SessionView
+from session.errors import (
+    Conflict,
+    Forbidden,
+    NotFound,
+    ParleyError,
+    TooLarge,
+    Unavailable,
+)
+from session.lifecycle import PromptStatus
+from session.queue import PendingPrompt
+from session.reasons import Ending, ReasonCode
+from session.schema import MESSAGE_STATUS, EntryKind
+
+
+def handle(view: SessionView, event: CommandEvent) -> Effects:
+    """What ``event`` does to the session in ``view``: the effects to carry out, or a
+    refusal (``Effects.error``, with the audit record of a refused authorisation)."""
+    try:
+        return _handle(view, event)
+    except ParleyError as exc:  # the queue's and the document's own refusals
+        return refused(exc)
+
+
+def _handle(view: SessionView, event: CommandEvent) -> Effects:
+    command = event.command
+    if isinstance(command, PromptCommand):
+        return _authorized(view, event, Capability.PROMPT) or _prompt(view, event, command)
+    if isinstance(command, MessageCommand):
+        return _authorized(view, event, Capability.POST_MESSAGE) or _message(view, event, command)
+    if isinstance(command, PinCommand):
+        return _authorized(view, event, Capability.PIN) or _pin(view, command)
+    if isinstance(command, FactCommand):
+        return _authorized(view, event, Capability.PIN) or _fact(view, event, command)
+    if isinstance(command, PolicyCommand):
+        return _authorized(view, event, Capability.MANAGE_SESSION) or _policy(view, event, command)
+    return _cancel(view, event, command)
+
+
+def _refusal(event: CommandEvent, reason: str) -> Effects:
+    """A refused authorisation: answered ``forbidden`` with its reason, and audited."""
+    what = f"command {type(event.command).__name__}"
+    record = AuditRecord("refused", event.actor, {"action": what, "reason": reason})
+    return refused(Forbidden(reason), record)
+
+
+def _authorized(view: SessionView, event: CommandEvent, capability: Capability) -> Effects | None:
+    """None when ``event.actor`` may use ``capability`` now, else the refusal."""
+    if event.admin:
+        return None
+    decision = decide(view.subject(event.actor), Do(capability))
+    return None if decision.allowed else _refusal(event, decision.reason)
+
+
+def _new_entry(
+    view: SessionView, event: CommandEvent, kind: EntryKind, text: str, status: str
+) -> NewEntry:
+    return NewEntry(
+        id=event.new_id,
+        kind=kind,
+        author=event.actor,
+        command_id=event.command.id,
+        text=text,
+        seq=view.last_seq + 1,
+        status=status,
+        created_at=event.now_ms,
+    )
+
+
+def _prompt(view: SessionView, event: CommandEvent, command: PromptCommand) -> Effects:
+    if not view.accepting_prompts:
+        raise Unavailable("the server is shutting down; send it again after reconnecting")
+    queue = view.queue.clone()
+    queue.admit(event.actor)
+    entry = _new_entry(view, event, EntryKind.PROMPT, command.text, PromptStatus.QUEUED.value)
+    pushed = queue.push(PendingPrompt(entry.id, entry.seq, entry.author))
+    superseded = Ending(ReasonCode.SUPERSEDED, f"superseded by a newer prompt from {event.actor}")
+    return Effects(
+        ack=Ack(entry.seq, (("prompt_id", entry.id),)),
+        entry=entry,
+        finish=(Finish(tuple(p.id for p in pushed.superseded), superseded),)
+        if pushed.superseded
+        else (),
+        queue=queue,
+        stop=StopRun(superseded, wait=False) if pushed.interrupt_running else None,
+        wake_runner=True,
+    )
+
+
+def _message(view: SessionView, event: CommandEvent, command: MessageCommand) -> Effects:
+    entry = _new_entry(view, event, EntryKind.MESSAGE, command.text, MESSAGE_STATUS)
+    return Effects(ack=Ack(entry.seq, (("message_id", entry.id),)), entry=entry)
+
+
+def _pin(view: SessionView, command: PinCommand) -> Effects:
+    entry_id = command.entry_id
+    if not view.doc.has_entry(entry_id):
+        raise NotFound(f"no entry {entry_id!r} in this session")
+    done = Effects(ack=Ack(None, (("entry_id", entry_id),)))
+    pinned = entry_id in view.doc.pinned()
+    if pinned == command.pinned:
+        return done
+    if command.pinned and len(view.doc.pins) >= view.limits.max_pins:
+        raise TooLarge(f"at most {view.limits.max_pins} pins per session")
+    return Effects(ack=done.ack, change=Pin(entry_id, command.pinned))
+
+
+def _fact(view: SessionView, event: CommandEvent, command: FactCommand) -> Effects:
+    key, value = command.key, command.value
+    check_fact(key, value)
+    adding = value is not None and key not in view.doc.facts
+    if adding and len(view.doc.facts) >= view.limits.max_facts:
+        raise TooLarge(f"at most {view.limits.max_facts} facts per session")
+    return Effects(ack=Ack(None, (("key", key),)), change=SetFact(key, value, event.actor))
+
+
+def _policy(view: SessionView, event: CommandEvent, command: PolicyCommand) -> Effects:
+    before = view.queue.policy
+    queue = view.queue.clone()
+    queue.set_policy(command.policy)
+    audit: tuple[AuditRecord, ...] = ()
+    if before is not command.policy and not event.admin:  # the REST door audits its own
+        change = {"from": before.value, "to": command.policy.value}
+        audit = (AuditRecord("policy", event.actor, {"policy": change}),)
+    return Effects(
+        ack=Ack(None, (("policy", command.policy.value),)),
+        change=SetPolicy(command.policy),
+        queue=queue,
+        audit=audit,
+        wake_runner=True,
+    )
+
+
+def _cancel(view: SessionView, event: CommandEvent, command: CancelCommand) -> Effects:
+    """Cancel a waiting prompt (it ends ``cancelled``), or stop the run answering it, if
+    the actor may cancel the prompt's author's prompts -- and, for a run that answers
+    several members' prompts (``coalesce``), the others' too."""
+    user_id, prompt_id = event.actor, command.prompt_id
+    subject = view.subject(user_id)
+    if not event.admin and not (read := decide(subject, Do(Capability.READ_SESSION))).allowed:
+        return _refusal(event, read.reason)
+    doc = view.doc
+    if not doc.has_entry(prompt_id) or doc.entry(prompt_id).kind is not EntryKind.PROMPT:
+        raise NotFound(f"no prompt {prompt_id!r} in this session")
+    entry = doc.entry(prompt_id)
+    if not event.admin and not (mine := decide(subject, Cancel(entry.author))).allowed:
+        return _refusal(event, mine.reason)
+    cancelled = Ending(ReasonCode.CANCELLED, f"cancelled by {user_id}")
+    done = Ack(entry.seq, (("prompt_id", prompt_id),))
+    if view.queue.is_pending(prompt_id):
+        queue = view.queue.clone()
+        queue.remove(prompt_id)
+        return Effects(ack=done, finish=(Finish((prompt_id,), cancelled),), queue=queue)
+    running = view.running
+    if running is None or prompt_id not in running.ids:
+        raise Conflict(f"prompt {prompt_id!r} is {entry.status}; it can no longer be cancelled")
+    others = [p.author for p in running.prompts if p.author != user_id]
+    if others and not event.admin and not decide(subject, Cancel(others[0])).allowed:
+        raise Forbidden("the running reply also answers other members' prompts")
+    return Effects(ack=done, stop=StopRun(cancelled, wait=True))

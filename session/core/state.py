@@ -1,0 +1,51 @@
+"""What the session core decides on: one command event and the session as committed now."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from authz.policy import Subject
+from session.commands import Command
+from session.queue import OrderingQueue, Run
+from session.schema import SessionDocument
+
+
+@dataclass(frozen=True, slots=True)
+class CommandEvent:
+    """``actor`` sent ``command`` at ``now_ms``; ``new_id`` names an entry it may create.
+
+    ``admin``: the door already decided (a REST route authorised its caller, or the admin
+    key) and audits the change itself; the core then judges the change, not the actor.
+    """
+
+    actor: str
+    command: Command
+    now_ms: int
+    new_id: str
+    admin: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class DocumentLimits:
+    max_pins: int
+    max_facts: int
+
+
+@dataclass(frozen=True, slots=True)
+class SessionView:
+    """The session as committed, read (never changed) by the core.
+
+    ``subject``: a member as of now (None: not a member). ``running``: the run in flight
+    whose reply streams now (None before its runner took it, or when none is).
+    ``last_seq``: the highest sequence number handed out. ``accepting_prompts``: False
+    while the server shuts down.
+    """
+
+    doc: SessionDocument
+    queue: OrderingQueue
+    subject: Callable[[str], Subject | None]
+    running: Run | None
+    last_seq: int
+    limits: DocumentLimits
+    accepting_prompts: bool = True

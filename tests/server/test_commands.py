@@ -1,0 +1,97 @@
+"""The one door for commands (``server.commands.dispatch``) on a room over a real store,
+with no socket: what the core decides is stored, answered once, and audited."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from authz.policy import Decision
+from authz.roles import Member
+from server.commands import dispatch, handle_frame
+from server.db import create_engine, migrate
+from server.room import SessionRoom
+from server.store import Store
+from server.tables import audit_log
+from session.commands import CancelCommand, MessageCommand, PromptCommand
+from session.queue import Policy
+from tests.conftest import make_settings
+
+
+@pytest.fixture
+async def room(database_url: str, tmp_path: Path) -> AsyncIterator[SessionRoom]:
+    await asyncio.to_thread(migrate, database_url)
+    store = Store(create_engine(database_url))
+    try:
+        await store.create_session("s", "t", Policy.QUEUE.value, 0)
+        for user_id, role in (("ann", "editor"), ("vic", "viewer")):
+            await store.change_member(
+                "s", user_id, Member(user_id, role), 0, lambda *_: Decision(True, "test")
+            )
+        settings = make_settings(database_url, tmp_path, max_pending_per_user=2)
+        room = SessionRoom("s", store=store, settings=settings)
+        await room.load("t", Policy.QUEUE)
+        yield room
+    finally:
+        await store.close()
+
+
+async def reply_of(room: SessionRoom, actor: str, command: Any) -> dict[str, Any]:
+    return dict(json.loads(await dispatch(room, actor, command)))
+
+
+async def audit_kinds(room: SessionRoom) -> list[tuple[str, str]]:
+    async with room.store.read() as connection:
+        rows = await connection.execute(select(audit_log.c.kind, audit_log.c.actor))
+        return [(row.kind, row.actor) for row in rows]
+
+
+async def test_a_prompt_is_stored_once_and_a_resent_one_gets_its_first_ack(
+    room: SessionRoom,
+) -> None:
+    first = await reply_of(room, "ann", PromptCommand("c1", "hello"))
+    assert first["type"] == "ack" and first["seq"] == 1
+    assert room.doc.entry(first["prompt_id"]).content == "hello"
+    assert [p.id for p in room.queue.pending()] == [first["prompt_id"]]
+    assert await reply_of(room, "ann", PromptCommand("c1", "hello")) == first
+    await reply_of(room, "ann", PromptCommand("c2", "again"))
+    # The queue is full for ann now; a resent prompt is still answered with its ack.
+    assert await reply_of(room, "ann", PromptCommand("c1", "hello")) == first
+    full = await reply_of(room, "ann", PromptCommand("c3", "more"))
+    assert (full["type"], full["code"], full["id"]) == ("error", "queue_full", "c3")
+    assert room.last_seq == 2
+
+
+async def test_a_refusal_is_answered_audited_and_stores_nothing(room: SessionRoom) -> None:
+    refused = await reply_of(room, "vic", PromptCommand("c1", "hello"))
+    assert (refused["type"], refused["code"]) == ("error", "forbidden")
+    assert await audit_kinds(room) == [("refused", "vic")]
+    assert room.doc.entries() == [] and room.last_seq == 0
+    unknown = await reply_of(room, "ann", CancelCommand("c2", "nope"))
+    assert unknown["code"] == "not_found"
+
+
+async def test_a_frame_and_a_typed_command_take_the_same_door(room: SessionRoom) -> None:
+    frame = json.dumps({"type": "message", "id": "m1", "text": "hi"})
+    message = json.loads(await handle_frame(room, "ann", frame))
+    assert (message["type"], message["seq"]) == ("ack", 1)
+    bad = json.loads(await handle_frame(room, "ann", "{"))
+    assert (bad["type"], bad["code"]) == ("error", "invalid")
+
+
+async def test_a_sequence_number_moved_behind_the_rooms_back_is_followed(
+    room: SessionRoom,
+) -> None:
+    assert (await reply_of(room, "ann", MessageCommand("m1", "one")))["seq"] == 1
+    async with room.store.transaction() as tx:
+        await tx.next_seq("s")  # not through the room: 2 is taken
+    moved = await reply_of(room, "ann", MessageCommand("m2", "two"))
+    assert (moved["type"], moved["code"]) == ("error", "unavailable")
+    assert (await reply_of(room, "ann", MessageCommand("m2", "two")))["seq"] == 3
+    assert [e.seq for e in room.doc.entries()] == [1, 3]
