@@ -6,8 +6,8 @@ WebSocket close codes come from one table.
 
 ``session/`` (but its ``core/``) imports neither ``authz/`` nor ``server/``; ``authz/``
 imports ``session/`` only; the session core (``session/core/``, which judges commands with
-``authz``) sits above both; ``server/`` (the I/O shell) may import all three. Neither ``session/`` nor ``authz/``
-imports an I/O library.
+``authz``) sits above both; ``server/`` (the I/O shell) may import all three. None of
+``session/`` and ``authz/`` imports an I/O library.
 """
 
 from __future__ import annotations
