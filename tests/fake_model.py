@@ -16,10 +16,12 @@ what a test checks about a model call is what went over the wire.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -50,12 +52,17 @@ class Drop:
     """A stream step: the connection drops here (a retryable failure for the provider)."""
 
 
+def repeating(*steps: Step) -> Iterator[Step]:
+    """``steps`` over and over: a stream that ends only when the caller closes it."""
+    return itertools.chain.from_iterable(itertools.repeat(steps))
+
+
 class Forever:
     """A stream step: nothing more comes until the caller closes the stream."""
 
 
 Step = str | ToolCall | asyncio.Event | Callable[[], Awaitable[object]] | Drop | Forever
-Answer = Status | Sequence[Step]
+Answer = Status | Iterable[Step]  # a stream's steps may go on for ever
 
 
 def call(name: str, arguments: dict[str, Any] | str, call_id: str = "call-1") -> ToolCall:
@@ -85,11 +92,11 @@ def askers(content: str) -> list[str]:
 
 @dataclass(slots=True)
 class Sent:
-    """One request the model received: its JSON body, and whether the caller has closed
-    the answer's stream (``closed``, set when the provider let go of the response)."""
+    """One request the model received: its JSON body, and when the caller closed the
+    answer's stream (``closed_at``, ``time.monotonic()``; None while it is open)."""
 
     body: dict[str, Any]
-    closed: asyncio.Event = field(default_factory=asyncio.Event)
+    closed_at: float | None = None
 
     @property
     def system(self) -> str:
@@ -161,9 +168,9 @@ def _call_chunks(index: int, tool: ToolCall) -> list[bytes]:
 
 
 class _Stream(httpx.AsyncByteStream):
-    """The body of one streamed answer; closing it marks its request ``closed``."""
+    """The body of one streamed answer; closing it notes when in its request's ``closed_at``."""
 
-    def __init__(self, sent: Sent, steps: Sequence[Step], usage: tuple[int, int]) -> None:
+    def __init__(self, sent: Sent, steps: Iterable[Step], usage: tuple[int, int]) -> None:
         self.sent = sent
         self.steps = steps
         self.usage = usage
@@ -192,7 +199,8 @@ class _Stream(httpx.AsyncByteStream):
         yield b"data: [DONE]\n\n"
 
     async def aclose(self) -> None:
-        self.sent.closed.set()
+        if self.sent.closed_at is None:
+            self.sent.closed_at = time.monotonic()
 
 
 class FakeModel:
@@ -238,9 +246,9 @@ class FakeModel:
                 headers["retry-after"] = str(answer.retry_after_s)
             error = {"error": {"message": answer.message}}
             return httpx.Response(answer.code, headers=headers, json=error)
-        steps: list[Step] = list(answer)
+        steps: Iterable[Step] = answer
         if self.gate is not None and "[wait]" in sent.asked_text():
-            steps.insert(0, self.gate)
+            steps = itertools.chain([self.gate], answer)
         stream = _Stream(sent, steps, self.usage)
         return httpx.Response(200, headers={"content-type": "text/event-stream"}, stream=stream)
 
