@@ -178,6 +178,7 @@ class _Stream(httpx.AsyncByteStream):
     async def __aiter__(self) -> AsyncIterator[bytes]:
         calls = 0
         for step in self.steps:
+            await asyncio.sleep(0)  # as over a socket, the reader waits for each piece
             if isinstance(step, str):
                 yield _chunk({"role": "assistant", "content": step})
             elif isinstance(step, ToolCall):
