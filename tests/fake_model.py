@@ -167,37 +167,45 @@ def _call_chunks(index: int, tool: ToolCall) -> list[bytes]:
     ]
 
 
-class _Stream(httpx.AsyncByteStream):
-    """The body of one streamed answer; closing it notes when in its request's ``closed_at``."""
+async def _events(steps: Iterable[Step], usage: tuple[int, int]) -> AsyncIterator[bytes]:
+    """The server-sent events of a streamed answer: its steps, the finish, usage, [DONE]."""
+    calls = 0
+    for step in steps:
+        await asyncio.sleep(0)  # as over a socket, the reader waits for each piece
+        if isinstance(step, str):
+            yield _chunk({"role": "assistant", "content": step})
+        elif isinstance(step, ToolCall):
+            for piece in _call_chunks(calls, step):
+                yield piece
+            calls += 1
+        elif isinstance(step, asyncio.Event):
+            await step.wait()
+        elif isinstance(step, Drop):
+            raise httpx.RemoteProtocolError("the fake model dropped the connection")
+        elif isinstance(step, Forever):
+            await asyncio.Event().wait()
+        else:
+            await step()
+    yield _chunk({}, "tool_calls" if calls else "stop")
+    input_tokens, output_tokens = usage
+    yield _chunk(None, usage={"prompt_tokens": input_tokens, "completion_tokens": output_tokens})
+    yield b"data: [DONE]\n\n"
 
-    def __init__(self, sent: Sent, steps: Iterable[Step], usage: tuple[int, int]) -> None:
+
+async def _once(data: bytes) -> AsyncIterator[bytes]:
+    yield data
+
+
+class _Body(httpx.AsyncByteStream):
+    """A response body; closing it notes when in its request's ``closed_at``."""
+
+    def __init__(self, sent: Sent, chunks: AsyncIterator[bytes]) -> None:
         self.sent = sent
-        self.steps = steps
-        self.usage = usage
+        self.chunks = chunks
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        calls = 0
-        for step in self.steps:
-            await asyncio.sleep(0)  # as over a socket, the reader waits for each piece
-            if isinstance(step, str):
-                yield _chunk({"role": "assistant", "content": step})
-            elif isinstance(step, ToolCall):
-                for piece in _call_chunks(calls, step):
-                    yield piece
-                calls += 1
-            elif isinstance(step, asyncio.Event):
-                await step.wait()
-            elif isinstance(step, Drop):
-                raise httpx.RemoteProtocolError("the fake model dropped the connection")
-            elif isinstance(step, Forever):
-                await asyncio.Event().wait()
-            else:
-                await step()
-        yield _chunk({}, "tool_calls" if calls else "stop")
-        input_tokens, output_tokens = self.usage
-        usage = {"prompt_tokens": input_tokens, "completion_tokens": output_tokens}
-        yield _chunk(None, usage=usage)
-        yield b"data: [DONE]\n\n"
+        async for chunk in self.chunks:
+            yield chunk
 
     async def aclose(self) -> None:
         if self.sent.closed_at is None:
@@ -242,16 +250,22 @@ class FakeModel:
         self.requests.append(sent)
         answer = (echo_tool_results(sent) if self.echo_tools else None) or self.script(sent)
         if isinstance(answer, Status):
-            headers = {}
+            headers = {"content-type": "application/json"}
             if answer.retry_after_s is not None:
                 headers["retry-after"] = str(answer.retry_after_s)
-            error = {"error": {"message": answer.message}}
-            return httpx.Response(answer.code, headers=headers, json=error)
+            error = json.dumps({"error": {"message": answer.message}}).encode()
+            return httpx.Response(answer.code, headers=headers, stream=_Body(sent, _once(error)))
         steps: Iterable[Step] = answer
         if self.gate is not None and "[wait]" in sent.asked_text():
             steps = itertools.chain([self.gate], answer)
-        stream = _Stream(sent, steps, self.usage)
-        return httpx.Response(200, headers={"content-type": "text/event-stream"}, stream=stream)
+        body = _Body(sent, _events(steps, self.usage))
+        return httpx.Response(200, headers={"content-type": "text/event-stream"}, stream=body)
+
+    @classmethod
+    def answering(cls, *answers: Answer) -> FakeModel:
+        """A model whose n-th call gets the n-th of ``answers``."""
+        queue = iter(answers)
+        return cls(lambda sent: next(queue))
 
     def requests_for(self, user_id: str) -> list[Sent]:
         """The calls asked by ``user_id`` alone."""
