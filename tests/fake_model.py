@@ -20,7 +20,7 @@ import itertools
 import json
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,17 +52,17 @@ class Drop:
     """A stream step: the connection drops here (a retryable failure for the provider)."""
 
 
-def repeating(*steps: Step) -> Iterator[Step]:
-    """``steps`` over and over: a stream that ends only when the caller closes it."""
-    return itertools.chain.from_iterable(itertools.repeat(steps))
-
-
 class Forever:
     """A stream step: nothing more comes until the caller closes the stream."""
 
 
 Step = str | ToolCall | asyncio.Event | Callable[[], Awaitable[object]] | Drop | Forever
 Answer = Status | Iterable[Step]  # a stream's steps may go on for ever
+
+
+def repeating(*steps: Step) -> Iterator[Step]:
+    """``steps`` over and over: a stream that ends only when the caller closes it."""
+    return itertools.chain.from_iterable(itertools.repeat(steps))
 
 
 def call(name: str, arguments: dict[str, Any] | str, call_id: str = "call-1") -> ToolCall:
@@ -167,7 +167,7 @@ def _call_chunks(index: int, tool: ToolCall) -> list[bytes]:
     ]
 
 
-async def _events(steps: Iterable[Step], usage: tuple[int, int]) -> AsyncIterator[bytes]:
+async def _events(steps: Iterable[Step], usage: tuple[int, int]) -> AsyncGenerator[bytes, None]:
     """The server-sent events of a streamed answer: its steps, the finish, usage, [DONE]."""
     calls = 0
     for step in steps:
@@ -192,14 +192,14 @@ async def _events(steps: Iterable[Step], usage: tuple[int, int]) -> AsyncIterato
     yield b"data: [DONE]\n\n"
 
 
-async def _once(data: bytes) -> AsyncIterator[bytes]:
+async def _once(data: bytes) -> AsyncGenerator[bytes, None]:
     yield data
 
 
 class _Body(httpx.AsyncByteStream):
     """A response body; closing it notes when in its request's ``closed_at``."""
 
-    def __init__(self, sent: Sent, chunks: AsyncIterator[bytes]) -> None:
+    def __init__(self, sent: Sent, chunks: AsyncGenerator[bytes, None]) -> None:
         self.sent = sent
         self.chunks = chunks
 
@@ -210,6 +210,7 @@ class _Body(httpx.AsyncByteStream):
     async def aclose(self) -> None:
         if self.sent.closed_at is None:
             self.sent.closed_at = time.monotonic()
+        await self.chunks.aclose()
 
 
 class FakeModel:
