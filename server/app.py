@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
+import httpx
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -136,8 +137,12 @@ def create_app(
     settings: Settings | None = None,
     *,
     provider: ModelProvider | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
     clock: Callable[[], float] = time.time,
 ) -> Starlette:
+    """The app on ``settings``. ``provider`` answers every model call instead of the
+    configured models; ``transport`` carries the configured models' HTTP calls instead of
+    the network (httpx's default when None)."""
     settings = settings or Settings()
     operations = PROBES + api.OPERATIONS + api_usage.OPERATIONS + access_api.OPERATIONS
     spec = openapi_document(operations, title="Parley admin API", version=VERSION)
@@ -147,7 +152,7 @@ def create_app(
         async with AsyncExitStack() as stack:
             model = provider
             if model is None:
-                model = await stack.enter_async_context(open_models(settings))
+                model = await stack.enter_async_context(open_models(settings, transport))
             async with _resources(app, model):
                 yield
 

@@ -30,6 +30,7 @@ from server.cli import ParleyServer, uvicorn_config
 from server.db import migrate
 from server.settings import Settings
 from session.model import ModelProvider
+from tests.fake_model import FakeModel
 from tests.yclient import YClient
 
 ADMIN_KEY = "test-admin-key"
@@ -172,14 +173,19 @@ class RunningServer:
 
 @contextlib.asynccontextmanager
 async def serve_in_process(
-    settings: Settings, provider: ModelProvider | None = None, *, ws: str | None = None
+    settings: Settings, model: FakeModel | ModelProvider | None = None, *, ws: str | None = None
 ) -> AsyncIterator[RunningServer]:
-    """``ws``: another of uvicorn's WebSocket implementations than ``parley serve``'s."""
+    """``model``: a ``FakeModel`` (the only configured model, reached through the real
+    provider) or a provider that answers every call. ``ws``: another of uvicorn's WebSocket
+    implementations than ``parley serve``'s."""
     await asyncio.to_thread(migrate, settings.database_url)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    app = create_app(settings, provider=provider)
+    if isinstance(model, FakeModel):
+        app = create_app(model.configure(settings), transport=model.transport)
+    else:
+        app = create_app(settings, provider=model)
     config = uvicorn_config(app, settings)
     if ws is not None:
         config.ws = ws

@@ -79,10 +79,14 @@ def build_provider(spec: ModelSpec, settings: Settings, client: httpx.AsyncClien
 
 
 @asynccontextmanager
-async def open_models(settings: Settings) -> AsyncIterator[ModelRegistry]:
-    """The registry of ``settings.catalog()``; raises ``MissingApiKey`` before any call."""
+async def open_models(
+    settings: Settings, transport: httpx.AsyncBaseTransport | None = None
+) -> AsyncIterator[ModelRegistry]:
+    """The registry of ``settings.catalog()``; raises ``MissingApiKey`` before any call.
+    ``transport``: where the HTTP calls go (None: the network, as httpx does by default)."""
     limits = timeout(settings.provider_connect_timeout_s, settings.provider_read_timeout_s)
-    async with httpx.AsyncClient(timeout=limits, follow_redirects=False) as client:
+    client = httpx.AsyncClient(timeout=limits, follow_redirects=False, transport=transport)
+    async with client:
         catalog = settings.catalog()
         providers = {name: build_provider(spec, settings, client) for name, spec in catalog.items()}
         yield ModelRegistry(providers, settings.model_spec(None).name)

@@ -9,7 +9,6 @@ tests/server/test_confused_deputy.py.)
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,8 +17,8 @@ from typing import Any
 import httpx
 import pytest
 
-from session.model import ModelEvent, ModelRequest, TextDelta
 from tests.conftest import RunningServer, make_settings, serve_in_process, sqlite_url
+from tests.fake_model import FakeModel, Forever
 from tests.server.test_ws import close_code_of
 
 READ, PIN, MANAGE, MEMBERS, AUDIT = "read", "pin", "manage", "members", "audit"
@@ -80,20 +79,12 @@ ROUTES = [
 ]
 
 
-class BlockingProvider:
-    """A model that never finishes, so prompts stay waiting and cancellable."""
-
-    name = "blocking"
-
-    async def stream(self, request: ModelRequest) -> AsyncIterator[ModelEvent]:
-        yield TextDelta("thinking ")
-        await asyncio.Event().wait()
-
-
 @pytest.fixture
 async def matrix_server(tmp_path: Path) -> AsyncIterator[RunningServer]:
     settings = make_settings(sqlite_url(tmp_path), tmp_path / "d")
-    async with serve_in_process(settings, BlockingProvider()) as server:
+    # A model that never finishes, so prompts stay waiting and cancellable.
+    blocking = FakeModel(lambda sent: ["thinking ", Forever()])
+    async with serve_in_process(settings, blocking) as server:
         defined = await server.http.put(
             "/api/v1/roles/auditor",
             json={"capabilities": ["read_session", "be_present", "read_audit"]},

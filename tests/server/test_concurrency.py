@@ -6,9 +6,8 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from session.model import TextDelta
 from tests.conftest import RunningServer, make_settings, serve_in_process
-from tests.scripted import ScriptedProvider
+from tests.fake_model import FakeModel
 from tests.yclient import YClient, all_replies_settled
 
 CLIENTS = 20
@@ -70,7 +69,7 @@ async def test_many_clients_prompting_at_once(server: RunningServer) -> None:
 
 
 async def test_sessions_run_in_parallel(database_url: str, tmp_path: Path) -> None:
-    provider = ScriptedProvider(lambda request: [TextDelta("answered")])
+    provider = FakeModel(lambda sent: ["answered"])
     provider.gate = asyncio.Event()  # every model call waits for it
     async with serve_in_process(make_settings(database_url, tmp_path / "data"), provider) as server:
         sessions = [await server.new_session({"alice": "editor"}) for _ in range(3)]

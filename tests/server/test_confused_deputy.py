@@ -1,7 +1,7 @@
 """Confused-deputy scenarios over real WebSockets: a run acts only with its issuer's rights.
 
-The model is a scripted provider (tests/scripted.py) that records every request; everything
-else is the real server, on SQLite and PostgreSQL.
+The model is a scripted fake (tests/fake_model.py) reached over mock HTTP by the real
+provider, recording every request; everything else is the real server, on SQLite and PostgreSQL.
 """
 
 from __future__ import annotations
@@ -14,28 +14,27 @@ from typing import Any
 import httpx
 import pytest
 
-from session.model import ModelEvent, ModelRequest, TextDelta
 from tests.conftest import RunningServer, make_settings, serve_in_process
-from tests.scripted import ScriptedProvider, answering_text, call, everything_in
+from tests.fake_model import NAME, Answer, FakeModel, Sent, call
 from tests.yclient import YClient, all_replies_settled
 
 SECRET_TEXT = "The launch code is 7731"
 
 
-def script(request: ModelRequest) -> list[ModelEvent]:
-    asked = answering_text(request)
+def script(sent: Sent) -> Answer:
+    asked = sent.asked_text()
     if "launch" in asked or "document" in asked:
         return [call("search_documents", {"query": "launch code"})]
     if "deploy" in asked:
         return [call("deploy", {"target": "prod"})]
-    return [TextDelta("nothing to add")]
+    return ["nothing to add"]
 
 
 @pytest.fixture
 async def deputy(
     database_url: str, tmp_path: Path
-) -> AsyncIterator[tuple[RunningServer, ScriptedProvider]]:
-    provider = ScriptedProvider(script)
+) -> AsyncIterator[tuple[RunningServer, FakeModel]]:
+    provider = FakeModel(script)
     settings = make_settings(database_url, tmp_path / "d")
     async with serve_in_process(settings, provider) as server:
         yield server, provider
@@ -53,7 +52,7 @@ def shared_text(client: YClient) -> str:
 
 
 async def test_a_document_bob_read_never_reaches_alices_model_input(
-    deputy: tuple[RunningServer, ScriptedProvider],
+    deputy: tuple[RunningServer, FakeModel],
 ) -> None:
     server, provider = deputy
     sid = await server.new_session({"alice": "editor", "bob": "editor"})
@@ -70,18 +69,18 @@ async def test_a_document_bob_read_never_reaches_alices_model_input(
     await bob.wait_until(lambda c: all_replies_settled(c, 1))
     # Bob's run found the passage and answered with it.
     bob_calls = provider.requests_for("bob")
-    assert [m.role for m in bob_calls[-1].messages][-2:] == ["assistant", "tool"]
-    assert SECRET_TEXT in bob_calls[-1].messages[-1].content
-    assert all(t.name == "search_documents" for t in bob_calls[0].tools)
+    assert [m["role"] for m in bob_calls[-1].messages][-2:] == ["assistant", "tool"]
+    assert SECRET_TEXT in bob_calls[-1].messages[-1]["content"]
+    assert bob_calls[0].tools == ["search_documents"]
 
     await alice.command({"type": "prompt", "id": "a", "text": "what did the document say?"})
     await alice.wait_until(lambda c: all_replies_settled(c, 2))
     alice_calls = provider.requests_for("alice")
     assert alice_calls, "alice's prompt reached the model"
     for request in alice_calls:
-        assert "7731" not in everything_in(request)
+        assert "7731" not in request.everything()
     # Her own search ran within her scope: nothing she may not read.
-    assert "No passage" in alice_calls[-1].messages[-1].content
+    assert "No passage" in alice_calls[-1].messages[-1]["content"]
 
     # The shared document never carried it either: placeholders for alice (and bob).
     for client in (alice, bob):
@@ -90,7 +89,7 @@ async def test_a_document_bob_read_never_reaches_alices_model_input(
     assert len(steps) == 2 and "[details restricted]" in steps[0]["content"]
 
     # The audit shows bob's items withheld from alice's call, and why.
-    bob_reply = next(e for e in bob.entries() if e["kind"] == "reply" and e["author"] == "scripted")
+    bob_reply = next(e for e in bob.entries() if e["kind"] == "reply" and e["author"] == NAME)
     records = await audit(server, sid, kind="model_call", actor="alice")
     withheld = {w["entry_id"]: w["reason"] for w in records[0]["data"]["context_withheld"]}
     assert bob_reply["id"] in withheld and steps[0]["id"] in withheld
@@ -110,7 +109,7 @@ async def test_a_document_bob_read_never_reaches_alices_model_input(
 
 
 async def test_an_injected_instruction_cannot_use_a_tool_the_issuer_lacks(
-    deputy: tuple[RunningServer, ScriptedProvider],
+    deputy: tuple[RunningServer, FakeModel],
 ) -> None:
     server, provider = deputy
     sid = await server.new_session({"alice": "editor"})
@@ -131,9 +130,10 @@ async def test_an_injected_instruction_cannot_use_a_tool_the_issuer_lacks(
     await alice.wait_until(lambda c: all_replies_settled(c, 1))
 
     first, second = provider.requests_for("alice")
-    assert [t.name for t in first.tools] == ["search_documents"]  # deploy is not offered
+    assert first.tools == ["search_documents"]  # deploy is not offered
     refused = second.messages[-1]
-    assert refused.role == "tool" and refused.is_error and "not offered" in refused.content
+    assert refused["role"] == "tool" and refused["content"].startswith("refused: ")
+    assert "not offered" in refused["content"]
     step = next(e for e in alice.entries() if e["kind"] == "tool")
     assert (step["tool"], step["status"]) == ("deploy", "refused")
     records = await audit(server, sid, kind="tool_refused")
@@ -145,7 +145,7 @@ async def test_an_injected_instruction_cannot_use_a_tool_the_issuer_lacks(
 
 
 async def test_a_prompt_whose_author_was_demoted_while_waiting_fails_forbidden(
-    deputy: tuple[RunningServer, ScriptedProvider],
+    deputy: tuple[RunningServer, FakeModel],
 ) -> None:
     server, provider = deputy
     provider.gate = asyncio.Event()

@@ -3,35 +3,30 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 from pycrdt import Array, Map
 
-from session.model import ModelEvent, ModelRequest, TextDelta
 from tests.conftest import RunningServer, make_settings, serve_in_process, sqlite_url
+from tests.fake_model import Answer, FakeModel, Sent
 from tests.yclient import all_replies_settled
 
 
-class GatedProvider:
-    """Records every request; the first call waits for ``gate`` (or a cancel)."""
+def first_call_waits(gate: asyncio.Event) -> FakeModel:
+    """A model whose first call waits for ``gate`` (or a cancel); call n answers "answer n"."""
 
-    name = "gated"
+    def script(sent: Sent) -> Answer:
+        n = len(model.requests)
+        return [gate, f"answer {n}"] if n == 1 else [f"answer {n}"]
 
-    def __init__(self) -> None:
-        self.gate = asyncio.Event()
-        self.requests: list[ModelRequest] = []
-
-    async def stream(self, request: ModelRequest) -> AsyncIterator[ModelEvent]:
-        self.requests.append(request)
-        if len(self.requests) == 1:
-            await self.gate.wait()
-        yield TextDelta(f"answer {len(self.requests)}")
+    model = FakeModel(script)
+    return model
 
 
 async def test_pins_and_facts_reach_every_input(tmp_path: Path) -> None:
-    provider = GatedProvider()
-    provider.gate.set()
+    gate = asyncio.Event()
+    gate.set()
+    provider = first_call_waits(gate)
     url = sqlite_url(tmp_path)
     async with serve_in_process(make_settings(url, tmp_path / "d"), provider) as server:
         sid = await server.new_session({"alice": "editor", "vera": "viewer"})
@@ -66,7 +61,7 @@ async def test_pins_and_facts_reach_every_input(tmp_path: Path) -> None:
         assert '  region = "eu-west-1" (set by alice)' in system.split("\n")
         assert '  tier = "gold" (set over the admin API)' in system.split("\n")
         assert "  acct is 7731" in system.split("\n")
-        assert all("7731" not in m.content for m in provider.requests[0].messages)
+        assert all("7731" not in m["content"] for m in provider.requests[0].messages)
 
         gone = await server.http.delete(f"/api/v1/sessions/{sid}/facts/tier")
         assert gone.status_code == 204
@@ -76,7 +71,8 @@ async def test_pins_and_facts_reach_every_input(tmp_path: Path) -> None:
 
 
 async def test_the_preview_is_what_the_model_receives(tmp_path: Path) -> None:
-    provider = GatedProvider()
+    gate = asyncio.Event()
+    provider = first_call_waits(gate)
     url = sqlite_url(tmp_path)
     async with serve_in_process(make_settings(url, tmp_path / "d"), provider) as server:
         sid = await server.new_session({"alice": "editor", "bob": "editor", "olga": "owner"})
@@ -116,9 +112,11 @@ async def test_the_preview_is_what_the_model_receives(tmp_path: Path) -> None:
         await bob.wait_until(lambda c: all_replies_settled(c, 2))
         sent = provider.requests[1]
         assert sent.system == preview["system"]
-        assert [m.content for m in sent.messages] == contents
-        assert [list(m.authors) for m in sent.messages] == [
-            m["authors"] for m in preview["messages"]
+        assert [m["content"] for m in sent.messages] == contents
+        # Who said each message: the attribution lines (in the contents) and the member in
+        # each user message's ``name`` field.
+        assert [(m["role"], m.get("name")) for m in sent.messages] == [
+            (m["role"], m["author"] if m["role"] == "user" else None) for m in preview["messages"]
         ]
 
         nobody = await server.http.get(
@@ -140,8 +138,9 @@ async def test_preview_needs_a_user(sqlite_server: RunningServer) -> None:
 async def test_a_prompt_that_cannot_fit_with_its_pins_fails_without_a_model_call(
     tmp_path: Path,
 ) -> None:
-    provider = GatedProvider()
-    provider.gate.set()
+    gate = asyncio.Event()
+    gate.set()
+    provider = first_call_waits(gate)
     url = sqlite_url(tmp_path)
     settings = make_settings(url, tmp_path / "d", context_window_tokens=400, max_output_tokens=100)
     async with serve_in_process(settings, provider) as server:

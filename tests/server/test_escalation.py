@@ -15,9 +15,8 @@ from typing import Any
 import httpx
 import pytest
 
-from session.model import ModelEvent, ModelRequest, TextDelta
 from tests.conftest import RunningServer, make_settings, serve_in_process
-from tests.scripted import ScriptedProvider, answering_text, call
+from tests.fake_model import Answer, FakeModel, Sent, call
 from tests.yclient import all_replies_settled
 
 ALL_OWNER_CAPS = [
@@ -142,16 +141,16 @@ async def test_an_owner_cannot_make_someone_an_editor_who_reads_what_she_cannot(
         assert lifted.status_code == 200, lifted.text
 
 
-def _searching(request: ModelRequest) -> list[ModelEvent]:
-    if "plans" in answering_text(request):
+def _searching(sent: Sent) -> Answer:
+    if "plans" in sent.asked_text():
         return [call("search_documents", {"query": "secret plans"})]
-    return [TextDelta("ok")]
+    return ["ok"]
 
 
 @pytest.fixture
 async def searching(database_url: str, tmp_path: Path) -> AsyncIterator[RunningServer]:
     settings = make_settings(database_url, tmp_path / "data")
-    async with serve_in_process(settings, ScriptedProvider(_searching)) as running:
+    async with serve_in_process(settings, FakeModel(_searching)) as running:
         yield running
 
 

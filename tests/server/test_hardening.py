@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -12,9 +11,9 @@ import httpx
 import pytest
 import websockets
 
-from session.model import ModelEvent, ModelRequest, TextDelta
 from session.yprotocol import SyncType, encode_sync
 from tests.conftest import RunningServer, make_settings, serve_in_process, sqlite_url
+from tests.fake_model import FakeModel
 from tests.yclient import all_replies_settled
 
 
@@ -128,25 +127,15 @@ async def test_command_rate_limits_then_cut_off(tmp_path: Path) -> None:
         assert ok["type"] == "ack"
 
 
-class FloodProvider:
-    """Streams large tokens as fast as it can, then stops."""
-
-    name = "flood"
-
-    def __init__(self, tokens: int, size: int) -> None:
-        self.tokens = tokens
-        self.size = size
-
-    async def stream(self, request: ModelRequest) -> AsyncIterator[ModelEvent]:
-        for n in range(self.tokens):
-            await asyncio.sleep(0)
-            yield TextDelta(f"{n:06d}" + "x" * (self.size - 6))
+def flood(tokens: int, size: int) -> FakeModel:
+    """A model that streams large tokens as fast as it can, then stops."""
+    return FakeModel(lambda sent: [f"{n:06d}" + "x" * (size - 6) for n in range(tokens)])
 
 
 async def test_a_client_that_stops_reading_is_dropped_and_others_get_everything(
     tmp_path: Path,
 ) -> None:
-    provider = FloodProvider(tokens=1500, size=4096)
+    provider = flood(tokens=1500, size=4096)
     settings = make_settings(sqlite_url(tmp_path), tmp_path / "d", send_buffer_max_bytes=256 * 1024)
     async with serve_in_process(settings, provider) as server:
         sid = await server.new_session({"alice": "editor", "stuck": "viewer"})

@@ -35,9 +35,8 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from session.model import ModelEvent, ModelRequest, TextDelta
 from tests.conftest import ADMIN_KEY, RunningServer, make_settings, serve_in_process, sqlite_url
-from tests.scripted import ScriptedProvider, answering_text, call
+from tests.fake_model import Answer, FakeModel, Sent, call
 from tests.yclient import all_replies_settled
 
 MAX_EXAMPLES = int(os.environ.get("PARLEY_CONTRACT_EXAMPLES", "25"))
@@ -51,17 +50,17 @@ CHECKS = [
 AUTH = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
 
-def _script(request: ModelRequest) -> list[ModelEvent]:
-    if "search" in answering_text(request):
+def _script(sent: Sent) -> Answer:
+    if "search" in sent.asked_text():
         return [call("search_documents", {"query": "vault"})]
-    return [TextDelta("fine")]
+    return ["fine"]
 
 
 @pytest.fixture
 async def contract_server(tmp_path: Path) -> AsyncIterator[RunningServer]:
     """A server whose model searches documents when asked, so restricted items exist."""
     settings = make_settings(sqlite_url(tmp_path), tmp_path / "data")
-    async with serve_in_process(settings, ScriptedProvider(_script)) as server:
+    async with serve_in_process(settings, FakeModel(_script)) as server:
         yield server
 
 

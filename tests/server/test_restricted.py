@@ -9,24 +9,23 @@ from pathlib import Path
 import httpx
 import pytest
 
-from session.model import ModelEvent, ModelRequest, TextDelta
 from tests.conftest import RunningServer, make_settings, serve_in_process, sqlite_url
-from tests.scripted import ScriptedProvider, answering_text, call
+from tests.fake_model import Answer, FakeModel, Sent, Status, call
 from tests.yclient import all_replies_settled
 
 SECRET = "the vault code is 7731"
 
 
-def script(request: ModelRequest) -> list[ModelEvent]:
-    if "vault" in answering_text(request):
-        return [TextDelta("Let me look. "), call("search_documents", {"query": "vault code"})]
-    return [TextDelta("ok")]
+def script(sent: Sent) -> Answer:
+    if "vault" in sent.asked_text():
+        return ["Let me look. ", call("search_documents", {"query": "vault code"})]
+    return ["ok"]
 
 
 @pytest.fixture
 async def server(tmp_path: Path) -> AsyncIterator[RunningServer]:
     settings = make_settings(sqlite_url(tmp_path), tmp_path / "d")
-    async with serve_in_process(settings, ScriptedProvider(script)) as running:
+    async with serve_in_process(settings, FakeModel(script)) as running:
         yield running
 
 
@@ -136,22 +135,18 @@ async def test_the_audit_log_pages_and_filters(server: RunningServer) -> None:
     assert bad.status_code == 422
 
 
-class FailsAfterTools(ScriptedProvider):
+def fails_after_tools(sent: Sent) -> Answer:
     """Runs the search, then breaks before answering: the tool step stays, the reply fails."""
-
-    async def stream(self, request: ModelRequest) -> AsyncIterator[ModelEvent]:
-        if request.messages[-1].role == "tool":
-            self.requests.append(request)
-            raise RuntimeError("upstream broke after the tool ran")
-        async for event in super().stream(request):
-            yield event
+    if sent.messages[-1]["role"] == "tool":
+        return Status(400, "upstream broke after the tool ran")
+    return script(sent)
 
 
 async def test_a_reply_drawing_on_an_earlier_restricted_tool_result_is_restricted(
     tmp_path: Path,
 ) -> None:
     settings = make_settings(sqlite_url(tmp_path), tmp_path / "d")
-    provider = FailsAfterTools(script)
+    provider = FakeModel(fails_after_tools, echo_tools=False)
     async with serve_in_process(settings, provider) as running:
         sid = await restricted_session(running)
         bob = await running.connect(sid, "bob")
@@ -162,7 +157,7 @@ async def test_a_reply_drawing_on_an_earlier_restricted_tool_result_is_restricte
         await bob.command({"type": "prompt", "id": "p2", "text": "anything else?"})
         await bob.wait_until(lambda c: all_replies_settled(c, 2))
         # The second run was given the earlier search result (bob may read it) ...
-        assert SECRET in "\n".join(m.content for m in provider.requests[-1].messages)
+        assert SECRET in provider.requests[-1].everything()
         # ... so its reply inherits the document's readers: a placeholder for everyone else.
         second = [e for e in alice.entries() if e["kind"] == "reply"][-1]
         await alice.wait_until(

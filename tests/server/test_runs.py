@@ -4,34 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 from pycrdt import Map
 
-from session.model import ModelEvent, ModelRequest, TextDelta
 from tests.conftest import RunningServer, make_settings, serve_in_process, sqlite_url
+from tests.fake_model import FakeModel, repeating
 from tests.yclient import YClient, all_replies_settled
 
 
-class EndlessProvider:
-    """A model that streams until stopped, recording when its stream was closed."""
-
-    name = "endless"
-
-    def __init__(self, delay_s: float = 0.02) -> None:
-        self.delay_s = delay_s
-        self.closed_at: list[float] = []
-        self.requests: list[ModelRequest] = []
-
-    async def stream(self, request: ModelRequest) -> AsyncIterator[ModelEvent]:
-        self.requests.append(request)
-        try:
-            while True:
-                await asyncio.sleep(self.delay_s)
-                yield TextDelta("word ")
-        finally:
-            self.closed_at.append(time.monotonic())
+def endless() -> FakeModel:
+    """A model that streams a word every 20 ms until its stream is closed."""
+    return FakeModel(lambda sent: repeating(lambda: asyncio.sleep(0.02), "word "))
 
 
 def streaming(client: YClient) -> bool:
@@ -42,7 +26,7 @@ def streaming(client: YClient) -> bool:
 
 
 async def test_cancel_closes_the_model_stream_quickly(database_url: str, tmp_path: Path) -> None:
-    provider = EndlessProvider()
+    provider = endless()
     async with serve_in_process(make_settings(database_url, tmp_path / "d"), provider) as server:
         sid = await server.new_session({"alice": "editor"})
         alice = await server.connect(sid, "alice")
@@ -53,8 +37,9 @@ async def test_cancel_closes_the_model_stream_quickly(database_url: str, tmp_pat
             {"type": "cancel", "id": "c", "prompt_id": ack["prompt_id"]}
         )
         assert cancelled["type"] == "ack"
-        assert provider.closed_at, "the provider's stream was closed"
-        elapsed = provider.closed_at[0] - sent
+        closed_at = provider.requests[0].closed_at
+        assert closed_at is not None, "the model's stream was closed"
+        elapsed = closed_at - sent
         print(f"\ncancel to upstream close: {elapsed * 1000:.1f} ms")
         await alice.wait_until(lambda c: all_replies_settled(c, 1))
         prompt, reply = alice.entries()
@@ -63,7 +48,7 @@ async def test_cancel_closes_the_model_stream_quickly(database_url: str, tmp_pat
 
 
 async def test_a_run_past_its_time_limit_fails_and_the_queue_moves_on(tmp_path: Path) -> None:
-    provider = EndlessProvider()
+    provider = endless()
     url = sqlite_url(tmp_path)
     settings = make_settings(url, tmp_path / "d", run_timeout_s=0.3)
     async with serve_in_process(settings, provider) as server:
@@ -75,11 +60,11 @@ async def test_a_run_past_its_time_limit_fails_and_the_queue_moves_on(tmp_path: 
         entries = alice.entries()
         assert [e["status"] for e in entries] == ["failed"] * 4
         assert all(e["reason_code"] == "timeout" for e in entries)
-        assert len(provider.closed_at) == 2
+        assert [r.closed_at is not None for r in provider.requests] == [True, True]
 
 
 async def test_the_queue_root_shows_waiting_prompts_in_run_order(tmp_path: Path) -> None:
-    provider = EndlessProvider()
+    provider = endless()
     url = sqlite_url(tmp_path)
     async with serve_in_process(make_settings(url, tmp_path / "d"), provider) as server:
         sid = await server.new_session({"alice": "editor", "bob": "editor", "olga": "owner"})
@@ -109,7 +94,7 @@ async def test_the_queue_root_shows_waiting_prompts_in_run_order(tmp_path: Path)
         assert len(provider.requests) == 2
         second = provider.requests[1]
         assert second.issuers == ("alice", "bob")
-        answered = [second.messages[i].content for i in second.answering]
+        answered = [m["content"] for m in second.asked]
         assert answered == ["[alice asks you]\na2", "[alice asks you]\na3", "[bob asks you]\nb1"]
         assert olga.queue.to_py() == []
         assert olga.doc.get("meta", type=Map).to_py()["policy"] == "coalesce"
@@ -141,7 +126,7 @@ async def test_policy_over_rest(sqlite_server: RunningServer) -> None:
 
 
 async def test_reject_names_the_running_prompt(tmp_path: Path) -> None:
-    provider = EndlessProvider()
+    provider = endless()
     url = sqlite_url(tmp_path)
     async with serve_in_process(make_settings(url, tmp_path / "d"), provider) as server:
         response = await server.http.post("/api/v1/sessions", json={"policy": "reject"})
@@ -163,7 +148,7 @@ async def test_reject_names_the_running_prompt(tmp_path: Path) -> None:
 
 
 async def test_queue_limits_refuse_with_queue_full_and_store_nothing(tmp_path: Path) -> None:
-    provider = EndlessProvider()
+    provider = endless()
     url = sqlite_url(tmp_path)
     settings = make_settings(url, tmp_path / "d", max_pending_per_user=2, max_pending_per_session=3)
     async with serve_in_process(settings, provider) as server:

@@ -6,22 +6,21 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from session.model import ModelEvent, ModelRequest, TextDelta
 from tests.conftest import make_settings, serve_in_process, sqlite_url
-from tests.scripted import ScriptedProvider, answering_text, call, everything_in
+from tests.fake_model import Answer, FakeModel, Sent, call
 from tests.yclient import all_replies_settled
 
 SECRET = "the vault code is 7731"
 
 
-def script(request: ModelRequest) -> list[ModelEvent]:
-    if "vault" in answering_text(request) and "[wait]" not in answering_text(request):
+def script(sent: Sent) -> Answer:
+    if "vault" in sent.asked_text() and "[wait]" not in sent.asked_text():
         return [call("search_documents", {"query": "vault code"})]
-    return [TextDelta("ok")]
+    return ["ok"]
 
 
 async def test_a_coalesced_run_acts_with_what_all_its_issuers_share(tmp_path: Path) -> None:
-    provider = ScriptedProvider(script)
+    provider = FakeModel(script)
     provider.gate = asyncio.Event()
     settings = make_settings(sqlite_url(tmp_path), tmp_path / "d")
     async with serve_in_process(settings, provider) as server:
@@ -44,7 +43,7 @@ async def test_a_coalesced_run_acts_with_what_all_its_issuers_share(tmp_path: Pa
         olga = await server.connect(sid, "olga")
         await bob.command({"type": "prompt", "id": "b0", "text": "what is the vault code?"})
         await bob.wait_until(lambda c: all_replies_settled(c, 1))
-        assert [t.name for t in provider.requests_for("bob")[0].tools] == [
+        assert provider.requests_for("bob")[0].tools == [
             "search_documents",
             "deploy",
         ]
@@ -57,9 +56,9 @@ async def test_a_coalesced_run_acts_with_what_all_its_issuers_share(tmp_path: Pa
 
         together = [r for r in provider.requests if set(r.issuers) == {"bob", "alice"}]
         assert together, "one run answered bob and alice together"
-        assert [t.name for t in together[0].tools] == ["search_documents"]  # not deploy
+        assert together[0].tools == ["search_documents"]  # not deploy
         for request in together:
-            assert "7731" not in everything_in(request)  # alice may not read it
+            assert "7731" not in request.everything()  # alice may not read it
         records = (
             await server.http.get(f"/api/v1/sessions/{sid}/audit", params={"kind": "model_call"})
         ).json()["records"]
@@ -71,7 +70,7 @@ async def test_a_coalesced_run_acts_with_what_all_its_issuers_share(tmp_path: Pa
 async def test_restricted_items_survive_a_restart(tmp_path: Path) -> None:
     url = sqlite_url(tmp_path)
     settings = make_settings(url, tmp_path / "d")
-    provider = ScriptedProvider(script)
+    provider = FakeModel(script)
     async with serve_in_process(settings, provider) as server:
         sid = await server.new_session({"alice": "editor", "bob": "editor"})
         await server.http.post(
@@ -82,7 +81,7 @@ async def test_restricted_items_survive_a_restart(tmp_path: Path) -> None:
         await bob.command({"type": "prompt", "id": "b", "text": "what is the vault code?"})
         await bob.wait_until(lambda c: all_replies_settled(c, 1))
         reply_id = next(e["id"] for e in bob.entries() if e["kind"] == "reply")
-    provider = ScriptedProvider(script)
+    provider = FakeModel(script)
     async with serve_in_process(settings, provider) as server:
         private = await server.http.get(f"/api/v1/sessions/{sid}/entries/{reply_id}/private")
         assert private.status_code == 200 and SECRET in private.json()["text"]
@@ -90,7 +89,7 @@ async def test_restricted_items_survive_a_restart(tmp_path: Path) -> None:
         await alice.command({"type": "prompt", "id": "a", "text": "what did bob learn?"})
         await alice.wait_until(lambda c: all_replies_settled(c, 2))
         [request] = provider.requests_for("alice")
-        assert "7731" not in everything_in(request)
+        assert "7731" not in request.everything()
         preview = await server.http.get(
             f"/api/v1/sessions/{sid}/context", params={"user_id": "bob"}
         )
@@ -99,7 +98,7 @@ async def test_restricted_items_survive_a_restart(tmp_path: Path) -> None:
 
 async def test_redefining_a_role_applies_at_once(tmp_path: Path) -> None:
     settings = make_settings(sqlite_url(tmp_path), tmp_path / "d")
-    async with serve_in_process(settings, ScriptedProvider(script)) as server:
+    async with serve_in_process(settings, FakeModel(script)) as server:
         await server.http.put(
             "/api/v1/roles/support", json={"capabilities": ["read_session", "prompt"]}
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +19,9 @@ from server.connection import Connection
 from server.direct_send import DirectWriter, binary_frame
 from server.send_budget import DropReason, SendBudget
 from session.closes import CloseCode
-from session.model import ModelEvent, ModelRequest, TextDelta
 from session.yprotocol import SyncType, encode_sync
 from tests.conftest import RunningServer, make_settings, serve_in_process, sqlite_url
+from tests.fake_model import FakeModel
 from tests.yclient import all_replies_settled
 
 
@@ -210,26 +210,27 @@ async def test_parley_serve_writes_frames_directly(sqlite_server: RunningServer)
     await client.wait_until(lambda c: len(c.entries()) == 2)
 
 
-class PacedProvider:
-    """Yields ``tokens`` tokens ``gap_s`` apart, noting when it yielded each."""
+@dataclass
+class Paced:
+    """A model's pace: ``tokens`` tokens ``gap_s`` apart, noting when it gave each."""
 
-    name = "paced"
+    tokens: int
+    gap_s: float
+    width: int = 1
+    yielded: list[float] = field(default_factory=list)
 
-    def __init__(self, tokens: int, gap_s: float, width: int = 1) -> None:
-        self.tokens = tokens
-        self.gap_s = gap_s
-        self.width = width
-        self.yielded: list[float] = []
+    async def _next(self) -> None:
+        if self.gap_s:
+            await asyncio.sleep(self.gap_s)  # slower than the interval: real time is the point
+        self.yielded.append(time.monotonic())
 
-    async def stream(self, request: ModelRequest) -> AsyncIterator[ModelEvent]:
-        for n in range(self.tokens):
-            await asyncio.sleep(self.gap_s)
-            self.yielded.append(time.monotonic())
-            yield TextDelta(f"{n:04d} " * self.width)
+    def model(self) -> FakeModel:
+        text = [f"{n:04d} " * self.width for n in range(self.tokens)]
+        return FakeModel(lambda sent: [s for token in text for s in (self._next, token)])
 
 
 async def reply_batches(
-    tmp_path: Path, provider: PacedProvider, interval_ms: float, sizes: list[int] | None = None
+    tmp_path: Path, provider: Paced, interval_ms: float, sizes: list[int] | None = None
 ) -> list[float]:
     """When each batch of reply text went out (one document update each); its size
     goes into ``sizes``."""
@@ -239,7 +240,7 @@ async def reply_batches(
         update={"stream_interval_ms": interval_ms}
     )
     sent: list[float] = []
-    async with serve_in_process(settings, provider) as server:
+    async with serve_in_process(settings, provider.model()) as server:
         sid = await server.new_session({"alice": "editor"})
         alice = await server.connect(sid, "alice")
         room = await server.app.state.parley.rooms.get(sid)
@@ -262,7 +263,7 @@ async def reply_batches(
 async def test_a_fast_model_is_sent_in_batches_at_most_once_per_interval(
     tmp_path: Path,
 ) -> None:
-    provider = PacedProvider(tokens=200, gap_s=0.001)
+    provider = Paced(tokens=200, gap_s=0.001)
     sent = await reply_batches(tmp_path, provider, interval_ms=20)
     assert 3 <= len(sent) < 100
     # At most one batch per 20 ms slot of the grid the batches keep (a late wake-up does not
@@ -272,7 +273,7 @@ async def test_a_fast_model_is_sent_in_batches_at_most_once_per_interval(
 
 
 async def test_a_slow_model_is_sent_each_token_as_it_comes(tmp_path: Path) -> None:
-    provider = PacedProvider(tokens=20, gap_s=0.05)
+    provider = Paced(tokens=20, gap_s=0.05)
     sent = await reply_batches(tmp_path, provider, interval_ms=20)
     assert len(sent) == 20
     # Not held back for a batch: each token went out before the model gave the next.
@@ -293,7 +294,7 @@ def test_a_broadcast_frame_is_the_bytes_the_protocol_would_write() -> None:
 
 
 async def test_a_full_batch_is_not_held_back_by_the_interval(tmp_path: Path) -> None:
-    provider = PacedProvider(tokens=400, gap_s=0, width=10)  # 20,000 characters at once
+    provider = Paced(tokens=400, gap_s=0, width=10)  # 20,000 characters at once
     sizes: list[int] = []
     # An interval of ten minutes: a batch that waited it out would never arrive within the
     # reply's bounded wait.
@@ -304,7 +305,7 @@ async def test_a_full_batch_is_not_held_back_by_the_interval(tmp_path: Path) -> 
 
 
 async def test_the_end_of_a_reply_is_not_held_back_by_the_interval(tmp_path: Path) -> None:
-    provider = PacedProvider(tokens=3, gap_s=0)
+    provider = Paced(tokens=3, gap_s=0)
     # Ten minutes: a held-back end would never arrive within the reply's bounded wait.
     sent = await reply_batches(tmp_path, provider, interval_ms=600_000)
     assert sent[-1] >= provider.yielded[-1]

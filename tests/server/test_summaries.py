@@ -7,9 +7,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from server.providers.offline import OfflineProvider
-from session.model import ModelEvent, ModelRequest, TextDelta
+from session.model import ModelEvent, ModelRequest
 from tests.conftest import RunningServer, make_settings, serve_in_process, sqlite_url
-from tests.scripted import ScriptedProvider, answering_text, call, everything_in
+from tests.fake_model import Answer, FakeModel, Sent, call
 from tests.yclient import YClient, all_replies_settled
 
 TOPICS = ["billing", "deploys", "search", "onboarding", "latency", "alerts", "exports"]
@@ -163,14 +163,14 @@ async def test_summaries_can_be_turned_off(tmp_path: Path) -> None:
 
 
 async def test_a_summary_is_made_only_from_what_every_member_may_read(tmp_path: Path) -> None:
-    def script(request: ModelRequest) -> list[ModelEvent]:
-        if request.purpose == "summary":
-            return [TextDelta("earlier: updates on billing and deploys")]
-        if "launch" in answering_text(request):
+    def script(sent: Sent) -> Answer:
+        if sent.purpose == "summary":
+            return ["earlier: updates on billing and deploys"]
+        if "launch" in sent.asked_text():
             return [call("search_documents", {"query": "launch code"})]
-        return [TextDelta("noted")]
+        return ["noted"]
 
-    provider = ScriptedProvider(script)
+    provider = FakeModel(script)
     url = sqlite_url(tmp_path)
     settings = make_settings(url, tmp_path / "d", **small_window(tmp_path, url))
     async with serve_in_process(settings, provider) as server:
@@ -187,7 +187,7 @@ async def test_a_summary_is_made_only_from_what_every_member_may_read(tmp_path: 
         bob = await server.connect(sid, "bob")
         await bob.command({"type": "prompt", "id": "b", "text": "what is the launch code?"})
         await bob.wait_until(lambda c: all_replies_settled(c, 1))
-        assert "7731" in everything_in(provider.requests_for("bob")[-1])
+        assert "7731" in provider.requests_for("bob")[-1].everything()
         await chat(bob, 0, 50)  # bob's restricted answer falls out of the window
         await bob.command({"type": "prompt", "id": "q", "text": "status?"})
         for _ in range(500):
@@ -197,5 +197,5 @@ async def test_a_summary_is_made_only_from_what_every_member_may_read(tmp_path: 
         summaries = [r for r in provider.requests if r.purpose == "summary"]
         assert summaries, "a summary call was made"
         for request in summaries:
-            assert "7731" not in everything_in(request)
-            assert "Update 0 on billing" in everything_in(summaries[0])
+            assert "7731" not in request.everything()
+            assert "Update 0 on billing" in summaries[0].everything()

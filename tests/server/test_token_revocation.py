@@ -16,25 +16,17 @@ from typing import Any
 import httpx
 import pytest
 
-from session.model import ModelEvent, ModelRequest, TextDelta
 from tests.conftest import RunningServer, make_settings, serve_in_process
+from tests.fake_model import FakeModel, Forever
 from tests.yclient import YClient
-
-
-class EndlessProvider:
-    """A model that streams a word and then never finishes: a reply runs until stopped."""
-
-    name = "endless"
-
-    async def stream(self, request: ModelRequest) -> AsyncIterator[ModelEvent]:
-        yield TextDelta("thinking ")
-        await asyncio.Event().wait()
 
 
 @pytest.fixture
 async def endless(database_url: str, tmp_path: Path) -> AsyncIterator[RunningServer]:
     settings = make_settings(database_url, tmp_path / "data")
-    async with serve_in_process(settings, EndlessProvider()) as running:
+    # A model that streams a word and then never finishes: a reply runs until stopped.
+    model = FakeModel(lambda sent: ["thinking ", Forever()])
+    async with serve_in_process(settings, model) as running:
         yield running
 
 

@@ -23,9 +23,8 @@ from authz.webhooks import (
     new_delivery_id,
     sign,
 )
-from session.model import ModelEvent, ModelRequest, TextDelta
 from tests.conftest import RunningServer, make_settings, serve_in_process, sqlite_url
-from tests.scripted import ScriptedProvider, answering_text, call
+from tests.fake_model import Answer, FakeModel, Sent, call
 from tests.yclient import all_replies_settled
 
 
@@ -91,17 +90,17 @@ def tool_server() -> Iterator[ToolServer]:
     thread.join(5)
 
 
-def script(request: ModelRequest) -> list[ModelEvent]:
-    asked = answering_text(request)
+def script(sent: Sent) -> Answer:
+    asked = sent.asked_text()
     for name in ("lookup", "slow", "broken", "huge"):
         if name in asked:
             return [call(name, {"q": asked})]
-    return [TextDelta("no tool")]
+    return ["no tool"]
 
 
 @pytest.fixture
-async def parley(tmp_path: Path) -> AsyncIterator[tuple[RunningServer, ScriptedProvider]]:
-    provider = ScriptedProvider(script)
+async def parley(tmp_path: Path) -> AsyncIterator[tuple[RunningServer, FakeModel]]:
+    provider = FakeModel(script)
     settings = make_settings(sqlite_url(tmp_path), tmp_path / "d", max_tool_result_bytes=1000)
     async with serve_in_process(settings, provider) as server:
         yield server, provider
@@ -120,7 +119,7 @@ async def register(server: RunningServer, name: str, url: str, **extra: Any) -> 
 
 
 async def test_a_signed_call_carries_the_issuer_and_its_result_reaches_the_model(
-    parley: tuple[RunningServer, ScriptedProvider], tool_server: ToolServer
+    parley: tuple[RunningServer, FakeModel], tool_server: ToolServer
 ) -> None:
     server, provider = parley
     tool_server.verifier = WebhookVerifier(
@@ -142,8 +141,8 @@ async def test_a_signed_call_carries_the_issuer_and_its_result_reaches_the_model
     assert "tool:lookup" in request["issuer"]["capabilities"]
     assert "manage_members" not in request["capabilities"]
     first, second = provider.requests_for("alice")
-    assert [t.name for t in first.tools] == ["search_documents", "lookup"]
-    assert second.messages[-1].content == "the answer for alice"
+    assert first.tools == ["search_documents", "lookup"]
+    assert second.messages[-1]["content"] == "the answer for alice"
     reply = next(e for e in alice.entries() if e["kind"] == "reply")
     assert reply["status"] == "done" and "the answer for alice" in reply["content"]
 
@@ -180,7 +179,7 @@ async def test_the_verification_refuses_a_bad_signature_and_a_replay(
 
 
 async def test_each_call_has_its_own_delivery_id_and_a_replay_is_refused(
-    parley: tuple[RunningServer, ScriptedProvider], tool_server: ToolServer
+    parley: tuple[RunningServer, FakeModel], tool_server: ToolServer
 ) -> None:
     server, _ = parley
     tool_server.verifier = WebhookVerifier(
@@ -213,7 +212,7 @@ async def test_each_call_has_its_own_delivery_id_and_a_replay_is_refused(
     ],
 )
 async def test_tool_failures_are_error_results_and_the_run_goes_on(
-    parley: tuple[RunningServer, ScriptedProvider],
+    parley: tuple[RunningServer, FakeModel],
     tool_server: ToolServer,
     path: str,
     expected: str,
@@ -230,7 +229,8 @@ async def test_tool_failures_are_error_results_and_the_run_goes_on(
     await alice.command({"type": "prompt", "id": "p", "text": f"try {path}"})
     await alice.wait_until(lambda c: all_replies_settled(c, 1))
     last = provider.requests_for("alice")[-1].messages[-1]
-    assert last.role == "tool" and last.is_error and expected in last.content
+    assert last["role"] == "tool" and last["content"].startswith("error: ")
+    assert expected in last["content"]
     statuses = {e["kind"]: e["status"] for e in alice.entries()}
     assert statuses == {"prompt": "done", "tool": "error", "reply": "done"}
 

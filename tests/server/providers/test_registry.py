@@ -13,6 +13,7 @@ from server.providers.registry import ModelRegistry, open_models
 from server.settings import ModelSpec, Settings
 from session.errors import ProviderError
 from session.model import ModelMessage, ModelRequest, TextDelta
+from tests.fake_model import FakeModel
 
 REQUEST = ModelRequest("s", ("alice",), "", (ModelMessage("user", "hi", author="alice"),), (0,))
 
@@ -86,3 +87,15 @@ async def test_the_registry_routes_by_model_and_refuses_unknown_ones(tmp_path: P
 
 def _fields(request: ModelRequest) -> dict[str, Any]:
     return {name: getattr(request, name) for name in request.__slots__}  # type: ignore[attr-defined]
+
+
+async def test_the_configured_models_call_through_the_given_transport(tmp_path: Path) -> None:
+    model = FakeModel(lambda sent: [f"{sent.body['model']} here"])
+    settings = Settings(
+        data_dir=tmp_path, models=[spec(name="a", model="id-a"), spec(name="b", model="id-b")]
+    )
+    async with open_models(settings, model.transport) as registry:
+        events = [e async for e in registry.stream(replace(REQUEST, model="b"))]
+    assert TextDelta("id-b here") in events
+    [sent] = model.requests
+    assert sent.messages == [{"role": "user", "content": "hi", "name": "alice"}]

@@ -1,97 +1,90 @@
-"""Retries happen before the first event only, with back-off, jitter and Retry-After."""
+"""Retries happen before the first event only, with back-off, jitter and Retry-After: the
+real OpenAI provider, wrapped as the registry wraps it, calling the fake model over mock HTTP."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
+import httpx
 import pytest
 
+from server.providers.openai import OpenAIProvider
 from server.providers.retry import RetryingProvider, RetryPolicy
+from server.providers.upstream import Upstream
 from session.errors import ProviderError
-from session.model import Finish, ModelEvent, ModelRequest, TextDelta
+from session.model import Finish, ModelEvent, ModelRequest, TextDelta, Usage
+from tests.fake_model import BASE_URL, Drop, FakeModel, Status
 
 REQUEST = ModelRequest("s", ("alice",), "", (), ())
+USAGE = Usage(input_tokens=100, output_tokens=10)
 
 
-class Scripted:
-    """Each call plays the next script: events, then an error or the end."""
-
-    name = "scripted"
-
-    def __init__(self, *scripts: list[ModelEvent | ProviderError]) -> None:
-        self.scripts = list(scripts)
-        self.calls = 0
-        self.closed = 0
-
-    async def stream(self, request: ModelRequest) -> AsyncIterator[ModelEvent]:
-        script = self.scripts[self.calls]
-        self.calls += 1
-        try:
-            for item in script:
-                if isinstance(item, ProviderError):
-                    raise item
-                yield item
-        finally:
-            self.closed += 1
+def openai(client: httpx.AsyncClient) -> OpenAIProvider:
+    """The real provider, its calls going through ``client`` (to the fake model)."""
+    return OpenAIProvider("fake", Upstream("model 'fake'", BASE_URL, "fake-model"), client)
 
 
 async def run(
-    inner: Scripted, policy: RetryPolicy, draw: float = 0.5
+    model: FakeModel, policy: RetryPolicy, draw: float = 0.5
 ) -> tuple[list[ModelEvent], list[float]]:
     slept: list[float] = []
 
     async def sleep(seconds: float) -> None:
         slept.append(seconds)
 
-    provider = RetryingProvider(inner, policy, sleep=sleep, draw=lambda: draw)
-    return [e async for e in provider.stream(REQUEST)], slept
+    async with httpx.AsyncClient(transport=model.transport) as client:
+        provider = RetryingProvider(openai(client), policy, sleep=sleep, draw=lambda: draw)
+        return [e async for e in provider.stream(REQUEST)], slept
 
 
-def busy(retry_after: float | None = None) -> ProviderError:
-    return ProviderError("busy", retryable=True, status=503, retry_after_s=retry_after)
+def busy(retry_after: float | None = None) -> Status:
+    return Status(503, "busy", retry_after_s=retry_after)
 
 
 async def test_backs_off_exponentially_with_jitter_until_an_event_comes() -> None:
-    inner = Scripted([busy()], [busy()], [TextDelta("hi"), Finish()])
-    events, slept = await run(inner, RetryPolicy(max_attempts=3, base_delay_s=1.0), draw=0.5)
-    assert events == [TextDelta("hi"), Finish()]
+    model = FakeModel.answering(busy(), busy(), ["hi"])
+    events, slept = await run(model, RetryPolicy(max_attempts=3, base_delay_s=1.0), draw=0.5)
+    assert events == [TextDelta("hi"), USAGE, Finish()]
     assert slept == [0.5, 1.0]  # half of 1 s, then half of 2 s
-    assert inner.calls == 3 and inner.closed == 3
+    assert len(model.requests) == 3
+    assert all(sent.closed_at is not None for sent in model.requests)
 
 
 async def test_retry_after_is_honoured_and_capped() -> None:
-    inner = Scripted([busy(2.0)], [busy(600.0)], [Finish()])
-    _, slept = await run(inner, RetryPolicy(max_attempts=3, max_retry_after_s=30.0))
+    model = FakeModel.answering(busy(2.0), busy(600.0), [])
+    _, slept = await run(model, RetryPolicy(max_attempts=3, max_retry_after_s=30.0))
     assert slept == [2.0, 30.0]
 
 
 async def test_gives_up_after_max_attempts_with_the_last_error() -> None:
-    inner = Scripted([busy()], [busy()], [ProviderError("still busy", retryable=True)])
+    model = FakeModel.answering(busy(), busy(), Status(503, "still busy"), ["never asked"])
     with pytest.raises(ProviderError, match="still busy"):
-        await run(inner, RetryPolicy(max_attempts=3))
-    assert inner.calls == 3
+        await run(model, RetryPolicy(max_attempts=3))
+    assert len(model.requests) == 3
 
 
 async def test_a_final_error_is_not_retried() -> None:
-    inner = Scripted([ProviderError("bad request", status=400)], [Finish()])
+    model = FakeModel.answering(Status(400, "bad request"), [])
     with pytest.raises(ProviderError, match="bad request"):
-        await run(inner, RetryPolicy(max_attempts=3))
-    assert inner.calls == 1
+        await run(model, RetryPolicy(max_attempts=3))
+    assert len(model.requests) == 1
 
 
 async def test_no_retry_once_an_event_was_passed_on() -> None:
-    inner = Scripted([TextDelta("half"), busy()], [TextDelta("again"), Finish()])
+    model = FakeModel.answering(["half", Drop()], ["again"])
     seen: list[ModelEvent] = []
-    provider = RetryingProvider(inner, RetryPolicy(max_attempts=5))
-    with pytest.raises(ProviderError, match="busy"):
-        async for event in provider.stream(REQUEST):
-            seen.append(event)
-    assert seen == [TextDelta("half")] and inner.calls == 1
+    async with httpx.AsyncClient(transport=model.transport) as client:
+        provider = RetryingProvider(openai(client), RetryPolicy(max_attempts=5))
+        with pytest.raises(ProviderError, match="connection failed") as failed:
+            async for event in provider.stream(REQUEST):
+                seen.append(event)
+    assert failed.value.retryable  # it would have been retried before the first event
+    assert seen == [TextDelta("half")] and len(model.requests) == 1
 
 
 async def test_closing_the_wrapper_closes_the_inner_stream() -> None:
-    inner = Scripted([TextDelta("a"), TextDelta("b"), Finish()])
-    stream = RetryingProvider(inner, RetryPolicy()).stream(REQUEST)
-    assert await anext(stream) == TextDelta("a")
-    await stream.aclose()  # type: ignore[attr-defined]
-    assert inner.closed == 1
+    model = FakeModel.answering(["a", "b"])
+    async with httpx.AsyncClient(transport=model.transport) as client:
+        stream = RetryingProvider(openai(client), RetryPolicy()).stream(REQUEST)
+        assert await anext(stream) == TextDelta("a")
+        assert model.requests[0].closed_at is None
+        await stream.aclose()  # type: ignore[attr-defined]
+    assert model.requests[0].closed_at is not None
