@@ -194,7 +194,8 @@ async def _member_event(
 ) -> None:
     """Store the event of a membership change, if it changed anything."""
     row = after or before
-    assert row is not None
+    if row is None:  # removing a user who is no member
+        return
 
     def shown(member: MemberRow | None) -> Membership | None:
         return None if member is None else Membership(member.role, member.grants, member.denials)

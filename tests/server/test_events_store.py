@@ -92,6 +92,8 @@ async def test_membership_changes_record_their_events(store: Store) -> None:
     refused = await store.change_member("s1", "u", None, 8, lambda b, a: Decision(False, "no"), "o")
     assert not refused.decision.allowed
     await store.change_member("s1", "u", None, 9, _allow)
+    gone = await store.change_member("s1", "u", None, 10, _allow)  # no member any more
+    assert gone.before is None and gone.after is None
     events = await store.events_after("s1", 0, 10)
     assert [(e.seq, e.at_ms) for e in events] == [(1, 5), (2, 7), (3, 9)]
     assert [e.event() for e in events] == [
