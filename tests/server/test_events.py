@@ -205,3 +205,49 @@ async def test_the_events_route_pages_and_is_for_the_admin_only(tmp_path: Path) 
         owner = {"Authorization": f"Bearer {await server.token(sid, 'olga')}"}
         assert (await server.http.get(route, headers=owner)).status_code == 403
         assert (await server.http.get("/api/v1/sessions/nope/events")).status_code == 404
+
+
+async def test_a_superseded_run_and_the_commands_that_changed_the_session(
+    tmp_path: Path,
+) -> None:
+    provider = GatedProvider()
+    settings = make_settings(sqlite_url(tmp_path), tmp_path / "data")
+    async with serve_in_process(settings, provider) as server:
+        sid = await server.new_session({"olga": "owner"})
+        olga = await server.connect(sid, "olga")
+        first = await olga.command({"type": "prompt", "id": "p1", "text": "first"})
+        await _wait_running(olga, first["prompt_id"])
+        policy = await olga.command({"type": "set_policy", "id": "s", "policy": "interrupt"})
+        assert policy["type"] == "ack", policy
+        second = await olga.command({"type": "prompt", "id": "p2", "text": "second"})
+        provider.gate.set()
+        await olga.wait_until(lambda c: all_replies_settled(c, 2))
+        pin = await olga.command({"type": "pin", "id": "n", "entry_id": second["prompt_id"]})
+        assert pin["type"] == "ack", pin
+        fact = await olga.command({"type": "set_fact", "id": "f", "key": "tier", "value": "gold"})
+        assert fact["type"] == "ack", fact
+
+        events = (await _events(server, sid))[1:]
+        assert _kinds(events) == [
+            "prompt_accepted",
+            "run_started",
+            "settings_changed",
+            "prompt_accepted",
+            "run_failed",
+            "run_started",
+            "reply_completed",
+            "pin_changed",
+            "fact_set",
+        ]
+        first_reply = events[1]["data"]["reply_id"]
+        assert events[2]["data"] == {"changed": {"policy": "interrupt"}, "by": "olga"}
+        failed = events[4]["data"]
+        assert (failed["prompt_ids"], failed["reply_id"], failed["reason_code"]) == (
+            [first["prompt_id"]],
+            first_reply,
+            "superseded",
+        )
+        assert events[5]["data"]["prompt_ids"] == [second["prompt_id"]]
+        assert [e["actor"] for e in events[7:]] == ["olga", "olga"]
+        assert events[7]["data"] == {"entry_id": second["prompt_id"], "pinned": True, "by": "olga"}
+        assert events[8]["data"] == {"key": "tier", "removed": False, "by": "olga"}
