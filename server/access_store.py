@@ -26,7 +26,6 @@ from server.tables import (
     members,
     private_items,
     roles,
-    sessions,
     tools,
 )
 from session.errors import Conflict
@@ -251,14 +250,6 @@ class AccessStore:
                 )
             )
             return {row.id: TokenRow(row.id, row.user_id, row.expires_at, True) for row in rows}
-
-    # -- sessions -------------------------------------------------------------------------
-
-    async def set_restricted_replies(self, session_id: str, value: str) -> None:
-        async with self.store.transaction() as tx:
-            await tx.connection.execute(
-                update(sessions).where(sessions.c.id == session_id).values(restricted_replies=value)
-            )
 
     # -- documents ------------------------------------------------------------------------
 

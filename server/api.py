@@ -92,18 +92,23 @@ async def update_session(
     """Change a session's title, scheduling policy, model or restricted-reply policy (in
     force where the session runs when this returns); policy changes are audited."""
     before = await _session(state, session_id)
+    by = caller.user_id or "admin"
+    stored: dict[str, str | None] = {}
     if "model" in body.model_fields_set:
         if body.model is not None and body.model not in state.settings.catalog():
             names = ", ".join(sorted(state.settings.catalog()))
             raise InvalidInput(f"model: {body.model!r} is not configured (choose from {names})")
-        await state.store.set_model(session_id, body.model)
+        stored["model"] = body.model
     if body.title is not None:
-        await state.store.set_title(session_id, body.title)
+        stored["title"] = body.title
+    if body.restricted_replies is not None:
+        stored["restricted_replies"] = body.restricted_replies
+    if stored:  # one transaction, with its settings_changed event
+        await state.store.change_settings(session_id, stored, int(state.clock() * 1000), by)
     room = await state.rooms.get(session_id)
     if body.policy is not None:
-        await state.rooms.change(room, {"op": "policy", "policy": body.policy})
-    if body.restricted_replies is not None:
-        await AccessStore(state.store).set_restricted_replies(session_id, body.restricted_replies)
+        write = {"op": "policy", "policy": body.policy, "author": caller.user_id or ""}
+        await state.rooms.change(room, write)
     if "model" in body.model_fields_set or body.restricted_replies is not None:
         await state.rooms.settings_changed(room)
     changes = {

@@ -333,3 +333,20 @@ class PrivateOut(Strict):
     kind: Literal["tool", "reply"]
     text: str
     readers: list[dict[str, Any]] = Field(description="Readers of every source it drew on")
+
+
+class EventOut(Strict):
+    seq: int = Field(description="The event's number in its session: from 1, in commit order")
+    at_ms: int = Field(description="Milliseconds since the epoch.")
+    kind: str = Field(
+        description="prompt_accepted, message_posted, run_started, reply_completed, "
+        "run_failed, member_joined, member_changed, member_left, settings_changed, "
+        "pin_changed, fact_set"
+    )
+    actor: str | None = Field(description="The member (or 'admin') who acted; null: the server")
+    data: dict[str, Any] = Field(description="Ids, authors and codes; never content")
+
+
+class EventList(Strict):
+    events: list[EventOut]
+    next_after: int | None = Field(description="Pass as ?after= for the next page")

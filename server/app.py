@@ -20,7 +20,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from server import access_api, api, api_usage
+from server import access_api, api, api_events, api_usage
 from server.api_models import Health, Readiness
 from server.cluster.node import ClusterNode
 from server.db import create_engine, current_revision, head_revision
@@ -144,7 +144,13 @@ def create_app(
     configured models; ``transport`` carries the configured models' HTTP calls instead of
     the network (httpx's default when None)."""
     settings = settings or Settings()
-    operations = PROBES + api.OPERATIONS + api_usage.OPERATIONS + access_api.OPERATIONS
+    operations = (
+        PROBES
+        + api.OPERATIONS
+        + api_usage.OPERATIONS
+        + api_events.OPERATIONS
+        + access_api.OPERATIONS
+    )
     spec = openapi_document(operations, title="Parley admin API", version=VERSION)
 
     @asynccontextmanager

@@ -65,6 +65,7 @@ from session.core import (
 )
 from session.encoded import EncodedDocument
 from session.errors import Forbidden, NotFound, Unavailable
+from session.events import RunStarted, SessionEvent
 from session.lifecycle import PromptStatus
 from session.model import Usage
 from session.presence import Presence
@@ -140,6 +141,9 @@ class _Write:
     # A changed copy of the queue: its plan goes into the document, and it replaces the
     # room's queue when (and only when) the write commits.
     queue: OrderingQueue | None = None
+    # What the change means (``session.events``): stored in its transaction, numbered in
+    # the session's order, so a write that rolls back leaves none.
+    events: list[SessionEvent] = field(default_factory=list)
 
 
 class _Refused(Exception):
@@ -316,6 +320,8 @@ class SessionRoom:
                     if update:
                         update_id = await tx.append_update(self.session_id, update)
                         await self._published(tx, update_id)
+                    # Last: on PostgreSQL the event counter's row stays locked to the commit.
+                    await tx.append_events(self.session_id, self.now_ms(), write.events)
             except BaseException:
                 await self._forget(captured)
                 raise
@@ -468,7 +474,8 @@ class SessionRoom:
     async def _finish(
         self, write: _Write, prompt_ids: Sequence[str], ending: Ending | None
     ) -> None:
-        await finish_prompts(write.tx, self.doc, prompt_ids, ending, self.now_ms())
+        ended = await finish_prompts(write.tx, self.doc, prompt_ids, ending, self.now_ms())
+        write.events.extend(ended)
 
     def _planned(self, queue: OrderingQueue) -> list[QueuedItem]:
         return [QueuedItem(p.id, p.seq, p.author) for p in queue.pending()]
@@ -485,7 +492,11 @@ class SessionRoom:
                     effects = handle(self.view(), event)
                     if effects.error is not None:
                         raise _Refused
-                    await write_effects(write.tx, self.doc, self.session_id, effects, event.now_ms)
+                    write.events.extend(
+                        await write_effects(
+                            write.tx, self.doc, self.session_id, effects, event.now_ms, event.actor
+                        )
+                    )
                     write.queue = effects.queue
                     if effects.entry is not None:
                         seq = effects.entry.seq
@@ -572,6 +583,8 @@ class SessionRoom:
             self.doc.start_reply(
                 prompt_ids=run.ids, reply_id=reply_id, author=reply_author, created_at=now
             )
+            issuers = tuple(s.user_id for s in scope.issuers)
+            write.events.append(RunStarted(reply_id, run.ids, issuers))
         return reply_id, scope
 
     def _may_run(self, user_id: str) -> bool:

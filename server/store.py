@@ -36,10 +36,18 @@ from server.tables import (
     model_usage,
     private_items,
     quotas,
+    session_events,
     sessions,
     summaries,
 )
 from session.errors import DuplicateCommand, NotFound, Unavailable
+from session.events import (
+    Membership,
+    SessionEvent,
+    SettingsChanged,
+    StoredEvent,
+    membership_event,
+)
 from session.lifecycle import IllegalTransition, PromptStatus, prompt_predecessors
 from session.reasons import Ending
 from session.summary import Summary
@@ -181,6 +189,22 @@ def _entry(row: Any) -> EntryRow:
     )
 
 
+async def _member_event(
+    tx: StoreTx, before: MemberRow | None, after: MemberRow | None, now: int, by: str
+) -> None:
+    """Store the event of a membership change, if it changed anything."""
+    row = after or before
+    if row is None:  # removing a user who is no member
+        return
+
+    def shown(member: MemberRow | None) -> Membership | None:
+        return None if member is None else Membership(member.role, member.grants, member.denials)
+
+    event = membership_event(row.user_id, shown(before), shown(after), by)
+    if event is not None:
+        await tx.append_events(row.session_id, now, [event])
+
+
 class StoreTx:
     """One database transaction; methods mirror the writes a session makes."""
 
@@ -198,6 +222,40 @@ class StoreTx:
         if seq is None:
             raise LookupError(session_id)
         return int(seq)
+
+    async def append_events(
+        self, session_id: str, at_ms: int, events: Sequence[SessionEvent]
+    ) -> list[int]:
+        """Store ``events`` in this transaction with the session's next event numbers;
+        returns them. The counter's row stays locked until the commit (PostgreSQL), so the
+        numbers of one session follow the commit order whichever node writes."""
+        if not events:
+            return []
+        result = await self.connection.execute(
+            update(sessions)
+            .where(sessions.c.id == session_id)
+            .values(last_event_seq=sessions.c.last_event_seq + len(events))
+            .returning(sessions.c.last_event_seq)
+        )
+        last = result.scalar_one_or_none()
+        if last is None:
+            raise LookupError(session_id)
+        first = int(last) - len(events) + 1
+        await self.connection.execute(
+            insert(session_events),
+            [
+                {
+                    "session_id": session_id,
+                    "seq": first + i,
+                    "at_ms": at_ms,
+                    "kind": event.kind,
+                    "actor": event.actor,
+                    "data": json.dumps(event.data(), separators=(",", ":")),
+                }
+                for i, event in enumerate(events)
+            ],
+        )
+        return list(range(first, first + len(events)))
 
     async def insert_entry(self, row: EntryRow) -> None:
         """Insert ``row``; ``DuplicateCommand`` if its author sent its command id before
@@ -402,17 +460,24 @@ class Store:
             )
         return SessionRow(session_id, title, now, 0, policy)
 
-    async def set_title(self, session_id: str, title: str) -> None:
+    async def change_settings(
+        self, session_id: str, values: dict[str, str | None], now: int, by: str
+    ) -> dict[str, str | None]:
+        """Store settings of the session's row (among ``SHOWN_SETTINGS``) and, in the same
+        transaction, a ``settings_changed`` event of those that changed; returns them.
+        ``NotFound`` for an unknown session."""
         async with self.transaction() as tx:
-            await tx.connection.execute(
-                update(sessions).where(sessions.c.id == session_id).values(title=title)
-            )
-
-    async def set_model(self, session_id: str, model: str | None) -> None:
-        async with self.transaction() as tx:
-            await tx.connection.execute(
-                update(sessions).where(sessions.c.id == session_id).values(model=model)
-            )
+            await lock_session(tx.connection, session_id)
+            row = (
+                await tx.connection.execute(select(sessions).where(sessions.c.id == session_id))
+            ).one()
+            changed = {k: v for k, v in values.items() if getattr(row, k) != v}
+            if changed:
+                await tx.connection.execute(
+                    update(sessions).where(sessions.c.id == session_id).values(**changed)
+                )
+                await tx.append_events(session_id, now, [SettingsChanged(changed, by)])
+        return changed
 
     async def get_session(self, session_id: str) -> SessionRow | None:
         async with self.read() as connection:
@@ -441,6 +506,7 @@ class Store:
         async with self.transaction() as tx:
             # Children first: SQLite enforces ON DELETE CASCADE only with the pragma on.
             for table in (
+                session_events,
                 summaries,
                 audit_log,
                 private_items,
@@ -484,8 +550,10 @@ class Store:
             where = and_(members.c.session_id == session_id, members.c.user_id == user_id)
             if not decision.allowed:
                 return MemberChange(decision, before, before)
+            by = actor_id or "admin"
             if after is None:
                 await connection.execute(delete(members).where(where))
+                await _member_event(tx, before, None, now, by)
                 return MemberChange(decision, before, None)
             grants, denials = tuple(sorted(after.grants)), tuple(sorted(after.denials))
             values = {
@@ -508,6 +576,7 @@ class Store:
                     )
                 )
             row = MemberRow(session_id, user_id, after.role, created, grants, denials, epoch)
+            await _member_event(tx, before, row, now, by)
             return MemberChange(decision, before, row)
 
     async def list_members(self, session_id: str) -> list[MemberRow]:
@@ -555,6 +624,34 @@ class Store:
                 select(entries.c.session_id).where(entries.c.status.in_(statuses)).distinct()
             )
             return [row.session_id for row in rows]
+
+    # -- semantic events ------------------------------------------------------------------
+
+    async def events_after(self, session_id: str, after_seq: int, limit: int) -> list[StoredEvent]:
+        """The session's events numbered above ``after_seq``, oldest first, at most
+        ``limit`` of them."""
+        async with self.read() as connection:
+            rows = await connection.execute(
+                select(session_events)
+                .where(
+                    and_(
+                        session_events.c.session_id == session_id, session_events.c.seq > after_seq
+                    )
+                )
+                .order_by(session_events.c.seq)
+                .limit(limit)
+            )
+            return [
+                StoredEvent(
+                    row.session_id,
+                    int(row.seq),
+                    int(row.at_ms),
+                    row.kind,
+                    row.actor,
+                    json.loads(row.data),
+                )
+                for row in rows
+            ]
 
     # -- the CRDT document ----------------------------------------------------------------
 

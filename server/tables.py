@@ -31,6 +31,8 @@ sessions = Table(
     Column("policy", String(16), nullable=False, server_default="queue"),
     Column("model", String(100)),
     Column("restricted_replies", String(16), nullable=False, server_default="private"),
+    # The number of the session's newest semantic event (``session_events.seq``).
+    Column("last_event_seq", BigInteger, nullable=False, server_default="0"),
 )
 
 members = Table(
@@ -199,6 +201,21 @@ audit_log = Table(
     Column("data", Text, nullable=False),  # JSON object
 )
 Index("ix_audit_log_session_id", audit_log.c.session_id, audit_log.c.id)
+
+# Semantic events (``session.events``), numbered per session from 1 in commit order: each
+# stored in the transaction of the change it describes.
+session_events = Table(
+    "session_events",
+    metadata,
+    Column(
+        "session_id", String(64), ForeignKey("sessions.id", ondelete="CASCADE"), primary_key=True
+    ),
+    Column("seq", BigInteger, primary_key=True),
+    Column("at_ms", BigInteger, nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("actor", String(200)),
+    Column("data", Text, nullable=False),  # JSON object
+)
 
 # Client tokens issued, so one can be revoked by its id; rows past ``expires_at`` (seconds)
 # are deleted as new tokens are issued.
