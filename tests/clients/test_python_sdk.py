@@ -307,6 +307,12 @@ async def test_refusals_arrive_as_typed_errors(sqlite_server: RunningServer) -> 
             await eve.pin(note.message_id)
             await eve.wait_for(lambda s: note.message_id in s.snapshot.pins)
 
+            await admin.remove_member(sid, "vic")  # the server ends vic's socket for good
+            with pytest.raises(SessionClosed) as ended:
+                await vic.wait_for(lambda s: False)
+            assert ended.value.close_code == 4403 and isinstance(ended.value.cause, Forbidden)
+            assert vic.closed and vic.closed_by is ended.value
+
         with pytest.raises(Unauthenticated):
             async with connect(sqlite_server.ws_url, sid, "not-a-token"):
                 pass
@@ -318,11 +324,7 @@ async def test_refusals_arrive_as_typed_errors(sqlite_server: RunningServer) -> 
                 await stranger.list_sessions()
         member = (await admin.create_token(sid, "eve")).token
         async with AdminClient(sqlite_server.base_url, member) as eve_rest:
-            assert sorted(m.user_id for m in await eve_rest.list_members(sid)) == [
-                "eve",
-                "olga",
-                "vic",
-            ]
+            assert sorted(m.user_id for m in await eve_rest.list_members(sid)) == ["eve", "olga"]
             with pytest.raises(Forbidden):
                 await eve_rest.audit(sid)
             with pytest.raises(Forbidden):

@@ -196,7 +196,7 @@ class AdminClient:
     ) -> None:
         self.http = httpx.AsyncClient(
             base_url=base_url.rstrip("/"),
-            headers={"Authorization": f"Bearer {key}"},
+            headers={"Authorization": f"Bearer {key.strip()}"},  # a key file ends a line
             timeout=timeout_s,
             transport=transport,
             trust_env=False,

@@ -326,8 +326,8 @@ class Session:
                     await self._ws.send(wire.encode_command(payload))  # else resent later
             return await reply
         finally:
-            if self._pending.get(payload["id"], None) is not None and reply.cancelled():
-                del self._pending[payload["id"]]  # given up: not resent
+            if not reply.done() or reply.cancelled():  # given up (cancelled): not resent
+                self._pending.pop(payload["id"], None)
 
     async def prompt(self, text: str, *, id: str | None = None) -> Ack:
         """Ask the model; the ack's ``prompt_id`` names the prompt in the transcript."""
