@@ -302,7 +302,7 @@ async def test_refusals_arrive_as_typed_errors(sqlite_server: RunningServer) -> 
                 await eve.prompt("second")
             ack = await eve.set_fact("region", "eu-west-1")
             assert ack.seq is None
-            await eve.wait_for(lambda s: (s.snapshot.facts or {}).get("region") == "eu-west-1")
+            await eve.wait_for(lambda s: s.snapshot.facts.get("region") == "eu-west-1")
             note = await eve.message("keep this")
             await eve.pin(note.message_id)
             await eve.wait_for(lambda s: note.message_id in s.snapshot.pins)

@@ -181,7 +181,6 @@ class Session:
         except Exception as exc:  # a bug here must not leave commands waiting forever
             cause = InternalError(f"the SDK's connection loop failed: {exc!r}")
             self._finish(SessionClosed(str(cause), cause=cause))
-            raise
 
     async def _reconnecting(self) -> None:
         delay = self._reconnect.initial_s if self._reconnect else 0.0

@@ -3,7 +3,7 @@ and the changes between two views."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pycrdt import Array, Doc, Map
@@ -93,9 +93,9 @@ class Snapshot:
 
     entries: tuple[Entry, ...] = ()
     queue: tuple[QueuedPrompt, ...] = ()
-    meta: dict[str, Any] | None = None
+    meta: dict[str, Any] = field(default_factory=dict)  # session_id, title, policy, …
     pins: tuple[str, ...] = ()
-    facts: dict[str, str] | None = None
+    facts: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def of(cls, doc: Doc[Any]) -> Snapshot:
