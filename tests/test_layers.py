@@ -135,3 +135,16 @@ def test_imports_point_one_way_and_the_core_does_no_io() -> None:
 
 def test_no_module_of_the_server_has_close_codes_of_its_own() -> None:
     assert close_code_violations("server") == []
+
+
+def test_the_python_sdk_imports_nothing_of_the_server() -> None:
+    """``clients/python`` is a distribution of its own: it may not lean on the server's
+    packages (it carries its own copy of the few encoders it needs)."""
+    sdk = sorted((ROOT / "clients" / "python" / "parley_client").rglob("*.py"))
+    found = [
+        f"{path.relative_to(ROOT)}:{line} imports {name}"
+        for path in sdk
+        for line, name in _imported(ast.parse(path.read_text(), str(path)))
+        if name.split(".")[0] in PROJECT
+    ]
+    assert sdk and found == []

@@ -1,0 +1,144 @@
+"""The errors a Parley server reports, one class per error code (README's error table).
+
+    ParleyError                 code of the reply, or of the close
+    ├── InvalidInput            invalid
+    │   ├── TooLarge            too_large
+    │   └── UnknownCommand      unknown_command
+    ├── Unauthenticated         unauthenticated
+    ├── Forbidden               forbidden
+    ├── NotFound                not_found
+    ├── Conflict                conflict
+    │   ├── Busy                busy
+    │   └── QueueFull           queue_full
+    ├── RateLimited             rate_limited
+    │   └── QuotaExceeded       quota_exceeded
+    ├── Unavailable             unavailable
+    ├── ProviderError           provider_error
+    ├── InternalError           internal
+    └── SessionClosed           closed (the session object was closed, or the server ended
+                                the socket for good: ``close_code``, ``cause``)
+
+Command replies, REST error bodies and final WebSocket close codes all become these, so
+``except Forbidden`` catches a refusal however it arrived.
+"""
+
+from __future__ import annotations
+
+
+class ParleyError(Exception):
+    """Root of every error the SDK raises on the server's behalf. ``code`` is the stable
+    error code; ``status`` the HTTP status of a REST refusal (None on a socket)."""
+
+    code: str = "internal"
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+class InvalidInput(ParleyError):
+    code = "invalid"
+
+
+class TooLarge(InvalidInput):
+    code = "too_large"
+
+
+class UnknownCommand(InvalidInput):
+    code = "unknown_command"
+
+
+class Unauthenticated(ParleyError):
+    code = "unauthenticated"
+
+
+class Forbidden(ParleyError):
+    code = "forbidden"
+
+
+class NotFound(ParleyError):
+    code = "not_found"
+
+
+class Conflict(ParleyError):
+    code = "conflict"
+
+
+class Busy(Conflict):
+    code = "busy"
+
+
+class QueueFull(Conflict):
+    code = "queue_full"
+
+
+class RateLimited(ParleyError):
+    code = "rate_limited"
+
+
+class QuotaExceeded(RateLimited):
+    code = "quota_exceeded"
+
+
+class Unavailable(ParleyError):
+    code = "unavailable"
+
+
+class ProviderError(ParleyError):
+    code = "provider_error"
+
+
+class InternalError(ParleyError):
+    code = "internal"
+
+
+class SessionClosed(ParleyError):
+    """The session object is closed: by ``close()``, or by a close code after which the
+    server will not take the socket back (``cause``: the error that code stands for)."""
+
+    code = "closed"
+
+    def __init__(
+        self, message: str, *, close_code: int | None = None, cause: ParleyError | None = None
+    ) -> None:
+        super().__init__(message)
+        self.close_code = close_code
+        self.cause = cause
+
+
+def _by_code() -> dict[str, type[ParleyError]]:
+    found: dict[str, type[ParleyError]] = {}
+    pending: list[type[ParleyError]] = [ParleyError]
+    while pending:
+        kind = pending.pop()
+        found.setdefault(kind.code, kind)
+        pending += kind.__subclasses__()
+    found["internal"] = InternalError
+    del found["closed"]
+    return found
+
+
+ERRORS: dict[str, type[ParleyError]] = _by_code()
+
+
+def error_for(code: str, message: str, *, status: int | None = None) -> ParleyError:
+    """The typed error for ``code`` (a code this SDK does not know: a plain ParleyError
+    whose ``code`` attribute still says it)."""
+    kind = ERRORS.get(code)
+    if kind is not None:
+        return kind(message, status=status)
+    error = ParleyError(message, status=status)
+    error.code = code
+    return error
+
+
+# The WebSocket close codes after which the server will not take the socket back
+# (README: "Close codes"); stock clients stop reconnecting after them too.
+FINAL_CLOSES: dict[int, type[ParleyError]] = {
+    4400: InvalidInput,
+    4401: Unauthenticated,
+    4403: Forbidden,
+    4404: NotFound,
+    4429: RateLimited,
+}

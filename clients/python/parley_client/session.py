@@ -1,0 +1,505 @@
+"""A member's live connection to one Parley session: the shared document kept in sync,
+commands with typed acks and errors, presence, and reconnects that lose nothing.
+
+    async with connect("ws://127.0.0.1:8765", session_id, token) as session:
+        ack = await session.prompt("What changed in the last deploy?")
+        reply = await session.answer(ack.prompt_id)
+
+Every command gets an id made here and stays pending until its reply: when the socket drops
+it is sent again, by the same id, after the reconnect, and the server answers a resent id
+with its first ack (nothing is stored twice). Commands travel as binary frames of Parley's
+message type 100, so they share the socket with the y-websocket sync and awareness frames.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+import secrets
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from types import MappingProxyType
+from typing import Any, Self
+from urllib.parse import quote
+
+import websockets
+from pycrdt import Doc
+from websockets.exceptions import InvalidStatus
+
+from parley_client import wire
+from parley_client.errors import FINAL_CLOSES, InternalError, SessionClosed, error_for
+from parley_client.view import Change, Entry, Peer, QueuedPrompt, Snapshot, diff
+
+PRESENCE_RENEW_S = 15.0  # as stock clients: the server closes a socket silent for 120 s
+MAX_UNSOLICITED = 100
+
+
+class ConnectionState(StrEnum):
+    CONNECTING = "connecting"  # no socket: opening one (first time or after a drop)
+    SYNCING = "syncing"  # socket open, waiting for the document
+    CONNECTED = "connected"  # in sync; updates stream in
+    CLOSED = "closed"  # closed by us, or by the server for good (``closed_by``)
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """The server's acknowledgement of a command: stored (``seq`` for a prompt or message)
+    or applied. ``data`` is the whole reply."""
+
+    id: str
+    seq: int | None
+    data: dict[str, Any]
+
+    @property
+    def prompt_id(self) -> str:
+        return str(self.data["prompt_id"])
+
+    @property
+    def message_id(self) -> str:
+        return str(self.data["message_id"])
+
+
+@dataclass(frozen=True, slots=True)
+class Reconnect:
+    """How long to wait before opening the socket again: doubling from ``initial_s`` up to
+    ``max_s`` (stock y-websocket: 2.5 s), back to ``initial_s`` after a sync."""
+
+    initial_s: float = 0.1
+    max_s: float = 2.5
+
+
+RECONNECT = Reconnect()
+SHOWN: Mapping[str, Any] = MappingProxyType({})  # present, with no state of one's own
+
+
+@dataclass(slots=True)
+class _Pending:
+    payload: dict[str, Any]
+    reply: asyncio.Future[Ack]
+
+
+def _socket_url(url: str, session_id: str, token: str) -> str:
+    base = url.rstrip("/")
+    if base.startswith("http"):
+        base = "ws" + base[4:]
+    return f"{base}/ws/sessions/{quote(session_id, safe='')}?token={quote(token, safe='')}"
+
+
+class Session:
+    """Use ``connect()``. The document, queue and presence are read-only views; change the
+    session with the commands, which return the ack or raise the error's ``ParleyError``
+    subclass (a ``SessionClosed`` if the session closes first)."""
+
+    def __init__(
+        self,
+        url: str,
+        session_id: str,
+        token: str,
+        *,
+        presence: Mapping[str, Any] | None = SHOWN,
+        reconnect: Reconnect | None = RECONNECT,
+        connect_timeout_s: float = 10.0,
+    ) -> None:
+        self.session_id = session_id
+        self._url = _socket_url(url, session_id, token)
+        self._reconnect = reconnect
+        self._connect_timeout_s = connect_timeout_s
+        self.doc: Doc[Any] = Doc()
+        self.state = ConnectionState.CONNECTING
+        self.closed_by: SessionClosed | None = None  # why the session closed
+        self.close_code: int | None = None  # of the last socket that closed
+        self.restricted: dict[str, str] = {}  # entry id -> text only this member may read
+        self.unsolicited: deque[dict[str, Any]] = deque(maxlen=MAX_UNSOLICITED)
+        self.connects = 0  # sockets opened so far
+        self._pending: dict[str, _Pending] = {}
+        self._ids = f"{secrets.token_hex(6)}-"
+        self._next_id = 0
+        self._socket: websockets.ClientConnection | None = None  # open, maybe not ready
+        self._ws: websockets.ClientConnection | None = None  # open, commands go out at once
+        self._snapshot: Snapshot | None = Snapshot()
+        self._peers: dict[int, tuple[int, Peer | None]] = {}  # client id -> (clock, peer)
+        self._client_id = random.randrange(1, 2**32)
+        self._clock = 0
+        self._presence = None if presence is None else dict(presence)
+        self._wakers: set[asyncio.Event] = set()
+        self._synced = asyncio.Event()
+        self._runner: asyncio.Task[None] | None = None
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def open(self) -> None:
+        """Connect and wait for the document (``connect_timeout_s``): raise the typed error
+        of a refusal (a bad token: ``Unauthenticated``), or ``TimeoutError``."""
+        self._runner = asyncio.create_task(self._run())
+        try:
+            async with asyncio.timeout(self._connect_timeout_s):
+                await self.wait_for(lambda s: s._synced.is_set() or s.closed)
+        except BaseException:
+            await self.close()
+            raise
+        if self.closed_by is not None:
+            raise self.closed_by.cause or self.closed_by
+
+    async def close(self) -> None:
+        """Close the socket; commands still waiting for a reply raise ``SessionClosed``."""
+        if self.closed_by is None:
+            self._finish(SessionClosed("the session was closed"))
+        if self._socket is not None:
+            await self._socket.close()
+        if self._runner is not None:
+            self._runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._runner
+
+    @property
+    def closed(self) -> bool:
+        return self.state is ConnectionState.CLOSED
+
+    def _finish(self, reason: SessionClosed) -> None:
+        self.closed_by = reason
+        self.state = ConnectionState.CLOSED
+        for pending in self._pending.values():
+            if not pending.reply.done():
+                pending.reply.set_exception(reason.cause or reason)
+        self._pending.clear()
+        self._notify()
+
+    async def _run(self) -> None:
+        try:
+            await self._reconnecting()
+        except Exception as exc:  # a bug here must not leave commands waiting forever
+            cause = InternalError(f"the SDK's connection loop failed: {exc!r}")
+            self._finish(SessionClosed(str(cause), cause=cause))
+
+    async def _reconnecting(self) -> None:
+        delay = self._reconnect.initial_s if self._reconnect else 0.0
+        while not self.closed:
+            wait = await self._connection()
+            if self.closed:
+                return
+            if self._reconnect is None:
+                self._finish(SessionClosed("the socket closed", close_code=self.close_code))
+                return
+            if self._synced.is_set():
+                delay = self._reconnect.initial_s  # it worked: start over
+            self._synced.clear()
+            self.state = ConnectionState.CONNECTING
+            self._notify()
+            await asyncio.sleep(max(delay, wait))
+            delay = min(delay * 2, self._reconnect.max_s)
+
+    async def _connection(self) -> float:
+        """One socket from open to close; the least wait before the next (the server's
+        ``retry_after_ms`` or ``Retry-After``). A final close finishes the session."""
+        try:
+            ws = await websockets.connect(
+                self._url, max_size=None, compression=None, proxy=None, open_timeout=10
+            )
+        except InvalidStatus as exc:
+            status = exc.response.status_code
+            final = {401: "unauthenticated", 403: "forbidden", 404: "not_found"}.get(status)
+            if final is not None:
+                cause = error_for(final, f"the upgrade was refused ({status})", status=status)
+                self._finish(SessionClosed(str(cause), cause=cause))
+                return 0.0
+            return float(exc.response.headers.get("Retry-After", 0) or 0)
+        except (OSError, TimeoutError, websockets.InvalidHandshake):
+            return 0.0
+        self.connects += 1
+        self._socket = ws
+        self.state = ConnectionState.SYNCING
+        self._notify()
+        renew = asyncio.create_task(self._renew_presence(ws))
+        try:
+            await ws.send(wire.encode_sync(wire.STEP1, self.doc.get_state()))
+            if self._presence is not None:
+                await ws.send(self._presence_frame())
+            sent: set[str] = set()
+            while unsent := [p for key, p in self._pending.items() if key not in sent]:
+                for pending in unsent:  # resent by their ids: each is stored once
+                    await ws.send(wire.encode_command(pending.payload))
+                    sent.add(pending.payload["id"])
+            self._ws = ws  # commands made from now on are sent at once
+            async for frame in ws:
+                try:
+                    self._on_frame(frame)
+                except (ValueError, KeyError, TypeError) as exc:  # FrameError, bad JSON
+                    # Not Parley on the other end, or a bug: start over on a fresh socket.
+                    await ws.close(1002, f"undecodable frame: {exc}"[:120])
+        except websockets.ConnectionClosed:
+            pass
+        finally:
+            self._ws = self._socket = None
+            renew.cancel()
+            with contextlib.suppress(asyncio.CancelledError, websockets.ConnectionClosed):
+                await renew
+        self.close_code = ws.close_code
+        return self._after_close(ws.close_code, ws.close_reason or "")
+
+    def _after_close(self, code: int | None, reason: str) -> float:
+        if code in FINAL_CLOSES:
+            cause = FINAL_CLOSES[code](reason or f"closed with {code}")
+            self._finish(
+                SessionClosed(f"closed with {code}: {reason}", close_code=code, cause=cause)
+            )
+            return 0.0
+        if code == 1013 and reason.startswith("{"):
+            with contextlib.suppress(ValueError, TypeError, AttributeError):
+                return float(json.loads(reason).get("retry_after_ms", 0)) / 1000
+        return 0.0
+
+    # -- frames -------------------------------------------------------------------------
+
+    def _on_frame(self, frame: str | bytes) -> None:
+        if isinstance(frame, str):
+            self._on_reply(wire.decode_reply(frame))
+            return
+        message = wire.decode_server_frame(frame)
+        if isinstance(message, wire.SyncFrame):
+            if message.sync_type == wire.STEP1:
+                return  # the server is the only writer: a client has nothing to give
+            self.doc.apply_update(message.payload)
+            self._snapshot = None
+            if message.sync_type == wire.STEP2:
+                self._synced.set()
+                self.state = ConnectionState.CONNECTED
+        elif isinstance(message, wire.AwarenessFrame):
+            for item in message.states:
+                known = self._peers.get(item.client_id)
+                if known is not None and item.clock < known[0]:
+                    continue  # stale
+                peer = None
+                if item.state is not None:
+                    stamp = item.state.get("parley")
+                    user = stamp.get("user_id") if isinstance(stamp, dict) else None
+                    peer = Peer(item.client_id, None if user is None else str(user), item.state)
+                self._peers[item.client_id] = (item.clock, peer)
+        elif isinstance(message, wire.CommandReply):
+            self._on_reply(message.data)
+        self._notify()
+
+    def _on_reply(self, data: dict[str, Any]) -> None:
+        kind, command_id = data.get("type"), data.get("id")
+        pending = self._pending.pop(command_id, None) if isinstance(command_id, str) else None
+        if pending is not None and isinstance(command_id, str) and not pending.reply.done():
+            if kind == "ack":
+                seq = data.get("seq")
+                pending.reply.set_result(Ack(command_id, None if seq is None else int(seq), data))
+            else:
+                code, message = str(data.get("code")), str(data.get("message", ""))
+                pending.reply.set_exception(error_for(code, message))
+            return
+        if kind == "restricted":
+            self.restricted[str(data.get("entry_id"))] = str(data.get("text", ""))
+        self.unsolicited.append(data)
+        self._notify()
+
+    # -- commands -----------------------------------------------------------------------
+
+    def new_id(self) -> str:
+        self._next_id += 1
+        return f"{self._ids}{self._next_id}"
+
+    async def command(self, kind: str, *, id: str | None = None, **fields: Any) -> Ack:
+        """Send one command (README: "Commands") and wait for its reply: the ack, or the
+        error's typed exception. Pass ``id`` to resend a command by its id."""
+        if self.closed_by is not None:
+            raise self.closed_by
+        payload = {"type": kind, "id": id or self.new_id(), **fields}
+        reply: asyncio.Future[Ack] = asyncio.get_running_loop().create_future()
+        self._pending[payload["id"]] = _Pending(payload, reply)
+        try:
+            if self._ws is not None:
+                with contextlib.suppress(websockets.ConnectionClosed):
+                    await self._ws.send(wire.encode_command(payload))  # else resent later
+            return await reply
+        finally:
+            if not reply.done() or reply.cancelled():  # given up (cancelled): not resent
+                self._pending.pop(payload["id"], None)
+
+    async def prompt(self, text: str, *, id: str | None = None) -> Ack:
+        """Ask the model; the ack's ``prompt_id`` names the prompt in the transcript."""
+        return await self.command("prompt", id=id, text=text)
+
+    async def message(self, text: str, *, id: str | None = None) -> Ack:
+        """Talk to the other members (the model sees it later, as history)."""
+        return await self.command("message", id=id, text=text)
+
+    async def cancel(self, prompt_id: str, *, id: str | None = None) -> Ack:
+        return await self.command("cancel", id=id, prompt_id=prompt_id)
+
+    async def pin(self, entry_id: str, *, id: str | None = None) -> Ack:
+        return await self.command("pin", id=id, entry_id=entry_id)
+
+    async def unpin(self, entry_id: str, *, id: str | None = None) -> Ack:
+        return await self.command("unpin", id=id, entry_id=entry_id)
+
+    async def set_fact(self, key: str, value: str | None, *, id: str | None = None) -> Ack:
+        """Set a session fact (``None`` removes it)."""
+        return await self.command("set_fact", id=id, key=key, value=value)
+
+    async def set_policy(self, policy: str, *, id: str | None = None) -> Ack:
+        """``queue``, ``coalesce``, ``interrupt`` or ``reject`` (owners)."""
+        return await self.command("set_policy", id=id, policy=policy)
+
+    @property
+    def unacknowledged(self) -> list[str]:
+        """Ids of the commands sent and not yet answered (resent after a reconnect)."""
+        return list(self._pending)
+
+    # -- the document -------------------------------------------------------------------
+
+    @property
+    def snapshot(self) -> Snapshot:
+        if self._snapshot is None:
+            self._snapshot = Snapshot.of(self.doc)
+        return self._snapshot
+
+    @property
+    def transcript(self) -> tuple[Entry, ...]:
+        return self.snapshot.entries
+
+    @property
+    def queue(self) -> tuple[QueuedPrompt, ...]:
+        return self.snapshot.queue
+
+    def entry(self, entry_id: str) -> Entry | None:
+        return self.snapshot.entry(entry_id)
+
+    def position(self, prompt_id: str) -> int | None:
+        """The prompt's place in the queue (1: next), or None if it is not waiting."""
+        return self.snapshot.position(prompt_id)
+
+    def reply_to(self, prompt_id: str) -> Entry | None:
+        prompt = self.entry(prompt_id)
+        return None if prompt is None or prompt.reply_id is None else self.entry(prompt.reply_id)
+
+    async def answer(self, prompt_id: str) -> Entry | None:
+        """Wait until the prompt has ended and its reply (if it got one) is complete; the
+        reply, or None when the prompt ended without one (cancelled while queued, …)."""
+
+        def ended(session: Session) -> bool:
+            prompt = session.entry(prompt_id)
+            if prompt is None or not prompt.settled:
+                return False
+            reply = session.reply_to(prompt_id)
+            return prompt.reply_id is None or (reply is not None and reply.settled)
+
+        await self.wait_for(ended)
+        return self.reply_to(prompt_id)
+
+    # -- presence -----------------------------------------------------------------------
+
+    @property
+    def peers(self) -> tuple[Peer, ...]:
+        """Everyone present (each awareness client), this socket included."""
+        return tuple(peer for _, peer in self._peers.values() if peer is not None)
+
+    @property
+    def here(self) -> list[str]:
+        """The user ids present, sorted."""
+        return sorted({p.user_id for p in self.peers if p.user_id is not None})
+
+    @property
+    def typing(self) -> list[str]:
+        return sorted({p.user_id for p in self.peers if p.typing and p.user_id is not None})
+
+    async def set_presence(self, state: Mapping[str, Any] | None) -> None:
+        """Show this state to the others (None: not present any more)."""
+        self._presence = None if state is None else dict(state)
+        if self._socket is not None:
+            with contextlib.suppress(websockets.ConnectionClosed):
+                await self._socket.send(self._presence_frame())
+
+    async def set_typing(self, typing: bool) -> None:
+        await self.set_presence({**(self._presence or {}), "typing": typing})
+
+    def _presence_frame(self) -> bytes:
+        self._clock += 1
+        return wire.encode_awareness(
+            [wire.AwarenessState(self._client_id, self._clock, self._presence)]
+        )
+
+    async def _renew_presence(self, ws: websockets.ClientConnection) -> None:
+        """Renew the presence state (the others drop a state not renewed in 30 s); not
+        shown, send an update of no states, so the server does not close an idle socket."""
+        while True:
+            await asyncio.sleep(PRESENCE_RENEW_S)
+            present = self._presence is not None
+            await ws.send(self._presence_frame() if present else wire.encode_awareness([]))
+
+    # -- waiting for changes ------------------------------------------------------------
+
+    def _notify(self) -> None:
+        for waker in self._wakers:
+            waker.set()
+
+    async def wait_for(self, predicate: Callable[[Session], bool]) -> None:
+        """Wait until ``predicate(self)`` holds (checked after every change); bound it with
+        ``asyncio.timeout``. Raises ``SessionClosed`` if the session closes first."""
+        waker = asyncio.Event()
+        self._wakers.add(waker)
+        try:
+            while True:
+                waker.clear()
+                if predicate(self):
+                    return
+                if self.closed_by is not None:
+                    raise self.closed_by
+                await waker.wait()
+        finally:
+            self._wakers.discard(waker)
+
+    async def changes(self) -> AsyncIterator[Change]:
+        """Transcript and queue changes, from now on, until the session closes. A slow
+        consumer gets the changes it missed merged into one (nothing piles up)."""
+        seen = self.snapshot
+        waker = asyncio.Event()
+        self._wakers.add(waker)
+        try:
+            while True:
+                waker.clear()
+                change = diff(seen, self.snapshot)
+                if change is not None:
+                    seen = change.snapshot
+                    yield change
+                    continue
+                if self.closed:
+                    return
+                await waker.wait()
+        finally:
+            self._wakers.discard(waker)
+
+
+def connect(
+    url: str,
+    session_id: str,
+    token: str,
+    *,
+    presence: Mapping[str, Any] | None = SHOWN,
+    reconnect: Reconnect | None = RECONNECT,
+    connect_timeout_s: float = 10.0,
+) -> Session:
+    """A session to use as ``async with connect(...) as session``. ``url`` is the server's
+    base (``ws://host:port`` or ``http://host:port``); ``presence`` the awareness state to
+    show (default: an empty state, so the member is listed as here; None: not shown);
+    ``reconnect=None`` ends the session when its socket closes."""
+    return Session(
+        url,
+        session_id,
+        token,
+        presence=presence,
+        reconnect=reconnect,
+        connect_timeout_s=connect_timeout_s,
+    )

@@ -1,0 +1,397 @@
+"""The Python SDK (``clients/python``, ``parley_client``) against a real server: join,
+prompt, stream, cancel; two members converging; a prompt sent while the server is down,
+resent by its id after the restart and stored once; every error code as its typed error;
+the admin client over the REST API."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from parley_client import (
+    ERRORS,
+    AdminClient,
+    Busy,
+    Conflict,
+    ConnectionState,
+    Entry,
+    Forbidden,
+    InvalidInput,
+    NotFound,
+    ParleyError,
+    Quotas,
+    Readers,
+    Reconnect,
+    Session,
+    SessionClosed,
+    TooLarge,
+    Unauthenticated,
+    UnknownCommand,
+    connect,
+    error_for,
+)
+
+from tests.conftest import (
+    ADMIN_KEY,
+    REPO_ROOT,
+    RunningServer,
+    ServerProcess,
+    free_port,
+    make_settings,
+    serve_in_process,
+    sqlite_url,
+)
+
+FAST = Reconnect(initial_s=0.05, max_s=0.5)
+
+
+@pytest.fixture
+async def slow_server(tmp_path: Path) -> AsyncIterator[RunningServer]:
+    """Replies take a second or two: long enough to watch one stream and to cancel it."""
+    settings = make_settings(sqlite_url(tmp_path), tmp_path / "data", offline_token_delay_ms=30)
+    async with serve_in_process(settings) as running:
+        yield running
+
+
+async def new_session(admin: AdminClient, members: dict[str, str]) -> str:
+    session = await admin.create_session(title="sdk")
+    for user_id, role in members.items():
+        await admin.put_member(session.id, user_id, role)
+    return session.id
+
+
+async def join(server: RunningServer, admin: AdminClient, sid: str, user: str) -> Session:
+    token = await admin.create_token(sid, user)
+    return connect(server.ws_url, sid, token.token, presence={"user": {"name": user}})
+
+
+def story(entries: tuple[Entry, ...]) -> list[tuple[str, str, str, str]]:
+    return [(e.id, e.kind, e.status, e.content) for e in entries]
+
+
+async def test_join_prompt_stream_and_cancel(slow_server: RunningServer) -> None:
+    async with AdminClient(slow_server.base_url, ADMIN_KEY) as admin, asyncio.timeout(60):
+        sid = await new_session(admin, {"alice": "editor"})
+        async with await join(slow_server, admin, sid, "alice") as alice:
+            assert alice.state is ConnectionState.CONNECTED
+            await alice.wait_for(lambda s: s.here == ["alice"])
+            changes = alice.changes()
+            first = await alice.prompt("tell me a story")
+            second = await alice.prompt("and another one")
+            assert first.seq is not None and second.seq == first.seq + 1
+            assert first.id != second.id  # ids made by the SDK
+
+            lengths: list[int] = []  # the reply's text, change after change, while it streams
+            async for change in changes:
+                prompt = change.snapshot.entry(first.prompt_id)
+                reply = change.snapshot.entry(prompt.reply_id or "") if prompt else None
+                if reply is not None and reply.status == "streaming" and reply.content:
+                    assert reply in change.added + change.updated
+                    lengths.append(len(reply.content))
+                if len(set(lengths)) >= 2:
+                    break
+            assert lengths == sorted(lengths)
+            assert alice.position(second.prompt_id) == 1  # waits behind the running one
+
+            ack = await alice.cancel(first.prompt_id)
+            assert ack.id not in alice.unacknowledged
+            cut = await alice.answer(first.prompt_id)
+            assert cut is not None and cut.status == "cancelled" and cut.content
+            prompt = alice.entry(first.prompt_id)
+            assert prompt is not None and prompt.status == "cancelled"
+            assert prompt.reason_code == "cancelled"
+
+            done = await alice.answer(second.prompt_id)
+            assert done is not None and done.status == "done"
+            assert "offline model" in done.content and done.reply_to == second.prompt_id
+            assert alice.position(second.prompt_id) is None
+            kinds = [(e.kind, e.status) for e in alice.transcript]
+            assert kinds == [
+                ("prompt", "cancelled"),
+                ("reply", "cancelled"),
+                ("prompt", "done"),
+                ("reply", "done"),
+            ]
+        assert alice.closed
+        with pytest.raises(SessionClosed):
+            await alice.prompt("after closing")
+
+
+async def test_two_members_prompting_at_once_converge(sqlite_server: RunningServer) -> None:
+    async with AdminClient(sqlite_server.base_url, ADMIN_KEY) as admin, asyncio.timeout(60):
+        sid = await new_session(admin, {"alice": "editor", "bob": "editor"})
+        async with (
+            await join(sqlite_server, admin, sid, "alice") as alice,
+            await join(sqlite_server, admin, sid, "bob") as bob,
+        ):
+            acks = await asyncio.gather(
+                *[alice.prompt(f"alice {n}") for n in range(3)],
+                *[bob.prompt(f"bob {n}") for n in range(3)],
+            )
+            assert sorted(a.seq or 0 for a in acks) == list(range(1, 7))
+
+            def settled(session: Session) -> bool:
+                replies = [e for e in session.transcript if e.kind == "reply"]
+                return len(replies) == 6 and all(e.status == "done" for e in replies)
+
+            await asyncio.gather(alice.wait_for(settled), bob.wait_for(settled))
+            assert story(alice.transcript) == story(bob.transcript)
+            assert story(await admin.transcript(sid)) == story(alice.transcript)
+            entries = alice.transcript
+            for prompt, reply in zip(entries[::2], entries[1::2], strict=True):
+                assert prompt.kind == "prompt" and reply.reply_to == prompt.id
+
+            # Presence: each sees the other, and who is typing.
+            await bob.wait_for(lambda s: s.here == ["alice", "bob"])
+            await alice.set_typing(True)
+            await bob.wait_for(lambda s: s.typing == ["alice"])
+
+
+async def test_a_prompt_sent_while_the_server_is_down_is_stored_once(
+    tmp_path: Path, server_processes: list[ServerProcess]
+) -> None:
+    node = ServerProcess(sqlite_url(tmp_path), tmp_path / "data", free_port())
+    server_processes.append(node)
+    await node.start()
+    async with AdminClient(node.base_url, ADMIN_KEY) as admin, asyncio.timeout(90):
+        sid = await new_session(admin, {"alice": "editor"})
+        token = (await admin.create_token(sid, "alice")).token
+        async with connect(node.ws_url, sid, token, reconnect=FAST) as alice:
+            before = await alice.prompt("before the restart")
+            await alice.answer(before.prompt_id)
+            node.kill()
+            await alice.wait_for(lambda s: s.state is ConnectionState.CONNECTING)
+
+            sending = asyncio.create_task(alice.prompt("while the server is down"))
+            await alice.wait_for(lambda s: len(s.unacknowledged) == 1)
+            assert not sending.done()  # nobody to acknowledge it
+            await node.start()
+            ack = await sending  # resent after the reconnect, by the same id
+            assert alice.connects >= 2 and alice.unacknowledged == []
+            reply = await alice.answer(ack.prompt_id)
+            assert reply is not None and reply.status == "done"
+
+            again = await alice.prompt("while the server is down", id=ack.id)
+            assert again == ack  # the first ack: nothing stored twice
+            texts = [e.content for e in alice.transcript if e.kind == "prompt"]
+            assert texts == ["before the restart", "while the server is down"]
+            assert story(await admin.transcript(sid)) == story(alice.transcript)
+
+
+class Relay:
+    """A loopback TCP relay between the SDK and a server that can drop what the server
+    sends (``holding``) and cut every connection, as a network that fails would."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.holding = False
+        self.links: list[asyncio.StreamWriter] = []
+        self.port = 0
+
+    async def __aenter__(self) -> Relay:
+        self.server = await asyncio.start_server(self._link, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.cut()
+        self.server.close()
+        await self.server.wait_closed()
+
+    async def _link(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        self.links += [writer, up_writer]
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, held: bool) -> None:
+            while data := await src.read(65536):
+                if not (held and self.holding):
+                    dst.write(data)
+                    await dst.drain()
+
+        await asyncio.gather(
+            pipe(reader, up_writer, False), pipe(up_reader, writer, True), return_exceptions=True
+        )
+        for end in (writer, up_writer):
+            end.transport.abort()
+
+    def cut(self) -> None:
+        for end in self.links:
+            end.transport.abort()
+        self.links.clear()
+
+
+async def test_a_prompt_stored_whose_ack_was_lost_is_resent_and_stored_once(
+    sqlite_server: RunningServer,
+) -> None:
+    port = int(sqlite_server.base_url.rsplit(":", 1)[1])
+    async with (
+        AdminClient(sqlite_server.base_url, ADMIN_KEY) as admin,
+        Relay(port) as relay,
+        asyncio.timeout(60),
+    ):
+        sid = await new_session(admin, {"alice": "editor"})
+        token = (await admin.create_token(sid, "alice")).token
+        async with connect(f"ws://127.0.0.1:{relay.port}", sid, token, reconnect=FAST) as alice:
+            relay.holding = True  # the server's answers go nowhere from now on
+            sending = asyncio.create_task(alice.prompt("did this arrive?"))
+            for _ in range(400):
+                if [e.kind for e in await admin.transcript(sid)][:1] == ["prompt"]:
+                    break
+                await asyncio.sleep(0.05)
+            assert [e.content for e in await admin.transcript(sid)][:1] == ["did this arrive?"]
+            assert not sending.done()  # stored, but its ack never came
+            relay.cut()
+            relay.holding = False
+            ack = await sending  # resent on the next socket, by the same id: the first ack
+            assert alice.connects == 2
+            await alice.answer(ack.prompt_id)
+            prompts = [e for e in await admin.transcript(sid) if e.kind == "prompt"]
+            assert [(p.id, p.content) for p in prompts] == [(ack.prompt_id, "did this arrive?")]
+            assert story(alice.transcript) == story(await admin.transcript(sid))
+
+
+def readme_error_codes() -> list[str]:
+    text = (REPO_ROOT / "README.md").read_text()
+    table = text.split("| Error code |", 1)[1].split("\n\n", 1)[0]
+    return re.findall(r"^\| `([a-z_]+)` \|", table, flags=re.MULTILINE)
+
+
+def test_every_error_code_of_the_readme_is_a_typed_error() -> None:
+    codes = readme_error_codes()
+    assert len(codes) == 13 and "unknown_command" in codes
+    for code in codes:
+        error = error_for(code, "because")
+        assert type(error) is ERRORS[code] and type(error) is not ParleyError
+        assert error.code == code and error.message == "because"
+    assert isinstance(error_for("busy", "x"), Conflict)
+    assert isinstance(error_for("too_large", "x"), InvalidInput)
+    unknown = error_for("brand_new", "x")
+    assert type(unknown) is ParleyError and unknown.code == "brand_new"
+
+
+async def test_refusals_arrive_as_typed_errors(sqlite_server: RunningServer) -> None:
+    async with AdminClient(sqlite_server.base_url, ADMIN_KEY) as admin, asyncio.timeout(60):
+        sid = await new_session(admin, {"olga": "owner", "eve": "editor", "vic": "viewer"})
+        async with (
+            await join(sqlite_server, admin, sid, "vic") as vic,
+            await join(sqlite_server, admin, sid, "eve") as eve,
+            await join(sqlite_server, admin, sid, "olga") as olga,
+        ):
+            with pytest.raises(Forbidden) as refused:
+                await vic.prompt("may I?")
+            assert refused.value.code == "forbidden"
+            with pytest.raises(NotFound):
+                await eve.cancel("no-such-prompt")
+            with pytest.raises(Forbidden):
+                await eve.set_policy("reject")
+            with pytest.raises(UnknownCommand):
+                await eve.command("dance")
+            with pytest.raises(InvalidInput):
+                await eve.prompt("   ")
+            with pytest.raises(TooLarge):
+                await eve.message("x" * 40_000)
+            await eve.message("hello", id="m1")
+            with pytest.raises(Conflict):
+                await eve.prompt("hello", id="m1")  # an id used for another command
+            assert (await olga.set_policy("reject")).data["policy"] == "reject"
+            await eve.prompt("first")
+            with pytest.raises(Busy):
+                await eve.prompt("second")
+            ack = await eve.set_fact("region", "eu-west-1")
+            assert ack.seq is None
+            await eve.wait_for(lambda s: s.snapshot.facts.get("region") == "eu-west-1")
+            note = await eve.message("keep this")
+            await eve.pin(note.message_id)
+            await eve.wait_for(lambda s: note.message_id in s.snapshot.pins)
+
+            await admin.remove_member(sid, "vic")  # the server ends vic's socket for good
+            with pytest.raises(SessionClosed) as ended:
+                await vic.wait_for(lambda s: False)
+            assert ended.value.close_code == 4403 and isinstance(ended.value.cause, Forbidden)
+            assert vic.closed and vic.closed_by is ended.value
+
+        with pytest.raises(Unauthenticated):
+            async with connect(sqlite_server.ws_url, sid, "not-a-token"):
+                pass
+        with pytest.raises(NotFound) as missing:
+            await admin.get_session("no-such-session")
+        assert missing.value.status == 404
+        async with AdminClient(sqlite_server.base_url, "wrong-key") as stranger:
+            with pytest.raises(Unauthenticated):
+                await stranger.list_sessions()
+        member = (await admin.create_token(sid, "eve")).token
+        async with AdminClient(sqlite_server.base_url, member) as eve_rest:
+            assert sorted(m.user_id for m in await eve_rest.list_members(sid)) == ["eve", "olga"]
+            with pytest.raises(Forbidden):
+                await eve_rest.audit(sid)
+            with pytest.raises(Forbidden):
+                await eve_rest.create_session("mine")
+
+
+async def test_admin_client_over_the_rest_api(sqlite_server: RunningServer) -> None:
+    async with AdminClient(sqlite_server.base_url, ADMIN_KEY) as admin, asyncio.timeout(60):
+        created = await admin.create_session(title="Incident 42", policy="coalesce")
+        sid = created.id
+        assert (created.title, created.policy, created.last_seq) == ("Incident 42", "coalesce", 0)
+        member = await admin.put_member(sid, "alice", "editor", denials=["pin"])
+        assert "prompt" in member.capabilities and "pin" not in member.capabilities
+        await admin.put_member(sid, "bob", "viewer")
+        assert [m.user_id for m in await admin.list_members(sid)] == ["alice", "bob"]
+        token = await admin.create_token(sid, "alice", ttl_seconds=600)
+        assert (token.user_id, token.role, token.session_id) == ("alice", "editor", sid)
+
+        async with connect(sqlite_server.ws_url, sid, token.token) as alice:
+            ack = await alice.prompt("what is in the runbook?")
+            await alice.answer(ack.prompt_id)
+        transcript = await admin.transcript(sid)
+        assert [e.kind for e in transcript] == ["prompt", "reply"]
+
+        page = await admin.audit(sid)
+        kinds = [r.kind for r in page.records]
+        assert kinds.count("membership") == 2 and "model_call" in kinds
+        model_call = next(r for r in page.records if r.kind == "model_call")
+        assert model_call.actor == "alice"
+        assert [r.kind for r in (await admin.audit(sid, kind="membership")).records] == [
+            "membership",
+            "membership",
+        ]
+        usage = await admin.usage(sid)
+        assert [u.user_id for u in usage.users] == ["alice"] and usage.output_tokens > 0
+        quotas = await admin.set_quotas(sid, Quotas(user_tokens_per_day=10_000))
+        assert quotas == Quotas(None, 10_000) == await admin.quotas(sid)
+
+        document = await admin.add_document(
+            sid, "Runbook", "Restart the pods.", Readers(("alice",))
+        )
+        assert document.readers.users == ("alice",) and document.text is None
+        assert (await admin.get_document(sid, document.id)).text == "Restart the pods."
+        assert [d.id for d in await admin.list_documents(sid)] == [document.id]
+        await admin.delete_document(sid, document.id)
+
+        tool = await admin.create_tool("deploy", "Deploy a build", "http://127.0.0.1:9/hook")
+        assert tool.secret and tool.capability == "tool:deploy"
+        assert [t.name for t in await admin.list_tools()] == ["deploy"]
+        await admin.delete_tool("deploy")
+        role = await admin.put_role("auditor", ["read_session", "read_audit"])
+        assert role.capabilities == ("read_audit", "read_session") and not role.builtin
+
+        assert await admin.set_fact(sid, "region", "eu") == {"region": "eu"}
+        await admin.pin(sid, transcript[0].id)
+        assert await admin.pins(sid) == (transcript[0].id,)
+        preview = await admin.context(sid, "alice")
+        assert preview["user_id"] == "alice"
+        renamed = await admin.update_session(sid, title="Incident 43")
+        assert renamed.title == "Incident 43"
+        assert sid in [s.id for s in (await admin.list_sessions()).sessions]
+
+        await admin.revoke_token(sid, token.jti)
+        with pytest.raises(Unauthenticated):
+            async with connect(sqlite_server.ws_url, sid, token.token):
+                pass
+        await admin.remove_member(sid, "bob")
+        await admin.delete_session(sid)
+        with pytest.raises(NotFound):
+            await admin.get_session(sid)
