@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import subprocess
 from collections.abc import Callable
@@ -73,7 +74,14 @@ def sdk_app(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     shutil.copy(SDK_DIR / "examples" / "example.mjs", app)
     shutil.copy(JS_DIR / "sdk_driver.mjs", app)
+    (app / "readme.mjs").write_text(readme_example())
     return app
+
+
+def readme_example() -> str:
+    """The JavaScript example of README's "TypeScript SDK" section."""
+    section = (REPO_ROOT / "README.md").read_text().split("## TypeScript SDK", 1)[1]
+    return section.split("```js\n", 1)[1].split("```", 1)[0]
 
 
 class SdkClient(StockYjsClient):
@@ -158,6 +166,29 @@ async def test_the_packed_sdk_joins_prompts_streams_and_cancels(
         assert example.returncode == 0, err.decode()
         steps = {line["step"]: line for line in map(json.loads, out.decode().splitlines())}
         stored = await server.transcript(sid)
+
+        # README's example, as written there.
+        ada = await server.new_session({"ada": "editor"})
+        readme = await asyncio.create_subprocess_exec(
+            shutil.which("node") or "node",
+            "readme.mjs",
+            cwd=sdk_app,
+            env={
+                **os.environ,
+                "PARLEY_URL": server.ws_url,
+                "SID": ada,
+                "TOKEN": await server.token(ada, "ada"),
+            },
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        async with asyncio.timeout(60):
+            printed, err = await readme.communicate()
+        assert readme.returncode == 0, err.decode()
+        assert "true not_found" in printed.decode().splitlines()
+        assert [e["content"] for e in await server.transcript(ada)][:1] == [
+            "What changed in the last deploy?"
+        ]
 
     assert steps["synced"]["state"] == "connected"
     # The second prompt waited behind the first, at position 1, until it was cancelled.

@@ -4,9 +4,11 @@
  * the same way to the one handler registered in `provider.messageHandlers[100]`.
  *
  * The outbox keeps every command until its reply arrives. A command is written once per
- * socket: when a socket opens, every command not yet answered is written to it, so a command
- * sent while offline, or unanswered when the socket dropped, goes out once more under its
- * same id, and the server answers a resent id with its first ack (nothing stored twice).
+ * socket: when a socket is ready, every command not yet answered is written to it, so a
+ * command sent while offline, or unanswered when the socket dropped, goes out once more under
+ * its same id, and the server answers a resent prompt or message with its first ack (nothing
+ * stored twice). Pins, facts and policies are idempotent; a resent cancel that the first try
+ * carried out is reconciled by the session (`reconcile`).
  */
 
 import * as decoding from 'lib0/decoding'
@@ -28,12 +30,16 @@ export const encodeCommand = (command: Command): Uint8Array => {
 export const readReply = (decoder: decoding.Decoder): unknown =>
   JSON.parse(decoding.readVarString(decoder))
 
-/** Where frames go: the provider's socket while it is open, else nowhere. */
+/** Where frames go: the provider's socket while it is ready, else nowhere. */
 export interface FrameSink {
-  /** The open socket now (any value that identifies it), or null. */
+  /** The ready socket now (any value that identifies it), or null. */
   current (): object | null
   write (frame: Uint8Array): void
 }
+
+export type Reply = Record<string, unknown>
+
+export type Reconcile = (command: Command, reply: Reply, sends: number) => Reply
 
 interface Pending {
   readonly command: Command
@@ -50,7 +56,9 @@ export class Outbox {
 
   constructor (
     private readonly sink: FrameSink,
-    private readonly onSent: (command: Command, attempt: number) => void = () => {}
+    private readonly onSent: (command: Command, attempt: number) => void = () => {},
+    /** The reply to settle with, given the one received and how often the command went out. */
+    private readonly reconcile: Reconcile = (_command, reply) => reply
   ) {}
 
   /** Queue `command` and write it now if a socket is open; settles with its reply. */
@@ -69,7 +77,7 @@ export class Outbox {
     })
   }
 
-  /** Write every unanswered command not yet written to the open socket (call when one opens). */
+  /** Write every unanswered command not yet written to the ready socket (call when one is). */
   flush (): void {
     const socket = this.sink.current()
     if (socket === null) return
@@ -92,10 +100,11 @@ export class Outbox {
     const entry = this.pending.get(id)
     if (entry === undefined) return false
     this.pending.delete(id)
-    if (reply['type'] === 'ack') {
-      entry.resolve(reply)
+    const settled = this.reconcile(entry.command, reply, entry.sends)
+    if (settled['type'] === 'ack') {
+      entry.resolve(settled)
     } else {
-      entry.reject(errorOfReply(reply))
+      entry.reject(errorOfReply(settled))
     }
     return true
   }

@@ -8,7 +8,14 @@
 import * as Y from 'yjs'
 import { WebsocketProvider } from 'y-websocket'
 import { uuidv4 } from 'lib0/random'
-import { MESSAGE_COMMAND, Outbox, errorOfReply, readReply, type Command } from './channel.js'
+import {
+  MESSAGE_COMMAND,
+  Outbox,
+  errorOfReply,
+  readReply,
+  type Command,
+  type Reply
+} from './channel.js'
 import { ParleyError, errorForClose } from './errors.js'
 import { TranscriptView, peersOf, queueOf } from './views.js'
 import type {
@@ -101,22 +108,30 @@ export class ParleySession {
       }
     )
     const provider = this.provider
-    this.outbox = new Outbox({
-      current: () => {
-        const ws = provider.ws
-        return provider.wsconnected && ws !== null && ws.readyState === 1 ? ws : null
+    // Commands go out once the socket has synced, so the reply to a resent command comes
+    // after the document it may be reconciled with (sync step 2 is answered first).
+    this.outbox = new Outbox(
+      {
+        current: () => {
+          const ws = provider.ws
+          const ready = provider.synced && ws !== null && ws.readyState === 1
+          return ready ? ws : null
+        },
+        write: (frame) => provider.ws?.send(frame)
       },
-      write: (frame) => provider.ws?.send(frame)
-    }, (command, attempt) => this.emit('sent', command, attempt))
+      (command, attempt) => this.emit('sent', command, attempt),
+      (command, reply, sends) => this.reconcile(command, reply, sends)
+    )
     provider.messageHandlers[MESSAGE_COMMAND] = (_encoder, decoder) => {
       this.onReply(readReply(decoder))
     }
     provider.on('status', ({ status }) => {
-      if (this._state === 'closed') return
-      this.setState(status)
-      if (status === 'connected') this.outbox.flush()
+      if (this._state !== 'closed') this.setState(status)
     })
-    provider.on('sync', (synced) => this.emit('synced', synced))
+    provider.on('sync', (synced) => {
+      if (synced) this.outbox.flush()
+      this.emit('synced', synced)
+    })
     provider.on('closed', ({ code, reason }) => this.end(errorForClose(code, reason)))
 
     transcript.observeDeep((events) => {
@@ -275,6 +290,17 @@ export class ParleySession {
     // an ack of no pending command (one settled already) needs nothing
   }
 
+  /**
+   * A cancel that went out twice and is refused as `conflict` was carried out by its first
+   * try when the prompt now stands cancelled: it gets the ack the first try would have had.
+   */
+  private reconcile (command: Command, reply: Reply, sends: number): Reply {
+    if (sends < 2 || command.type !== 'cancel' || reply['code'] !== 'conflict') return reply
+    const prompt = this.entry(String(command['prompt_id']))
+    if (prompt?.reason_code !== 'cancelled') return reply
+    return { type: 'ack', id: command.id, seq: prompt.seq, prompt_id: prompt.id }
+  }
+
   private end (error: ParleyError): void {
     if (this._closeError !== null) return
     this._closeError = error
@@ -306,5 +332,5 @@ export class ParleySession {
 }
 
 /** Join a session. The session starts connecting at once; `await session.ready()` to wait
- * for the first sync. Commands sent before then are written when the socket opens. */
+ * for the first sync. Commands sent before then are written once the socket has synced. */
 export const connect = (options: ConnectOptions): ParleySession => new ParleySession(options)
