@@ -8,7 +8,8 @@
 // {"event":"settled","tag":…,"ack":{…}} or {"event":"settled","tag":…,"error":{…}},
 // {"event":"sdk-error","error":{…}} (an error of no command).
 // stdin: one JSON command per line, each answered by one {"event":"reply","cmd":…} line:
-//   {"cmd":"call","tag":…,"method":"prompt","args":["text"]}  (settles later, by tag)
+//   {"cmd":"call","tag":…,"method":"prompt","args":["text"]}  (settles later, by tag;
+//    "drop": true drops the socket as soon as the command is written)
 //   {"cmd":"dump"}  {"cmd":"typing","value":true}  {"cmd":"quit"}
 
 import { parseArgs } from 'node:util'
@@ -53,8 +54,16 @@ const describe = (error) => ({
 emit({ event: 'state', state: session.state })
 session.on('state', (state) => emit({ event: 'state', state }))
 session.on('synced', (synced) => emit({ event: 'synced', synced }))
-session.on('sent', (command, attempt) =>
-  emit({ event: 'sent', id: command.id, type: command.type, attempt }))
+// {"cmd":"call",…,"drop":true}: the socket is dropped right after that command is written
+// (a connection lost before the reply came).
+let dropNext = false
+session.on('sent', (command, attempt) => {
+  emit({ event: 'sent', id: command.id, type: command.type, attempt })
+  if (dropNext) {
+    dropNext = false
+    session.provider.ws.close()
+  }
+})
 session.on('error', (error) => emit({ event: 'sdk-error', error: describe(error) }))
 
 // For each reply: every length its text had when the transcript changed.
@@ -73,6 +82,7 @@ const handle = (msg) => {
   switch (msg.cmd) {
     case 'call': {
       if (!METHODS.has(msg.method)) throw new Error(`unknown method ${msg.method}`)
+      dropNext = Boolean(msg.drop)
       session[msg.method](...msg.args).then(
         (ack) => emit({ event: 'settled', tag: msg.tag, ack }),
         (error) => emit({ event: 'settled', tag: msg.tag, error: describe(error) })

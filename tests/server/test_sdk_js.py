@@ -100,17 +100,20 @@ class SdkClient(StockYjsClient):
         )
         return cls(proc, name)
 
-    async def call(self, tag: str, method: str, *args: object) -> None:
-        """Call ``session[method](*args)``; its outcome comes later (``settled``)."""
-        await self.command({"cmd": "call", "tag": tag, "method": method, "args": list(args)})
+    async def call(self, tag: str, method: str, *args: object, drop: bool = False) -> None:
+        """Call ``session[method](*args)``; its outcome comes later (``settled``). ``drop``:
+        the socket is dropped as soon as the command is written."""
+        await self.command(
+            {"cmd": "call", "tag": tag, "method": method, "args": list(args), "drop": drop}
+        )
 
     async def settled(self, tag: str, timeout: float = 30) -> Event:
         return await self.wait_event(
             lambda e: e.get("event") == "settled" and e["tag"] == tag, timeout
         )
 
-    async def ack(self, tag: str, method: str, *args: object) -> dict[str, Any]:
-        await self.call(tag, method, *args)
+    async def ack(self, tag: str, method: str, *args: object, drop: bool = False) -> dict[str, Any]:
+        await self.call(tag, method, *args, drop=drop)
         outcome = await self.settled(tag)
         assert "ack" in outcome, outcome
         ack: dict[str, Any] = outcome["ack"]
@@ -349,3 +352,34 @@ async def test_unanswered_prompts_are_resent_once_across_a_restart(
     assert by_id[acks["offline"]["id"]] == [1]
     assert by_id[acks["edge"]["id"]] in ([1], [1, 2])
     assert dump["unanswered"] == {}
+
+
+async def test_a_cancel_whose_socket_dropped_is_resent_and_acked_once(
+    sdk_app: Path, tmp_path: Path
+) -> None:
+    """The socket drops right after a cancel is written: whether or not the server carried
+    it out, the cancel is written once more on the next socket and acked once."""
+    settings = make_settings(sqlite_url(tmp_path), tmp_path / "data", offline_token_delay_ms=50)
+    async with serve_in_process(settings) as server:
+        sid = await server.new_session({"alice": "editor"})
+        token = await server.token(sid, "alice")
+        alice = await SdkClient.launch(sdk_app, server.ws_url, sid, token, "alice")
+        try:
+            await alice.synced()
+            await alice.ack("run", "prompt", "a long answer please")
+            waiting = await alice.ack("wait", "prompt", "then this one")
+            cancelled = await alice.ack("cancel", "cancel", waiting["prompt_id"], drop=True)
+            dump = await alice.wait_dump(
+                lambda d: any(e["status"] == "cancelled" for e in d["transcript"])
+            )
+            stored = await server.transcript(sid)
+        finally:
+            await alice.close()
+
+    assert cancelled["prompt_id"] == waiting["prompt_id"]
+    attempts = [e["attempt"] for e in alice.history if e.get("id") == cancelled["id"]]
+    assert attempts == [1, 2]
+    assert alice.history.count({"event": "state", "state": "disconnected"}) == 1
+    entry = next(e for e in dump["transcript"] if e["id"] == waiting["prompt_id"])
+    assert (entry["status"], entry["reason_code"]) == ("cancelled", "cancelled")
+    assert [e["id"] for e in dump["transcript"]] == [e["id"] for e in stored]
