@@ -383,3 +383,45 @@ async def test_a_cancel_whose_socket_dropped_is_resent_and_acked_once(
     entry = next(e for e in dump["transcript"] if e["id"] == waiting["prompt_id"])
     assert (entry["status"], entry["reason_code"]) == ("cancelled", "cancelled")
     assert [e["id"] for e in dump["transcript"]] == [e["id"] for e in stored]
+
+
+async def test_limits_and_a_refused_token_reject_typed(sdk_app: Path, tmp_path: Path) -> None:
+    settings = make_settings(
+        sqlite_url(tmp_path),
+        tmp_path / "data",
+        offline_token_delay_ms=50,
+        max_pending_per_user=1,
+        commands_per_second=0.01,
+        commands_burst=4,
+    )
+    async with serve_in_process(settings) as server:
+        sid = await server.new_session({"alice": "editor"})
+        alice = await SdkClient.launch(
+            sdk_app, server.ws_url, sid, await server.token(sid, "alice"), "alice"
+        )
+        stranger = await SdkClient.launch(sdk_app, server.ws_url, sid, "not-a-token", "eve")
+        try:
+            await alice.synced()
+            await alice.ack("1", "prompt", "runs")
+            await alice.wait_dump(lambda d: any(e["kind"] == "reply" for e in d["transcript"]))
+            await alice.ack("2", "prompt", "waits")
+            assert (await alice.refusal("3", "prompt", "one too many"))["code"] == "queue_full"
+            # past the burst of 4 commands, the next is refused, unread
+            outcomes = []
+            for n in range(8):
+                await alice.call(f"m{n}", "message", "hello?")
+                outcomes.append(await alice.settled(f"m{n}"))
+                if "error" in outcomes[-1]:
+                    break
+            assert outcomes[-1]["error"]["code"] == "rate_limited", outcomes
+            assert all("ack" in outcome for outcome in outcomes[:-1])
+
+            # A refused token closes the socket for good (4401): a command waiting for it
+            # rejects with `unauthenticated`, and the session ends.
+            await stranger.call("x", "prompt", "let me in")
+            refused = (await stranger.settled("x"))["error"]
+            assert (refused["code"], refused["close_code"]) == ("unauthenticated", 4401)
+            assert (await stranger.dump())["state"] == "closed"
+        finally:
+            for client in (alice, stranger):
+                await client.close()
