@@ -139,6 +139,11 @@ class SdkClient(StockYjsClient):
         raise AssertionError(f"{self.name}: not reached; last dump {json.dumps(dump)[:3000]}")
 
 
+async def join(app: Path, server: RunningServer, sid: str, user: str) -> SdkClient:
+    """``user``'s SDK session, with a fresh token."""
+    return await SdkClient.launch(app, server.ws_url, sid, await server.token(sid, user), user)
+
+
 def replies_done(count: int) -> Callable[[Event], bool]:
     return lambda dump: (
         sum(e["kind"] == "reply" and e["status"] == "done" for e in dump["transcript"]) == count
@@ -217,10 +222,7 @@ async def test_two_sdk_clients_prompting_at_once_converge(sdk_app: Path, tmp_pat
     settings = make_settings(sqlite_url(tmp_path), tmp_path / "data", offline_token_delay_ms=5)
     async with serve_in_process(settings) as server:
         sid = await server.new_session({"alice": "editor", "bob": "editor"})
-        clients = [
-            await SdkClient.launch(sdk_app, server.ws_url, sid, await server.token(sid, u), u)
-            for u in ("alice", "bob")
-        ]
+        clients = [await join(sdk_app, server, sid, u) for u in ("alice", "bob")]
         try:
             await asyncio.gather(*(c.synced() for c in clients))
             alice, bob = clients
@@ -264,10 +266,7 @@ async def test_refusals_reject_with_typed_errors(sdk_app: Path, tmp_path: Path) 
     async with serve_in_process(settings) as server:
         sid = await server.new_session({"olga": "owner", "ed": "editor", "vic": "viewer"})
         users = ("olga", "ed", "vic")
-        olga, ed, vic = [
-            await SdkClient.launch(sdk_app, server.ws_url, sid, await server.token(sid, u), u)
-            for u in users
-        ]
+        olga, ed, vic = [await join(sdk_app, server, sid, u) for u in users]
         try:
             for client in (olga, ed, vic):
                 await client.synced()
@@ -317,9 +316,7 @@ async def test_unanswered_prompts_are_resent_once_across_a_restart(
     http = RunningServer(node.base_url, node.ws_url, admin)
     try:
         sid = await http.new_session({"alice": "editor"})
-        alice = await SdkClient.launch(
-            sdk_app, node.ws_url, sid, await http.token(sid, "alice"), "alice"
-        )
+        alice = await join(sdk_app, http, sid, "alice")
         try:
             await alice.synced()
             # Sent as the server dies: stored or not, it is unanswered when the socket drops.
@@ -362,8 +359,7 @@ async def test_a_cancel_whose_socket_dropped_is_resent_and_acked_once(
     settings = make_settings(sqlite_url(tmp_path), tmp_path / "data", offline_token_delay_ms=50)
     async with serve_in_process(settings) as server:
         sid = await server.new_session({"alice": "editor"})
-        token = await server.token(sid, "alice")
-        alice = await SdkClient.launch(sdk_app, server.ws_url, sid, token, "alice")
+        alice = await join(sdk_app, server, sid, "alice")
         try:
             await alice.synced()
             await alice.ack("run", "prompt", "a long answer please")
@@ -396,9 +392,7 @@ async def test_limits_and_a_refused_token_reject_typed(sdk_app: Path, tmp_path: 
     )
     async with serve_in_process(settings) as server:
         sid = await server.new_session({"alice": "editor"})
-        alice = await SdkClient.launch(
-            sdk_app, server.ws_url, sid, await server.token(sid, "alice"), "alice"
-        )
+        alice = await join(sdk_app, server, sid, "alice")
         stranger = await SdkClient.launch(sdk_app, server.ws_url, sid, "not-a-token", "eve")
         try:
             await alice.synced()
