@@ -134,12 +134,17 @@ export class ParleySession {
     })
     provider.on('closed', ({ code, reason }) => this.end(errorForClose(code, reason)))
 
+    // Snapshots are built only for listeners (or when read), not on every update.
     transcript.observeDeep((events) => {
       this.view.invalidate(events)
-      this.emit('transcript', this.view.entries)
+      if (this.listeners.transcript.size > 0) this.emit('transcript', this.view.entries)
     })
-    queue.observeDeep(() => this.emit('queue', this.queue))
-    provider.awareness.on('change', () => this.emit('presence', this.presence))
+    queue.observeDeep(() => {
+      if (this.listeners.queue.size > 0) this.emit('queue', this.queue)
+    })
+    provider.awareness.on('change', () => {
+      if (this.listeners.presence.size > 0) this.emit('presence', this.presence)
+    })
     provider.awareness.setLocalState({ user: { name: options.name ?? null }, typing: false })
     if (provider.wsconnected) this.setState('connected')
   }
