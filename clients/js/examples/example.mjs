@@ -11,7 +11,14 @@ const say = (step, fields) => console.log(JSON.stringify({ step, ...fields }))
 await session.ready()
 say('synced', { state: session.state })
 
+// Resolves once test() holds, looked at again on each change of `event`.
+const until = (event, test) => new Promise((resolve) => {
+  if (test()) return resolve()
+  const off = session.on(event, () => test() && (off(), resolve()))
+})
+
 const first = await session.prompt('What changed in the last deploy?')
+await until('queue', () => !session.queue.some((item) => item.id === first.prompt_id))
 const second = await session.prompt('And who approved it?')
 const waiting = session.queue.find((item) => item.id === second.prompt_id)
 say('queued', { position: waiting?.position ?? null, queue: session.queue })
@@ -21,17 +28,13 @@ say('cancelled', { prompt_id: cancelled.prompt_id })
 
 // The reply to the first prompt, as it streams in.
 const lengths = new Set()
-const reply = await new Promise((resolve) => {
-  const look = (entries) => {
-    const prompt = entries.find((e) => e.id === first.prompt_id)
-    const answer = prompt?.reply_id && entries.find((e) => e.id === prompt.reply_id)
-    if (!answer) return
-    lengths.add(answer.content.length)
-    if (answer.status !== 'streaming') resolve(answer)
-  }
-  session.on('transcript', look)
-  look(session.transcript)
+const answer = () => session.entry(session.entry(first.prompt_id)?.reply_id ?? '')
+await until('transcript', () => {
+  const now = answer()
+  if (now !== undefined) lengths.add(now.content.length)
+  return now !== undefined && now.status !== 'streaming'
 })
+const reply = answer()
 say('reply', { status: reply.status, content: reply.content, lengths_seen: lengths.size })
 
 // Errors are typed: an unknown prompt cannot be cancelled.
