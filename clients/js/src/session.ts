@@ -123,7 +123,15 @@ export class ParleySession {
       (command, reply, sends) => this.reconcile(command, reply, sends)
     )
     provider.messageHandlers[MESSAGE_COMMAND] = (_encoder, decoder) => {
-      this.onReply(readReply(decoder))
+      let reply: unknown
+      try {
+        reply = readReply(decoder)
+      } catch {
+        // A frame that is not JSON must not throw into the provider's socket handler.
+        this.emit('error', new ParleyError('invalid', 'the server sent a command frame that is not JSON'))
+        return
+      }
+      this.onReply(reply)
     }
     provider.on('status', ({ status }) => {
       if (this._state !== 'closed') this.setState(status)
