@@ -1,0 +1,76 @@
+/**
+ * Errors are part of the API: every refusal of a command, and every close of the socket
+ * that the client cannot recover from, rejects with a `ParleyError` carrying a stable `code`.
+ */
+
+/** The server's error codes (README's error table; `session/errors.py` `ErrorCode`). */
+export const ERROR_CODES = [
+  'invalid',
+  'too_large',
+  'unknown_command',
+  'unauthenticated',
+  'forbidden',
+  'not_found',
+  'conflict',
+  'busy',
+  'queue_full',
+  'rate_limited',
+  'unavailable',
+  'quota_exceeded',
+  'provider_error',
+  'internal'
+] as const
+
+export type ErrorCode = (typeof ERROR_CODES)[number]
+
+/**
+ * Codes the client itself gives: `closed` — the session was closed (by `close()`, or by the
+ * server with a final close code) before the command was acknowledged.
+ */
+export const CLIENT_ERROR_CODES = ['closed'] as const
+
+export type ClientErrorCode = (typeof CLIENT_ERROR_CODES)[number]
+
+export type ParleyErrorCode = ErrorCode | ClientErrorCode
+
+export class ParleyError extends Error {
+  override readonly name = 'ParleyError'
+  /** The stable code (`forbidden`, `queue_full`, …). */
+  readonly code: ParleyErrorCode
+  /** The id of the command this error answers, or null (an error of no command). */
+  readonly commandId: string | null
+  /** The WebSocket close code, when the error is the socket's close. */
+  readonly closeCode: number | null
+
+  constructor (
+    code: ParleyErrorCode,
+    message: string,
+    options: { commandId?: string | null, closeCode?: number | null } = {}
+  ) {
+    super(message)
+    this.code = code
+    this.commandId = options.commandId ?? null
+    this.closeCode = options.closeCode ?? null
+  }
+}
+
+export const isErrorCode = (value: unknown): value is ErrorCode =>
+  typeof value === 'string' && (ERROR_CODES as readonly string[]).includes(value)
+
+/**
+ * The final close codes (44xx: a reconnect cannot fix them; `session/closes.py`) and the
+ * error each reports.
+ */
+const FINAL_CLOSES: Readonly<Record<number, ErrorCode>> = {
+  4400: 'invalid',
+  4401: 'unauthenticated',
+  4403: 'forbidden',
+  4404: 'not_found',
+  4429: 'rate_limited'
+}
+
+/** The error a final close reports (its reason is the message). */
+export const errorForClose = (code: number, reason: string): ParleyError =>
+  new ParleyError(FINAL_CLOSES[code] ?? 'closed', reason || `socket closed with ${code}`, {
+    closeCode: code
+  })

@@ -1,0 +1,13 @@
+export { connect, ParleySession } from './session.js'
+export type { ConnectOptions, SessionEvents } from './session.js'
+export {
+  ERROR_CODES,
+  CLIENT_ERROR_CODES,
+  ParleyError,
+  isErrorCode
+} from './errors.js'
+export type { ErrorCode, ClientErrorCode, ParleyErrorCode } from './errors.js'
+export { MESSAGE_COMMAND } from './channel.js'
+export type { Command } from './channel.js'
+export { REASON_CODES } from './types.js'
+export type * from './types.js'

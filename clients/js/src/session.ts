@@ -1,0 +1,349 @@
+/**
+ * `connect()` and the session it returns: a stock `yjs` document synced by a stock
+ * `y-websocket` provider, plus Parley's command channel through the provider's own extension
+ * point (`provider.messageHandlers[100]`). The SDK never replaces the provider's socket
+ * handlers; it only writes its command frames to the open socket.
+ */
+
+import * as Y from 'yjs'
+import { WebsocketProvider } from 'y-websocket'
+import { uuidv4 } from 'lib0/random'
+import {
+  MESSAGE_COMMAND,
+  Outbox,
+  errorOfReply,
+  readReply,
+  type Command,
+  type Reply
+} from './channel.js'
+import { ParleyError, errorForClose } from './errors.js'
+import { TranscriptView, peersOf, queueOf } from './views.js'
+import type {
+  Ack,
+  CancelAck,
+  ConnectionState,
+  Entry,
+  FactAck,
+  MessageAck,
+  Peer,
+  PinAck,
+  Policy,
+  PolicyAck,
+  PromptAck,
+  QueueItem,
+  RestrictedText
+} from './types.js'
+
+type WebSocketClass = NonNullable<ConstructorParameters<typeof WebsocketProvider>[3]>['WebSocketPolyfill']
+
+export interface ConnectOptions {
+  /** The server (`ws://127.0.0.1:8765`) or its sessions endpoint (`…/ws/sessions`). */
+  readonly url: string
+  readonly sessionId: string
+  /** A client token of a member of the session. */
+  readonly token: string
+  /** A WebSocket class where there is no global one (Node 20: `ws`'s default export). */
+  readonly WebSocketPolyfill?: unknown
+  /** Shown to the others as `user.name` in presence. */
+  readonly name?: string
+}
+
+export interface SessionEvents {
+  /** The transcript changed (an entry came, changed status, or a reply streamed on). */
+  transcript: (entries: readonly Entry[]) => void
+  queue: (queue: readonly QueueItem[]) => void
+  presence: (peers: readonly Peer[]) => void
+  state: (state: ConnectionState) => void
+  /** Whether this client holds the server's document (again, after a reconnect). */
+  synced: (synced: boolean) => void
+  /** An error that answers no command (`id` null): a refused frame, say. */
+  error: (error: ParleyError) => void
+  restricted: (text: RestrictedText) => void
+  /** A command was written to a socket: `attempt` 1 the first time, 2 when it was resent
+   * (unanswered when its socket closed, so written again to the next). */
+  sent: (command: Readonly<Command>, attempt: number) => void
+}
+
+type Listeners = { [K in keyof SessionEvents]: Set<SessionEvents[K]> }
+
+const sessionsEndpoint = (url: string): string => {
+  const base = url.replace(/\/+$/, '')
+  return base.endsWith('/ws/sessions') ? base : `${base}/ws/sessions`
+}
+
+export class ParleySession {
+  /** The stock document and provider underneath, for what the SDK does not cover. */
+  readonly doc: Y.Doc
+  readonly provider: WebsocketProvider
+  private readonly outbox: Outbox
+  private readonly view: TranscriptView
+  private readonly listeners: Listeners = {
+    transcript: new Set(),
+    queue: new Set(),
+    presence: new Set(),
+    state: new Set(),
+    synced: new Set(),
+    error: new Set(),
+    restricted: new Set(),
+    sent: new Set()
+  }
+
+  private _state: ConnectionState = 'connecting'
+  private _closeError: ParleyError | null = null
+
+  constructor (options: ConnectOptions) {
+    this.doc = new Y.Doc()
+    const transcript = this.doc.getArray<unknown>('transcript')
+    const queue = this.doc.getArray<unknown>('queue')
+    this.view = new TranscriptView(transcript)
+    this.provider = new WebsocketProvider(
+      sessionsEndpoint(options.url),
+      options.sessionId,
+      this.doc,
+      {
+        params: { token: options.token },
+        ...(options.WebSocketPolyfill === undefined
+          ? {}
+          : { WebSocketPolyfill: options.WebSocketPolyfill as WebSocketClass })
+      }
+    )
+    const provider = this.provider
+    // Commands go out once the socket has synced, so the reply to a resent command comes
+    // after the document it may be reconciled with (sync step 2 is answered first).
+    this.outbox = new Outbox(
+      {
+        current: () => {
+          const ws = provider.ws
+          const ready = provider.synced && ws !== null && ws.readyState === 1
+          return ready ? ws : null
+        },
+        write: (frame) => provider.ws?.send(frame)
+      },
+      (command, attempt) => this.emit('sent', command, attempt),
+      (command, reply, sends) => this.reconcile(command, reply, sends)
+    )
+    provider.messageHandlers[MESSAGE_COMMAND] = (_encoder, decoder) => {
+      let reply: unknown
+      try {
+        reply = readReply(decoder)
+      } catch {
+        // A frame that is not JSON must not throw into the provider's socket handler.
+        this.emit('error', new ParleyError('invalid', 'the server sent a command frame that is not JSON'))
+        return
+      }
+      this.onReply(reply)
+    }
+    provider.on('status', ({ status }) => {
+      if (this._state !== 'closed') this.setState(status)
+    })
+    provider.on('sync', (synced) => {
+      if (synced) this.outbox.flush()
+      this.emit('synced', synced)
+    })
+    provider.on('closed', ({ code, reason }) => this.end(errorForClose(code, reason)))
+
+    // Snapshots are built only for listeners (or when read), not on every update.
+    transcript.observeDeep((events) => {
+      this.view.invalidate(events)
+      if (this.listeners.transcript.size > 0) this.emit('transcript', this.view.entries)
+    })
+    queue.observeDeep(() => {
+      if (this.listeners.queue.size > 0) this.emit('queue', this.queue)
+    })
+    provider.awareness.on('change', () => {
+      if (this.listeners.presence.size > 0) this.emit('presence', this.presence)
+    })
+    provider.awareness.setLocalState({ user: { name: options.name ?? null }, typing: false })
+    if (provider.wsconnected) this.setState('connected')
+  }
+
+  // -- commands: each a Promise of its ack, rejected with a ParleyError ------------------
+
+  /** Ask the model; the ack carries the prompt's `prompt_id` and `seq`. */
+  prompt (text: string): Promise<PromptAck> {
+    return this.command<PromptAck>({ type: 'prompt', text })
+  }
+
+  /** Talk to the other members only. */
+  message (text: string): Promise<MessageAck> {
+    return this.command<MessageAck>({ type: 'message', text })
+  }
+
+  /** Cancel a waiting or running prompt (one's own; an owner anyone's). */
+  cancel (promptId: string): Promise<CancelAck> {
+    return this.command<CancelAck>({ type: 'cancel', prompt_id: promptId })
+  }
+
+  /** Keep an entry in every model input (or stop keeping it). */
+  pin (entryId: string, pinned = true): Promise<PinAck> {
+    return this.command<PinAck>({ type: pinned ? 'pin' : 'unpin', entry_id: entryId })
+  }
+
+  /** Set a session fact (one line), or remove it with null. */
+  setFact (key: string, value: string | null): Promise<FactAck> {
+    return this.command<FactAck>({ type: 'set_fact', key, value })
+  }
+
+  /** Change the scheduling policy (owners). */
+  setPolicy (policy: Policy): Promise<PolicyAck> {
+    return this.command<PolicyAck>({ type: 'set_policy', policy })
+  }
+
+  private command<T extends Ack> (fields: Record<string, unknown>): Promise<T> {
+    if (this._closeError !== null) return Promise.reject(this._closeError)
+    const command = { ...fields, id: uuidv4() } as Command
+    return this.outbox.send(command) as Promise<unknown> as Promise<T>
+  }
+
+  /** Commands sent and not yet answered: id → times written to a socket. */
+  get unanswered (): ReadonlyMap<string, number> {
+    return this.outbox.unanswered()
+  }
+
+  // -- the document, read-only -----------------------------------------------------------
+
+  get transcript (): readonly Entry[] {
+    return this.view.entries
+  }
+
+  /** One entry by id, or undefined. */
+  entry (id: string): Entry | undefined {
+    return this.view.entries.find((entry) => entry.id === id)
+  }
+
+  /** The prompts waiting to run, in the order they will run. */
+  get queue (): readonly QueueItem[] {
+    return queueOf(this.doc.getArray<unknown>('queue'))
+  }
+
+  get policy (): Policy | null {
+    const policy = this.doc.getMap<unknown>('meta').get('policy')
+    return typeof policy === 'string' ? (policy as Policy) : null
+  }
+
+  get pins (): readonly string[] {
+    return Object.freeze(this.doc.getArray<string>('pins').toArray())
+  }
+
+  get facts (): Readonly<Record<string, string>> {
+    return Object.freeze(this.doc.getMap<string>('facts').toJSON())
+  }
+
+  // -- presence --------------------------------------------------------------------------
+
+  get presence (): readonly Peer[] {
+    return peersOf(this.provider.awareness)
+  }
+
+  setTyping (typing: boolean): void {
+    if (this.provider.awareness.getLocalState()?.['typing'] !== typing) {
+      this.provider.awareness.setLocalStateField('typing', typing)
+    }
+  }
+
+  // -- connection ------------------------------------------------------------------------
+
+  get state (): ConnectionState {
+    return this._state
+  }
+
+  get synced (): boolean {
+    return this.provider.synced
+  }
+
+  /** Why the session closed for good (a final close code, or `close()`), else null. */
+  get closeError (): ParleyError | null {
+    return this._closeError
+  }
+
+  /** Resolves once the document is synced; rejects if the session closes first. */
+  ready (): Promise<void> {
+    if (this.provider.synced) return Promise.resolve()
+    if (this._closeError !== null) return Promise.reject(this._closeError)
+    return new Promise((resolve, reject) => {
+      const offSynced = this.on('synced', (synced) => {
+        if (!synced) return
+        offSynced()
+        offState()
+        resolve()
+      })
+      const offState = this.on('state', (state) => {
+        if (state !== 'closed') return
+        offSynced()
+        offState()
+        reject(this._closeError)
+      })
+    })
+  }
+
+  /** Leave the session: unanswered commands reject with code `closed`. */
+  close (): void {
+    this.end(new ParleyError('closed', 'the session was closed'))
+    this.provider.destroy()
+    this.doc.destroy()
+  }
+
+  on<K extends keyof SessionEvents> (event: K, listener: SessionEvents[K]): () => void {
+    const set = this.listeners[event] as Set<SessionEvents[K]>
+    set.add(listener)
+    return () => set.delete(listener)
+  }
+
+  // -- internals -------------------------------------------------------------------------
+
+  private onReply (reply: unknown): void {
+    if (typeof reply !== 'object' || reply === null) return
+    const message = reply as Record<string, unknown>
+    if (this.outbox.settle(message)) return
+    if (message['type'] === 'restricted') {
+      this.emit('restricted', message as unknown as RestrictedText)
+    } else if (message['type'] === 'error') {
+      this.emit('error', errorOfReply(message))
+    }
+    // an ack of no pending command (one settled already) needs nothing
+  }
+
+  /**
+   * A cancel that went out twice and is refused as `conflict` was carried out by its first
+   * try when the prompt now stands cancelled: it gets the ack the first try would have had.
+   */
+  private reconcile (command: Command, reply: Reply, sends: number): Reply {
+    if (sends < 2 || command.type !== 'cancel' || reply['code'] !== 'conflict') return reply
+    const prompt = this.entry(String(command['prompt_id']))
+    if (prompt?.reason_code !== 'cancelled') return reply
+    return { type: 'ack', id: command.id, seq: prompt.seq, prompt_id: prompt.id }
+  }
+
+  private end (error: ParleyError): void {
+    if (this._closeError !== null) return
+    this._closeError = error
+    this.outbox.rejectAll(error)
+    this.setState('closed')
+  }
+
+  private setState (state: ConnectionState): void {
+    if (state === this._state) return
+    this._state = state
+    this.emit('state', state)
+  }
+
+  private emit<K extends keyof SessionEvents> (
+    event: K,
+    ...args: Parameters<SessionEvents[K]>
+  ): void {
+    for (const listener of [...this.listeners[event]]) {
+      try {
+        ;(listener as (...a: Parameters<SessionEvents[K]>) => void)(...args)
+      } catch (error) {
+        // A listener's bug must not break the document's update or the provider's loop.
+        queueMicrotask(() => {
+          throw error
+        })
+      }
+    }
+  }
+}
+
+/** Join a session. The session starts connecting at once; `await session.ready()` to wait
+ * for the first sync. Commands sent before then are written once the socket has synced. */
+export const connect = (options: ConnectOptions): ParleySession => new ParleySession(options)

@@ -1,0 +1,125 @@
+/** The shapes of a session's shared document and of command replies (README: "The shared
+ * document" and "The WebSocket protocol"). Field names are the document's own. */
+
+export type Policy = 'queue' | 'coalesce' | 'interrupt' | 'reject'
+
+export type EntryKind = 'prompt' | 'message' | 'reply' | 'tool'
+
+export type PromptStatus = 'queued' | 'running' | 'done' | 'failed' | 'cancelled' | 'interrupted'
+export type ReplyStatus = 'streaming' | 'done' | 'failed' | 'cancelled' | 'interrupted'
+export type MessageStatus = 'posted'
+export type ToolStatus = 'done' | 'error' | 'refused'
+export type EntryStatus = PromptStatus | ReplyStatus | MessageStatus | ToolStatus
+
+/** Why a prompt ended unanswered (`session/reasons.py`). */
+export const REASON_CODES = [
+  'cancelled',
+  'superseded',
+  'timeout',
+  'provider_error',
+  'quota_exceeded',
+  'forbidden',
+  'member_removed',
+  'token_revoked',
+  'too_large',
+  'unavailable',
+  'storage_error',
+  'server_shutdown',
+  'server_restart',
+  'failover',
+  'internal_error'
+] as const
+
+export type ReasonCode = (typeof REASON_CODES)[number]
+
+/** One entry of the transcript, as it is now (a reply's `content` grows as it streams). */
+export interface Entry {
+  readonly id: string
+  readonly seq: number
+  readonly kind: EntryKind
+  /** A user id, or the model's name for a reply. */
+  readonly author: string
+  readonly role: 'user' | 'assistant' | 'tool'
+  readonly status: EntryStatus
+  readonly content: string
+  readonly created_at: number
+  readonly reason?: string
+  readonly reason_code?: ReasonCode
+  /** On a prompt that ran: its reply. */
+  readonly reply_id?: string
+  /** On a reply: the prompt it answers (the last, when it answers several). */
+  readonly reply_to?: string
+  /** On a reply: every prompt it answers. */
+  readonly answers?: readonly string[]
+  readonly started_at?: number
+  /** On a tool step: the tool's name. */
+  readonly tool?: string
+}
+
+/** A prompt waiting to run; `position` 1 runs next. */
+export interface QueueItem {
+  readonly id: string
+  readonly seq: number
+  readonly author: string
+  readonly position: number
+}
+
+/** One client present in the session (one per socket, so a user may appear twice). */
+export interface Peer {
+  /** The awareness client id. */
+  readonly clientId: number
+  /** The user id the server stamped on this state; null for our own state. */
+  readonly userId: string | null
+  readonly name: string | null
+  readonly typing: boolean
+  /** Whether this is this client. */
+  readonly self: boolean
+}
+
+export type ConnectionState = 'connecting' | 'connected' | 'disconnected' | 'closed'
+
+export interface PromptAck {
+  readonly type: 'ack'
+  readonly id: string
+  readonly seq: number
+  readonly prompt_id: string
+}
+export interface MessageAck {
+  readonly type: 'ack'
+  readonly id: string
+  readonly seq: number
+  readonly message_id: string
+}
+export interface CancelAck {
+  readonly type: 'ack'
+  readonly id: string
+  readonly seq: number
+  readonly prompt_id: string
+}
+export interface PinAck {
+  readonly type: 'ack'
+  readonly id: string
+  readonly seq: null
+  readonly entry_id: string
+}
+export interface FactAck {
+  readonly type: 'ack'
+  readonly id: string
+  readonly seq: null
+  readonly key: string
+}
+export interface PolicyAck {
+  readonly type: 'ack'
+  readonly id: string
+  readonly seq: null
+  readonly policy: Policy
+}
+export type Ack = PromptAck | MessageAck | CancelAck | PinAck | FactAck | PolicyAck
+
+/** Text only this member may read (README: Permissions), sent to this socket alone. */
+export interface RestrictedText {
+  readonly type: 'restricted'
+  readonly entry_id: string
+  readonly kind: string
+  readonly text: string
+}

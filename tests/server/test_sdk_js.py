@@ -1,0 +1,430 @@
+"""The TypeScript SDK (``clients/js``, ``@parley/client``) against a live server.
+
+Its ``npm pack`` tarball is installed, with ``yjs``, ``y-websocket`` and ``ws`` alone, into
+an empty folder (once per module), and Node scripts there use it as an application would:
+the README's example (``clients/js/examples/example.mjs``), and ``tests/js/sdk_driver.mjs``,
+which speaks ``stock_client.mjs``'s line protocol so these tests drive it from asyncio.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Self
+
+import httpx
+import pytest
+
+from tests.conftest import (
+    ADMIN_KEY,
+    RunningServer,
+    ServerProcess,
+    free_port,
+    make_settings,
+    serve_in_process,
+    sqlite_url,
+)
+from tests.stock_client import JS_DIR, REPO_ROOT, Event, StockYjsClient
+
+pytestmark = pytest.mark.node
+
+SDK_DIR = REPO_ROOT / "clients" / "js"
+PEERS = ("yjs", "y-websocket", "ws")
+
+
+def _npm(*args: str, cwd: Path) -> str:
+    npm = shutil.which("npm")
+    if npm is None:
+        raise RuntimeError("the SDK tests need Node.js 20 or newer (node and npm on PATH)")
+    done = subprocess.run(
+        [npm, *args, "--no-audit", "--no-fund", "--loglevel=error"],
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"npm {' '.join(args)} in {cwd} failed:\n{done.stdout}\n{done.stderr}")
+    return done.stdout
+
+
+@pytest.fixture(scope="module")
+def sdk_app(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty folder with only the packed SDK and its peers (the versions ``tests/js`` pins)
+    installed, plus the scripts that use it. npm takes the packages from its cache when it
+    holds them (``.ci/run`` installed them) and from the registry otherwise."""
+    if not (SDK_DIR / "node_modules" / "typescript").is_dir():
+        _npm("ci", "--prefer-offline", cwd=SDK_DIR)
+    app = tmp_path_factory.mktemp("sdk-app")
+    tarball = _npm("pack", "--pack-destination", str(app), cwd=SDK_DIR).strip().splitlines()[-1]
+    (app / "package.json").write_text('{"name": "sdk-app", "private": true, "type": "module"}')
+    pinned = json.loads((JS_DIR / "package.json").read_text())["dependencies"]
+    _npm(
+        "install",
+        "--prefer-offline",
+        str(app / tarball),
+        *(f"{name}@{pinned[name]}" for name in PEERS),
+        cwd=app,
+    )
+    shutil.copy(SDK_DIR / "examples" / "example.mjs", app)
+    shutil.copy(JS_DIR / "sdk_driver.mjs", app)
+    (app / "readme.mjs").write_text(readme_example())
+    return app
+
+
+def readme_example() -> str:
+    """The JavaScript example of README's "TypeScript SDK" section."""
+    section = (REPO_ROOT / "README.md").read_text().split("## TypeScript SDK", 1)[1]
+    return section.split("```js\n", 1)[1].split("```", 1)[0]
+
+
+class SdkClient(StockYjsClient):
+    """One ``node sdk_driver.mjs`` process: a ``ParleySession`` of the installed SDK."""
+
+    @classmethod
+    async def launch(cls, app: Path, url: str, sid: str, token: str, name: str) -> Self:
+        proc = await asyncio.create_subprocess_exec(
+            shutil.which("node") or "node",
+            "sdk_driver.mjs",
+            *("--url", url, "--session", sid, "--token", token, "--name", name),
+            cwd=app,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        return cls(proc, name)
+
+    async def call(self, tag: str, method: str, *args: object, drop: bool = False) -> None:
+        """Call ``session[method](*args)``; its outcome comes later (``settled``). ``drop``:
+        the socket is dropped as soon as the command is written."""
+        await self.command(
+            {"cmd": "call", "tag": tag, "method": method, "args": list(args), "drop": drop}
+        )
+
+    async def settled(self, tag: str, timeout: float = 30) -> Event:
+        return await self.wait_event(
+            lambda e: e.get("event") == "settled" and e["tag"] == tag, timeout
+        )
+
+    async def ack(self, tag: str, method: str, *args: object, drop: bool = False) -> dict[str, Any]:
+        await self.call(tag, method, *args, drop=drop)
+        outcome = await self.settled(tag)
+        assert "ack" in outcome, outcome
+        ack: dict[str, Any] = outcome["ack"]
+        return ack
+
+    async def refusal(self, tag: str, method: str, *args: object) -> dict[str, Any]:
+        await self.call(tag, method, *args)
+        outcome = await self.settled(tag)
+        assert "error" in outcome, outcome
+        error: dict[str, Any] = outcome["error"]
+        assert error["is_parley_error"] and error["name"] == "ParleyError", error
+        return error
+
+    async def synced(self) -> None:
+        await self.wait_event(lambda e: e.get("event") == "synced" and e["synced"], 30)
+
+    async def wait_dump(self, predicate: Callable[[Event], bool], timeout_s: float = 30) -> Event:
+        for _ in range(int(timeout_s / 0.05)):
+            dump = await self.dump()
+            if predicate(dump):
+                return dump
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"{self.name}: not reached; last dump {json.dumps(dump)[:3000]}")
+
+
+async def join(app: Path, server: RunningServer, sid: str, user: str) -> SdkClient:
+    """``user``'s SDK session, with a fresh token."""
+    return await SdkClient.launch(app, server.ws_url, sid, await server.token(sid, user), user)
+
+
+def prompts_ended(count: int) -> Callable[[Event], bool]:
+    ended = {"done", "failed", "cancelled", "interrupted"}
+    return lambda dump: (
+        [e["status"] in ended for e in dump["transcript"] if e["kind"] == "prompt"]
+        == [True] * count
+    )
+
+
+def replies_done(count: int) -> Callable[[Event], bool]:
+    return lambda dump: (
+        sum(e["kind"] == "reply" and e["status"] == "done" for e in dump["transcript"]) == count
+    )
+
+
+# -- the packed SDK, installed alone, runs the README's example --------------------------------
+
+
+async def test_the_packed_sdk_joins_prompts_streams_and_cancels(
+    sdk_app: Path, tmp_path: Path
+) -> None:
+    settings = make_settings(sqlite_url(tmp_path), tmp_path / "data", offline_token_delay_ms=30)
+    async with serve_in_process(settings) as server:
+        sid = await server.new_session({"alice": "editor"})
+        example = await asyncio.create_subprocess_exec(
+            shutil.which("node") or "node",
+            "example.mjs",
+            server.ws_url,
+            sid,
+            await server.token(sid, "alice"),
+            cwd=sdk_app,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        async with asyncio.timeout(60):
+            out, err = await example.communicate()
+        assert example.returncode == 0, err.decode()
+        steps = {line["step"]: line for line in map(json.loads, out.decode().splitlines())}
+        stored = await server.transcript(sid)
+
+        # README's example, as written there.
+        ada = await server.new_session({"ada": "editor"})
+        readme = await asyncio.create_subprocess_exec(
+            shutil.which("node") or "node",
+            "readme.mjs",
+            cwd=sdk_app,
+            env={
+                **os.environ,
+                "PARLEY_URL": server.ws_url,
+                "SID": ada,
+                "TOKEN": await server.token(ada, "ada"),
+            },
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        async with asyncio.timeout(60):
+            printed, err = await readme.communicate()
+        assert readme.returncode == 0, err.decode()
+        assert "true not_found" in printed.decode().splitlines()
+        assert [e["content"] for e in await server.transcript(ada)][:1] == [
+            "What changed in the last deploy?"
+        ]
+
+    assert steps["synced"]["state"] == "connected"
+    # The second prompt waited behind the first, at position 1, until it was cancelled.
+    assert steps["queued"]["position"] == 1
+    reply = steps["reply"]
+    assert reply["status"] == "done" and reply["content"].startswith("Hello alice.")
+    assert reply["lengths_seen"] > 5  # the reply streamed in, it did not arrive whole
+    assert steps["refused"] == {"step": "refused", "is_parley_error": True, "code": "not_found"}
+    seen = steps["summary"]["transcript"]
+    assert [(e["kind"], e["status"], e["reason_code"]) for e in seen] == [
+        ("prompt", "done", None),
+        ("reply", "done", None),
+        ("prompt", "cancelled", "cancelled"),
+    ]
+    assert [e["id"] for e in seen] == [e["id"] for e in stored]
+    assert seen[2]["id"] == steps["cancelled"]["prompt_id"]
+
+
+# -- two SDK clients at once ------------------------------------------------------------------
+
+
+async def test_two_sdk_clients_prompting_at_once_converge(sdk_app: Path, tmp_path: Path) -> None:
+    settings = make_settings(sqlite_url(tmp_path), tmp_path / "data", offline_token_delay_ms=5)
+    async with serve_in_process(settings) as server:
+        sid = await server.new_session({"alice": "editor", "bob": "editor"})
+        clients = [await join(sdk_app, server, sid, u) for u in ("alice", "bob")]
+        try:
+            await asyncio.gather(*(c.synced() for c in clients))
+            alice, bob = clients
+            await bob.command({"cmd": "typing", "value": True})
+            await alice.wait_dump(
+                lambda d: any(p["userId"] == "bob" and p["typing"] for p in d["presence"])
+            )
+            await asyncio.gather(
+                alice.call("a", "prompt", "alice asks"), bob.call("b", "prompt", "bob asks")
+            )
+            acks = [(await c.settled(t))["ack"] for c, t in ((alice, "a"), (bob, "b"))]
+            assert sorted(a["seq"] for a in acks) == [1, 2]
+            dumps = [await c.wait_dump(replies_done(2)) for c in clients]
+            stored = await server.transcript(sid)
+        finally:
+            for client in clients:
+                await client.close()
+
+    def story(dump: Event) -> list[tuple[Any, ...]]:
+        return [
+            (e["id"], e["seq"], e["kind"], e["author"], e["status"], e["content"])
+            for e in dump["transcript"]
+        ]
+
+    assert story(dumps[0]) == story(dumps[1])
+    assert [e["id"] for e in dumps[0]["transcript"]] == [e["id"] for e in stored]
+    prompts = [e["author"] for e in dumps[0]["transcript"] if e["kind"] == "prompt"]
+    assert sorted(prompts) == ["alice", "bob"]
+    # each reply sits directly under its prompt
+    entries = dumps[0]["transcript"]
+    for prompt, reply in zip(entries[::2], entries[1::2], strict=True):
+        assert prompt["reply_id"] == reply["id"] and reply["reply_to"] == prompt["id"]
+    assert dumps[0]["queue"] == [] and dumps[0]["unanswered"] == {}
+
+
+# -- typed errors -----------------------------------------------------------------------------
+
+
+async def test_refusals_reject_with_typed_errors(sdk_app: Path, tmp_path: Path) -> None:
+    settings = make_settings(sqlite_url(tmp_path), tmp_path / "data", offline_token_delay_ms=30)
+    async with serve_in_process(settings) as server:
+        sid = await server.new_session({"olga": "owner", "ed": "editor", "vic": "viewer"})
+        users = ("olga", "ed", "vic")
+        olga, ed, vic = [await join(sdk_app, server, sid, u) for u in users]
+        try:
+            for client in (olga, ed, vic):
+                await client.synced()
+            assert (await vic.refusal("v", "prompt", "may I?"))["code"] == "forbidden"
+            assert (await ed.refusal("n", "cancel", "no-such-prompt"))["code"] == "not_found"
+            assert (await ed.refusal("e", "prompt", "   "))["code"] == "invalid"
+            assert (await ed.refusal("f", "setFact", "k", "x" * 2001))["code"] == "too_large"
+            assert (await ed.refusal("p", "setPolicy", "reject"))["code"] == "forbidden"
+            assert (await olga.ack("o", "setPolicy", "reject"))["policy"] == "reject"
+            first = await ed.ack("r1", "prompt", "a long answer please")
+            busy = await olga.refusal("r2", "prompt", "me too")
+            assert busy["code"] == "busy" and busy["command_id"]
+            await ed.wait_dump(replies_done(1))
+            # a prompt that has run can no longer be cancelled
+            assert (await ed.refusal("c", "cancel", first["prompt_id"]))["code"] == "conflict"
+            fact = await ed.ack("k", "setFact", "account", "7731")
+            pin = await ed.ack("pin", "pin", first["prompt_id"], True)
+            assert (fact["key"], pin["entry_id"]) == ("account", first["prompt_id"])
+            dump = await ed.wait_dump(lambda d: d["pins"] and d["facts"])
+            assert dump["facts"] == {"account": "7731"} and dump["pins"] == [first["prompt_id"]]
+            assert dump["policy"] == "reject"
+            # A final close rejects what is pending with its code, and ends the session.
+            await server.http.delete(f"/api/v1/sessions/{sid}/members/vic")
+            closed = await vic.wait_event(
+                lambda e: e.get("event") == "state" and e["state"] == "closed", 30
+            )
+            assert closed
+            after = await vic.refusal("late", "message", "still here?")
+            assert (after["code"], after["close_code"]) == ("forbidden", 4403)
+        finally:
+            for client in (olga, ed, vic):
+                await client.close()
+
+
+# -- a server restart: the unanswered prompt is sent once more, stored once ----------------------
+
+
+async def test_unanswered_prompts_are_resent_once_across_a_restart(
+    sdk_app: Path, tmp_path: Path, server_processes: list[ServerProcess]
+) -> None:
+    node = ServerProcess(sqlite_url(tmp_path), tmp_path / "data", free_port())
+    server_processes.append(node)
+    await node.start()
+    admin = httpx.AsyncClient(
+        base_url=node.base_url, headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=20
+    )
+    http = RunningServer(node.base_url, node.ws_url, admin)
+    try:
+        sid = await http.new_session({"alice": "editor"})
+        alice = await join(sdk_app, http, sid, "alice")
+        try:
+            await alice.synced()
+            # Sent as the server dies: stored or not, it is unanswered when the socket drops.
+            await alice.call("edge", "prompt", "sent as the server dies")
+            node.kill()
+            await alice.wait_event(
+                lambda e: e.get("event") == "state" and e["state"] == "disconnected", 30
+            )
+            # Sent while the server is down: kept until a socket opens.
+            await alice.call("offline", "prompt", "sent while offline")
+            await node.start()
+            acks = {tag: (await alice.settled(tag, 60))["ack"] for tag in ("edge", "offline")}
+            # (the first ends `failed`, `server_restart`, if it was running at the kill)
+            dump = await alice.wait_dump(prompts_ended(2), 60)
+            stored = await http.transcript(sid)
+        finally:
+            await alice.close()
+    finally:
+        await http.http.aclose()
+
+    prompts = [e for e in stored if e["kind"] == "prompt"]
+    texts = sorted(e["content"] for e in prompts)
+    assert texts == ["sent as the server dies", "sent while offline"]
+    assert {e["id"] for e in prompts} == {a["prompt_id"] for a in acks.values()}
+    seen = dump["transcript"]
+    assert [e["id"] for e in seen] == [e["id"] for e in stored]
+    assert len({e["id"] for e in seen}) == len(seen)
+    sent = [e for e in alice.history if e.get("event") == "sent"]
+    by_id = {a["id"]: [e["attempt"] for e in sent if e["id"] == a["id"]] for a in acks.values()}
+    # The offline prompt went out once, on the new socket; the other at most twice.
+    assert by_id[acks["offline"]["id"]] == [1]
+    assert by_id[acks["edge"]["id"]] in ([1], [1, 2])
+    assert dump["unanswered"] == {}
+
+
+async def test_a_cancel_whose_socket_dropped_is_resent_and_acked_once(
+    sdk_app: Path, tmp_path: Path
+) -> None:
+    """The socket drops right after a cancel is written: whether or not the server carried
+    it out, the cancel is written once more on the next socket and acked once."""
+    settings = make_settings(sqlite_url(tmp_path), tmp_path / "data", offline_token_delay_ms=50)
+    async with serve_in_process(settings) as server:
+        sid = await server.new_session({"alice": "editor"})
+        alice = await join(sdk_app, server, sid, "alice")
+        try:
+            await alice.synced()
+            await alice.ack("run", "prompt", "a long answer please")
+            waiting = await alice.ack("wait", "prompt", "then this one")
+            cancelled = await alice.ack("cancel", "cancel", waiting["prompt_id"], drop=True)
+            dump = await alice.wait_dump(
+                lambda d: any(e["status"] == "cancelled" for e in d["transcript"])
+            )
+            stored = await server.transcript(sid)
+        finally:
+            await alice.close()
+
+    assert cancelled["prompt_id"] == waiting["prompt_id"]
+    attempts = [e["attempt"] for e in alice.history if e.get("id") == cancelled["id"]]
+    assert attempts == [1, 2]
+    assert alice.history.count({"event": "state", "state": "disconnected"}) == 1
+    entry = next(e for e in dump["transcript"] if e["id"] == waiting["prompt_id"])
+    assert (entry["status"], entry["reason_code"]) == ("cancelled", "cancelled")
+    assert [e["id"] for e in dump["transcript"]] == [e["id"] for e in stored]
+
+
+async def test_limits_and_a_refused_token_reject_typed(sdk_app: Path, tmp_path: Path) -> None:
+    settings = make_settings(
+        sqlite_url(tmp_path),
+        tmp_path / "data",
+        offline_token_delay_ms=50,
+        max_pending_per_user=1,
+        commands_per_second=0.01,
+        commands_burst=4,
+    )
+    async with serve_in_process(settings) as server:
+        sid = await server.new_session({"alice": "editor"})
+        alice = await join(sdk_app, server, sid, "alice")
+        stranger = await SdkClient.launch(sdk_app, server.ws_url, sid, "not-a-token", "eve")
+        try:
+            await alice.synced()
+            await alice.ack("1", "prompt", "runs")
+            await alice.wait_dump(lambda d: any(e["kind"] == "reply" for e in d["transcript"]))
+            await alice.ack("2", "prompt", "waits")
+            assert (await alice.refusal("3", "prompt", "one too many"))["code"] == "queue_full"
+            # past the burst of 4 commands, the next is refused, unread
+            outcomes = []
+            for n in range(8):
+                await alice.call(f"m{n}", "message", "hello?")
+                outcomes.append(await alice.settled(f"m{n}"))
+                if "error" in outcomes[-1]:
+                    break
+            assert outcomes[-1]["error"]["code"] == "rate_limited", outcomes
+            assert all("ack" in outcome for outcome in outcomes[:-1])
+
+            # A refused token closes the socket for good (4401): a command waiting for it
+            # rejects with `unauthenticated`, and the session ends.
+            await stranger.call("x", "prompt", "let me in")
+            refused = (await stranger.settled("x"))["error"]
+            assert (refused["code"], refused["close_code"]) == ("unauthenticated", 4401)
+            assert (await stranger.dump())["state"] == "closed"
+        finally:
+            for client in (alice, stranger):
+                await client.close()
