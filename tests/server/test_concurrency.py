@@ -6,9 +6,14 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.conftest import RunningServer, make_settings, serve_in_process
 from tests.fake_model import FakeModel
 from tests.yclient import YClient, all_replies_settled
+
+# A heavy test: it shares one xdist worker with the others (see test_policies).
+pytestmark = pytest.mark.xdist_group("heavy")
 
 CLIENTS = 20
 PROMPTS_EACH = 10

@@ -64,6 +64,7 @@ async def contract_server(tmp_path: Path) -> AsyncIterator[RunningServer]:
         yield server
 
 
+@pytest.mark.xdist_group("heavy")
 async def test_every_operation_honours_its_documented_contract(
     contract_server: RunningServer,
 ) -> None:

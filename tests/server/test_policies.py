@@ -18,6 +18,9 @@ import pytest
 from tests.conftest import RunningServer, make_settings, serve_in_process, sqlite_url
 from tests.yclient import YClient
 
+# The heaviest tests share one xdist worker: never two of them at once on two cores.
+pytestmark = pytest.mark.xdist_group("heavy")
+
 CLIENTS = 50
 PROMPTS_EACH = 20
 
@@ -69,7 +72,9 @@ async def flood(
                 *(
                     client.command(
                         {"type": "prompt", "id": f"{user}-{n}", "text": f"{user} #{n}"},
-                        timeout=120,
+                        # Each ack waits for the writes queued before it: up to a
+                        # thousand on a machine that may be running other tests too.
+                        timeout=600,
                     )
                     for n in range(PROMPTS_EACH)
                 )

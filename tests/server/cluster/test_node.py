@@ -52,6 +52,7 @@ async def seen_at(client: YClient, entry_id: str, timeout_s: float = 10) -> floa
     return time.perf_counter()
 
 
+@pytest.mark.xdist_group("heavy")
 async def test_thirty_clients_on_three_nodes_see_one_order(tmp_path: Path) -> None:
     async with cluster(
         tmp_path,

@@ -22,7 +22,7 @@ from tests.conftest import ServerProcess
 from tests.server.cluster.nodes import Cluster, check_one_story, cluster, settled
 from tests.yclient import YClient
 
-pytestmark = pytest.mark.postgres
+pytestmark = [pytest.mark.postgres, pytest.mark.xdist_group("heavy")]
 
 SOAK_S = 30.0
 USERS = 6
