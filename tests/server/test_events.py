@@ -3,12 +3,13 @@ stored with the change (``session.events``, ``GET /api/v1/sessions/{id}/events``
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
 from server.settings import OFFLINE_MODEL
 from tests.conftest import RunningServer, make_settings, serve_in_process, sqlite_url
-from tests.server.test_context_api import GatedProvider
+from tests.server.test_context_api import first_call_waits
 from tests.yclient import YClient, all_replies_settled
 
 
@@ -86,7 +87,8 @@ async def _wait_running(client: YClient, prompt_id: str) -> None:
 async def test_a_cancelled_waiting_prompt_fails_with_its_code_and_a_full_queue_adds_nothing(
     tmp_path: Path,
 ) -> None:
-    provider = GatedProvider()
+    gate = asyncio.Event()  # the first model call waits for it
+    provider = first_call_waits(gate)
     settings = make_settings(sqlite_url(tmp_path), tmp_path / "data", max_pending_per_user=1)
     async with serve_in_process(settings, provider) as server:
         sid = await server.new_session({"alice": "editor"})
@@ -100,7 +102,7 @@ async def test_a_cancelled_waiting_prompt_fails_with_its_code_and_a_full_queue_a
             {"type": "cancel", "id": "x", "prompt_id": second["prompt_id"]}
         )
         assert cancelled["type"] == "ack", cancelled
-        provider.gate.set()
+        gate.set()
         await alice.wait_until(lambda c: all_replies_settled(c, 1))
 
         events = (await _events(server, sid))[1:]
@@ -121,7 +123,8 @@ async def test_a_cancelled_waiting_prompt_fails_with_its_code_and_a_full_queue_a
 
 
 async def test_a_stopped_run_fails_with_its_reply_and_code(tmp_path: Path) -> None:
-    provider = GatedProvider()
+    gate = asyncio.Event()  # the first model call waits for it
+    provider = first_call_waits(gate)
     settings = make_settings(sqlite_url(tmp_path), tmp_path / "data")
     async with serve_in_process(settings, provider) as server:
         sid = await server.new_session({"alice": "editor"})
@@ -210,7 +213,8 @@ async def test_the_events_route_pages_and_is_for_the_admin_only(tmp_path: Path) 
 async def test_a_superseded_run_and_the_commands_that_changed_the_session(
     tmp_path: Path,
 ) -> None:
-    provider = GatedProvider()
+    gate = asyncio.Event()  # the first model call waits for it
+    provider = first_call_waits(gate)
     settings = make_settings(sqlite_url(tmp_path), tmp_path / "data")
     async with serve_in_process(settings, provider) as server:
         sid = await server.new_session({"olga": "owner"})
@@ -220,7 +224,7 @@ async def test_a_superseded_run_and_the_commands_that_changed_the_session(
         policy = await olga.command({"type": "set_policy", "id": "s", "policy": "interrupt"})
         assert policy["type"] == "ack", policy
         second = await olga.command({"type": "prompt", "id": "p2", "text": "second"})
-        provider.gate.set()
+        gate.set()
         await olga.wait_until(lambda c: all_replies_settled(c, 2))
         pin = await olga.command({"type": "pin", "id": "n", "entry_id": second["prompt_id"]})
         assert pin["type"] == "ack", pin
