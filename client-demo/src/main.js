@@ -85,7 +85,8 @@ function start ({ token, sessionId, me, role }) {
   )
   document.title = `Parley — ${me}`
 
-  const session = connect({ url: `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}`, sessionId, token, name: me })
+  const url = `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}`
+  const session = connect({ url, sessionId, token, name: me })
   const meta = session.doc.getMap('meta') // the title: not covered by the SDK
 
   // -- state of the UI --------------------------------------------------------------------
@@ -152,9 +153,11 @@ function start ({ token, sessionId, me, role }) {
     const code = error?.closeCode ?? null
     ui.finalClose = code ?? 'closed'
     const why = CLOSE_TEXT[code] || error?.message || 'the server closed the connection'
+    const suffix = code === null ? '' : ` (close code ${code})`
     setConn('disconnected', code === null ? 'Disconnected' : `Disconnected (${code})`)
-    showError('closed', `${why[0].toUpperCase()}${why.slice(1)} (close code ${code}); not reconnecting — reload the page to try again.`, null, true)
+    showError('closed', `${why[0].toUpperCase()}${why.slice(1)}${suffix}; not reconnecting — reload the page to try again.`, null, true)
   }
+
   // -- errors ----------------------------------------------------------------------------
   function showError (code, message, cmdType, sticky = false) {
     const title = ERROR_TEXT[code] || (code === 'closed' ? 'Disconnected' : code)
