@@ -3,6 +3,12 @@ import { defineConfig } from 'vite'
 // Served by `parley serve` at /demo (client-demo/dist is mounted there).
 export default defineConfig({
   base: '/demo/',
+  resolve: {
+    // @parley/client is linked from ../clients/js, which has its own yjs (a dev dependency):
+    // resolve these from the demo's node_modules, so the page has one copy of each, the
+    // versions the demo pins (two copies of yjs warn and do not mix).
+    dedupe: ['yjs', 'y-websocket', 'y-protocols', 'lib0']
+  },
   build: {
     outDir: 'dist',
     emptyOutDir: true,

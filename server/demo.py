@@ -10,7 +10,10 @@ from starlette.types import Receive, Scope, Send
 from server.rest import error_response
 from session.errors import NotFound
 
-BUILD_COMMAND = "(cd client-demo && npm ci && npm run build)"
+# The demo links to the TypeScript SDK's build (client-demo/package.json: file:../clients/js).
+BUILD_COMMAND = (
+    "(cd clients/js && npm ci && npm run build) && (cd client-demo && npm ci && npm run build)"
+)
 
 
 class DemoFiles:

@@ -1,7 +1,6 @@
-// Parley browser demo: the stock `yjs` + `y-websocket` client for the shared document,
-// and Parley's JSON commands on the same socket.
-import * as Y from 'yjs'
-import { WebsocketProvider } from 'y-websocket'
+// Parley browser demo, on the TypeScript SDK (@parley/client): the shared document, presence
+// and commands all go through one `ParleySession`.
+import { ParleyError, connect } from '@parley/client'
 import './style.css'
 
 const $ = (id) => /** @type {HTMLElement} */ (document.getElementById(id))
@@ -62,8 +61,7 @@ const ERROR_TEXT = {
   unavailable: 'Server unavailable',
   conflict: 'Conflict',
   not_found: 'Not found',
-  unauthenticated: 'Not signed in',
-  not_connected: 'Not connected'
+  unauthenticated: 'Not signed in'
 }
 
 const CLOSE_TEXT = {
@@ -87,15 +85,9 @@ function start ({ token, sessionId, me, role }) {
   )
   document.title = `Parley — ${me}`
 
-  const doc = new Y.Doc()
-  const transcript = doc.getArray('transcript')
-  const queue = doc.getArray('queue')
-  const meta = doc.getMap('meta')
-
-  const wsBase = `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/ws/sessions`
-  const provider = new WebsocketProvider(wsBase, sessionId, doc, { params: { token } })
-  const awareness = provider.awareness
-  awareness.setLocalState({ user: { name: me }, typing: false })
+  const url = `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}`
+  const session = connect({ url, sessionId, token, name: me })
+  const meta = session.doc.getMap('meta') // the title: not covered by the SDK
 
   // -- state of the UI --------------------------------------------------------------------
   const ui = {
@@ -105,75 +97,33 @@ function start ({ token, sessionId, me, role }) {
     finalClose: null
   }
 
-  // -- JSON commands on the provider's socket -------------------------------------------------
-  let counter = 0
-  /** @type {Map<string, {cmd: object, resolve: (r: object) => void}>} */
-  const pending = new Map()
-  const hooked = new WeakSet()
-
-  function hookSocket (ws) {
-    if (!ws || hooked.has(ws)) return
-    hooked.add(ws)
-    // y-websocket decodes every frame as binary; keep Parley's text frames away from it.
-    const binaryHandler = ws.onmessage
-    if (typeof binaryHandler === 'function') {
-      ws.onmessage = function (event) {
-        if (typeof event.data === 'string') return
-        return binaryHandler.call(this, event)
-      }
-    }
-    ws.addEventListener('message', (event) => {
-      if (typeof event.data !== 'string') return
-      let reply
-      try {
-        reply = JSON.parse(event.data)
-      } catch {
-        return
-      }
-      handleReply(reply)
-    })
-    ws.addEventListener('open', () => {
-      // A command whose reply was lost with the old socket: resend with the same id; the
-      // server answers with the original ack and stores nothing twice.
-      for (const { cmd } of pending.values()) ws.send(JSON.stringify(cmd))
-    })
-  }
-
-  function handleReply (reply) {
-    const waiting = reply.id != null ? pending.get(reply.id) : undefined
-    if (waiting) pending.delete(reply.id)
-    if (reply.type === 'error') {
-      const cmdType = waiting ? waiting.cmd.type : null
-      if (reply.code === 'forbidden' && cmdType === 'prompt') ui.canPrompt = false
-      if (reply.code === 'forbidden' && cmdType === 'message') ui.canMessage = false
-      showError(reply.code, reply.message, cmdType)
+  // -- commands --------------------------------------------------------------------------
+  /**
+   * Run one SDK command; resolves with its ack, or with the error as a reply object
+   * (`{type: 'error', id, code, message}`), which is also shown to the user.
+   */
+  async function send (kind, run) {
+    try {
+      return await run()
+    } catch (error) {
+      if (!(error instanceof ParleyError)) throw error
+      if (error.code === 'forbidden' && kind === 'prompt') ui.canPrompt = false
+      if (error.code === 'forbidden' && kind === 'message') ui.canMessage = false
+      // A final close is reported once, by the close handler below.
+      if (error.closeCode === null) showError(error.code, error.message, kind)
       updateComposer()
+      return { type: 'error', id: error.commandId, code: error.code, message: error.message }
     }
-    if (waiting) waiting.resolve(reply)
-  }
-
-  /** Send one command; resolves with its ack or error reply. */
-  function send (fields) {
-    const cmd = { ...fields, id: `${me}-${Date.now().toString(36)}-${(++counter).toString(36)}` }
-    const ws = provider.ws
-    if (!ws || ws.readyState !== WebSocket.OPEN) {
-      const reply = { type: 'error', id: cmd.id, code: 'not_connected', message: 'Not connected to the server yet; try again in a moment.' }
-      showError(reply.code, reply.message, cmd.type)
-      return Promise.resolve(reply)
-    }
-    return new Promise((resolve) => {
-      pending.set(cmd.id, { cmd, resolve })
-      ws.send(JSON.stringify(cmd))
-    })
   }
 
   const api = {
-    sendPrompt: (text) => send({ type: 'prompt', text: String(text) }),
-    sendMessage: (text) => send({ type: 'message', text: String(text) }),
-    cancel: (promptId) => send({ type: 'cancel', prompt_id: String(promptId) }),
-    setPolicy: (policy) => send({ type: 'set_policy', policy: String(policy) }),
-    doc,
-    provider,
+    sendPrompt: (text) => send('prompt', () => session.prompt(String(text))),
+    sendMessage: (text) => send('message', () => session.message(String(text))),
+    cancel: (promptId) => send('cancel', () => session.cancel(String(promptId))),
+    setPolicy: (policy) => send('set_policy', () => session.setPolicy(String(policy))),
+    session,
+    doc: session.doc,
+    provider: session.provider,
     get status () { return $('conn').dataset.state }
   }
   window.parleyDemo = api
@@ -184,28 +134,30 @@ function start ({ token, sessionId, me, role }) {
     $('conn-text').textContent = text
     updateComposer()
   }
-  provider.on('status', ({ status }) => {
-    hookSocket(provider.ws)
-    if (status === 'connected') setConn('connected', 'Connected')
-    else if (status === 'connecting') setConn('connecting', 'Connecting…')
-    else setConn('disconnected', 'Disconnected — reconnecting…')
+  session.on('state', (state) => {
+    if (state === 'connected') setConn('connected', 'Connected')
+    else if (state === 'connecting') setConn('connecting', 'Connecting…')
+    else if (state === 'disconnected') setConn('disconnected', 'Disconnected — reconnecting…')
+    else showClosed(session.closeError)
     renderPresence()
   })
-  provider.on('sync', (synced) => {
-    if (synced && provider.wsconnected) setConn('connected', 'Connected')
-  })
-  provider.on('connection-close', (event) => {
+  session.on('error', (error) => showError(error.code, error.message, null))
+  // Why a socket closed before the provider reconnects (the SDK reports only final closes).
+  session.provider.on('connection-close', (event) => {
     if (event && CLOSE_TEXT[event.code] && event.code !== 1001) {
       $('conn').title = `Closed ${event.code}: ${CLOSE_TEXT[event.code]}`
     }
   })
-  provider.on('connection-error', () => { /* reported through status and close */ })
-  provider.on('closed', ({ code, reason }) => {
-    ui.finalClose = code
-    const why = CLOSE_TEXT[code] || reason || 'the server closed the connection'
-    setConn('disconnected', `Disconnected (${code})`)
-    showError('closed', `${why[0].toUpperCase()}${why.slice(1)} (close code ${code}); not reconnecting — reload the page to try again.`, null, true)
-  })
+
+  function showClosed (error) {
+    const code = error?.closeCode ?? null
+    ui.finalClose = code ?? 'closed'
+    const why = CLOSE_TEXT[code] || error?.message || 'the server closed the connection'
+    const suffix = code === null ? '' : ` (close code ${code})`
+    setConn('disconnected', code === null ? 'Disconnected' : `Disconnected (${code})`)
+    showError('closed', `${why[0].toUpperCase()}${why.slice(1)}${suffix}; not reconnecting — reload the page to try again.`, null, true)
+  }
+
   // -- errors ----------------------------------------------------------------------------
   function showError (code, message, cmdType, sticky = false) {
     const title = ERROR_TEXT[code] || (code === 'closed' ? 'Disconnected' : code)
@@ -262,7 +214,7 @@ function start ({ token, sessionId, me, role }) {
   let typingTimer = 0
   function setTyping (value) {
     clearTimeout(typingTimer)
-    if (awareness.getLocalState()?.typing !== value) awareness.setLocalStateField('typing', value)
+    session.setTyping(value)
     if (value) typingTimer = setTimeout(() => setTyping(false), 2500)
   }
   text.addEventListener('input', () => setTyping(text.value.length > 0))
@@ -273,7 +225,7 @@ function start ({ token, sessionId, me, role }) {
   policySel.disabled = role === 'viewer'
   policySel.addEventListener('change', async () => {
     const reply = await api.setPolicy(policySel.value)
-    if (reply.type !== 'ack') policySel.value = meta.get('policy') || 'queue'
+    if (reply.type !== 'ack') policySel.value = session.policy || 'queue'
   })
 
   // -- rendering -------------------------------------------------------------------------
@@ -282,10 +234,10 @@ function start ({ token, sessionId, me, role }) {
   const schedule = () => {
     if (!frame) frame = requestAnimationFrame(() => { frame = 0; renderAll() })
   }
-  transcript.observeDeep(schedule)
-  queue.observeDeep(schedule)
+  session.on('transcript', schedule)
+  session.on('queue', schedule)
   meta.observe(schedule)
-  awareness.on('change', () => renderPresence())
+  session.on('presence', () => renderPresence())
 
   function renderAll () {
     renderMeta()
@@ -339,13 +291,8 @@ function start ({ token, sessionId, me, role }) {
   function renderMeta () {
     const title = meta.get('title')
     $('session-title').textContent = title ? `· ${title}` : ''
-    const policy = meta.get('policy')
+    const policy = session.policy
     if (policy && document.activeElement !== policySel) policySel.value = policy
-  }
-
-  function entryField (entry, key) {
-    const v = entry.get(key)
-    return v instanceof Y.Text ? v.toString() : v
   }
 
   function renderTranscript () {
@@ -353,9 +300,9 @@ function start ({ token, sessionId, me, role }) {
     const stick = list.scrollHeight - list.scrollTop - list.clientHeight < 60
     const seen = new Set()
     let prev = null
-    transcript.forEach((entry) => {
-      if (!(entry instanceof Y.Map)) return
-      const id = String(entry.get('id'))
+    const entries = session.transcript
+    for (const entry of entries) {
+      const id = String(entry.id)
       seen.add(id)
       let row = rows.get(id)
       if (!row) {
@@ -366,11 +313,11 @@ function start ({ token, sessionId, me, role }) {
       const want = prev ? prev.nextSibling : list.firstChild
       if (want !== row) list.insertBefore(row, want)
       prev = row
-    })
+    }
     for (const [id, row] of rows) {
       if (!seen.has(id)) { row.remove(); rows.delete(id) }
     }
-    $('transcript-empty').hidden = transcript.length > 0
+    $('transcript-empty').hidden = entries.length > 0
     if (stick) list.scrollTop = list.scrollHeight
   }
 
@@ -392,14 +339,14 @@ function start ({ token, sessionId, me, role }) {
   }
 
   function fillRow (row, entry) {
-    const kind = entryField(entry, 'kind') || ''
-    const author = String(entryField(entry, 'author') ?? '')
-    const status = entryField(entry, 'status') || ''
-    const id = String(entryField(entry, 'id'))
-    const content = entryField(entry, 'content') ?? ''
-    const reason = entryField(entry, 'reason') || ''
-    const seq = entryField(entry, 'seq')
-    const created = entryField(entry, 'created_at')
+    const kind = entry.kind || ''
+    const author = String(entry.author ?? '')
+    const status = entry.status || ''
+    const id = String(entry.id)
+    const content = entry.content
+    const reason = entry.reason || ''
+    const seq = entry.seq
+    const created = entry.created_at
     row.className = `entry kind-${kind} is-${status}${author === me && kind !== 'reply' ? ' mine' : ''}`
     row.dataset.id = id
     row.dataset.kind = kind
@@ -433,21 +380,16 @@ function start ({ token, sessionId, me, role }) {
   }
 
   function promptText (id) {
-    for (const entry of transcript) {
-      if (entry instanceof Y.Map && entry.get('id') === id) return entryField(entry, 'content') || ''
-    }
-    return ''
+    return session.entry(id)?.content || ''
   }
 
   function renderQueue () {
     const list = $('queue')
     list.innerHTML = ''
-    queue.forEach((item, index) => {
-      const get = (k) => (item instanceof Y.Map ? item.get(k) : item?.[k])
-      const id = String(get('id'))
-      const author = String(get('author') ?? '')
+    const queue = session.queue
+    for (const { id, author, position } of queue) {
       const li = el('li', { class: 'queue-item', 'data-id': id, 'data-author': author },
-        el('span', { class: 'position', 'aria-label': `Position ${index + 1}` }, String(index + 1)),
+        el('span', { class: 'position', 'aria-label': `Position ${position}` }, String(position)),
         el('span', { class: 'avatar small', style: `background:${colorFor(author)}`, 'aria-hidden': 'true' }, (author[0] || '?').toUpperCase()),
         el('span', { class: 'queue-body' },
           el('span', { class: 'author' }, author + (author === me ? ' (you)' : '')),
@@ -455,30 +397,27 @@ function start ({ token, sessionId, me, role }) {
         )
       )
       if (author === me || ui.isOwner) {
-        const b = el('button', { type: 'button', class: 'cancel small secondary', 'aria-label': `Cancel queued prompt at position ${index + 1}` }, 'Cancel')
+        const b = el('button', { type: 'button', class: 'cancel small secondary', 'aria-label': `Cancel queued prompt at position ${position}` }, 'Cancel')
         b.addEventListener('click', () => api.cancel(id))
         li.append(b)
       }
       list.append(li)
-    })
+    }
     $('queue-count').textContent = queue.length ? String(queue.length) : ''
     $('queue-empty').hidden = queue.length > 0
   }
 
   function renderPresence () {
     const users = new Map() // user id -> {typing, self}
-    const local = awareness.clientID
-    awareness.getStates().forEach((state, clientId) => {
-      if (!state) return
-      const self = clientId === local
-      const name = self ? me : (state.parley?.user_id ?? state.user?.name)
-      if (!name) return
+    for (const peer of session.presence) {
+      const name = peer.self ? me : (peer.userId ?? peer.name)
+      if (!name) continue
       const u = users.get(name) || { typing: false, self: false, tabs: 0 }
-      u.typing = u.typing || !!state.typing
-      u.self = u.self || self
+      u.typing = u.typing || peer.typing
+      u.self = u.self || peer.self
       u.tabs += 1
       users.set(name, u)
-    })
+    }
     const list = $('presence')
     list.innerHTML = ''
     const names = [...users.keys()].sort((a, b) => (users.get(b).self - users.get(a).self) || a.localeCompare(b))
@@ -493,8 +432,7 @@ function start ({ token, sessionId, me, role }) {
     $('presence-count').textContent = String(users.size)
   }
 
-  hookSocket(provider.ws) // the first socket was created in the constructor
-  setConn(provider.wsconnected ? 'connected' : 'connecting', provider.wsconnected ? 'Connected' : 'Connecting…')
+  setConn(session.state === 'connected' ? 'connected' : 'connecting', session.state === 'connected' ? 'Connected' : 'Connecting…')
   renderAll()
   renderPresence()
 }

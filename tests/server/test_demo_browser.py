@@ -22,6 +22,7 @@ from tests.conftest import REPO_ROOT, RunningServer, make_settings, serve_in_pro
 pytestmark = pytest.mark.node
 
 DEMO_DIR = REPO_ROOT / "client-demo"
+SDK_DIR = REPO_ROOT / "clients" / "js"
 ARTIFACTS = REPO_ROOT / "test-artifacts"
 CHROMIUM = os.environ.get("PARLEY_TEST_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -42,16 +43,23 @@ def _missing(reason: str) -> None:
 
 
 def _build_demo() -> None:
-    """``npm ci && npm run build`` in client-demo/ unless dist/index.html exists."""
+    """``npm ci && npm run build`` in client-demo/ unless dist/index.html exists, after the
+    same in clients/js/ unless its dist/ exists (the demo links to the SDK's build)."""
     if (DEMO_DIR / "dist" / "index.html").is_file():
         return
     npm = shutil.which("npm")
     assert npm is not None
-    steps = [] if (DEMO_DIR / "node_modules" / "vite").is_dir() else [[npm, "ci", "--no-audit"]]
-    for args in [*steps, [npm, "run", "build"]]:
+
+    def build(folder: Path, tool: str) -> list[tuple[Path, list[str]]]:
+        install = [] if (folder / "node_modules" / tool).is_dir() else [[npm, "ci", "--no-audit"]]
+        return [(folder, args) for args in [*install, [npm, "run", "build"]]]
+
+    sdk_built = (SDK_DIR / "dist" / "index.js").is_file()
+    steps = [*([] if sdk_built else build(SDK_DIR, "typescript")), *build(DEMO_DIR, "vite")]
+    for folder, args in steps:
         result = subprocess.run(
             args,
-            cwd=DEMO_DIR,
+            cwd=folder,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
