@@ -190,6 +190,58 @@ class PinsOut(Strict):
     pins: list[str]
 
 
+UserId = Annotated[str, Field(pattern=r"^[A-Za-z0-9._@:+-]{1,200}$")]
+CommandId = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=128,
+        description="Your id for this command: sent again, it is answered with the first "
+        "answer and stored once. Absent: the server makes one (a retry is then a new command).",
+    ),
+]
+AsUser = Annotated[
+    UserId | None,
+    Field(description="With the admin key only: the member the command is sent as"),
+]
+
+
+class EntryPost(Strict):
+    text: str = Field(min_length=1, description="At most PARLEY_MAX_PROMPT_CHARS characters")
+    id: CommandId | None = None
+    as_user: AsUser = None
+
+
+class CancelPost(Strict):
+    id: CommandId | None = None
+    as_user: AsUser = None
+
+
+class PromptAccepted(Strict):
+    prompt_id: str
+    seq: int
+    position: int | None = Field(
+        description="1: the next to run; null when it runs, or no longer waits"
+    )
+
+
+class MessagePosted(Strict):
+    message_id: str
+    seq: int
+    position: None = Field(default=None, description="Always null: a message does not wait")
+
+
+class PromptStatusOut(Strict):
+    prompt_id: str
+    seq: int
+    author: str
+    status: Literal["queued", "running", "done", "failed", "cancelled", "interrupted"]
+    reason_code: str | None = Field(description="Why it ended unanswered (README's reason table)")
+    reason: str | None
+    reply_id: str | None
+    position: int | None = Field(description="While it waits, 1: the next to run; else null")
+
+
 class PreviewMessage(Strict):
     role: Literal["user", "assistant", "tool"]
     author: str | None

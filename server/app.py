@@ -20,7 +20,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from server import access_api, api, api_events, api_usage
+from server import access_api, api, api_events, api_prompts, api_usage
 from server.api_models import Health, Readiness
 from server.cluster.node import ClusterNode
 from server.db import create_engine, current_revision, head_revision
@@ -150,6 +150,7 @@ def create_app(
         + api_usage.OPERATIONS
         + api_events.OPERATIONS
         + access_api.OPERATIONS
+        + api_prompts.OPERATIONS
     )
     spec = openapi_document(operations, title="Parley admin API", version=VERSION)
 

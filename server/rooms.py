@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from authz.roles import RoleTable
 from server.access_store import AccessStore, ToolRow, access_digest
+from server.commands import handle_frame
 from server.metrics import Metrics
 from server.room import SessionRoom
 from server.runner import SessionRunner
@@ -112,6 +113,14 @@ class RoomRegistry:
         if self.cluster is not None:
             await self.cluster.follow(room, kept=kept)
         return room
+
+    async def command(self, room: SessionRoom, user_id: str, frame: str) -> str:
+        """The one door for a member's command frame, from a socket or an HTTP call:
+        carried out where the session runs (cluster mode: forwarded there when another node
+        runs it); returns its one reply, the ack or the error."""
+        if self.cluster is not None:
+            return await self.cluster.command(room, user_id, frame)
+        return await handle_frame(room, user_id, frame)
 
     async def change(self, room: SessionRoom, write: dict[str, Any]) -> dict[str, Any]:
         """The one door for a REST change of a session (see ``server.session_writes``): in

@@ -26,7 +26,6 @@ from authz.origins import origin_allowed, own_origins
 from authz.policy import Do, decide
 from authz.roles import Capability
 from authz.tokens import verify_token
-from server.commands import handle_frame
 from server.connection import CommandChannel, Connection, ConnectionLimits
 from server.direct_send import SCOPE_KEY as DIRECT_WRITER
 from server.retry_hint import retry_later_response
@@ -241,11 +240,7 @@ async def _serve(
                     connection.close(CloseCode.ABUSE, "too many refused frames")
                     return
         elif text is not None:
-            if state.rooms.cluster is not None:  # run where the session runs
-                reply = await state.rooms.cluster.command(room, connection, text)
-            else:
-                reply = await handle_frame(room, connection.user_id, text)
-            connection.send_json(reply)
+            connection.send_json(await state.rooms.command(room, connection.user_id, text))
 
 
 async def _on_binary(

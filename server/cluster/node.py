@@ -39,7 +39,6 @@ from server.cluster.metrics import ClusterMetrics
 from server.cluster.presence import CHANNEL_AWARENESS, PresenceRelay
 from server.cluster.tail import read_tail
 from server.commands import handle_frame
-from server.connection import Connection
 from server.room import SessionRoom
 from server.runner import SessionRunner
 from server.session_writes import apply_session_write
@@ -267,8 +266,9 @@ class ClusterNode:
 
     # -- commands -------------------------------------------------------------------------
 
-    async def command(self, room: SessionRoom, connection: Connection, frame: str) -> str:
-        """Run a socket's command here if this node runs the session, else forward it."""
+    async def command(self, room: SessionRoom, user_id: str, frame: str) -> str:
+        """Run a member's command (from a socket or an HTTP call) here if this node runs
+        the session, else forward it."""
         session_id = room.session_id
         if session_id not in self.running and session_id not in self.live_elsewhere:
             try:
@@ -276,8 +276,8 @@ class ClusterNode:
             except Exception as exc:  # the database, say: forwarding reports it
                 log.warning("could not take the session", extra={"error": repr(exc)})
         if session_id in self.running:
-            return await handle_frame(room, connection.user_id, frame)
-        return await self._forward(room, connection.user_id, frame)
+            return await handle_frame(room, user_id, frame)
+        return await self._forward(room, user_id, frame)
 
     async def write_session(self, room: SessionRoom, write: dict[str, Any]) -> dict[str, Any]:
         """A REST change of the session (``server.session_writes``): run here if this node

@@ -5,8 +5,9 @@ Every operation is called with generated requests, both ones the document allows
 must be no 5xx, have a documented status code and content type, and match the documented
 body schema. In about half of the positive cases the ids in the path, the query and the body
 (session, member, fact key, entry) are swapped for real ones, so the success paths are checked
-too (a transcript with a prompt, a reply and a message, a fact, a pin, a context preview), and
-the test insists that every operation answered with a 2xx at least once. Deletions run last.
+too (a transcript with a prompt, a reply and a message, a fact, a pin, a context preview, a
+prompt sent as a member, a running one cancelled), and the test insists that every operation
+answered with a 2xx at least once. Deletions run last.
 
 Schemathesis calls are synchronous (``requests``), so they run in a worker thread while the
 server keeps serving on the test's event loop.
@@ -60,8 +61,13 @@ def _script(sent: Sent) -> Answer:
 async def contract_server(tmp_path: Path) -> AsyncIterator[RunningServer]:
     """A server whose model searches documents when asked, so restricted items exist."""
     settings = make_settings(sqlite_url(tmp_path), tmp_path / "data")
-    async with serve_in_process(settings, FakeModel(_script)) as server:
-        yield server
+    model = FakeModel(_script)
+    model.gate = asyncio.Event()  # a "[wait]" prompt runs until it is cancelled
+    async with serve_in_process(settings, model) as server:
+        try:
+            yield server
+        finally:
+            model.gate.set()
 
 
 @pytest.mark.xdist_group("heavy")
@@ -116,7 +122,13 @@ async def _seed(server: RunningServer) -> dict[str, str]:
     assert role.status_code == 200, role.text
     token = await server.http.post(f"/api/v1/sessions/{sid}/tokens", json={"user_id": "bob"})
     assert token.status_code == 201, token.text
+    # A prompt that runs until it is cancelled: the one the cancel route finds.
+    held = await alice.command({"type": "prompt", "id": "h", "text": "[wait] hold on"})
+    running = {"id": held["prompt_id"], "status": "running"}
+    await alice.wait_until(lambda c: any(running.items() <= e.items() for e in c.entries()))
     return {
+        "prompt_id": held["prompt_id"],
+        "as_user": "alice",
         "session_id": sid,
         "user_id": "alice",
         "key": "account",

@@ -1,0 +1,220 @@
+"""Prompting over plain HTTP (``server.api_prompts``) on a real server: the same door as a
+socket's commands, so the same order, idempotency, refusals and error codes."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import select
+
+from server.db import create_engine
+from server.tables import audit_log
+from tests.conftest import RunningServer, make_settings, serve_in_process, sqlite_url
+from tests.server.cluster.nodes import cluster, settled
+from tests.server.test_context_api import first_call_waits
+from tests.server.test_events import _wait_running
+from tests.yclient import all_replies_settled
+
+
+def as_member(server: RunningServer, token: str) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        base_url=server.base_url, headers={"Authorization": f"Bearer {token}"}, timeout=20
+    )
+
+
+def _error(response: httpx.Response) -> tuple[int, str]:
+    return response.status_code, str(response.json()["error"]["code"])
+
+
+async def test_a_prompt_over_http_joins_the_socket_members_transcript_in_order(
+    database_url: str, tmp_path: Path
+) -> None:
+    settings = make_settings(database_url, tmp_path / "data")
+    async with serve_in_process(settings) as server:
+        sid = await server.new_session({"alice": "editor", "bot": "editor"})
+        alice = await server.connect(sid, "alice")
+        said = await alice.command({"type": "message", "id": "m1", "text": "hello bot"})
+        async with as_member(server, await server.token(sid, "bot")) as bot:
+            sent = await bot.post(
+                f"/api/v1/sessions/{sid}/prompts", json={"id": "p1", "text": "summarise this"}
+            )
+            assert sent.status_code == 202, sent.text
+            accepted = sent.json()
+            assert accepted["seq"] == said["seq"] + 1
+            assert accepted["position"] in (1, None)  # waiting, or already taken by the runner
+            # Resent with its id: the first answer, nothing stored again.
+            again = await bot.post(
+                f"/api/v1/sessions/{sid}/prompts", json={"id": "p1", "text": "summarise this"}
+            )
+            assert again.status_code == 202, again.text
+            assert {k: again.json()[k] for k in ("prompt_id", "seq")} == {
+                k: accepted[k] for k in ("prompt_id", "seq")
+            }
+            posted = await bot.post(f"/api/v1/sessions/{sid}/messages", json={"text": "thanks"})
+            assert posted.status_code == 202, posted.text
+            assert posted.json()["position"] is None
+            await alice.wait_until(lambda c: all_replies_settled(c, 1))
+            status = await bot.get(f"/api/v1/sessions/{sid}/prompts/{accepted['prompt_id']}")
+        assert status.status_code == 200, status.text
+        entries = alice.entries()
+        reply = next(e for e in entries if e["kind"] == "reply")
+        assert status.json() == {
+            "prompt_id": accepted["prompt_id"],
+            "seq": accepted["seq"],
+            "author": "bot",
+            "status": "done",
+            "reason_code": None,
+            "reason": None,
+            "reply_id": reply["id"],
+            "position": None,
+        }
+        # The socket member sees the HTTP entries where their seq puts them, once each.
+        ours = [e for e in entries if e["kind"] in ("prompt", "message")]
+        assert [(e["author"], e["content"]) for e in ours] == [
+            ("alice", "hello bot"),
+            ("bot", "summarise this"),
+            ("bot", "thanks"),
+        ]
+        assert [e["seq"] for e in ours] == [said["seq"], accepted["seq"], posted.json()["seq"]]
+        assert [e["id"] for e in await server.transcript(sid)] == [e["id"] for e in entries]
+
+
+async def test_refusals_carry_the_doors_codes_and_statuses(tmp_path: Path) -> None:
+    gate = asyncio.Event()  # the first model call waits for it
+    settings = make_settings(sqlite_url(tmp_path), tmp_path / "data", max_pending_per_user=1)
+    async with serve_in_process(settings, first_call_waits(gate)) as server:
+        sid = await server.new_session({"alice": "editor", "vera": "viewer"})
+        other = await server.new_session({"alice": "editor"})
+        watcher = await server.connect(sid, "alice")
+        prompts = f"/api/v1/sessions/{sid}/prompts"
+        async with (
+            as_member(server, await server.token(sid, "alice")) as alice,
+            as_member(server, await server.token(sid, "vera")) as vera,
+        ):
+            first = (await alice.post(prompts, json={"text": "first"})).json()
+            await _wait_running(watcher, first["prompt_id"])
+            second = await alice.post(prompts, json={"id": "p2", "text": "second"})
+            assert second.status_code == 202, second.text
+            assert second.json()["position"] == 1
+            waiting = second.json()["prompt_id"]
+
+            assert _error(await alice.post(prompts, json={"text": "third"})) == (
+                429,
+                "queue_full",
+            )
+            assert _error(await vera.post(prompts, json={"text": "me too"})) == (403, "forbidden")
+            vera_says = await vera.post(f"/api/v1/sessions/{sid}/messages", json={"text": "x"})
+            assert _error(vera_says) == (403, "forbidden")
+            as_other = await alice.post(
+                prompts, json={"text": "x", "as_user": "vera"}
+            )  # only the admin sends as someone else
+            assert _error(as_other) == (403, "forbidden")
+            elsewhere = await alice.post(f"/api/v1/sessions/{other}/prompts", json={"text": "x"})
+            assert _error(elsewhere) == (403, "forbidden")
+            assert _error(await alice.post(prompts, json={"text": "nul \x00"})) == (422, "invalid")
+            assert _error(await alice.post(prompts, json={"text": "   "})) == (422, "invalid")
+            assert _error(await alice.post(prompts, json={"text": 5})) == (422, "invalid")
+            too_long = "x" * (settings.max_prompt_chars + 1)
+            assert _error(await alice.post(prompts, json={"text": too_long})) == (413, "too_large")
+
+            running = (await alice.get(f"{prompts}/{first['prompt_id']}")).json()
+            assert (running["status"], running["position"]) == ("running", None)
+            queued = (await vera.get(f"{prompts}/{waiting}")).json()  # any reader may look
+            assert (queued["status"], queued["position"]) == ("queued", 1)
+            assert _error(await alice.get(f"{prompts}/nope")) == (404, "not_found")
+
+            cancelled = await alice.post(f"{prompts}/{waiting}/cancel", json={})
+            assert cancelled.status_code == 200, cancelled.text
+            assert {k: cancelled.json()[k] for k in ("status", "reason_code", "position")} == {
+                "status": "cancelled",
+                "reason_code": "cancelled",
+                "position": None,
+            }
+            assert cancelled.json()["reason"] == "cancelled by alice"
+            again = await alice.post(f"{prompts}/{waiting}/cancel", json={})
+            assert _error(again) == (409, "conflict")
+            stop = await vera.post(f"{prompts}/{first['prompt_id']}/cancel", json={})
+            assert _error(stop) == (403, "forbidden")
+
+        # The admin key sends as a member, or as nobody who is not one; both audited.
+        admin = server.http
+        sent = await admin.post(prompts, json={"text": "as alice", "as_user": "alice"})
+        assert sent.status_code == 202, sent.text
+        stranger = await admin.post(prompts, json={"text": "x", "as_user": "mallory"})
+        assert _error(stranger) == (403, "forbidden")
+        assert _error(await admin.post(prompts, json={"text": "x"})) == (422, "invalid")
+        gate.set()
+        await watcher.wait_until(lambda c: all_replies_settled(c, 2))
+        engine = create_engine(settings.database_url)
+        try:
+            async with engine.connect() as connection:
+                rows = await connection.execute(
+                    select(audit_log.c.kind, audit_log.c.actor).where(audit_log.c.session_id == sid)
+                )
+                records = [(r.kind, r.actor) for r in rows]
+        finally:
+            await engine.dispose()
+        assert records.count(("as_user", "admin")) == 2
+        assert ("refused", "mallory") in records and ("refused", "vera") in records
+
+
+async def test_a_session_that_rejects_while_busy_answers_409(tmp_path: Path) -> None:
+    gate = asyncio.Event()
+    settings = make_settings(sqlite_url(tmp_path), tmp_path / "data")
+    async with serve_in_process(settings, first_call_waits(gate)) as server:
+        created = await server.http.post("/api/v1/sessions", json={"policy": "reject"})
+        sid = created.json()["id"]
+        await server.http.put(f"/api/v1/sessions/{sid}/members/alice", json={"role": "editor"})
+        watcher = await server.connect(sid, "alice")
+        prompts = f"/api/v1/sessions/{sid}/prompts"
+        first = await server.http.post(prompts, json={"text": "one", "as_user": "alice"})
+        assert first.status_code == 202, first.text
+        await _wait_running(watcher, first.json()["prompt_id"])
+        busy = await server.http.post(prompts, json={"text": "two", "as_user": "alice"})
+        assert _error(busy) == (409, "busy")
+        gate.set()
+        await watcher.wait_until(lambda c: all_replies_settled(c, 1))
+
+
+def _forwarded(metrics: str) -> float:
+    line = 'parley_cluster_forwarded_commands_total{outcome="answered"}'
+    found = [row.split()[-1] for row in metrics.splitlines() if row.startswith(line)]
+    return float(found[0]) if found else 0.0
+
+
+@pytest.mark.postgres
+async def test_a_prompt_posted_to_a_follower_runs_on_the_holder(tmp_path: Path) -> None:
+    async with cluster(tmp_path, 2) as nodes:
+        sid = await nodes.new_session({"a": "editor", "bot": "editor"})
+        watcher = await nodes.connect(nodes.nodes[0], sid, "a")
+        await watcher.command({"type": "message", "id": "m1", "text": "hi"})
+        holder, _ = await nodes.wait_holder(sid)
+        follower = next(n for n in nodes.nodes if n.env["PARLEY_NODE_ID"] != holder)
+        minted = await nodes.http.post(f"/api/v1/sessions/{sid}/tokens", json={"user_id": "bot"})
+        headers = {"Authorization": f"Bearer {minted.json()['token']}"}
+        prompts = f"/api/v1/sessions/{sid}/prompts"
+        async with httpx.AsyncClient(
+            base_url=follower.base_url, headers=headers, timeout=30
+        ) as bot:
+            before = _forwarded((await bot.get("/metrics")).text)
+            sent = await bot.post(prompts, json={"id": "p1", "text": "hello from http"})
+            assert sent.status_code == 202, sent.text
+            again = await bot.post(prompts, json={"id": "p1", "text": "hello from http"})
+            assert again.json()["prompt_id"] == sent.json()["prompt_id"]
+            assert _forwarded((await bot.get("/metrics")).text) == before + 2
+            prompt_id = sent.json()["prompt_id"]
+            await watcher.wait_until(lambda c: settled(c, {prompt_id}), timeout=30)
+            status = (await bot.get(f"{prompts}/{prompt_id}")).json()
+        reply = next(e for e in watcher.entries() if e["kind"] == "reply")
+        assert (status["status"], status["reply_id"], status["author"]) == (
+            "done",
+            reply["id"],
+            "bot",
+        )
+        assert [e["id"] for e in watcher.entries()].count(prompt_id) == 1
+        assert (await nodes.holder(sid)) is not None
+        assert (await nodes.holder(sid) or ("", 0))[0] == holder  # it ran where it runs
+        await watcher.close()
