@@ -218,3 +218,17 @@ async def test_a_prompt_posted_to_a_follower_runs_on_the_holder(tmp_path: Path) 
         assert (await nodes.holder(sid)) is not None
         assert (await nodes.holder(sid) or ("", 0))[0] == holder  # it ran where it runs
         await watcher.close()
+
+
+async def test_http_commands_spend_the_members_command_budget(tmp_path: Path) -> None:
+    settings = make_settings(
+        sqlite_url(tmp_path), tmp_path / "data", commands_burst=1, user_commands_per_second=0.001
+    )
+    async with serve_in_process(settings) as server:
+        sid = await server.new_session({"bot": "editor"})
+        messages = f"/api/v1/sessions/{sid}/messages"
+        async with as_member(server, await server.token(sid, "bot")) as bot:
+            answers = [await bot.post(messages, json={"text": f"m{n}"}) for n in range(3)]
+        assert [a.status_code for a in answers[:2]] == [202, 202]
+        assert _error(answers[2]) == (429, "rate_limited")
+        assert len(await server.transcript(sid)) == 2
