@@ -116,5 +116,5 @@ async def test_settings_changes_record_only_what_changed(store: Store) -> None:
 async def test_deleting_a_session_deletes_its_events(store: Store) -> None:
     async with store.transaction() as tx:
         await tx.append_events("s1", 1, [PromptAccepted("p", 1, "a")])
-    assert await store.delete_session("s1")
+    assert await store.delete_session("s1", 2)
     assert await store.events_after("s1", 0, 10) == []
