@@ -25,7 +25,7 @@ async def target_problem(url: str, *, allow_private: bool) -> str | None:
     port = parts.port or (443 if parts.scheme == "https" else 80)
     try:
         found = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except (OSError, UnicodeError) as exc:
+    except (OSError, UnicodeError, ValueError) as exc:
         return f"the host {host!r} does not resolve ({exc})"
     for *_, address in found:
         refused = refused_address(str(address[0]))

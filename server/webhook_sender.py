@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 import httpx
 from sqlalchemy import update
+from sqlalchemy.exc import IntegrityError
 
 from authz.standard_webhooks import headers
 from server.outbound import target_problem
@@ -139,6 +140,8 @@ class WebhookSender:
                 )
         except ParleyError as exc:  # the lease brings the delivery back
             log.warning("webhook attempt not recorded: %s", exc)
+        except IntegrityError:  # the subscription was deleted meanwhile
+            log.info("webhook attempt of a deleted subscription", extra={"id": delivery.id})
 
     async def _attempt(self, delivery: Claimed) -> Attempt:
         at = self._now_ms()
@@ -161,7 +164,7 @@ class WebhookSender:
                     code = response.status_code
             except httpx.TimeoutException:
                 error = f"no answer within {self.settings.webhook_timeout_s:g} s"
-            except httpx.HTTPError as exc:
+            except Exception as exc:  # any URL an admin gave: never the sender's end
                 error = f"{type(exc).__name__}: {exc}"[:500]
         latency_ms = int((time.monotonic() - started) * 1000)
         return Attempt(at, latency_ms, code, error)

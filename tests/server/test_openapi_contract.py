@@ -59,7 +59,8 @@ def _script(sent: Sent) -> Answer:
 @pytest.fixture
 async def contract_server(tmp_path: Path) -> AsyncIterator[RunningServer]:
     """A server whose model searches documents when asked, so restricted items exist."""
-    settings = make_settings(sqlite_url(tmp_path), tmp_path / "data")
+    # Generated webhook URLs are taken as they are: no name is looked up in DNS.
+    settings = make_settings(sqlite_url(tmp_path), tmp_path / "data", webhook_allow_private=True)
     async with serve_in_process(settings, FakeModel(_script)) as server:
         yield server
 
@@ -85,6 +86,10 @@ async def test_every_operation_honours_its_documented_contract(
 
 async def _seed(server: RunningServer) -> dict[str, str]:
     """A session with members and a settled prompt and reply, for the success paths."""
+    hook = await server.http.post(
+        "/api/v1/webhooks", json={"url": "http://127.0.0.1:9/", "events": ["session.created"]}
+    )
+    assert hook.status_code == 201, hook.text
     sid = await server.new_session({"alice": "owner", "bob": "viewer"}, title="contract")
     alice = await server.connect(sid, "alice")
     document = await server.http.post(
@@ -116,7 +121,11 @@ async def _seed(server: RunningServer) -> dict[str, str]:
     assert role.status_code == 200, role.text
     token = await server.http.post(f"/api/v1/sessions/{sid}/tokens", json={"user_id": "bob"})
     assert token.status_code == 201, token.text
+    listed = await server.http.get(f"/api/v1/webhooks/{hook.json()['id']}/deliveries")
+    (delivery,) = listed.json()["deliveries"]
     return {
+        "webhook_id": hook.json()["id"],
+        "delivery_id": str(delivery["id"]),
         "session_id": sid,
         "user_id": "alice",
         "key": "account",
