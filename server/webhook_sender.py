@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 
 import httpx
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
 from authz.standard_webhooks import headers
@@ -62,13 +62,23 @@ class WebhookSender:
         """Start delivering. ``sole_sender``: no other process sends from this database,
         so deliveries left mid-attempt by an earlier run are due at once."""
         if sole_sender:
-            async with self.store.transaction("webhook recovery") as tx:
-                d = webhook_deliveries
-                await tx.connection.execute(
-                    update(d).where(d.c.status == SENDING).values(status=PENDING, next_at=0)
-                )
+            try:
+                await self._recover()
+            except ParleyError as exc:  # the leases bring them back instead
+                log.warning("webhook deliveries under way at the last stop wait: %s", exc)
         self.store.on_outbox = self.wake
         self._task = asyncio.create_task(self._run(), name="webhook-sender")
+
+    async def _recover(self) -> None:
+        d = webhook_deliveries
+        async with self.store.read() as connection:
+            found = await connection.execute(select(d.c.id).where(d.c.status == SENDING).limit(1))
+            if found.first() is None:
+                return
+        async with self.store.transaction("webhook recovery") as tx:
+            await tx.connection.execute(
+                update(d).where(d.c.status == SENDING).values(status=PENDING, next_at=0)
+            )
 
     def wake(self) -> None:
         """Look for due deliveries now (new ones were committed)."""
@@ -85,6 +95,7 @@ class WebhookSender:
 
     async def _run(self) -> None:
         poll_s = self.settings.webhook_poll_s
+        failing: str | None = None
         while True:
             self._wake.clear()
             wait_s = poll_s
@@ -102,8 +113,11 @@ class WebhookSender:
                         continue
                 elif due is not None:
                     wait_s = min(poll_s, due / 1000)
+                failing = None
             except (ParleyError, OSError) as exc:
-                log.warning("webhook sender: %s", exc)
+                if failing != str(exc):  # once per outage, not once per round
+                    log.warning("webhook sender waits: %s", exc)
+                failing = str(exc)
             except Exception:
                 log.exception("webhook sender failed a round")
             try:
