@@ -208,6 +208,9 @@ class Settings(BaseSettings):
     webhook_poll_s: float = Field(
         default=1.0, gt=0, description="How often the sender looks for deliveries due"
     )
+    webhook_keep_s: float = Field(
+        default=7 * 24 * 3600.0, gt=0, description="Finished deliveries are listed this long"
+    )
     max_webhooks: int = Field(default=100, ge=1)
 
     # Cluster mode (several nodes on one PostgreSQL; see server/cluster/)

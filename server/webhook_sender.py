@@ -24,10 +24,22 @@ from server.outbound import target_problem
 from server.settings import Settings
 from server.store import Store
 from server.tables import webhook_deliveries
-from server.webhook_store import PENDING, SENDING, Attempt, Claimed, claim, next_due, record
+from server.webhook_store import (
+    PENDING,
+    SENDING,
+    Attempt,
+    Claimed,
+    claim,
+    next_due,
+    prune,
+    record,
+)
 from session.errors import ParleyError
 
 log = logging.getLogger("parley.webhooks")
+
+# How often finished deliveries past ``webhook_keep_s`` are deleted.
+PRUNE_EVERY_S = 600.0
 
 
 def backoff_s(settings: Settings, attempts: int, rng: random.Random) -> float:
@@ -96,10 +108,14 @@ class WebhookSender:
     async def _run(self) -> None:
         poll_s = self.settings.webhook_poll_s
         failing: str | None = None
+        pruned_at = time.monotonic()
         while True:
             self._wake.clear()
             wait_s = poll_s
             try:
+                if time.monotonic() - pruned_at > PRUNE_EVERY_S:
+                    pruned_at = time.monotonic()
+                    await self._prune()
                 free = self.settings.webhook_concurrency - len(self._sending)
                 due = await self._due_in_ms() if free > 0 else None
                 if due is not None and due <= 0:
@@ -125,6 +141,16 @@ class WebhookSender:
                     await self._wake.wait()
             except TimeoutError:
                 pass
+
+    async def _prune(self) -> None:
+        before = self._now_ms() - int(self.settings.webhook_keep_s * 1000)
+        d = webhook_deliveries
+        async with self.store.read() as connection:  # a write only when there is work
+            found = await connection.execute(select(d.c.id).where(d.c.created_at < before).limit(1))
+            if found.first() is None:
+                return
+        async with self.store.transaction("webhook prune") as tx:
+            await prune(tx.connection, before)
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._sending.discard(task)

@@ -290,7 +290,12 @@ async def record(
 ) -> None:
     """Store an attempt: delivered, due again at ``retry_at``, or failed for good (None).
     A failure adds to the subscription's run of failures, which disables it at
-    ``failure_limit``; a success ends the run."""
+    ``failure_limit``; a success ends the run. Nothing for a delivery deleted meanwhile
+    (with its subscription)."""
+    d = webhook_deliveries
+    found = await connection.execute(select(d.c.id).where(d.c.id == int(delivery.id)))
+    if found.first() is None:
+        return
     await connection.execute(
         insert(webhook_attempts).values(
             delivery_id=int(delivery.id),
@@ -300,7 +305,6 @@ async def record(
             error=attempt.error,
         )
     )
-    d = webhook_deliveries
     values: dict[str, Any] = {"attempts": d.c.attempts + 1}
     if attempt.ok:
         values["status"] = DELIVERED
@@ -365,3 +369,17 @@ async def retry(connection: AsyncConnection, webhook_id: str, delivery_id: int, 
         .values(status=PENDING, next_at=now, retry_from=now)
     )
     return bool(result.rowcount)
+
+
+async def prune(connection: AsyncConnection, before: int) -> int:
+    """Delete finished deliveries (delivered or failed) made before ``before`` (ms), with
+    their attempts; returns how many. Unfinished ones stay, however old."""
+    d = webhook_deliveries
+    old = select(d.c.id).where(d.c.status.in_((DELIVERED, FAILED)), d.c.created_at < before)
+    await connection.execute(
+        delete(webhook_attempts).where(webhook_attempts.c.delivery_id.in_(old))
+    )
+    result = await connection.execute(
+        delete(d).where(d.c.status.in_((DELIVERED, FAILED)), d.c.created_at < before)
+    )
+    return int(result.rowcount)
