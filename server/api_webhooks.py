@@ -37,6 +37,7 @@ EventType = Literal[
     "prompt.accepted",
     "reply.completed",
     "run.failed",
+    "quota.exceeded",
 ]
 assert set(EventType.__args__) == TYPES  # type: ignore[attr-defined]
 SessionId = Annotated[str, Field(min_length=1, max_length=64)]

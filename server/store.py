@@ -53,7 +53,7 @@ from session.lifecycle import IllegalTransition, PromptStatus, prompt_predecesso
 from session.reasons import Ending
 from session.summary import Summary
 from session.tokens import count_tokens
-from session.webhook_events import BY_KIND, SESSION_CREATED, SESSION_DELETED
+from session.webhook_events import SESSION_CREATED, SESSION_DELETED, webhook_types
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,9 +260,10 @@ class StoreTx:
             ],
         )
         told = [
-            (first + i, at_ms, BY_KIND[event.kind], event.data())
+            (first + i, at_ms, told, data)
             for i, event in enumerate(events)
-            if event.kind in BY_KIND
+            for data in [event.data()]
+            for told in webhook_types(event.kind, data)
         ]
         self.outboxed += await enqueue(self.connection, session_id, told)
         return list(range(first, first + len(events)))

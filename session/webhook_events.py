@@ -18,6 +18,7 @@ from typing import Any
 
 SESSION_CREATED = "session.created"
 SESSION_DELETED = "session.deleted"
+QUOTA_EXCEEDED = "quota.exceeded"  # also told as run.failed, reason_code quota_exceeded
 
 # Semantic event kind -> webhook type.
 BY_KIND = {
@@ -27,7 +28,17 @@ BY_KIND = {
     "member_joined": "member.added",
     "member_left": "member.removed",
 }
-TYPES = frozenset({*BY_KIND.values(), SESSION_CREATED, SESSION_DELETED})
+TYPES = frozenset({*BY_KIND.values(), SESSION_CREATED, SESSION_DELETED, QUOTA_EXCEEDED})
+
+
+def webhook_types(kind: str, data: dict[str, Any]) -> list[str]:
+    """The webhook types a semantic event of ``kind`` is told as (none, one or two)."""
+    told = BY_KIND.get(kind)
+    if told is None:
+        return []
+    if kind == "run_failed" and data.get("reason_code") == "quota_exceeded":
+        return [told, QUOTA_EXCEEDED]
+    return [told]
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,6 +28,7 @@ from tests.conftest import (
     free_port,
     make_settings,
     serve_in_process,
+    sqlite_url,
 )
 from tests.yclient import all_replies_settled
 
@@ -365,3 +366,30 @@ async def test_kill_9_while_deliveries_are_pending_loses_none(
             listed = await deliveries(http, hook["id"])
             assert set(ids) == {d["message_id"] for d in listed} and len(listed) == 5
             assert json.loads(receiver.received[0][1])["type"] == "session.created"
+
+
+async def test_a_prompt_over_quota_is_told_as_run_failed_and_quota_exceeded(
+    tmp_path: Path,
+) -> None:
+    settings = make_settings(sqlite_url(tmp_path), tmp_path / "data", **FAST)
+    async with receiving() as receiver, serve_in_process(settings) as server:
+        hook = await subscribe(server.http, receiver.url, events=["run.failed", "quota.exceeded"])
+        sid = await server.new_session({"alice": "editor"})
+        alice = await server.connect(sid, "alice")
+        await alice.command({"type": "prompt", "id": "1", "text": "first"})
+        await alice.wait_until(lambda c: all_replies_settled(c, 1))
+        put = await server.http.put(
+            f"/api/v1/sessions/{sid}/quotas", json={"user_tokens_per_day": 1}
+        )
+        assert put.status_code == 200, put.text
+        ack = await alice.command({"type": "prompt", "id": "2", "text": "second"})
+
+        async def arrived() -> bool:
+            return len(receiver.received) >= 2
+
+        await until(arrived, "run.failed and quota.exceeded")
+        (_, failed), (_, quota) = receiver.verified(hook["secret"])
+        assert failed["type"] == "run.failed" and quota["type"] == "quota.exceeded"
+        assert failed["data"] == quota["data"]
+        assert failed["data"]["reason_code"] == "quota_exceeded"
+        assert failed["data"]["prompt_ids"] == [ack["prompt_id"]]

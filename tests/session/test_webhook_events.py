@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from session.webhook_events import Subscription, message_id, outgoing
+from session.webhook_events import Subscription, message_id, outgoing, webhook_types
 
 
 def test_an_event_goes_to_the_subscriptions_that_want_its_type_and_session() -> None:
@@ -35,3 +35,13 @@ def test_message_ids_differ_per_event_and_subscription() -> None:
         for t in ("session.created", "session.deleted")
     }
     assert len(ids) == 16
+
+
+def test_a_run_failed_for_quota_is_also_told_as_quota_exceeded() -> None:
+    assert webhook_types("run_failed", {"reason_code": "quota_exceeded"}) == [
+        "run.failed",
+        "quota.exceeded",
+    ]
+    assert webhook_types("run_failed", {"reason_code": "timeout"}) == ["run.failed"]
+    assert webhook_types("member_joined", {}) == ["member.added"]
+    assert webhook_types("run_started", {}) == []
