@@ -21,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from session.webhook_events import TYPES
 from tests.conftest import (
     ADMIN_KEY,
     RunningServer,
@@ -32,15 +33,7 @@ from tests.conftest import (
 )
 from tests.yclient import all_replies_settled
 
-ALL_TYPES = [
-    "session.created",
-    "session.deleted",
-    "member.added",
-    "member.removed",
-    "prompt.accepted",
-    "reply.completed",
-    "run.failed",
-]
+ALL_TYPES = sorted(TYPES)
 FAST = {
     "webhook_allow_private": True,
     "webhook_retry_base_s": 0.05,
