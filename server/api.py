@@ -127,7 +127,7 @@ async def update_session(
 async def delete_session(state: AppState, session_id: str) -> None:
     await _session(state, session_id)
     await state.rooms.forget_session(session_id)
-    if not await state.store.delete_session(session_id):
+    if not await state.store.delete_session(session_id, int(state.clock() * 1000)):
         raise NotFound(f"no session {session_id!r}")
 
 

@@ -20,7 +20,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from server import access_api, api, api_events, api_prompts, api_usage
+from server import access_api, api, api_events, api_prompts, api_usage, api_webhooks
 from server.api_models import Health, Readiness
 from server.cluster.node import ClusterNode
 from server.db import create_engine, current_revision, head_revision
@@ -36,6 +36,7 @@ from server.settings import Settings
 from server.state import AppState
 from server.storage_health import StorageHealth
 from server.store import Store
+from server.webhook_sender import WebhookSender
 from server.ws import session_socket
 from session.errors import ParleyError, SchemaNotCurrent, Unavailable
 from session.model import ModelProvider
@@ -151,6 +152,7 @@ def create_app(
         + api_events.OPERATIONS
         + access_api.OPERATIONS
         + api_prompts.OPERATIONS
+        + api_webhooks.OPERATIONS
     )
     spec = openapi_document(operations, title="Parley admin API", version=VERSION)
 
@@ -202,9 +204,12 @@ def create_app(
             if recovered:
                 log.info("resumed sessions with pending prompts", extra={"sessions": recovered})
         rooms.start_reaper()
+        sender = WebhookSender(store, settings, clock)
+        await sender.start(sole_sender=not settings.cluster)
         try:
             yield
         finally:
+            await sender.stop()
             if rooms.cluster is not None:
                 await rooms.cluster.stop()
             await rooms.close()

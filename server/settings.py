@@ -188,6 +188,31 @@ class Settings(BaseSettings):
     room_idle_unload_s: float = 60.0
     log_level: str = "info"
 
+    # Event webhooks (server/webhook_sender.py)
+    webhook_allow_private: bool = Field(
+        default=False,
+        description="Let event webhooks reach private, loopback and link-local addresses",
+    )
+    webhook_timeout_s: float = Field(default=10.0, gt=0, description="One delivery attempt")
+    webhook_retry_period_s: float = Field(
+        default=24 * 3600.0, gt=0, description="A delivery is retried this long, then failed"
+    )
+    webhook_retry_base_s: float = Field(
+        default=5.0, gt=0, description="The first retry's back-off; each next one doubles"
+    )
+    webhook_retry_max_s: float = Field(default=3600.0, gt=0, description="Back-off, at most")
+    webhook_failure_limit: int = Field(
+        default=100, ge=1, description="Failed attempts in a row that disable a subscription"
+    )
+    webhook_concurrency: int = Field(default=16, ge=1, le=256, description="Attempts at once")
+    webhook_poll_s: float = Field(
+        default=1.0, gt=0, description="How often the sender looks for deliveries due"
+    )
+    webhook_keep_s: float = Field(
+        default=7 * 24 * 3600.0, gt=0, description="Finished deliveries are listed this long"
+    )
+    max_webhooks: int = Field(default=100, ge=1)
+
     # Cluster mode (several nodes on one PostgreSQL; see server/cluster/)
     cluster: bool = Field(default=False, description="Run as one of several nodes")
     node_id: str = Field(default="", max_length=200, description="Empty: host:pid:random")

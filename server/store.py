@@ -40,6 +40,7 @@ from server.tables import (
     sessions,
     summaries,
 )
+from server.webhook_store import enqueue
 from session.errors import DuplicateCommand, NotFound, Unavailable
 from session.events import (
     Membership,
@@ -52,6 +53,7 @@ from session.lifecycle import IllegalTransition, PromptStatus, prompt_predecesso
 from session.reasons import Ending
 from session.summary import Summary
 from session.tokens import count_tokens
+from session.webhook_events import SESSION_CREATED, SESSION_DELETED, webhook_types
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,6 +212,8 @@ class StoreTx:
 
     def __init__(self, connection: AsyncConnection) -> None:
         self.connection = connection
+        # Webhook deliveries this transaction wrote: the sender is woken after the commit.
+        self.outboxed = 0
 
     async def next_seq(self, session_id: str) -> int:
         result = await self.connection.execute(
@@ -255,6 +259,13 @@ class StoreTx:
                 for i, event in enumerate(events)
             ],
         )
+        told = [
+            (first + i, at_ms, told, data)
+            for i, event in enumerate(events)
+            for data in [event.data()]
+            for told in webhook_types(event.kind, data)
+        ]
+        self.outboxed += await enqueue(self.connection, session_id, told)
         return list(range(first, first + len(events)))
 
     async def insert_entry(self, row: EntryRow) -> None:
@@ -373,6 +384,8 @@ class Store:
         self.group = GroupCommit(self)
         path = file_path(engine.url) if engine.dialect.name == "sqlite" else None
         self.checkpointer = Checkpointer(path) if path else None
+        # Called after a commit that wrote webhook deliveries (the sender's wake-up).
+        self.on_outbox: Callable[[], None] | None = None
 
     @asynccontextmanager
     async def transaction(
@@ -390,9 +403,12 @@ class Store:
                 if self._writers is not None:
                     await _begin_immediate(connection, deadline)
                 async with connection.begin():
-                    yield StoreTx(connection)
+                    tx = StoreTx(connection)
+                    yield tx
             if self.checkpointer is not None:
                 self.checkpointer.wrote()
+            if tx.outboxed and self.on_outbox is not None:
+                self.on_outbox()
         except (OperationalError, DBAPIError, OSError, sqlite3.Error) as exc:
             if isinstance(exc, IntegrityError):
                 raise
@@ -458,6 +474,10 @@ class Store:
                     id=session_id, title=title, created_at=now, last_seq=0, policy=policy
                 )
             )
+            created = {"title": title, "policy": policy}
+            tx.outboxed += await enqueue(
+                tx.connection, session_id, [(0, now, SESSION_CREATED, created)]
+            )
         return SessionRow(session_id, title, now, 0, policy)
 
     async def change_settings(
@@ -502,8 +522,19 @@ class Store:
                 (await connection.execute(select(func.count()).select_from(sessions))).scalar_one()
             )
 
-    async def delete_session(self, session_id: str) -> bool:
+    async def delete_session(self, session_id: str, now: int) -> bool:
         async with self.transaction() as tx:
+            # Locks the session's row first (PostgreSQL): its deliveries stay in order.
+            found = await tx.connection.execute(
+                update(sessions)
+                .where(sessions.c.id == session_id)
+                .values(last_event_seq=sessions.c.last_event_seq)
+                .returning(sessions.c.id)
+            )
+            if found.first() is not None:
+                tx.outboxed += await enqueue(
+                    tx.connection, session_id, [(0, now, SESSION_DELETED, {})]
+                )
             # Children first: SQLite enforces ON DELETE CASCADE only with the pragma on.
             for table in (
                 session_events,

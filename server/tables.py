@@ -229,3 +229,68 @@ client_tokens = Table(
     Column("revoked_at", BigInteger),
 )
 Index("ix_client_tokens_session_id", client_tokens.c.session_id, client_tokens.c.revoked_at)
+
+# Event webhooks: an integrator's subscription to event types (``server.webhook_outbox``).
+# ``status``: active, paused (by the admin) or disabled (after a run of failed deliveries,
+# ``disabled_reason`` says why); deliveries wait while it is not active.
+webhooks = Table(
+    "webhooks",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("url", String(2000), nullable=False),
+    Column("events", Text, nullable=False),  # JSON list of event types
+    Column("sessions", Text),  # JSON list of session ids; NULL: every session
+    Column("secret", String(128), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("disabled_reason", String(500)),
+    Column("failures", Integer, nullable=False, server_default="0"),  # in a row
+    Column("created_at", BigInteger, nullable=False),
+)
+
+# The outbox: one row per event and subscription, written in the event's transaction. No
+# foreign key to the session: a ``session.deleted`` delivery outlives its session. ``id``
+# orders one session's deliveries (insertion follows the session's commit order).
+webhook_deliveries = Table(
+    "webhook_deliveries",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("webhook_id", String(64), ForeignKey("webhooks.id", ondelete="CASCADE"), nullable=False),
+    Column("session_id", String(64), nullable=False),
+    Column("message_id", String(200), nullable=False),  # the ``webhook-id`` header
+    Column("type", String(32), nullable=False),
+    Column("payload", Text, nullable=False),  # the body sent, JSON
+    Column("status", String(16), nullable=False),  # pending, sending, delivered, failed
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("next_at", BigInteger, nullable=False),  # ms: due (pending), lease end (sending)
+    Column("retry_from", BigInteger, nullable=False),  # ms: retries end a period after
+    Column("created_at", BigInteger, nullable=False),
+)
+Index(
+    "ix_webhook_deliveries_due",
+    webhook_deliveries.c.status,
+    webhook_deliveries.c.next_at,
+)
+Index(
+    "ix_webhook_deliveries_order",
+    webhook_deliveries.c.webhook_id,
+    webhook_deliveries.c.session_id,
+    webhook_deliveries.c.id,
+)
+
+# Each attempt of a delivery: when, how long, the answer's status code or the error.
+webhook_attempts = Table(
+    "webhook_attempts",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column(
+        "delivery_id",
+        BigInteger,
+        ForeignKey("webhook_deliveries.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("at", BigInteger, nullable=False),
+    Column("latency_ms", Integer, nullable=False),
+    Column("response_code", Integer),
+    Column("error", String(500)),
+)
+Index("ix_webhook_attempts_delivery", webhook_attempts.c.delivery_id, webhook_attempts.c.id)

@@ -9,8 +9,10 @@ import pytest
 
 from authz.policy import Decision
 from authz.roles import Member
+from authz.standard_webhooks import new_secret
 from server.db import create_engine, migrate
 from server.store import MemberRow, Store
+from server.webhook_store import Attempt, claim, create_webhook, list_deliveries, prune, record
 from session.events import (
     MemberChanged,
     MemberJoined,
@@ -116,5 +118,34 @@ async def test_settings_changes_record_only_what_changed(store: Store) -> None:
 async def test_deleting_a_session_deletes_its_events(store: Store) -> None:
     async with store.transaction() as tx:
         await tx.append_events("s1", 1, [PromptAccepted("p", 1, "a")])
-    assert await store.delete_session("s1")
+    assert await store.delete_session("s1", 2)
     assert await store.events_after("s1", 0, 10) == []
+
+
+async def test_webhook_deliveries_are_written_with_their_events_and_pruned(store: Store) -> None:
+    async with store.transaction() as tx:
+        hook = await create_webhook(
+            tx.connection, "http://x/", ["member.added"], ["s1"], new_secret(), 0
+        )
+    async with store.transaction() as tx:
+        await tx.append_events("s1", 5, [MemberJoined("u", "viewer", (), (), "admin")])
+        await tx.append_events("s2", 5, [MemberJoined("u", "viewer", (), (), "admin")])
+        assert tx.outboxed == 1  # s2 is not among the hook's sessions
+    with pytest.raises(RuntimeError):
+        async with store.transaction() as tx:
+            await tx.append_events("s1", 6, [MemberJoined("v", "viewer", (), (), "admin")])
+            raise RuntimeError("rolled back: no delivery either")
+    async with store.transaction() as tx:
+        (claimed,) = await claim(tx.connection, 10, 1000, 10)
+        await record(
+            tx.connection, claimed, Attempt(10, 3, 204, None), retry_at=None, failure_limit=3
+        )
+    async with store.read() as connection:
+        ((row, attempts),) = await list_deliveries(connection, hook.id, 0, 10)
+    assert (row.type, row.status, row.session_id) == ("member.added", "delivered", "s1")
+    assert [(a.response_code, a.latency_ms) for a in attempts] == [(204, 3)]
+    async with store.transaction() as tx:
+        assert await prune(tx.connection, 5) == 0  # made at 5: not before it
+        assert await prune(tx.connection, 6) == 1
+    async with store.read() as connection:
+        assert await list_deliveries(connection, hook.id, 0, 10) == []

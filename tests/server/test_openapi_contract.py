@@ -60,7 +60,8 @@ def _script(sent: Sent) -> Answer:
 @pytest.fixture
 async def contract_server(tmp_path: Path) -> AsyncIterator[RunningServer]:
     """A server whose model searches documents when asked, so restricted items exist."""
-    settings = make_settings(sqlite_url(tmp_path), tmp_path / "data")
+    # Generated webhook URLs are taken as they are: no name is looked up in DNS.
+    settings = make_settings(sqlite_url(tmp_path), tmp_path / "data", webhook_allow_private=True)
     model = FakeModel(_script)
     model.gate = asyncio.Event()  # a "[wait]" prompt runs until it is cancelled
     async with serve_in_process(settings, model) as server:
@@ -91,6 +92,10 @@ async def test_every_operation_honours_its_documented_contract(
 
 async def _seed(server: RunningServer) -> dict[str, str]:
     """A session with members and a settled prompt and reply, for the success paths."""
+    hook = await server.http.post(
+        "/api/v1/webhooks", json={"url": "http://127.0.0.1:9/", "events": ["session.created"]}
+    )
+    assert hook.status_code == 201, hook.text
     sid = await server.new_session({"alice": "owner", "bob": "viewer"}, title="contract")
     alice = await server.connect(sid, "alice")
     document = await server.http.post(
@@ -126,9 +131,13 @@ async def _seed(server: RunningServer) -> dict[str, str]:
     held = await alice.command({"type": "prompt", "id": "h", "text": "[wait] hold on"})
     running = {"id": held["prompt_id"], "status": "running"}
     await alice.wait_until(lambda c: any(running.items() <= e.items() for e in c.entries()))
+    listed = await server.http.get(f"/api/v1/webhooks/{hook.json()['id']}/deliveries")
+    (delivery,) = listed.json()["deliveries"]
     return {
         "prompt_id": held["prompt_id"],
         "as_user": "alice",
+        "webhook_id": hook.json()["id"],
+        "delivery_id": str(delivery["id"]),
         "session_id": sid,
         "user_id": "alice",
         "key": "account",

@@ -1,0 +1,43 @@
+"""Which addresses an outbound request (an event webhook) may reach.
+
+The check runs on every address a target's name resolves to, not on the name: a public
+name may point at ``127.0.0.1`` or at a cloud's metadata service (``169.254.169.254``).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from urllib.parse import urlsplit
+
+
+def refused_address(address: str) -> str | None:
+    """Why a request may not go to ``address`` (an IP), or None when it is public."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return f"{address!r} is not an IP address"
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if ip.is_loopback:
+        return f"{ip} is a loopback address"
+    if ip.is_link_local:
+        return f"{ip} is a link-local address"
+    if ip.is_multicast or not ip.is_global:  # private, shared (CGNAT), reserved, ...
+        return f"{ip} is a private or reserved address"
+    return None
+
+
+def url_problem(url: str) -> str | None:
+    """What makes ``url`` no target at all (scheme, host, credentials), or None."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises on a malformed port
+    except ValueError as exc:
+        return f"malformed URL ({exc})"
+    if parts.scheme not in ("http", "https"):
+        return "the URL must be http or https"
+    if not parts.hostname:
+        return "the URL has no host"
+    if parts.username or parts.password:
+        return "the URL may not carry credentials"
+    return None

@@ -1,0 +1,96 @@
+"""The event types integrators subscribe to, and the body each delivery carries.
+
+Webhook types are named for integrators (``reply.completed``) and map from the semantic
+events (``session.events``); ``session.created`` and ``session.deleted`` are told by the
+store as it creates or deletes a session. A body follows the Standard Webhooks payload
+shape: ``{"type", "timestamp", "data"}``, where ``data`` is the event's data with its
+``session_id`` and ``event_seq`` (0 for the session's own creation and deletion events,
+which are not semantic events). Like the events, bodies carry ids and codes, no content.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+SESSION_CREATED = "session.created"
+SESSION_DELETED = "session.deleted"
+QUOTA_EXCEEDED = "quota.exceeded"  # also told as run.failed, reason_code quota_exceeded
+
+# Semantic event kind -> webhook type.
+BY_KIND = {
+    "prompt_accepted": "prompt.accepted",
+    "reply_completed": "reply.completed",
+    "run_failed": "run.failed",
+    "member_joined": "member.added",
+    "member_left": "member.removed",
+}
+TYPES = frozenset({*BY_KIND.values(), SESSION_CREATED, SESSION_DELETED, QUOTA_EXCEEDED})
+
+
+def webhook_types(kind: str, data: dict[str, Any]) -> list[str]:
+    """The webhook types a semantic event of ``kind`` is told as (none, one or two)."""
+    told = BY_KIND.get(kind)
+    if told is None:
+        return []
+    if kind == "run_failed" and data.get("reason_code") == "quota_exceeded":
+        return [told, QUOTA_EXCEEDED]
+    return [told]
+
+
+@dataclass(frozen=True, slots=True)
+class Subscription:
+    """What a subscription asks for: event types, and sessions (None: every session)."""
+
+    id: str
+    events: frozenset[str]
+    sessions: frozenset[str] | None
+
+    def wants(self, session_id: str, webhook_type: str) -> bool:
+        in_session = self.sessions is None or session_id in self.sessions
+        return in_session and webhook_type in self.events
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """One delivery to write: to which subscription, its message id, type and body."""
+
+    webhook_id: str
+    message_id: str
+    type: str
+    payload: str
+
+
+def message_id(webhook_id: str, session_id: str, event_seq: int, webhook_type: str) -> str:
+    """The ``webhook-id`` of an event for one subscription, the same on every attempt."""
+    return f"msg_{webhook_id}_{session_id}_{event_seq}_{webhook_type}"
+
+
+def outgoing(
+    subscriptions: Sequence[Subscription],
+    session_id: str,
+    event_seq: int,
+    at_ms: int,
+    webhook_type: str,
+    data: dict[str, Any],
+) -> list[Outgoing]:
+    """The deliveries of one event: one per subscription that wants it."""
+    wanting = [s for s in subscriptions if s.wants(session_id, webhook_type)]
+    if not wanting:
+        return []
+    timestamp = datetime.fromtimestamp(at_ms / 1000, UTC).isoformat().replace("+00:00", "Z")
+    body = json.dumps(
+        {
+            "type": webhook_type,
+            "timestamp": timestamp,
+            "data": {"session_id": session_id, "event_seq": event_seq, **data},
+        },
+        separators=(",", ":"),
+    )
+    return [
+        Outgoing(s.id, message_id(s.id, session_id, event_seq, webhook_type), webhook_type, body)
+        for s in wanting
+    ]

@@ -1,0 +1,54 @@
+"""Outbound targets: only public addresses, and only plain http(s) URLs."""
+
+from __future__ import annotations
+
+import pytest
+
+from authz.targets import refused_address, url_problem
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "127.0.0.1",
+        "127.8.9.10",
+        "::1",
+        "10.1.2.3",
+        "172.16.0.1",
+        "192.168.1.1",
+        "169.254.169.254",
+        "fe80::1%eth0",
+        "fc00::1",
+        "0.0.0.0",
+        "::",
+        "::ffff:127.0.0.1",
+        "::ffff:10.0.0.1",
+        "224.0.0.1",
+        "100.64.0.1",
+    ],
+)
+def test_inward_addresses_are_refused(address: str) -> None:
+    assert refused_address(address) is not None
+
+
+@pytest.mark.parametrize("address", ["93.184.216.34", "8.8.8.8", "2606:4700:4700::1111"])
+def test_public_addresses_pass(address: str) -> None:
+    assert refused_address(address) is None
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("ftp://example.com/", "http or https"),
+        ("http:///path", "no host"),
+        ("http://user:pw@example.com/", "credentials"),
+        ("http://example.com:99999/", "malformed"),
+    ],
+)
+def test_urls_that_are_no_target(url: str, problem: str) -> None:
+    found = url_problem(url)
+    assert found is not None and problem in found
+
+
+def test_a_plain_url_is_a_target() -> None:
+    assert url_problem("https://hooks.example.com/parley?x=1") is None

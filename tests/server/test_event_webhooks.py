@@ -1,0 +1,388 @@
+"""Event webhooks over a real server and a real loopback receiver: every delivery is
+verified with the ``standardwebhooks`` package (not Parley's code), in per-session order,
+through receiver failures, pauses and a killed server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import uvicorn
+from standardwebhooks.webhooks import Webhook
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from session.webhook_events import TYPES
+from tests.conftest import (
+    ADMIN_KEY,
+    RunningServer,
+    ServerProcess,
+    free_port,
+    make_settings,
+    serve_in_process,
+    sqlite_url,
+)
+from tests.yclient import all_replies_settled
+
+ALL_TYPES = sorted(TYPES)
+FAST = {
+    "webhook_allow_private": True,
+    "webhook_retry_base_s": 0.05,
+    "webhook_retry_max_s": 0.2,
+    "webhook_poll_s": 0.05,
+    "webhook_timeout_s": 5.0,
+}
+
+
+@dataclass
+class Receiver:
+    """A loopback HTTP endpoint that records what it accepts; answers ``failing`` with
+    503 while it is set."""
+
+    url: str = ""
+    failing: bool = False
+    received: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
+    refused: int = 0
+
+    async def hook(self, request: Request) -> Response:
+        body = await request.body()
+        if self.failing:
+            self.refused += 1
+            return Response(status_code=503)
+        self.received.append((dict(request.headers), body))
+        return Response(status_code=204)
+
+    def verified(self, secret: str) -> list[tuple[str, dict[str, Any]]]:
+        """(webhook-id, payload) of every request received, each verified."""
+        check = Webhook(secret)
+        return [(h["webhook-id"], check.verify(body, h)) for h, body in self.received]
+
+
+@contextlib.asynccontextmanager
+async def receiving(receiver: Receiver | None = None) -> AsyncIterator[Receiver]:
+    receiver = receiver or Receiver()
+    app = Starlette(routes=[Route("/hook", receiver.hook, methods=["POST"])])
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    receiver.url = f"http://127.0.0.1:{sock.getsockname()[1]}/hook"
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    async with asyncio.timeout(10):
+        while not server.started:
+            if task.done():
+                task.result()
+            await asyncio.sleep(0.01)
+    try:
+        yield receiver
+    finally:
+        server.should_exit = True
+        await task
+        sock.close()
+
+
+async def until(condition: Any, what: str, timeout_s: float = 20) -> None:
+    try:
+        async with asyncio.timeout(timeout_s):
+            while True:
+                if await condition():
+                    return
+                await asyncio.sleep(0.02)
+    except TimeoutError:
+        raise AssertionError(f"timed out waiting for {what}") from None
+
+
+async def subscribe(http: httpx.AsyncClient, url: str, **body: Any) -> dict[str, Any]:
+    response = await http.post("/api/v1/webhooks", json={"url": url, "events": ALL_TYPES, **body})
+    assert response.status_code == 201, response.text
+    created: dict[str, Any] = response.json()
+    assert created["secret"].startswith("whsec_")
+    return created
+
+
+async def deliveries(http: httpx.AsyncClient, webhook_id: str) -> list[dict[str, Any]]:
+    response = await http.get(f"/api/v1/webhooks/{webhook_id}/deliveries", params={"limit": 200})
+    assert response.status_code == 200, response.text
+    found: list[dict[str, Any]] = response.json()["deliveries"]
+    return found
+
+
+async def expected_types(server: RunningServer, sid: str) -> list[str]:
+    """The webhook types of a live session's semantic events, in its order."""
+    response = await server.http.get(f"/api/v1/sessions/{sid}/events")
+    by_kind = {
+        "prompt_accepted": "prompt.accepted",
+        "reply_completed": "reply.completed",
+        "run_failed": "run.failed",
+        "member_joined": "member.added",
+        "member_left": "member.removed",
+    }
+    kinds = [e["kind"] for e in response.json()["events"]]
+    return ["session.created", *(by_kind[k] for k in kinds if k in by_kind)]
+
+
+def per_session(payloads: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    sessions: dict[str, list[dict[str, Any]]] = {}
+    for payload in payloads:
+        sessions.setdefault(payload["data"]["session_id"], []).append(payload)
+    return sessions
+
+
+async def busy_session(server: RunningServer, prompts: int) -> str:
+    sid = await server.new_session({"alice": "editor", "bob": "editor"})
+    alice = await server.connect(sid, "alice")
+    for i in range(prompts):
+        ack = await alice.command({"type": "prompt", "id": f"p{i}", "text": f"question {i}"})
+        assert "prompt_id" in ack, ack
+    await alice.wait_until(lambda c: all_replies_settled(c, prompts))
+    removed = await server.http.delete(f"/api/v1/sessions/{sid}/members/bob")
+    assert removed.status_code in (200, 204), removed.text
+    return sid
+
+
+async def test_deliveries_are_signed_and_in_order_per_session(
+    database_url: str, tmp_path: Path
+) -> None:
+    settings = make_settings(database_url, tmp_path / "data", **FAST)
+    async with receiving() as receiver, serve_in_process(settings) as server:
+        hook = await subscribe(server.http, receiver.url)
+        one, two = await asyncio.gather(busy_session(server, 3), busy_session(server, 2))
+        expected = {sid: await expected_types(server, sid) for sid in (one, two)}
+        assert "reply.completed" in expected[one] and "member.removed" in expected[one]
+        gone = await server.http.delete(f"/api/v1/sessions/{two}")
+        assert gone.status_code == 204
+        expected[two].append("session.deleted")
+        total = sum(len(types) for types in expected.values())
+
+        async def all_arrived() -> bool:
+            return len(receiver.received) >= total
+
+        await until(all_arrived, f"{total} deliveries")
+        verified = receiver.verified(hook["secret"])
+        sessions = per_session([payload for _, payload in verified])
+        for sid, types in expected.items():
+            assert [p["type"] for p in sessions[sid]] == types
+            seqs = [p["data"]["event_seq"] for p in sessions[sid] if p["data"]["event_seq"]]
+            assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+        failed = next(p for p in sessions[one] if p["type"] == "reply.completed")
+        assert set(failed["data"]) == {"session_id", "event_seq", "reply_id", "prompt_ids"}
+        # Each delivery's webhook-id is the one the deliveries list shows, and unique.
+        listed = await deliveries(server.http, hook["id"])
+        assert sorted(d["message_id"] for d in listed) == sorted(i for i, _ in verified)
+        assert len({i for i, _ in verified}) == total
+        assert all(d["status"] == "delivered" for d in listed)
+        assert all(d["attempts"][0]["response_code"] == 204 for d in listed)
+
+
+async def test_a_receiver_that_fails_then_recovers_gets_every_event_in_order(
+    database_url: str, tmp_path: Path
+) -> None:
+    settings = make_settings(database_url, tmp_path / "data", **FAST)
+    async with receiving(Receiver(failing=True)) as receiver, serve_in_process(settings) as server:
+        hook = await subscribe(server.http, receiver.url)
+        sid = await busy_session(server, 3)
+        expected = await expected_types(server, sid)
+
+        async def retried() -> bool:
+            first = (await deliveries(server.http, hook["id"]))[0]
+            return len(first["attempts"]) >= 3
+
+        await until(retried, "three failed attempts of the first delivery")
+        listed = await deliveries(server.http, hook["id"])
+        # In order: nothing after the first delivery was tried while it kept failing.
+        assert all(not d["attempts"] for d in listed[1:])
+        assert listed[0]["attempts"][0]["response_code"] == 503
+        receiver.failing = False
+
+        async def all_arrived() -> bool:
+            return len(receiver.received) >= len(expected)
+
+        await until(all_arrived, "every event after the receiver recovered")
+        verified = receiver.verified(hook["secret"])
+        assert [p["type"] for _, p in verified] == expected
+        webhook = (await server.http.get(f"/api/v1/webhooks/{hook['id']}")).json()
+        assert webhook["status"] == "active" and webhook["failures"] == 0
+
+
+async def test_a_paused_subscription_gets_nothing_until_resumed(
+    database_url: str, tmp_path: Path
+) -> None:
+    settings = make_settings(database_url, tmp_path / "data", **FAST)
+    async with receiving() as receiver, serve_in_process(settings) as server:
+        hook = await subscribe(server.http, receiver.url, events=["session.created"])
+        paused = await server.http.patch(
+            f"/api/v1/webhooks/{hook['id']}", json={"status": "paused"}
+        )
+        assert paused.status_code == 200 and paused.json()["status"] == "paused"
+        sid = await server.new_session({})
+        held = await deliveries(server.http, hook["id"])
+        assert [(d["type"], d["status"], d["attempts"]) for d in held] == [
+            ("session.created", "pending", [])
+        ]
+        assert receiver.received == []
+        resumed = await server.http.patch(
+            f"/api/v1/webhooks/{hook['id']}", json={"status": "active"}
+        )
+        assert resumed.json()["status"] == "active"
+
+        async def arrived() -> bool:
+            return len(receiver.received) == 1
+
+        await until(arrived, "the held delivery")
+        ((_, payload),) = receiver.verified(hook["secret"])
+        assert payload["data"]["session_id"] == sid
+        # The secret is shown once: never in the list or the subscription's own answer.
+        listed = await server.http.get("/api/v1/webhooks")
+        assert hook["secret"] not in listed.text
+        one = await server.http.get(f"/api/v1/webhooks/{hook['id']}")
+        assert hook["secret"] not in one.text
+
+
+async def test_a_run_of_failures_disables_it_and_a_retry_redelivers(
+    database_url: str, tmp_path: Path
+) -> None:
+    settings = make_settings(database_url, tmp_path / "data", **FAST, webhook_failure_limit=3)
+    async with receiving(Receiver(failing=True)) as receiver, serve_in_process(settings) as server:
+        hook = await subscribe(server.http, receiver.url, events=["session.created"])
+        sid = await server.new_session({})
+
+        async def disabled() -> bool:
+            got = await server.http.get(f"/api/v1/webhooks/{hook['id']}")
+            return bool(got.json()["status"] == "disabled")
+
+        await until(disabled, "the subscription disabled")
+        webhook = (await server.http.get(f"/api/v1/webhooks/{hook['id']}")).json()
+        assert webhook["disabled_reason"].startswith("3 deliveries failed in a row")
+        assert "HTTP 503" in webhook["disabled_reason"]
+        receiver.failing = False
+        await server.http.patch(f"/api/v1/webhooks/{hook['id']}", json={"status": "active"})
+
+        async def arrived(count: int) -> bool:
+            return len(receiver.received) == count
+
+        await until(lambda: arrived(1), "the delivery after resuming")
+        (delivery,) = await deliveries(server.http, hook["id"])
+        assert delivery["status"] == "delivered"
+        retried = await server.http.post(
+            f"/api/v1/webhooks/{hook['id']}/deliveries/{delivery['id']}/retry"
+        )
+        assert retried.status_code == 202, retried.text
+        await until(lambda: arrived(2), "the redelivery")
+        (first_id, first), (again_id, again) = receiver.verified(hook["secret"])
+        assert first_id == again_id == delivery["message_id"] and first == again
+        assert again["data"]["session_id"] == sid
+        missing = await server.http.post(f"/api/v1/webhooks/{hook['id']}/deliveries/999999/retry")
+        assert missing.status_code == 404
+
+
+async def test_private_targets_are_refused_without_the_setting(
+    database_url: str, tmp_path: Path
+) -> None:
+    settings = make_settings(database_url, tmp_path / "data")
+    async with serve_in_process(settings) as server:
+        for url in (
+            "http://127.0.0.1:9/hook",
+            "http://localhost/hook",
+            "http://169.254.169.254/latest/meta-data",
+            "http://10.0.0.8/",
+            "http://[::1]:8080/",
+            "http://[::ffff:127.0.0.1]/",
+        ):
+            response = await server.http.post(
+                "/api/v1/webhooks", json={"url": url, "events": ["session.created"]}
+            )
+            assert response.status_code == 422, (url, response.text)
+            assert response.json()["error"]["code"] == "invalid"
+        listed = await server.http.get("/api/v1/webhooks")
+        assert listed.json()["webhooks"] == []
+
+
+async def test_crud_and_validation(database_url: str, tmp_path: Path) -> None:
+    settings = make_settings(database_url, tmp_path / "data", **FAST)
+    async with serve_in_process(settings) as server:
+        http = server.http
+        bad = await http.post(
+            "/api/v1/webhooks", json={"url": "http://127.0.0.1/", "events": ["nope"]}
+        )
+        assert bad.status_code == 422
+        hook = await subscribe(http, "http://127.0.0.1:9/", sessions=["s1"])
+        changed = await http.patch(
+            f"/api/v1/webhooks/{hook['id']}", json={"events": ["run.failed"], "sessions": None}
+        )
+        assert changed.status_code == 200
+        assert changed.json()["events"] == ["run.failed"] and changed.json()["sessions"] is None
+        member = await http.get(f"/api/v1/webhooks/{hook['id']}", headers={"Authorization": ""})
+        assert member.status_code == 401
+        assert (await http.delete(f"/api/v1/webhooks/{hook['id']}")).status_code == 204
+        assert (await http.get(f"/api/v1/webhooks/{hook['id']}")).status_code == 404
+        assert (await http.delete(f"/api/v1/webhooks/{hook['id']}")).status_code == 404
+
+
+async def test_kill_9_while_deliveries_are_pending_loses_none(
+    database_url: str, tmp_path: Path, server_processes: list[ServerProcess]
+) -> None:
+    env = {
+        "PARLEY_WEBHOOK_ALLOW_PRIVATE": "true",
+        "PARLEY_WEBHOOK_RETRY_BASE_S": "0.05",
+        "PARLEY_WEBHOOK_RETRY_MAX_S": "0.2",
+        "PARLEY_WEBHOOK_POLL_S": "0.05",
+    }
+    async with receiving(Receiver(failing=True)) as receiver:
+        process = ServerProcess(database_url, tmp_path / "data", free_port(), **env)
+        server_processes.append(process)
+        await process.start()
+        headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
+        async with httpx.AsyncClient(base_url=process.base_url, headers=headers) as http:
+            hook = await subscribe(http, receiver.url, events=["session.created"])
+            made = [(await http.post("/api/v1/sessions", json={"title": "t"})) for _ in range(5)]
+            sids = [m.json()["id"] for m in made]
+        process.kill()
+        receiver.failing = False
+        await process.start()
+        async with httpx.AsyncClient(base_url=process.base_url, headers=headers) as http:
+
+            async def all_arrived() -> bool:
+                return {
+                    p["data"]["session_id"] for _, p in receiver.verified(hook["secret"])
+                } == set(sids)
+
+            await until(all_arrived, "every event after the restart", timeout_s=30)
+            ids = [i for i, _ in receiver.verified(hook["secret"])]
+            listed = await deliveries(http, hook["id"])
+            assert set(ids) == {d["message_id"] for d in listed} and len(listed) == 5
+            assert json.loads(receiver.received[0][1])["type"] == "session.created"
+
+
+async def test_a_prompt_over_quota_is_told_as_run_failed_and_quota_exceeded(
+    tmp_path: Path,
+) -> None:
+    settings = make_settings(sqlite_url(tmp_path), tmp_path / "data", **FAST)
+    async with receiving() as receiver, serve_in_process(settings) as server:
+        hook = await subscribe(server.http, receiver.url, events=["run.failed", "quota.exceeded"])
+        sid = await server.new_session({"alice": "editor"})
+        alice = await server.connect(sid, "alice")
+        await alice.command({"type": "prompt", "id": "1", "text": "first"})
+        await alice.wait_until(lambda c: all_replies_settled(c, 1))
+        put = await server.http.put(
+            f"/api/v1/sessions/{sid}/quotas", json={"user_tokens_per_day": 1}
+        )
+        assert put.status_code == 200, put.text
+        ack = await alice.command({"type": "prompt", "id": "2", "text": "second"})
+
+        async def arrived() -> bool:
+            return len(receiver.received) >= 2
+
+        await until(arrived, "run.failed and quota.exceeded")
+        (_, failed), (_, quota) = receiver.verified(hook["secret"])
+        assert failed["type"] == "run.failed" and quota["type"] == "quota.exceeded"
+        assert failed["data"] == quota["data"]
+        assert failed["data"]["reason_code"] == "quota_exceeded"
+        assert failed["data"]["prompt_ids"] == [ack["prompt_id"]]
