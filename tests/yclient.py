@@ -82,6 +82,11 @@ class YClient:
         finally:
             self.close_code = self.ws.close_code
             self.changed.set()
+            # Commands still waiting will never be answered on this socket: say so now.
+            for future in self.replies.values():
+                if not future.done():
+                    future.set_exception(ConnectionError(f"socket closed ({self.close_code})"))
+            self.replies.clear()
 
     async def command(self, payload: dict[str, Any], timeout: float = 10) -> dict[str, Any]:
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
