@@ -218,6 +218,9 @@ class ParleyTarget(Target):
             PYTHONPATH=str(REPO_ROOT),
             PARLEY_ADMIN_KEY=ADMIN_KEY,
             PARLEY_SECRET_KEY=SECRET_KEY,
+            # Every subscriber of a room joins as one member ("sub"), as the peers' clients
+            # join with no identity: the per-member socket cap would refuse the 17th.
+            PARLEY_MAX_CONNECTIONS_PER_USER="1000000",
         )
         return env
 
