@@ -103,6 +103,7 @@ def _pg_ctl() -> list[str] | None:
 
 
 @pytest.mark.postgres
+@pytest.mark.restarts_postgres  # restarts the server every PostgreSQL test shares: run alone
 async def test_postgres_restart_mid_session(tmp_path: Path) -> None:
     ctl = _pg_ctl()
     if ctl is None or "127.0.0.1" not in POSTGRES_URL:
