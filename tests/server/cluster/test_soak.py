@@ -53,7 +53,7 @@ async def member(nodes: Cluster, sid: str, user: str, stop: asyncio.Event, acked
         command = {"type": "prompt", "id": f"{user}-{n}", "text": f"{user} #{n}"}
         try:
             reply = await client.command(command, timeout=10)
-        except (TimeoutError, websockets.ConnectionClosed):
+        except (TimeoutError, ConnectionError, websockets.ConnectionClosed):  # its node went
             await client.close()
             client = None
             reconnects += 1
