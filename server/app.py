@@ -20,24 +20,24 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from server import access_api, api, api_events, api_prompts, api_usage, api_webhooks
-from server.api_models import Health, Readiness
 from server.cluster.node import ClusterNode
-from server.db import create_engine, current_revision, head_revision
-from server.demo import DemoFiles
-from server.direct_send import DirectSendMiddleware
+from server.http import access, events, prompts, sessions, usage, webhooks
+from server.http.demo import DemoFiles
+from server.http.models import Health, Readiness
+from server.http.rest import Operation, error_response, openapi_document, route
 from server.keys import resolve_keys
 from server.metrics import Metrics
+from server.outbound.webhook_sender import WebhookSender
 from server.providers.registry import open_models
-from server.rest import Operation, error_response, openapi_document, route
-from server.rooms import RoomRegistry
-from server.send_budget import SendBudget
+from server.runtime.rooms import RoomRegistry
 from server.settings import Settings
 from server.state import AppState
-from server.storage_health import StorageHealth
-from server.store import Store
-from server.webhook_sender import WebhookSender
-from server.ws import session_socket
+from server.store.db import create_engine, current_revision, head_revision
+from server.store.health import StorageHealth
+from server.store.sessions import Store
+from server.ws.direct_send import DirectSendMiddleware
+from server.ws.endpoint import session_socket
+from server.ws.send_budget import SendBudget
 from session.errors import ParleyError, SchemaNotCurrent, Unavailable
 from session.model import ModelProvider
 
@@ -147,12 +147,12 @@ def create_app(
     settings = settings or Settings()
     operations = (
         PROBES
-        + api.OPERATIONS
-        + api_usage.OPERATIONS
-        + api_events.OPERATIONS
-        + access_api.OPERATIONS
-        + api_prompts.OPERATIONS
-        + api_webhooks.OPERATIONS
+        + sessions.OPERATIONS
+        + usage.OPERATIONS
+        + events.OPERATIONS
+        + access.OPERATIONS
+        + prompts.OPERATIONS
+        + webhooks.OPERATIONS
     )
     spec = openapi_document(operations, title="Parley admin API", version=VERSION)
 

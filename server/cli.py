@@ -19,11 +19,11 @@ from sqlalchemy.exc import DBAPIError
 from starlette.applications import Starlette
 
 from server.app import create_app
-from server.db import create_engine, current_revision, migrate
 from server.keys import Keys, resolve_keys
 from server.logs import configure_logging
 from server.settings import Settings
 from server.state import AppState
+from server.store.db import create_engine, current_revision, migrate
 from session.tokens import tokenizer_name
 
 log = logging.getLogger("parley.cli")

@@ -188,7 +188,7 @@ class Settings(BaseSettings):
     room_idle_unload_s: float = 60.0
     log_level: str = "info"
 
-    # Event webhooks (server/webhook_sender.py)
+    # Event webhooks (server/outbound/webhook_sender.py)
     webhook_allow_private: bool = Field(
         default=False,
         description="Let event webhooks reach private, loopback and link-local addresses",

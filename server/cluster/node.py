@@ -38,12 +38,12 @@ from server.cluster.listener import NotificationListener, asyncpg_dsn
 from server.cluster.metrics import ClusterMetrics
 from server.cluster.presence import CHANNEL_AWARENESS, PresenceRelay
 from server.cluster.tail import read_tail
-from server.commands import handle_frame
-from server.room import SessionRoom
-from server.runner import SessionRunner
-from server.session_writes import apply_session_write
+from server.runtime.commands import handle_frame
+from server.runtime.room import SessionRoom
+from server.runtime.runner import SessionRunner
+from server.runtime.session_writes import apply_session_write
 from server.settings import Settings
-from server.store import Store, StoreTx
+from server.store.sessions import Store, StoreTx
 from session.closes import CloseCode
 from session.commands import command_id_of, error_reply
 from session.errors import NotFound, ParleyError, Unavailable, error_for
@@ -51,7 +51,7 @@ from session.queue import Policy
 from session.reasons import ReasonCode
 
 if TYPE_CHECKING:
-    from server.rooms import RoomRegistry
+    from server.runtime.rooms import RoomRegistry
 
 log = logging.getLogger("parley.cluster")
 # The sender of a forwarded REST change: no user id can contain "!", so no member is it.
@@ -280,7 +280,7 @@ class ClusterNode:
         return await self._forward(room, user_id, frame)
 
     async def write_session(self, room: SessionRoom, write: dict[str, Any]) -> dict[str, Any]:
-        """A REST change of the session (``server.session_writes``): run here if this node
+        """A REST change of the session (``server.runtime.session_writes``): run here if this node
         runs the session, else forwarded to the node that does (as the admin: the REST call
         was authorised), then followed here, so both nodes answer with it."""
         session_id = room.session_id

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from server.room import SessionRoom, new_id
+from server.runtime.room import SessionRoom, new_id
 from session.commands import Command, FactCommand, PinCommand, PolicyCommand
 from session.core import CommandEvent
 from session.errors import InvalidInput

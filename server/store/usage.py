@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 from sqlalchemy import and_, delete, func, insert, select
 
-from server.store import Store
-from server.tables import model_usage, quotas
+from server.store.sessions import Store
+from server.store.tables import model_usage, quotas
 from session.errors import QuotaExceeded
 from session.model import Usage
 from session.quota import Quotas, day_of, over_quota, shares

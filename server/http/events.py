@@ -6,9 +6,9 @@ Events carry ids, authors and codes, never content; this route is for the admin 
 
 from __future__ import annotations
 
-from server.api import _session
-from server.api_models import EventList, EventOut
-from server.rest import Operation, QueryParam
+from server.http.models import EventList, EventOut
+from server.http.rest import Operation, QueryParam
+from server.http.sessions import _session
 from server.state import AppState
 
 MAX_EVENTS_PER_PAGE = 500

@@ -3,7 +3,7 @@
 ``POST …/prompts`` and ``POST …/messages`` send a command as a member (their client token,
 or the admin key with ``as_user``), ``POST …/prompts/{id}/cancel`` cancels one, and
 ``GET …/prompts/{id}`` reports where a prompt is. A command is sent as the same JSON frame
-a socket sends, through the same door (``RoomRegistry.command``: ``server.commands`` and
+a socket sends, through the same door (``RoomRegistry.command``: ``server.runtime.commands`` and
 ``session.core``, on the node that runs the session), so it is judged, limited, made
 idempotent by its id, stored and audited exactly as a socket's; only the answer differs:
 the command's error is raised here as the ``ParleyError`` its code names, and so answered
@@ -17,15 +17,15 @@ import secrets
 from typing import Any
 
 from authz.roles import Capability
-from server.api_models import (
+from server.http.models import (
     CancelPost,
     EntryPost,
     MessagePosted,
     PromptAccepted,
     PromptStatusOut,
 )
-from server.rest import Caller, Operation
-from server.room import SessionRoom
+from server.http.rest import Caller, Operation
+from server.runtime.room import SessionRoom
 from server.state import AppState
 from session.errors import Forbidden, InvalidInput, NotFound, RateLimited, error_for
 from session.schema import EntryKind

@@ -15,11 +15,11 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any
 
-from server.active_run import ActiveRun
-from server.room import SessionRoom
-from server.summarise import Summariser
-from server.tools import ToolRunner
-from server.usage import UsageLedger
+from server.runtime.active_run import ActiveRun
+from server.runtime.room import SessionRoom
+from server.runtime.summarise import Summariser
+from server.runtime.tools import ToolRunner
+from server.store.usage import UsageLedger
 from session.errors import ProviderError, QuotaExceeded, Unavailable
 from session.lifecycle import PromptStatus
 from session.model import ModelProvider, ModelRequest, TextDelta, ToolCall, Usage

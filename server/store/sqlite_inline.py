@@ -20,7 +20,7 @@ never block the writer, nor the writer them).
 The one slow thing a commit can do is a WAL checkpoint, which fsyncs: these connections
 never checkpoint (``wal_autocheckpoint=0``); ``Checkpointer`` does it from a worker thread.
 
-``server.db.create_engine`` uses them for a SQLite file, whatever driver the URL names.
+``server.store.db.create_engine`` uses them for a SQLite file, whatever driver the URL names.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from typing import Any
 
 from sqlalchemy import URL
 
-from server.storage_health import LockTimeout
+from server.store.health import LockTimeout
 
 log = logging.getLogger("parley.sqlite")
 

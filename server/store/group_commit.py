@@ -18,11 +18,11 @@ from typing import TYPE_CHECKING, Protocol
 from sqlalchemy import insert
 from sqlalchemy.exc import IntegrityError
 
-from server.tables import doc_updates
+from server.store.tables import doc_updates
 from session.errors import Unavailable
 
 if TYPE_CHECKING:
-    from server.store import Store, StoreTx
+    from server.store.sessions import Store, StoreTx
 
 MAX_ROUND_UPDATES = 512
 

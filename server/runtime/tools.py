@@ -26,8 +26,8 @@ from authz.webhooks import (
     new_delivery_id,
     sign,
 )
-from server.access_store import AccessStore, DocumentRow, ToolRow
 from server.settings import Settings
+from server.store.access import AccessStore, DocumentRow, ToolRow
 from session.documents import Document, render, search
 from session.model import ToolSpec
 

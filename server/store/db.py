@@ -13,7 +13,7 @@ from sqlalchemy import event, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 import migrations
-from server.sqlite_inline import InlineConnection, file_path, pragmas
+from server.store.sqlite_inline import InlineConnection, file_path, pragmas
 
 MIGRATIONS_DIR = Path(migrations.__file__).parent
 
@@ -22,7 +22,7 @@ def create_engine(
     url: str, *, idle_in_transaction_s: float | None = None, sqlite_busy_timeout_s: float = 0.0
 ) -> AsyncEngine:
     """An async engine; on a SQLite file, one whose connections call SQLite from the
-    event loop's thread (``server.sqlite_inline``), waiting on no lock there unless
+    event loop's thread (``server.store.sqlite_inline``), waiting on no lock there unless
     ``sqlite_busy_timeout_s`` says so (migrations, which run before the server serves).
 
     ``idle_in_transaction_s`` (PostgreSQL): the server ends a session whose transaction

@@ -10,11 +10,11 @@ from typing import Annotated, Literal
 from pydantic import Field
 
 from authz.standard_webhooks import new_secret
-from server.api_models import Strict
-from server.outbound import target_problem
-from server.rest import Operation, QueryParam
+from server.http.models import Strict
+from server.http.rest import Operation, QueryParam
+from server.outbound.targets import target_problem
 from server.state import AppState
-from server.webhook_store import (
+from server.store.webhooks import (
     ACTIVE,
     PAUSED,
     WebhookRow,

@@ -23,10 +23,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from authz.policy import Decision
 from authz.roles import Member
-from server.group_commit import GroupCommit, insert_updates
-from server.sqlite_inline import Checkpointer, InlineConnection, file_path
-from server.storage_health import LockTimeout, StorageHealth
-from server.tables import (
+from server.store.group_commit import GroupCommit, insert_updates
+from server.store.health import LockTimeout, StorageHealth
+from server.store.sqlite_inline import Checkpointer, InlineConnection, file_path
+from server.store.tables import (
     audit_log,
     doc_snapshots,
     doc_updates,
@@ -40,7 +40,7 @@ from server.tables import (
     sessions,
     summaries,
 )
-from server.webhook_store import enqueue
+from server.store.webhooks import enqueue
 from session.errors import DuplicateCommand, NotFound, Unavailable
 from session.events import (
     Membership,
@@ -370,7 +370,7 @@ class Store:
     ) -> None:
         self.engine = engine
         # SQLite lets one transaction write at a time, and its calls run in the event
-        # loop's thread (server.sqlite_inline): a second writer would block the loop in
+        # loop's thread (server.store.sqlite_inline): a second writer would block the loop in
         # SQLite's busy handler while the first, needing the loop, could not finish.
         # Writers queue here instead, first come, first served. PostgreSQL locks rows,
         # not the database: no queue there.

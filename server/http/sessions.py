@@ -9,8 +9,7 @@ from authz.membership import ADMIN, judge_membership_change
 from authz.policy import Decision, Subject
 from authz.roles import Capability, Member, check_capabilities
 from authz.tokens import ClientClaims, issue_token
-from server.access_store import AccessStore
-from server.api_models import (
+from server.http.models import (
     ContextPreview,
     FactPut,
     FactsOut,
@@ -31,10 +30,11 @@ from server.api_models import (
     TranscriptEntryOut,
     TranscriptOut,
 )
-from server.rest import Caller, Operation, QueryParam, QueryStr
-from server.room import SessionRoom
+from server.http.rest import Caller, Operation, QueryParam, QueryStr
+from server.runtime.room import SessionRoom
 from server.state import AppState
-from server.store import MemberChange, MemberRow, SessionRow
+from server.store.access import AccessStore
+from server.store.sessions import MemberChange, MemberRow, SessionRow
 from session.errors import Conflict, Forbidden, InvalidInput, NotFound
 from session.queue import Policy
 from session.schema import queue_of

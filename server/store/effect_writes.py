@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from server.access_store import insert_audit
-from server.store import EntryRow, StoreTx
+from server.store.access import insert_audit
+from server.store.sessions import EntryRow, StoreTx
 from session.core import Effects, NewEntry, Pin, SetFact, SetPolicy
 from session.errors import Unavailable
 from session.events import (

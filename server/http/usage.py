@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import datetime
 
-from server.api import USER_ID, _session
-from server.api_models import QuotasOut, QuotasPut, UsageOut, UserUsageOut
-from server.rest import Operation, QueryStr
+from server.http.models import QuotasOut, QuotasPut, UsageOut, UserUsageOut
+from server.http.rest import Operation, QueryStr
+from server.http.sessions import USER_ID, _session
 from server.state import AppState
-from server.usage import UsageLedger
+from server.store.usage import UsageLedger
 from session.errors import InvalidInput
 from session.quota import Quotas
 

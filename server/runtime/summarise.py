@@ -13,7 +13,7 @@ import logging
 import time
 import uuid
 
-from server.room import SessionRoom
+from server.runtime.room import SessionRoom
 from session.errors import ParleyError
 from session.model import ModelProvider, TextDelta, Usage
 from session.summary import SummaryPlan, extended, summary_request

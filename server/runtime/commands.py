@@ -7,7 +7,7 @@ what ``session.core`` decides (``SessionRoom.execute``), so every rule holds on 
 
 from __future__ import annotations
 
-from server.room import SessionRoom, new_id
+from server.runtime.room import SessionRoom, new_id
 from session.commands import (
     Command,
     CommandError,

@@ -2,11 +2,11 @@
 sender task.
 
 Under ``parley serve`` (uvicorn's sans-I/O WebSocket protocol) each frame is written to the
-socket as it is sent (``server.direct_send``); a client that stops reading backs up its
+socket as it is sent (``server.ws.direct_send``); a client that stops reading backs up its
 transport. Under another ASGI server it fills its outbox instead. Either way the bytes it
 has not taken are bounded three times: per socket (``send_buffer_max_bytes``), across the
 process (``send_buffer_total_max_bytes``) and in time (``send_stall_timeout_s``; see
-``server.send_budget``). A client past any of them is dropped: its backlog is freed at
+``server.ws.send_budget``). A client past any of them is dropped: its backlog is freed at
 once, the client reconnects and resyncs from the CRDT state, and nobody else waits.
 """
 
@@ -22,9 +22,9 @@ from enum import Enum
 from starlette.websockets import WebSocket, WebSocketState
 
 from authz.tokens import ClientClaims
-from server.direct_send import DirectWriter
-from server.send_budget import DropReason, SendBudget
 from server.settings import Settings
+from server.ws.direct_send import DirectWriter
+from server.ws.send_budget import DropReason, SendBudget
 from session.closes import CloseCode
 from session.commands import error_reply
 from session.errors import ParleyError
@@ -73,7 +73,7 @@ class Connection:
     websocket: WebSocket
     user_id: str
     outbox_limit: int
-    # Frames written as they are sent (``server.direct_send``), in place of the outbox.
+    # Frames written as they are sent (``server.ws.direct_send``), in place of the outbox.
     direct: DirectWriter | None = None
     buffer_limit: int = 8 * 1024 * 1024
     # The process-wide budget of unsent bytes (None: this socket's own limits only).

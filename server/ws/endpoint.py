@@ -26,12 +26,12 @@ from authz.origins import origin_allowed, own_origins
 from authz.policy import Do, decide
 from authz.roles import Capability
 from authz.tokens import verify_token
-from server.connection import CommandChannel, Connection, ConnectionLimits
-from server.direct_send import SCOPE_KEY as DIRECT_WRITER
-from server.retry_hint import retry_later_response
-from server.room import SessionRoom
+from server.http.retry_hint import retry_later_response
+from server.runtime.room import SessionRoom
 from server.settings import Settings
 from server.state import AppState
+from server.ws.connection import CommandChannel, Connection, ConnectionLimits
+from server.ws.direct_send import SCOPE_KEY as DIRECT_WRITER
 from session.closes import CloseCode
 from session.commands import command_id_of, error_reply
 from session.errors import (

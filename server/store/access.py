@@ -18,8 +18,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from authz.policy import Readers, Restriction, restriction_from_json, restriction_to_json
 from authz.tokens import ClientClaims
-from server.store import MemberRow, Store, lock_session, read_member
-from server.tables import (
+from server.store.sessions import MemberRow, Store, lock_session, read_member
+from server.store.tables import (
     audit_log,
     client_tokens,
     documents,

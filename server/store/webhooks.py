@@ -2,7 +2,7 @@
 
 ``enqueue`` runs inside the transaction that stores the events (``StoreTx.append_events``,
 session creation and deletion), so a delivery exists exactly when its event committed.
-The delivery worker (``server.webhook_sender``) claims due rows with ``claim`` and records
+The delivery worker (``server.outbound.webhook_sender``) claims due rows with ``claim`` and records
 each attempt with ``record``.
 """
 
@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import and_, delete, exists, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from server.tables import webhook_attempts, webhook_deliveries, webhooks
+from server.store.tables import webhook_attempts, webhook_deliveries, webhooks
 from session.webhook_events import Outgoing, Subscription, outgoing
 
 ACTIVE, PAUSED, DISABLED = "active", "paused", "disabled"

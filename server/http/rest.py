@@ -25,7 +25,7 @@ from starlette.routing import Route
 
 from authz.policy import Do
 from authz.tokens import ClientClaims, verify_token
-from server.api_models import ErrorBody
+from server.http.models import ErrorBody
 from server.state import AppState
 from session.commands import unstorable
 from session.errors import Forbidden, InvalidInput, ParleyError, TooLarge, Unauthenticated

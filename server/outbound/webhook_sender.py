@@ -1,6 +1,6 @@
 """The event webhook sender: one asyncio task per process that delivers the outbox.
 
-It claims due deliveries (``server.webhook_store.claim``), POSTs each one signed per the
+It claims due deliveries (``server.store.webhooks.claim``), POSTs each one signed per the
 Standard Webhooks specification, and records the attempt: delivered, due again after an
 exponential back-off with jitter, or failed for good once the retry period is over. It
 runs beside the sessions, never in their write path: a slow or dead receiver costs the
@@ -20,11 +20,11 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
 from authz.standard_webhooks import headers
-from server.outbound import target_problem
+from server.outbound.targets import target_problem
 from server.settings import Settings
-from server.store import Store
-from server.tables import webhook_deliveries
-from server.webhook_store import (
+from server.store.sessions import Store
+from server.store.tables import webhook_deliveries
+from server.store.webhooks import (
     PENDING,
     SENDING,
     Attempt,

@@ -11,14 +11,14 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from authz.roles import RoleTable
-from server.access_store import AccessStore, ToolRow, access_digest
-from server.commands import handle_frame
 from server.metrics import Metrics
-from server.room import SessionRoom
-from server.runner import SessionRunner
-from server.session_writes import SETTINGS_WRITE, apply_session_write
+from server.runtime.commands import handle_frame
+from server.runtime.room import SessionRoom
+from server.runtime.runner import SessionRunner
+from server.runtime.session_writes import SETTINGS_WRITE, apply_session_write
 from server.settings import Settings
-from server.store import Store
+from server.store.access import AccessStore, ToolRow, access_digest
+from server.store.sessions import Store
 from session.closes import CloseCode
 from session.errors import NotFound, Unavailable
 from session.lifecycle import PromptStatus
@@ -123,7 +123,7 @@ class RoomRegistry:
         return await handle_frame(room, user_id, frame)
 
     async def change(self, room: SessionRoom, write: dict[str, Any]) -> dict[str, Any]:
-        """The one door for a REST change of a session (see ``server.session_writes``): in
+        """The one door for a REST change of a session (see ``server.runtime.session_writes``): in
         force on the node that runs the session when this returns."""
         write = {"id": "rest", **write}
         if self.cluster is not None:

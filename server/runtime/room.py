@@ -34,7 +34,12 @@ from authz.policy import (
 from authz.roles import Capability, Member, RoleTable
 from authz.scope import ContextSeen, RunScope, scope_for_run, seen_in_context
 from authz.tokens import ClientClaims, token_refusal
-from server.access_store import (
+from server.http.retry_hint import retry_reason
+from server.metrics import Metrics
+from server.runtime.active_run import ActiveRun
+from server.runtime.tools import tool_defs
+from server.settings import Settings
+from server.store.access import (
     AccessStore,
     PrivateItem,
     TokenRow,
@@ -42,17 +47,12 @@ from server.access_store import (
     insert_audit,
     insert_private,
 )
-from server.active_run import ActiveRun
-from server.awareness import AwarenessFanout
-from server.connection import Connection
-from server.direct_send import binary_frame
-from server.effect_writes import SequenceMoved, finish_prompts, write_effects
-from server.group_commit import WriteFence
-from server.metrics import Metrics
-from server.retry_hint import retry_reason
-from server.settings import Settings
-from server.store import Store, StoreTx
-from server.tools import tool_defs
+from server.store.effect_writes import SequenceMoved, finish_prompts, write_effects
+from server.store.group_commit import WriteFence
+from server.store.sessions import Store, StoreTx
+from server.ws.awareness import AwarenessFanout
+from server.ws.connection import Connection
+from server.ws.direct_send import binary_frame
 from session.closes import CloseCode
 from session.commands import Limits
 from session.context import BuiltContext, ContextBuilder, ContextSettings, WithheldReason

@@ -13,8 +13,7 @@ from authz.roles import (
     check_role_name,
     tool_capability,
 )
-from server.access_store import AccessStore, DocumentRow, ToolRow
-from server.api_models import (
+from server.http.models import (
     AuditList,
     AuditRecordOut,
     DocumentCreate,
@@ -29,9 +28,10 @@ from server.api_models import (
     ToolList,
     ToolOut,
 )
-from server.rest import Caller, Operation, QueryParam, QueryStr
+from server.http.rest import Caller, Operation, QueryParam, QueryStr
+from server.runtime.tools import SEARCH_DOCUMENTS, new_secret
 from server.state import AppState
-from server.tools import SEARCH_DOCUMENTS, new_secret
+from server.store.access import AccessStore, DocumentRow, ToolRow
 from session.errors import Conflict, NotFound, TooLarge
 
 
