@@ -244,7 +244,7 @@ async def reply_batches(
         sid = await server.new_session({"alice": "editor"})
         alice = await server.connect(sid, "alice")
         room = await server.app.state.parley.rooms.get(sid)
-        appending = room.append_reply
+        appending = room.runs.append_reply
 
         async def noting(active: Any, text: str) -> None:
             sent.append(time.monotonic())
@@ -252,7 +252,7 @@ async def reply_batches(
                 sizes.append(len(text))
             await appending(active, text)
 
-        room.append_reply = noting
+        room.runs.append_reply = noting
         await alice.command({"type": "prompt", "id": "p", "text": "go"})
         await alice.wait_until(lambda c: all_replies_settled(c, 1))
         reply = alice.entries()[1]["content"]
