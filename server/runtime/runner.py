@@ -98,6 +98,12 @@ class SessionRunner:
         active = await self.room.runs.start(self.room.model or self.provider.name)
         if active is None:
             return False  # the queue changed under us (cancel, revoked author): ask again
+        try:
+            return await self._answer(active)
+        finally:  # whatever happens: whoever waits for the run (a cancel, a drain) goes on
+            self.room.runs.end(active)
+
+    async def _answer(self, active: ActiveRun) -> bool:
         run, reply_id, scope = active.run, active.reply_id, active.scope
         built = self.room.context.build(run.ids, scope)
         request = replace(built.request, tools=scope.tool_specs)
@@ -124,17 +130,14 @@ class SessionRunner:
                 "reply_id": reply_id,
             },
         )
-        try:
-            overflow = too_large(built.tokens, built.budget)
-            if overflow is not None:
-                outcome = RunOutcome(overflow)
-            else:
-                outcome = await self._execute(active, request)
-                if outcome.usage is not None:
-                    await self._record_usage(request, reply_id, outcome.usage)
-            await self._settle(active, outcome)
-        finally:
-            self.room.runs.end(active)
+        overflow = too_large(built.tokens, built.budget)
+        if overflow is not None:
+            outcome = RunOutcome(overflow)
+        else:
+            outcome = await self._execute(active, request)
+            if outcome.usage is not None:
+                await self._record_usage(request, reply_id, outcome.usage)
+        await self._settle(active, outcome)
         elapsed = time.monotonic() - started
         metrics.model_call.observe(elapsed)
         metrics.runs.labels(status=outcome.status.value).inc()
@@ -192,7 +195,6 @@ class SessionRunner:
     async def _drive(self, active: ActiveRun, request: ModelRequest) -> LoopOutcome:
         """Run the tool loop: each effect it yields is performed here, within the scope."""
         scope = active.scope
-        assert scope is not None
         webhooks = self.room.webhooks()
 
         def refuse(name: str) -> str | None:
