@@ -20,7 +20,7 @@ from server.runtime.room import SessionRoom
 from server.runtime.summarise import Summariser
 from server.runtime.tools import ToolRunner
 from server.store.usage import UsageLedger
-from session.core.runs import run_audit, too_large
+from session.core.runs import run_audit, run_audit_base, too_large
 from session.errors import ProviderError, QuotaExceeded, Unavailable
 from session.lifecycle import PromptStatus
 from session.model import ModelProvider, ModelRequest, TextDelta, ToolCall, Usage
@@ -108,15 +108,7 @@ class SessionRunner:
         built = self.room.context.build(run.ids, scope)
         request = replace(built.request, tools=scope.tool_specs)
         seen = self.room.context.audit_of(built)
-        active.audit_base = {
-            "prompt_ids": list(run.ids),
-            "reply_id": reply_id,
-            "issuers": [{"user_id": s.user_id, "role": s.role} for s in scope.issuers],
-            "capabilities": sorted(scope.capabilities),
-            "tools_offered": [t.spec.name for t in scope.tools],
-            "context_included": seen.included,
-            "context_withheld": seen.withheld,
-        }
+        active.audit_base = run_audit_base(run, reply_id, scope, seen)
         await self.room.runs.widen(active, seen.restriction)
         metrics = self.room.metrics
         started = time.monotonic()

@@ -13,7 +13,7 @@ from dataclasses import replace
 from typing import Any
 
 from authz.policy import everyone_may_read, restrict
-from authz.scope import scope_for_run
+from authz.scope import ContextSeen, RunScope, scope_for_run
 from session.core.effects import (
     AppendText,
     AuditRecord,
@@ -38,7 +38,7 @@ from session.core.steps import (
 )
 from session.errors import Forbidden
 from session.lifecycle import PromptStatus
-from session.queue import OrderingQueue, PendingPrompt
+from session.queue import OrderingQueue, PendingPrompt, Run
 from session.reasons import Ending, ReasonCode
 
 # Why a run that was in flight when its room was last lost ended (see ``Recovered``).
@@ -201,6 +201,21 @@ def recovered(view: SessionView, event: Recovered) -> Effects:
         return Effects(queue=queue)
     ending = Ending(event.cut_off, CUT_OFF_REASONS[event.cut_off])
     return Effects(finish=(Finish(cut_off, ending),), queue=queue)
+
+
+def run_audit_base(run: Run, reply_id: str, scope: RunScope, seen: ContextSeen) -> dict[str, Any]:
+    """What every audit record of a run says of it: its prompts and reply, its issuers
+    with their roles, the capabilities and tools its scope offered, and what its context
+    included and withheld."""
+    return {
+        "prompt_ids": list(run.ids),
+        "reply_id": reply_id,
+        "issuers": [{"user_id": s.user_id, "role": s.role} for s in scope.issuers],
+        "capabilities": sorted(scope.capabilities),
+        "tools_offered": [t.spec.name for t in scope.tools],
+        "context_included": seen.included,
+        "context_withheld": seen.withheld,
+    }
 
 
 def run_audit(

@@ -20,6 +20,7 @@ from pycrdt import Doc
 
 from authz.policy import Readers, Subject
 from authz.roles import Member, RoleTable
+from authz.scope import ContextSeen, scope_for_run
 from session.commands import (
     CancelCommand,
     Command,
@@ -59,7 +60,13 @@ from session.core import (
     WaitingPrompt,
     handle,
 )
-from session.core.runs import CUT_OFF_REASONS, RESTRICTED_REPLY, run_audit, too_large
+from session.core.runs import (
+    CUT_OFF_REASONS,
+    RESTRICTED_REPLY,
+    run_audit,
+    run_audit_base,
+    too_large,
+)
 from session.errors import (
     Busy,
     Conflict,
@@ -673,6 +680,23 @@ def test_a_run_finished_after_the_queue_moved_on_leaves_the_queue_alone() -> Non
     run = Run((PendingPrompt(prompt, 1, "eddie"),))
     effects = handle(session.view(), RunFinished(run, Ending(ReasonCode.TIMEOUT, "late"), 1))
     assert effects.queue is not None and [p.id for p in effects.queue.pending()] == [prompt]
+
+
+def test_the_audit_base_of_a_run_names_its_issuers_scope_and_context() -> None:
+    session = Session()
+    run = Run((PendingPrompt("p1", 1, "eddie"), PendingPrompt("p2", 2, "erin")))
+    subjects = [session.subject(u) for u in ("eddie", "erin")]
+    scope = scope_for_run([(s.user_id, s) for s in subjects if s is not None], ())
+    seen = ContextSeen(["p1", "p2"], [{"entry_id": "x", "reason": "private"}], ())
+    base = run_audit_base(run, "r1", scope, seen)
+    assert base["prompt_ids"] == ["p1", "p2"] and base["reply_id"] == "r1"
+    assert base["issuers"] == [
+        {"user_id": "eddie", "role": "editor"},
+        {"user_id": "erin", "role": "editor"},
+    ]
+    assert base["capabilities"] == sorted(scope.capabilities) and base["tools_offered"] == []
+    assert base["context_included"] == ["p1", "p2"]
+    assert base["context_withheld"] == [{"entry_id": "x", "reason": "private"}]
 
 
 def test_run_audit_records_each_call_each_refusal_and_an_unanswered_end() -> None:
