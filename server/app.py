@@ -20,7 +20,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from server import access_api, api, api_events, api_prompts, api_usage, api_webhooks
+from server import access_api, api, api_events, api_prompts, api_usage, api_webhooks, sse
 from server.api_models import Health, Readiness
 from server.cluster.node import ClusterNode
 from server.db import create_engine, current_revision, head_revision
@@ -240,7 +240,10 @@ def create_app(
             {"error": {"code": "internal", "message": "internal error"}}, status_code=500
         )
 
-    routes: list[Any] = [route(op) for op in operations]
+    routes: list[Any] = [
+        sse.with_stream(route(op)) if op.handler is api_events.list_events else route(op)
+        for op in operations
+    ]
     routes += [
         Route("/api/v1/openapi.json", openapi, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),

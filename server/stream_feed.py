@@ -1,0 +1,104 @@
+"""What a session's event streams (``server.sse``) read in memory: a wake-up after every
+commit, the committed text of the reply they follow, the committed queue, and who reads.
+
+Durable events come from the store (``session_events``); streamed reply text has no
+events, so a stream reads it from the shared document. The document holds changes not yet
+stored while a write waits for its commit, so a stream reads the live document only when
+no write is under way, and otherwise what the room recorded here at its last commit
+(``committed``, called under the writer's lock right after each commit or, on a read
+replica, after each applied tail). A stream therefore never shows text that a failed
+commit takes back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+from session.errors import NotFound
+from session.lifecycle import ReplyStatus
+from session.schema import EntryKind, SessionDocument
+
+# Replies whose committed text is kept here between commits (a session runs one at a time;
+# a few more cover streams still finishing the one before).
+KEPT_REPLIES = 4
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyText:
+    """A reply's text as committed, and whether more may still be appended."""
+
+    text: str
+    streaming: bool
+
+
+def reply_text(doc: SessionDocument, reply_id: str) -> ReplyText | None:
+    """The reply's text in ``doc`` (None: no such reply there yet)."""
+    try:
+        entry = doc.entry(reply_id)
+    except NotFound:
+        return None
+    if entry.kind is not EntryKind.REPLY:
+        return None
+    return ReplyText(entry.content, entry.status == ReplyStatus.STREAMING.value)
+
+
+class StreamFeed:
+    """One per room. Streams wait on ``wait``; the room calls ``committed`` and ``changed``."""
+
+    def __init__(self) -> None:
+        self.generation = 0
+        self._changed = asyncio.Event()
+        self._texts: dict[str, ReplyText | None] = {}
+        self.queue: list[dict[str, Any]] = []
+        # Open streams by reader (a user id, or ``!admin``): the per-node caps, and a room
+        # with readers is not unloaded as idle.
+        self.readers: Counter[str] = Counter()
+
+    def committed(self, doc: SessionDocument) -> None:
+        """``doc`` is committed state now (call under the room's lock, after a commit)."""
+        for reply_id in self._texts:
+            self._texts[reply_id] = reply_text(doc, reply_id)
+        self.queue = [
+            {"prompt_id": item.id, "seq": item.seq, "author": item.author} for item in doc.queued()
+        ]
+        self.changed()
+
+    def changed(self) -> None:
+        """Wake every stream (a commit, a membership change, the room given up)."""
+        self.generation += 1
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def wait(self, generation: int, timeout_s: float) -> bool:
+        """Wait for a change after ``generation``; False when ``timeout_s`` passed first."""
+        if self.generation != generation:
+            return True
+        changed = self._changed
+        try:
+            async with asyncio.timeout(timeout_s):
+                await changed.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    def reply(self, doc: SessionDocument, reply_id: str, *, writing: bool) -> ReplyText | None:
+        """The reply's committed text: read from ``doc`` when no write is under way
+        (``writing`` False), else as of the last commit (None: not known yet; the next
+        commit wakes the streams)."""
+        if not writing:
+            now = reply_text(doc, reply_id)
+            if now is not None and now.streaming:
+                self._keep(reply_id, now)
+            return now
+        if reply_id not in self._texts:
+            self._keep(reply_id, None)
+        return self._texts[reply_id]
+
+    def _keep(self, reply_id: str, text: ReplyText | None) -> None:
+        self._texts.pop(reply_id, None)
+        self._texts[reply_id] = text
+        while len(self._texts) > KEPT_REPLIES:
+            del self._texts[next(iter(self._texts))]
