@@ -25,6 +25,7 @@ from tests.conftest import (
     sqlite_url,
 )
 from tests.fake_model import FakeModel, Sent
+from tests.server.cluster.nodes import cluster
 from tests.server.test_restricted import SECRET, restricted_session
 from tests.server.test_restricted import script as vault_script
 
@@ -316,3 +317,36 @@ async def test_a_stream_resumes_across_a_server_restart(
         assert reply_text(both, reply_id) == await reply_content(server, sid, reply_id)
         seqs = stored_seqs(both)
         assert seqs == list(range(1, len(seqs) + 1))
+
+
+@pytest.mark.postgres
+@pytest.mark.xdist_group("heavy")
+async def test_a_follower_node_streams_and_resumes_a_stream_begun_on_the_runner(
+    tmp_path: Path,
+) -> None:
+    async with cluster(tmp_path, 2, PARLEY_OFFLINE_TOKEN_DELAY_MS="40") as nodes:
+        server = RunningServer(nodes.nodes[0].base_url, nodes.nodes[0].ws_url, nodes.http)
+        sid = await nodes.new_session({"alice": "editor"})
+        token = await server.token(sid, "alice")
+        await prompt(server, sid, "alice", "tell the whole cluster")
+        runner, _ = await nodes.wait_holder(sid)
+        other = next(n for n in nodes.nodes if n.env["PARLEY_NODE_ID"] != runner)
+        on_runner = nodes.node(runner)
+        async with (
+            stream(other.base_url, sid, token, "0") as follower,
+            stream(on_runner.base_url, sid, token, "0") as dropped,
+        ):
+            await dropped.until(lambda e: e.event == "reply_delta")
+            assert dropped.got[-1].id.count(".") == 2  # mid-reply
+            # The runner's stream is dropped mid-reply; it resumes on the other node.
+            async with stream(other.base_url, sid, token, dropped.got[-1].id) as resumed:
+                completed = await resumed.until(completes)
+            await follower.until(completes)
+        reply_id = fields(completed)["reply_id"]
+        text = await reply_content(server, sid, reply_id)
+        assert text.endswith("deterministic.")
+        assert reply_text(follower.got, reply_id) == text
+        assert reply_text(dropped.got + resumed.got, reply_id) == text
+        for got in (follower.got, dropped.got + resumed.got):
+            seqs = stored_seqs(got)
+            assert seqs == list(range(1, len(seqs) + 1))
