@@ -2,12 +2,13 @@
 
 Starts ``parley serve`` (SQLite, the offline model at ``--token-delay-ms`` a word), opens
 ``--subscribers`` event streams on one session, sends one prompt, and cuts each stream
-once after its ``1 + i % 3``-th text delta; each reconnects with the id of the last event
-it read (``Last-Event-ID``) and reads on until the reply ends. Checks that every
+once after its ``1 + i % 3``-th text delta (a reader so slow that the whole reply came
+first is cut after its end); each reconnects with the id of the last event it read
+(``Last-Event-ID``) and reads on until the reply ends. Checks that every
 subscriber's text is the stored reply exactly (no gap, no duplicate) and that it read each
 stored event once, and reports how long it took.
 
-    python -m bench.sse_resume [--subscribers 200] [--token-delay-ms 40]
+    python -m bench.sse_resume [--subscribers 200] [--token-delay-ms 60]
 """
 
 from __future__ import annotations
@@ -62,10 +63,17 @@ def free_port() -> int:
 
 
 async def _read(
-    http: httpx.AsyncClient, path: str, headers: dict[str, str], sub: Subscriber, cut: int | None
+    http: httpx.AsyncClient,
+    path: str,
+    headers: dict[str, str],
+    sub: Subscriber,
+    cut: int | None,
+    *,
+    until_queue: bool = False,
 ) -> str | None:
     """Read one stream into ``sub`` until the reply ends (None) or, with ``cut``, until
-    its ``cut``-th delta (returns the id to resume from)."""
+    its ``cut``-th delta (returns the id to resume from); ``until_queue``: until the first
+    ``queue`` event (a stream resumed after the end gets that and nothing stored)."""
     deltas = 0
     started = time.perf_counter()
     async with aconnect_sse(http, "GET", path, headers=headers) as source:
@@ -75,6 +83,8 @@ async def _read(
                 continue  # the reconnection delay
             if sub.resume_ms is None and cut is None:
                 sub.resume_ms = (time.perf_counter() - started) * 1000
+            if until_queue and event.event == "queue":
+                return None
             sub.events.append(event)
             if _ends_reply(event):
                 return None
@@ -115,6 +125,14 @@ class Server:
     log: IO[bytes]
     base_url: str
 
+    def cpu_s(self) -> float:
+        """The server's CPU time so far (user and system; 0 where /proc is absent)."""
+        stat = Path(f"/proc/{self.process.pid}/stat")
+        if not stat.exists():
+            return 0.0
+        fields = stat.read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def stop(self) -> None:
         self.process.terminate()
         try:
@@ -148,6 +166,7 @@ async def measure(server: Server, subscribers: int, token_delay_ms: float) -> di
         # Every stream starts from the session's last event before the prompt.
         head = (await http.get(path, headers=admin, params={"limit": 500})).json()["events"]
         first_id = str(head[-1]["seq"]) if head else "0"
+        cpu_before = server.cpu_s()
         async with asyncio.timeout(TIMEOUT_S):
             started = time.perf_counter()
             sent = await http.post(
@@ -158,8 +177,10 @@ async def measure(server: Server, subscribers: int, token_delay_ms: float) -> di
             sent.raise_for_status()
             await asyncio.gather(*(_one(http, path, token, sub, first_id) for sub in subs))
             elapsed_s = time.perf_counter() - started
+        cpu_s = server.cpu_s() - cpu_before
         transcript = await http.get(f"/api/v1/sessions/{sid}/transcript", headers=admin)
-        return _report(subs, transcript.json()["messages"], elapsed_s, token_delay_ms)
+        report = _report(subs, transcript.json()["messages"], elapsed_s, token_delay_ms)
+        return {**report, "server_cpu_s": round(cpu_s, 3)}
 
 
 async def _one(
@@ -167,11 +188,12 @@ async def _one(
 ) -> None:
     headers = {"Authorization": f"Bearer {token}", "Last-Event-ID": first_id}
     resume_from = await _read(http, path, headers, sub, cut=1 + sub.index % 3)
-    if resume_from is None:
+    if resume_from is None:  # a slow reader may get the whole reply in its first deltas
         sub.ended_before_cut = True
-        return
+        resume_from = sub.events[-1].id
     sub.cut_at = resume_from
-    await _read(http, path, {**headers, "Last-Event-ID": resume_from}, sub, cut=None)
+    resumed = {**headers, "Last-Event-ID": resume_from}
+    await _read(http, path, resumed, sub, cut=None, until_queue=sub.ended_before_cut)
 
 
 async def _started(http: httpx.AsyncClient, server: subprocess.Popen[bytes]) -> None:
@@ -209,7 +231,7 @@ def _report(
     resumed = [s.resume_ms for s in subs if s.cut_at is not None and s.resume_ms is not None]
     return {
         "subscribers": len(subs),
-        "cut_mid_reply": sum(1 for s in subs if s.cut_at is not None),
+        "cut_mid_reply": sum(1 for s in subs if not s.ended_before_cut),
         "ended_before_cut": sum(1 for s in subs if s.ended_before_cut),
         "whole_text_no_gap_no_duplicate": whole,
         "reply_chars": len(reply["content"]),
@@ -224,7 +246,7 @@ def _report(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--subscribers", type=int, default=200)
-    parser.add_argument("--token-delay-ms", type=float, default=40.0)
+    parser.add_argument("--token-delay-ms", type=float, default=60.0)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="parley-sse-bench-") as tmp:
         server = spawn_server(Path(tmp), free_port(), args.subscribers, args.token_delay_ms)

@@ -294,7 +294,7 @@ class SessionRoom:
             for frame in frames:
                 self._committed(frame)
             if frames:
-                self.feed.committed(self.doc)
+                self.feed.committed(self.doc, None)  # the events are the runner's to count
         for frame in frames:
             self.broadcast(encode_sync(SyncType.UPDATE, frame))
         if frames:
@@ -326,7 +326,7 @@ class SessionRoom:
                         update_id = await tx.append_update(self.session_id, update)
                         await self._published(tx, update_id)
                     # Last: on PostgreSQL the event counter's row stays locked to the commit.
-                    await tx.append_events(self.session_id, self.now_ms(), write.events)
+                    numbers = await tx.append_events(self.session_id, self.now_ms(), write.events)
             except BaseException:
                 await self._forget(captured)
                 raise
@@ -336,7 +336,7 @@ class SessionRoom:
             for callback in write.after_commit:
                 callback()
             self._broadcast_update(update)
-            self.feed.committed(self.doc)
+            self.feed.committed(self.doc, numbers)
         self.last_active = self.clock()
 
     @asynccontextmanager
@@ -366,7 +366,7 @@ class SessionRoom:
                 raise
             self._broadcast_update(update)
             if update:
-                self.feed.committed(self.doc)
+                self.feed.committed(self.doc, ())
             if stored is not None:
                 if self._snapshot_due():
                     await self._snapshot_after(update_id)

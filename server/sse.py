@@ -106,13 +106,19 @@ class SessionStream:
     async def frames(self) -> AsyncGenerator[bytes, None]:
         yield f"retry: {RECONNECT_MS}\n\n".encode()
         heartbeat_s = self.state.settings.sse_heartbeat_s
+        woken = False
         try:
             while True:
                 room = await self._current_room()
                 generation = room.feed.generation
-                events = await self.state.store.events_after(
-                    self.session_id, self.cursor.seq, EVENTS_PAGE
-                )
+                head = room.feed.head
+                events: list[StoredEvent] = []
+                # Woken by a commit that stored no event past ours: nothing to read. After
+                # a heartbeat's wait, always read (the safety net for a missed wake-up).
+                if not woken or head is None or head > self.cursor.seq:
+                    events = await self.state.store.events_after(
+                        self.session_id, self.cursor.seq, EVENTS_PAGE
+                    )
                 caught_up = True
                 for event in events:
                     self._check(room)
@@ -128,7 +134,8 @@ class SessionStream:
                         yield chunk
                     if len(events) == EVENTS_PAGE:
                         continue
-                if not await room.feed.wait(generation, heartbeat_s):
+                woken = await room.feed.wait(generation, heartbeat_s)
+                if not woken:
                     yield HEARTBEAT
         except _Ended as ended:
             yield ended.frame

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,6 +51,10 @@ class StreamFeed:
 
     def __init__(self) -> None:
         self.generation = 0
+        # The number of the session's newest stored event, when the room knows it (it
+        # committed that event itself, and nothing else was told since): streams that sent
+        # it skip the store when a commit wakes them (reply text commits carry none).
+        self.head: int | None = None
         self._changed = asyncio.Event()
         self._texts: dict[str, ReplyText | None] = {}
         self.queue: list[dict[str, Any]] = []
@@ -57,17 +62,27 @@ class StreamFeed:
         # with readers is not unloaded as idle.
         self.readers: Counter[str] = Counter()
 
-    def committed(self, doc: SessionDocument) -> None:
-        """``doc`` is committed state now (call under the room's lock, after a commit)."""
+    def committed(self, doc: SessionDocument, events: Sequence[int] | None) -> None:
+        """``doc`` is committed state now (call under the room's lock, after a commit),
+        with ``events`` (the numbers of those the commit stored; None: unknown)."""
+        if events is None:
+            self.head = None
+        elif events:
+            self.head = max(events)
         for reply_id in self._texts:
             self._texts[reply_id] = reply_text(doc, reply_id)
         self.queue = [
             {"prompt_id": item.id, "seq": item.seq, "author": item.author} for item in doc.queued()
         ]
-        self.changed()
+        self._wake()
 
     def changed(self) -> None:
-        """Wake every stream (a commit, a membership change, the room given up)."""
+        """Something changed that streams must look at (a membership change, events stored
+        beside the room, the room given up): wake them; they read the store again."""
+        self.head = None
+        self._wake()
+
+    def _wake(self) -> None:
         self.generation += 1
         self._changed.set()
         self._changed = asyncio.Event()
