@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import socket
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -350,3 +351,48 @@ async def test_a_follower_node_streams_and_resumes_a_stream_begun_on_the_runner(
         for got in (follower.got, dropped.got + resumed.got):
             seqs = stored_seqs(got)
             assert seqs == list(range(1, len(seqs) + 1))
+
+
+@pytest.mark.xdist_group("heavy")
+async def test_a_reader_that_takes_nothing_is_cut_and_the_others_read_on(
+    tmp_path: Path,
+) -> None:
+    # 55 KB a piece, 5.5 MB in all: more than the server's and the kernel's buffers hold
+    # for one connection (Linux lets a socket's send buffer grow to 4 MiB by default).
+    piece = "many words " * 5000
+    model = FakeModel(lambda sent: [piece] * 100)
+    settings = make_settings(sqlite_url(tmp_path), tmp_path / "d", send_stall_timeout_s=0.5)
+    async with serve_in_process(settings, model) as server:
+        sid = await server.new_session({"alice": "editor"})
+        token = await server.token(sid, "alice")
+        port = int(server.base_url.rsplit(":", 1)[1])
+        loop = asyncio.get_running_loop()
+        stuck = socket.socket()
+        stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # and it never reads
+        stuck.setblocking(False)
+        try:
+            await loop.sock_connect(stuck, ("127.0.0.1", port))
+            request = (
+                f"GET {EVENTS.format(sid)} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                f"Accept: text/event-stream\r\nAuthorization: Bearer {token}\r\n"
+                "Last-Event-ID: 0\r\n\r\n"
+            )
+            await loop.sock_sendall(stuck, request.encode())
+            async with stream(server.base_url, sid, token, "0") as reader:
+                await prompt(server, sid, "alice", "say a lot")
+                completed = await reader.until(completes)
+                reply_id = fields(completed)["reply_id"]
+                assert len(reply_text(reader.got, reply_id)) == len(piece) * 100
+                room = server.app.state.parley.rooms.loaded(sid)
+                for _ in range(400):  # the stuck one is cut, this one reads on
+                    if room.feed.readers["alice"] == 1:
+                        break
+                    await asyncio.sleep(0.05)
+                assert room.feed.readers["alice"] == 1
+            received = bytearray()
+            async with asyncio.timeout(20):
+                while chunk := await loop.sock_recv(stuck, 65536):
+                    received += chunk
+        finally:
+            stuck.close()
+        assert b"event: reply_delta" in received and b"event: reply_completed" not in received
