@@ -115,10 +115,10 @@ class SessionStream:
                 events: list[StoredEvent] = []
                 # Woken by a commit that stored no event past ours: nothing to read. After
                 # a heartbeat's wait, always read (the safety net for a missed wake-up).
-                if not woken or head is None or head > self.cursor.seq:
-                    events = await self.state.store.events_after(
-                        self.session_id, self.cursor.seq, EVENTS_PAGE
-                    )
+                if not woken:  # a heartbeat's look, or the first: a read of its own
+                    events = await self._read(self.cursor.seq)
+                elif head is None or head > self.cursor.seq:
+                    events = await room.feed.events_after(self.cursor.seq, generation, self._read)
                 caught_up = True
                 for event in events:
                     self._check(room)
@@ -141,6 +141,9 @@ class SessionStream:
             yield ended.frame
         except ParleyError as exc:  # the store, say: the reader resumes later
             yield end_frame(exc.code.value, exc.message)
+
+    async def _read(self, after: int) -> list[StoredEvent]:
+        return await self.state.store.events_after(self.session_id, after, EVENTS_PAGE)
 
     async def _current_room(self) -> SessionRoom:
         """The session's loaded room (another one once this one was given up or moved)."""

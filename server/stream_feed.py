@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from session.errors import NotFound
+from session.events import StoredEvent
 from session.lifecycle import ReplyStatus
 from session.schema import EntryKind, SessionDocument
 
@@ -46,6 +47,11 @@ def reply_text(doc: SessionDocument, reply_id: str) -> ReplyText | None:
     return ReplyText(entry.content, entry.status == ReplyStatus.STREAMING.value)
 
 
+def _retrieved(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
 class StreamFeed:
     """One per room. Streams wait on ``wait``; the room calls ``committed`` and ``changed``."""
 
@@ -61,6 +67,8 @@ class StreamFeed:
         # Open streams by reader (a user id, or ``!admin``): the per-node caps, and a room
         # with readers is not unloaded as idle.
         self.readers: Counter[str] = Counter()
+        # The one read of the store that streams woken by the same change share.
+        self._read: tuple[tuple[int, int], asyncio.Task[list[StoredEvent]]] | None = None
 
     def committed(self, doc: SessionDocument, events: Sequence[int] | None) -> None:
         """``doc`` is committed state now (call under the room's lock, after a commit),
@@ -98,6 +106,24 @@ class StreamFeed:
         except TimeoutError:
             return False
         return True
+
+    async def events_after(
+        self,
+        after: int,
+        generation: int,
+        read: Callable[[int], Awaitable[list[StoredEvent]]],
+    ) -> list[StoredEvent]:
+        """``read(after)``, shared by the streams that ask for the same ``after`` once woken
+        by the same change (``generation``): a commit wakes every stream of the session,
+        and they mostly stand at the same event. The read starts after that change was
+        committed, so it holds everything the change stored."""
+        key = (generation, after)
+        if self._read is None or self._read[0] != key:
+            task = asyncio.ensure_future(read(after))
+            task.add_done_callback(_retrieved)  # a failure nobody waits for any more
+            self._read = (key, task)
+        # One stream's going away never cancels the others' read.
+        return await asyncio.shield(self._read[1])
 
     def reply(self, doc: SessionDocument, reply_id: str, *, writing: bool) -> ReplyText | None:
         """The reply's committed text: read from ``doc`` when no write is under way
