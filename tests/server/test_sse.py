@@ -251,7 +251,7 @@ async def test_bad_ids_caps_and_callers_are_refused_with_stable_codes(tmp_path: 
             assert as_member.status_code == 403
 
 
-async def test_a_removed_members_stream_ends(tmp_path: Path) -> None:
+async def test_a_removed_members_stream_ends_and_a_revoked_tokens_too(tmp_path: Path) -> None:
     settings = make_settings(sqlite_url(tmp_path), tmp_path / "d")
     async with serve_in_process(settings) as server:
         sid = await server.new_session({"alice": "editor", "bob": "editor"})
@@ -262,6 +262,15 @@ async def test_a_removed_members_stream_ends(tmp_path: Path) -> None:
             got = await alice.rest()
         assert got[-1].event == "end" and data(got[-1])["code"] == "forbidden"
         assert not any(e.event == "member_left" for e in got)  # not hers to read any more
+
+        issued = await server.http.post(f"/api/v1/sessions/{sid}/tokens", json={"user_id": "bob"})
+        token, jti = issued.json()["token"], issued.json()["jti"]
+        async with stream(server.base_url, sid, token) as bob:
+            await bob.until(lambda e: e.event == "queue")  # open
+            revoked = await server.http.delete(f"/api/v1/sessions/{sid}/tokens/{jti}")
+            assert revoked.status_code in (200, 204), revoked.text
+            got = await bob.rest()
+        assert got[-1].event == "end" and data(got[-1])["code"] == "unauthenticated"
 
 
 async def test_an_idle_stream_gets_heartbeats(tmp_path: Path) -> None:
