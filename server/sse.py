@@ -95,9 +95,17 @@ class SessionStream:
         self.room = room
         self._sent_queue: list[dict[str, Any]] | None = None
         room.feed.readers[self.reader] += 1
+        state.metrics.streams.inc()
+        self._open = True
 
     def close(self) -> None:
         """The stream ended: it no longer counts among the room's readers."""
+        if self._open:
+            self._open = False
+            self.state.metrics.streams.dec()
+            self._leave()
+
+    def _leave(self) -> None:
         readers = self.room.feed.readers
         readers[self.reader] -= 1
         if readers[self.reader] <= 0:
@@ -155,7 +163,7 @@ class SessionStream:
             room = await self.state.rooms.get(self.session_id)
         except NotFound:
             raise _Ended("not_found", "the session was deleted") from None
-        self.close()
+        self._leave()
         self.room = room
         room.feed.readers[self.reader] += 1
         return room
@@ -269,6 +277,7 @@ class EventStreamResponse(Response):
                 async with asyncio.timeout(self.stall_timeout_s):
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
             except TimeoutError:
+                self.stream.state.metrics.streams_cut.inc()
                 log.info(
                     "event stream cut: the reader took nothing",
                     extra={"session_id": self.stream.session_id, "user_id": self.stream.reader},

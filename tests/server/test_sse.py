@@ -398,6 +398,9 @@ async def test_a_reader_that_takes_nothing_is_cut_and_the_others_read_on(
                         break
                     await asyncio.sleep(0.05)
                 assert room.feed.readers["alice"] == 1
+                metrics = (await server.http.get("/metrics")).text
+                assert "parley_event_streams_cut_total 1.0" in metrics
+                assert "parley_open_event_streams 1.0" in metrics
             received = bytearray()
             async with asyncio.timeout(20):
                 while chunk := await loop.sock_recv(stuck, 65536):
