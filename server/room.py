@@ -967,3 +967,7 @@ class SessionRoom:
     def committed_reply(self, reply_id: str) -> ReplyText | None:
         """A reply's text as committed (None: not in the committed document yet)."""
         return self.feed.reply(self.doc, reply_id, writing=self._lock.locked())
+
+    def committed_queue(self) -> list[dict[str, Any]]:
+        """The waiting prompts in planned order, as committed."""
+        return self.feed.queue(self.doc, writing=self._lock.locked())

@@ -220,7 +220,7 @@ class SessionStream:
             text = room.committed_reply(self.cursor.reply_id)
             if text is not None:
                 yield from self._deltas(text.text)
-        queue = room.feed.queue
+        queue = room.committed_queue()
         if queue != self._sent_queue:
             self._sent_queue = queue
             yield frame("queue", str(self.cursor), {"queue": queue})

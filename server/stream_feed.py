@@ -47,6 +47,10 @@ def reply_text(doc: SessionDocument, reply_id: str) -> ReplyText | None:
     return ReplyText(entry.content, entry.status == ReplyStatus.STREAMING.value)
 
 
+def _queue_of(doc: SessionDocument) -> list[dict[str, Any]]:
+    return [{"prompt_id": i.id, "seq": i.seq, "author": i.author} for i in doc.queued()]
+
+
 def _retrieved(task: asyncio.Future[Any]) -> None:
     if not task.cancelled():
         task.exception()
@@ -63,7 +67,7 @@ class StreamFeed:
         self.head: int | None = None
         self._changed = asyncio.Event()
         self._texts: dict[str, ReplyText | None] = {}
-        self.queue: list[dict[str, Any]] = []
+        self._queue: list[dict[str, Any]] = []
         # Open streams by reader (a user id, or ``!admin``): the per-node caps, and a room
         # with readers is not unloaded as idle.
         self.readers: Counter[str] = Counter()
@@ -77,11 +81,10 @@ class StreamFeed:
             self.head = None
         elif events:
             self.head = max(events)
-        for reply_id in self._texts:
-            self._texts[reply_id] = reply_text(doc, reply_id)
-        self.queue = [
-            {"prompt_id": item.id, "seq": item.seq, "author": item.author} for item in doc.queued()
-        ]
+        if self.readers:  # nobody reads: no cost on the writer's path
+            for reply_id in self._texts:
+                self._texts[reply_id] = reply_text(doc, reply_id)
+            self._queue = _queue_of(doc)
         self._wake()
 
     def changed(self) -> None:
@@ -124,6 +127,12 @@ class StreamFeed:
             self._read = (key, task)
         # One stream's going away never cancels the others' read.
         return await asyncio.shield(self._read[1])
+
+    def queue(self, doc: SessionDocument, *, writing: bool) -> list[dict[str, Any]]:
+        """The waiting prompts in planned order, as committed (see ``reply``)."""
+        if not writing:
+            self._queue = _queue_of(doc)
+        return self._queue
 
     def reply(self, doc: SessionDocument, reply_id: str, *, writing: bool) -> ReplyText | None:
         """The reply's committed text: read from ``doc`` when no write is under way

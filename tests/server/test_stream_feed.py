@@ -12,7 +12,13 @@ from server.sse_cursor import Cursor
 from server.stream_feed import ReplyText, StreamFeed
 from session.errors import BadEventId
 from session.events import StoredEvent
-from session.schema import SessionDocument
+from session.schema import QueuedItem, SessionDocument
+
+
+def _read_feed() -> StreamFeed:
+    feed = StreamFeed()
+    feed.readers["alice"] += 1  # with no reader, commits keep nothing for one
+    return feed
 
 
 def _streaming_reply() -> SessionDocument:
@@ -23,7 +29,7 @@ def _streaming_reply() -> SessionDocument:
 
 
 def test_a_write_under_way_shows_the_text_of_the_last_commit_only() -> None:
-    doc, feed = _streaming_reply(), StreamFeed()
+    doc, feed = _streaming_reply(), _read_feed()
     doc.append_reply_text("r1", "stored")
     assert feed.reply(doc, "r1", writing=False) == ReplyText("stored", True)
     doc.append_reply_text("r1", " and not yet")  # the write waits for its commit
@@ -36,8 +42,19 @@ def test_a_write_under_way_shows_the_text_of_the_last_commit_only() -> None:
     assert feed.reply(doc, "missing", writing=False) is None
 
 
+def test_the_queue_is_the_committed_plan() -> None:
+    doc, feed = _streaming_reply(), _read_feed()
+    doc.add_prompt(id="p2", seq=2, author="bob", text="next", created_at=3)
+    doc.set_queue([QueuedItem("p2", 2, "bob")])
+    assert feed.queue(doc, writing=True) == []  # not committed yet
+    feed.committed(doc, (4,))
+    assert feed.queue(doc, writing=True) == [{"prompt_id": "p2", "seq": 2, "author": "bob"}]
+    doc.set_queue([])
+    assert feed.queue(doc, writing=False) == []
+
+
 def test_a_reply_first_asked_for_during_a_write_is_unknown_until_the_commit() -> None:
-    doc, feed = _streaming_reply(), StreamFeed()
+    doc, feed = _streaming_reply(), _read_feed()
     assert feed.reply(doc, "r1", writing=True) is None
     doc.append_reply_text("r1", "text")
     feed.committed(doc, ())
