@@ -257,7 +257,8 @@ def create_app(
                 CORSMiddleware,
                 allow_origins=settings.cors_origins,
                 allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
-                allow_headers=["Authorization", "Content-Type"],
+                # Last-Event-ID: a browser's EventSource resumes a stream with it.
+                allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
             )
         )
     return Starlette(

@@ -946,7 +946,7 @@ class SessionRoom:
         self.failed = reason
         self.cut_off = cause
         self.wakeup.set()
-        self.feed.changed()
+        self.feed.end("unavailable", f"{reason}; resume with the last id")
         if retry_after_s is not None:
             reason = retry_reason(reason, retry_after_s)
         self._closing = asyncio.get_running_loop().create_task(self._close_after_writes(reason))

@@ -213,7 +213,10 @@ class RoomRegistry:
             return
         room, runner = loaded
         room.closed = True
-        room.feed.changed()  # its event streams move to the room loaded next
+        if close_code is CloseCode.NOT_FOUND:
+            room.feed.end("not_found", "the session was deleted")
+        else:  # its readers resume with their last id, on the room loaded next
+            room.feed.end("unavailable", f"{reason or 'session unloaded'}; resume with the last id")
         await runner.stop()
         if self.cluster is not None:
             await self.cluster.close(room)

@@ -7,7 +7,8 @@ the shared document shows it), ``reply_delta`` events with a running reply's tex
 shared document holds it (restricted text never: what the document shows every member is
 what the stream sends), ``queue`` events with the committed plan when it changed, and an
 ``end`` event when it stops on its own (the reader was removed, its token revoked or
-expired, the session deleted, the server shutting down).
+expired, the session deleted, the server shutting down, the session's room here given up
+or moved to another node: the reader resumes with its last id).
 
 Every event's id is a ``server.sse_cursor.Cursor``: ``Last-Event-ID`` (or the query
 parameter ``last_event_id``) resumes right after it, on any node, after a restart.
@@ -42,7 +43,6 @@ from session.commands import unstorable
 from session.errors import (
     BadEventId,
     InvalidInput,
-    NotFound,
     ParleyError,
     TooManyStreams,
     Unavailable,
@@ -100,12 +100,10 @@ class SessionStream:
 
     def close(self) -> None:
         """The stream ended: it no longer counts among the room's readers."""
-        if self._open:
-            self._open = False
-            self.state.metrics.streams.dec()
-            self._leave()
-
-    def _leave(self) -> None:
+        if not self._open:
+            return
+        self._open = False
+        self.state.metrics.streams.dec()
         readers = self.room.feed.readers
         readers[self.reader] -= 1
         if readers[self.reader] <= 0:
@@ -117,7 +115,7 @@ class SessionStream:
         woken = False
         try:
             while True:
-                room = await self._current_room()
+                room = self._current_room()
                 generation = room.feed.generation
                 head = room.feed.head
                 events: list[StoredEvent] = []
@@ -153,20 +151,16 @@ class SessionStream:
     async def _read(self, after: int) -> list[StoredEvent]:
         return await self.state.store.events_after(self.session_id, after, EVENTS_PAGE)
 
-    async def _current_room(self) -> SessionRoom:
-        """The session's loaded room (another one once this one was given up or moved)."""
+    def _current_room(self) -> SessionRoom:
+        """The stream's room, while it serves (a room given up, unloaded or moved to
+        another node ends its streams: their readers resume on the room loaded next)."""
         if self.state.draining or self.room.draining:
             raise _Ended("unavailable", "the server is shutting down; resume with the last id")
-        if not self.room.closed:
-            return self.room
-        try:
-            room = await self.state.rooms.get(self.session_id)
-        except NotFound:
-            raise _Ended("not_found", "the session was deleted") from None
-        self._leave()
-        self.room = room
-        room.feed.readers[self.reader] += 1
-        return room
+        if self.room.feed.ended is not None:
+            raise _Ended(*self.room.feed.ended)
+        if self.room.closed:
+            raise _Ended("unavailable", "the session was unloaded; resume with the last id")
+        return self.room
 
     def _check(self, room: SessionRoom) -> None:
         """May the reader still read the session (asked again before every event)?"""

@@ -71,6 +71,9 @@ class StreamFeed:
         # Open streams by reader (a user id, or ``!admin``): the per-node caps, and a room
         # with readers is not unloaded as idle.
         self.readers: Counter[str] = Counter()
+        # Why the room's streams end (its code and message), once it was unloaded or given
+        # up: a reader resumes with its last id on the room loaded next.
+        self.ended: tuple[str, str] | None = None
         # The one read of the store that streams woken by the same change share.
         self._read: tuple[tuple[int, int], asyncio.Task[list[StoredEvent]]] | None = None
 
@@ -92,6 +95,12 @@ class StreamFeed:
         beside the room, the room given up): wake them; they read the store again."""
         self.head = None
         self._wake()
+
+    def end(self, code: str, message: str) -> None:
+        """The room is gone (unloaded, given up): its streams end with ``code``."""
+        if self.ended is None:
+            self.ended = (code, message)
+        self.changed()
 
     def _wake(self) -> None:
         self.generation += 1

@@ -251,7 +251,7 @@ async def test_bad_ids_caps_and_callers_are_refused_with_stable_codes(tmp_path: 
             assert as_member.status_code == 403
 
 
-async def test_a_removed_members_stream_ends_and_a_revoked_tokens_too(tmp_path: Path) -> None:
+async def test_a_stream_ends_when_its_reader_or_session_goes(tmp_path: Path) -> None:
     settings = make_settings(sqlite_url(tmp_path), tmp_path / "d")
     async with serve_in_process(settings) as server:
         sid = await server.new_session({"alice": "editor", "bob": "editor"})
@@ -271,6 +271,13 @@ async def test_a_removed_members_stream_ends_and_a_revoked_tokens_too(tmp_path: 
             assert revoked.status_code in (200, 204), revoked.text
             got = await bob.rest()
         assert got[-1].event == "end" and data(got[-1])["code"] == "unauthenticated"
+
+        async with stream(server.base_url, sid, ADMIN_KEY) as admin:
+            await admin.until(lambda e: e.event == "queue")  # open
+            deleted = await server.http.delete(f"/api/v1/sessions/{sid}")
+            assert deleted.status_code in (200, 204), deleted.text
+            got = await admin.rest()
+        assert got[-1].event == "end" and data(got[-1])["code"] == "not_found"
 
 
 async def test_an_idle_stream_gets_heartbeats(tmp_path: Path) -> None:
