@@ -119,11 +119,13 @@ class SessionStream:
                 generation = room.feed.generation
                 head = room.feed.head
                 events: list[StoredEvent] = []
-                # Woken by a commit that stored no event past ours: nothing to read. After
-                # a heartbeat's wait, always read (the safety net for a missed wake-up).
-                if not woken:  # a heartbeat's look, or the first: a read of its own
+                if not woken:
+                    # The first look, or one after a heartbeat's wait: a read of its own,
+                    # the safety net for a change nobody told the room about.
                     events = await self._read(self.cursor.seq)
                 elif head is None or head > self.cursor.seq:
+                    # Woken by a change: the read the streams woken by it share. (A commit
+                    # that stored no event past ours, reply text say, needs none.)
                     events = await room.feed.events_after(self.cursor.seq, generation, self._read)
                 caught_up = True
                 for event in events:
