@@ -21,7 +21,7 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server.cluster.node import ClusterNode
-from server.http import access, events, prompts, sessions, usage, webhooks
+from server.http import access, context, events, members, prompts, sessions, usage, webhooks
 from server.http.demo import DemoFiles
 from server.http.models import Health, Readiness
 from server.http.rest import Operation, error_response, openapi_document, route
@@ -148,6 +148,8 @@ def create_app(
     operations = (
         PROBES
         + sessions.OPERATIONS
+        + members.OPERATIONS
+        + context.OPERATIONS
         + usage.OPERATIONS
         + events.OPERATIONS
         + access.OPERATIONS

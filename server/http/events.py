@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from server.http.models import EventList, EventOut
 from server.http.rest import Operation, QueryParam
-from server.http.sessions import _session
+from server.http.sessions import session_row
 from server.state import AppState
 
 MAX_EVENTS_PER_PAGE = 500
@@ -16,7 +16,7 @@ MAX_EVENTS_PER_PAGE = 500
 
 async def list_events(state: AppState, session_id: str, after: int, limit: int) -> EventList:
     """The session's events numbered above ``after``, at most ``limit``."""
-    await _session(state, session_id)
+    await session_row(state, session_id)
     rows = await state.store.events_after(session_id, after, limit)
     return EventList(
         events=[
