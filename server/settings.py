@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -39,7 +40,9 @@ class ModelSpec(BaseModel):
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="PARLEY_", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="PARLEY_", extra="ignore", env_file_encoding="utf-8"
+    )
 
     host: str = "127.0.0.1"
     port: int = 8765
@@ -251,3 +254,17 @@ class Settings(BaseSettings):
         catalog = self.catalog()
         chosen = catalog.get(name) if name is not None else None
         return chosen or catalog[self.default_model or next(iter(catalog))]
+
+
+def missing_api_keys(settings: Settings) -> list[str]:
+    """One line for each configured model whose ``api_key_env`` is not set (checked before
+    the server touches anything, and again when the providers are built)."""
+    return [
+        missing_key_message(spec)
+        for spec in settings.models
+        if spec.api_key_env is not None and not os.environ.get(spec.api_key_env)
+    ]
+
+
+def missing_key_message(spec: ModelSpec) -> str:
+    return f"model {spec.name!r}: the environment variable {spec.api_key_env} is not set"
