@@ -21,7 +21,7 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server.cluster.node import ClusterNode
-from server.http import access, context, events, members, prompts, sessions, usage, webhooks
+from server.http import access, context, events, home, members, prompts, sessions, usage, webhooks
 from server.http.demo import DemoFiles
 from server.http.models import Health, Readiness
 from server.http.rest import Operation, error_response, openapi_document, route
@@ -35,6 +35,7 @@ from server.state import AppState
 from server.store.db import create_engine, current_revision, head_revision
 from server.store.health import StorageHealth
 from server.store.sessions import Store
+from server.version import version
 from server.ws.direct_send import DirectSendMiddleware
 from server.ws.endpoint import session_socket
 from server.ws.send_budget import SendBudget
@@ -42,7 +43,6 @@ from session.errors import ParleyError, SchemaNotCurrent, Unavailable
 from session.model import ModelProvider
 
 log = logging.getLogger("parley.app")
-VERSION = "0.1.0"
 
 
 class RequestLog:
@@ -147,6 +147,7 @@ def create_app(
     settings = settings or Settings()
     operations = (
         PROBES
+        + home.OPERATIONS
         + sessions.OPERATIONS
         + members.OPERATIONS
         + context.OPERATIONS
@@ -156,7 +157,7 @@ def create_app(
         + prompts.OPERATIONS
         + webhooks.OPERATIONS
     )
-    spec = openapi_document(operations, title="Parley admin API", version=VERSION)
+    spec = openapi_document(operations, title="Parley admin API", version=version())
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -245,6 +246,7 @@ def create_app(
     routes: list[Any] = [route(op) for op in operations]
     routes += [
         Route("/api/v1/openapi.json", openapi, methods=["GET"]),
+        *home.ROUTES,
         Route("/metrics", metrics_endpoint, methods=["GET"]),
         Mount("/demo", app=DemoFiles(settings.demo_dir), name="demo"),
         WebSocketRoute("/ws/sessions/{session_id}", session_socket),

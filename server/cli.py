@@ -13,7 +13,6 @@ import socket
 import sys
 import time
 from collections.abc import Callable
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +29,7 @@ from server.logs import configure_logging
 from server.settings import Settings, missing_api_keys
 from server.state import AppState
 from server.store.db import alembic_config, create_engine, current_revision, migrate
+from server.version import version
 from session.errors import ConfigurationError
 from session.tokens import tokenizer_name
 
@@ -179,14 +179,6 @@ def return_large_blocks() -> None:
     except (OSError, AttributeError):
         return
     mallopt(M_MMAP_THRESHOLD, LARGE_BLOCK_BYTES)
-
-
-def version() -> str:
-    """The installed distribution's version (pyproject.toml is its one source)."""
-    try:
-        return metadata.version("parley")
-    except metadata.PackageNotFoundError:  # run from a checkout that was never installed
-        return "0+unknown"
 
 
 LOG_LEVELS = ("debug", "info", "warning", "error")

@@ -176,6 +176,7 @@ OPERATIONS: list[Operation] = [
         body=PinCreate,
         response=PinsOut,
         status=201,
+        location="/api/v1/sessions/{session_id}/pins/{entry_id}",
         errors=SESSION_ERRORS,
     ),
     Operation(

@@ -194,6 +194,7 @@ OPERATIONS: list[Operation] = [
         body=TokenCreate,
         response=TokenOut,
         status=201,
+        location="/api/v1/sessions/{session_id}/tokens/{jti}",
         errors=(404, 409),
     ),
     Operation(

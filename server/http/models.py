@@ -40,9 +40,17 @@ class Strict(BaseModel):
         return self
 
 
+class FieldProblem(Strict):
+    at: str = Field(description="Where: a dotted path into the body, or a parameter's name.")
+    message: str
+
+
 class ErrorDetail(Strict):
     code: str = Field(description="Stable, machine-readable error code.")
     message: str
+    details: list[FieldProblem] | None = Field(
+        default=None, description="Every problem found in the input (validation errors)."
+    )
 
 
 class ErrorBody(Strict):

@@ -129,6 +129,7 @@ OPERATIONS: list[Operation] = [
         body=SessionCreate,
         response=SessionOut,
         status=201,
+        location="/api/v1/sessions/{id}",
     ),
     Operation(
         "GET",
