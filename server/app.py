@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -10,7 +11,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import httpx
-from prometheus_client import CONTENT_TYPE_LATEST
+from prometheus_client import CONTENT_TYPE_LATEST, start_http_server
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -24,7 +25,7 @@ from server.cluster.node import ClusterNode
 from server.http import access, context, events, home, members, prompts, sessions, usage, webhooks
 from server.http.demo import DemoFiles
 from server.http.models import Health, Readiness
-from server.http.rest import Operation, error_response, openapi_document, route
+from server.http.rest import Operation, authenticate, error_response, openapi_document, route
 from server.keys import resolve_keys
 from server.metrics import Metrics
 from server.outbound.webhook_sender import WebhookSender
@@ -39,7 +40,7 @@ from server.version import version
 from server.ws.direct_send import DirectSendMiddleware
 from server.ws.endpoint import session_socket
 from server.ws.send_budget import SendBudget
-from session.errors import ParleyError, SchemaNotCurrent, Unavailable
+from session.errors import Forbidden, NotFound, ParleyError, SchemaNotCurrent, Unavailable
 from session.model import ModelProvider
 
 log = logging.getLogger("parley.app")
@@ -209,6 +210,13 @@ def create_app(
         rooms.start_reaper()
         sender = WebhookSender(store, settings, clock)
         await sender.start(sole_sender=not settings.cluster)
+        # /metrics on a port of its own (a thread of prometheus_client's), e.g. for a
+        # scraper inside the cluster while the API port faces the internet.
+        exporter = (
+            start_http_server(settings.metrics_port, settings.metrics_host, metrics.registry)[0]
+            if settings.metrics_port
+            else None
+        )
         try:
             yield
         finally:
@@ -218,12 +226,19 @@ def create_app(
             await rooms.close()
             await store.close()
             budget.close()
+            if exporter is not None:
+                await asyncio.to_thread(exporter.shutdown)
+                exporter.server_close()
 
     async def openapi(_: Request) -> Response:
         return JSONResponse(spec)
 
     async def metrics_endpoint(request: Request) -> Response:
         state: AppState = request.app.state.parley
+        if settings.metrics_access == "off":
+            raise NotFound("metrics are served on PARLEY_METRICS_PORT only")
+        if settings.metrics_access == "admin" and not authenticate(request, state).is_admin:
+            raise Forbidden("metrics need the admin key")
         return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     async def on_parley_error(_: Request, exc: Exception) -> Response:

@@ -337,6 +337,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = load_settings(args)
         listening = listen_socket(settings.host, settings.port) if args.command == "serve" else None
+        if listening is not None and settings.metrics_port:
+            listen_socket(settings.metrics_host, settings.metrics_port).close()  # free now?
     except ConfigurationError as exc:
         print(f"parley: configuration error: {exc.message}", file=sys.stderr)
         return 2

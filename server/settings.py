@@ -139,6 +139,14 @@ class Settings(BaseSettings):
         default=1000, ge=1, description="Sockets to one session (on one node)"
     )
     cors_origins: list[str] = Field(default_factory=list)
+    metrics_access: Literal["open", "admin", "off"] = Field(
+        default="open",
+        description="Who may read /metrics on the API's port: anyone, the admin key, nobody",
+    )
+    metrics_port: int = Field(
+        default=0, ge=0, le=65535, description="Also serve /metrics, without a key, here (0: no)"
+    )
+    metrics_host: str = Field(default="127.0.0.1", description="The address of metrics_port")
     commands_per_second: float = 10.0
     commands_burst: int = 30
     user_commands_per_second: float = 20.0

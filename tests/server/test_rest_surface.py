@@ -5,10 +5,12 @@ problem listed, stable codes for a wrong method)."""
 from __future__ import annotations
 
 import json
+import socket
+from pathlib import Path
 
 import httpx
 
-from tests.conftest import RunningServer
+from tests.conftest import RunningServer, make_settings, serve_in_process, sqlite_url
 
 
 async def test_the_root_says_what_this_is_and_where_to_go(sqlite_server: RunningServer) -> None:
@@ -130,3 +132,27 @@ async def test_the_api_document_groups_and_describes_operations(
     assert all(op.get("summary") for op in operations)
     models = spec["paths"]["/api/v1/models"]["get"]  # a handler's docstring describes it
     assert "PARLEY_MODELS" in models["description"]
+
+
+async def test_metrics_can_need_the_admin_key_or_move_to_a_port_of_their_own(
+    tmp_path: Path,
+) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    settings = make_settings(
+        sqlite_url(tmp_path), tmp_path / "data", metrics_access="admin", metrics_port=port
+    )
+    async with serve_in_process(settings) as running:
+        assert (await running.http.get("/metrics")).status_code == 200
+        async with httpx.AsyncClient(base_url=running.base_url) as anonymous:
+            assert (await anonymous.get("/metrics")).status_code == 401
+            apart = await anonymous.get(f"http://127.0.0.1:{port}/metrics")
+            assert apart.status_code == 200 and "parley_open_connections" in apart.text
+    with socket.socket() as free_again:  # the exporter let its port go with the app
+        free_again.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past TIME_WAIT
+        free_again.bind(("127.0.0.1", port))
+        free_again.listen()
+    hidden = make_settings(sqlite_url(tmp_path), tmp_path / "data", metrics_access="off")
+    async with serve_in_process(hidden) as running:
+        assert (await running.http.get("/metrics")).status_code == 404
