@@ -172,7 +172,7 @@ class Settings(BaseSettings):
     log_format: str = "json"
 
     # The browser demo (client-demo/, built with npm) served at /demo
-    demo_dir: Path = Path(__file__).resolve().parent.parent / "client-demo" / "dist"
+    demo_dir: Path = Path(__file__).resolve().parent / "http" / "demo_files"
 
     # Storage
     snapshot_every_updates: int = 500
