@@ -1,4 +1,4 @@
-"""The session's events as Server-Sent Events (``server.sse``), read with a real SSE client
+"""The session's events as Server-Sent Events (``server.http.sse``), read with a real SSE client
 (httpx-sse over plain httpx): what a member sees, resuming by id with no gap and no
 duplicate (after a dropped stream, a restart, on another node of a cluster), refusals."""
 

@@ -1,5 +1,5 @@
-"""What event streams read in memory (``server.stream_feed``) and their ids
-(``server.sse_cursor``), without a server."""
+"""What event streams read in memory (``server.runtime.stream_feed``) and their ids
+(``server.http.sse_cursor``), without a server."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import asyncio
 import pytest
 from pycrdt import Doc
 
-from server.sse_cursor import Cursor
-from server.stream_feed import ReplyText, StreamFeed
+from server.http.sse_cursor import Cursor
+from server.runtime.stream_feed import ReplyText, StreamFeed
 from session.errors import BadEventId
 from session.events import StoredEvent
 from session.schema import QueuedItem, SessionDocument
