@@ -3,7 +3,9 @@
     ParleyError                 code of the reply, or of the close
     ├── InvalidInput            invalid
     │   ├── TooLarge            too_large
-    │   └── UnknownCommand      unknown_command
+    │   ├── UnknownCommand      unknown_command
+    │   ├── UnsupportedMediaType unsupported_media_type
+    │   └── MethodNotAllowed    method_not_allowed
     ├── Unauthenticated         unauthenticated
     ├── Forbidden               forbidden
     ├── NotFound                not_found
@@ -47,6 +49,14 @@ class TooLarge(InvalidInput):
 
 class UnknownCommand(InvalidInput):
     code = "unknown_command"
+
+
+class UnsupportedMediaType(InvalidInput):
+    code = "unsupported_media_type"
+
+
+class MethodNotAllowed(InvalidInput):
+    code = "method_not_allowed"
 
 
 class Unauthenticated(ParleyError):
