@@ -113,6 +113,23 @@ def test_the_readme_keeps_the_commands_ci_relies_on() -> None:
     assert setup.text.strip().endswith(ci_tests), "README's test command is not .ci/run's"
 
 
+def slug(heading: str) -> str:
+    """A heading's anchor, as MkDocs (and GitHub, for these headings) makes it."""
+    return re.sub(r"\s+", "-", re.sub(r"[^\w\- ]", "", heading.strip().lower()))
+
+
+def test_the_readme_links_into_docs_resolve() -> None:
+    """mkdocs build --strict checks the links between docs pages; this checks README's."""
+    readme = (REPO_ROOT / "README.md").read_text()
+    links = re.findall(r"\]\((docs/[\w.]+)(?:#([\w-]+))?\)", readme)
+    assert len(links) >= 10
+    for target, anchor in links:
+        page = REPO_ROOT / target
+        assert page.is_file(), target
+        headings = re.findall(r"^#+ (.+)$", page.read_text(), flags=re.MULTILINE)
+        assert not anchor or anchor in map(slug, headings), f"{target}#{anchor}"
+
+
 @pytest.mark.parametrize(
     "block", [b for b in ALL_BLOCKS if b.lang == "json" and b.marker is None], ids=str
 )
