@@ -254,7 +254,8 @@ async def test_a_prompt_stored_whose_ack_was_lost_is_resent_and_stored_once(
 
 
 def readme_error_codes() -> list[str]:
-    text = (REPO_ROOT / "README.md").read_text()
+    """The error table of the docs' "The admin API" page (docs/api.md)."""
+    text = (REPO_ROOT / "docs" / "api.md").read_text()
     table = text.split("| Error code |", 1)[1].split("\n\n", 1)[0]
     return re.findall(r"^\| `([a-z_]+)` \|", table, flags=re.MULTILINE)
 

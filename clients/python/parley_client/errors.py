@@ -1,4 +1,4 @@
-"""The errors a Parley server reports, one class per error code (README's error table).
+"""The errors a Parley server reports, one class per error code (the error table in docs/api.md).
 
     ParleyError                 code of the reply, or of the close
     ├── InvalidInput            invalid
@@ -144,7 +144,7 @@ def error_for(code: str, message: str, *, status: int | None = None) -> ParleyEr
 
 
 # The WebSocket close codes after which the server will not take the socket back
-# (README: "Close codes"); stock clients stop reconnecting after them too.
+# (docs/websocket.md: "Close codes"); stock clients stop reconnecting after them too.
 FINAL_CLOSES: dict[int, type[ParleyError]] = {
     4400: InvalidInput,
     4401: Unauthenticated,
