@@ -169,7 +169,7 @@ class TranscriptEntryOut(Strict):
     created_at: int
     reason: str | None = Field(description="Why it ended unanswered, for people")
     reason_code: str | None = Field(
-        description="Why it ended unanswered, as a stable code (see README's reason table)"
+        description="Why it ended unanswered, as a stable code (docs/document.md: reasons)"
     )
     reply_to: str | None
     reply_id: str | None
@@ -244,7 +244,9 @@ class PromptStatusOut(Strict):
     seq: int
     author: str
     status: Literal["queued", "running", "done", "failed", "cancelled", "interrupted"]
-    reason_code: str | None = Field(description="Why it ended unanswered (README's reason table)")
+    reason_code: str | None = Field(
+        description="Why it ended unanswered (docs/document.md: reasons)"
+    )
     reason: str | None
     reply_id: str | None
     position: int | None = Field(description="While it waits, 1: the next to run; else null")
