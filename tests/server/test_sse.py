@@ -204,12 +204,19 @@ async def test_a_dropped_stream_resumes_from_its_last_id_without_gap_or_duplicat
             await first.until(lambda e: e.event == "reply_delta" and "Part 1" in data(e)["text"])
         last_id = first.got[-1].id
         assert last_id.count(".") == 2  # mid-reply
+        async with stream(server.base_url, sid, token) as late:  # no id: from now on
+            so_far = await late.until(lambda e: e.event == "reply_delta")
         gates[1].set()  # more text while nobody reads
         async with stream(server.base_url, sid, token, last_id, query=True) as second:
             completed = await second.until(completes)
         reply_id = fields(completed)["reply_id"]
         both = first.got + second.got
-        assert reply_text(both, reply_id) == await reply_content(server, sid, reply_id)
+        text = await reply_content(server, sid, reply_id)
+        assert reply_text(both, reply_id) == text
+        # A stream opened mid-reply starts with the whole text so far.
+        assert data(so_far)["offset"] == 0
+        assert data(so_far)["text"] == reply_text(first.got, reply_id)
+        assert not any(e.event == "prompt_accepted" for e in late.got)  # stored before it
         seqs = stored_seqs(both)
         assert seqs == list(range(1, len(seqs) + 1))
         # Resuming from the end again sends nothing stored twice.
