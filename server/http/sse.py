@@ -352,7 +352,8 @@ def with_stream(json_route: Route) -> Route:
     json_endpoint = json_route.endpoint
 
     async def endpoint(request: Request) -> Response:
-        if EVENT_STREAM in request.headers.get("accept", ""):
+        # Not for HEAD: headers alone, with nothing to stream after them.
+        if request.method == "GET" and EVENT_STREAM in request.headers.get("accept", ""):
             return await open_stream(request)
         response: Response = await json_endpoint(request)
         return response
