@@ -22,7 +22,18 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server.cluster.node import ClusterNode
-from server.http import access, context, events, home, members, prompts, sessions, usage, webhooks
+from server.http import (
+    access,
+    context,
+    events,
+    home,
+    members,
+    prompts,
+    sessions,
+    sse,
+    usage,
+    webhooks,
+)
 from server.http.demo import DemoFiles
 from server.http.models import Health, Readiness
 from server.http.rest import Operation, authenticate, error_response, openapi_document, route
@@ -258,7 +269,10 @@ def create_app(
             {"error": {"code": "internal", "message": "internal error"}}, status_code=500
         )
 
-    routes: list[Any] = [route(op) for op in operations]
+    routes: list[Any] = [
+        sse.with_stream(route(op)) if op.handler is events.list_events else route(op)
+        for op in operations
+    ]
     routes += [
         Route("/api/v1/openapi.json", openapi, methods=["GET"]),
         *home.ROUTES,
@@ -273,7 +287,8 @@ def create_app(
                 CORSMiddleware,
                 allow_origins=settings.cors_origins,
                 allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
-                allow_headers=["Authorization", "Content-Type"],
+                # Last-Event-ID: a browser's EventSource resumes a stream with it.
+                allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
             )
         )
     return Starlette(

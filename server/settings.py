@@ -138,6 +138,20 @@ class Settings(BaseSettings):
     max_connections_per_session: int = Field(
         default=1000, ge=1, description="Sockets to one session (on one node)"
     )
+    # Server-Sent Events (``GET …/events`` with ``Accept: text/event-stream``)
+    sse_heartbeat_s: float = Field(
+        default=15.0,
+        gt=0,
+        le=3600,
+        description="An idle event stream gets a comment line this often (proxies keep it "
+        "open); it also looks at the stored events again then",
+    )
+    max_streams_per_user: int = Field(
+        default=16, ge=1, description="Event streams of one user to one session (on one node)"
+    )
+    max_streams_per_session: int = Field(
+        default=1000, ge=1, description="Event streams to one session (on one node)"
+    )
     cors_origins: list[str] = Field(default_factory=list)
     metrics_access: Literal["open", "admin", "off"] = Field(
         default="open",

@@ -8,6 +8,7 @@ a socket is closed with when this error ends it (-: it never ends one).
     │   ├── UnknownCommand                  unknown_command  422   -
     │   ├── UnsupportedMediaType            unsupported_media_type 415 -
     │   ├── MethodNotAllowed                method_not_allowed 405 -
+    │   ├── BadEventId                      bad_event_id     400   -
     │   ├── ProtocolError (yprotocol)       invalid          422   4400
     │   └── CommandError (commands)         the code and status of the error it wraps
     ├── Unauthenticated                     unauthenticated  401   4401
@@ -19,7 +20,8 @@ a socket is closed with when this error ends it (-: it never ends one).
     │   ├── DuplicateCommand                conflict         409   -
     │   └── IllegalTransition (lifecycle)   conflict         409   -
     ├── RateLimited                         rate_limited     429   4429
-    │   └── QuotaExceeded                   quota_exceeded   429   -
+    │   ├── QuotaExceeded                   quota_exceeded   429   -
+    │   └── TooManyStreams                  too_many_streams 429   -
     ├── Unavailable                         unavailable      503   1013
     │   ├── NotHolder (server.cluster.lease) unavailable     503   1013
     │   │   └── Fenced                      unavailable      503   1013
@@ -50,6 +52,7 @@ class ErrorCode(StrEnum):
     UNKNOWN_COMMAND = "unknown_command"
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
     METHOD_NOT_ALLOWED = "method_not_allowed"
+    BAD_EVENT_ID = "bad_event_id"
     UNAUTHENTICATED = "unauthenticated"
     FORBIDDEN = "forbidden"
     NOT_FOUND = "not_found"
@@ -59,6 +62,7 @@ class ErrorCode(StrEnum):
     RATE_LIMITED = "rate_limited"
     UNAVAILABLE = "unavailable"
     QUOTA_EXCEEDED = "quota_exceeded"
+    TOO_MANY_STREAMS = "too_many_streams"
     PROVIDER_ERROR = "provider_error"
     INTERNAL = "internal"
 
@@ -105,6 +109,13 @@ class UnsupportedMediaType(InvalidInput):
 class MethodNotAllowed(InvalidInput):
     code = ErrorCode.METHOD_NOT_ALLOWED
     http_status = 405
+
+
+class BadEventId(InvalidInput):
+    """A ``Last-Event-ID`` this session's event stream never sent (``server.http.sse``)."""
+
+    code = ErrorCode.BAD_EVENT_ID
+    http_status = 400
 
 
 class Unauthenticated(ParleyError):
@@ -163,6 +174,13 @@ class Unavailable(ParleyError):
 class QuotaExceeded(RateLimited):
     code = ErrorCode.QUOTA_EXCEEDED
     close_code = None  # a prompt is refused; the socket stays
+
+
+class TooManyStreams(RateLimited):
+    """One event stream more than a member (or a session) may hold open on one node."""
+
+    code = ErrorCode.TOO_MANY_STREAMS
+    close_code = None
 
 
 class ProviderError(ParleyError):

@@ -1,7 +1,8 @@
 """Admin route for a session's semantic events (``session.events``), oldest first.
 
-Events carry ids, authors and codes, never content; this route is for the admin key only
-(members' reads of events, scoped to what they may read, come with the streaming API).
+Events carry ids, authors and codes, never content; these JSON pages are for the admin key
+only. With ``Accept: text/event-stream`` the same path is the events' stream, for members
+too (``server.http.sse``).
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ OPERATIONS: list[Operation] = [
         "GET",
         "/api/v1/sessions/{session_id}/events",
         list_events,
-        "The session's semantic events in commit order (admin only)",
+        "The session's semantic events in commit order (admin only); with "
+        "'Accept: text/event-stream' a Server-Sent Events stream for members too",
         response=EventList,
         errors=(404,),
         query=(

@@ -37,6 +37,7 @@ from authz.tokens import ClientClaims, token_refusal
 from server.http.retry_hint import retry_reason
 from server.metrics import Metrics
 from server.runtime.active_run import ActiveRun
+from server.runtime.stream_feed import ReplyText, StreamFeed
 from server.runtime.tools import tool_defs
 from server.settings import Settings
 from server.store.access import (
@@ -188,6 +189,8 @@ class SessionRoom:
         # Revoked client tokens not expired yet, by id (the check of every socket and call).
         self.revoked_tokens: dict[str, TokenRow] = {}
         self.connections: set[Connection] = set()
+        # What the event streams of this session read in memory (``server.http.sse``).
+        self.feed = StreamFeed()
         self.doc = SessionDocument(Doc())
         self.presence = Presence(settings.max_awareness_state_bytes)
         self.awareness = AwarenessFanout(
@@ -290,6 +293,8 @@ class SessionRoom:
                 self._captured = None
             for frame in frames:
                 self._committed(frame)
+            if frames:
+                self.feed.committed(self.doc, None)  # the events are the runner's to count
         for frame in frames:
             self.broadcast(encode_sync(SyncType.UPDATE, frame))
         if frames:
@@ -321,7 +326,7 @@ class SessionRoom:
                         update_id = await tx.append_update(self.session_id, update)
                         await self._published(tx, update_id)
                     # Last: on PostgreSQL the event counter's row stays locked to the commit.
-                    await tx.append_events(self.session_id, self.now_ms(), write.events)
+                    numbers = await tx.append_events(self.session_id, self.now_ms(), write.events)
             except BaseException:
                 await self._forget(captured)
                 raise
@@ -331,6 +336,7 @@ class SessionRoom:
             for callback in write.after_commit:
                 callback()
             self._broadcast_update(update)
+            self.feed.committed(self.doc, numbers)
         self.last_active = self.clock()
 
     @asynccontextmanager
@@ -359,6 +365,8 @@ class SessionRoom:
                     raise asyncio.CancelledError from None
                 raise
             self._broadcast_update(update)
+            if update:
+                self.feed.committed(self.doc, ())
             if stored is not None:
                 if self._snapshot_due():
                     await self._snapshot_after(update_id)
@@ -840,6 +848,7 @@ class SessionRoom:
         self.model = row.model
         self.restricted_replies = row.restricted_replies
         await self.refresh_membership()
+        self.feed.changed()
 
     async def load_kept(self) -> None:
         """A read replica (cluster mode): read the restricted text and the summaries the
@@ -907,7 +916,9 @@ class SessionRoom:
 
     def refresh_sockets(self) -> None:
         """Close the sockets of users removed (4403), of revoked tokens (4401), and of
-        members who may no longer read the session (4403)."""
+        members who may no longer read the session (4403); wake the event streams, which
+        check their reader again."""
+        self.feed.changed()
         for connection in list(self.connections):
             user_id = connection.user_id
             if user_id not in self.members:
@@ -935,6 +946,7 @@ class SessionRoom:
         self.failed = reason
         self.cut_off = cause
         self.wakeup.set()
+        self.feed.end("unavailable", f"{reason}; resume with the last id")
         if retry_after_s is not None:
             reason = retry_reason(reason, retry_after_s)
         self._closing = asyncio.get_running_loop().create_task(self._close_after_writes(reason))
@@ -945,4 +957,17 @@ class SessionRoom:
                 connection.close(CloseCode.TRY_AGAIN, reason)
 
     def is_idle(self) -> bool:
-        return not self.connections and len(self.queue) == 0 and self.active_run is None
+        return (
+            not self.connections
+            and not self.feed.readers
+            and len(self.queue) == 0
+            and self.active_run is None
+        )
+
+    def committed_reply(self, reply_id: str) -> ReplyText | None:
+        """A reply's text as committed (None: not in the committed document yet)."""
+        return self.feed.reply(self.doc, reply_id, writing=self._lock.locked())
+
+    def committed_queue(self) -> list[dict[str, Any]]:
+        """The waiting prompts in planned order, as committed."""
+        return self.feed.queue(self.doc, writing=self._lock.locked())

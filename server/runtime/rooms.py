@@ -171,6 +171,7 @@ class RoomRegistry:
         rooms = [room for room, _ in self._rooms.values()]
         for room in rooms:
             room.draining = True
+            room.feed.changed()  # its event streams end
             for connection in list(room.connections):
                 connection.close(CloseCode.GOING_AWAY, "server shutting down")
         deadline = self.clock() + grace_s
@@ -212,6 +213,10 @@ class RoomRegistry:
             return
         room, runner = loaded
         room.closed = True
+        if close_code is CloseCode.NOT_FOUND:
+            room.feed.end("not_found", "the session was deleted")
+        else:  # its readers resume with their last id, on the room loaded next
+            room.feed.end("unavailable", f"{reason or 'session unloaded'}; resume with the last id")
         await runner.stop()
         if self.cluster is not None:
             await self.cluster.close(room)

@@ -20,6 +20,7 @@ from parley_client.admin import (
 )
 from parley_client.errors import (
     ERRORS,
+    BadEventId,
     Busy,
     Conflict,
     Forbidden,
@@ -34,6 +35,7 @@ from parley_client.errors import (
     RateLimited,
     SessionClosed,
     TooLarge,
+    TooManyStreams,
     Unauthenticated,
     Unavailable,
     UnknownCommand,
@@ -49,6 +51,7 @@ __all__ = [
     "AdminClient",
     "AuditPage",
     "AuditRecord",
+    "BadEventId",
     "Busy",
     "Change",
     "Conflict",
@@ -80,6 +83,7 @@ __all__ = [
     "Snapshot",
     "TokenInfo",
     "TooLarge",
+    "TooManyStreams",
     "ToolInfo",
     "Unauthenticated",
     "Unavailable",

@@ -5,7 +5,8 @@
     │   ├── TooLarge            too_large
     │   ├── UnknownCommand      unknown_command
     │   ├── UnsupportedMediaType unsupported_media_type
-    │   └── MethodNotAllowed    method_not_allowed
+    │   ├── MethodNotAllowed    method_not_allowed
+    │   └── BadEventId          bad_event_id (an event stream's Last-Event-ID)
     ├── Unauthenticated         unauthenticated
     ├── Forbidden               forbidden
     ├── NotFound                not_found
@@ -13,7 +14,8 @@
     │   ├── Busy                busy
     │   └── QueueFull           queue_full
     ├── RateLimited             rate_limited
-    │   └── QuotaExceeded       quota_exceeded
+    │   ├── QuotaExceeded       quota_exceeded
+    │   └── TooManyStreams      too_many_streams
     ├── Unavailable             unavailable
     ├── ProviderError           provider_error
     ├── InternalError           internal
@@ -59,6 +61,10 @@ class MethodNotAllowed(InvalidInput):
     code = "method_not_allowed"
 
 
+class BadEventId(InvalidInput):
+    code = "bad_event_id"
+
+
 class Unauthenticated(ParleyError):
     code = "unauthenticated"
 
@@ -89,6 +95,10 @@ class RateLimited(ParleyError):
 
 class QuotaExceeded(RateLimited):
     code = "quota_exceeded"
+
+
+class TooManyStreams(RateLimited):
+    code = "too_many_streams"
 
 
 class Unavailable(ParleyError):
