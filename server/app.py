@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -10,7 +11,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import httpx
-from prometheus_client import CONTENT_TYPE_LATEST
+from prometheus_client import CONTENT_TYPE_LATEST, start_http_server
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -21,10 +22,21 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server.cluster.node import ClusterNode
-from server.http import access, events, prompts, sessions, usage, webhooks
+from server.http import (
+    access,
+    context,
+    events,
+    home,
+    members,
+    prompts,
+    sessions,
+    sse,
+    usage,
+    webhooks,
+)
 from server.http.demo import DemoFiles
 from server.http.models import Health, Readiness
-from server.http.rest import Operation, error_response, openapi_document, route
+from server.http.rest import Operation, authenticate, error_response, openapi_document, route
 from server.keys import resolve_keys
 from server.metrics import Metrics
 from server.outbound.webhook_sender import WebhookSender
@@ -35,14 +47,14 @@ from server.state import AppState
 from server.store.db import create_engine, current_revision, head_revision
 from server.store.health import StorageHealth
 from server.store.sessions import Store
+from server.version import version
 from server.ws.direct_send import DirectSendMiddleware
 from server.ws.endpoint import session_socket
 from server.ws.send_budget import SendBudget
-from session.errors import ParleyError, SchemaNotCurrent, Unavailable
+from session.errors import Forbidden, NotFound, ParleyError, SchemaNotCurrent, Unavailable
 from session.model import ModelProvider
 
 log = logging.getLogger("parley.app")
-VERSION = "0.1.0"
 
 
 class RequestLog:
@@ -147,14 +159,17 @@ def create_app(
     settings = settings or Settings()
     operations = (
         PROBES
+        + home.OPERATIONS
         + sessions.OPERATIONS
+        + members.OPERATIONS
+        + context.OPERATIONS
         + usage.OPERATIONS
         + events.OPERATIONS
         + access.OPERATIONS
         + prompts.OPERATIONS
         + webhooks.OPERATIONS
     )
-    spec = openapi_document(operations, title="Parley admin API", version=VERSION)
+    spec = openapi_document(operations, title="Parley admin API", version=version())
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -206,6 +221,13 @@ def create_app(
         rooms.start_reaper()
         sender = WebhookSender(store, settings, clock)
         await sender.start(sole_sender=not settings.cluster)
+        # /metrics on a port of its own (a thread of prometheus_client's), e.g. for a
+        # scraper inside the cluster while the API port faces the internet.
+        exporter = (
+            start_http_server(settings.metrics_port, settings.metrics_host, metrics.registry)[0]
+            if settings.metrics_port
+            else None
+        )
         try:
             yield
         finally:
@@ -215,12 +237,19 @@ def create_app(
             await rooms.close()
             await store.close()
             budget.close()
+            if exporter is not None:
+                await asyncio.to_thread(exporter.shutdown)
+                exporter.server_close()
 
     async def openapi(_: Request) -> Response:
         return JSONResponse(spec)
 
     async def metrics_endpoint(request: Request) -> Response:
         state: AppState = request.app.state.parley
+        if settings.metrics_access == "off":
+            raise NotFound("metrics are served on PARLEY_METRICS_PORT only")
+        if settings.metrics_access == "admin" and not authenticate(request, state).is_admin:
+            raise Forbidden("metrics need the admin key")
         return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     async def on_parley_error(_: Request, exc: Exception) -> Response:
@@ -240,9 +269,13 @@ def create_app(
             {"error": {"code": "internal", "message": "internal error"}}, status_code=500
         )
 
-    routes: list[Any] = [route(op) for op in operations]
+    routes: list[Any] = [
+        sse.with_stream(route(op)) if op.handler is events.list_events else route(op)
+        for op in operations
+    ]
     routes += [
         Route("/api/v1/openapi.json", openapi, methods=["GET"]),
+        *home.ROUTES,
         Route("/metrics", metrics_endpoint, methods=["GET"]),
         Mount("/demo", app=DemoFiles(settings.demo_dir), name="demo"),
         WebSocketRoute("/ws/sessions/{session_id}", session_socket),
@@ -254,7 +287,8 @@ def create_app(
                 CORSMiddleware,
                 allow_origins=settings.cors_origins,
                 allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
-                allow_headers=["Authorization", "Content-Type"],
+                # Last-Event-ID: a browser's EventSource resumes a stream with it.
+                allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
             )
         )
     return Starlette(

@@ -17,6 +17,14 @@ class Metrics:
         self.connections = Gauge(
             "parley_open_connections", "Open WebSocket connections", registry=r
         )
+        self.streams = Gauge(
+            "parley_open_event_streams", "Open Server-Sent Events streams", registry=r
+        )
+        self.streams_cut = Counter(
+            "parley_event_streams_cut_total",
+            "Event streams cut because their reader took nothing for the stall timeout",
+            registry=r,
+        )
         self.sessions = Gauge(
             "parley_active_sessions", "Sessions loaded in this process", registry=r
         )

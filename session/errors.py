@@ -6,6 +6,9 @@ a socket is closed with when this error ends it (-: it never ends one).
     ├── InvalidInput                        invalid          422   -
     │   ├── TooLarge                        too_large        413   1009
     │   ├── UnknownCommand                  unknown_command  422   -
+    │   ├── UnsupportedMediaType            unsupported_media_type 415 -
+    │   ├── MethodNotAllowed                method_not_allowed 405 -
+    │   ├── BadEventId                      bad_event_id     400   -
     │   ├── ProtocolError (yprotocol)       invalid          422   4400
     │   └── CommandError (commands)         the code and status of the error it wraps
     ├── Unauthenticated                     unauthenticated  401   4401
@@ -17,7 +20,8 @@ a socket is closed with when this error ends it (-: it never ends one).
     │   ├── DuplicateCommand                conflict         409   -
     │   └── IllegalTransition (lifecycle)   conflict         409   -
     ├── RateLimited                         rate_limited     429   4429
-    │   └── QuotaExceeded                   quota_exceeded   429   -
+    │   ├── QuotaExceeded                   quota_exceeded   429   -
+    │   └── TooManyStreams                  too_many_streams 429   -
     ├── Unavailable                         unavailable      503   1013
     │   ├── NotHolder (server.cluster.lease) unavailable     503   1013
     │   │   └── Fenced                      unavailable      503   1013
@@ -46,6 +50,9 @@ class ErrorCode(StrEnum):
     INVALID = "invalid"
     TOO_LARGE = "too_large"
     UNKNOWN_COMMAND = "unknown_command"
+    UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
+    METHOD_NOT_ALLOWED = "method_not_allowed"
+    BAD_EVENT_ID = "bad_event_id"
     UNAUTHENTICATED = "unauthenticated"
     FORBIDDEN = "forbidden"
     NOT_FOUND = "not_found"
@@ -55,6 +62,7 @@ class ErrorCode(StrEnum):
     RATE_LIMITED = "rate_limited"
     UNAVAILABLE = "unavailable"
     QUOTA_EXCEEDED = "quota_exceeded"
+    TOO_MANY_STREAMS = "too_many_streams"
     PROVIDER_ERROR = "provider_error"
     INTERNAL = "internal"
 
@@ -75,6 +83,11 @@ class InvalidInput(ParleyError):
     code = ErrorCode.INVALID
     http_status = 422
 
+    def __init__(self, message: str, details: tuple[tuple[str, str], ...] = ()) -> None:
+        super().__init__(message)
+        # Each problem found, as (where, what): a body can be wrong in several places.
+        self.details = details
+
 
 class TooLarge(InvalidInput):
     code = ErrorCode.TOO_LARGE
@@ -84,6 +97,25 @@ class TooLarge(InvalidInput):
 
 class UnknownCommand(InvalidInput):
     code = ErrorCode.UNKNOWN_COMMAND
+
+
+class UnsupportedMediaType(InvalidInput):
+    """A request body that is not declared ``application/json``."""
+
+    code = ErrorCode.UNSUPPORTED_MEDIA_TYPE
+    http_status = 415
+
+
+class MethodNotAllowed(InvalidInput):
+    code = ErrorCode.METHOD_NOT_ALLOWED
+    http_status = 405
+
+
+class BadEventId(InvalidInput):
+    """A ``Last-Event-ID`` this session's event stream never sent (``server.http.sse``)."""
+
+    code = ErrorCode.BAD_EVENT_ID
+    http_status = 400
 
 
 class Unauthenticated(ParleyError):
@@ -142,6 +174,13 @@ class Unavailable(ParleyError):
 class QuotaExceeded(RateLimited):
     code = ErrorCode.QUOTA_EXCEEDED
     close_code = None  # a prompt is refused; the socket stays
+
+
+class TooManyStreams(RateLimited):
+    """One event stream more than a member (or a session) may hold open on one node."""
+
+    code = ErrorCode.TOO_MANY_STREAMS
+    close_code = None
 
 
 class ProviderError(ParleyError):

@@ -1,14 +1,15 @@
 """Admin route for a session's semantic events (``session.events``), oldest first.
 
-Events carry ids, authors and codes, never content; this route is for the admin key only
-(members' reads of events, scoped to what they may read, come with the streaming API).
+Events carry ids, authors and codes, never content; these JSON pages are for the admin key
+only. With ``Accept: text/event-stream`` the same path is the events' stream, for members
+too (``server.http.sse``).
 """
 
 from __future__ import annotations
 
 from server.http.models import EventList, EventOut
 from server.http.rest import Operation, QueryParam
-from server.http.sessions import _session
+from server.http.sessions import session_row
 from server.state import AppState
 
 MAX_EVENTS_PER_PAGE = 500
@@ -16,7 +17,7 @@ MAX_EVENTS_PER_PAGE = 500
 
 async def list_events(state: AppState, session_id: str, after: int, limit: int) -> EventList:
     """The session's events numbered above ``after``, at most ``limit``."""
-    await _session(state, session_id)
+    await session_row(state, session_id)
     rows = await state.store.events_after(session_id, after, limit)
     return EventList(
         events=[
@@ -32,7 +33,8 @@ OPERATIONS: list[Operation] = [
         "GET",
         "/api/v1/sessions/{session_id}/events",
         list_events,
-        "The session's semantic events in commit order (admin only)",
+        "The session's semantic events in commit order (admin only); with "
+        "'Accept: text/event-stream' a Server-Sent Events stream for members too",
         response=EventList,
         errors=(404,),
         query=(

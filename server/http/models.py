@@ -40,9 +40,17 @@ class Strict(BaseModel):
         return self
 
 
+class FieldProblem(Strict):
+    at: str = Field(description="Where: a dotted path into the body, or a parameter's name.")
+    message: str
+
+
 class ErrorDetail(Strict):
     code: str = Field(description="Stable, machine-readable error code.")
     message: str
+    details: list[FieldProblem] | None = Field(
+        default=None, description="Every problem found in the input (validation errors)."
+    )
 
 
 class ErrorBody(Strict):
@@ -161,7 +169,7 @@ class TranscriptEntryOut(Strict):
     created_at: int
     reason: str | None = Field(description="Why it ended unanswered, for people")
     reason_code: str | None = Field(
-        description="Why it ended unanswered, as a stable code (see README's reason table)"
+        description="Why it ended unanswered, as a stable code (docs/document.md: reasons)"
     )
     reply_to: str | None
     reply_id: str | None
@@ -236,7 +244,9 @@ class PromptStatusOut(Strict):
     seq: int
     author: str
     status: Literal["queued", "running", "done", "failed", "cancelled", "interrupted"]
-    reason_code: str | None = Field(description="Why it ended unanswered (README's reason table)")
+    reason_code: str | None = Field(
+        description="Why it ended unanswered (docs/document.md: reasons)"
+    )
     reason: str | None
     reply_id: str | None
     position: int | None = Field(description="While it waits, 1: the next to run; else null")

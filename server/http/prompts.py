@@ -142,6 +142,7 @@ OPERATIONS: list[Operation] = [
         body=EntryPost,
         response=PromptAccepted,
         status=202,
+        location="/api/v1/sessions/{session_id}/prompts/{prompt_id}",
         errors=COMMAND_ERRORS,
     ),
     Operation(

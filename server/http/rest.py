@@ -12,10 +12,12 @@ that capability now and the token is not revoked (401); every refusal is audited
 from __future__ import annotations
 
 import hmac
+import inspect
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 from pydantic import BaseModel, ValidationError
 from pydantic.json_schema import models_json_schema
@@ -28,7 +30,14 @@ from authz.tokens import ClientClaims, verify_token
 from server.http.models import ErrorBody
 from server.state import AppState
 from session.commands import unstorable
-from session.errors import Forbidden, InvalidInput, ParleyError, TooLarge, Unauthenticated
+from session.errors import (
+    Forbidden,
+    InvalidInput,
+    ParleyError,
+    TooLarge,
+    Unauthenticated,
+    UnsupportedMediaType,
+)
 
 Handler = Callable[..., Awaitable[BaseModel | None]]
 
@@ -39,6 +48,7 @@ ERROR_DESCRIPTIONS = {
     404: "Not found",
     409: "Conflict",
     413: "Body too large",
+    415: "Body not declared application/json",
     422: "Invalid input",
     429: "Too many requests",
     503: "Database unavailable",
@@ -96,11 +106,21 @@ class Operation:
     capability: str | None = None
     # The handler takes ``caller`` (for checks that depend on the resource).
     with_caller: bool = False
+    # Where the created resource lives (a 201's ``Location``): a template filled from the
+    # path's parameters, the body's fields and the response's fields.
+    location: str | None = None
+    tag: str | None = None  # OpenAPI's grouping; from the path when None
+
+
+MAX_PROBLEMS = 50  # validation errors listed in one answer (the count says how many more)
 
 
 def error_response(error: ParleyError) -> JSONResponse:
+    body: dict[str, Any] = {"code": error.code.value, "message": error.message}
+    if isinstance(error, InvalidInput) and error.details:
+        body["details"] = [{"at": at, "message": message} for at, message in error.details]
     return JSONResponse(
-        {"error": {"code": error.code.value, "message": error.message}},
+        {"error": body},
         status_code=error.http_status,
         headers={"WWW-Authenticate": "Bearer"} if error.http_status == 401 else None,
     )
@@ -150,12 +170,39 @@ async def read_body(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
-def _describe(exc: ValidationError) -> str:
-    parts = []
-    for error in exc.errors()[:5]:
-        where = ".".join(str(p) for p in error["loc"]) or "body"
-        parts.append(f"{where}: {error['msg']}")
-    return "; ".join(parts)
+def invalid_body(exc: ValidationError) -> InvalidInput:
+    """Every problem pydantic found (up to ``MAX_PROBLEMS``), in the message and listed."""
+    errors = exc.errors()
+    details = tuple(
+        (".".join(str(p) for p in error["loc"]) or "body", str(error["msg"]))
+        for error in errors[:MAX_PROBLEMS]
+    )
+    message = "; ".join(f"{at}: {what}" for at, what in details)
+    if len(errors) > MAX_PROBLEMS:
+        message += f"; and {len(errors) - MAX_PROBLEMS} more"
+    return InvalidInput(message, details)
+
+
+def check_json_body(request: Request, raw: bytes) -> None:
+    """A body must say it is JSON (``application/json`` or a ``+json`` type); an empty one
+    (every field optional) may say nothing."""
+    declared = request.headers.get("content-type")
+    if declared is None and not raw.strip():
+        return
+    media = (declared or "").partition(";")[0].strip().lower()
+    if media != "application/json" and not (
+        media.startswith("application/") and media.endswith("+json")
+    ):
+        raise UnsupportedMediaType(
+            f"send the body as JSON with 'Content-Type: application/json' (got {media or 'none'})"
+        )
+
+
+def location_of(op: Operation, fields: dict[str, Any]) -> dict[str, str] | None:
+    if op.location is None:
+        return None
+    quoted = {name: quote(str(value), safe="") for name, value in fields.items()}
+    return {"Location": op.location.format_map(quoted)}
 
 
 def route(op: Operation) -> Route:
@@ -177,17 +224,23 @@ def route(op: Operation) -> Route:
                 kwargs["caller"] = caller
             if op.body is not None:
                 raw = await read_body(request, state.settings.max_request_bytes)
+                check_json_body(request, raw)
                 try:
                     kwargs["body"] = op.body.model_validate_json(raw or b"{}")
                 except ValidationError as exc:
-                    raise InvalidInput(_describe(exc)) from None
+                    raise invalid_body(exc) from None
             result = await op.handler(state, **kwargs)
         except ParleyError as exc:
             state.metrics.errors.labels(code=exc.code.value).inc()
             return error_response(exc)
         if result is None:
             return Response(status_code=op.status)
-        return JSONResponse(result.model_dump(mode="json"), status_code=op.status)
+        answer = result.model_dump(mode="json")
+        fields = {**request.path_params, **answer}
+        if op.location is not None and "body" in kwargs:
+            fields = {**kwargs["body"].model_dump(mode="json"), **fields}
+        headers = location_of(op, fields)
+        return JSONResponse(answer, status_code=op.status, headers=headers)
 
     return Route(op.path, endpoint, methods=[op.method], name=op.handler.__name__)
 
@@ -216,6 +269,14 @@ def _query_int(request: Request, param: QueryParam) -> int:
     return value
 
 
+def tag_of(path: str) -> str:
+    """OpenAPI's group of a path: what it names under a session, else its first part."""
+    parts = [p for p in path.removeprefix("/api/v1/").split("/") if not p.startswith("{")]
+    if parts[0] == "sessions" and len(parts) > 1:
+        return parts[1]
+    return parts[0]
+
+
 def openapi_document(operations: list[Operation], *, title: str, version: str) -> dict[str, Any]:
     models: set[type[BaseModel]] = {ErrorBody}
     for op in operations:
@@ -226,7 +287,14 @@ def openapi_document(operations: list[Operation], *, title: str, version: str) -
     )
     paths: dict[str, dict[str, Any]] = {}
     for op in operations:
-        item: dict[str, Any] = {"summary": op.summary, "operationId": op.handler.__name__}
+        item: dict[str, Any] = {
+            "summary": op.summary,
+            "operationId": op.handler.__name__,
+            "tags": [op.tag or tag_of(op.path)],
+        }
+        description = inspect.getdoc(op.handler)
+        if description:
+            item["description"] = description
         params = [
             {
                 "name": name,
@@ -279,6 +347,11 @@ def openapi_document(operations: list[Operation], *, title: str, version: str) -
         if op.response is not None:
             responses[str(op.status)] = {
                 "description": "OK",
+                **(
+                    {"headers": {"Location": {"schema": {"type": "string"}}}}
+                    if op.location is not None
+                    else {}
+                ),
                 "content": {
                     "application/json": {
                         "schema": {"$ref": f"#/components/schemas/{op.response.__name__}"}
@@ -288,7 +361,7 @@ def openapi_document(operations: list[Operation], *, title: str, version: str) -
         else:
             responses[str(op.status)] = {"description": "Done"}
         statuses = set(op.errors) | ({401} if op.auth else set())
-        statuses |= {413, 422} if op.body is not None else set()
+        statuses |= {413, 415, 422} if op.body is not None else set()
         statuses |= {422} if op.query or op.query_str else set()
         statuses |= {403} if op.capability is not None or "{session_id}" in op.path else set()
         statuses |= {503} if op.auth else set()

@@ -6,7 +6,7 @@ import datetime
 
 from server.http.models import QuotasOut, QuotasPut, UsageOut, UserUsageOut
 from server.http.rest import Operation, QueryStr
-from server.http.sessions import USER_ID, _session
+from server.http.sessions import USER_ID, session_row
 from server.state import AppState
 from server.store.usage import UsageLedger
 from session.errors import InvalidInput
@@ -30,7 +30,7 @@ async def get_usage(
     state: AppState, session_id: str, user_id: str | None, day: str | None
 ) -> UsageOut:
     """Tokens used on ``day`` (UTC; default today), per user (or one user's)."""
-    await _session(state, session_id)
+    await session_row(state, session_id)
     ledger = _ledger(state)
     if day is None:
         day = ledger.today()
@@ -59,13 +59,13 @@ async def get_usage(
 
 
 async def get_quotas(state: AppState, session_id: str) -> QuotasOut:
-    await _session(state, session_id)
+    await session_row(state, session_id)
     return _quotas_out(await _ledger(state).quotas(session_id))
 
 
 async def put_quotas(state: AppState, session_id: str, body: QuotasPut) -> QuotasOut:
     """Replace the session's daily token quotas (checked before each model call)."""
-    await _session(state, session_id)
+    await session_row(state, session_id)
     ledger = _ledger(state)
     await ledger.set_quotas(
         session_id, Quotas(body.session_tokens_per_day, body.user_tokens_per_day)

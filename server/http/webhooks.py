@@ -227,6 +227,7 @@ OPERATIONS: list[Operation] = [
         body=WebhookCreate,
         response=WebhookCreated,
         status=201,
+        location="/api/v1/webhooks/{id}",
         errors=(409,),
     ),
     Operation("GET", "/api/v1/webhooks", list_all, "Every event webhook", response=WebhookList),

@@ -15,17 +15,20 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator
 from authz.policy import Do, Subject, decide
 from authz.roles import Capability, Member, RoleTable
 from authz.tokens import ClientClaims, token_refusal
+from server.settings import Settings
 from server.store.access import AccessStore, TokenRow
 from server.store.sessions import Store
 from server.ws.connection import Connection
 from session.closes import CloseCode
 from session.core import MemberUpdated, TokenRevoked
+from session.ratelimit import Rate, Spend
 
 Stop = Callable[[MemberUpdated | TokenRevoked], Awaitable[None]]
 
 
 class Membership:
-    """The members of session ``session_id``; ``sockets`` its open sockets."""
+    """The members of session ``session_id``; ``sockets`` its open sockets, ``changed``
+    wakes its event streams."""
 
     def __init__(
         self,
@@ -34,6 +37,7 @@ class Membership:
         roles: Callable[[], RoleTable],
         clock: Callable[[], float],
         sockets: Callable[[], Iterable[Connection]],
+        changed: Callable[[], None],
         stop: Stop,
     ) -> None:
         self.session_id = session_id
@@ -41,6 +45,7 @@ class Membership:
         self.roles = roles
         self.clock = clock
         self.sockets = sockets
+        self.changed = changed
         self.stop = stop
         self.members: dict[str, Member] = {}
         # Revoked client tokens not expired yet, by id (the check of every socket and call).
@@ -94,7 +99,9 @@ class Membership:
         await self.stop(TokenRevoked(token.user_id, int(now * 1000)))
 
     def refresh_sockets(self) -> None:
-        """Close the sockets that may no longer be open (``closing``)."""
+        """Close the sockets that may no longer be open (``closing``); wake the event
+        streams (``changed``), which check their reader again."""
+        self.changed()
         for connection in list(self.sockets()):
             closing = self.closing(connection.user_id, connection.claims)
             if closing is not None:
@@ -120,3 +127,14 @@ class Membership:
         if not decide(self.subject(user_id), Do(Capability.READ_SESSION)).allowed:
             return CloseCode.FORBIDDEN, "membership revoked"
         return None
+
+
+def member_rates(settings: Settings) -> dict[Spend, Rate]:
+    """What one member may spend across all their sockets in a session."""
+    return {
+        Spend.COMMANDS: Rate(settings.user_commands_per_second, 2 * settings.commands_burst),
+        Spend.DOCUMENT_BYTES: Rate(
+            settings.document_write_bytes_per_s, settings.document_write_burst_bytes
+        ),
+        Spend.AWARENESS_BYTES: Rate(settings.awareness_bytes_per_s, settings.awareness_burst_bytes),
+    }

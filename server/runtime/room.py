@@ -12,7 +12,6 @@ core reads: the queue, the members (``Membership``), the context (``SessionConte
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 import uuid
@@ -20,14 +19,17 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-from authz.policy import Action, Decision, Subject, decide, may_read
-from authz.roles import RoleTable
+from authz.policy import Action, Decision, Subject, decide
+from authz.roles import Member, RoleTable
+from authz.tokens import ClientClaims
 from server.http.retry_hint import retry_reason
 from server.metrics import Metrics
 from server.runtime.active_run import ActiveRun
 from server.runtime.context import SessionContext
-from server.runtime.membership import Membership
+from server.runtime.membership import Membership, member_rates
 from server.runtime.run_steps import RunSteps
+from server.runtime.sockets import SessionSockets
+from server.runtime.stream_feed import ReplyText, StreamFeed
 from server.runtime.writer import DocumentWriter, Write
 from server.settings import Settings
 from server.store.access import AccessStore, PrivateItem, ToolRow
@@ -36,7 +38,6 @@ from server.store.group_commit import WriteFence
 from server.store.sessions import Store
 from server.ws.awareness import AwarenessFanout
 from server.ws.connection import Connection
-from server.ws.direct_send import binary_frame
 from session.closes import CloseCode
 from session.commands import Limits
 from session.core import (
@@ -55,22 +56,11 @@ from session.errors import NotFound
 from session.lifecycle import PromptStatus
 from session.presence import Presence
 from session.queue import OrderingQueue, Policy, QueueLimits
-from session.ratelimit import Budgets, Rate, Spend, TokenBucket
+from session.ratelimit import Budgets, Spend, TokenBucket
 from session.reasons import ReasonCode
 from session.schema import QueuedItem, SessionDocument
 
 log = logging.getLogger("parley.room")
-
-
-def member_rates(settings: Settings) -> dict[Spend, Rate]:
-    """What one member may spend across all their sockets in a session."""
-    return {
-        Spend.COMMANDS: Rate(settings.user_commands_per_second, 2 * settings.commands_burst),
-        Spend.DOCUMENT_BYTES: Rate(
-            settings.document_write_bytes_per_s, settings.document_write_burst_bytes
-        ),
-        Spend.AWARENESS_BYTES: Rate(settings.awareness_bytes_per_s, settings.awareness_burst_bytes),
-    }
 
 
 def new_id() -> str:
@@ -119,11 +109,22 @@ class SessionRoom:
             )
         )
         self.last_seq = 0  # the highest sequence number stored (``load``)
-        self.connections: set[Connection] = set()
+        self.sockets = SessionSockets(self.subject)
+        # What the event streams of this session read in memory (``server.http.sse``).
+        self.feed = StreamFeed()
         self.membership = Membership(
-            session_id, store, roles, clock, lambda: self.connections, self._stop_prompts
+            session_id,
+            store,
+            roles,
+            clock,
+            lambda: self.sockets.connections,
+            self.feed.changed,
+            self._stop_prompts,
         )
-        self.writer = DocumentWriter(session_id, store, settings, clock, self.broadcast, self._lost)
+        lost = partial(self.fail, retry_after_s=settings.db_retry_after_s)
+        self.writer = DocumentWriter(
+            session_id, store, settings, clock, self.broadcast, lost, self.feed
+        )
         self.context = SessionContext(
             session_id,
             store=store,
@@ -151,6 +152,13 @@ class SessionRoom:
     @property
     def doc(self) -> SessionDocument:
         return self.writer.doc
+
+    @property
+    def members(self) -> dict[str, Member]:
+        return self.membership.members
+
+    def token_refusal(self, claims: ClientClaims) -> str | None:
+        return self.membership.token_refusal(claims)
 
     @property
     def active_run(self) -> ActiveRun | None:
@@ -201,6 +209,7 @@ class SessionRoom:
             raise NotFound(f"no session {self.session_id!r}")
         self.use_settings(row.model, row.restricted_replies)
         await self.membership.refresh()
+        self.feed.changed()
 
     def use_settings(self, model: str | None, restricted_replies: str) -> None:
         self.model = model
@@ -234,6 +243,10 @@ class SessionRoom:
         )
 
     async def execute(self, event: CommandEvent) -> Effects:
+        """Carry out a member's command (see ``step``)."""
+        return await self.step(event, event.now_ms)
+
+    async def step(self, event: Event, now_ms: int) -> Effects:
         """Carry out what ``event`` does: judged at the door, and judged again under the
         writer on the state it changes (which may have moved while this waited), then
         stored, committed and broadcast; after the commit the run in flight is stopped or
@@ -241,7 +254,7 @@ class SessionRoom:
         effects = handle(self.view(), event)
         if effects.error is None and effects.writes:
             try:
-                effects = await self.carry_out(event, event.now_ms)
+                effects = await self.carry_out(event, now_ms)
             except SequenceMoved as exc:
                 self.last_seq = exc.last_seq
                 raise
@@ -263,15 +276,6 @@ class SessionRoom:
                 await self.record(write, effects, now_ms)
         except _Refused as refused:
             return refused.effects
-        return effects
-
-    async def step(self, event: Event, now_ms: int) -> Effects:
-        """Carry out a server-made event (a run step, a membership change): a refusal is
-        the server's own error, raised."""
-        effects = await self.carry_out(event, now_ms)
-        if effects.error is not None:
-            raise effects.error
-        await self.notify(effects)
         return effects
 
     async def record(self, write: Write, effects: Effects, now_ms: int) -> None:
@@ -297,27 +301,17 @@ class SessionRoom:
             self.runs.wake()
 
     def _keep_private(self, item: PrivateItem) -> None:
-        """Remember a stored private item and deliver it to the sockets of members who may
-        read it (those that speak JSON; stock Yjs clients read it over REST)."""
+        """Remember a stored private item and deliver it to who may read it."""
         self.context.keep(item)
-        frame = json.dumps(
-            {"type": "restricted", "entry_id": item.entry_id, "kind": item.kind, "text": item.text}
-        )
-        for connection in list(self.connections):
-            if may_read(self.subject(connection.user_id), item.restriction):
-                connection.send_json(frame)
+        self.sockets.deliver_private(item)
 
     # -- membership ------------------------------------------------------------------------
 
     async def _stop_prompts(self, event: MemberUpdated | TokenRevoked) -> None:
         """A member lost the right to their prompts (``Membership``): the core says which
-        stop."""
-        effects = handle(self.view(), event)
+        stop (none where the session is not run: nothing waits or runs there)."""
         try:
-            if effects.writes:
-                await self.step(event, event.now_ms)
-            else:  # nothing of theirs waits (always so where the session is not run)
-                await self.notify(effects)
+            await self.step(event, event.now_ms)
         except Exception:
             # The change is stored either way; a removed member's prompt left waiting
             # still fails when it comes up (``RunSteps.start``).
@@ -347,29 +341,28 @@ class SessionRoom:
 
     # -- sockets and the room's life -------------------------------------------------------
 
+    @property
+    def connections(self) -> set[Connection]:
+        return self.sockets.connections
+
     def broadcast(self, message: bytes) -> None:
-        frame = binary_frame(message)  # framed once for every socket
-        for connection in list(self.connections):
-            connection.send(message, frame)
-
-    def attach(self, connection: Connection) -> None:
-        self.connections.add(connection)
-
-    def detach(self, connection: Connection) -> None:
-        self.connections.discard(connection)
+        self.sockets.broadcast(message)
 
     def drain(self) -> None:
-        """The server shuts down: no new run starts here; the sockets close (1001)."""
+        """The server shuts down: no new run starts here; the event streams end and the
+        sockets close (1001)."""
         self.draining = True
-        for connection in list(self.connections):
-            connection.close(CloseCode.GOING_AWAY, "server shutting down")
+        self.feed.changed()
+        self.sockets.close_all(CloseCode.GOING_AWAY, "server shutting down")
 
-    def close(self) -> None:
-        """Unloaded: the runner stops at its next turn."""
+    def close(self, *, deleted: bool = False, reason: str = "") -> None:
+        """Unloaded: the runner stops at its next turn; the event streams end (their
+        readers resume with their last id on the room loaded next, unless ``deleted``)."""
         self.closed = True
-
-    def _lost(self, reason: str) -> None:
-        self.fail(reason, retry_after_s=self.settings.db_retry_after_s)
+        if deleted:
+            self.feed.end("not_found", "the session was deleted")
+        else:
+            self.feed.end("unavailable", f"{reason or 'session unloaded'}; resume with the last id")
 
     def fail(
         self,
@@ -387,14 +380,23 @@ class SessionRoom:
         self.writer.failed = reason
         self.cut_off = cause
         self.runs.wake()
+        self.feed.end("unavailable", f"{reason}; resume with the last id")
         if retry_after_s is not None:
             reason = retry_reason(reason, retry_after_s)
         self._closing = asyncio.get_running_loop().create_task(self._close_after_writes(reason))
 
     async def _close_after_writes(self, reason: str) -> None:
         async with self.writer.lock:  # behind every write that waits for it now
-            for connection in list(self.connections):
-                connection.close(CloseCode.TRY_AGAIN, reason)
+            self.sockets.close_all(CloseCode.TRY_AGAIN, reason)
 
     def is_idle(self) -> bool:
-        return not self.connections and len(self.queue) == 0 and self.active_run is None
+        busy = self.connections or self.feed.readers or len(self.queue) or self.active_run
+        return not busy
+
+    def committed_reply(self, reply_id: str) -> ReplyText | None:
+        """A reply's text as committed (None: not in the committed document yet)."""
+        return self.feed.reply(self.doc, reply_id, writing=self.writer.lock.locked())
+
+    def committed_queue(self) -> list[dict[str, Any]]:
+        """The waiting prompts in planned order, as committed."""
+        return self.feed.queue(self.doc, writing=self.writer.lock.locked())

@@ -209,12 +209,11 @@ class RoomRegistry:
         if loaded is None:
             return
         room, runner = loaded
-        room.close()
+        room.close(deleted=close_code is CloseCode.NOT_FOUND, reason=reason)
         await runner.stop()
         if self.cluster is not None:
             await self.cluster.close(room)
-        for connection in list(room.connections):
-            connection.close(close_code, reason)
+        room.sockets.close_all(close_code, reason)
 
     async def forget_session(self, session_id: str) -> None:
         self._cut_off.pop(session_id, None)

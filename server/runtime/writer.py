@@ -21,6 +21,7 @@ from typing import Any
 
 from pycrdt import Doc, TransactionEvent, merge_updates
 
+from server.runtime.stream_feed import StreamFeed
 from server.settings import Settings
 from server.store.group_commit import WriteFence
 from server.store.sessions import Store, StoreTx
@@ -75,9 +76,10 @@ class Write:
 class DocumentWriter:
     """The document of session ``session_id`` and the one writer of it.
 
-    ``broadcast`` sends a frame to the session's sockets; ``lost`` is called when a failed
-    write could not even be undone (the document could not be read again): the room is
-    then given up (``SessionRoom.fail``)."""
+    ``broadcast`` sends a frame to the session's sockets, ``feed`` is told each commit
+    (with its events' numbers) for the session's event streams; ``lost`` is called when a
+    failed write could not even be undone (the document could not be read again): the
+    room is then given up (``SessionRoom.fail``)."""
 
     def __init__(
         self,
@@ -87,6 +89,7 @@ class DocumentWriter:
         clock: Callable[[], float],
         broadcast: Callable[[bytes], None],
         lost: Callable[[str], None],
+        feed: StreamFeed,
     ) -> None:
         self.session_id = session_id
         self.store = store
@@ -94,6 +97,7 @@ class DocumentWriter:
         self.clock = clock
         self.broadcast = broadcast
         self.lost = lost
+        self.feed = feed
         self.doc = SessionDocument(Doc())
         self.fence: WriteFence | None = None
         self.failed: str | None = None  # why the room was given up: no write any more
@@ -144,6 +148,8 @@ class DocumentWriter:
                 self._captured = None
             for frame in frames:
                 self._committed(frame)
+            if frames:
+                self.feed.committed(self.doc, None)  # the events are the runner's to count
         for frame in frames:
             self.broadcast(encode_sync(SyncType.UPDATE, frame))
         if frames:
@@ -171,7 +177,7 @@ class DocumentWriter:
                         update_id = await tx.append_update(self.session_id, update)
                         await self._published(tx, update_id)
                     # Last: on PostgreSQL the event counter's row stays locked to the commit.
-                    await tx.append_events(self.session_id, self.now_ms(), write.events)
+                    numbers = await tx.append_events(self.session_id, self.now_ms(), write.events)
             except BaseException:
                 await self._forget(captured)
                 raise
@@ -179,6 +185,7 @@ class DocumentWriter:
             for callback in write.after_commit:
                 callback()
             self._broadcast_update(update)
+            self.feed.committed(self.doc, numbers)
         self.last_active = self.clock()
 
     @asynccontextmanager
@@ -207,6 +214,8 @@ class DocumentWriter:
                     raise asyncio.CancelledError from None
                 raise
             self._broadcast_update(update)
+            if update:
+                self.feed.committed(self.doc, ())
             if stored is not None:
                 if self._snapshot_due():
                     await self._snapshot_after(update_id)

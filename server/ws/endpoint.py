@@ -123,7 +123,7 @@ async def session_socket(websocket: WebSocket) -> None:
     connection.limits = ConnectionLimits.from_settings(state.settings, state.clock())
     connection.start()
     state.metrics.connections.inc()
-    room.attach(connection)
+    room.sockets.attach(connection)
     presence = room.presence
     snapshot = presence.snapshot()
     if snapshot is not None:
@@ -158,7 +158,7 @@ async def session_socket(websocket: WebSocket) -> None:
     finally:
         state.metrics.connections.dec()
         expiry.cancel()
-        room.detach(connection)
+        room.sockets.detach(connection)
         if presence.drop(connection) is not None:
             room.awareness.changed()
         if not connection.closed:

@@ -33,6 +33,9 @@ TABLE: dict[str, tuple[str, int, int | None]] = {
     "InvalidInput": ("invalid", 422, None),
     "TooLarge": ("too_large", 413, 1009),
     "UnknownCommand": ("unknown_command", 422, None),
+    "UnsupportedMediaType": ("unsupported_media_type", 415, None),
+    "MethodNotAllowed": ("method_not_allowed", 405, None),
+    "BadEventId": ("bad_event_id", 400, None),
     "ProtocolError": ("invalid", 422, 4400),
     "CommandError": ("invalid", 422, None),
     "Unauthenticated": ("unauthenticated", 401, 4401),
@@ -45,6 +48,7 @@ TABLE: dict[str, tuple[str, int, int | None]] = {
     "IllegalTransition": ("conflict", 409, None),
     "RateLimited": ("rate_limited", 429, 4429),
     "QuotaExceeded": ("quota_exceeded", 429, None),
+    "TooManyStreams": ("too_many_streams", 429, None),
     "Unavailable": ("unavailable", 503, 1013),
     "NotHolder": ("unavailable", 503, 1013),
     "Fenced": ("unavailable", 503, 1013),
@@ -75,6 +79,8 @@ OUTSIDE_THE_TREE = {
     # Control flow inside the room's writer: a command the core refuses on a second look
     # under the lock rolls the write back; its ParleyError is answered afterwards.
     "_Refused",
+    # Control flow inside an event stream: it ends with its ``end`` event, never raised out.
+    "_Ended",
 }
 
 

@@ -8,6 +8,9 @@ export const ERROR_CODES = [
   'invalid',
   'too_large',
   'unknown_command',
+  'unsupported_media_type',
+  'method_not_allowed',
+  'bad_event_id',
   'unauthenticated',
   'forbidden',
   'not_found',
@@ -17,6 +20,7 @@ export const ERROR_CODES = [
   'rate_limited',
   'unavailable',
   'quota_exceeded',
+  'too_many_streams',
   'provider_error',
   'internal'
 ] as const

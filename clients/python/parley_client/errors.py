@@ -1,9 +1,12 @@
-"""The errors a Parley server reports, one class per error code (README's error table).
+"""The errors a Parley server reports, one class per error code (the error table in docs/api.md).
 
     ParleyError                 code of the reply, or of the close
     ├── InvalidInput            invalid
     │   ├── TooLarge            too_large
-    │   └── UnknownCommand      unknown_command
+    │   ├── UnknownCommand      unknown_command
+    │   ├── UnsupportedMediaType unsupported_media_type
+    │   ├── MethodNotAllowed    method_not_allowed
+    │   └── BadEventId          bad_event_id (an event stream's Last-Event-ID)
     ├── Unauthenticated         unauthenticated
     ├── Forbidden               forbidden
     ├── NotFound                not_found
@@ -11,7 +14,8 @@
     │   ├── Busy                busy
     │   └── QueueFull           queue_full
     ├── RateLimited             rate_limited
-    │   └── QuotaExceeded       quota_exceeded
+    │   ├── QuotaExceeded       quota_exceeded
+    │   └── TooManyStreams      too_many_streams
     ├── Unavailable             unavailable
     ├── ProviderError           provider_error
     ├── InternalError           internal
@@ -49,6 +53,18 @@ class UnknownCommand(InvalidInput):
     code = "unknown_command"
 
 
+class UnsupportedMediaType(InvalidInput):
+    code = "unsupported_media_type"
+
+
+class MethodNotAllowed(InvalidInput):
+    code = "method_not_allowed"
+
+
+class BadEventId(InvalidInput):
+    code = "bad_event_id"
+
+
 class Unauthenticated(ParleyError):
     code = "unauthenticated"
 
@@ -79,6 +95,10 @@ class RateLimited(ParleyError):
 
 class QuotaExceeded(RateLimited):
     code = "quota_exceeded"
+
+
+class TooManyStreams(RateLimited):
+    code = "too_many_streams"
 
 
 class Unavailable(ParleyError):
@@ -134,7 +154,7 @@ def error_for(code: str, message: str, *, status: int | None = None) -> ParleyEr
 
 
 # The WebSocket close codes after which the server will not take the socket back
-# (README: "Close codes"); stock clients stop reconnecting after them too.
+# (docs/websocket.md: "Close codes"); stock clients stop reconnecting after them too.
 FINAL_CLOSES: dict[int, type[ParleyError]] = {
     4400: InvalidInput,
     4401: Unauthenticated,

@@ -1,0 +1,361 @@
+"""A session's events as a Server-Sent Events stream, for a member or the admin.
+
+``GET /api/v1/sessions/{id}/events`` with ``Accept: text/event-stream`` (without it, the
+admin's JSON pages of ``server.http.events``). The stream sends the stored events
+(``session.events``, in the session's order, with the text of new prompts and messages as
+the shared document shows it), ``reply_delta`` events with a running reply's text as the
+shared document holds it (restricted text never: what the document shows every member is
+what the stream sends), ``queue`` events with the committed plan when it changed, and an
+``end`` event when it stops on its own (the reader was removed, its token revoked or
+expired, the session deleted, the server shutting down, the session's room here given up
+or moved to another node: the reader resumes with its last id).
+
+Every event's id is a ``server.http.sse_cursor.Cursor``: ``Last-Event-ID`` (or the query
+parameter ``last_event_id``) resumes right after it, on any node, after a restart.
+
+Cost: a stream keeps no queue. It reads the store's events after its cursor a page at a
+time and the reply text from the room's committed state, each time it may write; so a
+slow reader is only behind, and costs its socket's buffer. One that takes nothing for
+``send_stall_timeout_s`` is cut (it resumes with its last id).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from authz.policy import Do, decide
+from authz.roles import Capability
+from server.http.rest import Caller, Operation, authenticate, authorize, error_response
+from server.http.sse_cursor import REPLY_ENDS, Cursor, start_at
+from server.runtime.room import SessionRoom
+from server.state import AppState
+from session.commands import unstorable
+from session.errors import (
+    BadEventId,
+    InvalidInput,
+    ParleyError,
+    TooManyStreams,
+    Unavailable,
+)
+from session.events import StoredEvent
+from session.reasons import OUTCOMES
+
+log = logging.getLogger("parley.sse")
+
+EVENTS_PATH = "/api/v1/sessions/{session_id}/events"
+EVENT_STREAM = "text/event-stream"
+ADMIN_READER = "!admin"  # no user id contains "!"
+EVENTS_PAGE = 200
+MAX_DELTA_CHARS = 8192
+RECONNECT_MS = 1000
+_ENTRY_IDS = {"prompt_accepted": "prompt_id", "message_posted": "message_id"}
+# A failed run's prompts' status, by its reason code.
+_STATUS_OF = {code.value: statuses[0].value for code, statuses in OUTCOMES.items()}
+
+
+def frame(event: str, event_id: str | None, data: dict[str, Any]) -> bytes:
+    head = f"event: {event}\n" + ("" if event_id is None else f"id: {event_id}\n")
+    body = json.dumps(data, ensure_ascii=False, separators=(",", ":"))  # one line
+    return f"{head}data: {body}\n\n".encode()
+
+
+def end_frame(code: str, message: str) -> bytes:
+    """The last event of a stream that stops on its own (no id: resume from the one before)."""
+    return frame("end", None, {"code": code, "message": message})
+
+
+HEARTBEAT = b": heartbeat\n\n"
+
+
+class _Ended(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.frame = end_frame(code, message)
+
+
+class SessionStream:
+    """One reader's stream: its cursor, and its place among the room's readers."""
+
+    def __init__(self, state: AppState, room: SessionRoom, caller: Caller, cursor: Cursor) -> None:
+        self.state = state
+        self.session_id = room.session_id
+        self.caller = caller
+        self.reader = caller.user_id or ADMIN_READER
+        self.cursor = cursor
+        self.room = room
+        self._sent_queue: list[dict[str, Any]] | None = None
+        room.feed.readers[self.reader] += 1
+        state.metrics.streams.inc()
+        self._open = True
+
+    def close(self) -> None:
+        """The stream ended: it no longer counts among the room's readers."""
+        if not self._open:
+            return
+        self._open = False
+        self.state.metrics.streams.dec()
+        readers = self.room.feed.readers
+        readers[self.reader] -= 1
+        if readers[self.reader] <= 0:
+            del readers[self.reader]
+
+    async def frames(self) -> AsyncGenerator[bytes, None]:
+        yield f"retry: {RECONNECT_MS}\n\n".encode()
+        heartbeat_s = self.state.settings.sse_heartbeat_s
+        woken = False
+        try:
+            while True:
+                room = self._current_room()
+                generation = room.feed.generation
+                head = room.feed.head
+                events: list[StoredEvent] = []
+                if not woken:
+                    # The first look, or one after a heartbeat's wait: a read of its own,
+                    # the safety net for a change nobody told the room about.
+                    events = await self._read(self.cursor.seq)
+                elif head is None or head > self.cursor.seq:
+                    # Woken by a change: the read the streams woken by it share. (A commit
+                    # that stored no event past ours, reply text say, needs none.)
+                    events = await room.feed.events_after(self.cursor.seq, generation, self._read)
+                caught_up = True
+                for event in events:
+                    self._check(room)
+                    sent = self._event_frames(room, event)
+                    if sent is None:  # the document here lags the store: wait for it
+                        caught_up = False
+                        break
+                    for chunk in sent:
+                        yield chunk
+                if caught_up:
+                    self._check(room)
+                    for chunk in self._live_frames(room):
+                        yield chunk
+                    if len(events) == EVENTS_PAGE:
+                        continue
+                woken = await room.feed.wait(generation, heartbeat_s)
+                if not woken:
+                    yield HEARTBEAT
+        except _Ended as ended:
+            yield ended.frame
+        except ParleyError as exc:  # the store, say: the reader resumes later
+            yield end_frame(exc.code.value, exc.message)
+
+    async def _read(self, after: int) -> list[StoredEvent]:
+        return await self.state.store.events_after(self.session_id, after, EVENTS_PAGE)
+
+    def _current_room(self) -> SessionRoom:
+        """The stream's room, while it serves (a room given up, unloaded or moved to
+        another node ends its streams: their readers resume on the room loaded next)."""
+        if self.state.draining or self.room.draining:
+            raise _Ended("unavailable", "the server is shutting down; resume with the last id")
+        if self.room.feed.ended is not None:
+            raise _Ended(*self.room.feed.ended)
+        if self.room.closed:
+            raise _Ended("unavailable", "the session was unloaded; resume with the last id")
+        return self.room
+
+    def _check(self, room: SessionRoom) -> None:
+        """May the reader still read the session (asked again before every event)?"""
+        claims = self.caller.claims
+        if self.caller.user_id is None or claims is None:
+            return
+        if claims.expires_at <= self.state.clock():
+            raise _Ended("unauthenticated", "token expired")
+        if self.caller.user_id not in room.members:
+            raise _Ended("forbidden", "removed: you are no longer a member")
+        refusal = room.token_refusal(claims)
+        if refusal is not None:
+            raise _Ended("unauthenticated", refusal)
+        if not decide(room.subject(self.caller.user_id), Do(Capability.READ_SESSION)).allowed:
+            raise _Ended("forbidden", "membership revoked")
+
+    def _event_frames(self, room: SessionRoom, event: StoredEvent) -> list[bytes] | None:
+        """The frames of a stored event (the rest of the reply it ends first); None while
+        this node's document does not show it yet."""
+        doc = room.doc
+        frames: list[bytes] = []
+        data: dict[str, Any] = {
+            "seq": event.seq,
+            "at_ms": event.at_ms,
+            "kind": event.kind,
+            "actor": event.actor,
+            "data": dict(event.data),
+        }
+        entry_key = _ENTRY_IDS.get(event.kind)
+        reply_id = event.data.get("reply_id")
+        if entry_key is not None:
+            if not doc.has_entry(str(event.data[entry_key])):
+                return None
+            data["text"] = doc.entry(str(event.data[entry_key])).content  # as shared
+        elif event.kind == "run_started" and room.committed_reply(str(reply_id)) is None:
+            return None
+        elif event.kind in REPLY_ENDS and reply_id is not None and reply_id == self.cursor.reply_id:
+            text = room.committed_reply(str(reply_id))
+            if text is None or text.streaming:
+                return None
+            frames += self._deltas(text.text)
+        if event.kind == "run_failed" and event.data["reason_code"] in _STATUS_OF:
+            data["data"]["status"] = _STATUS_OF[event.data["reason_code"]]
+        self.cursor = self.cursor.after(event)
+        frames.append(frame(event.kind, str(self.cursor), data))
+        return frames
+
+    def _live_frames(self, room: SessionRoom) -> Iterator[bytes]:
+        """The running reply's committed text past the cursor; the queue if it changed."""
+        if self.cursor.reply_id is not None:
+            text = room.committed_reply(self.cursor.reply_id)
+            if text is not None:
+                yield from self._deltas(text.text)
+        queue = room.committed_queue()
+        if queue != self._sent_queue:
+            self._sent_queue = queue
+            yield frame("queue", str(self.cursor), {"queue": queue})
+
+    def _deltas(self, text: str) -> list[bytes]:
+        frames = []
+        reply_id = self.cursor.reply_id
+        while self.cursor.offset < len(text):
+            offset = self.cursor.offset
+            piece = text[offset : offset + MAX_DELTA_CHARS]
+            self.cursor = self.cursor.sent(len(piece))
+            data = {"reply_id": reply_id, "offset": offset, "text": piece}
+            frames.append(frame("reply_delta", str(self.cursor), data))
+        return frames
+
+
+class EventStreamResponse(Response):
+    """Writes a stream's frames; ends when they end, the client goes, or a write stalls."""
+
+    media_type = EVENT_STREAM
+
+    def __init__(self, stream: SessionStream, stall_timeout_s: float) -> None:
+        # As ``StreamingResponse`` does: no body, so no Content-Length.
+        self.status_code = 200
+        self.background = None
+        self.init_headers({"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+        self.stream = stream
+        self.stall_timeout_s = stall_timeout_s
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        frames = self.stream.frames()
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+            writing = asyncio.create_task(self._write(frames, send))
+            leaving = asyncio.create_task(_disconnected(receive))
+            try:
+                await asyncio.wait({writing, leaving}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for task in (writing, leaving):
+                    task.cancel()
+                await asyncio.gather(writing, leaving, return_exceptions=True)
+            if writing.done() and not writing.cancelled() and writing.result():
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(self.stall_timeout_s):
+                        await send({"type": "http.response.body", "body": b""})
+        finally:
+            self.stream.close()
+            await frames.aclose()
+
+    async def _write(self, frames: AsyncIterator[bytes], send: Send) -> bool:
+        """Send every frame; False when the client stalled and the stream is cut."""
+        async for chunk in frames:
+            try:
+                async with asyncio.timeout(self.stall_timeout_s):
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            except TimeoutError:
+                self.stream.state.metrics.streams_cut.inc()
+                log.info(
+                    "event stream cut: the reader took nothing",
+                    extra={"session_id": self.stream.session_id, "user_id": self.stream.reader},
+                )
+                return False
+        return True
+
+
+async def _disconnected(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _stream_only(state: AppState, session_id: str) -> None:
+    raise InvalidInput("send 'Accept: text/event-stream'")  # never routed: for ``authorize``
+
+
+# What a member needs to read the stream (the JSON pages stay the admin's).
+STREAM = Operation(
+    "GET",
+    EVENTS_PATH,
+    _stream_only,
+    "The session's events as a stream",
+    capability=Capability.READ_SESSION,
+)
+
+
+async def open_stream(request: Request) -> Response:
+    state: AppState = request.app.state.parley
+    try:
+        caller = authenticate(request, state)
+        session_id = str(request.path_params["session_id"])
+        problem = unstorable(session_id)
+        if problem is not None:
+            raise InvalidInput(f"session_id: {problem}")
+        last_id = request.headers.get("last-event-id") or request.query_params.get("last_event_id")
+        if last_id is not None and len(last_id) > 100:
+            raise BadEventId("Last-Event-ID: too long")
+        await authorize(STREAM, caller, state, session_id)
+        if state.draining:
+            raise Unavailable("the server is shutting down")
+        room = await state.rooms.get(session_id)
+        async with state.store.read() as connection:
+            cursor = await start_at(connection, session_id, last_id)
+        _check_offset(room, cursor)
+        _check_caps(room, caller.user_id or ADMIN_READER, state)
+        stream = SessionStream(state, room, caller, cursor)
+    except ParleyError as exc:
+        state.metrics.errors.labels(code=exc.code.value).inc()
+        return error_response(exc)
+    return EventStreamResponse(stream, state.settings.send_stall_timeout_s)
+
+
+def _check_offset(room: SessionRoom, cursor: Cursor) -> None:
+    if cursor.reply_id is None:
+        return
+    text = room.committed_reply(cursor.reply_id)
+    if text is not None and not text.streaming and cursor.offset > len(text.text):
+        raise BadEventId("Last-Event-ID: past the end of its reply")
+
+
+def _check_caps(room: SessionRoom, reader: str, state: AppState) -> None:
+    settings = state.settings
+    if sum(room.feed.readers.values()) >= settings.max_streams_per_session:
+        raise TooManyStreams(
+            f"too many event streams to this session ({settings.max_streams_per_session})"
+        )
+    if room.feed.readers[reader] >= settings.max_streams_per_user:
+        raise TooManyStreams(
+            f"too many event streams of this user ({settings.max_streams_per_user})"
+        )
+
+
+def with_stream(json_route: Route) -> Route:
+    """The events route: a stream for ``Accept: text/event-stream``, else the JSON pages."""
+    json_endpoint = json_route.endpoint
+
+    async def endpoint(request: Request) -> Response:
+        # Not for HEAD: headers alone, with nothing to stream after them.
+        if request.method == "GET" and EVENT_STREAM in request.headers.get("accept", ""):
+            return await open_stream(request)
+        response: Response = await json_endpoint(request)
+        return response
+
+    return Route(json_route.path, endpoint, methods=["GET"], name=json_route.name)

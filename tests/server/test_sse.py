@@ -1,0 +1,424 @@
+"""The session's events as Server-Sent Events (``server.http.sse``), read with a real SSE client
+(httpx-sse over plain httpx): what a member sees, resuming by id with no gap and no
+duplicate (after a dropped stream, a restart, on another node of a cluster), refusals."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from httpx_sse import ServerSentEvent, aconnect_sse
+
+from tests.conftest import (
+    ADMIN_KEY,
+    RunningServer,
+    ServerProcess,
+    free_port,
+    make_settings,
+    serve_in_process,
+    sqlite_url,
+)
+from tests.fake_model import FakeModel, Sent
+from tests.server.cluster.nodes import cluster
+from tests.server.test_restricted import SECRET, restricted_session
+from tests.server.test_restricted import script as vault_script
+
+EVENTS = "/api/v1/sessions/{}/events"
+
+
+class Reader:
+    """One open stream: the events read so far."""
+
+    def __init__(self, events: AsyncIterator[ServerSentEvent]) -> None:
+        self._events = events
+        self.got: list[ServerSentEvent] = []
+
+    async def until(self, done: Callable[[ServerSentEvent], bool]) -> ServerSentEvent:
+        async with asyncio.timeout(20):
+            async for event in self._events:
+                if event.retry is not None and not event.data:
+                    continue  # the reconnection delay the stream opens with
+                self.got.append(event)
+                if done(event):
+                    return event
+        raise AssertionError(f"the stream ended first: {[e.event for e in self.got]}")
+
+    async def rest(self) -> list[ServerSentEvent]:
+        """Read until the server ends the stream."""
+        async with asyncio.timeout(20):
+            async for event in self._events:
+                if event.data:
+                    self.got.append(event)
+        return self.got
+
+
+@contextlib.asynccontextmanager
+async def stream(
+    base_url: str, sid: str, key: str, last_id: str | None = None, *, query: bool = False
+) -> AsyncIterator[Reader]:
+    headers = {"Authorization": f"Bearer {key}"}
+    params = {}
+    if last_id is not None:
+        if query:
+            params["last_event_id"] = last_id
+        else:
+            headers["Last-Event-ID"] = last_id
+    async with (
+        httpx.AsyncClient(base_url=base_url, timeout=30) as http,
+        aconnect_sse(http, "GET", EVENTS.format(sid), headers=headers, params=params) as source,
+    ):
+        assert source.response.status_code == 200, await source.response.aread()
+        assert source.response.headers["content-type"].startswith("text/event-stream")
+        yield Reader(source.aiter_sse())
+
+
+def data(event: ServerSentEvent) -> dict[str, Any]:
+    parsed: dict[str, Any] = json.loads(event.data)
+    return parsed
+
+
+def fields(event: ServerSentEvent) -> dict[str, Any]:
+    """A stored event's own data (``session.events``)."""
+    own: dict[str, Any] = data(event)["data"]
+    return own
+
+
+def reply_text(events: list[ServerSentEvent], reply_id: str) -> str:
+    return "".join(
+        data(e)["text"]
+        for e in events
+        if e.event == "reply_delta" and data(e)["reply_id"] == reply_id
+    )
+
+
+def completes(event: ServerSentEvent) -> bool:
+    return event.event in ("reply_completed", "run_failed") and fields(event)["reply_id"]
+
+
+def stored_seqs(events: list[ServerSentEvent]) -> list[int]:
+    return [data(e)["seq"] for e in events if e.event not in ("reply_delta", "queue", "end")]
+
+
+async def prompt(server: RunningServer, sid: str, user: str, text: str) -> dict[str, Any]:
+    token = await server.token(sid, user)
+    sent = await server.http.post(
+        f"/api/v1/sessions/{sid}/prompts",
+        json={"text": text},
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    assert sent.status_code == 202, sent.text
+    answer: dict[str, Any] = sent.json()
+    return answer
+
+
+async def reply_content(server: RunningServer, sid: str, reply_id: str) -> str:
+    return next(m["content"] for m in await server.transcript(sid) if m["id"] == reply_id)
+
+
+def gated(*gates: asyncio.Event) -> FakeModel:
+    """A model whose reply comes in pieces, each after the test opens its gate."""
+
+    def script(sent: Sent) -> list[Any]:
+        steps: list[Any] = ["It begins. "]
+        for n, gate in enumerate(gates, start=1):
+            steps += [gate, f"Part {n} - ünïcode ✓. "]
+        return [*steps, "The end."]
+
+    return FakeModel(script)
+
+
+async def test_a_member_sees_the_reply_stream_in_and_finish(tmp_path: Path) -> None:
+    gate = asyncio.Event()
+    settings = make_settings(sqlite_url(tmp_path), tmp_path / "d")
+    async with serve_in_process(settings, gated(gate)) as server:
+        sid = await server.new_session({"alice": "editor"})
+        async with stream(server.base_url, sid, await server.token(sid, "alice"), "0") as alice:
+            joined = await alice.until(lambda e: e.event == "member_joined")
+            assert (fields(joined)["user_id"], joined.id) == ("alice", "1")
+            accepted = await prompt(server, sid, "alice", "tell me")
+            seen = await alice.until(lambda e: e.event == "prompt_accepted")
+            assert data(seen)["text"] == "tell me"
+            assert fields(seen)["prompt_id"] == accepted["prompt_id"]
+            started = await alice.until(lambda e: e.event == "run_started")
+            reply_id = fields(started)["reply_id"]
+            assert started.id == f"{data(started)['seq']}.{reply_id}.0"
+            # Text streams in before the reply is finished (the model waits at its gate).
+            first = await alice.until(lambda e: e.event == "reply_delta")
+            assert data(first)["text"].startswith("It begins.")
+            gate.set()
+            completed = await alice.until(completes)
+        assert completed.event == "reply_completed"
+        assert completed.id == str(data(completed)["seq"])  # no reply runs after it
+        text = reply_text(alice.got, reply_id)
+        assert text == await reply_content(server, sid, reply_id)
+        assert text.endswith("The end.") and "Part 1 - ünïcode ✓." in text
+        # Each delta's id says where the text stands after it.
+        offsets = [data(e)["offset"] for e in alice.got if e.event == "reply_delta"]
+        assert offsets[0] == 0 and offsets == sorted(set(offsets))
+        queues = [data(e)["queue"] for e in alice.got if e.event == "queue"]
+        assert [q["prompt_id"] for q in queues[-1]] == []
+        seqs = stored_seqs(alice.got)
+        assert seqs == list(range(1, len(seqs) + 1))
+
+
+async def test_a_viewer_gets_what_the_shared_document_shows(tmp_path: Path) -> None:
+    settings = make_settings(sqlite_url(tmp_path), tmp_path / "d")
+    async with serve_in_process(settings, FakeModel(vault_script)) as server:
+        sid = await restricted_session(server)
+        readers = {user: await server.token(sid, user) for user in ("alice", "olga")}
+        async with (
+            stream(server.base_url, sid, readers["alice"], "0") as alice,
+            stream(server.base_url, sid, readers["olga"], "0") as olga,
+        ):
+            await prompt(server, sid, "bob", "what is the vault code?")
+            for reader in (alice, olga):
+                await reader.until(completes)
+        reply_id = fields(alice.got[-1])["reply_id"]
+        shown = await reply_content(server, sid, reply_id)
+        assert "[restricted:" in shown and "7731" not in shown
+        for reader in (alice, olga):  # the document's text, for a reader of it or not
+            assert reply_text(reader.got, reply_id) == shown
+            assert "7731" not in str([e.data for e in reader.got])
+            assert SECRET not in str([e.data for e in reader.got])
+
+
+async def test_a_dropped_stream_resumes_from_its_last_id_without_gap_or_duplicate(
+    tmp_path: Path,
+) -> None:
+    gates = [asyncio.Event(), asyncio.Event()]
+    settings = make_settings(sqlite_url(tmp_path), tmp_path / "d")
+    async with serve_in_process(settings, gated(*gates)) as server:
+        sid = await server.new_session({"alice": "editor"})
+        token = await server.token(sid, "alice")
+        async with stream(server.base_url, sid, token, "0") as first:
+            await prompt(server, sid, "alice", "tell me")
+            await first.until(lambda e: e.event == "reply_delta")
+            gates[0].set()
+            await first.until(lambda e: e.event == "reply_delta" and "Part 1" in data(e)["text"])
+        last_id = first.got[-1].id
+        assert last_id.count(".") == 2  # mid-reply
+        async with stream(server.base_url, sid, token) as late:  # no id: from now on
+            so_far = await late.until(lambda e: e.event == "reply_delta")
+        gates[1].set()  # more text while nobody reads
+        async with stream(server.base_url, sid, token, last_id, query=True) as second:
+            completed = await second.until(completes)
+        reply_id = fields(completed)["reply_id"]
+        both = first.got + second.got
+        text = await reply_content(server, sid, reply_id)
+        assert reply_text(both, reply_id) == text
+        # A stream opened mid-reply starts with the whole text so far.
+        assert data(so_far)["offset"] == 0
+        assert data(so_far)["text"] == reply_text(first.got, reply_id)
+        assert not any(e.event == "prompt_accepted" for e in late.got)  # stored before it
+        seqs = stored_seqs(both)
+        assert seqs == list(range(1, len(seqs) + 1))
+        # Resuming from the end again sends nothing stored twice.
+        async with stream(server.base_url, sid, token, completed.id) as third:
+            await prompt(server, sid, "alice", "again")
+            accepted = await third.until(lambda e: e.event == "prompt_accepted")
+        assert data(accepted)["seq"] == data(completed)["seq"] + 1
+
+
+async def test_bad_ids_caps_and_callers_are_refused_with_stable_codes(tmp_path: Path) -> None:
+    settings = make_settings(sqlite_url(tmp_path), tmp_path / "d", max_streams_per_user=1)
+    async with serve_in_process(settings) as server:
+        sid = await server.new_session({"alice": "editor"})
+        other = await server.new_session({"bob": "editor"})
+        token = await server.token(sid, "alice")
+        sse = {"Accept": "text/event-stream"}
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=20) as http:
+
+            async def refused(sid: str, key: str, last_id: str | None = None) -> tuple[int, str]:
+                headers = {**sse, "Authorization": f"Bearer {key}"}
+                if last_id is not None:
+                    headers["Last-Event-ID"] = last_id
+                answer = await http.get(EVENTS.format(sid), headers=headers)
+                return answer.status_code, answer.json()["error"]["code"]
+
+            for bad in ("abc", "-1", "1.2", "99", "1.deadbeef.0", "1" * 200):
+                assert await refused(sid, token, bad) == (400, "bad_event_id"), bad
+            assert await refused(other, token) == (403, "forbidden")
+            assert await refused(sid, "nonsense") == (401, "unauthenticated")
+            assert await refused("nope", ADMIN_KEY) == (404, "not_found")
+            async with stream(server.base_url, sid, token):
+                assert await refused(sid, token) == (429, "too_many_streams")
+            # Without the header the route is still the admin's JSON pages.
+            listed = await server.http.get(EVENTS.format(sid))
+            assert listed.status_code == 200 and listed.json()["events"][0]["seq"] == 1
+            as_member = await http.get(
+                EVENTS.format(sid), headers={"Authorization": f"Bearer {token}"}
+            )
+            assert as_member.status_code == 403
+
+
+async def test_a_stream_ends_when_its_reader_or_session_goes(tmp_path: Path) -> None:
+    settings = make_settings(sqlite_url(tmp_path), tmp_path / "d")
+    async with serve_in_process(settings) as server:
+        sid = await server.new_session({"alice": "editor", "bob": "editor"})
+        async with stream(server.base_url, sid, await server.token(sid, "alice"), "0") as alice:
+            await alice.until(lambda e: e.event == "member_joined" and e.id == "2")
+            removed = await server.http.delete(f"/api/v1/sessions/{sid}/members/alice")
+            assert removed.status_code in (200, 204), removed.text
+            got = await alice.rest()
+        assert got[-1].event == "end" and data(got[-1])["code"] == "forbidden"
+        assert not any(e.event == "member_left" for e in got)  # not hers to read any more
+
+        issued = await server.http.post(f"/api/v1/sessions/{sid}/tokens", json={"user_id": "bob"})
+        token, jti = issued.json()["token"], issued.json()["jti"]
+        async with stream(server.base_url, sid, token) as bob:
+            await bob.until(lambda e: e.event == "queue")  # open
+            revoked = await server.http.delete(f"/api/v1/sessions/{sid}/tokens/{jti}")
+            assert revoked.status_code in (200, 204), revoked.text
+            got = await bob.rest()
+        assert got[-1].event == "end" and data(got[-1])["code"] == "unauthenticated"
+
+        async with stream(server.base_url, sid, ADMIN_KEY) as admin:
+            await admin.until(lambda e: e.event == "queue")  # open
+            deleted = await server.http.delete(f"/api/v1/sessions/{sid}")
+            assert deleted.status_code in (200, 204), deleted.text
+            got = await admin.rest()
+        assert got[-1].event == "end" and data(got[-1])["code"] == "not_found"
+
+
+async def test_an_idle_stream_gets_heartbeats(tmp_path: Path) -> None:
+    settings = make_settings(sqlite_url(tmp_path), tmp_path / "d", sse_heartbeat_s=0.05)
+    async with serve_in_process(settings) as server:
+        sid = await server.new_session({"alice": "editor"})
+        headers = {
+            "Accept": "text/event-stream",
+            "Authorization": f"Bearer {await server.token(sid, 'alice')}",
+        }
+        async with (
+            httpx.AsyncClient(base_url=server.base_url, timeout=20) as http,
+            http.stream("GET", EVENTS.format(sid), headers=headers) as response,
+        ):
+            assert response.status_code == 200
+            comments = 0
+            async with asyncio.timeout(20):
+                async for line in response.aiter_lines():
+                    comments += line.startswith(":")
+                    if comments == 2:
+                        break
+        assert comments == 2
+
+
+@pytest.mark.xdist_group("heavy")
+async def test_a_stream_resumes_across_a_server_restart(
+    tmp_path: Path, server_processes: list[ServerProcess]
+) -> None:
+    url = sqlite_url(tmp_path)
+    env = {"PARLEY_OFFLINE_TOKEN_DELAY_MS": "20"}
+    process = ServerProcess(url, tmp_path / "d", free_port(), **env)
+    server_processes.append(process)
+    await process.start()
+    async with httpx.AsyncClient(
+        base_url=process.base_url, headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=20
+    ) as admin:
+        server = RunningServer(process.base_url, process.ws_url, admin)
+        sid = await server.new_session({"alice": "editor"})
+        token = await server.token(sid, "alice")
+        async with stream(process.base_url, sid, token, "0") as before:
+            await prompt(server, sid, "alice", "write at length " * 20)
+            await before.until(lambda e: e.event == "reply_delta")
+            process.kill()  # mid-reply: the reply is cut off
+            with contextlib.suppress(httpx.HTTPError):
+                await before.rest()
+        last_id = before.got[-1].id
+        assert last_id.count(".") == 2  # mid-reply
+        await process.start()
+        async with stream(process.base_url, sid, token, last_id) as after:
+            ended = await after.until(completes)
+        assert ended.event == "run_failed" and fields(ended)["reason_code"] == "server_restart"
+        reply_id = fields(ended)["reply_id"]
+        both = before.got + after.got
+        assert reply_text(both, reply_id) == await reply_content(server, sid, reply_id)
+        seqs = stored_seqs(both)
+        assert seqs == list(range(1, len(seqs) + 1))
+
+
+@pytest.mark.postgres
+@pytest.mark.xdist_group("heavy")
+async def test_a_follower_node_streams_and_resumes_a_stream_begun_on_the_runner(
+    tmp_path: Path,
+) -> None:
+    async with cluster(tmp_path, 2, PARLEY_OFFLINE_TOKEN_DELAY_MS="40") as nodes:
+        server = RunningServer(nodes.nodes[0].base_url, nodes.nodes[0].ws_url, nodes.http)
+        sid = await nodes.new_session({"alice": "editor"})
+        token = await server.token(sid, "alice")
+        await prompt(server, sid, "alice", "tell the whole cluster")
+        runner, _ = await nodes.wait_holder(sid)
+        other = next(n for n in nodes.nodes if n.env["PARLEY_NODE_ID"] != runner)
+        on_runner = nodes.node(runner)
+        async with (
+            stream(other.base_url, sid, token, "0") as follower,
+            stream(on_runner.base_url, sid, token, "0") as dropped,
+        ):
+            await dropped.until(lambda e: e.event == "reply_delta")
+            assert dropped.got[-1].id.count(".") == 2  # mid-reply
+            # The runner's stream is dropped mid-reply; it resumes on the other node.
+            async with stream(other.base_url, sid, token, dropped.got[-1].id) as resumed:
+                completed = await resumed.until(completes)
+            await follower.until(completes)
+        reply_id = fields(completed)["reply_id"]
+        text = await reply_content(server, sid, reply_id)
+        assert text.endswith("deterministic.")
+        assert reply_text(follower.got, reply_id) == text
+        assert reply_text(dropped.got + resumed.got, reply_id) == text
+        for got in (follower.got, dropped.got + resumed.got):
+            seqs = stored_seqs(got)
+            assert seqs == list(range(1, len(seqs) + 1))
+
+
+@pytest.mark.xdist_group("heavy")
+async def test_a_reader_that_takes_nothing_is_cut_and_the_others_read_on(
+    tmp_path: Path,
+) -> None:
+    # 55 KB a piece, 5.5 MB in all: more than the server's and the kernel's buffers hold
+    # for one connection (Linux lets a socket's send buffer grow to 4 MiB by default).
+    piece = "many words " * 5000
+    model = FakeModel(lambda sent: [piece] * 100)
+    settings = make_settings(sqlite_url(tmp_path), tmp_path / "d", send_stall_timeout_s=0.5)
+    async with serve_in_process(settings, model) as server:
+        sid = await server.new_session({"alice": "editor"})
+        token = await server.token(sid, "alice")
+        port = int(server.base_url.rsplit(":", 1)[1])
+        loop = asyncio.get_running_loop()
+        stuck = socket.socket()
+        stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # and it never reads
+        stuck.setblocking(False)
+        try:
+            await loop.sock_connect(stuck, ("127.0.0.1", port))
+            request = (
+                f"GET {EVENTS.format(sid)} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                f"Accept: text/event-stream\r\nAuthorization: Bearer {token}\r\n"
+                "Last-Event-ID: 0\r\n\r\n"
+            )
+            await loop.sock_sendall(stuck, request.encode())
+            async with stream(server.base_url, sid, token, "0") as reader:
+                await prompt(server, sid, "alice", "say a lot")
+                completed = await reader.until(completes)
+                reply_id = fields(completed)["reply_id"]
+                assert len(reply_text(reader.got, reply_id)) == len(piece) * 100
+                room = server.app.state.parley.rooms.loaded(sid)
+                for _ in range(400):  # the stuck one is cut, this one reads on
+                    if room.feed.readers["alice"] == 1:
+                        break
+                    await asyncio.sleep(0.05)
+                assert room.feed.readers["alice"] == 1
+                metrics = (await server.http.get("/metrics")).text
+                assert "parley_event_streams_cut_total 1.0" in metrics
+                assert "parley_open_event_streams 1.0" in metrics
+            received = bytearray()
+            async with asyncio.timeout(20):
+                while chunk := await loop.sock_recv(stuck, 65536):
+                    received += chunk
+        finally:
+            stuck.close()
+        assert b"event: reply_delta" in received and b"event: reply_completed" not in received
