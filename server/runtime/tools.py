@@ -27,7 +27,8 @@ from authz.webhooks import (
     sign,
 )
 from server.settings import Settings
-from server.store.access import AccessStore, DocumentRow, ToolRow
+from server.store.access import DocumentRow, ToolRow
+from server.store.port import RuntimeAccess
 from session.documents import Document, render, search
 from session.model import ToolSpec
 
@@ -63,7 +64,7 @@ def new_secret() -> str:
 
 
 class ToolRunner:
-    def __init__(self, settings: Settings, access: AccessStore) -> None:
+    def __init__(self, settings: Settings, access: RuntimeAccess) -> None:
         self.settings = settings
         self.access = access
 
