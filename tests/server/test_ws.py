@@ -238,7 +238,9 @@ async def test_presence_is_relayed_with_the_verified_user(sqlite_server: Running
     await vera.wait_until(lambda c: 777 in c.awareness)  # echoed to the sender too
     await vera.set_awareness(12345, 1, {"user": {"name": "spoof"}})
     await alice.set_awareness(777, 5, {"user": {"name": "not vera"}})
-    await asyncio.sleep(0.2)
+    # A marker after the spoof on the same socket: once it is relayed, the spoof was judged.
+    await alice.set_awareness(999, 1, {"user": {"name": "Alice"}})
+    await alice.wait_until(lambda c: 999 in c.awareness)
     assert alice.awareness[777] == state  # alice may not speak for vera's client
     await vera.close()
     await alice.wait_until(lambda c: c.awareness.get(777, {}) is None)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ from server.runtime.commands import dispatch
 from server.runtime.room import SessionRoom
 from server.runtime.runner import SessionRunner
 from server.settings import Settings
+from server.store.access import ToolRow
 from server.store.memory import MemoryStore
 from session.commands import Command, MessageCommand, PromptCommand
 from session.lifecycle import PromptStatus
@@ -89,6 +90,23 @@ class MemorySession:
                 else:
                     return
 
+    async def until(self, done: Callable[[MemorySession], bool], timeout_s: float = 10) -> None:
+        """Wait until ``done(self)``, checked after each frame the room sends."""
+        async with asyncio.timeout(timeout_s):
+            while not done(self):
+                await self.watcher.changed()
+
+    def streaming(self) -> bool:
+        """A reply is under way and has text in the document."""
+        return any(
+            e.kind == "reply" and e.status == "streaming" and e.content
+            for e in self.room.doc.entries()
+        )
+
+    def statuses(self) -> dict[str, str]:
+        """Each prompt's status, by its text."""
+        return {e.content: e.status for e in self.room.doc.entries() if e.kind == "prompt"}
+
     @property
     def watcher(self) -> Watcher:
         return next(c for c in self.room.connections if isinstance(c, Watcher))
@@ -122,21 +140,24 @@ class Watcher:
         self._event.clear()
 
 
-async def add_members(store: MemoryStore, members: dict[str, str]) -> None:
+async def add_members(
+    store: MemoryStore, members: dict[str, str | Member], session_id: str = SESSION
+) -> None:
+    """``members``: user id to role, or to the whole ``Member`` (with grants or denials)."""
     for user_id, role in members.items():
-        await store.change_member(
-            SESSION, user_id, Member(user_id, role), 0, lambda *_: Decision(True, "test")
-        )
+        member = Member(user_id, role) if isinstance(role, str) else role
+        await store.change_member(session_id, user_id, member, 0, lambda *_: Decision(True, "t"))
 
 
 @contextlib.asynccontextmanager
 async def memory_session(
-    members: dict[str, str],
+    members: dict[str, str | Member],
     model: FakeModel | None = None,
     *,
     policy: Policy = Policy.QUEUE,
     clock: ManualClock | None = None,
     store: MemoryStore | None = None,
+    tools: Sequence[ToolRow] = (),
     **overrides: Any,
 ) -> AsyncIterator[MemorySession]:
     """A loaded room of session ``s`` with ``members`` (user: role); with a ``model``, its
@@ -149,7 +170,9 @@ async def memory_session(
         await add_members(store, members)
     if model is not None:
         settings = model.configure(settings)
-    room = SessionRoom(SESSION, store=store, settings=settings, clock=clock)
+    room = SessionRoom(
+        SESSION, store=store, settings=settings, clock=clock, webhooks=lambda: list(tools)
+    )
     await room.load("t", policy)
     room.connections.add(Watcher())  # type: ignore[arg-type]  # what it sends is all it needs
     async with contextlib.AsyncExitStack() as stack:
