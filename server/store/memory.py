@@ -5,8 +5,8 @@ contract test: a transaction works on copies of the sessions it writes and puts 
 place only when its block ends without an exception, so a failed write leaves nothing and
 a read never sees a write under way; transactions run one at a time, like SQLite's.
 
-``fail_writes``: while set, every transaction is refused with ``Unavailable`` before it
-starts (a database that went away).
+``unavailable``: while set (to why), every transaction and read is refused with
+``Unavailable`` (a database that went away).
 """
 
 from __future__ import annotations
@@ -219,20 +219,22 @@ class MemoryStore:
         self._writer = asyncio.Lock()
         self.group = GroupCommit(self)
         self.access = MemoryAccess(self)
-        self.fail_writes: str | None = None
+        self.unavailable: str | None = None
 
     @asynccontextmanager
     async def transaction(
         self, what: str = "write", *, lock_timeout_s: float | None = None
     ) -> AsyncIterator[MemoryTx]:
         async with self._writer:
-            if self.fail_writes is not None:
-                raise Unavailable(f"{self.fail_writes}; nothing was stored")
+            if self.unavailable is not None:
+                raise Unavailable(f"{self.unavailable}; nothing was stored")
             tx = MemoryTx(self._tables)
             yield tx
             tx.commit()
 
     def _read(self, session_id: str) -> _Session | None:
+        if self.unavailable is not None:
+            raise Unavailable(self.unavailable)
         return self._tables.sessions.get(session_id)
 
     async def close(self) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 
 from authz.policy import Decision
 from authz.roles import Member
+from server.providers.offline import OfflineProvider
 from server.providers.registry import open_models
 from server.runtime.commands import dispatch
 from server.runtime.room import SessionRoom
@@ -27,12 +28,28 @@ from server.store.access import ToolRow
 from server.store.memory import MemoryStore
 from session.commands import Command, MessageCommand, PromptCommand
 from session.lifecycle import PromptStatus
+from session.model import ModelEvent, ModelProvider, ModelRequest
 from session.queue import Policy
 from tests.conftest import make_settings
 from tests.fake_model import FakeModel
 
 SESSION = "s"
 FINAL = {PromptStatus.DONE, PromptStatus.FAILED, PromptStatus.CANCELLED, PromptStatus.INTERRUPTED}
+
+
+class RecordingOffline:
+    """The offline model, keeping every request it was given."""
+
+    name = "recording-offline"
+
+    def __init__(self) -> None:
+        self.model = OfflineProvider(token_delay_s=0)
+        self.requests: list[ModelRequest] = []
+
+    async def stream(self, request: ModelRequest) -> AsyncIterator[ModelEvent]:
+        self.requests.append(request)
+        async for event in self.model.stream(request):
+            yield event
 
 
 class ManualClock:
@@ -152,7 +169,7 @@ async def add_members(
 @contextlib.asynccontextmanager
 async def memory_session(
     members: dict[str, str | Member],
-    model: FakeModel | None = None,
+    model: FakeModel | ModelProvider | None = None,
     *,
     policy: Policy = Policy.QUEUE,
     clock: ManualClock | None = None,
@@ -168,7 +185,7 @@ async def memory_session(
     if await store.get_session(SESSION) is None:
         await store.create_session(SESSION, "t", policy.value, 0)
         await add_members(store, members)
-    if model is not None:
+    if isinstance(model, FakeModel):
         settings = model.configure(settings)
     room = SessionRoom(
         SESSION, store=store, settings=settings, clock=clock, webhooks=lambda: list(tools)
@@ -178,8 +195,11 @@ async def memory_session(
     async with contextlib.AsyncExitStack() as stack:
         runner = None
         if model is not None:
-            provider = await stack.enter_async_context(open_models(settings, model.transport))
+            provider: ModelProvider = model  # type: ignore[assignment]
+            if isinstance(model, FakeModel):
+                provider = await stack.enter_async_context(open_models(settings, model.transport))
             runner = SessionRunner(room, provider, settings.run_timeout_s)
             runner.start()
             stack.push_async_callback(runner.stop)
-        yield MemorySession(store, room, runner, model, clock)
+        fake = model if isinstance(model, FakeModel) else None
+        yield MemorySession(store, room, runner, fake, clock)
