@@ -4,6 +4,7 @@ its issuers share, and the restricted text kept server-side survives a reload.""
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 from authz.policy import Readers
 from authz.roles import Member
@@ -11,7 +12,7 @@ from server.store.access import DocumentRow, ToolRow
 from server.store.memory import MemoryStore
 from session.lifecycle import PromptStatus
 from session.queue import Policy
-from tests.fake_model import Answer, FakeModel, Sent, call
+from tests.fake_model import Answer, FakeModel, Sent, Status, call
 from tests.server.runtime.harness import SESSION, memory_session
 
 SECRET = "the vault code is 7731"
@@ -77,3 +78,32 @@ async def test_restricted_items_survive_a_reload() -> None:
         # bob may read his own answer: a preview of his context has the full text.
         built = s.room.context_for((), s.room.scope_for(["bob"], preview=True))
         assert SECRET in str(built.request.messages)
+
+
+def fails_after_tools(sent: Sent) -> Answer:
+    """Runs the search, then breaks before answering: the tool step stays, the reply fails."""
+    if sent.messages[-1]["role"] == "tool":
+        return Status(400, "upstream broke after the tool ran")
+    if "vault" in sent.asked_text():
+        return ["Let me look. ", call("search_documents", {"query": "vault code"})]
+    return ["ok"]
+
+
+async def test_a_reply_drawing_on_an_earlier_restricted_tool_result_is_restricted() -> None:
+    model = FakeModel(fails_after_tools, echo_tools=False)
+    members: dict[str, str | Member] = {"olga": "owner", "bob": "editor", "alice": "viewer"}
+    readers = Readers("d1", frozenset({"bob", "olga"}))
+    async with memory_session(members, model) as s:
+        await s.store.access.add_document(replace(VAULT, readers=readers))
+        first = await s.prompt("bob", "what is the vault code?")
+        await s.settled(first["prompt_id"])
+        assert s.status(first["prompt_id"]) is PromptStatus.FAILED
+        second = await s.prompt("bob", "anything else?")
+        await s.settled(second["prompt_id"])
+        # The second run was given the earlier search result (bob may read it) ...
+        assert SECRET in model.requests[-1].everything()
+        # ... so its reply inherits the document's readers: a placeholder in the document.
+        reply_id = s.room.doc.entry(second["prompt_id"]).reply_id
+        assert reply_id is not None
+        reply = s.room.doc.entry(reply_id)
+        assert reply.status == "done" and "[restricted:" in reply.content, reply
