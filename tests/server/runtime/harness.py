@@ -175,6 +175,7 @@ async def memory_session(
     clock: ManualClock | None = None,
     store: MemoryStore | None = None,
     tools: Sequence[ToolRow] = (),
+    unvalidated: dict[str, Any] | None = None,
     **overrides: Any,
 ) -> AsyncIterator[MemorySession]:
     """A loaded room of session ``s`` with ``members`` (user: role); with a ``model``, its
@@ -182,6 +183,8 @@ async def memory_session(
     clock = clock or ManualClock()
     store = store or MemoryStore()
     settings = memory_settings(**overrides)
+    if unvalidated:  # values past a setting's bounds, which a test may need
+        settings = settings.model_copy(update=unvalidated)
     if await store.get_session(SESSION) is None:
         await store.create_session(SESSION, "t", policy.value, 0)
         await add_members(store, members)
