@@ -51,6 +51,9 @@ class RecordingOffline:
         async for event in self.model.stream(request):
             yield event
 
+    def calls(self, purpose: str) -> list[ModelRequest]:
+        return [r for r in self.requests if r.purpose == purpose]
+
 
 class ManualClock:
     """Time that moves only when a test moves it (seconds since the epoch)."""
@@ -106,6 +109,15 @@ class MemorySession:
                     await active.finished.wait()
                 else:
                     return
+
+    async def summarised(self) -> None:
+        """Wait for the summaries the last run started (its runner pokes the summariser
+        before anything else can run, so the task is there once the run has settled)."""
+        assert self.runner is not None
+        task = self.runner.summariser.task
+        if task is not None:
+            async with asyncio.timeout(10):
+                await task
 
     async def until(self, done: Callable[[MemorySession], bool], timeout_s: float = 10) -> None:
         """Wait until ``done(self)``, checked after each frame the room sends."""
