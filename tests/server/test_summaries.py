@@ -12,6 +12,7 @@ from pathlib import Path
 from server.providers.offline import OfflineProvider
 from session.model import ModelEvent, ModelRequest
 from tests.conftest import RunningServer, make_settings, serve_in_process, sqlite_url
+from tests.server.runtime.test_summaries import SMALL_WINDOW
 from tests.yclient import YClient
 
 TOPICS = ["billing", "deploys", "search", "onboarding", "latency", "alerts", "exports"]
@@ -32,18 +33,6 @@ class RecordingOffline:
 
     def calls(self, purpose: str) -> list[ModelRequest]:
         return [r for r in self.requests if r.purpose == purpose]
-
-
-def small_window(tmp_path: Path, url: str) -> dict[str, object]:
-    return {
-        "context_window_tokens": 900,
-        "max_output_tokens": 150,
-        "summary_min_tokens": 120,
-        "summary_max_output_tokens": 200,
-        "commands_burst": 500,
-        "commands_per_second": 500.0,
-        "user_commands_per_second": 500.0,
-    }
 
 
 async def chat(client: YClient, start: int, count: int) -> None:
@@ -72,7 +61,7 @@ async def ask(server: RunningServer, client: YClient, provider: RecordingOffline
 async def test_summaries_can_be_turned_off(tmp_path: Path) -> None:
     provider = RecordingOffline()
     url = sqlite_url(tmp_path)
-    settings = make_settings(url, tmp_path / "d", summaries=False, **small_window(tmp_path, url))
+    settings = make_settings(url, tmp_path / "d", summaries=False, **SMALL_WINDOW)
     async with serve_in_process(settings, provider) as server:
         sid = await server.new_session({"alice": "editor"})
         alice = await server.connect(sid, "alice")
