@@ -40,17 +40,10 @@ from server.runtime.active_run import ActiveRun
 from server.runtime.stream_feed import ReplyText, StreamFeed
 from server.runtime.tools import tool_defs
 from server.settings import Settings
-from server.store.access import (
-    AccessStore,
-    PrivateItem,
-    TokenRow,
-    ToolRow,
-    insert_audit,
-    insert_private,
-)
+from server.store.access import PrivateItem, TokenRow, ToolRow
 from server.store.effect_writes import SequenceMoved, finish_prompts, write_effects
 from server.store.group_commit import WriteFence
-from server.store.sessions import Store, StoreTx
+from server.store.port import SessionStore, SessionTx
 from server.ws.awareness import AwarenessFanout
 from server.ws.connection import Connection
 from server.ws.direct_send import binary_frame
@@ -137,7 +130,7 @@ def new_id() -> str:
 
 @dataclass(slots=True)
 class _Write:
-    tx: StoreTx
+    tx: SessionTx
     after_commit: list[Callable[[], object]] = field(default_factory=list)
     # A changed copy of the queue: its plan goes into the document, and it replaces the
     # room's queue when (and only when) the write commits.
@@ -156,7 +149,7 @@ class SessionRoom:
         self,
         session_id: str,
         *,
-        store: Store,
+        store: SessionStore,
         settings: Settings,
         clock: Callable[[], float] = time.time,
         metrics: Metrics | None = None,
@@ -169,7 +162,7 @@ class SessionRoom:
         # Full text behind the placeholders of the shared document, with its readers.
         self.private: dict[str, PrivateItem] = {}
         self.restricted_replies = "private"
-        self.access = AccessStore(store)
+        self.access = store.access
         self.draining = False
         self.session_id = session_id
         self.store = store
@@ -415,7 +408,7 @@ class SessionRoom:
         if self._encoded is not None:
             self._encoded.committed(update)
 
-    async def _published(self, tx: StoreTx, update_id: int) -> None:
+    async def _published(self, tx: SessionTx, update_id: int) -> None:
         """An update was stored in ``tx``: tell the fence, and squash the log into a
         snapshot every ``snapshot_every_updates``."""
         if self.fence is not None:
@@ -428,7 +421,7 @@ class SessionRoom:
         self._since_snapshot += 1
         return self._since_snapshot >= self.settings.snapshot_every_updates
 
-    async def _write_snapshot(self, tx: StoreTx, update_id: int) -> None:
+    async def _write_snapshot(self, tx: SessionTx, update_id: int) -> None:
         await tx.write_snapshot(
             self.session_id, self.doc.doc.get_update(), update_id, self.now_ms()
         )
@@ -747,7 +740,7 @@ class SessionRoom:
             shown += "\n[details restricted]"
         async with self._writing() as write:
             item = PrivateItem(entry_id, "tool", detail, restriction)
-            await insert_private(write.tx.connection, self.session_id, item, self.now_ms())
+            await write.tx.insert_private(self.session_id, item, self.now_ms())
             self.doc.add_tool_step(
                 id=entry_id,
                 reply_id=active.reply_id,
@@ -783,11 +776,11 @@ class SessionRoom:
             return
         text = "".join(active.text)
         item = PrivateItem(active.reply_id, "reply", text, active.restriction)
-        await insert_private(write.tx.connection, self.session_id, item, self.now_ms())
+        await write.tx.insert_private(self.session_id, item, self.now_ms())
         write.after_commit.append(lambda: self._keep_private(item))
 
     async def _audit_in(self, write: _Write, kind: str, actor: str, data: dict[str, Any]) -> None:
-        await insert_audit(write.tx.connection, self.session_id, self.now_ms(), kind, actor, data)
+        await write.tx.insert_audit(self.session_id, self.now_ms(), kind, actor, data)
 
     async def finish_run(
         self,

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import json
 import secrets
-import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +26,8 @@ from authz.webhooks import (
     sign,
 )
 from server.settings import Settings
-from server.store.access import AccessStore, DocumentRow, ToolRow
+from server.store.access import DocumentRow, ToolRow
+from server.store.port import RuntimeAccess
 from session.documents import Document, render, search
 from session.model import ToolSpec
 
@@ -63,9 +63,12 @@ def new_secret() -> str:
 
 
 class ToolRunner:
-    def __init__(self, settings: Settings, access: AccessStore) -> None:
+    def __init__(
+        self, settings: Settings, access: RuntimeAccess, clock: Callable[[], float]
+    ) -> None:
         self.settings = settings
         self.access = access
+        self.clock = clock  # the room's: signatures are dated by it
 
     async def run(
         self,
@@ -120,7 +123,7 @@ class ToolRunner:
             },
             separators=(",", ":"),
         ).encode()
-        timestamp = int(time.time())
+        timestamp = int(self.clock())
         delivery = new_delivery_id()  # one per request: the tool server accepts it once
         headers = {
             "content-type": "application/json",

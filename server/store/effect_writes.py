@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from server.store.access import insert_audit
-from server.store.sessions import EntryRow, StoreTx
+from server.store.port import SessionTx
+from server.store.rows import EntryRow
 from session.core import Effects, NewEntry, Pin, SetFact, SetPolicy
 from session.errors import Unavailable
 from session.events import (
@@ -40,7 +40,7 @@ class SequenceMoved(Unavailable):
 
 
 async def write_effects(
-    tx: StoreTx,
+    tx: SessionTx,
     doc: SessionDocument,
     session_id: str,
     effects: Effects,
@@ -69,14 +69,12 @@ async def write_effects(
         await tx.set_policy(session_id, change.policy.value)
         doc.set_policy(change.policy.value)
     for record in effects.audit:
-        await insert_audit(
-            tx.connection, session_id, now_ms, record.kind, record.actor, dict(record.data)
-        )
+        await tx.insert_audit(session_id, now_ms, record.kind, record.actor, dict(record.data))
     return events
 
 
 async def finish_prompts(
-    tx: StoreTx,
+    tx: SessionTx,
     doc: SessionDocument,
     prompt_ids: Sequence[str],
     ending: Ending | None,
@@ -97,7 +95,7 @@ async def finish_prompts(
 
 
 async def _store_entry(
-    tx: StoreTx, doc: SessionDocument, session_id: str, entry: NewEntry
+    tx: SessionTx, doc: SessionDocument, session_id: str, entry: NewEntry
 ) -> PromptAccepted | MessagePosted:
     seq = await tx.next_seq(session_id)
     if seq != entry.seq:  # only the room's writer hands them out: nothing else should
