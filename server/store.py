@@ -10,7 +10,7 @@ import asyncio
 import json
 import secrets
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -40,7 +40,7 @@ from server.tables import (
     sessions,
     summaries,
 )
-from server.webhook_store import enqueue
+from server.webhook_store import Subscriptions, enqueue, version_now
 from session.errors import DuplicateCommand, NotFound, Unavailable
 from session.events import (
     Membership,
@@ -53,7 +53,7 @@ from session.lifecycle import IllegalTransition, PromptStatus, prompt_predecesso
 from session.reasons import Ending
 from session.summary import Summary
 from session.tokens import count_tokens
-from session.webhook_events import SESSION_CREATED, SESSION_DELETED, webhook_types
+from session.webhook_events import SESSION_CREATED, SESSION_DELETED, webhook_data, webhook_types
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,10 +210,23 @@ async def _member_event(
 class StoreTx:
     """One database transaction; methods mirror the writes a session makes."""
 
-    def __init__(self, connection: AsyncConnection) -> None:
+    def __init__(self, connection: AsyncConnection, subscriptions: Subscriptions) -> None:
         self.connection = connection
+        self.subscriptions = subscriptions
         # Webhook deliveries this transaction wrote: the sender is woken after the commit.
         self.outboxed = 0
+
+    async def outbox(
+        self,
+        session_id: str,
+        told: Sequence[tuple[int, int, str, dict[str, Any]]],
+        version: int | None = None,
+    ) -> None:
+        """Write the webhook deliveries of ``told`` (event seq, at ms, webhook type, data)
+        in this transaction; ``version``: the subscriptions' version, if already read."""
+        if told:
+            wanting = await self.subscriptions.current(self.connection, version)
+            self.outboxed += await enqueue(self.connection, wanting, session_id, told)
 
     async def next_seq(self, session_id: str) -> int:
         result = await self.connection.execute(
@@ -228,23 +241,33 @@ class StoreTx:
         return int(seq)
 
     async def append_events(
-        self, session_id: str, at_ms: int, events: Sequence[SessionEvent]
+        self,
+        session_id: str,
+        at_ms: int,
+        events: Sequence[SessionEvent],
+        replies: Mapping[str, str | None] | None = None,
     ) -> list[int]:
         """Store ``events`` in this transaction with the session's next event numbers;
         returns them. The counter's row stays locked until the commit (PostgreSQL), so the
-        numbers of one session follow the commit order whichever node writes."""
+        numbers of one session follow the commit order whichever node writes.
+
+        ``replies``: the text of each reply completed here by its id, None when it is
+        restricted (``reply.completed`` webhooks carry it; the stored events never do)."""
         if not events:
             return []
+        # The subscriptions' version comes with the counter: no query of its own.
         result = await self.connection.execute(
             update(sessions)
             .where(sessions.c.id == session_id)
             .values(last_event_seq=sessions.c.last_event_seq + len(events))
-            .returning(sessions.c.last_event_seq)
+            .returning(sessions.c.last_event_seq, version_now())
         )
-        last = result.scalar_one_or_none()
-        if last is None:
+        found = result.first()
+        if found is None:
             raise LookupError(session_id)
-        first = int(last) - len(events) + 1
+        last, version = int(found[0]), int(found[1])
+        first = last - len(events) + 1
+        data = [event.data() for event in events]
         await self.connection.execute(
             insert(session_events),
             [
@@ -254,18 +277,17 @@ class StoreTx:
                     "at_ms": at_ms,
                     "kind": event.kind,
                     "actor": event.actor,
-                    "data": json.dumps(event.data(), separators=(",", ":")),
+                    "data": json.dumps(data[i], separators=(",", ":")),
                 }
                 for i, event in enumerate(events)
             ],
         )
         told = [
-            (first + i, at_ms, told, data)
+            (first + i, at_ms, told, webhook_data(told, data[i], replies or {}))
             for i, event in enumerate(events)
-            for data in [event.data()]
-            for told in webhook_types(event.kind, data)
+            for told in webhook_types(event.kind, data[i])
         ]
-        self.outboxed += await enqueue(self.connection, session_id, told)
+        await self.outbox(session_id, told, version)
         return list(range(first, first + len(events)))
 
     async def insert_entry(self, row: EntryRow) -> None:
@@ -386,6 +408,8 @@ class Store:
         self.checkpointer = Checkpointer(path) if path else None
         # Called after a commit that wrote webhook deliveries (the sender's wake-up).
         self.on_outbox: Callable[[], None] | None = None
+        # The event webhook subscriptions every event write here matches against.
+        self.subscriptions = Subscriptions()
 
     @asynccontextmanager
     async def transaction(
@@ -403,7 +427,7 @@ class Store:
                 if self._writers is not None:
                     await _begin_immediate(connection, deadline)
                 async with connection.begin():
-                    tx = StoreTx(connection)
+                    tx = StoreTx(connection, self.subscriptions)
                     yield tx
             if self.checkpointer is not None:
                 self.checkpointer.wrote()
@@ -475,9 +499,7 @@ class Store:
                 )
             )
             created = {"title": title, "policy": policy}
-            tx.outboxed += await enqueue(
-                tx.connection, session_id, [(0, now, SESSION_CREATED, created)]
-            )
+            await tx.outbox(session_id, [(0, now, SESSION_CREATED, created)])
         return SessionRow(session_id, title, now, 0, policy)
 
     async def change_settings(
@@ -532,9 +554,7 @@ class Store:
                 .returning(sessions.c.id)
             )
             if found.first() is not None:
-                tx.outboxed += await enqueue(
-                    tx.connection, session_id, [(0, now, SESSION_DELETED, {})]
-                )
+                await tx.outbox(session_id, [(0, now, SESSION_DELETED, {})])
             # Children first: SQLite enforces ON DELETE CASCADE only with the pragma on.
             for table in (
                 session_events,
