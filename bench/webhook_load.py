@@ -6,7 +6,9 @@ delivery after ``--receiver-delay-s`` (2 s); ``plain`` has no subscriber. Both g
 same open-loop load at the same time (so the machine's noise falls on both): members'
 prompts and messages paced to about ``--events-per-s`` semantic events per server. It
 reports the p50/p95/p99 of the command acks on each, their ratio (hooks / plain), the
-noise (each server's first half against its second), and what the outbox did.
+noise (each server's first half against its second), and what the outbox did. A server
+that stores less than 90% of the events asked for, or leaves a command unanswered, is
+reported as saturated, and then no verdict is given (its latency is its queue's).
 
     python -m bench.webhook_load [--events-per-s 1000] [--duration-s 30] [--sessions 40]
 """
@@ -34,6 +36,8 @@ from bench.webhook_rig import (
 # Semantic events per command: a prompt is accepted, its run starts and completes (runs
 # may answer several waiting prompts at once: the measured rate is what counts).
 EVENTS_PER_PROMPT = 3
+# A server is keeping up when it stores at least this share of the events asked for.
+SUSTAINED = 0.9
 
 
 def commands_per_s(events_per_s: float, prompt_share: float) -> float:
@@ -137,8 +141,16 @@ async def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "received": len(receiver.arrivals),
         "receiver_most_in_flight": receiver.most_in_flight,
     }
+    # A server that cannot keep up measures its queue, not the webhooks: no verdict then.
+    saturated = [
+        name
+        for name in ("hooks", "plain")
+        if figures[name]["refused_or_lost_count"]
+        or figures[name]["events_per_s"] < SUSTAINED * args.events_per_s
+    ]
+    figures["saturated"] = saturated
     figures["noise_band"] = round(band, 3)
-    figures["unchanged_within_noise"] = bool(effect) and max(effect) <= band
+    figures["unchanged_within_noise"] = None if saturated or not effect else max(effect) <= band
     return figures
 
 

@@ -25,7 +25,7 @@ from typing import Any
 from standardwebhooks.webhooks import Webhook
 
 from bench.webhook_load import commands_per_s
-from bench.webhook_rig import Receiver, hook_target, paced_load, receiving
+from bench.webhook_rig import Arrival, Receiver, hook_target, paced_load, receiving
 from session.webhook_events import SESSION_CREATED, TYPES, webhook_types
 
 DRAIN_POLL_S = 0.5
@@ -43,26 +43,22 @@ def expected_deliveries(
     return expected
 
 
-def check(
-    arrivals: list[tuple[str, bytes, dict[str, str]]],
-    secret: str,
-    expected: set[tuple[str, int, str]],
-) -> dict[str, Any]:
-    """Verify and compare what arrived, in arrival order, with what was expected."""
-    verifier = Webhook(secret)
+def check(arrivals: list[Arrival], expected: set[tuple[str, int, str]]) -> dict[str, Any]:
+    """Compare what arrived (verified on arrival), in arrival order, with what was
+    expected."""
     bodies: dict[str, bytes] = {}
     differing_duplicates = 0
     duplicates = 0
     first: list[tuple[str, int, str]] = []
-    for message_id, body, headers in arrivals:
-        payload = verifier.verify(body, headers)  # raises on a bad signature
-        if message_id in bodies:
+    for arrival in arrivals:
+        if arrival.message_id in bodies:
             duplicates += 1
-            differing_duplicates += bodies[message_id] != body
+            differing_duplicates += bodies[arrival.message_id] != arrival.body
             continue
-        bodies[message_id] = body
-        data = payload["data"]
-        first.append((data["session_id"], int(data["event_seq"]), payload["type"]))
+        bodies[arrival.message_id] = arrival.body
+        assert arrival.payload is not None  # the receiver verified it
+        data = arrival.payload["data"]
+        first.append((data["session_id"], int(data["event_seq"]), arrival.payload["type"]))
     per_session: dict[str, list[int]] = defaultdict(list)
     for session_id, seq, _ in first:
         per_session[session_id].append(seq)
@@ -91,6 +87,7 @@ async def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         await server.start()
         try:
             hook = await server.subscribe(receiver.url, sorted(TYPES))
+            receiver.verifier = Webhook(hook["secret"])
             rooms = await server.make_rooms(args.sessions, 0)
             rate = commands_per_s(args.events_per_s, args.prompt_share)
             total_s = args.before_s + args.outage_s + args.after_s
@@ -129,8 +126,7 @@ async def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         finally:
             await server.stop()
     during_outage = [a for a in receiver.arrivals if down_at <= a.at < up_at]
-    arrivals = [(a.message_id, a.body, a.headers) for a in receiver.arrivals]
-    verdict = check(arrivals, hook["secret"], expected_deliveries(stored, sessions))
+    verdict = check(receiver.arrivals, expected_deliveries(stored, sessions))
     return {
         "settings": {
             "sessions": args.sessions,
@@ -148,9 +144,11 @@ async def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "subscription_status": status,
         "disabled_reason": reason,
         "arrived_while_down": len(during_outage),
+        "bad_signatures": receiver.bad_signatures,
         "drained_s_after_receiver_back": None if drained_s is None else round(drained_s, 1),
         **verdict,
         "ok": drained_s is not None
+        and receiver.bad_signatures == 0
         and verdict["missing"] == 0
         and verdict["unexpected"] == 0
         and verdict["duplicates_with_other_body"] == 0

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import uvicorn
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -90,8 +91,8 @@ def hook_target(name: str, workdir: Path, **env: str) -> HookTarget:
 class Arrival:
     at: float  # time.monotonic()
     message_id: str
-    headers: dict[str, str]
     body: bytes
+    payload: dict[str, Any] | None  # verified with ``standardwebhooks``; None: not checked
 
 
 class Receiver:
@@ -100,6 +101,10 @@ class Receiver:
 
     def __init__(self, delay_s: float = 0.0) -> None:
         self.delay_s = delay_s
+        # Set: every request is verified on arrival (as a receiver must, within the
+        # signature's time tolerance); a bad one is answered 400 and counted.
+        self.verifier: Webhook | None = None
+        self.bad_signatures = 0
         self.port = free_port()
         self.arrivals: list[Arrival] = []
         self.in_flight = 0
@@ -121,7 +126,14 @@ class Receiver:
         finally:
             self.in_flight -= 1
         headers = dict(request.headers)
-        self.arrivals.append(Arrival(time.monotonic(), headers["webhook-id"], headers, body))
+        payload = None
+        if self.verifier is not None:
+            try:
+                payload = self.verifier.verify(body, headers)
+            except WebhookVerificationError:
+                self.bad_signatures += 1
+                return Response(status_code=400)
+        self.arrivals.append(Arrival(time.monotonic(), headers["webhook-id"], body, payload))
         return Response(status_code=204)
 
     async def up(self) -> None:

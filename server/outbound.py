@@ -101,7 +101,10 @@ async def target_problem(
     url: str, *, allow_private: bool, resolver: Resolver = system_resolver
 ) -> str | None:
     """Why ``url`` may not be called now, or None (a check for input, such as a new
-    subscription's URL; a request checks again, and connects to what it checked)."""
+    subscription's URL; a request checks again, and connects to what it checked). With
+    ``allow_private`` only the URL is checked: any address it resolves to would do."""
+    if allow_private:
+        return url_problem(url)
     try:
         await check_target(url, allow_private=allow_private, resolver=resolver)
     except RefusedTarget as exc:

@@ -28,7 +28,7 @@ async def test_webhook_load_compares_ack_latency_with_a_peer_without_subscribers
     assert set(figures["ratio_hooks_over_plain"]["acks"]) == {"p50_ms", "p95_ms", "p99_ms"}
     assert figures["outbox"]["deliveries_written"] > 0
     assert figures["outbox"]["received"] > 0
-    assert isinstance(figures["unchanged_within_noise"], bool)
+    assert figures["unchanged_within_noise"] in (True, False, None)  # None: saturated
 
 
 async def test_webhook_outage_delivers_every_event_of_the_outage_in_order(
