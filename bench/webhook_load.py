@@ -88,7 +88,13 @@ async def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     async with receiving(receiver):
         await asyncio.gather(hooks.start(), plain.start())
         try:
-            await hooks.subscribe(receiver.url)
+            hook = await hooks.subscribe(receiver.url)
+            if args.paused:  # deliveries are written with each event, never sent
+                assert hooks.http is not None
+                paused = await hooks.http.patch(
+                    f"/api/v1/webhooks/{hook['id']}", json={"status": "paused"}
+                )
+                paused.raise_for_status()
             rooms = await asyncio.gather(
                 hooks.make_rooms(args.sessions, 0), plain.make_rooms(args.sessions, 0)
             )
@@ -134,6 +140,7 @@ async def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "duration_s": args.duration_s,
         "warmup_s": args.warmup_s,
         "receiver_delay_s": args.receiver_delay_s,
+        "subscription": "paused" if args.paused else "active",
     }
     figures["outbox"] = {
         "deliveries_written": made,
@@ -162,6 +169,11 @@ def main() -> None:
     parser.add_argument("--duration-s", type=float, default=30.0)
     parser.add_argument("--warmup-s", type=float, default=5.0)
     parser.add_argument("--receiver-delay-s", type=float, default=2.0)
+    parser.add_argument(
+        "--paused",
+        action="store_true",
+        help="pause the subscription: the outbox is written, nothing sent (its cost alone)",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="webhook-load-") as workdir:
         print(json.dumps(asyncio.run(measure(args, Path(workdir))), indent=1))

@@ -18,6 +18,7 @@ async def test_webhook_load_compares_ack_latency_with_a_peer_without_subscribers
         duration_s=2.0,
         warmup_s=0.5,
         receiver_delay_s=0.3,
+        paused=False,
     )
     figures = await webhook_load.measure(args, tmp_path)
     for name in ("hooks", "plain"):
