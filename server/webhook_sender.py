@@ -43,6 +43,8 @@ from session.errors import ParleyError
 
 log = logging.getLogger("parley.webhooks")
 
+# Of a receiver's answer, at most this much is read (and dropped).
+ANSWER_READ_BYTES = 4096
 # How often finished deliveries past ``webhook_keep_s`` are deleted.
 PRUNE_EVERY_S = 600.0
 
@@ -204,9 +206,15 @@ class WebhookSender:
         body = delivery.payload.encode()
         sent = headers(delivery.secret, delivery.message_id, int(self.clock()), body)
         try:
-            # The answer's body is not read: only its status counts.
+            # Only the status counts; a short body is read so that the connection can
+            # serve the next delivery (a new connection per delivery cost the sessions'
+            # event loop more than the rest of the attempt).
             answer = await self._http.post(
-                delivery.url, body, sent, timeout_s=self.settings.webhook_timeout_s
+                delivery.url,
+                body,
+                sent,
+                timeout_s=self.settings.webhook_timeout_s,
+                max_body_bytes=ANSWER_READ_BYTES,
             )
             code = answer.status_code
         except RefusedTarget as exc:

@@ -72,9 +72,14 @@ def _webhook(row: Any) -> WebhookRow:
     )
 
 
+# Built once: an event write reads it with every counter it takes (building the
+# construct each time cost more than running it).
+_VERSION_NOW = select(func.coalesce(func.max(webhook_version.c.version), 0)).scalar_subquery()
+
+
 def version_now() -> ScalarSelect[Any]:
     """The subscriptions' version as a scalar subquery, to read inside another statement."""
-    return select(func.coalesce(func.max(webhook_version.c.version), 0)).scalar_subquery()
+    return _VERSION_NOW
 
 
 async def _count_change(connection: AsyncConnection) -> None:

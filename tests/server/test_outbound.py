@@ -51,7 +51,9 @@ class Receiver:
 
     async def endpoint(self, request: Request) -> Response:
         await request.body()
-        self.seen.append((request.url.path, dict(request.headers)))
+        assert request.client is not None
+        headers = {**request.headers, "x-client-port": str(request.client.port)}
+        self.seen.append((request.url.path, headers))
         if request.url.path == "/moved":
             return RedirectResponse("/elsewhere", status_code=307)
         if request.url.path == "/slow":
@@ -238,3 +240,18 @@ async def test_https_to_the_checked_address_verifies_the_host_name(tmp_path: Pat
         finally:
             await client.aclose()
     assert [h["host"] for _, h in receiver.seen] == [f"hooks.test:{receiver.port}"]
+
+
+async def test_a_connection_serves_the_next_request_once_its_answer_is_read() -> None:
+    async with serving() as receiver:
+        resolver = Resolver(["127.0.0.1"])
+        client = OutboundClient(allow_private=True, resolver=resolver)
+        try:
+            for _ in range(3):
+                url = f"http://hooks.test:{receiver.port}/hook"
+                answer = await client.post(url, b"{}", {}, timeout_s=5, max_body_bytes=64)
+                assert answer.status_code == 200
+        finally:
+            await client.aclose()
+    assert len({h["x-client-port"] for _, h in receiver.seen}) == 1  # one connection
+    assert len(resolver.asked) == 3  # each request still checked its target
