@@ -1,4 +1,4 @@
-"""The Markdown tables of one benchmark run (what README's "Performance" section shows)."""
+"""The Markdown tables of one benchmark run (what docs/performance.md shows)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 import { defineConfig } from 'vite'
 
-// Served by `parley serve` at /demo (client-demo/dist is mounted there).
+// Served by `parley serve` at /demo. The build goes into the server's package
+// (server/http/demo_files, not tracked), so a wheel built after it carries the demo.
 export default defineConfig({
   base: '/demo/',
   resolve: {
@@ -10,7 +11,7 @@ export default defineConfig({
     dedupe: ['yjs', 'y-websocket', 'y-protocols', 'lib0']
   },
   build: {
-    outDir: 'dist',
+    outDir: '../server/http/demo_files',
     emptyOutDir: true,
     target: 'es2022'
   },

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -10,7 +11,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import httpx
-from prometheus_client import CONTENT_TYPE_LATEST
+from prometheus_client import CONTENT_TYPE_LATEST, start_http_server
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -20,29 +21,29 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from server import access_api, api, api_events, api_prompts, api_usage, api_webhooks
-from server.api_models import Health, Readiness
 from server.cluster.node import ClusterNode
-from server.db import create_engine, current_revision, head_revision
-from server.demo import DemoFiles
-from server.direct_send import DirectSendMiddleware
+from server.http import access, context, events, home, members, prompts, sessions, usage, webhooks
+from server.http.demo import DemoFiles
+from server.http.models import Health, Readiness
+from server.http.rest import Operation, authenticate, error_response, openapi_document, route
 from server.keys import resolve_keys
 from server.metrics import Metrics
+from server.outbound.webhook_sender import WebhookSender
 from server.providers.registry import open_models
-from server.rest import Operation, error_response, openapi_document, route
-from server.rooms import RoomRegistry
-from server.send_budget import SendBudget
+from server.runtime.rooms import RoomRegistry
 from server.settings import Settings
 from server.state import AppState
-from server.storage_health import StorageHealth
-from server.store import Store
-from server.webhook_sender import WebhookSender
-from server.ws import session_socket
-from session.errors import ParleyError, SchemaNotCurrent, Unavailable
+from server.store.db import create_engine, current_revision, head_revision
+from server.store.health import StorageHealth
+from server.store.sessions import Store
+from server.version import version
+from server.ws.direct_send import DirectSendMiddleware
+from server.ws.endpoint import session_socket
+from server.ws.send_budget import SendBudget
+from session.errors import Forbidden, NotFound, ParleyError, SchemaNotCurrent, Unavailable
 from session.model import ModelProvider
 
 log = logging.getLogger("parley.app")
-VERSION = "0.1.0"
 
 
 class RequestLog:
@@ -147,14 +148,17 @@ def create_app(
     settings = settings or Settings()
     operations = (
         PROBES
-        + api.OPERATIONS
-        + api_usage.OPERATIONS
-        + api_events.OPERATIONS
-        + access_api.OPERATIONS
-        + api_prompts.OPERATIONS
-        + api_webhooks.OPERATIONS
+        + home.OPERATIONS
+        + sessions.OPERATIONS
+        + members.OPERATIONS
+        + context.OPERATIONS
+        + usage.OPERATIONS
+        + events.OPERATIONS
+        + access.OPERATIONS
+        + prompts.OPERATIONS
+        + webhooks.OPERATIONS
     )
-    spec = openapi_document(operations, title="Parley admin API", version=VERSION)
+    spec = openapi_document(operations, title="Parley admin API", version=version())
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -206,6 +210,13 @@ def create_app(
         rooms.start_reaper()
         sender = WebhookSender(store, settings, clock)
         await sender.start(sole_sender=not settings.cluster)
+        # /metrics on a port of its own (a thread of prometheus_client's), e.g. for a
+        # scraper inside the cluster while the API port faces the internet.
+        exporter = (
+            start_http_server(settings.metrics_port, settings.metrics_host, metrics.registry)[0]
+            if settings.metrics_port
+            else None
+        )
         try:
             yield
         finally:
@@ -215,12 +226,19 @@ def create_app(
             await rooms.close()
             await store.close()
             budget.close()
+            if exporter is not None:
+                await asyncio.to_thread(exporter.shutdown)
+                exporter.server_close()
 
     async def openapi(_: Request) -> Response:
         return JSONResponse(spec)
 
     async def metrics_endpoint(request: Request) -> Response:
         state: AppState = request.app.state.parley
+        if settings.metrics_access == "off":
+            raise NotFound("metrics are served on PARLEY_METRICS_PORT only")
+        if settings.metrics_access == "admin" and not authenticate(request, state).is_admin:
+            raise Forbidden("metrics need the admin key")
         return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     async def on_parley_error(_: Request, exc: Exception) -> Response:
@@ -243,6 +261,7 @@ def create_app(
     routes: list[Any] = [route(op) for op in operations]
     routes += [
         Route("/api/v1/openapi.json", openapi, methods=["GET"]),
+        *home.ROUTES,
         Route("/metrics", metrics_endpoint, methods=["GET"]),
         Mount("/demo", app=DemoFiles(settings.demo_dir), name="demo"),
         WebSocketRoute("/ws/sessions/{session_id}", session_socket),

@@ -1,4 +1,4 @@
-"""``parley serve`` and ``parley migrate``."""
+"""The command line: ``parley serve``, ``parley migrate`` and ``parley db …``."""
 
 from __future__ import annotations
 
@@ -8,22 +8,29 @@ import ctypes
 import gc
 import logging
 import os
+import re
 import socket
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import uvicorn
+from alembic import command
+from pydantic import ValidationError
+from pydantic_settings import SettingsError
 from sqlalchemy.exc import DBAPIError
 from starlette.applications import Starlette
 
 from server.app import create_app
-from server.db import create_engine, current_revision, migrate
 from server.keys import Keys, resolve_keys
 from server.logs import configure_logging
-from server.settings import Settings
+from server.settings import Settings, missing_api_keys
 from server.state import AppState
+from server.store.db import alembic_config, create_engine, current_revision, migrate
+from server.version import version
+from session.errors import ConfigurationError
 from session.tokens import tokenizer_name
 
 log = logging.getLogger("parley.cli")
@@ -174,21 +181,81 @@ def return_large_blocks() -> None:
     mallopt(M_MMAP_THRESHOLD, LARGE_BLOCK_BYTES)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="parley", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="run the server")
-    serve.add_argument("--host")
-    serve.add_argument("--port", type=int)
-    serve.add_argument("--database-url")
-    serve.add_argument("--data-dir")
-    serve.add_argument(
-        "--no-migrate", action="store_true", help="do not apply pending migrations at start"
-    )
-    mig = commands.add_parser("migrate", help="apply pending database migrations")
-    mig.add_argument("--database-url")
-    args = parser.parse_args(argv)
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="parley",
+        description="Parley: a server for shared, multi-user AI sessions.",
+        epilog=(
+            "Every setting is also read from the environment (PARLEY_<NAME>, e.g. "
+            "PARLEY_PORT) and from a .env file in the working directory; a flag wins over "
+            "both. Another ASGI server can run the app too: "
+            "uvicorn server.app:create_app --factory."
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"parley {version()}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def common(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument(
+            "--database-url",
+            metavar="URL",
+            help="SQLAlchemy URL of the database (PARLEY_DATABASE_URL; default: SQLite in the "
+            "data directory)",
+        )
+        sub.add_argument(
+            "--env-file",
+            metavar="PATH",
+            type=Path,
+            help="read settings from this file instead of ./.env",
+        )
+        sub.add_argument("--log-level", choices=LOG_LEVELS, help="PARLEY_LOG_LEVEL (info)")
+
+    serve = commands.add_parser(
+        "serve",
+        help="run the server (applies pending migrations first)",
+        description="Serve the REST API, the WebSocket endpoint and the demo.",
+    )
+    common(serve)
+    serve.add_argument("--host", help="address to listen on (PARLEY_HOST; 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to listen on (PARLEY_PORT; 8765)")
+    serve.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        help="where the SQLite file and generated keys live (PARLEY_DATA_DIR)",
+    )
+    serve.add_argument(
+        "--no-migrate",
+        action="store_true",
+        help="do not apply pending migrations at start (fail if the schema is behind)",
+    )
+    migrate_cmd = commands.add_parser(
+        "migrate", help="apply pending database migrations (the same as 'parley db upgrade')"
+    )
+    common(migrate_cmd)
+    db = commands.add_parser("db", help="the database schema: where it is, its history, moves")
+    db_commands = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    for name, text in (
+        ("current", "print the revision the database is at"),
+        ("history", "list every migration, newest first"),
+    ):
+        common(db_commands.add_parser(name, help=text, description=text))
+    upgrade = db_commands.add_parser("upgrade", help="move the schema forward (to head)")
+    common(upgrade)
+    upgrade.add_argument("revision", nargs="?", default="head", help="target (default: head)")
+    downgrade = db_commands.add_parser(
+        "downgrade", help="move the schema back (data of later revisions is dropped)"
+    )
+    common(downgrade)
+    downgrade.add_argument("revision", help="target revision, or -1 for one step back")
+    return parser
+
+
+def load_settings(args: argparse.Namespace) -> Settings:
+    """The settings of ``args`` over the environment and the env file; raises
+    ``ConfigurationError`` with one line per problem."""
     overrides = {
         key: value
         for key, value in {
@@ -196,17 +263,91 @@ def main(argv: list[str] | None = None) -> int:
             "port": getattr(args, "port", None),
             "database_url": args.database_url,
             "data_dir": getattr(args, "data_dir", None),
+            "log_level": args.log_level,
         }.items()
         if value is not None
     }
-    settings = Settings(**overrides)
+    env_file: Path | None = args.env_file
+    if env_file is not None and not env_file.is_file():
+        raise ConfigurationError(f"--env-file {env_file}: no such file")
+    try:
+        settings = Settings(_env_file=env_file or ".env", **overrides)  # type: ignore[call-arg]
+    except ValidationError as exc:
+        raise ConfigurationError(describe_settings_error(exc)) from None
+    except SettingsError as exc:  # a value that is not even JSON, say
+        field = re.search(r'field "(\w+)"', str(exc))
+        where = f"PARLEY_{field.group(1).upper()}" if field else "settings"
+        cause = f" ({exc.__cause__})" if exc.__cause__ is not None else ""
+        raise ConfigurationError(f"{where}: not valid JSON{cause}") from None
+    missing = missing_api_keys(settings)
+    if missing:
+        raise ConfigurationError("; ".join(missing))
+    return settings
 
-    if args.command == "migrate":
-        configure_logging(settings.log_level, settings.log_format, held_secrets(settings))
-        migrate(settings.database_url)
+
+def describe_settings_error(exc: ValidationError) -> str:
+    """One line per wrong setting, named as it is set (``PARLEY_PORT``)."""
+    lines = []
+    for error in exc.errors():
+        head, *rest = [*error["loc"]] or [""]
+        where = f"PARLEY_{str(head).upper()}" if head else "settings"
+        where += "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in rest)
+        message = str(error["msg"]).removeprefix("Value error, ")
+        lines.append(f"{where}: {message}" if not message.startswith("PARLEY_") else message)
+    return "; ".join(lines)
+
+
+def listen_socket(host: str, port: int) -> socket.socket:
+    """The server's listening socket, bound before anything else is touched, so a busy
+    port fails before migrations run or sessions resume. Raises ``ConfigurationError``."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+    except OSError as exc:
+        raise ConfigurationError(f"cannot listen on {host}:{port}: {exc}") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigurationError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def run_db_command(args: argparse.Namespace, settings: Settings) -> int:
+    """``parley migrate`` and ``parley db …``: Alembic over the configured database."""
+    config = alembic_config(settings.database_url)
+    action = "upgrade" if args.command == "migrate" else args.db_command
+    if action == "current":
+        command.current(config)
+    elif action == "history":
+        command.history(config)
+    elif action == "upgrade":
+        command.upgrade(config, getattr(args, "revision", "head"))
         print("migrations applied", file=sys.stderr)
-        return 0
+    else:
+        command.downgrade(config, args.revision)
+        print(f"downgraded to {args.revision}", file=sys.stderr)
+    return 0
 
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings(args)
+        listening = listen_socket(settings.host, settings.port) if args.command == "serve" else None
+        if listening is not None and settings.metrics_port:
+            listen_socket(settings.metrics_host, settings.metrics_port).close()  # free now?
+    except ConfigurationError as exc:
+        print(f"parley: configuration error: {exc.message}", file=sys.stderr)
+        return 2
+
+    if args.command != "serve":
+        configure_logging(settings.log_level, settings.log_format, held_secrets(settings))
+        return run_db_command(args, settings)
+
+    assert listening is not None
     keys = resolve_keys(settings.data_dir, settings.admin_key, settings.secret_key)
     configure_logging(settings.log_level, settings.log_format, held_secrets(settings, keys))
     if keys.admin_key_created:
@@ -224,11 +365,22 @@ def main(argv: list[str] | None = None) -> int:
             0 if url.startswith("sqlite") else settings.db_connect_timeout_s,
         )
     except (DBAPIError, OSError):
+        listening.close()
         return 1  # logged
     app = create_app(settings)
     return_large_blocks()
     freeze_startup_heap()
-    ParleyServer(uvicorn_config(app, settings), app).run()
+    base = f"http://{settings.host}:{settings.port}"
+    log.info(
+        "serving",
+        extra={
+            "version": version(),
+            "api": f"{base}/api/v1/openapi.json",
+            "api_docs": f"{base}/api/v1/docs",
+            "demo": f"{base}/demo/",
+        },
+    )
+    ParleyServer(uvicorn_config(app, settings), app).run(sockets=[listening])
     return 0
 
 

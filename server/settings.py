@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -39,7 +40,9 @@ class ModelSpec(BaseModel):
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="PARLEY_", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="PARLEY_", extra="ignore", env_file_encoding="utf-8"
+    )
 
     host: str = "127.0.0.1"
     port: int = 8765
@@ -136,6 +139,14 @@ class Settings(BaseSettings):
         default=1000, ge=1, description="Sockets to one session (on one node)"
     )
     cors_origins: list[str] = Field(default_factory=list)
+    metrics_access: Literal["open", "admin", "off"] = Field(
+        default="open",
+        description="Who may read /metrics on the API's port: anyone, the admin key, nobody",
+    )
+    metrics_port: int = Field(
+        default=0, ge=0, le=65535, description="Also serve /metrics, without a key, here (0: no)"
+    )
+    metrics_host: str = Field(default="127.0.0.1", description="The address of metrics_port")
     commands_per_second: float = 10.0
     commands_burst: int = 30
     user_commands_per_second: float = 20.0
@@ -161,7 +172,7 @@ class Settings(BaseSettings):
     log_format: str = "json"
 
     # The browser demo (client-demo/, built with npm) served at /demo
-    demo_dir: Path = Path(__file__).resolve().parent.parent / "client-demo" / "dist"
+    demo_dir: Path = Path(__file__).resolve().parent / "http" / "demo_files"
 
     # Storage
     snapshot_every_updates: int = 500
@@ -188,7 +199,7 @@ class Settings(BaseSettings):
     room_idle_unload_s: float = 60.0
     log_level: str = "info"
 
-    # Event webhooks (server/webhook_sender.py)
+    # Event webhooks (server/outbound/webhook_sender.py)
     webhook_allow_private: bool = Field(
         default=False,
         description="Let event webhooks reach private, loopback and link-local addresses",
@@ -251,3 +262,17 @@ class Settings(BaseSettings):
         catalog = self.catalog()
         chosen = catalog.get(name) if name is not None else None
         return chosen or catalog[self.default_model or next(iter(catalog))]
+
+
+def missing_api_keys(settings: Settings) -> list[str]:
+    """One line for each configured model whose ``api_key_env`` is not set (checked before
+    the server touches anything, and again when the providers are built)."""
+    return [
+        missing_key_message(spec)
+        for spec in settings.models
+        if spec.api_key_env is not None and not os.environ.get(spec.api_key_env)
+    ]
+
+
+def missing_key_message(spec: ModelSpec) -> str:
+    return f"model {spec.name!r}: the environment variable {spec.api_key_env} is not set"

@@ -7,10 +7,10 @@ from dataclasses import dataclass, field
 
 from server.keys import Keys
 from server.metrics import Metrics
-from server.rooms import RoomRegistry
-from server.send_budget import SendBudget
+from server.runtime.rooms import RoomRegistry
 from server.settings import Settings
-from server.store import Store
+from server.store.sessions import Store
+from server.ws.send_budget import SendBudget
 
 
 @dataclass(slots=True)

@@ -6,6 +6,8 @@ a socket is closed with when this error ends it (-: it never ends one).
     ├── InvalidInput                        invalid          422   -
     │   ├── TooLarge                        too_large        413   1009
     │   ├── UnknownCommand                  unknown_command  422   -
+    │   ├── UnsupportedMediaType            unsupported_media_type 415 -
+    │   ├── MethodNotAllowed                method_not_allowed 405 -
     │   ├── ProtocolError (yprotocol)       invalid          422   4400
     │   └── CommandError (commands)         the code and status of the error it wraps
     ├── Unauthenticated                     unauthenticated  401   4401
@@ -21,7 +23,7 @@ a socket is closed with when this error ends it (-: it never ends one).
     ├── Unavailable                         unavailable      503   1013
     │   ├── NotHolder (server.cluster.lease) unavailable     503   1013
     │   │   └── Fenced                      unavailable      503   1013
-    │   └── SequenceMoved (server.effect_writes) unavailable 503   1013
+    │   └── SequenceMoved (server.store.effect_writes) unavailable 503   1013
     ├── ProviderError                       provider_error   502   - (a run fails with it)
     └── ConfigurationError                  internal         500   - (the server does not start)
         ├── MissingApiKey                   internal         500   -
@@ -46,6 +48,8 @@ class ErrorCode(StrEnum):
     INVALID = "invalid"
     TOO_LARGE = "too_large"
     UNKNOWN_COMMAND = "unknown_command"
+    UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
+    METHOD_NOT_ALLOWED = "method_not_allowed"
     UNAUTHENTICATED = "unauthenticated"
     FORBIDDEN = "forbidden"
     NOT_FOUND = "not_found"
@@ -75,6 +79,11 @@ class InvalidInput(ParleyError):
     code = ErrorCode.INVALID
     http_status = 422
 
+    def __init__(self, message: str, details: tuple[tuple[str, str], ...] = ()) -> None:
+        super().__init__(message)
+        # Each problem found, as (where, what): a body can be wrong in several places.
+        self.details = details
+
 
 class TooLarge(InvalidInput):
     code = ErrorCode.TOO_LARGE
@@ -84,6 +93,18 @@ class TooLarge(InvalidInput):
 
 class UnknownCommand(InvalidInput):
     code = ErrorCode.UNKNOWN_COMMAND
+
+
+class UnsupportedMediaType(InvalidInput):
+    """A request body that is not declared ``application/json``."""
+
+    code = ErrorCode.UNSUPPORTED_MEDIA_TYPE
+    http_status = 415
+
+
+class MethodNotAllowed(InvalidInput):
+    code = ErrorCode.METHOD_NOT_ALLOWED
+    http_status = 405
 
 
 class Unauthenticated(ParleyError):

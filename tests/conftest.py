@@ -28,8 +28,8 @@ from hypothesis import HealthCheck, settings
 
 from server.app import create_app
 from server.cli import ParleyServer, uvicorn_config
-from server.db import migrate
 from server.settings import Settings
+from server.store.db import migrate
 from session.model import ModelProvider
 from tests.fake_model import FakeModel
 from tests.yclient import YClient

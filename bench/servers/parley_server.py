@@ -25,9 +25,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from server.app import create_app
 from server.cli import ParleyServer, freeze_startup_heap, uvicorn_config
-from server.db import migrate
 from server.logs import configure_logging
 from server.settings import Settings
+from server.store.db import migrate
 from session.model import Finish, ModelEvent, ModelRequest, TextDelta, Usage
 
 TOKEN_WIDTH = 8

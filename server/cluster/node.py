@@ -28,40 +28,31 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import func, select
 
 from server.cluster.access import CHANNEL_ACCESS, CHANNEL_ACCESS_SEEN, AccessSync
-from server.cluster.forwarding import (
-    CHANNEL_COMMAND,
-    CHANNEL_RESULT,
-    CommandTable,
-)
+from server.cluster.forwarding import CHANNEL_COMMAND, CHANNEL_RESULT
 from server.cluster.lease import Fenced, Lease, LeaseTable, NotHolder
 from server.cluster.listener import NotificationListener, asyncpg_dsn
 from server.cluster.metrics import ClusterMetrics
 from server.cluster.presence import CHANNEL_AWARENESS, PresenceRelay
+from server.cluster.relay import ADMIN_SENDER, MAX_TAIL_PAGES, CommandRelay
 from server.cluster.tail import read_tail
-from server.commands import handle_frame
-from server.room import SessionRoom
-from server.runner import SessionRunner
-from server.session_writes import apply_session_write
+from server.runtime.commands import handle_frame
+from server.runtime.room import SessionRoom
+from server.runtime.runner import SessionRunner
+from server.runtime.session_writes import apply_session_write
 from server.settings import Settings
-from server.store import Store, StoreTx
+from server.store.sessions import Store, StoreTx
 from session.closes import CloseCode
-from session.commands import command_id_of, error_reply
-from session.errors import NotFound, ParleyError, Unavailable, error_for
+from session.errors import NotFound, error_for
 from session.queue import Policy
 from session.reasons import ReasonCode
 
 if TYPE_CHECKING:
-    from server.rooms import RoomRegistry
+    from server.runtime.rooms import RoomRegistry
 
 log = logging.getLogger("parley.cluster")
-# The sender of a forwarded REST change: no user id can contain "!", so no member is it.
-ADMIN_SENDER = "!admin"
 
 CHANNEL_DOC = "parley_doc"  # payload: session id (an update was committed)
 TAIL_PAGE = 500
-MAX_TAIL_PAGES = 100
-COMMAND_BATCH = 200
-FORWARD_POLL_S = 0.5
 ANSWERED_KEPT_S = 600
 
 
@@ -99,7 +90,6 @@ class ClusterNode:
         self.registry = registry
         self.node_id = settings.node_id or default_node_id()
         self.leases_table = LeaseTable(store.engine, self.node_id, settings.lease_ttl_s)
-        self.commands = CommandTable(store.engine, self.node_id)
         self.leases: dict[str, Lease] = {}
         self.running: set[str] = set()  # held, loaded and its runner started
         self.applied: dict[str, int] = {}  # replica rooms: last update id applied
@@ -107,14 +97,12 @@ class ClusterNode:
         self._runners: dict[str, SessionRunner] = {}
         self._room_locks: dict[str, asyncio.Lock] = {}
         self._stale_docs: set[str] = set()
-        self._open_commands: set[str] = set()
-        self._draining: set[str] = set()
-        self._results: dict[int, asyncio.Future[str]] = {}
         self.presence = PresenceRelay(store.engine, self.node_id, registry.loaded)
         self.access = AccessSync(
             store.engine, self.node_id, registry.load_access, self.leases_table
         )
         self._wake = asyncio.Event()
+        self.relay = CommandRelay(self)
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[None]] = set()
         self.listener = NotificationListener(
@@ -122,7 +110,7 @@ class ClusterNode:
             {
                 CHANNEL_DOC: self._on_doc,
                 CHANNEL_COMMAND: self._on_command,
-                CHANNEL_RESULT: self._on_result,
+                CHANNEL_RESULT: self.relay.on_result,
                 CHANNEL_AWARENESS: self.presence.on_notification,
                 CHANNEL_ACCESS: self.access.on_asked,
                 CHANNEL_ACCESS_SEEN: self.access.on_seen,
@@ -210,7 +198,7 @@ class ClusterNode:
         room = self.registry.loaded(session_id)
         if room is not None:
             room.fail("this session moved to another node; reconnect", ReasonCode.FAILOVER)
-        self._spawn(
+        self.spawn(
             self.registry.unload(session_id, CloseCode.TRY_AGAIN, "session moved to another node")
         )
 
@@ -244,12 +232,11 @@ class ClusterNode:
         self.running.add(session_id)
         self.metrics.taken.inc()
         self._runners[session_id].start()
-        self._open_commands.add(session_id)
-        self._wake.set()
+        self.relay.wanted(session_id)
         log.info("session taken", extra={"session_id": session_id, "epoch": lease.epoch})
         return True
 
-    async def _promote(self, room: SessionRoom) -> bool:
+    async def promote(self, room: SessionRoom) -> bool:
         """A replica here, nobody running it: run it here. True if this node runs it now."""
         session_id = room.session_id
         async with self._lock(session_id):
@@ -272,24 +259,24 @@ class ClusterNode:
         session_id = room.session_id
         if session_id not in self.running and session_id not in self.live_elsewhere:
             try:
-                await self._promote(room)
+                await self.promote(room)
             except Exception as exc:  # the database, say: forwarding reports it
                 log.warning("could not take the session", extra={"error": repr(exc)})
         if session_id in self.running:
             return await handle_frame(room, user_id, frame)
-        return await self._forward(room, user_id, frame)
+        return await self.relay.forward(room, user_id, frame)
 
     async def write_session(self, room: SessionRoom, write: dict[str, Any]) -> dict[str, Any]:
-        """A REST change of the session (``server.session_writes``): run here if this node
+        """A REST change of the session (``server.runtime.session_writes``): run here if this node
         runs the session, else forwarded to the node that does (as the admin: the REST call
         was authorised), then followed here, so both nodes answer with it."""
         session_id = room.session_id
         if session_id not in self.running and session_id not in self.live_elsewhere:
             with contextlib.suppress(Exception):  # the database, say: forwarding reports it
-                await self._promote(room)
+                await self.promote(room)
         if session_id in self.running:
             return await apply_session_write(room, write)
-        reply = json.loads(await self._forward(room, ADMIN_SENDER, json.dumps(write)))
+        reply = json.loads(await self.relay.forward(room, ADMIN_SENDER, json.dumps(write)))
         if reply.get("type") == "error":
             raise error_for(str(reply.get("code")), str(reply.get("message")))
         await self.follow(room)
@@ -312,98 +299,6 @@ class ClusterNode:
         them in force (``Unavailable`` if one does not say so in ``forward_timeout_s``)."""
         await self.access.confirm(self.settings.forward_timeout_s)
 
-    async def _forward(self, room: SessionRoom, user_id: str, frame: str) -> str:
-        session_id = room.session_id
-        try:
-            command_id = await self.commands.submit(
-                session_id, user_id, frame, int(time.time() * 1000)
-            )
-        except Exception:
-            self.metrics.forwarded.labels(outcome="unstored").inc()
-            return error_reply(command_id_of(frame), Unavailable("the database is unavailable"))
-        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        self._results[command_id] = future
-        deadline = time.monotonic() + self.settings.forward_timeout_s
-        try:
-            while (remaining := deadline - time.monotonic()) > 0:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(min(FORWARD_POLL_S, remaining)):
-                        reply = await asyncio.shield(future)
-                        self.metrics.forwarded.labels(outcome="answered").inc()
-                        return reply
-                with contextlib.suppress(Exception):
-                    result = await self.commands.result(command_id)
-                    if result is not None:
-                        self.metrics.forwarded.labels(outcome="answered").inc()
-                        return result
-                    if session_id not in self.running and session_id not in self.live_elsewhere:
-                        # The running node may be gone: take the session (and this command).
-                        await self._promote(room)
-        finally:
-            self._results.pop(command_id, None)
-        self.metrics.forwarded.labels(outcome="timeout").inc()
-        return error_reply(
-            command_id_of(frame),
-            Unavailable("the node running this session did not answer; send it again"),
-        )
-
-    async def _drain_commands(self, session_id: str) -> None:
-        """Run the forwarded commands of a session this node runs, in id order."""
-        if session_id in self._draining:
-            self._open_commands.add(session_id)  # look again when this drain ends
-            return
-        self._draining.add(session_id)
-        try:
-            await self._run_open_commands(session_id)
-        except Exception as exc:
-            # Left open in the table: the next poll (or notification) tries again.
-            log.warning("forwarded commands failed", extra={"error": repr(exc)})
-        finally:
-            self._draining.discard(session_id)
-            if session_id in self._open_commands:
-                self._wake.set()  # a command came in while this drain was ending
-
-    async def _run_open_commands(self, session_id: str) -> None:
-        """Run the open forwarded commands of a session run here, in id order."""
-        for _ in range(MAX_TAIL_PAGES):
-            room = self.registry.loaded(session_id)
-            if room is None or session_id not in self.running:
-                return
-            open_commands = await self.commands.open_commands(session_id, COMMAND_BATCH)
-            if not open_commands:
-                return
-            for user_id in {c.user_id for c in open_commands} - {ADMIN_SENDER}:
-                # Membership may have changed on another node: read it fresh.
-                member = await self.store.get_member(session_id, user_id)
-                await room.set_member(user_id, None if member is None else member.as_member())
-            outcomes = await asyncio.gather(
-                *(self._run_forwarded(room, c.user_id, c.frame) for c in open_commands),
-                return_exceptions=True,
-            )
-            if session_id not in self.running:
-                return  # fenced meanwhile: the next holder answers them
-            answers: list[tuple[int, str]] = []
-            for command, outcome in zip(open_commands, outcomes, strict=True):
-                if isinstance(outcome, BaseException):
-                    # Answered, so a command that crashes cannot block the ones after it.
-                    log.error("forwarded command failed", exc_info=outcome)
-                    outcome = error_reply(
-                        command_id_of(command.frame), ParleyError("internal error")
-                    )
-                answers.append((command.id, outcome))
-            await self.commands.answer(answers)
-
-    async def _run_forwarded(self, room: SessionRoom, user_id: str, frame: str) -> str:
-        if user_id == ADMIN_SENDER:
-            write = json.loads(frame)
-            try:
-                result = await apply_session_write(room, write)
-            except ParleyError as exc:
-                return error_reply(command_id_of(frame), exc)
-            return json.dumps({"type": "ack", "id": write.get("id"), "result": result})
-        # The same door as a socket's command, judged by the member's rights here now.
-        return await handle_frame(room, user_id, frame)
-
     # -- notifications --------------------------------------------------------------------
 
     def _on_doc(self, session_id: str) -> None:
@@ -413,23 +308,7 @@ class ClusterNode:
 
     def _on_command(self, session_id: str) -> None:
         if session_id in self.running:
-            self._open_commands.add(session_id)
-            self._wake.set()
-
-    def _on_result(self, payload: str) -> None:
-        head, _, reply = payload.partition(" ")
-        future = self._results.get(int(head))
-        if future is None or future.done():
-            return
-        if reply:
-            future.set_result(reply)
-        else:
-            self._spawn(self._fetch_result(int(head), future))
-
-    async def _fetch_result(self, command_id: int, future: asyncio.Future[str]) -> None:
-        result = await self.commands.result(command_id)
-        if result is not None and not future.done():
-            future.set_result(result)
+            self.relay.wanted(session_id)
 
     def _on_listening(self) -> None:
         """The listener (re)connected: notifications may have been missed meanwhile."""
@@ -439,10 +318,14 @@ class ClusterNode:
     def _on_connected(self) -> None:
         """After a (re)connect notifications may have been missed: look at everything."""
         self._stale_docs.update(self.applied)
-        self._open_commands.update(self.running)
+        for session_id in self.running:
+            self.relay.wanted(session_id)
         self._wake.set()
 
-    def _spawn(self, work: Coroutine[object, object, None]) -> None:
+    def wake(self) -> None:
+        self._wake.set()
+
+    def spawn(self, work: Coroutine[object, object, None]) -> None:
         task = asyncio.create_task(work)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
@@ -462,9 +345,8 @@ class ClusterNode:
                     except Exception:
                         log.warning("catch-up failed", extra={"session_id": session_id})
                         self._stale_docs.add(session_id)
-            waiting, self._open_commands = self._open_commands, set()
-            for session_id in waiting:
-                self._spawn(self._drain_commands(session_id))
+            for session_id in self.relay.take_wanted():
+                self.spawn(self.relay.drain(session_id))
 
     async def _catch_up(self, room: SessionRoom) -> None:
         session_id = room.session_id
@@ -499,7 +381,7 @@ class ClusterNode:
                 if now - last_cleanup >= ANSWERED_KEPT_S / 10:
                     last_cleanup = now
                     cutoff = int((time.time() - ANSWERED_KEPT_S) * 1000)
-                    await self.commands.forget_answered(cutoff)
+                    await self.relay.table.forget_answered(cutoff)
             except Exception as exc:
                 log.warning("lease round failed", extra={"error": f"{type(exc).__name__}: {exc}"})
 
@@ -529,7 +411,7 @@ class ClusterNode:
         for session_id in replicas:
             room = self.registry.loaded(session_id)
             if session_id not in self.live_elsewhere and room is not None:
-                await self._promote(room)
+                await self.promote(room)
         for session_id in await self.leases_table.orphaned():
             if self.registry.loaded(session_id) is None:
                 try:

@@ -20,7 +20,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from server.cluster.forwarding import MAX_NOTIFY_BYTES
-from server.room import SessionRoom
+from server.runtime.room import SessionRoom
 from session.yprotocol import (
     AwarenessState,
     decode_awareness_update,

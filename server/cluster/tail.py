@@ -15,7 +15,7 @@ from sqlalchemy import and_, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from server.cluster.lease import database_errors
-from server.tables import doc_snapshots, doc_updates
+from server.store.tables import doc_snapshots, doc_updates
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,7 @@ from server.providers.offline import OfflineProvider
 from server.providers.openai import OpenAIProvider
 from server.providers.retry import RetryingProvider, RetryPolicy, close_events
 from server.providers.upstream import Upstream, timeout
-from server.settings import ModelSpec, Settings
+from server.settings import ModelSpec, Settings, missing_key_message
 from session.errors import MissingApiKey, ProviderError
 from session.model import ModelEvent, ModelProvider, ModelRequest
 
@@ -49,9 +49,7 @@ def _api_key(spec: ModelSpec) -> str | None:
         return None
     key = os.environ.get(spec.api_key_env)
     if not key:
-        raise MissingApiKey(
-            f"model {spec.name!r}: the environment variable {spec.api_key_env} is not set"
-        )
+        raise MissingApiKey(missing_key_message(spec))
     return key
 
 

@@ -5,7 +5,7 @@
 ``view`` is the session as committed (``SessionView``); ``effects`` (``Effects``) say
 what to store, which statuses to set, the queue after the change, what to audit, whether
 to stop the run in flight or wake the runner, and the answer (an ack or the error).
-``server.room.SessionRoom.execute`` carries them out through the room's one writer.
+``server.runtime.room.SessionRoom.execute`` carries them out through the room's one writer.
 """
 
 from session.core.effects import (

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from server.awareness import AwarenessFanout
+from server.ws.awareness import AwarenessFanout
 from session.presence import Presence
 from session.yprotocol import (
     AwarenessMessage,

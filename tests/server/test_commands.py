@@ -1,4 +1,4 @@
-"""The one door for commands (``server.commands.dispatch``) on a room over a real store,
+"""The one door for commands (``server.runtime.commands.dispatch``) on a room over a real store,
 with no socket: what the core decides is stored, answered once, and audited."""
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ from sqlalchemy import select
 
 from authz.policy import Decision
 from authz.roles import Member
-from server.commands import dispatch, handle_frame
-from server.db import create_engine, migrate
-from server.room import SessionRoom
-from server.store import Store
-from server.tables import audit_log
+from server.runtime.commands import dispatch, handle_frame
+from server.runtime.room import SessionRoom
+from server.store.db import create_engine, migrate
+from server.store.sessions import Store
+from server.store.tables import audit_log
 from session.commands import CancelCommand, MessageCommand, PromptCommand
 from session.queue import Policy
 from tests.conftest import make_settings

@@ -1,6 +1,6 @@
 """The browser demo (client-demo/, served at /demo) in a real Chromium against a live server.
 
-Needs node + npm (to build the demo when ``client-demo/dist`` is missing), the ``playwright``
+Needs node + npm (to build the demo when ``server/http/demo_files`` is missing), the ``playwright``
 Python package and Debian's ``/usr/bin/chromium`` (Playwright's own browser download is not
 used). Without them the test skips with the reason, or fails under
 ``PARLEY_TEST_FORBID_SKIPS=1``.
@@ -22,6 +22,7 @@ from tests.conftest import REPO_ROOT, RunningServer, make_settings, serve_in_pro
 pytestmark = pytest.mark.node
 
 DEMO_DIR = REPO_ROOT / "client-demo"
+DEMO_BUILD = REPO_ROOT / "server" / "http" / "demo_files"
 SDK_DIR = REPO_ROOT / "clients" / "js"
 ARTIFACTS = REPO_ROOT / "test-artifacts"
 CHROMIUM = os.environ.get("PARLEY_TEST_CHROMIUM", "/usr/bin/chromium")
@@ -43,9 +44,10 @@ def _missing(reason: str) -> None:
 
 
 def _build_demo() -> None:
-    """``npm ci && npm run build`` in client-demo/ unless dist/index.html exists, after the
-    same in clients/js/ unless its dist/ exists (the demo links to the SDK's build)."""
-    if (DEMO_DIR / "dist" / "index.html").is_file():
+    """``npm ci && npm run build`` in client-demo/ unless its build (server/http/demo_files)
+    exists, after the same in clients/js/ unless its dist/ exists (the demo links to the
+    SDK's build)."""
+    if (DEMO_BUILD / "index.html").is_file():
         return
     npm = shutil.which("npm")
     assert npm is not None

@@ -10,9 +10,9 @@ import pytest
 from authz.policy import Decision
 from authz.roles import Member
 from authz.standard_webhooks import new_secret
-from server.db import create_engine, migrate
-from server.store import MemberRow, Store
-from server.webhook_store import Attempt, claim, create_webhook, list_deliveries, prune, record
+from server.store.db import create_engine, migrate
+from server.store.sessions import MemberRow, Store
+from server.store.webhooks import Attempt, claim, create_webhook, list_deliveries, prune, record
 from session.events import (
     MemberChanged,
     MemberJoined,

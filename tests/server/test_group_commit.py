@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import event, text
 
-from server.db import create_engine, migrate
-from server.room import _settled
-from server.store import Store, StoreTx
+from server.runtime.room import _settled
+from server.store.db import create_engine, migrate
+from server.store.sessions import Store, StoreTx
 from session.errors import Unavailable
 
 

@@ -1,4 +1,4 @@
-"""Prompting over plain HTTP (``server.api_prompts``) on a real server: the same door as a
+"""Prompting over plain HTTP (``server.http.prompts``) on a real server: the same door as a
 socket's commands, so the same order, idempotency, refusals and error codes."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from server.db import create_engine
-from server.tables import audit_log
+from server.store.db import create_engine
+from server.store.tables import audit_log
 from tests.conftest import RunningServer, make_settings, serve_in_process, sqlite_url
 from tests.server.cluster.nodes import cluster, settled
 from tests.server.test_context_api import first_call_waits

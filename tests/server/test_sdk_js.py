@@ -2,7 +2,7 @@
 
 Its ``npm pack`` tarball is installed, with ``yjs``, ``y-websocket`` and ``ws`` alone, into
 an empty folder (once per module), and Node scripts there use it as an application would:
-the README's example (``clients/js/examples/example.mjs``), and ``tests/js/sdk_driver.mjs``,
+the docs' example (``clients/js/examples/example.mjs``), and ``tests/js/sdk_driver.mjs``,
 which speaks ``stock_client.mjs``'s line protocol so these tests drive it from asyncio.
 """
 
@@ -79,8 +79,8 @@ def sdk_app(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def readme_example() -> str:
-    """The JavaScript example of README's "TypeScript SDK" section."""
-    section = (REPO_ROOT / "README.md").read_text().split("## TypeScript SDK", 1)[1]
+    """The JavaScript example of the docs' "TypeScript SDK" section (docs/sdks.md)."""
+    section = (REPO_ROOT / "docs" / "sdks.md").read_text().split("## TypeScript SDK", 1)[1]
     return section.split("```js\n", 1)[1].split("```", 1)[0]
 
 
@@ -158,7 +158,7 @@ def replies_done(count: int) -> Callable[[Event], bool]:
     )
 
 
-# -- the packed SDK, installed alone, runs the README's example --------------------------------
+# -- the packed SDK, installed alone, runs the docs' example -----------------------------------
 
 
 async def test_the_packed_sdk_joins_prompts_streams_and_cancels(
@@ -183,7 +183,7 @@ async def test_the_packed_sdk_joins_prompts_streams_and_cancels(
         steps = {line["step"]: line for line in map(json.loads, out.decode().splitlines())}
         stored = await server.transcript(sid)
 
-        # README's example, as written there.
+        # The docs' example (docs/sdks.md), as written there.
         ada = await server.new_session({"ada": "editor"})
         readme = await asyncio.create_subprocess_exec(
             shutil.which("node") or "node",

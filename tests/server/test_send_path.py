@@ -15,9 +15,9 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 from websockets.streams import StreamReader
 
-from server.connection import Connection
-from server.direct_send import DirectWriter, binary_frame
-from server.send_budget import DropReason, SendBudget
+from server.ws.connection import Connection
+from server.ws.direct_send import DirectWriter, binary_frame
+from server.ws.send_budget import DropReason, SendBudget
 from session.closes import CloseCode
 from session.yprotocol import SyncType, encode_sync
 from tests.conftest import RunningServer, make_settings, serve_in_process, sqlite_url

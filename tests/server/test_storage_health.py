@@ -12,8 +12,8 @@ import pytest
 from sqlalchemy.exc import OperationalError
 
 from server.cli import FIRST_RETRY_S, MAX_RETRY_S, wait_for_database
-from server.retry_hint import MAX_CLOSE_REASON_BYTES, retry_later_response, retry_reason
-from server.storage_health import LockTimeout, StorageHealth, fault_kind
+from server.http.retry_hint import MAX_CLOSE_REASON_BYTES, retry_later_response, retry_reason
+from server.store.health import LockTimeout, StorageHealth, fault_kind
 from session.errors import Unavailable
 
 

@@ -11,10 +11,10 @@ import pytest
 from sqlalchemy import event, select
 
 from authz.standard_webhooks import new_secret
-from server.db import create_engine, migrate
-from server.store import Store
-from server.tables import webhook_deliveries
-from server.webhook_store import change_webhook, create_webhook, delete_webhook
+from server.store.db import create_engine, migrate
+from server.store.sessions import Store
+from server.store.tables import webhook_deliveries
+from server.store.webhooks import change_webhook, create_webhook, delete_webhook
 from session.events import PromptAccepted
 
 

@@ -280,7 +280,9 @@ async def test_unstorable_text_is_refused_at_any_depth_of_a_tool(server: Running
     ]
     for n, parameters in enumerate(bad):
         body = json.dumps(tool(f"bad{n}", parameters)).encode()  # \ud800 stays escaped
-        response = await server.http.post("/api/v1/tools", content=body)
+        response = await server.http.post(
+            "/api/v1/tools", content=body, headers={"content-type": "application/json"}
+        )
         assert response.status_code == 422, response.text
         assert response.json()["error"]["code"] == "invalid"
         if n < 3:  # the NULs (the JSON parser itself refuses a lone surrogate)

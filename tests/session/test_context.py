@@ -254,6 +254,7 @@ def whole_items(entry: Entry, visible: list[Entry]) -> list[ModelMessage]:
     return given
 
 
+NIGHTLY = "The nightly build failed because the cache directory on runner 3 is not writable"
 ROLL_BACK = "We should roll back the checkout deploy from 14:02 now"
 
 
@@ -287,6 +288,20 @@ ROLL_BACK = "We should roll back the checkout deploy from 14:02 now"
         1,
     )
 )
+# Two folds interleaved: "ok" (e1 into e4) around a repeated log (e0, e3 into the prompt).
+@example(
+    (
+        [
+            _entry(0, EntryKind.PROMPT, "alice", "done", f"[alice asks you]\n{NIGHTLY}"),
+            _entry(1, EntryKind.MESSAGE, "alice", MESSAGE_STATUS, "ok"),
+            _entry(2, EntryKind.PROMPT, "alice", "queued", " #2"),
+            _entry(3, EntryKind.MESSAGE, "alice", MESSAGE_STATUS, NIGHTLY),
+            _entry(4, EntryKind.MESSAGE, "alice", MESSAGE_STATUS, "ok"),
+            _entry(5, EntryKind.PROMPT, "alice", "queued", NIGHTLY),
+        ],
+        5,
+    )
+)
 def test_a_run_sees_only_finished_work_before_its_prompt(case: tuple[list[Entry], int]) -> None:
     """Every finished entry before the prompt is in the input exactly once, under its own
     author with its own verb (folded or not); only the prompt's author asks; no line of
@@ -309,12 +324,11 @@ def test_a_run_sees_only_finished_work_before_its_prompt(case: tuple[list[Entry]
         or (e.kind is EntryKind.TOOL and e.status == "done")
     ]
     assert_attributed(built, [*visible, prompt], [prompt.id])
-    assert (
-        [x.entry_id for x in built.excluded]
-        == [  # folded: shown in a later message
-            entry_id for ids in built.sources for entry_id in ids[:-1]
-        ]
-    )
+    # Folded entries (shown in a later message) are the excluded ones, in transcript order:
+    # two folds can interleave ("ok" twice around a repeated log), so not in message order.
+    seq_of = {e.id: e.seq for e in entries}
+    folded = [entry_id for ids in built.sources for entry_id in ids[:-1]]
+    assert [x.entry_id for x in built.excluded] == sorted(folded, key=seq_of.__getitem__)
     by_id = {e.id: e for e in visible}
     for message, ids in zip(request.messages, built.sources, strict=True):
         if by_id.get(ids[-1], prompt).kind in (EntryKind.REPLY, EntryKind.TOOL):

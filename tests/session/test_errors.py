@@ -33,6 +33,8 @@ TABLE: dict[str, tuple[str, int, int | None]] = {
     "InvalidInput": ("invalid", 422, None),
     "TooLarge": ("too_large", 413, 1009),
     "UnknownCommand": ("unknown_command", 422, None),
+    "UnsupportedMediaType": ("unsupported_media_type", 415, None),
+    "MethodNotAllowed": ("method_not_allowed", 405, None),
     "ProtocolError": ("invalid", 422, 4400),
     "CommandError": ("invalid", 422, None),
     "Unauthenticated": ("unauthenticated", 401, 4401),

@@ -8,6 +8,8 @@ export const ERROR_CODES = [
   'invalid',
   'too_large',
   'unknown_command',
+  'unsupported_media_type',
+  'method_not_allowed',
   'unauthenticated',
   'forbidden',
   'not_found',

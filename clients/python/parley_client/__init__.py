@@ -25,6 +25,7 @@ from parley_client.errors import (
     Forbidden,
     InternalError,
     InvalidInput,
+    MethodNotAllowed,
     NotFound,
     ParleyError,
     ProviderError,
@@ -36,6 +37,7 @@ from parley_client.errors import (
     Unauthenticated,
     Unavailable,
     UnknownCommand,
+    UnsupportedMediaType,
     error_for,
 )
 from parley_client.session import Ack, ConnectionState, Reconnect, Session, connect
@@ -57,6 +59,7 @@ __all__ = [
     "InternalError",
     "InvalidInput",
     "MemberInfo",
+    "MethodNotAllowed",
     "NotFound",
     "ParleyError",
     "Peer",
@@ -81,6 +84,7 @@ __all__ = [
     "Unauthenticated",
     "Unavailable",
     "UnknownCommand",
+    "UnsupportedMediaType",
     "Usage",
     "UserUsage",
     "connect",

@@ -1,4 +1,4 @@
-"""``AdminClient``: the REST admin API (README: "The admin API") over httpx, with typed
+"""``AdminClient``: the REST admin API (docs/api.md: "The admin API") over httpx, with typed
 answers. A refusal raises the ``ParleyError`` subclass of the error body's code.
 
     async with AdminClient("http://127.0.0.1:8765", admin_key) as admin:
@@ -317,7 +317,7 @@ class AdminClient:
         await self.request("DELETE", _path("sessions", session_id, "pins", entry_id))
 
     async def context(self, session_id: str, user_id: str) -> dict[str, Any]:
-        """The next model input for ``user_id``, itemised (README: "What the model is
+        """The next model input for ``user_id``, itemised (docs/context.md: "What the model is
         given"), as the server's JSON."""
         path = _path("sessions", session_id, "context")
         return dict(await self.request("GET", path, params={"user_id": user_id}))

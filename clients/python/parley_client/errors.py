@@ -1,9 +1,11 @@
-"""The errors a Parley server reports, one class per error code (README's error table).
+"""The errors a Parley server reports, one class per error code (the error table in docs/api.md).
 
     ParleyError                 code of the reply, or of the close
     ├── InvalidInput            invalid
     │   ├── TooLarge            too_large
-    │   └── UnknownCommand      unknown_command
+    │   ├── UnknownCommand      unknown_command
+    │   ├── UnsupportedMediaType unsupported_media_type
+    │   └── MethodNotAllowed    method_not_allowed
     ├── Unauthenticated         unauthenticated
     ├── Forbidden               forbidden
     ├── NotFound                not_found
@@ -47,6 +49,14 @@ class TooLarge(InvalidInput):
 
 class UnknownCommand(InvalidInput):
     code = "unknown_command"
+
+
+class UnsupportedMediaType(InvalidInput):
+    code = "unsupported_media_type"
+
+
+class MethodNotAllowed(InvalidInput):
+    code = "method_not_allowed"
 
 
 class Unauthenticated(ParleyError):
@@ -134,7 +144,7 @@ def error_for(code: str, message: str, *, status: int | None = None) -> ParleyEr
 
 
 # The WebSocket close codes after which the server will not take the socket back
-# (README: "Close codes"); stock clients stop reconnecting after them too.
+# (docs/websocket.md: "Close codes"); stock clients stop reconnecting after them too.
 FINAL_CLOSES: dict[int, type[ParleyError]] = {
     4400: InvalidInput,
     4401: Unauthenticated,

@@ -312,7 +312,7 @@ class Session:
         return f"{self._ids}{self._next_id}"
 
     async def command(self, kind: str, *, id: str | None = None, **fields: Any) -> Ack:
-        """Send one command (README: "Commands") and wait for its reply: the ack, or the
+        """Send one command (docs/websocket.md: "Commands") and wait for its reply: the ack, or the
         error's typed exception. Pass ``id`` to resend a command by its id."""
         if self.closed_by is not None:
             raise self.closed_by

@@ -1,4 +1,4 @@
-"""A typed, read-only view of a session's shared document (README: "The shared document"),
+"""A typed, read-only view of a session's shared document (docs/document.md),
 and the changes between two views."""
 
 from __future__ import annotations

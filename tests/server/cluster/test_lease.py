@@ -9,9 +9,9 @@ import pytest
 from sqlalchemy import select, text
 
 from server.cluster.lease import Fenced, LeaseTable
-from server.db import create_engine, migrate
-from server.store import Store
-from server.tables import doc_updates
+from server.store.db import create_engine, migrate
+from server.store.sessions import Store
+from server.store.tables import doc_updates
 from tests.conftest import postgres_database
 
 pytestmark = pytest.mark.postgres

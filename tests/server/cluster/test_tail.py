@@ -8,8 +8,8 @@ import pytest
 from pycrdt import Doc, Text
 
 from server.cluster.tail import read_tail
-from server.db import create_engine, migrate
-from server.store import Store
+from server.store.db import create_engine, migrate
+from server.store.sessions import Store
 from tests.conftest import postgres_database
 
 pytestmark = pytest.mark.postgres

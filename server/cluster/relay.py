@@ -1,0 +1,157 @@
+"""Commands across nodes: a command for a session run elsewhere is stored, run by the node
+that runs the session, and its reply comes back here; and the other side, running the
+forwarded commands of the sessions this node runs, in id order."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from server.cluster.forwarding import CommandTable
+from server.runtime.commands import handle_frame
+from server.runtime.room import SessionRoom
+from server.runtime.session_writes import apply_session_write
+from session.commands import command_id_of, error_reply
+from session.errors import ParleyError, Unavailable
+
+if TYPE_CHECKING:
+    from server.cluster.node import ClusterNode
+
+log = logging.getLogger("parley.cluster")
+# The sender of a forwarded REST change: no user id can contain "!", so no member is it.
+ADMIN_SENDER = "!admin"
+MAX_TAIL_PAGES = 100
+COMMAND_BATCH = 200
+FORWARD_POLL_S = 0.5
+
+
+class CommandRelay:
+    def __init__(self, node: ClusterNode) -> None:
+        self.node = node
+        self.table = CommandTable(node.store.engine, node.node_id)
+        self._wanted: set[str] = set()  # sessions run here with forwarded commands to run
+        self._draining: set[str] = set()
+        self._results: dict[int, asyncio.Future[str]] = {}
+
+    def wanted(self, session_id: str) -> None:
+        """Look for forwarded commands of ``session_id`` (run here) on the next round."""
+        self._wanted.add(session_id)
+        self.node.wake()
+
+    def take_wanted(self) -> set[str]:
+        wanted, self._wanted = self._wanted, set()
+        return wanted
+
+    async def forward(self, room: SessionRoom, user_id: str, frame: str) -> str:
+        session_id = room.session_id
+        try:
+            command_id = await self.table.submit(
+                session_id, user_id, frame, int(time.time() * 1000)
+            )
+        except Exception:
+            self.node.metrics.forwarded.labels(outcome="unstored").inc()
+            return error_reply(command_id_of(frame), Unavailable("the database is unavailable"))
+        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._results[command_id] = future
+        deadline = time.monotonic() + self.node.settings.forward_timeout_s
+        try:
+            while (remaining := deadline - time.monotonic()) > 0:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(min(FORWARD_POLL_S, remaining)):
+                        reply = await asyncio.shield(future)
+                        self.node.metrics.forwarded.labels(outcome="answered").inc()
+                        return reply
+                with contextlib.suppress(Exception):
+                    result = await self.table.result(command_id)
+                    if result is not None:
+                        self.node.metrics.forwarded.labels(outcome="answered").inc()
+                        return result
+                    if (
+                        session_id not in self.node.running
+                        and session_id not in self.node.live_elsewhere
+                    ):
+                        # The running node may be gone: take the session (and this command).
+                        await self.node.promote(room)
+        finally:
+            self._results.pop(command_id, None)
+        self.node.metrics.forwarded.labels(outcome="timeout").inc()
+        return error_reply(
+            command_id_of(frame),
+            Unavailable("the node running this session did not answer; send it again"),
+        )
+
+    async def drain(self, session_id: str) -> None:
+        """Run the forwarded commands of a session this node runs, in id order."""
+        if session_id in self._draining:
+            self._wanted.add(session_id)  # look again when this drain ends
+            return
+        self._draining.add(session_id)
+        try:
+            await self._run_open_commands(session_id)
+        except Exception as exc:
+            # Left open in the table: the next poll (or notification) tries again.
+            log.warning("forwarded commands failed", extra={"error": repr(exc)})
+        finally:
+            self._draining.discard(session_id)
+            if session_id in self._wanted:
+                self.node.wake()  # a command came in while this drain was ending
+
+    async def _run_open_commands(self, session_id: str) -> None:
+        """Run the open forwarded commands of a session run here, in id order."""
+        for _ in range(MAX_TAIL_PAGES):
+            room = self.node.registry.loaded(session_id)
+            if room is None or session_id not in self.node.running:
+                return
+            open_commands = await self.table.open_commands(session_id, COMMAND_BATCH)
+            if not open_commands:
+                return
+            for user_id in {c.user_id for c in open_commands} - {ADMIN_SENDER}:
+                # Membership may have changed on another node: read it fresh.
+                member = await self.node.store.get_member(session_id, user_id)
+                await room.set_member(user_id, None if member is None else member.as_member())
+            outcomes = await asyncio.gather(
+                *(self._run_forwarded(room, c.user_id, c.frame) for c in open_commands),
+                return_exceptions=True,
+            )
+            if session_id not in self.node.running:
+                return  # fenced meanwhile: the next holder answers them
+            answers: list[tuple[int, str]] = []
+            for command, outcome in zip(open_commands, outcomes, strict=True):
+                if isinstance(outcome, BaseException):
+                    # Answered, so a command that crashes cannot block the ones after it.
+                    log.error("forwarded command failed", exc_info=outcome)
+                    outcome = error_reply(
+                        command_id_of(command.frame), ParleyError("internal error")
+                    )
+                answers.append((command.id, outcome))
+            await self.table.answer(answers)
+
+    async def _run_forwarded(self, room: SessionRoom, user_id: str, frame: str) -> str:
+        if user_id == ADMIN_SENDER:
+            write = json.loads(frame)
+            try:
+                result = await apply_session_write(room, write)
+            except ParleyError as exc:
+                return error_reply(command_id_of(frame), exc)
+            return json.dumps({"type": "ack", "id": write.get("id"), "result": result})
+        # The same door as a socket's command, judged by the member's rights here now.
+        return await handle_frame(room, user_id, frame)
+
+    def on_result(self, payload: str) -> None:
+        head, _, reply = payload.partition(" ")
+        future = self._results.get(int(head))
+        if future is None or future.done():
+            return
+        if reply:
+            future.set_result(reply)
+        else:
+            self.node.spawn(self._fetch_result(int(head), future))
+
+    async def _fetch_result(self, command_id: int, future: asyncio.Future[str]) -> None:
+        result = await self.table.result(command_id)
+        if result is not None and not future.done():
+            future.set_result(result)

@@ -1,0 +1,1 @@
+"""The REST surface: routes, request and response models, the route table."""

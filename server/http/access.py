@@ -1,0 +1,329 @@
+"""REST routes of permissions: custom roles, documents with readers, tools, the audit log."""
+
+from __future__ import annotations
+
+import secrets
+
+from authz.policy import Read, Readers, check_readers, decide
+from authz.roles import (
+    ROLE_CAPABILITIES,
+    Capability,
+    Role,
+    check_capabilities,
+    check_role_name,
+    tool_capability,
+)
+from server.http.models import (
+    AuditList,
+    AuditRecordOut,
+    DocumentCreate,
+    DocumentList,
+    DocumentOut,
+    PrivateOut,
+    ReadersIn,
+    RoleList,
+    RoleOut,
+    RolePut,
+    ToolCreate,
+    ToolList,
+    ToolOut,
+)
+from server.http.rest import Caller, Operation, QueryParam, QueryStr
+from server.runtime.tools import SEARCH_DOCUMENTS, new_secret
+from server.state import AppState
+from server.store.access import AccessStore, DocumentRow, ToolRow
+from session.errors import Conflict, NotFound, TooLarge
+
+
+def _access(state: AppState) -> AccessStore:
+    return AccessStore(state.store)
+
+
+def _role_out(state: AppState, name: str) -> RoleOut:
+    return RoleOut(
+        name=name,
+        builtin=name in Role.__members__.values(),
+        capabilities=sorted(state.rooms.roles.capabilities(name)),
+    )
+
+
+async def list_roles(state: AppState) -> RoleList:
+    await state.rooms.current_access()
+    return RoleList(roles=[_role_out(state, name) for name in state.rooms.roles.names()])
+
+
+async def put_role(state: AppState, name: str, body: RolePut) -> RoleOut:
+    """Define or redefine a custom role; members holding it get the new set at once."""
+    check_role_name(name)
+    if name in ROLE_CAPABILITIES:
+        raise Conflict(f"{name!r} is a built-in role and cannot be redefined")
+    capabilities = check_capabilities(body.capabilities)
+    await _access(state).put_role(name, capabilities, int(state.clock() * 1000))
+    await state.rooms.access_changed()
+    return _role_out(state, name)
+
+
+async def delete_role(state: AppState, name: str) -> None:
+    if name in ROLE_CAPABILITIES:
+        raise Conflict(f"{name!r} is a built-in role")
+    if not await _access(state).delete_role(name):
+        raise NotFound(f"no custom role {name!r}")
+    await state.rooms.access_changed()
+
+
+def _document_out(row: DocumentRow, *, text: bool) -> DocumentOut:
+    return DocumentOut(
+        id=row.id,
+        title=row.title,
+        readers=ReadersIn(users=sorted(row.readers.users), roles=sorted(row.readers.roles)),
+        chars=len(row.text),
+        created_at=row.created_at,
+        text=row.text if text else None,
+    )
+
+
+async def create_document(
+    state: AppState, session_id: str, body: DocumentCreate, caller: Caller
+) -> DocumentOut:
+    """Attach a document; only its readers' runs can find it with ``search_documents``."""
+    room = await state.rooms.get(session_id)
+    if len(body.text) > state.settings.max_document_chars:
+        raise TooLarge(f"text: at most {state.settings.max_document_chars} characters")
+    check_readers(body.readers.users, body.readers.roles)
+    document_id = secrets.token_hex(8)
+    readers = Readers(document_id, frozenset(body.readers.users), frozenset(body.readers.roles))
+    row = DocumentRow(
+        document_id, session_id, body.title, body.text, readers, int(state.clock() * 1000)
+    )
+    await _access(state).add_document(row, state.settings.max_documents_per_session)
+    await room.audit(
+        "document",
+        caller.user_id or "admin",
+        {"added": document_id, "title": body.title, "readers": readers.to_json()},
+    )
+    return _document_out(row, text=False)
+
+
+async def _readable(state: AppState, session_id: str, caller: Caller) -> list[DocumentRow]:
+    room = await state.rooms.current(session_id)
+    rows = await _access(state).list_documents(session_id)
+    if caller.user_id is None:
+        return rows
+    subject = room.subject(caller.user_id)
+    return [r for r in rows if decide(subject, Read((r.readers,))).allowed]
+
+
+async def list_documents(state: AppState, session_id: str, caller: Caller) -> DocumentList:
+    """The documents the caller may read (all of them for the admin), without their text."""
+    rows = await _readable(state, session_id, caller)
+    return DocumentList(documents=[_document_out(r, text=False) for r in rows])
+
+
+async def get_document(
+    state: AppState, session_id: str, document_id: str, caller: Caller
+) -> DocumentOut:
+    """One document with its text; 404 also when the caller may not read it."""
+    for row in await _readable(state, session_id, caller):
+        if row.id == document_id:
+            return _document_out(row, text=True)
+    raise NotFound(f"no document {document_id!r} you may read")
+
+
+async def delete_document(
+    state: AppState, session_id: str, document_id: str, caller: Caller
+) -> None:
+    room = await state.rooms.get(session_id)
+    if not await _access(state).delete_document(session_id, document_id):
+        raise NotFound(f"no document {document_id!r}")
+    await room.audit("document", caller.user_id or "admin", {"deleted": document_id})
+
+
+def _tool_out(row: ToolRow, *, secret: bool) -> ToolOut:
+    return ToolOut(
+        name=row.name,
+        description=row.description,
+        parameters=row.parameters,
+        url=row.url,
+        capability=row.capability,
+        timeout_s=row.timeout_ms / 1000,
+        created_at=row.created_at,
+        secret=row.secret if secret else None,
+    )
+
+
+async def create_tool(state: AppState, body: ToolCreate) -> ToolOut:
+    """Register a webhook tool; the answer carries its signing secret, once."""
+    if body.name == SEARCH_DOCUMENTS.name:
+        raise Conflict(f"{body.name!r} is built in")
+    capability = check_capabilities([body.capability or tool_capability(body.name)])
+    row = ToolRow(
+        body.name,
+        body.description,
+        body.parameters,
+        body.url,
+        next(iter(capability)),
+        new_secret(),
+        int(body.timeout_s * 1000),
+        int(state.clock() * 1000),
+    )
+    await _access(state).add_tool(row)
+    await state.rooms.access_changed()
+    return _tool_out(row, secret=True)
+
+
+async def list_tools(state: AppState) -> ToolList:
+    await state.rooms.current_access()
+    return ToolList(tools=[_tool_out(t, secret=False) for t in state.rooms.webhooks])
+
+
+async def delete_tool(state: AppState, name: str) -> None:
+    if not await _access(state).delete_tool(name):
+        raise NotFound(f"no tool {name!r}")
+    await state.rooms.access_changed()
+
+
+async def get_private(
+    state: AppState, session_id: str, entry_id: str, caller: Caller
+) -> PrivateOut:
+    """The full text behind a placeholder, for a caller who may read every source of it."""
+    room = await state.rooms.current(session_id, kept=True)
+    item = room.private.get(entry_id)
+    if item is None:
+        raise NotFound(f"entry {entry_id!r} has no restricted text")
+    if caller.user_id is not None:
+        await room.check(caller.user_id, Read(item.restriction), f"read restricted {entry_id}")
+    return PrivateOut(
+        entry_id=entry_id,
+        kind="tool" if item.kind == "tool" else "reply",
+        text=item.text,
+        readers=[r.to_json() for r in item.restriction],
+    )
+
+
+async def list_audit(
+    state: AppState,
+    session_id: str,
+    limit: int,
+    after: int,
+    kind: str | None,
+    actor: str | None,
+) -> AuditList:
+    """The session's audit records after id ``after``, oldest first."""
+    if await state.store.get_session(session_id) is None:
+        raise NotFound(f"no session {session_id!r}")
+    rows = await _access(state).list_audit(
+        session_id, limit=limit, after=after, kinds=[kind] if kind else [], actor=actor
+    )
+    return AuditList(
+        records=[
+            AuditRecordOut(id=r.id, at=r.at, kind=r.kind, actor=r.actor, data=r.data) for r in rows
+        ],
+        next_after=rows[-1].id if len(rows) == limit else None,
+    )
+
+
+DOCUMENTS = "/api/v1/sessions/{session_id}/documents"
+OPERATIONS: list[Operation] = [
+    Operation(
+        "POST",
+        "/api/v1/tools",
+        create_tool,
+        "Register a webhook tool (its signing secret is in the answer, once)",
+        body=ToolCreate,
+        response=ToolOut,
+        status=201,
+        location="/api/v1/tools/{name}",
+        errors=(409,),
+    ),
+    Operation("GET", "/api/v1/tools", list_tools, "Registered webhook tools", response=ToolList),
+    Operation(
+        "DELETE", "/api/v1/tools/{name}", delete_tool, "Remove a tool", status=204, errors=(404,)
+    ),
+    Operation(
+        "GET",
+        "/api/v1/sessions/{session_id}/entries/{entry_id}/private",
+        get_private,
+        "The restricted text behind a placeholder (tool step or reply)",
+        response=PrivateOut,
+        errors=(404,),
+        capability=Capability.READ_SESSION,
+        with_caller=True,
+    ),
+    Operation(
+        "POST",
+        DOCUMENTS,
+        create_document,
+        "Attach a document with its readers",
+        body=DocumentCreate,
+        response=DocumentOut,
+        status=201,
+        location=DOCUMENTS + "/{id}",
+        errors=(404, 409),
+        capability=Capability.MANAGE_SESSION,
+        with_caller=True,
+    ),
+    Operation(
+        "GET",
+        DOCUMENTS,
+        list_documents,
+        "The documents the caller may read",
+        response=DocumentList,
+        errors=(404,),
+        capability=Capability.READ_SESSION,
+        with_caller=True,
+    ),
+    Operation(
+        "GET",
+        DOCUMENTS + "/{document_id}",
+        get_document,
+        "One document the caller may read, with its text",
+        response=DocumentOut,
+        errors=(404,),
+        capability=Capability.READ_SESSION,
+        with_caller=True,
+    ),
+    Operation(
+        "DELETE",
+        DOCUMENTS + "/{document_id}",
+        delete_document,
+        "Detach a document",
+        status=204,
+        errors=(404,),
+        capability=Capability.MANAGE_SESSION,
+        with_caller=True,
+    ),
+    Operation(
+        "GET",
+        "/api/v1/sessions/{session_id}/audit",
+        list_audit,
+        "The session's audit log: model calls, tool calls, membership changes, refusals",
+        response=AuditList,
+        errors=(404,),
+        query=(QueryParam("limit", 1, 500, 100), QueryParam("after", 0, 10**9, 0)),
+        query_str=(
+            QueryStr("kind", 32, required=False),
+            QueryStr("actor", 200, required=False),
+        ),
+        capability=Capability.READ_AUDIT,
+    ),
+    Operation(
+        "GET", "/api/v1/roles", list_roles, "Roles and their capabilities", response=RoleList
+    ),
+    Operation(
+        "PUT",
+        "/api/v1/roles/{name}",
+        put_role,
+        "Define or redefine a custom role",
+        body=RolePut,
+        response=RoleOut,
+        errors=(409,),
+    ),
+    Operation(
+        "DELETE",
+        "/api/v1/roles/{name}",
+        delete_role,
+        "Delete a custom role nobody holds",
+        status=204,
+        errors=(404, 409),
+    ),
+]

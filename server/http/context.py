@@ -1,0 +1,202 @@
+"""REST routes of what every model call is given: facts, pins, and a preview of the input."""
+
+from __future__ import annotations
+
+from authz.roles import Capability
+from server.http.models import (
+    ContextPreview,
+    FactPut,
+    FactsOut,
+    PinCreate,
+    PinsOut,
+    PreviewExcluded,
+    PreviewMessage,
+    PreviewSummary,
+)
+from server.http.rest import Caller, Operation, QueryStr
+from server.http.sessions import SESSION_ERRORS
+from server.runtime.room import SessionRoom
+from server.state import AppState
+from session.errors import Conflict, Forbidden, NotFound
+from session.schema import queue_of
+
+
+async def list_facts(state: AppState, session_id: str) -> FactsOut:
+    room = await state.rooms.current(session_id)
+    return FactsOut(facts=room.doc.fact_map())
+
+
+async def put_fact(
+    state: AppState, session_id: str, key: str, body: FactPut, caller: Caller
+) -> FactsOut:
+    room = await state.rooms.get(session_id)
+    write = {"op": "set_fact", "key": key, "value": body.value, "author": caller.user_id or ""}
+    result = await state.rooms.change(room, write)
+    return FactsOut(facts=result["facts"])
+
+
+async def delete_fact(state: AppState, session_id: str, key: str) -> None:
+    room = await state.rooms.current(session_id)
+    if key not in room.doc.fact_map():
+        raise NotFound(f"no fact {key!r}")
+    await state.rooms.change(room, {"op": "set_fact", "key": key, "value": None})
+
+
+async def list_pins(state: AppState, session_id: str) -> PinsOut:
+    room = await state.rooms.current(session_id)
+    return PinsOut(pins=room.doc.pinned())
+
+
+async def create_pin(state: AppState, session_id: str, body: PinCreate) -> PinsOut:
+    room = await state.rooms.get(session_id)
+    result = await state.rooms.change(
+        room, {"op": "pin", "entry_id": body.entry_id, "pinned": True}
+    )
+    return PinsOut(pins=result["pins"])
+
+
+async def delete_pin(state: AppState, session_id: str, entry_id: str) -> None:
+    room = await state.rooms.current(session_id)
+    if entry_id not in room.doc.pinned():
+        raise NotFound(f"{entry_id!r} is not pinned")
+    await state.rooms.change(room, {"op": "pin", "entry_id": entry_id, "pinned": False})
+
+
+async def preview_context(
+    state: AppState, session_id: str, user_id: str, caller: Caller
+) -> ContextPreview:
+    """Exactly what the next model call for ``user_id`` would be given, if it started now:
+    the run that takes the user's next waiting prompt, or the history alone. A member may
+    preview only their own."""
+    if caller.user_id is not None and caller.user_id != user_id:
+        raise Forbidden("a member may preview only their own model input")
+    room = await state.rooms.current(session_id, kept=True)
+    if user_id not in room.members:
+        raise Conflict(f"{user_id!r} is not a member of this session")
+    # The queue as the document shows it: the running node's committed plan, the same on
+    # every node (a read replica has no queue of its own).
+    queue = queue_of(room.doc, room.queue.limits)
+    waiting = [p for p in queue.pending() if p.author == user_id]
+    prompt_ids: tuple[str, ...] = ()
+    if waiting:
+        upcoming = queue.next()
+        if upcoming is not None and waiting[0].id in upcoming.ids:
+            prompt_ids = upcoming.ids
+        else:
+            prompt_ids = (waiting[0].id,)
+    scope = room.scope_for(
+        [user_id] if not prompt_ids else _authors(room, prompt_ids), preview=True
+    )
+    built = room.context_for(prompt_ids, scope)
+    request = built.request
+    return ContextPreview(
+        user_id=user_id,
+        prompt_ids=list(prompt_ids),
+        tokenizer=built.tokenizer,
+        budget=built.budget,
+        tokens=built.tokens,
+        system=request.system,
+        system_tokens=built.system_tokens,
+        messages=[
+            PreviewMessage(
+                role=m.role,
+                author=m.author,
+                authors=list(m.authors),
+                content=m.content,
+                tokens=tokens,
+                answering=index in request.answering,
+            )
+            for index, (m, tokens) in enumerate(
+                zip(request.messages, built.tokens_per_message, strict=True)
+            )
+        ],
+        excluded=[PreviewExcluded(entry_id=x.entry_id, reason=x.reason) for x in built.excluded],
+        notes=built.notes,
+        summary=None
+        if built.summary is None
+        else PreviewSummary(
+            id=built.summary.id,
+            from_seq=built.summary.from_seq,
+            to_seq=built.summary.to_seq,
+            entries=len(built.summary.covers),
+            tokens=built.summary.tokens,
+        ),
+    )
+
+
+def _authors(room: SessionRoom, prompt_ids: tuple[str, ...]) -> list[str]:
+    return [room.doc.entry(p).author for p in prompt_ids]
+
+
+OPERATIONS: list[Operation] = [
+    Operation(
+        "GET",
+        "/api/v1/sessions/{session_id}/facts",
+        list_facts,
+        "Session facts",
+        capability=Capability.READ_SESSION,
+        response=FactsOut,
+        errors=SESSION_ERRORS,
+    ),
+    Operation(
+        "PUT",
+        "/api/v1/sessions/{session_id}/facts/{key}",
+        put_fact,
+        "Set a session fact (always in the model's input, one line, with who set it)",
+        capability=Capability.PIN,
+        body=FactPut,
+        response=FactsOut,
+        errors=(404,),
+        with_caller=True,
+    ),
+    Operation(
+        "DELETE",
+        "/api/v1/sessions/{session_id}/facts/{key}",
+        delete_fact,
+        "Remove a session fact",
+        capability=Capability.PIN,
+        status=204,
+        errors=SESSION_ERRORS,
+    ),
+    Operation(
+        "GET",
+        "/api/v1/sessions/{session_id}/pins",
+        list_pins,
+        "Pinned entries",
+        capability=Capability.READ_SESSION,
+        response=PinsOut,
+        errors=SESSION_ERRORS,
+    ),
+    Operation(
+        "POST",
+        "/api/v1/sessions/{session_id}/pins",
+        create_pin,
+        "Pin an entry (always in the model's input)",
+        capability=Capability.PIN,
+        body=PinCreate,
+        response=PinsOut,
+        status=201,
+        location="/api/v1/sessions/{session_id}/pins/{entry_id}",
+        errors=SESSION_ERRORS,
+    ),
+    Operation(
+        "DELETE",
+        "/api/v1/sessions/{session_id}/pins/{entry_id}",
+        delete_pin,
+        "Unpin an entry",
+        capability=Capability.PIN,
+        status=204,
+        errors=SESSION_ERRORS,
+    ),
+    Operation(
+        "GET",
+        "/api/v1/sessions/{session_id}/context",
+        preview_context,
+        "Preview the next model input for a member",
+        capability=Capability.READ_SESSION,
+        with_caller=True,
+        response=ContextPreview,
+        errors=(404, 409),
+        query_str=(QueryStr("user_id"),),
+    ),
+]

@@ -1,0 +1,208 @@
+"""REST routes of a session's members and their client tokens."""
+
+from __future__ import annotations
+
+from authz.membership import ADMIN, judge_membership_change
+from authz.policy import Decision, Subject
+from authz.roles import Capability, Member, check_capabilities
+from authz.tokens import ClientClaims, issue_token
+from server.http.models import (
+    MemberList,
+    MemberOut,
+    MemberPut,
+    TokenCreate,
+    TokenOut,
+)
+from server.http.rest import Caller, Operation
+from server.http.sessions import SESSION_ERRORS, check_user_id, session_row
+from server.runtime.room import SessionRoom
+from server.state import AppState
+from server.store.access import AccessStore
+from server.store.sessions import MemberChange, MemberRow
+from session.errors import Conflict, InvalidInput, NotFound
+
+
+def _member_out(state: AppState, row: MemberRow) -> MemberOut:
+    member = row.as_member()
+    subject = Subject.of(member, state.rooms.roles)
+    return MemberOut(
+        user_id=row.user_id,
+        role=row.role,
+        grants=sorted(member.grants),
+        denials=sorted(member.denials),
+        capabilities=sorted(subject.capabilities),
+        created_at=row.created_at,
+    )
+
+
+async def put_member(
+    state: AppState, session_id: str, user_id: str, body: MemberPut, caller: Caller
+) -> MemberOut:
+    check_user_id(user_id)
+    await session_row(state, session_id)
+    room = await state.rooms.current(session_id)  # roles included, as committed
+    if body.role not in state.rooms.roles:
+        raise InvalidInput(f"role: no role {body.role!r} (see GET /api/v1/roles)")
+    grants, denials = check_capabilities(body.grants), check_capabilities(body.denials)
+    room = await state.rooms.current(session_id)
+    change = await _change_member(
+        state, room, caller, user_id, Member(user_id, body.role, grants, denials)
+    )
+    assert change.after is not None
+    return _member_out(state, change.after)
+
+
+async def delete_member(state: AppState, session_id: str, user_id: str, caller: Caller) -> None:
+    """Remove a member: their tokens are revoked, their sockets closed, their prompts
+    stopped."""
+    room = await state.rooms.current(session_id)
+    await _change_member(state, room, caller, user_id, None)
+
+
+async def _change_member(
+    state: AppState, room: SessionRoom, caller: Caller, user_id: str, after: Member | None
+) -> MemberChange:
+    """Judge (``authz.membership``), store and apply one membership change, the judgment
+    made on the rows read in the writing transaction. A refusal is audited and raised."""
+    documents = await AccessStore(state.store).reader_lists(room.session_id)
+    roles = state.rooms.roles
+
+    def judge(before: MemberRow | None, actor: MemberRow | None) -> Decision:
+        who = ADMIN if caller.user_id is None else None if actor is None else actor.as_member()
+        previous = None if before is None else before.as_member()
+        return judge_membership_change(who, previous, after, roles, documents)
+
+    change = await state.store.change_member(
+        room.session_id, user_id, after, int(state.clock() * 1000), judge, caller.user_id
+    )
+    actor = caller.user_id or "admin"
+    if not change.decision.allowed:
+        action = f"{'change' if after is not None else 'remove'} member {user_id}"
+        wanted = None if after is None else _member_json(after)
+        await room.audit(
+            "refused", actor, {"action": action, "reason": change.decision.reason, "after": wanted}
+        )
+        change.decision.require()
+    if change.before is None and change.after is None:
+        raise NotFound(f"{user_id!r} is not a member of this session")
+    await state.rooms.settings_changed(room)  # in force where the session runs
+    await room.audit(
+        "membership",
+        actor,
+        {
+            "user_id": user_id,
+            "before": None if change.before is None else _member_json(change.before.as_member()),
+            "after": None if change.after is None else _member_json(change.after.as_member()),
+        },
+    )
+    return change
+
+
+def _member_json(member: Member) -> dict[str, object]:
+    return {
+        "role": member.role,
+        "grants": sorted(member.grants),
+        "denials": sorted(member.denials),
+    }
+
+
+async def list_members(state: AppState, session_id: str) -> MemberList:
+    await session_row(state, session_id)
+    await state.rooms.current_access()
+    rows = await state.store.list_members(session_id)
+    return MemberList(members=[_member_out(state, r) for r in rows])
+
+
+async def create_token(state: AppState, session_id: str, body: TokenCreate) -> TokenOut:
+    await session_row(state, session_id)
+    ttl = body.ttl_seconds or state.settings.token_ttl_default_s
+    if ttl > state.settings.token_ttl_max_s:
+        raise InvalidInput(f"ttl_seconds: at most {state.settings.token_ttl_max_s}")
+    now = int(state.clock())
+
+    def mint(member: MemberRow) -> tuple[str, ClientClaims]:
+        return issue_token(
+            state.keys.signing_key,
+            user_id=body.user_id,
+            session_id=session_id,
+            now=now,
+            ttl_seconds=ttl,
+            epoch=member.token_epoch,
+        )
+
+    issued = await AccessStore(state.store).record_token(session_id, body.user_id, now, mint)
+    if issued is None:
+        raise Conflict(f"{body.user_id!r} is not a member of this session")
+    member, token, claims = issued
+    return TokenOut(
+        token=token,
+        jti=claims.token_id,
+        expires_at=claims.expires_at,
+        user_id=body.user_id,
+        session_id=session_id,
+        role=member.role,
+    )
+
+
+async def revoke_token(state: AppState, session_id: str, jti: str) -> None:
+    """Revoke one client token: its sockets close (4401) and its member's prompts stop."""
+    await session_row(state, session_id)
+    token = await AccessStore(state.store).revoke_token(session_id, jti, int(state.clock()))
+    if token is None:
+        raise NotFound(f"no unexpired token {jti!r} in this session")
+    room = await state.rooms.get(session_id)
+    await room.revoke_token(token)
+    await room.audit("token", "admin", {"revoked": jti, "user_id": token.user_id})
+
+
+OPERATIONS: list[Operation] = [
+    Operation(
+        "PUT",
+        "/api/v1/sessions/{session_id}/members/{user_id}",
+        put_member,
+        "Add a member or change a member's role",
+        capability=Capability.MANAGE_MEMBERS,
+        with_caller=True,
+        body=MemberPut,
+        response=MemberOut,
+        errors=(404, 409),
+    ),
+    Operation(
+        "DELETE",
+        "/api/v1/sessions/{session_id}/members/{user_id}",
+        delete_member,
+        "Remove a member (their tokens are revoked, sockets close with 4403, prompts stop)",
+        capability=Capability.MANAGE_MEMBERS,
+        with_caller=True,
+        status=204,
+        errors=SESSION_ERRORS,
+    ),
+    Operation(
+        "GET",
+        "/api/v1/sessions/{session_id}/members",
+        list_members,
+        "List members",
+        capability=Capability.READ_SESSION,
+        response=MemberList,
+        errors=SESSION_ERRORS,
+    ),
+    Operation(
+        "POST",
+        "/api/v1/sessions/{session_id}/tokens",
+        create_token,
+        "Mint a short-lived client token for a member",
+        body=TokenCreate,
+        response=TokenOut,
+        status=201,
+        location="/api/v1/sessions/{session_id}/tokens/{jti}",
+        errors=(404, 409),
+    ),
+    Operation(
+        "DELETE",
+        "/api/v1/sessions/{session_id}/tokens/{jti}",
+        revoke_token,
+        "Revoke a client token (its sockets close with 4401, its member's prompts stop)",
+        status=204,
+        errors=(404,),
+    ),
+]

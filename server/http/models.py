@@ -1,0 +1,414 @@
+"""Pydantic models of every REST request and response body."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from session.commands import unstorable_in
+
+RoleName = Annotated[
+    str,
+    Field(
+        pattern=r"^[a-z][a-z0-9_-]{0,31}$",
+        description="owner, editor, viewer, or a custom role defined under /api/v1/roles",
+    ),
+]
+CapabilityName = Annotated[
+    str,
+    Field(
+        pattern=r"^[a-z][a-z0-9_]{0,39}(:[A-Za-z0-9_.-]{1,100})?$",
+        description="e.g. prompt, pin, manage_members, tool:deploy, read:<document id>",
+    ),
+]
+PolicyName = Literal["queue", "coalesce", "interrupt", "reject"]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="after")
+    def _storable_text(self) -> Strict:
+        """Refuse text the database cannot store (NUL, lone surrogates) as invalid input,
+        at any depth of free-form JSON fields (tool parameters, say) and in their keys.
+        Nested models check themselves."""
+        for name, value in self:
+            found = unstorable_in(value, name)
+            if found is not None:
+                raise ValueError(f"{found[0]} {found[1]}")
+        return self
+
+
+class FieldProblem(Strict):
+    at: str = Field(description="Where: a dotted path into the body, or a parameter's name.")
+    message: str
+
+
+class ErrorDetail(Strict):
+    code: str = Field(description="Stable, machine-readable error code.")
+    message: str
+    details: list[FieldProblem] | None = Field(
+        default=None, description="Every problem found in the input (validation errors)."
+    )
+
+
+class ErrorBody(Strict):
+    error: ErrorDetail
+
+
+class Health(Strict):
+    status: str
+
+
+class Readiness(Strict):
+    status: str
+    database: str
+    migrations: str
+    listener: str = Field(default="off", description="Cluster mode: ok / down; else off")
+
+
+class SessionCreate(Strict):
+    title: str = Field(default="", max_length=500)
+    policy: PolicyName = Field(default="queue", description="How concurrent prompts run.")
+
+
+RestrictedReplies = Literal["private", "shared"]
+
+
+class SessionPatch(Strict):
+    title: str | None = Field(default=None, max_length=500)
+    policy: PolicyName | None = None
+    model: str | None = Field(
+        default=None,
+        max_length=100,
+        description="One of the configured models; null: back to the server's default",
+    )
+    restricted_replies: RestrictedReplies | None = Field(
+        default=None,
+        description="private: a reply drawing on what not every member may read is shown "
+        "only to those who may (others see a placeholder); shared: it is shown to everyone "
+        "(an owner's decision, audited)",
+    )
+
+
+class SessionOut(Strict):
+    id: str
+    title: str
+    created_at: int = Field(description="Milliseconds since the epoch.")
+    last_seq: int = Field(description="The highest sequence number handed out so far.")
+    policy: PolicyName
+    model: str | None = Field(description="The session's model; null: the server's default")
+    restricted_replies: RestrictedReplies
+
+
+class SessionList(Strict):
+    sessions: list[SessionOut]
+    total: int
+    limit: int
+    offset: int
+
+
+class MemberPut(Strict):
+    role: RoleName
+    grants: list[CapabilityName] = Field(default_factory=list, max_length=100)
+    denials: list[CapabilityName] = Field(
+        default_factory=list, max_length=100, description="Win over the role and the grants"
+    )
+
+
+class MemberOut(Strict):
+    user_id: str
+    role: RoleName
+    grants: list[str]
+    denials: list[str]
+    capabilities: list[str] = Field(description="What the member may do now")
+    created_at: int
+
+
+class RolePut(Strict):
+    capabilities: list[CapabilityName] = Field(max_length=100)
+
+
+class RoleOut(Strict):
+    name: str
+    builtin: bool
+    capabilities: list[str]
+
+
+class RoleList(Strict):
+    roles: list[RoleOut]
+
+
+class MemberList(Strict):
+    members: list[MemberOut]
+
+
+class TokenCreate(Strict):
+    user_id: str = Field(min_length=1, max_length=200)
+    ttl_seconds: int | None = Field(default=None, ge=1)
+
+
+class TokenOut(Strict):
+    token: str
+    jti: str = Field(description="The token's id: revoke it with DELETE …/tokens/{jti}.")
+    expires_at: int = Field(description="Seconds since the epoch.")
+    user_id: str
+    session_id: str
+    role: RoleName
+
+
+class TranscriptEntryOut(Strict):
+    id: str
+    seq: int
+    kind: Literal["prompt", "message", "reply", "tool"]
+    author: str
+    role: Literal["user", "assistant", "tool"]
+    status: str
+    content: str
+    created_at: int
+    reason: str | None = Field(description="Why it ended unanswered, for people")
+    reason_code: str | None = Field(
+        description="Why it ended unanswered, as a stable code (docs/document.md: reasons)"
+    )
+    reply_to: str | None
+    reply_id: str | None
+    answers: list[str]
+    started_at: int | None
+    tool: str | None = Field(description="On a tool step: the tool it ran")
+
+
+class TranscriptOut(Strict):
+    messages: list[TranscriptEntryOut]
+
+
+class FactPut(Strict):
+    value: str = Field(max_length=2000)
+
+
+class FactsOut(Strict):
+    facts: dict[str, str]
+
+
+class PinCreate(Strict):
+    entry_id: str = Field(min_length=1, max_length=64)
+
+
+class PinsOut(Strict):
+    pins: list[str]
+
+
+UserId = Annotated[str, Field(pattern=r"^[A-Za-z0-9._@:+-]{1,200}$")]
+CommandId = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=128,
+        description="Your id for this command: sent again, it is answered with the first "
+        "answer and stored once. Absent: the server makes one (a retry is then a new command).",
+    ),
+]
+AsUser = Annotated[
+    UserId | None,
+    Field(description="With the admin key only: the member the command is sent as"),
+]
+
+
+class EntryPost(Strict):
+    text: str = Field(min_length=1, description="At most PARLEY_MAX_PROMPT_CHARS characters")
+    id: CommandId | None = None
+    as_user: AsUser = None
+
+
+class CancelPost(Strict):
+    id: CommandId | None = None
+    as_user: AsUser = None
+
+
+class PromptAccepted(Strict):
+    prompt_id: str
+    seq: int
+    position: int | None = Field(
+        description="1: the next to run; null when it runs, or no longer waits"
+    )
+
+
+class MessagePosted(Strict):
+    message_id: str
+    seq: int
+    position: None = Field(default=None, description="Always null: a message does not wait")
+
+
+class PromptStatusOut(Strict):
+    prompt_id: str
+    seq: int
+    author: str
+    status: Literal["queued", "running", "done", "failed", "cancelled", "interrupted"]
+    reason_code: str | None = Field(
+        description="Why it ended unanswered (docs/document.md: reasons)"
+    )
+    reason: str | None
+    reply_id: str | None
+    position: int | None = Field(description="While it waits, 1: the next to run; else null")
+
+
+class PreviewMessage(Strict):
+    role: Literal["user", "assistant", "tool"]
+    author: str | None
+    authors: list[str] = Field(description="Everyone who said it, when duplicates were folded")
+    content: str
+    tokens: int
+    answering: bool = Field(description="One of the prompts this call answers")
+
+
+class PreviewExcluded(Strict):
+    entry_id: str
+    reason: str
+
+
+class PreviewSummary(Strict):
+    id: str
+    from_seq: int
+    to_seq: int
+    entries: int = Field(description="How many transcript entries it stands for")
+    tokens: int
+
+
+class ContextPreview(Strict):
+    user_id: str
+    prompt_ids: list[str] = Field(description="The prompts the call answers (none: history)")
+    tokenizer: str
+    budget: int
+    tokens: int
+    system: str
+    system_tokens: int
+    messages: list[PreviewMessage]
+    excluded: list[PreviewExcluded] = Field(description="Left out, and why")
+    notes: dict[str, str] = Field(description="Entry id -> what was folded into it")
+    summary: PreviewSummary | None = Field(
+        description="The summary of older turns given in the system text, if any"
+    )
+
+
+class QuotasPut(Strict):
+    """Replaces the session's quotas; a limit left out or null is no limit."""
+
+    session_tokens_per_day: int | None = Field(
+        default=None, ge=1, le=10**15, description="Tokens a UTC day; null: no limit"
+    )
+    user_tokens_per_day: int | None = Field(
+        default=None, ge=1, le=10**15, description="For each member; null: no limit"
+    )
+
+
+class QuotasOut(Strict):
+    session_tokens_per_day: int | None
+    user_tokens_per_day: int | None
+
+
+class UserUsageOut(Strict):
+    user_id: str
+    input_tokens: int
+    output_tokens: int
+    calls: int = Field(description="Model calls this user's prompts took part in")
+
+
+class UsageOut(Strict):
+    session_id: str
+    day: str = Field(description="UTC day, YYYY-MM-DD")
+    input_tokens: int
+    output_tokens: int
+    users: list[UserUsageOut]
+    quotas: QuotasOut
+
+
+class AuditRecordOut(Strict):
+    id: int
+    at: int = Field(description="Milliseconds since the epoch.")
+    kind: str = Field(description="model_call, tool_refused, membership, policy, refused, …")
+    actor: str = Field(description="The user who acted (or 'admin')")
+    data: dict[str, Any]
+
+
+class AuditList(Strict):
+    records: list[AuditRecordOut]
+    next_after: int | None = Field(description="Pass as ?after= for the next page")
+
+
+NameStr = Annotated[str, Field(min_length=1, max_length=200)]
+
+
+class ReadersIn(Strict):
+    users: list[NameStr] = Field(default_factory=list, max_length=1000)
+    roles: list[NameStr] = Field(default_factory=list, max_length=100)
+
+
+class DocumentCreate(Strict):
+    title: str = Field(min_length=1, max_length=500)
+    text: str = Field(min_length=1)
+    readers: ReadersIn = Field(description="Who may read it (and so what is drawn from it)")
+
+
+class DocumentOut(Strict):
+    id: str
+    title: str
+    readers: ReadersIn
+    chars: int
+    created_at: int
+    text: str | None = Field(description="Only when one document is asked for")
+
+
+class DocumentList(Strict):
+    documents: list[DocumentOut]
+
+
+class ToolCreate(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    description: str = Field(min_length=1, max_length=2000)
+    parameters: dict[str, Any] = Field(
+        default_factory=lambda: {"type": "object"}, description="JSON Schema of the arguments"
+    )
+    url: str = Field(pattern=r"^https?://[^\s]{1,1990}$", description="Where Parley POSTs")
+    capability: CapabilityName | None = Field(
+        default=None, description="Needed to use it; default tool:<name>"
+    )
+    timeout_s: float = Field(default=10.0, gt=0, le=120)
+
+
+class ToolOut(Strict):
+    name: str
+    description: str
+    parameters: dict[str, Any]
+    url: str
+    capability: str
+    timeout_s: float
+    created_at: int
+    secret: str | None = Field(description="The signing secret: shown once, when created")
+
+
+class ToolList(Strict):
+    tools: list[ToolOut]
+
+
+class PrivateOut(Strict):
+    entry_id: str
+    kind: Literal["tool", "reply"]
+    text: str
+    readers: list[dict[str, Any]] = Field(description="Readers of every source it drew on")
+
+
+class EventOut(Strict):
+    seq: int = Field(description="The event's number in its session: from 1, in commit order")
+    at_ms: int = Field(description="Milliseconds since the epoch.")
+    kind: str = Field(
+        description="prompt_accepted, message_posted, run_started, reply_completed, "
+        "run_failed, member_joined, member_changed, member_left, settings_changed, "
+        "pin_changed, fact_set"
+    )
+    actor: str | None = Field(description="The member (or 'admin') who acted; null: the server")
+    data: dict[str, Any] = Field(description="Ids, authors and codes; never content")
+
+
+class EventList(Strict):
+    events: list[EventOut]
+    next_after: int | None = Field(description="Pass as ?after= for the next page")

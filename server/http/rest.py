@@ -1,0 +1,387 @@
+"""A small route table for the JSON API: validation, errors and OpenAPI from one declaration.
+
+Each operation names its body and response models; the wrapper authenticates the caller,
+authorizes it, enforces the request size limit, validates the body and query, and maps every
+``ParleyError`` to ``{"error": {"code", "message"}}`` with its status.
+
+Callers: the admin key may do everything. A member's client token may call the routes of
+its own session that declare a ``capability``, when ``authz.policy.decide`` allows the member
+that capability now and the token is not revoked (401); every refusal is audited.
+"""
+
+from __future__ import annotations
+
+import hmac
+import inspect
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote
+
+from pydantic import BaseModel, ValidationError
+from pydantic.json_schema import models_json_schema
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from authz.policy import Do
+from authz.tokens import ClientClaims, verify_token
+from server.http.models import ErrorBody
+from server.state import AppState
+from session.commands import unstorable
+from session.errors import (
+    Forbidden,
+    InvalidInput,
+    ParleyError,
+    TooLarge,
+    Unauthenticated,
+    UnsupportedMediaType,
+)
+
+Handler = Callable[..., Awaitable[BaseModel | None]]
+
+ERROR_DESCRIPTIONS = {
+    400: "Bad request",
+    401: "Missing or wrong admin key or client token",
+    403: "Forbidden",
+    404: "Not found",
+    409: "Conflict",
+    413: "Body too large",
+    415: "Body not declared application/json",
+    422: "Invalid input",
+    429: "Too many requests",
+    503: "Database unavailable",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class QueryParam:
+    name: str
+    minimum: int
+    maximum: int
+    default: int
+
+
+@dataclass(frozen=True, slots=True)
+class QueryStr:
+    """A string query parameter (None when optional and absent), matching ``pattern``."""
+
+    name: str
+    max_length: int = 200
+    required: bool = True
+    pattern: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who calls: the admin (``user_id`` None) or a member with a client token."""
+
+    user_id: str | None = None
+    session_id: str | None = None
+    claims: ClientClaims | None = None
+
+    @property
+    def is_admin(self) -> bool:
+        return self.user_id is None
+
+
+ADMIN = Caller()
+
+
+@dataclass(slots=True)
+class Operation:
+    method: str
+    path: str
+    handler: Handler
+    summary: str
+    body: type[BaseModel] | None = None
+    response: type[BaseModel] | None = None
+    status: int = 200
+    auth: bool = True
+    errors: tuple[int, ...] = ()
+    query: tuple[QueryParam, ...] = field(default_factory=tuple)
+    query_str: tuple[QueryStr, ...] = field(default_factory=tuple)
+    # Members holding this capability may call it with their client token; None: admin only.
+    capability: str | None = None
+    # The handler takes ``caller`` (for checks that depend on the resource).
+    with_caller: bool = False
+    # Where the created resource lives (a 201's ``Location``): a template filled from the
+    # path's parameters, the body's fields and the response's fields.
+    location: str | None = None
+    tag: str | None = None  # OpenAPI's grouping; from the path when None
+
+
+MAX_PROBLEMS = 50  # validation errors listed in one answer (the count says how many more)
+
+
+def error_response(error: ParleyError) -> JSONResponse:
+    body: dict[str, Any] = {"code": error.code.value, "message": error.message}
+    if isinstance(error, InvalidInput) and error.details:
+        body["details"] = [{"at": at, "message": message} for at, message in error.details]
+    return JSONResponse(
+        {"error": body},
+        status_code=error.http_status,
+        headers={"WWW-Authenticate": "Bearer"} if error.http_status == 401 else None,
+    )
+
+
+def authenticate(request: Request, state: AppState) -> Caller:
+    header = request.headers.get("authorization", "")
+    scheme, _, key = header.partition(" ")
+    key = key.strip()
+    if scheme.lower() != "bearer" or not key:
+        raise Unauthenticated("send the admin key or a client token as 'Authorization: Bearer …'")
+    if hmac.compare_digest(key.encode(), state.keys.admin_key.encode()):
+        return ADMIN
+    try:
+        claims = verify_token(state.keys.signing_key, key, now=int(state.clock()))
+    except Unauthenticated:
+        raise Unauthenticated("wrong admin key or client token") from None
+    return Caller(claims.user_id, claims.session_id, claims)
+
+
+async def authorize(op: Operation, caller: Caller, state: AppState, session_id: str | None) -> None:
+    """Let a member call ``op`` only in their token's session, holding its capability."""
+    if caller.user_id is None:
+        return
+    if session_id is None or session_id != caller.session_id:
+        raise Forbidden("a client token acts only in its own session's routes")
+    room = await state.rooms.current(session_id)  # judged by what is committed
+    revoked = None if caller.claims is None else room.token_refusal(caller.claims)
+    if revoked is not None:
+        raise Unauthenticated(revoked)
+    what = f"{op.method} {op.path}"
+    if op.capability is None:
+        await room.audit("refused", caller.user_id, {"action": what, "reason": "admin only"})
+        raise Forbidden("this route needs the admin key")
+    await room.check(caller.user_id, Do(op.capability), what)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise TooLarge(f"request body exceeds {limit} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise TooLarge(f"request body exceeds {limit} bytes")
+    return bytes(body)
+
+
+def invalid_body(exc: ValidationError) -> InvalidInput:
+    """Every problem pydantic found (up to ``MAX_PROBLEMS``), in the message and listed."""
+    errors = exc.errors()
+    details = tuple(
+        (".".join(str(p) for p in error["loc"]) or "body", str(error["msg"]))
+        for error in errors[:MAX_PROBLEMS]
+    )
+    message = "; ".join(f"{at}: {what}" for at, what in details)
+    if len(errors) > MAX_PROBLEMS:
+        message += f"; and {len(errors) - MAX_PROBLEMS} more"
+    return InvalidInput(message, details)
+
+
+def check_json_body(request: Request, raw: bytes) -> None:
+    """A body must say it is JSON (``application/json`` or a ``+json`` type); an empty one
+    (every field optional) may say nothing."""
+    declared = request.headers.get("content-type")
+    if declared is None and not raw.strip():
+        return
+    media = (declared or "").partition(";")[0].strip().lower()
+    if media != "application/json" and not (
+        media.startswith("application/") and media.endswith("+json")
+    ):
+        raise UnsupportedMediaType(
+            f"send the body as JSON with 'Content-Type: application/json' (got {media or 'none'})"
+        )
+
+
+def location_of(op: Operation, fields: dict[str, Any]) -> dict[str, str] | None:
+    if op.location is None:
+        return None
+    quoted = {name: quote(str(value), safe="") for name, value in fields.items()}
+    return {"Location": op.location.format_map(quoted)}
+
+
+def route(op: Operation) -> Route:
+    async def endpoint(request: Request) -> Response:
+        state: AppState = request.app.state.parley
+        try:
+            kwargs: dict[str, Any] = dict(request.path_params)
+            caller = authenticate(request, state) if op.auth else ADMIN
+            for name, value in kwargs.items():
+                problem = unstorable(str(value))
+                if problem is not None:
+                    raise InvalidInput(f"{name}: {problem}")
+            for param in op.query:
+                kwargs[param.name] = _query_int(request, param)
+            for text in op.query_str:
+                kwargs[text.name] = _query_str(request, text)
+            await authorize(op, caller, state, kwargs.get("session_id"))
+            if op.with_caller:
+                kwargs["caller"] = caller
+            if op.body is not None:
+                raw = await read_body(request, state.settings.max_request_bytes)
+                check_json_body(request, raw)
+                try:
+                    kwargs["body"] = op.body.model_validate_json(raw or b"{}")
+                except ValidationError as exc:
+                    raise invalid_body(exc) from None
+            result = await op.handler(state, **kwargs)
+        except ParleyError as exc:
+            state.metrics.errors.labels(code=exc.code.value).inc()
+            return error_response(exc)
+        if result is None:
+            return Response(status_code=op.status)
+        answer = result.model_dump(mode="json")
+        fields = {**request.path_params, **answer}
+        if op.location is not None and "body" in kwargs:
+            fields = {**kwargs["body"].model_dump(mode="json"), **fields}
+        headers = location_of(op, fields)
+        return JSONResponse(answer, status_code=op.status, headers=headers)
+
+    return Route(op.path, endpoint, methods=[op.method], name=op.handler.__name__)
+
+
+def _query_str(request: Request, param: QueryStr) -> str | None:
+    value = request.query_params.get(param.name)
+    if value is None and not param.required:
+        return None
+    if not value or len(value) > param.max_length:
+        need = "required, " if param.required else ""
+        raise InvalidInput(f"{param.name}: {need}1-{param.max_length} characters")
+    if param.pattern is not None and not re.fullmatch(param.pattern, value):
+        raise InvalidInput(f"{param.name}: must match {param.pattern}")
+    return value
+
+
+def _query_int(request: Request, param: QueryParam) -> int:
+    raw = request.query_params.get(param.name)
+    if raw is None:
+        return param.default
+    if not re.fullmatch(r"\d{1,9}", raw):
+        raise InvalidInput(f"{param.name}: must be a whole number")
+    value = int(raw)
+    if not param.minimum <= value <= param.maximum:
+        raise InvalidInput(f"{param.name}: must be between {param.minimum} and {param.maximum}")
+    return value
+
+
+def tag_of(path: str) -> str:
+    """OpenAPI's group of a path: what it names under a session, else its first part."""
+    parts = [p for p in path.removeprefix("/api/v1/").split("/") if not p.startswith("{")]
+    if parts[0] == "sessions" and len(parts) > 1:
+        return parts[1]
+    return parts[0]
+
+
+def openapi_document(operations: list[Operation], *, title: str, version: str) -> dict[str, Any]:
+    models: set[type[BaseModel]] = {ErrorBody}
+    for op in operations:
+        models.update(m for m in (op.body, op.response) if m is not None)
+    _, schema = models_json_schema(
+        [(m, "validation") for m in sorted(models, key=lambda m: m.__name__)],
+        ref_template="#/components/schemas/{model}",
+    )
+    paths: dict[str, dict[str, Any]] = {}
+    for op in operations:
+        item: dict[str, Any] = {
+            "summary": op.summary,
+            "operationId": op.handler.__name__,
+            "tags": [op.tag or tag_of(op.path)],
+        }
+        description = inspect.getdoc(op.handler)
+        if description:
+            item["description"] = description
+        params = [
+            {
+                "name": name,
+                "in": "path",
+                "required": True,
+                "schema": {"type": "string", "minLength": 1, "maxLength": 200},
+            }
+            for name in re.findall(r"{(\w+)}", op.path)
+        ]
+        params += [
+            {
+                "name": q.name,
+                "in": "query",
+                "required": False,
+                "schema": {
+                    "type": "integer",
+                    "minimum": q.minimum,
+                    "maximum": q.maximum,
+                    "default": q.default,
+                },
+            }
+            for q in op.query
+        ]
+        params += [
+            {
+                "name": q.name,
+                "in": "query",
+                "required": q.required,
+                "schema": {
+                    "type": "string",
+                    "minLength": 1,
+                    "maxLength": q.max_length,
+                    **({"pattern": f"^{q.pattern}$"} if q.pattern else {}),
+                },
+            }
+            for q in op.query_str
+        ]
+        if params:
+            item["parameters"] = params
+        if op.body is not None:
+            item["requestBody"] = {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {"$ref": f"#/components/schemas/{op.body.__name__}"}
+                    }
+                },
+            }
+        responses: dict[str, Any] = {}
+        if op.response is not None:
+            responses[str(op.status)] = {
+                "description": "OK",
+                **(
+                    {"headers": {"Location": {"schema": {"type": "string"}}}}
+                    if op.location is not None
+                    else {}
+                ),
+                "content": {
+                    "application/json": {
+                        "schema": {"$ref": f"#/components/schemas/{op.response.__name__}"}
+                    }
+                },
+            }
+        else:
+            responses[str(op.status)] = {"description": "Done"}
+        statuses = set(op.errors) | ({401} if op.auth else set())
+        statuses |= {413, 415, 422} if op.body is not None else set()
+        statuses |= {422} if op.query or op.query_str else set()
+        statuses |= {403} if op.capability is not None or "{session_id}" in op.path else set()
+        statuses |= {503} if op.auth else set()
+        for status in sorted(statuses):
+            responses[str(status)] = {
+                "description": ERROR_DESCRIPTIONS[status],
+                "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}
+                },
+            }
+        item["responses"] = responses
+        if op.auth:
+            item["security"] = [{"adminKey": []}]
+        paths.setdefault(op.path, {})[op.method.lower()] = item
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": title, "version": version},
+        "paths": paths,
+        "components": {
+            "schemas": schema.get("$defs", {}),
+            "securitySchemes": {"adminKey": {"type": "http", "scheme": "bearer"}},
+        },
+    }

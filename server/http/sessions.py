@@ -1,0 +1,180 @@
+"""The admin REST API under ``/api/v1``: sessions and their transcripts."""
+
+from __future__ import annotations
+
+import re
+import secrets
+
+from authz.roles import Capability
+from server.http.models import (
+    SessionCreate,
+    SessionList,
+    SessionOut,
+    SessionPatch,
+    TranscriptEntryOut,
+    TranscriptOut,
+)
+from server.http.rest import Caller, Operation, QueryParam
+from server.state import AppState
+from server.store.sessions import SessionRow
+from session.errors import InvalidInput, NotFound
+from session.queue import Policy
+
+USER_ID = re.compile(r"[A-Za-z0-9._@:+-]{1,200}")
+SESSION_ERRORS = (404,)
+
+
+def _session_out(row: SessionRow) -> SessionOut:
+    return SessionOut(
+        id=row.id,
+        title=row.title,
+        created_at=row.created_at,
+        last_seq=row.last_seq,
+        policy=Policy(row.policy).value,
+        model=row.model,
+        restricted_replies="shared" if row.restricted_replies == "shared" else "private",
+    )
+
+
+async def session_row(state: AppState, session_id: str) -> SessionRow:
+    row = await state.store.get_session(session_id)
+    if row is None:
+        raise NotFound(f"no session {session_id!r}")
+    return row
+
+
+def check_user_id(user_id: str) -> None:
+    if not USER_ID.fullmatch(user_id):
+        raise InvalidInput("user_id: 1-200 characters of letters, digits and ._@:+-")
+
+
+async def create_session(state: AppState, body: SessionCreate) -> SessionOut:
+    session_id = secrets.token_hex(12)
+    row = await state.store.create_session(
+        session_id, body.title, body.policy, int(state.clock() * 1000)
+    )
+    return _session_out(row)
+
+
+async def list_sessions(state: AppState, limit: int, offset: int) -> SessionList:
+    rows = await state.store.list_sessions(limit=limit, offset=offset)
+    total = await state.store.count_sessions()
+    return SessionList(
+        sessions=[_session_out(r) for r in rows], total=total, limit=limit, offset=offset
+    )
+
+
+async def get_session(state: AppState, session_id: str) -> SessionOut:
+    return _session_out(await session_row(state, session_id))
+
+
+async def update_session(
+    state: AppState, session_id: str, body: SessionPatch, caller: Caller
+) -> SessionOut:
+    """Change a session's title, scheduling policy, model or restricted-reply policy (in
+    force where the session runs when this returns); policy changes are audited."""
+    before = await session_row(state, session_id)
+    by = caller.user_id or "admin"
+    stored: dict[str, str | None] = {}
+    if "model" in body.model_fields_set:
+        if body.model is not None and body.model not in state.settings.catalog():
+            names = ", ".join(sorted(state.settings.catalog()))
+            raise InvalidInput(f"model: {body.model!r} is not configured (choose from {names})")
+        stored["model"] = body.model
+    if body.title is not None:
+        stored["title"] = body.title
+    if body.restricted_replies is not None:
+        stored["restricted_replies"] = body.restricted_replies
+    if stored:  # one transaction, with its settings_changed event
+        await state.store.change_settings(session_id, stored, int(state.clock() * 1000), by)
+    room = await state.rooms.get(session_id)
+    if body.policy is not None:
+        write = {"op": "policy", "policy": body.policy, "author": caller.user_id or ""}
+        await state.rooms.change(room, write)
+    if "model" in body.model_fields_set or body.restricted_replies is not None:
+        await state.rooms.settings_changed(room)
+    changes = {
+        name: {"from": getattr(before, name), "to": value}
+        for name, value in (
+            ("policy", body.policy),
+            ("restricted_replies", body.restricted_replies),
+        )
+        if value is not None and value != getattr(before, name)
+    }
+    if changes:
+        await room.audit("policy", caller.user_id or "admin", changes)
+    return _session_out(await session_row(state, session_id))
+
+
+async def delete_session(state: AppState, session_id: str) -> None:
+    await session_row(state, session_id)
+    await state.rooms.forget_session(session_id)
+    if not await state.store.delete_session(session_id, int(state.clock() * 1000)):
+        raise NotFound(f"no session {session_id!r}")
+
+
+async def get_transcript(state: AppState, session_id: str) -> TranscriptOut:
+    room = await state.rooms.current(session_id)
+    return TranscriptOut(
+        messages=[TranscriptEntryOut.model_validate(e.to_json()) for e in room.doc.entries()]
+    )
+
+
+OPERATIONS: list[Operation] = [
+    Operation(
+        "POST",
+        "/api/v1/sessions",
+        create_session,
+        "Create a session",
+        body=SessionCreate,
+        response=SessionOut,
+        status=201,
+        location="/api/v1/sessions/{id}",
+    ),
+    Operation(
+        "GET",
+        "/api/v1/sessions",
+        list_sessions,
+        "List sessions",
+        response=SessionList,
+        query=(QueryParam("limit", 1, 500, 50), QueryParam("offset", 0, 10**9, 0)),
+    ),
+    Operation(
+        "GET",
+        "/api/v1/sessions/{session_id}",
+        get_session,
+        "Get a session",
+        capability=Capability.READ_SESSION,
+        response=SessionOut,
+        errors=SESSION_ERRORS,
+    ),
+    Operation(
+        "PATCH",
+        "/api/v1/sessions/{session_id}",
+        update_session,
+        "Change a session's title, scheduling policy, model or restricted-reply policy",
+        capability=Capability.MANAGE_SESSION,
+        with_caller=True,
+        body=SessionPatch,
+        response=SessionOut,
+        errors=SESSION_ERRORS,
+    ),
+    Operation(
+        "DELETE",
+        "/api/v1/sessions/{session_id}",
+        delete_session,
+        "Delete a session and close its sockets",
+        capability=Capability.MANAGE_SESSION,
+        status=204,
+        errors=SESSION_ERRORS,
+    ),
+    Operation(
+        "GET",
+        "/api/v1/sessions/{session_id}/transcript",
+        get_transcript,
+        "The transcript in sequence order",
+        capability=Capability.READ_SESSION,
+        response=TranscriptOut,
+        errors=SESSION_ERRORS,
+    ),
+]

@@ -1,0 +1,106 @@
+"""Admin routes for model usage and token quotas: ``/api/v1/sessions/{id}/usage|quotas``."""
+
+from __future__ import annotations
+
+import datetime
+
+from server.http.models import QuotasOut, QuotasPut, UsageOut, UserUsageOut
+from server.http.rest import Operation, QueryStr
+from server.http.sessions import USER_ID, session_row
+from server.state import AppState
+from server.store.usage import UsageLedger
+from session.errors import InvalidInput
+from session.quota import Quotas
+
+DAY = r"\d{4}-\d{2}-\d{2}"
+
+
+def _ledger(state: AppState) -> UsageLedger:
+    return UsageLedger(state.store, state.clock)
+
+
+def _quotas_out(quotas: Quotas) -> QuotasOut:
+    return QuotasOut(
+        session_tokens_per_day=quotas.session_tokens_per_day,
+        user_tokens_per_day=quotas.user_tokens_per_day,
+    )
+
+
+async def get_usage(
+    state: AppState, session_id: str, user_id: str | None, day: str | None
+) -> UsageOut:
+    """Tokens used on ``day`` (UTC; default today), per user (or one user's)."""
+    await session_row(state, session_id)
+    ledger = _ledger(state)
+    if day is None:
+        day = ledger.today()
+    else:
+        try:
+            datetime.date.fromisoformat(day)
+        except ValueError:
+            raise InvalidInput(f"day: {day!r} is not a date (YYYY-MM-DD)") from None
+    users = await ledger.by_user(session_id, day, user_id)
+    return UsageOut(
+        session_id=session_id,
+        day=day,
+        input_tokens=sum(u.input_tokens for u in users),
+        output_tokens=sum(u.output_tokens for u in users),
+        users=[
+            UserUsageOut(
+                user_id=u.user_id,
+                input_tokens=u.input_tokens,
+                output_tokens=u.output_tokens,
+                calls=u.calls,
+            )
+            for u in users
+        ],
+        quotas=_quotas_out(await ledger.quotas(session_id)),
+    )
+
+
+async def get_quotas(state: AppState, session_id: str) -> QuotasOut:
+    await session_row(state, session_id)
+    return _quotas_out(await _ledger(state).quotas(session_id))
+
+
+async def put_quotas(state: AppState, session_id: str, body: QuotasPut) -> QuotasOut:
+    """Replace the session's daily token quotas (checked before each model call)."""
+    await session_row(state, session_id)
+    ledger = _ledger(state)
+    await ledger.set_quotas(
+        session_id, Quotas(body.session_tokens_per_day, body.user_tokens_per_day)
+    )
+    return _quotas_out(await ledger.quotas(session_id))
+
+
+OPERATIONS: list[Operation] = [
+    Operation(
+        "GET",
+        "/api/v1/sessions/{session_id}/usage",
+        get_usage,
+        "Tokens used on a day, per user",
+        response=UsageOut,
+        errors=(404,),
+        query_str=(
+            QueryStr("user_id", required=False, pattern=USER_ID.pattern),
+            QueryStr("day", max_length=10, required=False, pattern=DAY),
+        ),
+    ),
+    Operation(
+        "GET",
+        "/api/v1/sessions/{session_id}/quotas",
+        get_quotas,
+        "The session's daily token quotas",
+        response=QuotasOut,
+        errors=(404,),
+    ),
+    Operation(
+        "PUT",
+        "/api/v1/sessions/{session_id}/quotas",
+        put_quotas,
+        "Set the session's daily token quotas (per session and per member)",
+        body=QuotasPut,
+        response=QuotasOut,
+        errors=(404,),
+    ),
+]

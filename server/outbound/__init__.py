@@ -1,0 +1,1 @@
+"""Requests Parley makes to integrators' servers: where they may go, event webhooks."""

@@ -1,0 +1,1 @@
+"""Loaded sessions: the one writer per session, its run loop, the command door."""

@@ -1,0 +1,71 @@
+"""The one door for a session's commands: parse, carry out through the core, answer once.
+
+A socket's command frame (``handle_frame``) and a command another node forwarded here
+(``server.cluster.node``) both enter through ``dispatch``, which has the room carry out
+what ``session.core`` decides (``SessionRoom.execute``), so every rule holds on every path.
+"""
+
+from __future__ import annotations
+
+from server.runtime.room import SessionRoom, new_id
+from session.commands import (
+    Command,
+    CommandError,
+    MessageCommand,
+    PromptCommand,
+    ack,
+    error_reply,
+    parse_command,
+)
+from session.core import CommandEvent
+from session.errors import Conflict, ParleyError
+from session.schema import EntryKind
+
+
+async def handle_frame(room: SessionRoom, actor: str, frame: str) -> str:
+    """Parse one JSON command frame of ``actor`` and return its single reply."""
+    try:
+        command = parse_command(frame, room.limits)
+    except CommandError as exc:
+        room.metrics.errors.labels(code=exc.code.value).inc()
+        return error_reply(exc.command_id, exc)
+    return await dispatch(room, actor, command)
+
+
+async def dispatch(room: SessionRoom, actor: str, command: Command) -> str:
+    """Carry out ``actor``'s ``command`` (judged by the member's rights now) and return its
+    single reply: the ack, or the error. A resent prompt or message is answered with its
+    first ack."""
+    event = CommandEvent(actor, command, room.now_ms(), new_id())
+    try:
+        try:
+            effects = await room.execute(event)
+        except Conflict:  # ``DuplicateCommand`` among them
+            previous = await _previous_ack(room, actor, command)
+            if previous is not None:
+                return previous
+            raise
+    except ParleyError as exc:
+        room.metrics.errors.labels(code=exc.code.value).inc()
+        return error_reply(command.id, exc)
+    assert effects.ack is not None  # every command the core carries out is acknowledged
+    return effects.ack.reply(command.id)
+
+
+_STORED = {
+    PromptCommand: (EntryKind.PROMPT, "prompt_id"),
+    MessageCommand: (EntryKind.MESSAGE, "message_id"),
+}
+
+
+async def _previous_ack(room: SessionRoom, actor: str, command: Command) -> str | None:
+    """The ack a resent command got the first time, if a command of its kind was stored
+    (even when the queue is full or busy now)."""
+    stored = _STORED.get(type(command))
+    if stored is None:
+        return None
+    kind, id_key = stored
+    row = await room.store.entry_by_command(room.session_id, actor, command.id)
+    if row is None or row.kind != kind.value:
+        return None
+    return ack(command.id, seq=row.seq, **{id_key: row.id})

@@ -1,0 +1,243 @@
+"""Which sessions are loaded in this process: load on demand, recover at start, unload idle."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from authz.roles import RoleTable
+from server.metrics import Metrics
+from server.runtime.commands import handle_frame
+from server.runtime.room import SessionRoom
+from server.runtime.runner import SessionRunner
+from server.runtime.session_writes import SETTINGS_WRITE, apply_session_write
+from server.settings import Settings
+from server.store.access import AccessStore, ToolRow, access_digest
+from server.store.sessions import Store
+from session.closes import CloseCode
+from session.errors import NotFound, Unavailable
+from session.lifecycle import PromptStatus
+from session.model import ModelProvider
+from session.queue import Policy
+from session.reasons import Ending, ReasonCode
+
+if TYPE_CHECKING:
+    from server.cluster.node import ClusterNode
+
+log = logging.getLogger("parley.rooms")
+
+SHUT_DOWN = Ending(ReasonCode.SERVER_SHUTDOWN, "the server shut down while this prompt ran")
+
+
+class RoomRegistry:
+    def __init__(
+        self,
+        store: Store,
+        settings: Settings,
+        provider: ModelProvider,
+        clock: Callable[[], float] = time.time,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.metrics = metrics or Metrics()
+        self.store = store
+        self.settings = settings
+        self.provider = provider
+        self.clock = clock
+        self.roles = RoleTable()
+        self.webhooks: list[ToolRow] = []
+        self._access_digest = access_digest(self.roles.custom, self.webhooks)
+        self._rooms: dict[str, tuple[SessionRoom, SessionRunner]] = {}
+        self._loading: dict[str, asyncio.Lock] = {}
+        self._cut_off: dict[str, ReasonCode] = {}  # sessions given up and not loaded since
+        self._reaper: asyncio.Task[None] | None = None
+        # Cluster mode: the node decides whether a room runs here or is a read replica.
+        self.cluster: ClusterNode | None = None
+
+    async def get(self, session_id: str) -> SessionRoom:
+        """The loaded room of a session; raises ``NotFound`` for an unknown session."""
+        loaded = self._rooms.get(session_id)
+        if loaded is not None and not loaded[0].closed:
+            return loaded[0]
+        lock = self._loading.setdefault(session_id, asyncio.Lock())
+        async with lock:
+            loaded = self._rooms.get(session_id)
+            if loaded is not None:
+                if not loaded[0].closed:
+                    return loaded[0]
+                # Given up (after a store failure, say): reload it. Why it was given up is
+                # what ended a run it had in flight, until a load succeeds and marks it.
+                self._cut_off[session_id] = loaded[0].cut_off
+                await self.unload(session_id)
+            if any(room.draining for room, _ in self._rooms.values()):
+                raise Unavailable("the server is shutting down")
+            row = await self.store.get_session(session_id)
+            if row is None:
+                raise NotFound(f"no session {session_id!r}")
+            room = SessionRoom(
+                session_id,
+                store=self.store,
+                settings=self.settings,
+                clock=self.clock,
+                metrics=self.metrics,
+                roles=lambda: self.roles,
+                webhooks=lambda: self.webhooks,
+            )
+            room.model = row.model
+            room.cut_off = self._cut_off.get(session_id, ReasonCode.SERVER_RESTART)
+            if self.cluster is not None:
+                room.awareness.publish = functools.partial(
+                    self.cluster.presence.publish, session_id
+                )
+            runner = SessionRunner(room, self.provider, self.settings.run_timeout_s)
+            if self.cluster is not None:
+                await self.cluster.open(
+                    room, runner, row.title, Policy(row.policy), row.restricted_replies
+                )
+            else:
+                await room.load(row.title, Policy(row.policy), row.restricted_replies)
+                runner.start()
+            self._rooms[session_id] = (room, runner)
+            self._cut_off.pop(session_id, None)
+            return room
+
+    async def current(self, session_id: str, *, kept: bool = False) -> SessionRoom:
+        """The loaded room, with what a REST call judges and reads as committed whichever
+        node runs the session (cluster mode: a read replica catches up first; ``kept``:
+        also the restricted text and the summaries, for the routes that read them)."""
+        room = await self.get(session_id)
+        if self.cluster is not None:
+            await self.cluster.follow(room, kept=kept)
+        return room
+
+    async def command(self, room: SessionRoom, user_id: str, frame: str) -> str:
+        """The one door for a member's command frame, from a socket or an HTTP call:
+        carried out where the session runs (cluster mode: forwarded there when another node
+        runs it); returns its one reply, the ack or the error."""
+        if self.cluster is not None:
+            return await self.cluster.command(room, user_id, frame)
+        return await handle_frame(room, user_id, frame)
+
+    async def change(self, room: SessionRoom, write: dict[str, Any]) -> dict[str, Any]:
+        """The one door for a REST change of a session (see ``server.runtime.session_writes``): in
+        force on the node that runs the session when this returns."""
+        write = {"id": "rest", **write}
+        if self.cluster is not None:
+            return await self.cluster.write_session(room, write)
+        return await apply_session_write(room, write)
+
+    async def settings_changed(self, room: SessionRoom) -> None:
+        """A REST call stored a session's settings or members: put them in force."""
+        await self.change(room, {"op": SETTINGS_WRITE})
+
+    async def access_changed(self) -> None:
+        """A REST call stored roles or tools: put them in force here and, in cluster mode,
+        on every node that runs a session, before the call returns."""
+        await self.load_access()
+        if self.cluster is not None:
+            await self.cluster.confirm_access()
+
+    async def current_access(self) -> None:
+        """Before a REST read of roles or tools: in cluster mode another node may have
+        changed them a moment ago (it waited only for the nodes that run sessions)."""
+        if self.cluster is not None:
+            await self.load_access()
+
+    async def load_access(self) -> str:
+        """Read the custom roles and tools again (at start, and after one is changed); if
+        they changed, a member whose role no longer lets them read a session is
+        disconnected. Returns the digest of what is now in force."""
+        access = AccessStore(self.store)
+        self.roles = RoleTable(await access.list_roles())
+        self.webhooks = await access.list_tools()
+        digest = access_digest(self.roles.custom, self.webhooks)
+        if digest != self._access_digest:
+            self._access_digest = digest
+            for room, _ in self._rooms.values():
+                room.refresh_sockets()
+        return digest
+
+    def queue_depth(self) -> int:
+        return sum(len(room.queue) for room, _ in self._rooms.values())
+
+    async def drain(self, grace_s: float) -> None:
+        """Shut down gently: take no new work, let running replies finish for ``grace_s``,
+        then stop the rest (marked ``failed``, the reply ``interrupted``). Waiting prompts
+        stay queued in the database and run after the next start."""
+        rooms = [room for room, _ in self._rooms.values()]
+        for room in rooms:
+            room.draining = True
+            for connection in list(room.connections):
+                connection.close(CloseCode.GOING_AWAY, "server shutting down")
+        deadline = self.clock() + grace_s
+        for room in rooms:
+            active = room.active_run
+            while active is not None and not active.finished.is_set():
+                remaining = deadline - self.clock()
+                if remaining <= 0:
+                    active.stop(SHUT_DOWN)
+                    remaining = 5.0
+                try:
+                    async with asyncio.timeout(remaining):
+                        await active.finished.wait()
+                except TimeoutError:
+                    continue
+                active = room.active_run
+
+    def loaded(self, session_id: str) -> SessionRoom | None:
+        loaded = self._rooms.get(session_id)
+        return None if loaded is None else loaded[0]
+
+    def __len__(self) -> int:
+        return len(self._rooms)
+
+    async def recover(self) -> int:
+        """Load every session that has prompts waiting or cut off, so their queues resume."""
+        pending = await self.store.sessions_with_status(
+            [PromptStatus.QUEUED.value, PromptStatus.RUNNING.value]
+        )
+        for session_id in pending:
+            await self.get(session_id)
+        return len(pending)
+
+    async def unload(
+        self, session_id: str, close_code: CloseCode = CloseCode.GOING_AWAY, reason: str = ""
+    ) -> None:
+        loaded = self._rooms.pop(session_id, None)
+        if loaded is None:
+            return
+        room, runner = loaded
+        room.closed = True
+        await runner.stop()
+        if self.cluster is not None:
+            await self.cluster.close(room)
+        for connection in list(room.connections):
+            connection.close(close_code, reason)
+
+    async def forget_session(self, session_id: str) -> None:
+        self._cut_off.pop(session_id, None)
+        await self.unload(session_id, CloseCode.NOT_FOUND, "session deleted")
+
+    def start_reaper(self) -> None:
+        self._reaper = asyncio.create_task(self._reap_forever(), name="room-reaper")
+
+    async def _reap_forever(self) -> None:
+        interval = max(self.settings.room_idle_unload_s / 2, 0.5)
+        while True:
+            await asyncio.sleep(interval)
+            now = self.clock()
+            for session_id, (room, _) in list(self._rooms.items()):
+                if room.is_idle() and now - room.last_active > self.settings.room_idle_unload_s:
+                    await self.unload(session_id)
+
+    async def close(self) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reaper
+        for session_id in list(self._rooms):
+            await self.unload(session_id, CloseCode.GOING_AWAY, "server shutting down")

@@ -1,0 +1,188 @@
+"""Running the tools a run may use: the built-in ``search_documents`` and integrator webhooks.
+
+Whatever goes wrong in a tool (a timeout, an HTTP error, an oversized or malformed answer)
+becomes an error result the model reads; it never fails the run. Each result carries the
+``Restriction`` of what it read, so what is derived from it inherits its readers.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from authz.policy import Readers, Restriction, restrict
+from authz.roles import Capability
+from authz.scope import RunScope, ToolDef
+from authz.webhooks import (
+    DELIVERY_HEADER,
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    new_delivery_id,
+    sign,
+)
+from server.outbound.targets import (
+    NoAnswer,
+    OutboundClient,
+    OutboundError,
+    RefusedTarget,
+    Resolver,
+    system_resolver,
+)
+from server.settings import Settings
+from server.store.access import AccessStore, DocumentRow, ToolRow
+from session.documents import Document, render, search
+from session.model import ToolSpec
+
+SEARCH_DOCUMENTS = ToolSpec(
+    "search_documents",
+    "Search the documents attached to this session that the asking member may read; "
+    "returns the best matching passages with their document titles.",
+    {
+        "type": "object",
+        "properties": {"query": {"type": "string", "description": "words to look for"}},
+        "required": ["query"],
+        "additionalProperties": False,
+    },
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Executed:
+    content: str
+    is_error: bool = False
+    restriction: Restriction = ()
+
+
+def tool_defs(webhooks: Sequence[ToolRow]) -> list[ToolDef]:
+    """Every tool Parley can run; a run's scope picks those its issuers may use."""
+    defs = [ToolDef(SEARCH_DOCUMENTS, Capability.SEARCH_DOCUMENTS)]
+    defs += [ToolDef(ToolSpec(t.name, t.description, t.parameters), t.capability) for t in webhooks]
+    return defs
+
+
+def new_secret() -> str:
+    return secrets.token_urlsafe(32)
+
+
+class ToolRunner:
+    def __init__(
+        self, settings: Settings, access: AccessStore, resolver: Resolver = system_resolver
+    ) -> None:
+        self.settings = settings
+        self.access = access
+        self.resolver = resolver  # the seam tests use to stand in for DNS
+
+    async def run(
+        self,
+        session_id: str,
+        name: str,
+        call_id: str,
+        arguments: dict[str, Any],
+        scope: RunScope,
+        webhooks: Sequence[ToolRow],
+    ) -> Executed:
+        if name == SEARCH_DOCUMENTS.name:
+            return await self._search(session_id, arguments, scope)
+        hook = next((t for t in webhooks if t.name == name), None)
+        if hook is None:
+            return Executed(f"error: tool {name!r} is no longer registered", is_error=True)
+        return await self._webhook(session_id, hook, call_id, arguments, scope)
+
+    async def _search(
+        self, session_id: str, arguments: dict[str, Any], scope: RunScope
+    ) -> Executed:
+        query = arguments.get("query")
+        if not isinstance(query, str) or not query.strip():
+            return Executed("error: 'query' must be a non-empty string", is_error=True)
+        rows = await self.access.list_documents(session_id)
+        readable: list[DocumentRow] = [r for r in rows if scope.withheld((r.readers,)) is None]
+        found = search([Document(r.id, r.title, r.text) for r in readable], query[:1000])
+        drawn = {p.document_id for p in found}
+        restriction = restrict(*((r.readers,) for r in readable if r.id in drawn))
+        return Executed(render(found), restriction=restriction)
+
+    async def _webhook(
+        self,
+        session_id: str,
+        hook: ToolRow,
+        call_id: str,
+        arguments: dict[str, Any],
+        scope: RunScope,
+    ) -> Executed:
+        issuers = [
+            {"user_id": s.user_id, "role": s.role, "capabilities": sorted(s.capabilities)}
+            for s in scope.issuers
+        ]
+        body = json.dumps(
+            {
+                "tool": hook.name,
+                "call_id": call_id,
+                "session_id": session_id,
+                "arguments": arguments,
+                "issuer": issuers[0],
+                "issuers": issuers,
+                "capabilities": sorted(scope.capabilities),
+            },
+            separators=(",", ":"),
+        ).encode()
+        timestamp = int(time.time())
+        delivery = new_delivery_id()  # one per request: the tool server accepts it once
+        headers = {
+            "content-type": "application/json",
+            DELIVERY_HEADER: delivery,
+            TIMESTAMP_HEADER: str(timestamp),
+            SIGNATURE_HEADER: sign(hook.secret, timestamp, delivery, body),
+        }
+        limit = self.settings.max_tool_result_bytes
+        timeout = hook.timeout_ms / 1000
+        # Private, loopback and link-local targets only with PARLEY_WEBHOOK_ALLOW_PRIVATE,
+        # checked on the addresses it connects to (``server.outbound``).
+        http = OutboundClient(
+            allow_private=self.settings.webhook_allow_private,
+            resolver=self.resolver,
+            max_connections=1,
+        )
+        try:
+            answer = await http.post(
+                hook.url, body, headers, timeout_s=timeout, max_body_bytes=limit
+            )
+        except RefusedTarget as exc:
+            return Executed(f"error: the tool's URL is refused ({exc})", is_error=True)
+        except NoAnswer:
+            return Executed(f"error: the tool did not answer within {timeout:g} s", is_error=True)
+        except OutboundError as exc:
+            reason = str(exc).split(":", 1)[0]
+            return Executed(f"error: the tool could not be reached ({reason})", True)
+        finally:
+            await http.aclose()
+        if answer.too_large:
+            return Executed(f"error: the tool's answer exceeds {limit} bytes", is_error=True)
+        if not 200 <= answer.status_code < 300:
+            return Executed(f"error: the tool answered HTTP {answer.status_code}", True)
+        data = answer.body
+        return _webhook_result(hook.name, data)
+
+
+def _webhook_result(name: str, data: bytes) -> Executed:
+    """``{"content": str, "readers"?: {"users": [...], "roles": [...]}}`` or plain text."""
+    text = data.decode("utf-8", errors="replace")
+    try:
+        parsed = json.loads(text)
+    except ValueError:
+        return Executed(text)
+    if not isinstance(parsed, dict) or not isinstance(parsed.get("content"), str):
+        return Executed(text)
+    readers = parsed.get("readers")
+    if readers is None:
+        return Executed(parsed["content"])
+    users, roles = (
+        readers.get(k) if isinstance(readers, dict) else None for k in ("users", "roles")
+    )
+    if not all(isinstance(x, list) and all(isinstance(i, str) for i in x) for x in (users, roles)):
+        return Executed("error: the tool's 'readers' must list 'users' and 'roles'", True)
+    restriction = (Readers(f"tool:{name}", frozenset(users), frozenset(roles)),)  # type: ignore[arg-type]
+    return Executed(parsed["content"], restriction=restriction)

@@ -1,0 +1,397 @@
+"""Persistence of what permissions need: custom roles, documents, tools, private items, audit.
+
+Rows that must commit with a document change (a private item behind a placeholder, the audit
+record of a run) are written with the ``insert_*`` functions inside the room's transaction.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from sqlalchemy import and_, delete, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from authz.policy import Readers, Restriction, restriction_from_json, restriction_to_json
+from authz.tokens import ClientClaims
+from server.store.sessions import MemberRow, Store, lock_session, read_member
+from server.store.tables import (
+    audit_log,
+    client_tokens,
+    documents,
+    members,
+    private_items,
+    roles,
+    tools,
+)
+from session.errors import Conflict
+
+
+@dataclass(frozen=True, slots=True)
+class DocumentRow:
+    id: str
+    session_id: str
+    title: str
+    text: str
+    readers: Readers
+    created_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class ToolRow:
+    name: str
+    description: str
+    parameters: dict[str, Any]
+    url: str
+    capability: str
+    secret: str
+    timeout_ms: int
+    created_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class PrivateItem:
+    entry_id: str
+    kind: str
+    text: str
+    restriction: Restriction
+
+
+@dataclass(frozen=True, slots=True)
+class TokenRow:
+    """A client token issued: whose, until when (seconds), and whether it was revoked."""
+
+    id: str
+    user_id: str
+    expires_at: int
+    revoked: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRow:
+    id: int
+    at: int
+    kind: str
+    actor: str
+    data: dict[str, Any]
+
+
+def access_digest(custom_roles: Mapping[str, frozenset[str]], webhooks: Sequence[ToolRow]) -> str:
+    """A fingerprint of the roles and tools a node has in force: two nodes with the same
+    digest judge every command alike."""
+    data = {
+        "roles": {name: sorted(caps) for name, caps in sorted(custom_roles.items())},
+        "tools": [asdict(tool) for tool in webhooks],
+    }
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+def _readers_json(readers: Readers) -> str:
+    return json.dumps({"users": sorted(readers.users), "roles": sorted(readers.roles)})
+
+
+def _readers(row: Any) -> Readers:
+    data = json.loads(row.readers)
+    return Readers(row.id, frozenset(data["users"]), frozenset(data["roles"]))
+
+
+def _document(row: Any) -> DocumentRow:
+    readers = _readers(row)
+    return DocumentRow(row.id, row.session_id, row.title, row.text, readers, row.created_at)
+
+
+def _tool(row: Any) -> ToolRow:
+    return ToolRow(
+        row.name,
+        row.description,
+        json.loads(row.parameters),
+        row.url,
+        row.capability,
+        row.secret,
+        row.timeout_ms,
+        row.created_at,
+    )
+
+
+async def insert_private(
+    connection: AsyncConnection, session_id: str, item: PrivateItem, now: int
+) -> None:
+    await connection.execute(
+        insert(private_items).values(
+            entry_id=item.entry_id,
+            session_id=session_id,
+            kind=item.kind,
+            text=item.text,
+            restriction=json.dumps(restriction_to_json(item.restriction)),
+            created_at=now,
+        )
+    )
+
+
+async def insert_audit(
+    connection: AsyncConnection,
+    session_id: str,
+    at: int,
+    kind: str,
+    actor: str,
+    data: dict[str, Any],
+) -> None:
+    await connection.execute(
+        insert(audit_log).values(
+            session_id=session_id, at=at, kind=kind, actor=actor, data=json.dumps(data)
+        )
+    )
+
+
+class AccessStore:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    # -- custom roles ---------------------------------------------------------------------
+
+    async def list_roles(self) -> dict[str, frozenset[str]]:
+        async with self.store.read() as connection:
+            rows = await connection.execute(select(roles).order_by(roles.c.name))
+            return {row.name: frozenset(json.loads(row.capabilities)) for row in rows}
+
+    async def put_role(self, name: str, capabilities: frozenset[str], now: int) -> None:
+        value = json.dumps(sorted(capabilities))
+        async with self.store.transaction() as tx:
+            result = await tx.connection.execute(
+                update(roles).where(roles.c.name == name).values(capabilities=value)
+            )
+            if not result.rowcount:
+                await tx.connection.execute(
+                    insert(roles).values(name=name, capabilities=value, created_at=now)
+                )
+
+    async def delete_role(self, name: str) -> bool:
+        """Delete a custom role; ``Conflict`` while a member still has it."""
+        async with self.store.transaction() as tx:
+            used = (
+                await tx.connection.execute(
+                    select(func.count()).select_from(members).where(members.c.role == name)
+                )
+            ).scalar_one()
+            if used:
+                raise Conflict(f"role {name!r} is held by {used} member(s); change them first")
+            result = await tx.connection.execute(delete(roles).where(roles.c.name == name))
+        return bool(result.rowcount)
+
+    # -- client tokens --------------------------------------------------------------------
+
+    async def record_token(
+        self,
+        session_id: str,
+        user_id: str,
+        now: int,
+        mint: Callable[[MemberRow], tuple[str, ClientClaims]],
+    ) -> tuple[MemberRow, str, ClientClaims] | None:
+        """Mint a token for a current member (``mint`` signs it with the membership's
+        epoch) and record it, in one transaction with the membership read, so a token
+        cannot be minted for a member being removed. None if ``user_id`` is no member.
+        The session's expired token rows are deleted on the way."""
+        async with self.store.transaction() as tx:
+            connection = tx.connection
+            await lock_session(connection, session_id)
+            member = await read_member(connection, session_id, user_id)
+            if member is None:
+                return None
+            token, claims = mint(member)
+            await connection.execute(
+                delete(client_tokens).where(
+                    and_(
+                        client_tokens.c.session_id == session_id,
+                        client_tokens.c.expires_at <= now,
+                    )
+                )
+            )
+            await connection.execute(
+                insert(client_tokens).values(
+                    id=claims.token_id,
+                    session_id=session_id,
+                    user_id=user_id,
+                    expires_at=claims.expires_at,
+                )
+            )
+        return member, token, claims
+
+    async def revoke_token(self, session_id: str, token_id: str, now: int) -> TokenRow | None:
+        """Mark a token of the session revoked; None if there is no such unexpired token."""
+        where = and_(
+            client_tokens.c.session_id == session_id,
+            client_tokens.c.id == token_id,
+            client_tokens.c.expires_at > now,
+        )
+        async with self.store.transaction() as tx:
+            row = (await tx.connection.execute(select(client_tokens).where(where))).first()
+            if row is None:
+                return None
+            if row.revoked_at is None:
+                await tx.connection.execute(
+                    update(client_tokens).where(where).values(revoked_at=now)
+                )
+        return TokenRow(row.id, row.user_id, row.expires_at, revoked=True)
+
+    async def revoked_tokens(self, session_id: str, now: int) -> dict[str, TokenRow]:
+        """The session's revoked tokens that have not expired yet, by id."""
+        async with self.store.read() as connection:
+            rows = await connection.execute(
+                select(client_tokens).where(
+                    and_(
+                        client_tokens.c.session_id == session_id,
+                        client_tokens.c.revoked_at.is_not(None),
+                        client_tokens.c.expires_at > now,
+                    )
+                )
+            )
+            return {row.id: TokenRow(row.id, row.user_id, row.expires_at, True) for row in rows}
+
+    # -- documents ------------------------------------------------------------------------
+
+    async def add_document(self, row: DocumentRow, max_per_session: int) -> None:
+        async with self.store.transaction() as tx:
+            count = (
+                await tx.connection.execute(
+                    select(func.count())
+                    .select_from(documents)
+                    .where(documents.c.session_id == row.session_id)
+                )
+            ).scalar_one()
+            if count >= max_per_session:
+                raise Conflict(f"at most {max_per_session} documents per session")
+            await tx.connection.execute(
+                insert(documents).values(
+                    id=row.id,
+                    session_id=row.session_id,
+                    title=row.title,
+                    text=row.text,
+                    readers=_readers_json(row.readers),
+                    created_at=row.created_at,
+                )
+            )
+
+    async def list_documents(self, session_id: str) -> list[DocumentRow]:
+        async with self.store.read() as connection:
+            rows = await connection.execute(
+                select(documents)
+                .where(documents.c.session_id == session_id)
+                .order_by(documents.c.created_at, documents.c.id)
+            )
+            return [_document(row) for row in rows]
+
+    async def reader_lists(self, session_id: str) -> set[Readers]:
+        """Every reader list in the session: its documents' and its restricted items'
+        (which outlive a deleted document, and name tool results' readers)."""
+        async with self.store.read() as connection:
+            lists = {
+                _readers(row)
+                for row in await connection.execute(
+                    select(documents.c.id, documents.c.readers).where(
+                        documents.c.session_id == session_id
+                    )
+                )
+            }
+            restrictions = await connection.execute(
+                select(private_items.c.restriction)
+                .where(private_items.c.session_id == session_id)
+                .distinct()
+            )
+            for (restriction,) in restrictions:
+                lists.update(restriction_from_json(json.loads(restriction)))
+        return lists
+
+    async def delete_document(self, session_id: str, document_id: str) -> bool:
+        async with self.store.transaction() as tx:
+            result = await tx.connection.execute(
+                delete(documents).where(
+                    and_(documents.c.session_id == session_id, documents.c.id == document_id)
+                )
+            )
+        return bool(result.rowcount)
+
+    # -- tools ----------------------------------------------------------------------------
+
+    async def add_tool(self, row: ToolRow) -> None:
+        try:
+            async with self.store.transaction() as tx:
+                await tx.connection.execute(
+                    insert(tools).values(
+                        name=row.name,
+                        description=row.description,
+                        parameters=json.dumps(row.parameters),
+                        url=row.url,
+                        capability=row.capability,
+                        secret=row.secret,
+                        timeout_ms=row.timeout_ms,
+                        created_at=row.created_at,
+                    )
+                )
+        except IntegrityError:
+            raise Conflict(f"a tool named {row.name!r} exists; delete it first") from None
+
+    async def list_tools(self) -> list[ToolRow]:
+        async with self.store.read() as connection:
+            rows = await connection.execute(select(tools).order_by(tools.c.name))
+            return [_tool(row) for row in rows]
+
+    async def delete_tool(self, name: str) -> bool:
+        async with self.store.transaction() as tx:
+            result = await tx.connection.execute(delete(tools).where(tools.c.name == name))
+        return bool(result.rowcount)
+
+    # -- private items and the audit log --------------------------------------------------
+
+    async def private_items(self, session_id: str) -> list[PrivateItem]:
+        async with self.store.read() as connection:
+            rows = await connection.execute(
+                select(private_items).where(private_items.c.session_id == session_id)
+            )
+            return [
+                PrivateItem(
+                    row.entry_id,
+                    row.kind,
+                    row.text,
+                    restriction_from_json(json.loads(row.restriction)),
+                )
+                for row in rows
+            ]
+
+    async def audit(
+        self,
+        session_id: str,
+        at: int,
+        kind: str,
+        actor: str,
+        data: dict[str, Any],
+    ) -> None:
+        async with self.store.transaction() as tx:
+            await insert_audit(tx.connection, session_id, at, kind, actor, data)
+
+    async def list_audit(
+        self,
+        session_id: str,
+        *,
+        limit: int,
+        after: int,
+        kinds: Sequence[str] = (),
+        actor: str | None = None,
+    ) -> list[AuditRow]:
+        """Records of a session after id ``after``, oldest first, optionally filtered."""
+        where = [audit_log.c.session_id == session_id, audit_log.c.id > after]
+        if kinds:
+            where.append(audit_log.c.kind.in_(kinds))
+        if actor is not None:
+            where.append(audit_log.c.actor == actor)
+        async with self.store.read() as connection:
+            rows = await connection.execute(
+                select(audit_log).where(and_(*where)).order_by(audit_log.c.id).limit(limit)
+            )
+            return [
+                AuditRow(int(row.id), row.at, row.kind, row.actor, json.loads(row.data))
+                for row in rows
+            ]

@@ -1,0 +1,74 @@
+"""Engine creation and migrations for SQLite (embedded default) and PostgreSQL."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import event, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+import migrations
+from server.store.sqlite_inline import InlineConnection, file_path, pragmas
+
+MIGRATIONS_DIR = Path(migrations.__file__).parent
+
+
+def create_engine(
+    url: str, *, idle_in_transaction_s: float | None = None, sqlite_busy_timeout_s: float = 0.0
+) -> AsyncEngine:
+    """An async engine; on a SQLite file, one whose connections call SQLite from the
+    event loop's thread (``server.store.sqlite_inline``), waiting on no lock there unless
+    ``sqlite_busy_timeout_s`` says so (migrations, which run before the server serves).
+
+    ``idle_in_transaction_s`` (PostgreSQL): the server ends a session whose transaction
+    waits on the client longer than this. A cluster node that stalls (paused, swapped
+    out) in the middle of a write holds row locks, the lease row's among them, and the
+    node taking the session over would wait on them for as long as it stalls."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        connect_args: dict[str, Any] = {}
+        if idle_in_transaction_s is not None and parsed.get_driver_name() == "asyncpg":
+            timeout_ms = str(max(1, round(idle_in_transaction_s * 1000)))
+            connect_args["server_settings"] = {"idle_in_transaction_session_timeout": timeout_ms}
+        return create_async_engine(
+            url, pool_size=10, max_overflow=10, pool_pre_ping=True, connect_args=connect_args
+        )
+    path = file_path(parsed)
+    if path is None:  # in memory: aiosqlite's own connection, on its thread
+        engine = create_async_engine(parsed.set(drivername="sqlite+aiosqlite"))
+    else:
+        engine = create_async_engine(
+            parsed.set(drivername="sqlite+aiosqlite"),
+            async_creator=lambda: InlineConnection.open(path, sqlite_busy_timeout_s),
+        )
+    listener = pragmas(checkpoints=path is None, busy_timeout_s=sqlite_busy_timeout_s)
+    event.listen(engine.sync_engine, "connect", listener)
+    return engine
+
+
+def alembic_config(url: str) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return config
+
+
+def migrate(url: str) -> None:
+    """Apply every pending migration. Blocking: call it before the event loop serves."""
+    command.upgrade(alembic_config(url), "head")
+
+
+def head_revision() -> str | None:
+    return ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
+
+
+async def current_revision(engine: AsyncEngine) -> str | None:
+    async with engine.connect() as connection:
+        return await connection.run_sync(
+            lambda sync: MigrationContext.configure(sync).get_current_revision()
+        )

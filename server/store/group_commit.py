@@ -1,0 +1,142 @@
+"""Group commit: the document updates of many sessions, stored in one transaction.
+
+Streamed reply text is a document update and nothing else. Stored one transaction each,
+twenty sessions streaming at once queued behind one another (SQLite writes one
+transaction at a time), so a token waited for the other sessions' commits. Here every
+update submitted while a round commits joins the next round: one transaction and one
+multi-row insert, whatever the number of sessions, so a session waits about one round.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from sqlalchemy import insert
+from sqlalchemy.exc import IntegrityError
+
+from server.store.tables import doc_updates
+from session.errors import Unavailable
+
+if TYPE_CHECKING:
+    from server.store.sessions import Store, StoreTx
+
+MAX_ROUND_UPDATES = 512
+
+
+class WriteFence(Protocol):
+    """Cluster mode: may this node write the session? Checked first in every write
+    transaction (raise to refuse it); told each update it stores, in the same transaction."""
+
+    async def check(self, tx: StoreTx) -> None: ...
+
+    async def published(self, tx: StoreTx, update_id: int) -> None: ...
+
+
+@dataclass(slots=True)
+class _Pending:
+    session_id: str
+    update: bytes
+    fence: WriteFence | None
+    stored: asyncio.Future[int]
+
+
+def insert_updates(rows: Sequence[tuple[str, bytes]]) -> tuple[object, list[dict[str, object]]]:
+    """The multi-row insert of ``rows`` (session id, update) and its parameters; its
+    result gives the new ids in the order of ``rows``."""
+    statement = insert(doc_updates).returning(doc_updates.c.id, sort_by_parameter_order=True)
+    return statement, [{"session_id": s, "data": data} for s, data in rows]
+
+
+class GroupCommit:
+    """Stores updates submitted from any session, a round at a time."""
+
+    def __init__(self, store: Store, max_round: int = MAX_ROUND_UPDATES) -> None:
+        self.store = store
+        self.max_round = max_round
+        self._pending: list[_Pending] = []
+        self._task: asyncio.Task[None] | None = None
+        self.rounds = 0
+
+    def submit(
+        self, session_id: str, update: bytes, fence: WriteFence | None
+    ) -> asyncio.Future[int]:
+        """Queue an update; the future gives its update id once committed, or the error
+        that kept it out (the round's own, or its session's fence refusing it)."""
+        loop = asyncio.get_running_loop()
+        stored: asyncio.Future[int] = loop.create_future()
+        self._pending.append(_Pending(session_id, update, fence, stored))
+        if self._task is None or self._task.done():
+            self._task = loop.create_task(self._commit_rounds(), name="group-commit")
+        return stored
+
+    async def _commit_rounds(self) -> None:
+        while self._pending:
+            batch = self._pending[: self.max_round]
+            del self._pending[: self.max_round]
+            try:
+                await self._commit(batch)
+            except IntegrityError:
+                # One session's update broke a constraint (its session was deleted
+                # meanwhile): store the others one by one, so only it fails.
+                for item in batch:
+                    try:
+                        await self._commit([item])
+                    except Exception as exc:
+                        _settle(item, _unstored(exc))
+            except Exception as exc:  # the store's own: Unavailable
+                for item in batch:
+                    _settle(item, exc)
+            except BaseException:
+                for item in batch:
+                    _settle(item, Unavailable("the server is stopping; nothing was stored"))
+                raise
+            self.rounds += 1
+
+    async def _commit(self, batch: list[_Pending]) -> None:
+        """One round; raises its error, leaving every future of ``batch`` unsettled."""
+        refused: dict[int, Exception] = {}
+        async with self.store.transaction("document updates") as tx:
+            fences = {id(i.fence): i.fence for i in batch if i.fence is not None}
+            for key, fence in fences.items():
+                try:
+                    await fence.check(tx)
+                except Exception as exc:  # this session only: the others commit
+                    refused[key] = exc
+            admitted = [i for i in batch if id(i.fence) not in refused]
+            ids = await tx.append_updates([(i.session_id, i.update) for i in admitted])
+            for item, update_id in zip(admitted, ids, strict=True):
+                if item.fence is not None:
+                    await item.fence.published(tx, update_id)
+        for item in batch:
+            if id(item.fence) in refused:
+                _settle(item, refused[id(item.fence)])
+        _stored(admitted, ids)
+
+    async def close(self) -> None:
+        """Let the rounds under way finish (their callers are waiting)."""
+        if self._task is not None:
+            with contextlib.suppress(BaseException):
+                await self._task
+
+
+def _stored(batch: list[_Pending], ids: list[int]) -> None:
+    for item, update_id in zip(batch, ids, strict=True):
+        if not item.stored.done():
+            item.stored.set_result(update_id)
+
+
+def _settle(item: _Pending, exc: BaseException) -> None:
+    if not item.stored.done():
+        item.stored.set_exception(exc)
+
+
+def _unstored(exc: Exception) -> Exception:
+    """What a caller is told of its own update's failure: a broken constraint is a
+    fault of the data it was stored with, not of the caller."""
+    if isinstance(exc, IntegrityError):
+        return Unavailable("this session's update could not be stored")
+    return exc

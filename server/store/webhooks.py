@@ -1,0 +1,437 @@
+"""Event webhook rows: subscriptions, the outbox of deliveries and their attempts.
+
+``enqueue`` runs inside the transaction that stores the events (``StoreTx.append_events``,
+session creation and deletion), so a delivery exists exactly when its event committed.
+The delivery worker (``server.outbound.webhook_sender``) claims due rows with ``claim`` and records
+each attempt with ``record``.
+
+The subscriptions an event write matches are kept in memory (``Subscriptions``) and read
+again only when ``webhook_version`` moved: every change of a subscription, on any node,
+counts it up in its own transaction, and an event write reads the counter in a statement
+it makes anyway (``StoreTx.append_events``), so a change committed before an event is in
+force for it on every node, and a write with no subscription makes no extra query.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import ScalarSelect, and_, delete, exists, func, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from server.store.tables import webhook_attempts, webhook_deliveries, webhook_version, webhooks
+from session.webhook_events import Outgoing, Subscription, outgoing
+
+ACTIVE, PAUSED, DISABLED = "active", "paused", "disabled"
+PENDING, SENDING, DELIVERED, FAILED = "pending", "sending", "delivered", "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookRow:
+    id: str
+    url: str
+    events: tuple[str, ...]
+    sessions: tuple[str, ...] | None
+    secret: str
+    status: str
+    disabled_reason: str | None
+    failures: int
+    created_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """A delivery claimed for one attempt, with what it takes to send it."""
+
+    id: str
+    webhook_id: str
+    url: str
+    secret: str
+    message_id: str
+    payload: str
+    attempts: int
+    retry_from: int
+
+
+def _webhook(row: Any) -> WebhookRow:
+    sessions = None if row.sessions is None else tuple(json.loads(row.sessions))
+    return WebhookRow(
+        row.id,
+        row.url,
+        tuple(json.loads(row.events)),
+        sessions,
+        row.secret,
+        row.status,
+        row.disabled_reason,
+        int(row.failures),
+        int(row.created_at),
+    )
+
+
+# Built once: an event write reads it with every counter it takes (building the
+# construct each time cost more than running it).
+_VERSION_NOW = select(func.coalesce(func.max(webhook_version.c.version), 0)).scalar_subquery()
+
+
+def version_now() -> ScalarSelect[Any]:
+    """The subscriptions' version as a scalar subquery, to read inside another statement."""
+    return _VERSION_NOW
+
+
+async def _count_change(connection: AsyncConnection) -> None:
+    """A subscription changed in this transaction: every node reads them again before its
+    next event write that commits after this one."""
+    await connection.execute(update(webhook_version).values(version=webhook_version.c.version + 1))
+
+
+class Subscriptions:
+    """The subscriptions as of a version of ``webhook_version``, one copy per process.
+
+    Safe across concurrent transactions: a copy is always read after the version it is
+    stored under, so it is never older than that version (at worst newer, and then read
+    again once a write sees the newer version)."""
+
+    def __init__(self) -> None:
+        self._version: int | None = None
+        self._subscriptions: tuple[Subscription, ...] = ()
+        self.reads = 0  # how often they were read from the store (for tests and metrics)
+
+    async def current(
+        self, connection: AsyncConnection, version: int | None = None
+    ) -> tuple[Subscription, ...]:
+        """The subscriptions in force at ``version`` (read in this transaction's statement
+        that needed them; None: read it now)."""
+        if version is None:
+            version = int((await connection.execute(select(version_now()))).scalar_one())
+        if version != self._version:
+            rows = await connection.execute(
+                select(webhooks.c.id, webhooks.c.events, webhooks.c.sessions)
+            )
+            self._subscriptions = tuple(
+                Subscription(
+                    row.id,
+                    frozenset(json.loads(row.events)),
+                    None if row.sessions is None else frozenset(json.loads(row.sessions)),
+                )
+                for row in rows
+            )
+            self._version = version
+            self.reads += 1
+        return self._subscriptions
+
+
+async def enqueue(
+    connection: AsyncConnection,
+    subscriptions: Sequence[Subscription],
+    session_id: str,
+    events: Sequence[tuple[int, int, str, dict[str, Any]]],
+) -> int:
+    """Write the deliveries of ``events`` (event seq, at ms, webhook type, data) for every
+    one of ``subscriptions`` that wants them, paused and disabled ones too (they wait);
+    returns how many. Call in the events' own transaction."""
+    if not events or not subscriptions:
+        return 0
+    found: list[tuple[int, Outgoing]] = []
+    for seq, at_ms, kind, data in events:
+        found += [(at_ms, o) for o in outgoing(subscriptions, session_id, seq, at_ms, kind, data)]
+    if found:
+        await connection.execute(
+            insert(webhook_deliveries),
+            [
+                {
+                    "webhook_id": o.webhook_id,
+                    "session_id": session_id,
+                    "message_id": o.message_id,
+                    "type": o.type,
+                    "payload": o.payload,
+                    "status": PENDING,
+                    "attempts": 0,
+                    "next_at": at_ms,
+                    "retry_from": at_ms,
+                    "created_at": at_ms,
+                }
+                for at_ms, o in found
+            ],
+        )
+    return len(found)
+
+
+# -- subscriptions ------------------------------------------------------------------------
+
+
+async def create_webhook(
+    connection: AsyncConnection,
+    url: str,
+    events: Sequence[str],
+    sessions: Sequence[str] | None,
+    secret: str,
+    now: int,
+) -> WebhookRow:
+    row = WebhookRow(
+        "wh_" + secrets.token_hex(8),
+        url,
+        tuple(sorted(set(events))),
+        None if sessions is None else tuple(sorted(set(sessions))),
+        secret,
+        ACTIVE,
+        None,
+        0,
+        now,
+    )
+    await connection.execute(
+        insert(webhooks).values(
+            id=row.id,
+            url=row.url,
+            events=json.dumps(row.events),
+            sessions=None if row.sessions is None else json.dumps(row.sessions),
+            secret=secret,
+            status=ACTIVE,
+            failures=0,
+            created_at=now,
+        )
+    )
+    await _count_change(connection)
+    return row
+
+
+async def list_webhooks(connection: AsyncConnection) -> list[WebhookRow]:
+    rows = await connection.execute(select(webhooks).order_by(webhooks.c.created_at, webhooks.c.id))
+    return [_webhook(row) for row in rows]
+
+
+async def get_webhook(connection: AsyncConnection, webhook_id: str) -> WebhookRow | None:
+    row = (await connection.execute(select(webhooks).where(webhooks.c.id == webhook_id))).first()
+    return None if row is None else _webhook(row)
+
+
+async def change_webhook(
+    connection: AsyncConnection, webhook_id: str, values: dict[str, Any]
+) -> WebhookRow | None:
+    """Set ``values`` (``events``/``sessions`` as lists, ``status``); a subscription made
+    active again starts a new run of failures. None for an unknown id."""
+    stored: dict[str, Any] = {}
+    if "events" in values:
+        stored["events"] = json.dumps(sorted(set(values["events"])))
+    if "sessions" in values:
+        sessions = values["sessions"]
+        stored["sessions"] = None if sessions is None else json.dumps(sorted(set(sessions)))
+    if "status" in values:
+        stored["status"] = values["status"]
+        if values["status"] == ACTIVE:
+            stored["failures"] = 0
+            stored["disabled_reason"] = None
+    if stored:
+        await connection.execute(update(webhooks).where(webhooks.c.id == webhook_id).values(stored))
+        await _count_change(connection)
+    return await get_webhook(connection, webhook_id)
+
+
+async def delete_webhook(connection: AsyncConnection, webhook_id: str) -> bool:
+    """Delete a subscription with its deliveries and their attempts (children first:
+    SQLite enforces ON DELETE CASCADE only with the pragma on)."""
+    mine = select(webhook_deliveries.c.id).where(webhook_deliveries.c.webhook_id == webhook_id)
+    await connection.execute(
+        delete(webhook_attempts).where(webhook_attempts.c.delivery_id.in_(mine))
+    )
+    await connection.execute(
+        delete(webhook_deliveries).where(webhook_deliveries.c.webhook_id == webhook_id)
+    )
+    result = await connection.execute(delete(webhooks).where(webhooks.c.id == webhook_id))
+    if result.rowcount:
+        await _count_change(connection)
+    return bool(result.rowcount)
+
+
+# -- deliveries ---------------------------------------------------------------------------
+
+
+async def claim(connection: AsyncConnection, now: int, lease_ms: int, limit: int) -> list[Claimed]:
+    """Take up to ``limit`` due deliveries of active subscriptions for one attempt each,
+    leased until ``now + lease_ms`` (a claimer that dies leaves them due again then).
+
+    A delivery is due only when it is the oldest unfinished one of its subscription and
+    session: one session's deliveries go out one after another, in order. PostgreSQL
+    skips rows another node holds (``FOR UPDATE SKIP LOCKED``); on SQLite one writer at a
+    time claims."""
+    d = webhook_deliveries
+    earlier = d.alias("earlier")
+    unfinished = (PENDING, SENDING)
+    head = ~exists(
+        select(earlier.c.id).where(
+            and_(
+                earlier.c.webhook_id == d.c.webhook_id,
+                earlier.c.session_id == d.c.session_id,
+                earlier.c.status.in_(unfinished),
+                earlier.c.id < d.c.id,
+            )
+        )
+    )
+    query = (
+        select(d.c.id, d.c.webhook_id, d.c.message_id, d.c.payload, d.c.attempts, d.c.retry_from)
+        .add_columns(webhooks.c.url, webhooks.c.secret)
+        .join(webhooks, webhooks.c.id == d.c.webhook_id)
+        .where(d.c.status.in_(unfinished), d.c.next_at <= now, webhooks.c.status == ACTIVE, head)
+        .order_by(d.c.id)
+        .limit(limit)
+    )
+    if connection.dialect.name == "postgresql":
+        query = query.with_for_update(skip_locked=True, of=d)
+    rows = list(await connection.execute(query))
+    if not rows:
+        return []
+    await connection.execute(
+        update(d)
+        .where(d.c.id.in_([row.id for row in rows]))
+        .values(status=SENDING, next_at=now + lease_ms)
+    )
+    return [
+        Claimed(
+            str(row.id),
+            row.webhook_id,
+            row.url,
+            row.secret,
+            row.message_id,
+            row.payload,
+            int(row.attempts),
+            int(row.retry_from),
+        )
+        for row in rows
+    ]
+
+
+async def next_due(connection: AsyncConnection) -> int | None:
+    """When the earliest unfinished delivery falls due (ms), or None when none waits."""
+    d = webhook_deliveries
+    found = (
+        await connection.execute(
+            select(d.c.next_at)
+            .join(webhooks, webhooks.c.id == d.c.webhook_id)
+            .where(d.c.status.in_((PENDING, SENDING)), webhooks.c.status == ACTIVE)
+            .order_by(d.c.next_at)
+            .limit(1)
+        )
+    ).first()
+    return None if found is None else int(found.next_at)
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """How one attempt went: ``response_code`` None when no answer came (``error`` says)."""
+
+    at: int
+    latency_ms: int
+    response_code: int | None
+    error: str | None
+
+    @property
+    def ok(self) -> bool:
+        return self.response_code is not None and 200 <= self.response_code < 300
+
+
+async def record(
+    connection: AsyncConnection,
+    delivery: Claimed,
+    attempt: Attempt,
+    *,
+    retry_at: int | None,
+    failure_limit: int,
+) -> None:
+    """Store an attempt: delivered, due again at ``retry_at``, or failed for good (None).
+    A failure adds to the subscription's run of failures, which disables it at
+    ``failure_limit``; a success ends the run. Nothing for a delivery deleted meanwhile
+    (with its subscription)."""
+    d = webhook_deliveries
+    found = await connection.execute(select(d.c.id).where(d.c.id == int(delivery.id)))
+    if found.first() is None:
+        return
+    await connection.execute(
+        insert(webhook_attempts).values(
+            delivery_id=int(delivery.id),
+            at=attempt.at,
+            latency_ms=attempt.latency_ms,
+            response_code=attempt.response_code,
+            error=attempt.error,
+        )
+    )
+    values: dict[str, Any] = {"attempts": d.c.attempts + 1}
+    if attempt.ok:
+        values["status"] = DELIVERED
+    elif retry_at is None:
+        values["status"] = FAILED
+    else:
+        values.update(status=PENDING, next_at=retry_at)
+    # Only while still claimed: a retry asked for meanwhile keeps its own state.
+    await connection.execute(
+        update(d).where(d.c.id == int(delivery.id), d.c.status == SENDING).values(values)
+    )
+    w = webhooks
+    if attempt.ok:
+        await connection.execute(update(w).where(w.c.id == delivery.webhook_id).values(failures=0))
+        return
+    await connection.execute(
+        update(w).where(w.c.id == delivery.webhook_id).values(failures=w.c.failures + 1)
+    )
+    reason = (
+        f"{failure_limit} deliveries failed in a row; the last: "
+        f"{attempt.error or f'HTTP {attempt.response_code}'}"
+    )
+    await connection.execute(
+        update(w)
+        .where(w.c.id == delivery.webhook_id, w.c.status == ACTIVE, w.c.failures >= failure_limit)
+        .values(status=DISABLED, disabled_reason=reason[:500])
+    )
+
+
+async def list_deliveries(
+    connection: AsyncConnection, webhook_id: str, after: int, limit: int
+) -> list[tuple[Any, list[Any]]]:
+    """The subscription's deliveries with ids above ``after``, oldest first, each with
+    its attempts."""
+    d = webhook_deliveries
+    rows = list(
+        await connection.execute(
+            select(d)
+            .where(d.c.webhook_id == webhook_id, d.c.id > after)
+            .order_by(d.c.id)
+            .limit(limit)
+        )
+    )
+    attempts: dict[int, list[Any]] = {int(row.id): [] for row in rows}
+    if rows:
+        found = await connection.execute(
+            select(webhook_attempts)
+            .where(webhook_attempts.c.delivery_id.in_(list(attempts)))
+            .order_by(webhook_attempts.c.id)
+        )
+        for attempt in found:
+            attempts[int(attempt.delivery_id)].append(attempt)
+    return [(row, attempts[int(row.id)]) for row in rows]
+
+
+async def retry(connection: AsyncConnection, webhook_id: str, delivery_id: int, now: int) -> bool:
+    """Make a delivery due now, with a new retry period; False for an unknown one."""
+    d = webhook_deliveries
+    result = await connection.execute(
+        update(d)
+        .where(d.c.id == delivery_id, d.c.webhook_id == webhook_id)
+        .values(status=PENDING, next_at=now, retry_from=now)
+    )
+    return bool(result.rowcount)
+
+
+async def prune(connection: AsyncConnection, before: int) -> int:
+    """Delete finished deliveries (delivered or failed) made before ``before`` (ms), with
+    their attempts; returns how many. Unfinished ones stay, however old."""
+    d = webhook_deliveries
+    old = select(d.c.id).where(d.c.status.in_((DELIVERED, FAILED)), d.c.created_at < before)
+    await connection.execute(
+        delete(webhook_attempts).where(webhook_attempts.c.delivery_id.in_(old))
+    )
+    result = await connection.execute(
+        delete(d).where(d.c.status.in_((DELIVERED, FAILED)), d.c.created_at < before)
+    )
+    return int(result.rowcount)

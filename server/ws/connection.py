@@ -1,0 +1,268 @@
+"""One client socket: frames written straight to it, or a bounded outbox drained by one
+sender task.
+
+Under ``parley serve`` (uvicorn's sans-I/O WebSocket protocol) each frame is written to the
+socket as it is sent (``server.ws.direct_send``); a client that stops reading backs up its
+transport. Under another ASGI server it fills its outbox instead. Either way the bytes it
+has not taken are bounded three times: per socket (``send_buffer_max_bytes``), across the
+process (``send_buffer_total_max_bytes``) and in time (``send_stall_timeout_s``; see
+``server.ws.send_budget``). A client past any of them is dropped: its backlog is freed at
+once, the client reconnects and resyncs from the CRDT state, and nobody else waits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+
+from starlette.websockets import WebSocket, WebSocketState
+
+from authz.tokens import ClientClaims
+from server.settings import Settings
+from server.ws.direct_send import DirectWriter
+from server.ws.send_budget import DropReason, SendBudget
+from session.closes import CloseCode
+from session.commands import error_reply
+from session.errors import ParleyError
+from session.ratelimit import AbuseCounter, Budgets, Rate, Spend, TokenBucket
+from session.yprotocol import encode_command_frame
+
+log = logging.getLogger("parley.connection")
+
+# The close reason a dropped client gets, when a close frame can still reach it.
+DROP_REASONS = {
+    DropReason.SOCKET_LIMIT: "slow consumer: send buffer full; resync on reconnect",
+    DropReason.TOTAL_LIMIT: "server send buffers full; retry later",
+    DropReason.STALLED: "slow consumer: stopped reading; resync on reconnect",
+    DropReason.CLOSING: "slow consumer: closed with unread data",
+}
+# The most a close waits for an ASGI server other than ``parley serve``'s to send it.
+CLOSE_WAIT_S = 5.0
+
+
+@dataclass(slots=True)
+class ConnectionLimits:
+    commands: TokenBucket
+    updates: TokenBucket
+    abuse: AbuseCounter
+    # Spends budgeted per socket rather than per member (full resyncs).
+    budgets: Budgets
+
+    @classmethod
+    def from_settings(cls, settings: Settings, now: float) -> ConnectionLimits:
+        syncs = Rate(settings.sync_requests_per_minute / 60, settings.sync_requests_burst)
+        return cls(
+            commands=TokenBucket(Rate(settings.commands_per_second, settings.commands_burst), now),
+            updates=TokenBucket(Rate(settings.updates_per_second, settings.updates_burst), now),
+            abuse=AbuseCounter(settings.abuse_refusals, settings.abuse_window_s),
+            budgets=Budgets({Spend.SYNC_REQUESTS: syncs}),
+        )
+
+
+class CommandChannel(Enum):
+    TEXT = "text"
+    BINARY = "binary"
+
+
+@dataclass(eq=False)
+class Connection:
+    websocket: WebSocket
+    user_id: str
+    outbox_limit: int
+    # Frames written as they are sent (``server.ws.direct_send``), in place of the outbox.
+    direct: DirectWriter | None = None
+    buffer_limit: int = 8 * 1024 * 1024
+    # The process-wide budget of unsent bytes (None: this socket's own limits only).
+    budget: SendBudget | None = None
+    # How this socket last sent a command, and so how it gets JSON: text frames, or binary
+    # command frames (``encode_command_frame``); None: a stock Yjs client that sent none,
+    # which would fail on either, so it is sent no JSON at all.
+    channel: CommandChannel | None = None
+    awareness_ids: set[int] = field(default_factory=set)
+    # The token the socket was opened with (revoking it closes the socket).
+    claims: ClientClaims | None = None
+    limits: ConnectionLimits | None = None
+    closed: bool = False
+    close_code: CloseCode | None = None
+    _reason: str = ""
+    on_drop: Callable[[DropReason], None] | None = None
+    # Set once the socket is closed (or given up on): the endpoint then stops reading.
+    finished: asyncio.Event = field(default_factory=asyncio.Event)
+    dropped: DropReason | None = None
+    _closer: asyncio.Task[None] | None = field(init=False, default=None)
+    _outbox: asyncio.Queue[bytes | str | None] = field(init=False)
+    _sender: asyncio.Task[None] | None = field(init=False, default=None)
+    _queued_bytes: int = field(init=False, default=0)  # in the outbox
+    _in_flight: int = field(init=False, default=0)  # handed to the ASGI server, not done
+    _sent_bytes: int = field(init=False, default=0)  # through the ASGI server
+
+    def __post_init__(self) -> None:
+        self._outbox = asyncio.Queue(maxsize=self.outbox_limit)
+
+    def start(self) -> None:
+        if self.direct is None:
+            self._sender = asyncio.create_task(self._drain(), name=f"sender:{self.user_id}")
+
+    def send(self, message: bytes | str, frame: bytes | None = None) -> bool:
+        """Send a message (``frame``: the same, framed already); False (and the socket is
+        being dropped) if the client fell behind or the process cannot hold it."""
+        if self.closed:
+            return False
+        size = len(message)  # its frame's header aside
+        direct = self.direct
+        if direct is None:
+            unsent = self._queued_bytes + self._in_flight
+        else:  # the kernel took all of the last frame: nothing to look up
+            unsent = direct.held() if direct.backlogged else 0
+        # A frame into an empty backlog goes whatever its size (the first sync of a big
+        # session is one frame); the process cap and the stall deadline still hold for it.
+        if unsent and unsent + size > self.buffer_limit:
+            self.drop(DropReason.SOCKET_LIMIT)
+            return False
+        budget = self.budget
+        if budget is not None and not budget.admit(self, size):
+            return False
+        if direct is not None:
+            if not direct.write(message, frame):  # the socket is closing under us
+                self.closed = True
+                self.finished.set()
+                return False
+            # Most frames go straight into the kernel: nothing to watch. A watched socket
+            # that has drained is seen by the budget's next look.
+            if budget is not None and direct.backlogged:
+                budget.note(self)
+            return True
+        try:
+            self._outbox.put_nowait(message)
+        except asyncio.QueueFull:
+            self.drop(DropReason.SOCKET_LIMIT)
+            return False
+        self._queued_bytes += size
+        if budget is not None:
+            budget.note(self)
+        return True
+
+    def unsent(self) -> int:
+        """Bytes sent to this socket and not yet taken by its client (or its server)."""
+        if self.direct is not None:
+            return self.direct.held()
+        return self._queued_bytes + self._in_flight
+
+    def taken(self) -> int:
+        if self.direct is not None:
+            return self.direct.taken()
+        return self._sent_bytes
+
+    def drop(self, reason: DropReason) -> None:
+        """Give up on a client that does not take what it is sent: its backlog is freed now
+        and nothing waits for it. A close frame (1013, with the reason) goes only where it
+        would not queue behind unread data; otherwise the connection is reset."""
+        if self.dropped is None:
+            self.dropped = reason
+            log.warning(
+                "slow consumer dropped",
+                extra={"user_id": self.user_id, "reason": reason.value, "unsent": self.unsent()},
+            )
+            if self.on_drop is not None:
+                self.on_drop(reason)
+        if self.budget is not None:
+            self.budget.forget(self)
+        if not self.closed and self.unsent() == 0:
+            self.close(CloseCode.TRY_AGAIN, DROP_REASONS[reason])
+            return
+        self.closed = True
+        if self.close_code is None:
+            self.close_code = CloseCode.TRY_AGAIN
+            self._reason = DROP_REASONS[reason]
+        if self.direct is not None:
+            self.direct.abort()
+            self.finished.set()
+            return
+        # The sender may be stuck writing to a client that does not read: abandon it, and
+        # what it still had to send.
+        if self._sender is not None:
+            self._sender.cancel()
+        while not self._outbox.empty():
+            self._outbox.get_nowait()
+        self._queued_bytes = self._in_flight = 0
+        if self._closer is None:
+            self._closer = asyncio.get_running_loop().create_task(self._close_socket())
+
+    def send_json(self, text: str) -> bool:
+        """Send a JSON message on the socket's command channel; False if it has none."""
+        if self.channel is None:
+            return False
+        if self.channel is CommandChannel.BINARY:
+            return self.send(encode_command_frame(text))
+        return self.send(text)
+
+    def send_error(self, error: ParleyError) -> None:
+        """Report an error that belongs to no command, to clients that read JSON."""
+        self.send_json(error_reply(None, error))
+
+    def close(self, code: CloseCode, reason: str = "") -> None:
+        """Close after what is already queued. The client has until the stall deadline to
+        take it; one that is far behind already is dropped instead."""
+        if self.closed:
+            return
+        self.closed = True
+        self.close_code = code
+        self._reason = reason
+        if self.direct is not None and self.direct.backed_up():
+            # A close frame sent through ASGI would wait for the client to read the rest.
+            self.drop(DropReason.CLOSING)
+            return
+        if self._sender is not None:
+            try:
+                self._outbox.put_nowait(None)
+            except asyncio.QueueFull:
+                self.drop(DropReason.SOCKET_LIMIT)
+            return
+        self._closer = asyncio.get_running_loop().create_task(self._close_socket())
+
+    async def _close_socket(self) -> None:
+        try:
+            if self.websocket.application_state == WebSocketState.CONNECTED:
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(CLOSE_WAIT_S):
+                        await self.websocket.close(
+                            self.close_code or CloseCode.NORMAL, self._reason
+                        )
+                if self.budget is not None and self.dropped is None:
+                    self.budget.note(self)  # the close frame may wait behind a backlog
+        finally:
+            self.finished.set()
+
+    async def _drain(self) -> None:
+        try:
+            while True:
+                message = await self._outbox.get()
+                if message is None:
+                    break
+                size = len(message)
+                self._queued_bytes -= size
+                self._in_flight = size
+                if isinstance(message, bytes):
+                    await self.websocket.send_bytes(message)
+                else:
+                    await self.websocket.send_text(message)
+                self._in_flight = 0
+                self._sent_bytes += size
+        except Exception:
+            self.closed = True
+            self.finished.set()
+            return
+        await self._close_socket()
+
+    async def wait_closed(self) -> None:
+        # gather(return_exceptions=True) collects the tasks' own errors and cancellations
+        # but still lets a cancellation of the caller through.
+        tasks = [t for t in (self._sender, self._closer) if t is not None]
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def queued(self) -> int:
+        return self._outbox.qsize()

@@ -1,0 +1,283 @@
+"""The WebSocket endpoint: y-websocket binary frames and JSON commands on one socket.
+
+A command is a JSON text frame or a binary frame of message type 100 (``varstring`` JSON,
+``session.yprotocol.encode_command_frame``); its reply comes back the same way, and so do
+errors and events later sent to that socket. A socket that never sent a command is sent
+neither (stock Yjs providers decode every frame as y-websocket binary).
+
+Close codes: 4401 bad, expired or revoked token, 4403 not a member (or membership revoked,
+or a browser origin that is not allowed), 4404 unknown session, 4400 malformed binary frame,
+4429 rate limits ignored (or frames refused) again and again, or too many sockets of the user
+or the session, 1009 message too big (set by the server's size limit), 1013 slow consumer
+or the database failed under a write (reconnect and resync; the reason is JSON with
+``retry_after_ms`` when it is the database), 1001 server going away or idle timeout.
+44xx codes are final for stock clients; the others make them reconnect. While the database
+cannot load the session, the upgrade itself is refused: HTTP 503 with ``Retry-After``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from authz.origins import origin_allowed, own_origins
+from authz.policy import Do, decide
+from authz.roles import Capability
+from authz.tokens import verify_token
+from server.http.retry_hint import retry_later_response
+from server.runtime.room import SessionRoom
+from server.settings import Settings
+from server.state import AppState
+from server.ws.connection import CommandChannel, Connection, ConnectionLimits
+from server.ws.direct_send import SCOPE_KEY as DIRECT_WRITER
+from session.closes import CloseCode
+from session.commands import command_id_of, error_reply
+from session.errors import (
+    Forbidden,
+    NotFound,
+    ParleyError,
+    RateLimited,
+    Unauthenticated,
+    Unavailable,
+    close_code_for,
+)
+from session.presence import Presence
+from session.ratelimit import cost_of
+from session.yprotocol import (
+    AwarenessMessage,
+    ProtocolError,
+    QueryAwarenessMessage,
+    SyncMessage,
+    SyncType,
+    decode_client_frame,
+    decode_command_frame,
+    encode_awareness,
+    is_command_frame,
+)
+
+log = logging.getLogger("parley.ws")
+
+
+async def session_socket(websocket: WebSocket) -> None:
+    state: AppState = websocket.app.state.parley
+    session_id = websocket.path_params["session_id"]
+    token = websocket.query_params.get("token", "")
+    # Accept before refusing: a refused upgrade reaches browsers as a bare 1006, and stock
+    # clients retry it forever; a close code after accepting is final and readable. The
+    # one exception is a database that cannot load the session: there retrying is right,
+    # and a refused upgrade is what makes every stock client back off (y-websocket before
+    # 3.x resets its back-off when a socket opens, and came back ten times a second).
+    local_host, local_port = websocket.scope.get("server") or (None, None)
+    own = own_origins(websocket.scope.get("scheme") == "wss", local_host, local_port)
+    refusal: tuple[CloseCode, str] | None = None
+    if state.draining:
+        refusal = (CloseCode.GOING_AWAY, "server shutting down")
+    elif not origin_allowed(websocket.headers.get("origin"), state.settings.allowed_origins, own):
+        refusal = (CloseCode.FORBIDDEN, "origin not allowed")
+    else:
+        try:
+            claims = verify_token(state.keys.signing_key, token, now=int(state.clock()))
+            if claims.session_id != session_id:
+                raise Unauthenticated("the token is for another session")
+            room = await state.rooms.get(session_id)
+        except Unauthenticated as exc:
+            refusal = (close_code_for(exc), exc.message[:120])
+        except NotFound as exc:
+            refusal = (close_code_for(exc), "unknown session")
+        except Unavailable as exc:
+            await websocket.send_denial_response(
+                retry_later_response(exc, state.settings.db_retry_after_s)
+            )
+            return
+        except ParleyError as exc:
+            refusal = (close_code_for(exc), exc.message[:120])
+    await websocket.accept()
+    if refusal is not None:
+        await websocket.close(*refusal)
+        return
+    allowed = decide(room.subject(claims.user_id), Do(Capability.READ_SESSION))
+    if not allowed.allowed:
+        await websocket.close(CloseCode.FORBIDDEN, allowed.reason[:120])
+        return
+    revoked = room.token_refusal(claims)
+    if revoked is not None:
+        await websocket.close(CloseCode.UNAUTHENTICATED, revoked[:120])
+        return
+    too_many = _over_connection_cap(room, claims.user_id, state.settings)
+    if too_many is not None:  # checked and counted with no await between: no race
+        state.metrics.errors.labels(code="rate_limited").inc()
+        await websocket.close(CloseCode.ABUSE, too_many)
+        return
+    connection = Connection(
+        websocket,
+        claims.user_id,
+        state.settings.send_queue_max_messages,
+        direct=websocket.scope.get(DIRECT_WRITER),
+        buffer_limit=state.settings.send_buffer_max_bytes,
+        budget=state.send_budget,
+        on_drop=state.metrics.send_dropped,
+        claims=claims,
+    )
+    connection.limits = ConnectionLimits.from_settings(state.settings, state.clock())
+    connection.start()
+    state.metrics.connections.inc()
+    room.connections.add(connection)
+    presence = room.presence
+    snapshot = presence.snapshot()
+    if snapshot is not None:
+        connection.send(encode_awareness(snapshot))
+    if state.rooms.cluster is not None:
+        state.rooms.cluster.presence.joined(session_id)  # and from the other nodes
+    expiry = asyncio.get_running_loop().call_later(
+        max(claims.expires_at - state.clock(), 0),
+        connection.close,
+        CloseCode.UNAUTHENTICATED,
+        "token expired",
+    )
+    try:
+        serving = asyncio.create_task(_serve(websocket, room, connection, presence, state))
+        finished = asyncio.create_task(connection.finished.wait())
+        try:
+            # Stop reading once the connection is closed from our side (a slow or revoked
+            # client may never send the frame that would end the read).
+            await asyncio.wait({serving, finished}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (serving, finished):
+                task.cancel()
+            await asyncio.gather(serving, finished, return_exceptions=True)
+            crash = None if serving.cancelled() else serving.exception()
+            if crash is not None:
+                log.error(
+                    "socket handler failed",
+                    exc_info=crash,
+                    extra={"session_id": session_id, "user_id": claims.user_id},
+                )
+                connection.close(CloseCode.INTERNAL, "internal error")
+    finally:
+        state.metrics.connections.dec()
+        expiry.cancel()
+        room.connections.discard(connection)
+        if presence.drop(connection) is not None:
+            room.awareness.changed()
+        if not connection.closed:
+            connection.close(CloseCode.NORMAL)
+        await connection.wait_closed()
+
+
+def _over_connection_cap(room: SessionRoom, user_id: str, settings: Settings) -> str | None:
+    """Why one more socket of ``user_id`` to ``room`` is refused, or None (caps per node)."""
+    if len(room.connections) >= settings.max_connections_per_session:
+        return f"too many connections to this session ({settings.max_connections_per_session})"
+    mine = sum(1 for c in room.connections if c.user_id == user_id)
+    if mine >= settings.max_connections_per_user:
+        return f"too many connections of this user ({settings.max_connections_per_user})"
+    return None
+
+
+async def _serve(
+    websocket: WebSocket,
+    room: SessionRoom,
+    connection: Connection,
+    presence: Presence,
+    state: AppState,
+) -> None:
+    limits = connection.limits
+    assert limits is not None
+    while not connection.closed:
+        try:
+            async with asyncio.timeout(state.settings.ws_idle_timeout_s):
+                message = await websocket.receive()
+        except TimeoutError:
+            connection.close(CloseCode.GOING_AWAY, "idle timeout")
+            return
+        except (WebSocketDisconnect, RuntimeError):
+            return
+        if message["type"] == "websocket.disconnect":
+            return
+        data = message.get("bytes")
+        text = message.get("text")
+        channel = CommandChannel.TEXT
+        if data is not None and is_command_frame(data):
+            try:
+                text, data, channel = decode_command_frame(data), None, CommandChannel.BINARY
+            except ProtocolError as exc:
+                connection.close(close_code_for(exc), f"protocol error: {exc.message}"[:120])
+                return
+        now = state.clock()
+        if data is not None and not limits.updates.allow(now):
+            if limits.abuse.refused(now):
+                connection.close(CloseCode.ABUSE, "too many messages")
+                return
+            continue  # dropped: the client is over its update rate
+        if text is not None:
+            connection.channel = channel  # answered the way it asked
+        if text is not None and not (
+            limits.commands.allow(now) and room.user_bucket(connection.user_id).allow(now)
+        ):
+            state.metrics.errors.labels(code="rate_limited").inc()
+            connection.send_json(
+                error_reply(command_id_of(text), RateLimited("too many commands; slow down"))
+            )
+            if limits.abuse.refused(now):
+                connection.close(CloseCode.ABUSE, "too many commands")
+                return
+            continue
+        if data is not None:
+            try:
+                await _on_binary(room, connection, presence, data, now)
+            except ProtocolError as exc:
+                log.info("protocol error; closing socket", extra={"error": exc.message})
+                connection.close(close_code_for(exc), f"protocol error: {exc.message}"[:120])
+                return
+            except ParleyError as exc:
+                # A refused frame (a write, over a budget, too large): the client is told,
+                # and one refused again and again is cut off.
+                state.metrics.errors.labels(code=exc.code).inc()
+                connection.send_error(exc)
+                if limits.abuse.refused(now):
+                    connection.close(CloseCode.ABUSE, "too many refused frames")
+                    return
+        elif text is not None:
+            connection.send_json(await state.rooms.command(room, connection.user_id, text))
+
+
+async def _on_binary(
+    room: SessionRoom, connection: Connection, presence: Presence, data: bytes, now: float
+) -> None:
+    """Handle a binary frame; a refused one raises its ``ParleyError``.
+
+    A frame is charged what it costs (``cost_of``) before it is judged: bytes for document
+    writes and presence (per member), a count for full resyncs (per socket)."""
+    message = decode_client_frame(data)
+    cost = cost_of(message, len(data))
+    limits = connection.limits
+    assert limits is not None
+    if not (
+        limits.budgets.allow(connection, cost, now)
+        and room.budgets.allow(connection.user_id, cost, now)
+    ):
+        raise RateLimited(f"over the {cost.spend.value} budget; slow down")
+    if isinstance(message, SyncMessage):
+        if message.sync_type is SyncType.STEP1:
+            for frame in await room.sync_answer(message.payload):
+                connection.send(frame)
+        elif not room.is_noop(message.payload):
+            # The server is the only writer: a client's change is neither applied nor relayed.
+            log.info("refused a client write", extra={"user_id": connection.user_id})
+            room.refused_writes += 1
+            raise Forbidden("the shared document is read-only; send commands instead")
+    elif isinstance(message, AwarenessMessage):
+        if not decide(room.subject(connection.user_id), Do(Capability.BE_PRESENT)).allowed:
+            # Seeing the others is reading the session; showing oneself is ``be_present``.
+            # A state shown before the capability was taken away goes too.
+            if presence.drop(connection) is not None:
+                room.awareness.changed()
+            raise Forbidden("you may not show presence here (be_present)")
+        presence.apply(connection, connection.user_id, message.update)
+        room.awareness.changed()
+    elif isinstance(message, QueryAwarenessMessage):
+        snapshot = presence.snapshot()
+        if snapshot is not None:
+            connection.send(encode_awareness(snapshot))

@@ -1,0 +1,166 @@
+"""The command line as a user meets it: help, version, configuration mistakes, the schema.
+
+Each case runs ``python -m server.cli`` as a real process in a scratch directory: a
+configuration mistake is one line on stderr and exit status 2, and nothing was touched
+(no database file, no data directory, no port held).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+
+from server.cli import build_parser
+from server.store.db import head_revision
+from tests.conftest import REPO_ROOT
+
+GOOD_KEY = "PARLEY_TEST_CLI_KEY"
+
+
+def parley(
+    tmp_path: Path, *args: str, cwd: Path | None = None, **env: str
+) -> subprocess.CompletedProcess[str]:
+    """``parley *args`` with its data and database under ``tmp_path``."""
+    base = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("PARLEY_") or k.startswith("PARLEY_TEST")
+    }
+    base.pop(GOOD_KEY, None)
+    base.update(
+        PARLEY_DATA_DIR=str(tmp_path / "data"),
+        PARLEY_DATABASE_URL=f"sqlite:///{tmp_path / 'parley.db'}",
+        PYTHONPATH=str(REPO_ROOT),
+        **env,
+    )
+    return subprocess.run(
+        [sys.executable, "-m", "server.cli", *args],
+        cwd=cwd or tmp_path,
+        env=base,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def untouched(tmp_path: Path) -> bool:
+    return not (tmp_path / "parley.db").exists() and not (tmp_path / "data").exists()
+
+
+def refused(result: subprocess.CompletedProcess[str], starts: str) -> None:
+    """Exit status 2 and exactly one line on stderr, beginning with ``starts``."""
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"parley: configuration error: {starts}"), lines[0]
+
+
+def test_version_comes_from_the_distribution(tmp_path: Path) -> None:
+    result = parley(tmp_path, "--version")
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"parley {metadata.version('parley')}"
+
+
+def test_every_command_and_flag_has_plain_help() -> None:
+    def walk(parser: argparse.ArgumentParser) -> list[argparse.Action]:
+        found: list[argparse.Action] = []
+        for action in parser._actions:
+            found.append(action)
+            if isinstance(action, argparse._SubParsersAction):
+                for choice in action._choices_actions:
+                    assert choice.help, f"{parser.prog} {choice.dest}: no help"
+                for sub in action.choices.values():
+                    found += walk(sub)
+        return found
+
+    parser = build_parser()
+    actions = walk(parser)
+    assert {a.dest for a in actions} >= {"host", "port", "database_url", "log_level", "revision"}
+    for action in actions:
+        if isinstance(action, argparse._SubParsersAction):
+            continue
+        assert action.help, f"{action.option_strings or action.dest}: no help"
+    text = " ".join(parser.format_help().split())
+    assert "``" not in text and "uvicorn server.app:create_app --factory" in text
+
+
+def test_models_that_are_not_json_are_one_line(tmp_path: Path) -> None:
+    result = parley(tmp_path, "serve", "--port", "1", PARLEY_MODELS="[{bad")
+    refused(result, "PARLEY_MODELS: not valid JSON")
+    assert untouched(tmp_path)
+
+
+def test_a_wrong_model_field_names_where_it_is(tmp_path: Path) -> None:
+    models = json.dumps([{"name": "x", "kind": "nope"}])
+    refused(parley(tmp_path, "serve", PARLEY_MODELS=models), "PARLEY_MODELS[0].kind:")
+    refused(parley(tmp_path, "serve", PARLEY_PORT="eighty"), "PARLEY_PORT:")
+    assert untouched(tmp_path)
+
+
+def test_an_unset_api_key_is_refused_before_migrations(tmp_path: Path) -> None:
+    models = json.dumps(
+        [
+            {
+                "name": "gpt",
+                "kind": "openai",
+                "base_url": "http://127.0.0.1:9/v1",
+                "model": "m",
+                "api_key_env": GOOD_KEY,
+            }
+        ]
+    )
+    result = parley(tmp_path, "serve", PARLEY_MODELS=models)
+    refused(result, f"model 'gpt': the environment variable {GOOD_KEY} is not set")
+    assert untouched(tmp_path)
+
+
+def test_a_busy_port_is_refused_before_anything_is_touched(tmp_path: Path) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        result = parley(tmp_path, "serve", "--port", str(port))
+    refused(result, f"cannot listen on 127.0.0.1:{port}")
+    assert untouched(tmp_path)
+
+
+def test_settings_are_read_from_a_dotenv_file(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("PARLEY_MODELS=[{bad\n")
+    refused(parley(tmp_path, "serve"), "PARLEY_MODELS: not valid JSON")
+    elsewhere = tmp_path / "conf"
+    elsewhere.mkdir()
+    (elsewhere / "parley.env").write_text("PARLEY_PORT=eighty\n")
+    refused(parley(tmp_path, "serve", "--env-file", str(elsewhere / "parley.env")), "PARLEY_PORT:")
+    refused(parley(tmp_path, "serve", "--env-file", str(tmp_path / "none.env")), "--env-file")
+    assert untouched(tmp_path)
+
+
+def test_db_commands_move_the_schema_both_ways(tmp_path: Path) -> None:
+    head = head_revision()
+    assert head is not None
+    assert parley(tmp_path, "db", "upgrade").returncode == 0
+    current = parley(tmp_path, "db", "current")
+    assert current.returncode == 0 and head in current.stdout
+    history = parley(tmp_path, "db", "history")
+    assert history.returncode == 0 and head in history.stdout
+    previous = history.stdout.splitlines()[0].split(" -> ")[0].strip()
+    assert parley(tmp_path, "db", "downgrade", "-1").returncode == 0
+    after = parley(tmp_path, "db", "current").stdout
+    assert head not in after and previous in after
+    assert parley(tmp_path, "migrate").returncode == 0
+    assert head in parley(tmp_path, "db", "current").stdout
+
+
+@pytest.mark.parametrize("args", [["db"], ["db", "downgrade"], ["serve", "--log-level", "loud"]])
+def test_usage_mistakes_exit_2(tmp_path: Path, args: list[str]) -> None:
+    result = parley(tmp_path, *args)
+    assert result.returncode == 2 and "usage: parley" in result.stderr
+    assert untouched(tmp_path)

@@ -1,0 +1,158 @@
+"""What an integrator meets first: the root, the API page, the model list, and the REST
+details (``Location`` on creates, 415 for a body that is not JSON, every validation
+problem listed, stable codes for a wrong method)."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import httpx
+
+from tests.conftest import RunningServer, make_settings, serve_in_process, sqlite_url
+
+
+async def test_the_root_says_what_this_is_and_where_to_go(sqlite_server: RunningServer) -> None:
+    async with httpx.AsyncClient(base_url=sqlite_server.base_url) as anonymous:
+        root = await anonymous.get("/")
+        assert root.status_code == 200
+        links = root.json()["links"]
+        for path in (links["api"], links["api_docs"], links["health"]):
+            assert (await anonymous.get(path)).status_code == 200, path
+
+
+async def test_the_api_page_is_served_from_here_without_a_cdn(sqlite_server: RunningServer) -> None:
+    async with httpx.AsyncClient(base_url=sqlite_server.base_url) as anonymous:
+        page = await anonymous.get("/api/v1/docs")
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+        assert "https://" not in page.text and "//cdn" not in page.text
+        assert "/api/v1/openapi.json" in page.text
+        for asset in ("swagger-ui.css", "swagger-ui-bundle.js"):
+            served = await anonymous.get(f"/api/v1/docs/assets/{asset}")
+            assert served.status_code == 200 and len(served.content) > 10_000, asset
+        for outside in (
+            "/api/v1/docs/assets/%2e%2e/%2e%2e/pyproject.toml",
+            "/api/v1/docs/assets/x.js",
+        ):
+            assert (await anonymous.get(outside)).status_code == 404, outside
+
+
+async def test_models_are_listed_for_the_admin(sqlite_server: RunningServer) -> None:
+    listed = await sqlite_server.http.get("/api/v1/models")
+    assert listed.status_code == 200
+    models = listed.json()["models"]
+    assert [m["name"] for m in models if m["default"]] == [models[0]["name"]]
+    session = (await sqlite_server.http.post("/api/v1/sessions", json={"title": "t"})).json()
+    chosen = await sqlite_server.http.patch(
+        f"/api/v1/sessions/{session['id']}", json={"model": models[0]["name"]}
+    )
+    assert chosen.status_code == 200
+    async with httpx.AsyncClient(base_url=sqlite_server.base_url) as anonymous:
+        assert (await anonymous.get("/api/v1/models")).status_code == 401
+
+
+async def test_creates_say_where_the_new_resource_is(sqlite_server: RunningServer) -> None:
+    http = sqlite_server.http
+    created = await http.post("/api/v1/sessions", json={"title": "t"})
+    assert created.status_code == 201
+    location = created.headers["location"]
+    assert location == f"/api/v1/sessions/{created.json()['id']}"
+    assert (await http.get(location)).json() == created.json()
+    sid = created.json()["id"]
+    await http.put(f"/api/v1/sessions/{sid}/members/alice", json={"role": "editor"})
+    token = await http.post(f"/api/v1/sessions/{sid}/tokens", json={"user_id": "alice"})
+    assert token.headers["location"] == f"/api/v1/sessions/{sid}/tokens/{token.json()['jti']}"
+    assert (await http.delete(token.headers["location"])).status_code == 204
+    prompt = await http.post(
+        f"/api/v1/sessions/{sid}/prompts", json={"text": "hello", "as_user": "alice"}
+    )
+    assert prompt.status_code == 202
+    status = await http.get(prompt.headers["location"])
+    assert status.json()["prompt_id"] == prompt.json()["prompt_id"]
+
+
+async def test_a_body_that_is_not_declared_json_is_415(sqlite_server: RunningServer) -> None:
+    body = json.dumps({"title": "t"})
+    for content_type in ("application/x-www-form-urlencoded", "text/plain", None):
+        headers = {} if content_type is None else {"content-type": content_type}
+        refused = await sqlite_server.http.post("/api/v1/sessions", content=body, headers=headers)
+        assert refused.status_code == 415, content_type
+        assert refused.json()["error"]["code"] == "unsupported_media_type"
+    for content_type in ("application/json", "application/json; charset=utf-8"):
+        fine = await sqlite_server.http.post(
+            "/api/v1/sessions", content=body, headers={"content-type": content_type}
+        )
+        assert fine.status_code == 201, content_type
+    listed = (await sqlite_server.http.get("/api/v1/sessions")).json()["sessions"]
+    assert len(listed) == 2  # nothing half-written by the refusals
+
+
+async def test_every_validation_problem_is_listed(sqlite_server: RunningServer) -> None:
+    bad = {"title": "t" * 501, "policy": "whenever", "surprise": 1}
+    refused = await sqlite_server.http.post("/api/v1/sessions", json=bad)
+    assert refused.status_code == 422
+    error = refused.json()["error"]
+    assert error["code"] == "invalid"
+    where = {d["at"] for d in error["details"]}
+    assert where == {"title", "policy", "surprise"}
+    for at in where:
+        assert at in error["message"]
+
+
+async def test_validation_problems_are_bounded(sqlite_server: RunningServer) -> None:
+    sid = (await sqlite_server.http.post("/api/v1/sessions", json={"title": "t"})).json()["id"]
+    readers = [{"nonsense": n} for n in range(2000)]
+    refused = await sqlite_server.http.post(
+        f"/api/v1/sessions/{sid}/documents", json={"title": "d", "text": "x", "readers": readers}
+    )
+    assert refused.status_code == 422
+    error = refused.json()["error"]
+    assert 0 < len(error["details"]) <= 50
+    assert len(error["message"]) < 20_000
+
+
+async def test_a_wrong_method_has_its_code(sqlite_server: RunningServer) -> None:
+    wrong = await sqlite_server.http.put("/api/v1/sessions", json={})
+    assert wrong.status_code == 405
+    assert wrong.json()["error"]["code"] == "method_not_allowed"
+
+
+async def test_the_api_document_groups_and_describes_operations(
+    sqlite_server: RunningServer,
+) -> None:
+    spec = (await sqlite_server.http.get("/api/v1/openapi.json")).json()
+    operations = [op for item in spec["paths"].values() for op in item.values()]
+    assert all(op.get("tags") for op in operations)
+    tags = {op["tags"][0] for op in operations}
+    assert {"sessions", "members", "tokens", "prompts", "webhooks", "models"} <= tags
+    create = spec["paths"]["/api/v1/sessions"]["post"]
+    assert "Location" in create["responses"]["201"]["headers"]
+    assert "415" in create["responses"]
+    assert all(op.get("summary") for op in operations)
+    models = spec["paths"]["/api/v1/models"]["get"]  # a handler's docstring describes it
+    assert "PARLEY_MODELS" in models["description"]
+
+
+async def test_metrics_can_need_the_admin_key_or_move_to_a_port_of_their_own(
+    tmp_path: Path,
+) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    settings = make_settings(
+        sqlite_url(tmp_path), tmp_path / "data", metrics_access="admin", metrics_port=port
+    )
+    async with serve_in_process(settings) as running:
+        assert (await running.http.get("/metrics")).status_code == 200
+        async with httpx.AsyncClient(base_url=running.base_url) as anonymous:
+            assert (await anonymous.get("/metrics")).status_code == 401
+            apart = await anonymous.get(f"http://127.0.0.1:{port}/metrics")
+            assert apart.status_code == 200 and "parley_open_connections" in apart.text
+    with socket.socket() as free_again:  # the exporter let its port go with the app
+        free_again.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past TIME_WAIT
+        free_again.bind(("127.0.0.1", port))
+        free_again.listen()
+    hidden = make_settings(sqlite_url(tmp_path), tmp_path / "data", metrics_access="off")
+    async with serve_in_process(hidden) as running:
+        assert (await running.http.get("/metrics")).status_code == 404
