@@ -138,6 +138,9 @@ class _Write:
     # What the change means (``session.events``): stored in its transaction, numbered in
     # the session's order, so a write that rolls back leaves none.
     events: list[SessionEvent] = field(default_factory=list)
+    # The text of each reply completed in this write, None when restricted: what a
+    # ``reply.completed`` webhook may carry (the events themselves carry no content).
+    replies: dict[str, str | None] = field(default_factory=dict)
 
 
 class _Refused(Exception):
@@ -319,7 +322,9 @@ class SessionRoom:
                         update_id = await tx.append_update(self.session_id, update)
                         await self._published(tx, update_id)
                     # Last: on PostgreSQL the event counter's row stays locked to the commit.
-                    numbers = await tx.append_events(self.session_id, self.now_ms(), write.events)
+                    numbers = await tx.append_events(
+                        self.session_id, self.now_ms(), write.events, write.replies
+                    )
             except BaseException:
                 await self._forget(captured)
                 raise
@@ -797,6 +802,11 @@ class SessionRoom:
             if queue.running is not None and queue.running.ids == run.ids:
                 queue.finish(run.ids)
             await self._finish(write, run.ids, ending)
+            if active is not None and ending is None:
+                # Read now, in the write that completes it: a restricted reply (one that
+                # drew on what not everyone in the session may read) is never sent out.
+                text = None if active.restriction else "".join(active.text)
+                write.replies[active.reply_id] = text
             if active is not None and active.restriction:
                 await self._keep_reply(write, active)
             for kind, actor, data in audit:

@@ -16,6 +16,7 @@ from server.store.group_commit import GroupCommit
 from server.store.health import LockTimeout, StorageHealth
 from server.store.sqlite_inline import Checkpointer, InlineConnection, file_path
 from server.store.transaction import StoreTx
+from server.store.webhooks import Subscriptions
 from session.errors import Unavailable
 
 
@@ -53,6 +54,8 @@ class Database:
         self.checkpointer = Checkpointer(path) if path else None
         # Called after a commit that wrote webhook deliveries (the sender's wake-up).
         self.on_outbox: Callable[[], None] | None = None
+        # The event webhook subscriptions every event write here matches against.
+        self.subscriptions = Subscriptions()
 
     @asynccontextmanager
     async def transaction(
@@ -70,7 +73,7 @@ class Database:
                 if self._writers is not None:
                     await _begin_immediate(connection, deadline)
                 async with connection.begin():
-                    tx = StoreTx(connection)
+                    tx = StoreTx(connection, self.subscriptions)
                     yield tx
             if self.checkpointer is not None:
                 self.checkpointer.wrote()

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
@@ -130,7 +130,11 @@ class MemoryTx:
         return s.row.last_seq
 
     async def append_events(
-        self, session_id: str, at_ms: int, events: Sequence[SessionEvent]
+        self,
+        session_id: str,
+        at_ms: int,
+        events: Sequence[SessionEvent],
+        replies: Mapping[str, str | None] | None = None,
     ) -> list[int]:
         if not events:
             return []

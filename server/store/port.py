@@ -14,7 +14,7 @@ Both keep the same promises, checked by one contract test (``tests/server/store`
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
@@ -37,7 +37,11 @@ class SessionTx(Protocol):
         ...
 
     async def append_events(
-        self, session_id: str, at_ms: int, events: Sequence[SessionEvent]
+        self,
+        session_id: str,
+        at_ms: int,
+        events: Sequence[SessionEvent],
+        replies: Mapping[str, str | None] | None = None,
     ) -> list[int]:
         """Store ``events`` with the session's next event numbers; returns them."""
         ...

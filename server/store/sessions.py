@@ -46,7 +46,6 @@ from server.store.tables import (
 )
 from server.store.transaction import StoreTx
 from server.store.usage import UsageTables
-from server.store.webhooks import enqueue
 from session.events import Membership, SettingsChanged, membership_event
 from session.webhook_events import SESSION_CREATED, SESSION_DELETED
 
@@ -100,9 +99,7 @@ class Store(SessionReads, UsageTables):
                 )
             )
             created = {"title": title, "policy": policy}
-            tx.outboxed += await enqueue(
-                tx.connection, session_id, [(0, now, SESSION_CREATED, created)]
-            )
+            await tx.outbox(session_id, [(0, now, SESSION_CREATED, created)])
         return SessionRow(session_id, title, now, 0, policy)
 
     async def change_settings(
@@ -134,9 +131,7 @@ class Store(SessionReads, UsageTables):
                 .returning(sessions.c.id)
             )
             if found.first() is not None:
-                tx.outboxed += await enqueue(
-                    tx.connection, session_id, [(0, now, SESSION_DELETED, {})]
-                )
+                await tx.outbox(session_id, [(0, now, SESSION_DELETED, {})])
             # Children first: SQLite enforces ON DELETE CASCADE only with the pragma on.
             for table in (
                 session_events,

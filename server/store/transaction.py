@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import and_, delete, insert, update
@@ -16,21 +16,34 @@ from server.store.access import PrivateItem, insert_audit, insert_private
 from server.store.group_commit import insert_updates
 from server.store.rows import EntryRow
 from server.store.tables import doc_snapshots, doc_updates, entries, session_events, sessions
-from server.store.webhooks import enqueue
+from server.store.webhooks import Subscriptions, enqueue, version_now
 from session.errors import DuplicateCommand
 from session.events import SessionEvent
 from session.lifecycle import IllegalTransition, PromptStatus, prompt_predecessors
 from session.reasons import Ending
-from session.webhook_events import webhook_types
+from session.webhook_events import webhook_data, webhook_types
 
 
 class StoreTx:
     """One database transaction; methods mirror the writes a session makes."""
 
-    def __init__(self, connection: AsyncConnection) -> None:
+    def __init__(self, connection: AsyncConnection, subscriptions: Subscriptions) -> None:
         self.connection = connection
+        self.subscriptions = subscriptions
         # Webhook deliveries this transaction wrote: the sender is woken after the commit.
         self.outboxed = 0
+
+    async def outbox(
+        self,
+        session_id: str,
+        told: Sequence[tuple[int, int, str, dict[str, Any]]],
+        version: int | None = None,
+    ) -> None:
+        """Write the webhook deliveries of ``told`` (event seq, at ms, webhook type, data)
+        in this transaction; ``version``: the subscriptions' version, if already read."""
+        if told:
+            wanting = await self.subscriptions.current(self.connection, version)
+            self.outboxed += await enqueue(self.connection, wanting, session_id, told)
 
     async def next_seq(self, session_id: str) -> int:
         result = await self.connection.execute(
@@ -45,23 +58,33 @@ class StoreTx:
         return int(seq)
 
     async def append_events(
-        self, session_id: str, at_ms: int, events: Sequence[SessionEvent]
+        self,
+        session_id: str,
+        at_ms: int,
+        events: Sequence[SessionEvent],
+        replies: Mapping[str, str | None] | None = None,
     ) -> list[int]:
         """Store ``events`` in this transaction with the session's next event numbers;
         returns them. The counter's row stays locked until the commit (PostgreSQL), so the
-        numbers of one session follow the commit order whichever node writes."""
+        numbers of one session follow the commit order whichever node writes.
+
+        ``replies``: the text of each reply completed here by its id, None when it is
+        restricted (``reply.completed`` webhooks carry it; the stored events never do)."""
         if not events:
             return []
+        # The subscriptions' version comes with the counter: no query of its own.
         result = await self.connection.execute(
             update(sessions)
             .where(sessions.c.id == session_id)
             .values(last_event_seq=sessions.c.last_event_seq + len(events))
-            .returning(sessions.c.last_event_seq)
+            .returning(sessions.c.last_event_seq, version_now())
         )
-        last = result.scalar_one_or_none()
-        if last is None:
+        found = result.first()
+        if found is None:
             raise LookupError(session_id)
-        first = int(last) - len(events) + 1
+        last, version = int(found[0]), int(found[1])
+        first = last - len(events) + 1
+        data = [event.data() for event in events]
         await self.connection.execute(
             insert(session_events),
             [
@@ -71,18 +94,17 @@ class StoreTx:
                     "at_ms": at_ms,
                     "kind": event.kind,
                     "actor": event.actor,
-                    "data": json.dumps(event.data(), separators=(",", ":")),
+                    "data": json.dumps(data[i], separators=(",", ":")),
                 }
                 for i, event in enumerate(events)
             ],
         )
         told = [
-            (first + i, at_ms, told, data)
+            (first + i, at_ms, told, webhook_data(told, data[i], replies or {}))
             for i, event in enumerate(events)
-            for data in [event.data()]
-            for told in webhook_types(event.kind, data)
+            for told in webhook_types(event.kind, data[i])
         ]
-        self.outboxed += await enqueue(self.connection, session_id, told)
+        await self.outbox(session_id, told, version)
         return list(range(first, first + len(events)))
 
     async def insert_entry(self, row: EntryRow) -> None:
