@@ -1,4 +1,4 @@
-"""Which addresses an outbound request (an event webhook) may reach.
+"""Which addresses an outbound request (an event webhook, a webhook tool) may reach.
 
 The check runs on every address a target's name resolves to, not on the name: a public
 name may point at ``127.0.0.1`` or at a cloud's metadata service (``169.254.169.254``).

@@ -5,13 +5,17 @@ events (``session.events``); ``session.created`` and ``session.deleted`` are tol
 store as it creates or deletes a session. A body follows the Standard Webhooks payload
 shape: ``{"type", "timestamp", "data"}``, where ``data`` is the event's data with its
 ``session_id`` and ``event_seq`` (0 for the session's own creation and deletion events,
-which are not semantic events). Like the events, bodies carry ids and codes, no content.
+which are not semantic events). Like the events, bodies carry ids and codes, no content,
+with one exception: ``reply.completed`` carries the reply's ``text`` as it was when the
+event was written, unless the reply drew on restricted material; then ``text`` is None
+and ``text_withheld`` true (``webhook_data``). A restricted reply's text never leaves
+through a webhook, whoever may read it in the session.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -39,6 +43,23 @@ def webhook_types(kind: str, data: dict[str, Any]) -> list[str]:
     if kind == "run_failed" and data.get("reason_code") == "quota_exceeded":
         return [told, QUOTA_EXCEEDED]
     return [told]
+
+
+REPLY_COMPLETED = BY_KIND["reply_completed"]
+
+
+def webhook_data(
+    webhook_type: str, data: dict[str, Any], replies: Mapping[str, str | None]
+) -> dict[str, Any]:
+    """The ``data`` a delivery of ``webhook_type`` carries for an event's ``data``.
+
+    ``replies``: the text of each reply completed in the event's write, None for a
+    restricted one. A reply missing from it is withheld too: text is only ever sent when
+    the writer said it may be."""
+    if webhook_type != REPLY_COMPLETED:
+        return data
+    text = replies.get(data["reply_id"])
+    return {**data, "text": text, "text_withheld": text is None}
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,6 +23,7 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
+import uvicorn
 from hypothesis import HealthCheck, settings
 
 from server.app import create_app
@@ -169,6 +170,27 @@ class RunningServer:
         assert response.status_code == 200, response.text
         messages: list[dict[str, Any]] = response.json()["messages"]
         return messages
+
+
+@contextlib.asynccontextmanager
+async def serve_asgi(app: Any, **config: Any) -> AsyncIterator[int]:
+    """Serve a small ASGI app (a receiver, a tool server) on a free loopback port; yields
+    the port. ``config``: more of uvicorn's settings (``ssl_certfile``, ...)."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off", **config))
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        async with asyncio.timeout(10):
+            while not server.started:
+                if task.done():
+                    task.result()
+                await asyncio.sleep(0.01)
+        yield sock.getsockname()[1]
+    finally:
+        server.should_exit = True
+        await task
+        sock.close()
 
 
 @contextlib.asynccontextmanager

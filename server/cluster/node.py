@@ -26,6 +26,7 @@ from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from server.cluster.access import CHANNEL_ACCESS, CHANNEL_ACCESS_SEEN, AccessSync
 from server.cluster.forwarding import CHANNEL_COMMAND, CHANNEL_RESULT
@@ -40,6 +41,7 @@ from server.runtime.room import SessionRoom
 from server.runtime.runner import SessionRunner
 from server.runtime.session_writes import apply_session_write
 from server.settings import Settings
+from server.store.port import SessionTx
 from server.store.sessions import Store, StoreTx
 from session.closes import CloseCode
 from session.errors import NotFound, error_for
@@ -60,6 +62,13 @@ def default_node_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
+def _connection(tx: SessionTx) -> AsyncConnection:
+    """Cluster mode runs on PostgreSQL: its rooms' transactions are the database's."""
+    if not isinstance(tx, StoreTx):
+        raise TypeError("cluster mode needs the database store")
+    return tx.connection
+
+
 class HolderFence:
     """The ``WriteFence`` of a room on a cluster node: only the lease holder writes."""
 
@@ -67,18 +76,18 @@ class HolderFence:
         self.node = node
         self.room = room
 
-    async def check(self, tx: StoreTx) -> None:
+    async def check(self, tx: SessionTx) -> None:
         lease = self.node.leases.get(self.room.session_id)
         if lease is None:
             raise NotHolder("another node runs this session; try again")
         try:
-            await self.node.leases_table.fence(tx.connection, lease)
+            await self.node.leases_table.fence(_connection(tx), lease)
         except Fenced:
             self.node.lost(self.room.session_id, lease)
             raise
 
-    async def published(self, tx: StoreTx, update_id: int) -> None:
-        await tx.connection.execute(select(func.pg_notify(CHANNEL_DOC, self.room.session_id)))
+    async def published(self, tx: SessionTx, update_id: int) -> None:
+        await _connection(tx).execute(select(func.pg_notify(CHANNEL_DOC, self.room.session_id)))
 
 
 class ClusterNode:

@@ -1,34 +1,243 @@
-"""Where Parley's outbound requests (event webhooks) may go: the target's URL is checked,
-then every address its host resolves to (``authz.targets``)."""
+"""The one way Parley calls out (event webhooks, webhook tools): resolve the target's host
+once, check every address it resolves to (``authz.targets``), and connect only to a
+checked address.
+
+Checking a name and letting the HTTP client resolve it again to connect leaves a gap: a
+name that answers with a public address at the check and with ``127.0.0.1`` a moment
+later (DNS rebinding) would reach inward. Here the client's network backend connects to
+the addresses that were checked for this request, never to what the name resolves to by
+then; the URL keeps its host name, so the ``Host`` header, the TLS server name (SNI) and
+the certificate check all stay those of the name. Redirects are not followed, and one
+deadline bounds the whole request: resolving, connecting, sending and reading.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import socket
-from urllib.parse import urlsplit
+import ssl
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any
+
+import httpcore
+import httpx
 
 from authz.targets import refused_address, url_problem
 
+Resolver = Callable[[str, int], Awaitable[Sequence[str]]]
+"""The addresses (IPs) a host name and port resolve to; ``OSError`` when none."""
 
-async def target_problem(url: str, *, allow_private: bool) -> str | None:
-    """Why ``url`` may not be called now, or None. Resolves its host: a name that resolves
-    to a private, loopback or link-local address is refused unless ``allow_private``.
+# Addresses tried per request, at most: a name answering with hundreds of addresses must
+# not turn one delivery into hundreds of connection attempts.
+MAX_ADDRESSES = 8
 
-    The HTTP client resolves the name again when it connects, so a name whose answer
-    changes in between (DNS rebinding) can slip past; the check still stops every
-    target that points inward all the time."""
+
+async def system_resolver(host: str, port: int) -> list[str]:
+    found = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return list(dict.fromkeys(str(address[0]) for *_, address in found))
+
+
+class OutboundError(Exception):
+    """A request that got no answer; ``str()`` says why (for a delivery's record or the
+    model's tool result). Never leaves the server: callers turn it into their own result."""
+
+
+class RefusedTarget(OutboundError):
+    """The target is no target (its URL) or may not be reached (its addresses)."""
+
+
+class NoAnswer(OutboundError):
+    """No answer within the deadline."""
+
+
+@dataclass(frozen=True, slots=True)
+class Checked:
+    """A target's host and port, with the addresses it resolved to and passed the check."""
+
+    host: str
+    port: int
+    addresses: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    status_code: int
+    body: bytes  # at most the bytes asked for
+    too_large: bool = False  # the body went on past them
+
+
+async def check_target(url: str, *, allow_private: bool, resolver: Resolver) -> Checked:
+    """Resolve ``url``'s host once and check every address; ``RefusedTarget`` when the URL
+    is no target or an address is private, loopback or link-local (unless
+    ``allow_private``)."""
     problem = url_problem(url)
-    if problem is not None or allow_private:
-        return problem
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    port = parts.port or (443 if parts.scheme == "https" else 80)
+    if problem is not None:
+        raise RefusedTarget(problem)
     try:
-        found = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        parsed = httpx.URL(url)
+        host = parsed.raw_host.decode("ascii")  # IDNA-encoded, as the client connects to it
+    except (httpx.InvalidURL, UnicodeError) as exc:
+        raise RefusedTarget(f"malformed URL ({exc})") from None
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        addresses = tuple(await resolver(host, port))
     except (OSError, UnicodeError, ValueError) as exc:
-        return f"the host {host!r} does not resolve ({exc})"
-    for *_, address in found:
-        refused = refused_address(str(address[0]))
-        if refused is not None:
-            return f"{host!r} resolves to {refused} (set PARLEY_WEBHOOK_ALLOW_PRIVATE to allow)"
+        raise RefusedTarget(f"the host {host!r} does not resolve ({exc})") from None
+    if not addresses:
+        raise RefusedTarget(f"the host {host!r} does not resolve")
+    if not allow_private:
+        for address in addresses:
+            refused = refused_address(address)
+            if refused is not None:
+                raise RefusedTarget(
+                    f"{host!r} resolves to {refused} (set PARLEY_WEBHOOK_ALLOW_PRIVATE to allow)"
+                )
+    return Checked(host, port, addresses[:MAX_ADDRESSES])
+
+
+async def target_problem(
+    url: str, *, allow_private: bool, resolver: Resolver = system_resolver
+) -> str | None:
+    """Why ``url`` may not be called now, or None (a check for input, such as a new
+    subscription's URL; a request checks again, and connects to what it checked). With
+    ``allow_private`` only the URL is checked: any address it resolves to would do."""
+    if allow_private:
+        return url_problem(url)
+    try:
+        await check_target(url, allow_private=allow_private, resolver=resolver)
+    except RefusedTarget as exc:
+        return str(exc)
     return None
+
+
+# The target checked for the request under way in this task (httpcore connects in the
+# task that sends the request).
+_checked: ContextVar[Checked | None] = ContextVar("parley_outbound_checked", default=None)
+
+
+def _network() -> httpcore.AsyncNetworkBackend:
+    """The network under the check (tests put a recorder here)."""
+    return httpcore.AnyIOBackend()
+
+
+class _CheckedBackend(httpcore.AsyncNetworkBackend):
+    """Connects to the addresses checked for the request under way, and nowhere else."""
+
+    def __init__(self) -> None:
+        self._inner = _network()
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,  # noqa: ASYNC109 - httpcore's interface
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        checked = _checked.get()
+        if checked is None or (host.lower(), port) != (checked.host.lower(), checked.port):
+            raise httpcore.ConnectError(f"{host}:{port} was not checked for this request")
+        failed: Exception | None = None
+        for address in checked.addresses:
+            try:
+                return await self._inner.connect_tcp(
+                    address, port, timeout, local_address, socket_options
+                )
+            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
+                failed = exc
+        assert failed is not None  # ``check_target`` never passes no address
+        raise failed
+
+    async def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,  # noqa: ASYNC109 - httpcore's interface
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        raise httpcore.ConnectError("outbound requests use TCP only")
+
+    async def sleep(self, seconds: float) -> None:
+        await self._inner.sleep(seconds)
+
+
+class _CheckedTransport(httpx.AsyncHTTPTransport):
+    """httpx's transport over a pool whose connections go through ``_CheckedBackend``."""
+
+    def __init__(self, max_connections: int, ssl_context: ssl.SSLContext) -> None:
+        super().__init__(trust_env=False)
+        # httpx takes no network backend: its pool is replaced by one like it that has
+        # ours (``tests/server/test_outbound.py`` fails if this stops connecting there).
+        self._pool = httpcore.AsyncConnectionPool(
+            ssl_context=ssl_context,
+            max_connections=max_connections,
+            max_keepalive_connections=max_connections,
+            keepalive_expiry=5.0,
+            network_backend=_CheckedBackend(),
+        )
+
+
+class OutboundClient:
+    """Sends Parley's outbound POSTs. One per sender (its connections are pooled per host,
+    each made to a checked address); ``resolver`` is the seam tests replace."""
+
+    def __init__(
+        self,
+        *,
+        allow_private: bool,
+        resolver: Resolver = system_resolver,
+        max_connections: int = 16,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self.allow_private = allow_private
+        self.resolver = resolver
+        transport = _CheckedTransport(max_connections, ssl_context or ssl.create_default_context())
+        self._http = httpx.AsyncClient(transport=transport, follow_redirects=False, trust_env=False)
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def post(
+        self,
+        url: str,
+        body: bytes,
+        headers: Mapping[str, str],
+        *,
+        timeout_s: float,
+        max_body_bytes: int = 0,
+    ) -> Answer:
+        """POST ``body`` to ``url`` and read up to ``max_body_bytes`` of the answer (0: its
+        status only), all within ``timeout_s``. ``RefusedTarget`` for a target it may not
+        reach, ``NoAnswer`` past the deadline, ``OutboundError`` for any other failure."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                checked = await check_target(
+                    url, allow_private=self.allow_private, resolver=self.resolver
+                )
+                token = _checked.set(checked)
+                try:
+                    return await self._send(url, body, headers, timeout_s, max_body_bytes)
+                finally:
+                    _checked.reset(token)
+        except TimeoutError:
+            raise NoAnswer(f"no answer within {timeout_s:g} s") from None
+
+    async def _send(
+        self, url: str, body: bytes, headers: Mapping[str, str], timeout_s: float, limit: int
+    ) -> Answer:
+        try:
+            async with self._http.stream(
+                "POST", url, content=body, headers=dict(headers), timeout=timeout_s
+            ) as response:
+                data = bytearray()
+                if limit > 0:
+                    async for chunk in response.aiter_bytes():
+                        data += chunk
+                        if len(data) > limit:
+                            return Answer(response.status_code, bytes(data[:limit]), True)
+                return Answer(response.status_code, bytes(data))
+        except httpx.TimeoutException:
+            raise NoAnswer(f"no answer within {timeout_s:g} s") from None
+        except httpx.HTTPError as exc:
+            raise OutboundError(f"{type(exc).__name__}: {exc}"[:500]) from None

@@ -16,8 +16,8 @@ from authz.policy import Restriction, Subject, everyone_may_read
 from authz.scope import ContextSeen, RunScope, seen_in_context
 from server.metrics import Metrics
 from server.settings import Settings
-from server.store.access import AccessStore, PrivateItem
-from server.store.sessions import Store
+from server.store.access import PrivateItem
+from server.store.port import SessionStore
 from session.context import BuiltContext, ContextBuilder, ContextSettings, WithheldReason
 from session.model import Usage
 from session.schema import Entry, SessionDocument
@@ -32,7 +32,7 @@ class SessionContext:
         self,
         session_id: str,
         *,
-        store: Store,
+        store: SessionStore,
         settings: Settings,
         metrics: Metrics,
         clock: Callable[[], float],
@@ -55,7 +55,7 @@ class SessionContext:
 
     async def load(self) -> None:
         """Read the restricted text and the summaries kept beside the document."""
-        items = await AccessStore(self.store).private_items(self.session_id)
+        items = await self.store.access.private_items(self.session_id)
         self.private = {i.entry_id: i for i in items}
         self.summaries = await self.store.load_summaries(self.session_id)
 

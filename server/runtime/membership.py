@@ -16,8 +16,8 @@ from authz.policy import Do, Subject, decide
 from authz.roles import Capability, Member, RoleTable
 from authz.tokens import ClientClaims, token_refusal
 from server.settings import Settings
-from server.store.access import AccessStore, TokenRow
-from server.store.sessions import Store
+from server.store.access import TokenRow
+from server.store.port import SessionStore
 from server.ws.connection import Connection
 from session.closes import CloseCode
 from session.core import MemberUpdated, TokenRevoked
@@ -33,7 +33,7 @@ class Membership:
     def __init__(
         self,
         session_id: str,
-        store: Store,
+        store: SessionStore,
         roles: Callable[[], RoleTable],
         clock: Callable[[], float],
         sockets: Callable[[], Iterable[Connection]],
@@ -71,8 +71,7 @@ class Membership:
         for user_id, member in current.items():
             if self.members.get(user_id) != member:
                 await self.set_member(user_id, member)
-        access = AccessStore(self.store)
-        revoked = await access.revoked_tokens(self.session_id, int(self.clock()))
+        revoked = await self.store.access.revoked_tokens(self.session_id, int(self.clock()))
         for token in revoked.values():
             await self.revoke_token(token)
 

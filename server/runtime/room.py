@@ -32,10 +32,10 @@ from server.runtime.sockets import SessionSockets
 from server.runtime.stream_feed import ReplyText, StreamFeed
 from server.runtime.writer import DocumentWriter, Write
 from server.settings import Settings
-from server.store.access import AccessStore, PrivateItem, ToolRow
+from server.store.access import PrivateItem, ToolRow
 from server.store.effect_writes import SequenceMoved, write_effects
 from server.store.group_commit import WriteFence
-from server.store.sessions import Store
+from server.store.port import SessionStore
 from server.ws.awareness import AwarenessFanout
 from server.ws.connection import Connection
 from session.closes import CloseCode
@@ -79,7 +79,7 @@ class SessionRoom:
         self,
         session_id: str,
         *,
-        store: Store,
+        store: SessionStore,
         settings: Settings,
         clock: Callable[[], float] = time.time,
         metrics: Metrics | None = None,
@@ -95,7 +95,7 @@ class SessionRoom:
         self.clock = clock
         self.metrics = metrics or Metrics()
         self.webhooks = webhooks
-        self.access = AccessStore(store)
+        self.access = store.access
         self.model = model  # the session's model; None: the server's default
         self.restricted_replies = "private"
         self.limits = Limits(
@@ -282,6 +282,7 @@ class SessionRoom:
         """Write ``effects`` in ``write``; what follows the commit is queued on it."""
         await write_effects(write.tx, self.doc, self.session_id, effects, now_ms)
         write.events.extend(effects.events)
+        write.replies.update(effects.replies)
         for kept in effects.keep:
             item = PrivateItem(kept.entry_id, kept.kind, kept.text, kept.restriction)
             write.after_commit.append(partial(self._keep_private, item))

@@ -17,8 +17,8 @@ from server.runtime.room import SessionRoom
 from server.runtime.runner import SessionRunner
 from server.runtime.session_writes import SETTINGS_WRITE, apply_session_write
 from server.settings import Settings
-from server.store.access import AccessStore, ToolRow, access_digest
-from server.store.sessions import Store
+from server.store.access import ToolRow, access_digest
+from server.store.port import SessionStore
 from session.closes import CloseCode
 from session.errors import NotFound, Unavailable
 from session.lifecycle import PromptStatus
@@ -37,7 +37,7 @@ SHUT_DOWN = Ending(ReasonCode.SERVER_SHUTDOWN, "the server shut down while this 
 class RoomRegistry:
     def __init__(
         self,
-        store: Store,
+        store: SessionStore,
         settings: Settings,
         provider: ModelProvider,
         clock: Callable[[], float] = time.time,
@@ -151,7 +151,7 @@ class RoomRegistry:
         """Read the custom roles and tools again (at start, and after one is changed); if
         they changed, a member whose role no longer lets them read a session is
         disconnected. Returns the digest of what is now in force."""
-        access = AccessStore(self.store)
+        access = self.store.access
         self.roles = RoleTable(await access.list_roles())
         self.webhooks = await access.list_tools()
         digest = access_digest(self.roles.custom, self.webhooks)

@@ -60,7 +60,7 @@ class SessionRunner:
         self.task: asyncio.Task[None] | None = None
         self.summariser = Summariser(room, provider, run_timeout_s)
         self.usage = UsageLedger(room.store, room.clock)
-        self.tools = ToolRunner(room.settings, room.access)
+        self.tools = ToolRunner(room.settings, room.access, room.clock)
         self.limits = LoopLimits(
             room.settings.max_tool_steps, room.settings.max_tool_calls_per_turn
         )

@@ -9,12 +9,9 @@ from __future__ import annotations
 
 import json
 import secrets
-import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
-
-import httpx
 
 from authz.policy import Readers, Restriction, restrict
 from authz.roles import Capability
@@ -26,8 +23,17 @@ from authz.webhooks import (
     new_delivery_id,
     sign,
 )
+from server.outbound.targets import (
+    NoAnswer,
+    OutboundClient,
+    OutboundError,
+    RefusedTarget,
+    Resolver,
+    system_resolver,
+)
 from server.settings import Settings
-from server.store.access import AccessStore, DocumentRow, ToolRow
+from server.store.access import DocumentRow, ToolRow
+from server.store.port import RuntimeAccess
 from session.documents import Document, render, search
 from session.model import ToolSpec
 
@@ -63,9 +69,17 @@ def new_secret() -> str:
 
 
 class ToolRunner:
-    def __init__(self, settings: Settings, access: AccessStore) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        access: RuntimeAccess,
+        clock: Callable[[], float],
+        resolver: Resolver = system_resolver,
+    ) -> None:
         self.settings = settings
         self.access = access
+        self.clock = clock  # the room's: signatures are dated by it
+        self.resolver = resolver  # the seam tests use to stand in for DNS
 
     async def run(
         self,
@@ -120,7 +134,7 @@ class ToolRunner:
             },
             separators=(",", ":"),
         ).encode()
-        timestamp = int(time.time())
+        timestamp = int(self.clock())
         delivery = new_delivery_id()  # one per request: the tool server accepts it once
         headers = {
             "content-type": "application/json",
@@ -130,25 +144,32 @@ class ToolRunner:
         }
         limit = self.settings.max_tool_result_bytes
         timeout = hook.timeout_ms / 1000
+        # Private, loopback and link-local targets only with PARLEY_WEBHOOK_ALLOW_PRIVATE,
+        # checked on the addresses it connects to (``server.outbound``).
+        http = OutboundClient(
+            allow_private=self.settings.webhook_allow_private,
+            resolver=self.resolver,
+            max_connections=1,
+        )
         try:
-            async with (
-                httpx.AsyncClient(timeout=timeout, follow_redirects=False) as http,
-                http.stream("POST", hook.url, content=body, headers=headers) as response,
-            ):
-                data = bytearray()
-                async for chunk in response.aiter_bytes():
-                    data += chunk
-                    if len(data) > limit:
-                        return Executed(
-                            f"error: the tool's answer exceeds {limit} bytes", is_error=True
-                        )
-        except httpx.TimeoutException:
+            answer = await http.post(
+                hook.url, body, headers, timeout_s=timeout, max_body_bytes=limit
+            )
+        except RefusedTarget as exc:
+            return Executed(f"error: the tool's URL is refused ({exc})", is_error=True)
+        except NoAnswer:
             return Executed(f"error: the tool did not answer within {timeout:g} s", is_error=True)
-        except httpx.HTTPError as exc:
-            return Executed(f"error: the tool could not be reached ({type(exc).__name__})", True)
-        if not 200 <= response.status_code < 300:
-            return Executed(f"error: the tool answered HTTP {response.status_code}", True)
-        return _webhook_result(hook.name, bytes(data))
+        except OutboundError as exc:
+            reason = str(exc).split(":", 1)[0]
+            return Executed(f"error: the tool could not be reached ({reason})", True)
+        finally:
+            await http.aclose()
+        if answer.too_large:
+            return Executed(f"error: the tool's answer exceeds {limit} bytes", is_error=True)
+        if not 200 <= answer.status_code < 300:
+            return Executed(f"error: the tool answered HTTP {answer.status_code}", True)
+        data = answer.body
+        return _webhook_result(hook.name, data)
 
 
 def _webhook_result(name: str, data: bytes) -> Executed:

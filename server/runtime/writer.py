@@ -24,7 +24,7 @@ from pycrdt import Doc, TransactionEvent, merge_updates
 from server.runtime.stream_feed import StreamFeed
 from server.settings import Settings
 from server.store.group_commit import WriteFence
-from server.store.sessions import Store, StoreTx
+from server.store.port import SessionStore, SessionTx
 from session.encoded import EncodedDocument
 from session.errors import Unavailable
 from session.events import SessionEvent
@@ -68,9 +68,12 @@ class Write:
     change means (``session.events``: stored in its transaction, numbered in the
     session's order, so a write that rolls back leaves none)."""
 
-    tx: StoreTx
+    tx: SessionTx
     after_commit: list[Callable[[], object]] = field(default_factory=list)
     events: list[SessionEvent] = field(default_factory=list)
+    # The text of each reply completed in this write, None when restricted: what a
+    # ``reply.completed`` webhook may carry (the events themselves carry no content).
+    replies: dict[str, str | None] = field(default_factory=dict)
 
 
 class DocumentWriter:
@@ -84,7 +87,7 @@ class DocumentWriter:
     def __init__(
         self,
         session_id: str,
-        store: Store,
+        store: SessionStore,
         settings: Settings,
         clock: Callable[[], float],
         broadcast: Callable[[bytes], None],
@@ -177,7 +180,9 @@ class DocumentWriter:
                         update_id = await tx.append_update(self.session_id, update)
                         await self._published(tx, update_id)
                     # Last: on PostgreSQL the event counter's row stays locked to the commit.
-                    numbers = await tx.append_events(self.session_id, self.now_ms(), write.events)
+                    numbers = await tx.append_events(
+                        self.session_id, self.now_ms(), write.events, write.replies
+                    )
             except BaseException:
                 await self._forget(captured)
                 raise
@@ -261,7 +266,7 @@ class DocumentWriter:
         if self._encoded is not None:
             self._encoded.committed(update)
 
-    async def _published(self, tx: StoreTx, update_id: int) -> None:
+    async def _published(self, tx: SessionTx, update_id: int) -> None:
         """An update was stored in ``tx``: tell the fence, and squash the log into a
         snapshot every ``snapshot_every_updates``."""
         if self.fence is not None:
@@ -274,7 +279,7 @@ class DocumentWriter:
         self._since_snapshot += 1
         return self._since_snapshot >= self.settings.snapshot_every_updates
 
-    async def _write_snapshot(self, tx: StoreTx, update_id: int) -> None:
+    async def _write_snapshot(self, tx: SessionTx, update_id: int) -> None:
         await tx.write_snapshot(
             self.session_id, self.doc.doc.get_update(), update_id, self.now_ms()
         )

@@ -10,7 +10,7 @@ import hashlib
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import and_, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from authz.policy import Readers, Restriction, restriction_from_json, restriction_to_json
 from authz.tokens import ClientClaims
-from server.store.sessions import MemberRow, Store, lock_session, read_member
+from server.store.rows import MemberRow, lock_session, read_member
 from server.store.tables import (
     audit_log,
     client_tokens,
@@ -29,6 +29,9 @@ from server.store.tables import (
     tools,
 )
 from session.errors import Conflict
+
+if TYPE_CHECKING:
+    from server.store.database import Database
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,7 +151,7 @@ async def insert_audit(
 
 
 class AccessStore:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Database) -> None:
         self.store = store
 
     # -- custom roles ---------------------------------------------------------------------

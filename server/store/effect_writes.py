@@ -13,8 +13,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from server.store.access import PrivateItem, insert_audit, insert_private
-from server.store.sessions import EntryRow, StoreTx
+from server.store.access import PrivateItem
+from server.store.port import SessionTx
+from server.store.rows import EntryRow
 from session.core import BeginRun, Effects, NewEntry, Pin, SetFact, SetPolicy
 from session.errors import Unavailable
 from session.lifecycle import PromptStatus
@@ -32,7 +33,7 @@ class SequenceMoved(Unavailable):
 
 
 async def write_effects(
-    tx: StoreTx,
+    tx: SessionTx,
     doc: SessionDocument,
     session_id: str,
     effects: Effects,
@@ -66,15 +67,13 @@ async def write_effects(
         )
     for kept in effects.keep:
         item = PrivateItem(kept.entry_id, kept.kind, kept.text, kept.restriction)
-        await insert_private(tx.connection, session_id, item, now_ms)
+        await tx.insert_private(session_id, item, now_ms)
     for record in effects.audit:
-        await insert_audit(
-            tx.connection, session_id, now_ms, record.kind, record.actor, dict(record.data)
-        )
+        await tx.insert_audit(session_id, now_ms, record.kind, record.actor, dict(record.data))
 
 
 async def finish_prompts(
-    tx: StoreTx,
+    tx: SessionTx,
     doc: SessionDocument,
     prompt_ids: Sequence[str],
     ending: Ending | None,
@@ -88,7 +87,7 @@ async def finish_prompts(
     doc.finish_prompts(prompt_ids, ending)
 
 
-async def _begin_run(tx: StoreTx, doc: SessionDocument, begin: BeginRun) -> None:
+async def _begin_run(tx: SessionTx, doc: SessionDocument, begin: BeginRun) -> None:
     """A run's prompts become ``running`` (row and document) and its reply opens."""
     for prompt in begin.run.prompts:
         await tx.set_entry_status(
@@ -102,7 +101,9 @@ async def _begin_run(tx: StoreTx, doc: SessionDocument, begin: BeginRun) -> None
     )
 
 
-async def _store_entry(tx: StoreTx, doc: SessionDocument, session_id: str, entry: NewEntry) -> None:
+async def _store_entry(
+    tx: SessionTx, doc: SessionDocument, session_id: str, entry: NewEntry
+) -> None:
     seq = await tx.next_seq(session_id)
     if seq != entry.seq:  # only the room's writer hands them out: nothing else should
         raise SequenceMoved(seq - 1)

@@ -22,7 +22,7 @@ from server.store.tables import doc_updates
 from session.errors import Unavailable
 
 if TYPE_CHECKING:
-    from server.store.sessions import Store, StoreTx
+    from server.store.port import SessionTx, Transactional
 
 MAX_ROUND_UPDATES = 512
 
@@ -31,9 +31,9 @@ class WriteFence(Protocol):
     """Cluster mode: may this node write the session? Checked first in every write
     transaction (raise to refuse it); told each update it stores, in the same transaction."""
 
-    async def check(self, tx: StoreTx) -> None: ...
+    async def check(self, tx: SessionTx) -> None: ...
 
-    async def published(self, tx: StoreTx, update_id: int) -> None: ...
+    async def published(self, tx: SessionTx, update_id: int) -> None: ...
 
 
 @dataclass(slots=True)
@@ -54,7 +54,7 @@ def insert_updates(rows: Sequence[tuple[str, bytes]]) -> tuple[object, list[dict
 class GroupCommit:
     """Stores updates submitted from any session, a round at a time."""
 
-    def __init__(self, store: Store, max_round: int = MAX_ROUND_UPDATES) -> None:
+    def __init__(self, store: Transactional, max_round: int = MAX_ROUND_UPDATES) -> None:
         self.store = store
         self.max_round = max_round
         self._pending: list[_Pending] = []

@@ -294,3 +294,12 @@ webhook_attempts = Table(
     Column("error", String(500)),
 )
 Index("ix_webhook_attempts_delivery", webhook_attempts.c.delivery_id, webhook_attempts.c.id)
+
+# One row: counted up by every change of a subscription, so each node knows when to read
+# them again (``server.webhook_store.Subscriptions``).
+webhook_version = Table(
+    "webhook_version",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("version", BigInteger, nullable=False, server_default="0"),
+)

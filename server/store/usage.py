@@ -1,21 +1,25 @@
-"""Token usage and quotas in the database: what each call cost each issuer, per UTC day.
+"""Token usage and quotas: what each call cost each issuer, per UTC day.
 
-The decisions (who pays, who is over) are ``session.quota``'s; this module reads and
-writes the rows they need.
+The decisions (who pays, who is over) are ``session.quota``'s; ``UsageLedger`` applies them
+over any ``SessionStore``, and ``UsageTables`` is the database's half of those rows.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from sqlalchemy import and_, delete, func, insert, select
 
-from server.store.sessions import Store
+from server.store.database import Database
 from server.store.tables import model_usage, quotas
 from session.errors import QuotaExceeded
 from session.model import Usage
 from session.quota import Quotas, day_of, over_quota, shares
+
+if TYPE_CHECKING:
+    from server.store.port import SessionStore
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,40 +30,48 @@ class UserUsage:
     calls: int
 
 
-class UsageLedger:
-    def __init__(self, store: Store, clock: Callable[[], float]) -> None:
-        self.store = store
-        self.clock = clock
+@dataclass(frozen=True, slots=True)
+class UsageRow:
+    """One issuer's share of one model call."""
 
-    def today(self) -> str:
-        return day_of(self.clock())
+    session_id: str
+    user_id: str
+    day: str
+    model: str
+    reply_id: str
+    input_tokens: int
+    output_tokens: int
+    created_at: int
 
-    async def record(
-        self, session_id: str, issuers: Sequence[str], model: str, reply_id: str, usage: Usage
-    ) -> None:
-        """Store one call's usage, one row per issuer with their share."""
-        now = self.clock()
-        rows = [
-            {
-                "session_id": session_id,
-                "user_id": user_id,
-                "day": day_of(now),
-                "model": model,
-                "reply_id": reply_id,
-                "input_tokens": share.input_tokens,
-                "output_tokens": share.output_tokens,
-                "created_at": int(now * 1000),
-            }
-            for user_id, share in shares(usage, issuers)
-        ]
+
+class UsageTables(Database):
+    """The usage and quota rows in the database."""
+
+    async def record_usage(self, rows: Sequence[UsageRow]) -> None:
         if rows:
-            async with self.store.transaction() as tx:
-                await tx.connection.execute(insert(model_usage), rows)
+            async with self.transaction() as tx:
+                await tx.connection.execute(
+                    insert(model_usage),
+                    [
+                        {
+                            "session_id": r.session_id,
+                            "user_id": r.user_id,
+                            "day": r.day,
+                            "model": r.model,
+                            "reply_id": r.reply_id,
+                            "input_tokens": r.input_tokens,
+                            "output_tokens": r.output_tokens,
+                            "created_at": r.created_at,
+                        }
+                        for r in rows
+                    ],
+                )
 
-    async def by_user(
+    async def usage_by_user(
         self, session_id: str, day: str, user_id: str | None = None
     ) -> list[UserUsage]:
-        """Each user's tokens and calls on ``day`` (one user's when ``user_id`` is given)."""
+        """Each user's tokens and calls on ``day`` (one user's when ``user_id`` is given),
+        by user id."""
         where = [model_usage.c.session_id == session_id, model_usage.c.day == day]
         if user_id is not None:
             where.append(model_usage.c.user_id == user_id)
@@ -74,13 +86,13 @@ class UsageLedger:
             .group_by(model_usage.c.user_id)
             .order_by(model_usage.c.user_id)
         )
-        async with self.store.read() as connection:
+        async with self.read() as connection:
             rows = (await connection.execute(query)).all()
         return [UserUsage(str(r[0]), int(r[1]), int(r[2]), int(r[3])) for r in rows]
 
     async def quotas(self, session_id: str) -> Quotas:
         # A read, not a write transaction: it must not queue behind SQLite's writers.
-        async with self.store.read() as connection:
+        async with self.read() as connection:
             row = (
                 await connection.execute(select(quotas).where(quotas.c.session_id == session_id))
             ).first()
@@ -89,7 +101,7 @@ class UsageLedger:
         return Quotas(row.session_tokens_per_day, row.user_tokens_per_day)
 
     async def set_quotas(self, session_id: str, limits: Quotas) -> None:
-        async with self.store.transaction() as tx:
+        async with self.transaction() as tx:
             await tx.connection.execute(delete(quotas).where(quotas.c.session_id == session_id))
             await tx.connection.execute(
                 insert(quotas).values(
@@ -98,6 +110,48 @@ class UsageLedger:
                     user_tokens_per_day=limits.user_tokens_per_day,
                 )
             )
+
+
+class UsageLedger:
+    def __init__(self, store: SessionStore, clock: Callable[[], float]) -> None:
+        self.store = store
+        self.clock = clock
+
+    def today(self) -> str:
+        return day_of(self.clock())
+
+    async def record(
+        self, session_id: str, issuers: Sequence[str], model: str, reply_id: str, usage: Usage
+    ) -> None:
+        """Store one call's usage, one row per issuer with their share."""
+        now = self.clock()
+        await self.store.record_usage(
+            [
+                UsageRow(
+                    session_id,
+                    user_id,
+                    day_of(now),
+                    model,
+                    reply_id,
+                    share.input_tokens,
+                    share.output_tokens,
+                    int(now * 1000),
+                )
+                for user_id, share in shares(usage, issuers)
+            ]
+        )
+
+    async def by_user(
+        self, session_id: str, day: str, user_id: str | None = None
+    ) -> list[UserUsage]:
+        """Each user's tokens and calls on ``day`` (one user's when ``user_id`` is given)."""
+        return await self.store.usage_by_user(session_id, day, user_id)
+
+    async def quotas(self, session_id: str) -> Quotas:
+        return await self.store.quotas(session_id)
+
+    async def set_quotas(self, session_id: str, limits: Quotas) -> None:
+        await self.store.set_quotas(session_id, limits)
 
     async def admit(self, session_id: str, issuers: Sequence[str]) -> None:
         """Raise ``QuotaExceeded`` when a call for ``issuers`` would go over a quota."""

@@ -4,6 +4,12 @@
 session creation and deletion), so a delivery exists exactly when its event committed.
 The delivery worker (``server.outbound.webhook_sender``) claims due rows with ``claim`` and records
 each attempt with ``record``.
+
+The subscriptions an event write matches are kept in memory (``Subscriptions``) and read
+again only when ``webhook_version`` moved: every change of a subscription, on any node,
+counts it up in its own transaction, and an event write reads the counter in a statement
+it makes anyway (``StoreTx.append_events``), so a change committed before an event is in
+force for it on every node, and a write with no subscription makes no extra query.
 """
 
 from __future__ import annotations
@@ -14,10 +20,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, delete, exists, insert, select, update
+from sqlalchemy import ScalarSelect, and_, delete, exists, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from server.store.tables import webhook_attempts, webhook_deliveries, webhooks
+from server.store.tables import webhook_attempts, webhook_deliveries, webhook_version, webhooks
 from session.webhook_events import Outgoing, Subscription, outgoing
 
 ACTIVE, PAUSED, DISABLED = "active", "paused", "disabled"
@@ -66,26 +72,68 @@ def _webhook(row: Any) -> WebhookRow:
     )
 
 
+# Built once: an event write reads it with every counter it takes (building the
+# construct each time cost more than running it).
+_VERSION_NOW = select(func.coalesce(func.max(webhook_version.c.version), 0)).scalar_subquery()
+
+
+def version_now() -> ScalarSelect[Any]:
+    """The subscriptions' version as a scalar subquery, to read inside another statement."""
+    return _VERSION_NOW
+
+
+async def _count_change(connection: AsyncConnection) -> None:
+    """A subscription changed in this transaction: every node reads them again before its
+    next event write that commits after this one."""
+    await connection.execute(update(webhook_version).values(version=webhook_version.c.version + 1))
+
+
+class Subscriptions:
+    """The subscriptions as of a version of ``webhook_version``, one copy per process.
+
+    Safe across concurrent transactions: a copy is always read after the version it is
+    stored under, so it is never older than that version (at worst newer, and then read
+    again once a write sees the newer version)."""
+
+    def __init__(self) -> None:
+        self._version: int | None = None
+        self._subscriptions: tuple[Subscription, ...] = ()
+        self.reads = 0  # how often they were read from the store (for tests and metrics)
+
+    async def current(
+        self, connection: AsyncConnection, version: int | None = None
+    ) -> tuple[Subscription, ...]:
+        """The subscriptions in force at ``version`` (read in this transaction's statement
+        that needed them; None: read it now)."""
+        if version is None:
+            version = int((await connection.execute(select(version_now()))).scalar_one())
+        if version != self._version:
+            rows = await connection.execute(
+                select(webhooks.c.id, webhooks.c.events, webhooks.c.sessions)
+            )
+            self._subscriptions = tuple(
+                Subscription(
+                    row.id,
+                    frozenset(json.loads(row.events)),
+                    None if row.sessions is None else frozenset(json.loads(row.sessions)),
+                )
+                for row in rows
+            )
+            self._version = version
+            self.reads += 1
+        return self._subscriptions
+
+
 async def enqueue(
     connection: AsyncConnection,
+    subscriptions: Sequence[Subscription],
     session_id: str,
     events: Sequence[tuple[int, int, str, dict[str, Any]]],
 ) -> int:
     """Write the deliveries of ``events`` (event seq, at ms, webhook type, data) for every
-    subscription that wants them, paused and disabled ones too (they wait); returns how
-    many. Call in the events' own transaction."""
-    if not events:
-        return 0
-    rows = await connection.execute(select(webhooks.c.id, webhooks.c.events, webhooks.c.sessions))
-    subscriptions = [
-        Subscription(
-            row.id,
-            frozenset(json.loads(row.events)),
-            None if row.sessions is None else frozenset(json.loads(row.sessions)),
-        )
-        for row in rows
-    ]
-    if not subscriptions:
+    one of ``subscriptions`` that wants them, paused and disabled ones too (they wait);
+    returns how many. Call in the events' own transaction."""
+    if not events or not subscriptions:
         return 0
     found: list[tuple[int, Outgoing]] = []
     for seq, at_ms, kind, data in events:
@@ -146,6 +194,7 @@ async def create_webhook(
             created_at=now,
         )
     )
+    await _count_change(connection)
     return row
 
 
@@ -177,6 +226,7 @@ async def change_webhook(
             stored["disabled_reason"] = None
     if stored:
         await connection.execute(update(webhooks).where(webhooks.c.id == webhook_id).values(stored))
+        await _count_change(connection)
     return await get_webhook(connection, webhook_id)
 
 
@@ -191,6 +241,8 @@ async def delete_webhook(connection: AsyncConnection, webhook_id: str) -> bool:
         delete(webhook_deliveries).where(webhook_deliveries.c.webhook_id == webhook_id)
     )
     result = await connection.execute(delete(webhooks).where(webhooks.c.id == webhook_id))
+    if result.rowcount:
+        await _count_change(connection)
     return bool(result.rowcount)
 
 

@@ -170,6 +170,9 @@ class Effects:
     wake_runner: bool = False
     append: AppendText | None = None
     reply: ReplyState | None = None
+    # The text of each reply completed, None when restricted: what a ``reply.completed``
+    # webhook may carry (the events themselves carry no content).
+    replies: tuple[tuple[str, str | None], ...] = ()
 
     @property
     def writes(self) -> bool:

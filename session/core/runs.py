@@ -150,8 +150,12 @@ def finish_run(view: SessionView, event: RunFinished) -> Effects:
             drew_on = [r.to_json() for r in reply.restriction]
             shared = {"reply_id": reply.reply_id, "drew_on": drew_on}
             audit = (AuditRecord("reply_shared", "policy", shared), *audit)
+    replies: tuple[tuple[str, str | None], ...] = ()
+    if reply is not None and event.ending is None:
+        # A restricted reply (one that drew on what not everyone may read) is never sent out.
+        replies = ((reply.reply_id, None if reply.restriction else event.text),)
     finish = Finish(event.run.ids, event.ending)
-    return Effects(finish=(finish,), queue=queue, keep=keep, audit=audit)
+    return Effects(finish=(finish,), queue=queue, keep=keep, audit=audit, replies=replies)
 
 
 def stop_prompts_of(view: SessionView, event: StopPromptsOf) -> Effects:

@@ -44,6 +44,7 @@ from tests.conftest import (
     serve_in_process,
     sqlite_url,
 )
+from tests.fake_model import FakeModel
 
 FAST = Reconnect(initial_s=0.05, max_s=0.5)
 
@@ -273,7 +274,20 @@ def test_every_error_code_of_the_readme_is_a_typed_error() -> None:
     assert type(unknown) is ParleyError and unknown.code == "brand_new"
 
 
-async def test_refusals_arrive_as_typed_errors(sqlite_server: RunningServer) -> None:
+@pytest.fixture
+async def gated_server(tmp_path: Path) -> AsyncIterator[RunningServer]:
+    """A server whose model holds a ``[wait]`` prompt's run until the test is over, so a
+    second prompt meets a run in flight whatever the machine's speed."""
+    model = FakeModel()
+    model.gate = asyncio.Event()
+    settings = make_settings(sqlite_url(tmp_path), tmp_path / "data")
+    async with serve_in_process(settings, model) as running:
+        yield running
+        model.gate.set()
+
+
+async def test_refusals_arrive_as_typed_errors(gated_server: RunningServer) -> None:
+    sqlite_server = gated_server
     async with AdminClient(sqlite_server.base_url, ADMIN_KEY) as admin, asyncio.timeout(60):
         sid = await new_session(admin, {"olga": "owner", "eve": "editor", "vic": "viewer"})
         async with (
@@ -298,7 +312,7 @@ async def test_refusals_arrive_as_typed_errors(sqlite_server: RunningServer) -> 
             with pytest.raises(Conflict):
                 await eve.prompt("hello", id="m1")  # an id used for another command
             assert (await olga.set_policy("reject")).data["policy"] == "reject"
-            await eve.prompt("first")
+            await eve.prompt("first [wait]")  # runs until the end of the test
             with pytest.raises(Busy):
                 await eve.prompt("second")
             ack = await eve.set_fact("region", "eu-west-1")

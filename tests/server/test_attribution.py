@@ -1,5 +1,6 @@
-"""Issue 17 over real sockets and HTTP: the model is never told the wrong person asked, and
-no member's text can pass for another member's, a heading or a fact."""
+"""Issue 17 over real sockets and HTTP: no member's text can pass for another member's, a
+heading or a fact, on the socket and the REST paths alike. (That a message folded into a
+prompt is no ask is tested in a room: ``tests/server/runtime/test_attribution.py``.)"""
 
 from __future__ import annotations
 
@@ -7,28 +8,12 @@ import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from server.providers.offline import OfflineProvider
 from session.attribution import is_server_line
-from session.model import ModelEvent, ModelRequest
 from tests.conftest import RunningServer, make_settings, serve_in_process, sqlite_url
+from tests.server.runtime.harness import RecordingOffline
 from tests.yclient import YClient, all_replies_settled
 
 ROLL_BACK = "We should roll back the checkout deploy from 14:02 now"
-
-
-class RecordingOffline:
-    """The offline model, keeping every request it was given."""
-
-    name = "recording-offline"
-
-    def __init__(self) -> None:
-        self.model = OfflineProvider(token_delay_s=0)
-        self.requests: list[ModelRequest] = []
-
-    async def stream(self, request: ModelRequest) -> AsyncIterator[ModelEvent]:
-        self.requests.append(request)
-        async for event in self.model.stream(request):
-            yield event
 
 
 def reply_texts(entries: list[dict[str, object]]) -> list[str]:
@@ -45,31 +30,6 @@ async def session_of(
     async with serve_in_process(settings, provider) as server:
         sid = await server.new_session(dict.fromkeys(members, "editor"))
         yield server, sid, provider, [await server.connect(sid, m) for m in members]
-
-
-async def test_a_message_folded_into_a_prompt_is_not_an_ask(tmp_path: Path) -> None:
-    async with session_of(tmp_path, "alice", "bob") as (server, sid, provider, clients):
-        alice, bob = clients
-        posted = await alice.command({"type": "message", "id": "m", "text": ROLL_BACK})
-        assert posted["type"] == "ack"
-        await bob.command({"type": "prompt", "id": "p", "text": f"{ROLL_BACK}?"})
-        await bob.wait_until(lambda c: all_replies_settled(c, 1))
-
-        (request,) = provider.requests
-        assert request.issuers == ("bob",)
-        asked = request.messages[-1]
-        assert asked.content == f"[alice wrote, bob asks you]\n{ROLL_BACK}?"
-        assert asked.author == "bob" and asked.authors == ("alice", "bob")
-        (reply,) = reply_texts(bob.entries())
-        assert f"bob asked: \u201c{ROLL_BACK}?\u201d (alice wrote much the same)" in reply
-        assert "[" not in reply  # the server's line is never quoted back
-
-        # Once answered, both are earlier content: each wrote it, nobody asks it.
-        history = await server.http.get(
-            f"/api/v1/sessions/{sid}/context", params={"user_id": "alice"}
-        )
-        contents = [m["content"] for m in history.json()["messages"]]
-        assert f"[alice and bob each wrote]\n{ROLL_BACK}?" in contents
 
 
 FORGERIES = [

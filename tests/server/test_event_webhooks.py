@@ -7,14 +7,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
-import uvicorn
 from standardwebhooks.webhooks import Webhook
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -28,9 +26,11 @@ from tests.conftest import (
     ServerProcess,
     free_port,
     make_settings,
+    serve_asgi,
     serve_in_process,
     sqlite_url,
 )
+from tests.fake_model import Answer, FakeModel, Sent, call
 from tests.yclient import all_replies_settled
 
 ALL_TYPES = sorted(TYPES)
@@ -71,22 +71,9 @@ class Receiver:
 async def receiving(receiver: Receiver | None = None) -> AsyncIterator[Receiver]:
     receiver = receiver or Receiver()
     app = Starlette(routes=[Route("/hook", receiver.hook, methods=["POST"])])
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    receiver.url = f"http://127.0.0.1:{sock.getsockname()[1]}/hook"
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    async with asyncio.timeout(10):
-        while not server.started:
-            if task.done():
-                task.result()
-            await asyncio.sleep(0.01)
-    try:
+    async with serve_asgi(app) as port:
+        receiver.url = f"http://127.0.0.1:{port}/hook"
         yield receiver
-    finally:
-        server.should_exit = True
-        await task
-        sock.close()
 
 
 async def until(condition: Any, what: str, timeout_s: float = 20) -> None:
@@ -172,8 +159,19 @@ async def test_deliveries_are_signed_and_in_order_per_session(
             assert [p["type"] for p in sessions[sid]] == types
             seqs = [p["data"]["event_seq"] for p in sessions[sid] if p["data"]["event_seq"]]
             assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
-        failed = next(p for p in sessions[one] if p["type"] == "reply.completed")
-        assert set(failed["data"]) == {"session_id", "event_seq", "reply_id", "prompt_ids"}
+        # Every type a busy session makes arrives (run.failed and quota.exceeded: below).
+        told = {p["type"] for payloads in sessions.values() for p in payloads}
+        assert told == set(TYPES) - {"run.failed", "quota.exceeded"}
+        completed = next(p for p in sessions[one] if p["type"] == "reply.completed")
+        assert set(completed["data"]) == {
+            "session_id",
+            "event_seq",
+            "reply_id",
+            "prompt_ids",
+            "text",
+            "text_withheld",
+        }
+        assert completed["data"]["text"] and completed["data"]["text_withheld"] is False
         # Each delivery's webhook-id is the one the deliveries list shows, and unique.
         listed = await deliveries(server.http, hook["id"])
         assert sorted(d["message_id"] for d in listed) == sorted(i for i, _ in verified)
@@ -394,3 +392,60 @@ async def test_a_prompt_over_quota_is_told_as_run_failed_and_quota_exceeded(
         assert failed["data"] == quota["data"]
         assert failed["data"]["reason_code"] == "quota_exceeded"
         assert failed["data"]["prompt_ids"] == [ack["prompt_id"]]
+
+
+SECRET = "the vault code is 7731"
+
+
+def vault_script(sent: Sent) -> Answer:
+    if "vault" in sent.asked_text():
+        return ["Let me look. ", call("search_documents", {"query": "vault code"})]
+    return ["the plain answer, ", "in two parts"]
+
+
+async def test_reply_completed_carries_the_text_unless_the_reply_is_restricted(
+    tmp_path: Path,
+) -> None:
+    settings = make_settings(sqlite_url(tmp_path), tmp_path / "data", **FAST)
+    async with (
+        receiving() as receiver,
+        serve_in_process(settings, FakeModel(vault_script)) as server,
+    ):
+        hook = await subscribe(server.http, receiver.url, events=["reply.completed"])
+        sid = await server.new_session({"olga": "owner", "bob": "editor", "alice": "viewer"})
+        made = await server.http.post(
+            f"/api/v1/sessions/{sid}/documents",
+            json={"title": "Vault", "text": SECRET, "readers": {"users": ["bob", "olga"]}},
+        )
+        assert made.status_code == 201, made.text
+        bob = await server.connect(sid, "bob")
+        await bob.command({"type": "prompt", "id": "p1", "text": "say something plain"})
+        await bob.command({"type": "prompt", "id": "p2", "text": "what is the vault code?"})
+        await bob.wait_until(lambda c: all_replies_settled(c, 2))
+        # Shared into the document by the owner: still restricted, still never sent out.
+        shared = await server.http.patch(
+            f"/api/v1/sessions/{sid}", json={"restricted_replies": "shared"}
+        )
+        assert shared.status_code == 200, shared.text
+        await bob.command({"type": "prompt", "id": "p3", "text": "the vault code again?"})
+        await bob.wait_until(lambda c: all_replies_settled(c, 3))
+        replies = [e for e in bob.entries() if e["kind"] == "reply"]
+        assert "7731" in replies[2]["content"]  # members read it in the shared document
+
+        async def arrived() -> bool:
+            return len(receiver.received) >= 3
+
+        await until(arrived, "three reply.completed deliveries")
+        verified = [payload for _, payload in receiver.verified(hook["secret"])]
+        by_reply = {p["data"]["reply_id"]: p["data"] for p in verified}
+        plain, private, shared_reply = (by_reply[r["id"]] for r in replies)
+        assert plain["text"] == "the plain answer, in two parts" == replies[0]["content"]
+        assert plain["text_withheld"] is False
+        for withheld in (private, shared_reply):
+            assert withheld["text"] is None and withheld["text_withheld"] is True
+        assert all(
+            b"7731" not in body and b"vault code is" not in body for _, body in receiver.received
+        )
+        # The stored events carry no text: only the webhook body does.
+        events = await server.http.get(f"/api/v1/sessions/{sid}/events")
+        assert "two parts" not in events.text and "7731" not in events.text

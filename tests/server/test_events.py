@@ -1,15 +1,15 @@
 """Semantic events over a real server: each change yields its events, in commit order,
-stored with the change (``session.events``, ``GET /api/v1/sessions/{id}/events``)."""
+stored with the change (``session.events``, ``GET /api/v1/sessions/{id}/events``). How
+cancels, stops and superseded runs end in events is tested in a room on the in-memory
+store: ``tests/server/runtime/test_events.py``."""
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Any
 
 from server.settings import OFFLINE_MODEL
 from tests.conftest import RunningServer, make_settings, serve_in_process, sqlite_url
-from tests.server.test_context_api import first_call_waits
 from tests.yclient import YClient, all_replies_settled
 
 
@@ -84,66 +84,6 @@ async def _wait_running(client: YClient, prompt_id: str) -> None:
     )
 
 
-async def test_a_cancelled_waiting_prompt_fails_with_its_code_and_a_full_queue_adds_nothing(
-    tmp_path: Path,
-) -> None:
-    gate = asyncio.Event()  # the first model call waits for it
-    provider = first_call_waits(gate)
-    settings = make_settings(sqlite_url(tmp_path), tmp_path / "data", max_pending_per_user=1)
-    async with serve_in_process(settings, provider) as server:
-        sid = await server.new_session({"alice": "editor"})
-        alice = await server.connect(sid, "alice")
-        first = await alice.command({"type": "prompt", "id": "p1", "text": "first"})
-        await _wait_running(alice, first["prompt_id"])
-        second = await alice.command({"type": "prompt", "id": "p2", "text": "second"})
-        full = await alice.command({"type": "prompt", "id": "p3", "text": "third"})
-        assert full["type"] == "error", full
-        cancelled = await alice.command(
-            {"type": "cancel", "id": "x", "prompt_id": second["prompt_id"]}
-        )
-        assert cancelled["type"] == "ack", cancelled
-        gate.set()
-        await alice.wait_until(lambda c: all_replies_settled(c, 1))
-
-        events = (await _events(server, sid))[1:]
-        assert _kinds(events) == [
-            "prompt_accepted",
-            "run_started",
-            "prompt_accepted",
-            "run_failed",
-            "reply_completed",
-        ]
-        failed = events[3]["data"]
-        assert failed["prompt_ids"] == [second["prompt_id"]]
-        assert failed["reply_id"] is None
-        assert failed["reason_code"] == "cancelled"
-        assert failed["reason"] == "cancelled by alice"
-        assert events[4]["data"]["prompt_ids"] == [first["prompt_id"]]
-        assert "p3" not in str(events) and "third" not in str(events)
-
-
-async def test_a_stopped_run_fails_with_its_reply_and_code(tmp_path: Path) -> None:
-    gate = asyncio.Event()  # the first model call waits for it
-    provider = first_call_waits(gate)
-    settings = make_settings(sqlite_url(tmp_path), tmp_path / "data")
-    async with serve_in_process(settings, provider) as server:
-        sid = await server.new_session({"alice": "editor"})
-        alice = await server.connect(sid, "alice")
-        ack = await alice.command({"type": "prompt", "id": "p1", "text": "first"})
-        await _wait_running(alice, ack["prompt_id"])
-        await alice.command({"type": "cancel", "id": "x", "prompt_id": ack["prompt_id"]})
-        await alice.wait_until(lambda c: all_replies_settled(c, 1))
-        events = (await _events(server, sid))[1:]
-        assert _kinds(events) == ["prompt_accepted", "run_started", "run_failed"]
-        reply_id = events[1]["data"]["reply_id"]
-        assert events[2]["data"] == {
-            "prompt_ids": [ack["prompt_id"]],
-            "reply_id": reply_id,
-            "reason_code": "cancelled",
-            "reason": "cancelled by alice",
-        }
-
-
 async def test_membership_and_settings_changes_over_rest(database_url: str, tmp_path: Path) -> None:
     settings = make_settings(database_url, tmp_path / "data")
     async with serve_in_process(settings) as server:
@@ -208,50 +148,3 @@ async def test_the_events_route_pages_and_is_for_the_admin_only(tmp_path: Path) 
         owner = {"Authorization": f"Bearer {await server.token(sid, 'olga')}"}
         assert (await server.http.get(route, headers=owner)).status_code == 403
         assert (await server.http.get("/api/v1/sessions/nope/events")).status_code == 404
-
-
-async def test_a_superseded_run_and_the_commands_that_changed_the_session(
-    tmp_path: Path,
-) -> None:
-    gate = asyncio.Event()  # the first model call waits for it
-    provider = first_call_waits(gate)
-    settings = make_settings(sqlite_url(tmp_path), tmp_path / "data")
-    async with serve_in_process(settings, provider) as server:
-        sid = await server.new_session({"olga": "owner"})
-        olga = await server.connect(sid, "olga")
-        first = await olga.command({"type": "prompt", "id": "p1", "text": "first"})
-        await _wait_running(olga, first["prompt_id"])
-        policy = await olga.command({"type": "set_policy", "id": "s", "policy": "interrupt"})
-        assert policy["type"] == "ack", policy
-        second = await olga.command({"type": "prompt", "id": "p2", "text": "second"})
-        gate.set()
-        await olga.wait_until(lambda c: all_replies_settled(c, 2))
-        pin = await olga.command({"type": "pin", "id": "n", "entry_id": second["prompt_id"]})
-        assert pin["type"] == "ack", pin
-        fact = await olga.command({"type": "set_fact", "id": "f", "key": "tier", "value": "gold"})
-        assert fact["type"] == "ack", fact
-
-        events = (await _events(server, sid))[1:]
-        assert _kinds(events) == [
-            "prompt_accepted",
-            "run_started",
-            "settings_changed",
-            "prompt_accepted",
-            "run_failed",
-            "run_started",
-            "reply_completed",
-            "pin_changed",
-            "fact_set",
-        ]
-        first_reply = events[1]["data"]["reply_id"]
-        assert events[2]["data"] == {"changed": {"policy": "interrupt"}, "by": "olga"}
-        failed = events[4]["data"]
-        assert (failed["prompt_ids"], failed["reply_id"], failed["reason_code"]) == (
-            [first["prompt_id"]],
-            first_reply,
-            "superseded",
-        )
-        assert events[5]["data"]["prompt_ids"] == [second["prompt_id"]]
-        assert [e["actor"] for e in events[7:]] == ["olga", "olga"]
-        assert events[7]["data"] == {"entry_id": second["prompt_id"], "pinned": True, "by": "olga"}
-        assert events[8]["data"] == {"key": "tier", "removed": False, "by": "olga"}

@@ -1,6 +1,8 @@
-"""Scheduling policies under load: 50 members x 20 prompts at once, per policy.
+"""The queue policy under load over sockets, on SQLite and PostgreSQL: 50 members x 20
+prompts at once. (The other policies run this load in one room on the in-memory store:
+``tests/server/runtime/test_policies.py``.)
 
-Each test checks the promises (nothing acknowledged lost, nothing run twice, one order for
+The test checks the promises (nothing acknowledged lost, nothing run twice, one order for
 everyone, replies in place) and prints the longest queue wait and the fairness figure.
 """
 
@@ -15,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import RunningServer, make_settings, serve_in_process, sqlite_url
+from tests.conftest import RunningServer, make_settings, serve_in_process
 from tests.yclient import YClient
 
 # The heaviest tests share one xdist worker: never two of them at once on two cores.
@@ -45,14 +47,6 @@ async def loaded_server(database_url: str, tmp_path: Path) -> AsyncIterator[Runn
 async def loaded(database_url: str, tmp_path: Path) -> AsyncIterator[RunningServer]:
     """On SQLite and PostgreSQL."""
     async with loaded_server(database_url, tmp_path) as server:
-        yield server
-
-
-@pytest.fixture
-async def loaded_sqlite(tmp_path: Path) -> AsyncIterator[RunningServer]:
-    """SQLite only: the storage path is the same for every policy, and the queue test
-    already runs this load on PostgreSQL; this keeps the suite's time in bounds."""
-    async with loaded_server(sqlite_url(tmp_path), tmp_path) as server:
         yield server
 
 
@@ -166,55 +160,3 @@ async def test_queue_is_fair_round_robin(loaded: RunningServer) -> None:
     figure = report("queue", view)
     print(f"[queue] most runs by one other user between two runs of a waiting user: {worst}")
     assert figure["prompts_run"] == CLIENTS * PROMPTS_EACH
-
-
-async def test_coalesce_answers_waiting_prompts_together(loaded_sqlite: RunningServer) -> None:
-    loaded = loaded_sqlite
-    sid, clients, acks = await flood(loaded, "coalesce")
-    assert all(a["type"] == "ack" for a in acks)
-    view = await converge(loaded, sid, clients, acks)
-    replies_follow_prompts(view)
-    replies = [e for e in view if e["kind"] == "reply"]
-    answered = [p for r in replies for p in r["answers"]]
-    assert sorted(answered) == sorted(a["prompt_id"] for a in acks)  # each exactly once
-    assert len(replies) < len(acks) / 5  # really coalesced
-    assert max(len(r["answers"]) for r in replies) <= 20  # PARLEY_MAX_PROMPTS_PER_RUN
-    batch = max(replies, key=lambda r: len(r["answers"]))
-    by_id = {e["id"]: e for e in view}
-    for prompt_id in batch["answers"]:
-        assert f"{by_id[prompt_id]['author']} asked" in batch["content"]
-    report("coalesce", view)
-
-
-async def test_interrupt_keeps_only_the_newest(loaded_sqlite: RunningServer) -> None:
-    loaded = loaded_sqlite
-    sid, clients, acks = await flood(loaded, "interrupt")
-    assert all(a["type"] == "ack" for a in acks)
-    view = await converge(loaded, sid, clients, acks)
-    replies_follow_prompts(view)
-    prompts = [e for e in view if e["kind"] == "prompt"]
-    assert {p["status"] for p in prompts} <= {"done", "interrupted"}
-    assert prompts[-1]["status"] == "done"  # the newest prompt always gets its answer
-    by_id = {e["id"]: e for e in view}
-    for prompt in prompts:
-        if prompt.get("reply_id"):
-            reply = by_id[prompt["reply_id"]]
-            expected = "done" if prompt["status"] == "done" else "interrupted"
-            assert reply["status"] == expected
-        else:
-            assert prompt["status"] == "interrupted" and prompt["reason_code"] == "superseded"
-    report("interrupt", view)
-
-
-async def test_reject_refuses_while_busy_and_stores_nothing(loaded_sqlite: RunningServer) -> None:
-    loaded = loaded_sqlite
-    sid, clients, acks = await flood(loaded, "reject")
-    accepted = [a for a in acks if a["type"] == "ack"]
-    refused = [a for a in acks if a["type"] == "error"]
-    assert accepted and refused and len(accepted) + len(refused) == len(acks)
-    assert {r["code"] for r in refused} == {"busy"}
-    view = await converge(loaded, sid, clients, accepted)
-    replies_follow_prompts(view)
-    assert all(e["status"] == "done" for e in view)
-    assert len([e for e in view if e["kind"] == "prompt"]) == len(accepted)
-    report("reject", view)

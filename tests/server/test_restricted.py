@@ -1,5 +1,7 @@
 """The shared document carries only what every member may read: placeholders, catch-up and
-export paths, the restricted_replies policy, and paging through the audit log."""
+export paths, the restricted_replies policy, and paging through the audit log. (A reply
+that draws on an earlier restricted tool result is tested in a room on the in-memory
+store: ``tests/server/runtime/test_scope_runs.py``.)"""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import httpx
 import pytest
 
 from tests.conftest import RunningServer, make_settings, serve_in_process, sqlite_url
-from tests.fake_model import Answer, FakeModel, Sent, Status, call
+from tests.fake_model import Answer, FakeModel, Sent, call
 from tests.yclient import all_replies_settled
 
 SECRET = "the vault code is 7731"
@@ -133,35 +135,3 @@ async def test_the_audit_log_pages_and_filters(server: RunningServer) -> None:
     assert none == {"records": [], "next_after": None}
     bad = await server.http.get(url, params={"limit": "0"})
     assert bad.status_code == 422
-
-
-def fails_after_tools(sent: Sent) -> Answer:
-    """Runs the search, then breaks before answering: the tool step stays, the reply fails."""
-    if sent.messages[-1]["role"] == "tool":
-        return Status(400, "upstream broke after the tool ran")
-    return script(sent)
-
-
-async def test_a_reply_drawing_on_an_earlier_restricted_tool_result_is_restricted(
-    tmp_path: Path,
-) -> None:
-    settings = make_settings(sqlite_url(tmp_path), tmp_path / "d")
-    provider = FakeModel(fails_after_tools, echo_tools=False)
-    async with serve_in_process(settings, provider) as running:
-        sid = await restricted_session(running)
-        bob = await running.connect(sid, "bob")
-        alice = await running.connect(sid, "alice")
-        await bob.command({"type": "prompt", "id": "p1", "text": "what is the vault code?"})
-        await bob.wait_until(lambda c: all_replies_settled(c, 1))
-        assert next(e for e in bob.entries() if e["kind"] == "reply")["status"] == "failed"
-        await bob.command({"type": "prompt", "id": "p2", "text": "anything else?"})
-        await bob.wait_until(lambda c: all_replies_settled(c, 2))
-        # The second run was given the earlier search result (bob may read it) ...
-        assert SECRET in provider.requests[-1].everything()
-        # ... so its reply inherits the document's readers: a placeholder for everyone else.
-        second = [e for e in alice.entries() if e["kind"] == "reply"][-1]
-        await alice.wait_until(
-            lambda c: any(e["id"] == second["id"] and e["status"] == "done" for e in c.entries())
-        )
-        second = next(e for e in alice.entries() if e["id"] == second["id"])
-        assert "[restricted:" in second["content"], second

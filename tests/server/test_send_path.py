@@ -1,12 +1,11 @@
 """How frames reach a socket: written straight into uvicorn's protocol under ``parley
-serve``, or through a bounded outbox and a sender task under other ASGI servers."""
+serve``, or through a bounded outbox and a sender task under other ASGI servers. (How a
+reply's text is batched into document updates is the runner's: it is tested in a room on
+the in-memory store, ``tests/server/runtime/test_batches.py``.)"""
 
 from __future__ import annotations
 
 import asyncio
-import time
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from starlette.websockets import WebSocketState
@@ -20,9 +19,7 @@ from server.ws.direct_send import DirectWriter, binary_frame
 from server.ws.send_budget import DropReason, SendBudget
 from session.closes import CloseCode
 from session.yprotocol import SyncType, encode_sync
-from tests.conftest import RunningServer, make_settings, serve_in_process, sqlite_url
-from tests.fake_model import FakeModel
-from tests.yclient import all_replies_settled
+from tests.conftest import RunningServer
 
 
 class Transport:
@@ -210,76 +207,6 @@ async def test_parley_serve_writes_frames_directly(sqlite_server: RunningServer)
     await client.wait_until(lambda c: len(c.entries()) == 2)
 
 
-@dataclass
-class Paced:
-    """A model's pace: ``tokens`` tokens ``gap_s`` apart, noting when it gave each."""
-
-    tokens: int
-    gap_s: float
-    width: int = 1
-    yielded: list[float] = field(default_factory=list)
-
-    async def _next(self) -> None:
-        if self.gap_s:
-            await asyncio.sleep(self.gap_s)  # slower than the interval: real time is the point
-        self.yielded.append(time.monotonic())
-
-    def model(self) -> FakeModel:
-        text = [f"{n:04d} " * self.width for n in range(self.tokens)]
-        return FakeModel(lambda sent: [s for token in text for s in (self._next, token)])
-
-
-async def reply_batches(
-    tmp_path: Path, provider: Paced, interval_ms: float, sizes: list[int] | None = None
-) -> list[float]:
-    """When each batch of reply text went out (one document update each); its size
-    goes into ``sizes``."""
-    settings = make_settings(sqlite_url(tmp_path), tmp_path / "d").model_copy(
-        # Unvalidated: a test may hold batches longer than a server may (its 1 s cap), so
-        # that a batch held back for the interval would outlast the test's bounded wait.
-        update={"stream_interval_ms": interval_ms}
-    )
-    sent: list[float] = []
-    async with serve_in_process(settings, provider.model()) as server:
-        sid = await server.new_session({"alice": "editor"})
-        alice = await server.connect(sid, "alice")
-        room = await server.app.state.parley.rooms.get(sid)
-        appending = room.runs.append_reply
-
-        async def noting(active: Any, text: str) -> None:
-            sent.append(time.monotonic())
-            if sizes is not None:
-                sizes.append(len(text))
-            await appending(active, text)
-
-        room.runs.append_reply = noting
-        await alice.command({"type": "prompt", "id": "p", "text": "go"})
-        await alice.wait_until(lambda c: all_replies_settled(c, 1))
-        reply = alice.entries()[1]["content"]
-        assert reply == "".join(f"{n:04d} " * provider.width for n in range(provider.tokens))
-    return sent
-
-
-async def test_a_fast_model_is_sent_in_batches_at_most_once_per_interval(
-    tmp_path: Path,
-) -> None:
-    provider = Paced(tokens=200, gap_s=0.001)
-    sent = await reply_batches(tmp_path, provider, interval_ms=20)
-    assert 3 <= len(sent) < 100
-    # At most one batch per 20 ms slot of the grid the batches keep (a late wake-up does not
-    # push the later ones back), plus the last, which goes when the reply ends. A loaded
-    # machine stretches the span and so only loosens the bound.
-    assert len(sent) <= (sent[-1] - sent[0]) / 0.020 + 2
-
-
-async def test_a_slow_model_is_sent_each_token_as_it_comes(tmp_path: Path) -> None:
-    provider = Paced(tokens=20, gap_s=0.05)
-    sent = await reply_batches(tmp_path, provider, interval_ms=20)
-    assert len(sent) == 20
-    # Not held back for a batch: each token went out before the model gave the next.
-    assert all(s < y for s, y in zip(sent, provider.yielded[1:], strict=False))
-
-
 def test_a_broadcast_frame_is_the_bytes_the_protocol_would_write() -> None:
     protocol = Protocol()
     writer = DirectWriter.beneath(protocol.send)
@@ -291,21 +218,3 @@ def test_a_broadcast_frame_is_the_bytes_the_protocol_would_write() -> None:
     assert protocol.transport.data[:half] == protocol.transport.data[half:]
     protocol.conn.state = State.CLOSING  # the client's close frame came in
     assert not writer.write(update, binary_frame(update))
-
-
-async def test_a_full_batch_is_not_held_back_by_the_interval(tmp_path: Path) -> None:
-    provider = Paced(tokens=400, gap_s=0, width=10)  # 20,000 characters at once
-    sizes: list[int] = []
-    # An interval of ten minutes: a batch that waited it out would never arrive within the
-    # reply's bounded wait.
-    await reply_batches(tmp_path, provider, interval_ms=600_000, sizes=sizes)
-    assert sum(sizes) == 20_000
-    full = [n for n, size in enumerate(sizes) if size >= 4096]
-    assert len(full) >= 4
-
-
-async def test_the_end_of_a_reply_is_not_held_back_by_the_interval(tmp_path: Path) -> None:
-    provider = Paced(tokens=3, gap_s=0)
-    # Ten minutes: a held-back end would never arrive within the reply's bounded wait.
-    sent = await reply_batches(tmp_path, provider, interval_ms=600_000)
-    assert sent[-1] >= provider.yielded[-1]

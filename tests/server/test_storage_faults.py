@@ -290,6 +290,8 @@ async def test_postgres_outage_under_a_streaming_reply_closes_with_a_retry_hint(
             back = await server.connect(sid, "alice")
             cut = next(e for e in back.entries() if e["id"] == acked["prompt_id"])
             assert (cut["status"], cut["reason_code"]) == ("failed", "storage_error"), cut
+            reply = next(e for e in back.entries() if e["id"] == cut["reply_id"])
+            assert (reply["status"], reply["reason_code"]) == ("interrupted", "storage_error")
             after = await back.command(_prompt(2))
             assert after["type"] == "ack"
             await back.wait_until(lambda c: all_replies_settled(c, 2), timeout=30)

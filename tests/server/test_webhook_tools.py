@@ -101,7 +101,12 @@ def script(sent: Sent) -> Answer:
 @pytest.fixture
 async def parley(tmp_path: Path) -> AsyncIterator[tuple[RunningServer, FakeModel]]:
     provider = FakeModel(script)
-    settings = make_settings(sqlite_url(tmp_path), tmp_path / "d", max_tool_result_bytes=1000)
+    settings = make_settings(
+        sqlite_url(tmp_path),
+        tmp_path / "d",
+        max_tool_result_bytes=1000,
+        webhook_allow_private=True,  # the tool server listens on loopback
+    )
     async with serve_in_process(settings, provider) as server:
         yield server, provider
 
@@ -233,6 +238,28 @@ async def test_tool_failures_are_error_results_and_the_run_goes_on(
     assert expected in last["content"]
     statuses = {e["kind"]: e["status"] for e in alice.entries()}
     assert statuses == {"prompt": "done", "tool": "error", "reply": "done"}
+
+
+async def test_a_tool_on_a_private_address_is_refused_without_the_setting(
+    tmp_path: Path, tool_server: ToolServer
+) -> None:
+    provider = FakeModel(script)
+    settings = make_settings(sqlite_url(tmp_path), tmp_path / "d")
+    async with serve_in_process(settings, provider) as server:
+        await register(server, "lookup", tool_server.url + "/lookup")
+        sid = await server.new_session({})
+        await server.http.put(
+            f"/api/v1/sessions/{sid}/members/alice",
+            json={"role": "editor", "grants": ["tool:lookup"]},
+        )
+        alice = await server.connect(sid, "alice")
+        await alice.command({"type": "prompt", "id": "p", "text": "lookup this"})
+        await alice.wait_until(lambda c: all_replies_settled(c, 1))
+    last = provider.requests_for("alice")[-1].messages[-1]
+    assert last["role"] == "tool"
+    assert last["content"].startswith("error: the tool's URL is refused")
+    assert "127.0.0.1 is a loopback address" in last["content"]
+    assert tool_server.raw == [] and tool_server.rejected == 0  # nothing reached it
 
 
 async def test_unstorable_text_is_refused_at_any_depth_of_a_tool(server: RunningServer) -> None:

@@ -5,13 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from pathlib import Path
 
 import websockets
 from pycrdt import Array, Doc, Map, Text
 
 from session.yprotocol import SyncType, encode_sync
-from tests.conftest import RunningServer, make_settings, serve_in_process
+from tests.conftest import RunningServer
 from tests.yclient import YClient, all_replies_settled
 
 
@@ -73,20 +72,6 @@ async def test_prompt_streams_reply_to_every_member(server: RunningServer) -> No
     assert bob.unsolicited == []  # a client that sends no text frame gets none
 
 
-async def test_messages_are_history_without_a_model_call(server: RunningServer) -> None:
-    sid = await server.new_session({"alice": "editor", "bob": "editor"})
-    alice = await server.connect(sid, "alice")
-    bob = await server.connect(sid, "bob")
-    posted = await bob.command({"type": "message", "id": "m1", "text": "the log is in #ops"})
-    assert posted["type"] == "ack" and posted["seq"] == 1 and "message_id" in posted
-    await alice.command({"type": "prompt", "id": "p1", "text": "summarise"})
-    await alice.wait_until(lambda c: all_replies_settled(c, 1))
-    kinds = [(e["kind"], e["author"]) for e in alice.entries()]
-    assert kinds == [("message", "bob"), ("prompt", "alice"), ("reply", "parley-offline")]
-    answer = alice.entries()[2]["content"]
-    assert "1 earlier messages" in answer and "bob" in answer
-
-
 async def test_bad_commands_get_errors_and_the_socket_stays_open(
     sqlite_server: RunningServer,
 ) -> None:
@@ -95,22 +80,12 @@ async def test_bad_commands_get_errors_and_the_socket_stays_open(
     alice = await server.connect(sid, "alice")
     vera = await server.connect(sid, "vera")
 
-    async def error_of(client: YClient, payload: dict[str, object]) -> str:
-        reply = await client.command(payload)
-        assert reply["type"] == "error", reply
-        return str(reply["code"])
-
-    assert await error_of(vera, {"type": "prompt", "id": "v", "text": "hi"}) == "forbidden"
-    assert await error_of(vera, {"type": "message", "id": "v2", "text": "hi"}) == "forbidden"
-    assert await error_of(alice, {"type": "prompt", "id": "e", "text": "   "}) == "invalid"
-    assert await error_of(alice, {"type": "prompt", "id": "t", "text": "x" * 40_000}) == (
-        "too_large"
-    )
-    assert await error_of(alice, {"type": "dance", "id": "d"}) == "unknown_command"
-    assert await error_of(alice, {"type": "prompt", "id": "", "text": "x"}) == "invalid"
-    assert await error_of(alice, {"type": "cancel", "id": "c", "prompt_id": "nope"}) == (
-        "not_found"
-    )
+    # Each command's error code is the core's (``tests/server/runtime/test_commands.py``);
+    # here: a refused or broken frame is answered and the socket stays open.
+    refused = await vera.command({"type": "prompt", "id": "v", "text": "hi"})
+    assert (refused["type"], refused["code"]) == ("error", "forbidden")
+    unknown = await alice.command({"type": "dance", "id": "d"})
+    assert (unknown["type"], unknown["code"]) == ("error", "unknown_command")
     await alice.send_raw("{not json")
     await alice.wait_until(lambda c: len(c.unsolicited) == 1, timeout=5)
     assert alice.unsolicited[0]["code"] == "invalid" and alice.unsolicited[0]["id"] is None
@@ -119,24 +94,6 @@ async def test_bad_commands_get_errors_and_the_socket_stays_open(
     transcript = await server.transcript(sid)
     assert transcript[0]["content"] == "still here?"
     assert [m["seq"] for m in transcript if m["kind"] != "reply"] == [1]
-
-
-async def test_resent_command_gets_the_original_ack(server: RunningServer) -> None:
-    sid = await server.new_session({"alice": "editor"})
-    alice = await server.connect(sid, "alice")
-    first = await alice.command({"type": "prompt", "id": "same", "text": "once"})
-    await alice.close()
-    again = await server.connect(sid, "alice")
-    second = await again.command({"type": "prompt", "id": "same", "text": "once"})
-    assert second == first
-    await again.wait_until(lambda c: all_replies_settled(c, 1))
-    prompts = [e for e in again.entries() if e["kind"] == "prompt"]
-    assert len(prompts) == 1
-    # The same id for another kind of command is a conflict, and nothing is stored.
-    reused = await again.command({"type": "message", "id": "same", "text": "other"})
-    assert (reused["type"], reused["id"], reused["code"]) == ("error", "same", "conflict")
-    assert reused["message"] == "this command id was used for another command"
-    assert [e["kind"] for e in again.entries() if e["kind"] != "reply"] == ["prompt"]
 
 
 async def test_malformed_binary_frame_closes_only_that_socket(
@@ -190,42 +147,6 @@ async def test_client_writes_are_refused_and_never_relayed(server: RunningServer
         assert view[0]["status"] == "done"
 
 
-async def test_cancel_queued_and_running_prompts(database_url: str, tmp_path: Path) -> None:
-    settings = make_settings(database_url, tmp_path / "data", offline_token_delay_ms=50)
-    async with serve_in_process(settings) as server:
-        await _cancel_scenario(server)
-
-
-async def _cancel_scenario(server: RunningServer) -> None:
-    sid = await server.new_session({"alice": "editor", "bob": "editor", "olga": "owner"})
-    alice = await server.connect(sid, "alice")
-    bob = await server.connect(sid, "bob")
-    olga = await server.connect(sid, "olga")
-    first = await alice.command({"type": "prompt", "id": "1", "text": "long " * 50})
-    second = await alice.command({"type": "prompt", "id": "2", "text": "queued"})
-    third = await bob.command({"type": "prompt", "id": "3", "text": "bob's"})
-
-    denied = await bob.command({"type": "cancel", "id": "x", "prompt_id": second["prompt_id"]})
-    assert denied["type"] == "error" and denied["code"] == "forbidden"
-    own = await alice.command({"type": "cancel", "id": "c2", "prompt_id": second["prompt_id"]})
-    assert own["type"] == "ack"
-    by_owner = await olga.command({"type": "cancel", "id": "c3", "prompt_id": first["prompt_id"]})
-    assert by_owner["type"] == "ack"
-    again = await olga.command({"type": "cancel", "id": "c4", "prompt_id": first["prompt_id"]})
-    assert again["type"] == "error" and again["code"] == "conflict"
-
-    await alice.wait_until(lambda c: all_replies_settled(c, 2))
-    by_id = {e["id"]: e for e in alice.entries()}
-    assert by_id[second["prompt_id"]]["status"] == "cancelled"
-    assert "reply_id" not in by_id[second["prompt_id"]]
-    cancelled = by_id[first["prompt_id"]]
-    assert (cancelled["status"], cancelled["reason_code"]) == ("cancelled", "cancelled")
-    assert cancelled["reason"] == "cancelled by olga"
-    assert by_id[cancelled["reply_id"]]["status"] == "cancelled"
-    assert by_id[third["prompt_id"]]["status"] == "done"
-    assert [q for q in alice.queue] == []
-
-
 async def test_presence_is_relayed_with_the_verified_user(sqlite_server: RunningServer) -> None:
     server = sqlite_server
     sid = await server.new_session({"alice": "editor", "vera": "viewer"})
@@ -238,7 +159,9 @@ async def test_presence_is_relayed_with_the_verified_user(sqlite_server: Running
     await vera.wait_until(lambda c: 777 in c.awareness)  # echoed to the sender too
     await vera.set_awareness(12345, 1, {"user": {"name": "spoof"}})
     await alice.set_awareness(777, 5, {"user": {"name": "not vera"}})
-    await asyncio.sleep(0.2)
+    # A marker after the spoof on the same socket: once it is relayed, the spoof was judged.
+    await alice.set_awareness(999, 1, {"user": {"name": "Alice"}})
+    await alice.wait_until(lambda c: 999 in c.awareness)
     assert alice.awareness[777] == state  # alice may not speak for vera's client
     await vera.close()
     await alice.wait_until(lambda c: c.awareness.get(777, {}) is None)
@@ -267,20 +190,6 @@ async def test_json_is_sent_only_to_clients_that_speak_it(sqlite_server: Running
     await silent.wait_until(lambda c: all_replies_settled(c, 1))
     assert silent.unsolicited == [] and not silent.replies
     assert all(json.dumps(e) for e in silent.entries())
-
-
-async def test_a_command_sent_again_gets_its_first_ack_and_is_stored_once(
-    server: RunningServer,
-) -> None:
-    sid = await server.new_session({"alice": "editor"})
-    alice = await server.connect(sid, "alice")
-    first = await alice.command({"type": "prompt", "id": "again", "text": "hello"})
-    second = await alice.command({"type": "prompt", "id": "again", "text": "hello"})
-    assert first["type"] == second["type"] == "ack"
-    assert (second["prompt_id"], second["seq"]) == (first["prompt_id"], first["seq"])
-    other = await alice.command({"type": "message", "id": "next", "text": "still works"})
-    assert other["type"] == "ack" and other["seq"] == first["seq"] + 1
-    await alice.wait_until(lambda c: len([e for e in c.entries() if e["kind"] == "prompt"]) == 1)
 
 
 async def test_presence_needs_be_present(sqlite_server: RunningServer) -> None:

@@ -288,6 +288,18 @@ ROLL_BACK = "We should roll back the checkout deploy from 14:02 now"
         1,
     )
 )
+# Folded in the order of the entries that took them in: e1 (by e2) before e0 (by e3).
+@example(
+    (
+        [
+            _entry(0, EntryKind.MESSAGE, "alice", MESSAGE_STATUS, "is the deploy done"),
+            _entry(1, EntryKind.MESSAGE, "alice", MESSAGE_STATUS, "lunch?"),
+            _entry(2, EntryKind.MESSAGE, "alice", MESSAGE_STATUS, "lunch?"),
+            _entry(3, EntryKind.PROMPT, "alice", "queued", "is the deploy done"),
+        ],
+        3,
+    )
+)
 # Two folds interleaved: "ok" (e1 into e4) around a repeated log (e0, e3 into the prompt).
 @example(
     (
@@ -324,11 +336,17 @@ def test_a_run_sees_only_finished_work_before_its_prompt(case: tuple[list[Entry]
         or (e.kind is EntryKind.TOOL and e.status == "done")
     ]
     assert_attributed(built, [*visible, prompt], [prompt.id])
-    # Folded entries (shown in a later message) are the excluded ones, in transcript order:
-    # two folds can interleave ("ok" twice around a repeated log), so not in message order.
+    # Folded entries (shown in a later message) are the excluded ones, in the order they
+    # were folded: by the entry that took each in (in a message's sources each entry is
+    # taken in by the next). Two folds can interleave ("ok" twice around a repeated log),
+    # so this is neither the messages' order nor the transcript's.
     seq_of = {e.id: e.seq for e in entries}
-    folded = [entry_id for ids in built.sources for entry_id in ids[:-1]]
-    assert [x.entry_id for x in built.excluded] == sorted(folded, key=seq_of.__getitem__)
+    folded = [
+        (seq_of[ids[i + 1]], seq_of[entry_id], entry_id)
+        for ids in built.sources
+        for i, entry_id in enumerate(ids[:-1])
+    ]
+    assert [x.entry_id for x in built.excluded] == [e for *_, e in sorted(folded)]
     by_id = {e.id: e for e in visible}
     for message, ids in zip(request.messages, built.sources, strict=True):
         if by_id.get(ids[-1], prompt).kind in (EntryKind.REPLY, EntryKind.TOOL):

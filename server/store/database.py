@@ -1,0 +1,134 @@
+"""The database under the store: write transactions (one writer at a time on SQLite),
+reads, and the faults of both told as ``Unavailable``."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+from sqlalchemy import select
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from server.store.group_commit import GroupCommit
+from server.store.health import LockTimeout, StorageHealth
+from server.store.sqlite_inline import Checkpointer, InlineConnection, file_path
+from server.store.transaction import StoreTx
+from server.store.webhooks import Subscriptions
+from session.errors import Unavailable
+
+
+async def _begin_immediate(connection: AsyncConnection, deadline: float) -> None:
+    """SQLite file: take the write lock before the transaction's first statement, waiting
+    for another process's off the loop (``InlineConnection.begin_immediate``)."""
+    raw = (await connection.get_raw_connection()).driver_connection
+    if isinstance(raw, InlineConnection):
+        await raw.begin_immediate(deadline - asyncio.get_running_loop().time())
+
+
+class Database:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        lock_timeout_s: float = 5.0,
+        health: StorageHealth | None = None,
+    ) -> None:
+        self.engine = engine
+        # SQLite lets one transaction write at a time, and its calls run in the event
+        # loop's thread (server.store.sqlite_inline): a second writer would block the loop in
+        # SQLite's busy handler while the first, needing the loop, could not finish.
+        # Writers queue here instead, first come, first served. PostgreSQL locks rows,
+        # not the database: no queue there.
+        self._writers: asyncio.Lock | None = (
+            asyncio.Lock() if engine.dialect.name == "sqlite" else None
+        )
+        # SQLite: how long a write may wait, from its call, for its turn and for the
+        # write lock another process may hold; past it the write is refused.
+        self.lock_timeout_s = lock_timeout_s
+        self.health = health or StorageHealth()
+        self.group = GroupCommit(self)
+        path = file_path(engine.url) if engine.dialect.name == "sqlite" else None
+        self.checkpointer = Checkpointer(path) if path else None
+        # Called after a commit that wrote webhook deliveries (the sender's wake-up).
+        self.on_outbox: Callable[[], None] | None = None
+        # The event webhook subscriptions every event write here matches against.
+        self.subscriptions = Subscriptions()
+
+    @asynccontextmanager
+    async def transaction(
+        self, what: str = "write", *, lock_timeout_s: float | None = None
+    ) -> AsyncIterator[StoreTx]:
+        """A write transaction; database faults surface as ``Unavailable`` (and are told to
+        ``health``). ``what`` names the write in the refusal log; ``lock_timeout_s``
+        replaces the store's own budget.
+
+        Do not open one inside another: on SQLite the second would wait for the first."""
+        budget = self.lock_timeout_s if lock_timeout_s is None else lock_timeout_s
+        deadline = asyncio.get_running_loop().time() + budget
+        try:
+            async with self._turn(deadline), self.engine.connect() as connection:
+                if self._writers is not None:
+                    await _begin_immediate(connection, deadline)
+                async with connection.begin():
+                    tx = StoreTx(connection, self.subscriptions)
+                    yield tx
+            if self.checkpointer is not None:
+                self.checkpointer.wrote()
+            if tx.outboxed and self.on_outbox is not None:
+                self.on_outbox()
+        except (OperationalError, DBAPIError, OSError, sqlite3.Error) as exc:
+            if isinstance(exc, IntegrityError):
+                raise
+            self.health.refuse(exc, what)
+            if isinstance(exc, LockTimeout):
+                raise Unavailable(
+                    "another process holds the database's write lock; nothing was stored"
+                ) from exc
+            raise Unavailable("the database is unavailable; nothing was stored") from exc
+        self.health.wrote()
+
+    @asynccontextmanager
+    async def _turn(self, deadline: float) -> AsyncIterator[None]:
+        """SQLite: this process's writers one at a time, each waiting until ``deadline``."""
+        if self._writers is None:
+            yield
+            return
+        try:
+            async with asyncio.timeout_at(deadline):
+                await self._writers.acquire()
+        except TimeoutError:
+            raise LockTimeout("the writes before this one held the database too long") from None
+        try:
+            yield
+        finally:
+            self._writers.release()
+
+    async def probe_write(self, lock_timeout_s: float) -> None:
+        """Write without changing anything (``/readyz`` while writes fail): ``Unavailable``
+        unless the database takes writes now."""
+        async with self.transaction("probe", lock_timeout_s=lock_timeout_s) as tx:
+            await tx.connection.exec_driver_sql(
+                "UPDATE alembic_version SET version_num = version_num"
+            )
+
+    async def close(self) -> None:
+        """Finish the group commit's rounds, checkpoint, then close every connection."""
+        await self.group.close()
+        if self.checkpointer is not None:
+            await self.checkpointer.close()
+        await self.engine.dispose()
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncConnection]:
+        try:
+            async with self.engine.connect() as connection:
+                yield connection
+        except (OperationalError, DBAPIError, OSError) as exc:
+            raise Unavailable("the database is unavailable") from exc
+
+    async def ping(self) -> None:
+        async with self.read() as connection:
+            await connection.execute(select(1))

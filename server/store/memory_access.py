@@ -1,0 +1,92 @@
+"""Permissions' rows of the in-memory store (``server.store.memory``)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from authz.policy import Readers
+from server.store.access import AuditRow, DocumentRow, PrivateItem, TokenRow, ToolRow
+
+if TYPE_CHECKING:
+    from server.store.memory import MemoryStore, _Session
+
+
+class MemoryAccess:
+    """Permissions' rows in memory: what the runtime reads (``RuntimeAccess``) and what a
+    test sets up (roles, tools, documents, revoked tokens)."""
+
+    def __init__(self, store: MemoryStore) -> None:
+        self.store = store
+
+    def _rows(self, session_id: str) -> _Session | None:
+        return self.store._read(session_id)
+
+    async def private_items(self, session_id: str) -> list[PrivateItem]:
+        s = self._rows(session_id)
+        return [] if s is None else list(s.private.values())
+
+    async def revoked_tokens(self, session_id: str, now: int) -> dict[str, TokenRow]:
+        s = self._rows(session_id)
+        tokens = [] if s is None else s.tokens.values()
+        return {t.id: t for t in tokens if t.revoked and t.expires_at > now}
+
+    async def revoke_token(self, session_id: str, token: TokenRow) -> None:
+        async with self.store.transaction() as tx:
+            tx.session(session_id).tokens[token.id] = replace(token, revoked=True)
+
+    async def audit(
+        self, session_id: str, at: int, kind: str, actor: str, data: dict[str, Any]
+    ) -> None:
+        async with self.store.transaction() as tx:
+            await tx.insert_audit(session_id, at, kind, actor, data)
+
+    async def list_audit(
+        self,
+        session_id: str,
+        *,
+        limit: int,
+        after: int,
+        kinds: Sequence[str] = (),
+        actor: str | None = None,
+    ) -> list[AuditRow]:
+        s = self._rows(session_id)
+        rows = [
+            r
+            for r in ([] if s is None else s.audit)
+            if r.id > after and (not kinds or r.kind in kinds) and actor in (None, r.actor)
+        ]
+        return rows[:limit]
+
+    async def add_document(self, row: DocumentRow) -> None:
+        async with self.store.transaction() as tx:
+            tx.session(row.session_id).documents[row.id] = row
+
+    async def list_documents(self, session_id: str) -> list[DocumentRow]:
+        s = self._rows(session_id)
+        rows = [] if s is None else list(s.documents.values())
+        return sorted(rows, key=lambda r: (r.created_at, r.id))
+
+    async def reader_lists(self, session_id: str) -> set[Readers]:
+        s = self._rows(session_id)
+        if s is None:
+            return set()
+        lists = {d.readers for d in s.documents.values()}
+        for item in s.private.values():
+            lists.update(item.restriction)
+        return lists
+
+    async def put_role(self, name: str, capabilities: frozenset[str]) -> None:
+        async with self.store.transaction() as tx:
+            tx.roles[name] = capabilities
+
+    async def list_roles(self) -> dict[str, frozenset[str]]:
+        return dict(sorted(self.store._tables.roles.items()))
+
+    async def add_tool(self, row: ToolRow) -> None:
+        async with self.store.transaction() as tx:
+            tx.tools[row.name] = row
+
+    async def list_tools(self) -> list[ToolRow]:
+        return [self.store._tables.tools[name] for name in sorted(self.store._tables.tools)]

@@ -1,0 +1,176 @@
+"""The store as the session runtime sees it: the ``SessionStore`` port.
+
+The room, its runner, the effect writer and the command door (``server.runtime``) use
+exactly these methods, so they take any adapter: ``server.store.sessions.Store`` (SQLite or
+PostgreSQL) or ``server.store.memory.MemoryStore`` (in memory; the core and writer tests).
+Both keep the same promises, checked by one contract test (``tests/server/store``):
+
+- a transaction commits all its writes or none (an exception leaves nothing behind);
+- sequence numbers and event numbers are per session, one more each time, in commit order;
+- an author's command id is stored once (``DuplicateCommand`` the second time);
+- a prompt's status moves only as the lifecycle table allows (``IllegalTransition``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Protocol
+
+from authz.policy import Readers
+from server.store.access import DocumentRow, PrivateItem, TokenRow, ToolRow
+from server.store.rows import EntryRow, MemberRow, SessionRow, StoredDoc
+from server.store.usage import UsageRow, UserUsage
+from session.events import SessionEvent, StoredEvent
+from session.lifecycle import PromptStatus
+from session.quota import Quotas
+from session.reasons import Ending
+from session.summary import Summary
+
+
+class SessionTx(Protocol):
+    """One write transaction: the writes a session makes."""
+
+    async def next_seq(self, session_id: str) -> int:
+        """The session's next sequence number (``LookupError``: no such session)."""
+        ...
+
+    async def append_events(
+        self,
+        session_id: str,
+        at_ms: int,
+        events: Sequence[SessionEvent],
+        replies: Mapping[str, str | None] | None = None,
+    ) -> list[int]:
+        """Store ``events`` with the session's next event numbers; returns them."""
+        ...
+
+    async def insert_entry(self, row: EntryRow) -> None:
+        """``DuplicateCommand`` if the author stored this command id before (nothing is
+        written then, and the transaction stays usable)."""
+        ...
+
+    async def set_entry_status(
+        self,
+        entry_id: str,
+        status: PromptStatus,
+        *,
+        ending: Ending | None = None,
+        reply_id: str | None = None,
+        started_at: int | None = None,
+        finished_at: int | None = None,
+    ) -> None:
+        """``IllegalTransition`` unless the lifecycle table allows it from the row's status."""
+        ...
+
+    async def set_policy(self, session_id: str, policy: str) -> None: ...
+
+    async def append_update(self, session_id: str, data: bytes) -> int: ...
+
+    async def append_updates(self, rows: Sequence[tuple[str, bytes]]) -> list[int]:
+        """Several sessions' document updates; their ids (increasing), in the order given."""
+        ...
+
+    async def write_snapshot(
+        self, session_id: str, data: bytes, last_update_id: int, now: int
+    ) -> None:
+        """Replace the snapshot and drop the updates up to ``last_update_id``."""
+        ...
+
+    async def insert_audit(
+        self, session_id: str, at: int, kind: str, actor: str, data: dict[str, Any]
+    ) -> None: ...
+
+    async def insert_private(self, session_id: str, item: PrivateItem, now: int) -> None: ...
+
+
+class Transactional(Protocol):
+    def transaction(
+        self, what: str = "write", *, lock_timeout_s: float | None = None
+    ) -> AbstractAsyncContextManager[SessionTx]:
+        """A write transaction; its faults surface as ``Unavailable``. Do not nest them."""
+        ...
+
+
+class UpdateGroup(Protocol):
+    """Streamed document updates of many sessions, committed a round at a time
+    (``server.store.group_commit.GroupCommit``)."""
+
+    def submit(self, session_id: str, update: bytes, fence: Any) -> asyncio.Future[int]: ...
+
+
+class RuntimeAccess(Protocol):
+    """What the runtime reads and writes of permissions' rows."""
+
+    async def private_items(self, session_id: str) -> list[PrivateItem]: ...
+
+    async def revoked_tokens(self, session_id: str, now: int) -> dict[str, TokenRow]: ...
+
+    async def audit(
+        self, session_id: str, at: int, kind: str, actor: str, data: dict[str, Any]
+    ) -> None: ...
+
+    async def list_documents(self, session_id: str) -> list[DocumentRow]: ...
+
+    async def reader_lists(self, session_id: str) -> set[Readers]: ...
+
+    async def list_roles(self) -> dict[str, frozenset[str]]: ...
+
+    async def list_tools(self) -> list[ToolRow]: ...
+
+
+class SessionStore(Transactional, Protocol):
+    """The store of sessions, as the runtime uses it."""
+
+    @property
+    def access(self) -> RuntimeAccess: ...
+
+    @property
+    def group(self) -> UpdateGroup: ...
+
+    async def get_session(self, session_id: str) -> SessionRow | None: ...
+
+    async def list_members(self, session_id: str) -> list[MemberRow]: ...
+
+    async def entry_by_command(
+        self, session_id: str, author: str, command_id: str
+    ) -> EntryRow | None: ...
+
+    async def entries_with_status(self, session_id: str, statuses: Sequence[str]) -> list[EntryRow]:
+        """The session's entries in one of ``statuses``, by sequence number."""
+        ...
+
+    async def sessions_with_status(self, statuses: Sequence[str]) -> list[str]: ...
+
+    async def events_after(
+        self, session_id: str, after_seq: int, limit: int
+    ) -> list[StoredEvent]: ...
+
+    async def load_doc(self, session_id: str) -> StoredDoc: ...
+
+    async def add_summary(
+        self,
+        session_id: str,
+        summary: Summary,
+        *,
+        added: frozenset[str],
+        model: str,
+        input_tokens: int,
+        output_tokens: int,
+        now: int,
+    ) -> None: ...
+
+    async def load_summaries(self, session_id: str) -> list[Summary]:
+        """Oldest first, each with everything it covers."""
+        ...
+
+    async def record_usage(self, rows: Sequence[UsageRow]) -> None: ...
+
+    async def usage_by_user(
+        self, session_id: str, day: str, user_id: str | None = None
+    ) -> list[UserUsage]: ...
+
+    async def quotas(self, session_id: str) -> Quotas: ...
+
+    async def set_quotas(self, session_id: str, limits: Quotas) -> None: ...

@@ -1,0 +1,215 @@
+"""What the store reads of a session (its row, members, entries, events, document and
+summaries): the read half of ``Store``."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+from sqlalchemy import and_, func, insert, select
+
+from server.store.database import Database
+from server.store.rows import (
+    EntryRow,
+    MemberRow,
+    SessionRow,
+    StoredDoc,
+    entry_row,
+    member_row,
+    read_member,
+    session_row,
+)
+from server.store.tables import (
+    doc_snapshots,
+    doc_updates,
+    entries,
+    members,
+    session_events,
+    sessions,
+    summaries,
+)
+from session.events import StoredEvent
+from session.summary import Summary
+from session.tokens import count_tokens
+
+
+class SessionReads(Database):
+    async def get_session(self, session_id: str) -> SessionRow | None:
+        async with self.read() as connection:
+            row = (
+                await connection.execute(select(sessions).where(sessions.c.id == session_id))
+            ).first()
+        return None if row is None else session_row(row)
+
+    async def list_sessions(self, *, limit: int, offset: int) -> list[SessionRow]:
+        async with self.read() as connection:
+            rows = await connection.execute(
+                select(sessions)
+                .order_by(sessions.c.created_at, sessions.c.id)
+                .limit(limit)
+                .offset(offset)
+            )
+            return [session_row(row) for row in rows]
+
+    async def count_sessions(self) -> int:
+        async with self.read() as connection:
+            return int(
+                (await connection.execute(select(func.count()).select_from(sessions))).scalar_one()
+            )
+
+    async def list_members(self, session_id: str) -> list[MemberRow]:
+        async with self.read() as connection:
+            rows = await connection.execute(
+                select(members)
+                .where(members.c.session_id == session_id)
+                .order_by(members.c.created_at, members.c.user_id)
+            )
+            return [member_row(row) for row in rows]
+
+    async def get_member(self, session_id: str, user_id: str) -> MemberRow | None:
+        async with self.read() as connection:
+            return await read_member(connection, session_id, user_id)
+
+    async def entry_by_command(
+        self, session_id: str, author: str, command_id: str
+    ) -> EntryRow | None:
+        async with self.read() as connection:
+            row = (
+                await connection.execute(
+                    select(entries).where(
+                        and_(
+                            entries.c.session_id == session_id,
+                            entries.c.author == author,
+                            entries.c.command_id == command_id,
+                        )
+                    )
+                )
+            ).first()
+        return None if row is None else entry_row(row)
+
+    async def entries_with_status(self, session_id: str, statuses: Sequence[str]) -> list[EntryRow]:
+        async with self.read() as connection:
+            rows = await connection.execute(
+                select(entries)
+                .where(and_(entries.c.session_id == session_id, entries.c.status.in_(statuses)))
+                .order_by(entries.c.seq)
+            )
+            return [entry_row(row) for row in rows]
+
+    async def sessions_with_status(self, statuses: Sequence[str]) -> list[str]:
+        async with self.read() as connection:
+            rows = await connection.execute(
+                select(entries.c.session_id).where(entries.c.status.in_(statuses)).distinct()
+            )
+            return [row.session_id for row in rows]
+
+    # -- semantic events ------------------------------------------------------------------
+
+    async def events_after(self, session_id: str, after_seq: int, limit: int) -> list[StoredEvent]:
+        """The session's events numbered above ``after_seq``, oldest first, at most
+        ``limit`` of them."""
+        async with self.read() as connection:
+            rows = await connection.execute(
+                select(session_events)
+                .where(
+                    and_(
+                        session_events.c.session_id == session_id, session_events.c.seq > after_seq
+                    )
+                )
+                .order_by(session_events.c.seq)
+                .limit(limit)
+            )
+            return [
+                StoredEvent(
+                    row.session_id,
+                    int(row.seq),
+                    int(row.at_ms),
+                    row.kind,
+                    row.actor,
+                    json.loads(row.data),
+                )
+                for row in rows
+            ]
+
+    # -- the CRDT document ----------------------------------------------------------------
+
+    async def load_doc(self, session_id: str) -> StoredDoc:
+        async with self.read() as connection:
+            snap = (
+                await connection.execute(
+                    select(doc_snapshots.c.data).where(doc_snapshots.c.session_id == session_id)
+                )
+            ).first()
+            rows = await connection.execute(
+                select(doc_updates.c.data)
+                .where(doc_updates.c.session_id == session_id)
+                .order_by(doc_updates.c.id)
+            )
+            updates = [bytes(row.data) for row in rows]
+        return StoredDoc(
+            snapshot=None if snap is None else bytes(snap.data),
+            updates=updates,
+            updates_since_snapshot=len(updates),
+        )
+
+    # -- summaries ------------------------------------------------------------------------
+
+    async def add_summary(
+        self,
+        session_id: str,
+        summary: Summary,
+        *,
+        added: frozenset[str],
+        model: str,
+        input_tokens: int,
+        output_tokens: int,
+        now: int,
+    ) -> None:
+        """Store ``summary``, which extends the session's newest by the entries ``added``."""
+        async with self.transaction() as tx:
+            ordinal = (
+                await tx.connection.execute(
+                    select(func.coalesce(func.max(summaries.c.ordinal), 0)).where(
+                        summaries.c.session_id == session_id
+                    )
+                )
+            ).scalar_one()
+            await tx.connection.execute(
+                insert(summaries).values(
+                    id=summary.id,
+                    session_id=session_id,
+                    ordinal=int(ordinal) + 1,
+                    from_seq=summary.from_seq,
+                    to_seq=summary.to_seq,
+                    covers=json.dumps(sorted(added)),
+                    text=summary.text,
+                    model=model,
+                    input_tokens=input_tokens,
+                    output_tokens=output_tokens,
+                    created_at=now,
+                )
+            )
+
+    async def load_summaries(self, session_id: str) -> list[Summary]:
+        """The session's summaries, oldest first, each with everything it covers."""
+        async with self.read() as connection:
+            rows = await connection.execute(
+                select(summaries)
+                .where(summaries.c.session_id == session_id)
+                .order_by(summaries.c.ordinal)
+            )
+            found: list[Summary] = []
+            covers: frozenset[str] = frozenset()
+            for row in rows:
+                covers = covers | frozenset(json.loads(row.covers))
+                found.append(
+                    Summary(
+                        id=row.id,
+                        from_seq=row.from_seq,
+                        to_seq=row.to_seq,
+                        covers=covers,
+                        text=row.text,
+                        tokens=count_tokens(row.text),
+                    )
+                )
+        return found

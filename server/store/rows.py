@@ -1,0 +1,144 @@
+"""The rows Parley stores, as the store hands them out, and the reads of them that
+transactions share (the database's adapter, ``server.store.sessions``, and its in-memory
+twin, ``server.store.memory``, return the same types)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import and_, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from authz.policy import Decision
+from authz.roles import Member
+from server.store.tables import members, sessions
+from session.errors import NotFound
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRow:
+    id: str
+    title: str
+    created_at: int
+    last_seq: int
+    policy: str
+    model: str | None = None
+    restricted_replies: str = "private"
+
+
+@dataclass(frozen=True, slots=True)
+class MemberRow:
+    session_id: str
+    user_id: str
+    role: str
+    created_at: int
+    grants: tuple[str, ...] = ()
+    denials: tuple[str, ...] = ()
+    token_epoch: str = ""
+
+    def as_member(self) -> Member:
+        return Member(
+            self.user_id,
+            self.role,
+            frozenset(self.grants),
+            frozenset(self.denials),
+            self.token_epoch,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class MemberChange:
+    """What ``Store.change_member`` decided, and the member before and after (as before
+    when refused)."""
+
+    decision: Decision
+    before: MemberRow | None
+    after: MemberRow | None
+
+
+@dataclass(frozen=True, slots=True)
+class EntryRow:
+    id: str
+    session_id: str
+    seq: int
+    kind: str
+    author: str
+    command_id: str
+    text: str
+    status: str
+    reason: str | None
+    reply_id: str | None
+    created_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoredDoc:
+    snapshot: bytes | None
+    updates: list[bytes]
+    updates_since_snapshot: int
+
+
+def session_row(row: Any) -> SessionRow:
+    return SessionRow(
+        row.id,
+        row.title,
+        row.created_at,
+        row.last_seq,
+        row.policy,
+        row.model,
+        row.restricted_replies,
+    )
+
+
+def member_row(row: Any) -> MemberRow:
+    return MemberRow(
+        row.session_id,
+        row.user_id,
+        row.role,
+        row.created_at,
+        tuple(json.loads(row.grants)),
+        tuple(json.loads(row.denials)),
+        row.token_epoch,
+    )
+
+
+async def lock_session(connection: AsyncConnection, session_id: str) -> None:
+    """Lock the session's row for this transaction (PostgreSQL; SQLite has one writer at a
+    time anyway), so its membership changes and token issues happen one after another.
+    ``NotFound`` for an unknown session."""
+    found = await connection.execute(
+        select(sessions.c.id).where(sessions.c.id == session_id).with_for_update()
+    )
+    if found.first() is None:
+        raise NotFound(f"no session {session_id!r}")
+
+
+async def read_member(
+    connection: AsyncConnection, session_id: str, user_id: str
+) -> MemberRow | None:
+    row = (
+        await connection.execute(
+            select(members).where(
+                and_(members.c.session_id == session_id, members.c.user_id == user_id)
+            )
+        )
+    ).first()
+    return None if row is None else member_row(row)
+
+
+def entry_row(row: Any) -> EntryRow:
+    return EntryRow(
+        row.id,
+        row.session_id,
+        row.seq,
+        row.kind,
+        row.author,
+        row.command_id,
+        row.text,
+        row.status,
+        row.reason,
+        row.reply_id,
+        row.created_at,
+    )

@@ -1,0 +1,207 @@
+"""One write transaction of the database: the writes a session makes, as methods
+(the ``SessionTx`` port, ``server.store.port``)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import and_, delete, insert, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from server.store.access import PrivateItem, insert_audit, insert_private
+from server.store.group_commit import insert_updates
+from server.store.rows import EntryRow
+from server.store.tables import doc_snapshots, doc_updates, entries, session_events, sessions
+from server.store.webhooks import Subscriptions, enqueue, version_now
+from session.errors import DuplicateCommand
+from session.events import SessionEvent
+from session.lifecycle import IllegalTransition, PromptStatus, prompt_predecessors
+from session.reasons import Ending
+from session.webhook_events import webhook_data, webhook_types
+
+
+class StoreTx:
+    """One database transaction; methods mirror the writes a session makes."""
+
+    def __init__(self, connection: AsyncConnection, subscriptions: Subscriptions) -> None:
+        self.connection = connection
+        self.subscriptions = subscriptions
+        # Webhook deliveries this transaction wrote: the sender is woken after the commit.
+        self.outboxed = 0
+
+    async def outbox(
+        self,
+        session_id: str,
+        told: Sequence[tuple[int, int, str, dict[str, Any]]],
+        version: int | None = None,
+    ) -> None:
+        """Write the webhook deliveries of ``told`` (event seq, at ms, webhook type, data)
+        in this transaction; ``version``: the subscriptions' version, if already read."""
+        if told:
+            wanting = await self.subscriptions.current(self.connection, version)
+            self.outboxed += await enqueue(self.connection, wanting, session_id, told)
+
+    async def next_seq(self, session_id: str) -> int:
+        result = await self.connection.execute(
+            update(sessions)
+            .where(sessions.c.id == session_id)
+            .values(last_seq=sessions.c.last_seq + 1)
+            .returning(sessions.c.last_seq)
+        )
+        seq = result.scalar_one_or_none()
+        if seq is None:
+            raise LookupError(session_id)
+        return int(seq)
+
+    async def append_events(
+        self,
+        session_id: str,
+        at_ms: int,
+        events: Sequence[SessionEvent],
+        replies: Mapping[str, str | None] | None = None,
+    ) -> list[int]:
+        """Store ``events`` in this transaction with the session's next event numbers;
+        returns them. The counter's row stays locked until the commit (PostgreSQL), so the
+        numbers of one session follow the commit order whichever node writes.
+
+        ``replies``: the text of each reply completed here by its id, None when it is
+        restricted (``reply.completed`` webhooks carry it; the stored events never do)."""
+        if not events:
+            return []
+        # The subscriptions' version comes with the counter: no query of its own.
+        result = await self.connection.execute(
+            update(sessions)
+            .where(sessions.c.id == session_id)
+            .values(last_event_seq=sessions.c.last_event_seq + len(events))
+            .returning(sessions.c.last_event_seq, version_now())
+        )
+        found = result.first()
+        if found is None:
+            raise LookupError(session_id)
+        last, version = int(found[0]), int(found[1])
+        first = last - len(events) + 1
+        data = [event.data() for event in events]
+        await self.connection.execute(
+            insert(session_events),
+            [
+                {
+                    "session_id": session_id,
+                    "seq": first + i,
+                    "at_ms": at_ms,
+                    "kind": event.kind,
+                    "actor": event.actor,
+                    "data": json.dumps(data[i], separators=(",", ":")),
+                }
+                for i, event in enumerate(events)
+            ],
+        )
+        told = [
+            (first + i, at_ms, told, webhook_data(told, data[i], replies or {}))
+            for i, event in enumerate(events)
+            for told in webhook_types(event.kind, data[i])
+        ]
+        await self.outbox(session_id, told, version)
+        return list(range(first, first + len(events)))
+
+    async def insert_entry(self, row: EntryRow) -> None:
+        """Insert ``row``; ``DuplicateCommand`` if its author sent its command id before
+        (the insert does nothing then, and the transaction stays usable)."""
+        upsert = pg_insert if self.connection.dialect.name == "postgresql" else sqlite_insert
+        statement = (
+            upsert(entries)
+            .values(
+                id=row.id,
+                session_id=row.session_id,
+                seq=row.seq,
+                kind=row.kind,
+                author=row.author,
+                command_id=row.command_id,
+                text=row.text,
+                status=row.status,
+                reason=row.reason,
+                reply_id=row.reply_id,
+                created_at=row.created_at,
+            )
+            .on_conflict_do_nothing(index_elements=["session_id", "author", "command_id"])
+            .returning(entries.c.id)
+        )
+        if (await self.connection.execute(statement)).first() is None:
+            raise DuplicateCommand(row.command_id)
+
+    async def set_entry_status(
+        self,
+        entry_id: str,
+        status: PromptStatus,
+        *,
+        ending: Ending | None = None,
+        reply_id: str | None = None,
+        started_at: int | None = None,
+        finished_at: int | None = None,
+    ) -> None:
+        """Move a prompt's row to ``status``, only from a status the lifecycle table allows
+        before it (``IllegalTransition`` otherwise: crash recovery reads this column)."""
+        values: dict[str, Any] = {"status": status.value}
+        if ending is not None:
+            values["reason"] = ending.reason
+            values["reason_code"] = ending.code.value
+        if reply_id is not None:
+            values["reply_id"] = reply_id
+        if started_at is not None:
+            values["started_at"] = started_at
+        if finished_at is not None:
+            values["finished_at"] = finished_at
+        allowed = [old.value for old in prompt_predecessors(status)]
+        result = await self.connection.execute(
+            update(entries)
+            .where(entries.c.id == entry_id, entries.c.status.in_(allowed))
+            .values(**values)
+        )
+        if result.rowcount != 1:
+            raise IllegalTransition(f"prompt {entry_id} cannot become {status} from its row")
+
+    async def set_policy(self, session_id: str, policy: str) -> None:
+        await self.connection.execute(
+            update(sessions).where(sessions.c.id == session_id).values(policy=policy)
+        )
+
+    async def append_update(self, session_id: str, data: bytes) -> int:
+        (update_id,) = await self.append_updates([(session_id, data)])
+        return update_id
+
+    async def append_updates(self, rows: Sequence[tuple[str, bytes]]) -> list[int]:
+        """Several sessions' updates in one statement; their ids, in the order given."""
+        if not rows:
+            return []
+        statement, parameters = insert_updates(rows)
+        result = await self.connection.execute(statement, parameters)  # type: ignore[call-overload]
+        return [int(row[0]) for row in result]
+
+    async def write_snapshot(
+        self, session_id: str, data: bytes, last_update_id: int, now: int
+    ) -> None:
+        """Replace the snapshot and drop the updates it covers, in this transaction."""
+        await self.connection.execute(
+            delete(doc_snapshots).where(doc_snapshots.c.session_id == session_id)
+        )
+        await self.connection.execute(
+            insert(doc_snapshots).values(
+                session_id=session_id, data=data, last_update_id=last_update_id, created_at=now
+            )
+        )
+        await self.connection.execute(
+            delete(doc_updates).where(
+                and_(doc_updates.c.session_id == session_id, doc_updates.c.id <= last_update_id)
+            )
+        )
+
+    async def insert_audit(
+        self, session_id: str, at: int, kind: str, actor: str, data: dict[str, Any]
+    ) -> None:
+        await insert_audit(self.connection, session_id, at, kind, actor, data)
+
+    async def insert_private(self, session_id: str, item: PrivateItem, now: int) -> None:
+        await insert_private(self.connection, session_id, item, now)

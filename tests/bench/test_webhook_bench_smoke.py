@@ -1,0 +1,56 @@
+"""The event webhook benchmarks at tiny sizes: each runs end to end and measures."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from bench import webhook_load, webhook_outage
+
+
+async def test_webhook_load_compares_ack_latency_with_a_peer_without_subscribers(
+    tmp_path: Path,
+) -> None:
+    args = argparse.Namespace(
+        sessions=2,
+        events_per_s=30.0,
+        prompt_share=0.5,
+        duration_s=2.0,
+        warmup_s=0.5,
+        receiver_delay_s=0.3,
+        paused=False,
+    )
+    figures = await webhook_load.measure(args, tmp_path)
+    for name in ("hooks", "plain"):
+        assert figures[name]["commands"] > 0
+        assert figures[name]["refused_or_lost_count"] == 0
+        assert figures[name]["events_per_s"] > 0
+        assert figures[name]["acks"]["p50_ms"] is not None
+    assert set(figures["ratio_hooks_over_plain"]["acks"]) == {"p50_ms", "p95_ms", "p99_ms"}
+    assert figures["outbox"]["deliveries_written"] > 0
+    assert figures["outbox"]["received"] > 0
+    assert figures["unchanged_within_noise"] in (True, False, None)  # None: saturated
+
+
+async def test_webhook_outage_delivers_every_event_of_the_outage_in_order(
+    tmp_path: Path,
+) -> None:
+    args = argparse.Namespace(
+        outage_s=1.5,
+        before_s=0.5,
+        after_s=0.5,
+        sessions=2,
+        events_per_s=20.0,
+        prompt_share=0.5,
+        retry_base_s=0.1,
+        retry_max_s=0.5,
+        drain_timeout_s=60.0,
+    )
+    figures = await webhook_outage.measure(args, tmp_path)
+    assert figures["events_during_outage"] > 0
+    assert figures["arrived_while_down"] == 0
+    assert figures["missing"] == 0 and figures["unexpected"] == 0
+    assert figures["sessions_out_of_order"] == 0
+    assert figures["duplicates_with_other_body"] == 0
+    assert figures["received_distinct"] == figures["expected"] > 0
+    assert figures["ok"] is True

@@ -1,0 +1,220 @@
+"""A session's room and runner on the in-memory store, with the fake model behind the real
+OpenAI provider: no app, no socket, no database.
+
+    async with memory_session({"ann": "editor"}, FakeModel()) as s:
+        await s.prompt("ann", "hi")
+        await s.settled()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from authz.policy import Decision
+from authz.roles import Member
+from server.providers.offline import OfflineProvider
+from server.providers.registry import open_models
+from server.runtime.commands import dispatch
+from server.runtime.room import SessionRoom
+from server.runtime.runner import SessionRunner
+from server.settings import Settings
+from server.store.access import ToolRow
+from server.store.memory import MemoryStore
+from session.commands import Command, MessageCommand, PromptCommand
+from session.lifecycle import PromptStatus
+from session.model import ModelEvent, ModelProvider, ModelRequest
+from session.queue import Policy
+from tests.conftest import make_settings
+from tests.fake_model import FakeModel
+
+SESSION = "s"
+FINAL = {PromptStatus.DONE, PromptStatus.FAILED, PromptStatus.CANCELLED, PromptStatus.INTERRUPTED}
+
+
+class RecordingOffline:
+    """The offline model, keeping every request it was given."""
+
+    name = "recording-offline"
+
+    def __init__(self) -> None:
+        self.model = OfflineProvider(token_delay_s=0)
+        self.requests: list[ModelRequest] = []
+
+    async def stream(self, request: ModelRequest) -> AsyncIterator[ModelEvent]:
+        self.requests.append(request)
+        async for event in self.model.stream(request):
+            yield event
+
+    def calls(self, purpose: str) -> list[ModelRequest]:
+        return [r for r in self.requests if r.purpose == purpose]
+
+
+class ManualClock:
+    """Time that moves only when a test moves it (seconds since the epoch)."""
+
+    def __init__(self, now: float = 1_750_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def memory_settings(**overrides: Any) -> Settings:
+    return make_settings("sqlite+aiosqlite:///:memory:", Path("/nonexistent"), **overrides)
+
+
+@dataclass
+class MemorySession:
+    store: MemoryStore
+    room: SessionRoom
+    runner: SessionRunner | None
+    model: FakeModel | None
+    clock: ManualClock
+    commands: int = 0
+
+    async def send(self, actor: str, command: Command) -> dict[str, Any]:
+        return dict(json.loads(await dispatch(self.room, actor, command)))
+
+    def next_id(self) -> str:
+        self.commands += 1
+        return f"c{self.commands}"
+
+    async def prompt(self, actor: str, text: str) -> dict[str, Any]:
+        return await self.send(actor, PromptCommand(self.next_id(), text))
+
+    async def message(self, actor: str, text: str) -> dict[str, Any]:
+        return await self.send(actor, MessageCommand(self.next_id(), text))
+
+    def status(self, prompt_id: str) -> PromptStatus:
+        return PromptStatus(self.room.doc.entry(prompt_id).status)
+
+    async def settled(self, *prompt_ids: str) -> None:
+        """Wait until the prompts are final and nothing runs: checked after each update
+        the room broadcasts (it broadcasts only what it committed), for at most 10 s."""
+        async with asyncio.timeout(10):
+            while True:
+                active = self.room.active_run
+                if not all(self.status(p) in FINAL for p in prompt_ids):
+                    await self.watcher.changed()
+                elif active is not None:
+                    await active.finished.wait()
+                else:
+                    return
+
+    async def summarised(self) -> None:
+        """Wait for the summaries the last run started (its runner pokes the summariser
+        before anything else can run, so the task is there once the run has settled)."""
+        assert self.runner is not None
+        task = self.runner.summariser.task
+        if task is not None:
+            async with asyncio.timeout(10):
+                await task
+
+    async def until(self, done: Callable[[MemorySession], bool], timeout_s: float = 10) -> None:
+        """Wait until ``done(self)``, checked after each frame the room sends."""
+        async with asyncio.timeout(timeout_s):
+            while not done(self):
+                await self.watcher.changed()
+
+    def streaming(self) -> bool:
+        """A reply is under way and has text in the document."""
+        return any(
+            e.kind == "reply" and e.status == "streaming" and e.content
+            for e in self.room.doc.entries()
+        )
+
+    def statuses(self) -> dict[str, str]:
+        """Each prompt's status, by its text."""
+        return {e.content: e.status for e in self.room.doc.entries() if e.kind == "prompt"}
+
+    @property
+    def watcher(self) -> Watcher:
+        return next(c for c in self.room.connections if isinstance(c, Watcher))
+
+
+class Watcher:
+    """A listener in the room's sockets: it keeps what the room sends and wakes whoever
+    waits for the next frame (``changed``)."""
+
+    def __init__(self, user_id: str = "watcher") -> None:
+        self.user_id = user_id
+        self.claims = None
+        self.frames: list[bytes | str] = []
+        self.closed: tuple[int, str] | None = None
+        self._event = asyncio.Event()
+
+    def send(self, message: bytes | str, frame: bytes | None = None) -> bool:
+        self.frames.append(message)
+        self._event.set()
+        return True
+
+    def send_json(self, text: str) -> bool:
+        return self.send(text)
+
+    def close(self, code: int, reason: str = "") -> None:
+        self.closed = (int(code), reason)
+        self._event.set()
+
+    async def changed(self) -> None:
+        await self._event.wait()
+        self._event.clear()
+
+
+async def add_members(
+    store: MemoryStore, members: dict[str, str | Member], session_id: str = SESSION
+) -> None:
+    """``members``: user id to role, or to the whole ``Member`` (with grants or denials)."""
+    for user_id, role in members.items():
+        member = Member(user_id, role) if isinstance(role, str) else role
+        await store.change_member(session_id, user_id, member, 0, lambda *_: Decision(True, "t"))
+
+
+@contextlib.asynccontextmanager
+async def memory_session(
+    members: dict[str, str | Member],
+    model: FakeModel | ModelProvider | None = None,
+    *,
+    policy: Policy = Policy.QUEUE,
+    clock: ManualClock | None = None,
+    store: MemoryStore | None = None,
+    tools: Sequence[ToolRow] = (),
+    unvalidated: dict[str, Any] | None = None,
+    **overrides: Any,
+) -> AsyncIterator[MemorySession]:
+    """A loaded room of session ``s`` with ``members`` (user: role); with a ``model``, its
+    runner runs (the model is the only one configured)."""
+    clock = clock or ManualClock()
+    store = store or MemoryStore()
+    settings = memory_settings(**overrides)
+    if unvalidated:  # values past a setting's bounds, which a test may need
+        settings = settings.model_copy(update=unvalidated)
+    if await store.get_session(SESSION) is None:
+        await store.create_session(SESSION, "t", policy.value, 0)
+        await add_members(store, members)
+    if isinstance(model, FakeModel):
+        settings = model.configure(settings)
+    room = SessionRoom(
+        SESSION, store=store, settings=settings, clock=clock, webhooks=lambda: list(tools)
+    )
+    await room.load("t", policy)
+    room.connections.add(Watcher())  # type: ignore[arg-type]  # what it sends is all it needs
+    async with contextlib.AsyncExitStack() as stack:
+        runner = None
+        if model is not None:
+            provider: ModelProvider = model  # type: ignore[assignment]
+            if isinstance(model, FakeModel):
+                provider = await stack.enter_async_context(open_models(settings, model.transport))
+            runner = SessionRunner(room, provider, settings.run_timeout_s)
+            runner.start()
+            stack.push_async_callback(runner.stop)
+        fake = model if isinstance(model, FakeModel) else None
+        yield MemorySession(store, room, runner, fake, clock)

@@ -1,0 +1,99 @@
+"""Commands through the one door of a room on the in-memory store: their answers and error
+codes, resends, cancels and their rights. (Over sockets: ``tests/server/test_ws.py``.)"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from server.providers.offline import OfflineProvider
+from server.runtime.commands import handle_frame
+from session.commands import CancelCommand, MessageCommand, PromptCommand
+from tests.fake_model import FakeModel, Forever
+from tests.server.runtime.harness import SESSION, memory_session
+
+
+async def test_messages_are_history_without_a_model_call() -> None:
+    members = {"alice": "editor", "bob": "editor"}
+    async with memory_session(members, OfflineProvider(token_delay_s=0)) as s:
+        posted = await s.message("bob", "the log is in #ops")
+        assert posted["type"] == "ack" and posted["seq"] == 1 and "message_id" in posted
+        asked = await s.prompt("alice", "summarise")
+        await s.settled(asked["prompt_id"])
+        entries = s.room.doc.entries()
+        kinds = [(e.kind, e.author) for e in entries]
+        assert kinds == [("message", "bob"), ("prompt", "alice"), ("reply", "parley-offline")]
+        assert "1 earlier messages" in entries[2].content and "bob" in entries[2].content
+
+
+async def test_bad_commands_get_errors_and_store_nothing() -> None:
+    async with memory_session({"alice": "editor", "vera": "viewer"}) as s:
+
+        async def error_of(actor: str, payload: dict[str, object] | str) -> dict[str, Any]:
+            frame = payload if isinstance(payload, str) else json.dumps(payload)
+            reply: dict[str, Any] = json.loads(await handle_frame(s.room, actor, frame))
+            assert reply["type"] == "error", reply
+            return reply
+
+        async def code_of(actor: str, payload: dict[str, object]) -> str:
+            return str((await error_of(actor, payload))["code"])
+
+        assert await code_of("vera", {"type": "prompt", "id": "v", "text": "hi"}) == "forbidden"
+        assert await code_of("vera", {"type": "message", "id": "v2", "text": "hi"}) == "forbidden"
+        assert await code_of("alice", {"type": "prompt", "id": "e", "text": "   "}) == "invalid"
+        too_long = {"type": "prompt", "id": "t", "text": "x" * 40_000}
+        assert await code_of("alice", too_long) == "too_large"
+        assert await code_of("alice", {"type": "dance", "id": "d"}) == "unknown_command"
+        assert await code_of("alice", {"type": "prompt", "id": "", "text": "x"}) == "invalid"
+        unknown = {"type": "cancel", "id": "c", "prompt_id": "nope"}
+        assert await code_of("alice", unknown) == "not_found"
+        not_json = await error_of("alice", "{not json")
+        assert not_json["code"] == "invalid" and not_json["id"] is None
+        ok = await s.prompt("alice", "still here?")
+        assert ok["type"] == "ack" and ok["seq"] == 1  # nothing was stored for the bad ones
+        assert [e.content for e in s.room.doc.entries()] == ["still here?"]
+
+
+async def test_a_command_sent_again_gets_its_first_ack_and_is_stored_once() -> None:
+    async with memory_session({"alice": "editor"}) as s:
+        first = await s.send("alice", PromptCommand("same", "once"))
+        assert await s.send("alice", PromptCommand("same", "once")) == first
+        # The same id for another kind of command is a conflict, and nothing is stored.
+        reused = await s.send("alice", MessageCommand("same", "other"))
+        assert (reused["type"], reused["id"], reused["code"]) == ("error", "same", "conflict")
+        assert reused["message"] == "this command id was used for another command"
+        other = await s.send("alice", MessageCommand("next", "still works"))
+        assert other["type"] == "ack" and other["seq"] == first["seq"] + 1
+        assert [e.kind for e in s.room.doc.entries()] == ["prompt", "message"]
+        stored = await s.store.entry_by_command(SESSION, "alice", "same")
+        assert stored is not None and stored.id == first["prompt_id"]
+
+
+async def test_cancel_queued_and_running_prompts() -> None:
+    model = FakeModel(lambda sent: ["word ", Forever()] if "long" in sent.asked_text() else ["ok"])
+    members = {"alice": "editor", "bob": "editor", "olga": "owner"}
+    async with memory_session(members, model) as s:
+        first = await s.send("alice", PromptCommand("1", "long"))
+        second = await s.send("alice", PromptCommand("2", "queued"))
+        third = await s.send("bob", PromptCommand("3", "bob's"))
+
+        denied = await s.send("bob", CancelCommand("x", second["prompt_id"]))
+        assert denied["type"] == "error" and denied["code"] == "forbidden"
+        own = await s.send("alice", CancelCommand("c2", second["prompt_id"]))
+        assert own["type"] == "ack"
+        await s.until(lambda s: s.room.active_run is not None)
+        by_owner = await s.send("olga", CancelCommand("c3", first["prompt_id"]))
+        assert by_owner["type"] == "ack"
+        again = await s.send("olga", CancelCommand("c4", first["prompt_id"]))
+        assert again["type"] == "error" and again["code"] == "conflict"
+
+        await s.settled(first["prompt_id"], second["prompt_id"], third["prompt_id"])
+        assert s.status(second["prompt_id"]) == "cancelled"
+        assert s.room.doc.entry(second["prompt_id"]).reply_id is None
+        cancelled = s.room.doc.entry(first["prompt_id"])
+        assert (cancelled.status, cancelled.reason_code) == ("cancelled", "cancelled")
+        assert cancelled.reason == "cancelled by olga"
+        assert cancelled.reply_id is not None
+        assert s.room.doc.entry(cancelled.reply_id).status == "cancelled"
+        assert s.status(third["prompt_id"]) == "done"
+        assert s.room.doc.queued() == []

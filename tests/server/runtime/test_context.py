@@ -1,0 +1,54 @@
+"""What a model call is given, from a room on the in-memory store: pins and facts reach
+every input; a prompt that cannot fit with its pins fails before any call. (The REST
+routes of pins, facts and the context preview: ``tests/server/test_context_api.py``.)"""
+
+from __future__ import annotations
+
+import asyncio
+
+from session.commands import FactCommand, PinCommand
+from tests.server.runtime.harness import memory_session
+from tests.server.test_context_api import first_call_waits
+
+
+async def test_pins_and_facts_reach_every_input() -> None:
+    gate = asyncio.Event()
+    gate.set()
+    model = first_call_waits(gate)
+    async with memory_session({"alice": "editor", "vera": "viewer"}, model) as s:
+        posted = await s.message("alice", "acct is 7731")
+        pin = await s.send("alice", PinCommand("p", posted["message_id"], True))
+        assert pin["type"] == "ack"
+        fact = await s.send("alice", FactCommand("f", "region", "eu-west-1"))
+        assert fact["type"] == "ack"
+        denied = await s.send("vera", PinCommand("v", posted["message_id"], True))
+        assert denied["code"] == "forbidden"
+        bad = await s.send("alice", FactCommand("b", "no spaces", "x"))
+        assert bad["code"] == "invalid"
+        missing = await s.send("alice", PinCommand("n", "nope", True))
+        assert missing["code"] == "not_found"
+        assert s.room.doc.pinned() == [posted["message_id"]]
+        assert s.room.doc.fact_map() == {"region": "eu-west-1"}
+
+        asked = await s.prompt("alice", "what is my account?")
+        await s.settled(asked["prompt_id"])
+        system = model.requests[0].system.split("\n")
+        assert '  region = "eu-west-1" (set by alice)' in system
+        assert "  acct is 7731" in system
+        assert all("7731" not in m["content"] for m in model.requests[0].messages)
+
+
+async def test_a_prompt_that_cannot_fit_with_its_pins_fails_without_a_model_call() -> None:
+    gate = asyncio.Event()
+    gate.set()
+    model = first_call_waits(gate)
+    limits = {"context_window_tokens": 400, "max_output_tokens": 100}
+    async with memory_session({"alice": "editor"}, model, **limits) as s:
+        long = " ".join(f"clause {i} of the contract" for i in range(120))
+        posted = await s.message("alice", long)
+        await s.send("alice", PinCommand("p", posted["message_id"], True))
+        asked = await s.prompt("alice", "summarise")
+        await s.settled(asked["prompt_id"])
+        prompt = s.room.doc.entry(asked["prompt_id"])
+        assert (prompt.status, prompt.reason_code) == ("failed", "too_large")
+        assert model.requests == []

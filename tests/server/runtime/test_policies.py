@@ -1,0 +1,118 @@
+"""Scheduling policies under load, in one room on the in-memory store: 50 members x 20
+prompts at once through the one door, per policy. Each test checks the promises: nothing
+acknowledged lost, nothing run twice, no gap in the sequence numbers, replies in place, and
+the stored statuses are the ones shown. (The queue policy runs this load over sockets and
+real databases too: ``tests/server/test_policies.py``.)"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from session.commands import PromptCommand
+from session.queue import Policy
+from session.schema import Entry
+from tests.fake_model import FakeModel, Sent, askers
+from tests.server.runtime.harness import FINAL, MemorySession, memory_session
+
+CLIENTS = 50
+PROMPTS_EACH = 20
+
+
+def who_asked(sent: Sent) -> list[str]:
+    """The model's answer: who asked it, in order."""
+    return [" ".join(f"{a} asked" for m in sent.asked for a in askers(m["content"]))]
+
+
+async def flood(s: MemorySession) -> list[dict[str, Any]]:
+    users = [f"u{i:02d}" for i in range(CLIENTS)]
+    return list(
+        await asyncio.gather(
+            *(
+                s.send(user, PromptCommand(f"{user}-{n}", f"{user} #{n}"))
+                for user in users
+                for n in range(PROMPTS_EACH)
+            )
+        )
+    )
+
+
+async def converge(s: MemorySession, acks: list[dict[str, Any]]) -> list[Entry]:
+    accepted = [str(a["prompt_id"]) for a in acks if a["type"] == "ack"]
+    await s.settled(*accepted)
+    view = s.room.doc.entries()
+    assert len({e.id for e in view}) == len(view)
+    seqs = [e.seq for e in view if e.kind == "prompt"]
+    assert seqs == list(range(1, len(accepted) + 1))  # no gaps: nothing half-stored
+    stored = await s.store.entries_with_status("s", [status.value for status in FINAL])
+    assert {r.id: r.status for r in stored} == {e.id: e.status for e in view if e.kind == "prompt"}
+    return view
+
+
+def replies_follow_prompts(view: list[Entry]) -> None:
+    by_id = {e.id: e for e in view}
+    for index, entry in enumerate(view):
+        if entry.kind != "reply":
+            continue
+        answered = [by_id[p] for p in entry.answers]
+        assert view[index - 1].id == entry.reply_to == answered[-1].id
+        assert all(p.reply_id == entry.id for p in answered)
+
+
+def loaded(policy: Policy, model: FakeModel) -> Any:
+    members = {f"u{i:02d}": "editor" for i in range(CLIENTS)}
+    return memory_session(
+        members,
+        model,
+        policy=policy,
+        max_pending_per_user=PROMPTS_EACH,
+        max_pending_per_session=CLIENTS * PROMPTS_EACH,
+    )
+
+
+async def test_coalesce_answers_waiting_prompts_together() -> None:
+    async with loaded(Policy.COALESCE, FakeModel(who_asked)) as s:
+        acks = await flood(s)
+        assert all(a["type"] == "ack" for a in acks)
+        view = await converge(s, acks)
+        replies_follow_prompts(view)
+        replies = [e for e in view if e.kind == "reply"]
+        answered = [p for r in replies for p in r.answers]
+        assert sorted(answered) == sorted(a["prompt_id"] for a in acks)  # each exactly once
+        assert len(replies) < len(acks) / 5  # really coalesced
+        assert max(len(r.answers) for r in replies) <= 20  # PARLEY_MAX_PROMPTS_PER_RUN
+        batch = max(replies, key=lambda r: len(r.answers))
+        by_id = {e.id: e for e in view}
+        for prompt_id in batch.answers:
+            assert f"{by_id[prompt_id].author} asked" in batch.content
+
+
+async def test_interrupt_keeps_only_the_newest() -> None:
+    async with loaded(Policy.INTERRUPT, FakeModel(who_asked)) as s:
+        acks = await flood(s)
+        assert all(a["type"] == "ack" for a in acks)
+        view = await converge(s, acks)
+        replies_follow_prompts(view)
+        prompts = [e for e in view if e.kind == "prompt"]
+        assert {p.status for p in prompts} <= {"done", "interrupted"}
+        assert prompts[-1].status == "done"  # the newest prompt always gets its answer
+        by_id = {e.id: e for e in view}
+        for prompt in prompts:
+            if prompt.reply_id:
+                expected = "done" if prompt.status == "done" else "interrupted"
+                assert by_id[prompt.reply_id].status == expected
+            else:
+                assert prompt.status == "interrupted" and prompt.reason_code == "superseded"
+
+
+async def test_reject_refuses_while_busy_and_stores_nothing() -> None:
+    async with loaded(Policy.REJECT, FakeModel(who_asked)) as s:
+        acks = await flood(s)
+        accepted = [a for a in acks if a["type"] == "ack"]
+        refused = [a for a in acks if a["type"] == "error"]
+        assert accepted and refused and len(accepted) + len(refused) == len(acks)
+        assert {r["code"] for r in refused} == {"busy"}
+        view = await converge(s, accepted)
+        replies_follow_prompts(view)
+        assert all(e.status == "done" for e in view)
+        assert len([e for e in view if e.kind == "prompt"]) == len(accepted)

@@ -1,0 +1,109 @@
+"""Run scopes in a room on the in-memory store: a coalesced run acts with the rights all
+its issuers share, and the restricted text kept server-side survives a reload."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+
+from authz.policy import Readers
+from authz.roles import Member
+from server.store.access import DocumentRow, ToolRow
+from server.store.memory import MemoryStore
+from session.lifecycle import PromptStatus
+from session.queue import Policy
+from tests.fake_model import Answer, FakeModel, Sent, Status, call
+from tests.server.runtime.harness import SESSION, memory_session
+
+SECRET = "the vault code is 7731"
+VAULT = DocumentRow("d1", SESSION, "Vault", SECRET, Readers("d1", frozenset({"bob"})), 0)
+DEPLOY = ToolRow(
+    "deploy", "deploy", {"type": "object", "properties": {}}, "http://127.0.0.1:9/",
+    "tool:deploy", "secret", 5000, 0,
+)  # fmt: skip
+
+
+def script(sent: Sent) -> Answer:
+    if "vault" in sent.asked_text() and "[wait]" not in sent.asked_text():
+        return [call("search_documents", {"query": "vault code"})]
+    return ["ok"]
+
+
+async def test_a_coalesced_run_acts_with_what_all_its_issuers_share() -> None:
+    model = FakeModel(script)
+    model.gate = asyncio.Event()
+    members: dict[str, str | Member] = {
+        "olga": "owner",
+        "alice": "editor",
+        "bob": Member("bob", "editor", frozenset({"tool:deploy"})),
+    }
+    async with memory_session(members, model, policy=Policy.COALESCE, tools=[DEPLOY]) as s:
+        await s.store.access.add_document(VAULT)
+        first = await s.prompt("bob", "what is the vault code?")
+        await s.settled(first["prompt_id"])
+        assert model.requests_for("bob")[0].tools == ["search_documents", "deploy"]
+        held = await s.prompt("olga", "[wait] hold on")
+        await s.until(lambda s: s.status(held["prompt_id"]) is PromptStatus.RUNNING)
+        acks = [await s.prompt("bob", "and the vault again?")]
+        acks.append(await s.prompt("alice", "summarise please"))
+        model.gate.set()
+        await s.settled(held["prompt_id"], *(a["prompt_id"] for a in acks))
+
+        together = [r for r in model.requests if set(r.issuers) == {"bob", "alice"}]
+        assert together, "one run answered bob and alice together"
+        assert together[0].tools == ["search_documents"]  # not deploy
+        for request in together:
+            assert "7731" not in request.everything()  # alice may not read it
+        records = await s.store.access.list_audit(SESSION, limit=100, after=0, kinds=["model_call"])
+        shared = next(r for r in records if len(r.data["issuers"]) == 2)
+        assert "tool:deploy" not in shared.data["capabilities"]
+        assert shared.data["context_withheld"], "bob's first answer was withheld"
+
+
+async def test_restricted_items_survive_a_reload() -> None:
+    store = MemoryStore()
+    members: dict[str, str | Member] = {"alice": "editor", "bob": "editor"}
+    async with memory_session(members, FakeModel(script), store=store) as s:
+        await s.store.access.add_document(VAULT)
+        asked = await s.prompt("bob", "what is the vault code?")
+        await s.settled(asked["prompt_id"])
+        reply_id = s.room.doc.entry(asked["prompt_id"]).reply_id
+    model = FakeModel(script)
+    async with memory_session(members, model, store=store) as s:  # the room loaded again
+        assert reply_id is not None and SECRET in s.room.context.private[reply_id].text
+        asked = await s.prompt("alice", "what did bob learn?")
+        await s.settled(asked["prompt_id"])
+        [request] = model.requests_for("alice")
+        assert "7731" not in request.everything()
+        # bob may read his own answer: a preview of his context has the full text.
+        built = s.room.context.build((), s.room.runs.scope_for(["bob"], preview=True))
+        assert SECRET in str(built.request.messages)
+
+
+def fails_after_tools(sent: Sent) -> Answer:
+    """Runs the search, then breaks before answering: the tool step stays, the reply fails."""
+    if sent.messages[-1]["role"] == "tool":
+        return Status(400, "upstream broke after the tool ran")
+    if "vault" in sent.asked_text():
+        return ["Let me look. ", call("search_documents", {"query": "vault code"})]
+    return ["ok"]
+
+
+async def test_a_reply_drawing_on_an_earlier_restricted_tool_result_is_restricted() -> None:
+    model = FakeModel(fails_after_tools, echo_tools=False)
+    members: dict[str, str | Member] = {"olga": "owner", "bob": "editor", "alice": "viewer"}
+    readers = Readers("d1", frozenset({"bob", "olga"}))
+    async with memory_session(members, model) as s:
+        await s.store.access.add_document(replace(VAULT, readers=readers))
+        first = await s.prompt("bob", "what is the vault code?")
+        await s.settled(first["prompt_id"])
+        assert s.status(first["prompt_id"]) is PromptStatus.FAILED
+        second = await s.prompt("bob", "anything else?")
+        await s.settled(second["prompt_id"])
+        # The second run was given the earlier search result (bob may read it) ...
+        assert SECRET in model.requests[-1].everything()
+        # ... so its reply inherits the document's readers: a placeholder in the document.
+        reply_id = s.room.doc.entry(second["prompt_id"]).reply_id
+        assert reply_id is not None
+        reply = s.room.doc.entry(reply_id)
+        assert reply.status == "done" and "[restricted:" in reply.content, reply

@@ -1,0 +1,126 @@
+"""Turns that no longer fit are summarised by the model, stored, reused and extended: in a
+room on the in-memory store, waiting on the summariser's own task."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from authz.policy import Readers
+from server.store.access import DocumentRow
+from server.store.memory import MemoryStore
+from tests.fake_model import Answer, FakeModel, Sent, call
+from tests.server.runtime.harness import (
+    SESSION,
+    MemorySession,
+    RecordingOffline,
+    memory_session,
+)
+
+TOPICS = ["billing", "deploys", "search", "onboarding", "latency", "alerts", "exports"]
+SMALL_WINDOW: dict[str, Any] = {
+    "context_window_tokens": 900,
+    "max_output_tokens": 150,
+    "summary_min_tokens": 120,
+    "summary_max_output_tokens": 200,
+    "commands_burst": 500,
+    "commands_per_second": 500.0,
+    "user_commands_per_second": 500.0,
+}
+
+
+async def chat(s: MemorySession, user: str, start: int, count: int) -> None:
+    for i in range(start, start + count):
+        topic = TOPICS[i % len(TOPICS)]
+        text = f"Update {i} on {topic}: ticket PRJ-{1000 + i} is owned by team {i % 5} now."
+        assert (await s.message(user, text))["type"] == "ack"
+
+
+async def ask(s: MemorySession, user: str, text: str) -> None:
+    asked = await s.prompt(user, text)
+    await s.settled(asked["prompt_id"])
+    await s.summarised()
+
+
+def preview(s: MemorySession, user: str) -> Any:
+    return s.room.context.build((), s.room.runs.scope_for([user], preview=True))
+
+
+async def test_old_turns_are_summarised_reused_and_extended() -> None:
+    provider = RecordingOffline()
+    store = MemoryStore()
+    members = {"alice": "editor", "bob": "editor"}
+    async with memory_session(members, provider, store=store, **SMALL_WINDOW) as s:
+        await chat(s, "bob", 0, 40)
+        await ask(s, "alice", "status 1?")
+        first_call = provider.calls("summary")[0]
+        assert first_call.issuers == ()  # nobody's prompt: a separate, audited call
+        assert "Update 0 on billing" in first_call.messages[0].content
+        built = preview(s, "alice")
+        assert built.summary is not None
+        system = built.request.system
+        assert "Summary of the conversation up to message #" in system
+        # The newest summarised turn lives on in the summary (the offline model's summary
+        # keeps the latest lines that fit its output limit).
+        assert f"#{built.summary.to_seq} bob: Update" in system
+        assert built.tokens <= built.budget
+        first_summary = built.summary
+
+        # The next run is given the stored summary, and not the turns it covers.
+        await ask(s, "alice", "status 2?")
+        run = provider.calls("reply")[-1]
+        assert "Summary of the conversation up to message #" in run.system
+        assert all("Update 0 on billing" not in m.content for m in run.messages)
+
+        # More talk: the summary is extended, not rebuilt; the new one covers the old.
+        calls_before = len(provider.calls("summary"))
+        await chat(s, "bob", 40, 40)
+        await ask(s, "alice", "status 3?")
+        extension = provider.calls("summary")[calls_before]
+        assert extension.messages[0].content.startswith("Previous summary:\n")
+        assert "Update 0 on billing" not in extension.messages[0].content.split("New messages:")[1]
+
+    # Loaded again, the room has its summaries back from the store.
+    calls = len(provider.calls("summary"))
+    async with memory_session(members, provider, store=store, **SMALL_WINDOW) as s:
+        built = preview(s, "alice")
+        assert built.summary is not None and built.summary.to_seq > first_summary.to_seq
+        assert len(provider.calls("summary")) == calls  # reused, not remade
+
+
+async def test_summaries_can_be_turned_off() -> None:
+    provider = RecordingOffline()
+    async with memory_session({"alice": "editor"}, provider, summaries=False, **SMALL_WINDOW) as s:
+        await chat(s, "alice", 0, 40)
+        await ask(s, "alice", "status 1?")
+        # A later run is given the over-budget turns' absence, never a summary of them.
+        await ask(s, "alice", "status 2?")
+        later = provider.calls("reply")[-1]
+        assert "[Summary of the conversation" not in later.system
+        assert provider.calls("summary") == []
+        built = preview(s, "alice")
+        assert built.summary is None and built.dropped
+
+
+async def test_a_summary_is_made_only_from_what_every_member_may_read() -> None:
+    def script(sent: Sent) -> Answer:
+        if sent.purpose == "summary":
+            return ["earlier: updates on billing and deploys"]
+        if "launch" in sent.asked_text():
+            return [call("search_documents", {"query": "launch code"})]
+        return ["noted"]
+
+    model = FakeModel(script)
+    members = {"alice": "editor", "bob": "editor"}
+    async with memory_session(members, model, **SMALL_WINDOW) as s:
+        readers = Readers("d1", frozenset({"bob"}))
+        vault = DocumentRow("d1", SESSION, "Vault", "The launch code is 7731.", readers, 0)
+        await s.store.access.add_document(vault)
+        await ask(s, "bob", "what is the launch code?")
+        assert "7731" in model.requests_for("bob")[-1].everything()
+        await chat(s, "bob", 0, 50)  # bob's restricted answer falls out of the window
+        await ask(s, "bob", "status?")
+        summaries = [r for r in model.requests if r.purpose == "summary"]
+        assert summaries, "a summary call was made"
+        for request in summaries:
+            assert "7731" not in request.everything()
+        assert "Update 0 on billing" in summaries[0].everything()

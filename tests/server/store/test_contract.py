@@ -1,0 +1,218 @@
+"""One set of checks of the ``SessionStore`` port (``server.store.port``), run against every
+adapter: in memory, SQLite and PostgreSQL keep the same promises."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from authz.policy import Decision, Readers
+from authz.roles import Member
+from server.store.access import PrivateItem
+from server.store.db import create_engine, migrate
+from server.store.memory import MemoryStore
+from server.store.rows import EntryRow
+from server.store.sessions import Store
+from server.store.usage import UsageLedger
+from session.errors import DuplicateCommand
+from session.events import MessagePosted, PromptAccepted
+from session.lifecycle import IllegalTransition, PromptStatus
+from session.quota import Quotas
+from session.reasons import Ending, ReasonCode
+from session.summary import Summary
+from tests.conftest import postgres_database, sqlite_url
+
+ALLOW = Decision(True, "test")
+
+
+@pytest.fixture(params=["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Any]:
+    if request.param == "memory":
+        memory = MemoryStore()
+        yield memory
+        await memory.close()
+        return
+    async with contextlib_database(request.param, tmp_path) as url:
+        await asyncio.to_thread(migrate, url)
+        sql = Store(create_engine(url))
+        try:
+            yield sql
+        finally:
+            await sql.close()
+
+
+def contextlib_database(kind: str, tmp_path: Path) -> Any:
+    if kind == "postgres":
+        return postgres_database()
+
+    class _Sqlite:
+        async def __aenter__(self) -> str:
+            return sqlite_url(tmp_path)
+
+        async def __aexit__(self, *_: object) -> None:
+            return None
+
+    return _Sqlite()
+
+
+def entry(session_id: str, seq: int, command_id: str, author: str = "ann") -> EntryRow:
+    return EntryRow(
+        f"{session_id}-e{seq}", session_id, seq, "prompt", author, command_id, "hi",
+        PromptStatus.QUEUED.value, None, None, seq,
+    )  # fmt: skip
+
+
+async def add_prompt(store: Any, session_id: str, command_id: str) -> EntryRow:
+    async with store.transaction() as tx:
+        seq = await tx.next_seq(session_id)
+        row = entry(session_id, seq, command_id)
+        await tx.insert_entry(row)
+        await tx.append_events(session_id, seq, [PromptAccepted(row.id, seq, row.author)])
+    return row
+
+
+async def test_sequence_and_event_numbers_are_per_session_in_commit_order(store: Any) -> None:
+    for session_id in ("a", "b"):
+        await store.create_session(session_id, "t", "queue", 0)
+    assert [(await add_prompt(store, "a", f"c{i}")).seq for i in range(3)] == [1, 2, 3]
+    assert (await add_prompt(store, "b", "c0")).seq == 1
+    assert (await store.get_session("a")).last_seq == 3
+    events = await store.events_after("a", 0, 10)
+    assert [(e.seq, e.kind, e.data["seq"]) for e in events] == [
+        (1, "prompt_accepted", 1), (2, "prompt_accepted", 2), (3, "prompt_accepted", 3),
+    ]  # fmt: skip
+    assert [e.seq for e in await store.events_after("a", 1, 1)] == [2]
+    assert [e.seq for e in await store.events_after("b", 0, 10)] == [1]
+
+
+async def test_a_transaction_that_raises_leaves_nothing(store: Any) -> None:
+    await store.create_session("a", "t", "queue", 0)
+    with pytest.raises(RuntimeError):
+        async with store.transaction() as tx:
+            seq = await tx.next_seq("a")
+            await tx.insert_entry(entry("a", seq, "c1"))
+            await tx.append_events("a", 1, [MessagePosted("a-e1", seq, "ann")])
+            await tx.append_update("a", b"\x00\x00")
+            await tx.insert_audit("a", 1, "refused", "ann", {})
+            await tx.insert_private("a", PrivateItem("p", "tool", "x", ()), 1)
+            await tx.set_policy("a", "batch")
+            raise RuntimeError("the write fails after its statements")
+    row = await store.get_session("a")
+    assert (row.last_seq, row.policy) == (0, "queue")
+    assert await store.entry_by_command("a", "ann", "c1") is None
+    assert await store.events_after("a", 0, 10) == []
+    assert (await store.load_doc("a")).updates == []
+    assert await store.access.private_items("a") == []
+    # The next transaction gets the number the failed one had.
+    assert (await add_prompt(store, "a", "c1")).seq == 1
+
+
+async def test_a_command_id_is_stored_once_and_the_transaction_goes_on(store: Any) -> None:
+    await store.create_session("a", "t", "queue", 0)
+    first = await add_prompt(store, "a", "c1")
+    async with store.transaction() as tx:
+        with pytest.raises(DuplicateCommand):
+            await tx.insert_entry(entry("a", 9, "c1"))
+        await tx.insert_entry(entry("a", 10, "c2"))
+    assert (await store.entry_by_command("a", "ann", "c1")) == first
+    assert (await store.entry_by_command("a", "ann", "c2")).seq == 10
+    assert await store.entry_by_command("a", "bob", "c1") is None
+
+
+async def test_a_prompts_status_moves_only_as_the_lifecycle_table_allows(store: Any) -> None:
+    await store.create_session("a", "t", "queue", 0)
+    row = await add_prompt(store, "a", "c1")
+    async with store.transaction() as tx:
+        await tx.set_entry_status(row.id, PromptStatus.RUNNING, reply_id="r1", started_at=5)
+    for illegal in (PromptStatus.QUEUED, PromptStatus.RUNNING):
+        with pytest.raises(IllegalTransition):
+            async with store.transaction() as tx:
+                await tx.set_entry_status(row.id, illegal)
+    ending = Ending(ReasonCode.TIMEOUT, "too slow")
+    async with store.transaction() as tx:
+        await tx.set_entry_status(row.id, ending.status, ending=ending, finished_at=6)
+    (failed,) = await store.entries_with_status("a", [ending.status.value])
+    assert (failed.reason, failed.reply_id) == ("too slow", "r1")
+    assert await store.entries_with_status("a", [PromptStatus.RUNNING.value]) == []
+    assert await store.sessions_with_status([ending.status.value]) == ["a"]
+    with pytest.raises(IllegalTransition):
+        async with store.transaction() as tx:
+            await tx.set_entry_status("nobody", PromptStatus.RUNNING)
+
+
+async def test_the_document_is_its_snapshot_and_the_updates_after_it(store: Any) -> None:
+    await store.create_session("a", "t", "queue", 0)
+    await store.create_session("b", "t", "queue", 0)
+    async with store.transaction() as tx:
+        ids = await tx.append_updates([("a", b"u1"), ("b", b"v1"), ("a", b"u2")])
+        assert ids == sorted(ids) and len(set(ids)) == 3
+        await tx.write_snapshot("a", b"snap", ids[0], 1)
+    doc = await store.load_doc("a")
+    assert (doc.snapshot, doc.updates, doc.updates_since_snapshot) == (b"snap", [b"u2"], 1)
+    assert (await store.load_doc("b")).updates == [b"v1"]
+    assert await store.group.submit("b", b"v2", None) > ids[-1]
+    assert (await store.load_doc("b")).updates == [b"v1", b"v2"]
+
+
+async def test_summaries_cover_what_the_ones_before_them_covered(store: Any) -> None:
+    await store.create_session("a", "t", "queue", 0)
+    for i, added in enumerate((frozenset({"e1"}), frozenset({"e2", "e3"}))):
+        summary = Summary(f"s{i}", 1, i + 1, added, f"summary {i}", 0)
+        await store.add_summary(
+            "a", summary, added=added, model="m", input_tokens=1, output_tokens=1, now=i
+        )
+    found = await store.load_summaries("a")
+    assert [(s.id, s.covers, s.text) for s in found] == [
+        ("s0", frozenset({"e1"}), "summary 0"),
+        ("s1", frozenset({"e1", "e2", "e3"}), "summary 1"),
+    ]
+    assert all(s.tokens > 0 for s in found)
+
+
+async def test_members_and_their_events(store: Any) -> None:
+    await store.create_session("a", "t", "queue", 0)
+    for user_id, now in (("bob", 2), ("ann", 1)):
+        await store.change_member("a", user_id, Member(user_id, "editor"), now, lambda *_: ALLOW)
+    changed = await store.change_member("a", "bob", Member("bob", "viewer"), 3, lambda *_: ALLOW)
+    assert (changed.before.role, changed.after.role) == ("editor", "viewer")
+    assert changed.after.token_epoch == changed.before.token_epoch
+    refused = Decision(False, "no")
+    kept = await store.change_member("a", "ann", None, 4, lambda *_: refused)
+    assert kept.after == kept.before and not kept.decision.allowed
+    assert [(m.user_id, m.role) for m in await store.list_members("a")] == [
+        ("ann", "editor"), ("bob", "viewer"),
+    ]  # fmt: skip
+    kinds = [e.kind for e in await store.events_after("a", 0, 10)]
+    assert kinds == ["member_joined", "member_joined", "member_changed"]
+
+
+async def test_private_items_audit_and_usage(store: Any) -> None:
+    await store.create_session("a", "t", "queue", 0)
+    readers = (Readers("d1", frozenset({"ann"}), frozenset()),)
+    async with store.transaction() as tx:
+        await tx.insert_private("a", PrivateItem("p1", "tool", "secret", readers), 1)
+        await tx.insert_audit("a", 1, "run", "ann", {"ids": ("x",)})
+    await store.access.audit("a", 2, "refused", "bob", {})
+    assert await store.access.private_items("a") == [PrivateItem("p1", "tool", "secret", readers)]
+    audit = await store.access.list_audit("a", limit=10, after=0)
+    assert [(r.kind, r.actor, r.data) for r in audit] == [
+        ("run", "ann", {"ids": ["x"]}), ("refused", "bob", {}),
+    ]  # fmt: skip
+    assert readers[0] in await store.access.reader_lists("a")
+    ledger = UsageLedger(store, lambda: 86_400.0)
+    await ledger.set_quotas("a", Quotas(session_tokens_per_day=100))
+    from session.model import Usage
+
+    await ledger.record("a", ["ann", "bob"], "m", "r1", Usage(60, 20))
+    used = await ledger.by_user("a", ledger.today())
+    assert sum(u.input_tokens + u.output_tokens for u in used) == 80
+    assert [u.user_id for u in used] == ["ann", "bob"]
+    await ledger.record("a", ["ann"], "m", "r2", Usage(30, 0))
+    from session.errors import QuotaExceeded
+
+    with pytest.raises(QuotaExceeded):
+        await ledger.admit("a", ["ann"])
