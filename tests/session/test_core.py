@@ -674,6 +674,23 @@ def test_a_restricted_reply_is_kept_server_side_or_its_sharing_audited() -> None
     )
 
 
+def test_a_completed_replys_text_goes_out_only_when_everyone_may_read_it() -> None:
+    """What a ``reply.completed`` webhook may carry: the text of an answered reply, None for
+    one that drew on restricted material, nothing for a run that ended unanswered."""
+    session = Session()
+    session.prompt("eddie")
+    session.start_run()
+    assert session.finish_run(None, reply=ReplyState("r"), text="hi").replies == (("r", "hi"),)
+    session.prompt("eddie")
+    session.start_run()
+    restricted = ReplyState("r2", SECRET, private=True)
+    assert session.finish_run(None, reply=restricted, text="x").replies == (("r2", None),)
+    session.prompt("eddie")
+    session.start_run()
+    ended = session.finish_run(Ending(ReasonCode.TIMEOUT, "t"), reply=ReplyState("r3"), text="x")
+    assert ended.replies == ()
+
+
 def test_a_run_finished_after_the_queue_moved_on_leaves_the_queue_alone() -> None:
     session = Session()
     prompt = session.prompt("eddie")
