@@ -168,11 +168,11 @@ class ClusterNode:
     ) -> None:
         """Load a room: run it here if nobody does, else as a read replica."""
         session_id = room.session_id
-        room.fence = HolderFence(self, room)
+        room.fence_with(HolderFence(self, room))
         self._runners[session_id] = runner
         async with self._lock(session_id):
             try:
-                room.restricted_replies = restricted_replies
+                room.use_settings(room.model, restricted_replies)
                 taken = await self._take(room, title, policy)
             except BaseException:
                 self._runners.pop(session_id, None)
@@ -228,8 +228,7 @@ class ClusterNode:
             await self.registry.load_access()
             # The store is the truth: the queue resumes from it and a reply cut off by the
             # previous holder is marked interrupted (the same path as a restart).
-            if room.cut_off is ReasonCode.SERVER_RESTART:
-                room.cut_off = ReasonCode.FAILOVER
+            room.taken_over()
             await room.load(title, policy, room.restricted_replies)
         except BaseException:
             self.leases.pop(session_id, None)
@@ -256,8 +255,7 @@ class ClusterNode:
             row = await self.store.get_session(session_id)
             if row is None:
                 return False
-            room.restricted_replies = row.restricted_replies
-            room.model = row.model
+            room.use_settings(row.model, row.restricted_replies)
             return await self._take(room, row.title, Policy(row.policy))
 
     # -- commands -------------------------------------------------------------------------
@@ -301,7 +299,7 @@ class ClusterNode:
         await self.registry.current_access()
         await room.reload_settings()
         if kept:
-            await room.load_kept()
+            await room.context.load()
 
     async def confirm_access(self) -> None:
         """Roles or tools were changed here: wait until every node running a session has
@@ -365,7 +363,7 @@ class ClusterNode:
                 return  # run here now: the room has the state
             tail = await read_tail(self.store.engine, session_id, after, TAIL_PAGE)
             if tail.snapshot is not None or tail.updates:
-                await room.apply_replicated(tail.snapshot, tail.updates)
+                await room.writer.apply_replicated(tail.snapshot, tail.updates)
             if session_id in self.applied:
                 # A REST read catches up too (``follow``): the later of two never goes back.
                 self.applied[session_id] = max(self.applied[session_id], tail.last_id)

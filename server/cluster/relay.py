@@ -112,7 +112,9 @@ class CommandRelay:
             for user_id in {c.user_id for c in open_commands} - {ADMIN_SENDER}:
                 # Membership may have changed on another node: read it fresh.
                 member = await self.node.store.get_member(session_id, user_id)
-                await room.set_member(user_id, None if member is None else member.as_member())
+                await room.membership.set_member(
+                    user_id, None if member is None else member.as_member()
+                )
             outcomes = await asyncio.gather(
                 *(self._run_forwarded(room, c.user_id, c.frame) for c in open_commands),
                 return_exceptions=True,

@@ -187,7 +187,7 @@ async def get_private(
 ) -> PrivateOut:
     """The full text behind a placeholder, for a caller who may read every source of it."""
     room = await state.rooms.current(session_id, kept=True)
-    item = room.private.get(entry_id)
+    item = room.context.private.get(entry_id)
     if item is None:
         raise NotFound(f"entry {entry_id!r} has no restricted text")
     if caller.user_id is not None:

@@ -71,7 +71,7 @@ async def preview_context(
     if caller.user_id is not None and caller.user_id != user_id:
         raise Forbidden("a member may preview only their own model input")
     room = await state.rooms.current(session_id, kept=True)
-    if user_id not in room.members:
+    if user_id not in room.membership.members:
         raise Conflict(f"{user_id!r} is not a member of this session")
     # The queue as the document shows it: the running node's committed plan, the same on
     # every node (a read replica has no queue of its own).
@@ -84,10 +84,10 @@ async def preview_context(
             prompt_ids = upcoming.ids
         else:
             prompt_ids = (waiting[0].id,)
-    scope = room.scope_for(
+    scope = room.runs.scope_for(
         [user_id] if not prompt_ids else _authors(room, prompt_ids), preview=True
     )
-    built = room.context_for(prompt_ids, scope)
+    built = room.context.build(prompt_ids, scope)
     request = built.request
     return ContextPreview(
         user_id=user_id,

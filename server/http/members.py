@@ -151,7 +151,7 @@ async def revoke_token(state: AppState, session_id: str, jti: str) -> None:
     if token is None:
         raise NotFound(f"no unexpired token {jti!r} in this session")
     room = await state.rooms.get(session_id)
-    await room.revoke_token(token)
+    await room.membership.revoke_token(token)
     await room.audit("token", "admin", {"revoked": jti, "user_id": token.user_id})
 
 

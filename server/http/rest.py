@@ -148,7 +148,7 @@ async def authorize(op: Operation, caller: Caller, state: AppState, session_id: 
     if session_id is None or session_id != caller.session_id:
         raise Forbidden("a client token acts only in its own session's routes")
     room = await state.rooms.current(session_id)  # judged by what is committed
-    revoked = None if caller.claims is None else room.token_refusal(caller.claims)
+    revoked = None if caller.claims is None else room.membership.token_refusal(caller.claims)
     if revoked is not None:
         raise Unauthenticated(revoked)
     what = f"{op.method} {op.path}"

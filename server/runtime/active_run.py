@@ -1,4 +1,4 @@
-"""The run in flight: its scope, what its reply inherited, and the handle to stop it."""
+"""The run in flight: its scope, its reply's state, and the handle to stop it."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
-from authz.policy import Restriction
 from authz.scope import RunScope
+from session.core import ReplyState
 from session.errors import Unavailable
 from session.queue import Run
 from session.reasons import Ending
@@ -15,14 +15,12 @@ from session.reasons import Ending
 
 @dataclass(eq=False)
 class ActiveRun:
-    """The run in flight, and the handle to stop it. ``restriction`` is what its reply
-    inherits from what it drew on; ``private``: the reply no longer streams into the doc."""
+    """The run in flight, and the handle to stop it. ``reply`` is what the core decided of
+    its reply so far (what it inherited, whether it went private); ``text`` its full text."""
 
     run: Run
-    reply_id: str
-    scope: RunScope | None = None
-    restriction: Restriction = ()
-    private: bool = False
+    reply: ReplyState
+    scope: RunScope
     text: list[str] = field(default_factory=list)
     task: asyncio.Task[Any] | None = None
     # For the audit log: what the run was (issuers, scope, context), each model call, refusals.
@@ -31,6 +29,10 @@ class ActiveRun:
     refusals: list[dict[str, Any]] = field(default_factory=list)
     stopped: Ending | None = None
     finished: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def reply_id(self) -> str:
+        return self.reply.reply_id
 
     def stop(self, ending: Ending) -> None:
         """Stop the model call (its stream is closed); the runner marks the reply."""

@@ -78,6 +78,9 @@ class RoomRegistry:
             row = await self.store.get_session(session_id)
             if row is None:
                 raise NotFound(f"no session {session_id!r}")
+            publish = None
+            if self.cluster is not None:
+                publish = functools.partial(self.cluster.presence.publish, session_id)
             room = SessionRoom(
                 session_id,
                 store=self.store,
@@ -86,13 +89,10 @@ class RoomRegistry:
                 metrics=self.metrics,
                 roles=lambda: self.roles,
                 webhooks=lambda: self.webhooks,
+                model=row.model,
+                cut_off=self._cut_off.get(session_id, ReasonCode.SERVER_RESTART),
+                publish_presence=publish,
             )
-            room.model = row.model
-            room.cut_off = self._cut_off.get(session_id, ReasonCode.SERVER_RESTART)
-            if self.cluster is not None:
-                room.awareness.publish = functools.partial(
-                    self.cluster.presence.publish, session_id
-                )
             runner = SessionRunner(room, self.provider, self.settings.run_timeout_s)
             if self.cluster is not None:
                 await self.cluster.open(
@@ -158,7 +158,7 @@ class RoomRegistry:
         if digest != self._access_digest:
             self._access_digest = digest
             for room, _ in self._rooms.values():
-                room.refresh_sockets()
+                room.membership.refresh_sockets()
         return digest
 
     def queue_depth(self) -> int:
@@ -170,10 +170,7 @@ class RoomRegistry:
         stay queued in the database and run after the next start."""
         rooms = [room for room, _ in self._rooms.values()]
         for room in rooms:
-            room.draining = True
-            room.feed.changed()  # its event streams end
-            for connection in list(room.connections):
-                connection.close(CloseCode.GOING_AWAY, "server shutting down")
+            room.drain()
         deadline = self.clock() + grace_s
         for room in rooms:
             active = room.active_run
@@ -212,16 +209,11 @@ class RoomRegistry:
         if loaded is None:
             return
         room, runner = loaded
-        room.closed = True
-        if close_code is CloseCode.NOT_FOUND:
-            room.feed.end("not_found", "the session was deleted")
-        else:  # its readers resume with their last id, on the room loaded next
-            room.feed.end("unavailable", f"{reason or 'session unloaded'}; resume with the last id")
+        room.close(deleted=close_code is CloseCode.NOT_FOUND, reason=reason)
         await runner.stop()
         if self.cluster is not None:
             await self.cluster.close(room)
-        for connection in list(room.connections):
-            connection.close(close_code, reason)
+        room.sockets.close_all(close_code, reason)
 
     async def forget_session(self, session_id: str) -> None:
         self._cut_off.pop(session_id, None)

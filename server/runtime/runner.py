@@ -13,17 +13,17 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass, replace
-from typing import Any
 
 from server.runtime.active_run import ActiveRun
+from server.runtime.deltas import MAX_BATCH_CHARS, Deltas
 from server.runtime.room import SessionRoom
 from server.runtime.summarise import Summariser
 from server.runtime.tools import ToolRunner
 from server.store.usage import UsageLedger
+from session.core.runs import run_audit, run_audit_base, too_large
 from session.errors import ProviderError, QuotaExceeded, Unavailable
 from session.lifecycle import PromptStatus
 from session.model import ModelProvider, ModelRequest, TextDelta, ToolCall, Usage
-from session.queue import Run
 from session.reasons import Ending, ReasonCode
 from session.toolloop import (
     CallModel,
@@ -37,8 +37,6 @@ from session.toolloop import (
 
 log = logging.getLogger("parley.runner")
 
-MAX_BATCH_CHARS = 4096
-DELTA_BUFFER = 1024
 RETRY_DELAYS_S = (0.2, 0.5, 1.0, 2.0, 5.0)
 
 
@@ -52,54 +50,6 @@ class RunOutcome:
     @property
     def status(self) -> PromptStatus:
         return PromptStatus.DONE if self.ending is None else self.ending.status
-
-
-class _Deltas:
-    """The model's text on its way to the document: a bounded queue that tells when it
-    holds a full batch, or the end of the stream (``None``)."""
-
-    def __init__(self) -> None:
-        self._queue: asyncio.Queue[str | None] = asyncio.Queue(maxsize=DELTA_BUFFER)
-        self._chars = 0
-        self._need = MAX_BATCH_CHARS  # queued characters that make the batch full
-        self._ready = asyncio.Event()
-
-    async def put(self, text: str | None) -> None:
-        await self._queue.put(text)
-        self._chars += len(text or "")
-        if text is None or self._chars >= self._need:
-            self._ready.set()
-
-    async def get(self) -> str | None:
-        text = await self._queue.get()
-        self._chars -= len(text or "")
-        return text
-
-    def take(self, parts: list[str], size: int) -> tuple[int, bool]:
-        """Move what is queued into ``parts`` (``size`` characters so far), up to
-        ``MAX_BATCH_CHARS`` in all; returns the new size, and whether the stream ended."""
-        while size < MAX_BATCH_CHARS:
-            try:
-                more = self._queue.get_nowait()
-            except asyncio.QueueEmpty:
-                return size, False
-            if more is None:
-                return size, True
-            self._chars -= len(more)
-            parts.append(more)
-            size += len(more)
-        return size, False
-
-    async def fill(self, seconds: float, size: int) -> bool:
-        """Wait up to ``seconds`` for more text for a batch of ``size`` characters; True
-        if the batch filled, or the stream ended, first."""
-        self._need = MAX_BATCH_CHARS - size
-        self._ready.clear()
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(seconds):
-                await self._ready.wait()
-                return True
-        return False
 
 
 class SessionRunner:
@@ -128,14 +78,11 @@ class SessionRunner:
     async def _loop(self) -> None:
         failures = 0
         while not self.room.closed:
-            run = None if self.room.draining else self.room.queue.next()
-            if run is None:
-                self.room.wakeup.clear()
-                if self.room.draining or self.room.queue.next() is None:
-                    await self.room.wakeup.wait()
+            if self.room.draining or self.room.queue.next() is None:
+                await self.room.runs.wait_for_work()
                 continue
             try:
-                overflowed = await self._run(run)
+                overflowed = await self._run()
                 failures = 0
                 if overflowed:
                     self.summariser.poke()
@@ -145,28 +92,24 @@ class SessionRunner:
                 log.warning("store unavailable; retrying run", extra={"delay_s": delay})
                 await asyncio.sleep(delay)
 
-    async def _run(self, run: Run) -> bool:
-        """Run ``run``; True when its history did not fit (a summary may be due)."""
+    async def _run(self) -> bool:
+        """Run the next run; True when its history did not fit (a summary may be due)."""
         # The reply is signed by the model that writes it: the session's, or the default.
-        started_run = await self.room.start_run(run, self.room.model or self.provider.name)
-        if started_run is None:
+        active = await self.room.runs.start(self.room.model or self.provider.name)
+        if active is None:
             return False  # the queue changed under us (cancel, revoked author): ask again
-        reply_id, scope = started_run
-        built = self.room.context_for(run.ids, scope)
+        try:
+            return await self._answer(active)
+        finally:  # whatever happens: whoever waits for the run (a cancel, a drain) goes on
+            self.room.runs.end(active)
+
+    async def _answer(self, active: ActiveRun) -> bool:
+        run, reply_id, scope = active.run, active.reply_id, active.scope
+        built = self.room.context.build(run.ids, scope)
         request = replace(built.request, tools=scope.tool_specs)
-        active = ActiveRun(run, reply_id, scope=scope)
-        seen = self.room.context_audit(built)
-        active.audit_base = {
-            "prompt_ids": list(run.ids),
-            "reply_id": reply_id,
-            "issuers": [{"user_id": s.user_id, "role": s.role} for s in scope.issuers],
-            "capabilities": sorted(scope.capabilities),
-            "tools_offered": [t.spec.name for t in scope.tools],
-            "context_included": seen.included,
-            "context_withheld": seen.withheld,
-        }
-        self.room.active_run = active
-        await self.room.widen(active, seen.restriction)
+        seen = self.room.context.audit_of(built)
+        active.audit_base = run_audit_base(run, reply_id, scope, seen)
+        await self.room.runs.widen(active, seen.restriction)
         metrics = self.room.metrics
         started = time.monotonic()
         first = self.room.doc.entry(run.ids[0])
@@ -179,24 +122,14 @@ class SessionRunner:
                 "reply_id": reply_id,
             },
         )
-        try:
-            if built.tokens > built.budget:
-                # Pins, facts and the prompts alone overflow the window: no call can fit.
-                outcome = RunOutcome(
-                    Ending(
-                        ReasonCode.TOO_LARGE,
-                        f"the prompt with the pinned messages and facts needs "
-                        f"{built.tokens} tokens; the window leaves {built.budget}",
-                    )
-                )
-            else:
-                outcome = await self._execute(active, request)
-                if outcome.usage is not None:
-                    await self._record_usage(request, reply_id, outcome.usage)
-            await self._settle(active, outcome)
-        finally:
-            self.room.active_run = None
-            active.finished.set()
+        overflow = too_large(built.tokens, built.budget)
+        if overflow is not None:
+            outcome = RunOutcome(overflow)
+        else:
+            outcome = await self._execute(active, request)
+            if outcome.usage is not None:
+                await self._record_usage(request, reply_id, outcome.usage)
+        await self._settle(active, outcome)
         elapsed = time.monotonic() - started
         metrics.model_call.observe(elapsed)
         metrics.runs.labels(status=outcome.status.value).inc()
@@ -254,7 +187,6 @@ class SessionRunner:
     async def _drive(self, active: ActiveRun, request: ModelRequest) -> LoopOutcome:
         """Run the tool loop: each effect it yields is performed here, within the scope."""
         scope = active.scope
-        assert scope is not None
         webhooks = self.room.webhooks()
 
         def refuse(name: str) -> str | None:
@@ -284,10 +216,10 @@ class SessionRunner:
                 executed = await self.tools.run(
                     self.room.session_id, call.name, call.id, effect.arguments, scope, webhooks
                 )
-                await self.room.widen(active, executed.restriction)
+                await self.room.runs.widen(active, executed.restriction)
                 status = "error" if executed.is_error else "done"
                 detail = f"arguments: {call.arguments}\nresult: {executed.content}"
-                await self.room.add_tool_step(
+                await self.room.runs.add_tool_step(
                     active,
                     tool=call.name,
                     status=status,
@@ -302,7 +234,7 @@ class SessionRunner:
                     "tool call refused",
                     extra={"session_id": self.room.session_id, "tool": call.name[:100]},
                 )
-                await self.room.add_tool_step(
+                await self.room.runs.add_tool_step(
                     active,
                     tool=call.name[:64],
                     status="refused",
@@ -326,7 +258,7 @@ class SessionRunner:
         )
 
     async def _stream(self, active: ActiveRun, request: ModelRequest) -> ModelTurn:
-        deltas = _Deltas()
+        deltas = Deltas()
         usage: list[Usage] = []
         calls: list[ToolCall] = []
         text: list[str] = []
@@ -377,7 +309,7 @@ class SessionRunner:
                         sent = due
                     size, finished = deltas.take(parts, size)
                 text += parts
-                await self.room.append_reply(active, "".join(parts))
+                await self.room.runs.append_reply(active, "".join(parts))
         finally:
             if not reader.done():
                 reader.cancel()
@@ -386,27 +318,6 @@ class SessionRunner:
         if errors:
             raise errors[0]
         return ModelTurn("".join(text), tuple(calls), usage[-1] if usage else None)
-
-    @staticmethod
-    def _audit_records(
-        active: ActiveRun, ending: Ending | None
-    ) -> list[tuple[str, str, dict[str, Any]]]:
-        """One record per model call, one per refused tool call, one for a run that ended
-        unanswered (with its ``reason_code``)."""
-        actor = active.audit_base["issuers"][0]["user_id"]
-        records = [
-            ("model_call", actor, {**active.audit_base, **call}) for call in active.model_calls
-        ]
-        records += [("tool_refused", actor, refusal) for refusal in active.refusals]
-        if ending is not None:
-            ended = {
-                "prompt_ids": list(active.run.ids),
-                "reply_id": active.reply_id,
-                "reason_code": ending.code.value,
-                "reason": ending.reason,
-            }
-            records.append(("run_ended", actor, ended))
-        return records
 
     async def _record_usage(self, request: ModelRequest, reply_id: str, usage: Usage) -> None:
         try:
@@ -425,12 +336,10 @@ class SessionRunner:
         failures = 0
         while not self.room.closed:  # a closed room is recovered from the store on reload
             try:
-                await self.room.finish_run(
-                    active.run,
-                    outcome.ending,
-                    active=active,
-                    audit=self._audit_records(active, outcome.ending),
+                audit = run_audit(
+                    active.audit_base, active.model_calls, active.refusals, outcome.ending
                 )
+                await self.room.runs.finish(active, outcome.ending, audit)
                 return
             except Unavailable:
                 delay = RETRY_DELAYS_S[min(failures, len(RETRY_DELAYS_S) - 1)]

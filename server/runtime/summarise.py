@@ -43,7 +43,7 @@ class Summariser:
 
     async def _run(self) -> None:
         for _ in range(self.room.settings.summary_calls_per_run):
-            plan = self.room.summary_plan()
+            plan = self.room.context.summary_plan()
             if plan is None or self.room.closed:
                 return
             try:
@@ -81,7 +81,7 @@ class Summariser:
         if not text:
             raise ParleyError("the model returned an empty summary")
         summary = extended(plan, f"sum-{uuid.uuid4().hex[:16]}", text)
-        await room.add_summary(summary, plan.new_ids, model, usage)
+        await room.context.add_summary(summary, plan.new_ids, model, usage)
         room.metrics.summaries.labels(status="done").inc()
         log.info(
             "summary call",

@@ -1,30 +1,23 @@
 """The writes the session core's effects make, inside the room's one writer's transaction.
 
 ``write_effects`` stores an ``Effects`` (``session.core.effects``): the new entry (row and
-document), the final statuses, the document change and the audit records, all in the
-transaction the room commits before it broadcasts the update and answers the command. It
-returns the semantic events of what it wrote (``session.events``), which the room stores
-in the same transaction.
+document), the final statuses, a run's start, the document change, a tool step, the text
+kept server-side and the audit records, all in the transaction the room commits before it
+broadcasts the update and answers the command. Every status change goes through the
+lifecycle table twice, in the row (``StoreTx.set_entry_status``) and in the document
+(``SessionDocument``), so the two never disagree. The semantic events come with the
+effects (the core decided them); the room stores them in the same transaction.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+from server.store.access import PrivateItem
 from server.store.port import SessionTx
 from server.store.rows import EntryRow
-from session.core import Effects, NewEntry, Pin, SetFact, SetPolicy
+from session.core import BeginRun, Effects, NewEntry, Pin, SetFact, SetPolicy
 from session.errors import Unavailable
-from session.events import (
-    FactSet,
-    MessagePosted,
-    PinChanged,
-    PromptAccepted,
-    ReplyCompleted,
-    RunFailed,
-    SessionEvent,
-    SettingsChanged,
-)
 from session.lifecycle import PromptStatus
 from session.reasons import Ending
 from session.schema import EntryKind, SessionDocument
@@ -45,32 +38,38 @@ async def write_effects(
     session_id: str,
     effects: Effects,
     now_ms: int,
-    actor: str,
-) -> list[SessionEvent]:
-    """Store ``effects`` (not the queue: the room swaps it in on commit) made by ``actor``
-    (``""``: the admin API); returns their events."""
-    events: list[SessionEvent] = []
-    by = actor or "admin"
+) -> None:
+    """Store ``effects`` (not the queue, nor their events: the room writes those)."""
     if effects.entry is not None:
-        events.append(await _store_entry(tx, doc, session_id, effects.entry))
+        await _store_entry(tx, doc, session_id, effects.entry)
     for finish in effects.finish:
-        events += await finish_prompts(tx, doc, finish.prompt_ids, finish.ending, now_ms)
+        await finish_prompts(tx, doc, finish.prompt_ids, finish.ending, now_ms)
+    if effects.begin is not None:
+        await _begin_run(tx, doc, effects.begin)
     change = effects.change
     if isinstance(change, Pin):
-        if doc.pin(change.entry_id) if change.pinned else doc.unpin(change.entry_id):
-            events.append(PinChanged(change.entry_id, change.pinned, by))
+        (doc.pin if change.pinned else doc.unpin)(change.entry_id)
     elif isinstance(change, SetFact):
-        if change.value is not None or change.key in doc.facts:
-            events.append(FactSet(change.key, change.value is None, by))
         doc.set_fact(change.key, change.value, change.author)
     elif isinstance(change, SetPolicy):
-        if doc.meta.get("policy") != change.policy.value:
-            events.append(SettingsChanged({"policy": change.policy.value}, by))
         await tx.set_policy(session_id, change.policy.value)
         doc.set_policy(change.policy.value)
+    step = effects.tool_step
+    if step is not None:
+        doc.add_tool_step(
+            id=step.id,
+            reply_id=step.reply_id,
+            author=step.author,
+            tool=step.tool,
+            status=step.status,
+            text=step.text,
+            created_at=step.created_at,
+        )
+    for kept in effects.keep:
+        item = PrivateItem(kept.entry_id, kept.kind, kept.text, kept.restriction)
+        await tx.insert_private(session_id, item, now_ms)
     for record in effects.audit:
         await tx.insert_audit(session_id, now_ms, record.kind, record.actor, dict(record.data))
-    return events
 
 
 async def finish_prompts(
@@ -79,24 +78,32 @@ async def finish_prompts(
     prompt_ids: Sequence[str],
     ending: Ending | None,
     now_ms: int,
-) -> list[SessionEvent]:
+) -> None:
     """Prompts reach their final status (``done`` without an ending) in the row and the
-    document alike; both are checked against the lifecycle table. Returns one event per
-    reply (``reply_completed`` or ``run_failed``; prompts that never ran share one)."""
+    document alike; both are checked against the lifecycle table."""
     status = PromptStatus.DONE if ending is None else ending.status
-    by_reply: dict[str | None, list[str]] = {}
     for prompt_id in prompt_ids:
         await tx.set_entry_status(prompt_id, status, ending=ending, finished_at=now_ms)
-        by_reply.setdefault(doc.entry(prompt_id).reply_id, []).append(prompt_id)
     doc.finish_prompts(prompt_ids, ending)
-    if ending is not None:
-        return [RunFailed.of(tuple(ids), reply, ending) for reply, ids in by_reply.items()]
-    return [ReplyCompleted(reply, tuple(ids)) for reply, ids in by_reply.items() if reply]
+
+
+async def _begin_run(tx: SessionTx, doc: SessionDocument, begin: BeginRun) -> None:
+    """A run's prompts become ``running`` (row and document) and its reply opens."""
+    for prompt in begin.run.prompts:
+        await tx.set_entry_status(
+            prompt.id, PromptStatus.RUNNING, reply_id=begin.reply_id, started_at=begin.created_at
+        )
+    doc.start_reply(
+        prompt_ids=begin.run.ids,
+        reply_id=begin.reply_id,
+        author=begin.author,
+        created_at=begin.created_at,
+    )
 
 
 async def _store_entry(
     tx: SessionTx, doc: SessionDocument, session_id: str, entry: NewEntry
-) -> PromptAccepted | MessagePosted:
+) -> None:
     seq = await tx.next_seq(session_id)
     if seq != entry.seq:  # only the room's writer hands them out: nothing else should
         raise SequenceMoved(seq - 1)
@@ -117,6 +124,3 @@ async def _store_entry(
     )
     add = doc.add_prompt if entry.kind is EntryKind.PROMPT else doc.add_message
     add(id=entry.id, seq=seq, author=entry.author, text=entry.text, created_at=entry.created_at)
-    if entry.kind is EntryKind.PROMPT:
-        return PromptAccepted(entry.id, seq, entry.author)
-    return MessagePosted(entry.id, seq, entry.author)

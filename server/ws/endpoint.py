@@ -101,7 +101,7 @@ async def session_socket(websocket: WebSocket) -> None:
     if not allowed.allowed:
         await websocket.close(CloseCode.FORBIDDEN, allowed.reason[:120])
         return
-    revoked = room.token_refusal(claims)
+    revoked = room.membership.token_refusal(claims)
     if revoked is not None:
         await websocket.close(CloseCode.UNAUTHENTICATED, revoked[:120])
         return
@@ -123,7 +123,7 @@ async def session_socket(websocket: WebSocket) -> None:
     connection.limits = ConnectionLimits.from_settings(state.settings, state.clock())
     connection.start()
     state.metrics.connections.inc()
-    room.connections.add(connection)
+    room.sockets.attach(connection)
     presence = room.presence
     snapshot = presence.snapshot()
     if snapshot is not None:
@@ -158,7 +158,7 @@ async def session_socket(websocket: WebSocket) -> None:
     finally:
         state.metrics.connections.dec()
         expiry.cancel()
-        room.connections.discard(connection)
+        room.sockets.detach(connection)
         if presence.drop(connection) is not None:
             room.awareness.changed()
         if not connection.closed:
@@ -261,12 +261,11 @@ async def _on_binary(
         raise RateLimited(f"over the {cost.spend.value} budget; slow down")
     if isinstance(message, SyncMessage):
         if message.sync_type is SyncType.STEP1:
-            for frame in await room.sync_answer(message.payload):
+            for frame in await room.writer.sync_answer(message.payload):
                 connection.send(frame)
-        elif not room.is_noop(message.payload):
+        elif not room.writer.is_noop(message.payload):
             # The server is the only writer: a client's change is neither applied nor relayed.
             log.info("refused a client write", extra={"user_id": connection.user_id})
-            room.refused_writes += 1
             raise Forbidden("the shared document is read-only; send commands instead")
     elif isinstance(message, AwarenessMessage):
         if not decide(room.subject(connection.user_id), Do(Capability.BE_PRESENT)).allowed:

@@ -1,41 +1,79 @@
-"""The session core, sans I/O: a command event in, the effects it has out.
+"""The session core, sans I/O: an event in, the effects it has out.
 
     effects = handle(view, CommandEvent(actor, command, now_ms, new_id))
+    effects = handle(view, RunStart(now_ms, reply_id, reply_author))
 
-``view`` is the session as committed (``SessionView``); ``effects`` (``Effects``) say
-what to store, which statuses to set, the queue after the change, what to audit, whether
-to stop the run in flight or wake the runner, and the answer (an ack or the error).
-``server.runtime.room.SessionRoom.execute`` carries them out through the room's one writer.
+Events are a member's commands (``CommandEvent``), a run's steps (``RunStart``,
+``TextAppended``, ``ContextDrawn``, ``ToolStepTaken``, ``RunFinished``), membership
+changes (``MemberUpdated``, ``TokenRevoked``, ``StopPromptsOf``) and a restart
+(``Recovered``). ``view`` is the session as committed (``SessionView``); ``effects``
+(``Effects``) say what to store, which statuses to set, the queue after the change, what
+to audit, which semantic events happened, whether to stop the run in flight or wake the
+runner, and the answer (an ack or the error). ``server.runtime.room.SessionRoom`` carries
+them out through the room's one writer (``server.runtime.writer``).
 """
 
 from session.core.effects import (
     Ack,
+    AppendText,
     AuditRecord,
+    BeginRun,
     DocumentChange,
     Effects,
     Finish,
+    KeepPrivate,
     NewEntry,
     Pin,
+    ReplyState,
     SetFact,
     SetPolicy,
     StopRun,
+    ToolStep,
 )
-from session.core.rules import handle
+from session.core.rules import Event, handle
 from session.core.state import CommandEvent, DocumentLimits, SessionView
+from session.core.steps import (
+    ContextDrawn,
+    MemberUpdated,
+    Recovered,
+    RunFinished,
+    RunStart,
+    StopPromptsOf,
+    TextAppended,
+    TokenRevoked,
+    ToolStepTaken,
+    WaitingPrompt,
+)
 
 __all__ = [
     "Ack",
+    "AppendText",
     "AuditRecord",
+    "BeginRun",
     "CommandEvent",
+    "ContextDrawn",
     "DocumentChange",
     "DocumentLimits",
     "Effects",
+    "Event",
     "Finish",
+    "KeepPrivate",
+    "MemberUpdated",
     "NewEntry",
     "Pin",
+    "Recovered",
+    "ReplyState",
+    "RunFinished",
+    "RunStart",
     "SessionView",
     "SetFact",
     "SetPolicy",
+    "StopPromptsOf",
     "StopRun",
+    "TextAppended",
+    "TokenRevoked",
+    "ToolStep",
+    "ToolStepTaken",
+    "WaitingPrompt",
     "handle",
 ]

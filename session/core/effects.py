@@ -1,12 +1,15 @@
-"""What the session core decides a command does, as data the room carries out.
+"""What the session core decides an event does, as data the room carries out.
 
 The room applies ``Effects`` through its one writer, in this order: the ``entry`` is
 stored (the store checks the seq it hands out against ``entry.seq``), ``finish`` sets
-statuses, ``change`` edits the document, ``queue`` replaces the queue and its plan,
-``audit`` is written in the same transaction; after the commit the update is broadcast,
-``stop`` stops the run in flight, ``wake_runner`` lets the next run start, and the
-command is answered with ``ack``. A refusal carries ``error`` (and the ``audit`` of the
-refusal, written on its own) and nothing else.
+statuses, ``begin`` marks a run's prompts running and opens its reply, ``change`` edits
+the document, ``tool_step`` adds a step to the reply, ``keep`` stores text server-side,
+``queue`` replaces the queue and its plan, ``audit`` and ``events`` are written in the
+same transaction; after the commit the update is broadcast, what was kept is delivered
+to the members who may read it, ``stop`` stops the run in flight, ``wake_runner`` lets
+the next run start, and the command is answered with ``ack``. ``append`` (streamed reply
+text) is a document update alone, stored through the group commit. A refusal carries
+``error`` (and the ``audit`` of the refusal, written on its own) and nothing else.
 """
 
 from __future__ import annotations
@@ -15,9 +18,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from authz.policy import Restriction
 from session.commands import ack
 from session.errors import ParleyError
-from session.queue import OrderingQueue, Policy
+from session.events import SessionEvent
+from session.queue import OrderingQueue, Policy, Run
 from session.reasons import Ending
 from session.schema import EntryKind
 
@@ -38,10 +43,11 @@ class NewEntry:
 
 @dataclass(frozen=True, slots=True)
 class Finish:
-    """Prompts that reach the final status ``ending`` decides."""
+    """Prompts that reach their final status: ``done`` without an ``ending``, else the one
+    it decides."""
 
     prompt_ids: tuple[str, ...]
-    ending: Ending
+    ending: Ending | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +69,58 @@ class SetPolicy:
 
 
 DocumentChange = Pin | SetFact | SetPolicy
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyState:
+    """The reply of the run in flight: ``restriction``, what it drew on; ``private``: the
+    rest of it no longer streams into the shared document (policy ``private``)."""
+
+    reply_id: str
+    restriction: Restriction = ()
+    private: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class BeginRun:
+    """Mark ``run``'s prompts running and open its reply ``reply_id`` after the last."""
+
+    run: Run
+    reply_id: str
+    author: str
+    created_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class AppendText:
+    """Stream ``text`` into the shared document's reply ``reply_id``."""
+
+    reply_id: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ToolStep:
+    """A tool step of reply ``reply_id`` as the shared document shows it (``text``)."""
+
+    id: str
+    reply_id: str
+    author: str
+    tool: str
+    status: str
+    text: str
+    created_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class KeepPrivate:
+    """Text kept server-side (restricted replies and tool details) with its readers, and
+    delivered after the commit to the members who may read it."""
+
+    entry_id: str
+    kind: str
+    text: str
+    restriction: Restriction
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,25 +151,40 @@ class Ack:
 
 @dataclass(frozen=True, slots=True)
 class Effects:
-    """Everything one command does; see the module docstring for the order."""
+    """Everything one event does; see the module docstring for the order.
+
+    ``reply``: the reply of the run in flight after a run step (None: unchanged)."""
 
     ack: Ack | None = None
     error: ParleyError | None = None
     entry: NewEntry | None = None
     finish: tuple[Finish, ...] = ()
+    begin: BeginRun | None = None
     change: DocumentChange | None = None
+    tool_step: ToolStep | None = None
+    keep: tuple[KeepPrivate, ...] = ()
     queue: OrderingQueue | None = None  # the queue after the change; None: unchanged
     audit: tuple[AuditRecord, ...] = ()
+    events: tuple[SessionEvent, ...] = ()
     stop: StopRun | None = None
     wake_runner: bool = False
+    append: AppendText | None = None
+    reply: ReplyState | None = None
+    # The text of each reply completed, None when restricted: what a ``reply.completed``
+    # webhook may carry (the events themselves carry no content).
+    replies: tuple[tuple[str, str | None], ...] = ()
 
     @property
     def writes(self) -> bool:
-        """True when carrying this out changes the store or the document."""
+        """True when carrying this out takes the writer's transaction (``append`` alone
+        does not: it goes through the group commit)."""
         return (
             self.entry is not None
             or bool(self.finish)
+            or self.begin is not None
             or self.change is not None
+            or self.tool_step is not None
+            or bool(self.keep)
             or self.queue is not None
         )
 

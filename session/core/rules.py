@@ -1,12 +1,18 @@
-"""``handle(view, event) -> Effects``: every rule a session command is judged by.
+"""``handle(view, event) -> Effects``: every rule a session command is judged by, and
+the entry to the rules of a run's steps, membership changes and a restart (``runs``).
 
 Pure: no I/O, no clock (``now_ms`` comes with the event), no randomness (``new_id`` too).
 Authorisation is decided here, with ``authz.policy.decide`` on the member as of now, so
 every door (a socket, a command forwarded from another node, REST) applies one rule; the
-queue's rules are the ``OrderingQueue``'s, applied to a copy that the effects carry.
+queue's rules are the ``OrderingQueue``'s, applied to a copy that the effects carry. The
+semantic events of what was decided come with the effects (``semantic.events_of``).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
 
 from authz.policy import Cancel, Do, decide
 from authz.roles import Capability
@@ -19,6 +25,7 @@ from session.commands import (
     PromptCommand,
     check_fact,
 )
+from session.core import runs
 from session.core.effects import (
     Ack,
     AuditRecord,
@@ -31,7 +38,19 @@ from session.core.effects import (
     StopRun,
     refused,
 )
+from session.core.semantic import events_of
 from session.core.state import CommandEvent, SessionView
+from session.core.steps import (
+    ContextDrawn,
+    MemberUpdated,
+    Recovered,
+    RunFinished,
+    RunStart,
+    StopPromptsOf,
+    TextAppended,
+    TokenRevoked,
+    ToolStepTaken,
+)
 from session.errors import (
     Conflict,
     Forbidden,
@@ -45,14 +64,49 @@ from session.queue import PendingPrompt
 from session.reasons import Ending, ReasonCode
 from session.schema import MESSAGE_STATUS, EntryKind
 
+Event = (
+    CommandEvent
+    | RunStart
+    | TextAppended
+    | ContextDrawn
+    | ToolStepTaken
+    | RunFinished
+    | StopPromptsOf
+    | MemberUpdated
+    | TokenRevoked
+    | Recovered
+)
 
-def handle(view: SessionView, event: CommandEvent) -> Effects:
+
+def handle(view: SessionView, event: Event) -> Effects:
     """What ``event`` does to the session in ``view``: the effects to carry out, or a
     refusal (``Effects.error``, with the audit record of a refused authorisation)."""
     try:
-        return _handle(view, event)
+        effects = _handle(view, event) if isinstance(event, CommandEvent) else _step(view, event)
     except ParleyError as exc:  # the queue's and the document's own refusals
         return refused(exc)
+    if effects.error is not None or not effects.writes:
+        return effects
+    actor = event.actor if isinstance(event, CommandEvent) else ""
+    return replace(effects, events=events_of(view.doc, effects, actor))
+
+
+def _step(view: SessionView, event: Event) -> Effects:
+    rule: Callable[[SessionView, Any], Effects] = _STEPS[type(event)]
+    return rule(view, event)
+
+
+_STEPS: dict[type, Callable[[SessionView, Any], Effects]] = {
+    RunStart: runs.start_run,
+    TextAppended: runs.text_appended,
+    ContextDrawn: runs.context_drawn,
+    ToolStepTaken: runs.tool_step,
+    RunFinished: runs.finish_run,
+    StopPromptsOf: runs.stop_prompts_of,
+    MemberUpdated: runs.member_updated,
+    TokenRevoked: runs.token_revoked,
+    Recovered: runs.recovered,
+}
 
 
 def _handle(view: SessionView, event: CommandEvent) -> Effects:

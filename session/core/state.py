@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from authz.policy import Subject
@@ -39,7 +39,9 @@ class SessionView:
     ``subject``: a member as of now (None: not a member). ``running``: the run in flight
     whose reply streams now (None before its runner took it, or when none is).
     ``last_seq``: the highest sequence number handed out. ``accepting_prompts``: False
-    while the server shuts down.
+    while the server shuts down. ``subjects``: every member as of now (who must all be
+    able to read what enters the shared document); ``restricted_replies``: the session's
+    policy for replies that draw on restricted material (``private`` or ``shared``).
     """
 
     doc: SessionDocument
@@ -49,3 +51,5 @@ class SessionView:
     last_seq: int
     limits: DocumentLimits
     accepting_prompts: bool = True
+    subjects: Callable[[], Iterable[Subject]] = tuple
+    restricted_replies: str = "private"

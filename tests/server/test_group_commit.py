@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import event, text
 
-from server.runtime.room import _settled
+from server.runtime.writer import _settled
 from server.store.db import create_engine, migrate
 from server.store.sessions import Store, StoreTx
 from session.errors import Unavailable

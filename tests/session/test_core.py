@@ -1,13 +1,16 @@
-"""The session core: command events in, effects out -- no socket, no database.
+"""The session core: events in, effects out -- no socket, no database.
 
 ``Session`` below is an in-memory shell: it carries effects out on a real document and
-queue the way ``SessionRoom.execute`` does (store, statuses, changes, queue swap), and can
-start and finish runs the way the runner does, so the tests read whole exchanges.
+queue the way ``SessionRoom`` does (store, statuses, a run's start, changes, tool steps,
+kept text, queue swap), and starts and finishes runs through the core the way the runner
+does, so the tests read whole exchanges. The sections follow the core's modules: the
+commands (``rules``), a run's steps, membership and restart (``runs``), and the semantic
+events of each (``semantic``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import count, pairwise
 
 import pytest
@@ -15,8 +18,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pycrdt import Doc
 
-from authz.policy import Subject
+from authz.policy import Readers, Subject
 from authz.roles import Member, RoleTable
+from authz.scope import ContextSeen, scope_for_run
 from session.commands import (
     CancelCommand,
     Command,
@@ -28,18 +32,40 @@ from session.commands import (
 )
 from session.core import (
     Ack,
+    AppendText,
     AuditRecord,
+    BeginRun,
     CommandEvent,
+    ContextDrawn,
     DocumentLimits,
     Effects,
     Finish,
+    KeepPrivate,
+    MemberUpdated,
     NewEntry,
     Pin,
+    Recovered,
+    ReplyState,
+    RunFinished,
+    RunStart,
     SessionView,
     SetFact,
     SetPolicy,
+    StopPromptsOf,
     StopRun,
+    TextAppended,
+    TokenRevoked,
+    ToolStep,
+    ToolStepTaken,
+    WaitingPrompt,
     handle,
+)
+from session.core.runs import (
+    CUT_OFF_REASONS,
+    RESTRICTED_REPLY,
+    run_audit,
+    run_audit_base,
+    too_large,
 )
 from session.errors import (
     Busy,
@@ -51,9 +77,20 @@ from session.errors import (
     TooLarge,
     Unavailable,
 )
+from session.events import (
+    FactSet,
+    MessagePosted,
+    PinChanged,
+    PromptAccepted,
+    ReplyCompleted,
+    RunFailed,
+    RunStarted,
+    SessionEvent,
+    SettingsChanged,
+)
 from session.lifecycle import PromptStatus
-from session.queue import OrderingQueue, Policy, QueueLimits, Run
-from session.reasons import Ending, ReasonCode
+from session.queue import OrderingQueue, PendingPrompt, Policy, QueueLimits, Run
+from session.reasons import OUTCOMES, Ending, ReasonCode
 from session.schema import EntryKind, QueuedItem, SessionDocument
 
 ROLES = {"olive": "owner", "eddie": "editor", "erin": "editor", "vic": "viewer"}
@@ -74,6 +111,10 @@ class Session:
     running: Run | None = None
     stored: list[NewEntry] = field(default_factory=list)
     ids: count[int] = field(default_factory=count)
+    events: list[SessionEvent] = field(default_factory=list)
+    kept: list[KeepPrivate] = field(default_factory=list)
+    audit: list[AuditRecord] = field(default_factory=list)
+    restricted_replies: str = "private"
 
     def __post_init__(self) -> None:
         self.queue = OrderingQueue(self.limits, policy=self.policy)
@@ -92,6 +133,8 @@ class Session:
             last_seq=self.last_seq,
             limits=DocumentLimits(max_pins=2, max_facts=2),
             accepting_prompts=self.accepting_prompts,
+            subjects=lambda: (Subject.of(m, RoleTable()) for m in self.members.values()),
+            restricted_replies=self.restricted_replies,
         )
 
     def event(self, actor: str, command: Command, *, admin: bool = False) -> CommandEvent:
@@ -100,10 +143,16 @@ class Session:
     def send(self, actor: str, command: Command, *, admin: bool = False) -> Effects:
         """Judge the command, then carry out what was decided (as the room does)."""
         effects = handle(self.view(), self.event(actor, command, admin=admin))
+        if effects.error is None:
+            assert effects.ack is not None
+        return self.apply(effects)
+
+    def apply(self, effects: Effects) -> Effects:
+        """Carry out ``effects`` as the room's writer does."""
         if effects.error is not None:
             assert not effects.writes and effects.ack is None
             return effects
-        assert effects.ack is not None
+        self.events += effects.events
         entry = effects.entry
         if entry is not None:
             add = self.doc.add_prompt if entry.kind is EntryKind.PROMPT else self.doc.add_message
@@ -118,6 +167,15 @@ class Session:
             self.last_seq = entry.seq
         for finish in effects.finish:
             self.doc.finish_prompts(finish.prompt_ids, finish.ending)
+        begin = effects.begin
+        if begin is not None:
+            self.doc.start_reply(
+                prompt_ids=begin.run.ids,
+                reply_id=begin.reply_id,
+                author=begin.author,
+                created_at=begin.created_at,
+            )
+            self.running = begin.run
         change = effects.change
         if isinstance(change, Pin):
             (self.doc.pin if change.pinned else self.doc.unpin)(change.entry_id)
@@ -125,6 +183,19 @@ class Session:
             self.doc.set_fact(change.key, change.value, change.author)
         elif isinstance(change, SetPolicy):
             self.doc.set_policy(change.policy.value)
+        step = effects.tool_step
+        if step is not None:
+            self.doc.add_tool_step(
+                id=step.id,
+                reply_id=step.reply_id,
+                author=step.author,
+                tool=step.tool,
+                status=step.status,
+                text=step.text,
+                created_at=step.created_at,
+            )
+        self.kept += effects.keep
+        self.audit += effects.audit
         if effects.queue is not None:
             self.queue = effects.queue
             self.doc.set_queue([QueuedItem(p.id, p.seq, p.author) for p in self.queue.pending()])
@@ -133,20 +204,21 @@ class Session:
         return effects
 
     def start_run(self) -> Run | None:
-        run = self.queue.next()
-        if run is not None:
-            self.queue.start(run)
-            self.doc.start_reply(
-                prompt_ids=run.ids, reply_id=f"r{run.ids[0]}", author="model", created_at=1
-            )
-            self.running = run
-        return run
+        """Ask the core for the next run, as the runner does (again while prompts of
+        authors who may no longer prompt fail)."""
+        while self.queue.next() is not None:
+            event = RunStart(2000 + self.last_seq, f"r{next(self.ids)}", "model")
+            effects = self.apply(handle(self.view(), event))
+            if effects.begin is not None:
+                return effects.begin.run
+        return None
 
-    def finish_run(self, ending: Ending | None = None) -> None:
+    def finish_run(self, ending: Ending | None = None, **kwargs: object) -> Effects:
         assert self.running is not None
-        self.queue.finish(self.running.ids)
-        self.doc.finish_prompts(self.running.ids, ending)
+        event = RunFinished(self.running, ending, 3000, **kwargs)  # type: ignore[arg-type]
+        effects = self.apply(handle(self.view(), event))
         self.running = None
+        return effects
 
     def prompt(self, actor: str, text: str = "hi") -> str:
         effects = self.send(actor, PromptCommand(f"c{next(self.ids)}", text))
@@ -458,3 +530,400 @@ def test_any_exchange_keeps_seqs_dense_turns_in_order_and_prompts_to_who_may(
     for author in ROLES:
         theirs = [seq_of[p] for p in started if author_of[p] == author]
         assert all(a < b for a, b in pairwise(theirs))  # each member's prompts in order
+
+
+# -- a run's steps (``runs``) -----------------------------------------------------------
+
+SECRET = (Readers("doc:plans", users=frozenset({"olive"})),)
+
+
+def test_a_run_starts_with_the_prompts_the_policy_plans_and_marks_them_running() -> None:
+    session = Session(policy=Policy.COALESCE)
+    first, second = session.prompt("eddie"), session.prompt("erin")
+    effects = handle(session.view(), RunStart(5000, "r1", "model-x"))
+    assert effects.begin == BeginRun(Run(session.queue.next().prompts), "r1", "model-x", 5000)  # type: ignore[union-attr]
+    assert effects.queue is not None and effects.queue.running is not None
+    assert effects.queue.running.ids == (first, second) and len(session.queue) == 2
+    assert effects.events == (RunStarted("r1", (first, second), ("eddie", "erin")),)
+    session.apply(effects)
+    assert session.doc.entry(first).status == PromptStatus.RUNNING.value
+    assert session.doc.entry("r1").author == "model-x"
+
+
+def test_no_run_starts_when_nothing_waits_or_the_server_shuts_down() -> None:
+    session = Session()
+    assert handle(session.view(), RunStart(1, "r", "m")) == Effects()
+    session.prompt("eddie")
+    session.accepting_prompts = False
+    assert handle(session.view(), RunStart(1, "r", "m")) == Effects()
+
+
+def test_a_prompt_whose_author_may_no_longer_prompt_fails_forbidden_and_is_audited() -> None:
+    session = Session()
+    theirs = session.prompt("eddie")
+    mine = session.prompt("erin")
+    session.members["eddie"] = Member("eddie", "viewer")
+    effects = handle(session.view(), RunStart(1, "r", "m"))
+    forbidden = Ending(ReasonCode.FORBIDDEN, "the author may no longer prompt in this session")
+    assert effects.begin is None and effects.finish == (Finish((theirs,), forbidden),)
+    assert effects.audit == (
+        AuditRecord("refused", "eddie", {"action": "run", "prompt_id": theirs}),
+    )
+    assert effects.events == (RunFailed((theirs,), None, ReasonCode.FORBIDDEN, forbidden.reason),)
+    assert effects.queue is not None and [p.id for p in effects.queue.pending()] == [mine]
+    session.apply(effects)
+    assert session.doc.entry(theirs).status == PromptStatus.FAILED.value
+    assert session.start_run() == Run((PendingPrompt(mine, 2, "erin"),))
+
+
+def test_text_goes_into_the_document_until_the_reply_goes_private() -> None:
+    view = Session().view()
+    reply = ReplyState("r1")
+    assert handle(view, TextAppended(reply, "hi")).append == AppendText("r1", "hi")
+    private = ReplyState("r1", SECRET, private=True)
+    assert handle(view, TextAppended(private, "secret")) == Effects()
+
+
+def test_a_reply_drawing_on_what_not_everyone_may_read_goes_private_once() -> None:
+    session = Session()
+    effects = handle(session.view(), ContextDrawn(ReplyState("r1"), SECRET))
+    assert effects.reply == ReplyState("r1", SECRET, private=True)
+    assert effects.append == AppendText("r1", RESTRICTED_REPLY)
+    again = handle(session.view(), ContextDrawn(effects.reply, ()))
+    assert again.reply == effects.reply and again.append is None
+    readable = (Readers("doc:all", roles=frozenset({"owner", "editor", "viewer"})),)
+    open_ = handle(session.view(), ContextDrawn(ReplyState("r2"), readable))
+    assert open_.reply == ReplyState("r2", readable) and open_.append is None
+    session.restricted_replies = "shared"  # an owner let such replies into the document
+    shared = handle(session.view(), ContextDrawn(ReplyState("r3"), SECRET))
+    assert shared.reply == ReplyState("r3", SECRET) and shared.append is None
+
+
+@pytest.mark.parametrize(
+    ("restriction", "shown"), [((), "args -> 42"), (SECRET, "[details restricted]")]
+)
+def test_a_tool_step_is_shown_in_full_only_when_everyone_may_read_it(
+    restriction: tuple[Readers, ...], shown: str
+) -> None:
+    session = Session()
+    session.prompt("eddie")
+    session.start_run()
+    event = ToolStepTaken(
+        ReplyState("r1"), ("eddie",), "search", "done", "args -> 42", restriction, 77, "t1"
+    )
+    effects = handle(session.view(), event)
+    assert effects.tool_step == ToolStep(
+        "t1", "r1", "eddie", "search", "done", f"eddie ran search: done\n{shown}", 77
+    )
+    assert effects.keep == (KeepPrivate("t1", "tool", "args -> 42", restriction),)
+    assert effects.events == () and effects.queue is None
+
+
+def test_a_tool_step_inherits_what_the_reply_drew_on() -> None:
+    event = ToolStepTaken(ReplyState("r1", SECRET), ("a", "b"), "t", "error", "x", (), 1, "t1")
+    effects = handle(Session().view(), event)
+    assert effects.tool_step is not None
+    assert effects.tool_step.text == "a, b ran t: error\n[details restricted]"
+    assert effects.keep[0].restriction == SECRET
+
+
+def test_an_answered_run_is_done_and_completes_its_reply() -> None:
+    session = Session()
+    prompt = session.prompt("eddie")
+    run = session.start_run()
+    assert run is not None
+    reply = session.doc.entry(prompt).reply_id
+    effects = session.finish_run()
+    assert effects.finish == (Finish((prompt,), None),)
+    assert effects.events == (ReplyCompleted(str(reply), (prompt,)),)
+    assert effects.queue is not None and effects.queue.running is None
+    assert session.doc.entry(prompt).status == PromptStatus.DONE.value
+
+
+@pytest.mark.parametrize("code", list(ReasonCode))
+def test_a_run_ended_by_any_code_reaches_the_statuses_of_the_one_table(code: ReasonCode) -> None:
+    session = Session()
+    prompt = session.prompt("eddie")
+    session.start_run()
+    reply = str(session.doc.entry(prompt).reply_id)
+    ending = Ending(code, f"because {code}")
+    effects = session.finish_run(ending)
+    assert effects.events == (RunFailed((prompt,), reply, code, f"because {code}"),)
+    assert session.doc.entry(prompt).status == OUTCOMES[code][0].value
+    assert session.doc.entry(reply).status == OUTCOMES[code][1].value
+
+
+def test_a_restricted_reply_is_kept_server_side_or_its_sharing_audited() -> None:
+    session = Session()
+    session.prompt("eddie")
+    session.start_run()
+    reply = ReplyState("r", SECRET, private=True)
+    calls = (AuditRecord("model_call", "eddie", {"step": 0}),)
+    effects = session.finish_run(None, reply=reply, text="full text", audit=calls)
+    assert effects.keep == (KeepPrivate("r", "reply", "full text", SECRET),)
+    assert effects.audit == calls
+    shared = Session(restricted_replies="shared")
+    shared.prompt("eddie")
+    shared.start_run()
+    effects = shared.finish_run(None, reply=ReplyState("r", SECRET), text="t", audit=calls)
+    drew_on = [r.to_json() for r in SECRET]
+    assert effects.keep == ()
+    assert effects.audit == (
+        AuditRecord("reply_shared", "policy", {"reply_id": "r", "drew_on": drew_on}),
+        *calls,
+    )
+
+
+def test_a_completed_replys_text_goes_out_only_when_everyone_may_read_it() -> None:
+    """What a ``reply.completed`` webhook may carry: the text of an answered reply, None for
+    one that drew on restricted material, nothing for a run that ended unanswered."""
+    session = Session()
+    session.prompt("eddie")
+    session.start_run()
+    assert session.finish_run(None, reply=ReplyState("r"), text="hi").replies == (("r", "hi"),)
+    session.prompt("eddie")
+    session.start_run()
+    restricted = ReplyState("r2", SECRET, private=True)
+    assert session.finish_run(None, reply=restricted, text="x").replies == (("r2", None),)
+    session.prompt("eddie")
+    session.start_run()
+    ended = session.finish_run(Ending(ReasonCode.TIMEOUT, "t"), reply=ReplyState("r3"), text="x")
+    assert ended.replies == ()
+
+
+def test_a_run_finished_after_the_queue_moved_on_leaves_the_queue_alone() -> None:
+    session = Session()
+    prompt = session.prompt("eddie")
+    run = Run((PendingPrompt(prompt, 1, "eddie"),))
+    effects = handle(session.view(), RunFinished(run, Ending(ReasonCode.TIMEOUT, "late"), 1))
+    assert effects.queue is not None and [p.id for p in effects.queue.pending()] == [prompt]
+
+
+def test_the_audit_base_of_a_run_names_its_issuers_scope_and_context() -> None:
+    session = Session()
+    run = Run((PendingPrompt("p1", 1, "eddie"), PendingPrompt("p2", 2, "erin")))
+    subjects = [session.subject(u) for u in ("eddie", "erin")]
+    scope = scope_for_run([(s.user_id, s) for s in subjects if s is not None], ())
+    seen = ContextSeen(["p1", "p2"], [{"entry_id": "x", "reason": "private"}], ())
+    base = run_audit_base(run, "r1", scope, seen)
+    assert base["prompt_ids"] == ["p1", "p2"] and base["reply_id"] == "r1"
+    assert base["issuers"] == [
+        {"user_id": "eddie", "role": "editor"},
+        {"user_id": "erin", "role": "editor"},
+    ]
+    assert base["capabilities"] == sorted(scope.capabilities) and base["tools_offered"] == []
+    assert base["context_included"] == ["p1", "p2"]
+    assert base["context_withheld"] == [{"entry_id": "x", "reason": "private"}]
+
+
+def test_run_audit_records_each_call_each_refusal_and_an_unanswered_end() -> None:
+    base = {"prompt_ids": ["p1"], "reply_id": "r1", "issuers": [{"user_id": "eddie"}]}
+    calls = [{"step": 0}, {"step": 1}]
+    refusals = [{"tool": "rm"}]
+    done = run_audit(base, calls, refusals, None)
+    assert [r.kind for r in done] == ["model_call", "model_call", "tool_refused"]
+    assert done[1].data == {**base, "step": 1} and done[2].actor == "eddie"
+    ended = run_audit(base, [], [], Ending(ReasonCode.TIMEOUT, "slow"))
+    assert ended == (
+        AuditRecord(
+            "run_ended",
+            "eddie",
+            {"prompt_ids": ["p1"], "reply_id": "r1", "reason_code": "timeout", "reason": "slow"},
+        ),
+    )
+
+
+def test_a_context_that_cannot_fit_ends_the_run_too_large() -> None:
+    assert too_large(100, 100) is None
+    ending = too_large(101, 100)
+    assert ending is not None and ending.code is ReasonCode.TOO_LARGE
+    assert "101 tokens" in ending.reason and "leaves 100" in ending.reason
+
+
+# -- membership -------------------------------------------------------------------------
+
+
+def test_stop_prompts_of_fails_the_waiting_ones_and_stops_a_run_answering_one() -> None:
+    session = Session(policy=Policy.COALESCE)
+    running = session.prompt("eddie")
+    session.start_run()
+    waiting = session.prompt("eddie")
+    other = session.prompt("erin")
+    ending = Ending(ReasonCode.MEMBER_REMOVED, "eddie was removed from the session")
+    effects = handle(session.view(), StopPromptsOf("eddie", ending, 9))
+    assert effects.finish == (Finish((waiting,), ending),)
+    assert effects.stop == StopRun(ending, wait=False)
+    assert effects.queue is not None and [p.id for p in effects.queue.pending()] == [other]
+    assert effects.events == (
+        RunFailed((waiting,), None, ReasonCode.MEMBER_REMOVED, ending.reason),
+    )
+    nothing = handle(session.view(), StopPromptsOf("olive", ending, 9))
+    assert nothing == Effects() and running in session.running.ids  # type: ignore[union-attr]
+
+
+def test_removing_a_member_or_a_new_epoch_stops_their_prompts_a_role_change_does_not() -> None:
+    session = Session()
+    session.prompt("eddie")
+    before = Member("eddie", "editor", token_epoch="e1")
+    removed = handle(session.view(), MemberUpdated("eddie", before, None, 1))
+    assert removed.finish[0].ending == Ending(
+        ReasonCode.MEMBER_REMOVED, "eddie was removed from the session"
+    )
+    readded = handle(
+        session.view(), MemberUpdated("eddie", before, replace(before, token_epoch="e2"), 1)
+    )
+    assert readded.finish == removed.finish
+    demoted = MemberUpdated("eddie", before, replace(before, role="viewer"), 1)
+    assert handle(session.view(), demoted) == Effects()  # its prompt fails when it comes up
+    joined = MemberUpdated("eddie", None, before, 1)
+    assert handle(session.view(), joined) == Effects()
+
+
+def test_a_revoked_token_stops_its_users_prompts() -> None:
+    session = Session()
+    prompt = session.prompt("erin")
+    effects = handle(session.view(), TokenRevoked("erin", 1))
+    revoked = Ending(ReasonCode.TOKEN_REVOKED, "a client token of erin was revoked")
+    assert effects.finish == (Finish((prompt,), revoked),)
+    session.apply(effects)
+    assert session.doc.entry(prompt).status == PromptStatus.FAILED.value
+
+
+# -- restart ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cause", sorted(CUT_OFF_REASONS))
+def test_a_restart_requeues_waiting_prompts_and_cuts_off_the_running_ones(
+    cause: ReasonCode,
+) -> None:
+    before = Session()
+    ran = before.prompt("eddie")
+    for author in ("eddie", "erin", "eddie"):
+        before.prompt(author)
+    before.start_run()
+    planned = [p.id for p in before.queue.pending()]
+    waiting = tuple(
+        WaitingPrompt(e.id, e.seq, e.author, before.doc.entry(e.id).status) for e in before.stored
+    )
+    after = Session(doc=before.doc, last_seq=before.last_seq)
+    effects = handle(after.view(), Recovered(waiting, Policy.QUEUE, cause, 50))
+    ending = Ending(cause, CUT_OFF_REASONS[cause])
+    assert effects.finish == (Finish((ran,), ending),)
+    reply = before.doc.entry(ran).reply_id
+    assert effects.events == (RunFailed((ran,), reply, cause, ending.reason),)
+    assert effects.queue is not None
+    assert [p.id for p in effects.queue.pending()] == planned  # the turns clients saw
+    after.apply(effects)
+    assert after.doc.entry(ran).status == PromptStatus.FAILED.value
+    assert after.doc.entry(str(reply)).status == OUTCOMES[cause][1].value
+
+
+def test_a_restart_with_nothing_in_flight_only_rebuilds_the_queue() -> None:
+    session = Session()
+    prompt = session.prompt("eddie")
+    waiting = (WaitingPrompt(prompt, 1, "eddie", PromptStatus.QUEUED.value),)
+    effects = handle(
+        session.view(), Recovered(waiting, Policy.REJECT, ReasonCode.SERVER_RESTART, 1)
+    )
+    assert effects.finish == () and effects.events == ()
+    assert effects.queue is not None and effects.queue.policy is Policy.REJECT
+    assert [p.id for p in effects.queue.pending()] == [prompt]
+
+
+# -- semantic events (``semantic``) -----------------------------------------------------
+
+
+def test_commands_name_their_events_and_no_change_names_none() -> None:
+    session = Session()
+    prompt = session.prompt("eddie")
+    assert session.events == [PromptAccepted(prompt, 1, "eddie")]
+    message = session.send("erin", MessageCommand("c", "hey")).entry
+    assert message is not None and session.events[-1] == MessagePosted(message.id, 2, "erin")
+    assert session.send("eddie", PinCommand("c", prompt, True)).events == (
+        PinChanged(prompt, True, "eddie"),
+    )
+    assert session.send("", FactCommand("c", "k", "v"), admin=True).events == (
+        FactSet("k", False, "admin"),
+    )
+    assert session.send("eddie", FactCommand("c", "k", None)).events == (
+        FactSet("k", True, "eddie"),
+    )
+    assert session.send("eddie", FactCommand("c", "gone", None)).events == ()
+    assert session.send("olive", PolicyCommand("c", Policy.REJECT)).events == (
+        SettingsChanged({"policy": "reject"}, "olive"),
+    )
+    assert session.send("olive", PolicyCommand("c", Policy.REJECT)).events == ()
+    assert session.send("eddie", CancelCommand("c", prompt)).events == (
+        RunFailed((prompt,), None, ReasonCode.CANCELLED, "cancelled by eddie"),
+    )
+
+
+# -- properties across runs, membership and restarts -------------------------------------
+
+lives = st.lists(
+    st.one_of(
+        st.tuples(st.just("prompt"), st.sampled_from(["olive", "eddie", "erin"])),
+        st.tuples(st.just("start")),
+        st.tuples(st.just("finish"), st.sampled_from([None, *ReasonCode])),
+        st.tuples(st.just("remove"), st.sampled_from(["eddie", "erin"])),
+        st.tuples(st.just("revoke"), st.sampled_from(["olive", "eddie", "erin"])),
+        st.tuples(st.just("restart"), st.sampled_from(sorted(CUT_OFF_REASONS))),
+    ),
+    max_size=40,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(steps=lives, policy=st.sampled_from(list(Policy)))
+def test_the_document_the_queue_and_the_run_in_flight_always_agree(
+    steps: list[tuple[object, ...]], policy: Policy
+) -> None:
+    """Whatever runs, stops, leaves and restarts: a prompt is ``queued`` exactly while the
+    queue holds it, ``running`` exactly while the run in flight answers it, and every other
+    prompt is final; one event per status change a prompt reaches, none for nothing."""
+    session = Session(policy=policy, limits=QueueLimits(max_pending_per_user=4))
+    for step in steps:
+        kind, arg = step[0], step[1] if len(step) > 1 else None
+        if kind == "prompt":
+            session.send(str(arg), PromptCommand("c", "q"))
+        elif kind == "start":
+            session.start_run()
+        elif kind == "finish" and session.running is not None:
+            session.finish_run(None if arg is None else Ending(ReasonCode(str(arg)), "r"))
+        elif kind in ("remove", "revoke"):
+            user = str(arg)
+            member = session.members.pop(user, None) if kind == "remove" else None
+            event: MemberUpdated | TokenRevoked = (
+                MemberUpdated(user, member, None, 1) if kind == "remove" else TokenRevoked(user, 1)
+            )
+            effects = session.apply(handle(session.view(), event))
+            if effects.stop is not None:  # the runner settles the stopped run
+                session.finish_run(effects.stop.ending)
+            session.members.setdefault(user, Member(user, ROLES[user]))
+        elif kind == "restart":
+            waiting = tuple(
+                WaitingPrompt(e.id, e.seq, e.author, session.doc.entry(e.id).status)
+                for e in session.stored
+                if session.doc.entry(e.id).status in ("queued", "running")
+            )
+            session.running = None
+            session.apply(
+                handle(session.view(), Recovered(waiting, policy, ReasonCode(str(arg)), 1))
+            )
+        pending = {p.id for p in session.queue.pending()}
+        running = set() if session.running is None else set(session.running.ids)
+        assert (session.queue.running is None) == (session.running is None)
+        for entry in session.stored:
+            status = session.doc.entry(entry.id).status
+            assert (status == "queued") == (entry.id in pending)
+            assert (status == "running") == (entry.id in running)
+    accepted = [e for e in session.events if isinstance(e, PromptAccepted)]
+    ended = [
+        p for e in session.events if isinstance(e, RunFailed | ReplyCompleted) for p in e.prompt_ids
+    ]
+    assert len(accepted) == len(session.stored)
+    assert len(ended) == len(set(ended))  # a prompt ends once
+    final = [
+        e.id for e in session.stored if session.doc.entry(e.id).status not in ("queued", "running")
+    ]
+    assert sorted(ended) == sorted(final)

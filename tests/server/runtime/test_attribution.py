@@ -27,6 +27,6 @@ async def test_a_message_folded_into_a_prompt_is_not_an_ask() -> None:
         assert "[" not in reply  # the server's line is never quoted back
 
         # Once answered, both are earlier content: each wrote it, nobody asks it.
-        built = s.room.context_for((), s.room.scope_for(["alice"], preview=True))
+        built = s.room.context.build((), s.room.runs.scope_for(["alice"], preview=True))
         contents = [m.content for m in built.request.messages]
         assert f"[alice and bob each wrote]\n{ROLL_BACK}?" in contents

@@ -41,7 +41,7 @@ async def reply_batches(
     sent: list[float] = []
     unvalidated = {"stream_interval_ms": interval_ms}
     async with memory_session({"alice": "editor"}, provider.model(), unvalidated=unvalidated) as s:
-        appending = s.room.append_reply
+        appending = s.room.runs.append_reply
 
         async def noting(active: Any, text: str) -> None:
             sent.append(time.monotonic())
@@ -49,7 +49,7 @@ async def reply_batches(
                 sizes.append(len(text))
             await appending(active, text)
 
-        s.room.append_reply = noting  # type: ignore[method-assign]
+        s.room.runs.append_reply = noting  # type: ignore[method-assign]
         asked = await s.prompt("alice", "go")
         await s.settled(asked["prompt_id"])
         reply_id = s.room.doc.entry(asked["prompt_id"]).reply_id

@@ -70,13 +70,13 @@ async def test_restricted_items_survive_a_reload() -> None:
         reply_id = s.room.doc.entry(asked["prompt_id"]).reply_id
     model = FakeModel(script)
     async with memory_session(members, model, store=store) as s:  # the room loaded again
-        assert reply_id is not None and SECRET in s.room.private[reply_id].text
+        assert reply_id is not None and SECRET in s.room.context.private[reply_id].text
         asked = await s.prompt("alice", "what did bob learn?")
         await s.settled(asked["prompt_id"])
         [request] = model.requests_for("alice")
         assert "7731" not in request.everything()
         # bob may read his own answer: a preview of his context has the full text.
-        built = s.room.context_for((), s.room.scope_for(["bob"], preview=True))
+        built = s.room.context.build((), s.room.runs.scope_for(["bob"], preview=True))
         assert SECRET in str(built.request.messages)
 
 

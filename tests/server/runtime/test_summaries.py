@@ -42,7 +42,7 @@ async def ask(s: MemorySession, user: str, text: str) -> None:
 
 
 def preview(s: MemorySession, user: str) -> Any:
-    return s.room.context_for((), s.room.scope_for([user], preview=True))
+    return s.room.context.build((), s.room.runs.scope_for([user], preview=True))
 
 
 async def test_old_turns_are_summarised_reused_and_extended() -> None:

@@ -1,0 +1,163 @@
+"""What a loaded session's model calls are given: its context, built from the document and
+the text kept server-side, within a run's scope; and the summaries that stand in for the
+turns that no longer fit.
+
+``SessionContext`` keeps the server-side text behind the shared document's placeholders
+(``private``, with its readers) and the summaries, and one ``ContextBuilder`` whose folds
+are reused build after build.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Sequence
+
+from authz.policy import Restriction, Subject, everyone_may_read
+from authz.scope import ContextSeen, RunScope, seen_in_context
+from server.metrics import Metrics
+from server.settings import Settings
+from server.store.access import PrivateItem
+from server.store.port import SessionStore
+from session.context import BuiltContext, ContextBuilder, ContextSettings, WithheldReason
+from session.model import Usage
+from session.schema import Entry, SessionDocument
+from session.summary import Summary, SummaryPlan, plan_extension
+
+
+class SessionContext:
+    """The context of session ``session_id``: ``doc`` the document now, ``model`` its
+    model (None: the server's default), ``subjects`` its members as of now."""
+
+    def __init__(
+        self,
+        session_id: str,
+        *,
+        store: SessionStore,
+        settings: Settings,
+        metrics: Metrics,
+        clock: Callable[[], float],
+        doc: Callable[[], SessionDocument],
+        model: Callable[[], str | None],
+        subjects: Callable[[], Iterable[Subject]],
+    ) -> None:
+        self.session_id = session_id
+        self.store = store
+        self.settings = settings
+        self.metrics = metrics
+        self.clock = clock
+        self._doc = doc
+        self._model = model
+        self._subjects = subjects
+        # Full text behind the placeholders of the shared document, with its readers.
+        self.private: dict[str, PrivateItem] = {}
+        self.summaries: list[Summary] = []
+        self._builder = ContextBuilder(self.settings_now())
+
+    async def load(self) -> None:
+        """Read the restricted text and the summaries kept beside the document."""
+        items = await self.store.access.private_items(self.session_id)
+        self.private = {i.entry_id: i for i in items}
+        self.summaries = await self.store.load_summaries(self.session_id)
+
+    def keep(self, item: PrivateItem) -> None:
+        """Remember a private item the writer stored."""
+        self.private[item.entry_id] = item
+
+    def everyone_may_read(self, restriction: Restriction) -> bool:
+        """True when every member who may read the session may read this too."""
+        return everyone_may_read(self._subjects(), restriction)
+
+    def restriction_of(self, entry_id: str) -> Restriction:
+        item = self.private.get(entry_id)
+        return () if item is None else item.restriction
+
+    def audit_of(self, built: BuiltContext) -> ContextSeen:
+        """What ``built`` drew on and withheld, and the restriction its reply inherits."""
+        return seen_in_context(built, {i: item.restriction for i, item in self.private.items()})
+
+    def settings_now(self) -> ContextSettings:
+        spec = self.settings.model_spec(self._model())
+        return ContextSettings(
+            window_tokens=spec.context_window_tokens,
+            reserve_output_tokens=spec.reserved_output_tokens,
+            near_duplicate_threshold=self.settings.near_duplicate_threshold,
+            min_block_lines=self.settings.min_block_lines,
+        )
+
+    def build(self, prompt_ids: Sequence[str], scope: RunScope | None = None) -> BuiltContext:
+        """What a model call answering ``prompt_ids`` is given (none: the history alone),
+        within ``scope``: what its issuers may not read is withheld, what they may read of
+        the server-side text replaces its placeholder. No scope: what every member may read
+        (the scope summaries are made in).
+
+        The builder keeps one fold per set of readable private items, so each build folds
+        only what changed since the last."""
+        restrictions = {i: item.restriction for i, item in self.private.items()}
+        texts = {i: item.text for i, item in self.private.items()}
+        withheld: WithheldReason
+        if scope is None:
+            shared = {i: t for i, t in texts.items() if self.everyone_may_read(restrictions[i])}
+
+            def not_shared(entry: Entry) -> str | None:
+                if entry.id in restrictions and entry.id not in shared:
+                    return "not every member may read it"
+                return None
+
+            withheld, readable, scope_key = not_shared, shared, "members"
+        else:
+            withheld, readable = scope.read_filter(restrictions, texts)
+            scope_key = "readable:" + ",".join(sorted(readable))
+        model = self._model()
+        spec = self.settings.model_spec(model)
+        settings = self.settings_now()
+        if self._builder.settings != settings:
+            self._builder = ContextBuilder(settings)
+        doc = self._doc()
+        started = time.perf_counter()
+        built = self._builder.build(
+            session_id=self.session_id,
+            entries=doc.entries(),
+            prompt_ids=prompt_ids,
+            facts=doc.facts_with_authors(),
+            pins=doc.pinned(),
+            max_output_tokens=spec.reserved_output_tokens,
+            withheld=withheld,
+            private_text=readable,
+            scope_key=scope_key,
+            summaries=self.summaries,
+            # A model taken out of the configuration fails the call (the registry says so)
+            # rather than sending the session's text to another vendor.
+            model=model or spec.name,
+        )
+        self.metrics.context_build.observe(time.perf_counter() - started)
+        return built
+
+    def summary_plan(self) -> SummaryPlan | None:
+        """The turns to summarise next, from what every member may read; None: nothing yet.
+
+        It extends the newest summary that is still made only of what every member may
+        read (the one a history-alone build in that scope uses); when membership changed so
+        that none is, a new chain starts."""
+        if not self.settings.summaries:
+            return None
+        built = self.build(())
+        return plan_extension(
+            built.dropped,
+            built.summary,
+            min_tokens=self.settings.summary_min_tokens,
+            max_input_tokens=max(built.budget // 2, 1),
+        )
+
+    async def add_summary(
+        self, summary: Summary, added: frozenset[str], model: str, usage: Usage | None
+    ) -> None:
+        await self.store.add_summary(
+            self.session_id,
+            summary,
+            added=added,
+            model=model,
+            input_tokens=0 if usage is None else usage.input_tokens,
+            output_tokens=0 if usage is None else usage.output_tokens,
+            now=int(self.clock() * 1000),
+        )
+        self.summaries.append(summary)

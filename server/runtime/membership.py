@@ -1,0 +1,139 @@
+"""Who may use a loaded session now: its members and its client tokens revoked.
+
+``Membership`` holds what the store says, as last put in force here (at load, after a
+REST change, or in cluster mode after a change on another node), and answers the checks
+every socket and call makes: a member's ``Subject`` (the role table read live), why a
+token may not be used, and why an open socket must close now. Putting a change in force
+closes the sockets it forbids and hands the session core the event (``MemberUpdated``,
+``TokenRevoked``) that stops the prompts of who lost the right to them (``stop``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+
+from authz.policy import Do, Subject, decide
+from authz.roles import Capability, Member, RoleTable
+from authz.tokens import ClientClaims, token_refusal
+from server.settings import Settings
+from server.store.access import TokenRow
+from server.store.port import SessionStore
+from server.ws.connection import Connection
+from session.closes import CloseCode
+from session.core import MemberUpdated, TokenRevoked
+from session.ratelimit import Rate, Spend
+
+Stop = Callable[[MemberUpdated | TokenRevoked], Awaitable[None]]
+
+
+class Membership:
+    """The members of session ``session_id``; ``sockets`` its open sockets, ``changed``
+    wakes its event streams."""
+
+    def __init__(
+        self,
+        session_id: str,
+        store: SessionStore,
+        roles: Callable[[], RoleTable],
+        clock: Callable[[], float],
+        sockets: Callable[[], Iterable[Connection]],
+        changed: Callable[[], None],
+        stop: Stop,
+    ) -> None:
+        self.session_id = session_id
+        self.store = store
+        self.roles = roles
+        self.clock = clock
+        self.sockets = sockets
+        self.changed = changed
+        self.stop = stop
+        self.members: dict[str, Member] = {}
+        # Revoked client tokens not expired yet, by id (the check of every socket and call).
+        self.revoked_tokens: dict[str, TokenRow] = {}
+
+    def subject(self, user_id: str) -> Subject | None:
+        """The member as of now (role table and grants read live), or None."""
+        member = self.members.get(user_id)
+        return None if member is None else Subject.of(member, self.roles())
+
+    def subjects(self) -> Iterator[Subject]:
+        """Every member as of now."""
+        roles = self.roles()
+        return (Subject.of(m, roles) for m in self.members.values())
+
+    async def refresh(self) -> None:
+        """Read the members and revoked tokens from the store and apply what changed (at
+        load, and in cluster mode after changes made on another node)."""
+        rows = await self.store.list_members(self.session_id)
+        current = {row.user_id: row.as_member() for row in rows}
+        for user_id in set(self.members) - set(current):
+            await self.set_member(user_id, None)
+        for user_id, member in current.items():
+            if self.members.get(user_id) != member:
+                await self.set_member(user_id, member)
+        revoked = await self.store.access.revoked_tokens(self.session_id, int(self.clock()))
+        for token in revoked.values():
+            await self.revoke_token(token)
+
+    async def set_member(self, user_id: str, member: Member | None) -> None:
+        """Put a stored membership change in force (None: removed): sockets that may no
+        longer read the session close; a member removed (or removed and added back: a new
+        epoch) loses their tokens, sockets and prompts."""
+        before = self.members.get(user_id)
+        if member is None:
+            self.members.pop(user_id, None)
+        else:
+            self.members[user_id] = member
+        self.refresh_sockets()
+        await self.stop(MemberUpdated(user_id, before, member, int(self.clock() * 1000)))
+
+    async def revoke_token(self, token: TokenRow) -> None:
+        """Put a revoked token in force: its sockets close, its user's prompts stop."""
+        now = self.clock()
+        self.revoked_tokens = {k: t for k, t in self.revoked_tokens.items() if t.expires_at > now}
+        if token.id in self.revoked_tokens or token.expires_at <= now:
+            return
+        self.revoked_tokens[token.id] = token
+        self.refresh_sockets()
+        await self.stop(TokenRevoked(token.user_id, int(now * 1000)))
+
+    def refresh_sockets(self) -> None:
+        """Close the sockets that may no longer be open (``closing``); wake the event
+        streams (``changed``), which check their reader again."""
+        self.changed()
+        for connection in list(self.sockets()):
+            closing = self.closing(connection.user_id, connection.claims)
+            if closing is not None:
+                connection.close(*closing)
+
+    def token_refusal(self, claims: ClientClaims) -> str | None:
+        """Why a verified token may not be used now (None: it may, or its user is no
+        member, which the membership check answers)."""
+        member = self.members.get(claims.user_id)
+        if member is None:
+            return None
+        return token_refusal(claims, member.token_epoch, self.revoked_tokens)
+
+    def closing(self, user_id: str, claims: ClientClaims | None) -> tuple[CloseCode, str] | None:
+        """Why a socket of ``user_id`` (opened with ``claims``) must close now: its user
+        was removed (4403), its token revoked (4401), or its user may no longer read the
+        session (4403). None: it stays open."""
+        if user_id not in self.members:
+            return CloseCode.FORBIDDEN, "removed: you are no longer a member"
+        refusal = None if claims is None else self.token_refusal(claims)
+        if refusal is not None:
+            return CloseCode.UNAUTHENTICATED, refusal
+        if not decide(self.subject(user_id), Do(Capability.READ_SESSION)).allowed:
+            return CloseCode.FORBIDDEN, "membership revoked"
+        return None
+
+
+def member_rates(settings: Settings) -> dict[Spend, Rate]:
+    """What one member may spend across all their sockets in a session."""
+    return {
+        Spend.COMMANDS: Rate(settings.user_commands_per_second, 2 * settings.commands_burst),
+        Spend.DOCUMENT_BYTES: Rate(
+            settings.document_write_bytes_per_s, settings.document_write_burst_bytes
+        ),
+        Spend.AWARENESS_BYTES: Rate(settings.awareness_bytes_per_s, settings.awareness_burst_bytes),
+    }

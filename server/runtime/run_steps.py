@@ -1,0 +1,134 @@
+"""The room's side of a run: each step judged by the session core and carried out
+through the room's one writer.
+
+The runner (``server.runtime.runner``) drives the model and the tools; every change a run
+makes to the session goes through here: ``start`` (which prompts the run answers, under the
+scheduling policy; authors who may no longer prompt fail ``forbidden``), streamed text
+(``append_reply``), what the run drew on (``widen``), tool steps and ``finish`` with an
+ending (``session.reasons``). ``active`` is the run in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from authz.policy import Restriction
+from authz.scope import RunScope, scope_for_run
+from server.runtime.active_run import ActiveRun
+from server.runtime.tools import tool_defs
+from session.core import (
+    AuditRecord,
+    ContextDrawn,
+    Effects,
+    ReplyState,
+    RunFinished,
+    RunStart,
+    TextAppended,
+    ToolStepTaken,
+    handle,
+)
+from session.errors import Forbidden
+from session.reasons import Ending
+
+if TYPE_CHECKING:
+    from server.runtime.room import SessionRoom
+
+
+class RunSteps:
+    def __init__(self, room: SessionRoom) -> None:
+        self.room = room
+        self.active: ActiveRun | None = None
+        self._wakeup = asyncio.Event()
+
+    def wake(self) -> None:
+        """A run may be due (a prompt arrived, the policy changed), or the room closed."""
+        self._wakeup.set()
+
+    async def wait_for_work(self) -> None:
+        """Return once a run may be due (a prompt arrived, the policy changed, the room
+        closed); at once when one is."""
+        self._wakeup.clear()
+        if self.room.draining or self.room.queue.next() is None:
+            await self._wakeup.wait()
+
+    def scope_for(self, user_ids: Sequence[str], *, preview: bool = False) -> RunScope:
+        """The scope a run for ``user_ids`` would have now (``Forbidden`` if one of them may
+        not prompt, unless ``preview``: then the scope of what they may read and use)."""
+        issuers = [(u, self.room.subject(u)) for u in dict.fromkeys(user_ids)]
+        if preview:
+            subjects = tuple(s for _, s in issuers if s is not None)
+            if not subjects:
+                raise Forbidden("not a member of this session")
+            return RunScope(subjects, ()).with_tools(tool_defs(self.room.webhooks()))
+        return scope_for_run(issuers, tool_defs(self.room.webhooks()))
+
+    async def start(self, reply_author: str) -> ActiveRun | None:
+        """Start the run the queue plans next, with its scope from its issuers' grants at
+        this moment, signed by ``reply_author``; None if none may start (nothing waits, or
+        the prompts of authors who may no longer prompt failed: ask again)."""
+        room = self.room
+        event = RunStart(room.now_ms(), uuid.uuid4().hex, reply_author)
+        scope: RunScope | None = None
+        async with room.writer.writing() as write:
+            effects = handle(room.view(), event)
+            if effects.error is not None:
+                raise effects.error
+            if effects.begin is not None:
+                # Here, under the writer: the issuers' grants as the run starts.
+                scope = self.scope_for(effects.begin.run.authors)
+            await room.record(write, effects, event.now_ms)
+        if effects.begin is None or scope is None:
+            return None
+        self.active = ActiveRun(effects.begin.run, ReplyState(event.reply_id), scope)
+        return self.active
+
+    def end(self, active: ActiveRun) -> None:
+        """The runner settled ``active`` (or gave it up): whoever waits for it may go on."""
+        if self.active is active:
+            self.active = None
+        active.finished.set()
+
+    async def append_reply(self, active: ActiveRun, text: str) -> None:
+        """Stream reply text: into the shared document, or, once the reply draws on what
+        not every member may read (policy ``private``), only into the server-side copy."""
+        active.text.append(text)
+        await self._append(active, handle(self.room.view(), TextAppended(active.reply, text)))
+
+    async def widen(self, active: ActiveRun, restriction: Restriction) -> None:
+        """The run drew on something with ``restriction``: its reply inherits it."""
+        drawn = ContextDrawn(active.reply, restriction)
+        await self._append(active, handle(self.room.view(), drawn))
+
+    async def _append(self, active: ActiveRun, effects: Effects) -> None:
+        if effects.reply is not None:
+            active.reply = effects.reply
+        if effects.append is not None:
+            async with self.room.writer.appending():
+                self.room.doc.append_reply_text(effects.append.reply_id, effects.append.text)
+
+    async def add_tool_step(
+        self, active: ActiveRun, *, tool: str, status: str, detail: str, restriction: Restriction
+    ) -> str:
+        """Store a tool step (its full detail server-side) and show it in the document;
+        returns its entry id."""
+        issuers = tuple(s.user_id for s in active.scope.issuers)
+        now, entry_id = self.room.now_ms(), uuid.uuid4().hex
+        step = ToolStepTaken(
+            active.reply, issuers, tool, status, detail, restriction, now, entry_id
+        )
+        await self.room.step(step, now)
+        return entry_id
+
+    async def finish(
+        self, active: ActiveRun, ending: Ending | None, audit: Sequence[AuditRecord] = ()
+    ) -> None:
+        """Settle a run: answered without an ``ending``, else ended by it; a restricted
+        reply's full text and the run's audit records are stored with it."""
+        now = self.room.now_ms()
+        text = "".join(active.text)
+        await self.room.step(
+            RunFinished(active.run, ending, now, active.reply, text, tuple(audit)), now
+        )

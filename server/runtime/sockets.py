@@ -1,0 +1,50 @@
+"""The open sockets of one loaded session, and what is sent to all or some of them.
+
+A committed update is framed once and sent to every socket; text kept server-side goes
+only to the sockets of members who may read it (those that speak JSON: stock Yjs clients
+read it over REST); closing them all is how a room that is given up, drained or unloaded
+tells its clients to reconnect.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+from authz.policy import Subject, may_read
+from server.store.access import PrivateItem
+from server.ws.connection import Connection
+from server.ws.direct_send import binary_frame
+from session.closes import CloseCode
+
+
+class SessionSockets:
+    """``subject`` answers who a socket's user is as of now (None: no member)."""
+
+    def __init__(self, subject: Callable[[str], Subject | None]) -> None:
+        self.subject = subject
+        self.connections: set[Connection] = set()
+
+    def attach(self, connection: Connection) -> None:
+        self.connections.add(connection)
+
+    def detach(self, connection: Connection) -> None:
+        self.connections.discard(connection)
+
+    def broadcast(self, message: bytes) -> None:
+        frame = binary_frame(message)  # framed once for every socket
+        for connection in list(self.connections):
+            connection.send(message, frame)
+
+    def deliver_private(self, item: PrivateItem) -> None:
+        """Send a stored private item to the sockets of members who may read it."""
+        frame = json.dumps(
+            {"type": "restricted", "entry_id": item.entry_id, "kind": item.kind, "text": item.text}
+        )
+        for connection in list(self.connections):
+            if may_read(self.subject(connection.user_id), item.restriction):
+                connection.send_json(frame)
+
+    def close_all(self, code: CloseCode, reason: str) -> None:
+        for connection in list(self.connections):
+            connection.close(code, reason)

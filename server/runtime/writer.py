@@ -1,0 +1,324 @@
+"""The one writer of a loaded session's document: stored, committed, then broadcast.
+
+Every change to the document happens inside ``writing()`` (one database transaction that
+stores the CRDT update, with the relational rows and the semantic events beside it) or
+``appending()`` (streamed reply text, stored through the group commit), under one lock;
+only after the commit is the update broadcast. If the commit fails, the in-memory document
+is reloaded from the store, so nothing un-stored is ever shown to anyone. The writer also
+keeps what judges and answers client frames (the delete set, the encoded copy) current
+with its commits, and squashes the update log into a snapshot every
+``snapshot_every_updates``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from pycrdt import Doc, TransactionEvent, merge_updates
+
+from server.runtime.stream_feed import StreamFeed
+from server.settings import Settings
+from server.store.group_commit import WriteFence
+from server.store.port import SessionStore, SessionTx
+from session.encoded import EncodedDocument
+from session.errors import Unavailable
+from session.events import SessionEvent
+from session.schema import SessionDocument
+from session.yprotocol import (
+    DeleteSet,
+    ProtocolError,
+    SyncType,
+    add_deletes,
+    delete_set_of,
+    encode_sync,
+    is_noop_update,
+    normalise_delete_set,
+)
+
+log = logging.getLogger("parley.room")
+
+
+def _merged(updates: list[bytes]) -> bytes:
+    """One update for what a write changed (empty if nothing)."""
+    if not updates:
+        return b""
+    return updates[0] if len(updates) == 1 else merge_updates(*updates)
+
+
+async def _settled(future: asyncio.Future[Any]) -> bool:
+    """Wait until ``future`` is done, whatever happens; True if this task was cancelled
+    meanwhile (the caller re-raises once it has dealt with the outcome)."""
+    cancelled = False
+    while not future.done():
+        try:
+            await asyncio.wait([future])
+        except asyncio.CancelledError:
+            cancelled = True
+    return cancelled
+
+
+@dataclass(slots=True)
+class Write:
+    """One write under way: its transaction, what to do once it committed, and what the
+    change means (``session.events``: stored in its transaction, numbered in the
+    session's order, so a write that rolls back leaves none)."""
+
+    tx: SessionTx
+    after_commit: list[Callable[[], object]] = field(default_factory=list)
+    events: list[SessionEvent] = field(default_factory=list)
+    # The text of each reply completed in this write, None when restricted: what a
+    # ``reply.completed`` webhook may carry (the events themselves carry no content).
+    replies: dict[str, str | None] = field(default_factory=dict)
+
+
+class DocumentWriter:
+    """The document of session ``session_id`` and the one writer of it.
+
+    ``broadcast`` sends a frame to the session's sockets, ``feed`` is told each commit
+    (with its events' numbers) for the session's event streams; ``lost`` is called when a
+    failed write could not even be undone (the document could not be read again): the
+    room is then given up (``SessionRoom.fail``)."""
+
+    def __init__(
+        self,
+        session_id: str,
+        store: SessionStore,
+        settings: Settings,
+        clock: Callable[[], float],
+        broadcast: Callable[[bytes], None],
+        lost: Callable[[str], None],
+        feed: StreamFeed,
+    ) -> None:
+        self.session_id = session_id
+        self.store = store
+        self.settings = settings
+        self.clock = clock
+        self.broadcast = broadcast
+        self.lost = lost
+        self.feed = feed
+        self.doc = SessionDocument(Doc())
+        self.fence: WriteFence | None = None
+        self.failed: str | None = None  # why the room was given up: no write any more
+        self.last_active = clock()
+        self.lock = asyncio.Lock()
+        self._captured: list[bytes] | None = None
+        self._since_snapshot = 0
+        # Kept current by the writer's own commits (``_committed``), so judging a client
+        # frame never re-reads the whole document.
+        self._deletes: DeleteSet | None = None
+        self._encoded: EncodedDocument | None = None
+        self._subscription: Any = None
+
+    def now_ms(self) -> int:
+        return int(self.clock() * 1000)
+
+    async def load(self) -> None:
+        """Read the document again from its snapshot and update log."""
+        stored = await self.store.load_doc(self.session_id)
+        doc: Doc[Any] = Doc()
+        if stored.snapshot is not None:
+            doc.apply_update(stored.snapshot)
+        for update in stored.updates:
+            doc.apply_update(update)
+        if self._subscription is not None:
+            self.doc.doc.unobserve(self._subscription)
+        self.doc = SessionDocument(doc)
+        self._subscription = doc.observe(self._capture)
+        self._since_snapshot = stored.updates_since_snapshot
+        self._deletes = None
+        self._encoded = None
+
+    async def apply_replicated(self, snapshot: bytes | None, updates: Sequence[bytes]) -> None:
+        """Cluster mode, read replica: apply what the running node committed (a snapshot it
+        squashed the log into, then updates) and pass it on to this node's sockets."""
+        frames: list[bytes] = []
+        async with self.lock:
+            self._captured = []
+            try:
+                if snapshot is not None:
+                    before = self.doc.doc.get_state()
+                    self.doc.doc.apply_update(snapshot)
+                    frames.append(self.doc.doc.get_update(before))
+                for update in updates:
+                    self.doc.doc.apply_update(update)
+                    frames.append(update)
+            finally:
+                self._captured = None
+            for frame in frames:
+                self._committed(frame)
+            if frames:
+                self.feed.committed(self.doc, None)  # the events are the runner's to count
+        for frame in frames:
+            self.broadcast(encode_sync(SyncType.UPDATE, frame))
+        if frames:
+            self.last_active = self.clock()
+
+    def _capture(self, event: TransactionEvent) -> None:
+        if self._captured is None:
+            raise RuntimeError("the session document changed outside a write")
+        self._captured.append(event.update)
+
+    @asynccontextmanager
+    async def writing(self) -> AsyncIterator[Write]:
+        """Serialize a change: store its rows and CRDT update, commit, then broadcast."""
+        async with self.lock:
+            self._require_usable()
+            captured = self._capturing()
+            try:
+                async with self.store.transaction() as tx:
+                    if self.fence is not None:
+                        await self.fence.check(tx)
+                    write = Write(tx)
+                    yield write
+                    update = _merged(captured)
+                    if update:
+                        update_id = await tx.append_update(self.session_id, update)
+                        await self._published(tx, update_id)
+                    # Last: on PostgreSQL the event counter's row stays locked to the commit.
+                    numbers = await tx.append_events(
+                        self.session_id, self.now_ms(), write.events, write.replies
+                    )
+            except BaseException:
+                await self._forget(captured)
+                raise
+            self._captured = None
+            for callback in write.after_commit:
+                callback()
+            self._broadcast_update(update)
+            self.feed.committed(self.doc, numbers)
+        self.last_active = self.clock()
+
+    @asynccontextmanager
+    async def appending(self) -> AsyncIterator[None]:
+        """A change that is a document update and nothing else (streamed reply text): the
+        promise of ``writing`` (stored before it is broadcast), kept through the group
+        commit, which stores it with other sessions' updates in one transaction."""
+        async with self.lock:
+            self._require_usable()
+            captured = self._capturing()
+            cancelled = False
+            try:
+                yield
+                self._captured = None
+                update = _merged(captured)
+                stored = None
+                if update:
+                    stored = self.store.group.submit(self.session_id, update, self.fence)
+                    # The round commits or fails whatever happens to this task: wait for it
+                    # even if cancelled, so the document, the store and the sockets agree.
+                    cancelled = await _settled(stored)
+                    update_id = stored.result()
+            except BaseException:
+                await self._forget(captured)
+                if cancelled:
+                    raise asyncio.CancelledError from None
+                raise
+            self._broadcast_update(update)
+            if update:
+                self.feed.committed(self.doc, ())
+            if stored is not None:
+                if self._snapshot_due():
+                    await self._snapshot_after(update_id)
+                if cancelled:
+                    raise asyncio.CancelledError
+        self.last_active = self.clock()
+
+    def _require_usable(self) -> None:
+        """A failed room's document may hold a change that was never stored: a write
+        made on it would depend on that change. The reloaded room takes writes."""
+        if self.failed is not None:
+            raise Unavailable(f"{self.failed}; nothing was stored")
+
+    def _capturing(self) -> list[bytes]:
+        """Start collecting the document's updates for the write under way."""
+        captured: list[bytes] = []
+        self._captured = captured
+        return captured
+
+    async def _forget(self, captured: list[bytes]) -> None:
+        """A write failed: if it changed the document, reload the document from the store,
+        so nobody sees what was never stored."""
+        self._captured = None
+        if captured:
+            try:
+                await self.load()
+            except Exception:
+                self.lost("the database is unavailable; reconnect to resync")
+
+    def _broadcast_update(self, update: bytes) -> None:
+        if update:
+            self._committed(update)
+            self.broadcast(encode_sync(SyncType.UPDATE, update))
+
+    def _committed(self, update: bytes) -> None:
+        """Keep what judges and answers client frames current with a committed update: a
+        cost linear in the update, never in the document."""
+        if self._deletes is not None:
+            try:
+                add_deletes(self._deletes, delete_set_of(update, self.doc.doc.get_state()))
+            except ProtocolError:  # structs still pending (a replica): read it all again
+                self._deletes = None
+        if self._encoded is not None:
+            self._encoded.committed(update)
+
+    async def _published(self, tx: SessionTx, update_id: int) -> None:
+        """An update was stored in ``tx``: tell the fence, and squash the log into a
+        snapshot every ``snapshot_every_updates``."""
+        if self.fence is not None:
+            await self.fence.published(tx, update_id)
+        if self._snapshot_due():
+            await self._write_snapshot(tx, update_id)
+
+    def _snapshot_due(self) -> bool:
+        """Count a stored update; True when the log is due to be squashed."""
+        self._since_snapshot += 1
+        return self._since_snapshot >= self.settings.snapshot_every_updates
+
+    async def _write_snapshot(self, tx: SessionTx, update_id: int) -> None:
+        await tx.write_snapshot(
+            self.session_id, self.doc.doc.get_update(), update_id, self.now_ms()
+        )
+        self._since_snapshot = 0
+
+    async def _snapshot_after(self, update_id: int) -> None:
+        """Squash the log after a group-committed update (already stored and sent, so a
+        failure here only leaves the log longer: the next write tries again)."""
+        try:
+            async with self.store.transaction() as tx:
+                if self.fence is not None:
+                    await self.fence.check(tx)
+                await self._write_snapshot(tx, update_id)
+        except Exception:
+            log.warning("snapshot failed", exc_info=True, extra={"session_id": self.session_id})
+
+    # -- reading committed state without the lock -----------------------------------------
+
+    async def sync_answer(self, state_vector: bytes) -> list[bytes]:
+        """The frames answering a sync step 1: what a client lacks, from committed state
+        only. They come from the encoded copy kept beside the document, without the write
+        lock; only the first request after a load may wait for a write under way (the
+        live document is committed state only between writes)."""
+        if self._encoded is None and self.lock.locked():
+            async with self.lock:
+                return self._encoded_now().answer(state_vector)
+        return self._encoded_now().answer(state_vector)
+
+    def _encoded_now(self) -> EncodedDocument:
+        if self._encoded is None:
+            self._encoded = EncodedDocument(self.doc.doc.get_update())
+        return self._encoded
+
+    def is_noop(self, update: bytes) -> bool:
+        """True when a client update would change nothing (clients may not write); an
+        update deleting too many ranges is refused (``TooLarge``) unread."""
+        state = self.doc.doc.get_state()
+        if self._deletes is None:
+            full = self.doc.doc.get_update()
+            self._deletes = normalise_delete_set(delete_set_of(full, state))
+        limit = self.settings.max_delete_ranges_per_update
+        return is_noop_update(update, state, self._deletes, limit)

@@ -1,0 +1,255 @@
+"""The rules of a run's steps, of membership changes and of a restart.
+
+A run is started by the core (which prompts it answers is the queue's decision, under the
+scheduling policy), streams text, draws on restricted material, takes tool steps, and is
+finished with an ending (``session.reasons``); a member removed, or whose token was
+revoked, loses their waiting prompts and the run answering one of theirs; after a restart
+the prompts the store holds as waiting queue again and those that were running are cut off.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from authz.policy import everyone_may_read, restrict
+from authz.scope import ContextSeen, RunScope, scope_for_run
+from session.core.effects import (
+    AppendText,
+    AuditRecord,
+    BeginRun,
+    Effects,
+    Finish,
+    KeepPrivate,
+    StopRun,
+    ToolStep,
+)
+from session.core.state import SessionView
+from session.core.steps import (
+    ContextDrawn,
+    MemberUpdated,
+    Recovered,
+    RunFinished,
+    RunStart,
+    StopPromptsOf,
+    TextAppended,
+    TokenRevoked,
+    ToolStepTaken,
+)
+from session.errors import Forbidden
+from session.lifecycle import PromptStatus
+from session.queue import OrderingQueue, PendingPrompt, Run
+from session.reasons import Ending, ReasonCode
+
+# Why a run that was in flight when its room was last lost ended (see ``Recovered``).
+CUT_OFF_REASONS = {
+    ReasonCode.SERVER_RESTART: "the server stopped while this prompt ran",
+    ReasonCode.FAILOVER: "the node running this session stopped; another node took it over",
+    ReasonCode.STORAGE_ERROR: "the database failed while this reply was written",
+}
+RESTRICTED_REPLY = (
+    "\n[restricted: the rest of this reply draws on material not every member may read;"
+    " members who may read it get it over REST]"
+)
+MAX_SHOWN_TOOL_CHARS = 2000
+FORBIDDEN_RUN = Ending(ReasonCode.FORBIDDEN, "the author may no longer prompt in this session")
+
+
+def start_run(view: SessionView, event: RunStart) -> Effects:
+    """Start the next run the queue plans, if its authors may all still prompt; those who
+    may not have their prompts fail (``forbidden``, audited) and the runner asks again.
+    Nothing while the server shuts down or nothing waits."""
+    run = view.queue.next() if view.accepting_prompts else None
+    if run is None:
+        return Effects()
+    queue = view.queue.clone()
+    revoked = [p for p in run.prompts if not _may_run(view, p.author)]
+    if revoked:
+        for prompt in revoked:
+            queue.remove(prompt.id)
+        audit = tuple(
+            AuditRecord("refused", p.author, {"action": "run", "prompt_id": p.id}) for p in revoked
+        )
+        finish = Finish(tuple(p.id for p in revoked), FORBIDDEN_RUN)
+        return Effects(finish=(finish,), queue=queue, audit=audit)
+    queue.start(run)
+    begin = BeginRun(run, event.reply_id, event.reply_author, event.now_ms)
+    return Effects(begin=begin, queue=queue)
+
+
+def _may_run(view: SessionView, user_id: str) -> bool:
+    try:
+        scope_for_run([(user_id, view.subject(user_id))], ())
+    except Forbidden:
+        return False
+    return True
+
+
+def text_appended(view: SessionView, event: TextAppended) -> Effects:
+    """Reply text goes into the shared document unless the reply went private."""
+    if event.reply.private:
+        return Effects()
+    return Effects(append=AppendText(event.reply.reply_id, event.text))
+
+
+def context_drawn(view: SessionView, event: ContextDrawn) -> Effects:
+    """The reply inherits what the run drew on; under ``private`` the rest of it leaves the
+    shared document (marked there once) when not every member may read that."""
+    reply = event.reply
+    widened = replace(reply, restriction=restrict(reply.restriction, event.restriction))
+    if (
+        reply.private
+        or view.restricted_replies != "private"
+        or everyone_may_read(view.subjects(), widened.restriction)
+    ):
+        return Effects(reply=widened)
+    return Effects(
+        reply=replace(widened, private=True),
+        append=AppendText(reply.reply_id, RESTRICTED_REPLY),
+    )
+
+
+def tool_step(view: SessionView, event: ToolStepTaken) -> Effects:
+    """A tool step: its detail kept server-side with the readers it inherits, shown in
+    the document in full when every member may read it, else as who ran which tool."""
+    actor = ", ".join(event.issuers)
+    restriction = restrict(event.reply.restriction, event.restriction)
+    shown = f"{actor} ran {event.tool}: {event.status}"
+    if everyone_may_read(view.subjects(), restriction):
+        shown += "\n" + event.detail[:MAX_SHOWN_TOOL_CHARS]
+    else:
+        shown += "\n[details restricted]"
+    step = ToolStep(
+        id=event.new_id,
+        reply_id=event.reply.reply_id,
+        author=actor,
+        tool=event.tool,
+        status=event.status,
+        text=shown,
+        created_at=event.now_ms,
+    )
+    kept = KeepPrivate(event.new_id, "tool", event.detail, restriction)
+    return Effects(tool_step=step, keep=(kept,))
+
+
+def finish_run(view: SessionView, event: RunFinished) -> Effects:
+    """Settle a run: its prompts reach the status its ending decides. A reply that drew on
+    restricted material is kept server-side with its readers under ``private``; under
+    ``shared`` an owner let it into the shared document, and the sharing is audited."""
+    queue = view.queue.clone()
+    running = queue.running
+    if running is not None and running.ids == event.run.ids:
+        queue.finish(event.run.ids)
+    keep: tuple[KeepPrivate, ...] = ()
+    audit = event.audit
+    reply = event.reply
+    if reply is not None and reply.restriction:
+        if view.restricted_replies == "private":
+            keep = (KeepPrivate(reply.reply_id, "reply", event.text, reply.restriction),)
+        else:
+            drew_on = [r.to_json() for r in reply.restriction]
+            shared = {"reply_id": reply.reply_id, "drew_on": drew_on}
+            audit = (AuditRecord("reply_shared", "policy", shared), *audit)
+    replies: tuple[tuple[str, str | None], ...] = ()
+    if reply is not None and event.ending is None:
+        # A restricted reply (one that drew on what not everyone may read) is never sent out.
+        replies = ((reply.reply_id, None if reply.restriction else event.text),)
+    finish = Finish(event.run.ids, event.ending)
+    return Effects(finish=(finish,), queue=queue, keep=keep, audit=audit, replies=replies)
+
+
+def stop_prompts_of(view: SessionView, event: StopPromptsOf) -> Effects:
+    """Fail the user's waiting prompts and stop a run answering one of theirs (its runner
+    settles it), without waiting for it to stop. Nothing on a node that does not run the
+    session: its queue is empty and nothing runs there."""
+    user_id, ending = event.user_id, event.ending
+    waiting = tuple(p.id for p in view.queue.pending() if p.author == user_id)
+    running = view.running
+    stop = None
+    if running is not None and any(p.author == user_id for p in running.prompts):
+        stop = StopRun(ending, wait=False)
+    if not waiting:
+        return Effects(stop=stop)
+    queue = view.queue.clone()
+    for prompt_id in waiting:
+        queue.remove(prompt_id)
+    return Effects(finish=(Finish(waiting, ending),), queue=queue, stop=stop)
+
+
+def member_updated(view: SessionView, event: MemberUpdated) -> Effects:
+    """A member removed (or removed and added back: a new epoch) loses their prompts."""
+    before, after = event.before, event.after
+    if before is None or (after is not None and after.token_epoch == before.token_epoch):
+        return Effects()
+    removed = Ending(ReasonCode.MEMBER_REMOVED, f"{event.user_id} was removed from the session")
+    return stop_prompts_of(view, StopPromptsOf(event.user_id, removed, event.now_ms))
+
+
+def token_revoked(view: SessionView, event: TokenRevoked) -> Effects:
+    revoked = Ending(ReasonCode.TOKEN_REVOKED, f"a client token of {event.user_id} was revoked")
+    return stop_prompts_of(view, StopPromptsOf(event.user_id, revoked, event.now_ms))
+
+
+def recovered(view: SessionView, event: Recovered) -> Effects:
+    """The queue as the store holds it (in the turn order clients last saw); a prompt that
+    was running is never run again (it would be answered twice): it is cut off."""
+    queued = PromptStatus.QUEUED.value
+    queue = OrderingQueue(
+        view.queue.limits,
+        [PendingPrompt(p.id, p.seq, p.author) for p in event.waiting if p.status == queued],
+        event.policy,
+        rotation=[item.author for item in view.doc.queued()],
+    )
+    cut_off = tuple(p.id for p in event.waiting if p.status == PromptStatus.RUNNING.value)
+    if not cut_off:
+        return Effects(queue=queue)
+    ending = Ending(event.cut_off, CUT_OFF_REASONS[event.cut_off])
+    return Effects(finish=(Finish(cut_off, ending),), queue=queue)
+
+
+def run_audit_base(run: Run, reply_id: str, scope: RunScope, seen: ContextSeen) -> dict[str, Any]:
+    """What every audit record of a run says of it: its prompts and reply, its issuers
+    with their roles, the capabilities and tools its scope offered, and what its context
+    included and withheld."""
+    return {
+        "prompt_ids": list(run.ids),
+        "reply_id": reply_id,
+        "issuers": [{"user_id": s.user_id, "role": s.role} for s in scope.issuers],
+        "capabilities": sorted(scope.capabilities),
+        "tools_offered": [t.spec.name for t in scope.tools],
+        "context_included": seen.included,
+        "context_withheld": seen.withheld,
+    }
+
+
+def run_audit(
+    base: dict[str, Any],
+    model_calls: list[dict[str, Any]],
+    refusals: list[dict[str, Any]],
+    ended: Ending | None,
+) -> tuple[AuditRecord, ...]:
+    """A run's audit records: one per model call (with ``base``: the run's issuers, scope
+    and context), one per refused tool call, one for a run that ended unanswered."""
+    actor = base["issuers"][0]["user_id"]
+    records = [AuditRecord("model_call", actor, {**base, **call}) for call in model_calls]
+    records += [AuditRecord("tool_refused", actor, refusal) for refusal in refusals]
+    if ended is not None:
+        data = {
+            "prompt_ids": base["prompt_ids"],
+            "reply_id": base["reply_id"],
+            "reason_code": ended.code.value,
+            "reason": ended.reason,
+        }
+        records.append(AuditRecord("run_ended", actor, data))
+    return tuple(records)
+
+
+def too_large(tokens: int, budget: int) -> Ending | None:
+    """Pins, facts and the prompts alone overflow the window: no call can fit."""
+    if tokens <= budget:
+        return None
+    return Ending(
+        ReasonCode.TOO_LARGE,
+        f"the prompt with the pinned messages and facts needs "
+        f"{tokens} tokens; the window leaves {budget}",
+    )

@@ -1,0 +1,122 @@
+"""The events the session core takes besides commands: a run's steps, membership, restart.
+
+Each carries what the core may not read for itself: the time (``now_ms``), the ids the
+shell made up (``reply_id``, ``new_id``) and what happened outside (the model's text, a
+tool's result, why a run ended). ``ReplyState`` (``session.core.effects``) is the pure
+part of the run in flight: what its reply inherited and whether it still streams into the
+shared document.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from authz.policy import Restriction
+from authz.roles import Member
+from session.core.effects import AuditRecord, ReplyState
+from session.queue import Policy, Run
+from session.reasons import Ending, ReasonCode
+
+
+@dataclass(frozen=True, slots=True)
+class RunStart:
+    """The runner is free: start the next run, if one may, with a reply ``reply_id``
+    signed by ``reply_author`` (the model that writes it)."""
+
+    now_ms: int
+    reply_id: str
+    reply_author: str
+
+
+@dataclass(frozen=True, slots=True)
+class TextAppended:
+    """The model streamed ``text`` into ``reply``."""
+
+    reply: ReplyState
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ContextDrawn:
+    """The run drew on something with ``restriction`` (its context, or a tool's result)."""
+
+    reply: ReplyState
+    restriction: Restriction
+
+
+@dataclass(frozen=True, slots=True)
+class ToolStepTaken:
+    """The run called ``tool`` for ``issuers``: it ended ``status`` (done, error, refused)
+    with ``detail`` (arguments and result), which draws on ``restriction``."""
+
+    reply: ReplyState
+    issuers: tuple[str, ...]
+    tool: str
+    status: str
+    detail: str
+    restriction: Restriction
+    now_ms: int
+    new_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class RunFinished:
+    """``run`` ended: answered (no ``ending``) or ended by ``ending``. ``reply``: its reply
+    as it ended (None: it never opened one), ``text`` the reply's full text, and ``audit``
+    the records of its model calls and refusals."""
+
+    run: Run
+    ending: Ending | None
+    now_ms: int
+    reply: ReplyState | None = None
+    text: str = ""
+    audit: tuple[AuditRecord, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class StopPromptsOf:
+    """``user_id`` lost the right to have their prompts answered, for ``ending``."""
+
+    user_id: str
+    ending: Ending
+    now_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class MemberUpdated:
+    """A stored membership change is put in force: ``before`` -> ``after`` (None: none)."""
+
+    user_id: str
+    before: Member | None
+    after: Member | None
+    now_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class TokenRevoked:
+    """A client token of ``user_id`` was revoked (and is in force here now)."""
+
+    user_id: str
+    now_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class WaitingPrompt:
+    """A prompt row the store holds as ``queued`` or ``running``."""
+
+    id: str
+    seq: int
+    author: str
+    status: str
+
+
+@dataclass(frozen=True, slots=True)
+class Recovered:
+    """The session was loaded: its prompts waiting or in flight as the store holds them.
+    Those that were running were cut off by ``cut_off`` (a restart, unless the room was
+    given up for another cause or taken over from another node)."""
+
+    waiting: tuple[WaitingPrompt, ...]
+    policy: Policy
+    cut_off: ReasonCode
+    now_ms: int
