@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -102,6 +102,16 @@ async def deliveries(http: httpx.AsyncClient, webhook_id: str) -> list[dict[str,
     return found
 
 
+def all_recorded(http: httpx.AsyncClient, webhook_id: str) -> Callable[[], Awaitable[bool]]:
+    """Whether every delivery is recorded delivered (a receiver has a POST before its
+    sender records the attempt)."""
+
+    async def recorded() -> bool:
+        return all(d["status"] == "delivered" for d in await deliveries(http, webhook_id))
+
+    return recorded
+
+
 async def expected_types(server: RunningServer, sid: str) -> list[str]:
     """The webhook types of a live session's semantic events, in its order."""
     response = await server.http.get(f"/api/v1/sessions/{sid}/events")
@@ -173,6 +183,7 @@ async def test_deliveries_are_signed_and_in_order_per_session(
         }
         assert completed["data"]["text"] and completed["data"]["text_withheld"] is False
         # Each delivery's webhook-id is the one the deliveries list shows, and unique.
+        await until(all_recorded(server.http, hook["id"]), "every attempt recorded")
         listed = await deliveries(server.http, hook["id"])
         assert sorted(d["message_id"] for d in listed) == sorted(i for i, _ in verified)
         assert len({i for i, _ in verified}) == total
