@@ -220,10 +220,10 @@ def create_app(
             if recovered:
                 log.info("resumed sessions with pending prompts", extra={"sessions": recovered})
         rooms.start_reaper()
-        # Off the sessions' loop, unless only this engine reaches the database (in memory).
+        # In a thread of its own if asked (not for a database only this engine reaches).
         sender: SenderThread | WebhookSender = (
             SenderThread(store, settings, clock)
-            if own_thread_possible(settings.database_url)
+            if settings.webhook_sender_thread and own_thread_possible(settings.database_url)
             else WebhookSender(store, settings, clock)
         )
         await sender.start(sole_sender=not settings.cluster)

@@ -11,7 +11,9 @@ as for another process's (in a worker thread, never in the loop's). On PostgreSQ
 small pool of its own. A commit that wrote deliveries wakes it thread-safely.
 
 Python runs one thread at a time: the sender's own CPU is still the process's, but it
-no longer holds the sessions' loop while it waits on the database or a receiver.
+no longer holds the sessions' loop while it waits on the database or a receiver. Opt-in
+(``webhook_sender_thread``): on SQLite it made the sessions' acks slower, not faster
+(the interpreter and the write lock are shared; docs/performance.md).
 """
 
 from __future__ import annotations

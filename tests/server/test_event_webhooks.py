@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from standardwebhooks.webhooks import Webhook
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -145,10 +146,13 @@ async def busy_session(server: RunningServer, prompts: int) -> str:
     return sid
 
 
+@pytest.mark.parametrize("own_thread", [False, True], ids=["on-loop", "own-thread"])
 async def test_deliveries_are_signed_and_in_order_per_session(
-    database_url: str, tmp_path: Path
+    database_url: str, tmp_path: Path, own_thread: bool
 ) -> None:
-    settings = make_settings(database_url, tmp_path / "data", **FAST)
+    settings = make_settings(
+        database_url, tmp_path / "data", webhook_sender_thread=own_thread, **FAST
+    )
     async with receiving() as receiver, serve_in_process(settings) as server:
         hook = await subscribe(server.http, receiver.url)
         one, two = await asyncio.gather(busy_session(server, 3), busy_session(server, 2))

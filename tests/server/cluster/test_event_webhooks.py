@@ -24,7 +24,12 @@ pytestmark = pytest.mark.postgres
 
 
 async def test_each_delivery_goes_out_once_across_nodes(tmp_path: Path) -> None:
-    env = {"PARLEY_WEBHOOK_ALLOW_PRIVATE": "true", "PARLEY_WEBHOOK_POLL_S": "0.05"}
+    # The senders in threads of their own (on the loop: tests/server/test_event_webhooks.py).
+    env = {
+        "PARLEY_WEBHOOK_ALLOW_PRIVATE": "true",
+        "PARLEY_WEBHOOK_POLL_S": "0.05",
+        "PARLEY_WEBHOOK_SENDER_THREAD": "true",
+    }
     async with receiving() as receiver, cluster(tmp_path, 2, **env) as nodes:
         hook = await subscribe(nodes.http, receiver.url, events=["session.created", "member.added"])
         headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
