@@ -39,6 +39,7 @@ from server.http.models import Health, Readiness
 from server.http.rest import Operation, authenticate, error_response, openapi_document, route
 from server.keys import resolve_keys
 from server.metrics import Metrics
+from server.outbound.sender_thread import SenderThread, own_thread_possible
 from server.outbound.webhook_sender import WebhookSender
 from server.providers.registry import open_models
 from server.runtime.rooms import RoomRegistry
@@ -219,7 +220,12 @@ def create_app(
             if recovered:
                 log.info("resumed sessions with pending prompts", extra={"sessions": recovered})
         rooms.start_reaper()
-        sender = WebhookSender(store, settings, clock)
+        # In a thread of its own if asked (not for a database only this engine reaches).
+        sender: SenderThread | WebhookSender = (
+            SenderThread(store, settings, clock)
+            if settings.webhook_sender_thread and own_thread_possible(settings.database_url)
+            else WebhookSender(store, settings, clock)
+        )
         await sender.start(sole_sender=not settings.cluster)
         # /metrics on a port of its own (a thread of prometheus_client's), e.g. for a
         # scraper inside the cluster while the API port faces the internet.

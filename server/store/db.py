@@ -19,7 +19,11 @@ MIGRATIONS_DIR = Path(migrations.__file__).parent
 
 
 def create_engine(
-    url: str, *, idle_in_transaction_s: float | None = None, sqlite_busy_timeout_s: float = 0.0
+    url: str,
+    *,
+    idle_in_transaction_s: float | None = None,
+    sqlite_busy_timeout_s: float = 0.0,
+    pool_size: int = 10,
 ) -> AsyncEngine:
     """An async engine; on a SQLite file, one whose connections call SQLite from the
     event loop's thread (``server.store.sqlite_inline``), waiting on no lock there unless
@@ -28,7 +32,8 @@ def create_engine(
     ``idle_in_transaction_s`` (PostgreSQL): the server ends a session whose transaction
     waits on the client longer than this. A cluster node that stalls (paused, swapped
     out) in the middle of a write holds row locks, the lease row's among them, and the
-    node taking the session over would wait on them for as long as it stalls."""
+    node taking the session over would wait on them for as long as it stalls.
+    ``pool_size`` (PostgreSQL): connections kept, and as many more at busy times."""
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
         connect_args: dict[str, Any] = {}
@@ -36,7 +41,11 @@ def create_engine(
             timeout_ms = str(max(1, round(idle_in_transaction_s * 1000)))
             connect_args["server_settings"] = {"idle_in_transaction_session_timeout": timeout_ms}
         return create_async_engine(
-            url, pool_size=10, max_overflow=10, pool_pre_ping=True, connect_args=connect_args
+            url,
+            pool_size=pool_size,
+            max_overflow=pool_size,
+            pool_pre_ping=True,
+            connect_args=connect_args,
         )
     path = file_path(parsed)
     if path is None:  # in memory: aiosqlite's own connection, on its thread

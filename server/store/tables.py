@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     ForeignKey,
     Index,
@@ -14,6 +15,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    false,
 )
 
 metadata = MetaData()
@@ -264,16 +266,18 @@ webhook_deliveries = Table(
     Column("next_at", BigInteger, nullable=False),  # ms: due (pending), lease end (sending)
     Column("retry_from", BigInteger, nullable=False),  # ms: retries end a period after
     Column("created_at", BigInteger, nullable=False),
+    # The first unfinished delivery of its subscription and session: the only one of
+    # them the sender may claim (``server.store.webhooks``).
+    Column("head", Boolean, nullable=False, server_default=false()),
 )
-Index(
-    "ix_webhook_deliveries_due",
-    webhook_deliveries.c.status,
-    webhook_deliveries.c.next_at,
-)
+# The claim: due heads, earliest first, an index range whatever the backlog.
+Index("ix_webhook_deliveries_head", webhook_deliveries.c.head, webhook_deliveries.c.next_at)
+# A session's deliveries in order: its head, and the one after it.
 Index(
     "ix_webhook_deliveries_order",
     webhook_deliveries.c.webhook_id,
     webhook_deliveries.c.session_id,
+    webhook_deliveries.c.head,
     webhook_deliveries.c.id,
 )
 

@@ -5,6 +5,15 @@ session creation and deletion), so a delivery exists exactly when its event comm
 The delivery worker (``server.outbound.webhook_sender``) claims due rows with ``claim`` and records
 each attempt with ``record``.
 
+One session's deliveries to one subscription go out one after another, in order: only
+the first unfinished one, its *head* (``webhook_deliveries.head``), may be claimed. The
+head is kept by ``enqueue`` (a new delivery is the head when its session has none) and
+moves on when it is delivered or given up (``record``) or an older one is retried
+(``retry``), so a claim reads an index range of due heads, whatever the backlog. On
+PostgreSQL the writes that look at a session's head take a transaction lock on it first
+(``_lock_heads``): otherwise a delivery enqueued while its head completes could be seen
+by neither and wait forever. SQLite writes one transaction at a time anyway.
+
 The subscriptions an event write matches are kept in memory (``Subscriptions``) and read
 again only when ``webhook_version`` moved: every change of a subscription, on any node,
 counts it up in its own transaction, and an event write reads the counter in a statement
@@ -20,7 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ScalarSelect, and_, delete, exists, func, insert, select, update
+from sqlalchemy import ScalarSelect, delete, false, func, insert, select, text, true, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from server.store.tables import webhook_attempts, webhook_deliveries, webhook_version, webhooks
@@ -49,6 +58,7 @@ class Claimed:
 
     id: str
     webhook_id: str
+    session_id: str
     url: str
     secret: str
     message_id: str
@@ -139,6 +149,23 @@ async def enqueue(
     for seq, at_ms, kind, data in events:
         found += [(at_ms, o) for o in outgoing(subscriptions, session_id, seq, at_ms, kind, data)]
     if found:
+        keys = sorted({o.webhook_id for _, o in found})
+        await _lock_heads(connection, [(key, session_id) for key in keys])
+        d = webhook_deliveries
+        headed = set(
+            (
+                await connection.execute(
+                    select(d.c.webhook_id).where(
+                        d.c.webhook_id.in_(keys), d.c.session_id == session_id, d.c.head == true()
+                    )
+                )
+            ).scalars()
+        )
+        heads: set[int] = set()
+        for index, (_, o) in enumerate(found):  # ids follow this order: the first is oldest
+            if o.webhook_id not in headed:
+                headed.add(o.webhook_id)
+                heads.add(index)
         await connection.execute(
             insert(webhook_deliveries),
             [
@@ -153,8 +180,9 @@ async def enqueue(
                     "next_at": at_ms,
                     "retry_from": at_ms,
                     "created_at": at_ms,
+                    "head": index in heads,
                 }
-                for at_ms, o in found
+                for index, (at_ms, o) in enumerate(found)
             ],
         )
     return len(found)
@@ -249,33 +277,71 @@ async def delete_webhook(connection: AsyncConnection, webhook_id: str) -> bool:
 # -- deliveries ---------------------------------------------------------------------------
 
 
+async def _lock_heads(connection: AsyncConnection, keys: Sequence[tuple[str, str]]) -> None:
+    """PostgreSQL: hold the heads of these (subscription, session) pairs until the
+    transaction ends, so that the next statement sees every delivery of theirs committed
+    before. Take them in sorted order (no deadlock between two writers)."""
+    if connection.dialect.name != "postgresql":
+        return
+    for webhook_id, session_id in keys:
+        await connection.execute(
+            text("SELECT pg_advisory_xact_lock(hashtext(:w), hashtext(:s))"),
+            {"w": webhook_id, "s": session_id},
+        )
+
+
+async def _advance_head(
+    connection: AsyncConnection, webhook_id: str, session_id: str, head: int
+) -> None:
+    """``head`` is finished: the session's next unfinished delivery becomes the head."""
+    d = webhook_deliveries
+    await connection.execute(update(d).where(d.c.id == head).values(head=False))
+    following = (
+        await connection.execute(
+            select(d.c.id)
+            .where(
+                d.c.webhook_id == webhook_id,
+                d.c.session_id == session_id,
+                d.c.head == false(),
+                d.c.id > head,
+                d.c.status.in_((PENDING, SENDING)),
+            )
+            .order_by(d.c.id)
+            .limit(1)
+        )
+    ).first()
+    if following is not None:
+        await connection.execute(update(d).where(d.c.id == following.id).values(head=True))
+
+
 async def claim(connection: AsyncConnection, now: int, lease_ms: int, limit: int) -> list[Claimed]:
     """Take up to ``limit`` due deliveries of active subscriptions for one attempt each,
     leased until ``now + lease_ms`` (a claimer that dies leaves them due again then).
 
-    A delivery is due only when it is the oldest unfinished one of its subscription and
-    session: one session's deliveries go out one after another, in order. PostgreSQL
-    skips rows another node holds (``FOR UPDATE SKIP LOCKED``); on SQLite one writer at a
-    time claims."""
+    Only heads are claimed: one session's deliveries go out one after another, in order.
+    The cost is the due heads read (plus the heads of paused and disabled subscriptions
+    due before them), not the backlog behind them. PostgreSQL skips rows another node
+    holds (``FOR UPDATE SKIP LOCKED``); on SQLite one writer at a time claims."""
     d = webhook_deliveries
-    earlier = d.alias("earlier")
-    unfinished = (PENDING, SENDING)
-    head = ~exists(
-        select(earlier.c.id).where(
-            and_(
-                earlier.c.webhook_id == d.c.webhook_id,
-                earlier.c.session_id == d.c.session_id,
-                earlier.c.status.in_(unfinished),
-                earlier.c.id < d.c.id,
-            )
-        )
-    )
     query = (
-        select(d.c.id, d.c.webhook_id, d.c.message_id, d.c.payload, d.c.attempts, d.c.retry_from)
+        select(
+            d.c.id,
+            d.c.webhook_id,
+            d.c.session_id,
+            d.c.message_id,
+            d.c.payload,
+            d.c.attempts,
+            d.c.retry_from,
+        )
         .add_columns(webhooks.c.url, webhooks.c.secret)
         .join(webhooks, webhooks.c.id == d.c.webhook_id)
-        .where(d.c.status.in_(unfinished), d.c.next_at <= now, webhooks.c.status == ACTIVE, head)
-        .order_by(d.c.id)
+        .where(
+            d.c.head == true(),
+            d.c.next_at <= now,
+            d.c.status.in_((PENDING, SENDING)),
+            webhooks.c.status == ACTIVE,
+        )
+        .order_by(d.c.next_at, d.c.id)
         .limit(limit)
     )
     if connection.dialect.name == "postgresql":
@@ -292,6 +358,7 @@ async def claim(connection: AsyncConnection, now: int, lease_ms: int, limit: int
         Claimed(
             str(row.id),
             row.webhook_id,
+            row.session_id,
             row.url,
             row.secret,
             row.message_id,
@@ -304,13 +371,14 @@ async def claim(connection: AsyncConnection, now: int, lease_ms: int, limit: int
 
 
 async def next_due(connection: AsyncConnection) -> int | None:
-    """When the earliest unfinished delivery falls due (ms), or None when none waits."""
+    """When the earliest unfinished delivery of an active subscription falls due (ms), or
+    None when none waits (only heads can be due)."""
     d = webhook_deliveries
     found = (
         await connection.execute(
             select(d.c.next_at)
             .join(webhooks, webhooks.c.id == d.c.webhook_id)
-            .where(d.c.status.in_((PENDING, SENDING)), webhooks.c.status == ACTIVE)
+            .where(d.c.head == true(), webhooks.c.status == ACTIVE)
             .order_by(d.c.next_at)
             .limit(1)
         )
@@ -345,8 +413,9 @@ async def record(
     ``failure_limit``; a success ends the run. Nothing for a delivery deleted meanwhile
     (with its subscription)."""
     d = webhook_deliveries
-    found = await connection.execute(select(d.c.id).where(d.c.id == int(delivery.id)))
-    if found.first() is None:
+    await _lock_heads(connection, [(delivery.webhook_id, delivery.session_id)])
+    stored = (await connection.execute(select(d.c.head).where(d.c.id == int(delivery.id)))).first()
+    if stored is None:
         return
     await connection.execute(
         insert(webhook_attempts).values(
@@ -365,9 +434,11 @@ async def record(
     else:
         values.update(status=PENDING, next_at=retry_at)
     # Only while still claimed: a retry asked for meanwhile keeps its own state.
-    await connection.execute(
+    changed = await connection.execute(
         update(d).where(d.c.id == int(delivery.id), d.c.status == SENDING).values(values)
     )
+    if changed.rowcount and values.get("status") in (DELIVERED, FAILED) and stored.head:
+        await _advance_head(connection, delivery.webhook_id, delivery.session_id, int(delivery.id))
     w = webhooks
     if attempt.ok:
         await connection.execute(update(w).where(w.c.id == delivery.webhook_id).values(failures=0))
@@ -413,14 +484,38 @@ async def list_deliveries(
 
 
 async def retry(connection: AsyncConnection, webhook_id: str, delivery_id: int, now: int) -> bool:
-    """Make a delivery due now, with a new retry period; False for an unknown one."""
+    """Make a delivery due now, with a new retry period; False for an unknown one. It
+    goes out once the session's older unfinished deliveries are done, and before its
+    younger ones (it becomes their head)."""
     d = webhook_deliveries
+    found = (
+        await connection.execute(
+            select(d.c.session_id).where(d.c.id == delivery_id, d.c.webhook_id == webhook_id)
+        )
+    ).first()
+    if found is None:
+        return False
+    session_id = found.session_id
+    await _lock_heads(connection, [(webhook_id, session_id)])
     result = await connection.execute(
         update(d)
         .where(d.c.id == delivery_id, d.c.webhook_id == webhook_id)
         .values(status=PENDING, next_at=now, retry_from=now)
     )
-    return bool(result.rowcount)
+    if not result.rowcount:  # deleted meanwhile
+        return False
+    head = (
+        await connection.execute(
+            select(d.c.id).where(
+                d.c.webhook_id == webhook_id, d.c.session_id == session_id, d.c.head == true()
+            )
+        )
+    ).first()
+    if head is None or int(head.id) > delivery_id:
+        if head is not None:
+            await connection.execute(update(d).where(d.c.id == head.id).values(head=False))
+        await connection.execute(update(d).where(d.c.id == delivery_id).values(head=True))
+    return True
 
 
 async def prune(connection: AsyncConnection, before: int) -> int:

@@ -7,12 +7,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from standardwebhooks.webhooks import Webhook
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -102,6 +103,16 @@ async def deliveries(http: httpx.AsyncClient, webhook_id: str) -> list[dict[str,
     return found
 
 
+def all_recorded(http: httpx.AsyncClient, webhook_id: str) -> Callable[[], Awaitable[bool]]:
+    """Whether every delivery is recorded delivered (a receiver has a POST before its
+    sender records the attempt)."""
+
+    async def recorded() -> bool:
+        return all(d["status"] == "delivered" for d in await deliveries(http, webhook_id))
+
+    return recorded
+
+
 async def expected_types(server: RunningServer, sid: str) -> list[str]:
     """The webhook types of a live session's semantic events, in its order."""
     response = await server.http.get(f"/api/v1/sessions/{sid}/events")
@@ -135,10 +146,13 @@ async def busy_session(server: RunningServer, prompts: int) -> str:
     return sid
 
 
+@pytest.mark.parametrize("own_thread", [False, True], ids=["on-loop", "own-thread"])
 async def test_deliveries_are_signed_and_in_order_per_session(
-    database_url: str, tmp_path: Path
+    database_url: str, tmp_path: Path, own_thread: bool
 ) -> None:
-    settings = make_settings(database_url, tmp_path / "data", **FAST)
+    settings = make_settings(
+        database_url, tmp_path / "data", webhook_sender_thread=own_thread, **FAST
+    )
     async with receiving() as receiver, serve_in_process(settings) as server:
         hook = await subscribe(server.http, receiver.url)
         one, two = await asyncio.gather(busy_session(server, 3), busy_session(server, 2))
@@ -173,6 +187,7 @@ async def test_deliveries_are_signed_and_in_order_per_session(
         }
         assert completed["data"]["text"] and completed["data"]["text_withheld"] is False
         # Each delivery's webhook-id is the one the deliveries list shows, and unique.
+        await until(all_recorded(server.http, hook["id"]), "every attempt recorded")
         listed = await deliveries(server.http, hook["id"])
         assert sorted(d["message_id"] for d in listed) == sorted(i for i, _ in verified)
         assert len({i for i, _ in verified}) == total

@@ -11,13 +11,25 @@ import pytest
 
 from tests.conftest import ADMIN_KEY
 from tests.server.cluster.nodes import cluster
-from tests.server.test_event_webhooks import deliveries, per_session, receiving, subscribe, until
+from tests.server.test_event_webhooks import (
+    all_recorded,
+    deliveries,
+    per_session,
+    receiving,
+    subscribe,
+    until,
+)
 
 pytestmark = pytest.mark.postgres
 
 
 async def test_each_delivery_goes_out_once_across_nodes(tmp_path: Path) -> None:
-    env = {"PARLEY_WEBHOOK_ALLOW_PRIVATE": "true", "PARLEY_WEBHOOK_POLL_S": "0.05"}
+    # The senders in threads of their own (on the loop: tests/server/test_event_webhooks.py).
+    env = {
+        "PARLEY_WEBHOOK_ALLOW_PRIVATE": "true",
+        "PARLEY_WEBHOOK_POLL_S": "0.05",
+        "PARLEY_WEBHOOK_SENDER_THREAD": "true",
+    }
     async with receiving() as receiver, cluster(tmp_path, 2, **env) as nodes:
         hook = await subscribe(nodes.http, receiver.url, events=["session.created", "member.added"])
         headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
@@ -56,5 +68,6 @@ async def test_each_delivery_goes_out_once_across_nodes(tmp_path: Path) -> None:
             assert types == ["session.created", "member.added", "member.added", "member.added"]
             seqs = [p["data"]["event_seq"] for p in sessions[sid]]
             assert seqs == [0, 1, 2, 3]
+        await until(all_recorded(nodes.http, hook["id"]), "every attempt recorded")
         listed = await deliveries(nodes.http, hook["id"])
         assert all(len(d["attempts"]) == 1 for d in listed) and len(listed) == 32

@@ -1,0 +1,234 @@
+"""The webhook outbox's heads: only a session's first unfinished delivery is claimed, and
+the head moves on as deliveries finish, fail for good, are retried or deleted."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+
+import pytest
+from alembic import command
+from sqlalchemy import insert, select, text
+
+from server.store.db import alembic_config, create_engine, migrate
+from server.store.sessions import Store
+from server.store.tables import webhook_deliveries, webhooks
+from server.store.webhooks import (
+    Attempt,
+    Claimed,
+    claim,
+    create_webhook,
+    delete_webhook,
+    next_due,
+    record,
+    retry,
+)
+from session.events import MemberJoined
+
+LEASE_MS = 1000
+OK = Attempt(0, 1, 204, None)
+REFUSED = Attempt(0, 1, 500, None)
+
+
+@pytest.fixture
+async def store(database_url: str) -> AsyncIterator[Store]:
+    await asyncio.to_thread(migrate, database_url)
+    store = Store(create_engine(database_url))
+    try:
+        for name in ("s1", "s2"):
+            await store.create_session(name, "t", "queue", 0)
+        yield store
+    finally:
+        await store.close()
+
+
+async def _subscribe(store: Store) -> str:
+    async with store.transaction() as tx:
+        hook = await create_webhook(tx.connection, "http://x/", ["member.added"], None, "k", 0)
+    return hook.id
+
+
+async def _joined(store: Store, session_id: str, *names: str) -> None:
+    async with store.transaction() as tx:
+        await tx.append_events(
+            session_id, 1, [MemberJoined(n, "viewer", (), (), "admin") for n in names]
+        )
+
+
+async def _claim(store: Store, now: int) -> list[Claimed]:
+    async with store.transaction() as tx:
+        return await claim(tx.connection, now, LEASE_MS, 10)
+
+
+async def _record(store: Store, delivery: Claimed, attempt: Attempt, retry_at: int | None) -> None:
+    async with store.transaction() as tx:
+        await record(tx.connection, delivery, attempt, retry_at=retry_at, failure_limit=100)
+
+
+def _who(deliveries: list[Claimed]) -> list[tuple[str, str]]:
+    """(session, member) of each delivery, ordered by session."""
+    return sorted((d.session_id, json.loads(d.payload)["data"]["user_id"]) for d in deliveries)
+
+
+async def test_each_session_sends_in_order_across_a_failure_and_its_retry(store: Store) -> None:
+    await _subscribe(store)
+    await _joined(store, "s1", "a", "b")
+    await _joined(store, "s1", "c")
+    await _joined(store, "s2", "x")
+    first = await _claim(store, 10)
+    assert _who(first) == [("s1", "a"), ("s2", "x")]  # one head per session
+    a = next(d for d in first if d.session_id == "s1")
+    await _record(store, a, REFUSED, retry_at=50)
+    assert await _claim(store, 20) == []  # b waits behind a, a waits for its retry
+    async with store.read() as connection:
+        assert await next_due(connection) == 50
+    (again,) = await _claim(store, 50)
+    assert (again.id, again.attempts) == (a.id, 1)
+    await _record(store, again, OK, retry_at=None)
+    (b,) = await _claim(store, 60)
+    assert _who([b]) == [("s1", "b")]
+    await _record(store, b, OK, retry_at=None)
+    (c,) = await _claim(store, 70)
+    assert _who([c]) == [("s1", "c")]
+    await _record(store, c, OK, retry_at=None)
+    assert await _claim(store, 80) == []
+    async with store.read() as connection:  # s2's x, still leased
+        assert await next_due(connection) == 10 + LEASE_MS
+
+
+async def test_giving_up_moves_the_head_and_a_manual_retry_goes_first(store: Store) -> None:
+    hook = await _subscribe(store)
+    await _joined(store, "s1", "a", "b", "c")
+    (a,) = await _claim(store, 10)
+    await _record(store, a, REFUSED, retry_at=None)  # failed for good
+    (b,) = await _claim(store, 20)
+    assert _who([b]) == [("s1", "b")]
+    await _record(store, b, OK, retry_at=None)
+    async with store.transaction() as tx:
+        assert await retry(tx.connection, hook, int(a.id), 30)
+    (again,) = await _claim(store, 30)  # before c, which came after it
+    assert again.id == a.id
+    await _record(store, again, OK, retry_at=None)
+    (c,) = await _claim(store, 40)
+    assert _who([c]) == [("s1", "c")]
+    async with store.transaction() as tx:  # older than c, under way: b is the head again
+        assert await retry(tx.connection, hook, int(b.id), 50)
+    (b_again,) = await _claim(store, 60)
+    assert b_again.id == b.id
+    await _record(store, c, OK, retry_at=None)
+    await _record(store, b_again, OK, retry_at=None)
+    assert await _claim(store, 70) == []
+    async with store.read() as connection:
+        assert await next_due(connection) is None
+
+
+async def test_a_deleted_subscription_leaves_the_others_heads(store: Store) -> None:
+    gone = await _subscribe(store)
+    kept = await _subscribe(store)
+    await _joined(store, "s1", "a", "b")
+    claimed = await _claim(store, 10)
+    assert sorted(d.webhook_id for d in claimed) == sorted([gone, kept])
+    async with store.transaction() as tx:
+        assert await delete_webhook(tx.connection, gone)
+    for delivery in claimed:  # the deleted one's attempt is dropped
+        await _record(store, delivery, OK, retry_at=None)
+    (b,) = await _claim(store, 20)
+    assert (b.webhook_id, _who([b])) == (kept, [("s1", "b")])
+    async with store.read() as connection:
+        rows = await connection.execute(select(webhook_deliveries.c.webhook_id).distinct())
+        assert [r.webhook_id for r in rows] == [kept]
+
+
+async def _waiting_for_a_lock(store: Store) -> None:
+    """Until a transaction of this database waits for a lock (bounded)."""
+    for _ in range(200):
+        async with store.read() as connection:
+            waiting = await connection.execute(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                )
+            )
+            if waiting.scalar_one():
+                return
+        await asyncio.sleep(0.02)
+    raise AssertionError("the completion never waited for the enqueue")
+
+
+async def test_a_delivery_enqueued_while_its_head_completes_is_claimed(
+    store: Store, database_url: str
+) -> None:
+    """PostgreSQL writes both at once: the head's completion waits for the enqueue (or
+    the other way round), so the new delivery becomes the head either way."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("SQLite writes one transaction at a time")
+    await _subscribe(store)
+    await _joined(store, "s1", "a")
+    (a,) = await _claim(store, 10)
+    enqueued = asyncio.Event()
+    release = asyncio.Event()
+
+    async def enqueue() -> None:
+        async with store.transaction() as tx:
+            await tx.append_events("s1", 1, [MemberJoined("b", "viewer", (), (), "admin")])
+            enqueued.set()
+            await release.wait()
+
+    writer = asyncio.create_task(enqueue())
+    await enqueued.wait()
+    completing = asyncio.create_task(_record(store, a, OK, retry_at=None))
+    await _waiting_for_a_lock(store)
+    release.set()
+    await asyncio.gather(writer, completing)
+    (b,) = await _claim(store, 20)
+    assert _who([b]) == [("s1", "b")]
+
+
+async def test_the_migration_gives_existing_deliveries_their_heads(database_url: str) -> None:
+    config = alembic_config(database_url)
+    await asyncio.to_thread(command.upgrade, config, "webhooks_0013")
+    engine = create_engine(database_url)
+    d = webhook_deliveries.c
+    rows = [  # (id, session, status): s1 delivered one, then two wait; s2 all delivered
+        (1, "s1", "delivered"),
+        (2, "s1", "pending"),
+        (3, "s1", "pending"),
+        (4, "s2", "delivered"),
+        (5, "s3", "sending"),
+    ]
+    try:
+        async with engine.begin() as connection:
+            await connection.execute(
+                insert(webhooks).values(
+                    id="wh",
+                    url="http://x/",
+                    events="[]",
+                    secret="k",
+                    status="active",
+                    failures=0,
+                    created_at=0,
+                )
+            )
+            for id_, session_id, status in rows:  # as the schema before had them: no head
+                await connection.execute(
+                    insert(webhook_deliveries).values(
+                        id=id_,
+                        webhook_id="wh",
+                        session_id=session_id,
+                        message_id=f"m{id_}",
+                        type="t",
+                        payload="{}",
+                        status=status,
+                        attempts=0,
+                        next_at=0,
+                        retry_from=0,
+                        created_at=0,
+                    )
+                )
+        await asyncio.to_thread(command.upgrade, config, "head")
+        async with engine.connect() as connection:
+            heads = await connection.execute(select(d.id).where(d.head).order_by(d.id))
+            assert [h.id for h in heads] == [2, 5]
+    finally:
+        await engine.dispose()
