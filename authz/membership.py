@@ -25,8 +25,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from authz.policy import Decision, Read, Readers, Subject, decide
-from authz.roles import Capability, Member, RoleTable, capabilities_of
+from parley.authz.policy import Decision, Read, Readers, Subject, decide
+from parley.authz.roles import Capability, Member, RoleTable, capabilities_of
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,8 +15,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from authz.roles import Capability, Member, RoleTable, capabilities_of
-from session.errors import Forbidden, InvalidInput
+from parley.authz.roles import Capability, Member, RoleTable, capabilities_of
+from parley.session.errors import Forbidden, InvalidInput
 
 
 @dataclass(frozen=True, slots=True)

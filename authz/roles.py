@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from session.errors import InvalidInput
+from parley.session.errors import InvalidInput
 
 
 class Role(StrEnum):

@@ -10,12 +10,12 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from authz.policy import Do, Read, Restriction, Subject, UseTool, decide, restrict
-from authz.roles import Capability
-from session.context import BuiltContext
-from session.errors import Forbidden
-from session.model import ToolSpec
-from session.schema import Entry
+from parley.authz.policy import Do, Read, Restriction, Subject, UseTool, decide, restrict
+from parley.authz.roles import Capability
+from parley.session.context import BuiltContext
+from parley.session.errors import Forbidden
+from parley.session.model import ToolSpec
+from parley.session.schema import Entry
 
 
 @dataclass(frozen=True, slots=True)

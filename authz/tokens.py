@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import jwt
 
-from session.errors import Unauthenticated
+from parley.session.errors import Unauthenticated
 
 ALGORITHM = "HS256"
 AUDIENCE = "parley-session"

@@ -35,9 +35,9 @@ import httpx
 import websockets
 from pycrdt import Doc, write_var_uint
 
-from session.errors import TooLarge
-from session.schema import QueuedItem, SessionDocument
-from session.yprotocol import (
+from parley.session.errors import TooLarge
+from parley.session.schema import QueuedItem, SessionDocument
+from parley.session.yprotocol import (
     AwarenessState,
     SyncType,
     delete_set_of,

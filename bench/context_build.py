@@ -33,14 +33,14 @@ from collections import Counter
 from dataclasses import dataclass, replace
 from typing import Any
 
-from server.providers.anthropic import render as anthropic_wire
-from server.providers.openai import render as openai_wire
-from session.attribution import Fact, attribution_line, escape_text, name, one_line
-from session.context import BuiltContext, ContextBuilder, ContextSettings, quoted
-from session.dedup import minhash
-from session.fold import HistoryFold
-from session.schema import Entry, EntryKind
-from session.tokens import count_tokens, tokenizer_name
+from parley.server.providers.anthropic import render as anthropic_wire
+from parley.server.providers.openai import render as openai_wire
+from parley.session.attribution import Fact, attribution_line, escape_text, name, one_line
+from parley.session.context import BuiltContext, ContextBuilder, ContextSettings, quoted
+from parley.session.dedup import minhash
+from parley.session.fold import HistoryFold
+from parley.session.schema import Entry, EntryKind
+from parley.session.tokens import count_tokens, tokenizer_name
 
 USERS = ["alice", "bob", "carol", "dan", "erin", "frank", "grace", "heidi"]
 _SYLLABLES = [c + v for c in "bcdfghklmnprstvwz" for v in ("a", "e", "i", "o", "u", "ai", "ou")]

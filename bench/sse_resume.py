@@ -110,7 +110,7 @@ def spawn_server(data_dir: Path, port: int, subscribers: int, token_delay_ms: fl
     }
     log = open(data_dir / "server.log", "ab")  # noqa: SIM115 -- closed by ``stop``
     process = subprocess.Popen(
-        [sys.executable, "-m", "server.cli", "serve", "--port", str(port)],
+        [sys.executable, "-m", "parley.server.cli", "serve", "--port", str(port)],
         env=env,
         cwd=REPO,
         stdout=log,

@@ -34,7 +34,7 @@ import asyncpg
 import httpx
 import websockets
 
-from server.store.db import migrate
+from parley.server.store.db import migrate
 from tests.conftest import POSTGRES_URL, ServerProcess, free_port, postgres_database, sqlite_url
 from tests.stock_client import StockYjsClient
 from tests.yclient import YClient

@@ -29,7 +29,7 @@ import httpx
 import websockets
 
 from bench.wsclient import WSClient, connect
-from session.yprotocol import SyncType, encode_sync
+from parley.session.yprotocol import SyncType, encode_sync
 
 ADMIN_KEY = "bench-admin-key"
 SECRET_KEY = "bench-secret-key-0123456789abcdef0123"
@@ -95,7 +95,7 @@ def spawn(args: argparse.Namespace, port: int, data: Path) -> subprocess.Popen[b
     }
     with open(data / "server.log", "wb") as log:
         return subprocess.Popen(
-            [sys.executable, "-m", "server.cli", "serve", "--port", str(port)],
+            [sys.executable, "-m", "parley.server.cli", "serve", "--port", str(port)],
             cwd=args.repo,
             env=env,
             stdout=log,

@@ -17,10 +17,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from server.store.db import create_engine, migrate
-from server.store.sessions import Store
-from server.store.webhooks import claim, create_webhook, next_due
-from session.events import PromptAccepted
+from parley.server.store.db import create_engine, migrate
+from parley.server.store.sessions import Store
+from parley.server.store.webhooks import claim, create_webhook, next_due
+from parley.session.events import PromptAccepted
 
 ROUNDS = 20
 

@@ -26,7 +26,7 @@ from standardwebhooks.webhooks import Webhook
 
 from bench.webhook_load import commands_per_s
 from bench.webhook_rig import Arrival, Receiver, hook_target, paced_load, receiving
-from session.webhook_events import SESSION_CREATED, TYPES, webhook_types
+from parley.session.webhook_events import SESSION_CREATED, TYPES, webhook_types
 
 DRAIN_POLL_S = 0.5
 

@@ -7,8 +7,8 @@ import asyncio
 from alembic import context
 from sqlalchemy.engine import Connection
 
-from server.store.db import create_engine
-from server.store.tables import metadata
+from parley.server.store.db import create_engine
+from parley.server.store.tables import metadata
 
 config = context.config
 MIGRATION_LOCK_WAIT_S = 30.0

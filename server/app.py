@@ -21,8 +21,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from server.cluster.node import ClusterNode
-from server.http import (
+from parley.server.cluster.node import ClusterNode
+from parley.server.http import (
     access,
     context,
     events,
@@ -34,26 +34,26 @@ from server.http import (
     usage,
     webhooks,
 )
-from server.http.demo import DemoFiles
-from server.http.models import Health, Readiness
-from server.http.rest import Operation, authenticate, error_response, openapi_document, route
-from server.keys import resolve_keys
-from server.metrics import Metrics
-from server.outbound.sender_thread import SenderThread, own_thread_possible
-from server.outbound.webhook_sender import WebhookSender
-from server.providers.registry import open_models
-from server.runtime.rooms import RoomRegistry
-from server.settings import Settings
-from server.state import AppState
-from server.store.db import create_engine, current_revision, head_revision
-from server.store.health import StorageHealth
-from server.store.sessions import Store
-from server.version import version
-from server.ws.direct_send import DirectSendMiddleware
-from server.ws.endpoint import session_socket
-from server.ws.send_budget import SendBudget
-from session.errors import Forbidden, NotFound, ParleyError, SchemaNotCurrent, Unavailable
-from session.model import ModelProvider
+from parley.server.http.demo import DemoFiles
+from parley.server.http.models import Health, Readiness
+from parley.server.http.rest import Operation, authenticate, error_response, openapi_document, route
+from parley.server.keys import resolve_keys
+from parley.server.metrics import Metrics
+from parley.server.outbound.sender_thread import SenderThread, own_thread_possible
+from parley.server.outbound.webhook_sender import WebhookSender
+from parley.server.providers.registry import open_models
+from parley.server.runtime.rooms import RoomRegistry
+from parley.server.settings import Settings
+from parley.server.state import AppState
+from parley.server.store.db import create_engine, current_revision, head_revision
+from parley.server.store.health import StorageHealth
+from parley.server.store.sessions import Store
+from parley.server.version import version
+from parley.server.ws.direct_send import DirectSendMiddleware
+from parley.server.ws.endpoint import session_socket
+from parley.server.ws.send_budget import SendBudget
+from parley.session.errors import Forbidden, NotFound, ParleyError, SchemaNotCurrent, Unavailable
+from parley.session.model import ModelProvider
 
 log = logging.getLogger("parley.app")
 

@@ -23,15 +23,15 @@ from pydantic_settings import SettingsError
 from sqlalchemy.exc import DBAPIError
 from starlette.applications import Starlette
 
-from server.app import create_app
-from server.keys import Keys, resolve_keys
-from server.logs import configure_logging
-from server.settings import Settings, missing_api_keys
-from server.state import AppState
-from server.store.db import alembic_config, create_engine, current_revision, migrate
-from server.version import version
-from session.errors import ConfigurationError
-from session.tokens import tokenizer_name
+from parley.server.app import create_app
+from parley.server.keys import Keys, resolve_keys
+from parley.server.logs import configure_logging
+from parley.server.settings import Settings, missing_api_keys
+from parley.server.state import AppState
+from parley.server.store.db import alembic_config, create_engine, current_revision, migrate
+from parley.server.version import version
+from parley.session.errors import ConfigurationError
+from parley.session.tokens import tokenizer_name
 
 log = logging.getLogger("parley.cli")
 
@@ -192,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
             "Every setting is also read from the environment (PARLEY_<NAME>, e.g. "
             "PARLEY_PORT) and from a .env file in the working directory; a flag wins over "
             "both. Another ASGI server can run the app too: "
-            "uvicorn server.app:create_app --factory."
+            "uvicorn parley.server.app:create_app --factory."
         ),
     )
     parser.add_argument("--version", action="version", version=f"parley {version()}")

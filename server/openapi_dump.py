@@ -1,9 +1,9 @@
-"""``python -m server.openapi_dump``: the OpenAPI document the app serves, on stdout.
+"""``python -m parley.server.openapi_dump``: the OpenAPI document the app serves, on stdout.
 
 ``docs/openapi.json`` is this output, rendered by the docs site (``docs/openapi.md``);
 ``tests/docs/test_openapi_json.py`` fails when the file differs from what a live server
 answers, so regenerate it after changing a route:
-``python -m server.openapi_dump > docs/openapi.json``.
+``python -m parley.server.openapi_dump > docs/openapi.json``.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from typing import Any
 
 import httpx
 
-from server.app import create_app
-from server.http.home import OPENAPI
-from server.settings import Settings
+from parley.server.app import create_app
+from parley.server.http.home import OPENAPI
+from parley.server.settings import Settings
 
 
 async def served_document() -> dict[str, Any]:

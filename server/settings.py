@@ -9,7 +9,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from authz.origins import check_allowed_origins
+from parley.authz.origins import check_allowed_origins
 
 OFFLINE_MODEL = "offline"
 

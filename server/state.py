@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from server.keys import Keys
-from server.metrics import Metrics
-from server.runtime.rooms import RoomRegistry
-from server.settings import Settings
-from server.store.sessions import Store
-from server.ws.send_budget import SendBudget
+from parley.server.keys import Keys
+from parley.server.metrics import Metrics
+from parley.server.runtime.rooms import RoomRegistry
+from parley.server.settings import Settings
+from parley.server.store.sessions import Store
+from parley.server.ws.send_budget import SendBudget
 
 
 @dataclass(slots=True)

@@ -17,9 +17,9 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from session.attribution import has_line_break
-from session.errors import InvalidInput, ParleyError, TooLarge, UnknownCommand
-from session.queue import Policy
+from parley.session.attribution import has_line_break
+from parley.session.errors import InvalidInput, ParleyError, TooLarge, UnknownCommand
+from parley.session.queue import Policy
 
 MAX_COMMAND_ID_CHARS = 128
 

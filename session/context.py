@@ -21,13 +21,13 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 
-from session.attribution import Fact, escape_text, name, one_line
-from session.fold import FoldedItem, HistoryFold, attribution, render
-from session.lifecycle import PromptStatus, ReplyStatus
-from session.model import ModelMessage, ModelRequest
-from session.schema import MESSAGE_STATUS, Entry, EntryKind
-from session.summary import Summary, newest_within
-from session.tokens import count_tokens, tokenizer_name
+from parley.session.attribution import Fact, escape_text, name, one_line
+from parley.session.fold import FoldedItem, HistoryFold, attribution, render
+from parley.session.lifecycle import PromptStatus, ReplyStatus
+from parley.session.model import ModelMessage, ModelRequest
+from parley.session.schema import MESSAGE_STATUS, Entry, EntryKind
+from parley.session.summary import Summary, newest_within
+from parley.session.tokens import count_tokens, tokenizer_name
 
 TOOL_DONE = "done"  # a tool step that returned a result (not an error or a refusal)
 

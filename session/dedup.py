@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import NDArray
 
-from session.memo import memo_by_digest
+from parley.session.memo import memo_by_digest
 
 SHINGLE_BYTES = 5
 MAX_SHINGLES = 512

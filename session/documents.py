@@ -11,7 +11,7 @@ import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from session.attribution import escape_text
+from parley.session.attribution import escape_text
 
 _WORD = re.compile(r"\w{2,}", re.UNICODE)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pycrdt import get_update, merge_updates
 
-from session.yprotocol import ProtocolError, SyncType, encode_sync
+from parley.session.yprotocol import ProtocolError, SyncType, encode_sync
 
 EMPTY_STATE_VECTOR = b"\x00"
 MIN_FOLD_BYTES = 64 * 1024

@@ -43,7 +43,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from session.closes import CloseCode
+from parley.session.closes import CloseCode
 
 
 class ErrorCode(StrEnum):

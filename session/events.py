@@ -36,7 +36,7 @@ from dataclasses import dataclass, fields
 from enum import Enum
 from typing import Any, ClassVar, get_args
 
-from session.reasons import Ending, ReasonCode
+from parley.session.reasons import Ending, ReasonCode
 
 # The session settings a ``settings_changed`` event may show, with their new value.
 SHOWN_SETTINGS = frozenset({"title", "policy", "model", "restricted_replies"})

@@ -23,10 +23,10 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
-from session.attribution import attribution_line, escape_text, name
-from session.dedup import NearDuplicateIndex, blocks, minhash, normalise
-from session.schema import Entry, EntryKind
-from session.tokens import count_tokens
+from parley.session.attribution import attribution_line, escape_text, name
+from parley.session.dedup import NearDuplicateIndex, blocks, minhash, normalise
+from parley.session.schema import Entry, EntryKind
+from parley.session.tokens import count_tokens
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from session.errors import Conflict
+from parley.session.errors import Conflict
 
 
 class PromptStatus(StrEnum):

@@ -17,8 +17,12 @@ from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any
 
-from session.errors import Forbidden, TooLarge
-from session.yprotocol import AwarenessState, decode_awareness_update, encode_awareness_update
+from parley.session.errors import Forbidden, TooLarge
+from parley.session.yprotocol import (
+    AwarenessState,
+    decode_awareness_update,
+    encode_awareness_update,
+)
 
 MAX_CLIENTS_PER_SOCKET = 8
 

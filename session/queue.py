@@ -26,8 +26,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from session.errors import Busy, QueueFull
-from session.lifecycle import IllegalTransition
+from parley.session.errors import Busy, QueueFull
+from parley.session.lifecycle import IllegalTransition
 
 
 class Policy(StrEnum):

@@ -10,7 +10,7 @@ import datetime
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from session.model import Usage
+from parley.session.model import Usage
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from session.yprotocol import AwarenessMessage, ClientMessage, SyncMessage, SyncType
+from parley.session.yprotocol import AwarenessMessage, ClientMessage, SyncMessage, SyncType
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,7 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from session.lifecycle import PromptStatus, ReplyStatus
+from parley.session.lifecycle import PromptStatus, ReplyStatus
 
 
 class ReasonCode(StrEnum):

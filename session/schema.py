@@ -34,16 +34,16 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from pycrdt import Array, Doc, Map, Text, TransactionEvent
 
-from session.attribution import Fact
-from session.errors import InvalidInput, NotFound
-from session.lifecycle import (
+from parley.session.attribution import Fact
+from parley.session.errors import InvalidInput, NotFound
+from parley.session.lifecycle import (
     PromptStatus,
     ReplyStatus,
     check_prompt_transition,
     check_reply_transition,
 )
-from session.queue import OrderingQueue, PendingPrompt, Policy, QueueLimits, Run
-from session.reasons import Ending
+from parley.session.queue import OrderingQueue, PendingPrompt, Policy, QueueLimits, Run
+from parley.session.reasons import Ending
 
 SCHEMA_VERSION = 1
 MESSAGE_STATUS = "posted"

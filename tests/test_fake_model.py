@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from session.attribution import attribution_line
+from parley.session.attribution import attribution_line
 from tests.fake_model import Sent, askers
 
 

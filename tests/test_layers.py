@@ -59,18 +59,31 @@ def _layer(module: str) -> str:
     return CORE if module == CORE or module.startswith(CORE + ".") else module.split(".")[0]
 
 
-def _imported(tree: ast.Module) -> Iterator[tuple[int, str]]:
-    """Top-level names of every absolute import (``TYPE_CHECKING`` ones included)."""
+def _project_name(module: str) -> str:
+    """``parley.session.core.x`` as ``session.core.x``: the layers are the packages under
+    the one import package ``parley``."""
+    return module.removeprefix("parley.")
+
+
+def _absolute_imports(tree: ast.Module) -> Iterator[tuple[int, str]]:
+    """Every module an absolute import names (``from a import b``: ``a.b`` too, since ``b``
+    may be a module), ``TYPE_CHECKING`` ones included."""
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             for alias in node.names:
-                yield node.lineno, _layer(alias.name)
+                yield node.lineno, alias.name
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            if node.module == "session":  # ``from session import core``
+            if node.module in {"parley", "parley.session"}:  # ``from parley import server``
                 for alias in node.names:
-                    yield node.lineno, _layer(f"session.{alias.name}")
+                    yield node.lineno, f"{node.module}.{alias.name}"
             else:
-                yield node.lineno, _layer(node.module)
+                yield node.lineno, node.module
+
+
+def _imported(tree: ast.Module) -> Iterator[tuple[int, str]]:
+    """The layer of every absolute import."""
+    for line, module in _absolute_imports(tree):
+        yield line, _layer(_project_name(module))
 
 
 def import_violations(package: str) -> list[str]:
@@ -148,3 +161,24 @@ def test_the_python_sdk_imports_nothing_of_the_server() -> None:
         if name.split(".")[0] in PROJECT
     ]
     assert sdk and found == []
+    assert not [
+        f"{path}:{line}"
+        for path in sdk
+        for line, module in _absolute_imports(ast.parse(path.read_text(), str(path)))
+        if module == "parley" or module.startswith("parley.")
+    ]
+
+
+def test_the_project_is_imported_through_the_one_package() -> None:
+    """Code and tests import ``parley.server``, never ``server``: a module imported by both
+    names would be two modules (two registries, two exception classes)."""
+    bare = frozenset({"server", "session", "authz", "migrations"})
+    found = [
+        f"{path.relative_to(ROOT)}:{line} imports {module}"
+        for folder in ("server", "session", "authz", "migrations", "tests", "bench")
+        for path in sorted((ROOT / folder).rglob("*.py"))
+        if "node_modules" not in path.parts
+        for line, module in _absolute_imports(ast.parse(path.read_text(), str(path)))
+        if module.split(".")[0] in bare
+    ]
+    assert found == []

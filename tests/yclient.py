@@ -11,7 +11,7 @@ from typing import Any
 import websockets
 from pycrdt import Array, Doc, write_var_uint
 
-from session.yprotocol import (
+from parley.session.yprotocol import (
     AwarenessMessage,
     AwarenessState,
     SyncMessage,

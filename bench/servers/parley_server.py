@@ -23,12 +23,12 @@ from typing import Any
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from server.app import create_app
-from server.cli import ParleyServer, freeze_startup_heap, uvicorn_config
-from server.logs import configure_logging
-from server.settings import Settings
-from server.store.db import migrate
-from session.model import Finish, ModelEvent, ModelRequest, TextDelta, Usage
+from parley.server.app import create_app
+from parley.server.cli import ParleyServer, freeze_startup_heap, uvicorn_config
+from parley.server.logs import configure_logging
+from parley.server.settings import Settings
+from parley.server.store.db import migrate
+from parley.session.model import Finish, ModelEvent, ModelRequest, TextDelta, Usage
 
 TOKEN_WIDTH = 8
 _SPEC = re.compile(r"bench tokens=(\d+) rate=([\d.]+) id=(\S+)")

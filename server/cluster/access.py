@@ -23,8 +23,8 @@ from collections.abc import Awaitable, Callable
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from server.cluster.lease import LeaseTable
-from session.errors import Unavailable
+from parley.server.cluster.lease import LeaseTable
+from parley.session.errors import Unavailable
 
 log = logging.getLogger("parley.cluster.access")
 

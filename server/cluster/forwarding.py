@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from sqlalchemy import and_, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from server.cluster.tables import session_commands
+from parley.server.cluster.tables import session_commands
 
 CHANNEL_COMMAND = "parley_command"  # payload: session id (a forwarded command waits)
 CHANNEL_RESULT = "parley_result"  # payload: "<command id>" or "<command id> <reply JSON>"

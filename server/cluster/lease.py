@@ -19,7 +19,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from session.errors import Unavailable
+from parley.session.errors import Unavailable
 
 
 class NotHolder(Unavailable):

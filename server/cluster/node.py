@@ -28,28 +28,28 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from server.cluster.access import CHANNEL_ACCESS, CHANNEL_ACCESS_SEEN, AccessSync
-from server.cluster.forwarding import CHANNEL_COMMAND, CHANNEL_RESULT
-from server.cluster.lease import Fenced, Lease, LeaseTable, NotHolder
-from server.cluster.listener import NotificationListener, asyncpg_dsn
-from server.cluster.metrics import ClusterMetrics
-from server.cluster.presence import CHANNEL_AWARENESS, PresenceRelay
-from server.cluster.relay import ADMIN_SENDER, MAX_TAIL_PAGES, CommandRelay
-from server.cluster.tail import read_tail
-from server.runtime.commands import handle_frame
-from server.runtime.room import SessionRoom
-from server.runtime.runner import SessionRunner
-from server.runtime.session_writes import apply_session_write
-from server.settings import Settings
-from server.store.port import SessionTx
-from server.store.sessions import Store, StoreTx
-from session.closes import CloseCode
-from session.errors import NotFound, error_for
-from session.queue import Policy
-from session.reasons import ReasonCode
+from parley.server.cluster.access import CHANNEL_ACCESS, CHANNEL_ACCESS_SEEN, AccessSync
+from parley.server.cluster.forwarding import CHANNEL_COMMAND, CHANNEL_RESULT
+from parley.server.cluster.lease import Fenced, Lease, LeaseTable, NotHolder
+from parley.server.cluster.listener import NotificationListener, asyncpg_dsn
+from parley.server.cluster.metrics import ClusterMetrics
+from parley.server.cluster.presence import CHANNEL_AWARENESS, PresenceRelay
+from parley.server.cluster.relay import ADMIN_SENDER, MAX_TAIL_PAGES, CommandRelay
+from parley.server.cluster.tail import read_tail
+from parley.server.runtime.commands import handle_frame
+from parley.server.runtime.room import SessionRoom
+from parley.server.runtime.runner import SessionRunner
+from parley.server.runtime.session_writes import apply_session_write
+from parley.server.settings import Settings
+from parley.server.store.port import SessionTx
+from parley.server.store.sessions import Store, StoreTx
+from parley.session.closes import CloseCode
+from parley.session.errors import NotFound, error_for
+from parley.session.queue import Policy
+from parley.session.reasons import ReasonCode
 
 if TYPE_CHECKING:
-    from server.runtime.rooms import RoomRegistry
+    from parley.server.runtime.rooms import RoomRegistry
 
 log = logging.getLogger("parley.cluster")
 

@@ -19,9 +19,9 @@ from collections.abc import Callable
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from server.cluster.forwarding import MAX_NOTIFY_BYTES
-from server.runtime.room import SessionRoom
-from session.yprotocol import (
+from parley.server.cluster.forwarding import MAX_NOTIFY_BYTES
+from parley.server.runtime.room import SessionRoom
+from parley.session.yprotocol import (
     AwarenessState,
     decode_awareness_update,
     encode_awareness,

@@ -11,15 +11,15 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from server.cluster.forwarding import CommandTable
-from server.runtime.commands import handle_frame
-from server.runtime.room import SessionRoom
-from server.runtime.session_writes import apply_session_write
-from session.commands import command_id_of, error_reply
-from session.errors import ParleyError, Unavailable
+from parley.server.cluster.forwarding import CommandTable
+from parley.server.runtime.commands import handle_frame
+from parley.server.runtime.room import SessionRoom
+from parley.server.runtime.session_writes import apply_session_write
+from parley.session.commands import command_id_of, error_reply
+from parley.session.errors import ParleyError, Unavailable
 
 if TYPE_CHECKING:
-    from server.cluster.node import ClusterNode
+    from parley.server.cluster.node import ClusterNode
 
 log = logging.getLogger("parley.cluster")
 # The sender of a forwarded REST change: no user id can contain "!", so no member is it.

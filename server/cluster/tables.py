@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import BigInteger, Column, DateTime, ForeignKey, Index, String, Table, Text
 
-from server.store.tables import BigId, metadata
+from parley.server.store.tables import BigId, metadata
 
 # Who runs a session's queue: the holder, until ``expires_at`` (database clock). ``epoch``
 # grows on every takeover; each write of the holder checks it in its own transaction.

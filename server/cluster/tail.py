@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from sqlalchemy import and_, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from server.cluster.lease import database_errors
-from server.store.tables import doc_snapshots, doc_updates
+from parley.server.cluster.lease import database_errors
+from parley.server.store.tables import doc_snapshots, doc_updates
 
 
 @dataclass(frozen=True, slots=True)

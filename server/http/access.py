@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import secrets
 
-from authz.policy import Read, Readers, check_readers, decide
-from authz.roles import (
+from parley.authz.policy import Read, Readers, check_readers, decide
+from parley.authz.roles import (
     ROLE_CAPABILITIES,
     Capability,
     Role,
@@ -13,7 +13,7 @@ from authz.roles import (
     check_role_name,
     tool_capability,
 )
-from server.http.models import (
+from parley.server.http.models import (
     AuditList,
     AuditRecordOut,
     DocumentCreate,
@@ -28,11 +28,11 @@ from server.http.models import (
     ToolList,
     ToolOut,
 )
-from server.http.rest import Caller, Operation, QueryParam, QueryStr
-from server.runtime.tools import SEARCH_DOCUMENTS, new_secret
-from server.state import AppState
-from server.store.access import AccessStore, DocumentRow, ToolRow
-from session.errors import Conflict, NotFound, TooLarge
+from parley.server.http.rest import Caller, Operation, QueryParam, QueryStr
+from parley.server.runtime.tools import SEARCH_DOCUMENTS, new_secret
+from parley.server.state import AppState
+from parley.server.store.access import AccessStore, DocumentRow, ToolRow
+from parley.session.errors import Conflict, NotFound, TooLarge
 
 
 def _access(state: AppState) -> AccessStore:

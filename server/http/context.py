@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from authz.roles import Capability
-from server.http.models import (
+from parley.authz.roles import Capability
+from parley.server.http.models import (
     ContextPreview,
     FactPut,
     FactsOut,
@@ -13,12 +13,12 @@ from server.http.models import (
     PreviewMessage,
     PreviewSummary,
 )
-from server.http.rest import Caller, Operation, QueryStr
-from server.http.sessions import SESSION_ERRORS
-from server.runtime.room import SessionRoom
-from server.state import AppState
-from session.errors import Conflict, Forbidden, NotFound
-from session.schema import queue_of
+from parley.server.http.rest import Caller, Operation, QueryStr
+from parley.server.http.sessions import SESSION_ERRORS
+from parley.server.runtime.room import SessionRoom
+from parley.server.state import AppState
+from parley.session.errors import Conflict, Forbidden, NotFound
+from parley.session.schema import queue_of
 
 
 async def list_facts(state: AppState, session_id: str) -> FactsOut:

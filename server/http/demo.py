@@ -7,8 +7,8 @@ from pathlib import Path
 from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
-from server.http.rest import error_response
-from session.errors import NotFound
+from parley.server.http.rest import error_response
+from parley.session.errors import NotFound
 
 # The demo links to the TypeScript SDK's build (client-demo/package.json: file:../clients/js).
 BUILD_COMMAND = (

@@ -7,10 +7,10 @@ too (``server.http.sse``).
 
 from __future__ import annotations
 
-from server.http.models import EventList, EventOut
-from server.http.rest import Operation, QueryParam
-from server.http.sessions import session_row
-from server.state import AppState
+from parley.server.http.models import EventList, EventOut
+from parley.server.http.rest import Operation, QueryParam
+from parley.server.http.sessions import session_row
+from parley.server.state import AppState
 
 MAX_EVENTS_PER_PAGE = 500
 

@@ -14,10 +14,10 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from server.http.models import Strict
-from server.http.rest import Operation
-from server.state import AppState
-from server.version import version
+from parley.server.http.models import Strict
+from parley.server.http.rest import Operation
+from parley.server.state import AppState
+from parley.server.version import version
 
 OPENAPI = "/api/v1/openapi.json"
 DOCS = "/api/v1/docs"

@@ -2,24 +2,24 @@
 
 from __future__ import annotations
 
-from authz.membership import ADMIN, judge_membership_change
-from authz.policy import Decision, Subject
-from authz.roles import Capability, Member, check_capabilities
-from authz.tokens import ClientClaims, issue_token
-from server.http.models import (
+from parley.authz.membership import ADMIN, judge_membership_change
+from parley.authz.policy import Decision, Subject
+from parley.authz.roles import Capability, Member, check_capabilities
+from parley.authz.tokens import ClientClaims, issue_token
+from parley.server.http.models import (
     MemberList,
     MemberOut,
     MemberPut,
     TokenCreate,
     TokenOut,
 )
-from server.http.rest import Caller, Operation
-from server.http.sessions import SESSION_ERRORS, check_user_id, session_row
-from server.runtime.room import SessionRoom
-from server.state import AppState
-from server.store.access import AccessStore
-from server.store.sessions import MemberChange, MemberRow
-from session.errors import Conflict, InvalidInput, NotFound
+from parley.server.http.rest import Caller, Operation
+from parley.server.http.sessions import SESSION_ERRORS, check_user_id, session_row
+from parley.server.runtime.room import SessionRoom
+from parley.server.state import AppState
+from parley.server.store.access import AccessStore
+from parley.server.store.sessions import MemberChange, MemberRow
+from parley.session.errors import Conflict, InvalidInput, NotFound
 
 
 def _member_out(state: AppState, row: MemberRow) -> MemberOut:

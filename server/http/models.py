@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from session.commands import unstorable_in
+from parley.session.commands import unstorable_in
 
 RoleName = Annotated[
     str,

@@ -16,19 +16,19 @@ import json
 import secrets
 from typing import Any
 
-from authz.roles import Capability
-from server.http.models import (
+from parley.authz.roles import Capability
+from parley.server.http.models import (
     CancelPost,
     EntryPost,
     MessagePosted,
     PromptAccepted,
     PromptStatusOut,
 )
-from server.http.rest import Caller, Operation
-from server.runtime.room import SessionRoom
-from server.state import AppState
-from session.errors import Forbidden, InvalidInput, NotFound, RateLimited, error_for
-from session.schema import EntryKind
+from parley.server.http.rest import Caller, Operation
+from parley.server.runtime.room import SessionRoom
+from parley.server.state import AppState
+from parley.session.errors import Forbidden, InvalidInput, NotFound, RateLimited, error_for
+from parley.session.schema import EntryKind
 
 
 def _actor(caller: Caller, as_user: str | None) -> str:

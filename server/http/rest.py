@@ -25,12 +25,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from authz.policy import Do
-from authz.tokens import ClientClaims, verify_token
-from server.http.models import ErrorBody
-from server.state import AppState
-from session.commands import unstorable
-from session.errors import (
+from parley.authz.policy import Do
+from parley.authz.tokens import ClientClaims, verify_token
+from parley.server.http.models import ErrorBody
+from parley.server.state import AppState
+from parley.session.commands import unstorable
+from parley.session.errors import (
     Forbidden,
     InvalidInput,
     ParleyError,

@@ -16,7 +16,7 @@ import math
 
 from starlette.responses import JSONResponse
 
-from session.errors import ErrorCode, Unavailable
+from parley.session.errors import ErrorCode, Unavailable
 
 MAX_CLOSE_REASON_BYTES = 123  # RFC 6455: a control frame's 125 bytes, less the code
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 import secrets
 
-from authz.roles import Capability
-from server.http.models import (
+from parley.authz.roles import Capability
+from parley.server.http.models import (
     SessionCreate,
     SessionList,
     SessionOut,
@@ -14,11 +14,11 @@ from server.http.models import (
     TranscriptEntryOut,
     TranscriptOut,
 )
-from server.http.rest import Caller, Operation, QueryParam
-from server.state import AppState
-from server.store.sessions import SessionRow
-from session.errors import InvalidInput, NotFound
-from session.queue import Policy
+from parley.server.http.rest import Caller, Operation, QueryParam
+from parley.server.state import AppState
+from parley.server.store.sessions import SessionRow
+from parley.session.errors import InvalidInput, NotFound
+from parley.session.queue import Policy
 
 USER_ID = re.compile(r"[A-Za-z0-9._@:+-]{1,200}")
 SESSION_ERRORS = (404,)

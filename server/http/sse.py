@@ -33,22 +33,22 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from authz.policy import Do, decide
-from authz.roles import Capability
-from server.http.rest import Caller, Operation, authenticate, authorize, error_response
-from server.http.sse_cursor import REPLY_ENDS, Cursor, start_at
-from server.runtime.room import SessionRoom
-from server.state import AppState
-from session.commands import unstorable
-from session.errors import (
+from parley.authz.policy import Do, decide
+from parley.authz.roles import Capability
+from parley.server.http.rest import Caller, Operation, authenticate, authorize, error_response
+from parley.server.http.sse_cursor import REPLY_ENDS, Cursor, start_at
+from parley.server.runtime.room import SessionRoom
+from parley.server.state import AppState
+from parley.session.commands import unstorable
+from parley.session.errors import (
     BadEventId,
     InvalidInput,
     ParleyError,
     TooManyStreams,
     Unavailable,
 )
-from session.events import StoredEvent
-from session.reasons import OUTCOMES
+from parley.session.events import StoredEvent
+from parley.session.reasons import OUTCOMES
 
 log = logging.getLogger("parley.sse")
 

@@ -17,9 +17,9 @@ from dataclasses import dataclass, replace
 from sqlalchemy import and_, desc, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from server.store.tables import session_events, sessions
-from session.errors import BadEventId, NotFound
-from session.events import StoredEvent
+from parley.server.store.tables import session_events, sessions
+from parley.session.errors import BadEventId, NotFound
+from parley.session.events import StoredEvent
 
 _ID = re.compile(r"(\d{1,15})(?:\.([0-9A-Za-z_-]{1,64})\.(\d{1,12}))?")
 REPLY_ENDS = frozenset({"reply_completed", "run_failed"})

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import datetime
 
-from server.http.models import QuotasOut, QuotasPut, UsageOut, UserUsageOut
-from server.http.rest import Operation, QueryStr
-from server.http.sessions import USER_ID, session_row
-from server.state import AppState
-from server.store.usage import UsageLedger
-from session.errors import InvalidInput
-from session.quota import Quotas
+from parley.server.http.models import QuotasOut, QuotasPut, UsageOut, UserUsageOut
+from parley.server.http.rest import Operation, QueryStr
+from parley.server.http.sessions import USER_ID, session_row
+from parley.server.state import AppState
+from parley.server.store.usage import UsageLedger
+from parley.session.errors import InvalidInput
+from parley.session.quota import Quotas
 
 DAY = r"\d{4}-\d{2}-\d{2}"
 

@@ -9,12 +9,12 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from authz.standard_webhooks import new_secret
-from server.http.models import Strict
-from server.http.rest import Operation, QueryParam
-from server.outbound.targets import target_problem
-from server.state import AppState
-from server.store.webhooks import (
+from parley.authz.standard_webhooks import new_secret
+from parley.server.http.models import Strict
+from parley.server.http.rest import Operation, QueryParam
+from parley.server.outbound.targets import target_problem
+from parley.server.state import AppState
+from parley.server.store.webhooks import (
     ACTIVE,
     PAUSED,
     WebhookRow,
@@ -26,8 +26,8 @@ from server.store.webhooks import (
     list_webhooks,
     retry,
 )
-from session.errors import Conflict, InvalidInput, NotFound
-from session.webhook_events import TYPES
+from parley.session.errors import Conflict, InvalidInput, NotFound
+from parley.session.webhook_events import TYPES
 
 EventType = Literal[
     "session.created",

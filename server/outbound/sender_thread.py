@@ -25,12 +25,12 @@ from collections.abc import Callable
 
 from sqlalchemy import make_url
 
-from server.outbound.targets import Resolver, system_resolver
-from server.outbound.webhook_sender import WebhookSender
-from server.settings import Settings
-from server.store.db import create_engine
-from server.store.sessions import Store
-from server.store.sqlite_inline import file_path
+from parley.server.outbound.targets import Resolver, system_resolver
+from parley.server.outbound.webhook_sender import WebhookSender
+from parley.server.settings import Settings
+from parley.server.store.db import create_engine
+from parley.server.store.sessions import Store
+from parley.server.store.sqlite_inline import file_path
 
 # PostgreSQL connections the sender keeps (and as many more at busy times).
 POOL_SIZE = 2

@@ -24,7 +24,7 @@ from typing import Any
 import httpcore
 import httpx
 
-from authz.targets import refused_address, url_problem
+from parley.authz.targets import refused_address, url_problem
 
 Resolver = Callable[[str, int], Awaitable[Sequence[str]]]
 """The addresses (IPs) a host name and port resolve to; ``OSError`` when none."""

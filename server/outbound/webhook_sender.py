@@ -18,18 +18,18 @@ from collections.abc import Callable
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
-from authz.standard_webhooks import headers
-from server.outbound.targets import (
+from parley.authz.standard_webhooks import headers
+from parley.server.outbound.targets import (
     OutboundClient,
     OutboundError,
     RefusedTarget,
     Resolver,
     system_resolver,
 )
-from server.settings import Settings
-from server.store.sessions import Store
-from server.store.tables import webhook_deliveries
-from server.store.webhooks import (
+from parley.server.settings import Settings
+from parley.server.store.sessions import Store
+from parley.server.store.tables import webhook_deliveries
+from parley.server.store.webhooks import (
     PENDING,
     SENDING,
     Attempt,
@@ -39,7 +39,7 @@ from server.store.webhooks import (
     prune,
     record,
 )
-from session.errors import ParleyError
+from parley.session.errors import ParleyError
 
 log = logging.getLogger("parley.webhooks")
 

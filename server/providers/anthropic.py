@@ -16,9 +16,17 @@ from typing import Any
 
 import httpx
 
-from server.providers.upstream import Upstream, event_json, post_events
-from session.errors import ProviderError
-from session.model import Finish, ModelEvent, ModelMessage, ModelRequest, TextDelta, ToolCall, Usage
+from parley.server.providers.upstream import Upstream, event_json, post_events
+from parley.session.errors import ProviderError
+from parley.session.model import (
+    Finish,
+    ModelEvent,
+    ModelMessage,
+    ModelRequest,
+    TextDelta,
+    ToolCall,
+    Usage,
+)
 
 API_VERSION = "2023-06-01"
 STOP_REASONS = {

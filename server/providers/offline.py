@@ -10,7 +10,7 @@ import asyncio
 import re
 from collections.abc import AsyncIterator
 
-from session.model import Finish, ModelEvent, ModelMessage, ModelRequest, TextDelta, Usage
+from parley.session.model import Finish, ModelEvent, ModelMessage, ModelRequest, TextDelta, Usage
 
 _WORD = re.compile(r"\S+\s*")
 EXCERPT_CHARS = 80

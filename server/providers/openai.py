@@ -14,9 +14,17 @@ from typing import Any
 
 import httpx
 
-from server.providers.upstream import Upstream, event_json, post_events
-from session.errors import ProviderError
-from session.model import Finish, ModelEvent, ModelMessage, ModelRequest, TextDelta, ToolCall, Usage
+from parley.server.providers.upstream import Upstream, event_json, post_events
+from parley.session.errors import ProviderError
+from parley.session.model import (
+    Finish,
+    ModelEvent,
+    ModelMessage,
+    ModelRequest,
+    TextDelta,
+    ToolCall,
+    Usage,
+)
 
 FINISH_REASONS = {"function_call": "tool_calls"}
 WIRE_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")

@@ -12,14 +12,14 @@ from contextlib import asynccontextmanager
 
 import httpx
 
-from server.providers.anthropic import AnthropicProvider
-from server.providers.offline import OfflineProvider
-from server.providers.openai import OpenAIProvider
-from server.providers.retry import RetryingProvider, RetryPolicy, close_events
-from server.providers.upstream import Upstream, timeout
-from server.settings import ModelSpec, Settings, missing_key_message
-from session.errors import MissingApiKey, ProviderError
-from session.model import ModelEvent, ModelProvider, ModelRequest
+from parley.server.providers.anthropic import AnthropicProvider
+from parley.server.providers.offline import OfflineProvider
+from parley.server.providers.openai import OpenAIProvider
+from parley.server.providers.retry import RetryingProvider, RetryPolicy, close_events
+from parley.server.providers.upstream import Upstream, timeout
+from parley.server.settings import ModelSpec, Settings, missing_key_message
+from parley.session.errors import MissingApiKey, ProviderError
+from parley.session.model import ModelEvent, ModelProvider, ModelRequest
 
 
 class ModelRegistry:

@@ -14,8 +14,8 @@ import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
-from session.errors import ProviderError
-from session.model import ModelEvent, ModelProvider, ModelRequest
+from parley.session.errors import ProviderError
+from parley.session.model import ModelEvent, ModelProvider, ModelRequest
 
 log = logging.getLogger("parley.providers")
 

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 from httpx_sse import EventSource, ServerSentEvent, SSEError
 
-from session.errors import ProviderError
+from parley.session.errors import ProviderError
 
 ERROR_BODY_BYTES = 4096
 ERROR_MESSAGE_CHARS = 300

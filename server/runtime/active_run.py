@@ -6,11 +6,11 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
-from authz.scope import RunScope
-from session.core import ReplyState
-from session.errors import Unavailable
-from session.queue import Run
-from session.reasons import Ending
+from parley.authz.scope import RunScope
+from parley.session.core import ReplyState
+from parley.session.errors import Unavailable
+from parley.session.queue import Run
+from parley.session.reasons import Ending
 
 
 @dataclass(eq=False)

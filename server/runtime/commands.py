@@ -7,8 +7,8 @@ what ``session.core`` decides (``SessionRoom.execute``), so every rule holds on 
 
 from __future__ import annotations
 
-from server.runtime.room import SessionRoom, new_id
-from session.commands import (
+from parley.server.runtime.room import SessionRoom, new_id
+from parley.session.commands import (
     Command,
     CommandError,
     MessageCommand,
@@ -17,9 +17,9 @@ from session.commands import (
     error_reply,
     parse_command,
 )
-from session.core import CommandEvent
-from session.errors import Conflict, ParleyError
-from session.schema import EntryKind
+from parley.session.core import CommandEvent
+from parley.session.errors import Conflict, ParleyError
+from parley.session.schema import EntryKind
 
 
 async def handle_frame(room: SessionRoom, actor: str, frame: str) -> str:

@@ -12,16 +12,16 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Sequence
 
-from authz.policy import Restriction, Subject, everyone_may_read
-from authz.scope import ContextSeen, RunScope, seen_in_context
-from server.metrics import Metrics
-from server.settings import Settings
-from server.store.access import PrivateItem
-from server.store.port import SessionStore
-from session.context import BuiltContext, ContextBuilder, ContextSettings, WithheldReason
-from session.model import Usage
-from session.schema import Entry, SessionDocument
-from session.summary import Summary, SummaryPlan, plan_extension
+from parley.authz.policy import Restriction, Subject, everyone_may_read
+from parley.authz.scope import ContextSeen, RunScope, seen_in_context
+from parley.server.metrics import Metrics
+from parley.server.settings import Settings
+from parley.server.store.access import PrivateItem
+from parley.server.store.port import SessionStore
+from parley.session.context import BuiltContext, ContextBuilder, ContextSettings, WithheldReason
+from parley.session.model import Usage
+from parley.session.schema import Entry, SessionDocument
+from parley.session.summary import Summary, SummaryPlan, plan_extension
 
 
 class SessionContext:

@@ -12,16 +12,16 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 
-from authz.policy import Do, Subject, decide
-from authz.roles import Capability, Member, RoleTable
-from authz.tokens import ClientClaims, token_refusal
-from server.settings import Settings
-from server.store.access import TokenRow
-from server.store.port import SessionStore
-from server.ws.connection import Connection
-from session.closes import CloseCode
-from session.core import MemberUpdated, TokenRevoked
-from session.ratelimit import Rate, Spend
+from parley.authz.policy import Do, Subject, decide
+from parley.authz.roles import Capability, Member, RoleTable
+from parley.authz.tokens import ClientClaims, token_refusal
+from parley.server.settings import Settings
+from parley.server.store.access import TokenRow
+from parley.server.store.port import SessionStore
+from parley.server.ws.connection import Connection
+from parley.session.closes import CloseCode
+from parley.session.core import MemberUpdated, TokenRevoked
+from parley.session.ratelimit import Rate, Spend
 
 Stop = Callable[[MemberUpdated | TokenRevoked], Awaitable[None]]
 

@@ -19,28 +19,28 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-from authz.policy import Action, Decision, Subject, decide
-from authz.roles import Member, RoleTable
-from authz.tokens import ClientClaims
-from server.http.retry_hint import retry_reason
-from server.metrics import Metrics
-from server.runtime.active_run import ActiveRun
-from server.runtime.context import SessionContext
-from server.runtime.membership import Membership, member_rates
-from server.runtime.run_steps import RunSteps
-from server.runtime.sockets import SessionSockets
-from server.runtime.stream_feed import ReplyText, StreamFeed
-from server.runtime.writer import DocumentWriter, Write
-from server.settings import Settings
-from server.store.access import PrivateItem, ToolRow
-from server.store.effect_writes import SequenceMoved, write_effects
-from server.store.group_commit import WriteFence
-from server.store.port import SessionStore
-from server.ws.awareness import AwarenessFanout
-from server.ws.connection import Connection
-from session.closes import CloseCode
-from session.commands import Limits
-from session.core import (
+from parley.authz.policy import Action, Decision, Subject, decide
+from parley.authz.roles import Member, RoleTable
+from parley.authz.tokens import ClientClaims
+from parley.server.http.retry_hint import retry_reason
+from parley.server.metrics import Metrics
+from parley.server.runtime.active_run import ActiveRun
+from parley.server.runtime.context import SessionContext
+from parley.server.runtime.membership import Membership, member_rates
+from parley.server.runtime.run_steps import RunSteps
+from parley.server.runtime.sockets import SessionSockets
+from parley.server.runtime.stream_feed import ReplyText, StreamFeed
+from parley.server.runtime.writer import DocumentWriter, Write
+from parley.server.settings import Settings
+from parley.server.store.access import PrivateItem, ToolRow
+from parley.server.store.effect_writes import SequenceMoved, write_effects
+from parley.server.store.group_commit import WriteFence
+from parley.server.store.port import SessionStore
+from parley.server.ws.awareness import AwarenessFanout
+from parley.server.ws.connection import Connection
+from parley.session.closes import CloseCode
+from parley.session.commands import Limits
+from parley.session.core import (
     CommandEvent,
     DocumentLimits,
     Effects,
@@ -52,13 +52,13 @@ from session.core import (
     WaitingPrompt,
     handle,
 )
-from session.errors import NotFound
-from session.lifecycle import PromptStatus
-from session.presence import Presence
-from session.queue import OrderingQueue, Policy, QueueLimits
-from session.ratelimit import Budgets, Spend, TokenBucket
-from session.reasons import ReasonCode
-from session.schema import QueuedItem, SessionDocument
+from parley.session.errors import NotFound
+from parley.session.lifecycle import PromptStatus
+from parley.session.presence import Presence
+from parley.session.queue import OrderingQueue, Policy, QueueLimits
+from parley.session.ratelimit import Budgets, Spend, TokenBucket
+from parley.session.reasons import ReasonCode
+from parley.session.schema import QueuedItem, SessionDocument
 
 log = logging.getLogger("parley.room")
 

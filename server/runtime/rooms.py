@@ -10,24 +10,24 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from authz.roles import RoleTable
-from server.metrics import Metrics
-from server.runtime.commands import handle_frame
-from server.runtime.room import SessionRoom
-from server.runtime.runner import SessionRunner
-from server.runtime.session_writes import SETTINGS_WRITE, apply_session_write
-from server.settings import Settings
-from server.store.access import ToolRow, access_digest
-from server.store.port import SessionStore
-from session.closes import CloseCode
-from session.errors import NotFound, Unavailable
-from session.lifecycle import PromptStatus
-from session.model import ModelProvider
-from session.queue import Policy
-from session.reasons import Ending, ReasonCode
+from parley.authz.roles import RoleTable
+from parley.server.metrics import Metrics
+from parley.server.runtime.commands import handle_frame
+from parley.server.runtime.room import SessionRoom
+from parley.server.runtime.runner import SessionRunner
+from parley.server.runtime.session_writes import SETTINGS_WRITE, apply_session_write
+from parley.server.settings import Settings
+from parley.server.store.access import ToolRow, access_digest
+from parley.server.store.port import SessionStore
+from parley.session.closes import CloseCode
+from parley.session.errors import NotFound, Unavailable
+from parley.session.lifecycle import PromptStatus
+from parley.session.model import ModelProvider
+from parley.session.queue import Policy
+from parley.session.reasons import Ending, ReasonCode
 
 if TYPE_CHECKING:
-    from server.cluster.node import ClusterNode
+    from parley.server.cluster.node import ClusterNode
 
 log = logging.getLogger("parley.rooms")
 

@@ -15,11 +15,11 @@ import uuid
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from authz.policy import Restriction
-from authz.scope import RunScope, scope_for_run
-from server.runtime.active_run import ActiveRun
-from server.runtime.tools import tool_defs
-from session.core import (
+from parley.authz.policy import Restriction
+from parley.authz.scope import RunScope, scope_for_run
+from parley.server.runtime.active_run import ActiveRun
+from parley.server.runtime.tools import tool_defs
+from parley.session.core import (
     AuditRecord,
     ContextDrawn,
     Effects,
@@ -30,11 +30,11 @@ from session.core import (
     ToolStepTaken,
     handle,
 )
-from session.errors import Forbidden
-from session.reasons import Ending
+from parley.session.errors import Forbidden
+from parley.session.reasons import Ending
 
 if TYPE_CHECKING:
-    from server.runtime.room import SessionRoom
+    from parley.server.runtime.room import SessionRoom
 
 
 class RunSteps:

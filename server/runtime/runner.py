@@ -14,18 +14,18 @@ import logging
 import time
 from dataclasses import dataclass, replace
 
-from server.runtime.active_run import ActiveRun
-from server.runtime.deltas import MAX_BATCH_CHARS, Deltas
-from server.runtime.room import SessionRoom
-from server.runtime.summarise import Summariser
-from server.runtime.tools import ToolRunner
-from server.store.usage import UsageLedger
-from session.core.runs import run_audit, run_audit_base, too_large
-from session.errors import ProviderError, QuotaExceeded, Unavailable
-from session.lifecycle import PromptStatus
-from session.model import ModelProvider, ModelRequest, TextDelta, ToolCall, Usage
-from session.reasons import Ending, ReasonCode
-from session.toolloop import (
+from parley.server.runtime.active_run import ActiveRun
+from parley.server.runtime.deltas import MAX_BATCH_CHARS, Deltas
+from parley.server.runtime.room import SessionRoom
+from parley.server.runtime.summarise import Summariser
+from parley.server.runtime.tools import ToolRunner
+from parley.server.store.usage import UsageLedger
+from parley.session.core.runs import run_audit, run_audit_base, too_large
+from parley.session.errors import ProviderError, QuotaExceeded, Unavailable
+from parley.session.lifecycle import PromptStatus
+from parley.session.model import ModelProvider, ModelRequest, TextDelta, ToolCall, Usage
+from parley.session.reasons import Ending, ReasonCode
+from parley.session.toolloop import (
     CallModel,
     CallTool,
     LoopLimits,

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from server.runtime.room import SessionRoom, new_id
-from session.commands import Command, FactCommand, PinCommand, PolicyCommand
-from session.core import CommandEvent
-from session.errors import InvalidInput
-from session.queue import Policy
+from parley.server.runtime.room import SessionRoom, new_id
+from parley.session.commands import Command, FactCommand, PinCommand, PolicyCommand
+from parley.session.core import CommandEvent
+from parley.session.errors import InvalidInput
+from parley.session.queue import Policy
 
 SETTINGS_WRITE = "settings"
 

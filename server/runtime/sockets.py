@@ -11,11 +11,11 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 
-from authz.policy import Subject, may_read
-from server.store.access import PrivateItem
-from server.ws.connection import Connection
-from server.ws.direct_send import binary_frame
-from session.closes import CloseCode
+from parley.authz.policy import Subject, may_read
+from parley.server.store.access import PrivateItem
+from parley.server.ws.connection import Connection
+from parley.server.ws.direct_send import binary_frame
+from parley.session.closes import CloseCode
 
 
 class SessionSockets:

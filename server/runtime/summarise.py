@@ -13,10 +13,10 @@ import logging
 import time
 import uuid
 
-from server.runtime.room import SessionRoom
-from session.errors import ParleyError
-from session.model import ModelProvider, TextDelta, Usage
-from session.summary import SummaryPlan, extended, summary_request
+from parley.server.runtime.room import SessionRoom
+from parley.session.errors import ParleyError
+from parley.session.model import ModelProvider, TextDelta, Usage
+from parley.session.summary import SummaryPlan, extended, summary_request
 
 log = logging.getLogger("parley.summaries")
 

@@ -13,17 +13,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from authz.policy import Readers, Restriction, restrict
-from authz.roles import Capability
-from authz.scope import RunScope, ToolDef
-from authz.webhooks import (
+from parley.authz.policy import Readers, Restriction, restrict
+from parley.authz.roles import Capability
+from parley.authz.scope import RunScope, ToolDef
+from parley.authz.webhooks import (
     DELIVERY_HEADER,
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
     new_delivery_id,
     sign,
 )
-from server.outbound.targets import (
+from parley.server.outbound.targets import (
     NoAnswer,
     OutboundClient,
     OutboundError,
@@ -31,11 +31,11 @@ from server.outbound.targets import (
     Resolver,
     system_resolver,
 )
-from server.settings import Settings
-from server.store.access import DocumentRow, ToolRow
-from server.store.port import RuntimeAccess
-from session.documents import Document, render, search
-from session.model import ToolSpec
+from parley.server.settings import Settings
+from parley.server.store.access import DocumentRow, ToolRow
+from parley.server.store.port import RuntimeAccess
+from parley.session.documents import Document, render, search
+from parley.session.model import ToolSpec
 
 SEARCH_DOCUMENTS = ToolSpec(
     "search_documents",

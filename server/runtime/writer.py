@@ -21,15 +21,15 @@ from typing import Any
 
 from pycrdt import Doc, TransactionEvent, merge_updates
 
-from server.runtime.stream_feed import StreamFeed
-from server.settings import Settings
-from server.store.group_commit import WriteFence
-from server.store.port import SessionStore, SessionTx
-from session.encoded import EncodedDocument
-from session.errors import Unavailable
-from session.events import SessionEvent
-from session.schema import SessionDocument
-from session.yprotocol import (
+from parley.server.runtime.stream_feed import StreamFeed
+from parley.server.settings import Settings
+from parley.server.store.group_commit import WriteFence
+from parley.server.store.port import SessionStore, SessionTx
+from parley.session.encoded import EncodedDocument
+from parley.session.errors import Unavailable
+from parley.session.events import SessionEvent
+from parley.session.schema import SessionDocument
+from parley.session.yprotocol import (
     DeleteSet,
     ProtocolError,
     SyncType,

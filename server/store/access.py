@@ -16,10 +16,10 @@ from sqlalchemy import and_, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from authz.policy import Readers, Restriction, restriction_from_json, restriction_to_json
-from authz.tokens import ClientClaims
-from server.store.rows import MemberRow, lock_session, read_member
-from server.store.tables import (
+from parley.authz.policy import Readers, Restriction, restriction_from_json, restriction_to_json
+from parley.authz.tokens import ClientClaims
+from parley.server.store.rows import MemberRow, lock_session, read_member
+from parley.server.store.tables import (
     audit_log,
     client_tokens,
     documents,
@@ -28,10 +28,10 @@ from server.store.tables import (
     roles,
     tools,
 )
-from session.errors import Conflict
+from parley.session.errors import Conflict
 
 if TYPE_CHECKING:
-    from server.store.database import Database
+    from parley.server.store.database import Database
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,12 +12,12 @@ from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from server.store.group_commit import GroupCommit
-from server.store.health import LockTimeout, StorageHealth
-from server.store.sqlite_inline import Checkpointer, InlineConnection, file_path
-from server.store.transaction import StoreTx
-from server.store.webhooks import Subscriptions
-from session.errors import Unavailable
+from parley.server.store.group_commit import GroupCommit
+from parley.server.store.health import LockTimeout, StorageHealth
+from parley.server.store.sqlite_inline import Checkpointer, InlineConnection, file_path
+from parley.server.store.transaction import StoreTx
+from parley.server.store.webhooks import Subscriptions
+from parley.session.errors import Unavailable
 
 
 async def _begin_immediate(connection: AsyncConnection, deadline: float) -> None:

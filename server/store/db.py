@@ -12,8 +12,8 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import event, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-import migrations
-from server.store.sqlite_inline import InlineConnection, file_path, pragmas
+from parley import migrations
+from parley.server.store.sqlite_inline import InlineConnection, file_path, pragmas
 
 MIGRATIONS_DIR = Path(migrations.__file__).parent
 

@@ -13,14 +13,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from server.store.access import PrivateItem
-from server.store.port import SessionTx
-from server.store.rows import EntryRow
-from session.core import BeginRun, Effects, NewEntry, Pin, SetFact, SetPolicy
-from session.errors import Unavailable
-from session.lifecycle import PromptStatus
-from session.reasons import Ending
-from session.schema import EntryKind, SessionDocument
+from parley.server.store.access import PrivateItem
+from parley.server.store.port import SessionTx
+from parley.server.store.rows import EntryRow
+from parley.session.core import BeginRun, Effects, NewEntry, Pin, SetFact, SetPolicy
+from parley.session.errors import Unavailable
+from parley.session.lifecycle import PromptStatus
+from parley.session.reasons import Ending
+from parley.session.schema import EntryKind, SessionDocument
 
 
 class SequenceMoved(Unavailable):

@@ -18,11 +18,11 @@ from typing import TYPE_CHECKING, Protocol
 from sqlalchemy import insert
 from sqlalchemy.exc import IntegrityError
 
-from server.store.tables import doc_updates
-from session.errors import Unavailable
+from parley.server.store.tables import doc_updates
+from parley.session.errors import Unavailable
 
 if TYPE_CHECKING:
-    from server.store.port import SessionTx, Transactional
+    from parley.server.store.port import SessionTx, Transactional
 
 MAX_ROUND_UPDATES = 512
 

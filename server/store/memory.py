@@ -19,23 +19,23 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from authz.policy import Decision
-from authz.roles import Member
-from server.store.access import AuditRow, DocumentRow, PrivateItem, TokenRow, ToolRow
-from server.store.group_commit import GroupCommit
-from server.store.memory_access import MemoryAccess
-from server.store.rows import EntryRow, MemberChange, MemberRow, SessionRow, StoredDoc
-from server.store.usage import UsageRow, UserUsage
-from session.errors import Conflict, DuplicateCommand, Unavailable
-from session.events import Membership, SessionEvent, StoredEvent, membership_event
-from session.lifecycle import IllegalTransition, PromptStatus, prompt_predecessors
-from session.quota import Quotas
-from session.reasons import Ending
-from session.summary import Summary
-from session.tokens import count_tokens
+from parley.authz.policy import Decision
+from parley.authz.roles import Member
+from parley.server.store.access import AuditRow, DocumentRow, PrivateItem, TokenRow, ToolRow
+from parley.server.store.group_commit import GroupCommit
+from parley.server.store.memory_access import MemoryAccess
+from parley.server.store.rows import EntryRow, MemberChange, MemberRow, SessionRow, StoredDoc
+from parley.server.store.usage import UsageRow, UserUsage
+from parley.session.errors import Conflict, DuplicateCommand, Unavailable
+from parley.session.events import Membership, SessionEvent, StoredEvent, membership_event
+from parley.session.lifecycle import IllegalTransition, PromptStatus, prompt_predecessors
+from parley.session.quota import Quotas
+from parley.session.reasons import Ending
+from parley.session.summary import Summary
+from parley.session.tokens import count_tokens
 
 if TYPE_CHECKING:
-    from server.store.port import SessionStore
+    from parley.server.store.port import SessionStore
 
 
 @dataclass(slots=True)

@@ -6,11 +6,11 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from authz.policy import Readers
-from server.store.access import AuditRow, DocumentRow, PrivateItem, TokenRow, ToolRow
+from parley.authz.policy import Readers
+from parley.server.store.access import AuditRow, DocumentRow, PrivateItem, TokenRow, ToolRow
 
 if TYPE_CHECKING:
-    from server.store.memory import MemoryStore, _Session
+    from parley.server.store.memory import MemoryStore, _Session
 
 
 class MemoryAccess:

@@ -18,15 +18,15 @@ from collections.abc import Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
-from authz.policy import Readers
-from server.store.access import DocumentRow, PrivateItem, TokenRow, ToolRow
-from server.store.rows import EntryRow, MemberRow, SessionRow, StoredDoc
-from server.store.usage import UsageRow, UserUsage
-from session.events import SessionEvent, StoredEvent
-from session.lifecycle import PromptStatus
-from session.quota import Quotas
-from session.reasons import Ending
-from session.summary import Summary
+from parley.authz.policy import Readers
+from parley.server.store.access import DocumentRow, PrivateItem, TokenRow, ToolRow
+from parley.server.store.rows import EntryRow, MemberRow, SessionRow, StoredDoc
+from parley.server.store.usage import UsageRow, UserUsage
+from parley.session.events import SessionEvent, StoredEvent
+from parley.session.lifecycle import PromptStatus
+from parley.session.quota import Quotas
+from parley.session.reasons import Ending
+from parley.session.summary import Summary
 
 
 class SessionTx(Protocol):

@@ -8,8 +8,8 @@ from collections.abc import Sequence
 
 from sqlalchemy import and_, func, insert, select
 
-from server.store.database import Database
-from server.store.rows import (
+from parley.server.store.database import Database
+from parley.server.store.rows import (
     EntryRow,
     MemberRow,
     SessionRow,
@@ -19,7 +19,7 @@ from server.store.rows import (
     read_member,
     session_row,
 )
-from server.store.tables import (
+from parley.server.store.tables import (
     doc_snapshots,
     doc_updates,
     entries,
@@ -28,9 +28,9 @@ from server.store.tables import (
     sessions,
     summaries,
 )
-from session.events import StoredEvent
-from session.summary import Summary
-from session.tokens import count_tokens
+from parley.session.events import StoredEvent
+from parley.session.summary import Summary
+from parley.session.tokens import count_tokens
 
 
 class SessionReads(Database):

@@ -11,10 +11,10 @@ from typing import Any
 from sqlalchemy import and_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from authz.policy import Decision
-from authz.roles import Member
-from server.store.tables import members, sessions
-from session.errors import NotFound
+from parley.authz.policy import Decision
+from parley.authz.roles import Member
+from parley.server.store.tables import members, sessions
+from parley.session.errors import NotFound
 
 
 @dataclass(frozen=True, slots=True)

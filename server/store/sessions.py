@@ -16,12 +16,12 @@ from collections.abc import Callable
 from sqlalchemy import and_, delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from authz.policy import Decision
-from authz.roles import Member
-from server.store.access import AccessStore
-from server.store.health import StorageHealth
-from server.store.reads import SessionReads
-from server.store.rows import (
+from parley.authz.policy import Decision
+from parley.authz.roles import Member
+from parley.server.store.access import AccessStore
+from parley.server.store.health import StorageHealth
+from parley.server.store.reads import SessionReads
+from parley.server.store.rows import (
     EntryRow,
     MemberChange,
     MemberRow,
@@ -30,7 +30,7 @@ from server.store.rows import (
     lock_session,
     read_member,
 )
-from server.store.tables import (
+from parley.server.store.tables import (
     audit_log,
     doc_snapshots,
     doc_updates,
@@ -44,10 +44,10 @@ from server.store.tables import (
     sessions,
     summaries,
 )
-from server.store.transaction import StoreTx
-from server.store.usage import UsageTables
-from session.events import Membership, SettingsChanged, membership_event
-from session.webhook_events import SESSION_CREATED, SESSION_DELETED
+from parley.server.store.transaction import StoreTx
+from parley.server.store.usage import UsageTables
+from parley.session.events import Membership, SettingsChanged, membership_event
+from parley.session.webhook_events import SESSION_CREATED, SESSION_DELETED
 
 __all__ = [
     "EntryRow",

@@ -34,7 +34,7 @@ from typing import Any
 
 from sqlalchemy import URL
 
-from server.store.health import LockTimeout
+from parley.server.store.health import LockTimeout
 
 log = logging.getLogger("parley.sqlite")
 

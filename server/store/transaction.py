@@ -12,16 +12,16 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from server.store.access import PrivateItem, insert_audit, insert_private
-from server.store.group_commit import insert_updates
-from server.store.rows import EntryRow
-from server.store.tables import doc_snapshots, doc_updates, entries, session_events, sessions
-from server.store.webhooks import Subscriptions, enqueue, version_now
-from session.errors import DuplicateCommand
-from session.events import SessionEvent
-from session.lifecycle import IllegalTransition, PromptStatus, prompt_predecessors
-from session.reasons import Ending
-from session.webhook_events import webhook_data, webhook_types
+from parley.server.store.access import PrivateItem, insert_audit, insert_private
+from parley.server.store.group_commit import insert_updates
+from parley.server.store.rows import EntryRow
+from parley.server.store.tables import doc_snapshots, doc_updates, entries, session_events, sessions
+from parley.server.store.webhooks import Subscriptions, enqueue, version_now
+from parley.session.errors import DuplicateCommand
+from parley.session.events import SessionEvent
+from parley.session.lifecycle import IllegalTransition, PromptStatus, prompt_predecessors
+from parley.session.reasons import Ending
+from parley.session.webhook_events import webhook_data, webhook_types
 
 
 class StoreTx:

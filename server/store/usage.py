@@ -12,14 +12,14 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import and_, delete, func, insert, select
 
-from server.store.database import Database
-from server.store.tables import model_usage, quotas
-from session.errors import QuotaExceeded
-from session.model import Usage
-from session.quota import Quotas, day_of, over_quota, shares
+from parley.server.store.database import Database
+from parley.server.store.tables import model_usage, quotas
+from parley.session.errors import QuotaExceeded
+from parley.session.model import Usage
+from parley.session.quota import Quotas, day_of, over_quota, shares
 
 if TYPE_CHECKING:
-    from server.store.port import SessionStore
+    from parley.server.store.port import SessionStore
 
 
 @dataclass(frozen=True, slots=True)

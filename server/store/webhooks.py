@@ -32,8 +32,13 @@ from typing import Any
 from sqlalchemy import ScalarSelect, delete, false, func, insert, select, text, true, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from server.store.tables import webhook_attempts, webhook_deliveries, webhook_version, webhooks
-from session.webhook_events import Outgoing, Subscription, outgoing
+from parley.server.store.tables import (
+    webhook_attempts,
+    webhook_deliveries,
+    webhook_version,
+    webhooks,
+)
+from parley.session.webhook_events import Outgoing, Subscription, outgoing
 
 ACTIVE, PAUSED, DISABLED = "active", "paused", "disabled"
 PENDING, SENDING, DELIVERED, FAILED = "pending", "sending", "delivered", "failed"

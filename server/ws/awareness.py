@@ -14,8 +14,8 @@ import math
 import time
 from collections.abc import Callable
 
-from session.presence import Presence
-from session.yprotocol import encode_awareness
+from parley.session.presence import Presence
+from parley.session.yprotocol import encode_awareness
 
 
 class AwarenessFanout:

@@ -21,15 +21,15 @@ from enum import Enum
 
 from starlette.websockets import WebSocket, WebSocketState
 
-from authz.tokens import ClientClaims
-from server.settings import Settings
-from server.ws.direct_send import DirectWriter
-from server.ws.send_budget import DropReason, SendBudget
-from session.closes import CloseCode
-from session.commands import error_reply
-from session.errors import ParleyError
-from session.ratelimit import AbuseCounter, Budgets, Rate, Spend, TokenBucket
-from session.yprotocol import encode_command_frame
+from parley.authz.tokens import ClientClaims
+from parley.server.settings import Settings
+from parley.server.ws.direct_send import DirectWriter
+from parley.server.ws.send_budget import DropReason, SendBudget
+from parley.session.closes import CloseCode
+from parley.session.commands import error_reply
+from parley.session.errors import ParleyError
+from parley.session.ratelimit import AbuseCounter, Budgets, Rate, Spend, TokenBucket
+from parley.session.yprotocol import encode_command_frame
 
 log = logging.getLogger("parley.connection")
 

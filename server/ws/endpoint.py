@@ -22,19 +22,19 @@ import logging
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from authz.origins import origin_allowed, own_origins
-from authz.policy import Do, decide
-from authz.roles import Capability
-from authz.tokens import verify_token
-from server.http.retry_hint import retry_later_response
-from server.runtime.room import SessionRoom
-from server.settings import Settings
-from server.state import AppState
-from server.ws.connection import CommandChannel, Connection, ConnectionLimits
-from server.ws.direct_send import SCOPE_KEY as DIRECT_WRITER
-from session.closes import CloseCode
-from session.commands import command_id_of, error_reply
-from session.errors import (
+from parley.authz.origins import origin_allowed, own_origins
+from parley.authz.policy import Do, decide
+from parley.authz.roles import Capability
+from parley.authz.tokens import verify_token
+from parley.server.http.retry_hint import retry_later_response
+from parley.server.runtime.room import SessionRoom
+from parley.server.settings import Settings
+from parley.server.state import AppState
+from parley.server.ws.connection import CommandChannel, Connection, ConnectionLimits
+from parley.server.ws.direct_send import SCOPE_KEY as DIRECT_WRITER
+from parley.session.closes import CloseCode
+from parley.session.commands import command_id_of, error_reply
+from parley.session.errors import (
     Forbidden,
     NotFound,
     ParleyError,
@@ -43,9 +43,9 @@ from session.errors import (
     Unavailable,
     close_code_for,
 )
-from session.presence import Presence
-from session.ratelimit import cost_of
-from session.yprotocol import (
+from parley.session.presence import Presence
+from parley.session.ratelimit import cost_of
+from parley.session.yprotocol import (
     AwarenessMessage,
     ProtocolError,
     QueryAwarenessMessage,

@@ -13,7 +13,7 @@ runner, and the answer (an ack or the error). ``server.runtime.room.SessionRoom`
 them out through the room's one writer (``server.runtime.writer``).
 """
 
-from session.core.effects import (
+from parley.session.core.effects import (
     Ack,
     AppendText,
     AuditRecord,
@@ -30,9 +30,9 @@ from session.core.effects import (
     StopRun,
     ToolStep,
 )
-from session.core.rules import Event, handle
-from session.core.state import CommandEvent, DocumentLimits, SessionView
-from session.core.steps import (
+from parley.session.core.rules import Event, handle
+from parley.session.core.state import CommandEvent, DocumentLimits, SessionView
+from parley.session.core.steps import (
     ContextDrawn,
     MemberUpdated,
     Recovered,

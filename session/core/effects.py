@@ -18,13 +18,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from authz.policy import Restriction
-from session.commands import ack
-from session.errors import ParleyError
-from session.events import SessionEvent
-from session.queue import OrderingQueue, Policy, Run
-from session.reasons import Ending
-from session.schema import EntryKind
+from parley.authz.policy import Restriction
+from parley.session.commands import ack
+from parley.session.errors import ParleyError
+from parley.session.events import SessionEvent
+from parley.session.queue import OrderingQueue, Policy, Run
+from parley.session.reasons import Ending
+from parley.session.schema import EntryKind
 
 
 @dataclass(frozen=True, slots=True)

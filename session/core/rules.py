@@ -14,9 +14,9 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from authz.policy import Cancel, Do, decide
-from authz.roles import Capability
-from session.commands import (
+from parley.authz.policy import Cancel, Do, decide
+from parley.authz.roles import Capability
+from parley.session.commands import (
     CancelCommand,
     FactCommand,
     MessageCommand,
@@ -25,8 +25,8 @@ from session.commands import (
     PromptCommand,
     check_fact,
 )
-from session.core import runs
-from session.core.effects import (
+from parley.session.core import runs
+from parley.session.core.effects import (
     Ack,
     AuditRecord,
     Effects,
@@ -38,9 +38,9 @@ from session.core.effects import (
     StopRun,
     refused,
 )
-from session.core.semantic import events_of
-from session.core.state import CommandEvent, SessionView
-from session.core.steps import (
+from parley.session.core.semantic import events_of
+from parley.session.core.state import CommandEvent, SessionView
+from parley.session.core.steps import (
     ContextDrawn,
     MemberUpdated,
     Recovered,
@@ -51,7 +51,7 @@ from session.core.steps import (
     TokenRevoked,
     ToolStepTaken,
 )
-from session.errors import (
+from parley.session.errors import (
     Conflict,
     Forbidden,
     NotFound,
@@ -59,10 +59,10 @@ from session.errors import (
     TooLarge,
     Unavailable,
 )
-from session.lifecycle import PromptStatus
-from session.queue import PendingPrompt
-from session.reasons import Ending, ReasonCode
-from session.schema import MESSAGE_STATUS, EntryKind
+from parley.session.lifecycle import PromptStatus
+from parley.session.queue import PendingPrompt
+from parley.session.reasons import Ending, ReasonCode
+from parley.session.schema import MESSAGE_STATUS, EntryKind
 
 Event = (
     CommandEvent

@@ -12,9 +12,9 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from authz.policy import everyone_may_read, restrict
-from authz.scope import ContextSeen, RunScope, scope_for_run
-from session.core.effects import (
+from parley.authz.policy import everyone_may_read, restrict
+from parley.authz.scope import ContextSeen, RunScope, scope_for_run
+from parley.session.core.effects import (
     AppendText,
     AuditRecord,
     BeginRun,
@@ -24,8 +24,8 @@ from session.core.effects import (
     StopRun,
     ToolStep,
 )
-from session.core.state import SessionView
-from session.core.steps import (
+from parley.session.core.state import SessionView
+from parley.session.core.steps import (
     ContextDrawn,
     MemberUpdated,
     Recovered,
@@ -36,10 +36,10 @@ from session.core.steps import (
     TokenRevoked,
     ToolStepTaken,
 )
-from session.errors import Forbidden
-from session.lifecycle import PromptStatus
-from session.queue import OrderingQueue, PendingPrompt, Run
-from session.reasons import Ending, ReasonCode
+from parley.session.errors import Forbidden
+from parley.session.lifecycle import PromptStatus
+from parley.session.queue import OrderingQueue, PendingPrompt, Run
+from parley.session.reasons import Ending, ReasonCode
 
 # Why a run that was in flight when its room was last lost ended (see ``Recovered``).
 CUT_OFF_REASONS = {

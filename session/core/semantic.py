@@ -6,8 +6,8 @@ stores exactly these, in this order, in the effects' own transaction.
 
 from __future__ import annotations
 
-from session.core.effects import Effects, Pin, SetFact, SetPolicy
-from session.events import (
+from parley.session.core.effects import Effects, Pin, SetFact, SetPolicy
+from parley.session.events import (
     FactSet,
     MessagePosted,
     PinChanged,
@@ -18,7 +18,7 @@ from session.events import (
     SessionEvent,
     SettingsChanged,
 )
-from session.schema import EntryKind, SessionDocument
+from parley.session.schema import EntryKind, SessionDocument
 
 
 def events_of(doc: SessionDocument, effects: Effects, actor: str) -> tuple[SessionEvent, ...]:

@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from authz.policy import Subject
-from session.commands import Command
-from session.queue import OrderingQueue, Run
-from session.schema import SessionDocument
+from parley.authz.policy import Subject
+from parley.session.commands import Command
+from parley.session.queue import OrderingQueue, Run
+from parley.session.schema import SessionDocument
 
 
 @dataclass(frozen=True, slots=True)

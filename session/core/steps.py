@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from authz.policy import Restriction
-from authz.roles import Member
-from session.core.effects import AuditRecord, ReplyState
-from session.queue import Policy, Run
-from session.reasons import Ending, ReasonCode
+from parley.authz.policy import Restriction
+from parley.authz.roles import Member
+from parley.session.core.effects import AuditRecord, ReplyState
+from parley.session.queue import Policy, Run
+from parley.session.reasons import Ending, ReasonCode
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,9 +5,9 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from authz.membership import ADMIN, judge_membership_change
-from authz.policy import Readers, Subject, may_read
-from authz.roles import Capability, Member, RoleTable, capabilities_of
+from parley.authz.membership import ADMIN, judge_membership_change
+from parley.authz.policy import Readers, Subject, may_read
+from parley.authz.roles import Capability, Member, RoleTable, capabilities_of
 
 OWNER_CAPS = frozenset(Capability)
 EDITORS_ONLY = Readers("plans", roles=frozenset({"editor"}))

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from authz.origins import check_allowed_origins, normalise_origin, origin_allowed, own_origins
+from parley.authz.origins import (
+    check_allowed_origins,
+    normalise_origin,
+    origin_allowed,
+    own_origins,
+)
 
 
 def test_origins_normalise_to_scheme_host_and_port() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from authz.policy import (
+from parley.authz.policy import (
     Cancel,
     Read,
     Readers,
@@ -17,10 +17,10 @@ from authz.policy import (
     restriction_from_json,
     restriction_to_json,
 )
-from authz.roles import Capability, Member, RoleTable
-from authz.scope import ToolDef, scope_for_run
-from session.errors import Forbidden
-from session.model import ToolSpec
+from parley.authz.roles import Capability, Member, RoleTable
+from parley.authz.scope import ToolDef, scope_for_run
+from parley.session.errors import Forbidden
+from parley.session.model import ToolSpec
 
 TABLE = RoleTable({"support": frozenset({Capability.READ_SESSION, Capability.PROMPT})})
 

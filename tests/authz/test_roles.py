@@ -6,8 +6,8 @@ import itertools
 
 import pytest
 
-from authz.policy import Do, Subject, decide
-from authz.roles import (
+from parley.authz.policy import Do, Subject, decide
+from parley.authz.roles import (
     ROLE_CAPABILITIES,
     Capability,
     Member,
@@ -17,7 +17,7 @@ from authz.roles import (
     check_capabilities,
     check_role_name,
 )
-from session.errors import Forbidden, InvalidInput
+from parley.session.errors import Forbidden, InvalidInput
 
 C = Capability
 

@@ -9,12 +9,12 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from pycrdt import Doc
 
-from authz.policy import Readers, Restriction, Subject
-from authz.roles import Capability, Member, RoleTable
-from authz.scope import scope_for_run
-from session.context import build_context
-from session.errors import Forbidden
-from session.schema import SessionDocument
+from parley.authz.policy import Readers, Restriction, Subject
+from parley.authz.roles import Capability, Member, RoleTable
+from parley.authz.scope import scope_for_run
+from parley.session.context import build_context
+from parley.session.errors import Forbidden
+from parley.session.schema import SessionDocument
 
 USERS = ["u0", "u1", "u2", "u3"]
 DOCS = ["d0", "d1", "d2"]

@@ -7,7 +7,7 @@ import time
 import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from authz.standard_webhooks import headers, new_secret
+from parley.authz.standard_webhooks import headers, new_secret
 
 
 def test_a_signed_body_verifies_with_the_reference_library() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from authz.targets import refused_address, url_problem
+from parley.authz.targets import refused_address, url_problem
 
 
 @pytest.mark.parametrize(

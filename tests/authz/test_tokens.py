@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from authz.tokens import (
+from parley.authz.tokens import (
     ALGORITHM,
     AUDIENCE,
     ClientClaims,
@@ -18,7 +18,7 @@ from authz.tokens import (
     token_refusal,
     verify_token,
 )
-from session.errors import Unauthenticated
+from parley.session.errors import Unauthenticated
 
 KEY = "k" * 43  # the length of secrets.token_urlsafe(32), as the server generates
 OTHER_KEY = "z" * 43

@@ -3,7 +3,7 @@ does not."""
 
 from __future__ import annotations
 
-from authz.webhooks import WebhookVerifier, new_delivery_id, sign, verify_signature
+from parley.authz.webhooks import WebhookVerifier, new_delivery_id, sign, verify_signature
 
 SECRET = "s3cret"
 BODY = b'{"tool":"deploy","arguments":{}}'

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 
-from server.openapi_dump import render, served_document
+from parley.server.openapi_dump import render, served_document
 from tests.conftest import REPO_ROOT, RunningServer
 
 DOCS_OPENAPI = REPO_ROOT / "docs" / "openapi.json"
-REGENERATE = "stale: regenerate it with `python -m server.openapi_dump > docs/openapi.json`"
+REGENERATE = "stale: regenerate it with `python -m parley.server.openapi_dump > docs/openapi.json`"
 
 
 async def test_the_docs_openapi_file_is_what_a_live_server_serves(

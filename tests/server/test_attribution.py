@@ -8,7 +8,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from session.attribution import is_server_line
+from parley.session.attribution import is_server_line
 from tests.conftest import RunningServer, make_settings, serve_in_process, sqlite_url
 from tests.server.runtime.harness import RecordingOffline
 from tests.yclient import YClient, all_replies_settled

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
-from server.ws.awareness import AwarenessFanout
-from session.presence import Presence
-from session.yprotocol import (
+from parley.server.ws.awareness import AwarenessFanout
+from parley.session.presence import Presence
+from parley.session.yprotocol import (
     AwarenessMessage,
     AwarenessState,
     decode_awareness_update,

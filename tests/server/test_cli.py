@@ -1,6 +1,6 @@
 """The command line as a user meets it: help, version, configuration mistakes, the schema.
 
-Each case runs ``python -m server.cli`` as a real process in a scratch directory: a
+Each case runs ``python -m parley.server.cli`` as a real process in a scratch directory: a
 configuration mistake is one line on stderr and exit status 2, and nothing was touched
 (no database file, no data directory, no port held).
 """
@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from server.cli import build_parser
-from server.store.db import head_revision
+from parley.server.cli import build_parser
+from parley.server.store.db import head_revision
 from tests.conftest import REPO_ROOT
 
 GOOD_KEY = "PARLEY_TEST_CLI_KEY"
@@ -42,7 +42,7 @@ def parley(
         **env,
     )
     return subprocess.run(
-        [sys.executable, "-m", "server.cli", *args],
+        [sys.executable, "-m", "parley.server.cli", *args],
         cwd=cwd or tmp_path,
         env=base,
         capture_output=True,
@@ -89,7 +89,7 @@ def test_every_command_and_flag_has_plain_help() -> None:
             continue
         assert action.help, f"{action.option_strings or action.dest}: no help"
     text = " ".join(parser.format_help().split())
-    assert "``" not in text and "uvicorn server.app:create_app --factory" in text
+    assert "``" not in text and "uvicorn parley.server.app:create_app --factory" in text
 
 
 def test_models_that_are_not_json_are_one_line(tmp_path: Path) -> None:

@@ -12,15 +12,15 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from authz.policy import Decision
-from authz.roles import Member
-from server.runtime.commands import dispatch, handle_frame
-from server.runtime.room import SessionRoom
-from server.store.db import create_engine, migrate
-from server.store.sessions import Store
-from server.store.tables import audit_log
-from session.commands import CancelCommand, MessageCommand, PromptCommand
-from session.queue import Policy
+from parley.authz.policy import Decision
+from parley.authz.roles import Member
+from parley.server.runtime.commands import dispatch, handle_frame
+from parley.server.runtime.room import SessionRoom
+from parley.server.store.db import create_engine, migrate
+from parley.server.store.sessions import Store
+from parley.server.store.tables import audit_log
+from parley.session.commands import CancelCommand, MessageCommand, PromptCommand
+from parley.session.queue import Policy
 from tests.conftest import make_settings
 
 

@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from session.webhook_events import TYPES
+from parley.session.webhook_events import TYPES
 from tests.conftest import (
     ADMIN_KEY,
     RunningServer,

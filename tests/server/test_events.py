@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from server.settings import OFFLINE_MODEL
+from parley.server.settings import OFFLINE_MODEL
 from tests.conftest import RunningServer, make_settings, serve_in_process, sqlite_url
 from tests.yclient import YClient, all_replies_settled
 

@@ -7,13 +7,20 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from authz.policy import Decision
-from authz.roles import Member
-from authz.standard_webhooks import new_secret
-from server.store.db import create_engine, migrate
-from server.store.sessions import MemberRow, Store
-from server.store.webhooks import Attempt, claim, create_webhook, list_deliveries, prune, record
-from session.events import (
+from parley.authz.policy import Decision
+from parley.authz.roles import Member
+from parley.authz.standard_webhooks import new_secret
+from parley.server.store.db import create_engine, migrate
+from parley.server.store.sessions import MemberRow, Store
+from parley.server.store.webhooks import (
+    Attempt,
+    claim,
+    create_webhook,
+    list_deliveries,
+    prune,
+    record,
+)
+from parley.session.events import (
     MemberChanged,
     MemberJoined,
     MemberLeft,

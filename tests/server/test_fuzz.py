@@ -48,7 +48,7 @@ import websockets
 from hypothesis import strategies as st
 from pycrdt import Array, Doc, Map, Text
 
-from session.yprotocol import SyncType, encode_sync
+from parley.session.yprotocol import SyncType, encode_sync
 from tests.conftest import RunningServer, make_settings, serve_in_process, sqlite_url
 from tests.yclient import YClient
 

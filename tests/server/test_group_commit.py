@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import event, text
 
-from server.runtime.writer import _settled
-from server.store.db import create_engine, migrate
-from server.store.sessions import Store, StoreTx
-from session.errors import Unavailable
+from parley.server.runtime.writer import _settled
+from parley.server.store.db import create_engine, migrate
+from parley.server.store.sessions import Store, StoreTx
+from parley.session.errors import Unavailable
 
 
 @pytest.fixture

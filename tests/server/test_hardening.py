@@ -11,7 +11,7 @@ import httpx
 import pytest
 import websockets
 
-from session.yprotocol import SyncType, encode_sync
+from parley.session.yprotocol import SyncType, encode_sync
 from tests.conftest import RunningServer, make_settings, serve_in_process, sqlite_url
 from tests.fake_model import FakeModel
 from tests.yclient import all_replies_settled

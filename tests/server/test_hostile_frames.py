@@ -13,7 +13,7 @@ from typing import Any
 import websockets
 from pycrdt import Doc, Text
 
-from session.yprotocol import (
+from parley.session.yprotocol import (
     AwarenessMessage,
     AwarenessState,
     SyncMessage,

@@ -10,8 +10,8 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from server.store.db import create_engine
-from server.store.tables import audit_log
+from parley.server.store.db import create_engine
+from parley.server.store.tables import audit_log
 from tests.conftest import RunningServer, make_settings, serve_in_process, sqlite_url
 from tests.server.cluster.nodes import cluster, settled
 from tests.server.test_context_api import first_call_waits

@@ -13,7 +13,7 @@ import httpx
 import jwt
 import websockets
 
-from server.logs import REDACTED, LogFormatter, Redactor
+from parley.server.logs import REDACTED, LogFormatter, Redactor
 from tests.conftest import ADMIN_KEY, SECRET_KEY, ServerProcess, free_port, sqlite_url
 from tests.yclient import YClient, all_replies_settled
 

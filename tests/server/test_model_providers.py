@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from server.providers.registry import open_models
-from server.settings import ModelSpec
-from session.errors import MissingApiKey
+from parley.server.providers.registry import open_models
+from parley.server.settings import ModelSpec
+from parley.session.errors import MissingApiKey
 from tests.conftest import RunningServer, make_settings, serve_in_process, sqlite_url
 from tests.fake_upstream import FakeUpstream, Reply, anthropic_stream, openai_stream
 from tests.yclient import YClient, all_replies_settled

@@ -7,8 +7,13 @@ import contextlib
 from collections.abc import AsyncGenerator
 from typing import Any, cast
 
-from server.providers.offline import EXCERPT_CHARS, OfflineProvider, compose_reply, count_tokens
-from session.model import Finish, ModelEvent, ModelMessage, ModelRequest, TextDelta, Usage
+from parley.server.providers.offline import (
+    EXCERPT_CHARS,
+    OfflineProvider,
+    compose_reply,
+    count_tokens,
+)
+from parley.session.model import Finish, ModelEvent, ModelMessage, ModelRequest, TextDelta, Usage
 
 
 def request(*messages: ModelMessage, answering: tuple[int, ...] | None = None) -> ModelRequest:

@@ -24,8 +24,8 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
-from server.outbound import targets as outbound
-from server.outbound.targets import NoAnswer, OutboundClient, RefusedTarget
+from parley.server.outbound import targets as outbound
+from parley.server.outbound.targets import NoAnswer, OutboundClient, RefusedTarget
 from tests.conftest import serve_asgi
 
 PUBLIC = "93.184.216.34"  # never connected to: the tests record the attempt instead

@@ -15,8 +15,8 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
-from server.store.db import create_engine
-from server.store.tables import doc_snapshots
+from parley.server.store.db import create_engine
+from parley.server.store.tables import doc_snapshots
 from tests.conftest import ADMIN_KEY, ServerProcess, free_port, sqlite_url
 from tests.stock_client import StockYjsClient, ensure_node_modules
 from tests.yclient import YClient, all_replies_settled

@@ -12,18 +12,18 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from authz.policy import Decision
-from authz.roles import Member
-from server.runtime.commands import dispatch
-from server.runtime.room import SessionRoom
-from server.settings import Settings
-from server.store.db import create_engine, migrate
-from server.store.sessions import Store
-from server.store.tables import entries
-from session.commands import PromptCommand
-from session.lifecycle import IllegalTransition, PromptStatus
-from session.queue import Policy
-from session.reasons import Ending, ReasonCode
+from parley.authz.policy import Decision
+from parley.authz.roles import Member
+from parley.server.runtime.commands import dispatch
+from parley.server.runtime.room import SessionRoom
+from parley.server.settings import Settings
+from parley.server.store.db import create_engine, migrate
+from parley.server.store.sessions import Store
+from parley.server.store.tables import entries
+from parley.session.commands import PromptCommand
+from parley.session.lifecycle import IllegalTransition, PromptStatus
+from parley.session.queue import Policy
+from parley.session.reasons import Ending, ReasonCode
 from tests.conftest import make_settings
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
-from server.ws.send_budget import DropReason, SendBudget
+from parley.server.ws.send_budget import DropReason, SendBudget
 
 
 @dataclass(eq=False)

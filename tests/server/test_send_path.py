@@ -14,11 +14,11 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 from websockets.streams import StreamReader
 
-from server.ws.connection import Connection
-from server.ws.direct_send import DirectWriter, binary_frame
-from server.ws.send_budget import DropReason, SendBudget
-from session.closes import CloseCode
-from session.yprotocol import SyncType, encode_sync
+from parley.server.ws.connection import Connection
+from parley.server.ws.direct_send import DirectWriter, binary_frame
+from parley.server.ws.send_budget import DropReason, SendBudget
+from parley.session.closes import CloseCode
+from parley.session.yprotocol import SyncType, encode_sync
 from tests.conftest import RunningServer
 
 

@@ -7,9 +7,9 @@ import asyncio
 import time
 from pathlib import Path
 
-from server.outbound.sender_thread import SenderThread, own_thread_possible
-from server.store.db import create_engine, migrate
-from server.store.sessions import Store
+from parley.server.outbound.sender_thread import SenderThread, own_thread_possible
+from parley.server.store.db import create_engine, migrate
+from parley.server.store.sessions import Store
 from tests.conftest import make_settings, sqlite_url
 
 

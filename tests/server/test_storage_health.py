@@ -11,10 +11,10 @@ import sqlite3
 import pytest
 from sqlalchemy.exc import OperationalError
 
-from server.cli import FIRST_RETRY_S, MAX_RETRY_S, wait_for_database
-from server.http.retry_hint import MAX_CLOSE_REASON_BYTES, retry_later_response, retry_reason
-from server.store.health import LockTimeout, StorageHealth, fault_kind
-from session.errors import Unavailable
+from parley.server.cli import FIRST_RETRY_S, MAX_RETRY_S, wait_for_database
+from parley.server.http.retry_hint import MAX_CLOSE_REASON_BYTES, retry_later_response, retry_reason
+from parley.server.store.health import LockTimeout, StorageHealth, fault_kind
+from parley.session.errors import Unavailable
 
 
 def _sqlite_error(code: int, name: str) -> sqlite3.OperationalError:

@@ -8,11 +8,11 @@ import asyncio
 import pytest
 from pycrdt import Doc
 
-from server.http.sse_cursor import Cursor
-from server.runtime.stream_feed import ReplyText, StreamFeed
-from session.errors import BadEventId
-from session.events import StoredEvent
-from session.schema import QueuedItem, SessionDocument
+from parley.server.http.sse_cursor import Cursor
+from parley.server.runtime.stream_feed import ReplyText, StreamFeed
+from parley.session.errors import BadEventId
+from parley.session.events import StoredEvent
+from parley.session.schema import QueuedItem, SessionDocument
 
 
 def _read_feed() -> StreamFeed:

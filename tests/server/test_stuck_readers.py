@@ -16,8 +16,8 @@ import httpx
 import pytest
 import websockets
 
-from server.state import AppState
-from session.yprotocol import SyncType, encode_sync
+from parley.server.state import AppState
+from parley.session.yprotocol import SyncType, encode_sync
 from tests.conftest import RunningServer, make_settings, serve_in_process, sqlite_url
 
 MIB = 1024 * 1024

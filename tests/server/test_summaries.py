@@ -9,8 +9,8 @@ import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from server.providers.offline import OfflineProvider
-from session.model import ModelEvent, ModelRequest
+from parley.server.providers.offline import OfflineProvider
+from parley.session.model import ModelEvent, ModelRequest
 from tests.conftest import RunningServer, make_settings, serve_in_process, sqlite_url
 from tests.server.runtime.test_summaries import SMALL_WINDOW
 from tests.yclient import YClient

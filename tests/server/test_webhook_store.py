@@ -10,12 +10,12 @@ from contextlib import contextmanager
 import pytest
 from sqlalchemy import event, select
 
-from authz.standard_webhooks import new_secret
-from server.store.db import create_engine, migrate
-from server.store.sessions import Store
-from server.store.tables import webhook_deliveries
-from server.store.webhooks import change_webhook, create_webhook, delete_webhook
-from session.events import PromptAccepted
+from parley.authz.standard_webhooks import new_secret
+from parley.server.store.db import create_engine, migrate
+from parley.server.store.sessions import Store
+from parley.server.store.tables import webhook_deliveries
+from parley.server.store.webhooks import change_webhook, create_webhook, delete_webhook
+from parley.session.events import PromptAccepted
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from authz.webhooks import (
+from parley.authz.webhooks import (
     DELIVERY_HEADER,
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,

@@ -25,7 +25,17 @@ import pytest
 from tests.conftest import REPO_ROOT
 
 DEMO_BUILD = REPO_ROOT / "server" / "http" / "demo_files"
-SOURCES = ("server", "session", "authz", "migrations", "pyproject.toml", "README.md", "LICENSE")
+# parley/ links to the four folders; the copy follows the links (the wheel holds files).
+SOURCES = (
+    "parley",
+    "server",
+    "session",
+    "authz",
+    "migrations",
+    "pyproject.toml",
+    "README.md",
+    "LICENSE",
+)
 
 
 def run(*args: str | Path, cwd: Path, env: dict[str, str] | None = None) -> str:
@@ -76,12 +86,16 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_the_wheel_carries_everything_it_serves(installed: Path, tmp_path: Path) -> None:
-    probe = "import pathlib, server, migrations\nprint(pathlib.Path(server.__file__).parent)\n"
+    probe = (
+        "import pathlib\nfrom parley import migrations, server\n"
+        "print(pathlib.Path(server.__file__).parent)\n"
+    )
     where = run(installed / "bin" / "python", "-c", probe, cwd=tmp_path, env=clean_env(installed))
     assert Path(where.strip()).is_relative_to(installed), where  # not the checkout
-    site = Path(where.strip()).parent
-    assert (site / "server" / "http" / "demo_files" / "index.html").is_file()
-    assert any((site / "migrations" / "versions").glob("0001_*.py"))
+    package = Path(where.strip()).parent  # site-packages/parley: the one package
+    assert package.name == "parley" and not (package.parent / "server").exists()
+    assert (package / "server" / "http" / "demo_files" / "index.html").is_file()
+    assert any((package / "migrations" / "versions").glob("0001_*.py"))
     version = run(installed / "bin" / "parley", "--version", cwd=tmp_path, env=clean_env(installed))
     assert version.startswith("parley ")
 

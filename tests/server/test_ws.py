@@ -9,7 +9,7 @@ import json
 import websockets
 from pycrdt import Array, Doc, Map, Text
 
-from session.yprotocol import SyncType, encode_sync
+from parley.session.yprotocol import SyncType, encode_sync
 from tests.conftest import RunningServer
 from tests.yclient import YClient, all_replies_settled
 

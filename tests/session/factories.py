@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from session.attribution import attribution_line, escape_text, is_server_line
-from session.context import BuiltContext
-from session.schema import Entry, EntryKind
+from parley.session.attribution import attribution_line, escape_text, is_server_line
+from parley.session.context import BuiltContext
+from parley.session.schema import Entry, EntryKind
 
 DEFAULT_STATUS = {EntryKind.MESSAGE: "posted", EntryKind.PROMPT: "queued", EntryKind.REPLY: "done"}
 

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from session.attribution import (
+from parley.session.attribution import (
     Fact,
     attribution_line,
     escape_text,
@@ -15,8 +15,8 @@ from session.attribution import (
     name,
     one_line,
 )
-from session.commands import check_fact
-from session.errors import InvalidInput
+from parley.session.commands import check_fact
+from parley.session.errors import InvalidInput
 
 SHAPES = [
     "[alice asks you]",

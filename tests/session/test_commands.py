@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from session.commands import (
+from parley.session.commands import (
     MAX_COMMAND_ID_CHARS,
     CancelCommand,
     CommandError,
@@ -22,8 +22,8 @@ from session.commands import (
     parse_command,
     unstorable_in,
 )
-from session.errors import ErrorCode, Forbidden, QueueFull
-from session.queue import Policy
+from parley.session.errors import ErrorCode, Forbidden, QueueFull
+from parley.session.queue import Policy
 
 LIMITS = Limits(max_text_chars=50, max_frame_chars=500)
 

@@ -9,13 +9,13 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from pycrdt import Doc
 
-from session.attribution import escape_text
-from session.context import SYSTEM_PROMPT, build_context, build_request
-from session.dedup import normalise
-from session.lifecycle import PromptStatus, ReplyStatus
-from session.model import ModelMessage, ModelRequest
-from session.reasons import Ending, ReasonCode
-from session.schema import MESSAGE_STATUS, Entry, EntryKind, SessionDocument
+from parley.session.attribution import escape_text
+from parley.session.context import SYSTEM_PROMPT, build_context, build_request
+from parley.session.dedup import normalise
+from parley.session.lifecycle import PromptStatus, ReplyStatus
+from parley.session.model import ModelMessage, ModelRequest
+from parley.session.reasons import Ending, ReasonCode
+from parley.session.schema import MESSAGE_STATUS, Entry, EntryKind, SessionDocument
 from tests.session.factories import assert_attributed
 
 

@@ -7,10 +7,10 @@ from dataclasses import replace
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from session.attribution import Fact, is_server_line, one_line
-from session.context import ContextSettings, build_context, quoted
-from session.schema import Entry, EntryKind
-from session.tokens import count_tokens
+from parley.session.attribution import Fact, is_server_line, one_line
+from parley.session.context import ContextSettings, build_context, quoted
+from parley.session.schema import Entry, EntryKind
+from parley.session.tokens import count_tokens
 from tests.session.factories import assert_attributed, entry
 
 LOG = "\n".join(

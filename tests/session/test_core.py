@@ -18,10 +18,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pycrdt import Doc
 
-from authz.policy import Readers, Subject
-from authz.roles import Member, RoleTable
-from authz.scope import ContextSeen, scope_for_run
-from session.commands import (
+from parley.authz.policy import Readers, Subject
+from parley.authz.roles import Member, RoleTable
+from parley.authz.scope import ContextSeen, scope_for_run
+from parley.session.commands import (
     CancelCommand,
     Command,
     FactCommand,
@@ -30,7 +30,7 @@ from session.commands import (
     PolicyCommand,
     PromptCommand,
 )
-from session.core import (
+from parley.session.core import (
     Ack,
     AppendText,
     AuditRecord,
@@ -60,14 +60,14 @@ from session.core import (
     WaitingPrompt,
     handle,
 )
-from session.core.runs import (
+from parley.session.core.runs import (
     CUT_OFF_REASONS,
     RESTRICTED_REPLY,
     run_audit,
     run_audit_base,
     too_large,
 )
-from session.errors import (
+from parley.session.errors import (
     Busy,
     Conflict,
     Forbidden,
@@ -77,7 +77,7 @@ from session.errors import (
     TooLarge,
     Unavailable,
 )
-from session.events import (
+from parley.session.events import (
     FactSet,
     MessagePosted,
     PinChanged,
@@ -88,10 +88,10 @@ from session.events import (
     SessionEvent,
     SettingsChanged,
 )
-from session.lifecycle import PromptStatus
-from session.queue import OrderingQueue, PendingPrompt, Policy, QueueLimits, Run
-from session.reasons import OUTCOMES, Ending, ReasonCode
-from session.schema import EntryKind, QueuedItem, SessionDocument
+from parley.session.lifecycle import PromptStatus
+from parley.session.queue import OrderingQueue, PendingPrompt, Policy, QueueLimits, Run
+from parley.session.reasons import OUTCOMES, Ending, ReasonCode
+from parley.session.schema import EntryKind, QueuedItem, SessionDocument
 
 ROLES = {"olive": "owner", "eddie": "editor", "erin": "editor", "vic": "viewer"}
 

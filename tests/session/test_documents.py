@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from session.documents import Document, passages, render, search
+from parley.session.documents import Document, passages, render, search
 
 HANDBOOK = Document(
     "d1",

@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pycrdt import Array, Doc, Map, Text
 
-from session.encoded import EMPTY_STATE_VECTOR, EncodedDocument
-from session.yprotocol import ProtocolError, SyncMessage, SyncType, decode_client_frame
+from parley.session.encoded import EMPTY_STATE_VECTOR, EncodedDocument
+from parley.session.yprotocol import ProtocolError, SyncMessage, SyncType, decode_client_frame
 
 Change = tuple[str, int]
 CHANGES = st.lists(

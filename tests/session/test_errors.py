@@ -10,11 +10,9 @@ import importlib
 import pkgutil
 import sys
 
-import authz
-import server
-import session
-from session.closes import CloseCode
-from session.errors import (
+from parley import authz, server, session
+from parley.session.closes import CloseCode
+from parley.session.errors import (
     ConfigurationError,
     Forbidden,
     InvalidInput,
@@ -122,7 +120,7 @@ def test_every_exception_the_project_defines_is_in_the_tree() -> None:
     _every_module()
     outside = set()
     for name, module in list(sys.modules.items()):
-        if name.split(".")[0] not in {"session", "authz", "server"}:
+        if name.split(".")[:2] not in (["parley", p] for p in ("session", "authz", "server")):
             continue
         for value in vars(module).values():
             if (

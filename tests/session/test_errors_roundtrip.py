@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from session.errors import (
+from parley.session.errors import (
     ErrorCode,
     NotFound,
     ParleyError,

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from session.events import (
+from parley.session.events import (
     KINDS,
     FactSet,
     MemberChanged,
@@ -25,7 +25,7 @@ from session.events import (
     decode,
     membership_event,
 )
-from session.reasons import Ending, ReasonCode
+from parley.session.reasons import Ending, ReasonCode
 
 EXAMPLES: list[SessionEvent] = [
     PromptAccepted("p1", 3, "alice"),

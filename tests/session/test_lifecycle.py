@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from session.lifecycle import (
+from parley.session.lifecycle import (
     PROMPT_TRANSITIONS,
     REPLY_TRANSITIONS,
     IllegalTransition,

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from session.errors import Forbidden, TooLarge
-from session.presence import MAX_CLIENTS_PER_SOCKET, Presence
-from session.yprotocol import (
+from parley.session.errors import Forbidden, TooLarge
+from parley.session.presence import MAX_CLIENTS_PER_SOCKET, Presence
+from parley.session.yprotocol import (
     AwarenessState,
     ProtocolError,
     decode_awareness_update,

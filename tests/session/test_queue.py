@@ -10,9 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from session.errors import Busy, Conflict, QueueFull
-from session.lifecycle import IllegalTransition
-from session.queue import OrderingQueue, PendingPrompt, Policy, Pushed, QueueLimits, Run
+from parley.session.errors import Busy, Conflict, QueueFull
+from parley.session.lifecycle import IllegalTransition
+from parley.session.queue import OrderingQueue, PendingPrompt, Policy, Pushed, QueueLimits, Run
 
 
 def prompt(n: int, author: str = "alice") -> PendingPrompt:

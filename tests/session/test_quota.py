@@ -3,8 +3,8 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from session.model import Usage
-from session.quota import Quotas, day_of, over_quota, shares
+from parley.session.model import Usage
+from parley.session.quota import Quotas, day_of, over_quota, shares
 
 
 def test_day_is_the_utc_date() -> None:

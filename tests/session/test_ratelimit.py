@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from session.ratelimit import (
+from parley.session.ratelimit import (
     AbuseCounter,
     Budgets,
     Cost,
@@ -14,7 +14,7 @@ from session.ratelimit import (
     TokenBucket,
     cost_of,
 )
-from session.yprotocol import (
+from parley.session.yprotocol import (
     AwarenessMessage,
     QueryAwarenessMessage,
     SyncMessage,

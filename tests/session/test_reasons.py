@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from session.lifecycle import (
+from parley.session.lifecycle import (
     PromptStatus,
     ReplyStatus,
     check_prompt_transition,
     check_reply_transition,
     is_terminal,
 )
-from session.reasons import MAX_REASON_CHARS, OUTCOMES, Ending, ReasonCode
+from parley.session.reasons import MAX_REASON_CHARS, OUTCOMES, Ending, ReasonCode
 
 
 def test_every_code_has_an_outcome() -> None:

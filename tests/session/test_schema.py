@@ -10,11 +10,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pycrdt import Doc
 
-from session.errors import NotFound
-from session.lifecycle import IllegalTransition, PromptStatus, ReplyStatus
-from session.queue import OrderingQueue, PendingPrompt, Policy, QueueLimits
-from session.reasons import Ending, ReasonCode
-from session.schema import (
+from parley.session.errors import NotFound
+from parley.session.lifecycle import IllegalTransition, PromptStatus, ReplyStatus
+from parley.session.queue import OrderingQueue, PendingPrompt, Policy, QueueLimits
+from parley.session.reasons import Ending, ReasonCode
+from parley.session.schema import (
     MESSAGE_STATUS,
     SCHEMA_VERSION,
     Entry,

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from session.context import ContextSettings, build_context
-from session.schema import Entry, EntryKind
-from session.summary import (
+from parley.session.context import ContextSettings, build_context
+from parley.session.schema import Entry, EntryKind
+from parley.session.summary import (
     Summary,
     extended,
     newest_within,
@@ -12,7 +12,7 @@ from session.summary import (
     summary_request,
     transcript_line,
 )
-from session.tokens import count_tokens
+from parley.session.tokens import count_tokens
 from tests.session.factories import entry
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Generator
 from typing import Any
 
-from session.model import ModelMessage, ModelRequest, ToolCall, ToolSpec, Usage
-from session.toolloop import (
+from parley.session.model import ModelMessage, ModelRequest, ToolCall, ToolSpec, Usage
+from parley.session.toolloop import (
     CallModel,
     CallTool,
     Effect,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from session.webhook_events import Subscription, message_id, outgoing, webhook_types
+from parley.session.webhook_events import Subscription, message_id, outgoing, webhook_types
 
 
 def test_an_event_goes_to_the_subscriptions_that_want_its_type_and_session() -> None:

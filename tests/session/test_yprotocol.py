@@ -11,10 +11,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pycrdt import Array, Doc, Map, Text, write_var_uint
 
-from session.errors import InvalidInput, TooLarge
-from session.reasons import Ending, ReasonCode
-from session.schema import QueuedItem, SessionDocument
-from session.yprotocol import (
+from parley.session.errors import InvalidInput, TooLarge
+from parley.session.reasons import Ending, ReasonCode
+from parley.session.schema import QueuedItem, SessionDocument
+from parley.session.yprotocol import (
     AwarenessMessage,
     AwarenessState,
     DeleteSet,

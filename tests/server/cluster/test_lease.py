@@ -8,10 +8,10 @@ from collections.abc import AsyncIterator
 import pytest
 from sqlalchemy import select, text
 
-from server.cluster.lease import Fenced, LeaseTable
-from server.store.db import create_engine, migrate
-from server.store.sessions import Store
-from server.store.tables import doc_updates
+from parley.server.cluster.lease import Fenced, LeaseTable
+from parley.server.store.db import create_engine, migrate
+from parley.server.store.sessions import Store
+from parley.server.store.tables import doc_updates
 from tests.conftest import postgres_database
 
 pytestmark = pytest.mark.postgres

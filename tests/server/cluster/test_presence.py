@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import base64
 
-from server.cluster.presence import awareness_chunks
-from session.yprotocol import AwarenessState, decode_awareness_update, encode_awareness_update
+from parley.server.cluster.presence import awareness_chunks
+from parley.session.yprotocol import (
+    AwarenessState,
+    decode_awareness_update,
+    encode_awareness_update,
+)
 
 
 def test_a_large_snapshot_is_split_and_an_oversized_state_left_out() -> None:

@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
-from server.store.db import create_engine
+from parley.server.store.db import create_engine
 from tests.conftest import postgres_database
 
 pytestmark = pytest.mark.postgres

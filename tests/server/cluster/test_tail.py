@@ -7,9 +7,9 @@ import asyncio
 import pytest
 from pycrdt import Doc, Text
 
-from server.cluster.tail import read_tail
-from server.store.db import create_engine, migrate
-from server.store.sessions import Store
+from parley.server.cluster.tail import read_tail
+from parley.server.store.db import create_engine, migrate
+from parley.server.store.sessions import Store
 from tests.conftest import postgres_database
 
 pytestmark = pytest.mark.postgres

@@ -8,11 +8,11 @@ import json
 import httpx
 import pytest
 
-from server.providers.anthropic import OPENING, AnthropicProvider, render
-from server.providers.upstream import Upstream
-from session.context import build_context
-from session.errors import ProviderError
-from session.model import (
+from parley.server.providers.anthropic import OPENING, AnthropicProvider, render
+from parley.server.providers.upstream import Upstream
+from parley.session.context import build_context
+from parley.session.errors import ProviderError
+from parley.session.model import (
     Finish,
     ModelEvent,
     ModelMessage,
@@ -22,7 +22,7 @@ from session.model import (
     ToolSpec,
     Usage,
 )
-from session.schema import EntryKind
+from parley.session.schema import EntryKind
 from tests.fake_upstream import FakeUpstream, Reply, anthropic_event, anthropic_stream
 from tests.session.factories import entry
 

@@ -8,10 +8,10 @@ import os
 import httpx
 import pytest
 
-from server.providers.anthropic import AnthropicProvider
-from server.providers.openai import OpenAIProvider
-from server.providers.upstream import Upstream
-from session.model import (
+from parley.server.providers.anthropic import AnthropicProvider
+from parley.server.providers.openai import OpenAIProvider
+from parley.server.providers.upstream import Upstream
+from parley.session.model import (
     Finish,
     ModelEvent,
     ModelMessage,

@@ -12,10 +12,10 @@ from dataclasses import replace
 import httpx
 import pytest
 
-from server.providers.openai import OpenAIProvider, render, wire_name
-from server.providers.upstream import Upstream, timeout
-from session.errors import ProviderError
-from session.model import (
+from parley.server.providers.openai import OpenAIProvider, render, wire_name
+from parley.server.providers.upstream import Upstream, timeout
+from parley.session.errors import ProviderError
+from parley.session.model import (
     Finish,
     ModelEvent,
     ModelMessage,

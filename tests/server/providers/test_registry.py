@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from server.providers.registry import ModelRegistry, open_models
-from server.settings import ModelSpec, Settings
-from session.errors import ProviderError
-from session.model import ModelMessage, ModelRequest, TextDelta
+from parley.server.providers.registry import ModelRegistry, open_models
+from parley.server.settings import ModelSpec, Settings
+from parley.session.errors import ProviderError
+from parley.session.model import ModelMessage, ModelRequest, TextDelta
 from tests.fake_model import FakeModel
 
 REQUEST = ModelRequest("s", ("alice",), "", (ModelMessage("user", "hi", author="alice"),), (0,))

@@ -6,11 +6,11 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from server.providers.openai import OpenAIProvider
-from server.providers.retry import RetryingProvider, RetryPolicy
-from server.providers.upstream import Upstream
-from session.errors import ProviderError
-from session.model import Finish, ModelEvent, ModelRequest, TextDelta, Usage
+from parley.server.providers.openai import OpenAIProvider
+from parley.server.providers.retry import RetryingProvider, RetryPolicy
+from parley.server.providers.upstream import Upstream
+from parley.session.errors import ProviderError
+from parley.session.model import Finish, ModelEvent, ModelRequest, TextDelta, Usage
 from tests.fake_model import BASE_URL, Drop, FakeModel, Status
 
 REQUEST = ModelRequest("s", ("alice",), "", (), ())

@@ -16,20 +16,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from authz.policy import Decision
-from authz.roles import Member
-from server.providers.offline import OfflineProvider
-from server.providers.registry import open_models
-from server.runtime.commands import dispatch
-from server.runtime.room import SessionRoom
-from server.runtime.runner import SessionRunner
-from server.settings import Settings
-from server.store.access import ToolRow
-from server.store.memory import MemoryStore
-from session.commands import Command, MessageCommand, PromptCommand
-from session.lifecycle import PromptStatus
-from session.model import ModelEvent, ModelProvider, ModelRequest
-from session.queue import Policy
+from parley.authz.policy import Decision
+from parley.authz.roles import Member
+from parley.server.providers.offline import OfflineProvider
+from parley.server.providers.registry import open_models
+from parley.server.runtime.commands import dispatch
+from parley.server.runtime.room import SessionRoom
+from parley.server.runtime.runner import SessionRunner
+from parley.server.settings import Settings
+from parley.server.store.access import ToolRow
+from parley.server.store.memory import MemoryStore
+from parley.session.commands import Command, MessageCommand, PromptCommand
+from parley.session.lifecycle import PromptStatus
+from parley.session.model import ModelEvent, ModelProvider, ModelRequest
+from parley.session.queue import Policy
 from tests.conftest import make_settings
 from tests.fake_model import FakeModel
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from server.providers.offline import OfflineProvider
-from server.runtime.commands import handle_frame
-from session.commands import CancelCommand, MessageCommand, PromptCommand
+from parley.server.providers.offline import OfflineProvider
+from parley.server.runtime.commands import handle_frame
+from parley.session.commands import CancelCommand, MessageCommand, PromptCommand
 from tests.fake_model import FakeModel, Forever
 from tests.server.runtime.harness import SESSION, memory_session
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import asyncio
 
-from authz.policy import Decision
-from authz.roles import Member
-from server.store.access import ToolRow
-from session.lifecycle import PromptStatus
+from parley.authz.policy import Decision
+from parley.authz.roles import Member
+from parley.server.store.access import ToolRow
+from parley.session.lifecycle import PromptStatus
 from tests.fake_model import Answer, FakeModel, Sent, call
 from tests.server.runtime.harness import SESSION, MemorySession, memory_session
 

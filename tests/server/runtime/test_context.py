@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 
-from session.commands import FactCommand, PinCommand
+from parley.session.commands import FactCommand, PinCommand
 from tests.server.runtime.harness import memory_session
 from tests.server.test_context_api import first_call_waits
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from session.commands import CancelCommand, FactCommand, PinCommand, PolicyCommand
-from session.lifecycle import PromptStatus
-from session.queue import Policy
+from parley.session.commands import CancelCommand, FactCommand, PinCommand, PolicyCommand
+from parley.session.lifecycle import PromptStatus
+from parley.session.queue import Policy
 from tests.server.runtime.harness import SESSION, MemorySession, memory_session
 from tests.server.test_context_api import first_call_waits
 

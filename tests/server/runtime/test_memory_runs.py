@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from session.lifecycle import PromptStatus
+from parley.session.lifecycle import PromptStatus
 from tests.fake_model import FakeModel
 from tests.server.runtime.harness import memory_session
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from session.commands import PromptCommand
-from session.queue import Policy
-from session.schema import Entry
+from parley.session.commands import PromptCommand
+from parley.session.queue import Policy
+from parley.session.schema import Entry
 from tests.fake_model import FakeModel, Sent, askers
 from tests.server.runtime.harness import FINAL, MemorySession, memory_session
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-from server.providers.registry import open_models
-from server.runtime.rooms import RoomRegistry
-from server.store.memory import MemoryStore
-from session.commands import PromptCommand
-from session.queue import Policy
+from parley.server.providers.registry import open_models
+from parley.server.runtime.rooms import RoomRegistry
+from parley.server.store.memory import MemoryStore
+from parley.session.commands import PromptCommand
+from parley.session.queue import Policy
 from tests.fake_model import FakeModel
 from tests.server.runtime.harness import (
     ManualClock,

@@ -3,8 +3,8 @@ policies, cancel rights, queue limits (moved down from the socket tests)."""
 
 from __future__ import annotations
 
-from session.commands import CancelCommand, PolicyCommand, PromptCommand
-from session.queue import Policy
+from parley.session.commands import CancelCommand, PolicyCommand, PromptCommand
+from parley.session.queue import Policy
 from tests.fake_model import FakeModel, Forever
 from tests.server.runtime.harness import MemorySession, memory_session
 

@@ -6,12 +6,12 @@ from __future__ import annotations
 import asyncio
 from dataclasses import replace
 
-from authz.policy import Readers
-from authz.roles import Member
-from server.store.access import DocumentRow, ToolRow
-from server.store.memory import MemoryStore
-from session.lifecycle import PromptStatus
-from session.queue import Policy
+from parley.authz.policy import Readers
+from parley.authz.roles import Member
+from parley.server.store.access import DocumentRow, ToolRow
+from parley.server.store.memory import MemoryStore
+from parley.session.lifecycle import PromptStatus
+from parley.session.queue import Policy
 from tests.fake_model import Answer, FakeModel, Sent, Status, call
 from tests.server.runtime.harness import SESSION, memory_session
 

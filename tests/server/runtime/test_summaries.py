@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from authz.policy import Readers
-from server.store.access import DocumentRow
-from server.store.memory import MemoryStore
+from parley.authz.policy import Readers
+from parley.server.store.access import DocumentRow
+from parley.server.store.memory import MemoryStore
 from tests.fake_model import Answer, FakeModel, Sent, call
 from tests.server.runtime.harness import (
     SESSION,

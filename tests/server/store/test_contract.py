@@ -10,20 +10,20 @@ from typing import Any
 
 import pytest
 
-from authz.policy import Decision, Readers
-from authz.roles import Member
-from server.store.access import PrivateItem
-from server.store.db import create_engine, migrate
-from server.store.memory import MemoryStore
-from server.store.rows import EntryRow
-from server.store.sessions import Store
-from server.store.usage import UsageLedger
-from session.errors import DuplicateCommand
-from session.events import MessagePosted, PromptAccepted
-from session.lifecycle import IllegalTransition, PromptStatus
-from session.quota import Quotas
-from session.reasons import Ending, ReasonCode
-from session.summary import Summary
+from parley.authz.policy import Decision, Readers
+from parley.authz.roles import Member
+from parley.server.store.access import PrivateItem
+from parley.server.store.db import create_engine, migrate
+from parley.server.store.memory import MemoryStore
+from parley.server.store.rows import EntryRow
+from parley.server.store.sessions import Store
+from parley.server.store.usage import UsageLedger
+from parley.session.errors import DuplicateCommand
+from parley.session.events import MessagePosted, PromptAccepted
+from parley.session.lifecycle import IllegalTransition, PromptStatus
+from parley.session.quota import Quotas
+from parley.session.reasons import Ending, ReasonCode
+from parley.session.summary import Summary
 from tests.conftest import postgres_database, sqlite_url
 
 ALLOW = Decision(True, "test")
@@ -205,14 +205,14 @@ async def test_private_items_audit_and_usage(store: Any) -> None:
     assert readers[0] in await store.access.reader_lists("a")
     ledger = UsageLedger(store, lambda: 86_400.0)
     await ledger.set_quotas("a", Quotas(session_tokens_per_day=100))
-    from session.model import Usage
+    from parley.session.model import Usage
 
     await ledger.record("a", ["ann", "bob"], "m", "r1", Usage(60, 20))
     used = await ledger.by_user("a", ledger.today())
     assert sum(u.input_tokens + u.output_tokens for u in used) == 80
     assert [u.user_id for u in used] == ["ann", "bob"]
     await ledger.record("a", ["ann"], "m", "r2", Usage(30, 0))
-    from session.errors import QuotaExceeded
+    from parley.session.errors import QuotaExceeded
 
     with pytest.raises(QuotaExceeded):
         await ledger.admit("a", ["ann"])
