@@ -18,8 +18,9 @@ import time
 from pathlib import Path
 
 from parley.server.store.db import create_engine, migrate
+from parley.server.store.outbox import claim, next_due
 from parley.server.store.sessions import Store
-from parley.server.store.webhooks import claim, create_webhook, next_due
+from parley.server.store.webhooks import create_webhook
 from parley.session.events import PromptAccepted
 
 ROUNDS = 20

@@ -14,6 +14,7 @@ from parley.server.http.models import Strict
 from parley.server.http.rest import Operation, QueryParam
 from parley.server.outbound.targets import target_problem
 from parley.server.state import AppState
+from parley.server.store.outbox import list_deliveries, retry
 from parley.server.store.webhooks import (
     ACTIVE,
     PAUSED,
@@ -22,9 +23,7 @@ from parley.server.store.webhooks import (
     create_webhook,
     delete_webhook,
     get_webhook,
-    list_deliveries,
     list_webhooks,
-    retry,
 )
 from parley.session.errors import Conflict, InvalidInput, NotFound
 from parley.session.webhook_events import TYPES

@@ -27,18 +27,10 @@ from parley.server.outbound.targets import (
     system_resolver,
 )
 from parley.server.settings import Settings
+from parley.server.store.outbox import Attempt, Claimed, claim, next_due, prune, record
 from parley.server.store.sessions import Store
 from parley.server.store.tables import webhook_deliveries
-from parley.server.store.webhooks import (
-    PENDING,
-    SENDING,
-    Attempt,
-    Claimed,
-    claim,
-    next_due,
-    prune,
-    record,
-)
+from parley.server.store.webhooks import PENDING, SENDING
 from parley.session.errors import ParleyError
 
 log = logging.getLogger("parley.webhooks")

@@ -14,9 +14,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from parley.server.store.access import PrivateItem, insert_audit, insert_private
 from parley.server.store.group_commit import insert_updates
+from parley.server.store.outbox import enqueue
 from parley.server.store.rows import EntryRow
 from parley.server.store.tables import doc_snapshots, doc_updates, entries, session_events, sessions
-from parley.server.store.webhooks import Subscriptions, enqueue, version_now
+from parley.server.store.webhooks import Subscriptions, version_now
 from parley.session.errors import DuplicateCommand
 from parley.session.events import SessionEvent
 from parley.session.lifecycle import IllegalTransition, PromptStatus, prompt_predecessors

@@ -1,24 +1,11 @@
-"""Event webhook rows: subscriptions, the outbox of deliveries and their attempts.
-
-``enqueue`` runs inside the transaction that stores the events (``StoreTx.append_events``,
-session creation and deletion), so a delivery exists exactly when its event committed.
-The delivery worker (``server.outbound.webhook_sender``) claims due rows with ``claim`` and records
-each attempt with ``record``.
-
-One session's deliveries to one subscription go out one after another, in order: only
-the first unfinished one, its *head* (``webhook_deliveries.head``), may be claimed. The
-head is kept by ``enqueue`` (a new delivery is the head when its session has none) and
-moves on when it is delivered or given up (``record``) or an older one is retried
-(``retry``), so a claim reads an index range of due heads, whatever the backlog. On
-PostgreSQL the writes that look at a session's head take a transaction lock on it first
-(``_lock_heads``): otherwise a delivery enqueued while its head completes could be seen
-by neither and wait forever. SQLite writes one transaction at a time anyway.
+"""Event webhook subscriptions: their rows, and the copy every event write matches.
 
 The subscriptions an event write matches are kept in memory (``Subscriptions``) and read
 again only when ``webhook_version`` moved: every change of a subscription, on any node,
 counts it up in its own transaction, and an event write reads the counter in a statement
 it makes anyway (``StoreTx.append_events``), so a change committed before an event is in
-force for it on every node, and a write with no subscription makes no extra query.
+force for it on every node, and a write with no subscription makes no extra query. The
+deliveries themselves are ``server.store.outbox``'s.
 """
 
 from __future__ import annotations
@@ -29,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ScalarSelect, delete, false, func, insert, select, text, true, update
+from sqlalchemy import ScalarSelect, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from parley.server.store.tables import (
@@ -38,7 +25,7 @@ from parley.server.store.tables import (
     webhook_version,
     webhooks,
 )
-from parley.session.webhook_events import Outgoing, Subscription, outgoing
+from parley.session.webhook_events import Subscription
 
 ACTIVE, PAUSED, DISABLED = "active", "paused", "disabled"
 PENDING, SENDING, DELIVERED, FAILED = "pending", "sending", "delivered", "failed"
@@ -55,21 +42,6 @@ class WebhookRow:
     disabled_reason: str | None
     failures: int
     created_at: int
-
-
-@dataclass(frozen=True, slots=True)
-class Claimed:
-    """A delivery claimed for one attempt, with what it takes to send it."""
-
-    id: str
-    webhook_id: str
-    session_id: str
-    url: str
-    secret: str
-    message_id: str
-    payload: str
-    attempts: int
-    retry_from: int
 
 
 def _webhook(row: Any) -> WebhookRow:
@@ -137,60 +109,6 @@ class Subscriptions:
             self._version = version
             self.reads += 1
         return self._subscriptions
-
-
-async def enqueue(
-    connection: AsyncConnection,
-    subscriptions: Sequence[Subscription],
-    session_id: str,
-    events: Sequence[tuple[int, int, str, dict[str, Any]]],
-) -> int:
-    """Write the deliveries of ``events`` (event seq, at ms, webhook type, data) for every
-    one of ``subscriptions`` that wants them, paused and disabled ones too (they wait);
-    returns how many. Call in the events' own transaction."""
-    if not events or not subscriptions:
-        return 0
-    found: list[tuple[int, Outgoing]] = []
-    for seq, at_ms, kind, data in events:
-        found += [(at_ms, o) for o in outgoing(subscriptions, session_id, seq, at_ms, kind, data)]
-    if found:
-        keys = sorted({o.webhook_id for _, o in found})
-        await _lock_heads(connection, [(key, session_id) for key in keys])
-        d = webhook_deliveries
-        headed = set(
-            (
-                await connection.execute(
-                    select(d.c.webhook_id).where(
-                        d.c.webhook_id.in_(keys), d.c.session_id == session_id, d.c.head == true()
-                    )
-                )
-            ).scalars()
-        )
-        heads: set[int] = set()
-        for index, (_, o) in enumerate(found):  # ids follow this order: the first is oldest
-            if o.webhook_id not in headed:
-                headed.add(o.webhook_id)
-                heads.add(index)
-        await connection.execute(
-            insert(webhook_deliveries),
-            [
-                {
-                    "webhook_id": o.webhook_id,
-                    "session_id": session_id,
-                    "message_id": o.message_id,
-                    "type": o.type,
-                    "payload": o.payload,
-                    "status": PENDING,
-                    "attempts": 0,
-                    "next_at": at_ms,
-                    "retry_from": at_ms,
-                    "created_at": at_ms,
-                    "head": index in heads,
-                }
-                for index, (at_ms, o) in enumerate(found)
-            ],
-        )
-    return len(found)
 
 
 # -- subscriptions ------------------------------------------------------------------------
@@ -277,261 +195,3 @@ async def delete_webhook(connection: AsyncConnection, webhook_id: str) -> bool:
     if result.rowcount:
         await _count_change(connection)
     return bool(result.rowcount)
-
-
-# -- deliveries ---------------------------------------------------------------------------
-
-
-async def _lock_heads(connection: AsyncConnection, keys: Sequence[tuple[str, str]]) -> None:
-    """PostgreSQL: hold the heads of these (subscription, session) pairs until the
-    transaction ends, so that the next statement sees every delivery of theirs committed
-    before. Take them in sorted order (no deadlock between two writers)."""
-    if connection.dialect.name != "postgresql":
-        return
-    for webhook_id, session_id in keys:
-        await connection.execute(
-            text("SELECT pg_advisory_xact_lock(hashtext(:w), hashtext(:s))"),
-            {"w": webhook_id, "s": session_id},
-        )
-
-
-async def _advance_head(
-    connection: AsyncConnection, webhook_id: str, session_id: str, head: int
-) -> None:
-    """``head`` is finished: the session's next unfinished delivery becomes the head."""
-    d = webhook_deliveries
-    await connection.execute(update(d).where(d.c.id == head).values(head=False))
-    following = (
-        await connection.execute(
-            select(d.c.id)
-            .where(
-                d.c.webhook_id == webhook_id,
-                d.c.session_id == session_id,
-                d.c.head == false(),
-                d.c.id > head,
-                d.c.status.in_((PENDING, SENDING)),
-            )
-            .order_by(d.c.id)
-            .limit(1)
-        )
-    ).first()
-    if following is not None:
-        await connection.execute(update(d).where(d.c.id == following.id).values(head=True))
-
-
-async def claim(connection: AsyncConnection, now: int, lease_ms: int, limit: int) -> list[Claimed]:
-    """Take up to ``limit`` due deliveries of active subscriptions for one attempt each,
-    leased until ``now + lease_ms`` (a claimer that dies leaves them due again then).
-
-    Only heads are claimed: one session's deliveries go out one after another, in order.
-    The cost is the due heads read (plus the heads of paused and disabled subscriptions
-    due before them), not the backlog behind them. PostgreSQL skips rows another node
-    holds (``FOR UPDATE SKIP LOCKED``); on SQLite one writer at a time claims."""
-    d = webhook_deliveries
-    query = (
-        select(
-            d.c.id,
-            d.c.webhook_id,
-            d.c.session_id,
-            d.c.message_id,
-            d.c.payload,
-            d.c.attempts,
-            d.c.retry_from,
-        )
-        .add_columns(webhooks.c.url, webhooks.c.secret)
-        .join(webhooks, webhooks.c.id == d.c.webhook_id)
-        .where(
-            d.c.head == true(),
-            d.c.next_at <= now,
-            d.c.status.in_((PENDING, SENDING)),
-            webhooks.c.status == ACTIVE,
-        )
-        .order_by(d.c.next_at, d.c.id)
-        .limit(limit)
-    )
-    if connection.dialect.name == "postgresql":
-        query = query.with_for_update(skip_locked=True, of=d)
-    rows = list(await connection.execute(query))
-    if not rows:
-        return []
-    await connection.execute(
-        update(d)
-        .where(d.c.id.in_([row.id for row in rows]))
-        .values(status=SENDING, next_at=now + lease_ms)
-    )
-    return [
-        Claimed(
-            str(row.id),
-            row.webhook_id,
-            row.session_id,
-            row.url,
-            row.secret,
-            row.message_id,
-            row.payload,
-            int(row.attempts),
-            int(row.retry_from),
-        )
-        for row in rows
-    ]
-
-
-async def next_due(connection: AsyncConnection) -> int | None:
-    """When the earliest unfinished delivery of an active subscription falls due (ms), or
-    None when none waits (only heads can be due)."""
-    d = webhook_deliveries
-    found = (
-        await connection.execute(
-            select(d.c.next_at)
-            .join(webhooks, webhooks.c.id == d.c.webhook_id)
-            .where(d.c.head == true(), webhooks.c.status == ACTIVE)
-            .order_by(d.c.next_at)
-            .limit(1)
-        )
-    ).first()
-    return None if found is None else int(found.next_at)
-
-
-@dataclass(frozen=True, slots=True)
-class Attempt:
-    """How one attempt went: ``response_code`` None when no answer came (``error`` says)."""
-
-    at: int
-    latency_ms: int
-    response_code: int | None
-    error: str | None
-
-    @property
-    def ok(self) -> bool:
-        return self.response_code is not None and 200 <= self.response_code < 300
-
-
-async def record(
-    connection: AsyncConnection,
-    delivery: Claimed,
-    attempt: Attempt,
-    *,
-    retry_at: int | None,
-    failure_limit: int,
-) -> None:
-    """Store an attempt: delivered, due again at ``retry_at``, or failed for good (None).
-    A failure adds to the subscription's run of failures, which disables it at
-    ``failure_limit``; a success ends the run. Nothing for a delivery deleted meanwhile
-    (with its subscription)."""
-    d = webhook_deliveries
-    await _lock_heads(connection, [(delivery.webhook_id, delivery.session_id)])
-    stored = (await connection.execute(select(d.c.head).where(d.c.id == int(delivery.id)))).first()
-    if stored is None:
-        return
-    await connection.execute(
-        insert(webhook_attempts).values(
-            delivery_id=int(delivery.id),
-            at=attempt.at,
-            latency_ms=attempt.latency_ms,
-            response_code=attempt.response_code,
-            error=attempt.error,
-        )
-    )
-    values: dict[str, Any] = {"attempts": d.c.attempts + 1}
-    if attempt.ok:
-        values["status"] = DELIVERED
-    elif retry_at is None:
-        values["status"] = FAILED
-    else:
-        values.update(status=PENDING, next_at=retry_at)
-    # Only while still claimed: a retry asked for meanwhile keeps its own state.
-    changed = await connection.execute(
-        update(d).where(d.c.id == int(delivery.id), d.c.status == SENDING).values(values)
-    )
-    if changed.rowcount and values.get("status") in (DELIVERED, FAILED) and stored.head:
-        await _advance_head(connection, delivery.webhook_id, delivery.session_id, int(delivery.id))
-    w = webhooks
-    if attempt.ok:
-        await connection.execute(update(w).where(w.c.id == delivery.webhook_id).values(failures=0))
-        return
-    await connection.execute(
-        update(w).where(w.c.id == delivery.webhook_id).values(failures=w.c.failures + 1)
-    )
-    reason = (
-        f"{failure_limit} deliveries failed in a row; the last: "
-        f"{attempt.error or f'HTTP {attempt.response_code}'}"
-    )
-    await connection.execute(
-        update(w)
-        .where(w.c.id == delivery.webhook_id, w.c.status == ACTIVE, w.c.failures >= failure_limit)
-        .values(status=DISABLED, disabled_reason=reason[:500])
-    )
-
-
-async def list_deliveries(
-    connection: AsyncConnection, webhook_id: str, after: int, limit: int
-) -> list[tuple[Any, list[Any]]]:
-    """The subscription's deliveries with ids above ``after``, oldest first, each with
-    its attempts."""
-    d = webhook_deliveries
-    rows = list(
-        await connection.execute(
-            select(d)
-            .where(d.c.webhook_id == webhook_id, d.c.id > after)
-            .order_by(d.c.id)
-            .limit(limit)
-        )
-    )
-    attempts: dict[int, list[Any]] = {int(row.id): [] for row in rows}
-    if rows:
-        found = await connection.execute(
-            select(webhook_attempts)
-            .where(webhook_attempts.c.delivery_id.in_(list(attempts)))
-            .order_by(webhook_attempts.c.id)
-        )
-        for attempt in found:
-            attempts[int(attempt.delivery_id)].append(attempt)
-    return [(row, attempts[int(row.id)]) for row in rows]
-
-
-async def retry(connection: AsyncConnection, webhook_id: str, delivery_id: int, now: int) -> bool:
-    """Make a delivery due now, with a new retry period; False for an unknown one. It
-    goes out once the session's older unfinished deliveries are done, and before its
-    younger ones (it becomes their head)."""
-    d = webhook_deliveries
-    found = (
-        await connection.execute(
-            select(d.c.session_id).where(d.c.id == delivery_id, d.c.webhook_id == webhook_id)
-        )
-    ).first()
-    if found is None:
-        return False
-    session_id = found.session_id
-    await _lock_heads(connection, [(webhook_id, session_id)])
-    result = await connection.execute(
-        update(d)
-        .where(d.c.id == delivery_id, d.c.webhook_id == webhook_id)
-        .values(status=PENDING, next_at=now, retry_from=now)
-    )
-    if not result.rowcount:  # deleted meanwhile
-        return False
-    head = (
-        await connection.execute(
-            select(d.c.id).where(
-                d.c.webhook_id == webhook_id, d.c.session_id == session_id, d.c.head == true()
-            )
-        )
-    ).first()
-    if head is None or int(head.id) > delivery_id:
-        if head is not None:
-            await connection.execute(update(d).where(d.c.id == head.id).values(head=False))
-        await connection.execute(update(d).where(d.c.id == delivery_id).values(head=True))
-    return True
-
-
-async def prune(connection: AsyncConnection, before: int) -> int:
-    """Delete finished deliveries (delivered or failed) made before ``before`` (ms), with
-    their attempts; returns how many. Unfinished ones stay, however old."""
-    d = webhook_deliveries
-    old = select(d.c.id).where(d.c.status.in_((DELIVERED, FAILED)), d.c.created_at < before)
-    await connection.execute(
-        delete(webhook_attempts).where(webhook_attempts.c.delivery_id.in_(old))
-    )
-    result = await connection.execute(
-        delete(d).where(d.c.status.in_((DELIVERED, FAILED)), d.c.created_at < before)
-    )
-    return int(result.rowcount)

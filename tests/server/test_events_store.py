@@ -11,15 +11,9 @@ from parley.authz.policy import Decision
 from parley.authz.roles import Member
 from parley.authz.standard_webhooks import new_secret
 from parley.server.store.db import create_engine, migrate
+from parley.server.store.outbox import Attempt, claim, list_deliveries, prune, record
 from parley.server.store.sessions import MemberRow, Store
-from parley.server.store.webhooks import (
-    Attempt,
-    claim,
-    create_webhook,
-    list_deliveries,
-    prune,
-    record,
-)
+from parley.server.store.webhooks import create_webhook
 from parley.session.events import (
     MemberChanged,
     MemberJoined,

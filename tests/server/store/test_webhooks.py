@@ -12,18 +12,10 @@ from alembic import command
 from sqlalchemy import insert, select, text
 
 from parley.server.store.db import alembic_config, create_engine, migrate
+from parley.server.store.outbox import Attempt, Claimed, claim, next_due, record, retry
 from parley.server.store.sessions import Store
 from parley.server.store.tables import webhook_deliveries, webhooks
-from parley.server.store.webhooks import (
-    Attempt,
-    Claimed,
-    claim,
-    create_webhook,
-    delete_webhook,
-    next_due,
-    record,
-    retry,
-)
+from parley.server.store.webhooks import create_webhook, delete_webhook
 from parley.session.events import MemberJoined
 
 LEASE_MS = 1000
