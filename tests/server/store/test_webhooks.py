@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 
 import pytest
 from alembic import command
 from sqlalchemy import insert, select, text
 
-from parley.server.store.db import alembic_config, create_engine, migrate
+from parley.server.store.db import alembic_config, create_engine
 from parley.server.store.outbox import Attempt, Claimed, claim, next_due, record, retry
 from parley.server.store.sessions import Store
 from parley.server.store.tables import webhook_deliveries, webhooks
@@ -21,18 +20,6 @@ from parley.session.events import MemberJoined
 LEASE_MS = 1000
 OK = Attempt(0, 1, 204, None)
 REFUSED = Attempt(0, 1, 500, None)
-
-
-@pytest.fixture
-async def store(database_url: str) -> AsyncIterator[Store]:
-    await asyncio.to_thread(migrate, database_url)
-    store = Store(create_engine(database_url))
-    try:
-        for name in ("s1", "s2"):
-            await store.create_session(name, "t", "queue", 0)
-        yield store
-    finally:
-        await store.close()
 
 
 async def _subscribe(store: Store) -> str:

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import pytest
 
 from parley.authz.policy import Decision
 from parley.authz.roles import Member
 from parley.authz.standard_webhooks import new_secret
-from parley.server.store.db import create_engine, migrate
 from parley.server.store.outbox import Attempt, claim, list_deliveries, prune, record
 from parley.server.store.sessions import MemberRow, Store
 from parley.server.store.webhooks import create_webhook
@@ -22,18 +20,6 @@ from parley.session.events import (
     PromptAccepted,
     SettingsChanged,
 )
-
-
-@pytest.fixture
-async def store(database_url: str) -> AsyncIterator[Store]:
-    await asyncio.to_thread(migrate, database_url)
-    store = Store(create_engine(database_url))
-    try:
-        for name in ("s1", "s2"):
-            await store.create_session(name, "t", "queue", 0)
-        yield store
-    finally:
-        await store.close()
 
 
 async def test_events_are_numbered_per_session_from_one(store: Store) -> None:
