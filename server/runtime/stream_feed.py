@@ -90,6 +90,16 @@ class StreamFeed:
             self._queue = _queue_of(doc)
         self._wake()
 
+    def appended(self, doc: SessionDocument) -> None:
+        """Reply text was appended and committed (``writer.appending``: nothing else
+        changes in an append): only the replies still streaming can have moved, and the
+        queue has not. Costs the writer the appended replies' text, not every kept one's."""
+        if self.readers:
+            for reply_id, text in self._texts.items():
+                if text is not None and text.streaming:
+                    self._texts[reply_id] = reply_text(doc, reply_id)
+        self._wake()
+
     def changed(self) -> None:
         """Something changed that streams must look at (a membership change, events stored
         beside the room, the room given up): wake them; they read the store again."""

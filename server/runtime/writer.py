@@ -220,7 +220,7 @@ class DocumentWriter:
                 raise
             self._broadcast_update(update)
             if update:
-                self.feed.committed(self.doc, ())
+                self.feed.appended(self.doc)
             if stored is not None:
                 if self._snapshot_due():
                     await self._snapshot_after(update_id)

@@ -195,10 +195,13 @@ def _pin(view: SessionView, command: PinCommand) -> Effects:
 def _fact(view: SessionView, event: CommandEvent, command: FactCommand) -> Effects:
     key, value = command.key, command.value
     check_fact(key, value)
+    done = Effects(ack=Ack(None, (("key", key),)))
+    if value is None and key not in view.doc.facts:
+        return done  # nothing to remove: no write, no event
     adding = value is not None and key not in view.doc.facts
     if adding and len(view.doc.facts) >= view.limits.max_facts:
         raise TooLarge(f"at most {view.limits.max_facts} facts per session")
-    return Effects(ack=Ack(None, (("key", key),)), change=SetFact(key, value, event.actor))
+    return Effects(ack=done.ack, change=SetFact(key, value, event.actor))
 
 
 def _policy(view: SessionView, event: CommandEvent, command: PolicyCommand) -> Effects:

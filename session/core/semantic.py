@@ -44,12 +44,12 @@ def events_of(doc: SessionDocument, effects: Effects, actor: str) -> tuple[Sessi
     if begin is not None:
         events.append(RunStarted(begin.reply_id, begin.run.ids, begin.run.authors))
     change = effects.change
+    # The rules make a Pin or a SetFact only when it changes something (``rules._pin``,
+    # ``rules._fact``).
     if isinstance(change, Pin):
-        if change.pinned != (change.entry_id in doc.pinned()):
-            events.append(PinChanged(change.entry_id, change.pinned, by))
+        events.append(PinChanged(change.entry_id, change.pinned, by))
     elif isinstance(change, SetFact):
-        if change.value is not None or change.key in doc.facts:
-            events.append(FactSet(change.key, change.value is None, by))
+        events.append(FactSet(change.key, change.value is None, by))
     elif isinstance(change, SetPolicy) and doc.meta.get("policy") != change.policy.value:
         events.append(SettingsChanged({"policy": change.policy.value}, by))
     return tuple(events)
