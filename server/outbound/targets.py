@@ -193,7 +193,15 @@ class OutboundClient:
         self.allow_private = allow_private
         self.resolver = resolver
         transport = _CheckedTransport(max_connections, ssl_context or ssl.create_default_context())
-        self._http = httpx.AsyncClient(transport=transport, follow_redirects=False, trust_env=False)
+        # Answers are read as sent (``aiter_raw``) and asked for uncompressed: a receiver's
+        # gzip could otherwise unpack one 64 KiB read into many megabytes before the
+        # length check.
+        self._http = httpx.AsyncClient(
+            transport=transport,
+            follow_redirects=False,
+            trust_env=False,
+            headers={"Accept-Encoding": "identity"},
+        )
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -232,7 +240,7 @@ class OutboundClient:
             ) as response:
                 data = bytearray()
                 if limit > 0:
-                    async for chunk in response.aiter_bytes():
+                    async for chunk in response.aiter_raw():
                         data += chunk
                         if len(data) > limit:
                             return Answer(response.status_code, bytes(data[:limit]), True)

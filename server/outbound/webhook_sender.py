@@ -31,6 +31,7 @@ from parley.server.store.outbox import Attempt, Claimed, claim, next_due, prune,
 from parley.server.store.sessions import Store
 from parley.server.store.tables import webhook_deliveries
 from parley.server.store.webhooks import PENDING, SENDING
+from parley.session.backoff import doubling_s
 from parley.session.errors import ParleyError
 
 log = logging.getLogger("parley.webhooks")
@@ -44,9 +45,7 @@ PRUNE_EVERY_S = 600.0
 def backoff_s(settings: Settings, attempts: int, rng: random.Random) -> float:
     """The wait before the next attempt, after ``attempts`` failed ones (from 1): doubling
     from the base up to the maximum, each drawn from its upper half (jitter)."""
-    ceiling: float = min(
-        settings.webhook_retry_max_s, settings.webhook_retry_base_s * 2.0 ** (attempts - 1)
-    )
+    ceiling = doubling_s(settings.webhook_retry_base_s, settings.webhook_retry_max_s, attempts)
     return ceiling * rng.uniform(0.5, 1.0)
 
 

@@ -14,6 +14,7 @@ import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
+from parley.session.backoff import doubling_s
 from parley.session.errors import ProviderError
 from parley.session.model import ModelEvent, ModelProvider, ModelRequest
 
@@ -31,8 +32,7 @@ class RetryPolicy:
         """How long to wait after failed attempt number ``attempt`` (1-based)."""
         if error.retry_after_s is not None:
             return min(error.retry_after_s, self.max_retry_after_s)
-        ceiling = min(self.base_delay_s * 2 ** (attempt - 1), self.max_delay_s)
-        return float(ceiling * draw())
+        return doubling_s(self.base_delay_s, self.max_delay_s, attempt) * draw()
 
 
 class RetryingProvider:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import gzip
 import ssl
 from collections.abc import AsyncIterator, Iterable, Sequence
 from pathlib import Path
@@ -58,13 +59,16 @@ class Receiver:
             return RedirectResponse("/elsewhere", status_code=307)
         if request.url.path == "/slow":
             await self.gate.wait()
+        if request.url.path == "/bomb":  # compressed though not asked for: 8 MiB of zeros
+            packed = gzip.compress(bytes(8 * 1024 * 1024))
+            return Response(packed, headers={"content-encoding": "gzip"})
         return Response(b"ok", status_code=200)
 
 
 @contextlib.asynccontextmanager
 async def serving(**config: Any) -> AsyncIterator[Receiver]:
     receiver = Receiver()
-    paths = ("/hook", "/moved", "/slow", "/elsewhere")
+    paths = ("/hook", "/moved", "/slow", "/elsewhere", "/bomb")
     app = Starlette(routes=[Route(p, receiver.endpoint, methods=["POST"]) for p in paths])
     async with serve_asgi(app, **config) as receiver.port:
         try:
@@ -193,6 +197,19 @@ async def test_the_body_is_read_up_to_its_limit() -> None:
             await client.aclose()
     assert (whole.body, whole.too_large) == (b"ok", False)
     assert (cut.body, cut.too_large) == (b"o", True)
+
+
+async def test_a_compressed_answer_is_neither_asked_for_nor_unpacked() -> None:
+    async with serving() as receiver:
+        client = OutboundClient(allow_private=True)
+        try:
+            url = f"http://127.0.0.1:{receiver.port}/bomb"
+            answer = await client.post(url, b"{}", {}, timeout_s=5, max_body_bytes=1000)
+        finally:
+            await client.aclose()
+    assert answer.too_large and len(answer.body) == 1000  # the bytes as sent, cut
+    assert answer.body[:2] == b"\x1f\x8b"  # still gzip: nothing was unpacked
+    assert receiver.seen[-1][1]["accept-encoding"] == "identity"
 
 
 def certificate(directory: Path, name: str) -> tuple[Path, Path]:
