@@ -38,6 +38,7 @@ from parley.authz.roles import Capability
 from parley.server.http.rest import Caller, Operation, authenticate, authorize, error_response
 from parley.server.http.sse_cursor import REPLY_ENDS, Cursor, start_at
 from parley.server.runtime.room import SessionRoom
+from parley.server.runtime.stream_feed import reply_text
 from parley.server.state import AppState
 from parley.session.commands import unstorable
 from parley.session.errors import (
@@ -197,10 +198,13 @@ class SessionStream:
             if not doc.has_entry(str(event.data[entry_key])):
                 return None
             data["text"] = doc.entry(str(event.data[entry_key])).content  # as shared
-        elif event.kind == "run_started" and room.committed_reply(str(reply_id)) is None:
+        # A stored event proves its commit: the reply it starts is in the document, and
+        # the text of a reply it ends no longer changes, so both are read from the document
+        # (not the feed's committed copies, which keep a few running replies only).
+        elif event.kind == "run_started" and not doc.has_entry(str(reply_id)):
             return None
         elif event.kind in REPLY_ENDS and reply_id is not None and reply_id == self.cursor.reply_id:
-            text = room.committed_reply(str(reply_id))
+            text = reply_text(doc, str(reply_id))
             if text is None or text.streaming:
                 return None
             frames += self._deltas(text.text)
@@ -316,10 +320,10 @@ async def open_stream(request: Request) -> Response:
         if state.draining:
             raise Unavailable("the server is shutting down")
         room = await state.rooms.get(session_id)
+        _check_caps(room, caller.user_id or ADMIN_READER, state)  # before reading the store
         async with state.store.read() as connection:
             cursor = await start_at(connection, session_id, last_id)
         _check_offset(room, cursor)
-        _check_caps(room, caller.user_id or ADMIN_READER, state)
         stream = SessionStream(state, room, caller, cursor)
     except ParleyError as exc:
         state.metrics.errors.labels(code=exc.code.value).inc()
