@@ -172,22 +172,25 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 def invalid_body(exc: ValidationError) -> InvalidInput:
     """Every problem pydantic found (up to ``MAX_PROBLEMS``), in the message and listed."""
-    errors = exc.errors()
+    # Only the locations and messages, and only of the ones shown: a body can hold
+    # thousands of wrong items, and each error's input and context would be copied.
+    errors = exc.errors(include_url=False, include_input=False, include_context=False)
     details = tuple(
         (".".join(str(p) for p in error["loc"]) or "body", str(error["msg"]))
         for error in errors[:MAX_PROBLEMS]
     )
     message = "; ".join(f"{at}: {what}" for at, what in details)
-    if len(errors) > MAX_PROBLEMS:
-        message += f"; and {len(errors) - MAX_PROBLEMS} more"
+    if exc.error_count() > MAX_PROBLEMS:
+        message += f"; and {exc.error_count() - MAX_PROBLEMS} more"
     return InvalidInput(message, details)
 
 
-def check_json_body(request: Request, raw: bytes) -> None:
+def check_json_body(request: Request, raw: bytes | None) -> None:
     """A body must say it is JSON (``application/json`` or a ``+json`` type); an empty one
-    (every field optional) may say nothing."""
+    (every field optional) may say nothing. Call it before reading the body (``raw``
+    None: a declared type is judged at once, nothing is read for a wrong one) and after."""
     declared = request.headers.get("content-type")
-    if declared is None and not raw.strip():
+    if declared is None and (raw is None or not raw.strip()):
         return
     media = (declared or "").partition(";")[0].strip().lower()
     if media != "application/json" and not (
@@ -223,6 +226,7 @@ def route(op: Operation) -> Route:
             if op.with_caller:
                 kwargs["caller"] = caller
             if op.body is not None:
+                check_json_body(request, None)
                 raw = await read_body(request, state.settings.max_request_bytes)
                 check_json_body(request, raw)
                 try:
