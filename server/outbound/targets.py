@@ -14,6 +14,7 @@ deadline bounds the whole request: resolving, connecting, sending and reading.
 from __future__ import annotations
 
 import asyncio
+import functools
 import socket
 import ssl
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -178,6 +179,13 @@ class _CheckedTransport(httpx.AsyncHTTPTransport):
         )
 
 
+@functools.cache
+def default_tls() -> ssl.SSLContext:
+    """The system's trust store, loaded once: building a context reads every CA (about
+    17 ms here), and a webhook tool opens a client per call on the sessions' loop."""
+    return ssl.create_default_context()
+
+
 class OutboundClient:
     """Sends Parley's outbound POSTs. One per sender (its connections are pooled per host,
     each made to a checked address); ``resolver`` is the seam tests replace."""
@@ -192,7 +200,7 @@ class OutboundClient:
     ) -> None:
         self.allow_private = allow_private
         self.resolver = resolver
-        transport = _CheckedTransport(max_connections, ssl_context or ssl.create_default_context())
+        transport = _CheckedTransport(max_connections, ssl_context or default_tls())
         # Answers are read as sent (``aiter_raw``) and asked for uncompressed: a receiver's
         # gzip could otherwise unpack one 64 KiB read into many megabytes before the
         # length check.
