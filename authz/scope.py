@@ -81,6 +81,16 @@ class RunScope:
         return withheld, readable
 
 
+def prompt_refusal(subject: Subject | None) -> str | None:
+    """Why ``subject`` (a member now, or None) may not have a prompt of theirs run; None
+    when they may (they read the session and prompt)."""
+    for needed in (Capability.READ_SESSION, Capability.PROMPT):
+        decision = decide(subject, Do(needed))
+        if not decision.allowed:
+            return decision.reason
+    return None
+
+
 def scope_for_run(
     issuers: Sequence[tuple[str, Subject | None]], tools: Sequence[ToolDef]
 ) -> RunScope:
@@ -89,10 +99,9 @@ def scope_for_run(
     Raises ``Forbidden`` naming the first issuer who may no longer prompt."""
     subjects: list[Subject] = []
     for user_id, subject in issuers:
-        for needed in (Capability.READ_SESSION, Capability.PROMPT):
-            decision = decide(subject, Do(needed))
-            if not decision.allowed:
-                raise Forbidden(f"{user_id}: {decision.reason}")
+        refusal = prompt_refusal(subject)
+        if refusal is not None:
+            raise Forbidden(f"{user_id}: {refusal}")
         assert subject is not None
         if subject not in subjects:
             subjects.append(subject)

@@ -13,7 +13,7 @@ from dataclasses import replace
 from typing import Any
 
 from parley.authz.policy import everyone_may_read, restrict
-from parley.authz.scope import ContextSeen, RunScope, scope_for_run
+from parley.authz.scope import ContextSeen, RunScope, prompt_refusal
 from parley.session.core.effects import (
     AppendText,
     AuditRecord,
@@ -36,7 +36,6 @@ from parley.session.core.steps import (
     TokenRevoked,
     ToolStepTaken,
 )
-from parley.session.errors import Forbidden
 from parley.session.lifecycle import PromptStatus
 from parley.session.queue import OrderingQueue, PendingPrompt, Run
 from parley.session.reasons import Ending, ReasonCode
@@ -78,11 +77,7 @@ def start_run(view: SessionView, event: RunStart) -> Effects:
 
 
 def _may_run(view: SessionView, user_id: str) -> bool:
-    try:
-        scope_for_run([(user_id, view.subject(user_id))], ())
-    except Forbidden:
-        return False
-    return True
+    return prompt_refusal(view.subject(user_id)) is None
 
 
 def text_appended(view: SessionView, event: TextAppended) -> Effects:
