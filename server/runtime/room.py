@@ -251,7 +251,7 @@ class SessionRoom:
         writer on the state it changes (which may have moved while this waited), then
         stored, committed and broadcast; after the commit the run in flight is stopped or
         the runner woken. A refusal is audited and raised."""
-        effects = handle(self.view(), event)
+        effects = handle(self.view(), event, with_events=False)  # the writer judges again
         if effects.error is None and effects.writes:
             try:
                 effects = await self.carry_out(event, now_ms)

@@ -78,14 +78,16 @@ Event = (
 )
 
 
-def handle(view: SessionView, event: Event) -> Effects:
+def handle(view: SessionView, event: Event, *, with_events: bool = True) -> Effects:
     """What ``event`` does to the session in ``view``: the effects to carry out, or a
-    refusal (``Effects.error``, with the audit record of a refused authorisation)."""
+    refusal (``Effects.error``, with the audit record of a refused authorisation).
+    ``with_events`` False: without the semantic events (a judgement at the door, which
+    the writer makes again before anything is stored)."""
     try:
         effects = _handle(view, event) if isinstance(event, CommandEvent) else _step(view, event)
     except ParleyError as exc:  # the queue's and the document's own refusals
         return refused(exc)
-    if effects.error is not None or not effects.writes:
+    if effects.error is not None or not effects.writes or not with_events:
         return effects
     actor = event.actor if isinstance(event, CommandEvent) else ""
     return replace(effects, events=events_of(view.doc, effects, actor))
