@@ -33,7 +33,8 @@ from parley.server.runtime.stream_feed import ReplyText, StreamFeed
 from parley.server.runtime.writer import DocumentWriter, Write
 from parley.server.settings import Settings
 from parley.server.store.access import PrivateItem, ToolRow
-from parley.server.store.effect_writes import SequenceMoved, write_effects
+from parley.server.store.counters import SequenceMoved
+from parley.server.store.effect_writes import write_effects
 from parley.server.store.group_commit import WriteFence
 from parley.server.store.port import SessionStore
 from parley.server.ws.awareness import AwarenessFanout
@@ -274,6 +275,8 @@ class SessionRoom:
                 if effects.error is not None:
                     raise _Refused(effects)
                 await self.record(write, effects, now_ms)
+                if isinstance(event, CommandEvent) and effects.entry is not None:
+                    await self.runs.begin_with(write, effects, now_ms)
         except _Refused as refused:
             return refused.effects
         return effects

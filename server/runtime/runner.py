@@ -66,9 +66,15 @@ class SessionRunner:
         )
 
     def start(self) -> None:
+        self.room.runs.reply_author = self.reply_author
         self.task = asyncio.create_task(self._loop(), name=f"runner:{self.room.session_id}")
 
+    def reply_author(self) -> str:
+        """The reply is signed by the model that writes it: the session's, or the default."""
+        return self.room.model or self.provider.name
+
     async def stop(self) -> None:
+        self.room.runs.reply_author = None
         await self.summariser.stop()
         if self.task is not None:
             self.task.cancel()
@@ -77,9 +83,10 @@ class SessionRunner:
 
     async def _loop(self) -> None:
         failures = 0
+        runs = self.room.runs
         while not self.room.closed:
-            if self.room.draining or self.room.queue.next() is None:
-                await self.room.runs.wait_for_work()
+            if runs.begun is None and (self.room.draining or self.room.queue.next() is None):
+                await runs.wait_for_work()
                 continue
             try:
                 overflowed = await self._run()
@@ -94,8 +101,8 @@ class SessionRunner:
 
     async def _run(self) -> bool:
         """Run the next run; True when its history did not fit (a summary may be due)."""
-        # The reply is signed by the model that writes it: the session's, or the default.
-        active = await self.room.runs.start(self.room.model or self.provider.name)
+        runs = self.room.runs
+        active = runs.take_begun() or await runs.start(self.reply_author())
         if active is None:
             return False  # the queue changed under us (cancel, revoked author): ask again
         try:

@@ -75,6 +75,7 @@ class Database:
                 async with connection.begin():
                     tx = StoreTx(connection, self.subscriptions)
                     yield tx
+                    tx.claimed.require_settled()
             if self.checkpointer is not None:
                 self.checkpointer.wrote()
             if tx.outboxed and self.on_outbox is not None:

@@ -17,19 +17,9 @@ from parley.server.store.access import PrivateItem
 from parley.server.store.port import SessionTx
 from parley.server.store.rows import EntryRow
 from parley.session.core import BeginRun, Effects, NewEntry, Pin, SetFact, SetPolicy
-from parley.session.errors import Unavailable
 from parley.session.lifecycle import PromptStatus
 from parley.session.reasons import Ending
 from parley.session.schema import EntryKind, SessionDocument
-
-
-class SequenceMoved(Unavailable):
-    """The store handed out another sequence number than the core allotted: the room
-    follows ``last_seq`` (the store's), and the sender sends the command again."""
-
-    def __init__(self, last_seq: int) -> None:
-        super().__init__("the session's sequence numbers moved; send it again")
-        self.last_seq = last_seq
 
 
 async def write_effects(
@@ -104,9 +94,8 @@ async def _begin_run(tx: SessionTx, doc: SessionDocument, begin: BeginRun) -> No
 async def _store_entry(
     tx: SessionTx, doc: SessionDocument, session_id: str, entry: NewEntry
 ) -> None:
-    seq = await tx.next_seq(session_id)
-    if seq != entry.seq:  # only the room's writer hands them out: nothing else should
-        raise SequenceMoved(seq - 1)
+    seq = entry.seq  # the store checks it was next (only the room's writer hands them out)
+    tx.claim_seq(session_id, seq)
     await tx.insert_entry(
         EntryRow(
             id=entry.id,

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from parley.authz.policy import Decision
 from parley.authz.roles import Member
 from parley.server.store.access import AuditRow, DocumentRow, PrivateItem, TokenRow, ToolRow
+from parley.server.store.counters import ClaimedSeqs
 from parley.server.store.group_commit import GroupCommit
 from parley.server.store.memory_access import MemoryAccess
 from parley.server.store.rows import EntryRow, MemberChange, MemberRow, SessionRow, StoredDoc
@@ -99,6 +100,7 @@ class MemoryTx:
         self.last_audit_id = tables.last_audit_id
         self.roles = dict(tables.roles)
         self.tools = dict(tables.tools)
+        self.claimed = ClaimedSeqs()
 
     def session(self, session_id: str) -> _Session:
         """The session as this transaction writes it; ``LookupError`` if there is none."""
@@ -124,10 +126,8 @@ class MemoryTx:
         tables.roles = self.roles
         tables.tools = self.tools
 
-    async def next_seq(self, session_id: str) -> int:
-        s = self.session(session_id)
-        s.row = replace(s.row, last_seq=s.row.last_seq + 1)
-        return s.row.last_seq
+    def claim_seq(self, session_id: str, seq: int) -> None:
+        self.claimed.claim(session_id, seq)
 
     async def append_events(
         self,
@@ -136,9 +136,15 @@ class MemoryTx:
         events: Sequence[SessionEvent],
         replies: Mapping[str, str | None] | None = None,
     ) -> list[int]:
-        if not events:
+        claimed = self.claimed.take(session_id)
+        if not events and not claimed:
             return []
         s = self.session(session_id)
+        if claimed:
+            s.row = replace(s.row, last_seq=s.row.last_seq + claimed)
+            self.claimed.counted(session_id, s.row.last_seq)
+        if not events:
+            return []
         first = s.last_event_seq + 1
         for i, event in enumerate(events):
             data = json.loads(json.dumps(event.data()))  # as the database gives it back
@@ -234,6 +240,7 @@ class MemoryStore:
                 raise Unavailable(f"{self.unavailable}; nothing was stored")
             tx = MemoryTx(self._tables)
             yield tx
+            tx.claimed.require_settled()
             tx.commit()
 
     def _read(self, session_id: str) -> _Session | None:

@@ -32,8 +32,9 @@ from parley.session.summary import Summary
 class SessionTx(Protocol):
     """One write transaction: the writes a session makes."""
 
-    async def next_seq(self, session_id: str) -> int:
-        """The session's next sequence number (``LookupError``: no such session)."""
+    def claim_seq(self, session_id: str, seq: int) -> None:
+        """Claim ``seq`` as the session's next sequence number, for an entry written in this
+        transaction; ``append_events`` counts it (``SequenceMoved`` if it was not next)."""
         ...
 
     async def append_events(
@@ -43,7 +44,9 @@ class SessionTx(Protocol):
         events: Sequence[SessionEvent],
         replies: Mapping[str, str | None] | None = None,
     ) -> list[int]:
-        """Store ``events`` with the session's next event numbers; returns them."""
+        """Store ``events`` with the session's next event numbers, and count the sequence
+        numbers claimed in this transaction; returns the events' numbers. Call it last
+        (``LookupError``: no such session)."""
         ...
 
     async def insert_entry(self, row: EntryRow) -> None:

@@ -13,6 +13,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from parley.server.store.access import PrivateItem, insert_audit, insert_private
+from parley.server.store.counters import ClaimedSeqs
 from parley.server.store.group_commit import insert_updates
 from parley.server.store.outbox import enqueue
 from parley.server.store.rows import EntryRow
@@ -33,6 +34,7 @@ class StoreTx:
         self.subscriptions = subscriptions
         # Webhook deliveries this transaction wrote: the sender is woken after the commit.
         self.outboxed = 0
+        self.claimed = ClaimedSeqs()
 
     async def outbox(
         self,
@@ -46,17 +48,10 @@ class StoreTx:
             wanting = await self.subscriptions.current(self.connection, version)
             self.outboxed += await enqueue(self.connection, wanting, session_id, told)
 
-    async def next_seq(self, session_id: str) -> int:
-        result = await self.connection.execute(
-            update(sessions)
-            .where(sessions.c.id == session_id)
-            .values(last_seq=sessions.c.last_seq + 1)
-            .returning(sessions.c.last_seq)
-        )
-        seq = result.scalar_one_or_none()
-        if seq is None:
-            raise LookupError(session_id)
-        return int(seq)
+    def claim_seq(self, session_id: str, seq: int) -> None:
+        """Claim ``seq``, the session's next sequence number, for an entry written here;
+        ``append_events`` counts it."""
+        self.claimed.claim(session_id, seq)
 
     async def append_events(
         self,
@@ -66,24 +61,36 @@ class StoreTx:
         replies: Mapping[str, str | None] | None = None,
     ) -> list[int]:
         """Store ``events`` in this transaction with the session's next event numbers;
-        returns them. The counter's row stays locked until the commit (PostgreSQL), so the
-        numbers of one session follow the commit order whichever node writes.
+        returns them. The session's counters (the sequence numbers of the entries claimed
+        here, and its events') move in one statement, whose row stays locked until the
+        commit (PostgreSQL), so the numbers of one session follow the commit order
+        whichever node writes: call it last.
 
         ``replies``: the text of each reply completed here by its id, None when it is
         restricted (``reply.completed`` webhooks carry it; the stored events never do)."""
-        if not events:
+        claimed = self.claimed.take(session_id)
+        if not events and not claimed:
             return []
-        # The subscriptions' version comes with the counter: no query of its own.
+        counters: dict[str, Any] = {}
+        if claimed:
+            counters["last_seq"] = sessions.c.last_seq + claimed
+        if events:
+            counters["last_event_seq"] = sessions.c.last_event_seq + len(events)
+        # The subscriptions' version comes with the counters: no query of its own.
         result = await self.connection.execute(
             update(sessions)
             .where(sessions.c.id == session_id)
-            .values(last_event_seq=sessions.c.last_event_seq + len(events))
-            .returning(sessions.c.last_event_seq, version_now())
+            .values(**counters)
+            .returning(sessions.c.last_seq, sessions.c.last_event_seq, version_now())
         )
         found = result.first()
         if found is None:
             raise LookupError(session_id)
-        last, version = int(found[0]), int(found[1])
+        if claimed:
+            self.claimed.counted(session_id, int(found[0]))
+        if not events:
+            return []
+        last, version = int(found[1]), int(found[2])
         first = last - len(events) + 1
         data = [event.data() for event in events]
         await self.connection.execute(

@@ -13,6 +13,7 @@ import pytest
 from parley.authz.policy import Decision, Readers
 from parley.authz.roles import Member
 from parley.server.store.access import PrivateItem
+from parley.server.store.counters import SequenceMoved
 from parley.server.store.db import create_engine, migrate
 from parley.server.store.memory import MemoryStore
 from parley.server.store.rows import EntryRow
@@ -67,8 +68,9 @@ def entry(session_id: str, seq: int, command_id: str, author: str = "ann") -> En
 
 
 async def add_prompt(store: Any, session_id: str, command_id: str) -> EntryRow:
+    seq = (await store.get_session(session_id)).last_seq + 1
     async with store.transaction() as tx:
-        seq = await tx.next_seq(session_id)
+        tx.claim_seq(session_id, seq)
         row = entry(session_id, seq, command_id)
         await tx.insert_entry(row)
         await tx.append_events(session_id, seq, [PromptAccepted(row.id, seq, row.author)])
@@ -93,7 +95,8 @@ async def test_a_transaction_that_raises_leaves_nothing(store: Any) -> None:
     await store.create_session("a", "t", "queue", 0)
     with pytest.raises(RuntimeError):
         async with store.transaction() as tx:
-            seq = await tx.next_seq("a")
+            seq = 1
+            tx.claim_seq("a", seq)
             await tx.insert_entry(entry("a", seq, "c1"))
             await tx.append_events("a", 1, [MessagePosted("a-e1", seq, "ann")])
             await tx.append_update("a", b"\x00\x00")
@@ -109,6 +112,27 @@ async def test_a_transaction_that_raises_leaves_nothing(store: Any) -> None:
     assert await store.access.private_items("a") == []
     # The next transaction gets the number the failed one had.
     assert (await add_prompt(store, "a", "c1")).seq == 1
+
+
+async def test_a_sequence_number_that_was_not_next_is_refused_and_nothing_is_kept(
+    store: Any,
+) -> None:
+    await store.create_session("a", "t", "queue", 0)
+    await add_prompt(store, "a", "c1")
+    with pytest.raises(SequenceMoved) as moved:
+        async with store.transaction() as tx:
+            tx.claim_seq("a", 1)  # 1 is taken: the store says which number it has
+            await tx.insert_entry(entry("a", 7, "c2"))
+            await tx.append_events("a", 1, [MessagePosted("a-e7", 7, "ann")])
+    assert moved.value.last_seq == 1
+    assert (await store.get_session("a")).last_seq == 1
+    assert await store.entry_by_command("a", "ann", "c2") is None
+    assert [e.seq for e in await store.events_after("a", 0, 10)] == [1]
+    with pytest.raises(RuntimeError, match="not counted"):  # a claim must be counted
+        async with store.transaction() as tx:
+            tx.claim_seq("a", 2)
+            await tx.insert_entry(entry("a", 2, "c3"))
+    assert await store.entry_by_command("a", "ann", "c3") is None
 
 
 async def test_a_command_id_is_stored_once_and_the_transaction_goes_on(store: Any) -> None:
