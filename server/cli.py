@@ -14,24 +14,25 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
-from alembic import command
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
 from sqlalchemy.exc import DBAPIError
-from starlette.applications import Starlette
 
-from parley.server.app import create_app
 from parley.server.keys import Keys, resolve_keys
 from parley.server.logs import configure_logging
 from parley.server.settings import Settings, missing_api_keys
-from parley.server.state import AppState
 from parley.server.store.db import alembic_config, create_engine, current_revision, migrate
 from parley.server.version import version
 from parley.session.errors import ConfigurationError
 from parley.session.tokens import tokenizer_name
+
+if TYPE_CHECKING:
+    from starlette.applications import Starlette
+
+    from parley.server.state import AppState
 
 log = logging.getLogger("parley.cli")
 
@@ -317,6 +318,8 @@ def listen_socket(host: str, port: int) -> socket.socket:
 
 def run_db_command(args: argparse.Namespace, settings: Settings) -> int:
     """``parley migrate`` and ``parley db …``: Alembic over the configured database."""
+    from alembic import command  # only these commands need it
+
     config = alembic_config(settings.database_url)
     action = "upgrade" if args.command == "migrate" else args.db_command
     if action == "current":
@@ -367,6 +370,10 @@ def main(argv: list[str] | None = None) -> int:
     except (DBAPIError, OSError):
         listening.close()
         return 1  # logged
+    # Imported here, not at the top: the db commands and --version need none of the app
+    # (about a second of imports each time a script or a test calls them).
+    from parley.server.app import create_app
+
     app = create_app(settings)
     return_large_blocks()
     freeze_startup_heap()
