@@ -257,7 +257,7 @@ class SessionRoom:
             try:
                 effects = await self.carry_out(event, now_ms)
             except SequenceMoved as exc:
-                self.last_seq = exc.last_seq
+                self.last_seq = await self._stored_last_seq(exc.last_seq)
                 raise
         if effects.error is not None:
             for record in effects.audit:
@@ -265,6 +265,14 @@ class SessionRoom:
             raise effects.error
         await self.notify(effects)
         return effects
+
+    async def _stored_last_seq(self, told: int | None) -> int:
+        """The highest sequence number the store holds: ``told``, as the failed write read
+        it, or read again (the write found its number taken)."""
+        if told is None:
+            row = await self.store.get_session(self.session_id)
+            return self.last_seq if row is None else row.last_seq
+        return told
 
     async def carry_out(self, event: Event, now_ms: int) -> Effects:
         """Judge ``event`` under the writer and store what it does; a refusal (returned)

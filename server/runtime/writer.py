@@ -169,6 +169,8 @@ class DocumentWriter:
         async with self.lock:
             self._require_usable()
             captured = self._capturing()
+            write: Write | None = None
+            update, numbers = b"", []
             try:
                 async with self.store.transaction() as tx:
                     if self.fence is not None:
@@ -184,14 +186,23 @@ class DocumentWriter:
                         self.session_id, self.now_ms(), write.events, write.replies
                     )
             except BaseException:
-                await self._forget(captured)
+                if write is None or not write.tx.committed:
+                    await self._forget(captured)
+                    raise
+                # Committed, then interrupted (a cancel while the connection closed): the
+                # change is kept and sent like any other; the interruption goes on after.
+                self._settle(write, update, numbers)
                 raise
-            self._captured = None
-            for callback in write.after_commit:
-                callback()
-            self._broadcast_update(update)
-            self.feed.committed(self.doc, numbers)
+            self._settle(write, update, numbers)
         self.last_active = self.clock()
+
+    def _settle(self, write: Write, update: bytes, numbers: list[int]) -> None:
+        """A write committed: what follows the commit, then the update to the sockets."""
+        self._captured = None
+        for callback in write.after_commit:
+            callback()
+        self._broadcast_update(update)
+        self.feed.committed(self.doc, numbers)
 
     @asynccontextmanager
     async def appending(self) -> AsyncIterator[None]:

@@ -11,9 +11,9 @@ class SequenceMoved(Unavailable):
     """The store handed out another sequence number than the core allotted: the room
     follows ``last_seq`` (the store's), and the sender sends the command again."""
 
-    def __init__(self, last_seq: int) -> None:
+    def __init__(self, last_seq: int | None) -> None:
         super().__init__("the session's sequence numbers moved; send it again")
-        self.last_seq = last_seq
+        self.last_seq = last_seq  # None: the number was taken; read the store's again
 
 
 class ClaimedSeqs:

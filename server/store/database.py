@@ -76,6 +76,7 @@ class Database:
                     tx = StoreTx(connection, self.subscriptions)
                     yield tx
                     tx.claimed.require_settled()
+                tx.committed = True  # what follows (the connection's close) may be cancelled
             if self.checkpointer is not None:
                 self.checkpointer.wrote()
             if tx.outboxed and self.on_outbox is not None:

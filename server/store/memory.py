@@ -101,6 +101,7 @@ class MemoryTx:
         self.roles = dict(tables.roles)
         self.tools = dict(tables.tools)
         self.claimed = ClaimedSeqs()
+        self.committed = False
 
     def session(self, session_id: str) -> _Session:
         """The session as this transaction writes it; ``LookupError`` if there is none."""
@@ -242,6 +243,7 @@ class MemoryStore:
             yield tx
             tx.claimed.require_settled()
             tx.commit()
+            tx.committed = True
 
     def _read(self, session_id: str) -> _Session | None:
         if self.unavailable is not None:

@@ -32,6 +32,10 @@ from parley.session.summary import Summary
 class SessionTx(Protocol):
     """One write transaction: the writes a session makes."""
 
+    # True once the transaction committed (what follows it, such as closing the connection,
+    # may still be interrupted: the change is kept).
+    committed: bool
+
     def claim_seq(self, session_id: str, seq: int) -> None:
         """Claim ``seq`` as the session's next sequence number, for an entry written in this
         transaction; ``append_events`` counts it (``SequenceMoved`` if it was not next)."""

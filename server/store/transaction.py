@@ -4,16 +4,18 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import and_, delete, insert, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from parley.server.store.access import PrivateItem, insert_audit, insert_private
-from parley.server.store.counters import ClaimedSeqs
+from parley.server.store.counters import ClaimedSeqs, SequenceMoved
 from parley.server.store.group_commit import insert_updates
 from parley.server.store.outbox import enqueue
 from parley.server.store.rows import EntryRow
@@ -25,6 +27,9 @@ from parley.session.lifecycle import IllegalTransition, PromptStatus, prompt_pre
 from parley.session.reasons import Ending
 from parley.session.webhook_events import webhook_data, webhook_types
 
+# The unique (session, seq) of ``entries``, as SQLite and PostgreSQL name its violation.
+_SEQ_TAKEN = re.compile(r"uq_entries_session_seq|entries\.session_id, entries\.seq")
+
 
 class StoreTx:
     """One database transaction; methods mirror the writes a session makes."""
@@ -35,6 +40,7 @@ class StoreTx:
         # Webhook deliveries this transaction wrote: the sender is woken after the commit.
         self.outboxed = 0
         self.claimed = ClaimedSeqs()
+        self.committed = False
 
     async def outbox(
         self,
@@ -137,7 +143,15 @@ class StoreTx:
             .on_conflict_do_nothing(index_elements=["session_id", "author", "command_id"])
             .returning(entries.c.id)
         )
-        if (await self.connection.execute(statement)).first() is None:
+        try:
+            inserted = (await self.connection.execute(statement)).first()
+        except IntegrityError as exc:
+            if not _SEQ_TAKEN.search(str(exc.orig)):
+                raise
+            # The number the room allotted is taken (its count of them fell behind the
+            # store's): a refusal to send again, never a failed socket.
+            raise SequenceMoved(None) from exc
+        if inserted is None:
             raise DuplicateCommand(row.command_id)
 
     async def set_entry_status(

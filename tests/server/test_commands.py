@@ -17,6 +17,7 @@ from parley.authz.roles import Member
 from parley.server.runtime.commands import dispatch, handle_frame
 from parley.server.runtime.room import SessionRoom
 from parley.server.store.db import create_engine, migrate
+from parley.server.store.rows import EntryRow
 from parley.server.store.sessions import Store
 from parley.server.store.tables import audit_log
 from parley.session.commands import CancelCommand, MessageCommand, PromptCommand
@@ -96,3 +97,20 @@ async def test_a_sequence_number_moved_behind_the_rooms_back_is_followed(
     assert (moved["type"], moved["code"]) == ("error", "unavailable")
     assert (await reply_of(room, "ann", MessageCommand("m2", "two")))["seq"] == 3
     assert [e.seq for e in room.doc.entries()] == [1, 3]
+
+
+async def test_a_sequence_number_taken_by_a_row_behind_the_rooms_back_is_followed(
+    room: SessionRoom,
+) -> None:
+    """The entry's insert finds its number taken (the store's count moved with it): the
+    member is asked to send again, never cut off, and the room counts on from the store."""
+    assert (await reply_of(room, "ann", MessageCommand("m1", "one")))["seq"] == 1
+    async with room.store.transaction() as tx:  # not through the room: 2 is taken
+        tx.claim_seq("s", 2)
+        await tx.insert_entry(
+            EntryRow("x2", "s", 2, "message", "bob", "b1", "hi", "done", None, None, 0)
+        )
+        await tx.append_events("s", 0, [])
+    moved = await reply_of(room, "ann", MessageCommand("m2", "two"))
+    assert (moved["type"], moved["code"]) == ("error", "unavailable")
+    assert (await reply_of(room, "ann", MessageCommand("m2", "two")))["seq"] == 3

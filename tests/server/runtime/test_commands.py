@@ -3,11 +3,17 @@ codes, resends, cancels and their rights. (Over sockets: ``tests/server/test_ws.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+from collections.abc import AsyncIterator
 from typing import Any
+
+import pytest
 
 from parley.server.providers.offline import OfflineProvider
 from parley.server.runtime.commands import handle_frame
+from parley.server.store.memory import MemoryStore, MemoryTx
 from parley.session.commands import CancelCommand, MessageCommand, PromptCommand
 from tests.fake_model import FakeModel, Forever
 from tests.server.runtime.harness import SESSION, memory_session
@@ -97,3 +103,33 @@ async def test_cancel_queued_and_running_prompts() -> None:
         assert s.room.doc.entry(cancelled.reply_id).status == "cancelled"
         assert s.status(third["prompt_id"]) == "done"
         assert s.room.doc.queued() == []
+
+
+class CancelledAfterCommit(MemoryStore):
+    """A store whose next transaction commits, then is cancelled (as a task cancelled while
+    its connection closes after the commit)."""
+
+    cancel_next = False
+
+    @contextlib.asynccontextmanager
+    async def transaction(
+        self, what: str = "write", *, lock_timeout_s: float | None = None
+    ) -> AsyncIterator[MemoryTx]:
+        async with super().transaction(what, lock_timeout_s=lock_timeout_s) as tx:
+            yield tx
+        if self.cancel_next:
+            self.cancel_next = False
+            raise asyncio.CancelledError
+
+
+async def test_a_write_cancelled_after_its_commit_is_kept_by_the_room() -> None:
+    store = CancelledAfterCommit()
+    async with memory_session({"alice": "editor"}, store=store) as s:
+        store.cancel_next = True
+        with pytest.raises(asyncio.CancelledError):
+            await s.message("alice", "stored, then the task was cancelled")
+        assert s.room.last_seq == 1  # the room counts what the store committed
+        assert [e.content for e in s.room.doc.entries()] == ["stored, then the task was cancelled"]
+        assert any(isinstance(f, bytes) for f in s.watcher.frames)  # and it was sent
+        after = await s.message("alice", "next")
+        assert (after["type"], after["seq"]) == ("ack", 2)
