@@ -1,58 +1,33 @@
-// Parley browser demo, on the TypeScript SDK (@parley/client): the shared document, presence
-// and commands all go through one `ParleySession`; who may do what comes from the server
-// (the member list over REST), never from the URL.
+// Parley browser client, on the TypeScript SDK (@parley/client): the shared document,
+// presence and commands all go through one `ParleySession`; who may do what comes from the
+// server (the member's own row over REST), never from the URL.
 //
-// Each panel is a module with `mountX(app)` returning its render function; `PANELS` below
-// lists them. A new panel is one import and one line there.
+// Each panel is a module whose `mountX(app)` returns its render function; `PANELS` lists
+// them. A new panel is one import and one line there.
 import { ParleyError, connect } from '@parley/client'
 import './style.css'
+import 'highlight.js/styles/github.css'
 import { CLOSE_TEXT, showError } from './errors.js'
 import { mountComposer } from './composer.js'
 import { mountContext } from './context.js'
+import { mountDocuments } from './documents.js'
+import { inviteInFragment, redeemInvite, saveSession, savedSessions, showJoin, tokenClaims } from './join.js'
+import { mountKnowledge } from './knowledge.js'
 import { mountPresence } from './presence.js'
 import { mountQueue } from './queue.js'
+import { mountSettings } from './settings.js'
 import { mountTranscript } from './transcript.js'
 import { peopleDirectory } from './people.js'
 import { restClient, sessionPath } from './rest.js'
 import { $, el, setText } from './util.js'
 
-/** Decode a JWT's payload without verifying it (the server does that). */
-export function tokenClaims (token) {
-  try {
-    const part = token.split('.')[1]
-    const b64 = part.replace(/-/g, '+').replace(/_/g, '/').padEnd(Math.ceil(part.length / 4) * 4, '=')
-    const json = new TextDecoder().decode(Uint8Array.from(atob(b64), (c) => c.charCodeAt(0)))
-    const claims = JSON.parse(json)
-    return claims && typeof claims === 'object' ? claims : {}
-  } catch {
-    return {}
-  }
-}
-
-function showJoinForm (problem = '') {
-  const params = new URLSearchParams(location.search)
-  $('join').hidden = false
-  $('join-error').textContent = problem
-  $('join-session').value = params.get('session') || ''
-  $('join-form').addEventListener('submit', (event) => {
-    event.preventDefault()
-    const t = /** @type {HTMLTextAreaElement} */ ($('join-token')).value.trim()
-    const claims = tokenClaims(t)
-    const sid = /** @type {HTMLInputElement} */ ($('join-session')).value.trim() || claims.sid
-    if (!t || !claims.sub) {
-      $('join-error').textContent = 'That does not look like a Parley client token.'
-      return
-    }
-    if (!sid) {
-      $('join-error').textContent = 'The token names no session; enter the session id.'
-      return
-    }
-    location.search = new URLSearchParams({ session: sid, token: t }).toString()
-  })
-}
+export { tokenClaims }
 
 // Panels: each `mount(app)` returns `render()`, called when the document changes.
-const PANELS = [mountTranscript, mountQueue, mountPresence, mountComposer, mountContext]
+const PANELS = [
+  mountTranscript, mountQueue, mountPresence, mountComposer, mountContext,
+  mountSettings, mountKnowledge, mountDocuments
+]
 
 function start ({ token, sessionId, me }) {
   $('app').hidden = false
@@ -64,6 +39,7 @@ function start ({ token, sessionId, me }) {
   const ui = {
     known: false, // until the member's own row has been read
     role: '',
+    displayName: '',
     capabilities: new Set(),
     canPrompt: false,
     canMessage: false,
@@ -78,8 +54,10 @@ function start ({ token, sessionId, me }) {
     sessionId,
     me,
     ui,
+    members: [],
     rest: restClient(token),
     people: peopleDirectory(),
+    showError,
     api: null,
     on (event, fn) {
       if (!listeners.has(event)) listeners.set(event, new Set())
@@ -101,7 +79,7 @@ function start ({ token, sessionId, me }) {
       if (!(error instanceof ParleyError)) throw error
       // A final close is reported once, by the close handler below.
       if (error.closeCode === null) showError(error.code, error.message, kind)
-      renderAll()
+      schedule()
       return { type: 'error', id: error.commandId, code: error.code, message: error.message }
     }
   }
@@ -111,6 +89,8 @@ function start ({ token, sessionId, me }) {
     sendMessage: (text) => send('message', () => session.message(String(text))),
     cancel: (promptId) => send('cancel', () => session.cancel(String(promptId))),
     setPolicy: (policy) => send('set_policy', () => session.setPolicy(String(policy))),
+    pin: (entryId, pinned = true) => send('pin', () => session.pin(String(entryId), pinned)),
+    setFact: (key, value) => send('set_fact', () => session.setFact(String(key), value === null ? null : String(value))),
     session,
     doc: session.doc,
     provider: session.provider,
@@ -129,17 +109,19 @@ function start ({ token, sessionId, me }) {
   // -- who I am: my role and capabilities, from the server --------------------------------
   async function loadMe () {
     try {
-      const { members } = await app.rest('GET', sessionPath(sessionId, '/members'))
-      for (const m of members) app.people.learn(m.user_id, m.display_name)
-      const mine = members.find((m) => m.user_id === me)
-      if (!mine) throw new Error('you are not in the member list')
+      const mine = await app.rest('GET', sessionPath(sessionId, '/me'))
       ui.role = mine.role
+      ui.displayName = mine.display_name
       ui.capabilities = new Set(mine.capabilities)
+      app.people.learn(me, mine.display_name)
     } catch (error) {
-      showError('unavailable', `Could not read your role: ${error.message}`, null)
-      ui.role = ''
-      ui.capabilities = new Set()
+      showError(error.code || 'unavailable', `Could not read your role: ${error.message}`, null)
     }
+    try {
+      const { members } = await app.rest('GET', sessionPath(sessionId, '/members'))
+      app.members = members
+      for (const m of members) app.people.learn(m.user_id, m.display_name)
+    } catch { /* names fall back to user ids */ }
     ui.canPrompt = ui.capabilities.has('prompt')
     ui.canMessage = ui.capabilities.has('post_message')
     ui.known = true
@@ -148,22 +130,22 @@ function start ({ token, sessionId, me }) {
   }
 
   function renderWho () {
-    $('whoami').innerHTML = ''
-    $('whoami').append(
+    const who = $('whoami')
+    who.innerHTML = ''
+    who.append(
       el('span', { class: 'muted' }, 'Signed in as '),
       el('strong', {}, app.people.nameOf(me)),
-      ui.role ? el('span', { class: 'role-chip', id: 'role-chip' }, ui.role) : ''
+      ui.role ? el('span', { class: 'role-chip', id: 'role-chip', title: 'Your role in this session' }, ui.role) : ''
     )
-    if (ui.known) $('whoami').dataset.role = ui.role
+    if (ui.known) who.dataset.role = ui.role
     document.title = `Parley — ${app.people.nameOf(me)}`
-    policySel.disabled = !ui.capabilities.has('manage_session')
   }
 
   // -- connection state ------------------------------------------------------------------
   function setConn (state, text) {
     $('conn').dataset.state = state
     $('conn-text').textContent = text
-    renderAll()
+    schedule()
   }
   session.on('state', (state) => {
     if (state === 'connected') setConn('connected', 'Connected')
@@ -186,28 +168,21 @@ function start ({ token, sessionId, me }) {
     showError('closed', `${why[0].toUpperCase()}${why.slice(1)}; not reconnecting — reload the page to try again.`, null, true)
   }
 
-  // -- scheduling policy (owners) ----------------------------------------------------------
-  const policySel = /** @type {HTMLSelectElement} */ ($('policy'))
-  policySel.disabled = true
-  policySel.addEventListener('change', async () => {
-    const reply = await app.api.setPolicy(policySel.value)
-    if (reply.type !== 'ack') policySel.value = session.policy || 'queue'
-  })
-
   function renderMeta () {
     const title = meta.get('title')
     setText($('session-title'), title ? `· ${title}` : '')
-    const policy = session.policy
-    if (policy && document.activeElement !== policySel) policySel.value = policy
+    if (title) saveSession(sessionId, token, String(title))
   }
 
   let frame = 0
-  const schedule = () => {
+  function schedule () {
     if (!frame) frame = requestAnimationFrame(() => { frame = 0; renderAll() })
   }
   session.on('transcript', schedule)
   session.on('queue', schedule)
   meta.observe(schedule)
+  session.doc.getArray('pins').observe(schedule)
+  session.doc.getMap('facts').observe(schedule)
   session.on('presence', schedule)
   app.people.onChange(() => { renderWho(); schedule() })
 
@@ -220,18 +195,38 @@ function start ({ token, sessionId, me }) {
 // boot (last, so every constant above is initialised)
 // ---------------------------------------------------------------------------------------
 
-const params = new URLSearchParams(location.search)
-const token = (params.get('token') || '').trim()
-
-if (!token) {
-  showJoinForm()
-} else {
-  const claims = tokenClaims(token)
-  const sessionId = params.get('session') || claims.sid
-  const me = typeof claims.sub === 'string' ? claims.sub : 'me'
-  if (!sessionId) {
-    showJoinForm('This token names no session; add the session id.')
-  } else {
-    start({ token, sessionId, me })
+async function boot () {
+  const invite = inviteInFragment()
+  if (invite) {
+    try {
+      await redeemInvite(invite)
+      return
+    } catch (error) {
+      history.replaceState(null, '', location.pathname)
+      showJoin(`This invite link does not work: ${error.message}`)
+      return
+    }
   }
+  const params = new URLSearchParams(location.search)
+  let token = (params.get('token') || '').trim()
+  let sessionId = params.get('session') || ''
+  if (token) {
+    // A token in the address (an old-style link): kept in this browser, then taken out of
+    // the address bar so it is not bookmarked or shared by accident.
+    sessionId = sessionId || tokenClaims(token).sid || ''
+    if (sessionId) {
+      saveSession(sessionId, token)
+      history.replaceState(null, '', `${location.pathname}?session=${encodeURIComponent(sessionId)}`)
+    }
+  } else if (sessionId) {
+    token = savedSessions()[sessionId]?.token || ''
+  }
+  if (!token || !sessionId) {
+    showJoin(sessionId && !token ? 'This browser has no sign-in for that session: open an invite link.' : '')
+    return
+  }
+  const claims = tokenClaims(token)
+  start({ token, sessionId, me: typeof claims.sub === 'string' ? claims.sub : 'me' })
 }
+
+boot()

@@ -1,6 +1,7 @@
-// The Queue panel: prompts waiting to run, in order. Rendered by key, so a Cancel button
-// stays the same node while replies stream (a click is a mouse-down and a mouse-up on it).
-import { $, colorFor, el, initials, renderKeyed, setText, truncate } from './util.js'
+// The Queue panel: who waits for the AI, in order (the prompts' text is in the conversation,
+// shown once). Rendered by key, so a Cancel button stays the same node while replies stream
+// (a click is a mouse-down and a mouse-up on it).
+import { $, colorFor, el, initials, renderKeyed, setText } from './util.js'
 
 export function mountQueue (app) {
   const list = $('queue')
@@ -10,10 +11,7 @@ export function mountQueue (app) {
     const li = el('li', { class: 'queue-item', 'data-id': id },
       el('span', { class: 'position' }),
       el('span', { class: 'avatar small', 'aria-hidden': 'true' }),
-      el('span', { class: 'queue-body' },
-        el('span', { class: 'author' }),
-        el('span', { class: 'snippet muted' })
-      )
+      el('span', { class: 'queue-body' }, el('span', { class: 'author' }))
     )
     const cancel = el('button', { type: 'button', class: 'cancel small secondary' }, 'Cancel')
     cancel.addEventListener('click', () => app.api.cancel(id))
@@ -31,7 +29,6 @@ export function mountQueue (app) {
     setText(avatar, initials(name))
     avatar.style.background = colorFor(author)
     setText(li.querySelector('.author'), name + (author === app.me ? ' (you)' : ''))
-    setText(li.querySelector('.snippet'), truncate(app.session.entry(id)?.content || '', 60))
     const cancel = li.querySelector('button.cancel')
     cancel.hidden = !app.ui.mayCancel(author)
     cancel.setAttribute('aria-label', `Cancel ${author === app.me ? 'your' : `${name}'s`} waiting prompt at position ${position}`)

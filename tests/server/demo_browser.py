@@ -136,6 +136,13 @@ async def chromium() -> AsyncIterator[Browser]:
             await launched.close()
 
 
+async def compose(page: Any, text: str, *, to: str = "ai") -> None:
+    """Type ``text`` in the composer for the AI (``to="ai"``) or the team, and send it."""
+    await page.click("#mode-ai" if to == "ai" else "#mode-team")
+    await page.fill("#composer-text", text)
+    await page.click("#send")
+
+
 async def screenshot(page: Any, name: str) -> Path:
     ARTIFACTS.mkdir(exist_ok=True)
     path = ARTIFACTS / f"{name}.png"

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import make_settings, serve_in_process, sqlite_url
-from tests.server.demo_browser import chromium, screenshot
+from tests.server.demo_browser import chromium, compose, screenshot
 
 pytestmark = pytest.mark.node
 
@@ -33,7 +33,7 @@ async def test_demo_in_three_browsers(tmp_path: Path) -> None:
         await alice.fill("#composer-text", "What changed in the last deploy?")
         await bob.fill("#composer-text", "Is the database healthy?")
         await bob.wait_for_selector("#presence li[data-user=alice].typing")
-        await asyncio.gather(alice.click("#send-prompt"), bob.click("#send-prompt"))
+        await asyncio.gather(alice.click("#send"), bob.click("#send"))  # "Ask the AI" mode
         # The reply streams in: the page shows it while it is still being written.
         await bob.wait_for_selector("#transcript li.kind-reply[data-status=streaming] .content")
 
@@ -57,20 +57,17 @@ async def test_demo_in_three_browsers(tmp_path: Path) -> None:
 
         # The context panel shows what the model would be given: alice repeats bob's
         # question as a message, and her next input has it once, folded.
-        await alice.fill("#composer-text", "is the database   healthy?")
-        await alice.click("#send-message")
+        await compose(alice, "is the database   healthy?", to="team")
         await alice.wait_for_selector("#context-folded[data-count='1']")
         assert "of" in await alice.inner_text("#context-tokens")
         assert await alice.inner_text("#context-withheld") == "0"
 
         # A message for the people only, and a prompt its author cancels while it runs.
-        await bob.fill("#composer-text", "I'll check the dashboards")
-        await bob.click("#send-message")
+        await compose(bob, "I'll check the dashboards", to="team")
         await alice.wait_for_selector(
             "#transcript li.kind-message[data-author=bob][data-status=posted]"
         )
-        await alice.fill("#composer-text", "Write me a very long postmortem")
-        await alice.click("#send-prompt")
+        await compose(alice, "Write me a very long postmortem")
         live = (
             "#transcript li.kind-prompt[data-author=alice]"
             ":is([data-status=queued], [data-status=running])"
@@ -84,8 +81,8 @@ async def test_demo_in_three_browsers(tmp_path: Path) -> None:
         assert await alice.locator("#errors .error").count() == 0
 
         # The viewer's controls are disabled from the start: the role comes from the server.
-        assert await vera.is_disabled("#send-prompt")
-        assert await vera.is_disabled("#send-message")
+        assert await vera.is_disabled("#send")
+        assert await vera.is_disabled("#composer-text")
         # ... and a prompt forced through the page's API gets a readable `forbidden` error.
         reply = await vera.evaluate("window.parleyDemo.sendPrompt('let me in')")
         assert reply["type"] == "error" and reply["code"] == "forbidden", reply
