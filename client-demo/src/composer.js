@@ -15,7 +15,10 @@ export function mountComposer (app) {
 
   function setMode (next) {
     mode = next
-    for (const [name, button] of Object.entries(modes)) button.setAttribute('aria-checked', String(name === mode))
+    for (const [name, button] of Object.entries(modes)) {
+      button.setAttribute('aria-checked', String(name === mode))
+      button.tabIndex = name === mode ? 0 : -1 // one stop for the group; arrows move in it
+    }
     update()
   }
   modes.prompt.addEventListener('click', () => setMode('prompt'))
@@ -51,7 +54,6 @@ export function mountComposer (app) {
     const allowed = mode === 'prompt' ? canPrompt : canMessage
     send.disabled = !known || !allowed || !connected
     send.textContent = mode === 'prompt' ? 'Ask AI' : 'Send to team'
-    send.setAttribute('aria-label', mode === 'prompt' ? 'Send: ask the AI' : 'Send: message the team (not the AI)')
     modes.prompt.disabled = known && !canPrompt
     modes.message.disabled = known && !canMessage
     if (known && !canPrompt && canMessage && mode === 'prompt') setMode('message')

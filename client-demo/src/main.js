@@ -5,8 +5,8 @@
 // Each panel is a module whose `mountX(app)` returns its render function; `PANELS` lists
 // them. A new panel is one import and one line there.
 import { ParleyError, connect } from '@parley/client'
+import 'highlight.js/styles/github.css' // first: style.css darkens some of its colours
 import './style.css'
-import 'highlight.js/styles/github.css'
 import { CLOSE_TEXT, showError } from './errors.js'
 import { mountComposer } from './composer.js'
 import { mountContext } from './context.js'
