@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import secrets
 
+from parley.authz.membership import judge_invite
 from parley.authz.roles import Capability
 from parley.authz.tokens import ClientClaims, issue_token
 from parley.server.http.members import token_out
@@ -26,6 +27,7 @@ from parley.server.http.models import (
 from parley.server.http.rest import Caller, Operation
 from parley.server.http.sessions import SESSION_ERRORS, session_row
 from parley.server.state import AppState
+from parley.server.store.access import AccessStore
 from parley.server.store.invites import InviteRow, InviteStore
 from parley.server.store.rows import MemberRow
 from parley.session.errors import Conflict, InvalidInput, NotFound, Unauthenticated
@@ -68,6 +70,7 @@ async def create_invite(
         expires_at=now_ms // 1000 + body.ttl_seconds,
         revoked_at=None,
     )
+    await _judge(state, session_id, caller, body.user_id)
     secret = secrets.token_urlsafe(32)
     stored, live = await InviteStore(state.store).create(row, secret, MAX_LIVE_INVITES)
     if stored is None and live >= MAX_LIVE_INVITES:
@@ -83,6 +86,24 @@ async def create_invite(
     return InviteCreated(
         **_invite_out(stored).model_dump(), secret=secret, link=DEMO_LINK.format(secret=secret)
     )
+
+
+async def _judge(state: AppState, session_id: str, caller: Caller, user_id: str) -> None:
+    """A member may mint a link only to access they could have handed out themselves
+    (``authz.membership.judge_invite``); a refusal is audited."""
+    if caller.user_id is None:
+        return
+    room = await state.rooms.current(session_id)
+    target = room.membership.members.get(user_id)
+    if target is None:
+        raise Conflict(f"{user_id!r} is not a member of this session")
+    actor = room.membership.members.get(caller.user_id)
+    documents = await AccessStore(state.store).reader_lists(session_id)
+    decision = judge_invite(actor, target, state.rooms.roles, documents)
+    if not decision.allowed:
+        what = {"action": f"invite {user_id}", "reason": decision.reason}
+        await room.audit("refused", caller.user_id, what)
+        decision.require()
 
 
 async def list_invites(state: AppState, session_id: str) -> InviteList:

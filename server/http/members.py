@@ -77,6 +77,7 @@ async def patch_me(state: AppState, session_id: str, body: MePatch, caller: Call
     current = room.membership.members.get(user_id)
     if current is None:
         raise NotFound("you are not a member of this session")
+    _check_not_taken(room, user_id, body.display_name)
 
     def judge(before: MemberRow | None, _actor: MemberRow | None) -> Decision:
         same = before is not None and before.as_member() == current
@@ -96,6 +97,20 @@ async def patch_me(state: AppState, session_id: str, body: MePatch, caller: Call
     await state.rooms.settings_changed(room)  # presence and transcripts show it
     assert change.after is not None
     return _member_out(state, change.after)
+
+
+def _check_not_taken(room: SessionRoom, user_id: str, name: str) -> None:
+    """A member may not name themselves as someone else here (another member's display
+    name or user id, letter case and outer spaces aside)."""
+    wanted = name.strip().casefold()
+    if not wanted:
+        return
+    others = {u.casefold() for u in room.membership.members if u != user_id}
+    others |= {
+        n.strip().casefold() for u, n in room.membership.display_names.items() if u != user_id
+    }
+    if wanted in others:
+        raise Conflict(f"{name!r} is another member's name here; choose another")
 
 
 async def my_sessions(state: AppState, limit: int, caller: Caller) -> MySessionList:

@@ -151,13 +151,16 @@ class InviteStore:
         token for its member, in one transaction; None when there is no such invite or its
         member is no longer the one it was made for (no reason is told: an oracle for
         guessers)."""
+        live = and_(invites.c.secret_sha256 == secret_digest(secret), _live(now))
+        # A guess costs a read, not a write transaction (the exchange needs no key).
+        async with self.store.read() as connection:
+            if (await connection.execute(select(invites.c.id).where(live))).first() is None:
+                return None
         async with self.store.transaction() as tx:
             connection = tx.connection
             found = (
                 await connection.execute(
-                    select(invites, invites.c.token_epoch.label("epoch")).where(
-                        and_(invites.c.secret_sha256 == secret_digest(secret), _live(now))
-                    )
+                    select(invites, invites.c.token_epoch.label("epoch")).where(live)
                 )
             ).first()
             if found is None:

@@ -113,6 +113,26 @@ async def test_who_may_mint_invites(server: RunningServer) -> None:
     assert anonymous.status_code == 401
 
 
+async def test_a_manager_cannot_mint_a_link_to_more_access_than_theirs(
+    server: RunningServer,
+) -> None:
+    sid = await server.new_session({"olga": "owner"})
+    put = await server.http.put(
+        f"/api/v1/sessions/{sid}/members/mo", json={"role": "editor", "grants": ["manage_members"]}
+    )
+    assert put.status_code == 200, put.text
+    token = await server.token(sid, "mo")
+    headers = {"Authorization": f"Bearer {token}"}
+    url = f"/api/v1/sessions/{sid}/invites"
+    to_owner = await server.http.post(url, json={"user_id": "olga"}, headers=headers)
+    assert to_owner.status_code == 403, to_owner.text
+    assert "hands out their access" in to_owner.json()["error"]["message"]
+    own = await server.http.post(url, json={"user_id": "mo"}, headers=headers)
+    assert own.status_code == 201, own.text  # a link for one's own second device
+    audit = (await server.http.get(f"/api/v1/sessions/{sid}/audit")).json()["records"]
+    assert any(r["kind"] == "refused" and r["actor"] == "mo" for r in audit)
+
+
 @pytest.mark.parametrize(
     "body",
     [

@@ -60,6 +60,15 @@ async def test_me_reads_and_renames_only_the_caller(server: RunningServer) -> No
         )
         assert escalate.status_code == 422
         assert (await vera.get(f"/api/v1/sessions/{sid}/me")).json()["role"] == "viewer"
+        # Not as someone else: another member's user id or display name.
+        await server.http.put(
+            f"/api/v1/sessions/{sid}/members/alice",
+            json={"role": "editor", "display_name": "Alice M"},
+        )
+        for taken in ("alice", "ALICE ", " alice m"):
+            refused = await vera.patch(f"/api/v1/sessions/{sid}/me", json={"display_name": taken})
+            assert refused.status_code == 409, taken
+        assert (await vera.get(f"/api/v1/sessions/{sid}/me")).json()["display_name"] == "Vera"
     # The admin key is no member.
     admin = await server.http.get(f"/api/v1/sessions/{sid}/me")
     assert admin.status_code == 403 and admin.json()["error"]["code"] == "forbidden"
