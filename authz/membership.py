@@ -109,3 +109,21 @@ def judge_membership_change(
     if unheld:
         return Decision(False, f"you may not lift denials of what you do not hold: {unheld}")
     return Decision(True, "allowed")
+
+
+def judge_invite(
+    actor: Actor, target: Member, roles: RoleTable, documents: Iterable[Readers]
+) -> Decision:
+    """May ``actor`` mint an invite link for ``target``? A link signs its holder in as the
+    target, so it hands out all of the target's access: allowed for oneself (a second
+    device), else only as far as ``actor`` could have added the target with that access."""
+    if not isinstance(actor, Admin) and actor is not None and actor.user_id == target.user_id:
+        if Capability.MANAGE_MEMBERS not in capabilities_of(actor, roles):
+            return Decision(False, f"a {actor.role} may not manage members here")
+        return Decision(True, "your own access")
+    decision = judge_membership_change(actor, None, target, roles, documents)
+    if decision.allowed:
+        return decision
+    return Decision(
+        False, f"an invite for {target.user_id!r} hands out their access: {decision.reason}"
+    )

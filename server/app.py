@@ -27,6 +27,7 @@ from parley.server.http import (
     context,
     events,
     home,
+    invites,
     members,
     prompts,
     sessions,
@@ -163,6 +164,7 @@ def create_app(
         + home.OPERATIONS
         + sessions.OPERATIONS
         + members.OPERATIONS
+        + invites.OPERATIONS
         + context.OPERATIONS
         + usage.OPERATIONS
         + events.OPERATIONS

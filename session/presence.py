@@ -40,9 +40,13 @@ class Presence:
         self._clients: dict[int, _Client] = {}
         self._pending: dict[int, AwarenessState] = {}  # to relay at the next flush
 
-    def apply(self, owner: Hashable, user_id: str, update: bytes) -> bytes:
+    def apply(
+        self, owner: Hashable, user_id: str, update: bytes, display_name: str | None = None
+    ) -> bytes:
         """Record an awareness update from ``owner`` for the next flush; return what of it
-        is relayed (an update of no states when nothing is)."""
+        is relayed (an update of no states when nothing is). Each state is stamped with
+        who sent it, ``user_id`` and the member's ``display_name`` (when they have one), so
+        nobody can show themselves as someone else."""
         if len(update) > self.max_state_bytes * MAX_CLIENTS_PER_SOCKET:
             raise TooLarge("awareness update too large")
         relayed: list[AwarenessState] = []
@@ -59,7 +63,10 @@ class Presence:
                     raise Forbidden("too many awareness clients on one socket")
             state = item.state
             if state is not None:
-                state = {**state, "parley": {"user_id": user_id}}
+                stamp = {"user_id": user_id}
+                if display_name:
+                    stamp["display_name"] = display_name
+                state = {**state, "parley": stamp}
                 if len(json.dumps(state)) > self.max_state_bytes:
                     raise TooLarge("awareness state too large")
             if known is not None and item.clock < known.clock:

@@ -35,7 +35,7 @@ from typing import Any, Self
 REPO_ROOT: Path = Path(__file__).resolve().parent.parent
 JS_DIR: Path = REPO_ROOT / "tests" / "js"
 SCRIPT: Path = JS_DIR / "stock_client.mjs"
-REQUIRED_PACKAGES: tuple[str, ...] = ("yjs", "y-websocket", "ws")
+REQUIRED_PACKAGES: tuple[str, ...] = ("yjs", "y-websocket", "ws", "axe-core")
 
 Event = dict[str, Any]
 Predicate = Callable[[Event], bool]

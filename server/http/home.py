@@ -14,6 +14,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from parley.authz.roles import Capability
 from parley.server.http.models import Strict
 from parley.server.http.rest import Operation
 from parley.server.state import AppState
@@ -97,7 +98,13 @@ async def list_models(state: AppState) -> ModelList:
 
 OPERATIONS: list[Operation] = [
     Operation(
-        "GET", "/api/v1/models", list_models, "The models a session may use", response=ModelList
+        "GET",
+        "/api/v1/models",
+        list_models,
+        "The models a session may use (admin key, or any member's client token)",
+        capability=Capability.READ_SESSION,
+        own_session=True,
+        response=ModelList,
     ),
 ]
 

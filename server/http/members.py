@@ -10,16 +10,19 @@ from parley.server.http.models import (
     MemberList,
     MemberOut,
     MemberPut,
+    MePatch,
+    MySession,
+    MySessionList,
     TokenCreate,
     TokenOut,
 )
-from parley.server.http.rest import Caller, Operation
+from parley.server.http.rest import Caller, Operation, QueryParam
 from parley.server.http.sessions import SESSION_ERRORS, check_user_id, session_row
 from parley.server.runtime.room import SessionRoom
 from parley.server.state import AppState
 from parley.server.store.access import AccessStore
 from parley.server.store.sessions import MemberChange, MemberRow
-from parley.session.errors import Conflict, InvalidInput, NotFound
+from parley.session.errors import Conflict, Forbidden, InvalidInput, NotFound
 
 
 def _member_out(state: AppState, row: MemberRow) -> MemberOut:
@@ -32,6 +35,7 @@ def _member_out(state: AppState, row: MemberRow) -> MemberOut:
         denials=sorted(member.denials),
         capabilities=sorted(subject.capabilities),
         created_at=row.created_at,
+        display_name=row.display_name,
     )
 
 
@@ -46,10 +50,88 @@ async def put_member(
     grants, denials = check_capabilities(body.grants), check_capabilities(body.denials)
     room = await state.rooms.current(session_id)
     change = await _change_member(
-        state, room, caller, user_id, Member(user_id, body.role, grants, denials)
+        state,
+        room,
+        caller,
+        user_id,
+        Member(user_id, body.role, grants, denials),
+        display_name=body.display_name,
     )
     assert change.after is not None
     return _member_out(state, change.after)
+
+
+async def get_me(state: AppState, session_id: str, caller: Caller) -> MemberOut:
+    """The calling member: role, what they may do now, display name."""
+    row = await state.store.get_member(session_id, _member_id(caller))
+    if row is None:
+        raise NotFound("you are not a member of this session")
+    return _member_out(state, row)
+
+
+async def patch_me(state: AppState, session_id: str, body: MePatch, caller: Caller) -> MemberOut:
+    """Change one's own display name (nothing else: a role is changed by who manages
+    members). Refused, without a write, if the membership changed meanwhile."""
+    user_id = _member_id(caller)
+    room = await state.rooms.current(session_id)
+    current = room.membership.members.get(user_id)
+    if current is None:
+        raise NotFound("you are not a member of this session")
+    _check_not_taken(room, user_id, body.display_name)
+
+    def judge(before: MemberRow | None, _actor: MemberRow | None) -> Decision:
+        same = before is not None and before.as_member() == current
+        return Decision(same, "your membership changed meanwhile; read it again")
+
+    change = await state.store.change_member(
+        session_id,
+        user_id,
+        current,
+        int(state.clock() * 1000),
+        judge,
+        user_id,
+        display_name=body.display_name,
+    )
+    if not change.decision.allowed:
+        raise Conflict(change.decision.reason)
+    await state.rooms.settings_changed(room)  # presence and transcripts show it
+    assert change.after is not None
+    return _member_out(state, change.after)
+
+
+def _check_not_taken(room: SessionRoom, user_id: str, name: str) -> None:
+    """A member may not name themselves as someone else here (another member's display
+    name or user id, letter case and outer spaces aside)."""
+    wanted = name.strip().casefold()
+    if not wanted:
+        return
+    others = {u.casefold() for u in room.membership.members if u != user_id}
+    others |= {
+        n.strip().casefold() for u, n in room.membership.display_names.items() if u != user_id
+    }
+    if wanted in others:
+        raise Conflict(f"{name!r} is another member's name here; choose another")
+
+
+async def my_sessions(state: AppState, limit: int, caller: Caller) -> MySessionList:
+    """The sessions the token's member belongs to (by user id), newest first. Each needs
+    a token of its own to join: this lists, it grants nothing."""
+    rows = await state.store.sessions_of_member(_member_id(caller), limit=limit)
+    return MySessionList(
+        sessions=[
+            MySession(
+                id=s.id, title=s.title, role=role, created_at=s.created_at, last_seq=s.last_seq
+            )
+            for s, role in rows
+        ],
+        limit=limit,
+    )
+
+
+def _member_id(caller: Caller) -> str:
+    if caller.user_id is None:
+        raise Forbidden("this route answers for a member: call it with a client token")
+    return caller.user_id
 
 
 async def delete_member(state: AppState, session_id: str, user_id: str, caller: Caller) -> None:
@@ -60,7 +142,12 @@ async def delete_member(state: AppState, session_id: str, user_id: str, caller: 
 
 
 async def _change_member(
-    state: AppState, room: SessionRoom, caller: Caller, user_id: str, after: Member | None
+    state: AppState,
+    room: SessionRoom,
+    caller: Caller,
+    user_id: str,
+    after: Member | None,
+    display_name: str | None = None,
 ) -> MemberChange:
     """Judge (``authz.membership``), store and apply one membership change, the judgment
     made on the rows read in the writing transaction. A refusal is audited and raised."""
@@ -73,7 +160,13 @@ async def _change_member(
         return judge_membership_change(who, previous, after, roles, documents)
 
     change = await state.store.change_member(
-        room.session_id, user_id, after, int(state.clock() * 1000), judge, caller.user_id
+        room.session_id,
+        user_id,
+        after,
+        int(state.clock() * 1000),
+        judge,
+        caller.user_id,
+        display_name=display_name,
     )
     actor = caller.user_id or "admin"
     if not change.decision.allowed:
@@ -134,12 +227,16 @@ async def create_token(state: AppState, session_id: str, body: TokenCreate) -> T
     if issued is None:
         raise Conflict(f"{body.user_id!r} is not a member of this session")
     member, token, claims = issued
+    return token_out(member, token, claims)
+
+
+def token_out(member: MemberRow, token: str, claims: ClientClaims) -> TokenOut:
     return TokenOut(
         token=token,
         jti=claims.token_id,
         expires_at=claims.expires_at,
-        user_id=body.user_id,
-        session_id=session_id,
+        user_id=claims.user_id,
+        session_id=claims.session_id,
         role=member.role,
     )
 
@@ -185,6 +282,39 @@ OPERATIONS: list[Operation] = [
         capability=Capability.READ_SESSION,
         response=MemberList,
         errors=SESSION_ERRORS,
+    ),
+    Operation(
+        "GET",
+        "/api/v1/sessions/{session_id}/me",
+        get_me,
+        "The calling member (client token): role, capabilities, display name",
+        capability=Capability.READ_SESSION,
+        with_caller=True,
+        response=MemberOut,
+        errors=SESSION_ERRORS,
+    ),
+    Operation(
+        "PATCH",
+        "/api/v1/sessions/{session_id}/me",
+        patch_me,
+        "Change one's own display name (client token)",
+        capability=Capability.READ_SESSION,
+        with_caller=True,
+        body=MePatch,
+        response=MemberOut,
+        errors=(404, 409),
+    ),
+    Operation(
+        "GET",
+        "/api/v1/me/sessions",
+        my_sessions,
+        "The sessions the client token's member belongs to",
+        capability=Capability.READ_SESSION,
+        with_caller=True,
+        own_session=True,
+        response=MySessionList,
+        query=(QueryParam("limit", 1, 200, 50),),
+        tag="members",
     ),
     Operation(
         "POST",

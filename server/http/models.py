@@ -109,8 +109,22 @@ class SessionList(Strict):
     offset: int
 
 
+# A name people read: no control characters (a line of its own in every list it is in).
+DisplayName = Annotated[
+    str,
+    Field(
+        max_length=80,
+        pattern=r"^[^\x00-\x1f\x7f]*$",
+        description="How people see the member; empty: by user id",
+    ),
+]
+
+
 class MemberPut(Strict):
     role: RoleName
+    display_name: DisplayName | None = Field(
+        default=None, description="Absent or null: the member keeps the name they have"
+    )
     grants: list[CapabilityName] = Field(default_factory=list, max_length=100)
     denials: list[CapabilityName] = Field(
         default_factory=list, max_length=100, description="Win over the role and the grants"
@@ -124,6 +138,62 @@ class MemberOut(Strict):
     denials: list[str]
     capabilities: list[str] = Field(description="What the member may do now")
     created_at: int
+    display_name: str = Field(description="Empty: shown by user id")
+
+
+class MePatch(Strict):
+    display_name: DisplayName
+
+
+class MySession(Strict):
+    id: str
+    title: str
+    role: RoleName = Field(description="The caller's role there")
+    created_at: int = Field(description="Milliseconds since the epoch.")
+    last_seq: int
+
+
+class MySessionList(Strict):
+    sessions: list[MySession]
+    limit: int
+
+
+class InviteCreate(Strict):
+    user_id: str = Field(min_length=1, max_length=200, description="A member of the session")
+    max_uses: int = Field(default=1, ge=1, le=100, description="Browsers it may sign in")
+    ttl_seconds: int = Field(
+        default=86_400, ge=60, le=2_592_000, description="How long the link works (30 days at most)"
+    )
+    token_ttl_seconds: int | None = Field(
+        default=None, ge=60, description="Each token's lifetime; default: the server's"
+    )
+
+
+class InviteOut(Strict):
+    id: str
+    session_id: str
+    user_id: str
+    max_uses: int
+    uses: int
+    created_by: str
+    created_at: int = Field(description="Milliseconds since the epoch.")
+    expires_at: int = Field(description="Seconds since the epoch.")
+
+
+class InviteCreated(InviteOut):
+    secret: str = Field(description="Shown once; only its SHA-256 is kept")
+    link: str = Field(
+        description="The demo's path with the secret in the URL fragment, which browsers "
+        "never send to the server"
+    )
+
+
+class InviteList(Strict):
+    invites: list[InviteOut]
+
+
+class InviteExchange(Strict):
+    invite: str = Field(min_length=16, max_length=100, pattern=r"^[A-Za-z0-9_-]+$")
 
 
 class RolePut(Strict):
@@ -176,6 +246,9 @@ class TranscriptEntryOut(Strict):
     answers: list[str]
     started_at: int | None
     tool: str | None = Field(description="On a tool step: the tool it ran")
+    author_name: str | None = Field(
+        default=None, description="The author's display name now (null: none, or a reply)"
+    )
 
 
 class TranscriptOut(Strict):

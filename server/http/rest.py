@@ -106,6 +106,9 @@ class Operation:
     capability: str | None = None
     # The handler takes ``caller`` (for checks that depend on the resource).
     with_caller: bool = False
+    # A route with no session in its path that a client token may call too (the models,
+    # ``/api/v1/me/...``): the member is judged in the token's own session.
+    own_session: bool = False
     # Where the created resource lives (a 201's ``Location``): a template filled from the
     # path's parameters, the body's fields and the response's fields.
     location: str | None = None
@@ -145,6 +148,9 @@ async def authorize(op: Operation, caller: Caller, state: AppState, session_id: 
     """Let a member call ``op`` only in their token's session, holding its capability."""
     if caller.user_id is None:
         return
+    if op.own_session:
+        assert "{session_id}" not in op.path  # a path's session is judged as such
+        session_id = caller.session_id
     if session_id is None or session_id != caller.session_id:
         raise Forbidden("a client token acts only in its own session's routes")
     room = await state.rooms.current(session_id)  # judged by what is committed

@@ -19,6 +19,7 @@ from parley.server.state import AppState
 from parley.server.store.sessions import SessionRow
 from parley.session.errors import InvalidInput, NotFound
 from parley.session.queue import Policy
+from parley.session.schema import EntryKind
 
 USER_ID = re.compile(r"[A-Za-z0-9._@:+-]{1,200}")
 SESSION_ERRORS = (404,)
@@ -115,8 +116,17 @@ async def delete_session(state: AppState, session_id: str) -> None:
 
 async def get_transcript(state: AppState, session_id: str) -> TranscriptOut:
     room = await state.rooms.current(session_id)
+    names = room.membership.display_names
     return TranscriptOut(
-        messages=[TranscriptEntryOut.model_validate(e.to_json()) for e in room.doc.entries()]
+        messages=[
+            TranscriptEntryOut.model_validate(
+                {
+                    **e.to_json(),
+                    "author_name": None if e.kind is EntryKind.REPLY else names.get(e.author),
+                }
+            )
+            for e in room.doc.entries()
+        ]
     )
 
 

@@ -48,6 +48,8 @@ class Membership:
         self.changed = changed
         self.stop = stop
         self.members: dict[str, Member] = {}
+        # Members' display names, those who have one (shown in presence and transcripts).
+        self.display_names: dict[str, str] = {}
         # Revoked client tokens not expired yet, by id (the check of every socket and call).
         self.revoked_tokens: dict[str, TokenRow] = {}
 
@@ -66,6 +68,7 @@ class Membership:
         load, and in cluster mode after changes made on another node)."""
         rows = await self.store.list_members(self.session_id)
         current = {row.user_id: row.as_member() for row in rows}
+        self.display_names = {row.user_id: row.display_name for row in rows if row.display_name}
         for user_id in set(self.members) - set(current):
             await self.set_member(user_id, None)
         for user_id, member in current.items():

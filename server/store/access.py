@@ -135,6 +135,27 @@ async def insert_private(
     )
 
 
+async def insert_client_token(connection: AsyncConnection, claims: ClientClaims, now: int) -> None:
+    """Record a client token just minted (its session's expired ones are deleted on the
+    way), in the transaction that read its member."""
+    await connection.execute(
+        delete(client_tokens).where(
+            and_(
+                client_tokens.c.session_id == claims.session_id,
+                client_tokens.c.expires_at <= now,
+            )
+        )
+    )
+    await connection.execute(
+        insert(client_tokens).values(
+            id=claims.token_id,
+            session_id=claims.session_id,
+            user_id=claims.user_id,
+            expires_at=claims.expires_at,
+        )
+    )
+
+
 async def insert_audit(
     connection: AsyncConnection,
     session_id: str,
@@ -205,22 +226,7 @@ class AccessStore:
             if member is None:
                 return None
             token, claims = mint(member)
-            await connection.execute(
-                delete(client_tokens).where(
-                    and_(
-                        client_tokens.c.session_id == session_id,
-                        client_tokens.c.expires_at <= now,
-                    )
-                )
-            )
-            await connection.execute(
-                insert(client_tokens).values(
-                    id=claims.token_id,
-                    session_id=session_id,
-                    user_id=user_id,
-                    expires_at=claims.expires_at,
-                )
-            )
+            await insert_client_token(connection, claims, now)
         return member, token, claims
 
     async def revoke_token(self, session_id: str, token_id: str, now: int) -> TokenRow | None:

@@ -25,7 +25,14 @@ from parley.server.store.access import AuditRow, DocumentRow, PrivateItem, Token
 from parley.server.store.counters import ClaimedSeqs
 from parley.server.store.group_commit import GroupCommit
 from parley.server.store.memory_access import MemoryAccess
-from parley.server.store.rows import EntryRow, MemberChange, MemberRow, SessionRow, StoredDoc
+from parley.server.store.rows import (
+    EntryRow,
+    MemberChange,
+    MemberRow,
+    SessionRow,
+    StoredDoc,
+    kept_name,
+)
 from parley.server.store.usage import UsageRow, UserUsage
 from parley.session.errors import Conflict, DuplicateCommand, Unavailable
 from parley.session.events import Membership, SessionEvent, StoredEvent, membership_event
@@ -275,6 +282,7 @@ class MemoryStore:
         now: int,
         judge: Callable[[MemberRow | None, MemberRow | None], Decision],
         actor_id: str | None = None,
+        display_name: str | None = None,
     ) -> MemberChange:
         """As ``Store.change_member``."""
         async with self.transaction() as tx:
@@ -294,7 +302,10 @@ class MemoryStore:
                     else (before.created_at, before.token_epoch)
                 )
                 grants, denials = tuple(sorted(after.grants)), tuple(sorted(after.denials))
-                row = MemberRow(session_id, user_id, after.role, created, grants, denials, epoch)
+                name = display_name if display_name is not None else kept_name(before)
+                row = MemberRow(
+                    session_id, user_id, after.role, created, grants, denials, epoch, name
+                )
                 s.members[user_id] = row
 
             def shown(m: MemberRow | None) -> Membership | None:

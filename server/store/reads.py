@@ -66,6 +66,19 @@ class SessionReads(Database):
             )
             return [member_row(row) for row in rows]
 
+    async def sessions_of_member(self, user_id: str, *, limit: int) -> list[tuple[SessionRow, str]]:
+        """The sessions ``user_id`` is a member of, with their role there, newest first, at
+        most ``limit`` (an index on ``members.user_id`` keeps it a lookup)."""
+        async with self.read() as connection:
+            rows = await connection.execute(
+                select(sessions, members.c.role.label("member_role"))
+                .join(members, members.c.session_id == sessions.c.id)
+                .where(members.c.user_id == user_id)
+                .order_by(sessions.c.created_at.desc(), sessions.c.id)
+                .limit(limit)
+            )
+            return [(session_row(row), str(row.member_role)) for row in rows]
+
     async def get_member(self, session_id: str, user_id: str) -> MemberRow | None:
         async with self.read() as connection:
             return await read_member(connection, session_id, user_id)

@@ -37,6 +37,7 @@ class MemberRow:
     grants: tuple[str, ...] = ()
     denials: tuple[str, ...] = ()
     token_epoch: str = ""
+    display_name: str = ""
 
     def as_member(self) -> Member:
         return Member(
@@ -101,7 +102,13 @@ def member_row(row: Any) -> MemberRow:
         tuple(json.loads(row.grants)),
         tuple(json.loads(row.denials)),
         row.token_epoch,
+        row.display_name,
     )
+
+
+def kept_name(before: MemberRow | None) -> str:
+    """The display name a change that names none keeps ("" for a member added)."""
+    return "" if before is None else before.display_name
 
 
 async def lock_session(connection: AsyncConnection, session_id: str) -> None:

@@ -27,6 +27,7 @@ from parley.server.store.rows import (
     MemberRow,
     SessionRow,
     StoredDoc,
+    kept_name,
     lock_session,
     read_member,
 )
@@ -162,10 +163,12 @@ class Store(SessionReads, UsageTables):
         now: int,
         judge: Callable[[MemberRow | None, MemberRow | None], Decision],
         actor_id: str | None = None,
+        display_name: str | None = None,
     ) -> MemberChange:
         """Add or change (``after``) or remove (None) a member if ``judge(before, actor)``
         allows it, both rows read in the writing transaction. A user added gets a new token
-        epoch (their earlier tokens stay dead); a change keeps it."""
+        epoch (their earlier tokens stay dead); a change keeps it. ``display_name``: the
+        name shown for them ("" none; None keeps the one they have)."""
         async with self.transaction() as tx:
             connection = tx.connection
             await lock_session(connection, session_id)
@@ -184,10 +187,12 @@ class Store(SessionReads, UsageTables):
                 await _member_event(tx, before, None, now, by)
                 return MemberChange(decision, before, None)
             grants, denials = tuple(sorted(after.grants)), tuple(sorted(after.denials))
+            name = display_name if display_name is not None else kept_name(before)
             values = {
                 "role": after.role,
                 "grants": json.dumps(grants),
                 "denials": json.dumps(denials),
+                "display_name": name,
             }
             if before is not None:
                 await connection.execute(update(members).where(where).values(**values))
@@ -203,6 +208,6 @@ class Store(SessionReads, UsageTables):
                         **values,
                     )
                 )
-            row = MemberRow(session_id, user_id, after.role, created, grants, denials, epoch)
+            row = MemberRow(session_id, user_id, after.role, created, grants, denials, epoch, name)
             await _member_event(tx, before, row, now, by)
             return MemberChange(decision, before, row)

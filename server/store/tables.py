@@ -51,7 +51,10 @@ members = Table(
     Column("denials", Text, nullable=False, server_default="[]"),
     # New each time the user is added; client tokens carry it (authz.tokens).
     Column("token_epoch", String(32), nullable=False, server_default=""),
+    # How people see the member ("" : by user id).
+    Column("display_name", String(80), nullable=False, server_default=""),
 )
+Index("ix_members_user_id", members.c.user_id)
 
 # Prompts and messages: everything a member authored, with its sequence number.
 entries = Table(
@@ -231,6 +234,27 @@ client_tokens = Table(
     Column("revoked_at", BigInteger),
 )
 Index("ix_client_tokens_session_id", client_tokens.c.session_id, client_tokens.c.revoked_at)
+
+# Invite links: a secret (kept only as its SHA-256) that a member's browser exchanges for a
+# client token of that member, ``max_uses`` times at most, until ``expires_at`` (seconds)
+# or until revoked; dead too once the member is removed (``token_epoch`` no longer theirs).
+invites = Table(
+    "invites",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("session_id", String(64), ForeignKey("sessions.id", ondelete="CASCADE"), nullable=False),
+    Column("user_id", String(200), nullable=False),
+    Column("secret_sha256", String(64), nullable=False, unique=True),
+    Column("token_epoch", String(32), nullable=False),
+    Column("max_uses", Integer, nullable=False),
+    Column("uses", Integer, nullable=False, server_default="0"),
+    Column("token_ttl_s", Integer, nullable=False),
+    Column("created_by", String(200), nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("expires_at", BigInteger, nullable=False),
+    Column("revoked_at", BigInteger),
+)
+Index("ix_invites_session_id", invites.c.session_id)
 
 # Event webhooks: an integrator's subscription to event types (``server.webhook_outbox``).
 # ``status``: active, paused (by the admin) or disabled (after a run of failed deliveries,

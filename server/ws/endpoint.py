@@ -274,7 +274,8 @@ async def _on_binary(
             if presence.drop(connection) is not None:
                 room.awareness.changed()
             raise Forbidden("you may not show presence here (be_present)")
-        presence.apply(connection, connection.user_id, message.update)
+        name = room.membership.display_names.get(connection.user_id)
+        presence.apply(connection, connection.user_id, message.update, name)
         room.awareness.changed()
     elif isinstance(message, QueryAwarenessMessage):
         snapshot = presence.snapshot()

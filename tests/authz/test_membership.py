@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from parley.authz.membership import ADMIN, judge_membership_change
+from parley.authz.membership import ADMIN, judge_invite, judge_membership_change
 from parley.authz.policy import Readers, Subject, may_read
 from parley.authz.roles import Capability, Member, RoleTable, capabilities_of
 
@@ -188,3 +188,18 @@ def test_removing_or_leaving_alone_is_allowed_to_whoever_holds_the_target(
     for after in (None, target):
         allowed = judge_membership_change(actor, target, after, TABLE, docs).allowed
         assert allowed == (raw <= held)
+
+
+def test_an_invite_hands_out_only_what_its_minter_holds() -> None:
+    def invite(actor: Member | None, target: Member) -> bool:
+        return judge_invite(actor, target, TABLE, (EDITORS_ONLY, OWNERS)).allowed
+
+    manager = Member("m", "manager")
+    assert invite(manager, Member("s", "manager"))
+    assert not invite(manager, Member("o", "owner"))  # a link to the owner's access
+    assert not invite(manager, Member("e", "editor"))  # editors read what m cannot
+    assert invite(manager, manager)  # a link for oneself: one's own access
+    assert not invite(Member("e", "editor"), Member("e", "editor"))  # manages no members
+    assert invite(Member("o", "owner"), Member("v", "viewer"))
+    assert not invite(None, Member("v", "viewer"))
+    assert judge_invite(ADMIN, Member("o", "owner"), TABLE, ()).allowed

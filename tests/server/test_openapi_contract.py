@@ -51,7 +51,11 @@ CHECKS = [
 AUTH = {"Authorization": f"Bearer {ADMIN_KEY}"}
 # The operations are dealt over this many tests, each with its own server: they run in
 # parallel, and none holds a worker for minutes.
-PARTS = 4
+PARTS = 6
+# Routes that answer for the member of a client token (the admin key is refused there):
+# called with bob's token instead.
+MEMBER_ROUTES = {"/api/v1/me/sessions", "/api/v1/sessions/{session_id}/me"}
+MEMBER_TOKEN = "_member_token"
 
 
 def _script(sent: Sent) -> Answer:
@@ -136,6 +140,11 @@ async def _seed(server: RunningServer) -> dict[str, str]:
     held = await alice.command({"type": "prompt", "id": "h", "text": "[wait] hold on"})
     running = {"id": held["prompt_id"], "status": "running"}
     await alice.wait_until(lambda c: any(running.items() <= e.items() for e in c.entries()))
+    # An invite that outlives the generated exchanges, and one for the revoke route.
+    invite = await server.http.post(
+        f"/api/v1/sessions/{sid}/invites", json={"user_id": "bob", "max_uses": 100}
+    )
+    assert invite.status_code == 201, invite.text
     listed = await server.http.get(f"/api/v1/webhooks/{hook.json()['id']}/deliveries")
     (delivery,) = listed.json()["deliveries"]
     return {
@@ -151,6 +160,9 @@ async def _seed(server: RunningServer) -> dict[str, str]:
         "role": "editor",
         "name": "support",
         "jti": token.json()["jti"],
+        "invite": invite.json()["secret"],
+        "invite_id": invite.json()["id"],
+        MEMBER_TOKEN: token.json()["token"],
     }
 
 
@@ -188,6 +200,9 @@ def _run_operation(
     real: dict[str, str],
     seen: Counter[int],
 ) -> None:
+    member = operation.path in MEMBER_ROUTES
+    headers = {"Authorization": f"Bearer {real[MEMBER_TOKEN]}"} if member else AUTH
+
     @hypothesis.seed(SEED)
     @hypothesis.settings(
         max_examples=MAX_EXAMPLES,
@@ -197,14 +212,14 @@ def _run_operation(
         suppress_health_check=list(hypothesis.HealthCheck),
     )
     @hypothesis.given(
-        case=operation.as_strategy(generation_mode=mode, headers=AUTH), use_real=st.booleans()
+        case=operation.as_strategy(generation_mode=mode, headers=headers), use_real=st.booleans()
     )
     def check(case: Case[Any], use_real: bool) -> None:
         if use_real and mode is GenerationMode.POSITIVE:
             _point_at_real_resources(case, real)
-        response = case.call(base_url=base_url, session=http, headers=AUTH, timeout=20)
+        response = case.call(base_url=base_url, session=http, headers=headers, timeout=20)
         seen[response.status_code] += 1
-        case.validate_response(response, checks=CHECKS, headers=AUTH)
+        case.validate_response(response, checks=CHECKS, headers=headers)
 
     check()
 

@@ -51,6 +51,16 @@ def test_a_client_cannot_forge_its_stamp() -> None:
     assert presence.users() == ["mallory"]
 
 
+def test_the_stamp_carries_the_members_display_name() -> None:
+    presence = Presence()
+    forged = {"parley": {"user_id": "owner", "display_name": "The Owner"}}
+    out = presence.apply(ALICE_SOCKET, "alice", update((11, 1, forged)), "Alice M")
+    assert relayed(out)[0].state == {"parley": {"user_id": "alice", "display_name": "Alice M"}}
+    # No name: no display_name key, and a forged one is gone too.
+    out = presence.apply(BOB_SOCKET, "bob", update((12, 1, forged)), None)
+    assert relayed(out)[0].state == {"parley": {"user_id": "bob"}}
+
+
 def test_several_clients_in_one_update_are_all_relayed() -> None:
     presence = Presence()
     out = presence.apply(ALICE_SOCKET, "alice", update((1, 1, {"a": 1}), (2, 5, {"b": 2})))

@@ -70,6 +70,9 @@ export interface Peer {
   readonly clientId: number
   /** The user id the server stamped on this state; null for our own state. */
   readonly userId: string | null
+  /** The member's display name the server stamped on this state (null: none, or ours). */
+  readonly displayName: string | null
+  /** The name the client put in its own state (`user.name`): not checked by the server. */
   readonly name: string | null
   readonly typing: boolean
   /** Whether this is this client. */

@@ -81,6 +81,7 @@ export const peersOf = (awareness: Awareness): readonly Peer[] => {
       Object.freeze({
         clientId,
         userId: typeof stamp['user_id'] === 'string' ? stamp['user_id'] : null,
+        displayName: typeof stamp['display_name'] === 'string' ? stamp['display_name'] : null,
         name: typeof user['name'] === 'string' ? user['name'] : null,
         typing: state['typing'] === true,
         self: clientId === awareness.clientID

@@ -214,6 +214,21 @@ async def test_members_and_their_events(store: Any) -> None:
     assert kinds == ["member_joined", "member_joined", "member_changed"]
 
 
+async def test_display_names_are_kept_unless_named(store: Any) -> None:
+    await store.create_session("a", "t", "queue", 0)
+    add = await store.change_member(
+        "a", "ann", Member("ann", "editor"), 1, lambda *_: ALLOW, display_name="Ann"
+    )
+    assert add.after.display_name == "Ann"
+    kept = await store.change_member("a", "ann", Member("ann", "viewer"), 2, lambda *_: ALLOW)
+    assert (kept.after.role, kept.after.display_name) == ("viewer", "Ann")
+    cleared = await store.change_member(
+        "a", "ann", Member("ann", "viewer"), 3, lambda *_: ALLOW, display_name=""
+    )
+    assert cleared.after.display_name == ""
+    assert [m.display_name for m in await store.list_members("a")] == [""]
+
+
 async def test_private_items_audit_and_usage(store: Any) -> None:
     await store.create_session("a", "t", "queue", 0)
     readers = (Readers("d1", frozenset({"ann"}), frozenset()),)

@@ -1,0 +1,110 @@
+// "What the model sees": the server's preview of this member's next model input
+// (GET /api/v1/sessions/{id}/context). Refreshed at most every REFRESH_MS while the
+// transcript changes: a throttle, not a debounce, so a streaming reply cannot hold it back
+// forever, and the change that ends a reply is always followed by one more refresh.
+import { $, el, setText, truncate } from './util.js'
+import { sessionPath } from './rest.js'
+
+export const REFRESH_MS = 500
+
+export function mountContext (app) {
+  let timer = 0
+  let busy = false
+  let dirty = false
+
+  function schedule () {
+    dirty = true
+    if (!timer && !busy) timer = setTimeout(run, REFRESH_MS)
+  }
+
+  async function run () {
+    timer = 0
+    busy = true
+    dirty = false
+    try {
+      await refresh()
+    } finally {
+      busy = false
+      if (dirty) schedule()
+    }
+  }
+
+  async function refresh () {
+    let body
+    try {
+      body = await app.rest('GET', `${sessionPath(app.sessionId, '/context')}?user_id=${encodeURIComponent(app.me)}`)
+    } catch (error) {
+      $('context-error').textContent = `Preview unavailable: ${error.message}`
+      return
+    }
+    $('context-error').textContent = ''
+    show(body)
+  }
+
+  function show (body) {
+    const count = (test) => body.excluded.filter((x) => test(x.reason)).length
+    setText($('context-tokens'), `${body.tokens.toLocaleString()} of ${body.budget.toLocaleString()}`)
+    setText($('context-messages'), String(body.messages.length))
+    const counts = {
+      // merged repeats, plus pasted blocks and replies given as references
+      'context-folded': count((r) => /^(near-)?duplicate of /.test(r)) +
+        Object.values(body.notes).filter((n) => !/duplicate of an earlier/.test(n)).length,
+      'context-summarised': count((r) => r.startsWith('summarised in')),
+      'context-over': count((r) => r === 'over budget'),
+      'context-withheld': count((r) => r.startsWith('withheld'))
+    }
+    for (const [id, n] of Object.entries(counts)) {
+      $(id).dataset.count = String(n)
+      setText($(id), String(n))
+    }
+    showItems(body)
+    $('context').dataset.refreshed = String(Number($('context').dataset.refreshed || 0) + 1)
+    app.emit('context', body)
+  }
+
+  // The items themselves: each message the model gets (whose words, folded repeats with
+  // every author), the summary standing in for older turns, and what is left out and why.
+  function showItems (body) {
+    const list = $('context-items')
+    list.innerHTML = ''
+    if (body.summary) {
+      const s = body.summary
+      list.append(el('li', { class: 'ctx-item ctx-summary' },
+        el('strong', {}, 'Summary'),
+        el('span', { class: 'muted' }, ` of ${s.entries} earlier entries (${s.tokens} tokens)`)))
+    }
+    for (const m of body.messages) {
+      const authors = (m.authors?.length ? m.authors : [m.author]).filter(Boolean)
+      const who = m.role === 'assistant' ? 'Assistant' : authors.map((a) => app.people.nameOf(a)).join(', ') || m.role
+      const item = el('li', { class: `ctx-item ctx-${m.role}${m.answering ? ' answering' : ''}` },
+        el('span', { class: 'ctx-who' }, who),
+        authors.length > 1 ? el('span', { class: 'ctx-tag' }, `said by ${authors.length}`) : '',
+        m.answering ? el('span', { class: 'ctx-tag' }, 'to answer') : '',
+        el('span', { class: 'ctx-tokens muted' }, `${m.tokens} tok`),
+        el('span', { class: 'ctx-text' }, truncate(m.content.replace(/\s+/g, ' '), 140)))
+      list.append(item)
+    }
+    for (const x of body.excluded) {
+      const entry = app.session.entry(x.entry_id)
+      const who = entry ? (entry.kind === 'reply' ? 'Assistant' : app.people.nameOf(entry.author)) : 'An entry'
+      list.append(el('li', { class: 'ctx-item ctx-excluded' },
+        el('span', { class: 'ctx-who' }, who),
+        el('span', { class: 'ctx-tag' }, leftOut(x.reason)),
+        entry ? el('span', { class: 'ctx-text' }, truncate(entry.content.replace(/\s+/g, ' '), 80)) : ''))
+    }
+    $('context-items-count').textContent = String(list.children.length)
+  }
+
+  app.session.on('transcript', schedule)
+  schedule()
+  return () => {}
+}
+
+/** A reason an entry is left out, in words. */
+export function leftOut (reason) {
+  if (/^(near-)?duplicate of /.test(reason)) return 'folded: a repeat'
+  if (reason.startsWith('summarised in')) return 'in the summary'
+  if (reason === 'over budget') return 'left out: over budget'
+  if (reason.startsWith('withheld')) return 'withheld from you'
+  return reason
+}

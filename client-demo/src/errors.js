@@ -1,0 +1,42 @@
+// Errors shown above the composer, in words a person reads.
+import { $, el } from './util.js'
+
+export const ERROR_TEXT = {
+  forbidden: 'Not allowed',
+  busy: 'The assistant is busy',
+  queue_full: 'Queue full',
+  rate_limited: 'Slow down',
+  invalid: 'Invalid request',
+  too_large: 'Too long',
+  unavailable: 'Server unavailable',
+  conflict: 'Conflict',
+  not_found: 'Not found',
+  unauthenticated: 'Not signed in'
+}
+
+export const CLOSE_TEXT = {
+  4401: 'your sign-in is invalid or has expired — ask for a new invite link',
+  4403: 'you are not a member of this session (or were removed)',
+  4404: 'this session does not exist or was deleted',
+  4400: 'the server rejected a malformed frame',
+  4429: 'too many refused commands',
+  1009: 'a message was too large',
+  1013: 'the connection fell behind; reconnecting',
+  1001: 'the server is going away or the connection was idle; reconnecting'
+}
+
+export function showError (code, message, cmdType, sticky = false) {
+  const title = ERROR_TEXT[code] || (code === 'closed' ? 'Disconnected' : code)
+  const what = cmdType ? ` (${cmdType.replace('_', ' ')})` : ''
+  const item = el('div', { class: 'error', 'data-code': code },
+    el('strong', {}, `${title}${what}: `),
+    el('span', { class: 'error-message' }, message || '')
+  )
+  const close = el('button', { type: 'button', class: 'link', 'aria-label': 'Dismiss this error' }, '×')
+  close.addEventListener('click', () => item.remove())
+  item.append(close)
+  const box = $('errors')
+  box.append(item)
+  while (box.children.length > 4) box.firstElementChild.remove()
+  if (!sticky && code !== 'forbidden') setTimeout(() => item.remove(), 12000)
+}

@@ -1,0 +1,61 @@
+// Small DOM helpers shared by the demo's panels.
+
+/** Build an element: attributes (`on*` functions become listeners), then children. */
+export function el (tag, attrs = {}, ...children) {
+  const node = document.createElement(tag)
+  for (const [k, v] of Object.entries(attrs)) {
+    if (v === null || v === undefined || v === false) continue
+    if (typeof v === 'function' && k.startsWith('on')) node.addEventListener(k.slice(2), v)
+    else node.setAttribute(k, v === true ? '' : v)
+  }
+  for (const child of children) if (child !== '' && child != null) node.append(child)
+  return node
+}
+
+export const $ = (id) => /** @type {HTMLElement} */ (document.getElementById(id))
+
+export function setText (node, value) {
+  if (node.textContent !== value) node.textContent = value
+}
+
+export function truncate (s, n) {
+  return s.length > n ? `${s.slice(0, n - 1)}…` : s
+}
+
+export function colorFor (name) {
+  let h = 0
+  for (const ch of String(name)) h = (h * 31 + ch.codePointAt(0)) % 360
+  return `hsl(${h} 55% 38%)` // dark enough for white initials (contrast ≥ 4.5)
+}
+
+/** Up to two initials of a display name ("Alice Martin" → "AM", "bob" → "B"). */
+export function initials (name) {
+  const words = String(name).trim().split(/[\s._@-]+/).filter(Boolean)
+  const letters = words.slice(0, 2).map((w) => [...w][0].toUpperCase())
+  return letters.join('') || '?'
+}
+
+/**
+ * Keyed list rendering: one node per key, kept across renders (so a button under the mouse
+ * survives an update), created by `make`, refreshed by `fill`, in `items`' order.
+ */
+export function renderKeyed (list, cache, items, keyOf, make, fill) {
+  const seen = new Set()
+  let prev = null
+  for (const item of items) {
+    const key = keyOf(item)
+    seen.add(key)
+    let node = cache.get(key)
+    if (!node) {
+      node = make(item)
+      cache.set(key, node)
+    }
+    fill(node, item)
+    const want = prev ? prev.nextSibling : list.firstChild
+    if (want !== node) list.insertBefore(node, want)
+    prev = node
+  }
+  for (const [key, node] of cache) {
+    if (!seen.has(key)) { node.remove(); cache.delete(key) }
+  }
+}

@@ -1,0 +1,193 @@
+"""Invite links: minted over REST by who manages members, opened by a browser, exchanged
+there for a client token of the member the invite names.
+
+The secret travels in the link's fragment (``/demo/#invite=…``), which browsers never send
+to a server, so it is in no access log; the exchange posts it in a body. A secret is 256
+random bits kept only as its SHA-256; an invite works ``max_uses`` times (once by default)
+until it expires or is revoked, and dies with the membership it was made for. A failed
+exchange says only that the link is not valid, whatever the reason.
+"""
+
+from __future__ import annotations
+
+import secrets
+
+from parley.authz.membership import judge_invite
+from parley.authz.roles import Capability
+from parley.authz.tokens import ClientClaims, issue_token
+from parley.server.http.members import token_out
+from parley.server.http.models import (
+    InviteCreate,
+    InviteCreated,
+    InviteExchange,
+    InviteList,
+    InviteOut,
+    TokenOut,
+)
+from parley.server.http.rest import Caller, Operation
+from parley.server.http.sessions import SESSION_ERRORS, session_row
+from parley.server.state import AppState
+from parley.server.store.access import AccessStore
+from parley.server.store.invites import InviteRow, InviteStore
+from parley.server.store.rows import MemberRow
+from parley.session.errors import Conflict, InvalidInput, NotFound, Unauthenticated
+
+MAX_LIVE_INVITES = 100  # per session: each is a row to keep and a way in to watch
+DEMO_LINK = "/demo/#invite={secret}"
+
+
+def _invite_out(row: InviteRow) -> InviteOut:
+    return InviteOut(
+        id=row.id,
+        session_id=row.session_id,
+        user_id=row.user_id,
+        max_uses=row.max_uses,
+        uses=row.uses,
+        created_by=row.created_by,
+        created_at=row.created_at,
+        expires_at=row.expires_at,
+    )
+
+
+async def create_invite(
+    state: AppState, session_id: str, body: InviteCreate, caller: Caller
+) -> InviteCreated:
+    """Mint an invite link for a member. The secret is in this answer only."""
+    await session_row(state, session_id)
+    token_ttl = body.token_ttl_seconds or state.settings.token_ttl_default_s
+    if token_ttl > state.settings.token_ttl_max_s:
+        raise InvalidInput(f"token_ttl_seconds: at most {state.settings.token_ttl_max_s}")
+    now_ms = int(state.clock() * 1000)
+    row = InviteRow(
+        id=secrets.token_hex(8),
+        session_id=session_id,
+        user_id=body.user_id,
+        max_uses=body.max_uses,
+        uses=0,
+        token_ttl_s=token_ttl,
+        created_by=caller.user_id or "admin",
+        created_at=now_ms,
+        expires_at=now_ms // 1000 + body.ttl_seconds,
+        revoked_at=None,
+    )
+    await _judge(state, session_id, caller, body.user_id)
+    secret = secrets.token_urlsafe(32)
+    stored, live = await InviteStore(state.store).create(row, secret, MAX_LIVE_INVITES)
+    if stored is None and live >= MAX_LIVE_INVITES:
+        raise Conflict(f"this session has {live} live invites; revoke some first")
+    if stored is None:
+        raise Conflict(f"{body.user_id!r} is not a member of this session")
+    room = await state.rooms.get(session_id)
+    await room.audit(
+        "invite",
+        caller.user_id or "admin",
+        {"created": row.id, "user_id": row.user_id, "max_uses": row.max_uses},
+    )
+    return InviteCreated(
+        **_invite_out(stored).model_dump(), secret=secret, link=DEMO_LINK.format(secret=secret)
+    )
+
+
+async def _judge(state: AppState, session_id: str, caller: Caller, user_id: str) -> None:
+    """A member may mint a link only to access they could have handed out themselves
+    (``authz.membership.judge_invite``); a refusal is audited."""
+    if caller.user_id is None:
+        return
+    room = await state.rooms.current(session_id)
+    target = room.membership.members.get(user_id)
+    if target is None:
+        raise Conflict(f"{user_id!r} is not a member of this session")
+    actor = room.membership.members.get(caller.user_id)
+    documents = await AccessStore(state.store).reader_lists(session_id)
+    decision = judge_invite(actor, target, state.rooms.roles, documents)
+    if not decision.allowed:
+        what = {"action": f"invite {user_id}", "reason": decision.reason}
+        await room.audit("refused", caller.user_id, what)
+        decision.require()
+
+
+async def list_invites(state: AppState, session_id: str) -> InviteList:
+    """The session's live invites (not expired, revoked or used up); never their secrets."""
+    await session_row(state, session_id)
+    rows = await InviteStore(state.store).list_live(session_id, int(state.clock()))
+    return InviteList(invites=[_invite_out(r) for r in rows])
+
+
+async def revoke_invite(state: AppState, session_id: str, invite_id: str, caller: Caller) -> None:
+    """Revoke a live invite: it signs nobody in from now on (tokens it gave stay valid
+    until revoked themselves)."""
+    await session_row(state, session_id)
+    if not await InviteStore(state.store).revoke(session_id, invite_id, int(state.clock())):
+        raise NotFound(f"no live invite {invite_id!r} in this session")
+    room = await state.rooms.get(session_id)
+    await room.audit("invite", caller.user_id or "admin", {"revoked": invite_id})
+
+
+async def exchange_invite(state: AppState, body: InviteExchange) -> TokenOut:
+    """Exchange an invite's secret for a client token of its member (no key needed: the
+    secret is the credential). One use of the invite is spent."""
+    now = int(state.clock())
+
+    def mint(invite: InviteRow, member: MemberRow) -> tuple[str, ClientClaims]:
+        return issue_token(
+            state.keys.signing_key,
+            user_id=member.user_id,
+            session_id=invite.session_id,
+            now=now,
+            ttl_seconds=invite.token_ttl_s,
+            epoch=member.token_epoch,
+        )
+
+    redeemed = await InviteStore(state.store).redeem(body.invite, now, mint)
+    if redeemed is None:
+        raise Unauthenticated("this invite link is not valid (expired, used up or revoked)")
+    invite, member, token, claims = redeemed
+    room = await state.rooms.get(invite.session_id)
+    await room.audit("invite", member.user_id, {"used": invite.id, "jti": claims.token_id})
+    return token_out(member, token, claims)
+
+
+OPERATIONS: list[Operation] = [
+    Operation(
+        "POST",
+        "/api/v1/sessions/{session_id}/invites",
+        create_invite,
+        "Mint an invite link for a member (the secret goes in the link's fragment)",
+        capability=Capability.MANAGE_MEMBERS,
+        with_caller=True,
+        body=InviteCreate,
+        response=InviteCreated,
+        status=201,
+        location="/api/v1/sessions/{session_id}/invites/{id}",
+        errors=(404, 409),
+    ),
+    Operation(
+        "GET",
+        "/api/v1/sessions/{session_id}/invites",
+        list_invites,
+        "Live invite links (without their secrets)",
+        capability=Capability.MANAGE_MEMBERS,
+        response=InviteList,
+        errors=SESSION_ERRORS,
+    ),
+    Operation(
+        "DELETE",
+        "/api/v1/sessions/{session_id}/invites/{invite_id}",
+        revoke_invite,
+        "Revoke an invite link",
+        capability=Capability.MANAGE_MEMBERS,
+        with_caller=True,
+        status=204,
+        errors=SESSION_ERRORS,
+    ),
+    Operation(
+        "POST",
+        "/api/v1/invites/exchange",
+        exchange_invite,
+        "Exchange an invite link's secret for a client token",
+        auth=False,
+        body=InviteExchange,
+        response=TokenOut,
+        errors=(401,),
+    ),
+]

@@ -1,0 +1,182 @@
+"""Invite links: a secret a member's browser exchanges for a client token of that member.
+
+Only the secret's SHA-256 is stored, so the table gives nobody a working link. An invite is
+spent in the transaction that mints the token: its use count is raised only while below
+``max_uses``, the member is read there, and it must still be the membership the invite was
+made for (the same ``token_epoch``: a member removed and added back kills older invites).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import and_, func, insert, or_, select, update
+
+from parley.authz.tokens import ClientClaims
+from parley.server.store.access import insert_client_token
+from parley.server.store.rows import MemberRow, lock_session, read_member
+from parley.server.store.tables import invites
+
+if TYPE_CHECKING:
+    from parley.server.store.database import Database
+
+
+def secret_digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class InviteRow:
+    id: str
+    session_id: str
+    user_id: str
+    max_uses: int
+    uses: int
+    token_ttl_s: int
+    created_by: str
+    created_at: int
+    expires_at: int
+    revoked_at: int | None
+
+
+def _invite(row: Any) -> InviteRow:
+    return InviteRow(
+        row.id,
+        row.session_id,
+        row.user_id,
+        row.max_uses,
+        row.uses,
+        row.token_ttl_s,
+        row.created_by,
+        row.created_at,
+        row.expires_at,
+        row.revoked_at,
+    )
+
+
+def _live(now: int) -> Any:
+    return and_(
+        invites.c.revoked_at.is_(None),
+        invites.c.expires_at > now,
+        invites.c.uses < invites.c.max_uses,
+    )
+
+
+class InviteStore:
+    def __init__(self, store: Database) -> None:
+        self.store = store
+
+    async def create(
+        self, row: InviteRow, secret: str, max_live: int
+    ) -> tuple[InviteRow | None, int]:
+        """Store ``row`` for a current member (None if ``row.user_id`` is none), unless the
+        session already has ``max_live`` live invites; returns the row and that count. Dead
+        invites of the session are deleted on the way."""
+        async with self.store.transaction() as tx:
+            connection = tx.connection
+            await lock_session(connection, row.session_id)
+            member = await read_member(connection, row.session_id, row.user_id)
+            if member is None:
+                return None, 0
+            now = row.created_at // 1000
+            await connection.execute(
+                invites.delete().where(
+                    and_(
+                        invites.c.session_id == row.session_id,
+                        or_(invites.c.revoked_at.is_not(None), invites.c.expires_at <= now),
+                    )
+                )
+            )
+            live = (
+                await connection.execute(
+                    select(func.count())
+                    .select_from(invites)
+                    .where(and_(invites.c.session_id == row.session_id, _live(now)))
+                )
+            ).scalar_one()
+            if live >= max_live:
+                return None, int(live)
+            await connection.execute(
+                insert(invites).values(
+                    id=row.id,
+                    session_id=row.session_id,
+                    user_id=row.user_id,
+                    secret_sha256=secret_digest(secret),
+                    token_epoch=member.token_epoch,
+                    max_uses=row.max_uses,
+                    uses=0,
+                    token_ttl_s=row.token_ttl_s,
+                    created_by=row.created_by,
+                    created_at=row.created_at,
+                    expires_at=row.expires_at,
+                )
+            )
+        return row, int(live)
+
+    async def list_live(self, session_id: str, now: int) -> list[InviteRow]:
+        async with self.store.read() as connection:
+            rows = await connection.execute(
+                select(invites)
+                .where(and_(invites.c.session_id == session_id, _live(now)))
+                .order_by(invites.c.created_at, invites.c.id)
+            )
+            return [_invite(r) for r in rows]
+
+    async def revoke(self, session_id: str, invite_id: str, now: int) -> bool:
+        """Revoke a live invite; False if there is none by that id."""
+        async with self.store.transaction() as tx:
+            result = await tx.connection.execute(
+                update(invites)
+                .where(
+                    and_(
+                        invites.c.session_id == session_id,
+                        invites.c.id == invite_id,
+                        _live(now),
+                    )
+                )
+                .values(revoked_at=now)
+            )
+        return bool(result.rowcount)
+
+    async def redeem(
+        self,
+        secret: str,
+        now: int,
+        mint: Callable[[InviteRow, MemberRow], tuple[str, ClientClaims]],
+    ) -> tuple[InviteRow, MemberRow, str, ClientClaims] | None:
+        """Spend one use of the live invite whose secret this is and mint (and record) a
+        token for its member, in one transaction; None when there is no such invite or its
+        member is no longer the one it was made for (no reason is told: an oracle for
+        guessers)."""
+        live = and_(invites.c.secret_sha256 == secret_digest(secret), _live(now))
+        # A guess costs a read, not a write transaction (the exchange needs no key).
+        async with self.store.read() as connection:
+            if (await connection.execute(select(invites.c.id).where(live))).first() is None:
+                return None
+        async with self.store.transaction() as tx:
+            connection = tx.connection
+            found = (
+                await connection.execute(
+                    select(invites, invites.c.token_epoch.label("epoch")).where(live)
+                )
+            ).first()
+            if found is None:
+                return None
+            invite = _invite(found)
+            await lock_session(connection, invite.session_id)
+            member = await read_member(connection, invite.session_id, invite.user_id)
+            if member is None or member.token_epoch != found.epoch:
+                return None
+            spent = await connection.execute(
+                update(invites)
+                .where(and_(invites.c.id == invite.id, _live(now)))
+                .values(uses=invites.c.uses + 1)
+            )
+            if spent.rowcount != 1:  # the last use went to a redeem at the same moment
+                return None
+            token, claims = mint(invite, member)
+            await insert_client_token(connection, claims, now)
+        return invite, member, token, claims

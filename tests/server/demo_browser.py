@@ -1,0 +1,165 @@
+"""Driving the browser demo (client-demo/, served at /demo) in Debian's Chromium.
+
+Needs node + npm (to build the demo when ``server/http/demo_files`` is missing), the
+``playwright`` Python package and Debian's ``/usr/bin/chromium`` (Playwright's own browser
+download is not used). Without them a test skips with the reason, or fails under
+``PARLEY_TEST_FORBID_SKIPS=1``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import subprocess
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import REPO_ROOT, RunningServer
+from tests.stock_client import ensure_node_modules
+
+DEMO_DIR = REPO_ROOT / "client-demo"
+DEMO_BUILD = REPO_ROOT / "server" / "http" / "demo_files"
+SDK_DIR = REPO_ROOT / "clients" / "js"
+AXE = REPO_ROOT / "tests" / "js" / "node_modules" / "axe-core" / "axe.min.js"
+ARTIFACTS = REPO_ROOT / "test-artifacts"
+CHROMIUM = os.environ.get("PARLEY_TEST_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+TIMEOUT_MS = 20_000
+VIEWPORT = {"width": 1280, "height": 800}
+
+
+def _missing(reason: str) -> None:
+    if os.environ.get("PARLEY_TEST_FORBID_SKIPS") == "1":
+        pytest.fail(f"the browser demo test cannot run: {reason}")
+    pytest.skip(reason)
+
+
+def _npm_steps(folder: Path, tool: str, npm: str) -> list[tuple[Path, list[str]]]:
+    install = [] if (folder / "node_modules" / tool).is_dir() else [[npm, "ci", "--no-audit"]]
+    return [(folder, args) for args in [*install, [npm, "run", "build"]]]
+
+
+def _build_demo() -> None:
+    """``npm ci && npm run build`` in client-demo/ unless its build (server/http/demo_files)
+    exists, after the same in clients/js/ unless its dist/ exists (the demo links to the
+    SDK's build); tests/js/'s packages (axe-core) as the stock client's tests install them."""
+    ensure_node_modules()
+    npm = shutil.which("npm")
+    assert npm is not None
+    steps: list[tuple[Path, list[str]]] = []
+    if not (DEMO_BUILD / "index.html").is_file():
+        if not (SDK_DIR / "dist" / "index.js").is_file():
+            steps += _npm_steps(SDK_DIR, "typescript", npm)
+        steps += _npm_steps(DEMO_DIR, "vite", npm)
+    for folder, args in steps:
+        result = subprocess.run(
+            args,
+            cwd=folder,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            check=False,
+        )
+        assert result.returncode == 0, f"`{' '.join(args[1:])}` failed:\n{result.stdout}"
+
+
+def _require_tools() -> None:
+    try:
+        import playwright.async_api  # noqa: F401
+    except ImportError:
+        _missing("the `playwright` Python package is not installed (pip install playwright)")
+    if not Path(CHROMIUM).is_file():
+        _missing(f"no Chromium at {CHROMIUM} (apt-get install -y chromium)")
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        _missing("node and npm are needed to build client-demo/")
+
+
+@dataclass
+class Browser:
+    """One Chromium; each ``page`` is a fresh context (its own storage), its page errors
+    and console errors/warnings collected in ``problems``."""
+
+    chromium: Any
+    problems: list[str] = field(default_factory=list)
+
+    async def page(self, name: str, url: str | None = None, **context: Any) -> Any:
+        ctx = await self.chromium.new_context(viewport=VIEWPORT, **context)
+        page = await ctx.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        page.on("pageerror", lambda exc: self.problems.append(f"{name}: {exc}"))
+        page.on(
+            "console",
+            lambda msg: (
+                self.problems.append(f"{name} console {msg.type}: {msg.text}")
+                if msg.type in ("error", "warning")
+                else None
+            ),
+        )
+        if url is not None:
+            await page.goto(url)
+        return page
+
+    async def member(self, server: RunningServer, sid: str, user_id: str) -> Any:
+        """A page signed in as ``user_id`` with a fresh token, connected."""
+        token = await server.token(sid, user_id)
+        page = await self.page(user_id, f"{server.base_url}/demo/?session={sid}&token={token}")
+        await page.wait_for_selector("#conn[data-state=connected]")
+        await page.wait_for_selector("#whoami[data-role]", state="attached")
+        return page
+
+
+@contextlib.asynccontextmanager
+async def chromium() -> AsyncIterator[Browser]:
+    await asyncio.to_thread(_require_tools)
+    from playwright.async_api import async_playwright
+
+    await asyncio.to_thread(_build_demo)
+    async with async_playwright() as pw:
+        launched = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield Browser(launched)
+        finally:
+            await launched.close()
+
+
+async def compose(page: Any, text: str, *, to: str = "ai") -> None:
+    """Type ``text`` in the composer for the AI (``to="ai"``) or the team, and send it."""
+    await page.click("#mode-ai" if to == "ai" else "#mode-team")
+    await page.fill("#composer-text", text)
+    await page.click("#send")
+
+
+async def screenshot(page: Any, name: str) -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    path = ARTIFACTS / f"{name}.png"
+    await page.screenshot(path=str(path))
+    return path
+
+
+async def axe_violations(page: Any) -> list[dict[str, Any]]:
+    """axe-core's serious and critical violations on the page as it is now."""
+    await page.add_script_tag(path=str(AXE))
+    found: list[dict[str, Any]] = await page.evaluate(
+        """async () => {
+            const result = await axe.run(document, {resultTypes: ['violations']})
+            return result.violations
+              .filter(v => v.impact === 'serious' || v.impact === 'critical')
+              .map(v => ({id: v.id, impact: v.impact, help: v.help,
+                          nodes: v.nodes.slice(0, 5).map(n => n.target.join(' '))}))
+        }"""
+    )
+    return found

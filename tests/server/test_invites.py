@@ -1,0 +1,179 @@
+"""Invite links over REST: minted by who manages members, exchanged once (or max_uses
+times) for a client token, expiring, revocable, dead with the membership; an attacker's
+guesses, replays and races get nothing."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import RunningServer
+
+
+async def _invite(server: RunningServer, sid: str, **body: Any) -> dict[str, Any]:
+    created = await server.http.post(
+        f"/api/v1/sessions/{sid}/invites", json={"user_id": "alice", **body}
+    )
+    assert created.status_code == 201, created.text
+    answer: dict[str, Any] = created.json()
+    return answer
+
+
+async def _exchange(server: RunningServer, secret: str) -> httpx.Response:
+    return await server.http.post(
+        "/api/v1/invites/exchange", json={"invite": secret}, headers={"Authorization": ""}
+    )
+
+
+async def test_an_invite_signs_its_member_in_once(server: RunningServer) -> None:
+    sid = await server.new_session({"alice": "editor"})
+    invite = await _invite(server, sid)
+    assert invite["link"] == f"/demo/#invite={invite['secret']}"  # in the fragment
+    assert invite["max_uses"] == 1 and invite["uses"] == 0
+    listed = (await server.http.get(f"/api/v1/sessions/{sid}/invites")).json()["invites"]
+    assert [i["id"] for i in listed] == [invite["id"]]
+    assert "secret" not in listed[0]
+
+    token = await _exchange(server, invite["secret"])
+    assert token.status_code == 200, token.text
+    assert token.json()["user_id"] == "alice" and token.json()["session_id"] == sid
+    me = await server.http.get(
+        f"/api/v1/sessions/{sid}/me", headers={"Authorization": f"Bearer {token.json()['token']}"}
+    )
+    assert me.status_code == 200 and me.json()["user_id"] == "alice"
+
+    again = await _exchange(server, invite["secret"])
+    assert again.status_code == 401 and again.json()["error"]["code"] == "unauthenticated"
+    assert (await server.http.get(f"/api/v1/sessions/{sid}/invites")).json()["invites"] == []
+
+
+async def test_max_uses_is_the_number_of_sign_ins(server: RunningServer) -> None:
+    sid = await server.new_session({"alice": "editor"})
+    invite = await _invite(server, sid, max_uses=2)
+    assert (await _exchange(server, invite["secret"])).status_code == 200
+    assert (await _exchange(server, invite["secret"])).status_code == 200
+    assert (await _exchange(server, invite["secret"])).status_code == 401
+
+
+async def test_racing_exchanges_of_a_single_use_invite_get_one_token(
+    server: RunningServer,
+) -> None:
+    sid = await server.new_session({"alice": "editor"})
+    invite = await _invite(server, sid)
+    answers = await asyncio.gather(*(_exchange(server, invite["secret"]) for _ in range(6)))
+    assert sorted(a.status_code for a in answers) == [200] + [401] * 5
+
+
+async def test_revoked_expired_and_orphaned_invites_sign_nobody_in(
+    server: RunningServer,
+) -> None:
+    sid = await server.new_session({"alice": "editor"})
+    revoked = await _invite(server, sid)
+    url = f"/api/v1/sessions/{sid}/invites/{revoked['id']}"
+    assert (await server.http.delete(url)).status_code == 204
+    assert (await server.http.delete(url)).status_code == 404
+    assert (await _exchange(server, revoked["secret"])).status_code == 401
+
+    # Alice removed, then added back: invites made for her first membership are dead.
+    orphaned = await _invite(server, sid)
+    members = f"/api/v1/sessions/{sid}/members/alice"
+    assert (await server.http.delete(members)).status_code == 204
+    assert (await _exchange(server, orphaned["secret"])).status_code == 401
+    assert (await server.http.put(members, json={"role": "editor"})).status_code == 200
+    assert (await _exchange(server, orphaned["secret"])).status_code == 401
+
+    expiring = await _invite(server, sid, ttl_seconds=60)
+    state = server.app.state.parley
+    now = state.clock()
+    state.clock = lambda: now + 61
+    assert (await _exchange(server, expiring["secret"])).status_code == 401
+
+
+async def test_who_may_mint_invites(server: RunningServer) -> None:
+    sid = await server.new_session({"alice": "editor", "olga": "owner"})
+    for user, status in (("alice", 403), ("olga", 201)):
+        token = await server.token(sid, user)
+        created = await server.http.post(
+            f"/api/v1/sessions/{sid}/invites",
+            json={"user_id": "alice"},
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        assert created.status_code == status, created.text
+    assert created.json()["created_by"] == "olga"
+    stranger = await server.http.post(
+        f"/api/v1/sessions/{sid}/invites", json={"user_id": "mallory"}
+    )
+    assert stranger.status_code == 409
+    anonymous = await server.http.post(
+        f"/api/v1/sessions/{sid}/invites", json={"user_id": "alice"}, headers={"Authorization": ""}
+    )
+    assert anonymous.status_code == 401
+
+
+async def test_a_manager_cannot_mint_a_link_to_more_access_than_theirs(
+    server: RunningServer,
+) -> None:
+    sid = await server.new_session({"olga": "owner"})
+    put = await server.http.put(
+        f"/api/v1/sessions/{sid}/members/mo", json={"role": "editor", "grants": ["manage_members"]}
+    )
+    assert put.status_code == 200, put.text
+    token = await server.token(sid, "mo")
+    headers = {"Authorization": f"Bearer {token}"}
+    url = f"/api/v1/sessions/{sid}/invites"
+    to_owner = await server.http.post(url, json={"user_id": "olga"}, headers=headers)
+    assert to_owner.status_code == 403, to_owner.text
+    assert "hands out their access" in to_owner.json()["error"]["message"]
+    own = await server.http.post(url, json={"user_id": "mo"}, headers=headers)
+    assert own.status_code == 201, own.text  # a link for one's own second device
+    audit = (await server.http.get(f"/api/v1/sessions/{sid}/audit")).json()["records"]
+    assert any(r["kind"] == "refused" and r["actor"] == "mo" for r in audit)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"user_id": "alice", "max_uses": 0},
+        {"user_id": "alice", "max_uses": 101},
+        {"user_id": "alice", "ttl_seconds": 59},
+        {"user_id": "alice", "ttl_seconds": 2_592_001},
+        {"user_id": "alice", "token_ttl_seconds": 10**9},
+        {"user_id": ""},
+        {"user_id": "alice", "role": "owner"},
+    ],
+)
+async def test_bad_invite_requests(server: RunningServer, body: dict[str, Any]) -> None:
+    sid = await server.new_session({"alice": "editor"})
+    created = await server.http.post(f"/api/v1/sessions/{sid}/invites", json=body)
+    assert created.status_code == 422, created.text
+    assert (await server.http.get(f"/api/v1/sessions/{sid}/invites")).json()["invites"] == []
+
+
+@pytest.mark.parametrize(
+    "secret",
+    ["short", "a" * 101, "has spaces in it, not base64", "x" * 43, "ünïcödé" * 4, None],
+)
+async def test_guessed_or_malformed_secrets_get_nothing(
+    server: RunningServer, secret: object
+) -> None:
+    sid = await server.new_session({"alice": "editor"})
+    await _invite(server, sid)
+    answer = await server.http.post(
+        "/api/v1/invites/exchange", json={"invite": secret}, headers={"Authorization": ""}
+    )
+    assert answer.status_code in (401, 422), answer.text
+    assert "token" not in answer.json()
+
+
+async def test_a_session_has_a_bounded_number_of_live_invites(server: RunningServer) -> None:
+    sid = await server.new_session({"alice": "editor"})
+    first = await _invite(server, sid)
+    for _ in range(99):
+        await _invite(server, sid)
+    refused = await server.http.post(f"/api/v1/sessions/{sid}/invites", json={"user_id": "alice"})
+    assert refused.status_code == 409 and "revoke" in refused.json()["error"]["message"]
+    await server.http.delete(f"/api/v1/sessions/{sid}/invites/{first['id']}")
+    await _invite(server, sid)

@@ -1,0 +1,136 @@
+"""Members' display names over REST (and where they show: the member list, the caller's own
+row, transcripts, presence), and "my sessions" for a client token."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from tests.conftest import RunningServer
+
+
+def _as(server: RunningServer, token: str) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        base_url=server.base_url, headers={"Authorization": f"Bearer {token}"}, timeout=20
+    )
+
+
+async def test_display_name_is_set_kept_and_cleared(server: RunningServer) -> None:
+    sid = await server.new_session({})
+    url = f"/api/v1/sessions/{sid}/members/alice"
+    put = await server.http.put(url, json={"role": "editor", "display_name": "Alice Martin"})
+    assert put.status_code == 200, put.text
+    assert put.json()["display_name"] == "Alice Martin"
+    kept = await server.http.put(url, json={"role": "owner"})  # no name: the name stays
+    assert kept.json()["display_name"] == "Alice Martin" and kept.json()["role"] == "owner"
+    listed = (await server.http.get(f"/api/v1/sessions/{sid}/members")).json()["members"]
+    assert listed[0]["display_name"] == "Alice Martin"
+    cleared = await server.http.put(url, json={"role": "owner", "display_name": ""})
+    assert cleared.json()["display_name"] == ""
+
+
+@pytest.mark.parametrize("name", ["x" * 81, "two\nlines", "tab\there", "bell\x07", 42, ["Alice"]])
+async def test_bad_display_names_are_refused(server: RunningServer, name: object) -> None:
+    sid = await server.new_session({"alice": "editor"})
+    put = await server.http.put(
+        f"/api/v1/sessions/{sid}/members/alice", json={"role": "editor", "display_name": name}
+    )
+    assert put.status_code == 422, put.text
+    assert put.json()["error"]["code"] == "invalid"
+    async with _as(server, await server.token(sid, "alice")) as alice:
+        patch = await alice.patch(f"/api/v1/sessions/{sid}/me", json={"display_name": name})
+    assert patch.status_code == 422, patch.text
+    members = (await server.http.get(f"/api/v1/sessions/{sid}/members")).json()["members"]
+    assert members[0]["display_name"] == ""  # nothing half-written
+
+
+async def test_me_reads_and_renames_only_the_caller(server: RunningServer) -> None:
+    sid = await server.new_session({"alice": "editor", "vera": "viewer"})
+    async with _as(server, await server.token(sid, "vera")) as vera:
+        me = await vera.get(f"/api/v1/sessions/{sid}/me")
+        assert me.status_code == 200, me.text
+        assert me.json()["user_id"] == "vera" and me.json()["role"] == "viewer"
+        assert "prompt" not in me.json()["capabilities"]
+        renamed = await vera.patch(f"/api/v1/sessions/{sid}/me", json={"display_name": "Vera"})
+        assert renamed.status_code == 200 and renamed.json()["display_name"] == "Vera"
+        assert renamed.json()["role"] == "viewer"
+        # Nothing but the name: a role in the body is refused, not applied.
+        escalate = await vera.patch(
+            f"/api/v1/sessions/{sid}/me", json={"display_name": "V", "role": "owner"}
+        )
+        assert escalate.status_code == 422
+        assert (await vera.get(f"/api/v1/sessions/{sid}/me")).json()["role"] == "viewer"
+        # Not as someone else: another member's user id or display name.
+        await server.http.put(
+            f"/api/v1/sessions/{sid}/members/alice",
+            json={"role": "editor", "display_name": "Alice M"},
+        )
+        for taken in ("alice", "ALICE ", " alice m"):
+            refused = await vera.patch(f"/api/v1/sessions/{sid}/me", json={"display_name": taken})
+            assert refused.status_code == 409, taken
+        assert (await vera.get(f"/api/v1/sessions/{sid}/me")).json()["display_name"] == "Vera"
+    # The admin key is no member.
+    admin = await server.http.get(f"/api/v1/sessions/{sid}/me")
+    assert admin.status_code == 403 and admin.json()["error"]["code"] == "forbidden"
+    # A token acts in its own session only.
+    other = await server.new_session({"vera": "owner"})
+    async with _as(server, await server.token(sid, "vera")) as vera:
+        elsewhere = await vera.get(f"/api/v1/sessions/{other}/me")
+    assert elsewhere.status_code == 403
+
+
+async def test_transcript_entries_carry_the_authors_display_name(server: RunningServer) -> None:
+    sid = await server.new_session({"alice": "editor", "bob": "editor"})
+    await server.http.put(
+        f"/api/v1/sessions/{sid}/members/alice", json={"role": "editor", "display_name": "Alice M"}
+    )
+    for user in ("alice", "bob"):
+        async with _as(server, await server.token(sid, user)) as client:
+            posted = await client.post(f"/api/v1/sessions/{sid}/messages", json={"text": "hi"})
+            assert posted.status_code == 202, posted.text
+    entries = await server.transcript(sid)
+    assert [(e["author"], e["author_name"]) for e in entries] == [
+        ("alice", "Alice M"),
+        ("bob", None),
+    ]
+
+
+async def test_my_sessions_lists_the_members_sessions_only(server: RunningServer) -> None:
+    first = await server.new_session({"alice": "editor", "bob": "editor"}, title="One")
+    second = await server.new_session({"alice": "viewer"}, title="Two")
+    await server.new_session({"bob": "owner"}, title="Bob's")
+    async with _as(server, await server.token(first, "alice")) as alice:
+        mine = await alice.get("/api/v1/me/sessions")
+        assert mine.status_code == 200, mine.text
+        found = {(s["id"], s["title"], s["role"]) for s in mine.json()["sessions"]}
+        assert found == {(first, "One", "editor"), (second, "Two", "viewer")}
+        one = await alice.get("/api/v1/me/sessions", params={"limit": 1})
+        assert [s["id"] for s in one.json()["sessions"]] == [second]  # newest first
+        for bad in ("0", "201", "x", "-1"):
+            refused = await alice.get("/api/v1/me/sessions", params={"limit": bad})
+            assert refused.status_code == 422, bad
+    admin = await server.http.get("/api/v1/me/sessions")
+    assert admin.status_code == 403
+    anonymous = await server.http.get("/api/v1/me/sessions", headers={"Authorization": ""})
+    assert anonymous.status_code == 401
+
+
+async def test_my_sessions_refuses_a_revoked_token(server: RunningServer) -> None:
+    sid = await server.new_session({"alice": "editor"})
+    created = await server.http.post(f"/api/v1/sessions/{sid}/tokens", json={"user_id": "alice"})
+    token, jti = created.json()["token"], created.json()["jti"]
+    assert (await server.http.delete(f"/api/v1/sessions/{sid}/tokens/{jti}")).status_code == 204
+    async with _as(server, token) as alice:
+        refused = await alice.get("/api/v1/me/sessions")
+    assert refused.status_code == 401
+
+
+async def test_a_member_token_lists_the_models(server: RunningServer) -> None:
+    sid = await server.new_session({"vera": "viewer"})
+    admin = (await server.http.get("/api/v1/models")).json()
+    async with _as(server, await server.token(sid, "vera")) as vera:
+        listed = await vera.get("/api/v1/models")
+    assert listed.status_code == 200 and listed.json() == admin
+    assert any(m["default"] for m in admin["models"])
+    async with _as(server, "not-a-token") as nobody:
+        assert (await nobody.get("/api/v1/models")).status_code == 401
