@@ -1,0 +1,123 @@
+"""The layer under the app: the rooms of a process (``RoomRegistry``) and the state the REST
+handlers take (``AppState``), on a store — the in-memory one, or the real SQLite or
+PostgreSQL store (``sql_store``) — with no app, no HTTP and no socket. A test calls the REST
+handlers as the app's door would (``rest_body`` validates a body the way it does) and
+prompts through the one door of a loaded room (``Backend.session``).
+
+    async with backend(FakeModel().configure(memory_settings()), transport=fake.transport) as b:
+        sid = await b.new_session({"alice": "editor"})
+        s = await b.session(sid)
+        await s.prompt("alice", "hi")
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import httpx
+from pydantic import BaseModel, ValidationError
+
+from parley.server.http import members as members_api
+from parley.server.http import sessions as sessions_api
+from parley.server.http.models import MemberPut, SessionCreate
+from parley.server.http.rest import ADMIN, invalid_body
+from parley.server.keys import Keys
+from parley.server.providers.registry import open_models
+from parley.server.runtime.rooms import RoomRegistry
+from parley.server.settings import Settings
+from parley.server.state import AppState
+from parley.server.store.db import create_engine, migrate
+from parley.server.store.memory import MemoryStore
+from parley.server.store.sessions import Store
+from parley.server.ws.send_budget import SendBudget
+from parley.session.model import ModelProvider
+from tests.conftest import ADMIN_KEY, SECRET_KEY
+from tests.fake_model import FakeModel
+from tests.server.runtime.harness import ManualClock, MemorySession, Watcher
+
+Body = TypeVar("Body", bound=BaseModel)
+
+
+def rest_body(model: type[Body], **fields: Any) -> Body:
+    """A request body as the REST door reads it: invalid input is its ``InvalidInput``."""
+    try:
+        return model.model_validate(fields)
+    except ValidationError as exc:
+        raise invalid_body(exc) from None
+
+
+@contextlib.asynccontextmanager
+async def sql_store(database_url: str) -> AsyncIterator[Store]:
+    """The real store on a migrated database (SQLite file or PostgreSQL)."""
+    await asyncio.to_thread(migrate, database_url)
+    store = Store(create_engine(database_url))
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+@dataclass
+class Backend:
+    state: AppState
+    model: FakeModel | None = None
+
+    @property
+    def store(self) -> Any:
+        return self.state.store
+
+    @property
+    def rooms(self) -> RoomRegistry:
+        return self.state.rooms
+
+    async def new_session(self, members: dict[str, str], policy: str = "queue") -> str:
+        """A session made and filled through the REST handlers, as the admin."""
+        created = await sessions_api.create_session(
+            self.state, SessionCreate(title="t", policy=policy)
+        )
+        for user_id, role in members.items():
+            await members_api.put_member(
+                self.state, created.id, user_id, MemberPut(role=role), ADMIN
+            )
+        return created.id
+
+    async def session(self, session_id: str) -> MemorySession:
+        """The session's loaded room, with a ``Watcher`` among its sockets."""
+        room = await self.rooms.get(session_id)
+        if not any(isinstance(c, Watcher) for c in room.connections):
+            room.connections.add(Watcher())  # type: ignore[arg-type]
+        clock = self.state.clock
+        assert isinstance(clock, ManualClock)
+        return MemorySession(self.store, room, None, self.model, clock)
+
+
+@contextlib.asynccontextmanager
+async def backend(
+    settings: Settings,
+    *,
+    store: Any = None,
+    model: FakeModel | None = None,
+    provider: ModelProvider | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+    clock: ManualClock | None = None,
+) -> AsyncIterator[Backend]:
+    """Rooms and handler state on ``store`` (in memory unless given). The models are those
+    ``settings`` configure, reached through ``transport`` (the network unless given; a
+    ``model``: its configuration and its transport), or ``provider`` alone."""
+    clock = clock or ManualClock()
+    store = store if store is not None else MemoryStore()
+    if model is not None:
+        settings, transport = model.configure(settings), model.transport
+    async with contextlib.AsyncExitStack() as stack:
+        if provider is None:
+            provider = await stack.enter_async_context(open_models(settings, transport))
+        rooms = RoomRegistry(store, settings, provider, clock)
+        stack.push_async_callback(rooms.close)
+        await rooms.load_access()
+        keys = Keys(ADMIN_KEY, SECRET_KEY, False)
+        budget = SendBudget(settings.send_buffer_total_max_bytes, settings.send_stall_timeout_s)
+        yield Backend(AppState(settings, store, keys, rooms, clock, budget), model)
