@@ -21,10 +21,10 @@ from typing import Any, TypeVar
 import httpx
 from pydantic import BaseModel, ValidationError
 
-from parley.server.http import members as members_api
-from parley.server.http import sessions as sessions_api
-from parley.server.http.models import MemberPut, SessionCreate
-from parley.server.http.rest import ADMIN, invalid_body
+from parley.authz.tokens import verify_token
+from parley.server.http import access, context, events, members, prompts, sessions, usage, webhooks
+from parley.server.http.models import MemberPut, SessionCreate, TokenCreate
+from parley.server.http.rest import ADMIN, Caller, Handler, Operation, authorize, invalid_body
 from parley.server.keys import Keys
 from parley.server.providers.registry import open_models
 from parley.server.runtime.rooms import RoomRegistry
@@ -40,6 +40,16 @@ from tests.fake_model import FakeModel
 from tests.server.runtime.harness import ManualClock, MemorySession, Watcher
 
 Body = TypeVar("Body", bound=BaseModel)
+OPERATIONS: list[Operation] = (
+    sessions.OPERATIONS
+    + members.OPERATIONS
+    + context.OPERATIONS
+    + usage.OPERATIONS
+    + events.OPERATIONS
+    + access.OPERATIONS
+    + prompts.OPERATIONS
+    + webhooks.OPERATIONS
+)
 
 
 def rest_body(model: type[Body], **fields: Any) -> Body:
@@ -74,16 +84,29 @@ class Backend:
     def rooms(self) -> RoomRegistry:
         return self.state.rooms
 
-    async def new_session(self, members: dict[str, str], policy: str = "queue") -> str:
+    async def new_session(self, roles: dict[str, str], policy: str = "queue") -> str:
         """A session made and filled through the REST handlers, as the admin."""
-        created = await sessions_api.create_session(
-            self.state, SessionCreate(title="t", policy=policy)
-        )
-        for user_id, role in members.items():
-            await members_api.put_member(
-                self.state, created.id, user_id, MemberPut(role=role), ADMIN
-            )
+        created = await sessions.create_session(self.state, SessionCreate(title="t", policy=policy))
+        for user_id, role in roles.items():
+            await members.put_member(self.state, created.id, user_id, MemberPut(role=role), ADMIN)
         return created.id
+
+    async def member(self, session_id: str, user_id: str) -> Caller:
+        """The caller of a client token issued to ``user_id``, as the door verifies it."""
+        issued = await members.create_token(self.state, session_id, TokenCreate(user_id=user_id))
+        claims = verify_token(
+            self.state.keys.signing_key, issued.token, now=int(self.state.clock())
+        )
+        return Caller(claims.user_id, claims.session_id, claims)
+
+    async def call(self, handler: Handler, caller: Caller = ADMIN, **kwargs: Any) -> Any:
+        """``handler`` as its route calls it for ``caller``: first the door's check of a
+        member's token and capability (``Forbidden``, audited), then the handler."""
+        op = next(o for o in OPERATIONS if o.handler is handler)
+        await authorize(op, caller, self.state, kwargs.get("session_id"))
+        if op.with_caller:
+            kwargs["caller"] = caller
+        return await handler(self.state, **kwargs)
 
     async def session(self, session_id: str) -> MemorySession:
         """The session's loaded room, with a ``Watcher`` among its sockets."""
