@@ -16,15 +16,26 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any, TypeVar
 
 import httpx
 from pydantic import BaseModel, ValidationError
+from starlette.requests import Request
+from starlette.responses import Response
 
 from parley.authz.tokens import verify_token
 from parley.server.http import access, context, events, members, prompts, sessions, usage, webhooks
 from parley.server.http.models import MemberPut, SessionCreate, TokenCreate
-from parley.server.http.rest import ADMIN, Caller, Handler, Operation, authorize, invalid_body
+from parley.server.http.rest import (
+    ADMIN,
+    Caller,
+    Handler,
+    Operation,
+    authorize,
+    invalid_body,
+    route,
+)
 from parley.server.keys import Keys
 from parley.server.providers.registry import open_models
 from parley.server.runtime.rooms import RoomRegistry
@@ -107,6 +118,25 @@ class Backend:
         if op.with_caller:
             kwargs["caller"] = caller
         return await handler(self.state, **kwargs)
+
+    async def endpoint(
+        self, handler: Handler, path_params: dict[str, str], query: str = ""
+    ) -> Response:
+        """The route of ``handler`` answering a request with the admin key, called with no
+        app: the door's reading of the query, body and errors included."""
+        op = next(o for o in OPERATIONS if o.handler is handler)
+        scope = {
+            "type": "http",
+            "method": op.method,
+            "path": op.path,
+            "query_string": query.encode(),
+            "headers": [(b"authorization", f"Bearer {self.state.keys.admin_key}".encode())],
+            "path_params": path_params,
+            "app": SimpleNamespace(state=SimpleNamespace(parley=self.state)),
+        }
+        endpoint = route(op).endpoint
+        response: Response = await endpoint(Request(scope))
+        return response
 
     async def session(self, session_id: str) -> MemorySession:
         """The session's loaded room, with a ``Watcher`` among its sockets."""
