@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any, TypeVar
@@ -143,9 +143,7 @@ class Backend:
         room = await self.rooms.get(session_id)
         if not any(isinstance(c, Watcher) for c in room.connections):
             room.connections.add(Watcher())  # type: ignore[arg-type]
-        clock = self.state.clock
-        assert isinstance(clock, ManualClock)
-        return MemorySession(self.store, room, None, self.model, clock)
+        return MemorySession(self.store, room, None, self.model, self.state.clock)  # type: ignore[arg-type]
 
 
 @contextlib.asynccontextmanager
@@ -156,11 +154,12 @@ async def backend(
     model: FakeModel | None = None,
     provider: ModelProvider | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
-    clock: ManualClock | None = None,
+    clock: Callable[[], float] | None = None,
 ) -> AsyncIterator[Backend]:
     """Rooms and handler state on ``store`` (in memory unless given). The models are those
     ``settings`` configure, reached through ``transport`` (the network unless given; a
-    ``model``: its configuration and its transport), or ``provider`` alone."""
+    ``model``: its configuration and its transport), or ``provider`` alone. The clock is a
+    ``ManualClock`` unless given."""
     clock = clock or ManualClock()
     store = store if store is not None else MemoryStore()
     if model is not None:
