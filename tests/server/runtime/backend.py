@@ -14,15 +14,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json as json_module
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any, TypeVar
+from urllib.parse import unquote
 
 import httpx
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Match
 
 from parley.authz.tokens import verify_token
 from parley.server.http import access, context, events, members, prompts, sessions, usage, webhooks
@@ -118,6 +121,41 @@ class Backend:
         if op.with_caller:
             kwargs["caller"] = caller
         return await handler(self.state, **kwargs)
+
+    async def request(
+        self, method: str, url: str, json: Any = None, *, admin: bool = True
+    ) -> httpx.Response:
+        """A request to the REST route that matches ``url``, answered by the route's
+        endpoint with no app around it (its authentication, query and body reading,
+        handler and error mapping); with the admin key unless ``admin`` is off."""
+        path, _, query = url.partition("?")
+        body = b"" if json is None else json_module.dumps(json).encode()
+        headers = [(b"content-length", str(len(body)).encode())]
+        if json is not None:
+            headers.append((b"content-type", b"application/json"))
+        if admin:
+            headers.append((b"authorization", f"Bearer {self.state.keys.admin_key}".encode()))
+        scope: dict[str, Any] = {
+            "type": "http",
+            "method": method,
+            "path": unquote(path),
+            "query_string": query.encode(),
+            "headers": headers,
+            "app": SimpleNamespace(state=SimpleNamespace(parley=self.state)),
+        }
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        for op in OPERATIONS:
+            door = route(op)
+            match, child = door.matches(scope)
+            if match is Match.FULL:
+                answer = await door.endpoint(Request({**scope, **child}, receive))
+                return httpx.Response(
+                    answer.status_code, headers=dict(answer.headers), content=bytes(answer.body)
+                )
+        raise AssertionError(f"no route for {method} {path}")
 
     async def endpoint(
         self, handler: Handler, path_params: dict[str, str], query: str = ""
