@@ -4,7 +4,6 @@ and its route's endpoint, on a room over the real SQLite store."""
 from __future__ import annotations
 
 import asyncio
-import json
 from pathlib import Path
 
 import pytest
@@ -132,10 +131,8 @@ async def test_preview_needs_a_user(tmp_path: Path) -> None:
         backend(memory_settings(), store=store, model=FakeModel()) as b,
     ):
         sid = await b.new_session({"alice": "editor"})
-        response = await b.endpoint(context_api.preview_context, {"session_id": sid})
+        response = await b.request("GET", f"/api/v1/sessions/{sid}/context")
         assert response.status_code == 422
-        assert json.loads(response.body)["error"]["code"] == "invalid"
-        given = await b.endpoint(
-            context_api.preview_context, {"session_id": sid}, query="user_id=alice"
-        )
-        assert given.status_code == 200 and json.loads(given.body)["user_id"] == "alice"
+        assert response.json()["error"]["code"] == "invalid"
+        given = await b.request("GET", f"/api/v1/sessions/{sid}/context?user_id=alice")
+        assert given.status_code == 200 and given.json()["user_id"] == "alice"

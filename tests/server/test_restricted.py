@@ -146,7 +146,8 @@ async def test_an_owner_may_share_restricted_replies_and_it_is_audited(tmp_path:
 
 
 async def test_the_audit_log_pages_and_filters(tmp_path: Path) -> None:
-    """The audit route's handler and endpoint, on the real SQLite store: no app."""
+    """The audit route's handler, and its endpoint for a bad query, on the real SQLite store:
+    no app."""
     async with (
         sql_store(sqlite_url(tmp_path)) as store,
         backend(memory_settings(), store=store, model=FakeModel(script)) as b,
@@ -181,5 +182,5 @@ async def test_the_audit_log_pages_and_filters(tmp_path: Path) -> None:
         assert len(by_admin["records"]) == 6
         none = await page(kind="model_call")
         assert none == {"records": [], "next_after": None}
-        bad = await b.endpoint(access_api.list_audit, {"session_id": sid}, query="limit=0")
+        bad = await b.request("GET", f"/api/v1/sessions/{sid}/audit?limit=0")
         assert bad.status_code == 422

@@ -1,10 +1,13 @@
 """The layer under the app: the rooms of a process (``RoomRegistry``) and the state the REST
 handlers take (``AppState``), on a store — the in-memory one, or the real SQLite or
-PostgreSQL store (``sql_store``) — with no app, no HTTP and no socket. A test calls the REST
-handlers as the app's door would (``rest_body`` validates a body the way it does) and
-prompts through the one door of a loaded room (``Backend.session``).
+PostgreSQL store (``sql_store``; the REST handlers' access rows need it) — with no app, no
+HTTP server and no socket. A test calls a REST handler as its route would (``Backend.call``:
+the door's check of a member's token first; ``rest_body`` validates a body as the door
+does), or the route's endpoint itself (``Backend.request``), and prompts through the one
+door of a loaded room (``Backend.session``).
 
-    async with backend(FakeModel().configure(memory_settings()), transport=fake.transport) as b:
+    async with sql_store(url) as store, backend(memory_settings(), store=store,
+                                                model=FakeModel()) as b:
         sid = await b.new_session({"alice": "editor"})
         s = await b.session(sid)
         await s.prompt("alice", "hi")
@@ -24,7 +27,6 @@ from urllib.parse import unquote
 import httpx
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
-from starlette.responses import Response
 from starlette.routing import Match
 
 from parley.authz.tokens import verify_token
@@ -156,25 +158,6 @@ class Backend:
                     answer.status_code, headers=dict(answer.headers), content=bytes(answer.body)
                 )
         raise AssertionError(f"no route for {method} {path}")
-
-    async def endpoint(
-        self, handler: Handler, path_params: dict[str, str], query: str = ""
-    ) -> Response:
-        """The route of ``handler`` answering a request with the admin key, called with no
-        app: the door's reading of the query, body and errors included."""
-        op = next(o for o in OPERATIONS if o.handler is handler)
-        scope = {
-            "type": "http",
-            "method": op.method,
-            "path": op.path,
-            "query_string": query.encode(),
-            "headers": [(b"authorization", f"Bearer {self.state.keys.admin_key}".encode())],
-            "path_params": path_params,
-            "app": SimpleNamespace(state=SimpleNamespace(parley=self.state)),
-        }
-        endpoint = route(op).endpoint
-        response: Response = await endpoint(Request(scope))
-        return response
 
     async def session(self, session_id: str) -> MemorySession:
         """The session's loaded room, with a ``Watcher`` among its sockets."""
