@@ -107,12 +107,15 @@ class Backend:
             await members.put_member(self.state, created.id, user_id, MemberPut(role=role), ADMIN)
         return created.id
 
+    async def token(self, session_id: str, user_id: str) -> str:
+        """A client token issued to ``user_id``."""
+        issued = await members.create_token(self.state, session_id, TokenCreate(user_id=user_id))
+        return issued.token
+
     async def member(self, session_id: str, user_id: str) -> Caller:
         """The caller of a client token issued to ``user_id``, as the door verifies it."""
-        issued = await members.create_token(self.state, session_id, TokenCreate(user_id=user_id))
-        claims = verify_token(
-            self.state.keys.signing_key, issued.token, now=int(self.state.clock())
-        )
+        token = await self.token(session_id, user_id)
+        claims = verify_token(self.state.keys.signing_key, token, now=int(self.state.clock()))
         return Caller(claims.user_id, claims.session_id, claims)
 
     async def call(self, handler: Handler, caller: Caller = ADMIN, **kwargs: Any) -> Any:
@@ -125,18 +128,19 @@ class Backend:
         return await handler(self.state, **kwargs)
 
     async def request(
-        self, method: str, url: str, json: Any = None, *, admin: bool = True
+        self, method: str, url: str, json: Any = None, *, token: str | None = None
     ) -> httpx.Response:
         """A request to the REST route that matches ``url``, answered by the route's
         endpoint with no app around it (its authentication, query and body reading,
-        handler and error mapping); with the admin key unless ``admin`` is off."""
+        handler and error mapping); sent with ``token`` (a client token; the admin key
+        when None)."""
         path, _, query = url.partition("?")
         body = b"" if json is None else json_module.dumps(json).encode()
         headers = [(b"content-length", str(len(body)).encode())]
         if json is not None:
             headers.append((b"content-type", b"application/json"))
-        if admin:
-            headers.append((b"authorization", f"Bearer {self.state.keys.admin_key}".encode()))
+        key = self.state.keys.admin_key if token is None else token
+        headers.append((b"authorization", f"Bearer {key}".encode()))
         scope: dict[str, Any] = {
             "type": "http",
             "method": method,
