@@ -1,81 +1,101 @@
-"""The admin REST API over real HTTP, on SQLite and PostgreSQL."""
+"""The admin REST API on SQLite and PostgreSQL: sessions, members and tokens through the
+routes' endpoints with no app around them (``Backend.request``); the key, the body limits,
+the app's own paths and the OpenAPI document over real HTTP."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import httpx
+import pytest
 
 from tests.conftest import RunningServer
+from tests.fake_model import FakeModel
+from tests.server.runtime.backend import Backend, backend, sql_store
+from tests.server.runtime.harness import memory_settings
 
 
-async def test_session_lifecycle(server: RunningServer) -> None:
-    created = await server.http.post("/api/v1/sessions", json={"title": "Incident 42"})
+@pytest.fixture
+async def rest(database_url: str) -> AsyncIterator[Backend]:
+    """The REST routes and rooms on the real store of ``database_url``, with no app."""
+    async with (
+        sql_store(database_url) as store,
+        backend(memory_settings(), store=store, model=FakeModel()) as b,
+    ):
+        yield b
+
+
+async def test_session_lifecycle(rest: Backend) -> None:
+    created = await rest.request("POST", "/api/v1/sessions", json={"title": "Incident 42"})
     assert created.status_code == 201
     session = created.json()
     assert session["title"] == "Incident 42" and session["last_seq"] == 0
 
-    listed = (await server.http.get("/api/v1/sessions")).json()
+    listed = (await rest.request("GET", "/api/v1/sessions")).json()
     assert [s["id"] for s in listed["sessions"]] == [session["id"]]
     assert listed["total"] == 1
 
-    fetched = await server.http.get(f"/api/v1/sessions/{session['id']}")
+    fetched = await rest.request("GET", f"/api/v1/sessions/{session['id']}")
     assert fetched.json() == session
 
-    assert (await server.http.delete(f"/api/v1/sessions/{session['id']}")).status_code == 204
-    missing = await server.http.get(f"/api/v1/sessions/{session['id']}")
+    assert (await rest.request("DELETE", f"/api/v1/sessions/{session['id']}")).status_code == 204
+    missing = await rest.request("GET", f"/api/v1/sessions/{session['id']}")
     assert missing.status_code == 404
     assert missing.json()["error"]["code"] == "not_found"
 
 
-async def test_session_title_is_optional(server: RunningServer) -> None:
-    created = await server.http.post("/api/v1/sessions")
+async def test_session_title_is_optional(rest: Backend) -> None:
+    created = await rest.request("POST", "/api/v1/sessions")
     assert created.status_code == 201
     assert created.json()["title"] == ""
 
 
-async def test_members_and_roles(server: RunningServer) -> None:
-    sid = await server.new_session({"alice": "owner", "bob": "viewer"})
+async def test_members_and_roles(rest: Backend) -> None:
+    sid = await rest.new_session({"alice": "owner", "bob": "viewer"})
     base = f"/api/v1/sessions/{sid}/members"
-    members = (await server.http.get(base)).json()["members"]
+    members = (await rest.request("GET", base)).json()["members"]
     assert {(m["user_id"], m["role"]) for m in members} == {("alice", "owner"), ("bob", "viewer")}
 
-    changed = await server.http.put(f"{base}/bob", json={"role": "editor"})
+    changed = await rest.request("PUT", f"{base}/bob", json={"role": "editor"})
     assert changed.status_code == 200 and changed.json()["role"] == "editor"
 
-    assert (await server.http.delete(f"{base}/bob")).status_code == 204
-    assert (await server.http.delete(f"{base}/bob")).status_code == 404
-    members = (await server.http.get(base)).json()["members"]
+    assert (await rest.request("DELETE", f"{base}/bob")).status_code == 204
+    assert (await rest.request("DELETE", f"{base}/bob")).status_code == 404
+    members = (await rest.request("GET", base)).json()["members"]
     assert [m["user_id"] for m in members] == ["alice"]
 
 
-async def test_bad_member_input(server: RunningServer) -> None:
-    sid = await server.new_session({})
+async def test_bad_member_input(rest: Backend) -> None:
+    sid = await rest.new_session({})
     base = f"/api/v1/sessions/{sid}/members"
-    bad_role = await server.http.put(f"{base}/carol", json={"role": "admin"})
+    bad_role = await rest.request("PUT", f"{base}/carol", json={"role": "admin"})
     assert bad_role.status_code == 422
     assert bad_role.json()["error"]["code"] == "invalid"
-    extra = await server.http.put(f"{base}/carol", json={"role": "viewer", "x": 1})
+    extra = await rest.request("PUT", f"{base}/carol", json={"role": "viewer", "x": 1})
     assert extra.status_code == 422
-    bad_user = await server.http.put(f"{base}/bad%20user", json={"role": "viewer"})
+    bad_user = await rest.request("PUT", f"{base}/bad%20user", json={"role": "viewer"})
     assert bad_user.status_code == 422
-    unknown = await server.http.put("/api/v1/sessions/nope/members/carol", json={"role": "viewer"})
+    unknown = await rest.request(
+        "PUT", "/api/v1/sessions/nope/members/carol", json={"role": "viewer"}
+    )
     assert unknown.status_code == 404
 
 
-async def test_tokens(server: RunningServer) -> None:
-    sid = await server.new_session({"alice": "editor"})
+async def test_tokens(rest: Backend) -> None:
+    sid = await rest.new_session({"alice": "editor"})
     url = f"/api/v1/sessions/{sid}/tokens"
-    minted = await server.http.post(url, json={"user_id": "alice", "ttl_seconds": 60})
+    minted = await rest.request("POST", url, json={"user_id": "alice", "ttl_seconds": 60})
     assert minted.status_code == 201
     body = minted.json()
     assert body["user_id"] == "alice" and body["role"] == "editor" and body["token"]
-    not_member = await server.http.post(url, json={"user_id": "mallory"})
+    not_member = await rest.request("POST", url, json={"user_id": "mallory"})
     assert not_member.status_code == 409
     assert not_member.json()["error"]["code"] == "conflict"
-    unknown = await server.http.post("/api/v1/sessions/nope/tokens", json={"user_id": "alice"})
+    unknown = await rest.request("POST", "/api/v1/sessions/nope/tokens", json={"user_id": "alice"})
     assert unknown.status_code == 404
-    too_long = await server.http.post(url, json={"user_id": "alice", "ttl_seconds": 10**9})
+    too_long = await rest.request("POST", url, json={"user_id": "alice", "ttl_seconds": 10**9})
     assert too_long.status_code == 422
-    zero = await server.http.post(url, json={"user_id": "alice", "ttl_seconds": 0})
+    zero = await rest.request("POST", url, json={"user_id": "alice", "ttl_seconds": 0})
     assert zero.status_code == 422
 
 

@@ -1,23 +1,26 @@
-"""Confused-deputy scenarios over real WebSockets: a run acts only with its issuer's rights.
+"""Confused-deputy scenarios on a room over the real SQLite and PostgreSQL store, with the
+REST handlers: a run acts only with its issuer's rights.
 
 The model is a scripted fake (tests/fake_model.py) reached over mock HTTP by the real
-provider, recording every request; everything else is the real server, on SQLite and PostgreSQL.
+provider, recording every request; the rooms, the store and the REST handlers (behind the
+door's token and capability check) are the real ones, with no app and no socket.
 A tool the issuer lacks and a prompt whose author was demoted while it waited are tested in
 a room on the in-memory store: ``tests/server/runtime/test_confused_deputy.py``.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
-from tests.conftest import RunningServer, make_settings, serve_in_process
+from parley.server.http import access as access_api
+from parley.server.http.models import DocumentCreate, ReadersIn
+from parley.session.commands import PromptCommand
+from parley.session.errors import Forbidden
 from tests.fake_model import NAME, Answer, FakeModel, Sent, call
-from tests.yclient import YClient, all_replies_settled
+from tests.server.runtime.backend import Backend, backend, sql_store
+from tests.server.runtime.harness import memory_settings, stored_transcript
 
 SECRET_TEXT = "The launch code is 7731"
 
@@ -31,51 +34,47 @@ def script(sent: Sent) -> Answer:
     return ["nothing to add"]
 
 
-@pytest.fixture
-async def deputy(
-    database_url: str, tmp_path: Path
-) -> AsyncIterator[tuple[RunningServer, FakeModel]]:
+async def audit(b: Backend, sid: str, **filters: Any) -> list[dict[str, Any]]:
+    listed = await b.call(access_api.list_audit, session_id=sid, limit=100, after=0, **filters)
+    return [r.model_dump() for r in listed.records]
+
+
+def shared_text(entries: list[dict[str, Any]]) -> str:
+    return "\n".join(str(e["content"]) for e in entries)
+
+
+async def test_a_document_bob_read_never_reaches_alices_model_input(database_url: str) -> None:
     provider = FakeModel(script)
-    settings = make_settings(database_url, tmp_path / "d")
-    async with serve_in_process(settings, provider) as server:
-        yield server, provider
+    async with (
+        sql_store(database_url) as store,
+        backend(memory_settings(), store=store, model=provider) as b,
+    ):
+        await deputy(b, provider)
 
 
-async def audit(server: RunningServer, sid: str, **filters: str) -> list[dict[str, Any]]:
-    response = await server.http.get(f"/api/v1/sessions/{sid}/audit", params=filters)
-    assert response.status_code == 200, response.text
-    records: list[dict[str, Any]] = response.json()["records"]
-    return records
-
-
-def shared_text(client: YClient) -> str:
-    return "\n".join(str(e["content"]) for e in client.entries())
-
-
-async def test_a_document_bob_read_never_reaches_alices_model_input(
-    deputy: tuple[RunningServer, FakeModel],
-) -> None:
-    server, provider = deputy
-    sid = await server.new_session({"alice": "editor", "bob": "editor"})
-    made = await server.http.post(
-        f"/api/v1/sessions/{sid}/documents",
-        json={"title": "Vault", "text": f"{SECRET_TEXT}.", "readers": {"users": ["bob"]}},
+async def deputy(b: Backend, provider: FakeModel) -> None:
+    """Bob reads a restricted document through his run; alice asks about it next."""
+    sid = await b.new_session({"alice": "editor", "bob": "editor"})
+    made = await b.call(
+        access_api.create_document,
+        session_id=sid,
+        body=DocumentCreate(
+            title="Vault", text=f"{SECRET_TEXT}.", readers=ReadersIn(users=["bob"])
+        ),
     )
-    assert made.status_code == 201, made.text
-    document_id = made.json()["id"]
-    bob = await server.connect(sid, "bob")
-    alice = await server.connect(sid, "alice")
+    document_id = made.id
+    s = await b.session(sid)
 
-    await bob.command({"type": "prompt", "id": "b", "text": "what is the launch code?"})
-    await bob.wait_until(lambda c: all_replies_settled(c, 1))
+    bob_ack = await s.send("bob", PromptCommand("b", "what is the launch code?"))
+    await s.settled(bob_ack["prompt_id"])
     # Bob's run found the passage and answered with it.
     bob_calls = provider.requests_for("bob")
     assert [m["role"] for m in bob_calls[-1].messages][-2:] == ["assistant", "tool"]
     assert SECRET_TEXT in bob_calls[-1].messages[-1]["content"]
     assert bob_calls[0].tools == ["search_documents"]
 
-    await alice.command({"type": "prompt", "id": "a", "text": "what did the document say?"})
-    await alice.wait_until(lambda c: all_replies_settled(c, 2))
+    alice_ack = await s.send("alice", PromptCommand("a", "what did the document say?"))
+    await s.settled(alice_ack["prompt_id"])
     alice_calls = provider.requests_for("alice")
     assert alice_calls, "alice's prompt reached the model"
     for request in alice_calls:
@@ -83,15 +82,17 @@ async def test_a_document_bob_read_never_reaches_alices_model_input(
     # Her own search ran within her scope: nothing she may not read.
     assert "No passage" in alice_calls[-1].messages[-1]["content"]
 
-    # The shared document never carried it either: placeholders for alice (and bob).
-    for client in (alice, bob):
-        assert "7731" not in shared_text(client)
-    steps = [e for e in alice.entries() if e["kind"] == "tool"]
+    # The shared document never carried it either: not in the room's document, not in what
+    # it broadcast to the members' sockets, not in what the store keeps.
+    entries = [e.to_json() for e in s.room.doc.entries()]
+    for copy in (entries, s.watcher.transcript(), await stored_transcript(s.store, sid)):
+        assert "7731" not in shared_text(copy)
+    steps = [e for e in entries if e["kind"] == "tool"]
     assert len(steps) == 2 and "[details restricted]" in steps[0]["content"]
 
     # The audit shows bob's items withheld from alice's call, and why.
-    bob_reply = next(e for e in bob.entries() if e["kind"] == "reply" and e["author"] == NAME)
-    records = await audit(server, sid, kind="model_call", actor="alice")
+    bob_reply = next(e for e in entries if e["kind"] == "reply" and e["author"] == NAME)
+    records = await audit(b, sid, kind="model_call", actor="alice")
     withheld = {w["entry_id"]: w["reason"] for w in records[0]["data"]["context_withheld"]}
     assert bob_reply["id"] in withheld and steps[0]["id"] in withheld
     assert document_id in withheld[bob_reply["id"]]
@@ -99,11 +100,9 @@ async def test_a_document_bob_read_never_reaches_alices_model_input(
     assert records[0]["data"]["tools_offered"] == ["search_documents"]
 
     # The full reply is server-side: bob may read it over REST, alice may not.
-    url = f"/api/v1/sessions/{sid}/entries/{bob_reply['id']}/private"
-    for user, status in (("bob", 200), ("alice", 403)):
-        token = await server.token(sid, user)
-        async with httpx.AsyncClient(base_url=server.base_url) as http:
-            got = await http.get(url, headers={"Authorization": f"Bearer {token}"})
-        assert got.status_code == status, got.text
-        if status == 200:
-            assert SECRET_TEXT in got.json()["text"]
+    private = {"session_id": sid, "entry_id": bob_reply["id"]}
+    got = await b.call(access_api.get_private, await b.member(sid, "bob"), **private)
+    assert SECRET_TEXT in got.text
+    with pytest.raises(Forbidden) as refused:
+        await b.call(access_api.get_private, await b.member(sid, "alice"), **private)
+    assert refused.value.http_status == 403

@@ -1,22 +1,32 @@
-"""Pins, facts and the context preview over real sockets and HTTP."""
+"""Pins and facts over real sockets and HTTP; the context preview through its REST handler
+and its route's endpoint, on a room over the real SQLite store."""
 
 from __future__ import annotations
 
 import asyncio
 from pathlib import Path
 
+import pytest
 from pycrdt import Array, Map
 
-from tests.conftest import RunningServer, make_settings, serve_in_process, sqlite_url
+from parley.server.http import context as context_api
+from parley.session.commands import CancelCommand, MessageCommand, PromptCommand
+from parley.session.errors import Conflict
+from tests.conftest import make_settings, serve_in_process, sqlite_url
 from tests.fake_model import Answer, FakeModel, Sent
+from tests.server.runtime.backend import backend, sql_store
+from tests.server.runtime.harness import memory_settings
 from tests.yclient import all_replies_settled
 
 
-def first_call_waits(gate: asyncio.Event) -> FakeModel:
-    """A model whose first call waits for ``gate`` (or a cancel); call n answers "answer n"."""
+def first_call_waits(gate: asyncio.Event, asked: asyncio.Event | None = None) -> FakeModel:
+    """A model whose first call sets ``asked`` and waits for ``gate`` (or a cancel); call
+    n answers "answer n"."""
 
     def script(sent: Sent) -> Answer:
         n = len(model.requests)
+        if n == 1 and asked is not None:
+            asked.set()
         return [gate, f"answer {n}"] if n == 1 else [f"answer {n}"]
 
     model = FakeModel(script)
@@ -60,29 +70,28 @@ async def test_pins_and_facts_over_rest(tmp_path: Path) -> None:
 
 
 async def test_the_preview_is_what_the_model_receives(tmp_path: Path) -> None:
-    gate = asyncio.Event()
-    provider = first_call_waits(gate)
-    url = sqlite_url(tmp_path)
-    async with serve_in_process(make_settings(url, tmp_path / "d"), provider) as server:
-        sid = await server.new_session({"alice": "editor", "bob": "editor", "olga": "owner"})
-        alice = await server.connect(sid, "alice")
-        bob = await server.connect(sid, "bob")
-        olga = await server.connect(sid, "olga")
+    """The preview through its REST handler, on a room over the real SQLite store."""
+    gate, asked = asyncio.Event(), asyncio.Event()
+    provider = first_call_waits(gate, asked)
+    async with (
+        sql_store(sqlite_url(tmp_path)) as store,
+        backend(memory_settings(), store=store, model=provider) as b,
+    ):
+        sid = await b.new_session({"alice": "editor", "bob": "editor", "olga": "owner"})
+        s = await b.session(sid)
         log = "\n".join(f"line {i}: worker crashed with exit code 137" for i in range(6))
-        await alice.command({"type": "message", "id": "1", "text": f"log:\n\n{log}"})
-        await olga.command({"type": "message", "id": "2", "text": f"mine too\n\n{log}"})
-        await alice.command({"type": "message", "id": "3", "text": "Is prod down?"})
-        await olga.command({"type": "message", "id": "4", "text": "is PROD down?"})
-        first = await alice.command({"type": "prompt", "id": "5", "text": "blocked run"})
-        for _ in range(100):
-            if provider.requests:
-                break
-            await asyncio.sleep(0.02)
-        waiting = await bob.command({"type": "prompt", "id": "6", "text": "what happened?"})
+        await s.send("alice", MessageCommand("1", f"log:\n\n{log}"))
+        await s.send("olga", MessageCommand("2", f"mine too\n\n{log}"))
+        await s.send("alice", MessageCommand("3", "Is prod down?"))
+        await s.send("olga", MessageCommand("4", "is PROD down?"))
+        first = await s.send("alice", PromptCommand("5", "blocked run"))
+        async with asyncio.timeout(10):
+            await asked.wait()
+        waiting = await s.send("bob", PromptCommand("6", "what happened?"))
 
         preview = (
-            await server.http.get(f"/api/v1/sessions/{sid}/context", params={"user_id": "bob"})
-        ).json()
+            await b.call(context_api.preview_context, session_id=sid, user_id="bob")
+        ).model_dump()
         assert preview["prompt_ids"] == [waiting["prompt_id"]]
         contents = [m["content"] for m in preview["messages"]]
         assert "[alice and olga each wrote]\nis PROD down?" in contents
@@ -93,12 +102,12 @@ async def test_the_preview_is_what_the_model_receives(tmp_path: Path) -> None:
         assert preview["tokens"] == preview["system_tokens"] + sum(
             m["tokens"] for m in preview["messages"]
         )
-        prod = next(e["id"] for e in alice.entries() if e["content"] == "is PROD down?")
+        prod = next(e.id for e in s.room.doc.entries() if e.content == "is PROD down?")
         assert f"duplicate of {prod}" in {x["reason"] for x in preview["excluded"]}
 
         # The blocked run is cancelled; bob's prompt starts with exactly the previewed input.
-        await olga.command({"type": "cancel", "id": "c", "prompt_id": first["prompt_id"]})
-        await bob.wait_until(lambda c: all_replies_settled(c, 2))
+        await s.send("olga", CancelCommand("c", first["prompt_id"]))
+        await s.settled(first["prompt_id"], waiting["prompt_id"])
         sent = provider.requests[1]
         assert sent.system == preview["system"]
         assert [m["content"] for m in sent.messages] == contents
@@ -108,17 +117,22 @@ async def test_the_preview_is_what_the_model_receives(tmp_path: Path) -> None:
             (m["role"], m["author"] if m["role"] == "user" else None) for m in preview["messages"]
         ]
 
-        nobody = await server.http.get(
-            f"/api/v1/sessions/{sid}/context", params={"user_id": "mallory"}
-        )
-        assert nobody.status_code == 409
-        history = (
-            await server.http.get(f"/api/v1/sessions/{sid}/context", params={"user_id": "alice"})
-        ).json()
-        assert history["prompt_ids"] == [] and not any(m["answering"] for m in history["messages"])
+        with pytest.raises(Conflict) as nobody:
+            await b.call(context_api.preview_context, session_id=sid, user_id="mallory")
+        assert nobody.value.http_status == 409
+        history = await b.call(context_api.preview_context, session_id=sid, user_id="alice")
+        assert history.prompt_ids == [] and not any(m.answering for m in history.messages)
 
 
-async def test_preview_needs_a_user(sqlite_server: RunningServer) -> None:
-    sid = await sqlite_server.new_session({"alice": "editor"})
-    response = await sqlite_server.http.get(f"/api/v1/sessions/{sid}/context")
-    assert response.status_code == 422
+async def test_preview_needs_a_user(tmp_path: Path) -> None:
+    """The route's query is read before the handler runs: its endpoint, with no app."""
+    async with (
+        sql_store(sqlite_url(tmp_path)) as store,
+        backend(memory_settings(), store=store, model=FakeModel()) as b,
+    ):
+        sid = await b.new_session({"alice": "editor"})
+        response = await b.request("GET", f"/api/v1/sessions/{sid}/context")
+        assert response.status_code == 422
+        assert response.json()["error"]["code"] == "invalid"
+        given = await b.request("GET", f"/api/v1/sessions/{sid}/context?user_id=alice")
+        assert given.status_code == 200 and given.json()["user_id"] == "alice"

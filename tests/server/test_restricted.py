@@ -1,5 +1,7 @@
 """The shared document carries only what every member may read: placeholders, catch-up and
-export paths, the restricted_replies policy, and paging through the audit log. (A reply
+export paths over real sockets and HTTP (the one end-to-end test of restricted text reaching
+the sockets of those who may read it); the restricted_replies policy and paging through the
+audit log through the REST handlers, on a room over the real SQLite store. (A reply
 that draws on an earlier restricted tool result is tested in a room on the in-memory
 store: ``tests/server/runtime/test_scope_runs.py``.)"""
 
@@ -7,12 +9,21 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
+from parley.server.http import access as access_api
+from parley.server.http import members as members_api
+from parley.server.http import sessions as sessions_api
+from parley.server.http.models import DocumentCreate, MemberPut, ReadersIn, SessionPatch
+from parley.session.commands import PromptCommand
+from parley.session.errors import Forbidden
 from tests.conftest import RunningServer, make_settings, serve_in_process, sqlite_url
 from tests.fake_model import Answer, FakeModel, Sent, call
+from tests.server.runtime.backend import backend, sql_store
+from tests.server.runtime.harness import memory_settings
 from tests.yclient import all_replies_settled
 
 SECRET = "the vault code is 7731"
@@ -89,26 +100,43 @@ async def test_private_replies_stay_out_of_every_copy_of_the_document(
     assert full.json()["readers"][0]["users"] == ["bob", "olga"]
 
 
-async def test_an_owner_may_share_restricted_replies_and_it_is_audited(
-    server: RunningServer,
-) -> None:
-    sid = await restricted_session(server)
-    share = {"restricted_replies": "shared"}
-    url = f"/api/v1/sessions/{sid}"
-    refused = await as_member(server, sid, "bob", "PATCH", url, json=share)
-    assert refused.status_code == 403
-    shared = await as_member(server, sid, "olga", "PATCH", url, json=share)
-    assert shared.status_code == 200 and shared.json()["restricted_replies"] == "shared"
+async def test_an_owner_may_share_restricted_replies_and_it_is_audited(tmp_path: Path) -> None:
+    """Through the REST handlers behind the door's token check, on a room over the real
+    SQLite store: no app."""
+    async with (
+        sql_store(sqlite_url(tmp_path)) as store,
+        backend(memory_settings(), store=store, model=FakeModel(script)) as b,
+    ):
+        sid = await b.new_session({"olga": "owner", "bob": "editor", "alice": "viewer"})
+        await b.call(
+            access_api.create_document,
+            session_id=sid,
+            body=DocumentCreate(
+                title="Vault", text=SECRET, readers=ReadersIn(users=["bob", "olga"])
+            ),
+        )
+        share = SessionPatch(restricted_replies="shared")
+        with pytest.raises(Forbidden) as refused:
+            await b.call(
+                sessions_api.update_session, await b.member(sid, "bob"), session_id=sid, body=share
+            )
+        assert refused.value.http_status == 403
+        shared = await b.call(
+            sessions_api.update_session, await b.member(sid, "olga"), session_id=sid, body=share
+        )
+        assert shared.restricted_replies == "shared"
 
-    bob = await server.connect(sid, "bob")
-    alice = await server.connect(sid, "alice")
-    await bob.command({"type": "prompt", "id": "p", "text": "what is the vault code?"})
-    await alice.wait_until(lambda c: all_replies_settled(c, 1))
-    entries = {e["kind"]: e for e in alice.entries()}
-    assert "7731" in entries["reply"]["content"]  # shared, as the owner decided
-    assert "[details restricted]" in entries["tool"]["content"]  # tool results never are
+        s = await b.session(sid)
+        asked = await s.send("bob", PromptCommand("p", "what is the vault code?"))
+        await s.settled(asked["prompt_id"])
+        entries = {e["kind"]: e for e in s.watcher.transcript()}  # what every socket was sent
+        assert "7731" in entries["reply"]["content"]  # shared, as the owner decided
+        assert "[details restricted]" in entries["tool"]["content"]  # tool results never are
 
-    audit = (await server.http.get(f"/api/v1/sessions/{sid}/audit")).json()["records"]
+        listed = await b.call(
+            access_api.list_audit, session_id=sid, limit=100, after=0, kind=None, actor=None
+        )
+        audit = [r.model_dump() for r in listed.records]
     kinds = [(r["kind"], r["actor"]) for r in audit]
     assert ("policy", "olga") in kinds and ("refused", "bob") in kinds
     policy = next(r for r in audit if r["kind"] == "policy")
@@ -117,21 +145,42 @@ async def test_an_owner_may_share_restricted_replies_and_it_is_audited(
     assert sharing["data"]["reply_id"] == entries["reply"]["id"]
 
 
-async def test_the_audit_log_pages_and_filters(server: RunningServer) -> None:
-    sid = await server.new_session({"olga": "owner"})
-    for n in range(5):
-        role = "viewer" if n % 2 else "editor"
-        await server.http.put(f"/api/v1/sessions/{sid}/members/u{n}", json={"role": role})
-    url = f"/api/v1/sessions/{sid}/audit"
-    first = (await server.http.get(url, params={"limit": 3})).json()
-    assert len(first["records"]) == 3 and first["next_after"] == first["records"][-1]["id"]
-    rest = (await server.http.get(url, params={"after": first["next_after"]})).json()
-    assert rest["next_after"] is None
-    users = [r["data"]["user_id"] for r in first["records"] + rest["records"]]
-    assert users == ["olga", "u0", "u1", "u2", "u3", "u4"]
-    by_admin = await server.http.get(url, params={"actor": "admin", "kind": "membership"})
-    assert len(by_admin.json()["records"]) == 6
-    none = (await server.http.get(url, params={"kind": "model_call"})).json()
-    assert none == {"records": [], "next_after": None}
-    bad = await server.http.get(url, params={"limit": "0"})
-    assert bad.status_code == 422
+async def test_the_audit_log_pages_and_filters(tmp_path: Path) -> None:
+    """The audit route's handler, and its endpoint for a bad query, on the real SQLite store:
+    no app."""
+    async with (
+        sql_store(sqlite_url(tmp_path)) as store,
+        backend(memory_settings(), store=store, model=FakeModel(script)) as b,
+    ):
+        sid = await b.new_session({"olga": "owner"})
+        for n in range(5):
+            role = "viewer" if n % 2 else "editor"
+            await b.call(
+                members_api.put_member, session_id=sid, user_id=f"u{n}", body=MemberPut(role=role)
+            )
+
+        async def page(
+            limit: int = 50, after: int = 0, kind: str | None = None, actor: str | None = None
+        ) -> dict[str, Any]:
+            listed = await b.call(
+                access_api.list_audit,
+                session_id=sid,
+                limit=limit,
+                after=after,
+                kind=kind,
+                actor=actor,
+            )
+            return dict(listed.model_dump())
+
+        first = await page(limit=3)
+        assert len(first["records"]) == 3 and first["next_after"] == first["records"][-1]["id"]
+        rest = await page(after=first["next_after"])
+        assert rest["next_after"] is None
+        users = [r["data"]["user_id"] for r in first["records"] + rest["records"]]
+        assert users == ["olga", "u0", "u1", "u2", "u3", "u4"]
+        by_admin = await page(actor="admin", kind="membership")
+        assert len(by_admin["records"]) == 6
+        none = await page(kind="model_call")
+        assert none == {"records": [], "next_after": None}
+        bad = await b.request("GET", f"/api/v1/sessions/{sid}/audit?limit=0")
+        assert bad.status_code == 422

@@ -1,6 +1,7 @@
 """Integrator tools over real HTTP: a webhook server on 127.0.0.1 checks Parley's signature
 with the README's verification function, sees the issuer, and its failures become error
-results the model reads while the run goes on."""
+results the model reads while the run goes on. Parley's side is a room on the real SQLite
+store, its tools registered through the REST handlers: no app, no member socket."""
 
 from __future__ import annotations
 
@@ -23,9 +24,15 @@ from parley.authz.webhooks import (
     new_delivery_id,
     sign,
 )
-from tests.conftest import RunningServer, make_settings, serve_in_process, sqlite_url
+from parley.server.http import access as access_api
+from parley.server.http import members as members_api
+from parley.server.http.models import MemberPut, ToolCreate
+from parley.server.settings import Settings
+from parley.session.commands import PromptCommand
+from tests.conftest import RunningServer, sqlite_url
 from tests.fake_model import Answer, FakeModel, Sent, call
-from tests.yclient import all_replies_settled
+from tests.server.runtime.backend import Backend, backend, sql_store
+from tests.server.runtime.harness import MemorySession, memory_settings
 
 
 class ToolServer:
@@ -98,45 +105,55 @@ def script(sent: Sent) -> Answer:
     return ["no tool"]
 
 
+def tool_settings(**overrides: Any) -> Settings:
+    return memory_settings(max_tool_result_bytes=1000, **overrides)
+
+
 @pytest.fixture
-async def parley(tmp_path: Path) -> AsyncIterator[tuple[RunningServer, FakeModel]]:
+async def parley(tmp_path: Path) -> AsyncIterator[tuple[Backend, FakeModel]]:
     provider = FakeModel(script)
-    settings = make_settings(
-        sqlite_url(tmp_path),
-        tmp_path / "d",
-        max_tool_result_bytes=1000,
-        webhook_allow_private=True,  # the tool server listens on loopback
-    )
-    async with serve_in_process(settings, provider) as server:
-        yield server, provider
+    settings = tool_settings(webhook_allow_private=True)  # the tool server listens on loopback
+    async with (
+        # Real time: the tool server checks the signed time against its own.
+        sql_store(sqlite_url(tmp_path)) as store,
+        backend(settings, store=store, model=provider, clock=time.time) as b,
+    ):
+        yield b, provider
 
 
-async def register(server: RunningServer, name: str, url: str, **extra: Any) -> str:
-    made = await server.http.post(
-        "/api/v1/tools",
-        json={"name": name, "description": f"{name} things", "url": url, **extra},
+async def register(b: Backend, name: str, url: str, **extra: Any) -> str:
+    made = await b.call(
+        access_api.create_tool,
+        body=ToolCreate(name=name, description=f"{name} things", url=url, **extra),
     )
-    assert made.status_code == 201, made.text
-    assert made.json()["capability"] == f"tool:{name}"
-    listed = await server.http.get("/api/v1/tools")
-    assert all(t["secret"] is None for t in listed.json()["tools"])  # shown once only
-    return str(made.json()["secret"])
+    assert made.capability == f"tool:{name}"
+    listed = await b.call(access_api.list_tools)
+    assert all(t.secret is None for t in listed.tools)  # shown once only
+    return str(made.secret)
+
+
+async def member(b: Backend, sid: str, user_id: str, grants: list[str]) -> MemorySession:
+    """``user_id`` made an editor with ``grants``; the session's room."""
+    body = MemberPut(role="editor", grants=grants)
+    await b.call(members_api.put_member, session_id=sid, user_id=user_id, body=body)
+    return await b.session(sid)
+
+
+async def prompted(s: MemorySession, user_id: str, *texts: str) -> list[dict[str, Any]]:
+    """The transcript once ``user_id``'s prompts of ``texts`` are answered."""
+    acks = [await s.send(user_id, PromptCommand(f"p{n}", t)) for n, t in enumerate(texts)]
+    await s.settled(*(a["prompt_id"] for a in acks))
+    return [e.to_json() for e in s.room.doc.entries()]
 
 
 async def test_a_signed_call_carries_the_issuer_and_its_result_reaches_the_model(
-    parley: tuple[RunningServer, FakeModel], tool_server: ToolServer
+    parley: tuple[Backend, FakeModel], tool_server: ToolServer
 ) -> None:
-    server, provider = parley
-    tool_server.verifier = WebhookVerifier(
-        await register(server, "lookup", tool_server.url + "/lookup")
-    )
-    sid = await server.new_session({"olga": "owner"})
-    await server.http.put(
-        f"/api/v1/sessions/{sid}/members/alice", json={"role": "editor", "grants": ["tool:lookup"]}
-    )
-    alice = await server.connect(sid, "alice")
-    await alice.command({"type": "prompt", "id": "p", "text": "lookup the answer"})
-    await alice.wait_until(lambda c: all_replies_settled(c, 1))
+    b, provider = parley
+    tool_server.verifier = WebhookVerifier(await register(b, "lookup", tool_server.url + "/lookup"))
+    sid = await b.new_session({"olga": "owner"})
+    s = await member(b, sid, "alice", ["tool:lookup"])
+    entries = await prompted(s, "alice", "lookup the answer")
 
     assert tool_server.rejected == 0
     [request] = tool_server.received
@@ -148,7 +165,7 @@ async def test_a_signed_call_carries_the_issuer_and_its_result_reaches_the_model
     first, second = provider.requests_for("alice")
     assert first.tools == ["search_documents", "lookup"]
     assert second.messages[-1]["content"] == "the answer for alice"
-    reply = next(e for e in alice.entries() if e["kind"] == "reply")
+    reply = next(e for e in entries if e["kind"] == "reply")
     assert reply["status"] == "done" and "the answer for alice" in reply["content"]
 
 
@@ -184,20 +201,13 @@ async def test_the_verification_refuses_a_bad_signature_and_a_replay(
 
 
 async def test_each_call_has_its_own_delivery_id_and_a_replay_is_refused(
-    parley: tuple[RunningServer, FakeModel], tool_server: ToolServer
+    parley: tuple[Backend, FakeModel], tool_server: ToolServer
 ) -> None:
-    server, _ = parley
-    tool_server.verifier = WebhookVerifier(
-        await register(server, "lookup", tool_server.url + "/lookup")
-    )
-    sid = await server.new_session({})
-    await server.http.put(
-        f"/api/v1/sessions/{sid}/members/olga", json={"role": "editor", "grants": ["tool:lookup"]}
-    )
-    olga = await server.connect(sid, "olga")
-    await olga.command({"type": "prompt", "id": "1", "text": "lookup one"})
-    await olga.command({"type": "prompt", "id": "2", "text": "lookup two"})
-    await olga.wait_until(lambda c: all_replies_settled(c, 2))
+    b, _ = parley
+    tool_server.verifier = WebhookVerifier(await register(b, "lookup", tool_server.url + "/lookup"))
+    sid = await b.new_session({})
+    s = await member(b, sid, "olga", ["tool:lookup"])
+    await prompted(s, "olga", "lookup one", "lookup two")
     assert tool_server.rejected == 0 and len(tool_server.raw) == 2
     deliveries = [headers[DELIVERY_HEADER] for _, headers in tool_server.raw]
     assert len(set(deliveries)) == 2
@@ -217,26 +227,22 @@ async def test_each_call_has_its_own_delivery_id_and_a_replay_is_refused(
     ],
 )
 async def test_tool_failures_are_error_results_and_the_run_goes_on(
-    parley: tuple[RunningServer, FakeModel],
+    parley: tuple[Backend, FakeModel],
     tool_server: ToolServer,
     path: str,
     expected: str,
 ) -> None:
-    server, provider = parley
+    b, provider = parley
     tool_server.verifier = WebhookVerifier(
-        await register(server, path, f"{tool_server.url}/{path}", timeout_s=0.3)
+        await register(b, path, f"{tool_server.url}/{path}", timeout_s=0.3)
     )
-    sid = await server.new_session({})
-    await server.http.put(
-        f"/api/v1/sessions/{sid}/members/alice", json={"role": "editor", "grants": [f"tool:{path}"]}
-    )
-    alice = await server.connect(sid, "alice")
-    await alice.command({"type": "prompt", "id": "p", "text": f"try {path}"})
-    await alice.wait_until(lambda c: all_replies_settled(c, 1))
+    sid = await b.new_session({})
+    s = await member(b, sid, "alice", [f"tool:{path}"])
+    entries = await prompted(s, "alice", f"try {path}")
     last = provider.requests_for("alice")[-1].messages[-1]
     assert last["role"] == "tool" and last["content"].startswith("error: ")
     assert expected in last["content"]
-    statuses = {e["kind"]: e["status"] for e in alice.entries()}
+    statuses = {e["kind"]: e["status"] for e in entries}
     assert statuses == {"prompt": "done", "tool": "error", "reply": "done"}
 
 
@@ -244,17 +250,14 @@ async def test_a_tool_on_a_private_address_is_refused_without_the_setting(
     tmp_path: Path, tool_server: ToolServer
 ) -> None:
     provider = FakeModel(script)
-    settings = make_settings(sqlite_url(tmp_path), tmp_path / "d")
-    async with serve_in_process(settings, provider) as server:
-        await register(server, "lookup", tool_server.url + "/lookup")
-        sid = await server.new_session({})
-        await server.http.put(
-            f"/api/v1/sessions/{sid}/members/alice",
-            json={"role": "editor", "grants": ["tool:lookup"]},
-        )
-        alice = await server.connect(sid, "alice")
-        await alice.command({"type": "prompt", "id": "p", "text": "lookup this"})
-        await alice.wait_until(lambda c: all_replies_settled(c, 1))
+    async with (
+        sql_store(sqlite_url(tmp_path)) as store,
+        backend(tool_settings(), store=store, model=provider, clock=time.time) as b,
+    ):
+        await register(b, "lookup", tool_server.url + "/lookup")
+        sid = await b.new_session({})
+        s = await member(b, sid, "alice", ["tool:lookup"])
+        await prompted(s, "alice", "lookup this")
     last = provider.requests_for("alice")[-1].messages[-1]
     assert last["role"] == "tool"
     assert last["content"].startswith("error: the tool's URL is refused")

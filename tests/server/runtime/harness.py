@@ -11,10 +11,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from pycrdt import Array, Doc
 
 from parley.authz.policy import Decision
 from parley.authz.roles import Member
@@ -26,10 +28,12 @@ from parley.server.runtime.runner import SessionRunner
 from parley.server.settings import Settings
 from parley.server.store.access import ToolRow
 from parley.server.store.memory import MemoryStore
+from parley.server.store.port import SessionStore
 from parley.session.commands import Command, MessageCommand, PromptCommand
 from parley.session.lifecycle import PromptStatus
 from parley.session.model import ModelEvent, ModelProvider, ModelRequest
 from parley.session.queue import Policy
+from parley.session.yprotocol import SyncMessage, SyncType, decode_client_frame
 from tests.conftest import make_settings
 from tests.fake_model import FakeModel
 
@@ -97,10 +101,11 @@ class MemorySession:
     def status(self, prompt_id: str) -> PromptStatus:
         return PromptStatus(self.room.doc.entry(prompt_id).status)
 
-    async def settled(self, *prompt_ids: str) -> None:
+    async def settled(self, *prompt_ids: str, timeout_s: float = 10) -> None:
         """Wait until the prompts are final and nothing runs: checked after each update
-        the room broadcasts (it broadcasts only what it committed), for at most 10 s."""
-        async with asyncio.timeout(10):
+        the room broadcasts (it broadcasts only what it committed), for at most
+        ``timeout_s``."""
+        async with asyncio.timeout(timeout_s):
             while True:
                 active = self.room.active_run
                 if not all(self.status(p) in FINAL for p in prompt_ids):
@@ -141,6 +146,21 @@ class MemorySession:
         return next(c for c in self.room.connections if isinstance(c, Watcher))
 
 
+def transcript_of(updates: Iterable[bytes]) -> list[dict[str, Any]]:
+    """The transcript of a document built from nothing by ``updates``, as plain data."""
+    doc = Doc()
+    transcript = doc.get("transcript", type=Array)
+    for update in updates:
+        doc.apply_update(update)
+    return list(transcript.to_py() or [])
+
+
+async def stored_transcript(store: SessionStore, session_id: str = SESSION) -> list[dict[str, Any]]:
+    """The transcript as the store would load it: its snapshot, then the updates after."""
+    stored = await store.load_doc(session_id)
+    return transcript_of(([stored.snapshot] if stored.snapshot else []) + stored.updates)
+
+
 class Watcher:
     """A listener in the room's sockets: it keeps what the room sends and wakes whoever
     waits for the next frame (``changed``)."""
@@ -167,6 +187,16 @@ class Watcher:
     async def changed(self) -> None:
         await self._event.wait()
         self._event.clear()
+
+    def transcript(self) -> list[dict[str, Any]]:
+        """The transcript a client would hold after the document updates sent here (from
+        an empty document: a watcher added to the room of a new session)."""
+        messages = [decode_client_frame(f) for f in self.frames if isinstance(f, bytes)]
+        return transcript_of(
+            m.payload
+            for m in messages
+            if isinstance(m, SyncMessage) and m.sync_type is not SyncType.STEP1
+        )
 
 
 async def add_members(

@@ -37,9 +37,11 @@ async def flood(s: MemorySession) -> list[dict[str, Any]]:
     )
 
 
-async def converge(s: MemorySession, acks: list[dict[str, Any]]) -> list[Entry]:
+async def converge(
+    s: MemorySession, acks: list[dict[str, Any]], timeout_s: float = 10
+) -> list[Entry]:
     accepted = [str(a["prompt_id"]) for a in acks if a["type"] == "ack"]
-    await s.settled(*accepted)
+    await s.settled(*accepted, timeout_s=timeout_s)
     view = s.room.doc.entries()
     assert len({e.id for e in view}) == len(view)
     seqs = [e.seq for e in view if e.kind == "prompt"]
@@ -59,7 +61,8 @@ def replies_follow_prompts(view: list[Entry]) -> None:
         assert all(p.reply_id == entry.id for p in answered)
 
 
-def loaded(policy: Policy, model: FakeModel) -> Any:
+def loaded(policy: Policy, model: FakeModel, **options: Any) -> Any:
+    """The session of the load (``options``: ``memory_session``'s, a store or a clock)."""
     members = {f"u{i:02d}": "editor" for i in range(CLIENTS)}
     return memory_session(
         members,
@@ -67,6 +70,7 @@ def loaded(policy: Policy, model: FakeModel) -> Any:
         policy=policy,
         max_pending_per_user=PROMPTS_EACH,
         max_pending_per_session=CLIENTS * PROMPTS_EACH,
+        **options,
     )
 
 
