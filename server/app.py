@@ -148,6 +148,21 @@ PROBES = [
 ]
 
 
+# Every REST operation but the probes: the routes and the OpenAPI document are made of these.
+API_OPERATIONS = (
+    home.OPERATIONS
+    + sessions.OPERATIONS
+    + members.OPERATIONS
+    + invites.OPERATIONS
+    + context.OPERATIONS
+    + usage.OPERATIONS
+    + events.OPERATIONS
+    + access.OPERATIONS
+    + prompts.OPERATIONS
+    + webhooks.OPERATIONS
+)
+
+
 def create_app(
     settings: Settings | None = None,
     *,
@@ -159,19 +174,7 @@ def create_app(
     configured models; ``transport`` carries the configured models' HTTP calls instead of
     the network (httpx's default when None)."""
     settings = settings or Settings()
-    operations = (
-        PROBES
-        + home.OPERATIONS
-        + sessions.OPERATIONS
-        + members.OPERATIONS
-        + invites.OPERATIONS
-        + context.OPERATIONS
-        + usage.OPERATIONS
-        + events.OPERATIONS
-        + access.OPERATIONS
-        + prompts.OPERATIONS
-        + webhooks.OPERATIONS
-    )
+    operations = PROBES + API_OPERATIONS
     spec = openapi_document(operations, title="Parley admin API", version=version())
 
     @asynccontextmanager

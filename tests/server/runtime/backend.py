@@ -30,7 +30,8 @@ from starlette.requests import Request
 from starlette.routing import Match
 
 from parley.authz.tokens import verify_token
-from parley.server.http import access, context, events, members, prompts, sessions, usage, webhooks
+from parley.server.app import API_OPERATIONS
+from parley.server.http import members, sessions
 from parley.server.http.models import MemberPut, SessionCreate, TokenCreate
 from parley.server.http.rest import (
     ADMIN,
@@ -56,16 +57,7 @@ from tests.fake_model import FakeModel
 from tests.server.runtime.harness import ManualClock, MemorySession, Watcher
 
 Body = TypeVar("Body", bound=BaseModel)
-OPERATIONS: list[Operation] = (
-    sessions.OPERATIONS
-    + members.OPERATIONS
-    + context.OPERATIONS
-    + usage.OPERATIONS
-    + events.OPERATIONS
-    + access.OPERATIONS
-    + prompts.OPERATIONS
-    + webhooks.OPERATIONS
-)
+OPERATIONS: list[Operation] = API_OPERATIONS  # the app's own list
 
 
 def rest_body(model: type[Body], **fields: Any) -> Body:
