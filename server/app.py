@@ -11,7 +11,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import httpx
-from prometheus_client import CONTENT_TYPE_LATEST, start_http_server
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, start_http_server
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -40,7 +40,7 @@ from parley.server.http.models import Health, Readiness
 from parley.server.http.rest import Operation, authenticate, error_response, openapi_document, route
 from parley.server.keys import resolve_keys
 from parley.server.metrics import Metrics
-from parley.server.outbound.sender_thread import SenderThread, own_thread_possible
+from parley.server.outbound.sender_process import SenderProcess, own_process_possible
 from parley.server.outbound.webhook_sender import WebhookSender
 from parley.server.providers.registry import open_models
 from parley.server.runtime.rooms import RoomRegistry
@@ -225,13 +225,17 @@ def create_app(
             if recovered:
                 log.info("resumed sessions with pending prompts", extra={"sessions": recovered})
         rooms.start_reaper()
-        # In a thread of its own if asked (not for a database only this engine reaches).
-        sender: SenderThread | WebhookSender = (
-            SenderThread(store, settings, clock)
-            if settings.webhook_sender_thread and own_thread_possible(settings.database_url)
-            else WebhookSender(store, settings, clock)
-        )
-        await sender.start(sole_sender=not settings.cluster)
+        # In a process of its own (not for a database only this engine reaches).
+        sender: SenderProcess | WebhookSender
+        if settings.webhook_sender == "process" and own_process_possible(settings.database_url):
+            exits = Counter(
+                "parley_webhook_sender_exits",
+                "Times the webhook sender's process ended on its own (it is started again)",
+                registry=metrics.registry,
+            )
+            sender = SenderProcess(store, settings, on_exit=exits.inc)
+        else:
+            sender = WebhookSender(store, settings, clock)
         # /metrics on a port of its own (a thread of prometheus_client's), e.g. for a
         # scraper inside the cluster while the API port faces the internet.
         exporter = (
@@ -240,6 +244,7 @@ def create_app(
             else None
         )
         try:
+            await sender.start(sole_sender=not settings.cluster)
             yield
         finally:
             await sender.stop()

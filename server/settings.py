@@ -236,10 +236,12 @@ class Settings(BaseSettings):
     webhook_keep_s: float = Field(
         default=7 * 24 * 3600.0, gt=0, description="Finished deliveries are listed this long"
     )
-    # Measured (bench.webhook_load, SQLite): acks slower with it than without, from the
-    # GIL and the write lock shared with the sessions' writers; see docs/performance.md.
-    webhook_sender_thread: bool = Field(
-        default=False, description="Run the webhook sender in a thread of its own"
+    # 'process' where another process reaches the database (a SQLite file, PostgreSQL);
+    # an in-memory SQLite database keeps the sender on the loop whatever this says.
+    webhook_sender: Literal["process", "loop"] = Field(
+        default="process",
+        description="Where the webhook sender runs: a process of its own, or the sessions' "
+        "event loop",
     )
     max_webhooks: int = Field(default=100, ge=1)
 

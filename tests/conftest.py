@@ -121,6 +121,9 @@ def make_settings(database_url: str, data_dir: Path, **overrides: Any) -> Settin
         "max_pending_per_user": 50,
         "max_pending_per_session": 1000,
         "log_level": "warning",
+        # A child process per test server would cost a second each; the sender's process
+        # has tests of its own (tests/server/test_sender_process.py).
+        "webhook_sender": "loop",
     }
     values.update(overrides)
     return Settings(**values)
@@ -213,7 +216,7 @@ async def serve_in_process(
         config.ws = ws
     server = ParleyServer(config, app)
     task = asyncio.create_task(server.serve(sockets=[sock]))
-    async with asyncio.timeout(20):
+    async with asyncio.timeout(60):  # a sender's process starts in 1 s, 20 on a busy machine
         while not server.started:
             if task.done():
                 task.result()
@@ -284,7 +287,7 @@ class ServerProcess:
         """Spawn the server and wait until ``/healthz`` answers."""
         self.spawn()
         assert self.process is not None
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60  # with its sender's process (as above)
         async with httpx.AsyncClient() as http:
             while time.monotonic() < deadline:
                 if self.process.poll() is not None:
@@ -308,6 +311,28 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(5)
+
+
+def sender_processes(parent: int) -> list[int]:
+    """The live webhook sender processes whose parent is ``parent`` (read from /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and process_running(int(entry.name), parent):
+            with contextlib.suppress(OSError):
+                if b"sender_child" in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+    return found
+
+
+def process_running(pid: int, parent: int | None = None) -> bool:
+    """Whether ``pid`` runs (a zombie, dead but not yet reaped, does not), and is a child
+    of ``parent`` if given."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    state, ppid = stat.rsplit(")", 1)[1].split()[:2]
+    return state != "Z" and (parent is None or int(ppid) == parent)
 
 
 @pytest.fixture

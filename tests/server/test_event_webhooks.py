@@ -28,6 +28,8 @@ from tests.conftest import (
     ServerProcess,
     free_port,
     make_settings,
+    process_running,
+    sender_processes,
     serve_asgi,
     serve_in_process,
     sqlite_url,
@@ -151,13 +153,14 @@ async def busy_session(server: RunningServer, prompts: int) -> str:
     return sid
 
 
-@pytest.mark.parametrize("own_thread", [False, True], ids=["on-loop", "own-thread"])
+@pytest.mark.parametrize("sender", ["loop", "process"])
 async def test_deliveries_are_signed_and_in_order_per_session(
-    database_url: str, tmp_path: Path, own_thread: bool
+    database_url: str, tmp_path: Path, sender: str
 ) -> None:
-    settings = make_settings(
-        database_url, tmp_path / "data", webhook_sender_thread=own_thread, **FAST
-    )
+    # The sender looks for deliveries only when a commit wakes it (or one of its own
+    # attempts ends): every delivery below arrives long before its first poll.
+    woken = {**FAST, "webhook_poll_s": 3600.0}
+    settings = make_settings(database_url, tmp_path / "data", webhook_sender=sender, **woken)
     async with receiving() as receiver, serve_in_process(settings) as server:
         hook = await subscribe(server.http, receiver.url)
         one, two = await asyncio.gather(busy_session(server, 3), busy_session(server, 2))
@@ -364,13 +367,20 @@ async def test_kill_9_while_deliveries_are_pending_loses_none(
     async with receiving(Receiver(failing=True)) as receiver:
         process = ServerProcess(database_url, tmp_path / "data", free_port(), **env)
         server_processes.append(process)
-        await process.start()
+        await process.start()  # the default: its sender in a process of its own
+        assert process.process is not None
+        (sender,) = sender_processes(process.process.pid)
         headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
         async with httpx.AsyncClient(base_url=process.base_url, headers=headers) as http:
             hook = await subscribe(http, receiver.url, events=["session.created"])
             made = [(await http.post("/api/v1/sessions", json={"title": "t"})) for _ in range(5)]
             sids = [m.json()["id"] for m in made]
         process.kill()
+
+        async def sender_gone() -> bool:  # its stdin closed with the server: no orphan
+            return not process_running(sender)
+
+        await until(sender_gone, "the sender's process to end with its server")
         receiver.failing = False
         await process.start()
         async with httpx.AsyncClient(base_url=process.base_url, headers=headers) as http:

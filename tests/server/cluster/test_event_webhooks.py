@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import ADMIN_KEY
+from tests.conftest import ADMIN_KEY, sender_processes
 from tests.server.cluster.nodes import cluster
 from tests.server.test_event_webhooks import (
     all_recorded,
@@ -24,13 +24,12 @@ pytestmark = pytest.mark.postgres
 
 
 async def test_each_delivery_goes_out_once_across_nodes(tmp_path: Path) -> None:
-    # The senders in threads of their own (on the loop: tests/server/test_event_webhooks.py).
-    env = {
-        "PARLEY_WEBHOOK_ALLOW_PRIVATE": "true",
-        "PARLEY_WEBHOOK_POLL_S": "0.05",
-        "PARLEY_WEBHOOK_SENDER_THREAD": "true",
-    }
+    # Each node's sender in a process of its own, the default of 'parley serve' (on the
+    # loop: tests/server/test_event_webhooks.py).
+    env = {"PARLEY_WEBHOOK_ALLOW_PRIVATE": "true", "PARLEY_WEBHOOK_POLL_S": "0.05"}
     async with receiving() as receiver, cluster(tmp_path, 2, **env) as nodes:
+        for node in nodes.nodes:
+            assert node.process is not None and len(sender_processes(node.process.pid)) == 1
         hook = await subscribe(nodes.http, receiver.url, events=["session.created", "member.added"])
         headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
         clients = [
