@@ -176,6 +176,11 @@ class TranscriptEntryOut(Strict):
     answers: list[str]
     started_at: int | None
     tool: str | None = Field(description="On a tool step: the tool it ran")
+    source: str | None = Field(
+        None,
+        description="On a message a member shared back from a private side-thread: "
+        "``private_thread``",
+    )
 
 
 class TranscriptOut(Strict):

@@ -82,7 +82,7 @@ class RunSteps:
             await room.record(write, effects, event.now_ms)
         if effects.begin is None or scope is None:
             return None
-        self.active = ActiveRun(effects.begin.run, ReplyState(event.reply_id), scope)
+        self.active = ActiveRun(effects.begin.run, ReplyState(event.reply_id), scope, self)
         return self.active
 
     def end(self, active: ActiveRun) -> None:
