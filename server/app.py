@@ -31,6 +31,7 @@ from parley.server.http import (
     prompts,
     sessions,
     sse,
+    threads,
     usage,
     webhooks,
 )
@@ -168,6 +169,7 @@ def create_app(
         + events.OPERATIONS
         + access.OPERATIONS
         + prompts.OPERATIONS
+        + threads.OPERATIONS
         + webhooks.OPERATIONS
     )
     spec = openapi_document(operations, title="Parley admin API", version=version())
