@@ -2,6 +2,7 @@
 // and commands all go through one `ParleySession`.
 import { ParleyError, connect } from '@parley/client'
 import './style.css'
+import { mountSideThread } from './sidethread.js'
 
 const $ = (id) => /** @type {HTMLElement} */ (document.getElementById(id))
 
@@ -202,6 +203,7 @@ function start ({ token, sessionId, me, role }) {
     setTyping(false)
   }
   $('composer').addEventListener('submit', (event) => { event.preventDefault(); submit('prompt') })
+  mountSideThread({ session, composer: text, showError }) // "Ask privately" and its panel
   messageBtn.addEventListener('click', () => submit('message'))
   text.addEventListener('keydown', (event) => {
     if (event.key === 'Enter' && (event.ctrlKey || event.metaKey)) {
