@@ -30,6 +30,7 @@ def upgrade() -> None:
         sa.Column("anchor_seq", sa.BigInteger, nullable=False),
         sa.Column("title", sa.String(200), nullable=False),
         sa.Column("status", sa.String(16), nullable=False),
+        sa.Column("command_id", sa.String(128), nullable=False),
         sa.Column("created_at", sa.BigInteger, nullable=False),
     )
     op.create_index("ix_side_threads_session_id", "side_threads", ["session_id"])
@@ -56,6 +57,7 @@ def upgrade() -> None:
         sa.Column("reason_code", sa.String(32), nullable=True),
         sa.Column("restriction", sa.Text, nullable=False),
         sa.Column("summarise", sa.Boolean, nullable=False),
+        sa.Column("command_id", sa.String(128), nullable=False),
         sa.Column("created_at", sa.BigInteger, nullable=False),
     )
     op.create_index("ix_side_thread_turns_thread_id", "side_thread_turns", ["thread_id"])

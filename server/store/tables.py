@@ -319,6 +319,7 @@ side_threads = Table(
     Column("anchor_seq", BigInteger, nullable=False),
     Column("title", String(200), nullable=False),
     Column("status", String(16), nullable=False),
+    Column("command_id", String(128), nullable=False),
     Column("created_at", BigInteger, nullable=False),
 )
 Index("ix_side_threads_session_id", side_threads.c.session_id)
@@ -339,6 +340,7 @@ side_thread_turns = Table(
     Column("reason_code", String(32), nullable=True),
     Column("restriction", Text, nullable=False),  # JSON list of readers
     Column("summarise", Boolean, nullable=False),
+    Column("command_id", String(128), nullable=False),
     Column("created_at", BigInteger, nullable=False),
 )
 Index("ix_side_thread_turns_thread_id", side_thread_turns.c.thread_id)

@@ -22,6 +22,7 @@ async def insert_thread(connection: AsyncConnection, session_id: str, thread: Si
             anchor_seq=thread.anchor_seq,
             title=thread.title,
             status=thread.status,
+            command_id=thread.command_id,
             created_at=thread.created_at,
         )
     )
@@ -63,6 +64,7 @@ async def insert_turn(connection: AsyncConnection, session_id: str, turn: Thread
             reason_code=turn.reason_code,
             restriction=json.dumps(restriction_to_json(turn.restriction)),
             summarise=turn.summarise,
+            command_id=turn.command_id,
             created_at=turn.created_at,
         )
     )
@@ -105,6 +107,7 @@ async def load_threads(connection: AsyncConnection, session_id: str) -> list[Sid
                 restriction=restriction_from_json(json.loads(row.restriction)),
                 reason_code=row.reason_code,
                 summarise=bool(row.summarise),
+                command_id=row.command_id,
             )
         )
     return [
@@ -116,6 +119,7 @@ async def load_threads(connection: AsyncConnection, session_id: str) -> list[Sid
             status=row.status,
             created_at=row.created_at,
             turns=tuple(turns.get(row.id, ())),
+            command_id=row.command_id,
         )
         for row in threads
     ]

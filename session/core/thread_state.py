@@ -37,6 +37,7 @@ class ThreadTurn:
     restriction: Restriction = ()
     reason_code: str | None = None
     summarise: bool = False
+    command_id: str = ""  # of the command that stored a prompt: a resent one is not run again
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +49,7 @@ class SideThread:
     status: str
     created_at: int
     turns: tuple[ThreadTurn, ...] = ()
+    command_id: str = ""  # of the command that opened it: a resent one opens no other
 
     @property
     def running(self) -> bool:

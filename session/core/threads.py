@@ -105,7 +105,19 @@ def _may_prompt(view: SessionView, actor: str) -> None:
         raise Forbidden(refusal)
 
 
+def _opened(thread: SideThread) -> Ack:
+    return Ack(None, (("thread_id", thread.id), ("anchor_seq", str(thread.anchor_seq))))
+
+
+def _asked(thread: SideThread, prompt: ThreadTurn) -> Ack:
+    reply_id = f"{prompt.id}-reply"
+    return Ack(None, (("thread_id", thread.id), ("turn_id", prompt.id), ("reply_id", reply_id)))
+
+
 def _open(view: SessionView, event: CommandEvent, command: ThreadOpenCommand) -> Effects:
+    for thread in view.threads.values():  # resent (say after a reconnect): its first ack
+        if thread.owner == event.actor and thread.command_id == command.id:
+            return Effects(ack=_opened(thread))
     _may_prompt(view, event.actor)
     limits = view.thread_limits
     owned = sum(1 for t in view.threads.values() if t.owner == event.actor)
@@ -116,9 +128,17 @@ def _open(view: SessionView, event: CommandEvent, command: ThreadOpenCommand) ->
         if not view.doc.has_entry(command.anchor):
             raise NotFound(f"no entry {command.anchor!r} in this session")
         anchor_seq = view.doc.entry(command.anchor).seq
-    thread = SideThread(event.new_id, event.actor, anchor_seq, command.title, OPEN, event.now_ms)
+    thread = SideThread(
+        event.new_id,
+        event.actor,
+        anchor_seq,
+        command.title,
+        OPEN,
+        event.now_ms,
+        command_id=command.id,
+    )
     return Effects(
-        ack=Ack(None, (("thread_id", thread.id), ("anchor_seq", str(anchor_seq)))),
+        ack=_opened(thread),
         thread=OpenThread(thread),
         audit=(_audit(event, "open", thread_id=thread.id, anchor_seq=anchor_seq),),
     )
@@ -127,6 +147,9 @@ def _open(view: SessionView, event: CommandEvent, command: ThreadOpenCommand) ->
 def _prompt(
     view: SessionView, event: CommandEvent, command: ThreadPromptCommand, thread: SideThread
 ) -> Effects:
+    for turn in thread.turns:  # resent (say after a reconnect): its first ack, no second run
+        if turn.kind == "prompt" and turn.command_id == command.id:
+            return Effects(ack=_asked(thread, turn))
     if not view.accepting_prompts:
         raise Unavailable("the server is shutting down; send it again after reconnecting")
     _may_prompt(view, event.actor)
@@ -153,11 +176,12 @@ def _prompt(
         status=RUNNING,
         created_at=event.now_ms,
         summarise=command.summarise,
+        command_id=command.id,
     )
-    reply_id = f"{event.new_id}-reply"
-    ids = (("thread_id", thread.id), ("turn_id", prompt.id), ("reply_id", reply_id))
+    ack = _asked(thread, prompt)
+    reply_id = dict(ack.ids)["reply_id"]
     return Effects(
-        ack=Ack(None, ids),
+        ack=ack,
         thread_turns=(prompt,),
         thread_run=BeginThreadRun(thread.id, prompt.id, reply_id, event.actor),
     )

@@ -313,3 +313,19 @@ def test_thread_commands_parse() -> None:
     assert parse_command(close, Limits()) == ThreadCloseCommand("a", "t", delete=True)
     summarise = '{"type": "thread_summarise", "id": "a", "thread_id": "t"}'
     assert parse_command(summarise, Limits()) == ThreadPromptCommand("a", "t", "", summarise=True)
+
+
+def test_a_resent_open_or_prompt_gets_its_first_ack_and_changes_nothing() -> None:
+    t = Threads()
+    first = t.ok("bob", ThreadOpenCommand("o", None, "t"))
+    again = t.ok("bob", ThreadOpenCommand("o", None, "t"))
+    assert again.ack == first.ack and again.thread is None and len(t.threads) == 1
+    assert first.ack is not None
+    thread_id = dict(first.ack.ids)["thread_id"]
+    asked = t.ok("bob", ThreadPromptCommand("p", thread_id, "q"))
+    resent = t.ok("bob", ThreadPromptCommand("p", thread_id, "q"))
+    assert resent.ack == asked.ack
+    assert resent.thread_turns == () and resent.thread_run is None
+    t.answer(thread_id)
+    assert t.ok("bob", ThreadPromptCommand("p", thread_id, "q")).ack == asked.ack
+    assert len(t.threads[thread_id].turns) == 2

@@ -14,6 +14,7 @@ from parley.server.store.access import DocumentRow
 from parley.server.store.memory import MemoryStore
 from parley.session.core import SideThread
 from parley.session.lifecycle import PromptStatus
+from parley.session.quota import Quotas
 from parley.session.thread_commands import (
     ThreadCloseCommand,
     ThreadOpenCommand,
@@ -320,3 +321,16 @@ async def test_deleting_a_thread_removes_it_and_tells_only_its_owner() -> None:
         told = [json.loads(f) for f in bob.frames if isinstance(f, str)]
         assert {"type": "thread_deleted", "thread_id": thread_id} in told
         assert thread_id not in frames_text(alice)
+
+
+async def test_the_members_daily_quota_holds_in_their_side_threads() -> None:
+    model = FakeModel(answer_with)
+    async with memory_session({"bob": "editor"}, model) as s:
+        await s.store.set_quotas(SESSION, Quotas(user_tokens_per_day=100))
+        thread_id = await open_thread(s, "bob")
+        await ask(s, "bob", thread_id, "first")  # the fake model reports 110 tokens used
+        assert (await answered(s, thread_id)).turns[-1].status == "done"
+        await ask(s, "bob", thread_id, "second")
+        prompt = (await answered(s, thread_id)).turns[-2]
+        assert (prompt.kind, prompt.reason_code) == ("prompt", "quota_exceeded")
+        assert len(model.requests) == 1  # no model call without the quota

@@ -224,9 +224,9 @@ async def test_side_threads_and_their_turns(store: Any) -> None:
     await store.create_session("a", "t", "queue", 0)
     await store.create_session("b", "t", "queue", 0)
     readers = (Readers("d1", frozenset({"ann"}), frozenset()),)
-    thread = SideThread("t1", "ann", 3, "check", "open", 5)
+    thread = SideThread("t1", "ann", 3, "check", "open", 5, command_id="c1")
     prompt = ThreadTurn("p1", "t1", 0, "prompt", "ann", "is it?", "running", 6)
-    reply = ThreadTurn("r1", "t1", 1, "reply", "m", "it is", "done", 7, readers, None, True)
+    reply = ThreadTurn("r1", "t1", 1, "reply", "m", "it is", "done", 7, readers, None, True, "c2")
     async with store.transaction() as tx:
         await tx.insert_thread("a", thread)
         await tx.insert_thread("a", SideThread("t2", "bob", 0, "", "open", 8))
