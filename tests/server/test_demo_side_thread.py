@@ -65,6 +65,7 @@ async def test_ask_privately_then_share_to_session(tmp_path: Path) -> None:
             for page in (alice, bob):
                 await page.wait_for_selector(posted)
             assert await alice.locator("#transcript li.entry").count() == 1
+            await alice.wait_for_selector(f"{posted}[data-source=private_thread]")
             assert await alice.is_hidden("#side-thread")
             assert MARKER not in await alice.content()
             assert MARKER in await bob.inner_text("#side-thread-turns")
