@@ -433,10 +433,9 @@ class ThreadOpened(Strict):
     anchor_seq: int = Field(description="The session's entries up to this seq are its context")
 
 
-class ThreadSharePost(Strict):
-    text: str | None = Field(None, min_length=1, description="What to post (an edited summary)")
-    turn_ids: list[str] | None = Field(
-        None, min_length=1, max_length=50, description="Or: replies of the thread to post"
+class ThreadPickPost(Strict):
+    turn_ids: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(
+        min_length=1, max_length=50, description="Finished replies of the side-thread to post"
     )
     id: CommandId | None = None
     as_user: AsUser = None

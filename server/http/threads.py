@@ -10,6 +10,8 @@ their own side-threads only; another's is ``not_found``. The admin key reads any
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from parley.authz.roles import Capability
 from parley.server.http.models import (
     CancelPost,
@@ -18,9 +20,9 @@ from parley.server.http.models import (
     ThreadListOut,
     ThreadOpened,
     ThreadOut,
+    ThreadPickPost,
     ThreadPost,
     ThreadRunAccepted,
-    ThreadSharePost,
 )
 from parley.server.http.prompts import COMMAND_ERRORS, command_id, send
 from parley.server.http.rest import Caller, Operation
@@ -98,23 +100,33 @@ async def summarise_thread(
     return await _run(state, session_id, caller, body.as_user, command)
 
 
-async def share_thread(
-    state: AppState, session_id: str, thread_id: str, body: ThreadSharePost, caller: Caller
+async def _share(
+    state: AppState,
+    session_id: str,
+    caller: Caller,
+    as_user: str | None,
+    command: Mapping[str, object],
 ) -> MessagePosted:
-    """Post ``text`` or the picked replies into the session as the member's message,
-    marked as from a private thread (``restricted_share`` if it draws on what not every
-    member may read, under ``restricted_replies: private``)."""
-    command: dict[str, object] = {
-        "type": "thread_share",
-        "id": command_id(body.id),
-        "thread_id": thread_id,
-    }
-    if body.text is not None:
-        command["text"] = body.text
-    if body.turn_ids is not None:
-        command["turn_ids"] = body.turn_ids
-    ack = await send(state, session_id, caller, body.as_user, command)
+    ack = await send(state, session_id, caller, as_user, {"type": "thread_share", **command})
     return MessagePosted(message_id=str(ack["message_id"]), seq=int(ack["seq"]))
+
+
+async def share_thread(
+    state: AppState, session_id: str, thread_id: str, body: EntryPost, caller: Caller
+) -> MessagePosted:
+    """Post ``text`` (say, the edited draft) into the session as the member's message,
+    marked as from a private thread (``restricted_share`` if the side-thread drew on what
+    not every member may read, under ``restricted_replies: private``)."""
+    command = {"id": command_id(body.id), "thread_id": thread_id, "text": body.text}
+    return await _share(state, session_id, caller, body.as_user, command)
+
+
+async def share_replies(
+    state: AppState, session_id: str, thread_id: str, body: ThreadPickPost, caller: Caller
+) -> MessagePosted:
+    """Post the picked replies of the side-thread, as ``share`` does."""
+    command = {"id": command_id(body.id), "thread_id": thread_id, "turn_ids": body.turn_ids}
+    return await _share(state, session_id, caller, body.as_user, command)
 
 
 async def close_thread(
@@ -128,9 +140,16 @@ async def close_thread(
 
 
 async def delete_thread(state: AppState, session_id: str, thread_id: str, caller: Caller) -> None:
-    """Delete a side-thread and its turns (a run in it stops)."""
+    """Delete a side-thread and its turns (a run in it stops). The admin key deletes any
+    member's, sent as its owner (audited as such)."""
+    owner = None
+    if caller.user_id is None:
+        threads = await _threads(state, session_id, caller)
+        owner = next((t.owner for t in threads if t.id == thread_id), None)
+        if owner is None:
+            raise NotFound(f"no side-thread {thread_id!r} in this session")
     command = {"type": "thread_delete", "id": command_id(None), "thread_id": thread_id}
-    await send(state, session_id, caller, None, command)
+    await send(state, session_id, caller, owner, command)
 
 
 THREAD = "/api/v1/sessions/{session_id}/threads/{thread_id}"
@@ -196,10 +215,22 @@ OPERATIONS: list[Operation] = [
         "POST",
         THREAD + "/share",
         share_thread,
-        "Post text or picked replies of the side-thread into the session as your message",
+        "Post text (say, the edited draft summary) into the session as your message",
         capability=Capability.READ_SESSION,
         with_caller=True,
-        body=ThreadSharePost,
+        body=EntryPost,
+        response=MessagePosted,
+        status=202,
+        errors=(*COMMAND_ERRORS, 403),
+    ),
+    Operation(
+        "POST",
+        THREAD + "/share-replies",
+        share_replies,
+        "Post picked replies of the side-thread into the session as your message",
+        capability=Capability.READ_SESSION,
+        with_caller=True,
+        body=ThreadPickPost,
         response=MessagePosted,
         status=202,
         errors=(*COMMAND_ERRORS, 403),
@@ -219,11 +250,10 @@ OPERATIONS: list[Operation] = [
         "DELETE",
         THREAD,
         delete_thread,
-        "Delete a side-thread and its turns (the member's client token: the admin key "
-        "does not act for a member here)",
+        "Delete a side-thread and its turns (the admin key: any member's)",
         capability=Capability.READ_SESSION,
         with_caller=True,
         status=204,
-        errors=(*COMMAND_ERRORS, 422),
+        errors=COMMAND_ERRORS,
     ),
 ]

@@ -90,7 +90,7 @@ async def test_every_operation_honours_its_documented_contract(
     assert not unexercised, f"no success path reached for {unexercised}"
 
 
-async def _seed(server: RunningServer) -> dict[str, str]:
+async def _seed(server: RunningServer) -> dict[str, Any]:
     """A session with members and a settled prompt and reply, for the success paths."""
     hook = await server.http.post(
         "/api/v1/webhooks", json={"url": "http://127.0.0.1:9/", "events": ["session.created"]}
@@ -127,6 +127,27 @@ async def _seed(server: RunningServer) -> dict[str, str]:
     assert role.status_code == 200, role.text
     token = await server.http.post(f"/api/v1/sessions/{sid}/tokens", json={"user_id": "bob"})
     assert token.status_code == 201, token.text
+    # A side-thread of alice's with an answered turn, for the thread routes.
+    # Anchored before the restricted reply, so what it shares may reach every member.
+    opened = await alice.command(
+        {"type": "thread_open", "id": "t", "title": "mine", "anchor": ack["prompt_id"]}
+    )
+    thread_id = opened["thread_id"]
+    asked = {"type": "thread_prompt", "id": "tp", "thread_id": thread_id, "text": "hello"}
+    assert (await alice.command(asked))["type"] == "ack"
+    await alice.wait_until(
+        lambda c: any(
+            f.get("type") == "thread"
+            and len(f["thread"]["turns"]) == 2
+            and not f["thread"]["running"]
+            for f in c.unsolicited
+        )
+    )
+    thread_reply = next(
+        f["thread"]["turns"][1]["id"]
+        for f in alice.unsolicited
+        if f.get("type") == "thread" and len(f["thread"]["turns"]) == 2
+    )
     # A prompt that runs until it is cancelled: the one the cancel route finds.
     held = await alice.command({"type": "prompt", "id": "h", "text": "[wait] hold on"})
     running = {"id": held["prompt_id"], "status": "running"}
@@ -146,11 +167,13 @@ async def _seed(server: RunningServer) -> dict[str, str]:
         "role": "editor",
         "name": "support",
         "jti": token.json()["jti"],
+        "thread_id": thread_id,
+        "turn_ids": [thread_reply],
     }
 
 
 def _exercise(
-    schema: BaseSchema, document: dict[str, Any], base_url: str, real: dict[str, str]
+    schema: BaseSchema, document: dict[str, Any], base_url: str, real: dict[str, Any]
 ) -> dict[str, Counter[int]]:
     statuses: dict[str, Counter[int]] = {}
     with requests.Session() as http:
@@ -177,7 +200,7 @@ def _run_operation(
     mode: GenerationMode,
     http: requests.Session,
     base_url: str,
-    real: dict[str, str],
+    real: dict[str, Any],
     seen: Counter[int],
 ) -> None:
     @hypothesis.seed(SEED)
@@ -201,7 +224,7 @@ def _run_operation(
     check()
 
 
-def _point_at_real_resources(case: Case[Any], real: dict[str, str]) -> None:
+def _point_at_real_resources(case: Case[Any], real: dict[str, Any]) -> None:
     for where in (case.path_parameters, case.query, case.body):
         if isinstance(where, dict):
             for name in real.keys() & where.keys():
