@@ -107,6 +107,8 @@ async def _seed(server: RunningServer) -> dict[str, Any]:
         },
     )
     assert document.status_code == 201, document.text
+    # Before anything restricted: a side-thread anchored here may share with everyone.
+    before = await alice.command({"type": "message", "id": "m0", "text": "good morning"})
     ack = await alice.command({"type": "prompt", "id": "p", "text": "search the vault"})
     assert ack["type"] == "ack", ack
     await alice.command({"type": "message", "id": "m", "text": "and a message"})
@@ -130,7 +132,7 @@ async def _seed(server: RunningServer) -> dict[str, Any]:
     # A side-thread of alice's with an answered turn, for the thread routes.
     # Anchored before the restricted reply, so what it shares may reach every member.
     opened = await alice.command(
-        {"type": "thread_open", "id": "t", "title": "mine", "anchor": ack["prompt_id"]}
+        {"type": "thread_open", "id": "t", "title": "mine", "anchor": before["message_id"]}
     )
     thread_id = opened["thread_id"]
     asked = {"type": "thread_prompt", "id": "tp", "thread_id": thread_id, "text": "hello"}
