@@ -32,6 +32,7 @@ from parley.server.http import (
     prompts,
     sessions,
     sse,
+    threads,
     usage,
     webhooks,
 )
@@ -159,6 +160,7 @@ API_OPERATIONS = (
     + events.OPERATIONS
     + access.OPERATIONS
     + prompts.OPERATIONS
+    + threads.OPERATIONS
     + webhooks.OPERATIONS
 )
 

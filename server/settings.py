@@ -97,6 +97,19 @@ class Settings(BaseSettings):
     max_pending_per_user: int = 5
     max_pending_per_session: int = 100
     max_prompts_per_run: int = Field(default=20, ge=1, description="coalesce: prompts per call")
+    # Private side-threads
+    max_threads_per_member: int = Field(
+        default=20, ge=1, le=1000, description="Side-threads a member may keep in one session"
+    )
+    max_thread_turns: int = Field(
+        default=200,
+        ge=2,
+        le=10_000,
+        description="Turns (prompts, replies, tool steps) per side-thread",
+    )
+    max_thread_runs_per_session: int = Field(
+        default=4, ge=1, le=100, description="Side-thread replies written at once in one session"
+    )
     stream_interval_ms: float = Field(
         default=15.0,
         ge=0,

@@ -6,6 +6,7 @@
     {"type": "set_policy", "id": "<client id>", "policy": "queue"|"coalesce"|"interrupt"|"reject"}
     {"type": "pin" | "unpin", "id": "<client id>", "entry_id": "…"}  keep a message in every input
     {"type": "set_fact", "id": "<client id>", "key": "…", "value": "…" | null}
+    {"type": "thread_open" | "thread_prompt" | …}   side-threads (``session.thread_commands``)
 
 Every command gets exactly one reply: ``ack`` or ``error`` (see ``ack`` / ``error_reply``).
 """
@@ -20,6 +21,7 @@ from typing import Any
 from parley.session.attribution import has_line_break
 from parley.session.errors import InvalidInput, ParleyError, TooLarge, UnknownCommand
 from parley.session.queue import Policy
+from parley.session.thread_commands import THREAD_TYPES, ThreadCommand, parse_thread_command
 
 MAX_COMMAND_ID_CHARS = 128
 
@@ -68,7 +70,15 @@ class FactCommand:
     value: str | None  # None removes the fact
 
 
-Command = PromptCommand | MessageCommand | CancelCommand | PolicyCommand | PinCommand | FactCommand
+Command = (
+    PromptCommand
+    | MessageCommand
+    | CancelCommand
+    | PolicyCommand
+    | PinCommand
+    | FactCommand
+    | ThreadCommand
+)
 
 FACT_KEY = re.compile(r"[A-Za-z0-9_.:-]{1,100}")
 MAX_FACT_CHARS = 2000
@@ -198,6 +208,8 @@ def _parse(data: dict[str, Any], limits: Limits) -> Command:
         if not isinstance(policy, str) or policy not in {p.value for p in Policy}:
             raise InvalidInput(f"'policy' must be one of {', '.join(p.value for p in Policy)}")
         return PolicyCommand(id=command_id, policy=Policy(policy))
+    if isinstance(kind, str) and kind in THREAD_TYPES:
+        return parse_thread_command(kind, command_id, data, limits.max_text_chars)
     raise UnknownCommand(f"unknown command type {kind!r}")
 
 

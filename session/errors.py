@@ -13,11 +13,15 @@ a socket is closed with when this error ends it (-: it never ends one).
     │   └── CommandError (commands)         the code and status of the error it wraps
     ├── Unauthenticated                     unauthenticated  401   4401
     ├── Forbidden                           forbidden        403   4403
+    │   └── RestrictedShare                 restricted_share 403   -
     ├── NotFound                            not_found        404   4404
     ├── Conflict                            conflict         409   -
     │   ├── Busy                            busy             409   -
     │   ├── QueueFull                       queue_full       429   -
     │   ├── DuplicateCommand                conflict         409   -
+    │   ├── ThreadClosed                    thread_closed    409   -
+    │   ├── ThreadLimit                     thread_limit     429   -
+    │   ├── ThreadRunsBusy                  thread_runs_busy 429   -
     │   └── IllegalTransition (lifecycle)   conflict         409   -
     ├── RateLimited                         rate_limited     429   4429
     │   ├── QuotaExceeded                   quota_exceeded   429   -
@@ -58,6 +62,10 @@ class ErrorCode(StrEnum):
     NOT_FOUND = "not_found"
     CONFLICT = "conflict"
     BUSY = "busy"
+    THREAD_CLOSED = "thread_closed"
+    THREAD_LIMIT = "thread_limit"
+    THREAD_RUNS_BUSY = "thread_runs_busy"
+    RESTRICTED_SHARE = "restricted_share"
     QUEUE_FULL = "queue_full"
     RATE_LIMITED = "rate_limited"
     UNAVAILABLE = "unavailable"
@@ -127,7 +135,15 @@ class Unauthenticated(ParleyError):
 class Forbidden(ParleyError):
     code = ErrorCode.FORBIDDEN
     http_status = 403
-    close_code = CloseCode.FORBIDDEN
+    close_code: CloseCode | None = CloseCode.FORBIDDEN
+
+
+class RestrictedShare(Forbidden):
+    """What a member would share from a side-thread draws on material not every member
+    may read, and the session's ``restricted_replies`` policy is ``private``."""
+
+    code = ErrorCode.RESTRICTED_SHARE
+    close_code = None  # the share is refused; the socket stays
 
 
 class NotFound(ParleyError):
@@ -147,6 +163,26 @@ class Busy(Conflict):
 
 class QueueFull(Conflict):
     code = ErrorCode.QUEUE_FULL
+    http_status = 429
+
+
+class ThreadClosed(Conflict):
+    """A side-thread that was closed takes no more prompts."""
+
+    code = ErrorCode.THREAD_CLOSED
+
+
+class ThreadLimit(Conflict):
+    """A member's side-threads, or a side-thread's turns, reached their limit."""
+
+    code = ErrorCode.THREAD_LIMIT
+    http_status = 429
+
+
+class ThreadRunsBusy(Conflict):
+    """As many side-thread runs as the session allows at once are under way."""
+
+    code = ErrorCode.THREAD_RUNS_BUSY
     http_status = 429
 
 

@@ -75,6 +75,7 @@ class Entry:
     answers: tuple[str, ...] = ()
     started_at: int | None = None
     tool: str | None = None
+    source: str | None = None  # ``private_thread``: a message shared back from a side-thread
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -93,6 +94,7 @@ class Entry:
             "answers": list(self.answers),
             "started_at": self.started_at,
             "tool": self.tool,
+            "source": self.source,
         }
 
 
@@ -243,7 +245,18 @@ class SessionDocument:
             )
 
     @_mutator
-    def add_message(self, *, id: str, seq: int, author: str, text: str, created_at: int) -> None:
+    def add_message(
+        self,
+        *,
+        id: str,
+        seq: int,
+        author: str,
+        text: str,
+        created_at: int,
+        source: str | None = None,
+    ) -> None:
+        """Append a message; ``source`` ``private_thread``: shared back from a side-thread."""
+        extra = {} if source is None else {"source": source}
         with self.doc.transaction():
             self._append(
                 id=id,
@@ -254,6 +267,7 @@ class SessionDocument:
                 status=MESSAGE_STATUS,
                 text=text,
                 created_at=created_at,
+                **extra,
             )
 
     @_mutator
@@ -488,6 +502,7 @@ def read_entry(entry: Map[Any]) -> Entry:
         answers=tuple(str(a) for a in entry.get("answers") or ()),
         started_at=None if entry.get("started_at") is None else int(entry["started_at"]),
         tool=optional("tool"),
+        source=optional("source"),
     )
 
 

@@ -20,6 +20,7 @@ import { mountTranscript } from './transcript.js'
 import { peopleDirectory } from './people.js'
 import { restClient, sessionPath } from './rest.js'
 import { $, el, setText } from './util.js'
+import { mountSideThread } from './sidethread.js'
 
 export { tokenClaims }
 
@@ -100,6 +101,7 @@ function start ({ token, sessionId, me }) {
   window.parleyDemo = app.api
 
   const renders = PANELS.map((mount) => mount(app))
+  mountSideThread({ session, composer: $('composer-text'), showError }) // "Ask privately" and its panel
 
   function renderAll () {
     renderMeta()

@@ -42,7 +42,7 @@ def _actor(caller: Caller, as_user: str | None) -> str:
     return caller.user_id
 
 
-async def _send(
+async def send(
     state: AppState, session_id: str, caller: Caller, as_user: str | None, command: dict[str, Any]
 ) -> dict[str, Any]:
     """Send ``command`` through the one door; returns its ack, or raises its error."""
@@ -61,7 +61,7 @@ async def _send(
     return reply
 
 
-def _command_id(given: str | None) -> str:
+def command_id(given: str | None) -> str:
     return given if given is not None else f"http-{secrets.token_hex(12)}"
 
 
@@ -96,8 +96,8 @@ async def post_prompt(
     state: AppState, session_id: str, body: EntryPost, caller: Caller
 ) -> PromptAccepted:
     """Ask the model, as a member: the prompt waits its turn in the session's queue."""
-    command = {"type": "prompt", "id": _command_id(body.id), "text": body.text}
-    ack = await _send(state, session_id, caller, body.as_user, command)
+    command = {"type": "prompt", "id": command_id(body.id), "text": body.text}
+    ack = await send(state, session_id, caller, body.as_user, command)
     prompt_id = str(ack["prompt_id"])
     # Cluster mode: what the running node committed, so a follower answers as it would.
     room = await state.rooms.current(session_id)
@@ -110,8 +110,8 @@ async def post_message(
     state: AppState, session_id: str, body: EntryPost, caller: Caller
 ) -> MessagePosted:
     """Talk to the other members, as a member (the model reads it with the next prompt)."""
-    command = {"type": "message", "id": _command_id(body.id), "text": body.text}
-    ack = await _send(state, session_id, caller, body.as_user, command)
+    command = {"type": "message", "id": command_id(body.id), "text": body.text}
+    ack = await send(state, session_id, caller, body.as_user, command)
     return MessagePosted(message_id=str(ack["message_id"]), seq=int(ack["seq"]))
 
 
@@ -119,8 +119,8 @@ async def cancel_prompt(
     state: AppState, session_id: str, prompt_id: str, body: CancelPost, caller: Caller
 ) -> PromptStatusOut:
     """Cancel a waiting prompt, or stop the run answering it; answers its status after."""
-    command = {"type": "cancel", "id": _command_id(body.id), "prompt_id": prompt_id}
-    await _send(state, session_id, caller, body.as_user, command)
+    command = {"type": "cancel", "id": command_id(body.id), "prompt_id": prompt_id}
+    await send(state, session_id, caller, body.as_user, command)
     return _status(await state.rooms.current(session_id), prompt_id)
 
 

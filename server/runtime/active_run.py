@@ -1,26 +1,48 @@
-"""The run in flight: its scope, its reply's state, and the handle to stop it."""
+"""A run in flight: its scope, its reply's state, where its steps go, and the handle to
+stop it."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
+from parley.authz.policy import Restriction
 from parley.authz.scope import RunScope
-from parley.session.core import ReplyState
+from parley.session.core import AuditRecord, ReplyState
 from parley.session.errors import Unavailable
 from parley.session.queue import Run
 from parley.session.reasons import Ending
 
 
+class RunSink(Protocol):
+    """Where a run's steps go: the session's (``RunSteps``: its shared document) or a
+    side-thread's (``ThreadSteps``: its owner alone)."""
+
+    async def append_reply(self, active: ActiveRun, text: str) -> None: ...
+
+    async def widen(self, active: ActiveRun, restriction: Restriction) -> None: ...
+
+    async def add_tool_step(
+        self, active: ActiveRun, *, tool: str, status: str, detail: str, restriction: Restriction
+    ) -> str: ...
+
+    async def finish(
+        self, active: ActiveRun, ending: Ending | None, audit: Sequence[AuditRecord] = ()
+    ) -> None: ...
+
+
 @dataclass(eq=False)
 class ActiveRun:
-    """The run in flight, and the handle to stop it. ``reply`` is what the core decided of
-    its reply so far (what it inherited, whether it went private); ``text`` its full text."""
+    """A run in flight, and the handle to stop it. ``reply`` is what the core decided of
+    its reply so far (what it inherited, whether it went private); ``text`` its full text;
+    ``steps`` where its steps go."""
 
     run: Run
     reply: ReplyState
     scope: RunScope
+    steps: RunSink
     text: list[str] = field(default_factory=list)
     task: asyncio.Task[Any] | None = None
     # For the audit log: what the run was (issuers, scope, context), each model call, refusals.

@@ -20,6 +20,7 @@ from parley.session.commands import (
 from parley.session.core import CommandEvent
 from parley.session.errors import Conflict, ParleyError
 from parley.session.schema import EntryKind
+from parley.session.thread_commands import ThreadShareCommand
 
 
 async def handle_frame(room: SessionRoom, actor: str, frame: str) -> str:
@@ -55,6 +56,7 @@ async def dispatch(room: SessionRoom, actor: str, command: Command) -> str:
 _STORED = {
     PromptCommand: (EntryKind.PROMPT, "prompt_id"),
     MessageCommand: (EntryKind.MESSAGE, "message_id"),
+    ThreadShareCommand: (EntryKind.MESSAGE, "message_id"),
 }
 
 

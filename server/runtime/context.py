@@ -19,8 +19,9 @@ from parley.server.settings import Settings
 from parley.server.store.access import PrivateItem
 from parley.server.store.port import SessionStore
 from parley.session.context import BuiltContext, ContextBuilder, ContextSettings, WithheldReason
+from parley.session.core import SideThread
 from parley.session.model import Usage
-from parley.session.schema import Entry, SessionDocument
+from parley.session.schema import Entry, EntryKind, SessionDocument
 from parley.session.summary import Summary, SummaryPlan, plan_extension
 
 
@@ -52,6 +53,8 @@ class SessionContext:
         self.private: dict[str, PrivateItem] = {}
         self.summaries: list[Summary] = []
         self._builder = ContextBuilder(self.settings_now())
+        # Side-threads fold apart, so they never push the session's own folds out.
+        self._thread_builder = ContextBuilder(self.settings_now(), max_scopes=4)
 
     async def load(self) -> None:
         """Read the restricted text and the summaries kept beside the document."""
@@ -71,9 +74,16 @@ class SessionContext:
         item = self.private.get(entry_id)
         return () if item is None else item.restriction
 
-    def audit_of(self, built: BuiltContext) -> ContextSeen:
-        """What ``built`` drew on and withheld, and the restriction its reply inherits."""
-        return seen_in_context(built, {i: item.restriction for i, item in self.private.items()})
+    def audit_of(self, built: BuiltContext, thread: SideThread | None = None) -> ContextSeen:
+        """What ``built`` drew on and withheld, and the restriction its reply inherits
+        (of a side-thread's run: with what its earlier turns drew on)."""
+        return seen_in_context(built, self._restrictions(thread))
+
+    def _restrictions(self, thread: SideThread | None) -> dict[str, Restriction]:
+        restrictions = {i: item.restriction for i, item in self.private.items()}
+        if thread is not None:
+            restrictions.update((t.id, t.restriction) for t in thread.turns if t.restriction)
+        return restrictions
 
     def settings_now(self) -> ContextSettings:
         spec = self.settings.model_spec(self._model())
@@ -84,15 +94,22 @@ class SessionContext:
             min_block_lines=self.settings.min_block_lines,
         )
 
-    def build(self, prompt_ids: Sequence[str], scope: RunScope | None = None) -> BuiltContext:
+    def build(
+        self,
+        prompt_ids: Sequence[str],
+        scope: RunScope | None = None,
+        thread: SideThread | None = None,
+    ) -> BuiltContext:
         """What a model call answering ``prompt_ids`` is given (none: the history alone),
         within ``scope``: what its issuers may not read is withheld, what they may read of
         the server-side text replaces its placeholder. No scope: what every member may read
-        (the scope summaries are made in).
+        (the scope summaries are made in). With a side-``thread`` (and its owner's scope):
+        the session up to the thread's anchor, then the thread's turns, as if they were
+        the session's next.
 
         The builder keeps one fold per set of readable private items, so each build folds
         only what changed since the last."""
-        restrictions = {i: item.restriction for i, item in self.private.items()}
+        restrictions = self._restrictions(thread)
         texts = {i: item.text for i, item in self.private.items()}
         withheld: WithheldReason
         if scope is None:
@@ -113,10 +130,17 @@ class SessionContext:
         if self._builder.settings != settings:
             self._builder = ContextBuilder(settings)
         doc = self._doc()
+        builder, entries = self._builder, doc.entries()
+        if thread is not None:
+            if self._thread_builder.settings != settings:
+                self._thread_builder = ContextBuilder(settings, max_scopes=4)
+            builder, scope_key = self._thread_builder, f"thread:{thread.id}:{scope_key}"
+            before = [e for e in entries if e.seq <= thread.anchor_seq]
+            entries = [*before, *thread_entries(thread)]
         started = time.perf_counter()
-        built = self._builder.build(
+        built = builder.build(
             session_id=self.session_id,
-            entries=doc.entries(),
+            entries=entries,
             prompt_ids=prompt_ids,
             facts=doc.facts_with_authors(),
             pins=doc.pinned(),
@@ -161,3 +185,32 @@ class SessionContext:
             now=int(self.clock() * 1000),
         )
         self.summaries.append(summary)
+
+
+_KINDS = {"prompt": EntryKind.PROMPT, "reply": EntryKind.REPLY, "tool": EntryKind.TOOL}
+_ROLES = {"prompt": "user", "reply": "assistant", "tool": "tool"}
+
+
+def thread_entries(thread: SideThread) -> list[Entry]:
+    """A side-thread's turns as transcript entries after its anchor (so the one context
+    builder renders them as it renders the session's own turns)."""
+    entries: list[Entry] = []
+    last_prompt: str | None = None
+    for turn in thread.turns:
+        if turn.kind == "prompt":
+            last_prompt = turn.id
+        entries.append(
+            Entry(
+                id=turn.id,
+                seq=thread.anchor_seq,
+                kind=_KINDS[turn.kind],
+                author=thread.owner if turn.kind == "tool" else turn.author,
+                role=_ROLES[turn.kind],
+                status=turn.status,
+                content=turn.text,
+                created_at=turn.created_at,
+                reply_to=last_prompt if turn.kind == "reply" else None,
+                tool=turn.author if turn.kind == "tool" else None,
+            )
+        )
+    return entries

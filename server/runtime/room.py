@@ -28,6 +28,7 @@ from parley.server.runtime.active_run import ActiveRun
 from parley.server.runtime.context import SessionContext
 from parley.server.runtime.membership import Membership, member_rates
 from parley.server.runtime.run_steps import RunSteps
+from parley.server.runtime.side_threads import SideThreads
 from parley.server.runtime.sockets import SessionSockets
 from parley.server.runtime.stream_feed import ReplyText, StreamFeed
 from parley.server.runtime.writer import DocumentWriter, Write
@@ -49,6 +50,7 @@ from parley.session.core import (
     MemberUpdated,
     Recovered,
     SessionView,
+    ThreadLimits,
     TokenRevoked,
     WaitingPrompt,
     handle,
@@ -143,6 +145,7 @@ class SessionRoom:
         self.awareness.publish = publish_presence
         self.budgets = Budgets(member_rates(settings))
         self.runs = RunSteps(self)
+        self.side_threads = SideThreads(self)
         self.draining = False
         self.closed = False
         self._closing: asyncio.Task[None] | None = None
@@ -187,6 +190,7 @@ class SessionRoom:
         self.last_seq = 0 if row is None else row.last_seq
         self.restricted_replies = restricted_replies
         await self.context.load()
+        await self.side_threads.load()
         await self.membership.refresh()
         if "session_id" not in self.doc.meta:
             async with self.writer.writing():
@@ -199,7 +203,8 @@ class SessionRoom:
         effects = handle(self.view(), recovered)
         assert effects.queue is not None
         self.queue = effects.queue
-        if effects.finish:  # the process died mid-reply: never re-run it (twice), mark it
+        if effects.finish or effects.thread_settle:
+            # The process died mid-reply: never re-run it (twice), mark it.
             await self.step(recovered, recovered.now_ms)
 
     async def reload_settings(self) -> None:
@@ -241,6 +246,13 @@ class SessionRoom:
             accepting_prompts=not self.draining,
             subjects=self.membership.subjects,
             restricted_replies=self.restricted_replies,
+            threads=self.side_threads.threads,
+            thread_limits=ThreadLimits(
+                self.settings.max_threads_per_member,
+                self.settings.max_thread_turns,
+                self.settings.max_thread_runs_per_session,
+                self.settings.max_prompt_chars,
+            ),
         )
 
     async def execute(self, event: CommandEvent) -> Effects:
@@ -299,6 +311,8 @@ class SessionRoom:
             write.after_commit.append(partial(self._keep_private, item))
         if effects.entry is not None:
             write.after_commit.append(partial(setattr, self, "last_seq", effects.entry.seq))
+        if effects.thread is not None or effects.thread_turns or effects.thread_settle:
+            write.after_commit.append(partial(self.side_threads.committed, effects))
         if effects.queue is not None:  # its plan goes into the document; swapped in on commit
             self.doc.set_queue([QueuedItem(p.id, p.seq, p.author) for p in effects.queue.pending()])
             write.after_commit.append(partial(setattr, self, "queue", effects.queue))
@@ -311,6 +325,7 @@ class SessionRoom:
                 await active.wait()
         if effects.wake_runner:
             self.runs.wake()
+        self.side_threads.notify(effects)
 
     def _keep_private(self, item: PrivateItem) -> None:
         """Remember a stored private item and deliver it to who may read it."""

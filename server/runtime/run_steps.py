@@ -90,7 +90,7 @@ class RunSteps:
             await room.record(write, effects, event.now_ms)
         if effects.begin is None or scope is None:
             return None
-        self.active = ActiveRun(effects.begin.run, ReplyState(event.reply_id), scope)
+        self.active = ActiveRun(effects.begin.run, ReplyState(event.reply_id), scope, self)
         return self.active
 
     async def begin_with(self, write: Write, admitted: Effects, now_ms: int) -> None:
@@ -109,7 +109,7 @@ class RunSteps:
             return
         scope = self.scope_for(effects.begin.run.authors)  # the grants as the run starts
         await room.record(write, effects, now_ms)
-        active = ActiveRun(effects.begin.run, ReplyState(event.reply_id), scope)
+        active = ActiveRun(effects.begin.run, ReplyState(event.reply_id), scope, self)
         write.after_commit.append(partial(self._hand_over, active))
 
     def _hand_over(self, active: ActiveRun) -> None:

@@ -14,16 +14,20 @@ import logging
 import time
 from dataclasses import dataclass, replace
 
+from parley.authz.scope import RunScope
 from parley.server.runtime.active_run import ActiveRun
 from parley.server.runtime.deltas import MAX_BATCH_CHARS, Deltas
 from parley.server.runtime.room import SessionRoom
 from parley.server.runtime.summarise import Summariser
 from parley.server.runtime.tools import ToolRunner
 from parley.server.store.usage import UsageLedger
+from parley.session.core import ReplyState
+from parley.session.core.effects import BeginThreadRun
 from parley.session.core.runs import run_audit, run_audit_base, too_large
-from parley.session.errors import ProviderError, QuotaExceeded, Unavailable
+from parley.session.errors import Forbidden, ProviderError, QuotaExceeded, Unavailable
 from parley.session.lifecycle import PromptStatus
 from parley.session.model import ModelProvider, ModelRequest, TextDelta, ToolCall, Usage
+from parley.session.queue import PendingPrompt, Run
 from parley.session.reasons import Ending, ReasonCode
 from parley.session.toolloop import (
     CallModel,
@@ -58,6 +62,7 @@ class SessionRunner:
         self.provider = provider
         self.run_timeout_s = run_timeout_s
         self.task: asyncio.Task[None] | None = None
+        self.thread_tasks: set[asyncio.Task[None]] = set()
         self.summariser = Summariser(room, provider, run_timeout_s)
         self.usage = UsageLedger(room.store, room.clock)
         self.tools = ToolRunner(room.settings, room.access, room.clock)
@@ -68,6 +73,7 @@ class SessionRunner:
     def start(self) -> None:
         self.room.runs.reply_author = self.reply_author
         self.task = asyncio.create_task(self._loop(), name=f"runner:{self.room.session_id}")
+        self.room.side_threads.start_run = self._start_thread_run
 
     def reply_author(self) -> str:
         """The reply is signed by the model that writes it: the session's, or the default."""
@@ -76,10 +82,64 @@ class SessionRunner:
     async def stop(self) -> None:
         self.room.runs.reply_author = None
         await self.summariser.stop()
-        if self.task is not None:
-            self.task.cancel()
+        # A side-thread run cut off here is marked when the session is loaded next.
+        tasks = [t for t in (self.task, *self.thread_tasks) if t is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await self.task
+                await task
+
+    def _start_thread_run(self, begin: BeginThreadRun) -> None:
+        """Side-thread runs go beside the session's queue, each on its own task (the core
+        bounds how many run at once)."""
+        name = f"thread:{self.room.session_id}:{begin.thread_id}"
+        task = asyncio.create_task(self._thread_run(begin), name=name)
+        self.thread_tasks.add(task)
+        task.add_done_callback(self.thread_tasks.discard)
+
+    async def _thread_run(self, begin: BeginThreadRun) -> None:
+        """Answer a side-thread prompt: the session up to its anchor and the thread's
+        turns, in its owner's scope as of now; streamed to the owner alone; settled, with
+        its audit, through the core."""
+        room = self.room
+        threads = room.side_threads
+        steps = threads.steps(begin)
+        steps.author = room.model or self.provider.name
+        thread = threads.threads[begin.thread_id]
+        prompt = PendingPrompt(begin.prompt_id, thread.anchor_seq, begin.owner)
+        reply = ReplyState(begin.reply_id)
+        try:
+            scope = room.runs.scope_for([begin.owner])
+        except Forbidden as exc:  # the owner lost the right to prompt since
+            active = ActiveRun(Run((prompt,)), reply, RunScope((), ()), steps)
+            active.audit_base = {
+                "prompt_ids": [prompt.id],
+                "reply_id": reply.reply_id,
+                "issuers": [{"user_id": begin.owner}],
+                "thread_id": thread.id,
+            }
+            await self._settle(active, RunOutcome(Ending(ReasonCode.FORBIDDEN, exc.message)))
+            return
+        active = ActiveRun(Run((prompt,)), reply, scope, steps)
+        threads.active[thread.id] = active
+        try:
+            built = room.context.build((prompt.id,), scope, thread)
+            request = replace(built.request, tools=scope.tool_specs)
+            seen = room.context.audit_of(built, thread)
+            base = run_audit_base(active.run, reply.reply_id, scope, seen)
+            active.audit_base = {**base, "thread_id": thread.id}
+            await steps.widen(active, seen.restriction)
+            outcome = RunOutcome(too_large(built.tokens, built.budget))
+            if outcome.ending is None:
+                outcome = await self._execute(active, request)
+                if outcome.usage is not None:
+                    await self._record_usage(request, reply.reply_id, outcome.usage)
+            await self._settle(active, outcome)
+        finally:
+            if threads.active.get(thread.id) is active:
+                del threads.active[thread.id]
+            active.finished.set()
 
     async def _loop(self) -> None:
         failures = 0
@@ -223,10 +283,10 @@ class SessionRunner:
                 executed = await self.tools.run(
                     self.room.session_id, call.name, call.id, effect.arguments, scope, webhooks
                 )
-                await self.room.runs.widen(active, executed.restriction)
+                await active.steps.widen(active, executed.restriction)
                 status = "error" if executed.is_error else "done"
                 detail = f"arguments: {call.arguments}\nresult: {executed.content}"
-                await self.room.runs.add_tool_step(
+                await active.steps.add_tool_step(
                     active,
                     tool=call.name,
                     status=status,
@@ -241,7 +301,7 @@ class SessionRunner:
                     "tool call refused",
                     extra={"session_id": self.room.session_id, "tool": call.name[:100]},
                 )
-                await self.room.runs.add_tool_step(
+                await active.steps.add_tool_step(
                     active,
                     tool=call.name[:64],
                     status="refused",
@@ -316,7 +376,7 @@ class SessionRunner:
                         sent = due
                     size, finished = deltas.take(parts, size)
                 text += parts
-                await self.room.runs.append_reply(active, "".join(parts))
+                await active.steps.append_reply(active, "".join(parts))
         finally:
             if not reader.done():
                 reader.cancel()
@@ -346,7 +406,7 @@ class SessionRunner:
                 audit = run_audit(
                     active.audit_base, active.model_calls, active.refusals, outcome.ending
                 )
-                await self.room.runs.finish(active, outcome.ending, audit)
+                await active.steps.finish(active, outcome.ending, audit)
                 return
             except Unavailable:
                 delay = RETRY_DELAYS_S[min(failures, len(RETRY_DELAYS_S) - 1)]

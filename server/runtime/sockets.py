@@ -45,6 +45,12 @@ class SessionSockets:
             if may_read(self.subject(connection.user_id), item.restriction):
                 connection.send_json(frame)
 
+    def send_to(self, user_id: str, frame: str) -> None:
+        """Send a JSON frame to ``user_id``'s sockets alone (a side-thread's owner)."""
+        for connection in list(self.connections):
+            if connection.user_id == user_id:
+                connection.send_json(frame)
+
     def close_all(self, code: CloseCode, reason: str) -> None:
         for connection in list(self.connections):
             connection.close(code, reason)

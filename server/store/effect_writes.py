@@ -17,6 +17,7 @@ from parley.server.store.access import PrivateItem
 from parley.server.store.port import SessionTx
 from parley.server.store.rows import EntryRow
 from parley.session.core import BeginRun, Effects, NewEntry, Pin, SetFact, SetPolicy
+from parley.session.core.effects import DeleteThread, OpenThread, SetThreadStatus
 from parley.session.lifecycle import PromptStatus
 from parley.session.reasons import Ending
 from parley.session.schema import EntryKind, SessionDocument
@@ -58,8 +59,26 @@ async def write_effects(
     for kept in effects.keep:
         item = PrivateItem(kept.entry_id, kept.kind, kept.text, kept.restriction)
         await tx.insert_private(session_id, item, now_ms)
+    await _write_threads(tx, session_id, effects)
     for record in effects.audit:
         await tx.insert_audit(session_id, now_ms, record.kind, record.actor, dict(record.data))
+
+
+async def _write_threads(tx: SessionTx, session_id: str, effects: Effects) -> None:
+    """Side-thread rows: beside the session, never in its document."""
+    change = effects.thread
+    if isinstance(change, OpenThread):
+        await tx.insert_thread(session_id, change.thread)
+    elif isinstance(change, SetThreadStatus):
+        await tx.set_thread_status(session_id, change.thread_id, change.status)
+    elif isinstance(change, DeleteThread):
+        await tx.delete_thread(session_id, change.thread_id)
+    for settle in effects.thread_settle:
+        await tx.set_thread_turn_status(
+            session_id, settle.turn_id, settle.status, settle.reason_code
+        )
+    for turn in effects.thread_turns:
+        await tx.insert_thread_turn(session_id, turn)
 
 
 async def finish_prompts(
@@ -111,5 +130,16 @@ async def _store_entry(
             created_at=entry.created_at,
         )
     )
-    add = doc.add_prompt if entry.kind is EntryKind.PROMPT else doc.add_message
-    add(id=entry.id, seq=seq, author=entry.author, text=entry.text, created_at=entry.created_at)
+    if entry.kind is EntryKind.PROMPT:
+        doc.add_prompt(
+            id=entry.id, seq=seq, author=entry.author, text=entry.text, created_at=entry.created_at
+        )
+    else:
+        doc.add_message(
+            id=entry.id,
+            seq=seq,
+            author=entry.author,
+            text=entry.text,
+            created_at=entry.created_at,
+            source=entry.source,
+        )

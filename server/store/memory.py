@@ -34,6 +34,7 @@ from parley.server.store.rows import (
     kept_name,
 )
 from parley.server.store.usage import UsageRow, UserUsage
+from parley.session.core.thread_state import SideThread, ThreadTurn
 from parley.session.errors import Conflict, DuplicateCommand, Unavailable
 from parley.session.events import Membership, SessionEvent, StoredEvent, membership_event
 from parley.session.lifecycle import IllegalTransition, PromptStatus, prompt_predecessors
@@ -65,6 +66,7 @@ class _Session:
     quotas: Quotas = field(default_factory=Quotas)
     tokens: dict[str, TokenRow] = field(default_factory=dict)
     documents: dict[str, DocumentRow] = field(default_factory=dict)
+    threads: dict[str, SideThread] = field(default_factory=dict)  # each with its turns
 
     def copy(self) -> _Session:
         return _Session(
@@ -83,6 +85,7 @@ class _Session:
             self.quotas,
             dict(self.tokens),
             dict(self.documents),
+            dict(self.threads),
         )
 
 
@@ -227,6 +230,40 @@ class MemoryTx:
 
     async def insert_private(self, session_id: str, item: PrivateItem, now: int) -> None:
         self.session(session_id).private[item.entry_id] = item
+
+    async def insert_thread(self, session_id: str, thread: SideThread) -> None:
+        threads = self.session(session_id).threads
+        if thread.id in threads:
+            raise Conflict(f"side-thread {thread.id!r} exists")
+        threads[thread.id] = replace(thread, turns=())
+
+    async def set_thread_status(self, session_id: str, thread_id: str, status: str) -> None:
+        threads = self.session(session_id).threads
+        if thread_id in threads:
+            threads[thread_id] = replace(threads[thread_id], status=status)
+
+    async def delete_thread(self, session_id: str, thread_id: str) -> None:
+        self.session(session_id).threads.pop(thread_id, None)
+
+    async def insert_thread_turn(self, session_id: str, turn: ThreadTurn) -> None:
+        threads = self.session(session_id).threads
+        thread = threads[turn.thread_id]  # a foreign key: the thread must be there
+        if any(t.id == turn.id for t in thread.turns):
+            raise Conflict(f"side-thread turn {turn.id!r} exists")
+        turns = sorted((*thread.turns, turn), key=lambda t: t.index)
+        threads[thread.id] = replace(thread, turns=tuple(turns))
+
+    async def set_thread_turn_status(
+        self, session_id: str, turn_id: str, status: str, reason_code: str | None
+    ) -> None:
+        threads = self.session(session_id).threads
+        for thread in list(threads.values()):
+            if any(t.id == turn_id for t in thread.turns):
+                turns = tuple(
+                    replace(t, status=status, reason_code=reason_code) if t.id == turn_id else t
+                    for t in thread.turns
+                )
+                threads[thread.id] = replace(thread, turns=turns)
 
 
 class MemoryStore:
@@ -375,6 +412,12 @@ class MemoryStore:
         return found
 
     # -- usage and quotas -----------------------------------------------------------------
+
+    async def load_threads(self, session_id: str) -> list[SideThread]:
+        s = self._read(session_id)
+        if s is None:
+            return []
+        return sorted(s.threads.values(), key=lambda t: (t.created_at, t.id))
 
     async def record_usage(self, rows: Sequence[UsageRow]) -> None:
         if rows:

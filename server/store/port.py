@@ -22,6 +22,7 @@ from parley.authz.policy import Readers
 from parley.server.store.access import DocumentRow, PrivateItem, TokenRow, ToolRow
 from parley.server.store.rows import EntryRow, MemberRow, SessionRow, StoredDoc
 from parley.server.store.usage import UsageRow, UserUsage
+from parley.session.core.thread_state import SideThread, ThreadTurn
 from parley.session.events import SessionEvent, StoredEvent
 from parley.session.lifecycle import PromptStatus
 from parley.session.quota import Quotas
@@ -90,6 +91,23 @@ class SessionTx(Protocol):
     ) -> None: ...
 
     async def insert_private(self, session_id: str, item: PrivateItem, now: int) -> None: ...
+
+    # Side-threads (``session.core.threads``): rows beside the session, never in its document.
+    async def insert_thread(self, session_id: str, thread: SideThread) -> None:
+        """A new side-thread (its turns are inserted one by one)."""
+        ...
+
+    async def set_thread_status(self, session_id: str, thread_id: str, status: str) -> None: ...
+
+    async def delete_thread(self, session_id: str, thread_id: str) -> None:
+        """Remove a side-thread and its turns."""
+        ...
+
+    async def insert_thread_turn(self, session_id: str, turn: ThreadTurn) -> None: ...
+
+    async def set_thread_turn_status(
+        self, session_id: str, turn_id: str, status: str, reason_code: str | None
+    ) -> None: ...
 
 
 class Transactional(Protocol):
@@ -167,6 +185,10 @@ class SessionStore(Transactional, Protocol):
         output_tokens: int,
         now: int,
     ) -> None: ...
+
+    async def load_threads(self, session_id: str) -> list[SideThread]:
+        """The session's side-threads, oldest first, each with its turns in order."""
+        ...
 
     async def load_summaries(self, session_id: str) -> list[Summary]:
         """Oldest first, each with everything it covers."""

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 from sqlalchemy import and_, func, insert, select
 
+from parley.server.store import thread_rows
 from parley.server.store.database import Database
 from parley.server.store.rows import (
     EntryRow,
@@ -28,6 +29,7 @@ from parley.server.store.tables import (
     sessions,
     summaries,
 )
+from parley.session.core import SideThread
 from parley.session.events import StoredEvent
 from parley.session.summary import Summary
 from parley.session.tokens import count_tokens
@@ -202,6 +204,11 @@ class SessionReads(Database):
                     created_at=now,
                 )
             )
+
+    async def load_threads(self, session_id: str) -> list[SideThread]:
+        """The session's side-threads, oldest first, each with its turns."""
+        async with self.read() as connection:
+            return await thread_rows.load_threads(connection, session_id)
 
     async def load_summaries(self, session_id: str) -> list[Summary]:
         """The session's summaries, oldest first, each with everything it covers."""

@@ -331,3 +331,40 @@ webhook_version = Table(
     Column("id", Integer, primary_key=True),
     Column("version", BigInteger, nullable=False, server_default="0"),
 )
+
+# Private side-threads (``session.core.threads``): a member's own conversation beside the
+# session, never in its shared document; their turns with what each drew on.
+side_threads = Table(
+    "side_threads",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("session_id", String(64), ForeignKey("sessions.id", ondelete="CASCADE"), nullable=False),
+    Column("owner", String(200), nullable=False),
+    Column("anchor_seq", BigInteger, nullable=False),
+    Column("title", String(200), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("command_id", String(128), nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+)
+Index("ix_side_threads_session_id", side_threads.c.session_id)
+
+side_thread_turns = Table(
+    "side_thread_turns",
+    metadata,
+    Column("id", String(80), primary_key=True),
+    Column(
+        "thread_id", String(64), ForeignKey("side_threads.id", ondelete="CASCADE"), nullable=False
+    ),
+    Column("session_id", String(64), ForeignKey("sessions.id", ondelete="CASCADE"), nullable=False),
+    Column("ordinal", Integer, nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("author", String(200), nullable=False),
+    Column("text", Text, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("reason_code", String(32), nullable=True),
+    Column("restriction", Text, nullable=False),  # JSON list of readers
+    Column("summarise", Boolean, nullable=False),
+    Column("command_id", String(128), nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+)
+Index("ix_side_thread_turns_thread_id", side_thread_turns.c.thread_id)

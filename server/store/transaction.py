@@ -14,6 +14,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from parley.server.store import thread_rows
 from parley.server.store.access import PrivateItem, insert_audit, insert_private
 from parley.server.store.counters import ClaimedSeqs, SequenceMoved
 from parley.server.store.group_commit import insert_updates
@@ -21,6 +22,7 @@ from parley.server.store.outbox import enqueue
 from parley.server.store.rows import EntryRow
 from parley.server.store.tables import doc_snapshots, doc_updates, entries, session_events, sessions
 from parley.server.store.webhooks import Subscriptions, version_now
+from parley.session.core import SideThread, ThreadTurn
 from parley.session.errors import DuplicateCommand
 from parley.session.events import SessionEvent
 from parley.session.lifecycle import IllegalTransition, PromptStatus, prompt_predecessors
@@ -227,3 +229,20 @@ class StoreTx:
 
     async def insert_private(self, session_id: str, item: PrivateItem, now: int) -> None:
         await insert_private(self.connection, session_id, item, now)
+
+    async def insert_thread(self, session_id: str, thread: SideThread) -> None:
+        await thread_rows.insert_thread(self.connection, session_id, thread)
+
+    async def set_thread_status(self, session_id: str, thread_id: str, status: str) -> None:
+        await thread_rows.set_thread_status(self.connection, session_id, thread_id, status)
+
+    async def delete_thread(self, session_id: str, thread_id: str) -> None:
+        await thread_rows.delete_thread(self.connection, session_id, thread_id)
+
+    async def insert_thread_turn(self, session_id: str, turn: ThreadTurn) -> None:
+        await thread_rows.insert_turn(self.connection, session_id, turn)
+
+    async def set_thread_turn_status(
+        self, session_id: str, turn_id: str, status: str, reason_code: str | None
+    ) -> None:
+        await thread_rows.set_turn_status(self.connection, turn_id, status, reason_code)

@@ -5,8 +5,10 @@
 
 Events are a member's commands (``CommandEvent``), a run's steps (``RunStart``,
 ``TextAppended``, ``ContextDrawn``, ``ToolStepTaken``, ``RunFinished``), membership
-changes (``MemberUpdated``, ``TokenRevoked``, ``StopPromptsOf``) and a restart
-(``Recovered``). ``view`` is the session as committed (``SessionView``); ``effects``
+changes (``MemberUpdated``, ``TokenRevoked``, ``StopPromptsOf``), a restart
+(``Recovered``) and the end of a side-thread run (``ThreadRunFinished``; the side-thread
+commands are judged in ``threads``). ``view`` is the session as committed
+(``SessionView``); ``effects``
 (``Effects``) say what to store, which statuses to set, the queue after the change, what
 to audit, which semantic events happened, whether to stop the run in flight or wake the
 runner, and the answer (an ack or the error). ``server.runtime.room.SessionRoom`` carries
@@ -44,6 +46,8 @@ from parley.session.core.steps import (
     ToolStepTaken,
     WaitingPrompt,
 )
+from parley.session.core.thread_state import SideThread, ThreadLimits, ThreadTurn
+from parley.session.core.threads import ThreadRunFinished, apply_to_threads
 
 __all__ = [
     "Ack",
@@ -68,12 +72,17 @@ __all__ = [
     "SessionView",
     "SetFact",
     "SetPolicy",
+    "SideThread",
     "StopPromptsOf",
     "StopRun",
     "TextAppended",
+    "ThreadLimits",
+    "ThreadRunFinished",
+    "ThreadTurn",
     "TokenRevoked",
     "ToolStep",
     "ToolStepTaken",
     "WaitingPrompt",
+    "apply_to_threads",
     "handle",
 ]

@@ -4,10 +4,12 @@ The room applies ``Effects`` through its one writer, in this order: the ``entry`
 stored (the store checks the seq it hands out against ``entry.seq``), ``finish`` sets
 statuses, ``begin`` marks a run's prompts running and opens its reply, ``change`` edits
 the document, ``tool_step`` adds a step to the reply, ``keep`` stores text server-side,
-``queue`` replaces the queue and its plan, ``audit`` and ``events`` are written in the
-same transaction; after the commit the update is broadcast, what was kept is delivered
-to the members who may read it, ``stop`` stops the run in flight, ``wake_runner`` lets
-the next run start, and the command is answered with ``ack``. ``append`` (streamed reply
+``queue`` replaces the queue and its plan, the side-threads' changes (``thread``,
+``thread_turns``, ``thread_settle``), ``audit`` and ``events`` are written in the same
+transaction; after the commit the update is broadcast, what was kept is delivered
+to the members who may read it, ``stop`` stops the run in flight (``stop_threads`` the
+side-thread runs), ``wake_runner`` lets the next run start, ``thread_run`` starts a
+side-thread run, and the command is answered with ``ack``. ``append`` (streamed reply
 text) is a document update alone, stored through the group commit. A refusal carries
 ``error`` (and the ``audit`` of the refusal, written on its own) and nothing else.
 """
@@ -20,6 +22,7 @@ from typing import Any
 
 from parley.authz.policy import Restriction
 from parley.session.commands import ack
+from parley.session.core.thread_state import SideThread, ThreadTurn
 from parley.session.errors import ParleyError
 from parley.session.events import SessionEvent
 from parley.session.queue import OrderingQueue, Policy, Run
@@ -39,6 +42,7 @@ class NewEntry:
     seq: int
     status: str
     created_at: int
+    source: str | None = None  # ``private_thread``: shared back from a side-thread
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +143,46 @@ class StopRun:
 
 
 @dataclass(frozen=True, slots=True)
+class OpenThread:
+    thread: SideThread
+
+
+@dataclass(frozen=True, slots=True)
+class SetThreadStatus:
+    thread_id: str
+    status: str
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteThread:
+    thread_id: str
+
+
+ThreadChange = OpenThread | SetThreadStatus | DeleteThread
+
+
+@dataclass(frozen=True, slots=True)
+class ThreadTurnStatus:
+    """A side-thread prompt reaches ``status`` (with the code of why it ended unanswered)."""
+
+    thread_id: str
+    turn_id: str
+    status: str
+    reason_code: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class BeginThreadRun:
+    """After the commit: run the side-thread ``thread_id``'s prompt ``prompt_id`` for
+    ``owner`` (whose scope it acts with), its reply to be ``reply_id``."""
+
+    thread_id: str
+    prompt_id: str
+    reply_id: str
+    owner: str
+
+
+@dataclass(frozen=True, slots=True)
 class Ack:
     """The fields of a command's acknowledgement: its seq and the ids it names."""
 
@@ -173,6 +217,13 @@ class Effects:
     # The text of each reply completed, None when restricted: what a ``reply.completed``
     # webhook may carry (the events themselves carry no content).
     replies: tuple[tuple[str, str | None], ...] = ()
+    # Side-threads (``session.core.threads``): stored in the same transaction, never in the
+    # shared document; ``thread_run`` starts after the commit, ``stop_threads`` stop then.
+    thread: ThreadChange | None = None
+    thread_turns: tuple[ThreadTurn, ...] = ()
+    thread_settle: tuple[ThreadTurnStatus, ...] = ()
+    thread_run: BeginThreadRun | None = None
+    stop_threads: tuple[tuple[str, Ending], ...] = ()
 
     @property
     def writes(self) -> bool:
@@ -186,6 +237,11 @@ class Effects:
             or self.tool_step is not None
             or bool(self.keep)
             or self.queue is not None
+            or self.thread is not None
+            or bool(self.thread_turns)
+            or bool(self.thread_settle)
+            # A refusal's audit is written on its own (``refused``), not by the writer.
+            or (self.error is None and bool(self.audit))
         )
 
 

@@ -25,13 +25,12 @@ from parley.session.commands import (
     PromptCommand,
     check_fact,
 )
-from parley.session.core import runs
+from parley.session.core import runs, threads
 from parley.session.core.effects import (
     Ack,
     AuditRecord,
     Effects,
     Finish,
-    NewEntry,
     Pin,
     SetFact,
     SetPolicy,
@@ -39,7 +38,7 @@ from parley.session.core.effects import (
     refused,
 )
 from parley.session.core.semantic import events_of
-from parley.session.core.state import CommandEvent, SessionView
+from parley.session.core.state import CommandEvent, SessionView, new_entry
 from parley.session.core.steps import (
     ContextDrawn,
     MemberUpdated,
@@ -63,6 +62,12 @@ from parley.session.lifecycle import PromptStatus
 from parley.session.queue import PendingPrompt
 from parley.session.reasons import Ending, ReasonCode
 from parley.session.schema import MESSAGE_STATUS, EntryKind
+from parley.session.thread_commands import (
+    ThreadCloseCommand,
+    ThreadOpenCommand,
+    ThreadPromptCommand,
+    ThreadShareCommand,
+)
 
 Event = (
     CommandEvent
@@ -75,7 +80,10 @@ Event = (
     | MemberUpdated
     | TokenRevoked
     | Recovered
+    | threads.ThreadRunFinished
 )
+
+_THREAD_COMMANDS = (ThreadOpenCommand, ThreadPromptCommand, ThreadShareCommand, ThreadCloseCommand)
 
 
 def handle(view: SessionView, event: Event, *, with_events: bool = True) -> Effects:
@@ -108,11 +116,14 @@ _STEPS: dict[type, Callable[[SessionView, Any], Effects]] = {
     MemberUpdated: runs.member_updated,
     TokenRevoked: runs.token_revoked,
     Recovered: runs.recovered,
+    threads.ThreadRunFinished: threads.thread_run_finished,
 }
 
 
 def _handle(view: SessionView, event: CommandEvent) -> Effects:
     command = event.command
+    if isinstance(command, _THREAD_COMMANDS):
+        return threads.handle_thread(view, event, command)
     if isinstance(command, PromptCommand):
         return _authorized(view, event, Capability.PROMPT) or _prompt(view, event, command)
     if isinstance(command, MessageCommand):
@@ -141,27 +152,12 @@ def _authorized(view: SessionView, event: CommandEvent, capability: Capability) 
     return None if decision.allowed else _refusal(event, decision.reason)
 
 
-def _new_entry(
-    view: SessionView, event: CommandEvent, kind: EntryKind, text: str, status: str
-) -> NewEntry:
-    return NewEntry(
-        id=event.new_id,
-        kind=kind,
-        author=event.actor,
-        command_id=event.command.id,
-        text=text,
-        seq=view.last_seq + 1,
-        status=status,
-        created_at=event.now_ms,
-    )
-
-
 def _prompt(view: SessionView, event: CommandEvent, command: PromptCommand) -> Effects:
     if not view.accepting_prompts:
         raise Unavailable("the server is shutting down; send it again after reconnecting")
     queue = view.queue.clone()
     queue.admit(event.actor)
-    entry = _new_entry(view, event, EntryKind.PROMPT, command.text, PromptStatus.QUEUED.value)
+    entry = new_entry(view, event, EntryKind.PROMPT, command.text, PromptStatus.QUEUED.value)
     pushed = queue.push(PendingPrompt(entry.id, entry.seq, entry.author))
     superseded = Ending(ReasonCode.SUPERSEDED, f"superseded by a newer prompt from {event.actor}")
     return Effects(
@@ -177,7 +173,7 @@ def _prompt(view: SessionView, event: CommandEvent, command: PromptCommand) -> E
 
 
 def _message(view: SessionView, event: CommandEvent, command: MessageCommand) -> Effects:
-    entry = _new_entry(view, event, EntryKind.MESSAGE, command.text, MESSAGE_STATUS)
+    entry = new_entry(view, event, EntryKind.MESSAGE, command.text, MESSAGE_STATUS)
     return Effects(ack=Ack(entry.seq, (("message_id", entry.id),)), entry=entry)
 
 

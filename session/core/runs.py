@@ -36,6 +36,7 @@ from parley.session.core.steps import (
     TokenRevoked,
     ToolStepTaken,
 )
+from parley.session.core.threads import cut_off_threads, threads_to_stop
 from parley.session.lifecycle import PromptStatus
 from parley.session.queue import OrderingQueue, PendingPrompt, Run
 from parley.session.reasons import Ending, ReasonCode
@@ -155,27 +156,34 @@ def finish_run(view: SessionView, event: RunFinished) -> Effects:
 
 def stop_prompts_of(view: SessionView, event: StopPromptsOf) -> Effects:
     """Fail the user's waiting prompts and stop a run answering one of theirs (its runner
-    settles it), without waiting for it to stop. Nothing on a node that does not run the
-    session: its queue is empty and nothing runs there."""
+    settles it), and their side-thread runs, without waiting for them to stop. Nothing on
+    a node that does not run the session: its queue is empty and nothing runs there."""
     user_id, ending = event.user_id, event.ending
+    stop_threads = threads_to_stop(view.threads, user_id, ending)
     waiting = tuple(p.id for p in view.queue.pending() if p.author == user_id)
     running = view.running
     stop = None
     if running is not None and any(p.author == user_id for p in running.prompts):
         stop = StopRun(ending, wait=False)
     if not waiting:
-        return Effects(stop=stop)
+        return Effects(stop=stop, stop_threads=stop_threads)
     queue = view.queue.clone()
     for prompt_id in waiting:
         queue.remove(prompt_id)
-    return Effects(finish=(Finish(waiting, ending),), queue=queue, stop=stop)
+    finish = (Finish(waiting, ending),)
+    return Effects(finish=finish, queue=queue, stop=stop, stop_threads=stop_threads)
 
 
 def member_updated(view: SessionView, event: MemberUpdated) -> Effects:
-    """A member removed (or removed and added back: a new epoch) loses their prompts."""
+    """A member removed (or removed and added back: a new epoch) loses their prompts; one
+    who may no longer prompt (a role changed, a grant taken) loses their side-thread runs."""
     before, after = event.before, event.after
     if before is None or (after is not None and after.token_epoch == before.token_epoch):
-        return Effects()
+        refusal = prompt_refusal(view.subject(event.user_id))
+        if before is None or refusal is None:
+            return Effects()
+        revoked = Ending(ReasonCode.FORBIDDEN, f"{event.user_id} may no longer prompt: {refusal}")
+        return Effects(stop_threads=threads_to_stop(view.threads, event.user_id, revoked))
     removed = Ending(ReasonCode.MEMBER_REMOVED, f"{event.user_id} was removed from the session")
     return stop_prompts_of(view, StopPromptsOf(event.user_id, removed, event.now_ms))
 
@@ -196,10 +204,11 @@ def recovered(view: SessionView, event: Recovered) -> Effects:
         rotation=[item.author for item in view.doc.queued()],
     )
     cut_off = tuple(p.id for p in event.waiting if p.status == PromptStatus.RUNNING.value)
-    if not cut_off:
-        return Effects(queue=queue)
     ending = Ending(event.cut_off, CUT_OFF_REASONS[event.cut_off])
-    return Effects(finish=(Finish(cut_off, ending),), queue=queue)
+    settle = cut_off_threads(view.threads, ending)
+    if not cut_off:
+        return Effects(queue=queue, thread_settle=settle)
+    return Effects(finish=(Finish(cut_off, ending),), queue=queue, thread_settle=settle)
 
 
 def run_audit_base(run: Run, reply_id: str, scope: RunScope, seen: ContextSeen) -> dict[str, Any]:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 
 from parley.authz.policy import Subject
 from parley.session.commands import Command
+from parley.session.core.effects import NewEntry
+from parley.session.core.thread_state import SideThread, ThreadLimits
 from parley.session.queue import OrderingQueue, Run
-from parley.session.schema import SessionDocument
+from parley.session.schema import EntryKind, SessionDocument
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +44,7 @@ class SessionView:
     while the server shuts down. ``subjects``: every member as of now (who must all be
     able to read what enters the shared document); ``restricted_replies``: the session's
     policy for replies that draw on restricted material (``private`` or ``shared``).
+    ``threads``: the side-threads as committed, by id, with their ``thread_limits``.
     """
 
     doc: SessionDocument
@@ -53,3 +56,27 @@ class SessionView:
     accepting_prompts: bool = True
     subjects: Callable[[], Iterable[Subject]] = tuple
     restricted_replies: str = "private"
+    threads: Mapping[str, SideThread] = field(default_factory=dict)
+    thread_limits: ThreadLimits = field(default_factory=ThreadLimits)
+
+
+def new_entry(
+    view: SessionView,
+    event: CommandEvent,
+    kind: EntryKind,
+    text: str,
+    status: str,
+    source: str | None = None,
+) -> NewEntry:
+    """The transcript entry ``event`` makes: its actor's, with the session's next seq."""
+    return NewEntry(
+        id=event.new_id,
+        kind=kind,
+        author=event.actor,
+        command_id=event.command.id,
+        text=text,
+        seq=view.last_seq + 1,
+        status=status,
+        created_at=event.now_ms,
+        source=source,
+    )

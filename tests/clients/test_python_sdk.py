@@ -263,7 +263,7 @@ def readme_error_codes() -> list[str]:
 
 def test_every_error_code_of_the_readme_is_a_typed_error() -> None:
     codes = readme_error_codes()
-    assert len(codes) == 17 and "unknown_command" in codes
+    assert len(codes) == 21 and "unknown_command" in codes
     for code in codes:
         error = error_for(code, "because")
         assert type(error) is ERRORS[code] and type(error) is not ParleyError
@@ -410,3 +410,31 @@ async def test_admin_client_over_the_rest_api(sqlite_server: RunningServer) -> N
         await admin.delete_session(sid)
         with pytest.raises(NotFound):
             await admin.get_session(sid)
+
+
+async def test_a_private_side_thread_and_sharing_back(sqlite_server: RunningServer) -> None:
+    async with AdminClient(sqlite_server.base_url, ADMIN_KEY) as admin, asyncio.timeout(60):
+        sid = await new_session(admin, {"alice": "editor", "bob": "editor"})
+        async with (
+            await join(sqlite_server, admin, sid, "alice") as alice,
+            await join(sqlite_server, admin, sid, "bob") as bob,
+        ):
+            opened = await bob.open_thread(title="check")
+            thread_id = str(opened.data["thread_id"])
+            asked = await bob.thread_prompt(thread_id, "is my reading right?")
+            reply = await bob.thread_answer(thread_id)
+            assert reply is not None and reply["id"] == asked.data["reply_id"]
+            assert reply["kind"] == "reply" and reply["status"] == "done"
+            assert bob.thread_text[reply["id"]] == reply["text"]
+            with pytest.raises(NotFound):
+                await alice.thread_prompt(thread_id, "peek")
+            posted = await bob.thread_share(thread_id, turn_ids=[reply["id"]])
+            await alice.wait_for(lambda s: s.entry(posted.message_id) is not None)
+            shared = alice.entry(posted.message_id)
+            assert shared is not None and (shared.author, shared.source) == (
+                "bob",
+                "private_thread",
+            )
+            assert alice.threads == {} and list(bob.threads) == [thread_id]
+            await bob.close_thread(thread_id, delete=True)
+            await bob.wait_for(lambda s: not s.threads)

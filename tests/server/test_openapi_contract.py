@@ -99,7 +99,7 @@ async def test_every_operation_honours_its_documented_contract(
     assert not unexercised, f"no success path reached for {unexercised}"
 
 
-async def _seed(server: RunningServer) -> dict[str, str]:
+async def _seed(server: RunningServer) -> dict[str, Any]:
     """A session with members and a settled prompt and reply, for the success paths."""
     hook = await server.http.post(
         "/api/v1/webhooks", json={"url": "http://127.0.0.1:9/", "events": ["session.created"]}
@@ -116,6 +116,8 @@ async def _seed(server: RunningServer) -> dict[str, str]:
         },
     )
     assert document.status_code == 201, document.text
+    # Before anything restricted: a side-thread anchored here may share with everyone.
+    before = await alice.command({"type": "message", "id": "m0", "text": "good morning"})
     ack = await alice.command({"type": "prompt", "id": "p", "text": "search the vault"})
     assert ack["type"] == "ack", ack
     await alice.command({"type": "message", "id": "m", "text": "and a message"})
@@ -136,6 +138,27 @@ async def _seed(server: RunningServer) -> dict[str, str]:
     assert role.status_code == 200, role.text
     token = await server.http.post(f"/api/v1/sessions/{sid}/tokens", json={"user_id": "bob"})
     assert token.status_code == 201, token.text
+    # A side-thread of alice's with an answered turn, for the thread routes.
+    # Anchored before the restricted reply, so what it shares may reach every member.
+    opened = await alice.command(
+        {"type": "thread_open", "id": "t", "title": "mine", "anchor": before["message_id"]}
+    )
+    thread_id = opened["thread_id"]
+    asked = {"type": "thread_prompt", "id": "tp", "thread_id": thread_id, "text": "hello"}
+    assert (await alice.command(asked))["type"] == "ack"
+    await alice.wait_until(
+        lambda c: any(
+            f.get("type") == "thread"
+            and len(f["thread"]["turns"]) == 2
+            and not f["thread"]["running"]
+            for f in c.unsolicited
+        )
+    )
+    thread_reply = next(
+        f["thread"]["turns"][1]["id"]
+        for f in alice.unsolicited
+        if f.get("type") == "thread" and len(f["thread"]["turns"]) == 2
+    )
     # A prompt that runs until it is cancelled: the one the cancel route finds.
     held = await alice.command({"type": "prompt", "id": "h", "text": "[wait] hold on"})
     running = {"id": held["prompt_id"], "status": "running"}
@@ -163,11 +186,13 @@ async def _seed(server: RunningServer) -> dict[str, str]:
         "invite": invite.json()["secret"],
         "invite_id": invite.json()["id"],
         MEMBER_TOKEN: token.json()["token"],
+        "thread_id": thread_id,
+        "turn_ids": [thread_reply],
     }
 
 
 def _exercise(
-    schema: BaseSchema, document: dict[str, Any], base_url: str, real: dict[str, str], part: int
+    schema: BaseSchema, document: dict[str, Any], base_url: str, real: dict[str, Any], part: int
 ) -> dict[str, Counter[int]]:
     statuses: dict[str, Counter[int]] = {}
     with requests.Session() as http:
@@ -197,7 +222,7 @@ def _run_operation(
     mode: GenerationMode,
     http: requests.Session,
     base_url: str,
-    real: dict[str, str],
+    real: dict[str, Any],
     seen: Counter[int],
 ) -> None:
     member = operation.path in MEMBER_ROUTES
@@ -224,7 +249,7 @@ def _run_operation(
     check()
 
 
-def _point_at_real_resources(case: Case[Any], real: dict[str, str]) -> None:
+def _point_at_real_resources(case: Case[Any], real: dict[str, Any]) -> None:
     for where in (case.path_parameters, case.query, case.body):
         if isinstance(where, dict):
             for name in real.keys() & where.keys():

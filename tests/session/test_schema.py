@@ -555,6 +555,7 @@ def test_to_json_carries_every_field() -> None:
         "answers": ["p1"],
         "started_at": None,
         "tool": None,
+        "source": None,
     }
     assert doc.entry("p1").to_json()["reply_id"] == reply_id
     assert doc.entry("p1").to_json()["started_at"] == 9

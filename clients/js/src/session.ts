@@ -31,7 +31,11 @@ import type {
   PolicyAck,
   PromptAck,
   QueueItem,
-  RestrictedText
+  RestrictedText,
+  ThreadAck,
+  ThreadFrame,
+  ThreadOpenAck,
+  ThreadRunAck
 } from './types.js'
 
 type WebSocketClass = NonNullable<ConstructorParameters<typeof WebsocketProvider>[3]>['WebSocketPolyfill']
@@ -59,6 +63,8 @@ export interface SessionEvents {
   /** An error that answers no command (`id` null): a refused frame, say. */
   error: (error: ParleyError) => void
   restricted: (text: RestrictedText) => void
+  /** This member's side-threads: a thread stored, reply text streamed, one deleted. */
+  thread: (frame: ThreadFrame) => void
   /** A command was written to a socket: `attempt` 1 the first time, 2 when it was resent
    * (unanswered when its socket closed, so written again to the next). */
   sent: (command: Readonly<Command>, attempt: number) => void
@@ -85,6 +91,7 @@ export class ParleySession {
     synced: new Set(),
     error: new Set(),
     restricted: new Set(),
+    thread: new Set(),
     sent: new Set()
   }
 
@@ -187,6 +194,34 @@ export class ParleySession {
   /** Change the scheduling policy (owners). */
   setPolicy (policy: Policy): Promise<PolicyAck> {
     return this.command<PolicyAck>({ type: 'set_policy', policy })
+  }
+
+  // -- private side-threads (docs/threads.md) ---------------------------------------------
+
+  /** Open a side-thread, its context the session up to `anchor` (an entry id) or now. */
+  openThread (options: { anchor?: string, title?: string } = {}): Promise<ThreadOpenAck> {
+    const anchor = options.anchor === undefined ? {} : { anchor: options.anchor }
+    return this.command<ThreadOpenAck>({ type: 'thread_open', title: options.title ?? '', ...anchor })
+  }
+
+  /** Ask in a side-thread: answered to this member alone (`thread` events). */
+  threadPrompt (threadId: string, text: string): Promise<ThreadRunAck> {
+    return this.command<ThreadRunAck>({ type: 'thread_prompt', thread_id: threadId, text })
+  }
+
+  /** Ask for a draft summary of the side-thread to share (its next reply). */
+  threadSummarise (threadId: string): Promise<ThreadRunAck> {
+    return this.command<ThreadRunAck>({ type: 'thread_summarise', thread_id: threadId })
+  }
+
+  /** Post text, or picked replies, into the session as this member's message. */
+  threadShare (threadId: string, what: { text: string } | { turn_ids: string[] }): Promise<MessageAck> {
+    return this.command<MessageAck>({ type: 'thread_share', thread_id: threadId, ...what })
+  }
+
+  /** Close (kept, no more prompts) or delete a side-thread. */
+  closeThread (threadId: string, remove = false): Promise<ThreadAck> {
+    return this.command<ThreadAck>({ type: remove ? 'thread_delete' : 'thread_close', thread_id: threadId })
   }
 
   private command<T extends Ack> (fields: Record<string, unknown>): Promise<T> {
@@ -297,6 +332,8 @@ export class ParleySession {
     if (this.outbox.settle(message)) return
     if (message['type'] === 'restricted') {
       this.emit('restricted', message as unknown as RestrictedText)
+    } else if (typeof message['type'] === 'string' && message['type'].startsWith('thread')) {
+      this.emit('thread', message as unknown as ThreadFrame)
     } else if (message['type'] === 'error') {
       this.emit('error', errorOfReply(message))
     }

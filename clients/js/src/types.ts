@@ -54,6 +54,8 @@ export interface Entry {
   readonly started_at?: number
   /** On a tool step: the tool's name. */
   readonly tool?: string
+  /** `private_thread`: a message a member shared back from their side-thread. */
+  readonly source?: string
 }
 
 /** A prompt waiting to run; `position` 1 runs next. */
@@ -117,7 +119,67 @@ export interface PolicyAck {
   readonly seq: null
   readonly policy: Policy
 }
-export type Ack = PromptAck | MessageAck | CancelAck | PinAck | FactAck | PolicyAck
+export type Ack =
+  | PromptAck
+  | MessageAck
+  | CancelAck
+  | PinAck
+  | FactAck
+  | PolicyAck
+  | ThreadOpenAck
+  | ThreadRunAck
+  | ThreadAck
+
+/** Side-threads (docs/threads.md): a member's private conversation with the model. */
+export interface ThreadOpenAck {
+  readonly type: 'ack'
+  readonly id: string
+  readonly seq: null
+  readonly thread_id: string
+  readonly anchor_seq: string
+}
+export interface ThreadRunAck {
+  readonly type: 'ack'
+  readonly id: string
+  readonly seq: null
+  readonly thread_id: string
+  readonly turn_id: string
+  readonly reply_id: string
+}
+export interface ThreadAck {
+  readonly type: 'ack'
+  readonly id: string
+  readonly seq: null
+  readonly thread_id: string
+}
+export interface ThreadTurn {
+  readonly id: string
+  readonly index: number
+  readonly kind: 'prompt' | 'reply' | 'tool'
+  readonly author: string
+  readonly text: string
+  readonly status: string
+  readonly reason_code: string | null
+  readonly summarise: boolean
+  readonly restricted: boolean
+  readonly created_at: number
+}
+export interface SideThread {
+  readonly id: string
+  readonly owner: string
+  readonly anchor_seq: number
+  readonly title: string
+  readonly status: 'open' | 'closed'
+  readonly created_at: number
+  readonly turns: readonly ThreadTurn[]
+  readonly running: boolean
+}
+/** What this member's sockets are told of their side-threads. */
+export type ThreadFrame =
+  | { readonly type: 'thread', readonly thread: SideThread }
+  | { readonly type: 'thread_delta', readonly thread_id: string, readonly reply_id: string, readonly text: string }
+  | { readonly type: 'thread_tool', readonly thread_id: string, readonly turn: ThreadTurn }
+  | { readonly type: 'thread_deleted', readonly thread_id: string }
 
 /** Text only this member may read (README: Permissions), sent to this socket alone. */
 export interface RestrictedText {

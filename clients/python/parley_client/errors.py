@@ -9,10 +9,14 @@
     │   └── BadEventId          bad_event_id (an event stream's Last-Event-ID)
     ├── Unauthenticated         unauthenticated
     ├── Forbidden               forbidden
+    │   └── RestrictedShare     restricted_share (sharing back from a side-thread)
     ├── NotFound                not_found
     ├── Conflict                conflict
     │   ├── Busy                busy
-    │   └── QueueFull           queue_full
+    │   ├── QueueFull           queue_full
+    │   ├── ThreadClosed        thread_closed
+    │   ├── ThreadLimit         thread_limit
+    │   └── ThreadRunsBusy      thread_runs_busy
     ├── RateLimited             rate_limited
     │   ├── QuotaExceeded       quota_exceeded
     │   └── TooManyStreams      too_many_streams
@@ -73,6 +77,12 @@ class Forbidden(ParleyError):
     code = "forbidden"
 
 
+class RestrictedShare(Forbidden):
+    """What a side-thread would share draws on what not every member may read."""
+
+    code = "restricted_share"
+
+
 class NotFound(ParleyError):
     code = "not_found"
 
@@ -87,6 +97,24 @@ class Busy(Conflict):
 
 class QueueFull(Conflict):
     code = "queue_full"
+
+
+class ThreadClosed(Conflict):
+    """A prompt in a closed side-thread."""
+
+    code = "thread_closed"
+
+
+class ThreadLimit(Conflict):
+    """A member's side-threads, or a side-thread's turns, reached their limit."""
+
+    code = "thread_limit"
+
+
+class ThreadRunsBusy(Conflict):
+    """The session's side-thread runs at once reached their limit: try again later."""
+
+    code = "thread_runs_busy"
 
 
 class RateLimited(ParleyError):

@@ -113,6 +113,10 @@ class Session:
         self.closed_by: SessionClosed | None = None  # why the session closed
         self.close_code: int | None = None  # of the last socket that closed
         self.restricted: dict[str, str] = {}  # entry id -> text only this member may read
+        # This member's private side-threads as the server last sent them (docs/threads.md),
+        # and the text of their replies as it streams (reply id -> text so far).
+        self.threads: dict[str, dict[str, Any]] = {}
+        self.thread_text: dict[str, str] = {}
         self.unsolicited: deque[dict[str, Any]] = deque(maxlen=MAX_UNSOLICITED)
         self.connects = 0  # sockets opened so far
         self._pending: dict[str, _Pending] = {}
@@ -302,6 +306,13 @@ class Session:
             return
         if kind == "restricted":
             self.restricted[str(data.get("entry_id"))] = str(data.get("text", ""))
+        elif kind == "thread" and isinstance(data.get("thread"), dict):
+            self.threads[str(data["thread"].get("id"))] = data["thread"]
+        elif kind == "thread_deleted":
+            self.threads.pop(str(data.get("thread_id")), None)
+        elif kind == "thread_delta":
+            reply_id, text = str(data.get("reply_id")), str(data.get("text", ""))
+            self.thread_text[reply_id] = self.thread_text.get(reply_id, "") + text
         self.unsolicited.append(data)
         self._notify()
 
@@ -352,6 +363,58 @@ class Session:
     async def set_policy(self, policy: str, *, id: str | None = None) -> Ack:
         """``queue``, ``coalesce``, ``interrupt`` or ``reject`` (owners)."""
         return await self.command("set_policy", id=id, policy=policy)
+
+    # -- private side-threads (docs/threads.md) ------------------------------------------------
+
+    async def open_thread(
+        self, *, anchor: str | None = None, title: str = "", id: str | None = None
+    ) -> Ack:
+        """Open a private side-thread, its context the session up to ``anchor`` (an entry
+        id; None: now); the ack's ``data["thread_id"]`` names it."""
+        fields: dict[str, Any] = {"title": title}
+        if anchor is not None:
+            fields["anchor"] = anchor
+        return await self.command("thread_open", id=id, **fields)
+
+    async def thread_prompt(self, thread_id: str, text: str, *, id: str | None = None) -> Ack:
+        """Ask in a side-thread: answered to this member alone (``data["reply_id"]``)."""
+        return await self.command("thread_prompt", id=id, thread_id=thread_id, text=text)
+
+    async def thread_summarise(self, thread_id: str, *, id: str | None = None) -> Ack:
+        """Ask for a draft summary of the side-thread to share (its next reply)."""
+        return await self.command("thread_summarise", id=id, thread_id=thread_id)
+
+    async def thread_share(
+        self,
+        thread_id: str,
+        *,
+        text: str | None = None,
+        turn_ids: list[str] | None = None,
+        id: str | None = None,
+    ) -> Ack:
+        """Post ``text`` (an edited summary) or the picked replies ``turn_ids`` into the
+        session as this member's message (``RestrictedShare`` if it draws on what not
+        every member may read, under the session's ``restricted_replies: private``)."""
+        fields: dict[str, Any] = {"text": text} if turn_ids is None else {"turn_ids": turn_ids}
+        return await self.command("thread_share", id=id, thread_id=thread_id, **fields)
+
+    async def close_thread(
+        self, thread_id: str, *, delete: bool = False, id: str | None = None
+    ) -> Ack:
+        kind = "thread_delete" if delete else "thread_close"
+        return await self.command(kind, id=id, thread_id=thread_id)
+
+    async def thread_answer(self, thread_id: str) -> dict[str, Any] | None:
+        """Wait until no reply is being written in the side-thread; its last turn then
+        (None if the side-thread is gone)."""
+
+        def idle(session: Session) -> bool:
+            thread = session.threads.get(thread_id)
+            return thread is None or not thread["running"]
+
+        await self.wait_for(idle)
+        thread = self.threads.get(thread_id)
+        return None if thread is None or not thread["turns"] else dict(thread["turns"][-1])
 
     @property
     def unacknowledged(self) -> list[str]:

@@ -29,6 +29,7 @@ class Entry:
     answers: tuple[str, ...] = ()
     started_at: int | None = None
     tool: str | None = None
+    source: str | None = None  # "private_thread": shared back from a member's side-thread
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Entry:
@@ -56,6 +57,7 @@ class Entry:
             answers=tuple(str(a) for a in data.get("answers") or ()),
             started_at=number("started_at"),
             tool=text("tool"),
+            source=text("source"),
         )
 
     @property

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from parley.server.store.memory import MemoryStore
 from parley.server.store.rows import EntryRow
 from parley.server.store.sessions import Store
 from parley.server.store.usage import UsageLedger
+from parley.session.core import SideThread, ThreadTurn
 from parley.session.errors import DuplicateCommand
 from parley.session.events import MessagePosted, PromptAccepted
 from parley.session.lifecycle import IllegalTransition, PromptStatus
@@ -255,3 +257,28 @@ async def test_private_items_audit_and_usage(store: Any) -> None:
 
     with pytest.raises(QuotaExceeded):
         await ledger.admit("a", ["ann"])
+
+
+async def test_side_threads_and_their_turns(store: Any) -> None:
+    await store.create_session("a", "t", "queue", 0)
+    await store.create_session("b", "t", "queue", 0)
+    readers = (Readers("d1", frozenset({"ann"}), frozenset()),)
+    thread = SideThread("t1", "ann", 3, "check", "open", 5, command_id="c1")
+    prompt = ThreadTurn("p1", "t1", 0, "prompt", "ann", "is it?", "running", 6)
+    reply = ThreadTurn("r1", "t1", 1, "reply", "m", "it is", "done", 7, readers, None, True, "c2")
+    async with store.transaction() as tx:
+        await tx.insert_thread("a", thread)
+        await tx.insert_thread("a", SideThread("t2", "bob", 0, "", "open", 8))
+        await tx.insert_thread_turn("a", prompt)
+    with pytest.raises(RuntimeError):  # a failed transaction leaves nothing behind
+        async with store.transaction() as tx:
+            await tx.insert_thread_turn("a", reply)
+            raise RuntimeError("rolled back")
+    async with store.transaction() as tx:
+        await tx.set_thread_turn_status("a", "p1", "done", None)
+        await tx.insert_thread_turn("a", reply)
+        await tx.set_thread_status("a", "t1", "closed")
+        await tx.delete_thread("a", "t2")
+    done = replace(prompt, status="done")
+    assert await store.load_threads("a") == [replace(thread, status="closed", turns=(done, reply))]
+    assert await store.load_threads("b") == []

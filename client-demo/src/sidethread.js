@@ -1,0 +1,136 @@
+// A private side-thread beside the shared session (docs/threads.md): "Ask privately" sends
+// the composer's text to the model in a thread only this member sees; the side panel shows
+// the thread as it streams, and "Share to session" posts the (editable) text into the
+// session as this member's message. Self-contained: main.js only calls mountSideThread.
+import { ParleyError } from '@parley/client'
+import './sidethread.css'
+
+const make = (tag, attrs = {}, ...children) => {
+  const node = document.createElement(tag)
+  for (const [key, value] of Object.entries(attrs)) node.setAttribute(key, value)
+  node.append(...children)
+  return node
+}
+
+/**
+ * @param {{ session: import('@parley/client').ParleySession, composer: HTMLTextAreaElement,
+ *           showError: (code: string, message: string, what: string) => void }} options
+ */
+export function mountSideThread ({ session, composer, showError }) {
+  let thread = null // the side-thread as the server last sent it
+  const streaming = new Map() // reply id -> text so far
+
+  const ask = make('button', {
+    type: 'button',
+    id: 'ask-privately',
+    class: 'secondary',
+    'aria-label': 'Ask the assistant privately: only you see the question and the answer'
+  }, 'Ask privately')
+  composer.form?.querySelector('.composer-row')?.prepend(ask)
+
+  const turns = make('ol', { id: 'side-thread-turns', class: 'side-turns', 'aria-live': 'polite' })
+  const draft = make('textarea', {
+    id: 'side-thread-draft',
+    rows: '4',
+    'aria-label': 'What to share with the session (edit it first)'
+  })
+  const summarise = make('button', { type: 'button', id: 'side-thread-summarise', class: 'secondary' }, 'Summarise')
+  const share = make('button', { type: 'button', id: 'side-thread-share' }, 'Share to session')
+  const note = make('p', { id: 'side-thread-note', class: 'muted note', role: 'status' })
+  const panel = make('section', { id: 'side-thread', class: 'card side-thread', 'aria-labelledby': 'side-thread-heading', hidden: '' },
+    make('h2', { id: 'side-thread-heading' }, 'Private thread'),
+    make('p', { class: 'muted note' }, 'Only you see this. Share what helps.'),
+    turns, draft,
+    make('div', { class: 'side-actions' }, summarise, share),
+    note
+  )
+  ;(document.querySelector('.sidebar') ?? document.body).prepend(panel)
+
+  async function run (what, command) {
+    try {
+      return await command()
+    } catch (error) {
+      if (!(error instanceof ParleyError)) throw error
+      note.textContent = error.message
+      showError(error.code, error.message, what)
+      return null
+    }
+  }
+
+  function render () {
+    panel.hidden = thread === null
+    if (thread === null) return
+    turns.replaceChildren(...thread.turns.map((turn) => make('li', {
+      class: `side-turn kind-${turn.kind}`,
+      'data-kind': turn.kind,
+      'data-status': turn.status,
+      'data-id': turn.id
+    }, turn.summarise && turn.kind === 'prompt' ? '(asked for a summary to share)' : turn.text)))
+    for (const [replyId, text] of streaming) {
+      if (!thread.turns.some((t) => t.id === replyId)) {
+        turns.append(make('li', { class: 'side-turn kind-reply', 'data-kind': 'reply', 'data-status': 'streaming' }, text))
+      }
+    }
+    summarise.disabled = share.disabled = thread.running
+    ask.disabled = thread.running
+  }
+
+  session.on('thread', (frame) => {
+    if (frame.type === 'thread' && (thread === null || frame.thread.id === thread.id)) {
+      const before = thread
+      thread = frame.thread
+      const last = thread.turns[thread.turns.length - 1]
+      const settled = before?.running && !thread.running
+      if (settled && last?.kind === 'reply' && last.status === 'done') {
+        draft.value = last.text // the newest answer (or summary), ready to edit and share
+        streaming.delete(last.id)
+      }
+    } else if (frame.type === 'thread_delta' && frame.thread_id === thread?.id) {
+      streaming.set(frame.reply_id, (streaming.get(frame.reply_id) ?? '') + frame.text)
+    } else if (frame.type === 'thread_deleted' && frame.thread_id === thread?.id) {
+      thread = null
+    }
+    render()
+  })
+
+  ask.addEventListener('click', async () => {
+    const text = composer.value.trim()
+    if (!text) { composer.focus(); return }
+    note.textContent = ''
+    if (thread === null || thread.status !== 'open') {
+      const opened = await run('ask privately', () => session.openThread({ title: text.slice(0, 80) }))
+      if (opened === null) return
+      thread = { id: opened.thread_id, turns: [], running: false, status: 'open' }
+    }
+    const asked = await run('ask privately', () => session.threadPrompt(thread.id, text))
+    if (asked !== null && composer.value.trim() === text) composer.value = ''
+    render()
+  })
+
+  summarise.addEventListener('click', () => {
+    if (thread !== null) run('summarise', () => session.threadSummarise(thread.id))
+  })
+
+  // Messages shared back from a side-thread (anyone's) are marked as such in the transcript,
+  // the frame after main.js has drawn it (its rows keep their data attributes).
+  const mark = (entries) => {
+    for (const entry of entries) {
+      if (entry.source !== 'private_thread') continue
+      const row = document.querySelector(`#transcript li[data-id="${CSS.escape(entry.id)}"]`)
+      if (row !== null) row.dataset.source = entry.source
+    }
+  }
+  session.on('transcript', (entries) => {
+    requestAnimationFrame(() => requestAnimationFrame(() => mark(entries)))
+  })
+
+  share.addEventListener('click', async () => {
+    const text = draft.value.trim()
+    if (thread === null || !text) { draft.focus(); return }
+    const posted = await run('share', () => session.threadShare(thread.id, { text }))
+    if (posted !== null) {
+      draft.value = ''
+      note.textContent = 'Shared with the session.'
+    }
+  })
+}

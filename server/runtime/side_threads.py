@@ -1,0 +1,195 @@
+"""A loaded session's private side-threads: their committed state, their runs in flight,
+and what their owners' sockets are sent.
+
+The session core decides every change (``session.core.threads``); the room's writer
+stores it with the session's other rows (never in the shared document). After the commit,
+``committed`` brings the state here up to date and tells the owner's sockets alone;
+``notify`` stops the runs the core said to stop and has the runner start the one it said
+to start. A run's steps go to ``ThreadSteps``: streamed text and tool steps to the owner's
+sockets, the reply (with what it drew on) stored when the run ends.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from parley.authz.policy import Restriction, restrict, restriction_to_json
+from parley.server.runtime.active_run import ActiveRun
+from parley.session.core import (
+    AuditRecord,
+    Effects,
+    SideThread,
+    ThreadRunFinished,
+    ThreadTurn,
+    apply_to_threads,
+)
+from parley.session.core.effects import (
+    BeginThreadRun,
+    DeleteThread,
+    OpenThread,
+    SetThreadStatus,
+)
+from parley.session.errors import NotFound
+from parley.session.reasons import Ending
+
+if TYPE_CHECKING:
+    from parley.server.runtime.room import SessionRoom
+
+log = logging.getLogger("parley.room")
+
+StartRun = Callable[[BeginThreadRun], None]
+
+
+def turn_json(turn: ThreadTurn) -> dict[str, Any]:
+    return {
+        "id": turn.id,
+        "index": turn.index,
+        "kind": turn.kind,
+        "author": turn.author,
+        "text": turn.text,
+        "status": turn.status,
+        "reason_code": turn.reason_code,
+        "summarise": turn.summarise,
+        "restricted": bool(turn.restriction),
+        "drew_on": restriction_to_json(turn.restriction),
+        "created_at": turn.created_at,
+    }
+
+
+def thread_json(thread: SideThread, *, turns: bool) -> dict[str, Any]:
+    shown = thread.summary()
+    if turns:
+        shown["turns"] = [turn_json(t) for t in thread.turns]
+    return shown
+
+
+class SideThreads:
+    def __init__(self, room: SessionRoom) -> None:
+        self.room = room
+        self.threads: dict[str, SideThread] = {}  # as committed
+        self.active: dict[str, ActiveRun] = {}  # runs in flight, by thread
+        # Set by the session's runner (``SessionRunner.start``): where no model runs here,
+        # a side-thread prompt ends at once (``unavailable``).
+        self.start_run: StartRun | None = None
+
+    async def load(self) -> None:
+        stored = await self.room.store.load_threads(self.room.session_id)
+        self.threads = {t.id: t for t in stored}
+
+    def of(self, user_id: str | None) -> list[SideThread]:
+        """The side-threads of ``user_id`` (None: every member's, for the admin)."""
+        return [t for t in self.threads.values() if user_id is None or t.owner == user_id]
+
+    def get(self, thread_id: str, user_id: str | None) -> SideThread:
+        """Side-thread ``thread_id`` if ``user_id`` owns it (None: the admin reads any);
+        ``NotFound`` otherwise, so another member's thread is never confirmed to exist."""
+        thread = self.threads.get(thread_id)
+        if thread is None or (user_id is not None and thread.owner != user_id):
+            raise NotFound(f"no side-thread {thread_id!r} of yours in this session")
+        return thread
+
+    def committed(self, effects: Effects) -> None:
+        """After the commit: the state here follows ``effects``; the owners are told."""
+        before = dict(self.threads)
+        apply_to_threads(self.threads, effects)
+        change = effects.thread
+        if isinstance(change, DeleteThread):
+            gone = before.get(change.thread_id)
+            if gone is not None:
+                self._send(gone.owner, {"type": "thread_deleted", "thread_id": gone.id})
+        changed = {t.thread_id for t in effects.thread_turns}
+        changed.update(s.thread_id for s in effects.thread_settle)
+        if isinstance(change, OpenThread):
+            changed.add(change.thread.id)
+        elif isinstance(change, SetThreadStatus):
+            changed.add(change.thread_id)
+        for thread_id in changed:
+            thread = self.threads.get(thread_id)
+            if thread is not None:
+                shown = thread_json(thread, turns=True)
+                self._send(thread.owner, {"type": "thread", "thread": shown})
+
+    def notify(self, effects: Effects) -> None:
+        for thread_id, ending in effects.stop_threads:
+            active = self.active.get(thread_id)
+            if active is not None:
+                active.stop(ending)
+        begin = effects.thread_run
+        if begin is None:
+            return
+        if self.start_run is None:  # only a room loaded without its runner (a test's)
+            log.warning("no runner to run a side-thread", extra={"thread_id": begin.thread_id})
+            return
+        self.start_run(begin)
+
+    def _send(self, user_id: str, frame: dict[str, Any]) -> None:
+        self.room.sockets.send_to(user_id, json.dumps(frame))
+
+    def steps(self, begin: BeginThreadRun) -> ThreadSteps:
+        return ThreadSteps(self, begin)
+
+
+class ThreadSteps:
+    """Where one side-thread run's steps go (``RunSink``): its owner's sockets while it
+    runs, its thread's rows (through the core and the room's writer) when it ends."""
+
+    def __init__(self, threads: SideThreads, begin: BeginThreadRun) -> None:
+        self.threads = threads
+        self.begin = begin
+        self.tool_turns: list[ThreadTurn] = []
+        self.author = ""  # the model that writes the reply (set by the runner)
+
+    def _send(self, frame: dict[str, Any]) -> None:
+        self.threads._send(self.begin.owner, {"thread_id": self.begin.thread_id, **frame})
+
+    async def append_reply(self, active: ActiveRun, text: str) -> None:
+        active.text.append(text)
+        self._send({"type": "thread_delta", "reply_id": self.begin.reply_id, "text": text})
+
+    async def widen(self, active: ActiveRun, restriction: Restriction) -> None:
+        """The reply inherits what the run drew on (it never goes into the shared
+        document, so nothing else changes)."""
+        widened = restrict(active.reply.restriction, restriction)
+        active.reply = replace(active.reply, restriction=widened)
+
+    async def add_tool_step(
+        self, active: ActiveRun, *, tool: str, status: str, detail: str, restriction: Restriction
+    ) -> str:
+        turn = ThreadTurn(
+            id=uuid.uuid4().hex,
+            thread_id=self.begin.thread_id,
+            index=0,  # numbered when the run's turns are stored
+            kind="tool",
+            author=tool,
+            text=f"{tool}: {status}\n{detail}",
+            status=status,
+            created_at=self.threads.room.now_ms(),
+            restriction=restrict(active.reply.restriction, restriction),
+        )
+        self.tool_turns.append(turn)
+        self._send({"type": "thread_tool", "turn": turn_json(turn)})
+        return turn.id
+
+    async def finish(
+        self, active: ActiveRun, ending: Ending | None, audit: Sequence[AuditRecord] = ()
+    ) -> None:
+        room = self.threads.room
+        now = room.now_ms()
+        event = ThreadRunFinished(
+            thread_id=self.begin.thread_id,
+            prompt_id=self.begin.prompt_id,
+            reply_id=self.begin.reply_id,
+            author=self.author,
+            text="".join(active.text),
+            ending=ending,
+            restriction=active.reply.restriction,
+            steps=tuple(self.tool_turns),
+            audit=tuple(audit),
+            now_ms=now,
+        )
+        await room.step(event, now)

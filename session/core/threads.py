@@ -1,0 +1,335 @@
+"""Private side-threads: a member's own conversation with the model beside the session.
+
+A side-thread belongs to the member who opened it (``owner``). Its model input is the
+shared session up to its anchor, built with the owner's scope (what their own prompt there
+would see), then its own turns; none of it enters the shared document, other members'
+inputs, summaries or previews. Its runs do not wait in, or block, the session's queue: at
+most ``ThreadLimits.max_runs_per_session`` run at once, one per thread. What the owner
+shares back is posted as their message, marked as from a private thread; text derived from
+what not every member may read is refused (``RestrictedShare``) unless the session's
+``restricted_replies`` policy is ``shared`` (then the sharing is audited).
+
+``handle_thread`` judges the thread commands, ``thread_run_finished`` settles a run,
+``threads_to_stop`` says whose runs stop when a member loses the right to prompt, and
+``apply_to_threads`` is the committed state after a write (the room keeps it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+
+from parley.authz.policy import (
+    Do,
+    Restriction,
+    decide,
+    everyone_may_read,
+    restrict,
+    restriction_to_json,
+)
+from parley.authz.roles import Capability
+from parley.authz.scope import prompt_refusal
+from parley.session.core.effects import (
+    Ack,
+    AuditRecord,
+    BeginThreadRun,
+    DeleteThread,
+    Effects,
+    OpenThread,
+    SetThreadStatus,
+    ThreadTurnStatus,
+)
+from parley.session.core.state import CommandEvent, SessionView, new_entry
+from parley.session.core.thread_state import (
+    CLOSED,
+    DONE,
+    OPEN,
+    RUNNING,
+    SideThread,
+    ThreadTurn,
+    running_threads,
+)
+from parley.session.errors import (
+    Busy,
+    Forbidden,
+    InvalidInput,
+    NotFound,
+    RestrictedShare,
+    ThreadClosed,
+    ThreadLimit,
+    ThreadRunsBusy,
+    TooLarge,
+    Unavailable,
+)
+from parley.session.reasons import Ending, ReasonCode
+from parley.session.schema import MESSAGE_STATUS, EntryKind
+from parley.session.thread_commands import (
+    ThreadCloseCommand,
+    ThreadCommand,
+    ThreadOpenCommand,
+    ThreadPromptCommand,
+    ThreadShareCommand,
+)
+
+FROM_THREAD = "private_thread"  # the ``source`` of a message shared back from a side-thread
+SUMMARY_REQUEST = (
+    "Summarise this private side-thread for the other members of the session: what was "
+    "asked, what was found, and what follows from it. Write it as a short message they "
+    "can read on its own."
+)
+
+
+def handle_thread(view: SessionView, event: CommandEvent, command: ThreadCommand) -> Effects:
+    """What a member's side-thread command does (the shell's ``admin`` key has no thread)."""
+    if event.admin:
+        raise Forbidden("side-threads belong to members; the admin reads them over REST")
+    if isinstance(command, ThreadOpenCommand):
+        return _open(view, event, command)
+    thread = view.threads.get(command.thread_id)
+    if thread is None or thread.owner != event.actor:  # another's thread is not there for them
+        raise NotFound(f"no side-thread {command.thread_id!r} of yours in this session")
+    if isinstance(command, ThreadPromptCommand):
+        return _prompt(view, event, command, thread)
+    if isinstance(command, ThreadShareCommand):
+        return _share(view, event, command, thread)
+    return _close(event, command, thread)
+
+
+def _audit(event: CommandEvent, action: str, **data: object) -> AuditRecord:
+    return AuditRecord("thread", event.actor, {"action": action, **data})
+
+
+def _may_prompt(view: SessionView, actor: str) -> None:
+    refusal = prompt_refusal(view.subject(actor))
+    if refusal is not None:
+        raise Forbidden(refusal)
+
+
+def _opened(thread: SideThread) -> Ack:
+    return Ack(None, (("thread_id", thread.id), ("anchor_seq", str(thread.anchor_seq))))
+
+
+def _asked(thread: SideThread, prompt: ThreadTurn) -> Ack:
+    reply_id = f"{prompt.id}-reply"
+    return Ack(None, (("thread_id", thread.id), ("turn_id", prompt.id), ("reply_id", reply_id)))
+
+
+def _open(view: SessionView, event: CommandEvent, command: ThreadOpenCommand) -> Effects:
+    for thread in view.threads.values():  # resent (say after a reconnect): its first ack
+        if thread.owner == event.actor and thread.command_id == command.id:
+            return Effects(ack=_opened(thread))
+    _may_prompt(view, event.actor)
+    limits = view.thread_limits
+    owned = sum(1 for t in view.threads.values() if t.owner == event.actor)
+    if owned >= limits.max_threads_per_member:
+        raise ThreadLimit(f"at most {limits.max_threads_per_member} side-threads per member")
+    anchor_seq = view.last_seq
+    if command.anchor is not None:
+        if not view.doc.has_entry(command.anchor):
+            raise NotFound(f"no entry {command.anchor!r} in this session")
+        anchor_seq = view.doc.entry(command.anchor).seq
+    thread = SideThread(
+        event.new_id,
+        event.actor,
+        anchor_seq,
+        command.title,
+        OPEN,
+        event.now_ms,
+        command_id=command.id,
+    )
+    return Effects(
+        ack=_opened(thread),
+        thread=OpenThread(thread),
+        audit=(_audit(event, "open", thread_id=thread.id, anchor_seq=anchor_seq),),
+    )
+
+
+def _prompt(
+    view: SessionView, event: CommandEvent, command: ThreadPromptCommand, thread: SideThread
+) -> Effects:
+    for turn in thread.turns:  # resent (say after a reconnect): its first ack, no second run
+        if turn.kind == "prompt" and turn.command_id == command.id:
+            return Effects(ack=_asked(thread, turn))
+    if not view.accepting_prompts:
+        raise Unavailable("the server is shutting down; send it again after reconnecting")
+    _may_prompt(view, event.actor)
+    if thread.status != OPEN:
+        raise ThreadClosed(f"side-thread {thread.id!r} is closed")
+    if thread.running:
+        raise Busy("a reply is still being written in this side-thread; wait for it")
+    limits = view.thread_limits
+    if len(thread.turns) + 2 > limits.max_turns_per_thread:
+        raise ThreadLimit(f"at most {limits.max_turns_per_thread} turns per side-thread")
+    if running_threads(view.threads.values()) >= limits.max_runs_per_session:
+        raise ThreadRunsBusy(
+            f"{limits.max_runs_per_session} side-thread replies are being written in this "
+            "session; try again when one is done"
+        )
+    text = SUMMARY_REQUEST if command.summarise else command.text
+    prompt = ThreadTurn(
+        id=event.new_id,
+        thread_id=thread.id,
+        index=len(thread.turns),
+        kind="prompt",
+        author=event.actor,
+        text=text,
+        status=RUNNING,
+        created_at=event.now_ms,
+        summarise=command.summarise,
+        command_id=command.id,
+    )
+    ack = _asked(thread, prompt)
+    reply_id = dict(ack.ids)["reply_id"]
+    return Effects(
+        ack=ack,
+        thread_turns=(prompt,),
+        thread_run=BeginThreadRun(thread.id, prompt.id, reply_id, event.actor),
+    )
+
+
+def _share(
+    view: SessionView, event: CommandEvent, command: ThreadShareCommand, thread: SideThread
+) -> Effects:
+    decision_reason = _post_refusal(view, event.actor)
+    if decision_reason is not None:
+        raise Forbidden(decision_reason)
+    if command.text is not None:
+        # Free text (an edited summary) may draw on anything in the thread.
+        text, restriction = command.text, thread.restriction
+    else:
+        picked = [thread.turn(t) for t in command.turn_ids]
+        if any(t is None or t.kind != "reply" or t.status != DONE for t in picked):
+            raise InvalidInput("'turn_ids' must name finished replies of this side-thread")
+        replies = [t for t in picked if t is not None]
+        text = "\n\n".join(t.text for t in replies)
+        restriction = restrict(*(t.restriction for t in replies))
+    limit = view.thread_limits.max_share_chars
+    if len(text) > limit:
+        raise TooLarge(f"what is shared is at most {limit} characters")
+    audit = [_audit(event, "share", thread_id=thread.id, turn_ids=list(command.turn_ids))]
+    if not everyone_may_read(view.subjects(), restriction):
+        if view.restricted_replies == "private":
+            raise RestrictedShare(
+                "this draws on material not every member of the session may read; the "
+                "session keeps such text private (restricted_replies: private)"
+            )
+        drew_on = restriction_to_json(restriction)
+        shared = {"thread_id": thread.id, "drew_on": drew_on}
+        audit.append(AuditRecord("reply_shared", event.actor, shared))
+    entry = new_entry(view, event, EntryKind.MESSAGE, text, MESSAGE_STATUS, FROM_THREAD)
+    return Effects(
+        ack=Ack(entry.seq, (("message_id", entry.id),)),
+        entry=entry,
+        audit=tuple(audit),
+    )
+
+
+def _post_refusal(view: SessionView, actor: str) -> str | None:
+    decision = decide(view.subject(actor), Do(Capability.POST_MESSAGE))
+    return None if decision.allowed else decision.reason
+
+
+def _close(event: CommandEvent, command: ThreadCloseCommand, thread: SideThread) -> Effects:
+    ack = Ack(None, (("thread_id", thread.id),))
+    stop = ((thread.id, Ending(ReasonCode.CANCELLED, "the side-thread was closed")),)
+    stops = stop if thread.running else ()
+    if command.delete:
+        audit = (_audit(event, "delete", thread_id=thread.id),)
+        return Effects(ack=ack, thread=DeleteThread(thread.id), stop_threads=stops, audit=audit)
+    if thread.status == CLOSED:
+        return Effects(ack=ack)
+    audit = (_audit(event, "close", thread_id=thread.id),)
+    change = SetThreadStatus(thread.id, CLOSED)
+    return Effects(ack=ack, thread=change, stop_threads=stops, audit=audit)
+
+
+@dataclass(frozen=True, slots=True)
+class ThreadRunFinished:
+    """A side-thread run ended: answered (no ``ending``) or not, with its reply's
+    ``text`` written by ``author`` (the model), the ``steps`` it took (tool turns), what
+    it drew on (``restriction``) and its audit records."""
+
+    thread_id: str
+    prompt_id: str
+    reply_id: str
+    author: str
+    text: str
+    ending: Ending | None
+    restriction: Restriction
+    steps: tuple[ThreadTurn, ...]
+    audit: tuple[AuditRecord, ...]
+    now_ms: int
+
+
+def thread_run_finished(view: SessionView, event: ThreadRunFinished) -> Effects:
+    """Settle a side-thread run: its prompt ends, its tool steps and its reply are stored
+    (with what they drew on), and its audit records are written -- even when the thread
+    was deleted meanwhile (then only those)."""
+    thread = view.threads.get(event.thread_id)
+    if thread is None or thread.turn(event.prompt_id) is None:
+        return Effects(audit=event.audit)
+    prompt = thread.turn(event.prompt_id)
+    assert prompt is not None
+    ending = event.ending
+    status = DONE if ending is None else ending.status.value
+    index = len(thread.turns)
+    steps = tuple(replace(s, index=index + n) for n, s in enumerate(event.steps))
+    reply = ThreadTurn(
+        id=event.reply_id,
+        thread_id=thread.id,
+        index=index + len(steps),
+        kind="reply",
+        author=event.author,
+        text=event.text,
+        status=DONE if ending is None else ending.reply_status.value,
+        created_at=event.now_ms,
+        restriction=event.restriction,
+        reason_code=None if ending is None else ending.code.value,
+        summarise=prompt.summarise,
+    )
+    settle = ThreadTurnStatus(thread.id, prompt.id, status, reply.reason_code)
+    return Effects(thread_settle=(settle,), thread_turns=(*steps, reply), audit=event.audit)
+
+
+def threads_to_stop(
+    threads: Mapping[str, SideThread], user_id: str, ending: Ending
+) -> tuple[tuple[str, Ending], ...]:
+    """The running side-threads of ``user_id``, each to stop with ``ending``."""
+    return tuple((t.id, ending) for t in threads.values() if t.owner == user_id and t.running)
+
+
+def cut_off_threads(
+    threads: Mapping[str, SideThread], ending: Ending
+) -> tuple[ThreadTurnStatus, ...]:
+    """After a restart: a side-thread prompt that was running is never run again."""
+    return tuple(
+        ThreadTurnStatus(t.id, p.id, ending.status.value, ending.code.value)
+        for t in threads.values()
+        for p in t.turns
+        if p.kind == "prompt" and p.status == RUNNING
+    )
+
+
+def apply_to_threads(threads: dict[str, SideThread], effects: Effects) -> None:
+    """Bring ``threads`` (the committed side-threads) up to ``effects``, once committed."""
+    change = effects.thread
+    if isinstance(change, OpenThread):
+        threads[change.thread.id] = change.thread
+    elif isinstance(change, SetThreadStatus) and change.thread_id in threads:
+        threads[change.thread_id] = replace(threads[change.thread_id], status=change.status)
+    elif isinstance(change, DeleteThread):
+        threads.pop(change.thread_id, None)
+    for settle in effects.thread_settle:
+        thread = threads.get(settle.thread_id)
+        if thread is not None:
+            turns = tuple(
+                replace(t, status=settle.status, reason_code=settle.reason_code)
+                if t.id == settle.turn_id
+                else t
+                for t in thread.turns
+            )
+            threads[thread.id] = replace(thread, turns=turns)
+    for turn in effects.thread_turns:
+        thread = threads.get(turn.thread_id)
+        if thread is not None:
+            threads[thread.id] = replace(thread, turns=(*thread.turns, turn))

@@ -1,0 +1,336 @@
+"""Private side-threads in one room on the in-memory store: what their runs are given,
+that they run beside the session's queue, their limits, sharing back, restricted material,
+membership changes and a reload."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import replace
+from typing import Any
+
+from parley.authz.policy import Readers
+from parley.server.store.access import DocumentRow
+from parley.server.store.memory import MemoryStore
+from parley.session.core import SideThread
+from parley.session.lifecycle import PromptStatus
+from parley.session.quota import Quotas
+from parley.session.thread_commands import (
+    ThreadCloseCommand,
+    ThreadOpenCommand,
+    ThreadPromptCommand,
+    ThreadShareCommand,
+)
+from tests.fake_model import Answer, FakeModel, Sent, call
+from tests.server.runtime.harness import SESSION, MemorySession, Watcher, memory_session
+
+MARKER = "ZQX-private-7f3e"  # in bob's side-thread only
+SECRET = "the vault code is 7731"
+
+
+class Gate:
+    """A stream step: says it was reached (``entered``), then waits until ``opened``."""
+
+    def __init__(self) -> None:
+        self.entered = asyncio.Event()
+        self.opened = asyncio.Event()
+
+    async def __call__(self) -> None:
+        self.entered.set()
+        await self.opened.wait()
+
+
+GATE = Gate()
+
+
+def answer_with(sent: Sent) -> Answer:
+    """Repeat what was asked, so a reply carries its prompt's marker; a prompt saying
+    ``[hold]`` waits at ``GATE`` first."""
+    asked = sent.asked_text()
+    if "vault" in asked and sent.messages[-1]["role"] != "tool":
+        return [call("search_documents", {"query": "vault code"})]
+    answer = f"you asked: {asked[-80:]}"
+    return [GATE, answer] if "[hold]" in asked else [answer]
+
+
+def watch(s: MemorySession, user_id: str) -> Watcher:
+    watcher = Watcher(user_id)
+    s.room.connections.add(watcher)  # type: ignore[arg-type]
+    return watcher
+
+
+async def open_thread(s: MemorySession, user_id: str, anchor: str | None = None) -> str:
+    ack = await s.send(user_id, ThreadOpenCommand(s.next_id(), anchor, "t"))
+    assert ack["type"] == "ack", ack
+    return str(ack["thread_id"])
+
+
+async def ask(s: MemorySession, user_id: str, thread_id: str, text: str) -> dict[str, Any]:
+    return await s.send(user_id, ThreadPromptCommand(s.next_id(), thread_id, text))
+
+
+def thread(s: MemorySession, thread_id: str) -> SideThread:
+    return s.room.side_threads.threads[thread_id]
+
+
+async def answered(s: MemorySession, thread_id: str) -> SideThread:
+    """Wait until no run is under way in the side-thread (checked after each frame its
+    owner's socket gets: the only one told of it)."""
+    owner = thread(s, thread_id).owner
+    sockets = [c for c in s.room.connections if isinstance(c, Watcher) and c.user_id == owner]
+    watcher = sockets[0] if sockets else watch(s, owner)
+    async with asyncio.timeout(10):
+        while thread(s, thread_id).running:
+            await watcher.changed()
+    return thread(s, thread_id)
+
+
+def frames_text(watcher: Watcher) -> str:
+    return "\n".join(f if isinstance(f, str) else f.decode("latin-1") for f in watcher.frames)
+
+
+async def test_a_side_thread_sees_the_session_up_to_its_anchor_then_its_own_turns() -> None:
+    model = FakeModel(answer_with)
+    async with memory_session({"alice": "editor", "bob": "editor"}, model) as s:
+        alice = watch(s, "alice")
+        asked = await s.prompt("alice", "shared question one")
+        await s.settled(asked["prompt_id"])
+        anchor = await s.message("bob", "the anchor message")
+        await s.message("alice", "said after the anchor")
+        thread_id = await open_thread(s, "bob", anchor["message_id"])
+        first = await ask(s, "bob", thread_id, f"{MARKER} is my reading right?")
+        assert first["type"] == "ack" and first["turn_id"] and first["reply_id"]
+        await answered(s, thread_id)
+        await ask(s, "bob", thread_id, "and then?")
+        done = await answered(s, thread_id)
+
+        [one, two] = model.requests_for("bob")
+        for request in (one, two):
+            text = request.everything()
+            assert "shared question one" in text and "the anchor message" in text
+            assert "said after the anchor" not in text
+        assert MARKER in one.asked_text()
+        assert MARKER in two.everything() and "and then?" in two.asked_text()
+        assert [t.kind for t in done.turns] == ["prompt", "reply", "prompt", "reply"]
+        assert all(t.status == "done" for t in done.turns)
+
+        # Nothing of it in the shared document, alice's frames or her model inputs.
+        assert all(MARKER not in e.content for e in s.room.doc.entries())
+        assert MARKER not in frames_text(alice)
+        later = await s.prompt("alice", "what now?")
+        await s.settled(later["prompt_id"])
+        assert all(MARKER not in r.everything() for r in model.requests_for("alice"))
+        assert MARKER not in frames_text(alice)
+
+
+async def test_a_reply_shared_back_is_bobs_message_once_for_everyone() -> None:
+    model = FakeModel(answer_with)
+    async with memory_session({"alice": "editor", "bob": "editor"}, model) as s:
+        thread_id = await open_thread(s, "bob")
+        await ask(s, "bob", thread_id, f"{MARKER} check")
+        reply = next(t for t in (await answered(s, thread_id)).turns if t.kind == "reply")
+        shared = await s.send("bob", ThreadShareCommand("share", thread_id, None, (reply.id,)))
+        assert shared["type"] == "ack" and shared["seq"] == 1
+        again = await s.send("bob", ThreadShareCommand("share", thread_id, None, (reply.id,)))
+        assert again == shared  # a resent share gets its first ack, nothing is posted twice
+        [message] = s.room.doc.entries()
+        assert (message.author, message.kind.value, message.source) == (
+            "bob",
+            "message",
+            "private_thread",
+        )
+        assert message.content == reply.text
+        asked = await s.prompt("alice", "what did bob find?")
+        await s.settled(asked["prompt_id"])
+        [request] = model.requests_for("alice")
+        assert request.everything().count(reply.text) == 1
+
+
+async def test_a_summary_draft_is_a_reply_of_the_thread_and_is_shared_as_edited() -> None:
+    model = FakeModel(answer_with)
+    async with memory_session({"alice": "editor", "bob": "editor"}, model) as s:
+        thread_id = await open_thread(s, "bob")
+        await ask(s, "bob", thread_id, "look into the logs")
+        await answered(s, thread_id)
+        summarise = ThreadPromptCommand("sum", thread_id, "", summarise=True)
+        assert (await s.send("bob", summarise))["type"] == "ack"
+        draft = (await answered(s, thread_id)).turns[-1]
+        assert draft.kind == "reply" and draft.summarise
+        assert "Summarise this private side-thread" in model.requests[-1].asked_text()
+        edited = ThreadShareCommand("post", thread_id, "The logs look fine (checked).", ())
+        assert (await s.send("bob", edited))["type"] == "ack"
+        assert [e.content for e in s.room.doc.entries()] == ["The logs look fine (checked)."]
+
+
+async def test_side_thread_runs_and_the_session_queue_proceed_in_parallel() -> None:
+    global GATE
+    GATE = Gate()
+    model = FakeModel(answer_with)
+    async with memory_session({"alice": "editor", "bob": "editor"}, model) as s:
+        held = await s.prompt("alice", "[hold] a long one")
+        await GATE.entered.wait()
+        waiting = [await s.prompt(u, f"{u} next") for u in ("alice", "bob")]
+        order = [item.id for item in s.room.doc.queued()]
+        # The session's run is held at the gate: a side-thread is answered meanwhile.
+        thread_id = await open_thread(s, "bob")
+        await ask(s, "bob", thread_id, "quick private check")
+        assert (await answered(s, thread_id)).turns[-1].status == "done"
+        assert s.status(held["prompt_id"]) is PromptStatus.RUNNING
+        assert [item.id for item in s.room.doc.queued()] == order
+        # And a side-thread run held at the gate does not hold the session's queue: the
+        # gate opens for the session's run only once the thread's run waits at it too.
+        GATE.entered.clear()
+        await ask(s, "bob", thread_id, "[hold] a long private one")
+        await GATE.entered.wait()
+        assert model.requests[-1].issuers == ("bob",)
+        assert thread(s, thread_id).running
+        GATE.opened.set()
+        await s.settled(held["prompt_id"], *(w["prompt_id"] for w in waiting))
+        prompts = [e.id for e in s.room.doc.entries() if e.kind.value == "prompt"]
+        assert prompts == [held["prompt_id"], *order]
+        await answered(s, thread_id)
+
+
+async def test_limits_on_threads_turns_and_concurrent_runs() -> None:
+    model = FakeModel(answer_with)
+    model.gate = asyncio.Event()
+    members = {"alice": "editor", "bob": "editor"}
+    limits = {"max_threads_per_member": 1, "max_thread_turns": 4}
+    async with memory_session(members, model, max_thread_runs_per_session=1, **limits) as s:
+        mine = await open_thread(s, "bob")
+        more = await s.send("bob", ThreadOpenCommand("x", None, ""))
+        assert more["code"] == "thread_limit"
+        await ask(s, "bob", mine, "[wait] hold")
+        await s.until(lambda s: thread(s, mine).running)
+        assert (await ask(s, "bob", mine, "again"))["code"] == "busy"
+        hers = await open_thread(s, "alice")
+        assert (await ask(s, "alice", hers, "mine too"))["code"] == "thread_runs_busy"
+        # Another member's thread is not there for alice (nor confirmed to exist).
+        assert (await ask(s, "alice", mine, "peek"))["code"] == "not_found"
+        model.gate.set()
+        await answered(s, mine)
+        await ask(s, "bob", mine, "second")
+        await answered(s, mine)
+        assert (await ask(s, "bob", mine, "third"))["code"] == "thread_limit"
+        closed = await s.send("bob", ThreadCloseCommand("c", mine, delete=False))
+        assert closed["type"] == "ack"
+        assert (await ask(s, "alice", hers, "now"))["type"] == "ack"
+        await answered(s, hers)
+        assert (await ask(s, "bob", mine, "x"))["code"] in ("thread_closed", "thread_limit")
+
+
+async def test_restricted_material_is_used_in_the_thread_and_sharing_follows_the_policy() -> None:
+    model = FakeModel(answer_with)
+    vault = DocumentRow("d1", SESSION, "Vault", SECRET, Readers("d1", frozenset({"bob"})), 0)
+    members = {"alice": "editor", "bob": "editor", "olga": "owner"}
+    async with memory_session(members, model) as s:
+        await s.store.access.add_document(vault)
+        alice = watch(s, "alice")
+        thread_id = await open_thread(s, "bob")
+        await ask(s, "bob", thread_id, "what is the vault code?")
+        done = await answered(s, thread_id)
+        reply = done.turns[-1]
+        assert [t.kind for t in done.turns] == ["prompt", "tool", "reply"]
+        assert "7731" in reply.text and reply.restriction
+        assert "7731" not in frames_text(alice)
+        by_pick = ThreadShareCommand("p", thread_id, None, (reply.id,))
+        refused = await s.send("bob", by_pick)
+        assert refused["code"] == "restricted_share"
+        # Free text from a thread that drew on it is held to the same rule.
+        by_text = ThreadShareCommand("t", thread_id, "nothing secret here", ())
+        assert (await s.send("bob", by_text))["code"] == "restricted_share"
+        assert s.room.doc.entries() == []
+        # Under ``shared`` the owner let such replies into the document: sharing is audited.
+        s.room.use_settings(None, "shared")
+        assert (await s.send("bob", by_pick))["type"] == "ack"
+        [message] = s.room.doc.entries()
+        assert "7731" in message.content
+        records = await s.store.access.list_audit(
+            SESSION, limit=50, after=0, kinds=["reply_shared"]
+        )
+        assert [r.data["thread_id"] for r in records] == [thread_id]
+
+
+async def test_every_side_thread_run_is_audited_with_its_scope() -> None:
+    model = FakeModel(answer_with)
+    async with memory_session({"bob": "editor"}, model) as s:
+        thread_id = await open_thread(s, "bob")
+        await ask(s, "bob", thread_id, "hello")
+        await answered(s, thread_id)
+        [record] = await s.store.access.list_audit(SESSION, limit=50, after=0, kinds=["model_call"])
+        assert record.data["thread_id"] == thread_id
+        assert record.data["issuers"] == [{"user_id": "bob", "role": "editor"}]
+        assert "prompt" in record.data["capabilities"]
+
+
+async def test_removing_the_member_stops_their_side_thread_run() -> None:
+    global GATE
+    GATE = Gate()
+    async with memory_session({"alice": "editor", "bob": "editor"}, FakeModel(answer_with)) as s:
+        thread_id = await open_thread(s, "bob")
+        watch(s, "bob")
+        await ask(s, "bob", thread_id, "[hold] long")
+        await GATE.entered.wait()
+        await s.room.membership.set_member("bob", None)
+        done = await answered(s, thread_id)
+        assert done.turns[0].status == "failed"
+        assert done.turns[0].reason_code == "member_removed"
+
+
+async def test_a_role_that_may_no_longer_prompt_stops_the_side_thread_run() -> None:
+    global GATE
+    GATE = Gate()
+    async with memory_session({"bob": "editor"}, FakeModel(answer_with)) as s:
+        thread_id = await open_thread(s, "bob")
+        watch(s, "bob")
+        await ask(s, "bob", thread_id, "[hold] long")
+        await GATE.entered.wait()
+        viewer = replace(s.room.members["bob"], role="viewer")  # the same epoch: a role change
+        await s.room.membership.set_member("bob", viewer)
+        done = await answered(s, thread_id)
+        assert done.turns[0].reason_code == "forbidden"
+        assert (await ask(s, "bob", thread_id, "more"))["code"] == "forbidden"
+
+
+async def test_side_threads_survive_a_reload_and_a_cut_off_run_is_marked() -> None:
+    store = MemoryStore()
+    model = FakeModel(answer_with)
+    model.gate = asyncio.Event()
+    async with memory_session({"bob": "editor"}, model, store=store) as s:
+        thread_id = await open_thread(s, "bob")
+        await ask(s, "bob", thread_id, "kept")
+        await answered(s, thread_id)
+        await ask(s, "bob", thread_id, "[wait] cut off")
+        await s.until(lambda s: thread(s, thread_id).running)
+    async with memory_session({"bob": "editor"}, FakeModel(answer_with), store=store) as s:
+        kept = thread(s, thread_id)
+        assert [t.status for t in kept.turns] == ["done", "done", "failed"]
+        assert kept.turns[-1].reason_code == "server_restart"
+        assert (await ask(s, "bob", thread_id, "go on"))["type"] == "ack"
+        assert (await answered(s, thread_id)).turns[-1].status == "done"
+
+
+async def test_deleting_a_thread_removes_it_and_tells_only_its_owner() -> None:
+    async with memory_session({"alice": "editor", "bob": "editor"}, FakeModel()) as s:
+        alice, bob = watch(s, "alice"), watch(s, "bob")
+        thread_id = await open_thread(s, "bob")
+        deleted = await s.send("bob", ThreadCloseCommand("d", thread_id, delete=True))
+        assert deleted["type"] == "ack"
+        assert thread_id not in s.room.side_threads.threads
+        assert await s.store.load_threads(SESSION) == []
+        told = [json.loads(f) for f in bob.frames if isinstance(f, str)]
+        assert {"type": "thread_deleted", "thread_id": thread_id} in told
+        assert thread_id not in frames_text(alice)
+
+
+async def test_the_members_daily_quota_holds_in_their_side_threads() -> None:
+    model = FakeModel(answer_with)
+    async with memory_session({"bob": "editor"}, model) as s:
+        await s.store.set_quotas(SESSION, Quotas(user_tokens_per_day=100))
+        thread_id = await open_thread(s, "bob")
+        await ask(s, "bob", thread_id, "first")  # the fake model reports 110 tokens used
+        assert (await answered(s, thread_id)).turns[-1].status == "done"
+        await ask(s, "bob", thread_id, "second")
+        prompt = (await answered(s, thread_id)).turns[-2]
+        assert (prompt.kind, prompt.reason_code) == ("prompt", "quota_exceeded")
+        assert len(model.requests) == 1  # no model call without the quota

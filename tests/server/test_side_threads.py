@@ -1,0 +1,170 @@
+"""Private side-threads over the real app, real sockets and a real database: nothing of
+bob's side-thread reaches alice (every frame of her sockets, every REST answer she gets,
+her model inputs, the shared document), and what bob shares back reaches everyone once.
+(The rules, limits, parallel runs and restricted material are tested in a room on the
+in-memory store: ``tests/server/runtime/test_side_threads.py``.)"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import websockets
+
+from parley.session.yprotocol import SyncType, encode_sync
+from tests.conftest import RunningServer, make_settings, serve_in_process, sqlite_url
+from tests.fake_model import Answer, FakeModel, Sent
+from tests.yclient import YClient, all_replies_settled
+
+MARKER = "ZQX-private-7f3e"  # bob's private question, and so the model's answer to it
+DRAFT = "DRAFT-summary-c91"  # the model's draft summary, which bob edits before sharing
+SHARED = "Checked privately: the deploy logs are fine."
+
+
+def script(sent: Sent) -> Answer:
+    asked = sent.asked_text()
+    if "Summarise this private side-thread" in asked:
+        return [f"{DRAFT}: bob looked at the logs."]
+    return [f"you asked: {asked[-60:]}"]
+
+
+class Recording:
+    """A client socket that keeps every frame it receives, as bytes."""
+
+    def __init__(self, ws: websockets.ClientConnection) -> None:
+        self.ws = ws
+        self.frames: list[bytes] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.ws, name)
+
+    async def __aiter__(self) -> AsyncIterator[str | bytes]:
+        async for frame in self.ws:
+            self.frames.append(frame.encode() if isinstance(frame, str) else frame)
+            yield frame
+
+
+async def recorded(server: RunningServer, sid: str, user: str) -> tuple[YClient, Recording]:
+    token = await server.token(sid, user)
+    ws = await websockets.connect(f"{server.ws_url}/ws/sessions/{sid}?token={token}")
+    recording = Recording(ws)
+    client = YClient(recording)  # type: ignore[arg-type]  # a socket that records
+    await ws.send(encode_sync(SyncType.STEP1, client.doc.get_state()))
+    server.clients.append(client)
+    return client, recording
+
+
+MODEL = FakeModel(script)
+
+
+@pytest.fixture
+async def server(tmp_path: Path) -> AsyncIterator[RunningServer]:
+    MODEL.requests.clear()
+    settings = make_settings(sqlite_url(tmp_path), tmp_path / "d")
+    async with serve_in_process(settings, MODEL) as running:
+        yield running
+
+
+def thread_state(client: YClient, thread_id: str) -> dict[str, Any] | None:
+    """The latest state of a side-thread its owner's socket was sent."""
+    found = None
+    for frame in client.unsolicited:
+        if frame.get("type") == "thread" and frame["thread"]["id"] == thread_id:
+            found = frame["thread"]
+    return found
+
+
+def answered(client: YClient, thread_id: str, replies: int) -> bool:
+    state = thread_state(client, thread_id)
+    if state is None or state["running"]:
+        return False
+    return sum(t["kind"] == "reply" for t in state["turns"]) == replies
+
+
+async def test_bobs_side_thread_never_reaches_alice_and_his_summary_reaches_everyone(
+    server: RunningServer,
+) -> None:
+    sid = await server.new_session({"alice": "editor", "bob": "editor"})
+    alice, alice_frames = await recorded(server, sid, "alice")
+    bob = await server.connect(sid, "bob")
+    await alice.command({"type": "prompt", "id": "a1", "text": "how do the deploy logs look?"})
+    await bob.wait_until(lambda c: all_replies_settled(c, 1))
+    anchor = next(e for e in bob.entries() if e["kind"] == "reply")
+
+    opened = await bob.command({"type": "thread_open", "id": "t", "anchor": anchor["id"]})
+    thread_id = opened["thread_id"]
+    await alice.command({"type": "message", "id": "m1", "text": "said after the anchor"})
+    asked = {"type": "thread_prompt", "id": "q", "thread_id": thread_id, "text": MARKER}
+    assert (await bob.command(asked))["type"] == "ack"
+    await bob.wait_until(lambda c: answered(c, thread_id, 1))
+    assert any(f.get("type") == "thread_delta" for f in bob.unsolicited)
+    [private] = MODEL.requests_for("bob")
+    assert "how do the deploy logs look?" in private.everything()
+    assert "said after the anchor" not in private.everything()
+
+    bob_token = await server.token(sid, "bob")
+    base = f"/api/v1/sessions/{sid}/threads"
+    async with httpx.AsyncClient(
+        base_url=server.base_url, headers={"Authorization": f"Bearer {bob_token}"}
+    ) as as_bob:
+        listed = (await as_bob.get(base)).json()["threads"]
+        assert [(t["id"], t["owner"], t["turns"]) for t in listed] == [(thread_id, "bob", 2)]
+        summary = await as_bob.post(f"{base}/{thread_id}/summary", json={})
+        assert summary.status_code == 202, summary.text
+        await bob.wait_until(lambda c: answered(c, thread_id, 2))
+        draft = (await as_bob.get(f"{base}/{thread_id}")).json()["turns"][-1]
+        assert draft["summarise"] and DRAFT in draft["text"]
+        shared = await as_bob.post(f"{base}/{thread_id}/share", json={"text": SHARED, "id": "s"})
+        assert shared.status_code == 202, shared.text
+        again = await as_bob.post(f"{base}/{thread_id}/share", json={"text": SHARED, "id": "s"})
+        assert again.json() == shared.json()
+
+    await alice.wait_until(lambda c: any(e["content"] == SHARED for e in c.entries()))
+    await alice.command({"type": "prompt", "id": "a2", "text": "anything new?"})
+    await alice.wait_until(lambda c: all_replies_settled(c, 2))
+    for client in (alice, bob):
+        posted = [e for e in client.entries() if e["content"] == SHARED]
+        assert [(e["author"], e["kind"], e.get("source")) for e in posted] == [
+            ("bob", "message", "private_thread")
+        ]
+    later = MODEL.requests_for("alice")[-1]
+    assert later.everything().count(SHARED) == 1
+
+    # Everything alice could read: her socket's frames, her REST answers, her model
+    # inputs, the stored document and transcript. None holds a byte of the thread.
+    alice_token = await server.token(sid, "alice")
+    async with httpx.AsyncClient(
+        base_url=server.base_url, headers={"Authorization": f"Bearer {alice_token}"}
+    ) as as_alice:
+        answers = [
+            await as_alice.get(f"/api/v1/sessions/{sid}/transcript"),
+            await as_alice.get(f"/api/v1/sessions/{sid}/context?user_id=alice"),
+            await as_alice.get(f"/api/v1/sessions/{sid}/threads"),
+            await as_alice.get(f"/api/v1/sessions/{sid}/threads/{thread_id}"),
+            await as_alice.post(
+                f"/api/v1/sessions/{sid}/threads/{thread_id}/prompts", json={"text": "peek"}
+            ),
+        ]
+    assert [a.status_code for a in answers] == [200, 200, 200, 404, 404]
+    assert answers[2].json() == {"threads": []}
+    admin_preview = await server.http.get(f"/api/v1/sessions/{sid}/context?user_id=alice")
+    events = await server.http.get(f"/api/v1/sessions/{sid}/events")
+    seen = [
+        *alice_frames.frames,
+        *(a.content for a in answers),
+        admin_preview.content,
+        events.content,
+        json.dumps(await server.transcript(sid)).encode(),
+        *(json.dumps(r.body).encode() for r in MODEL.requests_for("alice")),
+    ]
+    assert alice_frames.frames, "alice's socket was recorded"
+    assert MARKER in json.dumps(bob.unsolicited)  # the search finds it where it is
+    for secret in (MARKER, DRAFT):
+        assert not any(secret.encode() in chunk for chunk in seen), secret
+    # Not even the thread's id, but where she named it herself (the two 404s).
+    named = {answers[3].content, answers[4].content}
+    assert not any(thread_id.encode() in chunk for chunk in seen if chunk not in named)

@@ -1,0 +1,331 @@
+"""The session core's rules for private side-threads, with no I/O: commands judged on a
+view, the effects they have, and the committed state they lead to."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from itertools import count
+
+import pytest
+from pycrdt import Doc
+
+from parley.authz.policy import Readers, Subject
+from parley.authz.roles import Member, RoleTable
+from parley.session.commands import CommandError, Limits, parse_command
+from parley.session.core import (
+    AuditRecord,
+    CommandEvent,
+    DocumentLimits,
+    Effects,
+    Recovered,
+    SessionView,
+    SideThread,
+    StopPromptsOf,
+    ThreadLimits,
+    ThreadRunFinished,
+    ThreadTurn,
+    apply_to_threads,
+    handle,
+)
+from parley.session.errors import (
+    Busy,
+    Forbidden,
+    InvalidInput,
+    NotFound,
+    ParleyError,
+    RestrictedShare,
+    ThreadClosed,
+    ThreadLimit,
+    ThreadRunsBusy,
+    TooLarge,
+)
+from parley.session.queue import OrderingQueue, Policy, QueueLimits
+from parley.session.reasons import Ending, ReasonCode
+from parley.session.schema import SessionDocument
+from parley.session.thread_commands import (
+    ThreadCloseCommand,
+    ThreadOpenCommand,
+    ThreadPromptCommand,
+    ThreadShareCommand,
+)
+
+VAULT = (Readers("d1", frozenset({"bob"})),)
+
+
+@dataclass
+class Threads:
+    """A session as the core sees it, with its side-threads kept as the room keeps them."""
+
+    members: dict[str, str] = field(
+        default_factory=lambda: {"alice": "editor", "bob": "editor", "vic": "viewer"}
+    )
+    limits: ThreadLimits = field(default_factory=lambda: ThreadLimits(2, 6, 1, 100))
+    restricted_replies: str = "private"
+    threads: dict[str, SideThread] = field(default_factory=dict)
+    doc: SessionDocument = field(default_factory=lambda: SessionDocument(Doc()))
+    last_seq: int = 0
+    ids: count[int] = field(default_factory=count)
+
+    def subject(self, user_id: str) -> Subject | None:
+        role = self.members.get(user_id)
+        return None if role is None else Subject.of(Member(user_id, role), RoleTable())
+
+    def view(self) -> SessionView:
+        return SessionView(
+            doc=self.doc,
+            queue=OrderingQueue(QueueLimits()),
+            subject=self.subject,
+            running=None,
+            last_seq=self.last_seq,
+            limits=DocumentLimits(2, 2),
+            subjects=lambda: [s for u in self.members if (s := self.subject(u)) is not None],
+            restricted_replies=self.restricted_replies,
+            threads=self.threads,
+            thread_limits=self.limits,
+        )
+
+    def send(self, actor: str, command: object) -> Effects:
+        event = CommandEvent(actor, command, 1000, f"n{next(self.ids)}")  # type: ignore[arg-type]
+        return self.commit(handle(self.view(), event))
+
+    def commit(self, effects: Effects) -> Effects:
+        if effects.error is None:
+            apply_to_threads(self.threads, effects)
+            if effects.entry is not None:
+                self.doc.add_message(
+                    id=effects.entry.id,
+                    seq=effects.entry.seq,
+                    author=effects.entry.author,
+                    text=effects.entry.text,
+                    created_at=0,
+                    source=effects.entry.source,
+                )
+                self.last_seq = effects.entry.seq
+        return effects
+
+    def ok(self, actor: str, command: object) -> Effects:
+        effects = self.send(actor, command)
+        assert effects.error is None, effects.error
+        return effects
+
+    def refused(self, actor: str, command: object) -> ParleyError:
+        effects = self.send(actor, command)
+        assert effects.error is not None and not effects.writes
+        return effects.error
+
+    def open(self, actor: str = "bob") -> str:
+        ack = self.ok(actor, ThreadOpenCommand("o", None, "t")).ack
+        assert ack is not None
+        return dict(ack.ids)["thread_id"]
+
+    def answer(self, thread_id: str, text: str = "an answer", restriction=()) -> ThreadTurn:
+        run = self._last_run(thread_id)
+        finished = ThreadRunFinished(
+            thread_id, run, f"{run}-reply", "model", text, None, restriction, (), (), 2000
+        )
+        self.commit(handle(self.view(), finished))
+        return self.threads[thread_id].turns[-1]
+
+    def _last_run(self, thread_id: str) -> str:
+        return [t.id for t in self.threads[thread_id].turns if t.kind == "prompt"][-1]
+
+
+def test_opening_a_thread_anchors_it_and_writes_nothing_shared() -> None:
+    t = Threads()
+    t.doc.add_message(id="m1", seq=1, author="alice", text="hi", created_at=0)
+    t.doc.add_message(id="m2", seq=2, author="alice", text="later", created_at=0)
+    t.last_seq = 2
+    effects = t.ok("bob", ThreadOpenCommand("o", "m1", "check"))
+    assert effects.ack is not None and dict(effects.ack.ids)["anchor_seq"] == "1"
+    assert effects.entry is None and effects.events == () and effects.queue is None
+    unanchored = t.ok("bob", ThreadOpenCommand("o2", None, ""))
+    assert unanchored.ack is not None and dict(unanchored.ack.ids)["anchor_seq"] == "2"
+    assert isinstance(t.refused("bob", ThreadOpenCommand("o3", None, "")), ThreadLimit)
+    assert isinstance(t.refused("alice", ThreadOpenCommand("o", "nope", "")), NotFound)
+    assert isinstance(t.refused("vic", ThreadOpenCommand("o", None, "")), Forbidden)
+
+
+def test_a_prompt_starts_a_run_beside_the_queue() -> None:
+    t = Threads()
+    thread_id = t.open()
+    effects = t.ok("bob", ThreadPromptCommand("p", thread_id, "is this right?"))
+    assert effects.queue is None and effects.entry is None and not effects.wake_runner
+    assert effects.events == ()
+    assert effects.thread_run is not None and effects.thread_run.owner == "bob"
+    [turn] = effects.thread_turns
+    assert (turn.kind, turn.status, turn.text) == ("prompt", "running", "is this right?")
+    assert isinstance(t.refused("bob", ThreadPromptCommand("q", thread_id, "more")), Busy)
+    other = t.open("alice")
+    refused = t.refused("alice", ThreadPromptCommand("a", other, "x"))
+    assert isinstance(refused, ThreadRunsBusy)  # one side-thread run at a time here
+    assert isinstance(t.refused("alice", ThreadPromptCommand("a", thread_id, "x")), NotFound)
+    reply = t.answer(thread_id)
+    assert (reply.kind, reply.status) == ("reply", "done")
+    assert [x.status for x in t.threads[thread_id].turns] == ["done", "done"]
+
+
+def test_summarising_asks_with_the_servers_instruction() -> None:
+    t = Threads()
+    thread_id = t.open()
+    effects = t.ok("bob", ThreadPromptCommand("s", thread_id, "", summarise=True))
+    [turn] = effects.thread_turns
+    assert turn.summarise and turn.text.startswith("Summarise this private side-thread")
+    assert t.answer(thread_id).summarise
+
+
+def test_turns_are_bounded_and_a_closed_thread_takes_no_prompt() -> None:
+    t = Threads()
+    thread_id = t.open()
+    for n in range(3):
+        t.ok("bob", ThreadPromptCommand(f"p{n}", thread_id, "q"))
+        t.answer(thread_id)
+    assert isinstance(t.refused("bob", ThreadPromptCommand("p", thread_id, "q")), ThreadLimit)
+    other = t.open()
+    closed = t.ok("bob", ThreadCloseCommand("c", other, delete=False))
+    assert closed.stop_threads == ()
+    assert isinstance(t.refused("bob", ThreadPromptCommand("p", other, "q")), ThreadClosed)
+    t.ok("bob", ThreadCloseCommand("d", other, delete=True))
+    assert other not in t.threads
+
+
+def test_closing_a_thread_stops_its_run() -> None:
+    t = Threads()
+    thread_id = t.open()
+    t.ok("bob", ThreadPromptCommand("p", thread_id, "q"))
+    effects = t.ok("bob", ThreadCloseCommand("c", thread_id, delete=False))
+    [(stopped, ending)] = effects.stop_threads
+    assert stopped == thread_id and ending.code is ReasonCode.CANCELLED
+
+
+def test_sharing_picked_replies_posts_the_members_message_marked() -> None:
+    t = Threads()
+    thread_id = t.open()
+    t.ok("bob", ThreadPromptCommand("p", thread_id, "q"))
+    reply = t.answer(thread_id, "the finding")
+    prompt = t.threads[thread_id].turns[0]
+    bad = ThreadShareCommand("s", thread_id, None, (prompt.id,))
+    assert isinstance(t.refused("bob", bad), InvalidInput)
+    effects = t.ok("bob", ThreadShareCommand("s", thread_id, None, (reply.id,)))
+    assert effects.entry is not None
+    assert (effects.entry.author, effects.entry.text, effects.entry.source) == (
+        "bob",
+        "the finding",
+        "private_thread",
+    )
+    assert [e.kind for e in effects.events] == ["message_posted"]
+    assert isinstance(t.refused("alice", ThreadShareCommand("s", thread_id, "x", ())), NotFound)
+    too_long = ThreadShareCommand("s", thread_id, "x" * 101, ())
+    assert isinstance(t.refused("bob", too_long), TooLarge)
+
+
+@pytest.mark.parametrize("policy", ["private", "shared"])
+def test_sharing_restricted_text_follows_the_restricted_replies_policy(policy: str) -> None:
+    t = Threads(restricted_replies=policy)
+    thread_id = t.open()
+    t.ok("bob", ThreadPromptCommand("p", thread_id, "q"))
+    reply = t.answer(thread_id, "the code is 7731", VAULT)
+    for share in (
+        ThreadShareCommand("s", thread_id, None, (reply.id,)),
+        ThreadShareCommand("t", thread_id, "my own words", ()),
+    ):
+        effects = t.send("bob", share)
+        if policy == "private":
+            assert isinstance(effects.error, RestrictedShare)
+            assert effects.error.code.value == "restricted_share"
+        else:
+            assert effects.error is None and effects.entry is not None
+            assert [a.kind for a in effects.audit] == ["thread", "reply_shared"]
+
+
+def test_a_run_of_a_deleted_thread_leaves_its_audit_only() -> None:
+    t = Threads()
+    thread_id = t.open()
+    t.ok("bob", ThreadPromptCommand("p", thread_id, "q"))
+    run = t._last_run(thread_id)
+    t.ok("bob", ThreadCloseCommand("d", thread_id, delete=True))
+    record = AuditRecord("model_call", "bob", {"thread_id": thread_id})
+    ended = Ending(ReasonCode.CANCELLED, "the side-thread was closed")
+    finished = ThreadRunFinished(thread_id, run, "r", "m", "", ended, (), (), (record,), 3)
+    effects = handle(t.view(), finished)
+    assert effects.audit == (record,) and effects.writes
+    assert effects.thread_turns == () and effects.thread_settle == ()
+
+
+def test_a_member_who_loses_their_prompts_loses_their_thread_runs() -> None:
+    t = Threads()
+    thread_id = t.open()
+    t.ok("bob", ThreadPromptCommand("p", thread_id, "q"))
+    removed = Ending(ReasonCode.MEMBER_REMOVED, "bob was removed")
+    effects = handle(t.view(), StopPromptsOf("bob", removed, 5))
+    assert effects.stop_threads == ((thread_id, removed),)
+    assert handle(t.view(), StopPromptsOf("alice", removed, 5)).stop_threads == ()
+
+
+def test_a_restart_cuts_off_a_thread_prompt_that_was_running() -> None:
+    t = Threads()
+    thread_id = t.open()
+    t.ok("bob", ThreadPromptCommand("p", thread_id, "q"))
+    effects = handle(t.view(), Recovered((), Policy.QUEUE, ReasonCode.SERVER_RESTART, 9))
+    [settle] = effects.thread_settle
+    assert (settle.status, settle.reason_code) == ("failed", "server_restart")
+    t.commit(effects)
+    assert not t.threads[thread_id].running
+
+
+def test_a_thread_reply_inherits_and_the_thread_sums_up_what_it_drew_on() -> None:
+    t = Threads()
+    thread_id = t.open()
+    t.ok("bob", ThreadPromptCommand("p", thread_id, "q"))
+    t.answer(thread_id, "secret", VAULT)
+    assert t.threads[thread_id].restriction == VAULT
+    assert replace(t.threads[thread_id], turns=()).restriction == ()
+
+
+@pytest.mark.parametrize(
+    ("frame", "error"),
+    [
+        ('{"type": "thread_open", "id": "a", "title": 5}', "invalid"),
+        ('{"type": "thread_open", "id": "a", "title": "' + "x" * 201 + '"}', "too_large"),
+        ('{"type": "thread_prompt", "id": "a", "text": "x"}', "invalid"),
+        ('{"type": "thread_prompt", "id": "a", "thread_id": "t", "text": " "}', "invalid"),
+        ('{"type": "thread_share", "id": "a", "thread_id": "t"}', "invalid"),
+        (
+            '{"type": "thread_share", "id": "a", "thread_id": "t", "text": "x", "turn_ids": ["r"]}',
+            "invalid",
+        ),
+        (
+            '{"type": "thread_share", "id": "a", "thread_id": "t", "turn_ids": ["r", "r"]}',
+            "invalid",
+        ),
+        ('{"type": "thread_share", "id": "a", "thread_id": "t", "turn_ids": []}', "invalid"),
+    ],
+)
+def test_thread_commands_are_bounded_when_parsed(frame: str, error: str) -> None:
+    with pytest.raises(CommandError) as raised:
+        parse_command(frame, Limits())
+    assert raised.value.code.value == error
+
+
+def test_thread_commands_parse() -> None:
+    share = '{"type": "thread_share", "id": "a", "thread_id": "t", "turn_ids": ["r1", "r2"]}'
+    assert parse_command(share, Limits()) == ThreadShareCommand("a", "t", None, ("r1", "r2"))
+    close = '{"type": "thread_delete", "id": "a", "thread_id": "t"}'
+    assert parse_command(close, Limits()) == ThreadCloseCommand("a", "t", delete=True)
+    summarise = '{"type": "thread_summarise", "id": "a", "thread_id": "t"}'
+    assert parse_command(summarise, Limits()) == ThreadPromptCommand("a", "t", "", summarise=True)
+
+
+def test_a_resent_open_or_prompt_gets_its_first_ack_and_changes_nothing() -> None:
+    t = Threads()
+    first = t.ok("bob", ThreadOpenCommand("o", None, "t"))
+    again = t.ok("bob", ThreadOpenCommand("o", None, "t"))
+    assert again.ack == first.ack and again.thread is None and len(t.threads) == 1
+    assert first.ack is not None
+    thread_id = dict(first.ack.ids)["thread_id"]
+    asked = t.ok("bob", ThreadPromptCommand("p", thread_id, "q"))
+    resent = t.ok("bob", ThreadPromptCommand("p", thread_id, "q"))
+    assert resent.ack == asked.ack
+    assert resent.thread_turns == () and resent.thread_run is None
+    t.answer(thread_id)
+    assert t.ok("bob", ThreadPromptCommand("p", thread_id, "q")).ack == asked.ack
+    assert len(t.threads[thread_id].turns) == 2
