@@ -13,7 +13,8 @@ from parley.authz.roles import (
     check_role_name,
     tool_capability,
 )
-from parley.server.http.models import (
+from parley.server.http.models import RoleList, RoleOut, RolePut
+from parley.server.http.resource_models import (
     AuditList,
     AuditRecordOut,
     DocumentCreate,
@@ -21,9 +22,6 @@ from parley.server.http.models import (
     DocumentOut,
     PrivateOut,
     ReadersIn,
-    RoleList,
-    RoleOut,
-    RolePut,
     ToolCreate,
     ToolList,
     ToolOut,

@@ -7,7 +7,7 @@ too (``server.http.sse``).
 
 from __future__ import annotations
 
-from parley.server.http.models import EventList, EventOut
+from parley.server.http.resource_models import EventList, EventOut
 from parley.server.http.rest import Operation, QueryParam
 from parley.server.http.sessions import session_row
 from parley.server.state import AppState

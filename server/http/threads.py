@@ -13,10 +13,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from parley.authz.roles import Capability
-from parley.server.http.models import (
-    CancelPost,
-    EntryPost,
-    MessagePosted,
+from parley.server.http.models import CancelPost, EntryPost, MessagePosted
+from parley.server.http.prompts import COMMAND_ERRORS, command_id, send
+from parley.server.http.rest import Caller, Operation
+from parley.server.http.thread_models import (
     ThreadListOut,
     ThreadOpened,
     ThreadOut,
@@ -24,8 +24,6 @@ from parley.server.http.models import (
     ThreadPost,
     ThreadRunAccepted,
 )
-from parley.server.http.prompts import COMMAND_ERRORS, command_id, send
-from parley.server.http.rest import Caller, Operation
 from parley.server.runtime.side_threads import thread_json
 from parley.server.state import AppState
 from parley.session.core import SideThread

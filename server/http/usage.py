@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime
 
-from parley.server.http.models import QuotasOut, QuotasPut, UsageOut, UserUsageOut
+from parley.server.http.resource_models import QuotasOut, QuotasPut, UsageOut, UserUsageOut
 from parley.server.http.rest import Operation, QueryStr
 from parley.server.http.sessions import USER_ID, session_row
 from parley.server.state import AppState

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from parley.server.http import access as access_api
-from parley.server.http.models import DocumentCreate, ReadersIn
+from parley.server.http.resource_models import DocumentCreate, ReadersIn
 from parley.session.commands import PromptCommand
 from parley.session.errors import Forbidden
 from tests.fake_model import NAME, Answer, FakeModel, Sent, call

@@ -21,7 +21,8 @@ import pytest
 from parley.server.http import context as context_api
 from parley.server.http import sessions as sessions_api
 from parley.server.http import usage as usage_api
-from parley.server.http.models import QuotasPut, SessionPatch
+from parley.server.http.models import SessionPatch
+from parley.server.http.resource_models import QuotasPut
 from parley.server.http.rest import ADMIN
 from parley.server.providers.registry import open_models
 from parley.server.settings import ModelSpec

@@ -17,7 +17,8 @@ import pytest
 from parley.server.http import access as access_api
 from parley.server.http import members as members_api
 from parley.server.http import sessions as sessions_api
-from parley.server.http.models import DocumentCreate, MemberPut, ReadersIn, SessionPatch
+from parley.server.http.models import MemberPut, SessionPatch
+from parley.server.http.resource_models import DocumentCreate, ReadersIn
 from parley.session.commands import PromptCommand
 from parley.session.errors import Forbidden
 from tests.conftest import RunningServer, make_settings, serve_in_process, sqlite_url

@@ -26,7 +26,8 @@ from parley.authz.webhooks import (
 )
 from parley.server.http import access as access_api
 from parley.server.http import members as members_api
-from parley.server.http.models import MemberPut, ToolCreate
+from parley.server.http.models import MemberPut
+from parley.server.http.resource_models import ToolCreate
 from parley.server.settings import Settings
 from parley.session.commands import PromptCommand
 from tests.conftest import RunningServer, sqlite_url

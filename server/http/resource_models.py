@@ -1,0 +1,134 @@
+"""REST models of a session's resources: quotas and usage, the audit log, documents, tools,
+kept text and semantic events."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import Field
+
+from parley.server.http.models import CapabilityName, Strict
+
+
+class QuotasPut(Strict):
+    """Replaces the session's quotas; a limit left out or null is no limit."""
+
+    session_tokens_per_day: int | None = Field(
+        default=None, ge=1, le=10**15, description="Tokens a UTC day; null: no limit"
+    )
+    user_tokens_per_day: int | None = Field(
+        default=None, ge=1, le=10**15, description="For each member; null: no limit"
+    )
+
+
+class QuotasOut(Strict):
+    session_tokens_per_day: int | None
+    user_tokens_per_day: int | None
+
+
+class UserUsageOut(Strict):
+    user_id: str
+    input_tokens: int
+    output_tokens: int
+    calls: int = Field(description="Model calls this user's prompts took part in")
+
+
+class UsageOut(Strict):
+    session_id: str
+    day: str = Field(description="UTC day, YYYY-MM-DD")
+    input_tokens: int
+    output_tokens: int
+    users: list[UserUsageOut]
+    quotas: QuotasOut
+
+
+class AuditRecordOut(Strict):
+    id: int
+    at: int = Field(description="Milliseconds since the epoch.")
+    kind: str = Field(description="model_call, tool_refused, membership, policy, refused, …")
+    actor: str = Field(description="The user who acted (or 'admin')")
+    data: dict[str, Any]
+
+
+class AuditList(Strict):
+    records: list[AuditRecordOut]
+    next_after: int | None = Field(description="Pass as ?after= for the next page")
+
+
+NameStr = Annotated[str, Field(min_length=1, max_length=200)]
+
+
+class ReadersIn(Strict):
+    users: list[NameStr] = Field(default_factory=list, max_length=1000)
+    roles: list[NameStr] = Field(default_factory=list, max_length=100)
+
+
+class DocumentCreate(Strict):
+    title: str = Field(min_length=1, max_length=500)
+    text: str = Field(min_length=1)
+    readers: ReadersIn = Field(description="Who may read it (and so what is drawn from it)")
+
+
+class DocumentOut(Strict):
+    id: str
+    title: str
+    readers: ReadersIn
+    chars: int
+    created_at: int
+    text: str | None = Field(description="Only when one document is asked for")
+
+
+class DocumentList(Strict):
+    documents: list[DocumentOut]
+
+
+class ToolCreate(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    description: str = Field(min_length=1, max_length=2000)
+    parameters: dict[str, Any] = Field(
+        default_factory=lambda: {"type": "object"}, description="JSON Schema of the arguments"
+    )
+    url: str = Field(pattern=r"^https?://[^\s]{1,1990}$", description="Where Parley POSTs")
+    capability: CapabilityName | None = Field(
+        default=None, description="Needed to use it; default tool:<name>"
+    )
+    timeout_s: float = Field(default=10.0, gt=0, le=120)
+
+
+class ToolOut(Strict):
+    name: str
+    description: str
+    parameters: dict[str, Any]
+    url: str
+    capability: str
+    timeout_s: float
+    created_at: int
+    secret: str | None = Field(description="The signing secret: shown once, when created")
+
+
+class ToolList(Strict):
+    tools: list[ToolOut]
+
+
+class PrivateOut(Strict):
+    entry_id: str
+    kind: Literal["tool", "reply"]
+    text: str
+    readers: list[dict[str, Any]] = Field(description="Readers of every source it drew on")
+
+
+class EventOut(Strict):
+    seq: int = Field(description="The event's number in its session: from 1, in commit order")
+    at_ms: int = Field(description="Milliseconds since the epoch.")
+    kind: str = Field(
+        description="prompt_accepted, message_posted, run_started, reply_completed, "
+        "run_failed, member_joined, member_changed, member_left, settings_changed, "
+        "pin_changed, fact_set"
+    )
+    actor: str | None = Field(description="The member (or 'admin') who acted; null: the server")
+    data: dict[str, Any] = Field(description="Ids, authors and codes; never content")
+
+
+class EventList(Strict):
+    events: list[EventOut]
+    next_after: int | None = Field(description="Pass as ?after= for the next page")
