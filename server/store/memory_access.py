@@ -10,7 +10,8 @@ from parley.authz.policy import Readers
 from parley.server.store.access import AuditRow, DocumentRow, PrivateItem, TokenRow, ToolRow
 
 if TYPE_CHECKING:
-    from parley.server.store.memory import MemoryStore, _Session
+    from parley.server.store.memory import MemoryStore
+    from parley.server.store.memory_tables import SessionRows
 
 
 class MemoryAccess:
@@ -20,7 +21,7 @@ class MemoryAccess:
     def __init__(self, store: MemoryStore) -> None:
         self.store = store
 
-    def _rows(self, session_id: str) -> _Session | None:
+    def _rows(self, session_id: str) -> SessionRows | None:
         return self.store._read(session_id)
 
     async def private_items(self, session_id: str) -> list[PrivateItem]:

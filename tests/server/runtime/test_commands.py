@@ -13,7 +13,8 @@ import pytest
 
 from parley.server.providers.offline import OfflineProvider
 from parley.server.runtime.commands import handle_frame
-from parley.server.store.memory import MemoryStore, MemoryTx
+from parley.server.store.memory import MemoryStore
+from parley.server.store.memory_tables import MemoryTx
 from parley.session.commands import CancelCommand, MessageCommand, PromptCommand
 from tests.fake_model import FakeModel, Forever
 from tests.server.runtime.harness import SESSION, memory_session
