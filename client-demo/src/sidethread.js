@@ -24,7 +24,7 @@ export function mountSideThread ({ session, composer, showError }) {
     type: 'button',
     id: 'ask-privately',
     class: 'secondary',
-    'aria-label': 'Ask the assistant privately: only you see the question and the answer'
+    'aria-label': 'Ask privately (only you see the question and the answer)'
   }, 'Ask privately')
   composer.form?.querySelector('.composer-row')?.prepend(ask)
 
