@@ -14,6 +14,11 @@ The server hands the child its settings on stdin (the first line), waits for its
 Closing stdin stops it; a server killed outright closes it too (the kernel does), so the
 child never outlives its server. A child that dies on its own is logged and started
 again after a back-off (doubling, bounded).
+
+The child starts with the server only when it may have work: a subscription exists, or
+the server is one node of a cluster (another node may have written deliveries). Otherwise
+it starts at the first wake-up, the commit of the first delivery: a server that nobody
+subscribes to (most test servers, many deployments) never pays for a second interpreter.
 """
 
 from __future__ import annotations
@@ -26,12 +31,13 @@ import sys
 import time
 from collections.abc import Callable
 
-from sqlalchemy import make_url
+from sqlalchemy import make_url, select
 
 from parley.server.outbound.sender_child import READY
 from parley.server.settings import Settings
 from parley.server.store.sessions import Store
 from parley.server.store.sqlite_inline import file_path
+from parley.server.store.tables import webhooks
 from parley.session.backoff import doubling_s
 from parley.session.errors import ConfigurationError
 
@@ -90,15 +96,27 @@ class SenderProcess:
         self._watch: asyncio.Task[None] | None = None
 
     async def start(self, *, sole_sender: bool) -> None:
-        """Start the child and wait for its ``ready``; raises ``ConfigurationError`` with
-        what failed (the server does not start without its sender)."""
+        """Start the child now if it may have work, waiting for its ``ready`` (raises
+        ``ConfigurationError`` with what failed: the server does not start without its
+        sender); else at the first ``wake``."""
         self._sole_sender = sole_sender
-        self.process = await self._spawn()
+        if not sole_sender or await self._subscribed():
+            self.process = await self._spawn()
+            self._watch = asyncio.create_task(self._keep_running(), name="webhook-sender-watch")
         self.sessions.on_outbox = self.wake
-        self._watch = asyncio.create_task(self._keep_running(), name="webhook-sender-watch")
+
+    async def _subscribed(self) -> bool:
+        async with self.sessions.read() as connection:
+            found = await connection.execute(select(webhooks.c.id).limit(1))
+            return found.first() is not None
 
     def wake(self) -> None:
-        """Look for due deliveries now: one byte to the child, unless one is waiting."""
+        """Look for due deliveries now: one byte to the child, unless one is waiting; the
+        first wake-up of a server that started without its child starts it."""
+        if self._watch is None:
+            if self.sessions.on_outbox is not None:  # not stopped
+                self._watch = asyncio.create_task(self._keep_running(), name="webhook-sender-watch")
+            return
         process = self.process
         if process is None or process.stdin is None or process.stdin.is_closing():
             return
@@ -147,27 +165,31 @@ class SenderProcess:
         return process
 
     async def _keep_running(self) -> None:
+        """Start the child if it is not running (it claims what is due as it starts), and
+        start it again whenever it ends."""
         attempts = 0
         while True:
-            assert self.process is not None
+            if self.process is None:
+                attempts += 1
+                try:
+                    # Deliveries a child left mid-attempt are resumed as after a stop.
+                    self.process = await self._spawn()
+                except ConfigurationError as exc:
+                    log.error("webhook sender process did not start: %s", exc.message)
+                    await asyncio.sleep(doubling_s(self.restart_first_s, RESTART_MAX_S, attempts))
+                    continue
+            process = self.process
             started = time.monotonic()
-            code = await self.process.wait()
+            code = await process.wait()
             self.on_exit()
             log.error(
                 "webhook sender process ended; starting it again",
-                extra={"pid": self.process.pid, "exit_code": code},
+                extra={"pid": process.pid, "exit_code": code},
             )
+            self.process = None
             if time.monotonic() - started >= STEADY_S:
                 attempts = 0
-            while True:
-                attempts += 1
-                await asyncio.sleep(doubling_s(self.restart_first_s, RESTART_MAX_S, attempts))
-                try:
-                    # Deliveries it left mid-attempt are resumed as after a stop.
-                    self.process = await self._spawn()
-                    break
-                except ConfigurationError as exc:
-                    log.error("webhook sender process did not start again: %s", exc.message)
+            await asyncio.sleep(doubling_s(self.restart_first_s, RESTART_MAX_S, attempts + 1))
 
     @staticmethod
     async def _end(process: asyncio.subprocess.Process) -> None:

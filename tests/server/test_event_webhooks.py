@@ -369,12 +369,20 @@ async def test_kill_9_while_deliveries_are_pending_loses_none(
         server_processes.append(process)
         await process.start()  # the default: its sender in a process of its own
         assert process.process is not None
-        (sender,) = sender_processes(process.process.pid)
+        # Not started before anything is to be delivered.
+        assert sender_processes(process.process.pid) == []
         headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
         async with httpx.AsyncClient(base_url=process.base_url, headers=headers) as http:
             hook = await subscribe(http, receiver.url, events=["session.created"])
             made = [(await http.post("/api/v1/sessions", json={"title": "t"})) for _ in range(5)]
             sids = [m.json()["id"] for m in made]
+
+            async def sender_started() -> bool:
+                assert process.process is not None
+                return len(sender_processes(process.process.pid)) == 1
+
+            await until(sender_started, "the sender's process, at the first delivery", 60)
+        (sender,) = sender_processes(process.process.pid)
         process.kill()
 
         async def sender_gone() -> bool:  # its stdin closed with the server: no orphan

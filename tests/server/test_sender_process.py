@@ -22,6 +22,7 @@ from parley.server.outbound.sender_process import (
 from parley.server.settings import Settings
 from parley.server.store.db import create_engine, migrate
 from parley.server.store.sessions import Store
+from parley.server.store.webhooks import create_webhook
 from parley.session.errors import ConfigurationError
 from tests.conftest import (
     ADMIN_KEY,
@@ -63,10 +64,18 @@ async def test_a_bad_first_line_is_answered_with_an_error() -> None:
     assert out.startswith(b"error bad handover line") and child.returncode == 2
 
 
-async def sessions_store(tmp_path: Path) -> tuple[str, Store]:
+async def sessions_store(tmp_path: Path, *, subscribed: bool = True) -> tuple[str, Store]:
+    """A migrated database, with a webhook subscription unless ``subscribed`` is false (a
+    server starts its sender's process with itself only when one exists)."""
     url = sqlite_url(tmp_path)
     await asyncio.to_thread(migrate, url)
-    return url, Store(create_engine(url))
+    store = Store(create_engine(url))
+    if subscribed:
+        async with store.transaction("subscribe") as tx:
+            await create_webhook(
+                tx.connection, "http://127.0.0.1:9/", ["session.created"], None, "s", 0
+            )
+    return url, store
 
 
 async def test_the_process_starts_is_woken_and_stops_cleanly(tmp_path: Path) -> None:
@@ -116,7 +125,7 @@ async def test_a_child_that_dies_is_started_again(tmp_path: Path) -> None:
         first.kill()
 
         async def replaced() -> bool:
-            return sender.process is not first
+            return sender.process not in (first, None)
 
         await until(replaced, "a new sender process", timeout_s=60)
         second = sender.process
@@ -125,5 +134,43 @@ async def test_a_child_that_dies_is_started_again(tmp_path: Path) -> None:
         sender.wake()  # reaches the new child
         await sender.stop()
         assert second.returncode == 0 and len(exits) == 1
+    finally:
+        await sessions.close()
+
+
+async def test_without_a_subscription_the_process_starts_at_the_first_delivery(
+    tmp_path: Path,
+) -> None:
+    url, sessions = await sessions_store(tmp_path, subscribed=False)
+    sender = SenderProcess(sessions, make_settings(url, tmp_path / "data"))
+    try:
+        await sender.start(sole_sender=True)
+        assert sender.process is None and sender_processes(os.getpid()) == []
+        assert sessions.on_outbox == sender.wake
+        sender.wake()  # as the commit of the first delivery does
+        sender.wake()  # a second one while it starts: still one child
+
+        async def started() -> bool:
+            return sender.process is not None and len(sender_processes(os.getpid())) == 1
+
+        await until(started, "the sender's process", timeout_s=60)
+        child = sender.process
+        assert child is not None and sender_processes(os.getpid()) == [child.pid]
+        await sender.stop()
+        assert child.returncode == 0 and not process_running(child.pid)
+    finally:
+        await sessions.close()
+
+
+async def test_a_cluster_node_starts_the_process_with_itself(tmp_path: Path) -> None:
+    """Another node may have written deliveries this one never hears of."""
+    url, sessions = await sessions_store(tmp_path, subscribed=False)
+    sender = SenderProcess(sessions, make_settings(url, tmp_path / "data"))
+    try:
+        await sender.start(sole_sender=False)
+        child = sender.process
+        assert child is not None and sender_processes(os.getpid()) == [child.pid]
+        await sender.stop()
+        assert child.returncode == 0
     finally:
         await sessions.close()
