@@ -15,10 +15,11 @@ Closing stdin stops it; a server killed outright closes it too (the kernel does)
 child never outlives its server. A child that dies on its own is logged and started
 again after a back-off (doubling, bounded).
 
-The child starts with the server only when it may have work: a subscription exists, or
-the server is one node of a cluster (another node may have written deliveries). Otherwise
-it starts at the first wake-up, the commit of the first delivery: a server that nobody
-subscribes to (most test servers, many deployments) never pays for a second interpreter.
+The child starts with the server only when a subscription exists; otherwise at the first
+wake-up, the commit of the first delivery: a server that nobody subscribes to (most test
+servers, many deployments) never pays for a second interpreter. (In a cluster a node
+starts its child when it writes a delivery itself, which every node running sessions does
+once a subscription exists; deliveries a stopped node left are claimed by the others'.)
 """
 
 from __future__ import annotations
@@ -96,11 +97,11 @@ class SenderProcess:
         self._watch: asyncio.Task[None] | None = None
 
     async def start(self, *, sole_sender: bool) -> None:
-        """Start the child now if it may have work, waiting for its ``ready`` (raises
+        """Start the child now if a subscription exists, waiting for its ``ready`` (raises
         ``ConfigurationError`` with what failed: the server does not start without its
         sender); else at the first ``wake``."""
         self._sole_sender = sole_sender
-        if not sole_sender or await self._subscribed():
+        if await self._subscribed():
             self.process = await self._spawn()
             self._watch = asyncio.create_task(self._keep_running(), name="webhook-sender-watch")
         self.sessions.on_outbox = self.wake

@@ -160,17 +160,3 @@ async def test_without_a_subscription_the_process_starts_at_the_first_delivery(
         assert child.returncode == 0 and not process_running(child.pid)
     finally:
         await sessions.close()
-
-
-async def test_a_cluster_node_starts_the_process_with_itself(tmp_path: Path) -> None:
-    """Another node may have written deliveries this one never hears of."""
-    url, sessions = await sessions_store(tmp_path, subscribed=False)
-    sender = SenderProcess(sessions, make_settings(url, tmp_path / "data"))
-    try:
-        await sender.start(sole_sender=False)
-        child = sender.process
-        assert child is not None and sender_processes(os.getpid()) == [child.pid]
-        await sender.stop()
-        assert child.returncode == 0
-    finally:
-        await sessions.close()
