@@ -31,7 +31,8 @@ from tests.conftest import (
 )
 from tests.stock_client import JS_DIR, REPO_ROOT, Event, StockYjsClient
 
-pytestmark = pytest.mark.node
+# One worker builds the module's packed SDK once for all its tests (``--dist loadgroup``).
+pytestmark = [pytest.mark.node, pytest.mark.xdist_group("sdk-js")]
 
 SDK_DIR = REPO_ROOT / "clients" / "js"
 PEERS = ("yjs", "y-websocket", "ws")

@@ -38,6 +38,10 @@ SOURCES = (
 )
 
 
+# One worker builds the wheel once for both tests (``--dist loadgroup``).
+pytestmark = pytest.mark.xdist_group("wheel")
+
+
 def run(*args: str | Path, cwd: Path, env: dict[str, str] | None = None) -> str:
     result = subprocess.run(
         [str(a) for a in args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
