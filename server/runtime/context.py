@@ -16,7 +16,7 @@ from parley.authz.policy import Restriction, Subject, everyone_may_read
 from parley.authz.scope import ContextSeen, RunScope, seen_in_context
 from parley.server.metrics import Metrics
 from parley.server.settings import Settings
-from parley.server.store.access import PrivateItem
+from parley.server.store.access_rows import PrivateItem
 from parley.server.store.port import SessionStore
 from parley.session.context import BuiltContext, ContextBuilder, ContextSettings, WithheldReason
 from parley.session.core import SideThread

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from parley.server.store.access import PrivateItem
+from parley.server.store.access_rows import PrivateItem
 from parley.server.store.port import SessionTx
 from parley.server.store.rows import EntryRow
 from parley.session.core import BeginRun, Effects, NewEntry, Pin, SetFact, SetPolicy

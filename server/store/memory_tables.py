@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from parley.server.store.access import AuditRow, DocumentRow, PrivateItem, TokenRow, ToolRow
+from parley.server.store.access_rows import AuditRow, DocumentRow, PrivateItem, TokenRow, ToolRow
 from parley.server.store.counters import ClaimedSeqs
 from parley.server.store.rows import (
     EntryRow,

@@ -15,7 +15,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from parley.server.store import thread_rows
-from parley.server.store.access import PrivateItem, insert_audit, insert_private
+from parley.server.store.access import insert_audit, insert_private
+from parley.server.store.access_rows import PrivateItem
 from parley.server.store.counters import ClaimedSeqs, SequenceMoved
 from parley.server.store.group_commit import insert_updates
 from parley.server.store.outbox import enqueue

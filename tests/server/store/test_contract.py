@@ -13,7 +13,7 @@ import pytest
 
 from parley.authz.policy import Decision, Readers
 from parley.authz.roles import Member
-from parley.server.store.access import PrivateItem
+from parley.server.store.access_rows import PrivateItem
 from parley.server.store.counters import SequenceMoved
 from parley.server.store.db import create_engine, migrate
 from parley.server.store.memory import MemoryStore
