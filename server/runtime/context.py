@@ -20,8 +20,9 @@ from parley.server.store.access_rows import PrivateItem
 from parley.server.store.port import SessionStore
 from parley.session.context import BuiltContext, ContextBuilder, ContextSettings, WithheldReason
 from parley.session.core import SideThread
+from parley.session.entries import Entry, EntryKind
 from parley.session.model import Usage
-from parley.session.schema import Entry, EntryKind, SessionDocument
+from parley.session.schema import SessionDocument
 from parley.session.summary import Summary, SummaryPlan, plan_extension
 
 
