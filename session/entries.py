@@ -1,5 +1,5 @@
 """A transcript entry: its kinds, its read-only copy (``Entry``) and its form in the document
-(a Y.Map: ``new_entry`` builds it, ``read_entry`` reads it back).
+(a Y.Map: ``entry_map`` builds it, ``read_entry`` reads it back).
 
 Each entry has ``id``, ``seq``, ``kind`` (``prompt`` | ``message`` | ``reply``), ``author``,
 ``role`` (``user`` | ``assistant``), ``status``, ``content`` (Y.Text) and ``created_at``
@@ -75,7 +75,7 @@ class Entry:
         }
 
 
-def new_entry(
+def entry_map(
     *,
     id: str,
     seq: int,

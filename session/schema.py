@@ -22,7 +22,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 from pycrdt import Array, Doc, Map, Text, TransactionEvent
 
 from parley.session.attribution import Fact
-from parley.session.entries import MESSAGE_STATUS, Entry, EntryKind, new_entry, read_entry
+from parley.session.entries import MESSAGE_STATUS, Entry, EntryKind, entry_map, read_entry
 from parley.session.errors import InvalidInput, NotFound
 from parley.session.lifecycle import (
     PromptStatus,
@@ -229,7 +229,7 @@ class SessionDocument:
                 prompt["started_at"] = created_at
             last = max(self._order.index(p) for p in prompt_ids)
             index = last + 1
-            entry = new_entry(
+            entry = entry_map(
                 id=reply_id,
                 seq=int(self._entries[self._order[last]]["seq"]),
                 kind=EntryKind.REPLY,
@@ -260,7 +260,7 @@ class SessionDocument:
         """Insert one tool step of a running reply directly before the reply."""
         reply = self._entry(reply_id)
         index = self._order.index(reply_id)
-        entry = new_entry(
+        entry = entry_map(
             id=id,
             seq=int(reply["seq"]),
             kind=EntryKind.TOOL,
@@ -333,7 +333,7 @@ class SessionDocument:
                     entry["reason_code"] = ending.code.value
 
     def _append(self, **fields: Any) -> None:
-        entry = new_entry(**fields)
+        entry = entry_map(**fields)
         self.transcript.append(entry)
         self._order.append(fields["id"])
         self._entries[fields["id"]] = self.transcript[len(self.transcript) - 1]
