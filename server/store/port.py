@@ -50,7 +50,7 @@ class SessionTx(Protocol):
         replies: Mapping[str, str | None] | None = None,
     ) -> list[int]:
         """Store ``events`` with the session's next event numbers, and count the sequence
-        numbers claimed in this transaction; returns the events' numbers. Call it last
+        number claimed in this transaction; returns the events' numbers. Call it last
         (``LookupError``: no such session)."""
         ...
 
