@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from parley.authz.policy import Do, Read, Restriction, Subject, UseTool, decide, restrict
 from parley.authz.roles import Capability
 from parley.session.context import BuiltContext
+from parley.session.entries import Entry
 from parley.session.errors import Forbidden
 from parley.session.model import ToolSpec
-from parley.session.schema import Entry
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,8 +38,8 @@ from parley.server.providers.openai import render as openai_wire
 from parley.session.attribution import Fact, attribution_line, escape_text, name, one_line
 from parley.session.context import BuiltContext, ContextBuilder, ContextSettings, quoted
 from parley.session.dedup import minhash
+from parley.session.entries import Entry, EntryKind
 from parley.session.fold import HistoryFold
-from parley.session.schema import Entry, EntryKind
 from parley.session.tokens import count_tokens, tokenizer_name
 
 USERS = ["alice", "bob", "carol", "dan", "erin", "frank", "grace", "heidi"]

@@ -22,10 +22,10 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from parley.session.attribution import Fact, escape_text, name, one_line
+from parley.session.entries import MESSAGE_STATUS, Entry, EntryKind
 from parley.session.fold import FoldedItem, HistoryFold, attribution, render
 from parley.session.lifecycle import PromptStatus, ReplyStatus
 from parley.session.model import ModelMessage, ModelRequest
-from parley.session.schema import MESSAGE_STATUS, Entry, EntryKind
 from parley.session.summary import Summary, newest_within
 from parley.session.tokens import count_tokens, tokenizer_name
 

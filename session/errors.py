@@ -29,7 +29,7 @@ a socket is closed with when this error ends it (-: it never ends one).
     ├── Unavailable                         unavailable      503   1013
     │   ├── NotHolder (server.cluster.lease) unavailable     503   1013
     │   │   └── Fenced                      unavailable      503   1013
-    │   └── SequenceMoved (server.store.effect_writes) unavailable 503   1013
+    │   └── SequenceMoved (server.store.counters) unavailable 503   1013
     ├── ProviderError                       provider_error   502   - (a run fails with it)
     └── ConfigurationError                  internal         500   - (the server does not start)
         ├── MissingApiKey                   internal         500   -

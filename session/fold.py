@@ -25,7 +25,7 @@ from typing import TypeVar
 
 from parley.session.attribution import attribution_line, escape_text, name
 from parley.session.dedup import NearDuplicateIndex, blocks, minhash, normalise
-from parley.session.schema import Entry, EntryKind
+from parley.session.entries import Entry, EntryKind
 from parley.session.tokens import count_tokens
 
 

@@ -236,4 +236,5 @@ class OrderingQueue:
         self.policy = policy
 
     def __len__(self) -> int:
+        """How many prompts wait: a kept count (``len(pending())`` builds the list)."""
         return self._count

@@ -2,21 +2,10 @@
 
 Roots (all written by the server only; clients read):
 
-``transcript`` — Y.Array of Y.Map, the story of the session in sequence order.
-    Each entry has ``id``, ``seq``, ``kind`` (``prompt`` | ``message`` | ``reply``), ``author``,
-    ``role`` (``user`` | ``assistant``), ``status``, ``content`` (Y.Text) and ``created_at``
-    (milliseconds since the epoch). A prompt also has ``reply_id`` and ``started_at`` once it
-    runs; a reply has ``reply_to`` (the prompt id), ``answers`` (every prompt it answers:
-    several when a coalesced run answers them together) and shares its prompt's ``seq``; it
-    is inserted directly after that prompt (the last of them). ``reason`` (a sentence) and
-    ``reason_code`` (``session.reasons.ReasonCode``) are set when a status is ``failed``,
-    ``cancelled`` or ``interrupted``. A ``tool`` entry (role ``tool``)
-    is one step of a reply's tool loop: ``tool`` names it, ``author`` is who the run acted
-    for, ``reply_to`` is the reply, ``status`` ``done`` | ``error`` | ``refused``; it sits
-    directly before its reply. Its ``content`` is what every member may read (details that
-    some may not read stay on the server).
+``transcript`` — Y.Array of Y.Map, the story of the session in sequence order; the entries'
+    fields and kinds are described in ``session.entries``.
 ``queue`` — Y.Array of Y.Map ``{id, seq, author}``: prompts waiting to run, in the order they
-    will run (position = index + 1).
+    will run (position = index + 1); ``session.queue_root`` plans its edits and reads it back.
 ``meta`` — Y.Map: ``session_id``, ``title``, ``policy``, ``schema_version``.
 ``pins`` — Y.Array of entry ids: messages that always stay in the model's input.
 ``facts`` — Y.Map of ``key → value`` strings: session facts that always stay in it.
@@ -25,16 +14,15 @@ Roots (all written by the server only; clients read):
 
 from __future__ import annotations
 
-import bisect
 import functools
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from pycrdt import Array, Doc, Map, Text, TransactionEvent
 
 from parley.session.attribution import Fact
+from parley.session.entries import MESSAGE_STATUS, Entry, EntryKind, entry_map, read_entry
 from parley.session.errors import InvalidInput, NotFound
 from parley.session.lifecycle import (
     PromptStatus,
@@ -42,60 +30,10 @@ from parley.session.lifecycle import (
     check_prompt_transition,
     check_reply_transition,
 )
-from parley.session.queue import OrderingQueue, PendingPrompt, Policy, QueueLimits, Run
+from parley.session.queue_root import queue_edits
 from parley.session.reasons import Ending
 
 SCHEMA_VERSION = 1
-MESSAGE_STATUS = "posted"
-
-
-class EntryKind(StrEnum):
-    PROMPT = "prompt"
-    MESSAGE = "message"
-    REPLY = "reply"
-    TOOL = "tool"
-
-
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """A read-only copy of one transcript entry."""
-
-    id: str
-    seq: int
-    kind: EntryKind
-    author: str
-    role: str
-    status: str
-    content: str
-    created_at: int
-    reason: str | None = None
-    reason_code: str | None = None
-    reply_to: str | None = None
-    reply_id: str | None = None
-    answers: tuple[str, ...] = ()
-    started_at: int | None = None
-    tool: str | None = None
-    source: str | None = None  # ``private_thread``: a message shared back from a side-thread
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "seq": self.seq,
-            "kind": self.kind.value,
-            "author": self.author,
-            "role": self.role,
-            "status": self.status,
-            "content": self.content,
-            "created_at": self.created_at,
-            "reason": self.reason,
-            "reason_code": self.reason_code,
-            "reply_to": self.reply_to,
-            "reply_id": self.reply_id,
-            "answers": list(self.answers),
-            "started_at": self.started_at,
-            "tool": self.tool,
-            "source": self.source,
-        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,7 +229,7 @@ class SessionDocument:
                 prompt["started_at"] = created_at
             last = max(self._order.index(p) for p in prompt_ids)
             index = last + 1
-            entry = self._new_entry(
+            entry = entry_map(
                 id=reply_id,
                 seq=int(self._entries[self._order[last]]["seq"]),
                 kind=EntryKind.REPLY,
@@ -322,7 +260,7 @@ class SessionDocument:
         """Insert one tool step of a running reply directly before the reply."""
         reply = self._entry(reply_id)
         index = self._order.index(reply_id)
-        entry = self._new_entry(
+        entry = entry_map(
             id=id,
             seq=int(reply["seq"]),
             kind=EntryKind.TOOL,
@@ -341,26 +279,19 @@ class SessionDocument:
 
     @_mutator
     def set_queue(self, planned: Sequence[QueuedItem]) -> None:
-        """Make the ``queue`` root list ``planned`` with the fewest edits: the longest run
-        of items already in planned order stays, every other item is deleted, and the
-        planned items not there are inserted where they go. (Rewriting the tail past the
-        first item out of place cost the whole queue per prompt when round-robin placed a
-        member's burst between other members' prompts: quadratic in the queue.)"""
+        """Make the ``queue`` root list ``planned`` with the fewest edits (``queue_edits``)."""
         wanted = [item.id for item in planned]
         if self._queue_ids == wanted:
             return
-        stay = _longest_in_order(self._queue_ids, wanted)
+        deleted, inserted = queue_edits(self._queue_ids, wanted)
         with self.doc.transaction():
-            for index in range(len(self._queue_ids) - 1, -1, -1):
-                if self._queue_ids[index] not in stay:
-                    del self.queue[index]
-            # The queue now holds ``stay`` in planned order: walking ``planned``, each item
-            # not there goes in at its own index.
-            for index, item in enumerate(planned):
-                if item.id not in stay:
-                    self.queue.insert(
-                        index, Map({"id": item.id, "seq": item.seq, "author": item.author})
-                    )
+            for index in deleted:
+                del self.queue[index]
+            for index in inserted:
+                item = planned[index]
+                self.queue.insert(
+                    index, Map({"id": item.id, "seq": item.seq, "author": item.author})
+                )
         self._queue_ids = wanted
 
     @_mutator
@@ -402,37 +333,10 @@ class SessionDocument:
                     entry["reason_code"] = ending.code.value
 
     def _append(self, **fields: Any) -> None:
-        entry = self._new_entry(**fields)
+        entry = entry_map(**fields)
         self.transcript.append(entry)
         self._order.append(fields["id"])
         self._entries[fields["id"]] = self.transcript[len(self.transcript) - 1]
-
-    @staticmethod
-    def _new_entry(
-        *,
-        id: str,
-        seq: int,
-        kind: EntryKind,
-        author: str,
-        role: str,
-        status: str,
-        text: str,
-        created_at: int,
-        **extra: Any,
-    ) -> Map[Any]:
-        return Map(
-            {
-                "id": id,
-                "seq": seq,
-                "kind": kind.value,
-                "author": author,
-                "role": role,
-                "status": status,
-                "content": Text(text),
-                "created_at": created_at,
-                **extra,
-            }
-        )
 
     def _distinct(self, entry_ids: Sequence[str]) -> list[Map[Any]]:
         if len(set(entry_ids)) != len(entry_ids):
@@ -479,76 +383,3 @@ class SessionDocument:
 
     def __iter__(self) -> Iterator[Entry]:
         return iter(self.entries())
-
-
-def read_entry(entry: Map[Any]) -> Entry:
-    def optional(key: str) -> str | None:
-        value = entry.get(key)
-        return None if value is None else str(value)
-
-    return Entry(
-        id=str(entry["id"]),
-        seq=int(entry["seq"]),
-        kind=EntryKind(entry["kind"]),
-        author=str(entry["author"]),
-        role=str(entry["role"]),
-        status=str(entry["status"]),
-        content=str(entry["content"]),
-        created_at=int(entry["created_at"]),
-        reason=optional("reason"),
-        reason_code=optional("reason_code"),
-        reply_to=optional("reply_to"),
-        reply_id=optional("reply_id"),
-        answers=tuple(str(a) for a in entry.get("answers") or ()),
-        started_at=None if entry.get("started_at") is None else int(entry["started_at"]),
-        tool=optional("tool"),
-        source=optional("source"),
-    )
-
-
-def queue_of(document: SessionDocument, limits: QueueLimits) -> OrderingQueue:
-    """The ordering queue a document shows: its ``queue`` root (the waiting prompts in the
-    order they will run), the policy in ``meta`` and the run in flight (its prompts are
-    ``running``). A read replica answers from it what the running node answers from its
-    own queue, of which the document is the committed plan."""
-    waiting = document.queued()
-    queue = OrderingQueue(
-        limits,
-        [PendingPrompt(item.id, item.seq, item.author) for item in waiting],
-        Policy(document.meta.get("policy") or Policy.QUEUE.value),
-        rotation=[item.author for item in waiting],
-    )
-    running = [
-        PendingPrompt(e.id, e.seq, e.author)
-        for e in document.entries()
-        if e.kind is EntryKind.PROMPT and e.status == PromptStatus.RUNNING.value
-    ]
-    if running:
-        queue.running = Run(tuple(sorted(running, key=lambda p: p.seq)))
-    return queue
-
-
-def _longest_in_order(current: Sequence[str], wanted: Sequence[str]) -> set[str]:
-    """The largest set of ``current`` ids whose order there is their order in ``wanted``
-    (a longest increasing subsequence of their planned positions, O(n log n))."""
-    position = {id: index for index, id in enumerate(wanted)}
-    ranks = [(position[id], id) for id in current if id in position]
-    tails: list[int] = []  # tails[k]: index in ranks ending the best run of length k + 1
-    tail_ranks: list[int] = []  # their ranks, for the binary search
-    before: list[int] = [-1] * len(ranks)
-    for index, (rank, _) in enumerate(ranks):
-        length = bisect.bisect_left(tail_ranks, rank)
-        if length:
-            before[index] = tails[length - 1]
-        if length == len(tails):
-            tails.append(index)
-            tail_ranks.append(rank)
-        else:
-            tails[length] = index
-            tail_ranks[length] = rank
-    kept: set[str] = set()
-    index = tails[-1] if tails else -1
-    while index >= 0:
-        kept.add(ranks[index][1])
-        index = before[index]
-    return kept

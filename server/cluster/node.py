@@ -7,9 +7,9 @@ learn of new updates, forwarded commands and their replies through LISTEN/NOTIFY
 re-read the tables after any reconnect and every ``cluster_poll_s`` so a lost notification
 only delays, never loses, anything.
 
-A background loop renews this node's leases, takes over sessions whose holder stopped
-renewing (its replicas first, then any session with work and no live holder) and notices a
-lease it lost (the room is given up and reloaded on next use).
+A background round (``LeaseRound``) renews this node's leases, takes over sessions whose
+holder stopped renewing (its replicas first, then any session with work and no live holder)
+and notices a lease it lost (the room is given up and reloaded on next use).
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import socket
-import time
 import uuid
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
@@ -31,6 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from parley.server.cluster.access import CHANNEL_ACCESS, CHANNEL_ACCESS_SEEN, AccessSync
 from parley.server.cluster.forwarding import CHANNEL_COMMAND, CHANNEL_RESULT
 from parley.server.cluster.lease import Fenced, Lease, LeaseTable, NotHolder
+from parley.server.cluster.lease_round import LeaseRound
 from parley.server.cluster.listener import NotificationListener, asyncpg_dsn
 from parley.server.cluster.metrics import ClusterMetrics
 from parley.server.cluster.presence import CHANNEL_AWARENESS, PresenceRelay
@@ -44,7 +44,7 @@ from parley.server.settings import Settings
 from parley.server.store.port import SessionTx
 from parley.server.store.sessions import Store, StoreTx
 from parley.session.closes import CloseCode
-from parley.session.errors import NotFound, error_for
+from parley.session.errors import error_for
 from parley.session.queue import Policy
 from parley.session.reasons import ReasonCode
 
@@ -55,7 +55,6 @@ log = logging.getLogger("parley.cluster")
 
 CHANNEL_DOC = "parley_doc"  # payload: session id (an update was committed)
 TAIL_PAGE = 500
-ANSWERED_KEPT_S = 600
 
 
 def default_node_id() -> str:
@@ -103,7 +102,7 @@ class ClusterNode:
         self.running: set[str] = set()  # held, loaded and its runner started
         self.applied: dict[str, int] = {}  # replica rooms: last update id applied
         self.live_elsewhere: set[str] = set()
-        self._runners: dict[str, SessionRunner] = {}
+        self.runners: dict[str, SessionRunner] = {}  # the sessions opened here
         self._room_locks: dict[str, asyncio.Lock] = {}
         self._stale_docs: set[str] = set()
         self.presence = PresenceRelay(store.engine, self.node_id, registry.loaded)
@@ -138,7 +137,7 @@ class ClusterNode:
         self.listener.start()
         await self.listener.wait_connected(10)
         for name, loop in (
-            ("cluster-leases", self._lease_loop),
+            ("cluster-leases", LeaseRound(self).run),
             ("cluster-apply", self._apply_loop),
             ("cluster-presence", self.presence.run),
         ):
@@ -169,13 +168,13 @@ class ClusterNode:
         """Load a room: run it here if nobody does, else as a read replica."""
         session_id = room.session_id
         room.fence_with(HolderFence(self, room))
-        self._runners[session_id] = runner
+        self.runners[session_id] = runner
         async with self._lock(session_id):
             try:
                 room.use_settings(room.model, restricted_replies)
                 taken = await self._take(room, title, policy)
             except BaseException:
-                self._runners.pop(session_id, None)
+                self.runners.pop(session_id, None)
                 raise
             if not taken:
                 await room.reload_settings()
@@ -188,7 +187,7 @@ class ClusterNode:
         session_id = room.session_id
         self.running.discard(session_id)
         self.applied.pop(session_id, None)
-        self._runners.pop(session_id, None)
+        self.runners.pop(session_id, None)
         self._room_locks.pop(session_id, None)
         self.live_elsewhere.discard(session_id)
         lease = self.leases.pop(session_id, None)
@@ -239,7 +238,7 @@ class ClusterNode:
             raise
         self.running.add(session_id)
         self.metrics.taken.inc()
-        self._runners[session_id].start()
+        self.runners[session_id].start()
         self.relay.wanted(session_id)
         log.info("session taken", extra={"session_id": session_id, "epoch": lease.epoch})
         return True
@@ -320,9 +319,9 @@ class ClusterNode:
     def _on_listening(self) -> None:
         """The listener (re)connected: notifications may have been missed meanwhile."""
         self.access.on_asked("")
-        self._on_connected()
+        self.look_again()
 
-    def _on_connected(self) -> None:
+    def look_again(self) -> None:
         """After a (re)connect notifications may have been missed: look at everything."""
         self._stale_docs.update(self.applied)
         for session_id in self.running:
@@ -370,61 +369,3 @@ class ClusterNode:
             if tail.complete:
                 return
         self._stale_docs.add(session_id)  # a very long tail: go on next round
-
-    async def _lease_loop(self) -> None:
-        interval = self.settings.lease_ttl_s / 4
-        last_poll = 0.0
-        last_cleanup = time.monotonic()
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await self._keep_leases()
-                await self._take_over()
-                now = time.monotonic()
-                if now - last_poll >= self.settings.cluster_poll_s:
-                    last_poll = now
-                    self._on_connected()  # the safety net for a missed notification
-                    await self._refresh_members()
-                if now - last_cleanup >= ANSWERED_KEPT_S / 10:
-                    last_cleanup = now
-                    cutoff = int((time.time() - ANSWERED_KEPT_S) * 1000)
-                    await self.relay.table.forget_answered(cutoff)
-            except Exception as exc:
-                log.warning("lease round failed", extra={"error": f"{type(exc).__name__}: {exc}"})
-
-    async def _refresh_members(self) -> None:
-        """The safety net for settings changed on other nodes: put the stored ones in force
-        on this node's rooms (a removed member's socket closes with 4403 and their prompts
-        stop, a revoked token's socket with 4401, a deleted session's with 4404)."""
-        for session_id in list(self._runners):
-            room = self.registry.loaded(session_id)
-            if room is None or room.closed:
-                continue
-            try:
-                await room.reload_settings()
-            except NotFound:
-                await self.registry.forget_session(session_id)
-
-    async def _keep_leases(self) -> None:
-        held = list(self.leases.values())
-        kept = await self.leases_table.renew(held)
-        for lease in held:
-            if lease.session_id not in kept:
-                self.lost(lease.session_id, lease)
-
-    async def _take_over(self) -> None:
-        replicas = list(self.applied)
-        self.live_elsewhere = await self.leases_table.live(replicas)
-        for session_id in replicas:
-            room = self.registry.loaded(session_id)
-            if session_id not in self.live_elsewhere and room is not None:
-                await self.promote(room)
-        for session_id in await self.leases_table.orphaned():
-            if self.registry.loaded(session_id) is None:
-                try:
-                    await self.registry.get(session_id)
-                except Exception as exc:
-                    log.warning(
-                        "takeover failed",
-                        extra={"session_id": session_id, "error": f"{type(exc).__name__}"},
-                    )

@@ -29,7 +29,8 @@ from parley.server.http.resource_models import (
 from parley.server.http.rest import Caller, Operation, QueryParam, QueryStr
 from parley.server.runtime.tools import SEARCH_DOCUMENTS, new_secret
 from parley.server.state import AppState
-from parley.server.store.access import AccessStore, DocumentRow, ToolRow
+from parley.server.store.access import AccessStore
+from parley.server.store.access_rows import DocumentRow, ToolRow
 from parley.session.errors import Conflict, NotFound, TooLarge
 
 

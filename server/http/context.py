@@ -18,7 +18,7 @@ from parley.server.http.sessions import SESSION_ERRORS
 from parley.server.runtime.room import SessionRoom
 from parley.server.state import AppState
 from parley.session.errors import Conflict, Forbidden, NotFound
-from parley.session.schema import queue_of
+from parley.session.queue_root import queue_of
 
 
 async def list_facts(state: AppState, session_id: str) -> FactsOut:

@@ -27,8 +27,8 @@ from parley.server.http.models import (
 from parley.server.http.rest import Caller, Operation
 from parley.server.runtime.room import SessionRoom
 from parley.server.state import AppState
+from parley.session.entries import EntryKind
 from parley.session.errors import Forbidden, InvalidInput, NotFound, RateLimited, error_for
-from parley.session.schema import EntryKind
 
 
 def _actor(caller: Caller, as_user: str | None) -> str:

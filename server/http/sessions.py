@@ -17,9 +17,9 @@ from parley.server.http.models import (
 from parley.server.http.rest import Caller, Operation, QueryParam
 from parley.server.state import AppState
 from parley.server.store.sessions import SessionRow
+from parley.session.entries import EntryKind
 from parley.session.errors import InvalidInput, NotFound
 from parley.session.queue import Policy
-from parley.session.schema import EntryKind
 
 USER_ID = re.compile(r"[A-Za-z0-9._@:+-]{1,200}")
 SESSION_ERRORS = (404,)

@@ -18,8 +18,8 @@ from parley.session.commands import (
     parse_command,
 )
 from parley.session.core import CommandEvent
+from parley.session.entries import EntryKind
 from parley.session.errors import Conflict, ParleyError
-from parley.session.schema import EntryKind
 from parley.session.thread_commands import ThreadShareCommand
 
 

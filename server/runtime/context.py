@@ -16,12 +16,13 @@ from parley.authz.policy import Restriction, Subject, everyone_may_read
 from parley.authz.scope import ContextSeen, RunScope, seen_in_context
 from parley.server.metrics import Metrics
 from parley.server.settings import Settings
-from parley.server.store.access import PrivateItem
+from parley.server.store.access_rows import PrivateItem
 from parley.server.store.port import SessionStore
 from parley.session.context import BuiltContext, ContextBuilder, ContextSettings, WithheldReason
 from parley.session.core import SideThread
+from parley.session.entries import Entry, EntryKind
 from parley.session.model import Usage
-from parley.session.schema import Entry, EntryKind, SessionDocument
+from parley.session.schema import SessionDocument
 from parley.session.summary import Summary, SummaryPlan, plan_extension
 
 

@@ -16,7 +16,7 @@ from parley.authz.policy import Do, Subject, decide
 from parley.authz.roles import Capability, Member, RoleTable
 from parley.authz.tokens import ClientClaims, token_refusal
 from parley.server.settings import Settings
-from parley.server.store.access import TokenRow
+from parley.server.store.access_rows import TokenRow
 from parley.server.store.port import SessionStore
 from parley.server.ws.connection import Connection
 from parley.session.closes import CloseCode

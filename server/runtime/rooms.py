@@ -17,7 +17,7 @@ from parley.server.runtime.room import SessionRoom
 from parley.server.runtime.runner import SessionRunner
 from parley.server.runtime.session_writes import SETTINGS_WRITE, apply_session_write
 from parley.server.settings import Settings
-from parley.server.store.access import ToolRow, access_digest
+from parley.server.store.access_rows import ToolRow, access_digest
 from parley.server.store.port import SessionStore
 from parley.session.closes import CloseCode
 from parley.session.errors import NotFound, Unavailable

@@ -100,7 +100,7 @@ class RunSteps:
         handed over, or the run would not start cleanly (the runner then starts it)."""
         if self.reply_author is None or self.active is not None or self.begun is not None:
             return
-        if admitted.queue is None or len(admitted.queue.pending()) != 1:
+        if admitted.queue is None or len(admitted.queue) != 1:  # the kept count, not a list
             return
         room = self.room
         event = RunStart(now_ms, uuid.uuid4().hex, self.reply_author())

@@ -12,7 +12,7 @@ import json
 from collections.abc import Callable
 
 from parley.authz.policy import Subject, may_read
-from parley.server.store.access import PrivateItem
+from parley.server.store.access_rows import PrivateItem
 from parley.server.ws.connection import Connection
 from parley.server.ws.direct_send import binary_frame
 from parley.session.closes import CloseCode

@@ -18,10 +18,11 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from parley.session.entries import EntryKind
 from parley.session.errors import NotFound
 from parley.session.events import StoredEvent
 from parley.session.lifecycle import ReplyStatus
-from parley.session.schema import EntryKind, SessionDocument
+from parley.session.schema import SessionDocument
 
 # Replies whose committed text is kept here between commits (a session runs one at a time;
 # a few more cover streams still finishing the one before).

@@ -32,7 +32,7 @@ from parley.server.outbound.targets import (
     system_resolver,
 )
 from parley.server.settings import Settings
-from parley.server.store.access import DocumentRow, ToolRow
+from parley.server.store.access_rows import DocumentRow, ToolRow
 from parley.server.store.port import RuntimeAccess
 from parley.session.documents import Document, render, search
 from parley.session.model import ToolSpec

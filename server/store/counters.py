@@ -1,4 +1,4 @@
-"""A session's sequence numbers, claimed by a transaction's entries and counted in its last
+"""A session's sequence numbers, claimed by a transaction's entry and counted in its last
 statement for the session (with the event counter: one statement, the row locked to the
 commit on PostgreSQL)."""
 
@@ -17,28 +17,27 @@ class SequenceMoved(Unavailable):
 
 
 class ClaimedSeqs:
-    """The sequence numbers a transaction claimed for its entries, by session, until the
-    session's counter moves (in the transaction's last statement for it)."""
+    """The sequence number a transaction claimed for its entry, by session, until the
+    session's counter moves (in the transaction's last statement for it). A write adds at
+    most one entry (a command's prompt or message), so a session has one claimed number."""
 
     def __init__(self) -> None:
-        self._claimed: dict[str, tuple[int, int]] = {}  # session: (the first, how many)
+        self._claimed: dict[str, int] = {}  # session: the number claimed
 
     def claim(self, session_id: str, seq: int) -> None:
-        first, count = self._claimed.get(session_id, (seq, 0))
-        if seq != first + count:
-            raise ValueError(f"sequence number {seq} claimed out of order")
-        self._claimed[session_id] = (first, count + 1)
+        if session_id in self._claimed:
+            raise ValueError(f"sequence number {seq} claimed after {self._claimed[session_id]}")
+        self._claimed[session_id] = seq
 
-    def take(self, session_id: str) -> int:
-        """How many the session's counter must move by (0: none claimed)."""
-        return self._claimed.get(session_id, (0, 0))[1]
+    def holds(self, session_id: str) -> bool:
+        """Whether the session's counter must move (by one: the number claimed)."""
+        return session_id in self._claimed
 
     def counted(self, session_id: str, last_seq: int) -> None:
         """The counter moved and now reads ``last_seq``: ``SequenceMoved`` unless the
-        claimed numbers were the next ones."""
-        first, count = self._claimed.pop(session_id)
-        if last_seq != first + count - 1:
-            raise SequenceMoved(last_seq - count)
+        claimed number was the next one."""
+        if last_seq != self._claimed.pop(session_id):
+            raise SequenceMoved(last_seq - 1)
 
     def require_settled(self) -> None:
         """Before the commit: every claimed number was counted."""

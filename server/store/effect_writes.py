@@ -13,14 +13,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from parley.server.store.access import PrivateItem
+from parley.server.store.access_rows import PrivateItem
 from parley.server.store.port import SessionTx
 from parley.server.store.rows import EntryRow
 from parley.session.core import BeginRun, Effects, NewEntry, Pin, SetFact, SetPolicy
 from parley.session.core.effects import DeleteThread, OpenThread, SetThreadStatus
+from parley.session.entries import EntryKind
 from parley.session.lifecycle import PromptStatus
 from parley.session.reasons import Ending
-from parley.session.schema import EntryKind, SessionDocument
+from parley.session.schema import SessionDocument
 
 
 async def write_effects(

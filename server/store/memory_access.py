@@ -7,7 +7,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from parley.authz.policy import Readers
-from parley.server.store.access import AuditRow, DocumentRow, PrivateItem, TokenRow, ToolRow
+from parley.server.store.access_rows import AuditRow, DocumentRow, PrivateItem, TokenRow, ToolRow
 
 if TYPE_CHECKING:
     from parley.server.store.memory import MemoryStore

@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from parley.server.store.access import AuditRow, DocumentRow, PrivateItem, TokenRow, ToolRow
+from parley.server.store.access_rows import AuditRow, DocumentRow, PrivateItem, TokenRow, ToolRow
 from parley.server.store.counters import ClaimedSeqs
 from parley.server.store.rows import (
     EntryRow,
@@ -128,12 +128,12 @@ class MemoryTx:
         events: Sequence[SessionEvent],
         replies: Mapping[str, str | None] | None = None,
     ) -> list[int]:
-        claimed = self.claimed.take(session_id)
+        claimed = self.claimed.holds(session_id)
         if not events and not claimed:
             return []
         s = self.session(session_id)
         if claimed:
-            s.row = replace(s.row, last_seq=s.row.last_seq + claimed)
+            s.row = replace(s.row, last_seq=s.row.last_seq + 1)
             self.claimed.counted(session_id, s.row.last_seq)
         if not events:
             return []

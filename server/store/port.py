@@ -19,7 +19,7 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
 from parley.authz.policy import Readers
-from parley.server.store.access import DocumentRow, PrivateItem, TokenRow, ToolRow
+from parley.server.store.access_rows import DocumentRow, PrivateItem, TokenRow, ToolRow
 from parley.server.store.rows import EntryRow, MemberRow, SessionRow, StoredDoc
 from parley.server.store.usage import UsageRow, UserUsage
 from parley.session.core.thread_state import SideThread, ThreadTurn
@@ -50,7 +50,7 @@ class SessionTx(Protocol):
         replies: Mapping[str, str | None] | None = None,
     ) -> list[int]:
         """Store ``events`` with the session's next event numbers, and count the sequence
-        numbers claimed in this transaction; returns the events' numbers. Call it last
+        number claimed in this transaction; returns the events' numbers. Call it last
         (``LookupError``: no such session)."""
         ...
 

@@ -15,7 +15,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from parley.server.store import thread_rows
-from parley.server.store.access import PrivateItem, insert_audit, insert_private
+from parley.server.store.access import insert_audit, insert_private
+from parley.server.store.access_rows import PrivateItem
 from parley.server.store.counters import ClaimedSeqs, SequenceMoved
 from parley.server.store.group_commit import insert_updates
 from parley.server.store.outbox import enqueue
@@ -69,19 +70,19 @@ class StoreTx:
         replies: Mapping[str, str | None] | None = None,
     ) -> list[int]:
         """Store ``events`` in this transaction with the session's next event numbers;
-        returns them. The session's counters (the sequence numbers of the entries claimed
+        returns them. The session's counters (the sequence number of the entry claimed
         here, and its events') move in one statement, whose row stays locked until the
         commit (PostgreSQL), so the numbers of one session follow the commit order
         whichever node writes: call it last.
 
         ``replies``: the text of each reply completed here by its id, None when it is
         restricted (``reply.completed`` webhooks carry it; the stored events never do)."""
-        claimed = self.claimed.take(session_id)
+        claimed = self.claimed.holds(session_id)
         if not events and not claimed:
             return []
         counters: dict[str, Any] = {}
         if claimed:
-            counters["last_seq"] = sessions.c.last_seq + claimed
+            counters["last_seq"] = sessions.c.last_seq + 1
         if events:
             counters["last_event_seq"] = sessions.c.last_event_seq + len(events)
         # The subscriptions' version comes with the counters: no query of its own.

@@ -23,11 +23,11 @@ from typing import Any
 from parley.authz.policy import Restriction
 from parley.session.commands import ack
 from parley.session.core.thread_state import SideThread, ThreadTurn
+from parley.session.entries import EntryKind
 from parley.session.errors import ParleyError
 from parley.session.events import SessionEvent
 from parley.session.queue import OrderingQueue, Policy, Run
 from parley.session.reasons import Ending
-from parley.session.schema import EntryKind
 
 
 @dataclass(frozen=True, slots=True)

@@ -50,6 +50,7 @@ from parley.session.core.steps import (
     TokenRevoked,
     ToolStepTaken,
 )
+from parley.session.entries import MESSAGE_STATUS, EntryKind
 from parley.session.errors import (
     Conflict,
     Forbidden,
@@ -61,7 +62,6 @@ from parley.session.errors import (
 from parley.session.lifecycle import PromptStatus
 from parley.session.queue import PendingPrompt
 from parley.session.reasons import Ending, ReasonCode
-from parley.session.schema import MESSAGE_STATUS, EntryKind
 from parley.session.thread_commands import (
     ThreadCloseCommand,
     ThreadOpenCommand,

@@ -7,6 +7,7 @@ stores exactly these, in this order, in the effects' own transaction.
 from __future__ import annotations
 
 from parley.session.core.effects import Effects, Pin, SetFact, SetPolicy
+from parley.session.entries import EntryKind
 from parley.session.events import (
     FactSet,
     MessagePosted,
@@ -18,7 +19,7 @@ from parley.session.events import (
     SessionEvent,
     SettingsChanged,
 )
-from parley.session.schema import EntryKind, SessionDocument
+from parley.session.schema import SessionDocument
 
 
 def events_of(doc: SessionDocument, effects: Effects, actor: str) -> tuple[SessionEvent, ...]:

@@ -9,8 +9,9 @@ from parley.authz.policy import Subject
 from parley.session.commands import Command
 from parley.session.core.effects import NewEntry
 from parley.session.core.thread_state import SideThread, ThreadLimits
+from parley.session.entries import EntryKind
 from parley.session.queue import OrderingQueue, Run
-from parley.session.schema import EntryKind, SessionDocument
+from parley.session.schema import SessionDocument
 
 
 @dataclass(frozen=True, slots=True)

@@ -49,6 +49,7 @@ from parley.session.core.thread_state import (
     ThreadTurn,
     running_threads,
 )
+from parley.session.entries import MESSAGE_STATUS, EntryKind
 from parley.session.errors import (
     Busy,
     Forbidden,
@@ -62,7 +63,6 @@ from parley.session.errors import (
     Unavailable,
 )
 from parley.session.reasons import Ending, ReasonCode
-from parley.session.schema import MESSAGE_STATUS, EntryKind
 from parley.session.thread_commands import (
     ThreadCloseCommand,
     ThreadCommand,

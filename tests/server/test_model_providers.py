@@ -27,8 +27,8 @@ from parley.server.http.rest import ADMIN
 from parley.server.providers.registry import open_models
 from parley.server.settings import ModelSpec
 from parley.session.commands import CancelCommand, PromptCommand
+from parley.session.entries import Entry
 from parley.session.errors import InvalidInput, MissingApiKey, NotFound
-from parley.session.schema import Entry
 from tests.conftest import make_settings, sqlite_url
 from tests.fake_upstream import FakeUpstream, Reply, anthropic_stream, openai_stream
 from tests.server.runtime.backend import Backend, backend, rest_body, sql_store

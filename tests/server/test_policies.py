@@ -16,8 +16,8 @@ import time
 
 import pytest
 
+from parley.session.entries import Entry
 from parley.session.queue import Policy
-from parley.session.schema import Entry
 from tests.fake_model import Answer, FakeModel, Sent
 from tests.server.runtime.backend import sql_store
 from tests.server.runtime.test_policies import (

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from parley.session.attribution import attribution_line, escape_text, is_server_line
 from parley.session.context import BuiltContext
-from parley.session.schema import Entry, EntryKind
+from parley.session.entries import Entry, EntryKind
 
 DEFAULT_STATUS = {EntryKind.MESSAGE: "posted", EntryKind.PROMPT: "queued", EntryKind.REPLY: "done"}
 

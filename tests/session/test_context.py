@@ -12,10 +12,11 @@ from pycrdt import Doc
 from parley.session.attribution import escape_text
 from parley.session.context import SYSTEM_PROMPT, build_context, build_request
 from parley.session.dedup import normalise
+from parley.session.entries import MESSAGE_STATUS, Entry, EntryKind
 from parley.session.lifecycle import PromptStatus, ReplyStatus
 from parley.session.model import ModelMessage, ModelRequest
 from parley.session.reasons import Ending, ReasonCode
-from parley.session.schema import MESSAGE_STATUS, Entry, EntryKind, SessionDocument
+from parley.session.schema import SessionDocument
 from tests.session.factories import assert_attributed
 
 

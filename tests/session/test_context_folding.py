@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from parley.session.attribution import Fact, is_server_line, one_line
 from parley.session.context import ContextSettings, build_context, quoted
-from parley.session.schema import Entry, EntryKind
+from parley.session.entries import Entry, EntryKind
 from parley.session.tokens import count_tokens
 from tests.session.factories import assert_attributed, entry
 

@@ -67,6 +67,7 @@ from parley.session.core.runs import (
     run_audit_base,
     too_large,
 )
+from parley.session.entries import EntryKind
 from parley.session.errors import (
     Busy,
     Conflict,
@@ -91,7 +92,7 @@ from parley.session.events import (
 from parley.session.lifecycle import PromptStatus
 from parley.session.queue import OrderingQueue, PendingPrompt, Policy, QueueLimits, Run
 from parley.session.reasons import OUTCOMES, Ending, ReasonCode
-from parley.session.schema import EntryKind, QueuedItem, SessionDocument
+from parley.session.schema import QueuedItem, SessionDocument
 
 ROLES = {"olive": "owner", "eddie": "editor", "erin": "editor", "vic": "viewer"}
 

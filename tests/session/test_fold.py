@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from parley.session.context import ContextBuilder, ContextSettings, build_context
-from parley.session.schema import Entry, EntryKind
+from parley.session.entries import Entry, EntryKind
 from tests.session.factories import entry
 
 LOG = "\n".join(f"10:00:{i:02d} ERROR worker-{i} cache dir not writable" for i in range(6))

@@ -563,6 +563,15 @@ class QueueMachine(RuleBasedStateMachine):
         self.waited = {}
         self._track_heads()
 
+    @rule()
+    def work_on_a_clone(self) -> None:
+        """The server changes a copy of the queue and swaps it in on commit."""
+        self.queue = self.queue.clone()
+
+    @invariant()
+    def the_kept_count_is_the_waiting_list(self) -> None:
+        assert len(self.queue) == len(self.queue.pending())
+
     @invariant()
     def queue_matches_model(self) -> None:
         assert self.queue.running == self.running

@@ -10,19 +10,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pycrdt import Doc
 
+from parley.session.entries import MESSAGE_STATUS, Entry, EntryKind
 from parley.session.errors import NotFound
 from parley.session.lifecycle import IllegalTransition, PromptStatus, ReplyStatus
 from parley.session.queue import OrderingQueue, PendingPrompt, Policy, QueueLimits
+from parley.session.queue_root import queue_of
 from parley.session.reasons import Ending, ReasonCode
-from parley.session.schema import (
-    MESSAGE_STATUS,
-    SCHEMA_VERSION,
-    Entry,
-    EntryKind,
-    QueuedItem,
-    SessionDocument,
-    queue_of,
-)
+from parley.session.schema import SCHEMA_VERSION, QueuedItem, SessionDocument
 
 
 def fresh() -> SessionDocument:

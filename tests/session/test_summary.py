@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from parley.session.context import ContextSettings, build_context
-from parley.session.schema import Entry, EntryKind
+from parley.session.entries import Entry, EntryKind
 from parley.session.summary import (
     Summary,
     extended,

@@ -11,6 +11,7 @@ import pytest
 from parley.server.providers.anthropic import OPENING, AnthropicProvider, render
 from parley.server.providers.upstream import Upstream
 from parley.session.context import build_context
+from parley.session.entries import EntryKind
 from parley.session.errors import ProviderError
 from parley.session.model import (
     Finish,
@@ -22,7 +23,6 @@ from parley.session.model import (
     ToolSpec,
     Usage,
 )
-from parley.session.schema import EntryKind
 from tests.fake_upstream import FakeUpstream, Reply, anthropic_event, anthropic_stream
 from tests.session.factories import entry
 

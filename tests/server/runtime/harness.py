@@ -26,7 +26,7 @@ from parley.server.runtime.commands import dispatch
 from parley.server.runtime.room import SessionRoom
 from parley.server.runtime.runner import SessionRunner
 from parley.server.settings import Settings
-from parley.server.store.access import ToolRow
+from parley.server.store.access_rows import ToolRow
 from parley.server.store.memory import MemoryStore
 from parley.server.store.port import SessionStore
 from parley.session.commands import Command, MessageCommand, PromptCommand

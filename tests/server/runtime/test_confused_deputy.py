@@ -8,7 +8,7 @@ import asyncio
 
 from parley.authz.policy import Decision
 from parley.authz.roles import Member
-from parley.server.store.access import ToolRow
+from parley.server.store.access_rows import ToolRow
 from parley.session.lifecycle import PromptStatus
 from tests.fake_model import Answer, FakeModel, Sent, call
 from tests.server.runtime.harness import SESSION, MemorySession, memory_session

@@ -10,8 +10,8 @@ import asyncio
 from typing import Any
 
 from parley.session.commands import PromptCommand
+from parley.session.entries import Entry
 from parley.session.queue import Policy
-from parley.session.schema import Entry
 from tests.fake_model import FakeModel, Sent, askers
 from tests.server.runtime.harness import FINAL, MemorySession, memory_session
 

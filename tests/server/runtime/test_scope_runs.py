@@ -8,7 +8,7 @@ from dataclasses import replace
 
 from parley.authz.policy import Readers
 from parley.authz.roles import Member
-from parley.server.store.access import DocumentRow, ToolRow
+from parley.server.store.access_rows import DocumentRow, ToolRow
 from parley.server.store.memory import MemoryStore
 from parley.session.lifecycle import PromptStatus
 from parley.session.queue import Policy

@@ -10,7 +10,7 @@ from dataclasses import replace
 from typing import Any
 
 from parley.authz.policy import Readers
-from parley.server.store.access import DocumentRow
+from parley.server.store.access_rows import DocumentRow
 from parley.server.store.memory import MemoryStore
 from parley.session.core import SideThread
 from parley.session.lifecycle import PromptStatus

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from parley.authz.policy import Readers
-from parley.server.store.access import DocumentRow
+from parley.server.store.access_rows import DocumentRow
 from parley.server.store.memory import MemoryStore
 from tests.fake_model import Answer, FakeModel, Sent, call
 from tests.server.runtime.harness import (

@@ -13,7 +13,7 @@ import pytest
 
 from parley.authz.policy import Decision, Readers
 from parley.authz.roles import Member
-from parley.server.store.access import PrivateItem
+from parley.server.store.access_rows import PrivateItem
 from parley.server.store.counters import SequenceMoved
 from parley.server.store.db import create_engine, migrate
 from parley.server.store.memory import MemoryStore
@@ -135,6 +135,24 @@ async def test_a_sequence_number_that_was_not_next_is_refused_and_nothing_is_kep
             tx.claim_seq("a", 2)
             await tx.insert_entry(entry("a", 2, "c3"))
     assert await store.entry_by_command("a", "ann", "c3") is None
+
+
+async def test_a_transaction_claims_one_sequence_number_per_session(store: Any) -> None:
+    """A write adds at most one entry: a second claim is a bug, refused before it is stored."""
+    await store.create_session("a", "t", "queue", 0)
+    await store.create_session("b", "t", "queue", 0)
+    with pytest.raises(ValueError, match="claimed after 1"):
+        async with store.transaction() as tx:
+            tx.claim_seq("a", 1)
+            tx.claim_seq("b", 1)  # another session's number: its own counter
+            tx.claim_seq("a", 2)
+    assert [(await store.get_session(s)).last_seq for s in ("a", "b")] == [0, 0]
+    async with store.transaction() as tx:
+        for session_id in ("a", "b"):
+            tx.claim_seq(session_id, 1)
+            await tx.insert_entry(entry(session_id, 1, "c1"))
+            await tx.append_events(session_id, 1, [])
+    assert [(await store.get_session(s)).last_seq for s in ("a", "b")] == [1, 1]
 
 
 async def test_a_command_id_is_stored_once_and_the_transaction_goes_on(store: Any) -> None:

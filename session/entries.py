@@ -1,0 +1,127 @@
+"""A transcript entry: its kinds, its read-only copy (``Entry``) and its form in the document
+(a Y.Map: ``entry_map`` builds it, ``read_entry`` reads it back).
+
+Each entry has ``id``, ``seq``, ``kind`` (``prompt`` | ``message`` | ``reply``), ``author``,
+``role`` (``user`` | ``assistant``), ``status``, ``content`` (Y.Text) and ``created_at``
+(milliseconds since the epoch). A prompt also has ``reply_id`` and ``started_at`` once it
+runs; a reply has ``reply_to`` (the prompt id), ``answers`` (every prompt it answers:
+several when a coalesced run answers them together) and shares its prompt's ``seq``; it
+is inserted directly after that prompt (the last of them). ``reason`` (a sentence) and
+``reason_code`` (``session.reasons.ReasonCode``) are set when a status is ``failed``,
+``cancelled`` or ``interrupted``. A ``tool`` entry (role ``tool``)
+is one step of a reply's tool loop: ``tool`` names it, ``author`` is who the run acted
+for, ``reply_to`` is the reply, ``status`` ``done`` | ``error`` | ``refused``; it sits
+directly before its reply. Its ``content`` is what every member may read (details that
+some may not read stay on the server).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from pycrdt import Map, Text
+
+MESSAGE_STATUS = "posted"
+
+
+class EntryKind(StrEnum):
+    PROMPT = "prompt"
+    MESSAGE = "message"
+    REPLY = "reply"
+    TOOL = "tool"
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """A read-only copy of one transcript entry."""
+
+    id: str
+    seq: int
+    kind: EntryKind
+    author: str
+    role: str
+    status: str
+    content: str
+    created_at: int
+    reason: str | None = None
+    reason_code: str | None = None
+    reply_to: str | None = None
+    reply_id: str | None = None
+    answers: tuple[str, ...] = ()
+    started_at: int | None = None
+    tool: str | None = None
+    source: str | None = None  # ``private_thread``: a message shared back from a side-thread
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "seq": self.seq,
+            "kind": self.kind.value,
+            "author": self.author,
+            "role": self.role,
+            "status": self.status,
+            "content": self.content,
+            "created_at": self.created_at,
+            "reason": self.reason,
+            "reason_code": self.reason_code,
+            "reply_to": self.reply_to,
+            "reply_id": self.reply_id,
+            "answers": list(self.answers),
+            "started_at": self.started_at,
+            "tool": self.tool,
+            "source": self.source,
+        }
+
+
+def entry_map(
+    *,
+    id: str,
+    seq: int,
+    kind: EntryKind,
+    author: str,
+    role: str,
+    status: str,
+    text: str,
+    created_at: int,
+    **extra: Any,
+) -> Map[Any]:
+    return Map(
+        {
+            "id": id,
+            "seq": seq,
+            "kind": kind.value,
+            "author": author,
+            "role": role,
+            "status": status,
+            "content": Text(text),
+            "created_at": created_at,
+            **extra,
+        }
+    )
+
+
+def read_entry(entry: Map[Any]) -> Entry:
+    def optional(key: str) -> str | None:
+        value = entry.get(key)
+        return None if value is None else str(value)
+
+    return Entry(
+        id=str(entry["id"]),
+        seq=int(entry["seq"]),
+        kind=EntryKind(entry["kind"]),
+        author=str(entry["author"]),
+        role=str(entry["role"]),
+        status=str(entry["status"]),
+        content=str(entry["content"]),
+        created_at=int(entry["created_at"]),
+        reason=optional("reason"),
+        reason_code=optional("reason_code"),
+        reply_to=optional("reply_to"),
+        reply_id=optional("reply_id"),
+        answers=tuple(str(a) for a in entry.get("answers") or ()),
+        started_at=None if entry.get("started_at") is None else int(entry["started_at"]),
+        tool=optional("tool"),
+        source=optional("source"),
+    )
