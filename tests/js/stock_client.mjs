@@ -4,6 +4,8 @@
 // Usage:
 //   node stock_client.mjs --url ws://127.0.0.1:PORT/ws/sessions --room SESSION_ID \
 //        --token TOKEN [--name NAME]
+//   (a side-thread's document: --url ws://127.0.0.1:PORT/ws/sessions/SESSION_ID/threads
+//    --room THREAD_ID; "dump" reports its "thread" and "turns" roots)
 //
 // stdout carries exactly one JSON object per line (events and replies); all
 // diagnostics from the libraries go to stderr. stdin carries one JSON command
