@@ -41,6 +41,9 @@ class ThreadDocument:
         self.doc = doc
         self.thread: Map[Any] = doc.get("thread", type=Map)
         self.turns: Array[Any] = doc.get("turns", type=Array)
+        # Each turn by id, so a streamed piece of text costs a look-up, not a walk through
+        # the thread (only the server writes here, and it never removes a turn).
+        self._by_id: dict[str, Map[Any]] = {str(t["id"]): t for t in self.turns}
 
     # -- writing --------------------------------------------------------------------------
 
@@ -74,18 +77,18 @@ class ThreadDocument:
         if turn.reason_code is not None:
             fields["reason_code"] = turn.reason_code
         with self.doc.transaction():
-            shown = self._turn(turn.id)
+            shown = self._by_id.get(turn.id)
             if shown is None:
-                self._insert(Map({**fields, "content": Text(turn.text)}), before)
+                self._insert(turn.id, Map({**fields, "content": Text(turn.text)}), before)
                 return
             _set_changed(shown, fields)
             _show_text(shown["content"], turn.text)
 
     def start_reply(self, reply_id: str, author: str, created_at: int) -> None:
         """A reply the model is about to write (``streaming``, no text yet)."""
-        if self._turn(reply_id) is not None:
+        if reply_id in self._by_id:
             return
-        fields = {
+        fields: dict[str, Any] = {
             "id": reply_id,
             "kind": "reply",
             "author": author,
@@ -95,11 +98,11 @@ class ThreadDocument:
             "summarise": False,
             "restricted": False,
         }
-        self.turns.append(Map({**fields, "content": Text()}))
+        self._insert(reply_id, Map({**fields, "content": Text()}), None)
 
     def append_text(self, reply_id: str, text: str) -> None:
         """More of a reply's text, as the model writes it."""
-        shown = self._turn(reply_id)
+        shown = self._by_id.get(reply_id)
         if shown is not None:
             content: Text = shown["content"]
             content.insert(len(content), text)
@@ -117,15 +120,12 @@ class ThreadDocument:
         theirs = decode_state_vector(state_vector)
         return all(clock <= ours.get(client, 0) for client, clock in theirs.items())
 
-    def _turn(self, turn_id: str) -> Map[Any] | None:
-        return next((t for t in self.turns if t["id"] == turn_id), None)
-
-    def _insert(self, turn: Map[Any], before: str | None) -> None:
-        ids = self.turn_ids()
-        if before is not None and before in ids:
-            self.turns.insert(ids.index(before), turn)
-        else:
-            self.turns.append(turn)
+    def _insert(self, turn_id: str, turn: Map[Any], before: str | None) -> None:
+        index = len(self.turns)
+        if before is not None and before in self._by_id:
+            index = self.turn_ids().index(before)
+        self.turns.insert(index, turn)
+        self._by_id[turn_id] = self.turns[index]
 
 
 def _set_changed(target: Map[Any], fields: dict[str, Any]) -> None:
