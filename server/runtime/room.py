@@ -160,11 +160,6 @@ class SessionRoom:
         return self.runs.active
 
     @property
-    def failed(self) -> str | None:
-        """Why the room was given up (``fail``), or None."""
-        return self.writer.failed
-
-    @property
     def last_active(self) -> float:
         return self.writer.last_active
 
