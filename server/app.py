@@ -54,6 +54,7 @@ from parley.server.version import version
 from parley.server.ws.direct_send import DirectSendMiddleware
 from parley.server.ws.endpoint import session_socket
 from parley.server.ws.send_budget import SendBudget
+from parley.server.ws.thread_socket import thread_socket
 from parley.session.errors import Forbidden, NotFound, ParleyError, SchemaNotCurrent, Unavailable
 from parley.session.model import ModelProvider
 
@@ -297,6 +298,7 @@ def create_app(
         Route("/metrics", metrics_endpoint, methods=["GET"]),
         Mount("/demo", app=DemoFiles(settings.demo_dir), name="demo"),
         WebSocketRoute("/ws/sessions/{session_id}", session_socket),
+        WebSocketRoute("/ws/sessions/{session_id}/threads/{thread_id}", thread_socket),
     ]
     middleware = [Middleware(DirectSendMiddleware), Middleware(RequestLog)]
     if settings.cors_origins:

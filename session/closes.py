@@ -22,4 +22,5 @@ class CloseCode(IntEnum):
     UNAUTHENTICATED = 4401
     FORBIDDEN = 4403
     NOT_FOUND = 4404
+    GONE = 4410  # a side-thread's document was built anew (a restart): sync an empty one
     ABUSE = 4429  # limits ignored again and again, or too many sockets

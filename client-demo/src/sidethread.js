@@ -1,9 +1,14 @@
 // A private side-thread beside the shared session (docs/threads.md): "Ask privately" sends
 // the composer's text to the model in a thread only this member sees; the side panel shows
-// the thread as it streams, and "Share to session" posts the (editable) text into the
+// the thread as it streams (its own Yjs document, synced over the thread's socket by a
+// second stock provider), and "Share to session" posts the (editable) text into the
 // session as this member's message. Self-contained: main.js only calls mountSideThread.
 import { ParleyError } from '@parley/client'
+import * as Y from 'yjs'
+import { WebsocketProvider } from 'y-websocket'
 import './sidethread.css'
+
+const REBUILT = 4410 // the thread's document was built anew (a restart): sync a new Y.Doc
 
 const make = (tag, attrs = {}, ...children) => {
   const node = document.createElement(tag)
@@ -17,8 +22,32 @@ const make = (tag, attrs = {}, ...children) => {
  *           showError: (code: string, message: string, what: string) => void }} options
  */
 export function mountSideThread ({ session, composer, showError }) {
-  let thread = null // the side-thread as the server last sent it
-  const streaming = new Map() // reply id -> text so far
+  let thread = null // the side-thread as the server last sent it (its JSON frames)
+  let synced = null // its document: { id, doc, provider }
+
+  // The thread's turns come from its document (a reply's text grows in it as it is
+  // written); the session's JSON frames say when a run settled, for the draft.
+  function follow (threadId) {
+    if (synced?.id === threadId) return
+    synced?.provider.destroy()
+    synced?.doc.destroy()
+    synced = null
+    if (threadId === null) return
+    const base = session.provider
+    const doc = new Y.Doc()
+    const provider = new WebsocketProvider(
+      `${base.serverUrl}/${encodeURIComponent(base.roomname)}/threads`, threadId, doc,
+      { params: base.params }
+    )
+    provider.on('connection-close', (event) => {
+      if (event?.code === REBUILT && synced?.doc === doc) {
+        synced.id = null // start again from an empty document
+        follow(threadId)
+      }
+    })
+    doc.getArray('turns').observeDeep(() => render())
+    synced = { id: threadId, doc, provider }
+  }
 
   const ask = make('button', {
     type: 'button',
@@ -60,17 +89,13 @@ export function mountSideThread ({ session, composer, showError }) {
   function render () {
     panel.hidden = thread === null
     if (thread === null) return
-    turns.replaceChildren(...thread.turns.map((turn) => make('li', {
+    const shown = synced === null ? [] : synced.doc.getArray('turns').toJSON()
+    turns.replaceChildren(...shown.map((turn) => make('li', {
       class: `side-turn kind-${turn.kind}`,
       'data-kind': turn.kind,
       'data-status': turn.status,
       'data-id': turn.id
-    }, turn.summarise && turn.kind === 'prompt' ? '(asked for a summary to share)' : turn.text)))
-    for (const [replyId, text] of streaming) {
-      if (!thread.turns.some((t) => t.id === replyId)) {
-        turns.append(make('li', { class: 'side-turn kind-reply', 'data-kind': 'reply', 'data-status': 'streaming' }, text))
-      }
-    }
+    }, turn.summarise && turn.kind === 'prompt' ? '(asked for a summary to share)' : turn.content)))
     summarise.disabled = share.disabled = thread.running
     ask.disabled = thread.running
   }
@@ -83,13 +108,11 @@ export function mountSideThread ({ session, composer, showError }) {
       const settled = before?.running && !thread.running
       if (settled && last?.kind === 'reply' && last.status === 'done') {
         draft.value = last.text // the newest answer (or summary), ready to edit and share
-        streaming.delete(last.id)
       }
-    } else if (frame.type === 'thread_delta' && frame.thread_id === thread?.id) {
-      streaming.set(frame.reply_id, (streaming.get(frame.reply_id) ?? '') + frame.text)
     } else if (frame.type === 'thread_deleted' && frame.thread_id === thread?.id) {
       thread = null
     }
+    follow(thread?.id ?? null)
     render()
   })
 
@@ -101,6 +124,7 @@ export function mountSideThread ({ session, composer, showError }) {
       const opened = await run('ask privately', () => session.openThread({ title: text.slice(0, 80) }))
       if (opened === null) return
       thread = { id: opened.thread_id, turns: [], running: false, status: 'open' }
+      follow(thread.id)
     }
     const asked = await run('ask privately', () => session.threadPrompt(thread.id, text))
     if (asked !== null && composer.value.trim() === text) composer.value = ''

@@ -262,25 +262,26 @@ class ClusterNode:
     async def command(self, room: SessionRoom, user_id: str, frame: str) -> str:
         """Run a member's command (from a socket or an HTTP call) here if this node runs
         the session, else forward it."""
+        if await self.runs_here(room):
+            return await handle_frame(room, user_id, frame)
+        return await self.relay.forward(room, user_id, frame)
+
+    async def runs_here(self, room: SessionRoom) -> bool:
+        """True when this node runs the session: it does, or nobody does and it takes it
+        now (a failure to take it is logged: the caller forwards, or refuses)."""
         session_id = room.session_id
         if session_id not in self.running and session_id not in self.live_elsewhere:
             try:
                 await self.promote(room)
             except Exception as exc:  # the database, say: forwarding reports it
                 log.warning("could not take the session", extra={"error": repr(exc)})
-        if session_id in self.running:
-            return await handle_frame(room, user_id, frame)
-        return await self.relay.forward(room, user_id, frame)
+        return session_id in self.running
 
     async def write_session(self, room: SessionRoom, write: dict[str, Any]) -> dict[str, Any]:
         """A REST change of the session (``server.runtime.session_writes``): run here if this node
         runs the session, else forwarded to the node that does (as the admin: the REST call
         was authorised), then followed here, so both nodes answer with it."""
-        session_id = room.session_id
-        if session_id not in self.running and session_id not in self.live_elsewhere:
-            with contextlib.suppress(Exception):  # the database, say: forwarding reports it
-                await self.promote(room)
-        if session_id in self.running:
+        if await self.runs_here(room):
             return await apply_session_write(room, write)
         reply = json.loads(await self.relay.forward(room, ADMIN_SENDER, json.dumps(write)))
         if reply.get("type") == "error":

@@ -172,9 +172,9 @@ class SessionStream:
             return
         if claims.expires_at <= self.state.clock():
             raise _Ended("unauthenticated", "token expired")
-        if self.caller.user_id not in room.members:
+        if self.caller.user_id not in room.membership.members:
             raise _Ended("forbidden", "removed: you are no longer a member")
-        refusal = room.token_refusal(claims)
+        refusal = room.membership.token_refusal(claims)
         if refusal is not None:
             raise _Ended("unauthenticated", refusal)
         if not decide(room.subject(self.caller.user_id), Do(Capability.READ_SESSION)).allowed:

@@ -20,13 +20,13 @@ from functools import partial
 from typing import Any
 
 from parley.authz.policy import Action, Decision, Subject, decide
-from parley.authz.roles import Member, RoleTable
-from parley.authz.tokens import ClientClaims
+from parley.authz.roles import RoleTable
 from parley.server.http.retry_hint import retry_reason
 from parley.server.metrics import Metrics
 from parley.server.runtime.active_run import ActiveRun
 from parley.server.runtime.context import SessionContext
 from parley.server.runtime.membership import Membership, member_rates
+from parley.server.runtime.room_view import session_view
 from parley.server.runtime.run_steps import RunSteps
 from parley.server.runtime.side_threads import SideThreads
 from parley.server.runtime.sockets import SessionSockets
@@ -44,13 +44,11 @@ from parley.session.closes import CloseCode
 from parley.session.commands import Limits
 from parley.session.core import (
     CommandEvent,
-    DocumentLimits,
     Effects,
     Event,
     MemberUpdated,
     Recovered,
     SessionView,
-    ThreadLimits,
     TokenRevoked,
     WaitingPrompt,
     handle,
@@ -120,7 +118,7 @@ class SessionRoom:
             store,
             roles,
             clock,
-            lambda: self.sockets.connections,
+            self.sockets.everyone,
             self.feed.changed,
             self._stop_prompts,
         )
@@ -158,20 +156,8 @@ class SessionRoom:
         return self.writer.doc
 
     @property
-    def members(self) -> dict[str, Member]:
-        return self.membership.members
-
-    def token_refusal(self, claims: ClientClaims) -> str | None:
-        return self.membership.token_refusal(claims)
-
-    @property
     def active_run(self) -> ActiveRun | None:
         return self.runs.active
-
-    @property
-    def failed(self) -> str | None:
-        """Why the room was given up (``fail``), or None."""
-        return self.writer.failed
 
     @property
     def last_active(self) -> float:
@@ -235,25 +221,7 @@ class SessionRoom:
 
     def view(self) -> SessionView:
         """The session as committed, as the core reads it."""
-        active = self.active_run
-        return SessionView(
-            doc=self.doc,
-            queue=self.queue,
-            subject=self.membership.subject,
-            running=None if active is None else active.run,
-            last_seq=self.last_seq,
-            limits=DocumentLimits(self.settings.max_pins, self.settings.max_facts),
-            accepting_prompts=not self.draining,
-            subjects=self.membership.subjects,
-            restricted_replies=self.restricted_replies,
-            threads=self.side_threads.threads,
-            thread_limits=ThreadLimits(
-                self.settings.max_threads_per_member,
-                self.settings.max_thread_turns,
-                self.settings.max_thread_runs_per_session,
-                self.settings.max_prompt_chars,
-            ),
-        )
+        return session_view(self)
 
     async def execute(self, event: CommandEvent) -> Effects:
         """Carry out a member's command (see ``step``)."""
@@ -417,8 +385,8 @@ class SessionRoom:
             self.sockets.close_all(CloseCode.TRY_AGAIN, reason)
 
     def is_idle(self) -> bool:
-        busy = self.connections or self.feed.readers or len(self.queue) or self.active_run
-        return not busy
+        sockets = any(True for _ in self.sockets.everyone())
+        return not (sockets or self.feed.readers or len(self.queue) or self.active_run)
 
     def committed_reply(self, reply_id: str) -> ReplyText | None:
         """A reply's text as committed (None: not in the committed document yet)."""

@@ -122,6 +122,10 @@ class RoomRegistry:
             return await self.cluster.command(room, user_id, frame)
         return await handle_frame(room, user_id, frame)
 
+    async def runs_here(self, room: SessionRoom) -> bool:
+        """True when this node runs the session (always, out of cluster mode)."""
+        return self.cluster is None or await self.cluster.runs_here(room)
+
     async def change(self, room: SessionRoom, write: dict[str, Any]) -> dict[str, Any]:
         """The one door for a REST change of a session (see ``server.runtime.session_writes``): in
         force on the node that runs the session when this returns."""

@@ -14,20 +14,17 @@ import logging
 import time
 from dataclasses import dataclass, replace
 
-from parley.authz.scope import RunScope
 from parley.server.runtime.active_run import ActiveRun
 from parley.server.runtime.deltas import MAX_BATCH_CHARS, Deltas
 from parley.server.runtime.room import SessionRoom
 from parley.server.runtime.summarise import Summariser
+from parley.server.runtime.thread_runs import ThreadRuns
 from parley.server.runtime.tools import ToolRunner
 from parley.server.store.usage import UsageLedger
-from parley.session.core import ReplyState
-from parley.session.core.effects import BeginThreadRun
 from parley.session.core.runs import run_audit, run_audit_base, too_large
-from parley.session.errors import Forbidden, ProviderError, QuotaExceeded, Unavailable
+from parley.session.errors import ProviderError, QuotaExceeded, Unavailable
 from parley.session.lifecycle import PromptStatus
 from parley.session.model import ModelProvider, ModelRequest, TextDelta, ToolCall, Usage
-from parley.session.queue import PendingPrompt, Run
 from parley.session.reasons import Ending, ReasonCode
 from parley.session.toolloop import (
     CallModel,
@@ -62,7 +59,7 @@ class SessionRunner:
         self.provider = provider
         self.run_timeout_s = run_timeout_s
         self.task: asyncio.Task[None] | None = None
-        self.thread_tasks: set[asyncio.Task[None]] = set()
+        self.thread_runs = ThreadRuns(self)
         self.summariser = Summariser(room, provider, run_timeout_s)
         self.usage = UsageLedger(room.store, room.clock)
         self.tools = ToolRunner(room.settings, room.access, room.clock)
@@ -73,7 +70,7 @@ class SessionRunner:
     def start(self) -> None:
         self.room.runs.reply_author = self.reply_author
         self.task = asyncio.create_task(self._loop(), name=f"runner:{self.room.session_id}")
-        self.room.side_threads.start_run = self._start_thread_run
+        self.room.side_threads.start_run = self.thread_runs.start
 
     def reply_author(self) -> str:
         """The reply is signed by the model that writes it: the session's, or the default."""
@@ -82,64 +79,11 @@ class SessionRunner:
     async def stop(self) -> None:
         self.room.runs.reply_author = None
         await self.summariser.stop()
-        # A side-thread run cut off here is marked when the session is loaded next.
-        tasks = [t for t in (self.task, *self.thread_tasks) if t is not None]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
+        await self.thread_runs.stop()
+        if self.task is not None:
+            self.task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await task
-
-    def _start_thread_run(self, begin: BeginThreadRun) -> None:
-        """Side-thread runs go beside the session's queue, each on its own task (the core
-        bounds how many run at once)."""
-        name = f"thread:{self.room.session_id}:{begin.thread_id}"
-        task = asyncio.create_task(self._thread_run(begin), name=name)
-        self.thread_tasks.add(task)
-        task.add_done_callback(self.thread_tasks.discard)
-
-    async def _thread_run(self, begin: BeginThreadRun) -> None:
-        """Answer a side-thread prompt: the session up to its anchor and the thread's
-        turns, in its owner's scope as of now; streamed to the owner alone; settled, with
-        its audit, through the core."""
-        room = self.room
-        threads = room.side_threads
-        steps = threads.steps(begin)
-        steps.author = room.model or self.provider.name
-        thread = threads.threads[begin.thread_id]
-        prompt = PendingPrompt(begin.prompt_id, thread.anchor_seq, begin.owner)
-        reply = ReplyState(begin.reply_id)
-        try:
-            scope = room.runs.scope_for([begin.owner])
-        except Forbidden as exc:  # the owner lost the right to prompt since
-            active = ActiveRun(Run((prompt,)), reply, RunScope((), ()), steps)
-            active.audit_base = {
-                "prompt_ids": [prompt.id],
-                "reply_id": reply.reply_id,
-                "issuers": [{"user_id": begin.owner}],
-                "thread_id": thread.id,
-            }
-            await self._settle(active, RunOutcome(Ending(ReasonCode.FORBIDDEN, exc.message)))
-            return
-        active = ActiveRun(Run((prompt,)), reply, scope, steps)
-        threads.active[thread.id] = active
-        try:
-            built = room.context.build((prompt.id,), scope, thread)
-            request = replace(built.request, tools=scope.tool_specs)
-            seen = room.context.audit_of(built, thread)
-            base = run_audit_base(active.run, reply.reply_id, scope, seen)
-            active.audit_base = {**base, "thread_id": thread.id}
-            await steps.widen(active, seen.restriction)
-            outcome = RunOutcome(too_large(built.tokens, built.budget))
-            if outcome.ending is None:
-                outcome = await self._execute(active, request)
-                if outcome.usage is not None:
-                    await self._record_usage(request, reply.reply_id, outcome.usage)
-            await self._settle(active, outcome)
-        finally:
-            if threads.active.get(thread.id) is active:
-                del threads.active[thread.id]
-            active.finished.set()
+                await self.task
 
     async def _loop(self) -> None:
         failures = 0
@@ -193,10 +137,10 @@ class SessionRunner:
         if overflow is not None:
             outcome = RunOutcome(overflow)
         else:
-            outcome = await self._execute(active, request)
+            outcome = await self.execute(active, request)
             if outcome.usage is not None:
-                await self._record_usage(request, reply_id, outcome.usage)
-        await self._settle(active, outcome)
+                await self.record_usage(request, reply_id, outcome.usage)
+        await self.settle(active, outcome.ending)
         elapsed = time.monotonic() - started
         metrics.model_call.observe(elapsed)
         metrics.runs.labels(status=outcome.status.value).inc()
@@ -218,7 +162,7 @@ class SessionRunner:
         )
         return built.overflowed
 
-    async def _execute(self, active: ActiveRun, request: ModelRequest) -> RunOutcome:
+    async def execute(self, active: ActiveRun, request: ModelRequest) -> RunOutcome:
         try:
             await self.usage.admit(self.room.session_id, request.issuers)
         except QuotaExceeded as exc:  # no model call without a quota check
@@ -386,7 +330,7 @@ class SessionRunner:
             raise errors[0]
         return ModelTurn("".join(text), tuple(calls), usage[-1] if usage else None)
 
-    async def _record_usage(self, request: ModelRequest, reply_id: str, usage: Usage) -> None:
+    async def record_usage(self, request: ModelRequest, reply_id: str, usage: Usage) -> None:
         try:
             await self.usage.record(
                 self.room.session_id,
@@ -398,15 +342,14 @@ class SessionRunner:
         except Unavailable:
             log.warning("usage not recorded: database unavailable", extra={"reply_id": reply_id})
 
-    async def _settle(self, active: ActiveRun, outcome: RunOutcome) -> None:
-        """Store the run's outcome; keep trying while the database is away."""
+    async def settle(self, active: ActiveRun, ending: Ending | None) -> None:
+        """Store how the run ended (no ``ending``: answered); keep trying while the
+        database is away."""
         failures = 0
         while not self.room.closed:  # a closed room is recovered from the store on reload
             try:
-                audit = run_audit(
-                    active.audit_base, active.model_calls, active.refusals, outcome.ending
-                )
-                await active.steps.finish(active, outcome.ending, audit)
+                audit = run_audit(active.audit_base, active.model_calls, active.refusals, ending)
+                await active.steps.finish(active, ending, audit)
                 return
             except Unavailable:
                 delay = RETRY_DELAYS_S[min(failures, len(RETRY_DELAYS_S) - 1)]

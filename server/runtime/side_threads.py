@@ -3,10 +3,11 @@ and what their owners' sockets are sent.
 
 The session core decides every change (``session.core.threads``); the room's writer
 stores it with the session's other rows (never in the shared document). After the commit,
-``committed`` brings the state here up to date and tells the owner's sockets alone;
-``notify`` stops the runs the core said to stop and has the runner start the one it said
-to start. A run's steps go to ``ThreadSteps``: streamed text and tool steps to the owner's
-sockets, the reply (with what it drew on) stored when the run ends.
+``committed`` brings the state here up to date and tells the owner's sockets alone: JSON
+frames on their session sockets, and the thread's own document (``LiveThreadDoc``) to the
+sockets that sync it. ``notify`` stops the runs the core said to stop and has the runner
+start the one it said to start. A run's steps go to ``ThreadSteps``: streamed text and
+tool steps to the owner, the reply (with what it drew on) stored when the run ends.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 from parley.authz.policy import Restriction, restrict, restriction_to_json
 from parley.server.runtime.active_run import ActiveRun
+from parley.server.runtime.thread_docs import LiveThreadDoc
+from parley.session.closes import CloseCode
 from parley.session.core import (
     AuditRecord,
     Effects,
@@ -34,7 +37,9 @@ from parley.session.core.effects import (
     OpenThread,
     SetThreadStatus,
 )
+from parley.session.core.thread_doc import ThreadDocument, thread_document
 from parley.session.errors import NotFound
+from parley.session.lifecycle import ReplyStatus
 from parley.session.reasons import Ending
 
 if TYPE_CHECKING:
@@ -73,6 +78,7 @@ class SideThreads:
         self.room = room
         self.threads: dict[str, SideThread] = {}  # as committed
         self.active: dict[str, ActiveRun] = {}  # runs in flight, by thread
+        self.docs: dict[str, LiveThreadDoc] = {}  # built when a socket first syncs one
         # Set by the session's runner (``SessionRunner.start``): where no model runs here,
         # a side-thread prompt ends at once (``unavailable``).
         self.start_run: StartRun | None = None
@@ -93,6 +99,22 @@ class SideThreads:
             raise NotFound(f"no side-thread {thread_id!r} of yours in this session")
         return thread
 
+    def document(self, thread_id: str, user_id: str) -> LiveThreadDoc:
+        """The document of side-thread ``thread_id`` of ``user_id`` (``NotFound`` as
+        ``get``), built from it as stored and its run in flight on first use."""
+        thread = self.get(thread_id, user_id)
+        live = self.docs.get(thread_id)
+        if live is None:
+            active = self.active.get(thread_id)
+            running: tuple[ThreadTurn, ...] = ()
+            if active is not None and isinstance(active.steps, ThreadSteps):
+                running = active.steps.running_turns(active)
+            document = thread_document(thread, running)
+            limit = self.room.settings.max_delete_ranges_per_update
+            live = LiveThreadDoc(thread_id, document, self.room.sockets.send_thread, limit)
+            self.docs[thread_id] = live
+        return live
+
     def committed(self, effects: Effects) -> None:
         """After the commit: the state here follows ``effects``; the owners are told."""
         before = dict(self.threads)
@@ -102,6 +124,9 @@ class SideThreads:
             gone = before.get(change.thread_id)
             if gone is not None:
                 self._send(gone.owner, {"type": "thread_deleted", "thread_id": gone.id})
+                self.docs.pop(gone.id, None)
+                self.room.sockets.close_thread(gone.id, CloseCode.NOT_FOUND, "side-thread deleted")
+        turn_ids = {t.id for t in effects.thread_turns} | {s.turn_id for s in effects.thread_settle}
         changed = {t.thread_id for t in effects.thread_turns}
         changed.update(s.thread_id for s in effects.thread_settle)
         if isinstance(change, OpenThread):
@@ -113,6 +138,21 @@ class SideThreads:
             if thread is not None:
                 shown = thread_json(thread, turns=True)
                 self._send(thread.owner, {"type": "thread", "thread": shown})
+                self._show(thread, turn_ids)
+
+    def _show(self, thread: SideThread, turn_ids: set[str]) -> None:
+        """Bring the thread's document, if one is open, to the thread as committed."""
+        live = self.docs.get(thread.id)
+        if live is None:
+            return
+
+        def show(document: ThreadDocument) -> None:
+            document.show_thread(thread)
+            for turn in thread.turns:
+                if turn.id in turn_ids:
+                    document.show_turn(turn)
+
+        live.change(show)
 
     def notify(self, effects: Effects) -> None:
         for thread_id, ending in effects.stop_threads:
@@ -130,26 +170,54 @@ class SideThreads:
     def _send(self, user_id: str, frame: dict[str, Any]) -> None:
         self.room.sockets.send_to(user_id, json.dumps(frame))
 
-    def steps(self, begin: BeginThreadRun) -> ThreadSteps:
-        return ThreadSteps(self, begin)
+    def steps(self, begin: BeginThreadRun, author: str) -> ThreadSteps:
+        return ThreadSteps(self, begin, author)
 
 
 class ThreadSteps:
-    """Where one side-thread run's steps go (``RunSink``): its owner's sockets while it
-    runs, its thread's rows (through the core and the room's writer) when it ends."""
+    """Where one side-thread run's steps go (``RunSink``): its owner's sockets and its
+    thread's document while it runs, its thread's rows (through the core and the room's
+    writer) when it ends. ``author``: the model that writes the reply."""
 
-    def __init__(self, threads: SideThreads, begin: BeginThreadRun) -> None:
+    def __init__(self, threads: SideThreads, begin: BeginThreadRun, author: str) -> None:
         self.threads = threads
         self.begin = begin
+        self.author = author
         self.tool_turns: list[ThreadTurn] = []
-        self.author = ""  # the model that writes the reply (set by the runner)
+        self.started_at = threads.room.now_ms()
 
     def _send(self, frame: dict[str, Any]) -> None:
         self.threads._send(self.begin.owner, {"thread_id": self.begin.thread_id, **frame})
 
+    def _show(self, change: Callable[[ThreadDocument], None]) -> None:
+        live = self.threads.docs.get(self.begin.thread_id)
+        if live is not None:
+            live.change(change)
+
+    def running_turns(self, active: ActiveRun) -> tuple[ThreadTurn, ...]:
+        """The run's turns not stored yet: its tool steps, then its reply so far."""
+        reply = ThreadTurn(
+            id=self.begin.reply_id,
+            thread_id=self.begin.thread_id,
+            index=0,
+            kind="reply",
+            author=self.author,
+            text="".join(active.text),
+            status=ReplyStatus.STREAMING.value,
+            created_at=self.started_at,
+        )
+        return (*self.tool_turns, reply)
+
+    def started(self, active: ActiveRun) -> None:
+        """The run began: its reply shows in the thread's document as being written."""
+        reply_id, author, at = self.begin.reply_id, self.author, self.started_at
+        self._show(lambda document: document.start_reply(reply_id, author, at))
+
     async def append_reply(self, active: ActiveRun, text: str) -> None:
         active.text.append(text)
         self._send({"type": "thread_delta", "reply_id": self.begin.reply_id, "text": text})
+        reply_id = self.begin.reply_id
+        self._show(lambda document: document.append_text(reply_id, text))
 
     async def widen(self, active: ActiveRun, restriction: Restriction) -> None:
         """The reply inherits what the run drew on (it never goes into the shared
@@ -173,6 +241,8 @@ class ThreadSteps:
         )
         self.tool_turns.append(turn)
         self._send({"type": "thread_tool", "turn": turn_json(turn)})
+        reply_id = self.begin.reply_id
+        self._show(lambda document: document.show_turn(turn, before=reply_id))
         return turn.id
 
     async def finish(

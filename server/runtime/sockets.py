@@ -1,15 +1,16 @@
 """The open sockets of one loaded session, and what is sent to all or some of them.
 
-A committed update is framed once and sent to every socket; text kept server-side goes
-only to the sockets of members who may read it (those that speak JSON: stock Yjs clients
-read it over REST); closing them all is how a room that is given up, drained or unloaded
-tells its clients to reconnect.
+A committed update is framed once and sent to every socket of the session; text kept
+server-side goes only to the sockets of members who may read it (those that speak JSON:
+stock Yjs clients read it over REST). A side-thread's sockets (its owner's, syncing its
+document) are kept apart and sent that document's updates alone. Closing them all is how a
+room that is given up, drained or unloaded tells its clients to reconnect.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from parley.authz.policy import Subject, may_read
 from parley.server.store.access_rows import PrivateItem
@@ -24,12 +25,29 @@ class SessionSockets:
     def __init__(self, subject: Callable[[str], Subject | None]) -> None:
         self.subject = subject
         self.connections: set[Connection] = set()
+        self.thread_connections: dict[str, set[Connection]] = {}  # by side-thread
 
     def attach(self, connection: Connection) -> None:
         self.connections.add(connection)
 
     def detach(self, connection: Connection) -> None:
         self.connections.discard(connection)
+
+    def attach_thread(self, thread_id: str, connection: Connection) -> None:
+        self.thread_connections.setdefault(thread_id, set()).add(connection)
+
+    def detach_thread(self, thread_id: str, connection: Connection) -> None:
+        connections = self.thread_connections.get(thread_id)
+        if connections is not None:
+            connections.discard(connection)
+            if not connections:
+                del self.thread_connections[thread_id]
+
+    def everyone(self) -> Iterator[Connection]:
+        """Every open socket: the session's and its side-threads'."""
+        yield from self.connections
+        for connections in self.thread_connections.values():
+            yield from connections
 
     def broadcast(self, message: bytes) -> None:
         frame = binary_frame(message)  # framed once for every socket
@@ -51,6 +69,16 @@ class SessionSockets:
             if connection.user_id == user_id:
                 connection.send_json(frame)
 
+    def send_thread(self, thread_id: str, message: bytes) -> None:
+        """Send an update of a side-thread's document to that thread's sockets."""
+        frame = binary_frame(message)
+        for connection in list(self.thread_connections.get(thread_id, ())):
+            connection.send(message, frame)
+
+    def close_thread(self, thread_id: str, code: CloseCode, reason: str) -> None:
+        for connection in list(self.thread_connections.get(thread_id, ())):
+            connection.close(code, reason)
+
     def close_all(self, code: CloseCode, reason: str) -> None:
-        for connection in list(self.connections):
+        for connection in list(self.everyone()):
             connection.close(code, reason)

@@ -28,17 +28,9 @@ from parley.server.store.port import SessionStore, SessionTx
 from parley.session.encoded import EncodedDocument
 from parley.session.errors import Unavailable
 from parley.session.events import SessionEvent
+from parley.session.read_only import ServerWrites
 from parley.session.schema import SessionDocument
-from parley.session.yprotocol import (
-    DeleteSet,
-    ProtocolError,
-    SyncType,
-    add_deletes,
-    delete_set_of,
-    encode_sync,
-    is_noop_update,
-    normalise_delete_set,
-)
+from parley.session.yprotocol import SyncType, encode_sync
 
 log = logging.getLogger("parley.room")
 
@@ -110,7 +102,7 @@ class DocumentWriter:
         self._since_snapshot = 0
         # Kept current by the writer's own commits (``_committed``), so judging a client
         # frame never re-reads the whole document.
-        self._deletes: DeleteSet | None = None
+        self._writes = ServerWrites(settings.max_delete_ranges_per_update)
         self._encoded: EncodedDocument | None = None
         self._subscription: Any = None
 
@@ -130,7 +122,7 @@ class DocumentWriter:
         self.doc = SessionDocument(doc)
         self._subscription = doc.observe(self._capture)
         self._since_snapshot = stored.updates_since_snapshot
-        self._deletes = None
+        self._writes.forget()
         self._encoded = None
 
     async def apply_replicated(self, snapshot: bytes | None, updates: Sequence[bytes]) -> None:
@@ -269,11 +261,7 @@ class DocumentWriter:
     def _committed(self, update: bytes) -> None:
         """Keep what judges and answers client frames current with a committed update: a
         cost linear in the update, never in the document."""
-        if self._deletes is not None:
-            try:
-                add_deletes(self._deletes, delete_set_of(update, self.doc.doc.get_state()))
-            except ProtocolError:  # structs still pending (a replica): read it all again
-                self._deletes = None
+        self._writes.committed(update, self.doc.doc.get_state())
         if self._encoded is not None:
             self._encoded.committed(update)
 
@@ -327,9 +315,4 @@ class DocumentWriter:
     def is_noop(self, update: bytes) -> bool:
         """True when a client update would change nothing (clients may not write); an
         update deleting too many ranges is refused (``TooLarge``) unread."""
-        state = self.doc.doc.get_state()
-        if self._deletes is None:
-            full = self.doc.doc.get_update()
-            self._deletes = normalise_delete_set(delete_set_of(full, state))
-        limit = self.settings.max_delete_ranges_per_update
-        return is_noop_update(update, state, self._deletes, limit)
+        return self._writes.is_noop(self.doc.doc, update)

@@ -17,30 +17,22 @@ cannot load the session, the upgrade itself is refused: HTTP 503 with ``Retry-Af
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
-from starlette.websockets import WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocket
 
-from parley.authz.origins import origin_allowed, own_origins
 from parley.authz.policy import Do, decide
 from parley.authz.roles import Capability
-from parley.authz.tokens import verify_token
-from parley.server.http.retry_hint import retry_later_response
 from parley.server.runtime.room import SessionRoom
-from parley.server.settings import Settings
 from parley.server.state import AppState
-from parley.server.ws.connection import CommandChannel, Connection, ConnectionLimits
-from parley.server.ws.direct_send import SCOPE_KEY as DIRECT_WRITER
+from parley.server.ws.admission import admit, receive, serve
+from parley.server.ws.connection import CommandChannel, Connection
 from parley.session.closes import CloseCode
 from parley.session.commands import command_id_of, error_reply
 from parley.session.errors import (
     Forbidden,
-    NotFound,
     ParleyError,
     RateLimited,
-    Unauthenticated,
-    Unavailable,
     close_code_for,
 )
 from parley.session.presence import Presence
@@ -62,118 +54,24 @@ log = logging.getLogger("parley.ws")
 
 async def session_socket(websocket: WebSocket) -> None:
     state: AppState = websocket.app.state.parley
-    session_id = websocket.path_params["session_id"]
-    token = websocket.query_params.get("token", "")
-    # Accept before refusing: a refused upgrade reaches browsers as a bare 1006, and stock
-    # clients retry it forever; a close code after accepting is final and readable. The
-    # one exception is a database that cannot load the session: there retrying is right,
-    # and a refused upgrade is what makes every stock client back off (y-websocket before
-    # 3.x resets its back-off when a socket opens, and came back ten times a second).
-    local_host, local_port = websocket.scope.get("server") or (None, None)
-    own = own_origins(websocket.scope.get("scheme") == "wss", local_host, local_port)
-    refusal: tuple[CloseCode, str] | None = None
-    if state.draining:
-        refusal = (CloseCode.GOING_AWAY, "server shutting down")
-    elif not origin_allowed(websocket.headers.get("origin"), state.settings.allowed_origins, own):
-        refusal = (CloseCode.FORBIDDEN, "origin not allowed")
-    else:
-        try:
-            claims = verify_token(state.keys.signing_key, token, now=int(state.clock()))
-            if claims.session_id != session_id:
-                raise Unauthenticated("the token is for another session")
-            room = await state.rooms.get(session_id)
-        except Unauthenticated as exc:
-            refusal = (close_code_for(exc), exc.message[:120])
-        except NotFound as exc:
-            refusal = (close_code_for(exc), "unknown session")
-        except Unavailable as exc:
-            await websocket.send_denial_response(
-                retry_later_response(exc, state.settings.db_retry_after_s)
-            )
-            return
-        except ParleyError as exc:
-            refusal = (close_code_for(exc), exc.message[:120])
-    await websocket.accept()
-    if refusal is not None:
-        await websocket.close(*refusal)
+    admitted = await admit(websocket, state)
+    if admitted is None:
         return
-    allowed = decide(room.subject(claims.user_id), Do(Capability.READ_SESSION))
-    if not allowed.allowed:
-        await websocket.close(CloseCode.FORBIDDEN, allowed.reason[:120])
-        return
-    revoked = room.membership.token_refusal(claims)
-    if revoked is not None:
-        await websocket.close(CloseCode.UNAUTHENTICATED, revoked[:120])
-        return
-    too_many = _over_connection_cap(room, claims.user_id, state.settings)
-    if too_many is not None:  # checked and counted with no await between: no race
-        state.metrics.errors.labels(code="rate_limited").inc()
-        await websocket.close(CloseCode.ABUSE, too_many)
-        return
-    connection = Connection(
-        websocket,
-        claims.user_id,
-        state.settings.send_queue_max_messages,
-        direct=websocket.scope.get(DIRECT_WRITER),
-        buffer_limit=state.settings.send_buffer_max_bytes,
-        budget=state.send_budget,
-        on_drop=state.metrics.send_dropped,
-        claims=claims,
-    )
-    connection.limits = ConnectionLimits.from_settings(state.settings, state.clock())
-    connection.start()
-    state.metrics.connections.inc()
+    room, connection = admitted.room, admitted.connection
     room.sockets.attach(connection)
     presence = room.presence
     snapshot = presence.snapshot()
     if snapshot is not None:
         connection.send(encode_awareness(snapshot))
     if state.rooms.cluster is not None:
-        state.rooms.cluster.presence.joined(session_id)  # and from the other nodes
-    expiry = asyncio.get_running_loop().call_later(
-        max(claims.expires_at - state.clock(), 0),
-        connection.close,
-        CloseCode.UNAUTHENTICATED,
-        "token expired",
-    )
-    try:
-        serving = asyncio.create_task(_serve(websocket, room, connection, presence, state))
-        finished = asyncio.create_task(connection.finished.wait())
-        try:
-            # Stop reading once the connection is closed from our side (a slow or revoked
-            # client may never send the frame that would end the read).
-            await asyncio.wait({serving, finished}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in (serving, finished):
-                task.cancel()
-            await asyncio.gather(serving, finished, return_exceptions=True)
-            crash = None if serving.cancelled() else serving.exception()
-            if crash is not None:
-                log.error(
-                    "socket handler failed",
-                    exc_info=crash,
-                    extra={"session_id": session_id, "user_id": claims.user_id},
-                )
-                connection.close(CloseCode.INTERNAL, "internal error")
-    finally:
-        state.metrics.connections.dec()
-        expiry.cancel()
+        state.rooms.cluster.presence.joined(room.session_id)  # and from the other nodes
+
+    def cleanup() -> None:
         room.sockets.detach(connection)
         if presence.drop(connection) is not None:
             room.awareness.changed()
-        if not connection.closed:
-            connection.close(CloseCode.NORMAL)
-        await connection.wait_closed()
 
-
-def _over_connection_cap(room: SessionRoom, user_id: str, settings: Settings) -> str | None:
-    """Why one more socket of ``user_id`` to ``room`` is refused, or None (caps per node)."""
-    if len(room.connections) >= settings.max_connections_per_session:
-        return f"too many connections to this session ({settings.max_connections_per_session})"
-    mine = sum(1 for c in room.connections if c.user_id == user_id)
-    if mine >= settings.max_connections_per_user:
-        return f"too many connections of this user ({settings.max_connections_per_user})"
-    return None
+    await serve(state, admitted, _serve(websocket, room, connection, presence, state), cleanup)
 
 
 async def _serve(
@@ -186,15 +84,8 @@ async def _serve(
     limits = connection.limits
     assert limits is not None
     while not connection.closed:
-        try:
-            async with asyncio.timeout(state.settings.ws_idle_timeout_s):
-                message = await websocket.receive()
-        except TimeoutError:
-            connection.close(CloseCode.GOING_AWAY, "idle timeout")
-            return
-        except (WebSocketDisconnect, RuntimeError):
-            return
-        if message["type"] == "websocket.disconnect":
+        message = await receive(websocket, connection, state.settings.ws_idle_timeout_s)
+        if message is None:
             return
         data = message.get("bytes")
         text = message.get("text")

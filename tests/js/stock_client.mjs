@@ -4,6 +4,8 @@
 // Usage:
 //   node stock_client.mjs --url ws://127.0.0.1:PORT/ws/sessions --room SESSION_ID \
 //        --token TOKEN [--name NAME]
+//   (a side-thread's document: --url ws://127.0.0.1:PORT/ws/sessions/SESSION_ID/threads
+//    --room THREAD_ID; "dump" reports its "thread" and "turns" roots)
 //
 // stdout carries exactly one JSON object per line (events and replies); all
 // diagnostics from the libraries go to stderr. stdin carries one JSON command
@@ -78,6 +80,9 @@ if (!args.url || !args.room || args.token === undefined) {
 const doc = new Y.Doc()
 const transcript = doc.getArray('transcript')
 const queue = doc.getArray('queue')
+// A side-thread's document (its socket: --url .../threads --room THREAD_ID).
+const thread = doc.getMap('thread')
+const turns = doc.getArray('turns')
 
 /**
  * For every assistant entry: the set of distinct lengths its content Y.Text
@@ -86,10 +91,11 @@ const queue = doc.getArray('queue')
  */
 const replyLengths = new Map()
 
-const recordReplyLengths = () => {
-  const n = transcript.length
+/** @param {Y.Array<unknown>} entries */
+const recordReplyLengths = (entries) => {
+  const n = entries.length
   for (let i = 0; i < n; i++) {
-    const entry = transcript.get(i)
+    const entry = entries.get(i)
     if (!(entry instanceof Y.Map)) continue
     if (entry.get('role') !== 'assistant') continue
     const content = entry.get('content')
@@ -104,7 +110,8 @@ const recordReplyLengths = () => {
     seen.add(content.length)
   }
 }
-transcript.observeDeep(() => recordReplyLengths())
+transcript.observeDeep(() => recordReplyLengths(transcript))
+turns.observeDeep(() => recordReplyLengths(turns))
 
 const provider = new WebsocketProvider(args.url, args.room, doc, {
   WebSocketPolyfill: /** @type {any} */ (WebSocket),
@@ -176,6 +183,8 @@ const dump = () => {
     cmd: 'dump',
     transcript: transcript.toJSON(),
     queue: queue.toJSON(),
+    thread: thread.toJSON(),
+    turns: turns.toJSON(),
     awareness: Array.from(provider.awareness.getStates().entries()).map(
       ([clientID, state]) => ({ clientID, state })
     ),

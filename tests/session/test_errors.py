@@ -71,6 +71,7 @@ CLOSE_CODES = {
     "UNAUTHENTICATED": 4401,
     "FORBIDDEN": 4403,
     "NOT_FOUND": 4404,
+    "GONE": 4410,
     "ABUSE": 4429,
 }
 

@@ -1,5 +1,6 @@
 """Side-thread commands sent to a node that does not run the session go through the same
-forwarding door as the session's: carried out where it runs, answered where they came."""
+forwarding door as the session's: carried out where it runs, answered where they came. A
+side-thread's socket is served by the running node alone: another closes it 1013."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 
 from tests.conftest import ADMIN_KEY
 from tests.server.cluster.nodes import cluster
+from tests.server.test_ws import close_code_of
 
 pytestmark = pytest.mark.postgres
 
@@ -53,5 +55,10 @@ async def test_side_thread_commands_on_a_following_node_reach_the_running_one(
                 f"{base}/{thread_id}/prompts", json={"as_user": "bob", "text": "hi", "id": "p"}
             )
             assert again.json() == asked.json()  # resent by its id: its first answer
+            # The thread's document is served by the running node alone (``ELSEWHERE``).
+            issued = await http.post(f"/api/v1/sessions/{sid}/tokens", json={"user_id": "bob"})
+            token = issued.json()["token"]
+            url = f"{other.ws_url}/ws/sessions/{sid}/threads/{thread_id}?token={token}"
+            assert await close_code_of(url) == 1013
         for client in {first, bob}:
             await client.close()

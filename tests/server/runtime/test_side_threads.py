@@ -285,7 +285,8 @@ async def test_a_role_that_may_no_longer_prompt_stops_the_side_thread_run() -> N
         watch(s, "bob")
         await ask(s, "bob", thread_id, "[hold] long")
         await GATE.entered.wait()
-        viewer = replace(s.room.members["bob"], role="viewer")  # the same epoch: a role change
+        # The same epoch: a role change.
+        viewer = replace(s.room.membership.members["bob"], role="viewer")
         await s.room.membership.set_member("bob", viewer)
         done = await answered(s, thread_id)
         assert done.turns[0].reason_code == "forbidden"

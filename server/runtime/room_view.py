@@ -1,0 +1,34 @@
+"""A loaded room as the session core reads it: the session as committed (``SessionView``),
+with the limits the settings put on its documents and side-threads."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from parley.session.core import DocumentLimits, SessionView, ThreadLimits
+
+if TYPE_CHECKING:
+    from parley.server.runtime.room import SessionRoom
+
+
+def session_view(room: SessionRoom) -> SessionView:
+    settings = room.settings
+    active = room.active_run
+    return SessionView(
+        doc=room.doc,
+        queue=room.queue,
+        subject=room.membership.subject,
+        running=None if active is None else active.run,
+        last_seq=room.last_seq,
+        limits=DocumentLimits(settings.max_pins, settings.max_facts),
+        accepting_prompts=not room.draining,
+        subjects=room.membership.subjects,
+        restricted_replies=room.restricted_replies,
+        threads=room.side_threads.threads,
+        thread_limits=ThreadLimits(
+            settings.max_threads_per_member,
+            settings.max_thread_turns,
+            settings.max_thread_runs_per_session,
+            settings.max_prompt_chars,
+        ),
+    )

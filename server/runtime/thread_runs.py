@@ -1,0 +1,93 @@
+"""Side-thread runs: each answers one prompt of a private side-thread, beside the session's
+queue, on its own task (the core bounds how many run at once).
+
+A run reads the session up to the thread's anchor and the thread's turns, in its owner's
+scope as of now; its steps go to the thread alone (``ThreadSteps``: the owner's sockets and
+the thread's document); it is settled, with its audit, through the core. The model call
+itself is the session runner's (``SessionRunner.execute`` and ``settle``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+from parley.authz.scope import RunScope
+from parley.server.runtime.active_run import ActiveRun
+from parley.session.core import ReplyState
+from parley.session.core.effects import BeginThreadRun
+from parley.session.core.runs import run_audit_base, too_large
+from parley.session.errors import Forbidden
+from parley.session.queue import PendingPrompt, Run
+from parley.session.reasons import Ending, ReasonCode
+
+if TYPE_CHECKING:
+    from parley.server.runtime.runner import SessionRunner
+
+
+class ThreadRuns:
+    """The side-thread runs of one session's runner, each on its own task."""
+
+    def __init__(self, runner: SessionRunner) -> None:
+        self.runner = runner
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def start(self, begin: BeginThreadRun) -> None:
+        name = f"thread:{self.runner.room.session_id}:{begin.thread_id}"
+        task = asyncio.create_task(self.run(begin), name=name)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def stop(self) -> None:
+        """Cancel the runs in flight (one cut off here is marked when the session is
+        loaded next)."""
+        tasks = list(self.tasks)
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def run(self, begin: BeginThreadRun) -> None:
+        """Answer a side-thread prompt (see the module's docstring)."""
+        runner, room = self.runner, self.runner.room
+        threads = room.side_threads
+        steps = threads.steps(begin, author=runner.reply_author())
+        thread = threads.threads[begin.thread_id]
+        prompt = PendingPrompt(begin.prompt_id, thread.anchor_seq, begin.owner)
+        reply = ReplyState(begin.reply_id)
+        try:
+            scope = room.runs.scope_for([begin.owner])
+        except Forbidden as exc:  # the owner lost the right to prompt since
+            active = ActiveRun(Run((prompt,)), reply, RunScope((), ()), steps)
+            active.audit_base = {
+                "prompt_ids": [prompt.id],
+                "reply_id": reply.reply_id,
+                "issuers": [{"user_id": begin.owner}],
+                "thread_id": thread.id,
+            }
+            await runner.settle(active, Ending(ReasonCode.FORBIDDEN, exc.message))
+            return
+        active = ActiveRun(Run((prompt,)), reply, scope, steps)
+        threads.active[thread.id] = active
+        try:
+            steps.started(active)
+            built = room.context.build((prompt.id,), scope, thread)
+            request = replace(built.request, tools=scope.tool_specs)
+            seen = room.context.audit_of(built, thread)
+            base = run_audit_base(active.run, reply.reply_id, scope, seen)
+            active.audit_base = {**base, "thread_id": thread.id}
+            await steps.widen(active, seen.restriction)
+            ending = too_large(built.tokens, built.budget)
+            if ending is None:
+                outcome = await runner.execute(active, request)
+                if outcome.usage is not None:
+                    await runner.record_usage(request, reply.reply_id, outcome.usage)
+                ending = outcome.ending
+            await runner.settle(active, ending)
+        finally:
+            if threads.active.get(thread.id) is active:
+                del threads.active[thread.id]
+            active.finished.set()

@@ -1,0 +1,194 @@
+"""What every socket to a session goes through: admission, its bounded connection, and
+the end of it.
+
+``admit`` accepts a socket or refuses it with its close code (a browser origin, the token,
+the member's right to read the session, a revoked token, the caps on sockets per session
+and per member); only a database that cannot load the session refuses the upgrade itself
+(HTTP 503 with ``Retry-After``). ``serve`` runs a handler for the admitted socket until
+either side ends it, closes it when its token expires, and always cleans up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Coroutine, MutableMapping
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from parley.authz.origins import origin_allowed, own_origins
+from parley.authz.policy import Do, decide
+from parley.authz.roles import Capability
+from parley.authz.tokens import ClientClaims, verify_token
+from parley.server.http.retry_hint import retry_later_response
+from parley.server.runtime.room import SessionRoom
+from parley.server.settings import Settings
+from parley.server.state import AppState
+from parley.server.ws.connection import Connection, ConnectionLimits
+from parley.server.ws.direct_send import SCOPE_KEY as DIRECT_WRITER
+from parley.session.closes import CloseCode
+from parley.session.errors import (
+    NotFound,
+    ParleyError,
+    Unauthenticated,
+    Unavailable,
+    close_code_for,
+)
+
+log = logging.getLogger("parley.ws")
+
+Message = MutableMapping[str, Any]
+
+
+@dataclass(slots=True)
+class Admitted:
+    room: SessionRoom
+    claims: ClientClaims
+    connection: Connection  # started, bounded like every socket's
+
+
+async def admit(websocket: WebSocket, state: AppState) -> Admitted | None:
+    """Accept a member's socket to the session of the path, or refuse it (None: closed or
+    the upgrade refused)."""
+    session_id = websocket.path_params["session_id"]
+    token = websocket.query_params.get("token", "")
+    # Accept before refusing: a refused upgrade reaches browsers as a bare 1006, and stock
+    # clients retry it forever; a close code after accepting is final and readable. The
+    # one exception is a database that cannot load the session: there retrying is right,
+    # and a refused upgrade is what makes every stock client back off (y-websocket before
+    # 3.x resets its back-off when a socket opens, and came back ten times a second).
+    local_host, local_port = websocket.scope.get("server") or (None, None)
+    own = own_origins(websocket.scope.get("scheme") == "wss", local_host, local_port)
+    refusal: tuple[CloseCode, str] | None = None
+    if state.draining:
+        refusal = (CloseCode.GOING_AWAY, "server shutting down")
+    elif not origin_allowed(websocket.headers.get("origin"), state.settings.allowed_origins, own):
+        refusal = (CloseCode.FORBIDDEN, "origin not allowed")
+    else:
+        try:
+            claims = verify_token(state.keys.signing_key, token, now=int(state.clock()))
+            if claims.session_id != session_id:
+                raise Unauthenticated("the token is for another session")
+            room = await state.rooms.get(session_id)
+        except Unauthenticated as exc:
+            refusal = (close_code_for(exc), exc.message[:120])
+        except NotFound as exc:
+            refusal = (close_code_for(exc), "unknown session")
+        except Unavailable as exc:
+            await websocket.send_denial_response(
+                retry_later_response(exc, state.settings.db_retry_after_s)
+            )
+            return None
+        except ParleyError as exc:
+            refusal = (close_code_for(exc), exc.message[:120])
+    await websocket.accept()
+    if refusal is None:
+        refusal = _member_refusal(room, claims, state.settings)
+    if refusal is not None:
+        if refusal[0] is CloseCode.ABUSE:
+            state.metrics.errors.labels(code="rate_limited").inc()
+        await websocket.close(*refusal)
+        return None
+    connection = Connection(
+        websocket,
+        claims.user_id,
+        state.settings.send_queue_max_messages,
+        direct=websocket.scope.get(DIRECT_WRITER),
+        buffer_limit=state.settings.send_buffer_max_bytes,
+        budget=state.send_budget,
+        on_drop=state.metrics.send_dropped,
+        claims=claims,
+    )
+    connection.limits = ConnectionLimits.from_settings(state.settings, state.clock())
+    connection.start()
+    return Admitted(room, claims, connection)
+
+
+def _member_refusal(
+    room: SessionRoom, claims: ClientClaims, settings: Settings
+) -> tuple[CloseCode, str] | None:
+    allowed = decide(room.subject(claims.user_id), Do(Capability.READ_SESSION))
+    if not allowed.allowed:
+        return CloseCode.FORBIDDEN, allowed.reason[:120]
+    revoked = room.membership.token_refusal(claims)
+    if revoked is not None:
+        return CloseCode.UNAUTHENTICATED, revoked[:120]
+    # Checked here and counted by the caller's attach, with no await between: no race.
+    too_many = _over_connection_cap(room, claims.user_id, settings)
+    if too_many is not None:
+        return CloseCode.ABUSE, too_many
+    return None
+
+
+def _over_connection_cap(room: SessionRoom, user_id: str, settings: Settings) -> str | None:
+    """Why one more socket of ``user_id`` to ``room`` is refused, or None (caps per node,
+    counting the session's sockets and its side-threads')."""
+    sockets = list(room.sockets.everyone())
+    if len(sockets) >= settings.max_connections_per_session:
+        return f"too many connections to this session ({settings.max_connections_per_session})"
+    mine = sum(1 for c in sockets if c.user_id == user_id)
+    if mine >= settings.max_connections_per_user:
+        return f"too many connections of this user ({settings.max_connections_per_user})"
+    return None
+
+
+async def serve(
+    state: AppState,
+    admitted: Admitted,
+    handler: Coroutine[Any, Any, None],
+    cleanup: Callable[[], None],
+) -> None:
+    """Run ``handler`` for an admitted socket until it returns or the connection is closed
+    from our side (a slow or revoked client may never send the frame that would end the
+    read); the socket closes when its token expires. ``cleanup`` runs in every case."""
+    connection, claims = admitted.connection, admitted.claims
+    state.metrics.connections.inc()
+    expiry = asyncio.get_running_loop().call_later(
+        max(claims.expires_at - state.clock(), 0),
+        connection.close,
+        CloseCode.UNAUTHENTICATED,
+        "token expired",
+    )
+    try:
+        serving = asyncio.create_task(handler)
+        finished = asyncio.create_task(connection.finished.wait())
+        try:
+            await asyncio.wait({serving, finished}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (serving, finished):
+                task.cancel()
+            await asyncio.gather(serving, finished, return_exceptions=True)
+            crash = None if serving.cancelled() else serving.exception()
+            if crash is not None:
+                log.error(
+                    "socket handler failed",
+                    exc_info=crash,
+                    extra={"session_id": claims.session_id, "user_id": claims.user_id},
+                )
+                connection.close(CloseCode.INTERNAL, "internal error")
+    finally:
+        state.metrics.connections.dec()
+        expiry.cancel()
+        cleanup()
+        if not connection.closed:
+            connection.close(CloseCode.NORMAL)
+        await connection.wait_closed()
+
+
+async def receive(
+    websocket: WebSocket, connection: Connection, idle_timeout_s: float
+) -> Message | None:
+    """The socket's next message; None once it ended (closed, or idle too long: 1001)."""
+    try:
+        async with asyncio.timeout(idle_timeout_s):
+            message = await websocket.receive()
+    except TimeoutError:
+        connection.close(CloseCode.GOING_AWAY, "idle timeout")
+        return None
+    except (WebSocketDisconnect, RuntimeError):
+        return None
+    if message["type"] == "websocket.disconnect":
+        return None
+    return message

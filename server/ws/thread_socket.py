@@ -1,0 +1,140 @@
+"""The WebSocket of one private side-thread: its document, synced to its owner's clients.
+
+``/ws/sessions/{session_id}/threads/{thread_id}?token=…`` speaks the y-websocket sync
+protocol, so a stock ``WebsocketProvider`` (its room name the thread id) syncs the
+thread's document (``session.core.thread_doc``): its turns, a reply's text as the model
+writes it. It is admitted as the session's socket is (``server.ws.admission``, the same
+close codes), then only for the thread's owner: any other thread id, another member's
+included, closes it 4404, as for a thread that does not exist. The document is read-only:
+a client's update that would change it is refused as on the session's socket (and one
+refused again and again is cut off, 4429); awareness is taken and shown to nobody (the
+thread has one reader), a query for it is answered with no states. Commands go over the
+session's socket; one sent here closes this one (4400).
+
+It closes 4404 when the thread is deleted or the session deleted, 4403 or 4401 when its
+member is removed or their token revoked (as every socket of theirs), 1013 when the
+session moves to another node, and 4410 when the client holds a document this one is not
+(built before a restart: only stored turns come back, so a new ``Y.Doc`` must sync).
+In cluster mode only the node that runs the session serves it; another closes it 1013.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from starlette.websockets import WebSocket
+
+from parley.server.runtime.room import SessionRoom
+from parley.server.runtime.thread_docs import LiveThreadDoc
+from parley.server.state import AppState
+from parley.server.ws.admission import admit, receive, serve
+from parley.server.ws.connection import Connection
+from parley.session.closes import CloseCode
+from parley.session.errors import Forbidden, NotFound, ParleyError, RateLimited, close_code_for
+from parley.session.ratelimit import cost_of
+from parley.session.yprotocol import (
+    AwarenessMessage,
+    ProtocolError,
+    QueryAwarenessMessage,
+    SyncMessage,
+    SyncType,
+    decode_client_frame,
+    encode_awareness,
+    is_command_frame,
+)
+
+log = logging.getLogger("parley.ws")
+
+NO_STATES = b"\x00"  # an awareness update of no clients
+ELSEWHERE = "side-threads are served by the node that runs the session; reconnect"
+REBUILT = "this side-thread's document was built anew (a restart): sync it into a new Y.Doc"
+
+
+async def thread_socket(websocket: WebSocket) -> None:
+    state: AppState = websocket.app.state.parley
+    admitted = await admit(websocket, state)
+    if admitted is None:
+        return
+    room, connection = admitted.room, admitted.connection
+    thread_id = websocket.path_params["thread_id"]
+    live: LiveThreadDoc | None = None
+    if not await state.rooms.runs_here(room):
+        connection.close(CloseCode.TRY_AGAIN, ELSEWHERE)
+    else:
+        try:
+            live = room.side_threads.document(thread_id, connection.user_id)
+        except NotFound as exc:
+            connection.close(close_code_for(exc), exc.message[:120])
+    if live is None:
+        await connection.wait_closed()
+        return
+    room.sockets.attach_thread(thread_id, connection)
+
+    def cleanup() -> None:
+        room.sockets.detach_thread(thread_id, connection)
+
+    await serve(state, admitted, _serve(websocket, room, connection, live, state), cleanup)
+
+
+async def _serve(
+    websocket: WebSocket,
+    room: SessionRoom,
+    connection: Connection,
+    live: LiveThreadDoc,
+    state: AppState,
+) -> None:
+    limits = connection.limits
+    assert limits is not None
+    while not connection.closed:
+        message = await receive(websocket, connection, state.settings.ws_idle_timeout_s)
+        if message is None:
+            return
+        data = message.get("bytes")
+        if data is None or is_command_frame(data):
+            connection.close(CloseCode.PROTOCOL, "commands go over the session's socket")
+            return
+        now = state.clock()
+        if not limits.updates.allow(now):
+            if limits.abuse.refused(now):
+                connection.close(CloseCode.ABUSE, "too many messages")
+                return
+            continue  # dropped: the client is over its update rate
+        try:
+            _on_binary(room, connection, live, data, now)
+        except ProtocolError as exc:
+            connection.close(close_code_for(exc), f"protocol error: {exc.message}"[:120])
+            return
+        except ParleyError as exc:  # a refused frame: a write, or over a budget
+            state.metrics.errors.labels(code=exc.code).inc()
+            if limits.abuse.refused(now):
+                connection.close(CloseCode.ABUSE, "too many refused frames")
+                return
+
+
+def _on_binary(
+    room: SessionRoom, connection: Connection, live: LiveThreadDoc, data: bytes, now: float
+) -> None:
+    """Handle a binary frame, charged what it costs first (as on the session's socket); a
+    refused one raises its ``ParleyError``."""
+    message = decode_client_frame(data)
+    cost = cost_of(message, len(data))
+    limits = connection.limits
+    assert limits is not None
+    if not (
+        limits.budgets.allow(connection, cost, now)
+        and room.budgets.allow(connection.user_id, cost, now)
+    ):
+        raise RateLimited(f"over the {cost.spend.value} budget; slow down")
+    if isinstance(message, SyncMessage):
+        if message.sync_type is SyncType.STEP1:
+            if not live.document.covers(message.payload):
+                connection.close(CloseCode.GONE, REBUILT)
+                return
+            connection.send(live.sync_answer(message.payload))
+        elif not live.is_noop(message.payload):
+            log.info("refused a client write", extra={"user_id": connection.user_id})
+            raise Forbidden("a side-thread's document is read-only; send commands instead")
+    elif isinstance(message, QueryAwarenessMessage):
+        connection.send(encode_awareness(NO_STATES))
+    else:
+        assert isinstance(message, AwarenessMessage)  # shown to nobody: one reader

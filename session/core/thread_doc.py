@@ -1,0 +1,160 @@
+"""The document of one private side-thread: what its owner's Yjs clients sync.
+
+Roots (written by the server only; clients read):
+
+``thread`` — Y.Map: ``id``, ``owner``, ``title``, ``anchor_seq``, ``status`` (``open`` |
+    ``closed``), ``created_at`` (milliseconds since the epoch), ``schema_version``.
+``turns`` — Y.Array of Y.Map, the thread in order. Each turn has ``id``, ``kind``
+    (``prompt`` | ``reply`` | ``tool``), ``author``, ``role`` (``user`` | ``assistant`` |
+    ``tool``), ``status``, ``content`` (Y.Text: a reply's grows as the model writes it),
+    ``created_at``, ``summarise`` and ``restricted`` (it drew on what not every member may
+    read); ``reason_code`` once it ended unanswered. A reply being written has status
+    ``streaming``; its run's tool steps sit before it, as they are stored.
+
+The rows (``SideThread``, ``ThreadTurn``) are the truth: the document is built from them
+(``thread_document``) and brought to each stored change (``show_thread``, ``show_turn``);
+only a reply's streamed text runs ahead of them. A document built again (say after a
+restart) is a new document: a client that held the old one must start from an empty one
+(``covers``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from pycrdt import Array, Doc, Map, Text
+
+from parley.session.core.thread_state import SideThread, ThreadTurn
+from parley.session.lifecycle import ReplyStatus
+from parley.session.yprotocol import decode_state_vector
+
+SCHEMA_VERSION = 1
+ROLES = {"prompt": "user", "reply": "assistant", "tool": "tool"}
+
+
+class ThreadDocument:
+    """Typed access to a side-thread's pycrdt document; each mutator is one transaction
+    (one update for its clients)."""
+
+    def __init__(self, doc: Doc[Any]) -> None:
+        self.doc = doc
+        self.thread: Map[Any] = doc.get("thread", type=Map)
+        self.turns: Array[Any] = doc.get("turns", type=Array)
+        # Each turn by id, so a streamed piece of text costs a look-up, not a walk through
+        # the thread (only the server writes here, and it never removes a turn).
+        self._by_id: dict[str, Map[Any]] = {str(t["id"]): t for t in self.turns}
+
+    # -- writing --------------------------------------------------------------------------
+
+    def show_thread(self, thread: SideThread) -> None:
+        """The thread's own fields as stored (only those that changed are written)."""
+        fields = {
+            "id": thread.id,
+            "owner": thread.owner,
+            "title": thread.title,
+            "anchor_seq": thread.anchor_seq,
+            "status": thread.status,
+            "created_at": thread.created_at,
+            "schema_version": SCHEMA_VERSION,
+        }
+        with self.doc.transaction():
+            _set_changed(self.thread, fields)
+
+    def show_turn(self, turn: ThreadTurn, before: str | None = None) -> None:
+        """A stored turn: added (before turn ``before`` if there is one, else last), or the
+        turn of that id brought to it (its status, its text)."""
+        fields: dict[str, Any] = {
+            "id": turn.id,
+            "kind": turn.kind,
+            "author": turn.author,
+            "role": ROLES.get(turn.kind, turn.kind),
+            "status": turn.status,
+            "created_at": turn.created_at,
+            "summarise": turn.summarise,
+            "restricted": bool(turn.restriction),
+        }
+        if turn.reason_code is not None:
+            fields["reason_code"] = turn.reason_code
+        with self.doc.transaction():
+            shown = self._by_id.get(turn.id)
+            if shown is None:
+                self._insert(turn.id, Map({**fields, "content": Text(turn.text)}), before)
+                return
+            _set_changed(shown, fields)
+            _show_text(shown["content"], turn.text)
+
+    def start_reply(self, reply_id: str, author: str, created_at: int) -> None:
+        """A reply the model is about to write (``streaming``, no text yet)."""
+        if reply_id in self._by_id:
+            return
+        fields: dict[str, Any] = {
+            "id": reply_id,
+            "kind": "reply",
+            "author": author,
+            "role": "assistant",
+            "status": ReplyStatus.STREAMING.value,
+            "created_at": created_at,
+            "summarise": False,
+            "restricted": False,
+        }
+        self._insert(reply_id, Map({**fields, "content": Text()}), None)
+
+    def append_text(self, reply_id: str, text: str) -> None:
+        """More of a reply's text, as the model writes it."""
+        shown = self._by_id.get(reply_id)
+        if shown is not None:
+            content: Text = shown["content"]
+            content.insert(len(content), text)
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def turn_ids(self) -> list[str]:
+        return [str(turn["id"]) for turn in self.turns]
+
+    def covers(self, state_vector: bytes) -> bool:
+        """True when a client's state (its sync step 1) is part of this document: only the
+        server writes it, so a client holding anything else holds another document (one
+        built before a restart) and would merge the two."""
+        ours = decode_state_vector(self.doc.get_state())
+        theirs = decode_state_vector(state_vector)
+        return all(clock <= ours.get(client, 0) for client, clock in theirs.items())
+
+    def _insert(self, turn_id: str, turn: Map[Any], before: str | None) -> None:
+        index = len(self.turns)
+        if before is not None and before in self._by_id:
+            index = self.turn_ids().index(before)
+        self.turns.insert(index, turn)
+        self._by_id[turn_id] = self.turns[index]
+
+
+def _set_changed(target: Map[Any], fields: dict[str, Any]) -> None:
+    for key, value in fields.items():
+        if target.get(key) != value:
+            target[key] = value
+
+
+def _show_text(content: Text, text: str) -> None:
+    """Bring streamed ``content`` to the stored ``text``: usually equal already; the rest
+    appended when the stored text goes on from it; replaced otherwise."""
+    shown = str(content)
+    if shown == text:
+        return
+    if text.startswith(shown):
+        content.insert(len(shown), text[len(shown) :])
+        return
+    del content[:]
+    content.insert(0, text)
+
+
+def thread_document(
+    thread: SideThread,
+    running: Sequence[ThreadTurn] = (),
+) -> ThreadDocument:
+    """A new document showing ``thread`` as stored, then ``running``: the turns of a run in
+    flight not stored yet (its tool steps, then its reply so far, ``streaming``)."""
+    document = ThreadDocument(Doc())
+    document.show_thread(thread)
+    for turn in (*thread.turns, *running):
+        document.show_turn(turn)
+    return document

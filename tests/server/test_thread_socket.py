@@ -1,0 +1,81 @@
+"""A side-thread's socket over the real app: an unmodified Yjs client (npm yjs +
+y-websocket + ws) syncs bob's side-thread as its reply streams, cannot write it, and is
+closed when the thread is deleted; alice's token is refused on it. (The document's rules,
+a reload and membership changes: ``tests/server/runtime/test_thread_docs.py``.)"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import RunningServer, make_settings, serve_in_process, sqlite_url
+from tests.server.test_ws import close_code_of
+from tests.stock_client import StockYjsClient, ensure_node_modules
+
+pytestmark = pytest.mark.node
+
+
+async def test_a_stock_client_syncs_bobs_side_thread_and_alice_is_refused(tmp_path: Path) -> None:
+    await asyncio.to_thread(ensure_node_modules)
+    settings = make_settings(sqlite_url(tmp_path), tmp_path / "data", offline_token_delay_ms=20)
+    async with serve_in_process(settings) as server:
+        await _scenario(server)
+
+
+async def _scenario(server: RunningServer) -> None:
+    sid = await server.new_session({"alice": "editor", "bob": "editor"})
+    bob_token, alice_token = await server.token(sid, "bob"), await server.token(sid, "alice")
+    base = f"/api/v1/sessions/{sid}/threads"
+    async with httpx.AsyncClient(
+        base_url=server.base_url, headers={"Authorization": f"Bearer {bob_token}"}
+    ) as as_bob:
+        opened = await as_bob.post(base, json={"title": "my reading"})
+        assert opened.status_code == 201, opened.text
+        thread_id = opened.json()["thread_id"]
+        threads_url = f"{server.ws_url}/ws/sessions/{sid}/threads"
+        assert await close_code_of(f"{threads_url}/{thread_id}?token={alice_token}") == 4404
+        assert await close_code_of(f"{threads_url}/nothing?token={bob_token}") == 4404
+
+        stock = await StockYjsClient.start(threads_url, thread_id, bob_token, name="Bob")
+        try:
+            await stock.wait_event(lambda e: e.get("event") == "sync" and e["synced"], 15)
+            asked = await as_bob.post(f"{base}/{thread_id}/prompts", json={"text": "is it ok?"})
+            assert asked.status_code == 202, asked.text
+            reply_id = asked.json()["reply_id"]
+            dump = await _until(stock, lambda d: _status(d, reply_id) == "done")
+            stored = (await as_bob.get(f"{base}/{thread_id}")).json()
+            assert dump["thread"]["id"] == thread_id and dump["thread"]["title"] == "my reading"
+            assert [(t["id"], t["kind"], t["status"], t["content"]) for t in dump["turns"]] == [
+                (t["id"], t["kind"], t["status"], t["text"]) for t in stored["turns"]
+            ]
+            assert dump["turns"][0]["content"] == "is it ok?"
+            # The stock client saw the reply grow piece by piece, not arrive whole.
+            assert dump["reply_lengths_seen"][reply_id] > 3
+
+            written = await stock.command({"cmd": "write"})
+            assert written["attempted"] == 4
+            deleted = await as_bob.delete(f"{base}/{thread_id}")
+            assert deleted.status_code == 204
+            closed = await stock.wait_event(
+                lambda e: e.get("event") == "connection-close" and not e["local"], 10
+            )
+            assert (closed["code"], closed["reason"]) == (4404, "side-thread deleted")
+        finally:
+            await stock.close()
+
+
+def _status(dump: dict[str, Any], turn_id: str) -> str | None:
+    return next((t["status"] for t in dump["turns"] if t["id"] == turn_id), None)
+
+
+async def _until(stock: StockYjsClient, done: Any) -> dict[str, Any]:
+    for _ in range(200):
+        dump = await stock.dump()
+        if done(dump):
+            return dump
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"not reached: {dump}")
