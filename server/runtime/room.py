@@ -33,7 +33,7 @@ from parley.server.runtime.sockets import SessionSockets
 from parley.server.runtime.stream_feed import ReplyText, StreamFeed
 from parley.server.runtime.writer import DocumentWriter, Write
 from parley.server.settings import Settings
-from parley.server.store.access import PrivateItem, ToolRow
+from parley.server.store.access_rows import PrivateItem, ToolRow
 from parley.server.store.counters import SequenceMoved
 from parley.server.store.effect_writes import write_effects
 from parley.server.store.group_commit import WriteFence

@@ -17,12 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from parley.authz.policy import Readers, restriction_from_json, restriction_to_json
 from parley.authz.tokens import ClientClaims
-from parley.server.store.access_rows import AuditRow, DocumentRow, TokenRow
-
-# Exported for server/runtime/room.py only, which another branch is changing: when it imports
-# them from ``access_rows``, these two go back into the line above.
-from parley.server.store.access_rows import PrivateItem as PrivateItem
-from parley.server.store.access_rows import ToolRow as ToolRow
+from parley.server.store.access_rows import AuditRow, DocumentRow, PrivateItem, TokenRow, ToolRow
 from parley.server.store.rows import MemberRow, lock_session, read_member
 from parley.server.store.tables import (
     audit_log,
