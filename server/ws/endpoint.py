@@ -138,15 +138,16 @@ async def session_socket(websocket: WebSocket) -> None:
     )
     try:
         serving = asyncio.create_task(_serve(websocket, room, connection, presence, state))
-        finished = asyncio.create_task(connection.finished.wait())
+        # Stop reading once the connection is closed from our side (a slow or revoked
+        # client may never send the frame that would end the read).
+        connection.on_finished = serving.cancel
+        if connection.finished:
+            serving.cancel()
         try:
-            # Stop reading once the connection is closed from our side (a slow or revoked
-            # client may never send the frame that would end the read).
-            await asyncio.wait({serving, finished}, return_when=asyncio.FIRST_COMPLETED)
+            await _reading(serving)
         finally:
-            for task in (serving, finished):
-                task.cancel()
-            await asyncio.gather(serving, finished, return_exceptions=True)
+            serving.cancel()
+            await asyncio.gather(serving, return_exceptions=True)
             crash = None if serving.cancelled() else serving.exception()
             if crash is not None:
                 log.error(
@@ -164,6 +165,19 @@ async def session_socket(websocket: WebSocket) -> None:
         if not connection.closed:
             connection.close(CloseCode.NORMAL)
         await connection.wait_closed()
+
+
+async def _reading(serving: asyncio.Task[None]) -> None:
+    """Wait for the socket's reading task to end, however it ends: a cancellation of the
+    reader alone (the connection finished) is not one of the caller's."""
+    try:
+        await serving
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            raise
+    except Exception:  # the caller reads it from the task
+        pass
 
 
 def _over_connection_cap(room: SessionRoom, user_id: str, settings: Settings) -> str | None:

@@ -114,7 +114,7 @@ async def test_a_client_that_backs_up_its_transport_is_cut_off() -> None:
     assert not connection.send(b"y" * 10)  # 995 + 10 would pass the limit
     assert connection.closed and connection.close_code == CloseCode.TRY_AGAIN
     assert protocol.transport.aborted and dropped == [DropReason.SOCKET_LIMIT]
-    assert connection.finished.is_set()
+    assert connection.finished
     assert not connection.send(b"z")
 
 
