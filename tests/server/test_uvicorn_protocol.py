@@ -1,5 +1,6 @@
 """``parley serve``'s WebSocket protocol: uvicorn's sans-I/O one with a mailbox and a flag in
-place of its ``asyncio.Queue`` and ``asyncio.Event``, and the handshake let go of."""
+place of its ``asyncio.Queue`` and ``asyncio.Event``, and the handshake let go of (that
+``parley serve`` runs it: ``test_send_path.test_parley_serve_writes_frames_directly``)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,7 @@ import asyncio
 
 import pytest
 
-from parley.server.ws.uvicorn_protocol import Flag, LeanWebSocketProtocol, Mailbox
-from tests.conftest import RunningServer
+from parley.server.ws.uvicorn_protocol import Flag, Mailbox
 
 
 async def test_the_mailbox_gives_messages_in_order_and_wakes_its_reader() -> None:
@@ -48,14 +48,3 @@ async def test_the_flag_holds_writers_while_cleared_and_releases_them_all() -> N
     flag.set()
     await asyncio.gather(*writers[1:])
     assert flag.is_set() and writers[0].cancelled()
-
-
-async def test_parley_serve_runs_it_and_keeps_no_handshake(sqlite_server: RunningServer) -> None:
-    server = sqlite_server
-    sid = await server.new_session({"alice": "editor"})
-    client = await server.connect(sid, "alice")
-    await client.command({"type": "prompt", "id": "p", "text": "hello"})
-    room = await server.app.state.parley.rooms.get(sid)
-    protocols = [c.direct._protocol for c in room.connections if c.direct is not None]
-    assert protocols and all(isinstance(p, LeanWebSocketProtocol) for p in protocols)
-    assert all(p.request is None and p.response is None for p in protocols)
