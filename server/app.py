@@ -52,7 +52,7 @@ from parley.server.store.health import StorageHealth
 from parley.server.store.sessions import Store
 from parley.server.version import version
 from parley.server.ws.direct_send import DirectSendMiddleware
-from parley.server.ws.endpoint import session_socket
+from parley.server.ws.endpoint import SessionSocket
 from parley.server.ws.send_budget import SendBudget
 from parley.session.errors import Forbidden, NotFound, ParleyError, SchemaNotCurrent, Unavailable
 from parley.session.model import ModelProvider
@@ -296,7 +296,7 @@ def create_app(
         *home.ROUTES,
         Route("/metrics", metrics_endpoint, methods=["GET"]),
         Mount("/demo", app=DemoFiles(settings.demo_dir), name="demo"),
-        WebSocketRoute("/ws/sessions/{session_id}", session_socket),
+        WebSocketRoute("/ws/sessions/{session_id}", SessionSocket()),
     ]
     middleware = [Middleware(DirectSendMiddleware), Middleware(RequestLog)]
     if settings.cors_origins:

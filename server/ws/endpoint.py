@@ -20,12 +20,14 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from starlette.datastructures import Headers, QueryParams
+from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from parley.authz.origins import origin_allowed, own_origins
 from parley.authz.policy import Do, decide
 from parley.authz.roles import Capability
-from parley.authz.tokens import verify_token
+from parley.authz.tokens import ClientClaims, verify_token
 from parley.server.http.retry_hint import retry_later_response
 from parley.server.runtime.room import SessionRoom
 from parley.server.settings import Settings
@@ -60,56 +62,22 @@ from parley.session.yprotocol import (
 log = logging.getLogger("parley.ws")
 
 
+class SessionSocket:
+    """The endpoint as an ASGI app rather than a function: for a function, Starlette's route
+    adds two coroutines and an exception wrapper of its own, and they last as long as the
+    socket (1.5 kB on each). The app's ``ExceptionMiddleware`` applies the same handlers."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await session_socket(WebSocket(scope, receive, send))
+
+
 async def session_socket(websocket: WebSocket) -> None:
     state: AppState = websocket.app.state.parley
-    session_id = websocket.path_params["session_id"]
-    token = websocket.query_params.get("token", "")
-    # Accept before refusing: a refused upgrade reaches browsers as a bare 1006, and stock
-    # clients retry it forever; a close code after accepting is final and readable. The
-    # one exception is a database that cannot load the session: there retrying is right,
-    # and a refused upgrade is what makes every stock client back off (y-websocket before
-    # 3.x resets its back-off when a socket opens, and came back ten times a second).
-    local_host, local_port = websocket.scope.get("server") or (None, None)
-    own = own_origins(websocket.scope.get("scheme") == "wss", local_host, local_port)
-    refusal: tuple[CloseCode, str] | None = None
-    if state.draining:
-        refusal = (CloseCode.GOING_AWAY, "server shutting down")
-    elif not origin_allowed(websocket.headers.get("origin"), state.settings.allowed_origins, own):
-        refusal = (CloseCode.FORBIDDEN, "origin not allowed")
-    else:
-        try:
-            claims = verify_token(state.keys.signing_key, token, now=int(state.clock()))
-            if claims.session_id != session_id:
-                raise Unauthenticated("the token is for another session")
-            room = await state.rooms.get(session_id)
-        except Unauthenticated as exc:
-            refusal = (close_code_for(exc), exc.message[:120])
-        except NotFound as exc:
-            refusal = (close_code_for(exc), "unknown session")
-        except Unavailable as exc:
-            await websocket.send_denial_response(
-                retry_later_response(exc, state.settings.db_retry_after_s)
-            )
-            return
-        except ParleyError as exc:
-            refusal = (close_code_for(exc), exc.message[:120])
-    await websocket.accept()
-    if refusal is not None:
-        await websocket.close(*refusal)
+    admitted = await _admit(websocket, state)
+    if admitted is None:
         return
-    allowed = decide(room.subject(claims.user_id), Do(Capability.READ_SESSION))
-    if not allowed.allowed:
-        await websocket.close(CloseCode.FORBIDDEN, allowed.reason[:120])
-        return
-    revoked = room.membership.token_refusal(claims)
-    if revoked is not None:
-        await websocket.close(CloseCode.UNAUTHENTICATED, revoked[:120])
-        return
-    too_many = _over_connection_cap(room, claims.user_id, state.settings)
-    if too_many is not None:  # checked and counted with no await between: no race
-        state.metrics.errors.labels(code="rate_limited").inc()
-        await websocket.close(CloseCode.ABUSE, too_many)
-        return
+    room, claims = admitted
+    session_id = room.session_id
     connection = Connection(
         websocket,
         claims.user_id,
@@ -125,9 +93,7 @@ async def session_socket(websocket: WebSocket) -> None:
     state.metrics.connections.inc()
     room.sockets.attach(connection)
     presence = room.presence
-    snapshot = presence.snapshot()
-    if snapshot is not None:
-        connection.send(encode_awareness(snapshot))
+    _send_presence(connection, presence)
     if state.rooms.cluster is not None:
         state.rooms.cluster.presence.joined(session_id)  # and from the other nodes
     expiry = asyncio.get_running_loop().call_later(
@@ -165,6 +131,70 @@ async def session_socket(websocket: WebSocket) -> None:
         if not connection.closed:
             connection.close(CloseCode.NORMAL)
         await connection.wait_closed()
+
+
+async def _admit(websocket: WebSocket, state: AppState) -> tuple[SessionRoom, ClientClaims] | None:
+    """Accept the socket, then close it with a code unless it may join its session: the
+    room and the token's claims when it may. A function apart, so that what is needed
+    only to decide (the token, the origins, the refusal) is not kept for the socket's life
+    in the handler's frame; so the token is read from the scope, not from Starlette's
+    ``query_params`` (which it caches on the socket)."""
+    session_id = websocket.path_params["session_id"]
+    token = QueryParams(websocket.scope.get("query_string", b"")).get("token", "")
+    # Accept before refusing: a refused upgrade reaches browsers as a bare 1006, and stock
+    # clients retry it forever; a close code after accepting is final and readable. The
+    # one exception is a database that cannot load the session: there retrying is right,
+    # and a refused upgrade is what makes every stock client back off (y-websocket before
+    # 3.x resets its back-off when a socket opens, and came back ten times a second).
+    local_host, local_port = websocket.scope.get("server") or (None, None)
+    own = own_origins(websocket.scope.get("scheme") == "wss", local_host, local_port)
+    origin = Headers(scope=websocket.scope).get("origin")
+    refusal: tuple[CloseCode, str] | None = None
+    if state.draining:
+        refusal = (CloseCode.GOING_AWAY, "server shutting down")
+    elif not origin_allowed(origin, state.settings.allowed_origins, own):
+        refusal = (CloseCode.FORBIDDEN, "origin not allowed")
+    else:
+        try:
+            claims = verify_token(state.keys.signing_key, token, now=int(state.clock()))
+            if claims.session_id != session_id:
+                raise Unauthenticated("the token is for another session")
+            room = await state.rooms.get(session_id)
+        except Unauthenticated as exc:
+            refusal = (close_code_for(exc), exc.message[:120])
+        except NotFound as exc:
+            refusal = (close_code_for(exc), "unknown session")
+        except Unavailable as exc:
+            await websocket.send_denial_response(
+                retry_later_response(exc, state.settings.db_retry_after_s)
+            )
+            return None
+        except ParleyError as exc:
+            refusal = (close_code_for(exc), exc.message[:120])
+    await websocket.accept()
+    if refusal is not None:
+        await websocket.close(*refusal)
+        return None
+    allowed = decide(room.subject(claims.user_id), Do(Capability.READ_SESSION))
+    if not allowed.allowed:
+        await websocket.close(CloseCode.FORBIDDEN, allowed.reason[:120])
+        return None
+    revoked = room.membership.token_refusal(claims)
+    if revoked is not None:
+        await websocket.close(CloseCode.UNAUTHENTICATED, revoked[:120])
+        return None
+    too_many = _over_connection_cap(room, claims.user_id, state.settings)
+    if too_many is not None:  # checked and counted with no await between: no race
+        state.metrics.errors.labels(code="rate_limited").inc()
+        await websocket.close(CloseCode.ABUSE, too_many)
+        return None
+    return room, claims
+
+
+def _send_presence(connection: Connection, presence: Presence) -> None:
+    snapshot = presence.snapshot()
+    if snapshot is not None:
+        connection.send(encode_awareness(snapshot))
 
 
 async def _reading(serving: asyncio.Task[None]) -> None:
@@ -292,6 +322,4 @@ async def _on_binary(
         presence.apply(connection, connection.user_id, message.update, name)
         room.awareness.changed()
     elif isinstance(message, QueryAwarenessMessage):
-        snapshot = presence.snapshot()
-        if snapshot is not None:
-            connection.send(encode_awareness(snapshot))
+        _send_presence(connection, presence)
