@@ -33,6 +33,7 @@ from parley.server.runtime.room import SessionRoom
 from parley.server.settings import Settings
 from parley.server.state import AppState
 from parley.server.ws.connection import CommandChannel, Connection, ConnectionLimits
+from parley.server.ws.deadlines import SocketDeadlines
 from parley.server.ws.direct_send import SCOPE_KEY as DIRECT_WRITER
 from parley.session.closes import CloseCode
 from parley.session.commands import command_id_of, error_reply
@@ -96,14 +97,13 @@ async def session_socket(websocket: WebSocket) -> None:
     _send_presence(connection, presence)
     if state.rooms.cluster is not None:
         state.rooms.cluster.presence.joined(session_id)  # and from the other nodes
-    expiry = asyncio.get_running_loop().call_later(
-        max(claims.expires_at - state.clock(), 0),
-        connection.close,
-        CloseCode.UNAUTHENTICATED,
-        "token expired",
+    deadlines = SocketDeadlines(
+        claims.expires_at - state.clock(), state.settings.ws_idle_timeout_s, connection.close
     )
     try:
-        serving = asyncio.create_task(_serve(websocket, room, connection, presence, state))
+        serving = asyncio.create_task(
+            _serve(websocket, room, connection, presence, state, deadlines)
+        )
         # Stop reading once the connection is closed from our side (a slow or revoked
         # client may never send the frame that would end the read).
         connection.on_finished = serving.cancel
@@ -124,7 +124,7 @@ async def session_socket(websocket: WebSocket) -> None:
                 connection.close(CloseCode.INTERNAL, "internal error")
     finally:
         state.metrics.connections.dec()
-        expiry.cancel()
+        deadlines.cancel()
         room.sockets.detach(connection)
         if presence.drop(connection) is not None:
             room.awareness.changed()
@@ -226,18 +226,17 @@ async def _serve(
     connection: Connection,
     presence: Presence,
     state: AppState,
+    deadlines: SocketDeadlines,
 ) -> None:
     limits = connection.limits
     assert limits is not None
     while not connection.closed:
+        deadlines.waiting()  # closes the socket if no frame comes in time
         try:
-            async with asyncio.timeout(state.settings.ws_idle_timeout_s):
-                message = await websocket.receive()
-        except TimeoutError:
-            connection.close(CloseCode.GOING_AWAY, "idle timeout")
-            return
+            message = await websocket.receive()
         except (WebSocketDisconnect, RuntimeError):
             return
+        deadlines.received()
         if message["type"] == "websocket.disconnect":
             return
         data = message.get("bytes")
