@@ -16,6 +16,7 @@ import datetime
 import json
 import os
 import platform
+import resource
 import shutil
 import socket
 import tempfile
@@ -300,6 +301,16 @@ def write(results: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
     return json_path, md_path
 
 
+def raise_open_files(connections: int) -> None:
+    """Let the server (a child, which inherits the limit) hold ``connections`` sockets and
+    its files: the soft limit on open files is raised as far as the hard one allows."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = connections + 1024
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        limit = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="tiny sizes")
@@ -309,6 +320,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     parser.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated subset")
     parser.add_argument("--out", type=Path, default=BENCH_DIR / "results")
+    parser.add_argument("--connections", type=int, help="idle sockets held (connections)")
     parser.add_argument(
         "--parley-database",
         choices=("sqlite", "postgresql"),
@@ -320,6 +332,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     sizes.parley_database = args.parley_database
     if args.runs:
         sizes.runs = args.runs
+    if args.connections:
+        sizes.connections = args.connections
+    raise_open_files(sizes.connections)
     servers = [s for s in args.servers.split(",") if s]
     unknown = set(servers) - {PARLEY, *PEERS}
     chosen = {w for w in args.workloads.split(",") if w}

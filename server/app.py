@@ -51,6 +51,7 @@ from parley.server.store.db import create_engine, current_revision, head_revisio
 from parley.server.store.health import StorageHealth
 from parley.server.store.sessions import Store
 from parley.server.version import version
+from parley.server.ws.admission import SocketEndpoint
 from parley.server.ws.direct_send import DirectSendMiddleware
 from parley.server.ws.endpoint import session_socket
 from parley.server.ws.send_budget import SendBudget
@@ -297,8 +298,10 @@ def create_app(
         *home.ROUTES,
         Route("/metrics", metrics_endpoint, methods=["GET"]),
         Mount("/demo", app=DemoFiles(settings.demo_dir), name="demo"),
-        WebSocketRoute("/ws/sessions/{session_id}", session_socket),
-        WebSocketRoute("/ws/sessions/{session_id}/threads/{thread_id}", thread_socket),
+        WebSocketRoute("/ws/sessions/{session_id}", SocketEndpoint(session_socket)),
+        WebSocketRoute(
+            "/ws/sessions/{session_id}/threads/{thread_id}", SocketEndpoint(thread_socket)
+        ),
     ]
     middleware = [Middleware(DirectSendMiddleware), Middleware(RequestLog)]
     if settings.cors_origins:

@@ -22,6 +22,8 @@ class Rate:
 class TokenBucket:
     """Allows ``burst`` events at once and ``per_second`` on average after that."""
 
+    __slots__ = ("_tokens", "_updated", "rate")  # a few on every socket
+
     def __init__(self, rate: Rate, now: float) -> None:
         self.rate = rate
         self._tokens = rate.burst
@@ -39,6 +41,8 @@ class TokenBucket:
 
 class AbuseCounter:
     """Counts refusals in a sliding window; past ``limit`` the client is cut off."""
+
+    __slots__ = ("_times", "limit", "window_s")
 
     def __init__(self, limit: int, window_s: float) -> None:
         self.limit = limit
@@ -82,6 +86,8 @@ def cost_of(message: ClientMessage, frame_bytes: int) -> Cost:
 class Budgets:
     """Token buckets by owner (a member, or a socket) and kind of spend, made on first use.
     A spend without a rate here is not budgeted at this level."""
+
+    __slots__ = ("_buckets", "rates")
 
     def __init__(self, rates: dict[Spend, Rate]) -> None:
         self.rates = rates

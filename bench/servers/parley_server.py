@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import os
 import re
 import time
+import tracemalloc
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs
 
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -100,7 +103,20 @@ class BenchApp:
         if scope["type"] == "http" and scope["path"] == "/bench/records":
             await JSONResponse(self.recorder.drain())(scope, receive, send)
             return
+        if scope["type"] == "http" and scope["path"] == "/bench/heap":
+            await JSONResponse(dump_heap(scope))(scope, receive, send)
+            return
         await self.app(scope, receive, send)
+
+
+def dump_heap(scope: Scope) -> dict[str, Any]:
+    """Collect garbage, then write a tracemalloc snapshot to the ``path`` query parameter."""
+    if not tracemalloc.is_tracing():
+        return {"error": "not tracing: set PARLEY_BENCH_TRACEMALLOC"}
+    path = parse_qs(scope["query_string"].decode())["path"][0]
+    gc.collect()
+    tracemalloc.take_snapshot().dump(path)
+    return {"path": path, "traced_bytes": tracemalloc.get_traced_memory()[0]}
 
 
 def bench_settings(**overrides: Any) -> Settings:
@@ -125,6 +141,9 @@ def main() -> None:
     parser.add_argument("--database-url", required=True)
     parser.add_argument("--data-dir", required=True)
     args = parser.parse_args()
+    frames = os.environ.get("PARLEY_BENCH_TRACEMALLOC")
+    if frames:
+        tracemalloc.start(int(frames))
     settings = bench_settings(
         port=args.port, database_url=args.database_url, data_dir=args.data_dir
     )

@@ -5,7 +5,15 @@ the end of it.
 the member's right to read the session, a revoked token, the caps on sockets per session
 and per member); only a database that cannot load the session refuses the upgrade itself
 (HTTP 503 with ``Retry-After``). ``serve`` runs a handler for the admitted socket until
-either side ends it, closes it when its token expires, and always cleans up.
+either side ends it, closes it when its token expires or it waits too long for a frame
+(``receive``), and always cleans up.
+
+What a socket keeps for its life is kept small (an idle synced socket's memory is issue
+#22's; ``python -m bench.connection_memory``): what is needed only to decide (the token,
+the origins, a refusal) lives in ``admit``'s frame, not the handler's; the token is read
+from the scope, not from Starlette's ``query_params`` (cached on the socket); one timer
+serves both deadlines (``SocketDeadlines``); no task waits for the connection's end (its
+``on_finished`` cancels the handler).
 """
 
 from __future__ import annotations
@@ -16,6 +24,8 @@ from collections.abc import Callable, Coroutine, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
+from starlette.datastructures import Headers, QueryParams
+from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from parley.authz.origins import origin_allowed, own_origins
@@ -27,6 +37,7 @@ from parley.server.runtime.room import SessionRoom
 from parley.server.settings import Settings
 from parley.server.state import AppState
 from parley.server.ws.connection import Connection, ConnectionLimits
+from parley.server.ws.deadlines import SocketDeadlines
 from parley.server.ws.direct_send import SCOPE_KEY as DIRECT_WRITER
 from parley.session.closes import CloseCode
 from parley.session.errors import (
@@ -40,6 +51,22 @@ from parley.session.errors import (
 log = logging.getLogger("parley.ws")
 
 Message = MutableMapping[str, Any]
+Handler = Callable[[WebSocket], Coroutine[Any, Any, None]]
+
+
+class SocketEndpoint:
+    """A socket handler as an ASGI app rather than a function: for a function, Starlette's
+    route adds two coroutines and an exception wrapper of its own, and they last as long as
+    the socket (1.5 kB on each). The app's ``ExceptionMiddleware`` applies the same
+    handlers."""
+
+    __slots__ = ("handler",)
+
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.handler(WebSocket(scope, receive, send))
 
 
 @dataclass(slots=True)
@@ -47,13 +74,14 @@ class Admitted:
     room: SessionRoom
     claims: ClientClaims
     connection: Connection  # started, bounded like every socket's
+    deadlines: SocketDeadlines  # its token's expiry, and the idle timeout (``receive``)
 
 
 async def admit(websocket: WebSocket, state: AppState) -> Admitted | None:
     """Accept a member's socket to the session of the path, or refuse it (None: closed or
     the upgrade refused)."""
     session_id = websocket.path_params["session_id"]
-    token = websocket.query_params.get("token", "")
+    token = QueryParams(websocket.scope.get("query_string", b"")).get("token", "")
     # Accept before refusing: a refused upgrade reaches browsers as a bare 1006, and stock
     # clients retry it forever; a close code after accepting is final and readable. The
     # one exception is a database that cannot load the session: there retrying is right,
@@ -64,7 +92,9 @@ async def admit(websocket: WebSocket, state: AppState) -> Admitted | None:
     refusal: tuple[CloseCode, str] | None = None
     if state.draining:
         refusal = (CloseCode.GOING_AWAY, "server shutting down")
-    elif not origin_allowed(websocket.headers.get("origin"), state.settings.allowed_origins, own):
+    elif not origin_allowed(
+        Headers(scope=websocket.scope).get("origin"), state.settings.allowed_origins, own
+    ):
         refusal = (CloseCode.FORBIDDEN, "origin not allowed")
     else:
         try:
@@ -103,7 +133,10 @@ async def admit(websocket: WebSocket, state: AppState) -> Admitted | None:
     )
     connection.limits = ConnectionLimits.from_settings(state.settings, state.clock())
     connection.start()
-    return Admitted(room, claims, connection)
+    deadlines = SocketDeadlines(
+        claims.expires_at - state.clock(), state.settings.ws_idle_timeout_s, connection.close
+    )
+    return Admitted(room, claims, connection, deadlines)
 
 
 def _member_refusal(
@@ -142,24 +175,19 @@ async def serve(
 ) -> None:
     """Run ``handler`` for an admitted socket until it returns or the connection is closed
     from our side (a slow or revoked client may never send the frame that would end the
-    read); the socket closes when its token expires. ``cleanup`` runs in every case."""
+    read). ``cleanup`` runs in every case."""
     connection, claims = admitted.connection, admitted.claims
     state.metrics.connections.inc()
-    expiry = asyncio.get_running_loop().call_later(
-        max(claims.expires_at - state.clock(), 0),
-        connection.close,
-        CloseCode.UNAUTHENTICATED,
-        "token expired",
-    )
     try:
         serving = asyncio.create_task(handler)
-        finished = asyncio.create_task(connection.finished.wait())
+        connection.on_finished = serving.cancel
+        if connection.finished:
+            serving.cancel()
         try:
-            await asyncio.wait({serving, finished}, return_when=asyncio.FIRST_COMPLETED)
+            await _reading(serving)
         finally:
-            for task in (serving, finished):
-                task.cancel()
-            await asyncio.gather(serving, finished, return_exceptions=True)
+            serving.cancel()
+            await asyncio.gather(serving, return_exceptions=True)
             crash = None if serving.cancelled() else serving.exception()
             if crash is not None:
                 log.error(
@@ -170,25 +198,35 @@ async def serve(
                 connection.close(CloseCode.INTERNAL, "internal error")
     finally:
         state.metrics.connections.dec()
-        expiry.cancel()
+        admitted.deadlines.cancel()
         cleanup()
         if not connection.closed:
             connection.close(CloseCode.NORMAL)
         await connection.wait_closed()
 
 
-async def receive(
-    websocket: WebSocket, connection: Connection, idle_timeout_s: float
-) -> Message | None:
-    """The socket's next message; None once it ended (closed, or idle too long: 1001)."""
+async def _reading(serving: asyncio.Task[None]) -> None:
+    """Wait for the socket's handler to end, however it ends: a cancellation of the handler
+    alone (the connection finished) is not one of the caller's."""
     try:
-        async with asyncio.timeout(idle_timeout_s):
-            message = await websocket.receive()
-    except TimeoutError:
-        connection.close(CloseCode.GOING_AWAY, "idle timeout")
-        return None
+        await serving
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            raise
+    except Exception:  # the caller reads it from the task
+        pass
+
+
+async def receive(websocket: WebSocket, deadlines: SocketDeadlines) -> Message | None:
+    """The socket's next message; None once it ended (closed, or closed by ``deadlines``:
+    idle too long, 1001, or its token expired, 4401)."""
+    deadlines.waiting()
+    try:
+        message = await websocket.receive()
     except (WebSocketDisconnect, RuntimeError):
         return None
+    deadlines.received()
     if message["type"] == "websocket.disconnect":
         return None
     return message

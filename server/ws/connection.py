@@ -68,7 +68,7 @@ class CommandChannel(Enum):
     BINARY = "binary"
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Connection:
     websocket: WebSocket
     user_id: str
@@ -90,22 +90,34 @@ class Connection:
     close_code: CloseCode | None = None
     _reason: str = ""
     on_drop: Callable[[DropReason], None] | None = None
-    # Set once the socket is closed (or given up on): the endpoint then stops reading.
-    finished: asyncio.Event = field(default_factory=asyncio.Event)
+    # True once the socket is closed (or given up on); ``on_finished`` is then called once
+    # (the endpoint stops reading). A callback, not an ``asyncio.Event`` and a task waiting
+    # on it: those cost about 2 kB on every idle socket.
+    finished: bool = False
+    on_finished: Callable[[], object] | None = None
     dropped: DropReason | None = None
     _closer: asyncio.Task[None] | None = field(init=False, default=None)
-    _outbox: asyncio.Queue[bytes | str | None] = field(init=False)
+    # Only without a direct writer: an idle socket under ``parley serve`` holds no queue
+    # (an ``asyncio.Queue`` is about 3 kB even empty).
+    _outbox: asyncio.Queue[bytes | str | None] | None = field(init=False, default=None)
     _sender: asyncio.Task[None] | None = field(init=False, default=None)
     _queued_bytes: int = field(init=False, default=0)  # in the outbox
     _in_flight: int = field(init=False, default=0)  # handed to the ASGI server, not done
     _sent_bytes: int = field(init=False, default=0)  # through the ASGI server
 
     def __post_init__(self) -> None:
-        self._outbox = asyncio.Queue(maxsize=self.outbox_limit)
+        if self.direct is None:
+            self._outbox = asyncio.Queue(maxsize=self.outbox_limit)
 
     def start(self) -> None:
         if self.direct is None:
             self._sender = asyncio.create_task(self._drain(), name=f"sender:{self.user_id}")
+
+    def _finish(self) -> None:
+        if not self.finished:
+            self.finished = True
+            if self.on_finished is not None:
+                self.on_finished()
 
     def send(self, message: bytes | str, frame: bytes | None = None) -> bool:
         """Send a message (``frame``: the same, framed already); False (and the socket is
@@ -129,15 +141,17 @@ class Connection:
         if direct is not None:
             if not direct.write(message, frame):  # the socket is closing under us
                 self.closed = True
-                self.finished.set()
+                self._finish()
                 return False
             # Most frames go straight into the kernel: nothing to watch. A watched socket
             # that has drained is seen by the budget's next look.
             if budget is not None and direct.backlogged:
                 budget.note(self)
             return True
+        outbox = self._outbox
+        assert outbox is not None  # there is one whenever there is no direct writer
         try:
-            self._outbox.put_nowait(message)
+            outbox.put_nowait(message)
         except asyncio.QueueFull:
             self.drop(DropReason.SOCKET_LIMIT)
             return False
@@ -180,14 +194,15 @@ class Connection:
             self._reason = DROP_REASONS[reason]
         if self.direct is not None:
             self.direct.abort()
-            self.finished.set()
+            self._finish()
             return
         # The sender may be stuck writing to a client that does not read: abandon it, and
         # what it still had to send.
         if self._sender is not None:
             self._sender.cancel()
-        while not self._outbox.empty():
-            self._outbox.get_nowait()
+        outbox = self._outbox
+        while outbox is not None and not outbox.empty():
+            outbox.get_nowait()
         self._queued_bytes = self._in_flight = 0
         if self._closer is None:
             self._closer = asyncio.get_running_loop().create_task(self._close_socket())
@@ -216,7 +231,7 @@ class Connection:
             # A close frame sent through ASGI would wait for the client to read the rest.
             self.drop(DropReason.CLOSING)
             return
-        if self._sender is not None:
+        if self._sender is not None and self._outbox is not None:
             try:
                 self._outbox.put_nowait(None)
             except asyncio.QueueFull:
@@ -235,12 +250,14 @@ class Connection:
                 if self.budget is not None and self.dropped is None:
                     self.budget.note(self)  # the close frame may wait behind a backlog
         finally:
-            self.finished.set()
+            self._finish()
 
     async def _drain(self) -> None:
+        outbox = self._outbox
+        assert outbox is not None
         try:
             while True:
-                message = await self._outbox.get()
+                message = await outbox.get()
                 if message is None:
                     break
                 size = len(message)
@@ -254,7 +271,7 @@ class Connection:
                 self._sent_bytes += size
         except Exception:
             self.closed = True
-            self.finished.set()
+            self._finish()
             return
         await self._close_socket()
 
@@ -265,4 +282,4 @@ class Connection:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     def queued(self) -> int:
-        return self._outbox.qsize()
+        return 0 if self._outbox is None else self._outbox.qsize()

@@ -27,6 +27,7 @@ from parley.server.runtime.room import SessionRoom
 from parley.server.state import AppState
 from parley.server.ws.admission import admit, receive, serve
 from parley.server.ws.connection import CommandChannel, Connection
+from parley.server.ws.deadlines import SocketDeadlines
 from parley.session.closes import CloseCode
 from parley.session.commands import command_id_of, error_reply
 from parley.session.errors import (
@@ -71,7 +72,12 @@ async def session_socket(websocket: WebSocket) -> None:
         if presence.drop(connection) is not None:
             room.awareness.changed()
 
-    await serve(state, admitted, _serve(websocket, room, connection, presence, state), cleanup)
+    await serve(
+        state,
+        admitted,
+        _serve(websocket, room, connection, presence, state, admitted.deadlines),
+        cleanup,
+    )
 
 
 async def _serve(
@@ -80,11 +86,12 @@ async def _serve(
     connection: Connection,
     presence: Presence,
     state: AppState,
+    deadlines: SocketDeadlines,
 ) -> None:
     limits = connection.limits
     assert limits is not None
     while not connection.closed:
-        message = await receive(websocket, connection, state.settings.ws_idle_timeout_s)
+        message = await receive(websocket, deadlines)
         if message is None:
             return
         data = message.get("bytes")

@@ -29,6 +29,7 @@ from parley.server.runtime.thread_docs import LiveThreadDoc
 from parley.server.state import AppState
 from parley.server.ws.admission import admit, receive, serve
 from parley.server.ws.connection import Connection
+from parley.server.ws.deadlines import SocketDeadlines
 from parley.session.closes import CloseCode
 from parley.session.errors import Forbidden, NotFound, ParleyError, RateLimited, close_code_for
 from parley.session.ratelimit import cost_of
@@ -73,7 +74,12 @@ async def thread_socket(websocket: WebSocket) -> None:
     def cleanup() -> None:
         room.sockets.detach_thread(thread_id, connection)
 
-    await serve(state, admitted, _serve(websocket, room, connection, live, state), cleanup)
+    await serve(
+        state,
+        admitted,
+        _serve(websocket, room, connection, live, state, admitted.deadlines),
+        cleanup,
+    )
 
 
 async def _serve(
@@ -82,11 +88,12 @@ async def _serve(
     connection: Connection,
     live: LiveThreadDoc,
     state: AppState,
+    deadlines: SocketDeadlines,
 ) -> None:
     limits = connection.limits
     assert limits is not None
     while not connection.closed:
-        message = await receive(websocket, connection, state.settings.ws_idle_timeout_s)
+        message = await receive(websocket, deadlines)
         if message is None:
             return
         data = message.get("bytes")

@@ -17,6 +17,7 @@ from websockets.streams import StreamReader
 from parley.server.ws.connection import Connection
 from parley.server.ws.direct_send import DirectWriter, binary_frame
 from parley.server.ws.send_budget import DropReason, SendBudget
+from parley.server.ws.uvicorn_protocol import LeanWebSocketProtocol
 from parley.session.closes import CloseCode
 from parley.session.yprotocol import SyncType, encode_sync
 from tests.conftest import RunningServer
@@ -114,7 +115,7 @@ async def test_a_client_that_backs_up_its_transport_is_cut_off() -> None:
     assert not connection.send(b"y" * 10)  # 995 + 10 would pass the limit
     assert connection.closed and connection.close_code == CloseCode.TRY_AGAIN
     assert protocol.transport.aborted and dropped == [DropReason.SOCKET_LIMIT]
-    assert connection.finished.is_set()
+    assert connection.finished
     assert not connection.send(b"z")
 
 
@@ -204,6 +205,9 @@ async def test_parley_serve_writes_frames_directly(sqlite_server: RunningServer)
     await client.command({"type": "prompt", "id": "p", "text": "hello"})
     room = await server.app.state.parley.rooms.get(sid)
     assert room.connections and all(c.direct is not None for c in room.connections)
+    protocols = [c.direct._protocol for c in room.connections if c.direct is not None]
+    assert all(isinstance(p, LeanWebSocketProtocol) for p in protocols)
+    assert all(p.request is None and p.response is None for p in protocols)  # let go of
     await client.wait_until(lambda c: len(c.entries()) == 2)
 
 
