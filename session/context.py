@@ -18,18 +18,20 @@ last one; ``build_context`` is the same build from nothing, and gives the same b
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 
 from parley.session.attribution import Fact, escape_text, name, one_line
 from parley.session.fold import FoldedItem, HistoryFold, attribution, render
-from parley.session.lifecycle import PromptStatus, ReplyStatus
+from parley.session.history import (
+    Excluded,
+    VisibleHistory,
+    WithheldReason,
+)
 from parley.session.model import ModelMessage, ModelRequest
-from parley.session.schema import MESSAGE_STATUS, Entry, EntryKind
+from parley.session.schema import Entry
 from parley.session.summary import Summary, newest_within
 from parley.session.tokens import count_tokens, tokenizer_name
-
-TOOL_DONE = "done"  # a tool step that returned a result (not an error or a refusal)
 
 SYSTEM_PROMPT = (
     "You are the assistant in a shared session with several people. Each user message "
@@ -55,12 +57,6 @@ class ContextSettings:
     @property
     def budget(self) -> int:
         return self.window_tokens - self.reserve_output_tokens
-
-
-@dataclass(frozen=True, slots=True)
-class Excluded:
-    entry_id: str
-    reason: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,44 +114,6 @@ class BuiltContext:
         return tuple(reversed(list(self._uncovered())))
 
 
-WithheldReason = Callable[[Entry], str | None]
-"""A read scope: None when the run's issuers may read the entry, else why they may not."""
-
-
-def _visible(
-    entries: Sequence[Entry],
-    prompt_ids: Sequence[str],
-    withheld: WithheldReason | None,
-    private_text: Mapping[str, str],
-    excluded: list[Excluded],
-) -> list[tuple[Entry, bool]]:
-    wanted = set(prompt_ids)
-    seen: list[tuple[Entry, bool]] = []
-    for entry in entries:
-        if prompt_ids and not wanted:
-            break
-        answering = entry.id in wanted
-        if answering:
-            wanted.discard(entry.id)
-        elif not (
-            (entry.kind is EntryKind.MESSAGE and entry.status == MESSAGE_STATUS)
-            or (entry.kind is EntryKind.PROMPT and entry.status == PromptStatus.DONE)
-            or (entry.kind is EntryKind.REPLY and entry.status == ReplyStatus.DONE)
-            or (entry.kind is EntryKind.TOOL and entry.status == TOOL_DONE)
-        ):
-            continue
-        reason = None if withheld is None or answering else withheld(entry)
-        if reason is not None:
-            excluded.append(Excluded(entry.id, f"withheld: {reason}"))
-            continue
-        if entry.id in private_text:
-            entry = replace(entry, content=private_text[entry.id])
-        seen.append((entry, answering))
-    if wanted:
-        raise KeyError(sorted(wanted))
-    return seen
-
-
 def quoted(text: str) -> list[str]:
     """Members' text as lines of a system-text block: escaped, each line indented."""
     return [QUOTE + line for line in escape_text(text).splitlines()]
@@ -200,20 +158,22 @@ class ContextBuilder:
     def __init__(self, settings: ContextSettings | None = None, max_scopes: int = 8) -> None:
         self.settings = settings or ContextSettings()
         self.max_scopes = max_scopes
-        self._folds: OrderedDict[str, HistoryFold] = OrderedDict()
+        self._folds: OrderedDict[str, tuple[VisibleHistory, HistoryFold]] = OrderedDict()
         self.last_refolded = 0  # steps the latest build had to fold again
 
-    def _fold_for(self, scope_key: str) -> HistoryFold:
-        fold = self._folds.get(scope_key)
-        if fold is None:
+    def _fold_for(self, scope_key: str) -> tuple[VisibleHistory, HistoryFold]:
+        """The scope's judged history and the fold synced with it (kept and dropped
+        together: the fold takes the history's word for what did not change)."""
+        kept = self._folds.get(scope_key)
+        if kept is None:
             fold = HistoryFold(
                 self.settings.near_duplicate_threshold, self.settings.min_block_lines
             )
-            self._folds[scope_key] = fold
+            kept = self._folds[scope_key] = (VisibleHistory(), fold)
             while len(self._folds) > self.max_scopes:
                 self._folds.popitem(last=False)
         self._folds.move_to_end(scope_key)
-        return fold
+        return kept
 
     def build(
         self,
@@ -238,16 +198,15 @@ class ContextBuilder:
         entries the scope may read. ``summaries`` are the session's, oldest first; they must
         have been made from entries every member may read."""
         settings = self.settings
-        withheld_items: list[Excluded] = []
-        visible = _visible(entries, prompt_ids, withheld, private_text or {}, withheld_items)
-        pin_set = set(pins)
-        pinned = [entry for entry, answers in visible if entry.id in pin_set and not answers]
-        fold = self._fold_for(scope_key)
-        history = [(entry, entry.id in pin_set and not answers) for entry, answers in visible]
-        self.last_refolded = fold.sync(history)
+        visible, fold = self._fold_for(scope_key)
+        pin_set = frozenset(pins)
+        read = visible.read(entries, prompt_ids, withheld, private_text or {}, pin_set)
+        history, withheld_items = read.items, read.withheld
+        self.last_refolded = fold.sync(history, read.unchanged)
+        pinned = _pinned(history, fold, pin_set)
 
         unreadable = frozenset(x.entry_id for x in withheld_items)
-        summary = newest_within(summaries, visible[-1][0].seq, unreadable) if visible else None
+        summary = newest_within(summaries, history[-1][0].seq, unreadable) if history else None
         covered = summary.covers if summary is not None else frozenset()
         system = _system_text(facts or {}, pinned, summary)
         system_tokens = count_tokens(system)
@@ -329,10 +288,19 @@ class ContextBuilder:
             withheld=tuple(withheld_items),
             folded=tuple(fold.excluded),
             left=tuple(left),
-            older=tuple(item for item in fold.items[:cut] if item is not None),
+            older=tuple(filter(None, fold.items[:cut])),  # in C: the history may be long
             included=tuple(included),
             sources=tuple(sources),
         )
+
+
+def _pinned(
+    history: Sequence[tuple[Entry, bool]], fold: HistoryFold, pins: frozenset[str]
+) -> list[Entry]:
+    """The pinned entries of ``history``, in story order (found through the fold, which
+    has each one's step, rather than by walking the history)."""
+    steps = sorted(fold.step_of[p] for p in pins if p in fold.step_of)
+    return [history[step][0] for step in steps if history[step][1]]
 
 
 def _user_message(item: FoldedItem, asking: frozenset[str]) -> ModelMessage:
