@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import chain
 
 from parley.session.attribution import Fact, escape_text, name, one_line
 from parley.session.fold import FoldedItem, HistoryFold, attribution, render
@@ -78,6 +79,7 @@ class BuiltContext:
     folded: tuple[tuple[str, str], ...] = ()  # (entry id, why) for every folded duplicate
     left: tuple[FoldedItem, ...] = ()
     older: tuple[FoldedItem, ...] = ()
+    older_covered: int = 0  # the first so many of ``older`` are known to be summarised
     included: tuple[str, ...] = ()  # every entry the input draws on: pins, then the messages
     sources: tuple[tuple[str, ...], ...] = ()  # the entries behind each message, in order
 
@@ -99,8 +101,10 @@ class BuiltContext:
         return tuple(found)
 
     def _uncovered(self) -> Iterator[FoldedItem]:
-        """Turns over budget and not summarised, newest first."""
-        return (i for i in (*self.left, *reversed(self.older)) if not self._covered(i))
+        """Turns over budget and not summarised, newest first (past the turns known to
+        be summarised, which may be most of a long session)."""
+        maybe = chain(self.left, reversed(self.older[self.older_covered :]))
+        return (i for i in maybe if not self._covered(i))
 
     @property
     def overflowed(self) -> bool:
@@ -146,6 +150,38 @@ def _system_text(facts: Mapping[str, Fact], pins: Sequence[Entry], summary: Summ
     return "\n".join(parts)
 
 
+@dataclass(slots=True)
+class _Scope:
+    """What a builder keeps for one read scope: the judged history, the fold synced with
+    it (kept and dropped together: the fold takes the history's word for what did not
+    change), and how many of the fold's first items the last summary is known to cover."""
+
+    visible: VisibleHistory
+    fold: HistoryFold
+    summary: Summary | None = None
+    covered: int = 0
+
+    def covered_prefix(self, summary: Summary | None) -> int:
+        """How many of the fold's first items ``summary`` covers, every one (merged-away
+        items count as covered). Costs the items changed since the last call, unless the
+        summary does not extend the one before (then it counts from the start)."""
+        items, fold = self.fold.items, self.fold
+        if summary is None:
+            self.summary, self.covered = None, 0
+            return 0
+        known = 0
+        previous = self.summary
+        if previous is not None and summary.covers.issuperset(previous.covers):
+            known = min(self.covered, fold.changed_from)
+        while known < len(items) and (
+            (item := items[known]) is None or summary.covers.issuperset(item.entry_ids)
+        ):
+            known += 1
+        fold.changed_from = len(items)
+        self.summary, self.covered = summary, known
+        return known
+
+
 class ContextBuilder:
     """Builds model inputs for one session, keeping the fold of its history between builds.
 
@@ -158,18 +194,16 @@ class ContextBuilder:
     def __init__(self, settings: ContextSettings | None = None, max_scopes: int = 8) -> None:
         self.settings = settings or ContextSettings()
         self.max_scopes = max_scopes
-        self._folds: OrderedDict[str, tuple[VisibleHistory, HistoryFold]] = OrderedDict()
+        self._folds: OrderedDict[str, _Scope] = OrderedDict()
         self.last_refolded = 0  # steps the latest build had to fold again
 
-    def _fold_for(self, scope_key: str) -> tuple[VisibleHistory, HistoryFold]:
-        """The scope's judged history and the fold synced with it (kept and dropped
-        together: the fold takes the history's word for what did not change)."""
+    def _fold_for(self, scope_key: str) -> _Scope:
         kept = self._folds.get(scope_key)
         if kept is None:
             fold = HistoryFold(
                 self.settings.near_duplicate_threshold, self.settings.min_block_lines
             )
-            kept = self._folds[scope_key] = (VisibleHistory(), fold)
+            kept = self._folds[scope_key] = _Scope(VisibleHistory(), fold)
             while len(self._folds) > self.max_scopes:
                 self._folds.popitem(last=False)
         self._folds.move_to_end(scope_key)
@@ -198,9 +232,10 @@ class ContextBuilder:
         entries the scope may read. ``summaries`` are the session's, oldest first; they must
         have been made from entries every member may read."""
         settings = self.settings
-        visible, fold = self._fold_for(scope_key)
+        scope = self._fold_for(scope_key)
+        fold = scope.fold
         pin_set = frozenset(pins)
-        read = visible.read(entries, prompt_ids, withheld, private_text or {}, pin_set)
+        read = scope.visible.read(entries, prompt_ids, withheld, private_text or {}, pin_set)
         history, withheld_items = read.items, read.withheld
         self.last_refolded = fold.sync(history, read.unchanged)
         pinned = _pinned(history, fold, pin_set)
@@ -224,7 +259,11 @@ class ContextBuilder:
         full = False
         unseen_answering = len(answering_items)
         cut = 0  # the turns before it were never reached: the budget was spent
+        summarised = scope.covered_prefix(summary)
         for index in range(len(fold.items) - 1, -1, -1):  # newest first
+            if index < summarised and not unseen_answering:
+                cut = index + 1  # the summary covers all the rest: set aside unread
+                break
             item = fold.items[index]
             if item is None:
                 continue
@@ -268,6 +307,8 @@ class ContextBuilder:
                 messages.append(ModelMessage("user", item.text, attribution=line))
             else:
                 messages.append(ModelMessage("assistant", item.text))
+        edge = min(summarised, cut)  # the turns below it are all covered by the summary
+        covered_turns = tuple(filter(None, fold.items[:edge]))  # in C: they may be many
         request = ModelRequest(
             session_id=session_id,
             issuers=tuple(dict.fromkeys(issuers)),
@@ -288,7 +329,8 @@ class ContextBuilder:
             withheld=tuple(withheld_items),
             folded=tuple(fold.excluded),
             left=tuple(left),
-            older=tuple(filter(None, fold.items[:cut])),  # in C: the history may be long
+            older=covered_turns + tuple(filter(None, fold.items[edge:cut])),
+            older_covered=len(covered_turns),
             included=tuple(included),
             sources=tuple(sources),
         )
