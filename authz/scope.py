@@ -7,14 +7,14 @@ it may draw only on what all of them may read. Nothing the model says widens it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from parley.authz.policy import Do, Read, Restriction, Subject, UseTool, decide, restrict
 from parley.authz.roles import Capability
 from parley.session.context import BuiltContext
-from parley.session.entries import Entry
 from parley.session.errors import Forbidden
+from parley.session.history import ReadFilter
 from parley.session.model import ToolSpec
 
 
@@ -65,20 +65,18 @@ class RunScope:
 
     def read_filter(
         self, restrictions: Mapping[str, Restriction], private_text: Mapping[str, str]
-    ) -> tuple[Callable[[Entry], str | None], dict[str, str]]:
+    ) -> tuple[ReadFilter, dict[str, str]]:
         """What ``session.context.build_context`` takes as ``withheld`` and ``private_text``:
         entries (by id) this scope may not read are withheld; of the server-side texts
-        behind placeholders, only those it may read are given."""
-
-        def withheld(entry: Entry) -> str | None:
-            return self.withheld(restrictions.get(entry.id, ()))
-
+        behind placeholders, only those it may read are given. Each restriction is judged
+        once here, not once per entry of the transcript."""
+        read = ReadFilter(self.withheld(()), {i: self.withheld(r) for i, r in restrictions.items()})
         readable = {
             entry_id: text
             for entry_id, text in private_text.items()
-            if self.withheld(restrictions.get(entry_id, ())) is None
+            if read.restricted.get(entry_id, read.unrestricted) is None
         }
-        return withheld, readable
+        return read, readable
 
 
 def prompt_refusal(subject: Subject | None) -> str | None:

@@ -18,18 +18,21 @@ last one; ``build_context`` is the same build from nothing, and gives the same b
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from itertools import chain
 
 from parley.session.attribution import Fact, escape_text, name, one_line
-from parley.session.entries import MESSAGE_STATUS, Entry, EntryKind
+from parley.session.entries import Entry
 from parley.session.fold import FoldedItem, HistoryFold, attribution, render
-from parley.session.lifecycle import PromptStatus, ReplyStatus
+from parley.session.history import (
+    Excluded,
+    VisibleHistory,
+    WithheldReason,
+)
 from parley.session.model import ModelMessage, ModelRequest
 from parley.session.summary import Summary, newest_within
 from parley.session.tokens import count_tokens, tokenizer_name
-
-TOOL_DONE = "done"  # a tool step that returned a result (not an error or a refusal)
 
 SYSTEM_PROMPT = (
     "You are the assistant in a shared session with several people. Each user message "
@@ -58,12 +61,6 @@ class ContextSettings:
 
 
 @dataclass(frozen=True, slots=True)
-class Excluded:
-    entry_id: str
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
 class BuiltContext:
     """A model input and an account of what was left out of it.
 
@@ -82,6 +79,7 @@ class BuiltContext:
     folded: tuple[tuple[str, str], ...] = ()  # (entry id, why) for every folded duplicate
     left: tuple[FoldedItem, ...] = ()
     older: tuple[FoldedItem, ...] = ()
+    older_covered: int = 0  # the first so many of ``older`` are known to be summarised
     included: tuple[str, ...] = ()  # every entry the input draws on: pins, then the messages
     sources: tuple[tuple[str, ...], ...] = ()  # the entries behind each message, in order
 
@@ -103,8 +101,10 @@ class BuiltContext:
         return tuple(found)
 
     def _uncovered(self) -> Iterator[FoldedItem]:
-        """Turns over budget and not summarised, newest first."""
-        return (i for i in (*self.left, *reversed(self.older)) if not self._covered(i))
+        """Turns over budget and not summarised, newest first (past the turns known to
+        be summarised, which may be most of a long session)."""
+        maybe = chain(self.left, reversed(self.older[self.older_covered :]))
+        return (i for i in maybe if not self._covered(i))
 
     @property
     def overflowed(self) -> bool:
@@ -116,44 +116,6 @@ class BuiltContext:
     def dropped(self) -> tuple[FoldedItem, ...]:
         """Turns over budget and not summarised, oldest first: what a summary takes next."""
         return tuple(reversed(list(self._uncovered())))
-
-
-WithheldReason = Callable[[Entry], str | None]
-"""A read scope: None when the run's issuers may read the entry, else why they may not."""
-
-
-def _visible(
-    entries: Sequence[Entry],
-    prompt_ids: Sequence[str],
-    withheld: WithheldReason | None,
-    private_text: Mapping[str, str],
-    excluded: list[Excluded],
-) -> list[tuple[Entry, bool]]:
-    wanted = set(prompt_ids)
-    seen: list[tuple[Entry, bool]] = []
-    for entry in entries:
-        if prompt_ids and not wanted:
-            break
-        answering = entry.id in wanted
-        if answering:
-            wanted.discard(entry.id)
-        elif not (
-            (entry.kind is EntryKind.MESSAGE and entry.status == MESSAGE_STATUS)
-            or (entry.kind is EntryKind.PROMPT and entry.status == PromptStatus.DONE)
-            or (entry.kind is EntryKind.REPLY and entry.status == ReplyStatus.DONE)
-            or (entry.kind is EntryKind.TOOL and entry.status == TOOL_DONE)
-        ):
-            continue
-        reason = None if withheld is None or answering else withheld(entry)
-        if reason is not None:
-            excluded.append(Excluded(entry.id, f"withheld: {reason}"))
-            continue
-        if entry.id in private_text:
-            entry = replace(entry, content=private_text[entry.id])
-        seen.append((entry, answering))
-    if wanted:
-        raise KeyError(sorted(wanted))
-    return seen
 
 
 def quoted(text: str) -> list[str]:
@@ -188,6 +150,38 @@ def _system_text(facts: Mapping[str, Fact], pins: Sequence[Entry], summary: Summ
     return "\n".join(parts)
 
 
+@dataclass(slots=True)
+class _Scope:
+    """What a builder keeps for one read scope: the judged history, the fold synced with
+    it (kept and dropped together: the fold takes the history's word for what did not
+    change), and how many of the fold's first items the last summary is known to cover."""
+
+    visible: VisibleHistory
+    fold: HistoryFold
+    summary: Summary | None = None
+    covered: int = 0
+
+    def covered_prefix(self, summary: Summary | None) -> int:
+        """How many of the fold's first items ``summary`` covers, every one (merged-away
+        items count as covered). Costs the items changed since the last call, unless the
+        summary does not extend the one before (then it counts from the start)."""
+        items, fold = self.fold.items, self.fold
+        if summary is None:
+            self.summary, self.covered = None, 0
+            return 0
+        known = 0
+        previous = self.summary
+        if previous is not None and summary.covers.issuperset(previous.covers):
+            known = min(self.covered, fold.changed_from)
+        while known < len(items) and (
+            (item := items[known]) is None or summary.covers.issuperset(item.entry_ids)
+        ):
+            known += 1
+        fold.changed_from = len(items)
+        self.summary, self.covered = summary, known
+        return known
+
+
 class ContextBuilder:
     """Builds model inputs for one session, keeping the fold of its history between builds.
 
@@ -200,20 +194,20 @@ class ContextBuilder:
     def __init__(self, settings: ContextSettings | None = None, max_scopes: int = 8) -> None:
         self.settings = settings or ContextSettings()
         self.max_scopes = max_scopes
-        self._folds: OrderedDict[str, HistoryFold] = OrderedDict()
+        self._folds: OrderedDict[str, _Scope] = OrderedDict()
         self.last_refolded = 0  # steps the latest build had to fold again
 
-    def _fold_for(self, scope_key: str) -> HistoryFold:
-        fold = self._folds.get(scope_key)
-        if fold is None:
+    def _fold_for(self, scope_key: str) -> _Scope:
+        kept = self._folds.get(scope_key)
+        if kept is None:
             fold = HistoryFold(
                 self.settings.near_duplicate_threshold, self.settings.min_block_lines
             )
-            self._folds[scope_key] = fold
+            kept = self._folds[scope_key] = _Scope(VisibleHistory(), fold)
             while len(self._folds) > self.max_scopes:
                 self._folds.popitem(last=False)
         self._folds.move_to_end(scope_key)
-        return fold
+        return kept
 
     def build(
         self,
@@ -238,16 +232,16 @@ class ContextBuilder:
         entries the scope may read. ``summaries`` are the session's, oldest first; they must
         have been made from entries every member may read."""
         settings = self.settings
-        withheld_items: list[Excluded] = []
-        visible = _visible(entries, prompt_ids, withheld, private_text or {}, withheld_items)
-        pin_set = set(pins)
-        pinned = [entry for entry, answers in visible if entry.id in pin_set and not answers]
-        fold = self._fold_for(scope_key)
-        history = [(entry, entry.id in pin_set and not answers) for entry, answers in visible]
-        self.last_refolded = fold.sync(history)
+        scope = self._fold_for(scope_key)
+        fold = scope.fold
+        pin_set = frozenset(pins)
+        read = scope.visible.read(entries, prompt_ids, withheld, private_text or {}, pin_set)
+        history, withheld_items = read.items, read.withheld
+        self.last_refolded = fold.sync(history, read.unchanged)
+        pinned = _pinned(history, fold, pin_set)
 
         unreadable = frozenset(x.entry_id for x in withheld_items)
-        summary = newest_within(summaries, visible[-1][0].seq, unreadable) if visible else None
+        summary = newest_within(summaries, history[-1][0].seq, unreadable) if history else None
         covered = summary.covers if summary is not None else frozenset()
         system = _system_text(facts or {}, pinned, summary)
         system_tokens = count_tokens(system)
@@ -265,7 +259,11 @@ class ContextBuilder:
         full = False
         unseen_answering = len(answering_items)
         cut = 0  # the turns before it were never reached: the budget was spent
+        summarised = scope.covered_prefix(summary)
         for index in range(len(fold.items) - 1, -1, -1):  # newest first
+            if index < summarised and not unseen_answering:
+                cut = index + 1  # the summary covers all the rest: set aside unread
+                break
             item = fold.items[index]
             if item is None:
                 continue
@@ -309,6 +307,8 @@ class ContextBuilder:
                 messages.append(ModelMessage("user", item.text, attribution=line))
             else:
                 messages.append(ModelMessage("assistant", item.text))
+        edge = min(summarised, cut)  # the turns below it are all covered by the summary
+        covered_turns = tuple(filter(None, fold.items[:edge]))  # in C: they may be many
         request = ModelRequest(
             session_id=session_id,
             issuers=tuple(dict.fromkeys(issuers)),
@@ -329,10 +329,20 @@ class ContextBuilder:
             withheld=tuple(withheld_items),
             folded=tuple(fold.excluded),
             left=tuple(left),
-            older=tuple(item for item in fold.items[:cut] if item is not None),
+            older=covered_turns + tuple(filter(None, fold.items[edge:cut])),
+            older_covered=len(covered_turns),
             included=tuple(included),
             sources=tuple(sources),
         )
+
+
+def _pinned(
+    history: Sequence[tuple[Entry, bool]], fold: HistoryFold, pins: frozenset[str]
+) -> list[Entry]:
+    """The pinned entries of ``history``, in story order (found through the fold, which
+    has each one's step, rather than by walking the history)."""
+    steps = sorted(fold.step_of[p] for p in pins if p in fold.step_of)
+    return [history[step][0] for step in steps if history[step][1]]
 
 
 def _user_message(item: FoldedItem, asking: frozenset[str]) -> ModelMessage:

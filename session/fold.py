@@ -95,6 +95,10 @@ class HistoryFold:
         self.item_of: dict[str, int] = {}  # entry id -> index of the item showing it
         self.excluded: list[tuple[str, str]] = []  # (entry id, reason), in fold order
         self.keys: list[StepKey] = []
+        self.step_of: dict[str, int] = {}  # entry id -> its step (its index in the history)
+        # The lowest index of ``items`` changed since a reader last set it to ``len(items)``
+        # (``ContextBuilder`` keeps what it learnt of the items below it).
+        self.changed_from = 0
         self._undo: list[list[_Undo]] = []
         self._exact: dict[str, int] = {}
         self._merged_into: dict[int, int] = {}  # item index -> the item it was merged into
@@ -103,21 +107,27 @@ class HistoryFold:
         self._blocks: dict[str, Entry] = {}
         self._tool_results: dict[str, Entry] = {}
 
-    def sync(self, history: Sequence[tuple[Entry, bool]]) -> int:
-        """Fold ``history`` (entries with their pinned flag); return the steps redone."""
-        keys = [(entry.id, entry.content, pinned) for entry, pinned in history]
-        common = 0
-        limit = min(len(keys), len(self.keys))
-        while common < limit and keys[common] == self.keys[common]:
-            common += 1
+    def sync(self, history: Sequence[tuple[Entry, bool]], unchanged: int = 0) -> int:
+        """Fold ``history`` (entries with their pinned flag); return the steps redone.
+
+        ``unchanged``: the caller knows the first so many entries are those of the last
+        sync (``VisibleHistory`` does), so they are not compared again."""
+        common = min(unchanged, len(history), len(self.keys))
+        keys = [(entry.id, entry.content, pinned) for entry, pinned in history[common:]]
+        limit = min(len(history), len(self.keys))
+        same = 0
+        while common + same < limit and keys[same] == self.keys[common + same]:
+            same += 1
+        common += same
         while len(self.keys) > common:
             for undo in reversed(self._undo.pop()):
                 undo()
-            self.keys.pop()
-        for (entry, pinned), key in zip(history[common:], keys[common:], strict=True):
+            self.step_of.pop(self.keys.pop()[0], None)
+        for (entry, pinned), key in zip(history[common:], keys[same:], strict=True):
             self._undo.append(self._step(entry, pinned))
+            self.step_of[entry.id] = len(self.keys)
             self.keys.append(key)
-        return len(keys) - common
+        return len(history) - common
 
     def _live(self, index: int) -> int | None:
         """The item that now shows item ``index``'s text (itself, or what it merged into)."""
@@ -254,22 +264,29 @@ class HistoryFold:
     def _append(self, item: FoldedItem, undo: list[_Undo]) -> None:
         index = len(self.items)
         self.items.append(item)
-        undo.append(lambda: self._drop_last(self.items))
+        self.changed_from = min(self.changed_from, index)
+        undo.append(self._pop_item)
         for entry_id in item.entry_ids:
             self._set(self.item_of, entry_id, index, undo)
 
     def _set_item(self, index: int, item: FoldedItem | None, undo: list[_Undo]) -> None:
         old = self.items[index]
         self.items[index] = item
+        self.changed_from = min(self.changed_from, index)
 
         def restore() -> None:
             self.items[index] = old
+            self.changed_from = min(self.changed_from, index)
 
         undo.append(restore)
 
     def _exclude(self, entry_id: str, reason: str, undo: list[_Undo]) -> None:
         self.excluded.append((entry_id, reason))
         undo.append(lambda: self._drop_last(self.excluded))
+
+    def _pop_item(self) -> None:
+        self.items.pop()
+        self.changed_from = min(self.changed_from, len(self.items))
 
     @staticmethod
     def _drop_last(values: list[V]) -> None:

@@ -86,6 +86,11 @@ class SessionDocument:
         self._order: list[str] = []
         self._entries: dict[str, Map[Any]] = {}
         self._copies: dict[str, Entry] = {}
+        # The copies in story order, kept for ``entries``: the first ``_listed_valid`` are
+        # current. A mutator takes the entries it changes through ``_entry``, which moves
+        # that mark back (an insert too: it takes the entry it goes next to).
+        self._listed: list[Entry] = []
+        self._listed_valid = 0
         self._queue_ids: list[str] = []
         # True while a mutator runs; any other change marks the mirrors stale, and they are
         # rebuilt on their next use (once per read, however many updates arrived).
@@ -107,6 +112,7 @@ class SessionDocument:
         self._order = []
         self._entries = {}
         self._copies = {}
+        self._listed_valid = 0
         for entry in self.transcript:
             entry_id = str(entry["id"])
             self._order.append(entry_id)
@@ -227,7 +233,7 @@ class SessionDocument:
                 prompt["status"] = PromptStatus.RUNNING.value
                 prompt["reply_id"] = reply_id
                 prompt["started_at"] = created_at
-            last = max(self._order.index(p) for p in prompt_ids)
+            last = max(self._position(p) for p in prompt_ids)
             index = last + 1
             entry = entry_map(
                 id=reply_id,
@@ -243,7 +249,7 @@ class SessionDocument:
             )
             self.transcript.insert(index, entry)
             self._order.insert(index, reply_id)
-            self._entries[reply_id] = self.transcript[index]
+            self._entries[reply_id] = entry  # integrated now: no walk to ``index`` again
 
     @_mutator
     def add_tool_step(
@@ -259,7 +265,7 @@ class SessionDocument:
     ) -> None:
         """Insert one tool step of a running reply directly before the reply."""
         reply = self._entry(reply_id)
-        index = self._order.index(reply_id)
+        index = self._position(reply_id)
         entry = entry_map(
             id=id,
             seq=int(reply["seq"]),
@@ -275,7 +281,7 @@ class SessionDocument:
         with self.doc.transaction():
             self.transcript.insert(index, entry)
         self._order.insert(index, id)
-        self._entries[id] = self.transcript[index]
+        self._entries[id] = entry
 
     @_mutator
     def set_queue(self, planned: Sequence[QueuedItem]) -> None:
@@ -336,7 +342,7 @@ class SessionDocument:
         entry = entry_map(**fields)
         self.transcript.append(entry)
         self._order.append(fields["id"])
-        self._entries[fields["id"]] = self.transcript[len(self.transcript) - 1]
+        self._entries[fields["id"]] = entry  # integrated by the append: no walk to its index
 
     def _distinct(self, entry_ids: Sequence[str]) -> list[Map[Any]]:
         if len(set(entry_ids)) != len(entry_ids):
@@ -349,8 +355,18 @@ class SessionDocument:
             entry = self._entries[entry_id]
         except KeyError:
             raise NotFound(f"no transcript entry {entry_id!r}") from None
-        self._copies.pop(entry_id, None)
+        if self._copies.pop(entry_id, None) is not None:
+            self._listed_valid = min(self._listed_valid, self._position(entry_id))
         return entry
+
+    def _position(self, entry_id: str) -> int:
+        """Where the entry is in the story, looked for from the end: the entries that
+        change (a prompt that runs, its reply) are the newest ones but a few."""
+        order = self._order
+        for index in range(len(order) - 1, -1, -1):
+            if order[index] == entry_id:
+                return index
+        raise NotFound(f"no transcript entry {entry_id!r}")
 
     def _copy(self, entry_id: str) -> Entry:
         self._current()
@@ -365,8 +381,14 @@ class SessionDocument:
     # -- reading ---------------------------------------------------------------------------
 
     def entries(self) -> list[Entry]:
+        """A copy of every entry, in story order: each read from the document once after
+        it changed, so a call costs the entries changed since the last, and a list copy."""
         self._current()
-        return [self._copy(entry_id) for entry_id in self._order]
+        listed, valid = self._listed, self._listed_valid
+        del listed[valid:]
+        listed.extend(self._copy(entry_id) for entry_id in self._order[valid:])
+        self._listed_valid = len(listed)
+        return list(listed)
 
     def entry(self, entry_id: str) -> Entry:
         return self._copy(entry_id)

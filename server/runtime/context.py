@@ -18,12 +18,15 @@ from parley.server.metrics import Metrics
 from parley.server.settings import Settings
 from parley.server.store.access_rows import PrivateItem
 from parley.server.store.port import SessionStore
-from parley.session.context import BuiltContext, ContextBuilder, ContextSettings, WithheldReason
+from parley.session.context import BuiltContext, ContextBuilder, ContextSettings
 from parley.session.core import SideThread
 from parley.session.entries import Entry, EntryKind
+from parley.session.history import ReadFilter
 from parley.session.model import Usage
 from parley.session.schema import SessionDocument
 from parley.session.summary import Summary, SummaryPlan, plan_extension
+
+NOT_SHARED = "not every member may read it"
 
 
 class SessionContext:
@@ -112,16 +115,11 @@ class SessionContext:
         only what changed since the last."""
         restrictions = self._restrictions(thread)
         texts = {i: item.text for i, item in self.private.items()}
-        withheld: WithheldReason
+        withheld: ReadFilter
         if scope is None:
             shared = {i: t for i, t in texts.items() if self.everyone_may_read(restrictions[i])}
-
-            def not_shared(entry: Entry) -> str | None:
-                if entry.id in restrictions and entry.id not in shared:
-                    return "not every member may read it"
-                return None
-
-            withheld, readable, scope_key = not_shared, shared, "members"
+            unshared = {i: None if i in shared else NOT_SHARED for i in restrictions}
+            withheld, readable, scope_key = ReadFilter(None, unshared), shared, "members"
         else:
             withheld, readable = scope.read_filter(restrictions, texts)
             scope_key = "readable:" + ",".join(sorted(readable))

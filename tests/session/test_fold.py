@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from parley.session.context import ContextBuilder, ContextSettings, build_context
 from parley.session.entries import Entry, EntryKind
+from parley.session.history import ReadFilter, WithheldReason
 from tests.session.factories import entry
 
 LOG = "\n".join(f"10:00:{i:02d} ERROR worker-{i} cache dir not writable" for i in range(6))
@@ -33,20 +34,24 @@ operations = st.lists(
         st.tuples(st.just("prompt"), st.integers(0, len(TEXTS) - 1), st.integers(0, 2)),
         st.tuples(st.just("answer"), st.integers(0, 50), st.integers(0, 1)),
         st.tuples(st.just("pin"), st.integers(0, 50), st.integers(0, 1)),
-        st.tuples(st.just("build"), st.integers(0, 50), st.integers(0, 1)),
+        st.tuples(st.just("build"), st.integers(0, 50), st.integers(0, 2)),
+        st.tuples(st.just("restrict"), st.integers(0, 50), st.integers(0, 2)),
+        st.tuples(st.just("edit"), st.integers(0, 50), st.integers(0, len(TEXTS) - 1)),
     ),
     min_size=1,
     max_size=40,
 )
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(operations, st.integers(150, 2000))
 def test_kept_fold_equals_a_fresh_build(ops: list[tuple[str, int, int]], window: int) -> None:
     config = ContextSettings(window_tokens=window, reserve_output_tokens=100)
     builder = ContextBuilder(config, max_scopes=2)
     entries: list[Entry] = []
     pins: list[str] = []
+    restricted: dict[str, str | None] = {}  # the read filter's verdicts, as data
+    private: dict[str, str] = {}  # server-side text behind some entries
     for op, a, b in ops:
         n = len(entries) + 1
         if op == "message":
@@ -63,17 +68,31 @@ def test_kept_fold_equals_a_fresh_build(ops: list[tuple[str, int, int]], window:
         elif op == "pin" and entries:
             target = entries[a % len(entries)].id
             pins = [p for p in pins if p != target] if target in pins else [*pins, target]
+        elif op == "restrict" and entries:  # a verdict changes anywhere in the story
+            target = entries[a % len(entries)].id
+            restricted[target] = [None, "bob may not read it", "carol may not read it"][b]
+            if b == 0:
+                private[target] = f"the full text behind {target}"
+        elif op == "edit" and entries:  # an entry changes in place (its status, its text)
+            i = a % len(entries)
+            entries[i] = replace(entries[i], content=TEXTS[b])
         elif op == "build":
             waiting = [e.id for e in entries if e.status == "queued"]
             prompt_ids = [waiting[a % len(waiting)]] if waiting else []
-            scope = "odd" if b else "even"
-            withheld = (lambda e: "odd" if e.seq % 2 else None) if b else None
+            scope = ["even", "odd", "filter"][b]
+            withheld: WithheldReason | None = [
+                None,
+                lambda e: "odd" if e.seq % 2 else None,
+                ReadFilter(None, dict(restricted)),
+            ][b]
+            readable = {i: t for i, t in private.items() if b == 2 and restricted.get(i) is None}
             kept = builder.build(
                 session_id="s",
                 entries=entries,
                 prompt_ids=prompt_ids,
                 pins=pins,
                 withheld=withheld,
+                private_text=readable,
                 scope_key=scope,
             )
             fresh = build_context(
@@ -83,6 +102,7 @@ def test_kept_fold_equals_a_fresh_build(ops: list[tuple[str, int, int]], window:
                 pins=pins,
                 settings=config,
                 withheld=withheld,
+                private_text=readable,
             )
             assert kept == fresh
             assert kept.tokens <= config.budget or len(kept.request.messages) == len(

@@ -588,8 +588,20 @@ def test_replica_equality_for_random_sessions(
         elif kind == "run" and (run := queue.next()) is not None:
             queue.start(run)
             reply_id = start(doc, *run.ids, created_at=seq)
-            for chunk in extra:
+            assert doc.entries() == SessionDocument(doc.doc).entries()  # read mid-run too
+            for index, chunk in enumerate(extra):
                 doc.append_reply_text(reply_id, chunk)
+                if index == 1:
+                    doc.add_tool_step(
+                        id=f"t{seq}-{reply_id}",
+                        reply_id=reply_id,
+                        author=run.prompts[0].author,
+                        tool="search_documents",
+                        status="done",
+                        text=chunk,
+                        created_at=seq,
+                    )
+                assert doc.entries() == SessionDocument(doc.doc).entries()
             doc.finish_prompts(run.ids, None if arg is None else Ending(arg, "r"))
             queue.finish(run.ids)
         elif kind == "cancel" and len(queue):
@@ -604,7 +616,7 @@ def test_replica_equality_for_random_sessions(
     copy = replica(doc)
     assert copy.entries() == doc.entries()
     assert copy.queued() == doc.queued() == planned(queue)
-    order = ids(doc)
+    order = [e.id for e in doc.entries() if e.kind is not EntryKind.TOOL]  # steps sit between
     for entry in doc.entries():
         if entry.kind is EntryKind.REPLY:
             assert order[order.index(entry.id) - 1] == entry.reply_to == entry.answers[-1]
