@@ -263,8 +263,6 @@ class SessionRoom:
                 if effects.error is not None:
                     raise _Refused(effects)
                 await self.record(write, effects, now_ms)
-                if isinstance(event, CommandEvent) and effects.entry is not None:
-                    await self.runs.begin_with(write, effects, now_ms)
         except _Refused as refused:
             return refused.effects
         return effects
