@@ -43,10 +43,13 @@ from parley.session.closes import CloseCode
 from parley.session.errors import (
     NotFound,
     ParleyError,
+    RateLimited,
     Unauthenticated,
     Unavailable,
     close_code_for,
 )
+from parley.session.ratelimit import cost_of
+from parley.session.yprotocol import ClientMessage, decode_client_frame
 
 log = logging.getLogger("parley.ws")
 
@@ -229,4 +232,20 @@ async def receive(websocket: WebSocket, deadlines: SocketDeadlines) -> Message |
     deadlines.received()
     if message["type"] == "websocket.disconnect":
         return None
+    return message
+
+
+def charged(room: SessionRoom, connection: Connection, data: bytes, now: float) -> ClientMessage:
+    """A binary frame decoded and charged what it costs (``cost_of``) before it is judged:
+    bytes for document writes and presence (per member), a count for full resyncs (per
+    socket); ``RateLimited`` past a budget, ``ProtocolError`` for a malformed frame."""
+    message = decode_client_frame(data)
+    cost = cost_of(message, len(data))
+    limits = connection.limits
+    assert limits is not None
+    if not (
+        limits.budgets.allow(connection, cost, now)
+        and room.budgets.allow(connection.user_id, cost, now)
+    ):
+        raise RateLimited(f"over the {cost.spend.value} budget; slow down")
     return message

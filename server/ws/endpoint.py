@@ -25,7 +25,7 @@ from parley.authz.policy import Do, decide
 from parley.authz.roles import Capability
 from parley.server.runtime.room import SessionRoom
 from parley.server.state import AppState
-from parley.server.ws.admission import admit, receive, serve
+from parley.server.ws.admission import admit, charged, receive, serve
 from parley.server.ws.connection import CommandChannel, Connection
 from parley.server.ws.deadlines import SocketDeadlines
 from parley.session.closes import CloseCode
@@ -37,14 +37,12 @@ from parley.session.errors import (
     close_code_for,
 )
 from parley.session.presence import Presence
-from parley.session.ratelimit import cost_of
 from parley.session.yprotocol import (
     AwarenessMessage,
     ProtocolError,
     QueryAwarenessMessage,
     SyncMessage,
     SyncType,
-    decode_client_frame,
     decode_command_frame,
     encode_awareness,
     is_command_frame,
@@ -144,19 +142,9 @@ async def _serve(
 async def _on_binary(
     room: SessionRoom, connection: Connection, presence: Presence, data: bytes, now: float
 ) -> None:
-    """Handle a binary frame; a refused one raises its ``ParleyError``.
-
-    A frame is charged what it costs (``cost_of``) before it is judged: bytes for document
-    writes and presence (per member), a count for full resyncs (per socket)."""
-    message = decode_client_frame(data)
-    cost = cost_of(message, len(data))
-    limits = connection.limits
-    assert limits is not None
-    if not (
-        limits.budgets.allow(connection, cost, now)
-        and room.budgets.allow(connection.user_id, cost, now)
-    ):
-        raise RateLimited(f"over the {cost.spend.value} budget; slow down")
+    """Handle a binary frame, charged first (``charged``); a refused one raises its
+    ``ParleyError``."""
+    message = charged(room, connection, data, now)
     if isinstance(message, SyncMessage):
         if message.sync_type is SyncType.STEP1:
             for frame in await room.writer.sync_answer(message.payload):

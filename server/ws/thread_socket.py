@@ -27,19 +27,17 @@ from starlette.websockets import WebSocket
 from parley.server.runtime.room import SessionRoom
 from parley.server.runtime.thread_docs import LiveThreadDoc
 from parley.server.state import AppState
-from parley.server.ws.admission import admit, receive, serve
+from parley.server.ws.admission import admit, charged, receive, serve
 from parley.server.ws.connection import Connection
 from parley.server.ws.deadlines import SocketDeadlines
 from parley.session.closes import CloseCode
-from parley.session.errors import Forbidden, NotFound, ParleyError, RateLimited, close_code_for
-from parley.session.ratelimit import cost_of
+from parley.session.errors import Forbidden, NotFound, ParleyError, close_code_for
 from parley.session.yprotocol import (
     AwarenessMessage,
     ProtocolError,
     QueryAwarenessMessage,
     SyncMessage,
     SyncType,
-    decode_client_frame,
     encode_awareness,
     is_command_frame,
 )
@@ -123,15 +121,7 @@ def _on_binary(
 ) -> None:
     """Handle a binary frame, charged what it costs first (as on the session's socket); a
     refused one raises its ``ParleyError``."""
-    message = decode_client_frame(data)
-    cost = cost_of(message, len(data))
-    limits = connection.limits
-    assert limits is not None
-    if not (
-        limits.budgets.allow(connection, cost, now)
-        and room.budgets.allow(connection.user_id, cost, now)
-    ):
-        raise RateLimited(f"over the {cost.spend.value} budget; slow down")
+    message = charged(room, connection, data, now)
     if isinstance(message, SyncMessage):
         if message.sync_type is SyncType.STEP1:
             if not live.document.covers(message.payload):
