@@ -46,6 +46,33 @@ def markdown(results: dict[str, Any]) -> str:
     if results.get("not_run"):
         lines.append("")
 
+    if any("capacity" in r for r in servers.values()):
+        plan = sizes["capacity"]
+        lines += [
+            f"**Capacity**: the most sessions one server streams at once, each with "
+            f"{plan['subscribers']} subscribers and a writer at {plan['rate']:g} tokens/s for "
+            f"{plan['seconds']:g} s, with the p99 delay from yield to subscriber under "
+            f"{plan['limit_ms']:g} ms and no token missing (doubling from {plan['start']}, "
+            "then bisecting). CPU is at the largest count that passed, in % of one core.",
+            "",
+            "| Server | Sessions | Subscribers | First failure | p99 | Server CPU | Clients' CPU |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for name, result in servers.items():
+            got = result.get("capacity")
+            if got is None:
+                continue
+            best = next((s for s in got["steps"] if s["sessions"] == got["sessions"]), {})
+            failure = got["first_failure"]
+            lines.append(
+                f"| {name} | {got['sessions']:,} | "
+                f"{got['sessions'] * got['subscribers_per_session']:,} | "
+                f"{'none up to the ceiling' if failure is None else f'{failure:,}'} | "
+                f"{_num(best.get('delay_p99_ms'), 1)} | {_cpu(best, 'server')} | "
+                f"{_cpu(best, 'clients')} |"
+            )
+        lines.append("")
+
     if any("fanout" in r for r in servers.values()):
         lines += [
             f"**Token fan-out, saturated**: one session, {sizes['fanout_tokens']:,} tokens "

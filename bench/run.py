@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import datetime
 import json
 import os
@@ -22,13 +23,14 @@ import socket
 import tempfile
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 
 from bench import workloads
+from bench.capacity import CapacityPlan, capacity
 from bench.clients import ClientPool
 from bench.report import markdown
 from bench.setup_peers import PeerSetupError, setup_peers
@@ -42,7 +44,8 @@ from bench.targets import (
 
 PARLEY = "parley"
 PEERS = ("y-websocket", "pycrdt-websocket")
-WORKLOADS = ("fanout", "paced", "connections", "admission", "context")
+WORKLOADS = ("capacity", "fanout", "paced", "connections", "admission", "context")
+SERVER_WORKLOADS = {"capacity", "fanout", "paced", "connections"}
 POSTGRES_URL = os.environ.get(
     "PARLEY_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
 )
@@ -65,6 +68,7 @@ class Sizes:
     admission_open_count: int
     runs: int
     shards: int = 4
+    capacity: CapacityPlan = field(default_factory=CapacityPlan)
     parley_database: str = "sqlite"  # for fan-out and connections; admission runs both
 
 
@@ -100,6 +104,7 @@ QUICK = Sizes(
     admission_open_count=20,
     runs=1,
     shards=2,
+    capacity=CapacityPlan(subscribers=3, seconds=0.5, start=1, ceiling=2),
 )
 
 
@@ -166,13 +171,16 @@ async def running(target: Target) -> AsyncIterator[Target]:
 async def run_server(
     name: str, sizes: Sizes, chosen: set[str], pool: ClientPool, workdir: Path
 ) -> dict[str, Any]:
-    """Fan-out (saturated and paced) and connections against one server."""
+    """Capacity, fan-out (saturated and paced) and connections against one server."""
     result: dict[str, Any] = {}
     async with contextlib.AsyncExitStack() as stack:
         url = None
         if name == PARLEY and sizes.parley_database == "postgresql":
             url = await stack.enter_async_context(postgres_database())
         target = await stack.enter_async_context(running(make_target(name, workdir, url)))
+        if "capacity" in chosen:
+            print(f"  {name}: capacity", flush=True)
+            result["capacity"] = await capacity(target, pool, sizes.capacity)
         if "fanout" in chosen:
             result["fanout"] = []
             for subscribers in sizes.fanout_subscribers:
@@ -252,12 +260,12 @@ async def run(
         "started_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": machine(),
         "mode": "quick" if quick else "full",
-        "sizes": dict(vars(sizes)),
+        "sizes": dataclasses.asdict(sizes),
         "servers": {},
         "not_run": {},
     }
     peers = [s for s in servers if s != PARLEY]
-    if peers and chosen & {"fanout", "paced", "connections"}:
+    if peers and chosen & SERVER_WORKLOADS:
         try:
             await asyncio.to_thread(setup_peers)
         except PeerSetupError as exc:
@@ -268,7 +276,7 @@ async def run(
     pool = ClientPool(sizes.shards)
     try:
         for name in servers:
-            if not chosen & {"fanout", "paced", "connections"}:
+            if not chosen & SERVER_WORKLOADS:
                 break
             print(f"{name}", flush=True)
             results["servers"][name] = await run_server(name, sizes, chosen, pool, workdir)
@@ -334,7 +342,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         sizes.runs = args.runs
     if args.connections:
         sizes.connections = args.connections
-    raise_open_files(sizes.connections)
+    raise_open_files(max(sizes.connections, sizes.capacity.ceiling * sizes.capacity.subscribers))
     servers = [s for s in args.servers.split(",") if s]
     unknown = set(servers) - {PARLEY, *PEERS}
     chosen = {w for w in args.workloads.split(",") if w}

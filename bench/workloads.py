@@ -135,8 +135,10 @@ async def fanout_paced(
     rate: float,
     seconds: float,
     runs: int,
+    grace_s: float = 60,
 ) -> dict[str, Any]:
-    """``sessions`` rooms of ``subscribers`` sockets, each room's writer at ``rate`` tokens/s."""
+    """``sessions`` rooms of ``subscribers`` sockets, each room's writer at ``rate`` tokens/s;
+    tokens not held ``grace_s`` after the writers' last count as missing."""
     rooms = await target.make_rooms(sessions, subscribers)
     room_of = await _connect(pool, rooms, target.layout)
     tokens = max(1, round(rate * seconds))
@@ -145,7 +147,9 @@ async def fanout_paced(
     try:
         for _ in range(runs):
             cpu_before = target.cpu_seconds(), pool.cpu_seconds(), time.monotonic()
-            yields, holds, updates = await _round(target, pool, rooms, tokens, rate, seconds + 60)
+            yields, holds, updates = await _round(
+                target, pool, rooms, tokens, rate, seconds + grace_s
+            )
             cpu = _cpu_percent(cpu_before, target, pool)
             delays = []
             missing = 0

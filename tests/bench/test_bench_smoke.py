@@ -7,6 +7,7 @@ skipped at run time).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from bench import run
+from bench.capacity import CapacityPlan
 from bench.clients import ClientPool
 from bench.report import markdown
 from bench.setup_peers import peers_ready
@@ -34,6 +36,7 @@ SIZES = run.Sizes(
     admission_open_count=8,
     runs=1,
     shards=2,
+    capacity=CapacityPlan(subscribers=2, seconds=0.3, start=1, ceiling=2),
 )
 SERVERS = [run.PARLEY, *(run.PEERS if peers_ready() else ())]
 
@@ -48,8 +51,13 @@ async def pool() -> AsyncIterator[ClientPool]:
 
 
 @pytest.mark.parametrize("server", SERVERS)
-async def test_fanout_paced_and_connections(server: str, pool: ClientPool, tmp_path: Path) -> None:
-    result = await run.run_server(server, SIZES, {"fanout", "paced", "connections"}, pool, tmp_path)
+async def test_every_server_workload(server: str, pool: ClientPool, tmp_path: Path) -> None:
+    chosen = {"capacity", "fanout", "paced", "connections"}
+    result = await run.run_server(server, SIZES, chosen, pool, tmp_path)
+    capacity = result["capacity"]
+    assert [s["sessions"] for s in capacity["steps"]] == [1, 2]
+    assert capacity["sessions"] == 2, capacity  # tiny loads pass: the ceiling is the answer
+    assert capacity["first_failure"] is None
     (fanout,) = result["fanout"]
     assert fanout["median"]["complete_fraction"] == 1.0
     assert fanout["median"]["deliveries_per_s"] > 0
@@ -83,11 +91,20 @@ def test_report_renders_every_section() -> None:
         "started_at": "2026-01-01T00:00:00+00:00",
         "mode": "quick",
         "machine": {"cores": 2, "cpu": "test cpu", "python": "3.11"},
-        "sizes": dict(vars(SIZES)),
+        "sizes": dataclasses.asdict(SIZES),
         "servers": {
             name: {
                 "fanout": [{"subscribers": 3, "median": fanout}],
                 "paced": [{"rate_tokens_per_s": 200, "median": {**paced, "missing_fraction": 0.0}}],
+                "capacity": {
+                    "sessions": 12,
+                    "first_failure": 16,
+                    "subscribers_per_session": 25,
+                    "steps": [
+                        {"sessions": 12, "delay_p99_ms": 40.0, "server_cpu_percent": 90.0},
+                        {"sessions": 16, "delay_p99_ms": 140.0, "server_cpu_percent": 99.0},
+                    ],
+                },
                 "connections": {
                     "held": 20,
                     "requested": 20,
@@ -120,4 +137,5 @@ def test_report_renders_every_section() -> None:
     assert "| 200 | y-websocket | 1.0 | 2.0 | 3.0 | 0.0% |" in table
     assert "| sqlite | 50 | 1.0 | 2.0 | 3.0 | 4.0 |" in table
     assert "| ms | 1.50 |" in table
+    assert "| y-websocket | 12 | 300 | 16 | 40.0 | 90% |  |" in table
     assert "Not run: pycrdt-websocket: not installed" in table
