@@ -13,6 +13,7 @@ imports ``session/`` only; the session core (``session/core/``, which judges com
 from __future__ import annotations
 
 import ast
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -169,15 +170,26 @@ def test_the_python_sdk_imports_nothing_of_the_server() -> None:
     ]
 
 
+def _tracked_python(folders: tuple[str, ...]) -> list[Path]:
+    """The project's own Python files in ``folders``: what git tracks plus what is new,
+    never what an install put there (``node_modules``, the bench peers' virtualenv)."""
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "--", *folders],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    return [ROOT / name for name in listed if name.endswith(".py") and (ROOT / name).exists()]
+
+
 def test_the_project_is_imported_through_the_one_package() -> None:
     """Code and tests import ``parley.server``, never ``server``: a module imported by both
     names would be two modules (two registries, two exception classes)."""
     bare = frozenset({"server", "session", "authz", "migrations"})
     found = [
         f"{path.relative_to(ROOT)}:{line} imports {module}"
-        for folder in ("server", "session", "authz", "migrations", "tests", "bench")
-        for path in sorted((ROOT / folder).rglob("*.py"))
-        if "node_modules" not in path.parts
+        for path in _tracked_python(("server", "session", "authz", "migrations", "tests", "bench"))
         for line, module in _absolute_imports(ast.parse(path.read_text(), str(path)))
         if module.split(".")[0] in bare
     ]
