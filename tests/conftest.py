@@ -376,3 +376,14 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         for nodeid in _skipped:
             print(f"  {nodeid}")
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+# -- parallel runs -----------------------------------------------------------------------------
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """Workers for ``-n auto``: half again as many as cores. Many tests wait on a server
+    process, a browser or the database; two workers on two cores left a third of the
+    CPU idle."""
+    cores = os.cpu_count() or 1
+    return max(2, cores + cores // 2)
