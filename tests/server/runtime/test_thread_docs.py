@@ -40,9 +40,9 @@ def synced(watcher: Watcher) -> dict[str, Any]:
     return {"thread": thread.to_py(), "turns": turns.to_py() or []}
 
 
-def thread_socket(s: MemorySession, thread_id: str, user_id: str) -> Watcher:
+async def thread_socket(s: MemorySession, thread_id: str, user_id: str) -> Watcher:
     """A socket of ``user_id`` syncing the thread: sent the document, then its updates."""
-    live = s.room.side_threads.document(thread_id, user_id)
+    live = await s.room.side_threads.document(thread_id, user_id)
     watcher = Watcher(user_id)
     watcher.send(live.sync_answer(b"\x00"))
     s.room.sockets.attach_thread(thread_id, watcher)  # type: ignore[arg-type]
@@ -54,14 +54,14 @@ async def test_the_document_follows_a_streaming_run_for_its_owner_alone() -> Non
     async with memory_session({"alice": "editor", "bob": "editor"}, FakeModel(held_answer)) as s:
         thread_id = await open_thread(s, "bob")
         with pytest.raises(NotFound):
-            s.room.side_threads.document(thread_id, "alice")
-        early = thread_socket(s, thread_id, "bob")
+            await s.room.side_threads.document(thread_id, "alice")
+        early = await thread_socket(s, thread_id, "bob")
         await ask(s, "bob", thread_id, "[hold] tell me")
         async with asyncio.timeout(10):
             while "first half" not in str(synced(early)["turns"]):
                 await early.changed()
         # Mid-run: the streamed text is there, and a socket opened now gets it too.
-        late = thread_socket(s, thread_id, "bob")
+        late = await thread_socket(s, thread_id, "bob")
         for client in (early, late):
             prompt, reply = synced(client)["turns"]
             assert (prompt["kind"], prompt["role"], prompt["status"]) == (
@@ -93,7 +93,7 @@ async def test_the_document_follows_a_streaming_run_for_its_owner_alone() -> Non
         assert early.closed is not None and early.closed[0] == 4403
 
 
-async def test_the_document_is_built_again_after_a_reload_and_deleting_closes_it() -> None:
+async def test_the_document_is_read_back_after_a_reload_and_deleting_closes_it() -> None:
     store = MemoryStore()
     model = FakeModel(held_answer)
     GATE.clear()
@@ -101,25 +101,61 @@ async def test_the_document_is_built_again_after_a_reload_and_deleting_closes_it
         thread_id = await open_thread(s, "bob")
         await ask(s, "bob", thread_id, "kept")
         await answered(s, thread_id)
-        before = s.room.side_threads.document(thread_id, "bob")
+        early = await thread_socket(s, thread_id, "bob")
         await ask(s, "bob", thread_id, "[hold] cut off")
-        await s.until(lambda s: s.room.side_threads.threads[thread_id].running)
-        old_state = before.document.doc.get_state()
+        async with asyncio.timeout(10):
+            while "first half" not in str(synced(early)["turns"]):
+                await early.changed()
+        old_state = s.room.side_threads.docs.live[thread_id].document.doc.get_state()
+        held = synced(early)
     async with memory_session({"bob": "editor"}, FakeModel(held_answer), store=store) as s:
-        socket = thread_socket(s, thread_id, "bob")
+        socket = await thread_socket(s, thread_id, "bob")
         kept = s.room.side_threads.threads[thread_id]
         turns = synced(socket)["turns"]
+        # The reply cut off by the restart was never stored: it is gone, the rest is kept.
         assert [(t["kind"], t["status"], t["content"]) for t in turns] == [
             (t.kind, t.status, t.text) for t in kept.turns
         ]
+        assert len(held["turns"]) == len(turns) + 1
         assert turns[-1]["reason_code"] == "server_restart"
-        # A client still holding the document of before is told it is another one.
-        live = s.room.side_threads.document(thread_id, "bob")
-        assert not live.document.covers(old_state)
-        assert live.document.covers(live.document.doc.get_state())
+        # The same document, read back from its log: a client holding the old copy syncs.
+        live = await s.room.side_threads.document(thread_id, "bob")
+        assert live.document.covers(old_state)
+        caught_up: Doc[Any] = Doc()
+        for frame in early.frames:
+            message = decode_client_frame(frame) if isinstance(frame, bytes) else None
+            if isinstance(message, SyncMessage) and message.sync_type is not SyncType.STEP1:
+                caught_up.apply_update(message.payload)
+        answer = decode_client_frame(live.sync_answer(caught_up.get_state()))
+        assert isinstance(answer, SyncMessage)
+        caught_up.apply_update(answer.payload)
+        assert caught_up.get("turns", type=Array).to_py() == turns
 
         deleted = await s.send("bob", ThreadCloseCommand("d", thread_id, delete=True))
         assert deleted["type"] == "ack"
         assert socket.closed == (4404, "side-thread deleted")
         with pytest.raises(NotFound):
-            s.room.side_threads.document(thread_id, "bob")
+            await s.room.side_threads.document(thread_id, "bob")
+        assert (await store.load_thread_doc(s.room.session_id, thread_id)).updates == []
+
+
+async def test_a_document_leaves_memory_with_its_last_socket_and_is_read_back() -> None:
+    async with memory_session({"bob": "editor"}, FakeModel(held_answer)) as s:
+        thread_id = await open_thread(s, "bob")
+        socket = await thread_socket(s, thread_id, "bob")
+        docs = s.room.side_threads.docs
+        state_vector = docs.live[thread_id].document.doc.get_state()
+        s.room.sockets.detach_thread(thread_id, socket)  # type: ignore[arg-type]
+        docs.release(thread_id)
+        assert thread_id not in docs.live
+        state = synced(socket)
+        # Answered while nobody watches: stored in the log all the same.
+        await ask(s, "bob", thread_id, "while away")
+        done = await answered(s, thread_id)
+        assert thread_id not in docs.live
+        back = await thread_socket(s, thread_id, "bob")
+        turns = synced(back)["turns"]
+        assert [(t["id"], t["content"]) for t in turns] == [(t.id, t.text) for t in done.turns]
+        assert state["thread"] == synced(back)["thread"]
+        # The same document, not one built anew: what the first socket held is part of it.
+        assert docs.live[thread_id].document.covers(state_vector)
