@@ -79,12 +79,13 @@ async def load(connection: AsyncConnection, thread_id: str, after: int = 0) -> S
             )
         )
     ).first()
+    # Every update read is kept, even one the snapshot covers: SQLite may give a new
+    # update the id of one a squash deleted, so an id is no proof of being covered.
     covered = after if snap is None else int(snap.last_update_id)
-    kept = [row for row in rows if int(row.id) > covered]
     return StoredDoc(
         snapshot=None if snap is None else bytes(snap.data),
-        updates=[bytes(row.data) for row in kept],
-        updates_since_snapshot=len(kept),
+        updates=[bytes(row.data) for row in rows],
+        updates_since_snapshot=len(rows),
         last_update_id=max(covered, int(rows[-1].id) if rows else after),
     )
 
