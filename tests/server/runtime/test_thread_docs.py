@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from pycrdt import Array, Doc, Map
 
+from parley.server.runtime.thread_docs import read_document
 from parley.server.store.memory import MemoryStore
 from parley.session.errors import NotFound
 from parley.session.thread_commands import ThreadCloseCommand
@@ -159,3 +160,25 @@ async def test_a_document_leaves_memory_with_its_last_socket_and_is_read_back() 
         assert state["thread"] == synced(back)["thread"]
         # The same document, not one built anew: what the first socket held is part of it.
         assert docs.live[thread_id].document.covers(state_vector)
+
+
+async def test_a_squashed_log_reads_back_the_same_document() -> None:
+    store = MemoryStore()
+    pieces = [f"piece {i} " for i in range(12)]
+    model = FakeModel(lambda sent: list(pieces))
+    async with memory_session({"bob": "editor"}, model, store=store, snapshot_every_updates=3) as s:
+        thread_id = await open_thread(s, "bob")
+        socket = await thread_socket(s, thread_id, "bob")
+        await ask(s, "bob", thread_id, "many pieces")
+        await answered(s, thread_id)
+        held = s.room.side_threads.docs.live[thread_id].document.doc
+        state, shown = held.get_state(), synced(socket)
+    stored = await store.load_thread_doc(s.room.session_id, thread_id)
+    assert stored.snapshot is not None  # squashed, and streamed pieces came after it
+    read_back = read_document(stored)
+    assert read_back.covers(state) and read_back.doc.get_state() == state
+    assert read_back.turns.to_py() == shown["turns"]
+    assert shown["turns"][-1]["content"] == "".join(pieces)
+    async with memory_session({"bob": "editor"}, FakeModel(held_answer), store=store) as s:
+        again = await thread_socket(s, thread_id, "bob")
+        assert synced(again) == shown
