@@ -109,8 +109,9 @@ class SideThreads:
         """The document of side-thread ``thread_id`` of ``user_id`` (``NotFound`` as
         ``get``) for a socket: held here, or read from its log (``ThreadDocs.open``;
         ``writes``: this node runs the session)."""
-        thread = self.get(thread_id, user_id)
-        return await self.docs.open(thread, partial(self._running, thread_id), writes)
+        self.get(thread_id, user_id)
+        committed = partial(self.threads.get, thread_id)
+        return await self.docs.open(thread_id, committed, partial(self._running, thread_id), writes)
 
     def _running(self, thread_id: str) -> tuple[ThreadTurn, ...]:
         """The turns of the thread's run in flight not stored yet, if one is."""

@@ -33,7 +33,7 @@ from parley.session.core import Effects, SideThread, ThreadTurn, apply_to_thread
 from parley.session.core.effects import DeleteThread, OpenThread, SetThreadStatus
 from parley.session.core.thread_doc import ThreadDocument, show_all
 from parley.session.encoded import EMPTY_STATE_VECTOR
-from parley.session.errors import Unavailable
+from parley.session.errors import NotFound, Unavailable
 from parley.session.read_only import ServerWrites
 from parley.session.yprotocol import ProtocolError, SyncType, encode_sync
 
@@ -129,36 +129,45 @@ class ThreadDocs:
         return LiveThreadDoc(thread_id, stored, self.room.sockets.send_thread, limit)
 
     async def open(
-        self, thread: SideThread, running: Callable[[], Sequence[ThreadTurn]], writes: bool
+        self,
+        thread_id: str,
+        committed: Callable[[], SideThread | None],
+        running: Callable[[], Sequence[ThreadTurn]],
+        writes: bool,
     ) -> LiveThreadDoc:
-        """The document of ``thread`` for a socket, read from its log if not held here.
-        Where the session runs (``writes``) the turns of its run in flight are shown and
-        stored (a thread stored before its log was kept is shown whole); a follower
-        serves the log as it is (``Unavailable`` while there is none)."""
-        live = self.live.get(thread.id)
+        """The document of thread ``thread_id`` for a socket, read from its log if not
+        held here. Where the session runs (``writes``) the thread as ``committed`` and the
+        turns of its run in flight (``running``) are shown and stored, read under the
+        writer lock so they agree with the log (a thread stored before its log was kept is
+        shown whole); a follower serves the log as it is (``Unavailable`` while there is
+        none). ``NotFound`` if the thread was deleted meanwhile."""
+        live = self.live.get(thread_id)
         if live is not None:
             return live
         room = self.room
         if not writes:
-            stored = await room.store.load_thread_doc(room.session_id, thread.id)
+            stored = await room.store.load_thread_doc(room.session_id, thread_id)
             if stored.snapshot is None and not stored.updates:
                 raise Unavailable("this side-thread's document is not stored yet; reconnect")
-            return self.live.setdefault(thread.id, self._live(thread.id, stored))
+            return self.live.setdefault(thread_id, self._live(thread_id, stored))
         async with room.writer.lock:
-            live = self.live.get(thread.id)
+            live = self.live.get(thread_id)
             if live is not None:
                 return live
             room.writer.require_usable()
-            stored = await room.store.load_thread_doc(room.session_id, thread.id)
-            live = self._live(thread.id, stored)
+            stored = await room.store.load_thread_doc(room.session_id, thread_id)
+            thread = committed()
+            if thread is None:
+                raise NotFound("side-thread deleted")
+            live = self._live(thread_id, stored)
             update = live.capture(lambda document: show_all(document, thread, running()))
             if update:
                 async with room.store.transaction("side-thread document") as tx:
                     if room.writer.fence is not None:
                         await room.writer.fence.check(tx)
-                    await self._append(tx, live, thread.id, update)
+                    await self._append(tx, live, thread_id, update)
             live.publish(update)  # nobody holds it yet: keeps what judges clients current
-            self.live[thread.id] = live
+            self.live[thread_id] = live
             return live
 
     def forget(self) -> None:
