@@ -10,9 +10,11 @@ document read back is the same document (same client ids, same items): a client 
 a copy just syncs.
 
 A document is kept in memory while a socket syncs it (``open``; freed when the last one
-closes, ``release``); a change to a thread nobody watches is made on its document read
-from the log in the transaction, and stored the same way. A streamed piece of text is
-only stored where a socket watches (the reply's row holds the whole text in the end).
+closes, ``release``) or a run answers in its thread: at most one per open socket's thread
+and one per run in flight. A change to any other thread is made on its document read from
+the log in the transaction, and stored the same way. A streamed piece of text is only
+stored where a socket watches (the reply's row holds the whole text in the end; a socket
+opened mid-run is shown, and the log given, the text so far).
 Clients only read: their updates are judged (``ServerWrites``), never applied.
 """
 
@@ -21,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from pycrdt import Doc, TransactionEvent
@@ -142,7 +145,7 @@ class ThreadDocs:
         shown whole); a follower serves the log as it is (``Unavailable`` while there is
         none). ``NotFound`` if the thread was deleted meanwhile."""
         live = self.live.get(thread_id)
-        if live is not None:
+        if live is not None and (self._watched(thread_id) or not writes):
             return live
         room = self.room
         if not writes:
@@ -152,14 +155,15 @@ class ThreadDocs:
             return self.live.setdefault(thread_id, self._live(thread_id, stored))
         async with room.writer.lock:
             live = self.live.get(thread_id)
-            if live is not None:
+            if live is not None and self._watched(thread_id):
                 return live
             room.writer.require_usable()
-            stored = await room.store.load_thread_doc(room.session_id, thread_id)
+            if live is None:  # else held for its run: its streamed text is shown now
+                stored = await room.store.load_thread_doc(room.session_id, thread_id)
+                live = self._live(thread_id, stored)
             thread = committed()
             if thread is None:
                 raise NotFound("side-thread deleted")
-            live = self._live(thread_id, stored)
             update = live.capture(lambda document: show_all(document, thread, running()))
             if update:
                 async with room.store.transaction("side-thread document") as tx:
@@ -176,9 +180,14 @@ class ThreadDocs:
         for thread_id in list(self.live):
             self._lost(self.live[thread_id])
 
+    def _watched(self, thread_id: str) -> bool:
+        return bool(self.room.sockets.thread_connections.get(thread_id))
+
     def release(self, thread_id: str) -> None:
-        """The thread's last socket closed: its document is read from the log next time."""
-        if not self.room.sockets.thread_connections.get(thread_id):
+        """The thread's last socket closed: its document is read from the log next time
+        (held until its run in flight, if any, is stored)."""
+        thread = self.room.side_threads.threads.get(thread_id)
+        if not self._watched(thread_id) and (thread is None or not thread.running):
             self.live.pop(thread_id, None)
 
     async def write(self, write: Write, threads: dict[str, SideThread], effects: Effects) -> None:
@@ -225,6 +234,15 @@ class ThreadDocs:
         if update:
             await self._append(tx, live, thread.id, update)
             write.after_commit.append(lambda: held.publish(update))
+        write.after_commit.append(partial(self._hold, held, thread.running))
+
+    def _hold(self, live: LiveThreadDoc, running: bool) -> None:
+        """After a commit: a thread's document stays in memory while a socket syncs it
+        or a run answers in it (its end is stored on it), and no longer."""
+        if running or self._watched(live.thread_id):
+            self.live.setdefault(live.thread_id, live)
+        elif self.live.get(live.thread_id) is live:
+            del self.live[live.thread_id]
 
     async def stream(self, thread_id: str, record: Callable[[], None], mutate: Mutate) -> None:
         """A step of a run in flight: ``record`` it, then, if a socket watches the thread,
@@ -234,8 +252,8 @@ class ThreadDocs:
         async with room.writer.lock:
             record()
             live = self.live.get(thread_id)
-            if live is None or room.writer.failed is not None:
-                return
+            if live is None or not self._watched(thread_id) or room.writer.failed is not None:
+                return  # nobody watches: the reply's row holds it all in the end
             update = live.capture(mutate)
             if not update:
                 return

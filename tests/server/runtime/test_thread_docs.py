@@ -15,7 +15,12 @@ from parley.server.runtime.thread_docs import read_document
 from parley.server.store.memory import MemoryStore
 from parley.session.errors import NotFound
 from parley.session.thread_commands import ThreadCloseCommand
-from parley.session.yprotocol import SyncMessage, SyncType, decode_client_frame
+from parley.session.yprotocol import (
+    SyncMessage,
+    SyncType,
+    decode_client_frame,
+    decode_state_vector,
+)
 from tests.fake_model import Answer, FakeModel, Sent
 from tests.server.runtime.harness import MemorySession, Watcher, memory_session
 from tests.server.runtime.test_side_threads import answered, ask, open_thread
@@ -176,9 +181,37 @@ async def test_a_squashed_log_reads_back_the_same_document() -> None:
     stored = await store.load_thread_doc(s.room.session_id, thread_id)
     assert stored.snapshot is not None  # squashed, and streamed pieces came after it
     read_back = read_document(stored)
-    assert read_back.covers(state) and read_back.doc.get_state() == state
+    assert decode_state_vector(read_back.doc.get_state()) == decode_state_vector(state)
     assert read_back.turns.to_py() == shown["turns"]
     assert shown["turns"][-1]["content"] == "".join(pieces)
     async with memory_session({"bob": "editor"}, FakeModel(held_answer), store=store) as s:
         again = await thread_socket(s, thread_id, "bob")
         assert synced(again) == shown
+
+
+async def test_a_socket_opened_mid_run_while_nobody_watched_gets_the_text_so_far() -> None:
+    gate = asyncio.Event()  # of this test's loop
+    model = FakeModel(lambda sent: ["first half, ", gate, "second half"])
+    async with memory_session({"bob": "editor"}, model) as s:
+        thread_id = await open_thread(s, "bob")
+        await ask(s, "bob", thread_id, "[hold] go")
+        for _ in range(500):
+            if "first half" in "".join(_active_text(s, thread_id)):
+                break
+            await asyncio.sleep(0.01)
+        docs = s.room.side_threads.docs
+        assert thread_id in docs.live  # held for its run, though nobody watches
+        socket = await thread_socket(s, thread_id, "bob")
+        reply = synced(socket)["turns"][-1]
+        assert (reply["status"], reply["content"]) == ("streaming", "first half, ")
+        gate.set()
+        done = await answered(s, thread_id)
+        assert [t["content"] for t in synced(socket)["turns"]] == [t.text for t in done.turns]
+        s.room.sockets.detach_thread(thread_id, socket)  # type: ignore[arg-type]
+        docs.release(thread_id)
+        assert thread_id not in docs.live
+
+
+def _active_text(s: MemorySession, thread_id: str) -> list[str]:
+    active = s.room.side_threads.active.get(thread_id)
+    return [] if active is None else active.text
