@@ -13,7 +13,8 @@ from pycrdt import Array, Doc, Map
 
 from parley.server.runtime.thread_docs import read_document
 from parley.server.store.memory import MemoryStore
-from parley.session.errors import NotFound
+from parley.server.store.memory_tables import MemoryTx
+from parley.session.errors import NotFound, Unavailable
 from parley.session.thread_commands import ThreadCloseCommand
 from parley.session.yprotocol import (
     SyncMessage,
@@ -215,3 +216,27 @@ async def test_a_socket_opened_mid_run_while_nobody_watched_gets_the_text_so_far
 def _active_text(s: MemorySession, thread_id: str) -> list[str]:
     active = s.room.side_threads.active.get(thread_id)
     return [] if active is None else active.text
+
+
+async def test_a_change_not_stored_is_never_shown_and_its_sockets_resync(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async with memory_session({"bob": "editor"}, FakeModel(held_answer)) as s:
+        thread_id = await open_thread(s, "bob")
+        socket = await thread_socket(s, thread_id, "bob")
+        sent = len(socket.frames)
+
+        async def refuse(*_: object) -> list[int]:
+            raise Unavailable("the database is unavailable; nothing was stored")
+
+        monkeypatch.setattr(MemoryTx, "append_thread_updates", refuse)
+        refused = await s.send("bob", ThreadCloseCommand("c", thread_id, delete=False))
+        assert refused["type"] == "error" and refused["code"] == "unavailable"
+        assert socket.closed is not None and socket.closed[0] == 1013
+        assert [f for f in socket.frames[sent:] if isinstance(f, bytes)] == []
+        monkeypatch.undo()
+        s.room.sockets.detach_thread(thread_id, socket)  # type: ignore[arg-type]
+        again = await thread_socket(s, thread_id, "bob")
+        assert synced(again)["thread"]["status"] == "open"  # as stored
+        closed = await s.send("bob", ThreadCloseCommand("c2", thread_id, delete=False))
+        assert closed["type"] == "ack" and synced(again)["thread"]["status"] == "closed"
