@@ -8,7 +8,7 @@ import * as Y from 'yjs'
 import { WebsocketProvider } from 'y-websocket'
 import './sidethread.css'
 
-const REBUILT = 4410 // the thread's document was built anew (a restart): sync a new Y.Doc
+const REBUILT = 4410 // the server's document does not cover ours (a thread stored before its document was): sync a new Y.Doc
 
 const make = (tag, attrs = {}, ...children) => {
   const node = document.createElement(tag)

@@ -35,7 +35,7 @@ from parley.server.cluster.listener import NotificationListener, asyncpg_dsn
 from parley.server.cluster.metrics import ClusterMetrics
 from parley.server.cluster.presence import CHANNEL_AWARENESS, PresenceRelay
 from parley.server.cluster.relay import ADMIN_SENDER, MAX_TAIL_PAGES, CommandRelay
-from parley.server.cluster.tail import read_tail
+from parley.server.cluster.tail import catch_up_threads, read_tail
 from parley.server.runtime.commands import handle_frame
 from parley.server.runtime.room import SessionRoom
 from parley.server.runtime.runner import SessionRunner
@@ -357,6 +357,8 @@ class ClusterNode:
 
     async def _catch_up(self, room: SessionRoom) -> None:
         session_id = room.session_id
+        if session_id in self.applied:
+            await catch_up_threads(self.store.engine, room)
         for _ in range(MAX_TAIL_PAGES):
             after = self.applied.get(session_id)
             if after is None:

@@ -10,12 +10,19 @@ update after it, and never skips one.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from sqlalchemy import and_, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from parley.server.cluster.lease import database_errors
+from parley.server.store import thread_log
+from parley.server.store.rows import StoredDoc
 from parley.server.store.tables import doc_snapshots, doc_updates
+from parley.session.closes import CloseCode
+
+if TYPE_CHECKING:
+    from parley.server.runtime.room import SessionRoom
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,3 +62,28 @@ async def read_tail(engine: AsyncEngine, session_id: str, after: int, limit: int
         last_id=int(rows[-1].id) if rows else start,
         complete=len(rows) < limit,
     )
+
+
+async def read_thread_tail(engine: AsyncEngine, thread_id: str, after: int) -> StoredDoc | None:
+    """A side-thread's log after ``after`` (``thread_log.load``: a squash never hides an
+    update); None once the thread is deleted. A thread's log is short (squashed every
+    ``snapshot_every_updates``): no pages."""
+    async with database_errors(), engine.connect() as connection, connection.begin():
+        if not await thread_log.thread_exists(connection, thread_id):
+            return None
+        return await thread_log.load(connection, thread_id, after)
+
+
+async def catch_up_threads(engine: AsyncEngine, room: SessionRoom) -> None:
+    """A read replica: bring the side-thread documents its sockets hold up to their logs
+    (a thread deleted meanwhile closes its sockets, as on the running node)."""
+    docs = room.side_threads.docs
+    for thread_id, live in list(docs.live.items()):
+        stored = await read_thread_tail(engine, thread_id, live.last_update_id)
+        if docs.live.get(thread_id) is not live:
+            continue  # released, or read again, meanwhile
+        if stored is None:
+            del docs.live[thread_id]
+            room.sockets.close_thread(thread_id, CloseCode.NOT_FOUND, "side-thread deleted")
+        elif stored.snapshot is not None or stored.updates:
+            live.apply_replicated(stored)

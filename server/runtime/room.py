@@ -278,6 +278,7 @@ class SessionRoom:
         if effects.entry is not None:
             write.after_commit.append(partial(setattr, self, "last_seq", effects.entry.seq))
         if effects.thread is not None or effects.thread_turns or effects.thread_settle:
+            await self.side_threads.write(write, effects)
             write.after_commit.append(partial(self.side_threads.committed, effects))
         if effects.queue is not None:  # its plan goes into the document; swapped in on commit
             self.doc.set_queue([QueuedItem(p.id, p.seq, p.author) for p in effects.queue.pending()])

@@ -17,11 +17,13 @@ import logging
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from parley.authz.policy import Restriction, restrict, restriction_to_json
 from parley.server.runtime.active_run import ActiveRun
-from parley.server.runtime.thread_docs import LiveThreadDoc
+from parley.server.runtime.thread_docs import LiveThreadDoc, Mutate, ThreadDocs
+from parley.server.runtime.writer import Write
 from parley.session.closes import CloseCode
 from parley.session.core import (
     AuditRecord,
@@ -37,7 +39,6 @@ from parley.session.core.effects import (
     OpenThread,
     SetThreadStatus,
 )
-from parley.session.core.thread_doc import ThreadDocument, thread_document
 from parley.session.errors import NotFound
 from parley.session.lifecycle import ReplyStatus
 from parley.session.reasons import Ending
@@ -78,12 +79,17 @@ class SideThreads:
         self.room = room
         self.threads: dict[str, SideThread] = {}  # as committed
         self.active: dict[str, ActiveRun] = {}  # runs in flight, by thread
-        self.docs: dict[str, LiveThreadDoc] = {}  # built when a socket first syncs one
+        self.docs = ThreadDocs(room)  # stored with the rows; held while a socket syncs one
         # Set by the session's runner (``SessionRunner.start``): where no model runs here,
         # a side-thread prompt ends at once (``unavailable``).
         self.start_run: StartRun | None = None
 
     async def load(self) -> None:
+        await self.read_rows()
+        self.docs.forget()
+
+    async def read_rows(self) -> None:
+        """The side-threads as stored now (a follower reads them: it is told no change)."""
         stored = await self.room.store.load_threads(self.room.session_id)
         self.threads = {t.id: t for t in stored}
 
@@ -99,21 +105,24 @@ class SideThreads:
             raise NotFound(f"no side-thread {thread_id!r} of yours in this session")
         return thread
 
-    def document(self, thread_id: str, user_id: str) -> LiveThreadDoc:
+    async def document(self, thread_id: str, user_id: str, *, writes: bool = True) -> LiveThreadDoc:
         """The document of side-thread ``thread_id`` of ``user_id`` (``NotFound`` as
-        ``get``), built from it as stored and its run in flight on first use."""
-        thread = self.get(thread_id, user_id)
-        live = self.docs.get(thread_id)
-        if live is None:
-            active = self.active.get(thread_id)
-            running: tuple[ThreadTurn, ...] = ()
-            if active is not None and isinstance(active.steps, ThreadSteps):
-                running = active.steps.running_turns(active)
-            document = thread_document(thread, running)
-            limit = self.room.settings.max_delete_ranges_per_update
-            live = LiveThreadDoc(thread_id, document, self.room.sockets.send_thread, limit)
-            self.docs[thread_id] = live
-        return live
+        ``get``) for a socket: held here, or read from its log (``ThreadDocs.open``;
+        ``writes``: this node runs the session)."""
+        self.get(thread_id, user_id)
+        committed = partial(self.threads.get, thread_id)
+        return await self.docs.open(thread_id, committed, partial(self._running, thread_id), writes)
+
+    def _running(self, thread_id: str) -> tuple[ThreadTurn, ...]:
+        """The turns of the thread's run in flight not stored yet, if one is."""
+        active = self.active.get(thread_id)
+        if active is not None and isinstance(active.steps, ThreadSteps):
+            return active.steps.running_turns(active)
+        return ()
+
+    async def write(self, write: Write, effects: Effects) -> None:
+        """In the room's transaction: the documents of the threads ``effects`` changes."""
+        await self.docs.write(write, self.threads, effects)
 
     def committed(self, effects: Effects) -> None:
         """After the commit: the state here follows ``effects``; the owners are told."""
@@ -124,9 +133,8 @@ class SideThreads:
             gone = before.get(change.thread_id)
             if gone is not None:
                 self._send(gone.owner, {"type": "thread_deleted", "thread_id": gone.id})
-                self.docs.pop(gone.id, None)
+                self.docs.live.pop(gone.id, None)
                 self.room.sockets.close_thread(gone.id, CloseCode.NOT_FOUND, "side-thread deleted")
-        turn_ids = {t.id for t in effects.thread_turns} | {s.turn_id for s in effects.thread_settle}
         changed = {t.thread_id for t in effects.thread_turns}
         changed.update(s.thread_id for s in effects.thread_settle)
         if isinstance(change, OpenThread):
@@ -138,21 +146,6 @@ class SideThreads:
             if thread is not None:
                 shown = thread_json(thread, turns=True)
                 self._send(thread.owner, {"type": "thread", "thread": shown})
-                self._show(thread, turn_ids)
-
-    def _show(self, thread: SideThread, turn_ids: set[str]) -> None:
-        """Bring the thread's document, if one is open, to the thread as committed."""
-        live = self.docs.get(thread.id)
-        if live is None:
-            return
-
-        def show(document: ThreadDocument) -> None:
-            document.show_thread(thread)
-            for turn in thread.turns:
-                if turn.id in turn_ids:
-                    document.show_turn(turn)
-
-        live.change(show)
 
     def notify(self, effects: Effects) -> None:
         for thread_id, ending in effects.stop_threads:
@@ -174,6 +167,10 @@ class SideThreads:
         return ThreadSteps(self, begin, author)
 
 
+def _nothing() -> None:
+    pass
+
+
 class ThreadSteps:
     """Where one side-thread run's steps go (``RunSink``): its owner's sockets and its
     thread's document while it runs, its thread's rows (through the core and the room's
@@ -189,10 +186,8 @@ class ThreadSteps:
     def _send(self, frame: dict[str, Any]) -> None:
         self.threads._send(self.begin.owner, {"thread_id": self.begin.thread_id, **frame})
 
-    def _show(self, change: Callable[[ThreadDocument], None]) -> None:
-        live = self.threads.docs.get(self.begin.thread_id)
-        if live is not None:
-            live.change(change)
+    async def _show(self, record: Callable[[], None], change: Mutate) -> None:
+        await self.threads.docs.stream(self.begin.thread_id, record, change)
 
     def running_turns(self, active: ActiveRun) -> tuple[ThreadTurn, ...]:
         """The run's turns not stored yet: its tool steps, then its reply so far."""
@@ -208,16 +203,18 @@ class ThreadSteps:
         )
         return (*self.tool_turns, reply)
 
-    def started(self, active: ActiveRun) -> None:
+    async def started(self, active: ActiveRun) -> None:
         """The run began: its reply shows in the thread's document as being written."""
         reply_id, author, at = self.begin.reply_id, self.author, self.started_at
-        self._show(lambda document: document.start_reply(reply_id, author, at))
+        await self._show(_nothing, lambda document: document.start_reply(reply_id, author, at))
 
     async def append_reply(self, active: ActiveRun, text: str) -> None:
-        active.text.append(text)
         self._send({"type": "thread_delta", "reply_id": self.begin.reply_id, "text": text})
         reply_id = self.begin.reply_id
-        self._show(lambda document: document.append_text(reply_id, text))
+        await self._show(
+            partial(active.text.append, text),
+            lambda document: document.append_text(reply_id, text),
+        )
 
     async def widen(self, active: ActiveRun, restriction: Restriction) -> None:
         """The reply inherits what the run drew on (it never goes into the shared
@@ -239,10 +236,12 @@ class ThreadSteps:
             created_at=self.threads.room.now_ms(),
             restriction=restrict(active.reply.restriction, restriction),
         )
-        self.tool_turns.append(turn)
         self._send({"type": "thread_tool", "turn": turn_json(turn)})
         reply_id = self.begin.reply_id
-        self._show(lambda document: document.show_turn(turn, before=reply_id))
+        await self._show(
+            partial(self.tool_turns.append, turn),
+            lambda document: document.show_turn(turn, before=reply_id),
+        )
         return turn.id
 
     async def finish(

@@ -1,53 +1,110 @@
-"""A side-thread's document, live on the node that runs its session, and what its owner's
-sockets are sent of it.
+"""Side-threads' documents on the node that loads their session: stored, then sent.
 
-The document (``session.core.thread_doc``) is built from the thread as stored when a
-socket first opens it (with the run in flight, if any), then follows every change the
-room makes to the thread: each change is one update, sent at once to the thread's sockets
-alone. Clients only read it: their updates are judged (``ServerWrites``), never applied.
+Each change the server makes to a thread's document (``session.core.thread_doc``) is one
+CRDT update, stored before any socket is sent it, as the session's document is: a change
+of the thread's rows is stored in the room's transaction beside them (``write``), a piece
+of streamed reply text through the group commit (``stream``), both under the room's
+writer lock. The log is squashed into a snapshot every ``snapshot_every_updates``, and
+deleted with the thread. So after a restart, or on a node that follows the session, the
+document read back is the same document (same client ids, same items): a client holding
+a copy just syncs.
+
+A document is kept in memory while a socket syncs it (``open``; freed when the last one
+closes, ``release``) or a run answers in its thread: at most one per open socket's thread
+and one per run in flight. A change to any other thread is made on its document read from
+the log in the transaction, and stored the same way. A streamed piece of text is only
+stored where a socket watches (the reply's row holds the whole text in the end; a socket
+opened mid-run is shown, and the log given, the text so far).
+Clients only read: their updates are judged (``ServerWrites``), never applied.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import TYPE_CHECKING, Any
 
-from pycrdt import TransactionEvent
+from pycrdt import Doc, TransactionEvent
 
-from parley.session.core.thread_doc import ThreadDocument
+from parley.server.runtime.writer import Write, merged, settled
+from parley.server.store.port import SessionTx
+from parley.server.store.rows import StoredDoc
+from parley.session.closes import CloseCode
+from parley.session.core import Effects, SideThread, ThreadTurn, apply_to_threads
+from parley.session.core.effects import DeleteThread, OpenThread, SetThreadStatus
+from parley.session.core.thread_doc import ThreadDocument, show_all
 from parley.session.encoded import EMPTY_STATE_VECTOR
+from parley.session.errors import NotFound, Unavailable
 from parley.session.read_only import ServerWrites
 from parley.session.yprotocol import ProtocolError, SyncType, encode_sync
 
-Send = Callable[[str, bytes], None]  # (thread id, y-websocket message) to its sockets
+if TYPE_CHECKING:
+    from parley.server.runtime.room import SessionRoom
+
+log = logging.getLogger("parley.room")
+
+Mutate = Callable[[ThreadDocument], None]
+RELOAD = "this side-thread's document could not be stored; reconnect to resync"
+
+
+def read_document(stored: StoredDoc) -> ThreadDocument:
+    doc: Doc[Any] = Doc()
+    if stored.snapshot is not None:
+        doc.apply_update(stored.snapshot)
+    for update in stored.updates:
+        doc.apply_update(update)
+    return ThreadDocument(doc)
 
 
 class LiveThreadDoc:
-    """The document of side-thread ``thread_id``; ``send`` reaches its sockets."""
+    """The document of side-thread ``thread_id`` held for its sockets (``send`` reaches
+    them), and where its stored log stands (``last_update_id``, for a follower's tail)."""
 
     def __init__(
-        self, thread_id: str, document: ThreadDocument, send: Send, max_delete_ranges: int
+        self, thread_id: str, stored: StoredDoc, send: Callable[[str, bytes], None], limit: int
     ) -> None:
         self.thread_id = thread_id
-        self.document = document
+        self.document = read_document(stored)
         self.send = send
-        self.writes = ServerWrites(max_delete_ranges)
+        self.writes = ServerWrites(limit)
+        self.last_update_id = stored.last_update_id
+        self.since_snapshot = stored.updates_since_snapshot
         self._captured: list[bytes] = []
-        self._subscription: Any = document.doc.observe(self._capture)
+        self._subscription: Any = self.document.doc.observe(self._capture)
 
     def _capture(self, event: TransactionEvent) -> None:
         self._captured.append(event.update)
 
-    def change(self, mutate: Callable[[ThreadDocument], None]) -> None:
-        """Change the document (``mutate``) and send what changed to the thread's sockets."""
+    def capture(self, mutate: Mutate) -> bytes:
+        """Change the document; the one update that did it (empty: nothing changed)."""
         try:
             mutate(self.document)
         finally:
             captured, self._captured = self._captured, []
-            state = self.document.doc.get_state()
-            for update in captured:
-                self.writes.committed(update, state)
-                self.send(self.thread_id, encode_sync(SyncType.UPDATE, update))
+        return merged(captured)
+
+    def publish(self, update: bytes) -> None:
+        """A stored update: to the thread's sockets."""
+        if update:
+            self.writes.committed(update, self.document.doc.get_state())
+            self.send(self.thread_id, encode_sync(SyncType.UPDATE, update))
+
+    def apply_replicated(self, stored: StoredDoc) -> None:
+        """A follower: apply what the running node stored after ``last_update_id`` (a
+        snapshot it squashed the log into, then updates) and send it on."""
+        if stored.snapshot is not None:
+            before = self.document.doc.get_state()
+            self.document.doc.apply_update(stored.snapshot)
+            self._captured = []
+            self.publish(self.document.doc.get_update(before))
+        for update in stored.updates:
+            self.document.doc.apply_update(update)
+            self._captured = []
+            self.publish(update)
+        self.document = ThreadDocument(self.document.doc)  # its turns by id, read again
+        self.last_update_id = max(self.last_update_id, stored.last_update_id)
 
     def sync_answer(self, state_vector: bytes) -> bytes:
         """The sync step 2 answering a client's step 1: what it lacks (``ProtocolError``
@@ -61,3 +118,199 @@ class LiveThreadDoc:
 
     def is_noop(self, update: bytes) -> bool:
         return self.writes.is_noop(self.document.doc, update)
+
+
+class ThreadDocs:
+    """The documents of one room's side-threads: those its sockets hold, and the writes."""
+
+    def __init__(self, room: SessionRoom) -> None:
+        self.room = room
+        self.live: dict[str, LiveThreadDoc] = {}
+
+    def _live(self, thread_id: str, stored: StoredDoc) -> LiveThreadDoc:
+        limit = self.room.settings.max_delete_ranges_per_update
+        return LiveThreadDoc(thread_id, stored, self.room.sockets.send_thread, limit)
+
+    async def open(
+        self,
+        thread_id: str,
+        committed: Callable[[], SideThread | None],
+        running: Callable[[], Sequence[ThreadTurn]],
+        writes: bool,
+    ) -> LiveThreadDoc:
+        """The document of thread ``thread_id`` for a socket, read from its log if not
+        held here. Where the session runs (``writes``) the thread as ``committed`` and the
+        turns of its run in flight (``running``) are shown and stored, read under the
+        writer lock so they agree with the log (a thread stored before its log was kept is
+        shown whole); a follower serves the log as it is (``Unavailable`` while there is
+        none). ``NotFound`` if the thread was deleted meanwhile."""
+        live = self.live.get(thread_id)
+        if live is not None and (self._watched(thread_id) or not writes):
+            return live
+        room = self.room
+        if not writes:
+            stored = await room.store.load_thread_doc(room.session_id, thread_id)
+            if stored.snapshot is None and not stored.updates:
+                raise Unavailable("this side-thread's document is not stored yet; reconnect")
+            return self.live.setdefault(thread_id, self._live(thread_id, stored))
+        async with room.writer.lock:
+            live = self.live.get(thread_id)
+            if live is not None and self._watched(thread_id):
+                return live
+            room.writer.require_usable()
+            if live is None:  # else held for its run: its streamed text is shown now
+                stored = await room.store.load_thread_doc(room.session_id, thread_id)
+                live = self._live(thread_id, stored)
+            thread = committed()
+            if thread is None:
+                raise NotFound("side-thread deleted")
+            update = live.capture(lambda document: show_all(document, thread, running()))
+            if update:
+                async with room.store.transaction("side-thread document") as tx:
+                    if room.writer.fence is not None:
+                        await room.writer.fence.check(tx)
+                    await self._append(tx, live, thread_id, update)
+            live.publish(update)  # nobody holds it yet: keeps what judges clients current
+            self.live[thread_id] = live
+            return live
+
+    def forget(self) -> None:
+        """The room was loaded again (a restart of its runner, a takeover): documents held
+        may be behind their logs; their sockets resync."""
+        for thread_id in list(self.live):
+            self._lost(self.live[thread_id])
+
+    def _watched(self, thread_id: str) -> bool:
+        return bool(self.room.sockets.thread_connections.get(thread_id))
+
+    def release(self, thread_id: str) -> None:
+        """The thread's last socket closed: its document is read from the log next time
+        (held until its run in flight, if any, is stored)."""
+        thread = self.room.side_threads.threads.get(thread_id)
+        if not self._watched(thread_id) and (thread is None or not thread.running):
+            self.live.pop(thread_id, None)
+
+    async def write(self, write: Write, threads: dict[str, SideThread], effects: Effects) -> None:
+        """In the room's transaction: bring the documents of the threads ``effects``
+        changes to them as ``threads`` (the committed side-threads) will be, and store
+        each update; sent to the sockets after the commit."""
+        after = dict(threads)
+        apply_to_threads(after, effects)
+        change = effects.thread
+        if isinstance(change, DeleteThread):
+            await self._published(write.tx, 0)  # followers close their sockets of it
+        shown = {t.id for t in effects.thread_turns} | {s.turn_id for s in effects.thread_settle}
+        changed = {t.thread_id for t in effects.thread_turns}
+        changed.update(s.thread_id for s in effects.thread_settle)
+        if isinstance(change, OpenThread):
+            changed.add(change.thread.id)
+        elif isinstance(change, SetThreadStatus):
+            changed.add(change.thread_id)
+        for thread_id in sorted(changed):
+            thread = after.get(thread_id)
+            if thread is not None:
+                await self._write_one(write, thread, shown)
+
+    async def _write_one(self, write: Write, thread: SideThread, shown: set[str]) -> None:
+        tx, room = write.tx, self.room
+        live = self.live.get(thread.id)
+        fresh = False
+        if live is None:  # nobody watches: its document as the log holds it, for this change
+            stored = await tx.load_thread_doc(room.session_id, thread.id)
+            live = self._live(thread.id, stored)
+            fresh = stored.snapshot is None and not stored.updates
+
+        def mutate(document: ThreadDocument) -> None:
+            document.show_thread(thread)
+            for turn in thread.turns:
+                if fresh or turn.id in shown:
+                    document.show_turn(turn)
+            if not thread.running and thread.id not in room.side_threads.active:
+                document.drop_unstored({t.id for t in thread.turns})
+
+        held = live
+        write.undone.append(lambda: self._lost(held))
+        update = live.capture(mutate)
+        if update:
+            await self._append(tx, live, thread.id, update)
+            write.after_commit.append(lambda: held.publish(update))
+        write.after_commit.append(partial(self._hold, held, thread.running))
+
+    def _hold(self, live: LiveThreadDoc, running: bool) -> None:
+        """After a commit: a thread's document stays in memory while a socket syncs it
+        or a run answers in it (its end is stored on it), and no longer."""
+        if running or self._watched(live.thread_id):
+            self.live.setdefault(live.thread_id, live)
+        elif self.live.get(live.thread_id) is live:
+            del self.live[live.thread_id]
+
+    async def stream(self, thread_id: str, record: Callable[[], None], mutate: Mutate) -> None:
+        """A step of a run in flight: ``record`` it, then, if a socket watches the thread,
+        show it (``mutate``), stored through the group commit before it is sent. Under the
+        writer lock, so a document opened meanwhile shows the step once."""
+        room = self.room
+        async with room.writer.lock:
+            record()
+            live = self.live.get(thread_id)
+            if live is None or not self._watched(thread_id) or room.writer.failed is not None:
+                return  # nobody watches: the reply's row holds it all in the end
+            update = live.capture(mutate)
+            if not update:
+                return
+            fence = room.writer.fence
+            stored = room.store.group.submit(room.session_id, update, fence, thread_id=thread_id)
+            cancelled = await settled(stored)
+            try:
+                update_id = stored.result()
+            except Exception:
+                log.warning("a side-thread update was not stored", exc_info=True)
+                self._lost(live)
+            else:
+                live.last_update_id = update_id
+                live.publish(update)
+                if self._due(live):
+                    await self._snapshot_after(live, update_id)
+            if cancelled:
+                raise asyncio.CancelledError
+
+    async def _append(
+        self, tx: SessionTx, live: LiveThreadDoc, thread_id: str, update: bytes
+    ) -> None:
+        row = (self.room.session_id, thread_id, update)
+        (update_id,) = await tx.append_thread_updates([row])
+        live.last_update_id = update_id
+        await self._published(tx, update_id)
+        if self._due(live):
+            await self._snapshot(tx, live, update_id)
+
+    async def _published(self, tx: SessionTx, update_id: int) -> None:
+        fence = self.room.writer.fence
+        if fence is not None:
+            await fence.published(tx, update_id)
+
+    def _due(self, live: LiveThreadDoc) -> bool:
+        live.since_snapshot += 1
+        return live.since_snapshot >= self.room.settings.snapshot_every_updates
+
+    async def _snapshot(self, tx: SessionTx, live: LiveThreadDoc, update_id: int) -> None:
+        data = live.document.doc.get_update()
+        session_id, now = self.room.session_id, self.room.now_ms()
+        await tx.write_thread_snapshot(session_id, live.thread_id, data, update_id, now)
+        live.since_snapshot = 0
+
+    async def _snapshot_after(self, live: LiveThreadDoc, update_id: int) -> None:
+        """Squash after a group-committed update (stored and sent already: a failure only
+        leaves the log longer)."""
+        try:
+            async with self.room.store.transaction("side-thread snapshot") as tx:
+                if self.room.writer.fence is not None:
+                    await self.room.writer.fence.check(tx)
+                await self._snapshot(tx, live, update_id)
+        except Exception:
+            log.warning("side-thread snapshot failed", exc_info=True)
+
+    def _lost(self, live: LiveThreadDoc) -> None:
+        """``live`` holds a change that was not stored: drop it; its sockets resync."""
+        if self.live.get(live.thread_id) is live:
+            del self.live[live.thread_id]
+            self.room.sockets.close_thread(live.thread_id, CloseCode.TRY_AGAIN, RELOAD)

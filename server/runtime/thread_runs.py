@@ -73,7 +73,7 @@ class ThreadRuns:
         active = ActiveRun(Run((prompt,)), reply, scope, steps)
         threads.active[thread.id] = active
         try:
-            steps.started(active)
+            await steps.started(active)
             built = room.context.build((prompt.id,), scope, thread)
             request = replace(built.request, tools=scope.tool_specs)
             seen = room.context.audit_of(built, thread)

@@ -35,14 +35,14 @@ from parley.session.yprotocol import SyncType, encode_sync
 log = logging.getLogger("parley.room")
 
 
-def _merged(updates: list[bytes]) -> bytes:
+def merged(updates: list[bytes]) -> bytes:
     """One update for what a write changed (empty if nothing)."""
     if not updates:
         return b""
     return updates[0] if len(updates) == 1 else merge_updates(*updates)
 
 
-async def _settled(future: asyncio.Future[Any]) -> bool:
+async def settled(future: asyncio.Future[Any]) -> bool:
     """Wait until ``future`` is done, whatever happens; True if this task was cancelled
     meanwhile (the caller re-raises once it has dealt with the outcome)."""
     cancelled = False
@@ -66,6 +66,8 @@ class Write:
     # The text of each reply completed in this write, None when restricted: what a
     # ``reply.completed`` webhook may carry (the events themselves carry no content).
     replies: dict[str, str | None] = field(default_factory=dict)
+    # What to do if it does not commit (a side-thread's document changed with it).
+    undone: list[Callable[[], object]] = field(default_factory=list)
 
 
 class DocumentWriter:
@@ -159,7 +161,7 @@ class DocumentWriter:
     async def writing(self) -> AsyncIterator[Write]:
         """Serialize a change: store its rows and CRDT update, commit, then broadcast."""
         async with self.lock:
-            self._require_usable()
+            self.require_usable()
             captured = self._capturing()
             write: Write | None = None
             update, numbers = b"", []
@@ -169,7 +171,7 @@ class DocumentWriter:
                         await self.fence.check(tx)
                     write = Write(tx)
                     yield write
-                    update = _merged(captured)
+                    update = merged(captured)
                     if update:
                         update_id = await tx.append_update(self.session_id, update)
                         await self._published(tx, update_id)
@@ -179,6 +181,8 @@ class DocumentWriter:
                     )
             except BaseException:
                 if write is None or not write.tx.committed:
+                    for undo in [] if write is None else write.undone:
+                        undo()
                     await self._forget(captured)
                     raise
                 # Committed, then interrupted (a cancel while the connection closed): the
@@ -202,19 +206,19 @@ class DocumentWriter:
         promise of ``writing`` (stored before it is broadcast), kept through the group
         commit, which stores it with other sessions' updates in one transaction."""
         async with self.lock:
-            self._require_usable()
+            self.require_usable()
             captured = self._capturing()
             cancelled = False
             try:
                 yield
                 self._captured = None
-                update = _merged(captured)
+                update = merged(captured)
                 stored = None
                 if update:
                     stored = self.store.group.submit(self.session_id, update, self.fence)
                     # The round commits or fails whatever happens to this task: wait for it
                     # even if cancelled, so the document, the store and the sockets agree.
-                    cancelled = await _settled(stored)
+                    cancelled = await settled(stored)
                     update_id = stored.result()
             except BaseException:
                 await self._forget(captured)
@@ -231,7 +235,7 @@ class DocumentWriter:
                     raise asyncio.CancelledError
         self.last_active = self.clock()
 
-    def _require_usable(self) -> None:
+    def require_usable(self) -> None:
         """A failed room's document may hold a change that was never stored: a write
         made on it would depend on that change. The reloaded room takes writes."""
         if self.failed is not None:

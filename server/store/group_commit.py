@@ -42,6 +42,7 @@ class _Pending:
     update: bytes
     fence: WriteFence | None
     stored: asyncio.Future[int]
+    thread_id: str | None = None  # set: an update of that side-thread's document
 
 
 def insert_updates(rows: Sequence[tuple[str, bytes]]) -> tuple[object, list[dict[str, object]]]:
@@ -62,13 +63,18 @@ class GroupCommit:
         self.rounds = 0
 
     def submit(
-        self, session_id: str, update: bytes, fence: WriteFence | None
+        self,
+        session_id: str,
+        update: bytes,
+        fence: WriteFence | None,
+        thread_id: str | None = None,
     ) -> asyncio.Future[int]:
-        """Queue an update; the future gives its update id once committed, or the error
-        that kept it out (the round's own, or its session's fence refusing it)."""
+        """Queue an update (of side-thread ``thread_id``'s document if given, else of the
+        session's); the future gives its update id once committed, or the error that kept
+        it out (the round's own, or its session's fence refusing it)."""
         loop = asyncio.get_running_loop()
         stored: asyncio.Future[int] = loop.create_future()
-        self._pending.append(_Pending(session_id, update, fence, stored))
+        self._pending.append(_Pending(session_id, update, fence, stored, thread_id))
         if self._task is None or self._task.done():
             self._task = loop.create_task(self._commit_rounds(), name="group-commit")
         return stored
@@ -107,7 +113,7 @@ class GroupCommit:
                 except Exception as exc:  # this session only: the others commit
                     refused[key] = exc
             admitted = [i for i in batch if id(i.fence) not in refused]
-            ids = await tx.append_updates([(i.session_id, i.update) for i in admitted])
+            ids = await _append(tx, admitted)
             for item, update_id in zip(admitted, ids, strict=True):
                 if item.fence is not None:
                     await item.fence.published(tx, update_id)
@@ -121,6 +127,18 @@ class GroupCommit:
         if self._task is not None:
             with contextlib.suppress(BaseException):
                 await self._task
+
+
+async def _append(tx: SessionTx, items: list[_Pending]) -> list[int]:
+    """Store ``items`` (sessions' updates and side-threads'); their ids, in order."""
+    ids: dict[int, int] = {}
+    sessions = [i for i in items if i.thread_id is None]
+    threads = [i for i in items if i.thread_id is not None]
+    stored = await tx.append_updates([(i.session_id, i.update) for i in sessions])
+    ids.update(zip(map(id, sessions), stored, strict=True))
+    rows = [(i.session_id, i.thread_id or "", i.update) for i in threads]
+    ids.update(zip(map(id, threads), await tx.append_thread_updates(rows), strict=True))
+    return [ids[id(i)] for i in items]
 
 
 def _stored(batch: list[_Pending], ids: list[int]) -> None:

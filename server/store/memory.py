@@ -198,6 +198,11 @@ class MemoryStore:
             return []
         return sorted(s.threads.values(), key=lambda t: (t.created_at, t.id))
 
+    async def load_thread_doc(self, session_id: str, thread_id: str) -> StoredDoc:
+        s = self._read(session_id)
+        log = None if s is None else s.thread_logs.get(thread_id)
+        return StoredDoc(None, [], 0) if log is None else log.stored()
+
     async def record_usage(self, rows: Sequence[UsageRow]) -> None:
         if rows:
             async with self.transaction() as tx:

@@ -14,6 +14,7 @@ from parley.server.store.rows import (
     EntryRow,
     MemberRow,
     SessionRow,
+    StoredDoc,
 )
 from parley.server.store.usage import UsageRow
 from parley.session.core.thread_state import SideThread, ThreadTurn
@@ -26,6 +27,23 @@ from parley.session.summary import Summary
 
 if TYPE_CHECKING:
     pass
+
+
+@dataclass(frozen=True, slots=True)
+class ThreadLog:
+    """A side-thread's document: its snapshot (with the id of the last update it covers)
+    and the updates after it. Replaced, never changed, so a copy of the session shares it."""
+
+    snapshot: bytes | None = None
+    snapshot_id: int = 0
+    updates: tuple[tuple[int, bytes], ...] = ()
+
+    def stored(self, after: int = 0) -> StoredDoc:
+        snapshot = self.snapshot if self.snapshot_id > after else None
+        start = after if snapshot is None else max(after, self.snapshot_id)
+        updates = [(i, u) for i, u in self.updates if i > start]
+        last = updates[-1][0] if updates else start
+        return StoredDoc(snapshot, [u for _, u in updates], len(updates), last)
 
 
 @dataclass(slots=True)
@@ -48,6 +66,7 @@ class SessionRows:
     tokens: dict[str, TokenRow] = field(default_factory=dict)
     documents: dict[str, DocumentRow] = field(default_factory=dict)
     threads: dict[str, SideThread] = field(default_factory=dict)  # each with its turns
+    thread_logs: dict[str, ThreadLog] = field(default_factory=dict)
 
     def copy(self) -> SessionRows:
         return SessionRows(
@@ -67,6 +86,7 @@ class SessionRows:
             dict(self.tokens),
             dict(self.documents),
             dict(self.threads),
+            dict(self.thread_logs),
         )
 
 
@@ -225,6 +245,31 @@ class MemoryTx:
 
     async def delete_thread(self, session_id: str, thread_id: str) -> None:
         self.session(session_id).threads.pop(thread_id, None)
+        self.session(session_id).thread_logs.pop(thread_id, None)
+
+    async def append_thread_updates(self, rows: Sequence[tuple[str, str, bytes]]) -> list[int]:
+        ids = []
+        for session_id, thread_id, data in rows:
+            s = self.session(session_id)
+            if thread_id not in s.threads:  # a foreign key: the thread must be there
+                raise LookupError(thread_id)
+            self.last_update_id += 1
+            log = s.thread_logs.get(thread_id, ThreadLog())
+            updates = (*log.updates, (self.last_update_id, data))
+            s.thread_logs[thread_id] = replace(log, updates=updates)
+            ids.append(self.last_update_id)
+        return ids
+
+    async def write_thread_snapshot(
+        self, session_id: str, thread_id: str, data: bytes, last_update_id: int, now: int
+    ) -> None:
+        s = self.session(session_id)
+        log = s.thread_logs.get(thread_id, ThreadLog())
+        kept = tuple((i, u) for i, u in log.updates if i > last_update_id)
+        s.thread_logs[thread_id] = ThreadLog(data, last_update_id, kept)
+
+    async def load_thread_doc(self, session_id: str, thread_id: str) -> StoredDoc:
+        return self.session(session_id).thread_logs.get(thread_id, ThreadLog()).stored()
 
     async def insert_thread_turn(self, session_id: str, turn: ThreadTurn) -> None:
         threads = self.session(session_id).threads

@@ -105,6 +105,21 @@ class SessionTx(Protocol):
 
     async def insert_thread_turn(self, session_id: str, turn: ThreadTurn) -> None: ...
 
+    async def append_thread_updates(self, rows: Sequence[tuple[str, str, bytes]]) -> list[int]:
+        """Side-threads' document updates (session id, thread id, update); their ids
+        (increasing), in the order given."""
+        ...
+
+    async def write_thread_snapshot(
+        self, session_id: str, thread_id: str, data: bytes, last_update_id: int, now: int
+    ) -> None:
+        """Replace the thread's snapshot and drop its updates up to ``last_update_id``."""
+        ...
+
+    async def load_thread_doc(self, session_id: str, thread_id: str) -> StoredDoc:
+        """The thread's document as this transaction sees it (its own writes included)."""
+        ...
+
     async def set_thread_turn_status(
         self, session_id: str, turn_id: str, status: str, reason_code: str | None
     ) -> None: ...
@@ -122,7 +137,11 @@ class UpdateGroup(Protocol):
     """Streamed document updates of many sessions, committed a round at a time
     (``server.store.group_commit.GroupCommit``)."""
 
-    def submit(self, session_id: str, update: bytes, fence: Any) -> asyncio.Future[int]: ...
+    def submit(
+        self, session_id: str, update: bytes, fence: Any, thread_id: str | None = None
+    ) -> asyncio.Future[int]:
+        """``thread_id``: the update is of that side-thread's document."""
+        ...
 
 
 class RuntimeAccess(Protocol):
@@ -188,6 +207,10 @@ class SessionStore(Transactional, Protocol):
 
     async def load_threads(self, session_id: str) -> list[SideThread]:
         """The session's side-threads, oldest first, each with its turns in order."""
+        ...
+
+    async def load_thread_doc(self, session_id: str, thread_id: str) -> StoredDoc:
+        """A side-thread's document: its snapshot and the updates after it."""
         ...
 
     async def load_summaries(self, session_id: str) -> list[Summary]:

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from sqlalchemy import and_, func, insert, select
 
-from parley.server.store import thread_rows
+from parley.server.store import thread_log, thread_rows
 from parley.server.store.database import Database
 from parley.server.store.rows import (
     EntryRow,
@@ -209,6 +209,11 @@ class SessionReads(Database):
         """The session's side-threads, oldest first, each with its turns."""
         async with self.read() as connection:
             return await thread_rows.load_threads(connection, session_id)
+
+    async def load_thread_doc(self, session_id: str, thread_id: str) -> StoredDoc:
+        """A side-thread's document: its snapshot and the updates after it."""
+        async with self.read() as connection:
+            return await thread_log.load(connection, thread_id)
 
     async def load_summaries(self, session_id: str) -> list[Summary]:
         """The session's summaries, oldest first, each with everything it covers."""

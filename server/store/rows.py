@@ -79,6 +79,7 @@ class StoredDoc:
     snapshot: bytes | None
     updates: list[bytes]
     updates_since_snapshot: int
+    last_update_id: int = 0  # of the newest update read (or the snapshot's): 0 for none
 
 
 def session_row(row: Any) -> SessionRow:

@@ -43,7 +43,11 @@ from parley.server.store.tables import (
     quotas,
     session_events,
     sessions,
+    side_thread_turns,
+    side_threads,
     summaries,
+    thread_doc_snapshots,
+    thread_doc_updates,
 )
 from parley.server.store.transaction import StoreTx
 from parley.server.store.usage import UsageTables
@@ -135,6 +139,10 @@ class Store(SessionReads, UsageTables):
                 await tx.outbox(session_id, [(0, now, SESSION_DELETED, {})])
             # Children first: SQLite enforces ON DELETE CASCADE only with the pragma on.
             for table in (
+                thread_doc_updates,
+                thread_doc_snapshots,
+                side_thread_turns,
+                side_threads,
                 session_events,
                 summaries,
                 audit_log,

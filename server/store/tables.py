@@ -368,3 +368,29 @@ side_thread_turns = Table(
     Column("created_at", BigInteger, nullable=False),
 )
 Index("ix_side_thread_turns_thread_id", side_thread_turns.c.thread_id)
+
+# Each side-thread's own CRDT document, stored as the session's is (``doc_updates``,
+# ``doc_snapshots``): appended in the transaction of the rows it shows, before it is sent.
+thread_doc_updates = Table(
+    "thread_doc_updates",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("session_id", String(64), ForeignKey("sessions.id", ondelete="CASCADE"), nullable=False),
+    Column(
+        "thread_id", String(64), ForeignKey("side_threads.id", ondelete="CASCADE"), nullable=False
+    ),
+    Column("data", LargeBinary, nullable=False),
+)
+Index("ix_thread_doc_updates_thread_id", thread_doc_updates.c.thread_id, thread_doc_updates.c.id)
+
+thread_doc_snapshots = Table(
+    "thread_doc_snapshots",
+    metadata,
+    Column(
+        "thread_id", String(64), ForeignKey("side_threads.id", ondelete="CASCADE"), primary_key=True
+    ),
+    Column("session_id", String(64), ForeignKey("sessions.id", ondelete="CASCADE"), nullable=False),
+    Column("data", LargeBinary, nullable=False),
+    Column("last_update_id", BigInteger, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+)

@@ -14,13 +14,13 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from parley.server.store import thread_rows
+from parley.server.store import thread_log, thread_rows
 from parley.server.store.access import insert_audit, insert_private
 from parley.server.store.access_rows import PrivateItem
 from parley.server.store.counters import ClaimedSeqs, SequenceMoved
 from parley.server.store.group_commit import insert_updates
 from parley.server.store.outbox import enqueue
-from parley.server.store.rows import EntryRow
+from parley.server.store.rows import EntryRow, StoredDoc
 from parley.server.store.tables import doc_snapshots, doc_updates, entries, session_events, sessions
 from parley.server.store.webhooks import Subscriptions, version_now
 from parley.session.core import SideThread, ThreadTurn
@@ -238,7 +238,21 @@ class StoreTx:
         await thread_rows.set_thread_status(self.connection, session_id, thread_id, status)
 
     async def delete_thread(self, session_id: str, thread_id: str) -> None:
+        await thread_log.delete_log(self.connection, thread_id)
         await thread_rows.delete_thread(self.connection, session_id, thread_id)
+
+    async def append_thread_updates(self, rows: Sequence[tuple[str, str, bytes]]) -> list[int]:
+        return await thread_log.append(self.connection, rows)
+
+    async def write_thread_snapshot(
+        self, session_id: str, thread_id: str, data: bytes, last_update_id: int, now: int
+    ) -> None:
+        await thread_log.write_snapshot(
+            self.connection, session_id, thread_id, data, last_update_id, now
+        )
+
+    async def load_thread_doc(self, session_id: str, thread_id: str) -> StoredDoc:
+        return await thread_log.load(self.connection, thread_id)
 
     async def insert_thread_turn(self, session_id: str, turn: ThreadTurn) -> None:
         await thread_rows.insert_turn(self.connection, session_id, turn)

@@ -11,11 +11,17 @@ refused again and again is cut off, 4429); awareness is taken and shown to nobod
 thread has one reader), a query for it is answered with no states. Commands go over the
 session's socket; one sent here closes this one (4400).
 
+The document is stored as it changes (``server.runtime.thread_docs``): after a restart
+the same document is read back, so a client that kept its ``Y.Doc`` just syncs. In
+cluster mode a node that follows the session serves it too, read from the stored log and
+kept up with it as the running node stores more (a reply streamed there included).
+
 It closes 4404 when the thread is deleted or the session deleted, 4403 or 4401 when its
 member is removed or their token revoked (as every socket of theirs), 1013 when the
-session moves to another node, and 4410 when the client holds a document this one is not
-(built before a restart: only stored turns come back, so a new ``Y.Doc`` must sync).
-In cluster mode only the node that runs the session serves it; another closes it 1013.
+session moves to another node or an update of the thread could not be stored (reconnect
+to resync), and 4410 when the client holds a document this one does not cover: one of a
+thread stored before its document was (it is built from its rows), so a new ``Y.Doc``
+must sync.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from parley.server.ws.admission import admit, charged, receive, serve
 from parley.server.ws.connection import Connection
 from parley.server.ws.deadlines import SocketDeadlines
 from parley.session.closes import CloseCode
-from parley.session.errors import Forbidden, NotFound, ParleyError, close_code_for
+from parley.session.errors import Forbidden, ParleyError, close_code_for
 from parley.session.yprotocol import (
     AwarenessMessage,
     ProtocolError,
@@ -45,8 +51,7 @@ from parley.session.yprotocol import (
 log = logging.getLogger("parley.ws")
 
 NO_STATES = b"\x00"  # an awareness update of no clients
-ELSEWHERE = "side-threads are served by the node that runs the session; reconnect"
-REBUILT = "this side-thread's document was built anew (a restart): sync it into a new Y.Doc"
+REBUILT = "this side-thread's document was built anew from its rows: sync it into a new Y.Doc"
 
 
 async def thread_socket(websocket: WebSocket) -> None:
@@ -57,13 +62,13 @@ async def thread_socket(websocket: WebSocket) -> None:
     room, connection = admitted.room, admitted.connection
     thread_id = websocket.path_params["thread_id"]
     live: LiveThreadDoc | None = None
-    if not await state.rooms.runs_here(room):
-        connection.close(CloseCode.TRY_AGAIN, ELSEWHERE)
-    else:
-        try:
-            live = room.side_threads.document(thread_id, connection.user_id)
-        except NotFound as exc:
-            connection.close(close_code_for(exc), exc.message[:120])
+    try:
+        writes = await state.rooms.runs_here(room)
+        if not writes:  # a follower: the thread's rows as stored now, its document's log
+            await room.side_threads.read_rows()
+        live = await room.side_threads.document(thread_id, connection.user_id, writes=writes)
+    except ParleyError as exc:  # NotFound; Unavailable: the database, or no log yet
+        connection.close(close_code_for(exc), exc.message[:120])
     if live is None:
         await connection.wait_closed()
         return
@@ -71,6 +76,7 @@ async def thread_socket(websocket: WebSocket) -> None:
 
     def cleanup() -> None:
         room.sockets.detach_thread(thread_id, connection)
+        room.side_threads.docs.release(thread_id)
 
     await serve(
         state,

@@ -13,9 +13,9 @@ Roots (written by the server only; clients read):
 
 The rows (``SideThread``, ``ThreadTurn``) are the truth: the document is built from them
 (``thread_document``) and brought to each stored change (``show_thread``, ``show_turn``);
-only a reply's streamed text runs ahead of them. A document built again (say after a
-restart) is a new document: a client that held the old one must start from an empty one
-(``covers``).
+only a reply's streamed text runs ahead of them. The server stores each of its updates
+(``server.runtime.thread_docs``), so the document read back after a restart is the same
+one; a client holding a document this one does not cover holds another (``covers``).
 """
 
 from __future__ import annotations
@@ -107,6 +107,15 @@ class ThreadDocument:
             content: Text = shown["content"]
             content.insert(len(content), text)
 
+    def drop_unstored(self, stored: set[str]) -> None:
+        """Remove the turns whose ids are not ``stored``: a reply cut off before it was
+        stored (a restart mid-run), so the document shows what the rows hold."""
+        for index in reversed(range(len(self.turns))):
+            turn_id = str(self.turns[index]["id"])
+            if turn_id not in stored:
+                del self.turns[index]
+                self._by_id.pop(turn_id, None)
+
     # -- reading ---------------------------------------------------------------------------
 
     def turn_ids(self) -> list[str]:
@@ -147,14 +156,23 @@ def _show_text(content: Text, text: str) -> None:
     content.insert(0, text)
 
 
+def show_all(
+    document: ThreadDocument, thread: SideThread, running: Sequence[ThreadTurn] = ()
+) -> None:
+    """Show ``thread`` as stored, then ``running``: the turns of a run in flight not
+    stored yet (its tool steps, then its reply so far, ``streaming``)."""
+    document.show_thread(thread)
+    for turn in thread.turns:
+        document.show_turn(turn)
+    for turn in running:  # a tool step goes before the reply, if that is shown already
+        document.show_turn(turn, before=running[-1].id if turn is not running[-1] else None)
+
+
 def thread_document(
     thread: SideThread,
     running: Sequence[ThreadTurn] = (),
 ) -> ThreadDocument:
-    """A new document showing ``thread`` as stored, then ``running``: the turns of a run in
-    flight not stored yet (its tool steps, then its reply so far, ``streaming``)."""
+    """A new document showing ``thread`` (``show_all``)."""
     document = ThreadDocument(Doc())
-    document.show_thread(thread)
-    for turn in (*thread.turns, *running):
-        document.show_turn(turn)
+    show_all(document, thread, running)
     return document

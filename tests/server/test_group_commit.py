@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import event, text
 
-from parley.server.runtime.writer import _settled
+from parley.server.runtime.writer import settled
 from parley.server.store.db import create_engine, migrate
 from parley.server.store.sessions import Store, StoreTx
 from parley.session.errors import Unavailable
@@ -140,7 +140,7 @@ async def test_a_writer_cancelled_mid_round_still_learns_its_outcome() -> None:
     """A streaming run interrupted while its text commits must know whether it was
     stored (to send it, or to roll the document back) before it unwinds."""
     round_done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-    waiter = asyncio.create_task(_settled(round_done))
+    waiter = asyncio.create_task(settled(round_done))
     await asyncio.sleep(0)
     waiter.cancel()
     await asyncio.sleep(0)

@@ -1,7 +1,8 @@
 """A side-thread's socket over the real app: an unmodified Yjs client (npm yjs +
 y-websocket + ws) syncs bob's side-thread as its reply streams, cannot write it, and is
-closed when the thread is deleted; alice's token is refused on it. (The document's rules,
-a reload and membership changes: ``tests/server/runtime/test_thread_docs.py``.)"""
+closed when the thread is deleted; alice's token is refused on it. The client keeps its
+``Y.Doc`` across a restart of the server and just syncs again. (The document's rules, a
+reload and membership changes: ``tests/server/runtime/test_thread_docs.py``.)"""
 
 from __future__ import annotations
 
@@ -12,7 +13,15 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import RunningServer, make_settings, serve_in_process, sqlite_url
+from tests.conftest import (
+    ADMIN_KEY,
+    RunningServer,
+    ServerProcess,
+    free_port,
+    make_settings,
+    serve_in_process,
+    sqlite_url,
+)
 from tests.server.test_ws import close_code_of
 from tests.stock_client import StockYjsClient, ensure_node_modules
 
@@ -79,3 +88,50 @@ async def _until(stock: StockYjsClient, done: Any) -> dict[str, Any]:
             return dump
         await asyncio.sleep(0.05)
     raise AssertionError(f"not reached: {dump}")
+
+
+async def test_a_stock_client_keeps_its_side_thread_document_across_a_restart(
+    tmp_path: Path, server_processes: list[ServerProcess]
+) -> None:
+    await asyncio.to_thread(ensure_node_modules)
+    node = ServerProcess(
+        sqlite_url(tmp_path), tmp_path / "data", free_port(), PARLEY_OFFLINE_TOKEN_DELAY_MS="5"
+    )
+    server_processes.append(node)
+    await node.start()
+    admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    async with httpx.AsyncClient(base_url=node.base_url, headers=admin, timeout=20) as http:
+        sid = (await http.post("/api/v1/sessions", json={"title": "t"})).json()["id"]
+        await http.put(f"/api/v1/sessions/{sid}/members/bob", json={"role": "editor"})
+        token = await http.post(f"/api/v1/sessions/{sid}/tokens", json={"user_id": "bob"})
+        bob_token = token.json()["token"]
+    base = f"/api/v1/sessions/{sid}/threads"
+    async with httpx.AsyncClient(
+        base_url=node.base_url, headers={"Authorization": f"Bearer {bob_token}"}, timeout=20
+    ) as as_bob:
+        thread_id = (await as_bob.post(base, json={"title": "mine"})).json()["thread_id"]
+        threads_url = f"{node.ws_url}/ws/sessions/{sid}/threads"
+        stock = await StockYjsClient.start(threads_url, thread_id, bob_token, name="Bob")
+        try:
+            await stock.wait_event(lambda e: e.get("event") == "sync" and e["synced"], 15)
+            first = await as_bob.post(f"{base}/{thread_id}/prompts", json={"text": "one"})
+            await _until(stock, lambda d: _status(d, first.json()["reply_id"]) == "done")
+            node.kill()
+            await stock.wait_event(lambda e: e.get("event") == "connection-close", 10)
+            await node.start()
+            # The provider reconnects with the Y.Doc it kept: the server holds the same
+            # document (read back from its log), so it syncs instead of being closed 4410.
+            await stock.wait_event(lambda e: e.get("event") == "sync" and e["synced"], 30)
+            second = await as_bob.post(f"{base}/{thread_id}/prompts", json={"text": "two"})
+            assert second.status_code == 202, second.text
+            dump = await _until(stock, lambda d: _status(d, second.json()["reply_id"]) == "done")
+            stored = (await as_bob.get(f"{base}/{thread_id}")).json()
+            assert [(t["id"], t["status"], t["content"]) for t in dump["turns"]] == [
+                (t["id"], t["status"], t["text"]) for t in stored["turns"]
+            ]
+            assert len(dump["turns"]) == len({t["id"] for t in dump["turns"]}) == 4
+            assert [t["content"] for t in dump["turns"][::2]] == ["one", "two"]
+            closes = [e for e in stock.history if e.get("event") == "connection-close"]
+            assert [e.get("code") for e in closes if e.get("code") == 4410] == []
+        finally:
+            await stock.close()

@@ -1,19 +1,23 @@
 """Side-thread commands sent to a node that does not run the session go through the same
 forwarding door as the session's: carried out where it runs, answered where they came. A
-side-thread's socket is served by the running node alone: another closes it 1013."""
+side-thread's socket on a node that follows the session is served too, as the session's
+is: its document read from the stored log, kept up with it (a reply streamed on the
+running node included); it is read-only there as everywhere."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
 from tests.conftest import ADMIN_KEY
 from tests.server.cluster.nodes import cluster
-from tests.server.test_ws import close_code_of
+from tests.stock_client import StockYjsClient, ensure_node_modules
 
-pytestmark = pytest.mark.postgres
+pytestmark = [pytest.mark.postgres, pytest.mark.node]
 
 
 async def test_side_thread_commands_on_a_following_node_reach_the_running_one(
@@ -55,10 +59,54 @@ async def test_side_thread_commands_on_a_following_node_reach_the_running_one(
                 f"{base}/{thread_id}/prompts", json={"as_user": "bob", "text": "hi", "id": "p"}
             )
             assert again.json() == asked.json()  # resent by its id: its first answer
-            # The thread's document is served by the running node alone (``ELSEWHERE``).
+            # The following node serves the thread's document from its stored log.
             issued = await http.post(f"/api/v1/sessions/{sid}/tokens", json={"user_id": "bob"})
             token = issued.json()["token"]
-            url = f"{other.ws_url}/ws/sessions/{sid}/threads/{thread_id}?token={token}"
-            assert await close_code_of(url) == 1013
+            await asyncio.to_thread(ensure_node_modules)
+            url = f"{other.ws_url}/ws/sessions/{sid}/threads"
+            stock = await StockYjsClient.start(url, thread_id, token, name="Bob")
+            try:
+                await stock.wait_event(lambda e: e.get("event") == "sync" and e["synced"], 15)
+                dump = await stock.dump()
+                assert [(t["kind"], t["status"]) for t in dump["turns"]] == [
+                    ("prompt", "done"),
+                    ("reply", "done"),
+                ]
+                # A reply the running node streams reaches the socket here, as stored.
+                more = await http.post(
+                    f"{base}/{thread_id}/prompts",
+                    json={"as_user": "bob", "text": "more", "id": "q"},
+                )
+                assert more.status_code == 202, more.text
+                reply_id = more.json()["reply_id"]
+                dump = await _until(stock, lambda d: _status(d, reply_id) == "done")
+                stored = (await http.get(f"{base}/{thread_id}")).json()
+                assert [(t["id"], t["status"], t["content"]) for t in dump["turns"]] == [
+                    (t["id"], t["status"], t["text"]) for t in stored["turns"]
+                ]
+                assert dump["turns"][-1]["content"]
+                written = await stock.command({"cmd": "write"})
+                assert written["attempted"] == 4  # refused here as on the running node
+                deleted = await http.delete(f"{base}/{thread_id}", params={"as_user": "bob"})
+                assert deleted.status_code == 204, deleted.text
+                closed = await stock.wait_event(
+                    lambda e: e.get("event") == "connection-close" and not e["local"], 30
+                )
+                assert (closed["code"], closed["reason"]) == (4404, "side-thread deleted")
+            finally:
+                await stock.close()
         for client in {first, bob}:
             await client.close()
+
+
+def _status(dump: dict[str, Any], turn_id: str) -> str | None:
+    return next((t["status"] for t in dump["turns"] if t["id"] == turn_id), None)
+
+
+async def _until(stock: StockYjsClient, done: Any) -> dict[str, Any]:
+    for _ in range(300):
+        dump = await stock.dump()
+        if done(dump):
+            return dump
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"not reached: {dump}")

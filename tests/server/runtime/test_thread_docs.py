@@ -11,10 +11,17 @@ from typing import Any
 import pytest
 from pycrdt import Array, Doc, Map
 
+from parley.server.runtime.thread_docs import read_document
 from parley.server.store.memory import MemoryStore
-from parley.session.errors import NotFound
+from parley.server.store.memory_tables import MemoryTx
+from parley.session.errors import NotFound, Unavailable
 from parley.session.thread_commands import ThreadCloseCommand
-from parley.session.yprotocol import SyncMessage, SyncType, decode_client_frame
+from parley.session.yprotocol import (
+    SyncMessage,
+    SyncType,
+    decode_client_frame,
+    decode_state_vector,
+)
 from tests.fake_model import Answer, FakeModel, Sent
 from tests.server.runtime.harness import MemorySession, Watcher, memory_session
 from tests.server.runtime.test_side_threads import answered, ask, open_thread
@@ -40,9 +47,9 @@ def synced(watcher: Watcher) -> dict[str, Any]:
     return {"thread": thread.to_py(), "turns": turns.to_py() or []}
 
 
-def thread_socket(s: MemorySession, thread_id: str, user_id: str) -> Watcher:
+async def thread_socket(s: MemorySession, thread_id: str, user_id: str) -> Watcher:
     """A socket of ``user_id`` syncing the thread: sent the document, then its updates."""
-    live = s.room.side_threads.document(thread_id, user_id)
+    live = await s.room.side_threads.document(thread_id, user_id)
     watcher = Watcher(user_id)
     watcher.send(live.sync_answer(b"\x00"))
     s.room.sockets.attach_thread(thread_id, watcher)  # type: ignore[arg-type]
@@ -54,14 +61,14 @@ async def test_the_document_follows_a_streaming_run_for_its_owner_alone() -> Non
     async with memory_session({"alice": "editor", "bob": "editor"}, FakeModel(held_answer)) as s:
         thread_id = await open_thread(s, "bob")
         with pytest.raises(NotFound):
-            s.room.side_threads.document(thread_id, "alice")
-        early = thread_socket(s, thread_id, "bob")
+            await s.room.side_threads.document(thread_id, "alice")
+        early = await thread_socket(s, thread_id, "bob")
         await ask(s, "bob", thread_id, "[hold] tell me")
         async with asyncio.timeout(10):
             while "first half" not in str(synced(early)["turns"]):
                 await early.changed()
         # Mid-run: the streamed text is there, and a socket opened now gets it too.
-        late = thread_socket(s, thread_id, "bob")
+        late = await thread_socket(s, thread_id, "bob")
         for client in (early, late):
             prompt, reply = synced(client)["turns"]
             assert (prompt["kind"], prompt["role"], prompt["status"]) == (
@@ -93,7 +100,7 @@ async def test_the_document_follows_a_streaming_run_for_its_owner_alone() -> Non
         assert early.closed is not None and early.closed[0] == 4403
 
 
-async def test_the_document_is_built_again_after_a_reload_and_deleting_closes_it() -> None:
+async def test_the_document_is_read_back_after_a_reload_and_deleting_closes_it() -> None:
     store = MemoryStore()
     model = FakeModel(held_answer)
     GATE.clear()
@@ -101,25 +108,135 @@ async def test_the_document_is_built_again_after_a_reload_and_deleting_closes_it
         thread_id = await open_thread(s, "bob")
         await ask(s, "bob", thread_id, "kept")
         await answered(s, thread_id)
-        before = s.room.side_threads.document(thread_id, "bob")
+        early = await thread_socket(s, thread_id, "bob")
         await ask(s, "bob", thread_id, "[hold] cut off")
-        await s.until(lambda s: s.room.side_threads.threads[thread_id].running)
-        old_state = before.document.doc.get_state()
+        async with asyncio.timeout(10):
+            while "first half" not in str(synced(early)["turns"]):
+                await early.changed()
+        old_state = s.room.side_threads.docs.live[thread_id].document.doc.get_state()
+        held = synced(early)
     async with memory_session({"bob": "editor"}, FakeModel(held_answer), store=store) as s:
-        socket = thread_socket(s, thread_id, "bob")
+        socket = await thread_socket(s, thread_id, "bob")
         kept = s.room.side_threads.threads[thread_id]
         turns = synced(socket)["turns"]
+        # The reply cut off by the restart was never stored: it is gone, the rest is kept.
         assert [(t["kind"], t["status"], t["content"]) for t in turns] == [
             (t.kind, t.status, t.text) for t in kept.turns
         ]
+        assert len(held["turns"]) == len(turns) + 1
         assert turns[-1]["reason_code"] == "server_restart"
-        # A client still holding the document of before is told it is another one.
-        live = s.room.side_threads.document(thread_id, "bob")
-        assert not live.document.covers(old_state)
-        assert live.document.covers(live.document.doc.get_state())
+        # The same document, read back from its log: a client holding the old copy syncs.
+        live = await s.room.side_threads.document(thread_id, "bob")
+        assert live.document.covers(old_state)
+        caught_up: Doc[Any] = Doc()
+        for frame in early.frames:
+            message = decode_client_frame(frame) if isinstance(frame, bytes) else None
+            if isinstance(message, SyncMessage) and message.sync_type is not SyncType.STEP1:
+                caught_up.apply_update(message.payload)
+        answer = decode_client_frame(live.sync_answer(caught_up.get_state()))
+        assert isinstance(answer, SyncMessage)
+        caught_up.apply_update(answer.payload)
+        assert caught_up.get("turns", type=Array).to_py() == turns
 
         deleted = await s.send("bob", ThreadCloseCommand("d", thread_id, delete=True))
         assert deleted["type"] == "ack"
         assert socket.closed == (4404, "side-thread deleted")
         with pytest.raises(NotFound):
-            s.room.side_threads.document(thread_id, "bob")
+            await s.room.side_threads.document(thread_id, "bob")
+        assert (await store.load_thread_doc(s.room.session_id, thread_id)).updates == []
+
+
+async def test_a_document_leaves_memory_with_its_last_socket_and_is_read_back() -> None:
+    async with memory_session({"bob": "editor"}, FakeModel(held_answer)) as s:
+        thread_id = await open_thread(s, "bob")
+        socket = await thread_socket(s, thread_id, "bob")
+        docs = s.room.side_threads.docs
+        state_vector = docs.live[thread_id].document.doc.get_state()
+        s.room.sockets.detach_thread(thread_id, socket)  # type: ignore[arg-type]
+        docs.release(thread_id)
+        assert thread_id not in docs.live
+        state = synced(socket)
+        # Answered while nobody watches: stored in the log all the same.
+        await ask(s, "bob", thread_id, "while away")
+        done = await answered(s, thread_id)
+        assert thread_id not in docs.live
+        back = await thread_socket(s, thread_id, "bob")
+        turns = synced(back)["turns"]
+        assert [(t["id"], t["content"]) for t in turns] == [(t.id, t.text) for t in done.turns]
+        assert state["thread"] == synced(back)["thread"]
+        # The same document, not one built anew: what the first socket held is part of it.
+        assert docs.live[thread_id].document.covers(state_vector)
+
+
+async def test_a_squashed_log_reads_back_the_same_document() -> None:
+    store = MemoryStore()
+    pieces = [f"piece {i} " for i in range(12)]
+    model = FakeModel(lambda sent: list(pieces))
+    async with memory_session({"bob": "editor"}, model, store=store, snapshot_every_updates=3) as s:
+        thread_id = await open_thread(s, "bob")
+        socket = await thread_socket(s, thread_id, "bob")
+        await ask(s, "bob", thread_id, "many pieces")
+        await answered(s, thread_id)
+        held = s.room.side_threads.docs.live[thread_id].document.doc
+        state, shown = held.get_state(), synced(socket)
+    stored = await store.load_thread_doc(s.room.session_id, thread_id)
+    assert stored.snapshot is not None  # squashed, and streamed pieces came after it
+    read_back = read_document(stored)
+    assert decode_state_vector(read_back.doc.get_state()) == decode_state_vector(state)
+    assert read_back.turns.to_py() == shown["turns"]
+    assert shown["turns"][-1]["content"] == "".join(pieces)
+    async with memory_session({"bob": "editor"}, FakeModel(held_answer), store=store) as s:
+        again = await thread_socket(s, thread_id, "bob")
+        assert synced(again) == shown
+
+
+async def test_a_socket_opened_mid_run_while_nobody_watched_gets_the_text_so_far() -> None:
+    gate = asyncio.Event()  # of this test's loop
+    model = FakeModel(lambda sent: ["first half, ", gate, "second half"])
+    async with memory_session({"bob": "editor"}, model) as s:
+        thread_id = await open_thread(s, "bob")
+        await ask(s, "bob", thread_id, "[hold] go")
+        for _ in range(500):
+            if "first half" in "".join(_active_text(s, thread_id)):
+                break
+            await asyncio.sleep(0.01)
+        docs = s.room.side_threads.docs
+        assert thread_id in docs.live  # held for its run, though nobody watches
+        socket = await thread_socket(s, thread_id, "bob")
+        reply = synced(socket)["turns"][-1]
+        assert (reply["status"], reply["content"]) == ("streaming", "first half, ")
+        gate.set()
+        done = await answered(s, thread_id)
+        assert [t["content"] for t in synced(socket)["turns"]] == [t.text for t in done.turns]
+        s.room.sockets.detach_thread(thread_id, socket)  # type: ignore[arg-type]
+        docs.release(thread_id)
+        assert thread_id not in docs.live
+
+
+def _active_text(s: MemorySession, thread_id: str) -> list[str]:
+    active = s.room.side_threads.active.get(thread_id)
+    return [] if active is None else active.text
+
+
+async def test_a_change_not_stored_is_never_shown_and_its_sockets_resync(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async with memory_session({"bob": "editor"}, FakeModel(held_answer)) as s:
+        thread_id = await open_thread(s, "bob")
+        socket = await thread_socket(s, thread_id, "bob")
+        sent = len(socket.frames)
+
+        async def refuse(*_: object) -> list[int]:
+            raise Unavailable("the database is unavailable; nothing was stored")
+
+        monkeypatch.setattr(MemoryTx, "append_thread_updates", refuse)
+        refused = await s.send("bob", ThreadCloseCommand("c", thread_id, delete=False))
+        assert refused["type"] == "error" and refused["code"] == "unavailable"
+        assert socket.closed is not None and socket.closed[0] == 1013
+        assert [f for f in socket.frames[sent:] if isinstance(f, bytes)] == []
+        monkeypatch.undo()
+        s.room.sockets.detach_thread(thread_id, socket)  # type: ignore[arg-type]
+        again = await thread_socket(s, thread_id, "bob")
+        assert synced(again)["thread"]["status"] == "open"  # as stored
+        closed = await s.send("bob", ThreadCloseCommand("c2", thread_id, delete=False))
+        assert closed["type"] == "ack" and synced(again)["thread"]["status"] == "closed"

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pycrdt import Doc, Text
 
 from parley.authz.policy import Decision, Readers
 from parley.authz.roles import Member
@@ -17,7 +18,7 @@ from parley.server.store.access_rows import PrivateItem
 from parley.server.store.counters import SequenceMoved
 from parley.server.store.db import create_engine, migrate
 from parley.server.store.memory import MemoryStore
-from parley.server.store.rows import EntryRow
+from parley.server.store.rows import EntryRow, StoredDoc
 from parley.server.store.sessions import Store
 from parley.server.store.usage import UsageLedger
 from parley.session.core import SideThread, ThreadTurn
@@ -300,3 +301,62 @@ async def test_side_threads_and_their_turns(store: Any) -> None:
     done = replace(prompt, status="done")
     assert await store.load_threads("a") == [replace(thread, status="closed", turns=(done, reply))]
     assert await store.load_threads("b") == []
+
+
+def _text_updates(*pieces: str) -> tuple[Doc[Any], list[bytes]]:
+    """A document whose text grows by ``pieces``, and the update each one made."""
+    doc: Doc[Any] = Doc()
+    text = doc.get("t", type=Text)
+    updates: list[bytes] = []
+    for piece in pieces:
+        before = doc.get_state()
+        text.insert(len(text), piece)
+        updates.append(doc.get_update(before))
+    return doc, updates
+
+
+def _read_back(stored: Any) -> str:
+    doc: Doc[Any] = Doc()
+    for update in ([stored.snapshot] if stored.snapshot is not None else []) + stored.updates:
+        doc.apply_update(update)
+    return str(doc.get("t", type=Text))
+
+
+async def test_a_side_threads_document_is_its_snapshot_and_the_updates_after_it(
+    store: Any,
+) -> None:
+    await store.create_session("a", "t", "queue", 0)
+    async with store.transaction() as tx:
+        await tx.insert_thread("a", SideThread("t1", "ann", 0, "", "open", 1))
+        await tx.insert_thread("a", SideThread("t2", "bob", 0, "", "open", 1))
+    doc, updates = _text_updates("one ", "two ", "three ", "four")
+    async with store.transaction() as tx:
+        ids = await tx.append_thread_updates([("a", "t1", updates[0]), ("a", "t2", b"\x00\x00")])
+        ids += await tx.append_thread_updates([("a", "t1", updates[1])])
+        assert ids == sorted(ids) and len(set(ids)) == 3
+        assert _read_back(await tx.load_thread_doc("a", "t1")) == "one two "  # its own writes
+    with pytest.raises(RuntimeError):  # a failed transaction leaves nothing behind
+        async with store.transaction() as tx:
+            await tx.append_thread_updates([("a", "t1", updates[2])])
+            raise RuntimeError("rolled back")
+    assert _read_back(await store.load_thread_doc("a", "t1")) == "one two "
+    # Squashed: the snapshot holds what the updates it covers held, the rest follows it.
+    snap = Doc()
+    for update in updates[:2]:
+        snap.apply_update(update)
+    async with store.transaction() as tx:
+        await tx.write_thread_snapshot("a", "t1", snap.get_update(), ids[2], 5)
+        await tx.append_thread_updates([("a", "t1", updates[2])])
+    later = await store.group.submit("a", updates[3], None, thread_id="t1")
+    stored = await store.load_thread_doc("a", "t1")
+    assert stored.updates_since_snapshot == 2 and stored.last_update_id == later
+    assert _read_back(stored) == str(doc.get("t", type=Text)) == "one two three four"
+    assert (await store.load_thread_doc("a", "t2")).updates == [b"\x00\x00"]
+    assert (await store.load_doc("a")).updates == []  # the session's own log is apart
+    async with store.transaction() as tx:
+        await tx.delete_thread("a", "t1")
+    assert await store.load_thread_doc("a", "t1") == StoredDoc(None, [], 0)
+    assert (await store.load_thread_doc("a", "t2")).updates == [b"\x00\x00"]
+    if hasattr(store, "delete_session"):
+        assert await store.delete_session("a", 9)
+        assert (await store.load_thread_doc("a", "t2")).updates == []

@@ -1,0 +1,42 @@
+"""The side-thread document tables' migration (``threads_0017``): it creates what the
+schema (``server.store.tables``) declares, and goes down and up again."""
+
+from __future__ import annotations
+
+import asyncio
+
+from alembic import command
+from sqlalchemy import inspect
+
+from parley.server.store.db import alembic_config, create_engine
+from parley.server.store.tables import thread_doc_snapshots, thread_doc_updates
+
+
+async def test_the_migration_creates_the_declared_tables_and_goes_down_again(
+    database_url: str,
+) -> None:
+    config = alembic_config(database_url)
+    await asyncio.to_thread(command.upgrade, config, "head")
+    await asyncio.to_thread(command.downgrade, config, "threads_0016")
+    assert "thread_doc_updates" not in await _columns(database_url)
+    await asyncio.to_thread(command.upgrade, config, "head")
+    found = await _columns(database_url)
+    for table in (thread_doc_updates, thread_doc_snapshots):
+        assert found[table.name] == {c.name for c in table.columns}
+
+
+async def _columns(database_url: str) -> dict[str, set[str]]:
+    engine = create_engine(database_url)
+    try:
+        async with engine.connect() as connection:
+
+            def read(sync: object) -> dict[str, set[str]]:
+                inspector = inspect(sync)
+                return {
+                    name: {c["name"] for c in inspector.get_columns(name)}
+                    for name in inspector.get_table_names()
+                }
+
+            return await connection.run_sync(read)
+    finally:
+        await engine.dispose()
