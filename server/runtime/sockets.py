@@ -10,6 +10,7 @@ room that is given up, drained or unloaded tells its clients to reconnect.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Callable, Iterator
 
 from parley.authz.policy import Subject, may_read
@@ -26,20 +27,36 @@ class SessionSockets:
         self.subject = subject
         self.connections: set[Connection] = set()
         self.thread_connections: dict[str, set[Connection]] = {}  # by side-thread
+        # Open sockets (the session's and its side-threads') in all and by user, kept as
+        # they come and go: admission checks the caps without listing every socket.
+        self.count = 0
+        self.count_of: Counter[str] = Counter()
+
+    def _counted(self, connection: Connection, into: set[Connection], step: int) -> None:
+        if (connection in into) == (step > 0):
+            return  # already in (or already gone): counted once
+        if step > 0:
+            into.add(connection)
+        else:
+            into.discard(connection)
+        self.count += step
+        self.count_of[connection.user_id] += step
+        if not self.count_of[connection.user_id]:
+            del self.count_of[connection.user_id]
 
     def attach(self, connection: Connection) -> None:
-        self.connections.add(connection)
+        self._counted(connection, self.connections, 1)
 
     def detach(self, connection: Connection) -> None:
-        self.connections.discard(connection)
+        self._counted(connection, self.connections, -1)
 
     def attach_thread(self, thread_id: str, connection: Connection) -> None:
-        self.thread_connections.setdefault(thread_id, set()).add(connection)
+        self._counted(connection, self.thread_connections.setdefault(thread_id, set()), 1)
 
     def detach_thread(self, thread_id: str, connection: Connection) -> None:
         connections = self.thread_connections.get(thread_id)
         if connections is not None:
-            connections.discard(connection)
+            self._counted(connection, connections, -1)
             if not connections:
                 del self.thread_connections[thread_id]
 

@@ -161,11 +161,10 @@ def _member_refusal(
 def _over_connection_cap(room: SessionRoom, user_id: str, settings: Settings) -> str | None:
     """Why one more socket of ``user_id`` to ``room`` is refused, or None (caps per node,
     counting the session's sockets and its side-threads')."""
-    sockets = list(room.sockets.everyone())
-    if len(sockets) >= settings.max_connections_per_session:
+    sockets = room.sockets
+    if sockets.count >= settings.max_connections_per_session:
         return f"too many connections to this session ({settings.max_connections_per_session})"
-    mine = sum(1 for c in sockets if c.user_id == user_id)
-    if mine >= settings.max_connections_per_user:
+    if sockets.count_of[user_id] >= settings.max_connections_per_user:
         return f"too many connections of this user ({settings.max_connections_per_user})"
     return None
 
