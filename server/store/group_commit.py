@@ -36,12 +36,22 @@ class WriteFence(Protocol):
     async def published(self, tx: SessionTx, update_id: int) -> None: ...
 
 
+class Outcome(asyncio.Future[int]):
+    """A round's answer for one update: its id, or the error that kept it out. It cannot be
+    cancelled: a waiter cancelled meanwhile still learns whether its update was stored
+    (``await`` raises ``CancelledError`` once it is settled, and ``result()`` tells), and
+    it is woken by the round itself, with no task or waiter future in between."""
+
+    def cancel(self, msg: object = None) -> bool:
+        return False
+
+
 @dataclass(slots=True)
 class _Pending:
     session_id: str
     update: bytes
     fence: WriteFence | None
-    stored: asyncio.Future[int]
+    stored: Outcome
 
 
 def insert_updates(rows: Sequence[tuple[str, bytes]]) -> tuple[object, list[dict[str, object]]]:
@@ -61,13 +71,11 @@ class GroupCommit:
         self._task: asyncio.Task[None] | None = None
         self.rounds = 0
 
-    def submit(
-        self, session_id: str, update: bytes, fence: WriteFence | None
-    ) -> asyncio.Future[int]:
-        """Queue an update; the future gives its update id once committed, or the error
+    def submit(self, session_id: str, update: bytes, fence: WriteFence | None) -> Outcome:
+        """Queue an update; the outcome gives its update id once committed, or the error
         that kept it out (the round's own, or its session's fence refusing it)."""
         loop = asyncio.get_running_loop()
-        stored: asyncio.Future[int] = loop.create_future()
+        stored = Outcome(loop=loop)
         self._pending.append(_Pending(session_id, update, fence, stored))
         if self._task is None or self._task.done():
             self._task = loop.create_task(self._commit_rounds(), name="group-commit")
