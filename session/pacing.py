@@ -48,8 +48,11 @@ class ReplyPacer:
         self._due = None
         if full or ended or self.last_sent is None or self.backlog < self.saturated_after:
             return 0.0
-        self._due = self.last_sent + self.interval_s
-        return max(0.0, self._due - now)
+        due = self.last_sent + self.interval_s
+        if due <= now:  # overdue (a long broadcast): the grid starts again from this one
+            return 0.0
+        self._due = due
+        return due - now
 
     def sent(self, now: float) -> None:
         """The batch was taken at ``now`` (what arrives from here on joins the next). A
