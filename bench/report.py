@@ -93,6 +93,8 @@ def markdown(results: dict[str, Any]) -> str:
             rule += "---:|"
         head += f" Updates per subscriber ({' / '.join([PARLEY, *peers])}) |"
         rule += "---:|"
+        head += f" Server CPU per update sent, µs ({' / '.join([PARLEY, *peers])}) |"
+        rule += "---:|"
         lines += [head, rule]
         fan = {name: _by_size(r, "fanout", "subscribers") for name, r in servers.items()}
         for n in sizes["fanout_subscribers"]:
@@ -112,6 +114,11 @@ def markdown(results: dict[str, Any]) -> str:
                 for name in [PARLEY, *peers]
             ]
             row += f" {' / '.join(updates)} |"
+            costs = [
+                _num(fan.get(name, {}).get(n, {}).get("server_cpu_us_per_update"), 1)
+                for name in [PARLEY, *peers]
+            ]
+            row += f" {' / '.join(costs)} |"
             lines.append(row)
         lines.append("")
 
@@ -123,8 +130,9 @@ def markdown(results: dict[str, Any]) -> str:
             "each subscriber holding it (ms).",
             "",
             "| Tokens/s per session | Server | p50 | p99 | max | tokens missing "
-            "| Updates per subscriber | Server CPU | Clients' CPU |",
-            "|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+            "| Updates per subscriber | Server CPU | Server CPU per update sent (µs) "
+            "| Clients' CPU |",
+            "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for rate in sizes["paced_rates"]:
             for name, result in servers.items():
@@ -136,7 +144,8 @@ def markdown(results: dict[str, Any]) -> str:
                     f"{_num(got['delay_p99_ms'], 1)} | {_num(got['delay_max_ms'], 1)} | "
                     f"{got['missing_fraction']:.1%} | "
                     f"{_num(got.get('updates_per_subscriber'), 0)} | "
-                    f"{_cpu(got, 'server')} | {_cpu(got, 'clients')} |"
+                    f"{_cpu(got, 'server')} | "
+                    f"{_num(got.get('server_cpu_us_per_update'), 1)} | {_cpu(got, 'clients')} |"
                 )
         lines.append("")
 

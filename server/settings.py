@@ -114,9 +114,9 @@ class Settings(BaseSettings):
         default=15.0,
         ge=0,
         le=1000,
-        description="A session's reply text goes out at most once per this many ms: a slower "
-        "model is sent each token as it comes, a faster one in batches (0: every batch as soon "
-        "as the one before is stored)",
+        description="Reply text goes out as soon as the batch before it is stored and sent; "
+        "a model that keeps the writer busy batch after batch is sent at most once per this "
+        "many ms (0: every batch as soon as the one before is stored)",
     )
 
     # Wire limits

@@ -1,4 +1,5 @@
-"""The model's text on its way to the document, in batches (``server.runtime.runner``)."""
+"""The model's text on its way to the document, in batches (``server.runtime.runner``; when
+a batch is taken is ``session.pacing``'s rule)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,10 @@ class Deltas:
         self._chars += len(text or "")
         if text is None or self._chars >= self._need:
             self._ready.set()
+
+    def queued(self) -> bool:
+        """True when text (or the end) is already waiting to be taken."""
+        return not self._queue.empty()
 
     async def get(self) -> str | None:
         text = await self._queue.get()

@@ -2,8 +2,9 @@
 
 One loop per loaded session, so sessions run in parallel while each runs one call at a time.
 The provider is read by a separate task into a bounded buffer; the writer appends whatever
-has arrived since its last commit in one update, so a fast model costs a few commits, not
-one per token, while a slow one still shows every token at once.
+has arrived while its last batch was stored and sent in one update (``session.pacing``),
+so a slow model shows every token at once and a fast one costs a few commits, not one per
+token.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from parley.session.core.runs import run_audit, run_audit_base, too_large
 from parley.session.errors import ProviderError, QuotaExceeded, Unavailable
 from parley.session.lifecycle import PromptStatus
 from parley.session.model import ModelProvider, ModelRequest, TextDelta, ToolCall, Usage
+from parley.session.pacing import ReplyPacer
 from parley.session.reasons import Ending, ReasonCode
 from parley.session.toolloop import (
     CallModel,
@@ -293,12 +295,13 @@ class SessionRunner:
 
         reader = asyncio.create_task(read())
         started = time.monotonic()
-        interval = self.room.settings.stream_interval_ms / 1000
-        sent = -interval
+        pacer = ReplyPacer(self.room.settings.stream_interval_ms / 1000)
         try:
             finished = False
             first = True
             while not finished:
+                # Text already queued arrived while the last batch was stored and sent.
+                waiting = deltas.queued()
                 chunk = await deltas.get()
                 if chunk is None:
                     break
@@ -307,16 +310,14 @@ class SessionRunner:
                     first = False
                 parts = [chunk]
                 size, finished = deltas.take(parts, len(chunk))
-                # Batches go out at most once per interval, on a grid (so a late wake-up
-                # does not push every later batch back); what arrives meanwhile joins. A
-                # batch that is full, or the stream's last, goes at once.
                 now = time.monotonic()
-                due = sent + interval
-                sent = now
-                if due > now and not finished and size < MAX_BATCH_CHARS:
-                    if not await deltas.fill(due - now, size):
-                        sent = due
+                full = size >= MAX_BATCH_CHARS
+                hold = pacer.hold(now, waiting=waiting, full=full, ended=finished)
+                if hold > 0:  # saturated: what arrives meanwhile joins, up to a full batch
+                    await deltas.fill(hold, size)
                     size, finished = deltas.take(parts, size)
+                    now = time.monotonic()
+                pacer.sent(now)
                 text += parts
                 await active.steps.append_reply(active, "".join(parts))
         finally:

@@ -23,7 +23,7 @@ from pycrdt import Doc, TransactionEvent, merge_updates
 
 from parley.server.runtime.stream_feed import StreamFeed
 from parley.server.settings import Settings
-from parley.server.store.group_commit import WriteFence
+from parley.server.store.group_commit import Outcome, WriteFence
 from parley.server.store.port import SessionStore, SessionTx
 from parley.session.encoded import EncodedDocument
 from parley.session.errors import Unavailable
@@ -42,15 +42,18 @@ def merged(updates: list[bytes]) -> bytes:
     return updates[0] if len(updates) == 1 else merge_updates(*updates)
 
 
-async def settled(future: asyncio.Future[Any]) -> bool:
-    """Wait until ``future`` is done, whatever happens; True if this task was cancelled
-    meanwhile (the caller re-raises once it has dealt with the outcome)."""
+async def settled(outcome: Outcome) -> bool:
+    """Wait until ``outcome`` is settled, whatever happens; True if this task was cancelled
+    meanwhile (the caller re-raises once it has dealt with the outcome). Awaited directly
+    (an outcome cannot be cancelled): the round wakes this task with no hop between."""
     cancelled = False
-    while not future.done():
+    while not outcome.done():
         try:
-            await asyncio.wait([future])
+            await outcome
         except asyncio.CancelledError:
             cancelled = True
+        except Exception:
+            break  # settled with its error: the caller reads it
     return cancelled
 
 

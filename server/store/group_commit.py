@@ -36,12 +36,22 @@ class WriteFence(Protocol):
     async def published(self, tx: SessionTx, update_id: int) -> None: ...
 
 
+class Outcome(asyncio.Future[int]):
+    """A round's answer for one update: its id, or the error that kept it out. It cannot be
+    cancelled: a waiter cancelled meanwhile still learns whether its update was stored
+    (``await`` raises ``CancelledError`` once it is settled, and ``result()`` tells), and
+    it is woken by the round itself, with no task or waiter future in between."""
+
+    def cancel(self, msg: object = None) -> bool:
+        return False
+
+
 @dataclass(slots=True)
 class _Pending:
     session_id: str
     update: bytes
     fence: WriteFence | None
-    stored: asyncio.Future[int]
+    stored: Outcome
     thread_id: str | None = None  # set: an update of that side-thread's document
 
 
@@ -68,12 +78,12 @@ class GroupCommit:
         update: bytes,
         fence: WriteFence | None,
         thread_id: str | None = None,
-    ) -> asyncio.Future[int]:
+    ) -> Outcome:
         """Queue an update (of side-thread ``thread_id``'s document if given, else of the
-        session's); the future gives its update id once committed, or the error that kept
+        session's); the outcome gives its update id once committed, or the error that kept
         it out (the round's own, or its session's fence refusing it)."""
         loop = asyncio.get_running_loop()
-        stored: asyncio.Future[int] = loop.create_future()
+        stored = Outcome(loop=loop)
         self._pending.append(_Pending(session_id, update, fence, stored, thread_id))
         if self._task is None or self._task.done():
             self._task = loop.create_task(self._commit_rounds(), name="group-commit")

@@ -13,10 +13,9 @@ Both keep the same promises, checked by one contract test (``tests/server/store`
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from parley.authz.policy import Readers
 from parley.server.store.access_rows import DocumentRow, PrivateItem, TokenRow, ToolRow
@@ -28,6 +27,9 @@ from parley.session.lifecycle import PromptStatus
 from parley.session.quota import Quotas
 from parley.session.reasons import Ending
 from parley.session.summary import Summary
+
+if TYPE_CHECKING:
+    from parley.server.store.group_commit import Outcome
 
 
 class SessionTx(Protocol):
@@ -139,7 +141,7 @@ class UpdateGroup(Protocol):
 
     def submit(
         self, session_id: str, update: bytes, fence: Any, thread_id: str | None = None
-    ) -> asyncio.Future[int]:
+    ) -> Outcome:
         """``thread_id``: the update is of that side-thread's document."""
         ...
 

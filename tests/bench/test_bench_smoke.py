@@ -61,10 +61,13 @@ async def test_every_server_workload(server: str, pool: ClientPool, tmp_path: Pa
     (fanout,) = result["fanout"]
     assert fanout["median"]["complete_fraction"] == 1.0
     assert fanout["median"]["deliveries_per_s"] > 0
+    # CPU time is counted in ticks: a tiny run may take none, never a NaN (nothing sent).
+    assert fanout["median"]["server_cpu_us_per_update"] >= 0
     (paced,) = result["paced"]
     assert paced["tokens"] == 60
     assert paced["median"]["missing_fraction"] == 0.0
     assert 0 <= paced["median"]["delay_p50_ms"] <= paced["median"]["delay_p99_ms"]
+    assert paced["median"]["server_cpu_us_per_update"] >= 0
     connections = result["connections"]
     assert connections["held"] == connections["requested"] == 20
 
@@ -85,8 +88,22 @@ def test_the_runner_runs_the_context_build_benchmark() -> None:
 
 
 def test_report_renders_every_section() -> None:
-    fanout = {"deliveries_per_s": 1000.0, "spread_p50_ms": 1.0, "spread_p99_ms": 2.0}
-    paced = {"delay_p50_ms": 1.0, "delay_p99_ms": 2.0, "delay_max_ms": 3.0}
+    fanout = {
+        "deliveries_per_s": 1000.0,
+        "spread_p50_ms": 1.0,
+        "spread_p99_ms": 2.0,
+        "updates_per_subscriber": 7,
+        "server_cpu_us_per_update": 12.5,
+    }
+    paced = {
+        "delay_p50_ms": 1.0,
+        "delay_p99_ms": 2.0,
+        "delay_max_ms": 3.0,
+        "updates_per_subscriber": 250,
+        "server_cpu_percent": 40.0,
+        "server_cpu_us_per_update": 8.25,
+        "clients_cpu_percent": 50.0,
+    }
     results = {
         "started_at": "2026-01-01T00:00:00+00:00",
         "mode": "quick",
@@ -134,7 +151,8 @@ def test_report_renders_every_section() -> None:
     }
     table = markdown(results)
     assert "| 3 | 1,000 | 1,000 | 1.00\u00d7 |" in table
-    assert "| 200 | y-websocket | 1.0 | 2.0 | 3.0 | 0.0% |" in table
+    assert "| 200 | y-websocket | 1.0 | 2.0 | 3.0 | 0.0% | 250 | 40% | 8.2 | 50% |" in table
+    assert "| 7 / 7 | 12.5 / 12.5 |" in table  # updates per subscriber, CPU per update
     assert "| sqlite | 50 | 1.0 | 2.0 | 3.0 | 4.0 |" in table
     assert "| ms | 1.50 |" in table
     assert "| y-websocket | 12 | 300 | 16 | 40.0 | 90% |  |" in table

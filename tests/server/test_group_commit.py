@@ -13,6 +13,7 @@ from sqlalchemy import event, text
 
 from parley.server.runtime.writer import settled
 from parley.server.store.db import create_engine, migrate
+from parley.server.store.group_commit import Outcome
 from parley.server.store.sessions import Store, StoreTx
 from parley.session.errors import Unavailable
 
@@ -139,7 +140,7 @@ async def test_sqlite_runs_in_the_loops_thread_and_the_wal_is_checkpointed(
 async def test_a_writer_cancelled_mid_round_still_learns_its_outcome() -> None:
     """A streaming run interrupted while its text commits must know whether it was
     stored (to send it, or to roll the document back) before it unwinds."""
-    round_done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    round_done = Outcome(loop=asyncio.get_running_loop())
     waiter = asyncio.create_task(settled(round_done))
     await asyncio.sleep(0)
     waiter.cancel()
@@ -150,3 +151,27 @@ async def test_a_writer_cancelled_mid_round_still_learns_its_outcome() -> None:
     round_done.set_result(7)
     assert await waiter is True
     assert round_done.result() == 7
+
+
+async def test_a_writer_cancelled_mid_round_learns_a_failed_round_too() -> None:
+    round_done = Outcome(loop=asyncio.get_running_loop())
+    waiter = asyncio.create_task(settled(round_done))
+    await asyncio.sleep(0)
+    waiter.cancel()
+    await asyncio.sleep(0)
+    assert not waiter.done() and not round_done.cancelled()
+    round_done.set_exception(Unavailable("the round failed"))
+    assert await waiter is True
+    with pytest.raises(Unavailable):
+        round_done.result()
+
+
+async def test_a_round_wakes_its_writer_without_a_hop_between() -> None:
+    """The outcome is awaited directly: the writer runs on the loop's next pass after the
+    round settles it (through ``asyncio.wait`` it took two)."""
+    round_done = Outcome(loop=asyncio.get_running_loop())
+    waiter = asyncio.create_task(settled(round_done))
+    await asyncio.sleep(0)
+    round_done.set_result(3)
+    await asyncio.sleep(0)  # one pass of the loop
+    assert waiter.done() and waiter.result() is False

@@ -1,6 +1,7 @@
-"""How a reply's text reaches the document, in a room on the in-memory store: a fast model
-in batches at most once per interval, a slow one token by token, a full batch and the end
-of a reply at once."""
+"""How a reply's text reaches the document, in a room on the in-memory store: a model that
+the writer keeps up with token by token, whatever the interval; one faster than the writer
+in batches at most once per interval; a full batch and the end of a reply at once (the
+rule itself: ``tests/session/test_pacing.py``)."""
 
 from __future__ import annotations
 
@@ -21,8 +22,13 @@ class Paced:
     gap_s: float
     width: int = 1
     yielded: list[float] = field(default_factory=list)
+    # Set: each token waits until the one before is in the document (a model the writer
+    # always keeps up with, however loaded the machine).
+    appended: asyncio.Semaphore | None = None
 
     async def _next(self) -> None:
+        if self.appended is not None and self.yielded:
+            await self.appended.acquire()
         if self.gap_s:
             await asyncio.sleep(self.gap_s)  # slower than the interval: real time is the point
         self.yielded.append(time.monotonic())
@@ -33,11 +39,12 @@ class Paced:
 
 
 async def reply_batches(
-    provider: Paced, interval_ms: float, sizes: list[int] | None = None
+    provider: Paced, interval_ms: float, sizes: list[int] | None = None, commit_s: float = 0
 ) -> list[float]:
     """When each batch of reply text went out (one document update each); its size goes
-    into ``sizes``. The interval is set unvalidated: a test may hold batches longer than a
-    server may (its 1 s cap), so that a batch held back for it outlasts the bounded wait."""
+    into ``sizes``; each batch takes ``commit_s`` to store (a busy database). The interval
+    is set unvalidated: a test may hold batches longer than a server may (its 1 s cap), so
+    that a batch held back for it outlasts the bounded wait."""
     sent: list[float] = []
     unvalidated = {"stream_interval_ms": interval_ms}
     async with memory_session({"alice": "editor"}, provider.model(), unvalidated=unvalidated) as s:
@@ -47,7 +54,11 @@ async def reply_batches(
             sent.append(time.monotonic())
             if sizes is not None:
                 sizes.append(len(text))
+            if commit_s:
+                await asyncio.sleep(commit_s)
             await appending(active, text)
+            if provider.appended is not None:
+                provider.appended.release()
 
         s.room.runs.append_reply = noting  # type: ignore[method-assign]
         asked = await s.prompt("alice", "go")
@@ -59,14 +70,27 @@ async def reply_batches(
     return sent
 
 
-async def test_a_fast_model_is_sent_in_batches_at_most_once_per_interval() -> None:
+async def test_a_model_faster_than_the_writer_is_sent_in_batches_at_most_once_per_interval() -> (
+    None
+):
     provider = Paced(tokens=200, gap_s=0.001)
-    sent = await reply_batches(provider, interval_ms=20)
+    sizes: list[int] = []
+    sent = await reply_batches(provider, interval_ms=20, sizes=sizes, commit_s=0.005)
     assert 3 <= len(sent) < 100
-    # At most one batch per 20 ms slot of the grid the batches keep (a late wake-up does not
-    # push the later ones back), plus the last, which goes when the reply ends. A loaded
-    # machine stretches the span and so only loosens the bound.
-    assert len(sent) <= (sent[-1] - sent[0]) / 0.020 + 2
+    assert max(sizes) > 5  # text that came while a batch was stored went as one
+    # Once the writer is busy batch after batch: at most one batch per 20 ms slot of the
+    # grid the batches keep (a late wake-up does not push the later ones back), plus the
+    # two before it and the last, which goes when the reply ends. A loaded machine
+    # stretches the span and so only loosens the bound.
+    assert len(sent) <= (sent[-1] - sent[0]) / 0.020 + 3
+
+
+async def test_a_model_the_writer_keeps_up_with_is_sent_each_token_as_it_comes() -> None:
+    provider = Paced(tokens=20, gap_s=0, appended=asyncio.Semaphore(0))
+    # Ten minutes: a token held back for the interval would never arrive within the
+    # reply's bounded wait. Each token finds the writer idle, so none is.
+    sent = await reply_batches(provider, interval_ms=600_000)
+    assert len(sent) == 20
 
 
 async def test_a_slow_model_is_sent_each_token_as_it_comes() -> None:
