@@ -266,8 +266,6 @@ class SessionRoom:
                     raise _Refused(effects)
                 await self.record(write, effects, now_ms)
                 await write.tx.insert_usage(usage)
-                if isinstance(event, CommandEvent) and effects.entry is not None:
-                    await self.runs.begin_with(write, effects, now_ms)
         except _Refused as refused:
             return refused.effects
         return effects

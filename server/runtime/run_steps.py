@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Callable, Sequence
-from dataclasses import replace
-from functools import partial
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from parley.authz.policy import Restriction
@@ -38,18 +36,12 @@ from parley.session.reasons import Ending
 
 if TYPE_CHECKING:
     from parley.server.runtime.room import SessionRoom
-    from parley.server.runtime.writer import Write
 
 
 class RunSteps:
     def __init__(self, room: SessionRoom) -> None:
         self.room = room
         self.active: ActiveRun | None = None
-        # Set while a runner serves the room: who signs its replies (the session's model
-        # or the server's default, at the moment a run starts).
-        self.reply_author: Callable[[], str] | None = None
-        # A run begun in the write of the prompt it answers, not yet taken by the runner.
-        self.begun: ActiveRun | None = None
         self._wakeup = asyncio.Event()
 
     def wake(self) -> None:
@@ -60,7 +52,7 @@ class RunSteps:
         """Return once a run may be due (a prompt arrived, the policy changed, the room
         closed); at once when one is."""
         self._wakeup.clear()
-        if self.begun is None and (self.room.draining or self.room.queue.next() is None):
+        if self.room.draining or self.room.queue.next() is None:
             await self._wakeup.wait()
 
     def scope_for(self, user_ids: Sequence[str], *, preview: bool = False) -> RunScope:
@@ -97,35 +89,6 @@ class RunSteps:
         self.active = ActiveRun(effects.begin.run, ReplyState(event.reply_id), scope, self)
         self.active.quotas = limits
         return self.active
-
-    async def begin_with(self, write: Write, admitted: Effects, now_ms: int) -> None:
-        """The queue was idle and a prompt arrived: its run starts in the prompt's own write
-        (one transaction for the ack and the start, and the runner calls the model as soon
-        as it is woken). Nothing when no runner serves the room, a run is in flight or
-        handed over, or the run would not start cleanly (the runner then starts it)."""
-        if self.reply_author is None or self.active is not None or self.begun is not None:
-            return
-        if admitted.queue is None or len(admitted.queue) != 1:  # the kept count, not a list
-            return
-        room = self.room
-        event = RunStart(now_ms, uuid.uuid4().hex, self.reply_author())
-        effects = handle(replace(room.view(), queue=admitted.queue), event)
-        if effects.begin is None or effects.error is not None or effects.finish:
-            return
-        scope = self.scope_for(effects.begin.run.authors)  # the grants as the run starts
-        limits = await write.tx.quotas(room.session_id)
-        await room.record(write, effects, now_ms)
-        active = ActiveRun(effects.begin.run, ReplyState(event.reply_id), scope, self)
-        active.quotas = limits
-        write.after_commit.append(partial(self._hand_over, active))
-
-    def _hand_over(self, active: ActiveRun) -> None:
-        self.active = self.begun = active
-
-    def take_begun(self) -> ActiveRun | None:
-        """The run begun with its prompt, for the runner to answer (once)."""
-        active, self.begun = self.begun, None
-        return active
 
     def end(self, active: ActiveRun) -> None:
         """The runner settled ``active`` (or gave it up): whoever waits for it may go on."""

@@ -68,7 +68,6 @@ class SessionRunner:
         )
 
     def start(self) -> None:
-        self.room.runs.reply_author = self.reply_author
         self.task = asyncio.create_task(self._loop(), name=f"runner:{self.room.session_id}")
         self.room.side_threads.start_run = self.thread_runs.start
 
@@ -77,7 +76,6 @@ class SessionRunner:
         return self.room.model or self.provider.name
 
     async def stop(self) -> None:
-        self.room.runs.reply_author = None
         await self.summariser.stop()
         await self.thread_runs.stop()
         if self.task is not None:
@@ -89,7 +87,7 @@ class SessionRunner:
         failures = 0
         runs = self.room.runs
         while not self.room.closed:
-            if runs.begun is None and (self.room.draining or self.room.queue.next() is None):
+            if self.room.draining or self.room.queue.next() is None:
                 await runs.wait_for_work()
                 continue
             try:
@@ -106,7 +104,7 @@ class SessionRunner:
     async def _run(self) -> bool:
         """Run the next run; True when its history did not fit (a summary may be due)."""
         runs = self.room.runs
-        active = runs.take_begun() or await runs.start(self.reply_author())
+        active = await runs.start(self.reply_author())
         if active is None:
             return False  # the queue changed under us (cancel, revoked author): ask again
         try:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import pytest
@@ -29,54 +28,25 @@ async def test_a_prompt_is_answered_and_stored() -> None:
         assert kinds[-3:] == ["prompt_accepted", "run_started", "reply_completed"]
 
 
-def logged_writes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[MemoryTx, str]]:
-    """Each transaction's quota reads, usage, entries and status changes, as they happen."""
+async def test_a_run_reads_its_quotas_as_it_starts_and_stores_its_usage_as_it_ends(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No transaction of their own: the quotas are read in the run's start, the usage
+    written in its finish (the prompt's row becomes ``running``, then ``done``)."""
     done: list[tuple[MemoryTx, str]] = []
 
     def logged(name: str) -> None:
         method = getattr(MemoryTx, name)
 
         async def wrapper(tx: MemoryTx, *args: Any, **kwargs: Any) -> Any:
-            if name == "set_entry_status":
-                what = f"{args[1].value}:{args[0]}"
-            elif name == "insert_entry":
-                what = f"entry:{args[0].id}"
-            else:
-                what = name
+            what = f"{name}:{args[1].value}" if name == "set_entry_status" else name
             done.append((tx, what))
             return await method(tx, *args, **kwargs)
 
         monkeypatch.setattr(MemoryTx, name, wrapper)
 
-    for name in ("quotas", "insert_usage", "set_entry_status", "insert_entry"):
+    for name in ("quotas", "insert_usage", "set_entry_status"):
         logged(name)
-    return done
-
-
-async def test_a_prompt_on_an_idle_queue_starts_its_run_in_its_own_transaction(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """The ack's write stores the prompt and starts its run; a prompt that finds a run in
-    flight waits for the runner to start it in a write of its own."""
-    done = logged_writes(monkeypatch)
-    gate = asyncio.Event()
-    async with memory_session({"ann": "editor"}, FakeModel(lambda sent: [gate, "hi"])) as s:
-        first = await s.prompt("ann", "one")
-        second = await s.prompt("ann", "two")
-        gate.set()
-        await s.settled(first["prompt_id"], second["prompt_id"])
-        txs = {what: tx for tx, what in done}
-        one, two = first["prompt_id"], second["prompt_id"]
-        assert txs[f"running:{one}"] is txs[f"entry:{one}"]
-        assert txs[f"running:{two}"] is not txs[f"entry:{two}"]
-
-
-async def test_a_run_reads_its_quotas_as_it_starts_and_stores_its_usage_as_it_ends(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """No transaction of their own: the quotas are read in the run's start, the usage
-    written in its finish (the prompt's row becomes ``running``, then ``done``)."""
-    done = logged_writes(monkeypatch)
     reads: list[str] = []
     read = MemoryStore.quotas
 
@@ -89,9 +59,8 @@ async def test_a_run_reads_its_quotas_as_it_starts_and_stores_its_usage_as_it_en
         ack = await s.prompt("ann", "hi")
         await s.settled(ack["prompt_id"])
         txs = {what: tx for tx, what in done}
-        prompt_id = ack["prompt_id"]
-        assert txs["quotas"] is txs[f"running:{prompt_id}"]
-        assert txs["insert_usage"] is txs[f"done:{prompt_id}"]
+        assert txs["quotas"] is txs["set_entry_status:running"]
+        assert txs["insert_usage"] is txs["set_entry_status:done"]
         assert reads == []
         used = await s.store.usage_by_user("s", day_of(s.room.clock()))
         assert [u.user_id for u in used] == ["ann"]
