@@ -10,9 +10,11 @@ from typing import Any, Protocol
 
 from parley.authz.policy import Restriction
 from parley.authz.scope import RunScope
+from parley.server.store.rows import UsageRow
 from parley.session.core import AuditRecord, ReplyState
 from parley.session.errors import Unavailable
 from parley.session.queue import Run
+from parley.session.quota import Quotas
 from parley.session.reasons import Ending
 
 
@@ -51,6 +53,10 @@ class ActiveRun:
     refusals: list[dict[str, Any]] = field(default_factory=list)
     stopped: Ending | None = None
     finished: asyncio.Event = field(default_factory=asyncio.Event)
+    # The session's quotas, read with the run's start (None: not read yet).
+    quotas: Quotas | None = None
+    # What the model calls used: stored with the run's finish, in its transaction.
+    usage: Sequence[UsageRow] = ()
 
     @property
     def reply_id(self) -> str:

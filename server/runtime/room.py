@@ -15,7 +15,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
 
@@ -38,6 +38,7 @@ from parley.server.store.counters import SequenceMoved
 from parley.server.store.effect_writes import write_effects
 from parley.server.store.group_commit import WriteFence
 from parley.server.store.port import SessionStore
+from parley.server.store.rows import UsageRow
 from parley.server.ws.awareness import AwarenessFanout
 from parley.server.ws.connection import Connection
 from parley.session.closes import CloseCode
@@ -227,15 +228,16 @@ class SessionRoom:
         """Carry out a member's command (see ``step``)."""
         return await self.step(event, event.now_ms)
 
-    async def step(self, event: Event, now_ms: int) -> Effects:
+    async def step(self, event: Event, now_ms: int, *, usage: Sequence[UsageRow] = ()) -> Effects:
         """Carry out what ``event`` does: judged at the door, and judged again under the
         writer on the state it changes (which may have moved while this waited), then
         stored, committed and broadcast; after the commit the run in flight is stopped or
-        the runner woken. A refusal is audited and raised."""
+        the runner woken. A refusal is audited and raised. ``usage``: a run's model calls,
+        stored in the same transaction (its finish)."""
         effects = handle(self.view(), event, with_events=False)  # the writer judges again
         if effects.error is None and effects.writes:
             try:
-                effects = await self.carry_out(event, now_ms)
+                effects = await self.carry_out(event, now_ms, usage)
             except SequenceMoved as exc:
                 self.last_seq = await self._stored_last_seq(exc.last_seq)
                 raise
@@ -254,15 +256,16 @@ class SessionRoom:
             return self.last_seq if row is None else row.last_seq
         return told
 
-    async def carry_out(self, event: Event, now_ms: int) -> Effects:
-        """Judge ``event`` under the writer and store what it does; a refusal (returned)
-        writes nothing."""
+    async def carry_out(self, event: Event, now_ms: int, usage: Sequence[UsageRow] = ()) -> Effects:
+        """Judge ``event`` under the writer and store what it does (and ``usage``); a
+        refusal (returned) writes nothing."""
         try:
             async with self.writer.writing() as write:
                 effects = handle(self.view(), event)
                 if effects.error is not None:
                     raise _Refused(effects)
                 await self.record(write, effects, now_ms)
+                await write.tx.insert_usage(usage)
         except _Refused as refused:
             return refused.effects
         return effects

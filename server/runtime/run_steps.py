@@ -31,6 +31,7 @@ from parley.session.core import (
     handle,
 )
 from parley.session.errors import Forbidden
+from parley.session.quota import Quotas
 from parley.session.reasons import Ending
 
 if TYPE_CHECKING:
@@ -72,6 +73,7 @@ class RunSteps:
         room = self.room
         event = RunStart(room.now_ms(), uuid.uuid4().hex, reply_author)
         scope: RunScope | None = None
+        limits: Quotas | None = None
         async with room.writer.writing() as write:
             effects = handle(room.view(), event)
             if effects.error is not None:
@@ -79,10 +81,13 @@ class RunSteps:
             if effects.begin is not None:
                 # Here, under the writer: the issuers' grants as the run starts.
                 scope = self.scope_for(effects.begin.run.authors)
+                # The quota check before the model call reads them here: no read of its own.
+                limits = await write.tx.quotas(room.session_id)
             await room.record(write, effects, event.now_ms)
         if effects.begin is None or scope is None:
             return None
         self.active = ActiveRun(effects.begin.run, ReplyState(event.reply_id), scope, self)
+        self.active.quotas = limits
         return self.active
 
     def end(self, active: ActiveRun) -> None:
@@ -126,9 +131,11 @@ class RunSteps:
         self, active: ActiveRun, ending: Ending | None, audit: Sequence[AuditRecord] = ()
     ) -> None:
         """Settle a run: answered without an ``ending``, else ended by it; a restricted
-        reply's full text and the run's audit records are stored with it."""
+        reply's full text, the run's audit records and its usage are stored with it."""
         now = self.room.now_ms()
         text = "".join(active.text)
         await self.room.step(
-            RunFinished(active.run, ending, now, active.reply, text, tuple(audit)), now
+            RunFinished(active.run, ending, now, active.reply, text, tuple(audit)),
+            now,
+            usage=active.usage,
         )

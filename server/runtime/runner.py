@@ -139,7 +139,7 @@ class SessionRunner:
         else:
             outcome = await self.execute(active, request)
             if outcome.usage is not None:
-                await self.record_usage(request, reply_id, outcome.usage)
+                self.keep_usage(active, request, outcome.usage)
         await self.settle(active, outcome.ending)
         elapsed = time.monotonic() - started
         metrics.model_call.observe(elapsed)
@@ -164,7 +164,7 @@ class SessionRunner:
 
     async def execute(self, active: ActiveRun, request: ModelRequest) -> RunOutcome:
         try:
-            await self.usage.admit(self.room.session_id, request.issuers)
+            await self.usage.admit(self.room.session_id, request.issuers, active.quotas)
         except QuotaExceeded as exc:  # no model call without a quota check
             return RunOutcome(Ending(ReasonCode.QUOTA_EXCEEDED, exc.message))
         except Unavailable as exc:
@@ -329,17 +329,11 @@ class SessionRunner:
             raise errors[0]
         return ModelTurn("".join(text), tuple(calls), usage[-1] if usage else None)
 
-    async def record_usage(self, request: ModelRequest, reply_id: str, usage: Usage) -> None:
-        try:
-            await self.usage.record(
-                self.room.session_id,
-                request.issuers,
-                request.model or self.provider.name,
-                reply_id,
-                usage,
-            )
-        except Unavailable:
-            log.warning("usage not recorded: database unavailable", extra={"reply_id": reply_id})
+    def keep_usage(self, active: ActiveRun, request: ModelRequest, usage: Usage) -> None:
+        """What the run's model call used, stored with the run's finish (``settle``)."""
+        model = request.model or self.provider.name
+        issuers = request.issuers
+        active.usage = self.usage.rows(self.room.session_id, issuers, model, active.reply_id, usage)
 
     async def settle(self, active: ActiveRun, ending: Ending | None) -> None:
         """Store how the run ended (no ``ending``: answered); keep trying while the
@@ -354,3 +348,14 @@ class SessionRunner:
                 delay = RETRY_DELAYS_S[min(failures, len(RETRY_DELAYS_S) - 1)]
                 failures += 1
                 await asyncio.sleep(delay)
+        await self._record_usage(active)
+
+    async def _record_usage(self, active: ActiveRun) -> None:
+        """The run was not settled here (its room closed): its model calls still count
+        against the quotas."""
+        try:
+            await self.usage.store.record_usage(active.usage)
+        except Unavailable:
+            log.warning(
+                "usage not recorded: database unavailable", extra={"reply_id": active.reply_id}
+            )

@@ -261,4 +261,4 @@ class ThreadSteps:
             audit=tuple(audit),
             now_ms=now,
         )
-        await room.step(event, now)
+        await room.step(event, now, usage=active.usage)

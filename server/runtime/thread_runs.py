@@ -84,7 +84,7 @@ class ThreadRuns:
             if ending is None:
                 outcome = await runner.execute(active, request)
                 if outcome.usage is not None:
-                    await runner.record_usage(request, reply.reply_id, outcome.usage)
+                    runner.keep_usage(active, request, outcome.usage)
                 ending = outcome.ending
             await runner.settle(active, ending)
         finally:

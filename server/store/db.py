@@ -9,7 +9,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import event, make_url
+from sqlalchemy import event, exc, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from parley import migrations
@@ -40,13 +40,11 @@ def create_engine(
         if idle_in_transaction_s is not None and parsed.get_driver_name() == "asyncpg":
             timeout_ms = str(max(1, round(idle_in_transaction_s * 1000)))
             connect_args["server_settings"] = {"idle_in_transaction_session_timeout": timeout_ms}
-        return create_async_engine(
-            url,
-            pool_size=pool_size,
-            max_overflow=pool_size,
-            pool_pre_ping=True,
-            connect_args=connect_args,
+        engine = create_async_engine(
+            url, pool_size=pool_size, max_overflow=pool_size, connect_args=connect_args
         )
+        event.listen(engine.sync_engine, "checkout", _closed_is_stale)
+        return engine
     path = file_path(parsed)
     if path is None:  # in memory: aiosqlite's own connection, on its thread
         engine = create_async_engine(parsed.set(drivername="sqlite+aiosqlite"))
@@ -58,6 +56,17 @@ def create_engine(
     listener = pragmas(checkpoints=path is None, busy_timeout_s=sqlite_busy_timeout_s)
     event.listen(engine.sync_engine, "connect", listener)
     return engine
+
+
+def _closed_is_stale(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+    """A pooled connection the server closed (a restart, an idle timeout) is replaced at
+    checkout, without a round trip: asyncpg sees the socket close as it happens. (SQLAlchemy's
+    ``pool_pre_ping`` sent a query per checkout, a round trip before every transaction.) A
+    connection lost without a word fails its first statement instead; that marks every
+    connection pooled before it stale, and the caller's retry gets a fresh one."""
+    is_closed = getattr(getattr(dbapi_connection, "driver_connection", None), "is_closed", None)
+    if is_closed is not None and is_closed():
+        raise exc.DisconnectionError("the server closed this pooled connection")
 
 
 def alembic_config(url: str) -> Config:

@@ -28,9 +28,10 @@ from parley.server.store.rows import (
     MemberRow,
     SessionRow,
     StoredDoc,
+    UsageRow,
     kept_name,
 )
-from parley.server.store.usage import UsageRow, UserUsage
+from parley.server.store.usage import UserUsage
 from parley.session.core.thread_state import SideThread
 from parley.session.errors import Unavailable
 from parley.session.events import Membership, StoredEvent, membership_event
@@ -206,8 +207,7 @@ class MemoryStore:
     async def record_usage(self, rows: Sequence[UsageRow]) -> None:
         if rows:
             async with self.transaction() as tx:
-                for row in rows:
-                    tx.session(row.session_id).usage.append(row)
+                await tx.insert_usage(rows)
 
     async def usage_by_user(
         self, session_id: str, day: str, user_id: str | None = None

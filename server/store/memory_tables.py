@@ -15,8 +15,8 @@ from parley.server.store.rows import (
     MemberRow,
     SessionRow,
     StoredDoc,
+    UsageRow,
 )
-from parley.server.store.usage import UsageRow
 from parley.session.core.thread_state import SideThread, ThreadTurn
 from parley.session.errors import Conflict, DuplicateCommand
 from parley.session.events import SessionEvent, StoredEvent
@@ -231,6 +231,14 @@ class MemoryTx:
 
     async def insert_private(self, session_id: str, item: PrivateItem, now: int) -> None:
         self.session(session_id).private[item.entry_id] = item
+
+    async def quotas(self, session_id: str) -> Quotas:
+        s = self._written.get(session_id) or self._tables.sessions.get(session_id)
+        return Quotas() if s is None else s.quotas
+
+    async def insert_usage(self, rows: Sequence[UsageRow]) -> None:
+        for row in rows:
+            self.session(row.session_id).usage.append(row)
 
     async def insert_thread(self, session_id: str, thread: SideThread) -> None:
         threads = self.session(session_id).threads

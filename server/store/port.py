@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from parley.authz.policy import Readers
 from parley.server.store.access_rows import DocumentRow, PrivateItem, TokenRow, ToolRow
-from parley.server.store.rows import EntryRow, MemberRow, SessionRow, StoredDoc
-from parley.server.store.usage import UsageRow, UserUsage
+from parley.server.store.rows import EntryRow, MemberRow, SessionRow, StoredDoc, UsageRow
+from parley.server.store.usage import UserUsage
 from parley.session.core.thread_state import SideThread, ThreadTurn
 from parley.session.events import SessionEvent, StoredEvent
 from parley.session.lifecycle import PromptStatus
@@ -93,6 +93,14 @@ class SessionTx(Protocol):
     ) -> None: ...
 
     async def insert_private(self, session_id: str, item: PrivateItem, now: int) -> None: ...
+
+    async def quotas(self, session_id: str) -> Quotas:
+        """The session's quotas, read in this transaction (a run's start reads them)."""
+        ...
+
+    async def insert_usage(self, rows: Sequence[UsageRow]) -> None:
+        """Model calls' usage (a run's, stored with its finish)."""
+        ...
 
     # Side-threads (``session.core.threads``): rows beside the session, never in its document.
     async def insert_thread(self, session_id: str, thread: SideThread) -> None:

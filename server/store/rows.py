@@ -5,16 +5,18 @@ twin, ``server.store.memory``, return the same types)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, select
+from sqlalchemy import and_, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from parley.authz.policy import Decision
 from parley.authz.roles import Member
-from parley.server.store.tables import members, sessions
+from parley.server.store.tables import members, model_usage, quotas, sessions
 from parley.session.errors import NotFound
+from parley.session.quota import Quotas
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,3 +152,47 @@ def entry_row(row: Any) -> EntryRow:
         row.reply_id,
         row.created_at,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRow:
+    """One issuer's share of one model call."""
+
+    session_id: str
+    user_id: str
+    day: str
+    model: str
+    reply_id: str
+    input_tokens: int
+    output_tokens: int
+    created_at: int
+
+
+async def insert_usage_rows(connection: AsyncConnection, rows: Sequence[UsageRow]) -> None:
+    if rows:
+        await connection.execute(
+            insert(model_usage),
+            [
+                {
+                    "session_id": r.session_id,
+                    "user_id": r.user_id,
+                    "day": r.day,
+                    "model": r.model,
+                    "reply_id": r.reply_id,
+                    "input_tokens": r.input_tokens,
+                    "output_tokens": r.output_tokens,
+                    "created_at": r.created_at,
+                }
+                for r in rows
+            ],
+        )
+
+
+async def quota_limits(connection: AsyncConnection, session_id: str) -> Quotas:
+    """The session's quotas (none set: ``Quotas()``)."""
+    row = (
+        await connection.execute(select(quotas).where(quotas.c.session_id == session_id))
+    ).first()
+    if row is None:
+        return Quotas()
+    return Quotas(row.session_tokens_per_day, row.user_tokens_per_day)

@@ -20,13 +20,20 @@ from parley.server.store.access_rows import PrivateItem
 from parley.server.store.counters import ClaimedSeqs, SequenceMoved
 from parley.server.store.group_commit import insert_updates
 from parley.server.store.outbox import enqueue
-from parley.server.store.rows import EntryRow, StoredDoc
+from parley.server.store.rows import (
+    EntryRow,
+    StoredDoc,
+    UsageRow,
+    insert_usage_rows,
+    quota_limits,
+)
 from parley.server.store.tables import doc_snapshots, doc_updates, entries, session_events, sessions
 from parley.server.store.webhooks import Subscriptions, version_now
 from parley.session.core import SideThread, ThreadTurn
 from parley.session.errors import DuplicateCommand
 from parley.session.events import SessionEvent
 from parley.session.lifecycle import IllegalTransition, PromptStatus, prompt_predecessors
+from parley.session.quota import Quotas
 from parley.session.reasons import Ending
 from parley.session.webhook_events import webhook_data, webhook_types
 
@@ -222,6 +229,12 @@ class StoreTx:
                 and_(doc_updates.c.session_id == session_id, doc_updates.c.id <= last_update_id)
             )
         )
+
+    async def quotas(self, session_id: str) -> Quotas:
+        return await quota_limits(self.connection, session_id)
+
+    async def insert_usage(self, rows: Sequence[UsageRow]) -> None:
+        await insert_usage_rows(self.connection, rows)
 
     async def insert_audit(
         self, session_id: str, at: int, kind: str, actor: str, data: dict[str, Any]

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import and_, delete, func, insert, select
 
 from parley.server.store.database import Database
+from parley.server.store.rows import UsageRow, quota_limits
 from parley.server.store.tables import model_usage, quotas
 from parley.session.errors import QuotaExceeded
 from parley.session.model import Usage
@@ -30,42 +31,13 @@ class UserUsage:
     calls: int
 
 
-@dataclass(frozen=True, slots=True)
-class UsageRow:
-    """One issuer's share of one model call."""
-
-    session_id: str
-    user_id: str
-    day: str
-    model: str
-    reply_id: str
-    input_tokens: int
-    output_tokens: int
-    created_at: int
-
-
 class UsageTables(Database):
     """The usage and quota rows in the database."""
 
     async def record_usage(self, rows: Sequence[UsageRow]) -> None:
         if rows:
             async with self.transaction() as tx:
-                await tx.connection.execute(
-                    insert(model_usage),
-                    [
-                        {
-                            "session_id": r.session_id,
-                            "user_id": r.user_id,
-                            "day": r.day,
-                            "model": r.model,
-                            "reply_id": r.reply_id,
-                            "input_tokens": r.input_tokens,
-                            "output_tokens": r.output_tokens,
-                            "created_at": r.created_at,
-                        }
-                        for r in rows
-                    ],
-                )
+                await tx.insert_usage(rows)
 
     async def usage_by_user(
         self, session_id: str, day: str, user_id: str | None = None
@@ -93,12 +65,7 @@ class UsageTables(Database):
     async def quotas(self, session_id: str) -> Quotas:
         # A read, not a write transaction: it must not queue behind SQLite's writers.
         async with self.read() as connection:
-            row = (
-                await connection.execute(select(quotas).where(quotas.c.session_id == session_id))
-            ).first()
-        if row is None:
-            return Quotas()
-        return Quotas(row.session_tokens_per_day, row.user_tokens_per_day)
+            return await quota_limits(connection, session_id)
 
     async def set_quotas(self, session_id: str, limits: Quotas) -> None:
         async with self.transaction() as tx:
@@ -124,22 +91,7 @@ class UsageLedger:
         self, session_id: str, issuers: Sequence[str], model: str, reply_id: str, usage: Usage
     ) -> None:
         """Store one call's usage, one row per issuer with their share."""
-        now = self.clock()
-        await self.store.record_usage(
-            [
-                UsageRow(
-                    session_id,
-                    user_id,
-                    day_of(now),
-                    model,
-                    reply_id,
-                    share.input_tokens,
-                    share.output_tokens,
-                    int(now * 1000),
-                )
-                for user_id, share in shares(usage, issuers)
-            ]
-        )
+        await self.store.record_usage(self.rows(session_id, issuers, model, reply_id, usage))
 
     async def by_user(
         self, session_id: str, day: str, user_id: str | None = None
@@ -153,9 +105,33 @@ class UsageLedger:
     async def set_quotas(self, session_id: str, limits: Quotas) -> None:
         await self.store.set_quotas(session_id, limits)
 
-    async def admit(self, session_id: str, issuers: Sequence[str]) -> None:
-        """Raise ``QuotaExceeded`` when a call for ``issuers`` would go over a quota."""
-        limits = await self.quotas(session_id)
+    def rows(
+        self, session_id: str, issuers: Sequence[str], model: str, reply_id: str, usage: Usage
+    ) -> list[UsageRow]:
+        """One call's usage, one row per issuer with their share (to store with the run's
+        finish)."""
+        now = self.clock()
+        return [
+            UsageRow(
+                session_id,
+                user_id,
+                day_of(now),
+                model,
+                reply_id,
+                share.input_tokens,
+                share.output_tokens,
+                int(now * 1000),
+            )
+            for user_id, share in shares(usage, issuers)
+        ]
+
+    async def admit(
+        self, session_id: str, issuers: Sequence[str], limits: Quotas | None = None
+    ) -> None:
+        """Raise ``QuotaExceeded`` when a call for ``issuers`` would go over a quota;
+        ``limits``: the session's quotas if already read (with the run's start)."""
+        if limits is None:
+            limits = await self.quotas(session_id)
         if limits == Quotas():
             return
         used = {

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import pytest
+
+from parley.server.store.memory import MemoryStore
+from parley.server.store.memory_tables import MemoryTx
 from parley.session.lifecycle import PromptStatus
+from parley.session.quota import Quotas, day_of
 from tests.fake_model import FakeModel
 from tests.server.runtime.harness import memory_session
 
@@ -19,3 +26,41 @@ async def test_a_prompt_is_answered_and_stored() -> None:
         assert [row.id for row in stored] == [ack["prompt_id"]]
         kinds = [e.kind for e in await s.store.events_after("s", 0, 100)]
         assert kinds[-3:] == ["prompt_accepted", "run_started", "reply_completed"]
+
+
+async def test_a_run_reads_its_quotas_as_it_starts_and_stores_its_usage_as_it_ends(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No transaction of their own: the quotas are read in the run's start, the usage
+    written in its finish (the prompt's row becomes ``running``, then ``done``)."""
+    done: list[tuple[MemoryTx, str]] = []
+
+    def logged(name: str) -> None:
+        method = getattr(MemoryTx, name)
+
+        async def wrapper(tx: MemoryTx, *args: Any, **kwargs: Any) -> Any:
+            what = f"{name}:{args[1].value}" if name == "set_entry_status" else name
+            done.append((tx, what))
+            return await method(tx, *args, **kwargs)
+
+        monkeypatch.setattr(MemoryTx, name, wrapper)
+
+    for name in ("quotas", "insert_usage", "set_entry_status"):
+        logged(name)
+    reads: list[str] = []
+    read = MemoryStore.quotas
+
+    async def counted(store: MemoryStore, session_id: str) -> Quotas:
+        reads.append(session_id)
+        return await read(store, session_id)
+
+    monkeypatch.setattr(MemoryStore, "quotas", counted)
+    async with memory_session({"ann": "editor"}, FakeModel(lambda sent: ["hi"])) as s:
+        ack = await s.prompt("ann", "hi")
+        await s.settled(ack["prompt_id"])
+        txs = {what: tx for tx, what in done}
+        assert txs["quotas"] is txs["set_entry_status:running"]
+        assert txs["insert_usage"] is txs["set_entry_status:done"]
+        assert reads == []
+        used = await s.store.usage_by_user("s", day_of(s.room.clock()))
+        assert [u.user_id for u in used] == ["ann"]

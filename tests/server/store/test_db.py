@@ -1,0 +1,56 @@
+"""The engine ``server.store.db`` makes: a pooled PostgreSQL connection the server closed
+is replaced at checkout, with no query sent to find out."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import asyncpg
+import pytest
+from sqlalchemy import event, text
+from sqlalchemy.dialects.postgresql.asyncpg import AsyncAdapt_asyncpg_connection
+
+from parley.server.store.db import create_engine
+from tests.conftest import postgres_database
+
+
+@pytest.mark.postgres
+async def test_a_connection_the_server_closed_is_replaced_at_checkout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pings: list[object] = []
+    ping = AsyncAdapt_asyncpg_connection.ping
+    monkeypatch.setattr(
+        AsyncAdapt_asyncpg_connection, "ping", lambda self: pings.append(self) or ping(self)
+    )
+    async with postgres_database() as url:
+        engine = create_engine(url, pool_size=1)
+        statements: list[str] = []
+        event.listen(
+            engine.sync_engine,
+            "before_cursor_execute",
+            lambda conn, cursor, statement, *rest: statements.append(statement),
+        )
+        pooled: list[Any] = []
+        event.listen(engine.sync_engine, "checkin", lambda dbapi, record: pooled.append(dbapi))
+        try:
+            async with engine.connect() as connection:
+                first = (await connection.execute(text("SELECT pg_backend_pid()"))).scalar()
+            admin = await asyncpg.connect(url.replace("+asyncpg", ""))
+            try:
+                await admin.execute("SELECT pg_terminate_backend($1)", first)
+            finally:
+                await admin.close()
+            for _ in range(200):  # asyncpg notices the closed socket on a pass of the loop
+                if pooled[-1].driver_connection.is_closed():
+                    break
+                await asyncio.sleep(0.01)
+            statements.clear()
+            async with engine.connect() as connection:
+                second = (await connection.execute(text("SELECT pg_backend_pid()"))).scalar()
+            assert second != first
+            assert statements == ["SELECT pg_backend_pid()"]
+            assert pings == []  # no round trip before a checkout's first statement
+        finally:
+            await engine.dispose()
