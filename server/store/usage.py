@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from sqlalchemy import and_, delete, func, insert, select
+from sqlalchemy import and_, bindparam, delete, func, insert, select
 
 from parley.server.store.database import Database
 from parley.server.store.tables import model_usage, quotas
@@ -44,6 +44,11 @@ class UsageRow:
     created_at: int
 
 
+# Built once: every run reads the quotas and writes its usage (see ``command_statements``).
+_INSERT_USAGE = insert(model_usage)
+_QUOTAS = select(quotas).where(quotas.c.session_id == bindparam("session"))
+
+
 class UsageTables(Database):
     """The usage and quota rows in the database."""
 
@@ -51,7 +56,7 @@ class UsageTables(Database):
         if rows:
             async with self.transaction() as tx:
                 await tx.connection.execute(
-                    insert(model_usage),
+                    _INSERT_USAGE,
                     [
                         {
                             "session_id": r.session_id,
@@ -93,9 +98,7 @@ class UsageTables(Database):
     async def quotas(self, session_id: str) -> Quotas:
         # A read, not a write transaction: it must not queue behind SQLite's writers.
         async with self.read() as connection:
-            row = (
-                await connection.execute(select(quotas).where(quotas.c.session_id == session_id))
-            ).first()
+            row = (await connection.execute(_QUOTAS, {"session": session_id})).first()
         if row is None:
             return Quotas()
         return Quotas(row.session_tokens_per_day, row.user_tokens_per_day)
