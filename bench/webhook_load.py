@@ -13,16 +13,21 @@ with an open loop of members' prompts and messages paced to about ``--events-per
 semantic events; its first ``--warmup-s`` are not measured, and it ends once every
 command is answered (or given up after 60 s).
 
-Per server: the ack p50/p95/p99 of each block and their median over its blocks, the
-events per second it stored, and its CPU (the server, its sender child, and the load
-generator's own); then the ratio hooks / plain of the medians. The *noise* is how far a
-server's own blocks fall from their median (p50 and p95, the larger of the two servers,
-at least 10%); "unchanged within noise" when the ratio's distance from 1 (p50, p95) is no
-larger. A server that stores less than 90% of the events asked for in any block, or
-leaves a command unanswered, is reported as saturated, and then no verdict is given (its
-latency is its queue's). ``outbox`` shows the backlog after each hooks block.
+Per server and block: the ack p50/p95/p99, the events per second it stored, its CPU
+(the server, its sender child, and the load generator's own) and that CPU per stored
+event. The comparison is by *pairs*: blocks 0-1, 2-3, ... hold one block of each server
+next to each other in time, and each pair's ratio hooks / plain cancels what drifts over
+the run (the machine's other jobs; the servers' growing databases and loaded sessions,
+which made later blocks slower on both). The second block of a pair tends to be the slower, so the
+pairs that start with each server weigh the same (use a multiple of 4 blocks): the ratio
+is the mean of the two orders' geometric means; the *noise* is how far pairs of the same
+order fall from their order's mean (p50 and p95, at least 10%); "unchanged within noise"
+when the ratio is no farther from 1 than that. A server that stores less than 90%
+of the events asked for in any block, or leaves a command unanswered, is reported as
+saturated, and then no verdict is given (its latency is its queue's). ``outbox`` shows
+the backlog after each hooks block.
 
-    python -m bench.webhook_load [--events-per-s 1000] [--block-s 25] [--blocks 6] \
+    python -m bench.webhook_load [--events-per-s 1000] [--block-s 25] [--blocks 8] \
         [--sessions 20] [--json bench/results/webhook-load-<date>.json]
 """
 
@@ -32,6 +37,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
 import statistics
 import sys
 import tempfile
@@ -119,17 +125,41 @@ def median_of(blocks: list[dict[str, Any]], key: str) -> dict[str, float | None]
     return out
 
 
-def spread(blocks: list[dict[str, Any]], middle: dict[str, float | None]) -> float:
-    """How far the blocks' p50 and p95 fall from their median, at most (a fraction)."""
-    return max(
-        [
-            abs(b["acks"][k] / middle[k] - 1)
-            for b in blocks
-            for k in ("p50_ms", "p95_ms")
-            if b["acks"][k] is not None and middle[k]
-        ],
-        default=0.0,
-    )
+def paired(blocks: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """Blocks 0-1, 2-3, ... hold one of each server next to each other in time: each
+    pair's ratio hooks / plain cancels what drifts over the run (the machine's other
+    jobs, the servers' growing databases and loaded sessions). Within a pair the second
+    block tends to be slower, so the pairs are grouped by which server went first and each
+    order weighs the same. Per percentile: each pair's ratio, the ratio (the mean of the
+    two orders' geometric means), the order effect (what the balance cancels), and the
+    noise (how far pairs of the same order fall from their order's mean; a fraction)."""
+    by_block = {b["block"]: b for name in ("hooks", "plain") for b in blocks[name]}
+    hooks_blocks = {b["block"] for b in blocks["hooks"]}
+    out: dict[str, Any] = {}
+    for key in ("p50_ms", "p95_ms", "p99_ms"):
+        orders: dict[bool, list[float]] = {True: [], False: []}  # hooks first: log ratios
+        pair_ratios = []
+        for first in range(0, len(by_block) - 1, 2):
+            hooks_first = first in hooks_blocks
+            h, p = (first, first + 1) if hooks_first else (first + 1, first)
+            a, b = by_block[h]["acks"][key], by_block[p]["acks"][key]
+            if a and b:
+                pair_ratios.append(round(a / b, 3))
+                orders[hooks_first].append(math.log(a / b))
+        means = {o: statistics.fmean(logs) for o, logs in orders.items() if logs}
+        if not means:
+            out[key] = {"pairs": [], "ratio": None, "order_effect": None, "noise": None}
+            continue
+        spread = max(abs(x - means[o]) for o, logs in orders.items() for x in logs)
+        out[key] = {
+            "pairs": pair_ratios,
+            "ratio": round(math.exp(statistics.fmean(means.values())), 3),
+            "order_effect": (
+                round(math.exp(abs(means[True] - means[False]) / 2), 3) if len(means) == 2 else None
+            ),
+            "noise": round(math.exp(spread) - 1, 3),
+        }
+    return out
 
 
 async def load_block(target: HookTarget, args: argparse.Namespace, rate: float) -> dict[str, Any]:
@@ -216,16 +246,14 @@ def verdict(
 ) -> dict[str, Any]:
     figures: dict[str, Any] = {}
     for name, mine in blocks.items():
-        middle = median_of(mine, "acks")
         figures[name] = {
-            "acks_median_of_blocks": middle,
+            "acks_median_of_blocks": median_of(mine, "acks"),
             "prompt_acks_median_of_blocks": median_of(mine, "prompt_acks"),
             "message_acks_median_of_blocks": median_of(mine, "message_acks"),
             "events_per_s": [b["events_per_s"] for b in mine],
-            "noise": round(spread(mine, middle), 3),
             "blocks": mine,
         }
-    figures["ratio_hooks_over_plain"] = {
+    figures["ratio_of_medians_hooks_over_plain"] = {
         key: ratios(figures["hooks"][key], figures["plain"][key])
         for key in (
             "acks_median_of_blocks",
@@ -233,12 +261,11 @@ def verdict(
             "message_acks_median_of_blocks",
         )
     }
-    band = max(0.10, figures["hooks"]["noise"], figures["plain"]["noise"])
-    effect = [
-        abs(1 - r)
-        for k, r in figures["ratio_hooks_over_plain"]["acks_median_of_blocks"].items()
-        if k != "p99_ms" and r is not None
-    ]
+    pairs = paired(blocks)
+    figures["paired_ratio_hooks_over_plain"] = pairs
+    head = [pairs[k] for k in ("p50_ms", "p95_ms") if pairs[k]["ratio"] is not None]
+    band = max([0.10, *(h["noise"] for h in head)])
+    effect = [abs(math.log(h["ratio"])) for h in head]
     figures["settings"] = {
         "sessions_per_block": args.sessions,
         "target_events_per_s": args.events_per_s,
@@ -266,7 +293,9 @@ def verdict(
     ]
     figures["saturated"] = saturated
     figures["noise_band"] = round(band, 3)
-    figures["unchanged_within_noise"] = None if saturated or not effect else max(effect) <= band
+    figures["unchanged_within_noise"] = (
+        None if saturated or not effect else max(effect) <= math.log(1 + band)
+    )
     figures["uptime"] = Path("/proc/loadavg").read_text().split()[:3]
     return figures
 
@@ -276,7 +305,7 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, default=40)
     parser.add_argument("--events-per-s", type=float, default=1000.0)
     parser.add_argument("--prompt-share", type=float, default=0.25)
-    parser.add_argument("--blocks", type=int, default=6, help="blocks in all (even)")
+    parser.add_argument("--blocks", type=int, default=8, help="blocks in all (a multiple of 4)")
     parser.add_argument("--block-s", type=float, default=25.0)
     parser.add_argument("--warmup-s", type=float, default=5.0)
     parser.add_argument("--settle-s", type=float, default=1.0, help="pause before a block")

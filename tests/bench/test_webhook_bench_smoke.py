@@ -31,8 +31,10 @@ async def test_webhook_load_compares_ack_latency_with_a_peer_without_subscribers
         assert block["cpu_s"]["server"] > 0
         assert figures[name]["acks_median_of_blocks"]["p50_ms"] is not None
     assert figures["hooks"]["blocks"][0]["block"] == 0  # A B: hooks first
-    ratio = figures["ratio_hooks_over_plain"]["acks_median_of_blocks"]
+    ratio = figures["ratio_of_medians_hooks_over_plain"]["acks_median_of_blocks"]
     assert set(ratio) == {"p50_ms", "p95_ms", "p99_ms"}
+    (pair,) = figures["paired_ratio_hooks_over_plain"]["p50_ms"]["pairs"]  # blocks 0-1
+    assert pair > 0
     (after,) = figures["outbox"]["after_each_hooks_block"]
     assert sum(after["by_status"].values()) > 0
     assert figures["outbox"]["received"] > 0
