@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
+import json
 import socket
 import sqlite3
 import time
@@ -182,46 +184,59 @@ async def paced_load(
     prompt_share: float,
     *,
     tick_s: float = 0.01,
+    ack_timeout_s: float = 60.0,
 ) -> list[Ack]:
     """Send ``commands_per_s`` commands, spread over ``rooms`` in turn, for ``duration_s``;
     every ``round(1 / prompt_share)``-th is a prompt (a model run), the rest messages.
     Returns each command's ack latency. Sends never wait for acks (an open loop), so a
-    slow server shows as latency, not as a lower rate."""
+    slow server shows as latency, not as a lower rate. The generator runs on the same
+    cores as the server, so a command costs it a frame and a callback: no task or timer
+    each (a command not answered ``ack_timeout_s`` after the last send counts as lost)."""
     every = max(1, round(1 / prompt_share)) if prompt_share > 0 else 0
     turn = itertools.cycle(rooms)
-    counter = itertools.count()
     acks: list[Ack] = []
-    pending: set[asyncio.Task[None]] = set()
+    waiting: dict[str, tuple[float, str]] = {}  # command id: (sent, kind)
 
-    async def one(room: Room, n: int) -> None:
-        assert room.driver is not None
-        kind = "prompt" if every and n % every == 0 else "message"
-        text = f"load {n}"
-        sent = time.monotonic()
-        try:
-            reply = await room.driver.command(
-                {"type": kind, "id": uuid.uuid4().hex, "text": text}, timeout_s=60
-            )
-        except TimeoutError:
-            acks.append(Ack(sent, None, kind, "no ack in 60 s"))
-            return
+    all_answered = asyncio.Event()
+
+    def answered(command_id: str, future: asyncio.Future[dict[str, Any]]) -> None:
+        sent, kind = waiting.pop(command_id)
+        if not waiting and sending_done:
+            all_answered.set()
+        reply = future.result()
         if reply.get("type") == "ack":
             acks.append(Ack(sent, time.monotonic() - sent, kind))
         else:
             acks.append(Ack(sent, None, kind, str(reply.get("error", reply))[:200]))
 
+    sending_done = False
+    loop = asyncio.get_running_loop()
+    prefix = uuid.uuid4().hex[:12]
     started = time.monotonic()
     sent = 0
     while (now := time.monotonic()) - started < duration_s:
         due = int((now - started) * commands_per_s)
-        for _ in range(due - sent):
-            task = asyncio.create_task(one(next(turn), next(counter)))
-            pending.add(task)
-            task.add_done_callback(pending.discard)
+        for n in range(sent, due):
+            driver = next(turn).driver
+            assert driver is not None and driver.socket is not None
+            kind = "prompt" if every and n % every == 0 else "message"
+            command_id = f"{prefix}-{n}"
+            future: asyncio.Future[dict[str, Any]] = loop.create_future()
+            driver.replies[command_id] = future
+            waiting[command_id] = (time.monotonic(), kind)
+            future.add_done_callback(functools.partial(answered, command_id))
+            driver.socket.send(json.dumps({"type": kind, "id": command_id, "text": f"load {n}"}))
         sent = max(sent, due)
         await asyncio.sleep(tick_s)
-    if pending:
-        await asyncio.gather(*pending)
+    sending_done = True
+    if waiting:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(all_answered.wait(), ack_timeout_s)
+    for sent_at, kind in waiting.values():
+        acks.append(Ack(sent_at, None, kind, f"no ack in {ack_timeout_s:g} s"))
+    for room in rooms:  # the lost ones' futures: nobody waits for them any more
+        if room.driver is not None:
+            room.driver.replies.clear()
     return acks
 
 

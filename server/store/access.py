@@ -97,6 +97,10 @@ async def insert_client_token(connection: AsyncConnection, claims: ClientClaims,
     )
 
 
+# Built once: a run and many commands write an audit record (see ``command_statements``).
+_INSERT_AUDIT = insert(audit_log)
+
+
 async def insert_audit(
     connection: AsyncConnection,
     session_id: str,
@@ -105,11 +109,8 @@ async def insert_audit(
     actor: str,
     data: dict[str, Any],
 ) -> None:
-    await connection.execute(
-        insert(audit_log).values(
-            session_id=session_id, at=at, kind=kind, actor=actor, data=json.dumps(data)
-        )
-    )
+    row = {"session_id": session_id, "at": at, "kind": kind, "actor": actor}
+    await connection.execute(_INSERT_AUDIT, {**row, "data": json.dumps(data)})
 
 
 class AccessStore:

@@ -55,11 +55,14 @@ class _Pending:
     thread_id: str | None = None  # set: an update of that side-thread's document
 
 
+# Built once (its cache key is walked once, not per call).
+_INSERT_UPDATES = insert(doc_updates).returning(doc_updates.c.id, sort_by_parameter_order=True)
+
+
 def insert_updates(rows: Sequence[tuple[str, bytes]]) -> tuple[object, list[dict[str, object]]]:
     """The multi-row insert of ``rows`` (session id, update) and its parameters; its
     result gives the new ids in the order of ``rows``."""
-    statement = insert(doc_updates).returning(doc_updates.c.id, sort_by_parameter_order=True)
-    return statement, [{"session_id": s, "data": data} for s, data in rows]
+    return _INSERT_UPDATES, [{"session_id": s, "data": data} for s, data in rows]
 
 
 class GroupCommit:

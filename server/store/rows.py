@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, insert, select
+from sqlalchemy import and_, bindparam, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from parley.authz.policy import Decision
@@ -168,10 +168,15 @@ class UsageRow:
     created_at: int
 
 
+# Built once: every run reads the quotas and writes its usage (see ``command_statements``).
+_INSERT_USAGE = insert(model_usage)
+_QUOTAS = select(quotas).where(quotas.c.session_id == bindparam("session"))
+
+
 async def insert_usage_rows(connection: AsyncConnection, rows: Sequence[UsageRow]) -> None:
     if rows:
         await connection.execute(
-            insert(model_usage),
+            _INSERT_USAGE,
             [
                 {
                     "session_id": r.session_id,
@@ -190,9 +195,7 @@ async def insert_usage_rows(connection: AsyncConnection, rows: Sequence[UsageRow
 
 async def quota_limits(connection: AsyncConnection, session_id: str) -> Quotas:
     """The session's quotas (none set: ``Quotas()``)."""
-    row = (
-        await connection.execute(select(quotas).where(quotas.c.session_id == session_id))
-    ).first()
+    row = (await connection.execute(_QUOTAS, {"session": session_id})).first()
     if row is None:
         return Quotas()
     return Quotas(row.session_tokens_per_day, row.user_tokens_per_day)

@@ -9,12 +9,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import and_, delete, insert, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from parley.server.store import thread_log, thread_rows
+from parley.server.store import command_statements, thread_log, thread_rows
 from parley.server.store.access import insert_audit, insert_private
 from parley.server.store.access_rows import PrivateItem
 from parley.server.store.counters import ClaimedSeqs, SequenceMoved
@@ -27,12 +25,12 @@ from parley.server.store.rows import (
     insert_usage_rows,
     quota_limits,
 )
-from parley.server.store.tables import doc_snapshots, doc_updates, entries, session_events, sessions
-from parley.server.store.webhooks import Subscriptions, version_now
+from parley.server.store.tables import doc_snapshots, doc_updates, sessions
+from parley.server.store.webhooks import Subscriptions
 from parley.session.core import SideThread, ThreadTurn
 from parley.session.errors import DuplicateCommand
 from parley.session.events import SessionEvent
-from parley.session.lifecycle import IllegalTransition, PromptStatus, prompt_predecessors
+from parley.session.lifecycle import IllegalTransition, PromptStatus
 from parley.session.quota import Quotas
 from parley.session.reasons import Ending
 from parley.session.webhook_events import webhook_data, webhook_types
@@ -87,18 +85,14 @@ class StoreTx:
         claimed = self.claimed.holds(session_id)
         if not events and not claimed:
             return []
-        counters: dict[str, Any] = {}
-        if claimed:
-            counters["last_seq"] = sessions.c.last_seq + 1
-        if events:
-            counters["last_event_seq"] = sessions.c.last_event_seq + len(events)
+        statements = command_statements
+        if claimed and events:
+            statement = statements.COUNT_ENTRY_AND_EVENTS
+        else:
+            statement = statements.COUNT_ENTRY if claimed else statements.COUNT_EVENTS
         # The subscriptions' version comes with the counters: no query of its own.
-        result = await self.connection.execute(
-            update(sessions)
-            .where(sessions.c.id == session_id)
-            .values(**counters)
-            .returning(sessions.c.last_seq, sessions.c.last_event_seq, version_now())
-        )
+        parameters = {"session": session_id, **({"events": len(events)} if events else {})}
+        result = await self.connection.execute(statement, parameters)
         found = result.first()
         if found is None:
             raise LookupError(session_id)
@@ -110,7 +104,7 @@ class StoreTx:
         first = last - len(events) + 1
         data = [event.data() for event in events]
         await self.connection.execute(
-            insert(session_events),
+            command_statements.INSERT_EVENTS,
             [
                 {
                     "session_id": session_id,
@@ -134,27 +128,22 @@ class StoreTx:
     async def insert_entry(self, row: EntryRow) -> None:
         """Insert ``row``; ``DuplicateCommand`` if its author sent its command id before
         (the insert does nothing then, and the transaction stays usable)."""
-        upsert = pg_insert if self.connection.dialect.name == "postgresql" else sqlite_insert
-        statement = (
-            upsert(entries)
-            .values(
-                id=row.id,
-                session_id=row.session_id,
-                seq=row.seq,
-                kind=row.kind,
-                author=row.author,
-                command_id=row.command_id,
-                text=row.text,
-                status=row.status,
-                reason=row.reason,
-                reply_id=row.reply_id,
-                created_at=row.created_at,
-            )
-            .on_conflict_do_nothing(index_elements=["session_id", "author", "command_id"])
-            .returning(entries.c.id)
-        )
+        statement = command_statements.insert_entry(self.connection.dialect.name)
+        values = {
+            "id": row.id,
+            "session_id": row.session_id,
+            "seq": row.seq,
+            "kind": row.kind,
+            "author": row.author,
+            "command_id": row.command_id,
+            "text": row.text,
+            "status": row.status,
+            "reason": row.reason,
+            "reply_id": row.reply_id,
+            "created_at": row.created_at,
+        }
         try:
-            inserted = (await self.connection.execute(statement)).first()
+            inserted = (await self.connection.execute(statement, values)).first()
         except IntegrityError as exc:
             if not _SEQ_TAKEN.search(str(exc.orig)):
                 raise
@@ -186,11 +175,8 @@ class StoreTx:
             values["started_at"] = started_at
         if finished_at is not None:
             values["finished_at"] = finished_at
-        allowed = [old.value for old in prompt_predecessors(status)]
         result = await self.connection.execute(
-            update(entries)
-            .where(entries.c.id == entry_id, entries.c.status.in_(allowed))
-            .values(**values)
+            command_statements.set_entry_status(status), {"entry": entry_id, **values}
         )
         if result.rowcount != 1:
             raise IllegalTransition(f"prompt {entry_id} cannot become {status} from its row")

@@ -15,19 +15,28 @@ async def test_webhook_load_compares_ack_latency_with_a_peer_without_subscribers
         sessions=2,
         events_per_s=30.0,
         prompt_share=0.5,
-        duration_s=2.0,
+        blocks=2,
+        block_s=2.0,
         warmup_s=0.5,
+        settle_s=0.1,
         receiver_delay_s=0.3,
         paused=False,
     )
     figures = await webhook_load.measure(args, tmp_path)
     for name in ("hooks", "plain"):
-        assert figures[name]["commands"] > 0
-        assert figures[name]["refused_or_lost_count"] == 0
-        assert figures[name]["events_per_s"] > 0
-        assert figures[name]["acks"]["p50_ms"] is not None
-    assert set(figures["ratio_hooks_over_plain"]["acks"]) == {"p50_ms", "p95_ms", "p99_ms"}
-    assert figures["outbox"]["deliveries_written"] > 0
+        (block,) = figures[name]["blocks"]  # loaded in turn: one block each
+        assert block["commands"] > 0
+        assert block["refused_or_lost_count"] == 0
+        assert block["events_per_s"] > 0
+        assert block["cpu_s"]["server"] > 0
+        assert figures[name]["acks_median_of_blocks"]["p50_ms"] is not None
+    assert figures["hooks"]["blocks"][0]["block"] == 0  # A B: hooks first
+    ratio = figures["ratio_of_medians_hooks_over_plain"]["acks_median_of_blocks"]
+    assert set(ratio) == {"p50_ms", "p95_ms", "p99_ms"}
+    (pair,) = figures["paired_ratio_hooks_over_plain"]["p50_ms"]["pairs"]  # blocks 0-1
+    assert pair > 0
+    (after,) = figures["outbox"]["after_each_hooks_block"]
+    assert sum(after["by_status"].values()) > 0
     assert figures["outbox"]["received"] > 0
     assert figures["unchanged_within_noise"] in (True, False, None)  # None: saturated
 
