@@ -166,10 +166,17 @@ class ThreadDocs:
                 raise NotFound("side-thread deleted")
             update = live.capture(lambda document: show_all(document, thread, running()))
             if update:
-                async with room.store.transaction("side-thread document") as tx:
-                    if room.writer.fence is not None:
-                        await room.writer.fence.check(tx)
-                    await self._append(tx, live, thread_id, update)
+                try:
+                    async with room.store.transaction("side-thread document") as tx:
+                        if room.writer.fence is not None:
+                            await room.writer.fence.check(tx)
+                        await self._append(tx, live, thread_id, update)
+                except BaseException:
+                    # Not stored: a document held for a run must not keep the change
+                    # (later updates would build on items the log never got).
+                    self.live[thread_id] = live
+                    self._lost(live)
+                    raise
             live.publish(update)  # nobody holds it yet: keeps what judges clients current
             self.live[thread_id] = live
             return live
@@ -183,11 +190,21 @@ class ThreadDocs:
     def _watched(self, thread_id: str) -> bool:
         return bool(self.room.sockets.thread_connections.get(thread_id))
 
-    def release(self, thread_id: str) -> None:
-        """The thread's last socket closed: its document is read from the log next time
-        (held until its run in flight, if any, is stored)."""
+    def _streamed_to(self, thread_id: str) -> bool:
+        """Whether a run's streamed text is shown (and so stored) as it comes: when a
+        socket here syncs the thread, and always in a cluster, where a socket on a
+        following node reads the text from the log."""
+        return self.room.settings.cluster or self._watched(thread_id)
+
+    def release(self, thread_id: str, *, writes: bool) -> None:
+        """A socket of the thread closed: once none is left its document is read from the
+        log next time. Where the session runs (``writes``) it is held until its run in
+        flight, if any, is stored; a follower holds it for its sockets alone (its copy of
+        the thread's rows is as old as its last socket's opening)."""
+        if self._watched(thread_id):
+            return
         thread = self.room.side_threads.threads.get(thread_id)
-        if not self._watched(thread_id) and (thread is None or not thread.running):
+        if not writes or thread is None or not thread.running:
             self.live.pop(thread_id, None)
 
     async def write(self, write: Write, threads: dict[str, SideThread], effects: Effects) -> None:
@@ -252,7 +269,7 @@ class ThreadDocs:
         async with room.writer.lock:
             record()
             live = self.live.get(thread_id)
-            if live is None or not self._watched(thread_id) or room.writer.failed is not None:
+            if live is None or not self._streamed_to(thread_id) or room.writer.failed is not None:
                 return  # nobody watches: the reply's row holds it all in the end
             update = live.capture(mutate)
             if not update:

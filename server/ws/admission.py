@@ -151,14 +151,15 @@ def _member_refusal(
     revoked = room.membership.token_refusal(claims)
     if revoked is not None:
         return CloseCode.UNAUTHENTICATED, revoked[:120]
-    # Checked here and counted by the caller's attach, with no await between: no race.
-    too_many = _over_connection_cap(room, claims.user_id, settings)
+    # Checked here and counted by the caller's attach, with no await between: no race (a
+    # side-thread's socket awaits its document first, so it checks again before attaching).
+    too_many = over_connection_cap(room, claims.user_id, settings)
     if too_many is not None:
         return CloseCode.ABUSE, too_many
     return None
 
 
-def _over_connection_cap(room: SessionRoom, user_id: str, settings: Settings) -> str | None:
+def over_connection_cap(room: SessionRoom, user_id: str, settings: Settings) -> str | None:
     """Why one more socket of ``user_id`` to ``room`` is refused, or None (caps per node,
     counting the session's sockets and its side-threads')."""
     sockets = room.sockets

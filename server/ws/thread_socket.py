@@ -33,7 +33,7 @@ from starlette.websockets import WebSocket
 from parley.server.runtime.room import SessionRoom
 from parley.server.runtime.thread_docs import LiveThreadDoc
 from parley.server.state import AppState
-from parley.server.ws.admission import admit, charged, receive, serve
+from parley.server.ws.admission import admit, charged, over_connection_cap, receive, serve
 from parley.server.ws.connection import Connection
 from parley.server.ws.deadlines import SocketDeadlines
 from parley.session.closes import CloseCode
@@ -62,6 +62,7 @@ async def thread_socket(websocket: WebSocket) -> None:
     room, connection = admitted.room, admitted.connection
     thread_id = websocket.path_params["thread_id"]
     live: LiveThreadDoc | None = None
+    writes = False
     try:
         writes = await state.rooms.runs_here(room)
         if not writes:  # a follower: the thread's rows as stored now, its document's log
@@ -69,14 +70,20 @@ async def thread_socket(websocket: WebSocket) -> None:
         live = await room.side_threads.document(thread_id, connection.user_id, writes=writes)
     except ParleyError as exc:  # NotFound; Unavailable: the database, or no log yet
         connection.close(close_code_for(exc), exc.message[:120])
+    else:  # the document's read awaited: sockets counted since admission count too
+        too_many = over_connection_cap(room, connection.user_id, state.settings)
+        if too_many is not None:
+            connection.close(CloseCode.ABUSE, too_many)
+            live = None
     if live is None:
+        room.side_threads.docs.release(thread_id, writes=writes)
         await connection.wait_closed()
         return
     room.sockets.attach_thread(thread_id, connection)
 
     def cleanup() -> None:
         room.sockets.detach_thread(thread_id, connection)
-        room.side_threads.docs.release(thread_id)
+        room.side_threads.docs.release(thread_id, writes=writes)
 
     await serve(
         state,

@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
+import websockets
 
 from tests.conftest import (
     ADMIN_KEY,
@@ -135,3 +136,40 @@ async def test_a_stock_client_keeps_its_side_thread_document_across_a_restart(
             assert [e.get("code") for e in closes if e.get("code") == 4410] == []
         finally:
             await stock.close()
+
+
+async def test_sockets_opened_at_once_on_a_thread_keep_the_users_cap(tmp_path: Path) -> None:
+    """A side-thread's socket reads its document before it is counted: the cap is checked
+    again after that read, so sockets opened at once cannot all slip under it."""
+    settings = make_settings(sqlite_url(tmp_path), tmp_path / "data", max_connections_per_user=2)
+    async with serve_in_process(settings) as server:
+        sid = await server.new_session({"bob": "editor"})
+        token = await server.token(sid, "bob")
+        opened = await server.http.post(
+            f"/api/v1/sessions/{sid}/threads",
+            json={"title": "t"},
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        assert opened.status_code == 201, opened.text
+        url = f"{server.ws_url}/ws/sessions/{sid}/threads/{opened.json()['thread_id']}"
+        sockets = await asyncio.gather(
+            *(websockets.connect(f"{url}?token={token}") for _ in range(6))
+        )
+        try:
+            outcomes = await asyncio.gather(*(_first_frame_or_close(ws) for ws in sockets))
+        finally:
+            await asyncio.gather(*(ws.close() for ws in sockets))
+        assert outcomes.count("open") <= 2, outcomes
+        assert outcomes.count(4429) >= 4, outcomes
+
+
+async def _first_frame_or_close(ws: Any) -> str | int | None:
+    """ "open" when the server answers sync step 1 (an empty state vector); else how the
+    socket was closed."""
+    try:
+        async with asyncio.timeout(10):
+            await ws.send(bytes([0, 0, 1, 0]))
+            await ws.recv()
+    except websockets.ConnectionClosed:
+        return ws.close_code
+    return "open"

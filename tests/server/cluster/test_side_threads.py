@@ -23,7 +23,8 @@ pytestmark = [pytest.mark.postgres, pytest.mark.node]
 async def test_side_thread_commands_on_a_following_node_reach_the_running_one(
     tmp_path: Path,
 ) -> None:
-    async with cluster(tmp_path, 2) as nodes:
+    # A model that takes its time: the reply streams in many stored pieces.
+    async with cluster(tmp_path, 2, PARLEY_OFFLINE_TOKEN_DELAY_MS="20") as nodes:
         sid = await nodes.new_session({"bob": "editor"})
         first = await nodes.connect(nodes.nodes[0], sid, "bob")
         holder, _ = await nodes.wait_holder(sid)
@@ -85,6 +86,9 @@ async def test_side_thread_commands_on_a_following_node_reach_the_running_one(
                     (t["id"], t["status"], t["text"]) for t in stored["turns"]
                 ]
                 assert dump["turns"][-1]["content"]
+                # It grew here piece by piece (stored as it streamed, though no socket on
+                # the running node watched it), not whole at its end.
+                assert dump["reply_lengths_seen"][reply_id] > 3
                 written = await stock.command({"cmd": "write"})
                 assert written["attempted"] == 4  # refused here as on the running node
                 deleted = await http.delete(f"{base}/{thread_id}", params={"as_user": "bob"})

@@ -153,7 +153,7 @@ async def test_a_document_leaves_memory_with_its_last_socket_and_is_read_back() 
         docs = s.room.side_threads.docs
         state_vector = docs.live[thread_id].document.doc.get_state()
         s.room.sockets.detach_thread(thread_id, socket)  # type: ignore[arg-type]
-        docs.release(thread_id)
+        docs.release(thread_id, writes=True)
         assert thread_id not in docs.live
         state = synced(socket)
         # Answered while nobody watches: stored in the log all the same.
@@ -209,7 +209,7 @@ async def test_a_socket_opened_mid_run_while_nobody_watched_gets_the_text_so_far
         done = await answered(s, thread_id)
         assert [t["content"] for t in synced(socket)["turns"]] == [t.text for t in done.turns]
         s.room.sockets.detach_thread(thread_id, socket)  # type: ignore[arg-type]
-        docs.release(thread_id)
+        docs.release(thread_id, writes=True)
         assert thread_id not in docs.live
 
 
