@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +44,7 @@ def create_engine(
         engine = create_async_engine(
             url, pool_size=pool_size, max_overflow=pool_size, connect_args=connect_args
         )
-        event.listen(engine.sync_engine, "checkout", _closed_is_stale)
+        _replace_stale_at_checkout(engine)
         return engine
     path = file_path(parsed)
     if path is None:  # in memory: aiosqlite's own connection, on its thread
@@ -58,15 +59,38 @@ def create_engine(
     return engine
 
 
-def _closed_is_stale(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+# A pooled connection idle longer than this is pinged before use (one round trip): a
+# connection lost without a word (a NAT or firewall idle timeout) is found there, not by
+# the caller's first statement. Busy connections are used with no round trip.
+IDLE_PING_S = 30.0
+
+
+def _replace_stale_at_checkout(engine: AsyncEngine) -> None:
     """A pooled connection the server closed (a restart, an idle timeout) is replaced at
-    checkout, without a round trip: asyncpg sees the socket close as it happens. (SQLAlchemy's
-    ``pool_pre_ping`` sent a query per checkout, a round trip before every transaction.) A
-    connection lost without a word fails its first statement instead; that marks every
-    connection pooled before it stale, and the caller's retry gets a fresh one."""
-    is_closed = getattr(getattr(dbapi_connection, "driver_connection", None), "is_closed", None)
-    if is_closed is not None and is_closed():
-        raise exc.DisconnectionError("the server closed this pooled connection")
+    checkout without a round trip: asyncpg sees the socket close as it happens.
+    (SQLAlchemy's ``pool_pre_ping`` sent a query per checkout, a round trip before every
+    transaction.) One idle for ``IDLE_PING_S`` is pinged first. A busy connection lost
+    without a word fails its first statement instead; that marks every connection pooled
+    before it stale, and the caller's retry gets a fresh one."""
+    dialect = engine.dialect
+
+    def checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+        driver = getattr(dbapi_connection, "driver_connection", None)
+        is_closed = getattr(driver, "is_closed", None)
+        if is_closed is not None and is_closed():
+            raise exc.DisconnectionError("the server closed this pooled connection")
+        idle_since = record.info.get("idle_since")
+        if idle_since is not None and time.monotonic() - idle_since > IDLE_PING_S:
+            try:
+                dialect.do_ping(dbapi_connection)
+            except Exception as error:
+                raise exc.DisconnectionError("an idle pooled connection did not answer") from error
+
+    def checkin(dbapi_connection: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    event.listen(engine.sync_engine, "checkout", checkout)
+    event.listen(engine.sync_engine, "checkin", checkin)
 
 
 def alembic_config(url: str) -> Config:

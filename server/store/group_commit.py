@@ -110,7 +110,11 @@ class GroupCommit:
                 for item in batch:
                     _settle(item, exc)
             except BaseException:
-                for item in batch:
+                # Those still waiting for a round too: their writers cannot be cancelled
+                # out of the wait (an ``Outcome`` cannot), so each must be told.
+                stopping = [*batch, *self._pending]
+                self._pending.clear()
+                for item in stopping:
                     _settle(item, Unavailable("the server is stopping; nothing was stored"))
                 raise
             self.rounds += 1

@@ -175,3 +175,21 @@ async def test_a_round_wakes_its_writer_without_a_hop_between() -> None:
     round_done.set_result(3)
     await asyncio.sleep(0)  # one pass of the loop
     assert waiter.done() and waiter.result() is False
+
+
+async def test_a_round_cancelled_at_shutdown_settles_what_waits_for_the_next(
+    store: Store,
+) -> None:
+    group = store.group
+    group.max_round = 1  # one update a round: the others wait in the queue
+    first = group.submit("s0", b"a", None)
+    waiting = [group.submit("s1", bytes([n]), None) for n in range(3)]
+    await asyncio.sleep(0)  # the first round starts
+    task = group._task
+    assert task is not None
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    for outcome in [first, *waiting]:
+        assert outcome.done()  # none is left waiting (an Outcome cannot be cancelled)
+        if outcome is not first:
+            assert isinstance(outcome.exception(), Unavailable)

@@ -54,3 +54,41 @@ async def test_a_connection_the_server_closed_is_replaced_at_checkout(
             assert pings == []  # no round trip before a checkout's first statement
         finally:
             await engine.dispose()
+
+
+@pytest.mark.postgres
+async def test_an_idle_connection_is_pinged_and_one_that_does_not_answer_is_replaced(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import parley.server.store.db as db
+
+    pings: list[object] = []
+    dead: set[int] = set()
+    ping = AsyncAdapt_asyncpg_connection.ping
+
+    def pinged(self: AsyncAdapt_asyncpg_connection) -> None:
+        pings.append(self)
+        if id(self) in dead:  # a connection lost without a word: its ping never answers
+            raise OSError("connection timed out")
+        ping(self)
+
+    monkeypatch.setattr(AsyncAdapt_asyncpg_connection, "ping", pinged)
+    async with postgres_database() as url:
+        engine = create_engine(url, pool_size=1)
+        pooled: list[Any] = []
+        event.listen(engine.sync_engine, "checkin", lambda dbapi, record: pooled.append(dbapi))
+        try:
+            async with engine.connect() as connection:
+                first = (await connection.execute(text("SELECT pg_backend_pid()"))).scalar()
+            assert pings == []  # new, and just used: no ping
+            monkeypatch.setattr(db, "IDLE_PING_S", 0.0)  # every pooled connection is idle now
+            async with engine.connect() as connection:
+                again = (await connection.execute(text("SELECT pg_backend_pid()"))).scalar()
+            assert again == first and len(pings) == 1  # pinged, answered, kept
+            dead.add(id(pooled[-1]))
+            async with engine.connect() as connection:
+                second = (await connection.execute(text("SELECT pg_backend_pid()"))).scalar()
+            assert second != first  # the silent one was replaced before the statement
+            assert len(pings) == 2
+        finally:
+            await engine.dispose()
