@@ -32,12 +32,11 @@ from parley.session.core import (
     ThreadRunFinished,
     ThreadTurn,
     apply_to_threads,
+    threads_changed,
 )
 from parley.session.core.effects import (
     BeginThreadRun,
     DeleteThread,
-    OpenThread,
-    SetThreadStatus,
 )
 from parley.session.errors import NotFound
 from parley.session.lifecycle import ReplyStatus
@@ -126,22 +125,14 @@ class SideThreads:
 
     def committed(self, effects: Effects) -> None:
         """After the commit: the state here follows ``effects``; the owners are told."""
-        before = dict(self.threads)
-        apply_to_threads(self.threads, effects)
         change = effects.thread
-        if isinstance(change, DeleteThread):
-            gone = before.get(change.thread_id)
-            if gone is not None:
-                self._send(gone.owner, {"type": "thread_deleted", "thread_id": gone.id})
-                self.docs.live.pop(gone.id, None)
-                self.room.sockets.close_thread(gone.id, CloseCode.NOT_FOUND, "side-thread deleted")
-        changed = {t.thread_id for t in effects.thread_turns}
-        changed.update(s.thread_id for s in effects.thread_settle)
-        if isinstance(change, OpenThread):
-            changed.add(change.thread.id)
-        elif isinstance(change, SetThreadStatus):
-            changed.add(change.thread_id)
-        for thread_id in changed:
+        gone = self.threads.get(change.thread_id) if isinstance(change, DeleteThread) else None
+        apply_to_threads(self.threads, effects)
+        if gone is not None:
+            self._send(gone.owner, {"type": "thread_deleted", "thread_id": gone.id})
+            self.docs.live.pop(gone.id, None)
+            self.room.sockets.close_thread(gone.id, CloseCode.NOT_FOUND, "side-thread deleted")
+        for thread_id in threads_changed(effects):
             thread = self.threads.get(thread_id)
             if thread is not None:
                 shown = thread_json(thread, turns=True)

@@ -32,8 +32,8 @@ from parley.server.runtime.writer import Write, merged, settled
 from parley.server.store.port import SessionTx
 from parley.server.store.rows import StoredDoc
 from parley.session.closes import CloseCode
-from parley.session.core import Effects, SideThread, ThreadTurn, apply_to_threads
-from parley.session.core.effects import DeleteThread, OpenThread, SetThreadStatus
+from parley.session.core import Effects, SideThread, ThreadTurn, apply_to_threads, threads_changed
+from parley.session.core.effects import DeleteThread
 from parley.session.core.thread_doc import ThreadDocument, show_all
 from parley.session.encoded import EMPTY_STATE_VECTOR
 from parley.session.errors import NotFound, Unavailable
@@ -211,18 +211,12 @@ class ThreadDocs:
         """In the room's transaction: bring the documents of the threads ``effects``
         changes to them as ``threads`` (the committed side-threads) will be, and store
         each update; sent to the sockets after the commit."""
-        after = dict(threads)
-        apply_to_threads(after, effects)
-        change = effects.thread
-        if isinstance(change, DeleteThread):
+        if isinstance(effects.thread, DeleteThread):
             await self._published(write.tx, 0)  # followers close their sockets of it
         shown = {t.id for t in effects.thread_turns} | {s.turn_id for s in effects.thread_settle}
-        changed = {t.thread_id for t in effects.thread_turns}
-        changed.update(s.thread_id for s in effects.thread_settle)
-        if isinstance(change, OpenThread):
-            changed.add(change.thread.id)
-        elif isinstance(change, SetThreadStatus):
-            changed.add(change.thread_id)
+        changed = threads_changed(effects)
+        after = {i: threads[i] for i in changed if i in threads}  # those alone, not a copy of all
+        apply_to_threads(after, effects)
         for thread_id in sorted(changed):
             thread = after.get(thread_id)
             if thread is not None:

@@ -47,7 +47,7 @@ from parley.session.core.steps import (
     WaitingPrompt,
 )
 from parley.session.core.thread_state import SideThread, ThreadLimits, ThreadTurn
-from parley.session.core.threads import ThreadRunFinished, apply_to_threads
+from parley.session.core.threads import ThreadRunFinished, apply_to_threads, threads_changed
 
 __all__ = [
     "Ack",
@@ -85,4 +85,5 @@ __all__ = [
     "WaitingPrompt",
     "apply_to_threads",
     "handle",
+    "threads_changed",
 ]

@@ -310,6 +310,19 @@ def cut_off_threads(
     )
 
 
+def threads_changed(effects: Effects) -> set[str]:
+    """The ids of the side-threads ``effects`` opens, changes or adds turns to (a deleted
+    one is not among them: it has nothing left to show)."""
+    changed = {t.thread_id for t in effects.thread_turns}
+    changed.update(s.thread_id for s in effects.thread_settle)
+    change = effects.thread
+    if isinstance(change, OpenThread):
+        changed.add(change.thread.id)
+    elif isinstance(change, SetThreadStatus):
+        changed.add(change.thread_id)
+    return changed
+
+
 def apply_to_threads(threads: dict[str, SideThread], effects: Effects) -> None:
     """Bring ``threads`` (the committed side-threads) up to ``effects``, once committed."""
     change = effects.thread
