@@ -12,13 +12,17 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from parley.server.store.rows import StoredDoc
 from parley.server.store.tables import side_threads, thread_doc_snapshots
 from parley.server.store.tables import thread_doc_updates as updates
+from parley.server.store.update_log import squash
+
+# Built once: streamed side-thread text appends through it (see ``command_statements``).
+_APPEND = insert(updates).returning(updates.c.id, sort_by_parameter_order=True)
 
 
 async def append(connection: AsyncConnection, rows: Sequence[tuple[str, str, bytes]]) -> list[int]:
     """Store ``rows`` (session id, thread id, update) in one statement; their ids, in order."""
     if not rows:
         return []
-    statement = insert(updates).returning(updates.c.id, sort_by_parameter_order=True)
+    statement = _APPEND
     parameters = [{"session_id": s, "thread_id": t, "data": data} for s, t, data in rows]
     result = await connection.execute(statement, parameters)
     return [int(row[0]) for row in result]
@@ -33,23 +37,14 @@ async def write_snapshot(
     now: int,
 ) -> None:
     """Replace the thread's snapshot and drop the updates it covers."""
-    await connection.execute(
-        delete(thread_doc_snapshots).where(thread_doc_snapshots.c.thread_id == thread_id)
-    )
-    await connection.execute(
-        insert(thread_doc_snapshots).values(
-            thread_id=thread_id,
-            session_id=session_id,
-            data=data,
-            last_update_id=last_update_id,
-            created_at=now,
-        )
-    )
-    await connection.execute(
-        delete(updates).where(
-            and_(updates.c.thread_id == thread_id, updates.c.id <= last_update_id)
-        )
-    )
+    snapshot = {
+        "thread_id": thread_id,
+        "session_id": session_id,
+        "data": data,
+        "last_update_id": last_update_id,
+        "created_at": now,
+    }
+    await squash(connection, thread_doc_snapshots, updates, "thread_id", snapshot)
 
 
 async def delete_log(connection: AsyncConnection, thread_id: str) -> None:

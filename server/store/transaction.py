@@ -8,7 +8,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import and_, delete, insert, update
+from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -26,6 +26,7 @@ from parley.server.store.rows import (
     quota_limits,
 )
 from parley.server.store.tables import doc_snapshots, doc_updates, sessions
+from parley.server.store.update_log import squash
 from parley.server.store.webhooks import Subscriptions
 from parley.session.core import SideThread, ThreadTurn
 from parley.session.errors import DuplicateCommand
@@ -202,19 +203,13 @@ class StoreTx:
         self, session_id: str, data: bytes, last_update_id: int, now: int
     ) -> None:
         """Replace the snapshot and drop the updates it covers, in this transaction."""
-        await self.connection.execute(
-            delete(doc_snapshots).where(doc_snapshots.c.session_id == session_id)
-        )
-        await self.connection.execute(
-            insert(doc_snapshots).values(
-                session_id=session_id, data=data, last_update_id=last_update_id, created_at=now
-            )
-        )
-        await self.connection.execute(
-            delete(doc_updates).where(
-                and_(doc_updates.c.session_id == session_id, doc_updates.c.id <= last_update_id)
-            )
-        )
+        snapshot = {
+            "session_id": session_id,
+            "data": data,
+            "last_update_id": last_update_id,
+            "created_at": now,
+        }
+        await squash(self.connection, doc_snapshots, doc_updates, "session_id", snapshot)
 
     async def quotas(self, session_id: str) -> Quotas:
         return await quota_limits(self.connection, session_id)
