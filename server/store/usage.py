@@ -87,12 +87,6 @@ class UsageLedger:
     def today(self) -> str:
         return day_of(self.clock())
 
-    async def record(
-        self, session_id: str, issuers: Sequence[str], model: str, reply_id: str, usage: Usage
-    ) -> None:
-        """Store one call's usage, one row per issuer with their share."""
-        await self.store.record_usage(self.rows(session_id, issuers, model, reply_id, usage))
-
     async def by_user(
         self, session_id: str, day: str, user_id: str | None = None
     ) -> list[UserUsage]:

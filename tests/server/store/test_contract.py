@@ -267,11 +267,11 @@ async def test_private_items_audit_and_usage(store: Any) -> None:
     await ledger.set_quotas("a", Quotas(session_tokens_per_day=100))
     from parley.session.model import Usage
 
-    await ledger.record("a", ["ann", "bob"], "m", "r1", Usage(60, 20))
+    await store.record_usage(ledger.rows("a", ["ann", "bob"], "m", "r1", Usage(60, 20)))
     used = await ledger.by_user("a", ledger.today())
     assert sum(u.input_tokens + u.output_tokens for u in used) == 80
     assert [u.user_id for u in used] == ["ann", "bob"]
-    await ledger.record("a", ["ann"], "m", "r2", Usage(30, 0))
+    await store.record_usage(ledger.rows("a", ["ann"], "m", "r2", Usage(30, 0)))
     from parley.session.errors import QuotaExceeded
 
     with pytest.raises(QuotaExceeded):
