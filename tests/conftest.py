@@ -25,6 +25,8 @@ import httpx
 import pytest
 import uvicorn
 from hypothesis import HealthCheck, settings
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from parley.server.app import create_app
 from parley.server.cli import ParleyServer, uvicorn_config
@@ -89,6 +91,23 @@ async def postgres_database() -> AsyncIterator[str]:
             await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         finally:
             await admin.close()
+
+
+async def wait_for_a_lock_wait(engine: AsyncEngine, timeout_s: float = 10) -> None:
+    """Return once a session of this PostgreSQL database waits on a lock.
+
+    Each poll is its own transaction: PostgreSQL keeps ``pg_stat_activity`` as it first read
+    it until the transaction ends, so polling inside one would never see the wait begin."""
+    query = text(
+        "SELECT count(*) FROM pg_stat_activity "
+        "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+    )
+    async with asyncio.timeout(timeout_s):
+        for _ in range(100_000):  # bounded by the time-out
+            async with engine.connect() as connection:
+                if (await connection.execute(query)).scalar_one():
+                    return
+            await asyncio.sleep(0.01)
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

@@ -12,7 +12,7 @@ from parley.server.cluster.lease import Fenced, LeaseTable
 from parley.server.store.db import create_engine, migrate
 from parley.server.store.sessions import Store
 from parley.server.store.tables import doc_updates
-from tests.conftest import postgres_database
+from tests.conftest import postgres_database, wait_for_a_lock_wait
 
 pytestmark = pytest.mark.postgres
 
@@ -82,19 +82,6 @@ async def test_a_fenced_holder_cannot_write(store: Store) -> None:
     assert await updates_of(store, "s1") == [b"before"]  # the late write was rolled back
 
 
-async def wait_for_a_lock_wait(store: Store, timeout_s: float = 10) -> None:
-    """Return once a session of this database waits on a lock (PostgreSQL says so)."""
-    query = text(
-        "SELECT count(*) FROM pg_stat_activity "
-        "WHERE datname = current_database() AND wait_event_type = 'Lock'"
-    )
-    async with asyncio.timeout(timeout_s), store.engine.connect() as connection:
-        for _ in range(100_000):  # bounded by the time-out
-            if (await connection.execute(query)).scalar_one():
-                return
-            await asyncio.sleep(0.01)
-
-
 async def test_a_takeover_waits_for_the_holders_write_and_then_finds_it_renewed(
     store: Store,
 ) -> None:
@@ -117,7 +104,7 @@ async def test_a_takeover_waits_for_the_holders_write_and_then_finds_it_renewed(
     writer = asyncio.create_task(slow_write())
     await asyncio.wait_for(fenced.wait(), 10)
     takeover = asyncio.create_task(b.try_acquire("s1"))
-    await wait_for_a_lock_wait(store)  # the takeover is blocked on the holder's row lock
+    await wait_for_a_lock_wait(store.engine)  # the takeover is blocked on the holder's row lock
     assert not takeover.done()
     release.set()
     await asyncio.wait_for(writer, 10)

@@ -8,7 +8,7 @@ import json
 
 import pytest
 from alembic import command
-from sqlalchemy import insert, select, text
+from sqlalchemy import insert, select
 
 from parley.server.store.db import alembic_config, create_engine
 from parley.server.store.outbox import Attempt, Claimed, claim, next_due, record, retry
@@ -16,6 +16,7 @@ from parley.server.store.sessions import Store
 from parley.server.store.tables import webhook_deliveries, webhooks
 from parley.server.store.webhooks import create_webhook, delete_webhook
 from parley.session.events import MemberJoined
+from tests.conftest import wait_for_a_lock_wait
 
 LEASE_MS = 1000
 OK = Attempt(0, 1, 204, None)
@@ -119,22 +120,6 @@ async def test_a_deleted_subscription_leaves_the_others_heads(store: Store) -> N
         assert [r.webhook_id for r in rows] == [kept]
 
 
-async def _waiting_for_a_lock(store: Store) -> None:
-    """Until a transaction of this database waits for a lock (bounded)."""
-    for _ in range(200):
-        async with store.read() as connection:
-            waiting = await connection.execute(
-                text(
-                    "SELECT count(*) FROM pg_stat_activity"
-                    " WHERE datname = current_database() AND wait_event_type = 'Lock'"
-                )
-            )
-            if waiting.scalar_one():
-                return
-        await asyncio.sleep(0.02)
-    raise AssertionError("the completion never waited for the enqueue")
-
-
 # PostgreSQL only: SQLite writes one transaction at a time, so the race cannot happen there.
 @pytest.mark.parametrize(
     "database_url", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True
@@ -160,7 +145,7 @@ async def test_a_delivery_enqueued_while_its_head_completes_is_claimed(
     writer = asyncio.create_task(enqueue())
     await enqueued.wait()
     completing = asyncio.create_task(_record(store, a, OK, retry_at=None))
-    await _waiting_for_a_lock(store)
+    await wait_for_a_lock_wait(store.engine)
     release.set()
     await asyncio.gather(writer, completing)
     (b,) = await _claim(store, 20)
