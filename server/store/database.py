@@ -17,6 +17,7 @@ from parley.server.store.health import LockTimeout, StorageHealth
 from parley.server.store.sqlite_inline import Checkpointer, InlineConnection, file_path
 from parley.server.store.transaction import StoreTx
 from parley.server.store.webhooks import Subscriptions
+from parley.server.store.writer_turns import WriterTurns
 from parley.session.errors import Unavailable
 
 
@@ -40,10 +41,11 @@ class Database:
         # SQLite lets one transaction write at a time, and its calls run in the event
         # loop's thread (server.store.sqlite_inline): a second writer would block the loop in
         # SQLite's busy handler while the first, needing the loop, could not finish.
-        # Writers queue here instead, first come, first served. PostgreSQL locks rows,
-        # not the database: no queue there.
-        self._writers: asyncio.Lock | None = (
-            asyncio.Lock() if engine.dialect.name == "sqlite" else None
+        # Writers queue here instead, first come, first served, but for the group
+        # commit's rounds (``WriterTurns``). PostgreSQL locks rows, not the database: no
+        # queue there.
+        self._writers: WriterTurns | None = (
+            WriterTurns() if engine.dialect.name == "sqlite" else None
         )
         # SQLite: how long a write may wait, from its call, for its turn and for the
         # write lock another process may hold; past it the write is refused.
@@ -59,17 +61,22 @@ class Database:
 
     @asynccontextmanager
     async def transaction(
-        self, what: str = "write", *, lock_timeout_s: float | None = None
+        self,
+        what: str = "write",
+        *,
+        lock_timeout_s: float | None = None,
+        group_round: bool = False,
     ) -> AsyncIterator[StoreTx]:
         """A write transaction; database faults surface as ``Unavailable`` (and are told to
         ``health``). ``what`` names the write in the refusal log; ``lock_timeout_s``
-        replaces the store's own budget.
+        replaces the store's own budget; ``group_round``: a round of the group commit
+        (it waits for the one write holding the turn, not for every write queued).
 
         Do not open one inside another: on SQLite the second would wait for the first."""
         budget = self.lock_timeout_s if lock_timeout_s is None else lock_timeout_s
         deadline = asyncio.get_running_loop().time() + budget
         try:
-            async with self._turn(deadline), self.engine.connect() as connection:
+            async with self._turn(deadline, group_round), self.engine.connect() as connection:
                 if self._writers is not None:
                     await _begin_immediate(connection, deadline)
                 async with connection.begin():
@@ -93,14 +100,14 @@ class Database:
         self.health.wrote()
 
     @asynccontextmanager
-    async def _turn(self, deadline: float) -> AsyncIterator[None]:
+    async def _turn(self, deadline: float, group_round: bool) -> AsyncIterator[None]:
         """SQLite: this process's writers one at a time, each waiting until ``deadline``."""
         if self._writers is None:
             yield
             return
         try:
             async with asyncio.timeout_at(deadline):
-                await self._writers.acquire()
+                await self._writers.acquire(round_=group_round)
         except TimeoutError:
             raise LockTimeout("the writes before this one held the database too long") from None
         try:

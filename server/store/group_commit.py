@@ -122,7 +122,7 @@ class GroupCommit:
     async def _commit(self, batch: list[_Pending]) -> None:
         """One round; raises its error, leaving every future of ``batch`` unsettled."""
         refused: dict[int, Exception] = {}
-        async with self.store.transaction("document updates") as tx:
+        async with self.store.transaction("document updates", group_round=True) as tx:
             fences = {id(i.fence): i.fence for i in batch if i.fence is not None}
             for key, fence in fences.items():
                 try:

@@ -32,6 +32,7 @@ from parley.server.store.rows import (
     kept_name,
 )
 from parley.server.store.usage import UserUsage
+from parley.server.store.writer_turns import WriterTurns
 from parley.session.core.thread_state import SideThread
 from parley.session.errors import Unavailable
 from parley.session.events import Membership, StoredEvent, membership_event
@@ -51,16 +52,21 @@ class MemoryStore:
 
     def __init__(self) -> None:
         self._tables = MemoryTables()
-        self._writer = asyncio.Lock()
+        self._writer = WriterTurns()
         self.group = GroupCommit(self)
         self.access = MemoryAccess(self)
         self.unavailable: str | None = None
 
     @asynccontextmanager
     async def transaction(
-        self, what: str = "write", *, lock_timeout_s: float | None = None
+        self,
+        what: str = "write",
+        *,
+        lock_timeout_s: float | None = None,
+        group_round: bool = False,
     ) -> AsyncIterator[MemoryTx]:
-        async with self._writer:
+        await self._writer.acquire(round_=group_round)
+        try:
             if self.unavailable is not None:
                 raise Unavailable(f"{self.unavailable}; nothing was stored")
             tx = MemoryTx(self._tables)
@@ -68,6 +74,8 @@ class MemoryStore:
             tx.claimed.require_settled()
             tx.commit()
             tx.committed = True
+        finally:
+            self._writer.release()
 
     def _read(self, session_id: str) -> SessionRows | None:
         if self.unavailable is not None:

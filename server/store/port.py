@@ -137,9 +137,15 @@ class SessionTx(Protocol):
 
 class Transactional(Protocol):
     def transaction(
-        self, what: str = "write", *, lock_timeout_s: float | None = None
+        self,
+        what: str = "write",
+        *,
+        lock_timeout_s: float | None = None,
+        group_round: bool = False,
     ) -> AbstractAsyncContextManager[SessionTx]:
-        """A write transaction; its faults surface as ``Unavailable``. Do not nest them."""
+        """A write transaction; its faults surface as ``Unavailable``. Do not nest them.
+        ``group_round``: a round of the group commit, which goes before the other writes
+        waiting (``server.store.writer_turns``)."""
         ...
 
 

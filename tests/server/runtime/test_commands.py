@@ -114,9 +114,11 @@ class CancelledAfterCommit(MemoryStore):
 
     @contextlib.asynccontextmanager
     async def transaction(
-        self, what: str = "write", *, lock_timeout_s: float | None = None
+        self, what: str = "write", *, lock_timeout_s: float | None = None, group_round: bool = False
     ) -> AsyncIterator[MemoryTx]:
-        async with super().transaction(what, lock_timeout_s=lock_timeout_s) as tx:
+        async with super().transaction(
+            what, lock_timeout_s=lock_timeout_s, group_round=group_round
+        ) as tx:
             yield tx
         if self.cancel_next:
             self.cancel_next = False
