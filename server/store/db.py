@@ -50,9 +50,13 @@ def create_engine(
     if path is None:  # in memory: aiosqlite's own connection, on its thread
         engine = create_async_engine(parsed.set(drivername="sqlite+aiosqlite"))
     else:
+        # Last in, first out: the connection used last is used next, its page cache
+        # current. SQLite drops a connection's cache whenever another wrote since it last
+        # read, so handing them out in turn (the pool's default) read pages again each time.
         engine = create_async_engine(
             parsed.set(drivername="sqlite+aiosqlite"),
             async_creator=lambda: InlineConnection.open(path, sqlite_busy_timeout_s),
+            pool_use_lifo=True,
         )
     listener = pragmas(checkpoints=path is None, busy_timeout_s=sqlite_busy_timeout_s)
     event.listen(engine.sync_engine, "connect", listener)

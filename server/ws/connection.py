@@ -1,13 +1,15 @@
 """One client socket: frames written straight to it, or a bounded outbox drained by one
 sender task.
 
-Under ``parley serve`` (uvicorn's sans-I/O WebSocket protocol) each frame is written to the
-socket as it is sent (``server.ws.direct_send``); a client that stops reading backs up its
-transport. Under another ASGI server it fills its outbox instead. Either way the bytes it
-has not taken are bounded three times: per socket (``send_buffer_max_bytes``), across the
-process (``send_buffer_total_max_bytes``) and in time (``send_stall_timeout_s``; see
-``server.ws.send_budget``). A client past any of them is dropped: its backlog is freed at
-once, the client reconnects and resyncs from the CRDT state, and nobody else waits.
+Under ``parley serve`` (uvicorn's sans-I/O WebSocket protocol) frames are written to the
+socket directly, those of one turn of the event loop in one write at its end
+(``server.ws.direct_send``); a client that stops reading backs up its transport. Under
+another ASGI server it fills its outbox instead. Either way the bytes it has not taken
+(this turn's frames among them) are bounded three times: per socket
+(``send_buffer_max_bytes``), across the process (``send_buffer_total_max_bytes``) and in
+time (``send_stall_timeout_s``; see ``server.ws.send_budget``). A client past any of them
+is dropped: its backlog is freed at once, the client reconnects and resyncs from the CRDT
+state, and nobody else waits.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from starlette.websockets import WebSocket, WebSocketState
 
 from parley.authz.tokens import ClientClaims
 from parley.server.settings import Settings
-from parley.server.ws.direct_send import DirectWriter
+from parley.server.ws.direct_send import TURN_FLUSH, DirectWriter
 from parley.server.ws.send_budget import DropReason, SendBudget
 from parley.session.closes import CloseCode
 from parley.session.commands import error_reply
@@ -128,8 +130,8 @@ class Connection:
         direct = self.direct
         if direct is None:
             unsent = self._queued_bytes + self._in_flight
-        else:  # the kernel took all of the last frame: nothing to look up
-            unsent = direct.held() if direct.backlogged else 0
+        else:  # the kernel took all of the last frame, and none waits: nothing to look up
+            unsent = direct.held() if direct.backlogged or direct.corked else 0
         # A frame into an empty backlog goes whatever its size (the first sync of a big
         # session is one frame); the process cap and the stall deadline still hold for it.
         if unsent and unsent + size > self.buffer_limit:
@@ -139,14 +141,13 @@ class Connection:
         if budget is not None and not budget.admit(self, size):
             return False
         if direct is not None:
+            first = not direct.corked
             if not direct.write(message, frame):  # the socket is closing under us
                 self.closed = True
                 self._finish()
                 return False
-            # Most frames go straight into the kernel: nothing to watch. A watched socket
-            # that has drained is seen by the budget's next look.
-            if budget is not None and direct.backlogged:
-                budget.note(self)
+            if first:  # the turn's frames go in one write, after it
+                TURN_FLUSH.later(self.flush)
             return True
         outbox = self._outbox
         assert outbox is not None  # there is one whenever there is no direct writer
@@ -159,6 +160,20 @@ class Connection:
         if budget is not None:
             budget.note(self)
         return True
+
+    def flush(self) -> None:
+        """Write the frames sent this turn (``server.ws.direct_send``). Most go straight
+        into the kernel: nothing to watch. A watched socket that has drained is seen by
+        the budget's next look."""
+        direct = self.direct
+        if direct is None or not direct.corked:
+            return
+        if not direct.flush():  # closed meanwhile: nothing after its close frame
+            self.closed = True
+            self._finish()
+            return
+        if self.budget is not None and direct.backlogged:
+            self.budget.note(self)
 
     def unsent(self) -> int:
         """Bytes sent to this socket and not yet taken by its client (or its server)."""
@@ -183,6 +198,8 @@ class Connection:
             )
             if self.on_drop is not None:
                 self.on_drop(reason)
+        if self.direct is not None and not self.direct.backlogged:
+            self.flush()  # as if written when sent: a close frame may still follow them
         if self.budget is not None:
             self.budget.forget(self)
         if not self.closed and self.unsent() == 0:
@@ -224,6 +241,7 @@ class Connection:
         take it; one that is far behind already is dropped instead."""
         if self.closed:
             return
+        self.flush()  # this turn's frames go before the close frame
         self.closed = True
         self.close_code = code
         self._reason = reason
