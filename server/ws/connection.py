@@ -25,7 +25,7 @@ from starlette.websockets import WebSocket, WebSocketState
 
 from parley.authz.tokens import ClientClaims
 from parley.server.settings import Settings
-from parley.server.ws.direct_send import TURN_FLUSH, DirectWriter
+from parley.server.ws.direct_send import DirectWriter
 from parley.server.ws.send_budget import DropReason, SendBudget
 from parley.session.closes import CloseCode
 from parley.session.commands import error_reply
@@ -130,8 +130,8 @@ class Connection:
         direct = self.direct
         if direct is None:
             unsent = self._queued_bytes + self._in_flight
-        else:  # the kernel took all of the last frame, and none waits: nothing to look up
-            unsent = direct.held() if direct.backlogged or direct.corked else 0
+        else:  # the kernel took all of the last frame: nothing to look up
+            unsent = direct.held() if direct.backlogged else 0
         # A frame into an empty backlog goes whatever its size (the first sync of a big
         # session is one frame); the process cap and the stall deadline still hold for it.
         if unsent and unsent + size > self.buffer_limit:
@@ -141,13 +141,14 @@ class Connection:
         if budget is not None and not budget.admit(self, size):
             return False
         if direct is not None:
-            first = not direct.corked
             if not direct.write(message, frame):  # the socket is closing under us
                 self.closed = True
                 self._finish()
                 return False
-            if first:  # the turn's frames go in one write, after it
-                TURN_FLUSH.later(self.flush)
+            # Most frames go straight into the kernel: nothing to watch. A watched socket
+            # that has drained is seen by the budget's next look.
+            if budget is not None and direct.backlogged:
+                budget.note(self)
             return True
         outbox = self._outbox
         assert outbox is not None  # there is one whenever there is no direct writer
@@ -160,20 +161,6 @@ class Connection:
         if budget is not None:
             budget.note(self)
         return True
-
-    def flush(self) -> None:
-        """Write the frames sent this turn (``server.ws.direct_send``). Most go straight
-        into the kernel: nothing to watch. A watched socket that has drained is seen by
-        the budget's next look."""
-        direct = self.direct
-        if direct is None or not direct.corked:
-            return
-        if not direct.flush():  # closed meanwhile: nothing after its close frame
-            self.closed = True
-            self._finish()
-            return
-        if self.budget is not None and direct.backlogged:
-            self.budget.note(self)
 
     def unsent(self) -> int:
         """Bytes sent to this socket and not yet taken by its client (or its server)."""
@@ -198,8 +185,6 @@ class Connection:
             )
             if self.on_drop is not None:
                 self.on_drop(reason)
-        if self.direct is not None and not self.direct.backlogged:
-            self.flush()  # as if written when sent: a close frame may still follow them
         if self.budget is not None:
             self.budget.forget(self)
         if not self.closed and self.unsent() == 0:
@@ -241,7 +226,6 @@ class Connection:
         take it; one that is far behind already is dropped instead."""
         if self.closed:
             return
-        self.flush()  # this turn's frames go before the close frame
         self.closed = True
         self.close_code = code
         self._reason = reason

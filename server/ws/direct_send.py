@@ -8,13 +8,6 @@ that was most of the server's time. Under uvicorn's sans-I/O WebSocket protocol 
 same two calls without the coroutine. Frames still go through the protocol object, so its
 state (closing handshake, pings) stays right, and nothing is written once it is closing.
 
-The frames a socket is sent in one turn of the event loop go to the transport in one
-write, once the turn's callbacks have run (``flush``): a command's document update and
-its ack were two writes, and each write to a socket is a system call that on loopback
-also runs the receiving side's TCP (17% of the server's CPU under ``bench.webhook_load``).
-Anything that writes past the writer flushes it first (``Connection.close``), so frames
-keep their order; a socket that closed before the turn ended gets nothing more.
-
 Under any other ASGI server ``beneath`` finds nothing and ``Connection`` keeps its outbox
 and sender task. ``DirectSendMiddleware`` finds the protocol: the ``send`` callable an
 ASGI server hands the app is that object's bound method.
@@ -22,12 +15,10 @@ ASGI server hands the app is that object's bound method.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import socket
 import struct
 from collections import deque
-from collections.abc import Callable
 from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -47,41 +38,11 @@ def binary_frame(payload: bytes) -> bytes:
 _RESET_ON_CLOSE = struct.pack("ii", 1, 0)
 
 
-class TurnFlush:
-    """Calls each ``flush`` registered during a turn of the event loop once, after the
-    turn's callbacks (one ``call_soon`` for all of them)."""
-
-    __slots__ = ("_due", "_loop")
-
-    def __init__(self) -> None:
-        self._due: list[Callable[[], object]] = []
-        self._loop: asyncio.AbstractEventLoop | None = None
-
-    def later(self, flush: Callable[[], object]) -> None:
-        loop = asyncio.get_running_loop()
-        if not self._due or self._loop is not loop:
-            # A list left by a loop that stopped before its turn ended is that loop's.
-            self._due = []
-            self._loop = loop
-            loop.call_soon(self._run)
-        self._due.append(flush)
-
-    def _run(self) -> None:
-        due, self._due = self._due, []
-        for flush in due:
-            flush()
-
-
-TURN_FLUSH = TurnFlush()
-
-
 class DirectWriter:
-    __slots__ = ("_corked", "_protocol", "_unfinished", "_written", "backlogged")
+    __slots__ = ("_protocol", "_unfinished", "_written", "backlogged")
 
     def __init__(self, protocol: Any) -> None:
         self._protocol = protocol
-        # Frames written this turn, not yet handed to the transport (``flush``).
-        self._corked: list[bytes] | None = None
         self._written = 0  # bytes this writer handed to the transport
         # Where each frame the kernel has not wholly taken starts, in ``_written`` terms;
         # made at the first backlog (an empty deque is 0.7 kB, on every idle socket).
@@ -110,12 +71,10 @@ class DirectWriter:
         )
 
     def write(self, message: bytes | str, frame: bytes | None = None) -> bool:
-        """Frame ``message`` for the transport; False if the socket is closing. The frame
-        waits for ``flush``, which the caller has called after the turn when ``corked``
-        was false before the write (a turn's frames go in one write). ``frame``:
-        ``message`` already framed (``binary_frame``), for a broadcast that frames once
-        for every socket; used when the connection has no extension that would change
-        the bytes (Parley turns compression off)."""
+        """Frame ``message`` and hand it to the transport; False if the socket is closing.
+        ``frame``: ``message`` already framed (``binary_frame``), for a broadcast that
+        frames once for every socket; used when the connection has no extension that
+        would change the bytes (Parley turns compression off)."""
         if not self.open:
             return False
         conn = self._protocol.conn
@@ -125,25 +84,6 @@ class DirectWriter:
             else:
                 conn.send_text(message.encode())
             frame = b"".join(conn.data_to_send())
-        if self._corked is None:
-            self._corked = [frame]
-        else:
-            self._corked.append(frame)
-        return True
-
-    @property
-    def corked(self) -> bool:
-        return self._corked is not None
-
-    def flush(self) -> bool:
-        """Hand this turn's frames to the transport in one write; False if the socket
-        closed meanwhile (nothing goes after its close frame)."""
-        corked, self._corked = self._corked, None
-        if corked is None:
-            return True
-        if not self.open:
-            return False
-        frame = corked[0] if len(corked) == 1 else b"".join(corked)
         transport = self._protocol.transport
         transport.write(frame)
         self.backlogged = bool(transport.get_write_buffer_size())
@@ -157,12 +97,8 @@ class DirectWriter:
         return True
 
     def buffered(self) -> int:
-        """Bytes written but not yet taken by the kernel (the client is not reading), and
-        this turn's."""
-        return int(self._protocol.transport.get_write_buffer_size()) + self._corked_bytes()
-
-    def _corked_bytes(self) -> int:
-        return 0 if self._corked is None else sum(map(len, self._corked))
+        """Bytes written but not yet taken by the kernel (the client is not reading)."""
+        return int(self._protocol.transport.get_write_buffer_size())
 
     def held(self) -> int:
         """Bytes the process holds for this socket: every frame the kernel has not wholly
@@ -170,33 +106,31 @@ class DirectWriter:
         the kernel took all but 300 KiB of still holds 4 MiB; asyncio keeps a copy of the
         rest, so this is at most a frame too many there.)"""
         buffered: int = self._protocol.transport.get_write_buffer_size()
-        corked = self._corked_bytes()
         unfinished = self._unfinished
         if not buffered:
             self._unfinished = None
-            return corked
+            return 0
         if not unfinished:  # only what the protocol wrote by itself (a ping) waits
-            return buffered + corked
+            return buffered
         taken = self._written - buffered
         while len(unfinished) > 1 and unfinished[1] <= taken:
             unfinished.popleft()
-        return max(buffered, self._written - unfinished[0]) + corked
+        return max(buffered, self._written - unfinished[0])
 
     def taken(self) -> int:
         """Grows as the kernel takes this writer's bytes (frames the protocol writes by
         itself, pings and the close frame, make it dip first)."""
-        return self._written - int(self._protocol.transport.get_write_buffer_size())
+        return self._written - self.buffered()
 
     def backed_up(self) -> bool:
         """Past the transport's high-water mark: one more frame would wait for the client
         (a close sent through ASGI waits until the client has read the rest)."""
         transport = self._protocol.transport
-        return bool(self.buffered() > transport.get_write_buffer_limits()[1])
+        return bool(transport.get_write_buffer_size() > transport.get_write_buffer_limits()[1])
 
     def abort(self) -> None:
         """Drop the connection and whatever is still buffered for it, in the process and
         in the kernel (a reset, not a close that waits for the client to read)."""
-        self._corked = None
         transport = self._protocol.transport
         sock = transport.get_extra_info("socket")
         if sock is not None:

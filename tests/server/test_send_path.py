@@ -26,13 +26,11 @@ from tests.conftest import RunningServer
 class Transport:
     def __init__(self) -> None:
         self.data = bytearray()
-        self.writes = 0
         self.backlog = 0
         self.aborted = False
 
     def write(self, data: bytes) -> None:
         self.data += data
-        self.writes += 1
 
     def is_closing(self) -> bool:
         return self.aborted
@@ -83,68 +81,13 @@ def test_the_writer_frames_each_message_into_the_transport() -> None:
     assert writer is not None
     update = encode_sync(SyncType.UPDATE, b"\x01\x02")
     assert writer.write(update) and writer.write('{"type":"ack"}')
-    assert writer.corked and protocol.transport.writes == 0  # held for the turn's end
-    assert writer.flush() and not writer.corked
     sent = frames(bytes(protocol.transport.data))
     assert [(f.opcode, f.data) for f in sent] == [
         (Opcode.BINARY, update),
         (Opcode.TEXT, b'{"type":"ack"}'),
     ]
-    assert protocol.transport.writes == 1  # both frames in one write
     protocol.close_sent = True
     assert not writer.write(update)  # nothing after the close frame
-
-
-def test_frames_corked_before_a_close_the_protocol_sent_are_not_written() -> None:
-    protocol = Protocol()
-    writer = DirectWriter.beneath(protocol.send)
-    assert writer is not None
-    assert writer.write(b"update")
-    protocol.close_sent = True  # the client closed; uvicorn answered with its close frame
-    assert not writer.flush() and protocol.transport.data == bytearray()
-
-
-async def test_a_turns_frames_reach_each_socket_in_one_write_after_the_turn() -> None:
-    protocols = [Protocol(), Protocol()]
-    connections = []
-    for protocol in protocols:
-        connection = Connection(
-            websocket=None,  # type: ignore[arg-type]
-            user_id="u",
-            outbox_limit=10,
-            direct=DirectWriter.beneath(protocol.send),
-        )
-        connection.start()
-        connections.append(connection)
-    frame = binary_frame(b"update")
-    for connection in connections:  # a broadcast, then the first socket's ack
-        assert connection.send(b"update", frame)
-    assert connections[0].send('{"type":"ack"}')
-    assert [p.transport.writes for p in protocols] == [0, 0]
-    await asyncio.sleep(0)  # the turn ends
-    assert [p.transport.writes for p in protocols] == [1, 1]
-    assert [(f.opcode, f.data) for f in frames(bytes(protocols[0].transport.data))] == [
-        (Opcode.BINARY, b"update"),
-        (Opcode.TEXT, b'{"type":"ack"}'),
-    ]
-    assert [f.data for f in frames(bytes(protocols[1].transport.data))] == [b"update"]
-
-
-async def test_a_close_writes_the_turns_frames_before_its_close_frame() -> None:
-    protocol = Protocol()
-    socket = ClosingSocket(protocol.transport)
-    connection = Connection(
-        socket,  # type: ignore[arg-type]
-        user_id="u",
-        outbox_limit=10,
-        direct=DirectWriter.beneath(protocol.send),
-    )
-    connection.start()
-    assert connection.send('{"type":"ack"}')
-    connection.close(CloseCode.GOING_AWAY, "bye")
-    assert [f.data for f in frames(bytes(protocol.transport.data))] == [b'{"type":"ack"}']
-    await connection.wait_closed()
-    assert socket.closes == [1001]
 
 
 def test_no_writer_beneath_a_server_it_does_not_know() -> None:
