@@ -11,7 +11,6 @@ a read never sees a write under way; transactions run one at a time, like SQLite
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager

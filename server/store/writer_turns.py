@@ -4,8 +4,8 @@ SQLite writes one transaction at a time, and its calls run in the event loop's t
 (``server.store.sqlite_inline``), so this process's writers queue for their turn here. A
 plain first-come queue made streamed text wait for every write queued before it: when
 twenty prompts arrived at once, their acks and run starts (a few milliseconds each) stood
-in front of the group commit's round, and the first tokens of every reply waited 50 to
-90 ms for them (bench, paced fan-out). Here a round of the group commit
+in front of the group commit's round, and the first tokens of every reply waited 21 to
+142 ms for them (medians per run, bench, paced fan-out). Here a round of the group commit
 (``server.store.group_commit``) goes right after the write that holds the turn, and a
 write right after a round: each waits for at most one of the other kind per place ahead of
 it in its own queue, so neither can starve the other. Only the order between sessions
