@@ -49,6 +49,9 @@ POSTGRES_URL = os.environ.get(
 )
 REQUIRE_POSTGRES = os.environ.get("PARLEY_TEST_REQUIRE_POSTGRES") == "1"
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# The test clients' TLS context, built once: httpx builds one per client otherwise, reading
+# every CA (20-30 ms), for clients of plain-HTTP loopback servers.
+TLS = httpx.create_ssl_context()
 
 # Property tests: locally, fresh examples each run and a database that replays the ones that
 # failed; in CI (``.ci/run`` sets the profile), the same examples on every run, so a class of
@@ -330,7 +333,7 @@ async def serve_in_process(
             await asyncio.sleep(0.02)
     base = f"http://127.0.0.1:{port}"
     http = httpx.AsyncClient(
-        base_url=base, headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=20
+        base_url=base, headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=20, verify=TLS
     )
     running = RunningServer(base, f"ws://127.0.0.1:{port}", http, app=app)
     try:
@@ -395,7 +398,7 @@ class ServerProcess:
         self.spawn()
         assert self.process is not None
         deadline = time.monotonic() + 60  # with its sender's process (as above)
-        async with httpx.AsyncClient() as http:
+        async with httpx.AsyncClient(verify=TLS) as http:
             while time.monotonic() < deadline:
                 if self.process.poll() is not None:
                     raise RuntimeError(f"server exited: {self.log.read_text()[-2000:]}")
