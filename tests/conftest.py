@@ -1,7 +1,9 @@
 """Fixtures that run the real app: uvicorn on a free loopback port, SQLite or PostgreSQL.
 
 PostgreSQL tests use ``PARLEY_TEST_POSTGRES_URL`` (default: the local server) and a fresh
-database per test. Without a reachable server they skip with the reason shown, unless
+database per test; a migrated one is a clone of a template migrated once per test process
+(a SQLite one a copy of a migrated file), which costs a fraction of migrating it.
+Without a reachable server they skip with the reason shown, unless
 ``PARLEY_TEST_REQUIRE_POSTGRES=1`` (set by ``.ci/run``), which turns the skip into a failure.
 """
 
@@ -10,9 +12,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -25,13 +30,14 @@ import httpx
 import pytest
 import uvicorn
 from hypothesis import HealthCheck, settings
-from sqlalchemy import text
+from sqlalchemy import make_url, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from parley.server.app import create_app
 from parley.server.cli import ParleyServer, uvicorn_config
 from parley.server.settings import Settings
 from parley.server.store.db import migrate
+from parley.server.store.sqlite_inline import file_path
 from parley.session.model import ModelProvider
 from tests.fake_model import FakeModel
 from tests.yclient import YClient
@@ -43,6 +49,9 @@ POSTGRES_URL = os.environ.get(
 )
 REQUIRE_POSTGRES = os.environ.get("PARLEY_TEST_REQUIRE_POSTGRES") == "1"
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# The test clients' TLS context, built once: httpx builds one per client otherwise, reading
+# every CA (20-30 ms), for clients of plain-HTTP loopback servers.
+TLS = httpx.create_ssl_context()
 
 # Property tests: locally, fresh examples each run and a database that replays the ones that
 # failed; in CI (``.ci/run`` sets the profile), the same examples on every run, so a class of
@@ -69,28 +78,94 @@ async def _postgres_reachable() -> str | None:
 
 
 @contextlib.asynccontextmanager
-async def postgres_database() -> AsyncIterator[str]:
-    """A fresh, empty database for one test, dropped afterwards."""
+async def postgres_database(*, migrated: bool = False) -> AsyncIterator[str]:
+    """A fresh database for one test, dropped afterwards: empty, or ``migrated`` to head
+    (a clone of this process's migrated template, as migrating each costs more)."""
     problem = await _postgres_reachable()
     if problem is not None:
         if REQUIRE_POSTGRES:
             pytest.fail(f"PostgreSQL is required here: {problem}")
         pytest.skip(problem)
     name = f"parley_test_{uuid.uuid4().hex[:12]}"
+    template = f' TEMPLATE "{await asyncio.to_thread(_postgres_template)}"' if migrated else ""
     admin = await asyncpg.connect(POSTGRES_URL)
     try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
+        await admin.execute(f'CREATE DATABASE "{name}"{template}')
     finally:
         await admin.close()
-    base = POSTGRES_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://", 1)
+    url = f"{_POSTGRES_BASE}/{name}"
+    if migrated:
+        MIGRATED.add(url)
     try:
-        yield f"{base}/{name}"
+        yield url
     finally:
+        MIGRATED.discard(url)
         admin = await asyncpg.connect(POSTGRES_URL)
         try:
             await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         finally:
             await admin.close()
+
+
+# -- databases migrated once per test process (an xdist worker) ---------------------------------
+
+_POSTGRES_BASE = POSTGRES_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://", 1)
+# The URLs of this process's databases made as copies of a migrated template.
+MIGRATED: set[str] = set()
+_templates: dict[str, str] = {}  # "postgres": the template's name; "sqlite": its file
+_templates_lock = threading.Lock()
+
+
+def _postgres_template() -> str:
+    """This process's migrated database that the others are cloned from
+    (``CREATE DATABASE ... TEMPLATE``); nothing else connects to it."""
+    with _templates_lock:
+        if "postgres" not in _templates:
+            name = f"parley_template_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+            asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
+            _templates["postgres"] = name  # dropped at the session's end, even half-migrated
+            migrate(f"{_POSTGRES_BASE}/{name}")
+        return _templates["postgres"]
+
+
+async def _admin(statement: str) -> None:
+    admin = await asyncpg.connect(POSTGRES_URL)
+    try:
+        await admin.execute(statement)
+    finally:
+        await admin.close()
+
+
+async def migrated_database(url: str) -> None:
+    """Migrate the database of ``url`` to head, as ``parley serve`` does before it serves:
+    a database made as a migrated copy is left as it is, and a SQLite file not made yet
+    becomes a copy of this process's migrated one."""
+    if url not in MIGRATED:
+        await asyncio.to_thread(_migrate_or_copy, url)
+
+
+def _migrate_or_copy(url: str) -> None:
+    path = file_path(make_url(url)) if url.startswith("sqlite") else None
+    if path is None or Path(path).exists():
+        migrate(url)
+        return
+    with _templates_lock:
+        if "sqlite" not in _templates:
+            template = Path(tempfile.mkdtemp(prefix="parley-template-")) / "parley.db"
+            migrate(f"sqlite+aiosqlite:///{template}")
+            # The migration's engine checkpointed and closed: the file holds everything.
+            assert not template.with_name("parley.db-wal").exists()
+            _templates["sqlite"] = str(template)
+    shutil.copyfile(_templates["sqlite"], path)
+    MIGRATED.add(url)
+
+
+def _drop_templates() -> None:
+    if "sqlite" in _templates:
+        shutil.rmtree(Path(_templates["sqlite"]).parent, ignore_errors=True)
+    if "postgres" in _templates:
+        asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{_templates["postgres"]}" WITH (FORCE)'))
+    _templates.clear()
 
 
 async def wait_for_a_lock_wait(engine: AsyncEngine, timeout_s: float = 10) -> None:
@@ -110,8 +185,24 @@ async def wait_for_a_lock_wait(engine: AsyncEngine, timeout_s: float = 10) -> No
             await asyncio.sleep(0.01)
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+DATABASES = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+
+
+@pytest.fixture(params=DATABASES)
 async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """A database of one test, migrated to head."""
+    if request.param == "sqlite":
+        url = sqlite_url(tmp_path)
+        await migrated_database(url)
+        yield url
+        return
+    async with postgres_database(migrated=True) as url:
+        yield url
+
+
+@pytest.fixture(params=DATABASES)
+async def empty_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """A database of one test with nothing in it, for tests of the migrations."""
     if request.param == "sqlite":
         yield sqlite_url(tmp_path)
         return
@@ -222,7 +313,7 @@ async def serve_in_process(
     """``model``: a ``FakeModel`` (the only configured model, reached through the real
     provider) or a provider that answers every call. ``ws``: another of uvicorn's WebSocket
     implementations than ``parley serve``'s."""
-    await asyncio.to_thread(migrate, settings.database_url)
+    await migrated_database(settings.database_url)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
@@ -242,7 +333,7 @@ async def serve_in_process(
             await asyncio.sleep(0.02)
     base = f"http://127.0.0.1:{port}"
     http = httpx.AsyncClient(
-        base_url=base, headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=20
+        base_url=base, headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=20, verify=TLS
     )
     running = RunningServer(base, f"ws://127.0.0.1:{port}", http, app=app)
     try:
@@ -307,7 +398,7 @@ class ServerProcess:
         self.spawn()
         assert self.process is not None
         deadline = time.monotonic() + 60  # with its sender's process (as above)
-        async with httpx.AsyncClient() as http:
+        async with httpx.AsyncClient(verify=TLS) as http:
             while time.monotonic() < deadline:
                 if self.process.poll() is not None:
                     raise RuntimeError(f"server exited: {self.log.read_text()[-2000:]}")
@@ -390,6 +481,7 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    _drop_templates()
     if os.environ.get("PARLEY_TEST_FORBID_SKIPS") == "1" and _skipped:
         print(f"\nPARLEY_TEST_FORBID_SKIPS=1 and {len(_skipped)} tests were skipped:")
         for nodeid in _skipped:

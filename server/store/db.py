@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from pathlib import Path
 from typing import Any
@@ -109,7 +110,10 @@ def migrate(url: str) -> None:
     command.upgrade(alembic_config(url), "head")
 
 
+@functools.cache
 def head_revision() -> str | None:
+    """The newest migration's revision, read once per process (loading the migration
+    files takes 40 ms or more, and every app asks at its start)."""
     return ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
 
 

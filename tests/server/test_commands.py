@@ -3,7 +3,6 @@ with no socket: what the core decides is stored, answered once, and audited."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,18 +15,18 @@ from parley.authz.policy import Decision
 from parley.authz.roles import Member
 from parley.server.runtime.commands import dispatch, handle_frame
 from parley.server.runtime.room import SessionRoom
-from parley.server.store.db import create_engine, migrate
+from parley.server.store.db import create_engine
 from parley.server.store.rows import EntryRow
 from parley.server.store.sessions import Store
 from parley.server.store.tables import audit_log
 from parley.session.commands import CancelCommand, MessageCommand, PromptCommand
 from parley.session.queue import Policy
-from tests.conftest import make_settings
+from tests.conftest import make_settings, migrated_database
 
 
 @pytest.fixture
 async def room(database_url: str, tmp_path: Path) -> AsyncIterator[SessionRoom]:
-    await asyncio.to_thread(migrate, database_url)
+    await migrated_database(database_url)
     store = Store(create_engine(database_url))
     try:
         await store.create_session("s", "t", Policy.QUEUE.value, 0)

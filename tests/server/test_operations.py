@@ -111,7 +111,7 @@ async def test_postgres_restart_mid_session(tmp_path: Path) -> None:
         if REQUIRE_POSTGRES:
             pytest.fail(message)
         pytest.skip(message)
-    async with postgres_database() as url:
+    async with postgres_database(migrated=True) as url:
         settings = make_settings(url, tmp_path / "d", offline_token_delay_ms=0)
         async with serve_in_process(settings) as server:
             sid = await server.new_session({"alice": "editor"})

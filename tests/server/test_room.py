@@ -5,7 +5,6 @@ table as the document does."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -17,19 +16,19 @@ from parley.authz.roles import Member
 from parley.server.runtime.commands import dispatch
 from parley.server.runtime.room import SessionRoom
 from parley.server.settings import Settings
-from parley.server.store.db import create_engine, migrate
+from parley.server.store.db import create_engine
 from parley.server.store.sessions import Store
 from parley.server.store.tables import entries
 from parley.session.commands import PromptCommand
 from parley.session.lifecycle import IllegalTransition, PromptStatus
 from parley.session.queue import Policy
 from parley.session.reasons import Ending, ReasonCode
-from tests.conftest import make_settings
+from tests.conftest import make_settings, migrated_database
 
 
 @pytest.fixture
 async def store(database_url: str) -> AsyncIterator[Store]:
-    await asyncio.to_thread(migrate, database_url)
+    await migrated_database(database_url)
     store = Store(create_engine(database_url))
     try:
         await store.create_session("s", "t", Policy.QUEUE.value, 0)

@@ -4,7 +4,6 @@ it dies. Deliveries through it: tests/server/test_event_webhooks.py."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import time
@@ -20,7 +19,7 @@ from parley.server.outbound.sender_process import (
     spawn_child,
 )
 from parley.server.settings import Settings
-from parley.server.store.db import create_engine, migrate
+from parley.server.store.db import create_engine
 from parley.server.store.sessions import Store
 from parley.server.store.webhooks import create_webhook
 from parley.session.errors import ConfigurationError
@@ -28,6 +27,7 @@ from tests.conftest import (
     ADMIN_KEY,
     SECRET_KEY,
     make_settings,
+    migrated_database,
     process_running,
     sender_processes,
     sqlite_url,
@@ -68,7 +68,7 @@ async def sessions_store(tmp_path: Path, *, subscribed: bool = True) -> tuple[st
     """A migrated database, with a webhook subscription unless ``subscribed`` is false (a
     server starts its sender's process with itself only when one exists)."""
     url = sqlite_url(tmp_path)
-    await asyncio.to_thread(migrate, url)
+    await migrated_database(url)
     store = Store(create_engine(url))
     if subscribed:
         async with store.transaction("subscribe") as tx:

@@ -222,7 +222,7 @@ async def _ready(server: RunningServer) -> None:
 async def test_postgres_outage_answers_unavailable_and_clients_are_told_to_wait(
     tmp_path: Path,
 ) -> None:
-    async with postgres_database() as url:
+    async with postgres_database(migrated=True) as url:
         settings = make_settings(url, tmp_path / "d", db_retry_after_s=3, room_idle_unload_s=0.5)
         async with serve_in_process(settings) as server:
             sid = await server.new_session({"alice": "editor"})
@@ -267,7 +267,7 @@ async def test_postgres_outage_under_a_streaming_reply_closes_with_a_retry_hint(
     1013 and a JSON reason carrying ``retry_after_ms``; reconnecting is refused (503)
     until the database is back; then the session loads again with every acked prompt, the
     one cut off marked ``storage_error`` (even though the first reload failed too)."""
-    async with postgres_database() as url:
+    async with postgres_database(migrated=True) as url:
         settings = make_settings(url, tmp_path / "d", offline_token_delay_ms=100)
         async with serve_in_process(settings) as server:
             sid = await server.new_session({"alice": "editor"})

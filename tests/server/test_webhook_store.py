@@ -3,7 +3,6 @@ change, made on this node or any other (two stores on one database stand for two
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 
@@ -11,16 +10,17 @@ import pytest
 from sqlalchemy import event, select
 
 from parley.authz.standard_webhooks import new_secret
-from parley.server.store.db import create_engine, migrate
+from parley.server.store.db import create_engine
 from parley.server.store.sessions import Store
 from parley.server.store.tables import webhook_deliveries
 from parley.server.store.webhooks import change_webhook, create_webhook, delete_webhook
 from parley.session.events import PromptAccepted
+from tests.conftest import migrated_database
 
 
 @pytest.fixture
 async def nodes(database_url: str) -> AsyncIterator[tuple[Store, Store]]:
-    await asyncio.to_thread(migrate, database_url)
+    await migrated_database(database_url)
     one, two = Store(create_engine(database_url)), Store(create_engine(database_url))
     try:
         await one.create_session("s1", "t", "queue", 0)

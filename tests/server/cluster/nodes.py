@@ -75,7 +75,9 @@ class Cluster:
 
 @contextlib.asynccontextmanager
 async def cluster(tmp_path: Path, count: int, **env: str) -> AsyncIterator[Cluster]:
-    async with postgres_database() as url:
+    # Migrated before the nodes start (a clone of the worker's template), so they start
+    # together: each finds the schema current, as the later nodes of a rolling start do.
+    async with postgres_database(migrated=True) as url:
         nodes = [
             ServerProcess(
                 url,
@@ -91,13 +93,11 @@ async def cluster(tmp_path: Path, count: int, **env: str) -> AsyncIterator[Clust
             base_url=nodes[0].base_url, headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=30
         )
         try:
-            await nodes[0].start()  # applies the migrations; the others find them current
-            await asyncio.gather(*(node.start() for node in nodes[1:]))
+            await asyncio.gather(*(node.start() for node in nodes))
             yield Cluster(url, nodes, http)
         finally:
             await http.aclose()
-            for node in nodes:
-                await asyncio.to_thread(node.stop)
+            await asyncio.gather(*(asyncio.to_thread(node.stop) for node in nodes))
 
 
 def search_call(query: str) -> list[bytes]:

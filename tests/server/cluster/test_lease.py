@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import select, text
 
 from parley.server.cluster.lease import Fenced, LeaseTable
-from parley.server.store.db import create_engine, migrate
+from parley.server.store.db import create_engine
 from parley.server.store.sessions import Store
 from parley.server.store.tables import doc_updates
 from tests.conftest import postgres_database, wait_for_a_lock_wait
@@ -19,8 +19,7 @@ pytestmark = pytest.mark.postgres
 
 @pytest.fixture
 async def store() -> AsyncIterator[Store]:
-    async with postgres_database() as url:
-        await asyncio.to_thread(migrate, url)
+    async with postgres_database(migrated=True) as url:
         engine = create_engine(url)
         store = Store(engine)
         await store.create_session("s1", "t", "queue", 0)

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 from pycrdt import Doc, Text
 
 from parley.server.cluster.tail import read_tail
-from parley.server.store.db import create_engine, migrate
+from parley.server.store.db import create_engine
 from parley.server.store.sessions import Store
 from tests.conftest import postgres_database
 
@@ -16,8 +14,7 @@ pytestmark = pytest.mark.postgres
 
 
 async def test_a_replica_behind_a_squash_gets_the_snapshot_then_the_tail() -> None:
-    async with postgres_database() as url:
-        await asyncio.to_thread(migrate, url)
+    async with postgres_database(migrated=True) as url:
         engine = create_engine(url)
         try:
             store = Store(engine)

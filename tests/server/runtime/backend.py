@@ -15,7 +15,6 @@ door of a loaded room (``Backend.session``).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json as json_module
 from collections.abc import AsyncIterator, Callable
@@ -47,12 +46,12 @@ from parley.server.providers.registry import open_models
 from parley.server.runtime.rooms import RoomRegistry
 from parley.server.settings import Settings
 from parley.server.state import AppState
-from parley.server.store.db import create_engine, migrate
+from parley.server.store.db import create_engine
 from parley.server.store.memory import MemoryStore
 from parley.server.store.sessions import Store
 from parley.server.ws.send_budget import SendBudget
 from parley.session.model import ModelProvider
-from tests.conftest import ADMIN_KEY, SECRET_KEY
+from tests.conftest import ADMIN_KEY, SECRET_KEY, migrated_database
 from tests.fake_model import FakeModel
 from tests.server.runtime.harness import ManualClock, MemorySession, Watcher
 
@@ -71,7 +70,7 @@ def rest_body(model: type[Body], **fields: Any) -> Body:
 @contextlib.asynccontextmanager
 async def sql_store(database_url: str) -> AsyncIterator[Store]:
     """The real store on a migrated database (SQLite file or PostgreSQL)."""
-    await asyncio.to_thread(migrate, database_url)
+    await migrated_database(database_url)
     store = Store(create_engine(database_url))
     try:
         yield store

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
 
-from parley.server.store.db import create_engine, migrate
+from parley.server.store.db import create_engine
 from parley.server.store.sessions import Store
+from tests.conftest import migrated_database
 
 
 @pytest.fixture
 async def store(database_url: str) -> AsyncIterator[Store]:
-    await asyncio.to_thread(migrate, database_url)
+    await migrated_database(database_url)
     store = Store(create_engine(database_url))
     try:
         for name in ("s1", "s2"):

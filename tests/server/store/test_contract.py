@@ -3,7 +3,6 @@ adapter: in memory, SQLite and PostgreSQL keep the same promises."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
@@ -16,7 +15,7 @@ from parley.authz.policy import Decision, Readers
 from parley.authz.roles import Member
 from parley.server.store.access_rows import PrivateItem
 from parley.server.store.counters import SequenceMoved
-from parley.server.store.db import create_engine, migrate
+from parley.server.store.db import create_engine
 from parley.server.store.memory import MemoryStore
 from parley.server.store.rows import EntryRow, StoredDoc
 from parley.server.store.sessions import Store
@@ -28,7 +27,7 @@ from parley.session.lifecycle import IllegalTransition, PromptStatus
 from parley.session.quota import Quotas
 from parley.session.reasons import Ending, ReasonCode
 from parley.session.summary import Summary
-from tests.conftest import postgres_database, sqlite_url
+from tests.conftest import migrated_database, postgres_database, sqlite_url
 
 ALLOW = Decision(True, "test")
 
@@ -41,7 +40,7 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
         await memory.close()
         return
     async with contextlib_database(request.param, tmp_path) as url:
-        await asyncio.to_thread(migrate, url)
+        await migrated_database(url)
         sql = Store(create_engine(url))
         try:
             yield sql
@@ -51,7 +50,7 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
 
 def contextlib_database(kind: str, tmp_path: Path) -> Any:
     if kind == "postgres":
-        return postgres_database()
+        return postgres_database(migrated=True)
 
     class _Sqlite:
         async def __aenter__(self) -> str:

@@ -13,8 +13,9 @@ from parley.server.store.tables import thread_doc_snapshots, thread_doc_updates
 
 
 async def test_the_migration_creates_the_declared_tables_and_goes_down_again(
-    database_url: str,
+    empty_database_url: str,
 ) -> None:
+    database_url = empty_database_url
     config = alembic_config(database_url)
     await asyncio.to_thread(command.upgrade, config, "head")
     await asyncio.to_thread(command.downgrade, config, "threads_0016")

@@ -152,7 +152,10 @@ async def test_a_delivery_enqueued_while_its_head_completes_is_claimed(
     assert _who([b]) == [("s1", "b")]
 
 
-async def test_the_migration_gives_existing_deliveries_their_heads(database_url: str) -> None:
+async def test_the_migration_gives_existing_deliveries_their_heads(
+    empty_database_url: str,
+) -> None:
+    database_url = empty_database_url
     config = alembic_config(database_url)
     await asyncio.to_thread(command.upgrade, config, "webhooks_0013")
     engine = create_engine(database_url)
