@@ -55,13 +55,14 @@ emit({ event: 'state', state: session.state })
 session.on('state', (state) => emit({ event: 'state', state }))
 session.on('synced', (synced) => emit({ event: 'synced', synced }))
 // {"cmd":"call",…,"drop":true}: the socket is dropped right after that command is written
-// (a connection lost before the reply came).
+// (a connection lost before the reply came). It is torn down, not closed: a close
+// handshake leaves the socket open for the server's reply, which a fast server sent first.
 let dropNext = false
 session.on('sent', (command, attempt) => {
   emit({ event: 'sent', id: command.id, type: command.type, attempt })
   if (dropNext) {
     dropNext = false
-    session.provider.ws.close()
+    session.provider.ws.terminate()
   }
 })
 session.on('error', (error) => emit({ event: 'sdk-error', error: describe(error) }))
