@@ -96,8 +96,10 @@ async def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             await receiver.down()
             down_at, wall_down = time.monotonic(), time.time()
             await asyncio.sleep(args.outage_s)
-            await receiver.up()
+            # Read before ``up``: the receiver may serve a retry as soon as it listens,
+            # before ``up`` sees it started; that one arrived after the outage.
             up_at, wall_up = time.monotonic(), time.time()
+            await receiver.up()
             acks = await load
             drained_s: float | None = None
             deadline = time.monotonic() + args.drain_timeout_s
