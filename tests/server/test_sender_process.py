@@ -4,10 +4,12 @@ it dies. Deliveries through it: tests/server/test_event_webhooks.py."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -159,4 +161,46 @@ async def test_without_a_subscription_the_process_starts_at_the_first_delivery(
         await sender.stop()
         assert child.returncode == 0 and not process_running(child.pid)
     finally:
+        await sessions.close()
+
+
+class _Pipe:
+    """The child's stdin as the sender writes it: each write kept, none buffered."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.written = asyncio.Event()
+        self.transport = self
+
+    def is_closing(self) -> bool:
+        return False
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+        self.written.set()
+
+
+async def test_the_commits_of_a_moment_wake_the_child_once(tmp_path: Path) -> None:
+    """Many commits in a row cost one byte to the child, written after them; a commit after
+    that byte wakes it again (no wake-up is lost to the coalescing)."""
+    url, sessions = await sessions_store(tmp_path)
+    sender = SenderProcess(sessions, make_settings(url, tmp_path / "data"))
+    pipe = _Pipe()
+    sender.process = SimpleNamespace(stdin=pipe)  # type: ignore[assignment]
+    sender._watch = asyncio.get_running_loop().create_future()  # the child runs
+    try:
+        for _ in range(50):
+            sender.wake()
+        assert pipe.writes == []  # written after the commits of the moment, not per commit
+        await asyncio.wait_for(pipe.written.wait(), 10)
+        assert pipe.writes == [b"w"]
+        pipe.written.clear()
+        sender.wake()
+        await asyncio.wait_for(pipe.written.wait(), 10)
+        assert pipe.writes == [b"w", b"w"]
+    finally:
+        sender._watch.cancel()
         await sessions.close()
