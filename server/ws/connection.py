@@ -1,15 +1,13 @@
 """One client socket: frames written straight to it, or a bounded outbox drained by one
 sender task.
 
-Under ``parley serve`` (uvicorn's sans-I/O WebSocket protocol) frames are written to the
-socket directly, those of one turn of the event loop in one write at its end
-(``server.ws.direct_send``); a client that stops reading backs up its transport. Under
-another ASGI server it fills its outbox instead. Either way the bytes it has not taken
-(this turn's frames among them) are bounded three times: per socket
-(``send_buffer_max_bytes``), across the process (``send_buffer_total_max_bytes``) and in
-time (``send_stall_timeout_s``; see ``server.ws.send_budget``). A client past any of them
-is dropped: its backlog is freed at once, the client reconnects and resyncs from the CRDT
-state, and nobody else waits.
+Under ``parley serve`` (uvicorn's sans-I/O WebSocket protocol) each frame is written to the
+socket as it is sent (``server.ws.direct_send``); a client that stops reading backs up its
+transport. Under another ASGI server it fills its outbox instead. Either way the bytes it
+has not taken are bounded three times: per socket (``send_buffer_max_bytes``), across the
+process (``send_buffer_total_max_bytes``) and in time (``send_stall_timeout_s``; see
+``server.ws.send_budget``). A client past any of them is dropped: its backlog is freed at
+once, the client reconnects and resyncs from the CRDT state, and nobody else waits.
 """
 
 from __future__ import annotations
