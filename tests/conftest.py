@@ -88,11 +88,7 @@ async def postgres_database(*, migrated: bool = False) -> AsyncIterator[str]:
         pytest.skip(problem)
     name = f"parley_test_{uuid.uuid4().hex[:12]}"
     template = f' TEMPLATE "{await asyncio.to_thread(_postgres_template)}"' if migrated else ""
-    admin = await asyncpg.connect(POSTGRES_URL)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"{template}')
-    finally:
-        await admin.close()
+    await _admin(f'CREATE DATABASE "{name}"{template}')
     url = f"{_POSTGRES_BASE}/{name}"
     if migrated:
         MIGRATED.add(url)
@@ -100,11 +96,7 @@ async def postgres_database(*, migrated: bool = False) -> AsyncIterator[str]:
         yield url
     finally:
         MIGRATED.discard(url)
-        admin = await asyncpg.connect(POSTGRES_URL)
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
+        await _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 # -- databases migrated once per test process (an xdist worker) ---------------------------------

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from parley.server.store.db import create_engine, migrate
+from parley.server.store.db import create_engine
 from parley.server.store.sessions import Store, StoreTx
 from parley.server.store.writer_turns import WriterTurns
+from tests.conftest import migrated_database, sqlite_url
 
 
 async def settle() -> None:
@@ -139,8 +140,8 @@ class RecordingStore(Store):
 async def test_sqlite_a_group_commit_round_is_not_kept_behind_queued_writes(
     tmp_path: Path,
 ) -> None:
-    url = f"sqlite+aiosqlite:///{tmp_path / 'turns.db'}"
-    await asyncio.to_thread(migrate, url)
+    url = sqlite_url(tmp_path)
+    await migrated_database(url)
     store = RecordingStore(create_engine(url))
     store.order = []
     try:
