@@ -21,12 +21,11 @@ from parley.server.store.sessions import Store
 from parley.server.store.tables import audit_log
 from parley.session.commands import CancelCommand, MessageCommand, PromptCommand
 from parley.session.queue import Policy
-from tests.conftest import make_settings, migrated_database
+from tests.conftest import make_settings
 
 
 @pytest.fixture
 async def room(database_url: str, tmp_path: Path) -> AsyncIterator[SessionRoom]:
-    await migrated_database(database_url)
     store = Store(create_engine(database_url))
     try:
         await store.create_session("s", "t", Policy.QUEUE.value, 0)

@@ -16,12 +16,10 @@ from parley.server.store.db import create_engine, migrate
 from parley.server.store.group_commit import Outcome
 from parley.server.store.sessions import Store, StoreTx
 from parley.session.errors import Unavailable
-from tests.conftest import migrated_database
 
 
 @pytest.fixture
 async def store(database_url: str) -> AsyncIterator[Store]:
-    await migrated_database(database_url)
     store = Store(create_engine(database_url))
     try:
         for n in range(3):

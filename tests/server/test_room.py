@@ -23,12 +23,11 @@ from parley.session.commands import PromptCommand
 from parley.session.lifecycle import IllegalTransition, PromptStatus
 from parley.session.queue import Policy
 from parley.session.reasons import Ending, ReasonCode
-from tests.conftest import make_settings, migrated_database
+from tests.conftest import make_settings
 
 
 @pytest.fixture
 async def store(database_url: str) -> AsyncIterator[Store]:
-    await migrated_database(database_url)
     store = Store(create_engine(database_url))
     try:
         await store.create_session("s", "t", Policy.QUEUE.value, 0)

@@ -15,12 +15,10 @@ from parley.server.store.sessions import Store
 from parley.server.store.tables import webhook_deliveries
 from parley.server.store.webhooks import change_webhook, create_webhook, delete_webhook
 from parley.session.events import PromptAccepted
-from tests.conftest import migrated_database
 
 
 @pytest.fixture
 async def nodes(database_url: str) -> AsyncIterator[tuple[Store, Store]]:
-    await migrated_database(database_url)
     one, two = Store(create_engine(database_url)), Store(create_engine(database_url))
     try:
         await one.create_session("s1", "t", "queue", 0)

@@ -8,12 +8,10 @@ import pytest
 
 from parley.server.store.db import create_engine
 from parley.server.store.sessions import Store
-from tests.conftest import migrated_database
 
 
 @pytest.fixture
 async def store(database_url: str) -> AsyncIterator[Store]:
-    await migrated_database(database_url)
     store = Store(create_engine(database_url))
     try:
         for name in ("s1", "s2"):
