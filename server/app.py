@@ -53,9 +53,9 @@ from parley.server.store.health import StorageHealth
 from parley.server.store.sessions import Store
 from parley.server.version import version
 from parley.server.ws.admission import SocketEndpoint
-from parley.server.ws.direct_send import DirectSendMiddleware
 from parley.server.ws.endpoint import session_socket
 from parley.server.ws.send_budget import SendBudget
+from parley.server.ws.socket_routes import SocketsFirst
 from parley.server.ws.thread_socket import thread_socket
 from parley.session.errors import Forbidden, NotFound, ParleyError, SchemaNotCurrent, Unavailable
 from parley.session.model import ModelProvider
@@ -312,7 +312,7 @@ def create_app(
             "/ws/sessions/{session_id}/threads/{thread_id}", SocketEndpoint(thread_socket)
         ),
     ]
-    middleware = [Middleware(DirectSendMiddleware), Middleware(RequestLog)]
+    middleware = [Middleware(RequestLog)]
     if settings.cors_origins:
         middleware.append(
             Middleware(
@@ -323,7 +323,7 @@ def create_app(
                 allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
             )
         )
-    return Starlette(
+    return SocketsFirst(
         routes=routes,
         middleware=middleware,
         lifespan=lifespan,

@@ -23,8 +23,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
-from starlette.responses import JSONResponse
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import Scope
 
 from parley.server.app import create_app
 from parley.server.cli import ParleyServer, freeze_startup_heap, uvicorn_config
@@ -92,21 +94,18 @@ class BenchProvider:
         yield Finish("stop")
 
 
-class BenchApp:
-    """Parley's app plus ``GET /bench/records`` (finished calls' timings, then forgotten)."""
+def bench_routes(recorder: Recorder) -> list[Route]:
+    """``GET /bench/records`` (finished calls' timings, then forgotten) and ``/bench/heap``:
+    routes of Parley's own app, not a wrapper around it, whose coroutine would stay alive
+    with each socket and count in its memory (``server.ws.socket_routes``)."""
 
-    def __init__(self, app: ASGIApp, recorder: Recorder) -> None:
-        self.app = app
-        self.recorder = recorder
+    async def records(_: Request) -> Response:
+        return JSONResponse(recorder.drain())
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] == "/bench/records":
-            await JSONResponse(self.recorder.drain())(scope, receive, send)
-            return
-        if scope["type"] == "http" and scope["path"] == "/bench/heap":
-            await JSONResponse(dump_heap(scope))(scope, receive, send)
-            return
-        await self.app(scope, receive, send)
+    async def heap(request: Request) -> Response:
+        return JSONResponse(dump_heap(request.scope))
+
+    return [Route("/bench/records", records), Route("/bench/heap", heap, methods=["GET", "POST"])]
 
 
 def dump_heap(scope: Scope) -> dict[str, Any]:
@@ -151,7 +150,8 @@ def main() -> None:
     migrate(settings.database_url)
     recorder = Recorder()
     app = create_app(settings, provider=BenchProvider(recorder))
-    config = uvicorn_config(BenchApp(app, recorder), settings)
+    app.router.routes[:0] = bench_routes(recorder)
+    config = uvicorn_config(app, settings)
     profile = os.environ.get("PARLEY_BENCH_PROFILE")
     server = ParleyServer(config, app) if not profile else ProfiledServer(config, app, profile)
     freeze_startup_heap()  # as `parley serve` does

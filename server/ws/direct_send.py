@@ -9,7 +9,7 @@ same two calls without the coroutine. Frames still go through the protocol objec
 state (closing handshake, pings) stays right, and nothing is written once it is closing.
 
 Under any other ASGI server ``beneath`` finds nothing and ``Connection`` keeps its outbox
-and sender task. ``DirectSendMiddleware`` finds the protocol: the ``send`` callable an
+and sender task. ``server.ws.socket_routes`` finds the protocol: the ``send`` callable an
 ASGI server hands the app is that object's bound method.
 """
 
@@ -21,7 +21,7 @@ import struct
 from collections import deque
 from typing import Any
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Send
 from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 
@@ -137,16 +137,3 @@ class DirectWriter:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET_ON_CLOSE)
         transport.abort()
-
-
-class DirectSendMiddleware:
-    """Puts a ``DirectWriter`` for each WebSocket in its scope (``SCOPE_KEY``), when the
-    server's protocol allows one. Must see the server's own ``send``: install it outermost."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "websocket":
-            scope[SCOPE_KEY] = DirectWriter.beneath(send)
-        await self.app(scope, receive, send)
