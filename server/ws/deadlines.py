@@ -6,12 +6,20 @@ each frame) beside a ``call_later`` for the expiry cost an idle socket about 1.2
 (``python -m bench.connection_memory``). Here a frame costs two assignments: the timer is
 moved only when a deadline comes earlier than the time it is set for, and a timer that
 fires before a deadline (the socket read a frame since) is set again for the next one.
+
+The timers themselves are shared: a deadline is put in the tick (``TICK_S``) it falls in,
+and one loop timer per tick serves every socket due in it (``_Ticks``). A timer of its
+own cost each socket about 300 B (a ``TimerHandle`` with its context and bound method,
+and the loop's heap entry; issue #22); a place in a tick's set costs a few dozen. A
+deadline is met up to one tick late (half a second: a token's expiry and the idle
+timeout of minutes are not exact to the millisecond anyway).
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
+import weakref
 from collections.abc import Callable
 
 from parley.session.closes import CloseCode
@@ -19,6 +27,53 @@ from parley.session.closes import CloseCode
 # A timer may run up to the loop's clock resolution before its time: a deadline this
 # close is reached.
 _EARLY_S = 0.001
+# Deadlines are met on the first tick at or after them (one not yet past, at once).
+TICK_S = 0.5
+
+
+class _Ticks:
+    """A loop's socket deadlines, by the tick they fall in: one timer per tick that has
+    any, cancelled when its last socket leaves it."""
+
+    __slots__ = ("_due", "_timers")  # not the loop: it is this object's key (``_LOOPS``)
+
+    def __init__(self) -> None:
+        self._due: dict[int, set[SocketDeadlines]] = {}
+        self._timers: dict[int, asyncio.TimerHandle] = {}
+
+    def add(self, deadlines: SocketDeadlines, when: float, loop: asyncio.AbstractEventLoop) -> int:
+        """Call ``deadlines._fire`` on the first tick at or after ``when``; the tick."""
+        tick = math.ceil(when / TICK_S)
+        due = self._due.get(tick)
+        if due is None:
+            due = self._due[tick] = set()
+            self._timers[tick] = loop.call_at(tick * TICK_S, self._fire, tick)
+        due.add(deadlines)
+        return tick
+
+    def discard(self, deadlines: SocketDeadlines, tick: int) -> None:
+        due = self._due.get(tick)
+        if due is None:
+            return
+        due.discard(deadlines)
+        if not due:
+            del self._due[tick]
+            self._timers.pop(tick).cancel()
+
+    def _fire(self, tick: int) -> None:
+        self._timers.pop(tick, None)
+        for deadlines in self._due.pop(tick, ()):
+            deadlines._fire()
+
+
+_LOOPS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Ticks] = weakref.WeakKeyDictionary()
+
+
+def _ticks(loop: asyncio.AbstractEventLoop) -> _Ticks:
+    ticks = _LOOPS.get(loop)
+    if ticks is None:
+        ticks = _LOOPS[loop] = _Ticks()
+    return ticks
 
 
 class SocketDeadlines:
@@ -26,7 +81,7 @@ class SocketDeadlines:
     token expired), or once it has waited ``idle_s`` for a frame (1001, idle timeout: between
     ``waiting`` and ``received``); then never again. ``cancel`` when the socket is done."""
 
-    __slots__ = ("_close", "_expires_at", "_handle", "_idle_s", "_loop", "_waiting_since")
+    __slots__ = ("_close", "_expires_at", "_idle_s", "_loop", "_tick", "_ticks", "_waiting_since")
 
     def __init__(
         self, expires_in_s: float, idle_s: float, close: Callable[[CloseCode, str], object]
@@ -36,7 +91,8 @@ class SocketDeadlines:
         self._idle_s = idle_s
         self._close = close
         self._waiting_since: float | None = None
-        self._handle: asyncio.TimerHandle | None = None
+        self._ticks = _ticks(self._loop)
+        self._tick: int | None = None  # the tick it is due in, if any
         self._arm()
 
     def waiting(self) -> None:
@@ -49,9 +105,9 @@ class SocketDeadlines:
         self._waiting_since = None
 
     def cancel(self) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
+        if self._tick is not None:
+            self._ticks.discard(self, self._tick)
+            self._tick = None
         self._waiting_since = None
         self._expires_at = math.inf
 
@@ -61,15 +117,19 @@ class SocketDeadlines:
 
     def _arm(self) -> None:
         when = self._next()
-        handle = self._handle
-        if handle is not None and handle.when() <= when:
+        tick = self._tick
+        if tick is not None and tick * TICK_S <= when:
             return  # it fires first and sets itself again for ``when``
-        if handle is not None:
-            handle.cancel()
-        self._handle = None if when == math.inf else self._loop.call_at(when, self._fire)
+        if tick is not None:
+            self._ticks.discard(self, tick)
+            self._tick = None
+        if when <= self._loop.time():  # past already (a token expired before it came)
+            self._loop.call_soon(self._fire)
+        elif when != math.inf:
+            self._tick = self._ticks.add(self, when, self._loop)
 
     def _fire(self) -> None:
-        self._handle = None
+        self._tick = None
         now = self._loop.time() + _EARLY_S
         since = self._waiting_since
         if now >= self._expires_at:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import math
 
-from parley.server.ws.deadlines import SocketDeadlines
+from parley.server.ws.deadlines import TICK_S, SocketDeadlines
 from parley.session.closes import CloseCode
 
 
@@ -55,3 +56,34 @@ async def test_an_expired_token_is_called_at_once() -> None:
     SocketDeadlines(-5, 60, calls.close)
     await asyncio.wait_for(calls.called.wait(), 10)
     assert calls.seen == [EXPIRED]
+
+
+async def test_sockets_due_in_one_tick_share_its_timer_and_a_cancelled_one_is_not_called() -> None:
+    loop = asyncio.get_running_loop()
+    kept, cancelled = Calls(), Calls()
+    now = loop.time()
+    in_s = (math.floor(now / TICK_S) + 1.5) * TICK_S - now  # the middle of the next tick
+    scheduled = len(loop._scheduled)  # type: ignore[attr-defined]
+    first = SocketDeadlines(in_s, 60, kept.close)
+    second = SocketDeadlines(in_s, 60, cancelled.close)
+    assert first._tick == second._tick  # the same tick: one timer for both
+    assert len(loop._scheduled) == scheduled + 1  # type: ignore[attr-defined]
+    second.cancel()
+    await asyncio.wait_for(kept.called.wait(), 10)
+    # Its tick has passed (the other was called in it): it was not called.
+    assert kept.seen == [EXPIRED] and cancelled.seen == []
+
+
+async def test_a_deadline_moved_to_an_earlier_tick_leaves_no_timer_behind() -> None:
+    loop = asyncio.get_running_loop()
+
+    def timers() -> int:
+        return sum(not h.cancelled() for h in loop._scheduled)  # type: ignore[attr-defined]
+
+    before = timers()
+    deadlines = SocketDeadlines(3600, 60, Calls().close)  # due at its token's expiry
+    assert timers() == before + 1
+    deadlines.waiting()  # now due at the idle timeout, an earlier tick
+    assert timers() == before + 1
+    deadlines.cancel()
+    assert timers() == before
