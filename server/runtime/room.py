@@ -87,7 +87,7 @@ class SessionRoom:
             clock,
             self.sockets.everyone,
             self.feed.changed,
-            lambda event: self.writer.stop_prompts(event),
+            lambda event: self.writer.stop_prompts(event),  # built below, with its parts
         )
         lost = partial(self.fail, retry_after_s=settings.db_retry_after_s)
         document = DocumentWriter(
