@@ -167,7 +167,7 @@ class ClusterNode:
     ) -> None:
         """Load a room: run it here if nobody does, else as a read replica."""
         session_id = room.session_id
-        room.fence_with(HolderFence(self, room))
+        room.writer.document.fence = HolderFence(self, room)
         self.runners[session_id] = runner
         async with self._lock(session_id):
             try:
@@ -365,7 +365,7 @@ class ClusterNode:
                 return  # run here now: the room has the state
             tail = await read_tail(self.store.engine, session_id, after, TAIL_PAGE)
             if tail.snapshot is not None or tail.updates:
-                await room.writer.apply_replicated(tail.snapshot, tail.updates)
+                await room.writer.document.apply_replicated(tail.snapshot, tail.updates)
             if session_id in self.applied:
                 # A REST read catches up too (``follow``): the later of two never goes back.
                 self.applied[session_id] = max(self.applied[session_id], tail.last_id)

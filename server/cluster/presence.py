@@ -89,7 +89,7 @@ class PresenceRelay:
             update = base64.b64decode(body, validate=True)
         except binascii.Error:
             return
-        room.broadcast(encode_awareness(update))
+        room.sockets.broadcast(encode_awareness(update))
 
     def _answer(self, session_id: str) -> None:
         self._answering.discard(session_id)

@@ -95,7 +95,7 @@ async def create_document(
         document_id, session_id, body.title, body.text, readers, int(state.clock() * 1000)
     )
     await _access(state).add_document(row, state.settings.max_documents_per_session)
-    await room.audit(
+    await room.writer.audit(
         "document",
         caller.user_id or "admin",
         {"added": document_id, "title": body.title, "readers": readers.to_json()},
@@ -134,7 +134,7 @@ async def delete_document(
     room = await state.rooms.get(session_id)
     if not await _access(state).delete_document(session_id, document_id):
         raise NotFound(f"no document {document_id!r}")
-    await room.audit("document", caller.user_id or "admin", {"deleted": document_id})
+    await room.writer.audit("document", caller.user_id or "admin", {"deleted": document_id})
 
 
 def _tool_out(row: ToolRow, *, secret: bool) -> ToolOut:
@@ -190,7 +190,9 @@ async def get_private(
     if item is None:
         raise NotFound(f"entry {entry_id!r} has no restricted text")
     if caller.user_id is not None:
-        await room.check(caller.user_id, Read(item.restriction), f"read restricted {entry_id}")
+        await room.writer.check(
+            caller.user_id, Read(item.restriction), f"read restricted {entry_id}"
+        )
     return PrivateOut(
         entry_id=entry_id,
         kind="tool" if item.kind == "tool" else "reply",

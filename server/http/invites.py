@@ -78,7 +78,7 @@ async def create_invite(
     if stored is None:
         raise Conflict(f"{body.user_id!r} is not a member of this session")
     room = await state.rooms.get(session_id)
-    await room.audit(
+    await room.writer.audit(
         "invite",
         caller.user_id or "admin",
         {"created": row.id, "user_id": row.user_id, "max_uses": row.max_uses},
@@ -102,7 +102,7 @@ async def _judge(state: AppState, session_id: str, caller: Caller, user_id: str)
     decision = judge_invite(actor, target, state.rooms.roles, documents)
     if not decision.allowed:
         what = {"action": f"invite {user_id}", "reason": decision.reason}
-        await room.audit("refused", caller.user_id, what)
+        await room.writer.audit("refused", caller.user_id, what)
         decision.require()
 
 
@@ -120,7 +120,7 @@ async def revoke_invite(state: AppState, session_id: str, invite_id: str, caller
     if not await InviteStore(state.store).revoke(session_id, invite_id, int(state.clock())):
         raise NotFound(f"no live invite {invite_id!r} in this session")
     room = await state.rooms.get(session_id)
-    await room.audit("invite", caller.user_id or "admin", {"revoked": invite_id})
+    await room.writer.audit("invite", caller.user_id or "admin", {"revoked": invite_id})
 
 
 async def exchange_invite(state: AppState, body: InviteExchange) -> TokenOut:
@@ -143,7 +143,7 @@ async def exchange_invite(state: AppState, body: InviteExchange) -> TokenOut:
         raise Unauthenticated("this invite link is not valid (expired, used up or revoked)")
     invite, member, token, claims = redeemed
     room = await state.rooms.get(invite.session_id)
-    await room.audit("invite", member.user_id, {"used": invite.id, "jti": claims.token_id})
+    await room.writer.audit("invite", member.user_id, {"used": invite.id, "jti": claims.token_id})
     return token_out(member, token, claims)
 
 

@@ -172,14 +172,14 @@ async def _change_member(
     if not change.decision.allowed:
         action = f"{'change' if after is not None else 'remove'} member {user_id}"
         wanted = None if after is None else _member_json(after)
-        await room.audit(
+        await room.writer.audit(
             "refused", actor, {"action": action, "reason": change.decision.reason, "after": wanted}
         )
         change.decision.require()
     if change.before is None and change.after is None:
         raise NotFound(f"{user_id!r} is not a member of this session")
     await state.rooms.settings_changed(room)  # in force where the session runs
-    await room.audit(
+    await room.writer.audit(
         "membership",
         actor,
         {
@@ -249,7 +249,7 @@ async def revoke_token(state: AppState, session_id: str, jti: str) -> None:
         raise NotFound(f"no unexpired token {jti!r} in this session")
     room = await state.rooms.get(session_id)
     await room.membership.revoke_token(token)
-    await room.audit("token", "admin", {"revoked": jti, "user_id": token.user_id})
+    await room.writer.audit("token", "admin", {"revoked": jti, "user_id": token.user_id})
 
 
 OPERATIONS: list[Operation] = [

@@ -159,9 +159,9 @@ async def authorize(op: Operation, caller: Caller, state: AppState, session_id: 
         raise Unauthenticated(revoked)
     what = f"{op.method} {op.path}"
     if op.capability is None:
-        await room.audit("refused", caller.user_id, {"action": what, "reason": "admin only"})
+        await room.writer.audit("refused", caller.user_id, {"action": what, "reason": "admin only"})
         raise Forbidden("this route needs the admin key")
-    await room.check(caller.user_id, Do(op.capability), what)
+    await room.writer.check(caller.user_id, Do(op.capability), what)
 
 
 async def read_body(request: Request, limit: int) -> bytes:

@@ -103,7 +103,7 @@ async def update_session(
         if value is not None and value != getattr(before, name)
     }
     if changes:
-        await room.audit("policy", caller.user_id or "admin", changes)
+        await room.writer.audit("policy", caller.user_id or "admin", changes)
     return _session_out(await session_row(state, session_id))
 
 

@@ -217,10 +217,10 @@ class SessionStream:
     def _live_frames(self, room: SessionRoom) -> Iterator[bytes]:
         """The running reply's committed text past the cursor; the queue if it changed."""
         if self.cursor.reply_id is not None:
-            text = room.committed_reply(self.cursor.reply_id)
+            text = room.writer.document.committed_reply(self.cursor.reply_id)
             if text is not None:
                 yield from self._deltas(text.text)
-        queue = room.committed_queue()
+        queue = room.writer.document.committed_queue()
         if queue != self._sent_queue:
             self._sent_queue = queue
             yield frame("queue", str(self.cursor), {"queue": queue})
@@ -334,7 +334,7 @@ async def open_stream(request: Request) -> Response:
 def _check_offset(room: SessionRoom, cursor: Cursor) -> None:
     if cursor.reply_id is None:
         return
-    text = room.committed_reply(cursor.reply_id)
+    text = room.writer.document.committed_reply(cursor.reply_id)
     if text is not None and not text.streaming and cursor.offset > len(text.text):
         raise BadEventId("Last-Event-ID: past the end of its reply")
 

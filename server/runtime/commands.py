@@ -1,8 +1,9 @@
 """The one door for a session's commands: parse, carry out through the core, answer once.
 
 A socket's command frame (``handle_frame``) and a command another node forwarded here
-(``server.cluster.node``) both enter through ``dispatch``, which has the room carry out
-what ``session.core`` decides (``SessionRoom.execute``), so every rule holds on every path.
+(``server.cluster.node``) both enter through ``dispatch``, which has the session's one
+writer carry out what ``session.core`` decides (``SessionWriter.execute``), so every rule
+holds on every path.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ async def dispatch(room: SessionRoom, actor: str, command: Command) -> str:
     event = CommandEvent(actor, command, room.now_ms(), new_id())
     try:
         try:
-            effects = await room.execute(event)
+            effects = await room.writer.execute(event)
         except Conflict:  # ``DuplicateCommand`` among them
             previous = await _previous_ack(room, actor, command)
             if previous is not None:

@@ -19,6 +19,7 @@ from parley.authz.policy import Restriction
 from parley.authz.scope import RunScope, scope_for_run
 from parley.server.runtime.active_run import ActiveRun
 from parley.server.runtime.tools import tool_defs
+from parley.server.runtime.writer import Write
 from parley.session.core import (
     AuditRecord,
     ContextDrawn,
@@ -74,16 +75,18 @@ class RunSteps:
         event = RunStart(room.now_ms(), uuid.uuid4().hex, reply_author)
         scope: RunScope | None = None
         limits: Quotas | None = None
-        async with room.writer.writing() as write:
-            effects = handle(room.view(), event)
-            if effects.error is not None:
-                raise effects.error
+
+        async def beside(write: Write, effects: Effects) -> None:
+            nonlocal scope, limits
             if effects.begin is not None:
                 # Here, under the writer: the issuers' grants as the run starts.
                 scope = self.scope_for(effects.begin.run.authors)
                 # The quota check before the model call reads them here: no read of its own.
                 limits = await write.tx.quotas(room.session_id)
-            await room.record(write, effects, event.now_ms)
+
+        effects = await room.writer.carry_out(event, event.now_ms, beside=beside)
+        if effects.error is not None:
+            raise effects.error
         if effects.begin is None or scope is None:
             return None
         self.active = ActiveRun(effects.begin.run, ReplyState(event.reply_id), scope, self)
@@ -100,19 +103,20 @@ class RunSteps:
         """Stream reply text: into the shared document, or, once the reply draws on what
         not every member may read (policy ``private``), only into the server-side copy."""
         active.text.append(text)
-        await self._append(active, handle(self.room.view(), TextAppended(active.reply, text)))
+        await self._append(
+            active, handle(self.room.writer.view(), TextAppended(active.reply, text))
+        )
 
     async def widen(self, active: ActiveRun, restriction: Restriction) -> None:
         """The run drew on something with ``restriction``: its reply inherits it."""
         drawn = ContextDrawn(active.reply, restriction)
-        await self._append(active, handle(self.room.view(), drawn))
+        await self._append(active, handle(self.room.writer.view(), drawn))
 
     async def _append(self, active: ActiveRun, effects: Effects) -> None:
         if effects.reply is not None:
             active.reply = effects.reply
         if effects.append is not None:
-            async with self.room.writer.appending():
-                self.room.doc.append_reply_text(effects.append.reply_id, effects.append.text)
+            await self.room.writer.append(effects.append)
 
     async def add_tool_step(
         self, active: ActiveRun, *, tool: str, status: str, detail: str, restriction: Restriction
@@ -124,7 +128,7 @@ class RunSteps:
         step = ToolStepTaken(
             active.reply, issuers, tool, status, detail, restriction, now, entry_id
         )
-        await self.room.step(step, now)
+        await self.room.writer.step(step, now)
         return entry_id
 
     async def finish(
@@ -134,7 +138,7 @@ class RunSteps:
         reply's full text, the run's audit records and its usage are stored with it."""
         now = self.room.now_ms()
         text = "".join(active.text)
-        await self.room.step(
+        await self.room.writer.step(
             RunFinished(active.run, ending, now, active.reply, text, tuple(audit)),
             now,
             usage=active.usage,

@@ -7,7 +7,7 @@ cluster mode only the node running the session may write its document or judge i
 commands, so on another node the same change is forwarded there (as the admin, whose REST
 call was already authorised) and its result comes back. Either way the change is in force
 where the session runs before the REST call returns. Document writes are carried out by
-the session core like any command (``SessionRoom.execute``), so its limits hold here too;
+the session core like any command (``SessionWriter.execute``), so its limits hold here too;
 the REST route authorised the caller and audits the change itself.
 """
 
@@ -42,7 +42,7 @@ async def apply_session_write(room: SessionRoom, write: dict[str, Any]) -> dict[
     else:
         raise InvalidInput(f"unknown session write {kind!r}")
     actor = str(write.get("author") or "")  # "" : the admin API
-    await room.execute(CommandEvent(actor, command, room.now_ms(), new_id(), admin=True))
+    await room.writer.execute(CommandEvent(actor, command, room.now_ms(), new_id(), admin=True))
     if kind == "set_fact":
         return {"facts": room.doc.fact_map()}
     if kind == "pin":

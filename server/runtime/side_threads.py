@@ -252,4 +252,4 @@ class ThreadSteps:
             audit=tuple(audit),
             now_ms=now,
         )
-        await room.step(event, now, usage=active.usage)
+        await room.writer.step(event, now, usage=active.usage)

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from pycrdt import Doc, TransactionEvent
 
-from parley.server.runtime.writer import Write, merged, settled
+from parley.server.runtime.writer import DocumentWriter, Write, merged, settled
 from parley.server.store.port import SessionTx
 from parley.server.store.rows import StoredDoc
 from parley.session.closes import CloseCode
@@ -127,6 +127,11 @@ class ThreadDocs:
         self.room = room
         self.live: dict[str, LiveThreadDoc] = {}
 
+    @property
+    def _writer(self) -> DocumentWriter:
+        """The session document's writer: its lock, fence and state hold here too."""
+        return self.room.writer.document
+
     def _live(self, thread_id: str, stored: StoredDoc) -> LiveThreadDoc:
         limit = self.room.settings.max_delete_ranges_per_update
         return LiveThreadDoc(thread_id, stored, self.room.sockets.send_thread, limit)
@@ -153,11 +158,11 @@ class ThreadDocs:
             if stored.snapshot is None and not stored.updates:
                 raise Unavailable("this side-thread's document is not stored yet; reconnect")
             return self.live.setdefault(thread_id, self._live(thread_id, stored))
-        async with room.writer.lock:
+        async with self._writer.lock:
             live = self.live.get(thread_id)
             if live is not None and self._watched(thread_id):
                 return live
-            room.writer.require_usable()
+            self._writer.require_usable()
             if live is None:  # else held for its run: its streamed text is shown now
                 stored = await room.store.load_thread_doc(room.session_id, thread_id)
                 live = self._live(thread_id, stored)
@@ -168,8 +173,8 @@ class ThreadDocs:
             if update:
                 try:
                     async with room.store.transaction("side-thread document") as tx:
-                        if room.writer.fence is not None:
-                            await room.writer.fence.check(tx)
+                        if self._writer.fence is not None:
+                            await self._writer.fence.check(tx)
                         await self._append(tx, live, thread_id, update)
                 except BaseException:
                     # Not stored: a document held for a run must not keep the change
@@ -260,15 +265,15 @@ class ThreadDocs:
         show it (``mutate``), stored through the group commit before it is sent. Under the
         writer lock, so a document opened meanwhile shows the step once."""
         room = self.room
-        async with room.writer.lock:
+        async with self._writer.lock:
             record()
             live = self.live.get(thread_id)
-            if live is None or not self._streamed_to(thread_id) or room.writer.failed is not None:
+            if live is None or not self._streamed_to(thread_id) or self._writer.failed is not None:
                 return  # nobody watches: the reply's row holds it all in the end
             update = live.capture(mutate)
             if not update:
                 return
-            fence = room.writer.fence
+            fence = self._writer.fence
             stored = room.store.group.submit(room.session_id, update, fence, thread_id=thread_id)
             cancelled = await settled(stored)
             try:
@@ -295,7 +300,7 @@ class ThreadDocs:
             await self._snapshot(tx, live, update_id)
 
     async def _published(self, tx: SessionTx, update_id: int) -> None:
-        fence = self.room.writer.fence
+        fence = self._writer.fence
         if fence is not None:
             await fence.published(tx, update_id)
 
@@ -314,8 +319,8 @@ class ThreadDocs:
         leaves the log longer)."""
         try:
             async with self.room.store.transaction("side-thread snapshot") as tx:
-                if self.room.writer.fence is not None:
-                    await self.room.writer.fence.check(tx)
+                if self._writer.fence is not None:
+                    await self._writer.fence.check(tx)
                 await self._snapshot(tx, live, update_id)
         except Exception:
             log.warning("side-thread snapshot failed", exc_info=True)

@@ -1,4 +1,4 @@
-"""The one writer of a loaded session's document: stored, committed, then broadcast.
+"""How a loaded session's document is written: stored, committed, then broadcast.
 
 Every change to the document happens inside ``writing()`` (one database transaction that
 stores the CRDT update, with the relational rows and the semantic events beside it) or
@@ -7,7 +7,8 @@ only after the commit is the update broadcast. If the commit fails, the in-memor
 is reloaded from the store, so nothing un-stored is ever shown to anyone. The writer also
 keeps what judges and answers client frames (the delete set, the encoded copy) current
 with its commits, and squashes the update log into a snapshot every
-``snapshot_every_updates``.
+``snapshot_every_updates``. What to write is the session core's to say: the session's one
+writer (``server.runtime.session_writer``) carries its effects out through this.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 
 from pycrdt import Doc, TransactionEvent, merge_updates
 
-from parley.server.runtime.stream_feed import StreamFeed
+from parley.server.runtime.stream_feed import ReplyText, StreamFeed
 from parley.server.settings import Settings
 from parley.server.store.group_commit import Outcome, WriteFence
 from parley.server.store.port import SessionStore, SessionTx
@@ -74,7 +75,7 @@ class Write:
 
 
 class DocumentWriter:
-    """The document of session ``session_id`` and the one writer of it.
+    """The document of session ``session_id`` and its write lock.
 
     ``broadcast`` sends a frame to the session's sockets, ``feed`` is told each commit
     (with its events' numbers) for the session's event streams; ``lost`` is called when a
@@ -318,6 +319,14 @@ class DocumentWriter:
         if self._encoded is None:
             self._encoded = EncodedDocument(self.doc.doc.get_update())
         return self._encoded
+
+    def committed_reply(self, reply_id: str) -> ReplyText | None:
+        """A reply's text as committed (None: not in the committed document yet)."""
+        return self.feed.reply(self.doc, reply_id, writing=self.lock.locked())
+
+    def committed_queue(self) -> list[dict[str, Any]]:
+        """The waiting prompts in planned order, as committed."""
+        return self.feed.queue(self.doc, writing=self.lock.locked())
 
     def is_noop(self, update: bytes) -> bool:
         """True when a client update would change nothing (clients may not write); an

@@ -147,9 +147,9 @@ async def _on_binary(
     message = charged(room, connection, data, now)
     if isinstance(message, SyncMessage):
         if message.sync_type is SyncType.STEP1:
-            for frame in await room.writer.sync_answer(message.payload):
+            for frame in await room.writer.document.sync_answer(message.payload):
                 connection.send(frame)
-        elif not room.writer.is_noop(message.payload):
+        elif not room.writer.document.is_noop(message.payload):
             # The server is the only writer: a client's change is neither applied nor relayed.
             log.info("refused a client write", extra={"user_id": connection.user_id})
             raise Forbidden("the shared document is read-only; send commands instead")

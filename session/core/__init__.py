@@ -11,8 +11,8 @@ commands are judged in ``threads``). ``view`` is the session as committed
 (``SessionView``); ``effects``
 (``Effects``) say what to store, which statuses to set, the queue after the change, what
 to audit, which semantic events happened, whether to stop the run in flight or wake the
-runner, and the answer (an ack or the error). ``server.runtime.room.SessionRoom`` carries
-them out through the room's one writer (``server.runtime.writer``).
+runner, and the answer (an ack or the error). The session's one writer
+(``server.runtime.session_writer.SessionWriter``) carries them out.
 """
 
 from parley.session.core.effects import (

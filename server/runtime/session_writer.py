@@ -1,0 +1,242 @@
+"""The one writer of a loaded session: every change to it is carried out here.
+
+An event -- a member's command, a run's step, a membership change, a restart -- is judged
+by ``session.core.handle`` on the session as committed (``view``), judged again under the
+write lock on the state it changes (which may have moved meanwhile), and its effects are
+carried out in the order store -> commit -> broadcast -> notify: rows, document update and
+semantic events in one transaction (``DocumentWriter.writing``); after the commit the
+update goes to the sockets and kept text to the members who may read it; then the run in
+flight is stopped or the runner woken. A refusal writes nothing: it is audited and raised.
+
+``SessionWriter`` holds what the core decides with (the queue, the last sequence number)
+and is the only code that changes it; ``DocumentWriter`` beneath it does the mechanics of
+one write (capture, commit, broadcast, undo), the room (``SessionRoom``) only wires parts.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
+from typing import Any
+
+from parley.authz.policy import Action, Decision, Subject, decide
+from parley.server.runtime.context import SessionContext
+from parley.server.runtime.run_steps import RunSteps
+from parley.server.runtime.side_threads import SideThreads
+from parley.server.runtime.sockets import SessionSockets
+from parley.server.runtime.writer import DocumentWriter, Write
+from parley.server.store.access_rows import PrivateItem
+from parley.server.store.counters import SequenceMoved
+from parley.server.store.effect_writes import write_effects
+from parley.server.store.port import SessionStore
+from parley.server.store.rows import UsageRow
+from parley.session.core import (
+    AppendText,
+    CommandEvent,
+    Effects,
+    Event,
+    MemberUpdated,
+    Recovered,
+    SessionView,
+    TokenRevoked,
+    WaitingPrompt,
+    handle,
+)
+from parley.session.lifecycle import PromptStatus
+from parley.session.queue import OrderingQueue, Policy
+from parley.session.reasons import ReasonCode
+from parley.session.schema import QueuedItem, SessionDocument
+
+log = logging.getLogger("parley.room")
+
+# Called under the lock with a write and the effects judged for it, before they are stored.
+Beside = Callable[[Write, Effects], Awaitable[None]]
+
+
+class _Refused(Exception):
+    """The core refused an event under the writer: nothing of the write is kept."""
+
+    def __init__(self, effects: Effects) -> None:
+        self.effects = effects
+
+
+class SessionWriter:
+    """Session ``session_id``'s one writer: ``document`` stores, commits and broadcasts;
+    ``view`` is the session as committed; ``subject`` a member as of now. After a commit,
+    kept private text goes to ``context`` and ``sockets``, side-thread changes to
+    ``side_threads``; then ``runs`` is stopped or woken."""
+
+    def __init__(
+        self,
+        session_id: str,
+        store: SessionStore,
+        document: DocumentWriter,
+        queue: OrderingQueue,
+        *,
+        view: Callable[[], SessionView],
+        subject: Callable[[str], Subject | None],
+        context: SessionContext,
+        sockets: SessionSockets,
+        runs: RunSteps,
+        side_threads: SideThreads,
+    ) -> None:
+        self.session_id = session_id
+        self.store = store
+        self.document = document
+        self.queue = queue
+        self.last_seq = 0  # the highest sequence number stored
+        self.view = view
+        self.subject = subject
+        self.context = context
+        self.sockets = sockets
+        self.runs = runs
+        self.side_threads = side_threads
+
+    @property
+    def doc(self) -> SessionDocument:
+        return self.document.doc
+
+    async def load(self) -> None:
+        """Read the document and the highest sequence number stored again."""
+        await self.document.load()
+        row = await self.store.get_session(self.session_id)
+        self.last_seq = 0 if row is None else row.last_seq
+
+    async def recover(self, title: str, policy: Policy, cut_off: ReasonCode) -> None:
+        """After ``load``: a new session's document gets its meta; the queue is restored
+        from the entries table, and a run that was in flight is cut off by ``cut_off``
+        (``session.core`` event ``Recovered``)."""
+        if "session_id" not in self.doc.meta:
+            async with self.document.writing():
+                self.doc.init_meta(self.session_id, title, policy.value)
+        rows = await self.store.entries_with_status(
+            self.session_id, [PromptStatus.QUEUED.value, PromptStatus.RUNNING.value]
+        )
+        waiting = tuple(WaitingPrompt(r.id, r.seq, r.author, r.status) for r in rows)
+        recovered = Recovered(waiting, policy, cut_off, self.document.now_ms())
+        effects = handle(self.view(), recovered)
+        assert effects.queue is not None
+        self.queue = effects.queue
+        if effects.finish or effects.thread_settle:
+            # The process died mid-reply: never re-run it (twice), mark it.
+            await self.step(recovered, recovered.now_ms)
+
+    async def execute(self, event: CommandEvent) -> Effects:
+        """Carry out a member's command (see ``step``)."""
+        return await self.step(event, event.now_ms)
+
+    async def step(self, event: Event, now_ms: int, *, usage: Sequence[UsageRow] = ()) -> Effects:
+        """Carry out what ``event`` does: judged at the door, and judged again under the
+        writer on the state it changes, then stored, committed and broadcast; after the
+        commit the run in flight is stopped or the runner woken. A refusal is audited and
+        raised. ``usage``: a run's model calls, stored in the same transaction (its
+        finish)."""
+        effects = handle(self.view(), event, with_events=False)  # the writer judges again
+        if effects.error is None and effects.writes:
+            try:
+                effects = await self.carry_out(event, now_ms, usage)
+            except SequenceMoved as exc:
+                self.last_seq = await self._stored_last_seq(exc.last_seq)
+                raise
+        if effects.error is not None:
+            for record in effects.audit:
+                await self.audit(record.kind, record.actor, dict(record.data))
+            raise effects.error
+        await self.notify(effects)
+        return effects
+
+    async def _stored_last_seq(self, told: int | None) -> int:
+        """The highest sequence number the store holds: ``told``, as the failed write read
+        it, or read again (the write found its number taken)."""
+        if told is None:
+            row = await self.store.get_session(self.session_id)
+            return self.last_seq if row is None else row.last_seq
+        return told
+
+    async def carry_out(
+        self,
+        event: Event,
+        now_ms: int,
+        usage: Sequence[UsageRow] = (),
+        *,
+        beside: Beside | None = None,
+    ) -> Effects:
+        """Judge ``event`` under the writer and store what it does (and ``usage``); a
+        refusal (returned) writes nothing. ``beside``: what else to do in the write once
+        the event was judged (a run's start reads its scope and quotas there)."""
+        try:
+            async with self.document.writing() as write:
+                effects = handle(self.view(), event)
+                if effects.error is not None:
+                    raise _Refused(effects)
+                if beside is not None:
+                    await beside(write, effects)
+                await self._record(write, effects, now_ms)
+                await write.tx.insert_usage(usage)
+        except _Refused as refused:
+            return refused.effects
+        return effects
+
+    async def _record(self, write: Write, effects: Effects, now_ms: int) -> None:
+        """Write ``effects`` in ``write``; what follows the commit is queued on it."""
+        await write_effects(write.tx, self.doc, self.session_id, effects, now_ms)
+        write.events.extend(effects.events)
+        write.replies.update(effects.replies)
+        for kept in effects.keep:
+            item = PrivateItem(kept.entry_id, kept.kind, kept.text, kept.restriction)
+            write.after_commit.append(partial(self._keep_private, item))
+        if effects.entry is not None:
+            write.after_commit.append(partial(setattr, self, "last_seq", effects.entry.seq))
+        if effects.thread is not None or effects.thread_turns or effects.thread_settle:
+            await self.side_threads.write(write, effects)
+            write.after_commit.append(partial(self.side_threads.committed, effects))
+        if effects.queue is not None:  # its plan goes into the document; swapped in on commit
+            self.doc.set_queue([QueuedItem(p.id, p.seq, p.author) for p in effects.queue.pending()])
+            write.after_commit.append(partial(setattr, self, "queue", effects.queue))
+
+    async def append(self, text: AppendText) -> None:
+        """A run's streamed reply text (as the core said): stored through the group
+        commit, then broadcast."""
+        async with self.document.appending():
+            self.doc.append_reply_text(text.reply_id, text.text)
+
+    async def notify(self, effects: Effects) -> None:
+        """After the commit: stop the run in flight or wake the runner, as ``effects`` say."""
+        active = self.runs.active
+        if effects.stop is not None and active is not None:
+            active.stop(effects.stop.ending)
+            if effects.stop.wait:
+                await active.wait()
+        if effects.wake_runner:
+            self.runs.wake()
+        self.side_threads.notify(effects)
+
+    def _keep_private(self, item: PrivateItem) -> None:
+        """Remember a stored private item and deliver it to who may read it."""
+        self.context.keep(item)
+        self.sockets.deliver_private(item)
+
+    async def stop_prompts(self, event: MemberUpdated | TokenRevoked) -> None:
+        """A member lost the right to their prompts (``Membership``): the core says which
+        stop (none where the session is not run: nothing waits or runs there)."""
+        try:
+            await self.step(event, event.now_ms)
+        except Exception:
+            # The change is stored either way; a removed member's prompt left waiting
+            # still fails when it comes up (``RunSteps.start``).
+            log.warning("could not stop a member's prompts", exc_info=True)
+
+    # -- checks and audit: rows written outside any document change ----------------------
+
+    async def check(self, user_id: str, action: Action, what: str) -> Decision:
+        """Decide ``action`` for ``user_id`` now; a refusal is audited and raised."""
+        decision = decide(self.subject(user_id), action)
+        if not decision.allowed:
+            await self.audit("refused", user_id, {"action": what, "reason": decision.reason})
+            decision.require()
+        return decision
+
+    async def audit(self, kind: str, actor: str, data: dict[str, Any]) -> None:
+        """Append an audit record now (outside any document change)."""
+        await self.store.access.audit(self.session_id, self.document.now_ms(), kind, actor, data)

@@ -1,0 +1,86 @@
+"""The session's one writer on the in-memory store: an event's effects are carried out in
+the order store -> commit -> broadcast -> notify, and an event judged again under the
+writer on a state that moved is refused there: nothing stored or sent, the refusal
+audited."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+
+from parley.authz.roles import Member
+from parley.server.store.memory_tables import MemoryTx
+from tests.server.runtime.harness import SESSION, Watcher, memory_session
+
+
+class LoggingWatcher(Watcher):
+    def __init__(self, log: list[str]) -> None:
+        super().__init__()
+        self.log = log
+
+    def send(self, message: bytes | str, frame: bytes | None = None) -> bool:
+        if isinstance(message, bytes):
+            self.log.append("broadcast")
+        return super().send(message, frame)
+
+
+async def test_a_command_is_stored_committed_broadcast_then_notified(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    log: list[str] = []
+    append_updates, commit = MemoryTx.append_updates, MemoryTx.commit
+
+    async def stored(tx: MemoryTx, rows: Sequence[tuple[str, bytes]]) -> list[int]:
+        log.append("store")  # a document update, in the transaction
+        return await append_updates(tx, rows)
+
+    def committed(tx: MemoryTx) -> None:
+        commit(tx)
+        log.append("commit")
+
+    monkeypatch.setattr(MemoryTx, "append_updates", stored)
+    monkeypatch.setattr(MemoryTx, "commit", committed)
+    async with memory_session({"alice": "editor"}) as s:
+        s.room.connections.add(LoggingWatcher(log))  # type: ignore[arg-type]
+        monkeypatch.setattr(s.room.runs, "wake", lambda: log.append("notify"))
+        log.clear()
+        asked = await s.prompt("alice", "hello")
+        assert asked["type"] == "ack"
+        assert log == ["store", "commit", "broadcast", "notify"]
+
+
+async def test_a_command_refused_under_the_writer_stores_and_sends_nothing_and_is_audited(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async with memory_session({"alice": "editor"}) as s:
+        document = s.room.writer.document
+        before = await s.store.load_doc(SESSION)
+        events = await s.store.events_after(SESSION, 0, 10)
+        sent = list(s.watcher.frames)
+        reached = asyncio.Event()
+        writing = document.writing
+
+        def noted() -> Any:
+            reached.set()  # the command passed the door and waits for the writer
+            return writing()
+
+        monkeypatch.setattr(document, "writing", noted)
+        async with document.lock:
+            asked = asyncio.create_task(s.prompt("alice", "judged twice"))
+            await reached.wait()
+            await s.room.membership.set_member("alice", Member("alice", "viewer"))
+        answer = await asked
+
+        assert (answer["type"], answer["code"]) == ("error", "forbidden")
+        assert s.room.doc.entries() == [] and s.room.last_seq == 0
+        after = await s.store.load_doc(SESSION)
+        assert after.updates == before.updates
+        assert await s.store.events_after(SESSION, 0, 10) == events
+        assert [f for f in s.watcher.frames if isinstance(f, bytes)] == [
+            f for f in sent if isinstance(f, bytes)
+        ]
+        audit = await s.store.access.list_audit(SESSION, limit=10, after=0)
+        assert [(a.kind, a.actor) for a in audit] == [("refused", "alice")]
