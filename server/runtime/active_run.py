@@ -57,9 +57,6 @@ class ActiveRun:
     quotas: Quotas | None = None
     # What the model calls used: stored with the run's finish, in its transaction.
     usage: Sequence[UsageRow] = ()
-    # A call begun before the run's start was stored (``RunSteps.start``): set once it
-    # is, and before it nothing the answer causes is written (None: begun after).
-    opened: asyncio.Event | None = None
 
     @property
     def reply_id(self) -> str:
@@ -71,13 +68,6 @@ class ActiveRun:
             self.stopped = ending
             if self.task is not None:
                 self.task.cancel()
-
-    async def abandon(self) -> None:
-        """The run's start was not stored: end a model call begun for it, unheard."""
-        task = self.task
-        if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
 
     async def wait(self, wait_s: float = 5.0) -> None:
         try:

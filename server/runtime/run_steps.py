@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from parley.authz.policy import Restriction
@@ -31,13 +31,11 @@ from parley.session.core import (
     handle,
 )
 from parley.session.errors import Forbidden
+from parley.session.quota import Quotas
 from parley.session.reasons import Ending
 
 if TYPE_CHECKING:
     from parley.server.runtime.room import SessionRoom
-
-# Begins a run's model call before its start is stored (``RunSteps.start``).
-Launch = Callable[[ActiveRun], Awaitable[None]]
 
 
 class RunSteps:
@@ -68,44 +66,29 @@ class RunSteps:
             return RunScope(subjects, ()).with_tools(tool_defs(self.room.webhooks()))
         return scope_for_run(issuers, tool_defs(self.room.webhooks()))
 
-    async def start(self, reply_author: str, launch: Launch | None = None) -> ActiveRun | None:
+    async def start(self, reply_author: str) -> ActiveRun | None:
         """Start the run the queue plans next, with its scope from its issuers' grants at
         this moment, signed by ``reply_author``; None if none may start (nothing waits, or
-        the prompts of authors who may no longer prompt failed: ask again).
-
-        ``launch``: called with the run once it is decided, under the writer but before
-        the start's transaction, so the model call begins while the start is stored (on
-        SQLite, while it waits for the database's one writer). Whatever the answer causes
-        waits for ``opened`` (set by the caller once the start committed); if the start
-        is not stored, the call (``active.task``) is cancelled and nothing of it is kept."""
+        the prompts of authors who may no longer prompt failed: ask again)."""
         room = self.room
         event = RunStart(room.now_ms(), uuid.uuid4().hex, reply_author)
-        active: ActiveRun | None = None
-        async with room.writer.held():
+        scope: RunScope | None = None
+        limits: Quotas | None = None
+        async with room.writer.writing() as write:
             effects = handle(room.view(), event)
             if effects.error is not None:
                 raise effects.error
             if effects.begin is not None:
                 # Here, under the writer: the issuers' grants as the run starts.
                 scope = self.scope_for(effects.begin.run.authors)
-                active = ActiveRun(effects.begin.run, ReplyState(event.reply_id), scope, self)
-                if launch is not None:
-                    active.opened = asyncio.Event()
-                    await launch(active)
-            try:
-                async with room.writer.write_held() as write:
-                    if active is not None and active.opened is None:
-                        # The quota check before the model call reads them here: no read
-                        # of its own.
-                        active.quotas = await write.tx.quotas(room.session_id)
-                    await room.record(write, effects, event.now_ms)
-            except BaseException:
-                if active is not None:
-                    await active.abandon()
-                raise
-        if active is not None:
-            self.active = active
-        return active
+                # The quota check before the model call reads them here: no read of its own.
+                limits = await write.tx.quotas(room.session_id)
+            await room.record(write, effects, event.now_ms)
+        if effects.begin is None or scope is None:
+            return None
+        self.active = ActiveRun(effects.begin.run, ReplyState(event.reply_id), scope, self)
+        self.active.quotas = limits
+        return self.active
 
     def end(self, active: ActiveRun) -> None:
         """The runner settled ``active`` (or gave it up): whoever waits for it may go on."""

@@ -15,7 +15,6 @@ import logging
 import time
 from dataclasses import dataclass, replace
 
-from parley.authz.policy import Restriction
 from parley.server.runtime.active_run import ActiveRun
 from parley.server.runtime.deltas import MAX_BATCH_CHARS, Deltas
 from parley.server.runtime.room import SessionRoom
@@ -42,18 +41,6 @@ from parley.session.toolloop import (
 log = logging.getLogger("parley.runner")
 
 RETRY_DELAYS_S = (0.2, 0.5, 1.0, 2.0, 5.0)
-
-
-@dataclass(frozen=True, slots=True)
-class Launched:
-    """A run's model call as begun under the writer (``SessionRunner._launch``): its
-    request, the restriction its reply inherits from the context, whether the history did
-    not fit, and the outcome when no call was made."""
-
-    request: ModelRequest
-    restriction: Restriction
-    overflowed: bool
-    outcome: RunOutcome | None
 
 
 @dataclass(slots=True)
@@ -119,43 +106,21 @@ class SessionRunner:
     async def _run(self) -> bool:
         """Run the next run; True when its history did not fit (a summary may be due)."""
         runs = self.room.runs
-        launched: list[Launched] = []
-
-        async def launch(active: ActiveRun) -> None:
-            launched.append(await self._launch(active))
-
-        active = await runs.start(self.reply_author(), launch)
+        active = await runs.start(self.reply_author())
         if active is None:
             return False  # the queue changed under us (cancel, revoked author): ask again
         try:
-            return await self._answer(active, launched[0])
+            return await self._answer(active)
         finally:  # whatever happens: whoever waits for the run (a cancel, a drain) goes on
             self.room.runs.end(active)
 
-    async def _launch(self, active: ActiveRun) -> Launched:
-        """Build the run's context and begin its model call (``RunSteps.start``: before
-        its start is stored); the outcome instead when no call is made."""
-        run, scope = active.run, active.scope
+    async def _answer(self, active: ActiveRun) -> bool:
+        run, reply_id, scope = active.run, active.reply_id, active.scope
         built = self.room.context.build(run.ids, scope)
         request = replace(built.request, tools=scope.tool_specs)
         seen = self.room.context.audit_of(built)
-        active.audit_base = run_audit_base(run, active.reply_id, scope, seen)
-        overflow = too_large(built.tokens, built.budget)
-        if overflow is not None:
-            outcome: RunOutcome | None = RunOutcome(overflow)
-        else:
-            outcome = await self.launch(active, request)
-        return Launched(request, seen.restriction, built.overflowed, outcome)
-
-    async def _answer(self, active: ActiveRun, launched: Launched) -> bool:
-        run, reply_id = active.run, active.reply_id
-        try:
-            await self.room.runs.widen(active, launched.restriction)
-        except BaseException:
-            await active.abandon()
-            raise
-        if active.opened is not None:
-            active.opened.set()  # the start is stored: what the answer causes may follow
+        active.audit_base = run_audit_base(run, reply_id, scope, seen)
+        await self.room.runs.widen(active, seen.restriction)
         metrics = self.room.metrics
         started = time.monotonic()
         first = self.room.doc.entry(run.ids[0])
@@ -168,11 +133,13 @@ class SessionRunner:
                 "reply_id": reply_id,
             },
         )
-        outcome = launched.outcome
-        if outcome is None:
-            outcome = await self.answered(active)
+        overflow = too_large(built.tokens, built.budget)
+        if overflow is not None:
+            outcome = RunOutcome(overflow)
+        else:
+            outcome = await self.execute(active, request)
             if outcome.usage is not None:
-                self.keep_usage(active, launched.request, outcome.usage)
+                self.keep_usage(active, request, outcome.usage)
         await self.settle(active, outcome.ending)
         elapsed = time.monotonic() - started
         metrics.model_call.observe(elapsed)
@@ -193,16 +160,9 @@ class SessionRunner:
                 "seconds": round(elapsed, 3),
             },
         )
-        return launched.overflowed
+        return built.overflowed
 
     async def execute(self, active: ActiveRun, request: ModelRequest) -> RunOutcome:
-        """Make the run's model call (and its tools) and wait for how it ended."""
-        outcome = await self.launch(active, request)
-        return outcome if outcome is not None else await self.answered(active)
-
-    async def launch(self, active: ActiveRun, request: ModelRequest) -> RunOutcome | None:
-        """Check the quotas, then begin the model call (``active.task``); the outcome
-        instead when no call may be made."""
         try:
             await self.usage.admit(self.room.session_id, request.issuers, active.quotas)
         except QuotaExceeded as exc:  # no model call without a quota check
@@ -211,13 +171,8 @@ class SessionRunner:
             return RunOutcome(Ending(ReasonCode.UNAVAILABLE, exc.message))
         if active.stopped is not None:  # cancelled while the quotas were read
             return RunOutcome(active.stopped)
-        active.task = asyncio.create_task(self._drive(active, request))
-        return None
-
-    async def answered(self, active: ActiveRun) -> RunOutcome:
-        """How the model call begun by ``launch`` ended (within the run's time limit)."""
-        task = active.task
-        assert task is not None
+        task = asyncio.create_task(self._drive(active, request))
+        active.task = task
         try:
             async with asyncio.timeout(self.run_timeout_s):
                 loop = await task
@@ -227,7 +182,7 @@ class SessionRunner:
             return RunOutcome(ending)
         except asyncio.CancelledError:
             if active.stopped is None:
-                task.cancel()
+                active.task.cancel()
                 raise
             return RunOutcome(active.stopped)
         except ProviderError as exc:
@@ -339,8 +294,6 @@ class SessionRunner:
             await deltas.put(None)
 
         reader = asyncio.create_task(read())
-        if active.opened is not None:  # begun before the run's start was stored
-            await active.opened.wait()
         started = time.monotonic()
         pacer = ReplyPacer(self.room.settings.stream_interval_ms / 1000)
         try:

@@ -163,51 +163,37 @@ class DocumentWriter:
     @asynccontextmanager
     async def writing(self) -> AsyncIterator[Write]:
         """Serialize a change: store its rows and CRDT update, commit, then broadcast."""
-        async with self.held(), self.write_held() as write:
-            yield write
-
-    @asynccontextmanager
-    async def held(self) -> AsyncIterator[None]:
-        """The writer's lock, for a change judged before its transaction opens: nothing
-        changes the session meanwhile; the change itself goes in ``write_held``."""
         async with self.lock:
             self.require_usable()
-            yield
-        self.last_active = self.clock()
-
-    @asynccontextmanager
-    async def write_held(self) -> AsyncIterator[Write]:
-        """``writing``'s transaction, under the lock the caller holds (``held``)."""
-        if not self.lock.locked():
-            raise RuntimeError("a write outside the writer's lock")
-        captured = self._capturing()
-        write: Write | None = None
-        update, numbers = b"", []
-        try:
-            async with self.store.transaction() as tx:
-                if self.fence is not None:
-                    await self.fence.check(tx)
-                write = Write(tx)
-                yield write
-                update = merged(captured)
-                if update:
-                    update_id = await tx.append_update(self.session_id, update)
-                    await self._published(tx, update_id)
-                # Last: on PostgreSQL the event counter's row stays locked to the commit.
-                numbers = await tx.append_events(
-                    self.session_id, self.now_ms(), write.events, write.replies
-                )
-        except BaseException:
-            if write is None or not write.tx.committed:
-                for undo in [] if write is None else write.undone:
-                    undo()
-                await self._forget(captured)
+            captured = self._capturing()
+            write: Write | None = None
+            update, numbers = b"", []
+            try:
+                async with self.store.transaction() as tx:
+                    if self.fence is not None:
+                        await self.fence.check(tx)
+                    write = Write(tx)
+                    yield write
+                    update = merged(captured)
+                    if update:
+                        update_id = await tx.append_update(self.session_id, update)
+                        await self._published(tx, update_id)
+                    # Last: on PostgreSQL the event counter's row stays locked to the commit.
+                    numbers = await tx.append_events(
+                        self.session_id, self.now_ms(), write.events, write.replies
+                    )
+            except BaseException:
+                if write is None or not write.tx.committed:
+                    for undo in [] if write is None else write.undone:
+                        undo()
+                    await self._forget(captured)
+                    raise
+                # Committed, then interrupted (a cancel while the connection closed): the
+                # change is kept and sent like any other; the interruption goes on after.
+                self._settle(write, update, numbers)
                 raise
-            # Committed, then interrupted (a cancel while the connection closed): the
-            # change is kept and sent like any other; the interruption goes on after.
             self._settle(write, update, numbers)
-            raise
-        self._settle(write, update, numbers)
+        self.last_active = self.clock()
 
     def _settle(self, write: Write, update: bytes, numbers: list[int]) -> None:
         """A write committed: what follows the commit, then the update to the sockets."""
