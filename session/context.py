@@ -22,9 +22,9 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import chain
 
-from parley.session.attribution import Fact, escape_text, name, one_line
+from parley.session.attribution import Fact, attribution_line, escape_text, name, one_line
 from parley.session.entries import Entry
-from parley.session.fold import FoldedItem, HistoryFold, attribution, render
+from parley.session.fold import FoldedItem, HistoryFold, headed, render
 from parley.session.history import (
     Excluded,
     VisibleHistory,
@@ -349,12 +349,13 @@ def _user_message(item: FoldedItem, asking: frozenset[str]) -> ModelMessage:
     """A user item as a model message; ``author`` is who it is from on the wire (the last
     of those who ask it, else its latest author)."""
     wrote, asks = item.voices(asking)
+    line = attribution_line(wrote, asks)  # once: a run renders every user item it keeps
     return ModelMessage(
         "user",
-        render(item, asking),
+        headed(line, item.text),
         (asks or wrote)[-1],
         item.authors if len(item.authors) > 1 else (),
-        attribution=attribution(item, asking),
+        attribution=line,
     )
 
 

@@ -73,7 +73,13 @@ def render(item: FoldedItem, asking: Collection[str] = ()) -> str:
     (who wrote it, and who of the run's issuers asks it now), then the escaped text."""
     if item.role != "user":
         return item.text
-    return f"{attribution(item, asking)}\n{item.text}"
+    return headed(attribution(item, asking), item.text)
+
+
+def headed(line: str, text: str) -> str:
+    """A user item's message text under its attribution ``line``: ``render``'s form, for a
+    caller that has the line already."""
+    return f"{line}\n{text}"
 
 
 StepKey = tuple[str, str, bool]
