@@ -7,9 +7,15 @@ from __future__ import annotations
 import asyncio
 import json
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from parley.authz.policy import Readers
+from parley.server.http import access as access_api
+from parley.server.http import members as members_api
+from parley.server.http import threads as threads_api
+from parley.server.http.models import MemberPut
+from parley.server.http.resource_models import DocumentCreate, ReadersIn
 from parley.server.store.access_rows import DocumentRow
 from parley.server.store.memory import MemoryStore
 from parley.session.core import SideThread
@@ -21,8 +27,16 @@ from parley.session.thread_commands import (
     ThreadPromptCommand,
     ThreadShareCommand,
 )
+from tests.conftest import sqlite_url
 from tests.fake_model import Answer, FakeModel, Sent, call
-from tests.server.runtime.harness import SESSION, MemorySession, Watcher, memory_session
+from tests.server.runtime.backend import backend, sql_store
+from tests.server.runtime.harness import (
+    SESSION,
+    MemorySession,
+    Watcher,
+    memory_session,
+    memory_settings,
+)
 
 MARKER = "ZQX-private-7f3e"  # in bob's side-thread only
 SECRET = "the vault code is 7731"
@@ -249,6 +263,35 @@ async def test_restricted_material_is_used_in_the_thread_and_sharing_follows_the
             SESSION, limit=50, after=0, kinds=["reply_shared"]
         )
         assert [r.data["thread_id"] for r in records] == [thread_id]
+
+
+async def test_a_member_denied_a_source_no_longer_reads_it_in_their_side_thread(
+    tmp_path: Path,
+) -> None:
+    """Bob's side-thread drew on the vault while he could read it. Once he is denied it
+    (``read:<document>``), reading his side-thread gives him no more of it than the
+    session's own paths would (``…/entries/{id}/private`` judges the reader now, and his
+    next side-thread prompt is not given it): the REST read shows a placeholder."""
+    async with (
+        sql_store(sqlite_url(tmp_path)) as store,
+        backend(memory_settings(), store=store, model=FakeModel(answer_with)) as b,
+    ):
+        sid = await b.new_session({"olga": "owner", "bob": "editor"})
+        vault = DocumentCreate(title="Vault", text=SECRET, readers=ReadersIn(users=["bob"]))
+        document = await b.call(access_api.create_document, session_id=sid, body=vault)
+        s = await b.session(sid)
+        thread_id = await open_thread(s, "bob")
+        await ask(s, "bob", thread_id, "what is the vault code?")
+        assert "7731" in (await answered(s, thread_id)).turns[-1].text
+        denied = MemberPut(role="editor", denials=[f"read:{document.id}"])
+        await b.call(members_api.put_member, session_id=sid, user_id="bob", body=denied)
+        read = await b.call(
+            threads_api.get_thread,
+            await b.member(sid, "bob"),
+            session_id=sid,
+            thread_id=thread_id,
+        )
+        assert "7731" not in read.model_dump_json()
 
 
 async def test_every_side_thread_run_is_audited_with_its_scope() -> None:
