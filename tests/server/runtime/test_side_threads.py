@@ -10,6 +10,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import event
+
 from parley.authz.policy import Readers
 from parley.server.http import access as access_api
 from parley.server.http import members as members_api
@@ -292,6 +294,36 @@ async def test_a_member_denied_a_source_no_longer_reads_it_in_their_side_thread(
             thread_id=thread_id,
         )
         assert "7731" not in read.model_dump_json()
+
+
+async def test_listing_ones_side_threads_reads_no_other_members_turns(tmp_path: Path) -> None:
+    """What a member's ``GET …/threads`` costs depends on their own side-threads, not on
+    everyone's: a viewer with none, listing them again and again, must not make the
+    server read every member's turns (on SQLite, on the event loop's thread)."""
+    async with (
+        sql_store(sqlite_url(tmp_path)) as store,
+        backend(memory_settings(), store=store, model=FakeModel(answer_with)) as b,
+    ):
+        sid = await b.new_session({"bob": "editor", "carol": "viewer"})
+        s = await b.session(sid)
+        thread_id = await open_thread(s, "bob")
+        await ask(s, "bob", thread_id, MARKER)
+        await answered(s, thread_id)
+        carol = await b.member(sid, "carol")
+        read: list[tuple[str, Any]] = []
+
+        def seen(_c: object, _cur: object, statement: str, parameters: Any, *_: object) -> None:
+            read.append((statement, parameters))
+
+        engine = store.engine.sync_engine
+        event.listen(engine, "before_cursor_execute", seen)
+        try:
+            listed = await b.call(threads_api.list_threads, carol, session_id=sid)
+        finally:
+            event.remove(engine, "before_cursor_execute", seen)
+        assert listed.threads == []
+        turns = [(q, p) for q, p in read if "FROM side_thread_turns" in q]
+        assert all("carol" in str(p) for _, p in turns), turns
 
 
 async def test_every_side_thread_run_is_audited_with_its_scope() -> None:
