@@ -33,8 +33,7 @@ from parley.session.errors import NotFound
 async def _threads(state: AppState, session_id: str, caller: Caller) -> list[SideThread]:
     """The caller's side-threads as stored (the admin's: everyone's)."""
     await state.rooms.current(session_id)  # ``not_found`` for a session that is not there
-    stored = await state.store.load_threads(session_id)
-    return [t for t in stored if caller.user_id is None or t.owner == caller.user_id]
+    return await state.store.load_threads(session_id, caller.user_id)
 
 
 async def _thread(state: AppState, session_id: str, thread_id: str, caller: Caller) -> ThreadOut:

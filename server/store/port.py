@@ -221,8 +221,9 @@ class SessionStore(Transactional, Protocol):
         now: int,
     ) -> None: ...
 
-    async def load_threads(self, session_id: str) -> list[SideThread]:
-        """The session's side-threads, oldest first, each with its turns in order."""
+    async def load_threads(self, session_id: str, owner: str | None = None) -> list[SideThread]:
+        """The session's side-threads (``owner``'s alone, if named: what one member
+        reads costs their own side-threads), oldest first, each with its turns in order."""
         ...
 
     async def load_thread_doc(self, session_id: str, thread_id: str) -> StoredDoc:
