@@ -326,6 +326,37 @@ async def test_listing_ones_side_threads_reads_no_other_members_turns(tmp_path: 
         assert all("carol" in str(p) for _, p in turns), turns
 
 
+async def test_rest_and_socket_refuse_an_oversized_thread_command_with_one_code(
+    tmp_path: Path,
+) -> None:
+    """A title over 200 characters, or more than 50 picked replies, is the same refusal
+    whichever way it comes: the socket's command and the REST route give one code."""
+    async with (
+        sql_store(sqlite_url(tmp_path)) as store,
+        backend(memory_settings(), store=store, model=FakeModel(answer_with)) as b,
+    ):
+        sid = await b.new_session({"bob": "editor"})
+        token = await b.token(sid, "bob")
+        room = await b.rooms.get(sid)
+        base = f"/api/v1/sessions/{sid}/threads"
+        opened = await b.request("POST", base, {"title": "t"}, token=token)
+        thread_id = opened.json()["thread_id"]
+        picked = [f"t{n}" for n in range(51)]
+        cases = [
+            (base, {"title": "x" * 201}, {"type": "thread_open", "title": "x" * 201}),
+            (
+                f"{base}/{thread_id}/share-replies",
+                {"turn_ids": picked},
+                {"type": "thread_share", "thread_id": thread_id, "turn_ids": picked},
+            ),
+        ]
+        for n, (url, body, command) in enumerate(cases):
+            refused = await b.request("POST", url, body, token=token)
+            frame = json.dumps({**command, "id": f"c{n}"})
+            answer = json.loads(await b.rooms.command(room, "bob", frame))
+            assert refused.json()["error"]["code"] == answer["code"], (url, refused.text, answer)
+
+
 async def test_every_side_thread_run_is_audited_with_its_scope() -> None:
     model = FakeModel(answer_with)
     async with memory_session({"bob": "editor"}, model) as s:
