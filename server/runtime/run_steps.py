@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from parley.authz.policy import Restriction
@@ -31,7 +32,7 @@ from parley.session.core import (
     handle,
 )
 from parley.session.errors import Forbidden
-from parley.session.quota import Quotas
+from parley.session.quota import Quotas, day_of
 from parley.session.reasons import Ending
 
 if TYPE_CHECKING:
@@ -75,14 +76,20 @@ class RunSteps:
         scope: RunScope | None = None
         limits: Quotas | None = None
         async with room.writer.writing() as write:
+            planned = room.queue.next()
+            if planned is not None:
+                # The quota check before the model call reads them here: no read of its own.
+                limits = await write.tx.quotas(room.session_id)
+                if len(planned.authors) > 1 and limits.user_tokens_per_day is not None:
+                    # Whose prompts fail at their own quota is the core's to decide.
+                    used = await write.tx.tokens_used(room.session_id, day_of(room.clock()))
+                    event = replace(event, quotas=limits, used_by=used)
             effects = handle(room.view(), event)
             if effects.error is not None:
                 raise effects.error
             if effects.begin is not None:
                 # Here, under the writer: the issuers' grants as the run starts.
                 scope = self.scope_for(effects.begin.run.authors)
-                # The quota check before the model call reads them here: no read of its own.
-                limits = await write.tx.quotas(room.session_id)
             await room.record(write, effects, event.now_ms)
         if effects.begin is None or scope is None:
             return None

@@ -98,6 +98,10 @@ class SessionTx(Protocol):
         """The session's quotas, read in this transaction (a run's start reads them)."""
         ...
 
+    async def tokens_used(self, session_id: str, day: str) -> dict[str, int]:
+        """Each member's tokens (input plus output) on ``day``, read in this transaction."""
+        ...
+
     async def insert_usage(self, rows: Sequence[UsageRow]) -> None:
         """Model calls' usage (a run's, stored with its finish)."""
         ...
