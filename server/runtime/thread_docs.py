@@ -145,26 +145,28 @@ class ThreadDocs:
         shown whole); a follower serves the log as it is (``Unavailable`` while there is
         none). ``NotFound`` if the thread was deleted meanwhile."""
         live = self.live.get(thread_id)
-        if live is not None and (self._watched(thread_id) or not writes):
-            return live
         room = self.room
         if not writes:
+            if live is not None:
+                return live
             stored = await room.store.load_thread_doc(room.session_id, thread_id)
             if stored.snapshot is None and not stored.updates:
                 raise Unavailable("this side-thread's document is not stored yet; reconnect")
             return self.live.setdefault(thread_id, self._live(thread_id, stored))
         async with room.writer.lock:
             live = self.live.get(thread_id)
-            if live is not None and self._watched(thread_id):
-                return live
             room.writer.require_usable()
-            if live is None:  # else held for its run: its streamed text is shown now
+            if live is None:  # else held for its run or its sockets: shown as it is now
                 stored = await room.store.load_thread_doc(room.session_id, thread_id)
                 live = self._live(thread_id, stored)
             thread = committed()
             if thread is None:
                 raise NotFound("side-thread deleted")
-            update = live.capture(lambda document: show_all(document, thread, running()))
+            # Judged for its owner as the socket opens (even while another socket holds
+            # it): text they were denied since is rewritten as a placeholder, and the
+            # deleted text is not in the state any socket is sent from now on.
+            shown = room.side_threads.read_by(thread, thread.owner)
+            update = live.capture(lambda document: show_all(document, shown, running()))
             if update:
                 try:
                     async with room.store.transaction("side-thread document") as tx:
@@ -177,7 +179,8 @@ class ThreadDocs:
                     self.live[thread_id] = live
                     self._lost(live)
                     raise
-            live.publish(update)  # nobody holds it yet: keeps what judges clients current
+            # To the sockets holding it, if any; keeps what judges clients current.
+            live.publish(update)
             self.live[thread_id] = live
             return live
 
@@ -224,6 +227,7 @@ class ThreadDocs:
 
     async def _write_one(self, write: Write, thread: SideThread, shown: set[str]) -> None:
         tx, room = write.tx, self.room
+        thread = room.side_threads.read_by(thread, thread.owner)  # as its owner may read it
         live = self.live.get(thread.id)
         fresh = False
         if live is None:  # nobody watches: its document as the log holds it, for this change

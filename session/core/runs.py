@@ -24,7 +24,7 @@ from parley.session.core.effects import (
     StopRun,
     ToolStep,
 )
-from parley.session.core.state import SessionView
+from parley.session.core.state import RESTRICTED_DETAILS, SessionView
 from parley.session.core.steps import (
     ContextDrawn,
     MemberUpdated,
@@ -160,7 +160,7 @@ def tool_step(view: SessionView, event: ToolStepTaken) -> Effects:
     if everyone_may_read(view.subjects(), restriction):
         shown += "\n" + event.detail[:MAX_SHOWN_TOOL_CHARS]
     else:
-        shown += "\n[details restricted]"
+        shown += "\n" + RESTRICTED_DETAILS
     step = ToolStep(
         id=event.new_id,
         reply_id=event.reply.reply_id,
