@@ -145,26 +145,28 @@ class ThreadDocs:
         shown whole); a follower serves the log as it is (``Unavailable`` while there is
         none). ``NotFound`` if the thread was deleted meanwhile."""
         live = self.live.get(thread_id)
+        if live is not None and (not writes or self._current(thread_id, committed)):
+            return live
         room = self.room
         if not writes:
-            if live is not None:
-                return live
             stored = await room.store.load_thread_doc(room.session_id, thread_id)
             if stored.snapshot is None and not stored.updates:
                 raise Unavailable("this side-thread's document is not stored yet; reconnect")
             return self.live.setdefault(thread_id, self._live(thread_id, stored))
         async with room.writer.lock:
             live = self.live.get(thread_id)
+            if live is not None and self._current(thread_id, committed):
+                return live
             room.writer.require_usable()
-            if live is None:  # else held for its run or its sockets: shown as it is now
+            if live is None:  # else held for its run, or for sockets: shown as it is now
                 stored = await room.store.load_thread_doc(room.session_id, thread_id)
                 live = self._live(thread_id, stored)
             thread = committed()
             if thread is None:
                 raise NotFound("side-thread deleted")
-            # Judged for its owner as the socket opens (even while another socket holds
-            # it): text they were denied since is rewritten as a placeholder, and the
-            # deleted text is not in the state any socket is sent from now on.
+            # Judged for its owner as the socket opens: text they were denied since is
+            # rewritten as a placeholder, and the deleted text is not in the state any
+            # socket is sent from now on.
             shown = room.side_threads.read_by(thread, thread.owner)
             update = live.capture(lambda document: show_all(document, shown, running()))
             if update:
@@ -183,6 +185,15 @@ class ThreadDocs:
             live.publish(update)
             self.live[thread_id] = live
             return live
+
+    def _current(self, thread_id: str, committed: Callable[[], SideThread | None]) -> bool:
+        """A document its sockets hold is kept current by every change, so a socket
+        opening joins it as it is, unless a turn in it is one its owner may no longer
+        read (then it is shown again, judged now, as one read from the log is)."""
+        if not self._watched(thread_id):
+            return False
+        thread = committed()
+        return thread is None or self.room.side_threads.read_by(thread, thread.owner) == thread
 
     def forget(self) -> None:
         """The room was loaded again (a restart of its runner, a takeover): documents held
