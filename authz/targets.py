@@ -9,6 +9,21 @@ from __future__ import annotations
 import ipaddress
 from urllib.parse import urlsplit
 
+# IPv6 addresses whose last 32 bits are an IPv4 address that a translator reaches: RFC
+# 6052's well-known NAT64 prefix and the deprecated IPv4-compatible ones. (RFC 8215's
+# local-use NAT64 prefix, 64:ff9b:1::/48, places it where its operator chooses: refused.)
+_EMBEDS_IPV4 = (ipaddress.IPv6Network("64:ff9b::/96"), ipaddress.IPv6Network("::/96"))
+_LOCAL_NAT64 = ipaddress.IPv6Network("64:ff9b:1::/48")
+
+
+def _inner_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address ``ip`` stands for (mapped, 6to4, NAT64, compatible), if any."""
+    if ip.ipv4_mapped is not None or ip.sixtofour is not None:
+        return ip.ipv4_mapped or ip.sixtofour
+    if any(ip in net for net in _EMBEDS_IPV4):
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return None
+
 
 def refused_address(address: str) -> str | None:
     """Why a request may not go to ``address`` (an IP), or None when it is public."""
@@ -16,8 +31,10 @@ def refused_address(address: str) -> str | None:
         ip = ipaddress.ip_address(address.split("%", 1)[0])
     except ValueError:
         return f"{address!r} is not an IP address"
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip in _LOCAL_NAT64:
+            return f"{ip} is a private or reserved address (local-use NAT64)"
+        ip = _inner_ipv4(ip) or ip
     if ip.is_loopback:
         return f"{ip} is a loopback address"
     if ip.is_link_local:

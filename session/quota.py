@@ -52,13 +52,31 @@ def over_quota(
 ) -> str | None:
     """Why a call for ``issuers`` may not start today, or None. ``used_by`` holds the
     tokens each issuer used today, ``session_used`` the session's total."""
+    over = session_over_quota(quotas, session_used)
+    if over is not None:
+        return over
+    return next(iter(issuers_over_quota(quotas, used_by, issuers).values()), None)
+
+
+def session_over_quota(quotas: Quotas, session_used: int) -> str | None:
+    """Why the session may make no call today (``session_used`` tokens so far), or None."""
     limit = quotas.session_tokens_per_day
     if limit is not None and session_used >= limit:
         return f"the session used {session_used} of its {limit} tokens today"
-    limit = quotas.user_tokens_per_day
-    if limit is not None:
-        for issuer in issuers:
-            used = used_by.get(issuer, 0)
-            if used >= limit:
-                return f"{issuer} used {used} of their {limit} tokens today"
     return None
+
+
+def issuers_over_quota(
+    quotas: Quotas, used_by: Mapping[str, int], issuers: Sequence[str]
+) -> dict[str, str]:
+    """The distinct ``issuers`` at their own daily quota, each with why (in their order);
+    ``used_by`` holds the tokens each used today."""
+    limit = quotas.user_tokens_per_day
+    if limit is None:
+        return {}
+    over = {}
+    for issuer in dict.fromkeys(issuers):
+        used = used_by.get(issuer, 0)
+        if used >= limit:
+            over[issuer] = f"{issuer} used {used} of their {limit} tokens today"
+    return over

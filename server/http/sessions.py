@@ -44,9 +44,14 @@ async def session_row(state: AppState, session_id: str) -> SessionRow:
     return row
 
 
+ADMIN_ACTOR = "admin"  # how audit records, events and webhooks name the admin key
+
+
 def check_user_id(user_id: str) -> None:
     if not USER_ID.fullmatch(user_id):
         raise InvalidInput("user_id: 1-200 characters of letters, digits and ._@:+-")
+    if user_id == ADMIN_ACTOR:
+        raise InvalidInput(f"user_id: {ADMIN_ACTOR!r} names the admin key in audit records")
 
 
 async def create_session(state: AppState, body: SessionCreate) -> SessionOut:

@@ -13,7 +13,8 @@ class ThreadPost(Strict):
     anchor: str | None = Field(
         None, max_length=64, description="An entry of the session: its context ends there"
     )
-    title: str = Field("", max_length=200)
+    # Lengths are the door's to judge (``too_large``, as for the socket's command).
+    title: str = Field("", description="At most 200 characters")
     id: CommandId | None = None
     as_user: AsUser = None
 
@@ -25,7 +26,7 @@ class ThreadOpened(Strict):
 
 class ThreadPickPost(Strict):
     turn_ids: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(
-        min_length=1, max_length=50, description="Finished replies of the side-thread to post"
+        min_length=1, description="Finished replies of the side-thread to post (at most 50)"
     )
     id: CommandId | None = None
     as_user: AsUser = None

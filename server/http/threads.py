@@ -24,29 +24,34 @@ from parley.server.http.thread_models import (
     ThreadPost,
     ThreadRunAccepted,
 )
+from parley.server.runtime.room import SessionRoom
 from parley.server.runtime.side_threads import thread_json
 from parley.server.state import AppState
 from parley.session.core import SideThread
 from parley.session.errors import NotFound
 
 
-async def _threads(state: AppState, session_id: str, caller: Caller) -> list[SideThread]:
-    """The caller's side-threads as stored (the admin's: everyone's)."""
-    await state.rooms.current(session_id)  # ``not_found`` for a session that is not there
-    stored = await state.store.load_threads(session_id)
-    return [t for t in stored if caller.user_id is None or t.owner == caller.user_id]
+async def _threads(
+    state: AppState, session_id: str, caller: Caller
+) -> tuple[SessionRoom, list[SideThread]]:
+    """The session's room and the caller's side-threads as stored (the admin's: everyone's)."""
+    room = await state.rooms.current(session_id)  # ``not_found`` for a session not there
+    return room, await state.store.load_threads(session_id, caller.user_id)
 
 
 async def _thread(state: AppState, session_id: str, thread_id: str, caller: Caller) -> ThreadOut:
-    for thread in await _threads(state, session_id, caller):
+    room, threads = await _threads(state, session_id, caller)
+    for thread in threads:
         if thread.id == thread_id:
-            return ThreadOut.model_validate(thread_json(thread, turns=True))
+            # Judged for the reader now, as ``…/entries/{id}/private`` is.
+            shown = room.side_threads.read_by(thread, caller.user_id)
+            return ThreadOut.model_validate(thread_json(shown, turns=True))
     raise NotFound(f"no side-thread {thread_id!r} of yours in this session")
 
 
 async def list_threads(state: AppState, session_id: str, caller: Caller) -> ThreadListOut:
     """The caller's side-threads in this session, oldest first (the admin: everyone's)."""
-    threads = await _threads(state, session_id, caller)
+    _, threads = await _threads(state, session_id, caller)
     return ThreadListOut(
         threads=[ThreadOut.model_validate(thread_json(t, turns=False)) for t in threads]
     )
@@ -142,7 +147,7 @@ async def delete_thread(state: AppState, session_id: str, thread_id: str, caller
     member's, sent as its owner (audited as such)."""
     owner = None
     if caller.user_id is None:
-        threads = await _threads(state, session_id, caller)
+        _, threads = await _threads(state, session_id, caller)
         owner = next((t.owner for t in threads if t.id == thread_id), None)
         if owner is None:
             raise NotFound(f"no side-thread {thread_id!r} in this session")

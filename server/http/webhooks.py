@@ -208,7 +208,7 @@ async def deliveries(state: AppState, webhook_id: str, after: int, limit: int) -
 
 
 async def redeliver(state: AppState, webhook_id: str, delivery_id: str) -> None:
-    if not delivery_id.isdigit() or len(delivery_id) > 18:
+    if not (delivery_id.isascii() and delivery_id.isdigit()) or len(delivery_id) > 18:
         raise NotFound(f"no delivery {delivery_id!r}")
     async with state.store.transaction("webhook") as tx:
         found = await retry(tx.connection, webhook_id, int(delivery_id), int(state.clock() * 1000))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from parley.authz.policy import Restriction
@@ -24,6 +25,7 @@ from parley.session.core import (
     AuditRecord,
     ContextDrawn,
     Effects,
+    Event,
     ReplyState,
     RunFinished,
     RunStart,
@@ -32,7 +34,7 @@ from parley.session.core import (
     handle,
 )
 from parley.session.errors import Forbidden
-from parley.session.quota import Quotas
+from parley.session.quota import Quotas, day_of
 from parley.session.reasons import Ending
 
 if TYPE_CHECKING:
@@ -76,15 +78,28 @@ class RunSteps:
         scope: RunScope | None = None
         limits: Quotas | None = None
 
+        async def with_quotas(write: Write) -> Event:
+            nonlocal limits
+            planned = room.queue.next()
+            if planned is None:
+                return event
+            # The quota check before the model call reads them here: no read of its own.
+            limits = await write.tx.quotas(room.session_id)
+            if len(planned.authors) > 1 and limits.user_tokens_per_day is not None:
+                # Whose prompts fail at their own quota is the core's to decide.
+                used = await write.tx.tokens_used(room.session_id, day_of(room.clock()))
+                return replace(event, quotas=limits, used_by=used)
+            return event
+
         async def beside(write: Write, effects: Effects) -> None:
-            nonlocal scope, limits
+            nonlocal scope
             if effects.begin is not None:
                 # Here, under the writer: the issuers' grants as the run starts.
                 scope = self.scope_for(effects.begin.run.authors)
-                # The quota check before the model call reads them here: no read of its own.
-                limits = await write.tx.quotas(room.session_id)
 
-        effects = await room.writer.carry_out(event, event.now_ms, beside=beside)
+        effects = await room.writer.carry_out(
+            event, event.now_ms, before=with_quotas, beside=beside
+        )
         if effects.error is not None:
             raise effects.error
         if effects.begin is None or scope is None:

@@ -51,6 +51,7 @@ from parley.session.schema import QueuedItem, SessionDocument
 log = logging.getLogger("parley.room")
 
 # Called under the lock with a write and the effects judged for it, before they are stored.
+Before = Callable[[Write], Awaitable[Event]]
 Beside = Callable[[Write, Effects], Awaitable[None]]
 
 
@@ -160,13 +161,18 @@ class SessionWriter:
         now_ms: int,
         usage: Sequence[UsageRow] = (),
         *,
+        before: Before | None = None,
         beside: Beside | None = None,
     ) -> Effects:
         """Judge ``event`` under the writer and store what it does (and ``usage``); a
-        refusal (returned) writes nothing. ``beside``: what else to do in the write once
-        the event was judged (a run's start reads its scope and quotas there)."""
+        refusal (returned) writes nothing. ``before``: the event to judge, read in the
+        write (a run's start reads the quotas and the day's usage the core decides by);
+        ``beside``: what else to do in the write once the event was judged (a run's start
+        reads its issuers' scope there)."""
         try:
             async with self.document.writing() as write:
+                if before is not None:
+                    event = await before(write)
                 effects = handle(self.view(), event)
                 if effects.error is not None:
                     raise _Refused(effects)

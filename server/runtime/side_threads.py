@@ -38,6 +38,7 @@ from parley.session.core.effects import (
     BeginThreadRun,
     DeleteThread,
 )
+from parley.session.core.threads import thread_read_by, turn_read_by
 from parley.session.errors import NotFound
 from parley.session.lifecycle import ReplyStatus
 from parley.session.reasons import Ending
@@ -96,6 +97,11 @@ class SideThreads:
         """The side-threads of ``user_id`` (None: every member's, for the admin)."""
         return [t for t in self.threads.values() if user_id is None or t.owner == user_id]
 
+    def read_by(self, thread: SideThread, user_id: str | None) -> SideThread:
+        """``thread`` as ``user_id`` may read it now (``thread_read_by``: a turn drawing on
+        a source they were denied since is a placeholder); None, the admin: all of it."""
+        return thread if user_id is None else thread_read_by(thread, self.room.subject(user_id))
+
     def get(self, thread_id: str, user_id: str | None) -> SideThread:
         """Side-thread ``thread_id`` if ``user_id`` owns it (None: the admin reads any);
         ``NotFound`` otherwise, so another member's thread is never confirmed to exist."""
@@ -135,7 +141,7 @@ class SideThreads:
         for thread_id in threads_changed(effects):
             thread = self.threads.get(thread_id)
             if thread is not None:
-                shown = thread_json(thread, turns=True)
+                shown = thread_json(self.read_by(thread, thread.owner), turns=True)
                 self._send(thread.owner, {"type": "thread", "thread": shown})
 
     def notify(self, effects: Effects) -> None:
@@ -227,7 +233,8 @@ class ThreadSteps:
             created_at=self.threads.room.now_ms(),
             restriction=restrict(active.reply.restriction, restriction),
         )
-        self._send({"type": "thread_tool", "turn": turn_json(turn)})
+        shown = turn_read_by(turn, self.threads.room.subject(self.begin.owner))
+        self._send({"type": "thread_tool", "turn": turn_json(shown)})
         reply_id = self.begin.reply_id
         await self._show(
             partial(self.tool_turns.append, turn),

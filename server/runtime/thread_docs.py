@@ -150,7 +150,7 @@ class ThreadDocs:
         shown whole); a follower serves the log as it is (``Unavailable`` while there is
         none). ``NotFound`` if the thread was deleted meanwhile."""
         live = self.live.get(thread_id)
-        if live is not None and (self._watched(thread_id) or not writes):
+        if live is not None and (not writes or self._current(thread_id, committed)):
             return live
         room = self.room
         if not writes:
@@ -160,16 +160,20 @@ class ThreadDocs:
             return self.live.setdefault(thread_id, self._live(thread_id, stored))
         async with self._writer.lock:
             live = self.live.get(thread_id)
-            if live is not None and self._watched(thread_id):
+            if live is not None and self._current(thread_id, committed):
                 return live
             self._writer.require_usable()
-            if live is None:  # else held for its run: its streamed text is shown now
+            if live is None:  # else held for its run, or for sockets: shown as it is now
                 stored = await room.store.load_thread_doc(room.session_id, thread_id)
                 live = self._live(thread_id, stored)
             thread = committed()
             if thread is None:
                 raise NotFound("side-thread deleted")
-            update = live.capture(lambda document: show_all(document, thread, running()))
+            # Judged for its owner as the socket opens: text they were denied since is
+            # rewritten as a placeholder, and the deleted text is not in the state any
+            # socket is sent from now on.
+            shown = room.side_threads.read_by(thread, thread.owner)
+            update = live.capture(lambda document: show_all(document, shown, running()))
             if update:
                 try:
                     async with room.store.transaction("side-thread document") as tx:
@@ -182,9 +186,19 @@ class ThreadDocs:
                     self.live[thread_id] = live
                     self._lost(live)
                     raise
-            live.publish(update)  # nobody holds it yet: keeps what judges clients current
+            # To the sockets holding it, if any; keeps what judges clients current.
+            live.publish(update)
             self.live[thread_id] = live
             return live
+
+    def _current(self, thread_id: str, committed: Callable[[], SideThread | None]) -> bool:
+        """A document its sockets hold is kept current by every change, so a socket
+        opening joins it as it is, unless a turn in it is one its owner may no longer
+        read (then it is shown again, judged now, as one read from the log is)."""
+        if not self._watched(thread_id):
+            return False
+        thread = committed()
+        return thread is None or self.room.side_threads.read_by(thread, thread.owner) == thread
 
     def forget(self) -> None:
         """The room was loaded again (a restart of its runner, a takeover): documents held
@@ -229,6 +243,7 @@ class ThreadDocs:
 
     async def _write_one(self, write: Write, thread: SideThread, shown: set[str]) -> None:
         tx, room = write.tx, self.room
+        thread = room.side_threads.read_by(thread, thread.owner)  # as its owner may read it
         live = self.live.get(thread.id)
         fresh = False
         if live is None:  # nobody watches: its document as the log holds it, for this change

@@ -200,11 +200,12 @@ class MemoryStore:
 
     # -- usage and quotas -----------------------------------------------------------------
 
-    async def load_threads(self, session_id: str) -> list[SideThread]:
+    async def load_threads(self, session_id: str, owner: str | None = None) -> list[SideThread]:
         s = self._read(session_id)
         if s is None:
             return []
-        return sorted(s.threads.values(), key=lambda t: (t.created_at, t.id))
+        mine = [t for t in s.threads.values() if owner is None or t.owner == owner]
+        return sorted(mine, key=lambda t: (t.created_at, t.id))
 
     async def load_thread_doc(self, session_id: str, thread_id: str) -> StoredDoc:
         s = self._read(session_id)

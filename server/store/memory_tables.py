@@ -236,6 +236,14 @@ class MemoryTx:
         s = self._written.get(session_id) or self._tables.sessions.get(session_id)
         return Quotas() if s is None else s.quotas
 
+    async def tokens_used(self, session_id: str, day: str) -> dict[str, int]:
+        s = self._written.get(session_id) or self._tables.sessions.get(session_id)
+        used: dict[str, int] = {}
+        for row in [] if s is None else s.usage:
+            if row.day == day:
+                used[row.user_id] = used.get(row.user_id, 0) + row.input_tokens + row.output_tokens
+        return used
+
     async def insert_usage(self, rows: Sequence[UsageRow]) -> None:
         for row in rows:
             self.session(row.session_id).usage.append(row)

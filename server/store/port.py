@@ -98,6 +98,10 @@ class SessionTx(Protocol):
         """The session's quotas, read in this transaction (a run's start reads them)."""
         ...
 
+    async def tokens_used(self, session_id: str, day: str) -> dict[str, int]:
+        """Each member's tokens (input plus output) on ``day``, read in this transaction."""
+        ...
+
     async def insert_usage(self, rows: Sequence[UsageRow]) -> None:
         """Model calls' usage (a run's, stored with its finish)."""
         ...
@@ -221,8 +225,9 @@ class SessionStore(Transactional, Protocol):
         now: int,
     ) -> None: ...
 
-    async def load_threads(self, session_id: str) -> list[SideThread]:
-        """The session's side-threads, oldest first, each with its turns in order."""
+    async def load_threads(self, session_id: str, owner: str | None = None) -> list[SideThread]:
+        """The session's side-threads (``owner``'s alone, if named: what one member
+        reads costs their own side-threads), oldest first, each with its turns in order."""
         ...
 
     async def load_thread_doc(self, session_id: str, thread_id: str) -> StoredDoc:

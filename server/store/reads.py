@@ -205,10 +205,11 @@ class SessionReads(Database):
                 )
             )
 
-    async def load_threads(self, session_id: str) -> list[SideThread]:
-        """The session's side-threads, oldest first, each with its turns."""
+    async def load_threads(self, session_id: str, owner: str | None = None) -> list[SideThread]:
+        """The session's side-threads (``owner``'s alone, if named), oldest first, each
+        with its turns."""
         async with self.read() as connection:
-            return await thread_rows.load_threads(connection, session_id)
+            return await thread_rows.load_threads(connection, session_id, owner)
 
     async def load_thread_doc(self, session_id: str, thread_id: str) -> StoredDoc:
         """A side-thread's document: its snapshot and the updates after it."""

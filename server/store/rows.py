@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, bindparam, insert, select
+from sqlalchemy import and_, bindparam, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from parley.authz.policy import Decision
@@ -191,6 +191,29 @@ async def insert_usage_rows(connection: AsyncConnection, rows: Sequence[UsageRow
                 for r in rows
             ],
         )
+
+
+async def usage_totals(
+    connection: AsyncConnection, session_id: str, day: str, user_id: str | None = None
+) -> list[tuple[str, int, int, int]]:
+    """Each user's input tokens, output tokens and calls on ``day`` (one user's when
+    ``user_id`` is given), by user id."""
+    where = [model_usage.c.session_id == session_id, model_usage.c.day == day]
+    if user_id is not None:
+        where.append(model_usage.c.user_id == user_id)
+    query = (
+        select(
+            model_usage.c.user_id,
+            func.sum(model_usage.c.input_tokens),
+            func.sum(model_usage.c.output_tokens),
+            func.count(),
+        )
+        .where(and_(*where))
+        .group_by(model_usage.c.user_id)
+        .order_by(model_usage.c.user_id)
+    )
+    rows = (await connection.execute(query)).all()
+    return [(str(r[0]), int(r[1]), int(r[2]), int(r[3])) for r in rows]
 
 
 async def quota_limits(connection: AsyncConnection, session_id: str) -> Quotas:

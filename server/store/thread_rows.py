@@ -80,18 +80,25 @@ async def set_turn_status(
     )
 
 
-async def load_threads(connection: AsyncConnection, session_id: str) -> list[SideThread]:
-    """The session's side-threads, oldest first, each with its turns in order."""
+async def load_threads(
+    connection: AsyncConnection, session_id: str, owner: str | None = None
+) -> list[SideThread]:
+    """The session's side-threads (``owner``'s alone, if named), oldest first, each with
+    its turns in order."""
+    chosen = side_threads.c.session_id == session_id
+    if owner is not None:
+        chosen = and_(chosen, side_threads.c.owner == owner)
     threads = await connection.execute(
-        select(side_threads)
-        .where(side_threads.c.session_id == session_id)
-        .order_by(side_threads.c.created_at, side_threads.c.id)
+        select(side_threads).where(chosen).order_by(side_threads.c.created_at, side_threads.c.id)
     )
     turns: dict[str, list[ThreadTurn]] = {}
+    of_turns = side_thread_turns.c.session_id == session_id
+    if owner is not None:
+        of_turns = and_(
+            of_turns, side_thread_turns.c.thread_id.in_(select(side_threads.c.id).where(chosen))
+        )
     rows = await connection.execute(
-        select(side_thread_turns)
-        .where(side_thread_turns.c.session_id == session_id)
-        .order_by(side_thread_turns.c.ordinal)
+        select(side_thread_turns).where(of_turns).order_by(side_thread_turns.c.ordinal)
     )
     for row in rows:
         turns.setdefault(row.thread_id, []).append(

@@ -24,6 +24,7 @@ from parley.server.store.rows import (
     UsageRow,
     insert_usage_rows,
     quota_limits,
+    usage_totals,
 )
 from parley.server.store.tables import doc_snapshots, doc_updates, sessions
 from parley.server.store.update_log import squash
@@ -213,6 +214,10 @@ class StoreTx:
 
     async def quotas(self, session_id: str) -> Quotas:
         return await quota_limits(self.connection, session_id)
+
+    async def tokens_used(self, session_id: str, day: str) -> dict[str, int]:
+        rows = await usage_totals(self.connection, session_id, day)
+        return {user_id: tokens_in + tokens_out for user_id, tokens_in, tokens_out, _ in rows}
 
     async def insert_usage(self, rows: Sequence[UsageRow]) -> None:
         await insert_usage_rows(self.connection, rows)

@@ -10,11 +10,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from sqlalchemy import and_, delete, func, insert, select
+from sqlalchemy import delete, insert
 
 from parley.server.store.database import Database
-from parley.server.store.rows import UsageRow, quota_limits
-from parley.server.store.tables import model_usage, quotas
+from parley.server.store.rows import UsageRow, quota_limits, usage_totals
+from parley.server.store.tables import quotas
 from parley.session.errors import QuotaExceeded
 from parley.session.model import Usage
 from parley.session.quota import Quotas, day_of, over_quota, shares
@@ -44,23 +44,9 @@ class UsageTables(Database):
     ) -> list[UserUsage]:
         """Each user's tokens and calls on ``day`` (one user's when ``user_id`` is given),
         by user id."""
-        where = [model_usage.c.session_id == session_id, model_usage.c.day == day]
-        if user_id is not None:
-            where.append(model_usage.c.user_id == user_id)
-        query = (
-            select(
-                model_usage.c.user_id,
-                func.sum(model_usage.c.input_tokens),
-                func.sum(model_usage.c.output_tokens),
-                func.count(),
-            )
-            .where(and_(*where))
-            .group_by(model_usage.c.user_id)
-            .order_by(model_usage.c.user_id)
-        )
         async with self.read() as connection:
-            rows = (await connection.execute(query)).all()
-        return [UserUsage(str(r[0]), int(r[1]), int(r[2]), int(r[3])) for r in rows]
+            rows = await usage_totals(connection, session_id, day, user_id)
+        return [UserUsage(*row) for row in rows]
 
     async def quotas(self, session_id: str) -> Quotas:
         # A read, not a write transaction: it must not queue behind SQLite's writers.

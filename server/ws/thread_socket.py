@@ -7,9 +7,10 @@ writes it. It is admitted as the session's socket is (``server.ws.admission``, t
 close codes), then only for the thread's owner: any other thread id, another member's
 included, closes it 4404, as for a thread that does not exist. The document is read-only:
 a client's update that would change it is refused as on the session's socket (and one
-refused again and again is cut off, 4429); awareness is taken and shown to nobody (the
-thread has one reader), a query for it is answered with no states. Commands go over the
-session's socket; one sent here closes this one (4400).
+refused again and again is cut off, 4429); awareness is shown to nobody else (the thread
+has one reader): an update is sent back to its sender alone (so a stock client, which
+drops a socket silent for 30 s, keeps an idle one), a query is answered with no states.
+Commands go over the session's socket; one sent here closes this one (4400).
 
 The document is stored as it changes (``server.runtime.thread_docs``): after a restart
 the same document is read back, so a client that kept its ``Y.Doc`` just syncs. In
@@ -147,4 +148,7 @@ def _on_binary(
     elif isinstance(message, QueryAwarenessMessage):
         connection.send(encode_awareness(NO_STATES))
     else:
-        assert isinstance(message, AwarenessMessage)  # shown to nobody: one reader
+        assert isinstance(message, AwarenessMessage)
+        # Shown to nobody else (one reader), but answered: a stock client drops a socket
+        # it heard nothing on for 30 s, and an idle thread sends nothing else.
+        connection.send(data)

@@ -24,7 +24,7 @@ from parley.session.core.effects import (
     StopRun,
     ToolStep,
 )
-from parley.session.core.state import SessionView
+from parley.session.core.state import RESTRICTED_DETAILS, SessionView
 from parley.session.core.steps import (
     ContextDrawn,
     MemberUpdated,
@@ -39,6 +39,7 @@ from parley.session.core.steps import (
 from parley.session.core.threads import cut_off_threads, threads_to_stop
 from parley.session.lifecycle import PromptStatus
 from parley.session.queue import OrderingQueue, PendingPrompt, Run
+from parley.session.quota import issuers_over_quota, session_over_quota
 from parley.session.reasons import Ending, ReasonCode
 
 # Why a run that was in flight when its room was last lost ended (see ``Recovered``).
@@ -58,23 +59,68 @@ FORBIDDEN_RUN = Ending(ReasonCode.FORBIDDEN, "the author may no longer prompt in
 def start_run(view: SessionView, event: RunStart) -> Effects:
     """Start the next run the queue plans, if its authors may all still prompt; those who
     may not have their prompts fail (``forbidden``, audited) and the runner asks again.
-    Nothing while the server shuts down or nothing waits."""
+    So do the prompts of authors at their daily quota (``quota_exceeded``) when the run
+    answers others who are not: one member's quota does not fail another's prompt. When
+    every author, or the session, is at its quota the run starts and fails as a whole
+    (the runner's quota check before the model call). Nothing while the server shuts
+    down or nothing waits."""
     run = view.queue.next() if view.accepting_prompts else None
     if run is None:
         return Effects()
-    queue = view.queue.clone()
     revoked = [p for p in run.prompts if not _may_run(view, p.author)]
     if revoked:
-        for prompt in revoked:
-            queue.remove(prompt.id)
         audit = tuple(
             AuditRecord("refused", p.author, {"action": "run", "prompt_id": p.id}) for p in revoked
         )
-        finish = Finish(tuple(p.id for p in revoked), FORBIDDEN_RUN)
-        return Effects(finish=(finish,), queue=queue, audit=audit)
+        return _drop(view, [(revoked, FORBIDDEN_RUN)], audit)
+    over = _over_quota(event, run)
+    if over:
+        dropped = [
+            ([p for p in run.prompts if p.author == author], Ending(ReasonCode.QUOTA_EXCEEDED, why))
+            for author, why in over.items()
+        ]
+        # Audited as a run that ended unanswered is (``run_audit``), with no reply.
+        ended = tuple(
+            AuditRecord(
+                "run_ended",
+                prompts[0].author,
+                {
+                    "prompt_ids": [p.id for p in prompts],
+                    "reply_id": None,
+                    "reason_code": ending.code.value,
+                    "reason": ending.reason,
+                },
+            )
+            for prompts, ending in dropped
+        )
+        return _drop(view, dropped, ended)
+    queue = view.queue.clone()
     queue.start(run)
     begin = BeginRun(run, event.reply_id, event.reply_author, event.now_ms)
     return Effects(begin=begin, queue=queue)
+
+
+def _over_quota(event: RunStart, run: Run) -> dict[str, str]:
+    """The authors of ``run`` whose prompts fail at their quota before it starts: none
+    unless some author is not at theirs and the session is not at its own."""
+    if session_over_quota(event.quotas, sum(event.used_by.values())) is not None:
+        return {}
+    over = issuers_over_quota(event.quotas, event.used_by, run.authors)
+    return over if len(over) < len(run.authors) else {}
+
+
+def _drop(
+    view: SessionView,
+    dropped: list[tuple[list[PendingPrompt], Ending]],
+    audit: tuple[AuditRecord, ...],
+) -> Effects:
+    """Fail these waiting prompts before any run answers them (the runner asks again)."""
+    queue = view.queue.clone()
+    for prompts, _ in dropped:
+        for prompt in prompts:
+            queue.remove(prompt.id)
+    finish = tuple(Finish(tuple(p.id for p in prompts), ending) for prompts, ending in dropped)
+    return Effects(finish=finish, queue=queue, audit=audit)
 
 
 def _may_run(view: SessionView, user_id: str) -> bool:
@@ -114,7 +160,7 @@ def tool_step(view: SessionView, event: ToolStepTaken) -> Effects:
     if everyone_may_read(view.subjects(), restriction):
         shown += "\n" + event.detail[:MAX_SHOWN_TOOL_CHARS]
     else:
-        shown += "\n[details restricted]"
+        shown += "\n" + RESTRICTED_DETAILS
     step = ToolStep(
         id=event.new_id,
         reply_id=event.reply.reply_id,

@@ -13,6 +13,10 @@ from parley.session.entries import EntryKind
 from parley.session.queue import OrderingQueue, Run
 from parley.session.schema import SessionDocument
 
+# What is shown in place of text a reader may not read (a tool step's details in the shared
+# document; a side-thread turn its owner may no longer read).
+RESTRICTED_DETAILS = "[details restricted]"
+
 
 @dataclass(frozen=True, slots=True)
 class CommandEvent:

@@ -9,23 +9,29 @@ shared document.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from parley.authz.policy import Restriction
 from parley.authz.roles import Member
 from parley.session.core.effects import AuditRecord, ReplyState
 from parley.session.queue import Policy, Run
+from parley.session.quota import Quotas
 from parley.session.reasons import Ending, ReasonCode
 
 
 @dataclass(frozen=True, slots=True)
 class RunStart:
     """The runner is free: start the next run, if one may, with a reply ``reply_id``
-    signed by ``reply_author`` (the model that writes it)."""
+    signed by ``reply_author`` (the model that writes it). ``quotas`` are the session's and
+    ``used_by`` the tokens each member used today, when the run answers more than one
+    member and a member's quota is set (else they are not read: nothing to decide)."""
 
     now_ms: int
     reply_id: str
     reply_author: str
+    quotas: Quotas = field(default_factory=Quotas)
+    used_by: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

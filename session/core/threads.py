@@ -22,8 +22,10 @@ from dataclasses import dataclass, replace
 from parley.authz.policy import (
     Do,
     Restriction,
+    Subject,
     decide,
     everyone_may_read,
+    may_read,
     restrict,
     restriction_to_json,
 )
@@ -39,7 +41,7 @@ from parley.session.core.effects import (
     SetThreadStatus,
     ThreadTurnStatus,
 )
-from parley.session.core.state import CommandEvent, SessionView, new_entry
+from parley.session.core.state import RESTRICTED_DETAILS, CommandEvent, SessionView, new_entry
 from parley.session.core.thread_state import (
     CLOSED,
     DONE,
@@ -289,6 +291,22 @@ def thread_run_finished(view: SessionView, event: ThreadRunFinished) -> Effects:
     )
     settle = ThreadTurnStatus(thread.id, prompt.id, status, reply.reason_code)
     return Effects(thread_settle=(settle,), thread_turns=(*steps, reply), audit=event.audit)
+
+
+def turn_read_by(turn: ThreadTurn, reader: Subject | None) -> ThreadTurn:
+    """``turn`` as ``reader`` may see it now: what it drew on is judged at read time, as
+    the session's restricted text is (``may_read``); text they may not read (a source
+    they were denied since) is shown as ``RESTRICTED_DETAILS``."""
+    if not turn.restriction or may_read(reader, turn.restriction):
+        return turn
+    return replace(turn, text=RESTRICTED_DETAILS)
+
+
+def thread_read_by(thread: SideThread, reader: Subject | None) -> SideThread:
+    """``thread`` with each turn as ``reader`` may see it now (``turn_read_by``)."""
+    if not any(t.restriction for t in thread.turns):
+        return thread
+    return replace(thread, turns=tuple(turn_read_by(t, reader) for t in thread.turns))
 
 
 def threads_to_stop(

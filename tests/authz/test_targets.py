@@ -31,7 +31,27 @@ def test_inward_addresses_are_refused(address: str) -> None:
     assert refused_address(address) is not None
 
 
-@pytest.mark.parametrize("address", ["93.184.216.34", "8.8.8.8", "2606:4700:4700::1111"])
+@pytest.mark.parametrize(
+    "address",
+    [
+        "64:ff9b::7f00:1",  # NAT64 (RFC 6052): 127.0.0.1 through the translator
+        "64:ff9b::a9fe:a9fe",  # 169.254.169.254, a cloud's metadata service
+        "64:ff9b:1::a00:1",  # the local-use NAT64 prefix (RFC 8215): 10.0.0.1
+        "2002:7f00:1::",  # 6to4: 127.0.0.1
+        "2002:a00:1::1",  # 6to4: 10.0.0.1
+        "::127.0.0.1",  # IPv4-compatible (deprecated)
+        "::10.0.0.1",
+    ],
+)
+def test_ipv6_addresses_that_carry_an_inward_ipv4_address_are_refused(address: str) -> None:
+    """An IPv6 address that a translator or tunnel turns into an IPv4 one is judged by it
+    (on an IPv6-only host behind NAT64, 64:ff9b::a00:1 reaches 10.0.0.1)."""
+    assert refused_address(address) is not None
+
+
+@pytest.mark.parametrize(
+    "address", ["93.184.216.34", "8.8.8.8", "2606:4700:4700::1111", "64:ff9b::808:808"]
+)
 def test_public_addresses_pass(address: str) -> None:
     assert refused_address(address) is None
 

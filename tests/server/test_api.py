@@ -81,6 +81,17 @@ async def test_bad_member_input(rest: Backend) -> None:
     assert unknown.status_code == 404
 
 
+async def test_no_member_takes_the_name_the_admin_key_acts_under(rest: Backend) -> None:
+    """Audit records, events (``by``) and webhooks name the admin key ``admin``: a member
+    of that name would pass for it (an owner's changes read as the admin's)."""
+    sid = await rest.new_session({})
+    taken = await rest.request(
+        "PUT", f"/api/v1/sessions/{sid}/members/admin", json={"role": "owner"}
+    )
+    assert taken.status_code == 422, taken.text
+    assert taken.json()["error"]["code"] == "invalid"
+
+
 async def test_tokens(rest: Backend) -> None:
     sid = await rest.new_session({"alice": "editor"})
     url = f"/api/v1/sessions/{sid}/tokens"

@@ -355,6 +355,22 @@ async def test_crud_and_validation(database_url: str, tmp_path: Path) -> None:
         assert (await http.delete(f"/api/v1/webhooks/{hook['id']}")).status_code == 404
 
 
+@pytest.mark.parametrize("delivery_id", ["\u00b2", "\u0661", "\uff11", "1_0", " 1"])
+async def test_a_delivery_id_that_is_no_number_is_not_found(
+    delivery_id: str, tmp_path: Path
+) -> None:
+    """A retry's delivery id is an ASCII number: a digit of another script ("²" passes
+    ``str.isdigit``, and ``int`` refuses it) is 404 like any other unknown id, never 500."""
+    settings = make_settings(sqlite_url(tmp_path), tmp_path / "data", **FAST)
+    async with serve_in_process(settings) as server:
+        hook = await subscribe(server.http, "http://127.0.0.1:9/")
+        retried = await server.http.post(
+            f"/api/v1/webhooks/{hook['id']}/deliveries/{delivery_id}/retry"
+        )
+        assert retried.status_code == 404, retried.text
+        assert retried.json()["error"]["code"] == "not_found"
+
+
 async def test_kill_9_while_deliveries_are_pending_loses_none(
     database_url: str, tmp_path: Path, server_processes: list[ServerProcess]
 ) -> None:

@@ -14,6 +14,12 @@ import httpx
 import pytest
 import websockets
 
+from parley.session.yprotocol import (
+    AwarenessState,
+    MessageType,
+    encode_awareness,
+    encode_awareness_update,
+)
 from tests.conftest import (
     ADMIN_KEY,
     RunningServer,
@@ -76,6 +82,29 @@ async def _scenario(server: RunningServer) -> None:
             assert (closed["code"], closed["reason"]) == (4404, "side-thread deleted")
         finally:
             await stock.close()
+
+
+async def test_a_presence_update_on_a_side_thread_socket_is_answered(tmp_path: Path) -> None:
+    """A stock y-websocket client closes a socket it has heard nothing on for 30 s and
+    reconnects (its ``messageReconnectTimeout``); it renews its presence every 15 s, and
+    the session's socket answers that by relaying it, the sender included. The side-thread's
+    socket answers it too (its one reader is shown its own state), so an idle side-thread
+    socket stays open."""
+    settings = make_settings(sqlite_url(tmp_path), tmp_path / "data")
+    async with serve_in_process(settings) as server:
+        sid = await server.new_session({"bob": "editor"})
+        token = await server.token(sid, "bob")
+        opened = await server.http.post(f"/api/v1/sessions/{sid}/threads", json={"as_user": "bob"})
+        assert opened.status_code == 201, opened.text
+        url = f"{server.ws_url}/ws/sessions/{sid}/threads/{opened.json()['thread_id']}"
+        async with websockets.connect(f"{url}?token={token}") as ws:
+            here = AwarenessState(1234, 1, {"user": {"name": "Bob"}})
+            await ws.send(encode_awareness(encode_awareness_update([here])))
+            async with asyncio.timeout(10):
+                while True:
+                    frame = await ws.recv()
+                    if isinstance(frame, bytes) and frame[0] == MessageType.AWARENESS:
+                        break
 
 
 def _status(dump: dict[str, Any], turn_id: str) -> str | None:

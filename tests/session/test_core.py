@@ -91,6 +91,7 @@ from parley.session.events import (
 )
 from parley.session.lifecycle import PromptStatus
 from parley.session.queue import OrderingQueue, PendingPrompt, Policy, QueueLimits, Run
+from parley.session.quota import Quotas
 from parley.session.reasons import OUTCOMES, Ending, ReasonCode
 from parley.session.schema import QueuedItem, SessionDocument
 
@@ -928,3 +929,45 @@ def test_the_document_the_queue_and_the_run_in_flight_always_agree(
         e.id for e in session.stored if session.doc.entry(e.id).status not in ("queued", "running")
     ]
     assert sorted(ended) == sorted(final)
+
+
+def test_under_coalesce_a_member_at_their_quota_fails_only_their_own_prompts() -> None:
+    session = Session(policy=Policy.COALESCE)
+    over, fresh = session.prompt("eddie"), session.prompt("erin")
+    limits = Quotas(user_tokens_per_day=100)
+    effects = handle(session.view(), RunStart(1, "r", "m", limits, {"eddie": 100, "erin": 5}))
+    ending = Ending(ReasonCode.QUOTA_EXCEEDED, "eddie used 100 of their 100 tokens today")
+    assert effects.begin is None and effects.finish == (Finish((over,), ending),)
+    assert effects.audit == (
+        AuditRecord(
+            "run_ended",
+            "eddie",
+            {
+                "prompt_ids": [over],
+                "reply_id": None,
+                "reason_code": "quota_exceeded",
+                "reason": ending.reason,
+            },
+        ),
+    )
+    assert effects.events == (RunFailed((over,), None, ReasonCode.QUOTA_EXCEEDED, ending.reason),)
+    session.apply(effects)
+    assert session.doc.entry(over).status == PromptStatus.FAILED.value
+    assert session.start_run() == Run((PendingPrompt(fresh, 2, "erin"),))
+
+
+@pytest.mark.parametrize(
+    ("limits", "used"),
+    [
+        (Quotas(user_tokens_per_day=100), {"eddie": 100, "erin": 100}),  # every author
+        (Quotas(150, 100), {"eddie": 100, "erin": 50}),  # the session
+    ],
+)
+def test_a_run_whose_every_author_or_session_is_at_quota_starts_whole(
+    limits: Quotas, used: dict[str, int]
+) -> None:
+    """It fails as one at the runner's quota check before the model call."""
+    session = Session(policy=Policy.COALESCE)
+    both = (session.prompt("eddie"), session.prompt("erin"))
+    effects = handle(session.view(), RunStart(1, "r", "m", limits, used))
+    assert effects.begin is not None and effects.begin.run.ids == both

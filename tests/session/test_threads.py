@@ -27,6 +27,8 @@ from parley.session.core import (
     apply_to_threads,
     handle,
 )
+from parley.session.core.state import RESTRICTED_DETAILS
+from parley.session.core.threads import thread_read_by, turn_read_by
 from parley.session.errors import (
     Busy,
     Forbidden,
@@ -329,3 +331,17 @@ def test_a_resent_open_or_prompt_gets_its_first_ack_and_changes_nothing() -> Non
     t.answer(thread_id)
     assert t.ok("bob", ThreadPromptCommand("p", thread_id, "q")).ack == asked.ack
     assert len(t.threads[thread_id].turns) == 2
+
+
+def test_a_turn_is_read_as_its_reader_may_read_it_now() -> None:
+    prompt = ThreadTurn("p1", "t1", 0, "prompt", "bob", "what is it?", "done", 1)
+    reply = ThreadTurn("r1", "t1", 1, "reply", "m", "it is 7731", "done", 2, VAULT)
+    thread = SideThread("t1", "bob", 0, "t", "open", 0, (prompt, reply))
+    bob = Subject("bob", "editor", frozenset({"read_session"}))
+    assert thread_read_by(thread, bob) == thread
+    denied = replace(bob, denials=frozenset({"read:d1"}))
+    assert thread_read_by(thread, denied).turns == (
+        prompt,
+        replace(reply, text=RESTRICTED_DETAILS),
+    )
+    assert turn_read_by(reply, None).text == RESTRICTED_DETAILS  # no longer a member

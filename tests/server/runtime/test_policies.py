@@ -11,9 +11,11 @@ from typing import Any
 
 from parley.session.commands import PromptCommand
 from parley.session.entries import Entry
+from parley.session.lifecycle import PromptStatus
 from parley.session.queue import Policy
+from parley.session.quota import Quotas
 from tests.fake_model import FakeModel, Sent, askers
-from tests.server.runtime.harness import FINAL, MemorySession, memory_session
+from tests.server.runtime.harness import FINAL, SESSION, MemorySession, memory_session
 
 CLIENTS = 50
 PROMPTS_EACH = 20
@@ -122,3 +124,27 @@ async def test_reject_refuses_while_busy_and_stores_nothing() -> None:
         replies_follow_prompts(view)
         assert all(e.status == "done" for e in view)
         assert len([e for e in view if e.kind == "prompt"]) == len(accepted)
+
+
+async def test_coalesce_fails_only_the_prompts_of_an_issuer_over_quota() -> None:
+    """Bob used his daily tokens; his next prompt waits beside dave's, who used none, and
+    coalesce plans one run for both. Bob's fails with ``quota_exceeded`` before the model
+    is called; dave's is answered (a prompt fails for its own issuer's quota, or the
+    session's, not for another member's: docs/models.md)."""
+    model = FakeModel(lambda sent: ["ok"])  # the fake model reports 110 tokens a call
+    members = {"alice": "editor", "bob": "editor", "dave": "editor"}
+    async with memory_session(members, model, policy=Policy.COALESCE) as s:
+        await s.store.set_quotas(SESSION, Quotas(user_tokens_per_day=100))
+        first = await s.prompt("bob", "first")
+        await s.settled(str(first["prompt_id"]))
+        model.gate = asyncio.Event()
+        holding = await s.prompt("alice", "[wait] hold the model")
+        while s.status(str(holding["prompt_id"])) is not PromptStatus.RUNNING:
+            await s.watcher.changed()
+        over = await s.prompt("bob", "again")
+        fresh = await s.prompt("dave", "mine")
+        model.gate.set()
+        await s.settled(str(over["prompt_id"]), str(fresh["prompt_id"]))
+        bobs, daves = (s.room.doc.entry(str(a["prompt_id"])) for a in (over, fresh))
+        assert (bobs.status, bobs.reason_code) == ("failed", "quota_exceeded")
+        assert (daves.status, daves.reason_code) == ("done", None)

@@ -7,9 +7,17 @@ from __future__ import annotations
 import asyncio
 import json
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
+from sqlalchemy import event
+
 from parley.authz.policy import Readers
+from parley.server.http import access as access_api
+from parley.server.http import members as members_api
+from parley.server.http import threads as threads_api
+from parley.server.http.models import MemberPut
+from parley.server.http.resource_models import DocumentCreate, ReadersIn
 from parley.server.store.access_rows import DocumentRow
 from parley.server.store.memory import MemoryStore
 from parley.session.core import SideThread
@@ -21,8 +29,16 @@ from parley.session.thread_commands import (
     ThreadPromptCommand,
     ThreadShareCommand,
 )
+from tests.conftest import sqlite_url
 from tests.fake_model import Answer, FakeModel, Sent, call
-from tests.server.runtime.harness import SESSION, MemorySession, Watcher, memory_session
+from tests.server.runtime.backend import backend, sql_store
+from tests.server.runtime.harness import (
+    SESSION,
+    MemorySession,
+    Watcher,
+    memory_session,
+    memory_settings,
+)
 
 MARKER = "ZQX-private-7f3e"  # in bob's side-thread only
 SECRET = "the vault code is 7731"
@@ -249,6 +265,96 @@ async def test_restricted_material_is_used_in_the_thread_and_sharing_follows_the
             SESSION, limit=50, after=0, kinds=["reply_shared"]
         )
         assert [r.data["thread_id"] for r in records] == [thread_id]
+
+
+async def test_a_member_denied_a_source_no_longer_reads_it_in_their_side_thread(
+    tmp_path: Path,
+) -> None:
+    """Bob's side-thread drew on the vault while he could read it. Once he is denied it
+    (``read:<document>``), reading his side-thread gives him no more of it than the
+    session's own paths would (``…/entries/{id}/private`` judges the reader now, and his
+    next side-thread prompt is not given it): the REST read shows a placeholder."""
+    async with (
+        sql_store(sqlite_url(tmp_path)) as store,
+        backend(memory_settings(), store=store, model=FakeModel(answer_with)) as b,
+    ):
+        sid = await b.new_session({"olga": "owner", "bob": "editor"})
+        vault = DocumentCreate(title="Vault", text=SECRET, readers=ReadersIn(users=["bob"]))
+        document = await b.call(access_api.create_document, session_id=sid, body=vault)
+        s = await b.session(sid)
+        thread_id = await open_thread(s, "bob")
+        await ask(s, "bob", thread_id, "what is the vault code?")
+        assert "7731" in (await answered(s, thread_id)).turns[-1].text
+        denied = MemberPut(role="editor", denials=[f"read:{document.id}"])
+        await b.call(members_api.put_member, session_id=sid, user_id="bob", body=denied)
+        read = await b.call(
+            threads_api.get_thread,
+            await b.member(sid, "bob"),
+            session_id=sid,
+            thread_id=thread_id,
+        )
+        assert "7731" not in read.model_dump_json()
+
+
+async def test_listing_ones_side_threads_reads_no_other_members_turns(tmp_path: Path) -> None:
+    """What a member's ``GET …/threads`` costs depends on their own side-threads, not on
+    everyone's: a viewer with none, listing them again and again, must not make the
+    server read every member's turns (on SQLite, on the event loop's thread)."""
+    async with (
+        sql_store(sqlite_url(tmp_path)) as store,
+        backend(memory_settings(), store=store, model=FakeModel(answer_with)) as b,
+    ):
+        sid = await b.new_session({"bob": "editor", "carol": "viewer"})
+        s = await b.session(sid)
+        thread_id = await open_thread(s, "bob")
+        await ask(s, "bob", thread_id, MARKER)
+        await answered(s, thread_id)
+        carol = await b.member(sid, "carol")
+        read: list[tuple[str, Any]] = []
+
+        def seen(_c: object, _cur: object, statement: str, parameters: Any, *_: object) -> None:
+            read.append((statement, parameters))
+
+        engine = store.engine.sync_engine
+        event.listen(engine, "before_cursor_execute", seen)
+        try:
+            listed = await b.call(threads_api.list_threads, carol, session_id=sid)
+        finally:
+            event.remove(engine, "before_cursor_execute", seen)
+        assert listed.threads == []
+        turns = [(q, p) for q, p in read if "FROM side_thread_turns" in q]
+        assert all("carol" in str(p) for _, p in turns), turns
+
+
+async def test_rest_and_socket_refuse_an_oversized_thread_command_with_one_code(
+    tmp_path: Path,
+) -> None:
+    """A title over 200 characters, or more than 50 picked replies, is the same refusal
+    whichever way it comes: the socket's command and the REST route give one code."""
+    async with (
+        sql_store(sqlite_url(tmp_path)) as store,
+        backend(memory_settings(), store=store, model=FakeModel(answer_with)) as b,
+    ):
+        sid = await b.new_session({"bob": "editor"})
+        token = await b.token(sid, "bob")
+        room = await b.rooms.get(sid)
+        base = f"/api/v1/sessions/{sid}/threads"
+        opened = await b.request("POST", base, {"title": "t"}, token=token)
+        thread_id = opened.json()["thread_id"]
+        picked = [f"t{n}" for n in range(51)]
+        cases = [
+            (base, {"title": "x" * 201}, {"type": "thread_open", "title": "x" * 201}),
+            (
+                f"{base}/{thread_id}/share-replies",
+                {"turn_ids": picked},
+                {"type": "thread_share", "thread_id": thread_id, "turn_ids": picked},
+            ),
+        ]
+        for n, (url, body, command) in enumerate(cases):
+            refused = await b.request("POST", url, body, token=token)
+            frame = json.dumps({**command, "id": f"c{n}"})
+            answer = json.loads(await b.rooms.command(room, "bob", frame))
+            assert refused.json()["error"]["code"] == answer["code"], (url, refused.text, answer)
 
 
 async def test_every_side_thread_run_is_audited_with_its_scope() -> None:

@@ -6,14 +6,19 @@ or the member. (The wire, with a stock Yjs client: ``tests/server/test_thread_so
 from __future__ import annotations
 
 import asyncio
+import json
+from dataclasses import replace
 from typing import Any
 
 import pytest
 from pycrdt import Array, Doc, Map
 
+from parley.authz.policy import Readers
 from parley.server.runtime.thread_docs import read_document
+from parley.server.store.access_rows import DocumentRow
 from parley.server.store.memory import MemoryStore
 from parley.server.store.memory_tables import MemoryTx
+from parley.session.core.state import RESTRICTED_DETAILS
 from parley.session.errors import NotFound, Unavailable
 from parley.session.thread_commands import ThreadCloseCommand
 from parley.session.yprotocol import (
@@ -23,8 +28,15 @@ from parley.session.yprotocol import (
     decode_state_vector,
 )
 from tests.fake_model import Answer, FakeModel, Sent
-from tests.server.runtime.harness import MemorySession, Watcher, memory_session
-from tests.server.runtime.test_side_threads import answered, ask, open_thread
+from tests.server.runtime.harness import SESSION, MemorySession, Watcher, memory_session
+from tests.server.runtime.test_side_threads import (
+    SECRET,
+    answer_with,
+    answered,
+    ask,
+    open_thread,
+    watch,
+)
 
 GATE = asyncio.Event()
 
@@ -240,3 +252,44 @@ async def test_a_change_not_stored_is_never_shown_and_its_sockets_resync(
         assert synced(again)["thread"]["status"] == "open"  # as stored
         closed = await s.send("bob", ThreadCloseCommand("c2", thread_id, delete=False))
         assert closed["type"] == "ack" and synced(again)["thread"]["status"] == "closed"
+
+
+async def test_a_source_denied_to_the_owner_leaves_the_document_its_sockets_are_sent() -> None:
+    """Bob's side-thread drew on the vault; then he is denied it (``read:d1``). A socket
+    opened after that syncs as a stock client does (an empty state vector, then the
+    updates) and is sent no byte of the vault's text: not while an earlier socket holds
+    the document (that one is shown the placeholder too), nor once the document is read
+    back from its log. The ``thread`` frames on his session socket withhold it as well."""
+    vault = DocumentRow("d1", SESSION, "Vault", SECRET, Readers("d1", frozenset({"bob"})), 0)
+    async with memory_session({"bob": "editor"}, FakeModel(answer_with)) as s:
+        await s.store.access.add_document(vault)
+        session_socket = watch(s, "bob")
+        thread_id = await open_thread(s, "bob")
+        early = await thread_socket(s, thread_id, "bob")
+        await ask(s, "bob", thread_id, "what is the vault code?")
+        await answered(s, thread_id)
+        assert "7731" in str(synced(early)["turns"])
+        member = s.room.membership.members["bob"]
+        await s.room.membership.set_member("bob", replace(member, denials=frozenset({"read:d1"})))
+
+        late = await thread_socket(s, thread_id, "bob")
+        for client in (early, late):
+            contents = [t["content"] for t in synced(client)["turns"]]
+            assert "7731" not in str(contents) and RESTRICTED_DETAILS in contents
+        assert not any(b"7731" in f for f in late.frames if isinstance(f, bytes))
+
+        docs = s.room.side_threads.docs
+        for socket in (early, late):
+            s.room.sockets.detach_thread(thread_id, socket)  # type: ignore[arg-type]
+        docs.release(thread_id, writes=True)
+        assert thread_id not in docs.live
+        again = await thread_socket(s, thread_id, "bob")
+        assert not any(b"7731" in f for f in again.frames if isinstance(f, bytes))
+        assert RESTRICTED_DETAILS in [t["content"] for t in synced(again)["turns"]]
+
+        told = len(session_socket.frames)
+        await ask(s, "bob", thread_id, "and now?")
+        done = await answered(s, thread_id)
+        frames = [json.loads(f) for f in session_socket.frames[told:] if isinstance(f, str)]
+        [shown] = [f["thread"] for f in frames if f["type"] == "thread"][-1:]
+        assert len(shown["turns"]) == len(done.turns) and "7731" not in json.dumps(frames)

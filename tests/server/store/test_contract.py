@@ -275,6 +275,9 @@ async def test_private_items_audit_and_usage(store: Any) -> None:
 
     with pytest.raises(QuotaExceeded):
         await ledger.admit("a", ["ann"])
+    async with store.transaction() as tx:  # what a run's start reads
+        assert await tx.tokens_used("a", ledger.today()) == {"ann": 70, "bob": 40}
+        assert await tx.tokens_used("a", "1970-01-01") == {}
 
 
 async def test_side_threads_and_their_turns(store: Any) -> None:
