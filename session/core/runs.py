@@ -81,16 +81,7 @@ def start_run(view: SessionView, event: RunStart) -> Effects:
         ]
         # Audited as a run that ended unanswered is (``run_audit``), with no reply.
         ended = tuple(
-            AuditRecord(
-                "run_ended",
-                prompts[0].author,
-                {
-                    "prompt_ids": [p.id for p in prompts],
-                    "reply_id": None,
-                    "reason_code": ending.code.value,
-                    "reason": ending.reason,
-                },
-            )
+            run_ended(prompts[0].author, [p.id for p in prompts], None, ending)
             for prompts, ending in dropped
         )
         return _drop(view, dropped, ended)
@@ -284,14 +275,22 @@ def run_audit(
     records = [AuditRecord("model_call", actor, {**base, **call}) for call in model_calls]
     records += [AuditRecord("tool_refused", actor, refusal) for refusal in refusals]
     if ended is not None:
-        data = {
-            "prompt_ids": base["prompt_ids"],
-            "reply_id": base["reply_id"],
-            "reason_code": ended.code.value,
-            "reason": ended.reason,
-        }
-        records.append(AuditRecord("run_ended", actor, data))
+        records.append(run_ended(actor, base["prompt_ids"], base["reply_id"], ended))
     return tuple(records)
+
+
+def run_ended(
+    actor: str, prompt_ids: list[str], reply_id: str | None, ending: Ending
+) -> AuditRecord:
+    """The audit record of prompts a run ended unanswered (``reply_id`` None: no run
+    started for them)."""
+    data = {
+        "prompt_ids": prompt_ids,
+        "reply_id": reply_id,
+        "reason_code": ending.code.value,
+        "reason": ending.reason,
+    }
+    return AuditRecord("run_ended", actor, data)
 
 
 def too_large(tokens: int, budget: int) -> Ending | None:
