@@ -50,8 +50,9 @@ from parley.session.schema import QueuedItem, SessionDocument
 
 log = logging.getLogger("parley.room")
 
-# Called under the lock with a write and the effects judged for it, before they are stored.
+# Called under the lock with the write: the event to judge (what it reads in the write).
 Before = Callable[[Write], Awaitable[Event]]
+# Called under the lock with the write and the effects judged for it, before they are stored.
 Beside = Callable[[Write, Effects], Awaitable[None]]
 
 
