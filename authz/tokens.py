@@ -18,6 +18,8 @@ from parley.session.errors import Unauthenticated
 
 ALGORITHM = "HS256"
 AUDIENCE = "parley-session"
+# How audit records, events and webhooks name the admin key (no member may take the name).
+ADMIN_ACTOR = "admin"
 
 
 @dataclass(frozen=True, slots=True)

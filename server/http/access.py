@@ -97,7 +97,7 @@ async def create_document(
     await _access(state).add_document(row, state.settings.max_documents_per_session)
     await room.writer.audit(
         "document",
-        caller.user_id or "admin",
+        caller.actor,
         {"added": document_id, "title": body.title, "readers": readers.to_json()},
     )
     return _document_out(row, text=False)
@@ -134,7 +134,7 @@ async def delete_document(
     room = await state.rooms.get(session_id)
     if not await _access(state).delete_document(session_id, document_id):
         raise NotFound(f"no document {document_id!r}")
-    await room.writer.audit("document", caller.user_id or "admin", {"deleted": document_id})
+    await room.writer.audit("document", caller.actor, {"deleted": document_id})
 
 
 def _tool_out(row: ToolRow, *, secret: bool) -> ToolOut:

@@ -65,7 +65,7 @@ async def create_invite(
         max_uses=body.max_uses,
         uses=0,
         token_ttl_s=token_ttl,
-        created_by=caller.user_id or "admin",
+        created_by=caller.actor,
         created_at=now_ms,
         expires_at=now_ms // 1000 + body.ttl_seconds,
         revoked_at=None,
@@ -80,7 +80,7 @@ async def create_invite(
     room = await state.rooms.get(session_id)
     await room.writer.audit(
         "invite",
-        caller.user_id or "admin",
+        caller.actor,
         {"created": row.id, "user_id": row.user_id, "max_uses": row.max_uses},
     )
     return InviteCreated(
@@ -120,7 +120,7 @@ async def revoke_invite(state: AppState, session_id: str, invite_id: str, caller
     if not await InviteStore(state.store).revoke(session_id, invite_id, int(state.clock())):
         raise NotFound(f"no live invite {invite_id!r} in this session")
     room = await state.rooms.get(session_id)
-    await room.writer.audit("invite", caller.user_id or "admin", {"revoked": invite_id})
+    await room.writer.audit("invite", caller.actor, {"revoked": invite_id})
 
 
 async def exchange_invite(state: AppState, body: InviteExchange) -> TokenOut:

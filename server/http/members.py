@@ -5,7 +5,7 @@ from __future__ import annotations
 from parley.authz.membership import ADMIN, judge_membership_change
 from parley.authz.policy import Decision, Subject
 from parley.authz.roles import Capability, Member, check_capabilities
-from parley.authz.tokens import ClientClaims, issue_token
+from parley.authz.tokens import ADMIN_ACTOR, ClientClaims, issue_token
 from parley.server.http.models import (
     MemberList,
     MemberOut,
@@ -168,7 +168,7 @@ async def _change_member(
         caller.user_id,
         display_name=display_name,
     )
-    actor = caller.user_id or "admin"
+    actor = caller.actor
     if not change.decision.allowed:
         action = f"{'change' if after is not None else 'remove'} member {user_id}"
         wanted = None if after is None else _member_json(after)
@@ -249,7 +249,7 @@ async def revoke_token(state: AppState, session_id: str, jti: str) -> None:
         raise NotFound(f"no unexpired token {jti!r} in this session")
     room = await state.rooms.get(session_id)
     await room.membership.revoke_token(token)
-    await room.writer.audit("token", "admin", {"revoked": jti, "user_id": token.user_id})
+    await room.writer.audit("token", ADMIN_ACTOR, {"revoked": jti, "user_id": token.user_id})
 
 
 OPERATIONS: list[Operation] = [

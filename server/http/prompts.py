@@ -17,6 +17,7 @@ import secrets
 from typing import Any
 
 from parley.authz.roles import Capability
+from parley.authz.tokens import ADMIN_ACTOR
 from parley.server.http.models import (
     CancelPost,
     EntryPost,
@@ -53,7 +54,7 @@ async def send(
         raise RateLimited("too many commands; slow down")
     if caller.is_admin:
         what = {"action": f"{command['type']} as {actor}", "command_id": command["id"]}
-        await room.writer.audit("as_user", "admin", {**what, "user_id": actor})
+        await room.writer.audit("as_user", ADMIN_ACTOR, {**what, "user_id": actor})
     frame = json.dumps(command, ensure_ascii=False)  # escapes stay within the frame limit
     reply: dict[str, Any] = json.loads(await state.rooms.command(room, actor, frame))
     if reply.get("type") == "error":

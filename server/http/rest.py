@@ -26,7 +26,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from parley.authz.policy import Do
-from parley.authz.tokens import ClientClaims, verify_token
+from parley.authz.tokens import ADMIN_ACTOR, ClientClaims, verify_token
 from parley.server.http.models import ErrorBody
 from parley.server.state import AppState
 from parley.session.commands import unstorable
@@ -84,6 +84,11 @@ class Caller:
     @property
     def is_admin(self) -> bool:
         return self.user_id is None
+
+    @property
+    def actor(self) -> str:
+        """Who the caller is in audit records, events and webhooks."""
+        return self.user_id or ADMIN_ACTOR
 
 
 ADMIN = Caller()

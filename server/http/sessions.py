@@ -6,6 +6,7 @@ import re
 import secrets
 
 from parley.authz.roles import Capability
+from parley.authz.tokens import ADMIN_ACTOR
 from parley.server.http.models import (
     SessionCreate,
     SessionList,
@@ -44,9 +45,6 @@ async def session_row(state: AppState, session_id: str) -> SessionRow:
     return row
 
 
-ADMIN_ACTOR = "admin"  # how audit records, events and webhooks name the admin key
-
-
 def check_user_id(user_id: str) -> None:
     if not USER_ID.fullmatch(user_id):
         raise InvalidInput("user_id: 1-200 characters of letters, digits and ._@:+-")
@@ -80,7 +78,7 @@ async def update_session(
     """Change a session's title, scheduling policy, model or restricted-reply policy (in
     force where the session runs when this returns); policy changes are audited."""
     before = await session_row(state, session_id)
-    by = caller.user_id or "admin"
+    by = caller.actor
     stored: dict[str, str | None] = {}
     if "model" in body.model_fields_set:
         if body.model is not None and body.model not in state.settings.catalog():
@@ -108,7 +106,7 @@ async def update_session(
         if value is not None and value != getattr(before, name)
     }
     if changes:
-        await room.writer.audit("policy", caller.user_id or "admin", changes)
+        await room.writer.audit("policy", caller.actor, changes)
     return _session_out(await session_row(state, session_id))
 
 

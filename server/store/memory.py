@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from parley.authz.policy import Decision
 from parley.authz.roles import Member
+from parley.authz.tokens import ADMIN_ACTOR
 from parley.server.store.group_commit import GroupCommit
 from parley.server.store.memory_access import MemoryAccess
 from parley.server.store.rows import (
@@ -135,7 +136,7 @@ class MemoryStore:
             def shown(m: MemberRow | None) -> Membership | None:
                 return None if m is None else Membership(m.role, m.grants, m.denials)
 
-            event = membership_event(user_id, shown(before), shown(row), actor_id or "admin")
+            event = membership_event(user_id, shown(before), shown(row), actor_id or ADMIN_ACTOR)
             if event is not None and (before or row) is not None:
                 await tx.append_events(session_id, now, [event])
             return MemberChange(decision, before, row)

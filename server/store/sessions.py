@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from parley.authz.policy import Decision
 from parley.authz.roles import Member
+from parley.authz.tokens import ADMIN_ACTOR
 from parley.server.store.access import AccessStore
 from parley.server.store.health import StorageHealth
 from parley.server.store.reads import SessionReads
@@ -189,7 +190,7 @@ class Store(SessionReads, UsageTables):
             where = and_(members.c.session_id == session_id, members.c.user_id == user_id)
             if not decision.allowed:
                 return MemberChange(decision, before, before)
-            by = actor_id or "admin"
+            by = actor_id or ADMIN_ACTOR
             if after is None:
                 await connection.execute(delete(members).where(where))
                 await _member_event(tx, before, None, now, by)

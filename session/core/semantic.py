@@ -6,6 +6,7 @@ stores exactly these, in this order, in the effects' own transaction.
 
 from __future__ import annotations
 
+from parley.authz.tokens import ADMIN_ACTOR
 from parley.session.core.effects import Effects, Pin, SetFact, SetPolicy
 from parley.session.entries import EntryKind
 from parley.session.events import (
@@ -26,7 +27,7 @@ def events_of(doc: SessionDocument, effects: Effects, actor: str) -> tuple[Sessi
     """The events of ``effects`` made by ``actor`` (``""``: the admin API; the server's
     own steps name nobody) on ``doc`` as it is before they are carried out."""
     events: list[SessionEvent] = []
-    by = actor or "admin"
+    by = actor or ADMIN_ACTOR
     entry = effects.entry
     if entry is not None:
         made = PromptAccepted if entry.kind is EntryKind.PROMPT else MessagePosted
