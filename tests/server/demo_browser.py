@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import shutil
 import subprocess
@@ -20,6 +21,8 @@ from typing import Any
 
 import pytest
 
+from parley.server.providers.offline import OfflineProvider
+from parley.session.model import ModelEvent, ModelRequest, TextDelta
 from tests.conftest import REPO_ROOT, RunningServer
 from tests.stock_client import ensure_node_modules
 
@@ -39,6 +42,43 @@ CHROMIUM_ARGS = [
 ]
 TIMEOUT_MS = 20_000
 VIEWPORT = {"width": 1280, "height": 800}
+
+
+class HeldModel(OfflineProvider):
+    """The offline model with a tap: once held, no more words of any reply come out until it
+    is released.
+
+    A test that acts on a prompt "while it runs" or "while it waits" holds the model, so the
+    reply cannot end first however slow the machine is. ``hold(after=n)`` lets n more words
+    through first, so a reply can be seen streaming. A cancel ends a held run; the server's
+    stop ends any other."""
+
+    def __init__(self, token_delay_s: float = 0.005) -> None:
+        super().__init__(token_delay_s)
+        self._left = math.inf
+        self._open = asyncio.Event()
+        self._open.set()
+
+    def hold(self, *, after: int = 0) -> None:
+        self._left = after
+        if after > 0:
+            self._open.set()
+        else:
+            self._open.clear()
+
+    def release(self) -> None:
+        self._left = math.inf
+        self._open.set()
+
+    async def stream(self, request: ModelRequest) -> AsyncIterator[ModelEvent]:
+        async for event in super().stream(request):
+            if isinstance(event, TextDelta):
+                while self._left <= 0:
+                    await self._open.wait()
+                self._left -= 1
+                if self._left <= 0:
+                    self._open.clear()
+            yield event
 
 
 def _missing(reason: str) -> None:

@@ -10,14 +10,15 @@ from typing import Any
 import pytest
 
 from tests.conftest import make_settings, serve_in_process, sqlite_url
-from tests.server.demo_browser import chromium, compose, screenshot
+from tests.server.demo_browser import HeldModel, chromium, compose, screenshot
 
 pytestmark = pytest.mark.node
 
 
 async def test_demo_in_three_browsers(tmp_path: Path) -> None:
-    settings = make_settings(sqlite_url(tmp_path), tmp_path / "d", offline_token_delay_ms=20)
-    async with serve_in_process(settings) as server, chromium() as browser:
+    settings = make_settings(sqlite_url(tmp_path), tmp_path / "d")
+    model = HeldModel(token_delay_s=0.02)
+    async with serve_in_process(settings, model) as server, chromium() as browser:
         sid = await server.new_session(
             {"alice": "editor", "bob": "editor", "vera": "viewer"}, title="Incident 42"
         )
@@ -33,9 +34,11 @@ async def test_demo_in_three_browsers(tmp_path: Path) -> None:
         await alice.fill("#composer-text", "What changed in the last deploy?")
         await bob.fill("#composer-text", "Is the database healthy?")
         await bob.wait_for_selector("#presence li[data-user=alice].typing")
+        model.hold()
         await asyncio.gather(alice.click("#send"), bob.click("#send"))  # "Ask the AI" mode
         # The reply streams in: the page shows it while it is still being written.
         await bob.wait_for_selector("#transcript li.kind-reply[data-status=streaming] .content")
+        model.release()
 
         done = (
             "document.querySelectorAll('#transcript li.kind-reply[data-status=done]').length === 2"
@@ -67,6 +70,7 @@ async def test_demo_in_three_browsers(tmp_path: Path) -> None:
         await alice.wait_for_selector(
             "#transcript li.kind-message[data-author=bob][data-status=posted]"
         )
+        model.hold()  # so the reply cannot end before the cancel, however loaded the machine
         await compose(alice, "Write me a very long postmortem")
         live = (
             "#transcript li.kind-prompt[data-author=alice]"

@@ -8,20 +8,20 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import make_settings, serve_in_process, sqlite_url
-from tests.server.demo_browser import chromium, screenshot
+from tests.server.demo_browser import HeldModel, chromium, screenshot
 
 pytestmark = pytest.mark.node
 
 STREAMING = "#transcript li.kind-reply[data-status=streaming]"
 
 
-def _slow_settings(tmp_path: Path) -> object:
-    # Replies of some seventy words at 80 ms each: several seconds of streaming.
-    return make_settings(sqlite_url(tmp_path), tmp_path / "d", offline_token_delay_ms=80)
-
-
 async def test_queue_cancel_and_context_while_a_reply_streams(tmp_path: Path) -> None:
-    async with serve_in_process(_slow_settings(tmp_path)) as server, chromium() as browser:
+    # Some seventy words at 80 ms each, and the model held after forty of them: bob's reply
+    # streams for seconds and cannot end before the checks below release it.
+    model = HeldModel(token_delay_s=0.08)
+    model.hold(after=40)
+    settings = make_settings(sqlite_url(tmp_path), tmp_path / "d")
+    async with serve_in_process(settings, model) as server, chromium() as browser:
         sid = await server.new_session({"alice": "editor", "bob": "editor"})
         alice = await browser.member(server, sid, "alice")
         bob = await browser.member(server, sid, "bob")
@@ -41,6 +41,8 @@ async def test_queue_cancel_and_context_while_a_reply_streams(tmp_path: Path) ->
         await alice.wait_for_function(
             f"Number(document.querySelector('#context').dataset.refreshed) > {refreshed}"
         )
+        assert await alice.locator(STREAMING).count() == 1
+        model.release()
         # ... and once more after it ended: the two messages (bob's prompt, its reply).
         await alice.wait_for_selector("#transcript li.kind-reply[data-status=done]")
         await alice.wait_for_function(

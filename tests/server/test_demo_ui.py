@@ -11,15 +11,15 @@ from typing import Any
 import pytest
 
 from tests.conftest import make_settings, serve_in_process, sqlite_url
-from tests.server.demo_browser import chromium, compose, screenshot
+from tests.server.demo_browser import HeldModel, chromium, compose, screenshot
 
 pytestmark = pytest.mark.node
 
 LIVE = ":is([data-status=queued], [data-status=running])"
 
 
-def _settings(tmp_path: Path, delay_ms: float = 5) -> Any:
-    return make_settings(sqlite_url(tmp_path), tmp_path / "d", offline_token_delay_ms=delay_ms)
+def _settings(tmp_path: Path) -> Any:
+    return make_settings(sqlite_url(tmp_path), tmp_path / "d", offline_token_delay_ms=5)
 
 
 async def _values(page: Any, selector: str) -> list[str]:
@@ -67,7 +67,9 @@ async def test_markdown_is_rendered_highlighted_and_sanitised(tmp_path: Path) ->
 
 
 async def test_composer_keys_destinations_stop_and_retry(tmp_path: Path) -> None:
-    async with serve_in_process(_settings(tmp_path, delay_ms=60)) as server, chromium() as browser:
+    model = HeldModel()
+    model.hold()  # every prompt below is stopped, cancelled or interrupted while it runs
+    async with serve_in_process(_settings(tmp_path), model) as server, chromium() as browser:
         sid = await server.new_session({"alice": "editor", "bob": "editor"})
         alice = await browser.member(server, sid, "alice")
         box = alice.locator("#composer-text")
@@ -120,7 +122,8 @@ async def test_composer_keys_destinations_stop_and_retry(tmp_path: Path) -> None
 
 
 async def test_people_by_display_name_in_plain_words(tmp_path: Path) -> None:
-    async with serve_in_process(_settings(tmp_path, delay_ms=60)) as server, chromium() as browser:
+    model = HeldModel()
+    async with serve_in_process(_settings(tmp_path), model) as server, chromium() as browser:
         sid = await server.new_session({"alice": "editor", "bob": "editor"})
         put = await server.http.put(
             f"/api/v1/sessions/{sid}/members/alice",
@@ -142,6 +145,7 @@ async def test_people_by_display_name_in_plain_words(tmp_path: Path) -> None:
         await alice.reload()
         await alice.wait_for_selector("#transcript li[data-author=bob] .author:text('Bob Stone')")
         # Two prompts: the second waits, shown once (in the conversation, with its place).
+        model.hold()  # until then, alice's reply cannot end
         await compose(alice, "first, please")
         await compose(bob, "then me")
         waiting = alice.locator("#transcript li.kind-prompt[data-author=bob][data-status=queued]")
@@ -149,6 +153,7 @@ async def test_people_by_display_name_in_plain_words(tmp_path: Path) -> None:
         assert await waiting.locator(".status").inner_text() == "waiting · next in line"
         assert "then me" not in await alice.inner_text("#queue")
         assert "Bob Stone" in await alice.inner_text("#queue")
+        model.release()
         await alice.wait_for_function(
             "document.querySelectorAll('#transcript li.kind-reply[data-status=done]').length == 2"
         )
