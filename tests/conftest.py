@@ -213,6 +213,25 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def listens(pid: int, port: int) -> bool:
+    """Whether process ``pid`` holds a listening TCP socket on ``port`` (read from /proc)."""
+    owned = set()
+    with contextlib.suppress(OSError):
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    owned.add(target[len("socket:[") : -1])
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                local, state, inode = fields[1], fields[3], fields[9]
+                if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port and inode in owned:
+                    return True
+    return False
+
+
 def make_settings(database_url: str, data_dir: Path, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
         "database_url": database_url,
@@ -358,10 +377,7 @@ class ServerProcess:
     """``parley serve`` in a subprocess, for tests that kill and restart it."""
 
     def __init__(self, database_url: str, data_dir: Path, port: int, **env: str) -> None:
-        self.port = port
-        self.base_url = f"http://127.0.0.1:{port}"
-        self.ws_url = f"ws://127.0.0.1:{port}"
-        self.log = data_dir / f"server-{port}.log"
+        self._use_port(port)
         self.env = {
             **os.environ,
             "PARLEY_DATABASE_URL": database_url,
@@ -373,6 +389,16 @@ class ServerProcess:
             **env,
         }
         self.process: subprocess.Popen[bytes] | None = None
+        self.started = False
+
+    def _use_port(self, port: int) -> None:
+        self.port = port
+        self.base_url = f"http://127.0.0.1:{port}"
+        self.ws_url = f"ws://127.0.0.1:{port}"
+
+    @property
+    def log(self) -> Path:
+        return Path(self.env["PARLEY_DATA_DIR"]) / f"server-{self.port}.log"
 
     def spawn(self) -> None:
         Path(self.env["PARLEY_DATA_DIR"]).mkdir(parents=True, exist_ok=True)
@@ -386,16 +412,29 @@ class ServerProcess:
             )
 
     async def start(self) -> None:
-        """Spawn the server and wait until ``/healthz`` answers."""
+        """Spawn the server and wait until it answers ``/healthz`` from its own socket.
+
+        The port was free when ``free_port()`` picked it, but another test's server (another
+        worker's) may have bound it since. Then this process cannot listen and that server
+        answers the health check, and the test would talk to a stranger ("no session"). So
+        the answer counts only once this process holds the listening socket, and a first
+        start whose port was taken picks another."""
         self.spawn()
         assert self.process is not None
         deadline = time.monotonic() + 60  # with its sender's process (as above)
         async with httpx.AsyncClient(verify=TLS) as http:
             while time.monotonic() < deadline:
                 if self.process.poll() is not None:
-                    raise RuntimeError(f"server exited: {self.log.read_text()[-2000:]}")
+                    log = self.log.read_text()
+                    if not self.started and "address already in use" in log.lower():
+                        self._use_port(free_port())
+                        self.spawn()
+                        continue
+                    raise RuntimeError(f"server exited: {log[-2000:]}")
                 with contextlib.suppress(httpx.HTTPError):
-                    if (await http.get(f"{self.base_url}/healthz")).status_code == 200:
+                    answered = (await http.get(f"{self.base_url}/healthz")).status_code == 200
+                    if answered and listens(self.process.pid, self.port):
+                        self.started = True
                         return
                 await asyncio.sleep(0.1)
         raise RuntimeError(f"server did not start: {self.log.read_text()[-2000:]}")
