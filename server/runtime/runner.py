@@ -15,15 +15,16 @@ import logging
 import time
 from dataclasses import dataclass, replace
 
+from parley.authz.scope import RunScope
 from parley.server.runtime.active_run import ActiveRun
 from parley.server.runtime.deltas import MAX_BATCH_CHARS, Deltas
 from parley.server.runtime.room import SessionRoom
 from parley.server.runtime.summarise import Summariser
 from parley.server.runtime.thread_runs import ThreadRuns
-from parley.server.runtime.tools import ToolRunner
+from parley.server.runtime.tools import Executed, ToolRunner
 from parley.server.store.usage import UsageLedger
 from parley.session.core.runs import run_audit, run_audit_base, too_large
-from parley.session.errors import ProviderError, QuotaExceeded, Unavailable
+from parley.session.errors import Forbidden, ProviderError, QuotaExceeded, Unavailable
 from parley.session.lifecycle import PromptStatus
 from parley.session.model import ModelProvider, ModelRequest, TextDelta, ToolCall, Usage
 from parley.session.pacing import ReplyPacer
@@ -197,11 +198,24 @@ class SessionRunner:
 
     async def _drive(self, active: ActiveRun, request: ModelRequest) -> LoopOutcome:
         """Run the tool loop: each effect it yields is performed here, within the scope."""
-        scope = active.scope
-        webhooks = self.room.webhooks()
+        offered = active.scope
+
+        def scope_now() -> RunScope | None:
+            """The run's scope as of this step: grants change while a run goes on (a role
+            changed, a custom role edited), and a tool step acts with its issuers' rights
+            now, not those it started with. None once none of them is a member."""
+            try:
+                return self.room.runs.scope_for(active.run.authors, preview=True)
+            except Forbidden:
+                return None
 
         def refuse(name: str) -> str | None:
-            return None if scope.tool(name) else f"tool {name!r} is not offered to this run"
+            if offered.tool(name) is None:
+                return f"tool {name!r} is not offered to this run"
+            now = scope_now()
+            if now is None or now.tool(name) is None:
+                return f"tool {name!r} is no longer allowed to the run's issuers"
+            return None
 
         loop = tool_loop(request, refuse, self.limits)
         effect = next(loop)
@@ -224,9 +238,18 @@ class SessionRunner:
                 )
             elif isinstance(effect, CallTool):
                 call = effect.call
-                executed = await self.tools.run(
-                    self.room.session_id, call.name, call.id, effect.arguments, scope, webhooks
-                )
+                now = scope_now()
+                if now is None:  # they left between the judgement and the call
+                    executed = Executed("error: the run's issuers are no longer members", True)
+                else:
+                    executed = await self.tools.run(
+                        self.room.session_id,
+                        call.name,
+                        call.id,
+                        effect.arguments,
+                        now,
+                        self.room.webhooks(),
+                    )
                 await active.steps.widen(active, executed.restriction)
                 status = "error" if executed.is_error else "done"
                 detail = f"arguments: {call.arguments}\nresult: {executed.content}"

@@ -198,10 +198,7 @@ def stop_prompts_of(view: SessionView, event: StopPromptsOf) -> Effects:
     user_id, ending = event.user_id, event.ending
     stop_threads = threads_to_stop(view.threads, user_id, ending)
     waiting = tuple(p.id for p in view.queue.pending() if p.author == user_id)
-    running = view.running
-    stop = None
-    if running is not None and any(p.author == user_id for p in running.prompts):
-        stop = StopRun(ending, wait=False)
+    stop = _stop_run_of(view, user_id, ending)
     if not waiting:
         return Effects(stop=stop, stop_threads=stop_threads)
     queue = view.queue.clone()
@@ -211,16 +208,28 @@ def stop_prompts_of(view: SessionView, event: StopPromptsOf) -> Effects:
     return Effects(finish=finish, queue=queue, stop=stop, stop_threads=stop_threads)
 
 
+def _stop_run_of(view: SessionView, user_id: str, ending: Ending) -> StopRun | None:
+    """Stop the run in flight if it answers a prompt of ``user_id`` (without waiting)."""
+    running = view.running
+    if running is not None and any(p.author == user_id for p in running.prompts):
+        return StopRun(ending, wait=False)
+    return None
+
+
 def member_updated(view: SessionView, event: MemberUpdated) -> Effects:
     """A member removed (or removed and added back: a new epoch) loses their prompts; one
-    who may no longer prompt (a role changed, a grant taken) loses their side-thread runs."""
+    who may no longer prompt (a role changed, a grant taken) loses the run answering one
+    of theirs and their side-thread runs (their waiting prompts fail when they come up)."""
     before, after = event.before, event.after
     if before is None or (after is not None and after.token_epoch == before.token_epoch):
         refusal = prompt_refusal(view.subject(event.user_id))
         if before is None or refusal is None:
             return Effects()
         revoked = Ending(ReasonCode.FORBIDDEN, f"{event.user_id} may no longer prompt: {refusal}")
-        return Effects(stop_threads=threads_to_stop(view.threads, event.user_id, revoked))
+        return Effects(
+            stop=_stop_run_of(view, event.user_id, revoked),
+            stop_threads=threads_to_stop(view.threads, event.user_id, revoked),
+        )
     removed = Ending(ReasonCode.MEMBER_REMOVED, f"{event.user_id} was removed from the session")
     return stop_prompts_of(view, StopPromptsOf(event.user_id, removed, event.now_ms))
 

@@ -781,6 +781,25 @@ def test_removing_a_member_or_a_new_epoch_stops_their_prompts_a_role_change_does
     assert handle(session.view(), joined) == Effects()
 
 
+def test_an_author_who_may_no_longer_prompt_loses_the_run_answering_them() -> None:
+    session = Session()
+    running = session.prompt("eddie")
+    session.start_run()
+    waiting = session.prompt("eddie")
+    before = Member("eddie", "editor", token_epoch="e1")
+    session.members["erin"] = Member("erin", "viewer")
+    other = MemberUpdated("erin", Member("erin", "editor"), session.members["erin"], 1)
+    assert handle(session.view(), other) == Effects()  # not erin's run
+    session.members["eddie"] = replace(before, role="viewer")
+    effects = handle(session.view(), MemberUpdated("eddie", before, session.members["eddie"], 1))
+    revoked = Ending(
+        ReasonCode.FORBIDDEN, "eddie may no longer prompt: a viewer may not prompt here"
+    )
+    assert effects.stop == StopRun(revoked, wait=False)
+    assert effects.finish == ()  # the waiting prompt fails when it comes up
+    assert running in session.running.ids and waiting  # type: ignore[union-attr]
+
+
 def test_a_revoked_token_stops_its_users_prompts() -> None:
     session = Session()
     prompt = session.prompt("erin")

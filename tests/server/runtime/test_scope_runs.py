@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import replace
 
-from parley.authz.policy import Readers
+from parley.authz.policy import Decision, Readers
 from parley.authz.roles import Member
 from parley.server.store.access_rows import DocumentRow, ToolRow
 from parley.server.store.memory import MemoryStore
@@ -107,3 +107,58 @@ async def test_a_reply_drawing_on_an_earlier_restricted_tool_result_is_restricte
         assert reply_id is not None
         reply = s.room.doc.entry(reply_id)
         assert reply.status == "done" and "[restricted:" in reply.content, reply
+
+
+def searches_and_deploys(sent: Sent) -> Answer:
+    if "[wait]" in sent.asked_text() and sent.messages[-1]["role"] == "user":
+        return [call("search_documents", {"query": "vault code"}), call("deploy", {})]
+    return ["done"]
+
+
+async def test_a_tool_step_acts_with_the_issuers_rights_as_they_are_when_it_runs() -> None:
+    """Grants taken while a run is in flight are in force at its next tool step: the run
+    started as bob the owner with the deploy grant; he is an editor without it when the
+    model asks, so the owners' document is not searched and deploy is refused."""
+    model = FakeModel(searches_and_deploys)
+    model.gate = asyncio.Event()
+    bob = Member("bob", "owner", frozenset({"tool:deploy"}))
+    readers = Readers("d1", frozenset(), frozenset({"owner"}))
+    async with memory_session({"bob": bob}, model, tools=[DEPLOY]) as s:
+        await s.store.access.add_document(replace(VAULT, readers=readers))
+        asked = await s.prompt("bob", "[wait] the vault code, then deploy")
+        await s.until(lambda s: s.status(asked["prompt_id"]) is PromptStatus.RUNNING)
+        allow = Decision(True, "test")
+        await s.store.change_member(SESSION, "bob", Member("bob", "editor"), 1, lambda *_: allow)
+        await s.room.reload_settings()  # what a membership change over REST does
+        model.gate.set()
+        await s.settled(asked["prompt_id"])
+
+        assert s.status(asked["prompt_id"]) is PromptStatus.DONE  # an editor may prompt
+        first, second = model.requests_for("bob")
+        assert first.tools == ["search_documents", "deploy"]  # offered as the run started
+        assert "7731" not in second.everything()
+        steps = {e.tool: e for e in s.room.doc.entries() if e.kind == "tool"}
+        assert steps["search_documents"].status == "done"
+        assert steps["deploy"].status == "refused"
+        refused = next(m for m in second.messages if "refused" in str(m.get("content")))
+        assert "no longer allowed" in refused["content"]
+
+
+async def test_a_run_stops_when_its_issuer_may_no_longer_prompt() -> None:
+    model = FakeModel(script)
+    model.gate = asyncio.Event()
+    async with memory_session({"bob": "editor", "alice": "editor"}, model) as s:
+        asked = await s.prompt("bob", "[wait] a long answer")
+        await s.until(lambda s: s.status(asked["prompt_id"]) is PromptStatus.RUNNING)
+        allow = Decision(True, "test")
+        await s.store.change_member(
+            SESSION, "alice", Member("alice", "viewer"), 1, lambda *_: allow
+        )
+        await s.room.reload_settings()
+        assert s.status(asked["prompt_id"]) is PromptStatus.RUNNING  # not alice's run
+        await s.store.change_member(SESSION, "bob", Member("bob", "viewer"), 1, lambda *_: allow)
+        await s.room.reload_settings()
+        await s.settled(asked["prompt_id"])
+        prompt = s.room.doc.entry(asked["prompt_id"])
+        assert (prompt.status, prompt.reason_code) == ("failed", "forbidden")
+        assert "bob may no longer prompt" in str(prompt.reason)
