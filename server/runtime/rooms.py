@@ -154,15 +154,16 @@ class RoomRegistry:
     async def load_access(self) -> str:
         """Read the custom roles and tools again (at start, and after one is changed); if
         they changed, a member whose role no longer lets them read a session is
-        disconnected. Returns the digest of what is now in force."""
+        disconnected, and one whose role no longer lets them prompt loses their runs.
+        Returns the digest of what is now in force."""
         access = self.store.access
         self.roles = RoleTable(await access.list_roles())
         self.webhooks = await access.list_tools()
         digest = access_digest(self.roles.custom, self.webhooks)
         if digest != self._access_digest:
             self._access_digest = digest
-            for room, _ in self._rooms.values():
-                room.membership.refresh_sockets()
+            for room, _ in list(self._rooms.values()):
+                await room.membership.roles_changed()
         return digest
 
     def queue_depth(self) -> int:

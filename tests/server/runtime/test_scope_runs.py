@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import replace
+from pathlib import Path
 
 from parley.authz.policy import Decision, Readers
 from parley.authz.roles import Member
@@ -12,8 +13,10 @@ from parley.server.store.access_rows import DocumentRow, ToolRow
 from parley.server.store.memory import MemoryStore
 from parley.session.lifecycle import PromptStatus
 from parley.session.queue import Policy
+from tests.conftest import sqlite_url
 from tests.fake_model import Answer, FakeModel, Sent, Status, call
-from tests.server.runtime.harness import SESSION, memory_session
+from tests.server.runtime.backend import backend, sql_store
+from tests.server.runtime.harness import SESSION, memory_session, memory_settings
 
 SECRET = "the vault code is 7731"
 VAULT = DocumentRow("d1", SESSION, "Vault", SECRET, Readers("d1", frozenset({"bob"})), 0)
@@ -162,3 +165,26 @@ async def test_a_run_stops_when_its_issuer_may_no_longer_prompt() -> None:
         prompt = s.room.doc.entry(asked["prompt_id"])
         assert (prompt.status, prompt.reason_code) == ("failed", "forbidden")
         assert "bob may no longer prompt" in str(prompt.reason)
+
+
+async def test_a_run_stops_when_its_issuers_custom_role_no_longer_lets_them_prompt(
+    tmp_path: Path,
+) -> None:
+    model = FakeModel(script)
+    model.gate = asyncio.Event()
+    asker = ["read_session", "be_present", "prompt"]
+    async with (
+        sql_store(sqlite_url(tmp_path)) as store,
+        backend(memory_settings(), store=store, model=model) as b,
+    ):
+        defined = await b.request("PUT", "/api/v1/roles/asker", json={"capabilities": asker})
+        assert defined.status_code == 200, defined.text
+        sid = await b.new_session({"bob": "asker"})
+        s = await b.session(sid)
+        asked = await s.prompt("bob", "[wait] a long answer")
+        await s.until(lambda s: s.status(asked["prompt_id"]) is PromptStatus.RUNNING)
+        lowered = {"capabilities": ["read_session", "be_present"]}
+        assert (await b.request("PUT", "/api/v1/roles/asker", json=lowered)).status_code == 200
+        await s.settled(asked["prompt_id"])
+        prompt = s.room.doc.entry(asked["prompt_id"])
+        assert (prompt.status, prompt.reason_code) == ("failed", "forbidden")
