@@ -88,6 +88,9 @@ class HolderFence:
     async def published(self, tx: SessionTx, update_id: int) -> None:
         await _connection(tx).execute(select(func.pg_notify(CHANNEL_DOC, self.room.session_id)))
 
+    def holds(self) -> bool:
+        return self.room.session_id in self.node.leases
+
 
 class ClusterNode:
     def __init__(self, settings: Settings, store: Store, registry: RoomRegistry) -> None:

@@ -225,14 +225,21 @@ class SessionWriter:
         self.sockets.deliver_private(item)
 
     async def stop_prompts(self, event: MemberUpdated | TokenRevoked) -> None:
-        """A member lost the right to their prompts (``Membership``): the core says which
-        stop (none where the session is not run: nothing waits or runs there)."""
+        """A member's grants changed (``Membership``): the core says which of their prompts
+        stop (none where the session is not run: nothing waits or runs there), and their
+        side-threads' documents are judged again (``SideThreads.rejudge``)."""
         try:
             await self.step(event, event.now_ms)
         except Exception:
             # The change is stored either way; a removed member's prompt left waiting
             # still fails when it comes up (``RunSteps.start``).
             log.warning("could not stop a member's prompts", exc_info=True)
+        if isinstance(event, MemberUpdated):
+            try:
+                await self.side_threads.rejudge(event.user_id)
+            except Exception:
+                # A socket opening here judges the thread again, as it always does.
+                log.warning("could not judge a member's side-threads again", exc_info=True)
 
     # -- checks and audit: rows written outside any document change ----------------------
 

@@ -12,6 +12,7 @@ tool steps to the owner, the reply (with what it drew on) stored when the run en
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import uuid
@@ -101,6 +102,19 @@ class SideThreads:
         """``thread`` as ``user_id`` may read it now (``thread_read_by``: a turn drawing on
         a source they were denied since is a placeholder); None, the admin: all of it."""
         return thread if user_id is None else thread_read_by(thread, self.room.subject(user_id))
+
+    async def rejudge(self, user_id: str) -> None:
+        """``user_id``'s grants changed: the documents of their threads that draw on what
+        they may no longer read are rewritten now (``ThreadDocs.rejudge``), not when a
+        socket next opens here: a follower serves the stored log as it is."""
+        for thread in self.of(user_id):
+            if self.read_by(thread, user_id) != thread:
+                with contextlib.suppress(NotFound):  # deleted meanwhile
+                    await self.docs.rejudge(
+                        thread.id,
+                        partial(self.threads.get, thread.id),
+                        partial(self._running, thread.id),
+                    )
 
     def get(self, thread_id: str, user_id: str | None) -> SideThread:
         """Side-thread ``thread_id`` if ``user_id`` owns it (None: the admin reads any);

@@ -162,34 +162,62 @@ class ThreadDocs:
             live = self.live.get(thread_id)
             if live is not None and self._current(thread_id, committed):
                 return live
-            self._writer.require_usable()
-            if live is None:  # else held for its run, or for sockets: shown as it is now
-                stored = await room.store.load_thread_doc(room.session_id, thread_id)
-                live = self._live(thread_id, stored)
-            thread = committed()
-            if thread is None:
-                raise NotFound("side-thread deleted")
-            # Judged for its owner as the socket opens: text they were denied since is
-            # rewritten as a placeholder, and the deleted text is not in the state any
-            # socket is sent from now on.
-            shown = room.side_threads.read_by(thread, thread.owner)
-            update = live.capture(lambda document: show_all(document, shown, running()))
-            if update:
-                try:
-                    async with room.store.transaction("side-thread document") as tx:
-                        if self._writer.fence is not None:
-                            await self._writer.fence.check(tx)
-                        await self._append(tx, live, thread_id, update)
-                except BaseException:
-                    # Not stored: a document held for a run must not keep the change
-                    # (later updates would build on items the log never got).
-                    self.live[thread_id] = live
-                    self._lost(live)
-                    raise
-            # To the sockets holding it, if any; keeps what judges clients current.
-            live.publish(update)
+            live = await self._show_now(thread_id, committed, running, live)
             self.live[thread_id] = live
             return live
+
+    async def rejudge(
+        self,
+        thread_id: str,
+        committed: Callable[[], SideThread | None],
+        running: Callable[[], Sequence[ThreadTurn]],
+    ) -> None:
+        """Where the session runs, after its owner's grants changed: the thread's document
+        shown as they may read it now, stored, and sent to its sockets, so a follower that
+        serves the log and a socket opening later get the placeholders, not the text."""
+        fence = self._writer.fence
+        if fence is not None and not fence.holds():
+            return  # a follower: the node that runs the session rewrites the log
+        async with self._writer.lock:
+            await self._show_now(thread_id, committed, running, self.live.get(thread_id))
+
+    async def _show_now(
+        self,
+        thread_id: str,
+        committed: Callable[[], SideThread | None],
+        running: Callable[[], Sequence[ThreadTurn]],
+        live: LiveThreadDoc | None,
+    ) -> LiveThreadDoc:
+        """Under the writer lock: ``live`` (else read from the log) showing the thread as
+        ``committed`` and the turns of its run in flight, judged for its owner now (text
+        they were denied since is a placeholder, and the deleted text is not in the state
+        any socket is sent from now on); the change stored, then sent. ``NotFound`` if the
+        thread was deleted meanwhile."""
+        room = self.room
+        self._writer.require_usable()
+        if live is None:  # else held for its run, or for sockets: shown as it is now
+            stored = await room.store.load_thread_doc(room.session_id, thread_id)
+            live = self._live(thread_id, stored)
+        thread = committed()
+        if thread is None:
+            raise NotFound("side-thread deleted")
+        shown = room.side_threads.read_by(thread, thread.owner)
+        update = live.capture(lambda document: show_all(document, shown, running()))
+        if update:
+            try:
+                async with room.store.transaction("side-thread document") as tx:
+                    if self._writer.fence is not None:
+                        await self._writer.fence.check(tx)
+                    await self._append(tx, live, thread_id, update)
+            except BaseException:
+                # Not stored: a document held for a run must not keep the change
+                # (later updates would build on items the log never got).
+                self.live[thread_id] = live
+                self._lost(live)
+                raise
+        # To the sockets holding it, if any; keeps what judges clients current.
+        live.publish(update)
+        return live
 
     def _current(self, thread_id: str, committed: Callable[[], SideThread | None]) -> bool:
         """A document its sockets hold is kept current by every change, so a socket

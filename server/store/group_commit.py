@@ -33,6 +33,10 @@ class WriteFence(Protocol):
 
     async def check(self, tx: SessionTx) -> None: ...
 
+    def holds(self) -> bool:
+        """Whether this node writes the session, as far as it knows (no round trip)."""
+        ...
+
     async def published(self, tx: SessionTx, update_id: int) -> None: ...
 
 

@@ -77,6 +77,9 @@ class Fence:
     async def published(self, tx: StoreTx, update_id: int) -> None:
         self.ids.append(update_id)
 
+    def holds(self) -> bool:
+        return self.allowed
+
 
 async def test_a_fence_refuses_its_own_session_only(store: Store) -> None:
     group = store.group

@@ -13,8 +13,10 @@ from typing import Any
 import httpx
 import pytest
 
+from parley.session.core.state import RESTRICTED_DETAILS
 from tests.conftest import ADMIN_KEY
-from tests.server.cluster.nodes import cluster
+from tests.fake_upstream import Reply, openai_stream
+from tests.server.cluster.nodes import cluster, search_call, upstream_cluster
 from tests.stock_client import StockYjsClient, ensure_node_modules
 
 pytestmark = [pytest.mark.postgres, pytest.mark.node]
@@ -114,3 +116,55 @@ async def _until(stock: StockYjsClient, done: Any) -> dict[str, Any]:
             return dump
         await asyncio.sleep(0.1)
     raise AssertionError(f"not reached: {dump}")
+
+
+async def test_a_following_node_serves_a_side_thread_judged_for_its_owner_now(
+    tmp_path: Path,
+) -> None:
+    """Bob's side-thread drew on the vault; then he is denied it. A socket opened on the
+    node that follows the session (which serves the stored log as it is) is sent the
+    placeholder, not the vault: the denial rewrote the log where the session runs."""
+    replies = [Reply(pieces=search_call("vault")), Reply(pieces=openai_stream(["It is 7731."]))]
+    async with upstream_cluster(tmp_path, replies) as nodes:
+        follower = nodes.nodes[1]
+        sid = await nodes.new_session({"bob": "editor"})
+        assert (await nodes.wait_holder(sid))[0] == "n0"
+        headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
+        base = f"/api/v1/sessions/{sid}"
+        async with httpx.AsyncClient(base_url=follower.base_url, headers=headers) as http:
+            vault = {
+                "title": "Vault",
+                "text": "the vault code is 7731",
+                "readers": {"users": ["bob"]},
+            }
+            made = await http.post(f"{base}/documents", json=vault)
+            assert made.status_code == 201, made.text
+            opened = await http.post(f"{base}/threads", json={"as_user": "bob", "title": "t"})
+            assert opened.status_code == 201, opened.text
+            thread_id = opened.json()["thread_id"]
+            asked = await http.post(
+                f"{base}/threads/{thread_id}/prompts",
+                json={"as_user": "bob", "text": "the vault code?", "id": "p"},
+            )
+            assert asked.status_code == 202, asked.text
+            for _ in range(300):
+                read = (await http.get(f"{base}/threads/{thread_id}")).json()
+                if not read["running"] and len(read["turns"]) >= 3:
+                    break
+                await asyncio.sleep(0.1)
+            assert "7731" in str(read["turns"]), read
+            denied = {"role": "editor", "denials": [f"read:{made.json()['id']}"]}
+            changed = await http.put(f"{base}/members/bob", json=denied)
+            assert changed.status_code == 200, changed.text
+
+            issued = await http.post(f"{base}/tokens", json={"user_id": "bob"})
+            await asyncio.to_thread(ensure_node_modules)
+            url = f"{follower.ws_url}/ws/sessions/{sid}/threads"
+            stock = await StockYjsClient.start(url, thread_id, issued.json()["token"], name="Bob")
+            try:
+                await stock.wait_event(lambda e: e.get("event") == "sync" and e["synced"], 15)
+                dump = await stock.dump()
+                contents = [t["content"] for t in dump["turns"]]
+                assert "7731" not in str(contents) and RESTRICTED_DETAILS in contents, contents
+            finally:
+                await stock.close()

@@ -254,6 +254,26 @@ async def test_a_change_not_stored_is_never_shown_and_its_sockets_resync(
         assert closed["type"] == "ack" and synced(again)["thread"]["status"] == "closed"
 
 
+async def test_a_source_denied_to_the_owner_is_rewritten_in_the_stored_log_at_once() -> None:
+    """With no socket open (where a follower serves the log as stored), the denial itself
+    rewrites the thread's document: the log read back holds the placeholder, no vault."""
+    vault = DocumentRow("d1", SESSION, "Vault", SECRET, Readers("d1", frozenset({"bob"})), 0)
+    async with memory_session({"bob": "editor"}, FakeModel(answer_with)) as s:
+        await s.store.access.add_document(vault)
+        thread_id = await open_thread(s, "bob")
+        await ask(s, "bob", thread_id, "what is the vault code?")
+        await answered(s, thread_id)
+
+        before = read_document(await s.store.load_thread_doc(SESSION, thread_id))
+        assert b"7731" in before.doc.get_update()
+        member = s.room.membership.members["bob"]
+        await s.room.membership.set_member("bob", replace(member, denials=frozenset({"read:d1"})))
+        after = read_document(await s.store.load_thread_doc(SESSION, thread_id))
+        assert b"7731" not in after.doc.get_update()
+        turns = after.doc.get("turns", type=Array).to_py() or []
+        assert RESTRICTED_DETAILS in [t["content"] for t in turns]
+
+
 async def test_a_source_denied_to_the_owner_leaves_the_document_its_sockets_are_sent() -> None:
     """Bob's side-thread drew on the vault; then he is denied it (``read:d1``). A socket
     opened after that syncs as a stock client does (an empty state vector, then the
