@@ -60,6 +60,10 @@ async def test_thirty_clients_on_three_nodes_see_one_order(tmp_path: Path) -> No
         PARLEY_OFFLINE_TOKEN_DELAY_MS="0",
         PARLEY_MAX_PENDING_PER_USER=str(PROMPTS_EACH),
         PARLEY_MAX_PENDING_PER_SESSION=str(CLIENTS * PROMPTS_EACH),
+        # These clients send nothing while they wait for the runs to settle (a stock Yjs
+        # client renews its presence every 15 s): on a loaded machine that wait passed the
+        # 120 s idle timeout once, and a client was closed for it.
+        PARLEY_WS_IDLE_TIMEOUT_S="600",
     ) as nodes:
         users = [f"u{i:02d}" for i in range(CLIENTS)]
         sid = await nodes.new_session(dict.fromkeys(users, "editor"))
