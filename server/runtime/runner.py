@@ -172,18 +172,22 @@ class SessionRunner:
             return RunOutcome(Ending(ReasonCode.UNAVAILABLE, exc.message))
         if active.stopped is not None:  # cancelled while the quotas were read
             return RunOutcome(active.stopped)
-        task = asyncio.create_task(self._drive(active, request))
+        # The call runs in this task, not one of its own: a task's first step waits a turn
+        # of the event loop, which on a busy server is milliseconds before the model is
+        # asked. ``active.stop`` cancels this task; that cancel is taken back here.
+        task = asyncio.current_task()
         active.task = task
         try:
             async with asyncio.timeout(self.run_timeout_s):
-                loop = await task
+                loop = await self._drive(active, request)
             return RunOutcome(usage=Usage(loop.input_tokens, loop.output_tokens))
         except TimeoutError:
             ending = Ending(ReasonCode.TIMEOUT, f"no answer within {self.run_timeout_s:g} s")
             return RunOutcome(ending)
         except asyncio.CancelledError:
-            if active.stopped is None:
-                active.task.cancel()
+            # Not the run's stop, or someone else's cancel besides it (the room closing):
+            # the runner's own task must end.
+            if active.stopped is None or task is None or task.uncancel() > 0:
                 raise
             return RunOutcome(active.stopped)
         except ProviderError as exc:
@@ -195,6 +199,8 @@ class SessionRunner:
         except Exception as exc:
             log.exception("run failed")
             return RunOutcome(Ending(ReasonCode.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}"))
+        finally:
+            active.task = None  # a stop from now on must not cancel the settling
 
     async def _drive(self, active: ActiveRun, request: ModelRequest) -> LoopOutcome:
         """Run the tool loop: each effect it yields is performed here, within the scope."""

@@ -41,6 +41,13 @@ from tests.server.runtime.test_side_threads import (
 GATE = asyncio.Event()
 
 
+def new_gate() -> asyncio.Event:
+    """A gate for this test: an event waited on is bound to its test's event loop."""
+    global GATE
+    GATE = asyncio.Event()
+    return GATE
+
+
 def held_answer(sent: Sent) -> Answer:
     """Two pieces with a wait between them when asked to ``[hold]``."""
     if "[hold]" in sent.asked_text():
@@ -69,7 +76,7 @@ async def thread_socket(s: MemorySession, thread_id: str, user_id: str) -> Watch
 
 
 async def test_the_document_follows_a_streaming_run_for_its_owner_alone() -> None:
-    GATE.clear()
+    gate = new_gate()
     async with memory_session({"alice": "editor", "bob": "editor"}, FakeModel(held_answer)) as s:
         thread_id = await open_thread(s, "bob")
         with pytest.raises(NotFound):
@@ -91,7 +98,7 @@ async def test_the_document_follows_a_streaming_run_for_its_owner_alone() -> Non
             assert prompt["content"] == "[hold] tell me"
             assert (reply["role"], reply["status"]) == ("assistant", "streaming")
             assert reply["content"] == "first half, "
-        GATE.set()
+        gate.set()
         done = await answered(s, thread_id)
         stored = {t.id: t for t in done.turns}
         for client in (early, late):
@@ -115,7 +122,7 @@ async def test_the_document_follows_a_streaming_run_for_its_owner_alone() -> Non
 async def test_the_document_is_read_back_after_a_reload_and_deleting_closes_it() -> None:
     store = MemoryStore()
     model = FakeModel(held_answer)
-    GATE.clear()
+    new_gate()
     async with memory_session({"bob": "editor"}, model, store=store) as s:
         thread_id = await open_thread(s, "bob")
         await ask(s, "bob", thread_id, "kept")
