@@ -49,6 +49,10 @@ async def put_member(
         raise InvalidInput(f"role: no role {body.role!r} (see GET /api/v1/roles)")
     grants, denials = check_capabilities(body.grants), check_capabilities(body.denials)
     room = await state.rooms.current(session_id)
+    if caller.user_id is not None and body.display_name is not None:
+        # The rule ``PATCH …/me`` keeps, on this way to the same name (the admin key may
+        # make any change).
+        _check_not_taken(room, user_id, body.display_name)
     change = await _change_member(
         state,
         room,

@@ -134,3 +134,27 @@ async def test_a_member_token_lists_the_models(server: RunningServer) -> None:
     assert any(m["default"] for m in admin["models"])
     async with _as(server, "not-a-token") as nobody:
         assert (await nobody.get("/api/v1/models")).status_code == 401
+
+
+async def test_who_manages_members_cannot_give_a_member_another_members_name(
+    server: RunningServer,
+) -> None:
+    # ``PATCH …/me`` refuses another member's name; ``PUT …/members/{id}`` (one's own
+    # row, or another's) is a second way to set the same display name.
+    sid = await server.new_session({"olga": "owner", "alice": "editor", "bob": "editor"})
+    async with _as(server, await server.token(sid, "olga")) as olga:
+        for user_id, name in (("olga", "alice"), ("olga", " ALICE"), ("bob", "alice")):
+            role = "owner" if user_id == "olga" else "editor"
+            put = await olga.put(
+                f"/api/v1/sessions/{sid}/members/{user_id}",
+                json={"role": role, "display_name": name},
+            )
+            assert put.status_code == 409, (user_id, name, put.text)
+            assert put.json()["error"]["code"] == "conflict"
+        own = await olga.put(
+            f"/api/v1/sessions/{sid}/members/olga", json={"role": "owner", "display_name": "Olga"}
+        )
+        assert own.status_code == 200, own.text
+    members = (await server.http.get(f"/api/v1/sessions/{sid}/members")).json()["members"]
+    names = {m["user_id"]: m["display_name"] for m in members}
+    assert names == {"olga": "Olga", "alice": "", "bob": ""}
