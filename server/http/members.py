@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from parley.authz.membership import ADMIN, judge_membership_change
-from parley.authz.policy import Decision, Subject
+from parley.authz.policy import Decision, Do, Subject, decide
 from parley.authz.roles import Capability, Member, check_capabilities
 from parley.authz.tokens import ADMIN_ACTOR, ClientClaims, issue_token
 from parley.server.http.models import (
@@ -120,13 +120,20 @@ def _check_not_taken(room: SessionRoom, user_id: str, name: str) -> None:
 async def my_sessions(state: AppState, limit: int, caller: Caller) -> MySessionList:
     """The sessions the token's member belongs to (by user id), newest first. Each needs
     a token of its own to join: this lists, it grants nothing."""
-    rows = await state.store.sessions_of_member(_member_id(caller), limit=limit)
+    await state.rooms.current_access()
+
+    def readable(member: MemberRow) -> bool:
+        # Not even the title of a session the member may not read (``GET …/{id}`` is 403).
+        subject = Subject.of(member.as_member(), state.rooms.roles)
+        return decide(subject, Do(Capability.READ_SESSION)).allowed
+
+    rows = await state.store.sessions_of_member(_member_id(caller), limit=limit, keep=readable)
     return MySessionList(
         sessions=[
             MySession(
-                id=s.id, title=s.title, role=role, created_at=s.created_at, last_seq=s.last_seq
+                id=s.id, title=s.title, role=m.role, created_at=s.created_at, last_seq=s.last_seq
             )
-            for s, role in rows
+            for s, m in rows
         ],
         limit=limit,
     )

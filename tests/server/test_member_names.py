@@ -158,3 +158,20 @@ async def test_who_manages_members_cannot_give_a_member_another_members_name(
     members = (await server.http.get(f"/api/v1/sessions/{sid}/members")).json()["members"]
     names = {m["user_id"]: m["display_name"] for m in members}
     assert names == {"olga": "Olga", "alice": "", "bob": ""}
+
+
+async def test_my_sessions_leaves_out_sessions_the_member_may_not_read(
+    server: RunningServer,
+) -> None:
+    first = await server.new_session({"alice": "editor"}, title="One")
+    suspended = await server.new_session({"alice": "editor"}, title="Layoffs plan")
+    put = await server.http.put(
+        f"/api/v1/sessions/{suspended}/members/alice",
+        json={"role": "editor", "denials": ["read_session"]},
+    )
+    assert put.status_code == 200, put.text
+    async with _as(server, await server.token(first, "alice")) as alice:
+        mine = await alice.get("/api/v1/me/sessions", params={"limit": 1})
+        assert mine.status_code == 200, mine.text
+        # Not its title, not that it is there: what ``GET /sessions/{id}`` refuses her.
+        assert [(s["id"], s["title"]) for s in mine.json()["sessions"]] == [(first, "One")]
