@@ -232,3 +232,39 @@ async def test_http_commands_spend_the_members_command_budget(tmp_path: Path) ->
         assert [a.status_code for a in answers[:2]] == [202, 202]
         assert _error(answers[2]) == (429, "rate_limited")
         assert len(await server.transcript(sid)) == 2
+
+
+async def test_facts_pins_and_the_policy_over_http_spend_the_same_budget(tmp_path: Path) -> None:
+    # A socket's ``set_fact``, ``pin``/``unpin`` and ``set_policy`` spend the member's
+    # command budget; the REST routes that make the same changes (each a write every
+    # socket of the session is sent) spend it too.
+    settings = make_settings(
+        sqlite_url(tmp_path), tmp_path / "data", commands_burst=1, user_commands_per_second=0.001
+    )
+    async with serve_in_process(settings) as server:
+        sid = await server.new_session({"olga": "owner", "writer": "editor"})
+        base = f"/api/v1/sessions/{sid}"
+        posted = await server.http.post(
+            f"{base}/messages", json={"text": "pin me", "as_user": "writer"}
+        )
+        pinned_id = posted.json()["message_id"]
+        for setup in (
+            await server.http.put(f"{base}/facts/kept", json={"value": "v"}),
+            await server.http.post(f"{base}/pins", json={"entry_id": pinned_id}),
+        ):
+            assert setup.status_code in (200, 201), setup.text
+        async with as_member(server, await server.token(sid, "olga")) as olga:
+            spent = [await olga.post(f"{base}/messages", json={"text": f"m{n}"}) for n in range(2)]
+            assert [a.status_code for a in spent] == [202, 202]
+            answers = [
+                await olga.put(f"{base}/facts/new", json={"value": "v"}),
+                await olga.delete(f"{base}/facts/kept"),
+                await olga.post(f"{base}/pins", json={"entry_id": spent[0].json()["message_id"]}),
+                await olga.delete(f"{base}/pins/{pinned_id}"),
+                await olga.patch(base, json={"policy": "reject"}),
+            ]
+        assert [_error(a) for a in answers] == [(429, "rate_limited")] * len(answers)
+        facts = (await server.http.get(f"{base}/facts")).json()["facts"]
+        assert list(facts) == ["kept"]
+        assert (await server.http.get(f"{base}/pins")).json()["pins"] == [pinned_id]
+        assert (await server.http.get(base)).json()["policy"] == "queue"
