@@ -268,3 +268,29 @@ async def test_facts_pins_and_the_policy_over_http_spend_the_same_budget(tmp_pat
         assert list(facts) == ["kept"]
         assert (await server.http.get(f"{base}/pins")).json()["pins"] == [pinned_id]
         assert (await server.http.get(base)).json()["policy"] == "queue"
+
+
+async def test_refused_calls_are_audited_at_most_at_the_members_command_rate(
+    tmp_path: Path,
+) -> None:
+    # Every refusal is an audit write: a member calling routes they may not, again and
+    # again, writes at most at their command rate (a socket's refused commands spend it
+    # too); past it they are told to slow down, and nothing is written.
+    settings = make_settings(
+        sqlite_url(tmp_path), tmp_path / "data", commands_burst=1, user_commands_per_second=0.001
+    )
+    async with serve_in_process(settings) as server:
+        sid = await server.new_session({"vera": "viewer"})
+        async with as_member(server, await server.token(sid, "vera")) as vera:
+            answers = [
+                await vera.get(f"/api/v1/sessions/{sid}/audit"),
+                await vera.get(f"/api/v1/sessions/{sid}/usage"),  # the admin's only
+                *[await vera.get(f"/api/v1/sessions/{sid}/audit") for _ in range(4)],
+            ]
+        assert [_error(a) for a in answers] == [(403, "forbidden")] * 2 + [
+            (429, "rate_limited")
+        ] * 4
+        audit = (await server.http.get(f"/api/v1/sessions/{sid}/audit")).json()["records"]
+        refused = [r for r in audit if r["kind"] == "refused" and r["actor"] == "vera"]
+        assert [r["data"]["reason"] for r in refused][1] == "admin only"
+        assert len(refused) == 2
