@@ -16,6 +16,7 @@ from parley.server.http.models import (
     TokenCreate,
     TokenOut,
 )
+from parley.server.http.prompts import spend_command
 from parley.server.http.rest import Caller, Operation, QueryParam
 from parley.server.http.sessions import SESSION_ERRORS, check_user_id, session_row
 from parley.server.runtime.room import SessionRoom
@@ -82,6 +83,8 @@ async def patch_me(state: AppState, session_id: str, body: MePatch, caller: Call
     if current is None:
         raise NotFound("you are not a member of this session")
     _check_not_taken(room, user_id, body.display_name)
+    # A write that wakes every reader of the session: as bounded as the member's commands.
+    spend_command(state, room, user_id)
 
     def judge(before: MemberRow | None, _actor: MemberRow | None) -> Decision:
         same = before is not None and before.as_member() == current
@@ -313,7 +316,7 @@ OPERATIONS: list[Operation] = [
         with_caller=True,
         body=MePatch,
         response=MemberOut,
-        errors=(404, 409),
+        errors=(404, 409, 429),
     ),
     Operation(
         "GET",

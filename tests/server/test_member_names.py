@@ -3,10 +3,12 @@ row, transcripts, presence), and "my sessions" for a client token."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import httpx
 import pytest
 
-from tests.conftest import RunningServer
+from tests.conftest import RunningServer, make_settings, serve_in_process, sqlite_url
 
 
 def _as(server: RunningServer, token: str) -> httpx.AsyncClient:
@@ -175,3 +177,22 @@ async def test_my_sessions_leaves_out_sessions_the_member_may_not_read(
         assert mine.status_code == 200, mine.text
         # Not its title, not that it is there: what ``GET /sessions/{id}`` refuses her.
         assert [(s["id"], s["title"]) for s in mine.json()["sessions"]] == [(first, "One")]
+
+
+async def test_renaming_oneself_spends_the_members_command_budget(tmp_path: Path) -> None:
+    # Each rename is a write that wakes every reader of the session: as bounded as the
+    # member's commands.
+    settings = make_settings(
+        sqlite_url(tmp_path), tmp_path / "d", commands_burst=1, user_commands_per_second=0.001
+    )
+    async with serve_in_process(settings) as server:
+        sid = await server.new_session({"vera": "viewer"})
+        async with _as(server, await server.token(sid, "vera")) as vera:
+            answers = [
+                await vera.patch(f"/api/v1/sessions/{sid}/me", json={"display_name": f"V{n}"})
+                for n in range(4)
+            ]
+        assert [a.status_code for a in answers] == [200, 200, 429, 429]
+        assert answers[-1].json()["error"]["code"] == "rate_limited"
+        members = (await server.http.get(f"/api/v1/sessions/{sid}/members")).json()["members"]
+        assert members[0]["display_name"] == "V1"
