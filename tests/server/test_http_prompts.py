@@ -10,6 +10,7 @@ import httpx
 import pytest
 from sqlalchemy import select
 
+from parley.server.settings import Settings
 from parley.server.store.db import create_engine
 from parley.server.store.tables import audit_log
 from tests.conftest import RunningServer, make_settings, serve_in_process, sqlite_url
@@ -22,6 +23,13 @@ from tests.yclient import all_replies_settled
 def as_member(server: RunningServer, token: str) -> httpx.AsyncClient:
     return httpx.AsyncClient(
         base_url=server.base_url, headers={"Authorization": f"Bearer {token}"}, timeout=20
+    )
+
+
+def two_commands(tmp_path: Path) -> Settings:
+    """A server's settings where each member has two commands to spend, and no more."""
+    return make_settings(
+        sqlite_url(tmp_path), tmp_path / "data", commands_burst=1, user_commands_per_second=0.001
     )
 
 
@@ -221,10 +229,7 @@ async def test_a_prompt_posted_to_a_follower_runs_on_the_holder(tmp_path: Path) 
 
 
 async def test_http_commands_spend_the_members_command_budget(tmp_path: Path) -> None:
-    settings = make_settings(
-        sqlite_url(tmp_path), tmp_path / "data", commands_burst=1, user_commands_per_second=0.001
-    )
-    async with serve_in_process(settings) as server:
+    async with serve_in_process(two_commands(tmp_path)) as server:
         sid = await server.new_session({"bot": "editor"})
         messages = f"/api/v1/sessions/{sid}/messages"
         async with as_member(server, await server.token(sid, "bot")) as bot:
@@ -238,10 +243,7 @@ async def test_facts_pins_and_the_policy_over_http_spend_the_same_budget(tmp_pat
     # A socket's ``set_fact``, ``pin``/``unpin`` and ``set_policy`` spend the member's
     # command budget; the REST routes that make the same changes (each a write every
     # socket of the session is sent) spend it too.
-    settings = make_settings(
-        sqlite_url(tmp_path), tmp_path / "data", commands_burst=1, user_commands_per_second=0.001
-    )
-    async with serve_in_process(settings) as server:
+    async with serve_in_process(two_commands(tmp_path)) as server:
         sid = await server.new_session({"olga": "owner", "writer": "editor"})
         base = f"/api/v1/sessions/{sid}"
         posted = await server.http.post(
@@ -276,10 +278,7 @@ async def test_refused_calls_are_audited_at_most_at_the_members_command_rate(
     # Every refusal is an audit write: a member calling routes they may not, again and
     # again, writes at most at their command rate (a socket's refused commands spend it
     # too); past it they are told to slow down, and nothing is written.
-    settings = make_settings(
-        sqlite_url(tmp_path), tmp_path / "data", commands_burst=1, user_commands_per_second=0.001
-    )
-    async with serve_in_process(settings) as server:
+    async with serve_in_process(two_commands(tmp_path)) as server:
         sid = await server.new_session({"vera": "viewer"})
         async with as_member(server, await server.token(sid, "vera")) as vera:
             answers = [

@@ -8,7 +8,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import RunningServer, make_settings, serve_in_process, sqlite_url
+from tests.conftest import RunningServer, serve_in_process
+from tests.server.test_http_prompts import two_commands
 
 
 def _as(server: RunningServer, token: str) -> httpx.AsyncClient:
@@ -182,10 +183,7 @@ async def test_my_sessions_leaves_out_sessions_the_member_may_not_read(
 async def test_renaming_oneself_spends_the_members_command_budget(tmp_path: Path) -> None:
     # Each rename is a write that wakes every reader of the session: as bounded as the
     # member's commands.
-    settings = make_settings(
-        sqlite_url(tmp_path), tmp_path / "d", commands_burst=1, user_commands_per_second=0.001
-    )
-    async with serve_in_process(settings) as server:
+    async with serve_in_process(two_commands(tmp_path)) as server:
         sid = await server.new_session({"vera": "viewer"})
         async with _as(server, await server.token(sid, "vera")) as vera:
             answers = [
