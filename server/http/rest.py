@@ -280,6 +280,9 @@ def _query_str(request: Request, param: QueryStr) -> str | None:
         raise InvalidInput(f"{param.name}: {need}1-{param.max_length} characters")
     if param.pattern is not None and not re.fullmatch(param.pattern, value):
         raise InvalidInput(f"{param.name}: must match {param.pattern}")
+    problem = unstorable(value)  # a query a database could not even be asked
+    if problem is not None:
+        raise InvalidInput(f"{param.name}: {problem}")
     return value
 
 
