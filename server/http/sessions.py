@@ -79,8 +79,9 @@ async def update_session(
     """Change a session's title, scheduling policy, model or restricted-reply policy (in
     force where the session runs when this returns); policy changes are audited."""
     before = await session_row(state, session_id)
-    if body.policy is not None:  # a socket's ``set_policy``: a command
-        spend_command(state, await state.rooms.get(session_id), caller.user_id)
+    # A member's change (a socket's ``set_policy``, or a setting only REST changes) is
+    # an event every reader of the session is sent: as bounded as their commands.
+    spend_command(state, await state.rooms.get(session_id), caller.user_id)
     by = caller.actor
     stored: dict[str, str | None] = {}
     if "model" in body.model_fields_set:

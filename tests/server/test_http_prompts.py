@@ -242,7 +242,8 @@ async def test_http_commands_spend_the_members_command_budget(tmp_path: Path) ->
 async def test_facts_pins_and_the_policy_over_http_spend_the_same_budget(tmp_path: Path) -> None:
     # A socket's ``set_fact``, ``pin``/``unpin`` and ``set_policy`` spend the member's
     # command budget; the REST routes that make the same changes (each a write every
-    # socket of the session is sent) spend it too.
+    # socket of the session is sent) spend it too, and so does a member's change of the
+    # session's other settings (an event every reader is sent).
     async with serve_in_process(two_commands(tmp_path)) as server:
         sid = await server.new_session({"olga": "owner", "writer": "editor"})
         base = f"/api/v1/sessions/{sid}"
@@ -264,12 +265,14 @@ async def test_facts_pins_and_the_policy_over_http_spend_the_same_budget(tmp_pat
                 await olga.post(f"{base}/pins", json={"entry_id": spent[0].json()["message_id"]}),
                 await olga.delete(f"{base}/pins/{pinned_id}"),
                 await olga.patch(base, json={"policy": "reject"}),
+                await olga.patch(base, json={"title": "renamed"}),
             ]
         assert [_error(a) for a in answers] == [(429, "rate_limited")] * len(answers)
         facts = (await server.http.get(f"{base}/facts")).json()["facts"]
         assert list(facts) == ["kept"]
         assert (await server.http.get(f"{base}/pins")).json()["pins"] == [pinned_id]
-        assert (await server.http.get(base)).json()["policy"] == "queue"
+        session = (await server.http.get(base)).json()
+        assert (session["policy"], session["title"]) == ("queue", "test")
 
 
 async def test_refused_calls_are_audited_at_most_at_the_members_command_rate(
