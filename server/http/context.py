@@ -13,6 +13,7 @@ from parley.server.http.models import (
     PreviewMessage,
     PreviewSummary,
 )
+from parley.server.http.prompts import spend_command
 from parley.server.http.rest import Caller, Operation, QueryStr
 from parley.server.http.sessions import SESSION_ERRORS
 from parley.server.runtime.room import SessionRoom
@@ -30,15 +31,17 @@ async def put_fact(
     state: AppState, session_id: str, key: str, body: FactPut, caller: Caller
 ) -> FactsOut:
     room = await state.rooms.get(session_id)
+    spend_command(state, room, caller.user_id)
     write = {"op": "set_fact", "key": key, "value": body.value, "author": caller.user_id or ""}
     result = await state.rooms.change(room, write)
     return FactsOut(facts=result["facts"])
 
 
-async def delete_fact(state: AppState, session_id: str, key: str) -> None:
+async def delete_fact(state: AppState, session_id: str, key: str, caller: Caller) -> None:
     room = await state.rooms.current(session_id)
     if key not in room.doc.fact_map():
         raise NotFound(f"no fact {key!r}")
+    spend_command(state, room, caller.user_id)
     await state.rooms.change(room, {"op": "set_fact", "key": key, "value": None})
 
 
@@ -47,18 +50,20 @@ async def list_pins(state: AppState, session_id: str) -> PinsOut:
     return PinsOut(pins=room.doc.pinned())
 
 
-async def create_pin(state: AppState, session_id: str, body: PinCreate) -> PinsOut:
+async def create_pin(state: AppState, session_id: str, body: PinCreate, caller: Caller) -> PinsOut:
     room = await state.rooms.get(session_id)
+    spend_command(state, room, caller.user_id)
     result = await state.rooms.change(
         room, {"op": "pin", "entry_id": body.entry_id, "pinned": True}
     )
     return PinsOut(pins=result["pins"])
 
 
-async def delete_pin(state: AppState, session_id: str, entry_id: str) -> None:
+async def delete_pin(state: AppState, session_id: str, entry_id: str, caller: Caller) -> None:
     room = await state.rooms.current(session_id)
     if entry_id not in room.doc.pinned():
         raise NotFound(f"{entry_id!r} is not pinned")
+    spend_command(state, room, caller.user_id)
     await state.rooms.change(room, {"op": "pin", "entry_id": entry_id, "pinned": False})
 
 
@@ -146,7 +151,7 @@ OPERATIONS: list[Operation] = [
         capability=Capability.PIN,
         body=FactPut,
         response=FactsOut,
-        errors=(404,),
+        errors=(404, 429),
         with_caller=True,
     ),
     Operation(
@@ -156,7 +161,8 @@ OPERATIONS: list[Operation] = [
         "Remove a session fact",
         capability=Capability.PIN,
         status=204,
-        errors=SESSION_ERRORS,
+        errors=(404, 429),
+        with_caller=True,
     ),
     Operation(
         "GET",
@@ -177,7 +183,8 @@ OPERATIONS: list[Operation] = [
         response=PinsOut,
         status=201,
         location="/api/v1/sessions/{session_id}/pins/{entry_id}",
-        errors=SESSION_ERRORS,
+        errors=(404, 429),
+        with_caller=True,
     ),
     Operation(
         "DELETE",
@@ -186,7 +193,8 @@ OPERATIONS: list[Operation] = [
         "Unpin an entry",
         capability=Capability.PIN,
         status=204,
-        errors=SESSION_ERRORS,
+        errors=(404, 429),
+        with_caller=True,
     ),
     Operation(
         "GET",

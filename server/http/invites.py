@@ -14,7 +14,7 @@ import secrets
 
 from parley.authz.membership import judge_invite
 from parley.authz.roles import Capability
-from parley.authz.tokens import ClientClaims, issue_token
+from parley.authz.tokens import ADMIN_ACTOR, ClientClaims, issue_token
 from parley.server.http.members import token_out
 from parley.server.http.models import (
     InviteCreate,
@@ -34,6 +34,7 @@ from parley.session.errors import Conflict, InvalidInput, NotFound, Unauthentica
 
 MAX_LIVE_INVITES = 100  # per session: each is a row to keep and a way in to watch
 DEMO_LINK = "/demo/#invite={secret}"
+NOT_VALID = "this invite link is not valid (expired, used up or revoked)"
 
 
 def _invite_out(row: InviteRow) -> InviteOut:
@@ -127,6 +128,25 @@ async def exchange_invite(state: AppState, body: InviteExchange) -> TokenOut:
     """Exchange an invite's secret for a client token of its member (no key needed: the
     secret is the credential). One use of the invite is spent."""
     now = int(state.clock())
+    store = InviteStore(state.store)
+    session_id = await store.live_session(body.invite, now)
+    if session_id is None:
+        raise Unauthenticated(NOT_VALID)
+    await state.rooms.current_access()  # the roles as committed
+    documents = await AccessStore(state.store).reader_lists(session_id)
+    refusals: list[tuple[InviteRow, str]] = []
+
+    def judge(invite: InviteRow, maker: MemberRow | None, member: MemberRow) -> bool:
+        """A link hands out its member's access as it is now: judged again, as if its
+        maker minted it now (a maker removed or lowered, or a member raised past what the
+        maker may hand out, makes it dead)."""
+        if invite.created_by in (ADMIN_ACTOR, invite.user_id):
+            return True  # the admin key's, or the member's own access
+        actor = None if maker is None else maker.as_member()
+        decision = judge_invite(actor, member.as_member(), state.rooms.roles, documents)
+        if not decision.allowed:
+            refusals.append((invite, decision.reason))
+        return decision.allowed
 
     def mint(invite: InviteRow, member: MemberRow) -> tuple[str, ClientClaims]:
         return issue_token(
@@ -138,9 +158,13 @@ async def exchange_invite(state: AppState, body: InviteExchange) -> TokenOut:
             epoch=member.token_epoch,
         )
 
-    redeemed = await InviteStore(state.store).redeem(body.invite, now, mint)
+    redeemed = await store.redeem(body.invite, now, mint, judge)
+    for invite, reason in refusals:
+        room = await state.rooms.get(invite.session_id)
+        what = {"action": f"use invite {invite.id} of {invite.user_id}", "reason": reason}
+        await room.writer.audit("refused", invite.created_by, what)
     if redeemed is None:
-        raise Unauthenticated("this invite link is not valid (expired, used up or revoked)")
+        raise Unauthenticated(NOT_VALID)
     invite, member, token, claims = redeemed
     room = await state.rooms.get(invite.session_id)
     await room.writer.audit("invite", member.user_id, {"used": invite.id, "jti": claims.token_id})

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from parley.authz.membership import ADMIN, judge_membership_change
-from parley.authz.policy import Decision, Subject
+from parley.authz.policy import Decision, Do, Subject, decide
 from parley.authz.roles import Capability, Member, check_capabilities
 from parley.authz.tokens import ADMIN_ACTOR, ClientClaims, issue_token
 from parley.server.http.models import (
@@ -16,6 +16,7 @@ from parley.server.http.models import (
     TokenCreate,
     TokenOut,
 )
+from parley.server.http.prompts import spend_command
 from parley.server.http.rest import Caller, Operation, QueryParam
 from parley.server.http.sessions import SESSION_ERRORS, check_user_id, session_row
 from parley.server.runtime.room import SessionRoom
@@ -49,6 +50,10 @@ async def put_member(
         raise InvalidInput(f"role: no role {body.role!r} (see GET /api/v1/roles)")
     grants, denials = check_capabilities(body.grants), check_capabilities(body.denials)
     room = await state.rooms.current(session_id)
+    if caller.user_id is not None and body.display_name is not None:
+        # The rule ``PATCH …/me`` keeps, on this way to the same name (the admin key may
+        # make any change).
+        _check_not_taken(room, user_id, body.display_name)
     change = await _change_member(
         state,
         room,
@@ -78,6 +83,8 @@ async def patch_me(state: AppState, session_id: str, body: MePatch, caller: Call
     if current is None:
         raise NotFound("you are not a member of this session")
     _check_not_taken(room, user_id, body.display_name)
+    # A write that wakes every reader of the session: as bounded as the member's commands.
+    spend_command(state, room, user_id)
 
     def judge(before: MemberRow | None, _actor: MemberRow | None) -> Decision:
         same = before is not None and before.as_member() == current
@@ -116,13 +123,20 @@ def _check_not_taken(room: SessionRoom, user_id: str, name: str) -> None:
 async def my_sessions(state: AppState, limit: int, caller: Caller) -> MySessionList:
     """The sessions the token's member belongs to (by user id), newest first. Each needs
     a token of its own to join: this lists, it grants nothing."""
-    rows = await state.store.sessions_of_member(_member_id(caller), limit=limit)
+    await state.rooms.current_access()
+
+    def readable(member: MemberRow) -> bool:
+        # Not even the title of a session the member may not read (``GET …/{id}`` is 403).
+        subject = Subject.of(member.as_member(), state.rooms.roles)
+        return decide(subject, Do(Capability.READ_SESSION)).allowed
+
+    rows = await state.store.sessions_of_member(_member_id(caller), limit=limit, keep=readable)
     return MySessionList(
         sessions=[
             MySession(
-                id=s.id, title=s.title, role=role, created_at=s.created_at, last_seq=s.last_seq
+                id=s.id, title=s.title, role=m.role, created_at=s.created_at, last_seq=s.last_seq
             )
-            for s, role in rows
+            for s, m in rows
         ],
         limit=limit,
     )
@@ -302,7 +316,7 @@ OPERATIONS: list[Operation] = [
         with_caller=True,
         body=MePatch,
         response=MemberOut,
-        errors=(404, 409),
+        errors=(404, 409, 429),
     ),
     Operation(
         "GET",

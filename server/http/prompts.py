@@ -49,9 +49,7 @@ async def send(
     """Send ``command`` through the one door; returns its ack, or raises its error."""
     actor = _actor(caller, as_user)
     room = await state.rooms.get(session_id)
-    # The member's one command budget, shared with their sockets.
-    if not room.user_bucket(actor).allow(state.clock()):
-        raise RateLimited("too many commands; slow down")
+    spend_command(state, room, actor)
     if caller.is_admin:
         what = {"action": f"{command['type']} as {actor}", "command_id": command["id"]}
         await room.writer.audit("as_user", ADMIN_ACTOR, {**what, "user_id": actor})
@@ -60,6 +58,14 @@ async def send(
     if reply.get("type") == "error":
         raise error_for(str(reply.get("code")), str(reply.get("message")))
     return reply
+
+
+def spend_command(state: AppState, room: SessionRoom, user_id: str | None) -> None:
+    """A member's HTTP call that a socket makes as a command (a prompt, a fact, a pin, the
+    policy) spends their one command budget, shared with their sockets; ``RateLimited``
+    past it. The admin key's own calls (``user_id`` None) spend none."""
+    if user_id is not None and not room.user_bucket(user_id).allow(state.clock()):
+        raise RateLimited("too many commands; slow down")
 
 
 def command_id(given: str | None) -> str:

@@ -25,7 +25,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from parley.authz.policy import Do
+from parley.authz.policy import Decision, Do, decide
 from parley.authz.tokens import ADMIN_ACTOR, ClientClaims, verify_token
 from parley.server.http.models import ErrorBody
 from parley.server.state import AppState
@@ -34,6 +34,7 @@ from parley.session.errors import (
     Forbidden,
     InvalidInput,
     ParleyError,
+    RateLimited,
     TooLarge,
     Unauthenticated,
     UnsupportedMediaType,
@@ -162,11 +163,21 @@ async def authorize(op: Operation, caller: Caller, state: AppState, session_id: 
     revoked = None if caller.claims is None else room.membership.token_refusal(caller.claims)
     if revoked is not None:
         raise Unauthenticated(revoked)
-    what = f"{op.method} {op.path}"
     if op.capability is None:
-        await room.writer.audit("refused", caller.user_id, {"action": what, "reason": "admin only"})
+        refusal = Decision(False, "admin only")
+    else:
+        refusal = decide(room.subject(caller.user_id), Do(op.capability))
+        if refusal.allowed:
+            return
+    # A refusal is written to the audit log: at most at the member's command rate (their
+    # socket's refused commands spend it too); past it, refused unwritten.
+    if not room.user_bucket(caller.user_id).allow(state.clock()):
+        raise RateLimited("too many refused calls; slow down")
+    what = {"action": f"{op.method} {op.path}", "reason": refusal.reason}
+    await room.writer.audit("refused", caller.user_id, what)
+    if op.capability is None:
         raise Forbidden("this route needs the admin key")
-    await room.writer.check(caller.user_id, Do(op.capability), what)
+    refusal.require()
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -269,6 +280,9 @@ def _query_str(request: Request, param: QueryStr) -> str | None:
         raise InvalidInput(f"{param.name}: {need}1-{param.max_length} characters")
     if param.pattern is not None and not re.fullmatch(param.pattern, value):
         raise InvalidInput(f"{param.name}: must match {param.pattern}")
+    problem = unstorable(value)  # a query a database could not even be asked
+    if problem is not None:
+        raise InvalidInput(f"{param.name}: {problem}")
     return value
 
 
@@ -378,7 +392,9 @@ def openapi_document(operations: list[Operation], *, title: str, version: str) -
         statuses = set(op.errors) | ({401} if op.auth else set())
         statuses |= {413, 415, 422} if op.body is not None else set()
         statuses |= {422} if op.query or op.query_str else set()
-        statuses |= {403} if op.capability is not None or "{session_id}" in op.path else set()
+        # A client token's refusal (403), or one past its command rate (429).
+        refusable = op.capability is not None or "{session_id}" in op.path
+        statuses |= {403, 429} if refusable else set()
         statuses |= {503} if op.auth else set()
         for status in sorted(statuses):
             responses[str(status)] = {

@@ -15,6 +15,7 @@ from parley.server.http.models import (
     TranscriptEntryOut,
     TranscriptOut,
 )
+from parley.server.http.prompts import spend_command
 from parley.server.http.rest import Caller, Operation, QueryParam
 from parley.server.state import AppState
 from parley.server.store.sessions import SessionRow
@@ -78,6 +79,9 @@ async def update_session(
     """Change a session's title, scheduling policy, model or restricted-reply policy (in
     force where the session runs when this returns); policy changes are audited."""
     before = await session_row(state, session_id)
+    # A member's change (a socket's ``set_policy``, or a setting only REST changes) is
+    # an event every reader of the session is sent: as bounded as their commands.
+    spend_command(state, await state.rooms.get(session_id), caller.user_id)
     by = caller.actor
     stored: dict[str, str | None] = {}
     if "model" in body.model_fields_set:
@@ -170,7 +174,7 @@ OPERATIONS: list[Operation] = [
         with_caller=True,
         body=SessionPatch,
         response=SessionOut,
-        errors=SESSION_ERRORS,
+        errors=(404, 429),
     ),
     Operation(
         "DELETE",

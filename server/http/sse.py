@@ -320,10 +320,14 @@ async def open_stream(request: Request) -> Response:
         if state.draining:
             raise Unavailable("the server is shutting down")
         room = await state.rooms.get(session_id)
-        _check_caps(room, caller.user_id or ADMIN_READER, state)  # before reading the store
+        reader = caller.user_id or ADMIN_READER
+        _check_caps(room, reader, state)  # before reading the store
         async with state.store.read() as connection:
             cursor = await start_at(connection, session_id, last_id)
         _check_offset(room, cursor)
+        # Again, with no await before the stream counts itself: streams opened at once
+        # all passed the first check while this one read the store.
+        _check_caps(room, reader, state)
         stream = SessionStream(state, room, caller, cursor)
     except ParleyError as exc:
         state.metrics.errors.labels(code=exc.code.value).inc()

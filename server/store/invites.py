@@ -141,21 +141,30 @@ class InviteStore:
             )
         return bool(result.rowcount)
 
+    async def live_session(self, secret: str, now: int) -> str | None:
+        """The session of the live invite whose secret this is (None: there is none). A
+        guess costs this read, not a write transaction (the exchange needs no key)."""
+        async with self.store.read() as connection:
+            found = (
+                await connection.execute(
+                    select(invites.c.session_id).where(_live_secret(secret, now))
+                )
+            ).first()
+        return None if found is None else str(found.session_id)
+
     async def redeem(
         self,
         secret: str,
         now: int,
         mint: Callable[[InviteRow, MemberRow], tuple[str, ClientClaims]],
+        judge: Callable[[InviteRow, MemberRow | None, MemberRow], bool],
     ) -> tuple[InviteRow, MemberRow, str, ClientClaims] | None:
         """Spend one use of the live invite whose secret this is and mint (and record) a
-        token for its member, in one transaction; None when there is no such invite or its
-        member is no longer the one it was made for (no reason is told: an oracle for
-        guessers)."""
-        live = and_(invites.c.secret_sha256 == secret_digest(secret), _live(now))
-        # A guess costs a read, not a write transaction (the exchange needs no key).
-        async with self.store.read() as connection:
-            if (await connection.execute(select(invites.c.id).where(live))).first() is None:
-                return None
+        token for its member, in one transaction; None when there is no such invite, its
+        member is no longer the one it was made for, or ``judge`` (given the invite, its
+        maker's membership now and its member's) refuses it (no reason is told: an oracle
+        for guessers)."""
+        live = _live_secret(secret, now)
         async with self.store.transaction() as tx:
             connection = tx.connection
             found = (
@@ -170,6 +179,9 @@ class InviteStore:
             member = await read_member(connection, invite.session_id, invite.user_id)
             if member is None or member.token_epoch != found.epoch:
                 return None
+            maker = await read_member(connection, invite.session_id, invite.created_by)
+            if not judge(invite, maker, member):
+                return None
             spent = await connection.execute(
                 update(invites)
                 .where(and_(invites.c.id == invite.id, _live(now)))
@@ -180,3 +192,7 @@ class InviteStore:
             token, claims = mint(invite, member)
             await insert_client_token(connection, claims, now)
         return invite, member, token, claims
+
+
+def _live_secret(secret: str, now: int) -> Any:
+    return and_(invites.c.secret_sha256 == secret_digest(secret), _live(now))

@@ -3,8 +3,9 @@ summaries): the read half of ``Store``."""
 
 from __future__ import annotations
 
+import itertools
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from sqlalchemy import and_, func, insert, select
 
@@ -68,18 +69,35 @@ class SessionReads(Database):
             )
             return [member_row(row) for row in rows]
 
-    async def sessions_of_member(self, user_id: str, *, limit: int) -> list[tuple[SessionRow, str]]:
-        """The sessions ``user_id`` is a member of, with their role there, newest first, at
-        most ``limit`` (an index on ``members.user_id`` keeps it a lookup)."""
+    async def sessions_of_member(
+        self, user_id: str, *, limit: int, keep: Callable[[MemberRow], bool]
+    ) -> list[tuple[SessionRow, MemberRow]]:
+        """The sessions ``user_id`` is a member of where ``keep`` takes their membership,
+        with it, newest first, at most ``limit`` (an index on ``members.user_id`` keeps
+        each page a lookup)."""
+        kept: list[MemberRow] = []
         async with self.read() as connection:
+            for offset in itertools.count(0, limit):
+                page = [
+                    member_row(row)
+                    for row in await connection.execute(
+                        select(members)
+                        .join(sessions, members.c.session_id == sessions.c.id)
+                        .where(members.c.user_id == user_id)
+                        .order_by(sessions.c.created_at.desc(), sessions.c.id)
+                        .limit(limit)
+                        .offset(offset)
+                    )
+                ]
+                kept += [member for member in page if keep(member)]
+                if len(kept) >= limit or len(page) < limit:
+                    break
+            kept = kept[:limit]
             rows = await connection.execute(
-                select(sessions, members.c.role.label("member_role"))
-                .join(members, members.c.session_id == sessions.c.id)
-                .where(members.c.user_id == user_id)
-                .order_by(sessions.c.created_at.desc(), sessions.c.id)
-                .limit(limit)
+                select(sessions).where(sessions.c.id.in_([m.session_id for m in kept]))
             )
-            return [(session_row(row), str(row.member_role)) for row in rows]
+            by_id = {row.id: session_row(row) for row in rows}
+        return [(by_id[m.session_id], m) for m in kept if m.session_id in by_id]
 
     async def get_member(self, session_id: str, user_id: str) -> MemberRow | None:
         async with self.read() as connection:

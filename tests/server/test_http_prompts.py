@@ -10,6 +10,7 @@ import httpx
 import pytest
 from sqlalchemy import select
 
+from parley.server.settings import Settings
 from parley.server.store.db import create_engine
 from parley.server.store.tables import audit_log
 from tests.conftest import RunningServer, make_settings, serve_in_process, sqlite_url
@@ -22,6 +23,13 @@ from tests.yclient import all_replies_settled
 def as_member(server: RunningServer, token: str) -> httpx.AsyncClient:
     return httpx.AsyncClient(
         base_url=server.base_url, headers={"Authorization": f"Bearer {token}"}, timeout=20
+    )
+
+
+def two_commands(tmp_path: Path) -> Settings:
+    """A server's settings where each member has two commands to spend, and no more."""
+    return make_settings(
+        sqlite_url(tmp_path), tmp_path / "data", commands_burst=1, user_commands_per_second=0.001
     )
 
 
@@ -221,10 +229,7 @@ async def test_a_prompt_posted_to_a_follower_runs_on_the_holder(tmp_path: Path) 
 
 
 async def test_http_commands_spend_the_members_command_budget(tmp_path: Path) -> None:
-    settings = make_settings(
-        sqlite_url(tmp_path), tmp_path / "data", commands_burst=1, user_commands_per_second=0.001
-    )
-    async with serve_in_process(settings) as server:
+    async with serve_in_process(two_commands(tmp_path)) as server:
         sid = await server.new_session({"bot": "editor"})
         messages = f"/api/v1/sessions/{sid}/messages"
         async with as_member(server, await server.token(sid, "bot")) as bot:
@@ -232,3 +237,62 @@ async def test_http_commands_spend_the_members_command_budget(tmp_path: Path) ->
         assert [a.status_code for a in answers[:2]] == [202, 202]
         assert _error(answers[2]) == (429, "rate_limited")
         assert len(await server.transcript(sid)) == 2
+
+
+async def test_facts_pins_and_the_policy_over_http_spend_the_same_budget(tmp_path: Path) -> None:
+    # A socket's ``set_fact``, ``pin``/``unpin`` and ``set_policy`` spend the member's
+    # command budget; the REST routes that make the same changes (each a write every
+    # socket of the session is sent) spend it too, and so does a member's change of the
+    # session's other settings (an event every reader is sent).
+    async with serve_in_process(two_commands(tmp_path)) as server:
+        sid = await server.new_session({"olga": "owner", "writer": "editor"})
+        base = f"/api/v1/sessions/{sid}"
+        posted = await server.http.post(
+            f"{base}/messages", json={"text": "pin me", "as_user": "writer"}
+        )
+        pinned_id = posted.json()["message_id"]
+        for setup in (
+            await server.http.put(f"{base}/facts/kept", json={"value": "v"}),
+            await server.http.post(f"{base}/pins", json={"entry_id": pinned_id}),
+        ):
+            assert setup.status_code in (200, 201), setup.text
+        async with as_member(server, await server.token(sid, "olga")) as olga:
+            spent = [await olga.post(f"{base}/messages", json={"text": f"m{n}"}) for n in range(2)]
+            assert [a.status_code for a in spent] == [202, 202]
+            answers = [
+                await olga.put(f"{base}/facts/new", json={"value": "v"}),
+                await olga.delete(f"{base}/facts/kept"),
+                await olga.post(f"{base}/pins", json={"entry_id": spent[0].json()["message_id"]}),
+                await olga.delete(f"{base}/pins/{pinned_id}"),
+                await olga.patch(base, json={"policy": "reject"}),
+                await olga.patch(base, json={"title": "renamed"}),
+            ]
+        assert [_error(a) for a in answers] == [(429, "rate_limited")] * len(answers)
+        facts = (await server.http.get(f"{base}/facts")).json()["facts"]
+        assert list(facts) == ["kept"]
+        assert (await server.http.get(f"{base}/pins")).json()["pins"] == [pinned_id]
+        session = (await server.http.get(base)).json()
+        assert (session["policy"], session["title"]) == ("queue", "test")
+
+
+async def test_refused_calls_are_audited_at_most_at_the_members_command_rate(
+    tmp_path: Path,
+) -> None:
+    # Every refusal is an audit write: a member calling routes they may not, again and
+    # again, writes at most at their command rate (a socket's refused commands spend it
+    # too); past it they are told to slow down, and nothing is written.
+    async with serve_in_process(two_commands(tmp_path)) as server:
+        sid = await server.new_session({"vera": "viewer"})
+        async with as_member(server, await server.token(sid, "vera")) as vera:
+            answers = [
+                await vera.get(f"/api/v1/sessions/{sid}/audit"),
+                await vera.get(f"/api/v1/sessions/{sid}/usage"),  # the admin's only
+                *[await vera.get(f"/api/v1/sessions/{sid}/audit") for _ in range(4)],
+            ]
+        assert [_error(a) for a in answers] == [(403, "forbidden")] * 2 + [
+            (429, "rate_limited")
+        ] * 4
+        audit = (await server.http.get(f"/api/v1/sessions/{sid}/audit")).json()["records"]
+        refused = [r for r in audit if r["kind"] == "refused" and r["actor"] == "vera"]
+        assert [r["data"]["reason"] for r in refused][1] == "admin only"
+        assert len(refused) == 2

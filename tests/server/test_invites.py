@@ -177,3 +177,37 @@ async def test_a_session_has_a_bounded_number_of_live_invites(server: RunningSer
     assert refused.status_code == 409 and "revoke" in refused.json()["error"]["message"]
     await server.http.delete(f"/api/v1/sessions/{sid}/invites/{first['id']}")
     await _invite(server, sid)
+
+
+async def test_a_link_is_judged_again_when_used_as_if_its_maker_minted_it_then(
+    server: RunningServer,
+) -> None:
+    # A link hands out its member's access as it is when used: minted for an editor by a
+    # member who may add editors, it must not hand out an owner's once the member is
+    # raised, nor anything once its maker was removed.
+    sid = await server.new_session({"alice": "editor", "bob": "editor", "olga": "owner"})
+    put = await server.http.put(
+        f"/api/v1/sessions/{sid}/members/mo", json={"role": "editor", "grants": ["manage_members"]}
+    )
+    assert put.status_code == 200, put.text
+    url = f"/api/v1/sessions/{sid}/invites"
+    minted = {}
+    for maker, member in (("mo", "alice"), ("olga", "bob"), ("mo", "mo")):
+        headers = {"Authorization": f"Bearer {await server.token(sid, maker)}"}
+        created = await server.http.post(url, json={"user_id": member}, headers=headers)
+        assert created.status_code == 201, created.text
+        minted[maker, member] = created.json()["secret"]
+    raised = await server.http.put(f"/api/v1/sessions/{sid}/members/alice", json={"role": "owner"})
+    assert raised.status_code == 200, raised.text
+    removed = await server.http.delete(f"/api/v1/sessions/{sid}/members/olga")
+    assert removed.status_code == 204, removed.text
+
+    for made in (("mo", "alice"), ("olga", "bob")):
+        refused = await _exchange(server, minted[made])
+        assert refused.status_code == 401, (made, refused.text)
+        assert refused.json()["error"]["code"] == "unauthenticated"
+    own = await _exchange(server, minted["mo", "mo"])  # one's own access, whatever it is
+    assert own.status_code == 200, own.text
+    audit = (await server.http.get(f"/api/v1/sessions/{sid}/audit")).json()["records"]
+    refusals = [r for r in audit if r["kind"] == "refused" and "use invite" in r["data"]["action"]]
+    assert {r["actor"] for r in refusals} == {"mo", "olga"}

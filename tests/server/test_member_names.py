@@ -3,10 +3,13 @@ row, transcripts, presence), and "my sessions" for a client token."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import httpx
 import pytest
 
-from tests.conftest import RunningServer
+from tests.conftest import RunningServer, serve_in_process
+from tests.server.test_http_prompts import two_commands
 
 
 def _as(server: RunningServer, token: str) -> httpx.AsyncClient:
@@ -134,3 +137,60 @@ async def test_a_member_token_lists_the_models(server: RunningServer) -> None:
     assert any(m["default"] for m in admin["models"])
     async with _as(server, "not-a-token") as nobody:
         assert (await nobody.get("/api/v1/models")).status_code == 401
+
+
+async def test_who_manages_members_cannot_give_a_member_another_members_name(
+    server: RunningServer,
+) -> None:
+    # ``PATCH …/me`` refuses another member's name; ``PUT …/members/{id}`` (one's own
+    # row, or another's) is a second way to set the same display name.
+    sid = await server.new_session({"olga": "owner", "alice": "editor", "bob": "editor"})
+    async with _as(server, await server.token(sid, "olga")) as olga:
+        for user_id, name in (("olga", "alice"), ("olga", " ALICE"), ("bob", "alice")):
+            role = "owner" if user_id == "olga" else "editor"
+            put = await olga.put(
+                f"/api/v1/sessions/{sid}/members/{user_id}",
+                json={"role": role, "display_name": name},
+            )
+            assert put.status_code == 409, (user_id, name, put.text)
+            assert put.json()["error"]["code"] == "conflict"
+        own = await olga.put(
+            f"/api/v1/sessions/{sid}/members/olga", json={"role": "owner", "display_name": "Olga"}
+        )
+        assert own.status_code == 200, own.text
+    members = (await server.http.get(f"/api/v1/sessions/{sid}/members")).json()["members"]
+    names = {m["user_id"]: m["display_name"] for m in members}
+    assert names == {"olga": "Olga", "alice": "", "bob": ""}
+
+
+async def test_my_sessions_leaves_out_sessions_the_member_may_not_read(
+    server: RunningServer,
+) -> None:
+    first = await server.new_session({"alice": "editor"}, title="One")
+    suspended = await server.new_session({"alice": "editor"}, title="Layoffs plan")
+    put = await server.http.put(
+        f"/api/v1/sessions/{suspended}/members/alice",
+        json={"role": "editor", "denials": ["read_session"]},
+    )
+    assert put.status_code == 200, put.text
+    async with _as(server, await server.token(first, "alice")) as alice:
+        mine = await alice.get("/api/v1/me/sessions", params={"limit": 1})
+        assert mine.status_code == 200, mine.text
+        # Not its title, not that it is there: what ``GET /sessions/{id}`` refuses her.
+        assert [(s["id"], s["title"]) for s in mine.json()["sessions"]] == [(first, "One")]
+
+
+async def test_renaming_oneself_spends_the_members_command_budget(tmp_path: Path) -> None:
+    # Each rename is a write that wakes every reader of the session: as bounded as the
+    # member's commands.
+    async with serve_in_process(two_commands(tmp_path)) as server:
+        sid = await server.new_session({"vera": "viewer"})
+        async with _as(server, await server.token(sid, "vera")) as vera:
+            answers = [
+                await vera.patch(f"/api/v1/sessions/{sid}/me", json={"display_name": f"V{n}"})
+                for n in range(4)
+            ]
+        assert [a.status_code for a in answers] == [200, 200, 429, 429]
+        assert answers[-1].json()["error"]["code"] == "rate_limited"
+        members = (await server.http.get(f"/api/v1/sessions/{sid}/members")).json()["members"]
+        assert members[0]["display_name"] == "V1"

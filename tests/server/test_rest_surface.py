@@ -156,3 +156,13 @@ async def test_metrics_can_need_the_admin_key_or_move_to_a_port_of_their_own(
     hidden = make_settings(sqlite_url(tmp_path), tmp_path / "data", metrics_access="off")
     async with serve_in_process(hidden) as running:
         assert (await running.http.get("/metrics")).status_code == 404
+
+
+async def test_a_query_string_with_a_nul_is_invalid_input(server: RunningServer) -> None:
+    # As in a path or a body: no database can be asked about it (PostgreSQL refuses NUL in
+    # text, which read as ``503 unavailable`` though the database was fine).
+    sid = await server.new_session({})
+    for query in ("kind=%00", "actor=a%00b"):
+        answer = await server.http.get(f"/api/v1/sessions/{sid}/audit?{query}")
+        assert answer.status_code == 422, (query, answer.text)
+        assert answer.json()["error"]["code"] == "invalid"

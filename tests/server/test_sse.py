@@ -258,6 +258,34 @@ async def test_bad_ids_caps_and_callers_are_refused_with_stable_codes(tmp_path: 
             assert as_member.status_code == 403
 
 
+async def test_streams_opened_at_once_are_capped_as_one_by_one(tmp_path: Path) -> None:
+    # Each open reads the store between its check of the caps and counting itself: opened
+    # together, every one passed the check before any counted.
+    settings = make_settings(
+        sqlite_url(tmp_path), tmp_path / "d", max_streams_per_user=2, max_streams_per_session=3
+    )
+    async with serve_in_process(settings) as server:
+        sid = await server.new_session({"alice": "editor", "bob": "editor"})
+        keys = {user: await server.token(sid, user) for user in ("alice", "bob")}
+        async with (
+            httpx.AsyncClient(base_url=server.base_url, timeout=20) as http,
+            contextlib.AsyncExitStack() as opened,
+        ):
+
+            async def open_as(user: str) -> tuple[str, int]:
+                headers = {"Accept": "text/event-stream", "Authorization": f"Bearer {keys[user]}"}
+                request = http.stream("GET", EVENTS.format(sid), headers=headers)
+                response = await opened.enter_async_context(request)
+                return user, response.status_code
+
+            answers = await asyncio.gather(*(open_as(u) for u in ["alice"] * 6 + ["bob"] * 6))
+            streams = [user for user, status in answers if status == 200]
+            assert {status for _, status in answers} == {200, 429}
+            assert len(streams) == 3 and max(streams.count("alice"), streams.count("bob")) == 2
+            room = server.app.state.parley.rooms.loaded(sid)
+            assert sum(room.feed.readers.values()) == 3
+
+
 async def test_a_stream_ends_when_its_reader_or_session_goes(tmp_path: Path) -> None:
     settings = make_settings(sqlite_url(tmp_path), tmp_path / "d")
     async with serve_in_process(settings) as server:
