@@ -14,6 +14,7 @@ from parley.authz.roles import (
     tool_capability,
 )
 from parley.server.http.models import RoleList, RoleOut, RolePut
+from parley.server.http.prompts import spend_command
 from parley.server.http.resource_models import (
     AuditList,
     AuditRecordOut,
@@ -86,6 +87,7 @@ async def create_document(
 ) -> DocumentOut:
     """Attach a document; only its readers' runs can find it with ``search_documents``."""
     room = await state.rooms.get(session_id)
+    spend_command(state, room, caller.user_id)  # each is a write and an audit record
     if len(body.text) > state.settings.max_document_chars:
         raise TooLarge(f"text: at most {state.settings.max_document_chars} characters")
     check_readers(body.readers.users, body.readers.roles)
@@ -132,6 +134,7 @@ async def delete_document(
     state: AppState, session_id: str, document_id: str, caller: Caller
 ) -> None:
     room = await state.rooms.get(session_id)
+    spend_command(state, room, caller.user_id)
     if not await _access(state).delete_document(session_id, document_id):
         raise NotFound(f"no document {document_id!r}")
     await room.writer.audit("document", caller.actor, {"deleted": document_id})

@@ -33,6 +33,13 @@ def two_commands(tmp_path: Path) -> Settings:
     )
 
 
+async def spend_both(member: httpx.AsyncClient, base: str) -> list[httpx.Response]:
+    """The member's two commands (``two_commands``), spent on messages."""
+    spent = [await member.post(f"{base}/messages", json={"text": f"m{n}"}) for n in range(2)]
+    assert [a.status_code for a in spent] == [202, 202]
+    return spent
+
+
 def _error(response: httpx.Response) -> tuple[int, str]:
     return response.status_code, str(response.json()["error"]["code"])
 
@@ -257,8 +264,7 @@ async def test_facts_pins_and_the_policy_over_http_spend_the_same_budget(tmp_pat
         ):
             assert setup.status_code in (200, 201), setup.text
         async with as_member(server, await server.token(sid, "olga")) as olga:
-            spent = [await olga.post(f"{base}/messages", json={"text": f"m{n}"}) for n in range(2)]
-            assert [a.status_code for a in spent] == [202, 202]
+            spent = await spend_both(olga, base)
             answers = [
                 await olga.put(f"{base}/facts/new", json={"value": "v"}),
                 await olga.delete(f"{base}/facts/kept"),
@@ -273,6 +279,31 @@ async def test_facts_pins_and_the_policy_over_http_spend_the_same_budget(tmp_pat
         assert (await server.http.get(f"{base}/pins")).json()["pins"] == [pinned_id]
         session = (await server.http.get(base)).json()
         assert (session["policy"], session["title"]) == ("queue", "test")
+
+
+async def test_invites_and_documents_by_a_member_spend_the_same_budget(tmp_path: Path) -> None:
+    # Minting and revoking invites, attaching and removing documents: each a write and an
+    # audit record, bounded by the member's command rate (the admin key's are not).
+    async with serve_in_process(two_commands(tmp_path)) as server:
+        sid = await server.new_session({"olga": "owner", "bob": "editor"})
+        base = f"/api/v1/sessions/{sid}"
+        invite = await server.http.post(f"{base}/invites", json={"user_id": "bob"})
+        document = {"title": "Notes", "text": "kept", "readers": {"users": ["olga"]}}
+        made = await server.http.post(f"{base}/documents", json=document)
+        assert (invite.status_code, made.status_code) == (201, 201), made.text
+        async with as_member(server, await server.token(sid, "olga")) as olga:
+            await spend_both(olga, base)
+            answers = [
+                await olga.post(f"{base}/invites", json={"user_id": "bob"}),
+                await olga.delete(f"{base}/invites/{invite.json()['id']}"),
+                await olga.post(f"{base}/documents", json=document),
+                await olga.delete(f"{base}/documents/{made.json()['id']}"),
+            ]
+        assert [_error(a) for a in answers] == [(429, "rate_limited")] * len(answers)
+        invites = (await server.http.get(f"{base}/invites")).json()["invites"]
+        assert [i["id"] for i in invites] == [invite.json()["id"]]
+        documents = (await server.http.get(f"{base}/documents")).json()["documents"]
+        assert [d["id"] for d in documents] == [made.json()["id"]]
 
 
 async def test_refused_calls_are_audited_at_most_at_the_members_command_rate(
