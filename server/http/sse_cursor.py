@@ -14,16 +14,16 @@ import json
 import re
 from dataclasses import dataclass, replace
 
-from sqlalchemy import and_, desc, select
+from sqlalchemy import Select, and_, desc, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from parley.server.store.tables import session_events, sessions
+from parley.server.store.tables import REPLY_EVENT_KINDS, REPLY_EVENTS, session_events, sessions
 from parley.session.errors import BadEventId, NotFound
 from parley.session.events import StoredEvent
 
 _ID = re.compile(r"(\d{1,15})(?:\.([0-9A-Za-z_-]{1,64})\.(\d{1,12}))?")
 REPLY_ENDS = frozenset({"reply_completed", "run_failed"})
-_REPLY_KINDS = ("run_started", *sorted(REPLY_ENDS))
+assert REPLY_ENDS | {"run_started"} == set(REPLY_EVENT_KINDS)
 _SCAN_PAGE = 100
 
 
@@ -74,21 +74,24 @@ async def head_seq(connection: AsyncConnection, session_id: str) -> int:
     return int(last)
 
 
+def reply_events_before(session_id: str, below: int) -> Select[tuple[int, str, str]]:
+    """The latest page of the session's events that start or end a reply, before event
+    ``below``. Its condition is the partial index's own, spelled the same (the kinds as
+    literals): a database uses that index only when the query says so."""
+    e = session_events
+    return (
+        select(e.c.seq, e.c.kind, e.c.data)
+        .where(and_(e.c.session_id == session_id, e.c.seq < below, REPLY_EVENTS))
+        .order_by(desc(e.c.seq))
+        .limit(_SCAN_PAGE)
+    )
+
+
 async def running_at(connection: AsyncConnection, session_id: str, seq: int) -> str | None:
     """The reply running as of event ``seq`` (started at or before it, not ended)."""
-    e = session_events
     below = seq + 1
     while True:
-        rows = (
-            await connection.execute(
-                select(e.c.seq, e.c.kind, e.c.data)
-                .where(
-                    and_(e.c.session_id == session_id, e.c.seq < below, e.c.kind.in_(_REPLY_KINDS))
-                )
-                .order_by(desc(e.c.seq))
-                .limit(_SCAN_PAGE)
-            )
-        ).all()
+        rows = (await connection.execute(reply_events_before(session_id, below))).all()
         for row in rows:
             reply_id = json.loads(row.data).get("reply_id")
             if reply_id is None:  # prompts that never ran: no reply started or ended

@@ -16,6 +16,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     false,
+    text,
 )
 
 metadata = MetaData()
@@ -220,6 +221,18 @@ session_events = Table(
     Column("kind", String(32), nullable=False),
     Column("actor", String(200)),
     Column("data", Text, nullable=False),  # JSON object
+)
+# The events that start and end a reply: an event stream that opens finds the reply
+# running by reading back through these alone (a partial index: a session of many
+# messages and few runs is not read through).
+REPLY_EVENT_KINDS = ("reply_completed", "run_failed", "run_started")
+REPLY_EVENTS = text("kind IN (" + ", ".join(f"'{k}'" for k in REPLY_EVENT_KINDS) + ")")
+Index(
+    "ix_session_events_replies",
+    session_events.c.session_id,
+    session_events.c.seq,
+    postgresql_where=REPLY_EVENTS,
+    sqlite_where=REPLY_EVENTS,
 )
 
 # Client tokens issued, so one can be revoked by its id; rows past ``expires_at`` (seconds)
