@@ -16,10 +16,13 @@ import time
 
 import pytest
 
+from parley.server.store.sessions import Store
 from parley.session.entries import Entry
+from parley.session.events import StoredEvent
 from parley.session.queue import Policy
 from tests.fake_model import Answer, FakeModel, Sent
 from tests.server.runtime.backend import sql_store
+from tests.server.runtime.harness import SESSION
 from tests.server.runtime.test_policies import (
     CLIENTS,
     PROMPTS_EACH,
@@ -42,6 +45,14 @@ def answer(sent: Sent) -> Answer:
     return who_asked(sent)
 
 
+async def stored_events(store: Store) -> list[StoredEvent]:
+    """Every event of the load's session, in commit order."""
+    events: list[StoredEvent] = []
+    while page := await store.events_after(SESSION, events[-1].seq if events else 0, 1000):
+        events += page
+    return events
+
+
 def report(policy: str, view: list[Entry]) -> dict[str, float]:
     prompts = [e for e in view if e.kind == "prompt" and e.started_at is not None]
     waits = [int(e.started_at or 0) - e.created_at for e in prompts]
@@ -55,7 +66,6 @@ def report(policy: str, view: list[Entry]) -> dict[str, float]:
 
 
 async def test_queue_is_fair_round_robin(database_url: str) -> None:
-    # Real time: when each prompt was stored and started is what the fairness check reads.
     async with (
         sql_store(database_url) as store,
         loaded(Policy.QUEUE, FakeModel(answer), store=store, clock=time.time) as s,
@@ -64,28 +74,37 @@ async def test_queue_is_fair_round_robin(database_url: str) -> None:
         assert all(a["type"] == "ack" for a in acks)
         # A thousand runs, each stored: minutes on a machine running other tests too.
         view = await converge(s, acks, timeout_s=600)
+        events = await stored_events(store)
     replies_follow_prompts(view)
     assert all(e.status == "done" for e in view)
-    runs = sorted((e for e in view if e.kind == "prompt"), key=lambda e: (e.started_at, e.seq))
+    # The order things happened in is the order they were committed in (the events'
+    # numbers), not their time stamps: a prompt is stamped as it arrives, and waits for
+    # the writer before the queue knows of it.
+    accepted = {e.data["prompt_id"]: e.seq for e in events if e.kind == "prompt_accepted"}
+    started = [e for e in events if e.kind == "run_started"]
+    authors = {e.id: e.author for e in view if e.kind == "prompt"}
+    runs = [(e.seq, authors[e.data["prompt_ids"][0]], e.data["prompt_ids"][0]) for e in started]
+    assert all(len(e.data["prompt_ids"]) == 1 for e in started)
     # Each user's own prompts run in their order.
+    seq_of = {e.id: e.seq for e in view if e.kind == "prompt"}
     by_user: dict[str, list[int]] = {}
-    for run in runs:
-        by_user.setdefault(run.author, []).append(run.seq)
+    for _, author, prompt_id in runs:
+        by_user.setdefault(author, []).append(seq_of[prompt_id])
     assert all(seqs == sorted(seqs) for seqs in by_user.values())
     # Each reply answers its own prompt alone, asked by its author.
     by_id = {e.id: e for e in view}
     assert all(by_id[r.answers[0]].author in r.content for r in view if r.kind == "reply")
-    # Fairness: between two runs of a user whose next prompt was already waiting, no other
-    # user runs twice.
+    # Fairness: between two runs of a user whose next prompt was already waiting when the
+    # run after the first began, no other user runs twice.
     worst = 0
     waiting_pairs = 0
     for user in by_user:
-        indexes = [i for i, r in enumerate(runs) if r.author == user]
+        indexes = [i for i, r in enumerate(runs) if r[1] == user]
         for first, second in itertools.pairwise(indexes):
-            if runs[second].created_at >= (runs[first + 1].started_at or 0):
+            if accepted[runs[second][2]] > runs[first + 1][0]:
                 continue  # the next prompt was not waiting yet
             waiting_pairs += 1
-            between = [r.author for r in runs[first + 1 : second]]
+            between = [r[1] for r in runs[first + 1 : second]]
             assert len(between) == len(set(between)), (user, between)
             worst = max(worst, max((between.count(a) for a in set(between)), default=0))
     assert waiting_pairs  # the load queued prompts: the fairness rule was put to the test
