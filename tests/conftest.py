@@ -333,6 +333,10 @@ async def serve_in_process(
     else:
         app = create_app(settings, provider=model)
     config = uvicorn_config(app, settings)
+    # The tests' HTTP clients keep a pooled connection across waits of seconds; with
+    # uvicorn's 5 s keep-alive the server could close one just as a request was written on
+    # it (one loop runs both), and the request failed with a ReadError.
+    config.timeout_keep_alive = 600
     if ws is not None:
         config.ws = ws
     server = ParleyServer(config, app)
