@@ -8,6 +8,12 @@ What is relayed is coalesced: each client's latest state waits until ``flush()``
 however many updates a client sends, listeners get one state per client per flush.
 A socket may only speak for client ids it introduced; states it sends for other sockets'
 clients (stock y-websocket clients echo what they receive) are ignored.
+
+In cluster mode the states another node relays are recorded too (``apply_remote``), owned
+by that node: a socket here may not speak for a client of a socket there, nor the other way
+round, so the rule holds on every node. A remote client not renewed for
+``REMOTE_STALE_S`` (its node gone, say) may be taken by a socket here: Yjs clients renew
+every 15 s and keep their client id when they reconnect to another node.
 """
 
 from __future__ import annotations
@@ -25,6 +31,15 @@ from parley.session.yprotocol import (
 )
 
 MAX_CLIENTS_PER_SOCKET = 8
+# y-protocols' outdated timeout: a state not renewed for this long is gone for its peers.
+REMOTE_STALE_S = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteNode:
+    """The owner of the clients another node's sockets introduced."""
+
+    node_id: str
 
 
 @dataclass(slots=True)
@@ -32,6 +47,7 @@ class _Client:
     owner: Hashable
     clock: int
     state: dict[str, Any] | None
+    seen: float = 0.0  # when a remote client was last renewed (local ones: unused)
 
 
 class Presence:
@@ -41,18 +57,25 @@ class Presence:
         self._pending: dict[int, AwarenessState] = {}  # to relay at the next flush
 
     def apply(
-        self, owner: Hashable, user_id: str, update: bytes, display_name: str | None = None
+        self,
+        owner: Hashable,
+        user_id: str,
+        update: bytes,
+        display_name: str | None = None,
+        now: float = 0.0,
     ) -> bytes:
         """Record an awareness update from ``owner`` for the next flush; return what of it
         is relayed (an update of no states when nothing is). Each state is stamped with
         who sent it, ``user_id`` and the member's ``display_name`` (when they have one), so
-        nobody can show themselves as someone else."""
+        nobody can show themselves as someone else. ``now`` dates remote clients' staleness."""
         if len(update) > self.max_state_bytes * MAX_CLIENTS_PER_SOCKET:
             raise TooLarge("awareness update too large")
         relayed: list[AwarenessState] = []
         new_clients = 0
         for item in decode_awareness_update(update):  # check all before recording any
             known = self._clients.get(item.client_id)
+            if known is not None and self._stale(known, now):
+                known = None  # its node stopped renewing it: anyone may introduce it
             if known is not None and known.owner != owner:
                 # Stock y-websocket re-sends the states it received from others: skip them
                 # (a socket never speaks for a client another socket introduced).
@@ -77,6 +100,29 @@ class Presence:
             self._pending[item.client_id] = item
         return encode_awareness_update(relayed)
 
+    def apply_remote(self, node_id: str, update: bytes, now: float) -> bytes | None:
+        """Record the states another node relayed (stamped there); return what of them its
+        sockets may speak for, to show here, or None when nothing is (``ProtocolError``
+        for an update that is not one)."""
+        owner = RemoteNode(node_id)
+        accepted: list[AwarenessState] = []
+        for item in decode_awareness_update(update):
+            known = self._clients.get(item.client_id)
+            if known is not None and self._stale(known, now):
+                known = None
+            if known is not None and (known.owner != owner or item.clock < known.clock):
+                continue  # another's client, here or on a third node; or stale
+            if item.state is None:
+                self._clients.pop(item.client_id, None)
+            else:
+                self._clients[item.client_id] = _Client(owner, item.clock, item.state, now)
+            accepted.append(item)
+        return encode_awareness_update(accepted) if accepted else None
+
+    @staticmethod
+    def _stale(client: _Client, now: float) -> bool:
+        return isinstance(client.owner, RemoteNode) and now - client.seen > REMOTE_STALE_S
+
     def flush(self) -> bytes | None:
         """One update with the latest state of every client that changed (or left) since
         the last flush; None when none did."""
@@ -85,6 +131,9 @@ class Presence:
         update = encode_awareness_update(list(self._pending.values()))
         self._pending.clear()
         return update
+
+    def _local(self) -> list[tuple[int, _Client]]:
+        return [(cid, c) for cid, c in self._clients.items() if not isinstance(c.owner, RemoteNode)]
 
     def owned_by(self, owner: Hashable) -> int:
         return sum(1 for c in self._clients.values() if c.owner == owner)
@@ -102,17 +151,16 @@ class Presence:
         return encode_awareness_update(left)
 
     def snapshot(self) -> bytes | None:
-        """Every live state, for a socket that just joined (None when nobody is present)."""
+        """Every live state of this node's sockets, for a socket that just joined (None when
+        nobody is present); the other nodes answer for theirs."""
         live = [
-            AwarenessState(cid, c.clock, c.state)
-            for cid, c in self._clients.items()
-            if c.state is not None
+            AwarenessState(cid, c.clock, c.state) for cid, c in self._local() if c.state is not None
         ]
         return encode_awareness_update(live) if live else None
 
     def users(self) -> list[str]:
         found = []
-        for c in self._clients.values():
+        for _, c in self._local():
             if c.state is not None:
                 found.append(str(c.state["parley"]["user_id"]))
         return sorted(set(found))

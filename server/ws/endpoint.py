@@ -161,7 +161,7 @@ async def _on_binary(
                 room.awareness.changed()
             raise Forbidden("you may not show presence here (be_present)")
         name = room.membership.display_names.get(connection.user_id)
-        presence.apply(connection, connection.user_id, message.update, name)
+        presence.apply(connection, connection.user_id, message.update, name, now)
         room.awareness.changed()
     elif isinstance(message, QueryAwarenessMessage):
         snapshot = presence.snapshot()
