@@ -245,6 +245,10 @@ class Session:
             pass
         finally:
             self._ws = self._socket = None
+            # The others' states are the server's to give again (those who left meanwhile
+            # are never announced to this client), as stock y-websocket clients drop them.
+            own = self._peers.get(self._client_id)
+            self._peers = {} if own is None else {self._client_id: own}
             renew.cancel()
             with contextlib.suppress(asyncio.CancelledError, websockets.ConnectionClosed):
                 await renew
