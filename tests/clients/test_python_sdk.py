@@ -468,3 +468,24 @@ async def test_a_member_who_left_while_the_socket_was_down_is_not_here(
             await alice.wait_for(lambda s: s.connects == 2 and s.state is ConnectionState.CONNECTED)
             # The server's presence now (sent before the document) does not list bob.
             assert "bob" not in alice.here
+
+
+async def test_a_command_too_big_for_the_socket_is_refused_not_resent_forever(
+    tmp_path: Path,
+) -> None:
+    settings = make_settings(
+        sqlite_url(tmp_path), tmp_path / "data", max_ws_message_bytes=64 * 1024
+    )
+    async with (
+        serve_in_process(settings) as server,
+        AdminClient(server.base_url, ADMIN_KEY) as admin,
+        asyncio.timeout(60),
+    ):
+        sid = await new_session(admin, {"alice": "editor"})
+        token = (await admin.create_token(sid, "alice")).token
+        async with connect(server.ws_url, sid, token, reconnect=FAST) as alice:
+            with pytest.raises(TooLarge):  # the server closed the socket with 1009
+                await alice.prompt("x" * 100_000)
+            assert alice.unacknowledged == []
+            ack = await alice.prompt("and a small one")  # the session goes on
+            assert ack.seq == 1
