@@ -67,7 +67,7 @@ async def session_socket(websocket: WebSocket) -> None:
 
     def cleanup() -> None:
         room.sockets.detach(connection)
-        if presence.drop(connection) is not None:
+        if presence.drop(connection, state.clock()) is not None:
             room.awareness.changed()
 
     await serve(
@@ -157,7 +157,7 @@ async def _on_binary(
         if not decide(room.subject(connection.user_id), Do(Capability.BE_PRESENT)).allowed:
             # Seeing the others is reading the session; showing oneself is ``be_present``.
             # A state shown before the capability was taken away goes too.
-            if presence.drop(connection) is not None:
+            if presence.drop(connection, now) is not None:
                 room.awareness.changed()
             raise Forbidden("you may not show presence here (be_present)")
         name = room.membership.display_names.get(connection.user_id)

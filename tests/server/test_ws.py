@@ -223,3 +223,25 @@ async def test_presence_needs_be_present(sqlite_server: RunningServer) -> None:
     assert put.status_code == 200
     await vera.set_awareness(7, 2, {"user": {"name": "Vera"}, "typing": True})
     await alice.wait_until(lambda c: c.awareness.get(7, {}) is None)
+
+
+async def test_a_client_id_just_left_is_kept_for_its_member(sqlite_server: RunningServer) -> None:
+    """Stock clients keep their awareness client id across reconnects: another member may
+    not take it over while its own member is away (between their sockets)."""
+    server = sqlite_server
+    sid = await server.new_session({"alice": "editor", "vera": "viewer", "mallory": "editor"})
+    alice = await server.connect(sid, "alice")
+    vera = await server.connect(sid, "vera")
+    mallory = await server.connect(sid, "mallory")
+    await vera.set_awareness(777, 1, {"user": {"name": "Vera"}})
+    await mallory.wait_until(lambda c: 777 in c.awareness)
+    await vera.close()
+    await mallory.wait_until(lambda c: 777 in c.awareness and c.awareness[777] is None)
+    await mallory.set_awareness(777, 50, {"user": {"name": "Vera"}})
+    await mallory.set_awareness(555, 1, {"user": {"name": "Mallory"}})
+    await alice.wait_until(lambda c: 555 in c.awareness)
+    assert alice.awareness[777] is None
+    back = await server.connect(sid, "vera")  # the same Y.Doc, so the same client id
+    await back.set_awareness(777, 2, {"user": {"name": "Vera"}})
+    await alice.wait_until(lambda c: (c.awareness.get(777) or {}).get("parley") is not None)
+    assert alice.awareness[777] == {"user": {"name": "Vera"}, "parley": {"user_id": "vera"}}

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from parley.session.errors import Forbidden, TooLarge
-from parley.session.presence import MAX_CLIENTS_PER_SOCKET, REMOTE_STALE_S, Presence
+from parley.session.presence import KEEP_LEFT_S, MAX_CLIENTS_PER_SOCKET, REMOTE_STALE_S, Presence
 from parley.session.yprotocol import (
     AwarenessState,
     ProtocolError,
@@ -316,3 +316,15 @@ def test_another_nodes_clients_are_theirs_and_ours_are_ours() -> None:
     late = 3.0 + REMOTE_STALE_S + 1
     out = presence.apply(BOB_SOCKET, "bob", update((22, 1, {"name": "Bo"})), now=late)
     assert relayed(out) == [AwarenessState(22, 1, stamped({"name": "Bo"}, "bob"))]
+
+
+def test_a_client_that_left_is_kept_for_its_member_a_while() -> None:
+    presence = Presence()
+    presence.apply(ALICE_SOCKET, "alice", update((11, 3, {"name": "Al"})), now=0.0)
+    presence.drop(ALICE_SOCKET, now=1.0)
+    assert relayed(presence.apply(BOB_SOCKET, "bob", update((11, 9, {})), now=2.0)) == []
+    back = presence.apply("socket-a2", "alice", update((11, 4, {"name": "Al"})), now=3.0)
+    assert relayed(back) == [AwarenessState(11, 4, stamped({"name": "Al"}, "alice"))]
+    presence.drop("socket-a2", now=4.0)
+    later = presence.apply(BOB_SOCKET, "bob", update((11, 9, {})), now=4.0 + KEEP_LEFT_S + 1)
+    assert relayed(later) == [AwarenessState(11, 9, stamped({}, "bob"))]
