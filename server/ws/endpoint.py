@@ -29,7 +29,7 @@ from parley.server.ws.admission import admit, charged, receive, serve
 from parley.server.ws.connection import CommandChannel, Connection
 from parley.server.ws.deadlines import SocketDeadlines
 from parley.session.closes import CloseCode
-from parley.session.commands import command_id_of, error_reply
+from parley.session.commands import command_id_of, command_id_unread, error_reply
 from parley.session.errors import (
     Forbidden,
     ParleyError,
@@ -37,6 +37,7 @@ from parley.session.errors import (
     close_code_for,
 )
 from parley.session.presence import Presence
+from parley.session.ratelimit import Cost, Spend
 from parley.session.yprotocol import (
     AwarenessMessage,
     ProtocolError,
@@ -109,6 +110,17 @@ async def _serve(
             continue  # dropped: the client is over its update rate
         if text is not None:
             connection.channel = channel  # answered the way it asked
+        if text is not None and not room.budgets.allow(
+            connection.user_id, Cost(Spend.COMMAND_BYTES, len(text)), now
+        ):
+            # Refused unread: parsing is what its bytes would cost.
+            state.metrics.errors.labels(code="rate_limited").inc()
+            refusal = RateLimited("over the command bytes budget; slow down")
+            connection.send_json(error_reply(command_id_unread(text), refusal))
+            if limits.abuse.refused(now):
+                connection.close(CloseCode.ABUSE, "too many commands")
+                return
+            continue
         if text is not None and not (
             limits.commands.allow(now) and room.user_bucket(connection.user_id).allow(now)
         ):
