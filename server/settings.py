@@ -187,6 +187,11 @@ class Settings(BaseSettings):
     document_write_bytes_per_s: float = Field(default=64 * 1024, ge=0)
     document_write_burst_bytes: int = Field(default=1024 * 1024, ge=0)
     max_delete_ranges_per_update: int = Field(default=10_000, ge=0)
+    # The JSON of a member's commands (per member, across their sockets), charged before it
+    # is parsed: parsing 4 MiB of ``[{}, …]`` takes 0.1 s of the event loop. A frame over
+    # the burst is refused unread (the longest prompt, escaped at worst, is 192 kB).
+    command_bytes_per_s: float = Field(default=256 * 1024, ge=0)
+    command_burst_bytes: int = Field(default=1024 * 1024, ge=0)
     awareness_bytes_per_s: float = Field(default=32 * 1024, ge=0)
     awareness_burst_bytes: int = Field(default=256 * 1024, ge=0)
     awareness_flush_ms: float = Field(

@@ -213,6 +213,22 @@ def _parse(data: dict[str, Any], limits: Limits) -> Command:
     raise UnknownCommand(f"unknown command type {kind!r}")
 
 
+# A command's id where clients put it, first or last (``{"id": …`` / ``…, "id": "…"}``):
+# a string's quotes are escaped, so only a key matches.
+_ID_NEAR_END = re.compile(r'"id"\s*:\s*"([^"\\]{1,' + str(MAX_COMMAND_ID_CHARS) + '})"')
+ID_SEARCH_CHARS = 512
+
+
+def command_id_unread(frame: str) -> str | None:
+    """The id of a command frame refused unread, if it is near one of its ends (found in
+    constant time, whatever the frame's size)."""
+    for part in (frame[:ID_SEARCH_CHARS], frame[-ID_SEARCH_CHARS:]):
+        found = _ID_NEAR_END.search(part)
+        if found is not None:
+            return found.group(1)
+    return None
+
+
 def command_id_of(frame: str) -> str | None:
     """The id of a command frame, if one can be read (for replies to unparsed frames)."""
     try:

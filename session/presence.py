@@ -8,6 +8,16 @@ What is relayed is coalesced: each client's latest state waits until ``flush()``
 however many updates a client sends, listeners get one state per client per flush.
 A socket may only speak for client ids it introduced; states it sends for other sockets'
 clients (stock y-websocket clients echo what they receive) are ignored.
+
+In cluster mode the states another node relays are recorded too (``apply_remote``), owned
+by that node: a socket here may not speak for a client of a socket there, nor the other way
+round, so the rule holds on every node. A remote client not renewed for
+``REMOTE_STALE_S`` (its node gone, say) may be taken by a socket here: Yjs clients renew
+every 15 s and keep their client id when they reconnect to another node.
+
+A client whose socket closed stays its member's for ``KEEP_LEFT_S`` (stock clients come
+back with the same client id): until then no other member may introduce it, which would
+leave the member unable to show themselves when they reconnect.
 """
 
 from __future__ import annotations
@@ -25,6 +35,17 @@ from parley.session.yprotocol import (
 )
 
 MAX_CLIENTS_PER_SOCKET = 8
+# y-protocols' outdated timeout: a state not renewed for this long is gone for its peers.
+REMOTE_STALE_S = 30.0
+KEEP_LEFT_S = REMOTE_STALE_S
+MAX_LEFT_KEPT = 10_000  # client ids kept for their members at once, the oldest go first
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteNode:
+    """The owner of the clients another node's sockets introduced."""
+
+    node_id: str
 
 
 @dataclass(slots=True)
@@ -32,6 +53,8 @@ class _Client:
     owner: Hashable
     clock: int
     state: dict[str, Any] | None
+    user_id: str = ""  # whose it is: the socket's member, or the remote state's stamp
+    seen: float = 0.0  # when a remote client was last renewed (local ones: unused)
 
 
 class Presence:
@@ -39,24 +62,35 @@ class Presence:
         self.max_state_bytes = max_state_bytes
         self._clients: dict[int, _Client] = {}
         self._pending: dict[int, AwarenessState] = {}  # to relay at the next flush
+        # Client ids that left lately -> (their member, when), oldest first.
+        self._left: dict[int, tuple[str, float]] = {}
 
     def apply(
-        self, owner: Hashable, user_id: str, update: bytes, display_name: str | None = None
+        self,
+        owner: Hashable,
+        user_id: str,
+        update: bytes,
+        display_name: str | None = None,
+        now: float = 0.0,
     ) -> bytes:
         """Record an awareness update from ``owner`` for the next flush; return what of it
         is relayed (an update of no states when nothing is). Each state is stamped with
         who sent it, ``user_id`` and the member's ``display_name`` (when they have one), so
-        nobody can show themselves as someone else."""
+        nobody can show themselves as someone else. ``now`` dates remote clients' staleness."""
         if len(update) > self.max_state_bytes * MAX_CLIENTS_PER_SOCKET:
             raise TooLarge("awareness update too large")
         relayed: list[AwarenessState] = []
         new_clients = 0
         for item in decode_awareness_update(update):  # check all before recording any
             known = self._clients.get(item.client_id)
+            if known is not None and self._stale(known, now):
+                known = None  # its node stopped renewing it: anyone may introduce it
             if known is not None and known.owner != owner:
                 # Stock y-websocket re-sends the states it received from others: skip them
                 # (a socket never speaks for a client another socket introduced).
                 continue
+            if known is None and self._kept_for_another(item.client_id, user_id, now):
+                continue  # another member's client, away between two of their sockets
             if known is None:
                 new_clients += 1
                 if self.owned_by(owner) + new_clients > MAX_CLIENTS_PER_SOCKET:
@@ -73,9 +107,59 @@ class Presence:
                 continue  # stale
             relayed.append(AwarenessState(item.client_id, item.clock, state))
         for item in relayed:
-            self._clients[item.client_id] = _Client(owner, item.clock, item.state)
+            self._clients[item.client_id] = _Client(owner, item.clock, item.state, user_id)
             self._pending[item.client_id] = item
+            self._left.pop(item.client_id, None)
         return encode_awareness_update(relayed)
+
+    def apply_remote(self, node_id: str, update: bytes, now: float) -> bytes | None:
+        """Record the states another node relayed (stamped there); return what of them its
+        sockets may speak for, to show here, or None when nothing is (``ProtocolError``
+        for an update that is not one)."""
+        owner = RemoteNode(node_id)
+        accepted: list[AwarenessState] = []
+        for item in decode_awareness_update(update):
+            known = self._clients.get(item.client_id)
+            if known is not None and self._stale(known, now):
+                known = None
+            if known is not None and (known.owner != owner or item.clock < known.clock):
+                continue  # another's client, here or on a third node; or stale
+            stamp = (item.state or {}).get("parley")
+            user_id = str(stamp.get("user_id", "")) if isinstance(stamp, dict) else ""
+            if item.state is None:
+                if known is not None:
+                    del self._clients[item.client_id]
+                    self._keep_left(item.client_id, known.user_id, now)
+            elif known is None and self._kept_for_another(item.client_id, user_id, now):
+                continue
+            else:
+                client = _Client(owner, item.clock, item.state, user_id, now)
+                self._clients[item.client_id] = client
+                self._left.pop(item.client_id, None)
+            accepted.append(item)
+        return encode_awareness_update(accepted) if accepted else None
+
+    @staticmethod
+    def _stale(client: _Client, now: float) -> bool:
+        return isinstance(client.owner, RemoteNode) and now - client.seen > REMOTE_STALE_S
+
+    def _keep_left(self, client_id: int, user_id: str, now: float) -> None:
+        self._left.pop(client_id, None)  # to the end: the newest
+        self._left[client_id] = (user_id, now)
+        self._forget_left(now)
+
+    def _forget_left(self, now: float) -> None:
+        while self._left:
+            oldest, (_, at) = next(iter(self._left.items()))
+            if now - at <= KEEP_LEFT_S and len(self._left) <= MAX_LEFT_KEPT:
+                return
+            del self._left[oldest]
+
+    def _kept_for_another(self, client_id: int, user_id: str, now: float) -> bool:
+        """True while ``client_id`` left lately and was another member's."""
+        self._forget_left(now)
+        left = self._left.get(client_id)
+        return left is not None and left[0] != user_id
 
     def flush(self) -> bytes | None:
         """One update with the latest state of every client that changed (or left) since
@@ -86,33 +170,36 @@ class Presence:
         self._pending.clear()
         return update
 
+    def _local(self) -> list[tuple[int, _Client]]:
+        return [(cid, c) for cid, c in self._clients.items() if not isinstance(c.owner, RemoteNode)]
+
     def owned_by(self, owner: Hashable) -> int:
         return sum(1 for c in self._clients.values() if c.owner == owner)
 
-    def drop(self, owner: Hashable) -> bytes | None:
-        """Forget ``owner``'s clients; return the "they left" update (relayed at the next
-        flush), if any."""
+    def drop(self, owner: Hashable, now: float = 0.0) -> bytes | None:
+        """Forget ``owner``'s clients (their ids kept for their member a while); return the
+        "they left" update (relayed at the next flush), if any."""
         gone = [cid for cid, c in self._clients.items() if c.owner == owner]
         if not gone:
             return None
         left = [AwarenessState(cid, self._clients[cid].clock + 1, None) for cid in gone]
         for item in left:
-            del self._clients[item.client_id]
+            gone_client = self._clients.pop(item.client_id)
+            self._keep_left(item.client_id, gone_client.user_id, now)
             self._pending[item.client_id] = item  # replaces a state not yet relayed
         return encode_awareness_update(left)
 
     def snapshot(self) -> bytes | None:
-        """Every live state, for a socket that just joined (None when nobody is present)."""
+        """Every live state of this node's sockets, for a socket that just joined (None when
+        nobody is present); the other nodes answer for theirs."""
         live = [
-            AwarenessState(cid, c.clock, c.state)
-            for cid, c in self._clients.items()
-            if c.state is not None
+            AwarenessState(cid, c.clock, c.state) for cid, c in self._local() if c.state is not None
         ]
         return encode_awareness_update(live) if live else None
 
     def users(self) -> list[str]:
         found = []
-        for c in self._clients.values():
+        for _, c in self._local():
             if c.state is not None:
                 found.append(str(c.state["parley"]["user_id"]))
         return sorted(set(found))

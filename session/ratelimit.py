@@ -60,6 +60,7 @@ class Spend(StrEnum):
     """What a member's input costs the server, each kind with its own budget."""
 
     COMMANDS = "commands"  # JSON commands, counted (per member; sockets have their own)
+    COMMAND_BYTES = "command_bytes"  # JSON commands' bytes, charged before they are parsed
     DOCUMENT_BYTES = "document_bytes"  # client document writes, refused or no-op: bytes
     AWARENESS_BYTES = "awareness_bytes"  # presence updates: bytes, fanned out to everyone
     SYNC_REQUESTS = "sync_requests"  # "send me everything" (sync step 1, query awareness)

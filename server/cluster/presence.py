@@ -23,6 +23,7 @@ from parley.server.cluster.forwarding import MAX_NOTIFY_BYTES
 from parley.server.runtime.room import SessionRoom
 from parley.session.yprotocol import (
     AwarenessState,
+    ProtocolError,
     decode_awareness_update,
     encode_awareness,
     encode_awareness_update,
@@ -86,10 +87,13 @@ class PresenceRelay:
                 asyncio.get_running_loop().call_later(ANSWER_DELAY_S, self._answer, session_id)
             return
         try:
-            update = base64.b64decode(body, validate=True)
-        except binascii.Error:
+            shown = room.presence.apply_remote(
+                origin, base64.b64decode(body, validate=True), room.clock()
+            )
+        except (binascii.Error, ProtocolError):
             return
-        room.sockets.broadcast(encode_awareness(update))
+        if shown is not None:  # what its sockets may speak for (``Presence``)
+            room.sockets.broadcast(encode_awareness(shown))
 
     def _answer(self, session_id: str) -> None:
         self._answering.discard(session_id)

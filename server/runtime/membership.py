@@ -148,4 +148,5 @@ def member_rates(settings: Settings) -> dict[Spend, Rate]:
             settings.document_write_bytes_per_s, settings.document_write_burst_bytes
         ),
         Spend.AWARENESS_BYTES: Rate(settings.awareness_bytes_per_s, settings.awareness_burst_bytes),
+        Spend.COMMAND_BYTES: Rate(settings.command_bytes_per_s, settings.command_burst_bytes),
     }

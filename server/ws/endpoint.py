@@ -29,7 +29,7 @@ from parley.server.ws.admission import admit, charged, receive, serve
 from parley.server.ws.connection import CommandChannel, Connection
 from parley.server.ws.deadlines import SocketDeadlines
 from parley.session.closes import CloseCode
-from parley.session.commands import command_id_of, error_reply
+from parley.session.commands import command_id_of, command_id_unread, error_reply
 from parley.session.errors import (
     Forbidden,
     ParleyError,
@@ -37,6 +37,7 @@ from parley.session.errors import (
     close_code_for,
 )
 from parley.session.presence import Presence
+from parley.session.ratelimit import Cost, Spend
 from parley.session.yprotocol import (
     AwarenessMessage,
     ProtocolError,
@@ -67,7 +68,7 @@ async def session_socket(websocket: WebSocket) -> None:
 
     def cleanup() -> None:
         room.sockets.detach(connection)
-        if presence.drop(connection) is not None:
+        if presence.drop(connection, state.clock()) is not None:
             room.awareness.changed()
 
     await serve(
@@ -109,6 +110,17 @@ async def _serve(
             continue  # dropped: the client is over its update rate
         if text is not None:
             connection.channel = channel  # answered the way it asked
+        if text is not None and not room.budgets.allow(
+            connection.user_id, Cost(Spend.COMMAND_BYTES, len(text)), now
+        ):
+            # Refused unread: parsing is what its bytes would cost.
+            state.metrics.errors.labels(code="rate_limited").inc()
+            refusal = RateLimited("over the command bytes budget; slow down")
+            connection.send_json(error_reply(command_id_unread(text), refusal))
+            if limits.abuse.refused(now):
+                connection.close(CloseCode.ABUSE, "too many commands")
+                return
+            continue
         if text is not None and not (
             limits.commands.allow(now) and room.user_bucket(connection.user_id).allow(now)
         ):
@@ -157,11 +169,11 @@ async def _on_binary(
         if not decide(room.subject(connection.user_id), Do(Capability.BE_PRESENT)).allowed:
             # Seeing the others is reading the session; showing oneself is ``be_present``.
             # A state shown before the capability was taken away goes too.
-            if presence.drop(connection) is not None:
+            if presence.drop(connection, now) is not None:
                 room.awareness.changed()
             raise Forbidden("you may not show presence here (be_present)")
         name = room.membership.display_names.get(connection.user_id)
-        presence.apply(connection, connection.user_id, message.update, name)
+        presence.apply(connection, connection.user_id, message.update, name, now)
         room.awareness.changed()
     elif isinstance(message, QueryAwarenessMessage):
         snapshot = presence.snapshot()

@@ -6,6 +6,7 @@ the admin client over the REST API."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -224,15 +225,22 @@ class Relay:
         self.links.clear()
 
 
-async def test_a_prompt_stored_whose_ack_was_lost_is_resent_and_stored_once(
-    sqlite_server: RunningServer,
-) -> None:
-    port = int(sqlite_server.base_url.rsplit(":", 1)[1])
+@contextlib.asynccontextmanager
+async def relayed(server: RunningServer) -> AsyncIterator[tuple[AdminClient, Relay]]:
+    """The admin client, and a relay to the server to cut or hold (60 s at most)."""
+    port = int(server.base_url.rsplit(":", 1)[1])
     async with (
-        AdminClient(sqlite_server.base_url, ADMIN_KEY) as admin,
+        AdminClient(server.base_url, ADMIN_KEY) as admin,
         Relay(port) as relay,
         asyncio.timeout(60),
     ):
+        yield admin, relay
+
+
+async def test_a_prompt_stored_whose_ack_was_lost_is_resent_and_stored_once(
+    sqlite_server: RunningServer,
+) -> None:
+    async with relayed(sqlite_server) as (admin, relay):
         sid = await new_session(admin, {"alice": "editor"})
         token = (await admin.create_token(sid, "alice")).token
         async with connect(f"ws://127.0.0.1:{relay.port}", sid, token, reconnect=FAST) as alice:
@@ -438,3 +446,46 @@ async def test_a_private_side_thread_and_sharing_back(sqlite_server: RunningServ
             assert alice.threads == {} and list(bob.threads) == [thread_id]
             await bob.close_thread(thread_id, delete=True)
             await bob.wait_for(lambda s: not s.threads)
+
+
+async def test_a_member_who_left_while_the_socket_was_down_is_not_here(
+    sqlite_server: RunningServer,
+) -> None:
+    async with relayed(sqlite_server) as (admin, relay):
+        sid = await new_session(admin, {"alice": "editor", "bob": "editor", "carol": "viewer"})
+        token = (await admin.create_token(sid, "alice")).token
+        async with (
+            connect(f"ws://127.0.0.1:{relay.port}", sid, token, reconnect=FAST) as alice,
+            await join(sqlite_server, admin, sid, "carol") as carol,
+        ):
+            bob = await join(sqlite_server, admin, sid, "bob")
+            async with bob:
+                await alice.wait_for(lambda s: "bob" in s.here)
+                relay.holding = True  # alice hears nothing from now on
+            await carol.wait_for(lambda s: "bob" not in s.here)  # the server saw bob leave
+            relay.cut()
+            relay.holding = False
+            await alice.wait_for(lambda s: s.connects == 2 and s.state is ConnectionState.CONNECTED)
+            # The server's presence now (sent before the document) does not list bob.
+            assert "bob" not in alice.here
+
+
+async def test_a_command_too_big_for_the_socket_is_refused_not_resent_forever(
+    tmp_path: Path,
+) -> None:
+    settings = make_settings(
+        sqlite_url(tmp_path), tmp_path / "data", max_ws_message_bytes=64 * 1024
+    )
+    async with (
+        serve_in_process(settings) as server,
+        AdminClient(server.base_url, ADMIN_KEY) as admin,
+        asyncio.timeout(60),
+    ):
+        sid = await new_session(admin, {"alice": "editor"})
+        token = (await admin.create_token(sid, "alice")).token
+        async with connect(server.ws_url, sid, token, reconnect=FAST) as alice:
+            with pytest.raises(TooLarge):  # the server closed the socket with 1009
+                await alice.prompt("x" * 100_000)
+            assert alice.unacknowledged == []
+            ack = await alice.prompt("and a small one")  # the session goes on
+            assert ack.seq == 1

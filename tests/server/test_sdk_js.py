@@ -429,3 +429,24 @@ async def test_limits_and_a_refused_token_reject_typed(sdk_app: Path, tmp_path: 
         finally:
             for client in (alice, stranger):
                 await client.close()
+
+
+async def test_a_command_too_big_for_the_socket_rejects_too_large(
+    sdk_app: Path, tmp_path: Path
+) -> None:
+    """The server closes a socket with 1009 for a frame over its limit: the command is
+    refused, not written again to every next socket (each closed 1009 in turn)."""
+    settings = make_settings(
+        sqlite_url(tmp_path), tmp_path / "data", max_ws_message_bytes=64 * 1024
+    )
+    async with serve_in_process(settings) as server:
+        sid = await server.new_session({"alice": "editor"})
+        alice = await join(sdk_app, server, sid, "alice")
+        try:
+            await alice.synced()
+            refused = await alice.refusal("big", "prompt", "x" * 100_000)
+            assert refused["code"] == "too_large", refused
+            await alice.ack("small", "prompt", "and a small one")  # the session goes on
+            assert (await alice.dump())["unanswered"] == {}
+        finally:
+            await alice.close()

@@ -223,3 +223,45 @@ async def test_presence_needs_be_present(sqlite_server: RunningServer) -> None:
     assert put.status_code == 200
     await vera.set_awareness(7, 2, {"user": {"name": "Vera"}, "typing": True})
     await alice.wait_until(lambda c: c.awareness.get(7, {}) is None)
+
+
+async def test_a_client_id_just_left_is_kept_for_its_member(sqlite_server: RunningServer) -> None:
+    """Stock clients keep their awareness client id across reconnects: another member may
+    not take it over while its own member is away (between their sockets)."""
+    server = sqlite_server
+    sid = await server.new_session({"alice": "editor", "vera": "viewer", "mallory": "editor"})
+    alice = await server.connect(sid, "alice")
+    vera = await server.connect(sid, "vera")
+    mallory = await server.connect(sid, "mallory")
+    await vera.set_awareness(777, 1, {"user": {"name": "Vera"}})
+    await mallory.wait_until(lambda c: 777 in c.awareness)
+    await vera.close()
+    await mallory.wait_until(lambda c: 777 in c.awareness and c.awareness[777] is None)
+    await mallory.set_awareness(777, 50, {"user": {"name": "Vera"}})
+    await mallory.set_awareness(555, 1, {"user": {"name": "Mallory"}})
+    await alice.wait_until(lambda c: 555 in c.awareness)
+    assert alice.awareness[777] is None
+    back = await server.connect(sid, "vera")  # the same Y.Doc, so the same client id
+    await back.set_awareness(777, 2, {"user": {"name": "Vera"}})
+    await alice.wait_until(lambda c: (c.awareness.get(777) or {}).get("parley") is not None)
+    assert alice.awareness[777] == {"user": {"name": "Vera"}, "parley": {"user_id": "vera"}}
+
+
+async def test_command_bytes_are_budgeted_before_they_are_parsed(
+    sqlite_server: RunningServer,
+) -> None:
+    """Parsing JSON costs its bytes (4 MiB of ``{}`` held the event loop for 0.1 s, and one
+    member's frames delayed everyone's commands by seconds): a frame over the member's
+    command bytes is refused unread, answered by its id (read from its ends)."""
+    server = sqlite_server
+    sid = await server.new_session({"alice": "editor"})
+    alice = await server.connect(sid, "alice")
+    for command_id, padded in [
+        ("first", {"id": "first", "type": "message", "text": "hi", "pad": [{}] * 600_000}),
+        ("last", {"type": "message", "text": "hi", "pad": [{}] * 600_000, "id": "last"}),
+    ]:
+        refused = await alice.command(padded)
+        assert (refused["id"], refused["code"]) == (command_id, "rate_limited"), refused
+    # The longest text, every character escaped (\u0001), still goes.
+    worst = await alice.command({"type": "message", "id": "long", "text": "\x01" * 32_000})
+    assert worst["type"] == "ack", worst

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from parley.session.errors import Forbidden, TooLarge
-from parley.session.presence import MAX_CLIENTS_PER_SOCKET, Presence
+from parley.session.presence import KEEP_LEFT_S, MAX_CLIENTS_PER_SOCKET, REMOTE_STALE_S, Presence
 from parley.session.yprotocol import (
     AwarenessState,
     ProtocolError,
@@ -293,3 +293,38 @@ def test_refused_and_ignored_updates_relay_nothing() -> None:
         presence.apply(ALICE_SOCKET, "alice", update((11, 1, {"pad": "x" * 200})))
     presence.apply(ALICE_SOCKET, "alice", update((21, 9, {"v": "not bob"})))  # an echo
     assert presence.flush() is None
+
+
+def test_another_nodes_clients_are_theirs_and_ours_are_ours() -> None:
+    presence = Presence()
+    presence.apply(ALICE_SOCKET, "alice", update((11, 1, {"name": "Al"})), now=0.0)
+    remote = update((21, 1, stamped({"name": "Cy"}, "cy")), (11, 9, None))
+    # Another node may not clear (or overwrite) a client of a socket here...
+    assert relayed(presence.apply_remote("n1", remote, 0.0)) == [
+        AwarenessState(21, 1, stamped({"name": "Cy"}, "cy"))
+    ]
+    # ...nor a socket here one of a socket there, nor a third node.
+    assert relayed(presence.apply(BOB_SOCKET, "bob", update((21, 5, None)), now=1.0)) == []
+    assert presence.apply_remote("n2", update((21, 7, None)), 1.0) is None
+    # What this node answers for is its own sockets' states.
+    assert [s.client_id for s in relayed(presence.snapshot())] == [11]
+    # Its node leaving it, the client is gone; not renewed, it may be introduced again.
+    assert relayed(presence.apply_remote("n1", update((21, 2, None)), 2.0)) == [
+        AwarenessState(21, 2, None)
+    ]
+    presence.apply_remote("n1", update((22, 1, {"name": "Di"})), 3.0)
+    late = 3.0 + REMOTE_STALE_S + 1
+    out = presence.apply(BOB_SOCKET, "bob", update((22, 1, {"name": "Bo"})), now=late)
+    assert relayed(out) == [AwarenessState(22, 1, stamped({"name": "Bo"}, "bob"))]
+
+
+def test_a_client_that_left_is_kept_for_its_member_a_while() -> None:
+    presence = Presence()
+    presence.apply(ALICE_SOCKET, "alice", update((11, 3, {"name": "Al"})), now=0.0)
+    presence.drop(ALICE_SOCKET, now=1.0)
+    assert relayed(presence.apply(BOB_SOCKET, "bob", update((11, 9, {})), now=2.0)) == []
+    back = presence.apply("socket-a2", "alice", update((11, 4, {"name": "Al"})), now=3.0)
+    assert relayed(back) == [AwarenessState(11, 4, stamped({"name": "Al"}, "alice"))]
+    presence.drop("socket-a2", now=4.0)
+    later = presence.apply(BOB_SOCKET, "bob", update((11, 9, {})), now=4.0 + KEEP_LEFT_S + 1)
+    assert relayed(later) == [AwarenessState(11, 9, stamped({}, "bob"))]

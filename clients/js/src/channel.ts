@@ -109,6 +109,22 @@ export class Outbox {
     return true
   }
 
+  /**
+   * Reject the largest command written to `socket`, which the server closed for a frame over
+   * its size limit (1009): written again to the next socket, it would close that one too.
+   */
+  refuseLargest (socket: object): void {
+    let largest: Pending | null = null
+    for (const entry of this.pending.values()) {
+      if (entry.sentOn !== socket) continue
+      if (largest === null || entry.frame.length > largest.frame.length) largest = entry
+    }
+    if (largest === null) return
+    this.pending.delete(largest.command.id)
+    const message = `the command (${largest.frame.length} bytes) is too large`
+    largest.reject(new ParleyError('too_large', message, { commandId: largest.command.id }))
+  }
+
   /** Reject every unanswered command with `error` (the session is over). */
   rejectAll (error: ParleyError): void {
     const entries = [...this.pending.values()]

@@ -40,6 +40,9 @@ import type {
 
 type WebSocketClass = NonNullable<ConstructorParameters<typeof WebsocketProvider>[3]>['WebSocketPolyfill']
 
+/** The server's close for a frame over its size limit. */
+const TOO_BIG = 1009
+
 export interface ConnectOptions {
   /** The server (`ws://127.0.0.1:8765`) or its sessions endpoint (`…/ws/sessions`). */
   readonly url: string
@@ -148,6 +151,10 @@ export class ParleySession {
       this.emit('synced', synced)
     })
     provider.on('closed', ({ code, reason }) => this.end(errorForClose(code, reason)))
+    provider.on('connection-close', (event) => {
+      const socket = provider.ws // still the socket that closed
+      if (event?.code === TOO_BIG && socket !== null) this.outbox.refuseLargest(socket)
+    })
 
     // Snapshots are built only for listeners (or when read), not on every update.
     transcript.observeDeep((events) => {

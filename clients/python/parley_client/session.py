@@ -31,10 +31,17 @@ from pycrdt import Doc
 from websockets.exceptions import InvalidStatus
 
 from parley_client import wire
-from parley_client.errors import FINAL_CLOSES, InternalError, SessionClosed, error_for
+from parley_client.errors import (
+    FINAL_CLOSES,
+    InternalError,
+    SessionClosed,
+    TooLarge,
+    error_for,
+)
 from parley_client.view import Change, Entry, Peer, QueuedPrompt, Snapshot, diff
 
 PRESENCE_RENEW_S = 15.0  # as stock clients: the server closes a socket silent for 120 s
+TOO_BIG = 1009  # the server's close for a frame over its size limit
 MAX_UNSOLICITED = 100
 
 
@@ -245,11 +252,27 @@ class Session:
             pass
         finally:
             self._ws = self._socket = None
+            # The others' states are the server's to give again (those who left meanwhile
+            # are never announced to this client), as stock y-websocket clients drop them.
+            own = self._peers.get(self._client_id)
+            self._peers = {} if own is None else {self._client_id: own}
             renew.cancel()
             with contextlib.suppress(asyncio.CancelledError, websockets.ConnectionClosed):
                 await renew
         self.close_code = ws.close_code
+        if ws.close_code == TOO_BIG:
+            self._refuse_largest()
         return self._after_close(ws.close_code, ws.close_reason or "")
+
+    def _refuse_largest(self) -> None:
+        """The server closed the socket for a frame too big: the largest command waiting
+        is refused (``TooLarge``) rather than resent, which would close the next socket too."""
+        sizes = {key: len(wire.encode_command(p.payload)) for key, p in self._pending.items()}
+        if sizes:
+            largest = self._pending.pop(max(sizes, key=sizes.__getitem__))
+            if not largest.reply.done():
+                message = f"the command ({sizes[largest.payload['id']]} bytes) is too large"
+                largest.reply.set_exception(TooLarge(message))
 
     def _after_close(self, code: int | None, reason: str) -> float:
         if code in FINAL_CLOSES:
