@@ -21,7 +21,7 @@ from dataclasses import replace
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from parley.authz.policy import Restriction, restrict, restriction_to_json
+from parley.authz.policy import Restriction, may_read, restrict, restriction_to_json
 from parley.server.runtime.active_run import ActiveRun
 from parley.server.runtime.thread_docs import LiveThreadDoc, Mutate, ThreadDocs
 from parley.server.runtime.writer import Write
@@ -42,10 +42,12 @@ from parley.session.core.effects import (
 from parley.session.core.threads import thread_read_by, turn_read_by
 from parley.session.errors import NotFound
 from parley.session.lifecycle import ReplyStatus
-from parley.session.reasons import Ending
+from parley.session.reasons import Ending, ReasonCode
 
 if TYPE_CHECKING:
     from parley.server.runtime.room import SessionRoom
+
+NO_LONGER_READS = "the owner may no longer read what this reply draws on"
 
 log = logging.getLogger("parley.room")
 
@@ -107,8 +109,13 @@ class SideThreads:
         """``user_id``'s grants changed: the documents of their threads that draw on what
         they may no longer read are rewritten now (``ThreadDocs.rejudge``), not when a
         socket next opens here: a follower serves the stored log as it is."""
+        subject = self.room.subject(user_id)
         for thread in self.of(user_id):
-            if self.read_by(thread, user_id) != thread:
+            active = self.active.get(thread.id)
+            if active is not None and not may_read(subject, active.reply.restriction):
+                # Its reply draws on what they may no longer read: no more of it for them.
+                active.stop(Ending(ReasonCode.FORBIDDEN, NO_LONGER_READS))
+            if self.read_by(thread, user_id) != thread or self._running(thread.id):
                 with contextlib.suppress(NotFound):  # deleted meanwhile
                     await self.docs.rejudge(
                         thread.id,
@@ -133,10 +140,12 @@ class SideThreads:
         return await self.docs.open(thread_id, committed, partial(self._running, thread_id), writes)
 
     def _running(self, thread_id: str) -> tuple[ThreadTurn, ...]:
-        """The turns of the thread's run in flight not stored yet, if one is."""
+        """The turns of the thread's run in flight not stored yet, if one is, as its owner
+        may read them now."""
         active = self.active.get(thread_id)
         if active is not None and isinstance(active.steps, ThreadSteps):
-            return active.steps.running_turns(active)
+            owner = self.room.subject(active.steps.begin.owner)
+            return tuple(turn_read_by(t, owner) for t in active.steps.running_turns(active))
         return ()
 
     async def write(self, write: Write, effects: Effects) -> None:
@@ -211,6 +220,7 @@ class ThreadSteps:
             text="".join(active.text),
             status=ReplyStatus.STREAMING.value,
             created_at=self.started_at,
+            restriction=active.reply.restriction,
         )
         return (*self.tool_turns, reply)
 

@@ -30,7 +30,11 @@ async def big_session(
 ) -> AsyncIterator[tuple[RunningServer, str]]:
     """A server and a session whose shared document is about ``mib`` MiB."""
     settings = make_settings(
-        sqlite_url(tmp_path), tmp_path / "d", max_prompt_chars=MESSAGE_CHARS, **overrides
+        sqlite_url(tmp_path),
+        tmp_path / "d",
+        max_prompt_chars=MESSAGE_CHARS,
+        command_burst_bytes=8 * MIB,  # the four 1 MB messages that make the document
+        **overrides,
     )
     async with serve_in_process(settings, ws=ws) as server:
         sid = await server.new_session({"alice": "editor", "stuck": "viewer", "bob": "viewer"})
