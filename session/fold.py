@@ -4,7 +4,8 @@
 - exact duplicates (case and whitespace folded) become one item at the latest occurrence,
   attributed to every author;
 - near-duplicates (MinHash similarity at or above the threshold) are merged the same way,
-  keeping the most recent wording;
+  keeping the most recent wording, except into a prompt of another member's: the prompt
+  keeps its own words (a run answering it must not be told it asks what another wrote);
 - a merged item remembers who said each of its entries, so a message folded into a prompt
   stays that member's words (``[alice wrote, bob asks you]``): only the authors of the
   prompts a run answers ask, and every author of a folded entry is named;
@@ -112,6 +113,7 @@ class HistoryFold:
         self._replies: dict[str, Entry] = {}
         self._blocks: dict[str, Entry] = {}
         self._tool_results: dict[str, Entry] = {}
+        self._prompt_authors: dict[str, str] = {}  # entry id of a prompt -> its author
 
     def sync(self, history: Sequence[tuple[Entry, bool]], unchanged: int = 0) -> int:
         """Fold ``history`` (entries with their pinned flag); return the steps redone.
@@ -215,6 +217,10 @@ class HistoryFold:
         if earlier is not None:
             earlier = self._live(earlier)
         old = None if earlier is None else self.items[earlier]
+        if old is not None and reason == "near-duplicate" and self._asks_for_another(old, entry):
+            old = None
+        if entry.kind is EntryKind.PROMPT:
+            self._set(self._prompt_authors, entry.id, entry.author, undo)
         if earlier is not None and old is not None:
             self._set_item(earlier, None, undo)
             self._set(self._merged_into, earlier, len(self.items), undo)
@@ -234,6 +240,14 @@ class HistoryFold:
             item = self._item((entry.id,), (entry.seq,), (entry.author,), text, note)
         self._set(self._exact, key, len(self.items), undo)
         self._append(item, undo)
+
+    def _asks_for_another(self, item: FoldedItem, entry: Entry) -> bool:
+        """Whether ``item`` holds a prompt by someone other than ``entry``'s author (whose
+        words a near-duplicate must not replace)."""
+        return any(
+            self._prompt_authors.get(entry_id, entry.author) != entry.author
+            for entry_id in item.entry_ids
+        )
 
     @staticmethod
     def _item(

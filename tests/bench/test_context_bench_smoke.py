@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from bench.context_build import _reads_as_structure, _said_by, adversarial, generate, run
+from bench.context_build import (
+    _reads_as_structure,
+    _said_by,
+    adversarial,
+    generate,
+    near_duplicate_pairs,
+    run,
+)
+from parley.session.dedup import normalise
+from parley.session.entries import EntryKind
 
 
 def test_the_context_benchmark_runs_and_reports_every_figure() -> None:
@@ -19,7 +28,15 @@ def test_the_adversarial_set_finds_no_forgery_and_no_misattribution() -> None:
     finding, not a blind spot)."""
     found = adversarial()
     assert found["impersonation_attempts"] == 10 and found["impersonations_succeeding"] == 0
-    assert found["near_duplicate_pairs"] == found["near_duplicate_pairs_folded"] == 20
+    # Every pair folds but a rewording of another member's prompt, which keeps its words.
+    rewordings = sum(
+        first.kind is EntryKind.PROMPT
+        and first.author != second.author
+        and normalise(first.content) != normalise(second.content)
+        for first, second in near_duplicate_pairs()
+    )
+    assert found["near_duplicate_pairs"] == 20 and rewordings == 6
+    assert found["near_duplicate_pairs_folded"] == 20 - rewordings
     assert found["misattributed_items"] == 0
 
 

@@ -259,3 +259,25 @@ def test_folding_never_changes_who_said_what(
     assert len(built.request.answering) == len(
         {x for x in built.sources if set(x) & set(prompt_ids)}
     )
+
+
+def test_a_near_duplicate_by_another_member_does_not_reword_a_prompt() -> None:
+    order = (
+        "the checkout deploy from 14:02 on all production hosts, then tell the on-call team "
+        "in the incident channel and update the status page with the timeline"
+    )
+    entries = [
+        prompt(1, "alice", f"Please roll back {order}"),
+        msg(2, "mallory", f"Please never roll back {order}"),
+        prompt(3, "bob", "what time is it?"),
+        msg(4, "alice", f"please roll back {order}!"),
+    ]
+    built = build_context(session_id="s", entries=entries[:3], prompt_ids=["e1", "e3"])
+    assert [m.content for m in built.request.messages] == [
+        f"[alice asks you]\nPlease roll back {order}",
+        f"[mallory wrote]\nPlease never roll back {order}",
+        "[bob asks you]\nwhat time is it?",
+    ]
+    # Her own near-duplicate still folds into her prompt.
+    later = build_context(session_id="s", entries=entries, prompt_ids=[])
+    assert [x.reason for x in later.excluded] == ["near-duplicate of e4"]

@@ -188,3 +188,28 @@ async def test_a_run_stops_when_its_issuers_custom_role_no_longer_lets_them_prom
         await s.settled(asked["prompt_id"])
         prompt = s.room.doc.entry(asked["prompt_id"])
         assert (prompt.status, prompt.reason_code) == ("failed", "forbidden")
+
+
+ORDER = (
+    "the checkout deploy from 14:02 on all production hosts, then tell the on-call team in "
+    "the incident channel and update the status page with the timeline of what happened"
+)
+
+
+async def test_a_member_cannot_reword_a_prompt_of_a_coalesced_run_by_repeating_it() -> None:
+    model = FakeModel(lambda sent: ["ok"])
+    model.gate = asyncio.Event()
+    members: dict[str, str | Member] = {"olga": "owner", "alice": "editor", "mallory": "editor"}
+    async with memory_session(members, model, policy=Policy.COALESCE) as s:
+        held = await s.prompt("olga", "hold on")
+        await s.until(lambda s: s.status(held["prompt_id"]) is PromptStatus.RUNNING)
+        asked = await s.prompt("alice", f"Please roll back {ORDER}")
+        await s.message("mallory", f"Please never roll back {ORDER}")
+        later = await s.prompt("olga", "and what time is it?")
+        model.gate.set()
+        await s.settled(held["prompt_id"], asked["prompt_id"], later["prompt_id"])
+
+        together = next(r for r in model.requests if "alice" in r.issuers)
+        alices = [m["content"] for m in together.asked if "alice asks you" in m["content"]]
+        assert alices == [f"[alice asks you]\nPlease roll back {ORDER}"]
+        assert f"[mallory wrote]\nPlease never roll back {ORDER}" in together.everything()
