@@ -14,7 +14,6 @@ from parley.authz.roles import (
     tool_capability,
 )
 from parley.server.http.models import RoleList, RoleOut, RolePut
-from parley.server.http.prompts import spend_command
 from parley.server.http.resource_models import (
     AuditList,
     AuditRecordOut,
@@ -27,7 +26,7 @@ from parley.server.http.resource_models import (
     ToolList,
     ToolOut,
 )
-from parley.server.http.rest import Caller, Operation, QueryParam, QueryStr
+from parley.server.http.rest import Caller, Operation, QueryParam, QueryStr, spend_command
 from parley.server.runtime.tools import SEARCH_DOCUMENTS, new_secret
 from parley.server.state import AppState
 from parley.server.store.access import AccessStore

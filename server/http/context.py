@@ -13,8 +13,7 @@ from parley.server.http.models import (
     PreviewMessage,
     PreviewSummary,
 )
-from parley.server.http.prompts import spend_command
-from parley.server.http.rest import Caller, Operation, QueryStr
+from parley.server.http.rest import Caller, Operation, QueryStr, spend_command
 from parley.server.http.sessions import SESSION_ERRORS
 from parley.server.runtime.room import SessionRoom
 from parley.server.state import AppState

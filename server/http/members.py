@@ -16,8 +16,7 @@ from parley.server.http.models import (
     TokenCreate,
     TokenOut,
 )
-from parley.server.http.prompts import spend_command
-from parley.server.http.rest import Caller, Operation, QueryParam
+from parley.server.http.rest import Caller, Operation, QueryParam, spend_command
 from parley.server.http.sessions import SESSION_ERRORS, check_user_id, session_row
 from parley.server.runtime.room import SessionRoom
 from parley.server.state import AppState

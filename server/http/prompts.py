@@ -25,11 +25,11 @@ from parley.server.http.models import (
     PromptAccepted,
     PromptStatusOut,
 )
-from parley.server.http.rest import Caller, Operation
+from parley.server.http.rest import Caller, Operation, spend_command
 from parley.server.runtime.room import SessionRoom
 from parley.server.state import AppState
 from parley.session.entries import EntryKind
-from parley.session.errors import Forbidden, InvalidInput, NotFound, RateLimited, error_for
+from parley.session.errors import Forbidden, InvalidInput, NotFound, error_for
 
 
 def _actor(caller: Caller, as_user: str | None) -> str:
@@ -58,14 +58,6 @@ async def send(
     if reply.get("type") == "error":
         raise error_for(str(reply.get("code")), str(reply.get("message")))
     return reply
-
-
-def spend_command(state: AppState, room: SessionRoom, user_id: str | None) -> None:
-    """A member's HTTP call that a socket makes as a command (a prompt, a fact, a pin, the
-    policy) spends their one command budget, shared with their sockets; ``RateLimited``
-    past it. The admin key's own calls (``user_id`` None) spend none."""
-    if user_id is not None and not room.user_bucket(user_id).allow(state.clock()):
-        raise RateLimited("too many commands; slow down")
 
 
 def command_id(given: str | None) -> str:

@@ -16,7 +16,7 @@ import inspect
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from pydantic import BaseModel, ValidationError
@@ -39,6 +39,9 @@ from parley.session.errors import (
     Unauthenticated,
     UnsupportedMediaType,
 )
+
+if TYPE_CHECKING:
+    from parley.server.runtime.room import SessionRoom
 
 Handler = Callable[..., Awaitable[BaseModel | None]]
 
@@ -171,13 +174,26 @@ async def authorize(op: Operation, caller: Caller, state: AppState, session_id: 
             return
     # A refusal is written to the audit log: at most at the member's command rate (their
     # socket's refused commands spend it too); past it, refused unwritten.
-    if not room.user_bucket(caller.user_id).allow(state.clock()):
-        raise RateLimited("too many refused calls; slow down")
+    spend_command(state, room, caller.user_id, "too many refused calls; slow down")
     what = {"action": f"{op.method} {op.path}", "reason": refusal.reason}
     await room.writer.audit("refused", caller.user_id, what)
     if op.capability is None:
         raise Forbidden("this route needs the admin key")
     refusal.require()
+
+
+def spend_command(
+    state: AppState,
+    room: SessionRoom,
+    user_id: str | None,
+    why: str = "too many commands; slow down",
+) -> None:
+    """A member's HTTP call that a socket makes as a command (a prompt, a fact, a pin, the
+    policy), or one refused and audited, spends their one command budget, shared with
+    their sockets; ``RateLimited`` past it. The admin key's own calls (``user_id`` None)
+    spend none."""
+    if user_id is not None and not room.user_bucket(user_id).allow(state.clock()):
+        raise RateLimited(why)
 
 
 async def read_body(request: Request, limit: int) -> bytes:

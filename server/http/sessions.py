@@ -15,8 +15,7 @@ from parley.server.http.models import (
     TranscriptEntryOut,
     TranscriptOut,
 )
-from parley.server.http.prompts import spend_command
-from parley.server.http.rest import Caller, Operation, QueryParam
+from parley.server.http.rest import Caller, Operation, QueryParam, spend_command
 from parley.server.state import AppState
 from parley.server.store.sessions import SessionRow
 from parley.session.entries import EntryKind
