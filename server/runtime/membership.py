@@ -90,14 +90,16 @@ class Membership:
         self.refresh_sockets()
         await self.stop(MemberUpdated(user_id, before, member, int(self.clock() * 1000)))
 
-    async def roles_changed(self) -> None:
-        """The role table changed (a custom role's capabilities): sockets that may no longer
-        read the session close, and a member whose role no longer lets them prompt loses
-        their runs, as when their own grants change (``MemberUpdated``, member unchanged)."""
+    async def roles_changed(self, roles: frozenset[str]) -> None:
+        """The capabilities of ``roles`` changed (custom roles edited or deleted): sockets
+        that may no longer read the session close, and a member of one of them who may no
+        longer prompt loses their runs, as when their own grants change (``MemberUpdated``,
+        member unchanged)."""
         self.refresh_sockets()
         now = int(self.clock() * 1000)
         for user_id, member in list(self.members.items()):
-            await self.stop(MemberUpdated(user_id, member, member, now))
+            if member.role in roles:
+                await self.stop(MemberUpdated(user_id, member, member, now))
 
     async def revoke_token(self, token: TokenRow) -> None:
         """Put a revoked token in force: its sockets close, its user's prompts stop."""

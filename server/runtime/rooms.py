@@ -157,13 +157,20 @@ class RoomRegistry:
         disconnected, and one whose role no longer lets them prompt loses their runs.
         Returns the digest of what is now in force."""
         access = self.store.access
+        before = self.roles.custom
         self.roles = RoleTable(await access.list_roles())
         self.webhooks = await access.list_tools()
         digest = access_digest(self.roles.custom, self.webhooks)
         if digest != self._access_digest:
             self._access_digest = digest
-            for room, _ in list(self._rooms.values()):
-                await room.membership.roles_changed()
+            after = self.roles.custom
+            # A tool changes nobody's rights; an edited role only its members'.
+            changed = frozenset(
+                n for n in before.keys() | after.keys() if before.get(n) != after.get(n)
+            )
+            if changed:
+                for room, _ in list(self._rooms.values()):
+                    await room.membership.roles_changed(changed)
         return digest
 
     def queue_depth(self) -> int:
