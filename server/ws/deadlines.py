@@ -8,11 +8,12 @@ moved only when a deadline comes earlier than the time it is set for, and a time
 fires before a deadline (the socket read a frame since) is set again for the next one.
 
 The timers themselves are shared: a deadline is put in the tick (``TICK_S``) it falls in,
-and one loop timer per tick serves every socket due in it (``_Ticks``). A timer of its
-own cost each socket about 300 B (a ``TimerHandle`` with its context and bound method,
-and the loop's heap entry; issue #22); a place in a tick's set costs a few dozen. A
-deadline is met up to one tick late (half a second: a token's expiry and the idle
-timeout of minutes are not exact to the millisecond anyway).
+and one loop timer per tick serves every socket due in it (``Ticks``; the keepalive pings
+of ``server.ws.uvicorn_protocol`` use them too). A timer of its own cost each socket about
+300 B (a ``TimerHandle`` with its context and bound method, and the loop's heap entry;
+issue #22); a place in a tick's set costs a few dozen. A deadline is met up to one tick
+late (half a second: a token's expiry, a ping every 20 s and the idle timeout of minutes
+are not exact to the millisecond anyway).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import asyncio
 import math
 import weakref
 from collections.abc import Callable
+from typing import Protocol
 
 from parley.session.closes import CloseCode
 
@@ -31,48 +33,55 @@ _EARLY_S = 0.001
 TICK_S = 0.5
 
 
-class _Ticks:
+class Due(Protocol):
+    """What waits in a tick: called once on it (``on_tick``)."""
+
+    def on_tick(self) -> None: ...
+
+
+class Ticks:
     """A loop's socket deadlines, by the tick they fall in: one timer per tick that has
     any, cancelled when its last socket leaves it."""
 
     __slots__ = ("_due", "_timers")  # not the loop: it is this object's key (``_LOOPS``)
 
     def __init__(self) -> None:
-        self._due: dict[int, set[SocketDeadlines]] = {}
+        self._due: dict[int, set[Due]] = {}
         self._timers: dict[int, asyncio.TimerHandle] = {}
 
-    def add(self, deadlines: SocketDeadlines, when: float, loop: asyncio.AbstractEventLoop) -> int:
-        """Call ``deadlines._fire`` on the first tick at or after ``when``; the tick."""
+    def add(self, due: Due, when: float, loop: asyncio.AbstractEventLoop) -> int:
+        """Call ``due.on_tick`` on the first tick at or after ``when``; the tick."""
         tick = math.ceil(when / TICK_S)
-        due = self._due.get(tick)
-        if due is None:
-            due = self._due[tick] = set()
+        waiting = self._due.get(tick)
+        if waiting is None:
+            waiting = self._due[tick] = set()
             self._timers[tick] = loop.call_at(tick * TICK_S, self._fire, tick)
-        due.add(deadlines)
+        waiting.add(due)
         return tick
 
-    def discard(self, deadlines: SocketDeadlines, tick: int) -> None:
-        due = self._due.get(tick)
-        if due is None:
+    def discard(self, due: Due, tick: int) -> None:
+        waiting = self._due.get(tick)
+        if waiting is None:
             return
-        due.discard(deadlines)
-        if not due:
+        waiting.discard(due)
+        if not waiting:
             del self._due[tick]
             self._timers.pop(tick).cancel()
 
     def _fire(self, tick: int) -> None:
         self._timers.pop(tick, None)
-        for deadlines in self._due.pop(tick, ()):
-            deadlines._fire()
+        for due in self._due.pop(tick, ()):
+            due.on_tick()
 
 
-_LOOPS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Ticks] = weakref.WeakKeyDictionary()
+_LOOPS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Ticks] = weakref.WeakKeyDictionary()
 
 
-def _ticks(loop: asyncio.AbstractEventLoop) -> _Ticks:
+def ticks_of(loop: asyncio.AbstractEventLoop) -> Ticks:
+    """The ticks of ``loop`` (one set of them per loop)."""
     ticks = _LOOPS.get(loop)
     if ticks is None:
-        ticks = _LOOPS[loop] = _Ticks()
+        ticks = _LOOPS[loop] = Ticks()
     return ticks
 
 
@@ -91,7 +100,7 @@ class SocketDeadlines:
         self._idle_s = idle_s
         self._close = close
         self._waiting_since: float | None = None
-        self._ticks = _ticks(self._loop)
+        self._ticks = ticks_of(self._loop)
         self._tick: int | None = None  # the tick it is due in, if any
         self._arm()
 
@@ -124,11 +133,11 @@ class SocketDeadlines:
             self._ticks.discard(self, tick)
             self._tick = None
         if when <= self._loop.time():  # past already (a token expired before it came)
-            self._loop.call_soon(self._fire)
+            self._loop.call_soon(self.on_tick)
         elif when != math.inf:
             self._tick = self._ticks.add(self, when, self._loop)
 
-    def _fire(self) -> None:
+    def on_tick(self) -> None:
         self._tick = None
         now = self._loop.time() + _EARLY_S
         since = self._waiting_since

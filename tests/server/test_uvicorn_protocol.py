@@ -1,14 +1,25 @@
 """``parley serve``'s WebSocket protocol: uvicorn's sans-I/O one with a mailbox and a flag in
 place of its ``asyncio.Queue`` and ``asyncio.Event``, and the handshake let go of (that
-``parley serve`` runs it: ``test_send_path.test_parley_serve_writes_frames_directly``)."""
+``parley serve`` runs it: ``test_send_path.test_parley_serve_writes_frames_directly``); its
+keepalive pings, in the ticks the sockets' deadlines share; its attributes, shared per server
+where they are the same."""
 
 from __future__ import annotations
 
 import asyncio
+import gc
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
 
 import pytest
+from websockets.client import ClientProtocol
+from websockets.frames import Frame, Opcode
+from websockets.protocol import State
+from websockets.uri import parse_uri
 
-from parley.server.ws.uvicorn_protocol import Flag, Mailbox
+from parley.server.ws.uvicorn_protocol import Flag, LeanWebSocketProtocol, Mailbox
+from tests.conftest import serve_asgi
 
 
 async def test_the_mailbox_gives_messages_in_order_and_wakes_its_reader() -> None:
@@ -48,3 +59,78 @@ async def test_the_flag_holds_writers_while_cleared_and_releases_them_all() -> N
     flag.set()
     await asyncio.gather(*writers[1:])
     assert flag.is_set() and writers[0].cancelled()
+
+
+async def _echo_socket(scope: Any, receive: Any, send: Any) -> None:
+    """An app that accepts a socket and reads until it ends."""
+    assert scope["type"] == "websocket"
+    await receive()
+    await send({"type": "websocket.accept"})
+    while (await receive())["type"] != "websocket.disconnect":
+        pass
+
+
+async def _raw_client(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, Any]:
+    """A sans-I/O websockets client over a plain TCP stream: the test decides what it sends
+    (a ping's pong is queued by the protocol, and sent only if the test writes it)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    client = ClientProtocol(parse_uri(f"ws://127.0.0.1:{port}/"))
+    client.send_request(client.connect())
+    writer.write(b"".join(client.data_to_send()))
+    return reader, writer, client
+
+
+@asynccontextmanager
+async def _pinging_server() -> AsyncIterator[int]:
+    async with serve_asgi(
+        _echo_socket, ws=LeanWebSocketProtocol, ws_ping_interval=0.2, ws_ping_timeout=0.2
+    ) as port:
+        yield port
+
+
+async def test_pings_go_out_on_the_shared_ticks_and_an_answering_client_stays() -> None:
+    async with _pinging_server() as port:
+        reader, writer, client = await _raw_client(port)
+        pings = 0
+        async with asyncio.timeout(30):
+            while pings < 3:
+                client.receive_data(await reader.read(65536))
+                pings += sum(
+                    isinstance(e, Frame) and e.opcode is Opcode.PING
+                    for e in client.events_received()
+                )
+                writer.write(b"".join(client.data_to_send()))  # the pongs
+        assert client.state is State.OPEN
+        writer.close()
+
+
+async def test_a_client_that_never_answers_a_ping_is_closed_1011() -> None:
+    async with _pinging_server() as port:
+        reader, writer, client = await _raw_client(port)
+        async with asyncio.timeout(30):
+            while client.close_rcvd is None:
+                data = await reader.read(65536)
+                if not data:
+                    break
+                client.receive_data(data)
+                client.data_to_send()  # dropped: the pongs never go out
+        assert client.close_rcvd is not None and client.close_rcvd.code == 1011
+        assert "keepalive" in client.close_rcvd.reason
+        writer.close()
+
+
+async def test_a_socket_keeps_its_attributes_in_a_table_its_class_shares() -> None:
+    """Under 30 names of its own (the rest are the server's): past that Python gives each
+    object a whole dictionary, 1.3 kB more on every socket (the module's docstring)."""
+    async with _pinging_server() as port:
+        reader, writer, client = await _raw_client(port)
+        while client.state is not State.OPEN:
+            client.receive_data(await reader.read(65536))
+        sockets = [
+            p
+            for p in gc.get_objects()
+            if type(p) is LeanWebSocketProtocol and p.server and p.server[1] == port
+        ]
+        assert sockets and all(len(vars(p)) < 30 for p in sockets)
+        assert all(p.config is sockets[0].config for p in sockets)
+        writer.close()
