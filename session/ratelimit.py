@@ -47,13 +47,14 @@ class AbuseCounter:
     def __init__(self, limit: int, window_s: float) -> None:
         self.limit = limit
         self.window_s = window_s
-        self._times: list[float] = []
+        self._times: tuple[float, ...] | list[float] = ()  # a list from the first refusal
 
     def refused(self, now: float) -> bool:
         """Record a refusal; True when the client has been refused too often."""
-        self._times = [t for t in self._times if now - t < self.window_s]
-        self._times.append(now)
-        return len(self._times) > self.limit
+        times = [t for t in self._times if now - t < self.window_s]
+        times.append(now)
+        self._times = times
+        return len(times) > self.limit
 
 
 class Spend(StrEnum):

@@ -11,16 +11,17 @@ either side ends it, closes it when its token expires or it waits too long for a
 What a socket keeps for its life is kept small (an idle synced socket's memory is issue
 #22's; ``python -m bench.connection_memory``): what is needed only to decide (the token,
 the origins, a refusal) lives in ``admit``'s frame, not the handler's; the token is read
-from the scope, not from Starlette's ``query_params`` (cached on the socket); one timer
-serves both deadlines (``SocketDeadlines``); no task waits for the connection's end (its
-``on_finished`` cancels the handler).
+from the scope, not from Starlette's ``query_params`` (cached on the socket), and the
+scope lets go of the headers and the query string once the socket is accepted; one timer
+serves both deadlines (``SocketDeadlines``); the handler runs in the socket's own task,
+and no task waits for the connection's end (it cancels its ``reader``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Coroutine, MutableMapping
+from collections.abc import Awaitable, Callable, Coroutine, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,8 +69,9 @@ class SocketEndpoint:
     def __init__(self, handler: Handler) -> None:
         self.handler = handler
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self.handler(WebSocket(scope, receive, send))
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        # The handler's coroutine, awaited in this call's place: no frame of it stays.
+        return self.handler(WebSocket(scope, receive, send))
 
 
 @dataclass(slots=True)
@@ -124,6 +126,7 @@ async def admit(websocket: WebSocket, state: AppState) -> Admitted | None:
             state.metrics.errors.labels(code="rate_limited").inc()
         await websocket.close(*refusal)
         return None
+    _let_go_of_handshake(websocket.scope)
     connection = Connection(
         websocket,
         claims.user_id,
@@ -140,6 +143,23 @@ async def admit(websocket: WebSocket, state: AppState) -> Admitted | None:
         claims.expires_at - state.clock(), state.settings.ws_idle_timeout_s, connection.close
     )
     return Admitted(room, claims, connection, deadlines)
+
+
+# What an accepted socket's scope keeps (``_let_go_of_handshake``).
+_KEPT_IN_SCOPE = ("type", "path", "path_params", "app", "client", DIRECT_WRITER)
+
+
+def _let_go_of_handshake(scope: Scope) -> None:
+    """Keep only what is read of an accepted socket's scope after its accept (its route,
+    the app, the client's address, its direct writer); drop the rest, the request's
+    headers and query string (the token) with it. The scope lives as long as the socket
+    (uvicorn's protocol and Starlette's ``WebSocket`` hold it), and the rest was about
+    1.5 kB of it (issue #22). Uvicorn reads the others only to log the handshake, this
+    module only to decide it. Emptied and filled again, not popped from: a dictionary
+    keeps its table's size when keys are removed."""
+    kept = {key: scope[key] for key in _KEPT_IN_SCOPE if key in scope}
+    scope.clear()
+    scope.update(kept)
 
 
 def _member_refusal(
@@ -182,23 +202,36 @@ async def serve(
     connection, claims = admitted.connection, admitted.claims
     state.metrics.connections.inc()
     try:
-        serving = asyncio.create_task(handler)
-        connection.on_finished = serving.cancel
+        # The handler runs in this task until it returns or fails, or the connection
+        # finishes from our side (``Connection.reader``). In this task, not one of its own:
+        # a second task per socket, and a frame waiting for it, cost about 0.8 kB on every
+        # idle socket (issue #22). The cancel that stops the handler is taken back here;
+        # one from elsewhere (the server shutting down) goes on.
+        task = asyncio.current_task()
+        assert task is not None
+        crash: Exception | None = None
         if connection.finished:
-            serving.cancel()
-        try:
-            await _reading(serving)
-        finally:
-            serving.cancel()
-            await asyncio.gather(serving, return_exceptions=True)
-            crash = None if serving.cancelled() else serving.exception()
-            if crash is not None:
-                log.error(
-                    "socket handler failed",
-                    exc_info=crash,
-                    extra={"session_id": claims.session_id, "user_id": claims.user_id},
-                )
-                connection.close(CloseCode.INTERNAL, "internal error")
+            handler.close()
+        else:
+            connection.reader = task
+            try:
+                await handler
+            except asyncio.CancelledError:
+                if not connection.reader_stopped:
+                    raise
+            except Exception as exc:
+                crash = exc
+            finally:
+                connection.reader = None
+            if connection.reader_stopped and task.uncancel() > 0:
+                raise asyncio.CancelledError
+        if crash is not None:
+            log.error(
+                "socket handler failed",
+                exc_info=crash,
+                extra={"session_id": claims.session_id, "user_id": claims.user_id},
+            )
+            connection.close(CloseCode.INTERNAL, "internal error")
     finally:
         state.metrics.connections.dec()
         admitted.deadlines.cancel()
@@ -206,19 +239,6 @@ async def serve(
         if not connection.closed:
             connection.close(CloseCode.NORMAL)
         await connection.wait_closed()
-
-
-async def _reading(serving: asyncio.Task[None]) -> None:
-    """Wait for the socket's handler to end, however it ends: a cancellation of the handler
-    alone (the connection finished) is not one of the caller's."""
-    try:
-        await serving
-    except asyncio.CancelledError:
-        current = asyncio.current_task()
-        if current is not None and current.cancelling():
-            raise
-    except Exception:  # the caller reads it from the task
-        pass
 
 
 async def receive(websocket: WebSocket, deadlines: SocketDeadlines) -> Message | None:
@@ -243,9 +263,6 @@ def charged(room: SessionRoom, connection: Connection, data: bytes, now: float) 
     cost = cost_of(message, len(data))
     limits = connection.limits
     assert limits is not None
-    if not (
-        limits.budgets.allow(connection, cost, now)
-        and room.budgets.allow(connection.user_id, cost, now)
-    ):
+    if not (limits.allow(cost, now) and room.budgets.allow(connection.user_id, cost, now)):
         raise RateLimited(f"over the {cost.spend.value} budget; slow down")
     return message

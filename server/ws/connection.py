@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ from parley.server.ws.send_budget import DropReason, SendBudget
 from parley.session.closes import CloseCode
 from parley.session.commands import error_reply
 from parley.session.errors import ParleyError
-from parley.session.ratelimit import AbuseCounter, Budgets, Rate, Spend, TokenBucket
+from parley.session.ratelimit import AbuseCounter, Cost, Rate, Spend, TokenBucket
 from parley.session.yprotocol import encode_command_frame
 
 log = logging.getLogger("parley.connection")
@@ -44,23 +45,36 @@ DROP_REASONS = {
 CLOSE_WAIT_S = 5.0
 
 
+@functools.lru_cache(maxsize=64)
+def _rate(per_second: float, burst: float) -> Rate:
+    """One ``Rate`` (frozen) for every socket's bucket of the same settings."""
+    return Rate(per_second, burst)
+
+
 @dataclass(slots=True)
 class ConnectionLimits:
     commands: TokenBucket
     updates: TokenBucket
     abuse: AbuseCounter
-    # Spends budgeted per socket rather than per member (full resyncs).
-    budgets: Budgets
+    # The one spend budgeted per socket rather than per member: full resyncs. A bucket, not
+    # a ``Budgets`` by kind of spend for one kind (its two dictionaries and a key were
+    # 0.5 kB on every socket; issue #22).
+    syncs: TokenBucket
 
     @classmethod
     def from_settings(cls, settings: Settings, now: float) -> ConnectionLimits:
-        syncs = Rate(settings.sync_requests_per_minute / 60, settings.sync_requests_burst)
+        syncs = _rate(settings.sync_requests_per_minute / 60, settings.sync_requests_burst)
         return cls(
-            commands=TokenBucket(Rate(settings.commands_per_second, settings.commands_burst), now),
-            updates=TokenBucket(Rate(settings.updates_per_second, settings.updates_burst), now),
+            commands=TokenBucket(_rate(settings.commands_per_second, settings.commands_burst), now),
+            updates=TokenBucket(_rate(settings.updates_per_second, settings.updates_burst), now),
             abuse=AbuseCounter(settings.abuse_refusals, settings.abuse_window_s),
-            budgets=Budgets({Spend.SYNC_REQUESTS: syncs}),
+            syncs=TokenBucket(syncs, now),
         )
+
+    def allow(self, cost: Cost, now: float) -> bool:
+        """Whether this socket's own budget allows ``cost`` (spends it if so); a spend not
+        budgeted per socket is allowed here."""
+        return cost.spend is not Spend.SYNC_REQUESTS or self.syncs.allow(now, cost.amount)
 
 
 class CommandChannel(Enum):
@@ -90,11 +104,10 @@ class Connection:
     close_code: CloseCode | None = None
     _reason: str = ""
     on_drop: Callable[[DropReason], None] | None = None
-    # True once the socket is closed (or given up on); ``on_finished`` is then called once
-    # (the endpoint stops reading). A callback, not an ``asyncio.Event`` and a task waiting
-    # on it: those cost about 2 kB on every idle socket.
+    # True once the socket is closed (or given up on); its ``reader`` is then stopped. Not
+    # an ``asyncio.Event`` and a task waiting on it: those cost about 2 kB on every idle
+    # socket.
     finished: bool = False
-    on_finished: Callable[[], object] | None = None
     dropped: DropReason | None = None
     _closer: asyncio.Task[None] | None = field(init=False, default=None)
     # Only without a direct writer: an idle socket under ``parley serve`` holds no queue
@@ -104,6 +117,11 @@ class Connection:
     _queued_bytes: int = field(init=False, default=0)  # in the outbox
     _in_flight: int = field(init=False, default=0)  # handed to the ASGI server, not done
     _sent_bytes: int = field(init=False, default=0)  # through the ASGI server
+    # The task running the socket's handler (``server.ws.admission.serve``), cancelled when
+    # the connection finishes from our side: a slow or revoked client may never send the
+    # frame that would end its read. ``reader_stopped``: that cancel was asked for.
+    reader: asyncio.Task[object] | None = field(init=False, default=None)
+    reader_stopped: bool = field(init=False, default=False)
 
     def __post_init__(self) -> None:
         if self.direct is None:
@@ -116,8 +134,16 @@ class Connection:
     def _finish(self) -> None:
         if not self.finished:
             self.finished = True
-            if self.on_finished is not None:
-                self.on_finished()
+            if self.reader is not None:
+                # On the loop's next pass, never from within the reader itself: a task that
+                # cancels itself gets the cancel at its next await, wherever that is.
+                asyncio.get_running_loop().call_soon(self._stop_reader)
+
+    def _stop_reader(self) -> None:
+        reader = self.reader
+        if reader is not None:  # still in the handler (``serve`` clears it when it ends)
+            self.reader_stopped = True
+            reader.cancel()
 
     def send(self, message: bytes | str, frame: bytes | None = None) -> bool:
         """Send a message (``frame``: the same, framed already); False (and the socket is

@@ -211,6 +211,42 @@ async def test_parley_serve_writes_frames_directly(sqlite_server: RunningServer)
     await client.wait_until(lambda c: len(c.entries()) == 2)
 
 
+async def test_an_idle_socket_keeps_one_task_and_not_its_handshake(
+    sqlite_server: RunningServer,
+) -> None:
+    """Issue #22: the handler runs in the socket's own task (uvicorn's), and the scope,
+    kept as long as the socket, lets go of the request's headers and its token."""
+    server = sqlite_server
+    sid = await server.new_session({"alice": "editor", "bob": "viewer"})
+    first = await server.connect(sid, "alice")
+    await first.command({"type": "prompt", "id": "p", "text": "hello"})
+    await first.wait_until(lambda c: len(c.entries()) == 2)
+    before = _server_tasks()
+    more = [await server.connect(sid, "bob") for _ in range(5)]
+    room = await server.app.state.parley.rooms.get(sid)
+    assert len(room.connections) == 6
+    added = _server_tasks() - before
+    assert len(added) == 5 and all(t.get_coro().__qualname__.endswith("run_asgi") for t in added)
+    for connection in room.connections:
+        scope = connection.websocket.scope
+        assert "query_string" not in scope and "headers" not in scope
+        assert scope["path_params"] == {"session_id": sid}
+    for client in more:
+        await client.close()
+
+
+def _server_tasks() -> set[asyncio.Task[Any]]:
+    """The tasks running the server's code (not the test clients')."""
+    return {
+        t
+        for t in asyncio.all_tasks()
+        if not any(
+            part in t.get_coro().cr_code.co_filename  # type: ignore[union-attr]
+            for part in ("site-packages/websockets/", "/tests/")
+        )
+    }
+
+
 def test_a_broadcast_frame_is_the_bytes_the_protocol_would_write() -> None:
     protocol = Protocol()
     writer = DirectWriter.beneath(protocol.send)
