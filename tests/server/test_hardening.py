@@ -136,7 +136,15 @@ async def test_a_client_that_stops_reading_is_dropped_and_others_get_everything(
     tmp_path: Path,
 ) -> None:
     provider = flood(tokens=1500, size=4096)
-    settings = make_settings(sqlite_url(tmp_path), tmp_path / "d", send_buffer_max_bytes=256 * 1024)
+    # No keepalive pings: the stuck client never answers one, and on a loaded machine the
+    # ping's timeout (40 s) could close it before its backlog outgrows the kernel's buffers
+    # and the send buffer (several MB of the reply), which is what this test is about.
+    settings = make_settings(
+        sqlite_url(tmp_path),
+        tmp_path / "d",
+        send_buffer_max_bytes=256 * 1024,
+        ws_ping_interval_s=3600,
+    )
     async with serve_in_process(settings, provider) as server:
         sid = await server.new_session({"alice": "editor", "stuck": "viewer"})
         alice = await server.connect(sid, "alice")
