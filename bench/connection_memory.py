@@ -98,9 +98,11 @@ async def measure(args: argparse.Namespace) -> None:
         rss_after = target.rss_bytes()
         added = held - per_room * len(rooms)
     finally:
-        await pool.call_all("close")
-        await pool.close()
-        await target.stop()
+        try:
+            await pool.call_all("close")
+            await pool.close()
+        finally:  # the server goes even when the clients failed (it would outlive the run)
+            await target.stop()
     sites = per_connection(before, after, added, args.group)
     traced = sum(b for _, b in sites)
     print(f"{added} connections added ({held} held)")
