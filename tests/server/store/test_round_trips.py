@@ -1,0 +1,20 @@
+"""Round trips to PostgreSQL per acknowledged prompt: counted (``bench.ack_round_trips``),
+never timed. The ack's transaction is BEGIN, the entry (a resent command id found here,
+before the document changes), one statement for the document update, the counters and
+the events, and COMMIT."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.ack_round_trips import count
+from tests.conftest import postgres_database
+
+pytestmark = pytest.mark.postgres
+
+
+async def test_an_acked_prompt_costs_four_round_trips_on_postgresql() -> None:
+    async with postgres_database(migrated=True) as url:
+        counted = await count(url, prompts=3)
+    for trips in counted:
+        assert len(trips) <= 4, trips.calls
