@@ -8,7 +8,7 @@ statement prepared for the first time on its connection, and the simple queries,
 and COMMIT among them. The first prompt warms the connection's prepared statements and
 is not reported.
 
-    python -m bench.ack_round_trips [--prompts 5]
+    python -m bench.ack_round_trips [--prompts 5] [--fenced] [--verbose]
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import statistics
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from asyncpg.connection import Connection
@@ -29,6 +30,8 @@ from asyncpg.prepared_stmt import PreparedStatement
 from bench.run import postgres_database
 from parley.authz.policy import Decision
 from parley.authz.roles import Member
+from parley.server.cluster.lease import LeaseTable
+from parley.server.cluster.node import HolderFence
 from parley.server.runtime.commands import dispatch
 from parley.server.runtime.room import SessionRoom
 from parley.server.store.db import create_engine, migrate
@@ -84,9 +87,10 @@ class RoundTrips:
         return counted
 
 
-async def count(url: str, prompts: int) -> list[RoundTrips]:
+async def count(url: str, prompts: int, *, fenced: bool = False) -> list[RoundTrips]:
     """The round trips of each of ``prompts`` prompts' acks after a first one, on the
-    migrated PostgreSQL database ``url`` (a session ``s`` is made there)."""
+    migrated PostgreSQL database ``url`` (a session ``s`` is made there); ``fenced``: the
+    room writes as a cluster node holding the session's lease does (``HolderFence``)."""
     with tempfile.TemporaryDirectory(prefix="parley-ack-rt-") as scratch:
         store = Store(create_engine(url))
         try:
@@ -95,6 +99,8 @@ async def count(url: str, prompts: int) -> list[RoundTrips]:
             await store.change_member("s", "ann", Member("ann", "editor"), 0, allow)
             room = SessionRoom("s", store=store, settings=make_settings(url, Path(scratch)))
             await room.load("t", Policy.QUEUE)
+            if fenced:
+                room.writer.document.fence = await _holder_fence(store, room)
             counted: list[RoundTrips] = []
             for index in range(prompts + 1):
                 trips = RoundTrips()
@@ -109,18 +115,30 @@ async def count(url: str, prompts: int) -> list[RoundTrips]:
             await store.close()
 
 
-async def _count_on_scratch(prompts: int) -> list[RoundTrips]:
+async def _holder_fence(store: Store, room: SessionRoom) -> HolderFence:
+    """The fence of a cluster node that took the session's lease (the node itself stubbed:
+    its leases, its lease table, and what it does on losing one)."""
+    table = LeaseTable(store.engine, "bench-node", ttl_s=30.0)
+    lease = await table.try_acquire(room.session_id)
+    if lease is None:
+        raise RuntimeError("the session's lease is taken")
+    node = SimpleNamespace(leases={room.session_id: lease}, leases_table=table, lost=print)
+    return HolderFence(node, room)  # type: ignore[arg-type]
+
+
+async def _count_on_scratch(prompts: int, fenced: bool) -> list[RoundTrips]:
     async with postgres_database() as url:
         await asyncio.to_thread(migrate, url)
-        return await count(url, prompts)
+        return await count(url, prompts, fenced=fenced)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompts", type=int, default=5)
     parser.add_argument("--verbose", action="store_true", help="list each round trip")
+    parser.add_argument("--fenced", action="store_true", help="as a cluster node writes")
     args = parser.parse_args()
-    counted = asyncio.run(_count_on_scratch(args.prompts))
+    counted = asyncio.run(_count_on_scratch(args.prompts, args.fenced))
     if args.verbose:
         for what, query in counted[-1].calls:
             print(f"  {what:28} {query}")
