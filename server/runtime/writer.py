@@ -168,7 +168,8 @@ class DocumentWriter:
             self.require_usable()
             captured = self._capturing()
             write: Write | None = None
-            update, numbers = b"", []
+            update = b""
+            numbers: list[int] = []
             try:
                 async with self.store.transaction() as tx:
                     if self.fence is not None:
@@ -176,13 +177,12 @@ class DocumentWriter:
                     write = Write(tx)
                     yield write
                     update = merged(captured)
-                    if update:
-                        update_id = await tx.append_update(self.session_id, update)
-                        await self._published(tx, update_id)
-                    # Last: on PostgreSQL the event counter's row stays locked to the commit.
-                    numbers = await tx.append_events(
-                        self.session_id, self.now_ms(), write.events, write.replies
+                    # With the counters: on PostgreSQL their row stays locked to the commit.
+                    update_id, numbers = await tx.append_change(
+                        self.session_id, update, self.now_ms(), write.events, write.replies
                     )
+                    if update_id is not None:
+                        await self._published(tx, update_id)
             except BaseException:
                 if write is None or not write.tx.committed:
                     for undo in [] if write is None else write.undone:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
-from sqlalchemy import bindparam, insert, update
+from sqlalchemy import LargeBinary, bindparam, insert, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -46,6 +46,33 @@ COUNT_EVENTS = (
 
 # Rows given as parameters (one dict each).
 INSERT_EVENTS = insert(session_events)
+
+# PostgreSQL: a write's document update, the session's counters and its events in one
+# statement, one round trip (``StoreTx.append_change``). ``:entries`` (0 or 1) and
+# ``:events`` count the numbers taken; the events come as arrays, numbered in their order
+# from the counter's new value. Returns what ``COUNT_ENTRY_AND_EVENTS`` does, then the
+# update's id. The counter's row stays locked to the commit, as in the statements above.
+COUNT_AND_STORE = text(
+    """
+    WITH counted AS (
+        UPDATE sessions SET last_seq = last_seq + CAST(:entries AS BIGINT),
+            last_event_seq = last_event_seq + CAST(:events AS BIGINT)
+        WHERE id = :session
+        RETURNING last_seq, last_event_seq
+    ), doc AS (
+        INSERT INTO doc_updates (session_id, data) VALUES (:session, :update) RETURNING id
+    ), stored AS (
+        INSERT INTO session_events (session_id, seq, at_ms, kind, actor, data)
+        SELECT :session, counted.last_event_seq - CAST(:events AS BIGINT) + e.n,
+            CAST(:at_ms AS BIGINT), e.kind, e.actor, e.data
+        FROM counted, unnest(CAST(:kinds AS VARCHAR[]), CAST(:actors AS VARCHAR[]),
+            CAST(:data AS TEXT[])) WITH ORDINALITY AS e(kind, actor, data, n)
+    )
+    SELECT counted.last_seq, counted.last_event_seq,
+        (SELECT coalesce(max(version), 0) FROM webhook_version), (SELECT id FROM doc)
+    FROM counted
+    """
+).bindparams(bindparam("update", type_=LargeBinary))
 
 
 @cache

@@ -166,6 +166,17 @@ class MemoryTx:
         s.last_event_seq += len(events)
         return list(range(first, first + len(events)))
 
+    async def append_change(
+        self,
+        session_id: str,
+        update: bytes,
+        at_ms: int,
+        events: Sequence[SessionEvent],
+        replies: Mapping[str, str | None] | None = None,
+    ) -> tuple[int | None, list[int]]:
+        update_id = await self.append_update(session_id, update) if update else None
+        return update_id, await self.append_events(session_id, at_ms, events, replies)
+
     async def insert_entry(self, row: EntryRow) -> None:
         s = self.session(row.session_id)
         key = (row.author, row.command_id)

@@ -56,6 +56,18 @@ class SessionTx(Protocol):
         (``LookupError``: no such session)."""
         ...
 
+    async def append_change(
+        self,
+        session_id: str,
+        update: bytes,
+        at_ms: int,
+        events: Sequence[SessionEvent],
+        replies: Mapping[str, str | None] | None = None,
+    ) -> tuple[int | None, list[int]]:
+        """A write's document ``update`` (none if empty), then ``append_events``: the
+        update's id (None: none stored) and the events' numbers. Call it last."""
+        ...
+
     async def insert_entry(self, row: EntryRow) -> None:
         """``DuplicateCommand`` if the author stored this command id before (nothing is
         written then, and the transaction stays usable)."""

@@ -41,6 +41,10 @@ from parley.session.webhook_events import webhook_data, webhook_types
 _SEQ_TAKEN = re.compile(r"uq_entries_session_seq|entries\.session_id, entries\.seq")
 
 
+def _json(data: dict[str, Any]) -> str:
+    return json.dumps(data, separators=(",", ":"))
+
+
 class StoreTx:
     """One database transaction; methods mirror the writes a session makes."""
 
@@ -94,37 +98,89 @@ class StoreTx:
             statement = statements.COUNT_ENTRY if claimed else statements.COUNT_EVENTS
         # The subscriptions' version comes with the counters: no query of its own.
         parameters = {"session": session_id, **({"events": len(events)} if events else {})}
-        result = await self.connection.execute(statement, parameters)
-        found = result.first()
+        found = (await self.connection.execute(statement, parameters)).first()
+        data = [event.data() for event in events]
+        first = self._counted(session_id, found, len(events))
+        if events:
+            await self.connection.execute(
+                command_statements.INSERT_EVENTS,
+                [
+                    {
+                        "session_id": session_id,
+                        "seq": first + i,
+                        "at_ms": at_ms,
+                        "kind": event.kind,
+                        "actor": event.actor,
+                        "data": _json(data[i]),
+                    }
+                    for i, event in enumerate(events)
+                ],
+            )
+        return await self._told(session_id, found, first, at_ms, events, data, replies)
+
+    async def append_change(
+        self,
+        session_id: str,
+        update: bytes,
+        at_ms: int,
+        events: Sequence[SessionEvent],
+        replies: Mapping[str, str | None] | None = None,
+    ) -> tuple[int | None, list[int]]:
+        """A write's document ``update`` (none if empty) and then ``append_events``: the
+        update's id and the events' numbers. On PostgreSQL the update, the counters and
+        the events are one statement (one round trip); call it last, as
+        ``append_events``."""
+        counts = bool(events) or self.claimed.holds(session_id)
+        if not update or not counts or self.connection.dialect.name != "postgresql":
+            update_id = await self.append_update(session_id, update) if update else None
+            return update_id, await self.append_events(session_id, at_ms, events, replies)
+        data = [event.data() for event in events]
+        parameters = {
+            "session": session_id,
+            "entries": int(self.claimed.holds(session_id)),
+            "events": len(events),
+            "update": update,
+            "at_ms": at_ms,
+            "kinds": [event.kind for event in events],
+            "actors": [event.actor for event in events],
+            "data": [_json(item) for item in data],
+        }
+        statement = command_statements.COUNT_AND_STORE
+        found = (await self.connection.execute(statement, parameters)).first()
+        first = self._counted(session_id, found, len(events))
+        assert found is not None  # ``_counted`` raised otherwise
+        numbers = await self._told(session_id, found, first, at_ms, events, data, replies)
+        return int(found[3]), numbers
+
+    def _counted(self, session_id: str, found: Any, events: int) -> int:
+        """The counters as moved (``found``: last seq, last event seq, ...): check the
+        claimed sequence number; the first of ``events`` event numbers taken."""
         if found is None:
             raise LookupError(session_id)
-        if claimed:
+        if self.claimed.holds(session_id):
             self.claimed.counted(session_id, int(found[0]))
+        return int(found[1]) - events + 1
+
+    async def _told(
+        self,
+        session_id: str,
+        found: Any,
+        first: int,
+        at_ms: int,
+        events: Sequence[SessionEvent],
+        data: Sequence[dict[str, Any]],
+        replies: Mapping[str, str | None] | None,
+    ) -> list[int]:
+        """The webhook deliveries of events stored from number ``first`` (``found`` holds
+        the subscriptions' version, read with the counters); returns the events' numbers."""
         if not events:
             return []
-        last, version = int(found[1]), int(found[2])
-        first = last - len(events) + 1
-        data = [event.data() for event in events]
-        await self.connection.execute(
-            command_statements.INSERT_EVENTS,
-            [
-                {
-                    "session_id": session_id,
-                    "seq": first + i,
-                    "at_ms": at_ms,
-                    "kind": event.kind,
-                    "actor": event.actor,
-                    "data": json.dumps(data[i], separators=(",", ":")),
-                }
-                for i, event in enumerate(events)
-            ],
-        )
         told = [
             (first + i, at_ms, told, webhook_data(told, data[i], replies or {}))
             for i, event in enumerate(events)
             for told in webhook_types(event.kind, data[i])
         ]
-        await self.outbox(session_id, told, version)
+        await self.outbox(session_id, told, int(found[2]))
         return list(range(first, first + len(events)))
 
     async def insert_entry(self, row: EntryRow) -> None:

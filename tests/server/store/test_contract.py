@@ -3,6 +3,7 @@ adapter: in memory, SQLite and PostgreSQL keep the same promises."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
@@ -22,7 +23,7 @@ from parley.server.store.sessions import Store
 from parley.server.store.usage import UsageLedger
 from parley.session.core import SideThread, ThreadTurn
 from parley.session.errors import DuplicateCommand
-from parley.session.events import MessagePosted, PromptAccepted
+from parley.session.events import MessagePosted, PromptAccepted, RunStarted
 from parley.session.lifecycle import IllegalTransition, PromptStatus
 from parley.session.quota import Quotas
 from parley.session.reasons import Ending, ReasonCode
@@ -30,6 +31,11 @@ from parley.session.summary import Summary
 from tests.conftest import migrated_database, postgres_database, sqlite_url
 
 ALLOW = Decision(True, "test")
+
+
+def json_of(data: dict[str, Any]) -> Any:
+    """``data`` as the database gives it back (tuples as lists)."""
+    return json.loads(json.dumps(data))
 
 
 @pytest.fixture(params=["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -135,6 +141,50 @@ async def test_a_sequence_number_that_was_not_next_is_refused_and_nothing_is_kep
             tx.claim_seq("a", 2)
             await tx.insert_entry(entry("a", 2, "c3"))
     assert await store.entry_by_command("a", "ann", "c3") is None
+
+
+async def test_a_change_stores_its_update_and_numbers_its_events_with_the_counters(
+    store: Any,
+) -> None:
+    """``append_change``: the document update, the claimed number and the events of one
+    write (on PostgreSQL one statement), numbered as ``append_events`` numbers them."""
+    await store.create_session("a", "t", "queue", 0)
+    await add_prompt(store, "a", "c0")
+    async with store.transaction() as tx:
+        tx.claim_seq("a", 2)
+        await tx.insert_entry(entry("a", 2, "c1"))
+        events = [PromptAccepted("a-e2", 2, "ann"), RunStarted("r1", ("a-e2",), ("ann",))]
+        first_id, numbers = await tx.append_change("a", b"\x01", 5, events)
+    assert numbers == [2, 3]
+    async with store.transaction() as tx:  # an update alone: no counter moves
+        second_id, none = await tx.append_change("a", b"\x02", 6, [])
+    async with store.transaction() as tx:  # events alone: no update stored
+        no_update, more = await tx.append_change("a", b"", 7, [MessagePosted("x", 2, "bob")])
+    assert (none, no_update, more) == ([], None, [4])
+    assert first_id is not None and second_id is not None and first_id < second_id
+    assert (await store.load_doc("a")).updates == [b"\x01", b"\x02"]
+    assert (await store.get_session("a")).last_seq == 2
+    stored = await store.events_after("a", 1, 10)
+    assert [(e.seq, e.kind, e.actor, e.at_ms) for e in stored] == [
+        (2, "prompt_accepted", "ann", 5), (3, "run_started", None, 5),
+        (4, "message_posted", "bob", 7),
+    ]  # fmt: skip
+    assert [e.data for e in stored[:2]] == [json_of(e.data()) for e in events]
+
+
+async def test_a_change_whose_sequence_number_was_not_next_keeps_nothing(store: Any) -> None:
+    await store.create_session("a", "t", "queue", 0)
+    await add_prompt(store, "a", "c1")
+    with pytest.raises(SequenceMoved) as moved:
+        async with store.transaction() as tx:
+            tx.claim_seq("a", 1)  # taken: the store says which number it has
+            await tx.insert_entry(entry("a", 7, "c2"))
+            await tx.append_change("a", b"\x01", 1, [MessagePosted("a-e7", 7, "ann")])
+    assert moved.value.last_seq == 1
+    assert (await store.get_session("a")).last_seq == 1
+    assert await store.entry_by_command("a", "ann", "c2") is None
+    assert [e.seq for e in await store.events_after("a", 0, 10)] == [1]
+    assert (await store.load_doc("a")).updates == []
 
 
 async def test_a_transaction_claims_one_sequence_number_per_session(store: Any) -> None:

@@ -1,0 +1,24 @@
+"""Round trips to PostgreSQL per acknowledged prompt: counted (``bench.ack_round_trips``),
+never timed. The ack's transaction is BEGIN, the entry (a resent command id found here,
+before the document changes), one statement for the document update, the counters and
+the events, and COMMIT; a cluster node adds its lease's fence (first) and the update's
+notification."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.ack_round_trips import count
+from tests.conftest import postgres_database
+
+pytestmark = pytest.mark.postgres
+
+
+@pytest.mark.parametrize(("fenced", "most"), [(False, 4), (True, 6)])
+async def test_an_acked_prompt_costs_four_round_trips_on_postgresql_six_on_a_cluster(
+    fenced: bool, most: int
+) -> None:
+    async with postgres_database(migrated=True) as url:
+        counted = await count(url, prompts=3, fenced=fenced)
+    for trips in counted:
+        assert len(trips) <= most, trips.calls
