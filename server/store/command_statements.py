@@ -14,6 +14,7 @@ from functools import cache
 from typing import Any
 
 from sqlalchemy import LargeBinary, bindparam, insert, text, update
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -52,8 +53,13 @@ INSERT_EVENTS = insert(session_events)
 # ``:events`` count the numbers taken; the events come as arrays, numbered in their order
 # from the counter's new value. Returns what ``COUNT_ENTRY_AND_EVENTS`` does, then the
 # update's id. The counter's row stays locked to the commit, as in the statements above.
+# The subscriptions' version is ``version_now()``'s own SQL, not a copy of it.
+_VERSION_SQL = version_now().compile(
+    dialect=postgresql.dialect(),  # type: ignore[no-untyped-call]
+    compile_kwargs={"literal_binds": True},
+)
 COUNT_AND_STORE = text(
-    """
+    f"""
     WITH counted AS (
         UPDATE sessions SET last_seq = last_seq + CAST(:entries AS BIGINT),
             last_event_seq = last_event_seq + CAST(:events AS BIGINT)
@@ -68,8 +74,7 @@ COUNT_AND_STORE = text(
         FROM counted, unnest(CAST(:kinds AS VARCHAR[]), CAST(:actors AS VARCHAR[]),
             CAST(:data AS TEXT[])) WITH ORDINALITY AS e(kind, actor, data, n)
     )
-    SELECT counted.last_seq, counted.last_event_seq,
-        (SELECT coalesce(max(version), 0) FROM webhook_version), (SELECT id FROM doc)
+    SELECT counted.last_seq, counted.last_event_seq, {_VERSION_SQL}, (SELECT id FROM doc)
     FROM counted
     """
 ).bindparams(bindparam("update", type_=LargeBinary))
