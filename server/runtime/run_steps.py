@@ -6,14 +6,21 @@ makes to the session goes through here: ``start`` (which prompts the run answers
 scheduling policy; authors who may no longer prompt fail ``forbidden``), streamed text
 (``append_reply``), what the run drew on (``widen``), tool steps and ``finish`` with an
 ending (``session.reasons``). ``active`` is the run in flight.
+
+A prompt that finds the runner idle starts its run in the transaction that stores it
+(``begin_with``): one commit and one broadcast, not two, and the runner takes the run
+already begun (``take_begun``) instead of waiting for the writer again. On a loaded
+server the second transaction waited its turn behind other sessions' writes, and was most
+of the time between a prompt's ack and its model call.
 """
 
 from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
+from functools import partial
 from typing import TYPE_CHECKING
 
 from parley.authz.policy import Restriction
@@ -29,6 +36,7 @@ from parley.session.core import (
     ReplyState,
     RunFinished,
     RunStart,
+    SessionView,
     TextAppended,
     ToolStepTaken,
     handle,
@@ -45,18 +53,72 @@ class RunSteps:
     def __init__(self, room: SessionRoom) -> None:
         self.room = room
         self.active: ActiveRun | None = None
+        # A run started with the prompt that asked for it (``begin_with``), not yet taken
+        # by the runner (``take_begun``).
+        self.begun: ActiveRun | None = None
+        # Who signs the replies; set by the session's runner (none: nothing runs here).
+        self.reply_author: Callable[[], str] | None = None
+        self._idle = False  # the runner waits for work
         self._wakeup = asyncio.Event()
 
     def wake(self) -> None:
         """A run may be due (a prompt arrived, the policy changed), or the room closed."""
         self._wakeup.set()
 
+    @property
+    def idle(self) -> bool:
+        """The runner waits for work: a prompt may start its run with it."""
+        return self._idle
+
+    def due(self) -> bool:
+        """A run is begun, or the queue plans one (and the room is not draining)."""
+        if self.begun is not None:
+            return True
+        return not self.room.draining and self.room.queue.next() is not None
+
     async def wait_for_work(self) -> None:
         """Return once a run may be due (a prompt arrived, the policy changed, the room
         closed); at once when one is."""
         self._wakeup.clear()
-        if self.room.draining or self.room.queue.next() is None:
-            await self._wakeup.wait()
+        if not self.due():
+            self._idle = True
+            try:
+                await self._wakeup.wait()
+            finally:
+                self._idle = False
+
+    def take_begun(self) -> ActiveRun | None:
+        """The run a prompt started in its own transaction, for the runner to answer."""
+        begun, self.begun = self.begun, None
+        return begun
+
+    async def begin_with(self, write: Write, view: SessionView, now_ms: int) -> Effects | None:
+        """Start the run the queue plans next in ``write``, the transaction storing the
+        prompt that asked for it (``view``: the session with that prompt in it), if the
+        runner waits idle for one; the runner takes it once the write committed. None
+        (nothing written) when the runner is busy or absent, or the run would not simply
+        start (a prompt to fail, a refusal): the runner's own ``start`` sees to those."""
+        reply_author = self.reply_author
+        if reply_author is None or not self._idle or self.active is not None:
+            return None
+        if self.begun is not None:
+            return None
+        event = RunStart(now_ms, uuid.uuid4().hex, reply_author())
+        event, limits = await self._with_quotas(write, event, view)
+        effects = handle(view, event)
+        if effects.error is not None or effects.begin is None:
+            return None
+        try:
+            scope = self.scope_for(effects.begin.run.authors)
+        except Forbidden:
+            return None
+        active = self._active(effects, event, scope, limits)
+        write.after_commit.append(partial(self._begin, active))
+        return effects
+
+    def _begin(self, active: ActiveRun) -> None:
+        """A run started with its prompt committed: in flight, for the runner to take."""
+        self.active = self.begun = active
 
     def scope_for(self, user_ids: Sequence[str], *, preview: bool = False) -> RunScope:
         """The scope a run for ``user_ids`` would have now (``Forbidden`` if one of them may
@@ -80,16 +142,8 @@ class RunSteps:
 
         async def with_quotas(write: Write) -> Event:
             nonlocal limits
-            planned = room.queue.next()
-            if planned is None:
-                return event
-            # The quota check before the model call reads them here: no read of its own.
-            limits = await write.tx.quotas(room.session_id)
-            if len(planned.authors) > 1 and limits.user_tokens_per_day is not None:
-                # Whose prompts fail at their own quota is the core's to decide.
-                used = await write.tx.tokens_used(room.session_id, day_of(room.clock()))
-                return replace(event, quotas=limits, used_by=used)
-            return event
+            judged, limits = await self._with_quotas(write, event, room.writer.view())
+            return judged
 
         async def beside(write: Write, effects: Effects) -> None:
             nonlocal scope
@@ -104,14 +158,40 @@ class RunSteps:
             raise effects.error
         if effects.begin is None or scope is None:
             return None
-        self.active = ActiveRun(effects.begin.run, ReplyState(event.reply_id), scope, self)
-        self.active.quotas = limits
+        self.active = self._active(effects, event, scope, limits)
         return self.active
+
+    async def _with_quotas(
+        self, write: Write, event: RunStart, view: SessionView
+    ) -> tuple[RunStart, Quotas | None]:
+        """``event`` with what the core judges a run's start by, read in ``write``: the
+        session's quotas (the check before the model call reads them here, no read of its
+        own) and, for a run answering several members, what each used today."""
+        planned = view.queue.next()
+        if planned is None:
+            return event, None
+        room = self.room
+        limits = await write.tx.quotas(room.session_id)
+        if len(planned.authors) > 1 and limits.user_tokens_per_day is not None:
+            # Whose prompts fail at their own quota is the core's to decide.
+            used = await write.tx.tokens_used(room.session_id, day_of(room.clock()))
+            return replace(event, quotas=limits, used_by=used), limits
+        return event, limits
+
+    def _active(
+        self, effects: Effects, event: RunStart, scope: RunScope, limits: Quotas | None
+    ) -> ActiveRun:
+        assert effects.begin is not None
+        active = ActiveRun(effects.begin.run, ReplyState(event.reply_id), scope, self)
+        active.quotas = limits
+        return active
 
     def end(self, active: ActiveRun) -> None:
         """The runner settled ``active`` (or gave it up): whoever waits for it may go on."""
         if self.active is active:
             self.active = None
+        if self.begun is active:
+            self.begun = None
         active.finished.set()
 
     async def append_reply(self, active: ActiveRun, text: str) -> None:

@@ -73,24 +73,29 @@ class SessionRunner:
     def start(self) -> None:
         self.task = asyncio.create_task(self._loop(), name=f"runner:{self.room.session_id}")
         self.room.side_threads.start_run = self.thread_runs.start
+        self.room.runs.reply_author = self.reply_author
 
     def reply_author(self) -> str:
         """The reply is signed by the model that writes it: the session's, or the default."""
         return self.room.model or self.provider.name
 
     async def stop(self) -> None:
+        self.room.runs.reply_author = None  # no run starts with a prompt any more
         await self.summariser.stop()
         await self.thread_runs.stop()
         if self.task is not None:
             self.task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self.task
+        begun = self.room.runs.take_begun()
+        if begun is not None:  # begun with its prompt, never taken: whoever waits goes on
+            self.room.runs.end(begun)
 
     async def _loop(self) -> None:
         failures = 0
         runs = self.room.runs
         while not self.room.closed:
-            if self.room.draining or self.room.queue.next() is None:
+            if not runs.due():
                 await runs.wait_for_work()
                 continue
             try:
@@ -107,7 +112,7 @@ class SessionRunner:
     async def _run(self) -> bool:
         """Run the next run; True when its history did not fit (a summary may be due)."""
         runs = self.room.runs
-        active = await runs.start(self.reply_author())
+        active = runs.take_begun() or await runs.start(self.reply_author())
         if active is None:
             return False  # the queue changed under us (cancel, revoked author): ask again
         try:
