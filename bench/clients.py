@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import multiprocessing
+import random
 import time
 from array import array
 from collections.abc import Awaitable, Callable
@@ -234,16 +235,21 @@ class Worker:
         return [record for records in results for record in records]
 
     async def prompt_open_loop(
-        self, rate: float, count: int, prefix: str, timeout_s: float
+        self, rate: float, count: int, prefix: str, timeout_s: float, seed: int = 0
     ) -> list[list[Any]]:
-        """Open loop: ``count`` prompts at ``rate`` per second, round-robin over sockets,
-        whatever the acks do. Returns ``[command id, sent, acked or None]`` per prompt."""
+        """Open loop: ``count`` prompts at ``rate`` per second on average, round-robin over
+        sockets, whatever the acks do. The gaps are random (exponential, from ``seed``), as
+        members who do not know of each other send them: the shards' prompts together
+        arrive at the sum of their rates, never in step. Returns ``[command id, sent, acked
+        or None]`` per prompt."""
         sent: dict[str, float] = {}
         owners: dict[str, Subscriber] = {}
         waiters = []
-        started = time.monotonic()
+        gaps = random.Random(seed)
+        due = time.monotonic()
         for n in range(count):
-            delay = started + n / rate - time.monotonic()
+            due += gaps.expovariate(rate)
+            delay = due - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
             subscriber = self.subscribers[n % len(self.subscribers)]

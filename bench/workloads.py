@@ -244,7 +244,10 @@ async def admission(
             # their reply and finish commits): the open loop measures admission at a
             # steady load, not behind a backlog of a thousand runs.
             await _runs_settled(target, runs_before + len(records), timeout_s=300)
-            await target.records()
+            answered = await _finished_calls(target, [r[0] for r in records], timeout_s=60)
+            # Acks alone say how fast prompts are stored; a server may ack and leave the
+            # runs behind. Answered: until the last of these runs had its model's token.
+            last_token = max(answered[r[0]]["yields"][-1] for r in records if r[0] in answered)
             target.finished.clear()
             opened = await pool.call(
                 "prompt_open_loop",
@@ -254,6 +257,7 @@ async def admission(
                         "count": open_count // shards,
                         "prefix": f"o{run}s{shard}",
                         "timeout_s": 60,
+                        "seed": run * shards + shard,
                     }
                     for shard in range(shards)
                 ],
@@ -264,6 +268,7 @@ async def admission(
             measured.append(
                 {
                     "prompts_per_s": len(records) / span,
+                    "answered_per_s": len(records) / (last_token - min(r[1] for r in records)),
                     "saturated_ack_p50_ms": 1000 * percentile([r[2] - r[1] for r in records], 50),
                     "ack_p50_ms": 1000 * percentile(acks, 50),
                     "ack_p99_ms": 1000 * percentile(acks, 99),

@@ -77,6 +77,7 @@ async def test_admission_on_sqlite(pool: ClientPool, tmp_path: Path) -> None:
     median = result["sqlite"]["median"]
     assert median["unacked"] == 0
     assert median["prompts_per_s"] > 0
+    assert median["answered_per_s"] > 0
     assert not math.isnan(median["start_p99_ms"])
     assert median["ack_p50_ms"] <= median["ack_p99_ms"]
 
@@ -139,6 +140,7 @@ def test_report_renders_every_section() -> None:
                 "open_loop_rate_per_s": 40,
                 "median": {
                     "prompts_per_s": 50.0,
+                    "answered_per_s": 40.0,
                     "ack_p50_ms": 1.0,
                     "ack_p99_ms": 2.0,
                     "start_p50_ms": 3.0,
@@ -153,7 +155,7 @@ def test_report_renders_every_section() -> None:
     assert "| 3 | 1,000 | 1,000 | 1.00\u00d7 |" in table
     assert "| 200 | y-websocket | 1.0 | 2.0 | 3.0 | 0.0% | 250 | 40% | 8.2 | 50% |" in table
     assert "| 7 / 7 | 12.5 / 12.5 |" in table  # updates per subscriber, CPU per update
-    assert "| sqlite | 50 | 1.0 | 2.0 | 3.0 | 4.0 |" in table
+    assert "| sqlite | 50 | 40 | 1.0 | 2.0 | 3.0 | 4.0 |" in table
     assert "| ms | 1.50 |" in table
     assert "| y-websocket | 12 | 300 | 16 | 40.0 | 90% |  |" in table
     assert "Not run: pycrdt-websocket: not installed" in table
