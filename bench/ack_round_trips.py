@@ -1,14 +1,16 @@
 """Round trips to PostgreSQL per acknowledged prompt: a count, not a time.
 
 One session on a scratch PostgreSQL database, its room as the server loads it (no
-runner: only the ack's write is counted), one editor sending prompts through the one door
-(``dispatch``) one after another. Every call of asyncpg that waits for the server is
+runner: only the ack's write is counted; ``--runner``: with its runner waiting idle, so
+each prompt's run starts in the ack's write, and the next prompt waits until the run
+settled), one editor sending prompts through the one door (``dispatch``) one after
+another. Every call of asyncpg that waits for the server is
 counted (``RoundTrips``): a statement (``PreparedStatement.fetch``, ``executemany``), a
 statement prepared for the first time on its connection, and the simple queries, BEGIN
 and COMMIT among them. The first prompt warms the connection's prepared statements and
 is not reported.
 
-    python -m bench.ack_round_trips [--prompts 5] [--fenced] [--verbose]
+    python -m bench.ack_round_trips [--prompts 5] [--fenced] [--runner] [--verbose]
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import contextlib
 import functools
 import statistics
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -34,9 +36,11 @@ from parley.server.cluster.lease import LeaseTable
 from parley.server.cluster.node import HolderFence
 from parley.server.runtime.commands import dispatch
 from parley.server.runtime.room import SessionRoom
+from parley.server.runtime.runner import SessionRunner
 from parley.server.store.db import create_engine, migrate
 from parley.server.store.sessions import Store
 from parley.session.commands import PromptCommand
+from parley.session.model import Finish, ModelEvent, ModelRequest, TextDelta, Usage
 from parley.session.queue import Policy
 from tests.conftest import make_settings
 
@@ -87,10 +91,24 @@ class RoundTrips:
         return counted
 
 
-async def count(url: str, prompts: int, *, fenced: bool = False) -> list[RoundTrips]:
+class OneWordModel:
+    """Answers every call with one word at once."""
+
+    name = "one-word"
+
+    async def stream(self, request: ModelRequest) -> AsyncIterator[ModelEvent]:
+        yield TextDelta("ok")
+        yield Usage(input_tokens=1, output_tokens=1)
+        yield Finish("stop")
+
+
+async def count(
+    url: str, prompts: int, *, fenced: bool = False, runner: bool = False
+) -> list[RoundTrips]:
     """The round trips of each of ``prompts`` prompts' acks after a first one, on the
     migrated PostgreSQL database ``url`` (a session ``s`` is made there); ``fenced``: the
-    room writes as a cluster node holding the session's lease does (``HolderFence``)."""
+    room writes as a cluster node holding the session's lease does (``HolderFence``);
+    ``runner``: the session's runner waits idle, so the ack's write starts the run."""
     with tempfile.TemporaryDirectory(prefix="parley-ack-rt-") as scratch:
         store = Store(create_engine(url))
         try:
@@ -101,18 +119,38 @@ async def count(url: str, prompts: int, *, fenced: bool = False) -> list[RoundTr
             await room.load("t", Policy.QUEUE)
             if fenced:
                 room.writer.document.fence = await _holder_fence(store, room)
+            running = SessionRunner(room, OneWordModel(), run_timeout_s=30) if runner else None
+            if running is not None:
+                running.start()
             counted: list[RoundTrips] = []
-            for index in range(prompts + 1):
-                trips = RoundTrips()
-                with trips.counting():
-                    answer = await dispatch(room, "ann", PromptCommand(f"c{index}", "hi"))
-                if '"ack"' not in answer:
-                    raise RuntimeError(answer)
-                if index:
-                    counted.append(trips)
+            try:
+                for index in range(prompts + 1):
+                    if running is not None:
+                        await _idle(room)
+                    trips = RoundTrips()
+                    with trips.counting():
+                        answer = await dispatch(room, "ann", PromptCommand(f"c{index}", "hi"))
+                    if '"ack"' not in answer:
+                        raise RuntimeError(answer)
+                    if running is not None and room.active_run is None:
+                        raise RuntimeError("the run did not start with its prompt")
+                    if index:
+                        counted.append(trips)
+            finally:
+                if running is not None:
+                    await running.stop()
             return counted
         finally:
             await store.close()
+
+
+async def _idle(room: SessionRoom, timeout_s: float = 30) -> None:
+    """Wait until the room's run settled and its runner waits for work again."""
+    for _ in range(int(timeout_s / 0.005)):
+        if room.active_run is None and room.runs.idle:
+            return
+        await asyncio.sleep(0.005)
+    raise TimeoutError("the run did not settle")
 
 
 async def _holder_fence(store: Store, room: SessionRoom) -> HolderFence:
@@ -126,10 +164,10 @@ async def _holder_fence(store: Store, room: SessionRoom) -> HolderFence:
     return HolderFence(node, room)  # type: ignore[arg-type]
 
 
-async def _count_on_scratch(prompts: int, fenced: bool) -> list[RoundTrips]:
+async def _count_on_scratch(prompts: int, fenced: bool, runner: bool) -> list[RoundTrips]:
     async with postgres_database() as url:
         await asyncio.to_thread(migrate, url)
-        return await count(url, prompts, fenced=fenced)
+        return await count(url, prompts, fenced=fenced, runner=runner)
 
 
 def main() -> None:
@@ -137,8 +175,11 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=5)
     parser.add_argument("--verbose", action="store_true", help="list each round trip")
     parser.add_argument("--fenced", action="store_true", help="as a cluster node writes")
+    parser.add_argument(
+        "--runner", action="store_true", help="an idle runner: the ack's write starts the run"
+    )
     args = parser.parse_args()
-    counted = asyncio.run(_count_on_scratch(args.prompts, args.fenced))
+    counted = asyncio.run(_count_on_scratch(args.prompts, args.fenced, args.runner))
     if args.verbose:
         for what, query in counted[-1].calls:
             print(f"  {what:28} {query}")
