@@ -264,7 +264,7 @@ async def admission(
             )
             latency = [r for shard in opened for r in shard]
             acks = [r[2] - r[1] for r in latency if r[2] is not None]
-            starts = await _model_starts(target, latency)
+            starts, after_ack = await _model_starts(target, latency)
             measured.append(
                 {
                     "prompts_per_s": len(records) / span,
@@ -274,6 +274,8 @@ async def admission(
                     "ack_p99_ms": 1000 * percentile(acks, 99),
                     "start_p50_ms": 1000 * percentile(starts, 50),
                     "start_p99_ms": 1000 * percentile(starts, 99),
+                    "ack_to_start_p50_ms": 1000 * percentile(after_ack, 50),
+                    "ack_to_start_p99_ms": 1000 * percentile(after_ack, 99),
                     "unacked": float(len(latency) - len(acks) + len(sent) - len(records)),
                 }
             )
@@ -309,10 +311,16 @@ async def _finished_calls(
     return finished
 
 
-async def _model_starts(target: ParleyTarget, latency: list[list[Any]]) -> list[float]:
-    """From each open-loop prompt's send to its model call starting (the provider's record)."""
+async def _model_starts(
+    target: ParleyTarget, latency: list[list[Any]]
+) -> tuple[list[float], list[float]]:
+    """From each open-loop prompt's send to its model call starting (the provider's
+    record), and from its ack (as the client read it) to that start: negative when the
+    model was asked before the ack reached the client."""
     wanted = {r[0]: r[1] for r in latency}
+    acked = {r[0]: r[2] for r in latency if r[2] is not None}
     finished = await _finished_calls(target, list(wanted), timeout_s=120)
     starts = [finished[c]["started"] - sent for c, sent in wanted.items() if c in finished]
+    after_ack = [finished[c]["started"] - at for c, at in acked.items() if c in finished]
     target.finished.clear()
-    return starts
+    return starts, after_ack

@@ -78,6 +78,7 @@ async def test_admission_on_sqlite(pool: ClientPool, tmp_path: Path) -> None:
     assert median["unacked"] == 0
     assert median["prompts_per_s"] > 0
     assert median["answered_per_s"] > 0
+    assert not math.isnan(median["ack_to_start_p99_ms"])
     assert not math.isnan(median["start_p99_ms"])
     assert median["ack_p50_ms"] <= median["ack_p99_ms"]
 
@@ -145,6 +146,8 @@ def test_report_renders_every_section() -> None:
                     "ack_p99_ms": 2.0,
                     "start_p50_ms": 3.0,
                     "start_p99_ms": 4.0,
+                    "ack_to_start_p50_ms": 0.5,
+                    "ack_to_start_p99_ms": 1.5,
                 },
             }
         },
@@ -155,7 +158,7 @@ def test_report_renders_every_section() -> None:
     assert "| 3 | 1,000 | 1,000 | 1.00\u00d7 |" in table
     assert "| 200 | y-websocket | 1.0 | 2.0 | 3.0 | 0.0% | 250 | 40% | 8.2 | 50% |" in table
     assert "| 7 / 7 | 12.5 / 12.5 |" in table  # updates per subscriber, CPU per update
-    assert "| sqlite | 50 | 40 | 1.0 | 2.0 | 3.0 | 4.0 |" in table
+    assert "| sqlite | 50 | 40 | 1.0 | 2.0 | 3.0 | 4.0 | 0.5 | 1.5 |" in table
     assert "| ms | 1.50 |" in table
     assert "| y-websocket | 12 | 300 | 16 | 40.0 | 90% |  |" in table
     assert "Not run: pycrdt-websocket: not installed" in table
