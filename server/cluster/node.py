@@ -24,7 +24,6 @@ import uuid
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from parley.server.cluster.access import CHANNEL_ACCESS, CHANNEL_ACCESS_SEEN, AccessSync
@@ -61,11 +60,15 @@ def default_node_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
-def _connection(tx: SessionTx) -> AsyncConnection:
+def _store_tx(tx: SessionTx) -> StoreTx:
     """Cluster mode runs on PostgreSQL: its rooms' transactions are the database's."""
     if not isinstance(tx, StoreTx):
         raise TypeError("cluster mode needs the database store")
-    return tx.connection
+    return tx
+
+
+def _connection(tx: SessionTx) -> AsyncConnection:
+    return _store_tx(tx).connection
 
 
 class HolderFence:
@@ -86,7 +89,9 @@ class HolderFence:
             raise
 
     async def published(self, tx: SessionTx, update_id: int) -> None:
-        await _connection(tx).execute(select(func.pg_notify(CHANNEL_DOC, self.room.session_id)))
+        # Sent with the transaction's other notifications, one statement before its
+        # commit: a group-commit round of many sessions' updates makes one round trip.
+        _store_tx(tx).notify(CHANNEL_DOC, self.room.session_id)
 
     def holds(self) -> bool:
         return self.room.session_id in self.node.leases

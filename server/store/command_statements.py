@@ -80,6 +80,15 @@ COUNT_AND_STORE = text(
 ).bindparams(bindparam("update", type_=LargeBinary))
 
 
+# PostgreSQL: every notification of a transaction in one statement (``StoreTx.notify``).
+NOTIFY_ALL = text(
+    """
+    SELECT count(pg_notify(n.channel, n.payload))
+    FROM unnest(CAST(:channels AS TEXT[]), CAST(:payloads AS TEXT[])) AS n(channel, payload)
+    """
+)
+
+
 @cache
 def insert_entry(dialect: str) -> Any:
     """The entry's insert for ``dialect`` (its columns as parameters): nothing inserted,

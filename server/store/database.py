@@ -83,6 +83,7 @@ class Database:
                     tx = StoreTx(connection, self.subscriptions)
                     yield tx
                     tx.claimed.require_settled()
+                    await tx.send_notifications()
                 tx.committed = True  # what follows (the connection's close) may be cancelled
             if self.checkpointer is not None:
                 self.checkpointer.wrote()

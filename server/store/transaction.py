@@ -55,6 +55,25 @@ class StoreTx:
         self.outboxed = 0
         self.claimed = ClaimedSeqs()
         self.committed = False
+        # PostgreSQL notifications to send with this transaction (each once, in order).
+        self._notifications: dict[tuple[str, str], None] = {}
+
+    def notify(self, channel: str, payload: str) -> None:
+        """Send ``payload`` on ``channel`` when this transaction commits (PostgreSQL's
+        ``NOTIFY``); the notifications of a transaction go in one statement, just before
+        its commit (``send_notifications``), however many writes asked for them."""
+        self._notifications[(channel, payload)] = None
+
+    async def send_notifications(self) -> None:
+        """Hand this transaction's notifications to PostgreSQL, in one round trip (they
+        are delivered when it commits). The store calls it before the commit."""
+        if not self._notifications:
+            return
+        pairs, self._notifications = list(self._notifications), {}
+        await self.connection.execute(
+            command_statements.NOTIFY_ALL,
+            {"channels": [c for c, _ in pairs], "payloads": [p for _, p in pairs]},
+        )
 
     async def outbox(
         self,

@@ -6,10 +6,19 @@ notification. A prompt whose run starts with it adds the start's two statements.
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
+
+import asyncpg
 import pytest
 
-from bench.ack_round_trips import count
-from tests.conftest import postgres_database
+from bench.ack_round_trips import RoundTrips, _holder_fence, count
+from parley.server.cluster.node import CHANNEL_DOC
+from parley.server.runtime.room import SessionRoom
+from parley.server.store.db import create_engine
+from parley.server.store.sessions import Store
+from parley.session.queue import Policy
+from tests.conftest import make_settings, postgres_database
 
 pytestmark = pytest.mark.postgres
 
@@ -31,3 +40,43 @@ async def test_a_prompt_and_the_start_of_its_run_cost_six_round_trips_together()
         counted = await count(url, prompts=3, runner=True)
     for trips in counted:
         assert len(trips) <= 6, trips.calls
+
+
+async def test_a_cluster_round_of_several_sessions_notifies_them_all_in_one_statement(
+    tmp_path: Path,
+) -> None:
+    """A group-commit round on a cluster node stores several sessions' updates: each one's
+    notification (the followers apply the update on it) goes in one statement before the
+    commit, not one round trip each, and every one of them is delivered."""
+    sessions = ["s1", "s2", "s3"]
+    async with postgres_database(migrated=True) as url:
+        store = Store(create_engine(url))
+        listener = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
+        heard: asyncio.Queue[str] = asyncio.Queue()
+        await listener.add_listener(CHANNEL_DOC, lambda *args: heard.put_nowait(args[-1]))
+        try:
+            fences = []
+            for session_id in sessions:
+                await store.create_session(session_id, "t", Policy.QUEUE.value, 0)
+                room = SessionRoom(session_id, store=store, settings=make_settings(url, tmp_path))
+                fences.append(await _holder_fence(store, room))
+            trips = RoundTrips()
+            with trips.counting():
+                stored = [
+                    store.group.submit(session_id, b"update", fence)
+                    for session_id, fence in zip(sessions, fences, strict=True)
+                ]
+                ids = await asyncio.gather(*stored)
+            assert len(set(ids)) == len(sessions)
+            notifying = [  # (a statement new to its connection is prepared first)
+                query
+                for what, query in trips.calls
+                if "pg_notify" in query and what != "Connection.prepare"
+            ]
+            assert len(notifying) == 1, trips.calls
+            async with asyncio.timeout(10):
+                got = sorted([await heard.get() for _ in sessions])
+            assert got == sessions
+        finally:
+            await listener.close()
+            await store.close()
