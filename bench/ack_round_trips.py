@@ -118,7 +118,7 @@ async def count(
             room = SessionRoom("s", store=store, settings=make_settings(url, Path(scratch)))
             await room.load("t", Policy.QUEUE)
             if fenced:
-                room.writer.document.fence = await _holder_fence(store, room)
+                room.writer.document.fence = await holder_fence(store, room)
             running = SessionRunner(room, OneWordModel(), run_timeout_s=30) if runner else None
             if running is not None:
                 running.start()
@@ -153,7 +153,7 @@ async def _idle(room: SessionRoom, timeout_s: float = 30) -> None:
     raise TimeoutError("the run did not settle")
 
 
-async def _holder_fence(store: Store, room: SessionRoom) -> HolderFence:
+async def holder_fence(store: Store, room: SessionRoom) -> HolderFence:
     """The fence of a cluster node that took the session's lease (the node itself stubbed:
     its leases, its lease table, and what it does on losing one)."""
     table = LeaseTable(store.engine, "bench-node", ttl_s=30.0)

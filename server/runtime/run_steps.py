@@ -99,9 +99,8 @@ class RunSteps:
         (nothing written) when the runner is busy or absent, or the run would not simply
         start (a prompt to fail, a refusal): the runner's own ``start`` sees to those."""
         reply_author = self.reply_author
+        # (A run begun and not yet taken is in flight too: ``active`` covers it.)
         if reply_author is None or not self._idle or self.active is not None:
-            return None
-        if self.begun is not None:
             return None
         event = RunStart(now_ms, uuid.uuid4().hex, reply_author())
         event, limits = await self._with_quotas(write, event, view)

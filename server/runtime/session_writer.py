@@ -126,27 +126,19 @@ class SessionWriter:
             await self.step(recovered, recovered.now_ms)
 
     async def execute(self, event: CommandEvent) -> Effects:
-        """Carry out a member's command (see ``step``); a prompt that finds the runner
-        idle starts its run in the same transaction (``RunSteps.begin_with``)."""
-        return await self.step(event, event.now_ms, begin_run=True)
+        """Carry out a member's command (see ``step``)."""
+        return await self.step(event, event.now_ms)
 
-    async def step(
-        self,
-        event: Event,
-        now_ms: int,
-        *,
-        usage: Sequence[UsageRow] = (),
-        begin_run: bool = False,
-    ) -> Effects:
+    async def step(self, event: Event, now_ms: int, *, usage: Sequence[UsageRow] = ()) -> Effects:
         """Carry out what ``event`` does: judged at the door, and judged again under the
         writer on the state it changes, then stored, committed and broadcast; after the
         commit the run in flight is stopped or the runner woken. A refusal is audited and
         raised. ``usage``: a run's model calls, stored in the same transaction (its
-        finish); ``begin_run``: a prompt's run may start in its transaction."""
+        finish)."""
         effects = handle(self.view(), event, with_events=False)  # the writer judges again
         if effects.error is None and effects.writes:
             try:
-                effects = await self.carry_out(event, now_ms, usage, begin_run=begin_run)
+                effects = await self.carry_out(event, now_ms, usage)
             except SequenceMoved as exc:
                 self.last_seq = await self._stored_last_seq(exc.last_seq)
                 raise
@@ -173,14 +165,13 @@ class SessionWriter:
         *,
         before: Before | None = None,
         beside: Beside | None = None,
-        begin_run: bool = False,
     ) -> Effects:
         """Judge ``event`` under the writer and store what it does (and ``usage``); a
         refusal (returned) writes nothing. ``before``: the event to judge, read in the
         write (a run's start reads the quotas and the day's usage the core decides by);
         ``beside``: what else to do in the write once the event was judged (a run's start
-        reads its issuers' scope there); ``begin_run``: a prompt's run starts in the same
-        write if the runner waits idle."""
+        reads its issuers' scope there). A write that stores a prompt and wakes the runner
+        starts the prompt's run too if the runner waits idle (``RunSteps.begin_with``)."""
         try:
             async with self.document.writing() as write:
                 if before is not None:
@@ -191,7 +182,7 @@ class SessionWriter:
                 if beside is not None:
                     await beside(write, effects)
                 await self._record(write, effects, now_ms)
-                if begin_run and effects.wake_runner and effects.entry is not None:
+                if effects.wake_runner and effects.entry is not None:
                     await self._begin_run(write, effects, now_ms)
                 await write.tx.insert_usage(usage)
         except _Refused as refused:

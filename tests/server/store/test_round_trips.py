@@ -12,7 +12,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from bench.ack_round_trips import RoundTrips, _holder_fence, count
+from bench.ack_round_trips import RoundTrips, count, holder_fence
 from parley.server.cluster.node import CHANNEL_DOC
 from parley.server.runtime.room import SessionRoom
 from parley.server.store.db import create_engine
@@ -59,7 +59,7 @@ async def test_a_cluster_round_of_several_sessions_notifies_them_all_in_one_stat
             for session_id in sessions:
                 await store.create_session(session_id, "t", Policy.QUEUE.value, 0)
                 room = SessionRoom(session_id, store=store, settings=make_settings(url, tmp_path))
-                fences.append(await _holder_fence(store, room))
+                fences.append(await holder_fence(store, room))
             trips = RoundTrips()
             with trips.counting():
                 stored = [
