@@ -34,6 +34,7 @@ from parley.server.store.port import SessionStore
 from parley.server.store.rows import UsageRow
 from parley.session.core import (
     AppendText,
+    BeginRun,
     CommandEvent,
     Effects,
     Event,
@@ -181,17 +182,24 @@ class SessionWriter:
                     raise _Refused(effects)
                 if beside is not None:
                     await beside(write, effects)
-                await self._record(write, effects, now_ms)
+                started = None
                 if effects.wake_runner and effects.entry is not None:
-                    await self._begin_run(write, effects, now_ms)
+                    started = await self._run_start(write, effects, now_ms)
+                if started is None:
+                    await self._record(write, effects, now_ms)
+                else:  # the prompt's row is inserted running: no update of it after
+                    assert effects.entry is not None
+                    await self._record(write, effects, now_ms, starting=started.begin)
+                    await self._record(write, started, now_ms, inserted=effects.entry.id)
                 await write.tx.insert_usage(usage)
         except _Refused as refused:
             return refused.effects
         return effects
 
-    async def _begin_run(self, write: Write, stored: Effects, now_ms: int) -> None:
-        """Start the run the queue plans next in ``write``, on the session as it will be
-        once ``stored`` (a prompt's effects) commits, if the runner waits idle."""
+    async def _run_start(self, write: Write, stored: Effects, now_ms: int) -> Effects | None:
+        """The start of the run the queue plans next, judged in ``write`` on the session as
+        it will be once ``stored`` (a prompt's effects) commits, if the runner waits idle;
+        written with the prompt (see ``carry_out``)."""
         assert stored.entry is not None
         view = self.view()
         after = replace(
@@ -199,13 +207,28 @@ class SessionWriter:
             queue=view.queue if stored.queue is None else stored.queue,
             last_seq=stored.entry.seq,
         )
-        started = await self.runs.begin_with(write, after, now_ms)
-        if started is not None:
-            await self._record(write, started, now_ms)
+        return await self.runs.begin_with(write, after, now_ms)
 
-    async def _record(self, write: Write, effects: Effects, now_ms: int) -> None:
-        """Write ``effects`` in ``write``; what follows the commit is queued on it."""
-        await write_effects(write.tx, self.doc, self.session_id, effects, now_ms)
+    async def _record(
+        self,
+        write: Write,
+        effects: Effects,
+        now_ms: int,
+        *,
+        starting: BeginRun | None = None,
+        inserted: str | None = None,
+    ) -> None:
+        """Write ``effects`` in ``write``; what follows the commit is queued on it
+        (``starting``, ``inserted``: see ``write_effects``)."""
+        await write_effects(
+            write.tx,
+            self.doc,
+            self.session_id,
+            effects,
+            now_ms,
+            starting=starting,
+            inserted=inserted,
+        )
         write.events.extend(effects.events)
         write.replies.update(effects.replies)
         for kept in effects.keep:

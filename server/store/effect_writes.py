@@ -19,7 +19,7 @@ from parley.server.store.rows import EntryRow
 from parley.session.core import BeginRun, Effects, NewEntry, Pin, SetFact, SetPolicy
 from parley.session.core.effects import DeleteThread, OpenThread, SetThreadStatus
 from parley.session.entries import EntryKind
-from parley.session.lifecycle import PromptStatus
+from parley.session.lifecycle import PromptStatus, check_prompt_transition
 from parley.session.reasons import Ending
 from parley.session.schema import SessionDocument
 
@@ -30,14 +30,21 @@ async def write_effects(
     session_id: str,
     effects: Effects,
     now_ms: int,
+    *,
+    starting: BeginRun | None = None,
+    inserted: str | None = None,
 ) -> None:
-    """Store ``effects`` (not the queue, nor their events: the room writes those)."""
+    """Store ``effects`` (not the queue, nor their events: the room writes those).
+
+    A prompt whose run starts in the write that stores it is inserted ``running``, one
+    statement instead of an insert and an update: ``starting`` is that run (for the
+    prompt's effects), ``inserted`` the prompt (for the run's, which move the others)."""
     if effects.entry is not None:
-        await _store_entry(tx, doc, session_id, effects.entry)
+        await _store_entry(tx, doc, session_id, effects.entry, starting)
     for finish in effects.finish:
         await finish_prompts(tx, doc, finish.prompt_ids, finish.ending, now_ms)
     if effects.begin is not None:
-        await _begin_run(tx, doc, effects.begin)
+        await _begin_run(tx, doc, effects.begin, inserted)
     change = effects.change
     if isinstance(change, Pin):
         (doc.pin if change.pinned else doc.unpin)(change.entry_id)
@@ -97,9 +104,14 @@ async def finish_prompts(
     doc.finish_prompts(prompt_ids, ending)
 
 
-async def _begin_run(tx: SessionTx, doc: SessionDocument, begin: BeginRun) -> None:
-    """A run's prompts become ``running`` (row and document) and its reply opens."""
+async def _begin_run(
+    tx: SessionTx, doc: SessionDocument, begin: BeginRun, inserted: str | None
+) -> None:
+    """A run's prompts become ``running`` (row and document) and its reply opens; the row
+    of ``inserted`` was stored running already."""
     for prompt in begin.run.prompts:
+        if prompt.id == inserted:
+            continue
         await tx.set_entry_status(
             prompt.id, PromptStatus.RUNNING, reply_id=begin.reply_id, started_at=begin.created_at
         )
@@ -112,10 +124,23 @@ async def _begin_run(tx: SessionTx, doc: SessionDocument, begin: BeginRun) -> No
 
 
 async def _store_entry(
-    tx: SessionTx, doc: SessionDocument, session_id: str, entry: NewEntry
+    tx: SessionTx,
+    doc: SessionDocument,
+    session_id: str,
+    entry: NewEntry,
+    starting: BeginRun | None,
 ) -> None:
     seq = entry.seq  # the store checks it was next (only the room's writer hands them out)
     tx.claim_seq(session_id, seq)
+    status, reply_id, started_at = entry.status, None, None
+    if starting is not None and entry.id in starting.run.ids:
+        # The lifecycle's step from queued, checked here as the row's update would have.
+        check_prompt_transition(PromptStatus(status), PromptStatus.RUNNING)
+        status, reply_id, started_at = (
+            PromptStatus.RUNNING.value,
+            starting.reply_id,
+            starting.created_at,
+        )
     await tx.insert_entry(
         EntryRow(
             id=entry.id,
@@ -125,10 +150,11 @@ async def _store_entry(
             author=entry.author,
             command_id=entry.command_id,
             text=entry.text,
-            status=entry.status,
+            status=status,
             reason=None,
-            reply_id=None,
+            reply_id=reply_id,
             created_at=entry.created_at,
+            started_at=started_at,
         )
     )
     if entry.kind is EntryKind.PROMPT:

@@ -74,6 +74,8 @@ class EntryRow:
     reason: str | None
     reply_id: str | None
     created_at: int
+    # Set when the prompt's run starts in the write that stores it (inserted ``running``).
+    started_at: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -218,6 +218,7 @@ class StoreTx:
             "reason": row.reason,
             "reply_id": row.reply_id,
             "created_at": row.created_at,
+            "started_at": row.started_at,
         }
         try:
             inserted = (await self.connection.execute(statement, values)).first()

@@ -87,6 +87,18 @@ async def statuses(room: SessionRoom) -> dict[str, str]:
         return {row.id: row.status for row in rows}
 
 
+async def started_row(room: SessionRoom, prompt_id: str) -> tuple[str, str | None, int | None]:
+    async with room.store.read() as connection:
+        row = (
+            await connection.execute(
+                select(entries.c.status, entries.c.reply_id, entries.c.started_at).where(
+                    entries.c.id == prompt_id
+                )
+            )
+        ).one()
+        return row.status, row.reply_id, row.started_at
+
+
 async def updates_stored(room: SessionRoom) -> int:
     async with room.store.read() as connection:
         counted = await connection.execute(select(func.count()).select_from(doc_updates))
@@ -116,7 +128,11 @@ async def test_a_prompt_to_an_idle_runner_is_stored_and_started_in_one_commit(
         active = room.active_run
         assert active is not None and active.run.ids == (prompt_id,)
         assert room.doc.entry(prompt_id).status == "running"
-        assert (await statuses(room))[prompt_id] == "running"
+        # The row, inserted running, names its reply and when it started, as the update of
+        # a queued row does.
+        status, reply_id, started_at = await started_row(room, prompt_id)
+        assert (status, reply_id) == ("running", active.reply_id)
+        assert started_at == room.doc.entry(prompt_id).started_at is not None
         assert await updates_stored(room) == before + 1  # one write, not two
         kinds = [e.kind for e in await room.store.events_after("s", 0, 100)][kinds_before:]
         assert kinds == ["prompt_accepted", "run_started"]
