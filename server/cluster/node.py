@@ -88,9 +88,10 @@ class HolderFence:
             self.node.lost(self.room.session_id, lease)
             raise
 
-    async def published(self, tx: SessionTx, update_id: int) -> None:
-        # Sent with the transaction's other notifications, one statement before its
-        # commit: a group-commit round of many sessions' updates makes one round trip.
+    def published(self, tx: SessionTx) -> None:
+        # Sent with the transaction's other notifications, in its last statement or one
+        # just before its commit: a group-commit round of many sessions' updates makes one
+        # round trip, and a write's carries it with its counters (``append_change``).
         _store_tx(tx).notify(CHANNEL_DOC, self.room.session_id)
 
     def holds(self) -> bool:

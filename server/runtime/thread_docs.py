@@ -259,7 +259,7 @@ class ThreadDocs:
         changes to them as ``threads`` (the committed side-threads) will be, and store
         each update; sent to the sockets after the commit."""
         if isinstance(effects.thread, DeleteThread):
-            await self._published(write.tx, 0)  # followers close their sockets of it
+            self._published(write.tx)  # followers close their sockets of it
         shown = {t.id for t in effects.thread_turns} | {s.turn_id for s in effects.thread_settle}
         changed = threads_changed(effects)
         after = {i: threads[i] for i in changed if i in threads}  # those alone, not a copy of all
@@ -338,14 +338,14 @@ class ThreadDocs:
         row = (self.room.session_id, thread_id, update)
         (update_id,) = await tx.append_thread_updates([row])
         live.last_update_id = update_id
-        await self._published(tx, update_id)
+        self._published(tx)
         if self._due(live):
             await self._snapshot(tx, live, update_id)
 
-    async def _published(self, tx: SessionTx, update_id: int) -> None:
+    def _published(self, tx: SessionTx) -> None:
         fence = self._writer.fence
         if fence is not None:
-            await fence.published(tx, update_id)
+            fence.published(tx)
 
     def _due(self, live: LiveThreadDoc) -> bool:
         live.since_snapshot += 1

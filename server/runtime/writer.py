@@ -177,12 +177,15 @@ class DocumentWriter:
                     write = Write(tx)
                     yield write
                     update = merged(captured)
+                    if update and self.fence is not None:
+                        # Told first: its notification goes in the statement below.
+                        self.fence.published(tx)
                     # With the counters: on PostgreSQL their row stays locked to the commit.
                     update_id, numbers = await tx.append_change(
                         self.session_id, update, self.now_ms(), write.events, write.replies
                     )
-                    if update_id is not None:
-                        await self._published(tx, update_id)
+                    if update_id is not None and self._snapshot_due():
+                        await self._write_snapshot(tx, update_id)
             except BaseException:
                 if write is None or not write.tx.committed:
                     for undo in [] if write is None else write.undone:
@@ -272,14 +275,6 @@ class DocumentWriter:
         self._writes.committed(update, self.doc.doc.get_state())
         if self._encoded is not None:
             self._encoded.committed(update)
-
-    async def _published(self, tx: SessionTx, update_id: int) -> None:
-        """An update was stored in ``tx``: tell the fence, and squash the log into a
-        snapshot every ``snapshot_every_updates``."""
-        if self.fence is not None:
-            await self.fence.published(tx, update_id)
-        if self._snapshot_due():
-            await self._write_snapshot(tx, update_id)
 
     def _snapshot_due(self) -> bool:
         """Count a stored update; True when the log is due to be squashed."""

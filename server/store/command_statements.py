@@ -58,6 +58,15 @@ _VERSION_SQL = version_now().compile(
     dialect=postgresql.dialect(),  # type: ignore[no-untyped-call]
     compile_kwargs={"literal_binds": True},
 )
+# The notifications queued on a transaction (``StoreTx.notify``), sent by one statement:
+# delivered when the transaction commits. (A CTE of ``COUNT_AND_STORE`` too, whose result
+# selects ``sent``: PostgreSQL runs a SELECT in a WITH only when it is read.)
+_NOTIFY_SQL = """
+    SELECT count(pg_notify(n.channel, n.payload)) AS sent
+    FROM unnest(CAST(:channels AS TEXT[]), CAST(:payloads AS TEXT[])) AS n(channel, payload)
+"""
+
+
 COUNT_AND_STORE = text(
     f"""
     WITH counted AS (
@@ -73,20 +82,18 @@ COUNT_AND_STORE = text(
             CAST(:at_ms AS BIGINT), e.kind, e.actor, e.data
         FROM counted, unnest(CAST(:kinds AS VARCHAR[]), CAST(:actors AS VARCHAR[]),
             CAST(:data AS TEXT[])) WITH ORDINALITY AS e(kind, actor, data, n)
+    ), notified AS (
+        {_NOTIFY_SQL}
     )
-    SELECT counted.last_seq, counted.last_event_seq, {_VERSION_SQL}, (SELECT id FROM doc)
+    SELECT counted.last_seq, counted.last_event_seq, {_VERSION_SQL}, (SELECT id FROM doc),
+        (SELECT sent FROM notified)
     FROM counted
     """
 ).bindparams(bindparam("update", type_=LargeBinary))
 
 
 # PostgreSQL: every notification of a transaction in one statement (``StoreTx.notify``).
-NOTIFY_ALL = text(
-    """
-    SELECT count(pg_notify(n.channel, n.payload))
-    FROM unnest(CAST(:channels AS TEXT[]), CAST(:payloads AS TEXT[])) AS n(channel, payload)
-    """
-)
+NOTIFY_ALL = text(_NOTIFY_SQL)
 
 
 @cache

@@ -29,7 +29,8 @@ MAX_ROUND_UPDATES = 512
 
 class WriteFence(Protocol):
     """Cluster mode: may this node write the session? Checked first in every write
-    transaction (raise to refuse it); told each update it stores, in the same transaction."""
+    transaction (raise to refuse it); told each update it stores, in the same transaction
+    (before or after the statement that stores it: what it sends goes with the commit)."""
 
     async def check(self, tx: SessionTx) -> None: ...
 
@@ -37,7 +38,7 @@ class WriteFence(Protocol):
         """Whether this node writes the session, as far as it knows (no round trip)."""
         ...
 
-    async def published(self, tx: SessionTx, update_id: int) -> None: ...
+    def published(self, tx: SessionTx) -> None: ...
 
 
 class Outcome(asyncio.Future[int]):
@@ -135,9 +136,9 @@ class GroupCommit:
                     refused[key] = exc
             admitted = [i for i in batch if id(i.fence) not in refused]
             ids = await _append(tx, admitted)
-            for item, update_id in zip(admitted, ids, strict=True):
+            for item in admitted:
                 if item.fence is not None:
-                    await item.fence.published(tx, update_id)
+                    item.fence.published(tx)
         for item in batch:
             if id(item.fence) in refused:
                 _settle(item, refused[id(item.fence)])

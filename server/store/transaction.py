@@ -67,13 +67,14 @@ class StoreTx:
     async def send_notifications(self) -> None:
         """Hand this transaction's notifications to PostgreSQL, in one round trip (they
         are delivered when it commits). The store calls it before the commit."""
-        if not self._notifications:
-            return
+        if self._notifications:
+            await self.connection.execute(command_statements.NOTIFY_ALL, self._take_notifications())
+
+    def _take_notifications(self) -> dict[str, list[str]]:
+        """The notifications queued so far, as a statement's parameters, taken off the
+        queue (the statement that carries them sends them)."""
         pairs, self._notifications = list(self._notifications), {}
-        await self.connection.execute(
-            command_statements.NOTIFY_ALL,
-            {"channels": [c for c, _ in pairs], "payloads": [p for _, p in pairs]},
-        )
+        return {"channels": [c for c, _ in pairs], "payloads": [p for _, p in pairs]}
 
     async def outbox(
         self,
@@ -147,8 +148,8 @@ class StoreTx:
     ) -> tuple[int | None, list[int]]:
         """A write's document ``update`` (none if empty) and then ``append_events``: the
         update's id and the events' numbers. On PostgreSQL the update, the counters and
-        the events are one statement (one round trip); call it last, as
-        ``append_events``."""
+        the events are one statement (one round trip), which also sends the notifications
+        queued so far (``notify``); call it last, as ``append_events``."""
         counts = bool(events) or self.claimed.holds(session_id)
         if not update or not counts or self.connection.dialect.name != "postgresql":
             update_id = await self.append_update(session_id, update) if update else None
@@ -163,6 +164,7 @@ class StoreTx:
             "kinds": [event.kind for event in events],
             "actors": [event.actor for event in events],
             "data": [_json(item) for item in data],
+            **self._take_notifications(),
         }
         statement = command_statements.COUNT_AND_STORE
         found = (await self.connection.execute(statement, parameters)).first()

@@ -1,8 +1,9 @@
 """Round trips to PostgreSQL per acknowledged prompt: counted (``bench.ack_round_trips``),
 never timed. The ack's transaction is BEGIN, the entry (a resent command id found here,
 before the document changes), one statement for the document update, the counters and
-the events, and COMMIT; a cluster node adds its lease's fence (first) and the update's
-notification. A prompt whose run starts with it adds the start's two statements."""
+the events (and, on a cluster node, the update's notification), and COMMIT; a cluster
+node adds its lease's fence (first). A prompt whose run starts with it adds the read of
+the quotas the start is judged by."""
 
 from __future__ import annotations
 
@@ -23,14 +24,32 @@ from tests.conftest import make_settings, postgres_database
 pytestmark = pytest.mark.postgres
 
 
-@pytest.mark.parametrize(("fenced", "most"), [(False, 4), (True, 6)])
-async def test_an_acked_prompt_costs_four_round_trips_on_postgresql_six_on_a_cluster(
+@pytest.mark.parametrize(("fenced", "most"), [(False, 4), (True, 5)])
+async def test_an_acked_prompt_costs_four_round_trips_on_postgresql_five_on_a_cluster(
     fenced: bool, most: int
 ) -> None:
     async with postgres_database(migrated=True) as url:
         counted = await count(url, prompts=3, fenced=fenced)
     for trips in counted:
         assert len(trips) <= most, trips.calls
+
+
+async def test_a_cluster_nodes_ack_notifies_its_followers_in_the_counters_statement() -> None:
+    """The update's notification (followers apply the update on it) rides in the statement
+    that stores the update and moves the counters, and is delivered on the commit."""
+    async with postgres_database(migrated=True) as url:
+        listener = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
+        heard: asyncio.Queue[str] = asyncio.Queue()
+        await listener.add_listener(CHANNEL_DOC, lambda *args: heard.put_nowait(args[-1]))
+        try:
+            counted = await count(url, prompts=2, fenced=True)
+            async with asyncio.timeout(10):
+                got = [await heard.get() for _ in range(3)]  # the warming prompt's too
+        finally:
+            await listener.close()
+    assert got == ["s", "s", "s"]
+    for trips in counted:  # BEGIN, the fence, the entry, the counters' statement, COMMIT
+        assert len(trips) <= 5, trips.calls
 
 
 async def test_a_prompt_and_the_start_of_its_run_cost_five_round_trips_together() -> None:
