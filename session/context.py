@@ -163,23 +163,33 @@ class _Scope:
 
     def covered_prefix(self, summary: Summary | None) -> int:
         """How many of the fold's first items ``summary`` covers, every one (merged-away
-        items count as covered). Costs the items changed since the last call, unless the
-        summary does not extend the one before (then it counts from the start)."""
+        items count as covered). Costs the items changed since the last call and those
+        the summary covers beyond the last call's, unless the summary does not extend the
+        one before (then it counts from the start)."""
         items, fold = self.fold.items, self.fold
+        changed, fold.changed = fold.changed, set()
         if summary is None:
             self.summary, self.covered = None, 0
             return 0
+        covers = summary.covers
         known = 0
         previous = self.summary
-        if previous is not None and summary.covers.issuperset(previous.covers):
-            known = min(self.covered, fold.changed_from)
-        while known < len(items) and (
-            (item := items[known]) is None or summary.covers.issuperset(item.entry_ids)
-        ):
+        if previous is not None and (summary is previous or covers.issuperset(previous.covers)):
+            # The items below the last count that did not change are covered still; of
+            # those that changed, the first one uncovered ends the prefix.
+            known = min(self.covered, len(items))
+            for index in changed:
+                if index < known and not _covered_by(covers, items[index]):
+                    known = index
+        while known < len(items) and _covered_by(covers, items[known]):
             known += 1
-        fold.changed_from = len(items)
         self.summary, self.covered = summary, known
         return known
+
+
+def _covered_by(covers: frozenset[str], item: FoldedItem | None) -> bool:
+    """A merged-away item (None) counts as covered."""
+    return item is None or covers.issuperset(item.entry_ids)
 
 
 class ContextBuilder:

@@ -103,9 +103,9 @@ class HistoryFold:
         self.excluded: list[tuple[str, str]] = []  # (entry id, reason), in fold order
         self.keys: list[StepKey] = []
         self.step_of: dict[str, int] = {}  # entry id -> its step (its index in the history)
-        # The lowest index of ``items`` changed since a reader last set it to ``len(items)``
-        # (``ContextBuilder`` keeps what it learnt of the items below it).
-        self.changed_from = 0
+        # The indices of ``items`` changed since a reader last cleared it (``ContextBuilder``
+        # keeps what it learnt of the others): a few per sync, however long the history.
+        self.changed: set[int] = set()
         self._undo: list[list[_Undo]] = []
         self._exact: dict[str, int] = {}
         self._merged_into: dict[int, int] = {}  # item index -> the item it was merged into
@@ -284,7 +284,7 @@ class HistoryFold:
     def _append(self, item: FoldedItem, undo: list[_Undo]) -> None:
         index = len(self.items)
         self.items.append(item)
-        self.changed_from = min(self.changed_from, index)
+        self.changed.add(index)
         undo.append(self._pop_item)
         for entry_id in item.entry_ids:
             self._set(self.item_of, entry_id, index, undo)
@@ -292,11 +292,11 @@ class HistoryFold:
     def _set_item(self, index: int, item: FoldedItem | None, undo: list[_Undo]) -> None:
         old = self.items[index]
         self.items[index] = item
-        self.changed_from = min(self.changed_from, index)
+        self.changed.add(index)
 
         def restore() -> None:
             self.items[index] = old
-            self.changed_from = min(self.changed_from, index)
+            self.changed.add(index)
 
         undo.append(restore)
 
@@ -306,7 +306,7 @@ class HistoryFold:
 
     def _pop_item(self) -> None:
         self.items.pop()
-        self.changed_from = min(self.changed_from, len(self.items))
+        self.changed.add(len(self.items))
 
     @staticmethod
     def _drop_last(values: list[V]) -> None:

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from parley.session.context import ContextBuilder, ContextSettings, build_context
 from parley.session.entries import Entry, EntryKind
 from parley.session.history import ReadFilter, WithheldReason
+from parley.session.summary import Summary
 from tests.session.factories import entry
 
 LOG = "\n".join(f"10:00:{i:02d} ERROR worker-{i} cache dir not writable" for i in range(6))
@@ -37,6 +38,7 @@ operations = st.lists(
         st.tuples(st.just("build"), st.integers(0, 50), st.integers(0, 2)),
         st.tuples(st.just("restrict"), st.integers(0, 50), st.integers(0, 2)),
         st.tuples(st.just("edit"), st.integers(0, 50), st.integers(0, len(TEXTS) - 1)),
+        st.tuples(st.just("summarise"), st.integers(0, 50), st.integers(0, 2)),
     ),
     min_size=1,
     max_size=40,
@@ -52,6 +54,7 @@ def test_kept_fold_equals_a_fresh_build(ops: list[tuple[str, int, int]], window:
     pins: list[str] = []
     restricted: dict[str, str | None] = {}  # the read filter's verdicts, as data
     private: dict[str, str] = {}  # server-side text behind some entries
+    summaries: list[Summary] = []
     for op, a, b in ops:
         n = len(entries) + 1
         if op == "message":
@@ -76,6 +79,16 @@ def test_kept_fold_equals_a_fresh_build(ops: list[tuple[str, int, int]], window:
         elif op == "edit" and entries:  # an entry changes in place (its status, its text)
             i = a % len(entries)
             entries[i] = replace(entries[i], content=TEXTS[b])
+        elif op == "summarise" and entries:
+            # The first ``a`` entries (in story order), onto the newest summary or (b == 0)
+            # afresh: a summary that does not extend the one before is counted from scratch.
+            taken = entries[: a % (len(entries) + 1)]
+            covers = frozenset(e.id for e in taken)
+            if b and summaries:
+                covers |= summaries[-1].covers
+            seqs = [e.seq for e in entries if e.id in covers] or [0]
+            text = f"summary {len(summaries)}"
+            summaries.append(Summary(text, min(seqs), max(seqs), covers, text, 3))
         elif op == "build":
             waiting = [e.id for e in entries if e.status == "queued"]
             prompt_ids = [waiting[a % len(waiting)]] if waiting else []
@@ -94,6 +107,7 @@ def test_kept_fold_equals_a_fresh_build(ops: list[tuple[str, int, int]], window:
                 withheld=withheld,
                 private_text=readable,
                 scope_key=scope,
+                summaries=summaries,
             )
             fresh = build_context(
                 session_id="s",
@@ -103,6 +117,7 @@ def test_kept_fold_equals_a_fresh_build(ops: list[tuple[str, int, int]], window:
                 settings=config,
                 withheld=withheld,
                 private_text=readable,
+                summaries=summaries,
             )
             assert kept == fresh
             assert kept.tokens <= config.budget or len(kept.request.messages) == len(
