@@ -239,7 +239,10 @@ class SessionWriter:
         if effects.thread is not None or effects.thread_turns or effects.thread_settle:
             await self.side_threads.write(write, effects)
             write.after_commit.append(partial(self.side_threads.committed, effects))
-        if effects.queue is not None:  # its plan goes into the document; swapped in on commit
+        if effects.queue is not None and starting is None:
+            # Its plan goes into the document; swapped in on commit. (A prompt whose run
+            # starts with it leaves that to the run's effects, written next: never in the
+            # queue, it adds no item to the document's queue and so no tombstone.)
             self.doc.set_queue([QueuedItem(p.id, p.seq, p.author) for p in effects.queue.pending()])
             write.after_commit.append(partial(setattr, self, "queue", effects.queue))
 

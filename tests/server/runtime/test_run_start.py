@@ -123,7 +123,12 @@ async def test_a_prompt_to_an_idle_runner_is_stored_and_started_in_one_commit(
     try:
         before = await updates_stored(room)
         kinds_before = len(await room.store.events_after("s", 0, 100))
+        # Never queued, the prompt leaves the document's queue untouched: no item put in
+        # and taken out again (a tombstone every later insert there walks past).
+        queue_changes: list[object] = []
+        room.doc.queue.observe(lambda event: queue_changes.append(event))
         prompt_id = await prompt(room, "ann", "c1")
+        assert queue_changes == []
         # As the ack is returned, before the runner had a turn: the run is in flight.
         active = room.active_run
         assert active is not None and active.run.ids == (prompt_id,)
