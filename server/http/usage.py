@@ -64,12 +64,14 @@ async def get_quotas(state: AppState, session_id: str) -> QuotasOut:
 
 
 async def put_quotas(state: AppState, session_id: str, body: QuotasPut) -> QuotasOut:
-    """Replace the session's daily token quotas (checked before each model call)."""
+    """Replace the session's daily token quotas (checked before each model call), in force
+    where the session runs when this returns."""
     await session_row(state, session_id)
     ledger = _ledger(state)
     await ledger.set_quotas(
         session_id, Quotas(body.session_tokens_per_day, body.user_tokens_per_day)
     )
+    await state.rooms.settings_changed(await state.rooms.get(session_id))
     return _quotas_out(await ledger.quotas(session_id))
 
 

@@ -163,14 +163,17 @@ class RunSteps:
     async def _with_quotas(
         self, write: Write, event: RunStart, view: SessionView
     ) -> tuple[RunStart, Quotas | None]:
-        """``event`` with what the core judges a run's start by, read in ``write``: the
-        session's quotas (the check before the model call reads them here, no read of its
-        own) and, for a run answering several members, what each used today."""
+        """``event`` with what the core judges a run's start by: the session's quotas as in
+        force in the room (``SessionRoom.quotas``; the check before the model call takes
+        them from here, no read of its own) and, for a run answering several members, what
+        each used today, read in ``write``."""
         planned = view.queue.next()
         if planned is None:
             return event, None
         room = self.room
-        limits = await write.tx.quotas(room.session_id)
+        limits = room.quotas
+        if limits is None:  # (not loaded: read here)
+            limits = await write.tx.quotas(room.session_id)
         if len(planned.authors) > 1 and limits.user_tokens_per_day is not None:
             # Whose prompts fail at their own quota is the core's to decide.
             used = await write.tx.tokens_used(room.session_id, day_of(room.clock()))

@@ -28,11 +28,12 @@ async def test_a_prompt_is_answered_and_stored() -> None:
         assert kinds[-3:] == ["prompt_accepted", "run_started", "reply_completed"]
 
 
-async def test_a_run_reads_its_quotas_as_it_starts_and_stores_its_usage_as_it_ends(
+async def test_a_run_starts_on_the_rooms_quotas_and_stores_its_usage_as_it_ends(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """No transaction of their own: the quotas are read in the run's start, the usage
-    written in its finish (the prompt's row becomes ``running``, then ``done``)."""
+    """No read and no transaction of their own: the quotas are the room's, read as it
+    loaded (and when the admin API changes them), the usage is written in the run's
+    finish (with the prompt's row becoming ``done``)."""
     done: list[tuple[MemoryTx, str]] = []
 
     def logged(name: str) -> None:
@@ -56,11 +57,11 @@ async def test_a_run_reads_its_quotas_as_it_starts_and_stores_its_usage_as_it_en
 
     monkeypatch.setattr(MemoryStore, "quotas", counted)
     async with memory_session({"ann": "editor"}, FakeModel(lambda sent: ["hi"])) as s:
+        assert reads == ["s"] and s.room.quotas == Quotas()  # as the room loaded
         ack = await s.prompt("ann", "hi")
         await s.settled(ack["prompt_id"])
         txs = {what: tx for tx, what in done}
-        assert txs["quotas"] is txs["set_entry_status:running"]
+        assert "quotas" not in txs and reads == ["s"]
         assert txs["insert_usage"] is txs["set_entry_status:done"]
-        assert reads == []
         used = await s.store.usage_by_user("s", day_of(s.room.clock()))
         assert [u.user_id for u in used] == ["ann"]

@@ -434,6 +434,7 @@ async def test_the_members_daily_quota_holds_in_their_side_threads() -> None:
     model = FakeModel(answer_with)
     async with memory_session({"bob": "editor"}, model) as s:
         await s.store.set_quotas(SESSION, Quotas(user_tokens_per_day=100))
+        await s.room.reload_settings()  # in force, as the admin API puts them
         thread_id = await open_thread(s, "bob")
         await ask(s, "bob", thread_id, "first")  # the fake model reports 110 tokens used
         assert (await answered(s, thread_id)).turns[-1].status == "done"
