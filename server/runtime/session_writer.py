@@ -182,15 +182,14 @@ class SessionWriter:
                     raise _Refused(effects)
                 if beside is not None:
                     await beside(write, effects)
-                started = None
-                if effects.wake_runner and effects.entry is not None:
+                entry, started = effects.entry, None
+                if effects.wake_runner and entry is not None:
                     started = await self._run_start(write, effects, now_ms)
-                if started is None:
-                    await self._record(write, effects, now_ms)
-                else:  # the prompt's row is inserted running: no update of it after
-                    assert effects.entry is not None
-                    await self._record(write, effects, now_ms, starting=started.begin)
-                    await self._record(write, started, now_ms, inserted=effects.entry.id)
+                # A prompt whose run starts with it is inserted running: no update after.
+                begin = None if started is None else started.begin
+                await self._record(write, effects, now_ms, starting=begin)
+                if started is not None and entry is not None:
+                    await self._record(write, started, now_ms, inserted=entry.id)
                 await write.tx.insert_usage(usage)
         except _Refused as refused:
             return refused.effects
