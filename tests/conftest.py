@@ -30,14 +30,16 @@ import httpx
 import pytest
 import uvicorn
 from hypothesis import HealthCheck, settings
-from sqlalchemy import make_url, text
+from sqlalchemy import make_url, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from parley.server.app import create_app
 from parley.server.cli import ParleyServer, uvicorn_config
 from parley.server.settings import Settings
 from parley.server.store.db import migrate
+from parley.server.store.sessions import Store
 from parley.server.store.sqlite_inline import file_path
+from parley.server.store.tables import entries
 from parley.session.model import ModelProvider
 from tests.fake_model import FakeModel
 from tests.yclient import YClient
@@ -200,6 +202,13 @@ async def empty_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> 
         return
     async with postgres_database() as url:
         yield url
+
+
+async def entry_columns(store: Store, entry_id: str, *columns: str) -> tuple[Any, ...]:
+    """The named ``columns`` of the stored row of ``entry_id``, in that order."""
+    async with store.read() as connection:
+        chosen = select(*(entries.c[name] for name in columns))
+        return tuple((await connection.execute(chosen.where(entries.c.id == entry_id))).one())
 
 
 def sqlite_url(tmp_path: Path, name: str = "parley.db") -> str:

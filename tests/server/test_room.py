@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from sqlalchemy import select
 
 from parley.authz.policy import Decision
 from parley.authz.roles import Member
@@ -18,12 +18,11 @@ from parley.server.runtime.room import SessionRoom
 from parley.server.settings import Settings
 from parley.server.store.db import create_engine
 from parley.server.store.sessions import Store
-from parley.server.store.tables import entries
 from parley.session.commands import PromptCommand
 from parley.session.lifecycle import IllegalTransition, PromptStatus
 from parley.session.queue import Policy
 from parley.session.reasons import Ending, ReasonCode
-from tests.conftest import make_settings
+from tests.conftest import entry_columns, make_settings
 
 
 @pytest.fixture
@@ -57,16 +56,8 @@ async def prompt(room: SessionRoom, actor: str, command_id: str) -> str:
     return str(room.doc.entries()[-1].id)
 
 
-async def row_of(store: Store, entry_id: str) -> tuple[str, str | None, str | None]:
-    async with store.read() as connection:
-        row = (
-            await connection.execute(
-                select(entries.c.status, entries.c.reason_code, entries.c.reply_id).where(
-                    entries.c.id == entry_id
-                )
-            )
-        ).one()
-        return row.status, row.reason_code, row.reply_id
+async def row_of(store: Store, entry_id: str) -> tuple[Any, ...]:
+    return await entry_columns(store, entry_id, "status", "reason_code", "reply_id")
 
 
 async def event_kinds(store: Store) -> list[str]:

@@ -24,7 +24,7 @@ from parley.server.store.tables import doc_updates, entries
 from parley.session.commands import PromptCommand
 from parley.session.model import Finish, ModelEvent, ModelRequest, TextDelta, Usage
 from parley.session.queue import Policy
-from tests.conftest import make_settings
+from tests.conftest import entry_columns, make_settings
 
 WAIT_S = 10.0
 
@@ -87,18 +87,6 @@ async def statuses(room: SessionRoom) -> dict[str, str]:
         return {row.id: row.status for row in rows}
 
 
-async def started_row(room: SessionRoom, prompt_id: str) -> tuple[str, str | None, int | None]:
-    async with room.store.read() as connection:
-        row = (
-            await connection.execute(
-                select(entries.c.status, entries.c.reply_id, entries.c.started_at).where(
-                    entries.c.id == prompt_id
-                )
-            )
-        ).one()
-        return row.status, row.reply_id, row.started_at
-
-
 async def updates_stored(room: SessionRoom) -> int:
     async with room.store.read() as connection:
         counted = await connection.execute(select(func.count()).select_from(doc_updates))
@@ -135,7 +123,9 @@ async def test_a_prompt_to_an_idle_runner_is_stored_and_started_in_one_commit(
         assert room.doc.entry(prompt_id).status == "running"
         # The row, inserted running, names its reply and when it started, as the update of
         # a queued row does.
-        status, reply_id, started_at = await started_row(room, prompt_id)
+        status, reply_id, started_at = await entry_columns(
+            room.store, prompt_id, "status", "reply_id", "started_at"
+        )
         assert (status, reply_id) == ("running", active.reply_id)
         assert started_at == room.doc.entry(prompt_id).started_at is not None
         assert await updates_stored(room) == before + 1  # one write, not two
