@@ -59,6 +59,8 @@ class LeaseRound:
                 continue
             try:
                 await room.reload_settings()
+                if session_id in self.node.running:  # (a read replica starts no run)
+                    await room.reload_quotas()
             except NotFound:
                 await registry.forget_session(session_id)
 

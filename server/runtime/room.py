@@ -75,9 +75,9 @@ class SessionRoom:
         self.access = store.access
         self.model = model  # the session's model; None: the server's default
         self.restricted_replies = "private"
-        # The session's daily token quotas as in force here: read on load and with the
-        # settings (the admin API's change puts them in force through ``settings_changed``),
-        # so a run's start judges by them without a read. None until loaded.
+        # The session's daily token quotas as in force here (``reload_quotas``: on load,
+        # and where the session runs when the admin API changes them), so a run's start
+        # judges by them without a read. None until loaded.
         self.quotas: Quotas | None = None
         self.limits = Limits(
             max_text_chars=settings.max_prompt_chars, max_frame_chars=settings.max_ws_message_bytes
@@ -175,20 +175,23 @@ class SessionRoom:
         await self.context.load()
         await self.side_threads.load()
         await self.membership.refresh()
-        self.quotas = await self.store.quotas(self.session_id)
+        await self.reload_quotas()
         await self.writer.recover(title, policy, self.cut_off)
 
     async def reload_settings(self) -> None:
         """Put the session's stored settings in force here: its model, its restricted-reply
-        policy, its quotas, its members and revoked tokens. ``NotFound`` if the session was
-        deleted."""
+        policy, its members and revoked tokens. ``NotFound`` if the session was deleted."""
         row = await self.store.get_session(self.session_id)
         if row is None:
             raise NotFound(f"no session {self.session_id!r}")
         self.use_settings(row.model, row.restricted_replies)
-        self.quotas = await self.store.quotas(self.session_id)
         await self.membership.refresh()
         self.feed.changed()
+
+    async def reload_quotas(self) -> None:
+        """Put the session's stored quotas in force for the runs that start here: where
+        the session runs (a read replica starts none, and reads them as it takes over)."""
+        self.quotas = await self.store.quotas(self.session_id)
 
     def use_settings(self, model: str | None, restricted_replies: str) -> None:
         self.model = model

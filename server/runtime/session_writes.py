@@ -29,8 +29,9 @@ async def apply_session_write(room: SessionRoom, write: dict[str, Any]) -> dict[
     kind = write.get("op")
     write_id = str(write.get("id") or "rest")
     command: Command
-    if kind == SETTINGS_WRITE:
+    if kind == SETTINGS_WRITE:  # carried out where the session runs
         await room.reload_settings()
+        await room.reload_quotas()
         return {}
     if kind == "set_fact":
         value = None if write["value"] is None else str(write["value"])

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from parley.server.runtime.session_writes import SETTINGS_WRITE, apply_session_write
 from parley.session.commands import PromptCommand
 from parley.session.entries import Entry
 from parley.session.lifecycle import PromptStatus
@@ -135,7 +136,7 @@ async def test_coalesce_fails_only_the_prompts_of_an_issuer_over_quota() -> None
     members = {"alice": "editor", "bob": "editor", "dave": "editor"}
     async with memory_session(members, model, policy=Policy.COALESCE) as s:
         await s.store.set_quotas(SESSION, Quotas(user_tokens_per_day=100))
-        await s.room.reload_settings()  # in force, as the admin API puts them
+        await apply_session_write(s.room, {"op": SETTINGS_WRITE})  # as the admin API does
         first = await s.prompt("bob", "first")
         await s.settled(str(first["prompt_id"]))
         model.gate = asyncio.Event()

@@ -18,6 +18,7 @@ from parley.server.http import members as members_api
 from parley.server.http import threads as threads_api
 from parley.server.http.models import MemberPut
 from parley.server.http.resource_models import DocumentCreate, ReadersIn
+from parley.server.runtime.session_writes import SETTINGS_WRITE, apply_session_write
 from parley.server.store.access_rows import DocumentRow
 from parley.server.store.memory import MemoryStore
 from parley.session.core import SideThread
@@ -434,7 +435,7 @@ async def test_the_members_daily_quota_holds_in_their_side_threads() -> None:
     model = FakeModel(answer_with)
     async with memory_session({"bob": "editor"}, model) as s:
         await s.store.set_quotas(SESSION, Quotas(user_tokens_per_day=100))
-        await s.room.reload_settings()  # in force, as the admin API puts them
+        await apply_session_write(s.room, {"op": SETTINGS_WRITE})  # as the admin API does
         thread_id = await open_thread(s, "bob")
         await ask(s, "bob", thread_id, "first")  # the fake model reports 110 tokens used
         assert (await answered(s, thread_id)).turns[-1].status == "done"
