@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import chain
 
 from parley.session.attribution import Fact, attribution_line, escape_text, name, one_line
@@ -160,6 +160,18 @@ class _Scope:
     fold: HistoryFold
     summary: Summary | None = None
     covered: int = 0
+    # Each item's message as history (nobody asking), by index, with the item it was made
+    # from: an item never changes (a merge makes a new one), so a message is made once.
+    messages: dict[int, tuple[FoldedItem, ModelMessage]] = field(default_factory=dict)
+
+    def message(self, index: int, item: FoldedItem) -> ModelMessage:
+        """``item`` (at ``index``) as a message of the history, no run asking it."""
+        kept = self.messages.get(index)
+        if kept is not None and kept[0] is item:
+            return kept[1]
+        message = _message(item, frozenset())
+        self.messages[index] = (item, message)
+        return message
 
     def covered_prefix(self, summary: Summary | None) -> int:
         """How many of the fold's first items ``summary`` covers, every one (merged-away
@@ -310,13 +322,10 @@ class ContextBuilder:
                 issuers += item.voices(asking)[1]
             if item.note:
                 notes[item.entry_ids[-1]] = item.note
-            if item.role == "user":
-                messages.append(_user_message(item, asking))
-            elif item.role == "tool":  # an earlier run's tool result: content, not a call
-                line = item.text.partition("\n")[0]
-                messages.append(ModelMessage("user", item.text, attribution=line))
+            if index in answering_items:
+                messages.append(_message(item, asking))
             else:
-                messages.append(ModelMessage("assistant", item.text))
+                messages.append(scope.message(index, item))
         edge = min(summarised, cut)  # the turns below it are all covered by the summary
         covered_turns = tuple(filter(None, fold.items[:edge]))  # in C: they may be many
         request = ModelRequest(
@@ -355,9 +364,13 @@ def _pinned(
     return [history[step][0] for step in steps if history[step][1]]
 
 
-def _user_message(item: FoldedItem, asking: frozenset[str]) -> ModelMessage:
-    """A user item as a model message; ``author`` is who it is from on the wire (the last
-    of those who ask it, else its latest author)."""
+def _message(item: FoldedItem, asking: frozenset[str]) -> ModelMessage:
+    """An item as a model message. A user item's ``author`` is who it is from on the wire
+    (the last of those who ask it, else its latest author)."""
+    if item.role == "tool":  # an earlier run's tool result: content, not a call
+        return ModelMessage("user", item.text, attribution=item.text.partition("\n")[0])
+    if item.role != "user":
+        return ModelMessage("assistant", item.text)
     wrote, asks = item.voices(asking)
     line = attribution_line(wrote, asks)  # once: a run renders every user item it keeps
     return ModelMessage(
