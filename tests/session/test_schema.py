@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pycrdt import Doc
 
-from parley.session.entries import MESSAGE_STATUS, Entry, EntryKind
+from parley.session.entries import MESSAGE_STATUS, Entry, EntryKind, entry_map, read_entry
 from parley.session.errors import NotFound
 from parley.session.lifecycle import IllegalTransition, PromptStatus, ReplyStatus
 from parley.session.queue import OrderingQueue, PendingPrompt, Policy, QueueLimits
@@ -553,6 +553,67 @@ def test_to_json_carries_every_field() -> None:
     }
     assert doc.entry("p1").to_json()["reply_id"] == reply_id
     assert doc.entry("p1").to_json()["started_at"] == 9
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.text(),
+    st.text(),
+    st.integers(0, 2**53),
+    st.one_of(st.none(), st.integers(0, 2**53)),
+    st.lists(st.text(max_size=8), max_size=3),
+    st.sampled_from(list(EntryKind)),
+)
+def test_an_entry_reads_back_as_it_was_written(
+    text: str, other: str, number: int, started_at: int | None, answers: list[str], kind: EntryKind
+) -> None:
+    """``read_entry`` reads every field back exactly, whatever the text (escapes, control
+    characters, any script) and however large the numbers."""
+    doc = fresh()
+    fields = {
+        "id": f"e{number}",
+        "seq": number,
+        "kind": kind,
+        "author": other,
+        "role": "user",
+        "status": other,
+        "text": text,
+        "created_at": number,
+    }
+    optional = {
+        "reason": other,
+        "reason_code": "model_error",
+        "reply_to": other,
+        "reply_id": text,
+        "answers": answers,
+        "started_at": started_at,
+        "tool": other,
+        "source": "private_thread",
+    }
+    doc.transcript.append(entry_map(**fields, **optional))
+    read = read_entry(doc.transcript[0])
+    assert read == Entry(
+        id=f"e{number}",
+        seq=number,
+        kind=kind,
+        author=other,
+        role="user",
+        status=other,
+        content=text,
+        created_at=number,
+        reason=other,
+        reason_code="model_error",
+        reply_to=other,
+        reply_id=text,
+        answers=tuple(answers),
+        started_at=started_at,
+        tool=other,
+        source="private_thread",
+    )
+    doc.transcript.append(entry_map(**fields))  # the optional fields left out
+    assert read_entry(doc.transcript[1]) == Entry(
+        f"e{number}", number, kind, other, "user", other, text, number
+    )
 
 
 texts = st.text(min_size=1, max_size=40)
