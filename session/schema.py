@@ -303,10 +303,12 @@ class SessionDocument:
     @_mutator
     def append_reply_text(self, reply_id: str, text: str) -> None:
         reply = self._entry(reply_id)
-        if reply["status"] != ReplyStatus.STREAMING.value:
-            check_reply_transition(ReplyStatus(reply["status"]), ReplyStatus.STREAMING)
-        content: Text = reply["content"]
-        content.insert(len(content), text)
+        with self.doc.transaction():  # one for the reads and the insert: once per token
+            status = reply["status"]
+            if status != ReplyStatus.STREAMING.value:
+                check_reply_transition(ReplyStatus(status), ReplyStatus.STREAMING)
+            content: Text = reply["content"]
+            content.insert(len(content), text)
 
     @_mutator
     def finish_prompts(self, prompt_ids: Sequence[str], ending: Ending | None = None) -> None:
