@@ -24,6 +24,7 @@ from typing import Any
 from parley.authz.policy import Action, Decision, Subject, decide
 from parley.server.runtime.context import SessionContext
 from parley.server.runtime.run_steps import RunSteps
+from parley.server.runtime.sent_commands import SentCommands
 from parley.server.runtime.side_threads import SideThreads
 from parley.server.runtime.sockets import SessionSockets
 from parley.server.runtime.writer import DocumentWriter, Write
@@ -96,6 +97,7 @@ class SessionWriter:
         self.sockets = sockets
         self.runs = runs
         self.side_threads = side_threads
+        self.sent = SentCommands(store, session_id)
 
     @property
     def doc(self) -> SessionDocument:
@@ -173,6 +175,8 @@ class SessionWriter:
         ``beside``: what else to do in the write once the event was judged (a run's start
         reads its issuers' scope there). A write that stores a prompt and wakes the runner
         starts the prompt's run too if the runner waits idle (``RunSteps.begin_with``)."""
+        if isinstance(event, CommandEvent):
+            await self.sent.read()  # before the first write that may store an entry
         try:
             async with self.document.writing() as write:
                 if before is not None:
@@ -219,6 +223,7 @@ class SessionWriter:
     ) -> None:
         """Write ``effects`` in ``write``; what follows the commit is queued on it
         (``starting``, ``inserted``: see ``write_effects``)."""
+        entry = effects.entry
         await write_effects(
             write.tx,
             self.doc,
@@ -227,14 +232,16 @@ class SessionWriter:
             now_ms,
             starting=starting,
             inserted=inserted,
+            new_command=entry is not None and self.sent.new(entry.author, entry.command_id),
         )
         write.events.extend(effects.events)
         write.replies.update(effects.replies)
         for kept in effects.keep:
             item = PrivateItem(kept.entry_id, kept.kind, kept.text, kept.restriction)
             write.after_commit.append(partial(self._keep_private, item))
-        if effects.entry is not None:
-            write.after_commit.append(partial(setattr, self, "last_seq", effects.entry.seq))
+        if entry is not None:
+            write.after_commit.append(partial(setattr, self, "last_seq", entry.seq))
+            write.after_commit.append(partial(self.sent.stored, entry.author, entry.command_id))
         if effects.thread is not None or effects.thread_turns or effects.thread_settle:
             await self.side_threads.write(write, effects)
             write.after_commit.append(partial(self.side_threads.committed, effects))

@@ -181,8 +181,14 @@ class DocumentWriter:
                         # Told first: its notification goes in the statement below.
                         self.fence.published(tx)
                     # With the counters: on PostgreSQL their row stays locked to the commit.
+                    # Last unless the log is squashed after it.
                     update_id, numbers = await tx.append_change(
-                        self.session_id, update, self.now_ms(), write.events, write.replies
+                        self.session_id,
+                        update,
+                        self.now_ms(),
+                        write.events,
+                        write.replies,
+                        last=not (update and self._snapshot_next()),
                     )
                     if update_id is not None and self._snapshot_due():
                         await self._write_snapshot(tx, update_id)
@@ -275,6 +281,10 @@ class DocumentWriter:
         self._writes.committed(update, self.doc.doc.get_state())
         if self._encoded is not None:
             self._encoded.committed(update)
+
+    def _snapshot_next(self) -> bool:
+        """Whether the next update stored makes the log due to be squashed."""
+        return self._since_snapshot + 1 >= self.settings.snapshot_every_updates
 
     def _snapshot_due(self) -> bool:
         """Count a stored update; True when the log is due to be squashed."""

@@ -67,15 +67,60 @@ _NOTIFY_SQL = """
 """
 
 
-COUNT_AND_STORE = text(
-    f"""
+def _count_and_store(entry: bool) -> Any:
+    """``COUNT_AND_STORE``, or (``entry``) ``COUNT_STORE_AND_INSERT``: the same with the
+    write's new entry, and the whole write done only if its author never sent its command
+    id before and its number is the session's next.
+
+    The statement stores nothing, either way, unless ``:version`` is negative or the
+    subscriptions' version still (a write that runs as a transaction of its own and
+    writes no webhook deliveries, as of the subscriptions this process knows: a newer
+    version may want some, which go in the same transaction). It always returns one row:
+    the counters as moved (NULL: nothing stored), the subscriptions' version, the update's
+    id and the notifications sent; then, with ``entry``, the entry's id (NULL: not
+    stored), whether the command id was sent before, and the session's last number before
+    the statement."""
+    fresh = (
+        """
+            AND last_seq + 1 = CAST(:entry_seq AS BIGINT)
+            AND NOT EXISTS (SELECT 1 FROM entries WHERE session_id = :session
+                AND author = :entry_author AND command_id = :entry_command)"""
+        if entry
+        else ""
+    )
+    inserted = (
+        """, entry AS (
+        INSERT INTO entries (id, session_id, seq, kind, author, command_id, text, status,
+            reason, reply_id, created_at, started_at)
+        SELECT :entry_id, :session, counted.last_seq, :entry_kind, :entry_author,
+            :entry_command, :entry_text, :entry_status, :entry_reason, :entry_reply,
+            CAST(:entry_created AS BIGINT), CAST(:entry_started AS BIGINT)
+        FROM counted
+        RETURNING id
+    )"""
+        if entry
+        else ""
+    )
+    told = (
+        """, (SELECT id FROM entry),
+        EXISTS (SELECT 1 FROM entries WHERE session_id = :session
+            AND author = :entry_author AND command_id = :entry_command),
+        (SELECT last_seq FROM sessions WHERE id = :session)"""
+        if entry
+        else ""
+    )
+    return text(
+        f"""
     WITH counted AS (
         UPDATE sessions SET last_seq = last_seq + CAST(:entries AS BIGINT),
             last_event_seq = last_event_seq + CAST(:events AS BIGINT)
         WHERE id = :session
+            AND (CAST(:version AS BIGINT) < 0 OR {_VERSION_SQL} = CAST(:version AS BIGINT)){fresh}
         RETURNING last_seq, last_event_seq
-    ), doc AS (
-        INSERT INTO doc_updates (session_id, data) VALUES (:session, :update) RETURNING id
+    ){inserted}, doc AS (
+        INSERT INTO doc_updates (session_id, data)
+        SELECT :session, CAST(:update AS BYTEA) FROM counted
+        RETURNING id
     ), stored AS (
         INSERT INTO session_events (session_id, seq, at_ms, kind, actor, data)
         SELECT :session, counted.last_event_seq - CAST(:events AS BIGINT) + e.n,
@@ -86,10 +131,16 @@ COUNT_AND_STORE = text(
         {_NOTIFY_SQL}
     )
     SELECT counted.last_seq, counted.last_event_seq, {_VERSION_SQL}, (SELECT id FROM doc),
-        (SELECT sent FROM notified)
-    FROM counted
+        (SELECT sent FROM notified){told}
+    FROM (SELECT 1) AS one LEFT JOIN counted ON true
     """
-).bindparams(bindparam("update", type_=LargeBinary))
+    ).bindparams(bindparam("update", type_=LargeBinary))
+
+
+COUNT_AND_STORE = _count_and_store(entry=False)
+# The same, with the write's one new entry (a prompt or a message) inserted in it: the
+# whole of an acknowledged command's write in one statement (``StoreTx.insert_entry``).
+COUNT_STORE_AND_INSERT = _count_and_store(entry=True)
 
 
 # PostgreSQL: every notification of a transaction in one statement (``StoreTx.notify``).

@@ -39,6 +39,10 @@ class ClaimedSeqs:
         if last_seq != self._claimed.pop(session_id):
             raise SequenceMoved(last_seq - 1)
 
+    def forget(self, session_id: str) -> None:
+        """The claimed number was refused (the write stores nothing)."""
+        self._claimed.pop(session_id, None)
+
     def require_settled(self) -> None:
         """Before the commit: every claimed number was counted."""
         if self._claimed:

@@ -33,14 +33,17 @@ async def write_effects(
     *,
     starting: BeginRun | None = None,
     inserted: str | None = None,
+    new_command: bool = False,
 ) -> None:
     """Store ``effects`` (not the queue, nor their events: the room writes those).
 
     A prompt whose run starts in the write that stores it is inserted ``running``, one
     statement instead of an insert and an update: ``starting`` is that run (for the
-    prompt's effects), ``inserted`` the prompt (for the run's, which move the others)."""
+    prompt's effects), ``inserted`` the prompt (for the run's, which move the others).
+    ``new_command``: the entry's command id is surely new (``SentCommands``): its insert
+    may wait for the write's last statement (``StoreTx.insert_entry``)."""
     if effects.entry is not None:
-        await _store_entry(tx, doc, session_id, effects.entry, starting)
+        await _store_entry(tx, doc, session_id, effects.entry, starting, new_command)
     for finish in effects.finish:
         await finish_prompts(tx, doc, finish.prompt_ids, finish.ending, now_ms)
     if effects.begin is not None:
@@ -129,6 +132,7 @@ async def _store_entry(
     session_id: str,
     entry: NewEntry,
     starting: BeginRun | None,
+    new_command: bool,
 ) -> None:
     seq = entry.seq  # the store checks it was next (only the room's writer hands them out)
     tx.claim_seq(session_id, seq)
@@ -142,7 +146,8 @@ async def _store_entry(
             starting.created_at,
         )
     await tx.insert_entry(
-        EntryRow(
+        last=new_command,
+        row=EntryRow(
             id=entry.id,
             session_id=session_id,
             seq=seq,
@@ -155,7 +160,7 @@ async def _store_entry(
             reply_id=reply_id,
             created_at=entry.created_at,
             started_at=started_at,
-        )
+        ),
     )
     if entry.kind is EntryKind.PROMPT:
         doc.add_prompt(

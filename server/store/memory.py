@@ -155,6 +155,10 @@ class MemoryStore:
         entry_id = None if s is None else s.commands.get((author, command_id))
         return None if s is None or entry_id is None else s.entries[entry_id]
 
+    async def command_ids(self, session_id: str) -> list[tuple[str, str]]:
+        s = self._read(session_id)
+        return [] if s is None else list(s.commands)
+
     async def entries_with_status(self, session_id: str, statuses: Sequence[str]) -> list[EntryRow]:
         s = self._read(session_id)
         rows = [] if s is None else [e for e in s.entries.values() if e.status in statuses]

@@ -173,11 +173,13 @@ class MemoryTx:
         at_ms: int,
         events: Sequence[SessionEvent],
         replies: Mapping[str, str | None] | None = None,
+        *,
+        last: bool = False,
     ) -> tuple[int | None, list[int]]:
         update_id = await self.append_update(session_id, update) if update else None
         return update_id, await self.append_events(session_id, at_ms, events, replies)
 
-    async def insert_entry(self, row: EntryRow) -> None:
+    async def insert_entry(self, row: EntryRow, *, last: bool = False) -> None:
         s = self.session(row.session_id)
         key = (row.author, row.command_id)
         if key in s.commands:

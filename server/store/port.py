@@ -63,14 +63,18 @@ class SessionTx(Protocol):
         at_ms: int,
         events: Sequence[SessionEvent],
         replies: Mapping[str, str | None] | None = None,
+        *,
+        last: bool = False,
     ) -> tuple[int | None, list[int]]:
         """A write's document ``update`` (none if empty), then ``append_events``: the
-        update's id (None: none stored) and the events' numbers. Call it last."""
+        update's id (None: none stored) and the events' numbers. Call it last (``last``:
+        nothing follows it in the transaction)."""
         ...
 
-    async def insert_entry(self, row: EntryRow) -> None:
+    async def insert_entry(self, row: EntryRow, *, last: bool = False) -> None:
         """``DuplicateCommand`` if the author stored this command id before (nothing is
-        written then, and the transaction stays usable)."""
+        written then, and the transaction stays usable). ``last``: the insert may wait for
+        the write's last statement (``append_change``), which raises it then."""
         ...
 
     async def set_entry_status(
@@ -215,6 +219,10 @@ class SessionStore(Transactional, Protocol):
 
     async def entries_with_status(self, session_id: str, statuses: Sequence[str]) -> list[EntryRow]:
         """The session's entries in one of ``statuses``, by sequence number."""
+        ...
+
+    async def command_ids(self, session_id: str) -> list[tuple[str, str]]:
+        """(author, command id) of every entry of the session."""
         ...
 
     async def sessions_with_status(self, statuses: Sequence[str]) -> list[str]: ...

@@ -103,6 +103,15 @@ class SessionReads(Database):
         async with self.read() as connection:
             return await read_member(connection, session_id, user_id)
 
+    async def command_ids(self, session_id: str) -> list[tuple[str, str]]:
+        async with self.read() as connection:
+            rows = await connection.execute(
+                select(entries.c.author, entries.c.command_id).where(
+                    entries.c.session_id == session_id
+                )
+            )
+            return [(str(author), str(command_id)) for author, command_id in rows]
+
     async def entry_by_command(
         self, session_id: str, author: str, command_id: str
     ) -> EntryRow | None:

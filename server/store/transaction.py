@@ -3,9 +3,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import update
@@ -41,16 +42,76 @@ from parley.session.webhook_events import webhook_data, webhook_types
 _SEQ_TAKEN = re.compile(r"uq_entries_session_seq|entries\.session_id, entries\.seq")
 
 
+@contextlib.contextmanager
+def _seq_taken() -> Iterator[None]:
+    """Around an entry's insert: the number the room allotted is taken (its count of them
+    fell behind the store's), a refusal to send again (``SequenceMoved``), never a failed
+    socket."""
+    try:
+        yield
+    except IntegrityError as exc:
+        if not _SEQ_TAKEN.search(str(exc.orig)):
+            raise
+        raise SequenceMoved(None) from exc
+
+
+def _entry_parameters(values: Mapping[str, Any]) -> dict[str, Any]:
+    """An entry's insert values as ``COUNT_STORE_AND_INSERT`` names them."""
+    return {
+        "entry_id": values["id"],
+        "entry_seq": values["seq"],
+        "entry_kind": values["kind"],
+        "entry_author": values["author"],
+        "entry_command": values["command_id"],
+        "entry_text": values["text"],
+        "entry_status": values["status"],
+        "entry_reason": values["reason"],
+        "entry_reply": values["reply_id"],
+        "entry_created": values["created_at"],
+        "entry_started": values["started_at"],
+    }
+
+
 def _json(data: dict[str, Any]) -> str:
     return json.dumps(data, separators=(",", ":"))
+
+
+class _Statements:
+    """The transaction's connection as its writes use it (``StoreTx.connection``): an
+    entry insert left for the transaction's last statement (``StoreTx.insert_entry``) is
+    run first if any other statement comes before it; the statements run are counted."""
+
+    def __init__(self, connection: AsyncConnection, tx: StoreTx) -> None:
+        self._connection = connection
+        self._tx = tx
+        self.run = 0
+
+    async def execute(self, *args: Any, **kwargs: Any) -> Any:
+        await self._tx.insert_left_entry()
+        self.run += 1
+        return await self._connection.execute(*args, **kwargs)
+
+    async def exec_driver_sql(self, *args: Any, **kwargs: Any) -> Any:
+        await self._tx.insert_left_entry()
+        self.run += 1
+        return await self._connection.exec_driver_sql(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._connection, name)
 
 
 class StoreTx:
     """One database transaction; methods mirror the writes a session makes."""
 
     def __init__(self, connection: AsyncConnection, subscriptions: Subscriptions) -> None:
-        self.connection = connection
+        self._statements = _Statements(connection, self)
+        self._connection = connection
+        # Typed as the connection it stands for (it runs the same calls).
+        self.connection: AsyncConnection = self._statements  # type: ignore[assignment]
         self.subscriptions = subscriptions
+        # PostgreSQL: the values of the write's new entry, inserted by the statement that
+        # counts and stores the write (one round trip) or before any other statement.
+        self._left_entry: dict[str, Any] | None = None
         # Webhook deliveries this transaction wrote: the sender is woken after the commit.
         self.outboxed = 0
         self.claimed = ClaimedSeqs()
@@ -145,13 +206,18 @@ class StoreTx:
         at_ms: int,
         events: Sequence[SessionEvent],
         replies: Mapping[str, str | None] | None = None,
+        *,
+        last: bool = False,
     ) -> tuple[int | None, list[int]]:
         """A write's document ``update`` (none if empty) and then ``append_events``: the
         update's id and the events' numbers. On PostgreSQL the update, the counters and
-        the events are one statement (one round trip), which also sends the notifications
-        queued so far (``notify``); call it last, as ``append_events``."""
+        the events are one statement (one round trip), with the entry left by
+        ``insert_entry`` if there is one, which also sends the notifications queued so far
+        (``notify``); call it last, as ``append_events``. ``last``: no statement follows
+        it in this transaction; if none came before either, it runs as a transaction of
+        its own (no BEGIN and COMMIT round trips: one in all for the write)."""
         counts = bool(events) or self.claimed.holds(session_id)
-        if not update or not counts or self.connection.dialect.name != "postgresql":
+        if not update or not counts or self._connection.dialect.name != "postgresql":
             update_id = await self.append_update(session_id, update) if update else None
             return update_id, await self.append_events(session_id, at_ms, events, replies)
         data = [event.data() for event in events]
@@ -164,19 +230,73 @@ class StoreTx:
             "kinds": [event.kind for event in events],
             "actors": [event.actor for event in events],
             "data": [_json(item) for item in data],
+            "version": -1,
             **self._take_notifications(),
         }
+        entry, self._left_entry = self._left_entry, None
         statement = command_statements.COUNT_AND_STORE
-        found = (await self.connection.execute(statement, parameters)).first()
+        if entry is not None:
+            statement = command_statements.COUNT_STORE_AND_INSERT
+            parameters.update(_entry_parameters(entry))
+        # Alone only if no statement comes after it: none before, none queued after, and
+        # no webhook delivery to write as of the subscriptions known here (the statement
+        # stores nothing if they changed since: then again, in a transaction).
+        types = [t for i, e in enumerate(events) for t in webhook_types(e.kind, data[i])]
+        known = self.subscriptions.version_wanting_none(session_id, types)
+        alone = None
+        if last and self._statements.run == 0 and known is not None:
+            alone = await self._unbegun()
+        if alone is not None and types:
+            parameters["version"] = known
+        with _seq_taken():
+            found = await self._run(statement, parameters, alone)
+            if alone is not None and types and found[0] is None and found[2] != known:
+                alone, parameters["version"] = None, -1
+                found = await self._run(statement, parameters)
+        if entry is not None:
+            self._stored_entry(entry, found)
+        if alone is not None and found[0] is not None:
+            self.committed = True
         first = self._counted(session_id, found, len(events))
-        assert found is not None  # ``_counted`` raised otherwise
         numbers = await self._told(session_id, found, first, at_ms, events, data, replies)
         return int(found[3]), numbers
 
+    async def _unbegun(self) -> Any:
+        """The driver's connection, if nothing has begun on it (SQLAlchemy's asyncpg
+        adapter sends BEGIN before the first statement of a transaction, and none in
+        autocommit): a statement may run alone there. None otherwise."""
+        driver = (await self._connection.get_raw_connection()).dbapi_connection
+        return driver if getattr(driver, "_transaction", True) is None else None
+
+    async def _run(self, statement: Any, parameters: dict[str, Any], alone: Any = None) -> Any:
+        """Run ``statement`` and return its first row; ``alone`` (an unbegun driver
+        connection): as a transaction of its own (no BEGIN before it, and the commit after
+        it sends nothing): what it stored is committed once it returns."""
+        self._statements.run += 1
+        if alone is not None:
+            alone.autocommit = True
+        try:
+            return (await self._connection.execute(statement, parameters)).first()
+        finally:
+            if alone is not None:
+                alone.autocommit = False
+
+    def _stored_entry(self, entry: Mapping[str, Any], found: Any) -> None:
+        """``COUNT_STORE_AND_INSERT`` stored nothing unless the entry went in: say why."""
+        if found[5] is not None:
+            return
+        if found[6]:
+            raise DuplicateCommand(entry["command_id"])
+        if found[7] is not None:  # the counter is not where the room thought
+            self.claimed.forget(entry["session_id"])
+            raise SequenceMoved(int(found[7]))
+        raise LookupError(entry["session_id"])
+
     def _counted(self, session_id: str, found: Any, events: int) -> int:
-        """The counters as moved (``found``: last seq, last event seq, ...): check the
-        claimed sequence number; the first of ``events`` event numbers taken."""
-        if found is None:
+        """The counters as moved (``found``: last seq, last event seq, ...; None or NULL:
+        no such session): check the claimed sequence number; the first of ``events``
+        event numbers taken."""
+        if found is None or found[0] is None:
             raise LookupError(session_id)
         if self.claimed.holds(session_id):
             self.claimed.counted(session_id, int(found[0]))
@@ -204,10 +324,14 @@ class StoreTx:
         await self.outbox(session_id, told, int(found[2]))
         return list(range(first, first + len(events)))
 
-    async def insert_entry(self, row: EntryRow) -> None:
+    async def insert_entry(self, row: EntryRow, *, last: bool = False) -> None:
         """Insert ``row``; ``DuplicateCommand`` if its author sent its command id before
-        (the insert does nothing then, and the transaction stays usable)."""
-        statement = command_statements.insert_entry(self.connection.dialect.name)
+        (the insert does nothing then, and the transaction stays usable).
+
+        ``last`` (a command id not seen before, as far as the caller knows): on PostgreSQL
+        the insert may be left to the write's last statement (``append_change``), which
+        then does nothing else if the command id was sent before, or to just before the
+        next other statement; the ``DuplicateCommand`` comes from there."""
         values = {
             "id": row.id,
             "session_id": row.session_id,
@@ -222,16 +346,25 @@ class StoreTx:
             "created_at": row.created_at,
             "started_at": row.started_at,
         }
-        try:
-            inserted = (await self.connection.execute(statement, values)).first()
-        except IntegrityError as exc:
-            if not _SEQ_TAKEN.search(str(exc.orig)):
-                raise
-            # The number the room allotted is taken (its count of them fell behind the
-            # store's): a refusal to send again, never a failed socket.
-            raise SequenceMoved(None) from exc
+        if last and self._left_entry is None and self._connection.dialect.name == "postgresql":
+            self._left_entry = values
+            return
+        await self._insert_entry(values)
+
+    async def insert_left_entry(self) -> None:
+        """The entry left for the last statement, inserted now (another statement comes
+        first)."""
+        values, self._left_entry = self._left_entry, None
+        if values is not None:
+            await self._insert_entry(values)
+
+    async def _insert_entry(self, values: dict[str, Any]) -> None:
+        statement = command_statements.insert_entry(self._connection.dialect.name)
+        with _seq_taken():
+            self._statements.run += 1
+            inserted = (await self._connection.execute(statement, values)).first()
         if inserted is None:
-            raise DuplicateCommand(row.command_id)
+            raise DuplicateCommand(values["command_id"])
 
     async def set_entry_status(
         self,

@@ -87,6 +87,19 @@ class Subscriptions:
         self._subscriptions: tuple[Subscription, ...] = ()
         self.reads = 0  # how often they were read from the store (for tests and metrics)
 
+    def version_wanting_none(self, session_id: str, webhook_types: Sequence[str]) -> int | None:
+        """The version of the subscriptions read here, if none of them wants any of
+        ``webhook_types`` of the session (``-1``: none asked; None: some may want one, or
+        nothing was read yet)."""
+        if not webhook_types:
+            return -1
+        if self._version is None:
+            return None
+        for subscription in self._subscriptions:
+            if any(subscription.wants(session_id, t) for t in webhook_types):
+                return None
+        return self._version
+
     async def current(
         self, connection: AsyncConnection, version: int | None = None
     ) -> tuple[Subscription, ...]:

@@ -10,15 +10,19 @@ from typing import Any
 
 import pytest
 from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
 
 from parley.authz.policy import Decision
 from parley.authz.roles import Member
 from parley.server.runtime.commands import dispatch, handle_frame
 from parley.server.runtime.room import SessionRoom
+from parley.server.runtime.sent_commands import SentCommands
+from parley.server.store import transaction
 from parley.server.store.db import create_engine
 from parley.server.store.rows import EntryRow
 from parley.server.store.sessions import Store
-from parley.server.store.tables import audit_log
+from parley.server.store.tables import audit_log, webhook_deliveries
+from parley.server.store.webhooks import create_webhook
 from parley.session.commands import CancelCommand, MessageCommand, PromptCommand
 from parley.session.queue import Policy
 from tests.conftest import make_settings
@@ -65,6 +69,63 @@ async def test_a_prompt_is_stored_once_and_a_resent_one_gets_its_first_ack(
     full = await reply_of(room, "ann", PromptCommand("c3", "more"))
     assert (full["type"], full["code"], full["id"]) == ("error", "queue_full", "c3")
     assert room.last_seq == 2
+
+
+async def test_a_resent_command_is_found_before_the_document_changes(
+    room: SessionRoom, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The room knows which command ids were stored: a resend is inserted on its own and
+    refused there, with the document untouched (no reload, whatever its size); one the
+    room did not know of (its hints read before another node wrote, say) is still refused
+    by the store, at the cost of reading the document again."""
+    first = await reply_of(room, "ann", PromptCommand("c1", "hello"))
+    reloads: list[int] = []
+    load = room.writer.document.load
+
+    async def counted_load() -> None:
+        reloads.append(1)
+        await load()
+
+    monkeypatch.setattr(room.writer.document, "load", counted_load)
+    assert await reply_of(room, "ann", PromptCommand("c1", "hello")) == first
+    assert reloads == []
+    room.writer.sent = SentCommands(room.store, "s")
+    await room.writer.sent.read()
+    room.writer.sent._hashes = set()  # knows of no command: every one looks new
+    assert await reply_of(room, "ann", PromptCommand("c1", "hello")) == first
+    assert [e.id for e in room.doc.entries()] == [first["prompt_id"]]
+    assert room.last_seq == 1
+    second = await reply_of(room, "ann", MessageCommand("m1", "and then"))
+    assert second["seq"] == 2
+    assert [e.seq for e in room.doc.entries()] == [1, 2]
+
+
+async def test_a_subscription_made_elsewhere_gets_the_next_acks_event_in_its_write(
+    room: SessionRoom, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An ack's write that this process knows no subscription wants runs alone on
+    PostgreSQL (one statement, no transaction around it), guarded by the subscriptions'
+    version: a subscription made since (by another node; here behind the process's back)
+    makes it store nothing and go again in a transaction, with the delivery, so the two
+    are kept or lost together."""
+    first = await reply_of(room, "ann", PromptCommand("c1", "hello"))  # reads them: none
+    async with room.store.transaction() as tx:
+        await create_webhook(tx.connection, "https://x.test/h", ["prompt.accepted"], None, "k", 0)
+
+    async def failing(*_: object) -> int:
+        raise OperationalError("INSERT INTO webhook_deliveries", None, Exception("lost"))
+
+    monkeypatch.setattr(transaction, "enqueue", failing)
+    failed = await reply_of(room, "ann", PromptCommand("c2", "again"))
+    assert (failed["type"], failed["code"]) == ("error", "unavailable")
+    assert await room.store.entry_by_command("s", "ann", "c2") is None
+    monkeypatch.undo()
+    second = await reply_of(room, "ann", PromptCommand("c2", "again"))
+    assert (first["seq"], second["seq"]) == (1, 2)
+    async with room.store.read() as connection:
+        told = (await connection.execute(select(webhook_deliveries.c.payload))).scalars().all()
+    assert [json.loads(p)["data"]["seq"] for p in told] == [2]
+    assert [e.seq for e in room.doc.entries()] == [1, 2]
 
 
 async def test_a_refusal_is_answered_audited_and_stores_nothing(room: SessionRoom) -> None:

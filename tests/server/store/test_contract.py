@@ -187,6 +187,47 @@ async def test_a_change_whose_sequence_number_was_not_next_keeps_nothing(store: 
     assert (await store.load_doc("a")).updates == []
 
 
+async def test_an_entry_left_for_the_last_statement_is_stored_as_one_inserted_first(
+    store: Any,
+) -> None:
+    """``insert_entry(last=True)``: on PostgreSQL the entry goes in the write's last
+    statement (the whole write one round trip when nothing else runs), or just before
+    another statement that comes first; a resent command id or a number not next stores
+    nothing. Every store keeps the same."""
+    await store.create_session("a", "t", "queue", 0)
+    async with store.transaction() as tx:
+        tx.claim_seq("a", 1)
+        await tx.insert_entry(entry("a", 1, "c1"), last=True)
+        accepted = [PromptAccepted("a-e1", 1, "ann")]
+        _, numbers = await tx.append_change("a", b"\x01", 5, accepted, last=True)
+    assert numbers == [1]
+    stored = await store.entry_by_command("a", "ann", "c1")
+    assert (stored.id, stored.seq, stored.status) == ("a-e1", 1, "queued")
+
+    for command_id, seq, error in (("c1", 2, DuplicateCommand), ("c2", 5, SequenceMoved)):
+        with pytest.raises(error):
+            async with store.transaction() as tx:
+                tx.claim_seq("a", seq)
+                await tx.insert_entry(entry("a", seq, command_id), last=True)
+                accepted = [PromptAccepted(f"a-e{seq}", seq, "ann")]
+                await tx.append_change("a", b"\x02", 6, accepted, last=True)
+        assert (await store.get_session("a")).last_seq == 1
+        assert (await store.load_doc("a")).updates == [b"\x01"]
+        assert [e.seq for e in await store.events_after("a", 0, 10)] == [1]
+    assert await store.entry_by_command("a", "ann", "c2") is None
+
+    async with store.transaction() as tx:  # another statement first: the entry goes before it
+        tx.claim_seq("a", 2)
+        await tx.insert_entry(entry("a", 2, "c2"), last=True)
+        await tx.set_entry_status("a-e2", PromptStatus.RUNNING, reply_id="r2", started_at=9)
+        accepted = [PromptAccepted("a-e2", 2, "ann")]
+        _, numbers = await tx.append_change("a", b"\x03", 7, accepted, last=True)
+    assert numbers == [2]
+    running = await store.entry_by_command("a", "ann", "c2")
+    assert (running.seq, running.status, running.reply_id) == (2, "running", "r2")
+    assert (await store.load_doc("a")).updates == [b"\x01", b"\x03"]
+
+
 async def test_a_transaction_claims_one_sequence_number_per_session(store: Any) -> None:
     """A write adds at most one entry: a second claim is a bug, refused before it is stored."""
     await store.create_session("a", "t", "queue", 0)

@@ -1,0 +1,40 @@
+"""Which command ids a session's entries were stored with, known before a write.
+
+On PostgreSQL a command's entry goes into the write's last statement (one round trip for
+the whole acknowledged write), which stores nothing if the author sent that command id
+before; but by then the document holds the entry, and a write that stores nothing reloads
+the document from the store. A resend must not cost that (a member resending old command
+ids would make the server reload a large document at the rate it may send commands), so
+the writer asks here first: an id possibly sent before is inserted on its own, first, as
+on SQLite, and found there before the document changes.
+
+The ids are kept as hashes (a few dozen bytes each), read once from the store when the
+session's first command is written and added to as entries are stored. A hash shared by
+two ids only sends the new one the old way; the store decides either way.
+"""
+
+from __future__ import annotations
+
+from parley.server.store.port import SessionStore
+
+
+class SentCommands:
+    def __init__(self, store: SessionStore, session_id: str) -> None:
+        self.store = store
+        self.session_id = session_id
+        self._hashes: set[int] | None = None
+
+    async def read(self) -> None:
+        """Read the stored ids, once (before the first write that may store an entry)."""
+        if self._hashes is None:
+            stored = await self.store.command_ids(self.session_id)
+            self._hashes = {hash(key) for key in stored}
+
+    def new(self, author: str, command_id: str) -> bool:
+        """Whether ``author`` surely never stored ``command_id`` (False until ``read``)."""
+        return self._hashes is not None and hash((author, command_id)) not in self._hashes
+
+    def stored(self, author: str, command_id: str) -> None:
+        """An entry with this command id was committed."""
+        if self._hashes is not None:
+            self._hashes.add(hash((author, command_id)))
