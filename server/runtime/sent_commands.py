@@ -9,8 +9,9 @@ the writer asks here first: an id possibly sent before is inserted on its own, f
 on SQLite, and found there before the document changes.
 
 The ids are kept as hashes (a few dozen bytes each), read once from the store when the
-session's first command is written and added to as entries are stored. A hash shared by
-two ids only sends the new one the old way; the store decides either way.
+session's first command is written (not at all for a session with no entry yet) and added
+to as entries are stored. A hash shared by two ids only sends the new one the old way;
+the store decides either way.
 """
 
 from __future__ import annotations
@@ -24,10 +25,11 @@ class SentCommands:
         self.session_id = session_id
         self._hashes: set[int] | None = None
 
-    async def read(self) -> None:
-        """Read the stored ids, once (before the first write that may store an entry)."""
+    async def read(self, last_seq: int) -> None:
+        """Read the stored ids, once (before the first write that may store an entry);
+        none to read while the session has no entry (``last_seq`` 0)."""
         if self._hashes is None:
-            stored = await self.store.command_ids(self.session_id)
+            stored = await self.store.command_ids(self.session_id) if last_seq else []
             self._hashes = {hash(key) for key in stored}
 
     def new(self, author: str, command_id: str) -> bool:

@@ -176,7 +176,7 @@ class SessionWriter:
         reads its issuers' scope there). A write that stores a prompt and wakes the runner
         starts the prompt's run too if the runner waits idle (``RunSteps.begin_with``)."""
         if isinstance(event, CommandEvent):
-            await self.sent.read()  # before the first write that may store an entry
+            await self.sent.read(self.last_seq)  # before a write that may store an entry
         try:
             async with self.document.writing() as write:
                 if before is not None:

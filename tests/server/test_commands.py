@@ -90,7 +90,7 @@ async def test_a_resent_command_is_found_before_the_document_changes(
     assert await reply_of(room, "ann", PromptCommand("c1", "hello")) == first
     assert reloads == []
     room.writer.sent = SentCommands(room.store, "s")
-    await room.writer.sent.read()
+    await room.writer.sent.read(room.last_seq)
     room.writer.sent._hashes = set()  # knows of no command: every one looks new
     assert await reply_of(room, "ann", PromptCommand("c1", "hello")) == first
     assert [e.id for e in room.doc.entries()] == [first["prompt_id"]]
@@ -98,6 +98,28 @@ async def test_a_resent_command_is_found_before_the_document_changes(
     second = await reply_of(room, "ann", MessageCommand("m1", "and then"))
     assert second["seq"] == 2
     assert [e.seq for e in room.doc.entries()] == [1, 2]
+
+
+async def test_a_room_loaded_again_knows_the_command_ids_stored_before(
+    room: SessionRoom, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ids are read from the store at the first command of a loaded room (a restart,
+    another node taking the session over): a resend from before is still refused before
+    the document changes."""
+    first = await reply_of(room, "ann", PromptCommand("c1", "hello"))
+    again = SessionRoom("s", store=room.store, settings=room.settings)
+    await again.load("t", Policy.QUEUE)
+    reloads: list[int] = []
+    load = again.writer.document.load
+
+    async def counted_load() -> None:
+        reloads.append(1)
+        await load()
+
+    monkeypatch.setattr(again.writer.document, "load", counted_load)
+    assert await reply_of(again, "ann", PromptCommand("c1", "hello")) == first
+    assert reloads == []
+    assert (await reply_of(again, "ann", MessageCommand("m1", "next")))["seq"] == 2
 
 
 async def test_a_subscription_made_elsewhere_gets_the_next_acks_event_in_its_write(
