@@ -264,7 +264,10 @@ class StoreTx:
     async def _unbegun(self) -> Any:
         """The driver's connection, if nothing has begun on it (SQLAlchemy's asyncpg
         adapter sends BEGIN before the first statement of a transaction, and none in
-        autocommit): a statement may run alone there. None otherwise."""
+        autocommit): a statement may run alone there. None otherwise, and for any other
+        driver (whose autocommit this does not know)."""
+        if self._connection.dialect.driver != "asyncpg":
+            return None
         driver = (await self._connection.get_raw_connection()).dbapi_connection
         return driver if getattr(driver, "_transaction", True) is None else None
 
