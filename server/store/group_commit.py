@@ -135,7 +135,7 @@ class GroupCommit:
                 except Exception as exc:  # this session only: the others commit
                     refused[key] = exc
             admitted = [i for i in batch if id(i.fence) not in refused]
-            ids = await _append(tx, admitted)
+            ids = await _append(tx, admitted, last=not fences)
             for item in admitted:
                 if item.fence is not None:
                     item.fence.published(tx)
@@ -151,12 +151,15 @@ class GroupCommit:
                 await self._task
 
 
-async def _append(tx: SessionTx, items: list[_Pending]) -> list[int]:
-    """Store ``items`` (sessions' updates and side-threads'); their ids, in order."""
+async def _append(tx: SessionTx, items: list[_Pending], *, last: bool) -> list[int]:
+    """Store ``items`` (sessions' updates and side-threads'); their ids, in order.
+    ``last``: nothing else is written in ``tx`` (no fence, no notification): sessions'
+    updates alone are then one statement on its own (``StoreTx.append_updates``)."""
     ids: dict[int, int] = {}
     sessions = [i for i in items if i.thread_id is None]
     threads = [i for i in items if i.thread_id is not None]
-    stored = await tx.append_updates([(i.session_id, i.update) for i in sessions])
+    updates = [(i.session_id, i.update) for i in sessions]
+    stored = await tx.append_updates(updates, last=last and not threads)
     ids.update(zip(map(id, sessions), stored, strict=True))
     rows = [(i.session_id, i.thread_id or "", i.update) for i in threads]
     ids.update(zip(map(id, threads), await tx.append_thread_updates(rows), strict=True))

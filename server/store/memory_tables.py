@@ -220,7 +220,9 @@ class MemoryTx:
         (update_id,) = await self.append_updates([(session_id, data)])
         return update_id
 
-    async def append_updates(self, rows: Sequence[tuple[str, bytes]]) -> list[int]:
+    async def append_updates(
+        self, rows: Sequence[tuple[str, bytes]], *, last: bool = False
+    ) -> list[int]:
         ids = []
         for session_id, data in rows:
             self.last_update_id += 1

@@ -94,7 +94,9 @@ class SessionTx(Protocol):
 
     async def append_update(self, session_id: str, data: bytes) -> int: ...
 
-    async def append_updates(self, rows: Sequence[tuple[str, bytes]]) -> list[int]:
+    async def append_updates(
+        self, rows: Sequence[tuple[str, bytes]], *, last: bool = False
+    ) -> list[int]:
         """Several sessions' document updates; their ids (increasing), in the order given."""
         ...
 

@@ -249,10 +249,10 @@ class StoreTx:
         if alone is not None and types:
             parameters["version"] = known
         with _seq_taken():
-            found = await self._run(statement, parameters, alone)
+            found = (await self._run(statement, parameters, alone)).first()
             if alone is not None and types and found[0] is None and found[2] != known:
                 alone, parameters["version"] = None, -1
-                found = await self._run(statement, parameters)
+                found = (await self._run(statement, parameters)).first()
         if entry is not None:
             self._stored_entry(entry, found)
         if alone is not None and found[0] is not None:
@@ -271,15 +271,16 @@ class StoreTx:
         driver = (await self._connection.get_raw_connection()).dbapi_connection
         return driver if getattr(driver, "_transaction", True) is None else None
 
-    async def _run(self, statement: Any, parameters: dict[str, Any], alone: Any = None) -> Any:
-        """Run ``statement`` and return its first row; ``alone`` (an unbegun driver
+    async def _run(self, statement: Any, parameters: Any, alone: Any = None) -> Any:
+        """Run ``statement`` and return its result; ``alone`` (an unbegun driver
         connection): as a transaction of its own (no BEGIN before it, and the commit after
         it sends nothing): what it stored is committed once it returns."""
+        await self.insert_left_entry()
         self._statements.run += 1
         if alone is not None:
             alone.autocommit = True
         try:
-            return (await self._connection.execute(statement, parameters)).first()
+            return await self._connection.execute(statement, parameters)
         finally:
             if alone is not None:
                 alone.autocommit = False
@@ -406,12 +407,21 @@ class StoreTx:
         (update_id,) = await self.append_updates([(session_id, data)])
         return update_id
 
-    async def append_updates(self, rows: Sequence[tuple[str, bytes]]) -> list[int]:
-        """Several sessions' updates in one statement; their ids, in the order given."""
+    async def append_updates(
+        self, rows: Sequence[tuple[str, bytes]], *, last: bool = False
+    ) -> list[int]:
+        """Several sessions' updates in one statement; their ids, in the order given.
+        ``last``: no statement follows it in this transaction; if none came before either,
+        it runs as a transaction of its own (PostgreSQL: one round trip in all)."""
         if not rows:
             return []
         statement, parameters = insert_updates(rows)
-        result = await self.connection.execute(statement, parameters)  # type: ignore[call-overload]
+        alone = None
+        if last and self._statements.run == 0:
+            alone = await self._unbegun()
+        result = await self._run(statement, parameters, alone)
+        if alone is not None:
+            self.committed = True
         return [int(row[0]) for row in result]
 
     async def write_snapshot(

@@ -33,9 +33,11 @@ async def test_a_command_is_stored_committed_broadcast_then_notified(
     log: list[str] = []
     append_updates, commit = MemoryTx.append_updates, MemoryTx.commit
 
-    async def stored(tx: MemoryTx, rows: Sequence[tuple[str, bytes]]) -> list[int]:
+    async def stored(
+        tx: MemoryTx, rows: Sequence[tuple[str, bytes]], *, last: bool = False
+    ) -> list[int]:
         log.append("store")  # a document update, in the transaction
-        return await append_updates(tx, rows)
+        return await append_updates(tx, rows, last=last)
 
     def committed(tx: MemoryTx) -> None:
         commit(tx)

@@ -100,3 +100,27 @@ async def test_a_cluster_round_of_several_sessions_notifies_them_all_in_one_stat
         finally:
             await listener.close()
             await store.close()
+
+
+async def test_a_round_of_several_sessions_updates_is_one_round_trip(tmp_path: Path) -> None:
+    """A group-commit round off a cluster stores several sessions' streamed text in one
+    statement, run as a transaction of its own: no BEGIN, no COMMIT."""
+    sessions = ["s1", "s2", "s3"]
+    async with postgres_database(migrated=True) as url:
+        store = Store(create_engine(url))
+        try:
+            for session_id in sessions:
+                await store.create_session(session_id, "t", Policy.QUEUE.value, 0)
+            await asyncio.gather(*(store.group.submit(s, b"warm", None) for s in sessions))
+            trips, rounds = RoundTrips(), store.group.rounds
+            with trips.counting():
+                stored = [store.group.submit(s, f"u-{s}".encode(), None) for s in sessions]
+                ids = await asyncio.gather(*stored)
+            assert len(set(ids)) == len(sessions)
+            sent = [c for c in trips.calls if c[0] != "Connection.prepare"]  # (new statement)
+            assert len(sent) == store.group.rounds - rounds, trips.calls  # one a round
+            for session_id in sessions:
+                updates = (await store.load_doc(session_id)).updates
+                assert updates == [b"warm", f"u-{session_id}".encode()]
+        finally:
+            await store.close()
