@@ -9,12 +9,14 @@ the writer asks here first: an id possibly sent before is inserted on its own, f
 on SQLite, and found there before the document changes.
 
 The ids are kept as hashes (a few dozen bytes each), read once from the store when the
-session's first command is written (not at all for a session with no entry yet) and added
-to as entries are stored. A hash shared by two ids only sends the new one the old way;
-the store decides either way.
+session's first command is written (not at all for a session with no entry yet, nor on a
+store that inserts every entry at once) and added to as entries are stored. A hash shared
+by two ids only sends the new one the old way; the store decides either way.
 """
 
 from __future__ import annotations
+
+import asyncio
 
 from parley.server.store.port import SessionStore
 
@@ -24,13 +26,17 @@ class SentCommands:
         self.store = store
         self.session_id = session_id
         self._hashes: set[int] | None = None
+        self._reading = asyncio.Lock()  # commands arriving together share the one read
 
     async def read(self, last_seq: int) -> None:
         """Read the stored ids, once (before the first write that may store an entry);
         none to read while the session has no entry (``last_seq`` 0)."""
-        if self._hashes is None:
-            stored = await self.store.command_ids(self.session_id) if last_seq else []
-            self._hashes = {hash(key) for key in stored}
+        if self._hashes is not None or not self.store.leaves_entries:
+            return
+        async with self._reading:
+            if self._hashes is None:
+                stored = await self.store.command_ids(self.session_id) if last_seq else []
+                self._hashes = {hash(key) for key in stored}
 
     def new(self, author: str, command_id: str) -> bool:
         """Whether ``author`` surely never stored ``command_id`` (False until ``read``)."""

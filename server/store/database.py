@@ -52,6 +52,7 @@ class Database:
         self.lock_timeout_s = lock_timeout_s
         self.health = health or StorageHealth()
         self.group = GroupCommit(self)
+        self.leaves_entries = engine.dialect.name == "postgresql"  # (``StoreTx.insert_entry``)
         path = file_path(engine.url) if engine.dialect.name == "sqlite" else None
         self.checkpointer = Checkpointer(path) if path else None
         # Called after a commit that wrote webhook deliveries (the sender's wake-up).

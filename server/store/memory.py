@@ -54,6 +54,7 @@ class MemoryStore:
         self._tables = MemoryTables()
         self._writer = WriterTurns()
         self.group = GroupCommit(self)
+        self.leaves_entries = False
         self.access = MemoryAccess(self)
         self.unavailable: str | None = None
 

@@ -211,6 +211,10 @@ class SessionStore(Transactional, Protocol):
     @property
     def group(self) -> UpdateGroup: ...
 
+    # Whether a write's new entry may be left for its last statement (PostgreSQL:
+    # ``SessionTx.insert_entry(last=True)``); elsewhere it is always inserted at once.
+    leaves_entries: bool
+
     async def get_session(self, session_id: str) -> SessionRow | None: ...
 
     async def list_members(self, session_id: str) -> list[MemberRow]: ...
