@@ -80,11 +80,12 @@ def _count_and_store(entry: bool) -> Any:
     id and the notifications sent; then, with ``entry``, the entry's id (NULL: not
     stored), whether the command id was sent before, and the session's last number before
     the statement."""
+    sent_before = """EXISTS (SELECT 1 FROM entries WHERE session_id = :session
+            AND author = :entry_author AND command_id = :entry_command)"""
     fresh = (
-        """
+        f"""
             AND last_seq + 1 = CAST(:entry_seq AS BIGINT)
-            AND NOT EXISTS (SELECT 1 FROM entries WHERE session_id = :session
-                AND author = :entry_author AND command_id = :entry_command)"""
+            AND NOT {sent_before}"""
         if entry
         else ""
     )
@@ -102,9 +103,7 @@ def _count_and_store(entry: bool) -> Any:
         else ""
     )
     told = (
-        """, (SELECT id FROM entry),
-        EXISTS (SELECT 1 FROM entries WHERE session_id = :session
-            AND author = :entry_author AND command_id = :entry_command),
+        f""", (SELECT id FROM entry), {sent_before},
         (SELECT last_seq FROM sessions WHERE id = :session)"""
         if entry
         else ""

@@ -87,14 +87,16 @@ class _Statements:
         self.run = 0
 
     async def execute(self, *args: Any, **kwargs: Any) -> Any:
-        await self._tx.insert_left_entry()
-        self.run += 1
+        await self._before()
         return await self._connection.execute(*args, **kwargs)
 
     async def exec_driver_sql(self, *args: Any, **kwargs: Any) -> Any:
-        await self._tx.insert_left_entry()
-        self.run += 1
+        await self._before()
         return await self._connection.exec_driver_sql(*args, **kwargs)
+
+    async def _before(self) -> None:
+        await self._tx.insert_left_entry()  # (a no-op for the left entry's own insert)
+        self.run += 1
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._connection, name)
@@ -275,12 +277,10 @@ class StoreTx:
         """Run ``statement`` and return its result; ``alone`` (an unbegun driver
         connection): as a transaction of its own (no BEGIN before it, and the commit after
         it sends nothing): what it stored is committed once it returns."""
-        await self.insert_left_entry()
-        self._statements.run += 1
         if alone is not None:
             alone.autocommit = True
         try:
-            return await self._connection.execute(statement, parameters)
+            return await self._statements.execute(statement, parameters)
         finally:
             if alone is not None:
                 alone.autocommit = False
@@ -365,8 +365,7 @@ class StoreTx:
     async def _insert_entry(self, values: dict[str, Any]) -> None:
         statement = command_statements.insert_entry(self._connection.dialect.name)
         with _seq_taken():
-            self._statements.run += 1
-            inserted = (await self._connection.execute(statement, values)).first()
+            inserted = (await self._statements.execute(statement, values)).first()
         if inserted is None:
             raise DuplicateCommand(values["command_id"])
 
