@@ -18,7 +18,7 @@ last one; ``build_context`` is the same build from nothing, and gives the same b
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import chain
 
@@ -160,17 +160,23 @@ class _Scope:
     fold: HistoryFold
     summary: Summary | None = None
     covered: int = 0
-    # Each item's message as history (nobody asking), by index, with the item it was made
-    # from: an item never changes (a merge makes a new one), so a message is made once.
+    # The messages the last build sent as history (nobody asking), by index, each with the
+    # item it was made from: an item never changes (a merge makes a new one), so a message
+    # is made once while it stays in the input. Only the last build's are kept, so this
+    # holds the model's input at most, not the history.
     messages: dict[int, tuple[FoldedItem, ModelMessage]] = field(default_factory=dict)
 
-    def message(self, index: int, item: FoldedItem) -> ModelMessage:
-        """``item`` (at ``index``) as a message of the history, no run asking it."""
-        kept = self.messages.get(index)
-        if kept is not None and kept[0] is item:
-            return kept[1]
-        message = _message(item, frozenset())
-        self.messages[index] = (item, message)
+    def history_messages(self) -> Callable[[int, FoldedItem], ModelMessage]:
+        """For one build: ``item`` (at ``index``) as a message of the history, made again
+        only if the last build did not send it."""
+        last, self.messages = self.messages, {}
+
+        def message(index: int, item: FoldedItem) -> ModelMessage:
+            kept = last.get(index)
+            made = kept[1] if kept is not None and kept[0] is item else _message(item, frozenset())
+            self.messages[index] = (item, made)
+            return made
+
         return message
 
     def covered_prefix(self, summary: Summary | None) -> int:
@@ -307,6 +313,7 @@ class ContextBuilder:
         kept.reverse()
 
         messages: list[ModelMessage] = []
+        history_message = scope.history_messages()
         answering: list[int] = []
         issuers: list[str] = []
         notes: dict[str, str] = {}
@@ -325,7 +332,7 @@ class ContextBuilder:
             if index in answering_items:
                 messages.append(_message(item, asking))
             else:
-                messages.append(scope.message(index, item))
+                messages.append(history_message(index, item))
         edge = min(summarised, cut)  # the turns below it are all covered by the summary
         covered_turns = tuple(filter(None, fold.items[:edge]))  # in C: they may be many
         request = ModelRequest(
