@@ -71,14 +71,8 @@ async def test_a_prompt_is_stored_once_and_a_resent_one_gets_its_first_ack(
     assert room.last_seq == 2
 
 
-async def test_a_resent_command_is_found_before_the_document_changes(
-    room: SessionRoom, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The room knows which command ids were stored: a resend is inserted on its own and
-    refused there, with the document untouched (no reload, whatever its size); one the
-    room did not know of (its hints read before another node wrote, say) is still refused
-    by the store, at the cost of reading the document again."""
-    first = await reply_of(room, "ann", PromptCommand("c1", "hello"))
+def counted_reloads(room: SessionRoom, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """One item for each time ``room`` reads its document again from the store."""
     reloads: list[int] = []
     load = room.writer.document.load
 
@@ -87,6 +81,18 @@ async def test_a_resent_command_is_found_before_the_document_changes(
         await load()
 
     monkeypatch.setattr(room.writer.document, "load", counted_load)
+    return reloads
+
+
+async def test_a_resent_command_is_found_before_the_document_changes(
+    room: SessionRoom, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The room knows which command ids were stored: a resend is inserted on its own and
+    refused there, with the document untouched (no reload, whatever its size); one the
+    room did not know of (its hints read before another node wrote, say) is still refused
+    by the store, at the cost of reading the document again."""
+    first = await reply_of(room, "ann", PromptCommand("c1", "hello"))
+    reloads = counted_reloads(room, monkeypatch)
     assert await reply_of(room, "ann", PromptCommand("c1", "hello")) == first
     assert reloads == []
     room.writer.sent = SentCommands(room.store, "s")
@@ -109,14 +115,7 @@ async def test_a_room_loaded_again_knows_the_command_ids_stored_before(
     first = await reply_of(room, "ann", PromptCommand("c1", "hello"))
     again = SessionRoom("s", store=room.store, settings=room.settings)
     await again.load("t", Policy.QUEUE)
-    reloads: list[int] = []
-    load = again.writer.document.load
-
-    async def counted_load() -> None:
-        reloads.append(1)
-        await load()
-
-    monkeypatch.setattr(again.writer.document, "load", counted_load)
+    reloads = counted_reloads(again, monkeypatch)
     assert await reply_of(again, "ann", PromptCommand("c1", "hello")) == first
     assert reloads == []
     assert (await reply_of(again, "ann", MessageCommand("m1", "next")))["seq"] == 2
