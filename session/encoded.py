@@ -53,6 +53,11 @@ class EncodedDocument:
             encode_sync(SyncType.UPDATE, update) for update in self._tail
         ]
 
+    def update(self) -> bytes:
+        """The whole committed document, as one update."""
+        self._fold()
+        return merge_updates(self.full, *self._tail) if self._tail else self.full
+
     def _fold(self) -> None:
         if len(self._tail) > 1:
             self._tail = [merge_updates(*self._tail)]

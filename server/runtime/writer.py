@@ -4,7 +4,8 @@ Every change to the document happens inside ``writing()`` (one database transact
 stores the CRDT update, with the relational rows and the semantic events beside it) or
 ``appending()`` (streamed reply text, stored through the group commit), under one lock;
 only after the commit is the update broadcast. If the commit fails, the in-memory document
-is reloaded from the store, so nothing un-stored is ever shown to anyone. The writer also
+is reloaded from the store (or rebuilt from the encoded copy while the store is away), so
+nothing un-stored is ever shown to anyone. The writer also
 keeps what judges and answers client frames (the delete set, the encoded copy) current
 with its commits, and squashes the update log into a snapshot every
 ``snapshot_every_updates``. What to write is the session core's to say: the session's one
@@ -111,6 +112,8 @@ class DocumentWriter:
         self._writes = ServerWrites(settings.max_delete_ranges_per_update)
         self._encoded: EncodedDocument | None = None
         self._subscription: Any = None
+        # Undone from the encoded copy, the store unread (``_forget``): read before a write.
+        self._unverified = False
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
@@ -118,18 +121,18 @@ class DocumentWriter:
     async def load(self) -> None:
         """Read the document again from its snapshot and update log."""
         stored = await self.store.load_doc(self.session_id)
-        doc: Doc[Any] = Doc()
-        if stored.snapshot is not None:
-            doc.apply_update(stored.snapshot)
-        for update in stored.updates:
-            doc.apply_update(update)
+        self._adopt(_document(stored.snapshot, stored.updates), stored.updates_since_snapshot)
+
+    def _adopt(self, doc: Doc[Any], since_snapshot: int) -> None:
+        """Make ``doc`` the live document (committed state only)."""
         if self._subscription is not None:
             self.doc.doc.unobserve(self._subscription)
         self.doc = SessionDocument(doc)
         self._subscription = doc.observe(self._capture)
-        self._since_snapshot = stored.updates_since_snapshot
+        self._since_snapshot = since_snapshot
         self._writes.forget()
         self._encoded = None
+        self._unverified = False
 
     async def apply_replicated(self, snapshot: bytes | None, updates: Sequence[bytes]) -> None:
         """Cluster mode, read replica: apply what the running node committed (a snapshot it
@@ -166,6 +169,8 @@ class DocumentWriter:
         """Serialize a change: store its rows and CRDT update, commit, then broadcast."""
         async with self.lock:
             self.require_usable()
+            if self._unverified:
+                await self._verify()
             captured = self._capturing()
             write: Write | None = None
             update = b""
@@ -220,6 +225,8 @@ class DocumentWriter:
         commit, which stores it with other sessions' updates in one transaction."""
         async with self.lock:
             self.require_usable()
+            if self._unverified:
+                await self._verify()
             captured = self._capturing()
             cancelled = False
             try:
@@ -234,7 +241,9 @@ class DocumentWriter:
                     cancelled = await settled(stored)
                     update_id = stored.result()
             except BaseException:
-                await self._forget(captured)
+                # A reply cut off: the room is given up unless the store is read again, so
+                # its clients are told at once to come back (``SessionRoom.fail``).
+                await self._forget(captured, from_copy=False)
                 if cancelled:
                     raise asyncio.CancelledError from None
                 raise
@@ -260,15 +269,42 @@ class DocumentWriter:
         self._captured = captured
         return captured
 
-    async def _forget(self, captured: list[bytes]) -> None:
+    async def _forget(self, captured: list[bytes], *, from_copy: bool = True) -> None:
         """A write failed: if it changed the document, reload the document from the store,
-        so nobody sees what was never stored."""
+        so nobody sees what was never stored. If the store cannot be read either (it is
+        down), the document is rebuilt from the encoded copy of what was committed
+        (``from_copy``; a member's command refused for the outage must not close every
+        socket of the session), and the store is read before the next write
+        (``_verify``): a failed write may have committed all the same (its connection
+        dropped after the commit). Otherwise the room is given up."""
         self._captured = None
-        if captured:
-            try:
-                await self.load()
-            except Exception:
+        if not captured:
+            return
+        committed = self._encoded if from_copy else None
+        try:
+            await self.load()
+        except Exception:
+            if committed is None:
                 self.lost("the database is unavailable; reconnect to resync")
+                return
+            self._adopt(_document(committed.update(), ()), self._since_snapshot)
+            self._encoded = committed
+            self._unverified = True
+
+    async def _verify(self) -> None:
+        """Before the first write after ``_forget`` rebuilt the document from its copy:
+        read the store. What it holds replaces the copy, unless it holds a change the
+        copy lacks (a write thought failed did commit): the sockets were never sent that
+        change, so the room is given up and its clients resync."""
+        try:
+            stored = await self.store.load_doc(self.session_id)
+        except Exception as exc:
+            raise Unavailable("the database is unavailable; nothing was stored") from exc
+        doc = _document(stored.snapshot, stored.updates)
+        if not ServerWrites(None).is_noop(self.doc.doc, doc.get_update()):
+            self.lost("a write thought failed was stored; reconnect to resync")
+            self.require_usable()
+        self._adopt(doc, stored.updates_since_snapshot)
 
     def _broadcast_update(self, update: bytes) -> None:
         if update:
@@ -337,3 +373,12 @@ class DocumentWriter:
         """True when a client update would change nothing (clients may not write); an
         update deleting too many ranges is refused (``TooLarge``) unread."""
         return self._writes.is_noop(self.doc.doc, update)
+
+
+def _document(snapshot: bytes | None, updates: Sequence[bytes]) -> Doc[Any]:
+    doc: Doc[Any] = Doc()
+    if snapshot is not None:
+        doc.apply_update(snapshot)
+    for update in updates:
+        doc.apply_update(update)
+    return doc

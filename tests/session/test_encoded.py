@@ -41,6 +41,16 @@ def committed(doc: Doc[Any], encoded: EncodedDocument, changes: list[Change]) ->
     doc.unobserve(subscription)
 
 
+def _served(before: list[Change], after: list[Change]) -> tuple[Doc[Any], EncodedDocument]:
+    """A server document made by ``before``, copied, then changed by ``after`` (committed)."""
+    server: Doc[Any] = Doc()
+    for change in before:
+        apply_change(server, change)
+    encoded = EncodedDocument(server.get_update())
+    committed(server, encoded, after)
+    return server, encoded
+
+
 def synced_from(answer: list[bytes], client: Doc[Any]) -> Doc[Any]:
     kinds = []
     for frame in answer:
@@ -61,11 +71,7 @@ def content(doc: Doc[Any]) -> Any:
 def test_an_answer_brings_any_client_to_the_committed_document(
     before: list[Change], seen: list[Change], after: list[Change], empty_client: bool
 ) -> None:
-    server: Doc[Any] = Doc()
-    for change in before:
-        apply_change(server, change)
-    encoded = EncodedDocument(server.get_update())
-    committed(server, encoded, seen)
+    server, encoded = _served(before, seen)
     client: Doc[Any] = Doc()
     if not empty_client:
         client.apply_update(server.get_update())  # a client that was in sync, then fell behind
@@ -90,3 +96,16 @@ def test_a_bad_state_vector_is_a_protocol_error() -> None:
     apply_change(server, ("append", 3))
     with pytest.raises(ProtocolError):
         EncodedDocument(server.get_update()).answer(b"\xff\xff\xff")
+
+
+@settings(max_examples=40, deadline=None)
+@given(CHANGES, CHANGES)
+def test_the_copy_rebuilds_the_committed_document(
+    before: list[Change], after: list[Change]
+) -> None:
+    """What a failed write is undone from when the store cannot be read."""
+    server, encoded = _served(before, after)
+    rebuilt: Doc[Any] = Doc()
+    rebuilt.apply_update(encoded.update())
+    assert content(rebuilt) == content(server)
+    assert rebuilt.get_state() == server.get_state()

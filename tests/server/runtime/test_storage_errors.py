@@ -7,12 +7,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+from collections.abc import AsyncIterator
+from typing import Any
 
 from parley.server.providers.registry import open_models
+from parley.server.runtime.commands import dispatch
 from parley.server.runtime.rooms import RoomRegistry
 from parley.server.store.memory import MemoryStore
+from parley.server.store.memory_tables import MemoryTx
 from parley.session.closes import CloseCode
-from parley.session.commands import PromptCommand
+from parley.session.commands import MessageCommand, PromptCommand
+from parley.session.errors import Unavailable
 from parley.session.lifecycle import PromptStatus
 from parley.session.queue import Policy
 from tests.fake_model import FakeModel
@@ -66,3 +72,99 @@ async def test_a_database_outage_under_a_streaming_reply_is_a_storage_error() ->
         again = await s.send("alice", PromptCommand("c2", "still there?"))
         await s.settled(again["prompt_id"])
         assert s.status(again["prompt_id"]) is PromptStatus.DONE
+
+
+class _DropsAtCommit(MemoryStore):
+    """A store whose next write fails at its end (its connection dropped), after the
+    document changed: with ``stored`` its rows and update went in all the same (the
+    commit was sent before the drop); then the store is unreachable until told."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.drop_next: bool | None = None  # None: no drop; else whether it stored
+
+    @contextlib.asynccontextmanager
+    async def transaction(self, *args: Any, **kwargs: Any) -> AsyncIterator[MemoryTx]:
+        stored = self.drop_next
+        async with super().transaction(*args, **kwargs) as tx:
+            yield tx
+            if stored is None:
+                return
+            self.drop_next = None
+            self.unavailable = "the connection dropped"
+            if not stored:
+                raise Unavailable("the connection dropped; nothing was stored")
+        tx.committed = False  # the commit's answer never came back
+        raise Unavailable("the connection dropped after the commit")
+
+
+@contextlib.asynccontextmanager
+async def _room_with_a_client(
+    store: MemoryStore,
+) -> AsyncIterator[tuple[MemorySession, RoomRegistry]]:
+    model = FakeModel(lambda sent: ["ok"])
+    settings = model.configure(memory_settings())
+    await store.create_session(SESSION, "t", Policy.QUEUE.value, 0)
+    await add_members(store, {"alice": "editor"})
+    async with contextlib.AsyncExitStack() as stack:
+        provider = await stack.enter_async_context(open_models(settings, model.transport))
+        registry = RoomRegistry(store, settings, provider, ManualClock())
+        stack.push_async_callback(registry.close)
+        room = await registry.get(SESSION)
+        room.connections.add(Watcher())  # type: ignore[arg-type]
+        await room.writer.document.sync_answer(b"\x00")  # the client's sync step 1
+        yield MemorySession(store, room, None, model, ManualClock()), registry
+
+
+async def test_a_command_refused_by_an_outage_after_the_document_changed_keeps_the_sockets() -> (
+    None
+):
+    """The write's connection dropped after the document took the prompt (on PostgreSQL
+    an acked command is one statement, sent after the change), and the store cannot be
+    read to undo it: the member is answered ``unavailable``, nobody else is disconnected,
+    the document is what was committed, and once the store is back the next command
+    takes the number the refused one did not."""
+    store = _DropsAtCommit()
+    async with _room_with_a_client(store) as (s, _):
+        first = await s.message("alice", "one")
+        store.drop_next = False
+        refused = await s.message("alice", "two")
+        assert refused["type"] == "error" and refused["code"] == "unavailable", refused
+        assert s.watcher.closed is None and not s.room.closed
+        assert [e.content for e in s.room.doc.entries()] == ["one"]
+        assert not any(b"two" in bytes(f) for f in s.watcher.frames if isinstance(f, bytes))
+        # While the store is away, a write is refused before it changes anything.
+        again = await s.message("alice", "three")
+        assert again["code"] == "unavailable" and s.watcher.closed is None
+        store.unavailable = None
+        back = await s.message("alice", "four")
+        assert back["type"] == "ack" and back["seq"] == first["seq"] + 1, back
+        assert [e.content for e in s.room.doc.entries()] == ["one", "four"]
+        stored = await store.entry_by_command(SESSION, "alice", "c4")
+        assert stored is not None and stored.seq == back["seq"]
+        assert await store.entry_by_command(SESSION, "alice", "c2") is None
+
+
+async def test_a_write_thought_failed_that_was_stored_gives_the_room_up_on_the_next_write() -> None:
+    """The same drop after the commit went through: the member was told ``unavailable``
+    but the store holds the message. The next write reads the store first, finds what
+    its sockets were never sent, and gives the room up so they resync (1013); loaded
+    again, the session holds the message once and numbers on after it."""
+    store = _DropsAtCommit()
+    async with _room_with_a_client(store) as (s, registry):
+        await s.message("alice", "one")
+        store.drop_next = True
+        refused = await s.message("alice", "two")
+        assert refused["code"] == "unavailable" and s.watcher.closed is None
+        store.unavailable = None
+        told = await s.message("alice", "three")
+        assert told["code"] == "unavailable", told
+        await s.until(lambda s: s.watcher.closed is not None)
+        assert s.watcher.closed is not None and s.watcher.closed[0] == CloseCode.TRY_AGAIN
+        room = await registry.get(SESSION)
+        assert room is not s.room
+        assert [e.content for e in room.doc.entries()] == ["one", "two"]
+        resent = dict(json.loads(await dispatch(room, "alice", MessageCommand("c2", "two"))))
+        assert resent["type"] == "ack" and resent["seq"] == 2, resent
+        ack = dict(json.loads(await dispatch(room, "alice", MessageCommand("c4", "four"))))
+        assert ack["seq"] == 3, ack
