@@ -13,12 +13,14 @@ import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import httpx
 import pytest
 import websockets
 
+from parley.server.store.transaction import StoreTx
 from tests.conftest import (
     ADMIN_KEY,
     POSTGRES_URL,
@@ -257,6 +259,49 @@ async def test_postgres_outage_answers_unavailable_and_clients_are_told_to_wait(
             late = await server.connect(other, "alice")
             assert (await late.command({"type": "message", "id": "m", "text": "hi"}))["seq"] == 1
             assert {a["prompt_id"] for a in acked} <= {e["id"] for e in alice.entries()}
+
+
+@pytest.mark.postgres
+async def test_a_command_whose_connection_drops_as_the_outage_starts_keeps_the_socket(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The outage begins between the document taking a command and its one statement (an
+    acked command's write on PostgreSQL): the statement goes out on a connection the
+    server already dropped, and the store cannot be read to undo the change. The member is
+    answered ``unavailable`` and nobody's socket closes; after the outage the command is
+    not in the session, and the next one takes its number."""
+    async with postgres_database(migrated=True) as url:
+        settings = make_settings(url, tmp_path / "d", db_retry_after_s=3)
+        async with serve_in_process(settings) as server:
+            sid = await server.new_session({"alice": "editor", "bob": "viewer"})
+            alice = await server.connect(sid, "alice")
+            bob = await server.connect(sid, "bob")
+            first = await alice.command({"type": "message", "id": "m1", "text": "one"})
+            run = StoreTx._run
+            dropping = []
+
+            async def drop_first(tx: StoreTx, statement: Any, parameters: Any, alone: Any = None):
+                if alone is not None and not dropping:
+                    dropping.append(True)
+                    await _allow_connections(url, False)  # this connection's backend too
+                return await run(tx, statement, parameters, alone)
+
+            monkeypatch.setattr(StoreTx, "_run", drop_first)
+            try:
+                refused = await alice.command({"type": "message", "id": "m2", "text": "two"})
+                assert dropping, "the command was not written as one statement"
+                assert refused["type"] == "error" and refused["code"] == "unavailable", refused
+            finally:
+                await _allow_connections(url, True)
+            await _ready(server)
+            after = await alice.command({"type": "message", "id": "m3", "text": "three"})
+            assert after["type"] == "ack" and after["seq"] == first["seq"] + 1, after
+            for client in (alice, bob):
+                await client.wait_until(lambda c: "three" in [e["content"] for e in c.entries()])
+                assert [e["content"] for e in client.entries()] == ["one", "three"]
+                assert client.ws.close_code is None
+            late = await server.connect(sid, "bob")
+            assert [e["content"] for e in late.entries()] == ["one", "three"]
 
 
 @pytest.mark.postgres
