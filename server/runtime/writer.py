@@ -27,6 +27,7 @@ from parley.server.runtime.stream_feed import ReplyText, StreamFeed
 from parley.server.settings import Settings
 from parley.server.store.group_commit import Outcome, WriteFence
 from parley.server.store.port import SessionStore, SessionTx
+from parley.server.store.rows import StoredDoc
 from parley.session.encoded import EncodedDocument
 from parley.session.errors import Unavailable
 from parley.session.events import SessionEvent
@@ -275,36 +276,46 @@ class DocumentWriter:
         down), the document is rebuilt from the encoded copy of what was committed
         (``from_copy``; a member's command refused for the outage must not close every
         socket of the session), and the store is read before the next write
-        (``_verify``): a failed write may have committed all the same (its connection
-        dropped after the commit). Otherwise the room is given up."""
+        (``_verify``). Otherwise the room is given up."""
         self._captured = None
         if not captured:
             return
-        committed = self._encoded if from_copy else None
+        committed = self._encoded
         try:
-            await self.load()
+            stored = await self.store.load_doc(self.session_id)
         except Exception:
-            if committed is None:
+            if committed is None or not from_copy:
                 self.lost("the database is unavailable; reconnect to resync")
                 return
             self._adopt(_document(committed.update(), ()), self._since_snapshot)
             self._encoded = committed
             self._unverified = True
+            return
+        self._adopt_stored(stored, committed)
 
     async def _verify(self) -> None:
         """Before the first write after ``_forget`` rebuilt the document from its copy:
-        read the store. What it holds replaces the copy, unless it holds a change the
-        copy lacks (a write thought failed did commit): the sockets were never sent that
-        change, so the room is given up and its clients resync."""
+        read the store (``_adopt_stored``); ``Unavailable`` while it cannot be read."""
+        committed = self._encoded
         try:
             stored = await self.store.load_doc(self.session_id)
         except Exception as exc:
             raise Unavailable("the database is unavailable; nothing was stored") from exc
+        self._adopt_stored(stored, committed)
+        self.require_usable()
+
+    def _adopt_stored(self, stored: StoredDoc, committed: EncodedDocument | None) -> None:
+        """Make the stored document the live one after a failed write. If it holds a
+        change the sockets were never sent (``committed``: the copy of what they were), the
+        write thought failed did commit (its connection dropped after the commit): the room
+        is given up, so its clients resync and its queue is read again from the store."""
         doc = _document(stored.snapshot, stored.updates)
-        if not ServerWrites(None).is_noop(self.doc.doc, doc.get_update()):
-            self.lost("a write thought failed was stored; reconnect to resync")
-            self.require_usable()
+        beyond = committed is not None and not ServerWrites(None).is_noop(
+            _document(committed.update(), ()), doc.get_update()
+        )
         self._adopt(doc, stored.updates_since_snapshot)
+        if beyond:
+            self.lost("a write thought failed was stored; reconnect to resync")
 
     def _broadcast_update(self, update: bytes) -> None:
         if update:

@@ -11,6 +11,8 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
+import pytest
+
 from parley.server.providers.registry import open_models
 from parley.server.runtime.commands import dispatch
 from parley.server.runtime.rooms import RoomRegistry
@@ -76,12 +78,14 @@ async def test_a_database_outage_under_a_streaming_reply_is_a_storage_error() ->
 
 class _DropsAtCommit(MemoryStore):
     """A store whose next write fails at its end (its connection dropped), after the
-    document changed: with ``stored`` its rows and update went in all the same (the
-    commit was sent before the drop); then the store is unreachable until told."""
+    document changed: with ``drop_next`` True its rows and update went in all the same
+    (the commit was sent before the drop); then the store is unreachable until told,
+    unless not ``unreachable``."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, unreachable: bool = True) -> None:
         super().__init__()
         self.drop_next: bool | None = None  # None: no drop; else whether it stored
+        self.unreachable = unreachable  # after the drop, until told
 
     @contextlib.asynccontextmanager
     async def transaction(self, *args: Any, **kwargs: Any) -> AsyncIterator[MemoryTx]:
@@ -91,7 +95,8 @@ class _DropsAtCommit(MemoryStore):
             if stored is None:
                 return
             self.drop_next = None
-            self.unavailable = "the connection dropped"
+            if self.unreachable:
+                self.unavailable = "the connection dropped"
             if not stored:
                 raise Unavailable("the connection dropped; nothing was stored")
         tx.committed = False  # the commit's answer never came back
@@ -145,20 +150,24 @@ async def test_a_command_refused_by_an_outage_after_the_document_changed_keeps_t
         assert await store.entry_by_command(SESSION, "alice", "c2") is None
 
 
-async def test_a_write_thought_failed_that_was_stored_gives_the_room_up_on_the_next_write() -> None:
+@pytest.mark.parametrize("unreachable", [True, False])
+async def test_a_write_thought_failed_that_was_stored_gives_the_room_up(unreachable: bool) -> None:
     """The same drop after the commit went through: the member was told ``unavailable``
-    but the store holds the message. The next write reads the store first, finds what
-    its sockets were never sent, and gives the room up so they resync (1013); loaded
-    again, the session holds the message once and numbers on after it."""
-    store = _DropsAtCommit()
+    but the store holds the message. Once the store can be read (at once, or at the next
+    write while it cannot), the document read back holds what the sockets were never
+    sent: the room is given up so they resync (1013); loaded again, the session holds the
+    message once, a resend gets its first ack, and numbers go on after it."""
+    store = _DropsAtCommit(unreachable=unreachable)
     async with _room_with_a_client(store) as (s, registry):
         await s.message("alice", "one")
         store.drop_next = True
         refused = await s.message("alice", "two")
-        assert refused["code"] == "unavailable" and s.watcher.closed is None
-        store.unavailable = None
-        told = await s.message("alice", "three")
-        assert told["code"] == "unavailable", told
+        assert refused["code"] == "unavailable", refused
+        if unreachable:
+            assert s.watcher.closed is None  # nothing to read back yet: kept as committed
+            store.unavailable = None
+            told = await s.message("alice", "three")
+            assert told["code"] == "unavailable", told
         await s.until(lambda s: s.watcher.closed is not None)
         assert s.watcher.closed is not None and s.watcher.closed[0] == CloseCode.TRY_AGAIN
         room = await registry.get(SESSION)
