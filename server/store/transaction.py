@@ -77,13 +77,15 @@ def _json(data: dict[str, Any]) -> str:
 
 
 class _Statements:
-    """The transaction's connection as its writes use it (``StoreTx.connection``): an
-    entry insert left for the transaction's last statement (``StoreTx.insert_entry``) is
-    run first if any other statement comes before it; the statements run are counted."""
+    """The transaction's connection as its writes use it (``StoreTx.connection``): the
+    entry insert left for the transaction's last statement (``left_entry``: see
+    ``StoreTx.insert_entry``) is run first if any other statement comes before it; the
+    statements run are counted. (It holds no reference to its transaction: a cycle there
+    left every write's objects to the garbage collector, whose pauses stall the loop.)"""
 
-    def __init__(self, connection: AsyncConnection, tx: StoreTx) -> None:
+    def __init__(self, connection: AsyncConnection) -> None:
         self._connection = connection
-        self._tx = tx
+        self.left_entry: dict[str, Any] | None = None
         self.run = 0
 
     async def execute(self, *args: Any, **kwargs: Any) -> Any:
@@ -94,8 +96,19 @@ class _Statements:
         await self._before()
         return await self._connection.exec_driver_sql(*args, **kwargs)
 
+    async def insert_entry(self, values: dict[str, Any]) -> None:
+        """Insert an entry now; ``DuplicateCommand`` if its author sent its command id
+        before."""
+        statement = command_statements.insert_entry(self._connection.dialect.name)
+        with _seq_taken():
+            inserted = (await self.execute(statement, values)).first()
+        if inserted is None:
+            raise DuplicateCommand(values["command_id"])
+
     async def _before(self) -> None:
-        await self._tx.insert_left_entry()  # (a no-op for the left entry's own insert)
+        values, self.left_entry = self.left_entry, None
+        if values is not None:  # (none left when the left entry's own insert runs)
+            await self.insert_entry(values)
         self.run += 1
 
     def __getattr__(self, name: str) -> Any:
@@ -106,14 +119,11 @@ class StoreTx:
     """One database transaction; methods mirror the writes a session makes."""
 
     def __init__(self, connection: AsyncConnection, subscriptions: Subscriptions) -> None:
-        self._statements = _Statements(connection, self)
+        self._statements = _Statements(connection)
         self._connection = connection
         # Typed as the connection it stands for (it runs the same calls).
         self.connection: AsyncConnection = self._statements  # type: ignore[assignment]
         self.subscriptions = subscriptions
-        # PostgreSQL: the values of the write's new entry, inserted by the statement that
-        # counts and stores the write (one round trip) or before any other statement.
-        self._left_entry: dict[str, Any] | None = None
         # Webhook deliveries this transaction wrote: the sender is woken after the commit.
         self.outboxed = 0
         self.claimed = ClaimedSeqs()
@@ -235,7 +245,9 @@ class StoreTx:
             "version": -1,
             **self._take_notifications(),
         }
-        entry, self._left_entry = self._left_entry, None
+        # PostgreSQL: the write's new entry, inserted by the statement that counts and
+        # stores the write (one round trip) if no other statement came before.
+        entry, self._statements.left_entry = self._statements.left_entry, None
         statement = command_statements.COUNT_AND_STORE
         if entry is not None:
             statement = command_statements.COUNT_STORE_AND_INSERT
@@ -350,24 +362,11 @@ class StoreTx:
             "created_at": row.created_at,
             "started_at": row.started_at,
         }
-        if last and self._left_entry is None and self._connection.dialect.name == "postgresql":
-            self._left_entry = values
+        left = self._statements
+        if last and left.left_entry is None and self._connection.dialect.name == "postgresql":
+            left.left_entry = values
             return
-        await self._insert_entry(values)
-
-    async def insert_left_entry(self) -> None:
-        """The entry left for the last statement, inserted now (another statement comes
-        first)."""
-        values, self._left_entry = self._left_entry, None
-        if values is not None:
-            await self._insert_entry(values)
-
-    async def _insert_entry(self, values: dict[str, Any]) -> None:
-        statement = command_statements.insert_entry(self._connection.dialect.name)
-        with _seq_taken():
-            inserted = (await self._statements.execute(statement, values)).first()
-        if inserted is None:
-            raise DuplicateCommand(values["command_id"])
+        await left.insert_entry(values)
 
     async def set_entry_status(
         self,
