@@ -126,7 +126,7 @@ async def count(
             try:
                 for index in range(prompts + 1):
                     if running is not None:
-                        await _idle(room)
+                        await wait_idle(room)
                     trips = RoundTrips()
                     with trips.counting():
                         answer = await dispatch(room, "ann", PromptCommand(f"c{index}", "hi"))
@@ -144,7 +144,7 @@ async def count(
             await store.close()
 
 
-async def _idle(room: SessionRoom, timeout_s: float = 30) -> None:
+async def wait_idle(room: SessionRoom, timeout_s: float = 30) -> None:
     """Wait until the room's run settled and its runner waits for work again."""
     for _ in range(int(timeout_s / 0.005)):
         if room.active_run is None and room.runs.idle:
