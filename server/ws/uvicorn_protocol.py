@@ -42,6 +42,7 @@ from uvicorn.server import ServerState
 from websockets.frames import Frame
 
 from parley.server.ws.deadlines import ticks_of
+from parley.server.ws.direct_send import SCOPE_KEY
 
 T = TypeVar("T")
 
@@ -179,6 +180,16 @@ class LeanWebSocketProtocol(WebSocketsSansIOProtocol):
         # mailbox does both (``emptied``), and its coroutine is awaited in this one's place:
         # one frame fewer waiting on every idle socket.
         return self.queue.get()
+
+    def on_task_complete(self, task: asyncio.Task[None]) -> None:
+        super().on_task_complete(task)
+        # The app is done with the socket: its cycles (the writer in the scope, the
+        # mailbox's wake-up) are broken, so its objects go now, not at the collector's
+        # next pass, which stops the loop for every socket (a reconnect storm).
+        scope: dict[str, Any] = self.scope  # type: ignore[assignment]
+        scope.pop(SCOPE_KEY, None)
+        mailbox: Mailbox = self.queue  # type: ignore[assignment]
+        mailbox.emptied = None
 
     def _resume_reading(self) -> None:
         if self.read_paused:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
+import weakref
 
 import websockets
 from pycrdt import Array, Doc, Map, Text
@@ -265,3 +267,30 @@ async def test_command_bytes_are_budgeted_before_they_are_parsed(
     # The longest text, every character escaped (\u0001), still goes.
     worst = await alice.command({"type": "message", "id": "long", "text": "\x01" * 32_000})
     assert worst["type"] == "ack", worst
+
+
+async def test_a_closed_socket_is_freed_without_the_garbage_collector(
+    sqlite_server: RunningServer,
+) -> None:
+    """Its objects go as soon as its endpoint returns: left in reference cycles, every
+    closed socket waited for the collector, whose passes stop the event loop for all the
+    others (a reconnect storm of thousands). The collector is off while this waits."""
+    server = sqlite_server
+    sid = await server.new_session({"alice": "editor"})
+    client = await server.connect(sid, "alice")
+    assert (await client.command({"type": "message", "id": "m", "text": "hi"}))["type"] == "ack"
+    room = server.app.state.parley.rooms.loaded(sid)
+    (connection,) = room.connections
+    assert connection.direct is not None
+    protocol = weakref.ref(connection.direct._protocol)
+    del connection
+    gc.disable()
+    try:
+        await client.close()
+        for _ in range(1000):
+            if protocol() is None:
+                break
+            await asyncio.sleep(0.01)
+        assert protocol() is None, "the socket's protocol outlived it (a cycle, or held)"
+    finally:
+        gc.enable()
