@@ -26,7 +26,7 @@ from parley.server.logs import configure_logging
 from parley.server.settings import Settings, missing_api_keys
 from parley.server.store.db import alembic_config, create_engine, current_revision, migrate
 from parley.server.version import version
-from parley.server.ws.uvicorn_protocol import LeanWebSocketProtocol
+from parley.server.ws.uvicorn_protocol import LeanHttpProtocol, LeanWebSocketProtocol
 from parley.session.errors import ConfigurationError
 from parley.session.tokens import tokenizer_name
 
@@ -94,6 +94,7 @@ def uvicorn_config(app: Any, settings: Settings) -> uvicorn.Config:
         app,
         host=settings.host,
         port=settings.port,
+        http=LeanHttpProtocol,  # uvicorn's httptools protocol, freed once upgraded
         ws=LeanWebSocketProtocol,  # uvicorn's "websockets-sansio", leaner per socket
         ws_max_size=settings.max_ws_message_bytes,
         ws_ping_interval=settings.ws_ping_interval_s,

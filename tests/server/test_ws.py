@@ -294,3 +294,22 @@ async def test_a_closed_socket_is_freed_without_the_garbage_collector(
         assert protocol() is None, "the socket's protocol outlived it (a cycle, or held)"
     finally:
         gc.enable()
+
+
+async def test_the_http_protocol_a_socket_was_upgraded_from_is_freed_at_once(
+    sqlite_server: RunningServer,
+) -> None:
+    """uvicorn's HTTP protocol hands the connection over on the upgrade and is dropped;
+    its parser's references to it were a cycle left to the garbage collector."""
+    server = sqlite_server
+    sid = await server.new_session({"alice": "editor"})
+    gc.collect()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        await server.connect(sid, "alice")  # open and synced: the upgrade is done
+        gc.collect()
+        kinds = {type(o).__qualname__ for o in gc.garbage}
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+    assert "LeanHttpProtocol" not in kinds and "HttpToolsProtocol" not in kinds, kinds
