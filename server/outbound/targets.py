@@ -26,6 +26,7 @@ import httpcore
 import httpx
 
 from parley.authz.targets import refused_address, url_problem
+from parley.server.outbound.streams import streamed
 
 Resolver = Callable[[str, int], Awaitable[Sequence[str]]]
 """The addresses (IPs) a host name and port resolve to; ``OSError`` when none."""
@@ -244,8 +245,8 @@ class OutboundClient:
         self, url: str, body: bytes, headers: Mapping[str, str], timeout_s: float, limit: int
     ) -> Answer:
         try:
-            async with self._http.stream(
-                "POST", url, content=body, headers=dict(headers), timeout=timeout_s
+            async with streamed(
+                self._http, "POST", url, content=body, headers=dict(headers), timeout=timeout_s
             ) as response:
                 data = bytearray()
                 if limit > 0:

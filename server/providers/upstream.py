@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 from httpx_sse import EventSource, ServerSentEvent, SSEError
 
+from parley.server.outbound.streams import streamed
 from parley.session.errors import ProviderError
 
 ERROR_BODY_BYTES = 4096
@@ -113,7 +114,8 @@ async def post_events(
     Closing the iterator closes the HTTP stream. Raises ``ProviderError``: retryable for
     429, 5xx, time-outs and dropped connections, with the upstream's ``Retry-After``."""
     try:
-        async with client.stream(
+        async with streamed(
+            client,
             "POST",
             upstream.url(path),
             json=body,

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import re
 import socket
+from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import replace
 
@@ -269,3 +271,36 @@ async def test_a_refused_connection_is_a_retryable_error() -> None:
             with pytest.raises(ProviderError, match="connection failed") as caught:
                 [event async for event in provider.stream(REQUEST)]
     assert caught.value.retryable and KEY not in caught.value.message
+
+
+async def test_a_model_call_leaves_no_cyclic_garbage() -> None:
+    """httpx's response and its stream point at each other; the provider's call lets go
+    of the stream once closed (``server.outbound.streams``), so the call's objects are
+    freed at once, not by the garbage collector's pauses (41 objects a call)."""
+    replies = [Reply(pieces=openai_stream(["Hel", "lo"])) for _ in range(4)]
+    async with FakeUpstream(replies).running() as up, httpx.AsyncClient() as client:
+        provider = OpenAIProvider(
+            "gpt", Upstream("model 'gpt'", up.base_url + "/v1", "gpt-4o-mini", KEY), client
+        )
+
+        async def call() -> list[ModelEvent]:
+            return [event async for event in provider.stream(REQUEST)]
+
+        await call()  # the pooled connection opened
+        gc.collect()
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        try:
+            for _ in range(3):
+                assert (await call())[0] == TextDelta("Hel")
+            gc.collect()
+            # (asyncio's own socket transports are left in a cycle when they close, here
+            # and the fake upstream's; uvloop's, which the server runs on, are not.)
+            kinds = Counter(
+                type(o).__qualname__
+                for o in gc.garbage
+                if type(o).__module__.startswith(("httpx", "httpcore", "parley"))
+            )
+        finally:
+            gc.set_debug(0)
+            gc.garbage.clear()
+    assert not kinds, kinds.most_common(10)
