@@ -3,15 +3,13 @@
 Objects in a reference cycle are freed only by the cyclic collector, whose pauses stop the
 event loop for every session at once; a write's objects (its transaction, the SQLAlchemy
 connection it holds) were in one, so every acked command and every group-commit round
-added to those pauses. Counted with ``gc.DEBUG_SAVEALL``, never timed."""
+added to those pauses. Counted (``tests.garbage``), never timed."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
-from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from bench.ack_round_trips import wait_idle
@@ -26,6 +24,7 @@ from parley.session.commands import MessageCommand, PromptCommand
 from parley.session.model import Finish, ModelEvent, ModelRequest, TextDelta, Usage
 from parley.session.queue import Policy
 from tests.conftest import make_settings
+from tests.garbage import cyclic_garbage
 
 
 class ThreeWords:
@@ -55,21 +54,6 @@ async def _room(database_url: str, tmp_path: Path) -> AsyncIterator[SessionRoom]
         await store.close()
 
 
-def _garbage_of(action: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[Counter[str]]]:
-    async def counted() -> Counter[str]:
-        gc.collect()
-        gc.set_debug(gc.DEBUG_SAVEALL)
-        try:
-            await action()
-            gc.collect()
-            return Counter(type(o).__qualname__ for o in gc.garbage)
-        finally:
-            gc.set_debug(0)
-            gc.garbage.clear()
-
-    return counted
-
-
 async def test_acked_commands_leave_no_cyclic_garbage(database_url: str, tmp_path: Path) -> None:
     async with _room(database_url, tmp_path) as room:
 
@@ -81,7 +65,7 @@ async def test_acked_commands_leave_no_cyclic_garbage(database_url: str, tmp_pat
                 assert '"ack"' in await dispatch(room, "ann", message)
 
         await commands("warm")  # caches, prepared statements, pooled connections
-        kinds = await _garbage_of(lambda: commands("counted"))()
+        kinds = await cyclic_garbage(lambda: commands("counted"))
         assert not kinds, kinds.most_common(12)
 
 
@@ -98,7 +82,7 @@ async def test_runs_leave_no_cyclic_garbage(database_url: str, tmp_path: Path) -
                     await wait_idle(room)
 
             await runs("warm")
-            kinds = await _garbage_of(lambda: runs("counted"))()
+            kinds = await cyclic_garbage(lambda: runs("counted"))
         finally:
             await runner.stop()
         assert room.doc.entries()[-1].content == "one two three"
