@@ -228,6 +228,7 @@ class SessionRoom:
         """Unloaded: the runner stops at its next turn; the event streams end (their
         readers resume with their last id on the room loaded next, unless ``deleted``)."""
         self.closed = True
+        self.writer.document.stop()
         if deleted:
             self.feed.end("not_found", "the session was deleted")
         else:

@@ -15,6 +15,8 @@ writer (``server.runtime.session_writer``) carries its effects out through this.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -34,6 +36,9 @@ from parley.session.events import SessionEvent
 from parley.session.read_only import ServerWrites
 from parley.session.schema import SessionDocument
 from parley.session.yprotocol import SyncType, encode_sync
+
+# Waits before each try of reading the store back after an outage (the last repeats).
+VERIFY_DELAYS_S = (0.2, 0.5, 1.0, 2.0, 5.0)
 
 log = logging.getLogger("parley.room")
 
@@ -113,8 +118,10 @@ class DocumentWriter:
         self._writes = ServerWrites(settings.max_delete_ranges_per_update)
         self._encoded: EncodedDocument | None = None
         self._subscription: Any = None
-        # Undone from the encoded copy, the store unread (``_forget``): read before a write.
+        # Undone from the encoded copy, the store unread (``_forget``): read before a write,
+        # and by ``_verifier`` as soon as the store answers.
         self._unverified = False
+        self._verifier: asyncio.Task[None] | None = None
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
@@ -290,8 +297,33 @@ class DocumentWriter:
             self._adopt(_document(committed.update(), ()), self._since_snapshot)
             self._encoded = committed
             self._unverified = True
+            self._verify_when_back()
             return
         self._adopt_stored(stored, committed)
+
+    def _verify_when_back(self) -> None:
+        """Read the store back as soon as it answers, not only before the next write: a
+        session may see no write for a long while, and a write thought failed may have
+        committed (its change is then in the log the other nodes follow)."""
+        if self._verifier is None or self._verifier.done():
+            self._verifier = asyncio.get_running_loop().create_task(
+                self._verifying(), name=f"verify:{self.session_id}"
+            )
+
+    async def _verifying(self) -> None:
+        for attempt in itertools.count():
+            await asyncio.sleep(VERIFY_DELAYS_S[min(attempt, len(VERIFY_DELAYS_S) - 1)])
+            async with self.lock:
+                if not self._unverified or self.failed is not None:
+                    return
+                with contextlib.suppress(Unavailable):
+                    await self._verify()
+                    return
+
+    def stop(self) -> None:
+        """The room is unloaded: no store read back after it."""
+        if self._verifier is not None:
+            self._verifier.cancel()
 
     async def _verify(self) -> None:
         """Before the first write after ``_forget`` rebuilt the document from its copy:

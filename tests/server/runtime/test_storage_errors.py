@@ -177,3 +177,19 @@ async def test_a_write_thought_failed_that_was_stored_gives_the_room_up(unreacha
         assert resent["type"] == "ack" and resent["seq"] == 2, resent
         ack = dict(json.loads(await dispatch(room, "alice", MessageCommand("c4", "four"))))
         assert ack["seq"] == 3, ack
+
+
+async def test_a_write_thought_failed_that_was_stored_is_found_without_another_write() -> None:
+    """Nobody writes after the outage: the room reads the store back by itself once it
+    answers, finds the message its sockets were never sent, and is given up (1013)."""
+    store = _DropsAtCommit()
+    async with _room_with_a_client(store) as (s, registry):
+        await s.message("alice", "one")
+        store.drop_next = True
+        refused = await s.message("alice", "two")
+        assert refused["code"] == "unavailable", refused
+        store.unavailable = None
+        await s.until(lambda s: s.watcher.closed is not None)
+        assert s.watcher.closed is not None and s.watcher.closed[0] == CloseCode.TRY_AGAIN
+        room = await registry.get(SESSION)
+        assert [e.content for e in room.doc.entries()] == ["one", "two"]
