@@ -282,8 +282,9 @@ class DocumentWriter:
         so nobody sees what was never stored. If the store cannot be read either (it is
         down), the document is rebuilt from the encoded copy of what was committed
         (``from_copy``; a member's command refused for the outage must not close every
-        socket of the session), and the store is read before the next write
-        (``_verify``). Otherwise the room is given up."""
+        socket of the session), and the store is read back as soon as it answers or
+        before the next write, whichever comes first (``_verify``). Otherwise the room is
+        given up."""
         self._captured = None
         if not captured:
             return
@@ -326,8 +327,8 @@ class DocumentWriter:
             self._verifier.cancel()
 
     async def _verify(self) -> None:
-        """Before the first write after ``_forget`` rebuilt the document from its copy:
-        read the store (``_adopt_stored``); ``Unavailable`` while it cannot be read."""
+        """After ``_forget`` rebuilt the document from its copy, under the lock: read the
+        store (``_adopt_stored``); ``Unavailable`` while it cannot be read."""
         committed = self._encoded
         try:
             stored = await self.store.load_doc(self.session_id)
