@@ -26,9 +26,9 @@ from collections.abc import Callable, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from pycrdt import Doc, TransactionEvent
+from pycrdt import TransactionEvent
 
-from parley.server.runtime.writer import DocumentWriter, Write, merged, settled
+from parley.server.runtime.writer import DocumentWriter, Write, document_of, merged, settled
 from parley.server.store.port import SessionTx
 from parley.server.store.rows import StoredDoc
 from parley.session.closes import CloseCode
@@ -50,12 +50,7 @@ RELOAD = "this side-thread's document could not be stored; reconnect to resync"
 
 
 def read_document(stored: StoredDoc) -> ThreadDocument:
-    doc: Doc[Any] = Doc()
-    if stored.snapshot is not None:
-        doc.apply_update(stored.snapshot)
-    for update in stored.updates:
-        doc.apply_update(update)
-    return ThreadDocument(doc)
+    return ThreadDocument(document_of(stored.snapshot, stored.updates))
 
 
 class LiveThreadDoc:

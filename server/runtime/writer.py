@@ -129,7 +129,7 @@ class DocumentWriter:
     async def load(self) -> None:
         """Read the document again from its snapshot and update log."""
         stored = await self.store.load_doc(self.session_id)
-        self._adopt(_document(stored.snapshot, stored.updates), stored.updates_since_snapshot)
+        self._adopt(document_of(stored.snapshot, stored.updates), stored.updates_since_snapshot)
 
     def _adopt(self, doc: Doc[Any], since_snapshot: int) -> None:
         """Make ``doc`` the live document (committed state only)."""
@@ -295,12 +295,12 @@ class DocumentWriter:
             if committed is None or not from_copy:
                 self.lost("the database is unavailable; reconnect to resync")
                 return
-            self._adopt(_document(committed.update(), ()), self._since_snapshot)
+            self._adopt(document_of(committed.update()), self._since_snapshot)
             self._encoded = committed
             self._unverified = True
             self._verify_when_back()
             return
-        self._adopt_stored(stored, committed)
+        self._adopt_stored(stored, None if committed is None else document_of(committed.update()))
 
     def _verify_when_back(self) -> None:
         """Read the store back as soon as it answers, not only before the next write: a
@@ -328,23 +328,23 @@ class DocumentWriter:
 
     async def _verify(self) -> None:
         """After ``_forget`` rebuilt the document from its copy, under the lock: read the
-        store (``_adopt_stored``); ``Unavailable`` while it cannot be read."""
-        committed = self._encoded
+        store (``_adopt_stored``, against the live document: the copy, no write having
+        been made on it since); ``Unavailable`` while it cannot be read."""
         try:
             stored = await self.store.load_doc(self.session_id)
         except Exception as exc:
             raise Unavailable("the database is unavailable; nothing was stored") from exc
-        self._adopt_stored(stored, committed)
+        self._adopt_stored(stored, self.doc.doc)
         self.require_usable()
 
-    def _adopt_stored(self, stored: StoredDoc, committed: EncodedDocument | None) -> None:
+    def _adopt_stored(self, stored: StoredDoc, committed: Doc[Any] | None) -> None:
         """Make the stored document the live one after a failed write. If it holds a
-        change the sockets were never sent (``committed``: the copy of what they were), the
-        write thought failed did commit (its connection dropped after the commit): the room
-        is given up, so its clients resync and its queue is read again from the store."""
-        doc = _document(stored.snapshot, stored.updates)
+        change the sockets were never sent (``committed``: what they were sent), the write
+        thought failed did commit (its connection dropped after the commit): the room is
+        given up, so its clients resync and its queue is read again from the store."""
+        doc = document_of(stored.snapshot, stored.updates)
         beyond = committed is not None and not ServerWrites(None).is_noop(
-            _document(committed.update(), ()), doc.get_update()
+            committed, doc.get_update()
         )
         self._adopt(doc, stored.updates_since_snapshot)
         if beyond:
@@ -419,7 +419,8 @@ class DocumentWriter:
         return self._writes.is_noop(self.doc.doc, update)
 
 
-def _document(snapshot: bytes | None, updates: Sequence[bytes]) -> Doc[Any]:
+def document_of(snapshot: bytes | None, updates: Sequence[bytes] = ()) -> Doc[Any]:
+    """A document made from a stored snapshot (None: none) and the updates after it."""
     doc: Doc[Any] = Doc()
     if snapshot is not None:
         doc.apply_update(snapshot)
