@@ -12,9 +12,14 @@ from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from parley.server.store.group_commit import GroupCommit
+from parley.server.store.group_commit import INSERT_UPDATE_SQLITE, GroupCommit
 from parley.server.store.health import LockTimeout, StorageHealth
-from parley.server.store.sqlite_inline import Checkpointer, InlineConnection, file_path
+from parley.server.store.sqlite_inline import (
+    Checkpointer,
+    InlineConnection,
+    UpdateAppender,
+    file_path,
+)
 from parley.server.store.transaction import StoreTx
 from parley.server.store.webhooks import Subscriptions
 from parley.server.store.writer_turns import WriterTurns
@@ -51,10 +56,11 @@ class Database:
         # write lock another process may hold; past it the write is refused.
         self.lock_timeout_s = lock_timeout_s
         self.health = health or StorageHealth()
-        self.group = GroupCommit(self)
         self.leaves_entries = engine.dialect.name == "postgresql"  # (``StoreTx.insert_entry``)
         path = file_path(engine.url) if engine.dialect.name == "sqlite" else None
         self.checkpointer = Checkpointer(path) if path else None
+        self._appender = UpdateAppender(path, INSERT_UPDATE_SQLITE) if path else None
+        self.group = GroupCommit(self, alone=self._updates_alone if path else None)
         # Called after a commit that wrote webhook deliveries (the sender's wake-up).
         self.on_outbox: Callable[[], None] | None = None
         # The event webhook subscriptions every event write here matches against.
@@ -93,13 +99,37 @@ class Database:
         except (OperationalError, DBAPIError, OSError, sqlite3.Error) as exc:
             if isinstance(exc, IntegrityError):
                 raise
-            self.health.refuse(exc, what)
-            if isinstance(exc, LockTimeout):
-                raise Unavailable(
-                    "another process holds the database's write lock; nothing was stored"
-                ) from exc
-            raise Unavailable("the database is unavailable; nothing was stored") from exc
+            raise self._refused(exc, what) from exc
         self.health.wrote()
+
+    async def _updates_alone(self, rows: list[tuple[str, bytes]]) -> list[int]:
+        """SQLite file: a group commit round of sessions' updates and nothing else, in a
+        transaction of its own made beneath SQLAlchemy (``UpdateAppender``); refused as
+        ``transaction`` refuses."""
+        assert self._appender is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.lock_timeout_s
+        try:
+            async with self._turn(deadline, group_round=True):
+                ids = await self._appender.append(rows, deadline - loop.time())
+        except (OSError, sqlite3.Error) as exc:
+            if isinstance(exc, sqlite3.IntegrityError):  # a session deleted meanwhile
+                raise
+            raise self._refused(exc, "document updates") from exc
+        if self.checkpointer is not None:
+            self.checkpointer.wrote()
+        self.health.wrote()
+        return ids
+
+    def _refused(self, exc: Exception, what: str) -> Unavailable:
+        """What a write that failed with ``exc`` (the database's fault, not the data's)
+        raises, told to ``health`` first."""
+        self.health.refuse(exc, what)
+        if isinstance(exc, LockTimeout):
+            return Unavailable(
+                "another process holds the database's write lock; nothing was stored"
+            )
+        return Unavailable("the database is unavailable; nothing was stored")
 
     @asynccontextmanager
     async def _turn(self, deadline: float, group_round: bool) -> AsyncIterator[None]:
@@ -128,6 +158,8 @@ class Database:
     async def close(self) -> None:
         """Finish the group commit's rounds, checkpoint, then close every connection."""
         await self.group.close()
+        if self._appender is not None:
+            await self._appender.close()
         if self.checkpointer is not None:
             await self.checkpointer.close()
         await self.engine.dispose()

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
+import sqlite3
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from sqlalchemy import insert
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.exc import IntegrityError
 
 from parley.server.store.tables import doc_updates
@@ -64,6 +66,16 @@ class _Pending:
 _INSERT_UPDATES = insert(doc_updates).returning(doc_updates.c.id, sort_by_parameter_order=True)
 
 
+# One session's update on SQLite, beneath SQLAlchemy (``UpdatesAlone``).
+INSERT_UPDATE_SQLITE = str(
+    insert(doc_updates).compile(dialect=sqlite.dialect(), column_keys=["session_id", "data"])
+)
+
+# Stores sessions' updates (session id, update) in a transaction of their own; their ids,
+# in order. Refuses as a transaction does; a broken constraint raises ``IntegrityError``.
+UpdatesAlone = Callable[[list[tuple[str, bytes]]], Awaitable[list[int]]]
+
+
 def insert_updates(rows: Sequence[tuple[str, bytes]]) -> tuple[object, list[dict[str, object]]]:
     """The multi-row insert of ``rows`` (session id, update) and its parameters; its
     result gives the new ids in the order of ``rows``."""
@@ -73,8 +85,17 @@ def insert_updates(rows: Sequence[tuple[str, bytes]]) -> tuple[object, list[dict
 class GroupCommit:
     """Stores updates submitted from any session, a round at a time."""
 
-    def __init__(self, store: Transactional, max_round: int = MAX_ROUND_UPDATES) -> None:
+    def __init__(
+        self,
+        store: Transactional,
+        max_round: int = MAX_ROUND_UPDATES,
+        *,
+        alone: UpdatesAlone | None = None,
+    ) -> None:
+        """``alone``: the store's own way to commit a round of sessions' updates with no
+        fence and no side-thread's update (SQLite's, beneath SQLAlchemy)."""
         self.store = store
+        self.alone = alone
         self.max_round = max_round
         self._pending: list[_Pending] = []
         self._task: asyncio.Task[None] | None = None
@@ -103,7 +124,7 @@ class GroupCommit:
             del self._pending[: self.max_round]
             try:
                 await self._commit(batch)
-            except IntegrityError:
+            except (IntegrityError, sqlite3.IntegrityError):
                 # One session's update broke a constraint (its session was deleted
                 # meanwhile): store the others one by one, so only it fails.
                 for item in batch:
@@ -126,6 +147,9 @@ class GroupCommit:
 
     async def _commit(self, batch: list[_Pending]) -> None:
         """One round; raises its error, leaving every future of ``batch`` unsettled."""
+        if self.alone is not None and all(i.fence is None and i.thread_id is None for i in batch):
+            _stored(batch, await self.alone([(i.session_id, i.update) for i in batch]))
+            return
         refused: dict[int, Exception] = {}
         async with self.store.transaction("document updates", group_round=True) as tx:
             fences = {id(i.fence): i.fence for i in batch if i.fence is not None}
@@ -180,6 +204,6 @@ def _settle(item: _Pending, exc: BaseException) -> None:
 def _unstored(exc: Exception) -> Exception:
     """What a caller is told of its own update's failure: a broken constraint is a
     fault of the data it was stored with, not of the caller."""
-    if isinstance(exc, IntegrityError):
+    if isinstance(exc, (IntegrityError, sqlite3.IntegrityError)):
         return Unavailable("this session's update could not be stored")
     return exc

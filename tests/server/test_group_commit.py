@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import threading
 from collections.abc import AsyncIterator
@@ -16,17 +17,27 @@ from parley.server.store.db import create_engine, migrate
 from parley.server.store.group_commit import Outcome
 from parley.server.store.sessions import Store, StoreTx
 from parley.session.errors import Unavailable
+from tests.server.test_storage_faults import read_only, release, write_lock_held
 
 
-@pytest.fixture
-async def store(database_url: str) -> AsyncIterator[Store]:
-    store = Store(create_engine(database_url))
+@contextlib.asynccontextmanager
+async def store_with_sessions(
+    url: str, count: int, lock_timeout_s: float = 5.0
+) -> AsyncIterator[Store]:
+    """A store on ``url`` holding sessions ``s0``, ``s1``, ..."""
+    store = Store(create_engine(url), lock_timeout_s=lock_timeout_s)
     try:
-        for n in range(3):
+        for n in range(count):
             await store.create_session(f"s{n}", "t", "queue", 0)
         yield store
     finally:
         await store.close()
+
+
+@pytest.fixture
+async def store(database_url: str) -> AsyncIterator[Store]:
+    async with store_with_sessions(database_url, 3) as store:
+        yield store
 
 
 async def stored_updates(store: Store, session_id: str) -> list[bytes]:
@@ -184,6 +195,14 @@ async def test_a_round_cancelled_at_shutdown_settles_what_waits_for_the_next(
 ) -> None:
     group = store.group
     group.max_round = 1  # one update a round: the others wait in the queue
+    alone = group.alone
+    if alone is not None:  # SQLite's round waits on nothing: make it wait once, as I/O would
+
+        async def waits(rows: list[tuple[str, bytes]]) -> list[int]:
+            await asyncio.sleep(0)
+            return await alone(rows)
+
+        group.alone = waits
     first = group.submit("s0", b"a", None)
     waiting = [group.submit("s1", bytes([n]), None) for n in range(3)]
     await asyncio.sleep(0)  # the first round starts
@@ -195,3 +214,77 @@ async def test_a_round_cancelled_at_shutdown_settles_what_waits_for_the_next(
         assert outcome.done()  # none is left waiting (an Outcome cannot be cancelled)
         if outcome is not first:
             assert isinstance(outcome.exception(), Unavailable)
+
+
+# -- SQLite: rounds of sessions' updates alone are made beneath SQLAlchemy ----------------
+
+
+@pytest.fixture
+async def sqlite_store(tmp_path: Path) -> AsyncIterator[Store]:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'rounds.db'}"
+    await asyncio.to_thread(migrate, url)
+    async with store_with_sessions(url, 2, lock_timeout_s=10) as store:
+        yield store
+
+
+async def test_sqlite_a_round_alone_is_made_beneath_sqlalchemy_and_stores_in_order(
+    sqlite_store: Store,
+) -> None:
+    statements: list[str] = []
+    event.listen(
+        sqlite_store.engine.sync_engine,
+        "before_cursor_execute",
+        lambda *args: statements.append(args[2]),
+    )
+    futures = [sqlite_store.group.submit(f"s{n % 2}", bytes([n]), None) for n in range(9)]
+    ids = await asyncio.gather(*futures)
+    assert ids == sorted(ids) and len(set(ids)) == 9
+    assert statements == []  # not one statement through the engine
+    for n in range(2):
+        assert await stored_updates(sqlite_store, f"s{n}") == [bytes([k]) for k in range(n, 9, 2)]
+    # A side-thread's update or a fence takes the engine's transaction, as before.
+    fenced = await sqlite_store.group.submit("s0", b"fenced", Fence(True))
+    assert fenced > ids[-1] and any("doc_updates" in s for s in statements)
+
+
+async def test_sqlite_a_round_waits_off_the_loop_for_another_process_s_write_lock(
+    sqlite_store: Store, tmp_path: Path
+) -> None:
+    async with write_lock_held(tmp_path / "rounds.db") as holder:
+        stored = sqlite_store.group.submit("s0", b"after the lock", None)
+        for _ in range(5):  # the round is under way, waiting for the lock in a thread
+            await asyncio.sleep(0)
+        assert not stored.done()
+        await release(holder)
+        update_id = await stored
+    assert isinstance(update_id, int)
+    assert await stored_updates(sqlite_store, "s0") == [b"after the lock"]
+    assert sqlite_store.health.failing is None
+
+
+async def test_sqlite_a_round_refused_for_a_held_lock_is_unavailable_and_stores_nothing(
+    sqlite_store: Store, tmp_path: Path
+) -> None:
+    sqlite_store.lock_timeout_s = 0.2
+    async with write_lock_held(tmp_path / "rounds.db"):
+        futures = [sqlite_store.group.submit(f"s{n}", b"refused", None) for n in range(2)]
+        results = await asyncio.gather(*futures, return_exceptions=True)
+    assert all(isinstance(r, Unavailable) and "write lock" in str(r) for r in results), results
+    assert sqlite_store.health.failing is not None
+    assert isinstance(await sqlite_store.group.submit("s0", b"later", None), int)
+    assert sqlite_store.health.failing is None
+    assert await stored_updates(sqlite_store, "s0") == [b"later"]
+    assert await stored_updates(sqlite_store, "s1") == []
+
+
+async def test_sqlite_a_round_on_a_read_only_database_is_unavailable_and_then_recovers(
+    sqlite_store: Store, tmp_path: Path
+) -> None:
+    await sqlite_store.group.submit("s0", b"first", None)  # the WAL file exists
+    with read_only(tmp_path / "rounds.db", tmp_path / "rounds.db-wal"):
+        with pytest.raises(Unavailable):
+            await sqlite_store.group.submit("s0", b"refused", None)
+        assert sqlite_store.health.failing is not None
+    await sqlite_store.group.submit("s1", b"after", None)
+    assert await stored_updates(sqlite_store, "s0") == [b"first"]
+    assert await stored_updates(sqlite_store, "s1") == [b"after"]

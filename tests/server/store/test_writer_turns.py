@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from parley.server.store.db import create_engine
 from parley.server.store.sessions import Store, StoreTx
@@ -122,9 +123,23 @@ async def test_a_release_without_the_turn_is_refused() -> None:
 
 
 class RecordingStore(Store):
-    """Notes each transaction as its body begins (it holds the turn then)."""
+    """Notes each transaction as its body begins (it holds the turn then), and each group
+    commit round made beneath SQLAlchemy as its statements begin."""
 
     order: list[str]
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        super().__init__(engine)
+        self.order = []
+        appender = self._appender
+        assert appender is not None
+        append = appender.append
+
+        async def recorded(rows: list[tuple[str, bytes]], wait_s: float) -> list[int]:
+            self.order.append("round")
+            return await append(rows, wait_s)
+
+        appender.append = recorded  # type: ignore[method-assign]
 
     @contextlib.asynccontextmanager
     async def transaction(
@@ -143,7 +158,6 @@ async def test_sqlite_a_group_commit_round_is_not_kept_behind_queued_writes(
     url = sqlite_url(tmp_path)
     await migrated_database(url)
     store = RecordingStore(create_engine(url))
-    store.order = []
     try:
         await store.create_session("s", "t", "queue", 0)
         store.order.clear()
