@@ -30,6 +30,7 @@ from parley.session.lifecycle import (
     check_prompt_transition,
     check_reply_transition,
 )
+from parley.session.observers import observe_weakly
 from parley.session.queue_root import queue_edits
 from parley.session.reasons import Ending
 
@@ -96,7 +97,7 @@ class SessionDocument:
         # rebuilt on their next use (once per read, however many updates arrived).
         self._own = False
         self._stale = False
-        self._subscription = doc.observe(self._changed)
+        self._subscription = observe_weakly(doc, self._changed)
         self._reindex()
 
     def _changed(self, event: TransactionEvent) -> None:

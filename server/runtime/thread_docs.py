@@ -37,6 +37,7 @@ from parley.session.core.effects import DeleteThread
 from parley.session.core.thread_doc import ThreadDocument, show_all
 from parley.session.encoded import EMPTY_STATE_VECTOR
 from parley.session.errors import NotFound, Unavailable
+from parley.session.observers import observe_weakly
 from parley.session.read_only import ServerWrites
 from parley.session.yprotocol import ProtocolError, SyncType, encode_sync
 
@@ -67,7 +68,7 @@ class LiveThreadDoc:
         self.last_update_id = stored.last_update_id
         self.since_snapshot = stored.updates_since_snapshot
         self._captured: list[bytes] = []
-        self._subscription: Any = self.document.doc.observe(self._capture)
+        self._subscription: Any = observe_weakly(self.document.doc, self._capture)
 
     def _capture(self, event: TransactionEvent) -> None:
         self._captured.append(event.update)

@@ -33,6 +33,7 @@ from parley.server.store.rows import StoredDoc
 from parley.session.encoded import EncodedDocument
 from parley.session.errors import Unavailable
 from parley.session.events import SessionEvent
+from parley.session.observers import observe_weakly
 from parley.session.read_only import ServerWrites
 from parley.session.schema import SessionDocument
 from parley.session.yprotocol import SyncType, encode_sync
@@ -136,7 +137,7 @@ class DocumentWriter:
         if self._subscription is not None:
             self.doc.doc.unobserve(self._subscription)
         self.doc = SessionDocument(doc)
-        self._subscription = doc.observe(self._capture)
+        self._subscription = observe_weakly(doc, self._capture)
         self._since_snapshot = since_snapshot
         self._writes.forget()
         self._encoded = None

@@ -24,6 +24,7 @@ from parley.server.providers.offline import OfflineProvider
 from parley.server.providers.registry import open_models
 from parley.server.runtime.commands import dispatch
 from parley.server.runtime.room import SessionRoom
+from parley.server.runtime.rooms import RoomRegistry
 from parley.server.runtime.runner import SessionRunner
 from parley.server.settings import Settings
 from parley.server.store.access_rows import ToolRow
@@ -248,3 +249,23 @@ async def memory_session(
             stack.push_async_callback(runner.stop)
         fake = model if isinstance(model, FakeModel) else None
         yield MemorySession(store, room, runner, fake, clock)
+
+
+@contextlib.asynccontextmanager
+async def room_with_a_client(
+    store: MemoryStore,
+) -> AsyncIterator[tuple[MemorySession, RoomRegistry]]:
+    """Session ``s`` with editor ``alice``, its room loaded through a registry, answered
+    "ok" by the fake model, and a client that synced (the room keeps a committed copy)."""
+    model = FakeModel(lambda sent: ["ok"])
+    settings = model.configure(memory_settings())
+    await store.create_session(SESSION, "t", Policy.QUEUE.value, 0)
+    await add_members(store, {"alice": "editor"})
+    async with contextlib.AsyncExitStack() as stack:
+        provider = await stack.enter_async_context(open_models(settings, model.transport))
+        registry = RoomRegistry(store, settings, provider, ManualClock())
+        stack.push_async_callback(registry.close)
+        room = await registry.get(SESSION)
+        room.connections.add(Watcher())  # type: ignore[arg-type]
+        await room.writer.document.sync_answer(b"\x00")  # the client's sync step 1
+        yield MemorySession(store, room, None, model, ManualClock()), registry

@@ -31,6 +31,7 @@ from tests.server.runtime.harness import (
     Watcher,
     add_members,
     memory_settings,
+    room_with_a_client,
 )
 
 
@@ -103,24 +104,6 @@ class _DropsAtCommit(MemoryStore):
         raise Unavailable("the connection dropped after the commit")
 
 
-@contextlib.asynccontextmanager
-async def _room_with_a_client(
-    store: MemoryStore,
-) -> AsyncIterator[tuple[MemorySession, RoomRegistry]]:
-    model = FakeModel(lambda sent: ["ok"])
-    settings = model.configure(memory_settings())
-    await store.create_session(SESSION, "t", Policy.QUEUE.value, 0)
-    await add_members(store, {"alice": "editor"})
-    async with contextlib.AsyncExitStack() as stack:
-        provider = await stack.enter_async_context(open_models(settings, model.transport))
-        registry = RoomRegistry(store, settings, provider, ManualClock())
-        stack.push_async_callback(registry.close)
-        room = await registry.get(SESSION)
-        room.connections.add(Watcher())  # type: ignore[arg-type]
-        await room.writer.document.sync_answer(b"\x00")  # the client's sync step 1
-        yield MemorySession(store, room, None, model, ManualClock()), registry
-
-
 async def test_a_command_refused_by_an_outage_after_the_document_changed_keeps_the_sockets() -> (
     None
 ):
@@ -130,7 +113,7 @@ async def test_a_command_refused_by_an_outage_after_the_document_changed_keeps_t
     the document is what was committed, and once the store is back the next command
     takes the number the refused one did not."""
     store = _DropsAtCommit()
-    async with _room_with_a_client(store) as (s, _):
+    async with room_with_a_client(store) as (s, _):
         first = await s.message("alice", "one")
         store.drop_next = False
         refused = await s.message("alice", "two")
@@ -158,7 +141,7 @@ async def test_a_write_thought_failed_that_was_stored_gives_the_room_up(unreacha
     sent: the room is given up so they resync (1013); loaded again, the session holds the
     message once, a resend gets its first ack, and numbers go on after it."""
     store = _DropsAtCommit(unreachable=unreachable)
-    async with _room_with_a_client(store) as (s, registry):
+    async with room_with_a_client(store) as (s, registry):
         await s.message("alice", "one")
         store.drop_next = True
         refused = await s.message("alice", "two")
@@ -183,7 +166,7 @@ async def test_a_write_thought_failed_that_was_stored_is_found_without_another_w
     """Nobody writes after the outage: the room reads the store back by itself once it
     answers, finds the message its sockets were never sent, and is given up (1013)."""
     store = _DropsAtCommit()
-    async with _room_with_a_client(store) as (s, registry):
+    async with room_with_a_client(store) as (s, registry):
         await s.message("alice", "one")
         store.drop_next = True
         refused = await s.message("alice", "two")

@@ -1,0 +1,44 @@
+"""Observing a pycrdt document without the document keeping its observer alive.
+
+A pycrdt ``Doc`` holds its observers in Rust, where Python's cyclic collector cannot see
+them, and ``Doc.observe`` wraps each callback with the document itself (so a callback's
+error can be kept on it). An observed document is therefore never freed until it is
+unobserved, and an object that observes the document it holds with one of its own methods
+is never freed either: every room loaded kept its documents (the empty one it starts
+with, the one it loaded) and their whole state for as long as the process ran, and again
+on every reload (found 2026-12-05: 200 rooms loaded and closed, 400 documents alive).
+
+``observe_weakly`` registers a callback that holds its object weakly, and unobserves it
+once the object is gone, which frees the document with it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+from pycrdt import Doc, Subscription, TransactionEvent
+
+
+def observe_weakly(doc: Doc[Any], method: Callable[[TransactionEvent], None]) -> Subscription:
+    """``doc.observe(method)`` for a bound ``method``, holding its object weakly: a call
+    that finds the object gone does nothing, and once it is collected the subscription is
+    dropped. Unobserving it before is allowed."""
+    reference = weakref.WeakMethod(method)
+
+    def call(event: TransactionEvent) -> None:
+        target = reference()
+        if target is not None:
+            target(event)
+
+    subscription = doc.observe(call)
+    finalizer = weakref.finalize(method.__self__, _unobserve, doc, subscription)  # type: ignore[attr-defined]
+    finalizer.atexit = False  # nothing to free at exit
+    return subscription
+
+
+def _unobserve(doc: Doc[Any], subscription: Subscription) -> None:
+    with contextlib.suppress(ValueError):  # its owner unobserved it already
+        doc.unobserve(subscription)

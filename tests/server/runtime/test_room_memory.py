@@ -1,0 +1,45 @@
+"""A room unloaded leaves nothing behind: its documents are freed with it."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import weakref
+from typing import Any
+
+from parley.server.runtime.thread_docs import LiveThreadDoc
+from parley.server.store.memory import MemoryStore
+from parley.server.store.rows import StoredDoc
+from tests.server.runtime.harness import SESSION, Watcher, room_with_a_client
+
+
+async def test_rooms_loaded_and_unloaded_again_and_again_free_their_documents() -> None:
+    documents: list[weakref.ref[Any]] = []
+    async with room_with_a_client(MemoryStore()) as (session, registry):
+        for n in range(5):
+            if n:  # loaded again, a client synced, as the first time
+                session.room = await registry.get(SESSION)
+                session.room.connections.add(Watcher())  # type: ignore[arg-type]
+                await session.room.writer.document.sync_answer(b"\x00")
+            acked = await session.prompt("alice", f"prompt {n}")
+            await session.settled(acked["prompt_id"])
+            assert session.room.doc.entries()[-1].content == "ok"
+            documents.append(weakref.ref(session.room.writer.document.doc.doc))
+            await registry.unload(SESSION)
+        del session
+    alive = documents
+    for _ in range(50):  # a model call's stream, dropped, is closed by a task of its own
+        gc.collect()
+        alive = [ref for ref in documents if ref() is not None]
+        if not alive:
+            break
+        await asyncio.sleep(0)
+    assert alive == []
+
+
+def test_a_side_thread_document_is_freed_once_dropped() -> None:
+    live = LiveThreadDoc("t1", StoredDoc(None, [], 0), lambda *_: None, 100)
+    gone, doc_gone = weakref.ref(live), weakref.ref(live.document.doc)
+    del live
+    gc.collect()
+    assert gone() is None and doc_gone() is None
