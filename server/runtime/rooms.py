@@ -238,10 +238,16 @@ class RoomRegistry:
         interval = max(self.settings.room_idle_unload_s / 2, 0.5)
         while True:
             await asyncio.sleep(interval)
-            now = self.clock()
-            for session_id, (room, _) in list(self._rooms.items()):
-                if room.is_idle() and now - room.last_active > self.settings.room_idle_unload_s:
-                    await self.unload(session_id)
+            await self._reap_idle()
+
+    async def _reap_idle(self) -> None:
+        """Unload the rooms idle for longer than ``room_idle_unload_s``. A pass of its own,
+        so the last room it looked at is not held, with its document, by a local of the
+        reaper's loop until the next pass."""
+        now = self.clock()
+        for session_id, (room, _) in list(self._rooms.items()):
+            if room.is_idle() and now - room.last_active > self.settings.room_idle_unload_s:
+                await self.unload(session_id)
 
     async def close(self) -> None:
         if self._reaper is not None:

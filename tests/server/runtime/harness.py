@@ -253,19 +253,28 @@ async def memory_session(
 
 @contextlib.asynccontextmanager
 async def room_with_a_client(
-    store: MemoryStore,
+    store: MemoryStore, **overrides: Any
 ) -> AsyncIterator[tuple[MemorySession, RoomRegistry]]:
     """Session ``s`` with editor ``alice``, its room loaded through a registry, answered
     "ok" by the fake model, and a client that synced (the room keeps a committed copy)."""
     model = FakeModel(lambda sent: ["ok"])
-    settings = model.configure(memory_settings())
+    settings = model.configure(memory_settings(**overrides))
     await store.create_session(SESSION, "t", Policy.QUEUE.value, 0)
     await add_members(store, {"alice": "editor"})
     async with contextlib.AsyncExitStack() as stack:
         provider = await stack.enter_async_context(open_models(settings, model.transport))
         registry = RoomRegistry(store, settings, provider, ManualClock())
         stack.push_async_callback(registry.close)
-        room = await registry.get(SESSION)
-        room.connections.add(Watcher())  # type: ignore[arg-type]
-        await room.writer.document.sync_answer(b"\x00")  # the client's sync step 1
-        yield MemorySession(store, room, None, model, ManualClock()), registry
+        # No local holds the room: a test may unload it and see it freed.
+        yield (
+            MemorySession(store, await synced_room(registry), None, model, ManualClock()),
+            registry,
+        )
+
+
+async def synced_room(registry: RoomRegistry) -> SessionRoom:
+    """Session ``s``'s room, loaded through ``registry``, with a client that synced."""
+    room = await registry.get(SESSION)
+    room.connections.add(Watcher())  # type: ignore[arg-type]
+    await room.writer.document.sync_answer(b"\x00")  # the client's sync step 1
+    return room

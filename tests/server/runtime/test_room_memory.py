@@ -10,7 +10,7 @@ from typing import Any
 from parley.server.runtime.thread_docs import LiveThreadDoc
 from parley.server.store.memory import MemoryStore
 from parley.server.store.rows import StoredDoc
-from tests.server.runtime.harness import SESSION, Watcher, room_with_a_client
+from tests.server.runtime.harness import SESSION, room_with_a_client, synced_room
 
 
 async def test_rooms_loaded_and_unloaded_again_and_again_free_their_documents() -> None:
@@ -18,9 +18,7 @@ async def test_rooms_loaded_and_unloaded_again_and_again_free_their_documents() 
     async with room_with_a_client(MemoryStore()) as (session, registry):
         for n in range(5):
             if n:  # loaded again, a client synced, as the first time
-                session.room = await registry.get(SESSION)
-                session.room.connections.add(Watcher())  # type: ignore[arg-type]
-                await session.room.writer.document.sync_answer(b"\x00")
+                session.room = await synced_room(registry)
             acked = await session.prompt("alice", f"prompt {n}")
             await session.settled(acked["prompt_id"])
             assert session.room.doc.entries()[-1].content == "ok"
@@ -43,3 +41,25 @@ def test_a_side_thread_document_is_freed_once_dropped() -> None:
     del live
     gc.collect()
     assert gone() is None and doc_gone() is None
+
+
+async def test_a_room_the_reaper_unloads_is_freed_before_its_next_pass() -> None:
+    async with room_with_a_client(MemoryStore(), room_idle_unload_s=0) as (session, registry):
+        acked = await session.prompt("alice", "hello")
+        await session.settled(acked["prompt_id"])
+        session.room.connections.clear()  # its client left
+        document = weakref.ref(session.room.writer.document.doc.doc)
+        del session
+        registry.clock.advance(1)  # type: ignore[attr-defined]  # idle for a second
+        registry.start_reaper()
+        for _ in range(1000):
+            if registry.loaded(SESSION) is None:
+                break
+            await asyncio.sleep(0.01)
+        assert registry.loaded(SESSION) is None
+        for _ in range(50):  # a model call's stream, dropped, is closed by a task of its own
+            gc.collect()
+            if document() is None:
+                break
+            await asyncio.sleep(0)
+        assert document() is None
