@@ -194,3 +194,41 @@ def test_the_project_is_imported_through_the_one_package() -> None:
         if module.split(".")[0] in bare
     ]
     assert found == []
+
+
+def document_observers(tree: ast.AST) -> list[tuple[int, str]]:
+    """Observers registered on a pycrdt document in ``tree`` (line, call):
+    ``observe_deep``/``observe_subdocs`` anywhere, and ``observe`` on a receiver named
+    ``doc`` (``doc.observe``, ``self.document.doc.observe``: how the code names its
+    documents; a metric's ``observe`` is on a histogram)."""
+    found = []
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+            continue
+        name, receiver = node.func.attr, node.func.value
+        on_doc = (isinstance(receiver, ast.Name) and receiver.id == "doc") or (
+            isinstance(receiver, ast.Attribute) and receiver.attr == "doc"
+        )
+        if name in {"observe_deep", "observe_subdocs"} or (name == "observe" and on_doc):
+            found.append((node.lineno, ast.unparse(node.func)))
+    return found
+
+
+def test_documents_are_observed_through_observe_weakly() -> None:
+    """pycrdt keeps a document's observers where Python's cyclic collector cannot see
+    them: an observer that holds its document (most do) kept both in memory for good, a
+    room's documents on every load (``session/observers.py``, the one place allowed)."""
+    found = [
+        f"{path.relative_to(ROOT)}:{line} {call}"
+        for path in _tracked_python(("server", "session", "authz", "clients"))
+        if path != ROOT / "session" / "observers.py"
+        for line, call in document_observers(ast.parse(path.read_text(), str(path)))
+    ]
+    assert found == []
+    # What the code did before: the rule finds it (and not a histogram's observe).
+    before = (
+        "self._subscription = doc.observe(self._capture)\n"
+        "self.document.doc.observe(self._capture)\n"
+        "self.metrics.queue_wait.observe(0.5)\n"
+    )
+    assert [line for line, _ in document_observers(ast.parse(before))] == [1, 2]
