@@ -14,18 +14,21 @@ once the object is gone, which frees the document with it.
 
 from __future__ import annotations
 
-import contextlib
 import weakref
 from collections.abc import Callable
 from typing import Any
 
-from pycrdt import Doc, Subscription, TransactionEvent
+from pycrdt import Doc, TransactionEvent
 
 
-def observe_weakly(doc: Doc[Any], method: Callable[[TransactionEvent], None]) -> Subscription:
+def observe_weakly(
+    doc: Doc[Any], method: Callable[[TransactionEvent], None]
+) -> Callable[[], object]:
     """``doc.observe(method)`` for a bound ``method``, holding its object weakly: a call
     that finds the object gone does nothing, and once it is collected the subscription is
-    dropped. Unobserving it before is allowed."""
+    dropped. Returns what drops it sooner (once; later calls, and the object's collection
+    after it, do nothing): an object that moves to another document calls it, or the
+    document it left would be held until the object itself is collected."""
     reference = weakref.WeakMethod(method)
 
     def call(event: TransactionEvent) -> None:
@@ -34,11 +37,6 @@ def observe_weakly(doc: Doc[Any], method: Callable[[TransactionEvent], None]) ->
             target(event)
 
     subscription = doc.observe(call)
-    finalizer = weakref.finalize(method.__self__, _unobserve, doc, subscription)  # type: ignore[attr-defined]
+    finalizer = weakref.finalize(method.__self__, doc.unobserve, subscription)  # type: ignore[attr-defined]
     finalizer.atexit = False  # nothing to free at exit
-    return subscription
-
-
-def _unobserve(doc: Doc[Any], subscription: Subscription) -> None:
-    with contextlib.suppress(ValueError):  # its owner unobserved it already
-        doc.unobserve(subscription)
+    return finalizer

@@ -97,7 +97,7 @@ class SessionDocument:
         # rebuilt on their next use (once per read, however many updates arrived).
         self._own = False
         self._stale = False
-        self._subscription = observe_weakly(doc, self._changed)
+        observe_weakly(doc, self._changed)
         self._reindex()
 
     def _changed(self, event: TransactionEvent) -> None:

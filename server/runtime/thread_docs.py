@@ -24,7 +24,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Sequence
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from pycrdt import TransactionEvent
 
@@ -68,7 +68,7 @@ class LiveThreadDoc:
         self.last_update_id = stored.last_update_id
         self.since_snapshot = stored.updates_since_snapshot
         self._captured: list[bytes] = []
-        self._subscription: Any = observe_weakly(self.document.doc, self._capture)
+        observe_weakly(self.document.doc, self._capture)
 
     def _capture(self, event: TransactionEvent) -> None:
         self._captured.append(event.update)

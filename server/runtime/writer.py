@@ -118,7 +118,7 @@ class DocumentWriter:
         # frame never re-reads the whole document.
         self._writes = ServerWrites(settings.max_delete_ranges_per_update)
         self._encoded: EncodedDocument | None = None
-        self._subscription: Any = None
+        self._stop_observing: Callable[[], object] | None = None
         # Undone from the encoded copy, the store unread (``_forget``): read before a write,
         # and by ``_verifier`` as soon as the store answers.
         self._unverified = False
@@ -134,10 +134,10 @@ class DocumentWriter:
 
     def _adopt(self, doc: Doc[Any], since_snapshot: int) -> None:
         """Make ``doc`` the live document (committed state only)."""
-        if self._subscription is not None:
-            self.doc.doc.unobserve(self._subscription)
+        if self._stop_observing is not None:
+            self._stop_observing()  # the document left is freed now, not with the writer
         self.doc = SessionDocument(doc)
-        self._subscription = observe_weakly(doc, self._capture)
+        self._stop_observing = observe_weakly(doc, self._capture)
         self._since_snapshot = since_snapshot
         self._writes.forget()
         self._encoded = None

@@ -203,6 +203,8 @@ class UpdateAppender:
         self._connection: InlineConnection | None = None
 
     def _open(self) -> InlineConnection:
+        """The connection, with no transaction open: one a round left open (its rollback
+        failed) would hold SQLite's write lock, and every round after it would fail."""
         if self._connection is None:
             raw = sqlite3.connect(self.path, timeout=0, check_same_thread=False)
             try:
@@ -211,6 +213,8 @@ class UpdateAppender:
                 raw.close()
                 raise
             self._connection = InlineConnection(raw)
+        if self._connection.raw.in_transaction:
+            self._connection.raw.rollback()
         return self._connection
 
     async def append(self, rows: list[tuple[str, bytes]], wait_s: float) -> list[int]:

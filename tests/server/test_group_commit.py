@@ -288,3 +288,16 @@ async def test_sqlite_a_round_on_a_read_only_database_is_unavailable_and_then_re
     await sqlite_store.group.submit("s1", b"after", None)
     assert await stored_updates(sqlite_store, "s0") == [b"first"]
     assert await stored_updates(sqlite_store, "s1") == [b"after"]
+
+
+async def test_sqlite_a_round_left_open_is_rolled_back_before_the_next(
+    sqlite_store: Store,
+) -> None:
+    await sqlite_store.group.submit("s0", b"first", None)
+    appender = sqlite_store._appender
+    assert appender is not None and appender._connection is not None
+    raw = appender._connection.raw
+    raw.execute("BEGIN IMMEDIATE")  # as a round whose rollback failed would leave it
+    raw.execute(appender.insert_sql, ("s0", b"never committed"))
+    assert isinstance(await sqlite_store.group.submit("s0", b"second", None), int)
+    assert await stored_updates(sqlite_store, "s0") == [b"first", b"second"]

@@ -15,7 +15,7 @@ class Counter:
     def __init__(self, doc: Doc) -> None:
         self.doc = doc
         self.calls = 0
-        self.subscription = observe_weakly(doc, self.changed)
+        self.stop = observe_weakly(doc, self.changed)
 
     def changed(self, event: TransactionEvent) -> None:
         self.calls += 1
@@ -45,11 +45,17 @@ def test_a_document_that_outlives_its_observer_stops_calling_it() -> None:
     assert doc_gone() is None
 
 
-def test_unobserved_by_its_owner_first() -> None:
+def test_stopped_by_its_owner_first_and_the_document_let_go_at_once() -> None:
     counter = Counter(Doc())
-    counter.doc.unobserve(counter.subscription)
-    counter.doc.get("a", type=Array).append(1)
+    doc, left = counter.doc, weakref.ref(counter.doc)
+    counter.stop()
+    counter.stop()  # once is all it does
+    doc.get("a", type=Array).append(1)
     assert counter.calls == 0
+    counter.doc = Doc()  # the owner moves on to another document, and lives on
+    del doc
+    gc.collect()
+    assert left() is None
     gone = weakref.ref(counter.doc)
     del counter
     gc.collect()

@@ -35,6 +35,22 @@ async def test_rooms_loaded_and_unloaded_again_and_again_free_their_documents() 
     assert alive == []
 
 
+async def test_a_document_read_again_in_a_loaded_room_frees_the_one_it_replaced() -> None:
+    async with room_with_a_client(MemoryStore()) as (session, _):
+        acked = await session.prompt("alice", "hello")
+        await session.settled(acked["prompt_id"])
+        writer = session.room.writer.document
+        replaced = weakref.ref(writer.doc.doc)
+        await writer.load()  # as after a refused write: the store read again
+        assert writer.doc.entries()[-1].content == "ok"
+        for _ in range(50):
+            gc.collect()
+            if replaced() is None:
+                break
+            await asyncio.sleep(0)
+        assert replaced() is None  # not held until the room itself goes
+
+
 def test_a_side_thread_document_is_freed_once_dropped() -> None:
     live = LiveThreadDoc("t1", StoredDoc(None, [], 0), lambda *_: None, 100)
     gone, doc_gone = weakref.ref(live), weakref.ref(live.document.doc)
