@@ -18,23 +18,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import os
 import tempfile
 from pathlib import Path
 
 from pycrdt import Doc
 
 from bench.run_cost import SESSION, GrowingSession, InstantModel, Socket, _open
+from bench.targets import resident_bytes
 from parley.server.runtime.room import SessionRoom
 from parley.server.runtime.runner import SessionRunner
 from parley.session.queue import Policy
 
-
-def resident_kib() -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise RuntimeError("no VmRSS in /proc/self/status")
+MIB = 1024 * 1024
 
 
 async def measure(entries: int, loads: int, rounds: int) -> list[dict[str, float]]:
@@ -52,7 +48,7 @@ async def measure(entries: int, loads: int, rounds: int) -> list[dict[str, float
         room.close()
         del room, runner, socket
         gc.collect()
-        before, objects = resident_kib(), gc.get_objects()
+        before, objects = resident_bytes(os.getpid()), gc.get_objects()
         documents = sum(isinstance(o, Doc) for o in objects)  # the process's others
         for done in range(1, rounds + 1):
             for _ in range(loads):
@@ -65,7 +61,7 @@ async def measure(entries: int, loads: int, rounds: int) -> list[dict[str, float
             rows.append(
                 {
                     "loads": done * loads,
-                    "resident_growth_mib": (resident_kib() - before) / 1024,
+                    "resident_growth_mib": (resident_bytes(os.getpid()) - before) / MIB,
                     "tracked_objects_growth": len(tracked) - len(objects),
                     "documents_alive": sum(isinstance(o, Doc) for o in tracked) - documents,
                 }

@@ -28,6 +28,7 @@ from typing import Any
 import httpx
 import websockets
 
+from bench.targets import resident_bytes
 from bench.wsclient import WSClient, connect
 from parley.session.yprotocol import SyncType, encode_sync
 
@@ -38,10 +39,7 @@ MIB = 1024 * 1024
 
 
 def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS")
+    return resident_bytes(pid) / MIB
 
 
 def tcp_buffer_mib() -> float:

@@ -130,11 +130,7 @@ class Target:
 
     def rss_bytes(self) -> int:
         assert self.process is not None
-        status = Path(f"/proc/{self.process.pid}/status").read_text()
-        for line in status.splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-        raise RuntimeError("no VmRSS")
+        return resident_bytes(self.process.pid)
 
     async def make_rooms(
         self, rooms: int, subscribers: int, *, driver: bool = True, role: str = "viewer"
@@ -184,6 +180,14 @@ class PycrdtWebsocketTarget(Target):
         env = dict(os.environ)
         env.pop("PYTHONPATH", None)  # nothing of Parley's environment in the peer's
         return env
+
+
+def resident_bytes(pid: int) -> int:
+    """A process's resident set, from ``/proc/<pid>/status``."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmRSS for process {pid}")
 
 
 def process_cpu_seconds(pid: int) -> float:

@@ -107,8 +107,12 @@ class InlineConnection:
         return self._connection
 
     @classmethod
-    async def open(cls, path: str, busy_timeout_s: float = 0.0) -> InlineConnection:
+    def connect(cls, path: str, busy_timeout_s: float = 0.0) -> InlineConnection:
         return cls(sqlite3.connect(path, timeout=busy_timeout_s, check_same_thread=False))
+
+    @classmethod
+    async def open(cls, path: str, busy_timeout_s: float = 0.0) -> InlineConnection:
+        return cls.connect(path, busy_timeout_s)
 
     async def begin_immediate(self, wait_s: float) -> None:
         """Start a write transaction holding SQLite's write lock. Tried once in the loop's
@@ -206,13 +210,13 @@ class UpdateAppender:
         """The connection, with no transaction open: one a round left open (its rollback
         failed) would hold SQLite's write lock, and every round after it would fail."""
         if self._connection is None:
-            raw = sqlite3.connect(self.path, timeout=0, check_same_thread=False)
+            connection = InlineConnection.connect(self.path)
             try:
-                pragmas(checkpoints=False)(raw, None)
+                pragmas(checkpoints=False)(connection.raw, None)
             except BaseException:
-                raw.close()
+                connection.raw.close()
                 raise
-            self._connection = InlineConnection(raw)
+            self._connection = connection
         if self._connection.raw.in_transaction:
             self._connection.raw.rollback()
         return self._connection
