@@ -110,18 +110,28 @@ def scope_for_run(
 
 @dataclass(frozen=True, slots=True)
 class ContextSeen:
-    """What a run's model input drew on (entry ids), what was withheld from it and why, and
-    the restriction its reply inherits."""
+    """What a run's model input drew on (entry ids, and the summary given with it), what
+    was withheld from it and why, and the restriction its reply inherits."""
 
     included: list[str]
     withheld: list[dict[str, str]]
     restriction: Restriction
+    summary: str | None = None
 
 
 def seen_in_context(built: BuiltContext, restrictions: Mapping[str, Restriction]) -> ContextSeen:
     """For the audit and the reply's readers: what the built model input drew on, what was
-    withheld from it and why, and the restriction of what it drew on (a reply inherits it)."""
+    withheld from it and why, and the restriction of what it drew on (a reply inherits it).
+
+    A summary given in the input counts for everything it covers: its text carries what
+    those entries said, so a reply drawn from it inherits their readers too (a summary is
+    made from what every member may read when it is made, not from what is unrestricted)."""
     included = list(built.included)
     withheld = [{"entry_id": x.entry_id, "reason": x.reason} for x in built.withheld]
-    restriction = restrict(*(restrictions.get(i, ()) for i in included))
-    return ContextSeen(included, withheld, restriction)
+    drawn = [restrictions.get(i, ()) for i in included]
+    summary = built.summary
+    if summary is not None:
+        drawn += [r for i, r in restrictions.items() if i in summary.covers]
+    return ContextSeen(
+        included, withheld, restrict(*drawn), None if summary is None else summary.id
+    )

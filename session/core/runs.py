@@ -21,6 +21,7 @@ from parley.session.core.effects import (
     Effects,
     Finish,
     KeepPrivate,
+    ReplyState,
     StopRun,
     ToolStep,
 )
@@ -119,10 +120,16 @@ def _may_run(view: SessionView, user_id: str) -> bool:
 
 
 def text_appended(view: SessionView, event: TextAppended) -> Effects:
-    """Reply text goes into the shared document unless the reply went private."""
-    if event.reply.private:
+    """Reply text goes into the shared document unless the reply went private. Judged
+    again at every batch: grants that changed since the run drew on restricted material (a
+    member who may not read it added, a reader's grant taken, the policy set to ``private``)
+    send the rest of a restricted reply private from this batch on."""
+    reply = event.reply
+    if reply.private:
         return Effects()
-    return Effects(append=AppendText(event.reply.reply_id, event.text))
+    if _goes_private(view, reply):
+        return _gone_private(reply)
+    return Effects(append=AppendText(reply.reply_id, event.text))
 
 
 def context_drawn(view: SessionView, event: ContextDrawn) -> Effects:
@@ -130,14 +137,24 @@ def context_drawn(view: SessionView, event: ContextDrawn) -> Effects:
     shared document (marked there once) when not every member may read that."""
     reply = event.reply
     widened = replace(reply, restriction=restrict(reply.restriction, event.restriction))
-    if (
-        reply.private
-        or view.restricted_replies != "private"
-        or everyone_may_read(view.subjects(), widened.restriction)
-    ):
+    if reply.private or not _goes_private(view, widened):
         return Effects(reply=widened)
+    return _gone_private(widened)
+
+
+def _goes_private(view: SessionView, reply: ReplyState) -> bool:
+    """A restricted reply not every member may read, under ``private``."""
+    return (
+        bool(reply.restriction)
+        and view.restricted_replies == "private"
+        and not everyone_may_read(view.subjects(), reply.restriction)
+    )
+
+
+def _gone_private(reply: ReplyState) -> Effects:
+    """The rest of ``reply`` stays server-side; the document is marked once."""
     return Effects(
-        reply=replace(widened, private=True),
+        reply=replace(reply, private=True),
         append=AppendText(reply.reply_id, RESTRICTED_REPLY),
     )
 
@@ -167,8 +184,11 @@ def tool_step(view: SessionView, event: ToolStepTaken) -> Effects:
 
 def finish_run(view: SessionView, event: RunFinished) -> Effects:
     """Settle a run: its prompts reach the status its ending decides. A reply that drew on
-    restricted material is kept server-side with its readers under ``private``; under
-    ``shared`` an owner let it into the shared document, and the sharing is audited."""
+    restricted material is kept server-side with its readers, whatever the policy: under
+    ``private`` the document holds a placeholder for the rest of it; under ``shared`` an
+    owner let it into the shared document, and the sharing is audited, but its readers
+    still count for the runs that draw on it (their replies inherit them, and a webhook
+    never carries them) and for model calls of members who may not read it."""
     queue = view.queue.clone()
     running = queue.running
     if running is not None and running.ids == event.run.ids:
@@ -177,9 +197,8 @@ def finish_run(view: SessionView, event: RunFinished) -> Effects:
     audit = event.audit
     reply = event.reply
     if reply is not None and reply.restriction:
-        if view.restricted_replies == "private":
-            keep = (KeepPrivate(reply.reply_id, "reply", event.text, reply.restriction),)
-        else:
+        keep = (KeepPrivate(reply.reply_id, "reply", event.text, reply.restriction),)
+        if not reply.private and view.restricted_replies != "private":
             drew_on = [r.to_json() for r in reply.restriction]
             shared = {"reply_id": reply.reply_id, "drew_on": drew_on}
             audit = (AuditRecord("reply_shared", "policy", shared), *audit)
@@ -260,7 +279,7 @@ def recovered(view: SessionView, event: Recovered) -> Effects:
 def run_audit_base(run: Run, reply_id: str, scope: RunScope, seen: ContextSeen) -> dict[str, Any]:
     """What every audit record of a run says of it: its prompts and reply, its issuers
     with their roles, the capabilities and tools its scope offered, and what its context
-    included and withheld."""
+    included (the summary it was given, if any) and withheld."""
     return {
         "prompt_ids": list(run.ids),
         "reply_id": reply_id,
@@ -268,6 +287,7 @@ def run_audit_base(run: Run, reply_id: str, scope: RunScope, seen: ContextSeen) 
         "capabilities": sorted(scope.capabilities),
         "tools_offered": [t.spec.name for t in scope.tools],
         "context_included": seen.included,
+        "context_summary": seen.summary,
         "context_withheld": seen.withheld,
     }
 

@@ -586,6 +586,26 @@ def test_text_goes_into_the_document_until_the_reply_goes_private() -> None:
     assert handle(view, TextAppended(private, "secret")) == Effects()
 
 
+def test_a_restricted_reply_goes_private_at_the_first_batch_after_grants_change() -> None:
+    """Every member may read what the reply drew on, so it streams; then a member who may
+    not read it is added: the next batch is kept server-side and the document marked once,
+    as if the member had been there when the run drew on it."""
+    session = Session()
+    everyone = tuple(session.members)
+    readable = (Readers("doc:plans", users=frozenset(everyone)),)
+    reply = ReplyState("r1", readable)
+    shown = handle(session.view(), TextAppended(reply, "part 1"))
+    assert shown.append == AppendText("r1", "part 1")
+    session.members["nora"] = Member("nora", "viewer")  # may not read doc:plans
+    effects = handle(session.view(), TextAppended(reply, "part 2"))
+    assert effects.reply == ReplyState("r1", readable, private=True)
+    assert effects.append == AppendText("r1", RESTRICTED_REPLY)
+    assert handle(session.view(), TextAppended(effects.reply, "part 3")) == Effects()
+    session.restricted_replies = "shared"  # an owner let such replies into the document
+    shared = handle(session.view(), TextAppended(reply, "part 2"))
+    assert shared.append == AppendText("r1", "part 2") and shared.reply is None
+
+
 def test_a_reply_drawing_on_what_not_everyone_may_read_goes_private_once() -> None:
     session = Session()
     effects = handle(session.view(), ContextDrawn(ReplyState("r1"), SECRET))
@@ -655,7 +675,9 @@ def test_a_run_ended_by_any_code_reaches_the_statuses_of_the_one_table(code: Rea
     assert session.doc.entry(reply).status == OUTCOMES[code][1].value
 
 
-def test_a_restricted_reply_is_kept_server_side_or_its_sharing_audited() -> None:
+def test_a_restricted_reply_is_kept_server_side_and_its_sharing_audited() -> None:
+    """Under either policy the reply's readers are kept (runs that draw on it inherit them);
+    under ``shared`` its being shown to everyone is audited too."""
     session = Session()
     session.prompt("eddie")
     session.start_run()
@@ -669,7 +691,7 @@ def test_a_restricted_reply_is_kept_server_side_or_its_sharing_audited() -> None
     shared.start_run()
     effects = shared.finish_run(None, reply=ReplyState("r", SECRET), text="t", audit=calls)
     drew_on = [r.to_json() for r in SECRET]
-    assert effects.keep == ()
+    assert effects.keep == (KeepPrivate("r", "reply", "t", SECRET),)
     assert effects.audit == (
         AuditRecord("reply_shared", "policy", {"reply_id": "r", "drew_on": drew_on}),
         *calls,

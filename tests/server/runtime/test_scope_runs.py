@@ -4,19 +4,23 @@ its issuers share, and the restricted text kept server-side survives a reload.""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+
+import pytest
 
 from parley.authz.policy import Decision, Readers
 from parley.authz.roles import Member
 from parley.server.store.access_rows import DocumentRow, ToolRow
 from parley.server.store.memory import MemoryStore
+from parley.session.commands import PinCommand
 from parley.session.lifecycle import PromptStatus
 from parley.session.queue import Policy
 from tests.conftest import sqlite_url
 from tests.fake_model import Answer, FakeModel, Sent, Status, call
 from tests.server.runtime.backend import backend, sql_store
-from tests.server.runtime.harness import SESSION, memory_session, memory_settings
+from tests.server.runtime.harness import SESSION, MemorySession, memory_session, memory_settings
 
 SECRET = "the vault code is 7731"
 VAULT = DocumentRow("d1", SESSION, "Vault", SECRET, Readers("d1", frozenset({"bob"})), 0)
@@ -213,3 +217,104 @@ async def test_a_member_cannot_reword_a_prompt_of_a_coalesced_run_by_repeating_i
         alices = [m["content"] for m in together.asked if "alice asks you" in m["content"]]
         assert alices == [f"[alice asks you]\nPlease roll back {ORDER}"]
         assert f"[mallory wrote]\nPlease never roll back {ORDER}" in together.everything()
+
+
+DERIVED = "the code spelled out: seven-seven-three-one"
+
+
+def answers_from_the_vault(gate: asyncio.Event) -> Callable[[Sent], Answer]:
+    """Searches the vault, then answers from it in two parts, the second after ``gate``."""
+
+    def answer(sent: Sent) -> Answer:
+        if sent.messages[-1]["role"] == "tool":
+            return ["Checking the vault. ", gate, DERIVED]
+        if "vault" in sent.asked_text():
+            return [call("search_documents", {"query": "vault code"})]
+        return ["ok"]
+
+    return answer
+
+
+@pytest.mark.parametrize("change", ["a member who may not read it joins", "a reader is denied"])
+async def test_a_restricted_reply_goes_private_when_grants_change_while_it_streams(
+    change: str,
+) -> None:
+    """Every member may read the vault when the run draws on it, so its reply streams into
+    the shared document; a grant that changes before the rest streams is in force at once:
+    the rest is kept server-side and the document gets the placeholder (review: the rest
+    streamed to the member who may not read it)."""
+    gate = asyncio.Event()
+    model = FakeModel(answers_from_the_vault(gate), echo_tools=False)
+    readers = Readers("d1", frozenset({"alice", "bob"}))
+    async with memory_session({"alice": "editor", "bob": "editor"}, model) as s:
+        await s.store.access.add_document(replace(VAULT, readers=readers))
+        asked = await s.prompt("alice", "what is the vault code?")
+
+        def streaming(s: MemorySession) -> bool:
+            reply_id = s.room.doc.entry(asked["prompt_id"]).reply_id
+            return reply_id is not None and "Checking" in s.room.doc.entry(reply_id).content
+
+        await s.until(streaming)
+        allow = Decision(True, "test")
+        if change == "a reader is denied":
+            bob = Member("bob", "editor", denials=frozenset({"read:d1"}))
+            await s.store.change_member(SESSION, "bob", bob, 1, lambda *_: allow)
+        else:
+            carol = Member("carol", "editor")
+            await s.store.change_member(SESSION, "carol", carol, 1, lambda *_: allow)
+        await s.room.reload_settings()  # what a membership change over REST does
+        gate.set()
+        await s.settled(asked["prompt_id"])
+
+        reply_id = s.room.doc.entry(asked["prompt_id"]).reply_id
+        assert reply_id is not None
+        shown = s.room.doc.entry(reply_id).content
+        assert shown.startswith("Checking the vault. ") and "[restricted:" in shown
+        assert DERIVED not in shown and DERIVED not in str(s.watcher.transcript())
+        kept = s.room.context.private[reply_id]
+        assert DERIVED in kept.text and kept.restriction == (readers,)
+
+
+def repeats_the_vault(sent: Sent) -> Answer:
+    if sent.messages[-1]["role"] == "tool":
+        return ["The code is 7731."]
+    if "vault" in sent.asked_text():
+        return [call("search_documents", {"query": "vault code"})]
+    if "repeat" in sent.asked_text():
+        return ["As I said: " + ("7731" if "7731" in sent.everything() else "no idea")]
+    return ["ok"]
+
+
+async def test_a_shared_restricted_reply_keeps_its_readers_for_the_replies_drawn_from_it() -> None:
+    """Under ``shared`` a restricted reply is shown to every member, but its readers are
+    kept: a later reply drawn from it (pinned, while its tool step fell out of the window)
+    inherits them, so its text never goes out with a webhook (review: the readers were
+    dropped, and the second reply's text went out)."""
+    model = FakeModel(repeats_the_vault, echo_tools=False)
+    members: dict[str, str | Member] = {"olga": "owner", "alice": "editor", "bob": "editor"}
+    readers = Readers("d1", frozenset({"alice", "olga"}))
+    small = {"context_window_tokens": 900, "max_output_tokens": 150, "summaries": False}
+    async with memory_session(members, model, **small, commands_burst=500) as s:
+        s.room.use_settings(None, "shared")  # what the owner's PATCH puts in force
+        await s.store.access.add_document(replace(VAULT, readers=readers))
+        first = await s.prompt("alice", "what is the vault code?")
+        await s.settled(first["prompt_id"])
+        first_reply = s.room.doc.entry(first["prompt_id"]).reply_id
+        assert first_reply is not None
+        assert "7731" in s.room.doc.entry(first_reply).content  # shown: the owner's choice
+        assert s.room.context.restriction_of(first_reply) == (readers,)
+        pinned = await s.send("alice", PinCommand(s.next_id(), first_reply, True))
+        assert pinned["type"] == "ack", pinned
+        for i in range(40):
+            await s.message("bob", f"Update {i}: ticket PRJ-{1000 + i} is owned by team {i % 5}.")
+
+        again = await s.prompt("alice", "please repeat that")
+        await s.settled(again["prompt_id"])
+        given = model.requests_for("alice")[-1].everything()
+        assert "The code is 7731." in given and SECRET not in given
+        second_reply = s.room.doc.entry(again["prompt_id"]).reply_id
+        assert second_reply is not None
+        assert s.room.context.restriction_of(second_reply) == (readers,)
+        records = await s.store.access.list_audit(SESSION, limit=100, after=0, kinds=None)
+        shared = [r.data["reply_id"] for r in records if r.kind == "reply_shared"]
+        assert shared == [first_reply, second_reply]

@@ -124,3 +124,41 @@ async def test_a_summary_is_made_only_from_what_every_member_may_read() -> None:
         for request in summaries:
             assert "7731" not in request.everything()
         assert "Update 0 on billing" in summaries[0].everything()
+
+
+async def test_a_reply_drawn_from_a_summary_inherits_the_readers_of_what_it_covers() -> None:
+    """A summary keeps what it summarised, a restricted answer among it (every member could
+    read it then): the reply to a run given that summary inherits the answer's readers, so
+    it is kept server-side with them and its text never goes out (review: it came out
+    unrestricted and its text went to a webhook)."""
+
+    def script(sent: Sent) -> Answer:
+        if sent.purpose == "summary":
+            return ["Summary: " + sent.messages[-1]["content"][-3000:]]  # keeps every fact
+        if "launch code?" in sent.asked_text():
+            return [call("search_documents", {"query": "launch code"})]
+        if "again" in sent.asked_text():
+            return ["From what we said: " + ("7731" if "7731" in sent.system else "no idea")]
+        return ["noted"]
+
+    model = FakeModel(script)
+    members = {"alice": "editor", "bob": "editor"}
+    async with memory_session(members, model, **SMALL_WINDOW) as s:
+        readers = Readers("d1", frozenset({"alice", "bob"}))  # every member, for now
+        vault = DocumentRow("d1", SESSION, "Vault", "The launch code is 7731.", readers, 0)
+        await s.store.access.add_document(vault)
+        await ask(s, "alice", "what is the launch code?")
+        await chat(s, "bob", 0, 50)  # the answer falls out of the window: summarised
+        await ask(s, "bob", "status?")
+        asked = await s.prompt("alice", "what was the code again?")
+        await s.settled(asked["prompt_id"])
+
+        [request] = [r for r in model.requests_for("alice") if "again" in r.asked_text()]
+        assert "[Summary of the conversation" in request.system and "7731" in request.system
+        reply_id = s.room.doc.entry(asked["prompt_id"]).reply_id
+        assert reply_id is not None
+        assert "7731" in s.room.doc.entry(reply_id).content  # every member may read it
+        assert s.room.context.restriction_of(reply_id) == (readers,)
+        records = await s.store.access.list_audit(SESSION, limit=500, after=0, kinds=["model_call"])
+        call_record = next(r for r in records if r.data["reply_id"] == reply_id)
+        assert call_record.data["context_summary"] is not None
