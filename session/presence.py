@@ -112,6 +112,26 @@ class Presence:
             self._left.pop(item.client_id, None)
         return encode_awareness_update(relayed)
 
+    def would_show(self, owner: Hashable, user_id: str, update: bytes, now: float = 0.0) -> bool:
+        """True when ``update`` from ``owner`` shows a state of its own (``apply`` would
+        relay a state that is not None); False for an update that only echoes other
+        sockets' clients (stock y-websocket re-sends every state it receives) or takes
+        its own clients away. (Whether it may show itself is the caller's question.)"""
+        if len(update) > self.max_state_bytes * MAX_CLIENTS_PER_SOCKET:
+            raise TooLarge("awareness update too large")
+        for item in decode_awareness_update(update):
+            if item.state is None:
+                continue
+            known = self._clients.get(item.client_id)
+            if known is not None and self._stale(known, now):
+                known = None
+            if known is not None and known.owner != owner:
+                continue
+            if known is None and self._kept_for_another(item.client_id, user_id, now):
+                continue
+            return True
+        return False
+
     def apply_remote(self, node_id: str, update: bytes, now: float) -> bytes | None:
         """Record the states another node relayed (stamped there); return what of them its
         sockets may speak for, to show here, or None when nothing is (``ProtocolError``

@@ -98,7 +98,7 @@ class YClient:
     async def send_raw(self, frame: str | bytes) -> None:
         await self.ws.send(frame)
 
-    async def set_awareness(self, client_id: int, clock: int, state: dict[str, Any]) -> None:
+    async def set_awareness(self, client_id: int, clock: int, state: dict[str, Any] | None) -> None:
         update = encode_awareness_update([AwarenessState(client_id, clock, state)])
         await self.ws.send(encode_awareness(update))
 

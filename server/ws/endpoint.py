@@ -171,7 +171,12 @@ async def _on_binary(
             # A state shown before the capability was taken away goes too.
             if presence.drop(connection, now) is not None:
                 room.awareness.changed()
-            raise Forbidden("you may not show presence here (be_present)")
+            # A stock client echoes every state it receives, as often as others' presence
+            # changes: those, and its own state taken away, show nothing and are dropped
+            # unanswered (refused, they counted towards the abuse limit and cut it off).
+            if presence.would_show(connection, connection.user_id, message.update, now):
+                raise Forbidden("you may not show presence here (be_present)")
+            return
         name = room.membership.display_names.get(connection.user_id)
         presence.apply(connection, connection.user_id, message.update, name, now)
         room.awareness.changed()

@@ -228,6 +228,34 @@ async def test_presence_needs_be_present(sqlite_server: RunningServer) -> None:
     await alice.wait_until(lambda c: c.awareness.get(7, {}) is None)
 
 
+async def test_a_member_who_may_not_be_present_may_echo_the_others(
+    sqlite_server: RunningServer,
+) -> None:
+    """Stock y-websocket re-sends every awareness state it receives, as often as the others'
+    presence changes; a member without ``be_present`` shows nothing by that, nor by taking
+    their own state away, and is neither answered nor cut off for it (review: each echo was
+    refused and counted, and a stock client was closed 4429 within seconds)."""
+    server = sqlite_server
+    sid = await server.new_session({"alice": "editor"})
+    await server.http.put(
+        f"/api/v1/sessions/{sid}/members/lena", json={"role": "viewer", "denials": ["be_present"]}
+    )
+    alice = await server.connect(sid, "alice")
+    lena = await server.connect(sid, "lena")
+    assert (await lena.command({"type": "cancel", "id": "c", "prompt_id": "x"}))["type"] == "error"
+    echoes = 80  # past the abuse limit (50 refusals in 10 s) had they been refused
+    for clock in range(1, echoes + 1):
+        state = {"user": {"name": "Alice"}, "cursor": clock}
+        await alice.set_awareness(5, clock, state)
+        await lena.set_awareness(5, clock, state)  # the echo
+    await lena.set_awareness(9, 1, None)  # her own state taken away: shows nothing
+    await lena.wait_until(lambda c: (c.awareness.get(5) or {}).get("cursor") == echoes)
+    answer = await lena.command({"type": "cancel", "id": "c2", "prompt_id": "x"})
+    assert answer["type"] == "error" and answer["id"] == "c2", answer  # answered: still open
+    assert not any(u.get("code") == "forbidden" for u in lena.unsolicited)
+    assert 9 not in alice.awareness
+
+
 async def test_a_client_id_just_left_is_kept_for_its_member(sqlite_server: RunningServer) -> None:
     """Stock clients keep their awareness client id across reconnects: another member may
     not take it over while its own member is away (between their sockets)."""
