@@ -25,6 +25,11 @@ class Metrics:
             "Event streams cut because their reader took nothing for the stall timeout",
             registry=r,
         )
+        self.answers_cut = Counter(
+            "parley_http_answers_cut_total",
+            "REST answers dropped because their client took nothing for the stall timeout",
+            registry=r,
+        )
         self.sessions = Gauge(
             "parley_active_sessions", "Sessions loaded in this process", registry=r
         )

@@ -192,6 +192,10 @@ class Settings(BaseSettings):
     # the burst is refused unread (the longest prompt, escaped at worst, is 192 kB).
     command_bytes_per_s: float = Field(default=256 * 1024, ge=0)
     command_burst_bytes: int = Field(default=1024 * 1024, ge=0)
+    # A member's REST reads of large answers (the transcript), by their bytes: what the
+    # server spends encoding and holding them. An answer larger than the burst takes it all.
+    read_bytes_per_s: float = Field(default=4 * 1024 * 1024, ge=0)
+    read_burst_bytes: int = Field(default=16 * 1024 * 1024, ge=1)
     awareness_bytes_per_s: float = Field(default=32 * 1024, ge=0)
     awareness_burst_bytes: int = Field(default=256 * 1024, ge=0)
     awareness_flush_ms: float = Field(

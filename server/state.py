@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+from weakref import WeakKeyDictionary
 
 from parley.server.keys import Keys
 from parley.server.metrics import Metrics
@@ -11,6 +13,10 @@ from parley.server.runtime.rooms import RoomRegistry
 from parley.server.settings import Settings
 from parley.server.store.sessions import Store
 from parley.server.ws.send_budget import SendBudget
+
+if TYPE_CHECKING:
+    from parley.server.http.transcript_body import TranscriptBody
+    from parley.server.runtime.room import SessionRoom
 
 
 @dataclass(slots=True)
@@ -23,3 +29,7 @@ class AppState:
     send_budget: SendBudget
     metrics: Metrics = field(default_factory=Metrics)
     draining: bool = False
+    # Each loaded room's transcript as ``GET …/transcript`` answers it (gone with the room).
+    transcripts: WeakKeyDictionary[SessionRoom, TranscriptBody] = field(
+        default_factory=WeakKeyDictionary
+    )

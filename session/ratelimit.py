@@ -65,6 +65,7 @@ class Spend(StrEnum):
     DOCUMENT_BYTES = "document_bytes"  # client document writes, refused or no-op: bytes
     AWARENESS_BYTES = "awareness_bytes"  # presence updates: bytes, fanned out to everyone
     SYNC_REQUESTS = "sync_requests"  # "send me everything" (sync step 1, query awareness)
+    READ_BYTES = "read_bytes"  # large REST answers (the transcript): their bytes
 
 
 @dataclass(frozen=True, slots=True)

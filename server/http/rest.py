@@ -27,6 +27,7 @@ from starlette.routing import Route
 
 from parley.authz.policy import Decision, Do, decide
 from parley.authz.tokens import ADMIN_ACTOR, ClientClaims, verify_token
+from parley.server.http.bounded import BoundedJSONResponse
 from parley.server.http.models import ErrorBody
 from parley.server.state import AppState
 from parley.session.commands import unstorable
@@ -39,11 +40,20 @@ from parley.session.errors import (
     Unauthenticated,
     UnsupportedMediaType,
 )
+from parley.session.ratelimit import Cost, Spend
 
 if TYPE_CHECKING:
     from parley.server.runtime.room import SessionRoom
 
-Handler = Callable[..., Awaitable[BaseModel | None]]
+
+@dataclass(frozen=True, slots=True)
+class Encoded:
+    """A handler's answer already encoded as JSON (of the operation's response model)."""
+
+    body: bytes
+
+
+Handler = Callable[..., Awaitable[BaseModel | Encoded | None]]
 
 ERROR_DESCRIPTIONS = {
     400: "Bad request",
@@ -196,6 +206,18 @@ def spend_command(
         raise RateLimited(why)
 
 
+def spend_read(state: AppState, room: SessionRoom, user_id: str | None, size: int) -> None:
+    """A member's read of a large answer (the transcript) spends their read budget by its
+    bytes (one larger than the budget's burst takes all of it); ``RateLimited`` past it.
+    The admin key's reads spend none."""
+    if user_id is None:
+        return
+    rate = room.budgets.rates.get(Spend.READ_BYTES)
+    cost = size if rate is None else min(size, int(rate.burst))
+    if not room.budgets.allow(user_id, Cost(Spend.READ_BYTES, cost), state.clock()):
+        raise RateLimited("over the read budget (bytes of answers); slow down")
+
+
 async def read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
@@ -277,12 +299,17 @@ def route(op: Operation) -> Route:
             return error_response(exc)
         if result is None:
             return Response(status_code=op.status)
+        stall_s, cut = state.settings.send_stall_timeout_s, state.metrics.answers_cut.inc
+        if isinstance(result, Encoded):
+            return BoundedJSONResponse(raw=result.body, stall_timeout_s=stall_s, on_cut=cut)
         answer = result.model_dump(mode="json")
         fields = {**request.path_params, **answer}
         if op.location is not None and "body" in kwargs:
             fields = {**kwargs["body"].model_dump(mode="json"), **fields}
         headers = location_of(op, fields)
-        return JSONResponse(answer, status_code=op.status, headers=headers)
+        return BoundedJSONResponse(
+            answer, stall_timeout_s=stall_s, status_code=op.status, headers=headers, on_cut=cut
+        )
 
     return Route(op.path, endpoint, methods=[op.method], name=op.handler.__name__)
 

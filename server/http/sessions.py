@@ -12,13 +12,19 @@ from parley.server.http.models import (
     SessionList,
     SessionOut,
     SessionPatch,
-    TranscriptEntryOut,
     TranscriptOut,
 )
-from parley.server.http.rest import Caller, Operation, QueryParam, spend_command
+from parley.server.http.rest import (
+    Caller,
+    Encoded,
+    Operation,
+    QueryParam,
+    spend_command,
+    spend_read,
+)
+from parley.server.http.transcript_body import TranscriptBody
 from parley.server.state import AppState
 from parley.server.store.sessions import SessionRow
-from parley.session.entries import EntryKind
 from parley.session.errors import InvalidInput, NotFound
 from parley.session.queue import Policy
 
@@ -120,20 +126,23 @@ async def delete_session(state: AppState, session_id: str) -> None:
         raise NotFound(f"no session {session_id!r}")
 
 
-async def get_transcript(state: AppState, session_id: str) -> TranscriptOut:
+async def get_transcript(state: AppState, session_id: str, caller: Caller) -> Encoded:
+    """The whole transcript in sequence order. A member's reads spend their read budget
+    by the answer's bytes (``PARLEY_READ_BYTES_PER_S``, burst ``PARLEY_READ_BURST_BYTES``;
+    an answer larger than the burst takes all of it): past it, 429 ``rate_limited``."""
+    # Encoded once per version of each entry (``TranscriptBody``), kept with the room.
     room = await state.rooms.current(session_id)
-    names = room.membership.display_names
-    return TranscriptOut(
-        messages=[
-            TranscriptEntryOut.model_validate(
-                {
-                    **e.to_json(),
-                    "author_name": None if e.kind is EntryKind.REPLY else names.get(e.author),
-                }
-            )
-            for e in room.doc.entries()
-        ]
-    )
+    kept = state.transcripts.get(room)
+    if kept is None:
+        kept = state.transcripts[room] = TranscriptBody()
+    # Charged before it is made, by the last answer's size: a refused read costs nothing.
+    estimate = kept.size
+    if estimate:
+        spend_read(state, room, caller.user_id, estimate)
+    body = kept.encode(room.doc.entries(), room.membership.display_names)
+    if not estimate:
+        spend_read(state, room, caller.user_id, len(body))
+    return Encoded(body)
 
 
 OPERATIONS: list[Operation] = [
@@ -190,7 +199,8 @@ OPERATIONS: list[Operation] = [
         get_transcript,
         "The transcript in sequence order",
         capability=Capability.READ_SESSION,
+        with_caller=True,
         response=TranscriptOut,
-        errors=SESSION_ERRORS,
+        errors=(404, 429),
     ),
 ]

@@ -151,4 +151,5 @@ def member_rates(settings: Settings) -> dict[Spend, Rate]:
         ),
         Spend.AWARENESS_BYTES: Rate(settings.awareness_bytes_per_s, settings.awareness_burst_bytes),
         Spend.COMMAND_BYTES: Rate(settings.command_bytes_per_s, settings.command_burst_bytes),
+        Spend.READ_BYTES: Rate(settings.read_bytes_per_s, settings.read_burst_bytes),
     }

@@ -1,0 +1,142 @@
+"""What a REST read may cost the server (review, "bounded"): the transcript is encoded once per
+version of each entry, a member's reads of it spend a read budget by its bytes, and an
+answer the client does not take is written a piece at a time and dropped at the stall
+deadline instead of held whole for as long as the connection lives."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pycrdt import Doc
+
+from parley.server.http import transcript_body
+from parley.server.http.bounded import PIECE_BYTES, BoundedJSONResponse
+from parley.server.http.models import TranscriptEntryOut, TranscriptOut
+from parley.server.http.transcript_body import TranscriptBody
+from parley.session.schema import SessionDocument
+from tests.conftest import make_settings, serve_in_process, sqlite_url
+
+
+def a_document(count: int) -> SessionDocument:
+    doc = SessionDocument(Doc())
+    doc.init_meta("s", "t", "queue")
+    for seq in range(1, count + 1):
+        author = "alice" if seq % 2 else "bob"
+        doc.add_message(id=f"m{seq}", seq=seq, author=author, text=f"note {seq} ü", created_at=seq)
+    return doc
+
+
+def test_the_transcript_is_encoded_as_the_model_says_and_each_entry_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    validated: list[str] = []
+
+    class Counting(TranscriptEntryOut):
+        @classmethod
+        def model_validate(cls, obj: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+            validated.append(obj["id"])
+            return TranscriptEntryOut.model_validate(obj, **kwargs)
+
+    monkeypatch.setattr(transcript_body, "TranscriptEntryOut", Counting)
+    doc, body = a_document(5), TranscriptBody()
+    names = {"alice": "Alice"}
+    first = body.encode(doc.entries(), names)
+    expected = TranscriptOut(
+        messages=[
+            TranscriptEntryOut.model_validate({**e.to_json(), "author_name": names.get(e.author)})
+            for e in doc.entries()
+        ]
+    )
+    assert json.loads(first) == expected.model_dump(mode="json")
+    assert len(validated) == 5
+    assert body.encode(doc.entries(), names) is first  # nothing changed: the same answer
+
+    doc.add_message(id="m6", seq=6, author="bob", text="new", created_at=6)
+    again = json.loads(body.encode(doc.entries(), names))
+    assert validated[5:] == ["m6"]  # only what changed
+    assert [m["id"] for m in again["messages"]] == [f"m{i}" for i in range(1, 7)]
+    renamed = json.loads(body.encode(doc.entries(), {"alice": "Alice", "bob": "Bob"}))
+    assert sorted(validated[6:]) == ["m2", "m4", "m6"]  # bob's: his name changed
+    assert renamed["messages"][1]["author_name"] == "Bob"
+
+
+async def test_a_members_transcript_reads_spend_their_read_budget(tmp_path: Path) -> None:
+    settings = make_settings(
+        sqlite_url(tmp_path), tmp_path / "d", read_bytes_per_s=1.0, read_burst_bytes=1000
+    )
+    async with serve_in_process(settings) as server:
+        sid = await server.new_session({"vic": "viewer", "alice": "editor"})
+        alice = await server.connect(sid, "alice")
+        for i in range(10):  # a transcript well over the burst
+            assert (await alice.command({"type": "message", "id": f"m{i}", "text": "x" * 200}))[
+                "type"
+            ] == "ack"
+        token = await server.token(sid, "vic")
+        headers = {"Authorization": f"Bearer {token}"}
+        path = f"/api/v1/sessions/{sid}/transcript"
+        first = await server.http.get(path, headers=headers)
+        assert first.status_code == 200 and len(first.json()["messages"]) == 10
+        refused = await server.http.get(path, headers=headers)
+        assert refused.status_code == 429 and refused.json()["error"]["code"] == "rate_limited"
+        for _ in range(3):  # the admin key reads unbudgeted
+            assert (await server.http.get(path)).status_code == 200
+
+
+class Transport:
+    def __init__(self) -> None:
+        self.aborted = False
+
+    def abort(self) -> None:
+        self.aborted = True
+
+
+class StalledClient:
+    """An ASGI ``send`` (a bound method, as uvicorn's is) whose client takes the first
+    piece of the body and then nothing."""
+
+    def __init__(self) -> None:
+        self.transport = Transport()
+        self.messages: list[dict[str, Any]] = []
+
+    async def send(self, message: dict[str, Any]) -> None:
+        self.messages.append(message)
+        if message["type"] == "http.response.body" and len(self.messages) > 2:
+            await asyncio.Event().wait()  # the transport stays past its high-water mark
+
+
+async def test_an_answer_the_client_does_not_take_is_dropped_at_the_stall_deadline() -> None:
+    cut: list[bool] = []
+    body = b"[" + b"1," * PIECE_BYTES + b"1]"  # three pieces
+    response = BoundedJSONResponse(raw=body, stall_timeout_s=0.05, on_cut=lambda: cut.append(True))
+    client = StalledClient()
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.disconnect"}
+
+    await response({"type": "http"}, receive, client.send)
+    start, first, second = client.messages
+    assert start["type"] == "http.response.start"
+    assert first["body"] == body[:PIECE_BYTES] and first["more_body"]
+    assert second["body"] == body[PIECE_BYTES : 2 * PIECE_BYTES]  # the write that stalled
+    assert client.transport.aborted and cut == [True]
+
+
+async def test_a_taken_answer_goes_out_whole_in_pieces() -> None:
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.disconnect"}
+
+    body = json.dumps({"messages": ["x" * 100] * 2000}).encode()
+    await BoundedJSONResponse(raw=body, stall_timeout_s=1.0)({"type": "http"}, receive, send)
+    assert sent[0]["headers"] and (b"content-length", str(len(body)).encode()) in sent[0]["headers"]
+    pieces = [m for m in sent[1:]]
+    assert b"".join(m["body"] for m in pieces) == body
+    assert all(m["more_body"] for m in pieces[:-1]) and not pieces[-1]["more_body"]
