@@ -13,6 +13,7 @@ import asyncio
 import logging
 import random
 import time
+from collections import Counter
 from collections.abc import Callable
 
 from sqlalchemy import select, update
@@ -33,9 +34,12 @@ from parley.server.store.tables import webhook_deliveries
 from parley.server.store.webhooks import PENDING, SENDING
 from parley.session.backoff import doubling_s
 from parley.session.errors import ParleyError
+from parley.session.webhook_lanes import SLOW_AFTER_S, SLOW_PER_SLOT, Lanes, free_slots
 
 log = logging.getLogger("parley.webhooks")
 
+# Subscriptions remembered as answering (``WebhookSender._proven``): more than there may be.
+MAX_PROVEN = 1000
 # Of a receiver's answer, at most this much is read (and dropped).
 ANSWER_READ_BYTES = 4096
 # How often finished deliveries past ``webhook_keep_s`` are deleted.
@@ -67,12 +71,16 @@ class WebhookSender:
         self.clock = clock
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._sending: set[asyncio.Task[None]] = set()
+        # Each attempt in flight: what it sends, and when it started (``time.monotonic``).
+        self._sending: dict[asyncio.Task[None], tuple[Claimed, float]] = {}
+        # Subscriptions whose last attempt from here succeeded (``session.webhook_lanes``:
+        # served first); at most ``MAX_PROVEN``, the oldest forgotten first.
+        self._proven: dict[str, None] = {}
         self._rng = random.Random()
         self._http = OutboundClient(
             allow_private=settings.webhook_allow_private,
             resolver=resolver,
-            max_connections=settings.webhook_concurrency,
+            max_connections=(1 + SLOW_PER_SLOT) * settings.webhook_concurrency,
         )
         # Longer than an attempt can take: a sender that dies mid-attempt leaves its
         # deliveries to be claimed again once their lease is over.
@@ -128,15 +136,20 @@ class WebhookSender:
                 if time.monotonic() - pruned_at > PRUNE_EVERY_S:
                     pruned_at = time.monotonic()
                     await self._prune()
-                free = self.settings.webhook_concurrency - len(self._sending)
-                due = await self._due_in_ms() if free > 0 else None
+                started = (at for _, at in self._sending.values())
+                free = free_slots(self.settings.webhook_concurrency, started, time.monotonic())
+                lanes = self._lanes()
+                due = await self._due_in_ms(lanes) if free > 0 else None
                 if due is not None and due <= 0:
                     async with self.store.transaction("webhook claim") as tx:
-                        claimed = await claim(tx.connection, self._now_ms(), self.lease_ms, free)
+                        now = self._now_ms()
+                        claimed = await claim(tx.connection, now, self.lease_ms, free, lanes)
                     for delivery in claimed:
                         task = asyncio.create_task(self._deliver(delivery))
-                        self._sending.add(task)
+                        self._sending[task] = (delivery, time.monotonic())
                         task.add_done_callback(self._finished)
+                    if claimed:  # look again once they may stop counting (``free_slots``)
+                        asyncio.get_running_loop().call_later(SLOW_AFTER_S, self._wake.set)
                     if len(claimed) == free:
                         continue
                 elif due is not None:
@@ -166,16 +179,33 @@ class WebhookSender:
             await prune(tx.connection, before)
 
     def _finished(self, task: asyncio.Task[None]) -> None:
-        self._sending.discard(task)
+        self._sending.pop(task, None)
         self._wake.set()  # a slot is free; the session's next delivery may be due
 
-    async def _due_in_ms(self) -> int | None:
+    def _lanes(self) -> Lanes:
+        """The attempts in flight, by subscription, for a fair claim."""
+        sending = [delivery for delivery, _ in self._sending.values()]
+        in_flight = Counter(d.webhook_id for d in sending)
+        failing = frozenset(d.webhook_id for d in sending if d.failing)
+        return Lanes.of(
+            self.settings.webhook_concurrency, in_flight, failing, frozenset(self._proven)
+        )
+
+    def _outcome(self, webhook_id: str, ok: bool) -> None:
+        self._proven.pop(webhook_id, None)
+        if ok:
+            self._proven[webhook_id] = None
+            if len(self._proven) > MAX_PROVEN:
+                del self._proven[next(iter(self._proven))]
+
+    async def _due_in_ms(self, lanes: Lanes) -> int | None:
         async with self.store.read() as connection:
-            due = await next_due(connection)
+            due = await next_due(connection, lanes)
         return None if due is None else due - self._now_ms()
 
     async def _deliver(self, delivery: Claimed) -> None:
         attempt = await self._attempt(delivery)
+        self._outcome(delivery.webhook_id, attempt.ok)
         retry_at: int | None = None
         if not attempt.ok:
             wait_ms = int(backoff_s(self.settings, delivery.attempts + 1, self._rng) * 1000)

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, false, insert, select, text, true, update
+from sqlalchemy import case, delete, false, insert, select, text, true, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from parley.server.store.tables import (
@@ -38,6 +38,7 @@ from parley.server.store.webhooks import (
     SENDING,
 )
 from parley.session.webhook_events import Outgoing, Subscription, outgoing
+from parley.session.webhook_lanes import FAILING, PROVEN, UNKNOWN, Lanes, pick
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +54,7 @@ class Claimed:
     payload: str
     attempts: int
     retry_from: int
+    failing: bool = False  # its subscription's last attempts failed (``webhooks.failures``)
 
 
 async def enqueue(
@@ -149,15 +151,24 @@ async def _advance_head(
         await connection.execute(update(d).where(d.c.id == following.id).values(head=True))
 
 
-async def claim(connection: AsyncConnection, now: int, lease_ms: int, limit: int) -> list[Claimed]:
+async def claim(
+    connection: AsyncConnection, now: int, lease_ms: int, limit: int, lanes: Lanes | None = None
+) -> list[Claimed]:
     """Take up to ``limit`` due deliveries of active subscriptions for one attempt each,
     leased until ``now + lease_ms`` (a claimer that dies leaves them due again then).
 
     Only heads are claimed: one session's deliveries go out one after another, in order.
-    The cost is the due heads read (plus the heads of paused and disabled subscriptions
-    due before them), not the backlog behind them. PostgreSQL skips rows another node
-    holds (``FOR UPDATE SKIP LOCKED``); on SQLite one writer at a time claims."""
+    With ``lanes`` (the claimer's attempts in flight), fairly across subscriptions
+    (``session.webhook_lanes``): no subscription takes more than its share of the slots,
+    and the failing ones take few. The cost is the due heads read (plus the heads of paused
+    and disabled subscriptions due before them), not the backlog behind them. PostgreSQL
+    skips rows another node holds (``FOR UPDATE SKIP LOCKED``); on SQLite one writer at a
+    time claims."""
     d = webhook_deliveries
+    proven = sorted(lanes.proven) if lanes is not None else []
+    rank = case(
+        (d.c.webhook_id.in_(proven), PROVEN), (webhooks.c.failures == 0, UNKNOWN), else_=FAILING
+    )
     query = (
         select(
             d.c.id,
@@ -168,7 +179,7 @@ async def claim(connection: AsyncConnection, now: int, lease_ms: int, limit: int
             d.c.attempts,
             d.c.retry_from,
         )
-        .add_columns(webhooks.c.url, webhooks.c.secret)
+        .add_columns(webhooks.c.url, webhooks.c.secret, webhooks.c.failures)
         .join(webhooks, webhooks.c.id == d.c.webhook_id)
         .where(
             d.c.head == true(),
@@ -176,49 +187,71 @@ async def claim(connection: AsyncConnection, now: int, lease_ms: int, limit: int
             d.c.status.in_((PENDING, SENDING)),
             webhooks.c.status == ACTIVE,
         )
-        .order_by(d.c.next_at, d.c.id)
-        .limit(limit)
     )
+    if lanes is None:
+        query = query.order_by(d.c.next_at, d.c.id).limit(limit)
+    else:
+        # Room to skip what the caps leave out: each subscription's heads past its share.
+        query = query.order_by(rank, d.c.next_at, d.c.id).limit(limit * CANDIDATES_PER_SLOT)
+        query = _within(query, lanes)
     if connection.dialect.name == "postgresql":
         query = query.with_for_update(skip_locked=True, of=d)
-    rows = list(await connection.execute(query))
-    if not rows:
+    candidates = [_claimed(row) for row in await connection.execute(query)]
+    taken = candidates if lanes is None else pick(candidates, lanes, limit)
+    if not taken:
         return []
     await connection.execute(
         update(d)
-        .where(d.c.id.in_([row.id for row in rows]))
+        .where(d.c.id.in_([int(c.id) for c in taken]))
         .values(status=SENDING, next_at=now + lease_ms)
     )
-    return [
-        Claimed(
-            str(row.id),
-            row.webhook_id,
-            row.session_id,
-            row.url,
-            row.secret,
-            row.message_id,
-            row.payload,
-            int(row.attempts),
-            int(row.retry_from),
-        )
-        for row in rows
-    ]
+    return taken
 
 
-async def next_due(connection: AsyncConnection) -> int | None:
+# Due heads read per free slot: a claim skips the heads of subscriptions past their share.
+CANDIDATES_PER_SLOT = 4
+
+
+def _claimed(row: Any) -> Claimed:
+    return Claimed(
+        str(row.id),
+        row.webhook_id,
+        row.session_id,
+        row.url,
+        row.secret,
+        row.message_id,
+        row.payload,
+        int(row.attempts),
+        int(row.retry_from),
+        failing=int(row.failures) > 0,
+    )
+
+
+async def next_due(connection: AsyncConnection, lanes: Lanes | None = None) -> int | None:
     """When the earliest unfinished delivery of an active subscription falls due (ms), or
-    None when none waits (only heads can be due)."""
+    None when none waits (only heads can be due); with ``lanes``, of the subscriptions
+    that may take a slot now."""
     d = webhook_deliveries
-    found = (
-        await connection.execute(
-            select(d.c.next_at)
-            .join(webhooks, webhooks.c.id == d.c.webhook_id)
-            .where(d.c.head == true(), webhooks.c.status == ACTIVE)
-            .order_by(d.c.next_at)
-            .limit(1)
-        )
-    ).first()
+    query = (
+        select(d.c.next_at)
+        .join(webhooks, webhooks.c.id == d.c.webhook_id)
+        .where(d.c.head == true(), webhooks.c.status == ACTIVE)
+        .order_by(d.c.next_at)
+        .limit(1)
+    )
+    if lanes is not None:
+        query = _within(query, lanes)
+    found = (await connection.execute(query)).first()
     return None if found is None else int(found.next_at)
+
+
+def _within(query: Any, lanes: Lanes) -> Any:
+    """``query`` of due heads, without the subscriptions ``lanes`` says may take no slot."""
+    if lanes.full:
+        query = query.where(webhook_deliveries.c.webhook_id.not_in(sorted(lanes.full)))
+    if lanes.failing_full:
+        query = query.where(webhooks.c.failures == 0)
+    return query
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,6 +16,7 @@ from parley.server.store.sessions import Store
 from parley.server.store.tables import webhook_deliveries, webhooks
 from parley.server.store.webhooks import create_webhook, delete_webhook
 from parley.session.events import MemberJoined
+from parley.session.webhook_lanes import Lanes
 from tests.conftest import wait_for_a_lock_wait
 
 LEASE_MS = 1000
@@ -202,3 +203,22 @@ async def test_the_migration_gives_existing_deliveries_their_heads(
             assert [h.id for h in heads] == [2, 5]
     finally:
         await engine.dispose()
+
+
+async def test_a_fair_claim_serves_the_proven_first_and_skips_the_full(store: Store) -> None:
+    """``claim`` with the sender's lanes (``session.webhook_lanes``): the SQL ranks and
+    leaves out what the pure rule says, on either database."""
+    slow, ok = await _subscribe(store), await _subscribe(store)
+    await _joined(store, "s1", "a")
+    await _joined(store, "s2", "b")
+    proven = Lanes(per_subscription=2, failing=1, proven=frozenset({ok}))
+    async with store.transaction() as tx:
+        first = await claim(tx.connection, 10, LEASE_MS, 2, proven)
+    assert [d.webhook_id for d in first] == [ok, ok]  # its share, before the older hook's
+    full = Lanes(2, 1, in_flight={ok: 2, slow: 1}, proven=frozenset({ok}))
+    async with store.transaction() as tx:
+        assert await claim(tx.connection, 10, LEASE_MS, 4, full) == []
+        assert await next_due(tx.connection, full) is None
+    async with store.transaction() as tx:
+        rest = await claim(tx.connection, 10, LEASE_MS, 4, Lanes(2, 1, proven=frozenset({ok})))
+    assert [d.webhook_id for d in rest] == [slow]  # one slot: not proven

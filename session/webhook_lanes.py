@@ -1,0 +1,127 @@
+"""Which due webhook deliveries take the sender's free slots: fairly across subscriptions.
+
+The sender has a few attempts in flight at once (``PARLEY_WEBHOOK_CONCURRENCY``). Taken
+oldest first, a receiver that never answers held every slot for the whole timeout, again
+and again at each retry: with 40 dead subscriptions a healthy receiver's deliveries came
+about two minutes late (review, "bounded"). Here, sans I/O:
+
+- subscriptions are served in three classes, each before the next: those proven (an
+  attempt of theirs succeeded lately, in this process), those not known yet, and those
+  failing (their last attempts failed: ``webhooks.failures`` > 0). Within a class, the
+  oldest due delivery first;
+- a proven subscription holds at most ``per_subscription`` slots, any other one slot,
+  and the failing together at most ``failing`` slots: a dead receiver costs its one slot,
+  never the slots of the others.
+
+The sender also stops counting an attempt against its slots once it has waited
+``SLOW_AFTER_S`` for an answer (up to ``max_slow`` such attempts): receivers not known
+yet that turn out dead then hold those, not the slots the next deliveries need
+(``WebhookSender``). A dead receiver's first attempts fail at the timeout, and from then on
+it is failing (its failures are stored: it stays failing after a restart, until an attempt
+succeeds).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol, TypeVar
+
+PROVEN, UNKNOWN, FAILING = 0, 1, 2
+# An attempt with no answer this long stops counting against the sender's slots.
+SLOW_AFTER_S = 2.0
+
+
+class Due(Protocol):
+    @property
+    def webhook_id(self) -> str: ...
+
+    @property
+    def failing(self) -> bool: ...
+
+
+D = TypeVar("D", bound=Due)
+
+
+@dataclass(frozen=True, slots=True)
+class Lanes:
+    """The sender's attempts in flight, and its caps (see the module)."""
+
+    per_subscription: int
+    failing: int
+    in_flight: Mapping[str, int] = field(default_factory=dict)  # webhook id -> attempts
+    failing_ids: frozenset[str] = frozenset()  # of those, the failing subscriptions
+    proven: frozenset[str] = frozenset()
+
+    @classmethod
+    def of(
+        cls,
+        concurrency: int,
+        in_flight: Mapping[str, int],
+        failing_ids: frozenset[str],
+        proven: frozenset[str],
+    ) -> Lanes:
+        """A quarter of ``concurrency`` slots for one proven subscription, a quarter for
+        the failing together."""
+        share = max(1, concurrency // 4)
+        return cls(share, share, in_flight, failing_ids, proven)
+
+    def cap(self, webhook_id: str, failing: bool) -> int:
+        """Slots one subscription may hold: a share if proven, else one."""
+        return self.per_subscription if self.rank(webhook_id, failing) == PROVEN else 1
+
+    @property
+    def full(self) -> frozenset[str]:
+        """The subscriptions that may take no slot now."""
+        return frozenset(
+            w for w, n in self.in_flight.items() if n >= self.cap(w, w in self.failing_ids)
+        )
+
+    @property
+    def failing_in_flight(self) -> int:
+        return sum(n for w, n in self.in_flight.items() if w in self.failing_ids)
+
+    @property
+    def failing_full(self) -> bool:
+        return self.failing_in_flight >= self.failing
+
+    def rank(self, webhook_id: str, failing: bool) -> int:
+        if failing:
+            return FAILING
+        return PROVEN if webhook_id in self.proven else UNKNOWN
+
+
+def pick(due: Iterable[D], lanes: Lanes, limit: int) -> list[D]:
+    """Of ``due`` (oldest first), what takes the ``limit`` free slots, in the order to send."""
+    ranked = sorted(enumerate(due), key=lambda d: (lanes.rank(d[1].webhook_id, d[1].failing), d[0]))
+    taken: list[D] = []
+    counts = Counter(lanes.in_flight)
+    failing = lanes.failing_in_flight
+    for _, delivery in ranked:
+        if len(taken) >= limit:
+            break
+        webhook_id = delivery.webhook_id
+        if counts[webhook_id] >= lanes.cap(webhook_id, delivery.failing):
+            continue
+        if delivery.failing:
+            if failing >= lanes.failing:
+                continue
+            failing += 1
+        counts[webhook_id] += 1
+        taken.append(delivery)
+    return taken
+
+
+# Attempts past ``SLOW_AFTER_S`` that stop counting against the slots, per slot.
+SLOW_PER_SLOT = 4
+
+
+def free_slots(concurrency: int, started: Iterable[float], now: float) -> int:
+    """Slots free for new attempts, given when the ones in flight started: an attempt
+    waiting ``SLOW_AFTER_S`` or longer counts only past ``SLOW_PER_SLOT * concurrency``
+    of them (so at most ``(1 + SLOW_PER_SLOT) * concurrency`` are ever in flight)."""
+    times = list(started)
+    slow = sum(1 for t in times if now - t >= SLOW_AFTER_S)
+    fresh = len(times) - slow
+    return max(0, concurrency - fresh - max(0, slow - SLOW_PER_SLOT * concurrency))

@@ -1,0 +1,56 @@
+"""The fair claim of webhook deliveries (``session.webhook_lanes``): classes, caps, slots."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from parley.session.webhook_lanes import SLOW_AFTER_S, SLOW_PER_SLOT, Lanes, free_slots, pick
+
+
+@dataclass(frozen=True)
+class Head:
+    webhook_id: str
+    failing: bool = False
+    n: int = 0
+
+
+def ids(taken: list[Head]) -> list[tuple[str, int]]:
+    return [(h.webhook_id, h.n) for h in taken]
+
+
+def test_proven_subscriptions_go_first_then_unknown_then_failing() -> None:
+    due = [Head("dead", failing=True), Head("new"), Head("ok")]
+    lanes = Lanes(per_subscription=2, failing=2, proven=frozenset({"ok"}))
+    assert ids(pick(due, lanes, 3)) == [("ok", 0), ("new", 0), ("dead", 0)]
+    assert ids(pick(due, lanes, 1)) == [("ok", 0)]
+
+
+def test_a_proven_subscription_takes_its_share_and_any_other_one_slot() -> None:
+    due = [Head(w, n=i) for i in range(4) for w in ("ok", "new")]
+    lanes = Lanes(per_subscription=3, failing=2, proven=frozenset({"ok"}))
+    assert ids(pick(due, lanes, 8)) == [("ok", 0), ("ok", 1), ("ok", 2), ("new", 0)]
+    busy = Lanes(3, 2, in_flight={"ok": 2, "new": 1}, proven=frozenset({"ok"}))
+    assert ids(pick(due, busy, 8)) == [("ok", 0)]
+    assert busy.full == frozenset({"new"})
+
+
+def test_the_failing_share_a_few_slots_one_each() -> None:
+    due = [Head(f"dead{i}", failing=True, n=j) for j in range(2) for i in range(4)]
+    lanes = Lanes(per_subscription=4, failing=2)
+    assert ids(pick(due, lanes, 8)) == [("dead0", 0), ("dead1", 0)]
+    one_in_flight = Lanes(4, 2, in_flight={"dead0": 1}, failing_ids=frozenset({"dead0"}))
+    assert ids(pick(due, one_in_flight, 8)) == [("dead1", 0)]
+    assert one_in_flight.full == frozenset({"dead0"}) and not one_in_flight.failing_full
+    two = Lanes(4, 2, in_flight={"dead0": 1, "dead1": 1}, failing_ids=frozenset({"dead0", "dead1"}))
+    assert two.failing_full and pick(due, two, 8) == []
+
+
+def test_an_attempt_waiting_long_stops_counting_against_the_slots() -> None:
+    now = 100.0
+    assert free_slots(4, [], now) == 4
+    assert free_slots(4, [now - 0.1, now - 0.5], now) == 2
+    slow = [now - SLOW_AFTER_S] * 3
+    assert free_slots(4, [*slow, now], now) == 3  # the slow ones do not count
+    many_slow = [now - SLOW_AFTER_S] * (SLOW_PER_SLOT * 4 + 2)
+    assert free_slots(4, many_slow, now) == 2  # past their allowance they count again
+    assert free_slots(4, [*many_slow, now, now, now], now) == 0
