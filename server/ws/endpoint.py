@@ -25,7 +25,7 @@ from parley.authz.policy import Do, decide
 from parley.authz.roles import Capability
 from parley.server.runtime.room import SessionRoom
 from parley.server.state import AppState
-from parley.server.ws.admission import admit, charged, receive, serve
+from parley.server.ws.admission import admit, charged, frame_count, receive, serve
 from parley.server.ws.connection import CommandChannel, Connection
 from parley.server.ws.deadlines import SocketDeadlines
 from parley.session.closes import CloseCode
@@ -103,7 +103,7 @@ async def _serve(
                 connection.close(close_code_for(exc), f"protocol error: {exc.message}"[:120])
                 return
         now = state.clock()
-        if data is not None and not limits.updates.allow(now):
+        if data is not None and not limits.updates.allow(now, frame_count(data)):
             if limits.abuse.refused(now):
                 connection.close(CloseCode.ABUSE, "too many messages")
                 return

@@ -34,7 +34,14 @@ from starlette.websockets import WebSocket
 from parley.server.runtime.room import SessionRoom
 from parley.server.runtime.thread_docs import LiveThreadDoc
 from parley.server.state import AppState
-from parley.server.ws.admission import admit, charged, over_connection_cap, receive, serve
+from parley.server.ws.admission import (
+    admit,
+    charged,
+    frame_count,
+    over_connection_cap,
+    receive,
+    serve,
+)
 from parley.server.ws.connection import Connection
 from parley.server.ws.deadlines import SocketDeadlines
 from parley.session.closes import CloseCode
@@ -113,7 +120,7 @@ async def _serve(
             connection.close(CloseCode.PROTOCOL, "commands go over the session's socket")
             return
         now = state.clock()
-        if not limits.updates.allow(now):
+        if not limits.updates.allow(now, frame_count(data)):
             if limits.abuse.refused(now):
                 connection.close(CloseCode.ABUSE, "too many messages")
                 return

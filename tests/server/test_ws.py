@@ -256,6 +256,22 @@ async def test_a_member_who_may_not_be_present_may_echo_the_others(
     assert 9 not in alice.awareness
 
 
+async def test_presence_at_a_cursors_rate_is_not_cut_off(sqlite_server: RunningServer) -> None:
+    """A stock client sends its awareness each time it changes: a shared cursor at the
+    display's rate. Those frames count a quarter against the socket's frame rate, so 600 in
+    a row (over the burst of 200 counted whole: 4429 before) all go through."""
+    server = sqlite_server
+    sid = await server.new_session({"alice": "editor", "bob": "editor"})
+    alice = await server.connect(sid, "alice")
+    bob = await server.connect(sid, "bob")
+    moves = 600
+    for clock in range(1, moves + 1):
+        await alice.set_awareness(5, clock, {"cursor": clock})
+    await bob.wait_until(lambda c: (c.awareness.get(5) or {}).get("cursor") == moves)
+    answer = await alice.command({"type": "cancel", "id": "c", "prompt_id": "x"})
+    assert answer["id"] == "c"  # still open
+
+
 async def test_a_client_id_just_left_is_kept_for_its_member(sqlite_server: RunningServer) -> None:
     """Stock clients keep their awareness client id across reconnects: another member may
     not take it over while its own member is away (between their sockets)."""
