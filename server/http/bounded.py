@@ -7,19 +7,22 @@ connections (review, "bounded"). Written a piece at a time, an answer waits for 
 to take each piece (the ASGI server's ``send`` waits while the transport is past its
 high-water mark), so an unread one holds a piece and the transport's buffer. A client that
 takes nothing for ``send_stall_timeout_s``, as a socket or an event stream would be, has
-its connection dropped (aborted: a close would wait for the client to read the rest).
+its connection reset (``server.ws.uvicorn_protocol.Reset``, which ``parley serve``'s
+protocol puts in each request's scope: a close would wait for the client to read the rest,
+and the kernel would keep sending what it buffers).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from typing import Any
 
 from starlette.responses import JSONResponse
 from starlette.types import Receive, Scope, Send
+
+from parley.server.ws.uvicorn_protocol import RESET_EXTENSION
 
 log = logging.getLogger("parley.http")
 
@@ -60,17 +63,9 @@ class BoundedJSONResponse(JSONResponse):
                     await send({"type": "http.response.body", "body": piece, "more_body": more})
         except TimeoutError:
             log.info("answer cut: the client took nothing", extra={"bytes": len(body)})
-            _abort(send)
+            reset = (scope.get("extensions") or {}).get(RESET_EXTENSION)
+            if reset is not None:  # under another ASGI server, its own close follows
+                reset()
+                await asyncio.sleep(0)  # its loss is seen: the answer was not left unfinished
             if self.on_cut is not None:
                 self.on_cut()
-
-
-def _abort(send: Send) -> None:
-    """Drop the connection under ``send`` and what it still buffers, where the ASGI server
-    lets us reach it (uvicorn's protocols: ``send`` is a method of the request's cycle,
-    which holds the transport); elsewhere the server's own close follows."""
-    transport = getattr(getattr(send, "__self__", None), "transport", None)
-    abort = getattr(transport, "abort", None)
-    if abort is not None:
-        with contextlib.suppress(Exception):
-            abort()

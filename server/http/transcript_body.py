@@ -6,8 +6,9 @@ every other client for seconds). The document hands out the same ``Entry`` objec
 the entry changes (``SessionDocument.entries``), so each entry's JSON is kept beside the
 object it was made from, with the author's display name, and a read joins the pieces: the
 entries that changed since the last read (a streaming reply) are encoded again, nothing
-else. What members may read is the same for all of them (the shared document's), so one
-copy per room serves every reader.
+else. (A document changed by another node's update builds every ``Entry`` again: those are
+compared by value, which costs far less than encoding them.) What members may read is the
+same for all of them (the shared document's), so one copy per room serves every reader.
 """
 
 from __future__ import annotations
@@ -41,10 +42,12 @@ class TranscriptBody:
         for entry in entries:
             name = None if entry.kind is EntryKind.REPLY else names.get(entry.author)
             piece = kept.get(entry.id)
-            if piece is None or piece[0] is not entry or piece[1] != name:
+            if piece is None or piece[1] != name or (piece[0] is not entry and piece[0] != entry):
                 out = TranscriptEntryOut.model_validate({**entry.to_json(), "author_name": name})
                 piece = (entry, name, out.model_dump_json().encode())
                 changed = True
+            elif piece[0] is not entry:  # the same, read again: known by identity next time
+                piece = (entry, name, piece[2])
             pieces[entry.id] = piece
         if changed:
             self._pieces = pieces

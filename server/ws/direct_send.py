@@ -129,11 +129,15 @@ class DirectWriter:
         return bool(transport.get_write_buffer_size() > transport.get_write_buffer_limits()[1])
 
     def abort(self) -> None:
-        """Drop the connection and whatever is still buffered for it, in the process and
-        in the kernel (a reset, not a close that waits for the client to read)."""
-        transport = self._protocol.transport
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET_ON_CLOSE)
-        transport.abort()
+        """Drop the connection and whatever is still buffered for it (``reset``)."""
+        reset(self._protocol.transport)
+
+
+def reset(transport: Any) -> None:
+    """Drop a connection and whatever is still buffered for it, in the process and in the
+    kernel: a reset, not a close that waits for the client to read."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET_ON_CLOSE)
+    transport.abort()

@@ -43,7 +43,7 @@ from uvicorn.server import ServerState
 from websockets.frames import Frame
 
 from parley.server.ws.deadlines import ticks_of
-from parley.server.ws.direct_send import SCOPE_KEY
+from parley.server.ws.direct_send import SCOPE_KEY, reset
 
 T = TypeVar("T")
 
@@ -261,8 +261,36 @@ class LeanHttpProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol, dropped whole once it hands its connection to a
     WebSocket protocol. Its parser calls back into it (a reference cycle that uvicorn
     breaks in ``connection_lost``, which an upgraded connection never reaches here): left
-    to the garbage collector, each socket's upgrade added 30 objects to its next pass."""
+    to the garbage collector, each socket's upgrade added 30 objects to its next pass.
+
+    Each request's scope carries a way to reset its connection (``RESET_EXTENSION``): an
+    answer the client stops taking is dropped with it (``server.http.bounded``). The
+    ``send`` the app sees is wrapped by middleware, so the transport is out of its reach."""
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        extensions: dict[str, Any] = self.scope.setdefault("extensions", {})
+        extensions[RESET_EXTENSION] = Reset(self.transport)
 
     def handle_websocket_upgrade(self) -> None:
         super().handle_websocket_upgrade()
         self.parser = None  # type: ignore[assignment]  # as uvicorn's connection_lost does
+
+
+RESET_EXTENSION = "parley.reset"
+
+
+class Reset:
+    """Resets a connection (``direct_send.reset``) if it is still there. Holds its
+    transport weakly: the scope holding this must not keep the connection's objects in a
+    reference cycle."""
+
+    __slots__ = ("_transport",)
+
+    def __init__(self, transport: Any) -> None:
+        self._transport = weakref.ref(transport)
+
+    def __call__(self) -> None:
+        transport = self._transport()
+        if transport is not None:
+            reset(transport)

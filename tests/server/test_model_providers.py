@@ -231,7 +231,7 @@ async def test_api_keys_appear_nowhere(tmp_path: Path, caplog: pytest.LogCapture
     async with upstream.running(), parley_with(upstream, sqlite_url(tmp_path)) as parley:
         sid, alice = await ask(parley)
         prompt, _ = await settled(alice)
-        transcript = (await sessions_api.get_transcript(parley.state, sid)).model_dump_json()
+        transcript = (await sessions_api.get_transcript(parley.state, sid, ADMIN)).body.decode()
         session = (await sessions_api.get_session(parley.state, sid)).model_dump_json()
     assert prompt.reason_code == "provider_error"
     assert prompt.reason is not None

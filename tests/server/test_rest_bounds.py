@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +18,9 @@ from parley.server.http import transcript_body
 from parley.server.http.bounded import PIECE_BYTES, BoundedJSONResponse
 from parley.server.http.models import TranscriptEntryOut, TranscriptOut
 from parley.server.http.transcript_body import TranscriptBody
+from parley.server.ws.uvicorn_protocol import RESET_EXTENSION
 from parley.session.schema import SessionDocument
-from tests.conftest import make_settings, serve_in_process, sqlite_url
+from tests.conftest import ADMIN_KEY, make_settings, serve_in_process, sqlite_url
 
 
 def a_document(count: int) -> SessionDocument:
@@ -63,6 +65,17 @@ def test_the_transcript_is_encoded_as_the_model_says_and_each_entry_once(
     assert sorted(validated[6:]) == ["m2", "m4", "m6"]  # bob's: his name changed
     assert renamed["messages"][1]["author_name"] == "Bob"
 
+    # Another node's update: the document builds every entry again; equal ones are kept.
+    replica = SessionDocument(Doc())
+    replica.doc.apply_update(doc.doc.get_update())
+    copied = TranscriptBody()
+    copied.encode(replica.entries(), names)
+    validated.clear()
+    doc.add_message(id="m7", seq=7, author="bob", text="later", created_at=7)
+    replica.doc.apply_update(doc.doc.get_update(replica.doc.get_state()))
+    assert len(json.loads(copied.encode(replica.entries(), names))["messages"]) == 7
+    assert validated == ["m7"]
+
 
 async def test_a_members_transcript_reads_spend_their_read_budget(tmp_path: Path) -> None:
     settings = make_settings(
@@ -86,26 +99,24 @@ async def test_a_members_transcript_reads_spend_their_read_budget(tmp_path: Path
             assert (await server.http.get(path)).status_code == 200
 
 
-class Transport:
-    def __init__(self) -> None:
-        self.aborted = False
-
-    def abort(self) -> None:
-        self.aborted = True
-
-
 class StalledClient:
-    """An ASGI ``send`` (a bound method, as uvicorn's is) whose client takes the first
-    piece of the body and then nothing."""
+    """An ASGI ``send`` whose client takes the first piece of the body and then nothing,
+    and the scope's reset (``parley serve``'s protocol puts one in every request's)."""
 
     def __init__(self) -> None:
-        self.transport = Transport()
+        self.reset = 0
         self.messages: list[dict[str, Any]] = []
 
     async def send(self, message: dict[str, Any]) -> None:
         self.messages.append(message)
         if message["type"] == "http.response.body" and len(self.messages) > 2:
             await asyncio.Event().wait()  # the transport stays past its high-water mark
+
+    def scope(self) -> dict[str, Any]:
+        return {"type": "http", "extensions": {RESET_EXTENSION: self._reset}}
+
+    def _reset(self) -> None:
+        self.reset += 1
 
 
 async def test_an_answer_the_client_does_not_take_is_dropped_at_the_stall_deadline() -> None:
@@ -117,12 +128,12 @@ async def test_an_answer_the_client_does_not_take_is_dropped_at_the_stall_deadli
     async def receive() -> dict[str, Any]:
         return {"type": "http.disconnect"}
 
-    await response({"type": "http"}, receive, client.send)
+    await response(client.scope(), receive, client.send)
     start, first, second = client.messages
     assert start["type"] == "http.response.start"
     assert first["body"] == body[:PIECE_BYTES] and first["more_body"]
     assert second["body"] == body[PIECE_BYTES : 2 * PIECE_BYTES]  # the write that stalled
-    assert client.transport.aborted and cut == [True]
+    assert client.reset == 1 and cut == [True]
 
 
 async def test_a_taken_answer_goes_out_whole_in_pieces() -> None:
@@ -140,3 +151,56 @@ async def test_a_taken_answer_goes_out_whole_in_pieces() -> None:
     pieces = [m for m in sent[1:]]
     assert b"".join(m["body"] for m in pieces) == body
     assert all(m["more_body"] for m in pieces[:-1]) and not pieces[-1]["more_body"]
+
+
+async def test_a_real_answer_the_client_stops_taking_is_reset(tmp_path: Path) -> None:
+    """Through the app's middleware and ``parley serve``'s protocol: the connection of a
+    transcript the client does not read is reset at the stall deadline, the kernel's
+    buffer with it (review: the cut could not reach the transport, and a close left the
+    client able to read megabytes more)."""
+    settings = make_settings(
+        sqlite_url(tmp_path),
+        tmp_path / "d",
+        send_stall_timeout_s=0.5,
+        commands_per_second=1000.0,
+        commands_burst=1000,
+        user_commands_per_second=1000.0,
+        command_bytes_per_s=1e9,
+        command_burst_bytes=10**8,
+        max_prompt_chars=3_000_000,
+    )
+    async with serve_in_process(settings) as server:
+        sid = await server.new_session({"alice": "editor"})
+        alice = await server.connect(sid, "alice")
+        for i in range(3):  # 9 MB: more than the kernel buffers on both ends
+            text = "x" * 3_000_000
+            answer = await alice.command({"type": "message", "id": f"m{i}", "text": text})
+            assert answer["type"] == "ack", answer
+        host, port = server.base_url.removeprefix("http://").split(":")
+        reader = socket.socket()
+        reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        reader.connect((host, int(port)))
+        request = f"GET /api/v1/sessions/{sid}/transcript HTTP/1.1\r\nHost: x\r\n"
+        reader.sendall(f"{request}Authorization: Bearer {ADMIN_KEY}\r\n\r\n".encode())
+        cut = server.app.state.parley.metrics.answers_cut
+        for _ in range(400):  # the stall deadline, and then some, on a loaded machine
+            if cut._value.get() >= 1:
+                break
+            await asyncio.sleep(0.05)
+        assert cut._value.get() == 1
+        reader.setblocking(False)
+        taken, reset = 0, False
+        for _ in range(400):
+            try:
+                chunk = reader.recv(65536)
+            except BlockingIOError:
+                await asyncio.sleep(0.01)
+                continue
+            except ConnectionResetError:
+                reset = True
+                break
+            if not chunk:
+                break
+            taken += len(chunk)
+        reader.close()
+        assert reset and taken < 1_000_000, (reset, taken)
