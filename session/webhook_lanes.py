@@ -7,10 +7,11 @@ about two minutes late (review, "bounded"). Here, sans I/O:
 
 - subscriptions are served in three classes, each before the next: those proven (an
   attempt of theirs succeeded lately, in this process), those not known yet, and those
-  failing (their last attempts failed: ``webhooks.failures`` > 0). Within a class, the
-  oldest due delivery first;
-- a proven subscription holds at most ``per_subscription`` slots, any other one slot,
-  and the failing together at most ``failing`` slots: a dead receiver costs its one slot,
+  failing (``FAILING_AFTER`` or more attempts failed in a row: ``webhooks.failures``).
+  Within a class, the oldest due delivery first, of the oldest due the claim reads;
+- a proven subscription holds at most ``per_subscription`` slots while others wait (and
+  any slots left over: a lone subscription is not held back), any other one slot, and
+  the failing together at most ``failing`` slots: a dead receiver costs its one slot,
   never the slots of the others.
 
 The sender also stops counting an attempt against its slots once it has waited
@@ -29,6 +30,9 @@ from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
 PROVEN, UNKNOWN, FAILING = 0, 1, 2
+# Attempts failed in a row after which a subscription is served as failing: a receiver
+# that answered an error once or twice (a deploy, a blip) is not put behind the dead.
+FAILING_AFTER = 3
 # An attempt with no answer this long stops counting against the sender's slots.
 SLOW_AFTER_S = 2.0
 
@@ -68,14 +72,17 @@ class Lanes:
         return cls(share, share, in_flight, failing_ids, proven)
 
     def cap(self, webhook_id: str, failing: bool) -> int:
-        """Slots one subscription may hold: a share if proven, else one."""
+        """Slots one subscription may hold while others wait: a share if proven, else one."""
         return self.per_subscription if self.rank(webhook_id, failing) == PROVEN else 1
 
     @property
     def full(self) -> frozenset[str]:
-        """The subscriptions that may take no slot now."""
+        """The subscriptions that may take no slot now: those not proven, holding one (a
+        proven one may take the slots others leave)."""
         return frozenset(
-            w for w, n in self.in_flight.items() if n >= self.cap(w, w in self.failing_ids)
+            w
+            for w, n in self.in_flight.items()
+            if n >= 1 and self.rank(w, w in self.failing_ids) != PROVEN
         )
 
     @property
@@ -93,14 +100,20 @@ class Lanes:
 
 
 def pick(due: Iterable[D], lanes: Lanes, limit: int) -> list[D]:
-    """Of ``due`` (oldest first), what takes the ``limit`` free slots, in the order to send."""
-    ranked = sorted(enumerate(due), key=lambda d: (lanes.rank(d[1].webhook_id, d[1].failing), d[0]))
-    taken: list[D] = []
+    """Of ``due`` (oldest first), what takes the ``limit`` free slots, in the order to
+    send: by class within each one's cap, then the slots left to proven subscriptions."""
+    candidates = list(due)
+    ranked = sorted(
+        range(len(candidates)),
+        key=lambda i: (lanes.rank(candidates[i].webhook_id, candidates[i].failing), i),
+    )
+    taken: list[int] = []
     counts = Counter(lanes.in_flight)
     failing = lanes.failing_in_flight
-    for _, delivery in ranked:
+    for index in ranked:
         if len(taken) >= limit:
             break
+        delivery = candidates[index]
         webhook_id = delivery.webhook_id
         if counts[webhook_id] >= lanes.cap(webhook_id, delivery.failing):
             continue
@@ -109,8 +122,15 @@ def pick(due: Iterable[D], lanes: Lanes, limit: int) -> list[D]:
                 continue
             failing += 1
         counts[webhook_id] += 1
-        taken.append(delivery)
-    return taken
+        taken.append(index)
+    chosen = set(taken)
+    for index in ranked:  # the slots nobody else wanted, to the proven
+        if len(taken) >= limit:
+            break
+        delivery = candidates[index]
+        if index not in chosen and lanes.rank(delivery.webhook_id, delivery.failing) == PROVEN:
+            taken.append(index)
+    return [candidates[i] for i in taken]
 
 
 # Attempts past ``SLOW_AFTER_S`` that stop counting against the slots, per slot.

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import case, delete, false, insert, select, text, true, update
+from sqlalchemy import delete, false, insert, select, text, true, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from parley.server.store.tables import (
@@ -38,7 +38,7 @@ from parley.server.store.webhooks import (
     SENDING,
 )
 from parley.session.webhook_events import Outgoing, Subscription, outgoing
-from parley.session.webhook_lanes import FAILING, PROVEN, UNKNOWN, Lanes, pick
+from parley.session.webhook_lanes import FAILING_AFTER, Lanes, pick
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,16 +159,12 @@ async def claim(
 
     Only heads are claimed: one session's deliveries go out one after another, in order.
     With ``lanes`` (the claimer's attempts in flight), fairly across subscriptions
-    (``session.webhook_lanes``): no subscription takes more than its share of the slots,
-    and the failing ones take few. The cost is the due heads read (plus the heads of paused
-    and disabled subscriptions due before them), not the backlog behind them. PostgreSQL
-    skips rows another node holds (``FOR UPDATE SKIP LOCKED``); on SQLite one writer at a
-    time claims."""
+    (``session.webhook_lanes``): no subscription takes more than its share of the slots
+    while others wait, and the failing ones take few. The cost is the due heads read (plus
+    the heads of paused and disabled subscriptions due before them), not the backlog behind
+    them. PostgreSQL skips rows another node holds (``FOR UPDATE SKIP LOCKED``); on SQLite
+    one writer at a time claims."""
     d = webhook_deliveries
-    proven = sorted(lanes.proven) if lanes is not None else []
-    rank = case(
-        (d.c.webhook_id.in_(proven), PROVEN), (webhooks.c.failures == 0, UNKNOWN), else_=FAILING
-    )
     query = (
         select(
             d.c.id,
@@ -191,8 +187,9 @@ async def claim(
     if lanes is None:
         query = query.order_by(d.c.next_at, d.c.id).limit(limit)
     else:
-        # Room to skip what the caps leave out: each subscription's heads past its share.
-        query = query.order_by(rank, d.c.next_at, d.c.id).limit(limit * CANDIDATES_PER_SLOT)
+        # The oldest due, with room to skip what the caps leave out (``pick`` ranks them):
+        # ranked here, one busy subscription's newer heads would fill the window.
+        query = query.order_by(d.c.next_at, d.c.id).limit(limit * CANDIDATES_PER_SLOT)
         query = _within(query, lanes)
     if connection.dialect.name == "postgresql":
         query = query.with_for_update(skip_locked=True, of=d)
@@ -223,7 +220,7 @@ def _claimed(row: Any) -> Claimed:
         row.payload,
         int(row.attempts),
         int(row.retry_from),
-        failing=int(row.failures) > 0,
+        failing=int(row.failures) >= FAILING_AFTER,
     )
 
 
@@ -250,7 +247,7 @@ def _within(query: Any, lanes: Lanes) -> Any:
     if lanes.full:
         query = query.where(webhook_deliveries.c.webhook_id.not_in(sorted(lanes.full)))
     if lanes.failing_full:
-        query = query.where(webhooks.c.failures == 0)
+        query = query.where(webhooks.c.failures < FAILING_AFTER)
     return query
 
 

@@ -28,10 +28,20 @@ def test_proven_subscriptions_go_first_then_unknown_then_failing() -> None:
 def test_a_proven_subscription_takes_its_share_and_any_other_one_slot() -> None:
     due = [Head(w, n=i) for i in range(4) for w in ("ok", "new")]
     lanes = Lanes(per_subscription=3, failing=2, proven=frozenset({"ok"}))
-    assert ids(pick(due, lanes, 8)) == [("ok", 0), ("ok", 1), ("ok", 2), ("new", 0)]
+    # Its share, one for the other, then what is left over back to the proven one.
+    assert ids(pick(due, lanes, 8)) == [("ok", 0), ("ok", 1), ("ok", 2), ("new", 0), ("ok", 3)]
+    assert ids(pick(due, lanes, 4)) == [("ok", 0), ("ok", 1), ("ok", 2), ("new", 0)]
     busy = Lanes(3, 2, in_flight={"ok": 2, "new": 1}, proven=frozenset({"ok"}))
-    assert ids(pick(due, busy, 8)) == [("ok", 0)]
-    assert busy.full == frozenset({"new"})
+    assert ids(pick(due, busy, 8)) == [("ok", 0), ("ok", 1), ("ok", 2), ("ok", 3)]
+    assert busy.full == frozenset({"new"})  # a proven one may still take what is left
+
+
+def test_a_lone_subscription_is_held_back_only_until_it_answers() -> None:
+    due = [Head("hook", n=i) for i in range(6)]
+    unknown = Lanes(per_subscription=2, failing=2)
+    assert ids(pick(due, unknown, 4)) == [("hook", 0)]
+    proven = Lanes(per_subscription=2, failing=2, proven=frozenset({"hook"}))
+    assert len(pick(due, proven, 4)) == 4  # every free slot
 
 
 def test_the_failing_share_a_few_slots_one_each() -> None:

@@ -218,7 +218,7 @@ async def test_a_fair_claim_serves_the_proven_first_and_skips_the_full(store: St
     full = Lanes(2, 1, in_flight={ok: 2, slow: 1}, proven=frozenset({ok}))
     async with store.transaction() as tx:
         assert await claim(tx.connection, 10, LEASE_MS, 4, full) == []
-        assert await next_due(tx.connection, full) is None
+        assert await next_due(tx.connection, full) == 10 + LEASE_MS  # ok's, leased
     async with store.transaction() as tx:
         rest = await claim(tx.connection, 10, LEASE_MS, 4, Lanes(2, 1, proven=frozenset({ok})))
     assert [d.webhook_id for d in rest] == [slow]  # one slot: not proven
