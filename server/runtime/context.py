@@ -10,9 +10,9 @@ are reused build after build.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 
-from parley.authz.policy import Restriction, Subject, everyone_may_read
+from parley.authz.policy import Restriction
 from parley.authz.scope import ContextSeen, RunScope, seen_in_context
 from parley.server.metrics import Metrics
 from parley.server.settings import Settings
@@ -43,7 +43,7 @@ class SessionContext:
         clock: Callable[[], float],
         doc: Callable[[], SessionDocument],
         model: Callable[[], str | None],
-        subjects: Callable[[], Iterable[Subject]],
+        readable_by_all: Callable[[Restriction], bool],
     ) -> None:
         self.session_id = session_id
         self.store = store
@@ -52,7 +52,7 @@ class SessionContext:
         self.clock = clock
         self._doc = doc
         self._model = model
-        self._subjects = subjects
+        self._readable_by_all = readable_by_all  # (``Membership.everyone_may_read``)
         # Full text behind the placeholders of the shared document, with its readers.
         self.private: dict[str, PrivateItem] = {}
         self.summaries: list[Summary] = []
@@ -72,7 +72,7 @@ class SessionContext:
 
     def everyone_may_read(self, restriction: Restriction) -> bool:
         """True when every member who may read the session may read this too."""
-        return everyone_may_read(self._subjects(), restriction)
+        return self._readable_by_all(restriction)
 
     def restriction_of(self, entry_id: str) -> Restriction:
         item = self.private.get(entry_id)

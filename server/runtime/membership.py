@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 
-from parley.authz.policy import Do, Subject, decide
+from parley.authz.policy import Do, Restriction, Subject, decide, everyone_may_read
 from parley.authz.roles import Capability, Member, RoleTable
 from parley.authz.tokens import ClientClaims, token_refusal
 from parley.server.settings import Settings
@@ -24,6 +24,8 @@ from parley.session.core import MemberUpdated, TokenRevoked
 from parley.session.ratelimit import Rate, Spend
 
 Stop = Callable[[MemberUpdated | TokenRevoked], Awaitable[None]]
+# Restrictions whose ``everyone_may_read`` answer is kept at most (then all are dropped).
+MAX_KEPT_VERDICTS = 256
 
 
 class Membership:
@@ -52,6 +54,9 @@ class Membership:
         self.display_names: dict[str, str] = {}
         # Revoked client tokens not expired yet, by id (the check of every socket and call).
         self.revoked_tokens: dict[str, TokenRow] = {}
+        # ``everyone_may_read``'s answers, while the members and the role table stay.
+        self._readable: dict[Restriction, bool] = {}
+        self._readable_roles: RoleTable | None = None
 
     def subject(self, user_id: str) -> Subject | None:
         """The member as of now (role table and grants read live), or None."""
@@ -62,6 +67,19 @@ class Membership:
         """Every member as of now."""
         roles = self.roles()
         return (Subject.of(m, roles) for m in self.members.values())
+
+    def everyone_may_read(self, restriction: Restriction) -> bool:
+        """Whether every member who may read the session may read ``restriction`` too,
+        kept until the members or the role table change: a restricted reply asks at every
+        batch of its text, and asking costs every member's grants (3.7 ms for 1,000)."""
+        roles = self.roles()
+        if roles is not self._readable_roles or len(self._readable) >= MAX_KEPT_VERDICTS:
+            self._readable, self._readable_roles = {}, roles
+        verdict = self._readable.get(restriction)
+        if verdict is None:
+            members = (Subject.of(m, roles) for m in self.members.values())
+            verdict = self._readable[restriction] = everyone_may_read(members, restriction)
+        return verdict
 
     async def refresh(self) -> None:
         """Read the members and revoked tokens from the store and apply what changed (at
@@ -87,6 +105,7 @@ class Membership:
             self.members.pop(user_id, None)
         else:
             self.members[user_id] = member
+        self._readable = {}
         self.refresh_sockets()
         await self.stop(MemberUpdated(user_id, before, member, int(self.clock() * 1000)))
 

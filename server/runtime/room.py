@@ -106,7 +106,7 @@ class SessionRoom:
             clock=clock,
             doc=lambda: document.doc,
             model=lambda: self.model,
-            subjects=self.membership.subjects,
+            readable_by_all=self.membership.everyone_may_read,
         )
         self.presence = Presence(settings.max_awareness_state_bytes)
         self.awareness = AwarenessFanout(

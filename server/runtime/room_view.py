@@ -23,6 +23,7 @@ def session_view(room: SessionRoom) -> SessionView:
         limits=DocumentLimits(settings.max_pins, settings.max_facts),
         accepting_prompts=not room.draining,
         subjects=room.membership.subjects,
+        readable_by_all=room.membership.everyone_may_read,
         restricted_replies=room.restricted_replies,
         threads=room.side_threads.threads,
         thread_limits=ThreadLimits(

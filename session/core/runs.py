@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from parley.authz.policy import everyone_may_read, restrict
+from parley.authz.policy import restrict
 from parley.authz.scope import ContextSeen, RunScope, prompt_refusal
 from parley.session.core.effects import (
     AppendText,
@@ -147,7 +147,7 @@ def _goes_private(view: SessionView, reply: ReplyState) -> bool:
     return (
         bool(reply.restriction)
         and view.restricted_replies == "private"
-        and not everyone_may_read(view.subjects(), reply.restriction)
+        and not view.everyone_may_read(reply.restriction)
     )
 
 
@@ -165,7 +165,7 @@ def tool_step(view: SessionView, event: ToolStepTaken) -> Effects:
     actor = ", ".join(event.issuers)
     restriction = restrict(event.reply.restriction, event.restriction)
     shown = f"{actor} ran {event.tool}: {event.status}"
-    if everyone_may_read(view.subjects(), restriction):
+    if view.everyone_may_read(restriction):
         shown += "\n" + event.detail[:MAX_SHOWN_TOOL_CHARS]
     else:
         shown += "\n" + RESTRICTED_DETAILS

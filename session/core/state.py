@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
-from parley.authz.policy import Subject
+from parley.authz.policy import Restriction, Subject, everyone_may_read
 from parley.session.commands import Command
 from parley.session.core.effects import NewEntry
 from parley.session.core.thread_state import SideThread, ThreadLimits
@@ -50,6 +50,8 @@ class SessionView:
     able to read what enters the shared document); ``restricted_replies``: the session's
     policy for replies that draw on restricted material (``private`` or ``shared``).
     ``threads``: the side-threads as committed, by id, with their ``thread_limits``.
+    ``readable_by_all``: ``everyone_may_read`` over ``subjects``, as the shell keeps it
+    (asked at every batch of a restricted reply's text); None: worked out each time.
     """
 
     doc: SessionDocument
@@ -63,6 +65,13 @@ class SessionView:
     restricted_replies: str = "private"
     threads: Mapping[str, SideThread] = field(default_factory=dict)
     thread_limits: ThreadLimits = field(default_factory=ThreadLimits)
+    readable_by_all: Callable[[Restriction], bool] | None = None
+
+    def everyone_may_read(self, restriction: Restriction) -> bool:
+        """True when every member who may read the session may read ``restriction``."""
+        if self.readable_by_all is not None:
+            return self.readable_by_all(restriction)
+        return everyone_may_read(self.subjects(), restriction)
 
 
 def new_entry(

@@ -24,7 +24,6 @@ from parley.authz.policy import (
     Restriction,
     Subject,
     decide,
-    everyone_may_read,
     may_read,
     restrict,
     restriction_to_json,
@@ -209,7 +208,7 @@ def _share(
     if len(text) > limit:
         raise TooLarge(f"what is shared is at most {limit} characters")
     audit = [_audit(event, "share", thread_id=thread.id, turn_ids=list(command.turn_ids))]
-    if not everyone_may_read(view.subjects(), restriction):
+    if not view.everyone_may_read(restriction):
         if view.restricted_replies == "private":
             raise RestrictedShare(
                 "this draws on material not every member of the session may read; the "
