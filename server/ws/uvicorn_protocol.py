@@ -30,6 +30,7 @@ read pausing are uvicorn's (a ping is sent and its pong awaited up to half a sec
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import struct
 import weakref
@@ -44,8 +45,16 @@ from websockets.frames import Frame
 
 from parley.server.ws.deadlines import ticks_of
 from parley.server.ws.direct_send import SCOPE_KEY, reset
+from parley.session.ratelimit import Rate
 
 T = TypeVar("T")
+
+log = logging.getLogger("parley.ws")
+
+# What may wait for a client before a pong it is owed is dropped instead (bytes), and how
+# often it may ping.
+PONG_BACKLOG_BYTES = 64 * 1024
+PING_RATE = Rate(per_second=1.0, burst=20)
 
 
 class Mailbox:
@@ -245,8 +254,49 @@ class LeanWebSocketProtocol(WebSocketsSansIOProtocol):
             ticks_of(self.loop).discard(self, self._beat)
             self._beat = None
 
+    # A client's pings: each owes a pong, which uvicorn writes whether or not the client
+    # reads. A client that pinged as fast as it could and read nothing held 260 MB of pongs
+    # per connection, with no token (review, "bounded"). A pong waits behind at most
+    # ``PONG_BACKLOG_BYTES`` (past it the ping goes unanswered: RFC 6455 lets a pong answer
+    # the latest ping only), and pings past ``PING_RATE`` reset the connection.
+
+    def handle_ping(self) -> None:
+        pong = b"".join(self.conn.data_to_send())
+        if not self._ping_allowed():
+            log.info("connection reset: too many pings", extra={"client": self.client})
+            reset(self.transport)
+            return
+        if self.transport.get_write_buffer_size() <= PONG_BACKLOG_BYTES:
+            self.transport.write(pong)
+
+    def _ping_allowed(self) -> bool:
+        """A token bucket of ``PING_RATE`` (its state made at the first ping)."""
+        now = self.loop.time()
+        tokens, at = getattr(self, "_pings", (PING_RATE.burst, now))
+        tokens = min(PING_RATE.burst, tokens + (now - at) * PING_RATE.per_second)
+        allowed = tokens >= 1
+        self._pings = (tokens - 1 if allowed else tokens, now)
+        return allowed
+
+    def keepalive_timeout(self) -> None:
+        super().keepalive_timeout()  # a close, which would wait for the client to read
+        if self.transport.get_write_buffer_size():
+            reset(self.transport)
+
+    def _close_or_reset(self) -> None:
+        """The closing handshake's deadline passed: close, or reset a client that is not
+        reading (a close would hold what it was sent until it does)."""
+        if self.transport.get_write_buffer_size():
+            reset(self.transport)
+        else:
+            self.transport.close()
+
     async def send(self, message: Any) -> None:
         await super().send(message)
+        timer = self.close_timer
+        if timer is not None and message.get("type") == "websocket.close":
+            timer.cancel()
+            self.close_timer = self.loop.call_later(self.close_timeout, self._close_or_reset)
         if self.handshake_complete and getattr(self, "response", None) is not None:
             # Read only to answer the handshake (``handle_connect``, then ``send`` on accept).
             # The request's headers go too: websockets' parser keeps the request itself

@@ -7,6 +7,7 @@ where they are the same."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -18,7 +19,12 @@ from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 from websockets.uri import parse_uri
 
-from parley.server.ws.uvicorn_protocol import Flag, LeanWebSocketProtocol, Mailbox
+from parley.server.ws.uvicorn_protocol import (
+    PONG_BACKLOG_BYTES,
+    Flag,
+    LeanWebSocketProtocol,
+    Mailbox,
+)
 from tests.conftest import serve_asgi
 
 
@@ -117,6 +123,64 @@ async def test_a_client_that_never_answers_a_ping_is_closed_1011() -> None:
         assert client.close_rcvd is not None and client.close_rcvd.code == 1011
         assert "keepalive" in client.close_rcvd.reason
         writer.close()
+
+
+async def test_a_client_that_floods_pings_is_reset() -> None:
+    """Pings past the rate (a burst of 20) reset the connection: a client pinging as fast
+    as it could and reading nothing held 260 MB of pongs per socket (review)."""
+    async with serve_asgi(_echo_socket, ws=LeanWebSocketProtocol) as port:
+        reader, writer, client = await _raw_client(port)
+        client.receive_data(await reader.readuntil(b"\r\n\r\n"))  # the handshake's answer
+        for _ in range(200):
+            client.send_ping(b"x" * 125)
+        with contextlib.suppress(ConnectionError):
+            writer.write(b"".join(client.data_to_send()))
+            await writer.drain()
+        ended = None
+        async with asyncio.timeout(30):
+            while ended is None:
+                try:
+                    if not await reader.read(65536):
+                        ended = "eof"
+                except ConnectionResetError:
+                    ended = "reset"
+        assert ended == "reset"
+        writer.close()
+
+
+async def test_pongs_wait_behind_a_bounded_backlog() -> None:
+    """Within the ping rate, a client that reads nothing is owed pongs only while little
+    waits for it: the protocol answers the pings of a reading client, and drops a pong
+    past the backlog (``PONG_BACKLOG_BYTES``) instead of queuing it."""
+
+    class Transport:
+        buffered = 0
+        written: list[bytes] = []
+
+        def get_write_buffer_size(self) -> int:
+            return self.buffered
+
+        def write(self, data: bytes) -> None:
+            self.written.append(data)
+
+    class Conn:
+        def data_to_send(self) -> list[bytes]:
+            return [b"pong"]
+
+    class Socket:  # the protocol's ping handling, on what it reads of the socket
+        handle_ping = LeanWebSocketProtocol.handle_ping
+        _ping_allowed = LeanWebSocketProtocol._ping_allowed
+
+        def __init__(self) -> None:
+            self.transport, self.conn = Transport(), Conn()
+            self.loop = asyncio.get_running_loop()
+            self.client = ("127.0.0.1", 1)
+
+    socket = Socket()
+    socket.handle_ping()
+    socket.transport.buffered = PONG_BACKLOG_BYTES + 1
+    socket.handle_ping()
+    assert socket.transport.written == [b"pong"]
 
 
 async def test_a_socket_keeps_its_attributes_in_a_table_its_class_shares() -> None:
