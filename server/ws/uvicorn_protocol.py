@@ -55,6 +55,9 @@ log = logging.getLogger("parley.ws")
 # often it may ping.
 PONG_BACKLOG_BYTES = 64 * 1024
 PING_RATE = Rate(per_second=1.0, burst=20)
+# How long an HTTP request's head may take to arrive, and then its body (``LeanHttpProtocol``).
+HEAD_TIMEOUT_S = 10.0
+BODY_TIMEOUT_S = 60.0
 
 
 class Mailbox:
@@ -317,12 +320,55 @@ class LeanHttpProtocol(HttpToolsProtocol):
     answer the client stops taking is dropped with it (``server.http.bounded``). The
     ``send`` the app sees is wrapped by middleware, so the transport is out of its reach."""
 
+    # A request must arrive in time: its head within ``HEAD_TIMEOUT_S`` of its first byte
+    # (or of the connection, for the first), its body within ``BODY_TIMEOUT_S`` of the head.
+    # uvicorn waits without end until a first request is complete (its keep-alive timer
+    # starts after a response), so connections that sent nothing, or a byte now and then,
+    # were held for good and a client holding enough of them took every file descriptor
+    # (review, "bounded": slow-loris).
+    _deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm(HEAD_TIMEOUT_S)
+
     def on_message_begin(self) -> None:
         super().on_message_begin()
         extensions: dict[str, Any] = self.scope.setdefault("extensions", {})
         extensions[RESET_EXTENSION] = Reset(self.transport)
+        if self._deadline is None:
+            self._arm(HEAD_TIMEOUT_S)
+
+    def on_headers_complete(self) -> None:
+        self._arm(BODY_TIMEOUT_S)
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._disarm()
+        super().on_message_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _arm(self, seconds: float) -> None:
+        self._disarm()
+        self._deadline = self.loop.call_later(seconds, self._too_slow)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _too_slow(self) -> None:
+        self._deadline = None
+        log.info(
+            "connection reset: its request did not arrive in time", extra={"client": self.client}
+        )
+        reset(self.transport)
 
     def handle_websocket_upgrade(self) -> None:
+        self._disarm()
         super().handle_websocket_upgrade()
         self.parser = None  # type: ignore[assignment]  # as uvicorn's connection_lost does
 

@@ -19,9 +19,11 @@ from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 from websockets.uri import parse_uri
 
+from parley.server.ws import uvicorn_protocol
 from parley.server.ws.uvicorn_protocol import (
     PONG_BACKLOG_BYTES,
     Flag,
+    LeanHttpProtocol,
     LeanWebSocketProtocol,
     Mailbox,
 )
@@ -181,6 +183,63 @@ async def test_pongs_wait_behind_a_bounded_backlog() -> None:
     socket.transport.buffered = PONG_BACKLOG_BYTES + 1
     socket.handle_ping()
     assert socket.transport.written == [b"pong"]
+
+
+async def _answer(scope: Any, receive: Any, send: Any) -> None:
+    """An app that reads a request's body and answers 200."""
+    while (await receive()).get("more_body"):
+        pass
+    await send(
+        {"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]}
+    )
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+async def _ended(reader: asyncio.StreamReader) -> bytes:
+    """What the server sent before it ended the connection (a reset counts as its end)."""
+    got = b""
+    async with asyncio.timeout(30):
+        while True:
+            try:
+                data = await reader.read(65536)
+            except ConnectionResetError:
+                return got
+            if not data:
+                return got
+            got += data
+
+
+@pytest.mark.parametrize("sent", [b"", b"GET /slow HTTP/1.1\r\nHost: x\r\n", b"POST /x HTTP/1.1"])
+async def test_a_request_that_does_not_arrive_in_time_ends_its_connection(
+    sent: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing, or a head begun and never finished: the connection ends at the deadline
+    (review: such connections were held for good, and enough of them took every file
+    descriptor)."""
+    monkeypatch.setattr(uvicorn_protocol, "HEAD_TIMEOUT_S", 0.3)
+    async with serve_asgi(_answer, http=LeanHttpProtocol) as port:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(sent)
+        assert await _ended(reader) == b""
+        writer.close()
+
+
+async def test_a_body_that_does_not_arrive_in_time_ends_its_connection(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(uvicorn_protocol, "BODY_TIMEOUT_S", 0.3)
+    async with serve_asgi(_answer, http=LeanHttpProtocol) as port:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n12345")
+        assert await _ended(reader) == b""
+        writer.close()
+        # A request that arrives whole is answered, and its connection kept for the next.
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        for _ in range(2):
+            writer.write(b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi")
+            head = await reader.readuntil(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200") and await reader.readexactly(2) == b"ok"
+        writer.close()
 
 
 async def test_a_socket_keeps_its_attributes_in_a_table_its_class_shares() -> None:
