@@ -233,6 +233,7 @@ OPERATIONS: list[Operation] = [
         create_tool,
         "Register a webhook tool (its signing secret is in the answer, once)",
         body=ToolCreate,
+        body_bytes=None,  # texts: up to PARLEY_MAX_REQUEST_BYTES
         response=ToolOut,
         status=201,
         location="/api/v1/tools/{name}",
@@ -258,6 +259,7 @@ OPERATIONS: list[Operation] = [
         create_document,
         "Attach a document with its readers",
         body=DocumentCreate,
+        body_bytes=None,  # texts: up to PARLEY_MAX_REQUEST_BYTES
         response=DocumentOut,
         status=201,
         location=DOCUMENTS + "/{id}",

@@ -214,6 +214,7 @@ OPERATIONS: list[Operation] = [
         "Exchange an invite link's secret for a client token",
         auth=False,
         body=InviteExchange,
+        body_bytes=1024,  # an invite of 100 characters, and no credentials to charge
         response=TokenOut,
         errors=(401,),
     ),

@@ -224,6 +224,7 @@ OPERATIONS: list[Operation] = [
         create,
         "Subscribe a URL to event types; the answer shows the signing secret once",
         body=WebhookCreate,
+        body_bytes=None,  # up to 1,000 session ids
         response=WebhookCreated,
         status=201,
         location="/api/v1/webhooks/{id}",
@@ -244,6 +245,7 @@ OPERATIONS: list[Operation] = [
         change,
         "Pause or resume an event webhook, or change its event types or sessions",
         body=WebhookChange,
+        body_bytes=None,  # up to 1,000 session ids
         response=WebhookOut,
         errors=(404,),
     ),
