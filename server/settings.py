@@ -76,6 +76,7 @@ class Settings(BaseSettings):
     max_tool_calls_per_turn: int = Field(default=8, ge=1, le=50)
     max_tool_result_bytes: int = 65_536
     max_documents_per_session: int = 100
+    max_members_per_session: int = Field(default=1000, ge=1)
     max_document_chars: int = 200_000
 
     # Context building

@@ -163,7 +163,14 @@ async def _change_member(
     display_name: str | None = None,
 ) -> MemberChange:
     """Judge (``authz.membership``), store and apply one membership change, the judgment
-    made on the rows read in the writing transaction. A refusal is audited and raised."""
+    made on the rows read in the writing transaction. A refusal is audited and raised. A
+    member's change spends their command budget, as their other writes do; a new member
+    past ``PARLEY_MAX_MEMBERS_PER_SESSION`` is refused (``conflict``)."""
+    spend_command(state, room, caller.user_id)
+    members = room.membership.members
+    limit = state.settings.max_members_per_session
+    if after is not None and user_id not in members and len(members) >= limit:
+        raise Conflict(f"the session has {len(members)} members, the most it may have")
     documents = await AccessStore(state.store).reader_lists(room.session_id)
     roles = state.rooms.roles
 
@@ -212,8 +219,12 @@ def _member_json(member: Member) -> dict[str, object]:
     }
 
 
-async def list_members(state: AppState, session_id: str) -> MemberList:
+async def list_members(state: AppState, session_id: str, caller: Caller) -> MemberList:
+    """Every member. A member's read spends one command of their budget, shared with their
+    sockets (429 ``rate_limited`` past it)."""
     await session_row(state, session_id)
+    if caller.user_id is not None:
+        spend_command(state, await state.rooms.current(session_id), caller.user_id)
     await state.rooms.current_access()
     rows = await state.store.list_members(session_id)
     return MemberList(members=[_member_out(state, r) for r in rows])
@@ -293,6 +304,7 @@ OPERATIONS: list[Operation] = [
         list_members,
         "List members",
         capability=Capability.READ_SESSION,
+        with_caller=True,
         response=MemberList,
         errors=SESSION_ERRORS,
     ),

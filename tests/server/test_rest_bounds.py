@@ -228,3 +228,44 @@ async def test_each_route_reads_what_its_body_can_hold(tmp_path: Path) -> None:
             headers={"content-type": "application/json"},
         )
         assert posted.status_code == 202, posted.text
+
+
+async def test_a_members_member_changes_and_reads_are_bounded(tmp_path: Path) -> None:
+    """A member who manages members spends their command budget on each change, and a
+    session holds at most PARLEY_MAX_MEMBERS_PER_SESSION (review: an owner added 3,000
+    members at 120 a second, and each viewer's read of the list then cost 90 ms)."""
+    settings = make_settings(
+        sqlite_url(tmp_path),
+        tmp_path / "d",
+        max_members_per_session=5,
+        commands_burst=4,
+        user_commands_per_second=0.001,
+    )
+    async with serve_in_process(settings) as server:
+        sid = await server.new_session({"olga": "owner", "vic": "viewer"})
+        olga = {"Authorization": f"Bearer {await server.token(sid, 'olga')}"}
+        answers = []
+        for i in range(10):
+            put = await server.http.put(
+                f"/api/v1/sessions/{sid}/members/u{i}", json={"role": "viewer"}, headers=olga
+            )
+            answers.append(put.status_code)
+        assert answers.count(200) <= 2 * 4 and 429 in answers  # the member's burst
+        # The admin key spends nothing, but the session is full at five.
+        for i in range(10, 14):
+            put = await server.http.put(
+                f"/api/v1/sessions/{sid}/members/u{i}", json={"role": "viewer"}
+            )
+            assert put.status_code in (200, 409)
+        listed = (await server.http.get(f"/api/v1/sessions/{sid}/members")).json()["members"]
+        assert len(listed) == 5
+        full = await server.http.put(
+            f"/api/v1/sessions/{sid}/members/late", json={"role": "viewer"}
+        )
+        assert full.status_code == 409 and "the most it may have" in full.json()["error"]["message"]
+        vic = {"Authorization": f"Bearer {await server.token(sid, 'vic')}"}
+        reads = [
+            (await server.http.get(f"/api/v1/sessions/{sid}/members", headers=vic)).status_code
+            for _ in range(12)
+        ]
+        assert 200 in reads and 429 in reads

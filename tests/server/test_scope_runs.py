@@ -12,6 +12,7 @@ import pytest
 from parley.server.http import access as access_api
 from parley.server.http import members as members_api
 from parley.server.http.models import RolePut
+from parley.server.http.rest import ADMIN
 from parley.session.closes import CloseCode
 from parley.session.commands import PromptCommand
 from parley.session.errors import Conflict
@@ -39,7 +40,7 @@ async def test_redefining_a_role_applies_at_once(tmp_path: Path) -> None:
         await access_api.put_role(state, "support", RolePut(capabilities=["read_session"]))
         denied = await s.send("sam", PromptCommand("2", "again"))
         assert denied["code"] == "forbidden"
-        members = (await members_api.list_members(state, sid)).members
+        members = (await members_api.list_members(state, sid, ADMIN)).members
         assert members[0].capabilities == ["read_session"]
         with pytest.raises(Conflict) as held:
             await access_api.delete_role(state, "support")
