@@ -167,38 +167,43 @@ async def _change_member(
     member's change spends their command budget, as their other writes do; a new member
     past ``PARLEY_MAX_MEMBERS_PER_SESSION`` is refused (``conflict``)."""
     spend_command(state, room, caller.user_id)
-    members = room.membership.members
-    limit = state.settings.max_members_per_session
-    if after is not None and user_id not in members and len(members) >= limit:
-        raise Conflict(f"the session has {len(members)} members, the most it may have")
-    documents = await AccessStore(state.store).reader_lists(room.session_id)
-    roles = state.rooms.roles
+    # One change at a time in this room: the cap counts the members the changes before
+    # it put in force (concurrent adds all saw the same count).
+    async with room.membership.changing:
+        members = room.membership.members
+        limit = state.settings.max_members_per_session
+        if after is not None and user_id not in members and len(members) >= limit:
+            raise Conflict(f"the session has {len(members)} members, the most it may have")
+        documents = await AccessStore(state.store).reader_lists(room.session_id)
+        roles = state.rooms.roles
 
-    def judge(before: MemberRow | None, actor: MemberRow | None) -> Decision:
-        who = ADMIN if caller.user_id is None else None if actor is None else actor.as_member()
-        previous = None if before is None else before.as_member()
-        return judge_membership_change(who, previous, after, roles, documents)
+        def judge(before: MemberRow | None, actor: MemberRow | None) -> Decision:
+            who = ADMIN if caller.user_id is None else None if actor is None else actor.as_member()
+            previous = None if before is None else before.as_member()
+            return judge_membership_change(who, previous, after, roles, documents)
 
-    change = await state.store.change_member(
-        room.session_id,
-        user_id,
-        after,
-        int(state.clock() * 1000),
-        judge,
-        caller.user_id,
-        display_name=display_name,
-    )
-    actor = caller.actor
-    if not change.decision.allowed:
-        action = f"{'change' if after is not None else 'remove'} member {user_id}"
-        wanted = None if after is None else _member_json(after)
-        await room.writer.audit(
-            "refused", actor, {"action": action, "reason": change.decision.reason, "after": wanted}
+        change = await state.store.change_member(
+            room.session_id,
+            user_id,
+            after,
+            int(state.clock() * 1000),
+            judge,
+            caller.user_id,
+            display_name=display_name,
         )
-        change.decision.require()
-    if change.before is None and change.after is None:
-        raise NotFound(f"{user_id!r} is not a member of this session")
-    await state.rooms.settings_changed(room)  # in force where the session runs
+        actor = caller.actor
+        if not change.decision.allowed:
+            action = f"{'change' if after is not None else 'remove'} member {user_id}"
+            wanted = None if after is None else _member_json(after)
+            await room.writer.audit(
+                "refused",
+                actor,
+                {"action": action, "reason": change.decision.reason, "after": wanted},
+            )
+            change.decision.require()
+        if change.before is None and change.after is None:
+            raise NotFound(f"{user_id!r} is not a member of this session")
+        await state.rooms.settings_changed(room)  # in force where the session runs
     await room.writer.audit(
         "membership",
         actor,

@@ -10,6 +10,7 @@ closes the sockets it forbids and hands the session core the event (``MemberUpda
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 
 from parley.authz.policy import Do, Restriction, Subject, decide, everyone_may_read
@@ -57,6 +58,8 @@ class Membership:
         # ``everyone_may_read``'s answers, while the members and the role table stay.
         self._readable: dict[Restriction, bool] = {}
         self._readable_roles: RoleTable | None = None
+        # Held by a member change from its checks to its being in force (``server.http``).
+        self.changing = asyncio.Lock()
 
     def subject(self, user_id: str) -> Subject | None:
         """The member as of now (role table and grants read live), or None."""

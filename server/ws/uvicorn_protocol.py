@@ -57,7 +57,8 @@ PONG_BACKLOG_BYTES = 64 * 1024
 PING_RATE = Rate(per_second=1.0, burst=20)
 # How long an HTTP request's head may take to arrive, and then its body (``LeanHttpProtocol``).
 HEAD_TIMEOUT_S = 10.0
-BODY_TIMEOUT_S = 60.0
+BODY_TIMEOUT_S = 30.0
+_PONG_HEADER = b"\x8a"  # a server's pong frame: FIN and opcode 10, as websockets writes it
 
 
 class Mailbox:
@@ -264,13 +265,16 @@ class LeanWebSocketProtocol(WebSocketsSansIOProtocol):
     # the latest ping only), and pings past ``PING_RATE`` reset the connection.
 
     def handle_ping(self) -> None:
-        pong = b"".join(self.conn.data_to_send())
+        queued = self.conn.data_to_send()  # the pong, and what came before it in the read
         if not self._ping_allowed():
             log.info("connection reset: too many pings", extra={"client": self.client})
             reset(self.transport)
             return
-        if self.transport.get_write_buffer_size() <= PONG_BACKLOG_BYTES:
-            self.transport.write(pong)
+        if self.transport.get_write_buffer_size() > PONG_BACKLOG_BYTES:
+            # The pongs go unanswered; a close answering the client's, say, still goes.
+            queued = [frame for frame in queued if frame[:1] != _PONG_HEADER]
+        if queued:
+            self.transport.write(b"".join(queued))
 
     def _ping_allowed(self) -> bool:
         """A token bucket of ``PING_RATE`` (its state made at the first ping)."""
@@ -282,6 +286,8 @@ class LeanWebSocketProtocol(WebSocketsSansIOProtocol):
         return allowed
 
     def keepalive_timeout(self) -> None:
+        if self.close_sent or self.transport.is_closing():
+            return  # closing already (uvicorn's does nothing then either)
         super().keepalive_timeout()  # a close, which would wait for the client to read
         if self.transport.get_write_buffer_size():
             reset(self.transport)
@@ -321,12 +327,15 @@ class LeanHttpProtocol(HttpToolsProtocol):
     ``send`` the app sees is wrapped by middleware, so the transport is out of its reach."""
 
     # A request must arrive in time: its head within ``HEAD_TIMEOUT_S`` of its first byte
-    # (or of the connection, for the first), its body within ``BODY_TIMEOUT_S`` of the head.
-    # uvicorn waits without end until a first request is complete (its keep-alive timer
-    # starts after a response), so connections that sent nothing, or a byte now and then,
-    # were held for good and a client holding enough of them took every file descriptor
-    # (review, "bounded": slow-loris).
+    # (or of the connection, for the first), and no ``BODY_TIMEOUT_S`` without a byte of its
+    # body while the server reads it (not while uvicorn holds the body back itself: a
+    # request pipelined behind another, a body the app has not read yet, an ``Expect:
+    # 100-continue`` the app has not answered). uvicorn waits without end until a first
+    # request is complete (its keep-alive timer starts after a response), so connections
+    # that sent nothing, or a byte now and then, were held for good and a client holding
+    # enough of them took every file descriptor (review, "bounded": slow-loris).
     _deadline: asyncio.TimerHandle | None = None
+    _begun = False  # a request's first byte came (a connection that sent none is closed)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -336,12 +345,25 @@ class LeanHttpProtocol(HttpToolsProtocol):
         super().on_message_begin()
         extensions: dict[str, Any] = self.scope.setdefault("extensions", {})
         extensions[RESET_EXTENSION] = Reset(self.transport)
+        self._begun = True
         if self._deadline is None:
             self._arm(HEAD_TIMEOUT_S)
 
     def on_headers_complete(self) -> None:
-        self._arm(BODY_TIMEOUT_S)
         super().on_headers_complete()
+        self._await_body()
+
+    def on_body(self, body: bytes) -> None:
+        super().on_body(body)
+        self._await_body()
+
+    def _await_body(self) -> None:
+        """The body's deadline, from now, while the server reads it (see above)."""
+        waiting = getattr(self.cycle, "waiting_for_100_continue", False)
+        if self.flow.read_paused or waiting:
+            self._disarm()
+        else:
+            self._arm(BODY_TIMEOUT_S)
 
     def on_message_complete(self) -> None:
         self._disarm()
@@ -362,6 +384,9 @@ class LeanHttpProtocol(HttpToolsProtocol):
 
     def _too_slow(self) -> None:
         self._deadline = None
+        if not self._begun:  # opened ahead of use (a browser's preconnect): closed
+            self.transport.close()
+            return
         log.info(
             "connection reset: its request did not arrive in time", extra={"client": self.client}
         )

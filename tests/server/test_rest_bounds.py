@@ -269,3 +269,19 @@ async def test_a_members_member_changes_and_reads_are_bounded(tmp_path: Path) ->
             for _ in range(12)
         ]
         assert 200 in reads and 429 in reads
+
+
+async def test_members_added_at_once_stop_at_the_cap(tmp_path: Path) -> None:
+    """Concurrent adds each saw the same count and all went in (review): they take turns."""
+    settings = make_settings(sqlite_url(tmp_path), tmp_path / "d", max_members_per_session=3)
+    async with serve_in_process(settings) as server:
+        sid = await server.new_session({"olga": "owner"})
+        puts = await asyncio.gather(
+            *(
+                server.http.put(f"/api/v1/sessions/{sid}/members/u{i}", json={"role": "viewer"})
+                for i in range(8)
+            )
+        )
+        assert sorted(p.status_code for p in puts) == [200, 200] + [409] * 6
+        listed = (await server.http.get(f"/api/v1/sessions/{sid}/members")).json()["members"]
+        assert len(listed) == 3

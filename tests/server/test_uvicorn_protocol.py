@@ -166,8 +166,10 @@ async def test_pongs_wait_behind_a_bounded_backlog() -> None:
             self.written.append(data)
 
     class Conn:
+        queued: list[bytes] = []
+
         def data_to_send(self) -> list[bytes]:
-            return [b"pong"]
+            return self.queued
 
     class Socket:  # the protocol's ping handling, on what it reads of the socket
         handle_ping = LeanWebSocketProtocol.handle_ping
@@ -178,11 +180,18 @@ async def test_pongs_wait_behind_a_bounded_backlog() -> None:
             self.loop = asyncio.get_running_loop()
             self.client = ("127.0.0.1", 1)
 
+    pong = Frame(Opcode.PONG, b"p").serialize(mask=False, extensions=[])
+    close = Frame(Opcode.CLOSE, b"\x03\xe8").serialize(mask=False, extensions=[])
     socket = Socket()
+    socket.conn.queued = [pong]
     socket.handle_ping()
     socket.transport.buffered = PONG_BACKLOG_BYTES + 1
     socket.handle_ping()
-    assert socket.transport.written == [b"pong"]
+    assert socket.transport.written == [pong]
+    # A close that came in the same read as the ping is answered all the same.
+    socket.conn.queued = [pong, close]
+    socket.handle_ping()
+    assert socket.transport.written == [pong, close]
 
 
 async def _answer(scope: Any, receive: Any, send: Any) -> None:
@@ -239,6 +248,42 @@ async def test_a_body_that_does_not_arrive_in_time_ends_its_connection(
             writer.write(b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi")
             head = await reader.readuntil(b"\r\n\r\n")
             assert head.startswith(b"HTTP/1.1 200") and await reader.readexactly(2) == b"ok"
+        writer.close()
+
+
+async def _answer_slowly(scope: Any, receive: Any, send: Any) -> None:
+    """An app that takes its time before it reads the body (a room to load, say)."""
+    await asyncio.sleep(0.6)
+    await _answer(scope, receive, send)
+
+
+async def test_the_body_deadline_waits_while_the_server_holds_the_body_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No deadline runs while uvicorn itself stops reading: a body past its buffer that the
+    app has not asked for yet, a request pipelined behind another (review: both were
+    reset, the earlier request's answer with them); and a steady upload longer than the
+    deadline goes through, the deadline being for a pause, not for the whole body."""
+    monkeypatch.setattr(uvicorn_protocol, "BODY_TIMEOUT_S", 0.3)
+    async with serve_asgi(_answer_slowly, http=LeanHttpProtocol) as port:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        big = b"b" * 300_000
+        head = f"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: {len(big)}\r\n\r\n"
+        second = b"POST /y HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi"
+        writer.write(head.encode() + big + second)
+        for _ in range(2):
+            answer = await reader.readuntil(b"\r\n\r\n")
+            assert answer.startswith(b"HTTP/1.1 200") and await reader.readexactly(2) == b"ok"
+        writer.close()
+    monkeypatch.setattr(uvicorn_protocol, "BODY_TIMEOUT_S", 2.0)  # far above the pauses
+    async with serve_asgi(_answer, http=LeanHttpProtocol) as port:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 30\r\n\r\n")
+        for _ in range(30):  # 3 s in all, a byte every 0.1 s
+            await asyncio.sleep(0.1)
+            writer.write(b"z")
+        answer = await reader.readuntil(b"\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 200")
         writer.close()
 
 
