@@ -112,16 +112,17 @@ class Presence:
             self._left.pop(item.client_id, None)
         return encode_awareness_update(relayed)
 
-    def would_show(self, owner: Hashable, user_id: str, update: bytes, now: float = 0.0) -> bool:
-        """True when ``update`` from ``owner`` shows a state of its own (``apply`` would
-        relay a state that is not None); False for an update that only echoes other
-        sockets' clients (stock y-websocket re-sends every state it receives) or takes
-        its own clients away. (Whether it may show itself is the caller's question.)"""
+    def own(
+        self, owner: Hashable, user_id: str, update: bytes, now: float = 0.0
+    ) -> list[AwarenessState]:
+        """The states of ``update`` that ``owner`` gives of its own: not the echoes of
+        other sockets' clients (stock y-websocket re-sends every state it receives, as
+        often as the others' presence changes), nor a client another member left lately.
+        These are what it shows, and what its presence budget pays for."""
         if len(update) > self.max_state_bytes * MAX_CLIENTS_PER_SOCKET:
             raise TooLarge("awareness update too large")
+        found = []
         for item in decode_awareness_update(update):
-            if item.state is None:
-                continue
             known = self._clients.get(item.client_id)
             if known is not None and self._stale(known, now):
                 known = None
@@ -129,8 +130,14 @@ class Presence:
                 continue
             if known is None and self._kept_for_another(item.client_id, user_id, now):
                 continue
-            return True
-        return False
+            found.append(item)
+        return found
+
+    def would_show(self, owner: Hashable, user_id: str, update: bytes, now: float = 0.0) -> bool:
+        """True when ``update`` from ``owner`` shows a state of its own (``apply`` would
+        relay a state that is not None); False for an update that only echoes others or
+        takes its own clients away. (Whether it may show itself is the caller's question.)"""
+        return any(item.state is not None for item in self.own(owner, user_id, update, now))
 
     def apply_remote(self, node_id: str, update: bytes, now: float) -> bytes | None:
         """Record the states another node relayed (stamped there); return what of them its

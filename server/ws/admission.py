@@ -49,8 +49,15 @@ from parley.session.errors import (
     Unavailable,
     close_code_for,
 )
+from parley.session.presence import Presence
 from parley.session.ratelimit import cost_of
-from parley.session.yprotocol import ClientMessage, MessageType, decode_client_frame
+from parley.session.yprotocol import (
+    AwarenessMessage,
+    ClientMessage,
+    MessageType,
+    decode_client_frame,
+    encode_awareness_update,
+)
 
 log = logging.getLogger("parley.ws")
 
@@ -267,12 +274,25 @@ def frame_count(data: bytes) -> float:
     return AWARENESS_FRAME_COUNT if data[:1] == _AWARENESS_TYPE else 1.0
 
 
-def charged(room: SessionRoom, connection: Connection, data: bytes, now: float) -> ClientMessage:
+def charged(
+    room: SessionRoom,
+    connection: Connection,
+    data: bytes,
+    now: float,
+    presence: Presence | None = None,
+) -> ClientMessage:
     """A binary frame decoded and charged what it costs (``cost_of``) before it is judged:
     bytes for document writes and presence (per member), a count for full resyncs (per
-    socket); ``RateLimited`` past a budget, ``ProtocolError`` for a malformed frame."""
+    socket); ``RateLimited`` past a budget, ``ProtocolError`` for a malformed frame. With
+    the session's ``presence``, an awareness frame costs the bytes of the states it gives
+    of its own (``Presence.own``): a stock client echoes every state it receives, and in a
+    busy room those echoes alone went past the budget (then 4429)."""
     message = decode_client_frame(data)
-    cost = cost_of(message, len(data))
+    size = len(data)
+    if presence is not None and isinstance(message, AwarenessMessage):
+        own = presence.own(connection, connection.user_id, message.update, now)
+        size = len(encode_awareness_update(own)) if own else 0
+    cost = cost_of(message, size)
     limits = connection.limits
     assert limits is not None
     if not (limits.allow(cost, now) and room.budgets.allow(connection.user_id, cost, now)):

@@ -156,7 +156,7 @@ async def _on_binary(
 ) -> None:
     """Handle a binary frame, charged first (``charged``); a refused one raises its
     ``ParleyError``."""
-    message = charged(room, connection, data, now)
+    message = charged(room, connection, data, now, presence)
     if isinstance(message, SyncMessage):
         if message.sync_type is SyncType.STEP1:
             for frame in await room.writer.document.sync_answer(message.payload):

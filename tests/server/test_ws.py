@@ -7,12 +7,13 @@ import contextlib
 import gc
 import json
 import weakref
+from pathlib import Path
 
 import websockets
 from pycrdt import Array, Doc, Map, Text
 
 from parley.session.yprotocol import SyncType, encode_sync
-from tests.conftest import RunningServer
+from tests.conftest import RunningServer, make_settings, serve_in_process, sqlite_url
 from tests.garbage import cyclic_garbage
 from tests.yclient import YClient, all_replies_settled
 
@@ -270,6 +271,29 @@ async def test_presence_at_a_cursors_rate_is_not_cut_off(sqlite_server: RunningS
     await bob.wait_until(lambda c: (c.awareness.get(5) or {}).get("cursor") == moves)
     answer = await alice.command({"type": "cancel", "id": "c", "prompt_id": "x"})
     assert answer["id"] == "c"  # still open
+
+
+async def test_echoes_of_the_others_presence_cost_no_presence_budget(tmp_path: Path) -> None:
+    """A stock client re-sends every state it receives: in a busy room those echoes alone
+    went past the member's presence budget, each refused and counted, and the socket was
+    closed 4429 (review). Only the states a socket gives of its own are charged."""
+    settings = make_settings(
+        sqlite_url(tmp_path), tmp_path / "d", awareness_bytes_per_s=1.0, awareness_burst_bytes=4000
+    )
+    async with serve_in_process(settings) as server:
+        sid = await server.new_session({"alice": "editor", "bob": "editor"})
+        alice = await server.connect(sid, "alice")
+        bob = await server.connect(sid, "bob")
+        await alice.set_awareness(5, 1, {"note": "n" * 1000})
+        await bob.wait_until(lambda c: 5 in c.awareness)
+        for _ in range(60):  # 60 states of about 1 kB: 15 times bob's budget
+            await bob.set_awareness(5, 1, {"note": "n" * 1000})  # the echo of alice's client
+        await bob.set_awareness(7, 1, {"user": "bob"})  # his own, within his budget
+        await alice.wait_until(lambda c: 7 in c.awareness)
+        answer = await bob.command({"type": "cancel", "id": "c", "prompt_id": "x"})
+        assert answer["id"] == "c"  # still open
+        await bob.set_awareness(7, 2, {"user": "bob", "note": "m" * 8000})  # over it: refused
+        await bob.wait_until(lambda c: any(u.get("code") == "rate_limited" for u in c.unsolicited))
 
 
 async def test_a_client_id_just_left_is_kept_for_its_member(sqlite_server: RunningServer) -> None:
