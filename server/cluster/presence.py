@@ -25,7 +25,6 @@ from parley.session.yprotocol import (
     AwarenessState,
     ProtocolError,
     decode_awareness_update,
-    encode_awareness,
     encode_awareness_update,
 )
 
@@ -93,7 +92,7 @@ class PresenceRelay:
         except (binascii.Error, ProtocolError):
             return
         if shown is not None:  # what its sockets may speak for (``Presence``)
-            room.sockets.broadcast(encode_awareness(shown))
+            room.awareness.relay(shown)
 
     def _answer(self, session_id: str) -> None:
         self._answering.discard(session_id)

@@ -37,6 +37,7 @@ from parley.server.http.retry_hint import retry_later_response
 from parley.server.runtime.room import SessionRoom
 from parley.server.settings import Settings
 from parley.server.state import AppState
+from parley.server.ws.awareness import AwarenessFanout
 from parley.server.ws.connection import Connection, ConnectionLimits
 from parley.server.ws.deadlines import SocketDeadlines
 from parley.server.ws.direct_send import SCOPE_KEY as DIRECT_WRITER
@@ -49,14 +50,12 @@ from parley.session.errors import (
     Unavailable,
     close_code_for,
 )
-from parley.session.presence import Presence
 from parley.session.ratelimit import cost_of
 from parley.session.yprotocol import (
     AwarenessMessage,
     ClientMessage,
     MessageType,
     decode_client_frame,
-    encode_awareness_update,
 )
 
 log = logging.getLogger("parley.ws")
@@ -269,6 +268,26 @@ AWARENESS_FRAME_COUNT = 0.25
 _AWARENESS_TYPE = bytes((MessageType.AWARENESS,))  # a varUint of one byte
 
 
+# Echo credit a socket may hold at most (a quiet client's credit does not pile up).
+ECHO_CREDIT_MAX = 512 * 1024
+
+
+def credit_echo(connection: Connection, size: int) -> None:
+    """``connection`` was sent ``size`` bytes of presence of its own (a snapshot)."""
+    connection.echo_credit = min(ECHO_CREDIT_MAX, connection.echo_credit + size)
+
+
+def _spend_echo_credit(connection: Connection, sent_bytes: int, size: int) -> int:
+    """Take up to ``size`` bytes from the socket's echo credit (what the session's presence
+    sent everyone since the last look is added first); the bytes taken."""
+    fresh = max(0, sent_bytes - connection.echo_mark)
+    connection.echo_mark = sent_bytes
+    credit = min(ECHO_CREDIT_MAX, connection.echo_credit + fresh)
+    taken = min(credit, size)
+    connection.echo_credit = credit - taken
+    return taken
+
+
 def frame_count(data: bytes) -> float:
     """What a binary frame counts against the socket's frame rate."""
     return AWARENESS_FRAME_COUNT if data[:1] == _AWARENESS_TYPE else 1.0
@@ -279,19 +298,21 @@ def charged(
     connection: Connection,
     data: bytes,
     now: float,
-    presence: Presence | None = None,
+    echoes: AwarenessFanout | None = None,
 ) -> ClientMessage:
     """A binary frame decoded and charged what it costs (``cost_of``) before it is judged:
     bytes for document writes and presence (per member), a count for full resyncs (per
-    socket); ``RateLimited`` past a budget, ``ProtocolError`` for a malformed frame. With
-    the session's ``presence``, an awareness frame costs the bytes of the states it gives
-    of its own (``Presence.own``): a stock client echoes every state it receives, and in a
-    busy room those echoes alone went past the budget (then 4429)."""
+    socket); ``RateLimited`` past a budget, ``ProtocolError`` for a malformed frame.
+
+    With the session's presence fan-out (``echoes``), an awareness frame is paid first
+    from its socket's echo credit: the presence bytes the socket was sent and has not sent
+    back (a stock client echoes every state it receives; in a busy room those echoes
+    alone went past the member's budget, then 4429). Only the envelope is decoded before
+    the charge: the states inside are read after it, never for free."""
     message = decode_client_frame(data)
     size = len(data)
-    if presence is not None and isinstance(message, AwarenessMessage):
-        own = presence.own(connection, connection.user_id, message.update, now)
-        size = len(encode_awareness_update(own)) if own else 0
+    if echoes is not None and isinstance(message, AwarenessMessage):
+        size -= _spend_echo_credit(connection, echoes.sent_bytes, size)
     cost = cost_of(message, size)
     limits = connection.limits
     assert limits is not None

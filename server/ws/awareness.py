@@ -34,6 +34,8 @@ class AwarenessFanout:
         self.publish: Callable[[bytes], None] | None = None
         self._last = -math.inf
         self._timer: asyncio.TimerHandle | None = None
+        # Bytes of presence sent to every socket so far (each socket's echo credit).
+        self.sent_bytes = 0
 
     def changed(self) -> None:
         """Presence has states to relay: flush now, or when the interval is up."""
@@ -45,12 +47,18 @@ class AwarenessFanout:
         else:
             self._timer = asyncio.get_running_loop().call_later(wait, self.flush)
 
+    def relay(self, update: bytes) -> None:
+        """Send every socket states another node relayed (counted as the flushes are)."""
+        frame = encode_awareness(update)
+        self.sent_bytes += len(frame)
+        self.broadcast(frame)
+
     def flush(self) -> None:
         self._timer = None
         update = self.presence.flush()
         if update is None:
             return
         self._last = self.clock()
-        self.broadcast(encode_awareness(update))
+        self.relay(update)
         if self.publish is not None:
             self.publish(update)

@@ -97,6 +97,10 @@ class Connection:
     # which would fail on either, so it is sent no JSON at all.
     channel: CommandChannel | None = None
     awareness_ids: set[int] = field(default_factory=set)
+    # Presence bytes this socket may send back free: stock clients echo every state they
+    # are sent (``server.ws.admission.charged``); credited with what it is sent.
+    echo_credit: int = 0
+    echo_mark: int = 0  # the session's presence bytes sent when last credited
     # The token the socket was opened with (revoking it closes the socket).
     claims: ClientClaims | None = None
     limits: ConnectionLimits | None = None

@@ -25,7 +25,14 @@ from parley.authz.policy import Do, decide
 from parley.authz.roles import Capability
 from parley.server.runtime.room import SessionRoom
 from parley.server.state import AppState
-from parley.server.ws.admission import admit, charged, frame_count, receive, serve
+from parley.server.ws.admission import (
+    admit,
+    charged,
+    credit_echo,
+    frame_count,
+    receive,
+    serve,
+)
 from parley.server.ws.connection import CommandChannel, Connection
 from parley.server.ws.deadlines import SocketDeadlines
 from parley.session.closes import CloseCode
@@ -60,9 +67,10 @@ async def session_socket(websocket: WebSocket) -> None:
     room, connection = admitted.room, admitted.connection
     room.sockets.attach(connection)
     presence = room.presence
+    connection.echo_mark = room.awareness.sent_bytes  # credited from here on
     snapshot = presence.snapshot()
     if snapshot is not None:
-        connection.send(encode_awareness(snapshot))
+        _send_presence(connection, encode_awareness(snapshot))
     if state.rooms.cluster is not None:
         state.rooms.cluster.presence.joined(room.session_id)  # and from the other nodes
 
@@ -156,7 +164,7 @@ async def _on_binary(
 ) -> None:
     """Handle a binary frame, charged first (``charged``); a refused one raises its
     ``ParleyError``."""
-    message = charged(room, connection, data, now, presence)
+    message = charged(room, connection, data, now, room.awareness)
     if isinstance(message, SyncMessage):
         if message.sync_type is SyncType.STEP1:
             for frame in await room.writer.document.sync_answer(message.payload):
@@ -183,4 +191,10 @@ async def _on_binary(
     elif isinstance(message, QueryAwarenessMessage):
         snapshot = presence.snapshot()
         if snapshot is not None:
-            connection.send(encode_awareness(snapshot))
+            _send_presence(connection, encode_awareness(snapshot))
+
+
+def _send_presence(connection: Connection, frame: bytes) -> None:
+    """Send every present state to one socket, which may echo them back free."""
+    connection.send(frame)
+    credit_echo(connection, len(frame))

@@ -276,24 +276,32 @@ async def test_presence_at_a_cursors_rate_is_not_cut_off(sqlite_server: RunningS
 async def test_echoes_of_the_others_presence_cost_no_presence_budget(tmp_path: Path) -> None:
     """A stock client re-sends every state it receives: in a busy room those echoes alone
     went past the member's presence budget, each refused and counted, and the socket was
-    closed 4429 (review). Only the states a socket gives of its own are charged."""
+    closed 4429 (review). A socket may send back free what it was sent; past that (a
+    forged "echo" of states it never received) its member pays, as for its own."""
     settings = make_settings(
-        sqlite_url(tmp_path), tmp_path / "d", awareness_bytes_per_s=1.0, awareness_burst_bytes=4000
+        sqlite_url(tmp_path),
+        tmp_path / "d",
+        awareness_bytes_per_s=1.0,
+        awareness_burst_bytes=4000,
+        awareness_flush_ms=0.0,
     )
     async with serve_in_process(settings) as server:
         sid = await server.new_session({"alice": "editor", "bob": "editor"})
         alice = await server.connect(sid, "alice")
         bob = await server.connect(sid, "bob")
-        await alice.set_awareness(5, 1, {"note": "n" * 1000})
-        await bob.wait_until(lambda c: 5 in c.awareness)
-        for _ in range(60):  # 60 states of about 1 kB: 15 times bob's budget
-            await bob.set_awareness(5, 1, {"note": "n" * 1000})  # the echo of alice's client
+        assert (await bob.command({"type": "cancel", "id": "c", "prompt_id": "x"}))["id"] == "c"
+        for clock in range(1, 31):  # 30 states of about 1 kB: 8 times bob's budget
+            state = {"note": "n" * 1000, "clock": clock}
+            await alice.set_awareness(5, clock, state)
+            await bob.wait_until(lambda c, n=clock: (c.awareness.get(5) or {}).get("clock") == n)
+            await bob.set_awareness(5, clock, bob.awareness[5])  # the echo, as stock clients do
         await bob.set_awareness(7, 1, {"user": "bob"})  # his own, within his budget
         await alice.wait_until(lambda c: 7 in c.awareness)
-        answer = await bob.command({"type": "cancel", "id": "c", "prompt_id": "x"})
-        assert answer["id"] == "c"  # still open
-        await bob.set_awareness(7, 2, {"user": "bob", "note": "m" * 8000})  # over it: refused
+        assert not any(u.get("code") == "rate_limited" for u in bob.unsolicited)
+        for _ in range(10):  # "echoes" of what he was never sent: paid, and refused
+            await bob.set_awareness(5, 1, {"note": "x" * 1000})
         await bob.wait_until(lambda c: any(u.get("code") == "rate_limited" for u in c.unsolicited))
+        assert bob.close_code is None
 
 
 async def test_a_client_id_just_left_is_kept_for_its_member(sqlite_server: RunningServer) -> None:
