@@ -38,6 +38,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any, Generic, TypeVar
 
 from uvicorn.config import Config
+from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from uvicorn.server import ServerState
@@ -58,6 +59,7 @@ PING_RATE = Rate(per_second=1.0, burst=20)
 # How long an HTTP request's head may take to arrive, and then its body (``LeanHttpProtocol``).
 HEAD_TIMEOUT_S = 10.0
 BODY_TIMEOUT_S = 30.0
+MIN_BODY_RATE = 1024.0  # bytes a second, on average over a body's reading
 _PONG_HEADER = b"\x8a"  # a server's pong frame: FIN and opcode 10, as websockets writes it
 
 
@@ -327,18 +329,21 @@ class LeanHttpProtocol(HttpToolsProtocol):
     ``send`` the app sees is wrapped by middleware, so the transport is out of its reach."""
 
     # A request must arrive in time: its head within ``HEAD_TIMEOUT_S`` of its first byte
-    # (or of the connection, for the first), and no ``BODY_TIMEOUT_S`` without a byte of its
-    # body while the server reads it (not while uvicorn holds the body back itself: a
-    # request pipelined behind another, a body the app has not read yet, an ``Expect:
-    # 100-continue`` the app has not answered). uvicorn waits without end until a first
-    # request is complete (its keep-alive timer starts after a response), so connections
-    # that sent nothing, or a byte now and then, were held for good and a client holding
-    # enough of them took every file descriptor (review, "bounded": slow-loris).
+    # (or of the connection, for the first); its body with no ``BODY_TIMEOUT_S`` without a
+    # byte and at ``MIN_BODY_RATE`` on average, counting only the time the server reads it
+    # (not while uvicorn holds the body back itself: a request pipelined behind another, a
+    # body the app has not read yet, an ``Expect: 100-continue`` not answered yet; reading
+    # resumed, the clock goes on: ``_WatchedFlow``). uvicorn waits without end until a
+    # first request is complete (its keep-alive timer starts after a response), so
+    # connections that sent nothing, or a byte now and then, were held for good and a
+    # client holding enough of them took every file descriptor (review, "bounded").
     _deadline: asyncio.TimerHandle | None = None
     _begun = False  # a request's first byte came (a connection that sent none is closed)
+    _body: list[float] | None = None  # while a body arrives: [bytes, seconds read, since]
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self.flow = _WatchedFlow(transport, self)
         self._arm(HEAD_TIMEOUT_S)
 
     def on_message_begin(self) -> None:
@@ -351,25 +356,40 @@ class LeanHttpProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         super().on_headers_complete()
+        self._body = [0.0, 0.0, -1.0]
         self._await_body()
 
     def on_body(self, body: bytes) -> None:
         super().on_body(body)
+        if self._body is not None:
+            self._body[0] += len(body)
         self._await_body()
 
     def _await_body(self) -> None:
-        """The body's deadline, from now, while the server reads it (see above)."""
+        """The body's deadline, while the server reads it (see above)."""
+        clock = self._body
+        if clock is None:
+            return
+        now = self.loop.time()
+        received, read_s, since = clock
+        if since >= 0:
+            read_s += now - since
         waiting = getattr(self.cycle, "waiting_for_100_continue", False)
         if self.flow.read_paused or waiting:
+            self._body = [received, read_s, -1.0]
             self._disarm()
-        else:
-            self._arm(BODY_TIMEOUT_S)
+            return
+        self._body = [received, read_s, now]
+        behind = BODY_TIMEOUT_S + received / MIN_BODY_RATE - read_s
+        self._arm(max(0.0, min(BODY_TIMEOUT_S, behind)))
 
     def on_message_complete(self) -> None:
+        self._body = None
         self._disarm()
         super().on_message_complete()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._body = None
         self._disarm()
         super().connection_lost(exc)
 
@@ -415,3 +435,18 @@ class Reset:
         transport = self._transport()
         if transport is not None:
             reset(transport)
+
+
+class _WatchedFlow(FlowControl):
+    """uvicorn's flow control, telling its protocol when reading resumes (the body's clock
+    goes on: ``LeanHttpProtocol._await_body``). Holds the protocol weakly: no cycle."""
+
+    def __init__(self, transport: asyncio.Transport, protocol: LeanHttpProtocol) -> None:
+        super().__init__(transport)
+        self._protocol = weakref.ref(protocol)
+
+    def resume_reading(self) -> None:
+        super().resume_reading()
+        protocol = self._protocol()
+        if protocol is not None:
+            protocol._await_body()

@@ -276,6 +276,7 @@ async def test_the_body_deadline_waits_while_the_server_holds_the_body_back(
             assert answer.startswith(b"HTTP/1.1 200") and await reader.readexactly(2) == b"ok"
         writer.close()
     monkeypatch.setattr(uvicorn_protocol, "BODY_TIMEOUT_S", 2.0)  # far above the pauses
+    monkeypatch.setattr(uvicorn_protocol, "MIN_BODY_RATE", 2.0)  # bytes a second: 10 come
     async with serve_asgi(_answer, http=LeanHttpProtocol) as port:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 30\r\n\r\n")
@@ -284,6 +285,51 @@ async def test_the_body_deadline_waits_while_the_server_holds_the_body_back(
             writer.write(b"z")
         answer = await reader.readuntil(b"\r\n\r\n")
         assert answer.startswith(b"HTTP/1.1 200")
+        writer.close()
+
+
+@pytest.mark.parametrize("case", ["expect-100", "past-the-buffer"])
+async def test_the_body_deadline_runs_again_once_the_server_reads(
+    case: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Held back while the app had not read, then answered 100 Continue or read past its
+    buffer: a client that then sends nothing is reset (review: no deadline ran again)."""
+    monkeypatch.setattr(uvicorn_protocol, "BODY_TIMEOUT_S", 0.5)
+    async with serve_asgi(_answer_slowly, http=LeanHttpProtocol) as port:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        if case == "expect-100":
+            writer.write(
+                b"POST /x HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 10\r\n\r\n"
+            )
+            expected = b"HTTP/1.1 100 Continue\r\n\r\n"
+        else:
+            writer.write(b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 200000\r\n\r\n")
+            writer.write(b"b" * 100_000)
+            expected = b""
+        assert await _ended(reader) == expected
+        writer.close()
+
+
+async def test_a_body_trickled_below_the_least_rate_is_reset(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A byte now and then, each in time for the pause deadline, but far below the least
+    average rate: reset (review: the pause deadline alone let such a body go on forever)."""
+    monkeypatch.setattr(uvicorn_protocol, "BODY_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(uvicorn_protocol, "MIN_BODY_RATE", 1000.0)
+    async with serve_asgi(_answer, http=LeanHttpProtocol) as port:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 2000\r\n\r\n")
+
+        async def trickle() -> None:  # for longer than ``_ended`` waits
+            with contextlib.suppress(ConnectionError):
+                for _ in range(1000):
+                    await asyncio.sleep(0.05)
+                    writer.write(b"z")
+
+        trickling = asyncio.create_task(trickle())
+        assert await _ended(reader) == b""
+        trickling.cancel()
         writer.close()
 
 
