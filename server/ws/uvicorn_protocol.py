@@ -56,7 +56,9 @@ log = logging.getLogger("parley.ws")
 # often it may ping.
 PONG_BACKLOG_BYTES = 64 * 1024
 PING_RATE = Rate(per_second=1.0, burst=20)
-# How long an HTTP request's head may take to arrive, and then its body (``LeanHttpProtocol``).
+# How long a connection may wait for its first request, a request's head may take to arrive,
+# and then its body (``LeanHttpProtocol``).
+IDLE_FIRST_S = 60.0
 HEAD_TIMEOUT_S = 10.0
 BODY_TIMEOUT_S = 30.0
 MIN_BODY_RATE = 1024.0  # bytes a second, on average over a body's reading
@@ -328,9 +330,11 @@ class LeanHttpProtocol(HttpToolsProtocol):
     answer the client stops taking is dropped with it (``server.http.bounded``). The
     ``send`` the app sees is wrapped by middleware, so the transport is out of its reach."""
 
-    # A request must arrive in time: its head within ``HEAD_TIMEOUT_S`` of its first byte
-    # (or of the connection, for the first); its body with no ``BODY_TIMEOUT_S`` without a
-    # byte and at ``MIN_BODY_RATE`` on average, counting only the time the server reads it
+    # A request must arrive in time: a connection's first within ``IDLE_FIRST_S`` (then it
+    # is closed: a browser opens some ahead of use, and closes its own unused ones after
+    # 10 s), its head within ``HEAD_TIMEOUT_S`` of its first byte; its body with no
+    # ``BODY_TIMEOUT_S`` without a byte and at ``MIN_BODY_RATE`` on average, counting only
+    # the time the server reads it
     # (not while uvicorn holds the body back itself: a request pipelined behind another, a
     # body the app has not read yet, an ``Expect: 100-continue`` not answered yet; reading
     # resumed, the clock goes on: ``_WatchedFlow``). uvicorn waits without end until a
@@ -344,15 +348,15 @@ class LeanHttpProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self.flow = _WatchedFlow(transport, self)
-        self._arm(HEAD_TIMEOUT_S)
+        self._arm(IDLE_FIRST_S)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
         extensions: dict[str, Any] = self.scope.setdefault("extensions", {})
         extensions[RESET_EXTENSION] = Reset(self.transport)
-        self._begun = True
-        if self._deadline is None:
+        if not self._begun or self._deadline is None:
             self._arm(HEAD_TIMEOUT_S)
+        self._begun = True
 
     def on_headers_complete(self) -> None:
         super().on_headers_complete()

@@ -226,6 +226,7 @@ async def test_a_request_that_does_not_arrive_in_time_ends_its_connection(
     (review: such connections were held for good, and enough of them took every file
     descriptor)."""
     monkeypatch.setattr(uvicorn_protocol, "HEAD_TIMEOUT_S", 0.3)
+    monkeypatch.setattr(uvicorn_protocol, "IDLE_FIRST_S", 0.3)
     async with serve_asgi(_answer, http=LeanHttpProtocol) as port:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(sent)
