@@ -23,7 +23,7 @@ leave the member unable to show themselves when they reconnect.
 from __future__ import annotations
 
 import json
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,20 +77,9 @@ class Presence:
         is relayed (an update of no states when nothing is). Each state is stamped with
         who sent it, ``user_id`` and the member's ``display_name`` (when they have one), so
         nobody can show themselves as someone else. ``now`` dates remote clients' staleness."""
-        if len(update) > self.max_state_bytes * MAX_CLIENTS_PER_SOCKET:
-            raise TooLarge("awareness update too large")
         relayed: list[AwarenessState] = []
         new_clients = 0
-        for item in decode_awareness_update(update):  # check all before recording any
-            known = self._clients.get(item.client_id)
-            if known is not None and self._stale(known, now):
-                known = None  # its node stopped renewing it: anyone may introduce it
-            if known is not None and known.owner != owner:
-                # Stock y-websocket re-sends the states it received from others: skip them
-                # (a socket never speaks for a client another socket introduced).
-                continue
-            if known is None and self._kept_for_another(item.client_id, user_id, now):
-                continue  # another member's client, away between two of their sockets
+        for item, known in self._own(owner, user_id, update, now):  # all checked first
             if known is None:
                 new_clients += 1
                 if self.owned_by(owner) + new_clients > MAX_CLIENTS_PER_SOCKET:
@@ -112,32 +101,31 @@ class Presence:
             self._left.pop(item.client_id, None)
         return encode_awareness_update(relayed)
 
-    def own(
-        self, owner: Hashable, user_id: str, update: bytes, now: float = 0.0
-    ) -> list[AwarenessState]:
-        """The states of ``update`` that ``owner`` gives of its own: not the echoes of
-        other sockets' clients (stock y-websocket re-sends every state it receives, as
-        often as the others' presence changes), nor a client another member left lately.
-        These are what it shows, and what its presence budget pays for."""
+    def _own(
+        self, owner: Hashable, user_id: str, update: bytes, now: float
+    ) -> Iterator[tuple[AwarenessState, _Client | None]]:
+        """The states of ``update`` that ``owner`` gives of its own, each with what is
+        known of its client (None: a new one): not the echoes of other sockets' clients
+        (stock y-websocket re-sends every state it receives, as often as the others'
+        presence changes), nor a client another member left lately."""
         if len(update) > self.max_state_bytes * MAX_CLIENTS_PER_SOCKET:
             raise TooLarge("awareness update too large")
-        found = []
         for item in decode_awareness_update(update):
             known = self._clients.get(item.client_id)
             if known is not None and self._stale(known, now):
-                known = None
+                known = None  # its node stopped renewing it: anyone may introduce it
             if known is not None and known.owner != owner:
+                # An echo: a socket never speaks for a client another socket introduced.
                 continue
             if known is None and self._kept_for_another(item.client_id, user_id, now):
-                continue
-            found.append(item)
-        return found
+                continue  # another member's client, away between two of their sockets
+            yield item, known
 
     def would_show(self, owner: Hashable, user_id: str, update: bytes, now: float = 0.0) -> bool:
         """True when ``update`` from ``owner`` shows a state of its own (``apply`` would
         relay a state that is not None); False for an update that only echoes others or
         takes its own clients away. (Whether it may show itself is the caller's question.)"""
-        return any(item.state is not None for item in self.own(owner, user_id, update, now))
+        return any(item.state is not None for item, _ in self._own(owner, user_id, update, now))
 
     def apply_remote(self, node_id: str, update: bytes, now: float) -> bytes | None:
         """Record the states another node relayed (stamped there); return what of them its

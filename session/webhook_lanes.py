@@ -15,11 +15,11 @@ about two minutes late (review, "bounded"). Here, sans I/O:
   never the slots of the others.
 
 The sender also stops counting an attempt against its slots once it has waited
-``SLOW_AFTER_S`` for an answer (up to ``max_slow`` such attempts): receivers not known
-yet that turn out dead then hold those, not the slots the next deliveries need
-(``WebhookSender``). A dead receiver's first attempts fail at the timeout, and from then on
-it is failing (its failures are stored: it stays failing after a restart, until an attempt
-succeeds).
+``SLOW_AFTER_S`` for an answer (up to ``SLOW_PER_SLOT`` such attempts a slot,
+``free_slots``): receivers not known yet that turn out dead then hold those, not the slots
+the next deliveries need (``WebhookSender``). A dead receiver's attempts fail at the
+timeout, and after ``FAILING_AFTER`` of them it is failing (its failures are stored: it
+stays failing after a restart, until an attempt succeeds).
 """
 
 from __future__ import annotations

@@ -80,8 +80,8 @@ class Membership:
             self._readable, self._readable_roles = {}, roles
         verdict = self._readable.get(restriction)
         if verdict is None:
-            members = (Subject.of(m, roles) for m in self.members.values())
-            verdict = self._readable[restriction] = everyone_may_read(members, restriction)
+            verdict = everyone_may_read(self.subjects(), restriction)
+            self._readable[restriction] = verdict
         return verdict
 
     async def refresh(self) -> None:

@@ -54,7 +54,8 @@ class Claimed:
     payload: str
     attempts: int
     retry_from: int
-    failing: bool = False  # its subscription's last attempts failed (``webhooks.failures``)
+    # Its subscription failed ``FAILING_AFTER`` times or more in a row (``webhooks.failures``).
+    failing: bool = False
 
 
 async def enqueue(
@@ -184,13 +185,13 @@ async def claim(
             webhooks.c.status == ACTIVE,
         )
     )
+    query = query.order_by(d.c.next_at, d.c.id)
     if lanes is None:
-        query = query.order_by(d.c.next_at, d.c.id).limit(limit)
+        query = query.limit(limit)
     else:
         # The oldest due, with room to skip what the caps leave out (``pick`` ranks them):
         # ranked here, one busy subscription's newer heads would fill the window.
-        query = query.order_by(d.c.next_at, d.c.id).limit(limit * CANDIDATES_PER_SLOT)
-        query = _within(query, lanes)
+        query = _within(query.limit(limit * CANDIDATES_PER_SLOT), lanes)
     if connection.dialect.name == "postgresql":
         query = query.with_for_update(skip_locked=True, of=d)
     candidates = [_claimed(row) for row in await connection.execute(query)]

@@ -46,7 +46,7 @@ from websockets.frames import Frame
 
 from parley.server.ws.deadlines import ticks_of
 from parley.server.ws.direct_send import SCOPE_KEY, reset
-from parley.session.ratelimit import Rate
+from parley.session.ratelimit import Rate, TokenBucket
 
 T = TypeVar("T")
 
@@ -281,13 +281,12 @@ class LeanWebSocketProtocol(WebSocketsSansIOProtocol):
             self.transport.write(b"".join(queued))
 
     def _ping_allowed(self) -> bool:
-        """A token bucket of ``PING_RATE`` (its state made at the first ping)."""
+        """Within ``PING_RATE`` (its bucket made at the first ping: idle sockets hold none)."""
         now = self.loop.time()
-        tokens, at = getattr(self, "_pings", (PING_RATE.burst, now))
-        tokens = min(PING_RATE.burst, tokens + (now - at) * PING_RATE.per_second)
-        allowed = tokens >= 1
-        self._pings = (tokens - 1 if allowed else tokens, now)
-        return allowed
+        pings: TokenBucket | None = getattr(self, "_pings", None)
+        if pings is None:
+            pings = self._pings = TokenBucket(PING_RATE, now)
+        return pings.allow(now)
 
     def keepalive_timeout(self) -> None:
         if self.close_sent or self.transport.is_closing():
@@ -334,16 +333,16 @@ class LeanHttpProtocol(HttpToolsProtocol):
     # is closed: a browser opens some ahead of use, and closes its own unused ones after
     # 10 s), its head within ``HEAD_TIMEOUT_S`` of its first byte; its body with no
     # ``BODY_TIMEOUT_S`` without a byte and at ``MIN_BODY_RATE`` on average, counting only
-    # the time the server reads it
-    # (not while uvicorn holds the body back itself: a request pipelined behind another, a
-    # body the app has not read yet, an ``Expect: 100-continue`` not answered yet; reading
-    # resumed, the clock goes on: ``_WatchedFlow``). uvicorn waits without end until a
-    # first request is complete (its keep-alive timer starts after a response), so
-    # connections that sent nothing, or a byte now and then, were held for good and a
-    # client holding enough of them took every file descriptor (review, "bounded").
+    # the time the server reads it (not while uvicorn holds the body back itself: a
+    # request pipelined behind another, a body the app has not read yet, an ``Expect:
+    # 100-continue`` not answered yet; reading resumed, the clock goes on: ``_WatchedFlow``).
+    # uvicorn waits without end until a first request is complete (its keep-alive timer
+    # starts after a response), so connections that sent nothing, or a byte now and then,
+    # were held for good and a client holding enough of them took every file descriptor
+    # (review, "bounded").
     _deadline: asyncio.TimerHandle | None = None
     _begun = False  # a request's first byte came (a connection that sent none is closed)
-    _body: list[float] | None = None  # while a body arrives: [bytes, seconds read, since]
+    _body: _BodyClock | None = None  # while a body arrives
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -360,13 +359,13 @@ class LeanHttpProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         super().on_headers_complete()
-        self._body = [0.0, 0.0, -1.0]
+        self._body = _BodyClock()
         self._await_body()
 
     def on_body(self, body: bytes) -> None:
         super().on_body(body)
         if self._body is not None:
-            self._body[0] += len(body)
+            self._body.received += len(body)
         self._await_body()
 
     def _await_body(self) -> None:
@@ -374,18 +373,13 @@ class LeanHttpProtocol(HttpToolsProtocol):
         clock = self._body
         if clock is None:
             return
-        now = self.loop.time()
-        received, read_s, since = clock
-        if since >= 0:
-            read_s += now - since
         waiting = getattr(self.cycle, "waiting_for_100_continue", False)
-        if self.flow.read_paused or waiting:
-            self._body = [received, read_s, -1.0]
+        reading = not (self.flow.read_paused or waiting)
+        left = clock.left(self.loop.time(), reading)
+        if left is None:
             self._disarm()
-            return
-        self._body = [received, read_s, now]
-        behind = BODY_TIMEOUT_S + received / MIN_BODY_RATE - read_s
-        self._arm(max(0.0, min(BODY_TIMEOUT_S, behind)))
+        else:
+            self._arm(left)
 
     def on_message_complete(self) -> None:
         self._body = None
@@ -454,3 +448,25 @@ class _WatchedFlow(FlowControl):
         protocol = self._protocol()
         if protocol is not None:
             protocol._await_body()
+
+
+class _BodyClock:
+    """How far a request's body has come: its bytes, and the time the server read it."""
+
+    __slots__ = ("read_s", "received", "since")
+
+    def __init__(self) -> None:
+        self.received = 0
+        self.read_s = 0.0  # reading, before ``since``
+        self.since: float | None = None  # reading since then; None: held back
+
+    def left(self, now: float, reading: bool) -> float | None:
+        """Seconds the body has now for its next byte (None: held back, no deadline):
+        ``BODY_TIMEOUT_S``, or less when it is behind ``MIN_BODY_RATE``."""
+        if self.since is not None:
+            self.read_s += now - self.since
+        self.since = now if reading else None
+        if not reading:
+            return None
+        behind = BODY_TIMEOUT_S + self.received / MIN_BODY_RATE - self.read_s
+        return max(0.0, min(BODY_TIMEOUT_S, behind))
