@@ -258,7 +258,7 @@ def streamed(client: YClient) -> str:
 async def test_sockets_that_sync_mid_reply_end_with_the_stored_document(tmp_path: Path) -> None:
     # Answers come from the committed encoding plus the updates since: joining (or asking
     # again) while a reply streams in must still converge on what was stored.
-    settings = make_settings(sqlite_url(tmp_path), tmp_path / "d", offline_token_delay_ms=5)
+    settings = make_settings(sqlite_url(tmp_path), tmp_path / "d", offline_token_delay_ms=20)
     async with serve_in_process(settings) as server:
         sid = await server.new_session({"alice": "editor", "vera": "viewer"})
         alice = await with_history(server, sid, 2)
