@@ -240,7 +240,7 @@ def command_id_of(frame: str) -> str | None:
     return None
 
 
-def ack(command_id: str, *, seq: int | None = None, **ids: str) -> str:
+def ack(command_id: str, *, seq: int | None = None, **ids: str | int) -> str:
     """The acknowledgement of a stored command: its sequence number and the ids it made."""
     return json.dumps({"type": "ack", "id": command_id, "seq": seq, **ids})
 

@@ -187,7 +187,7 @@ class Ack:
     """The fields of a command's acknowledgement: its seq and the ids it names."""
 
     seq: int | None
-    ids: tuple[tuple[str, str], ...] = ()
+    ids: tuple[tuple[str, str | int], ...] = ()
 
     def reply(self, command_id: str) -> str:
         return ack(command_id, seq=self.seq, **dict(self.ids))

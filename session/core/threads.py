@@ -107,12 +107,16 @@ def _may_prompt(view: SessionView, actor: str) -> None:
 
 
 def _opened(thread: SideThread) -> Ack:
-    return Ack(None, (("thread_id", thread.id), ("anchor_seq", str(thread.anchor_seq))))
+    return Ack(None, (("thread_id", thread.id), ("anchor_seq", thread.anchor_seq)))
 
 
 def _asked(thread: SideThread, prompt: ThreadTurn) -> Ack:
-    reply_id = f"{prompt.id}-reply"
+    reply_id = _reply_id(prompt)
     return Ack(None, (("thread_id", thread.id), ("turn_id", prompt.id), ("reply_id", reply_id)))
+
+
+def _reply_id(prompt: ThreadTurn) -> str:
+    return f"{prompt.id}-reply"
 
 
 def _open(view: SessionView, event: CommandEvent, command: ThreadOpenCommand) -> Effects:
@@ -179,12 +183,10 @@ def _prompt(
         summarise=command.summarise,
         command_id=command.id,
     )
-    ack = _asked(thread, prompt)
-    reply_id = dict(ack.ids)["reply_id"]
     return Effects(
-        ack=ack,
+        ack=_asked(thread, prompt),
         thread_turns=(prompt,),
-        thread_run=BeginThreadRun(thread.id, prompt.id, reply_id, event.actor),
+        thread_run=BeginThreadRun(thread.id, prompt.id, _reply_id(prompt), event.actor),
     )
 
 

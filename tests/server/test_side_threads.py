@@ -97,6 +97,7 @@ async def test_bobs_side_thread_never_reaches_alice_and_his_summary_reaches_ever
 
     opened = await bob.command({"type": "thread_open", "id": "t", "anchor": anchor["id"]})
     thread_id = opened["thread_id"]
+    assert opened["anchor_seq"] == anchor["seq"]  # a number, as REST answers it
     await alice.command({"type": "message", "id": "m1", "text": "said after the anchor"})
     asked = {"type": "thread_prompt", "id": "q", "thread_id": thread_id, "text": MARKER}
     assert (await bob.command(asked))["type"] == "ack"
@@ -113,6 +114,7 @@ async def test_bobs_side_thread_never_reaches_alice_and_his_summary_reaches_ever
     ) as as_bob:
         listed = (await as_bob.get(base)).json()["threads"]
         assert [(t["id"], t["owner"], t["turns"]) for t in listed] == [(thread_id, "bob", 2)]
+        assert listed[0]["anchor_seq"] == opened["anchor_seq"]
         summary = await as_bob.post(f"{base}/{thread_id}/summary", json={})
         assert summary.status_code == 202, summary.text
         await bob.wait_until(lambda c: answered(c, thread_id, 2))

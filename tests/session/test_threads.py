@@ -138,10 +138,10 @@ def test_opening_a_thread_anchors_it_and_writes_nothing_shared() -> None:
     t.doc.add_message(id="m2", seq=2, author="alice", text="later", created_at=0)
     t.last_seq = 2
     effects = t.ok("bob", ThreadOpenCommand("o", "m1", "check"))
-    assert effects.ack is not None and dict(effects.ack.ids)["anchor_seq"] == "1"
+    assert effects.ack is not None and dict(effects.ack.ids)["anchor_seq"] == 1
     assert effects.entry is None and effects.events == () and effects.queue is None
     unanchored = t.ok("bob", ThreadOpenCommand("o2", None, ""))
-    assert unanchored.ack is not None and dict(unanchored.ack.ids)["anchor_seq"] == "2"
+    assert unanchored.ack is not None and dict(unanchored.ack.ids)["anchor_seq"] == 2
     assert isinstance(t.refused("bob", ThreadOpenCommand("o3", None, "")), ThreadLimit)
     assert isinstance(t.refused("alice", ThreadOpenCommand("o", "nope", "")), NotFound)
     assert isinstance(t.refused("vic", ThreadOpenCommand("o", None, "")), Forbidden)

@@ -136,7 +136,7 @@ export interface ThreadOpenAck {
   readonly id: string
   readonly seq: null
   readonly thread_id: string
-  readonly anchor_seq: string
+  readonly anchor_seq: number
 }
 export interface ThreadRunAck {
   readonly type: 'ack'
