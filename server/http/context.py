@@ -17,7 +17,7 @@ from parley.server.http.rest import Caller, Operation, QueryStr, spend_command
 from parley.server.http.sessions import SESSION_ERRORS
 from parley.server.runtime.room import SessionRoom
 from parley.server.state import AppState
-from parley.session.errors import Conflict, Forbidden, NotFound
+from parley.session.errors import Conflict, Forbidden
 from parley.session.queue_root import queue_of
 
 
@@ -37,9 +37,8 @@ async def put_fact(
 
 
 async def delete_fact(state: AppState, session_id: str, key: str, caller: Caller) -> None:
-    room = await state.rooms.current(session_id)
-    if key not in room.doc.fact_map():
-        raise NotFound(f"no fact {key!r}")
+    """Remove a fact by the socket's ``fact`` rule: a fact not set is already as asked."""
+    room = await state.rooms.get(session_id)
     spend_command(state, room, caller.user_id)
     await state.rooms.change(room, {"op": "set_fact", "key": key, "value": None})
 
@@ -59,9 +58,9 @@ async def create_pin(state: AppState, session_id: str, body: PinCreate, caller: 
 
 
 async def delete_pin(state: AppState, session_id: str, entry_id: str, caller: Caller) -> None:
-    room = await state.rooms.current(session_id)
-    if entry_id not in room.doc.pinned():
-        raise NotFound(f"{entry_id!r} is not pinned")
+    """Unpin by the socket's ``unpin`` rule: an unknown entry is not found, an entry not
+    pinned is already as asked."""
+    room = await state.rooms.get(session_id)
     spend_command(state, room, caller.user_id)
     await state.rooms.change(room, {"op": "pin", "entry_id": entry_id, "pinned": False})
 
@@ -157,7 +156,7 @@ OPERATIONS: list[Operation] = [
         "DELETE",
         "/api/v1/sessions/{session_id}/facts/{key}",
         delete_fact,
-        "Remove a session fact",
+        "Remove a session fact (204 also when it is not set: the socket's `fact` rule)",
         capability=Capability.PIN,
         status=204,
         errors=(404, 429),
@@ -189,7 +188,8 @@ OPERATIONS: list[Operation] = [
         "DELETE",
         "/api/v1/sessions/{session_id}/pins/{entry_id}",
         delete_pin,
-        "Unpin an entry",
+        "Unpin an entry (204 also when it is not pinned; 404 for an unknown entry: the "
+        "socket's `unpin` rule)",
         capability=Capability.PIN,
         status=204,
         errors=(404, 429),

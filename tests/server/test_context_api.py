@@ -64,9 +64,17 @@ async def test_pins_and_facts_over_rest(tmp_path: Path) -> None:
 
         gone = await server.http.delete(f"/api/v1/sessions/{sid}/facts/tier")
         assert gone.status_code == 204
-        assert (await server.http.delete(f"/api/v1/sessions/{sid}/facts/tier")).status_code == 404
-        unpinned = await server.http.delete(f"/api/v1/sessions/{sid}/pins/{posted['message_id']}")
-        assert unpinned.status_code == 204
+        # Removing what is not there is already as asked, as the socket's commands answer.
+        assert (await server.http.delete(f"/api/v1/sessions/{sid}/facts/tier")).status_code == 204
+        pin = f"/api/v1/sessions/{sid}/pins/{posted['message_id']}"
+        assert (await server.http.delete(pin)).status_code == 204
+        assert (await server.http.delete(pin)).status_code == 204
+        assert (await server.http.get(f"/api/v1/sessions/{sid}/pins")).json() == {"pins": []}
+        unknown = await server.http.delete(f"/api/v1/sessions/{sid}/pins/nope")
+        refused = await alice.command({"type": "unpin", "id": "u", "entry_id": "nope"})
+        assert unknown.status_code == 404
+        assert unknown.json()["error"]["message"] == refused["message"]
+        assert refused["code"] == unknown.json()["error"]["code"] == "not_found"
 
 
 async def test_the_preview_is_what_the_model_receives(tmp_path: Path) -> None:
