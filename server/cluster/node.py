@@ -53,6 +53,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("parley.cluster")
 
 CHANNEL_DOC = "parley_doc"  # payload: session id (an update was committed)
+CHANNEL_PRIVATE = "parley_private"  # payload: "<session id> <entry id>" (restricted text)
 TAIL_PAGE = 500
 
 
@@ -94,6 +95,9 @@ class HolderFence:
         # round trip, and a write's carries it with its counters (``append_change``).
         _store_tx(tx).notify(CHANNEL_DOC, self.room.session_id)
 
+    def kept_private(self, tx: SessionTx, entry_id: str) -> None:
+        _store_tx(tx).notify(CHANNEL_PRIVATE, f"{self.room.session_id} {entry_id}")
+
     def holds(self) -> bool:
         return self.room.session_id in self.node.leases
 
@@ -126,6 +130,7 @@ class ClusterNode:
             asyncpg_dsn(settings.database_url),
             {
                 CHANNEL_DOC: self._on_doc,
+                CHANNEL_PRIVATE: self._on_private,
                 CHANNEL_COMMAND: self._on_command,
                 CHANNEL_RESULT: self.relay.on_result,
                 CHANNEL_AWARENESS: self.presence.on_notification,
@@ -321,6 +326,28 @@ class ClusterNode:
         if session_id in self.applied:
             self._stale_docs.add(session_id)
             self._wake.set()
+
+    def _on_private(self, payload: str) -> None:
+        session_id, _, entry_id = payload.partition(" ")
+        room = self.registry.loaded(session_id)
+        if room is not None and session_id in self.applied and room.sockets.connections:
+            self.spawn(self._deliver_private(room, entry_id))
+
+    async def _deliver_private(self, room: SessionRoom, entry_id: str) -> None:
+        """Push restricted text the running node stored to this node's sockets of the
+        members who may read it (the running node pushes it to its own), judged by the
+        members and roles as the store holds them now. A notification missed here (the
+        listener reconnecting) leaves it to ``GET …/entries/{id}/private``, as for a socket
+        that was not connected when it was stored."""
+        try:
+            await self.follow(room)
+            item = await self.store.access.private_item(room.session_id, entry_id)
+        except Exception:
+            log.warning("could not read restricted text", extra={"session_id": room.session_id})
+            return
+        if item is not None and room.session_id in self.applied:
+            room.context.keep(item)
+            room.sockets.deliver_private(item)
 
     def _on_command(self, session_id: str) -> None:
         if session_id in self.running:

@@ -236,9 +236,12 @@ class SessionWriter:
         )
         write.events.extend(effects.events)
         write.replies.update(effects.replies)
+        fence = self.document.fence
         for kept in effects.keep:
             item = PrivateItem(kept.entry_id, kept.kind, kept.text, kept.restriction)
-            write.after_commit.append(partial(self._keep_private, item))
+            write.after_commit.append(partial(self._keep_private, item, deliver=not kept.shown))
+            if fence is not None and not kept.shown:
+                fence.kept_private(write.tx, kept.entry_id)  # other nodes' sockets
         if entry is not None:
             write.after_commit.append(partial(setattr, self, "last_seq", entry.seq))
             write.after_commit.append(partial(self.sent.stored, entry.author, entry.command_id))
@@ -269,10 +272,12 @@ class SessionWriter:
             self.runs.wake()
         self.side_threads.notify(effects)
 
-    def _keep_private(self, item: PrivateItem) -> None:
-        """Remember a stored private item and deliver it to who may read it."""
+    def _keep_private(self, item: PrivateItem, *, deliver: bool) -> None:
+        """Remember a stored private item, and deliver it to who may read it unless the
+        shared document shows it already."""
         self.context.keep(item)
-        self.sockets.deliver_private(item)
+        if deliver:
+            self.sockets.deliver_private(item)
 
     async def stop_prompts(self, event: MemberUpdated | TokenRevoked) -> None:
         """A member's grants changed (``Membership``): the core says which of their prompts

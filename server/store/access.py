@@ -11,7 +11,7 @@ import json
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import and_, delete, func, insert, select, update
+from sqlalchemy import Row, and_, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -302,15 +302,18 @@ class AccessStore:
             rows = await connection.execute(
                 select(private_items).where(private_items.c.session_id == session_id)
             )
-            return [
-                PrivateItem(
-                    row.entry_id,
-                    row.kind,
-                    row.text,
-                    restriction_from_json(json.loads(row.restriction)),
+            return [_private_item(row) for row in rows]
+
+    async def private_item(self, session_id: str, entry_id: str) -> PrivateItem | None:
+        async with self.store.read() as connection:
+            rows = await connection.execute(
+                select(private_items).where(
+                    private_items.c.session_id == session_id,
+                    private_items.c.entry_id == entry_id,
                 )
-                for row in rows
-            ]
+            )
+            row = rows.first()
+        return None if row is None else _private_item(row)
 
     async def audit(
         self,
@@ -346,3 +349,9 @@ class AccessStore:
                 AuditRow(int(row.id), row.at, row.kind, row.actor, json.loads(row.data))
                 for row in rows
             ]
+
+
+def _private_item(row: Row[Any]) -> PrivateItem:
+    return PrivateItem(
+        row.entry_id, row.kind, row.text, restriction_from_json(json.loads(row.restriction))
+    )

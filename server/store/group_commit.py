@@ -42,6 +42,11 @@ class WriteFence(Protocol):
 
     def published(self, tx: SessionTx) -> None: ...
 
+    def kept_private(self, tx: SessionTx, entry_id: str) -> None:
+        """Text only some members may read was stored for ``entry_id`` in ``tx``: the other
+        nodes push it to their own sockets of those members after the commit."""
+        ...
+
 
 class Outcome(asyncio.Future[int]):
     """A round's answer for one update: its id, or the error that kept it out. It cannot be

@@ -119,12 +119,15 @@ class ToolStep:
 @dataclass(frozen=True, slots=True)
 class KeepPrivate:
     """Text kept server-side (restricted replies and tool details) with its readers, and
-    delivered after the commit to the members who may read it."""
+    delivered after the commit to the members who may read it; ``shown``: the shared
+    document holds it already (a reply under ``restricted_replies: shared``), so it is
+    kept for its readers and not sent again."""
 
     entry_id: str
     kind: str
     text: str
     restriction: Restriction
+    shown: bool = False
 
 
 @dataclass(frozen=True, slots=True)

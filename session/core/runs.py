@@ -197,8 +197,9 @@ def finish_run(view: SessionView, event: RunFinished) -> Effects:
     audit = event.audit
     reply = event.reply
     if reply is not None and reply.restriction:
-        keep = (KeepPrivate(reply.reply_id, "reply", event.text, reply.restriction),)
-        if not reply.private and view.restricted_replies != "private":
+        shown = not reply.private and view.restricted_replies != "private"
+        keep = (KeepPrivate(reply.reply_id, "reply", event.text, reply.restriction, shown),)
+        if shown:
             drew_on = [r.to_json() for r in reply.restriction]
             shared = {"reply_id": reply.reply_id, "drew_on": drew_on}
             audit = (AuditRecord("reply_shared", "policy", shared), *audit)

@@ -88,6 +88,9 @@ class Fence:
     def published(self, tx: StoreTx) -> None:
         self.told += 1
 
+    def kept_private(self, tx: StoreTx, entry_id: str) -> None:
+        pass
+
     def holds(self) -> bool:
         return self.allowed
 

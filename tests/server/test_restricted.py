@@ -185,3 +185,28 @@ async def test_the_audit_log_pages_and_filters(tmp_path: Path) -> None:
         assert none == {"records": [], "next_after": None}
         bad = await b.request("GET", f"/api/v1/sessions/{sid}/audit?limit=0")
         assert bad.status_code == 422
+
+
+async def test_a_reply_shown_to_everyone_is_not_pushed_again(server: RunningServer) -> None:
+    """Under ``restricted_replies: shared`` the reply is in the shared document: its readers
+    are kept, but no ``restricted`` frame repeats it (tool details stay restricted and are
+    pushed)."""
+    sid = await restricted_session(server)
+    shared = await server.http.patch(
+        f"/api/v1/sessions/{sid}", json={"restricted_replies": "shared"}
+    )
+    assert shared.status_code == 200, shared.text
+    bob = await server.connect(sid, "bob")
+    olga = await server.connect(sid, "olga")
+    await olga.command({"type": "unpin", "id": "x", "entry_id": "none"})  # speaks JSON
+    await bob.command({"type": "prompt", "id": "p", "text": "what is the vault code?"})
+    await bob.wait_until(lambda c: all_replies_settled(c, 1))
+    await olga.wait_until(lambda c: all_replies_settled(c, 1))
+    reply = next(e for e in olga.entries() if e["kind"] == "reply")
+    step = next(e for e in olga.entries() if e["kind"] == "tool")
+    assert "7731" in reply["content"]  # shown to everyone, as the owner decided
+    # Anything pushed for the reply went before its settling reached olga, and a reply
+    # read after that on her socket comes after it.
+    await olga.command({"type": "unpin", "id": "y", "entry_id": "none"})
+    pushed = [m["entry_id"] for m in olga.unsolicited if m["type"] == "restricted"]
+    assert pushed == [step["id"]]

@@ -691,7 +691,7 @@ def test_a_restricted_reply_is_kept_server_side_and_its_sharing_audited() -> Non
     shared.start_run()
     effects = shared.finish_run(None, reply=ReplyState("r", SECRET), text="t", audit=calls)
     drew_on = [r.to_json() for r in SECRET]
-    assert effects.keep == (KeepPrivate("r", "reply", "t", SECRET),)
+    assert effects.keep == (KeepPrivate("r", "reply", "t", SECRET, shown=True),)
     assert effects.audit == (
         AuditRecord("reply_shared", "policy", {"reply_id": "r", "drew_on": drew_on}),
         *calls,

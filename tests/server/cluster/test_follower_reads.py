@@ -131,3 +131,43 @@ async def test_every_rest_read_of_a_session_answers_the_same_on_every_node(
         assert private[0] == 200 and "7731" in private[1]["text"]
         for client in (bob, olga):
             await client.close()
+
+
+async def test_restricted_text_is_pushed_to_readers_on_every_node(tmp_path: Path) -> None:
+    """A member whose socket is on a node that does not run the session gets a restricted
+    reply's full text pushed as one on the running node does; one who may not read it,
+    nothing."""
+    replies = [
+        Reply(pieces=search_call("vault code")),
+        Reply(pieces=openai_stream(["It ", "is ", "7731."])),
+    ]
+    async with upstream_cluster(tmp_path, replies) as nodes:
+        runner, follower = nodes.nodes
+        sid = await nodes.new_session({"olga": "owner", "bob": "editor", "alice": "viewer"})
+        document = await nodes.http.post(
+            f"/api/v1/sessions/{sid}/documents",
+            json={"title": "Vault", "text": SECRET, "readers": {"users": ["bob", "olga"]}},
+        )
+        assert document.status_code == 201, document.text
+        assert (await nodes.wait_holder(sid))[0] == "n0"
+        bob = await nodes.connect(runner, sid, "bob")
+        olga = await nodes.connect(follower, sid, "olga")
+        alice = await nodes.connect(follower, sid, "alice")
+        for client in (bob, olga, alice):  # speak JSON, so restricted text may be pushed
+            await client.command({"type": "unpin", "id": "x", "entry_id": "none"})
+        await bob.command({"type": "prompt", "id": "p", "text": "the vault code?"})
+
+        def restricted(client: Any) -> dict[str, Any]:
+            return {m["entry_id"]: m for m in client.unsolicited if m["type"] == "restricted"}
+
+        await bob.wait_until(lambda c: len(restricted(c)) == 2, timeout=30)
+        await olga.wait_until(lambda c: len(restricted(c)) == 2, timeout=30)
+        assert restricted(olga) == restricted(bob)
+        reply = next(e for e in bob.entries() if e["kind"] == "reply")
+        assert "7731" in restricted(olga)[reply["id"]]["text"]
+        # Pushed to alice's node's sockets in the same pass as olga's: a reply read after
+        # them on her socket comes after anything pushed to her.
+        await alice.command({"type": "unpin", "id": "y", "entry_id": "none"})
+        assert restricted(alice) == {}
+        for client in (bob, olga, alice):
+            await client.close()
