@@ -197,7 +197,7 @@ async def get_private(
         )
     return PrivateOut(
         entry_id=entry_id,
-        kind="tool" if item.kind == "tool" else "reply",
+        kind="message" if item.kind == "message" else "tool" if item.kind == "tool" else "reply",
         text=item.text,
         readers=[r.to_json() for r in item.restriction],
     )
@@ -247,7 +247,8 @@ OPERATIONS: list[Operation] = [
         "GET",
         "/api/v1/sessions/{session_id}/entries/{entry_id}/private",
         get_private,
-        "The restricted text behind a placeholder (tool step or reply)",
+        "The restricted text behind a placeholder (tool step or reply), or of a message "
+        "shared back from a side-thread",
         response=PrivateOut,
         errors=(404,),
         capability=Capability.READ_SESSION,

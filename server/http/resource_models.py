@@ -112,7 +112,9 @@ class ToolList(Strict):
 
 class PrivateOut(Strict):
     entry_id: str
-    kind: Literal["tool", "reply"]
+    kind: Literal["tool", "reply", "message"] = Field(
+        description="A tool step, a reply, or a message shared back from a side-thread"
+    )
     text: str
     readers: list[dict[str, Any]] = Field(description="Readers of every source it drew on")
 

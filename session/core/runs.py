@@ -197,9 +197,10 @@ def finish_run(view: SessionView, event: RunFinished) -> Effects:
     audit = event.audit
     reply = event.reply
     if reply is not None and reply.restriction:
-        shown = not reply.private and view.restricted_replies != "private"
+        # Not private: the shared document shows it (``shared``, or every member may read).
+        shown = not reply.private
         keep = (KeepPrivate(reply.reply_id, "reply", event.text, reply.restriction, shown),)
-        if shown:
+        if shown and view.restricted_replies != "private":
             drew_on = [r.to_json() for r in reply.restriction]
             shared = {"reply_id": reply.reply_id, "drew_on": drew_on}
             audit = (AuditRecord("reply_shared", "policy", shared), *audit)

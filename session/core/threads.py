@@ -36,6 +36,7 @@ from parley.session.core.effects import (
     BeginThreadRun,
     DeleteThread,
     Effects,
+    KeepPrivate,
     OpenThread,
     SetThreadStatus,
     ThreadTurnStatus,
@@ -206,6 +207,9 @@ def _share(
         replies = [t for t in picked if t is not None]
         text = "\n\n".join(t.text for t in replies)
         restriction = restrict(*(t.restriction for t in replies))
+        if not may_read(view.subject(event.actor), restriction):
+            # The thread shows them a placeholder now: sharing must not hand it back.
+            raise Forbidden("these replies draw on material you may no longer read")
     limit = view.thread_limits.max_share_chars
     if len(text) > limit:
         raise TooLarge(f"what is shared is at most {limit} characters")
@@ -220,9 +224,13 @@ def _share(
         shared = {"thread_id": thread.id, "drew_on": drew_on}
         audit.append(AuditRecord("reply_shared", event.actor, shared))
     entry = new_entry(view, event, EntryKind.MESSAGE, text, MESSAGE_STATUS, FROM_THREAD)
+    # Its readers are kept, as a restricted reply's are: later runs drawing on it inherit
+    # them, and a model call of a member who may not read it leaves it out.
+    keep = (KeepPrivate(entry.id, "message", text, restriction, shown=True),)
     return Effects(
         ack=Ack(entry.seq, (("message_id", entry.id),)),
         entry=entry,
+        keep=keep if restriction else (),
         audit=tuple(audit),
     )
 

@@ -17,6 +17,7 @@ from parley.session.core import (
     CommandEvent,
     DocumentLimits,
     Effects,
+    KeepPrivate,
     Recovered,
     SessionView,
     SideThread,
@@ -237,6 +238,22 @@ def test_sharing_restricted_text_follows_the_restricted_replies_policy(policy: s
         else:
             assert effects.error is None and effects.entry is not None
             assert [a.kind for a in effects.audit] == ["thread", "reply_shared"]
+            # Its readers are kept, as a shared restricted reply's are (review: a later
+            # run of a member who may not read the source drew on it).
+            text = effects.entry.text
+            kept = KeepPrivate(effects.entry.id, "message", text, VAULT, shown=True)
+            assert effects.keep == (kept,)
+
+
+def test_sharing_what_the_sharer_may_no_longer_read_is_refused() -> None:
+    """Under ``shared`` too: the thread shows its owner a placeholder for a reply drawn
+    from a source they were denied since; sharing it must not hand the text back."""
+    t = Threads(restricted_replies="shared")
+    thread_id = t.open()
+    t.ok("bob", ThreadPromptCommand("p", thread_id, "q"))
+    reply = t.answer(thread_id, "the code is 7731", (Readers("d1", frozenset({"alice"})),))
+    refused = t.refused("bob", ThreadShareCommand("s", thread_id, None, (reply.id,)))
+    assert isinstance(refused, Forbidden) and "no longer read" in refused.message
 
 
 def test_a_run_of_a_deleted_thread_leaves_its_audit_only() -> None:
