@@ -23,7 +23,13 @@ from parley.server.runtime.summarise import Summariser
 from parley.server.runtime.thread_runs import ThreadRuns
 from parley.server.runtime.tools import Executed, ToolRunner
 from parley.server.store.usage import UsageLedger
-from parley.session.core.runs import run_audit, run_audit_base, too_large
+from parley.session.core.runs import (
+    run_audit,
+    run_audit_base,
+    shown_ending,
+    shown_tool_name,
+    too_large,
+)
 from parley.session.errors import Forbidden, ProviderError, QuotaExceeded, Unavailable
 from parley.session.lifecycle import PromptStatus
 from parley.session.model import ModelProvider, ModelRequest, TextDelta, ToolCall, Usage
@@ -279,16 +285,18 @@ class SessionRunner:
                     "tool call refused",
                     extra={"session_id": self.room.session_id, "tool": call.name[:100]},
                 )
+                name = shown_tool_name(call.name, self._readable_by_all(active))
                 await active.steps.add_tool_step(
                     active,
-                    tool=call.name[:64],
+                    tool=name,
                     status="refused",
                     detail=f"arguments: {call.arguments}\nrefused: {effect.reason}",
                     restriction=(),
                 )
-                self._note_call(active, call, "refused")
+                self._note_call(active, call, "refused", name)
+                reason = effect.reason.replace(repr(call.name), repr(name))
                 active.refusals.append(
-                    {"reply_id": active.reply_id, "tool": call.name[:100], "reason": effect.reason}
+                    {"reply_id": active.reply_id, "tool": name, "reason": reason}
                 )
             try:
                 effect = loop.send(result)
@@ -296,10 +304,20 @@ class SessionRunner:
                 outcome: LoopOutcome = stop.value
                 return outcome
 
+    def _readable_by_all(self, active: ActiveRun) -> bool:
+        """Whether every member may read what the run drew on so far."""
+        restriction = active.reply.restriction
+        return not restriction or self.room.context.everyone_may_read(restriction)
+
     @staticmethod
-    def _note_call(active: ActiveRun, call: ToolCall, outcome: str) -> None:
+    def _note_call(
+        active: ActiveRun, call: ToolCall, outcome: str, name: str | None = None
+    ) -> None:
+        """Note a tool call in the model call's audit record (``name``: as shown, for one
+        refused)."""
+        named = call.name[:100] if name is None else name
         active.model_calls[-1]["tool_calls"].append(
-            {"id": call.id[:100], "tool": call.name[:100], "outcome": outcome}
+            {"id": call.id[:100], "tool": named, "outcome": outcome}
         )
 
     async def _stream(self, active: ActiveRun, request: ModelRequest) -> ModelTurn:
@@ -373,6 +391,7 @@ class SessionRunner:
         """Store how the run ended (no ``ending``: answered); keep trying while the
         database is away."""
         failures = 0
+        ending = shown_ending(ending, self._readable_by_all(active))
         while not self.room.closed:  # a closed room is recovered from the store on reload
             try:
                 audit = run_audit(active.audit_base, active.model_calls, active.refusals, ending)

@@ -294,6 +294,32 @@ def run_audit_base(run: Run, reply_id: str, scope: RunScope, seen: ContextSeen) 
     }
 
 
+# Reasons whose text comes from outside Parley (a model provider's error, an exception's):
+# they may quote the model's input.
+_QUOTING_REASONS = frozenset({ReasonCode.PROVIDER_ERROR, ReasonCode.INTERNAL_ERROR})
+WITHHELD_REASON = (
+    "the model call failed; its details are withheld, as the call drew on material not "
+    "every member may read (the server's log has them)"
+)
+WITHHELD_TOOL = "(a tool it may not name)"
+
+
+def shown_ending(ending: Ending | None, readable_by_all: bool) -> Ending | None:
+    """``ending`` as members, webhooks and the audit log are told it: a reason that may
+    quote the model's input is withheld when the run drew on what not every member may
+    read (review: a provider's 400 quoting a restricted document reached a viewer)."""
+    if ending is None or readable_by_all or ending.code not in _QUOTING_REASONS:
+        return ending
+    return Ending(ending.code, WITHHELD_REASON)
+
+
+def shown_tool_name(name: str, readable_by_all: bool) -> str:
+    """The name of a tool call refused to a run, as the document and the audit log show
+    it: the model chose it, so it is withheld when the run drew on what not every member
+    may read (it could spell out what it read)."""
+    return name[:64] if readable_by_all else WITHHELD_TOOL
+
+
 def run_audit(
     base: dict[str, Any],
     model_calls: list[dict[str, Any]],

@@ -318,3 +318,40 @@ async def test_a_shared_restricted_reply_keeps_its_readers_for_the_replies_drawn
         records = await s.store.access.list_audit(SESSION, limit=100, after=0, kinds=None)
         shared = [r.data["reply_id"] for r in records if r.kind == "reply_shared"]
         assert shared == [first_reply, second_reply]
+
+
+def quotes_its_input_then_invents_a_tool(sent: Sent) -> Answer:
+    """After a restricted search, a provider error quoting the input (some proxies do),
+    or a call of a tool whose name spells out what was read."""
+    if sent.messages[-1]["role"] == "tool":
+        if "[invent]" in sent.asked_text():
+            return [call("SECRET-7731", {}, "call-2")]
+        return Status(400, f"bad request near: {sent.everything()[-300:]}")
+    if "vault" in sent.asked_text():
+        return [call("search_documents", {"query": "vault code"})]
+    return ["ok"]
+
+
+async def test_what_the_provider_or_the_model_names_after_restricted_reads_is_withheld() -> None:
+    """Review (no confused deputy): a provider's error quoting the model's input became the
+    failure reason every member, webhook and the audit saw; a refused tool's name, chosen
+    by the model after reading a restricted document, was shown in the shared document.
+    Both are withheld when the run drew on what not every member may read."""
+    model = FakeModel(quotes_its_input_then_invents_a_tool, echo_tools=False)
+    members: dict[str, str | Member] = {"olga": "owner", "bob": "editor", "alice": "viewer"}
+    async with memory_session(members, model) as s:
+        await s.store.access.add_document(VAULT)
+        failed = await s.prompt("bob", "what is the vault code?")
+        await s.settled(failed["prompt_id"])
+        assert SECRET in model.requests[-1].everything()  # the provider did quote it
+        invented = await s.prompt("bob", "the vault code again [invent]")
+        await s.settled(invented["prompt_id"])
+        prompt = s.room.doc.entry(failed["prompt_id"])
+        assert prompt.status == "failed" and prompt.reason_code == "provider_error"
+        story = str([(e.content, e.reason, e.tool) for e in s.room.doc.entries()])
+        records = await s.store.access.list_audit(SESSION, limit=100, after=0, kinds=None)
+        audit = str([r.data for r in records])
+        for shown in (story, audit):
+            assert "7731" not in shown
+        assert "details are withheld" in str(prompt.reason)
+        assert "ran (a tool it may not name): refused" in story
