@@ -232,6 +232,19 @@ def _read_delete_set(reader: _Reader) -> DeleteSet:
     return deletes
 
 
+# pycrdt (yrs) decodes an update's values recursively on the caller's stack, with no
+# depth limit: one value nested 30,000 arrays deep (60 KB) overflowed it and crashed the
+# process (review). A value nests at most once per array or object marker its bytes hold
+# (lib0's tags 117 and 118), so an update with fewer than this many is decoded safely.
+MAX_NESTING_MARKERS = 2000
+
+
+def may_nest_too_deep(update: bytes) -> bool:
+    """True unless ``update`` certainly nests no value deeper than pycrdt decodes safely (a
+    count of two byte values: C speed, whatever the update holds)."""
+    return update.count(b"\x75") + update.count(b"\x76") >= MAX_NESTING_MARKERS
+
+
 def _diff(update: bytes, state: bytes) -> _Reader:
     """A reader over ``update`` minus every struct ``state`` already covers."""
     try:
@@ -299,10 +312,15 @@ def is_noop_update(
     leaves only structs the server lacks; any of those, or any deletion the server has not
     made, makes the update a write. The cost is linear in the update (the diff; an update
     of deletions only is read directly), plus a binary search per deleted range; one with
-    more than ``max_delete_ranges`` ranges raises ``TooLarge`` instead of being read.
+    more than ``max_delete_ranges`` ranges raises ``TooLarge`` instead of being read. One
+    whose values pycrdt might not decode safely (``may_nest_too_deep``) is not diffed: it
+    is judged a write (a large echo of the server's own text may be refused so; it
+    changes nothing the server holds).
     """
     reader = _Reader(update)
     if reader.varuint() != 0:  # structs: keep those the server lacks, then the delete set
+        if may_nest_too_deep(update):
+            return False  # not read: judged a write, as anything new from a client is
         reader = _diff(update, server_state)
         if reader.varuint() != 0:
             return False

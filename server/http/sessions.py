@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import secrets
 
+from parley.authz.policy import may_read
 from parley.authz.roles import Capability
 from parley.authz.tokens import ADMIN_ACTOR
 from parley.server.http.models import (
@@ -25,7 +26,7 @@ from parley.server.http.rest import (
 from parley.server.http.transcript_body import TranscriptBody
 from parley.server.state import AppState
 from parley.server.store.sessions import SessionRow
-from parley.session.errors import InvalidInput, NotFound
+from parley.session.errors import Forbidden, InvalidInput, NotFound
 from parley.session.queue import Policy
 
 USER_ID = re.compile(r"[A-Za-z0-9._@:+-]{1,200}")
@@ -97,6 +98,8 @@ async def update_session(
     if body.title is not None:
         stored["title"] = body.title
     if body.restricted_replies is not None:
+        if body.restricted_replies == "shared" != before.restricted_replies:
+            await _may_share_restricted(state, session_id, caller)
         stored["restricted_replies"] = body.restricted_replies
     if stored:  # one transaction, with its settings_changed event
         await state.store.change_settings(session_id, stored, int(state.clock() * 1000), by)
@@ -117,6 +120,26 @@ async def update_session(
     if changes:
         await room.writer.audit("policy", caller.actor, changes)
     return _session_out(await session_row(state, session_id))
+
+
+async def _may_share_restricted(state: AppState, session_id: str, caller: Caller) -> None:
+    """``shared`` shows everyone replies drawn from any reader list in the session: a
+    member may choose it only if they may read every one (as a membership change may not
+    hand out read access its maker lacks). Refusals are audited."""
+    if caller.user_id is None:
+        return  # the admin key
+    room = await state.rooms.get(session_id)
+    subject = room.subject(caller.user_id)
+    lists = await room.access.reader_lists(session_id)
+    unreadable = sorted(r.resource for r in lists if not may_read(subject, (r,)))
+    if unreadable:
+        reason = (
+            "restricted_replies: shared would show every member replies drawn from "
+            f"material you may not read ({', '.join(unreadable[:5])})"
+        )
+        action = {"action": "set restricted_replies shared", "reason": reason}
+        await room.writer.audit("refused", caller.actor, action)
+        raise Forbidden(reason)
 
 
 async def delete_session(state: AppState, session_id: str) -> None:

@@ -26,6 +26,7 @@ from parley.server.store.tables import (
     members,
     private_items,
     roles,
+    side_thread_turns,
     tools,
 )
 from parley.session.errors import Conflict
@@ -237,7 +238,8 @@ class AccessStore:
 
     async def reader_lists(self, session_id: str) -> set[Readers]:
         """Every reader list in the session: its documents' and its restricted items'
-        (which outlive a deleted document, and name tool results' readers)."""
+        (which outlive a deleted document, and name tool results' readers), and its
+        side-threads' turns' (a webhook tool's readers may be named there alone)."""
         async with self.store.read() as connection:
             lists = {
                 _readers(row)
@@ -252,7 +254,12 @@ class AccessStore:
                 .where(private_items.c.session_id == session_id)
                 .distinct()
             )
-            for (restriction,) in restrictions:
+            turns = await connection.execute(
+                select(side_thread_turns.c.restriction)
+                .where(side_thread_turns.c.session_id == session_id)
+                .distinct()
+            )
+            for (restriction,) in [*restrictions, *turns]:
                 lists.update(restriction_from_json(json.loads(restriction)))
         return lists
 

@@ -76,6 +76,9 @@ class MemoryAccess:
         lists = {d.readers for d in s.documents.values()}
         for item in s.private.values():
             lists.update(item.restriction)
+        for thread in s.threads.values():
+            for turn in thread.turns:
+                lists.update(turn.restriction)
         return lists
 
     async def put_role(self, name: str, capabilities: frozenset[str]) -> None:

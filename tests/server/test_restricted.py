@@ -210,3 +210,25 @@ async def test_a_reply_shown_to_everyone_is_not_pushed_again(server: RunningServ
     await olga.command({"type": "unpin", "id": "y", "entry_id": "none"})
     pushed = [m["entry_id"] for m in olga.unsolicited if m["type"] == "restricted"]
     assert pushed == [step["id"]]
+
+
+async def test_only_a_member_who_may_read_every_source_may_choose_shared(
+    server: RunningServer,
+) -> None:
+    """Review (no confused deputy): ``shared`` shows everyone replies drawn from every
+    reader list of the session, so a manager who may not read one may not choose it
+    (audited); one who may read them all may, and the admin key may."""
+    sid = await restricted_session(server)  # the vault: bob and olga read it
+    added = await server.http.put(f"/api/v1/sessions/{sid}/members/mia", json={"role": "owner"})
+    assert added.is_success, added.text
+    path = f"/api/v1/sessions/{sid}"
+    share = {"restricted_replies": "shared"}
+    refused = await as_member(server, sid, "mia", "PATCH", path, json=share)
+    assert refused.status_code == 403 and refused.json()["error"]["code"] == "forbidden"
+    assert (await server.http.get(path)).json()["restricted_replies"] == "private"
+    audit = (await server.http.get(f"{path}/audit?kind=refused")).json()["records"]
+    assert [(r["actor"], r["data"]["action"]) for r in audit] == [
+        ("mia", "set restricted_replies shared")
+    ]
+    allowed = await as_member(server, sid, "olga", "PATCH", path, json=share)
+    assert allowed.status_code == 200 and allowed.json()["restricted_replies"] == "shared"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -564,3 +566,35 @@ def test_a_command_frame_round_trips(text: str) -> None:
 def test_a_malformed_command_frame_is_a_protocol_error(frame: bytes) -> None:
     with pytest.raises(ProtocolError):
         decode_command_frame(frame)
+
+
+def _nested_update(depth: int) -> bytes:
+    """An update setting ``facts["k"]`` to one value nested ``depth`` arrays deep (2 bytes a
+    level), as a raw client can send it."""
+    head = write_var_uint(1) + write_var_uint(1) + write_var_uint(4242) + write_var_uint(0)
+    item = bytes([0x20 | 8]) + write_var_uint(1) + write_var_uint(5) + b"facts"
+    item += write_var_uint(1) + b"k" + write_var_uint(1)
+    return head + item + b"\x75\x01" * depth + b"\x7e" + write_var_uint(0)
+
+
+def test_an_update_nested_past_what_pycrdt_decodes_is_judged_a_write_unread() -> None:
+    """Review: a value nested 30,000 arrays deep (60 KB) crashed the server in pycrdt's
+    decoder (a stack overflow: a segfault, no exception). Such an update is judged a
+    write without pycrdt reading it; shallow ones are still diffed. Run in a child
+    process, so a regression fails this test instead of killing the suite's worker."""
+    script = """
+import sys
+from pycrdt import Doc
+from parley.session.yprotocol import is_noop_update
+from tests.session.test_yprotocol import _nested_update
+doc = Doc()
+state = doc.get_state()
+assert is_noop_update(_nested_update(3), state, {}) is False  # read: a write
+assert is_noop_update(_nested_update(30000), state, {}) is False
+assert is_noop_update(_nested_update(200000), state, {}) is False
+print("judged")
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "judged", done.stderr[-2000:]

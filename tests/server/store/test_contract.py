@@ -394,6 +394,8 @@ async def test_side_threads_and_their_turns(store: Any) -> None:
     done = replace(prompt, status="done")
     assert await store.load_threads("a") == [replace(thread, status="closed", turns=(done, reply))]
     assert await store.load_threads("b") == []
+    # A reader list named in a turn alone is one the membership checks look at.
+    assert await store.access.reader_lists("a") == set(readers)
 
 
 def _text_updates(*pieces: str) -> tuple[Doc[Any], list[bytes]]:
