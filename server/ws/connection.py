@@ -121,6 +121,9 @@ class Connection:
     _queued_bytes: int = field(init=False, default=0)  # in the outbox
     _in_flight: int = field(init=False, default=0)  # handed to the ASGI server, not done
     _sent_bytes: int = field(init=False, default=0)  # through the ASGI server
+    # The size of the sync answer still draining (``send_sync``): what follows it may
+    # queue up to the socket's limit on top of it.
+    _sync_allowance: int = field(init=False, default=0)
     # The task running the socket's handler (``server.ws.admission.serve``), cancelled when
     # the connection finishes from our side: a slow or revoked client may never send the
     # frame that would end its read. ``reader_stopped``: that cancel was asked for.
@@ -162,7 +165,9 @@ class Connection:
             unsent = direct.held() if direct.backlogged else 0
         # A frame into an empty backlog goes whatever its size (the first sync of a big
         # session is one frame); the process cap and the stall deadline still hold for it.
-        if unsent and unsent + size > self.buffer_limit:
+        if not unsent:
+            self._sync_allowance = 0
+        elif unsent + size > self.buffer_limit + self._sync_allowance:
             self.drop(DropReason.SOCKET_LIMIT)
             return False
         budget = self.budget
@@ -189,6 +194,16 @@ class Connection:
         if budget is not None:
             budget.note(self)
         return True
+
+    def send_sync(self, frame: bytes) -> bool:
+        """Send a sync answer, which may be as large as the document: while it drains,
+        what follows it (presence, the session's updates) is held to the socket's limit on
+        top of it, not counted against that limit with it (review: a stock client joining
+        an 8 MiB session was dropped by the next frame, again at every retry)."""
+        sent = self.send(frame)
+        if sent:
+            self._sync_allowance = max(self._sync_allowance, len(frame))
+        return sent
 
     def unsent(self) -> int:
         """Bytes sent to this socket and not yet taken by its client (or its server)."""

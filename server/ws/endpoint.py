@@ -168,7 +168,7 @@ async def _on_binary(
     if isinstance(message, SyncMessage):
         if message.sync_type is SyncType.STEP1:
             for frame in await room.writer.document.sync_answer(message.payload):
-                connection.send(frame)
+                connection.send_sync(frame)
         elif not room.writer.document.is_noop(message.payload):
             # The server is the only writer: a client's change is neither applied nor relayed.
             log.info("refused a client write", extra={"user_id": connection.user_id})

@@ -148,7 +148,7 @@ def _on_binary(
             if not live.document.covers(message.payload):
                 connection.close(CloseCode.GONE, REBUILT)
                 return
-            connection.send(live.sync_answer(message.payload))
+            connection.send_sync(live.sync_answer(message.payload))
         elif not live.is_noop(message.payload):
             log.info("refused a client write", extra={"user_id": connection.user_id})
             raise Forbidden("a side-thread's document is read-only; send commands instead")

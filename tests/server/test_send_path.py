@@ -119,6 +119,50 @@ async def test_a_client_that_backs_up_its_transport_is_cut_off() -> None:
     assert not connection.send(b"z")
 
 
+async def test_what_follows_a_sync_answer_is_held_to_the_limit_on_top_of_it() -> None:
+    """Review (stock clients): the first sync of a big session fills the backlog by
+    itself; the presence echo or update sent next must not make it pass the socket's
+    limit, or a client joining an 8 MiB session was dropped at every try."""
+    protocol = Protocol()
+    writer = DirectWriter.beneath(protocol.send)
+    dropped: list[DropReason] = []
+    connection = Connection(
+        websocket=None,  # type: ignore[arg-type]
+        user_id="u",
+        outbox_limit=10,
+        direct=writer,
+        buffer_limit=1000,
+        on_drop=dropped.append,
+    )
+    connection.start()
+    protocol.transport.backlog = 5000  # the kernel takes none of the sync yet
+    assert connection.send_sync(b"s" * 5000)
+    assert connection.send(b"a" * 600)  # 5,600 unsent: within 1,000 on top of the sync
+    protocol.transport.backlog = 5600
+    assert not connection.send(b"b" * 600)  # 6,200: past it, as any socket would be
+    assert dropped == [DropReason.SOCKET_LIMIT]
+
+
+async def test_the_allowance_of_a_sync_ends_once_it_drained() -> None:
+    protocol = Protocol()
+    writer = DirectWriter.beneath(protocol.send)
+    connection = Connection(
+        websocket=None,  # type: ignore[arg-type]
+        user_id="u",
+        outbox_limit=10,
+        direct=writer,
+        buffer_limit=1000,
+    )
+    connection.start()
+    protocol.transport.backlog = 5000
+    assert connection.send_sync(b"s" * 5000)
+    protocol.transport.backlog = 0  # taken
+    assert connection.send(b"a" * 10)
+    protocol.transport.backlog = 995
+    assert connection.send(b"x")  # into a backlog the writer had not seen yet
+    assert not connection.send(b"b" * 10)  # 995 + 10: the plain limit again
+
+
 class ClosingSocket:
     """A Starlette WebSocket whose close frame lands behind what the transport holds."""
 
