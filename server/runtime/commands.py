@@ -20,7 +20,7 @@ from parley.session.commands import (
 )
 from parley.session.core import CommandEvent
 from parley.session.entries import EntryKind
-from parley.session.errors import Conflict, ParleyError
+from parley.session.errors import Conflict, DuplicateCommand, ParleyError
 from parley.session.thread_commands import ThreadShareCommand
 
 
@@ -36,10 +36,13 @@ async def handle_frame(room: SessionRoom, actor: str, frame: str) -> str:
 
 async def dispatch(room: SessionRoom, actor: str, command: Command) -> str:
     """Carry out ``actor``'s ``command`` (judged by the member's rights now) and return its
-    single reply: the ack, or the error. A resent prompt or message is answered with its
-    first ack."""
+    single reply: the ack, or the error. A resent command is answered with its first ack
+    (``RecentAcks``; for prompts and messages, from the store too)."""
     event = CommandEvent(actor, command, room.now_ms(), new_id())
     try:
+        recent = room.recent_acks.answer(actor, command)
+        if recent is not None:
+            return recent
         try:
             effects = await room.writer.execute(event)
         except Conflict:  # ``DuplicateCommand`` among them
@@ -51,7 +54,9 @@ async def dispatch(room: SessionRoom, actor: str, command: Command) -> str:
         room.metrics.errors.labels(code=exc.code.value).inc()
         return error_reply(command.id, exc)
     assert effects.ack is not None  # every command the core carries out is acknowledged
-    return effects.ack.reply(command.id)
+    reply = effects.ack.reply(command.id)
+    room.recent_acks.keep(actor, command, reply)
+    return reply
 
 
 _STORED = {
@@ -71,4 +76,6 @@ async def _previous_ack(room: SessionRoom, actor: str, command: Command) -> str 
     row = await room.store.entry_by_command(room.session_id, actor, command.id)
     if row is None or row.kind != kind.value:
         return None
+    if isinstance(command, PromptCommand | MessageCommand) and row.text != command.text:
+        raise DuplicateCommand(command.id)
     return ack(command.id, seq=row.seq, **{id_key: row.id})

@@ -44,6 +44,7 @@ from parley.session.queue import OrderingQueue, Policy, QueueLimits
 from parley.session.quota import Quotas
 from parley.session.ratelimit import Budgets, Spend, TokenBucket
 from parley.session.reasons import ReasonCode
+from parley.session.recent_acks import RecentAcks
 from parley.session.schema import SessionDocument
 
 
@@ -114,6 +115,7 @@ class SessionRoom:
         )
         self.awareness.publish = publish_presence
         self.budgets = Budgets(member_rates(settings))
+        self.recent_acks = RecentAcks()
         self.runs = RunSteps(self)
         self.side_threads = SideThreads(self)
         limits = QueueLimits(

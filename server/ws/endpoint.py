@@ -129,8 +129,12 @@ async def _serve(
                 connection.close(CloseCode.ABUSE, "too many commands")
                 return
             continue
-        if text is not None and not (
-            limits.commands.allow(now) and room.user_bucket(connection.user_id).allow(now)
+        if (
+            text is not None
+            and not (limits.commands.allow(now) and room.user_bucket(connection.user_id).allow(now))
+            # A resend of what was acknowledged lately is answered as it was, whatever the
+            # rate: clients resend everything unanswered at once after a reconnect.
+            and not room.recent_acks.knows(connection.user_id, command_id_of(text))
         ):
             state.metrics.errors.labels(code="rate_limited").inc()
             connection.send_json(

@@ -235,6 +235,8 @@ def _cancel(view: SessionView, event: CommandEvent, command: CancelCommand) -> E
         return _refusal(event, mine.reason)
     cancelled = Ending(ReasonCode.CANCELLED, f"cancelled by {user_id}")
     done = Ack(entry.seq, (("prompt_id", prompt_id),))
+    if entry.reason_code == ReasonCode.CANCELLED.value:
+        return Effects(ack=done)  # already as asked (a cancel resent after a restart, say)
     if view.queue.is_pending(prompt_id):
         queue = view.queue.clone()
         queue.remove(prompt_id)

@@ -25,6 +25,7 @@ from parley.server.store.tables import audit_log, webhook_deliveries
 from parley.server.store.webhooks import create_webhook
 from parley.session.commands import CancelCommand, MessageCommand, PromptCommand
 from parley.session.queue import Policy
+from parley.session.recent_acks import RecentAcks
 from tests.conftest import make_settings
 
 
@@ -95,6 +96,7 @@ async def test_a_resent_command_is_found_before_the_document_changes(
     reloads = counted_reloads(room, monkeypatch)
     assert await reply_of(room, "ann", PromptCommand("c1", "hello")) == first
     assert reloads == []
+    room.recent_acks = RecentAcks()  # the store's own answer, not the room's memory
     room.writer.sent = SentCommands(room.store, "s")
     await room.writer.sent.read(room.last_seq)
     room.writer.sent._hashes = set()  # knows of no command: every one looks new
@@ -119,6 +121,33 @@ async def test_a_room_loaded_again_knows_the_command_ids_stored_before(
     assert await reply_of(again, "ann", PromptCommand("c1", "hello")) == first
     assert reloads == []
     assert (await reply_of(again, "ann", MessageCommand("m1", "next")))["seq"] == 2
+
+
+async def test_any_command_resent_gets_its_first_answer_and_an_id_reused_is_a_conflict(
+    room: SessionRoom,
+) -> None:
+    """Review (same answer everywhere, SDK resends): a cancel resent after its ack was lost
+    was answered ``conflict`` (the prompt was no longer cancellable), though it had done
+    what it asked. A resend gets its first ack; a cancel of a prompt already cancelled is
+    already as asked (also for a room that forgot the first, after a restart); an id used
+    again for something else is a conflict, on the room's memory and in the store."""
+    asked = await reply_of(room, "ann", PromptCommand("c1", "hello"))
+    cancel = CancelCommand("x1", asked["prompt_id"])
+    first = await reply_of(room, "ann", cancel)
+    assert first["type"] == "ack"
+    assert await reply_of(room, "ann", cancel) == first
+    again = await reply_of(room, "ann", CancelCommand("x2", asked["prompt_id"]))
+    assert (again["type"], again["prompt_id"]) == ("ack", asked["prompt_id"])
+    reused = await reply_of(room, "ann", MessageCommand("x1", "not a cancel"))
+    assert (reused["type"], reused["code"]) == ("error", "conflict")
+    other = await reply_of(room, "ann", PromptCommand("c1", "another text"))
+    assert (other["type"], other["code"]) == ("error", "conflict")
+    room.recent_acks = RecentAcks()  # as after a restart: the store decides
+    forgot = await reply_of(room, "ann", PromptCommand("c1", "another text"))
+    assert (forgot["type"], forgot["code"]) == ("error", "conflict")
+    assert await reply_of(room, "ann", PromptCommand("c1", "hello")) == asked
+    assert (await reply_of(room, "ann", cancel))["type"] == "ack"
+    assert room.last_seq == 1
 
 
 async def test_a_subscription_made_elsewhere_gets_the_next_acks_event_in_its_write(

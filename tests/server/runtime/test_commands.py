@@ -92,7 +92,7 @@ async def test_cancel_queued_and_running_prompts() -> None:
         by_owner = await s.send("olga", CancelCommand("c3", first["prompt_id"]))
         assert by_owner["type"] == "ack"
         again = await s.send("olga", CancelCommand("c4", first["prompt_id"]))
-        assert again["type"] == "error" and again["code"] == "conflict"
+        assert again["type"] == "ack"  # cancelled already: as asked
 
         await s.settled(first["prompt_id"], second["prompt_id"], third["prompt_id"])
         assert s.status(second["prompt_id"]) == "cancelled"
@@ -104,6 +104,8 @@ async def test_cancel_queued_and_running_prompts() -> None:
         assert s.room.doc.entry(cancelled.reply_id).status == "cancelled"
         assert s.status(third["prompt_id"]) == "done"
         assert s.room.doc.queued() == []
+        answered = await s.send("bob", CancelCommand("c5", third["prompt_id"]))
+        assert answered["type"] == "error" and answered["code"] == "conflict"  # too late
 
 
 class CancelledAfterCommit(MemoryStore):
