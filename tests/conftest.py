@@ -288,9 +288,11 @@ class RunningServer:
         assert response.status_code == 201, response.text
         return str(response.json()["token"])
 
-    async def connect(self, session_id: str, user_id: str, *, synced: bool = True) -> YClient:
+    async def connect(
+        self, session_id: str, user_id: str, *, synced: bool = True, commands: str | None = None
+    ) -> YClient:
         client = await YClient.connect(
-            self.ws_url, session_id, await self.token(session_id, user_id)
+            self.ws_url, session_id, await self.token(session_id, user_id), commands=commands
         )
         self.clients.append(client)
         if synced:

@@ -42,9 +42,13 @@ class YClient:
         self._reader = asyncio.create_task(self._read())
 
     @classmethod
-    async def connect(cls, base_url: str, session_id: str, token: str) -> YClient:
+    async def connect(
+        cls, base_url: str, session_id: str, token: str, *, commands: str | None = None
+    ) -> YClient:
+        """``commands``: the socket's ``commands`` parameter (``text`` or ``binary``)."""
+        asked = "" if commands is None else f"&commands={commands}"
         ws = await websockets.connect(
-            f"{base_url}/ws/sessions/{session_id}?token={token}", max_size=None
+            f"{base_url}/ws/sessions/{session_id}?token={token}{asked}", max_size=None
         )
         client = cls(ws)
         # The server may already have closed it (an expiring token, say): the reader

@@ -39,6 +39,7 @@ from parley.session.core.effects import (
     BeginThreadRun,
     DeleteThread,
 )
+from parley.session.core.thread_state import OPEN
 from parley.session.core.threads import thread_read_by, turn_read_by
 from parley.session.errors import NotFound
 from parley.session.lifecycle import ReplyStatus
@@ -46,6 +47,7 @@ from parley.session.reasons import Ending, ReasonCode
 
 if TYPE_CHECKING:
     from parley.server.runtime.room import SessionRoom
+    from parley.server.ws.connection import Connection
 
 NO_LONGER_READS = "the owner may no longer read what this reply draws on"
 
@@ -95,6 +97,20 @@ class SideThreads:
         """The side-threads as stored now (a follower reads them: it is told no change)."""
         stored = await self.room.store.load_threads(self.room.session_id)
         self.threads = {t.id: t for t in stored}
+
+    async def greet(self, connection: Connection) -> None:
+        """Send a socket that speaks commands the state of its member's open side-threads
+        (``thread`` frames, as each change sends them), read from the store, so the same on
+        every node: one reconnected mid-reply learns how the reply ended (review)."""
+        try:
+            mine = await self.room.store.load_threads(self.room.session_id, connection.user_id)
+        except Exception:  # the socket is served all the same; the next change tells it
+            log.warning("side-threads not read for a new socket", exc_info=True)
+            return
+        for thread in mine:
+            if thread.status == OPEN:
+                shown = thread_json(self.read_by(thread, thread.owner), turns=True)
+                connection.send_json(json.dumps({"type": "thread", "thread": shown}))
 
     def of(self, user_id: str | None) -> list[SideThread]:
         """The side-threads of ``user_id`` (None: every member's, for the admin)."""

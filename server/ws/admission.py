@@ -38,7 +38,7 @@ from parley.server.runtime.room import SessionRoom
 from parley.server.settings import Settings
 from parley.server.state import AppState
 from parley.server.ws.awareness import AwarenessFanout
-from parley.server.ws.connection import Connection, ConnectionLimits
+from parley.server.ws.connection import CommandChannel, Connection, ConnectionLimits
 from parley.server.ws.deadlines import SocketDeadlines
 from parley.server.ws.direct_send import SCOPE_KEY as DIRECT_WRITER
 from parley.session.closes import CloseCode
@@ -92,7 +92,12 @@ async def admit(websocket: WebSocket, state: AppState) -> Admitted | None:
     """Accept a member's socket to the session of the path, or refuse it (None: closed or
     the upgrade refused)."""
     session_id = websocket.path_params["session_id"]
-    token = QueryParams(websocket.scope.get("query_string", b"")).get("token", "")
+    query = QueryParams(websocket.scope.get("query_string", b""))
+    token = query.get("token", "")
+    # ``commands=text|binary``: a client that speaks commands says so up front, and gets
+    # the JSON frames that belong to no command (a side-thread's progress, restricted
+    # text, errors) from the start, also after a reconnect before its next command.
+    asked_channel = query.get("commands")
     # Accept before refusing: a refused upgrade reaches browsers as a bare 1006, and stock
     # clients retry it forever; a close code after accepting is final and readable. The
     # one exception is a database that cannot load the session: there retrying is right,
@@ -103,6 +108,8 @@ async def admit(websocket: WebSocket, state: AppState) -> Admitted | None:
     refusal: tuple[CloseCode, str] | None = None
     if state.draining:
         refusal = (CloseCode.GOING_AWAY, "server shutting down")
+    elif asked_channel not in _CHANNELS:
+        refusal = (CloseCode.PROTOCOL, "commands must be 'text' or 'binary'")
     elif not origin_allowed(
         Headers(scope=websocket.scope).get("origin"), state.settings.allowed_origins, own
     ):
@@ -144,12 +151,15 @@ async def admit(websocket: WebSocket, state: AppState) -> Admitted | None:
         claims=claims,
     )
     connection.limits = ConnectionLimits.from_settings(state.settings, state.clock())
+    connection.channel = _CHANNELS[asked_channel]
     connection.start()
     deadlines = SocketDeadlines(
         claims.expires_at - state.clock(), state.settings.ws_idle_timeout_s, connection.close
     )
     return Admitted(room, claims, connection, deadlines)
 
+
+_CHANNELS = {None: None, "text": CommandChannel.TEXT, "binary": CommandChannel.BINARY}
 
 # What an accepted socket's scope keeps (``_let_go_of_handshake``).
 _KEPT_IN_SCOPE = ("type", "path", "path_params", "app", "client", DIRECT_WRITER)

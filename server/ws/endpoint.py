@@ -73,6 +73,8 @@ async def session_socket(websocket: WebSocket) -> None:
         _send_presence(connection, encode_awareness(snapshot))
     if state.rooms.cluster is not None:
         state.rooms.cluster.presence.joined(room.session_id)  # and from the other nodes
+    if connection.channel is not None:  # said so up front (``commands=``)
+        await room.side_threads.greet(connection)
 
     def cleanup() -> None:
         room.sockets.detach(connection)

@@ -232,3 +232,20 @@ async def test_only_a_member_who_may_read_every_source_may_choose_shared(
     ]
     allowed = await as_member(server, sid, "olga", "PATCH", path, json=share)
     assert allowed.status_code == 200 and allowed.json()["restricted_replies"] == "shared"
+
+
+async def test_a_socket_that_says_it_speaks_commands_gets_json_before_its_first(
+    server: RunningServer,
+) -> None:
+    """Review (SDKs): JSON frames that answer no command went only to a socket that had
+    sent a command, so an SDK reconnected mid-reply missed them until its next one. A
+    socket opened with ``commands=text`` gets them from the start; a bad value is 4400."""
+    sid = await restricted_session(server)
+    bob = await server.connect(sid, "bob")
+    olga = await server.connect(sid, "olga", commands="text")
+    await bob.command({"type": "prompt", "id": "p", "text": "what is the vault code?"})
+    await olga.wait_until(lambda c: len(c.unsolicited) == 2)
+    assert {m["type"] for m in olga.unsolicited} == {"restricted"}
+    bad = await server.connect(sid, "olga", synced=False, commands="json")
+    await bad.wait_closed()
+    assert bad.close_code == 4400

@@ -170,3 +170,22 @@ async def test_bobs_side_thread_never_reaches_alice_and_his_summary_reaches_ever
     # Not even the thread's id, but where she named it herself (the two 404s).
     named = {answers[3].content, answers[4].content}
     assert not any(thread_id.encode() in chunk for chunk in seen if chunk not in named)
+
+
+async def test_a_socket_opened_speaking_commands_is_told_its_side_threads(
+    server: RunningServer,
+) -> None:
+    """Review (SDKs): an SDK reconnected while its side-thread reply ended never learned
+    that it had. A socket opened with ``commands=`` is sent the state of its member's open
+    side-threads before anything else asks for it; another member's socket is not."""
+    sid = await server.new_session({"alice": "editor", "bob": "editor"})
+    bob = await server.connect(sid, "bob")
+    opened = await bob.command({"type": "thread_open", "id": "t", "title": "mine"})
+    thread_id = opened["thread_id"]
+    await bob.command({"type": "thread_prompt", "id": "q", "thread_id": thread_id, "text": "hi"})
+    await bob.wait_until(lambda c: answered(c, thread_id, 1))
+    again = await server.connect(sid, "bob", commands="text")
+    await again.wait_until(lambda c: answered(c, thread_id, 1))
+    alice = await server.connect(sid, "alice", commands="text")
+    await alice.command({"type": "unpin", "id": "x", "entry_id": "none"})  # after any greeting
+    assert thread_state(alice, thread_id) is None

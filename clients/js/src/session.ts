@@ -111,7 +111,9 @@ export class ParleySession {
       options.sessionId,
       this.doc,
       {
-        params: { token: options.token },
+        // commands=binary: this client speaks commands, so the server sends it the frames
+        // that answer no command from the start, after a reconnect too.
+        params: { token: options.token, commands: 'binary' },
         ...(options.WebSocketPolyfill === undefined
           ? {}
           : { WebSocketPolyfill: options.WebSocketPolyfill as WebSocketClass })

@@ -93,7 +93,10 @@ def _socket_url(url: str, session_id: str, token: str) -> str:
     base = url.rstrip("/")
     if base.startswith("http"):
         base = "ws" + base[4:]
-    return f"{base}/ws/sessions/{quote(session_id, safe='')}?token={quote(token, safe='')}"
+    # ``commands=binary``: this client speaks commands (in binary frames), so the server
+    # sends it the frames that answer no command from the start, after a reconnect too.
+    path = f"{base}/ws/sessions/{quote(session_id, safe='')}"
+    return f"{path}?token={quote(token, safe='')}&commands=binary"
 
 
 class Session:
