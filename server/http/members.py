@@ -278,6 +278,9 @@ async def revoke_token(state: AppState, session_id: str, jti: str) -> None:
         raise NotFound(f"no unexpired token {jti!r} in this session")
     room = await state.rooms.get(session_id)
     await room.membership.revoke_token(token)
+    # In force where the session runs before this returns (review: revoked through a
+    # node that follows it, the token still stored a message on the running node).
+    await state.rooms.settings_changed(room)
     await room.writer.audit("token", ADMIN_ACTOR, {"revoked": jti, "user_id": token.user_id})
 
 

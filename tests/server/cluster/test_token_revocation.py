@@ -9,6 +9,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import websockets
 
 from tests.conftest import ServerProcess
 from tests.server.cluster.nodes import Cluster, cluster
@@ -97,3 +98,27 @@ async def test_revocation_and_removal_hold_on_every_node(tmp_path: Path) -> None
         token3, _ = await _issue(nodes, second, sid, "a")
         assert await _status(second, sid, token3) == 200
         await watcher.close()
+
+
+async def test_a_token_revoked_through_a_following_node_is_dead_where_the_session_runs(
+    tmp_path: Path,
+) -> None:
+    """Review (same answer everywhere): the revocation answered 204 on the follower before
+    the running node knew of it, and the token then stored a message there (10 of 10)."""
+    async with cluster(tmp_path, 2, PARLEY_CLUSTER_POLL_S="30") as nodes:
+        sid = await nodes.new_session({"a": "editor"})
+        holder, _ = await nodes.wait_holder(sid)
+        running = next(n for n in nodes.nodes if n.env["PARLEY_NODE_ID"] == holder)
+        other = next(n for n in nodes.nodes if n.env["PARLEY_NODE_ID"] != holder)
+        token, jti = await _issue(nodes, running, sid, "a")
+        a = await _socket(running, sid, token)
+        revoked = await nodes.http.delete(f"{other.base_url}/api/v1/sessions/{sid}/tokens/{jti}")
+        assert revoked.status_code == 204, revoked.text
+        try:
+            reply = await a.command({"type": "message", "id": "m", "text": "still here?"})
+        except (ConnectionError, websockets.ConnectionClosed):  # closed already: as good
+            reply = {"type": "closed"}
+        assert reply["type"] != "ack"
+        assert await a.wait_closed(timeout=20) == 4401
+        transcript = await nodes.http.get(f"{running.base_url}/api/v1/sessions/{sid}/transcript")
+        assert transcript.status_code == 200 and "still here?" not in transcript.text
