@@ -21,6 +21,7 @@ from parley.server.http.sessions import SESSION_ERRORS, check_user_id, session_r
 from parley.server.runtime.room import SessionRoom
 from parley.server.state import AppState
 from parley.server.store.access import AccessStore
+from parley.server.store.rows import check_room_for
 from parley.server.store.sessions import MemberChange, MemberRow
 from parley.session.errors import Conflict, Forbidden, InvalidInput, NotFound
 
@@ -49,10 +50,6 @@ async def put_member(
         raise InvalidInput(f"role: no role {body.role!r} (see GET /api/v1/roles)")
     grants, denials = check_capabilities(body.grants), check_capabilities(body.denials)
     room = await state.rooms.current(session_id)
-    if caller.user_id is not None and body.display_name is not None:
-        # The rule ``PATCH …/me`` keeps, on this way to the same name (the admin key may
-        # make any change).
-        _check_not_taken(room, user_id, body.display_name)
     change = await _change_member(
         state,
         room,
@@ -81,7 +78,6 @@ async def patch_me(state: AppState, session_id: str, body: MePatch, caller: Call
     current = room.membership.members.get(user_id)
     if current is None:
         raise NotFound("you are not a member of this session")
-    _check_not_taken(room, user_id, body.display_name)
     # A write that wakes every reader of the session: as bounded as the member's commands.
     spend_command(state, room, user_id)
 
@@ -97,26 +93,13 @@ async def patch_me(state: AppState, session_id: str, body: MePatch, caller: Call
         judge,
         user_id,
         display_name=body.display_name,
+        distinct_name=True,  # another member's name is refused, under the session's lock
     )
     if not change.decision.allowed:
         raise Conflict(change.decision.reason)
     await state.rooms.settings_changed(room)  # presence and transcripts show it
     assert change.after is not None
     return _member_out(state, change.after)
-
-
-def _check_not_taken(room: SessionRoom, user_id: str, name: str) -> None:
-    """A member may not name themselves as someone else here (another member's display
-    name or user id, letter case and outer spaces aside)."""
-    wanted = name.strip().casefold()
-    if not wanted:
-        return
-    others = {u.casefold() for u in room.membership.members if u != user_id}
-    others |= {
-        n.strip().casefold() for u, n in room.membership.display_names.items() if u != user_id
-    }
-    if wanted in others:
-        raise Conflict(f"{name!r} is another member's name here; choose another")
 
 
 async def my_sessions(state: AppState, limit: int, caller: Caller) -> MySessionList:
@@ -170,10 +153,9 @@ async def _change_member(
     # One change at a time in this room: the cap counts the members the changes before
     # it put in force (concurrent adds all saw the same count).
     async with room.membership.changing:
-        members = room.membership.members
         limit = state.settings.max_members_per_session
-        if after is not None and user_id not in members and len(members) >= limit:
-            raise Conflict(f"the session has {len(members)} members, the most it may have")
+        if after is not None:  # refused early, unwritten (and again under the lock)
+            check_room_for(user_id, list(room.membership.members), limit)
         documents = await AccessStore(state.store).reader_lists(room.session_id)
         roles = state.rooms.roles
 
@@ -190,6 +172,9 @@ async def _change_member(
             judge,
             caller.user_id,
             display_name=display_name,
+            # The admin key may name anyone anything; a member may not take another's name.
+            distinct_name=caller.user_id is not None and display_name is not None,
+            max_members=limit,  # read again under the session's lock: on every node
         )
         actor = caller.actor
         if not change.decision.allowed:

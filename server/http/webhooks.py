@@ -24,6 +24,7 @@ from parley.server.store.webhooks import (
     delete_webhook,
     get_webhook,
     list_webhooks,
+    lock_subscriptions,
 )
 from parley.session.errors import Conflict, InvalidInput, NotFound
 from parley.session.webhook_events import TYPES
@@ -128,6 +129,7 @@ async def _target(state: AppState, url: str) -> None:
 async def create(state: AppState, body: WebhookCreate) -> WebhookCreated:
     await _target(state, body.url)
     async with state.store.transaction("webhook") as tx:
+        await lock_subscriptions(tx.connection)  # the cap holds against concurrent creations
         if len(await list_webhooks(tx.connection)) >= state.settings.max_webhooks:
             raise Conflict(f"at most {state.settings.max_webhooks} webhooks")
         row = await create_webhook(

@@ -207,6 +207,7 @@ class AccessStore:
 
     async def add_document(self, row: DocumentRow, max_per_session: int) -> None:
         async with self.store.transaction() as tx:
+            await lock_session(tx.connection, row.session_id)  # concurrent adds count in turn
             count = (
                 await tx.connection.execute(
                     select(func.count())

@@ -29,6 +29,8 @@ from parley.server.store.rows import (
     SessionRow,
     StoredDoc,
     UsageRow,
+    check_name_free,
+    check_room_for,
     kept_name,
 )
 from parley.server.store.usage import UserUsage
@@ -109,10 +111,17 @@ class MemoryStore:
         judge: Callable[[MemberRow | None, MemberRow | None], Decision],
         actor_id: str | None = None,
         display_name: str | None = None,
+        distinct_name: bool = False,
+        max_members: int | None = None,
     ) -> MemberChange:
         """As ``Store.change_member``."""
         async with self.transaction() as tx:
             s = tx.session(session_id)
+            if distinct_name:
+                named = [(m.user_id, m.display_name) for m in s.members.values()]
+                check_name_free(display_name, user_id, named)
+            if after is not None and max_members is not None:
+                check_room_for(user_id, list(s.members), max_members)
             before = s.members.get(user_id)
             actor = None if actor_id is None else s.members.get(actor_id)
             decision = judge(before, actor)

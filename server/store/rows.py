@@ -5,7 +5,7 @@ twin, ``server.store.memory``, return the same types)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from parley.authz.policy import Decision
 from parley.authz.roles import Member
 from parley.server.store.tables import members, model_usage, quotas, sessions
-from parley.session.errors import NotFound
+from parley.session.errors import Conflict, NotFound
 from parley.session.quota import Quotas
 
 
@@ -114,6 +114,24 @@ def member_row(row: Any) -> MemberRow:
 def kept_name(before: MemberRow | None) -> str:
     """The display name a change that names none keeps ("" for a member added)."""
     return "" if before is None else before.display_name
+
+
+def check_name_free(name: str | None, user_id: str, others: Iterable[tuple[str, str]]) -> None:
+    """``Conflict`` if ``name`` is another member's display name or user id here (letter
+    case and outer spaces aside); ``others``: every member's (user id, display name). Read
+    in the writing transaction, so two members racing for one name cannot both take it."""
+    wanted = (name or "").strip().casefold()
+    if not wanted:
+        return
+    for other, shown in others:
+        if other != user_id and wanted in (other.casefold(), shown.strip().casefold()):
+            raise Conflict(f"{name!r} is another member's name here; choose another")
+
+
+def check_room_for(user_id: str, members: Sequence[str], max_members: int) -> None:
+    """``Conflict`` if adding ``user_id`` (not among ``members``) would pass the cap."""
+    if user_id not in members and len(members) >= max_members:
+        raise Conflict(f"the session has {len(members)} members, the most it may have")
 
 
 async def lock_session(connection: AsyncConnection, session_id: str) -> None:

@@ -28,6 +28,8 @@ from parley.server.store.rows import (
     MemberRow,
     SessionRow,
     StoredDoc,
+    check_name_free,
+    check_room_for,
     kept_name,
     lock_session,
     read_member,
@@ -173,14 +175,31 @@ class Store(SessionReads, UsageTables):
         judge: Callable[[MemberRow | None, MemberRow | None], Decision],
         actor_id: str | None = None,
         display_name: str | None = None,
+        distinct_name: bool = False,
+        max_members: int | None = None,
     ) -> MemberChange:
         """Add or change (``after``) or remove (None) a member if ``judge(before, actor)``
         allows it, both rows read in the writing transaction. A user added gets a new token
         epoch (their earlier tokens stay dead); a change keeps it. ``display_name``: the
-        name shown for them ("" none; None keeps the one they have)."""
+        name shown for them ("" none; None keeps the one they have); ``distinct_name``:
+        ``Conflict`` if it is another member's (``check_name_free``); ``max_members``:
+        ``Conflict`` for a member added past it. Both are read under the session's lock, so
+        concurrent changes (on any node) cannot pass them together."""
         async with self.transaction() as tx:
             connection = tx.connection
             await lock_session(connection, session_id)
+            named: list[tuple[str, str]] = []
+            if distinct_name or max_members is not None:
+                rows = await connection.execute(
+                    select(members.c.user_id, members.c.display_name).where(
+                        members.c.session_id == session_id
+                    )
+                )
+                named = [(r[0], r[1]) for r in rows]
+            if distinct_name:
+                check_name_free(display_name, user_id, named)
+            if after is not None and max_members is not None:
+                check_room_for(user_id, [u for u, _ in named], max_members)
             before = await read_member(connection, session_id, user_id)
             actor = None
             if actor_id is not None:

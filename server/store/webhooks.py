@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ScalarSelect, delete, func, insert, select, update
+from sqlalchemy import ScalarSelect, delete, func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from parley.server.store.tables import (
@@ -125,6 +125,14 @@ class Subscriptions:
 
 
 # -- subscriptions ------------------------------------------------------------------------
+
+
+async def lock_subscriptions(connection: AsyncConnection) -> None:
+    """PostgreSQL: hold the subscriptions' lock until the transaction ends, so that two
+    creations cannot both count the subscriptions before either is stored (SQLite has one
+    writer at a time anyway)."""
+    if connection.dialect.name == "postgresql":
+        await connection.execute(text("SELECT pg_advisory_xact_lock(hashtext('parley_webhooks'))"))
 
 
 async def create_webhook(

@@ -3,6 +3,7 @@ row, transcripts, presence), and "my sessions" for a client token."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import httpx
@@ -194,3 +195,27 @@ async def test_renaming_oneself_spends_the_members_command_budget(tmp_path: Path
         assert answers[-1].json()["error"]["code"] == "rate_limited"
         members = (await server.http.get(f"/api/v1/sessions/{sid}/members")).json()["members"]
         assert members[0]["display_name"] == "V1"
+
+
+async def test_two_members_racing_for_one_name_do_not_both_get_it(
+    server: RunningServer,
+) -> None:
+    """Review (an impersonation path): two members renaming themselves to the same name at
+    once both got it, 10 of 10 (the check read the room before either write). The name is
+    checked under the session's lock now: one gets it, the other 409."""
+    sid = await server.new_session({"alice": "editor", "bob": "editor"})
+    async with (
+        _as(server, await server.token(sid, "alice")) as alice,
+        _as(server, await server.token(sid, "bob")) as bob,
+    ):
+        me = f"/api/v1/sessions/{sid}/me"
+        answers = await asyncio.gather(
+            alice.patch(me, json={"display_name": "Olga (owner)"}),
+            bob.patch(me, json={"display_name": "olga (owner) "}),
+        )
+    assert sorted(a.status_code for a in answers) == [200, 409]
+    members = (await server.http.get(f"/api/v1/sessions/{sid}/members")).json()["members"]
+    named = [
+        m["user_id"] for m in members if m["display_name"].strip().casefold() == "olga (owner)"
+    ]
+    assert len(named) == 1
