@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from parley.authz.roles import Capability
 from parley.server.http.models import CancelPost, EntryPost, MessagePosted
 from parley.server.http.prompts import COMMAND_ERRORS, command_id, send
-from parley.server.http.rest import Caller, Operation
+from parley.server.http.rest import Caller, Operation, spend_read
 from parley.server.http.thread_models import (
     ThreadListOut,
     ThreadOpened,
@@ -24,34 +24,27 @@ from parley.server.http.thread_models import (
     ThreadPost,
     ThreadRunAccepted,
 )
-from parley.server.runtime.room import SessionRoom
 from parley.server.runtime.side_threads import thread_json
 from parley.server.state import AppState
-from parley.session.core import SideThread
 from parley.session.errors import NotFound
 
 
-async def _threads(
-    state: AppState, session_id: str, caller: Caller
-) -> tuple[SessionRoom, list[SideThread]]:
-    """The session's room and the caller's side-threads as stored (the admin's: everyone's)."""
-    room = await state.rooms.current(session_id)  # ``not_found`` for a session not there
-    return room, await state.store.load_threads(session_id, caller.user_id)
-
-
 async def _thread(state: AppState, session_id: str, thread_id: str, caller: Caller) -> ThreadOut:
-    room, threads = await _threads(state, session_id, caller)
-    for thread in threads:
-        if thread.id == thread_id:
-            # Judged for the reader now, as ``…/entries/{id}/private`` is.
-            shown = room.side_threads.read_by(thread, caller.user_id)
-            return ThreadOut.model_validate(thread_json(shown, turns=True))
+    room = await state.rooms.current(session_id)  # ``not_found`` for a session not there
+    for thread in await state.store.load_threads(session_id, caller.user_id, thread_id=thread_id):
+        # Its text spends the reader's read budget, as the transcript's does (review: 16
+        # concurrent reads of a member's threads held the server for seconds).
+        spend_read(state, room, caller.user_id, sum(len(t.text) for t in thread.turns))
+        # Judged for the reader now, as ``…/entries/{id}/private`` is.
+        shown = room.side_threads.read_by(thread, caller.user_id)
+        return ThreadOut.model_validate(thread_json(shown, turns=True))
     raise NotFound(f"no side-thread {thread_id!r} of yours in this session")
 
 
 async def list_threads(state: AppState, session_id: str, caller: Caller) -> ThreadListOut:
     """The caller's side-threads in this session, oldest first (the admin: everyone's)."""
-    _, threads = await _threads(state, session_id, caller)
+    await state.rooms.current(session_id)  # ``not_found`` for a session not there
+    threads = await state.store.load_threads(session_id, caller.user_id, texts=False)
     return ThreadListOut(
         threads=[ThreadOut.model_validate(thread_json(t, turns=False)) for t in threads]
     )
@@ -147,8 +140,9 @@ async def delete_thread(state: AppState, session_id: str, thread_id: str, caller
     member's, sent as its owner (audited as such)."""
     owner = None
     if caller.user_id is None:
-        _, threads = await _threads(state, session_id, caller)
-        owner = next((t.owner for t in threads if t.id == thread_id), None)
+        await state.rooms.current(session_id)  # ``not_found`` for a session not there
+        threads = await state.store.load_threads(session_id, thread_id=thread_id, texts=False)
+        owner = next((t.owner for t in threads), None)
         if owner is None:
             raise NotFound(f"no side-thread {thread_id!r} in this session")
     command = {"type": "thread_delete", "id": command_id(None), "thread_id": thread_id}

@@ -215,11 +215,24 @@ class MemoryStore:
 
     # -- usage and quotas -----------------------------------------------------------------
 
-    async def load_threads(self, session_id: str, owner: str | None = None) -> list[SideThread]:
+    async def load_threads(
+        self,
+        session_id: str,
+        owner: str | None = None,
+        *,
+        thread_id: str | None = None,
+        texts: bool = True,
+    ) -> list[SideThread]:
         s = self._read(session_id)
         if s is None:
             return []
-        mine = [t for t in s.threads.values() if owner is None or t.owner == owner]
+        mine = [
+            t
+            for t in s.threads.values()
+            if (owner is None or t.owner == owner) and thread_id in (None, t.id)
+        ]
+        if not texts:
+            mine = [replace(t, turns=tuple(replace(u, text="") for u in t.turns)) for t in mine]
         return sorted(mine, key=lambda t: (t.created_at, t.id))
 
     async def load_thread_doc(self, session_id: str, thread_id: str) -> StoredDoc:

@@ -251,9 +251,17 @@ class SessionStore(Transactional, Protocol):
         now: int,
     ) -> None: ...
 
-    async def load_threads(self, session_id: str, owner: str | None = None) -> list[SideThread]:
+    async def load_threads(
+        self,
+        session_id: str,
+        owner: str | None = None,
+        *,
+        thread_id: str | None = None,
+        texts: bool = True,
+    ) -> list[SideThread]:
         """The session's side-threads (``owner``'s alone, if named: what one member
-        reads costs their own side-threads), oldest first, each with its turns in order."""
+        reads costs their own side-threads; ``thread_id``'s alone, if named), oldest
+        first, each with its turns in order (their texts left out without ``texts``)."""
         ...
 
     async def load_thread_doc(self, session_id: str, thread_id: str) -> StoredDoc:

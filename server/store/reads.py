@@ -232,11 +232,19 @@ class SessionReads(Database):
                 )
             )
 
-    async def load_threads(self, session_id: str, owner: str | None = None) -> list[SideThread]:
-        """The session's side-threads (``owner``'s alone, if named), oldest first, each
-        with its turns."""
+    async def load_threads(
+        self,
+        session_id: str,
+        owner: str | None = None,
+        *,
+        thread_id: str | None = None,
+        texts: bool = True,
+    ) -> list[SideThread]:
+        """As ``thread_rows.load_threads``."""
         async with self.read() as connection:
-            return await thread_rows.load_threads(connection, session_id, owner)
+            return await thread_rows.load_threads(
+                connection, session_id, owner, thread_id=thread_id, texts=texts
+            )
 
     async def load_thread_doc(self, session_id: str, thread_id: str) -> StoredDoc:
         """A side-thread's document: its snapshot and the updates after it."""

@@ -4,8 +4,9 @@ written in the room's transaction (``StoreTx``) and read when a session loads.""
 from __future__ import annotations
 
 import json
+from typing import Any
 
-from sqlalchemy import and_, delete, insert, select, update
+from sqlalchemy import ColumnElement, and_, delete, insert, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from parley.authz.policy import restriction_from_json, restriction_to_json
@@ -81,24 +82,38 @@ async def set_turn_status(
 
 
 async def load_threads(
-    connection: AsyncConnection, session_id: str, owner: str | None = None
+    connection: AsyncConnection,
+    session_id: str,
+    owner: str | None = None,
+    *,
+    thread_id: str | None = None,
+    texts: bool = True,
 ) -> list[SideThread]:
-    """The session's side-threads (``owner``'s alone, if named), oldest first, each with
-    its turns in order."""
+    """The session's side-threads (``owner``'s alone, if named; the one ``thread_id``
+    alone, if named), oldest first, each with its turns in order; without ``texts`` the
+    turns' texts are left out (a list of side-threads needs their count and statuses, not
+    megabytes of text)."""
     chosen = side_threads.c.session_id == session_id
     if owner is not None:
         chosen = and_(chosen, side_threads.c.owner == owner)
+    if thread_id is not None:
+        chosen = and_(chosen, side_threads.c.id == thread_id)
     threads = await connection.execute(
         select(side_threads).where(chosen).order_by(side_threads.c.created_at, side_threads.c.id)
     )
     turns: dict[str, list[ThreadTurn]] = {}
     of_turns = side_thread_turns.c.session_id == session_id
-    if owner is not None:
+    if owner is not None or thread_id is not None:
         of_turns = and_(
             of_turns, side_thread_turns.c.thread_id.in_(select(side_threads.c.id).where(chosen))
         )
+    columns: list[ColumnElement[Any]] = [
+        c for c in side_thread_turns.c if texts or c.name != "text"
+    ]
+    if not texts:
+        columns.append(literal("").label("text"))
     rows = await connection.execute(
-        select(side_thread_turns).where(of_turns).order_by(side_thread_turns.c.ordinal)
+        select(*columns).where(of_turns).order_by(side_thread_turns.c.ordinal)
     )
     for row in rows:
         turns.setdefault(row.thread_id, []).append(

@@ -189,3 +189,32 @@ async def test_a_socket_opened_speaking_commands_is_told_its_side_threads(
     alice = await server.connect(sid, "alice", commands="text")
     await alice.command({"type": "unpin", "id": "x", "entry_id": "none"})  # after any greeting
     assert thread_state(alice, thread_id) is None
+
+
+async def test_reading_a_side_thread_spends_the_read_budget(tmp_path: Path) -> None:
+    """Review (bounded): reads of a member's side-threads loaded every turn's text of every
+    thread and spent nothing: 16 at once held an innocent client 1.8 s. A thread read
+    loads that thread alone and spends its text's bytes; the list loads no text."""
+    settings = make_settings(
+        sqlite_url(tmp_path), tmp_path / "d", read_bytes_per_s=1.0, read_burst_bytes=600
+    )
+    async with serve_in_process(settings, MODEL) as server:
+        sid = await server.new_session({"bob": "editor"})
+        bob = await server.connect(sid, "bob")
+        opened = await bob.command({"type": "thread_open", "id": "t", "title": "mine"})
+        thread_id = opened["thread_id"]
+        asked = {"type": "thread_prompt", "id": "q", "thread_id": thread_id, "text": "x" * 400}
+        await bob.command(asked)
+        await bob.wait_until(lambda c: answered(c, thread_id, 1))
+        token = await server.token(sid, "bob")
+        async with httpx.AsyncClient(
+            base_url=server.base_url, headers={"Authorization": f"Bearer {token}"}
+        ) as as_bob:
+            base = f"/api/v1/sessions/{sid}/threads"
+            listed = await as_bob.get(base)
+            assert listed.status_code == 200 and listed.json()["threads"][0]["turns"] == 2
+            first = await as_bob.get(f"{base}/{thread_id}")
+            assert first.status_code == 200 and len(first.json()["turns"][0]["text"]) == 400
+            again = await as_bob.get(f"{base}/{thread_id}")
+            assert again.status_code == 429 and again.json()["error"]["code"] == "rate_limited"
+            assert (await as_bob.get(base)).status_code == 200  # the list spends nothing
