@@ -5,8 +5,9 @@ oldest first, a receiver that never answers held every slot for the whole timeou
 and again at each retry: with 40 dead subscriptions a healthy receiver's deliveries came
 about two minutes late (review, "bounded"). Here, sans I/O:
 
-- subscriptions are served in three classes, each before the next: those proven (an
-  attempt of theirs succeeded lately, in this process), those not known yet, and those
+- subscriptions are served in three classes, each before the next: those proven (their
+  last ``CLEAN_AFTER`` attempts succeeded, in this process: ``Standing``), the others not
+  known to fail, and those
   failing (``FAILING_AFTER`` or more attempts failed in a row: ``webhooks.failures``).
   Within a class, the oldest due delivery first, of the oldest due the claim reads;
 - a proven subscription holds at most ``per_subscription`` slots while others wait (and
@@ -57,6 +58,11 @@ class Lanes:
     in_flight: Mapping[str, int] = field(default_factory=dict)  # webhook id -> attempts
     failing_ids: frozenset[str] = frozenset()  # of those, the failing subscriptions
     proven: frozenset[str] = frozenset()
+    # Subscriptions an attempt of which failed lately (``Standing.owed``).
+    owed: frozenset[str] = frozenset()
+    # Only subscriptions in good standing (none of their attempts failed lately: proven,
+    # or not tried yet) may take a slot: the slots kept for them (``reserved``).
+    clean_only: bool = False
 
     @classmethod
     def of(
@@ -65,11 +71,16 @@ class Lanes:
         in_flight: Mapping[str, int],
         failing_ids: frozenset[str],
         proven: frozenset[str],
+        owed: frozenset[str] = frozenset(),
     ) -> Lanes:
         """A quarter of ``concurrency`` slots for one proven subscription, a quarter for
         the failing together."""
         share = max(1, concurrency // 4)
-        return cls(share, share, in_flight, failing_ids, proven)
+        return cls(share, share, in_flight, failing_ids, proven, owed)
+
+    def clean(self, webhook_id: str, failing: bool) -> bool:
+        """In good standing: no attempt of it failed lately (proven, or not tried yet)."""
+        return not failing and webhook_id not in self.owed and webhook_id not in self.failing_ids
 
     def cap(self, webhook_id: str, failing: bool) -> int:
         """Slots one subscription may hold while others wait: a share if proven, else one."""
@@ -84,6 +95,14 @@ class Lanes:
             for w, n in self.in_flight.items()
             if n >= 1 and self.rank(w, w in self.failing_ids) != PROVEN
         )
+
+    @property
+    def reserved(self) -> int:
+        """Slots kept for subscriptions in good standing when the others hold every slot
+        (review: 99 receivers hanging every other attempt filled them all, and a healthy
+        one waited 8 s at each delivery): a share, less their attempts in flight."""
+        held = sum(n for w, n in self.in_flight.items() if self.clean(w, False))
+        return max(0, self.per_subscription - held)
 
     @property
     def failing_in_flight(self) -> int:
@@ -107,6 +126,8 @@ def pick(due: Iterable[D], lanes: Lanes, limit: int) -> list[D]:
         range(len(candidates)),
         key=lambda i: (lanes.rank(candidates[i].webhook_id, candidates[i].failing), i),
     )
+    if lanes.clean_only:
+        ranked = [i for i in ranked if lanes.clean(candidates[i].webhook_id, candidates[i].failing)]
     taken: list[int] = []
     counts = Counter(lanes.in_flight)
     failing = lanes.failing_in_flight
@@ -132,6 +153,49 @@ def pick(due: Iterable[D], lanes: Lanes, limit: int) -> list[D]:
             taken.append(index)
     return [candidates[i] for i in taken]
 
+
+# Attempts that must succeed in a row after one failed before a subscription is proven
+# again: one that fails every other time (review: 99 such held a healthy receiver 8 s
+# back) stays served one slot at a time, behind the proven.
+CLEAN_AFTER = 4
+
+
+class Standing:
+    """Which subscriptions are proven (``Lanes.proven``): their last attempts succeeded,
+    ``CLEAN_AFTER`` in a row since any failed. At most ``max_kept`` of each kind are
+    remembered, the oldest forgotten first (a forgotten one is not known yet)."""
+
+    def __init__(self, max_kept: int) -> None:
+        self.max_kept = max_kept
+        self._proven: dict[str, None] = {}
+        self._owed: dict[str, int] = {}  # successes still owed since a failure
+
+    @property
+    def proven(self) -> frozenset[str]:
+        return frozenset(self._proven)
+
+    @property
+    def owed(self) -> frozenset[str]:
+        """Those an attempt of which failed lately (not proven again yet)."""
+        return frozenset(self._owed)
+
+    def record(self, webhook_id: str, ok: bool) -> None:
+        self._proven.pop(webhook_id, None)
+        owed = self._owed.pop(webhook_id, 0)
+        if not ok:
+            self._keep(self._owed, webhook_id, CLEAN_AFTER)
+        elif owed > 1:
+            self._keep(self._owed, webhook_id, owed - 1)
+        else:
+            self._keep(self._proven, webhook_id, None)
+
+    def _keep(self, kept: dict[str, _V], webhook_id: str, value: _V) -> None:
+        kept[webhook_id] = value
+        if len(kept) > self.max_kept:
+            del kept[next(iter(kept))]
+
+
+_V = TypeVar("_V")
 
 # Attempts past ``SLOW_AFTER_S`` that stop counting against the slots, per slot.
 SLOW_PER_SLOT = 4

@@ -15,6 +15,7 @@ import random
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import replace
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
@@ -34,11 +35,17 @@ from parley.server.store.tables import webhook_deliveries
 from parley.server.store.webhooks import PENDING, SENDING
 from parley.session.backoff import doubling_s
 from parley.session.errors import ParleyError
-from parley.session.webhook_lanes import SLOW_AFTER_S, SLOW_PER_SLOT, Lanes, free_slots
+from parley.session.webhook_lanes import (
+    SLOW_AFTER_S,
+    SLOW_PER_SLOT,
+    Lanes,
+    Standing,
+    free_slots,
+)
 
 log = logging.getLogger("parley.webhooks")
 
-# Subscriptions remembered as answering (``WebhookSender._proven``): more than there may be.
+# Subscriptions remembered as answering (``Standing``): more than there may be.
 MAX_PROVEN = 1000
 # Of a receiver's answer, at most this much is read (and dropped).
 ANSWER_READ_BYTES = 4096
@@ -73,9 +80,9 @@ class WebhookSender:
         self._task: asyncio.Task[None] | None = None
         # Each attempt in flight: what it sends, and when it started (``time.monotonic``).
         self._sending: dict[asyncio.Task[None], tuple[Claimed, float]] = {}
-        # Subscriptions whose last attempt from here succeeded (``session.webhook_lanes``:
+        # Subscriptions whose last attempts from here succeeded (``session.webhook_lanes``:
         # served first); at most ``MAX_PROVEN``, the oldest forgotten first.
-        self._proven: dict[str, None] = {}
+        self._standing = Standing(MAX_PROVEN)
         self._rng = random.Random()
         self._http = OutboundClient(
             allow_private=settings.webhook_allow_private,
@@ -139,6 +146,10 @@ class WebhookSender:
                 started = (at for _, at in self._sending.values())
                 free = free_slots(self.settings.webhook_concurrency, started, time.monotonic())
                 lanes = self._lanes()
+                if free == 0 and lanes.reserved:
+                    # Every slot held by others: those in good standing take the slots kept
+                    # for them.
+                    free, lanes = lanes.reserved, replace(lanes, clean_only=True)
                 due = await self._due_in_ms(lanes) if free > 0 else None
                 if due is not None and due <= 0:
                     async with self.store.transaction("webhook claim") as tx:
@@ -187,16 +198,23 @@ class WebhookSender:
         sending = [delivery for delivery, _ in self._sending.values()]
         in_flight = Counter(d.webhook_id for d in sending)
         failing = frozenset(d.webhook_id for d in sending if d.failing)
+        # Not in good standing either: one whose attempt waits past ``SLOW_AFTER_S`` (a
+        # receiver that hangs is known long before its attempt times out).
+        now = time.monotonic()
+        slow = frozenset(
+            d.webhook_id for d, at in self._sending.values() if now - at >= SLOW_AFTER_S
+        )
+        standing = self._standing
         return Lanes.of(
-            self.settings.webhook_concurrency, in_flight, failing, frozenset(self._proven)
+            self.settings.webhook_concurrency,
+            in_flight,
+            failing,
+            standing.proven - slow,
+            standing.owed | slow,
         )
 
     def _outcome(self, webhook_id: str, ok: bool) -> None:
-        self._proven.pop(webhook_id, None)
-        if ok:
-            self._proven[webhook_id] = None
-            if len(self._proven) > MAX_PROVEN:
-                del self._proven[next(iter(self._proven))]
+        self._standing.record(webhook_id, ok)
 
     async def _due_in_ms(self, lanes: Lanes) -> int | None:
         async with self.store.read() as connection:

@@ -186,15 +186,27 @@ async def claim(
         )
     )
     query = query.order_by(d.c.next_at, d.c.id)
+    locking = connection.dialect.name == "postgresql"
     if lanes is None:
-        query = query.limit(limit)
+        windows = [query.limit(limit)]
     else:
         # The oldest due, with room to skip what the caps leave out (``pick`` ranks them):
-        # ranked here, one busy subscription's newer heads would fill the window.
-        query = _within(query.limit(limit * CANDIDATES_PER_SLOT), lanes)
-    if connection.dialect.name == "postgresql":
-        query = query.with_for_update(skip_locked=True, of=d)
-    candidates = [_claimed(row) for row in await connection.execute(query)]
+        # ranked here, one busy subscription's newer heads would fill the window. The
+        # proven's oldest too (review: 99 flaky receivers' retries, older, filled the
+        # window, and a healthy receiver's deliveries were never among the candidates).
+        window = limit * CANDIDATES_PER_SLOT
+        windows = [_within(query, lanes).limit(window)]
+        if lanes.proven and not lanes.clean_only:
+            proven = d.c.webhook_id.in_(sorted(lanes.proven))
+            windows.insert(0, _within(query.where(proven), lanes).limit(window))
+    seen: dict[str, Claimed] = {}
+    for window_query in windows:
+        if locking:
+            window_query = window_query.with_for_update(skip_locked=True, of=d)
+        for row in await connection.execute(window_query):
+            claimed = _claimed(row)
+            seen.setdefault(claimed.id, claimed)
+    candidates = list(seen.values())
     taken = candidates if lanes is None else pick(candidates, lanes, limit)
     if not taken:
         return []
@@ -249,6 +261,10 @@ def _within(query: Any, lanes: Lanes) -> Any:
         query = query.where(webhook_deliveries.c.webhook_id.not_in(sorted(lanes.full)))
     if lanes.failing_full:
         query = query.where(webhooks.c.failures < FAILING_AFTER)
+    if lanes.clean_only:  # no failure stored, none seen here lately
+        query = query.where(webhooks.c.failures == 0)
+        if lanes.owed:
+            query = query.where(webhook_deliveries.c.webhook_id.not_in(sorted(lanes.owed)))
     return query
 
 

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from parley.session.webhook_lanes import SLOW_AFTER_S, SLOW_PER_SLOT, Lanes, free_slots, pick
+from parley.session.webhook_lanes import (
+    CLEAN_AFTER,
+    SLOW_AFTER_S,
+    SLOW_PER_SLOT,
+    Lanes,
+    Standing,
+    free_slots,
+    pick,
+)
 
 
 @dataclass(frozen=True)
@@ -64,3 +72,40 @@ def test_an_attempt_waiting_long_stops_counting_against_the_slots() -> None:
     many_slow = [now - SLOW_AFTER_S] * (SLOW_PER_SLOT * 4 + 2)
     assert free_slots(4, many_slow, now) == 2  # past their allowance they count again
     assert free_slots(4, [*many_slow, now, now, now], now) == 0
+
+
+def test_a_subscription_failing_every_other_time_is_never_proven() -> None:
+    """Review (bounded): 99 receivers that answered every other attempt and hung the rest
+    were proven at each success, each holding a share of the slots, and held a healthy
+    receiver 8 s back. Proven again only after ``CLEAN_AFTER`` successes in a row."""
+    standing = Standing(max_kept=10)
+    for n in range(20):
+        standing.record("flaky", ok=n % 2 == 0)
+        standing.record("healthy", ok=True)
+        assert "flaky" not in standing.proven or n == 0
+        assert "healthy" in standing.proven
+    for _ in range(CLEAN_AFTER - 1):
+        standing.record("flaky", ok=True)
+        assert "flaky" not in standing.proven
+    standing.record("flaky", ok=True)
+    assert "flaky" in standing.proven
+
+
+def test_standing_forgets_the_oldest_past_its_bound() -> None:
+    standing = Standing(max_kept=2)
+    for name in ("a", "b", "c"):
+        standing.record(name, ok=True)
+    assert standing.proven == {"b", "c"}
+
+
+def test_slots_are_kept_for_subscriptions_in_good_standing() -> None:
+    """When others hold every slot, a share is kept for subscriptions none of whose
+    attempts failed lately: the claim then takes only theirs."""
+    owed = frozenset({"flaky", "dead"})
+    lanes = Lanes.of(16, {"flaky": 1, "dead": 1}, frozenset(), frozenset({"ok"}), owed)
+    assert lanes.reserved == 4
+    clean = replace(lanes, clean_only=True)
+    due = [Head("flaky"), Head("dead"), Head("new"), Head("ok")]
+    assert ids(pick(due, clean, 4)) == [("ok", 0), ("new", 0)]
+    busy = Lanes.of(16, {"ok": 4}, frozenset(), frozenset({"ok"}))
+    assert busy.reserved == 0
