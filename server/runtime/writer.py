@@ -174,9 +174,29 @@ class DocumentWriter:
         self._captured.append(event.update)
 
     @asynccontextmanager
+    async def _turn_within(self, deadline: float) -> AsyncIterator[None]:
+        """The session's writer lock, waited for until ``deadline``: a write's lock budget
+        is for the whole write, not one for each wait (review: a prompt queued behind
+        another write of its session waited out that write's budget, then its own)."""
+        try:
+            async with asyncio.timeout_at(deadline):
+                await self.lock.acquire()
+        except TimeoutError:
+            raise Unavailable(
+                "the session's writes before this one took too long; nothing was stored"
+            ) from None
+        try:
+            yield
+        finally:
+            self.lock.release()
+
+    @asynccontextmanager
     async def writing(self) -> AsyncIterator[Write]:
-        """Serialize a change: store its rows and CRDT update, commit, then broadcast."""
-        async with self.lock:
+        """Serialize a change: store its rows and CRDT update, commit, then broadcast; the
+        wait for the session's turn and for the database share one lock budget."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.db_lock_timeout_s
+        async with self._turn_within(deadline):
             self.require_usable()
             if self._unverified:
                 await self._verify()
@@ -184,8 +204,9 @@ class DocumentWriter:
             write: Write | None = None
             update = b""
             numbers: list[int] = []
+            left = max(0.0, deadline - loop.time())
             try:
-                async with self.store.transaction() as tx:
+                async with self.store.transaction(lock_timeout_s=left) as tx:
                     if self.fence is not None:
                         await self.fence.check(tx)
                     write = Write(tx)

@@ -138,3 +138,22 @@ async def test_a_write_cancelled_after_its_commit_is_kept_by_the_room() -> None:
         assert any(isinstance(f, bytes) for f in s.watcher.frames)  # and it was sent
         after = await s.message("alice", "next")
         assert (after["type"], after["seq"]) == ("ack", 2)
+
+
+async def test_a_write_waits_for_its_sessions_turn_within_its_lock_budget() -> None:
+    """Review: the budget began only once the session's writer lock was taken, so a write
+    queued behind another of its session waited out that one's budget, then its own (3.7
+    s on a budget of 2). The wait for the turn is within the budget now: a write behind
+    one that holds the session past it is refused ``unavailable``, nothing stored."""
+    async with memory_session({"alice": "editor"}, db_lock_timeout_s=0.2) as s:
+        writer = s.room.writer.document
+        await writer.lock.acquire()  # a write of the session that does not end
+        try:
+            async with asyncio.timeout(30):
+                refused = await s.send("alice", MessageCommand("m", "hello"))
+        finally:
+            writer.lock.release()
+        assert (refused["type"], refused["code"]) == ("error", "unavailable")
+        assert s.room.doc.entries() == []
+        stored = await s.send("alice", MessageCommand("m", "hello"))
+        assert stored["type"] == "ack" and stored["seq"] == 1
