@@ -152,6 +152,14 @@ class NotFound(ParleyError):
     close_code = CloseCode.NOT_FOUND
 
 
+class SessionGone(NotFound, LookupError):
+    """A write found no session to write to: it was deleted meanwhile (on another node,
+    say). A ``LookupError`` too, as the stores' ports have it."""
+
+    def __init__(self, session_id: str) -> None:
+        super().__init__(f"no session {session_id!r} (deleted meanwhile); nothing was stored")
+
+
 class Conflict(ParleyError):
     code = ErrorCode.CONFLICT
     http_status = 409

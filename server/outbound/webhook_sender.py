@@ -34,7 +34,7 @@ from parley.server.store.sessions import Store
 from parley.server.store.tables import webhook_deliveries
 from parley.server.store.webhooks import PENDING, SENDING
 from parley.session.backoff import doubling_s
-from parley.session.errors import ParleyError
+from parley.session.errors import NotFound, ParleyError
 from parley.session.webhook_lanes import (
     SLOW_AFTER_S,
     SLOW_PER_SLOT,
@@ -239,10 +239,10 @@ class WebhookSender:
                     retry_at=retry_at,
                     failure_limit=self.settings.webhook_failure_limit,
                 )
+        except (IntegrityError, NotFound):  # the subscription was deleted meanwhile
+            log.info("webhook attempt of a deleted subscription", extra={"id": delivery.id})
         except ParleyError as exc:  # the lease brings the delivery back
             log.warning("webhook attempt not recorded: %s", exc)
-        except IntegrityError:  # the subscription was deleted meanwhile
-            log.info("webhook attempt of a deleted subscription", extra={"id": delivery.id})
 
     async def _attempt(self, delivery: Claimed) -> Attempt:
         at = self._now_ms()

@@ -31,7 +31,7 @@ from parley.server.store.group_commit import Outcome, WriteFence
 from parley.server.store.port import SessionStore, SessionTx
 from parley.server.store.rows import StoredDoc
 from parley.session.encoded import EncodedDocument
-from parley.session.errors import Unavailable
+from parley.session.errors import NotFound, Unavailable
 from parley.session.events import SessionEvent
 from parley.session.observers import observe_weakly
 from parley.session.read_only import ServerWrites
@@ -354,8 +354,11 @@ class DocumentWriter:
         been made on it since); ``Unavailable`` while it cannot be read."""
         try:
             stored = await self.store.load_doc(self.session_id)
+            deleted = await self.store.get_session(self.session_id) is None
         except Exception as exc:
             raise Unavailable("the database is unavailable; nothing was stored") from exc
+        if deleted:  # on another node, say: not the database's fault
+            raise NotFound(f"no session {self.session_id!r}")
         self._adopt_stored(stored, self.doc.doc)
         self.require_usable()
 

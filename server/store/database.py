@@ -23,7 +23,7 @@ from parley.server.store.sqlite_inline import (
 from parley.server.store.transaction import StoreTx
 from parley.server.store.webhooks import Subscriptions
 from parley.server.store.writer_turns import WriterTurns
-from parley.session.errors import Unavailable
+from parley.session.errors import NotFound, Unavailable
 
 
 async def _begin_immediate(connection: AsyncConnection, deadline: float) -> None:
@@ -98,6 +98,12 @@ class Database:
                 self.on_outbox()
         except (OperationalError, DBAPIError, OSError, sqlite3.Error) as exc:
             if isinstance(exc, IntegrityError):
+                if foreign_key_violation(exc):
+                    # What the write belongs to (its session, a subscription, a side-thread)
+                    # was deleted meanwhile, on another node, say: not the database's fault.
+                    raise NotFound(
+                        "what this write belongs to was deleted meanwhile; nothing was stored"
+                    ) from exc
                 raise
             raise self._refused(exc, what) from exc
         self.health.wrote()
@@ -175,3 +181,11 @@ class Database:
     async def ping(self) -> None:
         async with self.read() as connection:
             await connection.execute(select(1))
+
+
+def foreign_key_violation(exc: IntegrityError) -> bool:
+    """Whether ``exc`` is a foreign key's violation (a row whose parent is gone), not a
+    unique key's (a command id stored before, say), on SQLite or PostgreSQL."""
+    orig = exc.orig
+    code = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    return code == "23503" or "foreign key" in str(orig).lower()

@@ -21,7 +21,7 @@ from sqlalchemy.dialects import sqlite
 from sqlalchemy.exc import IntegrityError
 
 from parley.server.store.tables import doc_updates
-from parley.session.errors import Unavailable
+from parley.session.errors import NotFound, Unavailable
 
 if TYPE_CHECKING:
     from parley.server.store.port import SessionTx, Transactional
@@ -129,9 +129,10 @@ class GroupCommit:
             del self._pending[: self.max_round]
             try:
                 await self._commit(batch)
-            except (IntegrityError, sqlite3.IntegrityError):
+            except (IntegrityError, sqlite3.IntegrityError, NotFound):
                 # One session's update broke a constraint (its session was deleted
-                # meanwhile): store the others one by one, so only it fails.
+                # meanwhile: ``NotFound`` as the store tells it): store the others one by
+                # one, so only it fails.
                 for item in batch:
                     try:
                         await self._commit([item])
@@ -209,6 +210,6 @@ def _settle(item: _Pending, exc: BaseException) -> None:
 def _unstored(exc: Exception) -> Exception:
     """What a caller is told of its own update's failure: a broken constraint is a
     fault of the data it was stored with, not of the caller."""
-    if isinstance(exc, (IntegrityError, sqlite3.IntegrityError)):
+    if isinstance(exc, (IntegrityError, sqlite3.IntegrityError, NotFound)):
         return Unavailable("this session's update could not be stored")
     return exc

@@ -18,7 +18,7 @@ from parley.server.store.rows import (
     UsageRow,
 )
 from parley.session.core.thread_state import SideThread, ThreadTurn
-from parley.session.errors import Conflict, DuplicateCommand
+from parley.session.errors import Conflict, DuplicateCommand, SessionGone
 from parley.session.events import SessionEvent, StoredEvent
 from parley.session.lifecycle import IllegalTransition, PromptStatus, prompt_predecessors
 from parley.session.quota import Quotas
@@ -120,7 +120,7 @@ class MemoryTx:
         if written is None:
             stored = self._tables.sessions.get(session_id)
             if stored is None:
-                raise LookupError(session_id)
+                raise SessionGone(session_id)
             written = self._written[session_id] = stored.copy()
         return written
 

@@ -31,7 +31,7 @@ from parley.server.store.tables import doc_snapshots, doc_updates, sessions
 from parley.server.store.update_log import squash
 from parley.server.store.webhooks import Subscriptions
 from parley.session.core import SideThread, ThreadTurn
-from parley.session.errors import DuplicateCommand
+from parley.session.errors import DuplicateCommand, SessionGone
 from parley.session.events import SessionEvent
 from parley.session.lifecycle import IllegalTransition, PromptStatus
 from parley.session.quota import Quotas
@@ -306,14 +306,14 @@ class StoreTx:
         if found[7] is not None:  # the counter is not where the room thought
             self.claimed.forget(entry["session_id"])
             raise SequenceMoved(int(found[7]))
-        raise LookupError(entry["session_id"])
+        raise SessionGone(entry["session_id"])
 
     def _counted(self, session_id: str, found: Any, events: int) -> int:
         """The counters as moved (``found``: last seq, last event seq, ...; None or NULL:
         no such session): check the claimed sequence number; the first of ``events``
         event numbers taken."""
         if found is None or found[0] is None:
-            raise LookupError(session_id)
+            raise SessionGone(session_id)
         if self.claimed.holds(session_id):
             self.claimed.counted(session_id, int(found[0]))
         return int(found[1]) - events + 1

@@ -24,6 +24,7 @@ from parley.server.store.sessions import Store
 from parley.server.store.tables import audit_log, webhook_deliveries
 from parley.server.store.webhooks import create_webhook
 from parley.session.commands import CancelCommand, MessageCommand, PromptCommand
+from parley.session.errors import NotFound
 from parley.session.queue import Policy
 from parley.session.recent_acks import RecentAcks
 from tests.conftest import make_settings
@@ -223,3 +224,19 @@ async def test_a_sequence_number_taken_by_a_row_behind_the_rooms_back_is_followe
     moved = await reply_of(room, "ann", MessageCommand("m2", "two"))
     assert (moved["type"], moved["code"]) == ("error", "unavailable")
     assert (await reply_of(room, "ann", MessageCommand("m2", "two")))["seq"] == 3
+
+
+async def test_writes_to_a_session_deleted_behind_the_rooms_back_are_not_found(
+    room: SessionRoom,
+) -> None:
+    """Review (same answer everywhere): for a moment after a session was deleted on one
+    node, another node still holding its room answered writes 500 (an audit record's
+    foreign key) or 503 ("the database is unavailable", which tells a client to retry
+    what never can succeed). They are ``not_found``, as every read already is."""
+    assert (await reply_of(room, "ann", MessageCommand("m1", "before")))["type"] == "ack"
+    assert await room.store.delete_session("s", 1)  # on another node, say
+    for attempt in ("m2", "m3"):  # the failed write, then the room's read-back after it
+        gone = await reply_of(room, "ann", MessageCommand(attempt, "after"))
+        assert (gone["type"], gone["code"]) == ("error", "not_found"), gone
+    with pytest.raises(NotFound):
+        await room.writer.audit("as_user", "admin", {"action": "prompt as ann"})
