@@ -135,6 +135,10 @@ class SessionDocument:
         self.meta["policy"] = policy
 
     @_mutator
+    def set_title(self, title: str) -> None:
+        self.meta["title"] = title
+
+    @_mutator
     def pin(self, entry_id: str) -> bool:
         """Pin an entry; False if it was pinned already."""
         self._entry(entry_id)

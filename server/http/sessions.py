@@ -107,8 +107,9 @@ async def update_session(
     if body.policy is not None:
         write = {"op": "policy", "policy": body.policy, "author": caller.user_id or ""}
         await state.rooms.change(room, write)
-    if "model" in body.model_fields_set or body.restricted_replies is not None:
-        await state.rooms.settings_changed(room)
+    changed = body.restricted_replies is not None or body.title is not None
+    if "model" in body.model_fields_set or changed:
+        await state.rooms.settings_changed(room)  # the title: into the document's ``meta``
     changes = {
         name: {"from": getattr(before, name), "to": value}
         for name, value in (

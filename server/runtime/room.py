@@ -34,6 +34,7 @@ from parley.server.runtime.writer import DocumentWriter
 from parley.server.settings import Settings
 from parley.server.store.access_rows import ToolRow
 from parley.server.store.port import SessionStore
+from parley.server.store.rows import SessionRow
 from parley.server.ws.awareness import AwarenessFanout
 from parley.server.ws.connection import Connection
 from parley.session.closes import CloseCode
@@ -180,15 +181,17 @@ class SessionRoom:
         await self.reload_quotas()
         await self.writer.recover(title, policy, self.cut_off)
 
-    async def reload_settings(self) -> None:
+    async def reload_settings(self) -> SessionRow:
         """Put the session's stored settings in force here: its model, its restricted-reply
-        policy, its members and revoked tokens. ``NotFound`` if the session was deleted."""
+        policy, its members and revoked tokens. ``NotFound`` if the session was deleted.
+        Returns the session's row as read."""
         row = await self.store.get_session(self.session_id)
         if row is None:
             raise NotFound(f"no session {self.session_id!r}")
         self.use_settings(row.model, row.restricted_replies)
         await self.membership.refresh()
         self.feed.changed()
+        return row
 
     async def reload_quotas(self) -> None:
         """Put the session's stored quotas in force for the runs that start here: where

@@ -30,8 +30,11 @@ async def apply_session_write(room: SessionRoom, write: dict[str, Any]) -> dict[
     write_id = str(write.get("id") or "rest")
     command: Command
     if kind == SETTINGS_WRITE:  # carried out where the session runs
-        await room.reload_settings()
+        row = await room.reload_settings()
         await room.reload_quotas()
+        if room.doc.meta.get("title") != row.title:  # renamed: every client reads ``meta``
+            async with room.writer.document.writing():
+                room.doc.set_title(row.title)
         return {}
     if kind == "set_fact":
         value = None if write["value"] is None else str(write["value"])

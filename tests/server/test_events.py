@@ -8,6 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from pycrdt import Map
+
 from parley.server.settings import OFFLINE_MODEL
 from tests.conftest import RunningServer, make_settings, serve_in_process, sqlite_url
 from tests.yclient import YClient, all_replies_settled
@@ -148,3 +150,18 @@ async def test_the_events_route_pages_and_is_for_the_admin_only(tmp_path: Path) 
         owner = {"Authorization": f"Bearer {await server.token(sid, 'olga')}"}
         assert (await server.http.get(route, headers=owner)).status_code == 403
         assert (await server.http.get("/api/v1/sessions/nope/events")).status_code == 404
+
+
+async def test_a_rename_reaches_the_documents_meta(database_url: str, tmp_path: Path) -> None:
+    """Review (same answer everywhere): ``PATCH {"title"}`` changed what REST answers while
+    the shared document's ``meta.title`` (what the demo and SDK users read) kept the old
+    title on every node."""
+    settings = make_settings(database_url, tmp_path / "data")
+    async with serve_in_process(settings) as server:
+        sid = await server.new_session({"olga": "owner"})
+        olga = await server.connect(sid, "olga")
+        renamed = await server.http.patch(f"/api/v1/sessions/{sid}", json={"title": "Q3 plan"})
+        assert renamed.is_success and renamed.json()["title"] == "Q3 plan"
+        await olga.wait_until(lambda c: c.doc.get("meta", type=Map).get("title") == "Q3 plan")
+        late = await server.connect(sid, "olga")  # the sync: a snapshot, then the updates
+        await late.wait_until(lambda c: c.doc.get("meta", type=Map).get("title") == "Q3 plan")
