@@ -39,6 +39,7 @@ TABLE: dict[str, tuple[str, int, int | None]] = {
     "Unauthenticated": ("unauthenticated", 401, 4401),
     "Forbidden": ("forbidden", 403, 4403),
     "NotFound": ("not_found", 404, 4404),
+    "SessionGone": ("not_found", 404, 4404),
     "Conflict": ("conflict", 409, None),
     "Busy": ("busy", 409, None),
     "QueueFull": ("queue_full", 429, None),
