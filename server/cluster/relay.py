@@ -16,7 +16,7 @@ from parley.server.runtime.commands import handle_frame
 from parley.server.runtime.room import SessionRoom
 from parley.server.runtime.session_writes import apply_session_write
 from parley.session.commands import command_id_of, error_reply
-from parley.session.errors import ParleyError, Unavailable
+from parley.session.errors import ParleyError, RateLimited, Unavailable
 
 if TYPE_CHECKING:
     from parley.server.cluster.node import ClusterNode
@@ -140,6 +140,15 @@ class CommandRelay:
             except ParleyError as exc:
                 return error_reply(command_id_of(frame), exc)
             return json.dumps({"type": "ack", "id": write.get("id"), "result": result})
+        # The member's command budget is the running node's too: every node's commands of
+        # the session pass here, so the budget is one per member, not one per node (review:
+        # 227 commands in 2.8 s through two nodes against a budget of 115). A resend of
+        # what was acknowledged lately is answered as it was, whatever the rate.
+        command_id = command_id_of(frame)
+        if not room.user_bucket(user_id).allow(room.clock()) and not room.recent_acks.knows(
+            user_id, command_id
+        ):
+            return error_reply(command_id, RateLimited("too many commands; slow down"))
         # The same door as a socket's command, judged by the member's rights here now.
         return await handle_frame(room, user_id, frame)
 

@@ -322,3 +322,29 @@ async def test_rest_writes_on_any_node_reach_the_running_one(tmp_path: Path) -> 
         )
         assert (await nodes.holder(sid)) is not None and (await nodes.holder(sid))[0] == holder
         await client.close()
+
+
+async def test_a_members_command_budget_is_one_across_the_nodes(tmp_path: Path) -> None:
+    """Review (same answer everywhere): each node kept its own budget of a member's
+    commands, so a member spread over two nodes got twice the rate. The running node
+    charges every command of the session it runs, forwarded ones included: the member's
+    budget (here 10) holds however their sockets are spread."""
+    async with cluster(
+        tmp_path, 2, PARLEY_COMMANDS_BURST="5", PARLEY_USER_COMMANDS_PER_SECOND="0.01"
+    ) as nodes:
+        sid = await nodes.new_session({"ann": "editor"})
+        holder, _ = await nodes.wait_holder(sid)
+        running = next(n for n in nodes.nodes if n.env["PARLEY_NODE_ID"] == holder)
+        other = next(n for n in nodes.nodes if n.env["PARLEY_NODE_ID"] != holder)
+        sockets = [
+            await nodes.connect(running, sid, "ann"),
+            await nodes.connect(other, sid, "ann"),
+            await nodes.connect(other, sid, "ann"),
+        ]
+        replies = []
+        for n, socket in enumerate(sockets):  # 5 each: within every socket's own budget
+            for k in range(5):
+                command = {"type": "message", "id": f"m{n}-{k}", "text": f"note {n} {k}"}
+                replies.append(await socket.command(command, timeout=30))
+        kinds = [r["type"] if r["type"] == "ack" else r["code"] for r in replies]
+        assert kinds.count("ack") == 10 and kinds.count("rate_limited") == 5, kinds
