@@ -166,6 +166,18 @@ def _check_strings(data: dict[str, Any]) -> None:
         raise InvalidInput(f"'{found[0]}' {found[1]}")
 
 
+MAX_ENTRY_ID_CHARS = 64  # as REST's paths and bodies take them
+
+
+def _entry_id(data: dict[str, Any], field: str) -> str:
+    entry_id = data.get(field)
+    if not isinstance(entry_id, str) or not entry_id:
+        raise InvalidInput(f"'{field}' must be a non-empty string")
+    if len(entry_id) > MAX_ENTRY_ID_CHARS:
+        raise InvalidInput(f"'{field}' exceeds {MAX_ENTRY_ID_CHARS} characters")
+    return entry_id
+
+
 def _parse(data: dict[str, Any], limits: Limits) -> Command:
     _check_strings(data)
     command_id = data.get("id")
@@ -186,14 +198,9 @@ def _parse(data: dict[str, Any], limits: Limits) -> Command:
             return PromptCommand(id=command_id, text=text)
         return MessageCommand(id=command_id, text=text)
     if kind == "cancel":
-        prompt_id = data.get("prompt_id")
-        if not isinstance(prompt_id, str) or not prompt_id:
-            raise InvalidInput("'prompt_id' must be a non-empty string")
-        return CancelCommand(id=command_id, prompt_id=prompt_id)
+        return CancelCommand(id=command_id, prompt_id=_entry_id(data, "prompt_id"))
     if kind in ("pin", "unpin"):
-        entry_id = data.get("entry_id")
-        if not isinstance(entry_id, str) or not entry_id:
-            raise InvalidInput("'entry_id' must be a non-empty string")
+        entry_id = _entry_id(data, "entry_id")
         return PinCommand(id=command_id, entry_id=entry_id, pinned=kind == "pin")
     if kind == "set_fact":
         key, value = data.get("key"), data.get("value")

@@ -261,7 +261,8 @@ class TranscriptOut(Strict):
 
 
 class FactPut(Strict):
-    value: str = Field(max_length=2000)
+    # Its length is the socket's rule (``check_fact``: ``too_large`` past 2,000 characters).
+    value: str
 
 
 class FactsOut(Strict):

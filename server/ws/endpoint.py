@@ -121,7 +121,7 @@ async def _serve(
         if text is not None:
             connection.channel = channel  # answered the way it asked
         if text is not None and not room.budgets.allow(
-            connection.user_id, Cost(Spend.COMMAND_BYTES, len(text)), now
+            connection.user_id, Cost(Spend.COMMAND_BYTES, _command_cost(room, text)), now
         ):
             # Refused unread: parsing is what its bytes would cost.
             state.metrics.errors.labels(code="rate_limited").inc()
@@ -163,6 +163,14 @@ async def _serve(
                     return
         elif text is not None:
             connection.send_json(await state.rooms.command(room, connection.user_id, text))
+
+
+def _command_cost(room: SessionRoom, text: str) -> int:
+    """A command's bytes, as its budget counts them: one larger than the budget's burst
+    takes all of it (else it could never pass, and was refused "slow down" for good; the
+    command's own limits then answer it, ``too_large``)."""
+    rate = room.budgets.rates.get(Spend.COMMAND_BYTES)
+    return len(text) if rate is None else min(len(text), int(rate.burst))
 
 
 async def _on_binary(

@@ -131,7 +131,8 @@ def _handle(view: SessionView, event: CommandEvent) -> Effects:
     if isinstance(command, PinCommand):
         return _authorized(view, event, Capability.PIN) or _pin(view, command)
     if isinstance(command, FactCommand):
-        return _authorized(view, event, Capability.PIN) or _fact(view, event, command)
+        refused = _authorized(view, event, Capability.PIN, "facts take the 'pin' capability")
+        return refused or _fact(view, event, command)
     if isinstance(command, PolicyCommand):
         return _authorized(view, event, Capability.MANAGE_SESSION) or _policy(view, event, command)
     return _cancel(view, event, command)
@@ -144,12 +145,17 @@ def _refusal(event: CommandEvent, reason: str) -> Effects:
     return refused(Forbidden(reason), record)
 
 
-def _authorized(view: SessionView, event: CommandEvent, capability: Capability) -> Effects | None:
-    """None when ``event.actor`` may use ``capability`` now, else the refusal."""
+def _authorized(
+    view: SessionView, event: CommandEvent, capability: Capability, note: str = ""
+) -> Effects | None:
+    """None when ``event.actor`` may use ``capability`` now, else the refusal (its reason
+    followed by ``note``, where the capability's name does not say what was refused)."""
     if event.admin:
         return None
     decision = decide(view.subject(event.actor), Do(capability))
-    return None if decision.allowed else _refusal(event, decision.reason)
+    if decision.allowed:
+        return None
+    return _refusal(event, f"{decision.reason} ({note})" if note else decision.reason)
 
 
 def _prompt(view: SessionView, event: CommandEvent, command: PromptCommand) -> Effects:

@@ -35,3 +35,32 @@ async def test_a_burst_of_resent_commands_gets_its_first_acks_past_the_rate(
         assert (over["type"], over["code"]) == ("error", "rate_limited")  # still in force
         texts = [e["content"] for e in again.entries() if e["kind"] == "message"]
         assert texts == [f"note {n}" for n in range(5)]
+
+
+async def test_the_same_bad_input_gets_the_same_answer_on_the_socket_and_over_rest(
+    tmp_path: Path,
+) -> None:
+    """Review (same answer everywhere): a 2,001-character fact was ``too_large`` on the
+    socket and ``invalid`` over REST; a 65-character entry id ``not_found`` on the socket
+    and ``invalid`` over REST; a command longer than the command-bytes budget's burst
+    was ``rate_limited`` for good ("slow down"), though it could never pass; a viewer's
+    fact was refused as "may not pin"."""
+    settings = make_settings(sqlite_url(tmp_path), tmp_path / "d", command_burst_bytes=1000)
+    async with serve_in_process(settings, FakeModel.answering("ok")) as server:
+        sid = await server.new_session({"ann": "editor", "vic": "viewer"})
+        ann = await server.connect(sid, "ann")
+        base = f"/api/v1/sessions/{sid}"
+        fact = {"type": "set_fact", "id": "f", "key": "k", "value": "x" * 2001}
+        on_socket = await ann.command(fact)
+        over_rest = await server.http.put(f"{base}/facts/k", json={"value": "x" * 2001})
+        assert (on_socket["code"], over_rest.status_code) == ("too_large", 413)
+        assert over_rest.json()["error"]["code"] == "too_large"
+        pin = {"type": "pin", "id": "p", "entry_id": "e" * 65}
+        on_socket = await ann.command(pin)
+        over_rest = await server.http.post(f"{base}/pins", json={"entry_id": "e" * 65})
+        assert (on_socket["code"], over_rest.json()["error"]["code"]) == ("invalid", "invalid")
+        long = await ann.command({"type": "message", "id": "m", "text": "y" * 1500})
+        assert long["type"] == "ack"  # past the burst: it takes all of it, once
+        vic = await server.connect(sid, "vic")
+        refused = await vic.command({"type": "set_fact", "id": "v", "key": "k", "value": "v"})
+        assert refused["code"] == "forbidden" and "facts" in refused["message"]
