@@ -324,7 +324,10 @@ def route(op: Operation) -> Route:
 
 
 def _query_str(request: Request, param: QueryStr) -> str | None:
-    value = request.query_params.get(param.name)
+    given = request.query_params.getlist(param.name)
+    if len(given) > 1:
+        raise InvalidInput(f"{param.name}: given {len(given)} times; give it once")
+    value = given[0] if given else None
     if value is None and not param.required:
         return None
     if not value or len(value) > param.max_length:
@@ -339,10 +342,13 @@ def _query_str(request: Request, param: QueryStr) -> str | None:
 
 
 def _query_int(request: Request, param: QueryParam) -> int:
-    raw = request.query_params.get(param.name)
-    if raw is None:
+    given = request.query_params.getlist(param.name)
+    if not given:
         return param.default
-    if not re.fullmatch(r"\d{1,9}", raw):
+    if len(given) > 1:
+        raise InvalidInput(f"{param.name}: given {len(given)} times; give it once")
+    raw = given[0]
+    if not re.fullmatch(r"\d{1,18}", raw):  # as long as a bound may be, and no longer
         raise InvalidInput(f"{param.name}: must be a whole number")
     value = int(raw)
     if not param.minimum <= value <= param.maximum:

@@ -135,6 +135,13 @@ async def test_malformed_and_oversized_bodies(server: RunningServer) -> None:
     assert long_title.status_code == 422
     bad_paging = await server.http.get("/api/v1/sessions?limit=0")
     assert bad_paging.status_code == 422
+    # The bound the API document gives is taken; a parameter given twice is refused.
+    at_the_bound = await server.http.get("/api/v1/sessions?offset=1000000000")
+    assert at_the_bound.status_code == 200, at_the_bound.text
+    past = await server.http.get("/api/v1/sessions?offset=1000000001")
+    assert past.status_code == 422 and "between" in past.json()["error"]["message"]
+    twice = await server.http.get("/api/v1/sessions?limit=1&limit=2")
+    assert twice.status_code == 422 and "once" in twice.json()["error"]["message"]
     nowhere = await server.http.get("/api/v1/nowhere")
     assert nowhere.status_code == 404
     assert nowhere.json()["error"]["code"] == "not_found"
