@@ -8,8 +8,10 @@ found) or refused by the rate limits the resend burst runs into, which a client 
 retries as a new command. So a session keeps its last acknowledgements in memory, and a
 command resent with the same content gets the same answer, without the rate limits (it
 costs a look-up). One resent with different content is a conflict, as the docs promise.
-Kept per session, for its last ``MAX_KEPT`` acknowledgements; a restart forgets them (the
-store's own answers remain for prompts and messages).
+Kept per session, for its last ``MAX_KEPT`` acknowledgements, at most ``MAX_PER_AUTHOR``
+of one member's (so one member's commands cannot push out everyone else's); a restart or
+a failover forgets them (the store's own answers remain for prompts and messages, and a
+cancel of a cancelled prompt is acked anyway).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from parley.session.commands import Command
 from parley.session.errors import DuplicateCommand
 
 MAX_KEPT = 256
+MAX_PER_AUTHOR = 64
 
 
 def fingerprint(command: Command) -> int:
@@ -29,9 +32,11 @@ def fingerprint(command: Command) -> int:
 
 
 class RecentAcks:
-    def __init__(self, max_kept: int = MAX_KEPT) -> None:
+    def __init__(self, max_kept: int = MAX_KEPT, max_per_author: int = MAX_PER_AUTHOR) -> None:
         self.max_kept = max_kept
+        self.max_per_author = max_per_author
         self._acks: OrderedDict[tuple[str, str], tuple[int, str]] = OrderedDict()
+        self._mine: dict[str, OrderedDict[str, None]] = {}  # each author's ids, oldest first
 
     def knows(self, author: str, command_id: str | None) -> bool:
         """Whether ``author``'s ``command_id`` was acknowledged lately."""
@@ -52,5 +57,19 @@ class RecentAcks:
         key = (author, command.id)
         self._acks[key] = (fingerprint(command), reply)
         self._acks.move_to_end(key)
+        mine = self._mine.setdefault(author, OrderedDict())
+        mine[command.id] = None
+        mine.move_to_end(command.id)
+        if len(mine) > self.max_per_author:
+            self._forget((author, next(iter(mine))))
         while len(self._acks) > self.max_kept:
-            self._acks.popitem(last=False)
+            self._forget(next(iter(self._acks)))
+
+    def _forget(self, key: tuple[str, str]) -> None:
+        author, command_id = key
+        self._acks.pop(key, None)
+        mine = self._mine.get(author)
+        if mine is not None:
+            mine.pop(command_id, None)
+            if not mine:
+                del self._mine[author]

@@ -24,6 +24,20 @@ if TYPE_CHECKING:
 log = logging.getLogger("parley.cluster")
 # The sender of a forwarded REST change: no user id can contain "!", so no member is it.
 ADMIN_SENDER = "!admin"
+# Before a member's id (no user id has it): answer the command only if it is a resend of
+# what the running node acknowledged lately, else refuse it ``rate_limited`` (the member
+# is over their rate on the node that forwarded it).
+RESENDS_ONLY = "~"
+
+
+def resends_only(user_id: str) -> str:
+    return RESENDS_ONLY + user_id
+
+
+def _member_of(sender: str) -> str:
+    return sender.removeprefix(RESENDS_ONLY)
+
+
 MAX_TAIL_PAGES = 100
 COMMAND_BATCH = 200
 FORWARD_POLL_S = 0.5
@@ -109,7 +123,7 @@ class CommandRelay:
             open_commands = await self.table.open_commands(session_id, COMMAND_BATCH)
             if not open_commands:
                 return
-            for user_id in {c.user_id for c in open_commands} - {ADMIN_SENDER}:
+            for user_id in {_member_of(c.user_id) for c in open_commands} - {ADMIN_SENDER}:
                 # Membership may have changed on another node: read it fresh.
                 member = await self.node.store.get_member(session_id, user_id)
                 await room.membership.set_member(
@@ -145,7 +159,11 @@ class CommandRelay:
         # 227 commands in 2.8 s through two nodes against a budget of 115). A resend of
         # what was acknowledged lately is answered as it was, whatever the rate.
         command_id = command_id_of(frame)
-        if not room.user_bucket(user_id).allow(room.clock()) and not room.recent_acks.knows(
+        if user_id.startswith(RESENDS_ONLY):
+            user_id = _member_of(user_id)
+            if not room.recent_acks.knows(user_id, command_id):
+                return error_reply(command_id, RateLimited("too many commands; slow down"))
+        elif not room.user_bucket(user_id).allow(room.clock()) and not room.recent_acks.knows(
             user_id, command_id
         ):
             return error_reply(command_id, RateLimited("too many commands; slow down"))

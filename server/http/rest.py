@@ -40,7 +40,6 @@ from parley.session.errors import (
     Unauthenticated,
     UnsupportedMediaType,
 )
-from parley.session.ratelimit import Cost, Spend
 
 if TYPE_CHECKING:
     from parley.server.runtime.room import SessionRoom
@@ -218,11 +217,7 @@ def spend_read(state: AppState, room: SessionRoom, user_id: str | None, size: in
     """A member's read of a large answer (the transcript) spends their read budget by its
     bytes (one larger than the budget's burst takes all of it); ``RateLimited`` past it.
     The admin key's reads spend none."""
-    if user_id is None:
-        return
-    rate = room.budgets.rates.get(Spend.READ_BYTES)
-    cost = size if rate is None else min(size, int(rate.burst))
-    if not room.budgets.allow(user_id, Cost(Spend.READ_BYTES, cost), state.clock()):
+    if not room.spend_read(user_id, size):
         raise RateLimited("over the read budget (bytes of answers); slow down")
 
 

@@ -43,7 +43,7 @@ from parley.session.errors import NotFound
 from parley.session.presence import Presence
 from parley.session.queue import OrderingQueue, Policy, QueueLimits
 from parley.session.quota import Quotas
-from parley.session.ratelimit import Budgets, Spend, TokenBucket
+from parley.session.ratelimit import Budgets, Cost, Spend, TokenBucket
 from parley.session.reasons import ReasonCode
 from parley.session.recent_acks import RecentAcks
 from parley.session.schema import SessionDocument
@@ -211,6 +211,15 @@ class SessionRoom:
     def subject(self, user_id: str) -> Subject | None:
         """The member as of now (role table and grants read live), or None."""
         return self.membership.subject(user_id)
+
+    def spend_read(self, user_id: str | None, size: int) -> bool:
+        """Spend ``size`` bytes of a member's read budget (one larger than the budget's
+        burst takes all of it); False past it. The admin key's reads spend none."""
+        if user_id is None:
+            return True
+        rate = self.budgets.rates.get(Spend.READ_BYTES)
+        cost = size if rate is None else min(size, int(rate.burst))
+        return self.budgets.allow(user_id, Cost(Spend.READ_BYTES, cost), self.clock())
 
     def user_bucket(self, user_id: str) -> TokenBucket:
         """One command budget per user across all their sockets in this session."""

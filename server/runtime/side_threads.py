@@ -100,17 +100,46 @@ class SideThreads:
 
     async def greet(self, connection: Connection) -> None:
         """Send a socket that speaks commands the state of its member's open side-threads
-        (``thread`` frames, as each change sends them), read from the store, so the same on
-        every node: one reconnected mid-reply learns how the reply ended (review)."""
+        (``thread`` frames, as each change sends them), most lately active first: one
+        reconnected mid-reply learns how the reply ended (review). Their text spends the
+        member's read budget, and the greeting stops where the budget does (a reconnect
+        flood would otherwise reread every thread's text each time).
+
+        Where the session runs, the committed threads in memory, sent at once (no store
+        read, so no change can be sent between them and an older state); elsewhere, read
+        from the store, judged by the members read with them."""
+        user_id = connection.user_id
+        fence = self.room.writer.document.fence
         try:
-            mine = await self.room.store.load_threads(self.room.session_id, connection.user_id)
+            if fence is None or fence.holds():
+                mine = [t for t in self.of(user_id) if t.status == OPEN]
+            else:
+                await self.room.membership.refresh()
+                listed = await self.room.store.load_threads(
+                    self.room.session_id, user_id, texts=False
+                )
+                mine = [t for t in listed if t.status == OPEN]
         except Exception:  # the socket is served all the same; the next change tells it
             log.warning("side-threads not read for a new socket", exc_info=True)
             return
+        mine.sort(key=_last_active, reverse=True)
         for thread in mine:
-            if thread.status == OPEN:
-                shown = thread_json(self.read_by(thread, thread.owner), turns=True)
-                connection.send_json(json.dumps({"type": "thread", "thread": shown}))
+            if fence is not None and not fence.holds():
+                try:
+                    loaded = await self.room.store.load_threads(
+                        self.room.session_id, user_id, thread_id=thread.id
+                    )
+                except Exception:
+                    log.warning("a side-thread not read for a new socket", exc_info=True)
+                    return
+                if not loaded:
+                    continue  # deleted meanwhile
+                thread = loaded[0]
+            shown = thread_json(self.read_by(thread, thread.owner), turns=True)
+            size = sum(len(t.text) for t in thread.turns)
+            if not self.room.spend_read(user_id, size):
+                return
+            connection.send_json(json.dumps({"type": "thread", "thread": shown}))
 
     def of(self, user_id: str | None) -> list[SideThread]:
         """The side-threads of ``user_id`` (None: every member's, for the admin)."""
@@ -300,3 +329,7 @@ class ThreadSteps:
             now_ms=now,
         )
         await room.writer.step(event, now, usage=active.usage)
+
+
+def _last_active(thread: SideThread) -> int:
+    return thread.turns[-1].created_at if thread.turns else thread.created_at

@@ -17,12 +17,14 @@ cannot load the session, the upgrade itself is refused: HTTP 503 with ``Retry-Af
 
 from __future__ import annotations
 
+import json
 import logging
 
 from starlette.websockets import WebSocket
 
 from parley.authz.policy import Do, decide
 from parley.authz.roles import Capability
+from parley.server.cluster.relay import resends_only
 from parley.server.runtime.room import SessionRoom
 from parley.server.state import AppState
 from parley.server.ws.admission import (
@@ -138,13 +140,15 @@ async def _serve(
             # rate: clients resend everything unanswered at once after a reconnect.
             and not room.recent_acks.knows(connection.user_id, command_id_of(text))
         ):
-            state.metrics.errors.labels(code="rate_limited").inc()
-            connection.send_json(
-                error_reply(command_id_of(text), RateLimited("too many commands; slow down"))
-            )
-            if limits.abuse.refused(now):
-                connection.close(CloseCode.ABUSE, "too many commands")
-                return
+            # Where another node runs the session, it alone knows its acks: it answers a
+            # resend, and refuses anything else as this node would (``resends_only``).
+            refused = await _resend_elsewhere(state, room, connection.user_id, text)
+            connection.send_json(refused)
+            if json.loads(refused).get("type") == "error":
+                state.metrics.errors.labels(code="rate_limited").inc()
+                if limits.abuse.refused(now):
+                    connection.close(CloseCode.ABUSE, "too many commands")
+                    return
             continue
         if data is not None:
             try:
@@ -163,6 +167,15 @@ async def _serve(
                     return
         elif text is not None:
             connection.send_json(await state.rooms.command(room, connection.user_id, text))
+
+
+async def _resend_elsewhere(state: AppState, room: SessionRoom, user_id: str, text: str) -> str:
+    """The answer to a command over the member's rate: the first answer of a resend, from
+    the node that runs the session if another one does; else ``rate_limited``."""
+    cluster = state.rooms.cluster
+    if cluster is not None and room.session_id not in cluster.running:
+        return await cluster.relay.forward(room, resends_only(user_id), text)
+    return error_reply(command_id_of(text), RateLimited("too many commands; slow down"))
 
 
 def _command_cost(room: SessionRoom, text: str) -> int:

@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import httpx
+
 from tests.conftest import make_settings, serve_in_process, sqlite_url
 from tests.fake_model import FakeModel
 
@@ -64,3 +66,29 @@ async def test_the_same_bad_input_gets_the_same_answer_on_the_socket_and_over_re
         vic = await server.connect(sid, "vic")
         refused = await vic.command({"type": "set_fact", "id": "v", "key": "k", "value": "v"})
         assert refused["code"] == "forbidden" and "facts" in refused["message"]
+
+
+async def test_rest_resends_get_their_first_answers_past_the_rate(tmp_path: Path) -> None:
+    """Review of the resends: over REST, resent messages were charged again and 19 of 80
+    came back 429, while the same resent on a socket were all answered."""
+    settings = make_settings(
+        sqlite_url(tmp_path),
+        tmp_path / "d",
+        commands_per_second=0.01,
+        commands_burst=5,
+        user_commands_per_second=0.01,
+    )
+    async with serve_in_process(settings, FakeModel.answering("ok")) as server:
+        sid = await server.new_session({"ann": "editor"})
+        token = await server.token(sid, "ann")
+        async with httpx.AsyncClient(
+            base_url=server.base_url, headers={"Authorization": f"Bearer {token}"}
+        ) as ann:
+            messages = f"/api/v1/sessions/{sid}/messages"
+            sent = [{"text": f"note {n}", "id": f"m{n}"} for n in range(10)]  # the burst
+            first = [await ann.post(messages, json=body) for body in sent]
+            assert [r.status_code for r in first] == [202] * 10
+            again = [await ann.post(messages, json=body) for body in sent]
+            assert [r.json() for r in again] == [r.json() for r in first]
+            over = await ann.post(messages, json={"text": "new", "id": "m10"})
+            assert over.status_code == 429

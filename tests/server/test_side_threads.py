@@ -218,3 +218,29 @@ async def test_reading_a_side_thread_spends_the_read_budget(tmp_path: Path) -> N
             again = await as_bob.get(f"{base}/{thread_id}")
             assert again.status_code == 429 and again.json()["error"]["code"] == "rate_limited"
             assert (await as_bob.get(base)).status_code == 200  # the list spends nothing
+
+
+async def test_the_greeting_spends_the_read_budget_most_lately_active_first(
+    tmp_path: Path,
+) -> None:
+    """Review of the greeting: each connect sent every open thread's whole text, a
+    reconnect flood 1.2 GB in 8 s. It spends the member's read budget and stops there,
+    the most lately active thread first."""
+    settings = make_settings(
+        sqlite_url(tmp_path), tmp_path / "d", read_bytes_per_s=1.0, read_burst_bytes=600
+    )
+    async with serve_in_process(settings, MODEL) as server:
+        sid = await server.new_session({"bob": "editor"})
+        bob = await server.connect(sid, "bob")
+        threads = []
+        for n in range(2):
+            opened = await bob.command({"type": "thread_open", "id": f"t{n}", "title": f"{n}"})
+            thread_id = opened["thread_id"]
+            asked = {"type": "thread_prompt", "id": f"q{n}", "thread_id": thread_id}
+            await bob.command({**asked, "text": "x" * 400})
+            await bob.wait_until(lambda c, t=thread_id: answered(c, t, 1))
+            threads.append(thread_id)
+        again = await server.connect(sid, "bob", commands="text")
+        await again.command({"type": "unpin", "id": "x", "entry_id": "none"})  # after it
+        greeted = [f["thread"]["id"] for f in again.unsolicited if f.get("type") == "thread"]
+        assert greeted == [threads[1]]

@@ -26,3 +26,12 @@ def test_only_the_last_are_kept() -> None:
     for n in range(5):
         acks.keep("ann", MessageCommand(f"m{n}", "x"), f"ack-{n}")
     assert [acks.knows("ann", f"m{n}") for n in range(5)] == [False, False, True, True, True]
+
+
+def test_one_author_cannot_push_out_the_others() -> None:
+    acks = RecentAcks(max_kept=10, max_per_author=3)
+    acks.keep("bob", MessageCommand("b", "x"), "ack-b")
+    for n in range(20):
+        acks.keep("mallory", MessageCommand(f"m{n}", "x"), f"ack-{n}")
+    assert acks.knows("bob", "b")
+    assert [acks.knows("mallory", f"m{n}") for n in (16, 17, 18, 19)] == [False, True, True, True]

@@ -348,3 +348,28 @@ async def test_a_members_command_budget_is_one_across_the_nodes(tmp_path: Path) 
                 replies.append(await socket.command(command, timeout=30))
         kinds = [r["type"] if r["type"] == "ack" else r["code"] for r in replies]
         assert kinds.count("ack") == 10 and kinds.count("rate_limited") == 5, kinds
+
+
+async def test_resends_through_a_following_node_get_their_first_answers(tmp_path: Path) -> None:
+    """Review of the resends: acks are kept where the session runs, so commands resent at
+    once through the other node (an SDK reconnected behind a load balancer) ran into that
+    node's rates and 28 of 60 came back rate_limited. Over its rate, that node asks the
+    running one, which answers a resend as it was and refuses anything else."""
+    async with cluster(
+        tmp_path, 2, PARLEY_COMMANDS_BURST="5", PARLEY_USER_COMMANDS_PER_SECOND="0.01"
+    ) as nodes:
+        sid = await nodes.new_session({"ann": "editor"})
+        holder, _ = await nodes.wait_holder(sid)
+        running = next(n for n in nodes.nodes if n.env["PARLEY_NODE_ID"] == holder)
+        other = next(n for n in nodes.nodes if n.env["PARLEY_NODE_ID"] != holder)
+        sent = [{"type": "message", "id": f"m{n}", "text": f"note {n}"} for n in range(10)]
+        first = []
+        for half in (sent[:5], sent[5:]):  # within each socket's own budget
+            socket = await nodes.connect(running, sid, "ann")
+            first += [await socket.command(command, timeout=30) for command in half]
+        assert [a["type"] for a in first] == ["ack"] * 10
+        again = await nodes.connect(other, sid, "ann")
+        resent = await asyncio.gather(*(again.command(c, timeout=30) for c in sent))
+        assert list(resent) == first
+        new = await again.command({"type": "message", "id": "m10", "text": "new"}, timeout=30)
+        assert (new["type"], new["code"]) == ("error", "rate_limited")
