@@ -122,6 +122,10 @@ class MemoryStore:
                 check_name_free(display_name, user_id, named)
             if after is not None and max_members is not None:
                 check_room_for(user_id, list(s.members), max_members)
+                # A member added by a member (not the admin key): not as another's name.
+                if actor_id is not None and user_id not in s.members:
+                    named = [("", m.display_name) for m in s.members.values()]
+                    check_name_free(user_id, user_id, named)
             before = s.members.get(user_id)
             actor = None if actor_id is None else s.members.get(actor_id)
             decision = judge(before, actor)

@@ -200,6 +200,9 @@ class Store(SessionReads, UsageTables):
                 check_name_free(display_name, user_id, named)
             if after is not None and max_members is not None:
                 check_room_for(user_id, [u for u, _ in named], max_members)
+                # A member added by a member (not the admin key): not as another's name.
+                if actor_id is not None and user_id not in [u for u, _ in named]:
+                    check_name_free(user_id, user_id, [("", shown) for _, shown in named])
             before = await read_member(connection, session_id, user_id)
             actor = None
             if actor_id is not None:

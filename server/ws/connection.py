@@ -124,6 +124,7 @@ class Connection:
     # The size of the sync answer still draining (``send_sync``): what follows it may
     # queue up to the socket's limit on top of it.
     _sync_allowance: int = field(init=False, default=0)
+    _sync_end: int = field(init=False, default=0)  # ``taken()`` once the client has it all
     # The task running the socket's handler (``server.ws.admission.serve``), cancelled when
     # the connection finishes from our side: a slow or revoked client may never send the
     # frame that would end its read. ``reader_stopped``: that cancel was asked for.
@@ -165,9 +166,9 @@ class Connection:
             unsent = direct.held() if direct.backlogged else 0
         # A frame into an empty backlog goes whatever its size (the first sync of a big
         # session is one frame); the process cap and the stall deadline still hold for it.
-        if not unsent:
-            self._sync_allowance = 0
-        elif unsent + size > self.buffer_limit + self._sync_allowance:
+        if self._sync_allowance and (not unsent or self.taken() >= self._sync_end):
+            self._sync_allowance = 0  # the client took the sync answer: the plain limit
+        if unsent and unsent + size > self.buffer_limit + self._sync_allowance:
             self.drop(DropReason.SOCKET_LIMIT)
             return False
         budget = self.budget
@@ -203,6 +204,7 @@ class Connection:
         sent = self.send(frame)
         if sent:
             self._sync_allowance = max(self._sync_allowance, len(frame))
+            self._sync_end = self.taken() + self.unsent()
         return sent
 
     def unsent(self) -> int:

@@ -219,3 +219,22 @@ async def test_two_members_racing_for_one_name_do_not_both_get_it(
         m["user_id"] for m in members if m["display_name"].strip().casefold() == "olga (owner)"
     ]
     assert len(named) == 1
+
+
+async def test_a_manager_may_not_add_a_member_named_as_another(server: RunningServer) -> None:
+    """Review: a member who manages members could add a new user whose user id is another
+    member's display name (an impersonation path). The admin key still may."""
+    sid = await server.new_session({"olga": "owner", "bob": "editor"})
+    named = await server.http.put(
+        f"/api/v1/sessions/{sid}/members/bob", json={"role": "editor", "display_name": "Boss"}
+    )
+    assert named.is_success
+    async with _as(server, await server.token(sid, "olga")) as olga:
+        added = await olga.put(f"/api/v1/sessions/{sid}/members/boss", json={"role": "viewer"})
+        assert added.status_code == 409 and added.json()["error"]["code"] == "conflict"
+        other = await olga.put(f"/api/v1/sessions/{sid}/members/carol", json={"role": "viewer"})
+        assert other.is_success
+    by_admin = await server.http.put(
+        f"/api/v1/sessions/{sid}/members/boss", json={"role": "viewer"}
+    )
+    assert by_admin.is_success
