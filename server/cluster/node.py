@@ -54,6 +54,7 @@ log = logging.getLogger("parley.cluster")
 
 CHANNEL_DOC = "parley_doc"  # payload: session id (an update was committed)
 CHANNEL_PRIVATE = "parley_private"  # payload: "<session id> <entry id>" (restricted text)
+CHANNEL_THREAD = "parley_thread"  # payload: "<session id> <thread id> <owner>"
 TAIL_PAGE = 500
 
 
@@ -98,6 +99,9 @@ class HolderFence:
     def kept_private(self, tx: SessionTx, entry_id: str) -> None:
         _store_tx(tx).notify(CHANNEL_PRIVATE, f"{self.room.session_id} {entry_id}")
 
+    def thread_changed(self, tx: SessionTx, thread_id: str, owner: str) -> None:
+        _store_tx(tx).notify(CHANNEL_THREAD, f"{self.room.session_id} {thread_id} {owner}")
+
     def holds(self) -> bool:
         return self.room.session_id in self.node.leases
 
@@ -131,6 +135,7 @@ class ClusterNode:
             {
                 CHANNEL_DOC: self._on_doc,
                 CHANNEL_PRIVATE: self._on_private,
+                CHANNEL_THREAD: self._on_thread,
                 CHANNEL_COMMAND: self._on_command,
                 CHANNEL_RESULT: self.relay.on_result,
                 CHANNEL_AWARENESS: self.presence.on_notification,
@@ -348,6 +353,21 @@ class ClusterNode:
         if item is not None and room.session_id in self.applied:
             room.context.keep(item)
             room.sockets.deliver_private(item)
+
+    def _on_thread(self, payload: str) -> None:
+        session_id, thread_id, owner = [*payload.split(" ", 2), "", ""][:3]
+        room = self.registry.loaded(session_id)
+        if room is not None and session_id in self.applied and owner:
+            self.spawn(self._tell_thread(room, thread_id, owner))
+
+    async def _tell_thread(self, room: SessionRoom, thread_id: str, owner: str) -> None:
+        """The running node changed ``owner``'s side-thread: their sockets here learn of
+        it as the running node's do (its ``thread`` frame; the streamed text's deltas
+        come only from the running node)."""
+        try:
+            await room.side_threads.tell_owner(thread_id, owner)
+        except Exception:
+            log.warning("could not tell a side-thread's change", extra={"thread_id": thread_id})
 
     def _on_command(self, session_id: str) -> None:
         if session_id in self.running:

@@ -38,6 +38,7 @@ from parley.session.core import (
 from parley.session.core.effects import (
     BeginThreadRun,
     DeleteThread,
+    OpenThread,
 )
 from parley.session.core.thread_state import OPEN
 from parley.session.core.threads import thread_read_by, turn_read_by
@@ -194,8 +195,33 @@ class SideThreads:
         return ()
 
     async def write(self, write: Write, effects: Effects) -> None:
-        """In the room's transaction: the documents of the threads ``effects`` changes."""
+        """In the room's transaction: the documents of the threads ``effects`` changes (and
+        the other nodes told, to tell their own sockets of the owners)."""
         await self.docs.write(write, self.threads, effects)
+        fence = self.room.writer.document.fence
+        if fence is None:
+            return
+        change = effects.thread
+        gone = self.threads.get(change.thread_id) if isinstance(change, DeleteThread) else None
+        if gone is not None:
+            fence.thread_changed(write.tx, gone.id, gone.owner)
+        for thread_id in threads_changed(effects):
+            thread = self.threads.get(thread_id)
+            owner = thread.owner if thread is not None else _opened_by(effects, thread_id)
+            if owner is not None:
+                fence.thread_changed(write.tx, thread_id, owner)
+
+    async def tell_owner(self, thread_id: str, owner: str) -> None:
+        """On a node that does not run the session: ``owner``'s side-thread changed there;
+        their sockets here are sent its state as stored (or told it is gone)."""
+        if not any(c.user_id == owner for c in self.room.sockets.connections):
+            return
+        found = await self.room.store.load_threads(self.room.session_id, owner, thread_id=thread_id)
+        if not found:
+            self._send(owner, {"type": "thread_deleted", "thread_id": thread_id})
+            return
+        shown = thread_json(self.read_by(found[0], owner), turns=True)
+        self._send(owner, {"type": "thread", "thread": shown})
 
     def committed(self, effects: Effects) -> None:
         """After the commit: the state here follows ``effects``; the owners are told."""
@@ -333,3 +359,11 @@ class ThreadSteps:
 
 def _last_active(thread: SideThread) -> int:
     return thread.turns[-1].created_at if thread.turns else thread.created_at
+
+
+def _opened_by(effects: Effects, thread_id: str) -> str | None:
+    """The owner of a side-thread ``effects`` opens (not committed here yet)."""
+    change = effects.thread
+    if isinstance(change, OpenThread) and change.thread.id == thread_id:
+        return change.thread.owner
+    return None

@@ -47,6 +47,11 @@ class WriteFence(Protocol):
         nodes push it to their own sockets of those members after the commit."""
         ...
 
+    def thread_changed(self, tx: SessionTx, thread_id: str, owner: str) -> None:
+        """``owner``'s side-thread changed (or was deleted) in ``tx``: the other nodes tell
+        their own sockets of ``owner`` after the commit."""
+        ...
+
 
 class Outcome(asyncio.Future[int]):
     """A round's answer for one update: its id, or the error that kept it out. It cannot be

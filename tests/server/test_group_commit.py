@@ -91,6 +91,9 @@ class Fence:
     def kept_private(self, tx: StoreTx, entry_id: str) -> None:
         pass
 
+    def thread_changed(self, tx: StoreTx, thread_id: str, owner: str) -> None:
+        pass
+
     def holds(self) -> bool:
         return self.allowed
 

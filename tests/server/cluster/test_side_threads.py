@@ -18,6 +18,7 @@ from tests.conftest import ADMIN_KEY
 from tests.fake_upstream import Reply, openai_stream
 from tests.server.cluster.nodes import cluster, search_call, upstream_cluster
 from tests.stock_client import StockYjsClient, ensure_node_modules
+from tests.yclient import YClient
 
 pytestmark = [pytest.mark.postgres, pytest.mark.node]
 
@@ -168,3 +169,46 @@ async def test_a_following_node_serves_a_side_thread_judged_for_its_owner_now(
                 assert "7731" not in str(contents) and RESTRICTED_DETAILS in contents, contents
             finally:
                 await stock.close()
+
+
+async def test_a_members_socket_on_a_following_node_is_told_their_side_threads(
+    tmp_path: Path,
+) -> None:
+    """Review (same answer everywhere): ``thread`` frames went only to the running node's
+    sockets, so an SDK on another node never learned that its side-thread's reply ended.
+    The running node names each change in a notification; every node tells its own
+    sockets of the owner, from the store."""
+    async with cluster(tmp_path, 2, PARLEY_OFFLINE_TOKEN_DELAY_MS="5") as nodes:
+        sid = await nodes.new_session({"bob": "editor", "ann": "editor"})
+        holder, _ = await nodes.wait_holder(sid)
+        other = next(n for n in nodes.nodes if n.env["PARLEY_NODE_ID"] != holder)
+        tokens = {}
+        for user in ("bob", "ann"):
+            issued = await nodes.http.post(
+                f"{other.base_url}/api/v1/sessions/{sid}/tokens", json={"user_id": user}
+            )
+            tokens[user] = issued.json()["token"]
+        bob = await YClient.connect(other.ws_url, sid, tokens["bob"], commands="text")
+        ann = await YClient.connect(other.ws_url, sid, tokens["ann"], commands="text")
+        opened = await bob.command({"type": "thread_open", "id": "o", "title": "t"}, timeout=30)
+        thread_id = opened["thread_id"]
+        asked = {"type": "thread_prompt", "id": "p", "thread_id": thread_id, "text": "hi"}
+        assert (await bob.command(asked, timeout=30))["type"] == "ack"
+
+        def answered(client: YClient) -> bool:
+            return any(
+                f.get("type") == "thread"
+                and f["thread"]["id"] == thread_id
+                and not f["thread"]["running"]
+                and len(f["thread"]["turns"]) == 2
+                for f in client.unsolicited
+            )
+
+        await bob.wait_until(answered, timeout=30)
+        await ann.command({"type": "unpin", "id": "x", "entry_id": "none"}, timeout=30)
+        assert not any(f.get("type") == "thread" for f in ann.unsolicited)
+        closed = {"type": "thread_delete", "id": "d", "thread_id": thread_id}
+        assert (await bob.command(closed, timeout=30))["type"] == "ack"
+        await bob.wait_until(
+            lambda c: any(f.get("type") == "thread_deleted" for f in c.unsolicited), timeout=30
+        )
