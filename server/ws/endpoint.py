@@ -43,6 +43,7 @@ from parley.session.errors import (
     Forbidden,
     ParleyError,
     RateLimited,
+    TooLarge,
     close_code_for,
 )
 from parley.session.presence import Presence
@@ -123,11 +124,12 @@ async def _serve(
         if text is not None:
             connection.channel = channel  # answered the way it asked
         if text is not None and not room.budgets.allow(
-            connection.user_id, Cost(Spend.COMMAND_BYTES, _command_cost(room, text)), now
+            connection.user_id, Cost(Spend.COMMAND_BYTES, len(text)), now
         ):
-            # Refused unread: parsing is what its bytes would cost.
-            state.metrics.errors.labels(code="rate_limited").inc()
-            refusal = RateLimited("over the command bytes budget; slow down")
+            # Refused unread: parsing is what its bytes would cost. One larger than the
+            # budget's burst could never pass: too large, not "slow down" (review).
+            refusal = _over_command_bytes(room, text)
+            state.metrics.errors.labels(code=refusal.code.value).inc()
             connection.send_json(error_reply(command_id_unread(text), refusal))
             if limits.abuse.refused(now):
                 connection.close(CloseCode.ABUSE, "too many commands")
@@ -178,12 +180,13 @@ async def _resend_elsewhere(state: AppState, room: SessionRoom, user_id: str, te
     return error_reply(command_id_of(text), RateLimited("too many commands; slow down"))
 
 
-def _command_cost(room: SessionRoom, text: str) -> int:
-    """A command's bytes, as its budget counts them: one larger than the budget's burst
-    takes all of it (else it could never pass, and was refused "slow down" for good; the
-    command's own limits then answer it, ``too_large``)."""
+def _over_command_bytes(room: SessionRoom, text: str) -> ParleyError:
+    """Why a command over the member's command bytes is refused: ``too_large`` when it is
+    larger than the budget's burst (it could never pass), else ``rate_limited``."""
     rate = room.budgets.rates.get(Spend.COMMAND_BYTES)
-    return len(text) if rate is None else min(len(text), int(rate.burst))
+    if rate is not None and len(text) > rate.burst:
+        return TooLarge(f"a command is at most {int(rate.burst)} bytes")
+    return RateLimited("over the command bytes budget; slow down")
 
 
 async def _on_binary(

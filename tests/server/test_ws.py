@@ -339,11 +339,16 @@ async def test_command_bytes_are_budgeted_before_they_are_parsed(
         ("first", {"id": "first", "type": "message", "text": "hi", "pad": [{}] * 600_000}),
         ("last", {"type": "message", "text": "hi", "pad": [{}] * 600_000, "id": "last"}),
     ]:
-        refused = await alice.command(padded)
-        assert (refused["id"], refused["code"]) == (command_id, "rate_limited"), refused
+        refused = await alice.command(padded)  # larger than the burst: it never passes
+        assert (refused["id"], refused["code"]) == (command_id, "too_large"), refused
     # The longest text, every character escaped (\u0001), still goes.
     worst = await alice.command({"type": "message", "id": "long", "text": "\x01" * 32_000})
     assert worst["type"] == "ack", worst
+    # Within the burst but over what is left of it: slow down (the ones before spent it).
+    within = {"type": "message", "text": "hi", "pad": "x" * 700_000}
+    assert (await alice.command({**within, "id": "spent"}))["type"] == "ack"
+    over = await alice.command({**within, "id": "over"})
+    assert (over["id"], over["code"]) == ("over", "rate_limited"), over
 
 
 async def test_a_closed_socket_is_freed_without_the_garbage_collector(
