@@ -191,7 +191,15 @@ class SideThreads:
         active = self.active.get(thread_id)
         if active is not None and isinstance(active.steps, ThreadSteps):
             owner = self.room.subject(active.steps.begin.owner)
-            return tuple(turn_read_by(t, owner) for t in active.steps.running_turns(active))
+            # A run that settled is in the committed thread already (its entry here goes a
+            # moment later): shown as stored, judged as stored, never twice.
+            thread = self.threads.get(thread_id)
+            stored = set() if thread is None else {t.id for t in thread.turns}
+            return tuple(
+                turn_read_by(t, owner)
+                for t in active.steps.running_turns(active)
+                if t.id not in stored
+            )
         return ()
 
     async def write(self, write: Write, effects: Effects) -> None:
