@@ -174,10 +174,19 @@ class DocumentWriter:
         self._captured.append(event.update)
 
     @asynccontextmanager
-    async def _turn_within(self, deadline: float) -> AsyncIterator[None]:
-        """The session's writer lock, waited for until ``deadline``: a write's lock budget
-        is for the whole write, not one for each wait (review: a prompt queued behind
-        another write of its session waited out that write's budget, then its own)."""
+    async def _turn_within(self, deadline: float | None) -> AsyncIterator[None]:
+        """The session's writer lock, waited for until ``deadline`` (None: as long as it
+        takes): on SQLite a write's lock budget is for the whole write, not one for each
+        wait (review: a prompt queued behind another write of its session waited out that
+        write's budget, then its own). PostgreSQL has no such budget: a burst of a
+        thousand prompts in one session queues here, each taking its turn."""
+        if deadline is None:
+            await self.lock.acquire()
+            try:
+                yield
+            finally:
+                self.lock.release()
+            return
         try:
             async with asyncio.timeout_at(deadline):
                 await self.lock.acquire()
@@ -195,7 +204,8 @@ class DocumentWriter:
         """Serialize a change: store its rows and CRDT update, commit, then broadcast; the
         wait for the session's turn and for the database share one lock budget."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.settings.db_lock_timeout_s
+        budgeted = getattr(self.store, "turns_in_budget", False)
+        deadline = loop.time() + self.settings.db_lock_timeout_s if budgeted else None
         async with self._turn_within(deadline):
             self.require_usable()
             if self._unverified:
@@ -204,7 +214,7 @@ class DocumentWriter:
             write: Write | None = None
             update = b""
             numbers: list[int] = []
-            left = max(0.0, deadline - loop.time())
+            left = None if deadline is None else max(0.0, deadline - loop.time())
             try:
                 async with self.store.transaction(lock_timeout_s=left) as tx:
                     if self.fence is not None:

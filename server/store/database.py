@@ -55,6 +55,9 @@ class Database:
         # SQLite: how long a write may wait, from its call, for its turn and for the
         # write lock another process may hold; past it the write is refused.
         self.lock_timeout_s = lock_timeout_s
+        # SQLite: a write's budget also covers its wait for its session's turn (a write
+        # queued behind its session's others waits for them, not for them and then its own).
+        self.turns_in_budget = self._writers is not None
         self.health = health or StorageHealth()
         self.leaves_entries = engine.dialect.name == "postgresql"  # (``StoreTx.insert_entry``)
         path = file_path(engine.url) if engine.dialect.name == "sqlite" else None

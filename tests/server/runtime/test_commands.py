@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,8 +17,10 @@ from parley.server.runtime.commands import handle_frame
 from parley.server.store.memory import MemoryStore
 from parley.server.store.memory_tables import MemoryTx
 from parley.session.commands import CancelCommand, MessageCommand, PromptCommand
+from tests.conftest import sqlite_url
 from tests.fake_model import FakeModel, Forever
-from tests.server.runtime.harness import SESSION, memory_session
+from tests.server.runtime.backend import backend, sql_store
+from tests.server.runtime.harness import SESSION, memory_session, memory_settings
 
 
 async def test_messages_are_history_without_a_model_call() -> None:
@@ -140,12 +143,19 @@ async def test_a_write_cancelled_after_its_commit_is_kept_by_the_room() -> None:
         assert (after["type"], after["seq"]) == ("ack", 2)
 
 
-async def test_a_write_waits_for_its_sessions_turn_within_its_lock_budget() -> None:
+async def test_a_write_waits_for_its_sessions_turn_within_its_lock_budget(
+    tmp_path: Path,
+) -> None:
     """Review: the budget began only once the session's writer lock was taken, so a write
     queued behind another of its session waited out that one's budget, then its own (3.7
     s on a budget of 2). The wait for the turn is within the budget now: a write behind
-    one that holds the session past it is refused ``unavailable``, nothing stored."""
-    async with memory_session({"alice": "editor"}, db_lock_timeout_s=0.2) as s:
+    one that holds the session past it is refused ``unavailable``, nothing stored (SQLite,
+    where the budget is one; PostgreSQL has none: a burst of prompts queues)."""
+    async with (
+        sql_store(sqlite_url(tmp_path)) as store,
+        backend(memory_settings(db_lock_timeout_s=0.2), store=store) as b,
+    ):
+        s = await b.session(await b.new_session({"alice": "editor"}))
         writer = s.room.writer.document
         await writer.lock.acquire()  # a write of the session that does not end
         try:
