@@ -158,15 +158,12 @@ class CommandRelay:
         # the session pass here, so the budget is one per member, not one per node (review:
         # 227 commands in 2.8 s through two nodes against a budget of 115). A resend of
         # what was acknowledged lately is answered as it was, whatever the rate.
-        command_id = command_id_of(frame)
-        if user_id.startswith(RESENDS_ONLY):
-            user_id = _member_of(user_id)
+        only_resends = user_id.startswith(RESENDS_ONLY)
+        user_id = _member_of(user_id)
+        if only_resends or not room.user_bucket(user_id).allow(room.clock()):
+            command_id = command_id_of(frame)  # read only for a command over the rate
             if not room.recent_acks.knows(user_id, command_id):
                 return error_reply(command_id, RateLimited("too many commands; slow down"))
-        elif not room.user_bucket(user_id).allow(room.clock()) and not room.recent_acks.knows(
-            user_id, command_id
-        ):
-            return error_reply(command_id, RateLimited("too many commands; slow down"))
         # The same door as a socket's command, judged by the member's rights here now.
         return await handle_frame(room, user_id, frame)
 

@@ -136,10 +136,9 @@ class SideThreads:
                 if not loaded:
                     continue  # deleted meanwhile
                 thread = loaded[0]
-            shown = thread_json(self.read_by(thread, thread.owner), turns=True)
-            size = sum(len(t.text) for t in thread.turns)
-            if not self.room.spend_read(user_id, size):
+            if not self.room.spend_read(user_id, sum(len(t.text) for t in thread.turns)):
                 return
+            shown = thread_json(self.read_by(thread, thread.owner), turns=True)
             connection.send_json(json.dumps({"type": "thread", "thread": shown}))
 
     def of(self, user_id: str | None) -> list[SideThread]:
@@ -222,8 +221,8 @@ class SideThreads:
     async def tell_owner(self, thread_id: str, owner: str) -> None:
         """On a node that does not run the session: ``owner``'s side-thread changed there;
         their sockets here are sent its state as stored (or told it is gone)."""
-        if not any(c.user_id == owner for c in self.room.sockets.connections):
-            return
+        if not any(c.user_id == owner and c.channel for c in self.room.sockets.connections):
+            return  # none of theirs here speaks JSON: nothing to read
         found = await self.room.store.load_threads(self.room.session_id, owner, thread_id=thread_id)
         if not found:
             self._send(owner, {"type": "thread_deleted", "thread_id": thread_id})

@@ -135,16 +135,18 @@ async def _serve(
                 connection.close(CloseCode.ABUSE, "too many commands")
                 return
             continue
-        if (
-            text is not None
-            and not (limits.commands.allow(now) and room.user_bucket(connection.user_id).allow(now))
+        if text is not None and not (
+            limits.commands.allow(now) and room.user_bucket(connection.user_id).allow(now)
+        ):
             # A resend of what was acknowledged lately is answered as it was, whatever the
             # rate: clients resend everything unanswered at once after a reconnect.
-            and not room.recent_acks.knows(connection.user_id, command_id_of(text))
-        ):
+            command_id = command_id_of(text)
+            if room.recent_acks.knows(connection.user_id, command_id):
+                connection.send_json(await state.rooms.command(room, connection.user_id, text))
+                continue
             # Where another node runs the session, it alone knows its acks: it answers a
             # resend, and refuses anything else as this node would (``resends_only``).
-            refused = await _resend_elsewhere(state, room, connection.user_id, text)
+            refused = await _resend_elsewhere(state, room, connection.user_id, text, command_id)
             connection.send_json(refused)
             if json.loads(refused).get("type") == "error":
                 state.metrics.errors.labels(code="rate_limited").inc()
@@ -171,13 +173,15 @@ async def _serve(
             connection.send_json(await state.rooms.command(room, connection.user_id, text))
 
 
-async def _resend_elsewhere(state: AppState, room: SessionRoom, user_id: str, text: str) -> str:
+async def _resend_elsewhere(
+    state: AppState, room: SessionRoom, user_id: str, text: str, command_id: str | None
+) -> str:
     """The answer to a command over the member's rate: the first answer of a resend, from
     the node that runs the session if another one does; else ``rate_limited``."""
     cluster = state.rooms.cluster
     if cluster is not None and room.session_id not in cluster.running:
         return await cluster.relay.forward(room, resends_only(user_id), text)
-    return error_reply(command_id_of(text), RateLimited("too many commands; slow down"))
+    return error_reply(command_id, RateLimited("too many commands; slow down"))
 
 
 def _over_command_bytes(room: SessionRoom, text: str) -> ParleyError:
