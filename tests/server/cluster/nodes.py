@@ -72,6 +72,12 @@ class Cluster:
             await asyncio.sleep(0.05)
         raise TimeoutError(f"no node (other than {not_}) runs {sid}")
 
+    async def running_and_other(self, sid: str) -> tuple[ServerProcess, ServerProcess]:
+        """The node running ``sid`` and one that does not (two nodes or more)."""
+        holder, _ = await self.wait_holder(sid)
+        running = self.node(holder)
+        return running, next(n for n in self.nodes if n is not running)
+
 
 @contextlib.asynccontextmanager
 async def cluster(tmp_path: Path, count: int, **env: str) -> AsyncIterator[Cluster]:

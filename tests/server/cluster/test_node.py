@@ -296,8 +296,8 @@ async def test_rest_writes_on_any_node_reach_the_running_one(tmp_path: Path) -> 
         runner_node = nodes.nodes[0]
         client = await nodes.connect(runner_node, sid, "a")
         posted = await client.command({"type": "message", "id": "m1", "text": "acct 7731"})
-        holder, _ = await nodes.wait_holder(sid)
-        other = next(n for n in nodes.nodes if n.env["PARLEY_NODE_ID"] != holder)
+        running, other = await nodes.running_and_other(sid)
+        holder = running.env["PARLEY_NODE_ID"]
         headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
         async with httpx.AsyncClient(base_url=other.base_url, headers=headers) as http:
             fact = await http.put(f"/api/v1/sessions/{sid}/facts/region", json={"value": "eu"})
@@ -333,9 +333,7 @@ async def test_a_members_command_budget_is_one_across_the_nodes(tmp_path: Path) 
         tmp_path, 2, PARLEY_COMMANDS_BURST="5", PARLEY_USER_COMMANDS_PER_SECOND="0.01"
     ) as nodes:
         sid = await nodes.new_session({"ann": "editor"})
-        holder, _ = await nodes.wait_holder(sid)
-        running = next(n for n in nodes.nodes if n.env["PARLEY_NODE_ID"] == holder)
-        other = next(n for n in nodes.nodes if n.env["PARLEY_NODE_ID"] != holder)
+        running, other = await nodes.running_and_other(sid)
         sockets = [
             await nodes.connect(running, sid, "ann"),
             await nodes.connect(other, sid, "ann"),
@@ -359,9 +357,7 @@ async def test_resends_through_a_following_node_get_their_first_answers(tmp_path
         tmp_path, 2, PARLEY_COMMANDS_BURST="5", PARLEY_USER_COMMANDS_PER_SECOND="0.01"
     ) as nodes:
         sid = await nodes.new_session({"ann": "editor"})
-        holder, _ = await nodes.wait_holder(sid)
-        running = next(n for n in nodes.nodes if n.env["PARLEY_NODE_ID"] == holder)
-        other = next(n for n in nodes.nodes if n.env["PARLEY_NODE_ID"] != holder)
+        running, other = await nodes.running_and_other(sid)
         sent = [{"type": "message", "id": f"m{n}", "text": f"note {n}"} for n in range(10)]
         first = []
         for half in (sent[:5], sent[5:]):  # within each socket's own budget

@@ -30,9 +30,7 @@ async def test_side_thread_commands_on_a_following_node_reach_the_running_one(
     async with cluster(tmp_path, 2, PARLEY_OFFLINE_TOKEN_DELAY_MS="20") as nodes:
         sid = await nodes.new_session({"bob": "editor"})
         first = await nodes.connect(nodes.nodes[0], sid, "bob")
-        holder, _ = await nodes.wait_holder(sid)
-        running = next(n for n in nodes.nodes if n.env["PARLEY_NODE_ID"] == holder)
-        other = next(n for n in nodes.nodes if n.env["PARLEY_NODE_ID"] != holder)
+        running, other = await nodes.running_and_other(sid)
         bob = first if running is nodes.nodes[0] else await nodes.connect(running, sid, "bob")
         # Bob's socket on the running node speaks JSON: it is sent his side-threads.
         await bob.command({"type": "unpin", "id": "json", "entry_id": "none"})
@@ -180,8 +178,7 @@ async def test_a_members_socket_on_a_following_node_is_told_their_side_threads(
     sockets of the owner, from the store."""
     async with cluster(tmp_path, 2, PARLEY_OFFLINE_TOKEN_DELAY_MS="5") as nodes:
         sid = await nodes.new_session({"bob": "editor", "ann": "editor"})
-        holder, _ = await nodes.wait_holder(sid)
-        other = next(n for n in nodes.nodes if n.env["PARLEY_NODE_ID"] != holder)
+        _, other = await nodes.running_and_other(sid)
         tokens = {}
         for user in ("bob", "ann"):
             issued = await nodes.http.post(

@@ -107,9 +107,7 @@ async def test_a_token_revoked_through_a_following_node_is_dead_where_the_sessio
     the running node knew of it, and the token then stored a message there (10 of 10)."""
     async with cluster(tmp_path, 2, PARLEY_CLUSTER_POLL_S="30") as nodes:
         sid = await nodes.new_session({"a": "editor"})
-        holder, _ = await nodes.wait_holder(sid)
-        running = next(n for n in nodes.nodes if n.env["PARLEY_NODE_ID"] == holder)
-        other = next(n for n in nodes.nodes if n.env["PARLEY_NODE_ID"] != holder)
+        running, other = await nodes.running_and_other(sid)
         token, jti = await _issue(nodes, running, sid, "a")
         a = await _socket(running, sid, token)
         revoked = await nodes.http.delete(f"{other.base_url}/api/v1/sessions/{sid}/tokens/{jti}")
