@@ -217,7 +217,8 @@ class Settings(BaseSettings):
         default=5.0,
         gt=0,
         description="SQLite: a write waits this long for the write lock (another process may "
-        "hold it) and for the writes before it, then is refused with 'unavailable'",
+        "hold it) and for its session's writes before it, while none of them is done, then is "
+        "refused with 'unavailable'",
     )
     db_connect_timeout_s: float = Field(
         default=60.0,

@@ -112,6 +112,7 @@ class DocumentWriter:
         self.failed: str | None = None  # why the room was given up: no write any more
         self.last_active = clock()
         self.lock = asyncio.Lock()
+        self._waiting: set[asyncio.Timeout] = set()  # writes waiting for the lock (SQLite)
         self._captured: list[bytes] | None = None
         self._since_snapshot = 0
         # Kept current by the writer's own commits (``_committed``), so judging a client
@@ -174,39 +175,61 @@ class DocumentWriter:
         self._captured.append(event.update)
 
     @asynccontextmanager
-    async def _turn_within(self, deadline: float | None) -> AsyncIterator[None]:
-        """The session's writer lock, waited for until ``deadline`` (None: as long as it
-        takes): on SQLite a write's lock budget is for the whole write, not one for each
-        wait (review: a prompt queued behind another write of its session waited out that
-        write's budget, then its own). PostgreSQL has no such budget: a burst of a
-        thousand prompts in one session queues here, each taking its turn."""
-        if deadline is None:
+    async def _turn_within(self, budget_s: float | None) -> AsyncIterator[float | None]:
+        """The session's writer lock, waited for while the writes before this one get on
+        (None: as long as it takes). On SQLite a write is refused once ``budget_s`` passes
+        with none of them done (review: a prompt queued behind a write stuck on another
+        process's lock waited out that write's budget, then its own: 3.7 s on a budget of
+        2). A burst that keeps being stored is not refused for its length: a thousand
+        prompts at once in one session each take their turn, as on PostgreSQL. Yields what
+        is left of the budget, for the write's own wait for the database."""
+        left: float | None = None
+        if budget_s is None:
             await self.lock.acquire()
+        else:
             try:
-                yield
-            finally:
-                self.lock.release()
-            return
+                async with asyncio.timeout(budget_s) as waiting:
+                    self._waiting.add(waiting)
+                    try:
+                        await self.lock.acquire()
+                    finally:
+                        self._waiting.discard(waiting)
+                    deadline = waiting.when()
+                    assert deadline is not None
+                    left = max(0.0, deadline - asyncio.get_running_loop().time())
+            except TimeoutError:
+                raise Unavailable(
+                    "the session's writes before this one did not get on; nothing was stored"
+                ) from None
+        got_on = False
         try:
-            async with asyncio.timeout_at(deadline):
-                await self.lock.acquire()
-        except TimeoutError:
-            raise Unavailable(
-                "the session's writes before this one took too long; nothing was stored"
-            ) from None
-        try:
-            yield
+            yield left
+            got_on = True
+        except Unavailable:
+            raise
+        except BaseException:
+            got_on = True  # refused for itself (or cancelled), not for the database
+            raise
         finally:
             self.lock.release()
+            if got_on and budget_s is not None:
+                self._got_on(budget_s)
+
+    def _got_on(self, budget_s: float) -> None:
+        """A write of this session was done: the writes waiting for their turn wait
+        another budget, from now."""
+        when = asyncio.get_running_loop().time() + budget_s
+        for waiting in self._waiting:
+            waiting.reschedule(when)
 
     @asynccontextmanager
     async def writing(self) -> AsyncIterator[Write]:
-        """Serialize a change: store its rows and CRDT update, commit, then broadcast; the
-        wait for the session's turn and for the database share one lock budget."""
-        loop = asyncio.get_running_loop()
+        """Serialize a change: store its rows and CRDT update, commit, then broadcast. On
+        SQLite the wait for the database has what is left of the lock budget once the
+        session's turn came (``_turn_within``)."""
         budgeted = getattr(self.store, "turns_in_budget", False)
-        deadline = loop.time() + self.settings.db_lock_timeout_s if budgeted else None
-        async with self._turn_within(deadline):
+        budget = self.settings.db_lock_timeout_s if budgeted else None
+        async with self._turn_within(budget) as left:
             self.require_usable()
             if self._unverified:
                 await self._verify()
@@ -214,7 +237,6 @@ class DocumentWriter:
             write: Write | None = None
             update = b""
             numbers: list[int] = []
-            left = None if deadline is None else max(0.0, deadline - loop.time())
             try:
                 async with self.store.transaction(lock_timeout_s=left) as tx:
                     if self.fence is not None:

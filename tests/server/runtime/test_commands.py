@@ -167,3 +167,46 @@ async def test_a_write_waits_for_its_sessions_turn_within_its_lock_budget(
         assert s.room.doc.entries() == []
         stored = await s.send("alice", MessageCommand("m", "hello"))
         assert stored["type"] == "ack" and stored["seq"] == 1
+
+
+class GatedStore(MemoryStore):
+    """A store with SQLite's lock budget whose transactions, while ``gate`` is set, each
+    wait for a token from it: a session's writes that get on one at a time, slowly."""
+
+    turns_in_budget = True
+    gate: asyncio.Queue[None] | None = None
+
+    @contextlib.asynccontextmanager
+    async def transaction(
+        self, what: str = "write", *, lock_timeout_s: float | None = None, group_round: bool = False
+    ) -> AsyncIterator[MemoryTx]:
+        if self.gate is not None:
+            await self.gate.get()
+        async with super().transaction(
+            what, lock_timeout_s=lock_timeout_s, group_round=group_round
+        ) as tx:
+            yield tx
+
+
+async def test_a_burst_of_writes_that_keeps_getting_on_is_not_refused_for_its_length() -> None:
+    """CI: a thousand prompts at once in one session on SQLite were refused ``unavailable``
+    once the burst lasted longer than the lock budget, though each write was stored in
+    turn. The budget is for the wait while none of the writes before gets on: twelve
+    writes stored one every quarter second, three seconds in all on a budget of two, are
+    each stored."""
+    budget = 2.0
+    store = GatedStore()
+    async with memory_session({"alice": "editor"}, store=store, db_lock_timeout_s=budget) as s:
+        store.gate = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        sent = [
+            asyncio.create_task(s.send("alice", MessageCommand(f"m{i}", f"message {i}")))
+            for i in range(12)
+        ]
+        for _ in sent:
+            await asyncio.sleep(budget / 8)
+            store.gate.put_nowait(None)
+        answers = await asyncio.gather(*sent)
+        assert loop.time() - began > budget  # the burst outlasted the budget
+    assert [(a["type"], a.get("seq")) for a in answers] == [("ack", i + 1) for i in range(12)]
