@@ -104,7 +104,8 @@ class SideThreads:
         (``thread`` frames, as each change sends them), most lately active first: one
         reconnected mid-reply learns how the reply ended (review). Their text spends the
         member's read budget, and the greeting stops where the budget does (a reconnect
-        flood would otherwise reread every thread's text each time).
+        flood would otherwise reread every thread's text each time), or before it would
+        fill half the socket's backlog limit.
 
         Where the session runs, the committed threads in memory, sent at once (no store
         read, so no change can be sent between them and an older state); elsewhere, read
@@ -124,6 +125,10 @@ class SideThreads:
             log.warning("side-threads not read for a new socket", exc_info=True)
             return
         mine.sort(key=_last_active, reverse=True)
+        # Well inside the socket's backlog limit, which the document's sync shares: a
+        # greeting past it would have the socket dropped (and greeted again) at each try.
+        room_for = self.room.settings.send_buffer_max_bytes // 2
+        greeted = 0
         for thread in mine:
             if fence is not None and not fence.holds():
                 try:
@@ -139,7 +144,11 @@ class SideThreads:
             if not self.room.spend_read(user_id, sum(len(t.text) for t in thread.turns)):
                 return
             shown = thread_json(self.read_by(thread, thread.owner), turns=True)
-            connection.send_json(json.dumps({"type": "thread", "thread": shown}))
+            frame = json.dumps({"type": "thread", "thread": shown})
+            greeted += len(frame)
+            if greeted > room_for:
+                return
+            connection.send_json(frame)
 
     def of(self, user_id: str | None) -> list[SideThread]:
         """The side-threads of ``user_id`` (None: every member's, for the admin)."""

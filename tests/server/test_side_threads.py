@@ -15,6 +15,7 @@ import httpx
 import pytest
 import websockets
 
+from parley.server.settings import Settings
 from parley.session.yprotocol import SyncType, encode_sync
 from tests.conftest import RunningServer, make_settings, serve_in_process, sqlite_url
 from tests.fake_model import Answer, FakeModel, Sent
@@ -220,6 +221,26 @@ async def test_reading_a_side_thread_spends_the_read_budget(tmp_path: Path) -> N
             assert (await as_bob.get(base)).status_code == 200  # the list spends nothing
 
 
+async def greeted_of_two_threads(settings: Settings, text: str) -> tuple[list[str], list[str]]:
+    """bob opens two side-threads, asking ``text`` in each, and connects again speaking
+    commands: (his threads, oldest first; those his new socket was greeted with)."""
+    async with serve_in_process(settings, MODEL) as server:
+        sid = await server.new_session({"bob": "editor"})
+        bob = await server.connect(sid, "bob")
+        threads = []
+        for n in range(2):
+            opened = await bob.command({"type": "thread_open", "id": f"t{n}", "title": f"{n}"})
+            thread_id = opened["thread_id"]
+            asked = {"type": "thread_prompt", "id": f"q{n}", "thread_id": thread_id}
+            await bob.command({**asked, "text": text})
+            await bob.wait_until(lambda c, t=thread_id: answered(c, t, 1))
+            threads.append(thread_id)
+        again = await server.connect(sid, "bob", commands="text")
+        await again.command({"type": "unpin", "id": "x", "entry_id": "none"})  # after it
+        greeted = [f["thread"]["id"] for f in again.unsolicited if f.get("type") == "thread"]
+    return threads, greeted
+
+
 async def test_the_greeting_spends_the_read_budget_most_lately_active_first(
     tmp_path: Path,
 ) -> None:
@@ -229,18 +250,17 @@ async def test_the_greeting_spends_the_read_budget_most_lately_active_first(
     settings = make_settings(
         sqlite_url(tmp_path), tmp_path / "d", read_bytes_per_s=1.0, read_burst_bytes=600
     )
-    async with serve_in_process(settings, MODEL) as server:
-        sid = await server.new_session({"bob": "editor"})
-        bob = await server.connect(sid, "bob")
-        threads = []
-        for n in range(2):
-            opened = await bob.command({"type": "thread_open", "id": f"t{n}", "title": f"{n}"})
-            thread_id = opened["thread_id"]
-            asked = {"type": "thread_prompt", "id": f"q{n}", "thread_id": thread_id}
-            await bob.command({**asked, "text": "x" * 400})
-            await bob.wait_until(lambda c, t=thread_id: answered(c, t, 1))
-            threads.append(thread_id)
-        again = await server.connect(sid, "bob", commands="text")
-        await again.command({"type": "unpin", "id": "x", "entry_id": "none"})  # after it
-        greeted = [f["thread"]["id"] for f in again.unsolicited if f.get("type") == "thread"]
-        assert greeted == [threads[1]]
+    threads, greeted = await greeted_of_two_threads(settings, "x" * 400)
+    assert greeted == [threads[1]]
+
+
+async def test_the_greeting_stays_well_inside_the_sockets_backlog_limit(
+    tmp_path: Path,
+) -> None:
+    """Review of the greeting: its read budget's burst (16 MiB) is twice the socket's
+    backlog limit (8 MiB), so a member's first connect could be greeted past it and
+    dropped, then again at each try. The greeting stops before half the limit: of two
+    threads that fill it, the most lately active alone is sent."""
+    settings = make_settings(sqlite_url(tmp_path), tmp_path / "d", send_buffer_max_bytes=65536)
+    threads, greeted = await greeted_of_two_threads(settings, "x" * 20_000)
+    assert greeted == [threads[1]]
