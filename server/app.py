@@ -19,7 +19,7 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.routing import Match, Mount, Route, WebSocketRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from parley.server.cluster.node import ClusterNode
@@ -168,6 +168,16 @@ API_OPERATIONS = (
 )
 
 
+def allowed_methods(request: Request) -> set[str]:
+    """The methods routed for the request's path."""
+    methods: set[str] = set()
+    for candidate in request.app.router.routes:
+        routed = isinstance(candidate, Route) and candidate.methods
+        if routed and candidate.matches(request.scope)[0] is not Match.NONE:
+            methods |= candidate.methods or set()
+    return methods
+
+
 @functools.cache
 def api_document() -> dict[str, Any]:
     """The OpenAPI document of every operation, built once per process: pydantic's schema
@@ -285,11 +295,18 @@ def create_app(
         assert isinstance(exc, ParleyError)
         return error_response(exc)
 
-    async def on_http_error(_: Request, exc: Exception) -> Response:
+    async def on_http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "invalid")
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            # Every method of the path: a path's methods are routes of their own, and
+            # Starlette's Allow names only the first one's.
+            headers["Allow"] = ", ".join(sorted(allowed_methods(request)))
         return JSONResponse(
-            {"error": {"code": code, "message": str(exc.detail)}}, status_code=exc.status_code
+            {"error": {"code": code, "message": str(exc.detail)}},
+            status_code=exc.status_code,
+            headers=headers,
         )
 
     async def on_crash(_: Request, exc: Exception) -> Response:

@@ -116,6 +116,7 @@ async def test_a_wrong_method_has_its_code(sqlite_server: RunningServer) -> None
     wrong = await sqlite_server.http.put("/api/v1/sessions", json={})
     assert wrong.status_code == 405
     assert wrong.json()["error"]["code"] == "method_not_allowed"
+    assert set(wrong.headers["allow"].split(", ")) >= {"GET", "POST"}  # RFC 9110: it must
 
 
 async def test_the_api_document_groups_and_describes_operations(
