@@ -42,21 +42,32 @@ Actor = Member | Admin | None
 
 def readable(
     member: Member | None, roles: RoleTable, documents: Iterable[Readers]
-) -> frozenset[str]:
-    """The resources among ``documents`` that ``member`` may read (none when not a member)."""
+) -> frozenset[Readers]:
+    """The reader lists among ``documents`` that ``member`` may read (none when not a
+    member). Lists, not resources: the results of one webhook tool share a resource
+    (``tool:<name>``) but each names its own readers (review: reading one result let an
+    owner hand out, or give herself, read access to every other)."""
     if member is None:
         return frozenset()
     subject = Subject.of(member, roles)
-    return frozenset(r.resource for r in documents if decide(subject, Read((r,))).allowed)
+    return frozenset(r for r in documents if decide(subject, Read((r,))).allowed)
 
 
-def holds(subject: Subject, granted: str, reads: frozenset[str]) -> bool:
+def holds(
+    subject: Subject, granted: str, reads: frozenset[Readers], lists: Iterable[Readers]
+) -> bool:
     """Whether ``subject`` holds ``granted``: as a capability, or (``read:<resource>``) by
-    being able to read the resource (``reads``)."""
+    being able to read every one of ``lists`` of the resource, and there being one
+    (``reads``: those they may read)."""
     if granted in subject.capabilities:
         return True
     kind, _, resource = granted.partition(":")
-    return kind == "read" and resource in reads
+    of_resource = [r for r in lists if r.resource == resource]
+    return kind == "read" and bool(of_resource) and all(r in reads for r in of_resource)
+
+
+def _resources(lists: Iterable[Readers]) -> list[str]:
+    return sorted({r.resource for r in lists})
 
 
 def _raw(member: Member | None, roles: RoleTable) -> frozenset[str]:
@@ -97,15 +108,15 @@ def judge_membership_change(
         before.denials - after.denials if before is not None and after is not None else frozenset()
     )
     if target == actor.user_id and (gained or gained_reads or lifted):
-        widened = sorted(gained | {f"read:{r}" for r in gained_reads} | lifted)
+        widened = sorted(gained | {f"read:{r}" for r in _resources(gained_reads)} | lifted)
         return Decision(False, f"you may only narrow your own membership, not add {widened}")
     beyond = sorted((_raw(before, roles) | _raw(after, roles)) - held)
     if beyond:
         return Decision(False, f"you may not give or take capabilities you do not hold: {beyond}")
-    unread = sorted(gained_reads - actor_reads)
+    unread = _resources(gained_reads - actor_reads)
     if unread:
         return Decision(False, f"you may not give read access you do not have: {unread}")
-    unheld = sorted(d for d in lifted if not holds(subject, d, actor_reads))
+    unheld = sorted(d for d in lifted if not holds(subject, d, actor_reads, lists))
     if unheld:
         return Decision(False, f"you may not lift denials of what you do not hold: {unheld}")
     return Decision(True, "allowed")

@@ -211,3 +211,33 @@ def test_an_invite_hands_out_only_what_its_minter_holds() -> None:
     assert invite(Member("o", "owner"), Member("v", "viewer"))
     assert not invite(None, Member("v", "viewer"))
     assert judge_invite(ADMIN, Member("o", "owner"), TABLE, ()).allowed
+
+
+# One webhook tool's results share a resource, each with readers of its own.
+CRM_OLGA = Readers("tool:crm", users=frozenset({"olga"}))
+CRM_EDITORS = Readers("tool:crm", roles=frozenset({"editor"}))
+
+
+def test_reading_one_list_of_a_resource_hands_out_none_of_its_others() -> None:
+    """Review: lists were judged by their resource alone, so olga, who may read her own
+    crm result, could add an editor (who reads the editors' crm result, which she may
+    not) or make herself an editor."""
+    olga = Member("olga", "owner")
+    lists = (CRM_OLGA, CRM_EDITORS)
+    allowed, reason = judge(olga, None, Member("newbie", "editor"), lists)
+    assert not allowed and "read access you do not have: ['tool:crm']" in reason
+    allowed, reason = judge(olga, olga, Member("olga", "editor", grants=OWNER_CAPS), lists)
+    assert not allowed and "narrow your own" in reason and "read:tool:crm" in reason
+    assert not judge_invite(olga, Member("newbie", "editor"), TABLE, lists).allowed
+    # Where she reads every list of it, she may.
+    both = (CRM_OLGA, Readers("tool:crm", roles=frozenset({"editor", "owner"})))
+    assert judge(olga, None, Member("newbie", "editor"), both)[0]
+
+
+def test_a_denial_is_lifted_only_by_one_who_reads_every_list_it_denies() -> None:
+    olga = Member("olga", "owner")
+    denied = Member("ed", "editor", denials=frozenset({"read:tool:crm"}))
+    lifted = Member("ed", "editor")
+    assert not judge(olga, denied, lifted, (CRM_OLGA, CRM_EDITORS))[0]
+    readable_by_olga = (CRM_OLGA, Readers("tool:crm", roles=frozenset({"editor", "owner"})))
+    assert judge(olga, denied, lifted, readable_by_olga)[0]
