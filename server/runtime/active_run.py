@@ -22,6 +22,11 @@ class RunSink(Protocol):
     """Where a run's steps go: the session's (``RunSteps``: its shared document) or a
     side-thread's (``ThreadSteps``: its owner alone)."""
 
+    # Whether what the run reads and writes is one member's alone (a side-thread's): what
+    # the model chose to say, such as a provider's error quoting the input or a refused
+    # tool's name, is then kept from the audit log, which other owners read.
+    private: bool
+
     async def append_reply(self, active: ActiveRun, text: str) -> None: ...
 
     async def widen(self, active: ActiveRun, restriction: Restriction) -> None: ...

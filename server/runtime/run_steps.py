@@ -50,6 +50,8 @@ if TYPE_CHECKING:
 
 
 class RunSteps:
+    private = False  # the session's runs: every member's (``RunSink``)
+
     def __init__(self, room: SessionRoom) -> None:
         self.room = room
         self.active: ActiveRun | None = None

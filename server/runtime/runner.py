@@ -285,7 +285,8 @@ class SessionRunner:
                     "tool call refused",
                     extra={"session_id": self.room.session_id, "tool": call.name[:100]},
                 )
-                name = shown_tool_name(call.name, self._readable_by_all(active))
+                readable = self._readable_by_all(active)
+                name = shown_tool_name(call.name, readable)
                 await active.steps.add_tool_step(
                     active,
                     tool=name,
@@ -293,10 +294,11 @@ class SessionRunner:
                     detail=f"arguments: {call.arguments}\nrefused: {effect.reason}",
                     restriction=(),
                 )
-                self._note_call(active, call, "refused", name)
-                reason = effect.reason.replace(repr(call.name), repr(name))
+                audited = shown_tool_name(call.name, readable and not active.steps.private)
+                self._note_call(active, call, "refused", audited)
+                reason = effect.reason.replace(repr(call.name), repr(audited))
                 active.refusals.append(
-                    {"reply_id": active.reply_id, "tool": name, "reason": reason}
+                    {"reply_id": active.reply_id, "tool": audited, "reason": reason}
                 )
             try:
                 effect = loop.send(result)
@@ -391,10 +393,12 @@ class SessionRunner:
         """Store how the run ended (no ``ending``: answered); keep trying while the
         database is away."""
         failures = 0
-        ending = shown_ending(ending, self._readable_by_all(active))
+        readable = self._readable_by_all(active)
+        audited = shown_ending(ending, readable and not active.steps.private)
+        ending = shown_ending(ending, readable)
         while not self.room.closed:  # a closed room is recovered from the store on reload
             try:
-                audit = run_audit(active.audit_base, active.model_calls, active.refusals, ending)
+                audit = run_audit(active.audit_base, active.model_calls, active.refusals, audited)
                 await active.steps.finish(active, ending, audit)
                 return
             except Unavailable:

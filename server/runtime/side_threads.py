@@ -283,6 +283,8 @@ class ThreadSteps:
     thread's document while it runs, its thread's rows (through the core and the room's
     writer) when it ends. ``author``: the model that writes the reply."""
 
+    private = True
+
     def __init__(self, threads: SideThreads, begin: BeginThreadRun, author: str) -> None:
         self.threads = threads
         self.begin = begin

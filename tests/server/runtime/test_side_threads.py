@@ -31,7 +31,7 @@ from parley.session.thread_commands import (
     ThreadShareCommand,
 )
 from tests.conftest import sqlite_url
-from tests.fake_model import Answer, FakeModel, Sent, call
+from tests.fake_model import Answer, FakeModel, Sent, Status, call
 from tests.server.runtime.backend import backend, sql_store
 from tests.server.runtime.harness import (
     SESSION,
@@ -443,3 +443,32 @@ async def test_the_members_daily_quota_holds_in_their_side_threads() -> None:
         prompt = (await answered(s, thread_id)).turns[-2]
         assert (prompt.kind, prompt.reason_code) == ("prompt", "quota_exceeded")
         assert len(model.requests) == 1  # no model call without the quota
+
+
+def quotes_or_invents(sent: Sent) -> Answer:
+    """A provider's error quoting the input, or (``[invent]``) a call of a tool whose name
+    spells it out."""
+    if "[invent]" in sent.asked_text() and sent.messages[-1]["role"] != "tool":
+        return [call(f"{MARKER}-tool", {}, "call-1")]
+    if "[invent]" in sent.asked_text():
+        return ["done"]
+    return Status(400, f"bad request near: {sent.everything()[-300:]}")
+
+
+async def test_what_the_model_says_in_a_side_thread_stays_out_of_the_audit_log() -> None:
+    """Review (no confused deputy): the audit log, which other owners read, carried a
+    provider's error quoting bob's side-thread prompt as the run's reason, and the name of
+    a tool the model made up there. A side-thread's text is bob's alone: both are withheld
+    from the audit log."""
+    model = FakeModel(quotes_or_invents, echo_tools=False)
+    async with memory_session({"olga": "owner", "bob": "editor"}, model) as s:
+        thread_id = await open_thread(s, "bob")
+        await ask(s, "bob", thread_id, f"{MARKER}: I plan to resign")
+        await answered(s, thread_id)
+        assert thread(s, thread_id).turns[-1].reason_code == "provider_error"
+        await ask(s, "bob", thread_id, f"{MARKER} again [invent]")
+        await answered(s, thread_id)
+        records = await s.store.access.list_audit(SESSION, limit=100, after=0, kinds=None)
+        kinds = {r.kind for r in records}
+        assert {"run_ended", "tool_refused", "model_call"} <= kinds
+        assert MARKER not in str([r.data for r in records])
