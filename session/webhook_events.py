@@ -9,7 +9,8 @@ which are not semantic events). Like the events, bodies carry ids and codes, no 
 with one exception: ``reply.completed`` carries the reply's ``text`` as it was when the
 event was written, unless the reply drew on restricted material; then ``text`` is None
 and ``text_withheld`` true (``webhook_data``). A restricted reply's text never leaves
-through a webhook, whoever may read it in the session.
+through a webhook, whoever may read it in the session; nor does a ``run.failed`` reason
+that may quote it (``reason_withheld``).
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ def webhook_types(kind: str, data: dict[str, Any]) -> list[str]:
 
 
 REPLY_COMPLETED = BY_KIND["reply_completed"]
+RUN_FAILED = BY_KIND["run_failed"]
+WITHHELD_REASON = "withheld: the run drew on restricted material (the server's log has it)"
 
 
 def webhook_data(
@@ -55,7 +58,13 @@ def webhook_data(
 
     ``replies``: the text of each reply completed in the event's write, None for a
     restricted one. A reply missing from it is withheld too: text is only ever sent when
-    the writer said it may be."""
+    the writer said it may be. A failed run's reply listed as None: its reason may quote
+    restricted material, and is withheld (``reason_withheld``)."""
+    if webhook_type == RUN_FAILED:
+        reply_id = str(data.get("reply_id"))
+        if reply_id in replies and replies[reply_id] is None:
+            return {**data, "reason": WITHHELD_REASON, "reason_withheld": True}
+        return data
     if webhook_type != REPLY_COMPLETED:
         return data
     text = replies.get(data["reply_id"])

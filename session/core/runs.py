@@ -205,9 +205,14 @@ def finish_run(view: SessionView, event: RunFinished) -> Effects:
             shared = {"reply_id": reply.reply_id, "drew_on": drew_on}
             audit = (AuditRecord("reply_shared", "policy", shared), *audit)
     replies: tuple[tuple[str, str | None], ...] = ()
-    if reply is not None and event.ending is None:
+    ending = event.ending
+    if reply is not None and ending is None:
         # A restricted reply (one that drew on what not everyone may read) is never sent out.
         replies = ((reply.reply_id, None if reply.restriction else event.text),)
+    elif reply is not None and reply.restriction and ending and ending.code in _QUOTING_REASONS:
+        # Nor is a reason that may quote it (review: a provider's 400 quoting a document's
+        # text went out in run.failed).
+        replies = ((reply.reply_id, None),)
     finish = Finish(event.run.ids, event.ending)
     return Effects(finish=(finish,), queue=queue, keep=keep, audit=audit, replies=replies)
 

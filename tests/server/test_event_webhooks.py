@@ -34,7 +34,7 @@ from tests.conftest import (
     serve_in_process,
     sqlite_url,
 )
-from tests.fake_model import Answer, FakeModel, Sent, call
+from tests.fake_model import Answer, FakeModel, Sent, Status, call
 from tests.yclient import all_replies_settled
 
 ALL_TYPES = sorted(TYPES)
@@ -504,3 +504,42 @@ async def test_reply_completed_carries_the_text_unless_the_reply_is_restricted(
         # The stored events carry no text: only the webhook body does.
         events = await server.http.get(f"/api/v1/sessions/{sid}/events")
         assert "two parts" not in events.text and not SECRET_NUMBER.search(events.content)
+
+
+def quoting_provider(sent: Sent) -> Answer:
+    """After the search, a provider's 400 that quotes the model's input (some proxies do)."""
+    if sent.messages[-1]["role"] == "tool":
+        return Status(400, f"bad request near: {sent.everything()[-300:]}")
+    return vault_script(sent)
+
+
+async def test_run_failed_withholds_a_reason_that_may_quote_restricted_material(
+    tmp_path: Path,
+) -> None:
+    """Review (no confused deputy): a document with readers, every member among them, so
+    members are told the failure's reason; but a provider's error quoting the document
+    went out in the run.failed webhook, which never carries restricted text."""
+    settings = make_settings(sqlite_url(tmp_path), tmp_path / "data", **FAST)
+    async with (
+        receiving() as receiver,
+        serve_in_process(settings, FakeModel(quoting_provider, echo_tools=False)) as server,
+    ):
+        hook = await subscribe(server.http, receiver.url, events=["run.failed"])
+        sid = await server.new_session({"olga": "owner", "bob": "editor"})
+        made = await server.http.post(
+            f"/api/v1/sessions/{sid}/documents",
+            json={"title": "Vault", "text": SECRET, "readers": {"users": ["bob", "olga"]}},
+        )
+        assert made.status_code == 201, made.text
+        bob = await server.connect(sid, "bob")
+        await bob.command({"type": "prompt", "id": "p1", "text": "what is the vault code?"})
+        await bob.wait_until(lambda c: all_replies_settled(c, 1))
+
+        async def arrived() -> bool:
+            return len(receiver.received) >= 1
+
+        await until(arrived, "the run.failed delivery")
+        [(_, failed)] = receiver.verified(hook["secret"])
+        assert failed["data"]["reason_code"] == "provider_error"
+        assert failed["data"]["reason_withheld"] is True
+        assert not any(SECRET_NUMBER.search(body) for _, body in receiver.received)
