@@ -35,7 +35,7 @@ from tests.conftest import (
     sqlite_url,
 )
 from tests.fake_model import Answer, FakeModel, Sent, Status, call
-from tests.yclient import all_replies_settled
+from tests.yclient import YClient, all_replies_settled
 
 ALL_TYPES = sorted(TYPES)
 FAST = {
@@ -457,6 +457,16 @@ def vault_script(sent: Sent) -> Answer:
     return ["the plain answer, ", "in two parts"]
 
 
+async def with_vault(server: RunningServer, sid: str) -> YClient:
+    """Add the vault document, read by bob and olga; bob's socket."""
+    made = await server.http.post(
+        f"/api/v1/sessions/{sid}/documents",
+        json={"title": "Vault", "text": SECRET, "readers": {"users": ["bob", "olga"]}},
+    )
+    assert made.status_code == 201, made.text
+    return await server.connect(sid, "bob")
+
+
 async def test_reply_completed_carries_the_text_unless_the_reply_is_restricted(
     tmp_path: Path,
 ) -> None:
@@ -467,12 +477,7 @@ async def test_reply_completed_carries_the_text_unless_the_reply_is_restricted(
     ):
         hook = await subscribe(server.http, receiver.url, events=["reply.completed"])
         sid = await server.new_session({"olga": "owner", "bob": "editor", "alice": "viewer"})
-        made = await server.http.post(
-            f"/api/v1/sessions/{sid}/documents",
-            json={"title": "Vault", "text": SECRET, "readers": {"users": ["bob", "olga"]}},
-        )
-        assert made.status_code == 201, made.text
-        bob = await server.connect(sid, "bob")
+        bob = await with_vault(server, sid)
         await bob.command({"type": "prompt", "id": "p1", "text": "say something plain"})
         await bob.command({"type": "prompt", "id": "p2", "text": "what is the vault code?"})
         await bob.wait_until(lambda c: all_replies_settled(c, 2))
@@ -526,12 +531,7 @@ async def test_run_failed_withholds_a_reason_that_may_quote_restricted_material(
     ):
         hook = await subscribe(server.http, receiver.url, events=["run.failed"])
         sid = await server.new_session({"olga": "owner", "bob": "editor"})
-        made = await server.http.post(
-            f"/api/v1/sessions/{sid}/documents",
-            json={"title": "Vault", "text": SECRET, "readers": {"users": ["bob", "olga"]}},
-        )
-        assert made.status_code == 201, made.text
-        bob = await server.connect(sid, "bob")
+        bob = await with_vault(server, sid)
         await bob.command({"type": "prompt", "id": "p1", "text": "what is the vault code?"})
         await bob.wait_until(lambda c: all_replies_settled(c, 1))
 
