@@ -112,7 +112,8 @@ async def share_thread(
 ) -> MessagePosted:
     """Post ``text`` (say, the edited draft) into the session as the member's message,
     marked as from a private thread (``restricted_share`` if the side-thread drew on what
-    not every member may read, under ``restricted_replies: private``)."""
+    not every member may read, under ``restricted_replies: private``; ``busy`` while a
+    reply is being written in it)."""
     command = {"id": command_id(body.id), "thread_id": thread_id, "text": body.text}
     return await _share(state, session_id, caller, body.as_user, command)
 

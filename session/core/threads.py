@@ -198,7 +198,11 @@ def _share(
     if decision_reason is not None:
         raise Forbidden(decision_reason)
     if command.text is not None:
-        # Free text (an edited summary) may draw on anything in the thread.
+        # Free text (an edited summary) may draw on anything in the thread, the run in
+        # flight too, whose reads are not turns yet (review: text copied from a reply
+        # still streaming was shared past restricted_share).
+        if thread.running:
+            raise Busy("a reply is still being written in this side-thread; share once it ends")
         text, restriction = command.text, thread.restriction
     else:
         picked = [thread.turn(t) for t in command.turn_ids]

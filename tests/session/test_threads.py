@@ -362,3 +362,17 @@ def test_a_turn_is_read_as_its_reader_may_read_it_now() -> None:
         replace(reply, text=RESTRICTED_DETAILS),
     )
     assert turn_read_by(reply, None).text == RESTRICTED_DETAILS  # no longer a member
+
+
+def test_free_text_is_not_shared_while_a_reply_is_being_written() -> None:
+    """Review: text copied from a reply still streaming, after a restricted search, was
+    shared past ``restricted_share``: the run's reads are not the thread's turns until it
+    ends. Free text waits for the run; its turns, once the run ended, are judged."""
+    t = Threads()
+    thread_id = t.open()
+    t.ok("bob", ThreadPromptCommand("p", thread_id, "q"))
+    refused = t.refused("bob", ThreadShareCommand("s", thread_id, "the code is 7731", ()))
+    assert isinstance(refused, Busy) and "being written" in refused.message
+    t.answer(thread_id, "the code is 7731", VAULT)
+    refused = t.refused("bob", ThreadShareCommand("s2", thread_id, "the code is 7731", ()))
+    assert isinstance(refused, RestrictedShare)
