@@ -249,3 +249,18 @@ async def test_a_socket_that_says_it_speaks_commands_gets_json_before_its_first(
     bad = await server.connect(sid, "olga", synced=False, commands="json")
     await bad.wait_closed()
     assert bad.close_code == 4400
+
+
+async def test_the_audit_log_names_no_document_title(server: RunningServer) -> None:
+    """Review (no confused deputy): a document's title may say what it holds ("Layoffs
+    planned for March"), and the audit log, which any owner reads, carried it though
+    the owner may not read the document. It names the document by its id."""
+    sid = await restricted_session(server)  # the vault: bob and olga read it
+    added = await server.http.put(f"/api/v1/sessions/{sid}/members/mia", json={"role": "owner"})
+    assert added.is_success, added.text
+    path = f"/api/v1/sessions/{sid}"
+    listed = await as_member(server, sid, "mia", "GET", f"{path}/documents")
+    assert listed.json()["documents"] == []
+    audit = await as_member(server, sid, "mia", "GET", f"{path}/audit?kind=document")
+    [record] = audit.json()["records"]
+    assert record["data"]["added"] and "Vault" not in audit.text
