@@ -40,7 +40,8 @@ async def delete_fact(state: AppState, session_id: str, key: str, caller: Caller
     """Remove a fact by the socket's ``fact`` rule: a fact not set is already as asked."""
     room = await state.rooms.get(session_id)
     spend_command(state, room, caller.user_id)
-    await state.rooms.change(room, {"op": "set_fact", "key": key, "value": None})
+    write = {"op": "set_fact", "key": key, "value": None, "author": caller.user_id or ""}
+    await state.rooms.change(room, write)
 
 
 async def list_pins(state: AppState, session_id: str) -> PinsOut:
@@ -51,9 +52,8 @@ async def list_pins(state: AppState, session_id: str) -> PinsOut:
 async def create_pin(state: AppState, session_id: str, body: PinCreate, caller: Caller) -> PinsOut:
     room = await state.rooms.get(session_id)
     spend_command(state, room, caller.user_id)
-    result = await state.rooms.change(
-        room, {"op": "pin", "entry_id": body.entry_id, "pinned": True}
-    )
+    write = {"op": "pin", "entry_id": body.entry_id, "pinned": True, "author": caller.user_id or ""}
+    result = await state.rooms.change(room, write)
     return PinsOut(pins=result["pins"])
 
 
@@ -62,7 +62,8 @@ async def delete_pin(state: AppState, session_id: str, entry_id: str, caller: Ca
     pinned is already as asked."""
     room = await state.rooms.get(session_id)
     spend_command(state, room, caller.user_id)
-    await state.rooms.change(room, {"op": "pin", "entry_id": entry_id, "pinned": False})
+    write = {"op": "pin", "entry_id": entry_id, "pinned": False, "author": caller.user_id or ""}
+    await state.rooms.change(room, write)
 
 
 async def preview_context(

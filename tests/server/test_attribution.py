@@ -8,6 +8,8 @@ import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import httpx
+
 from parley.session.attribution import is_server_line
 from tests.conftest import RunningServer, make_settings, serve_in_process, sqlite_url
 from tests.server.runtime.harness import RecordingOffline
@@ -97,3 +99,28 @@ async def test_no_member_text_passes_for_another_member_or_the_server(tmp_path: 
         ]
         (reply,) = reply_texts(alice.entries())
         assert "[" not in reply
+
+
+async def test_a_members_rest_changes_are_told_as_theirs(tmp_path: Path) -> None:
+    """Review (same answer): over a socket a member's pin, unpin and fact removal are
+    events of theirs; over REST with their own token they were told as the admin's (the
+    events, the streams and the webhooks said ``by: admin``)."""
+    async with session_of(tmp_path, "ed") as (server, sid, _, clients):
+        posted = await clients[0].command({"type": "message", "id": "m", "text": "note"})
+        token = await server.token(sid, "ed")
+        base = f"/api/v1/sessions/{sid}"
+        headers = {"Authorization": f"Bearer {token}"}
+        async with httpx.AsyncClient(base_url=server.base_url, headers=headers) as as_ed:
+            calls = [
+                as_ed.put(f"{base}/facts/region", json={"value": "eu"}),
+                as_ed.delete(f"{base}/facts/region"),
+                as_ed.post(f"{base}/pins", json={"entry_id": posted["message_id"]}),
+                as_ed.delete(f"{base}/pins/{posted['message_id']}"),
+            ]
+            for call in calls:
+                answered = await call
+                assert answered.is_success, answered.text
+        events = (await server.http.get(f"{base}/events")).json()["events"]
+        told = [(e["kind"], e["actor"], e["data"].get("by")) for e in events]
+        changes = [t for t in told if t[0] in ("fact_set", "pin_changed")]
+        assert changes == [(kind, "ed", "ed") for kind in ("fact_set",) * 2 + ("pin_changed",) * 2]
