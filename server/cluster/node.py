@@ -41,7 +41,7 @@ from parley.server.runtime.runner import SessionRunner
 from parley.server.runtime.session_writes import apply_session_write
 from parley.server.settings import Settings
 from parley.server.store.port import SessionTx
-from parley.server.store.sessions import Store, StoreTx
+from parley.server.store.sessions import CHANNEL_DELETED, Store, StoreTx
 from parley.session.closes import CloseCode
 from parley.session.errors import error_for
 from parley.session.queue import Policy
@@ -136,6 +136,7 @@ class ClusterNode:
                 CHANNEL_DOC: self._on_doc,
                 CHANNEL_PRIVATE: self._on_private,
                 CHANNEL_THREAD: self._on_thread,
+                CHANNEL_DELETED: self._on_deleted,
                 CHANNEL_COMMAND: self._on_command,
                 CHANNEL_RESULT: self.relay.on_result,
                 CHANNEL_AWARENESS: self.presence.on_notification,
@@ -368,6 +369,13 @@ class ClusterNode:
             await room.side_threads.tell_owner(thread_id, owner)
         except Exception:
             log.warning("could not tell a side-thread's change", extra={"thread_id": thread_id})
+
+    def _on_deleted(self, session_id: str) -> None:
+        """A node deleted a session (review: the node that ran it went on serving it, and
+        later closed its sockets 1013 and ended its streams ``unavailable``, not 4404 and
+        ``not_found`` as the deleting node did)."""
+        if self.registry.loaded(session_id) is not None:
+            self.spawn(self.registry.forget_session(session_id))
 
     def _on_command(self, session_id: str) -> None:
         if session_id in self.running:

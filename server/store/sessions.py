@@ -57,6 +57,9 @@ from parley.server.store.usage import UsageTables
 from parley.session.events import Membership, SettingsChanged, membership_event
 from parley.session.webhook_events import SESSION_CREATED, SESSION_DELETED
 
+# PostgreSQL: a session was deleted (payload: its id); cluster nodes listen to it.
+CHANNEL_DELETED = "parley_deleted"
+
 __all__ = [
     "EntryRow",
     "MemberChange",
@@ -140,6 +143,9 @@ class Store(SessionReads, UsageTables):
             )
             if found.first() is not None:
                 await tx.outbox(session_id, [(0, now, SESSION_DELETED, {})])
+                if self.engine.dialect.name == "postgresql":
+                    # Every node unloads it at the commit, the one that runs it too.
+                    tx.notify(CHANNEL_DELETED, session_id)
             # Children first: SQLite enforces ON DELETE CASCADE only with the pragma on.
             for table in (
                 thread_doc_updates,

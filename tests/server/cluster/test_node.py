@@ -230,6 +230,26 @@ async def test_membership_changes_and_deletion_reach_every_node(tmp_path: Path) 
         assert await first.wait_closed(timeout=10) == 4404
 
 
+async def test_a_session_deleted_through_a_follower_is_gone_where_it_ran(
+    tmp_path: Path,
+) -> None:
+    """Review (same answer): deleted through a node that follows it, a session went on
+    being served where it ran (its facts read 200 for half a second), whose sockets then
+    closed 1013 and streams ended ``unavailable``, not 4404 and ``not_found``."""
+    async with cluster(tmp_path, 2, PARLEY_CLUSTER_POLL_S="60") as nodes:
+        sid = await nodes.new_session({"a": "editor"})
+        on_running = await nodes.connect(nodes.nodes[0], sid, "a")
+        await on_running.command({"type": "message", "id": "m1", "text": "hello"})
+        running, other = await nodes.running_and_other(sid)
+        on_follower = await nodes.connect(other, sid, "a")
+        deleted = await nodes.http.delete(f"{other.base_url}/api/v1/sessions/{sid}")
+        assert deleted.status_code == 204
+        assert await on_follower.wait_closed(timeout=10) == 4404
+        assert await on_running.wait_closed(timeout=10) == 4404
+        facts = await nodes.http.get(f"{running.base_url}/api/v1/sessions/{sid}/facts")
+        assert facts.status_code == 404
+
+
 async def test_the_listener_reconnects_and_catches_up(tmp_path: Path) -> None:
     """Updates committed while a node's listener is away are not lost: it re-reads."""
     listener = "application_name = 'parley-listener n1'"
