@@ -62,8 +62,11 @@ class Presence:
         self.max_state_bytes = max_state_bytes
         self._clients: dict[int, _Client] = {}
         self._pending: dict[int, AwarenessState] = {}  # to relay at the next flush
-        # Client ids that left lately -> (their member, when), oldest first.
-        self._left: dict[int, tuple[str, float]] = {}
+        # Client ids that left lately -> (their member, when, the clock their leaving was
+        # told at), oldest first.
+        self._left: dict[int, tuple[str, float, int]] = {}
+        # Per socket: its clients come back behind the leaving told of them (``take_behind``).
+        self._behind: dict[Hashable, list[AwarenessState]] = {}
 
     def apply(
         self,
@@ -98,8 +101,20 @@ class Presence:
         for item in relayed:
             self._clients[item.client_id] = _Client(owner, item.clock, item.state, user_id)
             self._pending[item.client_id] = item
-            self._left.pop(item.client_id, None)
+            left = self._left.pop(item.client_id, None)
+            if left is not None and item.state is not None and item.clock < left[2]:
+                # Its peers were told it left at a later clock, and ignore it until it
+                # passes that (30 s of renewals: review). Told it left, a Yjs client
+                # raises its clock past it and shows itself again at once.
+                told = AwarenessState(item.client_id, left[2], None)
+                self._behind.setdefault(owner, []).append(told)
         return encode_awareness_update(relayed)
+
+    def take_behind(self, owner: Hashable) -> bytes | None:
+        """For ``owner``'s socket alone: the update that has its clients, come back under
+        a clock their leaving passed, raise it (None: no such client)."""
+        behind = self._behind.pop(owner, None)
+        return encode_awareness_update(behind) if behind else None
 
     def _own(
         self, owner: Hashable, user_id: str, update: bytes, now: float
@@ -144,7 +159,7 @@ class Presence:
             if item.state is None:
                 if known is not None:
                     del self._clients[item.client_id]
-                    self._keep_left(item.client_id, known.user_id, now)
+                    self._keep_left(item.client_id, known.user_id, now, item.clock)
             elif known is None and self._kept_for_another(item.client_id, user_id, now):
                 continue
             else:
@@ -158,14 +173,14 @@ class Presence:
     def _stale(client: _Client, now: float) -> bool:
         return isinstance(client.owner, RemoteNode) and now - client.seen > REMOTE_STALE_S
 
-    def _keep_left(self, client_id: int, user_id: str, now: float) -> None:
+    def _keep_left(self, client_id: int, user_id: str, now: float, clock: int) -> None:
         self._left.pop(client_id, None)  # to the end: the newest
-        self._left[client_id] = (user_id, now)
+        self._left[client_id] = (user_id, now, clock)
         self._forget_left(now)
 
     def _forget_left(self, now: float) -> None:
         while self._left:
-            oldest, (_, at) = next(iter(self._left.items()))
+            oldest, (_, at, _) = next(iter(self._left.items()))
             if now - at <= KEEP_LEFT_S and len(self._left) <= MAX_LEFT_KEPT:
                 return
             del self._left[oldest]
@@ -194,13 +209,14 @@ class Presence:
     def drop(self, owner: Hashable, now: float = 0.0) -> bytes | None:
         """Forget ``owner``'s clients (their ids kept for their member a while); return the
         "they left" update (relayed at the next flush), if any."""
+        self._behind.pop(owner, None)
         gone = [cid for cid, c in self._clients.items() if c.owner == owner]
         if not gone:
             return None
         left = [AwarenessState(cid, self._clients[cid].clock + 1, None) for cid in gone]
         for item in left:
             gone_client = self._clients.pop(item.client_id)
-            self._keep_left(item.client_id, gone_client.user_id, now)
+            self._keep_left(item.client_id, gone_client.user_id, now, item.clock)
             self._pending[item.client_id] = item  # replaces a state not yet relayed
         return encode_awareness_update(left)
 

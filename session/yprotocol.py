@@ -177,10 +177,20 @@ def _reject_constant(name: str) -> None:
     raise ValueError(f"{name} is not JSON")
 
 
-def _finite_float(text: str) -> float:
+# JavaScript writes a whole number below this in full (1e+20 as 100000000000000000000).
+_JS_FULL_BELOW = 1e21
+
+
+def _finite_float(text: str) -> float | int:
+    """A JSON number with a fraction or an exponent, read as JavaScript would write it
+    back: a whole one as an int. Relayed as ``1e+20``, a stock client's echo of it came
+    back 4.2 times as long, past the echo credit, and the innocent member's own presence
+    budget paid the rest until they were cut off (review)."""
     value = float(text)
     if value in (float("inf"), float("-inf")):
         raise ValueError(f"{text} is out of range")
+    if value.is_integer() and abs(value) < _JS_FULL_BELOW:
+        return int(value)
     return value
 
 

@@ -39,6 +39,7 @@ class YClient:
         self.changed = asyncio.Event()
         self.close_code: int | None = None
         self.frames_received = 0
+        self.awareness_frames = 0
         self._reader = asyncio.create_task(self._read())
 
     @classmethod
@@ -78,6 +79,7 @@ class YClient:
                     if message.sync_type is SyncType.STEP2:
                         self.synced.set()
                 elif isinstance(message, AwarenessMessage):
+                    self.awareness_frames += 1
                     for state in decode_awareness_update(message.update):
                         self.awareness[state.client_id] = state.state
                 self.changed.set()

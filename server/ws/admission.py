@@ -280,17 +280,21 @@ _AWARENESS_TYPE = bytes((MessageType.AWARENESS,))  # a varUint of one byte
 
 # Echo credit a socket may hold at most (a quiet client's credit does not pile up).
 ECHO_CREDIT_MAX = 512 * 1024
+# What a stock client's echo may weigh against what it was sent: it writes the states'
+# numbers as JavaScript does, up to 1.6 times as long as Python (1e-06 is 0.000001;
+# whole numbers are relayed as JavaScript writes them, ``yprotocol._finite_float``).
+ECHO_WEIGHT = 2
 
 
 def credit_echo(connection: Connection, size: int) -> None:
     """``connection`` was sent ``size`` bytes of presence of its own (a snapshot)."""
-    connection.echo_credit = min(ECHO_CREDIT_MAX, connection.echo_credit + size)
+    connection.echo_credit = min(ECHO_CREDIT_MAX, connection.echo_credit + ECHO_WEIGHT * size)
 
 
 def _spend_echo_credit(connection: Connection, sent_bytes: int, size: int) -> int:
     """Take up to ``size`` bytes from the socket's echo credit (what the session's presence
     sent everyone since the last look is added first); the bytes taken."""
-    fresh = max(0, sent_bytes - connection.echo_mark)
+    fresh = ECHO_WEIGHT * max(0, sent_bytes - connection.echo_mark)
     connection.echo_mark = sent_bytes
     credit = min(ECHO_CREDIT_MAX, connection.echo_credit + fresh)
     taken = min(credit, size)

@@ -56,10 +56,14 @@ from parley.session.yprotocol import (
     SyncType,
     decode_command_frame,
     encode_awareness,
+    encode_awareness_update,
     is_command_frame,
 )
 
 log = logging.getLogger("parley.ws")
+
+# An awareness update of no states: a frame a stock client takes as a sign of life.
+NO_PRESENCE = encode_awareness(encode_awareness_update([]))
 
 
 async def session_socket(websocket: WebSocket) -> None:
@@ -217,10 +221,18 @@ async def _on_binary(
             # changes: those, and its own state taken away, show nothing and are dropped
             # unanswered (refused, they counted towards the abuse limit and cut it off).
             if presence.would_show(connection, connection.user_id, message.update, now):
+                # Its own state, renewed every 15 s: nothing comes back to a member alone
+                # in a quiet session, whose stock client then closes the socket after 30 s
+                # of silence, and syncs the whole document again (review). An update of
+                # no states keeps it open.
+                connection.send(NO_PRESENCE)
                 raise Forbidden("you may not show presence here (be_present)")
             return
         name = room.membership.display_names.get(connection.user_id)
         presence.apply(connection, connection.user_id, message.update, name, now)
+        behind = presence.take_behind(connection)
+        if behind is not None:
+            connection.send(encode_awareness(behind))
         room.awareness.changed()
     elif isinstance(message, QueryAwarenessMessage):
         snapshot = presence.snapshot()

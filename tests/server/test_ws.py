@@ -12,7 +12,12 @@ from pathlib import Path
 import websockets
 from pycrdt import Array, Doc, Map, Text
 
-from parley.session.yprotocol import SyncType, encode_sync
+from parley.session.yprotocol import (
+    SyncType,
+    encode_awareness,
+    encode_sync,
+    write_var_uint,
+)
 from tests.conftest import RunningServer, make_settings, serve_in_process, sqlite_url
 from tests.garbage import cyclic_garbage
 from tests.yclient import YClient, all_replies_settled
@@ -257,6 +262,26 @@ async def test_a_member_who_may_not_be_present_may_echo_the_others(
     assert 9 not in alice.awareness
 
 
+async def test_a_member_who_may_not_be_present_alone_is_answered(
+    sqlite_server: RunningServer,
+) -> None:
+    """Review (stock clients): a stock client closes a socket that hears nothing for 30 s,
+    and a present member alone hears their own state relayed; a member without
+    ``be_present``, alone in a quiet session, heard nothing back, so their client closed
+    and synced the whole document again every 33 s. Their state is answered with an
+    update of no states."""
+    server = sqlite_server
+    sid = await server.new_session({"alice": "editor"})
+    await server.http.put(
+        f"/api/v1/sessions/{sid}/members/lena", json={"role": "viewer", "denials": ["be_present"]}
+    )
+    lena = await server.connect(sid, "lena")
+    before = lena.awareness_frames
+    await lena.set_awareness(9, 1, {"user": {"name": "Lena"}})
+    await lena.wait_until(lambda c: c.awareness_frames > before)
+    assert lena.awareness == {}  # told nothing of anyone
+
+
 async def test_presence_at_a_cursors_rate_is_not_cut_off(sqlite_server: RunningServer) -> None:
     """A stock client sends its awareness each time it changes: a shared cursor at the
     display's rate. Those frames count a quarter against the socket's frame rate, so 600 in
@@ -276,8 +301,9 @@ async def test_presence_at_a_cursors_rate_is_not_cut_off(sqlite_server: RunningS
 async def test_echoes_of_the_others_presence_cost_no_presence_budget(tmp_path: Path) -> None:
     """A stock client re-sends every state it receives: in a busy room those echoes alone
     went past the member's presence budget, each refused and counted, and the socket was
-    closed 4429 (review). A socket may send back free what it was sent; past that (a
-    forged "echo" of states it never received) its member pays, as for its own."""
+    closed 4429 (review). A socket may send back free twice what it was sent (a stock
+    client writes numbers as JavaScript does, longer than Python); past that (forged
+    "echoes" of states it never received) its member pays, as for its own."""
     settings = make_settings(
         sqlite_url(tmp_path),
         tmp_path / "d",
@@ -298,10 +324,47 @@ async def test_echoes_of_the_others_presence_cost_no_presence_budget(tmp_path: P
         await bob.set_awareness(7, 1, {"user": "bob"})  # his own, within his budget
         await alice.wait_until(lambda c: 7 in c.awareness)
         assert not any(u.get("code") == "rate_limited" for u in bob.unsolicited)
-        for _ in range(10):  # "echoes" of what he was never sent: paid, and refused
+        for _ in range(45):  # "echoes" of what he was never sent: paid, and refused
             await bob.set_awareness(5, 1, {"note": "x" * 1000})
         await bob.wait_until(lambda c: any(u.get("code") == "rate_limited" for u in c.unsolicited))
         assert bob.close_code is None
+
+
+def js_written(state: dict[str, object]) -> bytes:
+    """``state`` as JavaScript's JSON.stringify writes it: 1e-06 as 0.000001."""
+    return json.dumps(state, separators=(",", ":")).replace("1e-06", "0.000001").encode()
+
+
+async def test_an_echo_written_as_javascript_writes_it_costs_no_presence_budget(
+    tmp_path: Path,
+) -> None:
+    """Review (bounded): a stock client writes the numbers it echoes as JavaScript does,
+    up to 1.6 times as long as the server wrote them (1e-06 is 0.000001); the excess was
+    charged to its member's presence budget, which a crafted state ran out, and every
+    stock client of the session was closed 4429. Echoes are free up to twice what was
+    sent."""
+    settings = make_settings(
+        sqlite_url(tmp_path),
+        tmp_path / "d",
+        awareness_bytes_per_s=1.0,
+        awareness_burst_bytes=4000,
+        awareness_flush_ms=0.0,
+    )
+    async with serve_in_process(settings) as server:
+        sid = await server.new_session({"alice": "editor", "bob": "editor"})
+        alice = await server.connect(sid, "alice")
+        bob = await server.connect(sid, "bob")
+        assert (await bob.command({"type": "cancel", "id": "c", "prompt_id": "x"}))["id"] == "c"
+        for clock in range(1, 31):
+            state = {"v": [1e-06] * 150, "clock": clock}
+            await alice.set_awareness(5, clock, state)
+            await bob.wait_until(lambda c, n=clock: (c.awareness.get(5) or {}).get("clock") == n)
+            body = js_written({**state, "parley": {"user_id": "alice"}})
+            echo = b"".join(write_var_uint(n) for n in (1, 5, clock, len(body))) + body
+            await bob.send_raw(encode_awareness(echo))
+        await bob.set_awareness(7, 1, {"user": "bob"})  # his own, within his budget
+        await alice.wait_until(lambda c: 7 in c.awareness)
+        assert not any(u.get("code") == "rate_limited" for u in bob.unsolicited)
 
 
 async def test_a_client_id_just_left_is_kept_for_its_member(sqlite_server: RunningServer) -> None:

@@ -328,3 +328,21 @@ def test_a_client_that_left_is_kept_for_its_member_a_while() -> None:
     presence.drop("socket-a2", now=4.0)
     later = presence.apply(BOB_SOCKET, "bob", update((11, 9, {})), now=4.0 + KEEP_LEFT_S + 1)
     assert relayed(later) == [AwarenessState(11, 9, stamped({}, "bob"))]
+
+
+def test_a_client_back_behind_its_told_leaving_is_told_to_raise_its_clock() -> None:
+    """Review (stock clients): its peers were told it left at clock + 1, and ignore its
+    state until it passes that: a reconnected client was unseen for 30 s. Its socket
+    alone is told it left at that clock, which a Yjs client answers by showing itself
+    again past it."""
+    presence = Presence()
+    presence.apply(ALICE_SOCKET, "alice", update((11, 4, {"v": 1})))
+    assert presence.take_behind(ALICE_SOCKET) is None  # a first join is not behind
+    [left] = relayed(presence.drop(ALICE_SOCKET, now=1.0))
+    assert (left.clock, left.state) == (5, None)
+    presence.apply("socket-a2", "alice", update((11, 4, {"v": 1})), now=2.0)
+    assert relayed(presence.take_behind("socket-a2")) == [AwarenessState(11, 5, None)]
+    assert presence.take_behind("socket-a2") is None  # told once
+    out = presence.apply("socket-a2", "alice", update((11, 6, {"v": 1})), now=2.1)
+    assert [(s.client_id, s.clock) for s in relayed(out)] == [(11, 6)]
+    assert presence.take_behind("socket-a2") is None

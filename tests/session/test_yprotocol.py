@@ -598,3 +598,14 @@ print("judged")
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False
     )
     assert done.returncode == 0 and done.stdout.strip() == "judged", done.stderr[-2000:]
+
+
+def test_awareness_numbers_are_relayed_as_javascript_writes_them() -> None:
+    """Review (bounded): relayed as ``1e+20``, a stock client's echo of a state came back
+    4.2 times as long (JavaScript writes it in full), past its echo credit."""
+    raw = b'{"a":[1e+20,-1E3,2.0,0.5,1e-7]}'
+    update = b"\x01\x01\x01" + bytes([len(raw)]) + raw
+    [state] = decode_awareness_update(update)
+    body = encode_awareness_update([state])[4:]
+    # JSON.stringify(JSON.parse(raw)): whole numbers in full, the others as Python does.
+    assert body == b'{"a":[100000000000000000000,-1000,2,0.5,1e-07]}'
