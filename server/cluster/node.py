@@ -38,7 +38,7 @@ from parley.server.cluster.tail import catch_up_threads, read_tail
 from parley.server.runtime.commands import handle_frame
 from parley.server.runtime.room import SessionRoom
 from parley.server.runtime.runner import SessionRunner
-from parley.server.runtime.session_writes import apply_session_write
+from parley.server.runtime.session_writes import CHARGE_WRITE, apply_session_write
 from parley.server.settings import Settings
 from parley.server.store.port import SessionTx
 from parley.server.store.sessions import CHANNEL_DELETED, Store, StoreTx
@@ -308,6 +308,16 @@ class ClusterNode:
             raise error_for(str(reply.get("code")), str(reply.get("message")))
         await self.follow(room)
         return dict(reply.get("result") or {})
+
+    async def charge(self, room: SessionRoom, user_id: str, why: str) -> None:
+        """Spend ``user_id``'s command budget on the node that runs the session, if that
+        is another (``CHARGE_WRITE``)."""
+        if await self.runs_here(room):
+            return
+        write = {"op": CHARGE_WRITE, "user_id": user_id, "why": why}
+        reply = json.loads(await self.relay.forward(room, ADMIN_SENDER, json.dumps(write)))
+        if reply.get("type") == "error":
+            raise error_for(str(reply.get("code")), str(reply.get("message")))
 
     async def follow(self, room: SessionRoom, *, kept: bool = False) -> None:
         """Bring a read replica up to what is committed (the document's tail, the roles and

@@ -26,7 +26,13 @@ from parley.server.http.resource_models import (
     ToolList,
     ToolOut,
 )
-from parley.server.http.rest import Caller, Operation, QueryParam, QueryStr, spend_command
+from parley.server.http.rest import (
+    Caller,
+    Operation,
+    QueryParam,
+    QueryStr,
+    spend_command_everywhere,
+)
 from parley.server.runtime.tools import SEARCH_DOCUMENTS, new_secret
 from parley.server.state import AppState
 from parley.server.store.access import AccessStore
@@ -86,7 +92,9 @@ async def create_document(
 ) -> DocumentOut:
     """Attach a document; only its readers' runs can find it with ``search_documents``."""
     room = await state.rooms.get(session_id)
-    spend_command(state, room, caller.user_id)  # each is a write and an audit record
+    await spend_command_everywhere(
+        state, room, caller.user_id
+    )  # each is a write and an audit record
     if len(body.text) > state.settings.max_document_chars:
         raise TooLarge(f"text: at most {state.settings.max_document_chars} characters")
     check_readers(body.readers.users, body.readers.roles)
@@ -133,7 +141,7 @@ async def delete_document(
     state: AppState, session_id: str, document_id: str, caller: Caller
 ) -> None:
     room = await state.rooms.get(session_id)
-    spend_command(state, room, caller.user_id)
+    await spend_command_everywhere(state, room, caller.user_id)
     if not await _access(state).delete_document(session_id, document_id):
         raise NotFound(f"no document {document_id!r}")
     await room.writer.audit("document", caller.actor, {"deleted": document_id})

@@ -13,7 +13,7 @@ from parley.server.http.models import (
     PreviewMessage,
     PreviewSummary,
 )
-from parley.server.http.rest import Caller, Operation, QueryStr, spend_command
+from parley.server.http.rest import Caller, Operation, QueryStr, spend_command_everywhere
 from parley.server.http.sessions import SESSION_ERRORS
 from parley.server.runtime.room import SessionRoom
 from parley.server.state import AppState
@@ -30,7 +30,7 @@ async def put_fact(
     state: AppState, session_id: str, key: str, body: FactPut, caller: Caller
 ) -> FactsOut:
     room = await state.rooms.get(session_id)
-    spend_command(state, room, caller.user_id)
+    await spend_command_everywhere(state, room, caller.user_id)
     write = {"op": "set_fact", "key": key, "value": body.value, "author": caller.user_id or ""}
     result = await state.rooms.change(room, write)
     return FactsOut(facts=result["facts"])
@@ -39,7 +39,7 @@ async def put_fact(
 async def delete_fact(state: AppState, session_id: str, key: str, caller: Caller) -> None:
     """Remove a fact by the socket's ``fact`` rule: a fact not set is already as asked."""
     room = await state.rooms.get(session_id)
-    spend_command(state, room, caller.user_id)
+    await spend_command_everywhere(state, room, caller.user_id)
     write = {"op": "set_fact", "key": key, "value": None, "author": caller.user_id or ""}
     await state.rooms.change(room, write)
 
@@ -51,7 +51,7 @@ async def list_pins(state: AppState, session_id: str) -> PinsOut:
 
 async def create_pin(state: AppState, session_id: str, body: PinCreate, caller: Caller) -> PinsOut:
     room = await state.rooms.get(session_id)
-    spend_command(state, room, caller.user_id)
+    await spend_command_everywhere(state, room, caller.user_id)
     write = {"op": "pin", "entry_id": body.entry_id, "pinned": True, "author": caller.user_id or ""}
     result = await state.rooms.change(room, write)
     return PinsOut(pins=result["pins"])
@@ -61,7 +61,7 @@ async def delete_pin(state: AppState, session_id: str, entry_id: str, caller: Ca
     """Unpin by the socket's ``unpin`` rule: an unknown entry is not found, an entry not
     pinned is already as asked."""
     room = await state.rooms.get(session_id)
-    spend_command(state, room, caller.user_id)
+    await spend_command_everywhere(state, room, caller.user_id)
     write = {"op": "pin", "entry_id": entry_id, "pinned": False, "author": caller.user_id or ""}
     await state.rooms.change(room, write)
 

@@ -24,7 +24,7 @@ from parley.server.http.models import (
     InviteOut,
     TokenOut,
 )
-from parley.server.http.rest import Caller, Operation, spend_command
+from parley.server.http.rest import Caller, Operation, spend_command_everywhere
 from parley.server.http.sessions import SESSION_ERRORS, session_row
 from parley.server.state import AppState
 from parley.server.store.access import AccessStore
@@ -56,7 +56,7 @@ async def create_invite(
     """Mint an invite link for a member. The secret is in this answer only."""
     await session_row(state, session_id)
     if caller.user_id is not None:  # the admin key's spend nothing: no room to load
-        spend_command(state, await state.rooms.get(session_id), caller.user_id)
+        await spend_command_everywhere(state, await state.rooms.get(session_id), caller.user_id)
     token_ttl = body.token_ttl_seconds or state.settings.token_ttl_default_s
     if token_ttl > state.settings.token_ttl_max_s:
         raise InvalidInput(f"token_ttl_seconds: at most {state.settings.token_ttl_max_s}")
@@ -121,7 +121,7 @@ async def revoke_invite(state: AppState, session_id: str, invite_id: str, caller
     until revoked themselves)."""
     await session_row(state, session_id)
     room = await state.rooms.get(session_id)
-    spend_command(state, room, caller.user_id)
+    await spend_command_everywhere(state, room, caller.user_id)
     if not await InviteStore(state.store).revoke(session_id, invite_id, int(state.clock())):
         raise NotFound(f"no live invite {invite_id!r} in this session")
     await room.writer.audit("invite", caller.actor, {"revoked": invite_id})

@@ -16,7 +16,7 @@ from parley.server.http.models import (
     TokenCreate,
     TokenOut,
 )
-from parley.server.http.rest import Caller, Operation, QueryParam, spend_command
+from parley.server.http.rest import Caller, Operation, QueryParam, spend_command_everywhere
 from parley.server.http.sessions import SESSION_ERRORS, check_user_id, session_row
 from parley.server.runtime.room import SessionRoom
 from parley.server.state import AppState
@@ -79,7 +79,7 @@ async def patch_me(state: AppState, session_id: str, body: MePatch, caller: Call
     if current is None:
         raise NotFound("you are not a member of this session")
     # A write that wakes every reader of the session: as bounded as the member's commands.
-    spend_command(state, room, user_id)
+    await spend_command_everywhere(state, room, user_id)
 
     def judge(before: MemberRow | None, _actor: MemberRow | None) -> Decision:
         same = before is not None and before.as_member() == current
@@ -149,7 +149,7 @@ async def _change_member(
     made on the rows read in the writing transaction. A refusal is audited and raised. A
     member's change spends their command budget, as their other writes do; a new member
     past ``PARLEY_MAX_MEMBERS_PER_SESSION`` is refused (``conflict``)."""
-    spend_command(state, room, caller.user_id)
+    await spend_command_everywhere(state, room, caller.user_id)
     # One change at a time in this room: the cap counts the members the changes before
     # it put in force (concurrent adds all saw the same count).
     async with room.membership.changing:
@@ -214,7 +214,7 @@ async def list_members(state: AppState, session_id: str, caller: Caller) -> Memb
     sockets (429 ``rate_limited`` past it)."""
     await session_row(state, session_id)
     if caller.user_id is not None:
-        spend_command(state, await state.rooms.current(session_id), caller.user_id)
+        await spend_command_everywhere(state, await state.rooms.current(session_id), caller.user_id)
     await state.rooms.current_access()
     rows = await state.store.list_members(session_id)
     return MemberList(members=[_member_out(state, r) for r in rows])

@@ -20,7 +20,7 @@ from parley.server.http.rest import (
     Encoded,
     Operation,
     QueryParam,
-    spend_command,
+    spend_command_everywhere,
     spend_read,
 )
 from parley.server.http.transcript_body import TranscriptBody
@@ -87,7 +87,7 @@ async def update_session(
     before = await session_row(state, session_id)
     # A member's change (a socket's ``set_policy``, or a setting only REST changes) is
     # an event every reader of the session is sent: as bounded as their commands.
-    spend_command(state, await state.rooms.get(session_id), caller.user_id)
+    await spend_command_everywhere(state, await state.rooms.get(session_id), caller.user_id)
     by = caller.actor
     stored: dict[str, str | None] = {}
     if "model" in body.model_fields_set:

@@ -134,6 +134,12 @@ class RoomRegistry:
             return await self.cluster.write_session(room, write)
         return await apply_session_write(room, write)
 
+    async def charge(self, room: SessionRoom, user_id: str, why: str) -> None:
+        """Cluster mode: spend ``user_id``'s command budget where the session runs, when
+        that is another node (``RateLimited`` past it). One node: nothing more to do."""
+        if self.cluster is not None:
+            await self.cluster.charge(room, user_id, why)
+
     async def settings_changed(self, room: SessionRoom) -> None:
         """A REST call stored a session's settings or members: put them in force."""
         await self.change(room, {"op": SETTINGS_WRITE})

@@ -18,10 +18,12 @@ from typing import Any
 from parley.server.runtime.room import SessionRoom, new_id
 from parley.session.commands import Command, FactCommand, PinCommand, PolicyCommand
 from parley.session.core import CommandEvent
-from parley.session.errors import InvalidInput
+from parley.session.errors import InvalidInput, RateLimited
 from parley.session.queue import Policy
 
 SETTINGS_WRITE = "settings"
+# Not a change: a member's REST call on another node spends their one command budget here.
+CHARGE_WRITE = "charge"
 
 
 async def apply_session_write(room: SessionRoom, write: dict[str, Any]) -> dict[str, Any]:
@@ -29,6 +31,10 @@ async def apply_session_write(room: SessionRoom, write: dict[str, Any]) -> dict[
     kind = write.get("op")
     write_id = str(write.get("id") or "rest")
     command: Command
+    if kind == CHARGE_WRITE:
+        if not room.user_bucket(str(write["user_id"])).allow(room.clock()):
+            raise RateLimited(str(write.get("why") or "too many commands; slow down"))
+        return {}
     if kind == SETTINGS_WRITE:  # carried out where the session runs
         row = await room.reload_settings()
         await room.reload_quotas()

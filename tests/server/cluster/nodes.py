@@ -37,13 +37,17 @@ class Cluster:
             assert put.status_code == 200, put.text
         return sid
 
-    async def connect(self, node: ServerProcess, sid: str, user: str) -> YClient:
+    async def token(self, node: ServerProcess, sid: str, user: str) -> str:
+        """A client token of ``user``, made through ``node``."""
         response = await self.http.post(  # from the node itself: any node may be down
             f"{node.base_url}/api/v1/sessions/{sid}/tokens", json={"user_id": user}
         )
         if response.status_code != 201:  # a node shutting down, say: try another
             raise ConnectionError(f"{response.status_code}: {response.text}")
-        client = await YClient.connect(node.ws_url, sid, response.json()["token"])
+        return str(response.json()["token"])
+
+    async def connect(self, node: ServerProcess, sid: str, user: str) -> YClient:
+        client = await YClient.connect(node.ws_url, sid, await self.token(node, sid, user))
         await asyncio.wait_for(client.synced.wait(), 20)
         return client
 

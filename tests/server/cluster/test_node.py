@@ -250,6 +250,27 @@ async def test_a_session_deleted_through_a_follower_is_gone_where_it_ran(
         assert facts.status_code == 404
 
 
+async def test_a_members_rest_calls_spend_one_budget_on_every_node(tmp_path: Path) -> None:
+    """Review (bounded): a member's REST calls (facts, pins, their name, the member list)
+    spent the command budget of the node they reached alone, so through two nodes a member
+    had twice the budget. Spent where the session runs too, it is one: after the running
+    node's budget is spent, a call through the other node is refused."""
+    env = {"PARLEY_USER_COMMANDS_PER_SECOND": "0.001", "PARLEY_COMMANDS_BURST": "2"}
+    async with cluster(tmp_path, 2, PARLEY_CLUSTER_POLL_S="60", **env) as nodes:
+        sid = await nodes.new_session({"a": "editor"})
+        on_running = await nodes.connect(nodes.nodes[0], sid, "a")
+        await on_running.command({"type": "message", "id": "m1", "text": "hello"})
+        running, other = await nodes.running_and_other(sid)
+        token = await nodes.token(running, sid, "a")
+        as_a = {"Authorization": f"Bearer {token}"}
+        answers = []
+        for node, n in ((running, 1), (running, 2), (running, 3), (other, 4)):
+            url = f"{node.base_url}/api/v1/sessions/{sid}/facts/k{n}"
+            answers.append(await nodes.http.put(url, json={"value": "v"}, headers=as_a))
+        codes = [a.status_code for a in answers]
+        assert codes[-1] == 429 and answers[-1].json()["error"]["code"] == "rate_limited", codes
+
+
 async def test_the_listener_reconnects_and_catches_up(tmp_path: Path) -> None:
     """Updates committed while a node's listener is away are not lost: it re-reads."""
     listener = "application_name = 'parley-listener n1'"
