@@ -37,6 +37,7 @@ OPERATIONS: list[Operation] = [
         "'Accept: text/event-stream' a Server-Sent Events stream for members too",
         response=EventList,
         errors=(404,),
+        streams=True,
         query=(
             QueryParam("after", 0, 999_999_999, 0),
             QueryParam("limit", 1, MAX_EVENTS_PER_PAGE, 100),

@@ -139,6 +139,9 @@ class Operation:
     # lists cost 0.25 s a MiB), so each route takes what its model can hold. None: the
     # server's ``PARLEY_MAX_REQUEST_BYTES``, for the routes that carry texts.
     body_bytes: int | None = SMALL_BODY_BYTES
+    # Also answers ``Accept: text/event-stream`` with a Server-Sent Events stream that
+    # resumes after ``Last-Event-ID`` (the header, or the query parameter ``last_event_id``).
+    streams: bool = False
 
 
 MAX_PROBLEMS = 50  # validation errors listed in one answer (the count says how many more)
@@ -429,6 +432,11 @@ def openapi_document(operations: list[Operation], *, title: str, version: str) -
             }
             for q in op.query_str
         ]
+        if op.streams:
+            params += [
+                {"name": "Last-Event-ID", "in": "header", "schema": {"type": "string"}},
+                {"name": "last_event_id", "in": "query", "schema": {"type": "string"}},
+            ]
         if params:
             item["parameters"] = params
         if op.body is not None:
@@ -457,12 +465,19 @@ def openapi_document(operations: list[Operation], *, title: str, version: str) -
             }
         else:
             responses[str(op.status)] = {"description": "Done"}
+        if op.streams:
+            responses[str(op.status)]["content"]["text/event-stream"] = {
+                "schema": {"type": "string"}
+            }
         statuses = set(op.errors) | ({401} if op.auth else set())
+        statuses |= {400} if op.streams else set()  # bad_event_id
         statuses |= {413, 415, 422} if op.body is not None else set()
         statuses |= {422} if op.query or op.query_str else set()
-        # A client token's refusal (403), or one past its command rate (429).
+        # A client token's refusal (403: any route that takes a key, the admin's alone
+        # too), or one past its command rate (429).
+        statuses |= {403} if op.auth else set()
         refusable = op.capability is not None or "{session_id}" in op.path
-        statuses |= {403, 429} if refusable else set()
+        statuses |= {429} if refusable else set()
         statuses |= {503} if op.auth else set()
         for status in sorted(statuses):
             responses[str(status)] = {

@@ -167,3 +167,31 @@ async def test_a_query_string_with_a_nul_is_invalid_input(server: RunningServer)
         answer = await server.http.get(f"/api/v1/sessions/{sid}/audit?{query}")
         assert answer.status_code == 422, (query, answer.text)
         assert answer.json()["error"]["code"] == "invalid"
+
+
+async def test_the_api_document_declares_what_the_routes_answer(
+    sqlite_server: RunningServer,
+) -> None:
+    """Review (integrators): a client token on an admin-only route is answered 403, which
+    the document did not declare; nor the event stream's content type, its resume header
+    and its 400 ``bad_event_id``."""
+    server = sqlite_server
+    document = (await server.http.get("/api/v1/openapi.json")).json()
+    sid = await server.new_session({"bob": "editor"})
+    token = await server.token(sid, "bob")
+    as_bob = {"Authorization": f"Bearer {token}"}
+    for method, path in (("GET", "/api/v1/sessions"), ("GET", "/api/v1/roles")):
+        answered = await server.http.request(method, path, headers=as_bob)
+        assert answered.status_code == 403, (path, answered.text)
+        assert "403" in document["paths"][path][method.lower()]["responses"], path
+    events = document["paths"]["/api/v1/sessions/{session_id}/events"]["get"]
+    assert "text/event-stream" in events["responses"]["200"]["content"]
+    assert "400" in events["responses"]
+    assert {"name": "Last-Event-ID", "in": "header", "schema": {"type": "string"}} in events[
+        "parameters"
+    ]
+    bad = await server.http.get(
+        f"/api/v1/sessions/{sid}/events",
+        headers={"Accept": "text/event-stream", "Last-Event-ID": "nonsense"},
+    )
+    assert bad.status_code == 400 and bad.json()["error"]["code"] == "bad_event_id"
