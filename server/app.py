@@ -293,7 +293,7 @@ def create_app(
 
     async def on_parley_error(_: Request, exc: Exception) -> Response:
         assert isinstance(exc, ParleyError)
-        return error_response(exc)
+        return error_response(exc, settings.db_retry_after_s)
 
     async def on_http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)

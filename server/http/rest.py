@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hmac
 import inspect
+import math
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -147,15 +148,18 @@ class Operation:
 MAX_PROBLEMS = 50  # validation errors listed in one answer (the count says how many more)
 
 
-def error_response(error: ParleyError) -> JSONResponse:
+def error_response(error: ParleyError, retry_after_s: float | None = None) -> JSONResponse:
+    """The error body; ``WWW-Authenticate`` with a 401, and ``Retry-After`` (whole seconds)
+    with a 503 when ``retry_after_s`` is given, as a refused WebSocket upgrade has it."""
     body: dict[str, Any] = {"code": error.code.value, "message": error.message}
     if isinstance(error, InvalidInput) and error.details:
         body["details"] = [{"at": at, "message": message} for at, message in error.details]
-    return JSONResponse(
-        {"error": body},
-        status_code=error.http_status,
-        headers={"WWW-Authenticate": "Bearer"} if error.http_status == 401 else None,
-    )
+    headers: dict[str, str] = {}
+    if error.http_status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    if error.http_status == 503 and retry_after_s is not None:
+        headers["Retry-After"] = str(max(1, math.ceil(retry_after_s)))
+    return JSONResponse({"error": body}, status_code=error.http_status, headers=headers or None)
 
 
 def authenticate(request: Request, state: AppState) -> Caller:
@@ -318,7 +322,7 @@ def route(op: Operation) -> Route:
             result = await op.handler(state, **kwargs)
         except ParleyError as exc:
             state.metrics.errors.labels(code=exc.code.value).inc()
-            return error_response(exc)
+            return error_response(exc, state.settings.db_retry_after_s)
         if result is None:
             return Response(status_code=op.status)
         stall_s, cut = state.settings.send_stall_timeout_s, state.metrics.answers_cut.inc

@@ -12,11 +12,8 @@ clients that read it.
 from __future__ import annotations
 
 import json
-import math
 
-from starlette.responses import JSONResponse
-
-from parley.session.errors import ErrorCode, Unavailable
+from parley.session.errors import ErrorCode
 
 MAX_CLOSE_REASON_BYTES = 123  # RFC 6455: a control frame's 125 bytes, less the code
 
@@ -30,13 +27,3 @@ def retry_reason(message: str, retry_after_s: float) -> str:
         if len(reason.encode()) <= MAX_CLOSE_REASON_BYTES or not message:
             return reason
         message = message[:-1]
-
-
-def retry_later_response(error: Unavailable, retry_after_s: float) -> JSONResponse:
-    """The answer to a WebSocket upgrade the database cannot serve now: 503, the error
-    body REST uses, and ``Retry-After`` in whole seconds."""
-    return JSONResponse(
-        {"error": {"code": error.code.value, "message": error.message}},
-        status_code=503,
-        headers={"Retry-After": str(max(1, math.ceil(retry_after_s)))},
-    )

@@ -331,7 +331,7 @@ async def open_stream(request: Request) -> Response:
         stream = SessionStream(state, room, caller, cursor)
     except ParleyError as exc:
         state.metrics.errors.labels(code=exc.code.value).inc()
-        return error_response(exc)
+        return error_response(exc, state.settings.db_retry_after_s)
     return EventStreamResponse(stream, state.settings.send_stall_timeout_s)
 
 

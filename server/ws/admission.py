@@ -33,7 +33,7 @@ from parley.authz.origins import origin_allowed, own_origins
 from parley.authz.policy import Do, decide
 from parley.authz.roles import Capability
 from parley.authz.tokens import ClientClaims, verify_token
-from parley.server.http.retry_hint import retry_later_response
+from parley.server.http.rest import error_response
 from parley.server.runtime.room import SessionRoom
 from parley.server.settings import Settings
 from parley.server.state import AppState
@@ -126,7 +126,7 @@ async def admit(websocket: WebSocket, state: AppState) -> Admitted | None:
             refusal = (close_code_for(exc), "unknown session")
         except Unavailable as exc:
             await websocket.send_denial_response(
-                retry_later_response(exc, state.settings.db_retry_after_s)
+                error_response(exc, state.settings.db_retry_after_s)
             )
             return None
         except ParleyError as exc:

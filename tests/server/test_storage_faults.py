@@ -135,6 +135,10 @@ async def test_a_write_refused_for_a_held_lock_is_unavailable_logged_and_on_read
             assert ready.status_code == 503
             assert ready.json()["error"]["code"] == "unavailable"
             assert (await server.http.get(f"/api/v1/sessions/{sid}/transcript")).status_code == 200
+            # Over REST too, with when to come back (review: a REST 503 had no Retry-After).
+            posted = await server.http.put(f"/api/v1/sessions/{sid}/facts/k", json={"value": "v"})
+            assert posted.status_code == 503 and posted.headers["Retry-After"] == "2"
+            assert posted.json()["error"]["code"] == "unavailable"
             metrics = (await server.http.get("/metrics")).text
             assert 'parley_storage_refusals_total{kind="locked"}' in metrics
             await release(holder)

@@ -12,7 +12,8 @@ import pytest
 from sqlalchemy.exc import OperationalError
 
 from parley.server.cli import FIRST_RETRY_S, MAX_RETRY_S, wait_for_database
-from parley.server.http.retry_hint import MAX_CLOSE_REASON_BYTES, retry_later_response, retry_reason
+from parley.server.http.rest import error_response
+from parley.server.http.retry_hint import MAX_CLOSE_REASON_BYTES, retry_reason
 from parley.server.store.health import LockTimeout, StorageHealth, fault_kind
 from parley.session.errors import Unavailable
 
@@ -65,7 +66,7 @@ def test_a_retry_reason_is_json_that_fits_a_close_frame() -> None:
 
 
 def test_a_refused_upgrade_says_when_to_come_back() -> None:
-    response = retry_later_response(Unavailable("the database is unavailable"), 2.2)
+    response = error_response(Unavailable("the database is unavailable"), 2.2)
     assert response.status_code == 503
     assert response.headers["Retry-After"] == "3"
     assert json.loads(response.body)["error"]["code"] == "unavailable"
