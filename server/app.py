@@ -215,6 +215,7 @@ def create_app(
             settings.database_url,
             # A stalled node's open transaction must not outlive its lease.
             idle_in_transaction_s=settings.lease_ttl_s if settings.cluster else None,
+            lock_timeout_s=settings.db_lock_timeout_s,
         )
         metrics = Metrics()
         refusals = metrics.storage_refusals

@@ -216,9 +216,10 @@ class Settings(BaseSettings):
     db_lock_timeout_s: float = Field(
         default=5.0,
         gt=0,
-        description="SQLite: a write waits this long for the write lock (another process may "
-        "hold it) and for its session's writes before it, while none of them is done, then is "
-        "refused with 'unavailable'",
+        description="A write waits this long for the database's lock another process holds "
+        "(SQLite: the write lock; PostgreSQL: each statement's lock_timeout) and, on SQLite, for "
+        "its session's writes before it while none of them is done; then it is refused with "
+        "'unavailable'",
     )
     db_connect_timeout_s: float = Field(
         default=60.0,

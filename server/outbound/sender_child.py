@@ -88,6 +88,7 @@ async def serve() -> int:
             create_engine(
                 settings.database_url,
                 idle_in_transaction_s=settings.lease_ttl_s if settings.cluster else None,
+                lock_timeout_s=settings.db_lock_timeout_s,
                 sqlite_busy_timeout_s=settings.db_lock_timeout_s,
                 pool_size=POOL_SIZE,
             ),

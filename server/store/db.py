@@ -20,10 +20,15 @@ from parley.server.store.sqlite_inline import InlineConnection, file_path, pragm
 MIGRATIONS_DIR = Path(migrations.__file__).parent
 
 
+def _ms(seconds: float) -> str:
+    return str(max(1, round(seconds * 1000)))
+
+
 def create_engine(
     url: str,
     *,
     idle_in_transaction_s: float | None = None,
+    lock_timeout_s: float | None = None,
     sqlite_busy_timeout_s: float = 0.0,
     pool_size: int = 10,
 ) -> AsyncEngine:
@@ -35,13 +40,22 @@ def create_engine(
     waits on the client longer than this. A cluster node that stalls (paused, swapped
     out) in the middle of a write holds row locks, the lease row's among them, and the
     node taking the session over would wait on them for as long as it stalls.
+    ``lock_timeout_s`` (PostgreSQL): a statement waits this long for a lock another client
+    holds, then fails (and the write is refused ``unavailable``), as a SQLite write waits
+    for another process's write lock (review: a write waited as long as a client of the
+    database held a table lock, 25 s, with ``/readyz`` saying ready).
     ``pool_size`` (PostgreSQL): connections kept, and as many more at busy times."""
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
         connect_args: dict[str, Any] = {}
-        if idle_in_transaction_s is not None and parsed.get_driver_name() == "asyncpg":
-            timeout_ms = str(max(1, round(idle_in_transaction_s * 1000)))
-            connect_args["server_settings"] = {"idle_in_transaction_session_timeout": timeout_ms}
+        if parsed.get_driver_name() == "asyncpg":
+            server_settings: dict[str, str] = {}
+            if idle_in_transaction_s is not None:
+                server_settings["idle_in_transaction_session_timeout"] = _ms(idle_in_transaction_s)
+            if lock_timeout_s is not None:
+                server_settings["lock_timeout"] = _ms(lock_timeout_s)
+            if server_settings:
+                connect_args["server_settings"] = server_settings
         engine = create_async_engine(
             url, pool_size=pool_size, max_overflow=pool_size, connect_args=connect_args
         )

@@ -388,3 +388,29 @@ async def test_serve_waits_for_a_database_that_comes_later(
         node.stop()
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
+
+
+async def test_a_write_behind_another_clients_postgresql_lock_is_refused_in_its_budget(
+    tmp_path: Path,
+) -> None:
+    """Review (faults): on PostgreSQL a write waited as long as another client of the
+    database held a lock it needed (25 s), then answered. It now waits
+    ``PARLEY_DB_LOCK_TIMEOUT_S``, as on SQLite, and is refused ``unavailable`` with nothing
+    stored; once the lock is gone it goes through."""
+    async with postgres_database(migrated=True) as url:
+        settings = make_settings(url, tmp_path / "d", db_lock_timeout_s=0.3)
+        async with serve_in_process(settings) as server:
+            sid = await server.new_session({"alice": "editor"})
+            alice = await server.connect(sid, "alice")
+            holder = await asyncpg.connect(url.replace("+asyncpg", ""))
+            try:
+                locked = holder.transaction()
+                await locked.start()
+                await holder.execute("LOCK TABLE entries IN EXCLUSIVE MODE")
+                refused = await alice.command({"type": "message", "id": "m", "text": "hi"})
+                assert (refused["type"], refused["code"]) == ("error", "unavailable"), refused
+                await locked.rollback()
+            finally:
+                await holder.close()
+            stored = await alice.command({"type": "message", "id": "m", "text": "hi"})
+            assert (stored["type"], stored["seq"]) == ("ack", 1)
