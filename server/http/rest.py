@@ -365,7 +365,8 @@ def _query_int(request: Request, param: QueryParam) -> int:
     if len(given) > 1:
         raise InvalidInput(f"{param.name}: given {len(given)} times; give it once")
     raw = given[0]
-    if not re.fullmatch(r"\d{1,18}", raw):  # as long as a bound may be, and no longer
+    # ASCII digits: ``\d`` takes any script's (review: ``?limit=٣`` was read as 3).
+    if not re.fullmatch(r"[0-9]{1,18}", raw):  # as long as a bound may be, and no longer
         raise InvalidInput(f"{param.name}: must be a whole number")
     value = int(raw)
     if not param.minimum <= value <= param.maximum:

@@ -21,7 +21,7 @@ from parley.server.store.tables import REPLY_EVENT_KINDS, REPLY_EVENTS, session_
 from parley.session.errors import BadEventId, NotFound
 from parley.session.events import StoredEvent
 
-_ID = re.compile(r"(\d{1,15})(?:\.([0-9A-Za-z_-]{1,64})\.(\d{1,12}))?")
+_ID = re.compile(r"([0-9]{1,15})(?:\.([0-9A-Za-z_-]{1,64})\.([0-9]{1,12}))?")  # ASCII digits
 REPLY_ENDS = frozenset({"reply_completed", "run_failed"})
 assert REPLY_ENDS | {"run_started"} == set(REPLY_EVENT_KINDS)
 _SCAN_PAGE = 100

@@ -44,7 +44,7 @@ RETRYABLE_ERRORS = {"overloaded_error", "api_error", "rate_limit_error"}
 def _input(arguments: str) -> dict[str, Any]:
     try:
         parsed = json.loads(arguments) if arguments else {}
-    except ValueError:
+    except (ValueError, RecursionError):
         return {}  # the tool loop already answered the bad JSON with an error result
     return parsed if isinstance(parsed, dict) else {}
 

@@ -79,7 +79,7 @@ def error_message(body: bytes) -> str:
     text = body.decode("utf-8", "replace")
     try:
         parsed = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         parsed = None
     if isinstance(parsed, dict):
         error = parsed.get("error")
@@ -149,7 +149,7 @@ def event_json(upstream: Upstream, event: ServerSentEvent) -> dict[str, Any]:
     """The JSON object an event carries; ``ProviderError`` when it carries anything else."""
     try:
         data = json.loads(event.data)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise ProviderError(f"{upstream.label} sent an event that is not JSON") from None
     if not isinstance(data, dict):
         raise ProviderError(f"{upstream.label} sent an event that is not a JSON object")

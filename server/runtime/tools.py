@@ -177,7 +177,7 @@ def _webhook_result(name: str, data: bytes) -> Executed:
     text = data.decode("utf-8", errors="replace")
     try:
         parsed = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         return Executed(text)
     if not isinstance(parsed, dict) or not isinstance(parsed.get("content"), str):
         return Executed(text)

@@ -195,3 +195,21 @@ async def test_the_api_document_declares_what_the_routes_answer(
         headers={"Accept": "text/event-stream", "Last-Event-ID": "nonsense"},
     )
     assert bad.status_code == 400 and bad.json()["error"]["code"] == "bad_event_id"
+
+
+async def test_numbers_in_queries_and_event_ids_are_ascii_digits(
+    sqlite_server: RunningServer,
+) -> None:
+    """Review: ``\\d`` matches any script's digits, so ``?limit=٣`` was read as 3, and an
+    event id written in fullwidth digits resumed a stream."""
+    server = sqlite_server
+    sid = await server.new_session({"bob": "editor"})
+    for digits in ("\u0663", "\uff12\uff10\uff10"):
+        listed = await server.http.get("/api/v1/sessions", params={"limit": digits})
+        assert listed.status_code == 422 and listed.json()["error"]["code"] == "invalid"
+        resumed = await server.http.get(
+            f"/api/v1/sessions/{sid}/events",
+            params={"last_event_id": digits},
+            headers={"Accept": "text/event-stream"},
+        )
+        assert resumed.status_code == 400 and resumed.json()["error"]["code"] == "bad_event_id"
