@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import math
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -112,7 +113,8 @@ class DocumentWriter:
         self.failed: str | None = None  # why the room was given up: no write any more
         self.last_active = clock()
         self.lock = asyncio.Lock()
-        self._waiting: set[asyncio.Timeout] = set()  # writes waiting for the lock (SQLite)
+        # When a write of this session was last done (SQLite's budget runs from it).
+        self._got_on_at = -math.inf
         self._captured: list[bytes] | None = None
         self._since_snapshot = 0
         # Kept current by the writer's own commits (``_committed``), so judging a client
@@ -187,20 +189,7 @@ class DocumentWriter:
         if budget_s is None:
             await self.lock.acquire()
         else:
-            try:
-                async with asyncio.timeout(budget_s) as waiting:
-                    self._waiting.add(waiting)
-                    try:
-                        await self.lock.acquire()
-                    finally:
-                        self._waiting.discard(waiting)
-                    deadline = waiting.when()
-                    assert deadline is not None
-                    left = max(0.0, deadline - asyncio.get_running_loop().time())
-            except TimeoutError:
-                raise Unavailable(
-                    "the session's writes before this one did not get on; nothing was stored"
-                ) from None
+            left = await self._acquire_while_getting_on(budget_s)
         got_on = False
         try:
             yield left
@@ -212,15 +201,34 @@ class DocumentWriter:
             raise
         finally:
             self.lock.release()
-            if got_on and budget_s is not None:
-                self._got_on(budget_s)
+            if got_on:
+                self._got_on_at = asyncio.get_running_loop().time()
 
-    def _got_on(self, budget_s: float) -> None:
-        """A write of this session was done: the writes waiting for their turn wait
-        another budget, from now."""
-        when = asyncio.get_running_loop().time() + budget_s
-        for waiting in self._waiting:
-            waiting.reschedule(when)
+    async def _acquire_while_getting_on(self, budget_s: float) -> float:
+        """Take the lock, in turn (its waiter stays queued across the looks: no place is
+        lost), unless ``budget_s`` passes since this call or the last write done, whichever
+        is later, with the lock still taken: ``Unavailable``. Returns what is left of the
+        budget. Nothing is done per waiter when a write is done (a burst stays linear)."""
+        loop = asyncio.get_running_loop()
+        since = loop.time()
+        taken = asyncio.ensure_future(self.lock.acquire())
+        try:
+            while True:
+                deadline = max(since, self._got_on_at) + budget_s
+                done, _ = await asyncio.wait((taken,), timeout=deadline - loop.time())
+                if done:
+                    taken.result()
+                    return max(0.0, deadline - loop.time())
+                if max(since, self._got_on_at) + budget_s <= loop.time():
+                    raise Unavailable(
+                        "the session's writes before this one did not get on; nothing was stored"
+                    )
+        except BaseException:
+            if taken.done() and not taken.cancelled() and taken.exception() is None:
+                self.lock.release()  # taken as this gave up
+            else:
+                taken.cancel()
+            raise
 
     @asynccontextmanager
     async def writing(self) -> AsyncIterator[Write]:
