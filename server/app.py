@@ -300,10 +300,11 @@ def create_app(
         assert isinstance(exc, HTTPException)
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "invalid")
         headers = dict(exc.headers or {})
-        if exc.status_code == 405:
+        methods = allowed_methods(request) if exc.status_code == 405 else set()
+        if methods:
             # Every method of the path: a path's methods are routes of their own, and
-            # Starlette's Allow names only the first one's.
-            headers["Allow"] = ", ".join(sorted(allowed_methods(request)))
+            # Starlette's Allow names only the first one's (a mounted app's is its own).
+            headers["Allow"] = ", ".join(sorted(methods))
         return JSONResponse(
             {"error": {"code": code, "message": str(exc.detail)}},
             status_code=exc.status_code,

@@ -102,9 +102,9 @@ class Presence:
             self._clients[item.client_id] = _Client(owner, item.clock, item.state, user_id)
             self._pending[item.client_id] = item
             left = self._left.pop(item.client_id, None)
-            if left is not None and item.state is not None and item.clock < left[2]:
-                # Its peers were told it left at a later clock, and ignore it until it
-                # passes that (30 s of renewals: review). Told it left, a Yjs client
+            if left is not None and item.state is not None and item.clock <= left[2]:
+                # Its peers were told it left at this clock or a later one, and ignore it
+                # until it passes that (30 s of renewals: review). Told it left, a Yjs client
                 # raises its clock past it and shows itself again at once.
                 told = AwarenessState(item.client_id, left[2], None)
                 self._behind.setdefault(owner, []).append(told)

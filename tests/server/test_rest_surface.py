@@ -117,6 +117,8 @@ async def test_a_wrong_method_has_its_code(sqlite_server: RunningServer) -> None
     assert wrong.status_code == 405
     assert wrong.json()["error"]["code"] == "method_not_allowed"
     assert set(wrong.headers["allow"].split(", ")) >= {"GET", "POST"}  # RFC 9110: it must
+    mounted = await sqlite_server.http.post("/demo/index.html")  # the demo's files
+    assert mounted.status_code == 405 and mounted.headers.get("allow", "GET") != ""
 
 
 async def test_the_api_document_groups_and_describes_operations(

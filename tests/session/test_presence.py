@@ -346,3 +346,8 @@ def test_a_client_back_behind_its_told_leaving_is_told_to_raise_its_clock() -> N
     out = presence.apply("socket-a2", "alice", update((11, 6, {"v": 1})), now=2.1)
     assert [(s.client_id, s.clock) for s in relayed(out)] == [(11, 6)]
     assert presence.take_behind("socket-a2") is None
+    # Back at the very clock it was told to have left at (it changed once while away):
+    # its peers ignore that too (review of the mend).
+    presence.drop("socket-a2", now=3.0)  # told left at 7
+    presence.apply("socket-a3", "alice", update((11, 7, {"v": 2})), now=4.0)
+    assert relayed(presence.take_behind("socket-a3")) == [AwarenessState(11, 7, None)]
