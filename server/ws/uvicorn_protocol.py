@@ -60,6 +60,15 @@ PING_RATE = Rate(per_second=1.0, burst=20)
 # and then its body (``LeanHttpProtocol``).
 IDLE_FIRST_S = 60.0
 HEAD_TIMEOUT_S = 10.0
+# A request head at most (its URL and headers; uvicorn's other parser, h11, allows 16 KiB).
+MAX_HEAD_BYTES = 64 * 1024
+MAX_HEADERS = 256
+
+
+class HeadTooLarge(Exception):
+    """Raised from the parser's callback: httptools stops, uvicorn answers 400 and closes."""
+
+
 BODY_TIMEOUT_S = 30.0
 MIN_BODY_RATE = 1024.0  # bytes a second, on average over a body's reading
 _PONG_HEADER = b"\x8a"  # a server's pong frame: FIN and opcode 10, as websockets writes it
@@ -343,13 +352,36 @@ class LeanHttpProtocol(HttpToolsProtocol):
     _deadline: asyncio.TimerHandle | None = None
     _begun = False  # a request's first byte came (a connection that sent none is closed)
     _body: _BodyClock | None = None  # while a body arrives
+    # A request head's bytes (its URL and headers) and headers so far: uvicorn keeps every
+    # header in a list and httptools caps neither, so one request of 60 MB of tiny header
+    # lines took a gigabyte and stalled every other client for a second (review,
+    # "bounded"). Past ``MAX_HEAD_BYTES`` or ``MAX_HEADERS`` it is answered 400, closed.
+    _head_bytes = 0
+    _header_count = 0
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self.flow = _WatchedFlow(transport, self)
         self._arm(IDLE_FIRST_S)
 
+    def on_url(self, url: bytes) -> None:
+        self._count_head(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_count += 1
+        self._count_head(len(name) + len(value))
+        if self._header_count > MAX_HEADERS:
+            raise HeadTooLarge(f"more than {MAX_HEADERS} headers")
+        super().on_header(name, value)
+
+    def _count_head(self, size: int) -> None:
+        self._head_bytes += size
+        if self._head_bytes > MAX_HEAD_BYTES:
+            raise HeadTooLarge(f"a request head over {MAX_HEAD_BYTES} bytes")
+
     def on_message_begin(self) -> None:
+        self._head_bytes = self._header_count = 0
         super().on_message_begin()
         extensions: dict[str, Any] = self.scope.setdefault("extensions", {})
         extensions[RESET_EXTENSION] = Reset(self.transport)

@@ -234,6 +234,30 @@ async def test_a_request_that_does_not_arrive_in_time_ends_its_connection(
         writer.close()
 
 
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"X-A: " + b"b" * 70_000 + b"\r\n",  # one header past the bytes
+        b"a: b\r\n" * 300,  # tiny ones past the count
+    ],
+)
+async def test_a_request_head_past_its_limit_is_refused(head: bytes) -> None:
+    """Review (bounded): no limit on a request head's headers, so 60 MB of tiny header
+    lines, with no key, took a gigabyte and held every other client for a second. Past 64
+    KiB or 256 headers the request is answered 400 and its connection closed; a head
+    within them is served."""
+    async with serve_asgi(_answer, http=LeanHttpProtocol) as port:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /x HTTP/1.1\r\nHost: x\r\n" + head + b"\r\n")
+        answered = await _ended(reader)
+        assert answered.startswith(b"HTTP/1.1 400"), answered[:100]
+        writer.close()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /x HTTP/1.1\r\nHost: x\r\n" + b"a: b\r\n" * 100 + b"\r\n")
+        assert (await reader.readuntil(b"ok")).startswith(b"HTTP/1.1 200")
+        writer.close()
+
+
 async def test_a_body_that_does_not_arrive_in_time_ends_its_connection(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
