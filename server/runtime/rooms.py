@@ -55,6 +55,7 @@ class RoomRegistry:
         self._loading: dict[str, asyncio.Lock] = {}
         self._cut_off: dict[str, ReasonCode] = {}  # sessions given up and not loaded since
         self._reaper: asyncio.Task[None] | None = None
+        self._recovering: asyncio.Task[None] | None = None  # sessions refused at start
         # Cluster mode: the node decides whether a room runs here or is a read replica.
         self.cluster: ClusterNode | None = None
 
@@ -212,13 +213,51 @@ class RoomRegistry:
         return len(self._rooms)
 
     async def recover(self) -> int:
-        """Load every session that has prompts waiting or cut off, so their queues resume."""
-        pending = await self.store.sessions_with_status(
-            [PromptStatus.QUEUED.value, PromptStatus.RUNNING.value]
-        )
-        for session_id in pending:
-            await self.get(session_id)
-        return len(pending)
+        """Load every session that has prompts waiting or cut off, so their queues resume;
+        the number loaded. One the database refuses now (another process holds its lock,
+        say) is tried again in the background, and the server serves meanwhile (review: a
+        lock held at start after a crash made SQLite's start fail and PostgreSQL's hang,
+        every session down with it)."""
+        try:
+            pending = await self.store.sessions_with_status(
+                [PromptStatus.QUEUED.value, PromptStatus.RUNNING.value]
+            )
+        except Unavailable:
+            pending = None
+        left = await self._recover_these(pending or [])
+        if pending is None or left:
+            self._recovering = asyncio.create_task(
+                self._recover_later(left if pending is not None else None), name="recovery"
+            )
+        return len(pending or []) - len(left)
+
+    async def _recover_these(self, session_ids: list[str]) -> list[str]:
+        """Load each of ``session_ids``; those the database refused now."""
+        left = []
+        for session_id in session_ids:
+            try:
+                await self.get(session_id)
+            except NotFound:
+                continue  # deleted meanwhile
+            except Unavailable:
+                left.append(session_id)
+        return left
+
+    async def _recover_later(self, left: list[str] | None) -> None:
+        """Try ``left`` again (None: find them first) until every one is loaded."""
+        while True:
+            await asyncio.sleep(self.settings.db_retry_after_s)
+            if left is None:
+                try:
+                    left = await self.store.sessions_with_status(
+                        [PromptStatus.QUEUED.value, PromptStatus.RUNNING.value]
+                    )
+                except Unavailable:
+                    continue
+            left = await self._recover_these(left)
+            if not left:
+                log.info("resumed the sessions the database had refused at start")
+                return
 
     async def unload(
         self, session_id: str, close_code: CloseCode = CloseCode.GOING_AWAY, reason: str = ""
@@ -256,6 +295,10 @@ class RoomRegistry:
                 await self.unload(session_id)
 
     async def close(self) -> None:
+        if self._recovering is not None:
+            self._recovering.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._recovering
         if self._reaper is not None:
             self._reaper.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -18,6 +18,7 @@ from sqlalchemy import func, select
 from parley.server.store.db import create_engine
 from parley.server.store.tables import doc_snapshots
 from tests.conftest import ADMIN_KEY, ServerProcess, free_port, sqlite_url
+from tests.server.test_storage_faults import release, write_lock_held
 from tests.stock_client import StockYjsClient, ensure_node_modules
 from tests.yclient import YClient, all_replies_settled
 
@@ -196,3 +197,38 @@ async def test_stock_yjs_client_stays_connected_across_restart(
             await alice.close()
         finally:
             await stock.close()
+
+
+async def test_a_lock_held_as_the_server_starts_delays_its_recovery_not_its_start(
+    tmp_path: Path, server_processes: list[ServerProcess]
+) -> None:
+    """Review (faults): after a crash, a lock another process held as the server started
+    failed the start on SQLite (the recovery's first write refused: 'Application startup
+    failed') and hung it on PostgreSQL, every session down with it. The server starts and
+    serves; the session cut off by the crash is recovered once the lock is free."""
+    node = ServerProcess(
+        sqlite_url(tmp_path),
+        tmp_path / "data",
+        free_port(),
+        PARLEY_OFFLINE_TOKEN_DELAY_MS="40",
+        PARLEY_DB_LOCK_TIMEOUT_S="0.3",
+        PARLEY_DB_RETRY_AFTER_S="0.2",
+    )
+    server_processes.append(node)
+    await node.start()
+    async with await admin(node.base_url) as http:
+        sid = await setup_session(http, {"alice": "editor"})
+        alice = await YClient.connect(node.ws_url, sid, await token(http, sid, "alice"))
+        asked = await alice.command({"type": "prompt", "id": "a1", "text": "first"})
+        await alice.wait_until(streaming_reply)
+        node.kill()
+        await alice.close()
+        async with write_lock_held(tmp_path / "parley.db") as holder:
+            await node.start()
+            assert (await http.get(f"{node.base_url}/healthz")).status_code == 200
+            await release(holder)
+        fresh = await YClient.connect(node.ws_url, sid, await token(http, sid, "alice"))
+        await fresh.wait_until(lambda c: all_replies_settled(c, 1), timeout=60)
+        [prompt] = [e for e in fresh.entries() if e["id"] == asked["prompt_id"]]
+        assert (prompt["status"], prompt["reason_code"]) == ("failed", "server_restart")
+        await fresh.close()
