@@ -223,12 +223,24 @@ class ClusterNode:
         self.running.discard(session_id)
         self.metrics.lost.inc()
         log.warning("lease lost", extra={"session_id": session_id, "epoch": lease.epoch})
+        self.spawn(self._let_go(session_id))
+
+    async def _let_go(self, session_id: str) -> None:
+        """After a lost lease: a session deleted meanwhile (its lease row goes with it) is
+        unloaded as deleted, 4404 and ``not_found``, as every node says (review: a reply
+        streaming as another node deleted it lost its lease first, and its sockets were told
+        1013 'moved'); else it moved, and its sockets are told to reconnect."""
+        try:
+            gone = await self.store.get_session(session_id) is None
+        except Exception:
+            gone = False  # unknown: what a move says lets them find out
+        if gone:
+            await self.registry.forget_session(session_id)
+            return
         room = self.registry.loaded(session_id)
         if room is not None:
             room.fail("this session moved to another node; reconnect", ReasonCode.FAILOVER)
-        self.spawn(
-            self.registry.unload(session_id, CloseCode.TRY_AGAIN, "session moved to another node")
-        )
+        await self.registry.unload(session_id, CloseCode.TRY_AGAIN, "session moved to another node")
 
     def _lock(self, session_id: str) -> asyncio.Lock:
         return self._room_locks.setdefault(session_id, asyncio.Lock())

@@ -13,7 +13,7 @@ import json
 import secrets
 from collections.abc import Callable
 
-from sqlalchemy import and_, delete, insert, select, update
+from sqlalchemy import and_, delete, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from parley.authz.policy import Decision
@@ -134,6 +134,13 @@ class Store(SessionReads, UsageTables):
 
     async def delete_session(self, session_id: str, now: int) -> bool:
         async with self.transaction() as tx:
+            if self.engine.dialect.name == "postgresql":
+                # The lease first, as a write of the running node locks it (its fence) and
+                # then the session's row: in the other order, a reply streaming there
+                # deadlocked with the delete (review: 503 now and then).
+                await tx.connection.execute(
+                    text("DELETE FROM session_leases WHERE session_id = :id"), {"id": session_id}
+                )
             # Locks the session's row first (PostgreSQL): its deliveries stay in order.
             found = await tx.connection.execute(
                 update(sessions)

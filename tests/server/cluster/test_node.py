@@ -236,12 +236,19 @@ async def test_a_session_deleted_through_a_follower_is_gone_where_it_ran(
     """Review (same answer): deleted through a node that follows it, a session went on
     being served where it ran (its facts read 200 for half a second), whose sockets then
     closed 1013 and streams ended ``unavailable``, not 4404 and ``not_found``."""
-    async with cluster(tmp_path, 2, PARLEY_CLUSTER_POLL_S="60") as nodes:
+    env = {"PARLEY_CLUSTER_POLL_S": "60", "PARLEY_OFFLINE_TOKEN_DELAY_MS": "20"}
+    async with cluster(tmp_path, 2, **env) as nodes:
         sid = await nodes.new_session({"a": "editor"})
         on_running = await nodes.connect(nodes.nodes[0], sid, "a")
         await on_running.command({"type": "message", "id": "m1", "text": "hello"})
         running, other = await nodes.running_and_other(sid)
         on_follower = await nodes.connect(other, sid, "a")
+        # A reply streaming as it is deleted: its next write finds the lease gone with the
+        # session, and that too is told as a deletion (review of the mend: 1013, 1 in 10).
+        await on_running.command({"type": "prompt", "id": "p1", "text": "tell me a story"})
+        await on_running.wait_until(
+            lambda c: any(e["kind"] == "reply" and e["content"] for e in c.entries())
+        )
         deleted = await nodes.http.delete(f"{other.base_url}/api/v1/sessions/{sid}")
         assert deleted.status_code == 204
         assert await on_follower.wait_closed(timeout=10) == 4404
