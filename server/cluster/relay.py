@@ -162,7 +162,7 @@ class CommandRelay:
         user_id = _member_of(user_id)
         if only_resends or not room.user_bucket(user_id).allow(room.clock()):
             command_id = command_id_of(frame)  # read only for a command over the rate
-            if not room.recent_acks.knows(user_id, command_id):
+            if not await room.answered_before(user_id, command_id):
                 return error_reply(command_id, RateLimited("too many commands; slow down"))
         # The same door as a socket's command, judged by the member's rights here now.
         return await handle_frame(room, user_id, frame)

@@ -49,7 +49,7 @@ async def send(
     """Send ``command`` through the one door; returns its ack, or raises its error."""
     actor = _actor(caller, as_user)
     room = await state.rooms.get(session_id)
-    if not room.recent_acks.knows(actor, command["id"]):  # a resend is answered as it was
+    if not await room.answered_before(actor, command["id"]):  # a resend is answered as it was
         spend_command(state, room, actor)
     if caller.is_admin:
         what = {"action": f"{command['type']} as {actor}", "command_id": command["id"]}

@@ -48,6 +48,7 @@ async def dispatch(room: SessionRoom, actor: str, command: Command) -> str:
         except Conflict:  # ``DuplicateCommand`` among them
             previous = await _previous_ack(room, actor, command)
             if previous is not None:
+                room.recent_acks.keep(actor, command, previous)  # the next resend: no read
                 return previous
             raise
     except ParleyError as exc:

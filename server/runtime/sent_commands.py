@@ -28,10 +28,11 @@ class SentCommands:
         self._hashes: set[int] | None = None
         self._reading = asyncio.Lock()  # commands arriving together share the one read
 
-    async def read(self, last_seq: int) -> None:
+    async def read(self, last_seq: int, *, for_resends: bool = False) -> None:
         """Read the stored ids, once (before the first write that may store an entry);
-        none to read while the session has no entry (``last_seq`` 0)."""
-        if self._hashes is not None or not self.store.leaves_entries:
+        none to read while the session has no entry (``last_seq`` 0). ``for_resends``:
+        on any store (``stored_before``), not only one that inserts entries last."""
+        if self._hashes is not None or not (self.store.leaves_entries or for_resends):
             return
         async with self._reading:
             if self._hashes is None:
@@ -39,8 +40,18 @@ class SentCommands:
                 self._hashes = {hash(key) for key in stored}
 
     def new(self, author: str, command_id: str) -> bool:
-        """Whether ``author`` surely never stored ``command_id`` (False until ``read``)."""
-        return self._hashes is not None and hash((author, command_id)) not in self._hashes
+        """Whether ``author`` surely never stored ``command_id`` (False until ``read``, and
+        on a store that inserts entries at once)."""
+        if self._hashes is None or not self.store.leaves_entries:
+            return False
+        return hash((author, command_id)) not in self._hashes
+
+    def stored_before(self, author: str, command_id: str) -> bool:
+        """Whether ``author`` may have stored an entry with ``command_id`` (after ``read``):
+        a resend after a restart, or one the recent acks no longer hold, is answered as
+        the first time whatever the rate (review: an SDK's resends of stored prompts were
+        refused ``rate_limited``, and a large burst closed the socket 4429)."""
+        return self._hashes is not None and hash((author, command_id)) in self._hashes
 
     def stored(self, author: str, command_id: str) -> None:
         """An entry with this command id was committed."""

@@ -145,7 +145,7 @@ async def _serve(
             # A resend of what was acknowledged lately is answered as it was, whatever the
             # rate: clients resend everything unanswered at once after a reconnect.
             command_id = command_id_of(text)
-            if room.recent_acks.knows(connection.user_id, command_id):
+            if await room.answered_before(connection.user_id, command_id):
                 connection.send_json(await state.rooms.command(room, connection.user_id, text))
                 continue
             # Where another node runs the session, it alone knows its acks: it answers a

@@ -92,3 +92,35 @@ async def test_rest_resends_get_their_first_answers_past_the_rate(tmp_path: Path
             assert [r.json() for r in again] == [r.json() for r in first]
             over = await ann.post(messages, json={"text": "new", "id": "m10"})
             assert over.status_code == 429
+
+
+async def test_resends_of_stored_commands_after_a_restart_get_their_first_acks(
+    tmp_path: Path,
+) -> None:
+    """Review (SDKs): the recent acks are in memory, so after a restart (or past the 64 a
+    member's are kept) an SDK's resends of stored prompts and messages were refused
+    ``rate_limited`` (a caller retrying them stored them twice), and a large burst closed
+    the socket 4429 for good. Those stored are answered as the first time, whatever the
+    rate."""
+    database = sqlite_url(tmp_path)
+    sent = [{"type": "message", "id": f"m{n}", "text": f"note {n}"} for n in range(12)]
+    async with serve_in_process(make_settings(database, tmp_path / "d")) as server:
+        sid = await server.new_session({"ann": "editor"})
+        ann = await server.connect(sid, "ann")
+        first = [await ann.command(message) for message in sent]
+        assert [a["type"] for a in first] == ["ack"] * 12
+    tight = make_settings(
+        database,
+        tmp_path / "d",
+        commands_per_second=0.01,
+        commands_burst=2,
+        user_commands_per_second=0.01,
+    )
+    async with serve_in_process(tight) as again:
+        ann = await again.connect(sid, "ann")
+        resent = await asyncio.gather(*(ann.command(message) for message in sent))
+        assert list(resent) == first
+        over = await ann.command({"type": "message", "id": "new", "text": "new"})
+        assert (over["type"], over["code"]) == ("error", "rate_limited")  # still in force
+        texts = [e["content"] for e in ann.entries() if e["kind"] == "message"]
+        assert texts == [f"note {n}" for n in range(12)]
