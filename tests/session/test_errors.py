@@ -85,6 +85,8 @@ OUTSIDE_THE_TREE = {
     "_Refused",
     # Control flow inside an event stream: it ends with its ``end`` event, never raised out.
     "_Ended",
+    # Stops httptools' parser from a callback: uvicorn answers 400 (server.ws.uvicorn_protocol).
+    "HeadTooLarge",
     # An outbound request that got no answer (server.outbound.targets): never leaves the
     # server, its callers turn it into a delivery's record or the model's tool result.
     "OutboundError",
