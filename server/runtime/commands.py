@@ -21,7 +21,7 @@ from parley.session.commands import (
 from parley.session.core import CommandEvent
 from parley.session.entries import EntryKind
 from parley.session.errors import Conflict, DuplicateCommand, ParleyError
-from parley.session.thread_commands import ThreadShareCommand
+from parley.session.thread_commands import ThreadPromptCommand, ThreadShareCommand
 
 
 async def handle_frame(room: SessionRoom, actor: str, frame: str) -> str:
@@ -43,6 +43,8 @@ async def dispatch(room: SessionRoom, actor: str, command: Command) -> str:
         recent = room.recent_acks.answer(actor, command)
         if recent is not None:
             return recent
+        if isinstance(command, ThreadPromptCommand) and await _stored_entry(room, actor, command):
+            raise DuplicateCommand(command.id)  # a session prompt's or message's id
         try:
             effects = await room.writer.execute(event)
         except Conflict:  # ``DuplicateCommand`` among them
@@ -58,6 +60,17 @@ async def dispatch(room: SessionRoom, actor: str, command: Command) -> str:
     reply = effects.ack.reply(command.id)
     room.recent_acks.keep(actor, command, reply)
     return reply
+
+
+async def _stored_entry(room: SessionRoom, actor: str, command: Command) -> bool:
+    """Whether ``actor`` stored a session entry with ``command``'s id (review: a side-thread
+    prompt reusing a stored prompt's id was run, two commands under one id, once a restart
+    had emptied the recent acks)."""
+    sent = room.writer.sent
+    await sent.read(room.last_seq, for_resends=True)
+    if not sent.stored_before(actor, command.id):
+        return False
+    return await room.store.entry_by_command(room.session_id, actor, command.id) is not None
 
 
 _STORED = {

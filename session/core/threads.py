@@ -54,6 +54,7 @@ from parley.session.core.thread_state import (
 from parley.session.entries import MESSAGE_STATUS, EntryKind
 from parley.session.errors import (
     Busy,
+    DuplicateCommand,
     Forbidden,
     InvalidInput,
     NotFound,
@@ -153,9 +154,17 @@ def _open(view: SessionView, event: CommandEvent, command: ThreadOpenCommand) ->
 def _prompt(
     view: SessionView, event: CommandEvent, command: ThreadPromptCommand, thread: SideThread
 ) -> Effects:
-    for turn in thread.turns:  # resent (say after a reconnect): its first ack, no second run
-        if turn.kind == "prompt" and turn.command_id == command.id:
-            return Effects(ack=_asked(thread, turn))
+    asked = SUMMARY_REQUEST if command.summarise else command.text
+    for other in view.threads.values():
+        for turn in other.turns if other.owner == event.actor else ():
+            if turn.kind != "prompt" or turn.command_id != command.id:
+                continue
+            if other.id == thread.id and turn.text == asked:
+                # Resent (say after a reconnect): its first ack, no second run.
+                return Effects(ack=_asked(thread, turn))
+            # The id of another prompt (review: after a restart, which empties the recent
+            # acks, a reused id was acked and its new text dropped unasked).
+            raise DuplicateCommand(command.id)
     if not view.accepting_prompts:
         raise Unavailable("the server is shutting down; send it again after reconnecting")
     _may_prompt(view, event.actor)
@@ -171,7 +180,7 @@ def _prompt(
             f"{limits.max_runs_per_session} side-thread replies are being written in this "
             "session; try again when one is done"
         )
-    text = SUMMARY_REQUEST if command.summarise else command.text
+    text = asked
     prompt = ThreadTurn(
         id=event.new_id,
         thread_id=thread.id,

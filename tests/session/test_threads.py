@@ -32,6 +32,7 @@ from parley.session.core.state import RESTRICTED_DETAILS
 from parley.session.core.threads import thread_read_by, turn_read_by
 from parley.session.errors import (
     Busy,
+    DuplicateCommand,
     Forbidden,
     InvalidInput,
     NotFound,
@@ -376,3 +377,21 @@ def test_free_text_is_not_shared_while_a_reply_is_being_written() -> None:
     t.answer(thread_id, "the code is 7731", VAULT)
     refused = t.refused("bob", ThreadShareCommand("s2", thread_id, "the code is 7731", ()))
     assert isinstance(refused, RestrictedShare)
+
+
+def test_a_thread_prompt_id_used_for_another_prompt_is_a_conflict() -> None:
+    """Review: after a restart (the recent acks emptied) a thread prompt resent under its
+    id with other text was acked and its text dropped unasked; the id is judged by the
+    stored turns, in every thread of its member."""
+    t = Threads()
+    first = t.open()
+    opened = t.ok("bob", ThreadOpenCommand("o2", None, "another")).ack
+    assert opened is not None
+    second = dict(opened.ids)["thread_id"]
+    asked = t.ok("bob", ThreadPromptCommand("q1", first, "the question"))
+    t.answer(first, "an answer", ())
+    resent = t.ok("bob", ThreadPromptCommand("q1", first, "the question"))
+    assert resent.ack == asked.ack and not resent.writes  # a resend
+    for thread_id, text in ((first, "SHOULD I ROLL BACK?"), (second, "the question")):
+        refused = t.refused("bob", ThreadPromptCommand("q1", thread_id, text))
+        assert isinstance(refused, DuplicateCommand), refused

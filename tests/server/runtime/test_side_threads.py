@@ -21,9 +21,11 @@ from parley.server.http.resource_models import DocumentCreate, ReadersIn
 from parley.server.runtime.session_writes import SETTINGS_WRITE, apply_session_write
 from parley.server.store.access_rows import DocumentRow
 from parley.server.store.memory import MemoryStore
+from parley.session.commands import PromptCommand
 from parley.session.core import SideThread
 from parley.session.lifecycle import PromptStatus
 from parley.session.quota import Quotas
+from parley.session.recent_acks import RecentAcks
 from parley.session.thread_commands import (
     ThreadCloseCommand,
     ThreadOpenCommand,
@@ -472,3 +474,20 @@ async def test_what_the_model_says_in_a_side_thread_stays_out_of_the_audit_log()
         kinds = {r.kind for r in records}
         assert {"run_ended", "tool_refused", "model_call"} <= kinds
         assert MARKER not in str([r.data for r in records])
+
+
+async def test_a_thread_prompt_may_not_reuse_a_stored_prompts_id(tmp_path: Path) -> None:
+    """Review: once a restart had emptied the recent acks, a side-thread prompt under the
+    id of a stored session prompt was stored and run: two commands under one id. It is a
+    conflict, on the store's word."""
+    async with (
+        sql_store(sqlite_url(tmp_path)) as store,
+        backend(memory_settings(), store=store, model=FakeModel(answer_with)) as b,
+    ):
+        s = await b.session(await b.new_session({"bob": "editor"}))
+        stored = await s.send("bob", PromptCommand("x1", "in the session"))
+        assert stored["type"] == "ack"
+        opened = await s.send("bob", ThreadOpenCommand("o", None, "mine"))
+        s.room.recent_acks = RecentAcks()  # as a restart leaves them
+        reused = await s.send("bob", ThreadPromptCommand("x1", opened["thread_id"], "other"))
+        assert (reused["type"], reused["code"]) == ("error", "conflict"), reused
