@@ -27,6 +27,8 @@ from collections.abc import Hashable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from pycrdt import write_var_uint
+
 from parley.session.errors import Forbidden, TooLarge
 from parley.session.yprotocol import (
     AwarenessState,
@@ -65,6 +67,10 @@ class Presence:
         # Client ids that left lately -> (their member, when, the clock their leaving was
         # told at), oldest first.
         self._left: dict[int, tuple[str, float, int]] = {}
+        # The bytes of each owner's states in the last flush: a socket is not sent its own
+        # states back to echo (a stock client echoes those of others only), so they are no
+        # echo credit of its (``server.ws.admission``).
+        self.flushed_by: dict[Hashable, int] = {}
         # Per socket: its clients come back behind the leaving told of them (``take_behind``).
         self._behind: dict[Hashable, list[AwarenessState]] = {}
 
@@ -196,9 +202,16 @@ class Presence:
         the last flush; None when none did."""
         if not self._pending:
             return None
-        update = encode_awareness_update(list(self._pending.values()))
+        self.flushed_by = {}
+        parts = []
+        for item in self._pending.values():
+            part = encode_awareness_update([item])[1:]  # less its count (1: one byte)
+            parts.append(part)
+            client = self._clients.get(item.client_id)
+            if client is not None:
+                self.flushed_by[client.owner] = self.flushed_by.get(client.owner, 0) + len(part)
         self._pending.clear()
-        return update
+        return write_var_uint(len(parts)) + b"".join(parts)
 
     def _local(self) -> list[tuple[int, _Client]]:
         return [(cid, c) for cid, c in self._clients.items() if not isinstance(c.owner, RemoteNode)]

@@ -294,8 +294,9 @@ def credit_echo(connection: Connection, size: int) -> None:
 def _spend_echo_credit(connection: Connection, sent_bytes: int, size: int) -> int:
     """Take up to ``size`` bytes from the socket's echo credit (what the session's presence
     sent everyone since the last look is added first); the bytes taken."""
-    fresh = ECHO_WEIGHT * max(0, sent_bytes - connection.echo_mark)
-    connection.echo_mark = sent_bytes
+    own = connection.echo_own - connection.echo_own_mark  # its own states: no echo of them
+    fresh = ECHO_WEIGHT * max(0, sent_bytes - connection.echo_mark - own)
+    connection.echo_mark, connection.echo_own_mark = sent_bytes, connection.echo_own
     credit = min(ECHO_CREDIT_MAX, connection.echo_credit + fresh)
     taken = min(credit, size)
     connection.echo_credit = credit - taken

@@ -60,5 +60,8 @@ class AwarenessFanout:
             return
         self._last = self.clock()
         self.relay(update)
+        for owner, size in self.presence.flushed_by.items():
+            if hasattr(owner, "echo_own"):  # a socket here (not another node's)
+                owner.echo_own += size
         if self.publish is not None:
             self.publish(update)

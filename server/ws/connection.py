@@ -101,6 +101,8 @@ class Connection:
     # are sent (``server.ws.admission.charged``); credited with what it is sent.
     echo_credit: int = 0
     echo_mark: int = 0  # the session's presence bytes sent when last credited
+    echo_own: int = 0  # of those, its own states' bytes (no echo credit)
+    echo_own_mark: int = 0
     # The token the socket was opened with (revoking it closes the socket).
     claims: ClientClaims | None = None
     limits: ConnectionLimits | None = None

@@ -12,6 +12,7 @@ from pathlib import Path
 import websockets
 from pycrdt import Array, Doc, Map, Text
 
+from parley.server.settings import Settings
 from parley.session.yprotocol import (
     SyncType,
     encode_awareness,
@@ -304,29 +305,64 @@ async def test_echoes_of_the_others_presence_cost_no_presence_budget(tmp_path: P
     closed 4429 (review). A socket may send back free twice what it was sent (a stock
     client writes numbers as JavaScript does, longer than Python); past that (forged
     "echoes" of states it never received) its member pays, as for its own."""
-    settings = make_settings(
+    settings = tight_presence(tmp_path, 12_000)
+    async with serve_in_process(settings) as server:
+        senders, bob = await presence_room(server)
+        for clock in range(1, 11):  # 30 states of about 1 kB: 2.5 times bob's budget
+            for n, sender in enumerate(senders):
+                state = {"note": "n" * 1000, "clock": clock}
+                await sender.set_awareness(n, clock, state)
+                await bob.wait_until(
+                    lambda c, n=n, k=clock: (c.awareness.get(n) or {}).get("clock") == k
+                )
+                await bob.set_awareness(n, clock, bob.awareness[n])  # the echo, as stock do
+        await bob.set_awareness(7, 1, {"user": "bob"})  # his own, within his budget
+        await senders[0].wait_until(lambda c: 7 in c.awareness)
+        assert not any(u.get("code") == "rate_limited" for u in bob.unsolicited)
+        for _ in range(60):  # "echoes" of what he was never sent: paid, and refused
+            await bob.set_awareness(0, 1, {"note": "x" * 1000})
+        await bob.wait_until(lambda c: any(u.get("code") == "rate_limited" for u in c.unsolicited))
+        assert bob.close_code is None
+
+
+def tight_presence(tmp_path: Path, burst_bytes: int) -> Settings:
+    """A presence budget of ``burst_bytes`` that hardly refills; every change relayed."""
+    return make_settings(
         sqlite_url(tmp_path),
         tmp_path / "d",
         awareness_bytes_per_s=1.0,
-        awareness_burst_bytes=4000,
+        awareness_burst_bytes=burst_bytes,
         awareness_flush_ms=0.0,
     )
+
+
+async def presence_room(server: RunningServer) -> tuple[list[YClient], YClient]:
+    """Three members who show presence, and bob, who echoes it (his socket speaks JSON)."""
+    sid = await server.new_session(dict.fromkeys(("alice", "carol", "dave", "bob"), "editor"))
+    senders = [await server.connect(sid, user) for user in ("alice", "carol", "dave")]
+    bob = await server.connect(sid, "bob")
+    assert (await bob.command({"type": "cancel", "id": "c", "prompt_id": "x"}))["id"] == "c"
+    return senders, bob
+
+
+async def test_a_members_own_states_are_paid_from_their_presence_budget(
+    tmp_path: Path,
+) -> None:
+    """Review (bounded): every socket was given echo credit for all the presence the
+    session sent, its member's own states included, so a member sending their own large
+    states was credited about twice what they sent and never paid: 18.6 MB in 16 s
+    against a budget of 0.8 MB. A socket's own states give it no credit."""
+    settings = tight_presence(tmp_path, 4000)
     async with serve_in_process(settings) as server:
         sid = await server.new_session({"alice": "editor", "bob": "editor"})
         alice = await server.connect(sid, "alice")
         bob = await server.connect(sid, "bob")
-        assert (await bob.command({"type": "cancel", "id": "c", "prompt_id": "x"}))["id"] == "c"
-        for clock in range(1, 31):  # 30 states of about 1 kB: 8 times bob's budget
-            state = {"note": "n" * 1000, "clock": clock}
-            await alice.set_awareness(5, clock, state)
-            await bob.wait_until(lambda c, n=clock: (c.awareness.get(5) or {}).get("clock") == n)
-            await bob.set_awareness(5, clock, bob.awareness[5])  # the echo, as stock clients do
-        await bob.set_awareness(7, 1, {"user": "bob"})  # his own, within his budget
-        await alice.wait_until(lambda c: 7 in c.awareness)
-        assert not any(u.get("code") == "rate_limited" for u in bob.unsolicited)
-        for _ in range(45):  # "echoes" of what he was never sent: paid, and refused
-            await bob.set_awareness(5, 1, {"note": "x" * 1000})
-        await bob.wait_until(lambda c: any(u.get("code") == "rate_limited" for u in c.unsolicited))
+        assert (await alice.command({"type": "cancel", "id": "c", "prompt_id": "x"}))["id"] == "c"
+        for clock in range(1, 13):  # 12 states of about 1 kB: three times her budget
+            await alice.set_awareness(5, clock, {"note": "n" * 1000, "clock": clock})
+        await alice.wait_until(
+            lambda c: any(u.get("code") == "rate_limited" for u in c.unsolicited)
+        )
         assert bob.close_code is None
 
 
@@ -343,27 +379,22 @@ async def test_an_echo_written_as_javascript_writes_it_costs_no_presence_budget(
     charged to its member's presence budget, which a crafted state ran out, and every
     stock client of the session was closed 4429. Echoes are free up to twice what was
     sent."""
-    settings = make_settings(
-        sqlite_url(tmp_path),
-        tmp_path / "d",
-        awareness_bytes_per_s=1.0,
-        awareness_burst_bytes=4000,
-        awareness_flush_ms=0.0,
-    )
+    settings = tight_presence(tmp_path, 12_000)
     async with serve_in_process(settings) as server:
-        sid = await server.new_session({"alice": "editor", "bob": "editor"})
-        alice = await server.connect(sid, "alice")
-        bob = await server.connect(sid, "bob")
-        assert (await bob.command({"type": "cancel", "id": "c", "prompt_id": "x"}))["id"] == "c"
-        for clock in range(1, 31):
-            state = {"v": [1e-06] * 150, "clock": clock}
-            await alice.set_awareness(5, clock, state)
-            await bob.wait_until(lambda c, n=clock: (c.awareness.get(5) or {}).get("clock") == n)
-            body = js_written({**state, "parley": {"user_id": "alice"}})
-            echo = b"".join(write_var_uint(n) for n in (1, 5, clock, len(body))) + body
-            await bob.send_raw(encode_awareness(echo))
+        senders, bob = await presence_room(server)
+        users = ("alice", "carol", "dave")
+        for clock in range(1, 11):  # 30 states of about 0.9 kB, echoed 1.5 times as long
+            for n, sender in enumerate(senders):
+                state = {"v": [1e-06] * 150, "clock": clock}
+                await sender.set_awareness(n, clock, state)
+                await bob.wait_until(
+                    lambda c, n=n, k=clock: (c.awareness.get(n) or {}).get("clock") == k
+                )
+                body = js_written({**state, "parley": {"user_id": users[n]}})
+                echo = b"".join(write_var_uint(v) for v in (1, n, clock, len(body))) + body
+                await bob.send_raw(encode_awareness(echo))
         await bob.set_awareness(7, 1, {"user": "bob"})  # his own, within his budget
-        await alice.wait_until(lambda c: 7 in c.awareness)
+        await senders[0].wait_until(lambda c: 7 in c.awareness)
         assert not any(u.get("code") == "rate_limited" for u in bob.unsolicited)
 
 
