@@ -451,3 +451,24 @@ async def test_a_reader_that_takes_nothing_is_cut_and_the_others_read_on(
         finally:
             stuck.close()
         assert b"event: reply_delta" in received and b"event: reply_completed" not in received
+
+
+async def test_a_members_stream_spends_their_read_budget(tmp_path: Path) -> None:
+    """Review (bounded): the transcript is read within a member's read budget, but a
+    stream replaying the session's history from its start spent nothing (a viewer read 76
+    MB/s, 16 streams at a time, and took a core). A stream spends the budget by what it
+    sends and is paced past it: the transcript read after it is refused."""
+    settings = make_settings(
+        sqlite_url(tmp_path), tmp_path / "d", read_bytes_per_s=1.0, read_burst_bytes=2000
+    )
+    async with serve_in_process(settings, FakeModel.answering("ok")) as server:
+        sid = await server.new_session({"vera": "viewer", "bob": "editor"})
+        bob = await server.connect(sid, "bob")
+        for n in range(8):
+            await bob.command({"type": "message", "id": f"m{n}", "text": "x" * 300})
+        token = await server.token(sid, "vera")
+        async with stream(server.base_url, sid, token, "0") as events:
+            await events.until(lambda e: e.event == "message_posted")
+            as_vera = {"Authorization": f"Bearer {token}"}
+            read = await server.http.get(f"/api/v1/sessions/{sid}/transcript", headers=as_vera)
+            assert read.status_code == 429 and read.json()["error"]["code"] == "rate_limited"
