@@ -73,6 +73,7 @@ class Presence:
         self.flushed_by: dict[Hashable, int] = {}
         # Per socket: its clients come back behind the leaving told of them (``take_behind``).
         self._behind: dict[Hashable, list[AwarenessState]] = {}
+        self._behind_elsewhere: list[AwarenessState] = []  # (``take_behind_elsewhere``)
 
     def apply(
         self,
@@ -158,6 +159,16 @@ class Presence:
             known = self._clients.get(item.client_id)
             if known is not None and self._stale(known, now):
                 known = None
+            if (
+                known is not None
+                and not isinstance(known.owner, RemoteNode)
+                and item.state is None
+                and item.clock >= known.clock
+            ):
+                # Told by the node it left that a socket's client here left at this clock:
+                # the socket is told, to show itself past it (``take_behind_here``).
+                self._behind.setdefault(known.owner, []).append(item)
+                continue
             if known is not None and (known.owner != owner or item.clock < known.clock):
                 continue  # another's client, here or on a third node; or stale
             stamp = (item.state or {}).get("parley")
@@ -171,9 +182,26 @@ class Presence:
             else:
                 client = _Client(owner, item.clock, item.state, user_id, now)
                 self._clients[item.client_id] = client
-                self._left.pop(item.client_id, None)
+                left = self._left.pop(item.client_id, None)
+                if left is not None and item.clock <= left[2]:
+                    # Back on another node below the clock its leaving was told at here:
+                    # that node is told, and tells its socket (review: 30 s unseen).
+                    self._behind_elsewhere.append(AwarenessState(item.client_id, left[2], None))
             accepted.append(item)
         return encode_awareness_update(accepted) if accepted else None
+
+    def take_behind_elsewhere(self) -> bytes | None:
+        """For the other nodes: clients of theirs back below the clock their leaving was
+        told at here (None: none)."""
+        behind, self._behind_elsewhere = self._behind_elsewhere, []
+        return encode_awareness_update(behind) if behind else None
+
+    def take_behind_here(self) -> list[tuple[Hashable, bytes]]:
+        """Per socket of this node: the update that has its clients, come back under a
+        clock another node told their leaving at, raise it."""
+        taken = [(owner, encode_awareness_update(items)) for owner, items in self._behind.items()]
+        self._behind.clear()
+        return taken
 
     @staticmethod
     def _stale(client: _Client, now: float) -> bool:

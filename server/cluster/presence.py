@@ -25,6 +25,7 @@ from parley.session.yprotocol import (
     AwarenessState,
     ProtocolError,
     decode_awareness_update,
+    encode_awareness,
     encode_awareness_update,
 )
 
@@ -93,6 +94,15 @@ class PresenceRelay:
             return
         if shown is not None:  # what its sockets may speak for (``Presence``)
             room.awareness.relay(shown)
+        # A client back on another node than the one it left: told it left, it shows itself
+        # past the clock its peers were told (``Presence.take_behind_elsewhere``).
+        behind = room.presence.take_behind_elsewhere()
+        if behind is not None:
+            self.publish(session_id, behind)
+        for socket, told in room.presence.take_behind_here():
+            send = getattr(socket, "send", None)
+            if send is not None:
+                send(encode_awareness(told))
 
     def _answer(self, session_id: str) -> None:
         self._answering.discard(session_id)

@@ -351,3 +351,22 @@ def test_a_client_back_behind_its_told_leaving_is_told_to_raise_its_clock() -> N
     presence.drop("socket-a2", now=3.0)  # told left at 7
     presence.apply("socket-a3", "alice", update((11, 7, {"v": 2})), now=4.0)
     assert relayed(presence.take_behind("socket-a3")) == [AwarenessState(11, 7, None)]
+
+
+def test_a_client_back_on_another_node_is_told_its_clock_through_the_node_it_left() -> None:
+    """Review of the mend: back on another node than the one it left, a client was unseen
+    for 30 s there (that node never heard it left). The node it left tells the other,
+    which tells its socket."""
+    left_node, other_node = Presence(), Presence()
+    left_node.apply(ALICE_SOCKET, "alice", update((11, 4, {"v": 1})))
+    left_node.drop(ALICE_SOCKET, now=1.0)  # told left at 5, on the node it left
+    relayed_there = other_node.apply("socket-a2", "alice", update((11, 4, {"v": 1})), now=2.0)
+    assert other_node.take_behind("socket-a2") is None  # it never heard of the leaving
+    assert left_node.apply_remote("n2", relayed_there, 2.0) is not None
+    told = left_node.take_behind_elsewhere()
+    assert told is not None and relayed(told) == [AwarenessState(11, 5, None)]
+    assert left_node.take_behind_elsewhere() is None
+    assert other_node.apply_remote("n1", told, 2.1) is None  # nothing shown from it
+    assert [(owner, relayed(u)) for owner, u in other_node.take_behind_here()] == [
+        ("socket-a2", [AwarenessState(11, 5, None)])
+    ]
