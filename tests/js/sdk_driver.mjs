@@ -10,6 +10,7 @@
 // stdin: one JSON command per line, each answered by one {"event":"reply","cmd":…} line:
 //   {"cmd":"call","tag":…,"method":"prompt","args":["text"]}  (settles later, by tag;
 //    "drop": true drops the socket as soon as the command is written)
+//   "abort_ms": given up after that long)  {"cmd":"ready","tag":…,"timeout_ms":…}
 //   {"cmd":"dump"}  {"cmd":"typing","value":true}  {"cmd":"quit"}
 
 import { parseArgs } from 'node:util'
@@ -84,12 +85,20 @@ const handle = (msg) => {
     case 'call': {
       if (!METHODS.has(msg.method)) throw new Error(`unknown method ${msg.method}`)
       dropNext = Boolean(msg.drop)
-      session[msg.method](...msg.args).then(
+      // "abort_ms": the call is given up after that long (an AbortSignal as its last argument)
+      const extra = msg.abort_ms === undefined ? [] : [{ signal: AbortSignal.timeout(msg.abort_ms) }]
+      session[msg.method](...msg.args, ...extra).then(
         (ack) => emit({ event: 'settled', tag: msg.tag, ack }),
         (error) => emit({ event: 'settled', tag: msg.tag, error: describe(error) })
       )
       return { tag: msg.tag }
     }
+    case 'ready': // {"cmd":"ready","tag":…,"timeout_ms":…}: settles by tag
+      session.ready(msg.timeout_ms).then(
+        () => emit({ event: 'settled', tag: msg.tag, ack: { type: 'ready' } }),
+        (error) => emit({ event: 'settled', tag: msg.tag, error: describe(error) })
+      )
+      return { tag: msg.tag }
     case 'dump':
       return {
         state: session.state,

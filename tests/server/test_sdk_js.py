@@ -450,3 +450,25 @@ async def test_a_command_too_big_for_the_socket_rejects_too_large(
             assert (await alice.dump())["unanswered"] == {}
         finally:
             await alice.close()
+
+
+async def test_a_caller_may_bound_ready_and_give_a_command_up(sdk_app: Path) -> None:
+    """Review (SDKs): with the server away, ``ready()`` waited for good, and a caller's
+    own timeout could not withdraw a command, which went out again on the reconnect (a
+    prompt retried meanwhile was stored twice). ``ready(timeoutMs)`` rejects
+    ``unavailable``; a command given up by its ``AbortSignal`` rejects ``aborted`` and is
+    not sent again."""
+    nowhere = f"ws://127.0.0.1:{free_port()}"  # nothing listens there
+    client = await SdkClient.launch(sdk_app, nowhere, "s", "t", "ann")
+    try:
+        await client.command({"cmd": "ready", "tag": "r", "timeout_ms": 300})
+        bounded = await client.settled("r")
+        assert bounded["error"]["code"] == "unavailable", bounded
+        await client.command(
+            {"cmd": "call", "tag": "p", "method": "prompt", "args": ["x"], "abort_ms": 200}
+        )
+        given_up = await client.settled("p")
+        assert given_up["error"]["code"] == "aborted" and given_up["error"]["command_id"]
+        assert (await client.dump())["unanswered"] == {}
+    finally:
+        await client.close()

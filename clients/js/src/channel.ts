@@ -61,18 +61,40 @@ export class Outbox {
     private readonly reconcile: Reconcile = (_command, reply) => reply
   ) {}
 
-  /** Queue `command` and write it now if a socket is open; settles with its reply. */
-  send (command: Command): Promise<Record<string, unknown>> {
+  /**
+   * Queue `command` and write it now if a socket is open; settles with its reply. Once
+   * `signal` aborts, the command is given up: not written again, and rejected `aborted`
+   * (one already written may have been stored: its id is the error's `commandId`).
+   */
+  send (command: Command, signal?: AbortSignal): Promise<Record<string, unknown>> {
     return new Promise((resolve, reject) => {
+      const giveUp = (): void => {
+        const entry = this.pending.get(command.id)
+        if (entry === undefined) return
+        this.pending.delete(command.id)
+        const written = entry.sends > 0 ? 'written, and may have been stored' : 'never written'
+        reject(new ParleyError('aborted', `given up (${written})`, { commandId: command.id }))
+      }
       const entry: Pending = {
         command,
         frame: encodeCommand(command),
-        resolve,
-        reject,
+        resolve: (reply) => {
+          signal?.removeEventListener('abort', giveUp)
+          resolve(reply)
+        },
+        reject: (error) => {
+          signal?.removeEventListener('abort', giveUp)
+          reject(error)
+        },
         sentOn: null,
         sends: 0
       }
       this.pending.set(command.id, entry)
+      if (signal?.aborted === true) {
+        giveUp()
+        return
+      }
+      signal?.addEventListener('abort', giveUp, { once: true })
       this.flush()
     })
   }

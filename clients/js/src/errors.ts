@@ -33,9 +33,10 @@ export type ErrorCode = (typeof ERROR_CODES)[number]
 
 /**
  * Codes the client itself gives: `closed` — the session was closed (by `close()`, or by the
- * server with a final close code) before the command was acknowledged.
+ * server with a final close code) before the command was acknowledged; `aborted` — the
+ * caller's `AbortSignal` gave the command up (it is not sent again).
  */
-export const CLIENT_ERROR_CODES = ['closed'] as const
+export const CLIENT_ERROR_CODES = ['closed', 'aborted'] as const
 
 export type ClientErrorCode = (typeof CLIENT_ERROR_CODES)[number]
 

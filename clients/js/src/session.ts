@@ -21,6 +21,7 @@ import { TranscriptView, peersOf, queueOf } from './views.js'
 import type {
   Ack,
   CancelAck,
+  CommandOptions,
   ConnectionState,
   Entry,
   FactAck,
@@ -176,33 +177,33 @@ export class ParleySession {
   // -- commands: each a Promise of its ack, rejected with a ParleyError ------------------
 
   /** Ask the model; the ack carries the prompt's `prompt_id` and `seq`. */
-  prompt (text: string): Promise<PromptAck> {
-    return this.command<PromptAck>({ type: 'prompt', text })
+  prompt (text: string, options?: CommandOptions): Promise<PromptAck> {
+    return this.command<PromptAck>({ type: 'prompt', text }, options)
   }
 
   /** Talk to the other members only. */
-  message (text: string): Promise<MessageAck> {
-    return this.command<MessageAck>({ type: 'message', text })
+  message (text: string, options?: CommandOptions): Promise<MessageAck> {
+    return this.command<MessageAck>({ type: 'message', text }, options)
   }
 
   /** Cancel a waiting or running prompt (one's own; an owner anyone's). */
-  cancel (promptId: string): Promise<CancelAck> {
-    return this.command<CancelAck>({ type: 'cancel', prompt_id: promptId })
+  cancel (promptId: string, options?: CommandOptions): Promise<CancelAck> {
+    return this.command<CancelAck>({ type: 'cancel', prompt_id: promptId }, options)
   }
 
   /** Keep an entry in every model input (or stop keeping it). */
-  pin (entryId: string, pinned = true): Promise<PinAck> {
-    return this.command<PinAck>({ type: pinned ? 'pin' : 'unpin', entry_id: entryId })
+  pin (entryId: string, pinned = true, options?: CommandOptions): Promise<PinAck> {
+    return this.command<PinAck>({ type: pinned ? 'pin' : 'unpin', entry_id: entryId }, options)
   }
 
   /** Set a session fact (one line), or remove it with null. */
-  setFact (key: string, value: string | null): Promise<FactAck> {
-    return this.command<FactAck>({ type: 'set_fact', key, value })
+  setFact (key: string, value: string | null, options?: CommandOptions): Promise<FactAck> {
+    return this.command<FactAck>({ type: 'set_fact', key, value }, options)
   }
 
   /** Change the scheduling policy (owners). */
-  setPolicy (policy: Policy): Promise<PolicyAck> {
-    return this.command<PolicyAck>({ type: 'set_policy', policy })
+  setPolicy (policy: Policy, options?: CommandOptions): Promise<PolicyAck> {
+    return this.command<PolicyAck>({ type: 'set_policy', policy }, options)
   }
 
   // -- private side-threads (docs/threads.md) ---------------------------------------------
@@ -214,8 +215,8 @@ export class ParleySession {
   }
 
   /** Ask in a side-thread: answered to this member alone (`thread` events). */
-  threadPrompt (threadId: string, text: string): Promise<ThreadRunAck> {
-    return this.command<ThreadRunAck>({ type: 'thread_prompt', thread_id: threadId, text })
+  threadPrompt (threadId: string, text: string, options?: CommandOptions): Promise<ThreadRunAck> {
+    return this.command<ThreadRunAck>({ type: 'thread_prompt', thread_id: threadId, text }, options)
   }
 
   /** Ask for a draft summary of the side-thread to share (its next reply). */
@@ -233,10 +234,10 @@ export class ParleySession {
     return this.command<ThreadAck>({ type: remove ? 'thread_delete' : 'thread_close', thread_id: threadId })
   }
 
-  private command<T extends Ack> (fields: Record<string, unknown>): Promise<T> {
+  private command<T extends Ack> (fields: Record<string, unknown>, options?: CommandOptions): Promise<T> {
     if (this._closeError !== null) return Promise.reject(this._closeError)
     const command = { ...fields, id: uuidv4() } as Command
-    return this.outbox.send(command) as Promise<unknown> as Promise<T>
+    return this.outbox.send(command, options?.signal) as Promise<unknown> as Promise<T>
   }
 
   /** Commands sent and not yet answered: id → times written to a socket. */
@@ -300,23 +301,35 @@ export class ParleySession {
     return this._closeError
   }
 
-  /** Resolves once the document is synced; rejects if the session closes first. */
-  ready (): Promise<void> {
+  /**
+   * Resolves once the document is synced; rejects if the session closes first, or with
+   * `unavailable` once `timeoutMs` passed (none: no bound). The session goes on connecting.
+   */
+  ready (timeoutMs?: number): Promise<void> {
     if (this.provider.synced) return Promise.resolve()
     if (this._closeError !== null) return Promise.reject(this._closeError)
     return new Promise((resolve, reject) => {
-      const offSynced = this.on('synced', (synced) => {
-        if (!synced) return
+      const done = (): void => {
         offSynced()
         offState()
+        if (timer !== undefined) clearTimeout(timer)
+      }
+      const offSynced = this.on('synced', (synced) => {
+        if (!synced) return
+        done()
         resolve()
       })
       const offState = this.on('state', (state) => {
         if (state !== 'closed') return
-        offSynced()
-        offState()
+        done()
         reject(this._closeError)
       })
+      const timer = timeoutMs === undefined
+        ? undefined
+        : setTimeout(() => {
+          done()
+          reject(new ParleyError('unavailable', `not synced within ${timeoutMs} ms; still trying`))
+        }, timeoutMs)
     })
   }
 

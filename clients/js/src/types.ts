@@ -188,3 +188,8 @@ export interface RestrictedText {
   readonly kind: string
   readonly text: string
 }
+
+/** What any command method takes last: `signal` gives the command up (`aborted`). */
+export interface CommandOptions {
+  signal?: AbortSignal
+}
