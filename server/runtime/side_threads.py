@@ -141,7 +141,10 @@ class SideThreads:
                 if not loaded:
                     continue  # deleted meanwhile
                 thread = loaded[0]
-            if not self.room.spend_read(user_id, sum(len(t.text) for t in thread.turns)):
+            size = sum(len(t.text) for t in thread.turns)
+            if greeted + size > room_for:  # (the frame is at least its texts) unspent
+                return
+            if not self.room.spend_read(user_id, size):
                 return
             shown = thread_json(self.read_by(thread, thread.owner), turns=True)
             frame = json.dumps({"type": "thread", "thread": shown})
