@@ -12,7 +12,7 @@ import time
 from typing import TYPE_CHECKING
 
 from parley.server.cluster.forwarding import CommandTable
-from parley.server.runtime.commands import handle_frame
+from parley.server.runtime.commands import handle_frame, stored_resend
 from parley.server.runtime.room import SessionRoom
 from parley.server.runtime.session_writes import apply_session_write
 from parley.session.commands import command_id_of, error_reply
@@ -162,7 +162,10 @@ class CommandRelay:
         user_id = _member_of(user_id)
         if only_resends or not room.user_bucket(user_id).allow(room.clock()):
             command_id = command_id_of(frame)  # read only for a command over the rate
-            if not await room.answered_before(user_id, command_id):
+            if not room.recent_acks.knows(user_id, command_id):
+                resent = await stored_resend(room, user_id, frame)
+                if resent is not None:
+                    return resent
                 return error_reply(command_id, RateLimited("too many commands; slow down"))
         # The same door as a socket's command, judged by the member's rights here now.
         return await handle_frame(room, user_id, frame)

@@ -26,6 +26,7 @@ from parley.server.http.models import (
     PromptStatusOut,
 )
 from parley.server.http.rest import Caller, Operation, spend_command
+from parley.server.runtime.commands import stored_resend
 from parley.server.runtime.room import SessionRoom
 from parley.server.state import AppState
 from parley.session.entries import EntryKind
@@ -49,13 +50,18 @@ async def send(
     """Send ``command`` through the one door; returns its ack, or raises its error."""
     actor = _actor(caller, as_user)
     room = await state.rooms.get(session_id)
-    if not await room.answered_before(actor, command["id"]):  # a resend is answered as it was
-        spend_command(state, room, actor)
+    frame = json.dumps(command, ensure_ascii=False)  # escapes stay within the frame limit
+    # A resend is answered as it was, whatever the rate (``stored_resend``).
+    resent = None
+    if not room.recent_acks.knows(actor, command["id"]):
+        resent = await stored_resend(room, actor, frame)
+        if resent is None:
+            spend_command(state, room, actor)
     if caller.is_admin:
         what = {"action": f"{command['type']} as {actor}", "command_id": command["id"]}
         await room.writer.audit("as_user", ADMIN_ACTOR, {**what, "user_id": actor})
-    frame = json.dumps(command, ensure_ascii=False)  # escapes stay within the frame limit
-    reply: dict[str, Any] = json.loads(await state.rooms.command(room, actor, frame))
+    answered = resent if resent is not None else await state.rooms.command(room, actor, frame)
+    reply: dict[str, Any] = json.loads(answered)
     if reply.get("type") == "error":
         raise error_for(str(reply.get("code")), str(reply.get("message")))
     return reply

@@ -15,6 +15,7 @@ from parley.session.commands import (
     MessageCommand,
     PromptCommand,
     ack,
+    command_id_of,
     error_reply,
     parse_command,
 )
@@ -60,6 +61,29 @@ async def dispatch(room: SessionRoom, actor: str, command: Command) -> str:
     reply = effects.ack.reply(command.id)
     room.recent_acks.keep(actor, command, reply)
     return reply
+
+
+async def stored_resend(room: SessionRoom, actor: str, frame: str) -> str | None:
+    """The first ack of ``frame`` if it resends a prompt, message or share ``actor`` stored
+    (the same kind, the same text), else None: such a resend is answered past the rate,
+    after a restart too (review: an SDK's resends of stored prompts were refused
+    ``rate_limited``). Nothing else passes by a stored id (review of the mend: any command
+    under a stored message's id went past the rate, 1000 in a second)."""
+    command_id = command_id_of(frame)
+    if command_id is None:
+        return None
+    sent = room.writer.sent
+    await sent.read(room.last_seq, for_resends=True)
+    if not sent.stored_before(actor, command_id):
+        return None
+    try:
+        command = parse_command(frame, room.limits)
+        previous = await _previous_ack(room, actor, command)
+    except (CommandError, DuplicateCommand):
+        return None
+    if previous is not None:
+        room.recent_acks.keep(actor, command, previous)  # the next resend: no read
+    return previous
 
 
 async def _stored_entry(room: SessionRoom, actor: str, command: Command) -> bool:

@@ -212,19 +212,6 @@ class SessionRoom:
         """The member as of now (role table and grants read live), or None."""
         return self.membership.subject(user_id)
 
-    async def answered_before(self, user_id: str, command_id: str | None) -> bool:
-        """Whether ``command_id`` of ``user_id`` was acknowledged lately (``recent_acks``)
-        or stored an entry (a prompt, a message), so a resend is answered as it was the
-        first time whatever the rate: after a reconnect clients resend all unanswered at
-        once, after a restart too."""
-        if command_id is None:
-            return False
-        if self.recent_acks.knows(user_id, command_id):
-            return True
-        sent = self.writer.sent
-        await sent.read(self.last_seq, for_resends=True)
-        return sent.stored_before(user_id, command_id)
-
     def spend_read(self, user_id: str | None, size: int) -> bool:
         """Spend ``size`` bytes of a member's read budget (one larger than the budget's
         burst takes all of it); False past it. The admin key's reads spend none."""

@@ -25,6 +25,7 @@ from starlette.websockets import WebSocket
 from parley.authz.policy import Do, decide
 from parley.authz.roles import Capability
 from parley.server.cluster.relay import resends_only
+from parley.server.runtime.commands import stored_resend
 from parley.server.runtime.room import SessionRoom
 from parley.server.state import AppState
 from parley.server.ws.admission import (
@@ -145,9 +146,15 @@ async def _serve(
             # A resend of what was acknowledged lately is answered as it was, whatever the
             # rate: clients resend everything unanswered at once after a reconnect.
             command_id = command_id_of(text)
-            if await room.answered_before(connection.user_id, command_id):
+            if room.recent_acks.knows(connection.user_id, command_id):
                 connection.send_json(await state.rooms.command(room, connection.user_id, text))
                 continue
+            # One the store answers (a read each): as many as a reconnect resends at most.
+            if limits.resends.allow(now):
+                resent = await stored_resend(room, connection.user_id, text)
+                if resent is not None:
+                    connection.send_json(resent)
+                    continue
             # Where another node runs the session, it alone knows its acks: it answers a
             # resend, and refuses anything else as this node would (``resends_only``).
             refused = await _resend_elsewhere(state, room, connection.user_id, text, command_id)
