@@ -358,11 +358,27 @@ class LeanHttpProtocol(HttpToolsProtocol):
     # "bounded"). Past ``MAX_HEAD_BYTES`` or ``MAX_HEADERS`` it is answered 400, closed.
     _head_bytes = 0
     _header_count = 0
+    # The bytes received while a head is open (httptools gathers one header across reads,
+    # quadratically, and calls ``on_header`` only at its end: a 100 MB header took 10 s of
+    # CPU before any callback; review of the limit).
+    _heading = True
+    _raw_head = 0
+    _heads = 0  # heads ended on this connection
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self.flow = _WatchedFlow(transport, self)
         self._arm(IDLE_FIRST_S)
+
+    def data_received(self, data: bytes) -> None:
+        heading, heads = self._heading, self._heads
+        super().data_received(data)
+        # Counted only while no head ended in this read (one may end, and its body and the
+        # next request's head follow, in the same read).
+        if heading and heads == self._heads and not self.transport.is_closing():
+            self._raw_head += len(data)
+            if self._raw_head > MAX_HEAD_BYTES:
+                self.send_400_response(f"a request head over {MAX_HEAD_BYTES} bytes")
 
     def on_url(self, url: bytes) -> None:
         self._count_head(len(url))
@@ -390,6 +406,9 @@ class LeanHttpProtocol(HttpToolsProtocol):
         self._begun = True
 
     def on_headers_complete(self) -> None:
+        self._heads += 1
+        self._heading = False
+        self._raw_head = 0
         super().on_headers_complete()
         self._body = _BodyClock()
         self._await_body()
@@ -414,6 +433,7 @@ class LeanHttpProtocol(HttpToolsProtocol):
             self._arm(left)
 
     def on_message_complete(self) -> None:
+        self._heading = True  # the next request's head, on a kept-alive connection
         self._body = None
         self._disarm()
         super().on_message_complete()

@@ -258,6 +258,21 @@ async def test_a_request_head_past_its_limit_is_refused(head: bytes) -> None:
         writer.close()
 
 
+async def test_a_header_past_the_head_limit_is_refused_before_it_ends(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Review of the limit: httptools gathers one header across reads and calls back only
+    at its end, so a 100 MB header was read whole (10 s of CPU). The bytes of an open head
+    are counted as they arrive: past the limit, 400 while the header is still coming."""
+    monkeypatch.setattr(uvicorn_protocol, "HEAD_TIMEOUT_S", 3.0)
+    async with serve_asgi(_answer, http=LeanHttpProtocol) as port:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /x HTTP/1.1\r\nHost: x\r\nX-B: " + b"c" * 300_000)  # no end
+        answered = await _ended(reader)
+        assert answered.startswith(b"HTTP/1.1 400"), answered[:100]
+        writer.close()
+
+
 async def test_a_body_that_does_not_arrive_in_time_ends_its_connection(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
