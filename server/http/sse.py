@@ -163,10 +163,11 @@ class SessionStream:
         user_id = self.caller.user_id
         if user_id is None:
             return
-        while True:
-            if self.room.spend_read(user_id, len(chunk)):
-                return
+        while not self.room.spend_read(user_id, len(chunk)):
             await asyncio.sleep(PACED_S)  # the budget refills at a known rate: look again
+            # Meanwhile: a shutdown, a deletion, the reader's access taken (review: a paced
+            # stream went on after each, and held the shutdown up 11 s).
+            self._check(self._current_room())
 
     async def _read(self, after: int) -> list[StoredEvent]:
         return await self.state.store.events_after(self.session_id, after, EVENTS_PAGE)

@@ -472,3 +472,23 @@ async def test_a_members_stream_spends_their_read_budget(tmp_path: Path) -> None
             as_vera = {"Authorization": f"Bearer {token}"}
             read = await server.http.get(f"/api/v1/sessions/{sid}/transcript", headers=as_vera)
             assert read.status_code == 429 and read.json()["error"]["code"] == "rate_limited"
+
+
+async def test_a_paced_stream_ends_when_its_session_is_deleted(tmp_path: Path) -> None:
+    """Review of the pacing: a stream waiting for its reader's read budget went on sending
+    after its session was deleted (and after a shutdown began). It ends as any stream
+    does, while it waits."""
+    settings = make_settings(
+        sqlite_url(tmp_path), tmp_path / "d", read_bytes_per_s=1.0, read_burst_bytes=1000
+    )
+    async with serve_in_process(settings, FakeModel.answering("ok")) as server:
+        sid = await server.new_session({"vera": "viewer", "bob": "editor"})
+        bob = await server.connect(sid, "bob")
+        for n in range(8):
+            await bob.command({"type": "message", "id": f"m{n}", "text": "x" * 300})
+        token = await server.token(sid, "vera")
+        async with stream(server.base_url, sid, token, "0") as events:
+            await events.until(lambda e: e.event == "member_joined")
+            assert (await server.http.delete(f"/api/v1/sessions/{sid}")).status_code == 204
+            ended = await events.until(lambda e: e.event == "end")
+            assert data(ended)["code"] == "not_found"
