@@ -22,7 +22,11 @@ from parley.session.commands import (
 from parley.session.core import CommandEvent
 from parley.session.entries import EntryKind
 from parley.session.errors import Conflict, DuplicateCommand, ParleyError
-from parley.session.thread_commands import ThreadPromptCommand, ThreadShareCommand
+from parley.session.thread_commands import (
+    ThreadOpenCommand,
+    ThreadPromptCommand,
+    ThreadShareCommand,
+)
 
 
 async def handle_frame(room: SessionRoom, actor: str, frame: str) -> str:
@@ -44,7 +48,8 @@ async def dispatch(room: SessionRoom, actor: str, command: Command) -> str:
         recent = room.recent_acks.answer(actor, command)
         if recent is not None:
             return recent
-        if isinstance(command, ThreadPromptCommand) and await _stored_entry(room, actor, command):
+        thread_command = isinstance(command, ThreadPromptCommand | ThreadOpenCommand)
+        if thread_command and await _stored_entry(room, actor, command):
             raise DuplicateCommand(command.id)  # a session prompt's or message's id
         try:
             effects = await room.writer.execute(event)

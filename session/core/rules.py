@@ -53,6 +53,7 @@ from parley.session.core.steps import (
 from parley.session.entries import MESSAGE_STATUS, EntryKind
 from parley.session.errors import (
     Conflict,
+    DuplicateCommand,
     Forbidden,
     NotFound,
     ParleyError,
@@ -124,6 +125,10 @@ def _handle(view: SessionView, event: CommandEvent) -> Effects:
     command = event.command
     if isinstance(command, _THREAD_COMMANDS):
         return threads.handle_thread(view, event, command)
+    if isinstance(command, PromptCommand | MessageCommand) and threads.used_in_threads(
+        view, event.actor, command.id
+    ):
+        raise DuplicateCommand(command.id)  # a side-thread command's id
     if isinstance(command, PromptCommand):
         return _authorized(view, event, Capability.PROMPT) or _prompt(view, event, command)
     if isinstance(command, MessageCommand):

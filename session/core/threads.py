@@ -121,10 +121,26 @@ def _reply_id(prompt: ThreadTurn) -> str:
     return f"{prompt.id}-reply"
 
 
+def used_in_threads(view: SessionView, actor: str, command_id: str) -> bool:
+    """Whether ``actor`` opened a side-thread or asked in one under ``command_id``: the id
+    is that command's, and another command under it is a conflict, after a restart too
+    (the recent acks are in memory; review)."""
+    for thread in view.threads.values():
+        if thread.owner != actor:
+            continue
+        if thread.command_id == command_id:
+            return True
+        if any(t.kind == "prompt" and t.command_id == command_id for t in thread.turns):
+            return True
+    return False
+
+
 def _open(view: SessionView, event: CommandEvent, command: ThreadOpenCommand) -> Effects:
     for thread in view.threads.values():  # resent (say after a reconnect): its first ack
         if thread.owner == event.actor and thread.command_id == command.id:
             return Effects(ack=_opened(thread))
+    if used_in_threads(view, event.actor, command.id):
+        raise DuplicateCommand(command.id)  # a side-thread prompt's
     _may_prompt(view, event.actor)
     limits = view.thread_limits
     owned = sum(1 for t in view.threads.values() if t.owner == event.actor)
@@ -155,6 +171,8 @@ def _prompt(
     view: SessionView, event: CommandEvent, command: ThreadPromptCommand, thread: SideThread
 ) -> Effects:
     asked = SUMMARY_REQUEST if command.summarise else command.text
+    if any(t.owner == event.actor and t.command_id == command.id for t in view.threads.values()):
+        raise DuplicateCommand(command.id)  # a side-thread's opening
     for other in view.threads.values():
         for turn in other.turns if other.owner == event.actor else ():
             if turn.kind != "prompt" or turn.command_id != command.id:

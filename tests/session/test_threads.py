@@ -11,7 +11,13 @@ from pycrdt import Doc
 
 from parley.authz.policy import Readers, Subject
 from parley.authz.roles import Member, RoleTable
-from parley.session.commands import CommandError, Limits, parse_command
+from parley.session.commands import (
+    CommandError,
+    Limits,
+    MessageCommand,
+    PromptCommand,
+    parse_command,
+)
 from parley.session.core import (
     AuditRecord,
     CommandEvent,
@@ -395,3 +401,21 @@ def test_a_thread_prompt_id_used_for_another_prompt_is_a_conflict() -> None:
     for thread_id, text in ((first, "SHOULD I ROLL BACK?"), (second, "the question")):
         refused = t.refused("bob", ThreadPromptCommand("q1", thread_id, text))
         assert isinstance(refused, DuplicateCommand), refused
+
+
+def test_a_side_thread_commands_id_is_no_other_commands() -> None:
+    """Review: after a restart a message under a stored side-thread prompt's id was stored,
+    and a side-thread prompt under an opening's id run: two commands under one id each.
+    The stored threads say which ids their member used."""
+    t = Threads()
+    thread_id = t.open()  # opened under "o"
+    t.ok("bob", ThreadPromptCommand("q1", thread_id, "the question"))
+    t.answer(thread_id, "an answer", ())
+    for refused in (
+        t.refused("bob", MessageCommand("q1", "a note")),
+        t.refused("bob", PromptCommand("o", "a prompt")),
+        t.refused("bob", ThreadPromptCommand("o", thread_id, "again")),
+        t.refused("bob", ThreadOpenCommand("q1", None, "another")),
+    ):
+        assert isinstance(refused, DuplicateCommand), refused
+    assert t.ok("alice", MessageCommand("q1", "another member's id space")).ack is not None

@@ -416,6 +416,7 @@ async def test_side_threads_survive_a_reload_and_a_cut_off_run_is_marked() -> No
         kept = thread(s, thread_id)
         assert [t.status for t in kept.turns] == ["done", "done", "failed"]
         assert kept.turns[-1].reason_code == "server_restart"
+        s.commands = 100  # ids the session before did not use: theirs are still theirs
         assert (await ask(s, "bob", thread_id, "go on"))["type"] == "ack"
         assert (await answered(s, thread_id)).turns[-1].status == "done"
 
