@@ -317,8 +317,9 @@ async def test_refusals_arrive_as_typed_errors(gated_server: RunningServer) -> N
             with pytest.raises(TooLarge):
                 await eve.message("x" * 40_000)
             await eve.message("hello", id="m1")
-            with pytest.raises(Conflict):
+            with pytest.raises(Conflict) as reused:
                 await eve.prompt("hello", id="m1")  # an id used for another command
+            assert reused.value.command_id == "m1"  # review: to resend by, or look up
             assert (await olga.set_policy("reject")).data["policy"] == "reject"
             await eve.prompt("first [wait]")  # runs until the end of the test
             with pytest.raises(Busy):

@@ -35,14 +35,19 @@ from __future__ import annotations
 
 class ParleyError(Exception):
     """Root of every error the SDK raises on the server's behalf. ``code`` is the stable
-    error code; ``status`` the HTTP status of a REST refusal (None on a socket)."""
+    error code; ``status`` the HTTP status of a REST refusal (None on a socket);
+    ``command_id`` the id of the command it answers (None: none, or not known), to resend
+    by or to look up."""
 
     code: str = "internal"
 
-    def __init__(self, message: str, *, status: int | None = None) -> None:
+    def __init__(
+        self, message: str, *, status: int | None = None, command_id: str | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.status = status
+        self.command_id = command_id
 
 
 class InvalidInput(ParleyError):
@@ -170,13 +175,15 @@ def _by_code() -> dict[str, type[ParleyError]]:
 ERRORS: dict[str, type[ParleyError]] = _by_code()
 
 
-def error_for(code: str, message: str, *, status: int | None = None) -> ParleyError:
+def error_for(
+    code: str, message: str, *, status: int | None = None, command_id: str | None = None
+) -> ParleyError:
     """The typed error for ``code`` (a code this SDK does not know: a plain ParleyError
     whose ``code`` attribute still says it)."""
     kind = ERRORS.get(code)
     if kind is not None:
-        return kind(message, status=status)
-    error = ParleyError(message, status=status)
+        return kind(message, status=status, command_id=command_id)
+    error = ParleyError(message, status=status, command_id=command_id)
     error.code = code
     return error
 

@@ -275,7 +275,7 @@ class Session:
             largest = self._pending.pop(max(sizes, key=sizes.__getitem__))
             if not largest.reply.done():
                 message = f"the command ({sizes[largest.payload['id']]} bytes) is too large"
-                largest.reply.set_exception(TooLarge(message))
+                largest.reply.set_exception(TooLarge(message, command_id=largest.payload["id"]))
 
     def _after_close(self, code: int | None, reason: str) -> float:
         if code in FINAL_CLOSES:
@@ -328,7 +328,7 @@ class Session:
                 pending.reply.set_result(Ack(command_id, None if seq is None else int(seq), data))
             else:
                 code, message = str(data.get("code")), str(data.get("message", ""))
-                pending.reply.set_exception(error_for(code, message))
+                pending.reply.set_exception(error_for(code, message, command_id=command_id))
             return
         if kind == "restricted":
             self.restricted[str(data.get("entry_id"))] = str(data.get("text", ""))
