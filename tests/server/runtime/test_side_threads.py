@@ -21,7 +21,7 @@ from parley.server.http.resource_models import DocumentCreate, ReadersIn
 from parley.server.runtime.session_writes import SETTINGS_WRITE, apply_session_write
 from parley.server.store.access_rows import DocumentRow
 from parley.server.store.memory import MemoryStore
-from parley.session.commands import PromptCommand
+from parley.session.commands import MessageCommand, PromptCommand
 from parley.session.core import SideThread
 from parley.session.lifecycle import PromptStatus
 from parley.session.quota import Quotas
@@ -492,3 +492,20 @@ async def test_a_thread_prompt_may_not_reuse_a_stored_prompts_id(tmp_path: Path)
         s.room.recent_acks = RecentAcks()  # as a restart leaves them
         reused = await s.send("bob", ThreadPromptCommand("x1", opened["thread_id"], "other"))
         assert (reused["type"], reused["code"]) == ("error", "conflict"), reused
+
+
+async def test_a_share_under_a_stored_messages_id_is_a_conflict(tmp_path: Path) -> None:
+    """Review: once a restart had emptied the recent acks, a share under the id of a stored
+    message, with other text, was acked as that message and nothing was shared."""
+    async with (
+        sql_store(sqlite_url(tmp_path)) as store,
+        backend(memory_settings(), store=store, model=FakeModel(answer_with)) as b,
+    ):
+        s = await b.session(await b.new_session({"bob": "editor"}))
+        assert (await s.send("bob", MessageCommand("mm1", "hello")))["type"] == "ack"
+        opened = await s.send("bob", ThreadOpenCommand("o", None, "mine"))
+        s.room.recent_acks = RecentAcks()  # as a restart leaves them
+        share = ThreadShareCommand("mm1", opened["thread_id"], "never stored", ())
+        refused = await s.send("bob", share)
+        assert (refused["type"], refused["code"]) == ("error", "conflict"), refused
+        assert [e.content for e in s.room.doc.entries()] == ["hello"]
