@@ -358,12 +358,11 @@ class LeanHttpProtocol(HttpToolsProtocol):
     # "bounded"). Past ``MAX_HEAD_BYTES`` or ``MAX_HEADERS`` it is answered 400, closed.
     _head_bytes = 0
     _header_count = 0
-    # The bytes received while a head is open (httptools gathers one header across reads,
-    # quadratically, and calls ``on_header`` only at its end: a 100 MB header took 10 s of
-    # CPU before any callback; review of the limit).
-    _heading = True
-    _raw_head = 0
-    _heads = 0  # heads ended on this connection
+    # The bytes of the reads in a row in which the parser called back nothing: httptools
+    # gathers one header (or a chunked body's trailer) across reads, quadratically, and
+    # calls back only at its end (a 100 MB header took 10 s of CPU; review of the limit).
+    _silent_bytes = 0
+    _progressed = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -371,20 +370,22 @@ class LeanHttpProtocol(HttpToolsProtocol):
         self._arm(IDLE_FIRST_S)
 
     def data_received(self, data: bytes) -> None:
-        heading, heads = self._heading, self._heads
+        self._progressed = False
         super().data_received(data)
-        # Counted only while no head ended in this read (one may end, and its body and the
-        # next request's head follow, in the same read).
-        if heading and heads == self._heads and not self.transport.is_closing():
-            self._raw_head += len(data)
-            if self._raw_head > MAX_HEAD_BYTES:
-                self.send_400_response(f"a request head over {MAX_HEAD_BYTES} bytes")
+        if self._progressed:
+            self._silent_bytes = 0
+        elif not self.transport.is_closing():
+            self._silent_bytes += len(data)
+            if self._silent_bytes > MAX_HEAD_BYTES:
+                self.send_400_response(f"a header or trailer over {MAX_HEAD_BYTES} bytes")
 
     def on_url(self, url: bytes) -> None:
+        self._progressed = True
         self._count_head(len(url))
         super().on_url(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self._progressed = True
         self._header_count += 1
         self._count_head(len(name) + len(value))
         if self._header_count > MAX_HEADERS:
@@ -397,6 +398,7 @@ class LeanHttpProtocol(HttpToolsProtocol):
             raise HeadTooLarge(f"a request head over {MAX_HEAD_BYTES} bytes")
 
     def on_message_begin(self) -> None:
+        self._progressed = True
         self._head_bytes = self._header_count = 0
         super().on_message_begin()
         extensions: dict[str, Any] = self.scope.setdefault("extensions", {})
@@ -406,14 +408,13 @@ class LeanHttpProtocol(HttpToolsProtocol):
         self._begun = True
 
     def on_headers_complete(self) -> None:
-        self._heads += 1
-        self._heading = False
-        self._raw_head = 0
+        self._progressed = True
         super().on_headers_complete()
         self._body = _BodyClock()
         self._await_body()
 
     def on_body(self, body: bytes) -> None:
+        self._progressed = True
         super().on_body(body)
         if self._body is not None:
             self._body.received += len(body)
@@ -433,7 +434,7 @@ class LeanHttpProtocol(HttpToolsProtocol):
             self._arm(left)
 
     def on_message_complete(self) -> None:
-        self._heading = True  # the next request's head, on a kept-alive connection
+        self._progressed = True
         self._body = None
         self._disarm()
         super().on_message_complete()

@@ -273,6 +273,22 @@ async def test_a_header_past_the_head_limit_is_refused_before_it_ends(
         writer.close()
 
 
+async def test_a_chunked_bodys_trailer_past_the_head_limit_is_refused_before_it_ends(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Review of the count: a chunked body's trailer is gathered as a header is, after the
+    head, so a 100 MB trailer took 10 s of CPU. Reads with nothing called back are counted
+    wherever they come."""
+    monkeypatch.setattr(uvicorn_protocol, "HEAD_TIMEOUT_S", 3.0)
+    async with serve_asgi(_answer, http=LeanHttpProtocol) as port:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        head = b"POST /x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        writer.write(head + b"1\r\na\r\n0\r\nX-T: " + b"a" * 300_000)  # no end
+        answered = await _ended(reader)
+        assert answered.startswith(b"HTTP/1.1 400"), answered[:200]
+        writer.close()
+
+
 async def test_a_body_that_does_not_arrive_in_time_ends_its_connection(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
