@@ -27,13 +27,13 @@ from collections.abc import Hashable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from pycrdt import write_var_uint
-
 from parley.session.errors import Forbidden, TooLarge
 from parley.session.yprotocol import (
     AwarenessState,
     decode_awareness_update,
+    encode_awareness_state,
     encode_awareness_update,
+    join_awareness_states,
 )
 
 MAX_CLIENTS_PER_SOCKET = 8
@@ -233,13 +233,13 @@ class Presence:
         self.flushed_by = {}
         parts = []
         for item in self._pending.values():
-            part = encode_awareness_update([item])[1:]  # less its count (1: one byte)
+            part = encode_awareness_state(item)
             parts.append(part)
             client = self._clients.get(item.client_id)
             if client is not None:
                 self.flushed_by[client.owner] = self.flushed_by.get(client.owner, 0) + len(part)
         self._pending.clear()
-        return write_var_uint(len(parts)) + b"".join(parts)
+        return join_awareness_states(parts)
 
     def _local(self) -> list[tuple[int, _Client]]:
         return [(cid, c) for cid, c in self._clients.items() if not isinstance(c.owner, RemoteNode)]

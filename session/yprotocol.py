@@ -218,12 +218,18 @@ def decode_awareness_update(update: bytes) -> list[AwarenessState]:
 
 
 def encode_awareness_update(states: list[AwarenessState]) -> bytes:
-    parts = [write_var_uint(len(states))]
-    for item in states:
-        body = json.dumps(item.state, separators=(",", ":"), allow_nan=False).encode()
-        parts += [write_var_uint(item.client_id), write_var_uint(item.clock)]
-        parts += [write_var_uint(len(body)), body]
-    return b"".join(parts)
+    return join_awareness_states([encode_awareness_state(item) for item in states])
+
+
+def encode_awareness_state(item: AwarenessState) -> bytes:
+    """One client's part of an awareness update (``join_awareness_states`` makes one)."""
+    body = json.dumps(item.state, separators=(",", ":"), allow_nan=False).encode()
+    head = write_var_uint(item.client_id) + write_var_uint(item.clock)
+    return head + write_var_uint(len(body)) + body
+
+
+def join_awareness_states(parts: list[bytes]) -> bytes:
+    return write_var_uint(len(parts)) + b"".join(parts)
 
 
 # -- refusing client writes -----------------------------------------------------------------

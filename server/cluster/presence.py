@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from parley.server.cluster.forwarding import MAX_NOTIFY_BYTES
 from parley.server.runtime.room import SessionRoom
+from parley.server.ws.connection import Connection
 from parley.session.yprotocol import (
     AwarenessState,
     ProtocolError,
@@ -100,9 +101,8 @@ class PresenceRelay:
         if behind is not None:
             self.publish(session_id, behind)
         for socket, told in room.presence.take_behind_here():
-            send = getattr(socket, "send", None)
-            if send is not None:
-                send(encode_awareness(told))
+            if isinstance(socket, Connection):  # (a socket here owns them)
+                socket.send(encode_awareness(told))
 
     def _answer(self, session_id: str) -> None:
         self._answering.discard(session_id)

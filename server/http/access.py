@@ -92,9 +92,7 @@ async def create_document(
 ) -> DocumentOut:
     """Attach a document; only its readers' runs can find it with ``search_documents``."""
     room = await state.rooms.get(session_id)
-    await spend_command_everywhere(
-        state, room, caller.user_id
-    )  # each is a write and an audit record
+    await spend_command_everywhere(state, room, caller.user_id)  # a write and an audit record
     if len(body.text) > state.settings.max_document_chars:
         raise TooLarge(f"text: at most {state.settings.max_document_chars} characters")
     check_readers(body.readers.users, body.readers.roles)

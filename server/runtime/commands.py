@@ -76,11 +76,7 @@ async def stored_resend(room: SessionRoom, actor: str, frame: str) -> str | None
     ``rate_limited``). Nothing else passes by a stored id (review of the mend: any command
     under a stored message's id went past the rate, 1000 in a second)."""
     command_id = command_id_of(frame)
-    if command_id is None:
-        return None
-    sent = room.writer.sent
-    await sent.read(room.last_seq, for_resends=True)
-    if not sent.stored_before(actor, command_id):
+    if command_id is None or not await _may_have_stored(room, actor, command_id):
         return None
     try:
         command = parse_command(frame, room.limits)
@@ -96,11 +92,17 @@ async def _stored_entry(room: SessionRoom, actor: str, command: Command) -> bool
     """Whether ``actor`` stored a session entry with ``command``'s id (review: a side-thread
     prompt reusing a stored prompt's id was run, two commands under one id, once a restart
     had emptied the recent acks)."""
-    sent = room.writer.sent
-    await sent.read(room.last_seq, for_resends=True)
-    if not sent.stored_before(actor, command.id):
+    if not await _may_have_stored(room, actor, command.id):
         return False
     return await room.store.entry_by_command(room.session_id, actor, command.id) is not None
+
+
+async def _may_have_stored(room: SessionRoom, actor: str, command_id: str) -> bool:
+    """Whether ``actor`` may have stored an entry under ``command_id`` (the session's stored
+    command ids, read once and kept in memory): False is sure, True asks the store."""
+    sent = room.writer.sent
+    await sent.read(room.last_seq, for_resends=True)
+    return sent.stored_before(actor, command_id)
 
 
 _STORED = {

@@ -219,9 +219,7 @@ class RoomRegistry:
         lock held at start after a crash made SQLite's start fail and PostgreSQL's hang,
         every session down with it)."""
         try:
-            pending = await self.store.sessions_with_status(
-                [PromptStatus.QUEUED.value, PromptStatus.RUNNING.value]
-            )
+            pending = await self._with_prompts_pending()
         except Unavailable:
             pending = None
         left = await self._recover_these(pending or [])
@@ -230,6 +228,12 @@ class RoomRegistry:
                 self._recover_later(left if pending is not None else None), name="recovery"
             )
         return len(pending or []) - len(left)
+
+    async def _with_prompts_pending(self) -> list[str]:
+        """The sessions with prompts waiting or cut off (running when the server stopped)."""
+        return await self.store.sessions_with_status(
+            [PromptStatus.QUEUED.value, PromptStatus.RUNNING.value]
+        )
 
     async def _recover_these(self, session_ids: list[str]) -> list[str]:
         """Load each of ``session_ids``; those the database refused now."""
@@ -249,9 +253,7 @@ class RoomRegistry:
             await asyncio.sleep(self.settings.db_retry_after_s)
             if left is None:
                 try:
-                    left = await self.store.sessions_with_status(
-                        [PromptStatus.QUEUED.value, PromptStatus.RUNNING.value]
-                    )
+                    left = await self._with_prompts_pending()
                 except Unavailable:
                     continue
             left = await self._recover_these(left)

@@ -14,6 +14,7 @@ import math
 import time
 from collections.abc import Callable
 
+from parley.server.ws.connection import Connection
 from parley.session.presence import Presence
 from parley.session.yprotocol import encode_awareness
 
@@ -61,7 +62,7 @@ class AwarenessFanout:
         self._last = self.clock()
         self.relay(update)
         for owner, size in self.presence.flushed_by.items():
-            if hasattr(owner, "echo_own"):  # a socket here (not another node's)
+            if isinstance(owner, Connection):  # a socket here (not another node)
                 owner.echo_own += size
         if self.publish is not None:
             self.publish(update)

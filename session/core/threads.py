@@ -171,18 +171,13 @@ def _prompt(
     view: SessionView, event: CommandEvent, command: ThreadPromptCommand, thread: SideThread
 ) -> Effects:
     asked = SUMMARY_REQUEST if command.summarise else command.text
-    if any(t.owner == event.actor and t.command_id == command.id for t in view.threads.values()):
-        raise DuplicateCommand(command.id)  # a side-thread's opening
-    for other in view.threads.values():
-        for turn in other.turns if other.owner == event.actor else ():
-            if turn.kind != "prompt" or turn.command_id != command.id:
-                continue
-            if other.id == thread.id and turn.text == asked:
-                # Resent (say after a reconnect): its first ack, no second run.
-                return Effects(ack=_asked(thread, turn))
-            # The id of another prompt (review: after a restart, which empties the recent
-            # acks, a reused id was acked and its new text dropped unasked).
-            raise DuplicateCommand(command.id)
+    for turn in thread.turns:  # resent (say after a reconnect): its first ack, no second run
+        if turn.kind == "prompt" and turn.command_id == command.id and turn.text == asked:
+            return Effects(ack=_asked(thread, turn))
+    if used_in_threads(view, event.actor, command.id):
+        # Another prompt's id, or an opening's (review: after a restart, which empties the
+        # recent acks, a reused id was acked and its new text dropped unasked).
+        raise DuplicateCommand(command.id)
     if not view.accepting_prompts:
         raise Unavailable("the server is shutting down; send it again after reconnecting")
     _may_prompt(view, event.actor)
