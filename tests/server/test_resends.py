@@ -9,20 +9,26 @@ from pathlib import Path
 
 import httpx
 
+from parley.server.settings import Settings
 from tests.conftest import make_settings, serve_in_process, sqlite_url
 from tests.fake_model import FakeModel
+
+
+def tight_rate(url: str, tmp_path: Path, *, burst: int) -> Settings:
+    """A command rate that hardly refills, its burst ``burst`` a socket (twice a member)."""
+    return make_settings(
+        url,
+        tmp_path / "d",
+        commands_per_second=0.01,
+        commands_burst=burst,
+        user_commands_per_second=0.01,
+    )
 
 
 async def test_a_burst_of_resent_commands_gets_its_first_acks_past_the_rate(
     tmp_path: Path,
 ) -> None:
-    settings = make_settings(
-        sqlite_url(tmp_path),
-        tmp_path / "d",
-        commands_per_second=0.01,
-        commands_burst=5,
-        user_commands_per_second=0.01,
-    )
+    settings = tight_rate(sqlite_url(tmp_path), tmp_path, burst=5)
     async with serve_in_process(settings, FakeModel.answering("ok")) as server:
         sid = await server.new_session({"ann": "editor"})
         ann = await server.connect(sid, "ann")
@@ -71,13 +77,7 @@ async def test_the_same_bad_input_gets_the_same_answer_on_the_socket_and_over_re
 async def test_rest_resends_get_their_first_answers_past_the_rate(tmp_path: Path) -> None:
     """Review of the resends: over REST, resent messages were charged again and 19 of 80
     came back 429, while the same resent on a socket were all answered."""
-    settings = make_settings(
-        sqlite_url(tmp_path),
-        tmp_path / "d",
-        commands_per_second=0.01,
-        commands_burst=5,
-        user_commands_per_second=0.01,
-    )
+    settings = tight_rate(sqlite_url(tmp_path), tmp_path, burst=5)
     async with serve_in_process(settings, FakeModel.answering("ok")) as server:
         sid = await server.new_session({"ann": "editor"})
         token = await server.token(sid, "ann")
@@ -109,13 +109,7 @@ async def test_resends_of_stored_commands_after_a_restart_get_their_first_acks(
         ann = await server.connect(sid, "ann")
         first = [await ann.command(message) for message in sent]
         assert [a["type"] for a in first] == ["ack"] * 12
-    tight = make_settings(
-        database,
-        tmp_path / "d",
-        commands_per_second=0.01,
-        commands_burst=2,
-        user_commands_per_second=0.01,
-    )
+    tight = tight_rate(database, tmp_path, burst=2)
     async with serve_in_process(tight) as again:
         ann = await again.connect(sid, "ann")
         # A stored id passes the rate only for what it stored (review of the mend: any

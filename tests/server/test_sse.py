@@ -453,6 +453,15 @@ async def test_a_reader_that_takes_nothing_is_cut_and_the_others_read_on(
         assert b"event: reply_delta" in received and b"event: reply_completed" not in received
 
 
+async def eight_messages_and_a_viewer(server: RunningServer) -> tuple[str, str]:
+    """A session where bob posted eight messages of 300 characters; vera's token."""
+    sid = await server.new_session({"vera": "viewer", "bob": "editor"})
+    bob = await server.connect(sid, "bob")
+    for n in range(8):
+        await bob.command({"type": "message", "id": f"m{n}", "text": "x" * 300})
+    return sid, await server.token(sid, "vera")
+
+
 async def test_a_members_stream_spends_their_read_budget(tmp_path: Path) -> None:
     """Review (bounded): the transcript is read within a member's read budget, but a
     stream replaying the session's history from its start spent nothing (a viewer read 76
@@ -462,11 +471,7 @@ async def test_a_members_stream_spends_their_read_budget(tmp_path: Path) -> None
         sqlite_url(tmp_path), tmp_path / "d", read_bytes_per_s=1.0, read_burst_bytes=2000
     )
     async with serve_in_process(settings, FakeModel.answering("ok")) as server:
-        sid = await server.new_session({"vera": "viewer", "bob": "editor"})
-        bob = await server.connect(sid, "bob")
-        for n in range(8):
-            await bob.command({"type": "message", "id": f"m{n}", "text": "x" * 300})
-        token = await server.token(sid, "vera")
+        sid, token = await eight_messages_and_a_viewer(server)
         async with stream(server.base_url, sid, token, "0") as events:
             await events.until(lambda e: e.event == "message_posted")
             as_vera = {"Authorization": f"Bearer {token}"}
@@ -482,11 +487,7 @@ async def test_a_paced_stream_ends_when_its_session_is_deleted(tmp_path: Path) -
         sqlite_url(tmp_path), tmp_path / "d", read_bytes_per_s=1.0, read_burst_bytes=1000
     )
     async with serve_in_process(settings, FakeModel.answering("ok")) as server:
-        sid = await server.new_session({"vera": "viewer", "bob": "editor"})
-        bob = await server.connect(sid, "bob")
-        for n in range(8):
-            await bob.command({"type": "message", "id": f"m{n}", "text": "x" * 300})
-        token = await server.token(sid, "vera")
+        sid, token = await eight_messages_and_a_viewer(server)
         async with stream(server.base_url, sid, token, "0") as events:
             await events.until(lambda e: e.event == "member_joined")
             assert (await server.http.delete(f"/api/v1/sessions/{sid}")).status_code == 204
