@@ -10,25 +10,47 @@ command resent with the same content gets the same answer, without the rate limi
 costs a look-up). One resent with different content is a conflict, as the docs promise.
 Kept per session, for its last ``MAX_KEPT`` acknowledgements, at most ``MAX_PER_AUTHOR``
 of one member's (so one member's commands cannot push out everyone else's); a restart or
-a failover forgets them (the store's own answers remain for prompts and messages, and a
-cancel of a cancelled prompt is acked anyway).
+a failover forgets them. The store answers after those: prompts and messages are known by
+the entries it holds, and the commands that store no entry (a pin, a fact, a policy, a
+cancel, a side-thread's close) by the acks kept with what they wrote, for
+``STORED_ACKS_KEPT_MS`` (review: a pin resent after a restart pinned again what another
+member had unpinned meanwhile). A command that wrote nothing (a pin of a pinned entry) has
+no ack kept: resent, it is judged again.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections import OrderedDict
 from dataclasses import replace
 
-from parley.session.commands import Command
+from parley.session.commands import CancelCommand, Command, FactCommand, PinCommand, PolicyCommand
 from parley.session.errors import DuplicateCommand
+from parley.session.thread_commands import ThreadCloseCommand
 
 MAX_KEPT = 256
 MAX_PER_AUTHOR = 64
+# How long the store keeps the acks of commands that store no entry (``command_acks``): a
+# resend after a restart comes within seconds or minutes; a day covers a long outage.
+STORED_ACKS_KEPT_MS = 24 * 3600 * 1000
 
 
 def fingerprint(command: Command) -> int:
     """What a command asks, whatever its id (a hash of its type and other fields)."""
     return hash(repr(replace(command, id="")))
+
+
+def kept_as_ack(command: Command) -> bool:
+    """Whether the store knows ``command`` by its kept ack (``command_acks``): a command
+    that stores no entry, nor a side-thread row of its own."""
+    return isinstance(
+        command, CancelCommand | PolicyCommand | PinCommand | FactCommand | ThreadCloseCommand
+    )
+
+
+def stored_fingerprint(command: Command) -> str:
+    """``fingerprint``, the same in every process (the store keeps it: ``command_acks``)."""
+    return hashlib.sha256(repr(replace(command, id="")).encode()).hexdigest()
 
 
 class RecentAcks:

@@ -23,6 +23,7 @@ from parley.session.core import CommandEvent
 from parley.session.core.threads import FROM_THREAD
 from parley.session.entries import EntryKind
 from parley.session.errors import Conflict, DuplicateCommand, NotFound, ParleyError
+from parley.session.recent_acks import kept_as_ack, stored_fingerprint
 from parley.session.thread_commands import (
     ThreadOpenCommand,
     ThreadPromptCommand,
@@ -49,6 +50,10 @@ async def dispatch(room: SessionRoom, actor: str, command: Command) -> str:
         recent = room.recent_acks.answer(actor, command)
         if recent is not None:
             return recent
+        kept = await _kept_ack(room, actor, command)
+        if kept is not None:
+            room.recent_acks.keep(actor, command, kept)  # the next resend: no read
+            return kept
         thread_command = isinstance(command, ThreadPromptCommand | ThreadOpenCommand)
         if thread_command and await _stored_entry(room, actor, command):
             raise DuplicateCommand(command.id)  # a session prompt's or message's id
@@ -71,7 +76,8 @@ async def dispatch(room: SessionRoom, actor: str, command: Command) -> str:
 
 async def stored_resend(room: SessionRoom, actor: str, frame: str) -> str | None:
     """The first ack of ``frame`` if it resends a prompt, message or share ``actor`` stored
-    (the same kind, the same text), else None: such a resend is answered past the rate,
+    (the same kind, the same text), or a command whose ack was kept (the same command),
+    else None: such a resend is answered past the rate,
     after a restart too (review: an SDK's resends of stored prompts were refused
     ``rate_limited``). Nothing else passes by a stored id (review of the mend: any command
     under a stored message's id went past the rate, 1000 in a second)."""
@@ -80,12 +86,34 @@ async def stored_resend(room: SessionRoom, actor: str, frame: str) -> str | None
         return None
     try:
         command = parse_command(frame, room.limits)
-        previous = await _previous_ack(room, actor, command)
+        if kept_as_ack(command):
+            previous = await _kept_ack(room, actor, command)
+        else:
+            previous = await _previous_ack(room, actor, command)
     except (CommandError, DuplicateCommand):
         return None
     if previous is not None:
         room.recent_acks.keep(actor, command, previous)  # the next resend: no read
     return previous
+
+
+async def _kept_ack(room: SessionRoom, actor: str, command: Command) -> str | None:
+    """The ack kept of ``command`` if ``actor`` sent it before (a resend after a restart,
+    or one the recent acks no longer hold) and it stored no entry: a pin, a fact, a policy,
+    a cancel, a side-thread's close (review: a pin resent after a restart pinned again what
+    another member had unpinned meanwhile). ``DuplicateCommand`` when the id was another
+    command's, of any kind; None when it is new to the store."""
+    if not await _may_have_stored(room, actor, command.id):
+        return None
+    kept = await room.store.command_ack(room.session_id, actor, command.id)
+    if kept is None:
+        if kept_as_ack(command) and await _stored_entry(room, actor, command):
+            raise DuplicateCommand(command.id)  # a prompt's or a message's id
+        return None
+    fingerprint, reply = kept
+    if not kept_as_ack(command) or fingerprint != stored_fingerprint(command):
+        raise DuplicateCommand(command.id)
+    return reply
 
 
 async def _stored_entry(room: SessionRoom, actor: str, command: Command) -> bool:
@@ -98,8 +126,9 @@ async def _stored_entry(room: SessionRoom, actor: str, command: Command) -> bool
 
 
 async def _may_have_stored(room: SessionRoom, actor: str, command_id: str) -> bool:
-    """Whether ``actor`` may have stored an entry under ``command_id`` (the session's stored
-    command ids, read once and kept in memory): False is sure, True asks the store."""
+    """Whether ``actor`` may have stored an entry or an ack under ``command_id`` (the
+    session's stored command ids, read once and kept in memory): False is sure, True asks
+    the store."""
     sent = room.writer.sent
     await sent.read(room.last_seq, for_resends=True)
     return sent.stored_before(actor, command_id)

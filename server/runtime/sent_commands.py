@@ -1,4 +1,5 @@
-"""Which command ids a session's entries were stored with, known before a write.
+"""Which command ids a session's entries and kept acks were stored with, known before a
+write.
 
 On PostgreSQL a command's entry goes into the write's last statement (one round trip for
 the whole acknowledged write), which stores nothing if the author sent that command id
@@ -8,10 +9,14 @@ ids would make the server reload a large document at the rate it may send comman
 the writer asks here first: an id possibly sent before is inserted on its own, first, as
 on SQLite, and found there before the document changes.
 
+The same ids tell the one door (``server.runtime.commands.dispatch``) when a command may
+be a resend of one the store holds (an entry, or the ack kept of a pin, a fact, ...): only
+then does it ask the store.
+
 The ids are kept as hashes (a few dozen bytes each), read once from the store when the
-session's first command is written (not at all for a session with no entry yet, nor on a
-store that inserts every entry at once) and added to as entries are stored. A hash shared
-by two ids only sends the new one the old way; the store decides either way.
+session's first command comes (``read(for_resends=True)``), and added to as entries and
+acks are stored. A hash shared by two ids only sends the new one the old way; the store
+decides either way.
 """
 
 from __future__ import annotations
@@ -36,7 +41,9 @@ class SentCommands:
             return
         async with self._reading:
             if self._hashes is None:
-                stored = await self.store.command_ids(self.session_id) if last_seq else []
+                # (A session with no entry may hold acks: a policy changed, say.)
+                wanted = last_seq or for_resends
+                stored = await self.store.command_ids(self.session_id) if wanted else []
                 self._hashes = {hash(key) for key in stored}
 
     def new(self, author: str, command_id: str) -> bool:

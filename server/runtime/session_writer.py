@@ -49,6 +49,7 @@ from parley.session.core import (
 from parley.session.lifecycle import PromptStatus
 from parley.session.queue import OrderingQueue, Policy
 from parley.session.reasons import ReasonCode
+from parley.session.recent_acks import kept_as_ack, stored_fingerprint
 from parley.session.schema import QueuedItem, SessionDocument
 
 log = logging.getLogger("parley.room")
@@ -194,10 +195,25 @@ class SessionWriter:
                 await self._record(write, effects, now_ms, starting=begin)
                 if started is not None and entry is not None:
                     await self._record(write, started, now_ms, inserted=entry.id)
+                if isinstance(event, CommandEvent):
+                    await self._keep_ack(write, event, effects)
                 await write.tx.insert_usage(usage)
         except _Refused as refused:
             return refused.effects
         return effects
+
+    async def _keep_ack(self, write: Write, event: CommandEvent, effects: Effects) -> None:
+        """Keep the ack of a command that stores no entry with what it writes, so that a
+        resend after a restart is answered, not carried out again (``command_acks``)."""
+        command = event.command
+        if effects.ack is None or not kept_as_ack(command):
+            return
+        reply = effects.ack.reply(command.id)
+        fingerprint = stored_fingerprint(command)
+        await write.tx.insert_command_ack(
+            self.session_id, event.actor, command.id, fingerprint, reply, event.now_ms
+        )
+        write.after_commit.append(partial(self.sent.stored, event.actor, command.id))
 
     async def _run_start(self, write: Write, stored: Effects, now_ms: int) -> Effects | None:
         """The start of the run the queue plans next, judged in ``write`` on the session as

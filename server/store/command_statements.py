@@ -13,12 +13,12 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
-from sqlalchemy import LargeBinary, bindparam, insert, text, update
+from sqlalchemy import LargeBinary, bindparam, delete, insert, text, update
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from parley.server.store.tables import entries, session_events, sessions
+from parley.server.store.tables import command_acks, entries, session_events, sessions
 from parley.server.store.webhooks import version_now
 from parley.session.lifecycle import PromptStatus, prompt_predecessors
 
@@ -164,3 +164,22 @@ def set_entry_status(status: PromptStatus) -> Any:
     before it; the columns to set are the parameters (``status`` and what comes with it)."""
     allowed = [old.value for old in prompt_predecessors(status)]
     return update(entries).where(entries.c.id == bindparam("entry"), entries.c.status.in_(allowed))
+
+
+@cache
+def insert_command_ack(dialect: str) -> Any:
+    """A command's ack for ``dialect`` (its columns as parameters): nothing inserted, and
+    no row returned, when its author sent the command id before."""
+    upsert = pg_insert if dialect == "postgresql" else sqlite_insert
+    return (
+        upsert(command_acks)
+        .on_conflict_do_nothing(index_elements=["session_id", "author", "command_id"])
+        .returning(command_acks.c.command_id)
+    )
+
+
+# The session's acks written before ``:before`` (``command_acks``: kept for a while).
+PRUNE_COMMAND_ACKS = delete(command_acks).where(
+    command_acks.c.session_id == bindparam("session_id"),
+    command_acks.c.created_at < bindparam("before"),
+)

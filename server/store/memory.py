@@ -171,7 +171,14 @@ class MemoryStore:
 
     async def command_ids(self, session_id: str) -> list[tuple[str, str]]:
         s = self._read(session_id)
-        return [] if s is None else list(s.commands)
+        return [] if s is None else [*s.commands, *s.acks]
+
+    async def command_ack(
+        self, session_id: str, author: str, command_id: str
+    ) -> tuple[str, str] | None:
+        s = self._read(session_id)
+        kept = None if s is None else s.acks.get((author, command_id))
+        return None if kept is None else (kept[0], kept[1])
 
     async def entries_with_status(self, session_id: str, statuses: Sequence[str]) -> list[EntryRow]:
         s = self._read(session_id)

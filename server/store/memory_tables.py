@@ -23,6 +23,7 @@ from parley.session.events import SessionEvent, StoredEvent
 from parley.session.lifecycle import IllegalTransition, PromptStatus, prompt_predecessors
 from parley.session.quota import Quotas
 from parley.session.reasons import Ending
+from parley.session.recent_acks import STORED_ACKS_KEPT_MS
 from parley.session.summary import Summary
 
 if TYPE_CHECKING:
@@ -67,6 +68,8 @@ class SessionRows:
     documents: dict[str, DocumentRow] = field(default_factory=dict)
     threads: dict[str, SideThread] = field(default_factory=dict)  # each with its turns
     thread_logs: dict[str, ThreadLog] = field(default_factory=dict)
+    # (author, command id) -> (fingerprint, ack, written at) of commands with no entry.
+    acks: dict[tuple[str, str], tuple[str, str, int]] = field(default_factory=dict)
 
     def copy(self) -> SessionRows:
         return SessionRows(
@@ -87,6 +90,7 @@ class SessionRows:
             dict(self.documents),
             dict(self.threads),
             dict(self.thread_logs),
+            dict(self.acks),
         )
 
 
@@ -246,6 +250,16 @@ class MemoryTx:
 
     async def insert_private(self, session_id: str, item: PrivateItem, now: int) -> None:
         self.session(session_id).private[item.entry_id] = item
+
+    async def insert_command_ack(
+        self, session_id: str, author: str, command_id: str, fingerprint: str, reply: str, now: int
+    ) -> None:
+        s = self.session(session_id)
+        if (author, command_id) in s.acks:
+            raise DuplicateCommand(command_id)
+        before = now - STORED_ACKS_KEPT_MS
+        s.acks = {k: v for k, v in s.acks.items() if v[2] >= before}
+        s.acks[(author, command_id)] = (fingerprint, reply, now)
 
     async def quotas(self, session_id: str) -> Quotas:
         s = self._written.get(session_id) or self._tables.sessions.get(session_id)

@@ -112,6 +112,13 @@ class SessionTx(Protocol):
 
     async def insert_private(self, session_id: str, item: PrivateItem, now: int) -> None: ...
 
+    async def insert_command_ack(
+        self, session_id: str, author: str, command_id: str, fingerprint: str, reply: str, now: int
+    ) -> None:
+        """Keep the ack of a command that stores no entry; ``DuplicateCommand`` if its
+        author sent the id before. Acks older than ``STORED_ACKS_KEPT_MS`` may go."""
+        ...
+
     async def quotas(self, session_id: str) -> Quotas:
         """The session's quotas, read in this transaction (a run's start reads them)."""
         ...
@@ -228,7 +235,15 @@ class SessionStore(Transactional, Protocol):
         ...
 
     async def command_ids(self, session_id: str) -> list[tuple[str, str]]:
-        """(author, command id) of every entry of the session."""
+        """(author, command id) of every entry of the session, and of every command ack
+        kept (``command_ack``)."""
+        ...
+
+    async def command_ack(
+        self, session_id: str, author: str, command_id: str
+    ) -> tuple[str, str] | None:
+        """The fingerprint and the ack kept of ``author``'s command ``command_id`` that
+        stored no entry (``SessionTx.insert_command_ack``), if kept."""
         ...
 
     async def sessions_with_status(self, statuses: Sequence[str]) -> list[str]: ...

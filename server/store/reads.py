@@ -7,7 +7,7 @@ import itertools
 import json
 from collections.abc import Callable, Sequence
 
-from sqlalchemy import and_, func, insert, select
+from sqlalchemy import and_, func, insert, select, union_all
 
 from parley.server.store import thread_log, thread_rows
 from parley.server.store.database import Database
@@ -22,6 +22,7 @@ from parley.server.store.rows import (
     session_row,
 )
 from parley.server.store.tables import (
+    command_acks,
     doc_snapshots,
     doc_updates,
     entries,
@@ -106,11 +107,31 @@ class SessionReads(Database):
     async def command_ids(self, session_id: str) -> list[tuple[str, str]]:
         async with self.read() as connection:
             rows = await connection.execute(
-                select(entries.c.author, entries.c.command_id).where(
-                    entries.c.session_id == session_id
+                union_all(
+                    select(entries.c.author, entries.c.command_id).where(
+                        entries.c.session_id == session_id
+                    ),
+                    select(command_acks.c.author, command_acks.c.command_id).where(
+                        command_acks.c.session_id == session_id
+                    ),
                 )
             )
             return [(str(author), str(command_id)) for author, command_id in rows]
+
+    async def command_ack(
+        self, session_id: str, author: str, command_id: str
+    ) -> tuple[str, str] | None:
+        async with self.read() as connection:
+            row = (
+                await connection.execute(
+                    select(command_acks.c.fingerprint, command_acks.c.reply).where(
+                        command_acks.c.session_id == session_id,
+                        command_acks.c.author == author,
+                        command_acks.c.command_id == command_id,
+                    )
+                )
+            ).first()
+        return None if row is None else (str(row[0]), str(row[1]))
 
     async def entry_by_command(
         self, session_id: str, author: str, command_id: str

@@ -36,6 +36,7 @@ from parley.server.store.rows import (
 )
 from parley.server.store.tables import (
     audit_log,
+    command_acks,
     doc_snapshots,
     doc_updates,
     documents,
@@ -163,6 +164,7 @@ class Store(SessionReads, UsageTables):
                 summaries,
                 audit_log,
                 private_items,
+                command_acks,
                 documents,
                 doc_snapshots,
                 doc_updates,

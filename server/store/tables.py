@@ -80,6 +80,23 @@ entries = Table(
 )
 Index("ix_entries_session_status", entries.c.session_id, entries.c.status)
 
+# The acknowledgements of the commands that store no entry (a pin, a fact, a policy, a
+# cancel, a side-thread's close), kept with what they did: a command resent under its id
+# after a restart is answered with its first ack, not carried out again
+# (``server.runtime.commands``). Kept ``ACKS_KEPT_MS``, pruned as new ones are written.
+command_acks = Table(
+    "command_acks",
+    metadata,
+    Column("session_id", String(64), ForeignKey("sessions.id", ondelete="CASCADE"), nullable=False),
+    Column("author", String(200), nullable=False),
+    Column("command_id", String(128), nullable=False),
+    Column("fingerprint", String(64), nullable=False),  # what the command asked, hashed
+    Column("reply", Text, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    UniqueConstraint("session_id", "author", "command_id", name="uq_command_acks_command"),
+)
+Index("ix_command_acks_session_created", command_acks.c.session_id, command_acks.c.created_at)
+
 # The CRDT update log: appended before an update is broadcast, squashed into snapshots.
 doc_updates = Table(
     "doc_updates",

@@ -36,6 +36,7 @@ from parley.session.events import SessionEvent
 from parley.session.lifecycle import IllegalTransition, PromptStatus
 from parley.session.quota import Quotas
 from parley.session.reasons import Ending
+from parley.session.recent_acks import STORED_ACKS_KEPT_MS
 from parley.session.webhook_events import webhook_data, webhook_types
 
 # The unique (session, seq) of ``entries``, as SQLite and PostgreSQL name its violation.
@@ -448,6 +449,26 @@ class StoreTx:
         self, session_id: str, at: int, kind: str, actor: str, data: dict[str, Any]
     ) -> None:
         await insert_audit(self.connection, session_id, at, kind, actor, data)
+
+    async def insert_command_ack(
+        self, session_id: str, author: str, command_id: str, fingerprint: str, reply: str, now: int
+    ) -> None:
+        """Keep a command's ack (``command_acks``), and let go of the session's acks older
+        than ``STORED_ACKS_KEPT_MS``; ``DuplicateCommand`` if its author sent the id before."""
+        statement = command_statements.insert_command_ack(self._connection.dialect.name)
+        values = {
+            "session_id": session_id,
+            "author": author,
+            "command_id": command_id,
+            "fingerprint": fingerprint,
+            "reply": reply,
+            "created_at": now,
+        }
+        if (await self.connection.execute(statement, values)).first() is None:
+            raise DuplicateCommand(command_id)
+        before = now - STORED_ACKS_KEPT_MS
+        prune = command_statements.PRUNE_COMMAND_ACKS
+        await self.connection.execute(prune, {"session_id": session_id, "before": before})
 
     async def insert_private(self, session_id: str, item: PrivateItem, now: int) -> None:
         await insert_private(self.connection, session_id, item, now)

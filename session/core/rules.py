@@ -125,9 +125,7 @@ def _handle(view: SessionView, event: CommandEvent) -> Effects:
     command = event.command
     if isinstance(command, _THREAD_COMMANDS):
         return threads.handle_thread(view, event, command)
-    if isinstance(command, PromptCommand | MessageCommand) and threads.used_in_threads(
-        view, event.actor, command.id
-    ):
+    if threads.used_in_threads(view, event.actor, command.id):
         raise DuplicateCommand(command.id)  # a side-thread command's id
     if isinstance(command, PromptCommand):
         return _authorized(view, event, Capability.PROMPT) or _prompt(view, event, command)

@@ -8,6 +8,7 @@ import asyncio
 from pathlib import Path
 
 import httpx
+from pycrdt import Array, Map
 
 from parley.server.settings import Settings
 from tests.conftest import make_settings, serve_in_process, sqlite_url
@@ -126,3 +127,51 @@ async def test_resends_of_stored_commands_after_a_restart_get_their_first_acks(
         assert (over["type"], over["code"]) == ("error", "rate_limited")  # still in force
         texts = [e["content"] for e in ann.entries() if e["kind"] == "message"]
         assert texts == [f"note {n}" for n in range(12)]
+
+
+async def test_commands_with_no_entry_resent_after_a_restart_are_not_carried_out_again(
+    database_url: str, tmp_path: Path
+) -> None:
+    """Review (faults): only prompts and messages were known to the store by their command
+    ids, so a pin, a fact or a policy resent after a restart (an SDK resends what it had
+    no answer for) was carried out again: it pinned what another member had unpinned
+    meanwhile, and set back a fact and a policy others had changed. Their acks are kept
+    with what they wrote: a resend gets its first ack and changes nothing; another
+    command under such an id is a conflict, of any kind."""
+    pin = {"type": "pin", "id": "p1", "entry_id": ""}
+    fact = {"type": "set_fact", "id": "f1", "key": "account", "value": "A-1"}
+    policy = {"type": "set_policy", "id": "s1", "policy": "coalesce"}
+    async with serve_in_process(make_settings(database_url, tmp_path / "d")) as server:
+        sid = await server.new_session({"ann": "owner", "bob": "owner"})
+        ann = await server.connect(sid, "ann")
+        bob = await server.connect(sid, "bob")
+        note = await ann.command({"type": "message", "id": "m1", "text": "keep this"})
+        pin["entry_id"] = note["message_id"]
+        first = [await ann.command(c) for c in (pin, fact, policy)]
+        assert [a["type"] for a in first] == ["ack"] * 3, first
+        # Another member undoes each of them.
+        for undo in (
+            {"type": "unpin", "id": "b1", "entry_id": note["message_id"]},
+            {"type": "set_fact", "id": "b2", "key": "account", "value": "B-2"},
+            {"type": "set_policy", "id": "b3", "policy": "queue"},
+        ):
+            assert (await bob.command(undo))["type"] == "ack"
+    async with serve_in_process(make_settings(database_url, tmp_path / "d")) as again:
+        ann = await again.connect(sid, "ann")
+        resent = [await ann.command(c) for c in (pin, fact, policy)]
+        assert resent == first
+        reused = [
+            {"type": "set_fact", "id": "p1", "key": "account", "value": "C-3"},
+            {"type": "unpin", "id": "f1", "entry_id": note["message_id"]},
+            {"type": "message", "id": "s1", "text": "under a policy's id"},
+            {"type": "prompt", "id": "p1", "text": "under a pin's id"},
+        ]
+        for command in reused:
+            answer = await ann.command(command)
+            assert (answer["type"], answer.get("code")) == ("error", "conflict"), answer
+        assert ann.doc.get("pins", type=Array).to_py() == []
+        assert ann.doc.get("facts", type=Map).to_py() == {"account": "B-2"}
+        session = (await again.http.get(f"/api/v1/sessions/{sid}")).json()
+        assert session["policy"] == "queue"
+        texts = [e["content"] for e in ann.entries()]
+        assert texts == ["keep this"]
