@@ -17,7 +17,7 @@ import json
 import logging
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -141,17 +141,34 @@ class SideThreads:
                 if not loaded:
                     continue  # deleted meanwhile
                 thread = loaded[0]
-            size = sum(len(t.text) for t in thread.turns)
+            streamed = self._streamed(thread.id)
+            size = sum(len(t.text) for t in thread.turns) + (len(streamed.text) if streamed else 0)
             if greeted + size > room_for:  # (the frame is at least its texts) unspent
                 return
             if not self.room.spend_read(user_id, size):
                 return
             shown = thread_json(self.read_by(thread, thread.owner), turns=True)
-            frame = json.dumps({"type": "thread", "thread": shown})
-            greeted += len(frame)
+            frames = [json.dumps({"type": "thread", "thread": shown})]
+            if streamed is not None:
+                frames.append(json.dumps(delta_frame(thread.id, streamed)))
+            greeted += sum(len(f) for f in frames)
             if greeted > room_for:
                 return
-            connection.send_json(frame)
+            for frame in frames:
+                connection.send_json(frame)
+
+    def _streamed(self, thread_id: str) -> StreamedReply | None:
+        """The reply the thread's run in flight here has streamed so far, if its owner
+        may read it now: a socket that connects mid-reply is sent it (from offset 0), so
+        the deltas after it continue its text rather than leave a gap (review: an SDK's
+        reply text after a reconnect lacked what was streamed while it was away)."""
+        active = self.active.get(thread_id)
+        if active is None or not isinstance(active.steps, ThreadSteps):
+            return None
+        steps = active.steps
+        if not may_read(self.room.subject(steps.begin.owner), active.reply.restriction):
+            return None
+        return StreamedReply(steps.begin.reply_id, "".join(steps.streamed))
 
     def of(self, user_id: str | None) -> list[SideThread]:
         """The side-threads of ``user_id`` (None: every member's, for the admin)."""
@@ -281,6 +298,27 @@ def _nothing() -> None:
     pass
 
 
+@dataclass(frozen=True, slots=True)
+class StreamedReply:
+    """Text of a side-thread's reply streaming, from ``offset`` (characters before it)."""
+
+    reply_id: str
+    text: str
+    offset: int = 0
+
+
+def delta_frame(thread_id: str, streamed: StreamedReply) -> dict[str, Any]:
+    """The ``thread_delta`` frame of ``streamed``: its ``offset`` lets a client place the
+    text, and see a gap (a delta missed while it reconnected) rather than run it on."""
+    return {
+        "type": "thread_delta",
+        "thread_id": thread_id,
+        "reply_id": streamed.reply_id,
+        "offset": streamed.offset,
+        "text": streamed.text,
+    }
+
+
 class ThreadSteps:
     """Where one side-thread run's steps go (``RunSink``): its owner's sockets and its
     thread's document while it runs, its thread's rows (through the core and the room's
@@ -294,6 +332,10 @@ class ThreadSteps:
         self.author = author
         self.tool_turns: list[ThreadTurn] = []
         self.started_at = threads.room.now_ms()
+        # The reply's text as sent to the owner's sockets (``thread_delta``), from which a
+        # socket that connects mid-reply is greeted.
+        self.streamed: list[str] = []
+        self.streamed_chars = 0
 
     def _send(self, frame: dict[str, Any]) -> None:
         self.threads._send(self.begin.owner, {"thread_id": self.begin.thread_id, **frame})
@@ -322,7 +364,10 @@ class ThreadSteps:
         await self._show(_nothing, lambda document: document.start_reply(reply_id, author, at))
 
     async def append_reply(self, active: ActiveRun, text: str) -> None:
-        self._send({"type": "thread_delta", "reply_id": self.begin.reply_id, "text": text})
+        sent = StreamedReply(self.begin.reply_id, text, self.streamed_chars)
+        self._send(delta_frame(self.begin.thread_id, sent))
+        self.streamed.append(text)
+        self.streamed_chars += len(text)
         reply_id = self.begin.reply_id
         await self._show(
             partial(active.text.append, text),

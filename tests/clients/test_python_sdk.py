@@ -34,6 +34,7 @@ from parley_client import (
     connect,
     error_for,
 )
+from parley_client.session import _placed
 
 from tests.conftest import (
     ADMIN_KEY,
@@ -490,3 +491,15 @@ async def test_a_command_too_big_for_the_socket_is_refused_not_resent_forever(
             assert alice.unacknowledged == []
             ack = await alice.prompt("and a small one")  # the session goes on
             assert ack.seq == 1
+
+
+def test_a_side_thread_reply_delta_is_placed_by_its_offset() -> None:
+    """Review (SDKs): after a reconnect mid-reply, ``thread_text`` ran the deltas after the
+    gap onto the text before it. Each delta is placed at its offset: the greeting's text so
+    far replaces what the client held, a delta seen twice changes nothing, and one after a
+    gap waits for the stored reply."""
+    assert _placed("one ", "one two ", 0) == "one two "  # a greeting's text so far
+    assert _placed("one two ", "two ", 4) == "one two "  # seen before
+    assert _placed("one two ", "three", 8) == "one two three"
+    assert _placed("one ", "four", 14) == "one "  # after a gap: not run on
+    assert _placed("one ", "two", None) == "one two"  # an older server sends no offset

@@ -6,6 +6,7 @@ in-memory store: ``tests/server/runtime/test_side_threads.py``.)"""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -264,3 +265,47 @@ async def test_the_greeting_stays_well_inside_the_sockets_backlog_limit(
     settings = make_settings(sqlite_url(tmp_path), tmp_path / "d", send_buffer_max_bytes=65536)
     threads, greeted = await greeted_of_two_threads(settings, "x" * 20_000)
     assert greeted == [threads[1]]
+
+
+async def test_a_socket_that_connects_mid_reply_gets_the_text_so_far_then_the_rest(
+    tmp_path: Path,
+) -> None:
+    """Review (SDKs): a socket that connected while a side-thread's reply streamed got the
+    thread as stored (no reply yet) and then the deltas after it: the reply's text held
+    by the client lacked what had streamed before. It is greeted with one delta of the
+    text so far, from offset 0, and every delta names its offset, so the text is whole."""
+    halfway = asyncio.Event()
+    go_on = asyncio.Event()
+
+    async def reached() -> None:
+        halfway.set()
+
+    model = FakeModel(lambda _sent: ["one ", "two ", reached, go_on, "three ", "four"])
+    async with serve_in_process(make_settings(sqlite_url(tmp_path), tmp_path / "d"), model) as s:
+        sid = await s.new_session({"bob": "editor"})
+        bob = await s.connect(sid, "bob")
+        opened = await bob.command({"type": "thread_open", "id": "t", "title": "mine"})
+        thread_id = opened["thread_id"]
+        asked = {"type": "thread_prompt", "id": "q", "thread_id": thread_id, "text": "hi"}
+        await bob.command(asked)
+        async with asyncio.timeout(10):
+            await halfway.wait()
+        await bob.wait_until(
+            lambda c: (
+                "".join(f["text"] for f in c.unsolicited if f.get("type") == "thread_delta")
+                == "one two "
+            )
+        )
+        again = await s.connect(sid, "bob", commands="text")
+        await again.command({"type": "unpin", "id": "x", "entry_id": "none"})  # after it
+        go_on.set()
+        await again.wait_until(lambda c: answered(c, thread_id, 1))
+        deltas = [f for f in again.unsolicited if f.get("type") == "thread_delta"]
+        assert (deltas[0]["offset"], deltas[0]["text"]) == (0, "one two ")
+        text = ""
+        for delta in deltas:
+            assert delta["offset"] <= len(text)
+            text = text[: delta["offset"]] + delta["text"]
+        assert text == "one two three four"
+        reply = thread_state(again, thread_id)["turns"][-1]  # type: ignore[index]
+        assert reply["text"] == text

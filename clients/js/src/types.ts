@@ -177,7 +177,8 @@ export interface SideThread {
 /** What this member's sockets are told of their side-threads. */
 export type ThreadFrame =
   | { readonly type: 'thread', readonly thread: SideThread }
-  | { readonly type: 'thread_delta', readonly thread_id: string, readonly reply_id: string, readonly text: string }
+  /** ``offset``: the reply's characters before ``text`` (a socket that connects mid-reply is sent the text so far, from 0). */
+  | { readonly type: 'thread_delta', readonly thread_id: string, readonly reply_id: string, readonly offset: number, readonly text: string }
   | { readonly type: 'thread_tool', readonly thread_id: string, readonly turn: ThreadTurn }
   | { readonly type: 'thread_deleted', readonly thread_id: string }
 

@@ -333,12 +333,18 @@ class Session:
         if kind == "restricted":
             self.restricted[str(data.get("entry_id"))] = str(data.get("text", ""))
         elif kind == "thread" and isinstance(data.get("thread"), dict):
-            self.threads[str(data["thread"].get("id"))] = data["thread"]
+            thread = data["thread"]
+            self.threads[str(thread.get("id"))] = thread
+            for turn in thread.get("turns") or ():
+                if isinstance(turn, dict) and turn.get("kind") == "reply":
+                    self.thread_text[str(turn.get("id"))] = str(turn.get("text", ""))
         elif kind == "thread_deleted":
             self.threads.pop(str(data.get("thread_id")), None)
         elif kind == "thread_delta":
             reply_id, text = str(data.get("reply_id")), str(data.get("text", ""))
-            self.thread_text[reply_id] = self.thread_text.get(reply_id, "") + text
+            self.thread_text[reply_id] = _placed(
+                self.thread_text.get(reply_id, ""), text, data.get("offset")
+            )
         self.unsolicited.append(data)
         self._notify()
 
@@ -592,3 +598,15 @@ def connect(
         reconnect=reconnect,
         connect_timeout_s=connect_timeout_s,
     )
+
+
+def _placed(so_far: str, text: str, offset: object) -> str:
+    """A streamed reply's text with ``text`` placed at ``offset`` (the characters before
+    it): a delta seen before (a socket's greeting resends the text so far) changes nothing,
+    and one after a gap (deltas missed while reconnecting) waits for the stored reply (its
+    ``thread`` frame) rather than run the text on. No offset (an older server): appended."""
+    if not isinstance(offset, int) or isinstance(offset, bool):
+        return so_far + text
+    if offset > len(so_far) or offset + len(text) <= len(so_far):
+        return so_far
+    return so_far[:offset] + text
