@@ -3,9 +3,10 @@
 ``HistoryFold`` turns the visible entries of a transcript, in story order, into items:
 - exact duplicates (case and whitespace folded) become one item at the latest occurrence,
   attributed to every author;
-- near-duplicates (MinHash similarity at or above the threshold) are merged the same way,
-  keeping the most recent wording, except into a prompt of another member's: the prompt
-  keeps its own words (a run answering it must not be told it asks what another wrote);
+- near-duplicates (MinHash similarity at or above the threshold) of one member's are
+  merged the same way, keeping the most recent wording; another member's near-duplicate
+  stays apart, in its own words (merged, the model would be told one member wrote the
+  other's wording: a near-duplicate can say the opposite, "do" against "do NOT");
 - a merged item remembers who said each of its entries, so a message folded into a prompt
   stays that member's words (``[alice wrote, bob asks you]``): only the authors of the
   prompts a run answers ask, and every author of a folded entry is named;
@@ -109,11 +110,12 @@ class HistoryFold:
         self._undo: list[list[_Undo]] = []
         self._exact: dict[str, int] = {}
         self._merged_into: dict[int, int] = {}  # item index -> the item it was merged into
-        self._near = NearDuplicateIndex(near_duplicate_threshold)
+        self._threshold = near_duplicate_threshold
+        # Each member's own texts: a near-duplicate folds only into its author's words.
+        self._near: dict[str, NearDuplicateIndex] = {}
         self._replies: dict[str, Entry] = {}
         self._blocks: dict[str, Entry] = {}
         self._tool_results: dict[str, Entry] = {}
-        self._prompt_authors: dict[str, str] = {}  # entry id of a prompt -> its author
 
     def sync(self, history: Sequence[tuple[Entry, bool]], unchanged: int = 0) -> int:
         """Fold ``history`` (entries with their pinned flag); return the steps redone.
@@ -208,19 +210,20 @@ class HistoryFold:
         if earlier is None:
             signature = minhash(entry.content)
             if signature is not None:
-                match = self._near.find(signature)
+                near = self._near.get(entry.author)
+                if near is None:
+                    near = self._near[entry.author] = NearDuplicateIndex(self._threshold)
+                match = near.find(signature)
                 earlier = None if match is None else int(match)
                 reason = "near-duplicate"
                 near_key = str(len(self.items))
-                self._near.add(near_key, signature)
-                undo.append(lambda: self._near.remove_last(near_key))
+                near.add(near_key, signature)
+                undo.append(lambda: near.remove_last(near_key))
         if earlier is not None:
             earlier = self._live(earlier)
         old = None if earlier is None else self.items[earlier]
-        if old is not None and reason == "near-duplicate" and self._asks_for_another(old, entry):
+        if old is not None and reason == "near-duplicate" and self._said_by_another(old, entry):
             old = None
-        if entry.kind is EntryKind.PROMPT:
-            self._set(self._prompt_authors, entry.id, entry.author, undo)
         if earlier is not None and old is not None:
             self._set_item(earlier, None, undo)
             self._set(self._merged_into, earlier, len(self.items), undo)
@@ -241,13 +244,15 @@ class HistoryFold:
         self._set(self._exact, key, len(self.items), undo)
         self._append(item, undo)
 
-    def _asks_for_another(self, item: FoldedItem, entry: Entry) -> bool:
-        """Whether ``item`` holds a prompt by someone other than ``entry``'s author (whose
-        words a near-duplicate must not replace)."""
-        return any(
-            self._prompt_authors.get(entry_id, entry.author) != entry.author
-            for entry_id in item.entry_ids
-        )
+    @staticmethod
+    def _said_by_another(item: FoldedItem, entry: Entry) -> bool:
+        """Whether someone other than ``entry``'s author said any of ``item``: a
+        near-duplicate keeps the newer wording, so merged with another member's words it
+        would tell the model they wrote what they did not (review: alice's "we DO roll out
+        build 4121" became "[alice and mallory each wrote] we do NOT roll out build 4121").
+        Only a member's own near-duplicates fold; the same words (an exact duplicate) fold
+        whoever said them."""
+        return any(author != entry.author for author in item.said_by)
 
     @staticmethod
     def _item(

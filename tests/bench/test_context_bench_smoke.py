@@ -11,7 +11,6 @@ from bench.context_build import (
     run,
 )
 from parley.session.dedup import normalise
-from parley.session.entries import EntryKind
 
 
 def test_the_context_benchmark_runs_and_reports_every_figure() -> None:
@@ -28,14 +27,12 @@ def test_the_adversarial_set_finds_no_forgery_and_no_misattribution() -> None:
     finding, not a blind spot)."""
     found = adversarial()
     assert found["impersonation_attempts"] == 10 and found["impersonations_succeeding"] == 0
-    # Every pair folds but a rewording of another member's prompt, which keeps its words.
+    # Every pair folds but another member's rewording, which keeps its own words.
     rewordings = sum(
-        first.kind is EntryKind.PROMPT
-        and first.author != second.author
-        and normalise(first.content) != normalise(second.content)
+        first.author != second.author and normalise(first.content) != normalise(second.content)
         for first, second in near_duplicate_pairs()
     )
-    assert found["near_duplicate_pairs"] == 20 and rewordings == 6
+    assert found["near_duplicate_pairs"] == 20 and rewordings == 12
     assert found["near_duplicate_pairs_folded"] == 20 - rewordings
     assert found["misattributed_items"] == 0
 

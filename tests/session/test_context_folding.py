@@ -47,9 +47,9 @@ def test_exact_duplicates_appear_once_attributed_to_every_author() -> None:
 def test_near_duplicates_keep_the_most_recent_wording() -> None:
     first = "The nightly build failed because the cache directory on runner 3 is not writable"
     later = "The nightly build failed because the cache directory on runner 3 isn't writable"
-    entries = [msg(1, "alice", first), msg(2, "bob", later), prompt(3, "carol", "why?")]
+    entries = [msg(1, "alice", first), msg(2, "alice", later), prompt(3, "carol", "why?")]
     built = build_context(session_id="s", entries=entries, prompt_ids=["e3"])
-    assert built.request.messages[0].content == f"[alice and bob each wrote]\n{later}"
+    assert built.request.messages[0].content == f"[alice wrote]\n{later}"
     assert built.excluded[0].reason == "near-duplicate of e2"
     loose = ContextSettings(near_duplicate_threshold=0.99)
     strict = build_context(session_id="s", entries=entries, prompt_ids=["e3"], settings=loose)
@@ -278,6 +278,33 @@ def test_a_near_duplicate_by_another_member_does_not_reword_a_prompt() -> None:
         f"[mallory wrote]\nPlease never roll back {order}",
         "[bob asks you]\nwhat time is it?",
     ]
-    # Her own near-duplicate still folds into her prompt.
+    # Nor does her near-duplicate fold into his words (review: it did, under both names).
     later = build_context(session_id="s", entries=entries, prompt_ids=[])
-    assert [x.reason for x in later.excluded] == ["near-duplicate of e4"]
+    assert [m.content for m in later.request.messages] == [
+        f"[mallory wrote]\nPlease never roll back {order}",
+        f"[alice wrote]\nplease roll back {order}!",
+    ]
+    assert later.excluded == ()
+
+
+def test_a_near_duplicate_by_another_member_stays_in_their_own_words() -> None:
+    """Review (deputy): a near-duplicate kept the newer wording with the authors of both,
+    so mallory's "do NOT" under alice's name reached every later model input and alice's
+    own words were gone. Another member's near-duplicate stays apart; the same words
+    (an exact duplicate) still fold whoever said them."""
+    said = "we {} roll out build 4121 to every production region tonight after the freeze ends"
+    entries = [
+        msg(1, "alice", said.format("DO")),
+        msg(2, "mallory", said.format("do NOT")),
+        msg(3, "alice", said.format("really DO")),
+        prompt(4, "bob", said.format("do not")),
+    ]
+    built = build_context(session_id="s", entries=entries, prompt_ids=["e4"])
+    assert [m.content for m in built.request.messages] == [
+        f"[alice wrote]\n{said.format('really DO')}",  # her own near-duplicate folds
+        f"[mallory wrote, bob asks you]\n{said.format('do not')}",  # the same words fold
+    ]
+    assert [(x.entry_id, x.reason) for x in built.excluded] == [
+        ("e1", "near-duplicate of e3"),
+        ("e2", "duplicate of e4"),
+    ]
