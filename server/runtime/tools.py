@@ -128,7 +128,10 @@ class ToolRunner:
                 "call_id": call_id,
                 "session_id": session_id,
                 "arguments": arguments,
-                "issuer": issuers[0],
+                # The one member who asked; none for a run answering several members'
+                # prompts (review: it named the first, an owner, with an owner's rights,
+                # for a tool call an editor's prompt asked for): act on ``capabilities``.
+                "issuer": issuers[0] if len(issuers) == 1 else None,
                 "issuers": issuers,
                 "capabilities": sorted(scope.capabilities),
             },

@@ -5,6 +5,7 @@ store, its tools registered through the REST handlers: no app, no member socket.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
@@ -30,6 +31,7 @@ from parley.server.http.models import MemberPut
 from parley.server.http.resource_models import ToolCreate
 from parley.server.settings import Settings
 from parley.session.commands import PromptCommand
+from parley.session.lifecycle import PromptStatus
 from tests.conftest import RunningServer, sqlite_url
 from tests.fake_model import Answer, FakeModel, Sent, call
 from tests.server.runtime.backend import Backend, backend, sql_store
@@ -296,3 +298,33 @@ async def test_unstorable_text_is_refused_at_any_depth_of_a_tool(server: Running
     listed = await server.http.get("/api/v1/tools")
     assert [t["name"] for t in listed.json()["tools"]] == ["good"]
     assert listed.json()["tools"][0]["parameters"] == nested
+
+
+async def test_a_run_answering_several_members_names_no_one_issuer(
+    parley: tuple[Backend, FakeModel], tool_server: ToolServer
+) -> None:
+    """Review (deputy): a run answering an owner's prompt and then an editor's (coalesce)
+    called the tool the editor's prompt asked for with ``issuer`` the owner, with every
+    right an owner has: a tool server authorising on it gave the editor an owner's
+    decision. With several issuers there is no one issuer; the rights are the shared ones."""
+    b, provider = parley
+    provider.gate = asyncio.Event()
+    tool_server.verifier = WebhookVerifier(await register(b, "lookup", tool_server.url + "/lookup"))
+    sid = await b.new_session({"olga": "owner"}, policy="coalesce")
+    olga = await member(b, sid, "ann", ["tool:lookup"])
+    await b.call(
+        members_api.put_member,
+        session_id=sid,
+        user_id="olga",
+        body=MemberPut(role="owner", grants=["tool:lookup"]),
+    )
+    held = await olga.prompt("olga", "[wait] hold on")
+    await olga.until(lambda s: s.status(held["prompt_id"]) is PromptStatus.RUNNING)
+    first = await olga.prompt("olga", "first question")
+    second = await olga.prompt("ann", "lookup the answer")
+    provider.gate.set()
+    await olga.settled(held["prompt_id"], first["prompt_id"], second["prompt_id"])
+    [request] = tool_server.received
+    assert [i["user_id"] for i in request["issuers"]] == ["olga", "ann"]
+    assert request["issuer"] is None
+    assert "manage_members" not in request["capabilities"]
