@@ -37,7 +37,7 @@ export function mountSideThread ({ session, composer, showError }) {
     const doc = new Y.Doc()
     const provider = new WebsocketProvider(
       `${base.serverUrl}/${encodeURIComponent(base.roomname)}/threads`, threadId, doc,
-      { params: base.params }
+      { params: base.params, disableBc: true } // as the SDK's: no presence across tabs
     )
     provider.on('connection-close', (event) => {
       if (event?.code === REBUILT && synced?.doc === doc) {

@@ -35,6 +35,7 @@ from parley_client import (
     error_for,
 )
 from parley_client.session import _placed
+from parley_client.wire import encode_command
 
 from tests.conftest import (
     ADMIN_KEY,
@@ -503,3 +504,23 @@ def test_a_side_thread_reply_delta_is_placed_by_its_offset() -> None:
     assert _placed("one two ", "three", 8) == "one two three"
     assert _placed("one ", "four", 14) == "one "  # after a gap: not run on
     assert _placed("one ", "two", None) == "one two"  # an older server sends no offset
+
+
+async def test_a_command_resent_by_its_id_while_it_waits_shares_its_reply(
+    sqlite_server: RunningServer,
+) -> None:
+    """Review (SDKs): a second call under the id of a command still waiting took its place,
+    and the first waited for good. Both get the one reply; another command under the id
+    is refused at once. Text goes as UTF-8, not escaped: an emoji spends 4 bytes of the
+    command budget, not 12."""
+    async with AdminClient(sqlite_server.base_url, ADMIN_KEY) as admin, asyncio.timeout(60):
+        sid = await new_session(admin, {"alice": "editor"})
+        async with await join(sqlite_server, admin, sid, "alice") as alice:
+            first = asyncio.ensure_future(alice.message("twice", id="m1"))
+            second = asyncio.ensure_future(alice.message("twice", id="m1"))
+            await asyncio.sleep(0)  # both sent, or waiting
+            with pytest.raises(Conflict):
+                await alice.message("another text", id="m1")
+            assert await first == await second
+            assert [e.content for e in alice.transcript] == ["twice"]
+    assert len(encode_command({"type": "message", "id": "m", "text": "🙂" * 10})) < 80

@@ -30,6 +30,7 @@ from tests.conftest import (
     sqlite_url,
 )
 from tests.stock_client import JS_DIR, REPO_ROOT, Event, StockYjsClient
+from tests.yclient import YClient
 
 # One worker builds the module's packed SDK once for all its tests (``--dist loadgroup``).
 pytestmark = [pytest.mark.node, pytest.mark.xdist_group("sdk-js")]
@@ -265,6 +266,59 @@ async def test_two_sdk_clients_prompting_at_once_converge(sdk_app: Path, tmp_pat
     for prompt, reply in zip(entries[::2], entries[1::2], strict=True):
         assert prompt["reply_id"] == reply["id"] and reply["reply_to"] == prompt["id"]
     assert dumps[0]["queue"] == [] and dumps[0]["unanswered"] == {}
+
+
+TWO_IN_ONE_PROCESS = """
+import WebSocket from 'ws'
+import { connect } from '@parley/client'
+const [url, sessionId, ...tokens] = process.argv.slice(2)
+const sessions = []
+for (const [n, token] of tokens.entries()) { // one after the other, as a bot's members join
+  const name = `member ${n}`
+  const session = connect({ url, sessionId, token, name, WebSocketPolyfill: WebSocket })
+  await session.ready(10000)
+  sessions.push(session)
+}
+process.stdin.on('end', () => { for (const s of sessions) s.close(); process.exit(0) })
+process.stdin.resume()
+"""
+
+
+async def test_two_sdk_sessions_in_one_process_are_each_shown_as_their_member(
+    sdk_app: Path, tmp_path: Path
+) -> None:
+    """Review (SDKs): two sessions of one Node process (or two tabs of one browser) passed
+    each other's presence along over a BroadcastChannel, and the server stamped bob's
+    state with alice, whose socket sent it first: bob was shown as alice, and not at all."""
+    (sdk_app / "two.mjs").write_text(TWO_IN_ONE_PROCESS)
+    async with serve_in_process(make_settings(sqlite_url(tmp_path), tmp_path / "data")) as s:
+        sid = await s.new_session({"alice": "editor", "bob": "editor", "vera": "viewer"})
+        tokens = [await s.token(sid, user) for user in ("alice", "bob")]
+        node = await asyncio.create_subprocess_exec(
+            shutil.which("node") or "node",
+            "two.mjs",
+            s.ws_url,
+            sid,
+            *tokens,
+            cwd=sdk_app,
+            stdin=asyncio.subprocess.PIPE,
+        )
+        try:
+            vera = await s.connect(sid, "vera")
+
+            def shown(client: YClient) -> list[tuple[str, str]]:
+                states = [st for st in client.awareness.values() if st and "user" in st]
+                return sorted(
+                    (str(st["parley"]["user_id"]), str(st["user"]["name"])) for st in states
+                )
+
+            await vera.wait_until(lambda c: len(shown(c)) == 2)
+            assert shown(vera) == [("alice", "member 0"), ("bob", "member 1")]
+        finally:
+            assert node.stdin is not None
+            node.stdin.close()
+            async with asyncio.timeout(10):
+                await node.wait()
 
 
 # -- typed errors -----------------------------------------------------------------------------

@@ -115,6 +115,10 @@ export class ParleySession {
         // commands=binary: this client speaks commands, so the server sends it the frames
         // that answer no command from the start, after a reconnect too.
         params: { token: options.token, commands: 'binary' },
+        // No BroadcastChannel: two sessions of one process or browser would pass each
+        // other's presence along, and the server stamps a state with the member of the
+        // socket that first sent it (review: bob was shown as alice).
+        disableBc: true,
         ...(options.WebSocketPolyfill === undefined
           ? {}
           : { WebSocketPolyfill: options.WebSocketPolyfill as WebSocketClass })
@@ -157,6 +161,11 @@ export class ParleySession {
     provider.on('connection-close', (event) => {
       const socket = provider.ws // still the socket that closed
       if (event?.code === TOO_BIG && socket !== null) this.outbox.refuseLargest(socket)
+      // Presence goes out again on the next socket under a newer clock: peers keep the
+      // clock they last saw, and ignored the same one until its renewal (review: after a
+      // server restart everyone looked alone for up to 15 s).
+      const state = provider.awareness.getLocalState()
+      if (state !== null) provider.awareness.setLocalState({ ...state })
     })
 
     // Snapshots are built only for listeners (or when read), not on every update.

@@ -87,6 +87,7 @@ SHOWN: Mapping[str, Any] = MappingProxyType({})  # present, with no state of one
 class _Pending:
     payload: dict[str, Any]
     reply: asyncio.Future[Ack]
+    waiters: int = 1  # calls waiting for the reply (a resend by id while it waits joins)
 
 
 def _socket_url(url: str, session_id: str, token: str) -> str:
@@ -360,16 +361,31 @@ class Session:
         if self.closed_by is not None:
             raise self.closed_by
         payload = {"type": kind, "id": id or self.new_id(), **fields}
-        reply: asyncio.Future[Ack] = asyncio.get_running_loop().create_future()
-        self._pending[payload["id"]] = _Pending(payload, reply)
+        waiting = self._pending.get(payload["id"])
+        if waiting is not None and not waiting.reply.done():
+            # Resent by its id while its first send still waits (review: the second call
+            # took the first one's place, and the first waited for good): one reply for both.
+            if waiting.payload != payload:
+                message = "this command id waits for its reply to another command"
+                raise error_for("conflict", message, command_id=payload["id"])
+            pending, first = waiting, False
+            pending.waiters += 1
+        else:
+            reply: asyncio.Future[Ack] = asyncio.get_running_loop().create_future()
+            pending, first = _Pending(payload, reply), True
+            self._pending[payload["id"]] = pending
         try:
-            if self._ws is not None:
+            if first and self._ws is not None:
                 with contextlib.suppress(websockets.ConnectionClosed):
                     await self._ws.send(wire.encode_command(payload))  # else resent later
-            return await reply
+            return await asyncio.shield(pending.reply)
         finally:
-            if not reply.done() or reply.cancelled():  # given up (cancelled): not resent
-                self._pending.pop(payload["id"], None)
+            pending.waiters -= 1
+            if not pending.reply.done() and pending.waiters == 0:
+                # Given up (cancelled) by every caller: not resent.
+                if self._pending.get(payload["id"]) is pending:
+                    del self._pending[payload["id"]]
+                pending.reply.cancel()
 
     async def prompt(self, text: str, *, id: str | None = None) -> Ack:
         """Ask the model; the ack's ``prompt_id`` names the prompt in the transcript."""

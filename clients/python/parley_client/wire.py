@@ -41,7 +41,9 @@ def encode_sync(sync_type: int, payload: bytes) -> bytes:
 
 
 def encode_command(command: dict[str, Any]) -> bytes:
-    return bytes([COMMAND]) + varbytes(json.dumps(command).encode("utf-8"))
+    # UTF-8 as it is, not \u escapes: an emoji costs 4 bytes of the command budget, not 12.
+    text = json.dumps(command, ensure_ascii=False, separators=(",", ":"))
+    return bytes([COMMAND]) + varbytes(text.encode("utf-8"))
 
 
 @dataclass(frozen=True, slots=True)
