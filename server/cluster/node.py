@@ -24,6 +24,7 @@ import uuid
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from parley.server.cluster.access import CHANNEL_ACCESS, CHANNEL_ACCESS_SEEN, AccessSync
@@ -55,6 +56,7 @@ log = logging.getLogger("parley.cluster")
 CHANNEL_DOC = "parley_doc"  # payload: session id (an update was committed)
 CHANNEL_PRIVATE = "parley_private"  # payload: "<session id> <entry id>" (restricted text)
 CHANNEL_THREAD = "parley_thread"  # payload: "<session id> <thread id> <owner>"
+CHANNEL_SETTINGS = "parley_settings"  # payload: session id (its settings or members changed)
 TAIL_PAGE = 500
 
 
@@ -122,6 +124,7 @@ class ClusterNode:
         self.runners: dict[str, SessionRunner] = {}  # the sessions opened here
         self._room_locks: dict[str, asyncio.Lock] = {}
         self._stale_docs: set[str] = set()
+        self._stale_settings: set[str] = set()  # replica rooms to judge by the stored members
         self.presence = PresenceRelay(store.engine, self.node_id, registry.loaded)
         self.access = AccessSync(
             store.engine, self.node_id, registry.load_access, self.leases_table
@@ -137,6 +140,7 @@ class ClusterNode:
                 CHANNEL_PRIVATE: self._on_private,
                 CHANNEL_THREAD: self._on_thread,
                 CHANNEL_DELETED: self._on_deleted,
+                CHANNEL_SETTINGS: self._on_settings,
                 CHANNEL_COMMAND: self._on_command,
                 CHANNEL_RESULT: self.relay.on_result,
                 CHANNEL_AWARENESS: self.presence.on_notification,
@@ -399,6 +403,21 @@ class ClusterNode:
         if self.registry.loaded(session_id) is not None:
             self.spawn(self.registry.forget_session(session_id))
 
+    def _on_settings(self, session_id: str) -> None:
+        """A node changed a session's settings or members (``settings_changed``): a read
+        replica here takes them up before the document's next updates reach its sockets
+        (review: a member removed, revoked or denied there was still admitted here, and
+        sent what was posted after, for up to the poll's interval)."""
+        if session_id in self.applied:
+            self._stale_settings.add(session_id)
+            self._stale_docs.add(session_id)
+            self._wake.set()
+
+    async def settings_changed(self, session_id: str) -> None:
+        """Tell every node that ``session_id``'s stored settings or members changed."""
+        async with self.store.engine.begin() as connection:
+            await connection.execute(select(func.pg_notify(CHANNEL_SETTINGS, session_id)))
+
     def _on_command(self, session_id: str) -> None:
         if session_id in self.running:
             self.relay.wanted(session_id)
@@ -450,6 +469,9 @@ class ClusterNode:
             if after is None:
                 return  # run here now: the room has the state
             tail = await read_tail(self.store.engine, session_id, after, TAIL_PAGE)
+            if session_id in self._stale_settings:  # judged as changed before it is sent
+                self._stale_settings.discard(session_id)
+                await room.reload_settings()
             if tail.snapshot is not None or tail.updates:
                 await room.writer.document.apply_replicated(tail.snapshot, tail.updates)
             if session_id in self.applied:

@@ -142,8 +142,11 @@ class RoomRegistry:
             await self.cluster.charge(room, user_id, why)
 
     async def settings_changed(self, room: SessionRoom) -> None:
-        """A REST call stored a session's settings or members: put them in force."""
+        """A REST call stored a session's settings or members: put them in force (cluster
+        mode: where the session runs before this returns, and every other node told)."""
         await self.change(room, {"op": SETTINGS_WRITE})
+        if self.cluster is not None:
+            await self.cluster.settings_changed(room.session_id)
 
     async def access_changed(self) -> None:
         """A REST call stored roles or tools: put them in force here and, in cluster mode,

@@ -119,7 +119,10 @@ async def admit(websocket: WebSocket, state: AppState) -> Admitted | None:
             claims = verify_token(state.keys.signing_key, token, now=int(state.clock()))
             if claims.session_id != session_id:
                 raise Unauthenticated("the token is for another session")
-            room = await state.rooms.get(session_id)
+            # As committed (cluster mode: a read replica catches up first, members too;
+            # review: a member removed on another node was admitted here, and one added
+            # there refused 4403 for good).
+            room = await state.rooms.current(session_id)
         except Unauthenticated as exc:
             refusal = (close_code_for(exc), exc.message[:120])
         except NotFound as exc:

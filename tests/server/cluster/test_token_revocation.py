@@ -120,3 +120,34 @@ async def test_a_token_revoked_through_a_following_node_is_dead_where_the_sessio
         assert await a.wait_closed(timeout=20) == 4401
         transcript = await nodes.http.get(f"{running.base_url}/api/v1/sessions/{sid}/transcript")
         assert transcript.status_code == 200 and "still here?" not in transcript.text
+
+
+async def test_a_following_node_admits_sockets_by_the_members_as_stored(tmp_path: Path) -> None:
+    """Review (same answer everywhere): a node following a session judged a new socket by
+    the members it last read, refreshed every poll: a member removed on another node was
+    admitted there and sent the document (8 of 8), one added there refused 4403 for good,
+    and a removed member's open socket there stayed open until the poll."""
+    async with cluster(tmp_path, 2, PARLEY_CLUSTER_POLL_S="60") as nodes:
+        sid = await nodes.new_session({"o": "owner", "eve": "editor", "carl": "editor"})
+        running, other = await nodes.running_and_other(sid)
+        admin = httpx.AsyncClient(
+            base_url=running.base_url,
+            headers=dict(nodes.http.headers),
+            timeout=30,
+        )
+        async with admin:
+            watcher = await nodes.connect(other, sid, "o")  # the other node follows it
+            eve = await nodes.token(running, sid, "eve")
+            carl = await _socket(other, sid, await nodes.token(running, sid, "carl"))
+            for gone in ("eve", "carl"):
+                removed = await admin.delete(f"/api/v1/sessions/{sid}/members/{gone}")
+                assert removed.status_code == 204, removed.text
+            refused = await YClient.connect(other.ws_url, sid, eve)
+            assert await refused.wait_closed(timeout=20) == 4403
+            assert await carl.wait_closed(timeout=20) == 4403
+            added = await admin.put(f"/api/v1/sessions/{sid}/members/ned", json={"role": "editor"})
+            assert added.status_code == 200, added.text
+            ned = await _socket(other, sid, await nodes.token(running, sid, "ned"))
+            assert ned.close_code is None
+            await ned.close()
+            await watcher.close()
