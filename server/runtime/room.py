@@ -207,6 +207,7 @@ class SessionRoom:
         the failover (unless this room was given up for another cause)."""
         if self.cut_off is ReasonCode.SERVER_RESTART:
             self.cut_off = ReasonCode.FAILOVER
+        self.writer.sent.forget()
 
     def subject(self, user_id: str) -> Subject | None:
         """The member as of now (role table and grants read live), or None."""

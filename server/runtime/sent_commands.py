@@ -46,6 +46,13 @@ class SentCommands:
                 stored = await self.store.command_ids(self.session_id) if wanted else []
                 self._hashes = {hash(key) for key in stored}
 
+    def forget(self) -> None:
+        """Read the ids again before the next command: others were stored meanwhile by
+        another node (a read replica's ids take only what it stored itself, and it now runs
+        the session; review: after a failover, a resend got ``conflict`` and another
+        command under a used id was carried out)."""
+        self._hashes = None
+
     def new(self, author: str, command_id: str) -> bool:
         """Whether ``author`` surely never stored ``command_id`` (False until ``read``, and
         on a store that inserts entries at once)."""

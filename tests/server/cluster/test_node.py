@@ -417,3 +417,36 @@ async def test_resends_through_a_following_node_get_their_first_answers(tmp_path
         assert list(resent) == first
         new = await again.command({"type": "message", "id": "m10", "text": "new"}, timeout=30)
         assert (new["type"], new["code"]) == ("error", "rate_limited")
+
+
+async def test_after_a_failover_command_ids_are_judged_by_what_is_stored(tmp_path: Path) -> None:
+    """Review (same answer everywhere): a node that had followed the session kept the
+    stored command ids it read while following, and added only what it stored itself:
+    once it ran the session, a resent fact got ``conflict`` and a message under a fact's
+    id was stored. It reads them again when it takes the session over."""
+    async with cluster(tmp_path, 2, PARLEY_LEASE_TTL_S="1.5") as nodes:
+        sid = await nodes.new_session({"alice": "editor"})
+        running, other = await nodes.running_and_other(sid)
+        token = await nodes.token(other, sid, "alice")
+        async with httpx.AsyncClient(
+            base_url=other.base_url, headers={"Authorization": f"Bearer {token}"}, timeout=30
+        ) as rest:
+            # A REST message through the follower: it reads the stored ids there.
+            posted = await rest.post(f"/api/v1/sessions/{sid}/messages", json={"text": "hi"})
+            assert posted.status_code == 202, posted.text
+        alice = await nodes.connect(other, sid, "alice")
+        fact = {"type": "set_fact", "id": "f1", "key": "k", "value": "v"}
+        first = await alice.command(fact)
+        assert first["type"] == "ack", first
+        holder, _ = await nodes.wait_holder(sid)
+        assert nodes.node(holder) is running
+        assert running.process is not None
+        running.process.send_signal(signal.SIGKILL)
+        await asyncio.to_thread(running.process.wait, 10)
+        await nodes.wait_holder(sid, 15, not_=holder)
+        again = await nodes.connect(other, sid, "alice")
+        assert await again.command(fact) == first
+        reused = await again.command({"type": "message", "id": "f1", "text": "under a fact's id"})
+        assert (reused["type"], reused.get("code")) == ("error", "conflict"), reused
+        await alice.close()
+        await again.close()
