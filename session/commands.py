@@ -81,6 +81,9 @@ Command = (
 )
 
 FACT_KEY = re.compile(r"[A-Za-z0-9_.:-]{1,100}")
+# Names that are a URL path's dot segments, which clients resolve away (review: a fact
+# named ".." made the Python SDK's delete_fact delete the session itself).
+PATH_DOTS = frozenset({".", ".."})
 MAX_FACT_CHARS = 2000
 
 
@@ -88,6 +91,8 @@ def check_fact(key: str, value: str | None) -> None:
     """A fact is one line (it is given to the model as one quoted line under its author)."""
     if not FACT_KEY.fullmatch(key):
         raise InvalidInput("a fact key is 1-100 letters, digits or _.:-")
+    if key in PATH_DOTS:
+        raise InvalidInput(f"a fact key may not be {key!r}: it names a fact in a URL path")
     if value is not None and len(value) > MAX_FACT_CHARS:
         raise TooLarge(f"a fact is at most {MAX_FACT_CHARS} characters")
     if value is not None and has_line_break(value):

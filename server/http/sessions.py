@@ -26,6 +26,7 @@ from parley.server.http.rest import (
 from parley.server.http.transcript_body import TranscriptBody
 from parley.server.state import AppState
 from parley.server.store.sessions import SessionRow
+from parley.session.commands import PATH_DOTS
 from parley.session.errors import Forbidden, InvalidInput, NotFound
 from parley.session.queue import Policy
 
@@ -55,6 +56,8 @@ async def session_row(state: AppState, session_id: str) -> SessionRow:
 def check_user_id(user_id: str) -> None:
     if not USER_ID.fullmatch(user_id):
         raise InvalidInput("user_id: 1-200 characters of letters, digits and ._@:+-")
+    if user_id in PATH_DOTS:
+        raise InvalidInput(f"user_id: {user_id!r} is a URL path's dot segment")
     if user_id == ADMIN_ACTOR:
         raise InvalidInput(f"user_id: {ADMIN_ACTOR!r} names the admin key in audit records")
 

@@ -524,3 +524,25 @@ async def test_a_command_resent_by_its_id_while_it_waits_shares_its_reply(
             assert await first == await second
             assert [e.content for e in alice.transcript] == ["twice"]
     assert len(encode_command({"type": "message", "id": "m", "text": "🙂" * 10})) < 80
+
+
+async def test_dot_segments_name_nothing_and_reach_no_other_route(
+    sqlite_server: RunningServer,
+) -> None:
+    """Review (cluster): a fact named ".." (taken over the socket) made ``delete_fact``
+    send ``DELETE /sessions/{id}/facts/..``, which the client resolved to ``DELETE
+    /sessions/{id}``: the session was deleted. The server takes no fact or member of that
+    name, and the SDK escapes dots in every path segment."""
+    async with AdminClient(sqlite_server.base_url, ADMIN_KEY) as admin, asyncio.timeout(60):
+        sid = await new_session(admin, {"alice": "owner"})
+        async with await join(sqlite_server, admin, sid, "alice") as alice:
+            for key in (".", ".."):
+                with pytest.raises(InvalidInput):
+                    await alice.set_fact(key, "x")
+                with pytest.raises(InvalidInput):
+                    await admin.set_fact(sid, key, "x")
+                with pytest.raises(InvalidInput):
+                    await admin.put_member(sid, key, "editor")
+                with pytest.raises(InvalidInput):
+                    await admin.delete_fact(sid, key)  # no such fact: nothing else either
+        assert (await admin.get_session(sid)).id == sid

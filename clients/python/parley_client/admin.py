@@ -171,7 +171,9 @@ class PrivateText:
 
 
 def _path(*parts: str) -> str:
-    return "/api/v1/" + "/".join(quote(p, safe="") for p in parts)
+    """A REST path of ``parts``, each one segment: "." and ".." are escaped too (a client
+    resolves them away: a fact named ".." made ``delete_fact`` delete the session)."""
+    return "/api/v1/" + "/".join(quote(p, safe="").replace(".", "%2E") for p in parts)
 
 
 def _session(data: dict[str, Any]) -> SessionInfo:
