@@ -67,10 +67,11 @@ class Presence:
         # Client ids that left lately -> (their member, when, the clock their leaving was
         # told at), oldest first.
         self._left: dict[int, tuple[str, float, int]] = {}
-        # The bytes of each owner's states in the last flush: a socket is not sent its own
-        # states back to echo (a stock client echoes those of others only), so they are no
-        # echo credit of its (``server.ws.admission``).
-        self.flushed_by: dict[Hashable, int] = {}
+        # The bytes of each member's states in the last flush: a stock client echoes the
+        # states of others only, so a member's own states earn none of their sockets echo
+        # credit (``server.ws.admission``; review: a member's two sockets earned each other
+        # credit, and showed 15 MB/s of new states past the presence budget).
+        self.flushed_by: dict[str, int] = {}
         # Per socket: its clients come back behind the leaving told of them (``take_behind``).
         self._behind: dict[Hashable, list[AwarenessState]] = {}
         self._behind_elsewhere: list[AwarenessState] = []  # (``take_behind_elsewhere``)
@@ -237,7 +238,8 @@ class Presence:
             parts.append(part)
             client = self._clients.get(item.client_id)
             if client is not None:
-                self.flushed_by[client.owner] = self.flushed_by.get(client.owner, 0) + len(part)
+                user = client.user_id
+                self.flushed_by[user] = self.flushed_by.get(user, 0) + len(part)
         self._pending.clear()
         return join_awareness_states(parts)
 

@@ -294,12 +294,14 @@ def credit_echo(connection: Connection, size: int) -> None:
     connection.echo_credit = min(ECHO_CREDIT_MAX, connection.echo_credit + ECHO_WEIGHT * size)
 
 
-def _spend_echo_credit(connection: Connection, sent_bytes: int, size: int) -> int:
+def _spend_echo_credit(connection: Connection, echoes: AwarenessFanout, size: int) -> int:
     """Take up to ``size`` bytes from the socket's echo credit (what the session's presence
-    sent everyone since the last look is added first); the bytes taken."""
-    own = connection.echo_own - connection.echo_own_mark  # its own states: no echo of them
+    sent everyone since the last look is added first, but its own member's states, on
+    this socket or another); the bytes taken."""
+    sent_bytes, mine = echoes.sent_bytes, echoes.member_bytes.get(connection.user_id, 0)
+    own = mine - connection.echo_own_mark  # the member's own states: no echo of them
     fresh = ECHO_WEIGHT * max(0, sent_bytes - connection.echo_mark - own)
-    connection.echo_mark, connection.echo_own_mark = sent_bytes, connection.echo_own
+    connection.echo_mark, connection.echo_own_mark = sent_bytes, mine
     credit = min(ECHO_CREDIT_MAX, connection.echo_credit + fresh)
     taken = min(credit, size)
     connection.echo_credit = credit - taken
@@ -330,7 +332,7 @@ def charged(
     message = decode_client_frame(data)
     size = len(data)
     if echoes is not None and isinstance(message, AwarenessMessage):
-        size -= _spend_echo_credit(connection, echoes.sent_bytes, size)
+        size -= _spend_echo_credit(connection, echoes, size)
     cost = cost_of(message, size)
     limits = connection.limits
     assert limits is not None

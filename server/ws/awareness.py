@@ -14,7 +14,6 @@ import math
 import time
 from collections.abc import Callable
 
-from parley.server.ws.connection import Connection
 from parley.session.presence import Presence
 from parley.session.yprotocol import encode_awareness
 
@@ -35,8 +34,10 @@ class AwarenessFanout:
         self.publish: Callable[[bytes], None] | None = None
         self._last = -math.inf
         self._timer: asyncio.TimerHandle | None = None
-        # Bytes of presence sent to every socket so far (each socket's echo credit).
+        # Bytes of presence sent to every socket so far (each socket's echo credit), and
+        # of those each member's own states (which earn their sockets none).
         self.sent_bytes = 0
+        self.member_bytes: dict[str, int] = {}
 
     def changed(self) -> None:
         """Presence has states to relay: flush now, or when the interval is up."""
@@ -61,8 +62,7 @@ class AwarenessFanout:
             return
         self._last = self.clock()
         self.relay(update)
-        for owner, size in self.presence.flushed_by.items():
-            if isinstance(owner, Connection):  # a socket here (not another node)
-                owner.echo_own += size
+        for user_id, size in self.presence.flushed_by.items():
+            self.member_bytes[user_id] = self.member_bytes.get(user_id, 0) + size
         if self.publish is not None:
             self.publish(update)

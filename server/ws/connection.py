@@ -110,8 +110,7 @@ class Connection:
     # are sent (``server.ws.admission.charged``); credited with what it is sent.
     echo_credit: int = 0
     echo_mark: int = 0  # the session's presence bytes sent when last credited
-    echo_own: int = 0  # of those, its own states' bytes (no echo credit)
-    echo_own_mark: int = 0
+    echo_own_mark: int = 0  # its member's own states' bytes by then (no echo credit)
     # The token the socket was opened with (revoking it closes the socket).
     claims: ClientClaims | None = None
     limits: ConnectionLimits | None = None

@@ -76,6 +76,7 @@ async def session_socket(websocket: WebSocket) -> None:
     room.sockets.attach(connection)
     presence = room.presence
     connection.echo_mark = room.awareness.sent_bytes  # credited from here on
+    connection.echo_own_mark = room.awareness.member_bytes.get(connection.user_id, 0)
     snapshot = presence.snapshot()
     if snapshot is not None:
         _send_presence(connection, encode_awareness(snapshot))

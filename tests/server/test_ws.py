@@ -325,6 +325,34 @@ async def test_echoes_of_the_others_presence_cost_no_presence_budget(tmp_path: P
         assert bob.close_code is None
 
 
+async def test_a_members_sockets_earn_each_other_no_echo_credit(tmp_path: Path) -> None:
+    """Review (bounded): echo credit left out only a socket's own states, so a member's two
+    sockets earned each other credit with every state they showed, and paid their new
+    states with it: 15 MB/s past the presence budget from 16 sockets, every other socket
+    sent all of it. A member's own states, from any socket of theirs, earn none."""
+    settings = tight_presence(tmp_path, 12_000)
+    async with serve_in_process(settings) as server:
+        sid = await server.new_session({"mal": "editor", "vic": "viewer"})
+        one, two = [await server.connect(sid, "mal") for _ in range(2)]
+        for socket in (one, two):
+            assert await socket.command({"type": "cancel", "id": "c", "prompt_id": "x"})
+
+        def refused(_: YClient) -> bool:
+            return any(u.get("code") == "rate_limited" for u in one.unsolicited + two.unsolicited)
+
+        for clock in range(1, 40):  # 1 kB of new state a socket a turn: 6 times the budget
+            for n, socket in enumerate((one, two)):
+                await socket.set_awareness(n, clock, {"note": "m" * 1000, "clock": clock})
+                await socket.wait_until(  # its state relayed, or refused: both come to it
+                    lambda c, n=n, k=clock: (
+                        refused(c) or k == (c.awareness.get(n) or {}).get("clock")
+                    )
+                )
+            if refused(one):
+                break
+        assert refused(one), "a member's new states went past the presence budget, unrefused"
+
+
 def tight_presence(tmp_path: Path, burst_bytes: int) -> Settings:
     """A presence budget of ``burst_bytes`` that hardly refills; every change relayed."""
     return make_settings(
