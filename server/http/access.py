@@ -32,6 +32,7 @@ from parley.server.http.rest import (
     QueryParam,
     QueryStr,
     spend_command_everywhere,
+    spend_read,
 )
 from parley.server.runtime.tools import SEARCH_DOCUMENTS, new_secret
 from parley.server.state import AppState
@@ -81,7 +82,7 @@ def _document_out(row: DocumentRow, *, text: bool) -> DocumentOut:
         id=row.id,
         title=row.title,
         readers=ReadersIn(users=sorted(row.readers.users), roles=sorted(row.readers.roles)),
-        chars=len(row.text),
+        chars=row.length,
         created_at=row.created_at,
         text=row.text if text else None,
     )
@@ -110,29 +111,30 @@ async def create_document(
     return _document_out(row, text=False)
 
 
-async def _readable(state: AppState, session_id: str, caller: Caller) -> list[DocumentRow]:
-    room = await state.rooms.current(session_id)
-    rows = await _access(state).list_documents(session_id)
-    if caller.user_id is None:
-        return rows
-    subject = room.subject(caller.user_id)
-    return [r for r in rows if decide(subject, Read((r.readers,))).allowed]
-
-
 async def list_documents(state: AppState, session_id: str, caller: Caller) -> DocumentList:
     """The documents the caller may read (all of them for the admin), without their text."""
-    rows = await _readable(state, session_id, caller)
+    room = await state.rooms.current(session_id)
+    rows = await _access(state).list_documents(session_id, texts=False)
+    if caller.user_id is not None:
+        subject = room.subject(caller.user_id)
+        rows = [r for r in rows if decide(subject, Read((r.readers,))).allowed]
     return DocumentList(documents=[_document_out(r, text=False) for r in rows])
 
 
 async def get_document(
     state: AppState, session_id: str, document_id: str, caller: Caller
 ) -> DocumentOut:
-    """One document with its text; 404 also when the caller may not read it."""
-    for row in await _readable(state, session_id, caller):
-        if row.id == document_id:
-            return _document_out(row, text=True)
-    raise NotFound(f"no document {document_id!r} you may read")
+    """One document with its text, which spends a member's read budget; 404 also when the
+    caller may not read it."""
+    room = await state.rooms.current(session_id)
+    row = await _access(state).get_document(session_id, document_id)
+    readable = row is not None and (
+        caller.user_id is None or decide(room.subject(caller.user_id), Read((row.readers,))).allowed
+    )
+    if row is None or not readable:
+        raise NotFound(f"no document {document_id!r} you may read")
+    spend_read(state, room, caller.user_id, len(row.text))
+    return _document_out(row, text=True)
 
 
 async def delete_document(
@@ -288,9 +290,9 @@ OPERATIONS: list[Operation] = [
         "GET",
         DOCUMENTS + "/{document_id}",
         get_document,
-        "One document the caller may read, with its text",
+        "One document the caller may read, with its text (which spends a member's read budget)",
         response=DocumentOut,
-        errors=(404,),
+        errors=(404, 429),
         capability=Capability.READ_SESSION,
         with_caller=True,
     ),

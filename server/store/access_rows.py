@@ -19,9 +19,14 @@ class DocumentRow:
     id: str
     session_id: str
     title: str
-    text: str
+    text: str  # "" when read without its text (``AccessStore.list_documents``)
     readers: Readers
     created_at: int
+    chars: int = -1  # the text's length; -1: ``len(text)``
+
+    @property
+    def length(self) -> int:
+        return len(self.text) if self.chars < 0 else self.chars
 
 
 @dataclass(frozen=True, slots=True)

@@ -64,10 +64,16 @@ class MemoryAccess:
         async with self.store.transaction() as tx:
             tx.session(row.session_id).documents[row.id] = row
 
-    async def list_documents(self, session_id: str) -> list[DocumentRow]:
+    async def list_documents(self, session_id: str, *, texts: bool = True) -> list[DocumentRow]:
         s = self._rows(session_id)
         rows = [] if s is None else list(s.documents.values())
+        if not texts:
+            rows = [replace(r, text="", chars=r.length) for r in rows]
         return sorted(rows, key=lambda r: (r.created_at, r.id))
+
+    async def get_document(self, session_id: str, document_id: str) -> DocumentRow | None:
+        s = self._rows(session_id)
+        return None if s is None else s.documents.get(document_id)
 
     async def reader_lists(self, session_id: str) -> set[Readers]:
         s = self._rows(session_id)

@@ -327,3 +327,35 @@ async def test_refused_calls_are_audited_at_most_at_the_members_command_rate(
         refused = [r for r in audit if r["kind"] == "refused" and r["actor"] == "vera"]
         assert [r["data"]["reason"] for r in refused][1] == "admin only"
         assert len(refused) == 2
+
+
+async def test_documents_are_listed_without_their_texts_and_read_within_the_read_budget(
+    tmp_path: Path,
+) -> None:
+    """Review (bounded): every list of documents, and every read of one, loaded the text of
+    every document of the session, and spent nothing: a viewer who could read none of 40
+    documents of 800 kB took 150 ms of CPU a call, and stalled everyone. The list reads
+    no text; one document's text spends the reader's read budget."""
+    settings = make_settings(
+        sqlite_url(tmp_path), tmp_path / "d", read_bytes_per_s=1.0, read_burst_bytes=3_000
+    )
+    async with serve_in_process(settings) as server:
+        sid = await server.new_session({"ed": "editor", "vic": "viewer"})
+        base = f"/api/v1/sessions/{sid}/documents"
+        made = [
+            await server.http.post(
+                base, json={"title": f"d{n}", "text": "x" * 2_000, "readers": {"users": ["ed"]}}
+            )
+            for n in range(2)
+        ]
+        assert [m.status_code for m in made] == [201, 201]
+        async with as_member(server, await server.token(sid, "vic")) as vic:
+            assert (await vic.get(base)).json()["documents"] == []
+            assert (await vic.get(f"{base}/{made[0].json()['id']}")).status_code == 404
+        async with as_member(server, await server.token(sid, "ed")) as ed:
+            listed = (await ed.get(base)).json()["documents"]
+            assert [(d["chars"], d["text"]) for d in listed] == [(2_000, None)] * 2
+            first = await ed.get(f"{base}/{made[0].json()['id']}")
+            assert first.status_code == 200 and first.json()["text"] == "x" * 2_000
+            second = await ed.get(f"{base}/{made[1].json()['id']}")
+            assert _error(second) == (429, "rate_limited")
