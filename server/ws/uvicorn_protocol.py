@@ -63,6 +63,10 @@ HEAD_TIMEOUT_S = 10.0
 # A request head at most (its URL and headers; uvicorn's other parser, h11, allows 16 KiB).
 MAX_HEAD_BYTES = 64 * 1024
 MAX_HEADERS = 256
+# Requests a connection may queue behind the one being answered (HTTP pipelining): uvicorn
+# queues every request of a read, and read on after each answer, so a client that wrote
+# requests without reading the answers grew the server by hundreds of MB (review).
+MAX_PIPELINED = 16
 
 
 class HeadTooLarge(Exception):
@@ -350,6 +354,7 @@ class LeanHttpProtocol(HttpToolsProtocol):
     # were held for good and a client holding enough of them took every file descriptor
     # (review, "bounded").
     _deadline: asyncio.TimerHandle | None = None
+    _body_due: float | None = None  # the body's deadline, when later than ``_deadline``
     _begun = False  # a request's first byte came (a connection that sent none is closed)
     _body: _BodyClock | None = None  # while a body arrives
     # A request head's bytes (its URL and headers) and headers so far: uvicorn keeps every
@@ -399,6 +404,12 @@ class LeanHttpProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         self._progressed = True
+        if len(self.pipeline) >= MAX_PIPELINED:
+            # Its answers are not being read: reset, not answered (a 400 would be written
+            # in the middle of the answer in flight).
+            log.info("connection reset: too many requests pipelined", extra={"client": self.client})
+            reset(self.transport)
+            raise HeadTooLarge(f"more than {MAX_PIPELINED} requests pipelined")
         self._head_bytes = self._header_count = 0
         super().on_message_begin()
         extensions: dict[str, Any] = self.scope.setdefault("extensions", {})
@@ -427,17 +438,30 @@ class LeanHttpProtocol(HttpToolsProtocol):
             return
         waiting = getattr(self.cycle, "waiting_for_100_continue", False)
         reading = not (self.flow.read_paused or waiting)
-        left = clock.left(self.loop.time(), reading)
+        now = self.loop.time()
+        left = clock.left(now, reading)
         if left is None:
             self._disarm()
-        else:
+        elif self._deadline is None or self._deadline.when() > now + left:
             self._arm(left)
+        else:
+            # Later than the timer set: kept, moved on when it fires (``_too_slow``). Set
+            # again for each chunk, a body of one-byte chunks took 16 times the CPU of the
+            # same bytes whole (review: 0.5 s for 1 MB).
+            self._body_due = now + left
 
     def on_message_complete(self) -> None:
         self._progressed = True
         self._body = None
         self._disarm()
         super().on_message_complete()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self.pipeline and not self.transport.is_closing():
+            # uvicorn reads on after each answer: with requests still queued, each answer
+            # would let in another read's worth of them. The last one queued resumes it.
+            self.flow.pause_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._body = None
@@ -449,12 +473,17 @@ class LeanHttpProtocol(HttpToolsProtocol):
         self._deadline = self.loop.call_later(seconds, self._too_slow)
 
     def _disarm(self) -> None:
+        self._body_due = None
         if self._deadline is not None:
             self._deadline.cancel()
             self._deadline = None
 
     def _too_slow(self) -> None:
         self._deadline = None
+        due, self._body_due = self._body_due, None
+        if due is not None and self._body is not None and due > self.loop.time():
+            self._deadline = self.loop.call_at(due, self._too_slow)  # the body went on
+            return
         if not self._begun:  # opened ahead of use (a browser's preconnect): closed
             self.transport.close()
             return

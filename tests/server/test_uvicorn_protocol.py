@@ -21,6 +21,7 @@ from websockets.uri import parse_uri
 
 from parley.server.ws import uvicorn_protocol
 from parley.server.ws.uvicorn_protocol import (
+    MAX_PIPELINED,
     PONG_BACKLOG_BYTES,
     Flag,
     LeanHttpProtocol,
@@ -302,6 +303,27 @@ async def test_a_body_that_does_not_arrive_in_time_ends_its_connection(
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         for _ in range(2):
             writer.write(b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi")
+            head = await reader.readuntil(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200") and await reader.readexactly(2) == b"ok"
+        writer.close()
+
+
+async def test_requests_pipelined_past_the_limit_reset_their_connection() -> None:
+    """Review (bounded): uvicorn queued every request of a read behind the one answered,
+    and read on after each answer, so a client writing requests without reading the
+    answers, with no key, grew the server from 166 to 444 MB over five connections. At
+    most ``MAX_PIPELINED`` wait; past them the connection is reset. Within them, every
+    request is answered in order."""
+    request = b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n"
+    async with serve_asgi(_answer_slowly, http=LeanHttpProtocol) as port:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(request * (MAX_PIPELINED + 4))
+        answered = await _ended(reader)
+        assert answered.count(b"HTTP/1.1 200") < MAX_PIPELINED
+        writer.close()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(request * 3)
+        for _ in range(3):
             head = await reader.readuntil(b"\r\n\r\n")
             assert head.startswith(b"HTTP/1.1 200") and await reader.readexactly(2) == b"ok"
         writer.close()
