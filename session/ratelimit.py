@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+from parley.session.errors import ParleyError, RateLimited, TooLarge
 from parley.session.yprotocol import AwarenessMessage, ClientMessage, SyncMessage, SyncType
 
 
@@ -107,3 +108,17 @@ class Budgets:
         if cost.spend not in self.rates:
             return True
         return self.bucket(owner, cost.spend, now).allow(now, cost.amount)
+
+
+def command_bytes_refusal(
+    budgets: Budgets, owner: object, size: int, now: float
+) -> ParleyError | None:
+    """Charge ``owner`` a command's ``size`` bytes before it is parsed (parsing is what its
+    bytes cost): None when they were, else why not: ``too_large`` past the budget's burst
+    (it could never pass; review), ``rate_limited`` otherwise."""
+    if budgets.allow(owner, Cost(Spend.COMMAND_BYTES, size), now):
+        return None
+    rate = budgets.rates.get(Spend.COMMAND_BYTES)
+    if rate is not None and size > rate.burst:
+        return TooLarge(f"a command is at most {int(rate.burst)} bytes")
+    return RateLimited("over the command bytes budget; slow down")

@@ -13,7 +13,13 @@ from parley.server.http.models import (
     PreviewMessage,
     PreviewSummary,
 )
-from parley.server.http.rest import Caller, Operation, QueryStr, spend_command_everywhere
+from parley.server.http.rest import (
+    Caller,
+    Operation,
+    QueryStr,
+    spend_command_everywhere,
+    spend_read,
+)
 from parley.server.http.sessions import SESSION_ERRORS
 from parley.server.runtime.room import SessionRoom
 from parley.server.state import AppState
@@ -77,6 +83,10 @@ async def preview_context(
     room = await state.rooms.current(session_id, kept=True)
     if user_id not in room.membership.members:
         raise Conflict(f"{user_id!r} is not a member of this session")
+    # A member's preview spends their read budget by what it shows (review: it was
+    # unbudgeted, 7 ms of CPU each on a 400-message session, and 4 connections of a
+    # viewer held everyone's requests at 49-125 ms); a budget spent builds nothing.
+    spend_read(state, room, caller.user_id, 1)
     # The queue as the document shows it: the running node's committed plan, the same on
     # every node (a read replica has no queue of its own).
     queue = queue_of(room.doc, room.queue.limits)
@@ -93,6 +103,8 @@ async def preview_context(
     )
     built = room.context.build(prompt_ids, scope)
     request = built.request
+    shown = len(request.system) + sum(len(m.content) for m in request.messages)
+    spend_read(state, room, caller.user_id, shown)
     return ContextPreview(
         user_id=user_id,
         prompt_ids=list(prompt_ids),
@@ -204,7 +216,7 @@ OPERATIONS: list[Operation] = [
         capability=Capability.READ_SESSION,
         with_caller=True,
         response=ContextPreview,
-        errors=(404, 409),
+        errors=(404, 409, 429),
         query_str=(QueryStr("user_id"),),
     ),
 ]

@@ -41,6 +41,7 @@ from parley.session.errors import (
     Unauthenticated,
     UnsupportedMediaType,
 )
+from parley.session.ratelimit import command_bytes_refusal
 
 if TYPE_CHECKING:
     from parley.server.runtime.room import SessionRoom
@@ -314,6 +315,7 @@ def route(op: Operation) -> Route:
                 check_json_body(request, None)
                 limit = state.settings.max_request_bytes
                 raw = await read_body(request, limit if op.body_bytes is None else op.body_bytes)
+                await _spend_body(state, caller, kwargs.get("session_id"), len(raw))
                 check_json_body(request, raw)
                 try:
                     kwargs["body"] = op.body.model_validate_json(raw or b"{}")
@@ -338,6 +340,18 @@ def route(op: Operation) -> Route:
         )
 
     return Route(op.path, endpoint, methods=[op.method], name=op.handler.__name__)
+
+
+async def _spend_body(state: AppState, caller: Caller, session_id: object, size: int) -> None:
+    """A member's request body spends their command bytes before it is parsed, as a
+    socket's command does (review: 1 MB bodies of 90,000 keys, refused 422 one after the
+    other, cost 180 ms of CPU each and were never charged)."""
+    if caller.user_id is None or not isinstance(session_id, str) or not size:
+        return
+    room = await state.rooms.get(session_id)
+    refusal = command_bytes_refusal(room.budgets, caller.user_id, size, room.clock())
+    if refusal is not None:
+        raise refusal
 
 
 def _query_str(request: Request, param: QueryStr) -> str | None:

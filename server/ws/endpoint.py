@@ -44,11 +44,10 @@ from parley.session.errors import (
     Forbidden,
     ParleyError,
     RateLimited,
-    TooLarge,
     close_code_for,
 )
 from parley.session.presence import Presence
-from parley.session.ratelimit import Cost, Spend
+from parley.session.ratelimit import command_bytes_refusal
 from parley.session.yprotocol import (
     AwarenessMessage,
     ProtocolError,
@@ -127,14 +126,12 @@ async def _serve(
                 connection.close(CloseCode.ABUSE, "too many messages")
                 return
             continue  # dropped: the client is over its update rate
+        refusal = None
         if text is not None:
             connection.channel = channel  # answered the way it asked
-        if text is not None and not room.budgets.allow(
-            connection.user_id, Cost(Spend.COMMAND_BYTES, len(text)), now
-        ):
-            # Refused unread: parsing is what its bytes would cost. One larger than the
-            # budget's burst could never pass: too large, not "slow down" (review).
-            refusal = _over_command_bytes(room, text)
+            # Charged before it is parsed, or refused unread (``command_bytes_refusal``).
+            refusal = command_bytes_refusal(room.budgets, connection.user_id, len(text), now)
+        if text is not None and refusal is not None:
             state.metrics.errors.labels(code=refusal.code.value).inc()
             connection.send_json(error_reply(command_id_unread(text), refusal))
             if limits.abuse.refused(now):
@@ -194,15 +191,6 @@ async def _resend_elsewhere(
     if cluster is not None and room.session_id not in cluster.running:
         return await cluster.relay.forward(room, resends_only(user_id), text)
     return error_reply(command_id, RateLimited("too many commands; slow down"))
-
-
-def _over_command_bytes(room: SessionRoom, text: str) -> ParleyError:
-    """Why a command over the member's command bytes is refused: ``too_large`` when it is
-    larger than the budget's burst (it could never pass), else ``rate_limited``."""
-    rate = room.budgets.rates.get(Spend.COMMAND_BYTES)
-    if rate is not None and len(text) > rate.burst:
-        return TooLarge(f"a command is at most {int(rate.burst)} bytes")
-    return RateLimited("over the command bytes budget; slow down")
 
 
 async def _on_binary(

@@ -144,3 +144,25 @@ async def test_preview_needs_a_user(tmp_path: Path) -> None:
         assert response.json()["error"]["code"] == "invalid"
         given = await b.request("GET", f"/api/v1/sessions/{sid}/context?user_id=alice")
         assert given.status_code == 200 and given.json()["user_id"] == "alice"
+
+
+async def test_a_members_preview_spends_their_read_budget(tmp_path: Path) -> None:
+    """Review (bounded): a member's preview of their model input was unbudgeted (7 ms of
+    CPU each on a 400-message session; a viewer's 4 connections held everyone else's
+    requests at 49-125 ms). It spends their read budget by what it shows; once spent,
+    nothing is built. The admin key's spend none."""
+    settings = make_settings(
+        sqlite_url(tmp_path), tmp_path / "d", read_bytes_per_s=1.0, read_burst_bytes=3_000
+    )
+    async with serve_in_process(settings) as server:
+        sid = await server.new_session({"vic": "viewer", "ed": "editor"})
+        ed = await server.connect(sid, "ed")
+        await ed.command({"type": "message", "id": "m", "text": "x" * 2_000})
+        token = await server.token(sid, "vic")
+        url = f"/api/v1/sessions/{sid}/context?user_id=vic"
+        headers = {"Authorization": f"Bearer {token}"}
+        first = await server.http.get(url, headers=headers)
+        assert first.status_code == 200, first.text
+        second = await server.http.get(url, headers=headers)
+        assert second.status_code == 429 and second.json()["error"]["code"] == "rate_limited"
+        assert (await server.http.get(url)).status_code == 200

@@ -359,3 +359,27 @@ async def test_documents_are_listed_without_their_texts_and_read_within_the_read
             assert first.status_code == 200 and first.json()["text"] == "x" * 2_000
             second = await ed.get(f"{base}/{made[1].json()['id']}")
             assert _error(second) == (429, "rate_limited")
+
+
+async def test_a_members_request_bodies_spend_their_command_bytes_before_they_are_parsed(
+    tmp_path: Path,
+) -> None:
+    """Review (bounded): a REST body was parsed before anything was charged, so bodies
+    refused 422 (1 MB of 90,000 extra keys: 180 ms of CPU each) came one after the other,
+    never refused, and held everyone else's requests half a second. A member's body spends
+    their command bytes first, as a socket's command does."""
+    settings = make_settings(
+        sqlite_url(tmp_path), tmp_path / "d", command_bytes_per_s=1.0, command_burst_bytes=50_000
+    )
+    async with serve_in_process(settings) as server:
+        sid = await server.new_session({"ed": "editor"})
+        junk = "{" + ",".join(f'"k{n}":1' for n in range(4_000)) + "}"  # 30 kB, refused 422
+        async with as_member(server, await server.token(sid, "ed")) as ed:
+            url = f"/api/v1/sessions/{sid}/messages"
+            headers = {"content-type": "application/json"}
+            first = await ed.post(url, content=junk, headers=headers)
+            assert first.status_code == 422, first.text
+            second = await ed.post(url, content=junk, headers=headers)
+            assert _error(second) == (429, "rate_limited")
+        message = await server.http.post(url, json={"text": "hi", "as_user": "ed"})
+        assert message.status_code == 202, message.text  # the admin key's: unbudgeted
