@@ -204,6 +204,10 @@ class Settings(BaseSettings):
     )
     sync_requests_per_minute: float = Field(default=6.0, ge=0)
     sync_requests_burst: int = Field(default=3, ge=1)
+    # A member's syncs across their sockets, by the bytes of the document sent back: a
+    # socket past it is refused (429) until it refills, its sync requests refused.
+    sync_bytes_per_s: float = Field(default=1024 * 1024, ge=0)
+    sync_burst_bytes: int = Field(default=32 * 1024 * 1024, ge=1)
     ws_idle_timeout_s: float = 120.0
     shutdown_grace_s: float = 5.0
     log_format: str = "json"

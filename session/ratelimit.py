@@ -39,6 +39,17 @@ class TokenBucket:
             return True
         return False
 
+    def spend(self, now: float, cost: float) -> None:
+        """Take ``cost`` whether or not it is there (what was already done is paid after):
+        the bucket may owe up to one burst, and allows nothing until it is paid back."""
+        self.allow(now, 0.0)
+        self._tokens = max(self._tokens - cost, -self.rate.burst)
+
+    def spent(self, now: float) -> bool:
+        """Whether nothing is left (refilled to ``now`` first)."""
+        self.allow(now, 0.0)
+        return self._tokens < 1.0
+
 
 class AbuseCounter:
     """Counts refusals in a sliding window; past ``limit`` the client is cut off."""
@@ -67,6 +78,7 @@ class Spend(StrEnum):
     AWARENESS_BYTES = "awareness_bytes"  # presence updates: bytes, fanned out to everyone
     SYNC_REQUESTS = "sync_requests"  # "send me everything" (sync step 1, query awareness)
     READ_BYTES = "read_bytes"  # large REST answers (the transcript): their bytes
+    SYNC_BYTES = "sync_bytes"  # answers to sync requests (the document): their bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +120,15 @@ class Budgets:
         if cost.spend not in self.rates:
             return True
         return self.bucket(owner, cost.spend, now).allow(now, cost.amount)
+
+    def spend(self, owner: object, cost: Cost, now: float) -> None:
+        """Charge what was already done (``TokenBucket.spend``)."""
+        if cost.spend in self.rates:
+            self.bucket(owner, cost.spend, now).spend(now, cost.amount)
+
+    def spent(self, owner: object, spend: Spend, now: float) -> bool:
+        """Whether ``owner`` has nothing left of ``spend`` (never, without a rate)."""
+        return spend in self.rates and self.bucket(owner, spend, now).spent(now)
 
 
 def command_bytes_refusal(

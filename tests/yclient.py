@@ -36,6 +36,7 @@ class YClient:
         self.unsolicited: list[dict[str, Any]] = []
         self.awareness: dict[int, dict[str, Any] | None] = {}
         self.synced = asyncio.Event()
+        self.sync_answers = 0  # sync step 2 frames received
         self.changed = asyncio.Event()
         self.close_code: int | None = None
         self.frames_received = 0
@@ -77,6 +78,7 @@ class YClient:
                         continue
                     self.doc.apply_update(message.payload)
                     if message.sync_type is SyncType.STEP2:
+                        self.sync_answers += 1
                         self.synced.set()
                 elif isinstance(message, AwarenessMessage):
                     self.awareness_frames += 1

@@ -174,4 +174,5 @@ def member_rates(settings: Settings) -> dict[Spend, Rate]:
         Spend.AWARENESS_BYTES: Rate(settings.awareness_bytes_per_s, settings.awareness_burst_bytes),
         Spend.COMMAND_BYTES: Rate(settings.command_bytes_per_s, settings.command_burst_bytes),
         Spend.READ_BYTES: Rate(settings.read_bytes_per_s, settings.read_burst_bytes),
+        Spend.SYNC_BYTES: Rate(settings.sync_bytes_per_s, settings.sync_burst_bytes),
     }

@@ -50,7 +50,7 @@ from parley.session.errors import (
     Unavailable,
     close_code_for,
 )
-from parley.session.ratelimit import cost_of
+from parley.session.ratelimit import Spend, cost_of
 from parley.session.yprotocol import (
     AwarenessMessage,
     ClientMessage,
@@ -123,6 +123,15 @@ async def admit(websocket: WebSocket, state: AppState) -> Admitted | None:
             # review: a member removed on another node was admitted here, and one added
             # there refused 4403 for good).
             room = await state.rooms.current(session_id)
+            if room.budgets.spent(claims.user_id, Spend.SYNC_BYTES, state.clock()):
+                # Its first sync would be refused, and a stock client waits for it for good:
+                # its upgrade is refused instead, and every stock client backs off.
+                raise RateLimited("over the sync budget (bytes of the document); slow down")
+        except RateLimited as exc:
+            await websocket.send_denial_response(
+                error_response(exc, state.settings.db_retry_after_s)
+            )
+            return None
         except Unauthenticated as exc:
             refusal = (close_code_for(exc), exc.message[:120])
         except NotFound as exc:

@@ -47,7 +47,7 @@ from parley.session.errors import (
     close_code_for,
 )
 from parley.session.presence import Presence
-from parley.session.ratelimit import command_bytes_refusal
+from parley.session.ratelimit import Cost, Spend, command_bytes_refusal
 from parley.session.yprotocol import (
     AwarenessMessage,
     ProtocolError,
@@ -201,8 +201,17 @@ async def _on_binary(
     message = charged(room, connection, data, now, room.awareness)
     if isinstance(message, SyncMessage):
         if message.sync_type is SyncType.STEP1:
-            for frame in await room.writer.document.sync_answer(message.payload):
+            # The answer is the document, or what the client lacks of it: the member's
+            # sockets together pay its bytes (review: a viewer's sockets, each with its own
+            # budget of syncs, reconnecting in a loop, made the server diff a 5 MB document
+            # a hundred times in 5 s, and everyone waited up to 3 s).
+            if room.budgets.spent(connection.user_id, Spend.SYNC_BYTES, now):
+                raise RateLimited("over the sync budget (bytes of the document); slow down")
+            frames = await room.writer.document.sync_answer(message.payload)
+            for frame in frames:
                 connection.send_sync(frame)
+            sent = Cost(Spend.SYNC_BYTES, sum(len(f) for f in frames))
+            room.budgets.spend(connection.user_id, sent, now)
         elif not room.writer.document.is_noop(message.payload):
             # The server is the only writer: a client's change is neither applied nor relayed.
             log.info("refused a client write", extra={"user_id": connection.user_id})

@@ -275,3 +275,34 @@ async def test_sockets_that_sync_mid_reply_end_with_the_stored_document(tmp_path
         for viewer in joined:
             await viewer.wait_until(lambda c: all_replies_settled(c, 3))
             assert [(e["id"], e["content"]) for e in viewer.entries()] == stored
+
+
+async def test_a_members_syncs_spend_one_budget_across_their_sockets(tmp_path: Path) -> None:
+    """Review (bounded): each socket had its own budget of sync requests, so a viewer
+    reconnecting 16 sockets in a loop had a 5 MB document diffed on the event loop a
+    hundred times in 5 s, and every other client waited up to 3 s. The member's sockets
+    together spend the bytes of the document they are sent: past the budget a sync is
+    refused, and so is a new socket's upgrade (429, which stock clients back off from),
+    until it refills."""
+    settings = make_settings(
+        sqlite_url(tmp_path), tmp_path / "d", sync_bytes_per_s=1.0, sync_burst_bytes=30_000
+    )
+    async with serve_in_process(settings) as server:
+        sid = await server.new_session({"ed": "editor", "vic": "viewer"})
+        ed = await server.connect(sid, "ed")
+        await ed.command({"type": "message", "id": "m", "text": "x" * 20_000})
+        vic = await server.connect(sid, "vic", commands="text")  # 20 kB of its 30 kB
+        await vic.send_raw(encode_sync(SyncType.STEP1, b"\x00"))  # all again: 10 kB owed
+        await vic.wait_until(lambda c: c.sync_answers >= 2)
+        await vic.send_raw(encode_sync(SyncType.STEP1, b"\x00"))
+        await vic.wait_until(lambda c: any(u.get("code") == "rate_limited" for u in c.unsolicited))
+        token = await server.token(sid, "vic")
+        url = f"{server.ws_url}/ws/sessions/{sid}?token={token}"
+        try:
+            await websockets.connect(url)
+        except websockets.InvalidStatus as refused:
+            assert refused.response.status_code == 429
+        else:
+            raise AssertionError("a new socket of a member past the sync budget was let in")
+        assert ed.close_code is None and vic.close_code is None
+        await server.connect(sid, "ed")  # another member's budget is their own
