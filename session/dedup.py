@@ -8,6 +8,7 @@ Python's salted ``hash``.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -37,6 +38,15 @@ _B = np.array([_seed(f"b{i}") for i in range(PERMUTATIONS)], dtype=np.uint64)[:,
 def normalise(text: str) -> str:
     """Case and whitespace folded: what counts as the same text."""
     return " ".join(text.casefold().split())
+
+
+def same_words(text: str) -> str:
+    """The text's words, case folded, without its punctuation: texts with the same are
+    the same words said with other stops and stresses ("now" and "now?")."""
+    return " ".join(_WORD.findall(text.casefold()))
+
+
+_WORD = re.compile(r"\w+")
 
 
 def shingles(text: str) -> NDArray[np.uint64]:

@@ -3,8 +3,9 @@
 ``HistoryFold`` turns the visible entries of a transcript, in story order, into items:
 - exact duplicates (case and whitespace folded) become one item at the latest occurrence,
   attributed to every author;
-- near-duplicates (MinHash similarity at or above the threshold) of one member's are
-  merged the same way, keeping the most recent wording; another member's near-duplicate
+- near-duplicates are merged the same way, keeping the most recent wording: the same words
+  with other punctuation, whoever said them; a member's own MinHash near-duplicates
+  (similarity at or above the threshold); but another member's MinHash near-duplicate
   stays apart, in its own words (merged, the model would be told one member wrote the
   other's wording: a near-duplicate can say the opposite, "do" against "do NOT");
 - a merged item remembers who said each of its entries, so a message folded into a prompt
@@ -26,7 +27,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from parley.session.attribution import attribution_line, escape_text, name
-from parley.session.dedup import NearDuplicateIndex, blocks, minhash, normalise
+from parley.session.dedup import NearDuplicateIndex, blocks, minhash, normalise, same_words
 from parley.session.entries import Entry, EntryKind
 from parley.session.tokens import count_tokens
 
@@ -109,6 +110,7 @@ class HistoryFold:
         self.changed: set[int] = set()
         self._undo: list[list[_Undo]] = []
         self._exact: dict[str, int] = {}
+        self._words: dict[str, int] = {}  # by ``same_words``
         self._merged_into: dict[int, int] = {}  # item index -> the item it was merged into
         self._threshold = near_duplicate_threshold
         # Each member's own texts: a near-duplicate folds only into its author's words.
@@ -207,6 +209,10 @@ class HistoryFold:
         key = normalise(entry.content)
         earlier = self._exact.get(key)
         reason = "duplicate"
+        words = same_words(entry.content)
+        if earlier is None and words:  # the same words, punctuation aside: whoever said them
+            earlier = self._words.get(words)
+            reason = "near-duplicate"
         if earlier is None:
             signature = minhash(entry.content)
             if signature is not None:
@@ -222,7 +228,8 @@ class HistoryFold:
         if earlier is not None:
             earlier = self._live(earlier)
         old = None if earlier is None else self.items[earlier]
-        if old is not None and reason == "near-duplicate" and self._said_by_another(old, entry):
+        similar = reason == "near-duplicate" and same_words(old.text if old else "") != words
+        if old is not None and similar and self._said_by_another(old, entry):
             old = None
         if earlier is not None and old is not None:
             self._set_item(earlier, None, undo)
@@ -242,6 +249,8 @@ class HistoryFold:
             note = "repeated block replaced by a reference" if replaced else ""
             item = self._item((entry.id,), (entry.seq,), (entry.author,), text, note)
         self._set(self._exact, key, len(self.items), undo)
+        if words:
+            self._set(self._words, words, len(self.items), undo)
         self._append(item, undo)
 
     @staticmethod
