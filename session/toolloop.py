@@ -113,6 +113,9 @@ def tool_loop(
                 result = ToolResult(f"refused: {reason}", is_error=True)
                 outcome.calls.append((call, "refused"))
             elif arguments is None:
+                # Refused as the others are, so the shell records it as a tool step everyone
+                # sees (review: the model's try and what it was told were shown nowhere).
+                yield RefuseTool(call, "the arguments are not a JSON object")
                 result = ToolResult("error: the arguments are not a JSON object", is_error=True)
                 outcome.calls.append((call, "invalid arguments"))
             else:

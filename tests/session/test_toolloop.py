@@ -80,11 +80,16 @@ def test_a_tool_outside_the_scope_is_refused_and_the_model_told() -> None:
     assert finish(loop, ModelTurn("ok")).calls == [(call, "refused")]
 
 
-def test_bad_arguments_are_an_error_result_not_a_crash() -> None:
+def test_bad_arguments_are_a_refusal_the_shell_records_not_a_crash() -> None:
+    """Review (faults): the model's call with arguments that are not a JSON object was
+    answered with an error but yielded nothing, so no tool step showed it to anyone."""
     loop = tool_loop(REQUEST, only_search)
     next(loop)
     for arguments in ("{not json", "[1, 2]"):
-        again = loop.send(ModelTurn("", (ToolCall("c", "search", arguments),)))
+        call = ToolCall("c", "search", arguments)
+        refused = loop.send(ModelTurn("", (call,)))
+        assert refused == RefuseTool(call, "the arguments are not a JSON object")
+        again = loop.send(None)
         assert isinstance(again, CallModel)
         assert again.request.messages[-1].is_error
     outcome = finish(loop, ModelTurn("gave up"))
