@@ -121,6 +121,13 @@ async def _serve(
                 connection.close(close_code_for(exc), f"protocol error: {exc.message}"[:120])
                 return
         now = state.clock()
+        claims = connection.claims
+        if claims is not None and claims.expires_at <= now:
+            # The expiry's timer runs on the loop's clock, set when the socket opened: a
+            # wall clock stepped forward since left it open on a token every other door
+            # refuses (review). Judged here by the same clock as they are, on each frame.
+            connection.close(CloseCode.UNAUTHENTICATED, "token expired")
+            return
         if data is not None and not limits.updates.allow(now, frame_count(data)):
             if limits.abuse.refused(now):
                 connection.close(CloseCode.ABUSE, "too many messages")

@@ -63,6 +63,31 @@ async def test_expired_token_closes_4401(sqlite_server: RunningServer) -> None:
     assert await close_code_of(f"{sqlite_server.ws_url}/ws/sessions/{sid}?token={token}") == 4401
 
 
+async def test_an_open_socket_is_judged_by_the_clock_every_door_uses(
+    sqlite_server: RunningServer,
+) -> None:
+    """Review (faults): a socket's token expiry ran on the loop's clock, set when it
+    opened, so after the wall clock stepped forward past the expiry the open socket kept
+    getting acks on a token a new socket was refused (4401). Each frame is judged by the
+    same clock as the other doors."""
+    sid = await sqlite_server.new_session({"alice": "editor"})
+    token = await sqlite_server.token(sid, "alice", ttl_seconds=3600)
+    alice = await YClient.connect(sqlite_server.ws_url, sid, token)
+    sqlite_server.clients.append(alice)
+    assert (await alice.command({"type": "message", "id": "m1", "text": "hi"}))["type"] == "ack"
+    state = sqlite_server.app.state.parley
+    wall = state.clock
+    state.clock = lambda: wall() + 7200  # two hours on: the token's hour is over
+    try:
+        await alice.send_raw(json.dumps({"type": "message", "id": "m2", "text": "later"}))
+        assert await alice.wait_closed(timeout=10) == 4401
+        assert (
+            await close_code_of(f"{sqlite_server.ws_url}/ws/sessions/{sid}?token={token}") == 4401
+        )
+    finally:
+        state.clock = wall
+
+
 async def test_prompt_streams_reply_to_every_member(server: RunningServer) -> None:
     sid = await server.new_session({"alice": "editor", "bob": "viewer"})
     alice = await server.connect(sid, "alice")
