@@ -32,10 +32,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import resource
 import struct
 import weakref
 from collections.abc import Callable, Coroutine
-from typing import Any, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 from uvicorn.config import Config
 from uvicorn.protocols.http.flow_control import FlowControl
@@ -67,6 +68,16 @@ MAX_HEADERS = 256
 # queues every request of a read, and read on after each answer, so a client that wrote
 # requests without reading the answers grew the server by hundreds of MB (review).
 MAX_PIPELINED = 16
+
+
+def _most_waiting() -> int:
+    """How many connections may wait for a request head at once, process-wide: a quarter
+    of the file descriptors the process may open (64 to 4,096)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return 4096 if soft == resource.RLIM_INFINITY else max(64, min(4096, soft // 4))
+
+
+MAX_WAITING = _most_waiting()
 
 
 class HeadTooLarge(Exception):
@@ -368,11 +379,29 @@ class LeanHttpProtocol(HttpToolsProtocol):
     # calls back only at its end (a 100 MB header took 10 s of CPU; review of the limit).
     _silent_bytes = 0
     _progressed = False
+    # The process's connections waiting for a request head (opened, or idle between two
+    # requests), oldest first: past ``MAX_WAITING`` the oldest is closed. Each had a
+    # deadline but there was no count: 19,990 that sent nothing took every file descriptor
+    # for their 60 s, and every other client was refused (review, "bounded"). A client
+    # sends its request as it connects; one closed while idle opens another.
+    _waiting: ClassVar[dict[LeanHttpProtocol, None]] = {}
+
+    def _wait(self) -> None:
+        waiting = LeanHttpProtocol._waiting
+        waiting[self] = None
+        while len(waiting) > MAX_WAITING:
+            oldest = next(iter(waiting))
+            del waiting[oldest]
+            oldest.transport.close()
+
+    def _unwait(self) -> None:
+        LeanHttpProtocol._waiting.pop(self, None)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self.flow = _WatchedFlow(transport, self)
         self._arm(IDLE_FIRST_S)
+        self._wait()
 
     def data_received(self, data: bytes) -> None:
         self._progressed = False
@@ -420,6 +449,7 @@ class LeanHttpProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._progressed = True
+        self._unwait()
         super().on_headers_complete()
         self._body = _BodyClock()
         self._await_body()
@@ -458,12 +488,15 @@ class LeanHttpProtocol(HttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
+        if self.cycle.response_complete and not self.transport.is_closing():
+            self._wait()  # kept alive for the next request (none in flight)
         if self.pipeline and not self.transport.is_closing():
             # uvicorn reads on after each answer: with requests still queued, each answer
             # would let in another read's worth of them. The last one queued resumes it.
             self.flow.pause_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._unwait()
         self._body = None
         self._disarm()
         super().connection_lost(exc)
@@ -493,6 +526,7 @@ class LeanHttpProtocol(HttpToolsProtocol):
         reset(self.transport)
 
     def handle_websocket_upgrade(self) -> None:
+        self._unwait()
         self._disarm()
         super().handle_websocket_upgrade()
         self.parser = None  # type: ignore[assignment]  # as uvicorn's connection_lost does

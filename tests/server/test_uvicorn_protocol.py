@@ -329,6 +329,26 @@ async def test_requests_pipelined_past_the_limit_reset_their_connection() -> Non
         writer.close()
 
 
+async def test_past_the_connections_waiting_for_a_request_the_oldest_is_closed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Review (bounded): each connection that sent nothing had a deadline, but their number
+    had no bound: 19,990 of them took every file descriptor for their 60 s, and every
+    other client was refused. Past ``MAX_WAITING`` connections waiting for a request the
+    oldest is closed; a client that sends its request is served."""
+    monkeypatch.setattr(uvicorn_protocol, "MAX_WAITING", 3)
+    async with serve_asgi(_answer, http=LeanHttpProtocol) as port:
+        idle = [await asyncio.open_connection("127.0.0.1", port) for _ in range(5)]
+        for reader, _ in idle[:2]:
+            assert await _ended(reader) == b""
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert (await reader.readuntil(b"ok")).startswith(b"HTTP/1.1 200")
+        writer.close()
+        for _, idle_writer in idle:
+            idle_writer.close()
+
+
 async def _answer_slowly(scope: Any, receive: Any, send: Any) -> None:
     """An app that takes its time before it reads the body (a room to load, say)."""
     await asyncio.sleep(0.6)
