@@ -17,7 +17,10 @@ every 15 s and keep their client id when they reconnect to another node.
 
 A client whose socket closed stays its member's for ``KEEP_LEFT_S`` (stock clients come
 back with the same client id): until then no other member may introduce it, which would
-leave the member unable to show themselves when they reconnect.
+leave the member unable to show themselves when they reconnect, and have the server send
+them another's state under their own id (which Yjs takes as its local state). At most
+``MAX_LEFT_PER_MEMBER`` of each member's are kept, so no member's churn pushes out the
+others'. (A restart forgets them: presence is not stored.)
 """
 
 from __future__ import annotations
@@ -39,8 +42,14 @@ from parley.session.yprotocol import (
 MAX_CLIENTS_PER_SOCKET = 8
 # y-protocols' outdated timeout: a state not renewed for this long is gone for its peers.
 REMOTE_STALE_S = 30.0
-KEEP_LEFT_S = REMOTE_STALE_S
+# How long a client id whose socket closed stays its member's: a laptop's sleep, a
+# restart of the network (review: held 30 s, another member took a stock client's id, and
+# the server sent the client that member's state as its own when it came back).
+KEEP_LEFT_S = 600.0
 MAX_LEFT_KEPT = 10_000  # client ids kept for their members at once, the oldest go first
+# Of one member's: their oldest go first (review: 10,100 fresh ids through short-lived
+# sockets pushed every other member's kept id out).
+MAX_LEFT_PER_MEMBER = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +76,7 @@ class Presence:
         # Client ids that left lately -> (their member, when, the clock their leaving was
         # told at), oldest first.
         self._left: dict[int, tuple[str, float, int]] = {}
+        self._left_of: dict[str, dict[int, None]] = {}  # each member's, oldest first
         # The bytes of each member's states in the last flush: a stock client echoes the
         # states of others only, so a member's own states earn none of their sockets echo
         # credit (``server.ws.admission``; review: a member's two sockets earned each other
@@ -109,7 +119,7 @@ class Presence:
         for item in relayed:
             self._clients[item.client_id] = _Client(owner, item.clock, item.state, user_id)
             self._pending[item.client_id] = item
-            left = self._left.pop(item.client_id, None)
+            left = self._pop_left(item.client_id)
             if left is not None and item.state is not None and item.clock <= left[2]:
                 # Its peers were told it left at this clock or a later one, and ignore it
                 # until it passes that (30 s of renewals: review). Told it left, a Yjs client
@@ -183,7 +193,7 @@ class Presence:
             else:
                 client = _Client(owner, item.clock, item.state, user_id, now)
                 self._clients[item.client_id] = client
-                left = self._left.pop(item.client_id, None)
+                left = self._pop_left(item.client_id)
                 if left is not None and item.clock <= left[2]:
                     # Back on another node below the clock its leaving was told at here:
                     # that node is told, and tells its socket (review: 30 s unseen).
@@ -209,16 +219,30 @@ class Presence:
         return isinstance(client.owner, RemoteNode) and now - client.seen > REMOTE_STALE_S
 
     def _keep_left(self, client_id: int, user_id: str, now: float, clock: int) -> None:
-        self._left.pop(client_id, None)  # to the end: the newest
+        self._pop_left(client_id)  # to the end: the newest
         self._left[client_id] = (user_id, now, clock)
+        mine = self._left_of.setdefault(user_id, {})
+        mine[client_id] = None
+        if len(mine) > MAX_LEFT_PER_MEMBER:
+            self._pop_left(next(iter(mine)))
         self._forget_left(now)
+
+    def _pop_left(self, client_id: int) -> tuple[str, float, int] | None:
+        left = self._left.pop(client_id, None)
+        if left is not None:
+            mine = self._left_of.get(left[0])
+            if mine is not None:
+                mine.pop(client_id, None)
+                if not mine:
+                    del self._left_of[left[0]]
+        return left
 
     def _forget_left(self, now: float) -> None:
         while self._left:
             oldest, (_, at, _) = next(iter(self._left.items()))
             if now - at <= KEEP_LEFT_S and len(self._left) <= MAX_LEFT_KEPT:
                 return
-            del self._left[oldest]
+            self._pop_left(oldest)
 
     def _kept_for_another(self, client_id: int, user_id: str, now: float) -> bool:
         """True while ``client_id`` left lately and was another member's."""

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from parley.session import presence as presence_module
 from parley.session.errors import Forbidden, TooLarge
 from parley.session.presence import KEEP_LEFT_S, MAX_CLIENTS_PER_SOCKET, REMOTE_STALE_S, Presence
 from parley.session.yprotocol import (
@@ -328,6 +329,28 @@ def test_a_client_that_left_is_kept_for_its_member_a_while() -> None:
     presence.drop("socket-a2", now=4.0)
     later = presence.apply(BOB_SOCKET, "bob", update((11, 9, {})), now=4.0 + KEEP_LEFT_S + 1)
     assert relayed(later) == [AwarenessState(11, 9, stamped({}, "bob"))]
+
+
+def test_another_members_churn_does_not_free_a_kept_client_id(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Review (stock clients): a client id was kept for its member 30 s, and among 10,000
+    kept ids of anyone's: after a nap, or 10,100 fresh ids through short-lived sockets,
+    mallory took alice's id at a clock near the top, and alice's stock client, back, took
+    mallory's state for its own. It is kept ten minutes, and each member's churn pushes
+    out only their own."""
+    monkeypatch.setattr(presence_module, "MAX_LEFT_KEPT", 10)
+    monkeypatch.setattr(presence_module, "MAX_LEFT_PER_MEMBER", 4)
+    presence = Presence()
+    presence.apply(ALICE_SOCKET, "alice", update((11, 3, {"name": "Al"})), now=0.0)
+    presence.drop(ALICE_SOCKET, now=1.0)
+    for n in range(20):  # mallory's sockets, one fresh id each
+        presence.apply(f"mallory-{n}", "mallory", update((100 + n, 1, {})), now=2.0)
+        presence.drop(f"mallory-{n}", now=2.0)
+    taken = presence.apply("mallory-x", "mallory", update((11, 2**53 - 2, {})), now=300.0)
+    assert relayed(taken) == []
+    back = presence.apply("socket-a2", "alice", update((11, 4, {"name": "Al"})), now=301.0)
+    assert relayed(back) == [AwarenessState(11, 4, stamped({"name": "Al"}, "alice"))]
 
 
 def test_a_client_back_behind_its_told_leaving_is_told_to_raise_its_clock() -> None:

@@ -19,6 +19,7 @@ from parley.session.schema import QueuedItem, SessionDocument
 from parley.session.yprotocol import (
     AwarenessMessage,
     AwarenessState,
+    ClockOutOfRange,
     DeleteSet,
     MessageType,
     ProtocolError,
@@ -522,18 +523,14 @@ def test_decode_state_vector() -> None:
         decode_state_vector(b"\x01\x05")
 
 
-@pytest.mark.parametrize(
-    "item",
-    [
-        AwarenessState(2**53, 1, {}),
-        AwarenessState(1, 2**53 - 1, {}),
-    ],
-)
-def test_awareness_ids_and_clocks_a_javascript_peer_cannot_read_are_refused(
-    item: AwarenessState,
-) -> None:
+def test_awareness_ids_and_clocks_a_javascript_peer_cannot_read_are_refused() -> None:
     with pytest.raises(ProtocolError):
-        decode_awareness_update(encode_awareness_update([item]))
+        decode_awareness_update(encode_awareness_update([AwarenessState(2**53, 1, {})]))
+    # A clock at the top: refused, but not a protocol error that closes the socket (review:
+    # a stock client pushed there by another member's state was closed 4400 for good).
+    with pytest.raises(ClockOutOfRange) as refused:
+        decode_awareness_update(encode_awareness_update([AwarenessState(1, 2**53 - 1, {})]))
+    assert not isinstance(refused.value, ProtocolError) and refused.value.close_code is None
 
 
 def test_awareness_numbers_out_of_float_range_are_refused() -> None:
