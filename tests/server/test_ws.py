@@ -260,6 +260,25 @@ async def test_presence_needs_be_present(sqlite_server: RunningServer) -> None:
     await alice.wait_until(lambda c: c.awareness.get(7, {}) is None)
 
 
+async def test_a_member_who_may_not_be_present_is_told_once(sqlite_server: RunningServer) -> None:
+    """Review (SDKs): a member without ``be_present`` whose client renews its state every
+    15 s was sent the same ``forbidden`` error each time, which the SDKs collected and the
+    demo showed again and again. A socket is told once; its renewals are answered with an
+    update of no states (which keeps a stock client's socket open) and nothing else."""
+    server = sqlite_server
+    sid = await server.new_session({"alice": "editor"})
+    await server.http.put(
+        f"/api/v1/sessions/{sid}/members/lena", json={"role": "viewer", "denials": ["be_present"]}
+    )
+    lena = await server.connect(sid, "lena")
+    assert (await lena.command({"type": "cancel", "id": "c", "prompt_id": "x"}))["type"] == "error"
+    for clock in range(1, 4):
+        await lena.set_awareness(9, clock, {"user": {"name": "Lena"}})
+    # Frames are answered in order: once this is, every renewal before it was.
+    assert (await lena.command({"type": "cancel", "id": "d", "prompt_id": "x"}))["type"] == "error"
+    assert [u.get("code") for u in lena.unsolicited].count("forbidden") == 1
+
+
 async def test_a_member_who_may_not_be_present_may_echo_the_others(
     sqlite_server: RunningServer,
 ) -> None:
