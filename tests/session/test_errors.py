@@ -35,6 +35,7 @@ TABLE: dict[str, tuple[str, int, int | None]] = {
     "MethodNotAllowed": ("method_not_allowed", 405, None),
     "BadEventId": ("bad_event_id", 400, None),
     "ProtocolError": ("invalid", 422, 4400),
+    "ClockOutOfRange": ("invalid", 422, None),
     "CommandError": ("invalid", 422, None),
     "Unauthenticated": ("unauthenticated", 401, 4401),
     "Forbidden": ("forbidden", 403, 4403),
