@@ -8,7 +8,6 @@ Python's salted ``hash``.
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -41,12 +40,14 @@ def normalise(text: str) -> str:
 
 
 def same_words(text: str) -> str:
-    """The text's words, case folded, without its punctuation: texts with the same are
-    the same words said with other stops and stresses ("now" and "now?")."""
-    return " ".join(_WORD.findall(text.casefold()))
+    """The text case and whitespace folded, without the stops that end it: texts with the
+    same say the same, asked or exclaimed ("roll back now" and "roll back now?"). Nothing
+    inside it goes: "x > 5" and "x < 5" differ (review of the change: every sign and
+    separator dropped made them one)."""
+    return normalise(text).rstrip(_FINAL_STOPS)
 
 
-_WORD = re.compile(r"\w+")
+_FINAL_STOPS = " ?!.\u2026"
 
 
 def shingles(text: str) -> NDArray[np.uint64]:

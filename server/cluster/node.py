@@ -403,6 +403,10 @@ class ClusterNode:
         if self.registry.loaded(session_id) is not None:
             self.spawn(self.registry.forget_session(session_id))
 
+    def runs(self, session_id: str) -> bool:
+        """Whether this node runs ``session_id`` now."""
+        return session_id in self.running
+
     def _on_settings(self, session_id: str) -> None:
         """A node changed a session's settings or members (``settings_changed``): a read
         replica here takes them up before the document's next updates reach its sockets
@@ -470,8 +474,8 @@ class ClusterNode:
                 return  # run here now: the room has the state
             tail = await read_tail(self.store.engine, session_id, after, TAIL_PAGE)
             if session_id in self._stale_settings:  # judged as changed before it is sent
-                self._stale_settings.discard(session_id)
                 await room.reload_settings()
+                self._stale_settings.discard(session_id)
             if tail.snapshot is not None or tail.updates:
                 await room.writer.document.apply_replicated(tail.snapshot, tail.updates)
             if session_id in self.applied:

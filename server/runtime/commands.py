@@ -60,7 +60,10 @@ async def dispatch(room: SessionRoom, actor: str, command: Command) -> str:
         try:
             effects = await room.writer.execute(event)
         except Conflict:  # ``DuplicateCommand`` among them
-            previous = await _previous_ack(room, actor, command)
+            if kept_as_ack(command):  # the same, twice at once: the first's ack
+                previous = await _kept_ack(room, actor, command)
+            else:
+                previous = await _previous_ack(room, actor, command)
             if previous is not None:
                 room.recent_acks.keep(actor, command, previous)  # the next resend: no read
                 return previous

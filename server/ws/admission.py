@@ -119,10 +119,13 @@ async def admit(websocket: WebSocket, state: AppState) -> Admitted | None:
             claims = verify_token(state.keys.signing_key, token, now=int(state.clock()))
             if claims.session_id != session_id:
                 raise Unauthenticated("the token is for another session")
-            # As committed (cluster mode: a read replica catches up first, members too;
-            # review: a member removed on another node was admitted here, and one added
-            # there refused 4403 for good).
-            room = await state.rooms.current(session_id)
+            # Judged by the members as stored (cluster mode: a read replica reads them
+            # first; review: a member removed on another node was admitted here, and one
+            # added there refused 4403 for good). The members alone: catching the whole
+            # room up cost six reads an upgrade, and woke every event stream of the room.
+            room = await state.rooms.get(session_id)
+            if state.rooms.cluster is not None and not state.rooms.cluster.runs(session_id):
+                await room.membership.refresh()
             if room.budgets.spent(claims.user_id, Spend.SYNC_BYTES, state.clock()):
                 # Its first sync would be refused, and a stock client waits for it for good:
                 # its upgrade is refused instead, and every stock client backs off.

@@ -22,7 +22,7 @@ import asyncio
 import math
 import weakref
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from parley.session.closes import CloseCode
 
@@ -149,3 +149,21 @@ class SocketDeadlines:
             self._close(CloseCode.GOING_AWAY, "idle timeout")
         else:
             self._arm()
+
+
+class _Closable(Protocol):
+    claims: Any
+
+    def close(self, code: CloseCode, reason: str = "") -> None: ...
+
+
+def token_expired(connection: _Closable, now: float) -> bool:
+    """Close ``connection`` if its token expired by ``now`` (the wall clock every door
+    judges by); True if so. The expiry's timer runs on the loop's clock, set when the
+    socket opened: a wall clock stepped forward since left sockets open on a token every
+    other door refused (review), so each frame is judged too."""
+    claims = connection.claims
+    if claims is None or claims.expires_at > now:
+        return False
+    connection.close(CloseCode.UNAUTHENTICATED, "token expired")
+    return True

@@ -37,7 +37,7 @@ from parley.server.ws.admission import (
     serve,
 )
 from parley.server.ws.connection import CommandChannel, Connection
-from parley.server.ws.deadlines import SocketDeadlines
+from parley.server.ws.deadlines import SocketDeadlines, token_expired
 from parley.session.closes import CloseCode
 from parley.session.commands import command_id_of, command_id_unread, error_reply
 from parley.session.errors import (
@@ -121,12 +121,7 @@ async def _serve(
                 connection.close(close_code_for(exc), f"protocol error: {exc.message}"[:120])
                 return
         now = state.clock()
-        claims = connection.claims
-        if claims is not None and claims.expires_at <= now:
-            # The expiry's timer runs on the loop's clock, set when the socket opened: a
-            # wall clock stepped forward since left it open on a token every other door
-            # refuses (review). Judged here by the same clock as they are, on each frame.
-            connection.close(CloseCode.UNAUTHENTICATED, "token expired")
+        if token_expired(connection, now):
             return
         if data is not None and not limits.updates.allow(now, frame_count(data)):
             if limits.abuse.refused(now):
@@ -213,7 +208,11 @@ async def _on_binary(
             # budget of syncs, reconnecting in a loop, made the server diff a 5 MB document
             # a hundred times in 5 s, and everyone waited up to 3 s).
             if room.budgets.spent(connection.user_id, Spend.SYNC_BYTES, now):
-                raise RateLimited("over the sync budget (bytes of the document); slow down")
+                # Closed to try again later, not refused with an error: a stock client asks
+                # once a connection, and would wait for good (review of the change: a
+                # member's sockets admitted together could find the budget spent).
+                connection.close(CloseCode.TRY_AGAIN, "over the sync budget; reconnect later")
+                return
             frames = await room.writer.document.sync_answer(message.payload)
             for frame in frames:
                 connection.send_sync(frame)

@@ -43,9 +43,10 @@ from parley.server.ws.admission import (
     serve,
 )
 from parley.server.ws.connection import Connection
-from parley.server.ws.deadlines import SocketDeadlines
+from parley.server.ws.deadlines import SocketDeadlines, token_expired
 from parley.session.closes import CloseCode
 from parley.session.errors import Forbidden, ParleyError, close_code_for
+from parley.session.ratelimit import Cost, Spend
 from parley.session.yprotocol import (
     AwarenessMessage,
     ProtocolError,
@@ -120,6 +121,8 @@ async def _serve(
             connection.close(CloseCode.PROTOCOL, "commands go over the session's socket")
             return
         now = state.clock()
+        if token_expired(connection, now):
+            return
         if not limits.updates.allow(now, frame_count(data)):
             if limits.abuse.refused(now):
                 connection.close(CloseCode.ABUSE, "too many messages")
@@ -148,7 +151,12 @@ def _on_binary(
             if not live.document.covers(message.payload):
                 connection.close(CloseCode.GONE, REBUILT)
                 return
-            connection.send_sync(live.sync_answer(message.payload))
+            if room.budgets.spent(connection.user_id, Spend.SYNC_BYTES, now):
+                connection.close(CloseCode.TRY_AGAIN, "over the sync budget; reconnect later")
+                return
+            answer = live.sync_answer(message.payload)
+            connection.send_sync(answer)
+            room.budgets.spend(connection.user_id, Cost(Spend.SYNC_BYTES, len(answer)), now)
         elif not live.is_noop(message.payload):
             log.info("refused a client write", extra={"user_id": connection.user_id})
             raise Forbidden("a side-thread's document is read-only; send commands instead")

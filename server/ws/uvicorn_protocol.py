@@ -384,18 +384,22 @@ class LeanHttpProtocol(HttpToolsProtocol):
     # deadline but there was no count: 19,990 that sent nothing took every file descriptor
     # for their 60 s, and every other client was refused (review, "bounded"). A client
     # sends its request as it connects; one closed while idle opens another.
+    # Those that never sent one go first, then those kept alive between two requests (a
+    # client's pooled connection: closing it races with a request written on it).
     _waiting: ClassVar[dict[LeanHttpProtocol, None]] = {}
+    _kept_alive: ClassVar[dict[LeanHttpProtocol, None]] = {}
 
     def _wait(self) -> None:
-        waiting = LeanHttpProtocol._waiting
-        waiting[self] = None
-        while len(waiting) > MAX_WAITING:
-            oldest = next(iter(waiting))
-            del waiting[oldest]
+        (LeanHttpProtocol._kept_alive if self._begun else LeanHttpProtocol._waiting)[self] = None
+        fresh, kept = LeanHttpProtocol._waiting, LeanHttpProtocol._kept_alive
+        while len(fresh) + len(kept) > MAX_WAITING:
+            oldest = next(iter(fresh or kept))
+            oldest._unwait()
             oldest.transport.close()
 
     def _unwait(self) -> None:
         LeanHttpProtocol._waiting.pop(self, None)
+        LeanHttpProtocol._kept_alive.pop(self, None)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)

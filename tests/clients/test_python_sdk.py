@@ -526,6 +526,19 @@ async def test_a_command_resent_by_its_id_while_it_waits_shares_its_reply(
     assert len(encode_command({"type": "message", "id": "m", "text": "🙂" * 10})) < 80
 
 
+async def test_a_text_that_is_not_unicode_is_refused_at_the_call(
+    sqlite_server: RunningServer,
+) -> None:
+    """Review of the change: a lone surrogate could not be encoded once texts went as UTF-8;
+    queued while offline, it failed every command waiting. It is refused at the call."""
+    async with AdminClient(sqlite_server.base_url, ADMIN_KEY) as admin, asyncio.timeout(60):
+        sid = await new_session(admin, {"alice": "editor"})
+        async with await join(sqlite_server, admin, sid, "alice") as alice:
+            with pytest.raises(InvalidInput):
+                await alice.message("half \ud800 a pair")
+            assert (await alice.message("whole")).data["type"] == "ack"
+
+
 async def test_dot_segments_name_nothing_and_reach_no_other_route(
     sqlite_server: RunningServer,
 ) -> None:

@@ -349,6 +349,28 @@ async def test_past_the_connections_waiting_for_a_request_the_oldest_is_closed(
             idle_writer.close()
 
 
+async def test_connections_that_sent_nothing_are_closed_before_kept_alive_ones(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Review of the cap: a client opening connections closed others' pooled keep-alive
+    ones first (a request written on one as it closed failed). Those that never sent a
+    request go first."""
+    monkeypatch.setattr(uvicorn_protocol, "MAX_WAITING", 3)
+    request = b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n"
+    async with serve_asgi(_answer, http=LeanHttpProtocol) as port:
+        kept_reader, kept_writer = await asyncio.open_connection("127.0.0.1", port)
+        kept_writer.write(request)
+        assert (await kept_reader.readuntil(b"ok")).startswith(b"HTTP/1.1 200")
+        fresh = [await asyncio.open_connection("127.0.0.1", port) for _ in range(4)]
+        for reader, _ in fresh[:2]:
+            assert await _ended(reader) == b""
+        kept_writer.write(request)  # still open: served again
+        assert (await kept_reader.readuntil(b"ok")).startswith(b"HTTP/1.1 200")
+        kept_writer.close()
+        for _, fresh_writer in fresh:
+            fresh_writer.close()
+
+
 async def _answer_slowly(scope: Any, receive: Any, send: Any) -> None:
     """An app that takes its time before it reads the body (a room to load, say)."""
     await asyncio.sleep(0.6)

@@ -308,3 +308,20 @@ def test_a_near_duplicate_by_another_member_stays_in_their_own_words() -> None:
         ("e1", "near-duplicate of e3"),
         ("e2", "duplicate of e4"),
     ]
+
+
+def test_texts_that_differ_inside_never_fold_across_members() -> None:
+    """Review of the change: folding by words alone made "x > 5" and "x < 5" one text of
+    both members. Only a text's final stops may differ for another member's to fold."""
+    entries = [
+        msg(1, "alice", "deploy only if the error rate x > 5 per minute"),
+        msg(2, "mallory", "deploy only if the error rate x < 5 per minute"),
+        msg(3, "bob", "Deploy only if the error rate x < 5 per minute!"),
+        prompt(4, "carol", "so?"),
+    ]
+    built = build_context(session_id="s", entries=entries, prompt_ids=["e4"])
+    assert [m.content.split("\n", 1)[0] for m in built.request.messages] == [
+        "[alice wrote]",
+        "[mallory and bob each wrote]",
+        "[carol asks you]",
+    ]

@@ -361,6 +361,11 @@ class Session:
         if self.closed_by is not None:
             raise self.closed_by
         payload = {"type": kind, "id": id or self.new_id(), **fields}
+        try:
+            wire.encode_command(payload)  # refused here, not when (re)sent: a lone surrogate
+        except UnicodeEncodeError:
+            message = "a text is not valid Unicode (a lone surrogate)"
+            raise error_for("invalid", message, command_id=payload["id"]) from None
         waiting = self._pending.get(payload["id"])
         if waiting is not None and not waiting.reply.done():
             # Resent by its id while its first send still waits (review: the second call
