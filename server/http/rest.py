@@ -491,7 +491,8 @@ def openapi_document(operations: list[Operation], *, title: str, version: str) -
         statuses = set(op.errors) | ({401} if op.auth else set())
         statuses |= {400} if op.streams else set()  # bad_event_id
         statuses |= {413, 415, 422} if op.body is not None else set()
-        statuses |= {422} if op.query or op.query_str else set()
+        # A path parameter a database cannot store (a NUL, a lone surrogate) is refused 422.
+        statuses |= {422} if op.query or op.query_str or "{" in op.path else set()
         # A client token's refusal (403: any route that takes a key, the admin's alone
         # too), or one past its command rate (429).
         statuses |= {403} if op.auth else set()
