@@ -56,6 +56,9 @@ function start ({ token, sessionId, me }) {
     me,
     ui,
     members: [],
+    // Restricted text this member may read (the shared document shows a placeholder):
+    // sent to this socket alone, by entry id.
+    restricted: new Map(),
     rest: restClient(token),
     people: peopleDirectory(),
     showError,
@@ -181,6 +184,7 @@ function start ({ token, sessionId, me }) {
     if (!frame) frame = requestAnimationFrame(() => { frame = 0; renderAll() })
   }
   session.on('transcript', schedule)
+  session.on('restricted', (item) => { app.restricted.set(String(item.entry_id), String(item.text)); schedule() })
   session.on('queue', schedule)
   meta.observe(schedule)
   session.doc.getArray('pins').observe(schedule)

@@ -85,8 +85,12 @@ export function mountTranscript (app) {
       time.dateTime = at.toISOString()
     }
     const c = row.querySelector('.content')
-    if (kind === 'tool') setText(c, entry.content)
-    else renderMarkdown(c, entry.content)
+    // What only some members may read: its text, for one of them (review: a reader saw
+    // the placeholder only).
+    const text = app.restricted.get(id) ?? entry.content
+    c.classList.toggle('restricted', app.restricted.has(id))
+    if (kind === 'tool') setText(c, text)
+    else renderMarkdown(c, text)
     c.classList.toggle('streaming', status === 'streaming')
     setText(row.querySelector('.reason'), entry.reason || '')
 

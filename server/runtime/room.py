@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Callable
 from functools import partial
 
-from parley.authz.policy import Subject
+from parley.authz.policy import Subject, may_read
 from parley.authz.roles import RoleTable
 from parley.server.http.retry_hint import retry_reason
 from parley.server.metrics import Metrics
@@ -28,7 +28,7 @@ from parley.server.runtime.room_view import session_view
 from parley.server.runtime.run_steps import RunSteps
 from parley.server.runtime.session_writer import SessionWriter
 from parley.server.runtime.side_threads import SideThreads
-from parley.server.runtime.sockets import SessionSockets
+from parley.server.runtime.sockets import SessionSockets, private_frame
 from parley.server.runtime.stream_feed import StreamFeed
 from parley.server.runtime.writer import DocumentWriter
 from parley.server.settings import Settings
@@ -212,6 +212,33 @@ class SessionRoom:
     def subject(self, user_id: str) -> Subject | None:
         """The member as of now (role table and grants read live), or None."""
         return self.membership.subject(user_id)
+
+    def greet_private(self, connection: Connection) -> None:
+        """Send a socket that speaks commands the restricted text its member may read now
+        (``restricted`` frames, as each is sent when it is stored), newest first, within
+        the member's read budget and half the socket's backlog limit: one that was away
+        when a restricted reply was stored, or opened since, had only the placeholder
+        (review). Where the session runs (a read replica's restricted text may lag)."""
+        fence = self.writer.document.fence
+        if fence is not None and not fence.holds():
+            return
+        subject = self.subject(connection.user_id)
+        doc = self.doc
+        readable = [
+            (doc.entry(i.entry_id).seq, i)
+            for i in self.context.private.values()
+            if doc.has_entry(i.entry_id)
+            and doc.entry(i.entry_id).content != i.text  # shown as it is already
+            and may_read(subject, i.restriction)
+        ]
+        room_for = self.settings.send_buffer_max_bytes // 2
+        greeted = 0
+        for _, item in sorted(readable, key=lambda pair: pair[0], reverse=True):
+            frame = private_frame(item)
+            greeted += len(frame)
+            if greeted > room_for or not self.spend_read(connection.user_id, len(item.text)):
+                return
+            connection.send_json(frame)
 
     def spend_read(self, user_id: str | None, size: int) -> bool:
         """Spend ``size`` bytes of a member's read budget (one larger than the budget's

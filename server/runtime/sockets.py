@@ -73,9 +73,7 @@ class SessionSockets:
 
     def deliver_private(self, item: PrivateItem) -> None:
         """Send a stored private item to the sockets of members who may read it."""
-        frame = json.dumps(
-            {"type": "restricted", "entry_id": item.entry_id, "kind": item.kind, "text": item.text}
-        )
+        frame = private_frame(item)
         for connection in list(self.connections):
             if may_read(self.subject(connection.user_id), item.restriction):
                 connection.send_json(frame)
@@ -99,3 +97,10 @@ class SessionSockets:
     def close_all(self, code: CloseCode, reason: str) -> None:
         for connection in list(self.everyone()):
             connection.close(code, reason)
+
+
+def private_frame(item: PrivateItem) -> str:
+    """The ``restricted`` frame of a private item, for who may read it."""
+    return json.dumps(
+        {"type": "restricted", "entry_id": item.entry_id, "kind": item.kind, "text": item.text}
+    )

@@ -83,6 +83,7 @@ async def session_socket(websocket: WebSocket) -> None:
         state.rooms.cluster.presence.joined(room.session_id)  # and from the other nodes
     if connection.channel is not None:  # said so up front (``commands=``)
         await room.side_threads.greet(connection)
+        room.greet_private(connection)
 
     def cleanup() -> None:
         room.sockets.detach(connection)

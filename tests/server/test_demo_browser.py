@@ -10,7 +10,9 @@ from typing import Any
 import pytest
 
 from tests.conftest import make_settings, serve_in_process, sqlite_url
+from tests.fake_model import Answer, FakeModel, Sent, call
 from tests.server.demo_browser import HeldModel, chromium, compose, screenshot
+from tests.yclient import all_replies_settled
 
 pytestmark = pytest.mark.node
 
@@ -108,3 +110,35 @@ async def _transcript(page: Any) -> list[dict[str, str]]:
             content: r.querySelector('.content').textContent}))""",
     )
     return rows
+
+
+async def test_a_reader_sees_restricted_text_in_place_after_a_reload(tmp_path: Path) -> None:
+    """Review (browser client): a reply drawn from a document only bob may read showed bob
+    the placeholder, like everyone else, and a reload kept it so. His page shows the text
+    in place, marked; alice's shows the placeholder and never the text."""
+    secret = "the vault code is 7731"
+
+    def script(sent: Sent) -> Answer:
+        if "vault" in sent.asked_text():
+            return ["Let me look. ", call("search_documents", {"query": "vault code"})]
+        return ["ok"]
+
+    settings = make_settings(sqlite_url(tmp_path), tmp_path / "d")
+    async with serve_in_process(settings, FakeModel(script)) as server, chromium() as browser:
+        sid = await server.new_session({"alice": "editor", "bob": "editor"})
+        made = await server.http.post(
+            f"/api/v1/sessions/{sid}/documents",
+            json={"title": "Vault", "text": secret, "readers": {"users": ["bob"]}},
+        )
+        assert made.status_code == 201
+        bob_socket = await server.connect(sid, "bob")
+        await bob_socket.command({"type": "prompt", "id": "p", "text": "what is the vault code?"})
+        await bob_socket.wait_until(lambda c: all_replies_settled(c, 1))
+        bob = await browser.member(server, sid, "bob")  # opened after: greeted with it
+        alice = await browser.member(server, sid, "alice")
+        restricted = "#transcript li.kind-reply .content.restricted"
+        await bob.wait_for_selector(restricted)
+        assert "7731" in await bob.inner_text(restricted)
+        await alice.wait_for_selector("#transcript li.kind-reply[data-status=done]")
+        assert await alice.locator(restricted).count() == 0
+        assert "7731" not in await alice.inner_text("#transcript")

@@ -264,3 +264,25 @@ async def test_the_audit_log_names_no_document_title(server: RunningServer) -> N
     audit = await as_member(server, sid, "mia", "GET", f"{path}/audit?kind=document")
     [record] = audit.json()["records"]
     assert record["data"]["added"] and "Vault" not in audit.text
+
+
+async def test_a_socket_that_connects_later_is_sent_what_its_member_may_read(
+    server: RunningServer,
+) -> None:
+    """Review (SDKs): restricted text went only to the sockets open when it was stored: a
+    reader who reconnected, or opened the session later, had only the placeholder. A
+    socket that speaks commands is sent, as it connects, the restricted text its member
+    may read; one of a member who may not read it, nothing."""
+    sid = await restricted_session(server)
+    bob = await server.connect(sid, "bob")
+    await bob.command({"type": "prompt", "id": "p", "text": "what is the vault code?"})
+    await bob.wait_until(lambda c: all_replies_settled(c, 1))
+    reply = next(e for e in bob.entries() if e["kind"] == "reply")
+    olga = await server.connect(sid, "olga", commands="text")
+    alice = await server.connect(sid, "alice", commands="text")
+    for client in (olga, alice):  # answered after whatever the socket was greeted with
+        await client.command({"type": "unpin", "id": "x", "entry_id": "none"})
+    pushed = {m["entry_id"]: m["text"] for m in olga.unsolicited if m["type"] == "restricted"}
+    assert SECRET in pushed[reply["id"]]
+    assert [m for m in alice.unsolicited if m["type"] == "restricted"] == []
+    assert "7731" not in str(alice.unsolicited)
