@@ -41,6 +41,7 @@ from parley.server.runtime.room import SessionRoom
 from parley.server.runtime.runner import SessionRunner
 from parley.server.runtime.session_writes import CHARGE_WRITE, apply_session_write
 from parley.server.settings import Settings
+from parley.server.store.access import CHANNEL_SETTINGS
 from parley.server.store.port import SessionTx
 from parley.server.store.sessions import CHANNEL_DELETED, Store, StoreTx
 from parley.session.closes import CloseCode
@@ -56,7 +57,6 @@ log = logging.getLogger("parley.cluster")
 CHANNEL_DOC = "parley_doc"  # payload: session id (an update was committed)
 CHANNEL_PRIVATE = "parley_private"  # payload: "<session id> <entry id>" (restricted text)
 CHANNEL_THREAD = "parley_thread"  # payload: "<session id> <thread id> <owner>"
-CHANNEL_SETTINGS = "parley_settings"  # payload: session id (its settings or members changed)
 TAIL_PAGE = 500
 
 

@@ -35,6 +35,12 @@ if TYPE_CHECKING:
     from parley.server.store.database import Database
 
 
+# PostgreSQL's channel for a session whose settings or members changed (payload: its id):
+# sent with the change's own commit, so a node that follows the session takes it up before
+# the document's updates committed after it (``server.cluster.node``).
+CHANNEL_SETTINGS = "parley_settings"
+
+
 def _readers_json(readers: Readers) -> str:
     return json.dumps({"users": sorted(readers.users), "roles": sorted(readers.roles)})
 
@@ -198,6 +204,8 @@ class AccessStore:
                 await tx.connection.execute(
                     update(client_tokens).where(where).values(revoked_at=now)
                 )
+                if self.store.engine.dialect.name == "postgresql":
+                    tx.notify(CHANNEL_SETTINGS, session_id)  # (as ``Store.change_member`` does)
         return TokenRow(row.id, row.user_id, row.expires_at, revoked=True)
 
     async def revoked_tokens(self, session_id: str, now: int) -> dict[str, TokenRow]:

@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from parley.authz.policy import Decision
 from parley.authz.roles import Member
 from parley.authz.tokens import ADMIN_ACTOR
-from parley.server.store.access import AccessStore
+from parley.server.store.access import CHANNEL_SETTINGS, AccessStore
 from parley.server.store.health import StorageHealth
 from parley.server.store.reads import SessionReads
 from parley.server.store.rows import (
@@ -227,6 +227,10 @@ class Store(SessionReads, UsageTables):
             where = and_(members.c.session_id == session_id, members.c.user_id == user_id)
             if not decision.allowed:
                 return MemberChange(decision, before, before)
+            if self.engine.dialect.name == "postgresql":
+                # Every node judges by it before what is committed after it (review: a
+                # follower sent a removed member's socket what was posted in between).
+                tx.notify(CHANNEL_SETTINGS, session_id)
             by = actor_id or ADMIN_ACTOR
             if after is None:
                 await connection.execute(delete(members).where(where))
