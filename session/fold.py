@@ -3,8 +3,8 @@
 ``HistoryFold`` turns the visible entries of a transcript, in story order, into items:
 - exact duplicates (case and whitespace folded) become one item at the latest occurrence,
   attributed to every author;
-- near-duplicates are merged the same way, keeping the most recent wording: the same words
-  with other punctuation, whoever said them; a member's own MinHash near-duplicates
+- near-duplicates are merged the same way, keeping the most recent wording: the same text
+  ending with other stops, whoever said it; a member's own MinHash near-duplicates
   (similarity at or above the threshold); but another member's MinHash near-duplicate
   stays apart, in its own words (merged, the model would be told one member wrote the
   other's wording: a near-duplicate can say the opposite, "do" against "do NOT");
@@ -210,9 +210,10 @@ class HistoryFold:
         earlier = self._exact.get(key)
         reason = "duplicate"
         words = same_words(entry.content)
-        if earlier is None and words:  # the same words, punctuation aside: whoever said them
+        if earlier is None and words:  # the same text but its final stops: whoever said it
             earlier = self._words.get(words)
             reason = "near-duplicate"
+        by_signature = False  # matched by MinHash: maybe other words
         if earlier is None:
             signature = minhash(entry.content)
             if signature is not None:
@@ -221,15 +222,14 @@ class HistoryFold:
                     near = self._near[entry.author] = NearDuplicateIndex(self._threshold)
                 match = near.find(signature)
                 earlier = None if match is None else int(match)
-                reason = "near-duplicate"
+                reason, by_signature = "near-duplicate", match is not None
                 near_key = str(len(self.items))
                 near.add(near_key, signature)
                 undo.append(lambda: near.remove_last(near_key))
         if earlier is not None:
             earlier = self._live(earlier)
         old = None if earlier is None else self.items[earlier]
-        similar = reason == "near-duplicate" and same_words(old.text if old else "") != words
-        if old is not None and similar and self._said_by_another(old, entry):
+        if old is not None and by_signature and self._said_by_another(old, entry):
             old = None
         if earlier is not None and old is not None:
             self._set_item(earlier, None, undo)
