@@ -59,11 +59,8 @@ async def dispatch(room: SessionRoom, actor: str, command: Command) -> str:
             raise DuplicateCommand(command.id)  # a session prompt's or message's id
         try:
             effects = await room.writer.execute(event)
-        except Conflict:  # ``DuplicateCommand`` among them
-            if kept_as_ack(command):  # the same, twice at once: the first's ack
-                previous = await _kept_ack(room, actor, command)
-            else:
-                previous = await _previous_ack(room, actor, command)
+        except Conflict:  # ``DuplicateCommand`` among them (the same sent twice at once)
+            previous = await _previous_ack(room, actor, command)
             if previous is not None:
                 room.recent_acks.keep(actor, command, previous)  # the next resend: no read
                 return previous
@@ -89,10 +86,7 @@ async def stored_resend(room: SessionRoom, actor: str, frame: str) -> str | None
         return None
     try:
         command = parse_command(frame, room.limits)
-        if kept_as_ack(command):
-            previous = await _kept_ack(room, actor, command)
-        else:
-            previous = await _previous_ack(room, actor, command)
+        previous = await _previous_ack(room, actor, command)
     except (CommandError, DuplicateCommand):
         return None
     if previous is not None:
@@ -146,7 +140,9 @@ _STORED = {
 
 async def _previous_ack(room: SessionRoom, actor: str, command: Command) -> str | None:
     """The ack a resent command got the first time, if a command of its kind was stored
-    (even when the queue is full or busy now)."""
+    (even when the queue is full or busy now): from its entry, or its kept ack."""
+    if kept_as_ack(command):
+        return await _kept_ack(room, actor, command)
     stored = _STORED.get(type(command))
     if stored is None:
         return None
