@@ -224,13 +224,15 @@ class SessionRoom:
             return
         subject = self.subject(connection.user_id)
         doc = self.doc
-        readable = [
-            (doc.entry(i.entry_id).seq, i)
-            for i in self.context.private.values()
-            if doc.has_entry(i.entry_id)
-            and doc.entry(i.entry_id).content != i.text  # shown as it is already
-            and may_read(subject, i.restriction)
-        ]
+        readable = []
+        for item in self.context.private.values():
+            # The reader judged first: an entry is read from the document once, and only
+            # for what they may read.
+            if not may_read(subject, item.restriction) or not doc.has_entry(item.entry_id):
+                continue
+            entry = doc.entry(item.entry_id)
+            if entry.content != item.text:  # else shown as it is already
+                readable.append((entry.seq, item))
         room_for = self.settings.send_buffer_max_bytes // 2
         greeted = 0
         for _, item in sorted(readable, key=lambda pair: pair[0], reverse=True):
