@@ -242,6 +242,24 @@ class SessionRoom:
                 return
             connection.send_json(frame)
 
+    def syncs_spent(self, user_id: str, now: float) -> bool:
+        """Whether ``user_id``'s sockets together have spent their sync budget (the bytes
+        of the document sent in answer to their syncs)."""
+        return self.budgets.spent(user_id, Spend.SYNC_BYTES, now)
+
+    def sync_refused(self, connection: Connection, now: float) -> bool:
+        """Before a sync is answered: True, and the socket closed to try again later, when
+        its member's sockets have spent their sync budget (a stock client asks once a
+        connection: refused with an error, it would wait for good)."""
+        if not self.syncs_spent(connection.user_id, now):
+            return False
+        connection.close(CloseCode.TRY_AGAIN, "over the sync budget; reconnect later")
+        return True
+
+    def charge_sync(self, user_id: str, size: int, now: float) -> None:
+        """A sync was answered with ``size`` bytes: the member's sockets pay them."""
+        self.budgets.spend(user_id, Cost(Spend.SYNC_BYTES, size), now)
+
     def spend_read(self, user_id: str | None, size: int) -> bool:
         """Spend ``size`` bytes of a member's read budget (one larger than the budget's
         burst takes all of it); False past it. The admin key's reads spend none."""

@@ -50,7 +50,7 @@ from parley.session.errors import (
     Unavailable,
     close_code_for,
 )
-from parley.session.ratelimit import Spend, cost_of
+from parley.session.ratelimit import cost_of
 from parley.session.yprotocol import (
     AwarenessMessage,
     ClientMessage,
@@ -126,7 +126,7 @@ async def admit(websocket: WebSocket, state: AppState) -> Admitted | None:
             room = await state.rooms.get(session_id)
             if state.rooms.cluster is not None and not state.rooms.cluster.runs(session_id):
                 await room.membership.refresh()
-            if room.budgets.spent(claims.user_id, Spend.SYNC_BYTES, state.clock()):
+            if room.syncs_spent(claims.user_id, state.clock()):
                 # Its first sync would be refused, and a stock client waits for it for good:
                 # its upgrade is refused instead, and every stock client backs off.
                 raise RateLimited("over the sync budget (bytes of the document); slow down")

@@ -47,7 +47,7 @@ from parley.session.errors import (
     close_code_for,
 )
 from parley.session.presence import Presence
-from parley.session.ratelimit import Cost, Spend, command_bytes_refusal
+from parley.session.ratelimit import command_bytes_refusal
 from parley.session.yprotocol import (
     AwarenessMessage,
     ProtocolError,
@@ -208,17 +208,12 @@ async def _on_binary(
             # sockets together pay its bytes (review: a viewer's sockets, each with its own
             # budget of syncs, reconnecting in a loop, made the server diff a 5 MB document
             # a hundred times in 5 s, and everyone waited up to 3 s).
-            if room.budgets.spent(connection.user_id, Spend.SYNC_BYTES, now):
-                # Closed to try again later, not refused with an error: a stock client asks
-                # once a connection, and would wait for good (review of the change: a
-                # member's sockets admitted together could find the budget spent).
-                connection.close(CloseCode.TRY_AGAIN, "over the sync budget; reconnect later")
+            if room.sync_refused(connection, now):
                 return
             frames = await room.writer.document.sync_answer(message.payload)
             for frame in frames:
                 connection.send_sync(frame)
-            sent = Cost(Spend.SYNC_BYTES, sum(len(f) for f in frames))
-            room.budgets.spend(connection.user_id, sent, now)
+            room.charge_sync(connection.user_id, sum(len(f) for f in frames), now)
         elif not room.writer.document.is_noop(message.payload):
             # The server is the only writer: a client's change is neither applied nor relayed.
             log.info("refused a client write", extra={"user_id": connection.user_id})

@@ -46,7 +46,6 @@ from parley.server.ws.connection import Connection
 from parley.server.ws.deadlines import SocketDeadlines, token_expired
 from parley.session.closes import CloseCode
 from parley.session.errors import Forbidden, ParleyError, close_code_for
-from parley.session.ratelimit import Cost, Spend
 from parley.session.yprotocol import (
     AwarenessMessage,
     ProtocolError,
@@ -151,12 +150,11 @@ def _on_binary(
             if not live.document.covers(message.payload):
                 connection.close(CloseCode.GONE, REBUILT)
                 return
-            if room.budgets.spent(connection.user_id, Spend.SYNC_BYTES, now):
-                connection.close(CloseCode.TRY_AGAIN, "over the sync budget; reconnect later")
+            if room.sync_refused(connection, now):
                 return
             answer = live.sync_answer(message.payload)
             connection.send_sync(answer)
-            room.budgets.spend(connection.user_id, Cost(Spend.SYNC_BYTES, len(answer)), now)
+            room.charge_sync(connection.user_id, len(answer), now)
         elif not live.is_noop(message.payload):
             log.info("refused a client write", extra={"user_id": connection.user_id})
             raise Forbidden("a side-thread's document is read-only; send commands instead")
