@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from parley.authz.policy import Readers, restriction_from_json, restriction_to_json
 from parley.authz.tokens import ClientClaims
 from parley.server.store.access_rows import AuditRow, DocumentRow, PrivateItem, TokenRow, ToolRow
+from parley.server.store.direct_sqlite import direct
 from parley.server.store.rows import MemberRow, lock_session, read_member
 from parley.server.store.tables import (
     audit_log,
@@ -118,7 +119,7 @@ async def insert_client_token(connection: AsyncConnection, claims: ClientClaims,
 
 
 # Built once: a run and many commands write an audit record (see ``command_statements``).
-_INSERT_AUDIT = insert(audit_log)
+_INSERT_AUDIT = direct(insert(audit_log))
 
 
 async def insert_audit(

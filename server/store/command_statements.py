@@ -5,7 +5,8 @@ construction and then its cache key, walked over the whole expression, before th
 compiled form is found: 166 us for the session counter's update against 41 us for the
 same statement built once and given its values as parameters (SQLite, in process), and
 every command writes four or more. These are those statements, with their values bound
-at execution; the SQL is the same.
+at execution; the SQL is the same. On SQLite they run beneath SQLAlchemy
+(``direct_sqlite``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
+from parley.server.store.direct_sqlite import direct
 from parley.server.store.tables import command_acks, entries, session_events, sessions
 from parley.server.store.webhooks import version_now
 from parley.session.lifecycle import PromptStatus, prompt_predecessors
@@ -26,7 +28,7 @@ from parley.session.lifecycle import PromptStatus, prompt_predecessors
 # how many event numbers to take. Returns (last_seq, last_event_seq, subscriptions' version).
 _COUNTED = (sessions.c.last_seq, sessions.c.last_event_seq, version_now())
 _SESSION = sessions.c.id == bindparam("session")
-COUNT_ENTRY_AND_EVENTS = (
+COUNT_ENTRY_AND_EVENTS = direct(
     update(sessions)
     .where(_SESSION)
     .values(
@@ -35,10 +37,10 @@ COUNT_ENTRY_AND_EVENTS = (
     )
     .returning(*_COUNTED)
 )
-COUNT_ENTRY = (
+COUNT_ENTRY = direct(
     update(sessions).where(_SESSION).values(last_seq=sessions.c.last_seq + 1).returning(*_COUNTED)
 )
-COUNT_EVENTS = (
+COUNT_EVENTS = direct(
     update(sessions)
     .where(_SESSION)
     .values(last_event_seq=sessions.c.last_event_seq + bindparam("events"))
@@ -46,7 +48,7 @@ COUNT_EVENTS = (
 )
 
 # Rows given as parameters (one dict each).
-INSERT_EVENTS = insert(session_events)
+INSERT_EVENTS = direct(insert(session_events))
 
 # PostgreSQL: a write's document update, the session's counters and its events in one
 # statement, one round trip (``StoreTx.append_change``). ``:entries`` (0 or 1) and
@@ -151,7 +153,7 @@ def insert_entry(dialect: str) -> Any:
     """The entry's insert for ``dialect`` (its columns as parameters): nothing inserted,
     and no row returned, when its author sent the command id before."""
     upsert = pg_insert if dialect == "postgresql" else sqlite_insert
-    return (
+    return direct(
         upsert(entries)
         .on_conflict_do_nothing(index_elements=["session_id", "author", "command_id"])
         .returning(entries.c.id)
@@ -163,7 +165,9 @@ def set_entry_status(status: PromptStatus) -> Any:
     """Move the row ``:entry`` to ``status`` from a status the lifecycle table allows
     before it; the columns to set are the parameters (``status`` and what comes with it)."""
     allowed = [old.value for old in prompt_predecessors(status)]
-    return update(entries).where(entries.c.id == bindparam("entry"), entries.c.status.in_(allowed))
+    return direct(
+        update(entries).where(entries.c.id == bindparam("entry"), entries.c.status.in_(allowed))
+    )
 
 
 @cache
@@ -171,7 +175,7 @@ def insert_command_ack(dialect: str) -> Any:
     """A command's ack for ``dialect`` (its columns as parameters): nothing inserted, and
     no row returned, when its author sent the command id before."""
     upsert = pg_insert if dialect == "postgresql" else sqlite_insert
-    return (
+    return direct(
         upsert(command_acks)
         .on_conflict_do_nothing(index_elements=["session_id", "author", "command_id"])
         .returning(command_acks.c.command_id)
@@ -179,7 +183,9 @@ def insert_command_ack(dialect: str) -> Any:
 
 
 # The session's acks written before ``:before`` (``command_acks``: kept for a while).
-PRUNE_COMMAND_ACKS = delete(command_acks).where(
-    command_acks.c.session_id == bindparam("session_id"),
-    command_acks.c.created_at < bindparam("before"),
+PRUNE_COMMAND_ACKS = direct(
+    delete(command_acks).where(
+        command_acks.c.session_id == bindparam("session_id"),
+        command_acks.c.created_at < bindparam("before"),
+    )
 )

@@ -26,12 +26,22 @@ from parley.server.store.writer_turns import WriterTurns
 from parley.session.errors import NotFound, Unavailable
 
 
-async def _begin_immediate(connection: AsyncConnection, deadline: float) -> None:
+async def _begin_immediate(
+    connection: AsyncConnection, deadline: float
+) -> sqlite3.Connection | None:
     """SQLite file: take the write lock before the transaction's first statement, waiting
-    for another process's off the loop (``InlineConnection.begin_immediate``)."""
+    for another process's off the loop (``InlineConnection.begin_immediate``). Returns the
+    ``sqlite3`` connection the transaction runs on, for the statements run beneath
+    SQLAlchemy (``server.store.direct_sqlite``), unless something listens to the engine's
+    statements."""
     raw = (await connection.get_raw_connection()).driver_connection
-    if isinstance(raw, InlineConnection):
-        await raw.begin_immediate(deadline - asyncio.get_running_loop().time())
+    if not isinstance(raw, InlineConnection):
+        return None
+    await raw.begin_immediate(deadline - asyncio.get_running_loop().time())
+    dispatch = connection.sync_engine.dispatch
+    if dispatch.before_cursor_execute or dispatch.after_cursor_execute:
+        return None
+    return raw.sqlite_connection
 
 
 class Database:
@@ -87,10 +97,11 @@ class Database:
         deadline = asyncio.get_running_loop().time() + budget
         try:
             async with self._turn(deadline, group_round), self.engine.connect() as connection:
+                direct = None
                 if self._writers is not None:
-                    await _begin_immediate(connection, deadline)
+                    direct = await _begin_immediate(connection, deadline)
                 async with connection.begin():
-                    tx = StoreTx(connection, self.subscriptions)
+                    tx = StoreTx(connection, self.subscriptions, direct)
                     yield tx
                     tx.claimed.require_settled()
                     await tx.send_notifications()

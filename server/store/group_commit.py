@@ -20,6 +20,7 @@ from sqlalchemy import insert
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.exc import IntegrityError
 
+from parley.server.store.direct_sqlite import direct
 from parley.server.store.tables import doc_updates
 from parley.session.errors import NotFound, Unavailable
 
@@ -73,7 +74,9 @@ class _Pending:
 
 
 # Built once (its cache key is walked once, not per call).
-_INSERT_UPDATES = insert(doc_updates).returning(doc_updates.c.id, sort_by_parameter_order=True)
+_INSERT_UPDATES = direct(
+    insert(doc_updates).returning(doc_updates.c.id, sort_by_parameter_order=True)
+)
 
 
 # One session's update on SQLite, beneath SQLAlchemy (``UpdatesAlone``).

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from parley.authz.policy import Decision
 from parley.authz.roles import Member
+from parley.server.store.direct_sqlite import direct
 from parley.server.store.tables import members, model_usage, quotas, sessions
 from parley.session.errors import Conflict, NotFound
 from parley.session.quota import Quotas
@@ -189,7 +190,7 @@ class UsageRow:
 
 
 # Built once: every run reads the quotas and writes its usage (see ``command_statements``).
-_INSERT_USAGE = insert(model_usage)
+_INSERT_USAGE = direct(insert(model_usage))
 _QUOTAS = select(quotas).where(quotas.c.session_id == bindparam("session"))
 
 

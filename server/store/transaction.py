@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -17,6 +18,7 @@ from parley.server.store import command_statements, thread_log, thread_rows
 from parley.server.store.access import insert_audit, insert_private
 from parley.server.store.access_rows import PrivateItem
 from parley.server.store.counters import ClaimedSeqs, SequenceMoved
+from parley.server.store.direct_sqlite import plan_for
 from parley.server.store.group_commit import insert_updates
 from parley.server.store.outbox import enqueue
 from parley.server.store.rows import (
@@ -84,14 +86,19 @@ class _Statements:
     statements run are counted. (It holds no reference to its transaction: a cycle there
     left every write's objects to the garbage collector, whose pauses stall the loop.)"""
 
-    def __init__(self, connection: AsyncConnection) -> None:
+    def __init__(self, connection: AsyncConnection, direct: sqlite3.Connection | None) -> None:
         self._connection = connection
+        self._direct = direct
         self.left_entry: dict[str, Any] | None = None
         self.run = 0
 
-    async def execute(self, *args: Any, **kwargs: Any) -> Any:
+    async def execute(self, statement: Any, parameters: Any = None, **kwargs: Any) -> Any:
         await self._before()
-        return await self._connection.execute(*args, **kwargs)
+        if self._direct is not None and parameters is not None and not kwargs:
+            plan = plan_for(statement, parameters, self._connection.dialect)
+            if plan is not None:
+                return plan.run(self._direct, parameters)
+        return await self._connection.execute(statement, parameters, **kwargs)
 
     async def exec_driver_sql(self, *args: Any, **kwargs: Any) -> Any:
         await self._before()
@@ -119,8 +126,15 @@ class _Statements:
 class StoreTx:
     """One database transaction; methods mirror the writes a session makes."""
 
-    def __init__(self, connection: AsyncConnection, subscriptions: Subscriptions) -> None:
-        self._statements = _Statements(connection)
+    def __init__(
+        self,
+        connection: AsyncConnection,
+        subscriptions: Subscriptions,
+        direct: sqlite3.Connection | None = None,
+    ) -> None:
+        """``direct``: SQLite's own connection beneath ``connection``, in the same
+        transaction, for the statements marked to run there (``direct_sqlite``)."""
+        self._statements = _Statements(connection, direct)
         self._connection = connection
         # Typed as the connection it stands for (it runs the same calls).
         self.connection: AsyncConnection = self._statements  # type: ignore[assignment]
