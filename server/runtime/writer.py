@@ -209,6 +209,11 @@ class DocumentWriter:
         lost), unless ``budget_s`` passes since this call or the last write done, whichever
         is later, with the lock still taken: ``Unavailable``. Returns what is left of the
         budget. Nothing is done per waiter when a write is done (a burst stays linear)."""
+        if not self.lock.locked() and not self.lock._waiters:
+            # Free with none waiting: ``acquire`` takes it without waiting, so without the
+            # task and the pass of the event loop the wait below costs.
+            await self.lock.acquire()
+            return budget_s
         loop = asyncio.get_running_loop()
         since = loop.time()
         taken = asyncio.ensure_future(self.lock.acquire())
