@@ -26,22 +26,38 @@ from parley.server.store.writer_turns import WriterTurns
 from parley.session.errors import NotFound, Unavailable
 
 
-async def _begin_immediate(
+@asynccontextmanager
+async def _sqlite_transaction(
     connection: AsyncConnection, deadline: float
-) -> sqlite3.Connection | None:
-    """SQLite file: take the write lock before the transaction's first statement, waiting
-    for another process's off the loop (``InlineConnection.begin_immediate``). Returns the
-    ``sqlite3`` connection the transaction runs on, for the statements run beneath
-    SQLAlchemy (``server.store.direct_sqlite``), unless something listens to the engine's
-    statements."""
-    raw = (await connection.get_raw_connection()).driver_connection
-    if not isinstance(raw, InlineConnection):
-        return None
-    await raw.begin_immediate(deadline - asyncio.get_running_loop().time())
+) -> AsyncIterator[sqlite3.Connection | None]:
+    """SQLite: a write transaction on ``connection``. On a file (``InlineConnection``) it
+    is begun and ended on the ``sqlite3`` connection beneath: ``BEGIN IMMEDIATE`` takes the
+    write lock before the first statement, waiting for another process's off the loop
+    (``InlineConnection.begin_immediate``); a statement through SQLAlchemy joins it (its
+    autobegin sends nothing on SQLite) and SQLAlchemy's commit or rollback ends it,
+    else ``sqlite3``'s own. Yields the ``sqlite3`` connection for the statements run
+    beneath SQLAlchemy (``server.store.direct_sqlite``), unless something listens to the
+    engine's statements (then None)."""
+    inline = (await connection.get_raw_connection()).driver_connection
+    if not isinstance(inline, InlineConnection):  # in memory: aiosqlite's own
+        async with connection.begin():
+            yield None
+        return
+    await inline.begin_immediate(deadline - asyncio.get_running_loop().time())
     dispatch = connection.sync_engine.dispatch
-    if dispatch.before_cursor_execute or dispatch.after_cursor_execute:
-        return None
-    return raw.sqlite_connection
+    listened = bool(dispatch.before_cursor_execute or dispatch.after_cursor_execute)
+    try:
+        yield None if listened else inline.raw
+    except BaseException:
+        if connection.in_transaction():
+            await connection.rollback()
+        else:
+            inline.raw.rollback()
+        raise
+    if connection.in_transaction():
+        await connection.commit()
+    else:
+        inline.raw.commit()
 
 
 class Database:
@@ -99,14 +115,18 @@ class Database:
         deadline = asyncio.get_running_loop().time() + budget
         try:
             async with self._turn(deadline, group_round), self._writing() as connection:
-                direct = None
-                if self._writers is not None:
-                    direct = await _begin_immediate(connection, deadline)
-                async with connection.begin():
-                    tx = StoreTx(connection, self.subscriptions, direct)
-                    yield tx
-                    tx.claimed.require_settled()
-                    await tx.send_notifications()
+                if self._writers is None:
+                    async with connection.begin():
+                        tx = StoreTx(connection, self.subscriptions)
+                        yield tx
+                        tx.claimed.require_settled()
+                        await tx.send_notifications()
+                else:
+                    async with _sqlite_transaction(connection, deadline) as direct:
+                        tx = StoreTx(connection, self.subscriptions, direct)
+                        yield tx
+                        tx.claimed.require_settled()
+                        await tx.send_notifications()
                 tx.committed = True  # what follows (the connection given back) may be cancelled
             if self.checkpointer is not None:
                 self.checkpointer.wrote()

@@ -106,11 +106,6 @@ class InlineConnection:
             raise sqlite3.ProgrammingError("Cannot operate on a closed database.")
         return self._connection
 
-    @property
-    def sqlite_connection(self) -> sqlite3.Connection:
-        """The ``sqlite3`` connection beneath (``server.store.direct_sqlite``)."""
-        return self._open
-
     @classmethod
     def connect(cls, path: str, busy_timeout_s: float = 0.0) -> InlineConnection:
         return cls(sqlite3.connect(path, timeout=busy_timeout_s, check_same_thread=False))

@@ -160,3 +160,27 @@ async def test_the_writers_keep_one_connection_and_take_a_fresh_one_after_a_fail
         async with store.read() as connection:
             stored = (await connection.execute(select(session_events.c.seq))).scalars().all()
         assert sorted(stored) == [1, 2, 3, 4, 5, 6]
+
+
+async def test_statements_either_way_are_one_transaction(tmp_path: Path) -> None:
+    """A statement through SQLAlchemy and one beneath it, in one write: both stored, or,
+    when the write fails after them, neither."""
+    async with sql_store(sqlite_url(tmp_path)) as store:
+        await _store_with_session(store)
+        with pytest.raises(RuntimeError):
+            async with store.transaction() as tx:
+                await tx.set_policy("s", "free")  # through SQLAlchemy
+                await tx.connection.execute(command_statements.INSERT_EVENTS, _event(1))
+                raise RuntimeError("after both")
+        assert await _policy_and_events(store) == ("queue", [])
+        async with store.transaction() as tx:
+            await tx.connection.execute(command_statements.INSERT_EVENTS, _event(1))
+            await tx.set_policy("s", "free")
+        assert await _policy_and_events(store) == ("free", [1])
+
+
+async def _policy_and_events(store: Store) -> tuple[str, list[int]]:
+    async with store.read() as connection:
+        policy = (await connection.execute(select(sessions.c.policy))).scalar_one()
+        seqs = (await connection.execute(select(session_events.c.seq))).scalars().all()
+    return policy, sorted(seqs)
