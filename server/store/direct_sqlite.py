@@ -67,8 +67,14 @@ class _Plan:
     def __init__(self, compiled: Any) -> None:
         sql: str = compiled.string
         processors = compiled._bind_processors
-        # Values bound in the statement itself (an IN list, a literal), by name.
-        defaults: dict[str, Any] = compiled.construct_params(_check=False)
+        # Values bound in the statement itself (a literal, an IN list), by name; any other
+        # must come with the parameters.
+        given = compiled.construct_params(_check=False)
+        defaults: dict[str, Any] = {
+            name: given[name]
+            for name, bind in ((n, compiled.binds.get(n)) for n in compiled.positiontup)
+            if bind is not None and not bind.required
+        }
         names: list[str] = []
         for name in compiled.positiontup:
             bind = compiled.binds.get(name)
