@@ -21,10 +21,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, false, insert, select, text, true, update
+from sqlalchemy import delete, false, func, insert, select, text, true, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from parley.server.store.tables import (
+    WAITING,
     webhook_attempts,
     webhook_deliveries,
     webhooks,
@@ -36,6 +37,8 @@ from parley.server.store.webhooks import (
     FAILED,
     PENDING,
     SENDING,
+    WaitingCap,
+    mark_full,
 )
 from parley.session.webhook_events import Outgoing, Subscription, outgoing
 from parley.session.webhook_lanes import FAILING_AFTER, Lanes, pick
@@ -63,15 +66,22 @@ async def enqueue(
     subscriptions: Sequence[Subscription],
     session_id: str,
     events: Sequence[tuple[int, int, str, dict[str, Any]]],
+    cap: WaitingCap | None = None,
 ) -> int:
     """Write the deliveries of ``events`` (event seq, at ms, webhook type, data) for every
     one of ``subscriptions`` that wants them, paused and disabled ones too (they wait);
-    returns how many. Call in the events' own transaction."""
+    returns how many. Call in the events' own transaction.
+
+    With ``cap``, a subscription whose unfinished deliveries would pass ``cap.limit`` gets
+    none past it and is marked full (``webhooks.mark_full``); the events are stored all the
+    same (one subscription's backlog never refuses a session's write)."""
     if not events or not subscriptions:
         return 0
     found: list[tuple[int, Outgoing]] = []
     for seq, at_ms, kind, data in events:
         found += [(at_ms, o) for o in outgoing(subscriptions, session_id, seq, at_ms, kind, data)]
+    if found and cap is not None:
+        found = await _within_cap(connection, found, cap)
     if found:
         keys = sorted({o.webhook_id for _, o in found})
         await _lock_heads(connection, [(key, session_id) for key in keys])
@@ -110,6 +120,41 @@ async def enqueue(
             ],
         )
     return len(found)
+
+
+async def _within_cap(
+    connection: AsyncConnection, found: list[tuple[int, Outgoing]], cap: WaitingCap
+) -> list[tuple[int, Outgoing]]:
+    """``found`` without the deliveries past their subscription's cap (the oldest kept)."""
+    adding: dict[str, int] = {}
+    for _, o in found:
+        adding[o.webhook_id] = adding.get(o.webhook_id, 0) + 1
+    room: dict[str, int] = {}
+    for webhook_id, count in sorted(adding.items()):
+        if not cap.count_due(webhook_id, count):
+            continue
+        waiting = await _waiting(connection, webhook_id, cap.limit)
+        if waiting + count > cap.limit:
+            room[webhook_id] = max(0, cap.limit - waiting)
+            await mark_full(connection, webhook_id, max(waiting, cap.limit), found[-1][0])
+    if not room:
+        return found
+    kept: list[tuple[int, Outgoing]] = []
+    for at_ms, o in found:
+        left = room.get(o.webhook_id)
+        if left is None or left > 0:
+            kept.append((at_ms, o))
+            if left is not None:
+                room[o.webhook_id] = left - 1
+    return kept
+
+
+async def _waiting(connection: AsyncConnection, webhook_id: str, limit: int) -> int:
+    """The subscription's unfinished deliveries, counted up to ``limit`` (an index range
+    of ``ix_webhook_deliveries_waiting``)."""
+    d = webhook_deliveries
+    some = select(d.c.id).where(d.c.webhook_id == webhook_id, WAITING).limit(limit).subquery()
+    return int((await connection.execute(select(func.count()).select_from(some))).scalar_one())
 
 
 # -- deliveries ---------------------------------------------------------------------------

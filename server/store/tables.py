@@ -312,6 +312,8 @@ webhooks = Table(
     Column("disabled_reason", String(500)),
     Column("failures", Integer, nullable=False, server_default="0"),  # in a row
     Column("created_at", BigInteger, nullable=False),
+    # ms: its outbox reached ``webhook_max_waiting``; no delivery is written for it since.
+    Column("full_at", BigInteger),
 )
 
 # The outbox: one row per event and subscription, written in the event's transaction. No
@@ -344,6 +346,17 @@ Index(
     webhook_deliveries.c.session_id,
     webhook_deliveries.c.head,
     webhook_deliveries.c.id,
+)
+# A subscription's unfinished deliveries, counted against its cap (``outbox.enqueue``).
+# Literal, not bound: PostgreSQL uses a partial index only for a query that implies its
+# condition with constants.
+WAITING = text("status IN ('pending', 'sending')")
+Index(
+    "ix_webhook_deliveries_waiting",
+    webhook_deliveries.c.webhook_id,
+    webhook_deliveries.c.id,
+    postgresql_where=WAITING,
+    sqlite_where=WAITING,
 )
 
 # Each attempt of a delivery: when, how long, the answer's status code or the error.

@@ -8,13 +8,23 @@ import json
 
 import pytest
 from alembic import command
-from sqlalchemy import insert, select
+from sqlalchemy import func, insert, select
 
 from parley.server.store.db import alembic_config, create_engine
 from parley.server.store.outbox import Attempt, Claimed, claim, next_due, record, retry
 from parley.server.store.sessions import Store
-from parley.server.store.tables import webhook_deliveries, webhooks
-from parley.server.store.webhooks import create_webhook, delete_webhook
+from parley.server.store.tables import session_events, webhook_deliveries, webhooks
+from parley.server.store.webhooks import (
+    ACTIVE,
+    DISABLED,
+    PAUSED,
+    PENDING,
+    WaitingCap,
+    change_webhook,
+    create_webhook,
+    delete_webhook,
+    get_webhook,
+)
 from parley.session.events import MemberJoined
 from parley.session.webhook_lanes import Lanes
 from tests.conftest import wait_for_a_lock_wait
@@ -119,6 +129,45 @@ async def test_a_deleted_subscription_leaves_the_others_heads(store: Store) -> N
     async with store.read() as connection:
         rows = await connection.execute(select(webhook_deliveries.c.webhook_id).distinct())
         assert [r.webhook_id for r in rows] == [kept]
+
+
+async def test_a_paused_subscription_holds_at_most_its_cap_then_is_disabled(
+    store: Store,
+) -> None:
+    store.subscriptions.cap = WaitingCap(3)
+    paused = await _subscribe(store)
+    async with store.transaction() as tx:
+        await change_webhook(tx.connection, paused, {"status": PAUSED})
+        other = await create_webhook(tx.connection, "http://y/", ["member.added"], ["s2"], "k", 0)
+    await _joined(store, "s1", "a", "b")
+    await _joined(store, "s1", "c", "d")  # past the cap: the session's write is stored all the same
+    await _joined(store, "s1", "e")
+    await _joined(store, "s2", "x", "y")  # another subscription is not held back
+    async with store.read() as connection:
+        rows = list(await connection.execute(select(webhook_deliveries).order_by("id")))
+        hook = await get_webhook(connection, paused)
+        stored = await connection.execute(select(func.count()).select_from(session_events))
+        assert int(stored.scalar_one()) >= 7
+    mine = [json.loads(r.payload)["data"]["user_id"] for r in rows if r.webhook_id == paused]
+    assert mine == ["a", "b", "c"]  # the oldest kept, nothing past the cap
+    assert [r.session_id for r in rows if r.webhook_id == other.id] == ["s2", "s2"]
+    assert hook is not None and hook.status == DISABLED and hook.full_at is not None
+    assert hook.disabled_reason is not None and "outbox full" in hook.disabled_reason
+    async with store.transaction() as tx:  # resumed: it takes deliveries again
+        resumed = await change_webhook(tx.connection, paused, {"status": ACTIVE})
+    assert resumed is not None and (resumed.status, resumed.full_at) == (ACTIVE, None)
+    for delivery in await _claim(store, 10):
+        await _record(store, delivery, OK, retry_at=None)
+    await _joined(store, "s1", "f")
+    async with store.read() as connection:
+        found = await connection.execute(
+            select(webhook_deliveries.c.payload)
+            .where(
+                webhook_deliveries.c.webhook_id == paused, webhook_deliveries.c.status == PENDING
+            )
+            .order_by(webhook_deliveries.c.id)
+        )
+        assert [json.loads(p)["data"]["user_id"] for p in found.scalars()] == ["b", "c", "f"]
 
 
 # PostgreSQL only: SQLite writes one transaction at a time, so the race cannot happen there.
