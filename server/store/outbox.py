@@ -24,6 +24,7 @@ from typing import Any
 from sqlalchemy import delete, false, func, insert, select, text, true, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from parley.server.store import horizon
 from parley.server.store.tables import (
     WAITING,
     webhook_attempts,
@@ -387,17 +388,11 @@ async def record(
 async def list_deliveries(
     connection: AsyncConnection, webhook_id: str, after: int, limit: int
 ) -> list[tuple[Any, list[Any]]]:
-    """The subscription's deliveries with ids above ``after``, oldest first, each with
-    its attempts."""
+    """The subscription's deliveries after the delivery ``after``, oldest first, each with
+    its attempts; none still being written, nor any after one (``horizon``)."""
     d = webhook_deliveries
-    rows = list(
-        await connection.execute(
-            select(d)
-            .where(d.c.webhook_id == webhook_id, d.c.id > after)
-            .order_by(d.c.id)
-            .limit(limit)
-        )
-    )
+    where, order = await horizon.after(connection, d, [d.c.webhook_id == webhook_id], after)
+    rows = list(await connection.execute(select(d).where(*where).order_by(*order).limit(limit)))
     attempts: dict[int, list[Any]] = {int(row.id): [] for row in rows}
     if rows:
         found = await connection.execute(
