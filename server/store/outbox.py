@@ -81,8 +81,9 @@ async def enqueue(
     found: list[tuple[int, Outgoing]] = []
     for seq, at_ms, kind, data in events:
         found += [(at_ms, o) for o in outgoing(subscriptions, session_id, seq, at_ms, kind, data)]
+    full: dict[str, int] = {}
     if found and cap is not None:
-        found = await _within_cap(connection, found, cap)
+        found, full = await _within_cap(connection, found, cap)
     if found:
         keys = sorted({o.webhook_id for _, o in found})
         await _lock_heads(connection, [(key, session_id) for key in keys])
@@ -120,26 +121,31 @@ async def enqueue(
                 for index, (at_ms, o) in enumerate(found)
             ],
         )
+    if full:
+        # Last: the heads' locks before the subscriptions' rows, as ``record`` takes them.
+        await mark_full(connection, full, events[-1][1])
     return len(found)
 
 
 async def _within_cap(
     connection: AsyncConnection, found: list[tuple[int, Outgoing]], cap: WaitingCap
-) -> list[tuple[int, Outgoing]]:
-    """``found`` without the deliveries past their subscription's cap (the oldest kept)."""
+) -> tuple[list[tuple[int, Outgoing]], dict[str, int]]:
+    """``found`` without the deliveries past their subscription's cap (the oldest kept),
+    and the subscriptions that reached it, with their deliveries waiting."""
     adding: dict[str, int] = {}
     for _, o in found:
         adding[o.webhook_id] = adding.get(o.webhook_id, 0) + 1
     room: dict[str, int] = {}
+    full: dict[str, int] = {}
     for webhook_id, count in sorted(adding.items()):
         if not cap.count_due(webhook_id, count):
             continue
         waiting = await _waiting(connection, webhook_id, cap.limit)
         if waiting + count > cap.limit:
             room[webhook_id] = max(0, cap.limit - waiting)
-            await mark_full(connection, webhook_id, max(waiting, cap.limit), found[-1][0])
+            full[webhook_id] = max(waiting, cap.limit)
     if not room:
-        return found
+        return found, full
     kept: list[tuple[int, Outgoing]] = []
     for at_ms, o in found:
         left = room.get(o.webhook_id)
@@ -147,7 +153,7 @@ async def _within_cap(
             kept.append((at_ms, o))
             if left is not None:
                 room[o.webhook_id] = left - 1
-    return kept
+    return kept, full
 
 
 async def _waiting(connection: AsyncConnection, webhook_id: str, limit: int) -> int:

@@ -236,20 +236,25 @@ async def change_webhook(
     return await get_webhook(connection, webhook_id)
 
 
-async def mark_full(connection: AsyncConnection, webhook_id: str, waiting: int, now: int) -> None:
-    """The subscription's outbox holds its cap: disable it, say why, and write no delivery
-    for it from now on (every node, from its next event write: ``Subscription.full``)."""
-    reason = (
-        f"outbox full: {waiting} deliveries waiting (PARLEY_WEBHOOK_MAX_WAITING); events "
-        "from full_at on are not delivered to this subscription; set status to resume"
-    )
+async def mark_full(connection: AsyncConnection, waiting: dict[str, int], now: int) -> None:
+    """These subscriptions' outboxes hold their cap (``waiting``: deliveries, by id):
+    disable them, say why, and write no delivery for them from now on (every node, from
+    its next event write: ``Subscription.full``). The counter last: a transaction holding
+    it has no row lock left to wait for."""
+    changed = 0
     w = webhooks
-    changed = await connection.execute(
-        update(w)
-        .where(w.c.id == webhook_id, w.c.full_at.is_(None))
-        .values(status=DISABLED, disabled_reason=reason, full_at=now)
-    )
-    if changed.rowcount:
+    for webhook_id, count in sorted(waiting.items()):
+        reason = (
+            f"outbox full: {count} deliveries waiting (PARLEY_WEBHOOK_MAX_WAITING); events "
+            "from full_at on are not delivered to this subscription; set status to resume"
+        )
+        result = await connection.execute(
+            update(w)
+            .where(w.c.id == webhook_id, w.c.full_at.is_(None))
+            .values(status=DISABLED, disabled_reason=reason, full_at=now)
+        )
+        changed += result.rowcount
+    if changed:
         await _count_change(connection)
 
 
