@@ -277,7 +277,7 @@ class Settings(BaseSettings):
         default=10_000,
         ge=1,
         description="Unfinished deliveries one subscription may hold (paused, disabled or "
-        "behind); past it the subscription is disabled and takes no new delivery",
+        "behind); past it it takes no new delivery, and a paused one is disabled",
     )
 
     # Cluster mode (several nodes on one PostgreSQL; see server/cluster/)

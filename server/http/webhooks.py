@@ -73,7 +73,8 @@ class WebhookOut(Strict):
     created_at: int
     full_at: int | None = Field(
         description="ms: when its unfinished deliveries reached PARLEY_WEBHOOK_MAX_WAITING; "
-        "it is disabled, and no event since is delivered to it (null: not full)"
+        "no event since is delivered to it (null: not full). A paused one is disabled then; "
+        "an active one takes events again once half of it or fewer wait"
     )
 
 

@@ -36,10 +36,12 @@ from parley.server.store.webhooks import (
     DELIVERED,
     DISABLED,
     FAILED,
+    MAX_WAITING,
     PENDING,
     SENDING,
     WaitingCap,
     mark_full,
+    not_full,
 )
 from parley.session.webhook_events import Outgoing, Subscription, outgoing
 from parley.session.webhook_lanes import FAILING_AFTER, Lanes, pick
@@ -341,11 +343,13 @@ async def record(
     *,
     retry_at: int | None,
     failure_limit: int,
+    max_waiting: int = MAX_WAITING,
 ) -> None:
     """Store an attempt: delivered, due again at ``retry_at``, or failed for good (None).
     A failure adds to the subscription's run of failures, which disables it at
-    ``failure_limit``; a success ends the run. Nothing for a delivery deleted meanwhile
-    (with its subscription)."""
+    ``failure_limit``; a success ends the run, and an active subscription whose outbox was
+    full takes deliveries again once half of ``max_waiting`` or fewer wait. Nothing for a
+    delivery deleted meanwhile (with its subscription)."""
     d = webhook_deliveries
     await _lock_heads(connection, [(delivery.webhook_id, delivery.session_id)])
     stored = (await connection.execute(select(d.c.head).where(d.c.id == int(delivery.id)))).first()
@@ -375,7 +379,19 @@ async def record(
         await _advance_head(connection, delivery.webhook_id, delivery.session_id, int(delivery.id))
     w = webhooks
     if attempt.ok:
-        await connection.execute(update(w).where(w.c.id == delivery.webhook_id).values(failures=0))
+        found = await connection.execute(
+            update(w)
+            .where(w.c.id == delivery.webhook_id)
+            .values(failures=0)
+            .returning(w.c.status, w.c.full_at)
+        )
+        now = found.first()
+        full = now is not None and now.full_at is not None and now.status == ACTIVE
+        if (
+            full
+            and await _waiting(connection, delivery.webhook_id, max_waiting) <= max_waiting // 2
+        ):
+            await not_full(connection, delivery.webhook_id)
         return
     await connection.execute(
         update(w).where(w.c.id == delivery.webhook_id).values(failures=w.c.failures + 1)

@@ -237,10 +237,14 @@ async def change_webhook(
 
 
 async def mark_full(connection: AsyncConnection, waiting: dict[str, int], now: int) -> None:
-    """These subscriptions' outboxes hold their cap (``waiting``: deliveries, by id):
-    disable them, say why, and write no delivery for them from now on (every node, from
-    its next event write: ``Subscription.full``). The counter last: a transaction holding
-    it has no row lock left to wait for."""
+    """These subscriptions' outboxes hold their cap (``waiting``: deliveries, by id): write
+    no delivery for them from now on (every node, from its next event write:
+    ``Subscription.full``), and disable those that are not sending (paused or disabled),
+    saying why. An active one keeps its status and sends what it holds: it takes new
+    deliveries again once half the cap or fewer wait (``outbox.record``; disabled, a
+    subscription resumed with a full outbox would be disabled again at its next event,
+    its deliveries never sent). The counter last: a transaction holding it has no row lock
+    left to wait for."""
     changed = 0
     w = webhooks
     for webhook_id, count in sorted(waiting.items()):
@@ -248,13 +252,29 @@ async def mark_full(connection: AsyncConnection, waiting: dict[str, int], now: i
             f"outbox full: {count} deliveries waiting (PARLEY_WEBHOOK_MAX_WAITING); events "
             "from full_at on are not delivered to this subscription; set status to resume"
         )
-        result = await connection.execute(
+        unset = [w.c.id == webhook_id, w.c.full_at.is_(None)]
+        sending = await connection.execute(
+            update(w).where(*unset, w.c.status == ACTIVE).values(full_at=now)
+        )
+        held = await connection.execute(
             update(w)
-            .where(w.c.id == webhook_id, w.c.full_at.is_(None))
+            .where(*unset, w.c.status != ACTIVE)
             .values(status=DISABLED, disabled_reason=reason, full_at=now)
         )
-        changed += result.rowcount
+        changed += sending.rowcount + held.rowcount
     if changed:
+        await _count_change(connection)
+
+
+async def not_full(connection: AsyncConnection, webhook_id: str) -> None:
+    """The active subscription's outbox has room again: it takes deliveries again."""
+    w = webhooks
+    result = await connection.execute(
+        update(w)
+        .where(w.c.id == webhook_id, w.c.status == ACTIVE, w.c.full_at.is_not(None))
+        .values(full_at=None)
+    )
+    if result.rowcount:
         await _count_change(connection)
 
 

@@ -168,6 +168,28 @@ async def test_a_paused_subscription_holds_at_most_its_cap_then_is_disabled(
             .order_by(webhook_deliveries.c.id)
         )
         assert [json.loads(p)["data"]["user_id"] for p in found.scalars()] == ["b", "c", "f"]
+    await _joined(store, "s1", "g")  # full again while active: g is dropped, it keeps sending
+    async with store.read() as connection:
+        hook = await get_webhook(connection, paused)
+    assert hook is not None and hook.status == ACTIVE and hook.full_at is not None
+    for _ in range(2):  # b, then c: one left waiting, half the cap
+        for delivery in await _claim(store, 20):
+            async with store.transaction() as tx:
+                await record(
+                    tx.connection, delivery, OK, retry_at=None, failure_limit=100, max_waiting=3
+                )
+    await _joined(store, "s1", "h")
+    async with store.read() as connection:
+        hook = await get_webhook(connection, paused)
+        found = await connection.execute(
+            select(webhook_deliveries.c.payload)
+            .where(
+                webhook_deliveries.c.webhook_id == paused, webhook_deliveries.c.status == PENDING
+            )
+            .order_by(webhook_deliveries.c.id)
+        )
+        assert [json.loads(p)["data"]["user_id"] for p in found.scalars()] == ["f", "h"]
+    assert hook is not None and (hook.status, hook.full_at) == (ACTIVE, None)
 
 
 # PostgreSQL only: SQLite writes one transaction at a time, so the race cannot happen there.
