@@ -86,8 +86,9 @@ class WaitingCap:
     for each subscription since it last counted them.
 
     Counting a subscription's waiting deliveries costs up to ``limit`` index entries, so a
-    process counts them once per eighth of the cap it writes (at every write for a cap
-    below 8): a subscription holds at most ``limit`` plus an eighth of it per node."""
+    process counts them at its first write for a subscription and then once per eighth of
+    the cap it writes (at every write for a cap below 8): a subscription holds at most
+    ``limit`` plus an eighth of it per node, however often nodes restart."""
 
     def __init__(self, limit: int = MAX_WAITING) -> None:
         self.limit = limit
@@ -97,12 +98,17 @@ class WaitingCap:
     def count_due(self, webhook_id: str, adding: int) -> bool:
         """``adding`` deliveries are about to be written for ``webhook_id``: True when
         its waiting deliveries are to be counted first (the tally starts again)."""
-        unchecked = self._unchecked.get(webhook_id, 0) + adding
+        unchecked = self._unchecked.get(webhook_id, self.every) + adding
         if unchecked >= self.every:
-            self._unchecked.pop(webhook_id, None)
+            self._unchecked[webhook_id] = 0
             return True
         self._unchecked[webhook_id] = unchecked
         return False
+
+    def keep_only(self, webhook_ids: set[str]) -> None:
+        """Forget the tallies of subscriptions deleted (at most ``max_webhooks`` kept)."""
+        for gone in self._unchecked.keys() - webhook_ids:
+            del self._unchecked[gone]
 
 
 class Subscriptions:
@@ -153,6 +159,7 @@ class Subscriptions:
             )
             self._version = version
             self.reads += 1
+            self.cap.keep_only({s.id for s in self._subscriptions})
         return self._subscriptions
 
 

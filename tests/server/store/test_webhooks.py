@@ -293,3 +293,11 @@ async def test_a_fair_claim_serves_the_proven_first_and_skips_the_full(store: St
     async with store.transaction() as tx:
         rest = await claim(tx.connection, 10, LEASE_MS, 4, Lanes(2, 1, proven=frozenset({ok})))
     assert [d.webhook_id for d in rest] == [slow]  # one slot: not proven
+
+
+def test_the_cap_counts_at_a_processs_first_write_then_once_an_eighth() -> None:
+    """A process that restarted must not write an eighth more unchecked each time."""
+    cap = WaitingCap(80)
+    assert cap.count_due("w", 1)  # the first write of this process: counted
+    assert [cap.count_due("w", 1) for _ in range(10)] == [False] * 9 + [True]
+    assert cap.count_due("v", 1)  # each subscription its own
