@@ -51,6 +51,7 @@ from parley.server.state import AppState
 from parley.server.store.db import create_engine, current_revision, head_revision
 from parley.server.store.health import StorageHealth
 from parley.server.store.sessions import Store
+from parley.server.store.webhooks import WaitingCap
 from parley.server.version import version
 from parley.server.ws.admission import SocketEndpoint
 from parley.server.ws.endpoint import session_socket
@@ -234,6 +235,7 @@ def create_app(
                 f"database schema is at {revision}, expected {head_revision()}: "
                 "run 'parley migrate'"
             )
+        store.subscriptions.cap = WaitingCap(settings.webhook_max_waiting)
         keys = resolve_keys(settings.data_dir, settings.admin_key, settings.secret_key)
         rooms = RoomRegistry(store, settings, model, clock, metrics)
         budget = SendBudget(settings.send_buffer_total_max_bytes, settings.send_stall_timeout_s)

@@ -273,6 +273,12 @@ class Settings(BaseSettings):
         "event loop",
     )
     max_webhooks: int = Field(default=100, ge=1)
+    webhook_max_waiting: int = Field(
+        default=10_000,
+        ge=1,
+        description="Unfinished deliveries one subscription may hold (paused, disabled or "
+        "behind); past it it takes no new delivery, and a paused one is disabled",
+    )
 
     # Cluster mode (several nodes on one PostgreSQL; see server/cluster/)
     cluster: bool = Field(default=False, description="Run as one of several nodes")

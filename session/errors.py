@@ -9,6 +9,7 @@ a socket is closed with when this error ends it (-: it never ends one).
     │   ├── UnsupportedMediaType            unsupported_media_type 415 -
     │   ├── MethodNotAllowed                method_not_allowed 405 -
     │   ├── BadEventId                      bad_event_id     400   -
+    │   ├── BadRequest                      bad_request      400   -
     │   ├── ProtocolError (yprotocol)       invalid          422   4400
     │   ├── ClockOutOfRange (yprotocol)     invalid          422   -
     │   └── CommandError (commands)         the code and status of the error it wraps
@@ -58,6 +59,7 @@ class ErrorCode(StrEnum):
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
     METHOD_NOT_ALLOWED = "method_not_allowed"
     BAD_EVENT_ID = "bad_event_id"
+    BAD_REQUEST = "bad_request"
     UNAUTHENTICATED = "unauthenticated"
     FORBIDDEN = "forbidden"
     NOT_FOUND = "not_found"
@@ -124,6 +126,14 @@ class BadEventId(InvalidInput):
     """A ``Last-Event-ID`` this session's event stream never sent (``server.http.sse``)."""
 
     code = ErrorCode.BAD_EVENT_ID
+    http_status = 400
+
+
+class BadRequest(InvalidInput):
+    """A request the HTTP layer could not parse (its line, its head past the limits), answered
+    before the app (``server.ws.uvicorn_protocol``)."""
+
+    code = ErrorCode.BAD_REQUEST
     http_status = 400
 
 

@@ -73,15 +73,17 @@ def webhook_data(
 
 @dataclass(frozen=True, slots=True)
 class Subscription:
-    """What a subscription asks for: event types, and sessions (None: every session)."""
+    """What a subscription asks for: event types, and sessions (None: every session).
+    A ``full`` one (its outbox reached its cap) wants nothing until it is resumed."""
 
     id: str
     events: frozenset[str]
     sessions: frozenset[str] | None
+    full: bool = False
 
     def wants(self, session_id: str, webhook_type: str) -> bool:
         in_session = self.sessions is None or session_id in self.sessions
-        return in_session and webhook_type in self.events
+        return not self.full and in_session and webhook_type in self.events
 
 
 @dataclass(frozen=True, slots=True)

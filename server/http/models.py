@@ -107,6 +107,10 @@ class SessionList(Strict):
     total: int
     limit: int
     offset: int
+    next_cursor: str | None = Field(
+        description="Pass as ?cursor= for the next page (null: none after this one); a "
+        "session deleted meanwhile moves no other session past it, as ?offset= would"
+    )
 
 
 # A name people read: no control characters (a line of its own in every list it is in).

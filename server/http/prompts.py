@@ -30,7 +30,7 @@ from parley.server.runtime.commands import stored_resend
 from parley.server.runtime.room import SessionRoom
 from parley.server.state import AppState
 from parley.session.entries import EntryKind
-from parley.session.errors import Forbidden, InvalidInput, NotFound, error_for
+from parley.session.errors import Forbidden, InvalidInput, NotFound, RateLimited, error_for
 
 
 def _actor(caller: Caller, as_user: str | None) -> str:
@@ -51,12 +51,16 @@ async def send(
     actor = _actor(caller, as_user)
     room = await state.rooms.get(session_id)
     frame = json.dumps(command, ensure_ascii=False)  # escapes stay within the frame limit
-    # A resend is answered as it was, whatever the rate (``stored_resend``).
-    resent = None
-    if not room.recent_acks.knows(actor, command["id"]):
-        resent = await stored_resend(room, actor, frame)
-        if resent is None:
-            spend_command(state, room, actor)
+    # A resend spends the command budget as any command does, as on a socket (review: over
+    # REST, resends answered from the store spent none, each a read); past the budget, one
+    # the recent acks hold is answered from memory all the same.
+    known = room.recent_acks.knows(actor, command["id"])
+    try:
+        spend_command(state, room, actor)
+    except RateLimited:
+        if not known:
+            raise
+    resent = None if known else await stored_resend(room, actor, frame)
     if caller.is_admin:
         what = {"action": f"{command['type']} as {actor}", "command_id": command["id"]}
         await room.writer.audit("as_user", ADMIN_ACTOR, {**what, "user_id": actor})

@@ -8,6 +8,7 @@ import secrets
 from parley.authz.policy import may_read
 from parley.authz.roles import Capability
 from parley.authz.tokens import ADMIN_ACTOR
+from parley.server.http.cursor import CURSOR, make_cursor, read_cursor
 from parley.server.http.models import (
     SessionCreate,
     SessionList,
@@ -20,6 +21,7 @@ from parley.server.http.rest import (
     Encoded,
     Operation,
     QueryParam,
+    QueryStr,
     spend_command_everywhere,
     spend_read,
 )
@@ -70,11 +72,26 @@ async def create_session(state: AppState, body: SessionCreate) -> SessionOut:
     return _session_out(row)
 
 
-async def list_sessions(state: AppState, limit: int, offset: int) -> SessionList:
-    rows = await state.store.list_sessions(limit=limit, offset=offset)
+async def list_sessions(
+    state: AppState, limit: int, offset: int, cursor: str | None
+) -> SessionList:
+    """A page of sessions, oldest first: after ``cursor`` (the last page's
+    ``next_cursor``), or past ``offset`` of them (kept for older callers)."""
+    after = None
+    if cursor is not None:
+        if offset:
+            raise InvalidInput("cursor: give it or offset, not both")
+        after = read_cursor(cursor)
+    rows = await state.store.list_sessions(limit=limit + 1, offset=offset, after=after)
+    page = rows[:limit]
     total = await state.store.count_sessions()
+    last = page[-1] if len(rows) > limit else None
     return SessionList(
-        sessions=[_session_out(r) for r in rows], total=total, limit=limit, offset=offset
+        sessions=[_session_out(r) for r in page],
+        total=total,
+        limit=limit,
+        offset=offset,
+        next_cursor=None if last is None else make_cursor(last.created_at, last.id),
     )
 
 
@@ -190,6 +207,7 @@ OPERATIONS: list[Operation] = [
         "List sessions",
         response=SessionList,
         query=(QueryParam("limit", 1, 500, 50), QueryParam("offset", 0, 10**9, 0)),
+        query_str=(QueryStr("cursor", 400, required=False, pattern=CURSOR),),
     ),
     Operation(
         "GET",

@@ -54,7 +54,9 @@ class WebhookCreate(Strict):
 
 class WebhookChange(Strict):
     status: Literal["active", "paused"] | None = Field(
-        default=None, description="paused: deliveries wait; active: resume (also after disabled)"
+        default=None,
+        description="paused: deliveries wait; active: resume (also after disabled); either "
+        "takes new deliveries again after the outbox was full",
     )
     events: list[EventType] | None = Field(default=None, min_length=1, max_length=len(TYPES))
     sessions: list[SessionId] | None = Field(default=None, max_length=1000)
@@ -69,6 +71,11 @@ class WebhookOut(Strict):
     disabled_reason: str | None
     failures: int = Field(description="Failed attempts in a row")
     created_at: int
+    full_at: int | None = Field(
+        description="ms: when its unfinished deliveries reached PARLEY_WEBHOOK_MAX_WAITING; "
+        "no event since is delivered to it (null: not full). A paused one is disabled then; "
+        "an active one takes events again once half of it or fewer wait"
+    )
 
 
 class WebhookCreated(WebhookOut):
@@ -112,6 +119,7 @@ def _out(row: WebhookRow) -> WebhookOut:
         disabled_reason=row.disabled_reason,
         failures=row.failures,
         created_at=row.created_at,
+        full_at=row.full_at,
     )
 
 

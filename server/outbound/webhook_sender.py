@@ -238,6 +238,7 @@ class WebhookSender:
                     attempt,
                     retry_at=retry_at,
                     failure_limit=self.settings.webhook_failure_limit,
+                    max_waiting=self.settings.webhook_max_waiting,
                 )
         except (IntegrityError, NotFound):  # the subscription was deleted meanwhile
             log.info("webhook attempt of a deleted subscription", extra={"id": delivery.id})

@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from parley.authz.policy import Readers, restriction_from_json, restriction_to_json
 from parley.authz.tokens import ClientClaims
+from parley.server.store import horizon
 from parley.server.store.access_rows import AuditRow, DocumentRow, PrivateItem, TokenRow, ToolRow
 from parley.server.store.direct_sqlite import direct
 from parley.server.store.rows import MemberRow, lock_session, read_member
@@ -402,15 +403,18 @@ class AccessStore:
         kinds: Sequence[str] = (),
         actor: str | None = None,
     ) -> list[AuditRow]:
-        """Records of a session after id ``after``, oldest first, optionally filtered."""
-        where = [audit_log.c.session_id == session_id, audit_log.c.id > after]
-        if kinds:
-            where.append(audit_log.c.kind.in_(kinds))
-        if actor is not None:
-            where.append(audit_log.c.actor == actor)
+        """Records of a session after the record ``after``, oldest first, optionally
+        filtered; none still being written, nor any after one (``horizon``)."""
         async with self.store.read() as connection:
+            where, order = await horizon.after(
+                connection, audit_log, [audit_log.c.session_id == session_id], after
+            )
+            if kinds:
+                where.append(audit_log.c.kind.in_(kinds))
+            if actor is not None:
+                where.append(audit_log.c.actor == actor)
             rows = await connection.execute(
-                select(audit_log).where(and_(*where)).order_by(audit_log.c.id).limit(limit)
+                select(audit_log).where(and_(*where)).order_by(*order).limit(limit)
             )
             return [
                 AuditRow(int(row.id), row.at, row.kind, row.actor, json.loads(row.data))

@@ -21,10 +21,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, false, insert, select, text, true, update
+from sqlalchemy import delete, false, func, insert, select, text, true, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from parley.server.store import horizon
 from parley.server.store.tables import (
+    WAITING,
     webhook_attempts,
     webhook_deliveries,
     webhooks,
@@ -34,8 +36,12 @@ from parley.server.store.webhooks import (
     DELIVERED,
     DISABLED,
     FAILED,
+    MAX_WAITING,
     PENDING,
     SENDING,
+    WaitingCap,
+    mark_full,
+    not_full,
 )
 from parley.session.webhook_events import Outgoing, Subscription, outgoing
 from parley.session.webhook_lanes import FAILING_AFTER, Lanes, pick
@@ -63,15 +69,23 @@ async def enqueue(
     subscriptions: Sequence[Subscription],
     session_id: str,
     events: Sequence[tuple[int, int, str, dict[str, Any]]],
+    cap: WaitingCap | None = None,
 ) -> int:
     """Write the deliveries of ``events`` (event seq, at ms, webhook type, data) for every
     one of ``subscriptions`` that wants them, paused and disabled ones too (they wait);
-    returns how many. Call in the events' own transaction."""
+    returns how many. Call in the events' own transaction.
+
+    With ``cap``, a subscription whose unfinished deliveries would pass ``cap.limit`` gets
+    none past it and is marked full (``webhooks.mark_full``); the events are stored all the
+    same (one subscription's backlog never refuses a session's write)."""
     if not events or not subscriptions:
         return 0
     found: list[tuple[int, Outgoing]] = []
     for seq, at_ms, kind, data in events:
         found += [(at_ms, o) for o in outgoing(subscriptions, session_id, seq, at_ms, kind, data)]
+    full: dict[str, int] = {}
+    if found and cap is not None:
+        found, full = await _within_cap(connection, found, cap)
     if found:
         keys = sorted({o.webhook_id for _, o in found})
         await _lock_heads(connection, [(key, session_id) for key in keys])
@@ -109,7 +123,47 @@ async def enqueue(
                 for index, (at_ms, o) in enumerate(found)
             ],
         )
+    if full:
+        # Last: the heads' locks before the subscriptions' rows, as ``record`` takes them.
+        await mark_full(connection, full, events[-1][1])
     return len(found)
+
+
+async def _within_cap(
+    connection: AsyncConnection, found: list[tuple[int, Outgoing]], cap: WaitingCap
+) -> tuple[list[tuple[int, Outgoing]], dict[str, int]]:
+    """``found`` without the deliveries past their subscription's cap (the oldest kept),
+    and the subscriptions that reached it, with their deliveries waiting."""
+    adding: dict[str, int] = {}
+    for _, o in found:
+        adding[o.webhook_id] = adding.get(o.webhook_id, 0) + 1
+    room: dict[str, int] = {}
+    full: dict[str, int] = {}
+    for webhook_id, count in sorted(adding.items()):
+        if not cap.count_due(webhook_id, count):
+            continue
+        waiting = await _waiting(connection, webhook_id, cap.limit)
+        if waiting + count > cap.limit:
+            room[webhook_id] = max(0, cap.limit - waiting)
+            full[webhook_id] = max(waiting, cap.limit)
+    if not room:
+        return found, full
+    kept: list[tuple[int, Outgoing]] = []
+    for at_ms, o in found:
+        left = room.get(o.webhook_id)
+        if left is None or left > 0:
+            kept.append((at_ms, o))
+            if left is not None:
+                room[o.webhook_id] = left - 1
+    return kept, full
+
+
+async def _waiting(connection: AsyncConnection, webhook_id: str, limit: int) -> int:
+    """The subscription's unfinished deliveries, counted up to ``limit`` (an index range
+    of ``ix_webhook_deliveries_waiting``)."""
+    d = webhook_deliveries
+    some = select(d.c.id).where(d.c.webhook_id == webhook_id, WAITING).limit(limit).subquery()
+    return int((await connection.execute(select(func.count()).select_from(some))).scalar_one())
 
 
 # -- deliveries ---------------------------------------------------------------------------
@@ -289,11 +343,13 @@ async def record(
     *,
     retry_at: int | None,
     failure_limit: int,
+    max_waiting: int = MAX_WAITING,
 ) -> None:
     """Store an attempt: delivered, due again at ``retry_at``, or failed for good (None).
     A failure adds to the subscription's run of failures, which disables it at
-    ``failure_limit``; a success ends the run. Nothing for a delivery deleted meanwhile
-    (with its subscription)."""
+    ``failure_limit``; a success ends the run, and an active subscription whose outbox was
+    full takes deliveries again once half of ``max_waiting`` or fewer wait. Nothing for a
+    delivery deleted meanwhile (with its subscription)."""
     d = webhook_deliveries
     await _lock_heads(connection, [(delivery.webhook_id, delivery.session_id)])
     stored = (await connection.execute(select(d.c.head).where(d.c.id == int(delivery.id)))).first()
@@ -323,7 +379,19 @@ async def record(
         await _advance_head(connection, delivery.webhook_id, delivery.session_id, int(delivery.id))
     w = webhooks
     if attempt.ok:
-        await connection.execute(update(w).where(w.c.id == delivery.webhook_id).values(failures=0))
+        found = await connection.execute(
+            update(w)
+            .where(w.c.id == delivery.webhook_id)
+            .values(failures=0)
+            .returning(w.c.status, w.c.full_at)
+        )
+        now = found.first()
+        full = now is not None and now.full_at is not None and now.status == ACTIVE
+        if (
+            full
+            and await _waiting(connection, delivery.webhook_id, max_waiting) <= max_waiting // 2
+        ):
+            await not_full(connection, delivery.webhook_id)
         return
     await connection.execute(
         update(w).where(w.c.id == delivery.webhook_id).values(failures=w.c.failures + 1)
@@ -342,17 +410,11 @@ async def record(
 async def list_deliveries(
     connection: AsyncConnection, webhook_id: str, after: int, limit: int
 ) -> list[tuple[Any, list[Any]]]:
-    """The subscription's deliveries with ids above ``after``, oldest first, each with
-    its attempts."""
+    """The subscription's deliveries after the delivery ``after``, oldest first, each with
+    its attempts; none still being written, nor any after one (``horizon``)."""
     d = webhook_deliveries
-    rows = list(
-        await connection.execute(
-            select(d)
-            .where(d.c.webhook_id == webhook_id, d.c.id > after)
-            .order_by(d.c.id)
-            .limit(limit)
-        )
-    )
+    where, order = await horizon.after(connection, d, [d.c.webhook_id == webhook_id], after)
+    rows = list(await connection.execute(select(d).where(*where).order_by(*order).limit(limit)))
     attempts: dict[int, list[Any]] = {int(row.id): [] for row in rows}
     if rows:
         found = await connection.execute(

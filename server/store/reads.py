@@ -7,7 +7,7 @@ import itertools
 import json
 from collections.abc import Callable, Sequence
 
-from sqlalchemy import and_, func, insert, select, union_all
+from sqlalchemy import and_, func, insert, or_, select, union_all
 
 from parley.server.store import thread_log, thread_rows
 from parley.server.store.database import Database
@@ -45,14 +45,22 @@ class SessionReads(Database):
             ).first()
         return None if row is None else session_row(row)
 
-    async def list_sessions(self, *, limit: int, offset: int) -> list[SessionRow]:
-        async with self.read() as connection:
-            rows = await connection.execute(
-                select(sessions)
-                .order_by(sessions.c.created_at, sessions.c.id)
-                .limit(limit)
-                .offset(offset)
+    async def list_sessions(
+        self, *, limit: int, offset: int = 0, after: tuple[int, str] | None = None
+    ) -> list[SessionRow]:
+        """Sessions oldest first (by creation, then id): past ``offset`` of them, or those
+        after ``after`` (created at, id), which a deletion between two pages cannot move."""
+        query = select(sessions).order_by(sessions.c.created_at, sessions.c.id)
+        if after is not None:
+            created_at, session_id = after
+            query = query.where(
+                or_(
+                    sessions.c.created_at > created_at,
+                    and_(sessions.c.created_at == created_at, sessions.c.id > session_id),
+                )
             )
+        async with self.read() as connection:
+            rows = await connection.execute(query.limit(limit).offset(offset))
             return [session_row(row) for row in rows]
 
     async def count_sessions(self) -> int:

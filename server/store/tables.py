@@ -6,6 +6,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     Column,
+    FetchedValue,
     ForeignKey,
     Index,
     Integer,
@@ -233,8 +234,10 @@ audit_log = Table(
     Column("kind", String(32), nullable=False),
     Column("actor", String(200), nullable=False),
     Column("data", Text, nullable=False),  # JSON object
+    # PostgreSQL: the writing transaction's id, the database's default (``store.horizon``).
+    Column("xid", BigInteger, nullable=False, server_default=FetchedValue()),
 )
-Index("ix_audit_log_session_id", audit_log.c.session_id, audit_log.c.id)
+Index("ix_audit_log_session_xid", audit_log.c.session_id, audit_log.c.xid, audit_log.c.id)
 
 # Semantic events (``session.events``), numbered per session from 1 in commit order: each
 # stored in the transaction of the change it describes.
@@ -312,6 +315,8 @@ webhooks = Table(
     Column("disabled_reason", String(500)),
     Column("failures", Integer, nullable=False, server_default="0"),  # in a row
     Column("created_at", BigInteger, nullable=False),
+    # ms: its outbox reached ``webhook_max_waiting``; no delivery is written for it since.
+    Column("full_at", BigInteger),
 )
 
 # The outbox: one row per event and subscription, written in the event's transaction. No
@@ -334,6 +339,8 @@ webhook_deliveries = Table(
     # The first unfinished delivery of its subscription and session: the only one of
     # them the sender may claim (``server.store.webhooks``).
     Column("head", Boolean, nullable=False, server_default=false()),
+    # PostgreSQL: the writing transaction's id, the database's default (``store.horizon``).
+    Column("xid", BigInteger, nullable=False, server_default=FetchedValue()),
 )
 # The claim: due heads, earliest first, an index range whatever the backlog.
 Index("ix_webhook_deliveries_head", webhook_deliveries.c.head, webhook_deliveries.c.next_at)
@@ -344,6 +351,24 @@ Index(
     webhook_deliveries.c.session_id,
     webhook_deliveries.c.head,
     webhook_deliveries.c.id,
+)
+# A subscription's deliveries as ``?after=`` reads them (``store.horizon``).
+Index(
+    "ix_webhook_deliveries_xid",
+    webhook_deliveries.c.webhook_id,
+    webhook_deliveries.c.xid,
+    webhook_deliveries.c.id,
+)
+# A subscription's unfinished deliveries, counted against its cap (``outbox.enqueue``).
+# Literal, not bound: PostgreSQL uses a partial index only for a query that implies its
+# condition with constants.
+WAITING = text("status IN ('pending', 'sending')")
+Index(
+    "ix_webhook_deliveries_waiting",
+    webhook_deliveries.c.webhook_id,
+    webhook_deliveries.c.id,
+    postgresql_where=WAITING,
+    sqlite_where=WAITING,
 )
 
 # Each attempt of a delivery: when, how long, the answer's status code or the error.

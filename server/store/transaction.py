@@ -174,7 +174,9 @@ class StoreTx:
         in this transaction; ``version``: the subscriptions' version, if already read."""
         if told:
             wanting = await self.subscriptions.current(self.connection, version)
-            self.outboxed += await enqueue(self.connection, wanting, session_id, told)
+            self.outboxed += await enqueue(
+                self.connection, wanting, session_id, told, self.subscriptions.cap
+            )
 
     def claim_seq(self, session_id: str, seq: int) -> None:
         """Claim ``seq``, the session's next sequence number, for an entry written here;

@@ -42,6 +42,7 @@ class WebhookRow:
     disabled_reason: str | None
     failures: int
     created_at: int
+    full_at: int | None = None
 
 
 def _webhook(row: Any) -> WebhookRow:
@@ -56,6 +57,7 @@ def _webhook(row: Any) -> WebhookRow:
         row.disabled_reason,
         int(row.failures),
         int(row.created_at),
+        None if row.full_at is None else int(row.full_at),
     )
 
 
@@ -75,6 +77,40 @@ async def _count_change(connection: AsyncConnection) -> None:
     await connection.execute(update(webhook_version).values(version=webhook_version.c.version + 1))
 
 
+# The unfinished deliveries a subscription may hold by default (``webhook_max_waiting``).
+MAX_WAITING = 10_000
+
+
+class WaitingCap:
+    """The cap on a subscription's unfinished deliveries, and how many this process wrote
+    for each subscription since it last counted them.
+
+    Counting a subscription's waiting deliveries costs up to ``limit`` index entries, so a
+    process counts them at its first write for a subscription and then once per eighth of
+    the cap it writes (at every write for a cap below 8): a subscription holds at most
+    ``limit`` plus an eighth of it per node, however often nodes restart."""
+
+    def __init__(self, limit: int = MAX_WAITING) -> None:
+        self.limit = limit
+        self.every = max(1, limit // 8)
+        self._unchecked: dict[str, int] = {}
+
+    def count_due(self, webhook_id: str, adding: int) -> bool:
+        """``adding`` deliveries are about to be written for ``webhook_id``: True when
+        its waiting deliveries are to be counted first (the tally starts again)."""
+        unchecked = self._unchecked.get(webhook_id, self.every) + adding
+        if unchecked >= self.every:
+            self._unchecked[webhook_id] = 0
+            return True
+        self._unchecked[webhook_id] = unchecked
+        return False
+
+    def keep_only(self, webhook_ids: set[str]) -> None:
+        """Forget the tallies of subscriptions deleted (at most ``max_webhooks`` kept)."""
+        for gone in self._unchecked.keys() - webhook_ids:
+            del self._unchecked[gone]
+
+
 class Subscriptions:
     """The subscriptions as of a version of ``webhook_version``, one copy per process.
 
@@ -86,6 +122,7 @@ class Subscriptions:
         self._version: int | None = None
         self._subscriptions: tuple[Subscription, ...] = ()
         self.reads = 0  # how often they were read from the store (for tests and metrics)
+        self.cap = WaitingCap()
 
     def version_wanting_none(self, session_id: str, webhook_types: Sequence[str]) -> int | None:
         """The version of the subscriptions read here, if none of them wants any of
@@ -109,18 +146,20 @@ class Subscriptions:
             version = int((await connection.execute(select(version_now()))).scalar_one())
         if version != self._version:
             rows = await connection.execute(
-                select(webhooks.c.id, webhooks.c.events, webhooks.c.sessions)
+                select(webhooks.c.id, webhooks.c.events, webhooks.c.sessions, webhooks.c.full_at)
             )
             self._subscriptions = tuple(
                 Subscription(
                     row.id,
                     frozenset(json.loads(row.events)),
                     None if row.sessions is None else frozenset(json.loads(row.sessions)),
+                    full=row.full_at is not None,
                 )
                 for row in rows
             )
             self._version = version
             self.reads += 1
+            self.cap.keep_only({s.id for s in self._subscriptions})
         return self._subscriptions
 
 
@@ -184,7 +223,8 @@ async def change_webhook(
     connection: AsyncConnection, webhook_id: str, values: dict[str, Any]
 ) -> WebhookRow | None:
     """Set ``values`` (``events``/``sessions`` as lists, ``status``); a subscription made
-    active again starts a new run of failures. None for an unknown id."""
+    active again starts a new run of failures. A status set (paused or active) takes
+    deliveries again after its outbox was full. None for an unknown id."""
     stored: dict[str, Any] = {}
     if "events" in values:
         stored["events"] = json.dumps(sorted(set(values["events"])))
@@ -193,6 +233,7 @@ async def change_webhook(
         stored["sessions"] = None if sessions is None else json.dumps(sorted(set(sessions)))
     if "status" in values:
         stored["status"] = values["status"]
+        stored["full_at"] = None
         if values["status"] == ACTIVE:
             stored["failures"] = 0
             stored["disabled_reason"] = None
@@ -200,6 +241,48 @@ async def change_webhook(
         await connection.execute(update(webhooks).where(webhooks.c.id == webhook_id).values(stored))
         await _count_change(connection)
     return await get_webhook(connection, webhook_id)
+
+
+async def mark_full(connection: AsyncConnection, waiting: dict[str, int], now: int) -> None:
+    """These subscriptions' outboxes hold their cap (``waiting``: deliveries, by id): write
+    no delivery for them from now on (every node, from its next event write:
+    ``Subscription.full``), and disable those that are not sending (paused or disabled),
+    saying why. An active one keeps its status and sends what it holds: it takes new
+    deliveries again once half the cap or fewer wait (``outbox.record``; disabled, a
+    subscription resumed with a full outbox would be disabled again at its next event,
+    its deliveries never sent). The counter last: a transaction holding it has no row lock
+    left to wait for."""
+    changed = 0
+    w = webhooks
+    for webhook_id, count in sorted(waiting.items()):
+        reason = (
+            f"outbox full: {count} deliveries waiting (PARLEY_WEBHOOK_MAX_WAITING); events "
+            "from full_at on are not delivered to this subscription; set status to resume"
+        )
+        unset = [w.c.id == webhook_id, w.c.full_at.is_(None)]
+        sending = await connection.execute(
+            update(w).where(*unset, w.c.status == ACTIVE).values(full_at=now)
+        )
+        held = await connection.execute(
+            update(w)
+            .where(*unset, w.c.status != ACTIVE)
+            .values(status=DISABLED, disabled_reason=reason, full_at=now)
+        )
+        changed += sending.rowcount + held.rowcount
+    if changed:
+        await _count_change(connection)
+
+
+async def not_full(connection: AsyncConnection, webhook_id: str) -> None:
+    """The active subscription's outbox has room again: it takes deliveries again."""
+    w = webhooks
+    result = await connection.execute(
+        update(w)
+        .where(w.c.id == webhook_id, w.c.status == ACTIVE, w.c.full_at.is_not(None))
+        .values(full_at=None)
+    )
+    if result.rowcount:
+        await _count_change(connection)
 
 
 async def delete_webhook(connection: AsyncConnection, webhook_id: str) -> bool:

@@ -44,6 +44,28 @@ async def test_session_lifecycle(rest: Backend) -> None:
     assert missing.json()["error"]["code"] == "not_found"
 
 
+async def test_a_cursor_pages_sessions_past_one_deleted_between_pages(rest: Backend) -> None:
+    """Review (nothing lost): ``?offset=`` counts rows, so a session deleted before the
+    next page moved the others down one and a reader paging by offset skipped one. The
+    page's ``next_cursor`` is where its last session is, whatever is deleted before it."""
+    for n in range(5):
+        assert (await rest.request("POST", "/api/v1/sessions", json={"title": f"t{n}"})).is_success
+    every = [s["id"] for s in (await rest.request("GET", "/api/v1/sessions")).json()["sessions"]]
+    first = (await rest.request("GET", "/api/v1/sessions?limit=2")).json()
+    assert [s["id"] for s in first["sessions"]] == every[:2] and first["next_cursor"]
+    assert (await rest.request("DELETE", f"/api/v1/sessions/{every[0]}")).status_code == 204
+    seen = [s["id"] for s in first["sessions"]]
+    cursor = first["next_cursor"]
+    while cursor is not None:
+        page = (await rest.request("GET", f"/api/v1/sessions?limit=2&cursor={cursor}")).json()
+        seen += [s["id"] for s in page["sessions"]]
+        cursor = page["next_cursor"]
+    assert seen == every  # none skipped, none twice
+    for bad in ("nope!", "bm9wZQ", f"{first['next_cursor']}&offset=1"):
+        refused = await rest.request("GET", f"/api/v1/sessions?cursor={bad}")
+        assert refused.status_code == 422 and refused.json()["error"]["code"] == "invalid"
+
+
 async def test_session_title_is_optional(rest: Backend) -> None:
     created = await rest.request("POST", "/api/v1/sessions")
     assert created.status_code == 201

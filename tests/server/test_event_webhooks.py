@@ -267,6 +267,46 @@ async def test_a_paused_subscription_gets_nothing_until_resumed(
         assert hook["secret"] not in one.text
 
 
+async def test_a_paused_subscription_past_its_cap_is_disabled_and_takes_no_more(
+    database_url: str, tmp_path: Path
+) -> None:
+    """Review (bounded): a paused subscription took a delivery for every event without
+    limit. Past ``PARLEY_WEBHOOK_MAX_WAITING`` it is disabled, saying why and since when;
+    the sessions are made all the same, and once resumed it gets what it held, then new
+    events."""
+    settings = make_settings(database_url, tmp_path / "data", **FAST, webhook_max_waiting=2)
+    async with receiving() as receiver, serve_in_process(settings) as server:
+        hook = await subscribe(server.http, receiver.url, events=["session.created"])
+        url = f"/api/v1/webhooks/{hook['id']}"
+        assert (await server.http.patch(url, json={"status": "paused"})).status_code == 200
+        made = [await server.new_session({}) for _ in range(4)]
+        held = await deliveries(server.http, hook["id"])
+        assert [d["session_id"] for d in held] == made[:2]
+        full = (await server.http.get(url)).json()
+        assert (full["status"], full["full_at"] is not None) == ("disabled", True)
+        assert "outbox full" in full["disabled_reason"]
+        resumed = (await server.http.patch(url, json={"status": "active"})).json()
+        assert (resumed["status"], resumed["full_at"], resumed["disabled_reason"]) == (
+            "active",
+            None,
+            None,
+        )
+
+        async def held_arrived() -> bool:
+            return len(receiver.received) == 2
+
+        await until(held_arrived, "the held deliveries")
+        await until(all_recorded(server.http, hook["id"]), "the held deliveries recorded")
+        made.append(await server.new_session({}))
+
+        async def arrived() -> bool:
+            return len(receiver.received) == 3
+
+        await until(arrived, "the new one")
+        sent = [p["data"]["session_id"] for _, p in receiver.verified(hook["secret"])]
+        assert sorted(sent) == sorted([*made[:2], made[4]])
+
+
 async def test_a_run_of_failures_disables_it_and_a_retry_redelivers(
     database_url: str, tmp_path: Path
 ) -> None:

@@ -95,6 +95,33 @@ async def test_rest_resends_get_their_first_answers_past_the_rate(tmp_path: Path
             assert over.status_code == 429
 
 
+async def test_rest_resends_of_stored_commands_spend_the_command_budget(tmp_path: Path) -> None:
+    """Review (bounded): over REST, a resend answered from the store, or from the recent
+    acks, spent no command budget, while the same on a socket did: a caller could make a
+    read of the store per request without limit. Now each spends it; past it, the recent
+    acks still answer."""
+    database = sqlite_url(tmp_path)
+    async with serve_in_process(make_settings(database, tmp_path / "d")) as server:
+        sid = await server.new_session({"ann": "editor"})
+        token = await server.token(sid, "ann")
+        messages = f"/api/v1/sessions/{sid}/messages"
+        auth = {"Authorization": f"Bearer {token}"}
+        async with httpx.AsyncClient(base_url=server.base_url, headers=auth) as ann:
+            sent = [{"text": f"note {n}", "id": f"m{n}"} for n in range(2)]
+            first = [(await ann.post(messages, json=body)).json() for body in sent]
+    tight = tight_rate(database, tmp_path, burst=5)
+    async with (
+        serve_in_process(tight) as again,
+        httpx.AsyncClient(base_url=again.base_url, headers=auth) as ann,
+    ):
+        for _ in range(6):  # 12 resends: past the member's burst of 10
+            resent = [await ann.post(messages, json=body) for body in sent]
+            assert [r.json() for r in resent] == first
+        over = await ann.post(messages, json={"text": "new", "id": "m2"})
+        assert over.status_code == 429, over.text
+        assert over.json()["error"]["code"] == "rate_limited"
+
+
 async def test_resends_of_stored_commands_after_a_restart_get_their_first_acks(
     tmp_path: Path,
 ) -> None:

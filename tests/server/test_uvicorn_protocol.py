@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -257,6 +258,31 @@ async def test_a_request_head_past_its_limit_is_refused(head: bytes) -> None:
         writer.write(b"GET /x HTTP/1.1\r\nHost: x\r\n" + b"a: b\r\n" * 100 + b"\r\n")
         assert (await reader.readuntil(b"ok")).startswith(b"HTTP/1.1 200")
         writer.close()
+
+
+@pytest.mark.parametrize(
+    ("sent", "why"),
+    [
+        (b"NOT A REQUEST\r\n\r\n", "malformed HTTP request"),
+        (b"GET /x HTTP/1.1\r\nHost: x\r\n" + b"a: b\r\n" * 300 + b"\r\n", "256 headers"),
+    ],
+    ids=["request line", "headers"],
+)
+async def test_a_request_refused_before_the_app_is_answered_as_the_apps_errors_are(
+    sent: bytes, why: str
+) -> None:
+    """Review (errors are part of the API): the HTTP layer's own 400s, for a request it
+    could not parse, were text/plain; a client reading ``error.code`` found none. They are
+    JSON ``{"error": {"code": "bad_request", "message"}}`` as the app's are."""
+    async with serve_asgi(_answer, http=LeanHttpProtocol) as port:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(sent)
+        head, _, body = (await _ended(reader)).partition(b"\r\n\r\n")
+        writer.close()
+    assert head.startswith(b"HTTP/1.1 400"), head
+    assert b"content-type: application/json" in head.lower()
+    error = json.loads(body)["error"]
+    assert error["code"] == "bad_request" and why in error["message"], error
 
 
 async def test_a_header_past_the_head_limit_is_refused_before_it_ends(

@@ -34,6 +34,7 @@ TABLE: dict[str, tuple[str, int, int | None]] = {
     "UnsupportedMediaType": ("unsupported_media_type", 415, None),
     "MethodNotAllowed": ("method_not_allowed", 405, None),
     "BadEventId": ("bad_event_id", 400, None),
+    "BadRequest": ("bad_request", 400, None),
     "ProtocolError": ("invalid", 422, 4400),
     "ClockOutOfRange": ("invalid", 422, None),
     "CommandError": ("invalid", 422, None),

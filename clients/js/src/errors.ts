@@ -11,6 +11,7 @@ export const ERROR_CODES = [
   'unsupported_media_type',
   'method_not_allowed',
   'bad_event_id',
+  'bad_request',
   'unauthenticated',
   'forbidden',
   'not_found',

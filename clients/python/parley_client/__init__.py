@@ -21,6 +21,7 @@ from parley_client.admin import (
 from parley_client.errors import (
     ERRORS,
     BadEventId,
+    BadRequest,
     Busy,
     Conflict,
     Forbidden,
@@ -56,6 +57,7 @@ __all__ = [
     "AuditPage",
     "AuditRecord",
     "BadEventId",
+    "BadRequest",
     "Busy",
     "Change",
     "Conflict",

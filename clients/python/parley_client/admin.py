@@ -66,6 +66,8 @@ class SessionPage:
     total: int
     limit: int
     offset: int
+    # Pass as ``cursor`` for the next page (None: this is the last).
+    next_cursor: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,10 +243,16 @@ class AdminClient:
             await self.request("POST", _path("sessions"), json={"title": title, "policy": policy})
         )
 
-    async def list_sessions(self, limit: int = 50, offset: int = 0) -> SessionPage:
-        data = await self.request(
-            "GET", _path("sessions"), params={"limit": limit, "offset": offset}
-        )
+    async def list_sessions(
+        self, limit: int = 50, offset: int = 0, cursor: str | None = None
+    ) -> SessionPage:
+        """A page of sessions, oldest first: after ``cursor`` (the last page's
+        ``next_cursor``, which a session deleted meanwhile does not move), or past
+        ``offset``."""
+        params: dict[str, Any] = {"limit": limit, "offset": offset}
+        if cursor is not None:
+            params = {"limit": limit, "cursor": cursor}
+        data = await self.request("GET", _path("sessions"), params=params)
         return _build(SessionPage, data, sessions=tuple(_session(s) for s in data["sessions"]))
 
     async def get_session(self, session_id: str) -> SessionInfo:

@@ -6,7 +6,8 @@
     │   ├── UnknownCommand      unknown_command
     │   ├── UnsupportedMediaType unsupported_media_type
     │   ├── MethodNotAllowed    method_not_allowed
-    │   └── BadEventId          bad_event_id (an event stream's Last-Event-ID)
+    │   ├── BadEventId          bad_event_id (an event stream's Last-Event-ID)
+    │   └── BadRequest          bad_request (a request the server could not parse)
     ├── Unauthenticated         unauthenticated
     ├── Forbidden               forbidden
     │   └── RestrictedShare     restricted_share (sharing back from a side-thread)
@@ -72,6 +73,10 @@ class MethodNotAllowed(InvalidInput):
 
 class BadEventId(InvalidInput):
     code = "bad_event_id"
+
+
+class BadRequest(InvalidInput):
+    code = "bad_request"
 
 
 class Unauthenticated(ParleyError):

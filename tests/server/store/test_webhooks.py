@@ -8,13 +8,23 @@ import json
 
 import pytest
 from alembic import command
-from sqlalchemy import insert, select
+from sqlalchemy import func, insert, select
 
 from parley.server.store.db import alembic_config, create_engine
 from parley.server.store.outbox import Attempt, Claimed, claim, next_due, record, retry
 from parley.server.store.sessions import Store
-from parley.server.store.tables import webhook_deliveries, webhooks
-from parley.server.store.webhooks import create_webhook, delete_webhook
+from parley.server.store.tables import session_events, webhook_deliveries, webhooks
+from parley.server.store.webhooks import (
+    ACTIVE,
+    DISABLED,
+    PAUSED,
+    PENDING,
+    WaitingCap,
+    change_webhook,
+    create_webhook,
+    delete_webhook,
+    get_webhook,
+)
 from parley.session.events import MemberJoined
 from parley.session.webhook_lanes import Lanes
 from tests.conftest import wait_for_a_lock_wait
@@ -121,6 +131,67 @@ async def test_a_deleted_subscription_leaves_the_others_heads(store: Store) -> N
         assert [r.webhook_id for r in rows] == [kept]
 
 
+async def test_a_paused_subscription_holds_at_most_its_cap_then_is_disabled(
+    store: Store,
+) -> None:
+    store.subscriptions.cap = WaitingCap(3)
+    paused = await _subscribe(store)
+    async with store.transaction() as tx:
+        await change_webhook(tx.connection, paused, {"status": PAUSED})
+        other = await create_webhook(tx.connection, "http://y/", ["member.added"], ["s2"], "k", 0)
+    await _joined(store, "s1", "a", "b")
+    await _joined(store, "s1", "c", "d")  # past the cap: the session's write is stored all the same
+    await _joined(store, "s1", "e")
+    await _joined(store, "s2", "x", "y")  # another subscription is not held back
+    async with store.read() as connection:
+        rows = list(await connection.execute(select(webhook_deliveries).order_by("id")))
+        hook = await get_webhook(connection, paused)
+        stored = await connection.execute(select(func.count()).select_from(session_events))
+        assert int(stored.scalar_one()) >= 7
+    mine = [json.loads(r.payload)["data"]["user_id"] for r in rows if r.webhook_id == paused]
+    assert mine == ["a", "b", "c"]  # the oldest kept, nothing past the cap
+    assert [r.session_id for r in rows if r.webhook_id == other.id] == ["s2", "s2"]
+    assert hook is not None and hook.status == DISABLED and hook.full_at is not None
+    assert hook.disabled_reason is not None and "outbox full" in hook.disabled_reason
+    async with store.transaction() as tx:  # resumed: it takes deliveries again
+        resumed = await change_webhook(tx.connection, paused, {"status": ACTIVE})
+    assert resumed is not None and (resumed.status, resumed.full_at) == (ACTIVE, None)
+    for delivery in await _claim(store, 10):
+        await _record(store, delivery, OK, retry_at=None)
+    await _joined(store, "s1", "f")
+    async with store.read() as connection:
+        found = await connection.execute(
+            select(webhook_deliveries.c.payload)
+            .where(
+                webhook_deliveries.c.webhook_id == paused, webhook_deliveries.c.status == PENDING
+            )
+            .order_by(webhook_deliveries.c.id)
+        )
+        assert [json.loads(p)["data"]["user_id"] for p in found.scalars()] == ["b", "c", "f"]
+    await _joined(store, "s1", "g")  # full again while active: g is dropped, it keeps sending
+    async with store.read() as connection:
+        hook = await get_webhook(connection, paused)
+    assert hook is not None and hook.status == ACTIVE and hook.full_at is not None
+    for _ in range(2):  # b, then c: one left waiting, half the cap
+        for delivery in await _claim(store, 20):
+            async with store.transaction() as tx:
+                await record(
+                    tx.connection, delivery, OK, retry_at=None, failure_limit=100, max_waiting=3
+                )
+    await _joined(store, "s1", "h")
+    async with store.read() as connection:
+        hook = await get_webhook(connection, paused)
+        found = await connection.execute(
+            select(webhook_deliveries.c.payload)
+            .where(
+                webhook_deliveries.c.webhook_id == paused, webhook_deliveries.c.status == PENDING
+            )
+            .order_by(webhook_deliveries.c.id)
+        )
+        assert [json.loads(p)["data"]["user_id"] for p in found.scalars()] == ["f", "h"]
+    assert hook is not None and (hook.status, hook.full_at) == (ACTIVE, None)
+
+
 # PostgreSQL only: SQLite writes one transaction at a time, so the race cannot happen there.
 @pytest.mark.parametrize(
     "database_url", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True
@@ -222,3 +293,11 @@ async def test_a_fair_claim_serves_the_proven_first_and_skips_the_full(store: St
     async with store.transaction() as tx:
         rest = await claim(tx.connection, 10, LEASE_MS, 4, Lanes(2, 1, proven=frozenset({ok})))
     assert [d.webhook_id for d in rest] == [slow]  # one slot: not proven
+
+
+def test_the_cap_counts_at_a_processs_first_write_then_once_an_eighth() -> None:
+    """A process that restarted must not write an eighth more unchecked each time."""
+    cap = WaitingCap(80)
+    assert cap.count_due("w", 1)  # the first write of this process: counted
+    assert [cap.count_due("w", 1) for _ in range(10)] == [False] * 9 + [True]
+    assert cap.count_due("v", 1)  # each subscription its own
