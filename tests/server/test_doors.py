@@ -15,6 +15,7 @@ import pytest
 from tests.conftest import make_settings, serve_in_process, sqlite_url
 
 LONG_ID = "e" * 65  # past the 64 characters an entry id has at both doors
+TURNS = [f"turn{n}" for n in range(51)]  # one more than a share may pick
 
 
 @dataclass(frozen=True)
@@ -125,6 +126,22 @@ CASES = {
         {"type": "thread_open", "title": "t", "model": "m"},
         "POST /threads",
         {"title": "t", "model": "m"},
+        "invalid",
+    ),
+    # Every field's form before any field's size: REST's body models judge the anchor's
+    # and the turn ids' form before the door reads the title's length or the ids' count.
+    "editor_thread_open_long_title_bad_anchor": Case(
+        "editor",
+        {"type": "thread_open", "title": "t" * 201, "anchor": LONG_ID},
+        "POST /threads",
+        {"title": "t" * 201, "anchor": LONG_ID},
+        "invalid",
+    ),
+    "editor_shares_too_many_turns_one_malformed": Case(
+        "editor",
+        {"type": "thread_share", "thread_id": "t1", "turn_ids": [*TURNS, ""]},
+        "POST /threads/t1/share-replies",
+        {"turn_ids": [*TURNS, ""]},
         "invalid",
     ),
 }
