@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from tests.conftest import make_settings, serve_in_process, sqlite_url
+from tests.server.cluster.nodes import cluster
 
 LONG_ID = "e" * 65  # past the 64 characters an entry id has at both doors
 TURNS = [f"turn{n}" for n in range(51)]  # one more than a share may pick
@@ -155,13 +156,18 @@ async def _socket_code(server: Any, sid: str, user: str, case: Case) -> str:
 
 
 async def _rest_code(server: Any, sid: str, user: str, case: Case) -> str:
+    return await _rest_call(server.base_url, await server.token(sid, user), sid, case)
+
+
+async def _rest_call(base_url: str, token: str, sid: str, case: Case) -> str:
+    """The code REST answers ``case`` with, sent with ``token`` to ``base_url``."""
     method, _, path = case.route.partition(" ")
-    headers = {"Authorization": f"Bearer {await server.token(sid, user)}"}
+    headers = {"Authorization": f"Bearer {token}"}
     if isinstance(case.body, bytes):  # what a dict cannot say (a lone surrogate)
         headers["Content-Type"] = "application/json"
     raw = case.body if isinstance(case.body, bytes) else None
     body = None if isinstance(case.body, bytes) else case.body
-    async with httpx.AsyncClient(base_url=server.base_url, headers=headers, timeout=20) as rest:
+    async with httpx.AsyncClient(base_url=base_url, headers=headers, timeout=20) as rest:
         url = f"/api/v1/sessions/{sid}{path}"
         response = await rest.request(method, url, json=body, content=raw)
     assert response.status_code >= 400, response.text
@@ -177,3 +183,27 @@ async def test_both_doors_refuse_a_bad_command_with_one_code(name: str, tmp_path
         socket_code = await _socket_code(server, sid, "alice", case)
         rest_code = await _rest_code(server, sid, "bob", case)
     assert (socket_code, rest_code) == (case.code, case.code)
+
+
+@pytest.mark.postgres
+async def test_a_node_that_forwards_answers_as_the_node_that_runs(tmp_path: Path) -> None:
+    """Every case through the doors of a node that does not run the session: its socket's
+    commands and its REST changes are forwarded to the node that does, and answered there
+    with the same code as at that node's own doors (docs/cluster.md)."""
+    env = {"PARLEY_CLUSTER_POLL_S": "60", "PARLEY_COMMANDS_BURST": "500"}
+    async with cluster(tmp_path, 2, **env) as nodes:
+        sid = await nodes.new_session(
+            {"v1": "viewer", "v2": "viewer", "e1": "editor", "e2": "editor"}
+        )
+        await nodes.connect(nodes.nodes[0], sid, "e1")  # the session runs on a node now
+        _, other = await nodes.running_and_other(sid)
+        sockets = {
+            role: await nodes.connect(other, sid, f"{role[0]}1") for role in ("viewer", "editor")
+        }
+        outcomes = {}
+        for name, case in sorted(CASES.items()):
+            reply = await sockets[case.role].command({**case.frame, "id": f"c-{name}"})
+            token = await nodes.token(other, sid, f"{case.role[0]}2")
+            rest = await _rest_call(other.base_url, token, sid, case)
+            outcomes[name] = (reply.get("code"), rest)
+    assert outcomes == {name: (case.code, case.code) for name, case in CASES.items()}
