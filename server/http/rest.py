@@ -181,16 +181,18 @@ def authenticate(request: Request, state: AppState) -> Caller:
 async def authorize(op: Operation, caller: Caller, state: AppState, session_id: str | None) -> None:
     """Let a member call ``op`` only in their token's session, holding its capability
     (``admit``, then ``judge``)."""
-    await admit(op, caller, state, session_id)
-    await judge(op, caller, state, session_id)
+    await judge(op, caller, state, await admit(op, caller, state, session_id))
 
 
-async def admit(op: Operation, caller: Caller, state: AppState, session_id: str | None) -> None:
+async def admit(
+    op: Operation, caller: Caller, state: AppState, session_id: str | None
+) -> SessionRoom | None:
     """Let a member's token through the door of ``op`` at all, as a socket is let into its
     session before any frame is read: only in its own session's routes, not revoked, and
-    not an admin-only route (``forbidden``, audited)."""
+    not an admin-only route (``forbidden``, audited). Returns the member's session's room,
+    caught up with what is committed (None for the admin key)."""
     if caller.user_id is None:
-        return
+        return None
     session_id = _session_of(op, caller, session_id)
     if session_id is None or session_id != caller.session_id:
         raise Forbidden("a client token acts only in its own session's routes")
@@ -201,15 +203,16 @@ async def admit(op: Operation, caller: Caller, state: AppState, session_id: str 
     if op.capability is None:
         await _refused(op, caller, state, room, Decision(False, "admin only"))
         raise Forbidden("this route needs the admin key")
+    return room
 
 
-async def judge(op: Operation, caller: Caller, state: AppState, session_id: str | None) -> None:
-    """Whether the member ``admit`` let through holds ``op``'s capability now (``forbidden``,
-    audited). Called after the body's size and form are judged, as a socket's command is
-    judged by its form before its sender's rights (docs/websocket.md: the order of checks)."""
-    if caller.user_id is None or op.capability is None:
+async def judge(op: Operation, caller: Caller, state: AppState, room: SessionRoom | None) -> None:
+    """Whether the member ``admit`` let into ``room`` holds ``op``'s capability (``forbidden``,
+    audited). Called once the body's size and form are judged, as a socket's command is
+    judged by its form before its sender's rights (docs/websocket.md: the order of checks);
+    on the room as ``admit`` caught it up, not read again."""
+    if caller.user_id is None or room is None or op.capability is None:
         return
-    room = await state.rooms.current(_session_of(op, caller, session_id) or "")
     refusal = decide(room.subject(caller.user_id), Do(op.capability))
     if refusal.allowed:
         return
@@ -338,7 +341,7 @@ def route(op: Operation) -> Route:
             # A socket's order (docs/websocket.md: the order of checks): the member let in,
             # then the body's size and form, then their rights (review: a viewer's
             # over-long fact was ``forbidden`` here and ``too_large`` on a socket).
-            await admit(op, caller, state, kwargs.get("session_id"))
+            room = await admit(op, caller, state, kwargs.get("session_id"))
             if op.with_caller:
                 kwargs["caller"] = caller
             if op.body is not None:
@@ -351,7 +354,7 @@ def route(op: Operation) -> Route:
                     kwargs["body"] = op.body.model_validate_json(raw or b"{}")
                 except ValidationError as exc:
                     raise invalid_body(exc) from None
-            await judge(op, caller, state, kwargs.get("session_id"))
+            await judge(op, caller, state, room)
             result = await op.handler(state, **kwargs)
         except ParleyError as exc:
             state.metrics.errors.labels(code=exc.code.value).inc()
