@@ -126,7 +126,7 @@ def parse_command(frame: str, limits: Limits) -> Command:
     raw_id = data.get("id")
     command_id = raw_id if isinstance(raw_id, str) else None
     try:
-        return _parse(data, limits)
+        return command_from(data, limits)
     except ParleyError as exc:
         raise CommandError(exc, command_id) from None
 
@@ -183,7 +183,36 @@ def _entry_id(data: dict[str, Any], field: str) -> str:
     return entry_id
 
 
-def _parse(data: dict[str, Any], limits: Limits) -> Command:
+# Each command type's fields: any other is refused (``invalid``), at every door, so a field
+# a newer client relies on is never dropped unread by an older server (docs/websocket.md:
+# "Unknown fields").
+FIELDS: dict[str, frozenset[str]] = {
+    kind: frozenset({"type", "id", *names})
+    for kind, names in {
+        "prompt": ("text",),
+        "message": ("text",),
+        "cancel": ("prompt_id",),
+        "pin": ("entry_id",),
+        "unpin": ("entry_id",),
+        "set_fact": ("key", "value"),
+        "set_policy": ("policy",),
+        "thread_open": ("title", "anchor"),
+        "thread_prompt": ("thread_id", "text"),
+        "thread_summarise": ("thread_id",),
+        "thread_share": ("thread_id", "text", "turn_ids"),
+        "thread_close": ("thread_id",),
+        "thread_delete": ("thread_id",),
+    }.items()
+}
+
+
+def command_from(data: dict[str, Any], limits: Limits) -> Command:
+    """The command a parsed JSON object states, judged by every rule of its form, in one
+    order: text a database cannot store, the id, the type, unknown fields, then each field
+    (its type, then its size and form). The one parser of every door: a socket's frame
+    (``parse_command``), a forwarded one, and the REST routes that change a session
+    (``server.runtime.session_writes``). Raises ``InvalidInput``, ``TooLarge`` or
+    ``UnknownCommand``; whether the sender may do it is the core's to judge after."""
     _check_strings(data)
     command_id = data.get("id")
     if not isinstance(command_id, str) or not command_id.strip():
@@ -191,6 +220,13 @@ def _parse(data: dict[str, Any], limits: Limits) -> Command:
     if len(command_id) > MAX_COMMAND_ID_CHARS:
         raise InvalidInput(f"'id' exceeds {MAX_COMMAND_ID_CHARS} characters")
     kind = data.get("type")
+    known = FIELDS.get(kind) if isinstance(kind, str) else None
+    if known is None:
+        raise UnknownCommand(f"unknown command type {kind!r}")
+    unknown = [name for name in data if name not in known]
+    if unknown:
+        named = ", ".join(repr(name[:40]) for name in unknown[:5])  # a name may be long
+        raise InvalidInput(f"unknown field(s) {named} in a {kind!r} command")
     if kind in ("prompt", "message"):
         text = data.get("text")
         if not isinstance(text, str):

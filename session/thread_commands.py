@@ -101,12 +101,15 @@ def parse_thread_command(
 ) -> ThreadCommand:
     """The thread command of type ``kind`` (one of ``THREAD_TYPES``) in ``data``."""
     if kind == "thread_open":
+        # Every field's form before any size (REST's body model judges the anchor's form
+        # before the door reads the title's length: one answer at both doors).
+        anchor = _id(data, "anchor", required=False)
         title = data.get("title", "")
         if not isinstance(title, str):
             raise InvalidInput("'title' must be a string")
         if len(title) > MAX_TITLE_CHARS:
             raise TooLarge(f"'title' exceeds {MAX_TITLE_CHARS} characters")
-        return ThreadOpenCommand(command_id, _id(data, "anchor", required=False), title.strip())
+        return ThreadOpenCommand(command_id, anchor, title.strip())
     thread_id = _id(data, "thread_id")
     assert thread_id is not None
     if kind == "thread_prompt":
@@ -128,9 +131,10 @@ def _share(
         return ThreadShareCommand(command_id, thread_id, _text(data, max_text_chars), ())
     if not isinstance(picked, list) or not picked:
         raise InvalidInput("'turn_ids' must be a non-empty list")
+    # Each id's form before their count, as REST's body model judges them first.
+    ids = tuple(_id({"turn_id": t}, "turn_id") or "" for t in picked)
     if len(picked) > MAX_PICKED_TURNS:
         raise TooLarge(f"at most {MAX_PICKED_TURNS} turns are shared at once")
-    ids = tuple(_id({"turn_id": t}, "turn_id") or "" for t in picked)
     if len(set(ids)) != len(ids):
         raise InvalidInput("'turn_ids' names a turn twice")
     return ThreadShareCommand(command_id, thread_id, None, ids)

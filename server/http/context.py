@@ -144,6 +144,11 @@ def _authors(room: SessionRoom, prompt_ids: tuple[str, ...]) -> list[str]:
     return [room.doc.entry(p).author for p in prompt_ids]
 
 
+# A fact's or a pin's change lets in every member who reads the session, as a socket does:
+# the command is then judged as the socket's ``set_fact``, ``pin`` or ``unpin`` (its form,
+# then the ``pin`` capability, then the session's state: ``session_writes``), so both doors
+# give one answer (review: a viewer's over-long fact was ``forbidden`` here, judged by this
+# route's capability first, and ``too_large`` on a socket).
 OPERATIONS: list[Operation] = [
     Operation(
         "GET",
@@ -159,7 +164,7 @@ OPERATIONS: list[Operation] = [
         "/api/v1/sessions/{session_id}/facts/{key}",
         put_fact,
         "Set a session fact (always in the model's input, one line, with who set it)",
-        capability=Capability.PIN,
+        capability=Capability.READ_SESSION,  # ``pin``: judged by the core
         body=FactPut,
         response=FactsOut,
         errors=(404, 429),
@@ -170,7 +175,7 @@ OPERATIONS: list[Operation] = [
         "/api/v1/sessions/{session_id}/facts/{key}",
         delete_fact,
         "Remove a session fact (204 also when it is not set: the socket's `fact` rule)",
-        capability=Capability.PIN,
+        capability=Capability.READ_SESSION,  # ``pin``: judged by the core
         status=204,
         errors=(404, 429),
         with_caller=True,
@@ -189,7 +194,7 @@ OPERATIONS: list[Operation] = [
         "/api/v1/sessions/{session_id}/pins",
         create_pin,
         "Pin an entry (always in the model's input)",
-        capability=Capability.PIN,
+        capability=Capability.READ_SESSION,  # ``pin``: judged by the core
         body=PinCreate,
         response=PinsOut,
         status=201,
@@ -203,7 +208,7 @@ OPERATIONS: list[Operation] = [
         delete_pin,
         "Unpin an entry (204 also when it is not pinned; 404 for an unknown entry: the "
         "socket's `unpin` rule)",
-        capability=Capability.PIN,
+        capability=Capability.READ_SESSION,  # ``pin``: judged by the core
         status=204,
         errors=(404, 429),
         with_caller=True,

@@ -179,12 +179,21 @@ def authenticate(request: Request, state: AppState) -> Caller:
 
 
 async def authorize(op: Operation, caller: Caller, state: AppState, session_id: str | None) -> None:
-    """Let a member call ``op`` only in their token's session, holding its capability."""
+    """Let a member call ``op`` only in their token's session, holding its capability
+    (``admit``, then ``judge``)."""
+    await judge(op, caller, state, await admit(op, caller, state, session_id))
+
+
+async def admit(
+    op: Operation, caller: Caller, state: AppState, session_id: str | None
+) -> SessionRoom | None:
+    """Let a member's token through the door of ``op`` at all, as a socket is let into its
+    session before any frame is read: only in its own session's routes, not revoked, and
+    not an admin-only route (``forbidden``, audited). Returns the member's session's room,
+    caught up with what is committed (None for the admin key)."""
     if caller.user_id is None:
-        return
-    if op.own_session:
-        assert "{session_id}" not in op.path  # a path's session is judged as such
-        session_id = caller.session_id
+        return None
+    session_id = _session_of(op, caller, session_id)
     if session_id is None or session_id != caller.session_id:
         raise Forbidden("a client token acts only in its own session's routes")
     room = await state.rooms.current(session_id)  # judged by what is committed
@@ -192,19 +201,40 @@ async def authorize(op: Operation, caller: Caller, state: AppState, session_id: 
     if revoked is not None:
         raise Unauthenticated(revoked)
     if op.capability is None:
-        refusal = Decision(False, "admin only")
-    else:
-        refusal = decide(room.subject(caller.user_id), Do(op.capability))
-        if refusal.allowed:
-            return
-    # A refusal is written to the audit log: at most at the member's command rate (their
-    # socket's refused commands spend it too); past it, refused unwritten.
+        await _refused(op, caller, state, room, Decision(False, "admin only"))
+        raise Forbidden("this route needs the admin key")
+    return room
+
+
+async def judge(op: Operation, caller: Caller, state: AppState, room: SessionRoom | None) -> None:
+    """Whether the member ``admit`` let into ``room`` holds ``op``'s capability (``forbidden``,
+    audited). Called once the body's size and form are judged, as a socket's command is
+    judged by its form before its sender's rights (docs/websocket.md: the order of checks);
+    on the room as ``admit`` caught it up, not read again."""
+    if caller.user_id is None or room is None or op.capability is None:
+        return
+    refusal = decide(room.subject(caller.user_id), Do(op.capability))
+    if refusal.allowed:
+        return
+    await _refused(op, caller, state, room, refusal)
+    refusal.require()
+
+
+def _session_of(op: Operation, caller: Caller, session_id: str | None) -> str | None:
+    if op.own_session:
+        assert "{session_id}" not in op.path  # a path's session is judged as such
+        return caller.session_id
+    return session_id
+
+
+async def _refused(
+    op: Operation, caller: Caller, state: AppState, room: SessionRoom, refusal: Decision
+) -> None:
+    """Audit a member's refused call: at most at their command rate (their socket's
+    refused commands spend it too); past it, refused unwritten."""
     await spend_command_everywhere(state, room, caller.user_id, "too many refused calls; slow down")
     what = {"action": f"{op.method} {op.path}", "reason": refusal.reason}
-    await room.writer.audit("refused", caller.user_id, what)
-    if op.capability is None:
-        raise Forbidden("this route needs the admin key")
-    refusal.require()
+    await room.writer.audit("refused", caller.actor, what)
 
 
 def spend_command(
@@ -308,7 +338,10 @@ def route(op: Operation) -> Route:
                 kwargs[param.name] = _query_int(request, param)
             for text in op.query_str:
                 kwargs[text.name] = _query_str(request, text)
-            await authorize(op, caller, state, kwargs.get("session_id"))
+            # A socket's order (docs/websocket.md: the order of checks): the member let in,
+            # then the body's size and form, then their rights (review: a viewer's
+            # over-long fact was ``forbidden`` here and ``too_large`` on a socket).
+            room = await admit(op, caller, state, kwargs.get("session_id"))
             if op.with_caller:
                 kwargs["caller"] = caller
             if op.body is not None:
@@ -321,6 +354,7 @@ def route(op: Operation) -> Route:
                     kwargs["body"] = op.body.model_validate_json(raw or b"{}")
                 except ValidationError as exc:
                     raise invalid_body(exc) from None
+            await judge(op, caller, state, room)
             result = await op.handler(state, **kwargs)
         except ParleyError as exc:
             state.metrics.errors.labels(code=exc.code.value).inc()

@@ -206,7 +206,7 @@ class SessionWriter:
         """Keep the ack of a command that stores no entry with what it writes, so that a
         resend after a restart is answered, not carried out again (``command_acks``)."""
         command = event.command
-        if effects.ack is None or event.admin or not kept_as_ack(command):
+        if effects.ack is None or not event.resendable or not kept_as_ack(command):
             return  # (the REST API's own writes have no ids of a client's to resend)
         reply = effects.ack.reply(command.id)
         fingerprint = stored_fingerprint(command)

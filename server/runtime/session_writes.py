@@ -4,11 +4,12 @@ restricted replies, members), read again from the store once the REST call store
 
 They enter through ``RoomRegistry.change``: on one node they run on the room at once; in
 cluster mode only the node running the session may write its document or judge its
-commands, so on another node the same change is forwarded there (as the admin, whose REST
-call was already authorised) and its result comes back. Either way the change is in force
+commands, so on another node the same change is forwarded there (as the admin, with the
+member it is sent by) and its result comes back. Either way the change is in force
 where the session runs before the REST call returns. Document writes are carried out by
 the session core like any command (``SessionWriter.execute``), so its limits hold here too;
-the REST route authorised the caller and audits the change itself.
+a member's fact or pin is judged by the core as their socket's would be (the route only
+let them into the session); the policy is a setting the REST route authorised and audits.
 """
 
 from __future__ import annotations
@@ -16,10 +17,9 @@ from __future__ import annotations
 from typing import Any
 
 from parley.server.runtime.room import SessionRoom, new_id
-from parley.session.commands import Command, FactCommand, PinCommand, PolicyCommand
+from parley.session.commands import command_from
 from parley.session.core import CommandEvent
 from parley.session.errors import InvalidInput, RateLimited
-from parley.session.queue import Policy
 
 SETTINGS_WRITE = "settings"
 # Not a change: a member's REST call on another node spends their one command budget here.
@@ -30,7 +30,6 @@ async def apply_session_write(room: SessionRoom, write: dict[str, Any]) -> dict[
     """Run ``write`` on ``room``; returns the facts or pins after it."""
     kind = write.get("op")
     write_id = str(write.get("id") or "rest")
-    command: Command
     if kind == CHARGE_WRITE:
         if not room.user_bucket(str(write["user_id"])).allow(room.clock()):
             raise RateLimited(str(write.get("why") or "too many commands; slow down"))
@@ -43,16 +42,26 @@ async def apply_session_write(room: SessionRoom, write: dict[str, Any]) -> dict[
                 room.doc.set_title(row.title)
         return {}
     if kind == "set_fact":
-        value = None if write["value"] is None else str(write["value"])
-        command = FactCommand(write_id, str(write["key"]), value)
+        data = {"type": "set_fact", "key": write.get("key"), "value": write.get("value")}
     elif kind == "pin":
-        command = PinCommand(write_id, str(write["entry_id"]), bool(write["pinned"]))
+        pin = "pin" if write.get("pinned") else "unpin"
+        data = {"type": pin, "entry_id": write.get("entry_id")}
     elif kind == "policy":
-        command = PolicyCommand(write_id, Policy(write["policy"]))
+        data = {"type": "set_policy", "policy": write.get("policy")}
     else:
         raise InvalidInput(f"unknown session write {kind!r}")
+    # The socket's parser, then the core: the same checks in the same order as the same
+    # command sent on a socket (review: a viewer's over-long fact was ``forbidden`` over
+    # REST, judged by its route's capability first, and ``too_large`` on a socket).
+    event_id = new_id()
+    # An id of its own (a member's side-thread command may be named ``rest``), never kept.
+    command = command_from({"id": f"{write_id}-{event_id}", **data}, room.limits)
     actor = str(write.get("author") or "")  # "" : the admin API
-    await room.writer.execute(CommandEvent(actor, command, room.now_ms(), new_id(), admin=True))
+    # A member's fact or pin is judged by the core, as their socket's would be; the policy
+    # is a setting of ``PATCH …/sessions/{id}``, which judged its caller and audits it.
+    admin = not actor or kind == "policy"
+    event = CommandEvent(actor, command, room.now_ms(), event_id, admin=admin, resendable=False)
+    await room.writer.execute(event)
     if kind == "set_fact":
         return {"facts": room.doc.fact_map()}
     if kind == "pin":

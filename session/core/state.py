@@ -24,6 +24,8 @@ class CommandEvent:
 
     ``admin``: the door already decided (a REST route authorised its caller, or the admin
     key) and audits the change itself; the core then judges the change, not the actor.
+    ``resendable``: the command's id is its sender's, who may send it again (a REST
+    route's change has a made-up one: its ack is not kept for resends).
     """
 
     actor: str
@@ -31,6 +33,7 @@ class CommandEvent:
     now_ms: int
     new_id: str
     admin: bool = False
+    resendable: bool = True
 
 
 @dataclass(frozen=True, slots=True)

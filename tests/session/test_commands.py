@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from parley.session.commands import (
+    FIELDS,
     MAX_COMMAND_ID_CHARS,
     CancelCommand,
     CommandError,
@@ -24,6 +25,7 @@ from parley.session.commands import (
 )
 from parley.session.errors import ErrorCode, Forbidden, QueueFull
 from parley.session.queue import Policy
+from parley.session.thread_commands import THREAD_TYPES
 
 LIMITS = Limits(max_text_chars=50, max_frame_chars=500)
 
@@ -66,9 +68,22 @@ def test_set_policy(policy: Policy) -> None:
     assert command.policy is policy
 
 
-def test_extra_fields_are_ignored() -> None:
-    command = parse({"type": "prompt", "id": "c1", "text": "x", "extra": [1, 2]})
-    assert command == PromptCommand(id="c1", text="x")
+def test_an_unknown_field_is_refused_not_ignored() -> None:
+    """A field a newer client relies on is never dropped unread (REST refuses it too)."""
+    error = refusal(json.dumps({"type": "prompt", "id": "c1", "text": "x", "extra": [1, 2]}))
+    assert (error.code, error.command_id) == (ErrorCode.INVALID, "c1")
+    assert "'extra'" in error.message
+    # Before the fields' own rules: as REST's body model judges it, before the door's.
+    long = {"type": "prompt", "id": "c2", "text": "x" * 51, "extra": 1}
+    assert refusal(json.dumps(long)).code is ErrorCode.INVALID
+
+
+def test_every_command_type_lists_its_fields() -> None:
+    assert set(FIELDS) == THREAD_TYPES | {
+        "prompt", "message", "cancel", "pin", "unpin", "set_fact", "set_policy",
+    }  # fmt: skip
+    opened = parse({"type": "thread_open", "id": "c", "title": "t", "anchor": "e1"})
+    assert (opened.title, opened.anchor) == ("t", "e1")
 
 
 def test_text_at_the_limit_is_accepted() -> None:

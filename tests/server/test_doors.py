@@ -1,0 +1,209 @@
+"""Same answer at every door: a bad command sent on a socket and the same command sent
+over REST are refused with the same stable error code (review: a viewer's over-long fact
+was ``too_large`` on the socket and ``forbidden`` over REST; an unknown field was taken
+on the socket and refused over REST)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import make_settings, serve_in_process, sqlite_url
+from tests.server.cluster.nodes import cluster
+
+LONG_ID = "e" * 65  # past the 64 characters an entry id has at both doors
+TURNS = [f"turn{n}" for n in range(51)]  # one more than a share may pick
+
+
+@dataclass(frozen=True)
+class Case:
+    """One bad command: who sends it, its socket frame (without ``id``), the REST call that
+    sends the same (``"PUT /facts/k"``, under the session's path) and its body, and the
+    code both doors answer."""
+
+    role: str
+    frame: dict[str, Any]
+    route: str
+    body: dict[str, Any] | bytes | None
+    code: str
+
+
+FACT = {"type": "set_fact", "key": "k"}
+CASES = {
+    # Size before permission: a viewer may not set facts, but an over-long one is too large.
+    "viewer_long_fact": Case(
+        "viewer", {**FACT, "value": "x" * 2001}, "PUT /facts/k", {"value": "x" * 2001}, "too_large"
+    ),
+    # Form before permission: a fact's key, its line breaks, its type, its unicode.
+    "viewer_bad_fact_key": Case(
+        "viewer",
+        {**FACT, "key": "a b", "value": "v"},
+        "PUT /facts/a%20b",
+        {"value": "v"},
+        "invalid",
+    ),
+    "viewer_removes_bad_fact_key": Case(
+        "viewer", {**FACT, "key": "a b", "value": None}, "DELETE /facts/a%20b", None, "invalid"
+    ),
+    "viewer_two_line_fact": Case(
+        "viewer", {**FACT, "value": "a\nb"}, "PUT /facts/k", {"value": "a\nb"}, "invalid"
+    ),
+    "viewer_fact_not_a_string": Case(
+        "viewer", {**FACT, "value": 5}, "PUT /facts/k", {"value": 5}, "invalid"
+    ),
+    "viewer_fact_lone_surrogate": Case(
+        "viewer", {**FACT, "value": "\ud800"}, "PUT /facts/k", b'{"value": "\\ud800"}', "invalid"
+    ),
+    "viewer_pins_long_id": Case(
+        "viewer",
+        {"type": "pin", "entry_id": LONG_ID},
+        "POST /pins",
+        {"entry_id": LONG_ID},
+        "invalid",
+    ),
+    "viewer_pins_empty_id": Case(
+        "viewer", {"type": "pin", "entry_id": ""}, "POST /pins", {"entry_id": ""}, "invalid"
+    ),
+    "viewer_sets_unknown_policy": Case(
+        "viewer",
+        {"type": "set_policy", "policy": "lottery"},
+        "PATCH ",
+        {"policy": "lottery"},
+        "invalid",
+    ),
+    # Form before the session's state: an entry id no entry can have is not looked for.
+    "editor_unpins_long_id": Case(
+        "editor", {"type": "unpin", "entry_id": LONG_ID}, f"DELETE /pins/{LONG_ID}", None, "invalid"
+    ),
+    # Unknown fields: refused at both doors (docs/websocket.md: "Unknown fields").
+    "editor_prompt_unknown_field": Case(
+        "editor",
+        {"type": "prompt", "text": "hi", "colour": "red"},
+        "POST /prompts",
+        {"text": "hi", "colour": "red"},
+        "invalid",
+    ),
+    "viewer_prompt_unknown_field": Case(
+        "viewer",
+        {"type": "prompt", "text": "hi", "colour": "red"},
+        "POST /prompts",
+        {"text": "hi", "colour": "red"},
+        "invalid",
+    ),
+    "editor_message_unknown_field": Case(
+        "editor",
+        {"type": "message", "text": "hi", "to": "bob"},
+        "POST /messages",
+        {"text": "hi", "to": "bob"},
+        "invalid",
+    ),
+    "editor_cancel_unknown_field": Case(
+        "editor",
+        {"type": "cancel", "prompt_id": "nope", "force": True},
+        "POST /prompts/nope/cancel",
+        {"force": True},
+        "invalid",
+    ),
+    "editor_fact_unknown_field": Case(
+        "editor",
+        {**FACT, "value": "v", "ttl": 5},
+        "PUT /facts/k",
+        {"value": "v", "ttl": 5},
+        "invalid",
+    ),
+    "viewer_pin_unknown_field": Case(
+        "viewer",
+        {"type": "pin", "entry_id": "e1", "note": "x"},
+        "POST /pins",
+        {"entry_id": "e1", "note": "x"},
+        "invalid",
+    ),
+    "editor_thread_open_unknown_field": Case(
+        "editor",
+        {"type": "thread_open", "title": "t", "model": "m"},
+        "POST /threads",
+        {"title": "t", "model": "m"},
+        "invalid",
+    ),
+    # Every field's form before any field's size: REST's body models judge the anchor's
+    # and the turn ids' form before the door reads the title's length or the ids' count.
+    "editor_thread_open_long_title_bad_anchor": Case(
+        "editor",
+        {"type": "thread_open", "title": "t" * 201, "anchor": LONG_ID},
+        "POST /threads",
+        {"title": "t" * 201, "anchor": LONG_ID},
+        "invalid",
+    ),
+    "editor_shares_too_many_turns_one_malformed": Case(
+        "editor",
+        {"type": "thread_share", "thread_id": "t1", "turn_ids": [*TURNS, ""]},
+        "POST /threads/t1/share-replies",
+        {"turn_ids": [*TURNS, ""]},
+        "invalid",
+    ),
+}
+
+
+async def _socket_code(server: Any, sid: str, user: str, case: Case) -> str:
+    client = await server.connect(sid, user)
+    reply = await client.command({**case.frame, "id": "c1"})
+    assert reply["type"] == "error", reply
+    return str(reply["code"])
+
+
+async def _rest_code(server: Any, sid: str, user: str, case: Case) -> str:
+    return await _rest_call(server.base_url, await server.token(sid, user), sid, case)
+
+
+async def _rest_call(base_url: str, token: str, sid: str, case: Case) -> str:
+    """The code REST answers ``case`` with, sent with ``token`` to ``base_url``."""
+    method, _, path = case.route.partition(" ")
+    headers = {"Authorization": f"Bearer {token}"}
+    if isinstance(case.body, bytes):  # what a dict cannot say (a lone surrogate)
+        headers["Content-Type"] = "application/json"
+    raw = case.body if isinstance(case.body, bytes) else None
+    body = None if isinstance(case.body, bytes) else case.body
+    async with httpx.AsyncClient(base_url=base_url, headers=headers, timeout=20) as rest:
+        url = f"/api/v1/sessions/{sid}{path}"
+        response = await rest.request(method, url, json=body, content=raw)
+    assert response.status_code >= 400, response.text
+    return str(response.json()["error"]["code"])
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+async def test_both_doors_refuse_a_bad_command_with_one_code(name: str, tmp_path: Path) -> None:
+    case = CASES[name]
+    settings = make_settings(sqlite_url(tmp_path), tmp_path / "data")
+    async with serve_in_process(settings) as server:
+        sid = await server.new_session({"alice": case.role, "bob": case.role})
+        socket_code = await _socket_code(server, sid, "alice", case)
+        rest_code = await _rest_code(server, sid, "bob", case)
+    assert (socket_code, rest_code) == (case.code, case.code)
+
+
+@pytest.mark.postgres
+async def test_a_node_that_forwards_answers_as_the_node_that_runs(tmp_path: Path) -> None:
+    """Every case through the doors of a node that does not run the session: its socket's
+    commands and its REST changes are forwarded to the node that does, and answered there
+    with the same code as at that node's own doors (docs/cluster.md)."""
+    env = {"PARLEY_CLUSTER_POLL_S": "60", "PARLEY_COMMANDS_BURST": "500"}
+    async with cluster(tmp_path, 2, **env) as nodes:
+        sid = await nodes.new_session(
+            {"v1": "viewer", "v2": "viewer", "e1": "editor", "e2": "editor"}
+        )
+        await nodes.connect(nodes.nodes[0], sid, "e1")  # the session runs on a node now
+        _, other = await nodes.running_and_other(sid)
+        sockets = {
+            role: await nodes.connect(other, sid, f"{role[0]}1") for role in ("viewer", "editor")
+        }
+        outcomes = {}
+        for name, case in sorted(CASES.items()):
+            reply = await sockets[case.role].command({**case.frame, "id": f"c-{name}"})
+            token = await nodes.token(other, sid, f"{case.role[0]}2")
+            rest = await _rest_call(other.base_url, token, sid, case)
+            outcomes[name] = (reply.get("code"), rest)
+    assert outcomes == {name: (case.code, case.code) for name, case in CASES.items()}
