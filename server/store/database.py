@@ -90,8 +90,6 @@ class Database:
         self.checkpointer = Checkpointer(path) if path else None
         self._appender = UpdateAppender(path, INSERT_UPDATE_SQLITE) if path else None
         self.group = GroupCommit(self, alone=self._updates_alone if path else None)
-        # SQLite: the writers' connection, kept from one transaction to the next.
-        self._kept: AsyncConnection | None = None
         # Called after a commit that wrote webhook deliveries (the sender's wake-up).
         self.on_outbox: Callable[[], None] | None = None
         # The event webhook subscriptions every event write here matches against.
@@ -114,7 +112,7 @@ class Database:
         budget = self.lock_timeout_s if lock_timeout_s is None else lock_timeout_s
         deadline = asyncio.get_running_loop().time() + budget
         try:
-            async with self._turn(deadline, group_round), self._writing() as connection:
+            async with self._turn(deadline, group_round), self.engine.connect() as connection:
                 if self._writers is None:
                     async with connection.begin():
                         tx = StoreTx(connection, self.subscriptions)
@@ -127,7 +125,7 @@ class Database:
                         yield tx
                         tx.claimed.require_settled()
                         await tx.send_notifications()
-                tx.committed = True  # what follows (the connection given back) may be cancelled
+                tx.committed = True  # what follows (the connection's close) may be cancelled
             if self.checkpointer is not None:
                 self.checkpointer.wrote()
             if tx.outboxed and self.on_outbox is not None:
@@ -143,28 +141,6 @@ class Database:
                 raise
             raise self._refused(exc, what) from exc
         self.health.wrote()
-
-    @asynccontextmanager
-    async def _writing(self) -> AsyncIterator[AsyncConnection]:
-        """The connection a write transaction runs on. SQLite: one kept from one to the
-        next (the writers take turns, ``_turn``), as taking one from the pool and giving it
-        back cost more than a short transaction's statements; after a write that failed,
-        a fresh one. PostgreSQL: one from the pool, for as long as the transaction."""
-        if self._writers is None:
-            async with self.engine.connect() as connection:
-                yield connection
-            return
-        kept, self._kept = self._kept, None  # (kept again only if the transaction ends well)
-        if kept is None or kept.closed or kept.invalidated:
-            connection = await self.engine.connect()
-        else:
-            connection = kept
-        try:
-            yield connection
-        except BaseException:
-            await connection.close()
-            raise
-        self._kept = connection
 
     async def _updates_alone(self, rows: list[tuple[str, bytes]]) -> list[int]:
         """SQLite file: a group commit round of sessions' updates and nothing else, in a
@@ -222,9 +198,6 @@ class Database:
     async def close(self) -> None:
         """Finish the group commit's rounds, checkpoint, then close every connection."""
         await self.group.close()
-        if self._kept is not None:
-            kept, self._kept = self._kept, None
-            await kept.close()
         if self._appender is not None:
             await self._appender.close()
         if self.checkpointer is not None:

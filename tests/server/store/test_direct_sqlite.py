@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import event, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from parley.server.store import command_statements
@@ -135,31 +135,6 @@ def _prompt_row() -> EntryRow:
         created_at=1,
         started_at=None,
     )
-
-
-async def test_the_writers_keep_one_connection_and_take_a_fresh_one_after_a_failure(
-    tmp_path: Path,
-) -> None:
-    """SQLite's writers take turns on one connection kept between transactions (no pool
-    checkout per write); a transaction that failed gives its connection up."""
-    async with sql_store(sqlite_url(tmp_path)) as store:
-        await _store_with_session(store)
-        checkouts: list[object] = []
-        engine = store.engine.sync_engine
-        event.listen(engine, "checkout", lambda dbapi, *_: checkouts.append(dbapi))
-        for seq in range(1, 6):
-            async with store.transaction() as tx:
-                await tx.connection.execute(command_statements.INSERT_EVENTS, _event(seq))
-        assert checkouts == []  # the one the session was made on
-        with pytest.raises(IntegrityError):
-            async with store.transaction() as tx:
-                await tx.connection.execute(command_statements.INSERT_EVENTS, _event(1))
-        async with store.transaction() as tx:
-            await tx.connection.execute(command_statements.INSERT_EVENTS, _event(6))
-        assert len(checkouts) == 1
-        async with store.read() as connection:
-            stored = (await connection.execute(select(session_events.c.seq))).scalars().all()
-        assert sorted(stored) == [1, 2, 3, 4, 5, 6]
 
 
 async def test_statements_either_way_are_one_transaction(tmp_path: Path) -> None:
