@@ -276,6 +276,7 @@ class Settings(BaseSettings):
     webhook_max_waiting: int = Field(
         default=10_000,
         ge=1,
+        le=1_000_000,
         description="Unfinished deliveries one subscription may hold (paused, disabled or "
         "behind); past it it takes no new delivery, and a paused one is disabled",
     )

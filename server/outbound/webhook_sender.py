@@ -32,7 +32,7 @@ from parley.server.settings import Settings
 from parley.server.store.outbox import Attempt, Claimed, claim, next_due, prune, record
 from parley.server.store.sessions import Store
 from parley.server.store.tables import webhook_deliveries
-from parley.server.store.webhooks import PENDING, SENDING
+from parley.server.store.webhooks import PENDING, SENDING, WaitingCap
 from parley.session.backoff import doubling_s
 from parley.session.errors import NotFound, ParleyError
 from parley.session.webhook_lanes import (
@@ -76,6 +76,8 @@ class WebhookSender:
         self.store = store
         self.settings = settings
         self.clock = clock
+        # When a full subscription's backlog is counted again as it drains (``record``).
+        self._cap = WaitingCap(settings.webhook_max_waiting)
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         # Each attempt in flight: what it sends, and when it started (``time.monotonic``).
@@ -238,7 +240,7 @@ class WebhookSender:
                     attempt,
                     retry_at=retry_at,
                     failure_limit=self.settings.webhook_failure_limit,
-                    max_waiting=self.settings.webhook_max_waiting,
+                    cap=self._cap,
                 )
         except (IntegrityError, NotFound):  # the subscription was deleted meanwhile
             log.info("webhook attempt of a deleted subscription", extra={"id": delivery.id})

@@ -94,6 +94,8 @@ class WaitingCap:
         self.limit = limit
         self.every = max(1, limit // 8)
         self._unchecked: dict[str, int] = {}
+        # Deliveries sent of each full subscription since its backlog was last counted.
+        self._drained: dict[str, int] = {}
 
     def count_due(self, webhook_id: str, adding: int) -> bool:
         """``adding`` deliveries are about to be written for ``webhook_id``: True when
@@ -105,10 +107,23 @@ class WaitingCap:
         self._unchecked[webhook_id] = unchecked
         return False
 
+    def recount_due(self, webhook_id: str) -> bool:
+        """A delivery of ``webhook_id``, whose outbox is full, was sent: True when its
+        waiting deliveries are to be counted again (at the first, then once per eighth of
+        the cap sent), to see whether it takes deliveries again. (Counted at every one, a
+        full subscription's drain cost up to the cap's index entries a delivery.)"""
+        drained = self._drained.get(webhook_id, self.every - 1) + 1
+        if drained >= self.every:
+            self._drained[webhook_id] = 0
+            return True
+        self._drained[webhook_id] = drained
+        return False
+
     def keep_only(self, webhook_ids: set[str]) -> None:
         """Forget the tallies of subscriptions deleted (at most ``max_webhooks`` kept)."""
-        for gone in self._unchecked.keys() - webhook_ids:
-            del self._unchecked[gone]
+        for tally in (self._unchecked, self._drained):
+            for gone in tally.keys() - webhook_ids:
+                del tally[gone]
 
 
 class Subscriptions:
