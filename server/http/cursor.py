@@ -11,6 +11,7 @@ import json
 from parley.session.errors import InvalidInput
 
 CURSOR = r"[A-Za-z0-9_-]{1,400}"  # base64url, unpadded
+MAX_ROW_ID_CHARS = 200  # longer than any row id the lists give
 
 
 def make_cursor(created_at: int, row_id: str) -> str:
@@ -27,5 +28,9 @@ def read_cursor(cursor: str) -> tuple[int, str]:
     except (binascii.Error, ValueError, TypeError):
         raise InvalidInput("cursor: not a cursor this server gave") from None
     if type(created_at) is not int or not isinstance(row_id, str):
+        raise InvalidInput("cursor: not a cursor this server gave")
+    # Within what the columns hold: a number past a 64-bit integer failed in the database
+    # driver (500 on SQLite, 503 on PostgreSQL, review), an id past any row's is no row's.
+    if not 0 <= created_at < 2**63 or not 0 < len(row_id) <= MAX_ROW_ID_CHARS:
         raise InvalidInput("cursor: not a cursor this server gave")
     return created_at, row_id

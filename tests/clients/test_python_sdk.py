@@ -559,3 +559,11 @@ async def test_dot_segments_name_nothing_and_reach_no_other_route(
                 with pytest.raises(InvalidInput):
                     await admin.delete_fact(sid, key)  # no such fact: nothing else either
         assert (await admin.get_session(sid)).id == sid
+
+
+async def test_list_sessions_takes_a_cursor_or_an_offset_not_both() -> None:
+    """Review: given both, the SDK dropped the offset silently (the server refuses the
+    pair); it says so before any request."""
+    async with AdminClient("http://127.0.0.1:9", ADMIN_KEY) as admin:
+        with pytest.raises(ValueError, match="cursor or an offset"):
+            await admin.list_sessions(offset=2, cursor="abc")

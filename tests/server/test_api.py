@@ -4,6 +4,8 @@ the app's own paths and the OpenAPI document over real HTTP."""
 
 from __future__ import annotations
 
+import base64
+import json
 from collections.abc import AsyncIterator
 
 import httpx
@@ -64,6 +66,21 @@ async def test_a_cursor_pages_sessions_past_one_deleted_between_pages(rest: Back
     for bad in ("nope!", "bm9wZQ", f"{first['next_cursor']}&offset=1"):
         refused = await rest.request("GET", f"/api/v1/sessions?cursor={bad}")
         assert refused.status_code == 422 and refused.json()["error"]["code"] == "invalid"
+
+
+@pytest.mark.parametrize(
+    "position", [[10**30, "x"], [2**63, "x"], [-1, "x"], [1, ""], [1, "x" * 201], [True, "x"]]
+)
+async def test_a_cursor_out_of_the_columns_range_is_refused_invalid(
+    rest: Backend, position: list[object]
+) -> None:
+    """Review: a cursor's number past a 64-bit integer reached the database driver, which
+    failed (500 on SQLite, 503 ``unavailable`` on PostgreSQL): a caller's input, not a
+    fault of the server's."""
+    raw = json.dumps(position).encode()
+    cursor = base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+    refused = await rest.request("GET", f"/api/v1/sessions?cursor={cursor}")
+    assert refused.status_code == 422 and refused.json()["error"]["code"] == "invalid"
 
 
 async def test_session_title_is_optional(rest: Backend) -> None:

@@ -248,9 +248,11 @@ class AdminClient:
     ) -> SessionPage:
         """A page of sessions, oldest first: after ``cursor`` (the last page's
         ``next_cursor``, which a session deleted meanwhile does not move), or past
-        ``offset``."""
+        ``offset``; not both (``ValueError``, as the server refuses the pair)."""
         params: dict[str, Any] = {"limit": limit, "offset": offset}
         if cursor is not None:
+            if offset:
+                raise ValueError("list_sessions takes a cursor or an offset, not both")
             params = {"limit": limit, "cursor": cursor}
         data = await self.request("GET", _path("sessions"), params=params)
         return _build(SessionPage, data, sessions=tuple(_session(s) for s in data["sessions"]))
