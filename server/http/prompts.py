@@ -31,6 +31,7 @@ from parley.server.runtime.room import SessionRoom
 from parley.server.state import AppState
 from parley.session.entries import EntryKind
 from parley.session.errors import Forbidden, InvalidInput, NotFound, RateLimited, error_for
+from parley.session.ratelimit import Cost, Spend
 
 
 def _actor(caller: Caller, as_user: str | None) -> str:
@@ -55,12 +56,22 @@ async def send(
     # REST, resends answered from the store spent none, each a read); past the budget, one
     # the recent acks hold is answered from memory all the same.
     known = room.recent_acks.knows(actor, command["id"])
+    resent = None
     try:
         spend_command(state, room, actor)
     except RateLimited:
-        if not known:
+        # Past it, a resend the store answers spends the member's resend allowance, the
+        # size of a socket's (review: a socket answered it, REST refused it 429).
+        if known:
+            pass
+        elif room.budgets.allow(actor, Cost(Spend.RESENDS, 1), room.clock()):
+            resent = await stored_resend(room, actor, frame)
+            if resent is None:
+                raise
+        else:
             raise
-    resent = None if known else await stored_resend(room, actor, frame)
+    else:
+        resent = None if known else await stored_resend(room, actor, frame)
     if caller.is_admin:
         what = {"action": f"{command['type']} as {actor}", "command_id": command["id"]}
         await room.writer.audit("as_user", ADMIN_ACTOR, {**what, "user_id": actor})

@@ -19,7 +19,7 @@ from parley.authz.tokens import ClientClaims, token_refusal
 from parley.server.settings import Settings
 from parley.server.store.access_rows import TokenRow
 from parley.server.store.port import SessionStore
-from parley.server.ws.connection import Connection
+from parley.server.ws.connection import RESENDS_BURST, Connection
 from parley.session.closes import CloseCode
 from parley.session.core import MemberUpdated, TokenRevoked
 from parley.session.ratelimit import Rate, Spend
@@ -175,4 +175,5 @@ def member_rates(settings: Settings) -> dict[Spend, Rate]:
         Spend.COMMAND_BYTES: Rate(settings.command_bytes_per_s, settings.command_burst_bytes),
         Spend.READ_BYTES: Rate(settings.read_bytes_per_s, settings.read_burst_bytes),
         Spend.SYNC_BYTES: Rate(settings.sync_bytes_per_s, settings.sync_burst_bytes),
+        Spend.RESENDS: Rate(settings.commands_per_second, RESENDS_BURST),
     }

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import httpx
 from pycrdt import Array, Map
@@ -95,11 +96,11 @@ async def test_rest_resends_get_their_first_answers_past_the_rate(tmp_path: Path
             assert over.status_code == 429
 
 
-async def test_rest_resends_of_stored_commands_spend_the_command_budget(tmp_path: Path) -> None:
-    """Review (bounded): over REST, a resend answered from the store, or from the recent
-    acks, spent no command budget, while the same on a socket did: a caller could make a
-    read of the store per request without limit. Now each spends it; past it, the recent
-    acks still answer."""
+async def _stored_by_rest(
+    tmp_path: Path, bodies: list[dict[str, str]]
+) -> tuple[str, str, dict[str, str], list[Any]]:
+    """``bodies`` posted as messages by an editor over REST to a server then stopped: the
+    database, the messages route, the editor's auth header and the first answers."""
     database = sqlite_url(tmp_path)
     async with serve_in_process(make_settings(database, tmp_path / "d")) as server:
         sid = await server.new_session({"ann": "editor"})
@@ -107,8 +108,17 @@ async def test_rest_resends_of_stored_commands_spend_the_command_budget(tmp_path
         messages = f"/api/v1/sessions/{sid}/messages"
         auth = {"Authorization": f"Bearer {token}"}
         async with httpx.AsyncClient(base_url=server.base_url, headers=auth) as ann:
-            sent = [{"text": f"note {n}", "id": f"m{n}"} for n in range(2)]
-            first = [(await ann.post(messages, json=body)).json() for body in sent]
+            first = [(await ann.post(messages, json=body)).json() for body in bodies]
+    return database, messages, auth, first
+
+
+async def test_rest_resends_of_stored_commands_spend_the_command_budget(tmp_path: Path) -> None:
+    """Review (bounded): over REST, a resend answered from the store, or from the recent
+    acks, spent no command budget, while the same on a socket did: a caller could make a
+    read of the store per request without limit. Now each spends it; past it, the recent
+    acks still answer."""
+    sent = [{"text": f"note {n}", "id": f"m{n}"} for n in range(2)]
+    database, messages, auth, first = await _stored_by_rest(tmp_path, sent)
     tight = tight_rate(database, tmp_path, burst=5)
     async with (
         serve_in_process(tight) as again,
@@ -120,6 +130,29 @@ async def test_rest_resends_of_stored_commands_spend_the_command_budget(tmp_path
         over = await ann.post(messages, json={"text": "new", "id": "m2"})
         assert over.status_code == 429, over.text
         assert over.json()["error"]["code"] == "rate_limited"
+
+
+async def test_a_rest_resend_the_store_answers_is_answered_past_the_budget(
+    tmp_path: Path,
+) -> None:
+    """Review (same answer everywhere): past the member's command budget, a resend of a
+    command only the store knows (after a restart) was refused 429 over REST while a
+    socket answered it from the store, within its resend allowance. Now REST answers it
+    too, within the member's; a command never stored is still refused."""
+    database, messages, auth, (first,) = await _stored_by_rest(
+        tmp_path, [{"text": "kept", "id": "kept"}]
+    )
+    tight = tight_rate(database, tmp_path, burst=5)
+    async with (
+        serve_in_process(tight) as again,
+        httpx.AsyncClient(base_url=again.base_url, headers=auth) as ann,
+    ):
+        spent = [await ann.post(messages, json={"text": f"n{n}", "id": f"n{n}"}) for n in range(12)]
+        assert spent[-1].status_code == 429  # the budget is gone
+        resent = await ann.post(messages, json={"text": "kept", "id": "kept"})
+        assert resent.status_code == 202 and resent.json() == first
+        new = await ann.post(messages, json={"text": "new", "id": "never"})
+        assert new.status_code == 429 and new.json()["error"]["code"] == "rate_limited"
 
 
 async def test_resends_of_stored_commands_after_a_restart_get_their_first_acks(
