@@ -67,27 +67,24 @@ class _Plan:
     def __init__(self, compiled: Any) -> None:
         sql: str = compiled.string
         processors = compiled._bind_processors
+        given = compiled.construct_params(_check=False)
+        names: list[str] = []
         # Values bound in the statement itself (a literal, an IN list), by name; any other
         # must come with the parameters.
-        given = compiled.construct_params(_check=False)
-        defaults: dict[str, Any] = {
-            name: given[name]
-            for name, bind in ((n, compiled.binds.get(n)) for n in compiled.positiontup)
-            if bind is not None and not bind.required
-        }
-        names: list[str] = []
+        defaults: dict[str, Any] = {}
         for name in compiled.positiontup:
             bind = compiled.binds.get(name)
-            if bind is None or not bind.expanding:
-                names.append(name)
+            if bind is not None and bind.expanding:
+                # An IN list given in the statement: its values, each a parameter of its own.
+                items = [f"{name}~{i}" for i in range(len(bind.value))]
+                sql = sql.replace(f"__[POSTCOMPILE_{name}]", ", ".join("?" for _ in items))
+                defaults.update(zip(items, bind.value, strict=True))
+                processors = {**processors, **dict.fromkeys(items, processors.get(name))}
+                names.extend(items)
                 continue
-            # An IN list given in the statement: its values, each a parameter of its own.
-            token = f"__[POSTCOMPILE_{name}]"
-            items = [f"{name}~{i}" for i in range(len(bind.value))]
-            sql = sql.replace(token, ", ".join("?" for _ in items))
-            defaults.update(zip(items, bind.value, strict=True))
-            names.extend(items)
-            processors = {**processors, **dict.fromkeys(items, processors.get(name))}
+            if bind is not None and not bind.required:
+                defaults[name] = given[name]
+            names.append(name)
         self.sql = sql
         self.names: tuple[str, ...] = tuple(names)
         self.processors: tuple[Callable[[Any], Any] | None, ...] = tuple(
