@@ -36,7 +36,6 @@ from parley.server.store.webhooks import (
     DELIVERED,
     DISABLED,
     FAILED,
-    MAX_WAITING,
     PENDING,
     SENDING,
     WaitingCap,
@@ -343,15 +342,15 @@ async def record(
     *,
     retry_at: int | None,
     failure_limit: int,
-    max_waiting: int = MAX_WAITING,
     cap: WaitingCap | None = None,
 ) -> None:
     """Store an attempt: delivered, due again at ``retry_at``, or failed for good (None).
     A failure adds to the subscription's run of failures, which disables it at
     ``failure_limit``; a success ends the run, and an active subscription whose outbox was
-    full takes deliveries again once half of ``max_waiting`` (``cap``'s limit, if given) or
-    fewer wait, counted when ``cap`` says so (else at every success). Nothing for a
-    delivery deleted meanwhile (with its subscription)."""
+    full takes deliveries again once half of ``cap``'s limit (default: ``MAX_WAITING``) or
+    fewer wait, counted when ``cap`` says so. Nothing for a delivery deleted meanwhile
+    (with its subscription)."""
+    cap = WaitingCap() if cap is None else cap
     d = webhook_deliveries
     await _lock_heads(connection, [(delivery.webhook_id, delivery.session_id)])
     stored = (await connection.execute(select(d.c.head).where(d.c.id == int(delivery.id)))).first()
@@ -389,10 +388,10 @@ async def record(
         )
         now = found.first()
         full = now is not None and now.full_at is not None and now.status == ACTIVE
-        half = (max_waiting if cap is None else cap.limit) // 2
+        half = cap.limit // 2
         if (
             full
-            and (cap is None or cap.recount_due(delivery.webhook_id))
+            and cap.recount_due(delivery.webhook_id)
             and await _waiting(connection, delivery.webhook_id, half + 1) <= half
         ):
             await not_full(connection, delivery.webhook_id)

@@ -176,7 +176,7 @@ async def test_a_paused_subscription_holds_at_most_its_cap_then_is_disabled(
         for delivery in await _claim(store, 20):
             async with store.transaction() as tx:
                 await record(
-                    tx.connection, delivery, OK, retry_at=None, failure_limit=100, max_waiting=3
+                    tx.connection, delivery, OK, retry_at=None, failure_limit=100, cap=WaitingCap(3)
                 )
     await _joined(store, "s1", "h")
     async with store.read() as connection:
