@@ -18,11 +18,14 @@ some may not read stay on the server).
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
 from pycrdt import Map, Text
+
+from parley.session.yitems import NewText
 
 MESSAGE_STATUS = "posted"
 
@@ -76,7 +79,7 @@ class Entry:
         }
 
 
-def entry_map(
+def entry_fields(
     *,
     id: str,
     seq: int,
@@ -87,26 +90,34 @@ def entry_map(
     text: str,
     created_at: int,
     **extra: Any,
-) -> Map[Any]:
-    return Map(
-        {
-            "id": id,
-            "seq": seq,
-            "kind": kind.value,
-            "author": author,
-            "role": role,
-            "status": status,
-            "content": Text(text),
-            "created_at": created_at,
-            **extra,
-        }
-    )
+) -> dict[str, Any]:
+    """An entry's fields in the order its map is written, ``content`` as a ``NewText``."""
+    return {
+        "id": id,
+        "seq": seq,
+        "kind": kind.value,
+        "author": author,
+        "role": role,
+        "status": status,
+        "content": NewText(text),
+        "created_at": created_at,
+        **extra,
+    }
+
+
+def entry_map(fields: dict[str, Any]) -> Map[Any]:
+    """The prelim map of ``entry_fields``, for pycrdt to write."""
+    return Map({k: Text(v) if isinstance(v, NewText) else v for k, v in fields.items()})
 
 
 def read_entry(entry: Map[Any]) -> Entry:
     """The entry's copy, read from its map in one pass (the map's JSON, nested text
     included: each field read on its own cost a transaction of the document's)."""
-    fields = json.loads(str(entry))
+    return entry_from_fields(json.loads(str(entry)))
+
+
+def entry_from_fields(fields: Mapping[str, Any]) -> Entry:
+    """The entry's copy from its fields as plain values (``content`` a string)."""
 
     def optional(key: str) -> str | None:
         value = fields.get(key)

@@ -16,25 +16,62 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from pycrdt import Array, Doc, Map, Text, TransactionEvent
 
 from parley.session.attribution import Fact
-from parley.session.entries import MESSAGE_STATUS, Entry, EntryKind, entry_map, read_entry
+from parley.session.entries import (
+    MESSAGE_STATUS,
+    Entry,
+    EntryKind,
+    entry_fields,
+    entry_from_fields,
+    entry_map,
+    read_entry,
+)
 from parley.session.errors import InvalidInput, NotFound
 from parley.session.lifecycle import (
     PromptStatus,
     ReplyStatus,
     check_prompt_transition,
     check_reply_transition,
+    is_terminal,
 )
 from parley.session.observers import observe_weakly
 from parley.session.queue_root import queue_edits
 from parley.session.reasons import Ending
+from parley.session.yitems import ID, UpdateWriter, WrittenMap
+from parley.session.yprotocol import decode_state_vector
 
 SCHEMA_VERSION = 1
+
+ENCODE_FROM = 1000
+"""Transcript length from which new entries are written as encoded updates (``_Written``):
+pycrdt's insert walks the array, about 20 to 150 ns an entry as the machine is loaded; an
+encoded insert costs about 30 us whatever the length, and each later change to the entry
+about 10 us more than through pycrdt's handle."""
+
+
+_UNCHANGING = frozenset({EntryKind.MESSAGE.value, EntryKind.TOOL.value})
+"""Kinds of entry no mutator changes once written."""
+
+
+@dataclass(slots=True)
+class _Written:
+    """An entry this document wrote as encoded updates: the ids that name its items, and
+    its fields as plain values (its text in pieces, joined when read)."""
+
+    ids: WrittenMap
+    fields: dict[str, Any]
+    text: list[str]
+
+    def read(self) -> Entry:
+        if len(self.text) > 1:
+            self.text[:] = ["".join(self.text)]
+        return entry_from_fields({**self.fields, "content": self.text[0] if self.text else ""})
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,8 +111,9 @@ class SessionDocument:
     running node wrote, say) are applied to ``doc`` directly: the mirrors notice and follow.
     """
 
-    def __init__(self, doc: Doc[Any]) -> None:
+    def __init__(self, doc: Doc[Any], *, encode_from: int = ENCODE_FROM) -> None:
         self.doc = doc
+        self.encode_from = encode_from
         self.transcript: Array[Any] = doc.get("transcript", type=Array)
         self.queue: Array[Any] = doc.get("queue", type=Array)
         self.meta: Map[Any] = doc.get("meta", type=Map)
@@ -85,7 +123,17 @@ class SessionDocument:
         # Mirrors of the document kept in step by the mutators, so that reading the story
         # costs dictionary look-ups, not a walk through the CRDT, on every run.
         self._order: list[str] = []
+        # Each entry is live in pycrdt (``_entries``: a handle on its map), or one this
+        # document wrote itself, encoded: while it may change (``_written``: its ids and
+        # fields), then as its copy alone (``_settled``: a message, a tool step, a prompt
+        # or reply in its final status). An entry's map item id is in ``_items`` when
+        # known, for its neighbours' inserts.
         self._entries: dict[str, Map[Any]] = {}
+        self._written: dict[str, _Written] = {}
+        self._settled: dict[str, Entry] = {}
+        self._items: dict[str, ID] = {}
+        self._writer: UpdateWriter | None = None
+        self._state_after: tuple[bytes, int] = (b"", 0)  # the state the last update left
         self._copies: dict[str, Entry] = {}
         # The copies in story order, kept for ``entries``: the first ``_listed_valid`` are
         # current. A mutator takes the entries it changes through ``_entry``, which moves
@@ -112,6 +160,10 @@ class SessionDocument:
         self._stale = False
         self._order = []
         self._entries = {}
+        self._written = {}
+        self._settled = {}
+        self._items = {}
+        self._writer = None
         self._copies = {}
         self._listed_valid = 0
         for entry in self.transcript:
@@ -141,7 +193,8 @@ class SessionDocument:
     @_mutator
     def pin(self, entry_id: str) -> bool:
         """Pin an entry; False if it was pinned already."""
-        self._entry(entry_id)
+        if not self.has_entry(entry_id):
+            raise NotFound(f"no transcript entry {entry_id!r}")
         if entry_id in self.pinned():
             return False
         self.pins.append(entry_id)
@@ -181,7 +234,7 @@ class SessionDocument:
     @_mutator
     def add_prompt(self, *, id: str, seq: int, author: str, text: str, created_at: int) -> None:
         """Append a queued prompt; the caller lists it in ``queue`` with ``set_queue``."""
-        with self.doc.transaction():
+        with self._transaction():
             self._append(
                 id=id,
                 seq=seq,
@@ -206,7 +259,7 @@ class SessionDocument:
     ) -> None:
         """Append a message; ``source`` ``private_thread``: shared back from a side-thread."""
         extra = {} if source is None else {"source": source}
-        with self.doc.transaction():
+        with self._transaction():
             self._append(
                 id=id,
                 seq=seq,
@@ -228,33 +281,36 @@ class SessionDocument:
         Several prompts share a reply when a coalesced run answers them together; the reply's
         ``reply_to`` is the last of them and ``answers`` lists them all.
         """
-        prompts = self._distinct(prompt_ids)
-        if not prompts:
+        self._distinct(prompt_ids)
+        if not prompt_ids:
             raise ValueError("a reply answers at least one prompt")
-        for prompt in prompts:  # check everything before changing anything
-            check_prompt_transition(PromptStatus(prompt["status"]), PromptStatus.RUNNING)
-        with self.doc.transaction():
-            for prompt in prompts:
-                prompt["status"] = PromptStatus.RUNNING.value
-                prompt["reply_id"] = reply_id
-                prompt["started_at"] = created_at
+        for prompt_id in prompt_ids:  # check everything before changing anything
+            status = self._get(prompt_id, "status")
+            check_prompt_transition(PromptStatus(status), PromptStatus.RUNNING)
+        with self._transaction():
+            for prompt_id in prompt_ids:
+                self._set(
+                    prompt_id,
+                    status=PromptStatus.RUNNING.value,
+                    reply_id=reply_id,
+                    started_at=created_at,
+                )
             last = max(self._position(p) for p in prompt_ids)
-            index = last + 1
-            entry = entry_map(
-                id=reply_id,
-                seq=int(self._entries[self._order[last]]["seq"]),
-                kind=EntryKind.REPLY,
-                author=author,
-                role="assistant",
-                status=ReplyStatus.STREAMING.value,
-                text="",
-                created_at=created_at,
-                reply_to=self._order[last],
-                answers=list(prompt_ids),
+            self._insert(
+                last + 1,
+                entry_fields(
+                    id=reply_id,
+                    seq=self._copy(self._order[last]).seq,
+                    kind=EntryKind.REPLY,
+                    author=author,
+                    role="assistant",
+                    status=ReplyStatus.STREAMING.value,
+                    text="",
+                    created_at=created_at,
+                    reply_to=self._order[last],
+                    answers=list(prompt_ids),
+                ),
             )
-            self.transcript.insert(index, entry)
-            self._order.insert(index, reply_id)
-            self._entries[reply_id] = entry  # integrated now: no walk to ``index`` again
 
     @_mutator
     def add_tool_step(
@@ -269,11 +325,10 @@ class SessionDocument:
         created_at: int,
     ) -> None:
         """Insert one tool step of a running reply directly before the reply."""
-        reply = self._entry(reply_id)
-        index = self._position(reply_id)
-        entry = entry_map(
+        self._entry(reply_id)
+        fields = entry_fields(
             id=id,
-            seq=int(reply["seq"]),
+            seq=self._copy(reply_id).seq,
             kind=EntryKind.TOOL,
             author=author,
             role="tool",
@@ -283,10 +338,8 @@ class SessionDocument:
             reply_to=reply_id,
             tool=tool,
         )
-        with self.doc.transaction():
-            self.transcript.insert(index, entry)
-        self._order.insert(index, id)
-        self._entries[id] = entry
+        with self._transaction():
+            self._insert(self._position(reply_id), fields)
 
     @_mutator
     def set_queue(self, planned: Sequence[QueuedItem]) -> None:
@@ -308,6 +361,16 @@ class SessionDocument:
     @_mutator
     def append_reply_text(self, reply_id: str, text: str) -> None:
         reply = self._entry(reply_id)
+        if reply is None:  # written encoded
+            status = self._get(reply_id, "status")
+            if status != ReplyStatus.STREAMING.value:
+                check_reply_transition(ReplyStatus(status), ReplyStatus.STREAMING)
+            written = self._written[reply_id]
+            with self._transaction():
+                self._encoding().append_text(written.ids, text)
+            if text:
+                written.text.append(text)
+            return
         with self.doc.transaction():  # one for the reads and the insert: once per token
             status = reply["status"]
             if status != ReplyStatus.STREAMING.value:
@@ -325,43 +388,164 @@ class SessionDocument:
         """
         status = PromptStatus.DONE if ending is None else ending.status
         new = ReplyStatus.DONE if ending is None else ending.reply_status
-        prompts = self._distinct(prompt_ids)
-        replies = {
-            str(prompt["reply_id"]): self._entry(str(prompt["reply_id"]))
-            for prompt in prompts
-            if prompt.get("reply_id") is not None
-        }
-        for prompt in prompts:  # check everything before changing anything
-            check_prompt_transition(PromptStatus(prompt["status"]), status)
-        for reply in replies.values():
-            check_reply_transition(ReplyStatus(reply["status"]), new)
-        with self.doc.transaction():
-            for entry in prompts:
-                entry["status"] = status.value
-            for entry in replies.values():
-                entry["status"] = new.value
+        self._distinct(prompt_ids)
+        replies: list[str] = []
+        for prompt_id in prompt_ids:
+            reply_id = self._get(prompt_id, "reply_id")
+            if reply_id is not None and str(reply_id) not in replies:
+                self._entry(str(reply_id))
+                replies.append(str(reply_id))
+        for prompt_id in prompt_ids:  # check everything before changing anything
+            check_prompt_transition(PromptStatus(self._get(prompt_id, "status")), status)
+        for reply_id in replies:
+            check_reply_transition(ReplyStatus(self._get(reply_id, "status")), new)
+        with self._transaction():
+            for prompt_id in prompt_ids:
+                self._set(prompt_id, status=status.value)
+            for reply_id in replies:
+                self._set(reply_id, status=new.value)
             if ending is not None:
-                for entry in [*prompts, *replies.values()]:
-                    entry["reason"] = ending.reason
-                    entry["reason_code"] = ending.code.value
+                for entry_id in [*prompt_ids, *replies]:
+                    self._set(entry_id, reason=ending.reason, reason_code=ending.code.value)
+        if is_terminal(status):
+            for entry_id in [*prompt_ids, *replies]:
+                self._settle(entry_id)
 
     def _append(self, **fields: Any) -> None:
-        entry = entry_map(**fields)
-        self.transcript.append(entry)
-        self._order.append(fields["id"])
-        self._entries[fields["id"]] = entry  # integrated by the append: no walk to its index
+        self._insert(len(self._order), entry_fields(**fields))
 
-    def _distinct(self, entry_ids: Sequence[str]) -> list[Map[Any]]:
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """One document transaction, with what was encoded in it applied at its end. A
+        mutator that fails part way may leave ids it did not apply: the mirrors are rebuilt
+        from the document before their next use."""
+        try:
+            with self.doc.transaction():
+                yield
+                self._flush()
+        except BaseException:
+            self._writer = None
+            self._stale = True
+            raise
+
+    def _encoding(self) -> UpdateWriter:
+        """The update this transaction's encoded changes go into, begun at the document's
+        next clock."""
+        if self._writer is None:
+            self._writer = UpdateWriter(self.doc.client_id, self._next_clock())
+        return self._writer
+
+    def _next_clock(self) -> int:
+        """This client's next clock: read from the state vector, unless it is the one the
+        last encoded update left (nothing written since)."""
+        state = self.doc.get_state()
+        if state == self._state_after[0]:
+            return self._state_after[1]
+        return decode_state_vector(state).get(self.doc.client_id, 0)
+
+    def _flush(self) -> None:
+        """Apply the encoded changes so far: before pycrdt writes (it takes the next
+        clocks) and at the end of the transaction."""
+        writer, self._writer = self._writer, None
+        if writer is None or writer.empty:
+            return
+        self.doc.apply_update(writer.update())
+        state = self.doc.get_state()
+        clock = decode_state_vector(state).get(writer.client, 0)
+        if clock != writer.clock:  # it named an id the document does not hold
+            raise RuntimeError(f"an encoded change was not integrated ({clock} != {writer.clock})")
+        self._state_after = (state, clock)
+
+    def _insert(self, index: int, fields: dict[str, Any]) -> None:
+        """Insert an entry at ``index``: encoded, placed by its neighbours' ids, once the
+        transcript is long and those ids are known; else through pycrdt, noting the new
+        map's id (pycrdt gives a new map the next clock, then its keys the ones after)."""
+        order, items = self._order, self._items
+        entry_id = str(fields["id"])
+        left = order[index - 1] if index > 0 else None
+        right = order[index] if index < len(order) else None
+        if (
+            len(order) >= self.encode_from
+            and (left is None or left in items)
+            and (right is None or right in items)
+        ):
+            written = self._encoding().insert_map(
+                fields,
+                origin=None if left is None else items[left],
+                right_origin=None if right is None else items[right],
+                root="transcript",
+            )
+            text = str(fields["content"])
+            plain = {key: value for key, value in fields.items() if key != "content"}
+            self._written[entry_id] = _Written(written, plain, [text] if text else [])
+            items[entry_id] = written.item
+            if fields["kind"] in _UNCHANGING:
+                self._settle(entry_id)
+        else:
+            self._flush()
+            items[entry_id] = (self.doc.client_id, self._next_clock())
+            entry = entry_map(fields)
+            self.transcript.insert(index, entry)
+            self._entries[entry_id] = entry  # integrated now: no walk to ``index`` again
+        order.insert(index, entry_id)
+        self._listed_valid = min(self._listed_valid, index)
+
+    def _settle(self, entry_id: str) -> None:
+        """Keep only the copy of an encoded entry that will not change again."""
+        written = self._written.pop(entry_id, None)
+        if written is not None:
+            self._settled[entry_id] = written.read()
+
+    def _handle(self, entry_id: str) -> Map[Any]:
+        """A pycrdt handle on a settled entry, found by a walk to it: for a change the
+        schema does not make today (statuses that end are final)."""
+        self._flush()
+        entry: Map[Any] = self.transcript[self._position(entry_id)]
+        del self._settled[entry_id]
+        self._entries[entry_id] = entry
+        return entry
+
+    def _get(self, entry_id: str, key: str) -> Any:
+        """One field of an entry, for a mutator's checks."""
+        written = self._written.get(entry_id)
+        if written is not None:
+            return written.fields.get(key)
+        settled = self._settled.get(entry_id)
+        if settled is not None:
+            return getattr(settled, key, None)
+        entry = self._entry(entry_id)
+        assert entry is not None
+        return entry.get(key)
+
+    def _set(self, entry_id: str, **fields: Any) -> None:
+        """Set fields of an entry, in the mutator's transaction."""
+        entry = self._entry(entry_id)
+        if entry is None and entry_id in self._settled:
+            entry = self._handle(entry_id)
+        if entry is None:  # written encoded
+            written = self._written[entry_id]
+            writer = self._encoding()
+            for key, value in fields.items():
+                writer.set_key(written.ids, key, value)
+                written.fields[key] = value
+            return
+        self._flush()
+        for key, value in fields.items():
+            entry[key] = value
+
+    def _distinct(self, entry_ids: Sequence[str]) -> None:
+        """Check that the entries exist and are named once each; their copies are dropped."""
         if len(set(entry_ids)) != len(entry_ids):
             raise InvalidInput("an entry is named twice")
-        return [self._entry(entry_id) for entry_id in entry_ids]
+        for entry_id in entry_ids:
+            self._entry(entry_id)
 
-    def _entry(self, entry_id: str) -> Map[Any]:
-        """The live entry, for a mutator: its cached copy is dropped."""
-        try:
-            entry = self._entries[entry_id]
-        except KeyError:
-            raise NotFound(f"no transcript entry {entry_id!r}") from None
+    def _entry(self, entry_id: str) -> Map[Any] | None:
+        """The live entry, for a mutator (``None``: one written encoded); its cached copy
+        is dropped."""
+        entry = self._entries.get(entry_id)
+        if entry is None and entry_id not in self._written and entry_id not in self._settled:
+            raise NotFound(f"no transcript entry {entry_id!r}")
         if self._copies.pop(entry_id, None) is not None:
             self._listed_valid = min(self._listed_valid, self._position(entry_id))
         return entry
@@ -379,10 +563,17 @@ class SessionDocument:
         self._current()
         copy = self._copies.get(entry_id)
         if copy is None:
-            try:
-                copy = self._copies[entry_id] = read_entry(self._entries[entry_id])
-            except KeyError:
-                raise NotFound(f"no transcript entry {entry_id!r}") from None
+            written = self._written.get(entry_id)
+            if written is not None:
+                copy = written.read()
+            elif entry_id in self._settled:
+                copy = self._settled[entry_id]
+            else:
+                try:
+                    copy = read_entry(self._entries[entry_id])
+                except KeyError:
+                    raise NotFound(f"no transcript entry {entry_id!r}") from None
+            self._copies[entry_id] = copy
         return copy
 
     # -- reading ---------------------------------------------------------------------------
@@ -402,7 +593,7 @@ class SessionDocument:
 
     def has_entry(self, entry_id: str) -> bool:
         self._current()
-        return entry_id in self._entries
+        return entry_id in self._entries or entry_id in self._written or entry_id in self._settled
 
     def queued(self) -> list[QueuedItem]:
         return [

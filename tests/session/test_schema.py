@@ -10,7 +10,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pycrdt import Doc
 
-from parley.session.entries import MESSAGE_STATUS, Entry, EntryKind, entry_map, read_entry
+from parley.session.entries import (
+    MESSAGE_STATUS,
+    Entry,
+    EntryKind,
+    entry_fields,
+    entry_map,
+    read_entry,
+)
 from parley.session.errors import NotFound
 from parley.session.lifecycle import IllegalTransition, PromptStatus, ReplyStatus
 from parley.session.queue import OrderingQueue, PendingPrompt, Policy, QueueLimits
@@ -590,7 +597,7 @@ def test_an_entry_reads_back_as_it_was_written(
         "tool": other,
         "source": "private_thread",
     }
-    doc.transcript.append(entry_map(**fields, **optional))
+    doc.transcript.append(entry_map(entry_fields(**fields, **optional)))
     read = read_entry(doc.transcript[0])
     assert read == Entry(
         id=f"e{number}",
@@ -610,7 +617,7 @@ def test_an_entry_reads_back_as_it_was_written(
         tool=other,
         source="private_thread",
     )
-    doc.transcript.append(entry_map(**fields))  # the optional fields left out
+    doc.transcript.append(entry_map(entry_fields(**fields)))  # the optional fields left out
     assert read_entry(doc.transcript[1]) == Entry(
         f"e{number}", number, kind, other, "user", other, text, number
     )
