@@ -111,9 +111,9 @@ class SessionDocument:
     running node wrote, say) are applied to ``doc`` directly: the mirrors notice and follow.
     """
 
-    def __init__(self, doc: Doc[Any], *, encode_from: int = ENCODE_FROM) -> None:
+    def __init__(self, doc: Doc[Any], *, encode_from: int | None = None) -> None:
         self.doc = doc
-        self.encode_from = encode_from
+        self.encode_from = ENCODE_FROM if encode_from is None else encode_from
         self.transcript: Array[Any] = doc.get("transcript", type=Array)
         self.queue: Array[Any] = doc.get("queue", type=Array)
         self.meta: Map[Any] = doc.get("meta", type=Map)
