@@ -452,7 +452,9 @@ class SessionDocument:
         self.doc.apply_update(writer.update())
         state = self.doc.get_state()
         clock = decode_state_vector(state).get(writer.client, 0)
-        if clock != writer.clock:  # it named an id the document does not hold
+        if clock != writer.clock:
+            # It named an id the document does not hold: yrs keeps the rest pending (and
+            # drops it once this client's clock passes it); the mirrors are rebuilt.
             raise RuntimeError(f"an encoded change was not integrated ({clock} != {writer.clock})")
         self._state_after = (state, clock)
 

@@ -5,12 +5,14 @@ an append to a transcript of 5,000 entries followed 5,000 pointers, about a mill
 a loaded machine, twice a run. An update received from elsewhere is placed by the ids of
 its neighbours instead, each found by a binary search in its client's items. So the session
 document writes the changes it makes to entries whose item ids it knows as updates it
-encodes here (in the Yjs v1 format, byte for byte what pycrdt itself would send: see
-``tests/session/test_yitems.py``) and applies them to its document.
+encodes here, in the Yjs v1 format, and applies them to its document: the document ends
+byte for byte as pycrdt's own writes leave it, and every transaction's update (what is
+stored and sent) is the same bytes (``tests/session/test_yitems.py``).
 
 Only what the transcript holds is written: maps of plain values (strings, numbers, booleans,
-``None``, lists of those) and one text per map (``NewText``); anything else raises
-``TypeError`` and the caller lets pycrdt write it.
+``None``, lists of those) and one text per map (``NewText``); any other value raises
+``TypeError`` (a string that is not valid UTF-8, ``UnicodeEncodeError``), leaving the update
+as it was.
 """
 
 from __future__ import annotations
@@ -217,7 +219,7 @@ class UpdateWriter:
         mark = (len(self._structs), self.clock, self._count)
         try:
             return self._insert_map(fields, origin, right_origin, root)
-        except TypeError:  # a value not written here: nothing of the map is left
+        except Exception:  # a value not written here (or not UTF-8): nothing of it is left
             del self._structs[mark[0] :]
             self.clock, self._count = mark[1], mark[2]
             raise
