@@ -133,6 +133,9 @@ class SessionDocument:
         self._settled: dict[str, Entry] = {}
         self._items: dict[str, ID] = {}
         self._writer: UpdateWriter | None = None
+        # The text of each reply streamed through a pycrdt handle, from its first text to
+        # its end (only ``finish_prompts`` ends a reply: its status is not read again).
+        self._streaming: dict[str, Text] = {}
         self._state_after: tuple[bytes, int] = (b"", 0)  # the state the last update left
         self._copies: dict[str, Entry] = {}
         # The copies in story order, kept for ``entries``: the first ``_listed_valid`` are
@@ -164,6 +167,7 @@ class SessionDocument:
         self._settled = {}
         self._items = {}
         self._writer = None
+        self._streaming = {}
         self._copies = {}
         self._listed_valid = 0
         for entry in self.transcript:
@@ -372,10 +376,12 @@ class SessionDocument:
                 written.text.append(text)
             return
         with self.doc.transaction():  # one for the reads and the insert: once per token
-            status = reply["status"]
-            if status != ReplyStatus.STREAMING.value:
-                check_reply_transition(ReplyStatus(status), ReplyStatus.STREAMING)
-            content: Text = reply["content"]
+            content = self._streaming.get(reply_id)
+            if content is None:  # its first text: check it streams, keep its text's handle
+                status = reply["status"]
+                if status != ReplyStatus.STREAMING.value:
+                    check_reply_transition(ReplyStatus(status), ReplyStatus.STREAMING)
+                content = self._streaming[reply_id] = reply["content"]
             content.insert(len(content), text)
 
     @_mutator
@@ -407,6 +413,8 @@ class SessionDocument:
             if ending is not None:
                 for entry_id in [*prompt_ids, *replies]:
                     self._set(entry_id, reason=ending.reason, reason_code=ending.code.value)
+        for reply_id in replies:
+            self._streaming.pop(reply_id, None)
         if is_terminal(status):
             for entry_id in [*prompt_ids, *replies]:
                 self._settle(entry_id)
