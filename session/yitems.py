@@ -22,6 +22,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from pycrdt import write_var_uint
+
 ID = tuple[int, int]
 """An item's id: the client that wrote it and its clock."""
 
@@ -48,24 +50,13 @@ class WrittenMap:
 
     item: ID
     keys: dict[str, ID] = field(default_factory=dict)
-    item_bytes: bytes | None = field(default=None, repr=False, compare=False)
     text: ID | None = None
     text_end: ID | None = None
 
 
-def _varuint(out: bytearray, value: int) -> None:
-    if value < 0x80:
-        out.append(value)
-        return
-    while value > 0x7F:
-        out.append(0x80 | (value & 0x7F))
-        value >>= 7
-    out.append(value)
-
-
 def _varstring(out: bytearray, value: str) -> None:
     data = value.encode("utf-8")
-    _varuint(out, len(data))
+    out += write_var_uint(len(data))
     out += data
 
 
@@ -86,10 +77,7 @@ def _key(key: str) -> bytes:
 
 
 def _id(item: ID) -> bytes:
-    out = bytearray()
-    _varuint(out, item[0])
-    _varuint(out, item[1])
-    return bytes(out)
+    return write_var_uint(item[0]) + write_var_uint(item[1])
 
 
 def _any(out: bytearray, value: Any) -> None:
@@ -117,7 +105,7 @@ def _any(out: bytearray, value: Any) -> None:
         _number(out, value)
     elif isinstance(value, list | tuple):
         out.append(0x75)
-        _varuint(out, len(value))
+        out += write_var_uint(len(value))
         for item in value:
             _any(out, item)
     else:
@@ -179,11 +167,9 @@ class UpdateWriter:
             info |= _PARENT_SUB
         out.append(info)
         if origin is not None:
-            _varuint(out, origin[0])
-            _varuint(out, origin[1])
+            out += _id(origin)
         if right_origin is not None:
-            _varuint(out, right_origin[0])
-            _varuint(out, right_origin[1])
+            out += _id(right_origin)
         if origin is None and right_origin is None:
             # Only an item with no neighbour names its parent (else the neighbour's is its).
             if isinstance(parent, str):
@@ -191,12 +177,11 @@ class UpdateWriter:
                 _varstring(out, parent)
             elif parent is not None:
                 out.append(0)
-                _varuint(out, parent[0])
-                _varuint(out, parent[1])
+                out += _id(parent)
             else:
                 raise ValueError("an item with no neighbour needs its parent")
             if parent_sub is not None:
-                _varstring(out, parent_sub)
+                out += _key(parent_sub)
         return out
 
     def _took(self, length: int) -> ID:
@@ -234,7 +219,6 @@ class UpdateWriter:
             parent=root if origin is None and right_origin is None else None,
         ).append(_TYPE_MAP)
         written = WrittenMap(self._took(1))
-        written.item_bytes = _id(written.item)
         for key, value in fields.items():
             if isinstance(value, NewText):
                 self._item(_CONTENT_TYPE, parent=written.item, parent_sub=key).append(_TYPE_TEXT)
@@ -250,12 +234,8 @@ class UpdateWriter:
         content = bytearray(b"\x01")
         _any(content, value)  # before the header: a value refused leaves nothing written
         current = written.keys.get(key)
-        if current is None:  # the common case, written at once: the parent's id, the key
-            out = self._structs
-            out.append(_CONTENT_ANY | _PARENT_SUB)
-            out.append(0)
-            out += _id(written.item) if written.item_bytes is None else written.item_bytes
-            out += _key(key)
+        if current is None:
+            out = self._item(_CONTENT_ANY, parent=written.item, parent_sub=key)
         else:
             out = self._item(_CONTENT_ANY, origin=current, parent_sub=key)
             self._deleted.append(current)
@@ -287,13 +267,13 @@ class UpdateWriter:
         """The update: every item written, then the delete set."""
         out = bytearray()
         if self._count:
-            _varuint(out, 1)
-            _varuint(out, self._count)
-            _varuint(out, self.client)
-            _varuint(out, self.start)
+            out += write_var_uint(1)
+            out += write_var_uint(self._count)
+            out += write_var_uint(self.client)
+            out += write_var_uint(self.start)
             out += self._structs
         else:
-            _varuint(out, 0)
+            out += write_var_uint(0)
         _delete_set(out, self._deleted)
         return bytes(out)
 
@@ -303,7 +283,7 @@ def _delete_set(out: bytearray, deleted: Iterable[ID]) -> None:
     by_client: dict[int, list[int]] = {}
     for client, clock in deleted:
         by_client.setdefault(client, []).append(clock)
-    _varuint(out, len(by_client))
+    out += write_var_uint(len(by_client))
     for client, clocks in by_client.items():
         ranges: list[list[int]] = []
         for clock in sorted(set(clocks)):
@@ -311,8 +291,8 @@ def _delete_set(out: bytearray, deleted: Iterable[ID]) -> None:
                 ranges[-1][1] += 1
             else:
                 ranges.append([clock, 1])
-        _varuint(out, client)
-        _varuint(out, len(ranges))
+        out += write_var_uint(client)
+        out += write_var_uint(len(ranges))
         for clock, length in ranges:
-            _varuint(out, clock)
-            _varuint(out, length)
+            out += write_var_uint(clock)
+            out += write_var_uint(length)
