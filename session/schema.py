@@ -469,7 +469,8 @@ class SessionDocument:
     def _insert(self, index: int, fields: dict[str, Any]) -> None:
         """Insert an entry at ``index``: encoded, placed by its neighbours' ids, once the
         transcript is long and those ids are known; else through pycrdt, noting the new
-        map's id (pycrdt gives a new map the next clock, then its keys the ones after)."""
+        map's id once the transcript is that long (pycrdt gives a new map the next clock,
+        then its keys the ones after; shorter, the state vector is not read)."""
         order, items = self._order, self._items
         entry_id = str(fields["id"])
         left = order[index - 1] if index > 0 else None
@@ -493,7 +494,8 @@ class SessionDocument:
                 self._settle(entry_id)
         else:
             self._flush()
-            items[entry_id] = (self.doc.client_id, self._next_clock())
+            if len(order) + 1 >= self.encode_from:  # a neighbour of inserts to be encoded
+                items[entry_id] = (self.doc.client_id, self._next_clock())
             entry = entry_map(fields)
             self.transcript.insert(index, entry)
             self._entries[entry_id] = entry  # integrated now: no walk to ``index`` again
