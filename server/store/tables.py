@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import (
     BigInteger,
     Boolean,
@@ -19,11 +21,20 @@ from sqlalchemy import (
     false,
     text,
 )
+from sqlalchemy.sql.elements import TextClause
 
 metadata = MetaData()
 
 # Autoincrementing 64-bit keys on PostgreSQL, INTEGER PRIMARY KEY (rowid) on SQLite.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+def partial_index(name: str, where: TextClause, *columns: Column[Any]) -> Index:
+    """An index of the rows ``where`` holds, on both databases. ``where`` is literal SQL,
+    not bound: PostgreSQL uses a partial index only for a query implying its condition
+    with constants."""
+    return Index(name, *columns, postgresql_where=where, sqlite_where=where)
+
 
 sessions = Table(
     "sessions",
@@ -258,12 +269,8 @@ session_events = Table(
 # messages and few runs is not read through).
 REPLY_EVENT_KINDS = ("reply_completed", "run_failed", "run_started")
 REPLY_EVENTS = text("kind IN (" + ", ".join(f"'{k}'" for k in REPLY_EVENT_KINDS) + ")")
-Index(
-    "ix_session_events_replies",
-    session_events.c.session_id,
-    session_events.c.seq,
-    postgresql_where=REPLY_EVENTS,
-    sqlite_where=REPLY_EVENTS,
+partial_index(
+    "ix_session_events_replies", REPLY_EVENTS, session_events.c.session_id, session_events.c.seq
 )
 
 # Client tokens issued, so one can be revoked by its id; rows past ``expires_at`` (seconds)
@@ -363,12 +370,11 @@ Index(
 # Literal, not bound: PostgreSQL uses a partial index only for a query that implies its
 # condition with constants.
 WAITING = text("status IN ('pending', 'sending')")
-Index(
+partial_index(
     "ix_webhook_deliveries_waiting",
+    WAITING,
     webhook_deliveries.c.webhook_id,
     webhook_deliveries.c.id,
-    postgresql_where=WAITING,
-    sqlite_where=WAITING,
 )
 
 # Each attempt of a delivery: when, how long, the answer's status code or the error.
