@@ -65,8 +65,9 @@ class BuiltContext:
     """A model input and an account of what was left out of it.
 
     What was left out is kept in compact form (``left``: the turns the budget loop set
-    aside, newest first; ``older``: the turns it never reached, oldest first), so a build
-    does not pay for listing a long history that only a preview or a summary plan reads."""
+    aside, newest first; ``summarised`` then ``older``: the turns it never reached, oldest
+    first, the first known to be covered by the summary), so a build does not pay for
+    listing a long history that only a preview or a summary plan reads."""
 
     request: ModelRequest
     tokens_per_message: tuple[int, ...]
@@ -79,7 +80,7 @@ class BuiltContext:
     folded: tuple[tuple[str, str], ...] = ()  # (entry id, why) for every folded duplicate
     left: tuple[FoldedItem, ...] = ()
     older: tuple[FoldedItem, ...] = ()
-    older_covered: int = 0  # the first so many of ``older`` are known to be summarised
+    summarised: tuple[FoldedItem, ...] = ()  # before ``older``: known to be summarised
     included: tuple[str, ...] = ()  # every entry the input draws on: pins, then the messages
     sources: tuple[tuple[str, ...], ...] = ()  # the entries behind each message, in order
 
@@ -88,14 +89,14 @@ class BuiltContext:
         return self.system_tokens + sum(self.tokens_per_message)
 
     def _covered(self, item: FoldedItem) -> bool:
-        return self.summary is not None and self.summary.covers.issuperset(item.entry_ids)
+        return self.summary is not None and _covered_by(self.summary, item)
 
     @property
     def excluded(self) -> tuple[Excluded, ...]:
         """Every entry left out, with why: withheld, folded, summarised or over budget."""
         found = [*self.withheld, *(Excluded(e, why) for e, why in self.folded)]
         summarised = "" if self.summary is None else f"summarised in {self.summary.id}"
-        for item in (*self.left, *reversed(self.older)):
+        for item in chain(self.left, reversed(self.older), reversed(self.summarised)):
             reason = summarised if self._covered(item) else "over budget"
             found += [Excluded(e, reason) for e in item.entry_ids]
         return tuple(found)
@@ -103,7 +104,7 @@ class BuiltContext:
     def _uncovered(self) -> Iterator[FoldedItem]:
         """Turns over budget and not summarised, newest first (past the turns known to
         be summarised, which may be most of a long session)."""
-        maybe = chain(self.left, reversed(self.older[self.older_covered :]))
+        maybe = chain(self.left, reversed(self.older))
         return (i for i in maybe if not self._covered(i))
 
     @property
@@ -165,6 +166,21 @@ class _Scope:
     # is made once while it stays in the input. Only the last build's are kept, so this
     # holds the model's input at most, not the history.
     messages: dict[int, tuple[FoldedItem, ModelMessage]] = field(default_factory=dict)
+    # The fold's live items below ``edge``, as the last build listed them: the summarised
+    # turns a build hands on change only when a summary comes or one of them changes.
+    edge: int = 0
+    below_edge: tuple[FoldedItem, ...] = ()
+
+    def turns_below(self, edge: int) -> tuple[FoldedItem, ...]:
+        """The fold's live items before index ``edge``, oldest first."""
+        if edge != self.edge:
+            items = self.fold.items
+            if edge > self.edge:
+                self.below_edge += tuple(filter(None, items[self.edge : edge]))
+            else:
+                self.below_edge = tuple(filter(None, items[:edge]))
+            self.edge = edge
+        return self.below_edge
 
     def history_messages(self) -> Callable[[int, FoldedItem], ModelMessage]:
         """For one build: ``item`` (at ``index``) as a message of the history, made again
@@ -186,6 +202,8 @@ class _Scope:
         one before (then it counts from the start)."""
         items, fold = self.fold.items, self.fold
         changed, fold.changed = fold.changed, set()
+        if any(index < self.edge for index in changed):
+            self.edge, self.below_edge = 0, ()
         if summary is None:
             self.summary, self.covered = None, 0
             return 0
@@ -197,17 +215,20 @@ class _Scope:
             # those that changed, the first one uncovered ends the prefix.
             known = min(self.covered, len(items))
             for index in changed:
-                if index < known and not _covered_by(covers, items[index]):
+                if index < known and not _covered_by(summary, items[index]):
                     known = index
-        while known < len(items) and _covered_by(covers, items[known]):
+        while known < len(items) and _covered_by(summary, items[known]):
             known += 1
         self.summary, self.covered = summary, known
         return known
 
 
-def _covered_by(covers: frozenset[str], item: FoldedItem | None) -> bool:
-    """A merged-away item (None) counts as covered."""
-    return item is None or covers.issuperset(item.entry_ids)
+def _covered_by(summary: Summary, item: FoldedItem | None) -> bool:
+    """A merged-away item (None) counts as covered. A summary covers nothing after its
+    ``to_seq``: most items of an input are newer, told so without a look in the set."""
+    return item is None or (
+        item.last_seq <= summary.to_seq and summary.covers.issuperset(item.entry_ids)
+    )
 
 
 class ContextBuilder:
@@ -270,7 +291,6 @@ class ContextBuilder:
 
         unreadable = frozenset(x.entry_id for x in withheld_items)
         summary = newest_within(summaries, history[-1][0].seq, unreadable) if history else None
-        covered = summary.covers if summary is not None else frozenset()
         system = _system_text(facts or {}, pinned, summary)
         system_tokens = count_tokens(system)
 
@@ -298,7 +318,7 @@ class ContextBuilder:
             if index in answering_items:
                 kept.append(index)
                 unseen_answering -= 1
-            elif (covered and covered.issuperset(item.entry_ids)) or full:
+            elif full or (summary is not None and _covered_by(summary, item)):
                 left.append(item)
             elif spent + item.tokens > settings.budget:
                 full = True
@@ -334,7 +354,6 @@ class ContextBuilder:
             else:
                 messages.append(history_message(index, item))
         edge = min(summarised, cut)  # the turns below it are all covered by the summary
-        covered_turns = tuple(filter(None, fold.items[:edge]))  # in C: they may be many
         request = ModelRequest(
             session_id=session_id,
             issuers=tuple(dict.fromkeys(issuers)),
@@ -355,8 +374,8 @@ class ContextBuilder:
             withheld=tuple(withheld_items),
             folded=tuple(fold.excluded),
             left=tuple(left),
-            older=covered_turns + tuple(filter(None, fold.items[edge:cut])),
-            older_covered=len(covered_turns),
+            older=tuple(filter(None, fold.items[edge:cut])),
+            summarised=scope.turns_below(edge),
             included=tuple(included),
             sources=tuple(sources),
         )

@@ -18,7 +18,8 @@ some may not read stay on the server).
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections import deque
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -77,6 +78,43 @@ class Entry:
             "tool": self.tool,
             "source": self.source,
         }
+
+
+class ListingLog:
+    """Of each listing of one transcript, how many leading entries it shares with the
+    listing before it, for the last ``keep`` listings: so a reader of two listings knows
+    where they part without comparing them."""
+
+    def __init__(self, keep: int = 64) -> None:
+        self.generation = 0  # the newest listing's number
+        self._shared: deque[int] = deque(maxlen=keep)
+
+    def listed(self, shared: int) -> int:
+        """Number a new listing that shares its first ``shared`` entries with the last."""
+        self.generation += 1
+        self._shared.append(shared)
+        return self.generation
+
+    def shared(self, since: int, now: int) -> int | None:
+        """How many leading entries listing ``now`` shares with listing ``since`` at least
+        (None: not known, the listings are too far apart)."""
+        if since == now:
+            return None if now == 0 else 1 << 62  # one listing: all of it
+        oldest = self.generation - len(self._shared) + 1  # the oldest listing logged
+        if not oldest - 1 <= since < now <= self.generation:
+            return None
+        return min(self._shared[i] for i in range(since + 1 - oldest, now + 1 - oldest))
+
+
+class Listing(list[Entry]):
+    """Entries in story order as a document listed them, numbered in its ``log``."""
+
+    __slots__ = ("generation", "log")
+
+    def __init__(self, entries: Iterable[Entry], log: ListingLog, generation: int) -> None:
+        super().__init__(entries)
+        self.log = log
+        self.generation = generation
 
 
 def entry_fields(

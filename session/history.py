@@ -6,7 +6,8 @@ run's issuers may read, up to its (last) prompt, then the prompts it answers
 ``VisibleHistory`` keeps the judged prefix of one read scope and, on the next build, judges
 only what follows the first entry that changed (the transcript changes near its end: a
 prompt arrives, a reply finishes), the prompts being answered, and the entries a changed
-pin moves. Its result is the one a walk from the start gives (tests/session/test_fold.py).
+pin moves. Where the first change is, a document's listings say (``Listing``); other lists
+are compared. Its result is the one a walk from the start gives (tests/session/test_fold.py).
 
 The prefix is kept only while what judges it is the same: the same ``ReadFilter`` (a read
 scope as data, so it can be compared; any other callable judges afresh every time) and the
@@ -19,7 +20,7 @@ from bisect import bisect_left
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
-from parley.session.entries import MESSAGE_STATUS, Entry, EntryKind
+from parley.session.entries import MESSAGE_STATUS, Entry, EntryKind, Listing, ListingLog
 from parley.session.lifecycle import PromptStatus, ReplyStatus
 
 TOOL_DONE = "done"  # a tool step that returned a result (not an error or a refusal)
@@ -112,6 +113,7 @@ class VisibleHistory:
         self._index: dict[str, int] = {}  # entry id -> its index in ``_items``
         self._excluded: list[Excluded] = []
         self._excluded_at: list[int] = []  # the transcript position of each
+        self._seen: tuple[ListingLog, int] | None = None  # the last listing read, if one
 
     def read(
         self,
@@ -128,7 +130,7 @@ class VisibleHistory:
             self._withheld, self._private = withheld, dict(private_text)
             self._cut(0)
         start = first_asked(entries, prompt_ids)
-        self._cut(min(common_prefix(self._entries, entries), start))
+        self._cut(min(self._shared_with(entries), start))
         moved = [self._index[p] for p in pins.symmetric_difference(self._pins) if p in self._index]
         self._pins = pins
         if moved:
@@ -152,6 +154,18 @@ class VisibleHistory:
         if wanted:
             raise KeyError(sorted(wanted))
         return History(items, excluded, unchanged)
+
+    def _shared_with(self, entries: Sequence[Entry]) -> int:
+        """How many leading entries of the judged prefix ``entries`` begins with: told by
+        the document's log when both are its listings, else found by comparing them."""
+        seen, self._seen = self._seen, None
+        if isinstance(entries, Listing):
+            self._seen = (entries.log, entries.generation)
+            if seen is not None and seen[0] is entries.log:
+                shared = entries.log.shared(seen[1], entries.generation)
+                if shared is not None:
+                    return min(shared, len(self._entries))
+        return common_prefix(self._entries, entries)
 
     def _verdict(self, entry: Entry, answering: bool = False) -> Entry | Excluded | None:
         """The entry as the history shows it (the server-side text in place of its

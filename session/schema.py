@@ -27,6 +27,8 @@ from parley.session.entries import (
     MESSAGE_STATUS,
     Entry,
     EntryKind,
+    Listing,
+    ListingLog,
     entry_fields,
     entry_from_fields,
     entry_map,
@@ -143,6 +145,10 @@ class SessionDocument:
         # that mark back (an insert too: it takes the entry it goes next to).
         self._listed: list[Entry] = []
         self._listed_valid = 0
+        # Each listing ``entries`` returns is numbered, with what it shares with the one
+        # before: a reader of two listings (the context's history) knows where they part.
+        self._listings = ListingLog()
+        self._listing = 0
         self._queue_ids: list[str] = []
         # True while a mutator runs; any other change marks the mirrors stale, and they are
         # rebuilt on their next use (once per read, however many updates arrived).
@@ -590,15 +596,18 @@ class SessionDocument:
 
     # -- reading ---------------------------------------------------------------------------
 
-    def entries(self) -> list[Entry]:
+    def entries(self) -> Listing:
         """A copy of every entry, in story order: each read from the document once after
-        it changed, so a call costs the entries changed since the last, and a list copy."""
+        it changed, so a call costs the entries changed since the last, and a list copy.
+        It is numbered, so a reader of two knows where they part (``Listing``)."""
         self._current()
         listed, valid = self._listed, self._listed_valid
-        del listed[valid:]
-        listed.extend(self._copy(entry_id) for entry_id in self._order[valid:])
-        self._listed_valid = len(listed)
-        return list(listed)
+        if valid < len(listed) or len(listed) < len(self._order):
+            del listed[valid:]
+            listed.extend(self._copy(entry_id) for entry_id in self._order[valid:])
+            self._listed_valid = len(listed)
+            self._listing = self._listings.listed(valid)
+        return Listing(listed, self._listings, self._listing)
 
     def entry(self, entry_id: str) -> Entry:
         return self._copy(entry_id)

@@ -111,25 +111,28 @@ class SessionContext:
         the session up to the thread's anchor, then the thread's turns, as if they were
         the session's next.
 
-        The builder keeps one fold per set of readable private items, so each build folds
-        only what changed since the last."""
+        The builder keeps one fold per read scope, so each build folds only what changed
+        since the last; a run whose issuers may read what every member may (the common
+        case) shares the members' fold with the summary plan, so a run's new turns are
+        folded once, not once per scope."""
         restrictions = self._restrictions(thread)
         texts = {i: item.text for i, item in self.private.items()}
-        withheld: ReadFilter
-        if scope is None:
-            shared = {i: t for i, t in texts.items() if self.everyone_may_read(restrictions[i])}
-            unshared = {i: None if i in shared else NOT_SHARED for i in restrictions}
-            withheld, readable, scope_key = ReadFilter(None, unshared), shared, "members"
-        else:
-            withheld, readable = scope.read_filter(restrictions, texts)
-            scope_key = "readable:" + ",".join(sorted(readable))
+        shared = {i: t for i, t in texts.items() if self.everyone_may_read(restrictions[i])}
+        unshared = {i: None if i in shared else NOT_SHARED for i in restrictions}
+        withheld, readable, scope_key = ReadFilter(None, unshared), shared, "members"
+        if scope is not None:
+            judged = scope.read_filter(restrictions, texts)
+            if judged != (withheld, readable):  # else a run sees what every member does:
+                withheld, readable = judged  # one fold serves it and the summary plan
+                scope_key = "readable:" + ",".join(sorted(readable))
         model = self._model()
         spec = self.settings.model_spec(model)
         settings = self.settings_now()
         if self._builder.settings != settings:
             self._builder = ContextBuilder(settings)
         doc = self._doc()
-        builder, entries = self._builder, doc.entries()
+        builder = self._builder
+        entries: Sequence[Entry] = doc.entries()
         if thread is not None:
             if self._thread_builder.settings != settings:
                 self._thread_builder = ContextBuilder(settings, max_scopes=4)

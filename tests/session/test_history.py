@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from parley.session.context import ContextBuilder, ContextSettings, build_context
-from parley.session.entries import Entry, EntryKind
+from parley.session.entries import Entry, EntryKind, Listing, ListingLog
 from parley.session.history import (
     History,
     ReadFilter,
@@ -132,11 +132,31 @@ def _from_nothing(session: Session, prompt_ids: list[str]) -> History:
     )
 
 
-def _check(session: Session, ops: list[tuple[str, int, int]]) -> None:
+class Lister:
+    """Numbers a session's listings as a document does: each with how many leading
+    entries it shares with the one before (some fewer than it does: a document may
+    understate, never overstate)."""
+
+    def __init__(self, seed: int) -> None:
+        self.log = ListingLog(keep=4)  # short: some reads fall back to comparing
+        self.last: list[Entry] | None = None
+        self.rng = random.Random(seed)
+
+    def __call__(self, entries: list[Entry]) -> Listing:
+        shared = 0 if self.last is None else common_prefix(self.last, entries)
+        if self.rng.random() < 0.2:
+            shared = self.rng.randint(0, shared)
+        self.last = list(entries)
+        return Listing(entries, self.log, self.log.listed(shared))
+
+
+def _check(session: Session, ops: list[tuple[str, int, int]], listed: bool = False) -> None:
     """Carry out ``ops``; at each build, the kept history and the kept builder give what
-    ones made from nothing give."""
+    ones made from nothing give (``listed``: given the entries as a document's numbered
+    listings, which say where each parts from the last)."""
     kept = VisibleHistory()
     builder = ContextBuilder(CONFIG)
+    lister = Lister(len(ops))
     for op, a, b in ops:
         if op != "build":
             session.apply(op, a, b)
@@ -144,12 +164,13 @@ def _check(session: Session, ops: list[tuple[str, int, int]]) -> None:
         prompt_ids = session.asked(a)
         read, readable = session.scope()
         pins = frozenset(session.pins)
-        got = kept.read(session.entries, prompt_ids, read, readable, pins)
+        entries = lister(session.entries) if listed else session.entries
+        got = kept.read(entries, prompt_ids, read, readable, pins)
         fresh = _from_nothing(session, prompt_ids)
         assert (got.items, got.withheld) == (fresh.items, fresh.withheld)
         given: dict[str, Any] = {
             "session_id": "s",
-            "entries": session.entries,
+            "entries": entries,
             "prompt_ids": prompt_ids,
             "pins": session.pins,
             "withheld": read,
@@ -160,11 +181,11 @@ def _check(session: Session, ops: list[tuple[str, int, int]]) -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.integers(0, 60), operations)
+@given(st.integers(0, 60), operations, st.booleans())
 def test_the_kept_history_equals_one_judged_from_nothing(
-    messages: int, ops: list[tuple[str, int, int]]
+    messages: int, ops: list[tuple[str, int, int]], listed: bool
 ) -> None:
-    _check(Session(messages), ops)
+    _check(Session(messages), ops, listed)
 
 
 def test_long_random_sessions_build_as_from_nothing() -> None:
@@ -173,7 +194,24 @@ def test_long_random_sessions_build_as_from_nothing() -> None:
     for seed in range(150):
         rng = random.Random(seed)
         ops = [(rng.choice(OPS), rng.randint(0, 10_000), rng.randint(0, 2)) for _ in range(60)]
-        _check(Session(rng.randint(20, 60)), ops)
+        _check(Session(rng.randint(20, 60)), ops, listed=seed % 2 == 1)
+
+
+def test_a_listing_is_taken_at_its_word() -> None:
+    """The history judges again only what follows the entries a listing says it shares
+    with the last one read (so that word must be true: the document's tests check it)."""
+    session = Session(10)
+    log = ListingLog()
+    kept = VisibleHistory()
+    read, readable = session.scope()
+    first = Listing(session.entries, log, log.listed(0))
+    kept.read(first, [], read, readable, frozenset())
+    session.apply("edit", 3, 0)  # an entry far back changes; the log says it did not
+    told = kept.read(Listing(session.entries, log, log.listed(10)), [], read, readable, frozenset())
+    compared = VisibleHistory()
+    compared.read(first, [], read, readable, frozenset())
+    found = compared.read(list(session.entries), [], read, readable, frozenset())
+    assert told.unchanged == 10 and found.unchanged < 10
 
 
 def test_a_new_message_is_the_one_entry_judged() -> None:
@@ -244,3 +282,12 @@ def test_first_asked_is_the_first_position_asked(kinds: list[bool], asked: list[
     ids = [f"e{n}" for n in asked]
     positions = [i for i, e in enumerate(entries) if e.id in ids]
     assert first_asked(entries, ids) == (positions[0] if positions else len(entries))
+
+
+def test_a_listing_log_tells_the_least_shared_between_two_listings() -> None:
+    log = ListingLog(keep=3)
+    for shared in (0, 5, 7, 3, 9):  # listings 1 to 5; the log keeps the last three
+        log.listed(shared)
+    assert log.shared(2, 5) == 3 and log.shared(2, 3) == 7 and log.shared(4, 5) == 9
+    assert log.shared(1, 5) is None  # what listing 2 shares is no longer known
+    assert log.shared(5, 5) == 1 << 62  # the same listing: all of it

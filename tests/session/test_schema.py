@@ -14,11 +14,13 @@ from parley.session.entries import (
     MESSAGE_STATUS,
     Entry,
     EntryKind,
+    Listing,
     entry_fields,
     entry_map,
     read_entry,
 )
 from parley.session.errors import NotFound
+from parley.session.history import common_prefix
 from parley.session.lifecycle import IllegalTransition, PromptStatus, ReplyStatus
 from parley.session.queue import OrderingQueue, PendingPrompt, Policy, QueueLimits
 from parley.session.queue_root import queue_of
@@ -639,6 +641,41 @@ actions = st.lists(
 )
 
 
+def _check_listings(listings: list[Listing]) -> None:
+    """The newest listing never claims to share more with an earlier one than it does,
+    and after an append alone it shares all of the one before."""
+    newest = listings[-1]
+    for earlier in listings[-8:]:
+        shared = newest.log.shared(earlier.generation, newest.generation)
+        if shared is not None:
+            assert min(shared, len(earlier)) <= common_prefix(earlier, newest)
+
+
+def test_a_listing_says_where_it_parts_from_the_last() -> None:
+    doc = fresh()
+    for n in range(1, 6):
+        message(doc, f"m{n}", n)
+    first = doc.entries()
+    prompt(doc, "p6", 6)
+    second = doc.entries()
+    assert second.log is first.log and second.log.shared(first.generation, second.generation) == 5
+    assert doc.entries().generation == second.generation  # nothing changed: the same number
+    start(doc, "p6")
+    third = doc.entries()
+    assert third.log.shared(second.generation, third.generation) == 5  # the prompt ran
+    assert third.log.shared(first.generation, third.generation) == 5
+    follower = SessionDocument(doc.doc)
+    follower.entries()
+    remote: Doc[Any] = Doc()
+    remote.apply_update(doc.doc.get_update())
+    SessionDocument(remote).add_message(id="m9", seq=9, author="x", text="t", created_at=9)
+    before = follower.entries()
+    doc.doc.apply_update(remote.get_update(doc.doc.get_state()))  # a change from elsewhere
+    after = follower.entries()
+    assert [e.id for e in after][-1] == "m9"
+    assert after.log.shared(before.generation, after.generation) == 0  # read afresh
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(actions, st.sampled_from([Policy.QUEUE, Policy.COALESCE]))
 def test_replica_equality_for_random_sessions(
@@ -646,6 +683,7 @@ def test_replica_equality_for_random_sessions(
 ) -> None:
     doc, queue = fresh(), OrderingQueue(QueueLimits(100, 100), policy=policy)
     seq = 0
+    listings: list[Listing] = []
     for kind, arg, extra in steps:
         if kind in ("prompt", "message"):
             seq += 1
@@ -680,6 +718,8 @@ def test_replica_equality_for_random_sessions(
         # Whatever the document caches for readers must follow every change.
         assert doc.entries() == SessionDocument(doc.doc).entries()
         assert doc.queued() == SessionDocument(doc.doc).queued()
+        listings.append(doc.entries())
+        _check_listings(listings)
 
     copy = replica(doc)
     assert copy.entries() == doc.entries()

@@ -52,3 +52,22 @@ async def test_a_prompt_that_cannot_fit_with_its_pins_fails_without_a_model_call
         prompt = s.room.doc.entry(asked["prompt_id"])
         assert (prompt.status, prompt.reason_code) == ("failed", "too_large")
         assert model.requests == []
+
+
+async def test_a_run_and_the_history_alone_share_one_fold_when_they_read_alike() -> None:
+    """A run whose issuer may read what every member may folds in the members' fold: the
+    history-alone build after it (a summary plan's) folds only the reply, not the story."""
+    gate = asyncio.Event()
+    gate.set()
+    model = first_call_waits(gate)
+    async with memory_session({"alice": "editor", "bob": "editor"}, model) as s:
+        for n in range(6):
+            await s.message("bob", f"status line {n} of the rollout")
+        asked = await s.prompt("alice", "where are we?")
+        await s.settled(asked["prompt_id"])
+        context = s.room.context
+        built = context.build(())
+        assert context._builder.last_refolded == 1  # the reply: the rest was folded once
+        reply = next(e for e in s.room.doc.entries() if e.reply_to == asked["prompt_id"])
+        assert built.request.messages[-1].content == reply.content
+        assert list(context._builder._folds) == ["members"]
