@@ -20,9 +20,12 @@ no ack kept: resent, it is judged again.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
 from collections import OrderedDict
-from dataclasses import replace
+from dataclasses import MISSING
+from typing import Any
 
 from parley.session.commands import CancelCommand, Command, FactCommand, PinCommand, PolicyCommand
 from parley.session.errors import DuplicateCommand
@@ -35,9 +38,22 @@ MAX_PER_AUTHOR = 64
 STORED_ACKS_KEPT_MS = 24 * 3600 * 1000
 
 
+def asked(command: Command) -> str:
+    """What a command asks, whatever its id, as text that stays the same from release to
+    release: its type and the fields it sets, each field left at its default left out (a
+    release that gives a command a new optional field still knows the ones sent before
+    it, where the command's ``repr`` made their resends a conflict)."""
+    fields: dict[str, Any] = {}
+    for field in dataclasses.fields(command):
+        value = getattr(command, field.name)
+        if field.name != "id" and (field.default is MISSING or value != field.default):
+            fields[field.name] = value
+    return json.dumps([type(command).__name__, fields], sort_keys=True, ensure_ascii=False)
+
+
 def fingerprint(command: Command) -> int:
-    """What a command asks, whatever its id (a hash of its type and other fields)."""
-    return hash(repr(replace(command, id="")))
+    """``asked`` as a hash, for this process's recent acks."""
+    return hash(asked(command))
 
 
 def kept_as_ack(command: Command) -> bool:
@@ -49,8 +65,15 @@ def kept_as_ack(command: Command) -> bool:
 
 
 def stored_fingerprint(command: Command) -> str:
-    """``fingerprint``, the same in every process (the store keeps it: ``command_acks``)."""
-    return hashlib.sha256(repr(replace(command, id="")).encode()).hexdigest()
+    """``asked`` hashed the same in every process (the store keeps it: ``command_acks``)."""
+    return hashlib.sha256(asked(command).encode()).hexdigest()
+
+
+def stored_fingerprints(command: Command) -> tuple[str, str]:
+    """The fingerprints a kept ack of ``command`` may have: ``stored_fingerprint``, and the
+    one of the releases before it (its ``repr``), for acks they kept (a day's)."""
+    legacy = hashlib.sha256(repr(dataclasses.replace(command, id="")).encode()).hexdigest()
+    return stored_fingerprint(command), legacy
 
 
 class RecentAcks:

@@ -23,7 +23,7 @@ from parley.session.core import CommandEvent
 from parley.session.core.threads import FROM_THREAD
 from parley.session.entries import EntryKind
 from parley.session.errors import Conflict, DuplicateCommand, NotFound, ParleyError
-from parley.session.recent_acks import kept_as_ack, stored_fingerprint
+from parley.session.recent_acks import kept_as_ack, stored_fingerprints
 from parley.session.thread_commands import (
     ThreadOpenCommand,
     ThreadPromptCommand,
@@ -108,7 +108,7 @@ async def _kept_ack(room: SessionRoom, actor: str, command: Command) -> str | No
             raise DuplicateCommand(command.id)  # a prompt's or a message's id
         return None
     fingerprint, reply = kept
-    if not kept_as_ack(command) or fingerprint != stored_fingerprint(command):
+    if not kept_as_ack(command) or fingerprint not in stored_fingerprints(command):
         raise DuplicateCommand(command.id)
     return reply
 

@@ -5,13 +5,18 @@ acknowledged lately is answered as it was, and nothing is stored twice."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from pathlib import Path
 from typing import Any
 
 import httpx
 from pycrdt import Array, Map
+from sqlalchemy import update
 
 from parley.server.settings import Settings
+from parley.server.store.db import create_engine
+from parley.server.store.tables import command_acks
+from parley.session.commands import FactCommand, PinCommand
 from tests.conftest import make_settings, serve_in_process, sqlite_url
 from tests.fake_model import FakeModel
 
@@ -235,3 +240,37 @@ async def test_commands_with_no_entry_resent_after_a_restart_are_not_carried_out
         assert session["policy"] == "queue"
         texts = [e["content"] for e in ann.entries()]
         assert texts == ["keep this"]
+
+
+async def test_acks_kept_by_an_earlier_release_answer_their_resends(
+    database_url: str, tmp_path: Path
+) -> None:
+    """The kept acks' fingerprints were the commands' ``repr``, which a release that gives a
+    command a new field changes: those kept before an upgrade still answer their resends
+    after it (and a different command under the id is still a conflict)."""
+    pin = {"type": "pin", "id": "p1", "entry_id": ""}
+    fact = {"type": "set_fact", "id": "f1", "key": "account", "value": "A-1"}
+    async with serve_in_process(make_settings(database_url, tmp_path / "d")) as server:
+        sid = await server.new_session({"ann": "owner"})
+        ann = await server.connect(sid, "ann")
+        note = await ann.command({"type": "message", "id": "m1", "text": "keep this"})
+        pin["entry_id"] = note["message_id"]
+        first = [await ann.command(c) for c in (pin, fact)]
+        assert [a["type"] for a in first] == ["ack"] * 2, first
+    engine = create_engine(database_url)
+    earlier = {
+        "p1": PinCommand("", note["message_id"], True),
+        "f1": FactCommand("", "account", "A-1"),
+    }
+    async with engine.begin() as connection:  # as the release before this one kept them
+        for command_id, command in earlier.items():
+            legacy = hashlib.sha256(repr(command).encode()).hexdigest()
+            kept = command_acks.c.command_id == command_id
+            await connection.execute(update(command_acks).where(kept).values(fingerprint=legacy))
+    await engine.dispose()
+    async with serve_in_process(make_settings(database_url, tmp_path / "d")) as again:
+        ann = await again.connect(sid, "ann")
+        assert [await ann.command(c) for c in (pin, fact)] == first
+        other = {"type": "set_fact", "id": "f1", "key": "account", "value": "C-3"}
+        assert (await ann.command(other)).get("code") == "conflict"
+        assert ann.doc.get("facts", type=Map).to_py() == {"account": "A-1"}
