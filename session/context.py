@@ -24,7 +24,7 @@ from itertools import chain
 
 from parley.session.attribution import Fact, attribution_line, escape_text, name, one_line
 from parley.session.entries import Entry
-from parley.session.fold import FoldedItem, HistoryFold, headed, render
+from parley.session.fold import FoldedItem, HistoryFold, headed, rendered_tokens
 from parley.session.history import (
     Excluded,
     VisibleHistory,
@@ -300,7 +300,7 @@ class ContextBuilder:
         for index in answering_items:
             item = fold.items[index]
             assert item is not None
-            cost[index] = count_tokens(render(item, asking))
+            cost[index] = rendered_tokens(item, asking)
         spent = system_tokens + sum(cost.values())
         kept: list[int] = []
         left: list[FoldedItem] = []

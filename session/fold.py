@@ -29,7 +29,7 @@ from typing import TypeVar
 from parley.session.attribution import attribution_line, escape_text, name
 from parley.session.dedup import NearDuplicateIndex, blocks, minhash, normalise, same_words
 from parley.session.entries import Entry, EntryKind
-from parley.session.tokens import count_tokens
+from parley.session.tokens import count_tokens, tokenizer_name
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +77,20 @@ def render(item: FoldedItem, asking: Collection[str] = ()) -> str:
     if item.role != "user":
         return item.text
     return headed(attribution(item, asking), item.text)
+
+
+def rendered_tokens(item: FoldedItem, asking: Collection[str] = ()) -> int:
+    """``count_tokens(render(item, asking))``, with a user item's attribution line and its
+    text counted apart, each memoised: a text repeated (folded under a new line) or asked
+    now costs no encode again. cl100k_base splits text before it merges tokens, and a line
+    ending with a bracket and the newline after it always end a piece, so the two counts
+    add up, unless the text opens with a line break (the newline would join it)."""
+    if item.role != "user":
+        return count_tokens(item.text)
+    line = attribution(item, asking)
+    if item.text[:1] in "\r\n" or not line.endswith("]") or tokenizer_name() != "cl100k_base":
+        return count_tokens(headed(line, item.text))
+    return count_tokens(line + "\n") + count_tokens(item.text)
 
 
 def headed(line: str, text: str) -> str:
@@ -272,7 +286,7 @@ class HistoryFold:
         note: str,
     ) -> FoldedItem:
         draft = FoldedItem(entry_ids, seqs, "user", said_by, text, note, 0)
-        return FoldedItem(entry_ids, seqs, "user", said_by, text, note, count_tokens(render(draft)))
+        return FoldedItem(entry_ids, seqs, "user", said_by, text, note, rendered_tokens(draft))
 
     def _replace_seen_blocks(self, entry: Entry, undo: list[_Undo]) -> tuple[str, bool]:
         """The entry's escaped text with each block posted before replaced by a reference

@@ -10,8 +10,10 @@ from hypothesis import strategies as st
 
 from parley.session.context import ContextBuilder, ContextSettings, build_context
 from parley.session.entries import Entry, EntryKind
+from parley.session.fold import FoldedItem, render, rendered_tokens
 from parley.session.history import ReadFilter, WithheldReason
 from parley.session.summary import Summary
+from parley.session.tokens import count_tokens
 from tests.session.factories import entry
 
 LOG = "\n".join(f"10:00:{i:02d} ERROR worker-{i} cache dir not writable" for i in range(6))
@@ -150,3 +152,41 @@ def test_an_earlier_prompt_rolls_back_only_to_where_the_histories_part() -> None
     built = builder.build(session_id="s", entries=entries, prompt_ids=["e90"])
     assert builder.last_refolded == 1  # rolled back past ten steps, folded the prompt again
     assert built.request.messages[-1].content == "[alice asks you]\nfirst question"
+
+
+_PIECES = st.sampled_from(
+    [
+        "\n",
+        "\r\n",
+        " ",
+        "  ",
+        "\t",
+        "[",
+        "]",
+        "\\[",
+        "é",
+        "😀",
+        "'s",
+        "12345",
+        "!?",
+        "\u2028",
+        "\u0301",
+    ]
+)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(
+    st.lists(st.one_of(_PIECES, st.text(max_size=12)), max_size=12).map("".join),
+    st.lists(st.sampled_from(["alice", "bob", "c d", 'q"uote', "ü"]), min_size=1, max_size=3),
+    st.integers(0, 3),
+)
+def test_an_items_tokens_counted_in_two_parts_are_its_rendered_tokens(
+    text: str, authors: list[str], asking: int
+) -> None:
+    """The attribution line and the text are counted apart (each memoised); the sum is
+    what the rendered message counts, whatever the text opens with."""
+    ids = tuple(f"e{n}" for n in range(len(authors)))
+    item = FoldedItem(ids, tuple(range(1, len(ids) + 1)), "user", tuple(authors), text, "", 0)
+    asked = set(ids[:asking])
+    assert rendered_tokens(item, asked) == count_tokens(render(item, asked))
