@@ -38,6 +38,7 @@ from parley.server.http import (
     webhooks,
 )
 from parley.server.http.demo import DemoFiles
+from parley.server.http.error_body import error_body
 from parley.server.http.models import Health, Readiness
 from parley.server.http.rest import Operation, authenticate, error_response, openapi_document, route
 from parley.server.keys import resolve_keys
@@ -307,17 +308,12 @@ def create_app(
             # Every method of the path: a path's methods are routes of their own, and
             # Starlette's Allow names only the first one's (a mounted app's is its own).
             headers["Allow"] = ", ".join(sorted(methods))
-        return JSONResponse(
-            {"error": {"code": code, "message": str(exc.detail)}},
-            status_code=exc.status_code,
-            headers=headers,
-        )
+        body = error_body(code, str(exc.detail))
+        return JSONResponse(body, status_code=exc.status_code, headers=headers)
 
     async def on_crash(_: Request, exc: Exception) -> Response:
         log.exception("unhandled error", exc_info=exc)
-        return JSONResponse(
-            {"error": {"code": "internal", "message": "internal error"}}, status_code=500
-        )
+        return JSONResponse(error_body("internal", "internal error"), status_code=500)
 
     routes: list[Any] = [
         sse.with_stream(route(op)) if op.handler is events.list_events else route(op)

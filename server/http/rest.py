@@ -29,6 +29,7 @@ from starlette.routing import Route
 from parley.authz.policy import Decision, Do, decide
 from parley.authz.tokens import ADMIN_ACTOR, ClientClaims, verify_token
 from parley.server.http.bounded import BoundedJSONResponse
+from parley.server.http.error_body import error_body
 from parley.server.http.models import ErrorBody
 from parley.server.state import AppState
 from parley.session.commands import unstorable
@@ -152,15 +153,16 @@ MAX_PROBLEMS = 50  # validation errors listed in one answer (the count says how 
 def error_response(error: ParleyError, retry_after_s: float | None = None) -> JSONResponse:
     """The error body; ``WWW-Authenticate`` with a 401, and ``Retry-After`` (whole seconds)
     with a 503 when ``retry_after_s`` is given, as a refused WebSocket upgrade has it."""
-    body: dict[str, Any] = {"code": error.code.value, "message": error.message}
+    more: dict[str, Any] = {}
     if isinstance(error, InvalidInput) and error.details:
-        body["details"] = [{"at": at, "message": message} for at, message in error.details]
+        more["details"] = [{"at": at, "message": message} for at, message in error.details]
     headers: dict[str, str] = {}
     if error.http_status == 401:
         headers["WWW-Authenticate"] = "Bearer"
     if error.http_status == 503 and retry_after_s is not None:
         headers["Retry-After"] = str(max(1, math.ceil(retry_after_s)))
-    return JSONResponse({"error": body}, status_code=error.http_status, headers=headers or None)
+    body = error_body(error.code.value, error.message, **more)
+    return JSONResponse(body, status_code=error.http_status, headers=headers or None)
 
 
 def authenticate(request: Request, state: AppState) -> Caller:

@@ -46,6 +46,7 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 from uvicorn.server import ServerState
 from websockets.frames import Frame
 
+from parley.server.http.error_body import error_body
 from parley.server.ws.deadlines import ticks_of
 from parley.server.ws.direct_send import SCOPE_KEY, reset
 from parley.session.errors import BadRequest
@@ -448,7 +449,7 @@ class LeanHttpProtocol(HttpToolsProtocol):
         and close: the request could not be parsed."""
         why = self._refusal or msg
         error = BadRequest(f"malformed HTTP request: {why}")
-        body = json.dumps({"error": {"code": error.code.value, "message": error.message}})
+        body = json.dumps(error_body(error.code.value, error.message))
         content = [b"HTTP/1.1 400 Bad Request\r\n"]
         for name, value in self.server_state.default_headers:
             content.extend([name, b": ", value, b"\r\n"])
