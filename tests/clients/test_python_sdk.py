@@ -16,6 +16,7 @@ from parley_client import (
     ERRORS,
     AdminClient,
     Busy,
+    CommandTimeout,
     Conflict,
     ConnectionState,
     Entry,
@@ -262,6 +263,40 @@ async def test_a_prompt_stored_whose_ack_was_lost_is_resent_and_stored_once(
             prompts = [e for e in await admin.transcript(sid) if e.kind == "prompt"]
             assert [(p.id, p.content) for p in prompts] == [(ack.prompt_id, "did this arrive?")]
             assert story(alice.transcript) == story(await admin.transcript(sid))
+
+
+async def test_a_command_that_timed_out_names_itself_and_is_resent_by_its_id(
+    sqlite_server: RunningServer,
+) -> None:
+    """Review (SDKs): a caller bounding a command's wait lost its id with the timeout, and
+    could not retry without storing the prompt twice. ``CommandTimeout`` holds the command
+    as sent; the SDK does not resend it, and ``resend`` gets the first ack."""
+    async with relayed(sqlite_server) as (admin, relay):
+        sid = await new_session(admin, {"alice": "editor"})
+        token = (await admin.create_token(sid, "alice")).token
+        url = f"ws://127.0.0.1:{relay.port}"
+        async with connect(url, sid, token, reconnect=FAST, command_timeout_s=1.0) as alice:
+            relay.holding = True  # the server's answers go nowhere from now on
+            with pytest.raises(CommandTimeout) as timed:
+                await alice.prompt("did this arrive?")
+            command = timed.value.command
+            assert isinstance(timed.value, TimeoutError) and timed.value.code == "timeout"
+            assert dict(command) == {
+                "type": "prompt",
+                "id": timed.value.command_id,
+                "text": "did this arrive?",
+            }
+            assert alice.unacknowledged == []  # given up: not resent by the SDK
+            for _ in range(400):
+                if [e.kind for e in await admin.transcript(sid)][:1] == ["prompt"]:
+                    break
+                await asyncio.sleep(0.05)
+            relay.cut()
+            relay.holding = False
+            ack = await alice.resend(command, timeout_s=30)  # the first ack: stored once
+            assert ack.id == timed.value.command_id and alice.connects == 2
+            prompts = [e for e in await admin.transcript(sid) if e.kind == "prompt"]
+            assert [(p.id, p.content) for p in prompts] == [(ack.prompt_id, "did this arrive?")]
 
 
 def readme_error_codes() -> list[str]:

@@ -9,8 +9,8 @@
 // {"event":"sdk-error","error":{…}} (an error of no command).
 // stdin: one JSON command per line, each answered by one {"event":"reply","cmd":…} line:
 //   {"cmd":"call","tag":…,"method":"prompt","args":["text"]}  (settles later, by tag;
-//    "drop": true drops the socket as soon as the command is written)
-//   "abort_ms": given up after that long)  {"cmd":"ready","tag":…,"timeout_ms":…}
+//    "drop": true drops the socket as soon as the command is written;
+//    "abort_ms": given up after that long)  {"cmd":"ready","tag":…,"timeout_ms":…}
 //   {"cmd":"dump"}  {"cmd":"typing","value":true}  {"cmd":"quit"}
 
 import { parseArgs } from 'node:util'
@@ -50,7 +50,8 @@ const describe = (error) => ({
   code: error?.code,
   message: error?.message,
   command_id: error?.commandId ?? null,
-  close_code: error?.closeCode ?? null
+  close_code: error?.closeCode ?? null,
+  command: error?.command ?? null
 })
 emit({ event: 'state', state: session.state })
 session.on('state', (state) => emit({ event: 'state', state }))
@@ -78,7 +79,8 @@ session.on('transcript', (entries) => {
   }
 })
 
-const METHODS = new Set(['prompt', 'message', 'cancel', 'pin', 'setFact', 'setPolicy'])
+// resend: args [command], an `aborted` error's `command` (as `describe` gives it)
+const METHODS = new Set(['prompt', 'message', 'cancel', 'pin', 'setFact', 'setPolicy', 'resend'])
 
 const handle = (msg) => {
   switch (msg.cmd) {

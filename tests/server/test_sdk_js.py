@@ -9,11 +9,12 @@ which speaks ``stock_client.mjs``'s line protocol so these tests drive it from a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
 import subprocess
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, Self
 
@@ -367,17 +368,25 @@ async def test_refusals_reject_with_typed_errors(sdk_app: Path, tmp_path: Path) 
 # -- a server restart: the unanswered prompt is sent once more, stored once ----------------------
 
 
-async def test_unanswered_prompts_are_resent_once_across_a_restart(
-    sdk_app: Path, tmp_path: Path, server_processes: list[ServerProcess]
-) -> None:
+@contextlib.asynccontextmanager
+async def restartable(
+    tmp_path: Path, server_processes: list[ServerProcess]
+) -> AsyncIterator[tuple[ServerProcess, RunningServer]]:
+    """A server process to kill and start again, and an admin client of it."""
     node = ServerProcess(sqlite_url(tmp_path), tmp_path / "data", free_port())
     server_processes.append(node)
     await node.start()
     admin = httpx.AsyncClient(
         base_url=node.base_url, headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=20
     )
-    http = RunningServer(node.base_url, node.ws_url, admin)
-    try:
+    async with admin:
+        yield node, RunningServer(node.base_url, node.ws_url, admin)
+
+
+async def test_unanswered_prompts_are_resent_once_across_a_restart(
+    sdk_app: Path, tmp_path: Path, server_processes: list[ServerProcess]
+) -> None:
+    async with restartable(tmp_path, server_processes) as (node, http):
         sid = await http.new_session({"alice": "editor"})
         alice = await join(sdk_app, http, sid, "alice")
         try:
@@ -397,8 +406,6 @@ async def test_unanswered_prompts_are_resent_once_across_a_restart(
             stored = await http.transcript(sid)
         finally:
             await alice.close()
-    finally:
-        await http.http.aclose()
 
     prompts = [e for e in stored if e["kind"] == "prompt"]
     texts = sorted(e["content"] for e in prompts)
@@ -526,3 +533,42 @@ async def test_a_caller_may_bound_ready_and_give_a_command_up(sdk_app: Path) -> 
         assert (await client.dump())["unanswered"] == {}
     finally:
         await client.close()
+
+
+async def test_a_command_given_up_names_itself_and_is_resent_by_its_id(
+    sdk_app: Path, tmp_path: Path, server_processes: list[ServerProcess]
+) -> None:
+    """Review (SDKs): a command given up (its ``AbortSignal``, a caller's timeout) said its
+    id, but nothing took an id to resend by: a retry was a new command, stored twice when
+    the first had been. The error holds the command as sent, and ``resend`` sends it again
+    by its id, answered with the first ack (as the Python SDK's ``CommandTimeout``)."""
+    async with restartable(tmp_path, server_processes) as (node, http):
+        sid = await http.new_session({"alice": "editor"})
+        token = await http.token(sid, "alice")
+        node.kill()  # nobody answers until the command is given up
+        alice = await SdkClient.launch(sdk_app, node.ws_url, sid, token, "alice")
+        try:
+            await alice.command(
+                {"cmd": "call", "tag": "p", "method": "prompt", "args": ["x"], "abort_ms": 300}
+            )
+            given_up = (await alice.settled("p"))["error"]
+            command = given_up["command"]
+            assert given_up["code"] == "aborted", given_up
+            assert command == {"type": "prompt", "text": "x", "id": given_up["command_id"]}
+            # Under the id of a command still waiting: the same command shares its reply,
+            # another is refused.
+            await alice.call("y1", "message", "y", {"id": "m1"})
+            await alice.call("y2", "message", "y", {"id": "m1"})
+            assert (await alice.refusal("z", "message", "z", {"id": "m1"}))["code"] == "conflict"
+            await node.start()
+            first = await alice.ack("r1", "resend", command)
+            again = await alice.ack("r2", "prompt", "x", {"id": command["id"]})
+            shared = [(await alice.settled(tag))["ack"] for tag in ("y1", "y2")]
+            stored = await http.transcript(sid)
+        finally:
+            await alice.close()
+
+    assert first["id"] == command["id"] and again == first  # the first ack, twice
+    assert [e["id"] for e in stored if e["kind"] == "prompt"] == [first["prompt_id"]]
+    assert shared[0] == shared[1] and shared[0]["id"] == "m1"
+    assert [e["content"] for e in stored if e["kind"] == "message"] == ["y"]

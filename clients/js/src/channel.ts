@@ -44,6 +44,8 @@ export type Reconcile = (command: Command, reply: Reply, sends: number) => Reply
 interface Pending {
   readonly command: Command
   readonly frame: Uint8Array
+  /** Settles with the reply (a resend by the id while it waits gets this one). */
+  promise: Promise<Record<string, unknown>>
   readonly resolve: (reply: Record<string, unknown>) => void
   readonly reject: (error: ParleyError) => void
   /** The socket this command was last written to. */
@@ -64,20 +66,32 @@ export class Outbox {
   /**
    * Queue `command` and write it now if a socket is open; settles with its reply. Once
    * `signal` aborts, the command is given up: not written again, and rejected `aborted`
-   * (one already written may have been stored: its id is the error's `commandId`).
+   * (one already written may have been stored: the error's `command` resends it by its id).
+   * A command under the id of one still waiting shares its reply when it is the same
+   * command, and is refused `conflict` when it is another.
    */
   send (command: Command, signal?: AbortSignal): Promise<Record<string, unknown>> {
-    return new Promise((resolve, reject) => {
+    const frame = encodeCommand(command)
+    const waiting = this.pending.get(command.id)
+    if (waiting !== undefined) {
+      const same = waiting.frame.length === frame.length && waiting.frame.every((b, i) => b === frame[i])
+      if (same) return waiting.promise
+      const message = 'this command id waits for its reply to another command'
+      return Promise.reject(new ParleyError('conflict', message, { commandId: command.id }))
+    }
+    let entry: Pending | undefined
+    const promise = new Promise<Record<string, unknown>>((resolve, reject) => {
       const giveUp = (): void => {
-        const entry = this.pending.get(command.id)
-        if (entry === undefined) return
+        if (entry === undefined || this.pending.get(command.id) !== entry) return
         this.pending.delete(command.id)
         const written = entry.sends > 0 ? 'written, and may have been stored' : 'never written'
-        reject(new ParleyError('aborted', `given up (${written})`, { commandId: command.id }))
+        const options = { commandId: command.id, command }
+        reject(new ParleyError('aborted', `given up (${written})`, options))
       }
-      const entry: Pending = {
+      entry = {
         command,
-        frame: encodeCommand(command),
+        frame,
+        promise: Promise.resolve({}),
         resolve: (reply) => {
           signal?.removeEventListener('abort', giveUp)
           resolve(reply)
@@ -95,8 +109,12 @@ export class Outbox {
         return
       }
       signal?.addEventListener('abort', giveUp, { once: true })
-      this.flush()
     })
+    if (entry !== undefined) {
+      entry.promise = promise
+      if (this.pending.get(command.id) === entry) this.flush()
+    }
+    return promise
   }
 
   /** Write every unanswered command not yet written to the ready socket (call when one is). */

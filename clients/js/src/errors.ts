@@ -1,3 +1,5 @@
+import type { Command } from './channel.js'
+
 /**
  * Errors are part of the API: every refusal of a command, and every close of the socket
  * that the client cannot recover from, rejects with a `ParleyError` carrying a stable `code`.
@@ -51,16 +53,20 @@ export class ParleyError extends Error {
   readonly commandId: string | null
   /** The WebSocket close code, when the error is the socket's close. */
   readonly closeCode: number | null
+  /** The command as it was sent, when it was given up (`aborted`): `session.resend(command)`
+   * sends it again by its id, which the server answers with its first ack. */
+  readonly command: Readonly<Command> | null
 
   constructor (
     code: ParleyErrorCode,
     message: string,
-    options: { commandId?: string | null, closeCode?: number | null } = {}
+    options: { commandId?: string | null, closeCode?: number | null, command?: Command } = {}
   ) {
     super(message)
     this.code = code
     this.commandId = options.commandId ?? null
     this.closeCode = options.closeCode ?? null
+    this.command = options.command === undefined ? null : Object.freeze({ ...options.command })
   }
 }
 

@@ -243,9 +243,18 @@ export class ParleySession {
     return this.command<ThreadAck>({ type: remove ? 'thread_delete' : 'thread_close', thread_id: threadId })
   }
 
+  /**
+   * Send `command` (an `aborted` error's `command`: its type, id and fields) again by its id:
+   * the server answers a command it stored with its first ack, and stores nothing twice.
+   */
+  resend<T extends Ack = Ack> (command: Readonly<Command>, options?: { signal?: AbortSignal }): Promise<T> {
+    const { id, ...fields } = command
+    return this.command<T>(fields, { ...options, id })
+  }
+
   private command<T extends Ack> (fields: Record<string, unknown>, options?: CommandOptions): Promise<T> {
     if (this._closeError !== null) return Promise.reject(this._closeError)
-    const command = { ...fields, id: uuidv4() } as Command
+    const command = { ...fields, id: options?.id ?? uuidv4() } as Command
     return this.outbox.send(command, options?.signal) as Promise<unknown> as Promise<T>
   }
 

@@ -190,7 +190,9 @@ export interface RestrictedText {
   readonly text: string
 }
 
-/** What any command method takes last: `signal` gives the command up (`aborted`). */
+/** What any command method takes last: `signal` gives the command up (`aborted`); `id`
+ * sends it under that id (to resend one given up: the error's `commandId`), else a new one. */
 export interface CommandOptions {
   signal?: AbortSignal
+  id?: string
 }

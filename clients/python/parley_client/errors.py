@@ -24,6 +24,8 @@
     ├── Unavailable             unavailable
     ├── ProviderError           provider_error
     ├── InternalError           internal
+    ├── CommandTimeout          timeout (no reply within the time given: ``command`` to
+    │                           resend by its id; also a ``TimeoutError``)
     └── SessionClosed           closed (the session object was closed, or the server ended
                                 the socket for good: ``close_code``, ``cause``)
 
@@ -32,6 +34,10 @@ Command replies, REST error bodies and final WebSocket close codes all become th
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any
 
 
 class ParleyError(Exception):
@@ -151,6 +157,19 @@ class InternalError(ParleyError):
     code = "internal"
 
 
+class CommandTimeout(ParleyError, TimeoutError):
+    """No reply came within the time given (``timeout_s``). The SDK does not send the
+    command again, but it may have been stored: ``command`` is the command as sent (``type``,
+    ``id`` and its fields), and ``Session.resend(error.command)`` sends it again by its id,
+    which the server answers with its first ack (nothing is stored twice)."""
+
+    code = "timeout"
+
+    def __init__(self, message: str, *, command: Mapping[str, Any]) -> None:
+        super().__init__(message, command_id=str(command["id"]))
+        self.command: Mapping[str, Any] = MappingProxyType(dict(command))
+
+
 class SessionClosed(ParleyError):
     """The session object is closed: by ``close()``, or by a close code after which the
     server will not take the socket back (``cause``: the error that code stands for)."""
@@ -173,7 +192,7 @@ def _by_code() -> dict[str, type[ParleyError]]:
         found.setdefault(kind.code, kind)
         pending += kind.__subclasses__()
     found["internal"] = InternalError
-    del found["closed"]
+    del found["closed"], found["timeout"]  # the SDK's own, never the server's
     return found
 
 

@@ -33,6 +33,7 @@ from websockets.exceptions import InvalidStatus
 from parley_client import wire
 from parley_client.errors import (
     FINAL_CLOSES,
+    CommandTimeout,
     InternalError,
     SessionClosed,
     TooLarge,
@@ -114,11 +115,13 @@ class Session:
         presence: Mapping[str, Any] | None = SHOWN,
         reconnect: Reconnect | None = RECONNECT,
         connect_timeout_s: float = 10.0,
+        command_timeout_s: float | None = None,
     ) -> None:
         self.session_id = session_id
         self._url = _socket_url(url, session_id, token)
         self._reconnect = reconnect
         self._connect_timeout_s = connect_timeout_s
+        self.command_timeout_s = command_timeout_s
         self.doc: Doc[Any] = Doc()
         self.state = ConnectionState.CONNECTING
         self.closed_by: SessionClosed | None = None  # why the session closed
@@ -355,9 +358,13 @@ class Session:
         self._next_id += 1
         return f"{self._ids}{self._next_id}"
 
-    async def command(self, kind: str, *, id: str | None = None, **fields: Any) -> Ack:
+    async def command(
+        self, kind: str, *, id: str | None = None, timeout_s: float | None = None, **fields: Any
+    ) -> Ack:
         """Send one command (docs/websocket.md: "Commands") and wait for its reply: the ack, or the
-        error's typed exception. Pass ``id`` to resend a command by its id."""
+        error's typed exception. Pass ``id`` to resend a command by its id. No reply within
+        ``timeout_s`` (None: the session's ``command_timeout_s``; None there: no bound) raises
+        ``CommandTimeout``, which holds the command to ``resend``."""
         if self.closed_by is not None:
             raise self.closed_by
         payload = {"type": kind, "id": id or self.new_id(), **fields}
@@ -383,7 +390,15 @@ class Session:
             if first and self._ws is not None:
                 with contextlib.suppress(websockets.ConnectionClosed):
                     await self._ws.send(wire.encode_command(payload))  # else resent later
-            return await asyncio.shield(pending.reply)
+            bound = self.command_timeout_s if timeout_s is None else timeout_s
+            try:
+                async with asyncio.timeout(bound):
+                    return await asyncio.shield(pending.reply)
+            except TimeoutError:
+                if pending.reply.done():  # answered as the time ran out
+                    return pending.reply.result()
+                message = f"no reply to {kind} {payload['id']} within {bound} s; not resent"
+                raise CommandTimeout(message, command=payload) from None
         finally:
             pending.waiters -= 1
             if not pending.reply.done() and pending.waiters == 0:
@@ -391,6 +406,13 @@ class Session:
                 if self._pending.get(payload["id"]) is pending:
                     del self._pending[payload["id"]]
                 pending.reply.cancel()
+
+    async def resend(self, command: Mapping[str, Any], *, timeout_s: float | None = None) -> Ack:
+        """Send ``command`` (a ``CommandTimeout``'s: ``type``, ``id`` and its fields) again by
+        its id: a command the server stored is answered with its first ack."""
+        fields = dict(command)
+        kind, command_id = str(fields.pop("type")), str(fields.pop("id"))
+        return await self.command(kind, id=command_id, timeout_s=timeout_s, **fields)
 
     async def prompt(self, text: str, *, id: str | None = None) -> Ack:
         """Ask the model; the ack's ``prompt_id`` names the prompt in the transcript."""
@@ -606,11 +628,13 @@ def connect(
     presence: Mapping[str, Any] | None = SHOWN,
     reconnect: Reconnect | None = RECONNECT,
     connect_timeout_s: float = 10.0,
+    command_timeout_s: float | None = None,
 ) -> Session:
     """A session to use as ``async with connect(...) as session``. ``url`` is the server's
     base (``ws://host:port`` or ``http://host:port``); ``presence`` the awareness state to
     show (default: an empty state, so the member is listed as here; None: not shown);
-    ``reconnect=None`` ends the session when its socket closes."""
+    ``reconnect=None`` ends the session when its socket closes; ``command_timeout_s`` bounds
+    each command's wait for its reply (``CommandTimeout``; None: no bound)."""
     return Session(
         url,
         session_id,
@@ -618,6 +642,7 @@ def connect(
         presence=presence,
         reconnect=reconnect,
         connect_timeout_s=connect_timeout_s,
+        command_timeout_s=command_timeout_s,
     )
 
 
