@@ -155,9 +155,12 @@ async def test_two_members_prompting_at_once_converge(sqlite_server: RunningServ
             await bob.wait_for(lambda s: s.typing == ["alice"])
 
 
-async def test_a_prompt_sent_while_the_server_is_down_is_stored_once(
+@contextlib.asynccontextmanager
+async def alice_on_a_restartable_server(
     tmp_path: Path, server_processes: list[ServerProcess]
-) -> None:
+) -> AsyncIterator[tuple[ServerProcess, AdminClient, Session]]:
+    """A server process to kill and start again, its admin client, and alice connected to
+    a session of it (``alice.session_id``), reconnecting fast (90 s at most)."""
     node = ServerProcess(sqlite_url(tmp_path), tmp_path / "data", free_port())
     server_processes.append(node)
     await node.start()
@@ -165,25 +168,56 @@ async def test_a_prompt_sent_while_the_server_is_down_is_stored_once(
         sid = await new_session(admin, {"alice": "editor"})
         token = (await admin.create_token(sid, "alice")).token
         async with connect(node.ws_url, sid, token, reconnect=FAST) as alice:
-            before = await alice.prompt("before the restart")
-            await alice.answer(before.prompt_id)
-            node.kill()
-            await alice.wait_for(lambda s: s.state is ConnectionState.CONNECTING)
+            yield node, admin, alice
 
-            sending = asyncio.create_task(alice.prompt("while the server is down"))
-            await alice.wait_for(lambda s: len(s.unacknowledged) == 1)
-            assert not sending.done()  # nobody to acknowledge it
-            await node.start()
-            ack = await sending  # resent after the reconnect, by the same id
-            assert alice.connects >= 2 and alice.unacknowledged == []
-            reply = await alice.answer(ack.prompt_id)
-            assert reply is not None and reply.status == "done"
 
-            again = await alice.prompt("while the server is down", id=ack.id)
-            assert again == ack  # the first ack: nothing stored twice
-            texts = [e.content for e in alice.transcript if e.kind == "prompt"]
-            assert texts == ["before the restart", "while the server is down"]
-            assert story(await admin.transcript(sid)) == story(alice.transcript)
+async def test_a_prompt_sent_while_the_server_is_down_is_stored_once(
+    tmp_path: Path, server_processes: list[ServerProcess]
+) -> None:
+    async with alice_on_a_restartable_server(tmp_path, server_processes) as (node, admin, alice):
+        before = await alice.prompt("before the restart")
+        await alice.answer(before.prompt_id)
+        node.kill()
+        await alice.wait_for(lambda s: s.state is ConnectionState.CONNECTING)
+
+        sending = asyncio.create_task(alice.prompt("while the server is down"))
+        await alice.wait_for(lambda s: len(s.unacknowledged) == 1)
+        assert not sending.done()  # nobody to acknowledge it
+        await node.start()
+        ack = await sending  # resent after the reconnect, by the same id
+        assert alice.connects >= 2 and alice.unacknowledged == []
+        reply = await alice.answer(ack.prompt_id)
+        assert reply is not None and reply.status == "done"
+
+        again = await alice.prompt("while the server is down", id=ack.id)
+        assert again == ack  # the first ack: nothing stored twice
+        texts = [e.content for e in alice.transcript if e.kind == "prompt"]
+        assert texts == ["before the restart", "while the server is down"]
+        assert story(await admin.transcript(alice.session_id)) == story(alice.transcript)
+
+
+async def test_many_commands_waiting_across_a_restart_are_paced_and_all_acked_in_order(
+    tmp_path: Path, server_processes: list[ServerProcess]
+) -> None:
+    """Review (SDKs): after a reconnect the SDK wrote every command waiting at once; past
+    the server's command burst of a socket (30) the rest were refused ``rate_limited``,
+    though they would have been taken a moment later. They go out in order, a few at a
+    time and at the server's rate: every one is acked, once, in the order it was made."""
+    async with alice_on_a_restartable_server(tmp_path, server_processes) as (node, admin, alice):
+        before = await alice.message("before the restart")
+        node.kill()
+        await alice.wait_for(lambda s: s.state is ConnectionState.CONNECTING)
+        texts = [f"while down {n}" for n in range(45)]  # past the burst of 30
+        sending = [asyncio.create_task(alice.message(text)) for text in texts]
+        await alice.wait_for(lambda s: len(s.unacknowledged) == len(texts))
+        await node.start()
+        acks = await asyncio.gather(*sending)  # none refused (RateLimited)
+        assert alice.unacknowledged == []
+        seqs = [ack.seq or 0 for ack in acks]
+        assert seqs == sorted(seqs) and len(set(seqs)) == len(texts)
+        stored = [e for e in await admin.transcript(alice.session_id) if e.kind == "message"]
+        assert [e.content for e in stored] == ["before the restart", *texts]
+        assert [e.id for e in stored] == [before.message_id, *(a.message_id for a in acks)]
 
 
 class Relay:

@@ -133,6 +133,11 @@ class SdkClient(StockYjsClient):
     async def synced(self) -> None:
         await self.wait_event(lambda e: e.get("event") == "synced" and e["synced"], 30)
 
+    async def disconnected(self) -> None:
+        await self.wait_event(
+            lambda e: e.get("event") == "state" and e["state"] == "disconnected", 30
+        )
+
     async def wait_dump(self, predicate: Callable[[Event], bool], timeout_s: float = 30) -> Event:
         for _ in range(int(timeout_s / 0.05)):
             dump = await self.dump()
@@ -394,9 +399,7 @@ async def test_unanswered_prompts_are_resent_once_across_a_restart(
             # Sent as the server dies: stored or not, it is unanswered when the socket drops.
             await alice.call("edge", "prompt", "sent as the server dies")
             node.kill()
-            await alice.wait_event(
-                lambda e: e.get("event") == "state" and e["state"] == "disconnected", 30
-            )
+            await alice.disconnected()
             # Sent while the server is down: kept until a socket opens.
             await alice.call("offline", "prompt", "sent while offline")
             await node.start()
@@ -572,3 +575,35 @@ async def test_a_command_given_up_names_itself_and_is_resent_by_its_id(
     assert [e["id"] for e in stored if e["kind"] == "prompt"] == [first["prompt_id"]]
     assert shared[0] == shared[1] and shared[0]["id"] == "m1"
     assert [e["content"] for e in stored if e["kind"] == "message"] == ["y"]
+
+
+async def test_many_commands_waiting_across_a_restart_are_paced_and_all_acked_in_order(
+    sdk_app: Path, tmp_path: Path, server_processes: list[ServerProcess]
+) -> None:
+    """Review (SDKs): once synced again, the SDK wrote every command waiting at once; past
+    the server's command burst of a socket (30) the rest were refused ``rate_limited``,
+    though they would have been taken a moment later. They go out in order, a few at a
+    time and at the server's rate: every one is acked, once, in the order it was made."""
+    async with restartable(tmp_path, server_processes) as (node, http):
+        sid = await http.new_session({"alice": "editor"})
+        alice = await join(sdk_app, http, sid, "alice")
+        try:
+            await alice.synced()
+            await alice.ack("before", "message", "before the restart")
+            node.kill()
+            await alice.disconnected()
+            texts = [f"while down {n}" for n in range(45)]  # past the burst of 30
+            for n, text in enumerate(texts):
+                await alice.call(f"m{n}", "message", text)
+            await node.start()
+            acks = [(await alice.settled(f"m{n}", 60)).get("ack") for n in range(len(texts))]
+            stored = await http.transcript(sid)
+        finally:
+            await alice.close()
+
+    assert all(ack is not None for ack in acks), acks  # none refused (rate_limited)
+    seqs = [ack["seq"] for ack in acks if ack is not None]
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(texts)
+    assert [e["content"] for e in stored] == ["before the restart", *texts]
+    sent = [e for e in alice.history if e.get("event") == "sent"]
+    assert [e["id"] for e in sent][1:] == [ack["id"] for ack in acks if ack is not None]

@@ -9,6 +9,11 @@
  * its same id, and the server answers a resent prompt or message with its first ack (nothing
  * stored twice). Pins, facts and policies are idempotent; a resent cancel that the first try
  * carried out is reconciled by the session (`reconcile`).
+ *
+ * Commands are written in the order they were made, paced (`Pacing`): written all at once
+ * after a reconnect, those past the server's command budget of a socket were refused
+ * `rate_limited` though they would have been taken a moment later, and enough refusals
+ * close the socket for good (4429).
  */
 
 import * as decoding from 'lib0/decoding'
@@ -41,6 +46,22 @@ export type Reply = Record<string, unknown>
 
 export type Reconcile = (command: Command, reply: Reply, sends: number) => Reply
 
+/**
+ * At most `inFlight` commands written to a socket and unanswered at once (the next as each
+ * is answered); at most `burst` written at once, and `perSecond` on average after that. The
+ * defaults stay under the server's default budget of a socket (30 at once, then 10 a second)
+ * by a margin: the server counts a command when it reads it, so one that took longer to
+ * reach it than the next leaves the server less time to refill than the client counted. Set
+ * them under a server's own when it has lower ones. (The Python SDK's `Pacing`, alike.)
+ */
+export interface Pacing {
+  readonly inFlight: number
+  readonly perSecond: number
+  readonly burst: number
+}
+
+export const PACING: Pacing = Object.freeze({ inFlight: 8, perSecond: 8, burst: 20 })
+
 interface Pending {
   readonly command: Command
   readonly frame: Uint8Array
@@ -55,13 +76,27 @@ interface Pending {
 
 export class Outbox {
   private readonly pending = new Map<string, Pending>()
+  /** Commands the rate allows now (a token bucket, across sockets), as of `updated` (ms). */
+  private tokens: number
+  private updated: number
+  /** A flush due once the rate allows the next command. */
+  private timer: ReturnType<typeof setTimeout> | null = null
 
   constructor (
     private readonly sink: FrameSink,
     private readonly onSent: (command: Command, attempt: number) => void = () => {},
     /** The reply to settle with, given the one received and how often the command went out. */
-    private readonly reconcile: Reconcile = (_command, reply) => reply
-  ) {}
+    private readonly reconcile: Reconcile = (_command, reply) => reply,
+    private readonly pacing: Pacing = PACING,
+    /** Milliseconds, monotonic. */
+    private readonly now: () => number = () => performance.now()
+  ) {
+    if (!(pacing.inFlight >= 1 && pacing.burst >= 1 && pacing.perSecond > 0)) {
+      throw new RangeError('pacing: inFlight and burst are at least 1, perSecond above 0')
+    }
+    this.tokens = pacing.burst
+    this.updated = now()
+  }
 
   /**
    * Queue `command` and write it now if a socket is open; settles with its reply. Once
@@ -87,6 +122,7 @@ export class Outbox {
         const written = entry.sends > 0 ? 'written, and may have been stored' : 'never written'
         const options = { commandId: command.id, command }
         reject(new ParleyError('aborted', `given up (${written})`, options))
+        this.flush() // room for the next, if it was written
       }
       entry = {
         command,
@@ -117,17 +153,41 @@ export class Outbox {
     return promise
   }
 
-  /** Write every unanswered command not yet written to the ready socket (call when one is). */
+  /**
+   * Write the unanswered commands not yet written to the ready socket, in order, as many as
+   * the pacing allows now (call when a socket is ready; a reply calls it for the next).
+   */
   flush (): void {
     const socket = this.sink.current()
     if (socket === null) return
+    const now = this.now()
+    const refill = (Math.max(now - this.updated, 0) / 1000) * this.pacing.perSecond
+    this.tokens = Math.min(this.pacing.burst, this.tokens + refill)
+    this.updated = now
+    let inFlight = 0
+    for (const entry of this.pending.values()) if (entry.sentOn === socket) inFlight += 1
     for (const entry of this.pending.values()) {
       if (entry.sentOn === socket) continue
+      if (inFlight >= this.pacing.inFlight) return // the next goes as one is answered
+      if (this.tokens < 1) {
+        this.flushIn(((1 - this.tokens) / this.pacing.perSecond) * 1000)
+        return
+      }
+      this.tokens -= 1
+      inFlight += 1
       entry.sentOn = socket
       entry.sends += 1
       this.sink.write(entry.frame)
       this.onSent(entry.command, entry.sends)
     }
+  }
+
+  private flushIn (ms: number): void {
+    if (this.timer !== null) return
+    this.timer = setTimeout(() => {
+      this.timer = null
+      this.flush()
+    }, Math.ceil(ms))
   }
 
   /**
@@ -146,6 +206,7 @@ export class Outbox {
     } else {
       entry.reject(errorOfReply(settled))
     }
+    this.flush() // room for the next
     return true
   }
 
@@ -167,6 +228,8 @@ export class Outbox {
 
   /** Reject every unanswered command with `error` (the session is over). */
   rejectAll (error: ParleyError): void {
+    if (this.timer !== null) clearTimeout(this.timer)
+    this.timer = null
     const entries = [...this.pending.values()]
     this.pending.clear()
     for (const entry of entries) entry.reject(error)

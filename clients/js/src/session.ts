@@ -11,9 +11,11 @@ import { uuidv4 } from 'lib0/random'
 import {
   MESSAGE_COMMAND,
   Outbox,
+  PACING,
   errorOfReply,
   readReply,
   type Command,
+  type Pacing,
   type Reply
 } from './channel.js'
 import { ParleyError, errorForClose } from './errors.js'
@@ -54,6 +56,8 @@ export interface ConnectOptions {
   readonly WebSocketPolyfill?: unknown
   /** Shown to the others as `user.name` in presence. */
   readonly name?: string
+  /** How fast commands go out (default `PACING`: under the server's default budget). */
+  readonly pacing?: Pacing
 }
 
 export interface SessionEvents {
@@ -137,7 +141,8 @@ export class ParleySession {
         write: (frame) => provider.ws?.send(frame)
       },
       (command, attempt) => this.emit('sent', command, attempt),
-      (command, reply, sends) => this.reconcile(command, reply, sends)
+      (command, reply, sends) => this.reconcile(command, reply, sends),
+      options.pacing ?? PACING
     )
     provider.messageHandlers[MESSAGE_COMMAND] = (_encoder, decoder) => {
       let reply: unknown

@@ -48,6 +48,7 @@ from parley_client.errors import (
     UnsupportedMediaType,
     error_for,
 )
+from parley_client.pacing import Pacing
 from parley_client.session import Ack, ConnectionState, Reconnect, Session, connect
 from parley_client.view import Change, Entry, Peer, QueuedPrompt, Snapshot
 
@@ -72,6 +73,7 @@ __all__ = [
     "MemberInfo",
     "MethodNotAllowed",
     "NotFound",
+    "Pacing",
     "ParleyError",
     "Peer",
     "PrivateText",

@@ -7,8 +7,10 @@ commands with typed acks and errors, presence, and reconnects that lose nothing.
 
 Every command gets an id made here and stays pending until its reply: when the socket drops
 it is sent again, by the same id, after the reconnect, and the server answers a resent id
-with its first ack (nothing is stored twice). Commands travel as binary frames of Parley's
-message type 100, so they share the socket with the y-websocket sync and awareness frames.
+with its first ack (nothing is stored twice). Commands go out in the order they were made,
+paced under the server's command budget (``pacing.py``). They travel as binary frames of
+Parley's message type 100, so they share the socket with the y-websocket sync and awareness
+frames.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import contextlib
 import json
 import random
 import secrets
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
@@ -39,6 +42,7 @@ from parley_client.errors import (
     TooLarge,
     error_for,
 )
+from parley_client.pacing import PACING, Pacer, Pacing
 from parley_client.view import Change, Entry, Peer, QueuedPrompt, Snapshot, diff
 
 PRESENCE_RENEW_S = 15.0  # as stock clients: the server closes a socket silent for 120 s
@@ -89,6 +93,7 @@ class _Pending:
     payload: dict[str, Any]
     reply: asyncio.Future[Ack]
     waiters: int = 1  # calls waiting for the reply (a resend by id while it waits joins)
+    written_on: int | None = None  # the socket (its number, ``connects``) last written to
 
 
 def _socket_url(url: str, session_id: str, token: str) -> str:
@@ -116,6 +121,7 @@ class Session:
         reconnect: Reconnect | None = RECONNECT,
         connect_timeout_s: float = 10.0,
         command_timeout_s: float | None = None,
+        pacing: Pacing = PACING,
     ) -> None:
         self.session_id = session_id
         self._url = _socket_url(url, session_id, token)
@@ -137,7 +143,8 @@ class Session:
         self._ids = f"{secrets.token_hex(6)}-"
         self._next_id = 0
         self._socket: websockets.ClientConnection | None = None  # open, maybe not ready
-        self._ws: websockets.ClientConnection | None = None  # open, commands go out at once
+        self._pacer = Pacer(pacing, time.monotonic())
+        self._to_write = asyncio.Event()  # a command waits, or one was answered
         self._snapshot: Snapshot | None = Snapshot()
         self._peers: dict[int, tuple[int, Peer | None]] = {}  # client id -> (clock, peer)
         self._client_id = random.randrange(1, 2**32)
@@ -239,16 +246,12 @@ class Session:
         self.state = ConnectionState.SYNCING
         self._notify()
         renew = asyncio.create_task(self._renew_presence(ws))
+        writer: asyncio.Task[None] | None = None
         try:
             await ws.send(wire.encode_sync(wire.STEP1, self.doc.get_state()))
             if self._presence is not None:
                 await ws.send(self._presence_frame())
-            sent: set[str] = set()
-            while unsent := [p for key, p in self._pending.items() if key not in sent]:
-                for pending in unsent:  # resent by their ids: each is stored once
-                    await ws.send(wire.encode_command(pending.payload))
-                    sent.add(pending.payload["id"])
-            self._ws = ws  # commands made from now on are sent at once
+            writer = asyncio.create_task(self._write_commands(ws, self.connects))
             async for frame in ws:
                 try:
                     self._on_frame(frame)
@@ -258,23 +261,47 @@ class Session:
         except websockets.ConnectionClosed:
             pass
         finally:
-            self._ws = self._socket = None
+            self._socket = None
             # The others' states are the server's to give again (those who left meanwhile
             # are never announced to this client), as stock y-websocket clients drop them.
             own = self._peers.get(self._client_id)
             self._peers = {} if own is None else {self._client_id: own}
-            renew.cancel()
-            with contextlib.suppress(asyncio.CancelledError, websockets.ConnectionClosed):
-                await renew
+            for task in (renew, writer):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, websockets.ConnectionClosed):
+                        await task
         self.close_code = ws.close_code
         if ws.close_code == TOO_BIG:
-            self._refuse_largest()
+            self._refuse_largest(self.connects)
         return self._after_close(ws.close_code, ws.close_reason or "")
 
-    def _refuse_largest(self) -> None:
-        """The server closed the socket for a frame too big: the largest command waiting
+    async def _write_commands(self, ws: websockets.ClientConnection, socket: int) -> None:
+        """Write the commands waiting to ``socket`` for as long as it is open: those made
+        while it was not, and those unanswered when the last one closed (resent by their
+        ids: each is stored once), then each as it is made, in order, paced (``Pacer``)."""
+        while True:
+            self._to_write.clear()
+            waiting = list(self._pending.values())
+            written_on = [pending.written_on for pending in waiting]
+            count, wait_s = self._pacer.take(written_on, socket, time.monotonic())
+            for pending in [p for p in waiting if p.written_on != socket][:count]:
+                pending.written_on = socket
+                await ws.send(wire.encode_command(pending.payload))
+            if count:
+                continue  # what changed while they were written is looked at again
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait_s or None):
+                    await self._to_write.wait()
+
+    def _refuse_largest(self, socket: int) -> None:
+        """The server closed ``socket`` for a frame too big: the largest command written to it
         is refused (``TooLarge``) rather than resent, which would close the next socket too."""
-        sizes = {key: len(wire.encode_command(p.payload)) for key, p in self._pending.items()}
+        sizes = {
+            key: len(wire.encode_command(p.payload))
+            for key, p in self._pending.items()
+            if p.written_on == socket
+        }
         if sizes:
             largest = self._pending.pop(max(sizes, key=sizes.__getitem__))
             if not largest.reply.done():
@@ -326,6 +353,8 @@ class Session:
     def _on_reply(self, data: dict[str, Any]) -> None:
         kind, command_id = data.get("type"), data.get("id")
         pending = self._pending.pop(command_id, None) if isinstance(command_id, str) else None
+        if pending is not None:
+            self._to_write.set()  # room for the next
         if pending is not None and isinstance(command_id, str) and not pending.reply.done():
             if kind == "ack":
                 seq = data.get("seq")
@@ -380,16 +409,14 @@ class Session:
             if waiting.payload != payload:
                 message = "this command id waits for its reply to another command"
                 raise error_for("conflict", message, command_id=payload["id"])
-            pending, first = waiting, False
+            pending = waiting
             pending.waiters += 1
         else:
             reply: asyncio.Future[Ack] = asyncio.get_running_loop().create_future()
-            pending, first = _Pending(payload, reply), True
+            pending = _Pending(payload, reply)
             self._pending[payload["id"]] = pending
+            self._to_write.set()  # written once a socket is open, and its turn comes
         try:
-            if first and self._ws is not None:
-                with contextlib.suppress(websockets.ConnectionClosed):
-                    await self._ws.send(wire.encode_command(payload))  # else resent later
             bound = self.command_timeout_s if timeout_s is None else timeout_s
             try:
                 async with asyncio.timeout(bound):
@@ -405,6 +432,7 @@ class Session:
                 # Given up (cancelled) by every caller: not resent.
                 if self._pending.get(payload["id"]) is pending:
                     del self._pending[payload["id"]]
+                    self._to_write.set()  # room for the next, if it was written
                 pending.reply.cancel()
 
     async def resend(self, command: Mapping[str, Any], *, timeout_s: float | None = None) -> Ack:
@@ -629,12 +657,14 @@ def connect(
     reconnect: Reconnect | None = RECONNECT,
     connect_timeout_s: float = 10.0,
     command_timeout_s: float | None = None,
+    pacing: Pacing = PACING,
 ) -> Session:
     """A session to use as ``async with connect(...) as session``. ``url`` is the server's
     base (``ws://host:port`` or ``http://host:port``); ``presence`` the awareness state to
     show (default: an empty state, so the member is listed as here; None: not shown);
     ``reconnect=None`` ends the session when its socket closes; ``command_timeout_s`` bounds
-    each command's wait for its reply (``CommandTimeout``; None: no bound)."""
+    each command's wait for its reply (``CommandTimeout``; None: no bound); ``pacing`` how
+    fast commands go out (``Pacing``: the server's default command budget)."""
     return Session(
         url,
         session_id,
@@ -643,6 +673,7 @@ def connect(
         reconnect=reconnect,
         connect_timeout_s=connect_timeout_s,
         command_timeout_s=command_timeout_s,
+        pacing=pacing,
     )
 
 
