@@ -5,13 +5,15 @@ read, and stored with the sequence numbers and entry ids it covers. Each new sum
 extends the previous one with the turns that have since fallen out of the budget, so a
 summary is never rebuilt from scratch. A run uses the newest summary that ends inside its
 own history; the turns it covers are replaced by it, and pins and facts are never in it
-(they are always given verbatim).
+(they are always given verbatim). When membership changed so that the newest summary holds
+what not every member may read now, a new chain starts: a summary that extends none, and
+covers only what it summarised itself.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
 
 from parley.session.attribution import escape_text, name
 from parley.session.fold import FoldedItem
@@ -29,7 +31,8 @@ SUMMARY_SYSTEM = (
 @dataclass(frozen=True, slots=True)
 class Summary:
     """A stored summary. ``covers`` holds every entry id it stands for, including those of
-    the summaries it extends; ``to_seq`` is the highest sequence number among them."""
+    the summaries it extends; ``to_seq`` is the highest sequence number among them;
+    ``extends`` names the summary it extends (None: it starts a chain)."""
 
     id: str
     from_seq: int
@@ -37,6 +40,7 @@ class Summary:
     covers: frozenset[str]
     text: str
     tokens: int
+    extends: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,4 +134,22 @@ def extended(plan: SummaryPlan, summary_id: str, text: str) -> Summary:
         covers=covers,
         text=text,
         tokens=count_tokens(text),
+        extends=None if plan.previous is None else plan.previous.id,
     )
+
+
+def chained(stored: Iterable[tuple[Summary, frozenset[str]]]) -> list[Summary]:
+    """Stored summaries, oldest first, each with the entry ids it ``added`` to the one it
+    extends, given back each with everything it covers: what it added and what the summary
+    it extends covers, along its chain alone (the additions of a chain given up are not
+    in a new one's text, so they are not in what it covers either). A summary that extends
+    one not before it covers what it added alone: to cover less than its text holds costs
+    turns given or summarised twice, to cover more loses them."""
+    covers: dict[str, frozenset[str]] = {}
+    found: list[Summary] = []
+    for summary, added in stored:
+        extends = summary.extends
+        whole = added if extends is None else covers.get(extends, frozenset()) | added
+        covers[summary.id] = whole
+        found.append(replace(summary, covers=whole))
+    return found

@@ -39,7 +39,7 @@ from parley.session.core.thread_state import SideThread
 from parley.session.errors import Unavailable
 from parley.session.events import Membership, StoredEvent, membership_event
 from parley.session.quota import Quotas
-from parley.session.summary import Summary
+from parley.session.summary import Summary, chained
 from parley.session.tokens import count_tokens
 
 if TYPE_CHECKING:
@@ -217,12 +217,11 @@ class MemoryStore:
 
     async def load_summaries(self, session_id: str) -> list[Summary]:
         s = self._read(session_id)
-        found: list[Summary] = []
-        covers: frozenset[str] = frozenset()
-        for summary, added in [] if s is None else s.summaries:
-            covers = covers | added
-            found.append(replace(summary, covers=covers, tokens=count_tokens(summary.text)))
-        return found
+        stored = [] if s is None else s.summaries
+        return chained(
+            (replace(summary, tokens=count_tokens(summary.text)), added)
+            for summary, added in stored
+        )
 
     # -- usage and quotas -----------------------------------------------------------------
 

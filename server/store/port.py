@@ -266,7 +266,10 @@ class SessionStore(Transactional, Protocol):
         input_tokens: int,
         output_tokens: int,
         now: int,
-    ) -> None: ...
+    ) -> None:
+        """Keep ``summary``, which adds the entries ``added`` to the summary it extends
+        (``summary.extends``; None: it starts a chain)."""
+        ...
 
     async def load_threads(
         self,
@@ -286,7 +289,8 @@ class SessionStore(Transactional, Protocol):
         ...
 
     async def load_summaries(self, session_id: str) -> list[Summary]:
-        """Oldest first, each with everything it covers."""
+        """Oldest first, each with everything it covers: what it added and what the
+        summary it extends covers (``session.summary.chained``), as it was made."""
         ...
 
     async def record_usage(self, rows: Sequence[UsageRow]) -> None: ...

@@ -33,7 +33,7 @@ from parley.server.store.tables import (
 )
 from parley.session.core import SideThread
 from parley.session.events import StoredEvent
-from parley.session.summary import Summary
+from parley.session.summary import Summary, chained
 from parley.session.tokens import count_tokens
 
 
@@ -236,7 +236,7 @@ class SessionReads(Database):
         output_tokens: int,
         now: int,
     ) -> None:
-        """Store ``summary``, which extends the session's newest by the entries ``added``."""
+        """Store ``summary``, which adds the entries ``added`` to the one it extends."""
         async with self.transaction() as tx:
             ordinal = (
                 await tx.connection.execute(
@@ -253,6 +253,7 @@ class SessionReads(Database):
                     from_seq=summary.from_seq,
                     to_seq=summary.to_seq,
                     covers=json.dumps(sorted(added)),
+                    extends=summary.extends,
                     text=summary.text,
                     model=model,
                     input_tokens=input_tokens,
@@ -288,18 +289,18 @@ class SessionReads(Database):
                 .where(summaries.c.session_id == session_id)
                 .order_by(summaries.c.ordinal)
             )
-            found: list[Summary] = []
-            covers: frozenset[str] = frozenset()
-            for row in rows:
-                covers = covers | frozenset(json.loads(row.covers))
-                found.append(
+            return chained(
+                (
                     Summary(
                         id=row.id,
                         from_seq=row.from_seq,
                         to_seq=row.to_seq,
-                        covers=covers,
+                        covers=frozenset(),
                         text=row.text,
                         tokens=count_tokens(row.text),
-                    )
+                        extends=row.extends,
+                    ),
+                    frozenset(json.loads(row.covers)),
                 )
-        return found
+                for row in rows
+            )

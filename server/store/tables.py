@@ -131,7 +131,8 @@ doc_snapshots = Table(
 )
 
 # Rolling summaries of older turns, made by the model from what every member may read.
-# Each row extends the previous one; ``covers`` lists the entry ids it added (JSON).
+# ``covers`` lists the entry ids a row added (JSON) to the row it ``extends`` (NULL: it
+# starts a chain, as one does when membership changed); what a row covers is its chain's.
 summaries = Table(
     "summaries",
     metadata,
@@ -146,6 +147,7 @@ summaries = Table(
     Column("input_tokens", Integer, nullable=False),
     Column("output_tokens", Integer, nullable=False),
     Column("created_at", BigInteger, nullable=False),
+    Column("extends", String(64)),
     UniqueConstraint("session_id", "ordinal", name="uq_summaries_session_ordinal"),
 )
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from parley.session.context import ContextSettings, build_context
 from parley.session.entries import Entry, EntryKind
 from parley.session.summary import (
     Summary,
+    chained,
     extended,
     newest_within,
     plan_extension,
@@ -67,6 +70,7 @@ def test_a_build_gives_the_summary_instead_of_the_turns_it_covers() -> None:
     assert more is not None
     second = extended(more, "sum-2", "more")
     assert second.covers > summary.covers
+    assert (summary.extends, second.extends) == (None, "sum-1")
     assert second.from_seq == summary.from_seq and second.to_seq >= summary.to_seq
 
 
@@ -76,3 +80,20 @@ def test_a_run_uses_no_summary_reaching_past_its_own_history() -> None:
     assert newest_within([early, late], 40) == late
     assert newest_within([early, late], 20) == early
     assert newest_within([early, late], 3) is None
+
+
+def test_stored_summaries_cover_along_their_own_chain() -> None:
+    """What a stored summary covers is rebuilt from what each added, along the chain it
+    extends: a new chain (membership changed) does not cover the old chain's turns, which
+    are not in its text; one that extends a summary not stored before it covers what it
+    added alone (less than its text holds, never more)."""
+    made = [
+        (Summary("a", 0, 5, frozenset({"e0", "e5"}), "a", 1), {"e0", "e5"}),
+        (Summary("b", 0, 9, frozenset({"e0", "e5", "e9"}), "b", 1, "a"), {"e9"}),
+        (Summary("n", 0, 9, frozenset({"e0", "e9"}), "n", 1), {"e0", "e9"}),  # e5: not all's
+        (Summary("m", 0, 12, frozenset({"e0", "e9", "e12"}), "m", 1, "n"), {"e12"}),
+    ]
+    stored = [(replace(x, covers=frozenset()), frozenset(added)) for x, added in made]
+    assert chained(stored) == [x for x, _ in made]
+    lost = Summary("x", 0, 14, frozenset({"e14"}), "x", 1, "gone")
+    assert chained([(lost, frozenset({"e14"}))]) == [lost]

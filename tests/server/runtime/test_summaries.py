@@ -1,14 +1,23 @@
 """Turns that no longer fit are summarised by the model, stored, reused and extended: in a
-room on the in-memory store, waiting on the summariser's own task."""
+room on the in-memory store (or, where a room is loaded again, on each store), waiting on
+the summariser's own task."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
-from parley.authz.policy import Readers
+import pytest
+
+from parley.authz.policy import Decision, Readers
+from parley.authz.roles import Member
 from parley.server.store.access_rows import DocumentRow
 from parley.server.store.memory import MemoryStore
+from tests.conftest import postgres_database, sqlite_url
 from tests.fake_model import Answer, FakeModel, Sent, call
+from tests.server.runtime.backend import sql_store
 from tests.server.runtime.harness import (
     SESSION,
     MemorySession,
@@ -16,6 +25,7 @@ from tests.server.runtime.harness import (
     memory_session,
 )
 
+ALLOW = Decision(True, "test")
 TOPICS = ["billing", "deploys", "search", "onboarding", "latency", "alerts", "exports"]
 SMALL_WINDOW: dict[str, Any] = {
     "context_window_tokens": 900,
@@ -162,3 +172,90 @@ async def test_a_reply_drawn_from_a_summary_inherits_the_readers_of_what_it_cove
         records = await s.store.access.list_audit(SESSION, limit=500, after=0, kinds=["model_call"])
         call_record = next(r for r in records if r.data["reply_id"] == reply_id)
         assert call_record.data["context_summary"] is not None
+
+
+@contextlib.asynccontextmanager
+async def a_store(kind: str, tmp_path: Path) -> AsyncIterator[Any]:
+    """An empty store: in memory, or the SQL one on a migrated SQLite or PostgreSQL."""
+    if kind == "memory":
+        yield MemoryStore()
+        return
+    async with contextlib.AsyncExitStack() as stack:
+        url = (
+            sqlite_url(tmp_path)
+            if kind == "sqlite"
+            else await stack.enter_async_context(postgres_database(migrated=True))
+        )
+        yield await stack.enter_async_context(sql_store(url))
+
+
+@pytest.mark.parametrize(
+    "kind", ["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+async def test_a_new_chain_of_summaries_covers_the_same_after_a_reload(
+    kind: str, tmp_path: Path
+) -> None:
+    """Once a summary covers what a new member may not read, the summaries start a new chain
+    that does not hold the old one's text. A room loaded again from the store has each
+    summary covering what it covered when it was made, and builds the same contexts: the
+    new chain's summaries claimed the old chain's turns too (the store kept each summary's
+    additions and added them all up), so a member who may read everything had those turns
+    neither given nor summarised, and the members' scope had no summary at all."""
+
+    def script(sent: Sent) -> Answer:
+        if sent.purpose == "summary":
+            return ["Summary: " + sent.messages[-1]["content"][-3000:]]  # keeps every fact
+        if "launch code?" in sent.asked_text():
+            return [call("search_documents", {"query": "launch code"})]
+        return ["noted"]
+
+    model = FakeModel(script)
+    members = {"alice": "editor", "bob": "editor"}
+    async with a_store(kind, tmp_path) as store:
+        async with memory_session(members, model, store=store, **SMALL_WINDOW) as s:
+            readers = Readers("d1", frozenset({"alice", "bob"}))  # every member, for now
+            vault = DocumentRow("d1", SESSION, "Vault", "The launch code is 7731.", readers, 0)
+            await add_document(store, vault)
+            await ask(s, "alice", "what is the launch code?")
+            await chat(s, "bob", 0, 50)
+            await ask(s, "bob", "status?")  # the answer is summarised: the first chain
+            first = s.room.context.summaries[-1]
+            assert "7731" in first.text
+            chain = len(s.room.context.summaries)
+            carol = Member("carol", "editor")  # who may not read the vault's answer
+            await s.store.change_member(SESSION, "carol", carol, 1, lambda *_: ALLOW)
+            await s.room.membership.set_member("carol", carol)
+            await chat(s, "bob", 50, 30)
+            await ask(s, "bob", "status again?")  # a new chain, without the answer
+            made = list(s.room.context.summaries)
+            assert len(made) > chain and "7731" not in made[-1].text
+            assert not made[-1].covers >= first.covers, "a new chain"
+            before = {who: contexts(s, who) for who in ("alice", "carol", None)}
+
+        async with memory_session(members, None, store=store, **SMALL_WINDOW) as s:
+            after = {who: contexts(s, who) for who in ("alice", "carol", None)}
+            assert {who: c[0] for who, c in after.items()} == {w: c[0] for w, c in before.items()}
+            assert after == before
+            assert [(x.id, x.covers) for x in s.room.context.summaries] == [
+                (x.id, x.covers) for x in made
+            ]
+            assert s.room.context.summaries == made
+
+
+async def add_document(store: Any, row: DocumentRow) -> None:
+    # The in-memory adapter takes no per-session cap (only REST adds documents, on SQL).
+    if isinstance(store, MemoryStore):
+        await store.access.add_document(row)
+    else:
+        await store.access.add_document(row, 100)
+
+
+def contexts(s: MemorySession, user: str | None) -> tuple[str | None, Any, Any, Any]:
+    """What a run of ``user`` (None: the members' scope, which summaries are made in) is
+    given: the summary, the system text and the messages; and what is left out, and why
+    (summarised, or over budget: what the next summary takes up)."""
+    scope = None if user is None else s.room.runs.scope_for([user], preview=True)
+    built = s.room.context.build((), scope)
+    summary = None if built.summary is None else built.summary.id
+    left_out = sorted((x.entry_id, x.reason) for x in built.excluded)
+    return summary, built.request.system, built.request.messages, left_out

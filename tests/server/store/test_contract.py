@@ -296,16 +296,43 @@ async def test_the_document_is_its_snapshot_and_the_updates_after_it(store: Any)
 async def test_summaries_cover_what_the_ones_before_them_covered(store: Any) -> None:
     await store.create_session("a", "t", "queue", 0)
     for i, added in enumerate((frozenset({"e1"}), frozenset({"e2", "e3"}))):
-        summary = Summary(f"s{i}", 1, i + 1, added, f"summary {i}", 0)
+        summary = Summary(f"s{i}", 1, i + 1, added, f"summary {i}", 0, f"s{i - 1}" if i else None)
         await store.add_summary(
             "a", summary, added=added, model="m", input_tokens=1, output_tokens=1, now=i
         )
     found = await store.load_summaries("a")
-    assert [(s.id, s.covers, s.text) for s in found] == [
-        ("s0", frozenset({"e1"}), "summary 0"),
-        ("s1", frozenset({"e1", "e2", "e3"}), "summary 1"),
+    assert [(s.id, s.covers, s.text, s.extends) for s in found] == [
+        ("s0", frozenset({"e1"}), "summary 0", None),
+        ("s1", frozenset({"e1", "e2", "e3"}), "summary 1", "s0"),
     ]
     assert all(s.tokens > 0 for s in found)
+
+
+async def test_a_new_chain_of_summaries_covers_its_own_chain_alone(store: Any) -> None:
+    """A summary that starts a new chain (membership changed: the old one holds what not
+    every member may read now) covers what it summarised, and those extending it what the
+    new chain holds: none of them what the old chain alone covers, as when they were made."""
+    await store.create_session("a", "t", "queue", 0)
+    rows = [  # (id, extends, added)
+        ("s0", None, {"e1", "e2"}),
+        ("s1", "s0", {"e3"}),
+        ("n0", None, {"e1"}),  # e2 may not be read by every member now
+        ("n1", "n0", {"e3", "e4"}),
+        ("s2", "s1", {"e5"}),  # one that extends an older chain's summary
+    ]
+    for i, (summary_id, extends, added) in enumerate(rows):
+        summary = Summary(summary_id, 1, i + 1, frozenset(added), summary_id, 0, extends)
+        await store.add_summary(
+            "a", summary, added=frozenset(added), model="m", input_tokens=1, output_tokens=1, now=i
+        )
+    found = await store.load_summaries("a")
+    assert [(s.id, s.extends, sorted(s.covers)) for s in found] == [
+        ("s0", None, ["e1", "e2"]),
+        ("s1", "s0", ["e1", "e2", "e3"]),
+        ("n0", None, ["e1"]),
+        ("n1", "n0", ["e1", "e3", "e4"]),
+        ("s2", "s1", ["e1", "e2", "e3", "e5"]),
+    ]
 
 
 async def test_members_and_their_events(store: Any) -> None:
