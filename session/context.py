@@ -210,7 +210,11 @@ class _Scope:
         covers = summary.covers
         known = 0
         previous = self.summary
-        if previous is not None and (summary is previous or covers.issuperset(previous.covers)):
+        if previous is not None and (
+            summary is previous
+            or summary.extends == previous.id  # its covers are the previous one's, and more
+            or covers.issuperset(previous.covers)
+        ):
             # The items below the last count that did not change are covered still; of
             # those that changed, the first one uncovered ends the prefix.
             known = min(self.covered, len(items))
