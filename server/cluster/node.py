@@ -125,6 +125,8 @@ class ClusterNode:
         self._room_locks: dict[str, asyncio.Lock] = {}
         self._stale_docs: set[str] = set()
         self._stale_settings: set[str] = set()  # replica rooms to judge by the stored members
+        # Of each replica room, the digest of the settings it put in force (``Tail.settings``).
+        self._settings_seen: dict[str, str] = {}
         self.presence = PresenceRelay(store.engine, self.node_id, registry.loaded)
         self.access = AccessSync(
             store.engine, self.node_id, registry.load_access, self.leases_table
@@ -211,6 +213,7 @@ class ClusterNode:
         session_id = room.session_id
         self.running.discard(session_id)
         self.applied.pop(session_id, None)
+        self._settings_seen.pop(session_id, None)
         self.runners.pop(session_id, None)
         self._room_locks.pop(session_id, None)
         self.live_elsewhere.discard(session_id)
@@ -257,6 +260,7 @@ class ClusterNode:
             return False
         self.leases[session_id] = lease
         applied = self.applied.pop(session_id, None)
+        self._settings_seen.pop(session_id, None)
         try:
             # Roles and tools as stored now: a change confirmed before this node held the
             # lease did not wait for it (see ``AccessSync``).
@@ -473,9 +477,11 @@ class ClusterNode:
             if after is None:
                 return  # run here now: the room has the state
             tail = await read_tail(self.store.engine, session_id, after, TAIL_PAGE)
-            if session_id in self._stale_settings:  # judged as changed before it is sent
+            changed = self._settings_seen.get(session_id) != tail.settings
+            if changed or session_id in self._stale_settings:  # in force before it is sent
                 await room.reload_settings()
                 self._stale_settings.discard(session_id)
+                self._settings_seen[session_id] = tail.settings
             if tail.snapshot is not None or tail.updates:
                 await room.writer.document.apply_replicated(tail.snapshot, tail.updates)
             if session_id in self.applied:

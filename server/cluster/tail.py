@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from sqlalchemy import and_, select
+from sqlalchemy import and_, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from parley.server.cluster.lease import database_errors
@@ -31,6 +31,28 @@ class Tail:
     updates: list[bytes]
     last_id: int  # the update id the replica has applied once it applied this
     complete: bool  # False: more updates follow, read again from ``last_id``
+    # A digest of who may read the session as of the same moment as the updates: its
+    # members (roles, grants, denials, epochs, names), its model and restricted-reply
+    # policy, its revoked tokens. When it differs from the one the replica last put in
+    # force, the replica reloads them before it sends these updates to a socket: the
+    # notice of a removal may come after the updates posted since (review: a removed
+    # member's socket on a following node could be sent one).
+    settings: str
+
+
+# One statement, in the tail's snapshot: PostgreSQL digests the rows, so a read costs one
+# value over the wire however many members the session has.
+SETTINGS_DIGEST = text(
+    """
+    SELECT md5(concat_ws(E'\\x1e',
+      (SELECT concat_ws(E'\\x1f', model, restricted_replies) FROM sessions WHERE id = :sid),
+      (SELECT string_agg(concat_ws(E'\\x1f', user_id, role, grants, denials, token_epoch,
+                                   display_name), E'\\x1e' ORDER BY user_id)
+         FROM members WHERE session_id = :sid),
+      (SELECT string_agg(id, E'\\x1f' ORDER BY id) FROM client_tokens
+         WHERE session_id = :sid AND revoked_at IS NOT NULL)))
+    """
+)
 
 
 async def read_tail(engine: AsyncEngine, session_id: str, after: int, limit: int) -> Tail:
@@ -47,6 +69,7 @@ async def read_tail(engine: AsyncEngine, session_id: str, after: int, limit: int
                     )
                 )
             ).first()
+            digest = (await connection.execute(SETTINGS_DIGEST, {"sid": session_id})).scalar()
             start = after if snap is None else max(after, int(snap.last_update_id))
             rows = (
                 await connection.execute(
@@ -61,6 +84,7 @@ async def read_tail(engine: AsyncEngine, session_id: str, after: int, limit: int
         updates=[bytes(row.data) for row in rows],
         last_id=int(rows[-1].id) if rows else start,
         complete=len(rows) < limit,
+        settings=str(digest),
     )
 
 
