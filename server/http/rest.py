@@ -145,6 +145,9 @@ class Operation:
     # Also answers ``Accept: text/event-stream`` with a Server-Sent Events stream that
     # resumes after ``Last-Event-ID`` (the header, or the query parameter ``last_event_id``).
     streams: bool = False
+    # Answers a member's resend past their command rate (``prompts.send``): their body is
+    # parsed past the rate, to find one; on any other route it is refused unparsed.
+    answers_resends: bool = False
 
 
 MAX_PROBLEMS = 50  # validation errors listed in one answer (the count says how many more)
@@ -347,15 +350,7 @@ def route(op: Operation) -> Route:
             if op.with_caller:
                 kwargs["caller"] = caller
             if op.body is not None:
-                check_json_body(request, None)
-                limit = state.settings.max_request_bytes
-                raw = await read_body(request, limit if op.body_bytes is None else op.body_bytes)
-                await _spend_body(state, caller, kwargs.get("session_id"), len(raw))
-                check_json_body(request, raw)
-                try:
-                    kwargs["body"] = op.body.model_validate_json(raw or b"{}")
-                except ValidationError as exc:
-                    raise invalid_body(exc) from None
+                kwargs["body"] = await _body(op, request, state, caller, room)
             await judge(op, caller, state, room)
             result = await op.handler(state, **kwargs)
         except ParleyError as exc:
@@ -378,16 +373,44 @@ def route(op: Operation) -> Route:
     return Route(op.path, endpoint, methods=[op.method], name=op.handler.__name__)
 
 
-async def _spend_body(state: AppState, caller: Caller, session_id: object, size: int) -> None:
-    """A member's request body spends their command bytes before it is parsed, as a
-    socket's command does (review: 1 MB bodies of 90,000 keys, refused 422 one after the
-    other, cost 180 ms of CPU each and were never charged)."""
-    if caller.user_id is None or not isinstance(session_id, str) or not size:
-        return
-    room = await state.rooms.get(session_id)
-    refusal = command_bytes_refusal(room.budgets, caller.user_id, size, room.clock())
-    if refusal is not None:
-        raise refusal
+async def _body(
+    op: Operation, request: Request, state: AppState, caller: Caller, room: SessionRoom | None
+) -> BaseModel:
+    """The request's body as ``op``'s model, judged in a socket's order (docs/websocket.md:
+    the order of checks): its declared type and size, the member's command bytes and
+    command rate, then its form. Past the rate a member's body is refused unparsed, unless
+    ``op`` answers a resend past it (as a socket reads a frame past the rate to find one);
+    a malformed one spends a command, as a socket's does, so past the rate it is
+    ``rate_limited`` at both doors (review: ``invalid`` over REST)."""
+    assert op.body is not None
+    check_json_body(request, None)
+    limit = state.settings.max_request_bytes
+    raw = await read_body(request, limit if op.body_bytes is None else op.body_bytes)
+    if room is None or caller.user_id is None:  # the admin key's: no member's budget
+        check_json_body(request, raw)
+        return _parsed(op.body, raw)
+    # A member's body spends their command bytes before it is parsed, as a socket's
+    # command does (review: 1 MB bodies of 90,000 keys, refused 422 one after the other,
+    # cost 180 ms of CPU each and were never charged).
+    if raw:
+        refusal = command_bytes_refusal(room.budgets, caller.user_id, len(raw), room.clock())
+        if refusal is not None:
+            raise refusal
+    if not op.answers_resends and room.user_bucket(caller.user_id).spent(room.clock()):
+        raise RateLimited("too many commands; slow down")
+    check_json_body(request, raw)
+    try:
+        return _parsed(op.body, raw)
+    except InvalidInput:
+        await spend_command_everywhere(state, room, caller.user_id)
+        raise
+
+
+def _parsed(model: type[BaseModel], raw: bytes) -> BaseModel:
+    try:
+        return model.model_validate_json(raw or b"{}")
+    except ValidationError as exc:
+        raise invalid_body(exc) from None
 
 
 def _query_str(request: Request, param: QueryStr) -> str | None:

@@ -1,7 +1,8 @@
 """Same answer at every door: a bad command sent on a socket and the same command sent
 over REST are refused with the same stable error code (review: a viewer's over-long fact
 was ``too_large`` on the socket and ``forbidden`` over REST; an unknown field was taken
-on the socket and refused over REST)."""
+on the socket and refused over REST; a malformed body past the member's command rate was
+``invalid`` over REST and ``rate_limited`` on a socket)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import make_settings, serve_in_process, sqlite_url
+from parley.server.http.models import FactPut
+from parley.server.settings import Settings
+from tests.conftest import RunningServer, make_settings, serve_in_process, sqlite_url
 from tests.server.cluster.nodes import cluster
 
 LONG_ID = "e" * 65  # past the 64 characters an entry id has at both doors
@@ -183,6 +186,85 @@ async def test_both_doors_refuse_a_bad_command_with_one_code(name: str, tmp_path
         socket_code = await _socket_code(server, sid, "alice", case)
         rest_code = await _rest_code(server, sid, "bob", case)
     assert (socket_code, rest_code) == (case.code, case.code)
+
+
+# Malformed commands at a route that answers resends past the rate (a prompt) and at one
+# that refuses its body unparsed there (a fact).
+MALFORMED = ("editor_prompt_unknown_field", "editor_fact_unknown_field")
+
+
+def _two_commands(tmp_path: Path) -> Settings:
+    """Settings where each member has two commands to spend, and no more (their socket's
+    own budget is not the one that binds: each socket here sends one command)."""
+    return make_settings(
+        sqlite_url(tmp_path), tmp_path / "data", commands_burst=1, user_commands_per_second=0.001
+    )
+
+
+async def _messages(server: RunningServer, sid: str, user: str, count: int) -> list[int]:
+    """The statuses of ``count`` messages ``user`` posts over REST (each spends a command)."""
+    headers = {"Authorization": f"Bearer {await server.token(sid, user)}"}
+    async with httpx.AsyncClient(base_url=server.base_url, headers=headers, timeout=20) as rest:
+        url = f"/api/v1/sessions/{sid}/messages"
+        return [(await rest.post(url, json={"text": f"m{n}"})).status_code for n in range(count)]
+
+
+@pytest.mark.parametrize("name", MALFORMED)
+async def test_past_the_command_rate_both_doors_refuse_a_malformed_command_alike(
+    name: str, tmp_path: Path
+) -> None:
+    """The member's command rate is judged before the command's form at every door
+    (docs/websocket.md: the order of checks)."""
+    case = CASES[name]
+    async with serve_in_process(_two_commands(tmp_path)) as server:
+        sid = await server.new_session({"alice": case.role, "bob": case.role})
+        for user in ("alice", "bob"):
+            assert await _messages(server, sid, user, 2) == [202, 202]
+        socket_code = await _socket_code(server, sid, "alice", case)
+        rest_code = await _rest_code(server, sid, "bob", case)
+    assert (socket_code, rest_code) == ("rate_limited", "rate_limited")
+
+
+@pytest.mark.parametrize("name", MALFORMED)
+async def test_a_malformed_command_spends_a_command_at_both_doors(
+    name: str, tmp_path: Path
+) -> None:
+    """A malformed frame spends a command on a socket; a malformed body spends one over
+    REST too, so the member's next commands are answered alike whichever door the
+    malformed one came through."""
+    case = CASES[name]
+    async with serve_in_process(_two_commands(tmp_path)) as server:
+        sid = await server.new_session({"alice": case.role, "bob": case.role})
+        socket_code = await _socket_code(server, sid, "alice", case)
+        rest_code = await _rest_code(server, sid, "bob", case)
+        after = {user: await _messages(server, sid, user, 2) for user in ("alice", "bob")}
+    assert (socket_code, rest_code) == (case.code, case.code)
+    assert after == {"alice": [202, 429], "bob": [202, 429]}
+
+
+async def test_past_the_command_rate_a_body_that_cannot_pass_is_not_parsed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cost: past the rate a fact's body could only be refused, so it is refused before
+    it is parsed (a prompt's is parsed there, to find a resend, as a socket's frame is)."""
+    parsed: list[bytes] = []
+    parse = FactPut.model_validate_json
+
+    def counted(raw: bytes, *args: Any, **kwargs: Any) -> FactPut:
+        parsed.append(raw)
+        return parse(raw, *args, **kwargs)
+
+    monkeypatch.setattr(FactPut, "model_validate_json", counted)
+    async with serve_in_process(_two_commands(tmp_path)) as server:
+        sid = await server.new_session({"ed": "editor"})
+        headers = {"Authorization": f"Bearer {await server.token(sid, 'ed')}"}
+        async with httpx.AsyncClient(base_url=server.base_url, headers=headers) as ed:
+            fact, message = f"/api/v1/sessions/{sid}/facts/k", f"/api/v1/sessions/{sid}/messages"
+            assert (await ed.put(fact, json={"value": "v"})).status_code == 200
+            assert (await ed.post(message, json={"text": "m"})).status_code == 202
+            refused = await ed.put(fact, json={"value": "w"})
+    assert (refused.status_code, refused.json()["error"]["code"]) == (429, "rate_limited")
+    assert parsed == [b'{"value":"v"}']
 
 
 @pytest.mark.postgres
