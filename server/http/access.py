@@ -13,6 +13,7 @@ from parley.authz.roles import (
     check_role_name,
     tool_capability,
 )
+from parley.server.http.cursor import PLACE_CURSOR, make_place_cursor, page_start
 from parley.server.http.models import RoleList, RoleOut, RolePut
 from parley.server.http.resource_models import (
     AuditList,
@@ -38,6 +39,7 @@ from parley.server.runtime.tools import SEARCH_DOCUMENTS, new_secret
 from parley.server.state import AppState
 from parley.server.store.access import AccessStore
 from parley.server.store.access_rows import DocumentRow, ToolRow
+from parley.server.store.horizon import Place
 from parley.session.errors import Conflict, NotFound, TooLarge
 
 
@@ -218,18 +220,21 @@ async def list_audit(
     after: int,
     kind: str | None,
     actor: str | None,
+    cursor: Place | None = None,
 ) -> AuditList:
-    """The session's audit records after id ``after``, oldest first."""
+    """The session's audit records after ``cursor`` (or ``after``, an id), oldest first."""
+    start = page_start(after, cursor)
     if await state.store.get_session(session_id) is None:
         raise NotFound(f"no session {session_id!r}")
     rows = await _access(state).list_audit(
-        session_id, limit=limit, after=after, kinds=[kind] if kind else [], actor=actor
+        session_id, limit=limit, after=start, kinds=[kind] if kind else [], actor=actor
     )
     return AuditList(
         records=[
             AuditRecordOut(id=r.id, at=r.at, kind=r.kind, actor=r.actor, data=r.data) for r in rows
         ],
         next_after=rows[-1].id if len(rows) == limit else None,
+        next_cursor=make_place_cursor(Place(rows[-1].xid, rows[-1].id)) if rows else None,
     )
 
 
@@ -315,6 +320,7 @@ OPERATIONS: list[Operation] = [
         errors=(404,),
         query=(QueryParam("limit", 1, 500, 100), QueryParam("after", 0, 10**9, 0)),
         query_str=(
+            PLACE_CURSOR,
             QueryStr("kind", 32, required=False),
             QueryStr("actor", 200, required=False),
         ),

@@ -8,29 +8,78 @@ import base64
 import binascii
 import json
 
+from parley.server.http.rest import QueryStr
+from parley.server.store.horizon import Place
 from parley.session.errors import InvalidInput
 
 CURSOR = r"[A-Za-z0-9_-]{1,400}"  # base64url, unpadded
 MAX_ROW_ID_CHARS = 200  # longer than any row id the lists give
+# A place's cursor: two numbers below 2**63 take 56 characters.
+PLACE_CURSOR_CHARS = 64
+_NOT_A_CURSOR = "cursor: not a cursor this server gave"
 
 
 def make_cursor(created_at: int, row_id: str) -> str:
     """The cursor after the row created at ``created_at`` (ms) with ``row_id``."""
-    raw = json.dumps([created_at, row_id], separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+    return _encode([created_at, row_id])
 
 
 def read_cursor(cursor: str) -> tuple[int, str]:
     """(created at, id) of a cursor ``make_cursor`` gave; ``InvalidInput`` for any other."""
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        created_at, row_id = json.loads(raw)
-    except (binascii.Error, ValueError, TypeError):
-        raise InvalidInput("cursor: not a cursor this server gave") from None
+    created_at, row_id = _decode(cursor)
     if type(created_at) is not int or not isinstance(row_id, str):
-        raise InvalidInput("cursor: not a cursor this server gave")
+        raise InvalidInput(_NOT_A_CURSOR)
     # Within what the columns hold: a number past a 64-bit integer failed in the database
     # driver (500 on SQLite, 503 on PostgreSQL, review), an id past any row's is no row's.
     if not 0 <= created_at < 2**63 or not 0 < len(row_id) <= MAX_ROW_ID_CHARS:
-        raise InvalidInput("cursor: not a cursor this server gave")
+        raise InvalidInput(_NOT_A_CURSOR)
     return created_at, row_id
+
+
+def make_place_cursor(place: Place) -> str:
+    """The cursor after the row at ``place`` (an id-ordered list's: ``store.horizon``)."""
+    return _encode([place.xid, place.id])
+
+
+def read_place_cursor(cursor: str) -> Place:
+    """The place of a cursor ``make_place_cursor`` gave; ``InvalidInput`` for any other."""
+    xid, row_id = _decode(cursor)
+    if type(xid) is not int or type(row_id) is not int:
+        raise InvalidInput(_NOT_A_CURSOR)
+    if not (0 <= xid < 2**63 and 0 <= row_id < 2**63):  # what the columns hold
+        raise InvalidInput(_NOT_A_CURSOR)
+    return Place(xid, row_id)
+
+
+PLACE_CURSOR = QueryStr(
+    "cursor",
+    PLACE_CURSOR_CHARS,
+    required=False,
+    pattern=f"[A-Za-z0-9_-]{{1,{PLACE_CURSOR_CHARS}}}",  # base64url, unpadded
+    read=read_place_cursor,
+)
+
+
+def page_start(after: int, cursor: Place | None) -> Place | int:
+    """Where a page of an id-ordered list starts: ``?cursor=``'s place, or the older
+    ``?after=``'s id (``store.horizon``); ``InvalidInput`` for both."""
+    if cursor is None:
+        return after
+    if after:
+        raise InvalidInput("cursor: give it or after, not both")
+    return cursor
+
+
+def _encode(position: list[int | str]) -> str:
+    raw = json.dumps(position, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+def _decode(cursor: str) -> tuple[object, object]:
+    """The two parts of a cursor's JSON; ``InvalidInput`` for anything else."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        first, second = json.loads(raw)
+    except (binascii.Error, ValueError, TypeError):
+        raise InvalidInput(_NOT_A_CURSOR) from None
+    return first, second

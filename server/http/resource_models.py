@@ -50,9 +50,19 @@ class AuditRecordOut(Strict):
     data: dict[str, Any]
 
 
+# An id-ordered list's cursor (``http.cursor``, ``store.horizon``).
+NEXT_CURSOR = (
+    "Pass as ?cursor= to read on after this page's last item: the next page, or once "
+    "next_after is null, what is written since (null: none listed; ask again with the "
+    "cursor given). Exact on PostgreSQL, where ?after= with the id of an item since "
+    "removed may skip or repeat a few"
+)
+
+
 class AuditList(Strict):
     records: list[AuditRecordOut]
     next_after: int | None = Field(description="Pass as ?after= for the next page")
+    next_cursor: str | None = Field(description=NEXT_CURSOR)
 
 
 NameStr = Annotated[str, Field(min_length=1, max_length=200)]

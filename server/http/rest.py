@@ -87,6 +87,9 @@ class QueryStr:
     max_length: int = 200
     required: bool = True
     pattern: str | None = None
+    # The handler is given ``read(value)``, which raises ``InvalidInput`` for a value it
+    # refuses: judged with the query, before anything is read from the store.
+    read: Callable[[str], object] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -413,7 +416,7 @@ def _parsed(model: type[BaseModel], raw: bytes) -> BaseModel:
         raise invalid_body(exc) from None
 
 
-def _query_str(request: Request, param: QueryStr) -> str | None:
+def _query_str(request: Request, param: QueryStr) -> object:
     given = request.query_params.getlist(param.name)
     if len(given) > 1:
         raise InvalidInput(f"{param.name}: given {len(given)} times; give it once")
@@ -428,7 +431,7 @@ def _query_str(request: Request, param: QueryStr) -> str | None:
     problem = unstorable(value)  # a query a database could not even be asked
     if problem is not None:
         raise InvalidInput(f"{param.name}: {problem}")
-    return value
+    return value if param.read is None else param.read(value)
 
 
 def _query_int(request: Request, param: QueryParam) -> int:

@@ -10,10 +10,13 @@ from typing import Annotated, Literal
 from pydantic import Field
 
 from parley.authz.standard_webhooks import new_secret
+from parley.server.http.cursor import PLACE_CURSOR, make_place_cursor, page_start
 from parley.server.http.models import Strict
+from parley.server.http.resource_models import NEXT_CURSOR
 from parley.server.http.rest import Operation, QueryParam
 from parley.server.outbound.targets import target_problem
 from parley.server.state import AppState
+from parley.server.store.horizon import Place
 from parley.server.store.outbox import list_deliveries, retry
 from parley.server.store.webhooks import (
     ACTIVE,
@@ -107,6 +110,7 @@ class DeliveryOut(Strict):
 class DeliveryList(Strict):
     deliveries: list[DeliveryOut]
     next_after: int | None = Field(description="Pass as ?after= for the next page")
+    next_cursor: str | None = Field(description=NEXT_CURSOR)
 
 
 def _out(row: WebhookRow) -> WebhookOut:
@@ -187,10 +191,15 @@ async def delete(state: AppState, webhook_id: str) -> None:
             raise NotFound(f"no webhook {webhook_id!r}")
 
 
-async def deliveries(state: AppState, webhook_id: str, after: int, limit: int) -> DeliveryList:
+async def deliveries(
+    state: AppState, webhook_id: str, after: int, limit: int, cursor: Place | None = None
+) -> DeliveryList:
+    """The subscription's deliveries after ``cursor`` (or ``after``, an id), oldest first."""
+    start = page_start(after, cursor)
     await _found(state, webhook_id)
     async with state.store.read() as connection:
-        found = await list_deliveries(connection, webhook_id, after, limit)
+        found = await list_deliveries(connection, webhook_id, start, limit)
+    last = found[-1][0] if found else None
     return DeliveryList(
         deliveries=[
             DeliveryOut(
@@ -214,6 +223,7 @@ async def deliveries(state: AppState, webhook_id: str, after: int, limit: int) -
             for row, attempts in found
         ],
         next_after=int(found[-1][0].id) if len(found) == limit else None,
+        next_cursor=None if last is None else make_place_cursor(Place(int(last.xid), int(last.id))),
     )
 
 
@@ -278,6 +288,7 @@ OPERATIONS: list[Operation] = [
             QueryParam("after", 0, 999_999_999, 0),
             QueryParam("limit", 1, MAX_DELIVERIES_PER_PAGE, 50),
         ),
+        query_str=(PLACE_CURSOR,),
     ),
     Operation(
         "POST",

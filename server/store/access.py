@@ -399,12 +399,13 @@ class AccessStore:
         session_id: str,
         *,
         limit: int,
-        after: int,
+        after: horizon.Place | int,
         kinds: Sequence[str] = (),
         actor: str | None = None,
     ) -> list[AuditRow]:
-        """Records of a session after the record ``after``, oldest first, optionally
-        filtered; none still being written, nor any after one (``horizon``)."""
+        """Records of a session after ``after`` (a record's place, or its id), oldest
+        first, optionally filtered; none still being written, nor any after one
+        (``horizon``)."""
         async with self.store.read() as connection:
             where, order = await horizon.after(
                 connection, audit_log, [audit_log.c.session_id == session_id], after
@@ -417,7 +418,9 @@ class AccessStore:
                 select(audit_log).where(and_(*where)).order_by(*order).limit(limit)
             )
             return [
-                AuditRow(int(row.id), row.at, row.kind, row.actor, json.loads(row.data))
+                AuditRow(
+                    int(row.id), row.at, row.kind, row.actor, json.loads(row.data), int(row.xid)
+                )
                 for row in rows
             ]
 

@@ -66,6 +66,7 @@ class AuditRow:
     kind: str
     actor: str
     data: dict[str, Any]
+    xid: int = 0  # its writing transaction's (``store.horizon``)
 
 
 def access_digest(custom_roles: Mapping[str, frozenset[str]], webhooks: Sequence[ToolRow]) -> str:

@@ -9,13 +9,17 @@ So on PostgreSQL each row keeps its writing transaction's id (``xid``, the colum
 default), and a page lists rows in (xid, id) order, only those whose transaction is below
 the horizon of the transactions still in flight (``pg_snapshot_xmin``): every one of those
 has ended, so all their rows are in view, and a row not in view yet has an xid at or
-past the horizon, after every row listed. The cursor stays the last row's id: the next
-page starts after that row's (xid, id). A write transaction of this database that stays
+past the horizon, after every row listed. A page starts after the last row's ``Place``,
+its (xid, id): given whole (``?cursor=``), it is exact whatever became of that row since.
+Given by its id alone (``?after=``, the older form), the row's xid is read back; a row no
+longer there (a delivery pruned) is passed by its id, so a few rows whose two orders
+differ may be skipped or listed again. A write transaction of this database that stays
 open holds back the rows committed after it began, until it ends.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import ColumnElement, Table, select, text, tuple_
@@ -36,19 +40,31 @@ HORIZON = text(
 )
 
 
+@dataclass(frozen=True, slots=True)
+class Place:
+    """A row's place in a listing's order: its writing transaction's id (0 on SQLite, and
+    on rows older than the column) and its own."""
+
+    xid: int
+    id: int
+
+
 async def after(
     connection: AsyncConnection,
     table: Table,
     stream: list[ColumnElement[bool]],
-    after_id: int,
+    start: Place | int,
 ) -> tuple[list[ColumnElement[bool]], list[Any]]:
     """The conditions and the order of the rows of ``stream`` (conditions naming it) after
-    the row ``after_id`` (0: from the first). A row no longer there (pruned) is passed
-    by its id, as before."""
+    ``start``: a row's place, or a row's id (0: from the first), whose place is read back
+    (a row no longer there is passed by its id)."""
+    after_id = start.id if isinstance(start, Place) else start
     if connection.dialect.name != "postgresql":
         return [*stream, table.c.id > after_id], [table.c.id]
     where = [*stream, table.c.xid < HORIZON]
-    if after_id > 0:
+    if isinstance(start, Place):
+        where.append(tuple_(table.c.xid, table.c.id) > tuple_(start.xid, start.id))
+    elif after_id > 0:
         found = (
             await connection.execute(select(table.c.xid).where(table.c.id == after_id, *stream))
         ).first()

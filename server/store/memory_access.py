@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from parley.authz.policy import Readers
 from parley.server.store.access_rows import AuditRow, DocumentRow, PrivateItem, TokenRow, ToolRow
+from parley.server.store.horizon import Place
 
 if TYPE_CHECKING:
     from parley.server.store.memory import MemoryStore
@@ -48,15 +49,16 @@ class MemoryAccess:
         session_id: str,
         *,
         limit: int,
-        after: int,
+        after: Place | int,
         kinds: Sequence[str] = (),
         actor: str | None = None,
     ) -> list[AuditRow]:
         s = self._rows(session_id)
+        after_id = after.id if isinstance(after, Place) else after  # ids: in commit order
         rows = [
             r
             for r in ([] if s is None else s.audit)
-            if r.id > after and (not kinds or r.kind in kinds) and actor in (None, r.actor)
+            if r.id > after_id and (not kinds or r.kind in kinds) and actor in (None, r.actor)
         ]
         return rows[:limit]
 

@@ -411,10 +411,11 @@ async def record(
 
 
 async def list_deliveries(
-    connection: AsyncConnection, webhook_id: str, after: int, limit: int
+    connection: AsyncConnection, webhook_id: str, after: horizon.Place | int, limit: int
 ) -> list[tuple[Any, list[Any]]]:
-    """The subscription's deliveries after the delivery ``after``, oldest first, each with
-    its attempts; none still being written, nor any after one (``horizon``)."""
+    """The subscription's deliveries after ``after`` (a delivery's place, or its id),
+    oldest first, each with its attempts; none still being written, nor any after one
+    (``horizon``)."""
     d = webhook_deliveries
     where, order = await horizon.after(connection, d, [d.c.webhook_id == webhook_id], after)
     rows = list(await connection.execute(select(d).where(*where).order_by(*order).limit(limit)))

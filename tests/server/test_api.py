@@ -4,9 +4,11 @@ the app's own paths and the OpenAPI document over real HTTP."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import pytest
@@ -80,6 +82,82 @@ async def test_a_cursor_out_of_the_columns_range_is_refused_invalid(
     raw = json.dumps(position).encode()
     cursor = base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
     refused = await rest.request("GET", f"/api/v1/sessions?cursor={cursor}")
+    assert refused.status_code == 422 and refused.json()["error"]["code"] == "invalid"
+
+
+async def _page(rest: Backend, url: str, items: str, count: int) -> dict[str, Any]:
+    """``url``'s page once it lists ``count`` items: on PostgreSQL an item is listed once
+    every write transaction that began before it has ended (other tests' on this server
+    too), a moment at most."""
+    for _ in range(200):
+        page: dict[str, Any] = (await rest.request("GET", url)).json()
+        if len(page[items]) >= count:
+            return page
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{url}: {page}")
+
+
+async def _read_on(rest: Backend, url: str, items: str, total: int) -> list[int]:
+    """The ids a reader reads by ``url``'s ``next_cursor``, two at a time, to the end."""
+    seen: list[int] = []
+    query = "limit=2"
+    while len(seen) < total:
+        page = await _page(rest, f"{url}?{query}", items, min(2, total - len(seen)))
+        seen += [item["id"] for item in page[items]]
+        query = f"limit=2&cursor={page['next_cursor']}"
+    last = (await rest.request("GET", f"{url}?{query}")).json()
+    assert last[items] == [] and last["next_cursor"] is None  # the reader keeps its cursor
+    return seen
+
+
+async def test_the_audit_log_and_deliveries_read_on_by_their_cursor(database_url: str) -> None:
+    """``next_cursor`` is where a page's last item is, its transaction's id with its own
+    (``store.horizon``): read on from it, every item is listed once, in the list's order;
+    on the last page too, so a reader polls with it. The older ``?after=`` (an id) reads
+    on as before."""
+    settings = memory_settings(webhook_allow_private=True)  # a subscription to 127.0.0.1
+    async with (
+        sql_store(database_url) as store,
+        backend(settings, store=store, model=FakeModel()) as rest,
+    ):
+        hook = {"url": "http://127.0.0.1:9/", "events": ["member.added"]}
+        made = await rest.request("POST", "/api/v1/webhooks", json=hook)
+        assert made.status_code == 201, made.text
+        sid = await rest.new_session({f"u{n}": "viewer" for n in range(5)})  # 5 of each
+        for url, items in (
+            (f"/api/v1/sessions/{sid}/audit", "records"),
+            (f"/api/v1/webhooks/{made.json()['id']}/deliveries", "deliveries"),
+        ):
+            every = await _page(rest, url, items, 5)
+            ids = [item["id"] for item in every[items]]
+            assert len(ids) == 5 and every["next_after"] is None and every["next_cursor"]
+            assert await _read_on(rest, url, items, 5) == ids
+            later = await _page(rest, f"{url}?after={ids[1]}", items, 3)
+            assert [item["id"] for item in later[items]] == ids[2:]
+
+
+@pytest.mark.parametrize("route", ["audit", "deliveries"])
+@pytest.mark.parametrize(
+    "query",
+    [
+        "cursor=nope!",
+        "cursor=" + "A" * 65,
+        "cursor=bm9wZQ",  # "nope"
+        *(
+            "cursor=" + base64.urlsafe_b64encode(json.dumps(p).encode()).decode().rstrip("=")
+            for p in ([1, "x"], [-1, 1], [1, 2**63], [True, 1], [1.0, 1], [1, 2, 3], {"a": 1})
+        ),
+        "cursor=WzAsMV0&after=1",  # [0, 1] and an id: give one
+        "cursor=WzAsMV0&cursor=WzAsMV0",
+    ],
+)
+async def test_a_bad_cursor_is_refused_invalid_before_anything_is_read(
+    rest: Backend, route: str, query: str
+) -> None:
+    """Judged with the query: invalid (422, as a bad ``?after=`` is), not the 404 of the
+    session or the subscription that is not there, nor a fault of the database's."""
+    url = {"audit": "/api/v1/sessions/none/audit", "deliveries": "/api/v1/webhooks/none/deliveries"}
+    refused = await rest.request("GET", f"{url[route]}?{query}")
     assert refused.status_code == 422 and refused.json()["error"]["code"] == "invalid"
 
 

@@ -182,7 +182,7 @@ async def test_the_audit_log_pages_and_filters(tmp_path: Path) -> None:
         by_admin = await page(actor="admin", kind="membership")
         assert len(by_admin["records"]) == 6
         none = await page(kind="model_call")
-        assert none == {"records": [], "next_after": None}
+        assert none == {"records": [], "next_after": None, "next_cursor": None}
         bad = await b.request("GET", f"/api/v1/sessions/{sid}/audit?limit=0")
         assert bad.status_code == 422
 

@@ -1,6 +1,7 @@
 """``?after=`` cursors on PostgreSQL: a reader that polls the audit log or a subscription's
 deliveries by the last id it saw never passes over a row whose transaction took its id
-before another's and committed after it."""
+before another's and committed after it; one that reads on from the last row's place
+(``?cursor=``) neither skips nor repeats a row once that row is pruned."""
 
 from __future__ import annotations
 
@@ -9,12 +10,15 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 import pytest
+from sqlalchemy import update
 
 from parley.server.store.access import AccessStore, insert_audit
-from parley.server.store.outbox import list_deliveries
+from parley.server.store.horizon import Place
+from parley.server.store.outbox import list_deliveries, prune
 from parley.server.store.sessions import Store
+from parley.server.store.tables import webhook_deliveries
 from parley.server.store.transaction import StoreTx
-from parley.server.store.webhooks import create_webhook
+from parley.server.store.webhooks import DELIVERED, create_webhook
 from parley.session.events import MemberJoined
 
 pytestmark = pytest.mark.parametrize(
@@ -99,3 +103,46 @@ async def test_deliveries_after_a_cursor_miss_none_committed_late(store: Store) 
 
     seen = await _seen_across(store, write, read)
     assert sorted(seen) == ["s1", "s2"], seen  # each once
+
+
+async def test_a_place_reads_on_exactly_after_its_delivery_is_pruned(store: Store) -> None:
+    """Three transactions take their ids (xids) in one order and write their deliveries
+    in the other: by (xid, id) the deliveries are A, R, S, by id S, R, A. A reader that
+    listed A and R reads on from R's place once R is delivered and pruned: S, and not A
+    again (from R's id alone, the id order would list A twice and never S)."""
+    await store.create_session("s3", "t", "queue", 0)
+    async with store.transaction() as tx:
+        hook = await create_webhook(tx.connection, "http://x/", ["member.added"], None, "k", 0)
+
+    async def deliver(tx: StoreTx, session_id: str) -> None:
+        await tx.append_events(session_id, 1, [MemberJoined(session_id, "viewer", (), (), "a")])
+
+    async with store.transaction() as t1:
+        await insert_audit(t1.connection, "s1", 1, "k", "first", {})  # t1's xid
+        async with store.transaction() as t2:
+            await insert_audit(t2.connection, "s2", 1, "k", "second", {})
+            async with store.transaction() as t3:
+                await insert_audit(t3.connection, "s3", 1, "k", "third", {})
+                await deliver(t3, "s3")  # S: the first id, the last xid
+            await deliver(t2, "s2")  # R
+        await deliver(t1, "s1")  # A: the last id, the first xid
+
+    async def page(start: Place | int, limit: int) -> list[tuple[str, Place]]:
+        async with store.read() as connection:
+            found = await list_deliveries(connection, hook.id, start, limit)
+        return [(row.session_id, Place(int(row.xid), int(row.id))) for row, _ in found]
+
+    # Listed once every transaction older than them has ended (other tests' on this
+    # server too), a moment at most.
+    for _ in range(200):
+        if len(first := await page(0, 2)) == 2:
+            break
+        await asyncio.sleep(0.05)
+    assert [name for name, _ in first] == ["s1", "s2"], first
+    (_, a), (_, r) = first
+    assert a.xid < r.xid and a.id > r.id  # the two orders differ
+    async with store.transaction() as tx:
+        done = update(webhook_deliveries).where(webhook_deliveries.c.id == r.id)
+        await tx.connection.execute(done.values(status=DELIVERED))
+        assert await prune(tx.connection, 2**62) == 1
+    assert [name for name, _ in await page(r, 10)] == ["s3"]
