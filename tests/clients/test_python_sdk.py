@@ -453,6 +453,11 @@ async def test_admin_client_over_the_rest_api(sqlite_server: RunningServer) -> N
             "membership",
             "membership",
         ]
+        paged, cursor = [], None  # read on by cursor, two at a time: every record once
+        while (part := await admin.audit(sid, limit=2, cursor=cursor)).records:
+            paged += [r.id for r in part.records]
+            cursor = part.next_cursor
+        assert paged == [r.id for r in page.records]
         usage = await admin.usage(sid)
         assert [u.user_id for u in usage.users] == ["alice"] and usage.output_tokens > 0
         quotas = await admin.set_quotas(sid, Quotas(user_tokens_per_day=10_000))

@@ -137,7 +137,10 @@ class AuditRecord:
 @dataclass(frozen=True, slots=True)
 class AuditPage:
     records: tuple[AuditRecord, ...]
-    next_after: int | None  # pass as ``after`` for the next page
+    next_after: int | None  # pass as ``after`` for the next page (the older way)
+    # Pass as ``cursor`` for the next page: it holds the last record's place, so a poller
+    # misses none and sees none twice (None: this page listed none; keep the one you had).
+    next_cursor: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -430,9 +433,12 @@ class AdminClient:
         after: int = 0,
         kind: str | None = None,
         actor: str | None = None,
+        cursor: str | None = None,
     ) -> AuditPage:
-        """Audit records after id ``after``, oldest first (``read_audit``)."""
-        params = {"limit": limit, "after": after, "kind": kind, "actor": actor}
+        """Audit records oldest first (``read_audit``): after ``cursor`` (a page's
+        ``next_cursor``), or after record id ``after`` (not with ``cursor``)."""
+        params = {"limit": limit, "kind": kind, "actor": actor}
+        params.update({"cursor": cursor} if cursor is not None else {"after": after})
         data = await self.request("GET", _path("sessions", session_id, "audit"), params=params)
         records = tuple(_build(AuditRecord, r) for r in data["records"])
-        return AuditPage(records, data.get("next_after"))
+        return AuditPage(records, data.get("next_after"), data.get("next_cursor"))
