@@ -28,6 +28,7 @@ from parley.server.http.resource_models import (
     ToolOut,
 )
 from parley.server.http.rest import (
+    MAX_ROW_ID,
     Caller,
     Operation,
     QueryParam,
@@ -318,7 +319,7 @@ OPERATIONS: list[Operation] = [
         "The session's audit log: model calls, tool calls, membership changes, refusals",
         response=AuditList,
         errors=(404,),
-        query=(QueryParam("limit", 1, 500, 100), QueryParam("after", 0, 10**9, 0)),
+        query=(QueryParam("limit", 1, 500, 100), QueryParam("after", 0, MAX_ROW_ID, 0)),
         query_str=(
             PLACE_CURSOR,
             QueryStr("kind", 32, required=False),

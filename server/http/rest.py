@@ -71,6 +71,9 @@ ERROR_DESCRIPTIONS = {
 }
 
 
+MAX_ROW_ID = 2**63 - 1  # the largest id a row's 64-bit id column holds
+
+
 @dataclass(frozen=True, slots=True)
 class QueryParam:
     name: str
@@ -442,7 +445,7 @@ def _query_int(request: Request, param: QueryParam) -> int:
         raise InvalidInput(f"{param.name}: given {len(given)} times; give it once")
     raw = given[0]
     # ASCII digits: ``\d`` takes any script's (review: ``?limit=٣`` was read as 3).
-    if not re.fullmatch(r"[0-9]{1,18}", raw):  # as long as a bound may be, and no longer
+    if not re.fullmatch(r"[0-9]{1,19}", raw):  # as long as a bound may be (2**63 - 1)
         raise InvalidInput(f"{param.name}: must be a whole number")
     value = int(raw)
     if not param.minimum <= value <= param.maximum:

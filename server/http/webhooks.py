@@ -13,7 +13,7 @@ from parley.authz.standard_webhooks import new_secret
 from parley.server.http.cursor import PLACE_CURSOR, make_place_cursor, page_start
 from parley.server.http.models import Strict
 from parley.server.http.resource_models import NEXT_CURSOR
-from parley.server.http.rest import Operation, QueryParam
+from parley.server.http.rest import MAX_ROW_ID, Operation, QueryParam
 from parley.server.outbound.targets import target_problem
 from parley.server.state import AppState
 from parley.server.store.horizon import Place
@@ -285,7 +285,7 @@ OPERATIONS: list[Operation] = [
         response=DeliveryList,
         errors=(404,),
         query=(
-            QueryParam("after", 0, 999_999_999, 0),
+            QueryParam("after", 0, MAX_ROW_ID, 0),
             QueryParam("limit", 1, MAX_DELIVERIES_PER_PAGE, 50),
         ),
         query_str=(PLACE_CURSOR,),
