@@ -147,10 +147,10 @@ def _on_binary(
     message = charged(room, connection, data, now)
     if isinstance(message, SyncMessage):
         if message.sync_type is SyncType.STEP1:
+            if room.sync_refused(connection, now):  # first: reading a state costs its size
+                return
             if not live.document.covers(message.payload):
                 connection.close(CloseCode.GONE, REBUILT)
-                return
-            if room.sync_refused(connection, now):
                 return
             answer = live.sync_answer(message.payload)
             connection.send_sync(answer)

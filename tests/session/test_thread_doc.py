@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pycrdt import Doc
+from pycrdt import Doc, write_var_uint
 
 from parley.authz.policy import Readers
 from parley.session.core import SideThread, ThreadTurn
@@ -66,3 +66,13 @@ def test_a_client_copy_of_another_build_is_told_apart() -> None:
     first.append_text("p", "more")  # the server moved on: the client is behind, not elsewhere
     assert first.covers(client.get_state())
     assert not again.covers(client.get_state())
+
+
+def test_a_state_listing_more_clients_than_the_document_is_told_apart_unread() -> None:
+    """Review: a state vector of 690,000 entries (4 MB) was read whole in Python, a
+    second of the loop each; one listing more clients than the server's is another
+    document's, told by its first number (here the rest is missing: it is never read)."""
+    document = thread_document(
+        SideThread("t", "bob", 0, "", "open", 1, (turn("p", "prompt", "q"),))
+    )
+    assert not document.covers(write_var_uint(690_000) + b"\x01")

@@ -501,6 +501,17 @@ def test_an_update_with_too_many_delete_ranges_is_refused_unread() -> None:
     assert info.value.code == "too_large"
 
 
+def test_clients_listed_with_no_range_count_toward_the_cap() -> None:
+    """Review: a 1 MB update listing 520,000 clients with no deletion each was read whole
+    as a no-op (0.25 s of the loop), neither refused nor counted; each client listed now
+    counts as a range at least."""
+    update = delete_only_update({client: [] for client in range(1, 5002)})
+    with pytest.raises(TooLarge):
+        is_noop_update(update, SERVER.doc.get_state(), SERVER_DELETES, 5000)
+    few = delete_only_update({client: [] for client in range(1, 5001)})
+    assert is_noop_update(few, SERVER.doc.get_state(), SERVER_DELETES, 5000)
+
+
 def test_the_servers_own_updates_keep_its_delete_set_current() -> None:
     # What the room does with each committed update, instead of re-reading the document.
     server = server_document()
