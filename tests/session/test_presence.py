@@ -327,6 +327,9 @@ def test_a_client_that_left_is_kept_for_its_member_a_while() -> None:
     back = presence.apply("socket-a2", "alice", update((11, 4, {"name": "Al"})), now=3.0)
     assert relayed(back) == [AwarenessState(11, 4, stamped({"name": "Al"}, "alice"))]
     presence.drop("socket-a2", now=4.0)
+    # A night away (a laptop asleep, its page open): still alice's (ten minutes were not).
+    night = presence.apply(BOB_SOCKET, "bob", update((11, 9, {})), now=4.0 + 10 * 3600)
+    assert relayed(night) == []
     later = presence.apply(BOB_SOCKET, "bob", update((11, 9, {})), now=4.0 + KEEP_LEFT_S + 1)
     assert relayed(later) == [AwarenessState(11, 9, stamped({}, "bob"))]
 
@@ -337,7 +340,7 @@ def test_another_members_churn_does_not_free_a_kept_client_id(
     """Review (stock clients): a client id was kept for its member 30 s, and among 10,000
     kept ids of anyone's: after a nap, or 10,100 fresh ids through short-lived sockets,
     mallory took alice's id at a clock near the top, and alice's stock client, back, took
-    mallory's state for its own. It is kept ten minutes, and each member's churn pushes
+    mallory's state for its own. It is kept a day, and each member's churn pushes
     out only their own."""
     monkeypatch.setattr(presence_module, "MAX_LEFT_KEPT", 10)
     monkeypatch.setattr(presence_module, "MAX_LEFT_PER_MEMBER", 4)
