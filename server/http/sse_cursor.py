@@ -41,7 +41,7 @@ class Cursor:
     @classmethod
     def parse(cls, raw: str) -> Cursor:
         """The cursor an id names; ``BadEventId`` when it is not one this stream sends."""
-        found = _ID.fullmatch(raw.strip())
+        found = _ID.fullmatch(raw.strip(" \t"))  # a header's own blanks, no others
         if found is None:
             raise BadEventId(
                 "Last-Event-ID: not an id of this stream (an event number, or "

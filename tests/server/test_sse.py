@@ -236,14 +236,27 @@ async def test_bad_ids_caps_and_callers_are_refused_with_stable_codes(tmp_path: 
         sse = {"Accept": "text/event-stream"}
         async with httpx.AsyncClient(base_url=server.base_url, timeout=20) as http:
 
-            async def refused(sid: str, key: str, last_id: str | None = None) -> tuple[int, str]:
+            async def refused(
+                sid: str, key: str, last_id: str | bytes | None = None
+            ) -> tuple[int, str]:
                 headers = {**sse, "Authorization": f"Bearer {key}"}
                 if last_id is not None:
                     headers["Last-Event-ID"] = last_id
-                answer = await http.get(EVENTS.format(sid), headers=headers)
-                return answer.status_code, answer.json()["error"]["code"]
+                async with http.stream("GET", EVENTS.format(sid), headers=headers) as answer:
+                    if answer.status_code == 200:  # taken: a stream, which does not end
+                        return 200, "streaming"
+                    return answer.status_code, json.loads(await answer.aread())["error"]["code"]
 
-            for bad in ("abc", "-1", "1.2", "99", "1.deadbeef.0", "1" * 200):
+            for bad in (
+                "abc",
+                "-1",
+                "+1",
+                b"1\xa0",  # a no-break space (Latin-1): not a header's blank
+                "1.2",
+                "99",
+                "1.deadbeef.0",
+                "1" * 200,
+            ):
                 assert await refused(sid, token, bad) == (400, "bad_event_id"), bad
             assert await refused(other, token) == (403, "forbidden")
             assert await refused(sid, "nonsense") == (401, "unauthenticated")
