@@ -14,8 +14,10 @@ a failover forgets them. The store answers after those: prompts and messages are
 the entries it holds, and the commands that store no entry (a pin, a fact, a policy, a
 cancel, a side-thread's close) by the acks kept with what they wrote, for
 ``STORED_ACKS_KEPT_MS`` (review: a pin resent after a restart pinned again what another
-member had unpinned meanwhile). A command that wrote nothing (a pin of a pinned entry) has
-no ack kept: resent, it is judged again.
+member had unpinned meanwhile). So are a side-thread's open and prompts, whose rows go
+when the thread is deleted (review: an open and a delete resent after a restart opened
+the deleted thread again, under a new id). A command that wrote nothing (a pin of a
+pinned entry) has no ack kept: resent, it is judged again.
 """
 
 from __future__ import annotations
@@ -29,7 +31,11 @@ from typing import Any
 
 from parley.session.commands import CancelCommand, Command, FactCommand, PinCommand, PolicyCommand
 from parley.session.errors import DuplicateCommand
-from parley.session.thread_commands import ThreadCloseCommand
+from parley.session.thread_commands import (
+    ThreadCloseCommand,
+    ThreadOpenCommand,
+    ThreadPromptCommand,
+)
 
 MAX_KEPT = 256
 MAX_PER_AUTHOR = 64
@@ -56,12 +62,21 @@ def fingerprint(command: Command) -> int:
     return hash(asked(command))
 
 
+_KEPT_AS_ACK = (
+    CancelCommand,
+    PolicyCommand,
+    PinCommand,
+    FactCommand,
+    ThreadOpenCommand,
+    ThreadPromptCommand,
+    ThreadCloseCommand,
+)
+
+
 def kept_as_ack(command: Command) -> bool:
     """Whether the store knows ``command`` by its kept ack (``command_acks``): a command
-    that stores no entry, nor a side-thread row of its own."""
-    return isinstance(
-        command, CancelCommand | PolicyCommand | PinCommand | FactCommand | ThreadCloseCommand
-    )
+    that stores no entry, or only side-thread rows, which a deletion takes away."""
+    return isinstance(command, _KEPT_AS_ACK)
 
 
 def stored_fingerprint(command: Command) -> str:

@@ -24,11 +24,7 @@ from parley.session.core.threads import FROM_THREAD
 from parley.session.entries import EntryKind
 from parley.session.errors import Conflict, DuplicateCommand, NotFound, ParleyError
 from parley.session.recent_acks import kept_as_ack, stored_fingerprints
-from parley.session.thread_commands import (
-    ThreadOpenCommand,
-    ThreadPromptCommand,
-    ThreadShareCommand,
-)
+from parley.session.thread_commands import ThreadShareCommand
 
 
 async def handle_frame(room: SessionRoom, actor: str, frame: str) -> str:
@@ -54,9 +50,6 @@ async def dispatch(room: SessionRoom, actor: str, command: Command) -> str:
         if kept is not None:
             room.recent_acks.keep(actor, command, kept)  # the next resend: no read
             return kept
-        thread_command = isinstance(command, ThreadPromptCommand | ThreadOpenCommand)
-        if thread_command and await _stored_entry(room, actor, command):
-            raise DuplicateCommand(command.id)  # a session prompt's or message's id
         try:
             effects = await room.writer.execute(event)
         except Conflict:  # ``DuplicateCommand`` among them (the same sent twice at once)
@@ -97,9 +90,11 @@ async def stored_resend(room: SessionRoom, actor: str, frame: str) -> str | None
 async def _kept_ack(room: SessionRoom, actor: str, command: Command) -> str | None:
     """The ack kept of ``command`` if ``actor`` sent it before (a resend after a restart,
     or one the recent acks no longer hold) and it stored no entry: a pin, a fact, a policy,
-    a cancel, a side-thread's close (review: a pin resent after a restart pinned again what
-    another member had unpinned meanwhile). ``DuplicateCommand`` when the id was another
-    command's, of any kind; None when it is new to the store."""
+    a cancel, a side-thread's open, prompt or close (review: a pin resent after a restart
+    pinned again what another member had unpinned meanwhile; an open resent after its
+    thread's deletion opened it again). ``DuplicateCommand`` when the id was another
+    command's, of any kind (a session prompt's or message's too); None when it is new to
+    the store."""
     if not await _may_have_stored(room, actor, command.id):
         return None
     kept = await room.store.command_ack(room.session_id, actor, command.id)

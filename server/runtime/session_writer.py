@@ -203,8 +203,9 @@ class SessionWriter:
         return effects
 
     async def _keep_ack(self, write: Write, event: CommandEvent, effects: Effects) -> None:
-        """Keep the ack of a command that stores no entry with what it writes, so that a
-        resend after a restart is answered, not carried out again (``command_acks``)."""
+        """Keep the ack of a command that stores no entry (or only side-thread rows, gone
+        with a deleted thread) with what it writes, so that a resend after a restart is
+        answered, not carried out again (``command_acks``)."""
         command = event.command
         if effects.ack is None or not event.resendable or not kept_as_ack(command):
             return  # (the REST API's own writes have no ids of a client's to resend)

@@ -115,8 +115,9 @@ class SessionTx(Protocol):
     async def insert_command_ack(
         self, session_id: str, author: str, command_id: str, fingerprint: str, reply: str, now: int
     ) -> None:
-        """Keep the ack of a command that stores no entry; ``DuplicateCommand`` if its
-        author sent the id before. Acks older than ``STORED_ACKS_KEPT_MS`` may go."""
+        """Keep the ack of a command that stores no entry (or only side-thread rows:
+        ``kept_as_ack``); ``DuplicateCommand`` if its author sent the id before. Acks older
+        than ``STORED_ACKS_KEPT_MS`` may go."""
         ...
 
     async def quotas(self, session_id: str) -> Quotas:

@@ -93,9 +93,10 @@ entries = Table(
 Index("ix_entries_session_status", entries.c.session_id, entries.c.status)
 
 # The acknowledgements of the commands that store no entry (a pin, a fact, a policy, a
-# cancel, a side-thread's close), kept with what they did: a command resent under its id
-# after a restart is answered with its first ack, not carried out again
-# (``server.runtime.commands``). Kept ``ACKS_KEPT_MS``, pruned as new ones are written.
+# cancel, a side-thread's open, prompt or close: a deletion takes a thread's rows), kept
+# with what they did: a command resent under its id after a restart is answered with its
+# first ack, not carried out again (``server.runtime.commands``). Kept ``ACKS_KEPT_MS``,
+# pruned as new ones are written.
 command_acks = Table(
     "command_acks",
     metadata,

@@ -124,7 +124,8 @@ def _reply_id(prompt: ThreadTurn) -> str:
 def used_in_threads(view: SessionView, actor: str, command_id: str) -> bool:
     """Whether ``actor`` opened a side-thread or asked in one under ``command_id``: the id
     is that command's, and another command under it is a conflict, after a restart too
-    (the recent acks are in memory; review)."""
+    (the recent acks are in memory; review). A deleted thread's ids are known by the
+    store's kept acks (``session.recent_acks.kept_as_ack``)."""
     for thread in view.threads.values():
         if thread.owner != actor:
             continue
@@ -138,6 +139,8 @@ def used_in_threads(view: SessionView, actor: str, command_id: str) -> bool:
 def _open(view: SessionView, event: CommandEvent, command: ThreadOpenCommand) -> Effects:
     for thread in view.threads.values():  # resent (say after a reconnect): its first ack
         if thread.owner == event.actor and thread.command_id == command.id:
+            if not _opened_by(view, thread, command):
+                raise DuplicateCommand(command.id)  # another opening under its id
             return Effects(ack=_opened(thread))
     if used_in_threads(view, event.actor, command.id):
         raise DuplicateCommand(command.id)  # a side-thread prompt's
@@ -164,6 +167,18 @@ def _open(view: SessionView, event: CommandEvent, command: ThreadOpenCommand) ->
         ack=_opened(thread),
         thread=OpenThread(thread),
         audit=(_audit(event, "open", thread_id=thread.id, anchor_seq=anchor_seq),),
+    )
+
+
+def _opened_by(view: SessionView, thread: SideThread, command: ThreadOpenCommand) -> bool:
+    """Whether ``command`` asks for what opened ``thread``, as far as the thread tells: its
+    title, and its anchor's number if it names one (the store's kept ack of the opening,
+    kept a day, tells it exactly: ``server.runtime.commands``)."""
+    if command.title != thread.title:
+        return False
+    anchor = command.anchor
+    return anchor is None or (
+        view.doc.has_entry(anchor) and view.doc.entry(anchor).seq == thread.anchor_seq
     )
 
 

@@ -17,8 +17,10 @@ from parley.server.settings import Settings
 from parley.server.store.db import create_engine
 from parley.server.store.tables import command_acks
 from parley.session.commands import FactCommand, PinCommand
-from tests.conftest import make_settings, serve_in_process, sqlite_url
+from parley.session.recent_acks import MAX_PER_AUTHOR
+from tests.conftest import RunningServer, make_settings, serve_in_process, sqlite_url
 from tests.fake_model import FakeModel
+from tests.yclient import YClient
 
 
 def tight_rate(url: str, tmp_path: Path, *, burst: int) -> Settings:
@@ -274,3 +276,128 @@ async def test_acks_kept_by_an_earlier_release_answer_their_resends(
         other = {"type": "set_fact", "id": "f1", "key": "account", "value": "C-3"}
         assert (await ann.command(other)).get("code") == "conflict"
         assert ann.doc.get("facts", type=Map).to_py() == {"account": "A-1"}
+
+
+async def _open_ask_and_delete(ann: YClient) -> tuple[dict[str, Any], ...]:
+    """Ann's side-thread opened (``o1``), asked in (``q1``, its reply settled) and deleted
+    (``d1``): the three commands and their first acks."""
+    opened = await ann.command({"type": "thread_open", "id": "o1", "title": "mine"})
+    thread_id = opened["thread_id"]
+    prompt = {"type": "thread_prompt", "id": "q1", "thread_id": thread_id, "text": "why?"}
+    asked = await ann.command(prompt)
+    await ann.wait_until(lambda c: _settled(c, thread_id))
+    delete = {"type": "thread_delete", "id": "d1", "thread_id": thread_id}
+    deleted = await ann.command(delete)
+    assert [a["type"] for a in (opened, asked, deleted)] == ["ack"] * 3, (opened, asked, deleted)
+    open_ = {"type": "thread_open", "id": "o1", "title": "mine"}
+    return open_, prompt, delete, opened, asked, deleted
+
+
+def _settled(client: YClient, thread_id: str) -> bool:
+    """Whether ``client`` was told that its side-thread's reply was written."""
+    states = [
+        f["thread"]
+        for f in client.unsolicited
+        if f.get("type") == "thread" and f["thread"]["id"] == thread_id
+    ]
+    return bool(states) and not states[-1]["running"] and len(states[-1]["turns"]) == 2
+
+
+async def _no_threads(server: RunningServer, sid: str) -> None:
+    listed = await server.http.get(f"/api/v1/sessions/{sid}/threads")  # the admin: everyone's
+    assert listed.status_code == 200 and listed.json()["threads"] == [], listed.text
+
+
+async def test_a_deleted_side_thread_resent_after_a_restart_is_not_opened_again(
+    database_url: str, tmp_path: Path
+) -> None:
+    """Review (nothing acknowledged is lost): a side-thread opened then deleted, both
+    resent after a restart (their acks lost with the socket), was opened again under a
+    new id, and the resent delete was answered from its kept ack: the member was left
+    with the thread they had deleted. The open, its prompt and the delete get their first
+    acks, and no thread is there; another command under the open's id is a conflict."""
+    settings = make_settings(database_url, tmp_path / "d")
+    async with serve_in_process(settings, FakeModel.answering("ok")) as server:
+        sid = await server.new_session({"ann": "editor"})
+        ann = await server.connect(sid, "ann", commands="text")
+        *sent, opened, asked, deleted = await _open_ask_and_delete(ann)
+    async with serve_in_process(settings, FakeModel.answering("ok")) as again:
+        ann = await again.connect(sid, "ann")
+        resent = [await ann.command(c) for c in sent]
+        assert resent == [opened, asked, deleted]
+        await _no_threads(again, sid)
+        for reused in (
+            {"type": "thread_open", "id": "o1", "title": "another title"},
+            {"type": "message", "id": "o1", "text": "under the open's id"},
+            {"type": "thread_open", "id": "q1", "title": "mine"},
+        ):
+            answer = await ann.command(reused)
+            assert (answer["type"], answer.get("code")) == ("error", "conflict"), answer
+        await _no_threads(again, sid)
+        assert ann.entries() == []
+
+
+async def test_a_deleted_side_thread_resent_past_the_recent_acks_is_not_opened_again(
+    tmp_path: Path,
+) -> None:
+    """The same without a restart: the recent acks keep a member's last 64, so 65 later
+    commands leave the store to answer the resends."""
+    settings = make_settings(
+        sqlite_url(tmp_path),
+        tmp_path / "d",
+        commands_burst=MAX_PER_AUTHOR * 2,
+        commands_per_second=1000,
+        user_commands_per_second=1000,
+    )
+    async with serve_in_process(settings, FakeModel.answering("ok")) as server:
+        sid = await server.new_session({"ann": "editor"})
+        ann = await server.connect(sid, "ann", commands="text")
+        *sent, opened, asked, deleted = await _open_ask_and_delete(ann)
+        for n in range(MAX_PER_AUTHOR + 1):
+            later = await ann.command({"type": "message", "id": f"m{n}", "text": f"n{n}"})
+            assert later["type"] == "ack", later
+        again = await server.connect(sid, "ann")
+        resent = [await again.command(c) for c in sent]
+        assert resent == [opened, asked, deleted]
+        await _no_threads(server, sid)
+        other = await again.command({"type": "thread_open", "id": "o1", "title": "other"})
+        assert (other["type"], other.get("code")) == ("error", "conflict"), other
+        await _no_threads(server, sid)
+
+
+async def test_a_deleted_side_thread_resent_over_rest_after_a_restart_is_not_opened_again(
+    database_url: str, tmp_path: Path
+) -> None:
+    """The same over REST: a resent open gets its first answer (the deleted thread's id)
+    and opens nothing, a resent prompt in it its first answer, on a socket too."""
+    settings = make_settings(database_url, tmp_path / "d")
+    async with serve_in_process(settings, FakeModel.answering("ok")) as server:
+        sid = await server.new_session({"ann": "editor"})
+        ann = await server.connect(sid, "ann", commands="text")
+        auth = {"Authorization": f"Bearer {await server.token(sid, 'ann')}"}
+        threads = f"/api/v1/sessions/{sid}/threads"
+        async with httpx.AsyncClient(base_url=server.base_url, headers=auth) as rest:
+            opened = await rest.post(threads, json={"id": "o1", "title": "mine"})
+            assert opened.status_code == 201, opened.text
+            thread_id = opened.json()["thread_id"]
+            prompts = f"{threads}/{thread_id}/prompts"
+            asked = await rest.post(prompts, json={"id": "q1", "text": "why?"})
+            assert asked.status_code == 202, asked.text
+            await ann.wait_until(lambda c: _settled(c, thread_id))
+            deleted = await rest.delete(f"{threads}/{thread_id}")
+            assert deleted.status_code == 204, deleted.text
+    async with (
+        serve_in_process(settings, FakeModel.answering("ok")) as again,
+        httpx.AsyncClient(base_url=again.base_url, headers=auth) as rest,
+    ):
+        reopened = await rest.post(threads, json={"id": "o1", "title": "mine"})
+        assert (reopened.status_code, reopened.json()) == (201, opened.json())
+        reasked = await rest.post(prompts, json={"id": "q1", "text": "why?"})
+        assert (reasked.status_code, reasked.json()) == (202, asked.json())
+        ann = await again.connect(sid, "ann")
+        prompt = {"type": "thread_prompt", "id": "q1", "thread_id": thread_id, "text": "why?"}
+        on_socket = await ann.command(prompt)
+        assert {k: on_socket[k] for k in asked.json()} == asked.json(), on_socket
+        other = await rest.post(threads, json={"id": "o1", "title": "other"})
+        assert other.status_code == 409 and other.json()["error"]["code"] == "conflict"
+        await _no_threads(again, sid)

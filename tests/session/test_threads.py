@@ -357,6 +357,17 @@ def test_a_resent_open_or_prompt_gets_its_first_ack_and_changes_nothing() -> Non
     assert len(t.threads[thread_id].turns) == 2
 
 
+def test_an_open_resent_with_other_content_is_a_conflict() -> None:
+    """The id of a side-thread's opening is that opening's: resent with another title or
+    anchor (after a restart, past the store's kept ack) it is a conflict, not its ack."""
+    t = Threads()
+    t.ok("bob", ThreadOpenCommand("o", None, "mine"))
+    for other in (ThreadOpenCommand("o", None, "other"), ThreadOpenCommand("o", "e9", "mine")):
+        refused = t.refused("bob", other)
+        assert isinstance(refused, DuplicateCommand), refused
+    assert len(t.threads) == 1
+
+
 def test_a_turn_is_read_as_its_reader_may_read_it_now() -> None:
     prompt = ThreadTurn("p1", "t1", 0, "prompt", "bob", "what is it?", "done", 1)
     reply = ThreadTurn("r1", "t1", 1, "reply", "m", "it is 7731", "done", 2, VAULT)

@@ -509,3 +509,24 @@ async def test_a_share_under_a_stored_messages_id_is_a_conflict(tmp_path: Path) 
         refused = await s.send("bob", share)
         assert (refused["type"], refused["code"]) == ("error", "conflict"), refused
         assert [e.content for e in s.room.doc.entries()] == ["hello"]
+
+
+async def test_a_deleted_threads_open_and_prompt_resent_get_their_first_acks() -> None:
+    """Review: a side-thread's open and prompt, resent once its deletion had taken their
+    rows and the recent acks no longer held them, opened it again under a new id. The
+    store keeps their acks (the in-memory one as the database does)."""
+    async with memory_session({"bob": "editor"}, FakeModel(answer_with)) as s:
+        opened = await s.send("bob", ThreadOpenCommand("o", None, "mine"))
+        thread_id = opened["thread_id"]
+        asked = await s.send("bob", ThreadPromptCommand("q", thread_id, "why?"))
+        await answered(s, thread_id)
+        deleted = await s.send("bob", ThreadCloseCommand("d", thread_id, True))
+        assert [a["type"] for a in (opened, asked, deleted)] == ["ack"] * 3
+        s.room.recent_acks = RecentAcks()  # as a restart leaves them
+        assert await s.send("bob", ThreadOpenCommand("o", None, "mine")) == opened
+        assert await s.send("bob", ThreadPromptCommand("q", thread_id, "why?")) == asked
+        assert await s.send("bob", ThreadCloseCommand("d", thread_id, True)) == deleted
+        other = await s.send("bob", ThreadOpenCommand("o", None, "other"))
+        assert (other["type"], other["code"]) == ("error", "conflict"), other
+        assert s.room.side_threads.threads == {}
+        assert await s.store.load_threads(SESSION) == []
