@@ -79,8 +79,8 @@ class Spend(StrEnum):
     SYNC_REQUESTS = "sync_requests"  # "send me everything" (sync step 1, query awareness)
     READ_BYTES = "read_bytes"  # large REST answers (the transcript): their bytes
     SYNC_BYTES = "sync_bytes"  # answers to sync requests (the document): their bytes
-    # Resends over REST past the command budget, answered from the store (a read each), as
-    # a socket answers its own (``ConnectionLimits.resends``).
+    # Resends past the command rate, on a socket or over REST, each answered as it was the
+    # first time (from the recent acks, the store or the node that runs the session).
     RESENDS = "resends"
 
 

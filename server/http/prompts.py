@@ -26,12 +26,11 @@ from parley.server.http.models import (
     PromptStatusOut,
 )
 from parley.server.http.rest import Caller, Operation, spend_command
-from parley.server.runtime.commands import stored_resend
+from parley.server.runtime.commands import resend_allowed, stored_resend
 from parley.server.runtime.room import SessionRoom
 from parley.server.state import AppState
 from parley.session.entries import EntryKind
 from parley.session.errors import Forbidden, InvalidInput, NotFound, RateLimited, error_for
-from parley.session.ratelimit import Cost, Spend
 
 
 def _actor(caller: Caller, as_user: str | None) -> str:
@@ -60,16 +59,15 @@ async def send(
     try:
         spend_command(state, room, actor)
     except RateLimited:
-        # Past it, a resend the store answers spends the member's resend allowance, the
-        # size of a socket's (review: a socket answered it, REST refused it 429).
-        if known:
-            pass
-        elif room.budgets.allow(actor, Cost(Spend.RESENDS, 1), room.clock()):
+        # Past it, a resend spends the member's resend allowance, theirs on a socket too
+        # (review: a socket answered one the store knew, REST refused it 429; one the
+        # recent acks held was answered without limit).
+        if not resend_allowed(room, actor, room.clock()):
+            raise
+        if not known:
             resent = await stored_resend(room, actor, frame)
             if resent is None:
                 raise
-        else:
-            raise
     else:
         resent = None if known else await stored_resend(room, actor, frame)
     if caller.is_admin:

@@ -23,6 +23,7 @@ from parley.session.core import CommandEvent
 from parley.session.core.threads import FROM_THREAD
 from parley.session.entries import EntryKind
 from parley.session.errors import Conflict, DuplicateCommand, NotFound, ParleyError
+from parley.session.ratelimit import Cost, Spend
 from parley.session.recent_acks import kept_as_ack, stored_fingerprints
 from parley.session.thread_commands import ThreadShareCommand
 
@@ -65,6 +66,16 @@ async def dispatch(room: SessionRoom, actor: str, command: Command) -> str:
     reply = effects.ack.reply(command.id)
     room.recent_acks.keep(actor, command, reply)
     return reply
+
+
+def resend_allowed(room: SessionRoom, actor: str, now: float) -> bool:
+    """Spend one of ``actor``'s resend allowance (``Spend.RESENDS``: a reconnect's worth at
+    once, then the command rate), shared by their sockets and REST; False when it is spent.
+    Every command past the command rate that may be a resend pays it before it is answered,
+    from the recent acks, the store or another node (review: one acknowledged command
+    resent past the rate was answered from memory without limit), so a flood of resends
+    ends ``rate_limited`` while a reconnect's resends get their first answers."""
+    return room.budgets.allow(actor, Cost(Spend.RESENDS, 1), now)
 
 
 async def stored_resend(room: SessionRoom, actor: str, frame: str) -> str | None:

@@ -19,7 +19,7 @@ from parley.authz.tokens import ClientClaims, token_refusal
 from parley.server.settings import Settings
 from parley.server.store.access_rows import TokenRow
 from parley.server.store.port import SessionStore
-from parley.server.ws.connection import RESENDS_BURST, Connection
+from parley.server.ws.connection import Connection
 from parley.session.closes import CloseCode
 from parley.session.core import MemberUpdated, TokenRevoked
 from parley.session.ratelimit import Rate, Spend
@@ -162,6 +162,12 @@ class Membership:
         if not decide(self.subject(user_id), Do(Capability.READ_SESSION)).allowed:
             return CloseCode.FORBIDDEN, "membership revoked"
         return None
+
+
+# Commands a member may have resent at once past the command rate, on their sockets and
+# over REST together (after a reconnect or a restart, an SDK resends every one unanswered;
+# ``server.runtime.commands.resend_allowed``); then at the command rate.
+RESENDS_BURST = 256
 
 
 def member_rates(settings: Settings) -> dict[Spend, Rate]:

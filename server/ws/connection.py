@@ -51,11 +51,6 @@ def _rate(per_second: float, burst: float) -> Rate:
     return Rate(per_second, burst)
 
 
-# Stored commands a socket may have resent at once past the command rate (after a restart,
-# an SDK resends every one unanswered; ``ConnectionLimits.resends``).
-RESENDS_BURST = 256
-
-
 @dataclass(slots=True)
 class ConnectionLimits:
     commands: TokenBucket
@@ -65,9 +60,6 @@ class ConnectionLimits:
     # a ``Budgets`` by kind of spend for one kind (its two dictionaries and a key were
     # 0.5 kB on every socket; issue #22).
     syncs: TokenBucket
-    # Resends over the command rate that the store answers (``stored_resend``): as many as a
-    # reconnect resends, then at the command rate (each is a read of the store).
-    resends: TokenBucket
 
     @classmethod
     def from_settings(cls, settings: Settings, now: float) -> ConnectionLimits:
@@ -77,7 +69,6 @@ class ConnectionLimits:
             updates=TokenBucket(_rate(settings.updates_per_second, settings.updates_burst), now),
             abuse=AbuseCounter(settings.abuse_refusals, settings.abuse_window_s),
             syncs=TokenBucket(syncs, now),
-            resends=TokenBucket(_rate(settings.commands_per_second, RESENDS_BURST), now),
         )
 
     def allow(self, cost: Cost, now: float) -> bool:

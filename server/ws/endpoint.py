@@ -25,7 +25,7 @@ from starlette.websockets import WebSocket
 from parley.authz.policy import Do, decide
 from parley.authz.roles import Capability
 from parley.server.cluster.relay import resends_only
-from parley.server.runtime.commands import stored_resend
+from parley.server.runtime.commands import resend_allowed, stored_resend
 from parley.server.runtime.room import SessionRoom
 from parley.server.state import AppState
 from parley.server.ws.admission import (
@@ -144,23 +144,9 @@ async def _serve(
         if text is not None and not (
             limits.commands.allow(now) and room.user_bucket(connection.user_id).allow(now)
         ):
-            # A resend of what was acknowledged lately is answered as it was, whatever the
-            # rate: clients resend everything unanswered at once after a reconnect.
-            command_id = command_id_of(text)
-            if room.recent_acks.knows(connection.user_id, command_id):
-                connection.send_json(await state.rooms.command(room, connection.user_id, text))
-                continue
-            # One the store answers (a read each): as many as a reconnect resends at most.
-            if limits.resends.allow(now):
-                resent = await stored_resend(room, connection.user_id, text)
-                if resent is not None:
-                    connection.send_json(resent)
-                    continue
-            # Where another node runs the session, it alone knows its acks: it answers a
-            # resend, and refuses anything else as this node would (``resends_only``).
-            refused = await _resend_elsewhere(state, room, connection.user_id, text, command_id)
-            connection.send_json(refused)
-            if json.loads(refused).get("type") == "error":
+            answer, refused = await _past_the_rate(state, room, connection.user_id, text, now)
+            connection.send_json(answer)
+            if refused:
                 state.metrics.errors.labels(code="rate_limited").inc()
                 if limits.abuse.refused(now):
                     connection.close(CloseCode.ABUSE, "too many commands")
@@ -183,6 +169,30 @@ async def _serve(
                     return
         elif text is not None:
             connection.send_json(await state.rooms.command(room, connection.user_id, text))
+
+
+async def _past_the_rate(
+    state: AppState, room: SessionRoom, user_id: str, text: str, now: float
+) -> tuple[str, bool]:
+    """The answer to a command over the member's rate, and whether it was refused. A resend
+    gets its first answer all the same (clients resend everything unanswered at once after
+    a reconnect), within the member's resend allowance (``resend_allowed``, as over REST);
+    anything else, or past it, is ``rate_limited``."""
+    command_id = command_id_of(text)
+    # Review: one acknowledged command resent 24,000 times past the rate was answered from
+    # the recent acks each time, uncharged, until the command bytes ran out (another
+    # member's acks waited 100 times longer meanwhile).
+    if not resend_allowed(room, user_id, now):
+        return error_reply(command_id, RateLimited("too many commands; slow down")), True
+    if room.recent_acks.knows(user_id, command_id):
+        return await state.rooms.command(room, user_id, text), False
+    resent = await stored_resend(room, user_id, text)  # a read of the store
+    if resent is not None:
+        return resent, False
+    # Where another node runs the session, it alone knows its acks: it answers a resend,
+    # and refuses anything else as this node would (``resends_only``).
+    answer = await _resend_elsewhere(state, room, user_id, text, command_id)
+    return answer, json.loads(answer).get("type") == "error"
 
 
 async def _resend_elsewhere(

@@ -5,14 +5,18 @@ acknowledged lately is answered as it was, and nothing is stored twice."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+import websockets
 from pycrdt import Array, Map
 from sqlalchemy import update
 
+from parley.server.runtime.membership import RESENDS_BURST
 from parley.server.settings import Settings
 from parley.server.store.db import create_engine
 from parley.server.store.tables import command_acks
@@ -34,6 +38,20 @@ def tight_rate(url: str, tmp_path: Path, *, burst: int) -> Settings:
     )
 
 
+@contextlib.asynccontextmanager
+async def _tight_rest(tmp_path: Path) -> AsyncIterator[tuple[httpx.AsyncClient, str]]:
+    """An editor's REST client to a server of ``tight_rate`` (a member's burst of 10), and
+    the route of a new session's messages."""
+    settings = tight_rate(sqlite_url(tmp_path), tmp_path, burst=5)
+    async with serve_in_process(settings, FakeModel.answering("ok")) as server:
+        sid = await server.new_session({"ann": "editor"})
+        token = await server.token(sid, "ann")
+        async with httpx.AsyncClient(
+            base_url=server.base_url, headers={"Authorization": f"Bearer {token}"}
+        ) as ann:
+            yield ann, f"/api/v1/sessions/{sid}/messages"
+
+
 async def test_a_burst_of_resent_commands_gets_its_first_acks_past_the_rate(
     tmp_path: Path,
 ) -> None:
@@ -52,6 +70,101 @@ async def test_a_burst_of_resent_commands_gets_its_first_acks_past_the_rate(
         assert (over["type"], over["code"]) == ("error", "rate_limited")  # still in force
         texts = [e["content"] for e in again.entries() if e["kind"] == "message"]
         assert texts == [f"note {n}" for n in range(5)]
+
+
+async def test_one_acknowledged_command_resent_in_a_loop_is_cut_off(tmp_path: Path) -> None:
+    """Review (bounded): past the command rate, a resend the recent acks held was answered
+    every time, uncharged: one command resent 24,000 times was answered until the command
+    bytes ran out, and another member's acks took 100 times longer meanwhile. Each spends
+    the member's resend allowance (a reconnect's worth); past it, ``rate_limited``,
+    counted as a refusal: the flood ends in the 4429 close."""
+    settings = make_settings(
+        sqlite_url(tmp_path),
+        tmp_path / "d",
+        commands_per_second=0.01,
+        commands_burst=5,
+        user_commands_per_second=0.01,
+        abuse_refusals=3,
+        abuse_window_s=600,
+    )
+    async with serve_in_process(settings, FakeModel.answering("ok")) as server:
+        sid = await server.new_session({"ann": "editor", "bob": "editor"})
+        ann = await server.connect(sid, "ann")
+        message = {"type": "message", "id": "m", "text": "once"}
+        first = await ann.command(message)
+        assert first["type"] == "ack"
+        answers = []
+        with contextlib.suppress(ConnectionError, TimeoutError, websockets.ConnectionClosed):
+            for _ in range(2 * RESENDS_BURST):
+                answers.append(await ann.command(message, timeout=5))
+        answered = len([a for a in answers if a == first])
+        # The socket's burst after the first send (4), then the member's allowance.
+        assert RESENDS_BURST <= answered <= RESENDS_BURST + 5, answered
+        assert answers[:answered] == [first] * answered
+        refused = answers[answered:]
+        assert 3 <= len(refused) <= 4 and {a.get("code") for a in refused} == {"rate_limited"}
+        assert await ann.wait_closed() == 4429
+        bob = await server.connect(sid, "bob")
+        assert (await bob.command({"type": "message", "id": "b", "text": "fine"}))["type"] == "ack"
+
+
+async def test_rest_resends_of_one_acknowledged_command_spend_the_resend_allowance(
+    tmp_path: Path,
+) -> None:
+    """Review (same answer everywhere, bounded): over REST too, a resend the recent acks
+    held was answered past the command budget without limit. It spends the member's
+    resend allowance, as on a socket; past it, ``429 rate_limited``."""
+    async with _tight_rest(tmp_path) as (ann, messages):
+        body = {"text": "once", "id": "m"}
+        first = await ann.post(messages, json=body)
+        assert first.status_code == 202
+        answers = []
+        for _ in range(2 * RESENDS_BURST):
+            answer = await ann.post(messages, json=body)
+            answers.append(answer)
+            if answer.status_code != 202:
+                break
+        answered = [a.json() for a in answers if a.status_code == 202]
+        assert answered == [first.json()] * len(answered)
+        # The member's burst after the first (9), then the member's allowance.
+        assert RESENDS_BURST <= len(answered) <= RESENDS_BURST + 10, len(answered)
+        assert answers[-1].status_code == 429
+        assert answers[-1].json()["error"]["code"] == "rate_limited"
+
+
+async def _sent_on_a_socket(
+    settings: Settings, count: int
+) -> tuple[str, list[dict[str, str]], list[dict[str, Any]]]:
+    """``count`` messages an editor sent on a socket to a server of ``settings`` then
+    stopped: the session, the messages and their first acks."""
+    sent = [{"type": "message", "id": f"m{n}", "text": f"note {n}"} for n in range(count)]
+    async with serve_in_process(settings) as server:
+        sid = await server.new_session({"ann": "editor"})
+        ann = await server.connect(sid, "ann")
+        first = [await ann.command(message) for message in sent]
+        assert [a["type"] for a in first] == ["ack"] * count
+    return sid, sent, first
+
+
+async def test_a_reconnect_resending_hundreds_of_commands_gets_their_first_acks(
+    tmp_path: Path,
+) -> None:
+    """A client's resends past the rate after a restart, up to a reconnect's worth (the
+    member's resend allowance), all get their first acks, from the store."""
+    database = sqlite_url(tmp_path)
+    roomy = make_settings(
+        database,
+        tmp_path / "d",
+        commands_per_second=1000,
+        commands_burst=1000,
+        user_commands_per_second=1000,
+    )
+    sid, sent, first = await _sent_on_a_socket(roomy, 200)
+    tight = tight_rate(database, tmp_path, burst=5)
+    async with serve_in_process(tight) as again:
+        ann = await again.connect(sid, "ann")
+        resent = await asyncio.gather(*(ann.command(message) for message in sent))
+        assert list(resent) == first
 
 
 async def test_the_same_bad_input_gets_the_same_answer_on_the_socket_and_over_rest(
@@ -86,21 +199,14 @@ async def test_the_same_bad_input_gets_the_same_answer_on_the_socket_and_over_re
 async def test_rest_resends_get_their_first_answers_past_the_rate(tmp_path: Path) -> None:
     """Review of the resends: over REST, resent messages were charged again and 19 of 80
     came back 429, while the same resent on a socket were all answered."""
-    settings = tight_rate(sqlite_url(tmp_path), tmp_path, burst=5)
-    async with serve_in_process(settings, FakeModel.answering("ok")) as server:
-        sid = await server.new_session({"ann": "editor"})
-        token = await server.token(sid, "ann")
-        async with httpx.AsyncClient(
-            base_url=server.base_url, headers={"Authorization": f"Bearer {token}"}
-        ) as ann:
-            messages = f"/api/v1/sessions/{sid}/messages"
-            sent = [{"text": f"note {n}", "id": f"m{n}"} for n in range(10)]  # the burst
-            first = [await ann.post(messages, json=body) for body in sent]
-            assert [r.status_code for r in first] == [202] * 10
-            again = [await ann.post(messages, json=body) for body in sent]
-            assert [r.json() for r in again] == [r.json() for r in first]
-            over = await ann.post(messages, json={"text": "new", "id": "m10"})
-            assert over.status_code == 429
+    async with _tight_rest(tmp_path) as (ann, messages):
+        sent = [{"text": f"note {n}", "id": f"m{n}"} for n in range(10)]  # the burst
+        first = [await ann.post(messages, json=body) for body in sent]
+        assert [r.status_code for r in first] == [202] * 10
+        again = [await ann.post(messages, json=body) for body in sent]
+        assert [r.json() for r in again] == [r.json() for r in first]
+        over = await ann.post(messages, json={"text": "new", "id": "m10"})
+        assert over.status_code == 429
 
 
 async def _stored_by_rest(
@@ -171,12 +277,7 @@ async def test_resends_of_stored_commands_after_a_restart_get_their_first_acks(
     the socket 4429 for good. Those stored are answered as the first time, whatever the
     rate."""
     database = sqlite_url(tmp_path)
-    sent = [{"type": "message", "id": f"m{n}", "text": f"note {n}"} for n in range(12)]
-    async with serve_in_process(make_settings(database, tmp_path / "d")) as server:
-        sid = await server.new_session({"ann": "editor"})
-        ann = await server.connect(sid, "ann")
-        first = [await ann.command(message) for message in sent]
-        assert [a["type"] for a in first] == ["ack"] * 12
+    sid, sent, first = await _sent_on_a_socket(make_settings(database, tmp_path / "d"), 12)
     tight = tight_rate(database, tmp_path, burst=2)
     async with serve_in_process(tight) as again:
         ann = await again.connect(sid, "ann")
