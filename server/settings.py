@@ -111,6 +111,13 @@ class Settings(BaseSettings):
     max_thread_runs_per_session: int = Field(
         default=4, ge=1, le=100, description="Side-thread replies written at once in one session"
     )
+    max_thread_runs_per_member: int = Field(
+        default=2,
+        ge=1,
+        le=100,
+        description="Side-thread replies of one member written at once in one session (at "
+        "most PARLEY_MAX_THREAD_RUNS_PER_SESSION): the other members keep the rest",
+    )
     stream_interval_ms: float = Field(
         default=15.0,
         ge=0,

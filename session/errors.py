@@ -199,7 +199,8 @@ class ThreadLimit(Conflict):
 
 
 class ThreadRunsBusy(Conflict):
-    """As many side-thread runs as the session allows at once are under way."""
+    """As many side-thread runs as the session allows at once are under way, or as many of
+    the member's as one member may have (their share of the session's)."""
 
     code = ErrorCode.THREAD_RUNS_BUSY
     http_status = 429

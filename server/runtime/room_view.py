@@ -31,5 +31,6 @@ def session_view(room: SessionRoom) -> SessionView:
             settings.max_thread_turns,
             settings.max_thread_runs_per_session,
             settings.max_prompt_chars,
+            settings.max_thread_runs_per_member,
         ),
     )

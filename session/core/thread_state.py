@@ -18,6 +18,14 @@ class ThreadLimits:
     max_turns_per_thread: int = 200
     max_runs_per_session: int = 4
     max_share_chars: int = 32_000
+    # One member's share of the session's runs (``runs_per_member``): their runs past it
+    # would leave the other members none (review).
+    max_runs_per_member: int = 2
+
+    @property
+    def runs_per_member(self) -> int:
+        """The most side-thread runs one member may have under way at once."""
+        return min(self.max_runs_per_member, self.max_runs_per_session)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,5 +86,6 @@ class SideThread:
         }
 
 
-def running_threads(threads: Iterable[SideThread]) -> int:
-    return sum(1 for t in threads if t.running)
+def running_threads(threads: Iterable[SideThread], owner: str | None = None) -> int:
+    """How many of ``threads`` run now (only ``owner``'s, if given)."""
+    return sum(1 for t in threads if t.running and (owner is None or t.owner == owner))

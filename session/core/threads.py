@@ -4,7 +4,8 @@ A side-thread belongs to the member who opened it (``owner``). Its model input i
 shared session up to its anchor, built with the owner's scope (what their own prompt there
 would see), then its own turns; none of it enters the shared document, other members'
 inputs, summaries or previews. Its runs do not wait in, or block, the session's queue: at
-most ``ThreadLimits.max_runs_per_session`` run at once, one per thread. What the owner
+most ``ThreadLimits.max_runs_per_session`` run at once, one per thread, and at most
+``ThreadLimits.runs_per_member`` of one member's. What the owner
 shares back is posted as their message, marked as from a private thread; text derived from
 what not every member may read is refused (``RestrictedShare``) unless the session's
 ``restricted_replies`` policy is ``shared`` (then the sharing is audited).
@@ -203,6 +204,14 @@ def _prompt(
     limits = view.thread_limits
     if len(thread.turns) + 2 > limits.max_turns_per_thread:
         raise ThreadLimit(f"at most {limits.max_turns_per_thread} turns per side-thread")
+    # A member's share first: one member prompting in every thread of theirs held all the
+    # session's runs, and the others' prompts were refused for as long as the runs lasted
+    # (review).
+    if running_threads(view.threads.values(), event.actor) >= limits.runs_per_member:
+        raise ThreadRunsBusy(
+            f"you have {limits.runs_per_member} side-thread replies being written in this "
+            "session, your share; try again when one of them is done"
+        )
     if running_threads(view.threads.values()) >= limits.max_runs_per_session:
         raise ThreadRunsBusy(
             f"{limits.max_runs_per_session} side-thread replies are being written in this "

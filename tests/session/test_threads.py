@@ -174,6 +174,22 @@ def test_a_prompt_starts_a_run_beside_the_queue() -> None:
     assert [x.status for x in t.threads[thread_id].turns] == ["done", "done"]
 
 
+def test_a_member_holds_at_most_their_share_of_the_sessions_side_thread_runs() -> None:
+    """Review: one member prompting in every thread of theirs held all the session's runs;
+    past their share (``runs_per_member``) it is ``thread_runs_busy``, and the others keep
+    the rest."""
+    t = Threads(limits=ThreadLimits(4, 6, 3, 100, max_runs_per_member=2))
+    hers = [t.ok("alice", ThreadOpenCommand(f"o{n}", None, "t")).ack for n in range(3)]
+    threads = [dict(ack.ids)["thread_id"] for ack in hers if ack is not None]
+    for n, thread_id in enumerate(threads[:2]):
+        t.ok("alice", ThreadPromptCommand(f"p{n}", thread_id, "x"))
+    refused = t.refused("alice", ThreadPromptCommand("p2", threads[2], "x"))
+    assert isinstance(refused, ThreadRunsBusy) and "your share" in refused.message
+    t.ok("bob", ThreadPromptCommand("b", t.open("bob"), "x"))  # the session's third run
+    assert ThreadLimits(max_runs_per_session=1, max_runs_per_member=2).runs_per_member == 1
+    assert ThreadLimits().runs_per_member == 2  # of 4
+
+
 def test_summarising_asks_with_the_servers_instruction() -> None:
     t = Threads()
     thread_id = t.open()

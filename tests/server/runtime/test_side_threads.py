@@ -210,6 +210,28 @@ async def test_side_thread_runs_and_the_session_queue_proceed_in_parallel() -> N
         await answered(s, thread_id)
 
 
+async def test_one_member_holds_no_more_than_their_share_of_the_side_thread_runs() -> None:
+    """Review (one bad client never hurts the others): prompting in 4 of her side-threads,
+    mallory held every run the session allows at once (4), and bob's prompts were
+    ``thread_runs_busy`` for as long as her runs lasted. A member holds at most their share
+    (``PARLEY_MAX_THREAD_RUNS_PER_MEMBER``, 2); the others keep the rest."""
+    model = FakeModel(answer_with)
+    model.gate = asyncio.Event()
+    async with memory_session({"mallory": "editor", "bob": "editor"}, model) as s:
+        hers = [await open_thread(s, "mallory") for _ in range(4)]
+        asked = [await ask(s, "mallory", t, "[wait] hold") for t in hers]
+        assert [a.get("code", a["type"]) for a in asked] == ["ack"] * 2 + ["thread_runs_busy"] * 2
+        assert "your share" in asked[2]["message"]
+        his = [await open_thread(s, "bob") for _ in range(3)]
+        answers = [await ask(s, "bob", t, "[wait] mine") for t in his]
+        assert [a.get("code", a["type"]) for a in answers] == ["ack"] * 2 + ["thread_runs_busy"]
+        assert sum(t.running for t in s.room.side_threads.threads.values()) == 4
+        model.gate.set()
+        for thread_id in hers[:2] + his[:2]:
+            await answered(s, thread_id)
+        assert (await ask(s, "mallory", hers[2], "now"))["type"] == "ack"  # hers are done
+
+
 async def test_limits_on_threads_turns_and_concurrent_runs() -> None:
     model = FakeModel(answer_with)
     model.gate = asyncio.Event()
