@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from parley.session.commands import unstorable_in
+from parley.session.names import MAX_DISPLAY_NAME_CHARS, display_name_problem
 
 RoleName = Annotated[
     str,
@@ -113,14 +114,24 @@ class SessionList(Strict):
     )
 
 
-# A name people read: no control characters (a line of its own in every list it is in).
+def _shown_as_it_is(name: str) -> str:
+    problem = display_name_problem(name)
+    if problem is not None:
+        raise ValueError(problem)
+    return name
+
+
+# A name people read: every character shows (``session.names``, the one rule for it).
 DisplayName = Annotated[
     str,
     Field(
-        max_length=80,
-        pattern=r"^[^\x00-\x1f\x7f]*$",
-        description="How people see the member; empty: by user id",
+        max_length=MAX_DISPLAY_NAME_CHARS,
+        description="How people see the member; empty: by user id. No control, format "
+        "(zero-width, soft hyphen, bidirectional), line or paragraph separator, private-use, "
+        "unassigned (new emoji aside) or noncharacter code points; joiners only inside a "
+        "script or an emoji sequence",
     ),
+    AfterValidator(_shown_as_it_is),
 ]
 
 

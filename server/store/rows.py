@@ -17,6 +17,7 @@ from parley.authz.roles import Member
 from parley.server.store.direct_sqlite import direct
 from parley.server.store.tables import members, model_usage, quotas, sessions
 from parley.session.errors import Conflict, NotFound
+from parley.session.names import fold_name
 from parley.session.quota import Quotas
 
 
@@ -118,14 +119,16 @@ def kept_name(before: MemberRow | None) -> str:
 
 
 def check_name_free(name: str | None, user_id: str, others: Iterable[tuple[str, str]]) -> None:
-    """``Conflict`` if ``name`` is another member's display name or user id here (letter
-    case and outer spaces aside); ``others``: every member's (user id, display name). Read
-    in the writing transaction, so two members racing for one name cannot both take it."""
-    wanted = (name or "").strip().casefold()
+    """``Conflict`` if ``name`` reads as another member's display name or user id here:
+    compared folded (``session.names.fold_name``: letter case, compatibility forms,
+    invisible characters and spaces aside), names stored before the rule included;
+    ``others``: every member's (user id, display name). Read in the writing transaction,
+    so two members racing for one name cannot both take it."""
+    wanted = fold_name(name or "")
     if not wanted:
         return
     for other, shown in others:
-        if other != user_id and wanted in (other.casefold(), shown.strip().casefold()):
+        if other != user_id and wanted in (fold_name(other), fold_name(shown)):
             raise Conflict(f"{name!r} is another member's name here; choose another")
 
 

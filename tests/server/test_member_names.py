@@ -238,3 +238,111 @@ async def test_a_manager_may_not_add_a_member_named_as_another(server: RunningSe
         f"/api/v1/sessions/{sid}/members/boss", json={"role": "viewer"}
     )
     assert by_admin.is_success
+
+
+# Review: names were refused only C0 controls and DEL; these showed as nothing, broke a
+# line, or turned the rest of the name around (U+202E).
+UNSEEN = (
+    "al\x85ice",  # C1 control: a line break to many readers
+    "al\x9bice",  # C1 control: a terminal's escape
+    "al\u2028ice",  # line separator
+    "al\u2029ice",  # paragraph separator
+    "alice\u200b",  # zero-width space
+    "al\u00adice",  # soft hyphen
+    "\u202eecila",  # right-to-left override: shows "alice"
+    "\u2066alice\u2069",  # bidirectional isolate
+    "\u200ealice",  # left-to-right mark
+    "\ufeffalice",  # zero-width no-break space
+    "alice\u2060",  # word joiner
+    "alice\U000e0041",  # tag character
+    "alice\u200d",  # a joiner joining nothing
+    "\u3164",  # Hangul filler: a letter shown as nothing
+    "al\u034fice",  # combining grapheme joiner: a mark shown as nothing
+    "alice\ue000",  # private use
+    "alice\ufdd0",  # noncharacter
+)
+
+
+async def test_names_with_characters_people_cannot_see_are_refused(server: RunningServer) -> None:
+    sid = await server.new_session({"alice": "editor"})
+    async with _as(server, await server.token(sid, "alice")) as alice:
+        for name in UNSEEN:
+            put = await server.http.put(
+                f"/api/v1/sessions/{sid}/members/alice",
+                json={"role": "editor", "display_name": name},
+            )
+            assert put.status_code == 422, (name, put.text)
+            assert put.json()["error"]["code"] == "invalid", name
+            assert "display_name" in put.json()["error"]["message"], name
+            patch = await alice.patch(f"/api/v1/sessions/{sid}/me", json={"display_name": name})
+            assert patch.status_code == 422, (name, patch.text)
+            assert patch.json()["error"]["code"] == "invalid", name
+    members = (await server.http.get(f"/api/v1/sessions/{sid}/members")).json()["members"]
+    assert members[0]["display_name"] == ""
+
+
+async def test_names_of_any_script_and_emoji_are_taken(server: RunningServer) -> None:
+    sid = await server.new_session({"alice": "editor"})
+    named = (
+        "José Ñúñez-Zoë",
+        "李小龍",
+        "Анна Петрова",
+        "😀 Dan",
+        "❤️ Ann",  # with its variation selector
+        "👩🏽\u200d💻 Dev",  # an emoji joined by a ZWJ
+        "\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645",  # Persian, with its ZWNJ
+        "Anne  Marie de la Tour",
+        "",
+    )
+    async with _as(server, await server.token(sid, "alice")) as alice:
+        for name in named:
+            patch = await alice.patch(f"/api/v1/sessions/{sid}/me", json={"display_name": name})
+            assert patch.status_code == 200, (name, patch.text)
+            assert patch.json()["display_name"] == name  # stored as sent
+            put = await server.http.put(
+                f"/api/v1/sessions/{sid}/members/alice",
+                json={"role": "editor", "display_name": name},
+            )
+            assert put.status_code == 200, (name, put.text)
+
+
+async def test_a_name_that_reads_as_another_members_is_refused(server: RunningServer) -> None:
+    """Review: ``alice\\u200b``, ``al\\u00adice`` or ``alice\\ufe0f`` passed for ``alice``
+    (compared only case-folded and stripped). Names are compared folded now: NFKC,
+    invisible characters dropped, case folded, spaces collapsed."""
+    sid = await server.new_session({"olga": "owner", "alice": "editor", "vera": "viewer"})
+    await server.http.put(
+        f"/api/v1/sessions/{sid}/members/olga",
+        json={"role": "owner", "display_name": "Olga Owner"},
+    )
+    alikes = (
+        "alice\ufe0f",  # variation selector
+        "\uff41\uff4c\uff49\uff43\uff45",  # fullwidth
+        "alice\u2800",  # braille blank
+        "\u2134lga Owner",  # script small o
+        "olga  owner",  # two spaces
+        "Olga\u3000Owner",  # ideographic space
+        "Olga\u00a0Owner",  # no-break space
+        "\U0001d41a\U0001d425\U0001d422\U0001d41c\U0001d41e",  # mathematical bold
+        "\u1d3clga Owner",  # modifier letter capital O
+    )
+    async with (
+        _as(server, await server.token(sid, "vera")) as vera,
+        _as(server, await server.token(sid, "olga")) as olga,
+    ):
+        me = f"/api/v1/sessions/{sid}/me"
+        for name in alikes:
+            refused = await vera.patch(me, json={"display_name": name})
+            assert refused.status_code == 409, (name, refused.text)
+            assert refused.json()["error"]["code"] == "conflict", name
+            # And as the one who manages members names another.
+            put = await olga.put(
+                f"/api/v1/sessions/{sid}/members/vera",
+                json={"role": "viewer", "display_name": name},
+            )
+            assert put.status_code == 409, (name, put.text)
+        own = await vera.patch(me, json={"display_name": "Vera"})
+        assert own.status_code == 200, own.text
+    members = (await server.http.get(f"/api/v1/sessions/{sid}/members")).json()["members"]
+    names = {m["user_id"]: m["display_name"] for m in members}
+    assert names == {"olga": "Olga Owner", "alice": "", "vera": "Vera"}

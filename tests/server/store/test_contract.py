@@ -22,7 +22,7 @@ from parley.server.store.rows import EntryRow, StoredDoc
 from parley.server.store.sessions import Store
 from parley.server.store.usage import UsageLedger
 from parley.session.core import SideThread, ThreadTurn
-from parley.session.errors import DuplicateCommand
+from parley.session.errors import Conflict, DuplicateCommand
 from parley.session.events import MessagePosted, PromptAccepted, RunStarted
 from parley.session.lifecycle import IllegalTransition, PromptStatus
 from parley.session.quota import Quotas
@@ -365,6 +365,28 @@ async def test_display_names_are_kept_unless_named(store: Any) -> None:
     )
     assert cleared.after.display_name == ""
     assert [m.display_name for m in await store.list_members("a")] == [""]
+
+
+async def test_a_name_stored_before_the_rule_still_conflicts_folded(store: Any) -> None:
+    """A name stored with an invisible character (before names were refused them, or by a
+    path that does not judge the form) is compared folded: no one else takes it plain."""
+    await store.create_session("a", "t", "queue", 0)
+    await store.change_member(
+        "a", "ann", Member("ann", "editor"), 1, lambda *_: ALLOW, display_name="Bo\u00adss"
+    )
+    await store.change_member("a", "bob", Member("bob", "editor"), 2, lambda *_: ALLOW)
+    for name in ("boss", "BOSS\ufe0f", "\uff22oss", "ANN"):
+        with pytest.raises(Conflict):
+            await store.change_member(
+                "a",
+                "bob",
+                Member("bob", "editor"),
+                3,
+                lambda *_: ALLOW,
+                display_name=name,
+                distinct_name=True,
+            )
+    assert [m.display_name for m in await store.list_members("a")] == ["Bo\u00adss", ""]
 
 
 async def test_private_items_audit_and_usage(store: Any) -> None:

@@ -1,0 +1,147 @@
+"""Members' display names: which ones may be set, and when two read as one.
+
+A display name is shown to people (the member list, presence stamps, ``author_name`` in
+transcripts), so it must show what it holds and must not pass for another member's.
+``display_name_problem`` judges a name set by anyone (REST bodies call it through their
+model); ``fold_name`` is the form two names are compared in, so a member cannot take
+another's name with an invisible character, another letter case, a compatibility form or
+extra spaces. Stored names are never rewritten: they are folded when compared.
+
+Not handled: confusable letters of different scripts (Cyrillic U+0430 for Latin "a"); that
+needs Unicode's confusables table (UTS #39), which Python does not ship.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+
+MAX_DISPLAY_NAME_CHARS = 80
+
+# Unicode's Default_Ignorable_Code_Point (DerivedCoreProperties.txt): what a renderer
+# shows nothing for. Python's ``unicodedata`` does not expose the property.
+_DEFAULT_IGNORABLE = (
+    (0x00AD, 0x00AD),
+    (0x034F, 0x034F),
+    (0x061C, 0x061C),
+    (0x115F, 0x1160),
+    (0x17B4, 0x17B5),
+    (0x180B, 0x180F),
+    (0x200B, 0x200F),
+    (0x202A, 0x202E),
+    (0x2060, 0x206F),
+    (0x3164, 0x3164),
+    (0xFE00, 0xFE0F),
+    (0xFEFF, 0xFEFF),
+    (0xFFA0, 0xFFA0),
+    (0xFFF0, 0xFFF8),
+    (0x1BCA0, 0x1BCA3),
+    (0x1D173, 0x1D17A),
+    (0xE0000, 0xE0FFF),
+)
+# Variation selectors are kept in a name (an emoji's "❤️", an ideograph's variant, the
+# Mongolian script's forms) and folded away for comparison.
+_VARIATION_SELECTORS = ((0x180B, 0x180D), (0x180F, 0x180F), (0xFE00, 0xFE0F), (0xE0100, 0xE01EF))
+_ZWNJ, _ZWJ = "\u200c", "\u200d"
+# Not default-ignorable, yet shown as a space (the Braille pattern blank).
+_BLANKS = frozenset("\u2800")
+# Refused outright: controls, line and paragraph separators, private use, surrogates.
+_REFUSED_CATEGORIES = {
+    "Cc": "a control character",
+    "Zl": "a line separator",
+    "Zp": "a paragraph separator",
+    "Co": "a private-use character (each font shows its own, or nothing)",
+    "Cs": "a surrogate",
+}
+# Where Unicode assigns new emoji (pictographs only): taken unassigned, so a server whose
+# Python knows an older Unicode does not refuse an emoji a phone offers.
+_PICTOGRAPHS = (0x1F000, 0x1FAFF)
+_ARABIC_LETTERS = (
+    (0x0600, 0x06FF),
+    (0x0750, 0x077F),
+    (0x08A0, 0x08FF),
+    (0xFB50, 0xFDFF),
+    (0xFE70, 0xFEFF),
+)
+_VIRAMA = 9  # canonical combining class
+
+
+def _within(char: str, ranges: tuple[tuple[int, int], ...]) -> bool:
+    point = ord(char)
+    return any(low <= point <= high for low, high in ranges)
+
+
+def _is_noncharacter(point: int) -> bool:
+    return 0xFDD0 <= point <= 0xFDEF or point & 0xFFFE == 0xFFFE
+
+
+def _joiner_in_place(name: str, at: int) -> bool:
+    """Whether the ZWJ or ZWNJ at ``name[at]`` joins as a script or an emoji needs it:
+    after a virama (as IDNA's CONTEXTJ rule), a ZWJ inside an emoji sequence, a ZWNJ
+    between two Arabic-script letters (Persian writes words so)."""
+    if at == 0 or at == len(name) - 1:
+        return False
+    before, after = name[at - 1], name[at + 1]
+    if unicodedata.combining(before) == _VIRAMA:
+        return True
+    if name[at] == _ZWJ:
+        emoji_end = unicodedata.category(before) in {"So", "Sk"} or _within(
+            before, _VARIATION_SELECTORS
+        )
+        return emoji_end and unicodedata.category(after) == "So"
+    return all(
+        _within(c, _ARABIC_LETTERS) and unicodedata.category(c).startswith("L")
+        for c in (before, after)
+    )
+
+
+def _char_problem(name: str, at: int) -> str | None:
+    char = name[at]
+    point = ord(char)
+    category = unicodedata.category(char)
+    if category in _REFUSED_CATEGORIES:
+        return _REFUSED_CATEGORIES[category]
+    if _is_noncharacter(point):
+        return "a noncharacter"
+    if category == "Cn" and not _PICTOGRAPHS[0] <= point <= _PICTOGRAPHS[1]:
+        return f"a character unassigned in Unicode {unicodedata.unidata_version}"
+    if char in (_ZWJ, _ZWNJ):
+        return None if _joiner_in_place(name, at) else "a joiner outside a script or emoji"
+    if category == "Cf":
+        return "an invisible format character"
+    if _within(char, _DEFAULT_IGNORABLE) and not _within(char, _VARIATION_SELECTORS):
+        return "a character shown as nothing"
+    return None
+
+
+def display_name_problem(name: str) -> str | None:
+    """Why ``name`` may not be a display name, None if it may: more than
+    ``MAX_DISPLAY_NAME_CHARS`` characters, or a character people cannot see or that
+    changes how the rest shows (controls, line and paragraph separators, format
+    characters such as zero-width spaces, soft hyphens and bidirectional overrides,
+    private-use, unassigned and noncharacters). Joiners are taken where a script or an
+    emoji sequence needs them. Costs one pass over at most 80 characters."""
+    if len(name) > MAX_DISPLAY_NAME_CHARS:
+        return f"at most {MAX_DISPLAY_NAME_CHARS} characters"
+    for at, char in enumerate(name):
+        problem = _char_problem(name, at)
+        if problem is not None:
+            return f"has {problem} (U+{ord(char):04X}) at character {at + 1}"
+    return None
+
+
+def fold_name(name: str) -> str:
+    """``name`` as it is compared with other members' names and user ids: NFKC, without
+    default-ignorable code points, controls or format characters, case-folded (then NFKC
+    again, as casefolding can undo it), blanks made spaces, runs of whitespace one space,
+    outer whitespace stripped. Two names that fold alike read alike; "" means the name
+    shows nothing."""
+    normal = unicodedata.normalize("NFKC", name)
+    visible = "".join(c for c in normal if c.isspace() or not _shows_nothing(c))
+    folded = unicodedata.normalize("NFKC", visible.casefold())
+    spaced = "".join(" " if c in _BLANKS else c for c in folded)
+    return " ".join(spaced.split())
+
+
+def _shows_nothing(char: str) -> bool:
+    # Controls and format characters too: names stored before the rule may hold them.
+    return unicodedata.category(char) in {"Cc", "Cf"} or _within(char, _DEFAULT_IGNORABLE)
