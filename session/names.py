@@ -119,13 +119,16 @@ def display_name_problem(name: str) -> str | None:
     changes how the rest shows (controls, line and paragraph separators, format
     characters such as zero-width spaces, soft hyphens and bidirectional overrides,
     private-use, unassigned and noncharacters). Joiners are taken where a script or an
-    emoji sequence needs them. Costs one pass over at most 80 characters."""
+    emoji sequence needs them; a name of blanks alone shows nothing (``""`` clears it).
+    Costs one pass over at most 80 characters."""
     if len(name) > MAX_DISPLAY_NAME_CHARS:
         return f"at most {MAX_DISPLAY_NAME_CHARS} characters"
     for at, char in enumerate(name):
         problem = _char_problem(name, at)
         if problem is not None:
             return f"has {problem} (U+{ord(char):04X}) at character {at + 1}"
+    if name and not fold_name(name):
+        return 'shows nothing: blanks alone ("" clears the name)'
     return None
 
 

@@ -260,6 +260,8 @@ UNSEEN = (
     "al\u034fice",  # combining grapheme joiner: a mark shown as nothing
     "alice\ue000",  # private use
     "alice\ufdd0",  # noncharacter
+    " ",  # blanks alone: shown as nobody
+    "\u2800\u3000 ",  # a braille blank, an ideographic space
 )
 
 
