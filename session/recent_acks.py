@@ -1,13 +1,14 @@
 """The acknowledgements a session sent lately, to answer a resent command the same way.
 
-A client that lost its socket resends every command it has no answer for, at once (both
-SDKs do). The store knows the prompts and messages it holds by their command ids, but
-not a cancel, a pin or a side-thread's deletion, and a command carried out again may be
-answered differently (a cancelled prompt is no longer cancellable; a deleted thread is not
-found) or refused by the rate limits the resend burst runs into, which a client then
-retries as a new command. So a session keeps its last acknowledgements in memory, and a
-command resent with the same content gets the same answer, without the rate limits (it
-costs a look-up). One resent with different content is a conflict, as the docs promise.
+A client that lost its socket resends every command it has no answer for (Parley's SDKs
+pace them under the command rate; other clients may send them all at once). The store knows
+the prompts and messages it holds by their command ids, but not a cancel, a pin or a
+side-thread's deletion, and a command carried out again may be answered differently (a
+cancelled prompt is no longer cancellable; a deleted thread is not found) or refused by the
+rate limits the resend burst runs into, which a client then retries as a new command. So a
+session keeps its last acknowledgements in memory, and a command resent with the same
+content gets the same answer past the command rate, within the member's resend allowance
+(it costs a look-up). One resent with different content is a conflict, as the docs promise.
 Kept per session, for its last ``MAX_KEPT`` acknowledgements, at most ``MAX_PER_AUTHOR``
 of one member's (so one member's commands cannot push out everyone else's); a restart or
 a failover forgets them. The store answers after those: prompts and messages are known by
