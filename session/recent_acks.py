@@ -47,7 +47,7 @@ STORED_ACKS_KEPT_MS = 24 * 3600 * 1000
 
 def asked(command: Command) -> str:
     """What a command asks, whatever its id, as text that stays the same from release to
-    release: its type and the fields it sets, each field left at its default left out (a
+    release: its type and the fields it sets (a field at its default is left out, so a
     release that gives a command a new optional field still knows the ones sent before
     it, where the command's ``repr`` made their resends a conflict)."""
     fields: dict[str, Any] = {}

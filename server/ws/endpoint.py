@@ -176,9 +176,8 @@ async def _past_the_rate(
 ) -> tuple[str, bool]:
     """The answer to a command over the member's rate, and whether it was refused. A resend
     gets its first answer all the same (a client may resend everything unanswered at once
-    after a reconnect, as stock clients' code written for them may; Parley's SDKs pace
-    theirs), within the member's resend allowance (``resend_allowed``, as over REST);
-    anything else, or past it, is ``rate_limited``."""
+    after a reconnect; Parley's SDKs pace theirs), within the member's resend allowance
+    (``resend_allowed``, as over REST); anything else, or past it, is ``rate_limited``."""
     command_id = command_id_of(text)
     # Review: one acknowledged command resent 24,000 times past the rate was answered from
     # the recent acks each time, uncharged, until the command bytes ran out (another
