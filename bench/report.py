@@ -30,6 +30,20 @@ def _by_size(result: dict[str, Any], key: str, size_key: str) -> dict[Any, dict[
     return {entry[size_key]: entry["median"] for entry in result.get(key, [])}
 
 
+def _placement(results: dict[str, Any]) -> str:
+    """Where the server and the clients ran: the same cores, or apart (``--isolate``)."""
+    shards = results["sizes"]["shards"]
+    isolation = results.get("isolation")
+    if isolation is None:
+        return f"Server and clients share the cores (clients in {shards} processes)."
+    server = ", ".join(str(c) for c in isolation["server_cpus"])
+    clients = ", ".join(str(c) for c in isolation["client_cpus"])
+    return (
+        f"Each server on CPU {server} alone; the clients ({shards} processes) and the "
+        f"driver on CPU {clients} (`--isolate`)."
+    )
+
+
 def markdown(results: dict[str, Any]) -> str:
     m = results["machine"]
     sizes = results["sizes"]
@@ -37,8 +51,7 @@ def markdown(results: dict[str, Any]) -> str:
     peers = [s for s in servers if s != PARLEY]
     lines = [
         f"Run of {results['started_at']} ({results['mode']}): {m['cores']} cores, {m['cpu']}, "
-        f"Python {m['python']}. Medians of {sizes['runs']} runs. Server and clients share "
-        f"the cores (clients in {sizes['shards']} processes).",
+        f"Python {m['python']}. Medians of {sizes['runs']} runs. {_placement(results)}",
         "",
     ]
     for name, reason in results.get("not_run", {}).items():

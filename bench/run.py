@@ -32,6 +32,7 @@ import asyncpg
 from bench import workloads
 from bench.capacity import CapacityPlan, capacity
 from bench.clients import ClientPool
+from bench.isolation import Isolation, IsolationError, split
 from bench.report import markdown
 from bench.setup_peers import PeerSetupError, setup_peers
 from bench.targets import (
@@ -149,14 +150,19 @@ async def postgres_database() -> AsyncIterator[str]:
             await admin.close()
 
 
-def make_target(name: str, workdir: Path, database_url: str | None = None) -> Target:
+def make_target(
+    name: str,
+    workdir: Path,
+    database_url: str | None = None,
+    isolation: Isolation | None = None,
+) -> Target:
     port = free_port()
     if name == PARLEY:
         url = database_url or f"sqlite+aiosqlite:///{workdir / f'parley-{port}.db'}"
-        return ParleyTarget(name, port, workdir, database_url=url)
+        return ParleyTarget(name, port, workdir, isolation=isolation, database_url=url)
     if name == "y-websocket":
-        return YWebsocketTarget(name, port, workdir)
-    return PycrdtWebsocketTarget(name, port, workdir)
+        return YWebsocketTarget(name, port, workdir, isolation=isolation)
+    return PycrdtWebsocketTarget(name, port, workdir, isolation=isolation)
 
 
 @contextlib.asynccontextmanager
@@ -169,7 +175,12 @@ async def running(target: Target) -> AsyncIterator[Target]:
 
 
 async def run_server(
-    name: str, sizes: Sizes, chosen: set[str], pool: ClientPool, workdir: Path
+    name: str,
+    sizes: Sizes,
+    chosen: set[str],
+    pool: ClientPool,
+    workdir: Path,
+    isolation: Isolation | None = None,
 ) -> dict[str, Any]:
     """Capacity, fan-out (saturated and paced) and connections against one server."""
     result: dict[str, Any] = {}
@@ -177,7 +188,8 @@ async def run_server(
         url = None
         if name == PARLEY and sizes.parley_database == "postgresql":
             url = await stack.enter_async_context(postgres_database())
-        target = await stack.enter_async_context(running(make_target(name, workdir, url)))
+        target = make_target(name, workdir, url, isolation)
+        await stack.enter_async_context(running(target))
         if "capacity" in chosen:
             print(f"  {name}: capacity", flush=True)
             result["capacity"] = await capacity(target, pool, sizes.capacity)
@@ -222,6 +234,7 @@ async def run_admission(
     pool: ClientPool,
     workdir: Path,
     databases: tuple[str, ...] = ("sqlite", "postgresql"),
+    isolation: Isolation | None = None,
 ) -> dict[str, Any]:
     """Prompt admission against Parley on each database (PostgreSQL: a scratch one)."""
     result: dict[str, Any] = {}
@@ -231,7 +244,7 @@ async def run_admission(
             url = None
             if database == "postgresql":
                 url = await stack.enter_async_context(postgres_database())
-            target = make_target(PARLEY, workdir, url)
+            target = make_target(PARLEY, workdir, url, isolation)
             assert isinstance(target, ParleyTarget)
             await stack.enter_async_context(running(target))
             result[database] = await workloads.admission(
@@ -254,8 +267,17 @@ def run_context_build(quick: bool) -> dict[str, Any]:
 
 
 async def run(
-    sizes: Sizes, servers: list[str], chosen: set[str], quick: bool, out_dir: Path
+    sizes: Sizes,
+    servers: list[str],
+    chosen: set[str],
+    quick: bool,
+    out_dir: Path,
+    isolation: Isolation | None = None,
 ) -> dict[str, Any]:
+    """Every chosen workload against every chosen server (``isolation``: each server on a
+    core of its own, and this process and its client workers on the others)."""
+    if isolation is not None:
+        isolation.pin_this_process()  # before the client workers start: they inherit it
     results: dict[str, Any] = {
         "started_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": machine(),
@@ -264,6 +286,8 @@ async def run(
         "servers": {},
         "not_run": {},
     }
+    if isolation is not None:
+        results["isolation"] = isolation.describe()
     peers = [s for s in servers if s != PARLEY]
     if peers and chosen & SERVER_WORKLOADS:
         try:
@@ -279,9 +303,11 @@ async def run(
             if not chosen & SERVER_WORKLOADS:
                 break
             print(f"{name}", flush=True)
-            results["servers"][name] = await run_server(name, sizes, chosen, pool, workdir)
+            results["servers"][name] = await run_server(
+                name, sizes, chosen, pool, workdir, isolation
+            )
         if "admission" in chosen and PARLEY in servers:
-            results["admission"] = await run_admission(sizes, pool, workdir)
+            results["admission"] = await run_admission(sizes, pool, workdir, isolation=isolation)
     except BaseException:
         print(f"the servers' logs are kept in {workdir}", flush=True)
         raise
@@ -335,6 +361,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         default="sqlite",
         help="Parley's database for fan-out and connections (admission runs on both)",
     )
+    parser.add_argument(
+        "--isolate",
+        action="store_true",
+        help="each server on a CPU of its own, the clients on the others (bench/isolation.py)",
+    )
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else FULL
     sizes.parley_database = args.parley_database
@@ -348,7 +379,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     chosen = {w for w in args.workloads.split(",") if w}
     if unknown or chosen - set(WORKLOADS):
         parser.error(f"unknown: {sorted(unknown | (chosen - set(WORKLOADS)))}")
-    results = asyncio.run(run(sizes, servers, chosen, args.quick, args.out))
+    try:
+        isolation = split() if args.isolate else None
+    except IsolationError as exc:
+        parser.error(str(exc))
+    results = asyncio.run(run(sizes, servers, chosen, args.quick, args.out, isolation))
     json_path, md_path = write(results, args.out)
     print(md_path.read_text())
     print(f"wrote {json_path} and {md_path}")

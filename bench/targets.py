@@ -23,6 +23,7 @@ from typing import Any
 
 import httpx
 
+from bench.isolation import Isolation
 from bench.wsclient import WSClient, connect
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -74,6 +75,7 @@ class Target:
     process: subprocess.Popen[bytes] | None = None
     http: httpx.AsyncClient | None = None
     layout: str = "text"
+    isolation: Isolation | None = None  # ``--isolate``: the server on a core of its own
     _log: Any = field(default=None, repr=False)
 
     @property
@@ -93,7 +95,12 @@ class Target:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._log = open(self.workdir / f"{self.name}.log", "ab")  # noqa: SIM115
         self.process = subprocess.Popen(
-            self.command(), env=self.env(), cwd=self.cwd(), stdout=self._log, stderr=self._log
+            self.command(),
+            env=self.env(),
+            cwd=self.cwd(),
+            stdout=self._log,
+            stderr=self._log,
+            preexec_fn=None if self.isolation is None else self.isolation.pin_server(),
         )
 
     async def start(self) -> None:
