@@ -236,6 +236,10 @@ def _cancel(view: SessionView, event: CommandEvent, command: CancelCommand) -> E
     subject = view.subject(user_id)
     if not event.admin and not (read := decide(subject, Do(Capability.READ_SESSION))).allowed:
         return _refusal(event, read.reason)
+    # Whether they may cancel at all comes before what the session holds, as for every
+    # command (review: a viewer's cancel of an unknown id was answered not_found).
+    if not event.admin and not decide(subject, Cancel(user_id)).allowed:
+        return _refusal(event, f"{user_id} may not cancel prompts")
     doc = view.doc
     if not doc.has_entry(prompt_id) or doc.entry(prompt_id).kind is not EntryKind.PROMPT:
         raise NotFound(f"no prompt {prompt_id!r} in this session")

@@ -409,6 +409,17 @@ def test_cancel_an_unknown_prompt_or_a_message() -> None:
     assert refusal_of(session.send("eddie", CancelCommand("c", message.id))) is NotFound
 
 
+def test_who_may_not_cancel_at_all_is_refused_before_the_prompt_is_looked_up() -> None:
+    session = Session()
+    theirs = session.prompt("erin")
+    for prompt_id in ("nope", theirs):  # unknown or not: the same answer
+        effects = session.send("vic", CancelCommand("c", prompt_id))
+        assert refusal_of(effects) is Forbidden
+        assert isinstance(effects.error, Forbidden)
+        assert effects.error.message == "vic may not cancel prompts"
+    assert refusal_of(session.send("eddie", CancelCommand("c", "nope"))) is NotFound
+
+
 def test_cancel_anothers_prompt_needs_cancel_any() -> None:
     session = Session()
     theirs = session.prompt("erin")
