@@ -613,6 +613,26 @@ async def test_a_text_that_is_not_unicode_is_refused_at_the_call(
             assert (await alice.message("whole")).data["type"] == "ack"
 
 
+async def test_an_id_the_server_would_refuse_is_refused_at_the_call(
+    sqlite_server: RunningServer,
+) -> None:
+    """Review: ``id=""`` was replaced by an id of the SDK's own, so a resend under it stored
+    the message twice; ``id=5`` waited for good, the server's ``invalid`` (its id null)
+    matching no call."""
+    async with AdminClient(sqlite_server.base_url, ADMIN_KEY) as admin, asyncio.timeout(60):
+        sid = await new_session(admin, {"alice": "editor"})
+        async with await join(sqlite_server, admin, sid, "alice") as alice:
+            for bad in ("", "   ", 5, "x" * 129):
+                with pytest.raises(InvalidInput):
+                    await alice.message("same text", id=bad)  # type: ignore[arg-type]
+            assert alice.unacknowledged == []
+            first = await alice.message("same text", id="x" * 128)
+            again = await alice.message("same text", id="x" * 128)
+            assert first.message_id == again.message_id
+        transcript = await admin.transcript(sid)
+        assert [e.content for e in transcript].count("same text") == 1
+
+
 async def test_dot_segments_name_nothing_and_reach_no_other_route(
     sqlite_server: RunningServer,
 ) -> None:

@@ -342,6 +342,9 @@ async def test_refusals_reject_with_typed_errors(sdk_app: Path, tmp_path: Path) 
             assert (await vic.refusal("v", "prompt", "may I?"))["code"] == "forbidden"
             assert (await ed.refusal("n", "cancel", "no-such-prompt"))["code"] == "not_found"
             assert (await ed.refusal("e", "prompt", "   "))["code"] == "invalid"
+            for tag, bad in (("i1", 5), ("i2", ""), ("i3", "x" * 129)):  # review: 5 waited
+                refused = await ed.refusal(tag, "prompt", "hi", {"id": bad})
+                assert refused["code"] == "invalid" and refused["command_id"] is None
             assert (await ed.refusal("f", "setFact", "k", "x" * 2001))["code"] == "too_large"
             assert (await ed.refusal("p", "setPolicy", "reject"))["code"] == "forbidden"
             assert (await olga.ack("o", "setPolicy", "reject"))["policy"] == "reject"

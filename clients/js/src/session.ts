@@ -80,6 +80,19 @@ export interface SessionEvents {
 
 type Listeners = { [K in keyof SessionEvents]: Set<SessionEvents[K]> }
 
+/** The server's bound on a command id. */
+const MAX_ID_CHARS = 128 // code points, as the server counts them
+
+/**
+ * Why the server would refuse `id` as a command's id, or null: refused here, since its
+ * error could not name the command (review: a number id waited for good).
+ */
+const idRefusal = (id: unknown): string | null => {
+  if (typeof id !== 'string' || id.trim() === '') return "'id' must be a non-empty string"
+  if ([...id].length > MAX_ID_CHARS) return `'id' exceeds ${MAX_ID_CHARS} characters`
+  return null
+}
+
 const sessionsEndpoint = (url: string): string => {
   const base = url.replace(/\/+$/, '')
   return base.endsWith('/ws/sessions') ? base : `${base}/ws/sessions`
@@ -259,6 +272,8 @@ export class ParleySession {
 
   private command<T extends Ack> (fields: Record<string, unknown>, options?: CommandOptions): Promise<T> {
     if (this._closeError !== null) return Promise.reject(this._closeError)
+    const refused = options?.id === undefined ? null : idRefusal(options.id)
+    if (refused !== null) return Promise.reject(new ParleyError('invalid', refused))
     const command = { ...fields, id: options?.id ?? uuidv4() } as Command
     return this.outbox.send(command, options?.signal) as Promise<unknown> as Promise<T>
   }

@@ -48,6 +48,7 @@ from parley_client.view import Change, Entry, Peer, QueuedPrompt, Snapshot, diff
 PRESENCE_RENEW_S = 15.0  # as stock clients: the server closes a socket silent for 120 s
 TOO_BIG = 1009  # the server's close for a frame over its size limit
 MAX_UNSOLICITED = 100
+MAX_ID_CHARS = 128  # the server's bound on a command id
 
 
 class ConnectionState(StrEnum):
@@ -396,7 +397,9 @@ class Session:
         ``CommandTimeout``, which holds the command to ``resend``."""
         if self.closed_by is not None:
             raise self.closed_by
-        payload = {"type": kind, "id": id or self.new_id(), **fields}
+        if id is not None:
+            _check_id(id)
+        payload = {"type": kind, "id": self.new_id() if id is None else id, **fields}
         try:
             wire.encode_command(payload)  # refused here, not when (re)sent: a lone surrogate
         except UnicodeEncodeError:
@@ -675,6 +678,16 @@ def connect(
         command_timeout_s=command_timeout_s,
         pacing=pacing,
     )
+
+
+def _check_id(command_id: object) -> None:
+    """Refuse, before sending, an id the server would refuse (docs/websocket.md): its error
+    could not name the command (review: ``id=""`` was replaced by a fresh id, so a resend
+    stored the command twice; ``id=5`` waited for a reply that came with ``"id": null``)."""
+    if not isinstance(command_id, str) or not command_id.strip():
+        raise error_for("invalid", "'id' must be a non-empty string")
+    if len(command_id) > MAX_ID_CHARS:
+        raise error_for("invalid", f"'id' exceeds {MAX_ID_CHARS} characters")
 
 
 def _placed(so_far: str, text: str, offset: object) -> str:
