@@ -20,13 +20,15 @@ back with the same client id): until then no other member may introduce it, whic
 leave the member unable to show themselves when they reconnect, and have the server send
 them another's state under their own id (which Yjs takes as its local state). At most
 ``MAX_LEFT_PER_MEMBER`` of each member's are kept, so no member's churn pushes out the
-others'. (A restart forgets them: presence is not stored.)
+others'. The server stores them (``take_left``: what left since it last took them) and
+gives a room it loads those it stored (``restore``), so an unload, a restart or another
+node loading the session keeps them too; presence itself is not stored.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Hashable, Iterator
+from collections.abc import Hashable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,6 +63,17 @@ class RemoteNode:
     node_id: str
 
 
+@dataclass(frozen=True, slots=True)
+class LeftClient:
+    """A client id whose socket closed: whose it was (``user_id``), when it left (``at``,
+    seconds) and the clock its leaving was told at."""
+
+    client_id: int
+    user_id: str
+    at: float
+    clock: int
+
+
 @dataclass(slots=True)
 class _Client:
     owner: Hashable
@@ -79,6 +92,7 @@ class Presence:
         # told at), oldest first.
         self._left: dict[int, tuple[str, float, int]] = {}
         self._left_of: dict[str, dict[int, None]] = {}  # each member's, oldest first
+        self._to_store: list[LeftClient] = []  # this node's sockets' leavings (``take_left``)
         # The bytes of each member's states in the last flush: a stock client echoes the
         # states of others only, so a member's own states earn none of their sockets echo
         # credit (``server.ws.admission``; review: a member's two sockets earned each other
@@ -286,8 +300,34 @@ class Presence:
         for item in left:
             gone_client = self._clients.pop(item.client_id)
             self._keep_left(item.client_id, gone_client.user_id, now, item.clock)
+            self._to_store.append(LeftClient(item.client_id, gone_client.user_id, now, item.clock))
             self._pending[item.client_id] = item  # replaces a state not yet relayed
         return encode_awareness_update(left)
+
+    def take_left(self) -> list[LeftClient]:
+        """The clients of this node's sockets that left since the last call, for the store
+        (another node's are stored by that node), in the order they left."""
+        taken, self._to_store = self._to_store, []
+        return taken
+
+    def restore(self, left: Iterable[LeftClient], now: float) -> None:
+        """Keep for their members the client ids that left before this room was loaded (as
+        stored: here, elsewhere, before a restart), in any order: those that left within
+        ``KEEP_LEFT_S`` of ``now``, the newest ``MAX_LEFT_PER_MEMBER`` of each member's and
+        ``MAX_LEFT_KEPT`` in all, as if they had left here. A client id present now, or
+        kept already from a later leaving, stays as it is."""
+        kept = {cid: LeftClient(cid, *held) for cid, held in self._left.items()}
+        for item in left:
+            if item.client_id in self._clients or now - item.at > KEEP_LEFT_S:
+                continue
+            known = kept.get(item.client_id)
+            if known is None or known.at < item.at:
+                kept[item.client_id] = item
+        self._left.clear()
+        self._left_of.clear()
+        for item in sorted(kept.values(), key=lambda i: i.at):  # oldest first, as kept
+            self._keep_left(item.client_id, item.user_id, item.at, item.clock)
+        self._forget_left(now)
 
     def snapshot(self) -> bytes | None:
         """Every live state of this node's sockets, for a socket that just joined (None when

@@ -11,7 +11,13 @@ from hypothesis import strategies as st
 
 from parley.session import presence as presence_module
 from parley.session.errors import Forbidden, TooLarge
-from parley.session.presence import KEEP_LEFT_S, MAX_CLIENTS_PER_SOCKET, REMOTE_STALE_S, Presence
+from parley.session.presence import (
+    KEEP_LEFT_S,
+    MAX_CLIENTS_PER_SOCKET,
+    REMOTE_STALE_S,
+    LeftClient,
+    Presence,
+)
 from parley.session.yprotocol import (
     AwarenessState,
     ProtocolError,
@@ -396,3 +402,66 @@ def test_a_client_back_on_another_node_is_told_its_clock_through_the_node_it_lef
     assert [(owner, relayed(u)) for owner, u in other_node.take_behind_here()] == [
         ("socket-a2", [AwarenessState(11, 5, None)])
     ]
+
+
+def test_the_clients_that_left_are_taken_for_the_store_once() -> None:
+    presence = Presence()
+    presence.apply(ALICE_SOCKET, "alice", update((11, 3, {"v": 1}), (12, 1, {"v": 2})))
+    presence.apply_remote("n1", update((21, 1, stamped({}, "cy"))), 0.0)
+    presence.apply_remote("n1", update((21, 2, None)), 1.0)  # another node stores its own
+    assert presence.take_left() == []
+    presence.drop(ALICE_SOCKET, now=2.0)
+    assert presence.take_left() == [
+        LeftClient(11, "alice", 2.0, 4),
+        LeftClient(12, "alice", 2.0, 2),
+    ]
+    assert presence.take_left() == []
+
+
+def test_restored_clients_are_kept_for_their_members_as_if_they_had_left_here() -> None:
+    """What a room's load gives it of the store: another member may not introduce a client
+    id its member left before the load, and the member, back below the clock its leaving
+    was told at, is told to raise it."""
+    before = Presence()
+    before.apply(ALICE_SOCKET, "alice", update((11, 4, {"v": 1})))
+    before.drop(ALICE_SOCKET, now=1.0)
+    loaded = Presence()
+    loaded.restore(before.take_left(), now=2.0)
+    assert relayed(loaded.apply(BOB_SOCKET, "bob", update((11, 9, {})), now=3.0)) == []
+    back = loaded.apply("socket-a2", "alice", update((11, 4, {"v": 1})), now=4.0)
+    assert relayed(back) == [AwarenessState(11, 4, stamped({"v": 1}, "alice"))]
+    assert relayed(loaded.take_behind("socket-a2")) == [AwarenessState(11, 5, None)]
+
+
+def test_restore_keeps_the_newest_within_the_day_and_the_counts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(presence_module, "MAX_LEFT_KEPT", 5)
+    monkeypatch.setattr(presence_module, "MAX_LEFT_PER_MEMBER", 3)
+    now = KEEP_LEFT_S + 100.0
+    stored = [
+        LeftClient(1, "alice", 99.0, 1),  # over a day ago: free
+        *(LeftClient(10 + n, "mallory", 200.0 + n, 1) for n in range(6)),  # her newest 3
+        *(LeftClient(20 + n, "alice", 150.0 + n, 1) for n in range(3)),
+    ]
+    presence = Presence()
+    presence.restore(reversed(stored), now)  # the store's order: newest first
+    taken = [
+        cid
+        for cid in [1, *range(10, 16), *range(20, 23)]
+        if relayed(presence.apply(f"s{cid}", "bob", update((cid, 9, {})), now=now)) != []
+    ]
+    # Mallory's newest 3 and, of 5 in all, alice's 2 newest are kept.
+    assert taken == [1, 10, 11, 12, 20]
+
+
+def test_restore_leaves_a_present_client_and_a_later_leaving_as_they_are() -> None:
+    presence = Presence()
+    presence.apply(ALICE_SOCKET, "alice", update((11, 1, {"v": 1})), now=10.0)
+    presence.apply(BOB_SOCKET, "bob", update((12, 7, {"v": 1})), now=10.0)
+    presence.drop(BOB_SOCKET, now=20.0)  # told left at 8
+    presence.restore([LeftClient(11, "mallory", 5.0, 3), LeftClient(12, "mallory", 15.0, 3)], 30.0)
+    assert presence.users() == ["alice"]
+    assert relayed(presence.apply("m", "mallory", update((12, 9, {})), now=31.0)) == []
+    presence.apply("socket-b2", "bob", update((12, 8, {"v": 2})), now=32.0)
+    assert relayed(presence.take_behind("socket-b2")) == [AwarenessState(12, 8, None)]
