@@ -35,9 +35,11 @@ from parley.server.store.rows import (
 )
 from parley.server.store.usage import UserUsage
 from parley.server.store.writer_turns import WriterTurns
+from parley.session import presence
 from parley.session.core.thread_state import SideThread
 from parley.session.errors import Unavailable
 from parley.session.events import Membership, StoredEvent, membership_event
+from parley.session.presence import LeftClient
 from parley.session.quota import Quotas
 from parley.session.summary import Summary, chained
 from parley.session.tokens import count_tokens
@@ -179,6 +181,13 @@ class MemoryStore:
         s = self._read(session_id)
         kept = None if s is None else s.acks.get((author, command_id))
         return None if kept is None else (kept[0], kept[1])
+
+    async def left_clients(self, session_id: str, now: int) -> list[LeftClient]:
+        s = self._read(session_id)
+        since = (now - round(presence.KEEP_LEFT_S * 1000)) / 1000
+        kept = [] if s is None else [i for i in s.left.values() if i.at >= since]
+        newest = sorted(kept, key=lambda i: (i.at, i.client_id), reverse=True)
+        return newest[: presence.MAX_LEFT_KEPT]
 
     async def entries_with_status(self, session_id: str, statuses: Sequence[str]) -> list[EntryRow]:
         s = self._read(session_id)

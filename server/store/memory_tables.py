@@ -17,10 +17,12 @@ from parley.server.store.rows import (
     StoredDoc,
     UsageRow,
 )
+from parley.session import presence
 from parley.session.core.thread_state import SideThread, ThreadTurn
 from parley.session.errors import Conflict, DuplicateCommand, SessionGone
 from parley.session.events import SessionEvent, StoredEvent
 from parley.session.lifecycle import IllegalTransition, PromptStatus, prompt_predecessors
+from parley.session.presence import LeftClient
 from parley.session.quota import Quotas
 from parley.session.reasons import Ending
 from parley.session.recent_acks import STORED_ACKS_KEPT_MS
@@ -70,6 +72,8 @@ class SessionRows:
     thread_logs: dict[str, ThreadLog] = field(default_factory=dict)
     # (author, command id) -> (fingerprint, ack, written at) of commands with no entry.
     acks: dict[tuple[str, str], tuple[str, str, int]] = field(default_factory=dict)
+    # Awareness client id -> its latest leaving (``left_clients``).
+    left: dict[int, LeftClient] = field(default_factory=dict)
 
     def copy(self) -> SessionRows:
         return SessionRows(
@@ -91,6 +95,7 @@ class SessionRows:
             dict(self.threads),
             dict(self.thread_logs),
             dict(self.acks),
+            dict(self.left),
         )
 
 
@@ -260,6 +265,26 @@ class MemoryTx:
         before = now - STORED_ACKS_KEPT_MS
         s.acks = {k: v for k, v in s.acks.items() if v[2] >= before}
         s.acks[(author, command_id)] = (fingerprint, reply, now)
+
+    async def keep_left_clients(
+        self, session_id: str, left: Sequence[LeftClient], now: int
+    ) -> None:
+        """As ``StoreTx.keep_left_clients`` (in ms, as stored)."""
+        s = self.session(session_id)
+        for item in left:
+            item = replace(item, at=round(item.at * 1000) / 1000)
+            known = s.left.get(item.client_id)
+            if known is None or known.at <= item.at:
+                s.left[item.client_id] = item
+        before = (now - round(presence.KEEP_LEFT_S * 1000)) / 1000
+        newest = sorted(s.left.values(), key=lambda i: (i.at, i.client_id), reverse=True)
+        named = {item.user_id for item in left}
+        counted: dict[str, int] = {}
+        for item in newest:
+            counted[item.user_id] = counted.get(item.user_id, 0) + 1
+            past = item.user_id in named and counted[item.user_id] > presence.MAX_LEFT_PER_MEMBER
+            if item.at < before or past:
+                del s.left[item.client_id]
 
     async def quotas(self, session_id: str) -> Quotas:
         s = self._written.get(session_id) or self._tables.sessions.get(session_id)

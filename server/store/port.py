@@ -24,6 +24,7 @@ from parley.server.store.usage import UserUsage
 from parley.session.core.thread_state import SideThread, ThreadTurn
 from parley.session.events import SessionEvent, StoredEvent
 from parley.session.lifecycle import PromptStatus
+from parley.session.presence import LeftClient
 from parley.session.quota import Quotas
 from parley.session.reasons import Ending
 from parley.session.summary import Summary
@@ -118,6 +119,16 @@ class SessionTx(Protocol):
         """Keep the ack of a command that stores no entry (or only side-thread rows:
         ``kept_as_ack``); ``DuplicateCommand`` if its author sent the id before. Acks older
         than ``STORED_ACKS_KEPT_MS`` may go."""
+        ...
+
+    async def keep_left_clients(
+        self, session_id: str, left: Sequence[LeftClient], now: int
+    ) -> None:
+        """Keep which member each awareness client id of ``left`` was (``left_clients``),
+        each replacing an older leaving of its client id, never a later one. The session's
+        kept older than ``KEEP_LEFT_S`` (of ``now``, ms) may go, and of each member in
+        ``left`` those past their newest ``MAX_LEFT_PER_MEMBER``. ``NotFound`` at the
+        commit if the session was deleted meanwhile."""
         ...
 
     async def quotas(self, session_id: str) -> Quotas:
@@ -247,6 +258,12 @@ class SessionStore(Transactional, Protocol):
     ) -> tuple[str, str] | None:
         """The fingerprint and the ack kept of ``author``'s command ``command_id`` that
         stored no entry (``SessionTx.insert_command_ack``), if kept."""
+        ...
+
+    async def left_clients(self, session_id: str, now: int) -> list[LeftClient]:
+        """The session's awareness client ids that left within ``KEEP_LEFT_S`` of ``now``
+        (ms), with their members (``SessionTx.keep_left_clients``), newest first, at most
+        ``MAX_LEFT_KEPT``."""
         ...
 
     async def sessions_with_status(self, statuses: Sequence[str]) -> list[str]: ...

@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 
 from sqlalchemy import and_, func, insert, or_, select, union_all
 
-from parley.server.store import thread_log, thread_rows
+from parley.server.store import left_clients, thread_log, thread_rows
 from parley.server.store.database import Database
 from parley.server.store.rows import (
     EntryRow,
@@ -33,6 +33,7 @@ from parley.server.store.tables import (
 )
 from parley.session.core import SideThread
 from parley.session.events import StoredEvent
+from parley.session.presence import LeftClient
 from parley.session.summary import Summary, chained
 from parley.session.tokens import count_tokens
 
@@ -68,6 +69,10 @@ class SessionReads(Database):
             return int(
                 (await connection.execute(select(func.count()).select_from(sessions))).scalar_one()
             )
+
+    async def left_clients(self, session_id: str, now: int) -> list[LeftClient]:
+        async with self.read() as connection:
+            return await left_clients.read(connection, session_id, now)
 
     async def list_members(self, session_id: str) -> list[MemberRow]:
         async with self.read() as connection:

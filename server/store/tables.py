@@ -110,6 +110,23 @@ command_acks = Table(
 )
 Index("ix_command_acks_session_created", command_acks.c.session_id, command_acks.c.created_at)
 
+# The awareness client ids whose sockets closed, each its member's for a day
+# (``session.presence``): a room loaded after an unload, a restart or on another node keeps
+# them for their members. One row per client id, its latest leaving; written in batches off
+# the sockets' path (``server.runtime.left_clients``), the session's older ones pruned then.
+left_clients = Table(
+    "left_clients",
+    metadata,
+    Column(
+        "session_id", String(64), ForeignKey("sessions.id", ondelete="CASCADE"), primary_key=True
+    ),
+    Column("client_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("user_id", String(200), nullable=False),
+    Column("left_at", BigInteger, nullable=False),  # ms
+    Column("clock", BigInteger, nullable=False),  # the clock its leaving was told at
+)
+Index("ix_left_clients_session_left", left_clients.c.session_id, left_clients.c.left_at)
+
 # The CRDT update log: appended before an update is broadcast, squashed into snapshots.
 doc_updates = Table(
     "doc_updates",

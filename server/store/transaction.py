@@ -14,7 +14,7 @@ from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from parley.server.store import command_statements, thread_log, thread_rows
+from parley.server.store import command_statements, left_clients, thread_log, thread_rows
 from parley.server.store.access import insert_audit, insert_private
 from parley.server.store.access_rows import PrivateItem
 from parley.server.store.counters import ClaimedSeqs, SequenceMoved
@@ -36,6 +36,7 @@ from parley.session.core import SideThread, ThreadTurn
 from parley.session.errors import DuplicateCommand, SessionGone
 from parley.session.events import SessionEvent
 from parley.session.lifecycle import IllegalTransition, PromptStatus
+from parley.session.presence import LeftClient
 from parley.session.quota import Quotas
 from parley.session.reasons import Ending
 from parley.session.recent_acks import STORED_ACKS_KEPT_MS
@@ -488,6 +489,11 @@ class StoreTx:
 
     async def insert_private(self, session_id: str, item: PrivateItem, now: int) -> None:
         await insert_private(self.connection, session_id, item, now)
+
+    async def keep_left_clients(
+        self, session_id: str, left: Sequence[LeftClient], now: int
+    ) -> None:
+        await left_clients.keep(self.connection, session_id, left, now)
 
     async def insert_thread(self, session_id: str, thread: SideThread) -> None:
         await thread_rows.insert_thread(self.connection, session_id, thread)

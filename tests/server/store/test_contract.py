@@ -21,10 +21,12 @@ from parley.server.store.memory import MemoryStore
 from parley.server.store.rows import EntryRow, StoredDoc
 from parley.server.store.sessions import Store
 from parley.server.store.usage import UsageLedger
+from parley.session import presence as presence_module
 from parley.session.core import SideThread, ThreadTurn
 from parley.session.errors import Conflict, DuplicateCommand
 from parley.session.events import MessagePosted, PromptAccepted, RunStarted
 from parley.session.lifecycle import IllegalTransition, PromptStatus
+from parley.session.presence import KEEP_LEFT_S, LeftClient
 from parley.session.quota import Quotas
 from parley.session.reasons import Ending, ReasonCode
 from parley.session.summary import Summary
@@ -504,3 +506,35 @@ async def test_a_side_threads_document_is_its_snapshot_and_the_updates_after_it(
     if hasattr(store, "delete_session"):
         assert await store.delete_session("a", 9)
         assert (await store.load_thread_doc("a", "t2")).updates == []
+
+
+async def test_each_client_id_keeps_its_latest_leaving_within_the_day_and_the_counts(
+    store: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(presence_module, "MAX_LEFT_PER_MEMBER", 2)
+    await store.create_session("a", "t", "queue", 0)
+    await store.create_session("b", "t", "queue", 0)
+
+    async def keep(session_id: str, now_s: float, *left: LeftClient) -> None:
+        async with store.transaction() as tx:
+            await tx.keep_left_clients(session_id, left, round(now_s * 1000))
+
+    await keep("a", 11.0, LeftClient(1, "ann", 10.0, 3), LeftClient(2, "ann", 11.0, 1))
+    await keep("b", 11.0, LeftClient(1, "cy", 11.0, 1))  # another session's own
+    await keep("a", 12.5, LeftClient(1, "bob", 12.5, 7))  # a later leaving replaces
+    await keep("a", 12.5, LeftClient(1, "eve", 12.0, 9))  # an earlier one (elsewhere) not
+    assert await store.left_clients("a", 13_000) == [
+        LeftClient(1, "bob", 12.5, 7), LeftClient(2, "ann", 11.0, 1),
+    ]  # fmt: skip
+    # Of ann's, her newest 2 are kept as hers are written; bob's stays.
+    await keep("a", 14.0, LeftClient(3, "ann", 13.0, 2), LeftClient(4, "ann", 14.25, 5))
+    assert await store.left_clients("a", 15_000) == [
+        LeftClient(4, "ann", 14.25, 5), LeftClient(3, "ann", 13.0, 2),
+        LeftClient(1, "bob", 12.5, 7),
+    ]  # fmt: skip
+    # A day on, a read leaves out those older than the day, and a write lets them go.
+    day = KEEP_LEFT_S
+    assert [c.client_id for c in await store.left_clients("a", round((13.5 + day) * 1000))] == [4]
+    await keep("a", 13.5 + day, LeftClient(5, "bob", 13.5 + day, 1))
+    assert [c.client_id for c in await store.left_clients("a", 0)] == [5, 4]
+    assert await store.left_clients("b", 0) == [LeftClient(1, "cy", 11.0, 1)]

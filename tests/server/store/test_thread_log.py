@@ -15,15 +15,23 @@ from parley.server.store.tables import thread_doc_snapshots, thread_doc_updates
 async def test_the_migration_creates_the_declared_tables_and_goes_down_again(
     empty_database_url: str,
 ) -> None:
-    database_url = empty_database_url
-    config = alembic_config(database_url)
-    await asyncio.to_thread(command.upgrade, config, "head")
-    await asyncio.to_thread(command.downgrade, config, "threads_0016")
-    assert "thread_doc_updates" not in await _columns(database_url)
-    await asyncio.to_thread(command.upgrade, config, "head")
-    found = await _columns(database_url)
+    below, found = await down_and_up(empty_database_url, "threads_0016")
+    assert "thread_doc_updates" not in below
     for table in (thread_doc_updates, thread_doc_snapshots):
         assert found[table.name] == {c.name for c in table.columns}
+
+
+async def down_and_up(
+    database_url: str, revision: str
+) -> tuple[dict[str, set[str]], dict[str, set[str]]]:
+    """Migrate to head, down to ``revision``, and up again: each table's columns at
+    ``revision``, then at head."""
+    config = alembic_config(database_url)
+    await asyncio.to_thread(command.upgrade, config, "head")
+    await asyncio.to_thread(command.downgrade, config, revision)
+    below = await _columns(database_url)
+    await asyncio.to_thread(command.upgrade, config, "head")
+    return below, await _columns(database_url)
 
 
 async def _columns(database_url: str) -> dict[str, set[str]]:
