@@ -209,6 +209,11 @@ class Settings(BaseSettings):
     awareness_flush_ms: float = Field(
         default=100.0, ge=0, le=10_000, description="Presence goes out at most this often"
     )
+    # The awareness client ids whose sockets closed, kept for their members a day
+    # (``session.presence``), go to the store in rounds at most this often, off the
+    # sockets' path; at most so many wait, the oldest dropped past it.
+    presence_write_ms: float = Field(default=250.0, ge=0, le=60_000)
+    presence_write_max_waiting: int = Field(default=10_000, ge=1)
     sync_requests_per_minute: float = Field(default=6.0, ge=0)
     sync_requests_burst: int = Field(default=3, ge=1)
     # A member's syncs across their sockets, by the bytes of the document sent back: a

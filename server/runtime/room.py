@@ -12,6 +12,7 @@ draining, closed, failed).
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from collections.abc import Callable
@@ -23,6 +24,7 @@ from parley.server.http.retry_hint import retry_reason
 from parley.server.metrics import Metrics
 from parley.server.runtime.active_run import ActiveRun
 from parley.server.runtime.context import SessionContext
+from parley.server.runtime.left_clients import LeftClientWriter
 from parley.server.runtime.membership import Membership, member_rates
 from parley.server.runtime.room_view import session_view
 from parley.server.runtime.run_steps import RunSteps
@@ -39,7 +41,7 @@ from parley.server.ws.awareness import AwarenessFanout
 from parley.server.ws.connection import Connection
 from parley.session.closes import CloseCode
 from parley.session.commands import Limits
-from parley.session.errors import NotFound
+from parley.session.errors import NotFound, Unavailable
 from parley.session.presence import Presence
 from parley.session.queue import OrderingQueue, Policy, QueueLimits
 from parley.session.quota import Quotas
@@ -47,6 +49,8 @@ from parley.session.ratelimit import Budgets, Cost, Spend, TokenBucket
 from parley.session.reasons import ReasonCode
 from parley.session.recent_acks import RecentAcks
 from parley.session.schema import SessionDocument
+
+log = logging.getLogger("parley.room")
 
 
 def new_id() -> str:
@@ -67,6 +71,7 @@ class SessionRoom:
         model: str | None = None,
         cut_off: ReasonCode = ReasonCode.SERVER_RESTART,
         publish_presence: Callable[[bytes], None] | None = None,
+        left_clients: LeftClientWriter | None = None,
     ) -> None:
         self.session_id = session_id
         self.store = store
@@ -115,6 +120,8 @@ class SessionRoom:
             self.presence, self.sockets.broadcast, settings.awareness_flush_ms / 1000
         )
         self.awareness.publish = publish_presence
+        # Where the client ids that leave this room's sockets are stored (None: not stored).
+        self.left_clients = left_clients
         self.budgets = Budgets(member_rates(settings))
         self.recent_acks = RecentAcks()
         self.runs = RunSteps(self)
@@ -180,6 +187,34 @@ class SessionRoom:
         await self.membership.refresh()
         await self.reload_quotas()
         await self.writer.recover(title, policy, self.cut_off)
+
+    async def restore_presence(self) -> None:
+        """Keep for their members the awareness client ids that left this session's sockets
+        lately, on any node, before a restart too (``Presence.restore``): as stored, and
+        as handed to the store here and not yet written. Before any socket attaches. The
+        database refusing it is logged: presence never fails a load."""
+        try:
+            stored = await self.store.left_clients(self.session_id, self.now_ms())
+        except Unavailable as exc:
+            log.warning(
+                "presence: the client ids that left could not be read",
+                extra={"session_id": self.session_id, "error": exc.message},
+            )
+            stored = []
+        unwritten = (
+            [] if self.left_clients is None else self.left_clients.unwritten(self.session_id)
+        )
+        self.presence.restore([*stored, *unwritten], self.clock())
+
+    def drop_presence(self, connection: Connection, now: float) -> None:
+        """Take ``connection``'s awareness clients away (its socket closed, or its member
+        may no longer be present): their leaving goes out at the next flush, and to the
+        store (``left_clients``)."""
+        if self.presence.drop(connection, now) is not None:
+            self.awareness.changed()
+        left = self.presence.take_left()
+        if left and self.left_clients is not None:
+            self.left_clients.add(self.session_id, left)
 
     async def reload_settings(self) -> SessionRow:
         """Put the session's stored settings in force here: its model, its restricted-reply

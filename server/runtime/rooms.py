@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from parley.authz.roles import RoleTable
 from parley.server.metrics import Metrics
 from parley.server.runtime.commands import handle_frame
+from parley.server.runtime.left_clients import LeftClientWriter
 from parley.server.runtime.room import SessionRoom
 from parley.server.runtime.runner import SessionRunner
 from parley.server.runtime.session_writes import SETTINGS_WRITE, apply_session_write
@@ -58,6 +59,13 @@ class RoomRegistry:
         self._recovering: asyncio.Task[None] | None = None  # sessions refused at start
         # Cluster mode: the node decides whether a room runs here or is a read replica.
         self.cluster: ClusterNode | None = None
+        self.left_clients = LeftClientWriter(
+            store,
+            clock,
+            delay_s=settings.presence_write_ms / 1000,
+            retry_s=settings.db_retry_after_s,
+            max_waiting=settings.presence_write_max_waiting,
+        )
 
     async def get(self, session_id: str) -> SessionRoom:
         """The loaded room of a session; raises ``NotFound`` for an unknown session."""
@@ -93,6 +101,7 @@ class RoomRegistry:
                 model=row.model,
                 cut_off=self._cut_off.get(session_id, ReasonCode.SERVER_RESTART),
                 publish_presence=publish,
+                left_clients=self.left_clients,
             )
             runner = SessionRunner(room, self.provider, self.settings.run_timeout_s)
             if self.cluster is not None:
@@ -102,6 +111,7 @@ class RoomRegistry:
             else:
                 await room.load(row.title, Policy(row.policy), row.restricted_replies)
                 runner.start()
+            await room.restore_presence()
             self._rooms[session_id] = (room, runner)
             self._cut_off.pop(session_id, None)
             return room
@@ -275,6 +285,8 @@ class RoomRegistry:
         await runner.stop()
         if self.cluster is not None:
             await self.cluster.close(room)
+        for connection in list(room.connections):  # they leave: their client ids are stored
+            room.drop_presence(connection, self.clock())
         room.sockets.close_all(close_code, reason)
 
     async def forget_session(self, session_id: str) -> None:
@@ -310,3 +322,4 @@ class RoomRegistry:
                 await self._reaper
         for session_id in list(self._rooms):
             await self.unload(session_id, CloseCode.GOING_AWAY, "server shutting down")
+        await self.left_clients.close(self.settings.shutdown_grace_s)

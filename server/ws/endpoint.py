@@ -87,8 +87,7 @@ async def session_socket(websocket: WebSocket) -> None:
 
     def cleanup() -> None:
         room.sockets.detach(connection)
-        if presence.drop(connection, state.clock()) is not None:
-            room.awareness.changed()
+        room.drop_presence(connection, state.clock())
 
     await serve(
         state,
@@ -232,8 +231,7 @@ async def _on_binary(
         if not decide(room.subject(connection.user_id), Do(Capability.BE_PRESENT)).allowed:
             # Seeing the others is reading the session; showing oneself is ``be_present``.
             # A state shown before the capability was taken away goes too.
-            if presence.drop(connection, now) is not None:
-                room.awareness.changed()
+            room.drop_presence(connection, now)
             # A stock client echoes every state it receives, as often as others' presence
             # changes: those, and its own state taken away, show nothing and are dropped
             # unanswered (refused, they counted towards the abuse limit and cut it off).

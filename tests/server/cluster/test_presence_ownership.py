@@ -3,12 +3,15 @@ clear it (one node's rule, ``Presence``'s ownership of client ids, holds across 
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import pytest
 
 from parley.session.yprotocol import AwarenessState, encode_awareness, encode_awareness_update
 from tests.server.cluster.nodes import cluster
+from tests.server.kept_clients import kept_for_its_member, show_then_leave
+from tests.server.test_presence_kept import stored
 
 pytestmark = pytest.mark.postgres
 
@@ -33,4 +36,25 @@ async def test_a_member_on_another_node_cannot_speak_for_anothers_client(
             await client.wait_until(lambda c: 333 in c.awareness, 5)
             assert client.awareness[111] == {"name": "X", "parley": {"user_id": "x"}}
         for client in (x, watcher, z):
+            await client.close()
+
+
+async def test_a_node_that_loads_the_session_keeps_the_client_ids_that_left_another(
+    tmp_path: Path,
+) -> None:
+    """Review (presence not stored): a client id that left a socket on one node was kept
+    for its member there alone, so on a node that loaded the session later another member
+    could introduce it. Each node stores the ones that leave its sockets, and a node that
+    loads the session reads them."""
+    async with cluster(tmp_path, 2) as nodes:
+        sid = await nodes.new_session({"alice": "viewer", "vera": "editor", "mallory": "editor"})
+        first, second = nodes.nodes
+        alice = await nodes.connect(first, sid, "alice")
+        await show_then_leave(await nodes.connect(first, sid, "vera"), alice, 777)
+        await stored(nodes.url, sid, 777)
+        watcher = await nodes.connect(second, sid, "alice")  # loads it on the second node
+        mallory = await nodes.connect(second, sid, "mallory")
+        back = partial(nodes.connect, second, sid, "vera")
+        await kept_for_its_member(back, "vera", mallory, watcher, 777)
+        for client in (alice, watcher, mallory):
             await client.close()
