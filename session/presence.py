@@ -44,8 +44,8 @@ from parley.session.yprotocol import (
 MAX_CLIENTS_PER_SOCKET = 8
 # y-protocols' outdated timeout: a state not renewed for this long is gone for its peers.
 REMOTE_STALE_S = 30.0
-# How long a client id whose socket closed stays its member's while the room is loaded: a
-# stock client keeps its id for as long as its page is open, a laptop's night included
+# How long a client id whose socket closed stays its member's (across unloads and restarts:
+# the server stores it, ``restore``): a stock client keeps its id for as long as its page is open, a laptop's night included
 # (review: held 30 s, then ten minutes, another member took a stock client's id, and the
 # server sent the client that member's state as its own when it came back). The counts
 # below bound what is kept, not the time.
