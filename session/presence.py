@@ -45,10 +45,10 @@ MAX_CLIENTS_PER_SOCKET = 8
 # y-protocols' outdated timeout: a state not renewed for this long is gone for its peers.
 REMOTE_STALE_S = 30.0
 # How long a client id whose socket closed stays its member's (across unloads and restarts:
-# the server stores it, ``restore``): a stock client keeps its id for as long as its page is open, a laptop's night included
-# (review: held 30 s, then ten minutes, another member took a stock client's id, and the
-# server sent the client that member's state as its own when it came back). The counts
-# below bound what is kept, not the time.
+# the server stores it, ``restore``): a stock client keeps its id for as long as its page
+# is open, a laptop's night included (review: held 30 s, then ten minutes, another member
+# took a stock client's id, and the server sent the client that member's state as its own
+# when it came back). The counts below bound what is kept, not the time.
 KEEP_LEFT_S = 24 * 3600.0
 MAX_LEFT_KEPT = 10_000  # client ids kept for their members at once, the oldest go first
 # Of one member's: their oldest go first (review: 10,100 fresh ids through short-lived

@@ -127,8 +127,8 @@ class SessionTx(Protocol):
         """Keep which member each awareness client id of ``left`` was (``left_clients``),
         each replacing an older leaving of its client id, never a later one. The session's
         kept older than ``KEEP_LEFT_S`` (of ``now``, ms) may go, and of each member in
-        ``left`` those past their newest ``MAX_LEFT_PER_MEMBER``. ``NotFound`` at the
-        commit if the session was deleted meanwhile."""
+        ``left`` those past their newest ``MAX_LEFT_PER_MEMBER``. The transaction raises
+        ``NotFound`` if the session was deleted meanwhile."""
         ...
 
     async def quotas(self, session_id: str) -> Quotas:
