@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from typing import Any
+from unittest import mock
 
 import pytest
 from hypothesis import given, settings
@@ -465,3 +466,53 @@ def test_restore_leaves_a_present_client_and_a_later_leaving_as_they_are() -> No
     assert relayed(presence.apply("m", "mallory", update((12, 9, {})), now=31.0)) == []
     presence.apply("socket-b2", "bob", update((12, 8, {"v": 2})), now=32.0)
     assert relayed(presence.take_behind("socket-b2")) == [AwarenessState(12, 8, None)]
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["alice", "bob", "cy"]), st.integers(1, 5)),
+        max_size=14,
+    ),
+    st.randoms(use_true_random=False),
+)
+def test_restored_clients_are_kept_as_if_they_had_left_here(
+    leavings: list[tuple[str, int]], order: Any
+) -> None:
+    """Whatever the store gives back, in whatever order, a room keeps the client ids a
+    room that saw them leave would keep (the day, each member's count and the total), and
+    tells a member back below the clock their leaving was told at the same."""
+    day = KEEP_LEFT_S
+    # Client n left at an hour n (the earliest more than a day before the last).
+    left = [LeftClient(n, user, n * 3600.0, clock + 1) for n, (user, clock) in enumerate(leavings)]
+    now = len(left) * 3600.0 + day - 5 * 3600.0
+    with (
+        mock.patch.object(presence_module, "MAX_LEFT_KEPT", 6),
+        mock.patch.object(presence_module, "MAX_LEFT_PER_MEMBER", 3),
+    ):
+        here = Presence()
+        for item in left:
+            here.apply(
+                f"s{item.client_id}",
+                item.user_id,
+                update((item.client_id, item.clock - 1, {})),
+                now=item.at,
+            )
+            here.drop(f"s{item.client_id}", now=item.at)
+        shuffled = list(left)
+        order.shuffle(shuffled)
+        loaded = Presence()
+        loaded.restore(shuffled, now)
+        for item in left:
+            tried = update((item.client_id, 2**40, {}))
+            mallory = f"m{item.client_id}"
+            kept_here = relayed(here.apply(mallory, "mallory", tried, now=now)) == []
+            kept_loaded = relayed(loaded.apply(mallory, "mallory", tried, now=now)) == []
+            assert kept_here == kept_loaded, item
+            if kept_here:  # its member, back below the clock its leaving was told at
+                back = update((item.client_id, item.clock - 1, {}))
+                told = []
+                for presence in (here, loaded):
+                    presence.apply(f"b{item.client_id}", item.user_id, back, now=now)
+                    told.append(presence.take_behind(f"b{item.client_id}"))
+                assert told[0] == told[1] == update((item.client_id, item.clock, None))
