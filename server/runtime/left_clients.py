@@ -47,6 +47,8 @@ class LeftClientWriter:
         self._wake = asyncio.Event()
         self._closing = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._dropped = 0  # past ``max_waiting`` since the last round (logged with it)
+        self._refused = False  # the last round was refused (logged once, until one is not)
 
     def add(self, session_id: str, left: Sequence[LeftClient]) -> None:
         """Write ``left``, clients of ``session_id`` that left this node's sockets, soon."""
@@ -56,15 +58,16 @@ class LeftClientWriter:
             key = (session_id, item.client_id)
             self._waiting.pop(key, None)  # to the end: the newest
             self._waiting[key] = item
-        dropped = 0
-        while len(self._waiting) > self.max_waiting:
-            del self._waiting[next(iter(self._waiting))]
-            dropped += 1
-        if dropped:
-            log.warning("presence: client ids that left dropped unwritten", extra={"n": dropped})
+        self._bound()
         self._wake.set()
         if self._task is None and not self._closing.is_set():
             self._task = asyncio.get_running_loop().create_task(self._run(), name="left-clients")
+
+    def _bound(self) -> None:
+        """At most ``max_waiting`` wait: the oldest go past it."""
+        while len(self._waiting) > self.max_waiting:
+            del self._waiting[next(iter(self._waiting))]
+            self._dropped += 1
 
     def unwritten(self, session_id: str) -> list[LeftClient]:
         """The clients of ``session_id`` handed here and not yet written."""
@@ -109,6 +112,12 @@ class LeftClientWriter:
     async def _write_round(self) -> bool:
         """Write what waits, a transaction per session; False if the database refused (what
         it was not given waits again, behind nothing newer of the same client)."""
+        if self._dropped:
+            log.warning(
+                "presence: client ids that left dropped unwritten, past the most that wait",
+                extra={"n": self._dropped},
+            )
+            self._dropped = 0
         self._writing, self._waiting = self._waiting, {}
         by_session: dict[str, list[LeftClient]] = {}
         for (session_id, _), item in self._writing.items():
@@ -124,15 +133,22 @@ class LeftClientWriter:
                 for item in left:
                     del self._writing[(session_id, item.client_id)]
         except Unavailable as exc:
-            log.warning(
-                "presence: the database refused the client ids that left; trying again",
-                extra={"error": exc.message, "n": len(self._writing)},
-            )
-            self._waiting = {**self._writing, **self._waiting}
+            if not self._refused:  # (each refusal is logged by the store's health, paced)
+                log.warning(
+                    "presence: the database refused the client ids that left; trying again",
+                    extra={"error": exc.message, "n": len(self._writing)},
+                )
+            self._refused = True
+            held = {k: v for k, v in self._writing.items() if k not in self._waiting}
+            self._waiting = {**held, **self._waiting}  # in front of what left since
             self._writing = {}
+            self._bound()
             return False
         except Exception:
             # Not the database's fault: the round is lost, never the task.
             log.exception("presence: the client ids that left could not be written")
             self._writing = {}
+        if self._refused:
+            self._refused = False
+            log.warning("presence: the client ids that left are written again")
         return True

@@ -99,6 +99,44 @@ async def test_a_refusing_database_is_tried_again_and_nothing_newer_is_undone(
     await left.close(5)
 
 
+class HeldThenRefused:
+    """A store whose writes wait until let go (``go``), then are refused."""
+
+    def __init__(self) -> None:
+        self.entered = asyncio.Event()
+        self.go = asyncio.Event()
+
+    @contextlib.asynccontextmanager
+    async def transaction(self, what: str = "write", **_: Any) -> AsyncIterator[None]:
+        self.entered.set()
+        await self.go.wait()
+        raise Unavailable("the database is unavailable")
+        yield  # (never: a generator for the context manager)
+
+
+async def test_what_a_refused_round_held_waits_again_within_the_bound(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store = HeldThenRefused()
+    left = LeftClientWriter(
+        store,  # type: ignore[arg-type]  # its transactions are all it needs
+        lambda: 100.0,
+        delay_s=0.01,
+        retry_s=3600,
+        max_waiting=2,
+    )
+    left.add("s", [LeftClient(1, "ann", 10.0, 1), LeftClient(2, "ann", 11.0, 1)])
+    await store.entered.wait()  # the round holds 1 and 2
+    left.add("s", [LeftClient(3, "ann", 12.0, 1), LeftClient(2, "bob", 13.0, 4)])
+    with caplog.at_level(logging.WARNING, "parley.presence"):
+        store.go.set()
+        # Refused, 1 and 2 wait again behind 2's later leaving (bob's): ann's 1, the
+        # oldest, goes past the bound.
+        await until(lambda: "database refused" in caplog.text)
+    assert left.unwritten("s") == [LeftClient(3, "ann", 12.0, 1), LeftClient(2, "bob", 13.0, 4)]
+    await left.close(5)
+
+
 async def test_a_session_deleted_meanwhile_keeps_nothing_and_holds_nobody_up() -> None:
     store = MemoryStore()
     await store.create_session("s", "t", "queue", 0)
