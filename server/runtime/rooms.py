@@ -103,6 +103,7 @@ class RoomRegistry:
                 publish_presence=publish,
                 left_clients=self.left_clients,
             )
+            await room.restore_presence()  # before its runner starts, or a socket attaches
             runner = SessionRunner(room, self.provider, self.settings.run_timeout_s)
             if self.cluster is not None:
                 await self.cluster.open(
@@ -111,7 +112,6 @@ class RoomRegistry:
             else:
                 await room.load(row.title, Policy(row.policy), row.restricted_replies)
                 runner.start()
-            await room.restore_presence()
             self._rooms[session_id] = (room, runner)
             self._cut_off.pop(session_id, None)
             return room
