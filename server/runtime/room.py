@@ -193,6 +193,11 @@ class SessionRoom:
         lately, on any node, before a restart too (``Presence.restore``): as stored, and
         as handed to the store here and not yet written. Before any socket attaches. The
         database refusing it is logged: presence never fails a load."""
+        # What waits first: one written while the store is read is then in one or the other
+        # (read after the store, it could commit between the two reads and be in neither).
+        unwritten = (
+            [] if self.left_clients is None else self.left_clients.unwritten(self.session_id)
+        )
         try:
             stored = await self.store.left_clients(self.session_id, self.now_ms())
         except Unavailable as exc:
@@ -201,9 +206,6 @@ class SessionRoom:
                 extra={"session_id": self.session_id, "error": exc.message},
             )
             stored = []
-        unwritten = (
-            [] if self.left_clients is None else self.left_clients.unwritten(self.session_id)
-        )
         self.presence.restore([*stored, *unwritten], self.clock())
 
     def drop_presence(self, connection: Connection, now: float) -> None:
