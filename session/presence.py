@@ -34,7 +34,9 @@ from typing import Any
 
 from parley.session.errors import Forbidden, TooLarge
 from parley.session.yprotocol import (
+    MAX_CLOCK,
     AwarenessState,
+    ClockOutOfRange,
     decode_awareness_update,
     encode_awareness_state,
     encode_awareness_update,
@@ -168,6 +170,13 @@ class Presence:
                 continue
             if known is None and self._kept_for_another(item.client_id, user_id, now):
                 continue  # another member's client, away between two of their sockets
+            if known is None and item.state is None:
+                # Nobody here to take away: the echo of a leaving the server told (of a
+                # client of this member's, or one no longer kept), or of a client never shown.
+                continue
+            if item.clock > MAX_CLOCK:
+                # Its own: room is left above for every clock derived from it (``MAX_CLOCK``).
+                raise ClockOutOfRange("awareness clock out of range")
             yield item, known
 
     def would_show(self, owner: Hashable, user_id: str, update: bytes, now: float = 0.0) -> bool:

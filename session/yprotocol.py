@@ -25,6 +25,14 @@ from parley.session.errors import InvalidInput, TooLarge
 
 MAX_VARUINT_BYTES = 8
 MAX_SAFE_INTEGER = 2**53 - 1
+# The highest awareness clock a client may show itself at. Clocks grow from what the server
+# accepts: it tells a client's leaving at clock + 1, a Yjs client told it left raises its own
+# past that (+1), and renews every 15 s (+1). The headroom keeps every clock so derived (2^32
+# renewals: 2,000 years) within what JavaScript reads, and within what the server takes back
+# (review: accepted at 2^53 - 2, its leaving went out at 2^53 - 1, which the server refused
+# when stock clients echoed it, and cut them off as abusers).
+CLOCK_HEADROOM = 2**32
+MAX_CLOCK = MAX_SAFE_INTEGER - CLOCK_HEADROOM
 
 
 class ProtocolError(InvalidInput):
@@ -34,8 +42,8 @@ class ProtocolError(InvalidInput):
 
 
 class ClockOutOfRange(InvalidInput):
-    """An awareness clock past what the server can relay: the frame is refused, the socket
-    stays."""
+    """An awareness clock past what the server can relay (``MAX_CLOCK`` for a client's own
+    state, ``MAX_SAFE_INTEGER`` for any): the frame is refused, the socket stays."""
 
 
 class MessageType(IntEnum):
@@ -210,10 +218,10 @@ def decode_awareness_update(update: bytes) -> list[AwarenessState]:
         if client_id > MAX_SAFE_INTEGER:
             # JavaScript peers read varuints as doubles: past 2^53 they cannot decode them.
             raise ProtocolError("awareness client id out of range")
-        if clock >= MAX_SAFE_INTEGER:
-            # (The server tells a leaving at its clock + 1.) Refused, not closed: a stock
-            # client whose id another member took at a clock near the top comes to it by
-            # the rules, and a final 4400 left it offline for good (review).
+        if clock > MAX_SAFE_INTEGER:
+            # Past what a JavaScript peer reads, so never one the server sent: refused (a
+            # client's own state past ``MAX_CLOCK`` is, by ``Presence``), not closed: a
+            # final 4400 left a stock client offline for good (review).
             raise ClockOutOfRange("awareness clock out of range")
         try:
             state = json.loads(raw, parse_constant=_reject_constant, parse_float=_finite_float)

@@ -136,3 +136,60 @@ async def test_a_stock_provider_sends_commands_on_its_own_message_type(tmp_path:
         finally:
             for client in (sam, vic, plain):
                 await client.close()
+
+
+async def test_a_stock_client_echoing_a_leaving_at_the_top_clock_is_never_refused(
+    tmp_path: Path,
+) -> None:
+    """Review: a member (a viewer will do) showed a new awareness client at clock
+    2^53 - 2 and closed the socket; the server told everyone it left at 2^53 - 1, a stock
+    client echoed that, and the server refused the echo ("awareness clock out of range")
+    with an error frame and a count toward the abuse limit: in a loop, every stock client
+    was closed 4429, for good. Whatever the server accepts, what it derives from it comes
+    back silently."""
+    await asyncio.to_thread(ensure_node_modules)
+    settings = make_settings(sqlite_url(tmp_path), tmp_path / "data")
+    async with serve_in_process(settings) as server:
+        sid = await server.new_session({"sam": "editor", "mal": "viewer"})
+        ws_url = f"{server.ws_url}/ws/sessions"
+        sam = await StockYjsClient.start(ws_url, sid, await server.token(sid, "sam"), commands=True)
+        try:
+            await sam.wait_event(lambda e: e.get("event") == "sync" and e["synced"], 15)
+            await _said(sam, "m0")  # (its socket speaks commands from now on: errors come)
+            # The top the server accepted before, and the one it accepts now (2^32 below the
+            # largest clock JavaScript reads): refused, the attacker alone is told.
+            for n, clock in enumerate((2**53 - 2, 2**53 - 1 - 2**32)):
+                client_id = 50_000 + n
+                mal = await server.connect(sid, "mal", commands="text")
+                await mal.set_awareness(client_id, clock, {})
+                await mal.wait_until(lambda c, i=client_id: i in c.awareness or bool(c.unsolicited))
+                if client_id in mal.awareness:
+                    await _until_seen(sam, client_id, True)
+                    await mal.close()
+                    await _until_seen(sam, client_id, False)  # its echo is on the way
+                else:
+                    await mal.close()
+            await _said(sam, "m1")  # what the server said of the echoes came before
+            replies = [e["reply"] for e in sam.history if e.get("event") == "command-reply"]
+            assert [(r["type"], r.get("id")) for r in replies] == [("ack", "m0"), ("ack", "m1")]
+            assert not [e for e in sam.history if e.get("event") == "connection-close"]
+        finally:
+            await sam.close()
+
+
+async def _said(client: StockYjsClient, command_id: str) -> None:
+    """Send a message and wait for its answer, whatever came before it."""
+    payload = {"type": "message", "id": command_id, "text": "hi"}
+    assert (await client.command({"cmd": "command", "payload": payload}))["sent"] is True
+    await client.wait_event(
+        lambda e: e.get("event") == "command-reply" and e["reply"].get("id") == command_id, 15
+    )
+
+
+async def _until_seen(client: StockYjsClient, client_id: int, seen: bool) -> None:
+    for _ in range(200):
+        dump = await client.dump()
+        if any(s["clientID"] == client_id for s in dump["awareness"]) == seen:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"client {client_id} {'never' if seen else 'still'} seen")

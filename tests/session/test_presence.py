@@ -20,7 +20,10 @@ from parley.session.presence import (
     Presence,
 )
 from parley.session.yprotocol import (
+    MAX_CLOCK,
+    MAX_SAFE_INTEGER,
     AwarenessState,
+    ClockOutOfRange,
     ProtocolError,
     decode_awareness_update,
     encode_awareness_update,
@@ -183,9 +186,11 @@ def test_a_state_too_large_once_stamped_is_refused() -> None:
 
 
 def test_a_null_state_is_never_too_large() -> None:
-    presence = Presence(max_state_bytes=10)
-    out = presence.apply(ALICE_SOCKET, "alice", update((1, 1, None)))
-    assert relayed(out) == [AwarenessState(1, 1, None)]
+    presence = Presence()
+    presence.apply(ALICE_SOCKET, "alice", update((1, 1, {})))
+    presence.max_state_bytes = 10
+    out = presence.apply(ALICE_SOCKET, "alice", update((1, 2, None)))
+    assert relayed(out) == [AwarenessState(1, 2, None)]
 
 
 def test_malformed_updates_raise_protocol_error() -> None:
@@ -259,6 +264,9 @@ def test_presence_never_leaks_across_sockets(
     user_of = {ALICE_SOCKET: "alice", BOB_SOCKET: "bob"}
     for socket, cid, clock, state in events:
         out = presence.apply(socket, user_of[socket], update((cid, clock, state)))
+        if state is None and cid not in owner:
+            assert relayed(out) == []  # a leaving of a client never shown claims nothing
+            continue
         if owner.setdefault(cid, socket) != socket:
             assert relayed(out) == []
             continue
@@ -516,3 +524,34 @@ def test_restored_clients_are_kept_as_if_they_had_left_here(
                     presence.apply(f"b{item.client_id}", item.user_id, back, now=now)
                     told.append(presence.take_behind(f"b{item.client_id}"))
                 assert told[0] == told[1] == update((item.client_id, item.clock, None))
+
+
+def test_every_clock_derived_from_an_accepted_one_comes_back_silently() -> None:
+    """Review: a client shown at 2^53 - 2 was told left at 2^53 - 1; stock clients echoed
+    that, and each echo was refused ("awareness clock out of range") and counted toward
+    the abuse limit until they were closed 4429 for good. Now a client may show itself up
+    to ``MAX_CLOCK``, every clock derived from that stays readable, and the echoes of a
+    leaving (another member's client, or one of the echoing member's own) are ignored."""
+    presence = Presence()
+    with pytest.raises(ClockOutOfRange):
+        presence.apply("mal-1", "mal", update((7, 2**53 - 2, {})))
+    with pytest.raises(ClockOutOfRange):
+        presence.apply("mal-1", "mal", update((7, MAX_CLOCK + 1, {})))
+    presence.apply("mal-1", "mal", update((7, MAX_CLOCK, {})))
+    presence.apply(ALICE_SOCKET, "alice", update((8, MAX_CLOCK, {})))
+    presence.apply(BOB_SOCKET, "bob", update((21, 3, {})))
+    presence.flush()
+    [left] = relayed(presence.drop("mal-1", now=1.0))
+    assert left == AwarenessState(7, MAX_CLOCK + 1, None)
+    [alice_left] = relayed(presence.drop(ALICE_SOCKET, now=1.0))
+    flushed = presence.flush()
+    assert flushed is not None
+    # A stock client re-sends every change it receives, as y-protocols encodes it.
+    assert presence.apply(BOB_SOCKET, "bob", flushed, now=1.1) == update()
+    assert presence.apply("socket-a2", "alice", flushed, now=1.1) == update()
+    assert presence.apply("mal-2", "mal", flushed, now=1.1) == update()
+    assert not presence.would_show(BOB_SOCKET, "bob", flushed, now=1.1)
+    # Back below its leaving, it is told that clock; raised past it, it is shown again.
+    presence.apply("socket-a3", "alice", update((8, MAX_CLOCK, {})), now=2.0)
+    assert relayed(presence.take_behind("socket-a3")) == [alice_left]
+    assert alice_left.clock + 1 < MAX_SAFE_INTEGER
