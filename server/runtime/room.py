@@ -18,8 +18,8 @@ import uuid
 from collections.abc import Callable
 from functools import partial
 
-from parley.authz.policy import Subject, may_read
-from parley.authz.roles import RoleTable
+from parley.authz.policy import Do, Subject, decide, may_read
+from parley.authz.roles import Capability, RoleTable
 from parley.server.http.retry_hint import retry_reason
 from parley.server.metrics import Metrics
 from parley.server.runtime.active_run import ActiveRun
@@ -41,6 +41,7 @@ from parley.server.ws.awareness import AwarenessFanout
 from parley.server.ws.connection import Connection
 from parley.session.closes import CloseCode
 from parley.session.commands import Limits
+from parley.session.core import MemberUpdated, TokenRevoked
 from parley.session.errors import NotFound, Unavailable
 from parley.session.presence import Presence
 from parley.session.queue import OrderingQueue, Policy, QueueLimits
@@ -99,7 +100,7 @@ class SessionRoom:
             clock,
             self.sockets.everyone,
             self.feed.changed,
-            lambda event: self.writer.stop_prompts(event),  # built below, with its parts
+            self._grants_changed,
         )
         lost = partial(self.fail, retry_after_s=settings.db_retry_after_s)
         document = DocumentWriter(
@@ -249,6 +250,26 @@ class SessionRoom:
     def subject(self, user_id: str) -> Subject | None:
         """The member as of now (role table and grants read live), or None."""
         return self.membership.subject(user_id)
+
+    async def _grants_changed(self, event: MemberUpdated | TokenRevoked) -> None:
+        """A member's grants changed (``Membership``, on every node that has the session
+        loaded): what they may no longer show is taken down, and the core judges their
+        prompts and side-threads again."""
+        self.take_down_presence(event.user_id)
+        await self.writer.stop_prompts(event)
+
+    def take_down_presence(self, user_id: str) -> None:
+        """Take down the awareness states of ``user_id``'s sockets here if they may no
+        longer be present: their peers are told they left, as when a socket closes (the
+        other nodes hear it as any leave). A member who went silent kept showing their
+        state to every newcomer for as long as their socket lived (review)."""
+        if not self.sockets.count_of.get(user_id):
+            return  # no socket of theirs (a load puts every member in force)
+        if decide(self.subject(user_id), Do(Capability.BE_PRESENT)).allowed:
+            return
+        now = self.clock()
+        for connection in [c for c in self.sockets.connections if c.user_id == user_id]:
+            self.drop_presence(connection, now)  # their client ids stay theirs, stored
 
     def greet_private(self, connection: Connection) -> None:
         """Send a socket that speaks commands the restricted text its member may read now

@@ -260,6 +260,45 @@ async def test_presence_needs_be_present(sqlite_server: RunningServer) -> None:
     await alice.wait_until(lambda c: c.awareness.get(7, {}) is None)
 
 
+async def test_a_silent_member_who_may_no_longer_be_present_is_taken_down(
+    sqlite_server: RunningServer,
+) -> None:
+    """Review: a member denied ``be_present`` who sent no more presence kept showing their
+    state to every newcomer, and in query-awareness answers, for as long as their socket
+    lived. Now a change of grants takes it down at once, whichever way it came: a deny of
+    the member's own, or their custom role edited."""
+    server = sqlite_server
+    defined = await server.http.put(
+        "/api/v1/roles/watcher", json={"capabilities": ["read_session", "be_present"]}
+    )
+    assert defined.status_code == 200, defined.text
+    sid = await server.new_session({"alice": "editor", "mal": "editor", "wes": "watcher"})
+    alice = await server.connect(sid, "alice")
+    mal = await server.connect(sid, "mal")
+    wes = await server.connect(sid, "wes")
+    await mal.set_awareness(42, 1, {"user": {"name": "Mal"}})
+    await wes.set_awareness(43, 1, {"user": {"name": "Wes"}})
+    await alice.wait_until(lambda c: bool(c.awareness.get(42)) and bool(c.awareness.get(43)))
+
+    put = await server.http.put(
+        f"/api/v1/sessions/{sid}/members/mal", json={"role": "editor", "denials": ["be_present"]}
+    )
+    assert put.status_code == 200, put.text
+    await alice.wait_until(lambda c: 42 in c.awareness and c.awareness[42] is None)
+    late = await server.connect(sid, "alice")
+    await late.wait_until(lambda c: 43 in c.awareness)  # the snapshot, one frame
+    assert 42 not in late.awareness
+
+    edited = await server.http.put("/api/v1/roles/watcher", json={"capabilities": ["read_session"]})
+    assert edited.status_code == 200, edited.text
+    await alice.wait_until(lambda c: 43 in c.awareness and c.awareness[43] is None)
+    await late.wait_until(lambda c: c.awareness.get(43, {}) is None)
+    # Both sockets stay open, and see the others.
+    await alice.set_awareness(5, 1, {"user": {"name": "Alice"}})
+    for socket in (mal, wes):
+        await socket.wait_until(lambda c: bool(c.awareness.get(5)))
+
+
 async def test_a_member_who_may_not_be_present_is_told_once(sqlite_server: RunningServer) -> None:
     """Review (SDKs): a member without ``be_present`` whose client renews its state every
     15 s was sent the same ``forbidden`` error each time, which the SDKs collected and the

@@ -58,3 +58,28 @@ async def test_a_node_that_loads_the_session_keeps_the_client_ids_that_left_anot
         await kept_for_its_member(back, "vera", mallory, watcher, 777)
         for client in (alice, watcher, mallory):
             await client.close()
+
+
+async def test_a_member_denied_be_present_on_one_node_is_taken_down_on_every_node(
+    tmp_path: Path,
+) -> None:
+    """Review: a member denied ``be_present`` who went silent kept showing their state.
+    The node their socket is on hears of the change from the node that made it, takes the
+    state down there, and the other nodes hear of it as of any leave."""
+    async with cluster(tmp_path, 2) as nodes:
+        sid = await nodes.new_session({"mal": "editor", "w": "viewer"})
+        mal = await nodes.connect(nodes.nodes[1], sid, "mal")
+        here = await nodes.connect(nodes.nodes[0], sid, "w")
+        there = await nodes.connect(nodes.nodes[1], sid, "w")
+        await mal.set_awareness(42, 1, {"name": "Mal"})
+        for client in (here, there):
+            await client.wait_until(lambda c: bool(c.awareness.get(42)), 10)
+        put = await nodes.http.put(  # through the first node
+            f"/api/v1/sessions/{sid}/members/mal",
+            json={"role": "editor", "denials": ["be_present"]},
+        )
+        assert put.status_code == 200, put.text
+        for client in (here, there):
+            await client.wait_until(lambda c: 42 in c.awareness and c.awareness[42] is None, 10)
+        for client in (mal, here, there):
+            await client.close()
