@@ -35,6 +35,7 @@ from typing import Any
 from parley.session.errors import Forbidden, TooLarge
 from parley.session.yprotocol import (
     MAX_CLOCK,
+    MAX_SAFE_INTEGER,
     AwarenessState,
     ClockOutOfRange,
     decode_awareness_update,
@@ -174,10 +175,20 @@ class Presence:
                 # Nobody here to take away: the echo of a leaving the server told (of a
                 # client of this member's, or one no longer kept), or of a client never shown.
                 continue
-            if item.clock > MAX_CLOCK:
+            if item.clock > MAX_CLOCK and not self._derived(item, known):
                 # Its own: room is left above for every clock derived from it (``MAX_CLOCK``).
                 raise ClockOutOfRange("awareness clock out of range")
             yield item, known
+
+    def _derived(self, item: AwarenessState, known: _Client | None) -> bool:
+        """True when ``item``'s clock may come from the last one known of its client (its
+        state, or the clock its leaving was told at): at most its leaving (+1) and a Yjs
+        client's raise past that (+1) further, and short of the top. (Review: a member's
+        stock socket took their own client kept from a closed socket by echoing its state
+        at ``MAX_CLOCK``; its echo of the leaving, one past, was refused.)"""
+        left = self._left.get(item.client_id)
+        last = known.clock if known is not None else None if left is None else left[2]
+        return last is not None and item.clock <= min(last + 2, MAX_SAFE_INTEGER - 1)
 
     def would_show(self, owner: Hashable, user_id: str, update: bytes, now: float = 0.0) -> bool:
         """True when ``update`` from ``owner`` shows a state of its own (``apply`` would

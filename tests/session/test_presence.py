@@ -555,3 +555,39 @@ def test_every_clock_derived_from_an_accepted_one_comes_back_silently() -> None:
     presence.apply("socket-a3", "alice", update((8, MAX_CLOCK, {})), now=2.0)
     assert relayed(presence.take_behind("socket-a3")) == [alice_left]
     assert alice_left.clock + 1 < MAX_SAFE_INTEGER
+
+
+def test_past_the_top_a_client_may_go_only_where_its_last_clock_leads() -> None:
+    """Review of the mend: a member's stock socket takes their own client kept from a
+    closed socket by echoing its state at ``MAX_CLOCK``, then echoes its leaving, one past;
+    a client back below its leaving is told it, and raises its clock past that. Both come
+    from a clock the server accepted, and are taken; a jump past the top is not."""
+    presence = Presence()
+    presence.apply("mal-1", "alice", update((7, MAX_CLOCK, {})))
+    presence.drop("mal-1", now=1.0)
+    presence.apply(ALICE_SOCKET, "alice", update((7, MAX_CLOCK, {})), now=1.1)  # its echo
+    out = presence.apply(ALICE_SOCKET, "alice", update((7, MAX_CLOCK + 1, None)), now=1.2)
+    assert relayed(out) == [AwarenessState(7, MAX_CLOCK + 1, None)]
+
+    presence.apply(BOB_SOCKET, "bob", update((8, MAX_CLOCK, {})))
+    [left] = relayed(presence.drop(BOB_SOCKET, now=2.0))
+    presence.apply("socket-b2", "bob", update((8, MAX_CLOCK, {})), now=2.1)
+    assert relayed(presence.take_behind("socket-b2")) == [left]
+    raised = presence.apply("socket-b2", "bob", update((8, left.clock + 1, {})), now=2.2)
+    assert [s.clock for s in relayed(raised)] == [MAX_CLOCK + 2]
+    with pytest.raises(ClockOutOfRange):
+        presence.apply("socket-b2", "bob", update((8, MAX_CLOCK + 5, {})), now=2.3)
+
+
+def test_past_the_top_a_client_stops_short_of_what_javascript_reads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Its leaving, one past its last clock, must stay readable: 2^31 steps of two past
+    ``MAX_CLOCK`` would reach it, so the last is refused (the top moved up to see it)."""
+    monkeypatch.setattr(presence_module, "MAX_CLOCK", MAX_SAFE_INTEGER - 3)
+    presence = Presence()
+    presence.apply("socket-z", "zed", update((9, MAX_SAFE_INTEGER - 3, {})))
+    presence.apply("socket-z", "zed", update((9, MAX_SAFE_INTEGER - 1, {})))
+    with pytest.raises(ClockOutOfRange):
+        presence.apply("socket-z", "zed", update((9, MAX_SAFE_INTEGER, {})))
+    assert relayed(presence.drop("socket-z")) == [AwarenessState(9, MAX_SAFE_INTEGER, None)]
