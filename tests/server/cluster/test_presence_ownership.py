@@ -64,16 +64,21 @@ async def test_a_member_denied_be_present_on_one_node_is_taken_down_on_every_nod
     tmp_path: Path,
 ) -> None:
     """Review: a member denied ``be_present`` who went silent kept showing their state.
-    The node their socket is on hears of the change from the node that made it, takes the
-    state down there, and the other nodes hear of it as of any leave."""
+    The node their socket is on hears of the change from the node that made it (a deny of
+    their own, their custom role edited), takes the state down there, and the other nodes
+    hear of it as of any leave."""
     async with cluster(tmp_path, 2) as nodes:
-        sid = await nodes.new_session({"mal": "editor", "w": "viewer"})
+        lurker = {"capabilities": ["read_session", "be_present"]}
+        assert (await nodes.http.put("/api/v1/roles/lurker", json=lurker)).is_success
+        sid = await nodes.new_session({"mal": "editor", "lu": "lurker", "w": "viewer"})
         mal = await nodes.connect(nodes.nodes[1], sid, "mal")
+        lu = await nodes.connect(nodes.nodes[1], sid, "lu")
         here = await nodes.connect(nodes.nodes[0], sid, "w")
         there = await nodes.connect(nodes.nodes[1], sid, "w")
         await mal.set_awareness(42, 1, {"name": "Mal"})
+        await lu.set_awareness(43, 1, {"name": "Lu"})
         for client in (here, there):
-            await client.wait_until(lambda c: bool(c.awareness.get(42)), 10)
+            await client.wait_until(lambda c: bool(c.awareness.get(42) and c.awareness.get(43)))
         put = await nodes.http.put(  # through the first node
             f"/api/v1/sessions/{sid}/members/mal",
             json={"role": "editor", "denials": ["be_present"]},
@@ -81,5 +86,9 @@ async def test_a_member_denied_be_present_on_one_node_is_taken_down_on_every_nod
         assert put.status_code == 200, put.text
         for client in (here, there):
             await client.wait_until(lambda c: 42 in c.awareness and c.awareness[42] is None, 10)
-        for client in (mal, here, there):
+        lurker = {"capabilities": ["read_session"]}
+        assert (await nodes.http.put("/api/v1/roles/lurker", json=lurker)).is_success
+        for client in (here, there):
+            await client.wait_until(lambda c: 43 in c.awareness and c.awareness[43] is None, 10)
+        for client in (mal, lu, here, there):
             await client.close()
