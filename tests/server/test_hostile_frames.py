@@ -37,7 +37,7 @@ def refusals(client: YClient) -> list[str]:
 async def speaks_json(client: YClient) -> YClient:
     """Make the server send this socket its refusals (it does only to JSON speakers)."""
     reply = await client.command({"type": "cancel", "id": "hello", "prompt_id": "none"})
-    assert reply["code"] == "not_found"
+    assert reply["code"] in {"not_found", "forbidden"}  # a viewer may cancel nothing
     return client
 
 
