@@ -1,0 +1,63 @@
+"""Every REST body field takes exactly its JSON type (review: ``ttl_seconds: true`` made a
+token that lived a second; ``"100"``, ``100.0`` and ``"1_000"`` were read as numbers)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from pydantic import BaseModel
+
+from parley.server.app import API_OPERATIONS
+from parley.server.http.rest import parsed_body
+from parley.session.errors import InvalidInput
+
+BODIES = sorted({op.body for op in API_OPERATIONS if op.body is not None}, key=lambda m: m.__name__)
+
+
+def _fields_typed(model: type[BaseModel], json_type: str) -> list[str]:
+    """The top-level fields of ``model`` the OpenAPI document declares of ``json_type``."""
+    found = []
+    for name, prop in model.model_json_schema()["properties"].items():
+        types = {prop.get("type"), *(each.get("type") for each in prop.get("anyOf", ()))}
+        if json_type in types:
+            found.append(name)
+    return found
+
+
+def _problems_at(model: type[BaseModel], name: str, value: Any) -> list[str]:
+    """What the body ``{name: value}`` is refused for at ``name`` (other fields it lacks
+    are refused too, and ignored here)."""
+    try:
+        parsed_body(model, json.dumps({name: value}).encode())
+    except InvalidInput as exc:
+        return [what for at, what in exc.details if at == name]
+    return []
+
+
+NOT_AN_INTEGER = "Input should be a valid integer"
+INTEGERS = [(m, name) for m in BODIES for name in _fields_typed(m, "integer")]
+NUMBERS = [(m, name) for m in BODIES for name in _fields_typed(m, "number")]
+
+
+def test_the_bodies_have_integer_and_number_fields() -> None:
+    names = {f"{m.__name__}.{name}" for m, name in INTEGERS}
+    assert {"TokenCreate.ttl_seconds", "InviteCreate.max_uses"} <= names
+    assert {"QuotasPut.session_tokens_per_day"} <= names
+    assert NUMBERS, "ToolCreate.timeout_s is a number"
+
+
+@pytest.mark.parametrize("not_an_integer", [True, False, "100", "  100 ", 100.0, "1_000"])
+@pytest.mark.parametrize(("model", "name"), INTEGERS, ids=lambda v: getattr(v, "__name__", v))
+def test_an_integer_field_takes_only_a_json_integer(
+    model: type[BaseModel], name: str, not_an_integer: object
+) -> None:
+    assert _problems_at(model, name, not_an_integer) == [NOT_AN_INTEGER]
+    assert NOT_AN_INTEGER not in _problems_at(model, name, 5)  # a bound may refuse 5
+
+
+@pytest.mark.parametrize(("model", "name"), NUMBERS, ids=lambda v: getattr(v, "__name__", v))
+def test_a_number_field_takes_integers_and_floats_only(model: type[BaseModel], name: str) -> None:
+    assert _problems_at(model, name, 5) == _problems_at(model, name, 5.5) == []
+    assert _problems_at(model, name, "5") == _problems_at(model, name, True) != []
