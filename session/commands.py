@@ -22,6 +22,7 @@ from parley.session.attribution import has_line_break
 from parley.session.errors import InvalidInput, ParleyError, TooLarge, UnknownCommand
 from parley.session.queue import Policy
 from parley.session.thread_commands import THREAD_TYPES, ThreadCommand, parse_thread_command
+from parley.session.unique_keys import unique_object
 
 MAX_COMMAND_ID_CHARS = 128
 
@@ -118,9 +119,11 @@ def parse_command(frame: str, limits: Limits) -> Command:
     if len(frame) > limits.max_frame_chars:
         raise CommandError(TooLarge(f"command exceeds {limits.max_frame_chars} characters"), None)
     try:
-        data = json.loads(frame, parse_constant=_reject_constant)
+        data = json.loads(frame, parse_constant=_reject_constant, object_pairs_hook=unique_object)
     except (ValueError, RecursionError):
         raise CommandError(InvalidInput("frame is not valid JSON"), None) from None
+    except InvalidInput as exc:  # a key given twice
+        raise CommandError(exc, command_id_unread(frame)) from None
     if not isinstance(data, dict):
         raise CommandError(InvalidInput("a command must be a JSON object"), None)
     raw_id = data.get("id")

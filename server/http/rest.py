@@ -43,6 +43,7 @@ from parley.session.errors import (
     UnsupportedMediaType,
 )
 from parley.session.ratelimit import command_bytes_refusal
+from parley.session.unique_keys import check_unique_keys
 
 if TYPE_CHECKING:
     from parley.server.runtime.room import SessionRoom
@@ -417,9 +418,11 @@ def parsed_body(model: type[BaseModel], raw: bytes) -> BaseModel:
     field takes ``true``, ``"100"`` and ``100.0`` (review: a token's ``ttl_seconds: true``
     made one that lived a second), while the OpenAPI document says ``integer``."""
     try:
-        return model.model_validate_json(raw or b"{}", strict=True)
+        parsed = model.model_validate_json(raw or b"{}", strict=True)
     except ValidationError as exc:
         raise invalid_body(exc) from None
+    check_unique_keys(raw)  # after: a body pydantic refuses is not parsed twice
+    return parsed
 
 
 def _query_str(request: Request, param: QueryStr) -> object:

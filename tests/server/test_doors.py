@@ -6,6 +6,7 @@ on the socket and refused over REST; a malformed body past the member's command 
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -289,3 +290,30 @@ async def test_a_node_that_forwards_answers_as_the_node_that_runs(tmp_path: Path
             rest = await _rest_call(other.base_url, token, sid, case)
             outcomes[name] = (reply.get("code"), rest)
     assert outcomes == {name: (case.code, case.code) for name, case in CASES.items()}
+
+
+async def test_both_doors_refuse_a_key_given_twice(tmp_path: Path) -> None:
+    """A command or a body that repeats a key is ``invalid`` at both doors, and nothing is
+    stored (review: the second ``text`` was, and ``{"role":"viewer","role":"owner"}`` made
+    an owner)."""
+    settings = make_settings(sqlite_url(tmp_path), tmp_path / "data")
+    async with serve_in_process(settings) as server:
+        sid = await server.new_session({"alice": "editor", "bob": "editor"})
+        client = await server.connect(sid, "alice")
+        reply: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        client.replies["dk1"] = reply
+        await client.send_raw('{"type":"message","text":"one","text":"two","id":"dk1"}')
+        async with asyncio.timeout(10):
+            socket_code = (await reply).get("code")
+        body = b'{"text": "one", "text": "two"}'
+        message = Case("editor", {}, "POST /messages", body, "invalid")
+        rest_code = await _rest_call(server.base_url, await server.token(sid, "bob"), sid, message)
+        member = await server.http.put(
+            f"/api/v1/sessions/{sid}/members/carol",
+            content=b'{"role": "viewer", "role": "owner"}',
+            headers={"Content-Type": "application/json"},
+        )
+        transcript = (await server.http.get(f"/api/v1/sessions/{sid}/transcript")).json()
+    assert (socket_code, rest_code, member.status_code) == ("invalid", "invalid", 422)
+    assert member.json()["error"]["code"] == "invalid"
+    assert [m for m in transcript["messages"] if m["kind"] == "message"] == []
