@@ -7,6 +7,7 @@ a socket is closed with when this error ends it (-: it never ends one).
     │   ├── TooLarge                        too_large        413   1009
     │   ├── UnknownCommand                  unknown_command  422   -
     │   ├── UnsupportedMediaType            unsupported_media_type 415 -
+    │   ├── NotAcceptable                   not_acceptable   406   -
     │   ├── MethodNotAllowed                method_not_allowed 405 -
     │   ├── BadEventId                      bad_event_id     400   -
     │   ├── BadRequest                      bad_request      400   -
@@ -57,6 +58,7 @@ class ErrorCode(StrEnum):
     TOO_LARGE = "too_large"
     UNKNOWN_COMMAND = "unknown_command"
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
+    NOT_ACCEPTABLE = "not_acceptable"
     METHOD_NOT_ALLOWED = "method_not_allowed"
     BAD_EVENT_ID = "bad_event_id"
     BAD_REQUEST = "bad_request"
@@ -115,6 +117,13 @@ class UnsupportedMediaType(InvalidInput):
 
     code = ErrorCode.UNSUPPORTED_MEDIA_TYPE
     http_status = 415
+
+
+class NotAcceptable(InvalidInput):
+    """A request whose ``Accept`` header takes none of the types its route answers with."""
+
+    code = ErrorCode.NOT_ACCEPTABLE
+    http_status = 406
 
 
 class MethodNotAllowed(InvalidInput):

@@ -63,6 +63,7 @@ ERROR_DESCRIPTIONS = {
     401: "Missing or wrong admin key or client token",
     403: "Forbidden",
     404: "Not found",
+    406: "The Accept header takes no type the route answers with",
     409: "Conflict",
     413: "Body too large",
     415: "Body not declared application/json",
@@ -560,7 +561,7 @@ def openapi_document(operations: list[Operation], *, title: str, version: str) -
                 "schema": {"type": "string"}
             }
         statuses = set(op.errors) | ({401} if op.auth else set())
-        statuses |= {400} if op.streams else set()  # bad_event_id
+        statuses |= {400, 406} if op.streams else set()  # bad_event_id, not_acceptable
         statuses |= {413, 415, 422} if op.body is not None else set()
         # A path parameter a database cannot store (a NUL, a lone surrogate) is refused 422.
         statuses |= {422} if op.query or op.query_str or "{" in op.path else set()

@@ -35,6 +35,7 @@ from starlette.types import Receive, Scope, Send
 
 from parley.authz.policy import Do, decide
 from parley.authz.roles import Capability
+from parley.server.http.accept import chosen
 from parley.server.http.rest import Caller, Operation, authenticate, authorize, error_response
 from parley.server.http.sse_cursor import REPLY_ENDS, Cursor, start_at
 from parley.server.runtime.room import SessionRoom
@@ -44,6 +45,7 @@ from parley.session.commands import unstorable
 from parley.session.errors import (
     BadEventId,
     InvalidInput,
+    NotAcceptable,
     ParleyError,
     TooManyStreams,
     Unavailable,
@@ -55,6 +57,7 @@ log = logging.getLogger("parley.sse")
 
 EVENTS_PATH = "/api/v1/sessions/{session_id}/events"
 EVENT_STREAM = "text/event-stream"
+JSON = "application/json"
 ADMIN_READER = "!admin"  # no user id contains "!"
 EVENTS_PAGE = 200
 MAX_DELTA_CHARS = 8192
@@ -378,8 +381,20 @@ def with_stream(json_route: Route) -> Route:
     json_endpoint = json_route.endpoint
 
     async def endpoint(request: Request) -> Response:
+        # Matched as HTTP says (``server.http.accept``), not by a substring: a member's
+        # ``TEXT/EVENT-STREAM`` was the admin's JSON pages (403), ``text/event-stream;q=0``
+        # and ``text/event-stream-x`` a stream (review).
+        media = chosen(request.headers.get("accept"), (JSON, EVENT_STREAM))
+        if media is None:
+            state: AppState = request.app.state.parley
+            refusal = NotAcceptable(
+                f"this route answers {JSON} or {EVENT_STREAM}; the Accept header takes "
+                f"neither (got {request.headers['accept'][:100]!r})"
+            )
+            state.metrics.errors.labels(code=refusal.code.value).inc()
+            return error_response(refusal)
         # Not for HEAD: headers alone, with nothing to stream after them.
-        if request.method == "GET" and EVENT_STREAM in request.headers.get("accept", ""):
+        if request.method == "GET" and media == EVENT_STREAM:
             return await open_stream(request)
         response: Response = await json_endpoint(request)
         return response

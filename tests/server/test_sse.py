@@ -272,6 +272,46 @@ async def test_bad_ids_caps_and_callers_are_refused_with_stable_codes(tmp_path: 
             assert as_member.status_code == 403
 
 
+# Accept headers and what they get, for a member and for the admin (review: a member's
+# ``TEXT/EVENT-STREAM`` was the admin's JSON pages, refused 403; ``text/event-stream;q=0``
+# and ``text/event-stream-x`` were a stream).
+STREAM, PAGES = "text/event-stream", "application/json"
+ACCEPTS = {
+    "TEXT/EVENT-STREAM": (STREAM, STREAM),
+    "Text/Event-Stream; charset=utf-8": (STREAM, STREAM),
+    "text/event-stream;q=0, application/json": ("forbidden", PAGES),
+    "application/json;q=0.9, text/event-stream;q=0.1": ("forbidden", PAGES),
+    "text/*": (STREAM, STREAM),
+    "*/*": ("forbidden", PAGES),
+    "text/event-stream-x": ("not_acceptable", "not_acceptable"),
+    "text/html, image/*;q=0.5": ("not_acceptable", "not_acceptable"),
+    "text/event-stream;q=0": ("not_acceptable", "not_acceptable"),
+}
+
+
+async def test_the_accept_header_is_read_as_http_says(tmp_path: Path) -> None:
+    settings = make_settings(sqlite_url(tmp_path), tmp_path / "d")
+    async with serve_in_process(settings) as server:
+        sid = await server.new_session({"alice": "editor"})
+        keys = (await server.token(sid, "alice"), ADMIN_KEY)
+        got = {}
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=20) as http:
+            for accept in ACCEPTS:
+                answers = []
+                for key in keys:
+                    headers = {"Accept": accept, "Authorization": f"Bearer {key}"}
+                    async with http.stream("GET", EVENTS.format(sid), headers=headers) as answer:
+                        if answer.status_code == 200:  # a stream does not end: not read
+                            answers.append(answer.headers["content-type"].partition(";")[0])
+                        else:
+                            error = json.loads(await answer.aread())["error"]
+                            answers.append(error["code"])
+                            if answer.status_code == 406:
+                                assert accept[:20] in error["message"]
+                got[accept] = tuple(answers)
+    assert got == ACCEPTS
+
+
 async def test_streams_opened_at_once_are_capped_as_one_by_one(tmp_path: Path) -> None:
     # Each open reads the store between its check of the caps and counting itself: opened
     # together, every one passed the check before any counted.

@@ -32,6 +32,7 @@ TABLE: dict[str, tuple[str, int, int | None]] = {
     "TooLarge": ("too_large", 413, 1009),
     "UnknownCommand": ("unknown_command", 422, None),
     "UnsupportedMediaType": ("unsupported_media_type", 415, None),
+    "NotAcceptable": ("not_acceptable", 406, None),
     "MethodNotAllowed": ("method_not_allowed", 405, None),
     "BadEventId": ("bad_event_id", 400, None),
     "BadRequest": ("bad_request", 400, None),

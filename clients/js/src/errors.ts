@@ -11,6 +11,7 @@ export const ERROR_CODES = [
   'too_large',
   'unknown_command',
   'unsupported_media_type',
+  'not_acceptable',
   'method_not_allowed',
   'bad_event_id',
   'bad_request',

@@ -5,6 +5,7 @@
     │   ├── TooLarge            too_large
     │   ├── UnknownCommand      unknown_command
     │   ├── UnsupportedMediaType unsupported_media_type
+    │   ├── NotAcceptable       not_acceptable (an event stream's Accept header)
     │   ├── MethodNotAllowed    method_not_allowed
     │   ├── BadEventId          bad_event_id (an event stream's Last-Event-ID)
     │   └── BadRequest          bad_request (a request the server could not parse)
@@ -71,6 +72,10 @@ class UnknownCommand(InvalidInput):
 
 class UnsupportedMediaType(InvalidInput):
     code = "unsupported_media_type"
+
+
+class NotAcceptable(InvalidInput):
+    code = "not_acceptable"
 
 
 class MethodNotAllowed(InvalidInput):
