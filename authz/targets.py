@@ -25,23 +25,36 @@ def _inner_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
     return None
 
 
+def _refused_ip(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
+    """What kind of inward address ``ip`` is, or None when it is public."""
+    if ip.is_loopback:
+        return "a loopback address"
+    if ip.is_link_local:
+        return "a link-local address"
+    if ip.is_multicast or not ip.is_global:  # private, shared (CGNAT), reserved, ...
+        return "a private or reserved address"
+    return None
+
+
 def refused_address(address: str) -> str | None:
-    """Why a request may not go to ``address`` (an IP), or None when it is public."""
+    """Why a request may not go to ``address`` (an IP), or None when it is public. The
+    reason names ``address`` as given, and the IPv4 address it stands for if it carries
+    one (review: ``::1`` was named as 0.0.0.1, the IPv4-compatible reading of it)."""
     try:
         ip = ipaddress.ip_address(address.split("%", 1)[0])
     except ValueError:
-        return f"{address!r} is not an IP address"
+        return f"{address[:100]!r} is not an IP address"
     if isinstance(ip, ipaddress.IPv6Address):
         if ip in _LOCAL_NAT64:
             return f"{ip} is a private or reserved address (local-use NAT64)"
-        ip = _inner_ipv4(ip) or ip
-    if ip.is_loopback:
-        return f"{ip} is a loopback address"
-    if ip.is_link_local:
-        return f"{ip} is a link-local address"
-    if ip.is_multicast or not ip.is_global:  # private, shared (CGNAT), reserved, ...
-        return f"{ip} is a private or reserved address"
-    return None
+        # ``::1`` and ``::`` are IPv6's own loopback and unspecified addresses, though they
+        # lie in the IPv4-compatible ``::/96``: judged as themselves.
+        inner = None if ip.is_loopback or ip.is_unspecified else _inner_ipv4(ip)
+        if inner is not None:
+            why = _refused_ip(inner)
+            return None if why is None else f"{ip} stands for {inner}, {why}"
+    why = _refused_ip(ip)
+    return None if why is None else f"{ip} is {why}"
 
 
 def url_problem(url: str) -> str | None:

@@ -93,8 +93,10 @@ async def check_target(url: str, *, allow_private: bool, resolver: Resolver) -> 
         for address in addresses:
             refused = refused_address(address)
             if refused is not None:
+                # The address named as it is (review: ``::1`` was named as 0.0.0.1).
+                where = "" if host == address else f"{host!r} resolves to a refused address: "
                 raise RefusedTarget(
-                    f"{host!r} resolves to {refused} (set PARLEY_WEBHOOK_ALLOW_PRIVATE to allow)"
+                    f"{where}{refused} (set PARLEY_WEBHOOK_ALLOW_PRIVATE to allow it)"
                 )
     return Checked(host, port, addresses[:MAX_ADDRESSES])
 

@@ -72,3 +72,21 @@ def test_urls_that_are_no_target(url: str, problem: str) -> None:
 
 def test_a_plain_url_is_a_target() -> None:
     assert url_problem("https://hooks.example.com/parley?x=1") is None
+
+
+# What each refusal says (review: ``::1`` was named "0.0.0.1", its IPv4-compatible
+# reading, as ``::/96`` holds it).
+REASONS = {
+    "::1": "::1 is a loopback address",
+    "::": ":: is a private or reserved address",
+    "fe80::1%eth0": "fe80::1 is a link-local address",
+    "::ffff:127.0.0.1": "::ffff:7f00:1 stands for 127.0.0.1, a loopback address",
+    "64:ff9b::a9fe:a9fe": "64:ff9b::a9fe:a9fe stands for 169.254.169.254, a link-local",
+    "10.1.2.3": "10.1.2.3 is a private or reserved address",
+}
+
+
+@pytest.mark.parametrize("address", sorted(REASONS))
+def test_a_refusal_names_the_address_and_what_it_stands_for(address: str) -> None:
+    refused = refused_address(address)
+    assert refused is not None and refused.startswith(REASONS[address]), refused

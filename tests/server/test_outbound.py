@@ -136,6 +136,25 @@ async def test_any_private_address_in_the_answer_refuses_the_target(
     assert recorded.asked == []  # refused before any connection
 
 
+@pytest.mark.parametrize(
+    ("url", "answer", "reason"),
+    [
+        # Review: "'::1' resolves to 0.0.0.1 is a private or reserved address".
+        ("http://[::1]/", ["::1"], "::1 is a loopback address (set"),
+        (
+            "http://hooks.test/",
+            [PUBLIC, "127.0.0.1"],
+            "'hooks.test' resolves to a refused address: 127.0.0.1 is a loopback address",
+        ),
+    ],
+)
+async def test_a_refused_target_names_the_address_refused(
+    url: str, answer: list[str], reason: str
+) -> None:
+    problem = await outbound.target_problem(url, allow_private=False, resolver=Resolver(answer))
+    assert problem is not None and problem.startswith(reason), problem
+
+
 async def test_the_checked_address_is_connected_to_with_the_host_name_kept() -> None:
     async with serving() as receiver:
         resolver = Resolver(["127.0.0.1"])
