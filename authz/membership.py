@@ -70,6 +70,12 @@ def _resources(lists: Iterable[Readers]) -> list[str]:
     return sorted({r.resource for r in lists})
 
 
+def _named(names: Iterable[str]) -> str:
+    """Capability or document names as a reader sees them: ``be_present, read_session``,
+    not a list of ``Capability`` members' reprs (review)."""
+    return ", ".join(sorted(str(name) for name in names))
+
+
 def _raw(member: Member | None, roles: RoleTable) -> frozenset[str]:
     """What a member's role and grants name, denials aside."""
     return frozenset() if member is None else roles.capabilities(member.role) | member.grants
@@ -108,17 +114,19 @@ def judge_membership_change(
         before.denials - after.denials if before is not None and after is not None else frozenset()
     )
     if target == actor.user_id and (gained or gained_reads or lifted):
-        widened = sorted(gained | {f"read:{r}" for r in _resources(gained_reads)} | lifted)
+        widened = _named(gained | {f"read:{r}" for r in _resources(gained_reads)} | lifted)
         return Decision(False, f"you may only narrow your own membership, not add {widened}")
-    beyond = sorted((_raw(before, roles) | _raw(after, roles)) - held)
+    beyond = (_raw(before, roles) | _raw(after, roles)) - held
     if beyond:
-        return Decision(False, f"you may not give or take capabilities you do not hold: {beyond}")
+        named = _named(beyond)
+        return Decision(False, f"you may not give or take capabilities you do not hold: {named}")
     unread = _resources(gained_reads - actor_reads)
     if unread:
-        return Decision(False, f"you may not give read access you do not have: {unread}")
-    unheld = sorted(d for d in lifted if not holds(subject, d, actor_reads, lists))
+        return Decision(False, f"you may not give read access you do not have: {_named(unread)}")
+    unheld = [d for d in lifted if not holds(subject, d, actor_reads, lists)]
     if unheld:
-        return Decision(False, f"you may not lift denials of what you do not hold: {unheld}")
+        named = _named(unheld)
+        return Decision(False, f"you may not lift denials of what you do not hold: {named}")
     return Decision(True, "allowed")
 
 

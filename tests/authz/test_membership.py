@@ -57,7 +57,7 @@ def test_a_member_may_narrow_their_own_membership() -> None:
 def test_an_owner_may_not_grant_a_role_that_reads_what_she_cannot() -> None:
     olga = Member("olga", "owner")
     allowed, reason = judge(olga, None, Member("eve", "editor"))
-    assert not allowed and "read access you do not have: ['plans']" in reason
+    assert not allowed and "read access you do not have: plans" in reason
     # Unless the new editor is denied that document, or no document is editors-only.
     assert judge(olga, None, Member("eve", "editor", denials=frozenset({"read:plans"})))[0]
     assert judge(olga, None, Member("eve", "editor"), documents=(OWNERS,))[0]
@@ -225,7 +225,7 @@ def test_reading_one_list_of_a_resource_hands_out_none_of_its_others() -> None:
     olga = Member("olga", "owner")
     lists = (CRM_OLGA, CRM_EDITORS)
     allowed, reason = judge(olga, None, Member("newbie", "editor"), lists)
-    assert not allowed and "read access you do not have: ['tool:crm']" in reason
+    assert not allowed and "read access you do not have: tool:crm" in reason
     allowed, reason = judge(olga, olga, Member("olga", "editor", grants=OWNER_CAPS), lists)
     assert not allowed and "narrow your own" in reason and "read:tool:crm" in reason
     assert not judge_invite(olga, Member("newbie", "editor"), TABLE, lists).allowed
@@ -241,3 +241,16 @@ def test_a_denial_is_lifted_only_by_one_who_reads_every_list_it_denies() -> None
     assert not judge(olga, denied, lifted, (CRM_OLGA, CRM_EDITORS))[0]
     readable_by_olga = (CRM_OLGA, Readers("tool:crm", roles=frozenset({"editor", "owner"})))
     assert judge(olga, denied, lifted, readable_by_olga)[0]
+
+
+def test_a_refusal_names_capabilities_as_people_write_them() -> None:
+    """Review: "…you do not hold: [<Capability.BE_PRESENT: 'be_present'>, …]"."""
+    mm = Member("mm", "manager")
+    reasons = [
+        judge(mm, None, Member("x3", "editor"))[1],
+        judge(mm, mm, Member("mm", "manager", grants=frozenset({Capability.PROMPT})))[1],
+    ]
+    assert reasons[0].endswith(
+        "do not hold: be_present, cancel_own, pin, post_message, prompt, tool:search_documents"
+    )
+    assert reasons[1].endswith("not add prompt")
