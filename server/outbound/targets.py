@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import ipaddress
 import socket
 import ssl
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -70,6 +71,15 @@ class Answer:
     too_large: bool = False  # the body went on past them
 
 
+def _is_ip(host: str) -> bool:
+    """Whether ``host`` is an IP address (with a zone, ``%25eth0`` in a URL, or not)."""
+    try:
+        ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    return True
+
+
 async def check_target(url: str, *, allow_private: bool, resolver: Resolver) -> Checked:
     """Resolve ``url``'s host once and check every address; ``RefusedTarget`` when the URL
     is no target or an address is private, loopback or link-local (unless
@@ -94,7 +104,7 @@ async def check_target(url: str, *, allow_private: bool, resolver: Resolver) -> 
             refused = refused_address(address)
             if refused is not None:
                 # The address named as it is (review: ``::1`` was named as 0.0.0.1).
-                where = "" if host == address else f"{host!r} resolves to a refused address: "
+                where = "" if _is_ip(host) else f"{host!r} resolves to a refused address: "
                 raise RefusedTarget(
                     f"{where}{refused} (set PARLEY_WEBHOOK_ALLOW_PRIVATE to allow it)"
                 )

@@ -141,6 +141,9 @@ async def test_any_private_address_in_the_answer_refuses_the_target(
     [
         # Review: "'::1' resolves to 0.0.0.1 is a private or reserved address".
         ("http://[::1]/", ["::1"], "::1 is a loopback address (set"),
+        # A literal written otherwise than the resolver gives it back is still no name.
+        ("http://[::7f00:1]/", ["::127.0.0.1"], "::7f00:1 stands for 127.0.0.1, a loopback"),
+        ("http://[fe80::1%25eth0]/", ["fe80::1%eth0"], "fe80::1 is a link-local address"),
         (
             "http://hooks.test/",
             [PUBLIC, "127.0.0.1"],
