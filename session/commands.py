@@ -122,8 +122,8 @@ def parse_command(frame: str, limits: Limits) -> Command:
         data = json.loads(frame, parse_constant=_reject_constant, object_pairs_hook=unique_object)
     except (ValueError, RecursionError):
         raise CommandError(InvalidInput("frame is not valid JSON"), None) from None
-    except InvalidInput as exc:  # a key given twice
-        raise CommandError(exc, command_id_unread(frame)) from None
+    except InvalidInput as exc:  # a key given twice: named by its id as JSON reads it
+        raise CommandError(exc, command_id_of(frame)) from None  # (the last, if repeated)
     if not isinstance(data, dict):
         raise CommandError(InvalidInput("a command must be a JSON object"), None)
     raw_id = data.get("id")

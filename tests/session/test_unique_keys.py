@@ -37,3 +37,12 @@ def test_a_command_with_a_repeated_key_is_invalid_and_keeps_its_id() -> None:
         parse_command(frame, Limits())
     assert (caught.value.code, caught.value.command_id) == ("invalid", "dk2")
     assert "'text' is given twice" in caught.value.message
+
+
+def test_a_repeated_id_is_named_as_json_reads_it() -> None:
+    """The fuzzer: a reply names a command by the id a JSON reader takes (the last of a
+    repeated key), as every other refusal does."""
+    frame = '{"id": "other", "type": "pin", "id": "c8", "entry_id": "x"}'
+    with pytest.raises(CommandError) as caught:
+        parse_command(frame, Limits())
+    assert (caught.value.code, caught.value.command_id) == ("invalid", "c8")
