@@ -26,6 +26,14 @@ _BLANK_CATEGORIES = frozenset({"Cc", "Cf", "Mn", "Me", "Zs", "Zl", "Zp"})
 _BLANK_LETTERS = frozenset("\u115f\u1160\u3164\uffa0\u2800")
 # Where ``str.splitlines`` breaks a line: what any reader of lines may take for one.
 LINE_BREAKS = frozenset("\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029")
+# Where a line may open with a bracket: at its start, after blanks of ASCII, an opening
+# bracket of ASCII or any character beyond ASCII (every other bracket, and every blank
+# that is not ASCII, is one). A text without such a line start needs no look at its lines:
+# one scan in C, however many lines it has.
+_MAYBE_BRACKET = re.compile(
+    "(?:\\A|[\n\r\x0b\x0c\x1c-\x1e\x85\u2028\u2029])"
+    "[\x00-\x09\x0e-\x1b\x1f\x20\x7f]*+[([{\x80-\U0010ffff]"
+)
 
 
 def has_line_break(text: str) -> bool:
@@ -46,6 +54,8 @@ def _opens_with_bracket(line: str) -> bool:
 def escape_text(text: str) -> str:
     """``text`` with a backslash before every line (at any Unicode line break) whose first
     visible character opens a bracket; nothing else changes. Costs one pass over the text."""
+    if _MAYBE_BRACKET.search(text) is None:
+        return text
     lines = text.splitlines(keepends=True)
     if not any(_opens_with_bracket(line) for line in lines):
         return text

@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from parley.session import attribution
 from parley.session.attribution import (
     Fact,
     attribution_line,
@@ -58,6 +59,24 @@ def test_no_escaped_line_reads_as_the_servers(text: str) -> None:
     escaped = escape_text(text)
     assert not any(is_server_line(line) for line in escaped.splitlines())
     assert escaped.replace("\\", "") == text.replace("\\", "")  # only backslashes are added
+
+
+def test_a_text_without_a_bracket_is_not_read_line_by_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pasted log of short lines costs one scan in C, not a Python call per line
+    (review: 5,000 lines a message, each looked at in Python, every build)."""
+    calls = []
+    opens_with_bracket = attribution._opens_with_bracket
+
+    def counted(line: str) -> bool:
+        calls.append(line)
+        return opens_with_bracket(line)
+
+    monkeypatch.setattr(attribution, "_opens_with_bracket", counted)
+    text = "x y z\n" * 5_000 + "a [link](x) and caf\u00e9 mid-line"
+    assert escape_text(text) is text
+    assert calls == []
+    assert escape_text(text + "\n(x)") == text + "\n\\(x)"  # a bracket: its lines are read
+    assert calls
 
 
 def test_names_are_bare_when_plain_else_quoted() -> None:
