@@ -27,8 +27,9 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from parley.session.attribution import attribution_line, escape_text, name
-from parley.session.dedup import NearDuplicateIndex, blocks, minhash, normalise, same_words
+from parley.session.dedup import NearDuplicateIndex, normalise
 from parley.session.entries import Entry, EntryKind
+from parley.session.shape import TextShape, shape_of
 from parley.session.tokens import count_tokens, tokenizer_name
 
 
@@ -99,6 +100,10 @@ def headed(line: str, text: str) -> str:
     return f"{line}\n{text}"
 
 
+def _escaped(entry: Entry, shape: TextShape) -> str:
+    return entry.content if shape.escaped is None else shape.escaped
+
+
 StepKey = tuple[str, str, bool]
 """What a step folded: entry id, its text, whether it was pinned. Equal keys fold equally."""
 
@@ -123,14 +128,15 @@ class HistoryFold:
         # keeps what it learnt of the others): a few per sync, however long the history.
         self.changed: set[int] = set()
         self._undo: list[list[_Undo]] = []
-        self._exact: dict[str, int] = {}
-        self._words: dict[str, int] = {}  # by ``same_words``
+        # By digest (``TextShape``): of the normalised text, of ``same_words``, of a block.
+        self._exact: dict[bytes, int] = {}
+        self._words: dict[bytes, int] = {}
         self._merged_into: dict[int, int] = {}  # item index -> the item it was merged into
         self._threshold = near_duplicate_threshold
         # Each member's own texts: a near-duplicate folds only into its author's words.
         self._near: dict[str, NearDuplicateIndex] = {}
         self._replies: dict[str, Entry] = {}
-        self._blocks: dict[str, Entry] = {}
+        self._blocks: dict[bytes, Entry] = {}
         self._tool_results: dict[str, Entry] = {}
 
     def sync(self, history: Sequence[tuple[Entry, bool]], unchanged: int = 0) -> int:
@@ -204,7 +210,7 @@ class HistoryFold:
             self._add_whole(entry, "tool", reference, note, undo)
 
     def _first_of(
-        self, seen: dict[str, Entry], key: str, entry: Entry, undo: list[_Undo]
+        self, seen: dict[K, Entry], key: K, entry: Entry, undo: list[_Undo]
     ) -> Entry | None:
         """The entry that first had ``key``; None (and ``entry`` is now it) if none did."""
         first = seen.get(key)
@@ -220,16 +226,16 @@ class HistoryFold:
         self._append(item, undo)
 
     def _add_user(self, entry: Entry, undo: list[_Undo]) -> None:
-        key = normalise(entry.content)
-        earlier = self._exact.get(key)
+        shape = shape_of(entry.content, self.min_block_lines)
+        earlier = self._exact.get(shape.exact)
         reason = "duplicate"
-        words = same_words(entry.content)
+        words = shape.words
         if earlier is None and words:  # the same text but its final stops: whoever said it
             earlier = self._words.get(words)
             reason = "near-duplicate"
         by_signature = False  # matched by MinHash: maybe other words
         if earlier is None:
-            signature = minhash(entry.content)
+            signature = shape.signature
             if signature is not None:
                 near = self._near.get(entry.author)
                 if near is None:
@@ -253,16 +259,16 @@ class HistoryFold:
                 (*old.entry_ids, entry.id),
                 (*old.seqs, entry.seq),
                 (*old.said_by, entry.author),
-                escape_text(entry.content),
+                _escaped(entry, shape),
                 note,
             )
             # The entries folded into ``old`` before were listed then.
             self._exclude(old.entry_ids[-1], f"{reason} of {entry.id}", undo)
         else:
-            text, replaced = self._replace_seen_blocks(entry, undo)
+            text, replaced = self._replace_seen_blocks(entry, shape, undo)
             note = "repeated block replaced by a reference" if replaced else ""
             item = self._item((entry.id,), (entry.seq,), (entry.author,), text, note)
-        self._set(self._exact, key, len(self.items), undo)
+        self._set(self._exact, shape.exact, len(self.items), undo)
         if words:
             self._set(self._words, words, len(self.items), undo)
         self._append(item, undo)
@@ -288,15 +294,18 @@ class HistoryFold:
         draft = FoldedItem(entry_ids, seqs, "user", said_by, text, note, 0)
         return FoldedItem(entry_ids, seqs, "user", said_by, text, note, rendered_tokens(draft))
 
-    def _replace_seen_blocks(self, entry: Entry, undo: list[_Undo]) -> tuple[str, bool]:
+    def _replace_seen_blocks(
+        self, entry: Entry, shape: TextShape, undo: list[_Undo]
+    ) -> tuple[str, bool]:
         """The entry's escaped text with each block posted before replaced by a reference
         (a line of the server's, which the escaped lines around it cannot imitate)."""
-        found = list(blocks(entry.content, self.min_block_lines))
-        if not found:
-            return escape_text(entry.content), False
-        lines = [escape_text(line) for line in entry.content.split("\n")]
+        if not shape.blocks:
+            return _escaped(entry, shape), False
+        # Escaping adds a backslash at the start of a line and never a "\n", so this is
+        # each line escaped alone.
+        lines = _escaped(entry, shape).split("\n")
         replaced = False
-        for start, end, key in reversed(found):
+        for start, end, key in reversed(shape.blocks):
             first = self._first_of(self._blocks, key, entry, undo)
             if first is None:
                 continue

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from parley.session import dedup, fold, shape
 from parley.session.context import ContextBuilder, ContextSettings, build_context
 from parley.session.entries import Entry, EntryKind
 from parley.session.fold import FoldedItem, render, rendered_tokens
@@ -190,3 +192,30 @@ def test_an_items_tokens_counted_in_two_parts_are_its_rendered_tokens(
     item = FoldedItem(ids, tuple(range(1, len(ids) + 1)), "user", tuple(authors), text, "", 0)
     asked = set(ids[:asking])
     assert rendered_tokens(item, asked) == count_tokens(render(item, asked))
+
+
+def test_a_new_fold_reads_no_message_again_that_another_fold_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A side-thread's or a scope's first build walks the whole history; what it needs of
+    each message's text alone was found by the session's build and is not found again
+    (review: each new side-thread re-normalised 100 messages of 5,000 short lines)."""
+    calls = {"normalise": 0}
+    normalise = dedup.normalise
+
+    def counted(text: str) -> str:
+        calls["normalise"] += 1
+        return normalise(text)
+
+    for module in (dedup, fold, shape):
+        monkeypatch.setattr(module, "normalise", counted)
+    pasted = "".join(f"x y z {i % 3}\n" for i in range(2_000))
+    entries = [entry(i, USERS[i % 3], f"{pasted}{i}") for i in range(1, 21)]
+    builder = ContextBuilder()
+    session = builder.build(session_id="s", entries=entries, prompt_ids=[], scope_key="members")
+    assert calls["normalise"] > 0
+    calls["normalise"] = 0
+    thread = builder.build(session_id="s", entries=entries, prompt_ids=[], scope_key="thread:t")
+    assert builder.last_refolded == 20  # a new fold, over the whole history
+    assert calls["normalise"] == 0  # not a line, not a text of it read again
+    assert thread.request.messages == session.request.messages

@@ -1,0 +1,84 @@
+"""What the fold needs of one message's text, found once per text and shared by every fold.
+
+A session's fold, each read scope's, each side-thread's and the context preview's all see
+the same messages; a new fold (a side-thread opened, a scope seen first) walks the whole
+history. What a step needs of a text alone (its normalised forms, its MinHash signature,
+its pasted blocks, its escaped form) does not depend on the fold, so it is kept here,
+keyed by the text's digest (exact: equal digests, equal texts), and a message is shaped
+once, not once per fold (review: each side-thread's first prompt re-read 100 messages of
+5,000 short lines each, 0.5 s of a stalled loop a cycle).
+
+The memo is bounded by entries and by the characters of the escaped texts it keeps (only
+those that differ from their text).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from parley.session.attribution import escape_text
+from parley.session.dedup import blocks, minhash, normalise, same_words
+
+BlockSpan = tuple[int, int, bytes]
+"""A pasted block: (first line, line after its last, digest of its normalised lines)."""
+
+
+@dataclass(frozen=True, slots=True)
+class TextShape:
+    exact: bytes  # digest of ``normalise(text)``: what an exact duplicate shares
+    words: bytes | None  # digest of ``same_words(text)``; None when it has none
+    signature: tuple[int, ...] | None  # ``minhash(text)``
+    blocks: tuple[BlockSpan, ...]  # of at least ``min_lines`` lines, in text order
+    escaped: str | None  # ``escape_text(text)`` when it differs from the text
+
+
+def digest(text: str) -> bytes:
+    return hashlib.blake2b(text.encode(), digest_size=16).digest()
+
+
+class ShapeMemo:
+    """``shape(text, min_lines)``, kept for the ``limit`` texts used most recently, and
+    fewer when the escaped texts kept pass ``max_escaped_chars``."""
+
+    def __init__(self, limit: int, max_escaped_chars: int) -> None:
+        self.limit = limit
+        self.max_escaped_chars = max_escaped_chars
+        self._cache: OrderedDict[tuple[bytes, int], TextShape] = OrderedDict()
+        self._escaped_chars = 0
+        self.shaped = 0  # texts shaped, not found kept: what a test counts
+
+    def __call__(self, text: str, min_lines: int) -> TextShape:
+        key = (digest(text), min_lines)
+        shape = self._cache.get(key)
+        if shape is not None:
+            self._cache.move_to_end(key)
+            return shape
+        shape = self._cache[key] = self._shape(text, min_lines)
+        self._escaped_chars += len(shape.escaped or "")
+        while len(self._cache) > 1 and (
+            len(self._cache) > self.limit or self._escaped_chars > self.max_escaped_chars
+        ):
+            _, dropped = self._cache.popitem(last=False)
+            self._escaped_chars -= len(dropped.escaped or "")
+        return shape
+
+    def _shape(self, text: str, min_lines: int) -> TextShape:
+        self.shaped += 1
+        words = same_words(text)
+        escaped = escape_text(text)
+        return TextShape(
+            exact=digest(normalise(text)),
+            words=digest(words) if words else None,
+            signature=minhash(text),
+            blocks=tuple((a, b, digest(key)) for a, b, key in blocks(text, min_lines)),
+            escaped=None if escaped is text else escaped,
+        )
+
+    def clear(self) -> None:
+        self._cache.clear()
+        self._escaped_chars = 0
+
+
+shape_of = ShapeMemo(limit=32_768, max_escaped_chars=64 * 1024 * 1024)
