@@ -21,6 +21,7 @@ from parley.server.store.port import SessionStore
 from parley.session.context import BuiltContext, ContextBuilder, ContextSettings
 from parley.session.core import SideThread
 from parley.session.entries import Entry, EntryKind
+from parley.session.fold import prepare
 from parley.session.history import ReadFilter
 from parley.session.model import Usage
 from parley.session.schema import SessionDocument
@@ -69,6 +70,10 @@ class SessionContext:
     def keep(self, item: PrivateItem) -> None:
         """Remember a private item the writer stored."""
         self.private[item.entry_id] = item
+
+    def prepare(self, text: str) -> None:
+        """Fold-ready now a member's text just stored (``fold.prepare``)."""
+        prepare(text, self.settings.min_block_lines)
 
     def everyone_may_read(self, restriction: Restriction) -> bool:
         """True when every member who may read the session may read this too."""

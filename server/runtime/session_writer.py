@@ -279,7 +279,10 @@ class SessionWriter:
             self.doc.append_reply_text(text.reply_id, text.text)
 
     async def notify(self, effects: Effects) -> None:
-        """After the commit: stop the run in flight or wake the runner, as ``effects`` say."""
+        """After the commit: stop the run in flight or wake the runner, as ``effects`` say;
+        a message or prompt stored is made ready for the fold (its cost paid now, once)."""
+        if effects.entry is not None:
+            self.context.prepare(effects.entry.text)
         active = self.runs.active
         if effects.stop is not None and active is not None:
             active.stop(effects.stop.ending)

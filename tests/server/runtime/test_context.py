@@ -5,8 +5,13 @@ routes of pins, facts and the context preview: ``tests/server/test_context_api.p
 from __future__ import annotations
 
 import asyncio
+import uuid
+
+import pytest
 
 from parley.session.commands import FactCommand, PinCommand
+from parley.session.shape import TextShape, shape_of
+from parley.session.tokens import count_tokens
 from tests.server.runtime.harness import memory_session
 from tests.server.test_context_api import first_call_waits
 
@@ -71,3 +76,37 @@ async def test_a_run_and_the_history_alone_share_one_fold_when_they_read_alike()
         reply = next(e for e in s.room.doc.entries() if e.reply_to == asked["prompt_id"])
         assert built.request.messages[-1].content == reply.content
         assert list(context._builder._folds) == ["members"]
+
+
+async def test_a_message_is_made_ready_for_the_fold_as_it_is_posted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What folding a message needs of its text alone (its shape, its tokens) is found as
+    it is posted, so the next build does not pay for every message since at once
+    (review: a prompt after 250 messages of short lines stalled the loop 1.4 s)."""
+    gate = asyncio.Event()
+    gate.set()
+    model = first_call_waits(gate)
+    marker = uuid.uuid4().hex
+    read: list[str] = []
+    shape_text, count_text = shape_of._shape, count_tokens.function
+
+    def shaped(text: str, min_lines: int) -> TextShape:
+        read.append(text)
+        return shape_text(text, min_lines)
+
+    def counted(text: str) -> int:
+        read.append(text)
+        return count_text(text)
+
+    monkeypatch.setattr(shape_of, "_shape", shaped)
+    monkeypatch.setattr(count_tokens, "function", counted)
+    async with memory_session({"alice": "editor"}, model) as s:
+        for i in range(10):
+            await s.message("alice", "".join(f"x y z {marker} {i}\n" for _ in range(500)))
+        assert sum(marker in text for text in read) == 20  # shaped and counted, each once
+        read.clear()
+        asked = await s.prompt("alice", "go")
+        await s.settled(asked["prompt_id"])
+        assert len(model.requests) == 1
+        assert not any(marker in text for text in read)  # the build found them kept
