@@ -8,13 +8,14 @@ keyed by the text's digest (exact: equal digests, equal texts), and a message is
 once, not once per fold (review: each side-thread's first prompt re-read 100 messages of
 5,000 short lines each, 0.5 s of a stalled loop a cycle).
 
-The memo is bounded by entries and by the characters of the escaped texts it keeps (only
-those that differ from their text).
+The memo is bounded by entries and by about the bytes they hold (an escaped text is kept
+only when it differs from its text).
 """
 
 from __future__ import annotations
 
 import hashlib
+import sys
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -38,15 +39,23 @@ def digest(text: str) -> bytes:
     return hashlib.blake2b(text.encode(), digest_size=16).digest()
 
 
+def size_of(shape: TextShape) -> int:
+    """About the bytes ``shape`` holds: itself and its digests, its blocks, its escaped
+    text."""
+    escaped = 0 if shape.escaped is None else sys.getsizeof(shape.escaped)
+    return 400 + 200 * len(shape.blocks) + escaped
+
+
 class ShapeMemo:
     """``shape(text, min_lines)``, kept for the ``limit`` texts used most recently, and
-    fewer when the escaped texts kept pass ``max_escaped_chars``."""
+    fewer when what they hold passes about ``max_bytes`` (a text of many short blocks
+    holds a digest for each: a count of texts alone would not bound it)."""
 
-    def __init__(self, limit: int, max_escaped_chars: int) -> None:
+    def __init__(self, limit: int, max_bytes: int) -> None:
         self.limit = limit
-        self.max_escaped_chars = max_escaped_chars
+        self.max_bytes = max_bytes
         self._cache: OrderedDict[tuple[bytes, int], TextShape] = OrderedDict()
-        self._escaped_chars = 0
+        self.bytes_kept = 0
         self.shaped = 0  # texts shaped, not found kept: what a test counts
 
     def __call__(self, text: str, min_lines: int) -> TextShape:
@@ -56,12 +65,12 @@ class ShapeMemo:
             self._cache.move_to_end(key)
             return shape
         shape = self._cache[key] = self._shape(text, min_lines)
-        self._escaped_chars += len(shape.escaped or "")
+        self.bytes_kept += size_of(shape)
         while len(self._cache) > 1 and (
-            len(self._cache) > self.limit or self._escaped_chars > self.max_escaped_chars
+            len(self._cache) > self.limit or self.bytes_kept > self.max_bytes
         ):
             _, dropped = self._cache.popitem(last=False)
-            self._escaped_chars -= len(dropped.escaped or "")
+            self.bytes_kept -= size_of(dropped)
         return shape
 
     def _shape(self, text: str, min_lines: int) -> TextShape:
@@ -78,7 +87,7 @@ class ShapeMemo:
 
     def clear(self) -> None:
         self._cache.clear()
-        self._escaped_chars = 0
+        self.bytes_kept = 0
 
 
-shape_of = ShapeMemo(limit=32_768, max_escaped_chars=64 * 1024 * 1024)
+shape_of = ShapeMemo(limit=32_768, max_bytes=64 * 1024 * 1024)
