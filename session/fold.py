@@ -308,22 +308,22 @@ class HistoryFold:
     ) -> tuple[str, bool]:
         """The entry's escaped text with each block posted before replaced by a reference
         (a line of the server's, which the escaped lines around it cannot imitate)."""
-        if not shape.blocks:
+        seen = [
+            (start, end, first)
+            for start, end, key in reversed(shape.blocks)
+            if (first := self._first_of(self._blocks, key, entry, undo)) is not None
+        ]
+        if not seen:  # its text as it is: not cut into lines
             return _escaped(entry, shape), False
         # Escaping adds a backslash at the start of a line and never a "\n", so this is
         # each line escaped alone.
         lines = _escaped(entry, shape).split("\n")
-        replaced = False
-        for start, end, key in reversed(shape.blocks):
-            first = self._first_of(self._blocks, key, entry, undo)
-            if first is None:
-                continue
+        for start, end, first in seen:
             lines[start:end] = [
                 f"[the same {end - start}-line block {name(first.author)} posted in message "
                 f"#{first.seq}]"
             ]
-            replaced = True
-        return "\n".join(lines), replaced
+        return "\n".join(lines), True
 
     # -- mutations that know their inverse ---------------------------------------------------
 

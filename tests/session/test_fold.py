@@ -219,3 +219,20 @@ def test_a_new_fold_reads_no_message_again_that_another_fold_read(
     assert builder.last_refolded == 20  # a new fold, over the whole history
     assert calls["normalise"] == 0  # not a line, not a text of it read again
     assert thread.request.messages == session.request.messages
+
+
+def test_a_message_with_no_block_seen_before_is_not_cut_into_lines() -> None:
+    """Its text is given as it is (the same string, no copy): cutting 5,000 lines and
+    joining them again, message after message, was most of a build once every message
+    was shaped (the pasted logs of the review)."""
+    pasted = "".join(f"x y z {i % 3}\n" for i in range(5_000))
+    entries = [entry(1, "alice", f"{pasted}\n1"), entry(2, "bob", f"{LOG}\n\n{pasted}\n2")]
+    history = [(e, False) for e in entries]
+    folded = fold.HistoryFold(0.8, 4)
+    folded.sync(history)
+    first = folded.items[0]
+    assert first is not None and first.text is entries[0].content
+    second = folded.items[1]  # its second block is alice's: that one is cut and referenced
+    assert second is not None and "[the same 5000-line block alice posted in message #1]" in (
+        second.text
+    )
