@@ -15,12 +15,15 @@ only when it differs from its text).
 from __future__ import annotations
 
 import hashlib
+import re
 import sys
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cache
 
 from parley.session.attribution import escape_text
-from parley.session.dedup import blocks, minhash, normalise, same_words
+from parley.session.dedup import minhash, normalise, same_words
 
 BlockSpan = tuple[int, int, bytes]
 """A pasted block: (first line, line after its last, digest of its normalised lines)."""
@@ -37,6 +40,35 @@ class TextShape:
 
 def digest(text: str) -> bytes:
     return hashlib.blake2b(text.encode(), digest_size=16).digest()
+
+
+# A run of at least ``min_lines`` non-blank lines ("\n"-separated, as ``str.split`` cuts):
+# possessive, so a try that fails gives nothing back; and its lines' folding, all in C.
+_WHITESPACE_RUN = re.compile(r"[^\S\n]+")
+_LINE_EDGES = re.compile(r"(?m)^ | $")
+
+
+@cache
+def _run_of_lines(min_lines: int) -> re.Pattern[str]:
+    return re.compile(rf"(?m)(?:^[^\S\n]*+\S[^\n]*+(?:\n|\Z)){{{max(min_lines, 1)},}}+")
+
+
+def block_spans(text: str, min_lines: int) -> Iterator[BlockSpan]:
+    """``dedup.blocks`` with each key digested, found by regular expressions: a step per
+    block, none per line (a text of 16,000 one-letter lines is one block)."""
+    line = position = 0
+    for match in _run_of_lines(min_lines).finditer(text):
+        line += text.count("\n", position, match.start())
+        block = match.group()
+        count = block.count("\n")
+        if block.endswith("\n"):
+            block = block[:-1]
+        else:
+            count += 1
+        # ``normalise`` of each line: casefolded, blanks collapsed, none at either end.
+        folded = _LINE_EDGES.sub("", _WHITESPACE_RUN.sub(" ", block.casefold()))
+        yield line, line + count, digest(folded)
+        line, position = line + count, match.end()
 
 
 def size_of(shape: TextShape) -> int:
@@ -81,7 +113,7 @@ class ShapeMemo:
             exact=digest(normalise(text)),
             words=digest(words) if words else None,
             signature=minhash(text),
-            blocks=tuple((a, b, digest(key)) for a, b, key in blocks(text, min_lines)),
+            blocks=tuple(block_spans(text, min_lines)),
             escaped=None if escaped is text else escaped,
         )
 

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from parley.session import dedup, shape
 from parley.session.attribution import escape_text
 from parley.session.dedup import blocks, normalise
-from parley.session.shape import ShapeMemo, digest, size_of
+from parley.session.shape import ShapeMemo, block_spans, digest, size_of
 
 
 def test_a_text_is_shaped_once_and_its_shape_is_what_the_fold_would_find() -> None:
@@ -27,3 +32,33 @@ def test_what_is_kept_stays_under_its_bound_however_the_texts_are_shaped() -> No
     assert 0 < memo.bytes_kept <= 200_000
     assert memo.bytes_kept == sum(size_of(shape) for shape in memo._cache.values())
     assert len(memo._cache) < 20  # the oldest went
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.text(alphabet=st.sampled_from(["a", "B", " ", "\t", "\n", "\n", "\r", "\u2028", "İ", "ß"])),
+    st.integers(1, 4),
+)
+def test_block_spans_are_the_blocks_of_dedup_each_key_digested(text: str, min_lines: int) -> None:
+    expected = [(a, b, digest(key)) for a, b, key in blocks(text, min_lines)]
+    assert list(block_spans(text, min_lines)) == expected
+
+
+def test_a_text_of_many_lines_is_shaped_without_a_step_per_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Its blocks are found and folded in C: the shaping normalises the text as a whole
+    (for its exact key, its words, its signature), never one of its 16,000 lines."""
+    calls: list[str] = []
+    normalise = dedup.normalise
+
+    def counted(text: str) -> str:
+        calls.append(text)
+        return normalise(text)
+
+    for module in (dedup, shape):
+        monkeypatch.setattr(module, "normalise", counted)
+    text = "x\n" * 16_000 + "end"
+    spans = ShapeMemo(limit=8, max_bytes=100_000)(text, 4).blocks
+    assert spans == ((0, 16_001, digest("\n".join(["x"] * 16_000 + ["end"]))),)
+    assert set(calls) == {text}
