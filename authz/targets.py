@@ -61,9 +61,11 @@ def url_problem(url: str) -> str | None:
     """What makes ``url`` no target at all (scheme, host, credentials), or None."""
     try:
         parts = urlsplit(url)
-        parts.port  # noqa: B018 - raises on a malformed port
+        port = parts.port  # raises on a malformed port
     except ValueError as exc:
         return f"malformed URL ({exc})"
+    if port == 0:  # nothing listens there (review: taken, every delivery then failed)
+        return "the URL's port must be 1 to 65535"
     if parts.scheme not in ("http", "https"):
         return "the URL must be http or https"
     if not parts.hostname:

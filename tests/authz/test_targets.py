@@ -63,6 +63,8 @@ def test_public_addresses_pass(address: str) -> None:
         ("http:///path", "no host"),
         ("http://user:pw@example.com/", "credentials"),
         ("http://example.com:99999/", "malformed"),
+        ("http://1.1.1.1:0/", "port must be 1 to 65535"),
+        ("https://example.com:00/", "port must be 1 to 65535"),
     ],
 )
 def test_urls_that_are_no_target(url: str, problem: str) -> None:
