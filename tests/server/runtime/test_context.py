@@ -104,6 +104,7 @@ async def test_a_message_is_made_ready_for_the_fold_as_it_is_posted(
     async with memory_session({"alice": "editor"}, model) as s:
         for i in range(10):
             await s.message("alice", "".join(f"x y z {marker} {i}\n" for _ in range(500)))
+        await asyncio.sleep(0)  # the loop's next pass, where the last one is made ready
         assert sum(marker in text for text in read) == 20  # shaped and counted, each once
         read.clear()
         asked = await s.prompt("alice", "go")
