@@ -113,6 +113,17 @@ def prepare(text: str, min_block_lines: int) -> None:
     count_tokens(text if shape.escaped is None else shape.escaped)
 
 
+def prepare_entry(entry: Entry, min_block_lines: int) -> None:
+    """``prepare`` for an entry of a history as the fold will read it: a member's text
+    shaped and counted, a reply's escaped text counted (a tool step: nothing kept)."""
+    if entry.kind is EntryKind.TOOL:
+        return
+    if entry.role == "assistant":
+        count_tokens(escape_text(entry.content))
+    else:
+        prepare(entry.content, min_block_lines)
+
+
 StepKey = tuple[str, str, bool]
 """What a step folded: entry id, its text, whether it was pinned. Equal keys fold equally."""
 

@@ -188,6 +188,7 @@ class SessionRoom:
         await self.membership.refresh()
         await self.reload_quotas()
         await self.writer.recover(title, policy, self.cut_off)
+        await self.context.warm(self.doc)  # the first build does not read it all at once
 
     async def restore_presence(self) -> None:
         """Keep for their members the awareness client ids that left this session's sockets

@@ -9,6 +9,7 @@ import uuid
 
 import pytest
 
+from parley.server.store.memory import MemoryStore
 from parley.session.commands import FactCommand, PinCommand
 from parley.session.shape import TextShape, shape_of
 from parley.session.tokens import count_tokens
@@ -108,6 +109,48 @@ async def test_a_message_is_made_ready_for_the_fold_as_it_is_posted(
         assert sum(marker in text for text in read) == 20  # shaped and counted, each once
         read.clear()
         asked = await s.prompt("alice", "go")
+        await s.settled(asked["prompt_id"])
+        assert len(model.requests) == 1
+        assert not any(marker in text for text in read)  # the build found them kept
+
+
+async def test_a_history_loaded_again_is_made_ready_before_its_first_build(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What is kept of texts is in memory only: after a restart the first build (a
+    prompt's, a preview's) read every message at once (review: 1.2 s of a stalled loop, for
+    every session, after 150 messages of 32 kB). A room's load makes them ready, a message
+    per pass of the loop, before its runner or a socket is let in."""
+    marker = uuid.uuid4().hex
+    read: list[str] = []
+    shape_text, count_text = shape_of._shape, count_tokens.function
+
+    def shaped(text: str, min_lines: int) -> TextShape:
+        read.append(text)
+        return shape_text(text, min_lines)
+
+    def counted(text: str) -> int:
+        read.append(text)
+        return count_text(text)
+
+    monkeypatch.setattr(shape_of, "_shape", shaped)
+    monkeypatch.setattr(count_tokens, "function", counted)
+    store = MemoryStore()
+    async with memory_session({"alice": "editor"}, store=store) as s:
+        for i in range(5):
+            await s.message("alice", "".join(f"x y z {marker} {i}\n" for _ in range(200)))
+    shape_of.clear()  # a restart: nothing kept
+    count_tokens.clear()
+    read.clear()
+    gate = asyncio.Event()
+    gate.set()
+    model = first_call_waits(gate)
+    async with memory_session({"alice": "editor"}, model, store=store) as s:
+        assert sum(marker in text for text in read) == 10  # shaped and counted at the load
+        read.clear()
+        s.commands = 100  # ids the first room did not use
+        asked = await s.prompt("alice", "go")
+        assert "prompt_id" in asked, asked
         await s.settled(asked["prompt_id"])
         assert len(model.requests) == 1
         assert not any(marker in text for text in read)  # the build found them kept
