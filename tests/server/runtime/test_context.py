@@ -89,19 +89,7 @@ async def test_a_message_is_made_ready_for_the_fold_as_it_is_posted(
     gate.set()
     model = first_call_waits(gate)
     marker = uuid.uuid4().hex
-    read: list[str] = []
-    shape_text, count_text = shape_of._shape, count_tokens.function
-
-    def shaped(text: str, min_lines: int) -> TextShape:
-        read.append(text)
-        return shape_text(text, min_lines)
-
-    def counted(text: str) -> int:
-        read.append(text)
-        return count_text(text)
-
-    monkeypatch.setattr(shape_of, "_shape", shaped)
-    monkeypatch.setattr(count_tokens, "function", counted)
+    read = texts_read(monkeypatch)
     async with memory_session({"alice": "editor"}, model) as s:
         for i in range(10):
             await s.message("alice", "".join(f"x y z {marker} {i}\n" for _ in range(500)))
@@ -122,19 +110,7 @@ async def test_a_history_loaded_again_is_made_ready_before_its_first_build(
     every session, after 150 messages of 32 kB). A room's load makes them ready, a message
     per pass of the loop, before its runner or a socket is let in."""
     marker = uuid.uuid4().hex
-    read: list[str] = []
-    shape_text, count_text = shape_of._shape, count_tokens.function
-
-    def shaped(text: str, min_lines: int) -> TextShape:
-        read.append(text)
-        return shape_text(text, min_lines)
-
-    def counted(text: str) -> int:
-        read.append(text)
-        return count_text(text)
-
-    monkeypatch.setattr(shape_of, "_shape", shaped)
-    monkeypatch.setattr(count_tokens, "function", counted)
+    read = texts_read(monkeypatch)
     store = MemoryStore()
     async with memory_session({"alice": "editor"}, store=store) as s:
         for i in range(5):
@@ -154,3 +130,21 @@ async def test_a_history_loaded_again_is_made_ready_before_its_first_build(
         await s.settled(asked["prompt_id"])
         assert len(model.requests) == 1
         assert not any(marker in text for text in read)  # the build found them kept
+
+
+def texts_read(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The texts shaped or counted from now on (not found kept), in order."""
+    read: list[str] = []
+    shape_text, count_text = shape_of._shape, count_tokens.function
+
+    def shaped(text: str, min_lines: int) -> TextShape:
+        read.append(text)
+        return shape_text(text, min_lines)
+
+    def counted(text: str) -> int:
+        read.append(text)
+        return count_text(text)
+
+    monkeypatch.setattr(shape_of, "_shape", shaped)
+    monkeypatch.setattr(count_tokens, "function", counted)
+    return read
