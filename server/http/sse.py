@@ -393,6 +393,11 @@ def with_stream(json_route: Route) -> Route:
             )
             state.metrics.errors.labels(code=refusal.code.value).inc()
             return error_response(refusal)
+        repeated = _repeated_query(request)
+        if repeated is not None:  # on both paths: ``last_event_id`` twice resumed after either
+            state = request.app.state.parley
+            state.metrics.errors.labels(code=repeated.code.value).inc()
+            return error_response(repeated)
         # Not for HEAD: headers alone, with nothing to stream after them.
         if request.method == "GET" and media == EVENT_STREAM:
             return await open_stream(request)
@@ -400,3 +405,14 @@ def with_stream(json_route: Route) -> Route:
         return response
 
     return Route(json_route.path, endpoint, methods=["GET"], name=json_route.name)
+
+
+def _repeated_query(request: Request) -> InvalidInput | None:
+    """A query parameter given more than once, refused as every route refuses it (review:
+    the stream took the last ``last_event_id`` of two, and so resumed where the caller
+    may not have meant)."""
+    for name in request.query_params:
+        given = len(request.query_params.getlist(name))
+        if given > 1:
+            return InvalidInput(f"{name[:40]}: given {given} times; give it once")
+    return None

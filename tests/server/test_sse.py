@@ -312,6 +312,25 @@ async def test_the_accept_header_is_read_as_http_says(tmp_path: Path) -> None:
     assert got == ACCEPTS
 
 
+async def test_a_query_parameter_given_twice_is_refused_on_both_paths(tmp_path: Path) -> None:
+    """Review: the stream took the last of two ``last_event_id`` (and ignored two
+    ``limit``), so it resumed after either; the pages took two ``last_event_id`` too."""
+    settings = make_settings(sqlite_url(tmp_path), tmp_path / "d")
+    async with serve_in_process(settings) as server:
+        sid = await server.new_session({"alice": "editor"})
+        auth = f"Bearer {await server.token(sid, 'alice')}"
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=20) as http:
+            for accept in ("text/event-stream", "application/json"):
+                for query in ("last_event_id=0&last_event_id=1", "limit=5&limit=6"):
+                    headers = {"Accept": accept, "Authorization": auth}
+                    url = f"{EVENTS.format(sid)}?{query}"
+                    async with http.stream("GET", url, headers=headers) as answer:
+                        body = await answer.aread() if answer.status_code != 200 else b"{}"
+                        assert answer.status_code == 422, (accept, query)
+                        error = json.loads(body)["error"]
+                        assert error["code"] == "invalid" and "give it once" in error["message"]
+
+
 async def test_streams_opened_at_once_are_capped_as_one_by_one(tmp_path: Path) -> None:
     # Each open reads the store between its check of the caps and counting itself: opened
     # together, every one passed the check before any counted.
