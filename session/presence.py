@@ -145,6 +145,9 @@ class Presence:
                 # raises its clock past it and shows itself again at once.
                 told = AwarenessState(item.client_id, left[2], None)
                 self._behind.setdefault(owner, []).append(told)
+                # Its peers hold that clock for it: what it shows next comes from there
+                # (review: told left at the top clock, its raise past it was refused).
+                self._clients[item.client_id].clock = left[2]
         return encode_awareness_update(relayed)
 
     def take_behind(self, owner: Hashable) -> bytes | None:
@@ -213,8 +216,10 @@ class Presence:
                 and item.clock >= known.clock
             ):
                 # Told by the node it left that a socket's client here left at this clock:
-                # the socket is told, to show itself past it (``take_behind_here``).
+                # the socket is told, to show itself past it (``take_behind_here``); its
+                # peers hold that clock for it now.
                 self._behind.setdefault(known.owner, []).append(item)
+                known.clock = item.clock
                 continue
             if known is not None and (known.owner != owner or item.clock < known.clock):
                 continue  # another's client, here or on a third node; or stale

@@ -591,3 +591,18 @@ def test_past_the_top_a_client_stops_short_of_what_javascript_reads(
     with pytest.raises(ClockOutOfRange):
         presence.apply("socket-z", "zed", update((9, MAX_SAFE_INTEGER, {})))
     assert relayed(presence.drop("socket-z")) == [AwarenessState(9, MAX_SAFE_INTEGER, None)]
+
+
+def test_a_client_told_it_left_at_the_top_clock_is_shown_past_it() -> None:
+    """Review: a member's raw socket took their own away client at the top clock and
+    closed (its leaving told at ``MAX_CLOCK``); the stock client, back, was told so and
+    raised its clock past it, and that state was refused: it stayed unseen for good."""
+    presence = Presence()
+    presence.apply("raw", "ed", update((7, MAX_CLOCK - 1, {"v": 1})), now=1.0)
+    presence.drop("raw", now=2.0)  # told left at MAX_CLOCK
+    presence.apply("stock", "ed", update((7, 5, {"v": 2})), now=3.0)
+    assert relayed(presence.take_behind("stock")) == [AwarenessState(7, MAX_CLOCK, None)]
+    shown = presence.apply("stock", "ed", update((7, MAX_CLOCK + 1, {"v": 2})), now=3.1)
+    assert relayed(shown) == [AwarenessState(7, MAX_CLOCK + 1, stamped({"v": 2}, "ed"))]
+    [left] = relayed(presence.drop("stock", now=4.0))
+    assert left.clock == MAX_CLOCK + 2 < MAX_SAFE_INTEGER
