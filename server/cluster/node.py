@@ -207,6 +207,8 @@ class ClusterNode:
                 self.applied[session_id] = 0
                 self.live_elsewhere.add(session_id)
                 await self._catch_up(room)
+                # A replica's reads build context too (a preview): as a load does.
+                await room.context.warm(room.doc)
 
     async def close(self, room: SessionRoom) -> None:
         """The registry unloaded the room: give its lease up so another node takes it."""
