@@ -426,11 +426,17 @@ def parsed_body(model: type[BaseModel], raw: bytes) -> BaseModel:
     return parsed
 
 
-def _query_str(request: Request, param: QueryStr) -> object:
-    given = request.query_params.getlist(param.name)
+def query_value(request: Request, name: str) -> str | None:
+    """The one value of query parameter ``name`` (None: not given); ``InvalidInput`` if it
+    is given more than once, on every route."""
+    given = request.query_params.getlist(name)
     if len(given) > 1:
-        raise InvalidInput(f"{param.name}: given {len(given)} times; give it once")
-    value = given[0] if given else None
+        raise InvalidInput(f"{name[:40]}: given {len(given)} times; give it once")
+    return given[0] if given else None
+
+
+def _query_str(request: Request, param: QueryStr) -> object:
+    value = query_value(request, param.name)
     if value is None and not param.required:
         return None
     if not value or len(value) > param.max_length:
@@ -445,12 +451,9 @@ def _query_str(request: Request, param: QueryStr) -> object:
 
 
 def _query_int(request: Request, param: QueryParam) -> int:
-    given = request.query_params.getlist(param.name)
-    if not given:
+    raw = query_value(request, param.name)
+    if raw is None:
         return param.default
-    if len(given) > 1:
-        raise InvalidInput(f"{param.name}: given {len(given)} times; give it once")
-    raw = given[0]
     # ASCII digits: ``\d`` takes any script's (review: ``?limit=٣`` was read as 3).
     if not re.fullmatch(r"[0-9]{1,19}", raw):  # as long as a bound may be (2**63 - 1)
         raise InvalidInput(f"{param.name}: must be a whole number")

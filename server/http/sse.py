@@ -36,7 +36,14 @@ from starlette.types import Receive, Scope, Send
 from parley.authz.policy import Do, decide
 from parley.authz.roles import Capability
 from parley.server.http.accept import chosen
-from parley.server.http.rest import Caller, Operation, authenticate, authorize, error_response
+from parley.server.http.rest import (
+    Caller,
+    Operation,
+    authenticate,
+    authorize,
+    error_response,
+    query_value,
+)
 from parley.server.http.sse_cursor import REPLY_ENDS, Cursor, start_at
 from parley.server.runtime.room import SessionRoom
 from parley.server.runtime.stream_feed import reply_text
@@ -411,8 +418,9 @@ def _repeated_query(request: Request) -> InvalidInput | None:
     """A query parameter given more than once, refused as every route refuses it (review:
     the stream took the last ``last_event_id`` of two, and so resumed where the caller
     may not have meant)."""
-    for name in request.query_params:
-        given = len(request.query_params.getlist(name))
-        if given > 1:
-            return InvalidInput(f"{name[:40]}: given {given} times; give it once")
+    try:
+        for name in request.query_params:
+            query_value(request, name)
+    except InvalidInput as exc:
+        return exc
     return None
