@@ -1,4 +1,5 @@
-"""Finding repeated content: exact (after normalising), near (MinHash), and pasted blocks.
+"""Finding repeated content: exact (after normalising) and near (MinHash); pasted blocks
+are found in ``session.shape``.
 
 Everything is deterministic: seeds come from BLAKE2b and hashing is fixed 64-bit integer
 arithmetic (numpy, vectorised: a signature costs microseconds, not milliseconds), never
@@ -8,7 +9,6 @@ Python's salted ``hash``.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -135,18 +135,3 @@ class NearDuplicateIndex:
     @staticmethod
     def _band(signature: tuple[int, ...], band: int) -> tuple[int, tuple[int, ...]]:
         return band, signature[band * ROWS : (band + 1) * ROWS]
-
-
-def blocks(text: str, min_lines: int) -> Iterable[tuple[int, int, str]]:
-    """Pasted blocks: runs of at least ``min_lines`` non-blank lines, as
-    ``(start_line, end_line, normalised_text)``."""
-    lines = text.split("\n")
-    start = None
-    for index, line in enumerate([*lines, ""]):
-        if line.strip():
-            if start is None:
-                start = index
-            continue
-        if start is not None and index - start >= min_lines:
-            yield start, index, "\n".join(normalise(x) for x in lines[start:index])
-        start = None

@@ -54,8 +54,10 @@ def _run_of_lines(min_lines: int) -> re.Pattern[str]:
 
 
 def block_spans(text: str, min_lines: int) -> Iterator[BlockSpan]:
-    """``dedup.blocks`` with each key digested, found by regular expressions: a step per
-    block, none per line (a text of 16,000 one-letter lines is one block)."""
+    """A text's pasted blocks, runs of at least ``min_lines`` non-blank lines (cut at
+    "\n"), each with the digest of its lines normalised (``dedup.normalise``, joined by
+    "\n"), found by regular expressions: a step per block, none per line (a text of
+    16,000 one-letter lines is one block)."""
     line = position = 0
     for match in _run_of_lines(min_lines).finditer(text):
         line += text.count("\n", position, match.start())

@@ -2,14 +2,31 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from parley.session import dedup, shape
 from parley.session.attribution import escape_text
-from parley.session.dedup import blocks, normalise
+from parley.session.dedup import normalise
 from parley.session.shape import ShapeMemo, block_spans, digest, size_of
+
+
+def blocks(text: str, min_lines: int) -> Iterator[tuple[int, int, str]]:
+    """The definition ``block_spans`` keeps, line by line (the fold's before it): runs of at
+    least ``min_lines`` non-blank lines, as ``(start_line, end_line, normalised_text)``."""
+    lines = text.split("\n")
+    start = None
+    for index, line in enumerate([*lines, ""]):
+        if line.strip():
+            if start is None:
+                start = index
+            continue
+        if start is not None and index - start >= min_lines:
+            yield start, index, "\n".join(normalise(x) for x in lines[start:index])
+        start = None
 
 
 def test_a_text_is_shaped_once_and_its_shape_is_what_the_fold_would_find() -> None:
