@@ -42,7 +42,6 @@ from parley.session.events import Membership, StoredEvent, membership_event
 from parley.session.presence import LeftClient
 from parley.session.quota import Quotas
 from parley.session.summary import Summary, chained
-from parley.session.tokens import count_tokens
 
 if TYPE_CHECKING:
     from parley.server.store.port import SessionStore
@@ -227,10 +226,7 @@ class MemoryStore:
     async def load_summaries(self, session_id: str) -> list[Summary]:
         s = self._read(session_id)
         stored = [] if s is None else s.summaries
-        return chained(
-            (replace(summary, tokens=count_tokens(summary.text)), added)
-            for summary, added in stored
-        )
+        return chained(stored)
 
     # -- usage and quotas -----------------------------------------------------------------
 

@@ -35,7 +35,6 @@ from parley.session.core import SideThread
 from parley.session.events import StoredEvent
 from parley.session.presence import LeftClient
 from parley.session.summary import Summary, chained
-from parley.session.tokens import count_tokens
 
 
 class SessionReads(Database):
@@ -302,7 +301,6 @@ class SessionReads(Database):
                         to_seq=row.to_seq,
                         covers=frozenset(),
                         text=row.text,
-                        tokens=count_tokens(row.text),
                         extends=row.extends,
                     ),
                     frozenset(json.loads(row.covers)),

@@ -92,7 +92,7 @@ def test_kept_fold_equals_a_fresh_build(ops: list[tuple[str, int, int]], window:
                 covers |= summaries[-1].covers
             seqs = [e.seq for e in entries if e.id in covers] or [0]
             text = f"summary {len(summaries)}"
-            summaries.append(Summary(text, min(seqs), max(seqs), covers, text, 3))
+            summaries.append(Summary(text, min(seqs), max(seqs), covers, text))
         elif op == "build":
             waiting = [e.id for e in entries if e.status == "queued"]
             prompt_ids = [waiting[a % len(waiting)]] if waiting else []

@@ -75,8 +75,8 @@ def test_a_build_gives_the_summary_instead_of_the_turns_it_covers() -> None:
 
 
 def test_a_run_uses_no_summary_reaching_past_its_own_history() -> None:
-    early = Summary("a", 0, 5, frozenset({"e0"}), "early", 1)
-    late = Summary("b", 0, 30, frozenset({"e0", "e30"}), "late", 1)
+    early = Summary("a", 0, 5, frozenset({"e0"}), "early")
+    late = Summary("b", 0, 30, frozenset({"e0", "e30"}), "late")
     assert newest_within([early, late], 40) == late
     assert newest_within([early, late], 20) == early
     assert newest_within([early, late], 3) is None
@@ -88,12 +88,12 @@ def test_stored_summaries_cover_along_their_own_chain() -> None:
     are not in its text; one that extends a summary not stored before it covers what it
     added alone (less than its text holds, never more)."""
     made = [
-        (Summary("a", 0, 5, frozenset({"e0", "e5"}), "a", 1), {"e0", "e5"}),
-        (Summary("b", 0, 9, frozenset({"e0", "e5", "e9"}), "b", 1, "a"), {"e9"}),
-        (Summary("n", 0, 9, frozenset({"e0", "e9"}), "n", 1), {"e0", "e9"}),  # e5: not all's
-        (Summary("m", 0, 12, frozenset({"e0", "e9", "e12"}), "m", 1, "n"), {"e12"}),
+        (Summary("a", 0, 5, frozenset({"e0", "e5"}), "a"), {"e0", "e5"}),
+        (Summary("b", 0, 9, frozenset({"e0", "e5", "e9"}), "b", "a"), {"e9"}),
+        (Summary("n", 0, 9, frozenset({"e0", "e9"}), "n"), {"e0", "e9"}),  # e5: not all's
+        (Summary("m", 0, 12, frozenset({"e0", "e9", "e12"}), "m", "n"), {"e12"}),
     ]
     stored = [(replace(x, covers=frozenset()), frozenset(added)) for x, added in made]
     assert chained(stored) == [x for x, _ in made]
-    lost = Summary("x", 0, 14, frozenset({"e14"}), "x", 1, "gone")
+    lost = Summary("x", 0, 14, frozenset({"e14"}), "x", "gone")
     assert chained([(lost, frozenset({"e14"}))]) == [lost]
