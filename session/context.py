@@ -262,6 +262,33 @@ class ContextBuilder:
         self._folds.move_to_end(scope_key)
         return kept
 
+    def folding(
+        self,
+        *,
+        entries: Sequence[Entry],
+        withheld: WithheldReason | None = None,
+        private_text: Mapping[str, str] | None = None,
+        pins: Sequence[str] = (),
+        scope_key: str = "members",
+        steps: int = 64,
+    ) -> Iterator[int]:
+        """Fold ahead the history a history-alone ``build`` in ``scope_key`` reads, ``steps``
+        entries at a time, yielding the entries folded so far after each: a caller that
+        lets others run between them spreads what a first build would fold in one block
+        (after a load: 200 ms of a stalled loop at 2,000 entries). A build made meanwhile
+        folds what is left itself: then this stops."""
+        scope = self._fold_for(scope_key)
+        read = scope.visible.read(entries, (), withheld, private_text or {}, frozenset(pins))
+        history, fold = read.items, scope.fold
+        done = min(read.unchanged, len(fold.keys))
+        while done < len(history):
+            fold.sync(history[: done + steps], done)
+            done = min(done + steps, len(history))
+            syncs = fold.syncs
+            yield done
+            if fold.syncs != syncs or self._folds.get(scope_key) is not scope:
+                return
+
     def build(
         self,
         *,

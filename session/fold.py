@@ -147,6 +147,7 @@ class HistoryFold:
         # The indices of ``items`` changed since a reader last cleared it (``ContextBuilder``
         # keeps what it learnt of the others): a few per sync, however long the history.
         self.changed: set[int] = set()
+        self.syncs = 0  # how many times ``sync`` ran: a caller folding in steps sees another
         self._undo: list[list[_Undo]] = []
         # By digest (``TextShape``): of the normalised text, of ``same_words``, of a block.
         self._exact: dict[bytes, int] = {}
@@ -164,6 +165,7 @@ class HistoryFold:
 
         ``unchanged``: the caller knows the first so many entries are those of the last
         sync (``VisibleHistory`` does), so they are not compared again."""
+        self.syncs += 1
         common = min(unchanged, len(history), len(self.keys))
         keys = [(entry.id, entry.content, pinned) for entry, pinned in history[common:]]
         limit = min(len(history), len(self.keys))

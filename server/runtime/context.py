@@ -84,6 +84,14 @@ class SessionContext:
         for entry in doc.entries():
             prepare_entry(entry, self.settings.min_block_lines)
             await asyncio.sleep(0)
+        # Then the fold the history-alone builds share (the summary plan's, a run's whose
+        # issuers may read what every member may), a few entries per pass of the loop.
+        withheld, readable = self._members_read(self._restrictions(None))
+        folding = self._session_builder().folding(
+            entries=doc.entries(), withheld=withheld, private_text=readable, pins=doc.pinned()
+        )
+        for _ in folding:
+            await asyncio.sleep(0)
 
     def everyone_may_read(self, restriction: Restriction) -> bool:
         """True when every member who may read the session may read this too."""
@@ -131,11 +139,10 @@ class SessionContext:
         case) shares the members' fold with the summary plan, so a run's new turns are
         folded once, not once per scope."""
         restrictions = self._restrictions(thread)
-        texts = {i: item.text for i, item in self.private.items()}
-        shared = {i: t for i, t in texts.items() if self.everyone_may_read(restrictions[i])}
-        unshared = {i: None if i in shared else NOT_SHARED for i in restrictions}
-        withheld, readable, scope_key = ReadFilter(None, unshared), shared, "members"
+        withheld, readable = self._members_read(restrictions)
+        scope_key = "members"
         if scope is not None:
+            texts = {i: item.text for i, item in self.private.items()}
             judged = scope.read_filter(restrictions, texts)
             if judged != (withheld, readable):  # else a run sees what every member does:
                 withheld, readable = judged  # one fold serves it and the summary plan
@@ -143,10 +150,8 @@ class SessionContext:
         model = self._model()
         spec = self.settings.model_spec(model)
         settings = self.settings_now()
-        if self._builder.settings != settings:
-            self._builder = ContextBuilder(settings)
         doc = self._doc()
-        builder = self._builder
+        builder = self._session_builder()
         entries: Sequence[Entry] = doc.entries()
         if thread is not None:
             if self._thread_builder.settings != settings:
@@ -172,6 +177,26 @@ class SessionContext:
         )
         self.metrics.context_build.observe(time.perf_counter() - started)
         return built
+
+    def _members_read(
+        self, restrictions: dict[str, Restriction]
+    ) -> tuple[ReadFilter, dict[str, str]]:
+        """What every member may read: (the filter withholding the rest, the server-side
+        text they may read)."""
+        shared = {
+            i: item.text
+            for i, item in self.private.items()
+            if self.everyone_may_read(restrictions[i])
+        }
+        unshared = {i: None if i in shared else NOT_SHARED for i in restrictions}
+        return ReadFilter(None, unshared), shared
+
+    def _session_builder(self) -> ContextBuilder:
+        """The session's builder, made anew when the model's window changed."""
+        settings = self.settings_now()
+        if self._builder.settings != settings:
+            self._builder = ContextBuilder(settings)
+        return self._builder
 
     def summary_plan(self) -> SummaryPlan | None:
         """The turns to summarise next, from what every member may read; None: nothing yet.

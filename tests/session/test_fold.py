@@ -145,6 +145,38 @@ def test_a_new_message_refolds_one_step_not_the_history() -> None:
     assert builder.last_refolded == 1  # the prompt's own step is unchanged; the reply is new
 
 
+def test_folding_ahead_spreads_a_first_build_over_steps() -> None:
+    """After a load, the history is folded a few entries per step (the server lets others
+    run between them): the first build then folds nothing, and gives what a builder that
+    never folded ahead gives."""
+    entries = [entry(i, USERS[i % 3], f"message number {i % 7} " * 5) for i in range(1, 41)]
+    builder = ContextBuilder()
+    assert list(builder.folding(entries=entries, steps=8)) == [8, 16, 24, 32, 40]
+    built = builder.build(session_id="s", entries=entries, prompt_ids=[])
+    assert builder.last_refolded == 0
+    assert built == ContextBuilder().build(session_id="s", entries=entries, prompt_ids=[])
+    entries.append(entry(41, "alice", "one more note"))
+    assert list(builder.folding(entries=entries, steps=8)) == [41]  # only what is new
+    entries.append(entry(42, "alice", "and now?", EntryKind.PROMPT))
+    asked = builder.build(session_id="s", entries=entries, prompt_ids=["e42"])
+    assert builder.last_refolded == 1
+    assert asked == ContextBuilder().build(session_id="s", entries=entries, prompt_ids=["e42"])
+
+
+def test_a_build_made_while_folding_ahead_folds_the_rest_and_stops_it() -> None:
+    entries = [entry(i, USERS[i % 3], f"note {i % 5} on the plan") for i in range(1, 31)]
+    builder = ContextBuilder()
+    folding = builder.folding(entries=entries, steps=10)
+    assert next(folding) == 10
+    entries.append(entry(31, "bob", "a question", EntryKind.PROMPT))
+    built = builder.build(session_id="s", entries=entries, prompt_ids=["e31"])
+    assert builder.last_refolded == 21  # the twenty not folded ahead, and the prompt
+    assert list(folding) == []  # the build's fold is newer: nothing rolled back
+    assert built == ContextBuilder().build(session_id="s", entries=entries, prompt_ids=["e31"])
+    again = builder.build(session_id="s", entries=entries, prompt_ids=["e31"])
+    assert builder.last_refolded == 0 and again == built
+
+
 def test_an_earlier_prompt_rolls_back_only_to_where_the_histories_part() -> None:
     builder = ContextBuilder()
     entries = [entry(i, "bob", f"note {i} about the release plan") for i in range(1, 100)]

@@ -148,3 +148,20 @@ def texts_read(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     monkeypatch.setattr(shape_of, "_shape", shaped)
     monkeypatch.setattr(count_tokens, "function", counted)
     return read
+
+
+async def test_a_history_loaded_again_is_folded_before_its_first_build() -> None:
+    """The fold lives in memory only: after a restart the first build folded the whole
+    history in one block (200 ms of a stalled loop at 2,000 entries, every session's
+    sockets waiting). The load folds it ahead, a few entries per pass of the loop: the
+    first build folds nothing, and builds what a room that never restarted builds."""
+    store = MemoryStore()
+    async with memory_session({"alice": "editor", "bob": "editor"}, store=store) as s:
+        for i in range(150):
+            await s.message("alice" if i % 2 else "bob", f"note {i % 40} on the launch plan")
+        before = s.room.context.build(())
+    async with memory_session({"alice": "editor", "bob": "editor"}, store=store) as s:
+        builder = s.room.context._builder
+        built = s.room.context.build(())
+        assert builder.last_refolded == 0
+        assert built == before
