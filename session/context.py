@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from itertools import chain
 
 from parley.session.attribution import Fact, attribution_line, escape_text, name, one_line
+from parley.session.covers import covers_all
 from parley.session.entries import Entry
 from parley.session.fold import FoldedItem, HistoryFold, headed, rendered_tokens
 from parley.session.history import (
@@ -213,7 +214,7 @@ class _Scope:
         if previous is not None and (
             summary is previous
             or summary.extends == previous.id  # its covers are the previous one's, and more
-            or covers.issuperset(previous.covers)
+            or covers >= previous.covers
         ):
             # The items below the last count that did not change are covered still; of
             # those that changed, the first one uncovered ends the prefix.
@@ -231,7 +232,7 @@ def _covered_by(summary: Summary, item: FoldedItem | None) -> bool:
     """A merged-away item (None) counts as covered. A summary covers nothing after its
     ``to_seq``: most items of an input are newer, told so without a look in the set."""
     return item is None or (
-        item.last_seq <= summary.to_seq and summary.covers.issuperset(item.entry_ids)
+        item.last_seq <= summary.to_seq and covers_all(summary.covers, item.entry_ids)
     )
 
 

@@ -12,10 +12,11 @@ covers only what it summarised itself.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Sequence, Set
 from dataclasses import dataclass, replace
 
 from parley.session.attribution import escape_text, name
+from parley.session.covers import Covers, covering, extend
 from parley.session.fold import FoldedItem
 from parley.session.model import ModelMessage, ModelRequest
 from parley.session.tokens import count_tokens
@@ -37,7 +38,7 @@ class Summary:
     id: str
     from_seq: int
     to_seq: int
-    covers: frozenset[str]
+    covers: Set[str]  # a ``Covers`` view of its chain (``session.covers``), or a set
     text: str
     extends: str | None = None
 
@@ -132,7 +133,8 @@ def summary_request(
 
 def extended(plan: SummaryPlan, summary_id: str, text: str) -> Summary:
     """The summary a plan's call produced."""
-    covers = plan.new_ids if plan.previous is None else plan.previous.covers | plan.new_ids
+    previous = plan.previous
+    covers = covering(plan.new_ids) if previous is None else extend(previous.covers, plan.new_ids)
     return Summary(
         id=summary_id,
         from_seq=plan.from_seq,
@@ -150,11 +152,11 @@ def chained(stored: Iterable[tuple[Summary, frozenset[str]]]) -> list[Summary]:
     in a new one's text, so they are not in what it covers either). A summary that extends
     one not before it covers what it added alone: to cover less than its text holds costs
     turns given or summarised twice, to cover more loses them."""
-    covers: dict[str, frozenset[str]] = {}
+    covers: dict[str, Covers] = {}
     found: list[Summary] = []
     for summary, added in stored:
-        extends = summary.extends
-        whole = added if extends is None else covers.get(extends, frozenset()) | added
+        extended = None if summary.extends is None else covers.get(summary.extends)
+        whole = covering(added) if extended is None else extend(extended, added)
         covers[summary.id] = whole
         found.append(replace(summary, covers=whole))
     return found
