@@ -21,7 +21,7 @@ from parley.authz.tokens import ClientClaims
 from parley.server.store import horizon
 from parley.server.store.access_rows import AuditRow, DocumentRow, PrivateItem, TokenRow, ToolRow
 from parley.server.store.direct_sqlite import direct
-from parley.server.store.rows import MemberRow, lock_session, read_member
+from parley.server.store.rows import MemberRow, hold_role, lock_session, read_member
 from parley.server.store.tables import (
     audit_log,
     client_tokens,
@@ -168,6 +168,8 @@ class AccessStore:
     async def delete_role(self, name: str) -> bool:
         """Delete a custom role; ``Conflict`` while a member still has it."""
         async with self.store.transaction() as tx:
+            # Held first: a member given the role meanwhile waits, and finds it gone.
+            await hold_role(tx.connection, name, to_delete=True)
             used = (
                 await tx.connection.execute(
                     select(func.count()).select_from(members).where(members.c.role == name)

@@ -13,10 +13,10 @@ from sqlalchemy import and_, bindparam, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from parley.authz.policy import Decision
-from parley.authz.roles import Member
+from parley.authz.roles import Member, Role
 from parley.server.store.direct_sqlite import direct
-from parley.server.store.tables import members, model_usage, quotas, sessions
-from parley.session.errors import Conflict, NotFound
+from parley.server.store.tables import members, model_usage, quotas, roles, sessions
+from parley.session.errors import Conflict, InvalidInput, NotFound
 from parley.session.names import fold_name
 from parley.session.quota import Quotas
 
@@ -147,6 +147,26 @@ async def lock_session(connection: AsyncConnection, session_id: str) -> None:
     )
     if found.first() is None:
         raise NotFound(f"no session {session_id!r}")
+
+
+async def hold_role(connection: AsyncConnection, name: str, *, to_delete: bool = False) -> bool:
+    """Lock custom role ``name``'s row for this transaction (PostgreSQL: shared to give it
+    to a member, exclusive ``to_delete`` it), so a role is not deleted while it is given
+    (review: a delete that counted no holder raced two members given the role, and they
+    held a role that no longer existed, with every capability of the next role of that
+    name). False when there is no such role (a built-in role is always there)."""
+    if name in Role.__members__.values():
+        return True
+    found = await connection.execute(
+        select(roles.c.name).where(roles.c.name == name).with_for_update(read=not to_delete)
+    )
+    return found.first() is not None
+
+
+def require_role(found: bool, name: str) -> None:
+    """``hold_role``'s answer for a member given ``name``: the route's own error if gone."""
+    if not found:
+        raise InvalidInput(f"role: no role {name!r} (see GET /api/v1/roles)")
 
 
 async def read_member(

@@ -30,9 +30,11 @@ from parley.server.store.rows import (
     StoredDoc,
     check_name_free,
     check_room_for,
+    hold_role,
     kept_name,
     lock_session,
     read_member,
+    require_role,
 )
 from parley.server.store.tables import (
     audit_log,
@@ -220,6 +222,8 @@ class Store(SessionReads, UsageTables):
                 # A member added by a member (not the admin key): not as another's name.
                 if actor_id is not None and user_id not in [u for u, _ in named]:
                     check_name_free(user_id, user_id, [("", shown) for _, shown in named])
+            if after is not None:
+                require_role(await hold_role(connection, after.role), after.role)
             before = await read_member(connection, session_id, user_id)
             actor = None
             if actor_id is not None:
