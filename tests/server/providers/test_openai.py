@@ -11,6 +11,8 @@ from dataclasses import replace
 
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from parley.server.providers.openai import OpenAIProvider, render, wire_name
 from parley.server.providers.upstream import Upstream, timeout
@@ -110,6 +112,35 @@ def test_a_member_is_named_as_the_api_allows(member: str, expected: str) -> None
     assert re.fullmatch(r"[a-zA-Z0-9_-]{1,64}", named)
     assert named == expected if named == member else named.startswith(expected)
     assert wire_name(member + "!") != named
+
+
+def _twins(member: str) -> list[str]:
+    """Ids a member could take to pass for ``member``: its wire name, and that name's
+    look-alikes (the suffix in capitals, one digit changed, the name derived again)."""
+    named = wire_name(member)
+    head, _, tail = named.rpartition("-")
+    return [named, f"{head}-{tail.upper()}", f"{head}-{tail[:-1]}0", wire_name(named)]
+
+
+ids = st.text(st.sampled_from("ab._-@ 0123456789abcdefABCDEF"), min_size=1, max_size=70)
+
+
+@settings(deadline=None)
+@given(ids, st.data())
+def test_distinct_members_never_share_a_wire_name(member: str, data: st.DataObject) -> None:
+    """Review: ``bob.smith`` was sent as ``bob_smith-2451e212998c`` and a member whose id
+    is that string as itself, so the model read one name for both."""
+    other = data.draw(st.one_of(ids, st.sampled_from(_twins(member))))
+    named = wire_name(member)
+    assert re.fullmatch(r"[a-zA-Z0-9_-]{1,64}", named)
+    assert (named == wire_name(other)) == (member == other)
+
+
+def test_an_id_shaped_as_a_derived_name_is_derived_too() -> None:
+    derived = wire_name("bob.smith")
+    assert re.fullmatch(r"bob_smith-[0-9a-f]{12}", derived)
+    assert wire_name(derived) not in (derived, "bob.smith")
+    assert wire_name("release-2024") == "release-2024"  # an ordinary id is itself
 
 
 def test_the_attribution_line_stays_in_the_content_and_the_member_in_name() -> None:
