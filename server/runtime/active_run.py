@@ -32,8 +32,15 @@ class RunSink(Protocol):
     async def widen(self, active: ActiveRun, restriction: Restriction) -> None: ...
 
     async def add_tool_step(
-        self, active: ActiveRun, *, tool: str, status: str, detail: str, restriction: Restriction
-    ) -> str: ...
+        self,
+        active: ActiveRun,
+        *,
+        step_id: str,
+        tool: str,
+        status: str,
+        detail: str,
+        restriction: Restriction,
+    ) -> None: ...
 
     async def finish(
         self, active: ActiveRun, ending: Ending | None, audit: Sequence[AuditRecord] = ()

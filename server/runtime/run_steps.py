@@ -218,17 +218,21 @@ class RunSteps:
             await self.room.writer.append(effects.append)
 
     async def add_tool_step(
-        self, active: ActiveRun, *, tool: str, status: str, detail: str, restriction: Restriction
-    ) -> str:
-        """Store a tool step (its full detail server-side) and show it in the document;
-        returns its entry id."""
+        self,
+        active: ActiveRun,
+        *,
+        step_id: str,
+        tool: str,
+        status: str,
+        detail: str,
+        restriction: Restriction,
+    ) -> None:
+        """Store a tool step (its full detail server-side) and show it in the document,
+        as the entry ``step_id``."""
         issuers = tuple(s.user_id for s in active.scope.issuers)
-        now, entry_id = self.room.now_ms(), uuid.uuid4().hex
-        step = ToolStepTaken(
-            active.reply, issuers, tool, status, detail, restriction, now, entry_id
-        )
+        now = self.room.now_ms()
+        step = ToolStepTaken(active.reply, issuers, tool, status, detail, restriction, now, step_id)
         await self.room.writer.step(step, now)
-        return entry_id
 
     async def finish(
         self, active: ActiveRun, ending: Ending | None, audit: Sequence[AuditRecord] = ()

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 from dataclasses import dataclass, replace
 
 from parley.authz.scope import RunScope
@@ -254,7 +255,9 @@ class SessionRunner:
                     }
                 )
             elif isinstance(effect, CallTool):
-                call = effect.call
+                # Named by the server, not by the call's own id: the model or provider
+                # chose that after reading what the run read, and it may spell it out.
+                call, step_id = effect.call, uuid.uuid4().hex
                 now = scope_now()
                 if now is None:  # they left between the judgement and the call
                     executed = Executed("error: the run's issuers are no longer members", True)
@@ -262,7 +265,7 @@ class SessionRunner:
                     executed = await self.tools.run(
                         self.room.session_id,
                         call.name,
-                        call.id,
+                        step_id,
                         effect.arguments,
                         now,
                         self.room.webhooks(),
@@ -272,15 +275,16 @@ class SessionRunner:
                 detail = f"arguments: {call.arguments}\nresult: {executed.content}"
                 await active.steps.add_tool_step(
                     active,
+                    step_id=step_id,
                     tool=call.name,
                     status=status,
                     detail=detail,
                     restriction=executed.restriction,
                 )
-                self._note_call(active, call, status)
+                self._note_call(active, step_id, call.name[:100], status)
                 result = ToolResult(executed.content, executed.is_error)
             else:
-                call = effect.call
+                call, step_id = effect.call, uuid.uuid4().hex
                 log.warning(
                     "tool call refused",
                     extra={"session_id": self.room.session_id, "tool": call.name[:100]},
@@ -289,13 +293,14 @@ class SessionRunner:
                 name = shown_tool_name(call.name, readable)
                 await active.steps.add_tool_step(
                     active,
+                    step_id=step_id,
                     tool=name,
                     status="refused",
                     detail=f"arguments: {call.arguments}\nrefused: {effect.reason}",
                     restriction=(),
                 )
                 audited = shown_tool_name(call.name, readable and not active.steps.private)
-                self._note_call(active, call, "refused", audited)
+                self._note_call(active, step_id, audited, "refused")
                 reason = effect.reason.replace(repr(call.name), repr(audited))
                 active.refusals.append(
                     {"reply_id": active.reply_id, "tool": audited, "reason": reason}
@@ -312,14 +317,11 @@ class SessionRunner:
         return not restriction or self.room.context.everyone_may_read(restriction)
 
     @staticmethod
-    def _note_call(
-        active: ActiveRun, call: ToolCall, outcome: str, name: str | None = None
-    ) -> None:
-        """Note a tool call in the model call's audit record (``name``: as shown, for one
-        refused)."""
-        named = call.name[:100] if name is None else name
+    def _note_call(active: ActiveRun, step_id: str, name: str, outcome: str) -> None:
+        """Note a tool call in the model call's audit record, by the id of the tool step
+        it was taken as (the server's, as a webhook tool is given it)."""
         active.model_calls[-1]["tool_calls"].append(
-            {"id": call.id[:100], "tool": named, "outcome": outcome}
+            {"id": step_id, "tool": name, "outcome": outcome}
         )
 
     async def _stream(self, active: ActiveRun, request: ModelRequest) -> ModelTurn:

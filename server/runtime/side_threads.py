@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
@@ -381,10 +380,17 @@ class ThreadSteps:
         active.reply = replace(active.reply, restriction=widened)
 
     async def add_tool_step(
-        self, active: ActiveRun, *, tool: str, status: str, detail: str, restriction: Restriction
-    ) -> str:
+        self,
+        active: ActiveRun,
+        *,
+        step_id: str,
+        tool: str,
+        status: str,
+        detail: str,
+        restriction: Restriction,
+    ) -> None:
         turn = ThreadTurn(
-            id=uuid.uuid4().hex,
+            id=step_id,
             thread_id=self.begin.thread_id,
             index=0,  # numbered when the run's turns are stored
             kind="tool",
@@ -401,7 +407,6 @@ class ThreadSteps:
             partial(self.tool_turns.append, turn),
             lambda document: document.show_turn(turn, before=reply_id),
         )
-        return turn.id
 
     async def finish(
         self, active: ActiveRun, ending: Ending | None, audit: Sequence[AuditRecord] = ()

@@ -170,6 +170,10 @@ async def test_a_signed_call_carries_the_issuer_and_its_result_reaches_the_model
     assert second.messages[-1]["content"] == "the answer for alice"
     reply = next(e for e in entries if e["kind"] == "reply")
     assert reply["status"] == "done" and "the answer for alice" in reply["content"]
+    # The call is named by its tool step, as the audit names it (not by the model's id).
+    step = next(e for e in entries if e["kind"] == "tool")
+    audited = await s.store.access.list_audit(sid, limit=10, after=0, kinds=["model_call"])
+    assert request["call_id"] == step["id"] == audited[0].data["tool_calls"][0]["id"]
 
 
 async def test_the_verification_refuses_a_bad_signature_and_a_replay(

@@ -51,7 +51,7 @@ async def test_an_injected_instruction_cannot_use_a_tool_the_issuer_lacks() -> N
         records = await audit(s, "tool_refused")
         assert [(r["actor"], r["tool"]) for r in records] == [("alice", "deploy")]
         calls = await audit(s, "model_call", "alice")
-        assert calls[0]["tool_calls"] == [{"id": "call-1", "tool": "deploy", "outcome": "refused"}]
+        assert calls[0]["tool_calls"] == [{"id": step.id, "tool": "deploy", "outcome": "refused"}]
 
 
 async def test_a_prompt_whose_author_was_demoted_while_waiting_fails_forbidden() -> None:

@@ -325,7 +325,7 @@ def quotes_its_input_then_invents_a_tool(sent: Sent) -> Answer:
     or a call of a tool whose name spells out what was read."""
     if sent.messages[-1]["role"] == "tool":
         if "[invent]" in sent.asked_text():
-            return [call("SECRET-7731", {}, "call-2")]
+            return [call("SECRET-7731", {}, "call_7731")]
         return Status(400, f"bad request near: {sent.everything()[-300:]}")
     if "vault" in sent.asked_text():
         return [call("search_documents", {"query": "vault code"})]
@@ -355,3 +355,33 @@ async def test_what_the_provider_or_the_model_names_after_restricted_reads_is_wi
             assert "7731" not in shown
         assert "details are withheld" in str(prompt.reason)
         assert "ran (a tool it may not name): refused" in story
+
+
+def searches_again_under_what_it_read(sent: Sent) -> Answer:
+    """After a restricted search, another search under a call id that spells out what was
+    read (the id is the model's or the provider's choice)."""
+    results = sum(m["role"] == "tool" for m in sent.messages)
+    if results == 1:
+        return [call("search_documents", {"query": "again"}, "call_7731")]
+    if results == 0 and "vault" in sent.asked_text():
+        return [call("search_documents", {"query": "vault code"})]
+    return ["ok"]
+
+
+async def test_a_tool_call_is_audited_by_the_id_of_its_step_not_the_models() -> None:
+    """Review (no confused deputy): a tool call's id, chosen by the model or the provider
+    after a restricted read, reached the audit log that members who may not read the
+    document read. The audit names each call by the id of the tool step it was taken as."""
+    model = FakeModel(searches_again_under_what_it_read, echo_tools=False)
+    members: dict[str, str | Member] = {"olga": "owner", "bob": "editor"}
+    async with memory_session(members, model) as s:
+        await s.store.access.add_document(VAULT)
+        asked = await s.prompt("bob", "what is the vault code?")
+        await s.settled(asked["prompt_id"])
+        assert "call_7731" in model.requests[-1].everything()  # the model did choose it
+        records = await s.store.access.list_audit(SESSION, limit=100, after=0, kinds=None)
+        assert "7731" not in str([r.data for r in records])
+        calls = [c for r in records if r.kind == "model_call" for c in r.data["tool_calls"]]
+        steps = [e.id for e in s.room.doc.entries() if e.kind == "tool"]
+        assert [(c["id"], c["outcome"]) for c in calls] == [(i, "done") for i in steps]
+        assert len(steps) == 2

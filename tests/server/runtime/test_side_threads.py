@@ -474,7 +474,7 @@ def quotes_or_invents(sent: Sent) -> Answer:
     """A provider's error quoting the input, or (``[invent]``) a call of a tool whose name
     spells it out."""
     if "[invent]" in sent.asked_text() and sent.messages[-1]["role"] != "tool":
-        return [call(f"{MARKER}-tool", {}, "call-1")]
+        return [call(f"{MARKER}-tool", {}, f"call-{MARKER}")]
     if "[invent]" in sent.asked_text():
         return ["done"]
     return Status(400, f"bad request near: {sent.everything()[-300:]}")
@@ -482,9 +482,9 @@ def quotes_or_invents(sent: Sent) -> Answer:
 
 async def test_what_the_model_says_in_a_side_thread_stays_out_of_the_audit_log() -> None:
     """Review (no confused deputy): the audit log, which other owners read, carried a
-    provider's error quoting bob's side-thread prompt as the run's reason, and the name of
-    a tool the model made up there. A side-thread's text is bob's alone: both are withheld
-    from the audit log."""
+    provider's error quoting bob's side-thread prompt as the run's reason, and the name
+    and call id of a tool the model made up there. A side-thread's text is bob's alone:
+    all are withheld from the audit log (the call is named by its tool turn's id)."""
     model = FakeModel(quotes_or_invents, echo_tools=False)
     async with memory_session({"olga": "owner", "bob": "editor"}, model) as s:
         thread_id = await open_thread(s, "bob")
@@ -497,6 +497,9 @@ async def test_what_the_model_says_in_a_side_thread_stays_out_of_the_audit_log()
         kinds = {r.kind for r in records}
         assert {"run_ended", "tool_refused", "model_call"} <= kinds
         assert MARKER not in str([r.data for r in records])
+        calls = [c for r in records if r.kind == "model_call" for c in r.data["tool_calls"]]
+        steps = [t.id for t in thread(s, thread_id).turns if t.kind == "tool"]
+        assert [c["id"] for c in calls] == steps and steps
 
 
 async def test_a_thread_prompt_may_not_reuse_a_stored_prompts_id(tmp_path: Path) -> None:
