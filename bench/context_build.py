@@ -35,8 +35,14 @@ from typing import Any
 
 from parley.server.providers.anthropic import render as anthropic_wire
 from parley.server.providers.openai import render as openai_wire
-from parley.session.attribution import Fact, attribution_line, escape_text, name, one_line
-from parley.session.context import BuiltContext, ContextBuilder, ContextSettings, quoted
+from parley.session.attribution import Fact, attribution_line, escape_text, one_line
+from parley.session.context import (
+    BuiltContext,
+    ContextBuilder,
+    ContextSettings,
+    pin_heading,
+    quoted,
+)
 from parley.session.dedup import minhash
 from parley.session.entries import Entry, EntryKind
 from parley.session.fold import HistoryFold
@@ -196,7 +202,7 @@ def _facts_attributed(corpus: Corpus, system: str) -> int:
     )
     by_id = {e.id: e for e in corpus.entries}
     for pin in (by_id[p] for p in corpus.pins):
-        header = f"[{name(pin.author)} wrote, message #{pin.seq}]"
+        header = pin_heading(pin)
         body = quoted(pin.content)
         at = lines.index(header) if header in lines else -1
         kept += at >= 0 and lines[at + 1 : at + 1 + len(body)] == body

@@ -24,7 +24,7 @@ from itertools import chain
 
 from parley.session.attribution import Fact, attribution_line, escape_text, name, one_line
 from parley.session.covers import covers_all
-from parley.session.entries import Entry
+from parley.session.entries import Entry, EntryKind
 from parley.session.fold import FoldedItem, HistoryFold, headed, rendered_tokens
 from parley.session.history import (
     Excluded,
@@ -125,6 +125,19 @@ def quoted(text: str) -> list[str]:
     return [QUOTE + line for line in escape_text(text).splitlines()]
 
 
+def pin_heading(pin: Entry) -> str:
+    """The server's line over a pinned entry in the system text: a member's words under
+    their name, the assistant's reply and an earlier tool result as such. A member's
+    line always reads ``… wrote``, so a member whose id is the model's name (which signs
+    its replies) cannot pass their pin off as the assistant's (review)."""
+    at = f"message #{pin.seq}"
+    if pin.kind is EntryKind.REPLY:
+        return f"[the assistant's reply, {at}]"
+    if pin.kind is EntryKind.TOOL:
+        return f"[{name(pin.tool or 'tool')} was run for an earlier answer, {at}]"
+    return f"[{name(pin.author)} wrote, {at}]"
+
+
 def _system_text(facts: Mapping[str, Fact], pins: Sequence[Entry], summary: Summary | None) -> str:
     """The instructions, then one delimited block each for facts, pins and the summary: the
     server writes the bracketed lines; what members wrote is quoted inside."""
@@ -139,7 +152,7 @@ def _system_text(facts: Mapping[str, Fact], pins: Sequence[Entry], summary: Summ
     if pins:
         parts.append("[Pinned messages: each quoted under its author]")
         for pin in pins:
-            parts.append(f"[{name(pin.author)} wrote, message #{pin.seq}]")
+            parts.append(pin_heading(pin))
             parts += quoted(pin.content)
         parts.append("[End of pinned messages]")
     if summary is not None:
