@@ -220,7 +220,10 @@ class HistoryFold:
 
     def _add_tool_result(self, entry: Entry, undo: list[_Undo]) -> None:
         """A tool step of an earlier run; the same result again becomes a reference."""
-        tool = entry.tool or "tool"
+        # Named as a member is (bare when plain, else a JSON string): a tool the model
+        # called but may not use is stored under the name it gave, which could hold a
+        # line break and a forged attribution line.
+        tool = name(entry.tool or "tool")
         key = f"{tool}\n{normalise(entry.content)}"
         first = self._first_of(self._tool_results, key, entry, undo)
         if first is None:
