@@ -2,12 +2,14 @@
 
 A run acts with the rights every one of its issuers has (one issuer usually; several when a
 coalesced run answers them together): the tools offered are those all of them may use, and
-it may draw only on what all of them may read. Nothing the model says widens it.
+it may draw only on what all of them may read. Nothing the model says widens it. Each
+later step is judged on the issuers as they are then: the run goes no further once one of
+them may no longer read what it drew on (``drawn_refusal``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from parley.authz.policy import Do, Read, Restriction, Subject, UseTool, decide, restrict
@@ -86,6 +88,22 @@ def prompt_refusal(subject: Subject | None) -> str | None:
         decision = decide(subject, Do(needed))
         if not decision.allowed:
             return decision.reason
+    return None
+
+
+def drawn_refusal(
+    issuers: Iterable[tuple[str, Subject | None]], restriction: Restriction
+) -> str | None:
+    """Why a run that drew on ``restriction`` may take no further step for its issuers as
+    they are now (user id, member now or None): the first of them who may not read it.
+    None when every one still may. A coalesced run draws only on what all its issuers may
+    read, so one who loses it stops the run for all of them."""
+    for user_id, subject in issuers:
+        if subject is None:
+            return f"{user_id} is no longer a member of this session"
+        decision = decide(subject, Read(restriction))
+        if not decision.allowed:
+            return f"{user_id} may no longer read what this run drew on ({decision.reason})"
     return None
 
 

@@ -19,6 +19,7 @@ def session_view(room: SessionRoom) -> SessionView:
         queue=room.queue,
         subject=room.membership.subject,
         running=None if active is None else active.run,
+        running_reply=None if active is None else active.reply,
         last_seq=room.last_seq,
         limits=DocumentLimits(settings.max_pins, settings.max_facts),
         accepting_prompts=not room.draining,
@@ -26,6 +27,7 @@ def session_view(room: SessionRoom) -> SessionView:
         readable_by_all=room.membership.everyone_may_read,
         restricted_replies=room.restricted_replies,
         threads=room.side_threads.threads,
+        thread_drew_on=room.side_threads.drew_on,
         thread_limits=ThreadLimits(
             settings.max_threads_per_member,
             settings.max_thread_turns,

@@ -25,6 +25,7 @@ from parley.server.runtime.thread_runs import ThreadRuns
 from parley.server.runtime.tools import Executed, ToolRunner
 from parley.server.store.usage import UsageLedger
 from parley.session.core.runs import (
+    drew_on_ending,
     run_audit,
     run_audit_base,
     shown_ending,
@@ -192,6 +193,8 @@ class SessionRunner:
         try:
             async with asyncio.timeout(self.run_timeout_s):
                 loop = await self._drive(active, request)
+            if isinstance(loop, Ending):
+                return RunOutcome(loop)
             return RunOutcome(usage=Usage(loop.input_tokens, loop.output_tokens))
         except TimeoutError:
             ending = Ending(ReasonCode.TIMEOUT, f"no answer within {self.run_timeout_s:g} s")
@@ -214,8 +217,13 @@ class SessionRunner:
         finally:
             active.task = None  # a stop from now on must not cancel the settling
 
-    async def _drive(self, active: ActiveRun, request: ModelRequest) -> LoopOutcome:
-        """Run the tool loop: each effect it yields is performed here, within the scope."""
+    async def _drive(self, active: ActiveRun, request: ModelRequest) -> LoopOutcome | Ending:
+        """Run the tool loop: each effect it yields is performed here, within the scope.
+        Ended (``forbidden``) before a model or tool call once the issuers may no longer
+        all read what the run drew on: the call would carry it on their behalf. (A grant
+        change stops the run at once, ``session.core.runs.unreadable_runs``; this holds
+        each step to the same rule whatever told the run of it, and for a tool result
+        whose readers leave out an issuer.)"""
         offered = active.scope
 
         def scope_now() -> RunScope | None:
@@ -239,6 +247,12 @@ class SessionRunner:
         effect = next(loop)
         while True:
             result: ModelTurn | ToolResult | None = None
+            if isinstance(effect, CallModel | CallTool):
+                authors, drawn = active.run.authors, active.reply.restriction
+                ending = drew_on_ending(self.room.subject, authors, drawn)
+                if ending is not None:
+                    loop.close()
+                    return ending
             if isinstance(effect, CallModel):
                 started, clock = self.room.now_ms(), time.monotonic()
                 result = await self._stream(active, effect.request)

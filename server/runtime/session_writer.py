@@ -305,8 +305,10 @@ class SessionWriter:
 
     async def stop_prompts(self, event: MemberUpdated | TokenRevoked) -> None:
         """A member's grants changed (``Membership``): the core says which of their prompts
-        stop (none where the session is not run: nothing waits or runs there), and their
-        side-threads' documents are judged again (``SideThreads.rejudge``)."""
+        and runs stop (none where the session is not run: nothing waits or runs there):
+        those of one who may no longer prompt, and the runs that drew on what they may no
+        longer read. Then their side-threads' documents are judged again
+        (``SideThreads.rejudge``)."""
         try:
             await self.step(event, event.now_ms)
         except Exception:

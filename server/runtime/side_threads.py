@@ -43,13 +43,11 @@ from parley.session.core.thread_state import OPEN
 from parley.session.core.threads import thread_read_by, turn_read_by
 from parley.session.errors import NotFound
 from parley.session.lifecycle import ReplyStatus
-from parley.session.reasons import Ending, ReasonCode
+from parley.session.reasons import Ending
 
 if TYPE_CHECKING:
     from parley.server.runtime.room import SessionRoom
     from parley.server.ws.connection import Connection
-
-NO_LONGER_READS = "the owner may no longer read what this reply draws on"
 
 log = logging.getLogger("parley.room")
 
@@ -178,16 +176,19 @@ class SideThreads:
         a source they were denied since is a placeholder); None, the admin: all of it."""
         return thread if user_id is None else thread_read_by(thread, self.room.subject(user_id))
 
+    def drew_on(self, thread_id: str) -> Restriction:
+        """What the run in flight in side-thread ``thread_id`` drew on so far (``()``: none
+        runs here): the core stops it once its owner may no longer read that
+        (``session.core.runs.unreadable_runs``)."""
+        active = self.active.get(thread_id)
+        return () if active is None else active.reply.restriction
+
     async def rejudge(self, user_id: str) -> None:
-        """``user_id``'s grants changed: the documents of their threads that draw on what
-        they may no longer read are rewritten now (``ThreadDocs.rejudge``), not when a
-        socket next opens here: a follower serves the stored log as it is."""
-        subject = self.room.subject(user_id)
+        """``user_id``'s grants changed (their runs that draw on what they may no longer
+        read were stopped by the core): the documents of their threads that draw on it are
+        rewritten now (``ThreadDocs.rejudge``), not when a socket next opens here: a
+        follower serves the stored log as it is."""
         for thread in self.of(user_id):
-            active = self.active.get(thread.id)
-            if active is not None and not may_read(subject, active.reply.restriction):
-                # Its reply draws on what they may no longer read: no more of it for them.
-                active.stop(Ending(ReasonCode.FORBIDDEN, NO_LONGER_READS))
             if self.read_by(thread, user_id) != thread or self._running(thread.id):
                 with contextlib.suppress(NotFound):  # deleted meanwhile
                     await self.docs.rejudge(

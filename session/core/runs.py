@@ -3,17 +3,20 @@
 A run is started by the core (which prompts it answers is the queue's decision, under the
 scheduling policy), streams text, draws on restricted material, takes tool steps, and is
 finished with an ending (``session.reasons``); a member removed, or whose token was
-revoked, loses their waiting prompts and the run answering one of theirs; after a restart
-the prompts the store holds as waiting queue again and those that were running are cut off.
+revoked, loses their waiting prompts and the run answering one of theirs, and an issuer
+who may no longer read what a run drew on loses that run (``drew_on_ending``); after a
+restart the prompts the store holds as waiting queue again and those that were running
+are cut off.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import Any
 
-from parley.authz.policy import restrict
-from parley.authz.scope import ContextSeen, RunScope, prompt_refusal
+from parley.authz.policy import Restriction, Subject, restrict
+from parley.authz.scope import ContextSeen, RunScope, drawn_refusal, prompt_refusal
 from parley.session.core.effects import (
     AppendText,
     AuditRecord,
@@ -245,12 +248,16 @@ def _stop_run_of(view: SessionView, user_id: str, ending: Ending) -> StopRun | N
 def member_updated(view: SessionView, event: MemberUpdated) -> Effects:
     """A member removed (or removed and added back: a new epoch) loses their prompts; one
     who may no longer prompt (a role changed, a grant taken) loses the run answering one
-    of theirs and their side-thread runs (their waiting prompts fail when they come up)."""
+    of theirs and their side-thread runs (their waiting prompts fail when they come up);
+    one who may still prompt but may no longer read what such a run drew on so far loses
+    it too (``unreadable_runs``)."""
     before, after = event.before, event.after
     if before is None or (after is not None and after.token_epoch == before.token_epoch):
-        refusal = prompt_refusal(view.subject(event.user_id))
-        if before is None or refusal is None:
+        if before is None:
             return Effects()
+        refusal = prompt_refusal(view.subject(event.user_id))
+        if refusal is None:
+            return unreadable_runs(view, event.user_id)
         revoked = Ending(ReasonCode.FORBIDDEN, f"{event.user_id} may no longer prompt: {refusal}")
         return Effects(
             stop=_stop_run_of(view, event.user_id, revoked),
@@ -258,6 +265,35 @@ def member_updated(view: SessionView, event: MemberUpdated) -> Effects:
         )
     removed = Ending(ReasonCode.MEMBER_REMOVED, f"{event.user_id} was removed from the session")
     return stop_prompts_of(view, StopPromptsOf(event.user_id, removed, event.now_ms))
+
+
+def unreadable_runs(view: SessionView, user_id: str) -> Effects:
+    """Stop the runs in flight that answer ``user_id`` (the session's run, their
+    side-thread runs) whose issuers may no longer all read what the run drew on so far:
+    its next model call or tool call would carry it on their behalf."""
+    stop: StopRun | None = None
+    running, reply = view.running, view.running_reply
+    if running is not None and reply is not None and user_id in running.authors:
+        ending = drew_on_ending(view.subject, running.authors, reply.restriction)
+        stop = None if ending is None else StopRun(ending, wait=False)
+    stop_threads = []
+    for thread in view.threads.values():
+        if thread.owner == user_id and thread.running:
+            ending = drew_on_ending(view.subject, (user_id,), view.thread_drew_on(thread.id))
+            if ending is not None:
+                stop_threads.append((thread.id, ending))
+    return Effects(stop=stop, stop_threads=tuple(stop_threads))
+
+
+def drew_on_ending(
+    subject: Callable[[str], Subject | None], issuers: Iterable[str], restriction: Restriction
+) -> Ending | None:
+    """How a run answering ``issuers`` ends when they may no longer all read what it drew
+    on (``restriction``), judged on them as they are now (``subject``); None: it may go
+    on. The one rule of a session run and a side-thread run, asked when a member's grants
+    change and again before each of a run's model and tool calls."""
+    refusal = drawn_refusal([(u, subject(u)) for u in issuers], restriction)
+    return None if refusal is None else Ending(ReasonCode.FORBIDDEN, refusal)
 
 
 def token_revoked(view: SessionView, event: TokenRevoked) -> Effects:

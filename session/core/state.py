@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from parley.authz.policy import Restriction, Subject, everyone_may_read
 from parley.session.commands import Command
-from parley.session.core.effects import NewEntry
+from parley.session.core.effects import NewEntry, ReplyState
 from parley.session.core.thread_state import SideThread, ThreadLimits
 from parley.session.entries import EntryKind
 from parley.session.queue import OrderingQueue, Run
@@ -55,6 +55,10 @@ class SessionView:
     ``threads``: the side-threads as committed, by id, with their ``thread_limits``.
     ``readable_by_all``: ``everyone_may_read`` over ``subjects``, as the shell keeps it
     (asked at every batch of a restricted reply's text); None: worked out each time.
+    ``running_reply``: the reply of the run in flight as decided so far (what it drew on);
+    ``thread_drew_on``: what the side-thread run in flight in a thread drew on so far
+    (``()`` when none runs there): a grant change stops the runs whose issuers may no
+    longer read it.
     """
 
     doc: SessionDocument
@@ -69,6 +73,8 @@ class SessionView:
     threads: Mapping[str, SideThread] = field(default_factory=dict)
     thread_limits: ThreadLimits = field(default_factory=ThreadLimits)
     readable_by_all: Callable[[Restriction], bool] | None = None
+    running_reply: ReplyState | None = None
+    thread_drew_on: Callable[[str], Restriction] = lambda thread_id: ()
 
     def everyone_may_read(self, restriction: Restriction) -> bool:
         """True when every member who may read the session may read ``restriction``."""

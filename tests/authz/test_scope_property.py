@@ -11,7 +11,7 @@ from pycrdt import Doc
 
 from parley.authz.policy import Readers, Restriction, Subject
 from parley.authz.roles import Capability, Member, RoleTable
-from parley.authz.scope import scope_for_run
+from parley.authz.scope import RunScope, drawn_refusal, scope_for_run
 from parley.session.context import build_context
 from parley.session.errors import Forbidden
 from parley.session.schema import SessionDocument
@@ -134,3 +134,35 @@ def test_no_model_input_holds_what_its_issuers_may_not_read(
         else:
             assert f"item{index}x" not in given_text
             assert any(x.entry_id == f"e{index}" for x in built.excluded)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    before=members,
+    after=members,
+    docs=readers,
+    drawn=st.frozensets(st.sampled_from(DOCS), max_size=2),
+    issuers=st.lists(st.sampled_from(USERS), min_size=1, max_size=2, unique=True),
+)
+def test_a_run_goes_on_exactly_while_its_issuers_may_read_what_it_drew_on(
+    before: dict[str, Member],
+    after: dict[str, Member],
+    docs: dict[str, Readers],
+    drawn: frozenset[str],
+    issuers: list[str],
+) -> None:
+    """What a run drew on is within its scope as it started (all its issuers may read it);
+    with their grants changed since, it goes on only if every one of them still may: the
+    scope's own judgement of the same material, for a run starting now."""
+    restriction = tuple(docs[d] for d in sorted(drawn))
+    then = [(u, Subject.of(before[u], TABLE)) for u in issuers]
+    try:
+        started = scope_for_run(then, [])
+    except Forbidden:
+        assume(False)
+        return
+    assume(started.withheld(restriction) is None)
+    assert drawn_refusal(then, restriction) is None
+    now = [(u, Subject.of(after[u], TABLE)) for u in issuers]
+    judged_now = RunScope(tuple(s for _, s in now), ())
+    assert (drawn_refusal(now, restriction) is None) == (judged_now.withheld(restriction) is None)

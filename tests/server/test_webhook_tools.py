@@ -37,6 +37,8 @@ from tests.fake_model import Answer, FakeModel, Sent, call
 from tests.server.runtime.backend import Backend, backend, sql_store
 from tests.server.runtime.harness import MemorySession, memory_settings
 
+BOBS_NOTES = "bob's notes: the launch is on the 9th"
+
 
 class ToolServer:
     """A webhook endpoint: verifies every request with the README's ``WebhookVerifier``."""
@@ -73,6 +75,9 @@ class ToolServer:
                     self._answer(500, b"boom")
                 elif self.path == "/huge":
                     self._answer(200, b"x" * 5000)
+                elif self.path == "/bobs":  # what bob alone may read
+                    answer = {"content": BOBS_NOTES, "readers": {"users": ["bob"], "roles": []}}
+                    self._answer(200, json.dumps(answer).encode())
                 else:
                     answer = {
                         "content": f"the answer for {outer.received[-1]['issuer']['user_id']}"
@@ -102,7 +107,7 @@ def tool_server() -> Iterator[ToolServer]:
 
 def script(sent: Sent) -> Answer:
     asked = sent.asked_text()
-    for name in ("lookup", "slow", "broken", "huge"):
+    for name in ("lookup", "slow", "broken", "huge", "bobs"):
         if name in asked:
             return [call(name, {"q": asked})]
     return ["no tool"]
@@ -251,6 +256,25 @@ async def test_tool_failures_are_error_results_and_the_run_goes_on(
     assert expected in last["content"]
     statuses = {e["kind"]: e["status"] for e in entries}
     assert statuses == {"prompt": "done", "tool": "error", "reply": "done"}
+
+
+async def test_a_tool_answer_its_issuer_may_not_read_reaches_no_model_call(
+    parley: tuple[Backend, FakeModel], tool_server: ToolServer
+) -> None:
+    """A run goes no further once its issuers may not all read what it drew on (as when
+    a grant is taken mid-run): a tool's answer whose readers leave out the member who
+    asked is never given to the model; the run stops (``forbidden``) before its next
+    call."""
+    b, provider = parley
+    tool_server.verifier = WebhookVerifier(await register(b, "bobs", tool_server.url + "/bobs"))
+    sid = await b.new_session({})
+    s = await member(b, sid, "alice", ["tool:bobs"])
+    entries = await prompted(s, "alice", "ask bobs")
+    assert len(tool_server.received) == 1 and len(provider.requests) == 1
+    prompt = next(e for e in entries if e["kind"] == "prompt")
+    assert (prompt["status"], prompt["reason_code"]) == ("failed", "forbidden")
+    assert prompt["reason"].startswith("alice may no longer read what this run drew on")
+    assert BOBS_NOTES not in str(entries)
 
 
 async def test_a_tool_on_a_private_address_is_refused_without_the_setting(

@@ -51,9 +51,11 @@ from parley.session.core import (
     SessionView,
     SetFact,
     SetPolicy,
+    SideThread,
     StopPromptsOf,
     StopRun,
     TextAppended,
+    ThreadTurn,
     TokenRevoked,
     ToolStep,
     ToolStepTaken,
@@ -831,6 +833,42 @@ def test_an_author_who_may_no_longer_prompt_loses_the_run_answering_them() -> No
     assert effects.stop == StopRun(revoked, wait=False)
     assert effects.finish == ()  # the waiting prompt fails when it comes up
     assert running in session.running.ids and waiting  # type: ignore[union-attr]
+
+
+def test_an_issuer_who_may_no_longer_read_what_a_run_drew_on_loses_it() -> None:
+    """Review (no confused deputy): a run that drew on a document goes no further once
+    one of its issuers may no longer read it, though they may still prompt: a coalesced
+    run stops for all of them (``forbidden``), and so does the owner's side-thread run;
+    what others may read does not matter."""
+    session = Session(policy=Policy.COALESCE)
+    session.prompt("eddie")
+    session.prompt("erin")
+    run = session.start_run()
+    assert run is not None and run.authors == ("eddie", "erin")
+    vault = Readers("d1", frozenset({"eddie", "erin"}))
+    prompt = ThreadTurn("p", "t", 0, "prompt", "eddie", "hi", "running", 1)
+    thread = SideThread("t", "eddie", 0, "t", "open", 1, (prompt,))
+    view = replace(
+        session.view(),
+        running_reply=ReplyState("r", (vault,)),
+        threads={"t": thread},
+        thread_drew_on=lambda thread_id: (vault,),
+    )
+    vic = session.members["vic"]
+    assert handle(view, MemberUpdated("vic", vic, replace(vic, role="editor"), 1)) == Effects()
+    erin = session.members["erin"]
+    assert handle(view, MemberUpdated("erin", erin, erin, 1)) == Effects()  # may still read
+
+    session.members["erin"] = replace(erin, denials=frozenset({"read:d1"}))
+    effects = handle(view, MemberUpdated("erin", erin, session.members["erin"], 1))
+    why = "may no longer read what this run drew on (restricted to the readers of d1)"
+    assert effects.stop == StopRun(Ending(ReasonCode.FORBIDDEN, f"erin {why}"), wait=False)
+    assert effects.finish == () and effects.stop_threads == ()  # the thread is eddie's
+
+    eddie = session.members["eddie"]
+    session.members["eddie"] = replace(eddie, denials=frozenset({"read:d1"}))
+    effects = handle(view, MemberUpdated("eddie", eddie, session.members["eddie"], 1))
+    assert effects.stop_threads == (("t", Ending(ReasonCode.FORBIDDEN, f"eddie {why}")),)
 
 
 def test_a_revoked_token_stops_its_users_prompts() -> None:

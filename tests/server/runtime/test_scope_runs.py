@@ -12,6 +12,10 @@ import pytest
 
 from parley.authz.policy import Decision, Readers
 from parley.authz.roles import Member
+from parley.server.http import access as access_api
+from parley.server.http import members as members_api
+from parley.server.http.models import MemberPut
+from parley.server.http.resource_models import DocumentCreate, ReadersIn
 from parley.server.store.access_rows import DocumentRow, ToolRow
 from parley.server.store.memory import MemoryStore
 from parley.session.commands import PinCommand
@@ -21,6 +25,7 @@ from tests.conftest import sqlite_url
 from tests.fake_model import Answer, FakeModel, Sent, Status, call
 from tests.server.runtime.backend import backend, sql_store
 from tests.server.runtime.harness import SESSION, MemorySession, memory_session, memory_settings
+from tests.server.runtime.test_side_threads import Gate, answered, ask, open_thread, watch
 
 SECRET = "the vault code is 7731"
 VAULT = DocumentRow("d1", SESSION, "Vault", SECRET, Readers("d1", frozenset({"bob"})), 0)
@@ -385,3 +390,94 @@ async def test_a_tool_call_is_audited_by_the_id_of_its_step_not_the_models() -> 
         steps = [e.id for e in s.room.doc.entries() if e.kind == "tool"]
         assert [(c["id"], c["outcome"]) for c in calls] == [(i, "done") for i in steps]
         assert len(steps) == 2
+
+
+def reads_the_vault_then_searches_again(gate: Gate) -> Callable[[Sent], Answer]:
+    """Searches the vault; the next call writes a little, waits at ``gate``, then searches
+    again, so a third call would carry the vault's text once more."""
+
+    def answer(sent: Sent) -> Answer:
+        results = [m for m in sent.messages if m["role"] == "tool"]
+        if "vault" not in sent.asked_text():
+            return ["ok"]
+        if not results:
+            return [call("search_documents", {"query": "vault code"})]
+        if len(results) == 1:
+            return ["Found it. ", gate, call("search_documents", {"query": "vault"}, "call-2")]
+        return ["The code is 7731."]
+
+    return answer
+
+
+@pytest.mark.parametrize("path", ["session", "side-thread"])
+async def test_a_run_whose_issuer_is_denied_what_it_drew_on_goes_no_further(
+    path: str, tmp_path: Path
+) -> None:
+    """Review (no confused deputy): alice's run read a document only she may read; while
+    the model wrote, the admin denied her ``read:<document>``. Grants that change while a
+    run is in flight are in force at once: the run stops (``forbidden``) with the model
+    call under way, before another model or tool call carries the document for her, in
+    the session as in a side-thread (the session's run called the model again with the
+    document's text, and ended ``done``). The model's gate stays shut: the run ends
+    without it."""
+    gate = Gate()
+    model = FakeModel(reads_the_vault_then_searches_again(gate), echo_tools=False)
+    async with (
+        sql_store(sqlite_url(tmp_path)) as store,
+        backend(memory_settings(), store=store, model=model) as b,
+    ):
+        sid = await b.new_session({"alice": "editor"})
+        vault = DocumentCreate(title="Vault", text=SECRET, readers=ReadersIn(users=["alice"]))
+        document = await b.call(access_api.create_document, session_id=sid, body=vault)
+        s = await b.session(sid)
+        watch(s, "alice")  # told of the side-thread's changes
+        asked = "what is the vault code?"
+        if path == "session":
+            prompt_id = (await s.prompt("alice", asked))["prompt_id"]
+        else:
+            thread_id = await open_thread(s, "alice")
+            await ask(s, "alice", thread_id, asked)
+        await gate.entered.wait()
+        assert SECRET in model.requests[-1].everything()
+        denied = MemberPut(role="editor", denials=[f"read:{document.id}"])
+        await b.call(members_api.put_member, session_id=sid, user_id="alice", body=denied)
+        if path == "session":
+            await s.settled(prompt_id)
+            prompt = s.room.doc.entry(prompt_id)
+            ended = (prompt.status, prompt.reason_code)
+            steps = [e for e in s.room.doc.entries() if e.kind == "tool"]
+        else:
+            done = await answered(s, thread_id)
+            ended = (done.turns[0].status, done.turns[0].reason_code)
+            steps = [t for t in done.turns if t.kind == "tool"]
+        assert ended == ("failed", "forbidden")
+        assert len(model.requests) == 2 and len(steps) == 1  # no call after the denial
+        assert model.requests[-1].closed_at is not None  # the call under way was closed
+
+
+async def test_a_coalesced_run_stops_when_any_issuer_may_no_longer_read_what_it_drew_on() -> None:
+    """A coalesced run draws only on what all its issuers may read; once one of them may
+    no longer read what it drew on, it goes no further for any of them (``forbidden``):
+    going on without the material is not possible, as the model has it already."""
+    gate = Gate()
+    model = FakeModel(reads_the_vault_then_searches_again(gate), echo_tools=False)
+    model.gate = asyncio.Event()
+    members: dict[str, str | Member] = {"olga": "owner", "alice": "editor", "bob": "editor"}
+    readers = Readers("d1", frozenset({"alice", "bob"}))
+    async with memory_session(members, model, policy=Policy.COALESCE) as s:
+        await s.store.access.add_document(replace(VAULT, readers=readers))
+        held = await s.prompt("olga", "[wait] hold on")
+        await s.until(lambda s: s.status(held["prompt_id"]) is PromptStatus.RUNNING)
+        acks = [await s.prompt(user, "what is the vault code?") for user in ("alice", "bob")]
+        model.gate.set()
+        await gate.entered.wait()
+        assert model.requests[-1].issuers == ("alice", "bob")
+        bob = Member("bob", "editor", denials=frozenset({"read:d1"}))
+        await s.store.change_member(SESSION, "bob", bob, 1, lambda *_: Decision(True, "test"))
+        await s.room.reload_settings()  # what a membership change over REST does
+        await s.settled(*(a["prompt_id"] for a in acks))  # the model's gate stays shut
+        for ack in acks:
+            prompt = s.room.doc.entry(ack["prompt_id"])
+            assert (prompt.status, prompt.reason_code) == ("failed", "forbidden")
+            assert prompt.reason is not None and prompt.reason.startswith("bob may no longer read")
+        assert len(model.requests) == 3  # the held run's call, then two of the coalesced run's
