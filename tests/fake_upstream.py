@@ -1,9 +1,10 @@
 """A real HTTP/1.1 server on 127.0.0.1 that plays model APIs from a script, byte for byte.
 
 Each request takes the next ``Reply``: a status, headers, and body pieces written as
-separate HTTP chunks (so a test decides where the bytes split), with a delay between them,
-ending cleanly or by dropping the connection mid-body. Every request is recorded with
-whether, and when, the client hung up while the reply was still being written.
+separate HTTP chunks (so a test decides where the bytes split), with a delay between them
+or a hold at one of them, ending cleanly or by dropping the connection mid-body. Every
+request is recorded with whether, and when, the client hung up while the reply was still
+being written.
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ class Reply:
     headers: dict[str, str] = field(default_factory=lambda: {"content-type": "text/event-stream"})
     delay_s: float = 0.0
     end: Literal["complete", "drop"] = "complete"
+    # The stream waits before piece ``hold_at`` until ``hold`` is set or the client hangs up.
+    hold: asyncio.Event | None = None
+    hold_at: int = 0
 
 
 @dataclass
@@ -98,7 +102,9 @@ class FakeUpstream:
         lines += ["transfer-encoding: chunked", "connection: close", "", ""]
         writer.write("\r\n".join(lines).encode("latin-1"))
         await writer.drain()
-        for piece in reply.pieces:
+        for index, piece in enumerate(reply.pieces):
+            if reply.hold is not None and index == reply.hold_at:
+                await _either(reply.hold, exchange.hung_up)
             if reply.delay_s:
                 await asyncio.sleep(reply.delay_s)
             if exchange.hung_up.is_set():
@@ -110,6 +116,16 @@ class FakeUpstream:
             return
         writer.write(b"0\r\n\r\n")
         await writer.drain()
+
+
+async def _either(*events: asyncio.Event) -> None:
+    """Return once one of ``events`` is set."""
+    waits = [asyncio.ensure_future(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()
 
 
 # -- the vendors' streams, as their documentation shows them ------------------------------

@@ -24,6 +24,7 @@ class Cluster:
     url: str
     nodes: list[ServerProcess]
     http: httpx.AsyncClient  # the admin API, through the first node
+    upstream: FakeUpstream | None = None  # the model (``upstream_cluster``)
 
     def node(self, node_id: str) -> ServerProcess:
         return next(n for n in self.nodes if n.env["PARLEY_NODE_ID"] == node_id)
@@ -149,6 +150,7 @@ async def upstream_cluster(tmp_path: Path, replies: list[Reply]) -> AsyncIterato
             PARLEY_SHUTDOWN_GRACE_S="0.5",
         ) as nodes,
     ):
+        nodes.upstream = upstream
         yield nodes
 
 

@@ -9,6 +9,7 @@ waiting for a poll: the REST call's return is the signal).
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import os
@@ -147,6 +148,48 @@ async def test_documents_and_restricted_replies_changed_on_a_follower_are_in_for
         # Shared by the owner's choice: the reply stays in the shared document, audited.
         assert "[restricted:" not in reply["content"] and "7731" in reply["content"]
         assert any(r["kind"] == "reply_shared" for r in audit)
+        await bob.close()
+
+
+async def test_a_denial_on_a_follower_stops_the_run_that_drew_on_it_on_the_running_node(
+    tmp_path: Path,
+) -> None:
+    """Review (no confused deputy): bob's run, on the running node, read a document only
+    he may read; while the model writes (its stream held), he is denied it through the
+    other node. The run stops there (``forbidden``), the model call under way is closed,
+    and no further call is made for him."""
+    held = asyncio.Event()  # never set: the stream ends only when Parley hangs up
+    writing = openai_stream(["Found it. ", "The code is 7731."])
+    replies = [Reply(pieces=search_call("vault")), Reply(pieces=writing, hold=held, hold_at=2)]
+    async with upstream_cluster(tmp_path, replies) as nodes:
+        runner, follower = nodes.nodes
+        assert nodes.upstream is not None
+        sid = await nodes.new_session({"bob": "editor"})
+        assert (await nodes.wait_holder(sid))[0] == "n0"
+        bob = await nodes.connect(runner, sid, "bob")
+        async with admin(follower) as via:
+            vault = {
+                "title": "Vault",
+                "text": "the vault code is 7731",
+                "readers": {"users": ["bob"]},
+            }
+            made = await via.post(f"/api/v1/sessions/{sid}/documents", json=vault)
+            assert made.status_code == 201, made.text
+            asked = await bob.command({"type": "prompt", "id": "p", "text": "the vault code?"})
+
+            def writing_reply(c: YClient) -> bool:
+                return any(
+                    e["kind"] == "reply" and "Found it." in e["content"] for e in c.entries()
+                )
+
+            await bob.wait_until(writing_reply, timeout=30)
+            denied = {"role": "editor", "denials": [f"read:{made.json()['id']}"]}
+            changed = await via.put(f"/api/v1/sessions/{sid}/members/bob", json=denied)
+            assert changed.status_code == 200, changed.text
+            reply = await reply_to(bob, asked["prompt_id"])
+        assert (reply["prompt_status"], reply["prompt_code"]) == ("failed", "forbidden")
+        exchanges = nodes.upstream.exchanges
+        assert len(exchanges) == 2 and exchanges[1].hung_up.is_set()
         await bob.close()
 
 
