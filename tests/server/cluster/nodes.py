@@ -127,6 +127,15 @@ def search_call(query: str) -> list[bytes]:
     ]
 
 
+async def attach_vault(http: httpx.AsyncClient, sid: str) -> str:
+    """Attach to ``sid``, through ``http`` (an admin client of a node), a document bob
+    alone may read, holding the vault code 7731; its id."""
+    vault = {"title": "Vault", "text": "the vault code is 7731", "readers": {"users": ["bob"]}}
+    made = await http.post(f"/api/v1/sessions/{sid}/documents", json=vault)
+    assert made.status_code == 201, made.text
+    return str(made.json()["id"])
+
+
 @contextlib.asynccontextmanager
 async def upstream_cluster(tmp_path: Path, replies: list[Reply]) -> AsyncIterator[Cluster]:
     """Two nodes whose one model is a real HTTP upstream playing ``replies`` in order."""

@@ -22,7 +22,7 @@ import pytest
 
 from tests.conftest import ADMIN_KEY, ServerProcess
 from tests.fake_upstream import Reply, openai_stream
-from tests.server.cluster.nodes import cluster, search_call, upstream_cluster
+from tests.server.cluster.nodes import attach_vault, cluster, search_call, upstream_cluster
 from tests.yclient import YClient
 
 pytestmark = pytest.mark.postgres
@@ -132,13 +132,7 @@ async def test_documents_and_restricted_replies_changed_on_a_follower_are_in_for
         bob = await nodes.connect(runner, sid, "bob")
         async with admin(follower) as via:
             # A document attached through the follower is found by the running node's run.
-            vault = {
-                "title": "Vault",
-                "text": "the vault code is 7731",
-                "readers": {"users": ["bob"]},
-            }
-            made = await via.post(f"/api/v1/sessions/{sid}/documents", json=vault)
-            assert made.status_code == 201, made.text
+            await attach_vault(via, sid)
             shared = {"restricted_replies": "shared"}
             assert (await via.patch(f"/api/v1/sessions/{sid}", json=shared)).status_code == 200
             asked = await bob.command({"type": "prompt", "id": "p", "text": "the vault code?"})
@@ -168,13 +162,7 @@ async def test_a_denial_on_a_follower_stops_the_run_that_drew_on_it_on_the_runni
         assert (await nodes.wait_holder(sid))[0] == "n0"
         bob = await nodes.connect(runner, sid, "bob")
         async with admin(follower) as via:
-            vault = {
-                "title": "Vault",
-                "text": "the vault code is 7731",
-                "readers": {"users": ["bob"]},
-            }
-            made = await via.post(f"/api/v1/sessions/{sid}/documents", json=vault)
-            assert made.status_code == 201, made.text
+            document_id = await attach_vault(via, sid)
             asked = await bob.command({"type": "prompt", "id": "p", "text": "the vault code?"})
 
             def writing_reply(c: YClient) -> bool:
@@ -183,7 +171,7 @@ async def test_a_denial_on_a_follower_stops_the_run_that_drew_on_it_on_the_runni
                 )
 
             await bob.wait_until(writing_reply, timeout=30)
-            denied = {"role": "editor", "denials": [f"read:{made.json()['id']}"]}
+            denied = {"role": "editor", "denials": [f"read:{document_id}"]}
             changed = await via.put(f"/api/v1/sessions/{sid}/members/bob", json=denied)
             assert changed.status_code == 200, changed.text
             reply = await reply_to(bob, asked["prompt_id"])

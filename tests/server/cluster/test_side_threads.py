@@ -16,7 +16,7 @@ import pytest
 from parley.session.core.state import RESTRICTED_DETAILS
 from tests.conftest import ADMIN_KEY
 from tests.fake_upstream import Reply, openai_stream
-from tests.server.cluster.nodes import cluster, search_call, upstream_cluster
+from tests.server.cluster.nodes import attach_vault, cluster, search_call, upstream_cluster
 from tests.stock_client import StockYjsClient, ensure_node_modules
 from tests.yclient import YClient
 
@@ -131,13 +131,7 @@ async def test_a_following_node_serves_a_side_thread_judged_for_its_owner_now(
         headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
         base = f"/api/v1/sessions/{sid}"
         async with httpx.AsyncClient(base_url=follower.base_url, headers=headers) as http:
-            vault = {
-                "title": "Vault",
-                "text": "the vault code is 7731",
-                "readers": {"users": ["bob"]},
-            }
-            made = await http.post(f"{base}/documents", json=vault)
-            assert made.status_code == 201, made.text
+            document_id = await attach_vault(http, sid)
             opened = await http.post(f"{base}/threads", json={"as_user": "bob", "title": "t"})
             assert opened.status_code == 201, opened.text
             thread_id = opened.json()["thread_id"]
@@ -152,7 +146,7 @@ async def test_a_following_node_serves_a_side_thread_judged_for_its_owner_now(
                     break
                 await asyncio.sleep(0.1)
             assert "7731" in str(read["turns"]), read
-            denied = {"role": "editor", "denials": [f"read:{made.json()['id']}"]}
+            denied = {"role": "editor", "denials": [f"read:{document_id}"]}
             changed = await http.put(f"{base}/members/bob", json=denied)
             assert changed.status_code == 200, changed.text
 
