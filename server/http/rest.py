@@ -42,6 +42,7 @@ from parley.session.errors import (
     Unauthenticated,
     UnsupportedMediaType,
 )
+from parley.session.json_values import json_values_refusal
 from parley.session.ratelimit import command_bytes_refusal
 from parley.session.unique_keys import check_unique_keys
 
@@ -417,7 +418,12 @@ async def _body(
 def parsed_body(model: type[BaseModel], raw: bytes) -> BaseModel:
     """``raw`` as ``model``, each field of exactly its JSON type: strict, or an integer
     field takes ``true``, ``"100"`` and ``100.0`` (review: a token's ``ttl_seconds: true``
-    made one that lived a second), while the OpenAPI document says ``integer``."""
+    made one that lived a second), while the OpenAPI document says ``integer``. A body of
+    more values than any holds is refused unparsed, as a socket's command is
+    (``json_values_refusal``)."""
+    refusal = json_values_refusal(raw)
+    if refusal is not None:
+        raise refusal
     try:
         parsed = model.model_validate_json(raw or b"{}", strict=True)
     except ValidationError as exc:

@@ -48,6 +48,8 @@ import websockets
 from hypothesis import strategies as st
 from pycrdt import Array, Doc, Map, Text
 
+from parley.session.commands import command_id_unread
+from parley.session.json_values import json_values_refusal
 from parley.session.yprotocol import SyncType, encode_sync
 from tests.conftest import RunningServer, make_settings, serve_in_process, sqlite_url
 from tests.yclient import YClient
@@ -221,7 +223,11 @@ def _reject_constant(name: str) -> None:
 
 
 def readable_id(frame: str) -> str | None:
-    """The id a reply must carry: the command's, or ``None`` when it cannot be read."""
+    """The id a reply must carry: the command's, or ``None`` when it cannot be read; of a
+    frame refused unparsed (more JSON values than any command holds), the id found at
+    either end, as a frame over the command bytes is answered (docs/websocket.md)."""
+    if json_values_refusal(frame) is not None:
+        return command_id_unread(frame)
     try:
         data = json.loads(frame, parse_constant=_reject_constant)
     except (ValueError, RecursionError):

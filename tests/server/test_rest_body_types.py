@@ -10,8 +10,10 @@ import pytest
 from pydantic import BaseModel
 
 from parley.server.app import API_OPERATIONS
+from parley.server.http.models import EntryPost
 from parley.server.http.rest import parsed_body
 from parley.session.errors import InvalidInput
+from parley.session.json_values import MAX_JSON_VALUES
 
 BODIES = sorted({op.body for op in API_OPERATIONS if op.body is not None}, key=lambda m: m.__name__)
 
@@ -61,3 +63,25 @@ def test_an_integer_field_takes_only_a_json_integer(
 def test_a_number_field_takes_integers_and_floats_only(model: type[BaseModel], name: str) -> None:
     assert _problems_at(model, name, 5) == _problems_at(model, name, 5.5) == []
     assert _problems_at(model, name, "5") == _problems_at(model, name, True) != []
+
+
+def test_a_body_of_more_values_than_any_holds_is_refused_before_it_is_parsed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Review: a 1 MB body of 350,000 empty lists in a field no body has was parsed whole
+    (190 ms of the loop) to be refused; now unparsed, as a socket's command frame is."""
+    body = b'{"text":"hi","x":[' + b",".join([b"[]"] * 200_000) + b"]}"
+    model = EntryPost
+    parses: list[int] = []
+
+    def parse(*args: Any, **kwargs: Any) -> Any:
+        parses.append(1)
+        raise AssertionError("parsed")
+
+    monkeypatch.setattr(model, "model_validate_json", parse)
+    monkeypatch.setattr(json, "loads", parse)
+    with pytest.raises(InvalidInput) as refused:
+        parsed_body(model, body)
+    assert refused.value.code.value == "invalid"
+    assert f"more than {MAX_JSON_VALUES} JSON values" in refused.value.message
+    assert parses == []

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from parley.session import commands as commands_module
 from parley.session.commands import (
     FIELDS,
     MAX_COMMAND_ID_CHARS,
@@ -19,11 +20,13 @@ from parley.session.commands import (
     PolicyCommand,
     PromptCommand,
     ack,
+    command_id_of,
     error_reply,
     parse_command,
     unstorable_in,
 )
 from parley.session.errors import ErrorCode, Forbidden, QueueFull
+from parley.session.json_values import MAX_JSON_VALUES
 from parley.session.queue import Policy
 from parley.session.thread_commands import THREAD_TYPES
 
@@ -237,6 +240,66 @@ def test_any_object_parses_or_echoes_a_readable_id(data: dict[str, Any]) -> None
         assert error.command_id == expected_id
         return
     assert command.id == data["id"]
+
+
+# -- cost: what a frame costs to judge is bounded by what a command can hold ----------------
+
+
+def many_lists(count: int, command_id: str = "c1") -> str:
+    """The review's frame: a message with a field no command has, holding empty lists."""
+    lists = ",".join(["[]"] * count)
+    return f'{{"type":"message","id":"{command_id}","text":"hi","x":[{lists}]}}'
+
+
+def counting(monkeypatch: pytest.MonkeyPatch, owner: object, name: str) -> list[int]:
+    """Count the calls of ``owner.name`` (still called through)."""
+    calls: list[int] = []
+    original = getattr(owner, name)
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, counted)
+    return calls
+
+
+def test_a_field_no_command_has_is_refused_before_its_values_are_walked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Review: 350,000 lists in an unknown field were walked (a path built for each, 0.5 s)
+    before the field was refused."""
+    walks = counting(monkeypatch, commands_module, "unstorable_in")
+    error = refusal(many_lists(1000), Limits())
+    assert (error.code, error.command_id) == (ErrorCode.INVALID, "c1")
+    assert "'x'" in error.message
+    assert walks == []
+    parse({"type": "message", "id": "c2", "text": "hi"})
+    assert walks == [1]  # a command's own fields are still walked
+
+
+def test_a_frame_of_more_values_than_any_command_holds_is_refused_unparsed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Review: a 1 MB frame of 350,000 empty lists cost 0.5-0.8 s before it was refused."""
+    frame = many_lists(200_000)
+    parses = counting(monkeypatch, json, "loads")
+    error = refusal(frame, Limits(max_frame_chars=len(frame)))
+    assert (error.code, error.command_id) == (ErrorCode.INVALID, "c1")
+    assert f"more than {MAX_JSON_VALUES} JSON values" in error.message
+    assert command_id_of(frame) == "c1"  # as a reply past the rate names it, unparsed too
+    assert parses == []
+
+
+def test_a_text_of_brackets_commas_and_quotes_up_to_its_limit_is_taken() -> None:
+    """They are a text's characters, not values: only what is outside strings counts."""
+    limits = Limits()
+    text = ('[{,"\\' * limits.max_text_chars)[: limits.max_text_chars]
+    for kind in ("prompt", "message"):
+        command = parse({"type": kind, "id": "c1", "text": text}, limits)
+        assert command.text == text
+    shared = {"type": "thread_share", "id": "c2", "thread_id": "t1", "text": text}
+    assert parse(shared, limits).text == text
 
 
 # -- replies --------------------------------------------------------------------------------
