@@ -239,9 +239,15 @@ def encode_awareness_update(states: list[AwarenessState]) -> bytes:
     return join_awareness_states([encode_awareness_state(item) for item in states])
 
 
+def awareness_state_json(state: dict[str, Any] | None) -> bytes:
+    """A client's state as it is relayed: compact JSON (as a stock client's
+    ``JSON.stringify`` sends it), characters past ASCII escaped."""
+    return json.dumps(state, separators=(",", ":"), allow_nan=False).encode()
+
+
 def encode_awareness_state(item: AwarenessState) -> bytes:
     """One client's part of an awareness update (``join_awareness_states`` makes one)."""
-    body = json.dumps(item.state, separators=(",", ":"), allow_nan=False).encode()
+    body = awareness_state_json(item.state)
     head = write_var_uint(item.client_id) + write_var_uint(item.clock)
     return head + write_var_uint(len(body)) + body
 

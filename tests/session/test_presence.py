@@ -185,6 +185,22 @@ def test_a_state_too_large_once_stamped_is_refused() -> None:
     assert relayed(presence.snapshot()) == [AwarenessState(1, 1, stamped(fits, "alice"))]
 
 
+def test_a_state_is_measured_as_it_is_relayed() -> None:
+    """Review: a 12,007-byte state was refused under the documented 16,384, measured as
+    ``json.dumps`` spaces it out (a stock client is sent no error: it never showed)."""
+    state = {"a": [0] * 7_997}
+    sent = json.dumps(state, separators=(",", ":"))
+    assert 16_000 <= len(sent) < 16_100
+    presence = Presence()  # 16,384 bytes
+    out = presence.apply(BOB_SOCKET, "bob", update((7, 1, state)))
+    assert relayed(out) == [AwarenessState(7, 1, stamped(state, "bob"))]
+    # The limit is what goes out, stamp included, to the byte.
+    stamped_bytes = len(json.dumps(stamped(state, "bob"), separators=(",", ":")))
+    assert Presence(max_state_bytes=stamped_bytes).apply(BOB_SOCKET, "bob", update((7, 1, state)))
+    with pytest.raises(TooLarge):
+        Presence(max_state_bytes=stamped_bytes - 1).apply(BOB_SOCKET, "bob", update((7, 1, state)))
+
+
 def test_a_null_state_is_never_too_large() -> None:
     presence = Presence()
     presence.apply(ALICE_SOCKET, "alice", update((1, 1, {})))
