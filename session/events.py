@@ -39,7 +39,9 @@ from typing import Any, ClassVar, get_args
 from parley.session.reasons import Ending, ReasonCode
 
 # The session settings a ``settings_changed`` event may show, with their new value.
-SHOWN_SETTINGS = frozenset({"title", "policy", "model", "restricted_replies"})
+SHOWN_SETTINGS = frozenset(
+    {"title", "policy", "model", "restricted_replies", "restricted_replies_by"}
+)
 
 
 class _Event:

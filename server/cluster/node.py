@@ -189,15 +189,14 @@ class ClusterNode:
         runner: SessionRunner,
         title: str,
         policy: Policy,
-        restricted_replies: str = "private",
     ) -> None:
-        """Load a room: run it here if nobody does, else as a read replica."""
+        """Load a room (its settings in force: ``use_settings``): run it here if nobody
+        does, else as a read replica."""
         session_id = room.session_id
         room.writer.document.fence = HolderFence(self, room)
         self.runners[session_id] = runner
         async with self._lock(session_id):
             try:
-                room.use_settings(room.model, restricted_replies)
                 taken = await self._take(room, title, policy)
             except BaseException:
                 self.runners.pop(session_id, None)
@@ -270,7 +269,7 @@ class ClusterNode:
             # The store is the truth: the queue resumes from it and a reply cut off by the
             # previous holder is marked interrupted (the same path as a restart).
             room.taken_over()
-            await room.load(title, policy, room.restricted_replies)
+            await room.load(title, policy)
         except BaseException:
             self.leases.pop(session_id, None)
             if applied is not None:
@@ -296,7 +295,7 @@ class ClusterNode:
             row = await self.store.get_session(session_id)
             if row is None:
                 return False
-            room.use_settings(row.model, row.restricted_replies)
+            room.use_settings(row.model, row.restricted_replies, row.restricted_replies_by)
             return await self._take(room, row.title, Policy(row.policy))
 
     # -- commands -------------------------------------------------------------------------

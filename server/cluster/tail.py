@@ -33,10 +33,10 @@ class Tail:
     complete: bool  # False: more updates follow, read again from ``last_id``
     # A digest of who may read the session as of the same moment as the updates: its
     # members (roles, grants, denials, epochs, names), its model and restricted-reply
-    # policy, its revoked tokens. When it differs from the one the replica last put in
-    # force, the replica reloads them before it sends these updates to a socket: the
-    # notice of a removal may come after the updates posted since (review: a removed
-    # member's socket on a following node could be sent one).
+    # policy (and who chose it), its revoked tokens. When it differs from the one the
+    # replica last put in force, the replica reloads them before it sends these updates
+    # to a socket: the notice of a removal may come after the updates posted since
+    # (review: a removed member's socket on a following node could be sent one).
     settings: str
 
 
@@ -45,7 +45,8 @@ class Tail:
 SETTINGS_DIGEST = text(
     """
     SELECT md5(concat_ws(E'\\x1e',
-      (SELECT concat_ws(E'\\x1f', model, restricted_replies) FROM sessions WHERE id = :sid),
+      (SELECT concat_ws(E'\\x1f', model, restricted_replies, restricted_replies_by)
+         FROM sessions WHERE id = :sid),
       (SELECT string_agg(concat_ws(E'\\x1f', user_id, role, grants, denials, token_epoch,
                                    display_name), E'\\x1e' ORDER BY user_id)
          FROM members WHERE session_id = :sid),

@@ -89,7 +89,7 @@ class SessionPatch(Strict):
         default=None,
         description="private: a reply drawing on what not every member may read is shown "
         "only to those who may (others see a placeholder); shared: it is shown to everyone "
-        "(an owner's decision, audited)",
+        "(an owner's decision, audited; a member's choice covers only what they may read)",
     )
 
 
@@ -101,6 +101,11 @@ class SessionOut(Strict):
     policy: PolicyName
     model: str | None = Field(description="The session's model; null: the server's default")
     restricted_replies: RestrictedReplies
+    restricted_replies_by: str | None = Field(
+        default=None,
+        description="The member who chose shared: a reply drawing on what they may not read "
+        "stays private; null: the admin key chose it (or the policy is private)",
+    )
 
 
 class SessionList(Strict):

@@ -45,6 +45,7 @@ def _session_out(row: SessionRow) -> SessionOut:
         policy=Policy(row.policy).value,
         model=row.model,
         restricted_replies="shared" if row.restricted_replies == "shared" else "private",
+        restricted_replies_by=row.restricted_replies_by,
     )
 
 
@@ -118,9 +119,14 @@ async def update_session(
     if body.title is not None:
         stored["title"] = body.title
     if body.restricted_replies is not None:
-        if body.restricted_replies == "shared" != before.restricted_replies:
+        # ``shared`` is the choice of whoever made it: the admin key's (None) holds for
+        # everything, a member's only for what they may read (``SessionView.shares``).
+        chooser = caller.user_id if body.restricted_replies == "shared" else None
+        chosen = (before.restricted_replies, before.restricted_replies_by)
+        if body.restricted_replies == "shared" and chosen != ("shared", chooser):
             await _may_share_restricted(state, session_id, caller)
         stored["restricted_replies"] = body.restricted_replies
+        stored["restricted_replies_by"] = chooser
     if stored:  # one transaction, with its settings_changed event
         await state.store.change_settings(session_id, stored, int(state.clock() * 1000), by)
     room = await state.rooms.get(session_id)
@@ -138,6 +144,9 @@ async def update_session(
         )
         if value is not None and value != getattr(before, name)
     }
+    chooser = stored.get("restricted_replies_by", before.restricted_replies_by)
+    if chooser != before.restricted_replies_by:  # a member's ``shared``, or no longer theirs
+        changes["restricted_replies_by"] = {"from": before.restricted_replies_by, "to": chooser}
     if changes:
         await room.writer.audit("policy", caller.actor, changes)
     return _session_out(await session_row(state, session_id))
@@ -146,7 +155,9 @@ async def update_session(
 async def _may_share_restricted(state: AppState, session_id: str, caller: Caller) -> None:
     """``shared`` shows everyone replies drawn from any reader list in the session: a
     member may choose it only if they may read every one (as a membership change may not
-    hand out read access its maker lacks). Refusals are audited."""
+    hand out read access its maker lacks). Refusals are audited. Lists added later are
+    judged as a reply draws on them (``SessionView.shares``): one the chooser may not read
+    keeps such a reply private."""
     if caller.user_id is None:
         return  # the admin key
     room = await state.rooms.get(session_id)

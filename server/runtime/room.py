@@ -83,6 +83,7 @@ class SessionRoom:
         self.access = store.access
         self.model = model  # the session's model; None: the server's default
         self.restricted_replies = "private"
+        self.restricted_replies_by: str | None = None  # who chose ``shared``; None: admin
         # The session's daily token quotas as in force here (``reload_quotas``: on load,
         # and where the session runs when the admin API changes them), so a run's start
         # judges by them without a read. None until loaded.
@@ -178,11 +179,11 @@ class SessionRoom:
 
     # -- loading and settings -------------------------------------------------------------
 
-    async def load(self, title: str, policy: Policy, restricted_replies: str = "private") -> None:
+    async def load(self, title: str, policy: Policy) -> None:
         """Restore the document from its update log and the queue from the entries table;
-        a run that was in flight is cut off (``SessionWriter.recover``)."""
+        a run that was in flight is cut off (``SessionWriter.recover``). The session's
+        settings are put in force first (``use_settings``)."""
         await self.writer.load()
-        self.restricted_replies = restricted_replies
         await self.context.load()
         await self.side_threads.load()
         await self.membership.refresh()
@@ -227,7 +228,7 @@ class SessionRoom:
         row = await self.store.get_session(self.session_id)
         if row is None:
             raise NotFound(f"no session {self.session_id!r}")
-        self.use_settings(row.model, row.restricted_replies)
+        self.use_settings(row.model, row.restricted_replies, row.restricted_replies_by)
         await self.membership.refresh()
         self.feed.changed()
         return row
@@ -237,9 +238,12 @@ class SessionRoom:
         the session runs (a read replica starts none, and reads them as it takes over)."""
         self.quotas = await self.store.quotas(self.session_id)
 
-    def use_settings(self, model: str | None, restricted_replies: str) -> None:
+    def use_settings(
+        self, model: str | None, restricted_replies: str, restricted_replies_by: str | None = None
+    ) -> None:
         self.model = model
         self.restricted_replies = restricted_replies
+        self.restricted_replies_by = restricted_replies_by
 
     def taken_over(self) -> None:
         """Loaded after another node ran the session: a run found in flight was cut off by

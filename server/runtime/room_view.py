@@ -26,6 +26,7 @@ def session_view(room: SessionRoom) -> SessionView:
         subjects=room.membership.subjects,
         readable_by_all=room.membership.everyone_may_read,
         restricted_replies=room.restricted_replies,
+        restricted_replies_by=room.restricted_replies_by,
         threads=room.side_threads.threads,
         thread_drew_on=room.side_threads.drew_on,
         thread_limits=ThreadLimits(

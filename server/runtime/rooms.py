@@ -105,12 +105,11 @@ class RoomRegistry:
             )
             await room.restore_presence()  # before its runner starts, or a socket attaches
             runner = SessionRunner(room, self.provider, self.settings.run_timeout_s)
+            room.use_settings(row.model, row.restricted_replies, row.restricted_replies_by)
             if self.cluster is not None:
-                await self.cluster.open(
-                    room, runner, row.title, Policy(row.policy), row.restricted_replies
-                )
+                await self.cluster.open(room, runner, row.title, Policy(row.policy))
             else:
-                await room.load(row.title, Policy(row.policy), row.restricted_replies)
+                await room.load(row.title, Policy(row.policy))
                 runner.start()
             self._rooms[session_id] = (room, runner)
             self._cut_off.pop(session_id, None)

@@ -200,7 +200,8 @@ class RunSteps:
 
     async def append_reply(self, active: ActiveRun, text: str) -> None:
         """Stream reply text: into the shared document, or, once the reply draws on what
-        not every member may read (policy ``private``), only into the server-side copy."""
+        not every member may read and the policy does not share (``SessionView.shares``),
+        only into the server-side copy."""
         active.text.append(text)
         await self._append(
             active, handle(self.room.writer.view(), TextAppended(active.reply, text))

@@ -30,6 +30,7 @@ class SessionRow:
     policy: str
     model: str | None = None
     restricted_replies: str = "private"
+    restricted_replies_by: str | None = None  # the member who chose ``shared``; None: admin
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +98,7 @@ def session_row(row: Any) -> SessionRow:
         row.policy,
         row.model,
         row.restricted_replies,
+        row.restricted_replies_by,
     )
 
 

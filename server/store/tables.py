@@ -46,6 +46,9 @@ sessions = Table(
     Column("policy", String(16), nullable=False, server_default="queue"),
     Column("model", String(100)),
     Column("restricted_replies", String(16), nullable=False, server_default="private"),
+    # The member who chose ``shared`` (judged whenever a reply would be shared); NULL: the
+    # admin key chose it, or the policy is ``private``.
+    Column("restricted_replies_by", String(200)),
     # The number of the session's newest semantic event (``session_events.seq``).
     Column("last_event_seq", BigInteger, nullable=False, server_default="0"),
 )

@@ -125,8 +125,9 @@ def _may_run(view: SessionView, user_id: str) -> bool:
 def text_appended(view: SessionView, event: TextAppended) -> Effects:
     """Reply text goes into the shared document unless the reply went private. Judged
     again at every batch: grants that changed since the run drew on restricted material (a
-    member who may not read it added, a reader's grant taken, the policy set to ``private``)
-    send the rest of a restricted reply private from this batch on."""
+    member who may not read it added, a reader's grant taken, the policy set to ``private``,
+    ``shared`` chosen by a member who may not read it) send the rest of a restricted reply
+    private from this batch on."""
     reply = event.reply
     if reply.private:
         return Effects()
@@ -146,11 +147,12 @@ def context_drawn(view: SessionView, event: ContextDrawn) -> Effects:
 
 
 def _goes_private(view: SessionView, reply: ReplyState) -> bool:
-    """A restricted reply not every member may read, under ``private``."""
+    """A restricted reply not every member may read, unless the policy shares it
+    (``shared``, chosen by the admin key or by a member who may read it)."""
     return (
         bool(reply.restriction)
-        and view.restricted_replies == "private"
         and not view.everyone_may_read(reply.restriction)
+        and not view.shares(reply.restriction)
     )
 
 
@@ -189,7 +191,8 @@ def finish_run(view: SessionView, event: RunFinished) -> Effects:
     """Settle a run: its prompts reach the status its ending decides. A reply that drew on
     restricted material is kept server-side with its readers, whatever the policy: under
     ``private`` the document holds a placeholder for the rest of it; under ``shared`` an
-    owner let it into the shared document, and the sharing is audited, but its readers
+    owner let it into the shared document, and the sharing is audited (as is a reply kept
+    private because the member who chose ``shared`` may not read it), but its readers
     still count for the runs that draw on it (their replies inherit them, and a webhook
     never carries them) and for model calls of members who may not read it."""
     queue = view.queue.clone()
@@ -203,10 +206,17 @@ def finish_run(view: SessionView, event: RunFinished) -> Effects:
         # Not private: the shared document shows it (``shared``, or every member may read).
         shown = not reply.private
         keep = (KeepPrivate(reply.reply_id, "reply", event.text, reply.restriction, shown),)
+        drew_on = [r.to_json() for r in reply.restriction]
         if shown and view.restricted_replies != "private":
-            drew_on = [r.to_json() for r in reply.restriction]
             shared = {"reply_id": reply.reply_id, "drew_on": drew_on}
             audit = (AuditRecord("reply_shared", "policy", shared), *audit)
+        elif (
+            not shown and view.restricted_replies == "shared" and not view.shares(reply.restriction)
+        ):
+            # ``shared`` was chosen by a member who may not read what it drew on.
+            why = view.unshared_reason(reply.restriction)
+            kept = {"reply_id": reply.reply_id, "drew_on": drew_on, "reason": why}
+            audit = (AuditRecord("reply_kept_private", "policy", kept), *audit)
     replies: tuple[tuple[str, str | None], ...] = ()
     ending = event.ending
     if reply is not None and ending is None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
-from parley.authz.policy import Restriction, Subject, everyone_may_read
+from parley.authz.policy import Restriction, Subject, everyone_may_read, may_read
 from parley.session.commands import Command
 from parley.session.core.effects import NewEntry, ReplyState
 from parley.session.core.thread_state import SideThread, ThreadLimits
@@ -51,7 +51,8 @@ class SessionView:
     ``last_seq``: the highest sequence number handed out. ``accepting_prompts``: False
     while the server shuts down. ``subjects``: every member as of now (who must all be
     able to read what enters the shared document); ``restricted_replies``: the session's
-    policy for replies that draw on restricted material (``private`` or ``shared``).
+    policy for replies that draw on restricted material (``private`` or ``shared``), and
+    ``restricted_replies_by`` the member who chose ``shared`` (None: the admin key).
     ``threads``: the side-threads as committed, by id, with their ``thread_limits``.
     ``readable_by_all``: ``everyone_may_read`` over ``subjects``, as the shell keeps it
     (asked at every batch of a restricted reply's text); None: worked out each time.
@@ -70,6 +71,7 @@ class SessionView:
     accepting_prompts: bool = True
     subjects: Callable[[], Iterable[Subject]] = tuple
     restricted_replies: str = "private"
+    restricted_replies_by: str | None = None
     threads: Mapping[str, SideThread] = field(default_factory=dict)
     thread_limits: ThreadLimits = field(default_factory=ThreadLimits)
     readable_by_all: Callable[[Restriction], bool] | None = None
@@ -81,6 +83,27 @@ class SessionView:
         if self.readable_by_all is not None:
             return self.readable_by_all(restriction)
         return everyone_may_read(self.subjects(), restriction)
+
+    def shares(self, restriction: Restriction) -> bool:
+        """True when the policy lets text drawn from ``restriction`` into the shared
+        document although not every member may read it: ``shared``, chosen by the admin
+        key (the operator's decision) or by a member who may read all of it now. A member
+        may choose ``shared`` only if they may read every reader list in the session, and
+        lists added later (a document attached, a tool result's readers) are judged here
+        as text draws on them: else it stays private, as under ``private``."""
+        if self.restricted_replies != "shared":
+            return False
+        chooser = self.restricted_replies_by
+        return chooser is None or may_read(self.subject(chooser), restriction)
+
+    def unshared_reason(self, restriction: Restriction) -> str:
+        """Why text drawn from ``restriction`` stays private (``shares`` is False)."""
+        if self.restricted_replies != "shared":
+            return "the session keeps such text private (restricted_replies: private)"
+        return (
+            f"restricted_replies: shared was chosen by {self.restricted_replies_by}, who may "
+            "not read all it draws on, so such text stays private"
+        )
 
 
 def new_entry(

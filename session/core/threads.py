@@ -8,7 +8,8 @@ most ``ThreadLimits.max_runs_per_session`` run at once, one per thread, and at m
 ``ThreadLimits.runs_per_member`` of one member's. What the owner
 shares back is posted as their message, marked as from a private thread; text derived from
 what not every member may read is refused (``RestrictedShare``) unless the session's
-``restricted_replies`` policy is ``shared`` (then the sharing is audited).
+``restricted_replies`` policy is ``shared``, chosen by the admin key or by a member who may
+read it (then the sharing is audited).
 
 ``handle_thread`` judges the thread commands, ``thread_run_finished`` settles a run,
 ``threads_to_stop`` says whose runs stop when a member loses the right to prompt, and
@@ -265,10 +266,10 @@ def _share(
         raise TooLarge(f"what is shared is at most {limit} characters")
     audit = [_audit(event, "share", thread_id=thread.id, turn_ids=list(command.turn_ids))]
     if not view.everyone_may_read(restriction):
-        if view.restricted_replies == "private":
+        if not view.shares(restriction):
             raise RestrictedShare(
-                "this draws on material not every member of the session may read; the "
-                "session keeps such text private (restricted_replies: private)"
+                "this draws on material not every member of the session may read; "
+                + view.unshared_reason(restriction)
             )
         drew_on = restriction_to_json(restriction)
         shared = {"thread_id": thread.id, "drew_on": drew_on}

@@ -141,7 +141,10 @@ async def test_an_owner_may_share_restricted_replies_and_it_is_audited(tmp_path:
     kinds = [(r["kind"], r["actor"]) for r in audit]
     assert ("policy", "olga") in kinds and ("refused", "bob") in kinds
     policy = next(r for r in audit if r["kind"] == "policy")
-    assert policy["data"] == {"restricted_replies": {"from": "private", "to": "shared"}}
+    assert policy["data"] == {
+        "restricted_replies": {"from": "private", "to": "shared"},
+        "restricted_replies_by": {"from": None, "to": "olga"},  # judged as replies draw
+    }
     sharing = next(r for r in audit if r["kind"] == "reply_shared")
     assert sharing["data"]["reply_id"] == entries["reply"]["id"]
 
@@ -232,6 +235,46 @@ async def test_only_a_member_who_may_read_every_source_may_choose_shared(
     ]
     allowed = await as_member(server, sid, "olga", "PATCH", path, json=share)
     assert allowed.status_code == 200 and allowed.json()["restricted_replies"] == "shared"
+
+
+async def test_shared_chosen_before_a_reader_list_exists_covers_only_what_its_chooser_reads(
+    server: RunningServer,
+) -> None:
+    """Review (no confused deputy): mia (an owner who may read no restricted material)
+    chose ``shared`` while there was nothing to judge; the vault attached later is judged
+    as a reply draws on it: the reply stays private to its readers (audited, with why).
+    Once olga, who may read it, chooses ``shared``, the next one is shown to everyone."""
+    sid = await server.new_session(
+        {"olga": "owner", "bob": "editor", "alice": "viewer", "mia": "owner"}
+    )
+    path = f"/api/v1/sessions/{sid}"
+    share = {"restricted_replies": "shared"}
+    chosen = await as_member(server, sid, "mia", "PATCH", path, json=share)
+    assert chosen.status_code == 200, chosen.text
+    assert chosen.json()["restricted_replies_by"] == "mia"
+    vault = {"title": "Vault", "text": SECRET, "readers": {"users": ["bob", "olga"]}}
+    assert (await server.http.post(f"{path}/documents", json=vault)).status_code == 201
+    bob = await server.connect(sid, "bob")
+    alice = await server.connect(sid, "alice")
+    await bob.command({"type": "prompt", "id": "p", "text": "what is the vault code?"})
+    await alice.wait_until(lambda c: all_replies_settled(c, 1))
+    kept = next(e for e in alice.entries() if e["kind"] == "reply")
+    assert "7731" not in kept["content"] and "[restricted:" in kept["content"]
+    for member in ("mia", "alice"):
+        read = await as_member(server, sid, member, "GET", f"{path}/transcript")
+        assert read.status_code == 200 and "7731" not in read.text
+    audit = (await server.http.get(f"{path}/audit?kind=reply_kept_private")).json()["records"]
+    assert [r["data"]["reply_id"] for r in audit] == [kept["id"]]
+    assert "chosen by mia, who may not read" in audit[0]["data"]["reason"]
+
+    chosen = await as_member(server, sid, "olga", "PATCH", path, json=share)
+    assert chosen.status_code == 200 and chosen.json()["restricted_replies_by"] == "olga"
+    policy = (await server.http.get(f"{path}/audit?kind=policy")).json()["records"]
+    assert policy[-1]["data"] == {"restricted_replies_by": {"from": "mia", "to": "olga"}}
+    await bob.command({"type": "prompt", "id": "q", "text": "the vault code again?"})
+    await alice.wait_until(lambda c: all_replies_settled(c, 2))
+    shown = [e for e in alice.entries() if e["kind"] == "reply"][-1]
+    assert "7731" in shown["content"]  # olga may read it: her choice shares it
 
 
 async def test_a_socket_that_says_it_speaks_commands_gets_json_before_its_first(

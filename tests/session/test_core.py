@@ -118,6 +118,7 @@ class Session:
     kept: list[KeepPrivate] = field(default_factory=list)
     audit: list[AuditRecord] = field(default_factory=list)
     restricted_replies: str = "private"
+    restricted_replies_by: str | None = None
 
     def __post_init__(self) -> None:
         self.queue = OrderingQueue(self.limits, policy=self.policy)
@@ -138,6 +139,7 @@ class Session:
             accepting_prompts=self.accepting_prompts,
             subjects=lambda: (Subject.of(m, RoleTable()) for m in self.members.values()),
             restricted_replies=self.restricted_replies,
+            restricted_replies_by=self.restricted_replies_by,
         )
 
     def event(self, actor: str, command: Command, *, admin: bool = False) -> CommandEvent:
@@ -634,6 +636,35 @@ def test_a_reply_drawing_on_what_not_everyone_may_read_goes_private_once() -> No
     assert shared.reply == ReplyState("r3", SECRET) and shared.append is None
 
 
+@pytest.mark.parametrize(("chooser", "shared"), [(None, True), ("olive", True), ("eddie", False)])
+def test_shared_chosen_by_a_member_shares_only_what_they_may_read(
+    chooser: str | None, shared: bool
+) -> None:
+    """Review (no confused deputy): an owner may choose ``shared`` before any reader list
+    exists; material added later is judged as a reply draws on it. The admin key's choice
+    (None) shares everything; a member's only what they may read (olive reads SECRET,
+    eddie does not): else the reply goes private as under ``private``."""
+    session = Session(restricted_replies="shared", restricted_replies_by=chooser)
+    drawn = handle(session.view(), ContextDrawn(ReplyState("r1"), SECRET))
+    assert drawn.reply == ReplyState("r1", SECRET, private=not shared)
+    assert drawn.append == (None if shared else AppendText("r1", RESTRICTED_REPLY))
+    streamed = handle(session.view(), TextAppended(ReplyState("r1", SECRET), "part"))
+    assert (streamed.append == AppendText("r1", "part")) is shared
+
+
+def test_shared_stops_sharing_when_its_chooser_may_no_longer_read() -> None:
+    """The member who chose ``shared`` is judged as they are now: once removed, a reply
+    drawing on what not every member may read goes private at its next batch."""
+    session = Session(restricted_replies="shared", restricted_replies_by="olive")
+    reply = ReplyState("r1", SECRET)
+    assert handle(session.view(), TextAppended(reply, "one")).append == AppendText("r1", "one")
+    del session.members["olive"]
+    session.members["omar"] = Member("omar", "owner")
+    gone = handle(session.view(), TextAppended(reply, "two"))
+    assert gone.reply == ReplyState("r1", SECRET, private=True)
+    assert gone.append == AppendText("r1", RESTRICTED_REPLY)
+
+
 @pytest.mark.parametrize(
     ("restriction", "shown"), [((), "args -> 42"), (SECRET, "[details restricted]")]
 )
@@ -709,6 +740,19 @@ def test_a_restricted_reply_is_kept_server_side_and_its_sharing_audited() -> Non
         AuditRecord("reply_shared", "policy", {"reply_id": "r", "drew_on": drew_on}),
         *calls,
     )
+
+
+def test_a_reply_kept_private_under_a_members_shared_is_audited_with_why() -> None:
+    session = Session(restricted_replies="shared", restricted_replies_by="eddie")
+    session.prompt("eddie")
+    session.start_run()
+    reply = ReplyState("r", SECRET, private=True)
+    effects = session.finish_run(None, reply=reply, text="full text")
+    assert effects.keep == (KeepPrivate("r", "reply", "full text", SECRET),)
+    (kept,) = effects.audit
+    assert (kept.kind, kept.data["reply_id"]) == ("reply_kept_private", "r")
+    assert kept.data["drew_on"] == [r.to_json() for r in SECRET]
+    assert "chosen by eddie, who may not read" in kept.data["reason"]
 
 
 def test_a_completed_replys_text_goes_out_only_when_everyone_may_read_it() -> None:

@@ -71,6 +71,7 @@ class Threads:
     )
     limits: ThreadLimits = field(default_factory=lambda: ThreadLimits(2, 6, 1, 100))
     restricted_replies: str = "private"
+    restricted_replies_by: str | None = None
     threads: dict[str, SideThread] = field(default_factory=dict)
     doc: SessionDocument = field(default_factory=lambda: SessionDocument(Doc()))
     last_seq: int = 0
@@ -90,6 +91,7 @@ class Threads:
             limits=DocumentLimits(2, 2),
             subjects=lambda: [s for u in self.members if (s := self.subject(u)) is not None],
             restricted_replies=self.restricted_replies,
+            restricted_replies_by=self.restricted_replies_by,
             threads=self.threads,
             thread_limits=self.limits,
         )
@@ -244,9 +246,16 @@ def test_sharing_picked_replies_posts_the_members_message_marked() -> None:
     assert isinstance(t.refused("bob", too_long), TooLarge)
 
 
-@pytest.mark.parametrize("policy", ["private", "shared"])
-def test_sharing_restricted_text_follows_the_restricted_replies_policy(policy: str) -> None:
-    t = Threads(restricted_replies=policy)
+@pytest.mark.parametrize(
+    ("policy", "chooser"),
+    [("private", None), ("shared", None), ("shared", "bob"), ("shared", "alice")],
+)
+def test_sharing_restricted_text_follows_the_restricted_replies_policy(
+    policy: str, chooser: str | None
+) -> None:
+    """``shared`` chosen by the admin key (None) or by a member who may read the vault
+    (bob) lets it be shared; chosen by one who may not (alice), it stays private."""
+    t = Threads(restricted_replies=policy, restricted_replies_by=chooser)
     thread_id = t.open()
     t.ok("bob", ThreadPromptCommand("p", thread_id, "q"))
     reply = t.answer(thread_id, "the code is 7731", VAULT)
@@ -255,9 +264,10 @@ def test_sharing_restricted_text_follows_the_restricted_replies_policy(policy: s
         ThreadShareCommand("t", thread_id, "my own words", ()),
     ):
         effects = t.send("bob", share)
-        if policy == "private":
+        if policy == "private" or chooser == "alice":
             assert isinstance(effects.error, RestrictedShare)
             assert effects.error.code.value == "restricted_share"
+            assert (chooser == "alice") == ("chosen by alice" in effects.error.message)
         else:
             assert effects.error is None and effects.entry is not None
             assert [a.kind for a in effects.audit] == ["thread", "reply_shared"]

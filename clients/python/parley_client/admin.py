@@ -58,6 +58,7 @@ class SessionInfo:
     policy: str
     model: str | None = None
     restricted_replies: str = "private"
+    restricted_replies_by: str | None = None  # the member who chose ``shared``; None: admin
 
 
 @dataclass(frozen=True, slots=True)

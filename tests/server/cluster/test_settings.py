@@ -124,22 +124,36 @@ async def test_settings_changed_on_a_follower_are_in_force_on_the_running_node(
 async def test_documents_and_restricted_replies_changed_on_a_follower_are_in_force_there(
     tmp_path: Path,
 ) -> None:
-    replies = [Reply(pieces=search_call("vault")), Reply(pieces=openai_stream(["It is 7731."]))]
-    async with upstream_cluster(tmp_path, replies) as nodes:
+    """Who chose ``shared`` is in force where the session runs too: mia (an owner who may
+    read no restricted material) chose it before the vault was attached, so the reply
+    drawing on the vault stays private; chosen again with the admin key, the next one is
+    shared."""
+    answer = [Reply(pieces=search_call("vault")), Reply(pieces=openai_stream(["It is 7731."]))]
+    async with upstream_cluster(tmp_path, answer * 2) as nodes:
         runner, follower = nodes.nodes
-        sid = await nodes.new_session({"olga": "owner", "bob": "editor", "vic": "viewer"})
+        members = {"olga": "owner", "bob": "editor", "vic": "viewer", "mia": "owner"}
+        sid = await nodes.new_session(members)
         assert (await nodes.wait_holder(sid))[0] == "n0"
         bob = await nodes.connect(runner, sid, "bob")
+        shared = {"restricted_replies": "shared"}
+        mia = {"Authorization": f"Bearer {await nodes.token(follower, sid, 'mia')}"}
+        async with httpx.AsyncClient(base_url=follower.base_url, headers=mia) as as_mia:
+            chosen = await as_mia.patch(f"/api/v1/sessions/{sid}", json=shared)
+            assert chosen.status_code == 200, chosen.text
         async with admin(follower) as via:
             # A document attached through the follower is found by the running node's run.
             await attach_vault(via, sid)
-            shared = {"restricted_replies": "shared"}
-            assert (await via.patch(f"/api/v1/sessions/{sid}", json=shared)).status_code == 200
             asked = await bob.command({"type": "prompt", "id": "p", "text": "the vault code?"})
+            kept = await reply_to(bob, asked["prompt_id"])
+            assert (await via.patch(f"/api/v1/sessions/{sid}", json=shared)).status_code == 200
+            asked = await bob.command({"type": "prompt", "id": "q", "text": "the vault code?"})
             reply = await reply_to(bob, asked["prompt_id"])
             audit = (await via.get(f"/api/v1/sessions/{sid}/audit")).json()["records"]
+        # mia may not read the vault: her choice does not share it.
+        assert "[restricted:" in kept["content"] and "7731" not in kept["content"]
+        assert any(r["kind"] == "reply_kept_private" for r in audit)
         assert reply["status"] == "done"
-        # Shared by the owner's choice: the reply stays in the shared document, audited.
+        # Shared by the admin key's choice: the reply stays in the shared document, audited.
         assert "[restricted:" not in reply["content"] and "7731" in reply["content"]
         assert any(r["kind"] == "reply_shared" for r in audit)
         await bob.close()

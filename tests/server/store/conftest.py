@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Table, inspect
 
 from parley.server.store.db import create_engine
 from parley.server.store.sessions import Store
@@ -19,3 +23,21 @@ async def store(database_url: str) -> AsyncIterator[Store]:
         yield store
     finally:
         await store.close()
+
+
+async def goes_down_and_up(
+    store: Store, config: Config, revision: str, table: Table, column: str
+) -> None:
+    """Migrate down to ``revision`` (``column`` of ``table`` gone) and up to the head again
+    (``table`` as the schema has it)."""
+    await asyncio.to_thread(command.downgrade, config, revision)
+    assert column not in await _columns(store, table.name)
+    await asyncio.to_thread(command.upgrade, config, "head")
+    assert await _columns(store, table.name) == {c.name for c in table.columns}
+
+
+async def _columns(store: Store, table: str) -> set[str]:
+    async with store.engine.connect() as connection:
+        return await connection.run_sync(
+            lambda sync: {c["name"] for c in inspect(sync).get_columns(table)}
+        )

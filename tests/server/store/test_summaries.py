@@ -7,11 +7,12 @@ import asyncio
 import json
 
 from alembic import command
-from sqlalchemy import insert, inspect
+from sqlalchemy import insert
 
 from parley.server.store.db import alembic_config, create_engine
 from parley.server.store.sessions import Store
 from parley.server.store.tables import summaries
+from tests.server.store.conftest import goes_down_and_up
 
 
 async def test_rows_stored_before_the_migration_extend_the_row_before_them(
@@ -51,16 +52,6 @@ async def test_rows_stored_before_the_migration_extend_the_row_before_them(
         ]
         assert [(s.id, s.extends) for s in await store.load_summaries("b")] == [("b1", None)]
 
-        await asyncio.to_thread(command.downgrade, config, "audit_0022")
-        assert "extends" not in await _columns(store)
-        await asyncio.to_thread(command.upgrade, config, "head")
-        assert await _columns(store) == {c.name for c in summaries.columns}
+        await goes_down_and_up(store, config, "audit_0022", summaries, "extends")
     finally:
         await store.close()
-
-
-async def _columns(store: Store) -> set[str]:
-    async with store.engine.connect() as connection:
-        return await connection.run_sync(
-            lambda sync: {c["name"] for c in inspect(sync).get_columns("summaries")}
-        )
