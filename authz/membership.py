@@ -13,7 +13,8 @@ carries, and lifting a denial is judged like a grant. The rules, in the order ch
 4. the capabilities of the target's role and grants, before and after, must be within the
    actor's own (nobody hands out, or takes from others, more than they hold);
 5. whatever the target may read after the change and could not before, the actor must be
-   able to read;
+   able to read (among the reader lists there are now: a list naming a role that comes
+   later is read by whoever holds the role then, as its author chose);
 6. a denial is lifted only by someone who holds what it denies.
 
 Pure: the caller passes the members as stored, the live role table and the reader lists;
