@@ -116,12 +116,23 @@ class LiveThreadDoc:
         return self.writes.is_noop(self.document.doc, update)
 
 
+class _Read:
+    """A read of a thread's log outside the writer lock, ``stale`` once the log changed
+    after it began (registered under the lock: no write was under way then)."""
+
+    __slots__ = ("stale",)
+
+    def __init__(self) -> None:
+        self.stale = False
+
+
 class ThreadDocs:
     """The documents of one room's side-threads: those its sockets hold, and the writes."""
 
     def __init__(self, room: SessionRoom) -> None:
         self.room = room
         self.live: dict[str, LiveThreadDoc] = {}
+        self._reads: dict[str, list[_Read]] = {}  # by thread: ``open``'s, under way
 
     @property
     def _writer(self) -> DocumentWriter:
@@ -141,10 +152,11 @@ class ThreadDocs:
     ) -> LiveThreadDoc:
         """The document of thread ``thread_id`` for a socket, read from its log if not
         held here. Where the session runs (``writes``) the thread as ``committed`` and the
-        turns of its run in flight (``running``) are shown and stored, read under the
-        writer lock so they agree with the log (a thread stored before its log was kept is
-        shown whole); a follower serves the log as it is (``Unavailable`` while there is
-        none). ``NotFound`` if the thread was deleted meanwhile."""
+        turns of its run in flight (``running``) are shown and stored under the writer
+        lock, so they agree with the log (a thread stored before its log was kept is
+        shown whole); the log is read outside it (``_read``). A follower serves the log as
+        it is (``Unavailable`` while there is none). ``NotFound`` if the thread was
+        deleted meanwhile."""
         live = self.live.get(thread_id)
         if live is not None and (not writes or self._current(thread_id, committed)):
             return live
@@ -156,11 +168,54 @@ class ThreadDocs:
             return self.live.setdefault(thread_id, self._live(thread_id, stored))
         async with self._writer.lock:
             live = self.live.get(thread_id)
+            if live is not None:  # held (for a run): shown again, judged now; no read
+                if not self._current(thread_id, committed):
+                    live = await self._show_now(thread_id, committed, running, live)
+                    self.live[thread_id] = live
+                return live
+            self._writer.require_usable()
+            read = _Read()
+            self._reads.setdefault(thread_id, []).append(read)
+        try:
+            return await self._read(thread_id, read, committed, running)
+        finally:
+            self._unread(thread_id, read)
+
+    async def _read(
+        self,
+        thread_id: str,
+        read: _Read,
+        committed: Callable[[], SideThread | None],
+        running: Callable[[], Sequence[ThreadTurn]],
+    ) -> LiveThreadDoc:
+        """``open``'s read of the log, outside the writer lock: a store read held under it
+        kept the session's writes waiting, and one member's sockets opened in a loop had
+        them refused (review: half of another member's messages ``unavailable``). ``read``
+        is marked stale by any change to the thread's log meanwhile (``_changed``): then
+        the log is read again under the lock, as nothing may build on an old copy."""
+        room = self.room
+        stored = await room.store.load_thread_doc(room.session_id, thread_id)
+        async with self._writer.lock:
+            live = self.live.get(thread_id)
             if live is not None and self._current(thread_id, committed):
                 return live
+            if live is None and not read.stale:
+                live = self._live(thread_id, stored)
             live = await self._show_now(thread_id, committed, running, live)
             self.live[thread_id] = live
             return live
+
+    def _unread(self, thread_id: str, read: _Read) -> None:
+        reads = self._reads.get(thread_id)
+        if reads is not None:
+            reads.remove(read)
+            if not reads:
+                del self._reads[thread_id]
+
+    def _changed(self, thread_id: str) -> None:
+        """The thread's log changes (under the writer lock): a copy read before is old."""
+        for read in self._reads.get(thread_id, ()):
+            read.stale = True
 
     async def rejudge(
         self,
@@ -225,10 +280,12 @@ class ThreadDocs:
         return thread is None or self.room.side_threads.read_by(thread, thread.owner) == thread
 
     def forget(self) -> None:
-        """The room was loaded again (a restart of its runner, a takeover): documents held
-        may be behind their logs; their sockets resync."""
+        """The room was loaded again (a restart of its runner, a takeover): documents held,
+        and logs being read, may be behind their logs; their sockets resync."""
         for thread_id in list(self.live):
             self._lost(self.live[thread_id])
+        for thread_id in self._reads:
+            self._changed(thread_id)
 
     def _watched(self, thread_id: str) -> bool:
         return bool(self.room.sockets.thread_connections.get(thread_id))
@@ -313,6 +370,7 @@ class ThreadDocs:
             if not update:
                 return
             fence = self._writer.fence
+            self._changed(thread_id)
             stored = room.store.group.submit(room.session_id, update, fence, thread_id=thread_id)
             cancelled = await settled(stored)
             try:
@@ -331,6 +389,7 @@ class ThreadDocs:
     async def _append(
         self, tx: SessionTx, live: LiveThreadDoc, thread_id: str, update: bytes
     ) -> None:
+        self._changed(thread_id)
         row = (self.room.session_id, thread_id, update)
         (update_id,) = await tx.append_thread_updates([row])
         live.last_update_id = update_id

@@ -18,6 +18,7 @@ from parley.server.runtime.thread_docs import read_document
 from parley.server.store.access_rows import DocumentRow
 from parley.server.store.memory import MemoryStore
 from parley.server.store.memory_tables import MemoryTx
+from parley.server.store.rows import StoredDoc
 from parley.session.core.state import RESTRICTED_DETAILS
 from parley.session.errors import NotFound, Unavailable
 from parley.session.thread_commands import ThreadCloseCommand
@@ -320,3 +321,45 @@ async def test_a_source_denied_to_the_owner_leaves_the_document_its_sockets_are_
         frames = [json.loads(f) for f in session_socket.frames[told:] if isinstance(f, str)]
         [shown] = [f["thread"] for f in frames if f["type"] == "thread"][-1:]
         assert len(shown["turns"]) == len(done.turns) and "7731" not in json.dumps(frames)
+
+
+async def test_reading_a_document_from_its_log_keeps_no_write_waiting_and_loses_none(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Review: a side-thread's socket opening with no other on it read the document from
+    the store under the session's writer lock, so one member opening and closing sockets
+    in a loop kept every write of the session waiting, and half of another member's
+    messages were refused ``unavailable``. The log is read outside the lock; a change to
+    it made meanwhile is not built on an old copy (the log is read again): the document
+    opened is the one the log holds."""
+    async with memory_session({"alice": "editor", "bob": "editor"}, FakeModel(held_answer)) as s:
+        thread_id = await open_thread(s, "bob")
+        await ask(s, "bob", thread_id, "kept")
+        await answered(s, thread_id)
+        assert thread_id not in s.room.side_threads.docs.live
+        reading, go_on = asyncio.Event(), asyncio.Event()
+        load = s.store.load_thread_doc
+
+        async def slow_load(session_id: str, thread: str) -> StoredDoc:
+            stored = await load(session_id, thread)
+            reading.set()
+            await go_on.wait()
+            return stored
+
+        monkeypatch.setattr(s.store, "load_thread_doc", slow_load)
+        opening = asyncio.create_task(s.room.side_threads.document(thread_id, "bob"))
+        async with asyncio.timeout(10):  # a guard against a hang, not a measure
+            await reading.wait()
+            assert not s.room.writer.document.lock.locked()
+            said = await s.message("alice", "not kept waiting")
+            closed = await s.send("bob", ThreadCloseCommand("c", thread_id, delete=False))
+        assert said["type"] == "ack" and closed["type"] == "ack"
+        go_on.set()
+        live = await opening
+        monkeypatch.undo()
+        stored = read_document(await s.store.load_thread_doc(SESSION, thread_id))
+        held = live.document.doc
+        assert decode_state_vector(held.get_state()) == decode_state_vector(stored.doc.get_state())
+        for name, kind in (("thread", Map), ("turns", Array)):
+            assert held.get(name, type=kind).to_py() == stored.doc.get(name, type=kind).to_py()
+        assert held.get("thread", type=Map).to_py()["status"] == "closed"
