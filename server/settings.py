@@ -220,6 +220,14 @@ class Settings(BaseSettings):
     # socket past it is refused (429) until it refills, its sync requests refused.
     sync_bytes_per_s: float = Field(default=1024 * 1024, ge=0)
     sync_burst_bytes: int = Field(default=32 * 1024 * 1024, ge=1)
+    # Sockets one member opens to a session, its own and its side-threads' together (on
+    # each node): past it the upgrade is refused 429 with ``Retry-After``, and every stock
+    # client backs off (review: 2,200 opens in 12 s, each reading a side-thread's document).
+    socket_opens_per_minute: float = Field(default=60.0, gt=0)
+    socket_opens_burst: int = Field(default=32, ge=1)
+    # Invite exchanges, which need no key: per client address, and per invite, each.
+    invite_exchanges_per_minute: float = Field(default=30.0, gt=0)
+    invite_exchanges_burst: int = Field(default=10, ge=1)
     ws_idle_timeout_s: float = 120.0
     shutdown_grace_s: float = 5.0
     log_format: str = "json"

@@ -229,6 +229,11 @@ class RateLimited(ParleyError):
     http_status = 429
     close_code: CloseCode | None = CloseCode.ABUSE
 
+    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        # When the budget has room again, where it is known: sent as ``Retry-After``.
+        self.retry_after_s = retry_after_s
+
 
 class Unavailable(ParleyError):
     code = ErrorCode.UNAVAILABLE

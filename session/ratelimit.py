@@ -2,11 +2,14 @@
 
 One mechanism for every budget: a ``TokenBucket`` per socket or per member and kind of
 spend (``Spend``), charged what a frame costs (``cost_of``: a count, or its bytes), and an
-``AbuseCounter`` per socket that closes a client refused again and again.
+``AbuseCounter`` per socket that closes a client refused again and again. A caller with
+no member to charge (a client's address, an invite link) has ``KeyedBuckets``.
 """
 
 from __future__ import annotations
 
+import math
+from collections import OrderedDict
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -50,6 +53,14 @@ class TokenBucket:
         self.allow(now, 0.0)
         return self._tokens < 1.0
 
+    def wait_s(self, now: float, cost: float = 1.0) -> float:
+        """Seconds until ``cost`` is there (0: it is now; ``inf``: never); nothing taken."""
+        self.allow(now, 0.0)
+        missing = cost - self._tokens
+        if missing <= 0:
+            return 0.0
+        return missing / self.rate.per_second if self.rate.per_second > 0 else math.inf
+
 
 class AbuseCounter:
     """Counts refusals in a sliding window; past ``limit`` the client is cut off."""
@@ -78,6 +89,9 @@ class Spend(StrEnum):
     AWARENESS_BYTES = "awareness_bytes"  # presence updates: bytes, fanned out to everyone
     SYNC_REQUESTS = "sync_requests"  # "send me everything" (sync step 1, query awareness)
     READ_BYTES = "read_bytes"  # large REST answers (the transcript): their bytes
+    # Sockets opened, the session's and side-threads' (per member): each costs admission,
+    # and a side-thread's may read its document from the store.
+    SOCKET_OPENS = "socket_opens"
     SYNC_BYTES = "sync_bytes"  # answers to sync requests (the document): their bytes
     # Resends past the command rate, on a socket or over REST, each answered as it was the
     # first time (from the recent acks, the store or the node that runs the session).
@@ -132,6 +146,39 @@ class Budgets:
     def spent(self, owner: object, spend: Spend, now: float) -> bool:
         """Whether ``owner`` has nothing left of ``spend`` (never, without a rate)."""
         return spend in self.rates and self.bucket(owner, spend, now).spent(now)
+
+    def wait_s(self, owner: object, spend: Spend, now: float) -> float:
+        """Seconds until ``owner`` has one of ``spend`` again (0: now, or no rate)."""
+        return self.bucket(owner, spend, now).wait_s(now) if spend in self.rates else 0.0
+
+
+class KeyedBuckets:
+    """One ``TokenBucket`` of ``rate`` per key, for callers with no member to charge (a
+    client's address, an invite). At most ``max_keys`` are kept: past it the one used
+    least lately is forgotten (by then refilled, as good as new, unless ``max_keys``
+    keys are being spent at once)."""
+
+    __slots__ = ("_buckets", "max_keys", "rate")
+
+    def __init__(self, rate: Rate, max_keys: int) -> None:
+        self.rate = rate
+        self.max_keys = max_keys
+        self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
+
+    def take(self, key: str, now: float) -> float:
+        """Spend one of ``key``'s budget: 0.0 when it was there, else the seconds until
+        it will be (nothing spent)."""
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            bucket = self._buckets[key] = TokenBucket(self.rate, now)
+            if len(self._buckets) > self.max_keys:
+                self._buckets.popitem(last=False)
+        else:
+            self._buckets.move_to_end(key)
+        return 0.0 if bucket.allow(now) else bucket.wait_s(now)
+
+    def __len__(self) -> int:
+        return len(self._buckets)
 
 
 def command_bytes_refusal(

@@ -288,6 +288,17 @@ class RunningServer:
         assert response.status_code == 201, response.text
         return str(response.json()["token"])
 
+    async def thread_url(self, session_id: str, token: str) -> str:
+        """A side-thread opened with the member's ``token``: its socket's URL, with it."""
+        opened = await self.http.post(
+            f"/api/v1/sessions/{session_id}/threads",
+            json={"title": "t"},
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        assert opened.status_code == 201, opened.text
+        thread_id = opened.json()["thread_id"]
+        return f"{self.ws_url}/ws/sessions/{session_id}/threads/{thread_id}?token={token}"
+
     async def connect(
         self, session_id: str, user_id: str, *, synced: bool = True, commands: str | None = None
     ) -> YClient:

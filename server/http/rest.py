@@ -164,15 +164,19 @@ MAX_PROBLEMS = 50  # validation errors listed in one answer (the count says how 
 
 def error_response(error: ParleyError, retry_after_s: float | None = None) -> JSONResponse:
     """The error body; ``WWW-Authenticate`` with a 401, and ``Retry-After`` (whole seconds)
-    with a 503 when ``retry_after_s`` is given, as a refused WebSocket upgrade has it."""
+    with a 503 when ``retry_after_s`` is given, as a refused WebSocket upgrade has it, and
+    with a ``RateLimited`` that knows when its budget has room again."""
     more: dict[str, Any] = {}
     if isinstance(error, InvalidInput) and error.details:
         more["details"] = [{"at": at, "message": message} for at, message in error.details]
     headers: dict[str, str] = {}
     if error.http_status == 401:
         headers["WWW-Authenticate"] = "Bearer"
-    if error.http_status == 503 and retry_after_s is not None:
-        headers["Retry-After"] = str(max(1, math.ceil(retry_after_s)))
+    wait = retry_after_s if error.http_status == 503 else None
+    if isinstance(error, RateLimited):
+        wait = error.retry_after_s
+    if wait is not None and math.isfinite(wait):
+        headers["Retry-After"] = str(max(1, math.ceil(wait)))
     body = error_body(error.code.value, error.message, **more)
     return JSONResponse(body, status_code=error.http_status, headers=headers or None)
 

@@ -181,5 +181,8 @@ def member_rates(settings: Settings) -> dict[Spend, Rate]:
         Spend.COMMAND_BYTES: Rate(settings.command_bytes_per_s, settings.command_burst_bytes),
         Spend.READ_BYTES: Rate(settings.read_bytes_per_s, settings.read_burst_bytes),
         Spend.SYNC_BYTES: Rate(settings.sync_bytes_per_s, settings.sync_burst_bytes),
+        Spend.SOCKET_OPENS: Rate(
+            settings.socket_opens_per_minute / 60, settings.socket_opens_burst
+        ),
         Spend.RESENDS: Rate(settings.commands_per_second, RESENDS_BURST),
     }

@@ -42,7 +42,7 @@ from parley.server.ws.connection import Connection
 from parley.session.closes import CloseCode
 from parley.session.commands import Limits
 from parley.session.core import MemberUpdated, TokenRevoked
-from parley.session.errors import NotFound, Unavailable
+from parley.session.errors import NotFound, RateLimited, Unavailable
 from parley.session.presence import Presence
 from parley.session.queue import OrderingQueue, Policy, QueueLimits
 from parley.session.quota import Quotas
@@ -309,6 +309,22 @@ class SessionRoom:
         """Whether ``user_id``'s sockets together have spent their sync budget (the bytes
         of the document sent in answer to their syncs)."""
         return self.budgets.spent(user_id, Spend.SYNC_BYTES, now)
+
+    def upgrade_refusal(self, user_id: str, now: float) -> RateLimited | None:
+        """Why a new socket of ``user_id`` (the session's or a side-thread's) is refused at
+        its upgrade, with when to come back; else None, and one of the member's socket
+        opens spent. Past their sync budget its first sync would be refused, and a stock
+        client waits for it for good; past their opens, each open costs admission and may
+        read a side-thread's document from the store (review: one member opened and
+        closed 2,200 sockets in 12 s, and the others' writes waited out their budget)."""
+        budgets = self.budgets
+        if self.syncs_spent(user_id, now):
+            why = "over the sync budget (bytes of the document); slow down"
+            return RateLimited(why, budgets.wait_s(user_id, Spend.SYNC_BYTES, now))
+        if not budgets.allow(user_id, Cost(Spend.SOCKET_OPENS, 1), now):
+            why = "too many sockets opened; slow down"
+            return RateLimited(why, budgets.wait_s(user_id, Spend.SOCKET_OPENS, now))
+        return None
 
     def sync_refused(self, connection: Connection, now: float) -> bool:
         """Before a sync is answered: True, and the socket closed to try again later, when

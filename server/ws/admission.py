@@ -3,8 +3,9 @@ the end of it.
 
 ``admit`` accepts a socket or refuses it with its close code (a browser origin, the token,
 the member's right to read the session, a revoked token, the caps on sockets per session
-and per member); only a database that cannot load the session refuses the upgrade itself
-(HTTP 503 with ``Retry-After``). ``serve`` runs a handler for the admitted socket until
+and per member); only a database that cannot load the session (HTTP 503), and a member
+past the sockets they may open or their sync budget (HTTP 429), refuse the upgrade itself,
+with ``Retry-After``. ``serve`` runs a handler for the admitted socket until
 either side ends it, closes it when its token expires or it waits too long for a frame
 (``receive``), and always cleans up.
 
@@ -126,14 +127,14 @@ async def admit(websocket: WebSocket, state: AppState) -> Admitted | None:
             room = await state.rooms.get(session_id)
             if state.rooms.cluster is not None and not state.rooms.cluster.runs(session_id):
                 await room.membership.refresh()
-            if room.syncs_spent(claims.user_id, state.clock()):
-                # Its first sync would be refused, and a stock client waits for it for good:
-                # its upgrade is refused instead, and every stock client backs off.
-                raise RateLimited("over the sync budget (bytes of the document); slow down")
+            # Past a budget the upgrade is refused (429, ``Retry-After``): every stock
+            # client backs off, where a socket accepted then closed would bring it back.
+            refused = room.upgrade_refusal(claims.user_id, state.clock())
+            if refused is not None:
+                raise refused
         except RateLimited as exc:
-            await websocket.send_denial_response(
-                error_response(exc, state.settings.db_retry_after_s)
-            )
+            state.metrics.errors.labels(code=exc.code.value).inc()
+            await websocket.send_denial_response(error_response(exc))
             return None
         except Unauthenticated as exc:
             refusal = (close_code_for(exc), exc.message[:120])

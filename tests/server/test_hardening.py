@@ -102,6 +102,33 @@ async def test_sockets_are_capped_per_user_and_per_session(tmp_path: Path) -> No
         assert alice.close_code is None
 
 
+async def test_a_members_socket_opens_are_limited_at_the_upgrade(tmp_path: Path) -> None:
+    """Review: a member opened and at once closed a side-thread's socket 2,200 times in
+    12 s, none refused, each open reading the thread's document; the others' writes were
+    refused meanwhile. A member's opens, the session's sockets and their side-threads'
+    together, are budgeted: past it the upgrade is refused 429 (``rate_limited``, with
+    ``Retry-After``), which stock clients back off from; other members open theirs."""
+    settings = make_settings(
+        sqlite_url(tmp_path), tmp_path / "d", socket_opens_per_minute=0.01, socket_opens_burst=3
+    )
+    async with serve_in_process(settings) as server:
+        sid = await server.new_session({"mallory": "editor", "bob": "editor"})
+        token = await server.token(sid, "mallory")
+        thread_url = await server.thread_url(sid, token)
+        session_url = f"{server.ws_url}/ws/sessions/{sid}?token={token}"
+        for url in (thread_url, session_url, thread_url):
+            assert await handshake(url) == "open"
+        for url in (thread_url, session_url):
+            with pytest.raises(websockets.InvalidStatus) as refused:
+                await websockets.connect(url, proxy=None)
+            answer = refused.value.response
+            assert answer.status_code == 429
+            assert int(answer.headers["Retry-After"]) >= 60  # one open back: 100 min
+            assert b'"rate_limited"' in answer.body
+        bob_url = f"{server.ws_url}/ws/sessions/{sid}?token={await server.token(sid, 'bob')}"
+        assert await handshake(bob_url) == "open"
+
+
 async def test_command_rate_limits_then_cut_off(tmp_path: Path) -> None:
     settings = make_settings(
         sqlite_url(tmp_path),

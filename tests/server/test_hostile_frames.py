@@ -303,6 +303,7 @@ async def test_a_members_syncs_spend_one_budget_across_their_sockets(tmp_path: P
             await websockets.connect(url)
         except websockets.InvalidStatus as refused:
             assert refused.response.status_code == 429
+            assert int(refused.response.headers["Retry-After"]) >= 1  # as docs say
         else:
             raise AssertionError("a new socket of a member past the sync budget was let in")
         assert ed.close_code is None

@@ -174,16 +174,8 @@ async def test_sockets_opened_at_once_on_a_thread_keep_the_users_cap(tmp_path: P
     async with serve_in_process(settings) as server:
         sid = await server.new_session({"bob": "editor"})
         token = await server.token(sid, "bob")
-        opened = await server.http.post(
-            f"/api/v1/sessions/{sid}/threads",
-            json={"title": "t"},
-            headers={"Authorization": f"Bearer {token}"},
-        )
-        assert opened.status_code == 201, opened.text
-        url = f"{server.ws_url}/ws/sessions/{sid}/threads/{opened.json()['thread_id']}"
-        sockets = await asyncio.gather(
-            *(websockets.connect(f"{url}?token={token}") for _ in range(6))
-        )
+        url = await server.thread_url(sid, token)
+        sockets = await asyncio.gather(*(websockets.connect(url) for _ in range(6)))
         try:
             outcomes = await asyncio.gather(*(_first_frame_or_close(ws) for ws in sockets))
         finally:

@@ -9,6 +9,7 @@ from parley.session.ratelimit import (
     AbuseCounter,
     Budgets,
     Cost,
+    KeyedBuckets,
     Rate,
     Spend,
     TokenBucket,
@@ -77,3 +78,23 @@ def test_refusals_past_the_limit_within_the_window_cut_off() -> None:
     assert not abuse.refused(1)
     assert abuse.refused(2)
     assert not AbuseCounter(limit=2, window_s=10).refused(100)
+
+
+def test_a_bucket_says_how_long_until_it_has_room_again() -> None:
+    bucket = TokenBucket(Rate(per_second=0.5, burst=2), now=0)
+    assert bucket.wait_s(0) == 0.0
+    assert bucket.allow(0) and bucket.allow(0) and not bucket.allow(0)
+    assert bucket.wait_s(0) == 2.0 and bucket.wait_s(1.5) == 0.5
+    assert bucket.wait_s(2) == 0.0 and bucket.allow(2)
+    assert TokenBucket(Rate(per_second=0, burst=1), now=0).wait_s(0, cost=2) == float("inf")
+
+
+def test_keyed_buckets_refuse_each_key_alone_and_keep_at_most_max_keys() -> None:
+    keyed = KeyedBuckets(Rate(per_second=1, burst=2), max_keys=2)
+    assert keyed.take("a", now=0) == 0.0 and keyed.take("a", now=0) == 0.0
+    assert keyed.take("a", now=0) == 1.0  # nothing spent: a second to wait
+    assert keyed.take("b", now=0) == 0.0  # each key its own
+    assert keyed.take("a", now=1) == 0.0  # refilled
+    keyed.take("c", now=1)  # "b" was used least lately: forgotten
+    assert len(keyed) == 2
+    assert keyed.take("a", now=1) == 1.0  # still known, and spent
