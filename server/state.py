@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 from weakref import WeakKeyDictionary
 
+from parley.server.http.invite_limits import ExchangeLimits
 from parley.server.keys import Keys
 from parley.server.metrics import Metrics
 from parley.server.runtime.rooms import RoomRegistry
@@ -33,3 +34,8 @@ class AppState:
     transcripts: WeakKeyDictionary[SessionRoom, TranscriptBody] = field(
         default_factory=WeakKeyDictionary
     )
+    # The invite exchange's budgets, by client address and by invite (it needs no key).
+    exchanges: ExchangeLimits = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.exchanges = ExchangeLimits(self.settings)

@@ -4,8 +4,10 @@ there for a client token of the member the invite names.
 The secret travels in the link's fragment (``/demo/#invite=…``), which browsers never send
 to a server, so it is in no access log; the exchange posts it in a body. A secret is 256
 random bits kept only as its SHA-256; an invite works ``max_uses`` times (once by default)
-until it expires or is revoked, and dies with the membership it was made for. A failed
-exchange says only that the link is not valid, whatever the reason.
+until it expires or is revoked, and dies with the membership it was made for, or when its
+maker could no longer mint it (revoked at its first refused use, audited once). A failed
+exchange says only that the link is not valid, whatever the reason. The exchange needs no
+key, so it is budgeted by client address and by invite (``invite_limits``).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from parley.server.http.rest import Caller, Operation, spend_command_everywhere
 from parley.server.http.sessions import SESSION_ERRORS, session_row
 from parley.server.state import AppState
 from parley.server.store.access import AccessStore
-from parley.server.store.invites import InviteRow, InviteStore
+from parley.server.store.invites import InviteRow, InviteStore, Killed, secret_digest
 from parley.server.store.rows import MemberRow
 from parley.session.errors import Conflict, InvalidInput, NotFound, Unauthenticated
 
@@ -127,29 +129,29 @@ async def revoke_invite(state: AppState, session_id: str, invite_id: str, caller
     await room.writer.audit("invite", caller.actor, {"revoked": invite_id})
 
 
-async def exchange_invite(state: AppState, body: InviteExchange) -> TokenOut:
+async def exchange_invite(state: AppState, body: InviteExchange, client: str) -> TokenOut:
     """Exchange an invite's secret for a client token of its member (no key needed: the
-    secret is the credential). One use of the invite is spent."""
+    secret is the credential; ``client``'s budget and the invite's are spent instead). One
+    use of the invite is spent."""
     now = int(state.clock())
+    state.exchanges.spend_address(client, state.clock())
     store = InviteStore(state.store)
     session_id = await store.live_session(body.invite, now)
     if session_id is None:
         raise Unauthenticated(NOT_VALID)
+    state.exchanges.spend_invite(secret_digest(body.invite), state.clock())
     await state.rooms.current_access()  # the roles as committed
     documents = await AccessStore(state.store).reader_lists(session_id)
-    refusals: list[tuple[InviteRow, str]] = []
 
-    def judge(invite: InviteRow, maker: MemberRow | None, member: MemberRow) -> bool:
+    def judge(invite: InviteRow, maker: MemberRow | None, member: MemberRow) -> str | None:
         """A link hands out its member's access as it is now: judged again, as if its
         maker minted it now (a maker removed or lowered, or a member raised past what the
-        maker may hand out, makes it dead)."""
+        maker may hand out, makes it dead). Why not, or None."""
         if invite.created_by in (ADMIN_ACTOR, invite.user_id):
-            return True  # the admin key's, or the member's own access
+            return None  # the admin key's, or the member's own access
         actor = None if maker is None else maker.as_member()
         decision = judge_invite(actor, member.as_member(), state.rooms.roles, documents)
-        if not decision.allowed:
-            refusals.append((invite, decision.reason))
-        return decision.allowed
+        return None if decision.allowed else decision.reason
 
     def mint(invite: InviteRow, member: MemberRow) -> tuple[str, ClientClaims]:
         return issue_token(
@@ -162,11 +164,16 @@ async def exchange_invite(state: AppState, body: InviteExchange) -> TokenOut:
         )
 
     redeemed = await store.redeem(body.invite, now, mint, judge)
-    for invite, reason in refusals:
+    if isinstance(redeemed, Killed):
+        invite = redeemed.invite
         room = await state.rooms.get(invite.session_id)
-        what = {"action": f"use invite {invite.id} of {invite.user_id}", "reason": reason}
+        what = {
+            "action": f"use invite {invite.id} of {invite.user_id}",
+            "reason": redeemed.reason,
+            "revoked": True,
+        }
         await room.writer.audit("refused", invite.created_by, what)
-    if redeemed is None:
+    if redeemed is None or isinstance(redeemed, Killed):
         raise Unauthenticated(NOT_VALID)
     invite, member, token, claims = redeemed
     room = await state.rooms.get(invite.session_id)
@@ -213,9 +220,10 @@ OPERATIONS: list[Operation] = [
         exchange_invite,
         "Exchange an invite link's secret for a client token",
         auth=False,
+        with_client=True,
         body=InviteExchange,
         body_bytes=1024,  # an invite of 100 characters, and no credentials to charge
         response=TokenOut,
-        errors=(401,),
+        errors=(401, 429),
     ),
 ]

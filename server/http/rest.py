@@ -140,6 +140,9 @@ class Operation:
     capability: str | None = None
     # The handler takes ``caller`` (for checks that depend on the resource).
     with_caller: bool = False
+    # The handler takes ``client``, the address the request came from ("" if unknown): the
+    # budget of a route that needs no key (the invite exchange) is the address's.
+    with_client: bool = False
     # A route with no session in its path that a client token may call too (the models,
     # ``/api/v1/me/...``): the member is judged in the token's own session.
     own_session: bool = False
@@ -362,6 +365,8 @@ def route(op: Operation) -> Route:
             room = await admit(op, caller, state, kwargs.get("session_id"))
             if op.with_caller:
                 kwargs["caller"] = caller
+            if op.with_client:
+                kwargs["client"] = "" if request.client is None else request.client.host
             if op.body is not None:
                 kwargs["body"] = await _body(op, request, state, caller, room)
             await judge(op, caller, state, room)

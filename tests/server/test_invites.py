@@ -5,12 +5,14 @@ guesses, replays and races get nothing."""
 from __future__ import annotations
 
 import asyncio
+import secrets
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.conftest import RunningServer
+from tests.conftest import RunningServer, make_settings, serve_in_process, sqlite_url
 
 
 async def _invite(server: RunningServer, sid: str, **body: Any) -> dict[str, Any]:
@@ -22,9 +24,13 @@ async def _invite(server: RunningServer, sid: str, **body: Any) -> dict[str, Any
     return answer
 
 
-async def _exchange(server: RunningServer, secret: str) -> httpx.Response:
+async def _exchange(
+    server: RunningServer, secret: str, headers: dict[str, str] | None = None
+) -> httpx.Response:
     return await server.http.post(
-        "/api/v1/invites/exchange", json={"invite": secret}, headers={"Authorization": ""}
+        "/api/v1/invites/exchange",
+        json={"invite": secret},
+        headers={"Authorization": ""} | (headers or {}),
     )
 
 
@@ -211,3 +217,51 @@ async def test_a_link_is_judged_again_when_used_as_if_its_maker_minted_it_then(
     audit = (await server.http.get(f"/api/v1/sessions/{sid}/audit")).json()["records"]
     refusals = [r for r in audit if r["kind"] == "refused" and "use invite" in r["data"]["action"]]
     assert {r["actor"] for r in refusals} == {"mo", "olga"}
+
+
+async def test_a_link_its_maker_could_no_longer_mint_dies_at_its_first_use_audited_once(
+    server: RunningServer,
+) -> None:
+    """Review: a dead link (its maker lowered to viewer) stayed live, and each exchange of
+    it, with no key, wrote one ``refused`` audit record: 1,600 in 9 s. It is revoked at the
+    first refused use, so its refusal is audited once, and it leaves the live invites."""
+    sid = await server.new_session({"alice": "owner", "bob": "editor"})
+    headers = {"Authorization": f"Bearer {await server.token(sid, 'alice')}"}
+    url = f"/api/v1/sessions/{sid}/invites"
+    created = await server.http.post(url, json={"user_id": "bob"}, headers=headers)
+    assert created.status_code == 201, created.text
+    lowered = await server.http.put(
+        f"/api/v1/sessions/{sid}/members/alice", json={"role": "viewer"}
+    )
+    assert lowered.status_code == 200, lowered.text
+    for _ in range(3):
+        refused = await _exchange(server, created.json()["secret"])
+        assert refused.status_code == 401 and refused.json()["error"]["code"] == "unauthenticated"
+    audit = (await server.http.get(f"/api/v1/sessions/{sid}/audit")).json()["records"]
+    refusals = [r for r in audit if r["kind"] == "refused" and "use invite" in r["data"]["action"]]
+    assert [r["actor"] for r in refusals] == ["alice"]
+    assert refusals[0]["data"]["revoked"] is True
+    assert (await server.http.get(url)).json()["invites"] == []
+
+
+async def test_exchanges_are_budgeted_by_client_address_and_by_invite(tmp_path: Path) -> None:
+    """Review: exchanges need no key and had no limit (random secrets, 1,600 a dead link
+    in 9 s). Past a client address's budget, or an invite's, an exchange is refused 429
+    ``rate_limited`` with ``Retry-After``, before the store is read."""
+    budget = {"invite_exchanges_per_minute": 0.01, "invite_exchanges_burst": 2}
+    settings = make_settings(sqlite_url(tmp_path), tmp_path / "d", **budget)
+    async with serve_in_process(settings) as server:
+        sid = await server.new_session({"alice": "editor"})
+        invite = await _invite(server, sid, max_uses=5)
+        guesses = [await _exchange(server, secrets.token_urlsafe(32)) for _ in range(3)]
+        assert [g.status_code for g in guesses] == [401, 401, 429]
+        assert guesses[2].json()["error"]["code"] == "rate_limited"
+        assert int(guesses[2].headers["Retry-After"]) >= 60  # one back: 100 minutes
+        assert (await _exchange(server, invite["secret"])).status_code == 429  # the address's
+        # From other addresses (a proxy uvicorn trusts names them): the invite's own budget.
+        answers = [
+            await _exchange(server, invite["secret"], {"X-Forwarded-For": f"198.51.100.{n}"})
+            for n in range(3)
+        ]
+        assert [a.status_code for a in answers] == [200, 200, 429]
+        assert answers[2].json()["error"]["code"] == "rate_limited"
