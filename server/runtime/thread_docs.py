@@ -133,6 +133,8 @@ class ThreadDocs:
         self.room = room
         self.live: dict[str, LiveThreadDoc] = {}
         self._reads: dict[str, list[_Read]] = {}  # by thread: ``open``'s, under way
+        # By thread: the one read of its log under way for sockets opening (``open``).
+        self._opening: dict[str, asyncio.Future[LiveThreadDoc]] = {}
 
     @property
     def _writer(self) -> DocumentWriter:
@@ -154,9 +156,9 @@ class ThreadDocs:
         held here. Where the session runs (``writes``) the thread as ``committed`` and the
         turns of its run in flight (``running``) are shown and stored under the writer
         lock, so they agree with the log (a thread stored before its log was kept is
-        shown whole); the log is read outside it (``_read``). A follower serves the log as
-        it is (``Unavailable`` while there is none). ``NotFound`` if the thread was
-        deleted meanwhile."""
+        shown whole); the log is read outside it (``_read``), once for all the sockets
+        opening at the same time. A follower serves the log as it is (``Unavailable``
+        while there is none). ``NotFound`` if the thread was deleted meanwhile."""
         live = self.live.get(thread_id)
         if live is not None and (not writes or self._current(thread_id, committed)):
             return live
@@ -166,6 +168,29 @@ class ThreadDocs:
             if stored.snapshot is None and not stored.updates:
                 raise Unavailable("this side-thread's document is not stored yet; reconnect")
             return self.live.setdefault(thread_id, self._live(thread_id, stored))
+        # One open under way per thread, its answer shared: each open queued on the writer
+        # lock on its own, sockets opened and closed in a loop (their handlers wait on)
+        # made a queue of hundreds that every write of the session waited behind (review).
+        opening = self._opening.get(thread_id)
+        if opening is None:
+            opening = asyncio.ensure_future(self._open(thread_id, committed, running))
+            self._opening[thread_id] = opening
+            opening.add_done_callback(partial(self._opened, thread_id))
+        return await asyncio.shield(opening)  # a socket that went away leaves it to others
+
+    def _opened(self, thread_id: str, opening: asyncio.Future[LiveThreadDoc]) -> None:
+        if self._opening.get(thread_id) is opening:
+            del self._opening[thread_id]
+        if not opening.cancelled():
+            opening.exception()  # told to whoever waits; none may be left
+
+    async def _open(
+        self,
+        thread_id: str,
+        committed: Callable[[], SideThread | None],
+        running: Callable[[], Sequence[ThreadTurn]],
+    ) -> LiveThreadDoc:
+        """``open`` where the session runs."""
         async with self._writer.lock:
             live = self.live.get(thread_id)
             if live is not None:  # held (for a run): shown again, judged now; no read

@@ -329,25 +329,29 @@ async def test_reading_a_document_from_its_log_keeps_no_write_waiting_and_loses_
     """Review: a side-thread's socket opening with no other on it read the document from
     the store under the session's writer lock, so one member opening and closing sockets
     in a loop kept every write of the session waiting, and half of another member's
-    messages were refused ``unavailable``. The log is read outside the lock; a change to
-    it made meanwhile is not built on an old copy (the log is read again): the document
-    opened is the one the log holds."""
+    messages were refused ``unavailable``. The log is read outside the lock, once for the
+    sockets opening at the same time (each queued on the lock on its own, and a loop of
+    opens queued hundreds); a change to it made meanwhile is not built on an old copy (the
+    log is read again): the document opened is the one the log holds."""
     async with memory_session({"alice": "editor", "bob": "editor"}, FakeModel(held_answer)) as s:
         thread_id = await open_thread(s, "bob")
         await ask(s, "bob", thread_id, "kept")
         await answered(s, thread_id)
         assert thread_id not in s.room.side_threads.docs.live
         reading, go_on = asyncio.Event(), asyncio.Event()
-        load = s.store.load_thread_doc
+        load, loads = s.store.load_thread_doc, []
 
         async def slow_load(session_id: str, thread: str) -> StoredDoc:
+            loads.append(thread)
             stored = await load(session_id, thread)
             reading.set()
             await go_on.wait()
             return stored
 
         monkeypatch.setattr(s.store, "load_thread_doc", slow_load)
-        opening = asyncio.create_task(s.room.side_threads.document(thread_id, "bob"))
+        openings = [
+            asyncio.create_task(s.room.side_threads.document(thread_id, "bob")) for _ in range(3)
+        ]
         async with asyncio.timeout(10):  # a guard against a hang, not a measure
             await reading.wait()
             assert not s.room.writer.document.lock.locked()
@@ -355,7 +359,9 @@ async def test_reading_a_document_from_its_log_keeps_no_write_waiting_and_loses_
             closed = await s.send("bob", ThreadCloseCommand("c", thread_id, delete=False))
         assert said["type"] == "ack" and closed["type"] == "ack"
         go_on.set()
-        live = await opening
+        live, *others = await asyncio.gather(*openings)
+        assert all(other is live for other in others)
+        assert loads == [thread_id] * 2  # once for the three; again, stale, under the lock
         monkeypatch.undo()
         stored = read_document(await s.store.load_thread_doc(SESSION, thread_id))
         held = live.document.doc
