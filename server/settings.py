@@ -85,6 +85,14 @@ class Settings(BaseSettings):
     min_block_lines: int = 4
     max_pins: int = 50
     max_facts: int = 100
+    max_session_bytes: int = Field(
+        default=16 * 1024 * 1024,
+        ge=4096,
+        description="The shared document's encoded size (what a new client's first sync is "
+        "sent) that members' messages, prompts, shares, pins, facts and policy changes keep "
+        "it under; past it they are refused 'session_full'. At most half of "
+        "PARLEY_SEND_BUFFER_TOTAL_MAX_BYTES",
+    )
     summaries: bool = Field(
         default=True, description="Summarise turns that no longer fit, with the model"
     )
@@ -320,6 +328,19 @@ class Settings(BaseSettings):
             raise ValueError("PARLEY_MODELS: model names must be unique")
         if self.default_model is not None and self.default_model not in self.catalog():
             raise ValueError(f"PARLEY_DEFAULT_MODEL {self.default_model!r} is not configured")
+        return self
+
+    @model_validator(mode="after")
+    def _full_session_joinable(self) -> Settings:
+        # A full session's first sync is one frame of about its size, plus the replies to
+        # prompts accepted before it filled: past the process's send cap nobody could join
+        # it (review: 1013 on every try). Twice the limit leaves room for those and for
+        # the other sockets' backlogs.
+        if 2 * self.max_session_bytes > self.send_buffer_total_max_bytes:
+            raise ValueError(
+                "PARLEY_SEND_BUFFER_TOTAL_MAX_BYTES must be at least twice "
+                "PARLEY_MAX_SESSION_BYTES: a full session's first sync must fit"
+            )
         return self
 
     def catalog(self) -> dict[str, ModelSpec]:

@@ -7,11 +7,16 @@ answer comes from bytes the server already holds: one full encoding, taken once,
 updates committed after it (each one the room broadcast anyway). Folding those updates
 into the full encoding is paid by askers, at most once per quarter of the document's size
 written, so answering costs little more than copying what is sent.
+
+Its ``size`` is what answering a new client (an empty state vector) sends: the measure a
+session's size limit is judged by (``SessionView.document_bytes``), known without encoding.
 """
 
 from __future__ import annotations
 
-from pycrdt import get_update, merge_updates
+from collections.abc import Sequence
+
+from pycrdt import Doc, get_update, merge_updates
 
 from parley.session.yprotocol import ProtocolError, SyncType, encode_sync
 
@@ -27,6 +32,26 @@ class EncodedDocument:
         self.full = full
         self._tail: list[bytes] = []
         self._tail_bytes = 0
+        # Taken from a store's log: folded whole at the first answer, so a client's sync
+        # step 2 is the document, not its snapshot with the log after it as updates.
+        self._fold_whole = False
+
+    @classmethod
+    def stored(cls, snapshot: bytes | None, updates: Sequence[bytes]) -> EncodedDocument:
+        """The copy of a document loaded from its ``snapshot`` (None: none) and the
+        ``updates`` stored after it: their bytes as they are, folded into one at the first
+        answer (its size known at once, the cost of an encoding paid when a client asks, as
+        it would be for a copy taken then)."""
+        encoded = cls(Doc().get_update() if snapshot is None else snapshot)
+        for update in updates:
+            encoded.committed(update)
+        encoded._fold_whole = bool(encoded._tail)
+        return encoded
+
+    @property
+    def size(self) -> int:
+        """The bytes a new client's sync is sent now (its frames' headers aside)."""
+        return len(self.full) + self._tail_bytes
 
     def committed(self, update: bytes) -> None:
         """Record an update the moment it is committed (and broadcast). Folding as they
@@ -41,7 +66,7 @@ class EncodedDocument:
         """The frames answering a sync step 1 with ``state_vector``: a sync step 2, then
         sync updates (Yjs applies updates idempotently, so a client may get a struct twice).
         Raises ``ProtocolError`` for a state vector that does not decode."""
-        self._fold()
+        self._folded()
         if state_vector == EMPTY_STATE_VECTOR:
             payload = self.full
         else:
@@ -55,8 +80,18 @@ class EncodedDocument:
 
     def update(self) -> bytes:
         """The whole committed document, as one update."""
-        self._fold()
+        self._folded()
         return merge_updates(self.full, *self._tail) if self._tail else self.full
+
+    def _folded(self) -> None:
+        """Before the copy is read: folded as it goes, or whole after a load."""
+        if self._fold_whole:
+            self._fold_whole = False
+            if self._tail:
+                self.full = merge_updates(self.full, *self._tail)
+                self._tail = []
+                self._tail_bytes = 0
+        self._fold()
 
     def _fold(self) -> None:
         if len(self._tail) > 1:

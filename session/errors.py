@@ -25,6 +25,7 @@ a socket is closed with when this error ends it (-: it never ends one).
     │   ├── ThreadClosed                    thread_closed    409   -
     │   ├── ThreadLimit                     thread_limit     429   -
     │   ├── ThreadRunsBusy                  thread_runs_busy 429   -
+    │   ├── SessionFull                     session_full     409   -
     │   └── IllegalTransition (lifecycle)   conflict         409   -
     ├── RateLimited                         rate_limited     429   4429
     │   ├── QuotaExceeded                   quota_exceeded   429   -
@@ -70,6 +71,7 @@ class ErrorCode(StrEnum):
     THREAD_CLOSED = "thread_closed"
     THREAD_LIMIT = "thread_limit"
     THREAD_RUNS_BUSY = "thread_runs_busy"
+    SESSION_FULL = "session_full"
     RESTRICTED_SHARE = "restricted_share"
     QUEUE_FULL = "queue_full"
     RATE_LIMITED = "rate_limited"
@@ -213,6 +215,14 @@ class ThreadRunsBusy(Conflict):
 
     code = ErrorCode.THREAD_RUNS_BUSY
     http_status = 429
+
+
+class SessionFull(Conflict):
+    """The session's shared document reached its size limit (``max_session_bytes``): it
+    takes no more messages, prompts, shares, pins, facts or policy changes. Waiting does
+    not help; a new session does."""
+
+    code = ErrorCode.SESSION_FULL
 
 
 class DuplicateCommand(Conflict):

@@ -120,7 +120,9 @@ class DocumentWriter:
         # Kept current by the writer's own commits (``_committed``), so judging a client
         # frame never re-reads the whole document.
         self._writes = ServerWrites(settings.max_delete_ranges_per_update)
-        self._encoded: EncodedDocument | None = None
+        # What a sync is answered from and a session's size is judged by (``size``):
+        # always the committed document, taken from the store's bytes at a load.
+        self._encoded = EncodedDocument(self.doc.doc.get_update())
         self._stop_observing: Callable[[], object] | None = None
         # Undone from the encoded copy, the store unread (``_forget``): read before a write,
         # and by ``_verifier`` as soon as the store answers.
@@ -133,17 +135,23 @@ class DocumentWriter:
     async def load(self) -> None:
         """Read the document again from its snapshot and update log."""
         stored = await self.store.load_doc(self.session_id)
-        self._adopt(document_of(stored.snapshot, stored.updates), stored.updates_since_snapshot)
+        self._adopt_loaded(stored)
 
-    def _adopt(self, doc: Doc[Any], since_snapshot: int) -> None:
-        """Make ``doc`` the live document (committed state only)."""
+    def _adopt_loaded(self, stored: StoredDoc) -> None:
+        """Make the document the store holds the live one, with its encoded copy."""
+        doc = document_of(stored.snapshot, stored.updates)
+        encoded = EncodedDocument.stored(stored.snapshot, stored.updates)
+        self._adopt(doc, stored.updates_since_snapshot, encoded)
+
+    def _adopt(self, doc: Doc[Any], since_snapshot: int, encoded: EncodedDocument) -> None:
+        """Make ``doc`` the live document (committed state only), ``encoded`` its copy."""
         if self._stop_observing is not None:
             self._stop_observing()  # the document left is freed now, not with the writer
         self.doc = SessionDocument(doc)
         self._stop_observing = observe_weakly(doc, self._capture)
         self._since_snapshot = since_snapshot
         self._writes.forget()
-        self._encoded = None
+        self._encoded = encoded
         self._unverified = False
 
     async def apply_replicated(self, snapshot: bytes | None, updates: Sequence[bytes]) -> None:
@@ -359,15 +367,14 @@ class DocumentWriter:
         try:
             stored = await self.store.load_doc(self.session_id)
         except Exception:
-            if committed is None or not from_copy:
+            if not from_copy:
                 self.lost("the database is unavailable; reconnect to resync")
                 return
-            self._adopt(document_of(committed.update()), self._since_snapshot)
-            self._encoded = committed
+            self._adopt(document_of(committed.update()), self._since_snapshot, committed)
             self._unverified = True
             self._verify_when_back()
             return
-        self._adopt_stored(stored, None if committed is None else document_of(committed.update()))
+        self._adopt_stored(stored, document_of(committed.update()))
 
     def _verify_when_back(self) -> None:
         """Read the store back as soon as it answers, not only before the next write: a
@@ -412,11 +419,10 @@ class DocumentWriter:
         change the sockets were never sent (``committed``: what they were sent), the write
         thought failed did commit (its connection dropped after the commit): the room is
         given up, so its clients resync and its queue is read again from the store."""
-        doc = document_of(stored.snapshot, stored.updates)
+        self._adopt_loaded(stored)
         beyond = committed is not None and not ServerWrites(None).is_noop(
-            committed, doc.get_update()
+            committed, self.doc.doc.get_update()
         )
-        self._adopt(doc, stored.updates_since_snapshot)
         if beyond:
             self.lost("a write thought failed was stored; reconnect to resync")
 
@@ -429,8 +435,7 @@ class DocumentWriter:
         """Keep what judges and answers client frames current with a committed update: a
         cost linear in the update, never in the document."""
         self._writes.committed(update, self.doc.doc.get_state())
-        if self._encoded is not None:
-            self._encoded.committed(update)
+        self._encoded.committed(update)
 
     def _snapshot_next(self) -> bool:
         """Whether the next update stored makes the log due to be squashed."""
@@ -463,17 +468,14 @@ class DocumentWriter:
     async def sync_answer(self, state_vector: bytes) -> list[bytes]:
         """The frames answering a sync step 1: what a client lacks, from committed state
         only. They come from the encoded copy kept beside the document, without the write
-        lock; only the first request after a load may wait for a write under way (the
-        live document is committed state only between writes)."""
-        if self._encoded is None and self.lock.locked():
-            async with self.lock:
-                return self._encoded_now().answer(state_vector)
-        return self._encoded_now().answer(state_vector)
+        lock."""
+        return self._encoded.answer(state_vector)
 
-    def _encoded_now(self) -> EncodedDocument:
-        if self._encoded is None:
-            self._encoded = EncodedDocument(self.doc.doc.get_update())
-        return self._encoded
+    @property
+    def committed_bytes(self) -> int:
+        """The committed document's encoded size: what a new client's first sync is sent
+        (``EncodedDocument.size``), known without encoding anything."""
+        return self._encoded.size
 
     def committed_reply(self, reply_id: str) -> ReplyText | None:
         """A reply's text as committed (None: not in the committed document yet)."""

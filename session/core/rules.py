@@ -38,7 +38,7 @@ from parley.session.core.effects import (
     refused,
 )
 from parley.session.core.semantic import events_of
-from parley.session.core.state import CommandEvent, SessionView, new_entry
+from parley.session.core.state import CommandEvent, SessionView, new_entry, require_room
 from parley.session.core.steps import (
     ContextDrawn,
     MemberUpdated,
@@ -164,6 +164,7 @@ def _authorized(
 def _prompt(view: SessionView, event: CommandEvent, command: PromptCommand) -> Effects:
     if not view.accepting_prompts:
         raise Unavailable("the server is shutting down; send it again after reconnecting")
+    require_room(view, command.text)  # before the queue's refusals: waiting will not help
     queue = view.queue.clone()
     queue.admit(event.actor)
     entry = new_entry(view, event, EntryKind.PROMPT, command.text, PromptStatus.QUEUED.value)
@@ -182,6 +183,7 @@ def _prompt(view: SessionView, event: CommandEvent, command: PromptCommand) -> E
 
 
 def _message(view: SessionView, event: CommandEvent, command: MessageCommand) -> Effects:
+    require_room(view, command.text)
     entry = new_entry(view, event, EntryKind.MESSAGE, command.text, MESSAGE_STATUS)
     return Effects(ack=Ack(entry.seq, (("message_id", entry.id),)), entry=entry)
 
@@ -196,6 +198,8 @@ def _pin(view: SessionView, command: PinCommand) -> Effects:
         return done
     if command.pinned and len(view.doc.pins) >= view.limits.max_pins:
         raise TooLarge(f"at most {view.limits.max_pins} pins per session")
+    if command.pinned:
+        require_room(view)  # an unpin is bounded by the pins there are: it stays possible
     return Effects(ack=done.ack, change=Pin(entry_id, command.pinned))
 
 
@@ -208,11 +212,14 @@ def _fact(view: SessionView, event: CommandEvent, command: FactCommand) -> Effec
     adding = value is not None and key not in view.doc.facts
     if adding and len(view.doc.facts) >= view.limits.max_facts:
         raise TooLarge(f"at most {view.limits.max_facts} facts per session")
+    if value is not None:
+        require_room(view, key + value)  # a removal is bounded by the facts there are
     return Effects(ack=done.ack, change=SetFact(key, value, event.actor))
 
 
 def _policy(view: SessionView, event: CommandEvent, command: PolicyCommand) -> Effects:
     before = view.queue.policy
+    require_room(view)  # each setting leaves bytes in the document's history
     queue = view.queue.clone()
     queue.set_policy(command.policy)
     audit: tuple[AuditRecord, ...] = ()

@@ -10,6 +10,7 @@ from parley.session.commands import Command
 from parley.session.core.effects import NewEntry, ReplyState
 from parley.session.core.thread_state import SideThread, ThreadLimits
 from parley.session.entries import EntryKind
+from parley.session.errors import SessionFull
 from parley.session.queue import OrderingQueue, Run
 from parley.session.schema import SessionDocument
 
@@ -38,8 +39,13 @@ class CommandEvent:
 
 @dataclass(frozen=True, slots=True)
 class DocumentLimits:
+    """``max_session_bytes``: the shared document's encoded size that members' changes
+    keep it under (None: no limit), so that a new client's first sync stays within what
+    the server may send at once."""
+
     max_pins: int
     max_facts: int
+    max_session_bytes: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +66,7 @@ class SessionView:
     ``thread_drew_on``: what the side-thread run in flight in a thread drew on so far
     (``()`` when none runs there): a grant change stops the runs whose issuers may no
     longer read it.
+    ``document_bytes``: the committed document's encoded size (what a first sync sends).
     """
 
     doc: SessionDocument
@@ -77,6 +84,7 @@ class SessionView:
     readable_by_all: Callable[[Restriction], bool] | None = None
     running_reply: ReplyState | None = None
     thread_drew_on: Callable[[str], Restriction] = lambda thread_id: ()
+    document_bytes: int = 0
 
     def everyone_may_read(self, restriction: Restriction) -> bool:
         """True when every member who may read the session may read ``restriction``."""
@@ -103,6 +111,21 @@ class SessionView:
         return (
             f"restricted_replies: shared was chosen by {self.restricted_replies_by}, who may "
             "not read all it draws on, so such text stays private"
+        )
+
+
+def require_room(view: SessionView, text: str = "") -> None:
+    """Raise ``SessionFull`` unless the document stays under its size limit with ``text``
+    added (its UTF-8 bytes; a change without text: unless it is under the limit now).
+    Members' changes stop at the limit; a run's reply to a prompt accepted before it may
+    still take the document past it (``docs/configuration.md``)."""
+    limit = view.limits.max_session_bytes
+    if limit is None:
+        return
+    if view.document_bytes + len(text.encode("utf-8", "surrogatepass")) >= limit:
+        raise SessionFull(
+            f"this session is full ({view.document_bytes} of {limit} bytes); start a new "
+            "session to go on"
         )
 
 

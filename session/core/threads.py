@@ -43,7 +43,13 @@ from parley.session.core.effects import (
     SetThreadStatus,
     ThreadTurnStatus,
 )
-from parley.session.core.state import RESTRICTED_DETAILS, CommandEvent, SessionView, new_entry
+from parley.session.core.state import (
+    RESTRICTED_DETAILS,
+    CommandEvent,
+    SessionView,
+    new_entry,
+    require_room,
+)
 from parley.session.core.thread_state import (
     CLOSED,
     DONE,
@@ -264,6 +270,7 @@ def _share(
     limit = view.thread_limits.max_share_chars
     if len(text) > limit:
         raise TooLarge(f"what is shared is at most {limit} characters")
+    require_room(view, text)  # into the shared document (a side-thread's own turns are not)
     audit = [_audit(event, "share", thread_id=thread.id, turn_ids=list(command.turn_ids))]
     if not view.everyone_may_read(restriction):
         if not view.shares(restriction):

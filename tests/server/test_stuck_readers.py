@@ -17,6 +17,7 @@ import pytest
 import websockets
 
 from parley.server.state import AppState
+from parley.server.ws.send_budget import SendBudget
 from parley.session.yprotocol import SyncType, encode_sync
 from tests.conftest import RunningServer, make_settings, serve_in_process, sqlite_url
 
@@ -45,6 +46,15 @@ async def big_session(
             )
             assert reply["type"] == "ack", reply
         yield server, sid
+
+
+def lowered(server: RunningServer, cap: int) -> SendBudget:
+    """The process's send cap lowered to ``cap`` below the session's first sync: as for a
+    session grown before the cap and PARLEY_MAX_SESSION_BYTES were lowered (the settings
+    refuse a cap under twice the limit)."""
+    budget = state_of(server).send_budget
+    budget.total_max_bytes = cap
+    return budget
 
 
 async def stuck_reader(server: RunningServer, sid: str) -> websockets.ClientConnection:
@@ -152,10 +162,8 @@ async def test_past_the_process_cap_the_stalled_go_first(
     tmp_path: Path, ws: str | None, stall_s: float
 ) -> None:
     cap = 6 * MIB  # room for one stuck joiner's first sync, not two
-    async with big_session(
-        tmp_path, ws=ws, send_stall_timeout_s=600, send_buffer_total_max_bytes=cap
-    ) as (server, sid):
-        budget = state_of(server).send_budget
+    async with big_session(tmp_path, ws=ws, send_stall_timeout_s=600) as (server, sid):
+        budget = lowered(server, cap)
         first = await stuck_reader(server, sid)
         await until(lambda: budget.total > 2 * MIB)
         second = await stuck_reader(server, sid)
@@ -172,7 +180,8 @@ async def test_past_the_process_cap_the_stalled_go_first(
 async def test_a_send_past_the_process_cap_is_refused_with_a_close_code(
     tmp_path: Path,
 ) -> None:
-    async with big_session(tmp_path, send_buffer_total_max_bytes=MIB) as (server, sid):
+    async with big_session(tmp_path) as (server, sid):
+        lowered(server, MIB)
         token = await server.token(sid, "bob")
         async with websockets.connect(
             f"{server.ws_url}/ws/sessions/{sid}?token={token}", max_size=None

@@ -76,6 +76,7 @@ from parley.session.errors import (
     InvalidInput,
     NotFound,
     QueueFull,
+    SessionFull,
     TooLarge,
     Unavailable,
 )
@@ -119,6 +120,7 @@ class Session:
     audit: list[AuditRecord] = field(default_factory=list)
     restricted_replies: str = "private"
     restricted_replies_by: str | None = None
+    max_session_bytes: int | None = None
 
     def __post_init__(self) -> None:
         self.queue = OrderingQueue(self.limits, policy=self.policy)
@@ -135,11 +137,12 @@ class Session:
             subject=self.subject,
             running=self.running,
             last_seq=self.last_seq,
-            limits=DocumentLimits(max_pins=2, max_facts=2),
+            limits=DocumentLimits(2, 2, self.max_session_bytes),
             accepting_prompts=self.accepting_prompts,
             subjects=lambda: (Subject.of(m, RoleTable()) for m in self.members.values()),
             restricted_replies=self.restricted_replies,
             restricted_replies_by=self.restricted_replies_by,
+            document_bytes=len(self.doc.doc.get_update()),
         )
 
     def event(self, actor: str, command: Command, *, admin: bool = False) -> CommandEvent:
@@ -388,6 +391,55 @@ def test_no_prompt_while_the_server_shuts_down_but_the_refusal_of_a_viewer_comes
     assert refusal_of(session.send("eddie", PromptCommand("c", "hi"))) is Unavailable
     assert refusal_of(session.send("vic", PromptCommand("c", "hi"))) is Forbidden
     assert session.send("eddie", MessageCommand("c", "bye")).error is None
+
+
+# -- the session's size ------------------------------------------------------------------
+
+
+def _full_session() -> tuple[Session, str, str]:
+    """A session whose document is just under its limit, with a waiting prompt and a pin."""
+    session = Session(max_session_bytes=4000)
+    waiting = session.prompt("eddie", "p" * 1000)
+    session.send("eddie", PinCommand("c", waiting, True))
+    session.send("eddie", FactCommand("c", "lang", "Python"))
+    while session.send("eddie", MessageCommand("c", "m" * 200)).error is None:
+        pass
+    return session, waiting, session.stored[-1].id
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        MessageCommand("c", "m" * 200),
+        PromptCommand("c", "p"),
+        PinCommand("c", "PINNABLE", True),
+        FactCommand("c", "os", "Linux"),
+        PolicyCommand("c", Policy.COALESCE),
+    ],
+)
+def test_a_full_session_refuses_what_adds_to_it_and_stores_nothing(command: Command) -> None:
+    session, _, last = _full_session()
+    if isinstance(command, PinCommand):
+        command = PinCommand("c", last, True)
+    before, stored = session.doc.doc.get_update(), list(session.stored)
+    effects = session.send("olive", command)
+    assert refusal_of(effects) is SessionFull and effects.audit == ()
+    assert effects.error is not None and effects.error.code == "session_full"
+    assert session.doc.doc.get_update() == before and session.stored == stored
+
+
+def test_a_full_session_may_still_be_unpinned_cleared_of_facts_and_cancelled() -> None:
+    session, waiting, _ = _full_session()
+    assert session.send("eddie", PinCommand("c", waiting, False)).error is None
+    assert session.send("eddie", FactCommand("c", "lang", None)).error is None
+    assert session.send("eddie", CancelCommand("c", waiting)).error is None
+
+
+def test_a_short_message_fits_where_a_long_one_would_pass_the_limit() -> None:
+    session = Session(max_session_bytes=len(Session().doc.doc.get_update()) + 500)
+    assert refusal_of(session.send("eddie", MessageCommand("c", "x" * 500))) is SessionFull
+    assert refusal_of(session.send("eddie", MessageCommand("c", "é" * 250))) is SessionFull
+    assert session.send("eddie", MessageCommand("c", "x" * 100)).error is None
 
 
 # -- cancel -----------------------------------------------------------------------------

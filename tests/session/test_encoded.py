@@ -109,3 +109,36 @@ def test_the_copy_rebuilds_the_committed_document(
     rebuilt.apply_update(encoded.update())
     assert content(rebuilt) == content(server)
     assert rebuilt.get_state() == server.get_state()
+
+
+@settings(max_examples=40, deadline=None)
+@given(CHANGES, CHANGES, st.booleans(), CHANGES)
+def test_a_copy_from_the_stored_bytes_answers_and_measures_what_a_first_sync_sends(
+    before: list[Change], after: list[Change], with_snapshot: bool, later: list[Change]
+) -> None:
+    """Taken at a load from the snapshot and the log as stored (nothing encoded again),
+    the copy answers with the document, and its ``size`` is what a new client is sent,
+    before and after later commits."""
+    server: Doc[Any] = Doc()
+    for change in before:
+        apply_change(server, change)
+    snapshot = server.get_update() if with_snapshot else None
+    log = [] if with_snapshot else [server.get_update()]  # without: a log from the start
+    subscription = server.observe(lambda event: log.append(event.update))
+    for change in after:
+        apply_change(server, change)
+    server.unobserve(subscription)
+    encoded = EncodedDocument.stored(snapshot, log)
+    # The first answer after a load is the document in its sync step 2, not the snapshot
+    # with the log after it (a client is synced at its step 2).
+    size = encoded.size
+    (first,) = encoded.answer(EMPTY_STATE_VECTOR)
+    message = decode_client_frame(first)
+    assert isinstance(message, SyncMessage) and len(message.payload) <= size
+    for moment in ((), later):
+        committed(server, encoded, list(moment))
+        size = encoded.size
+        answer = encoded.answer(EMPTY_STATE_VECTOR)
+        assert content(synced_from(answer, Doc())) == content(server)
+        sent = [decode_client_frame(frame) for frame in answer]
+        assert sum(len(m.payload) for m in sent if isinstance(m, SyncMessage)) <= size

@@ -50,6 +50,7 @@ TABLE: dict[str, tuple[str, int, int | None]] = {
     "ThreadClosed": ("thread_closed", 409, None),
     "ThreadLimit": ("thread_limit", 429, None),
     "ThreadRunsBusy": ("thread_runs_busy", 429, None),
+    "SessionFull": ("session_full", 409, None),
     "RestrictedShare": ("restricted_share", 403, None),
     "IllegalTransition": ("conflict", 409, None),
     "RateLimited": ("rate_limited", 429, 4429),

@@ -44,6 +44,7 @@ from parley.session.errors import (
     NotFound,
     ParleyError,
     RestrictedShare,
+    SessionFull,
     ThreadClosed,
     ThreadLimit,
     ThreadRunsBusy,
@@ -76,6 +77,7 @@ class Threads:
     doc: SessionDocument = field(default_factory=lambda: SessionDocument(Doc()))
     last_seq: int = 0
     ids: count[int] = field(default_factory=count)
+    max_session_bytes: int | None = None
 
     def subject(self, user_id: str) -> Subject | None:
         role = self.members.get(user_id)
@@ -88,7 +90,8 @@ class Threads:
             subject=self.subject,
             running=None,
             last_seq=self.last_seq,
-            limits=DocumentLimits(2, 2),
+            limits=DocumentLimits(2, 2, self.max_session_bytes),
+            document_bytes=len(self.doc.doc.get_update()),
             subjects=lambda: [s for u in self.members if (s := self.subject(u)) is not None],
             restricted_replies=self.restricted_replies,
             restricted_replies_by=self.restricted_replies_by,
@@ -276,6 +279,23 @@ def test_sharing_restricted_text_follows_the_restricted_replies_policy(
             text = effects.entry.text
             kept = KeepPrivate(effects.entry.id, "message", text, VAULT, shown=True)
             assert effects.keep == (kept,)
+
+
+def test_a_full_session_takes_no_share_while_its_side_threads_go_on() -> None:
+    """A share goes into the shared document, which is full; a side-thread's own turns
+    are its owner's document, bounded by its own limits (``max_thread_turns``)."""
+    t = Threads()
+    thread_id = t.open()
+    t.ok("bob", ThreadPromptCommand("p", thread_id, "q"))
+    reply = t.answer(thread_id, "an answer")
+    t.max_session_bytes = len(t.doc.doc.get_update()) + 5
+    for share in (
+        ThreadShareCommand("s", thread_id, None, (reply.id,)),
+        ThreadShareCommand("t", thread_id, "my own words", ()),
+    ):
+        assert isinstance(t.refused("bob", share), SessionFull)
+    assert t.last_seq == 0 and len(t.doc.entries()) == 0
+    t.ok("bob", ThreadPromptCommand("p2", thread_id, "more"))
 
 
 def test_sharing_what_the_sharer_may_no_longer_read_is_refused() -> None:

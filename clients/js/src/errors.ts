@@ -24,6 +24,7 @@ export const ERROR_CODES = [
   'thread_closed',
   'thread_limit',
   'thread_runs_busy',
+  'session_full',
   'restricted_share',
   'rate_limited',
   'unavailable',

@@ -18,7 +18,8 @@
     │   ├── QueueFull           queue_full
     │   ├── ThreadClosed        thread_closed
     │   ├── ThreadLimit         thread_limit
-    │   └── ThreadRunsBusy      thread_runs_busy
+    │   ├── ThreadRunsBusy      thread_runs_busy
+    │   └── SessionFull         session_full (the session reached its size limit)
     ├── RateLimited             rate_limited
     │   ├── QuotaExceeded       quota_exceeded
     │   └── TooManyStreams      too_many_streams
@@ -136,6 +137,13 @@ class ThreadRunsBusy(Conflict):
     """The session's side-thread runs at once reached their limit: try again later."""
 
     code = "thread_runs_busy"
+
+
+class SessionFull(Conflict):
+    """The session's shared document reached its size limit: nothing more is posted to it
+    (waiting does not help; a new session does)."""
+
+    code = "session_full"
 
 
 class RateLimited(ParleyError):
