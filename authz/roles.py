@@ -107,13 +107,15 @@ class RoleTable:
 class Member:
     """A member of a session as stored: their role and their own grants and denials, and
     the epoch of this membership (new each time the user is added; their client tokens
-    carry it, so removing a member ends every token issued to them)."""
+    carry it, so removing a member ends every token issued to them) and when it began
+    (``joined_at``, ms; 0: not known)."""
 
     user_id: str
     role: str
     grants: frozenset[str] = frozenset()
     denials: frozenset[str] = frozenset()
     token_epoch: str = ""
+    joined_at: int = 0
 
 
 def capabilities_of(member: Member, roles: RoleTable) -> frozenset[str]:

@@ -258,7 +258,7 @@ def token_out(member: MemberRow, token: str, claims: ClientClaims) -> TokenOut:
 async def revoke_token(state: AppState, session_id: str, jti: str) -> None:
     """Revoke one client token: its sockets close (4401) and its member's prompts stop."""
     await session_row(state, session_id)
-    token = await AccessStore(state.store).revoke_token(session_id, jti, int(state.clock()))
+    token = await AccessStore(state.store).revoke_token(session_id, jti, int(state.clock() * 1000))
     if token is None:
         raise NotFound(f"no unexpired token {jti!r} in this session")
     room = await state.rooms.get(session_id)

@@ -21,7 +21,7 @@ from parley.server.store.access_rows import TokenRow
 from parley.server.store.port import SessionStore
 from parley.server.ws.connection import Connection
 from parley.session.closes import CloseCode
-from parley.session.core import MemberUpdated, TokenRevoked
+from parley.session.core import MemberUpdated, Standing, TokenRevoked
 from parley.session.ratelimit import Rate, Spend
 
 Stop = Callable[[MemberUpdated | TokenRevoked], Awaitable[None]]
@@ -65,6 +65,13 @@ class Membership:
         """The member as of now (role table and grants read live), or None."""
         member = self.members.get(user_id)
         return None if member is None else Subject.of(member, self.roles())
+
+    def standing(self, user_id: str) -> Standing:
+        """What ``user_id``'s membership says of the prompts they sent before now: when it
+        began and when a token of theirs was last revoked (those not expired)."""
+        member = self.members.get(user_id)
+        revoked = (t.revoked_at for t in self.revoked_tokens.values() if t.user_id == user_id)
+        return Standing(0 if member is None else member.joined_at, max(revoked, default=0))
 
     def subjects(self) -> Iterator[Subject]:
         """Every member as of now."""

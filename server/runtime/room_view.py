@@ -24,6 +24,7 @@ def session_view(room: SessionRoom) -> SessionView:
         limits=DocumentLimits(settings.max_pins, settings.max_facts, settings.max_session_bytes),
         accepting_prompts=not room.draining,
         subjects=room.membership.subjects,
+        standing=room.membership.standing,
         readable_by_all=room.membership.everyone_may_read,
         document_bytes=room.writer.document.committed_bytes,
         restricted_replies=room.restricted_replies,

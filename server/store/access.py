@@ -203,24 +203,27 @@ class AccessStore:
             await insert_client_token(connection, claims, now)
         return member, token, claims
 
-    async def revoke_token(self, session_id: str, token_id: str, now: int) -> TokenRow | None:
-        """Mark a token of the session revoked; None if there is no such unexpired token."""
+    async def revoke_token(self, session_id: str, token_id: str, now_ms: int) -> TokenRow | None:
+        """Mark a token of the session revoked at ``now_ms`` (a token revoked again keeps
+        its first time); None if there is no such unexpired token."""
         where = and_(
             client_tokens.c.session_id == session_id,
             client_tokens.c.id == token_id,
-            client_tokens.c.expires_at > now,
+            client_tokens.c.expires_at > now_ms // 1000,
         )
         async with self.store.transaction() as tx:
             row = (await tx.connection.execute(select(client_tokens).where(where))).first()
             if row is None:
                 return None
-            if row.revoked_at is None:
+            revoked_at = row.revoked_at
+            if revoked_at is None:
+                revoked_at = now_ms
                 await tx.connection.execute(
-                    update(client_tokens).where(where).values(revoked_at=now)
+                    update(client_tokens).where(where).values(revoked_at=now_ms)
                 )
                 if self.store.engine.dialect.name == "postgresql":
                     tx.notify(CHANNEL_SETTINGS, session_id)  # (as ``Store.change_member`` does)
-        return TokenRow(row.id, row.user_id, row.expires_at, revoked=True)
+        return TokenRow(row.id, row.user_id, row.expires_at, revoked=True, revoked_at=revoked_at)
 
     async def revoked_tokens(self, session_id: str, now: int) -> dict[str, TokenRow]:
         """The session's revoked tokens that have not expired yet, by id."""
@@ -234,7 +237,10 @@ class AccessStore:
                     )
                 )
             )
-            return {row.id: TokenRow(row.id, row.user_id, row.expires_at, True) for row in rows}
+            return {
+                row.id: TokenRow(row.id, row.user_id, row.expires_at, True, row.revoked_at)
+                for row in rows
+            }
 
     # -- documents ------------------------------------------------------------------------
 

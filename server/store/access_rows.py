@@ -51,12 +51,14 @@ class PrivateItem:
 
 @dataclass(frozen=True, slots=True)
 class TokenRow:
-    """A client token issued: whose, until when (seconds), and whether it was revoked."""
+    """A client token issued: whose, until when (seconds), and whether it was revoked, and
+    when (``revoked_at``, ms; 0: not known)."""
 
     id: str
     user_id: str
     expires_at: int
     revoked: bool = False
+    revoked_at: int = 0
 
 
 @dataclass(frozen=True, slots=True)

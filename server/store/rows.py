@@ -51,6 +51,7 @@ class MemberRow:
             frozenset(self.grants),
             frozenset(self.denials),
             self.token_epoch,
+            self.created_at,
         )
 
 

@@ -305,6 +305,8 @@ client_tokens = Table(
     Column("session_id", String(64), ForeignKey("sessions.id", ondelete="CASCADE"), nullable=False),
     Column("user_id", String(200), nullable=False),
     Column("expires_at", BigInteger, nullable=False),
+    # ms (seconds in rows revoked by earlier versions: read as ms, long past, they end no
+    # waiting prompt; ``session.core.runs.start_refusal``).
     Column("revoked_at", BigInteger),
 )
 Index("ix_client_tokens_session_id", client_tokens.c.session_id, client_tokens.c.revoked_at)

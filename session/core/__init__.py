@@ -33,7 +33,7 @@ from parley.session.core.effects import (
     ToolStep,
 )
 from parley.session.core.rules import Event, handle
-from parley.session.core.state import CommandEvent, DocumentLimits, SessionView
+from parley.session.core.state import CommandEvent, DocumentLimits, SessionView, Standing
 from parley.session.core.steps import (
     ContextDrawn,
     MemberUpdated,
@@ -73,6 +73,7 @@ __all__ = [
     "SetFact",
     "SetPolicy",
     "SideThread",
+    "Standing",
     "StopPromptsOf",
     "StopRun",
     "TextAppended",

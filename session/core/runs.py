@@ -61,22 +61,27 @@ FORBIDDEN_RUN = Ending(ReasonCode.FORBIDDEN, "the author may no longer prompt in
 
 
 def start_run(view: SessionView, event: RunStart) -> Effects:
-    """Start the next run the queue plans, if its authors may all still prompt; those who
-    may not have their prompts fail (``forbidden``, audited) and the runner asks again.
-    So do the prompts of authors at their daily quota (``quota_exceeded``) when the run
-    answers others who are not: one member's quota does not fail another's prompt. When
-    every author, or the session, is at its quota the run starts and fails as a whole
-    (the runner's quota check before the model call). Nothing while the server shuts
-    down or nothing waits."""
+    """Start the next run the queue plans, if its prompts may all still run
+    (``start_refusal``); those that may not fail (``forbidden`` ones audited) and the
+    runner asks again. So do the prompts of authors at their daily quota
+    (``quota_exceeded``) when the run answers others who are not: one member's quota does
+    not fail another's prompt. When every author, or the session, is at its quota the run
+    starts and fails as a whole (the runner's quota check before the model call). Nothing
+    while the server shuts down or nothing waits."""
     run = view.queue.next() if view.accepting_prompts else None
     if run is None:
         return Effects()
-    revoked = [p for p in run.prompts if not _may_run(view, p.author)]
-    if revoked:
+    refused: dict[Ending, list[PendingPrompt]] = {}
+    for prompt in run.prompts:
+        ending = start_refusal(view, prompt)
+        if ending is not None:
+            refused.setdefault(ending, []).append(prompt)
+    if refused:
         audit = tuple(
-            AuditRecord("refused", p.author, {"action": "run", "prompt_id": p.id}) for p in revoked
+            AuditRecord("refused", p.author, {"action": "run", "prompt_id": p.id})
+            for p in refused.get(FORBIDDEN_RUN, ())
         )
-        return _drop(view, [(revoked, FORBIDDEN_RUN)], audit)
+        return _drop(view, [(prompts, ending) for ending, prompts in refused.items()], audit)
     over = _over_quota(event, run)
     if over:
         dropped = [
@@ -93,6 +98,37 @@ def start_run(view: SessionView, event: RunStart) -> Effects:
     queue.start(run)
     begin = BeginRun(run, event.reply_id, event.reply_author, event.now_ms)
     return Effects(begin=begin, queue=queue)
+
+
+def start_refusal(view: SessionView, prompt: PendingPrompt) -> Ending | None:
+    """Why a waiting prompt may not run now (None: it may). Its author was removed while
+    it waited (no longer a member, or added back since: ``member_removed``), a token of
+    theirs was revoked while it waited (``token_revoked``), or they may no longer prompt
+    (``forbidden``). The stops that a removal and a revocation make (``member_updated``,
+    ``token_revoked``) end the same prompts with the same reasons; judged again here, the
+    prompts they never reached end alike: the session loaded (after a failover, a restart
+    or a crash) between the change's write and its stop, which found no queue to stop."""
+    subject = view.subject(prompt.author)
+    if subject is None:
+        return removed_ending(prompt.author)
+    sent_at = view.doc.entry(prompt.id).created_at if view.doc.has_entry(prompt.id) else None
+    if sent_at is not None:
+        standing = view.standing(prompt.author)
+        if sent_at < standing.joined_at:
+            return removed_ending(prompt.author)
+        if sent_at < standing.revoked_at:
+            return revoked_ending(prompt.author)
+    return None if prompt_refusal(subject) is None else FORBIDDEN_RUN
+
+
+def removed_ending(user_id: str) -> Ending:
+    """How a prompt of a member removed ends (added back or not)."""
+    return Ending(ReasonCode.MEMBER_REMOVED, f"{user_id} was removed from the session")
+
+
+def revoked_ending(user_id: str) -> Ending:
+    """How a prompt of a member whose token was revoked while it waited ends."""
+    return Ending(ReasonCode.TOKEN_REVOKED, f"a client token of {user_id} was revoked")
 
 
 def _over_quota(event: RunStart, run: Run) -> dict[str, str]:
@@ -116,10 +152,6 @@ def _drop(
             queue.remove(prompt.id)
     finish = tuple(Finish(tuple(p.id for p in prompts), ending) for prompts, ending in dropped)
     return Effects(finish=finish, queue=queue, audit=audit)
-
-
-def _may_run(view: SessionView, user_id: str) -> bool:
-    return prompt_refusal(view.subject(user_id)) is None
 
 
 def text_appended(view: SessionView, event: TextAppended) -> Effects:
@@ -273,7 +305,7 @@ def member_updated(view: SessionView, event: MemberUpdated) -> Effects:
             stop=_stop_run_of(view, event.user_id, revoked),
             stop_threads=threads_to_stop(view.threads, event.user_id, revoked),
         )
-    removed = Ending(ReasonCode.MEMBER_REMOVED, f"{event.user_id} was removed from the session")
+    removed = removed_ending(event.user_id)
     return stop_prompts_of(view, StopPromptsOf(event.user_id, removed, event.now_ms))
 
 
@@ -307,7 +339,7 @@ def drew_on_ending(
 
 
 def token_revoked(view: SessionView, event: TokenRevoked) -> Effects:
-    revoked = Ending(ReasonCode.TOKEN_REVOKED, f"a client token of {event.user_id} was revoked")
+    revoked = revoked_ending(event.user_id)
     return stop_prompts_of(view, StopPromptsOf(event.user_id, revoked, event.now_ms))
 
 

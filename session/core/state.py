@@ -49,6 +49,22 @@ class DocumentLimits:
 
 
 @dataclass(frozen=True, slots=True)
+class Standing:
+    """What a member's membership says of the prompts they sent before now (ms since the
+    epoch; 0: nothing): ``joined_at``, when it began (one sent earlier was sent under a
+    membership since ended: they were removed and added back), and ``revoked_at``, when a
+    token of theirs was last revoked (one sent earlier was waiting then)."""
+
+    joined_at: int = 0
+    revoked_at: int = 0
+
+
+def no_standing(user_id: str) -> Standing:
+    """A standing that ends no prompt (a view built without the membership's)."""
+    return Standing()
+
+
+@dataclass(frozen=True, slots=True)
 class SessionView:
     """The session as committed, read (never changed) by the core.
 
@@ -67,6 +83,7 @@ class SessionView:
     (``()`` when none runs there): a grant change stops the runs whose issuers may no
     longer read it.
     ``document_bytes``: the committed document's encoded size (what a first sync sends).
+    ``standing``: a member's ``Standing`` as of now (``no_standing`` for one who is not).
     """
 
     doc: SessionDocument
@@ -85,6 +102,7 @@ class SessionView:
     running_reply: ReplyState | None = None
     thread_drew_on: Callable[[str], Restriction] = lambda thread_id: ()
     document_bytes: int = 0
+    standing: Callable[[str], Standing] = no_standing
 
     def everyone_may_read(self, restriction: Restriction) -> bool:
         """True when every member who may read the session may read ``restriction``."""

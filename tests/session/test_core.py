@@ -52,6 +52,7 @@ from parley.session.core import (
     SetFact,
     SetPolicy,
     SideThread,
+    Standing,
     StopPromptsOf,
     StopRun,
     TextAppended,
@@ -121,6 +122,8 @@ class Session:
     restricted_replies: str = "private"
     restricted_replies_by: str | None = None
     max_session_bytes: int | None = None
+    # When a token of each member was last revoked (ms), as the shell keeps it.
+    revoked_at: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.queue = OrderingQueue(self.limits, policy=self.policy)
@@ -143,7 +146,13 @@ class Session:
             restricted_replies=self.restricted_replies,
             restricted_replies_by=self.restricted_replies_by,
             document_bytes=len(self.doc.doc.get_update()),
+            standing=self.standing,
         )
+
+    def standing(self, user_id: str) -> Standing:
+        member = self.members.get(user_id)
+        joined_at = 0 if member is None else member.joined_at
+        return Standing(joined_at, self.revoked_at.get(user_id, 0))
 
     def event(self, actor: str, command: Command, *, admin: bool = False) -> CommandEvent:
         return CommandEvent(actor, command, 1000 + self.last_seq, f"e{next(self.ids)}", admin)
@@ -975,6 +984,38 @@ def test_a_revoked_token_stops_its_users_prompts() -> None:
     assert effects.finish == (Finish((prompt,), revoked),)
     session.apply(effects)
     assert session.doc.entry(prompt).status == PromptStatus.FAILED.value
+
+
+def test_a_removal_or_revocation_whose_stop_never_came_ends_the_prompts_as_they_start() -> None:
+    """The session loaded elsewhere between the change's write and its stop (a failover, a
+    crash): the prompts sent before the change end at their run's start as the stop would
+    have ended them, those sent after run (a member removed and added back, and one whose
+    token was revoked, prompt on)."""
+    session = Session()
+    revoked, removed, readded = (session.prompt(u) for u in ("erin", "eddie", "olive"))
+    changed_at = 1000 + session.last_seq  # the next prompt's time
+    session.revoked_at["erin"] = changed_at
+    del session.members["eddie"]
+    session.members["olive"] = Member("olive", "owner", joined_at=changed_at)
+    later = [session.prompt(u) for u in ("erin", "olive")]
+    ran = []
+    while (run := session.start_run()) is not None:
+        ran += run.ids
+        session.finish_run()
+    assert ran == later
+    ended = {p: session.doc.entry(p) for p in (revoked, removed, readded)}
+    assert {p: (e.status, e.reason_code) for p, e in ended.items()} == {
+        revoked: ("failed", "token_revoked"),
+        removed: ("failed", "member_removed"),
+        readded: ("failed", "member_removed"),
+    }
+    assert {(e.reason_code, e.reason) for e in ended.values()} == {
+        ("token_revoked", "a client token of erin was revoked"),
+        ("member_removed", "eddie was removed from the session"),
+        ("member_removed", "olive was removed from the session"),
+    }
+    # The change was audited, not each prompt it ended.
+    assert not [r for r in session.audit if r.kind == "refused"]
 
 
 # -- restart ----------------------------------------------------------------------------
