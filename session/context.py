@@ -18,7 +18,7 @@ last one; ``build_context`` is the same build from nothing, and gives the same b
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import chain
 
@@ -262,6 +262,9 @@ class ContextBuilder:
         self.settings = settings or ContextSettings()
         self.max_scopes = max_scopes
         self._folds: OrderedDict[str, _Scope] = OrderedDict()
+        # The scopes being folded ahead, with how many ``folding``s hold each: not evicted
+        # meanwhile (a fold evicted half-way left its whole history to the build).
+        self._held: dict[str, int] = {}
         self.last_refolded = 0  # steps the latest build had to fold again
 
     def _fold_for(self, scope_key: str) -> _Scope:
@@ -271,37 +274,68 @@ class ContextBuilder:
                 self.settings.near_duplicate_threshold, self.settings.min_block_lines
             )
             kept = self._folds[scope_key] = _Scope(VisibleHistory(), fold)
-            while len(self._folds) > self.max_scopes:
-                self._folds.popitem(last=False)
+            self._evict(scope_key)
         self._folds.move_to_end(scope_key)
         return kept
+
+    def _evict(self, keeping: str) -> None:
+        """Drop the least recently used folds past ``max_scopes``, but not ``keeping`` nor
+        one held by a ``folding`` (then there are more for a while)."""
+        spare = [k for k in self._folds if k != keeping and k not in self._held]
+        for key in spare[: max(len(self._folds) - self.max_scopes, 0)]:  # the oldest first
+            del self._folds[key]
+
+    def forget(self, prefix: str) -> None:
+        """Drop the folds whose scope key starts with ``prefix`` (a deleted side-thread's),
+        but not one held by a ``folding`` (its caller stops it)."""
+        for key in [k for k in self._folds if k.startswith(prefix) and k not in self._held]:
+            del self._folds[key]
 
     def folding(
         self,
         *,
         entries: Sequence[Entry],
+        prompt_ids: Sequence[str] = (),
         withheld: WithheldReason | None = None,
         private_text: Mapping[str, str] | None = None,
         pins: Sequence[str] = (),
         scope_key: str = "members",
         steps: int = 64,
-    ) -> Iterator[int]:
-        """Fold ahead the history a history-alone ``build`` in ``scope_key`` reads, ``steps``
-        entries at a time, yielding the entries folded so far after each: a caller that
-        lets others run between them spreads what a first build would fold in one block
-        (after a load: 200 ms of a stalled loop at 2,000 entries). A build made meanwhile
-        folds what is left itself: then this stops."""
-        scope = self._fold_for(scope_key)
-        read = scope.visible.read(entries, (), withheld, private_text or {}, frozenset(pins))
-        history, fold = read.items, scope.fold
-        done = min(read.unchanged, len(fold.keys))
-        while done < len(history):
-            fold.sync(history[: done + steps], done)
-            done = min(done + steps, len(history))
-            syncs = fold.syncs
-            yield done
-            if fold.syncs != syncs or self._folds.get(scope_key) is not scope:
-                return
+        step_chars: int = 16_000,
+    ) -> Generator[int]:
+        """Fold ahead the history a ``build`` with these arguments reads (``prompt_ids``
+        none: the history alone), ``steps`` entries at a time (fewer when their texts pass
+        ``step_chars``: a step's cost grows with its text), yielding the entries folded
+        so far after each: a caller that lets others run between them spreads what a
+        first build would fold in one block (after a load: 200 ms of a stalled loop at
+        2,000 entries; a side-thread's first run: 1.5 s at 3,000). A build made meanwhile
+        folds what is left itself: then this stops. The scope is not evicted while this
+        runs; close the iterator when stopping early (or let it be collected)."""
+        self._held[scope_key] = self._held.get(scope_key, 0) + 1
+        try:
+            scope = self._fold_for(scope_key)
+            read = scope.visible.read(
+                entries, prompt_ids, withheld, private_text or {}, frozenset(pins)
+            )
+            history, fold = read.items, scope.fold
+            done = fold.synced(history, read.unchanged)
+            while done < len(history):
+                end, chars = done, 0
+                while end < min(done + steps, len(history)) and chars < step_chars:
+                    chars += len(history[end][0].content)
+                    end += 1
+                fold.sync(history[:end], done)
+                done, syncs = end, fold.syncs
+                yield done
+                if fold.syncs != syncs or self._folds.get(scope_key) is not scope:
+                    return
+        finally:
+            held = self._held.pop(scope_key) - 1
+            if held:
+                self._held[scope_key] = held
+            elif scope_key in self._folds:  # the most recent: its build comes next
+                self._folds.move_to_end(scope_key)
+                self._evict(scope_key)
 
     def build(
         self,

@@ -166,22 +166,28 @@ class HistoryFold:
         ``unchanged``: the caller knows the first so many entries are those of the last
         sync (``VisibleHistory`` does), so they are not compared again."""
         self.syncs += 1
-        common = min(unchanged, len(history), len(self.keys))
-        keys = [(entry.id, entry.content, pinned) for entry, pinned in history[common:]]
-        limit = min(len(history), len(self.keys))
-        same = 0
-        while common + same < limit and keys[same] == self.keys[common + same]:
-            same += 1
-        common += same
+        common = self.synced(history, unchanged)
         while len(self.keys) > common:
             for undo in reversed(self._undo.pop()):
                 undo()
             self.step_of.pop(self.keys.pop()[0], None)
-        for (entry, pinned), key in zip(history[common:], keys[same:], strict=True):
+        for entry, pinned in history[common:]:
             self._undo.append(self._step(entry, pinned))
             self.step_of[entry.id] = len(self.keys)
-            self.keys.append(key)
+            self.keys.append((entry.id, entry.content, pinned))
         return len(history) - common
+
+    def synced(self, history: Sequence[tuple[Entry, bool]], unchanged: int = 0) -> int:
+        """How many leading entries of ``history`` the fold holds as they are (the first
+        ``unchanged`` are known to be: ``sync``)."""
+        common = min(unchanged, len(history), len(self.keys))
+        limit = min(len(history), len(self.keys))
+        while common < limit:
+            entry, pinned = history[common]
+            if (entry.id, entry.content, pinned) != self.keys[common]:
+                break
+            common += 1
+        return common
 
     def _live(self, index: int) -> int | None:
         """The item that now shows item ``index``'s text (itself, or what it merged into)."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from parley.authz.policy import Restriction
 from parley.authz.scope import ContextSeen, RunScope, seen_in_context
@@ -29,6 +30,18 @@ from parley.session.schema import SessionDocument
 from parley.session.summary import Summary, SummaryPlan, plan_extension
 
 NOT_SHARED = "not every member may read it"
+FOLD_STEP = 64  # history entries folded ahead per pass of the event loop
+
+
+@dataclass(frozen=True, slots=True)
+class _Reading:
+    """What a build reads (``SessionContext._reading``)."""
+
+    builder: ContextBuilder
+    entries: Sequence[Entry]
+    withheld: ReadFilter
+    readable: dict[str, str]
+    scope_key: str
 
 
 class SessionContext:
@@ -60,7 +73,7 @@ class SessionContext:
         self.summaries: list[Summary] = []
         self._builder = ContextBuilder(self.settings_now())
         # Side-threads fold apart, so they never push the session's own folds out.
-        self._thread_builder = ContextBuilder(self.settings_now(), max_scopes=4)
+        self._thread_builder = self._new_threads_builder(self.settings_now())
 
     async def load(self) -> None:
         """Read the restricted text and the summaries kept beside the document."""
@@ -86,12 +99,50 @@ class SessionContext:
             await asyncio.sleep(0)
         # Then the fold the history-alone builds share (the summary plan's, a run's whose
         # issuers may read what every member may), a few entries per pass of the loop.
-        withheld, readable = self._members_read(self._restrictions(None))
-        folding = self._session_builder().folding(
-            entries=doc.entries(), withheld=withheld, private_text=readable, pins=doc.pinned()
-        )
-        for _ in folding:
-            await asyncio.sleep(0)
+        await self.fold_ahead(())
+
+    async def fold_ahead(
+        self,
+        prompt_ids: Sequence[str],
+        scope: RunScope | None = None,
+        thread: SideThread | None = None,
+        stopped: Callable[[], bool] = lambda: False,
+    ) -> int:
+        """Fold what ``build`` with these arguments reads, ``FOLD_STEP`` entries per pass
+        of the loop (fewer of long texts), so that build, made right after (no await
+        between), folds nothing; a side-thread's first build read the whole history in
+        one block (review: 1.5 s of a stalled loop at 3,000 messages, for every session,
+        as often as an editor opened a side-thread and prompted in it). What changed
+        meanwhile is folded again, in steps too; none once ``stopped()``. Returns the
+        steps folded."""
+        folded = 0
+        while True:  # until a pass finds nothing left: what changed meanwhile is folded
+            reading = self._reading(scope, thread)
+            folding = reading.builder.folding(
+                entries=reading.entries,
+                prompt_ids=prompt_ids,
+                withheld=reading.withheld,
+                private_text=reading.readable,
+                pins=self._doc().pinned(),
+                scope_key=reading.scope_key,
+                steps=FOLD_STEP,
+            )
+            before = folded
+            try:
+                for _ in folding:
+                    folded += 1
+                    await asyncio.sleep(0)
+                    if stopped():
+                        return folded
+            finally:
+                folding.close()  # stopped: the scope is no longer held from eviction
+            if folded == before:
+                return folded
+
+    def forget_thread(self, thread_id: str) -> None:
+        """Drop a deleted side-thread's folds: they would push out those of the threads
+        still asked."""
+        self._thread_builder.forget(f"thread:{thread_id}:")
 
     def everyone_may_read(self, restriction: Restriction) -> bool:
         """True when every member who may read the session may read this too."""
@@ -138,6 +189,32 @@ class SessionContext:
         since the last; a run whose issuers may read what every member may (the common
         case) shares the members' fold with the summary plan, so a run's new turns are
         folded once, not once per scope."""
+        reading = self._reading(scope, thread)
+        doc = self._doc()
+        model = self._model()
+        spec = self.settings.model_spec(model)
+        started = time.perf_counter()
+        built = reading.builder.build(
+            session_id=self.session_id,
+            entries=reading.entries,
+            prompt_ids=prompt_ids,
+            facts=doc.facts_with_authors(),
+            pins=doc.pinned(),
+            max_output_tokens=spec.reserved_output_tokens,
+            withheld=reading.withheld,
+            private_text=reading.readable,
+            scope_key=reading.scope_key,
+            summaries=self.summaries,
+            # A model taken out of the configuration fails the call (the registry says so)
+            # rather than sending the session's text to another vendor.
+            model=model or spec.name,
+        )
+        self.metrics.context_build.observe(time.perf_counter() - started)
+        return built
+
+    def _reading(self, scope: RunScope | None, thread: SideThread | None) -> _Reading:
+        """What a build in ``scope`` (of ``thread``) reads, and the builder and scope key
+        whose fold serves it."""
         restrictions = self._restrictions(thread)
         withheld, readable = self._members_read(restrictions)
         scope_key = "members"
@@ -147,36 +224,17 @@ class SessionContext:
             if judged != (withheld, readable):  # else a run sees what every member does:
                 withheld, readable = judged  # one fold serves it and the summary plan
                 scope_key = "readable:" + ",".join(sorted(readable))
-        model = self._model()
-        spec = self.settings.model_spec(model)
-        settings = self.settings_now()
-        doc = self._doc()
-        builder = self._session_builder()
-        entries: Sequence[Entry] = doc.entries()
-        if thread is not None:
-            if self._thread_builder.settings != settings:
-                self._thread_builder = ContextBuilder(settings, max_scopes=4)
-            builder, scope_key = self._thread_builder, f"thread:{thread.id}:{scope_key}"
-            before = [e for e in entries if e.seq <= thread.anchor_seq]
-            entries = [*before, *thread_entries(thread)]
-        started = time.perf_counter()
-        built = builder.build(
-            session_id=self.session_id,
-            entries=entries,
-            prompt_ids=prompt_ids,
-            facts=doc.facts_with_authors(),
-            pins=doc.pinned(),
-            max_output_tokens=spec.reserved_output_tokens,
-            withheld=withheld,
-            private_text=readable,
-            scope_key=scope_key,
-            summaries=self.summaries,
-            # A model taken out of the configuration fails the call (the registry says so)
-            # rather than sending the session's text to another vendor.
-            model=model or spec.name,
+        entries: Sequence[Entry] = self._doc().entries()
+        if thread is None:
+            return _Reading(self._session_builder(), entries, withheld, readable, scope_key)
+        before = [e for e in entries if e.seq <= thread.anchor_seq]
+        return _Reading(
+            self._threads_builder(),
+            [*before, *thread_entries(thread)],
+            withheld,
+            readable,
+            f"thread:{thread.id}:{scope_key}",
         )
-        self.metrics.context_build.observe(time.perf_counter() - started)
-        return built
 
     def _members_read(
         self, restrictions: dict[str, Restriction]
@@ -197,6 +255,20 @@ class SessionContext:
         if self._builder.settings != settings:
             self._builder = ContextBuilder(settings)
         return self._builder
+
+    def _threads_builder(self) -> ContextBuilder:
+        """The side-threads' builder, made anew when the model's window changed."""
+        settings = self.settings_now()
+        if self._thread_builder.settings != settings:
+            self._thread_builder = self._new_threads_builder(settings)
+        return self._thread_builder
+
+    def _new_threads_builder(self, settings: ContextSettings) -> ContextBuilder:
+        # A fold per side-thread (its turns follow its own anchor), one for each run that
+        # may be under way and as many for the threads asked next: past that, a thread's
+        # next run folds its history again (in steps, ``fold_ahead``). Each holds about
+        # what the session's fold holds, so the slots are bounded by the run limit.
+        return ContextBuilder(settings, max_scopes=2 * self.settings.max_thread_runs_per_session)
 
     def summary_plan(self) -> SummaryPlan | None:
         """The turns to summarise next, from what every member may read; None: nothing yet.

@@ -267,6 +267,7 @@ class SideThreads:
         if gone is not None:
             self._send(gone.owner, {"type": "thread_deleted", "thread_id": gone.id})
             self.docs.live.pop(gone.id, None)
+            self.room.context.forget_thread(gone.id)
             self.room.sockets.close_thread(gone.id, CloseCode.NOT_FOUND, "side-thread deleted")
         for thread_id in threads_changed(effects):
             thread = self.threads.get(thread_id)

@@ -55,25 +55,39 @@ class ThreadRuns:
         runner, room = self.runner, self.runner.room
         threads = room.side_threads
         steps = threads.steps(begin, author=runner.reply_author())
-        thread = threads.threads[begin.thread_id]
+        thread = threads.threads.get(begin.thread_id)
+        if thread is None:  # deleted before its run began: nothing left to answer
+            return
         prompt = PendingPrompt(begin.prompt_id, thread.anchor_seq, begin.owner)
         reply = ReplyState(begin.reply_id)
+        bare = {  # the run's audit until its build says what it drew on
+            "prompt_ids": [prompt.id],
+            "reply_id": reply.reply_id,
+            "issuers": [{"user_id": begin.owner}],
+            "thread_id": thread.id,
+        }
         try:
             scope = room.runs.scope_for([begin.owner])
         except Forbidden as exc:  # the owner lost the right to prompt since
             active = ActiveRun(Run((prompt,)), reply, RunScope((), ()), steps)
-            active.audit_base = {
-                "prompt_ids": [prompt.id],
-                "reply_id": reply.reply_id,
-                "issuers": [{"user_id": begin.owner}],
-                "thread_id": thread.id,
-            }
+            active.audit_base = bare
             await runner.settle(active, Ending(ReasonCode.FORBIDDEN, exc.message))
             return
         active = ActiveRun(Run((prompt,)), reply, scope, steps)
+        active.audit_base = bare
         threads.active[thread.id] = active
         try:
             await steps.started(active)
+            # The thread's first build folds the history up to its anchor: ahead, in steps,
+            # with the loop free between them, so the build folds only the new turns. A
+            # run stopped meanwhile (its thread deleted or closed) folds no further: an
+            # editor opening, asking in and deleting side-threads kept every fold going.
+            await room.context.fold_ahead(
+                (prompt.id,), scope, thread, stopped=lambda: active.stopped is not None
+            )
+            if active.stopped is not None:
+                await runner.settle(active, active.stopped)
+                return
             built = room.context.build((prompt.id,), scope, thread)
             request = replace(built.request, tools=scope.tool_specs)
             seen = room.context.audit_of(built, thread)

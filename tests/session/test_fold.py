@@ -177,6 +177,51 @@ def test_a_build_made_while_folding_ahead_folds_the_rest_and_stops_it() -> None:
     assert builder.last_refolded == 0 and again == built
 
 
+def test_folding_ahead_for_a_prompt_leaves_its_build_nothing_to_fold() -> None:
+    """A side-thread's run folds ahead what its build reads, its prompt included: the
+    build then folds nothing (review: the whole history, in one block, at each new
+    side-thread's first prompt)."""
+    entries = [entry(i, USERS[i % 3], f"note {i % 9} on the plan " * 4) for i in range(1, 50)]
+    entries.append(entry(50, "bob", "what did we decide?", EntryKind.PROMPT))
+    withheld = ReadFilter(None, {"e7": "not yours"})
+    builder = ContextBuilder()
+    ahead = builder.folding(
+        entries=entries, prompt_ids=["e50"], withheld=withheld, scope_key="t", steps=10
+    )
+    assert list(ahead) == [10, 20, 30, 40, 49]  # the notes but e7 (withheld), the prompt
+    built = builder.build(
+        session_id="s", entries=entries, prompt_ids=["e50"], withheld=withheld, scope_key="t"
+    )
+    assert builder.last_refolded == 0
+    fresh = ContextBuilder().build(
+        session_id="s", entries=entries, prompt_ids=["e50"], withheld=withheld
+    )
+    assert built == fresh
+
+
+def test_a_step_of_folding_ahead_ends_where_its_texts_pass_step_chars() -> None:
+    entries = [entry(i, USERS[i % 3], f"line {i} of a long log\n" * 200) for i in range(1, 11)]
+    builder = ContextBuilder()
+    assert list(builder.folding(entries=entries, step_chars=10_000)) == [3, 6, 9, 10]
+    builder.build(session_id="s", entries=entries, prompt_ids=[])
+    assert builder.last_refolded == 0
+
+
+def test_a_scope_being_folded_ahead_is_not_evicted() -> None:
+    """Builds in other scopes made meanwhile (other side-threads' runs) do not push out
+    the fold being folded ahead: that left its whole history to its build."""
+    entries = [entry(i, USERS[i % 3], f"note {i % 9} on the plan") for i in range(1, 41)]
+    builder = ContextBuilder(max_scopes=1)
+    ahead = builder.folding(entries=entries, scope_key="a", steps=10)
+    assert next(ahead) == 10
+    builder.build(session_id="s", entries=entries[:5], prompt_ids=[], scope_key="b")
+    assert list(ahead) == [20, 30, 40]
+    builder.build(session_id="s", entries=entries, prompt_ids=[], scope_key="a")
+    assert builder.last_refolded == 0
+    builder.build(session_id="s", entries=entries[:5], prompt_ids=[], scope_key="b")
+    assert builder.last_refolded == 5  # no longer held: "a" pushed "b" out, as before
+
+
 def test_an_earlier_prompt_rolls_back_only_to_where_the_histories_part() -> None:
     builder = ContextBuilder()
     entries = [entry(i, "bob", f"note {i} about the release plan") for i in range(1, 100)]

@@ -10,6 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlalchemy import event
 
 from parley.authz.policy import Readers
@@ -18,10 +19,13 @@ from parley.server.http import members as members_api
 from parley.server.http import threads as threads_api
 from parley.server.http.models import MemberPut
 from parley.server.http.resource_models import DocumentCreate, ReadersIn
+from parley.server.runtime import context as context_module
+from parley.server.runtime.context import SessionContext
 from parley.server.runtime.session_writes import SETTINGS_WRITE, apply_session_write
 from parley.server.store.access_rows import DocumentRow
 from parley.server.store.memory import MemoryStore
 from parley.session.commands import MessageCommand, PromptCommand
+from parley.session.context import ContextBuilder
 from parley.session.core import SideThread
 from parley.session.lifecycle import PromptStatus
 from parley.session.quota import Quotas
@@ -555,3 +559,89 @@ async def test_a_deleted_threads_open_and_prompt_resent_get_their_first_acks() -
         assert (other["type"], other["code"]) == ("error", "conflict"), other
         assert s.room.side_threads.threads == {}
         assert await s.store.load_threads(SESSION) == []
+
+
+class FoldsAhead:
+    """``SessionContext.fold_ahead`` counted: the steps of each call, one per entry
+    folded (``FOLD_STEP`` 1) or as given; ``started`` set at the first call."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, step: int) -> None:
+        self.folded: list[int] = []
+        self.started = asyncio.Event()
+        fold_ahead = SessionContext.fold_ahead
+
+        async def counted(context: SessionContext, *args: Any, **named: Any) -> int:
+            self.started.set()
+            self.folded.append(await fold_ahead(context, *args, **named))
+            return self.folded[-1]
+
+        monkeypatch.setattr(context_module, "FOLD_STEP", step)
+        monkeypatch.setattr(SessionContext, "fold_ahead", counted)
+
+
+async def launch_plan(s: MemorySession, messages: int = 120) -> None:
+    for i in range(messages):
+        await s.message("alice" if i % 2 else "bob", f"note {i % 40} on the launch plan")
+
+
+async def test_a_side_threads_run_folds_the_history_ahead_in_steps(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Review: a side-thread's first build folded the whole history up to its anchor in
+    one block (1.5 s of a stalled loop at 3,000 messages), as often as an editor opened a
+    side-thread and prompted in it; and past 4 side-threads every run did. The run folds it
+    ahead, ``FOLD_STEP`` entries per pass of the loop: its build folds nothing, and a
+    thread asked again after five others keeps its fold."""
+    counted = FoldsAhead(monkeypatch, step=8)
+    model = FakeModel(answer_with)
+    async with memory_session({"alice": "editor", "bob": "editor"}, model) as s:
+        await launch_plan(s)
+        builder, folded = s.room.context._thread_builder, counted.folded
+        folded.clear()  # (the load's: nothing)
+        threads = [await open_thread(s, "bob") for _ in range(6)]
+        for thread_id in threads:
+            await ask(s, "bob", thread_id, "what is the plan?")
+            await answered(s, thread_id)
+            assert builder.last_refolded == 0
+        assert folded == [16] * 6  # 120 messages and the prompt, 8 per step
+        await ask(s, "bob", threads[0], "and the date?")
+        await answered(s, threads[0])
+        assert builder.last_refolded == 0
+        assert folded[-1] == 1  # its reply and the new prompt: the rest was kept
+        # A deleted side-thread's fold is dropped: it would push out the others'.
+        held = s.room.context._thread_builder._folds
+        assert any(key.startswith(f"thread:{threads[1]}:") for key in held)
+        gone = await s.send("bob", ThreadCloseCommand(s.next_id(), threads[1], delete=True))
+        assert gone["type"] == "ack"
+        assert not any(key.startswith(f"thread:{threads[1]}:") for key in held)
+        # What the kept fold gives is what a fold from nothing gives.
+        scope, asked = s.room.runs.scope_for(["bob"]), thread(s, threads[0])
+        kept = s.room.context.build((asked.turns[-2].id,), scope, asked)
+        s.room.context._thread_builder = ContextBuilder(builder.settings)
+        assert s.room.context.build((asked.turns[-2].id,), scope, asked) == kept
+
+
+async def test_a_side_thread_deleted_while_its_history_is_folded_ahead_folds_no_further(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Review: an editor opened a side-thread, asked in it and deleted it, again and
+    again: each deleted thread's run still folded the whole history, and the runs of the
+    deleted ones were no longer counted against her share. A run stopped while folding
+    ahead stops folding, and ends without a model call."""
+    counted = FoldsAhead(monkeypatch, step=1)
+    model = FakeModel(answer_with)
+    async with memory_session({"alice": "editor", "bob": "editor"}, model) as s:
+        await launch_plan(s)
+        counted.folded.clear()
+        counted.started.clear()
+        thread_id = await open_thread(s, "bob")
+        await ask(s, "bob", thread_id, "what is the plan?")
+        async with asyncio.timeout(10):
+            await counted.started.wait()
+        gone = await s.send("bob", ThreadCloseCommand(s.next_id(), thread_id, delete=True))
+        assert gone["type"] == "ack"
+        assert s.runner is not None
+        await asyncio.gather(*s.runner.thread_runs.tasks)
+        [steps] = counted.folded
+        assert steps < 121  # of the 120 messages and the prompt, one per step
+        assert model.requests_for("bob") == []
