@@ -24,10 +24,9 @@ from pathlib import Path
 
 from pycrdt import Doc
 
-from bench.run_cost import SESSION, GrowingSession, InstantModel, Socket, _open
+from bench.run_cost import SESSION, _open, open_session
 from bench.targets import resident_bytes
 from parley.server.runtime.room import SessionRoom
-from parley.server.runtime.runner import SessionRunner
 from parley.session.queue import Policy
 
 MIB = 1024 * 1024
@@ -37,16 +36,11 @@ async def measure(entries: int, loads: int, rounds: int) -> list[dict[str, float
     rows = []
     with tempfile.TemporaryDirectory(prefix="parley-room-reloads-") as scratch:
         store, settings = await _open(Path(scratch))
-        room = SessionRoom(SESSION, store=store, settings=settings)
-        await room.load("bench", Policy.QUEUE)
-        socket = Socket("watcher")
-        room.connections.add(socket)  # type: ignore[arg-type]  # takes what the room sends
-        runner = SessionRunner(room, InstantModel(), settings.run_timeout_s)
-        runner.start()
-        await GrowingSession(room, runner, socket).grow_to(entries)
-        await runner.stop()
-        room.close()
-        del room, runner, socket
+        session = await open_session(store, settings)
+        await session.grow_to(entries)
+        await session.runner.stop()
+        session.room.close()
+        del session
         gc.collect()
         before, objects = resident_bytes(os.getpid()), gc.get_objects()
         documents = sum(isinstance(o, Doc) for o in objects)  # the process's others

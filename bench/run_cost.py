@@ -224,11 +224,10 @@ def _histogram(histogram: Any) -> tuple[float, float]:
     return count, total
 
 
-async def _open(directory: Path) -> tuple[Store, Settings]:
-    url = f"sqlite+aiosqlite:///{directory / 'bench.db'}"
-    await asyncio.to_thread(migrate, url)
-    settings = Settings(
-        database_url=url,
+def bench_settings(directory: Path) -> Settings:
+    """The settings of the session's server: its database ``bench.db`` in ``directory``."""
+    return Settings(
+        database_url=f"sqlite+aiosqlite:///{directory / 'bench.db'}",
         data_dir=directory,
         admin_key="bench-admin-key",
         secret_key="bench-secret-key-0123456789abcdef",
@@ -237,6 +236,12 @@ async def _open(directory: Path) -> tuple[Store, Settings]:
         log_level="warning",
         webhook_sender="loop",
     )
+
+
+async def _open(directory: Path) -> tuple[Store, Settings]:
+    settings = bench_settings(directory)
+    url = settings.database_url
+    await asyncio.to_thread(migrate, url)
     store = Store(create_engine(url))
     await store.create_session(SESSION, "bench", Policy.QUEUE.value, 0)
     for user_id in USERS:
@@ -245,19 +250,37 @@ async def _open(directory: Path) -> tuple[Store, Settings]:
     return store, settings
 
 
+async def open_session(
+    store: Store, settings: Settings, model: InstantModel | None = None
+) -> GrowingSession:
+    """The bench session's room loaded, its watcher socket in, its runner running (stop
+    ``session.runner``, then the store, when done)."""
+    room = SessionRoom(SESSION, store=store, settings=settings)
+    await room.load("bench", Policy.QUEUE)
+    socket = Socket("watcher")
+    room.connections.add(socket)  # type: ignore[arg-type]  # takes what the room sends
+    runner = SessionRunner(room, model or InstantModel(), settings.run_timeout_s)
+    runner.start()
+    return GrowingSession(room, runner, socket)
+
+
+def result_of(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """A results file's contents: its rows, when and on what they were measured."""
+    return {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "python": sys.version.split()[0],
+        "store": "sqlite",
+        "rows": rows,
+    }
+
+
 async def run(sizes: list[int], runs: int, profile: str | None = None) -> dict[str, Any]:
     """Grow one session to each of ``sizes`` and time ``runs`` runs there; ``profile``: a
     file for the cProfile statistics of the runs at the largest size."""
     with tempfile.TemporaryDirectory(prefix="parley-run-cost-") as scratch:
         store, settings = await _open(Path(scratch))
         model = InstantModel()
-        room = SessionRoom(SESSION, store=store, settings=settings)
-        await room.load("bench", Policy.QUEUE)
-        socket = Socket("watcher")
-        room.connections.add(socket)  # type: ignore[arg-type]  # takes what the room sends
-        runner = SessionRunner(room, model, settings.run_timeout_s)
-        runner.start()
-        session = GrowingSession(room, runner, socket)
+        session = await open_session(store, settings, model)
         rows: list[dict[str, Any]] = []
         try:
             for size in sizes:
@@ -273,14 +296,9 @@ async def run(sizes: list[int], runs: int, profile: str | None = None) -> dict[s
                 rows.append(row)
                 print(_line(row), file=sys.stderr, flush=True)
         finally:
-            await runner.stop()
+            await session.runner.stop()
             await store.close()
-    return {
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "python": sys.version.split()[0],
-        "store": "sqlite",
-        "rows": rows,
-    }
+    return result_of(rows)
 
 
 def _line(row: dict[str, Any]) -> str:
