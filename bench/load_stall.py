@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime
-import json
 import shutil
 import statistics
 import sys
@@ -28,12 +26,12 @@ from pathlib import Path
 from typing import Any
 
 from bench.run_cost import (
-    RESULTS,
     SESSION,
     _open,
     bench_settings,
     open_session,
     result_of,
+    write_result,
 )
 from parley.server.cli import freeze_startup_heap
 from parley.server.runtime.room import SessionRoom
@@ -154,10 +152,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     freeze_startup_heap()
     result = asyncio.run(run(sizes, args.rounds))
     print(table(result))
-    today = datetime.date.today().isoformat()
-    out = Path(args.json) if args.json else RESULTS / f"load-stall-{today}.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"written to {out}")
+    write_result(result, args.json, "load-stall")
     return result
 
 

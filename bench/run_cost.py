@@ -336,11 +336,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     sizes = sorted(int(s) for s in args.sizes.split(","))
     result = asyncio.run(run(sizes, args.runs, args.profile))
     print(table(result))
+    write_result(result, args.json, "run-cost")
+    return result
+
+
+def write_result(result: dict[str, Any], path: str | None, stem: str) -> None:
+    """Write ``result`` to ``path``, by default ``bench/results/<stem>-<today>.json``."""
     today = datetime.date.today().isoformat()
-    out = Path(args.json) if args.json else RESULTS / f"run-cost-{today}.json"
+    out = Path(path) if path else RESULTS / f"{stem}-{today}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"written to {out}")
-    return result
 
 
 if __name__ == "__main__":
