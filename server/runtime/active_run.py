@@ -13,6 +13,7 @@ from parley.authz.scope import RunScope
 from parley.server.store.rows import UsageRow
 from parley.session.core import AuditRecord, ReplyState
 from parley.session.errors import Unavailable
+from parley.session.model import Usage
 from parley.session.queue import Run
 from parley.session.quota import Quotas
 from parley.session.reasons import Ending
@@ -67,12 +68,26 @@ class ActiveRun:
     finished: asyncio.Event = field(default_factory=asyncio.Event)
     # The session's quotas, read with the run's start (None: not read yet).
     quotas: Quotas | None = None
-    # What the model calls used: stored with the run's finish, in its transaction.
+    # What the model calls used so far, as reported (or estimated, for a call cut short):
+    # counted whatever the run's end, a cancel or a failure too.
+    used: Usage | None = None
+    # ``used`` as rows, stored with the run's finish, in its transaction.
     usage: Sequence[UsageRow] = ()
 
     @property
     def reply_id(self) -> str:
         return self.reply.reply_id
+
+    def count_usage(self, usage: Usage) -> None:
+        """Add one model call's usage to the run's."""
+        used = self.used
+        self.used = (
+            usage
+            if used is None
+            else Usage(
+                used.input_tokens + usage.input_tokens, used.output_tokens + usage.output_tokens
+            )
+        )
 
     def stop(self, ending: Ending) -> None:
         """Stop the model call (its stream is closed); the runner marks the reply."""

@@ -37,6 +37,7 @@ from parley.session.lifecycle import PromptStatus
 from parley.session.model import ModelProvider, ModelRequest, TextDelta, ToolCall, Usage
 from parley.session.pacing import ReplyPacer
 from parley.session.reasons import Ending, ReasonCode
+from parley.session.tokens import estimated_usage
 from parley.session.toolloop import (
     CallModel,
     CallTool,
@@ -54,10 +55,9 @@ RETRY_DELAYS_S = (0.2, 0.5, 1.0, 2.0, 5.0)
 
 @dataclass(slots=True)
 class RunOutcome:
-    """How a run ended: answered (no ``ending``) or not, and what it used."""
+    """How a run ended: answered (no ``ending``) or not (what it used: ``ActiveRun.used``)."""
 
     ending: Ending | None = None
-    usage: Usage | None = None
 
     @property
     def status(self) -> PromptStatus:
@@ -152,15 +152,14 @@ class SessionRunner:
             outcome = RunOutcome(overflow)
         else:
             outcome = await self.execute(active, request)
-            if outcome.usage is not None:
-                self.keep_usage(active, request, outcome.usage)
+            self.keep_usage(active, request)
         await self.settle(active, outcome.ending)
         elapsed = time.monotonic() - started
         metrics.model_call.observe(elapsed)
         metrics.runs.labels(status=outcome.status.value).inc()
-        if outcome.usage is not None:
-            metrics.tokens.labels(direction="in").inc(outcome.usage.input_tokens)
-            metrics.tokens.labels(direction="out").inc(outcome.usage.output_tokens)
+        if active.used is not None:
+            metrics.tokens.labels(direction="in").inc(active.used.input_tokens)
+            metrics.tokens.labels(direction="out").inc(active.used.output_tokens)
         if self.room.doc.has_entry(reply_id):
             metrics.reply_chars.observe(len(self.room.doc.entry(reply_id).content))
         log.info(
@@ -193,9 +192,7 @@ class SessionRunner:
         try:
             async with asyncio.timeout(self.run_timeout_s):
                 loop = await self._drive(active, request)
-            if isinstance(loop, Ending):
-                return RunOutcome(loop)
-            return RunOutcome(usage=Usage(loop.input_tokens, loop.output_tokens))
+            return RunOutcome(loop if isinstance(loop, Ending) else None)
         except TimeoutError:
             ending = Ending(ReasonCode.TIMEOUT, f"no answer within {self.run_timeout_s:g} s")
             return RunOutcome(ending)
@@ -345,11 +342,14 @@ class SessionRunner:
         text: list[str] = []
         errors: list[BaseException] = []
 
+        received: list[str] = []  # all the text the model sent, sent on or not
+
         async def read() -> None:
             stream = self.provider.stream(request)
             try:
                 async for event in stream:
                     if isinstance(event, TextDelta) and event.text:
+                        received.append(event.text)
                         await deltas.put(event.text)
                     elif isinstance(event, ToolCall):
                         calls.append(event)
@@ -395,15 +395,25 @@ class SessionRunner:
                 reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
+            # Counted however the call ended: cut short after it streamed (a cancel, a
+            # time-out, a broken stream), the provider reported nothing, and it is estimated.
+            # A call that failed before its first token cost nothing.
+            if usage:
+                active.count_usage(usage[-1])
+            elif received or calls:
+                active.count_usage(estimated_usage(request, received, calls))
         if errors:
             raise errors[0]
         return ModelTurn("".join(text), tuple(calls), usage[-1] if usage else None)
 
-    def keep_usage(self, active: ActiveRun, request: ModelRequest, usage: Usage) -> None:
-        """What the run's model call used, stored with the run's finish (``settle``)."""
+    def keep_usage(self, active: ActiveRun, request: ModelRequest) -> None:
+        """What the run's model calls used, however it ended, stored with its finish
+        (``settle``)."""
+        if active.used is None:
+            return
         model = request.model or self.provider.name
-        issuers = request.issuers
-        active.usage = self.usage.rows(self.room.session_id, issuers, model, active.reply_id, usage)
+        issuers, used = request.issuers, active.used
+        active.usage = self.usage.rows(self.room.session_id, issuers, model, active.reply_id, used)
 
     async def settle(self, active: ActiveRun, ending: Ending | None) -> None:
         """Store how the run ended (no ``ending``: answered); keep trying while the

@@ -97,8 +97,7 @@ class ThreadRuns:
             ending = too_large(built.tokens, built.budget)
             if ending is None:
                 outcome = await runner.execute(active, request)
-                if outcome.usage is not None:
-                    runner.keep_usage(active, request, outcome.usage)
+                runner.keep_usage(active, request)
                 ending = outcome.ending
             await runner.settle(active, ending)
         finally:

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
 
 from parley.server.store.memory import MemoryStore
 from parley.server.store.memory_tables import MemoryTx
+from parley.session.commands import CancelCommand
 from parley.session.lifecycle import PromptStatus
 from parley.session.quota import Quotas, day_of
-from tests.fake_model import FakeModel
+from parley.session.tokens import count_tokens
+from tests.fake_model import FakeModel, Forever, Sent, Step, call
 from tests.server.runtime.harness import memory_session
 
 
@@ -65,3 +68,57 @@ async def test_a_run_starts_on_the_rooms_quotas_and_stores_its_usage_as_it_ends(
         assert txs["insert_usage"] is txs["set_entry_status:done"]
         used = await s.store.usage_by_user("s", day_of(s.room.clock()))
         assert [u.user_id for u in used] == ["ann"]
+
+
+async def _used(s: Any) -> tuple[int, int]:
+    [row] = await s.store.usage_by_user("s", day_of(s.room.clock()))
+    return row.input_tokens, row.output_tokens
+
+
+async def test_a_run_cancelled_mid_stream_is_charged_what_it_streamed() -> None:
+    """The provider reports usage only at a stream's end, so a member who cancelled every
+    prompt of theirs just before its end was never charged: the quotas held nobody. A call
+    cut short now counts its request in and its text out (estimated)."""
+    streaming = asyncio.Event()
+
+    async def mid_stream() -> None:
+        streaming.set()
+        await asyncio.Event().wait()
+
+    text = "word " * 40
+    model = FakeModel(lambda sent: [text, mid_stream])
+    async with memory_session({"ann": "editor"}, model) as s:
+        ack = await s.prompt("ann", "tell me everything " * 20)
+        async with asyncio.timeout(10):
+            await streaming.wait()
+        await s.until(lambda s: s.streaming())
+        await s.send("ann", CancelCommand(s.next_id(), ack["prompt_id"]))
+        await s.settled(ack["prompt_id"])
+        assert s.status(ack["prompt_id"]) is PromptStatus.CANCELLED
+        spent_in, spent_out = await _used(s)
+        assert spent_out == count_tokens(text)
+        assert spent_in >= count_tokens("tell me everything " * 20)
+
+
+async def test_a_run_stopped_in_its_second_call_is_charged_for_both() -> None:
+    """A tool loop's first call reported its usage; the run stopped during the second:
+    the first call's usage was lost with it."""
+    second = asyncio.Event()
+
+    async def noted() -> None:
+        second.set()
+
+    def script(sent: Sent) -> list[Step]:
+        if sent.messages[-1]["role"] == "tool":  # the refused tool's result, answered
+            return ["so ", noted, Forever()]
+        return [call("not_offered", {"x": 1})]
+
+    model = FakeModel(script, echo_tools=False)
+    async with memory_session({"ann": "editor"}, model) as s:
+        ack = await s.prompt("ann", "go")
+        async with asyncio.timeout(10):
+            await second.wait()
+        await s.send("ann", CancelCommand(s.next_id(), ack["prompt_id"]))
+        await s.settled(ack["prompt_id"])
+        spent_in, spent_out = await _used(s)
+        assert spent_in > 100 and spent_out > 10  # the first call's (100, 10), and more
