@@ -87,6 +87,10 @@ FACT_KEY = re.compile(r"[A-Za-z0-9_.:-]{1,100}")
 # Names that are a URL path's dot segments, which clients resolve away (review: a fact
 # named ".." made the Python SDK's delete_fact delete the session itself).
 PATH_DOTS = frozenset({".", ".."})
+# A key a JavaScript object cannot hold as its own: assigned, it sets the prototype, so a
+# Yjs client's ``toJSON()`` of the facts drops it (review: a fact so named reached every
+# model call and no member's page). Refused when set; one stored before can be deleted.
+JS_PROTO = "__proto__"
 MAX_FACT_CHARS = 2000
 
 
@@ -96,6 +100,8 @@ def check_fact(key: str, value: str | None) -> None:
         raise InvalidInput("a fact key is 1-100 letters, digits or _.:-")
     if key in PATH_DOTS:
         raise InvalidInput(f"a fact key may not be {key!r}: it names a fact in a URL path")
+    if key == JS_PROTO and value is not None:
+        raise InvalidInput(f"a fact key may not be {key!r}: JavaScript clients cannot read it")
     if value is not None and len(value) > MAX_FACT_CHARS:
         raise TooLarge(f"a fact is at most {MAX_FACT_CHARS} characters")
     if value is not None and has_line_break(value):

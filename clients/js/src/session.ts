@@ -309,7 +309,8 @@ export class ParleySession {
   }
 
   get facts (): Readonly<Record<string, string>> {
-    return Object.freeze(this.doc.getMap<string>('facts').toJSON())
+    // Own properties, whatever the key (a plain object's `toJSON()` drops `__proto__`).
+    return Object.freeze(Object.fromEntries(this.doc.getMap<string>('facts').entries()))
   }
 
   // -- presence --------------------------------------------------------------------------
