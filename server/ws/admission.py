@@ -57,9 +57,14 @@ from parley.session.yprotocol import (
     ClientMessage,
     MessageType,
     decode_client_frame,
+    encode_awareness,
+    encode_awareness_update,
 )
 
 log = logging.getLogger("parley.ws")
+
+# An awareness update of no states: a frame a stock client takes as a sign of life.
+NO_PRESENCE = encode_awareness(encode_awareness_update([]))
 
 Message = MutableMapping[str, Any]
 Handler = Callable[[WebSocket], Coroutine[Any, Any, None]]
@@ -166,6 +171,10 @@ async def admit(websocket: WebSocket, state: AppState) -> Admitted | None:
         on_drop=state.metrics.send_dropped,
         claims=claims,
     )
+    if connection.direct is not None:
+        # A stock client with no state of its own renews nothing, and in a quiet session
+        # hears nothing either: it dropped the socket and synced again every 30 s (review).
+        connection.direct.keep_alive(NO_PRESENCE)
     connection.limits = ConnectionLimits.from_settings(state.settings, state.clock())
     connection.channel = _CHANNELS[asked_channel]
     connection.start()

@@ -96,6 +96,12 @@ class DirectWriter:
         self._written += len(frame)
         return True
 
+    def keep_alive(self, message: bytes) -> None:
+        """Send ``message`` beside each keep-alive ping (``PARLEY_WS_PING_INTERVAL_S``), if
+        the protocol beneath sends pings of its own (``parley serve``'s does)."""
+        if hasattr(self._protocol, "keepalive_message"):
+            self._protocol.keepalive_message = message
+
     def buffered(self) -> int:
         """Bytes written but not yet taken by the kernel (the client is not reading)."""
         return int(self._protocol.transport.get_write_buffer_size())

@@ -29,6 +29,7 @@ from parley.server.runtime.commands import resend_allowed, stored_resend
 from parley.server.runtime.room import SessionRoom
 from parley.server.state import AppState
 from parley.server.ws.admission import (
+    NO_PRESENCE,
     admit,
     charged,
     credit_echo,
@@ -56,14 +57,10 @@ from parley.session.yprotocol import (
     SyncType,
     decode_command_frame,
     encode_awareness,
-    encode_awareness_update,
     is_command_frame,
 )
 
 log = logging.getLogger("parley.ws")
-
-# An awareness update of no states: a frame a stock client takes as a sign of life.
-NO_PRESENCE = encode_awareness(encode_awareness_update([]))
 
 
 async def session_socket(websocket: WebSocket) -> None:

@@ -216,6 +216,9 @@ class LeanWebSocketProtocol(WebSocketsSansIOProtocol):
             served = _SERVED[server_state] = Served()
         self._served = served
         self._beat: int | None = None  # the tick of the next ping, or of its pong's deadline
+        # Sent beside every ping (``DirectWriter.keep_alive``): a stock Yjs client counts
+        # only messages, not pings, and drops a socket silent for 30 s.
+        self.keepalive_message: bytes | None = None
         super().__init__(config, server_state, app_state, _loop)
         self.queue = Mailbox(self._resume_reading)  # type: ignore[assignment]
         self.writable = Flag()  # type: ignore[assignment]
@@ -254,6 +257,8 @@ class LeanWebSocketProtocol(WebSocketsSansIOProtocol):
         self.pending_ping_payload = struct.pack("!I", random.getrandbits(32))
         self.ping_sent_at = self.loop.time()
         self.conn.send_ping(self.pending_ping_payload)
+        if self.keepalive_message is not None:
+            self.conn.send_binary(self.keepalive_message)
         self.transport.write(b"".join(self.conn.data_to_send()))
         if self.ping_timeout is not None:
             self._wait_beat(self.ping_timeout)

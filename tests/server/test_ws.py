@@ -16,6 +16,7 @@ from parley.server.settings import Settings
 from parley.session.yprotocol import (
     SyncType,
     encode_awareness,
+    encode_awareness_update,
     encode_sync,
     write_var_uint,
 )
@@ -364,6 +365,29 @@ async def test_a_member_who_may_not_be_present_alone_is_answered(
     await lena.set_awareness(9, 1, {"user": {"name": "Lena"}})
     await lena.wait_until(lambda c: c.awareness_frames > before)
     assert lena.awareness == {}  # told nothing of anyone
+
+
+async def test_a_socket_that_shows_nothing_in_a_quiet_session_still_hears_something(
+    tmp_path: Path,
+) -> None:
+    """Review (stock clients): a stock client with no state of its own (an app that set
+    its awareness to null) renews nothing, and in a quiet session heard nothing back: its
+    watchdog dropped the socket and synced the whole document again every 30 s (pings do
+    not count for it). An awareness update of no states goes beside each ping."""
+    settings = make_settings(
+        sqlite_url(tmp_path), tmp_path / "d", ws_ping_interval_s=0.2, ws_ping_timeout_s=10
+    )
+    async with serve_in_process(settings) as server:
+        sid = await server.new_session({"alice": "editor", "vera": "viewer"})
+        token = await server.token(sid, "vera")
+        url = f"{server.ws_url}/ws/sessions/{sid}?token={token}"
+        no_states = encode_awareness(encode_awareness_update([]))
+        async with websockets.connect(url) as vera:
+            await vera.send(encode_sync(SyncType.STEP1, b"\x00"))
+            heard = 0
+            async with asyncio.timeout(30):
+                while heard < 3:  # three pings' worth, with nothing else going on
+                    heard += await vera.recv() == no_states
 
 
 async def test_presence_at_a_cursors_rate_is_not_cut_off(sqlite_server: RunningServer) -> None:
