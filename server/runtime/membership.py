@@ -4,8 +4,10 @@
 REST change, or in cluster mode after a change on another node), and answers the checks
 every socket and call makes: a member's ``Subject`` (the role table read live), why a
 token may not be used, and why an open socket must close now. Putting a change in force
-closes the sockets it forbids and hands the session core the event (``MemberUpdated``,
-``TokenRevoked``) that stops the prompts of who lost the right to them (``stop``).
+closes the sockets it forbids, tells the sockets that speak JSON the member's row as it now
+stands (``tell``: a page shows the role and names the server holds, not those it read
+when it opened) and hands the session core the event (``MemberUpdated``, ``TokenRevoked``)
+that stops the prompts of who lost the right to them (``stop``).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator
 from parley.authz.policy import Do, Restriction, Subject, decide, everyone_may_read
 from parley.authz.roles import Capability, Member, RoleTable
 from parley.authz.tokens import ClientClaims, token_refusal
+from parley.server.runtime.sockets import member_frame
 from parley.server.settings import Settings
 from parley.server.store.access_rows import TokenRow
 from parley.server.store.port import SessionStore
@@ -31,7 +34,8 @@ MAX_KEPT_VERDICTS = 256
 
 class Membership:
     """The members of session ``session_id``; ``sockets`` its open sockets, ``changed``
-    wakes its event streams."""
+    wakes its event streams, ``tell`` sends a JSON frame to its sockets that speak JSON
+    (all, or one user's)."""
 
     def __init__(
         self,
@@ -42,6 +46,7 @@ class Membership:
         sockets: Callable[[], Iterable[Connection]],
         changed: Callable[[], None],
         stop: Stop,
+        tell: Callable[[str, str | None], None] = lambda frame, user_id: None,
     ) -> None:
         self.session_id = session_id
         self.store = store
@@ -50,6 +55,7 @@ class Membership:
         self.sockets = sockets
         self.changed = changed
         self.stop = stop
+        self.tell = tell
         self.members: dict[str, Member] = {}
         # Members' display names, those who have one (shown in presence and transcripts).
         self.display_names: dict[str, str] = {}
@@ -96,12 +102,21 @@ class Membership:
         load, and in cluster mode after changes made on another node)."""
         rows = await self.store.list_members(self.session_id)
         current = {row.user_id: row.as_member() for row in rows}
+        names_before = self.display_names
         self.display_names = {row.user_id: row.display_name for row in rows if row.display_name}
+        told = set(self.members) ^ set(current)
         for user_id in set(self.members) - set(current):
             await self.set_member(user_id, None)
         for user_id, member in current.items():
             if self.members.get(user_id) != member:
+                told.add(user_id)
                 await self.set_member(user_id, member)
+        renamed = {
+            user_id
+            for user_id in names_before.keys() | self.display_names.keys()
+            if names_before.get(user_id) != self.display_names.get(user_id)
+        }
+        self.tell_members(renamed - told)
         revoked = await self.store.access.revoked_tokens(self.session_id, int(self.clock()))
         for token in revoked.values():
             await self.revoke_token(token)
@@ -113,10 +128,13 @@ class Membership:
         before = self.members.get(user_id)
         if member is None:
             self.members.pop(user_id, None)
+            self.display_names.pop(user_id, None)
         else:
             self.members[user_id] = member
         self._readable = {}
         self.refresh_sockets()
+        if member != before:
+            self.tell_members((user_id,))
         await self.stop(MemberUpdated(user_id, before, member, int(self.clock() * 1000)))
 
     async def roles_changed(self, roles: frozenset[str]) -> None:
@@ -125,6 +143,11 @@ class Membership:
         longer prompt loses their runs, as when their own grants change (``MemberUpdated``,
         member unchanged)."""
         self.refresh_sockets()
+        # What changed is what the holders may do: theirs alone are told (a role with a
+        # thousand holders told to a thousand sockets is a million frames).
+        self.tell_members(
+            (u for u, member in self.members.items() if member.role in roles), own_only=True
+        )
         now = int(self.clock() * 1000)
         for user_id, member in list(self.members.items()):
             if member.role in roles:
@@ -148,6 +171,15 @@ class Membership:
             closing = self.closing(connection.user_id, connection.claims)
             if closing is not None:
                 connection.close(*closing)
+
+    def tell_members(self, user_ids: Iterable[str], *, own_only: bool = False) -> None:
+        """Tell the sockets that speak JSON (``own_only``: the member's own) how each of
+        ``user_ids`` now stands: a ``member`` frame each, what the member list shows of
+        them, or no role once gone."""
+        for user_id in sorted(user_ids):
+            name = self.display_names.get(user_id, "")
+            frame = member_frame(user_id, self.subject(user_id), name)
+            self.tell(frame, user_id if own_only else None)
 
     def token_refusal(self, claims: ClientClaims) -> str | None:
         """Why a verified token may not be used now (None: it may, or its user is no

@@ -102,6 +102,7 @@ class SessionRoom:
             self.sockets.everyone,
             self.feed.changed,
             self._grants_changed,
+            self.sockets.tell,
         )
         lost = partial(self.fail, retry_after_s=settings.db_retry_after_s)
         document = DocumentWriter(

@@ -289,7 +289,7 @@ class SideThreads:
         self.start_run(begin)
 
     def _send(self, user_id: str, frame: dict[str, Any]) -> None:
-        self.room.sockets.send_to(user_id, json.dumps(frame))
+        self.room.sockets.tell(json.dumps(frame), user_id)
 
     def steps(self, begin: BeginThreadRun, author: str) -> ThreadSteps:
         return ThreadSteps(self, begin, author)

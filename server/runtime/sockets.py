@@ -2,7 +2,8 @@
 
 A committed update is framed once and sent to every socket of the session; text kept
 server-side goes only to the sockets of members who may read it (those that speak JSON:
-stock Yjs clients read it over REST). A side-thread's sockets (its owner's, syncing its
+stock Yjs clients read it over REST), and a member's row as it now stands (``member``) to
+every socket that speaks JSON. A side-thread's sockets (its owner's, syncing its
 document) are kept apart and sent that document's updates alone. Closing them all is how a
 room that is given up, drained or unloaded tells its clients to reconnect.
 """
@@ -78,10 +79,11 @@ class SessionSockets:
             if may_read(self.subject(connection.user_id), item.restriction):
                 connection.send_json(frame)
 
-    def send_to(self, user_id: str, frame: str) -> None:
-        """Send a JSON frame to ``user_id``'s sockets alone (a side-thread's owner)."""
+    def tell(self, frame: str, user_id: str | None = None) -> None:
+        """Send a JSON frame to every socket of the session that speaks JSON, or to
+        ``user_id``'s alone (a stock Yjs client is sent none: it would misread it)."""
         for connection in list(self.connections):
-            if connection.user_id == user_id:
+            if user_id is None or connection.user_id == user_id:
                 connection.send_json(frame)
 
     def send_thread(self, thread_id: str, message: bytes) -> None:
@@ -103,4 +105,18 @@ def private_frame(item: PrivateItem) -> str:
     """The ``restricted`` frame of a private item, for who may read it."""
     return json.dumps(
         {"type": "restricted", "entry_id": item.entry_id, "kind": item.kind, "text": item.text}
+    )
+
+
+def member_frame(user_id: str, subject: Subject | None, display_name: str) -> str:
+    """The ``member`` frame of a member as they now stand (``subject`` None: no longer a
+    member): what ``GET …/members`` shows of them, grants and denials aside."""
+    return json.dumps(
+        {
+            "type": "member",
+            "user_id": user_id,
+            "role": None if subject is None else subject.role,
+            "display_name": display_name,
+            "capabilities": [] if subject is None else sorted(subject.capabilities),
+        }
     )

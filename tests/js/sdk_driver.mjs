@@ -68,6 +68,7 @@ session.on('sent', (command, attempt) => {
   }
 })
 session.on('error', (error) => emit({ event: 'sdk-error', error: describe(error) }))
+session.on('member', (member) => emit({ event: 'member', member }))
 
 // For each reply: every length its text had when the transcript changed.
 const replyLengths = new Map()

@@ -327,6 +327,31 @@ async def test_two_sdk_sessions_in_one_process_are_each_shown_as_their_member(
                 await node.wait()
 
 
+async def test_a_membership_change_is_a_member_event(sdk_app: Path, tmp_path: Path) -> None:
+    """Review K1: nothing told a client that its member's role changed; the server's
+    ``member`` frame is the SDK's ``member`` event, the role and capabilities as they are now."""
+    async with serve_in_process(make_settings(sqlite_url(tmp_path), tmp_path / "data")) as s:
+        sid = await s.new_session({"alice": "owner", "vera": "viewer"})
+        vera = await join(sdk_app, s, sid, "vera")
+        try:
+            await vera.synced()
+            path = f"/api/v1/sessions/{sid}/members/vera"
+            put = await s.http.put(path, json={"role": "editor", "display_name": "Vera"})
+            assert put.is_success, put.text
+            event = await vera.wait_event(lambda e: e.get("event") == "member", 30)
+            assert event["member"] == {
+                "type": "member",
+                "user_id": "vera",
+                "role": "editor",
+                "display_name": "Vera",
+                "capabilities": put.json()["capabilities"],
+            }
+            acked = await vera.ack("m", "message", "promoted: I may write")
+            assert acked["type"] == "ack"
+        finally:
+            await vera.close()
+
+
 # -- typed errors -----------------------------------------------------------------------------
 
 

@@ -27,6 +27,7 @@ import type {
   ConnectionState,
   Entry,
   FactAck,
+  MemberFrame,
   MessageAck,
   Peer,
   PinAck,
@@ -71,6 +72,8 @@ export interface SessionEvents {
   /** An error that answers no command (`id` null): a refused frame, say. */
   error: (error: ParleyError) => void
   restricted: (text: RestrictedText) => void
+  /** A member's role, capabilities or display name changed, or they joined or left. */
+  member: (member: MemberFrame) => void
   /** This member's side-threads: a thread stored, reply text streamed, one deleted. */
   thread: (frame: ThreadFrame) => void
   /** A command was written to a socket: `attempt` 1 the first time, 2 when it was resent
@@ -112,6 +115,7 @@ export class ParleySession {
     synced: new Set(),
     error: new Set(),
     restricted: new Set(),
+    member: new Set(),
     thread: new Set(),
     sent: new Set()
   }
@@ -393,6 +397,8 @@ export class ParleySession {
     if (this.outbox.settle(message)) return
     if (message['type'] === 'restricted') {
       this.emit('restricted', message as unknown as RestrictedText)
+    } else if (message['type'] === 'member') {
+      this.emit('member', message as unknown as MemberFrame)
     } else if (typeof message['type'] === 'string' && message['type'].startsWith('thread')) {
       this.emit('thread', message as unknown as ThreadFrame)
     } else if (message['type'] === 'error') {

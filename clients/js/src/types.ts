@@ -190,6 +190,17 @@ export interface RestrictedText {
   readonly text: string
 }
 
+/** A member as they now stand, sent to every socket that speaks JSON when their role,
+ * grants or display name change, they join or they leave (`role` null: no longer a member;
+ * `display_name` '': none, show the user id). What `GET …/members` shows of them. */
+export interface MemberFrame {
+  readonly type: 'member'
+  readonly user_id: string
+  readonly role: string | null
+  readonly display_name: string
+  readonly capabilities: readonly string[]
+}
+
 /** What any command method takes last: `signal` gives the command up (`aborted`); `id`
  * sends it under that id (to resend one given up: the error's `commandId`), else a new one. */
 export interface CommandOptions {

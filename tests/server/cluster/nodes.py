@@ -47,8 +47,11 @@ class Cluster:
             raise ConnectionError(f"{response.status_code}: {response.text}")
         return str(response.json()["token"])
 
-    async def connect(self, node: ServerProcess, sid: str, user: str) -> YClient:
-        client = await YClient.connect(node.ws_url, sid, await self.token(node, sid, user))
+    async def connect(
+        self, node: ServerProcess, sid: str, user: str, *, commands: str | None = None
+    ) -> YClient:
+        token = await self.token(node, sid, user)
+        client = await YClient.connect(node.ws_url, sid, token, commands=commands)
         await asyncio.wait_for(client.synced.wait(), 20)
         return client
 

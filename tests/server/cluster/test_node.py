@@ -230,6 +230,35 @@ async def test_membership_changes_and_deletion_reach_every_node(tmp_path: Path) 
         assert await first.wait_closed(timeout=10) == 4404
 
 
+async def test_a_membership_change_is_told_to_sockets_on_every_node(tmp_path: Path) -> None:
+    """Review K1, K2: a role or name changed through one node is told (``member`` frames)
+    to the sockets that speak JSON on every node, the one running the session and the
+    others."""
+    async with cluster(tmp_path, 2, PARLEY_CLUSTER_POLL_S="60") as nodes:
+        sid = await nodes.new_session({"a": "owner", "vera": "viewer"})
+        first = await nodes.connect(nodes.nodes[0], sid, "a")
+        await first.command({"type": "message", "id": "m1", "text": "hello"})
+        running, other = await nodes.running_and_other(sid)
+        here = await nodes.connect(running, sid, "vera", commands="text")
+        there = await nodes.connect(other, sid, "vera", commands="text")
+
+        def told(client: YClient) -> list[tuple[str, str]]:
+            return [
+                (m["role"], m["display_name"])
+                for m in client.unsolicited
+                if m.get("type") == "member" and m["user_id"] == "vera"
+            ]
+
+        for node in (other, running):  # through the node that does not run it, then the other
+            url = f"{node.base_url}/api/v1/sessions/{sid}/members/vera"
+            role = "editor" if node is other else "viewer"
+            put = await nodes.http.put(url, json={"role": role, "display_name": f"V {role}"})
+            assert put.status_code == 200, put.text
+        for client in (here, there):
+            await client.wait_until(lambda c: len(told(c)) == 2, timeout=10)
+            assert told(client) == [("editor", "V editor"), ("viewer", "V viewer")]
+
+
 async def test_a_session_deleted_through_a_follower_is_gone_where_it_ran(
     tmp_path: Path,
 ) -> None:
