@@ -83,6 +83,7 @@ function start ({ token, sessionId, me }) {
       if (!(error instanceof ParleyError)) throw error
       // A final close is reported once, by the close handler below.
       if (error.closeCode === null) showError(error.code, error.message, kind)
+      if (error.code === 'forbidden') readMembership() // what may I do now?
       schedule()
       return { type: 'error', id: error.commandId, code: error.code, message: error.message }
     }
@@ -111,27 +112,77 @@ function start ({ token, sessionId, me }) {
     for (const render of renders) render()
   }
 
-  // -- who I am: my role and capabilities, from the server --------------------------------
-  async function loadMe () {
-    try {
-      const mine = await app.rest('GET', sessionPath(sessionId, '/me'))
-      ui.role = mine.role
-      ui.displayName = mine.display_name
-      ui.capabilities = new Set(mine.capabilities)
-      app.people.learn(me, mine.display_name)
-    } catch (error) {
-      showError(error.code || 'unavailable', `Could not read your role: ${error.message}`, null)
+  // -- who I am and who the others are, as the server holds them now ---------------------
+  // Read over REST at start and after each (re)connect (what the server said while the
+  // socket was down is lost), and again after a `forbidden` (a role changed where this
+  // socket was not told); in between, the server's `member` frames say who joined, left,
+  // changed role or was renamed (review: a role and names read once went stale). One read
+  // at a time: one asked for meanwhile runs once after it, so no trigger makes a storm.
+  let reading = null
+  let readAgain = false
+  let heard = null // member frames heard while a read runs: newer than it, maybe
+
+  function readMembership () {
+    if (reading) {
+      readAgain = true
+      return reading
     }
+    reading = (async () => {
+      do {
+        readAgain = false
+        await readOnce()
+      } while (readAgain)
+      reading = null
+    })()
+    return reading
+  }
+
+  async function readOnce () {
+    heard = []
     try {
-      const { members } = await app.rest('GET', sessionPath(sessionId, '/members'))
-      app.members = members
-      for (const m of members) app.people.learn(m.user_id, m.display_name)
-    } catch { /* names fall back to user ids */ }
-    ui.canPrompt = ui.capabilities.has('prompt')
-    ui.canMessage = ui.capabilities.has('post_message')
+      const [mine, list] = await Promise.allSettled([
+        app.rest('GET', sessionPath(sessionId, '/me')),
+        app.rest('GET', sessionPath(sessionId, '/members'))
+      ])
+      if (mine.status === 'fulfilled') {
+        takeMine(mine.value)
+      } else if (!ui.known) {
+        const error = mine.reason
+        showError(error.code || 'unavailable', `Could not read your role: ${error.message}`, null)
+      }
+      if (list.status === 'fulfilled') { // else names fall back to user ids
+        app.members = list.value.members
+        app.people.setAll(app.members)
+      }
+      if (mine.status === 'fulfilled') app.people.set(me, mine.value.display_name)
+    } finally {
+      const late = heard
+      heard = null
+      for (const frame of late) takeMember(frame) // maybe newer than what was read: kept
+    }
     ui.known = true
     renderWho()
     renderAll()
+  }
+
+  /** The member's own row (from `GET …/me` or a `member` frame): what the page lets them do. */
+  function takeMine (mine) {
+    ui.role = mine.role
+    ui.displayName = mine.display_name
+    ui.capabilities = new Set(mine.capabilities)
+    ui.canPrompt = ui.capabilities.has('prompt')
+    ui.canMessage = ui.capabilities.has('post_message')
+  }
+
+  /** A `member` frame: how one member stands now (`role` null: no longer a member). */
+  function takeMember (frame) {
+    heard?.push(frame)
+    const rest = app.members.filter((m) => m.user_id !== frame.user_id)
+    app.members = frame.role === null ? rest : [...rest, frame].sort((a, b) => a.user_id.localeCompare(b.user_id))
+    if (frame.user_id === me && frame.role !== null) takeMine(frame)
+    app.people.set(frame.user_id, frame.display_name)
+    renderWho()
+    schedule()
   }
 
   function renderWho () {
@@ -153,8 +204,10 @@ function start ({ token, sessionId, me }) {
     schedule()
   }
   session.on('state', (state) => {
-    if (state === 'connected') setConn('connected', 'Connected')
-    else if (state === 'connecting') setConn('connecting', 'Connecting…')
+    if (state === 'connected') {
+      setConn('connected', 'Connected')
+      readMembership()
+    } else if (state === 'connecting') setConn('connecting', 'Connecting…')
     else if (state === 'disconnected') setConn('disconnected', 'Connection lost — reconnecting…')
     else showClosed(session.closeError)
   })
@@ -190,11 +243,12 @@ function start ({ token, sessionId, me }) {
   session.doc.getArray('pins').observe(schedule)
   session.doc.getMap('facts').observe(schedule)
   session.on('presence', schedule)
+  session.on('member', takeMember)
   app.people.onChange(() => { renderWho(); schedule() })
 
   setConn(session.state === 'connected' ? 'connected' : 'connecting', session.state === 'connected' ? 'Connected' : 'Connecting…')
   renderWho()
-  loadMe()
+  readMembership()
 }
 
 // ---------------------------------------------------------------------------------------

@@ -1,14 +1,27 @@
-// Who is who: user ids to display names, from the member list (REST) and presence.
+// Who is who: user ids to display names, as the server holds them now. Set from the member
+// list (REST: at start and after each reconnect) and from the server's `member` frames (a
+// member joined, left, or was renamed) in between: a name given up is forgotten at once, so
+// nobody shows under a name another member holds now (review), and a member without one
+// shows as their user id.
 
 export function peopleDirectory () {
-  const names = new Map()
+  let names = new Map()
   let changed = () => {}
   return {
-    /** Take a display name (ignored when empty); notifies once per real change. */
-    learn (userId, displayName) {
-      if (!displayName || names.get(userId) === displayName) return
-      names.set(userId, displayName)
-      changed()
+    /** Take one member's name as the server holds it ('' or null: none); notifies once
+     * per real change. */
+    set (userId, displayName) {
+      const before = names.get(userId)
+      if (displayName) names.set(userId, displayName)
+      else names.delete(userId)
+      if (names.get(userId) !== before) changed()
+    },
+    /** Take the whole member list: the names of who is not in it are forgotten. */
+    setAll (members) {
+      const next = new Map(members.filter((m) => m.display_name).map((m) => [m.user_id, m.display_name]))
+      const same = next.size === names.size && [...next].every(([id, name]) => names.get(id) === name)
+      names = next
+      if (!same) changed()
     },
     nameOf (userId) {
       return names.get(userId) || String(userId ?? '')

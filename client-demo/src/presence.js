@@ -1,5 +1,7 @@
-// "Here now": the people connected, by display name. Only this client while the connection
-// to the server is down (the others' states are what the server last relayed).
+// "Here now": the people connected, by display name (the member list's, kept current by the
+// server: the name stamped on a presence state may be one its member has given up since).
+// Only this client while the connection to the server is down (the others' states are what
+// the server last relayed).
 import { $, colorFor, el, initials } from './util.js'
 
 export function mountPresence (app) {
@@ -11,19 +13,17 @@ export function mountPresence (app) {
       if (!peer.self && !connected) continue
       const id = peer.self ? app.me : (peer.userId ?? peer.name)
       if (!id) continue
-      const u = users.get(id) || { typing: false, self: false, name: null }
+      const u = users.get(id) || { typing: false, self: false }
       u.typing = u.typing || (!peer.self && peer.typing)
       u.self = u.self || peer.self
-      u.name = u.name || peer.displayName
       users.set(id, u)
     }
-    if (!users.has(app.me)) users.set(app.me, { typing: false, self: true, name: null })
+    if (!users.has(app.me)) users.set(app.me, { typing: false, self: true })
     list.innerHTML = ''
     const ids = [...users.keys()].sort((a, b) =>
       (users.get(b).self - users.get(a).self) || app.people.nameOf(a).localeCompare(app.people.nameOf(b)))
     for (const id of ids) {
       const u = users.get(id)
-      if (u.name) app.people.learn(id, u.name)
       const name = app.people.nameOf(id)
       list.append(el('li', { class: `presence-item${u.typing ? ' typing' : ''}`, 'data-user': id },
         el('span', { class: 'avatar small', style: `background:${colorFor(id)}`, 'aria-hidden': 'true' }, initials(name)),

@@ -52,8 +52,8 @@ export function mountSettings (app) {
     event.preventDefault()
     try {
       const me = await app.rest('PATCH', sessionPath(app.sessionId, '/me'), { display_name: nameInput.value.trim() })
-      app.people.learn(app.me, me.display_name || app.me)
-      setText($('name-note'), 'Saved: others see it next time your presence updates.')
+      app.people.set(app.me, me.display_name)
+      setText($('name-note'), 'Saved: the others see it now.')
     } catch (error) {
       setText($('name-note'), error.message)
     }
@@ -76,6 +76,7 @@ export function mountSettings (app) {
   })
 
   let filledName = false
+  let listed = '' // the members the invite list shows, with their names
   function render () {
     const caps = app.ui.capabilities
     policySel.disabled = !caps.has('manage_session')
@@ -88,9 +89,13 @@ export function mountSettings (app) {
     }
     $('invite-section').hidden = !caps.has('manage_members')
     const userSel = $('invite-user')
-    if (caps.has('manage_members') && userSel.options.length !== app.members.length) {
+    const members = app.members.map((m) => [m.user_id, app.people.nameOf(m.user_id)])
+    if (caps.has('manage_members') && JSON.stringify(members) !== listed) {
+      listed = JSON.stringify(members)
+      const chosen = userSel.value
       userSel.innerHTML = ''
-      for (const m of app.members) userSel.append(el('option', { value: m.user_id }, app.people.nameOf(m.user_id)))
+      for (const [id, name] of members) userSel.append(el('option', { value: id }, name))
+      if (members.some(([id]) => id === chosen)) userSel.value = chosen
     }
   }
 

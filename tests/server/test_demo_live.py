@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import make_settings, serve_in_process, sqlite_url
-from tests.server.demo_browser import HeldModel, chromium, screenshot
+from tests.server.demo_browser import HeldModel, chromium, compose, screenshot
 
 pytestmark = pytest.mark.node
 
@@ -98,3 +98,95 @@ async def test_presence_clears_others_when_the_server_is_gone(tmp_path: Path) ->
         assert await alice.is_visible("#presence-offline")
         await screenshot(alice, "demo-offline")
     # The lost connection's console errors (the socket failing to reconnect) are expected.
+
+
+async def test_a_role_changed_while_the_page_is_open_is_followed(tmp_path: Path) -> None:
+    """Review K1: the page read the member's role once, so a viewer promoted to editor could
+    not write (the server would take it) and a demoted editor's every send failed."""
+    settings = make_settings(sqlite_url(tmp_path), tmp_path / "d")
+    async with serve_in_process(settings) as server, chromium() as browser:
+        sid = await server.new_session({"olga": "owner", "bob": "editor", "vera": "viewer"})
+        bob = await browser.member(server, sid, "bob")
+        vera = await browser.member(server, sid, "vera")
+        assert await bob.is_enabled("#send") and await vera.is_disabled("#send")
+        members = f"/api/v1/sessions/{sid}/members"
+        demoted = await server.http.put(f"{members}/bob", json={"role": "viewer"})
+        promoted = await server.http.put(f"{members}/vera", json={"role": "editor"})
+        assert demoted.is_success and promoted.is_success, (demoted.text, promoted.text)
+        await vera.wait_for_selector("#whoami[data-role=editor]")
+        await vera.wait_for_selector("#send:enabled")
+        await compose(vera, "promoted, I may write", to="team")
+        await bob.wait_for_selector("#transcript li.kind-message[data-author=vera]")
+        await bob.wait_for_selector("#whoami[data-role=viewer]")
+        await bob.wait_for_selector("#send:disabled")
+        assert await bob.is_hidden("#fact-form")
+        assert await bob.locator("#transcript button.pin:visible").count() == 0
+        assert await bob.locator("#errors .error").count() == 0
+        assert not browser.problems, browser.problems
+
+
+async def test_names_shown_are_the_ones_the_server_holds_now(tmp_path: Path) -> None:
+    """Review K2: names were learned once and never forgotten, so after alice renamed herself
+    and carol took her old name, bob's page showed both as "Alice Boss"."""
+    settings = make_settings(sqlite_url(tmp_path), tmp_path / "d")
+    async with serve_in_process(settings) as server, chromium() as browser:
+        sid = await server.new_session({"alice": "owner", "bob": "editor", "carol": "editor"})
+        path = f"/api/v1/sessions/{sid}"
+        named = await server.http.put(
+            f"{path}/members/alice", json={"role": "owner", "display_name": "Alice Boss"}
+        )
+        assert named.is_success, named.text
+        bob = await browser.member(server, sid, "bob")
+
+        async def as_member(user_id: str, method: str, url: str, body: object) -> None:
+            token = await server.token(sid, user_id)
+            headers = {"Authorization": f"Bearer {token}"}
+            answer = await server.http.request(method, url, json=body, headers=headers)
+            assert answer.is_success, answer.text
+
+        # alice, whose page is not open (so no presence of hers tells bob's anything), posts
+        await as_member("alice", "POST", f"{path}/messages", {"text": "I am alice"})
+        shown = "(id) => document.querySelector(`#transcript li[data-author=${id}] .author`)"
+        await bob.wait_for_function(f"({shown})('alice')?.textContent === 'Alice Boss'")
+        await as_member("alice", "PATCH", f"{path}/me", {"display_name": "Alice Former"})
+        await as_member("carol", "PATCH", f"{path}/me", {"display_name": "Alice Boss"})
+        await as_member("carol", "POST", f"{path}/messages", {"text": "It is me, Alice"})
+        await bob.wait_for_function(f"({shown})('carol')?.textContent === 'Alice Boss'")
+        await bob.wait_for_function(f"({shown})('alice').textContent === 'Alice Former'")
+        transcript = (await server.http.get(f"{path}/transcript")).json()["messages"]
+        assert [(m["author"], m["author_name"]) for m in transcript] == [
+            ("alice", "Alice Former"),
+            ("carol", "Alice Boss"),
+        ]
+        # A name cleared shows the user id; a member removed is no longer named.
+        await as_member("alice", "PATCH", f"{path}/me", {"display_name": ""})
+        await bob.wait_for_function(f"({shown})('alice').textContent === 'alice'")
+        removed = await server.http.delete(f"{path}/members/carol")
+        assert removed.is_success, removed.text
+        await bob.wait_for_function(f"({shown})('carol').textContent === 'carol'")
+        transcript = (await server.http.get(f"{path}/transcript")).json()["messages"]
+        assert [m["author_name"] for m in transcript] == [None, None]  # as REST says
+        assert not browser.problems, browser.problems
+
+
+async def test_a_role_changed_while_the_page_was_away_is_read_on_reconnect(
+    tmp_path: Path,
+) -> None:
+    """Review K1: what the server says while the page's socket is down is lost; the page
+    reads its role and the names again when it connects again."""
+    settings = make_settings(sqlite_url(tmp_path), tmp_path / "d")
+    async with serve_in_process(settings) as server, chromium() as browser:
+        sid = await server.new_session({"olga": "owner", "vera": "viewer"})
+        vera = await browser.member(server, sid, "vera")
+        await vera.evaluate("window.parleyDemo.provider.disconnect()")
+        await vera.wait_for_selector("#conn:not([data-state=connected])")
+        put = await server.http.put(
+            f"/api/v1/sessions/{sid}/members/vera", json={"role": "editor", "display_name": "V"}
+        )
+        assert put.is_success, put.text
+        await vera.evaluate("window.parleyDemo.provider.connect()")
+        await vera.wait_for_selector("#conn[data-state=connected]")
+        await vera.wait_for_selector("#whoami[data-role=editor]")
+        await vera.wait_for_selector("#send:enabled")
+        assert await vera.text_content("#presence li[data-user=vera] .author") == "V (you)"
+        assert not browser.problems, browser.problems
