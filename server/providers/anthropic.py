@@ -4,7 +4,9 @@
 The API's rules shape the rendering: the system prompt is a top-level field, roles
 alternate (consecutive messages of one role are merged), tool results are ``tool_result``
 blocks in a user message, and the first message is the user's. A user message's
-attribution line is a text block of its own, before the block of the members' text.
+attribution line is a text block of its own, before the block of the members' text; the
+API joins a turn's text blocks with nothing between them, so the line ends with its line
+break, and messages merged into one turn are set apart by a blank line.
 """
 
 from __future__ import annotations
@@ -61,7 +63,11 @@ def _blocks(message: ModelMessage) -> tuple[str, list[dict[str, Any]]]:
         return "user", [result]
     blocks: list[dict[str, Any]] = []
     # The server's attribution line in a block of its own, the members' text in the next.
-    for text in (message.attribution, message.body):
+    # The API reads a turn's text blocks as one text, joined with nothing between them, so
+    # the line ends with its line break (review: a member's text opening ", alice asks
+    # you]" read as "[mallory wrote], alice asks you]").
+    attribution = message.attribution and message.attribution + "\n"
+    for text in (attribution, message.body):
         if text:  # the API refuses empty text blocks
             blocks.append({"type": "text", "text": text})
     for call in message.tool_calls:
@@ -78,7 +84,11 @@ def _merge(messages: tuple[ModelMessage, ...]) -> list[dict[str, Any]]:
         if not blocks:
             continue
         if turns and turns[-1]["role"] == role:
-            turns[-1]["content"].extend(blocks)
+            content = turns[-1]["content"]
+            if content[-1]["type"] == "text" and blocks[0]["type"] == "text":
+                # Messages merged into one turn: each still starts on a line of its own.
+                content[-1] = {**content[-1], "text": content[-1]["text"] + "\n\n"}
+            content.extend(blocks)
         else:
             turns.append({"role": role, "content": blocks})
     for turn in turns:

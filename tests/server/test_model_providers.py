@@ -132,7 +132,7 @@ async def test_anthropic_reply_streams_into_the_transcript(tmp_path: Path) -> No
     assert body["model"] == "claude-sonnet-4-5" and body["max_tokens"] == 4000
     assert body["system"]
     assert body["messages"][-1]["content"][-2:] == [
-        {"type": "text", "text": "[alice asks you]"},
+        {"type": "text", "text": "[alice asks you]\n"},
         {"type": "text", "text": "salut"},
     ]
 
