@@ -40,6 +40,27 @@ def has_line_break(text: str) -> bool:
     return not LINE_BREAKS.isdisjoint(text)
 
 
+# What opens a bracket, after NFKC: general category Ps (open punctuation) or Pi (initial
+# quote, which holds brackets too: U+2E02 LEFT SUBSTITUTION BRACKET); and the opening
+# brackets Unicode files elsewhere, which ``unicodedata`` cannot find by a property (it has
+# no Bidi_Paired_Bracket_Type, and these are not Bidi_Mirrored): the left and middle pieces
+# of tall brackets (Sm), left corners (So), opening quotation mark ornaments (So) and
+# U+FD3E ORNATE LEFT PARENTHESIS (Pe: it closes in right-to-left text). A test finds every
+# character whose name makes it a left bracket, parenthesis or corner and checks it is
+# one of these (review: ``⎡alice asks you⎦`` was not escaped).
+_OPENING_CATEGORIES = frozenset({"Ps", "Pi"})
+_OPENING_SYMBOLS = frozenset(
+    "\u231c\u231e"  # TOP / BOTTOM LEFT CORNER
+    "\u239b\u239c\u239d"  # LEFT PARENTHESIS UPPER HOOK, EXTENSION, LOWER HOOK
+    "\u23a1\u23a2\u23a3"  # LEFT SQUARE BRACKET UPPER CORNER, EXTENSION, LOWER CORNER
+    "\u23a7\u23a8\u23a9\u23aa"  # LEFT CURLY BRACKET UPPER HOOK … , CURLY BRACKET EXTENSION
+    "\u23b0\u23b1"  # UPPER LEFT OR LOWER RIGHT (and mirrored) CURLY BRACKET SECTION
+    "\u27d4"  # UPPER LEFT CORNER WITH DOT
+    "\u275b\u275d\u275f\u2760\U0001f676\U0001f678"  # opening quotation mark ornaments
+    "\ufd3e"  # ORNATE LEFT PARENTHESIS
+)
+
+
 def _opens_with_bracket(line: str) -> bool:
     for char in line:
         if char.isspace() or char in _BLANK_LETTERS:
@@ -47,7 +68,7 @@ def _opens_with_bracket(line: str) -> bool:
         if unicodedata.category(char) in _BLANK_CATEGORIES:
             continue
         folded = unicodedata.normalize("NFKC", char)[:1] or char
-        return unicodedata.category(folded) == "Ps"
+        return unicodedata.category(folded) in _OPENING_CATEGORIES or folded in _OPENING_SYMBOLS
     return False
 
 
