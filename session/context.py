@@ -32,6 +32,7 @@ from parley.session.history import (
     WithheldReason,
 )
 from parley.session.model import ModelMessage, ModelRequest
+from parley.session.references import GivenReferences
 from parley.session.summary import Summary, newest_within
 from parley.session.tokens import count_tokens, tokenizer_name
 
@@ -375,11 +376,24 @@ class ContextBuilder:
 
         asking = frozenset(prompt_ids)
         answering_items = {fold.item_of[p] for p in prompt_ids}
+        references = GivenReferences(fold, answering_items)
+
+        def form(index: int) -> FoldedItem:
+            """Item ``index`` as it is sent: in full while what it refers to is not in."""
+            item = fold.items[index]
+            assert item is not None
+            return references.form(index, item)
+
+        def tokens(index: int) -> int:
+            sent = form(index)
+            return rendered_tokens(sent, asking) if index in answering_items else sent.tokens
+
         cost: dict[int, int] = {}
         for index in answering_items:
             item = fold.items[index]
             assert item is not None
-            cost[index] = rendered_tokens(item, asking)
+            references.add(index, item)
+            cost[index] = tokens(index)
         spent = system_tokens + sum(cost.values())
         kept: list[int] = []
         left: list[FoldedItem] = []
@@ -399,13 +413,19 @@ class ContextBuilder:
                 unseen_answering -= 1
             elif full or (summary is not None and _covered_by(summary, item)):
                 left.append(item)
-            elif spent + item.tokens > settings.budget:
-                full = True
-                left.append(item)
             else:
-                kept.append(index)
-                cost[index] = item.tokens
-                spent += item.tokens
+                references.add(index, item)
+                if spent + tokens(index) > settings.budget:
+                    full = True
+                    left.append(item)
+                else:
+                    kept.append(index)
+                    cost[index] = tokens(index)
+                    spent += cost[index]
+                    for ready in references.give(index):  # sent as references now: cheaper
+                        spent -= cost[ready]
+                        cost[ready] = tokens(ready)
+                        spent += cost[ready]
             if full and not unseen_answering:
                 cut = index
                 break
@@ -419,8 +439,7 @@ class ContextBuilder:
         included = [pin.id for pin in pinned]
         sources: list[tuple[str, ...]] = []
         for index in kept:
-            item = fold.items[index]
-            assert item is not None
+            item = form(index)
             included += item.entry_ids
             sources.append(item.entry_ids)
             if index in answering_items:

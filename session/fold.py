@@ -12,7 +12,10 @@
   stays that member's words (``[alice wrote, bob asks you]``): only the authors of the
   prompts a run answers ask, and every author of a folded entry is named;
 - a pasted block (``min_block_lines`` lines or more) seen before becomes a short reference;
-- an identical assistant reply seen before becomes a short reference.
+- an assistant reply or a tool result seen before becomes a short reference;
+  a reference stands only for text identical as written (``shape.as_written``: blanks at
+  line ends aside), and the item keeps its text in full beside it (``in_full``), which a
+  build sends instead when what it refers to is not in that input.
 
 Every step records how to undo itself, so when the next build's history differs from the
 last one only near its end (a reply finished, a prompt was added, a pin changed), the fold
@@ -23,13 +26,13 @@ size of what changed, not of the whole history.
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TypeVar
 
 from parley.session.attribution import attribution_line, escape_text, name
-from parley.session.dedup import NearDuplicateIndex, normalise
+from parley.session.dedup import NearDuplicateIndex
 from parley.session.entries import Entry, EntryKind
-from parley.session.shape import TextShape, shape_of
+from parley.session.shape import TextShape, as_written, shape_of
 from parley.session.tokens import count_tokens, tokenizer_name
 
 
@@ -38,7 +41,11 @@ class FoldedItem:
     """One message of the folded history. Never changed once made: a merge makes a new item.
 
     ``said_by`` names the author of each of ``entry_ids``; ``text`` is ready for the model
-    (member text escaped, the server's references in it)."""
+    (member text escaped, the server's references in it). ``refers_to`` are the entries
+    its references stand for (the first posting of a block, the first of a reply or a
+    tool result); ``in_full`` is the item with its own text in their place: a reference
+    to an entry the model is not given would leave it nothing (review: the newest reply
+    was "[the same reply as to message #1]" with #1 out of the window)."""
 
     entry_ids: tuple[str, ...]
     seqs: tuple[int, ...]
@@ -47,6 +54,8 @@ class FoldedItem:
     text: str
     note: str  # what was folded into it, for the preview ("" when nothing)
     tokens: int  # of ``render(item)``: the item as history, nobody asking
+    refers_to: tuple[str, ...] = ()
+    in_full: FoldedItem | None = None  # set when ``refers_to`` is not empty
 
     @property
     def last_seq(self) -> int:
@@ -198,6 +207,22 @@ class HistoryFold:
             index = later
         return index
 
+    def showing(self, entry_id: str) -> int | None:
+        """The index of the item that gives ``entry_id``'s text as written: its own, or
+        the one it was merged into if that one's wording is the same text; None when
+        its words are no longer given (merged into other wording) or it was not folded."""
+        index = self.item_of.get(entry_id)
+        item = None if index is None else self.items[index]
+        if item is None:
+            return None
+        shown = item.entry_ids[-1]
+        if shown != entry_id and self._text_of(shown) != self._text_of(entry_id):
+            return None
+        return index
+
+    def _text_of(self, entry_id: str) -> str:
+        return self.keys[self.step_of[entry_id]][1]
+
     def live_items(self) -> list[tuple[int, FoldedItem]]:
         return [(index, item) for index, item in enumerate(self.items) if item is not None]
 
@@ -216,13 +241,14 @@ class HistoryFold:
         return undo
 
     def _add_reply(self, entry: Entry, undo: list[_Undo]) -> None:
-        first = self._first_of(self._replies, normalise(entry.content), entry, undo)
+        text = escape_text(entry.content)
+        first = self._first_of(self._replies, as_written(entry.content), entry, undo)
         if first is None:
-            self._add_whole(entry, "assistant", escape_text(entry.content), "", undo)
+            self._add_whole(entry, "assistant", text, undo)
         else:
             reference = f"[the same reply as to message #{first.seq}]"
             note = f"identical to the reply in message #{first.seq}"
-            self._add_whole(entry, "assistant", reference, note, undo)
+            self._add_whole(entry, "assistant", text, undo, (reference, note, first))
 
     def _add_tool_result(self, entry: Entry, undo: list[_Undo]) -> None:
         """A tool step of an earlier run; the same result again becomes a reference."""
@@ -230,15 +256,15 @@ class HistoryFold:
         # called but may not use is stored under the name it gave, which could hold a
         # line break and a forged attribution line.
         tool = name(entry.tool or "tool")
-        key = f"{tool}\n{normalise(entry.content)}"
+        key = f"{tool}\n{as_written(entry.content)}"
         first = self._first_of(self._tool_results, key, entry, undo)
+        text = f"[{tool} was run for an earlier answer]\n{escape_text(entry.content)}"
         if first is None:
-            text = f"[{tool} was run for an earlier answer]\n{escape_text(entry.content)}"
-            self._add_whole(entry, "tool", text, "", undo)
+            self._add_whole(entry, "tool", text, undo)
         else:
             reference = f"[the same {tool} result as in message #{first.seq}]"
             note = f"identical to the {tool} result in message #{first.seq}"
-            self._add_whole(entry, "tool", reference, note, undo)
+            self._add_whole(entry, "tool", text, undo, (reference, note, first))
 
     def _first_of(
         self, seen: dict[K, Entry], key: K, entry: Entry, undo: list[_Undo]
@@ -249,11 +275,26 @@ class HistoryFold:
             self._set(seen, key, entry, undo)
         return first
 
-    def _add_whole(self, entry: Entry, role: str, text: str, note: str, undo: list[_Undo]) -> None:
-        """An item for one entry that is never merged (a reply, a tool result)."""
+    def _add_whole(
+        self,
+        entry: Entry,
+        role: str,
+        text: str,
+        undo: list[_Undo],
+        reference: tuple[str, str, Entry] | None = None,
+    ) -> None:
+        """An item for one entry that is never merged (a reply, a tool result): its
+        ``text``, or ``reference`` (its text, its note, the entry it stands for) with
+        ``text`` kept in full beside it."""
         item = FoldedItem(
-            (entry.id,), (entry.seq,), role, (entry.author,), text, note, count_tokens(text)
+            (entry.id,), (entry.seq,), role, (entry.author,), text, "", count_tokens(text)
         )
+        if reference is not None:
+            line, note, first = reference
+            tokens = count_tokens(line)
+            item = replace(
+                item, text=line, note=note, tokens=tokens, refers_to=(first.id,), in_full=item
+            )
         self._append(item, undo)
 
     def _add_user(self, entry: Entry, undo: list[_Undo]) -> None:
@@ -296,9 +337,7 @@ class HistoryFold:
             # The entries folded into ``old`` before were listed then.
             self._exclude(old.entry_ids[-1], f"{reason} of {entry.id}", undo)
         else:
-            text, replaced = self._replace_seen_blocks(entry, shape, undo)
-            note = "repeated block replaced by a reference" if replaced else ""
-            item = self._item((entry.id,), (entry.seq,), (entry.author,), text, note)
+            item = self._with_seen_blocks(entry, shape, undo)
         self._set(self._exact, shape.exact, len(self.items), undo)
         if words:
             self._set(self._words, words, len(self.items), undo)
@@ -325,27 +364,37 @@ class HistoryFold:
         draft = FoldedItem(entry_ids, seqs, "user", said_by, text, note, 0)
         return FoldedItem(entry_ids, seqs, "user", said_by, text, note, rendered_tokens(draft))
 
-    def _replace_seen_blocks(
-        self, entry: Entry, shape: TextShape, undo: list[_Undo]
-    ) -> tuple[str, bool]:
-        """The entry's escaped text with each block posted before replaced by a reference
-        (a line of the server's, which the escaped lines around it cannot imitate)."""
+    def _with_seen_blocks(self, entry: Entry, shape: TextShape, undo: list[_Undo]) -> FoldedItem:
+        """The item of a member's entry that is merged into none before it: its escaped
+        text, with each block posted before replaced by a reference (a line of the
+        server's, which the escaped lines around it cannot imitate) and the text in full
+        kept beside it (``FoldedItem.in_full``)."""
+        text = _escaped(entry, shape)
+        item = self._item((entry.id,), (entry.seq,), (entry.author,), text, "")
         seen = [
             (start, end, first)
             for start, end, key in reversed(shape.blocks)
             if (first := self._first_of(self._blocks, key, entry, undo)) is not None
         ]
         if not seen:  # its text as it is: not cut into lines
-            return _escaped(entry, shape), False
+            return item
         # Escaping adds a backslash at the start of a line and never a "\n", so this is
         # each line escaped alone.
-        lines = _escaped(entry, shape).split("\n")
+        lines = text.split("\n")
         for start, end, first in seen:
             lines[start:end] = [
                 f"[the same {end - start}-line block {name(first.author)} posted in message "
                 f"#{first.seq}]"
             ]
-        return "\n".join(lines), True
+        short = self._item(
+            item.entry_ids,
+            item.seqs,
+            item.said_by,
+            "\n".join(lines),
+            "repeated block replaced by a reference",
+        )
+        refers_to = tuple(dict.fromkeys(first.id for _, _, first in reversed(seen)))
+        return replace(short, refers_to=refers_to, in_full=item)
 
     # -- mutations that know their inverse ---------------------------------------------------
 

@@ -71,6 +71,71 @@ def test_a_pasted_block_seen_before_becomes_a_reference() -> None:
     assert built.notes["e2"] == "repeated block replaced by a reference"
 
 
+CONFIG = "\n".join(
+    [
+        "export_bucket: s3://PROD-EXPORTS/Daily",
+        "api_key: SK-LIVE-AB12CD34EF",
+        "region: EU-West-1",
+        "owner: Payments-Team",
+    ]
+)
+YAML = "deploy:\n  image: api:4121\n  replicas: 3\ndebug: true"
+
+
+def test_a_block_is_a_reference_only_to_a_block_identical_as_written() -> None:
+    """Review: alice's block, which differed from mallory's in the letter case of every
+    value (and, in YAML, in indentation: ``debug`` nested under ``deploy``), was sent as
+    "[the same 4-line block mallory posted in message #1]"."""
+    lower = CONFIG.lower()
+    nested = YAML.replace("\ndebug", "\n  debug")
+    trailing = CONFIG.replace("\n", "  \n") + " \t"
+    entries = [
+        msg(1, "mallory", f"the config:\n\n{CONFIG}"),
+        msg(2, "alice", f"this is the PROD config, use exactly these values:\n\n{lower}"),
+        msg(3, "mallory", f"and the deploy:\n\n{YAML}"),
+        msg(4, "alice", f"no, the deploy is:\n\n{nested}"),
+        msg(5, "carol", f"again, with blanks at line ends:\n\n{trailing}"),
+        prompt(6, "bob", "which values?"),
+    ]
+    built = build_context(session_id="s", entries=entries, prompt_ids=["e6"])
+    texts = [m.content for m in built.request.messages]
+    assert texts[1] == f"[alice wrote]\n{entries[1].content}"
+    assert texts[3] == f"[alice wrote]\n{entries[3].content}"
+    assert texts[4] == (
+        "[carol wrote]\nagain, with blanks at line ends:\n\n"
+        "[the same 4-line block mallory posted in message #1]"
+    )
+
+
+def test_a_reply_or_tool_result_is_a_reference_only_to_one_identical_as_written() -> None:
+    """Review: "your one-time code is qX7lM2pZ" was sent as "[the same reply as to message
+    #2]", whose code was alice's ``Qx7Lm2Pz``."""
+
+    def step(n: int, text: str) -> Entry:
+        return replace(entry(n, "model", text, EntryKind.TOOL, "done"), tool="issue_code")
+
+    entries = [
+        msg(1, "alice", "give alice a one-time code", EntryKind.PROMPT),
+        step(2, "token Qx7Lm2Pz"),
+        msg(3, "model", "Your one-time code is Qx7Lm2Pz", EntryKind.REPLY),
+        msg(4, "bob", "give bob a one-time code", EntryKind.PROMPT),
+        step(5, "token qX7lM2pZ"),
+        msg(6, "model", "your one-time code is qX7lM2pZ", EntryKind.REPLY),
+        msg(7, "carol", "and alice's again?", EntryKind.PROMPT),
+        step(8, "token Qx7Lm2Pz  "),
+        msg(9, "model", "Your one-time code is Qx7Lm2Pz\n", EntryKind.REPLY),
+        prompt(10, "bob", "what is my code?"),
+    ]
+    built = build_context(session_id="s", entries=entries, prompt_ids=["e10"])
+    texts = [m.content for m in built.request.messages]
+    assert "[issue_code was run for an earlier answer]\ntoken qX7lM2pZ" in texts
+    assert "your one-time code is qX7lM2pZ" in texts
+    assert texts[-3:-1] == [
+        "[the same issue_code result as in message #2]",
+        "[the same reply as to message #3]",
+    ]
+
+
 def test_facts_and_pins_are_always_in_the_input() -> None:
     filler = [msg(i, "alice", f"chatter number {i} " * 20) for i in range(1, 60)]
     entries = [msg(0, "bob", "my account number is 7731"), *filler, prompt(60, "bob", "help")]

@@ -3,6 +3,7 @@ of the work."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 
 import pytest
@@ -278,14 +279,18 @@ def test_a_new_fold_reads_no_message_again_that_another_fold_read(
     each message's text alone was found by the session's build and is not found again
     (review: each new side-thread re-normalised 100 messages of 5,000 short lines)."""
     calls = {"normalise": 0}
-    normalise = dedup.normalise
 
-    def counted(text: str) -> str:
-        calls["normalise"] += 1
-        return normalise(text)
+    def counted(function: Callable[[str], str]) -> Callable[[str], str]:
+        def count(text: str) -> str:
+            calls["normalise"] += 1
+            return function(text)
 
-    for module in (dedup, fold, shape):
-        monkeypatch.setattr(module, "normalise", counted)
+        return count
+
+    for module in (dedup, shape):
+        monkeypatch.setattr(module, "normalise", counted(dedup.normalise))
+    for module in (shape, fold):
+        monkeypatch.setattr(module, "as_written", counted(shape.as_written))
     pasted = "".join(f"x y z {i % 3}\n" for i in range(2_000))
     entries = [entry(i, USERS[i % 3], f"{pasted}{i}") for i in range(1, 21)]
     builder = ContextBuilder()

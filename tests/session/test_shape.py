@@ -16,7 +16,8 @@ from parley.session.shape import ShapeMemo, block_spans, digest, size_of
 
 def blocks(text: str, min_lines: int) -> Iterator[tuple[int, int, str]]:
     """The definition ``block_spans`` keeps, line by line (the fold's before it): runs of at
-    least ``min_lines`` non-blank lines, as ``(start_line, end_line, normalised_text)``."""
+    least ``min_lines`` non-blank lines, as ``(start_line, end_line, text)``, each line as
+    written but for the blanks that end it."""
     lines = text.split("\n")
     start = None
     for index, line in enumerate([*lines, ""]):
@@ -25,7 +26,7 @@ def blocks(text: str, min_lines: int) -> Iterator[tuple[int, int, str]]:
                 start = index
             continue
         if start is not None and index - start >= min_lines:
-            yield start, index, "\n".join(normalise(x) for x in lines[start:index])
+            yield start, index, "\n".join(x.rstrip() for x in lines[start:index])
         start = None
 
 
@@ -56,7 +57,7 @@ def test_what_is_kept_stays_under_its_bound_however_the_texts_are_shaped() -> No
     st.text(alphabet=st.sampled_from(["a", "B", " ", "\t", "\n", "\n", "\r", "\u2028", "İ", "ß"])),
     st.integers(1, 4),
 )
-def test_block_spans_are_the_blocks_of_dedup_each_key_digested(text: str, min_lines: int) -> None:
+def test_block_spans_are_the_blocks_each_as_written_digested(text: str, min_lines: int) -> None:
     expected = [(a, b, digest(key)) for a, b, key in blocks(text, min_lines)]
     assert list(block_spans(text, min_lines)) == expected
 

@@ -1,0 +1,198 @@
+"""session/references.py: a reference is sent only beside what it refers to; else the
+text is given in full (a block, a reply, a tool result alike)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from parley.session.context import BuiltContext, ContextSettings, build_context
+from parley.session.entries import Entry, EntryKind
+from parley.session.summary import Summary
+from parley.session.tokens import count_tokens
+from tests.session.factories import entry
+
+PLAN = (
+    "Rollback plan: 1) drain node pool np-7, 2) restore snapshot snap-20261205-0400, "
+    "3) re-point the load balancer"
+)
+LOG = "\n".join(
+    f"ERROR 08:01:0{i} payout failed: account DE4450010517540732493{i}" for i in range(4)
+)
+PASSAGE = "passage: launch on friday at 09:00 from pad 39A"
+TIGHT = ContextSettings(window_tokens=700, reserve_output_tokens=100)
+
+
+def done(n: int, author: str, text: str) -> Entry:
+    return entry(n, author, text, EntryKind.PROMPT, "done")
+
+
+def reply(n: int, text: str) -> Entry:
+    return entry(n, "fake", text, EntryKind.REPLY)
+
+
+def tool(n: int, text: str) -> Entry:
+    return replace(entry(n, "fake", text, EntryKind.TOOL, "done"), tool="search_documents")
+
+
+def filler(first: int, count: int) -> list[Entry]:
+    return [entry(n, "carol", f"chatter number {n} " * 20) for n in range(first, first + count)]
+
+
+def sent(built: BuiltContext) -> list[str]:
+    return [m.content for m in built.request.messages]
+
+
+def test_a_reply_referring_to_one_out_of_the_input_is_given_in_full() -> None:
+    """Review: the newest reply was "[the same reply as to message #1]" with #1 out of the
+    window, so the plan the model "just gave" was nowhere in its input."""
+    entries = [
+        done(1, "alice", "what is the rollback plan?"),
+        reply(2, PLAN),
+        *filler(3, 30),
+        done(40, "bob", "repeat the rollback plan please"),
+        reply(41, PLAN),
+        entry(
+            42,
+            "bob",
+            "Execute step 2 of the plan you just gave me: which snapshot?",
+            EntryKind.PROMPT,
+        ),
+    ]
+    built = build_context(session_id="s", entries=entries, prompt_ids=["e42"], settings=TIGHT)
+    assert "e2" not in built.included
+    assert sent(built)[-2] == PLAN
+    assert "e41" not in built.notes  # not a reference: nothing folded into it
+    assert built.tokens <= TIGHT.budget
+    # With room for the first reply, the second is a reference to it, as before.
+    roomy = build_context(session_id="s", entries=entries, prompt_ids=["e42"])
+    assert sent(roomy)[1] == PLAN and sent(roomy)[-2] == "[the same reply as to message #2]"
+
+
+def test_a_block_whose_first_posting_is_out_of_the_input_is_given_in_full() -> None:
+    entries = [
+        entry(1, "alice", f"from last week's incident:\n\n{LOG}"),
+        *filler(2, 30),
+        entry(40, "bob", f"It happened again just now:\n\n{LOG}\n\nWhich job holds the lock?"),
+        entry(41, "dan", "answer bob, please", EntryKind.PROMPT),
+    ]
+    built = build_context(session_id="s", entries=entries, prompt_ids=["e41"], settings=TIGHT)
+    assert "e1" not in built.included
+    assert sent(built)[-2] == f"[bob wrote]\n{entries[-2].content}"
+    roomy = build_context(session_id="s", entries=entries, prompt_ids=["e41"])
+    assert "[the same 4-line block alice posted in message #1]" in sent(roomy)[-2]
+
+
+def test_a_prompt_asked_now_refers_only_to_what_the_input_holds() -> None:
+    entries = [
+        entry(1, "alice", f"the log:\n\n{LOG}"),
+        *filler(2, 30),
+        entry(40, "bob", f"{LOG}\n\nwhat does this mean?", EntryKind.PROMPT),
+    ]
+    built = build_context(session_id="s", entries=entries, prompt_ids=["e40"], settings=TIGHT)
+    assert sent(built)[-1] == f"[bob asks you]\n{LOG}\n\nwhat does this mean?"
+    assert built.tokens <= TIGHT.budget
+
+
+def test_a_tool_result_whose_first_is_summarised_is_given_in_full() -> None:
+    entries = [
+        done(1, "alice", "what does the plan say?"),
+        tool(2, PASSAGE),
+        reply(3, "It says friday."),
+        done(4, "bob", "and the pad?"),
+        tool(5, PASSAGE),
+        reply(6, "Pad 39A."),
+        entry(7, "carol", "so which pad?", EntryKind.PROMPT),
+    ]
+    covered = frozenset({"e1", "e2", "e3"})
+    summary = Summary("s1", 1, 3, covered, "alice asked about the plan: friday.")
+    built = build_context(session_id="s", entries=entries, prompt_ids=["e7"], summaries=[summary])
+    assert "e2" not in built.included
+    assert f"[search_documents was run for an earlier answer]\n{PASSAGE}" in sent(built)
+    unsummarised = build_context(session_id="s", entries=entries, prompt_ids=["e7"])
+    assert "[the same search_documents result as in message #2]" in sent(unsummarised)
+
+
+def test_a_block_whose_first_posting_now_shows_other_wording_is_given_in_full() -> None:
+    """alice's first posting was folded into her own later near-duplicate, with another
+    log: a reference to "the block alice posted in message #1" would stand for a text
+    the input no longer holds."""
+    other = LOG.replace("payout failed", "payout retried")
+    first = f"the log from the incident of this morning, as I saw it:\n\n{LOG}"
+    entries = [
+        entry(1, "alice", first),
+        entry(2, "bob", f"same here:\n\n{LOG}"),
+        entry(3, "alice", first.replace(LOG, other)),
+        entry(4, "dan", "what broke?", EntryKind.PROMPT),
+    ]
+    built = build_context(session_id="s", entries=entries, prompt_ids=["e4"])
+    texts = sent(built)
+    assert texts[0] == f"[bob wrote]\nsame here:\n\n{LOG}"
+    assert texts[1] == f"[alice wrote]\n{entries[2].content}"
+
+
+_REFERENCE = re.compile(r"\[the same .*(?:as to|as in|posted in) message #(\d+)\]$")
+
+
+def assert_references_stand_for_what_is_given(built: BuiltContext, entries: list[Entry]) -> None:
+    """Every reference names an entry whose own text (as written) a message of the same
+    input shows."""
+    by_seq = {e.seq: e for e in entries}
+    shown = {ids[-1] for ids in built.sources}
+    by_id = {e.id: e for e in entries}
+    for content in sent(built):
+        for line in content.split("\n"):
+            match = _REFERENCE.match(line)
+            if match is None:
+                continue
+            target = by_seq[int(match[1])]
+            assert target.id in built.included, line
+            showing = next(ids[-1] for ids in built.sources if target.id in ids)
+            assert showing in shown and by_id[showing].content == target.content, line
+
+
+KINDS = ["message", "reply", "tool", "prompt"]
+TEXTS = [f"the log:\n\n{LOG}", f"{LOG}\n\nagain", PLAN, "ok", "chatter " * 40, PLAN.upper()]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    said=st.lists(st.tuples(st.sampled_from(KINDS), st.integers(0, len(TEXTS) - 1)), max_size=16),
+    window=st.integers(250, 1500),
+    summarised=st.integers(0, 16),
+)
+def test_no_reference_stands_for_what_the_input_leaves_out(
+    said: list[tuple[str, int]], window: int, summarised: int
+) -> None:
+    entries: list[Entry] = []
+    for n, (kind, text) in enumerate(said, start=1):
+        made = {"message": entry, "prompt": done}
+        if kind in made:
+            entries.append(made[kind](n, ["alice", "bob"][n % 2], TEXTS[text]))
+        else:
+            entries.append((reply if kind == "reply" else tool)(n, TEXTS[text]))
+    entries.append(entry(len(entries) + 1, "dan", "and now?", EntryKind.PROMPT))
+    covered = [
+        e for e in entries[:summarised] if e.kind is not EntryKind.PROMPT or e.status == "done"
+    ]
+    summaries = (
+        [Summary("s1", 1, covered[-1].seq, frozenset(e.id for e in covered), "so far")]
+        if covered
+        else []
+    )
+    config = ContextSettings(window_tokens=window, reserve_output_tokens=100)
+    built = build_context(
+        session_id="s",
+        entries=entries,
+        prompt_ids=[entries[-1].id],
+        settings=config,
+        summaries=summaries,
+    )
+    assert_references_stand_for_what_is_given(built, entries)
+    assert built.tokens <= config.budget or len(built.request.messages) == 1
+    assert built.tokens == count_tokens(built.request.system) + sum(
+        count_tokens(m.content) for m in built.request.messages
+    )
