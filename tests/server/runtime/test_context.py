@@ -13,6 +13,7 @@ from parley.server.store.memory import MemoryStore
 from parley.session.commands import FactCommand, PinCommand
 from parley.session.shape import TextShape, shape_of
 from parley.session.tokens import count_tokens
+from tests.fake_model import Answer, FakeModel, Sent
 from tests.server.runtime.harness import memory_session
 from tests.server.test_context_api import first_call_waits
 
@@ -165,3 +166,68 @@ async def test_a_history_loaded_again_is_folded_before_its_first_build() -> None
         built = s.room.context.build(())
         assert builder.last_refolded == 0
         assert built == before
+
+
+PLAN = (
+    "Rollback plan: 1) drain node pool np-7, 2) restore snapshot snap-20261205-0400, "
+    "3) re-point the load balancer"
+)
+
+
+async def test_a_reply_whose_first_copy_left_the_window_is_sent_in_full() -> None:
+    """Review J5: bob's reply, the same as alice's reply 14 messages up, was sent as
+    "[the same reply as to message #1]" with #1 out of the window: the plan the model
+    "just gave" bob was nowhere in the call that asked for its step 2."""
+
+    def script(sent: Sent) -> Answer:
+        return [PLAN] if "rollback plan" in sent.asked_text() else ["ok"]
+
+    model = FakeModel(script)
+    members = {"alice": "editor", "bob": "editor", "carol": "editor"}
+    limits = {"context_window_tokens": 800, "max_output_tokens": 100, "summaries": False}
+    async with memory_session(members, model, **limits) as s:
+        first = await s.prompt("alice", "what is the rollback plan?")
+        await s.settled(first["prompt_id"])
+        for n in range(14):
+            hosts = " ".join(f"host-{n}-{i} is {'up' if i % 3 else 'down'}" for i in range(12))
+            await s.message("carol", f"status note {n}: {hosts}")
+        again = await s.prompt("bob", "repeat the rollback plan please")
+        await s.settled(again["prompt_id"])
+        step = await s.prompt("bob", "Execute step 2 of the plan you just gave me: which snapshot?")
+        await s.settled(step["prompt_id"])
+        call = model.requests[-1]
+        assert "what is the rollback plan?" not in call.everything()  # #1 left the window
+        assert [m["content"] for m in call.messages[-3:]] == [
+            "[bob wrote]\nrepeat the rollback plan please",
+            PLAN,
+            "[bob asks you]\nExecute step 2 of the plan you just gave me: which snapshot?",
+        ]
+
+
+CONFIG = "\n".join(
+    [
+        "export_bucket: s3://PROD-EXPORTS/Daily",
+        "api_key: SK-LIVE-AB12CD34EF",
+        "region: EU-West-1",
+        "owner: Payments-Team",
+    ]
+)
+
+
+async def test_a_block_differing_in_letter_case_reaches_the_model_in_its_own_words() -> None:
+    """Review J9: alice's config block, which differed from mallory's in the letter case
+    of every value, reached the model as "[the same 4-line block mallory posted in
+    message #1]": her values were nowhere in the input, mallory's were given for hers."""
+    model = FakeModel(lambda sent: ["ok"])
+    members = {"alice": "editor", "bob": "editor", "carol": "editor", "mallory": "editor"}
+    async with memory_session(members, model) as s:
+        await s.message("mallory", f"the config:\n\n{CONFIG}")
+        ours = f"Bob, this is the PROD config, use exactly these values:\n\n{CONFIG.lower()}"
+        await s.message("alice", ours)
+        await s.message("carol", f"same as mallory's:\n\n{CONFIG}")
+        asked = await s.prompt("bob", "which values do I use?")
+        await s.settled(asked["prompt_id"])
+        messages = model.requests[-1].messages
+        assert messages[1]["content"] == f"[alice wrote]\n{ours}"
+        assert messages[1]["name"] == "alice"
+        assert "[the same 4-line block mallory posted in message #1]" in messages[2]["content"]
