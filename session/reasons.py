@@ -14,7 +14,7 @@ its reply's, so the document, the database and REST can never disagree about the
     forbidden          failed       failed        its author may no longer prompt
     member_removed     failed       failed        its author was removed from the session
     token_revoked      failed       failed        the token it was sent with was revoked
-    too_large          failed       failed        the prompt does not fit the context window
+    too_large          failed       failed        a prompt (or a tool step) does not fit the window
     unavailable        failed       failed        the database could not be read to admit it
     storage_error      failed       interrupted   the database failed while the reply streamed
     server_shutdown    failed       interrupted   the server was stopped while it ran

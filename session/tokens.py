@@ -7,7 +7,7 @@ high on purpose: overestimating leaves room unused, underestimating overflows th
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 
 from parley.session.memo import memo_by_digest
@@ -53,7 +53,11 @@ def estimated_usage(request: ModelRequest, output: list[str], calls: list[ToolCa
     spent_in = count_tokens(request.system) + sum(
         count_tokens(message.content) for message in request.messages
     )
-    spent_out = count_tokens("".join(output)) + sum(
+    return Usage(spent_in, turn_tokens("".join(output), calls))
+
+
+def turn_tokens(text: str, calls: Sequence[ToolCall]) -> int:
+    """A model turn's tokens: its text and the tool calls it made (names and arguments)."""
+    return count_tokens(text) + sum(
         count_tokens(call.name) + count_tokens(call.arguments) for call in calls
     )
-    return Usage(spent_in, spent_out)

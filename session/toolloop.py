@@ -9,8 +9,10 @@ It yields what must happen next and receives the result:
 A call is refused when ``refuse(name)`` names a reason (the tool is outside the run's scope:
 that check is ``authz``'s, passed in), when its arguments are not a JSON object, when one
 turn asks for more than ``max_calls_per_turn`` tools, and after ``max_steps`` model calls
-with tools (the last call offers none). The loop returns a ``LoopOutcome``; model output
-never changes which tools are offered.
+with tools (the last call offers none). Each call's input is held to the window
+(``session.input_budget``): tool results are cut to the room left, the call after a cut one
+offers no tools, and a call that would still not fit is not made (``LoopOutcome.ending``).
+The loop returns a ``LoopOutcome``; model output never changes which tools are offered.
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from parley.session.input_budget import InputBudget
 from parley.session.model import ModelMessage, ModelRequest, ToolCall, Usage
+from parley.session.reasons import Ending
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +67,7 @@ class LoopOutcome:
     input_tokens: int = 0
     output_tokens: int = 0
     calls: list[tuple[ToolCall, str]] = field(default_factory=list)  # (call, outcome)
+    ending: Ending | None = None  # the next call did not fit the window: not made
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,13 +88,20 @@ def tool_loop(
     request: ModelRequest,
     refuse: Callable[[str], str | None],
     limits: LoopLimits | None = None,
+    budget: InputBudget | None = None,
 ) -> Generator[Effect, Any, LoopOutcome]:
-    """Drive one run: call the model, run the tools it asks for, feed results back."""
+    """Drive one run: call the model, run the tools it asks for, feed results back.
+    ``budget``: the first call's input tokens and the limit every call is held to (None:
+    no limit)."""
     limits = limits or LoopLimits()
     outcome = LoopOutcome()
     messages = list(request.messages)
     for step in range(limits.max_steps + 1):
-        last = step == limits.max_steps
+        full = budget is not None and budget.full
+        last = step == limits.max_steps or full
+        outcome.ending = None if budget is None else budget.overflow()
+        if outcome.ending is not None:
+            return outcome
         call_request = replace(
             request, messages=tuple(messages), tools=() if last else request.tools
         )
@@ -101,10 +113,14 @@ def tool_loop(
         if not turn.calls:
             return outcome
         messages.append(ModelMessage("assistant", turn.text, tool_calls=turn.calls))
+        if budget is not None:
+            budget.add_turn(turn.text, turn.calls)
         for index, call in enumerate(turn.calls):
             arguments = _arguments(call)
             reason = refuse(call.name)
-            if last:
+            if full:
+                reason = "the context window of this run is full; answer without tools"
+            elif last:
                 reason = "the step limit of this run is reached; answer without tools"
             elif reason is None and index >= limits.max_calls_per_turn:
                 reason = f"at most {limits.max_calls_per_turn} tool calls per turn"
@@ -121,8 +137,11 @@ def tool_loop(
             else:
                 result = yield CallTool(call, arguments)
                 outcome.calls.append((call, "error" if result.is_error else "ok"))
+            content = result.content
+            if budget is not None:
+                content = budget.fit_result(content, len(turn.calls) - index)
             messages.append(
-                ModelMessage("tool", result.content, tool_call_id=call.id, is_error=result.is_error)
+                ModelMessage("tool", content, tool_call_id=call.id, is_error=result.is_error)
             )
         if last:
             return outcome

@@ -33,6 +33,7 @@ from parley.session.core.runs import (
     too_large,
 )
 from parley.session.errors import Forbidden, ProviderError, QuotaExceeded, Unavailable
+from parley.session.input_budget import InputBudget
 from parley.session.lifecycle import PromptStatus
 from parley.session.model import ModelProvider, ModelRequest, TextDelta, ToolCall, Usage
 from parley.session.pacing import ReplyPacer
@@ -151,7 +152,8 @@ class SessionRunner:
         if overflow is not None:
             outcome = RunOutcome(overflow)
         else:
-            outcome = await self.execute(active, request)
+            budget = InputBudget(built.budget, built.tokens)
+            outcome = await self.execute(active, request, budget)
             self.keep_usage(active, request)
         await self.settle(active, outcome.ending)
         elapsed = time.monotonic() - started
@@ -175,7 +177,11 @@ class SessionRunner:
         )
         return built.overflowed
 
-    async def execute(self, active: ActiveRun, request: ModelRequest) -> RunOutcome:
+    async def execute(
+        self, active: ActiveRun, request: ModelRequest, budget: InputBudget
+    ) -> RunOutcome:
+        """Answer the run: the quota check, then the tool loop, each call's input held to
+        ``budget`` (the first build's tokens, the window it was built for)."""
         try:
             await self.usage.admit(self.room.session_id, request.issuers, active.quotas)
         except QuotaExceeded as exc:  # no model call without a quota check
@@ -191,8 +197,8 @@ class SessionRunner:
         active.task = task
         try:
             async with asyncio.timeout(self.run_timeout_s):
-                loop = await self._drive(active, request)
-            return RunOutcome(loop if isinstance(loop, Ending) else None)
+                loop = await self._drive(active, request, budget)
+            return RunOutcome(loop if isinstance(loop, Ending) else loop.ending)
         except TimeoutError:
             ending = Ending(ReasonCode.TIMEOUT, f"no answer within {self.run_timeout_s:g} s")
             return RunOutcome(ending)
@@ -214,7 +220,9 @@ class SessionRunner:
         finally:
             active.task = None  # a stop from now on must not cancel the settling
 
-    async def _drive(self, active: ActiveRun, request: ModelRequest) -> LoopOutcome | Ending:
+    async def _drive(
+        self, active: ActiveRun, request: ModelRequest, budget: InputBudget
+    ) -> LoopOutcome | Ending:
         """Run the tool loop: each effect it yields is performed here, within the scope.
         Ended (``forbidden``) before a model or tool call once the issuers may no longer
         all read what the run drew on: the call would carry it on their behalf. (A grant
@@ -240,7 +248,7 @@ class SessionRunner:
                 return f"tool {name!r} is no longer allowed to the run's issuers"
             return None
 
-        loop = tool_loop(request, refuse, self.limits)
+        loop = tool_loop(request, refuse, self.limits, budget)
         effect = next(loop)
         while True:
             result: ModelTurn | ToolResult | None = None

@@ -20,6 +20,7 @@ from parley.session.core import ReplyState
 from parley.session.core.effects import BeginThreadRun
 from parley.session.core.runs import run_audit_base, too_large
 from parley.session.errors import Forbidden
+from parley.session.input_budget import InputBudget
 from parley.session.queue import PendingPrompt, Run
 from parley.session.reasons import Ending, ReasonCode
 
@@ -96,7 +97,8 @@ class ThreadRuns:
             await steps.widen(active, seen.restriction)
             ending = too_large(built.tokens, built.budget)
             if ending is None:
-                outcome = await runner.execute(active, request)
+                budget = InputBudget(built.budget, built.tokens)
+                outcome = await runner.execute(active, request, budget)
                 runner.keep_usage(active, request)
                 ending = outcome.ending
             await runner.settle(active, ending)

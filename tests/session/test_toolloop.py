@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Generator
 from typing import Any
 
+from parley.session.input_budget import InputBudget
 from parley.session.model import ModelMessage, ModelRequest, ToolCall, ToolSpec, Usage
+from parley.session.reasons import ReasonCode
+from parley.session.tokens import count_tokens
 from parley.session.toolloop import (
     CallModel,
     CallTool,
@@ -119,3 +123,55 @@ def test_too_many_calls_in_one_turn_are_refused() -> None:
     assert isinstance(loop.send(ModelTurn("", calls)), CallTool)
     refused = loop.send(ToolResult("one"))
     assert isinstance(refused, RefuseTool) and refused.call.id == "b"
+
+
+def test_each_call_is_held_to_the_window_and_an_oversized_result_is_cut() -> None:
+    """Review J4: every tool result was appended to the next call with no budget (a
+    4,000-token window got a 189,000-token input): a result is cut to the room left, with
+    the server's line saying so, and the call after it offers no tools."""
+    budget = InputBudget(limit=400, spent=count_tokens("sys") + count_tokens("find x"))
+    loop = tool_loop(REQUEST, only_search, budget=budget)
+    next(loop)
+    calls = tuple(ToolCall(f"c{i}", "search", '{"query": "x"}') for i in range(2))
+    loop.send(ModelTurn("", calls))
+    big = "row 1234, value 5678, note lorem ipsum\n" * 2000
+    second = loop.send(ToolResult(big))
+    assert isinstance(second, CallTool)
+    again = loop.send(ToolResult(big))
+    assert isinstance(again, CallModel)
+    sent = again.request
+    spent = count_tokens(sent.system) + sum(count_tokens(m.content) for m in sent.messages)
+    assert spent <= budget.limit and budget.spent <= budget.limit
+    first_result, second_result = sent.messages[-2].content, sent.messages[-1].content
+    assert first_result.startswith("row 1234") and big.startswith(first_result.rpartition("\n[")[0])
+    assert re.search(r"\n\[the rest of this result is left out: it has \d+ tokens", first_result)
+    assert "[the rest of this result is left out: it has" in second_result
+    assert sent.tools == ()  # the window is full: answer with what came back
+    late = ToolCall("c9", "search", "{}")
+    assert loop.send(ModelTurn("", (late,))) == RefuseTool(
+        late, "the context window of this run is full; answer without tools"
+    )
+    assert finish(loop, None).ending is None
+
+
+def test_a_result_that_fits_is_kept_whole() -> None:
+    budget = InputBudget(limit=10_000, spent=10)
+    loop = tool_loop(REQUEST, only_search, budget=budget)
+    next(loop)
+    call = ToolCall("c1", "search", '{"query": "x"}')
+    loop.send(ModelTurn("", (call,)))
+    again = loop.send(ToolResult("x is 42"))
+    assert isinstance(again, CallModel) and again.request.messages[-1].content == "x is 42"
+    assert again.request.tools == (SEARCH,) and not budget.full
+
+
+def test_a_call_that_cannot_fit_is_not_made_and_the_run_ends_too_large() -> None:
+    """The model's own turn filled the window: even the server's line leaves no room."""
+    budget = InputBudget(limit=100, spent=90)
+    loop = tool_loop(REQUEST, only_search, budget=budget)
+    next(loop)
+    call = ToolCall("c1", "search", '{"query": "' + "x " * 200 + '"}')
+    loop.send(ModelTurn("", (call,)))
+    outcome = finish(loop, ToolResult("x is 42"))
+    assert outcome.ending is not None and outcome.ending.code is ReasonCode.TOO_LARGE
+    assert "tool steps filled the context window" in outcome.ending.reason
