@@ -30,7 +30,10 @@ class UserUsageOut(Strict):
     user_id: str
     input_tokens: int
     output_tokens: int
-    calls: int = Field(description="Model calls this user's prompts took part in")
+    calls: int = Field(
+        description="Model calls this user's prompts took part in, the summary calls "
+        "their runs set off included (a summary is paid by the run's issuers)"
+    )
 
 
 class UsageOut(Strict):

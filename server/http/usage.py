@@ -80,7 +80,7 @@ OPERATIONS: list[Operation] = [
         "GET",
         "/api/v1/sessions/{session_id}/usage",
         get_usage,
-        "Tokens used on a day, per user",
+        "Tokens used on a day, per user (summary calls: by the run's issuers)",
         response=UsageOut,
         errors=(404,),
         query_str=(

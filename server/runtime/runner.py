@@ -72,8 +72,8 @@ class SessionRunner:
         self.run_timeout_s = run_timeout_s
         self.task: asyncio.Task[None] | None = None
         self.thread_runs = ThreadRuns(self)
-        self.summariser = Summariser(room, provider, run_timeout_s)
         self.usage = UsageLedger(room.store, room.clock)
+        self.summariser = Summariser(room, provider, run_timeout_s, self.usage)
         self.tools = ToolRunner(room.settings, room.access, room.clock)
         self.limits = LoopLimits(
             room.settings.max_tool_steps, room.settings.max_tool_calls_per_turn
@@ -111,25 +111,26 @@ class SessionRunner:
                 overflowed = await self._run()
                 failures = 0
                 if overflowed:
-                    self.summariser.poke()
+                    self.summariser.poke(overflowed)
             except Unavailable:
                 delay = RETRY_DELAYS_S[min(failures, len(RETRY_DELAYS_S) - 1)]
                 failures += 1
                 log.warning("store unavailable; retrying run", extra={"delay_s": delay})
                 await asyncio.sleep(delay)
 
-    async def _run(self) -> bool:
-        """Run the next run; True when its history did not fit (a summary may be due)."""
+    async def _run(self) -> tuple[str, ...]:
+        """Run the next run; its issuers when its history did not fit (a summary may be
+        due, paid by them), else none."""
         runs = self.room.runs
         active = runs.take_begun() or await runs.start(self.reply_author())
         if active is None:
-            return False  # the queue changed under us (cancel, revoked author): ask again
+            return ()  # the queue changed under us (cancel, revoked author): ask again
         try:
             return await self._answer(active)
         finally:  # whatever happens: whoever waits for the run (a cancel, a drain) goes on
             self.room.runs.end(active)
 
-    async def _answer(self, active: ActiveRun) -> bool:
+    async def _answer(self, active: ActiveRun) -> tuple[str, ...]:
         run, reply_id, scope = active.run, active.reply_id, active.scope
         built = self.room.context.build(run.ids, scope)
         request = replace(built.request, tools=scope.tool_specs)
@@ -175,7 +176,7 @@ class SessionRunner:
                 "seconds": round(elapsed, 3),
             },
         )
-        return built.overflowed
+        return active.run.authors if built.overflowed else ()
 
     async def execute(
         self, active: ActiveRun, request: ModelRequest, budget: InputBudget

@@ -4,17 +4,21 @@ the summariser's own task."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from parley.authz.policy import Decision, Readers
 from parley.authz.roles import Member
+from parley.server.http.usage import get_usage
 from parley.server.store.access_rows import DocumentRow
 from parley.server.store.memory import MemoryStore
+from parley.session.quota import Quotas, day_of
 from tests.conftest import postgres_database, sqlite_url
 from tests.fake_model import Answer, FakeModel, Sent, call
 from tests.server.runtime.backend import sql_store
@@ -24,6 +28,7 @@ from tests.server.runtime.harness import (
     RecordingOffline,
     memory_session,
 )
+from tests.server.runtime.test_side_threads import Gate
 
 ALLOW = Decision(True, "test")
 TOPICS = ["billing", "deploys", "search", "onboarding", "latency", "alerts", "exports"]
@@ -259,3 +264,49 @@ def contexts(s: MemorySession, user: str | None) -> tuple[str | None, Any, Any, 
     summary = None if built.summary is None else built.summary.id
     left_out = sorted((x.entry_id, x.reason) for x in built.excluded)
     return summary, built.request.system, built.request.messages, left_out
+
+
+async def test_summary_calls_count_in_usage_and_against_the_quotas() -> None:
+    """Review J8: summary calls were never counted: 5 calls made, 1 in usage, and a session
+    past its daily quota kept running. They are charged to the issuers of the run that set
+    them off, shown by the usage API, and not made once a quota is reached."""
+    model = FakeModel(lambda sent: ["ok"])  # every call reports 100 in, 10 out
+    async with memory_session({"bob": "editor"}, model, **SMALL_WINDOW) as s:
+        await s.store.set_quotas(SESSION, Quotas(session_tokens_per_day=200))
+        await s.room.reload_quotas()
+        await chat(s, "bob", 0, 120)
+        await ask(s, "bob", "status?")  # 110 tokens: under the quota, so one summary call
+        summaries = [r for r in model.requests if r.purpose == "summary"]
+        assert len(summaries) == 1, "the second summary call would pass the quota"
+        assert s.room.context.summary_plan() is not None  # more to summarise: not made
+
+        state = SimpleNamespace(store=s.store, clock=s.clock)
+        usage = await get_usage(state, SESSION, None, None)  # type: ignore[arg-type]
+        assert (usage.input_tokens, usage.output_tokens) == (200, 20)
+        assert [(u.user_id, u.calls) for u in usage.users] == [("bob", 2)]
+
+        over = await s.prompt("bob", "and now?")
+        await s.settled(over["prompt_id"])
+        assert s.room.doc.entry(over["prompt_id"]).reason_code == "quota_exceeded"
+
+
+async def test_a_summary_call_cut_short_is_charged_what_it_used() -> None:
+    """As a run's call is: the provider reports usage only at a stream's end."""
+    gate = Gate()  # reached once the text before it was read: the call is mid-stream
+
+    def script(sent: Sent) -> Answer:
+        if sent.purpose == "summary":
+            return ["the story so far: " * 20, gate]
+        return ["ok"]
+
+    model = FakeModel(script)
+    async with memory_session({"bob": "editor"}, model, **SMALL_WINDOW) as s:
+        await chat(s, "bob", 0, 40)
+        asked = await s.prompt("bob", "status?")
+        await s.settled(asked["prompt_id"])
+        async with asyncio.timeout(10):
+            await gate.entered.wait()
+        assert s.runner is not None
+        await s.runner.summariser.stop()  # cut short mid-stream
+        [bob] = await s.store.usage_by_user(SESSION, day_of(s.clock()))
+        assert bob.calls == 2 and bob.output_tokens > 10 + 20
