@@ -12,7 +12,9 @@ At most one run is in flight. What runs next depends on the session's policy:
     prompt of each other user with prompts waiting, and each user's prompts keep their order.
 ``coalesce`` — every prompt waiting when the previous run ends is answered by one run, in
     sequence order, up to ``max_prompts_per_run`` (the oldest first; the rest wait for the
-    next run); a prompt arriving on an idle session runs alone.
+    next run); a prompt arriving on an idle session runs alone. A run may start with only
+    the first of the prompts planned (those that fit the context window together:
+    ``session.run_fit``); the rest wait for the next run.
 ``interrupt`` — a new prompt interrupts the running reply and supersedes any prompt still
     waiting (both end ``interrupted``); it runs next. At most one prompt waits at a time.
 ``reject`` — while a run is in flight or a prompt waits, a new prompt is refused with
@@ -162,7 +164,10 @@ class OrderingQueue:
         return Run((min(self._heads(), key=lambda p: p.seq),))
 
     def start(self, run: Run) -> None:
-        if run != self.next():
+        """Start ``run``: the run ``next`` plans, or the first of its prompts (the rest
+        wait, first in line for the next run)."""
+        planned = self.next()
+        if planned is None or not run.prompts or run.prompts != planned.prompts[: len(run.prompts)]:
             raise IllegalTransition(f"prompts {list(run.ids)} are not next to run")
         for prompt in run.prompts:
             self._take(prompt.id)

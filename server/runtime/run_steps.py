@@ -3,7 +3,8 @@ through the room's one writer.
 
 The runner (``server.runtime.runner``) drives the model and the tools; every change a run
 makes to the session goes through here: ``start`` (which prompts the run answers, under the
-scheduling policy; authors who may no longer prompt fail ``forbidden``), streamed text
+scheduling policy and within the context window; authors who may no longer prompt fail
+``forbidden``), streamed text
 (``append_reply``), what the run drew on (``widen``), tool steps and ``finish`` with an
 ending (``session.reasons``). ``active`` is the run in flight.
 
@@ -41,9 +42,12 @@ from parley.session.core import (
     ToolStepTaken,
     handle,
 )
+from parley.session.core.runs import too_large
 from parley.session.errors import Forbidden
+from parley.session.queue import PendingPrompt
 from parley.session.quota import Quotas, day_of
 from parley.session.reasons import Ending
+from parley.session.run_fit import fit_run
 
 if TYPE_CHECKING:
     from parley.server.runtime.room import SessionRoom
@@ -104,6 +108,9 @@ class RunSteps:
         # (A run begun and not yet taken is in flight too: ``active`` covers it.)
         if reply_author is None or not self._idle or self.active is not None:
             return None
+        planned = view.queue.next()
+        if planned is not None and len(planned.prompts) > 1:
+            return None  # how they fit together is judged on them committed (``start``)
         event = RunStart(now_ms, uuid.uuid4().hex, reply_author())
         event, limits = await self._with_quotas(write, event, view)
         effects = handle(view, event)
@@ -143,8 +150,9 @@ class RunSteps:
 
         async def with_quotas(write: Write) -> Event:
             nonlocal limits
-            judged, limits = await self._with_quotas(write, event, room.writer.view())
-            return judged
+            view = room.writer.view()
+            judged, limits = await self._with_quotas(write, event, view)
+            return self._with_fit(judged, view)
 
         async def beside(write: Write, effects: Effects) -> None:
             nonlocal scope
@@ -181,6 +189,24 @@ class RunSteps:
             used = await write.tx.tokens_used(room.session_id, day_of(room.clock()))
             return replace(event, quotas=limits, used_by=used), limits
         return event, limits
+
+    def _with_fit(self, event: RunStart, view: SessionView) -> RunStart:
+        """``event`` with how the prompts planned fit the window together when the run
+        plans several (``session.run_fit``): each measure is a build of the run's input for
+        those prompts in their issuers' scope, as the runner's own build judges a run."""
+        planned = view.queue.next()
+        if planned is None or len(planned.prompts) < 2:
+            return event
+
+        def judge(prompts: Sequence[PendingPrompt]) -> Ending | None:
+            try:
+                scope = self.scope_for([p.author for p in prompts])
+            except Forbidden:  # refused by the core before any fit counts
+                return None
+            built = self.room.context.build(tuple(p.id for p in prompts), scope)
+            return too_large(built.tokens, built.budget)
+
+        return replace(event, fit=fit_run(planned.prompts, judge))
 
     def _active(
         self, effects: Effects, event: RunStart, scope: RunScope, limits: Quotas | None

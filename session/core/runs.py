@@ -66,8 +66,11 @@ def start_run(view: SessionView, event: RunStart) -> Effects:
     runner asks again. So do the prompts of authors at their daily quota
     (``quota_exceeded``) when the run answers others who are not: one member's quota does
     not fail another's prompt. When every author, or the session, is at its quota the run
-    starts and fails as a whole (the runner's quota check before the model call). Nothing
-    while the server shuts down or nothing waits."""
+    starts and fails as a whole (the runner's quota check before the model call). Of the
+    prompts planned for a coalesced run, those too large alone fail alone (``too_large``)
+    and the runner asks again; the run answers those that fit together, the first in
+    order, and the rest wait (``event.fit``, ``session.run_fit``). Nothing while the
+    server shuts down or nothing waits."""
     run = view.queue.next() if view.accepting_prompts else None
     if run is None:
         return Effects()
@@ -82,6 +85,13 @@ def start_run(view: SessionView, event: RunStart) -> Effects:
             for p in refused.get(FORBIDDEN_RUN, ())
         )
         return _drop(view, [(prompts, ending) for ending, prompts in refused.items()], audit)
+    fit = event.fit
+    if fit is not None and fit.planned == run.ids:
+        if fit.too_large:
+            dropped = [([prompt], ending) for prompt, ending in fit.too_large]
+            ended = tuple(run_ended(p[0].author, [p[0].id], None, e) for p, e in dropped)
+            return _drop(view, dropped, ended)
+        run = Run(run.prompts[: fit.taken])
     over = _over_quota(event, run)
     if over:
         dropped = [

@@ -18,6 +18,7 @@ from parley.session.core.effects import AuditRecord, ReplyState
 from parley.session.queue import Policy, Run
 from parley.session.quota import Quotas
 from parley.session.reasons import Ending, ReasonCode
+from parley.session.run_fit import RunFit
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,13 +26,16 @@ class RunStart:
     """The runner is free: start the next run, if one may, with a reply ``reply_id``
     signed by ``reply_author`` (the model that writes it). ``quotas`` are the session's and
     ``used_by`` the tokens each member used today, when the run answers more than one
-    member and a member's quota is set (else they are not read: nothing to decide)."""
+    member and a member's quota is set (else they are not read: nothing to decide).
+    ``fit``: how the prompts planned fit the window together, when the run plans several
+    (``session.run_fit``; else the runner's build judges the one prompt)."""
 
     now_ms: int
     reply_id: str
     reply_author: str
     quotas: Quotas = field(default_factory=Quotas)
     used_by: Mapping[str, int] = field(default_factory=dict)
+    fit: RunFit | None = None
 
 
 @dataclass(frozen=True, slots=True)

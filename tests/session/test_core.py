@@ -68,6 +68,7 @@ from parley.session.core.runs import (
     RESTRICTED_REPLY,
     run_audit,
     run_audit_base,
+    run_ended,
     too_large,
 )
 from parley.session.entries import EntryKind
@@ -96,6 +97,7 @@ from parley.session.lifecycle import PromptStatus
 from parley.session.queue import OrderingQueue, PendingPrompt, Policy, QueueLimits, Run
 from parley.session.quota import Quotas
 from parley.session.reasons import OUTCOMES, Ending, ReasonCode
+from parley.session.run_fit import RunFit
 from parley.session.schema import QueuedItem, SessionDocument
 
 ROLES = {"olive": "owner", "eddie": "editor", "erin": "editor", "vic": "viewer"}
@@ -626,6 +628,29 @@ def test_a_run_starts_with_the_prompts_the_policy_plans_and_marks_them_running()
     session.apply(effects)
     assert session.doc.entry(first).status == PromptStatus.RUNNING.value
     assert session.doc.entry("r1").author == "model-x"
+
+
+def test_a_coalesced_run_fails_only_a_prompt_too_large_alone_and_takes_what_fits() -> None:
+    """Review J7: the shell's measure (``RunStart.fit``) fails a prompt too large alone by
+    itself, audited; the next start takes the prompts that fit together, the rest wait."""
+    session = Session(policy=Policy.COALESCE)
+    small, huge, other, last = (session.prompt(a) for a in ("eddie", "erin", "eddie", "erin"))
+    planned = (small, huge, other, last)
+    ending = Ending(ReasonCode.TOO_LARGE, "the prompt … needs 9000 tokens; the window leaves 750")
+    waiting = {p.id: p for p in session.queue.pending()}
+    fit = RunFit(planned, ((waiting[huge], ending),), taken=2)
+    effects = handle(session.view(), RunStart(1, "r", "m", fit=fit))
+    assert effects.begin is None and effects.finish == (Finish((huge,), ending),)
+    assert effects.audit == (run_ended("erin", [huge], None, ending),)
+    session.apply(effects)
+    assert session.doc.entry(huge).status == PromptStatus.FAILED.value
+
+    fit = RunFit((small, other, last), taken=2)
+    effects = handle(session.view(), RunStart(2, "r", "m", fit=fit))
+    assert effects.begin is not None and effects.begin.run.ids == (small, other)
+    assert effects.queue is not None and [p.id for p in effects.queue.pending()] == [last]
+    stale = RunFit((small,), taken=0)  # measured for another plan: not applied
+    assert handle(session.view(), RunStart(3, "r", "m", fit=stale)).begin is not None
 
 
 def test_no_run_starts_when_nothing_waits_or_the_server_shuts_down() -> None:

@@ -177,6 +177,22 @@ def test_coalesce_answers_at_most_its_cap_per_run_oldest_first() -> None:
     assert queue.next() == Run((prompt(3, "carol"), prompt(4, "alice")))
 
 
+def test_coalesce_may_start_the_first_of_the_planned_prompts_and_the_rest_wait_in_order() -> None:
+    """A run takes those that fit the window together (``session.run_fit``); the others
+    are first in line for the next run."""
+    queue = queue_with(
+        prompt(1, "alice"), prompt(2, "bob"), prompt(3, "carol"), policy=Policy.COALESCE
+    )
+    with pytest.raises(IllegalTransition):
+        queue.start(Run((prompt(2, "bob"),)))  # not a first part: would skip alice's
+    with pytest.raises(IllegalTransition):
+        queue.start(Run(()))
+    queue.start(Run((prompt(1, "alice"),)))
+    assert queue.pending() == [prompt(2, "bob"), prompt(3, "carol")]
+    queue.finish(("p1",))
+    assert queue.next() == Run((prompt(2, "bob"), prompt(3, "carol")))
+
+
 def test_a_restored_queue_resumes_the_turn_order_it_is_given() -> None:
     stored = [prompt(1, "alice"), prompt(2, "bob"), prompt(3, "carol"), prompt(4, "alice")]
     fresh = OrderingQueue(QueueLimits(), stored)

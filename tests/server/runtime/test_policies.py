@@ -150,3 +150,52 @@ async def test_coalesce_fails_only_the_prompts_of_an_issuer_over_quota() -> None
         bobs, daves = (s.room.doc.entry(str(a["prompt_id"])) for a in (over, fresh))
         assert (bobs.status, bobs.reason_code) == ("failed", "quota_exceeded")
         assert (daves.status, daves.reason_code) == ("done", None)
+
+
+async def held_then(s: MemorySession, model: FakeModel, *prompts: tuple[str, str]) -> list[str]:
+    """alice's run holds the model while ``prompts`` (author, text) wait; then it goes on
+    and they settle. Their ids, in order."""
+    model.gate = asyncio.Event()
+    holding = await s.prompt("alice", "[wait] hold the model")
+    while s.status(str(holding["prompt_id"])) is not PromptStatus.RUNNING:
+        await s.watcher.changed()
+    ids = [str((await s.prompt(author, text))["prompt_id"]) for author, text in prompts]
+    model.gate.set()
+    await s.settled(*ids)
+    return ids
+
+
+SMALL = {"context_window_tokens": 900, "max_output_tokens": 150}  # 750 tokens of input
+
+
+async def test_coalesce_fails_only_a_prompt_too_large_alone() -> None:
+    """Review J7: one member's oversized prompt failed every prompt of the coalesced run
+    ``too_large``, even those that fit alone. A prompt too large alone fails alone; the
+    others are answered."""
+    model = FakeModel(who_asked)
+    members = {"alice": "editor", "mallory": "editor", "dave": "editor"}
+    async with memory_session(members, model, policy=Policy.COALESCE, **SMALL) as s:
+        huge = "export every row of the ledger " * 200  # ~1,200 tokens
+        big, small, other = await held_then(
+            s, model, ("mallory", huge), ("dave", "what is due?"), ("alice", "and mine?")
+        )
+        entry = s.room.doc.entry
+        assert (entry(big).status, entry(big).reason_code) == ("failed", "too_large")
+        assert (entry(small).status, entry(other).status) == ("done", "done")
+        assert entry(small).reply_id == entry(other).reply_id  # still coalesced together
+        assert who_asked(model.requests[-1]) == ["dave asked alice asked"]
+
+
+async def test_coalesced_prompts_that_do_not_fit_together_run_one_after_the_other() -> None:
+    """Two prompts that each fit alone but not together: both failed ``too_large``. The
+    run answers the first; the second waits and is answered next, in order."""
+    model = FakeModel(who_asked)
+    members = {"alice": "editor", "mallory": "editor", "dave": "editor"}
+    async with memory_session(members, model, policy=Policy.COALESCE, **SMALL) as s:
+        half = "summarise the ledger rows " * 90  # ~450 tokens each
+        first, second = await held_then(s, model, ("mallory", half), ("dave", half + "too"))
+        entry = s.room.doc.entry
+        assert (entry(first).status, entry(second).status) == ("done", "done")
+        assert entry(first).reply_id != entry(second).reply_id
+        runs = [who_asked(r) for r in model.requests[-2:]]
+        assert runs == [["mallory asked"], ["dave asked"]]
