@@ -415,7 +415,15 @@ def _full_session() -> tuple[Session, str, str]:
     session.send("eddie", FactCommand("c", "lang", "Python"))
     while session.send("eddie", MessageCommand("c", "m" * 200)).error is None:
         pass
-    return session, waiting, session.stored[-1].id
+    last = session.stored[-1].id
+    # Then up to the last bytes: what a 200-character message leaves could hold a pin, a
+    # fact or a policy (ids and the document's client id are random: 1 run in 4 failed).
+    while session.send("eddie", MessageCommand("c", "m")).error is None:
+        pass
+    filler = 0
+    while session.send("eddie", FactCommand("c", f"{filler}", "v")).error is None:
+        filler += 1
+    return session, waiting, last
 
 
 @pytest.mark.parametrize(
