@@ -10,9 +10,10 @@ is inserted directly after that prompt (the last of them). ``reason`` (a sentenc
 ``reason_code`` (``session.reasons.ReasonCode``) are set when a status is ``failed``,
 ``cancelled`` or ``interrupted``. A ``tool`` entry (role ``tool``)
 is one step of a reply's tool loop: ``tool`` names it, ``author`` is who the run acted
-for, ``reply_to`` is the reply, ``status`` ``done`` | ``error`` | ``refused``; it sits
-directly before its reply. Its ``content`` is what every member may read (details that
-some may not read stay on the server).
+for, ``reply_to`` is the reply, ``status`` one of ``session.lifecycle.ToolStepStatus``
+(``running`` until a call that left the server ends); it sits directly before its reply.
+Its ``content`` is what every member may read (details that some may not read stay on the
+server).
 """
 
 from __future__ import annotations

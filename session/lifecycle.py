@@ -10,6 +10,8 @@
 
     reply:   streaming ──> done | failed | cancelled | interrupted
 
+    tool step: running ──> done | error | cancelled | interrupted   (``refused``: as taken)
+
 Anything not in these tables raises IllegalTransition; terminal states have no exits.
 """
 
@@ -71,6 +73,36 @@ REPLY_TRANSITIONS: dict[ReplyStatus, frozenset[ReplyStatus]] = {
 }
 
 
+class ToolStepStatus(StrEnum):
+    """A tool step's status. A call that leaves the server is stored ``running`` before it
+    goes, and ends with its answer (``done``, ``error``), or cut short with its run
+    (``cancelled``, else ``interrupted``); a call refused is stored ``refused``, ended."""
+
+    RUNNING = "running"
+    DONE = "done"
+    ERROR = "error"
+    REFUSED = "refused"
+    CANCELLED = "cancelled"
+    INTERRUPTED = "interrupted"
+
+
+TOOL_STEP_TRANSITIONS: dict[ToolStepStatus, frozenset[ToolStepStatus]] = {
+    ToolStepStatus.RUNNING: frozenset(
+        {
+            ToolStepStatus.DONE,
+            ToolStepStatus.ERROR,
+            ToolStepStatus.CANCELLED,
+            ToolStepStatus.INTERRUPTED,
+        }
+    ),
+    ToolStepStatus.DONE: frozenset(),
+    ToolStepStatus.ERROR: frozenset(),
+    ToolStepStatus.REFUSED: frozenset(),
+    ToolStepStatus.CANCELLED: frozenset(),
+    ToolStepStatus.INTERRUPTED: frozenset(),
+}
+
+
 class IllegalTransition(Conflict):
     """A status change the lifecycle table does not allow."""
 
@@ -83,6 +115,11 @@ def check_prompt_transition(old: PromptStatus, new: PromptStatus) -> None:
 def check_reply_transition(old: ReplyStatus, new: ReplyStatus) -> None:
     if new not in REPLY_TRANSITIONS[old]:
         raise IllegalTransition(f"reply cannot go from {old} to {new}")
+
+
+def check_tool_step_transition(old: ToolStepStatus, new: ToolStepStatus) -> None:
+    if new not in TOOL_STEP_TRANSITIONS[old]:
+        raise IllegalTransition(f"tool step cannot go from {old} to {new}")
 
 
 def prompt_predecessors(status: PromptStatus) -> frozenset[PromptStatus]:

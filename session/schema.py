@@ -38,10 +38,13 @@ from parley.session.entries import (
 from parley.session.errors import InvalidInput, NotFound
 from parley.session.lifecycle import (
     REPLY_TRANSITIONS,
+    TOOL_STEP_TRANSITIONS,
     PromptStatus,
     ReplyStatus,
+    ToolStepStatus,
     check_prompt_transition,
     check_reply_transition,
+    check_tool_step_transition,
     is_terminal,
 )
 from parley.session.observers import observe_weakly
@@ -59,11 +62,21 @@ encoded insert costs about 30 us whatever the length, and each later change to t
 about 10 us more than through pycrdt's handle."""
 
 
-_UNCHANGING = frozenset({EntryKind.MESSAGE.value, EntryKind.TOOL.value})
+_UNCHANGING = frozenset({EntryKind.MESSAGE.value})
 _FINAL = {
     EntryKind.PROMPT.value: frozenset(s.value for s in PromptStatus if is_terminal(s)),
     EntryKind.REPLY.value: frozenset(s.value for s in ReplyStatus if not REPLY_TRANSITIONS[s]),
+    EntryKind.TOOL.value: frozenset(
+        s.value for s in ToolStepStatus if not TOOL_STEP_TRANSITIONS[s]
+    ),
 }
+
+
+def _changes_no_more(fields: dict[str, Any]) -> bool:
+    """Whether no mutator changes the entry of ``fields`` again: a message, a tool step,
+    a prompt or reply in its final status (a tool step stored ``running`` ends later)."""
+    kind = fields.get("kind")
+    return kind in _UNCHANGING or fields.get("status") in _FINAL.get(str(kind), ())
 
 
 def _final_copy(fields: dict[str, Any]) -> Entry | None:
@@ -71,8 +84,7 @@ def _final_copy(fields: dict[str, Any]) -> Entry | None:
     message, a tool step, a prompt or reply in its final status); None for one that may
     change, or fields that do not read as an entry (its handle is kept: a read fails as
     it did)."""
-    kind = fields.get("kind")
-    if kind not in _UNCHANGING and fields.get("status") not in _FINAL.get(str(kind), ()):
+    if not _changes_no_more(fields):
         return None
     try:
         return entry_from_fields(fields)
@@ -365,7 +377,9 @@ class SessionDocument:
         text: str,
         created_at: int,
     ) -> None:
-        """Insert one tool step of a running reply directly before the reply."""
+        """Insert one tool step of a running reply directly before the reply (``running``:
+        a call on its way, which ``end_tool_step`` ends)."""
+        ToolStepStatus(status)  # one of the table's
         self._entry(reply_id)
         fields = entry_fields(
             id=id,
@@ -381,6 +395,25 @@ class SessionDocument:
         )
         with self._transaction():
             self._insert(self._position(reply_id), fields)
+
+    @_mutator
+    def end_tool_step(self, id: str, *, status: str, text: str) -> None:
+        """A tool step stored ``running`` reaches ``status``; its shown ``text`` follows."""
+        if self._get(id, "kind") != EntryKind.TOOL.value:
+            raise InvalidInput(f"entry {id!r} is not a tool step")
+        check_tool_step_transition(ToolStepStatus(self._get(id, "status")), ToolStepStatus(status))
+        entry = self._entry(id)
+        if entry is None:  # written encoded: its text is replaced through a handle
+            self._written.pop(id, None)
+            self._settled.pop(id, None)
+            self._flush()
+            entry = self.transcript[self._position(id)]
+            self._entries[id] = entry
+        with self._transaction():
+            entry["status"] = status
+            content: Text = entry["content"]
+            del content[:]
+            content.insert(0, text)
 
     @_mutator
     def set_queue(self, planned: Sequence[QueuedItem]) -> None:
@@ -527,7 +560,7 @@ class SessionDocument:
             plain = {key: value for key, value in fields.items() if key != "content"}
             self._written[entry_id] = _Written(written, plain, [text] if text else [])
             items[entry_id] = written.item
-            if fields["kind"] in _UNCHANGING:
+            if _changes_no_more(fields):
                 self._settle(entry_id)
         else:
             self._flush()
@@ -642,6 +675,21 @@ class SessionDocument:
 
     def entry(self, entry_id: str) -> Entry:
         return self._copy(entry_id)
+
+    def tool_steps(self, reply_id: str) -> list[Entry]:
+        """The tool steps of reply ``reply_id``, in order (they sit directly before it)."""
+        self._current()
+        if not self.has_entry(reply_id):
+            return []
+        steps: list[Entry] = []
+        index = self._position(reply_id) - 1
+        while index >= 0:
+            step = self._copy(self._order[index])
+            if step.kind is not EntryKind.TOOL or step.reply_to != reply_id:
+                break
+            steps.append(step)
+            index -= 1
+        return steps[::-1]
 
     def has_entry(self, entry_id: str) -> bool:
         self._current()

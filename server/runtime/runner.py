@@ -25,6 +25,7 @@ from parley.server.runtime.thread_runs import ThreadRuns
 from parley.server.runtime.tools import Executed, ToolRunner
 from parley.server.store.usage import UsageLedger
 from parley.session.core.runs import (
+    cut_short,
     drew_on_ending,
     run_audit,
     run_audit_base,
@@ -34,7 +35,7 @@ from parley.session.core.runs import (
 )
 from parley.session.errors import Forbidden, ProviderError, QuotaExceeded, Unavailable
 from parley.session.input_budget import InputBudget
-from parley.session.lifecycle import PromptStatus
+from parley.session.lifecycle import PromptStatus, ToolStepStatus
 from parley.session.model import ModelProvider, ModelRequest, TextDelta, ToolCall, Usage
 from parley.session.pacing import ReplyPacer
 from parley.session.reasons import Ending, ReasonCode
@@ -275,34 +276,7 @@ class SessionRunner:
                     }
                 )
             elif isinstance(effect, CallTool):
-                # Named by the server, not by the call's own id: the model or provider
-                # chose that after reading what the run read, and it may spell it out.
-                call, step_id = effect.call, uuid.uuid4().hex
-                now = scope_now()
-                if now is None:  # they left between the judgement and the call
-                    executed = Executed("error: the run's issuers are no longer members", True)
-                else:
-                    executed = await self.tools.run(
-                        self.room.session_id,
-                        call.name,
-                        step_id,
-                        effect.arguments,
-                        now,
-                        self.room.webhooks(),
-                    )
-                await active.steps.widen(active, executed.restriction)
-                status = "error" if executed.is_error else "done"
-                detail = f"arguments: {call.arguments}\nresult: {executed.content}"
-                await active.steps.add_tool_step(
-                    active,
-                    step_id=step_id,
-                    tool=call.name,
-                    status=status,
-                    detail=detail,
-                    restriction=executed.restriction,
-                )
-                self._note_call(active, step_id, call.name[:100], status)
-                result = ToolResult(executed.content, executed.is_error)
+                result = await self._call_tool(active, effect, scope_now())
             else:
                 call, step_id = effect.call, uuid.uuid4().hex
                 log.warning(
@@ -331,6 +305,52 @@ class SessionRunner:
                 outcome: LoopOutcome = stop.value
                 return outcome
 
+    async def _call_tool(
+        self, active: ActiveRun, effect: CallTool, now: RunScope | None
+    ) -> ToolResult:
+        """Run a tool call the loop judged allowed, with the issuers' rights ``now`` (None:
+        they left between the judgement and the call). A call that leaves the server (a
+        webhook) is stored as a ``running`` step and noted in the model call's audit
+        before it goes, so a run cut short while it is out (a cancel, a time-out, a crash)
+        still names it: the run's finish, or the next load after a crash, ends it."""
+        # Named by the server, not by the call's own id: the model or provider chose that
+        # after reading what the run read, and it may spell it out.
+        call, step_id = effect.call, uuid.uuid4().hex
+        name = call.name[:100]
+        if now is None:
+            executed = Executed("error: the run's issuers are no longer members", True)
+        else:
+            if self.tools.leaves_the_server(call.name, self.room.webhooks()):
+                await active.steps.add_tool_step(
+                    active,
+                    step_id=step_id,
+                    tool=call.name,
+                    status=ToolStepStatus.RUNNING,
+                    detail=f"arguments: {call.arguments}",
+                    restriction=(),
+                )
+                self._note_call(active, step_id, name, ToolStepStatus.RUNNING)
+            executed = await self.tools.run(
+                self.room.session_id,
+                call.name,
+                step_id,
+                effect.arguments,
+                now,
+                self.room.webhooks(),
+            )
+        await active.steps.widen(active, executed.restriction)
+        status = ToolStepStatus.ERROR if executed.is_error else ToolStepStatus.DONE
+        await active.steps.add_tool_step(
+            active,
+            step_id=step_id,
+            tool=call.name,
+            status=status,
+            detail=f"arguments: {call.arguments}\nresult: {executed.content}",
+            restriction=executed.restriction,
+        )
+        self._note_call(active, step_id, name, status)
+        return ToolResult(executed.content, executed.is_error)
+
     def _readable_by_all(self, active: ActiveRun) -> bool:
         """Whether every member may read what the run drew on so far."""
         restriction = active.reply.restriction
@@ -339,10 +359,14 @@ class SessionRunner:
     @staticmethod
     def _note_call(active: ActiveRun, step_id: str, name: str, outcome: str) -> None:
         """Note a tool call in the model call's audit record, by the id of the tool step
-        it was taken as (the server's, as a webhook tool is given it)."""
-        active.model_calls[-1]["tool_calls"].append(
-            {"id": step_id, "tool": name, "outcome": outcome}
-        )
+        it was taken as (the server's, as a webhook tool is given it); noted ``running``
+        before it went, its outcome replaces that."""
+        calls = active.model_calls[-1]["tool_calls"]
+        noted = next((c for c in calls if c["id"] == step_id), None)
+        if noted is None:
+            calls.append({"id": step_id, "tool": name, "outcome": str(outcome)})
+        else:
+            noted["outcome"] = str(outcome)
 
     async def _stream(self, active: ActiveRun, request: ModelRequest) -> ModelTurn:
         deltas = Deltas()
@@ -433,6 +457,7 @@ class SessionRunner:
         ending = shown_ending(ending, readable)
         while not self.room.closed:  # a closed room is recovered from the store on reload
             try:
+                cut_short(active.model_calls, ending)
                 audit = run_audit(active.audit_base, active.model_calls, active.refusals, audited)
                 await active.steps.finish(active, ending, audit)
                 return

@@ -39,10 +39,11 @@ from parley.session.core.effects import (
     DeleteThread,
     OpenThread,
 )
+from parley.session.core.runs import cut_short_status
 from parley.session.core.thread_state import OPEN
 from parley.session.core.threads import thread_read_by, turn_read_by
 from parley.session.errors import NotFound
-from parley.session.lifecycle import ReplyStatus
+from parley.session.lifecycle import ReplyStatus, ToolStepStatus
 from parley.session.reasons import Ending
 
 if TYPE_CHECKING:
@@ -402,18 +403,36 @@ class ThreadSteps:
             created_at=self.threads.room.now_ms(),
             restriction=restrict(active.reply.restriction, restriction),
         )
+        await self._show_tool_turn(turn)
+
+    async def _show_tool_turn(self, turn: ThreadTurn) -> None:
+        """Show a tool turn to the owner: new, or the turn of its id (taken ``running``
+        before its call went) brought to it."""
         shown = turn_read_by(turn, self.threads.room.subject(self.begin.owner))
         self._send({"type": "thread_tool", "turn": turn_json(shown)})
         reply_id = self.begin.reply_id
         await self._show(
-            partial(self.tool_turns.append, turn),
+            partial(self._keep_tool_turn, turn),
             lambda document: document.show_turn(turn, before=reply_id),
         )
+
+    def _keep_tool_turn(self, turn: ThreadTurn) -> None:
+        for index, kept in enumerate(self.tool_turns):
+            if kept.id == turn.id:
+                self.tool_turns[index] = turn
+                return
+        self.tool_turns.append(turn)
 
     async def finish(
         self, active: ActiveRun, ending: Ending | None, audit: Sequence[AuditRecord] = ()
     ) -> None:
         room = self.threads.room
+        status = cut_short_status(ending).value
+        for index, turn in enumerate(self.tool_turns):  # a call still out: cut short
+            if turn.status == ToolStepStatus.RUNNING:
+                detail = turn.text.partition("\n")[2]
+                ended = replace(turn, status=status, text=f"{turn.author}: {status}\n{detail}")
+                self.tool_turns[index] = ended  # stored with the run, shown as stored
         now = room.now_ms()
         event = ThreadRunFinished(
             thread_id=self.begin.thread_id,

@@ -81,6 +81,12 @@ class ToolRunner:
         self.clock = clock  # the room's: signatures are dated by it
         self.resolver = resolver  # the seam tests use to stand in for DNS
 
+    @staticmethod
+    def leaves_the_server(name: str, webhooks: Sequence[ToolRow]) -> bool:
+        """Whether a call of tool ``name`` goes out (a registered webhook): it is stored
+        before it goes (``SessionRunner``); the built-in search reads only the store."""
+        return name != SEARCH_DOCUMENTS.name and any(t.name == name for t in webhooks)
+
     async def run(
         self,
         session_id: str,

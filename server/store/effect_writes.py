@@ -1,13 +1,13 @@
 """The writes the session core's effects make, inside the room's one writer's transaction.
 
 ``write_effects`` stores an ``Effects`` (``session.core.effects``): the new entry (row and
-document), the final statuses, a run's start, the document change, a tool step, the text
-kept server-side and the audit records, all in the transaction the room commits before it
-broadcasts the update and answers the command. Every status change goes through the
-lifecycle table twice, in the row (``StoreTx.set_entry_status``) and in the document
-(``SessionDocument``), so the two never disagree. The semantic events come with the
-effects (the core decided them); the room stores them in the same transaction.
-"""
+document), the final statuses, a run's start, the document change, a tool step (or the end
+of one stored running), the text kept server-side and the audit records, all in the
+transaction the room commits before it broadcasts the update and answers the command.
+Every status change goes through the lifecycle table twice, in the row
+(``StoreTx.set_entry_status``) and in the document (``SessionDocument``), so the two never
+disagree. The semantic events come with the effects (the core decided them); the room
+stores them in the same transaction."""
 
 from __future__ import annotations
 
@@ -67,6 +67,8 @@ async def write_effects(
             text=step.text,
             created_at=step.created_at,
         )
+    for end in effects.end_steps:
+        doc.end_tool_step(end.id, status=end.status, text=end.text)
     for kept in effects.keep:
         item = PrivateItem(kept.entry_id, kept.kind, kept.text, kept.restriction)
         await tx.insert_private(session_id, item, now_ms)

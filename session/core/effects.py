@@ -3,16 +3,16 @@
 The room applies ``Effects`` through its one writer, in this order: the ``entry`` is
 stored (the store checks the seq it hands out against ``entry.seq``), ``finish`` sets
 statuses, ``begin`` marks a run's prompts running and opens its reply, ``change`` edits
-the document, ``tool_step`` adds a step to the reply, ``keep`` stores text server-side,
-``queue`` replaces the queue and its plan, the side-threads' changes (``thread``,
-``thread_turns``, ``thread_settle``), ``audit`` and ``events`` are written in the same
-transaction; after the commit the update is broadcast, what was kept is delivered
-to the members who may read it, ``stop`` stops the run in flight (``stop_threads`` the
-side-thread runs), ``wake_runner`` lets the next run start, ``thread_run`` starts a
-side-thread run, and the command is answered with ``ack``. ``append`` (streamed reply
-text) is a document update alone, stored through the group commit. A refusal carries
-``error`` (and the ``audit`` of the refusal, written on its own) and nothing else.
-"""
+the document, ``tool_step`` adds a step to the reply, ``end_steps`` ends steps stored
+``running``, ``keep`` stores text server-side, ``queue`` replaces the queue and its plan,
+the side-threads' changes (``thread``, ``thread_turns``, ``thread_settle``), ``audit`` and
+``events`` are written in the same transaction; after the commit the update is broadcast,
+what was kept is delivered to the members who may read it, ``stop`` stops the run in
+flight (``stop_threads`` the side-thread runs), ``wake_runner`` lets the next run start,
+``thread_run`` starts a side-thread run, and the command is answered with ``ack``.
+``append`` (streamed reply text) is a document update alone, stored through the group
+commit. A refusal carries ``error`` (and the ``audit`` of the refusal, written on its own)
+and nothing else."""
 
 from __future__ import annotations
 
@@ -117,6 +117,15 @@ class ToolStep:
 
 
 @dataclass(frozen=True, slots=True)
+class EndToolStep:
+    """The tool step ``id``, stored ``running``, reaches ``status``, shown as ``text``."""
+
+    id: str
+    status: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
 class KeepPrivate:
     """Text kept server-side (restricted replies and tool details) with its readers, and
     delivered after the commit to the members who may read it; ``shown``: the shared
@@ -209,6 +218,7 @@ class Effects:
     begin: BeginRun | None = None
     change: DocumentChange | None = None
     tool_step: ToolStep | None = None
+    end_steps: tuple[EndToolStep, ...] = ()
     keep: tuple[KeepPrivate, ...] = ()
     queue: OrderingQueue | None = None  # the queue after the change; None: unchanged
     audit: tuple[AuditRecord, ...] = ()
@@ -238,6 +248,7 @@ class Effects:
             or self.begin is not None
             or self.change is not None
             or self.tool_step is not None
+            or bool(self.end_steps)
             or bool(self.keep)
             or self.queue is not None
             or self.thread is not None

@@ -22,6 +22,7 @@ from parley.session.core.effects import (
     AuditRecord,
     BeginRun,
     Effects,
+    EndToolStep,
     Finish,
     KeepPrivate,
     ReplyState,
@@ -41,7 +42,7 @@ from parley.session.core.steps import (
     ToolStepTaken,
 )
 from parley.session.core.threads import cut_off_threads, threads_to_stop
-from parley.session.lifecycle import PromptStatus
+from parley.session.lifecycle import PromptStatus, ToolStepStatus
 from parley.session.queue import OrderingQueue, PendingPrompt, Run
 from parley.session.quota import issuers_over_quota, session_over_quota
 from parley.session.reasons import Ending, ReasonCode
@@ -208,14 +209,20 @@ def _gone_private(reply: ReplyState) -> Effects:
 
 def tool_step(view: SessionView, event: ToolStepTaken) -> Effects:
     """A tool step: its detail kept server-side with the readers it inherits, shown in
-    the document in full when every member may read it, else as who ran which tool."""
+    the document in full when every member may read it, else as who ran which tool. A
+    call that leaves the server is taken ``running`` before it goes (its detail: the
+    arguments; kept once it ends) and taken again, under the same id, with its outcome:
+    the step stored running ends."""
     actor = ", ".join(event.issuers)
     restriction = restrict(event.reply.restriction, event.restriction)
-    shown = f"{actor} ran {event.tool}: {event.status}"
+    shown = f"{_step_header(actor, event.tool, event.status)}\n"
     if view.everyone_may_read(restriction):
-        shown += "\n" + event.detail[:MAX_SHOWN_TOOL_CHARS]
+        shown += event.detail[:MAX_SHOWN_TOOL_CHARS]
     else:
-        shown += "\n" + RESTRICTED_DETAILS
+        shown += RESTRICTED_DETAILS
+    kept = KeepPrivate(event.new_id, "tool", event.detail, restriction)
+    if view.doc.has_entry(event.new_id):  # taken ahead, running: it ends
+        return Effects(end_steps=(EndToolStep(event.new_id, event.status, shown),), keep=(kept,))
     step = ToolStep(
         id=event.new_id,
         reply_id=event.reply.reply_id,
@@ -225,8 +232,44 @@ def tool_step(view: SessionView, event: ToolStepTaken) -> Effects:
         text=shown,
         created_at=event.now_ms,
     )
-    kept = KeepPrivate(event.new_id, "tool", event.detail, restriction)
+    if event.status == ToolStepStatus.RUNNING:
+        return Effects(tool_step=step)
     return Effects(tool_step=step, keep=(kept,))
+
+
+def _step_header(actor: str, tool: str, status: str) -> str:
+    return f"{actor} ran {tool}: {status}"
+
+
+def cut_short_status(ending: Ending | None) -> ToolStepStatus:
+    """How a tool call still out when its run ended is recorded: ``cancelled`` with a
+    cancelled run, else ``interrupted`` (a stop, a time-out, a crash)."""
+    cancelled = ending is not None and ending.status is PromptStatus.CANCELLED
+    return ToolStepStatus.CANCELLED if cancelled else ToolStepStatus.INTERRUPTED
+
+
+def cut_short(model_calls: list[dict[str, Any]], ending: Ending | None) -> None:
+    """The tool calls noted ``running`` in a run's model calls as it ends: cut short, as
+    their steps are (``cut_short_status``)."""
+    status = cut_short_status(ending).value
+    for model_call in model_calls:
+        for call in model_call["tool_calls"]:
+            if call["outcome"] == ToolStepStatus.RUNNING:
+                call["outcome"] = status
+
+
+def _cut_short_steps(
+    view: SessionView, reply_id: str, ending: Ending | None
+) -> tuple[EndToolStep, ...]:
+    """Reply ``reply_id``'s tool steps still ``running`` as its run ends: cut short."""
+    status = cut_short_status(ending)
+    ended = []
+    for step in view.doc.tool_steps(reply_id):
+        if step.status == ToolStepStatus.RUNNING:
+            head, _, rest = step.content.partition("\n")
+            head = head.removesuffix(f": {step.status}") + f": {status.value}"
+            ended.append(EndToolStep(step.id, status.value, f"{head}\n{rest}"))
+    return tuple(ended)
 
 
 def finish_run(view: SessionView, event: RunFinished) -> Effects:
@@ -269,7 +312,10 @@ def finish_run(view: SessionView, event: RunFinished) -> Effects:
         # text went out in run.failed).
         replies = ((reply.reply_id, None),)
     finish = Finish(event.run.ids, event.ending)
-    return Effects(finish=(finish,), queue=queue, keep=keep, audit=audit, replies=replies)
+    ended = () if reply is None else _cut_short_steps(view, reply.reply_id, ending)
+    return Effects(
+        finish=(finish,), queue=queue, keep=keep, audit=audit, replies=replies, end_steps=ended
+    )
 
 
 def stop_prompts_of(view: SessionView, event: StopPromptsOf) -> Effects:
@@ -355,7 +401,9 @@ def token_revoked(view: SessionView, event: TokenRevoked) -> Effects:
 
 def recovered(view: SessionView, event: Recovered) -> Effects:
     """The queue as the store holds it (in the turn order clients last saw); a prompt that
-    was running is never run again (it would be answered twice): it is cut off."""
+    was running is never run again (it would be answered twice): it is cut off, with the
+    tool calls its run had out, and its run is audited from what the store holds
+    (``cut_off_audit``)."""
     queued = PromptStatus.QUEUED.value
     queue = OrderingQueue(
         view.queue.limits,
@@ -368,7 +416,63 @@ def recovered(view: SessionView, event: Recovered) -> Effects:
     settle = cut_off_threads(view.threads, ending)
     if not cut_off:
         return Effects(queue=queue, thread_settle=settle)
-    return Effects(finish=(Finish(cut_off, ending),), queue=queue, thread_settle=settle)
+    runs: dict[str | None, list[str]] = {}  # by reply (several prompts: a coalesced run)
+    for prompt_id in cut_off:
+        reply_id = view.doc.entry(prompt_id).reply_id if view.doc.has_entry(prompt_id) else None
+        runs.setdefault(reply_id, []).append(prompt_id)
+    ended: tuple[EndToolStep, ...] = ()
+    audit: tuple[AuditRecord, ...] = ()
+    for reply_id, prompt_ids in runs.items():
+        if reply_id is not None:
+            ended += _cut_short_steps(view, reply_id, ending)
+            audit += cut_off_audit(view, prompt_ids, reply_id, ending)
+    return Effects(
+        finish=(Finish(cut_off, ending),),
+        queue=queue,
+        thread_settle=settle,
+        end_steps=ended,
+        audit=audit,
+    )
+
+
+def cut_off_audit(
+    view: SessionView, prompt_ids: list[str], reply_id: str, ending: Ending
+) -> tuple[AuditRecord, AuditRecord]:
+    """The audit of a run cut off by a crash, written as its session is loaded again: its
+    ``model_call`` record from what the store holds (its prompts, its reply, its tool
+    steps, each ``interrupted`` that was out; ``cut_off``: why), with nulls for what only
+    the node that ran it knew (roles, scope, context, tokens, timings), and its
+    ``run_ended`` record."""
+    prompts = [view.doc.entry(p) for p in prompt_ids]
+    issuers = list(dict.fromkeys(p.author for p in prompts))
+    interrupted = cut_short_status(ending).value
+    calls = [
+        {
+            "id": step.id,
+            "tool": step.tool,
+            "outcome": interrupted if step.status == ToolStepStatus.RUNNING else step.status,
+        }
+        for step in view.doc.tool_steps(reply_id)
+    ]
+    data = {
+        "prompt_ids": prompt_ids,
+        "reply_id": reply_id,
+        "issuers": [{"user_id": user_id, "role": None} for user_id in issuers],
+        "capabilities": None,
+        "tools_offered": None,
+        "context_included": None,
+        "context_summary": None,
+        "context_withheld": None,
+        "step": None,
+        "started_at": prompts[-1].started_at,
+        "ms": None,
+        "input_tokens": None,
+        "output_tokens": None,
+        "tool_calls": calls,
+        "cut_off": ending.code.value,
+    }
+    record = AuditRecord("model_call", issuers[0], data)
+    return record, run_ended(issuers[0], prompt_ids, reply_id, ending)
 
 
 def run_audit_base(run: Run, reply_id: str, scope: RunScope, seen: ContextSeen) -> dict[str, Any]:

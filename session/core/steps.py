@@ -57,7 +57,8 @@ class ContextDrawn:
 @dataclass(frozen=True, slots=True)
 class ToolStepTaken:
     """The run called ``tool`` for ``issuers``: it ended ``status`` (done, error, refused)
-    with ``detail`` (arguments and result), which draws on ``restriction``."""
+    with ``detail`` (arguments and result), which draws on ``restriction``; or, ``running``,
+    the call is on its way (``detail``: its arguments), and is taken again as it ends."""
 
     reply: ReplyState
     issuers: tuple[str, ...]

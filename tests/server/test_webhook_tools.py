@@ -30,12 +30,12 @@ from parley.server.http import members as members_api
 from parley.server.http.models import MemberPut
 from parley.server.http.resource_models import ToolCreate
 from parley.server.settings import Settings
-from parley.session.commands import PromptCommand
+from parley.session.commands import CancelCommand, PromptCommand
 from parley.session.lifecycle import PromptStatus
 from tests.conftest import RunningServer, sqlite_url
 from tests.fake_model import Answer, FakeModel, Sent, call
 from tests.server.runtime.backend import Backend, backend, sql_store
-from tests.server.runtime.harness import MemorySession, memory_settings
+from tests.server.runtime.harness import MemorySession, memory_settings, stored_transcript
 
 BOBS_NOTES = "bob's notes: the launch is on the 9th"
 
@@ -48,6 +48,9 @@ class ToolServer:
         self.received: list[dict[str, Any]] = []
         self.raw: list[tuple[bytes, dict[str, str]]] = []  # as sent, for replays
         self.rejected = 0
+        # ``/hold``: the request is told (``arrived``) and answered once ``release`` is set.
+        self.arrived = threading.Event()
+        self.release = threading.Event()
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -71,6 +74,9 @@ class ToolServer:
                 outer.received.append(json.loads(body))
                 if self.path == "/slow":
                     time.sleep(1.0)
+                if self.path == "/hold":
+                    outer.arrived.set()
+                    outer.release.wait(10)
                 if self.path == "/broken":
                     self._answer(500, b"boom")
                 elif self.path == "/huge":
@@ -100,6 +106,7 @@ def tool_server() -> Iterator[ToolServer]:
     thread = threading.Thread(target=server.httpd.serve_forever, daemon=True)
     thread.start()
     yield server
+    server.release.set()
     server.httpd.shutdown()
     server.httpd.server_close()
     thread.join(5)
@@ -107,7 +114,7 @@ def tool_server() -> Iterator[ToolServer]:
 
 def script(sent: Sent) -> Answer:
     asked = sent.asked_text()
-    for name in ("lookup", "slow", "broken", "huge", "bobs"):
+    for name in ("lookup", "slow", "broken", "huge", "bobs", "hold"):
         if name in asked:
             return [call(name, {"q": asked})]
     return ["no tool"]
@@ -356,3 +363,39 @@ async def test_a_run_answering_several_members_names_no_one_issuer(
     assert [i["user_id"] for i in request["issuers"]] == ["olga", "ann"]
     assert request["issuer"] is None
     assert "manage_members" not in request["capabilities"]
+
+
+async def test_a_call_out_when_its_run_is_cancelled_is_in_the_story_and_the_audit(
+    parley: tuple[Backend, FakeModel], tool_server: ToolServer
+) -> None:
+    """Review H1: a webhook call out when its run was cancelled was recorded nowhere (no
+    tool entry of its ``call_id``; ``tool_calls: []`` in the model call's audit). It is
+    stored ``running`` before it goes, and ends ``cancelled`` with its run."""
+    b, _ = parley
+    tool_server.verifier = WebhookVerifier(await register(b, "hold", tool_server.url + "/hold"))
+    sid = await b.new_session({})
+    s = await member(b, sid, "alice", ["tool:hold"])
+    asked = await s.send("alice", PromptCommand("p0", "hold on"))
+    assert await asyncio.to_thread(tool_server.arrived.wait, 10)
+    [request] = tool_server.received
+    call_id = request["call_id"]
+    out = s.room.doc.entry(call_id)  # stored before the request went
+    assert (out.kind, out.status, out.tool) == ("tool", "running", "hold")
+    assert out.content.startswith("alice ran hold: running\narguments: ")
+
+    cancelled = await s.send("alice", CancelCommand("c0", asked["prompt_id"]))
+    assert cancelled["type"] == "ack"
+    await s.settled(asked["prompt_id"])
+    tool_server.release.set()
+
+    step = s.room.doc.entry(call_id)
+    assert (step.status, step.reply_to) == (
+        "cancelled",
+        s.room.doc.entry(asked["prompt_id"]).reply_id,
+    )
+    assert step.content.startswith("alice ran hold: cancelled\narguments: ")
+    [record] = await s.store.access.list_audit(sid, limit=10, after=0, kinds=["model_call"])
+    assert record.data["tool_calls"] == [{"id": call_id, "tool": "hold", "outcome": "cancelled"}]
+    # The document as stored (what a load, another node, a fresh client reads) has it too.
+    stored = {e["id"]: e for e in await stored_transcript(s.store, sid)}
+    assert stored[call_id]["status"] == "cancelled"

@@ -63,6 +63,7 @@ from parley.session.core import (
     WaitingPrompt,
     handle,
 )
+from parley.session.core.effects import EndToolStep
 from parley.session.core.runs import (
     CUT_OFF_REASONS,
     RESTRICTED_REPLY,
@@ -213,6 +214,8 @@ class Session:
                 text=step.text,
                 created_at=step.created_at,
             )
+        for end in effects.end_steps:
+            self.doc.end_tool_step(end.id, status=end.status, text=end.text)
         self.kept += effects.keep
         self.audit += effects.audit
         if effects.queue is not None:
@@ -1231,3 +1234,68 @@ def test_a_run_whose_every_author_or_session_is_at_quota_starts_whole(
     both = (session.prompt("eddie"), session.prompt("erin"))
     effects = handle(session.view(), RunStart(1, "r", "m", limits, used))
     assert effects.begin is not None and effects.begin.run.ids == both
+
+
+# -- tool calls out as their run ends (review H1) ---------------------------------------
+
+
+def _call_out(session: Session, reply: ReplyState) -> Effects:
+    """Eddie's run took a tool step ``running``: its call is on its way."""
+    out = ToolStepTaken(reply, ("eddie",), "deploy", "running", "arguments: {}", (), 70, "t1")
+    return session.apply(handle(session.view(), out))
+
+
+def test_a_call_taken_running_keeps_nothing_until_it_ends_with_its_answer() -> None:
+    session = Session()
+    session.prompt("eddie")
+    run = session.start_run()
+    assert run is not None
+    reply = ReplyState(str(session.doc.entry(run.ids[0]).reply_id))
+    taken = _call_out(session, reply)
+    assert taken.tool_step is not None and taken.keep == ()
+    assert session.doc.entry("t1").status == "running"
+    done = ToolStepTaken(
+        reply, ("eddie",), "deploy", "done", "arguments: {}\nresult: ok", (), 71, "t1"
+    )
+    effects = session.apply(handle(session.view(), done))
+    assert effects.tool_step is None
+    assert effects.end_steps == (
+        EndToolStep("t1", "done", "eddie ran deploy: done\narguments: {}\nresult: ok"),
+    )
+    assert effects.keep == (KeepPrivate("t1", "tool", "arguments: {}\nresult: ok", ()),)
+
+
+@pytest.mark.parametrize(
+    ("reason", "status"), [(ReasonCode.CANCELLED, "cancelled"), (ReasonCode.TIMEOUT, "interrupted")]
+)
+def test_a_call_out_as_its_run_ends_is_cut_short_with_it(reason: ReasonCode, status: str) -> None:
+    session = Session()
+    session.prompt("eddie")
+    run = session.start_run()
+    assert run is not None
+    reply = ReplyState(str(session.doc.entry(run.ids[0]).reply_id))
+    _call_out(session, reply)
+    effects = session.finish_run(Ending(reason, "stopped"), reply=reply)
+    assert effects.end_steps == (
+        EndToolStep("t1", status, f"eddie ran deploy: {status}\narguments: {{}}"),
+    )
+    assert session.doc.entry("t1").status == status
+
+
+def test_a_run_cut_off_by_a_crash_is_audited_from_the_story_as_it_loads() -> None:
+    before = Session()
+    ran = before.prompt("eddie")
+    before.start_run()
+    reply_id = str(before.doc.entry(ran).reply_id)
+    _call_out(before, ReplyState(reply_id))
+    waiting = (WaitingPrompt(ran, 1, "eddie", "running"),)
+    after = Session(doc=before.doc, last_seq=before.last_seq)
+    cause = ReasonCode.FAILOVER
+    effects = after.apply(handle(after.view(), Recovered(waiting, Policy.QUEUE, cause, 50)))
+    assert [e.id for e in effects.end_steps] == ["t1"]
+    assert after.doc.entry("t1").status == "interrupted"
+    call, ended = effects.audit
+    assert (call.kind, call.actor, ended.kind) == ("model_call", "eddie", "run_ended")
+    assert call.data["tool_calls"] == [{"id": "t1", "tool": "deploy", "outcome": "interrupted"}]
+    assert (call.data["prompt_ids"], call.data["reply_id"]) == ([ran], reply_id)
+    assert call.data["cut_off"] == ended.data["reason_code"] == "failover"

@@ -9,11 +9,14 @@ import pytest
 from parley.session.lifecycle import (
     PROMPT_TRANSITIONS,
     REPLY_TRANSITIONS,
+    TOOL_STEP_TRANSITIONS,
     IllegalTransition,
     PromptStatus,
     ReplyStatus,
+    ToolStepStatus,
     check_prompt_transition,
     check_reply_transition,
+    check_tool_step_transition,
     is_terminal,
     prompt_predecessors,
 )
@@ -34,6 +37,8 @@ PROMPT_EDGES = {
     (P.RUNNING, P.INTERRUPTED),
 }
 REPLY_EDGES = {(R.STREAMING, end) for end in (R.DONE, R.FAILED, R.CANCELLED, R.INTERRUPTED)}
+T = ToolStepStatus
+TOOL_STEP_EDGES = {(T.RUNNING, end) for end in (T.DONE, T.ERROR, T.CANCELLED, T.INTERRUPTED)}
 
 PROMPT_TERMINALS = {P.DONE, P.FAILED, P.CANCELLED, P.INTERRUPTED}
 REPLY_TERMINALS = {R.DONE, R.FAILED, R.CANCELLED, R.INTERRUPTED}
@@ -119,3 +124,14 @@ def test_a_prompt_reaches_each_status_only_from_its_predecessors() -> None:
         for old in PromptStatus:
             allowed = old in prompt_predecessors(new)
             assert allowed == (new in PROMPT_TRANSITIONS[old])
+
+
+@pytest.mark.parametrize("pair", list(itertools.product(T, T)), ids=_id)
+def test_tool_step_transition_matrix(pair: tuple[ToolStepStatus, ToolStepStatus]) -> None:
+    old, new = pair
+    assert (new in TOOL_STEP_TRANSITIONS[old]) == (pair in TOOL_STEP_EDGES)
+    if pair in TOOL_STEP_EDGES:
+        check_tool_step_transition(old, new)
+    else:
+        with pytest.raises(IllegalTransition):
+            check_tool_step_transition(old, new)

@@ -788,3 +788,36 @@ def test_a_tool_step_sits_directly_before_its_reply() -> None:
         1,
     )
     assert replica(doc).entry("t1") == step
+
+
+@pytest.mark.parametrize("encode_from", [0, 1000], ids=["encoded", "pycrdt"])
+def test_a_tool_step_stored_running_ends_once_and_replicas_follow(encode_from: int) -> None:
+    """A call that leaves the server is stored ``running`` before it goes; it ends with its
+    answer or cut short, once (review H1), written encoded or through pycrdt alike."""
+    doc = SessionDocument(Doc(), encode_from=encode_from)
+    prompt(doc, "p1", 1, text="deploy")
+    reply_id = start(doc, "p1", created_at=9)
+    doc.add_tool_step(
+        id="t1",
+        reply_id=reply_id,
+        author="alice",
+        tool="deploy",
+        status="running",
+        text="alice ran deploy: running\narguments: {}",
+        created_at=10,
+    )
+    assert replica(doc).entry("t1").status == "running"
+    doc.end_tool_step("t1", status="cancelled", text="alice ran deploy: cancelled\narguments: {}")
+    step = doc.entry("t1")
+    assert (step.status, step.content) == (
+        "cancelled",
+        "alice ran deploy: cancelled\narguments: {}",
+    )
+    assert replica(doc).entry("t1") == step
+    assert doc.tool_steps(reply_id) == [step]
+    with pytest.raises(IllegalTransition):
+        doc.end_tool_step("t1", status="done", text="late")
+    with pytest.raises(ValueError):
+        doc.add_tool_step(
+            id="t2", reply_id=reply_id, author="a", tool="x", status="nope", text="", created_at=11
+        )

@@ -1,0 +1,142 @@
+"""Runs cut off as they went, in a room on the in-memory store: a webhook call out when its
+run timed out, and a run cut off by a crash (the store as a dead node left it, then a
+room loaded from it), whether a tool call was out or the reply was streaming. What was
+done on the members' behalf is in the story and the audit log (review H1)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+from parley.authz.roles import Member
+from parley.server.store.access_rows import ToolRow
+from parley.server.store.memory import MemoryStore
+from parley.session.lifecycle import PromptStatus
+from tests.fake_model import Answer, FakeModel, Forever, Sent, call
+from tests.server.runtime.harness import SESSION, MemorySession, memory_session, stored_transcript
+
+
+class HeldTool:
+    """A webhook endpoint on 127.0.0.1 that takes each request and never answers it."""
+
+    def __init__(self) -> None:
+        self.requests: list[bytes] = []
+        self.arrived = asyncio.Event()
+        self.url = ""
+        self.connections: list[asyncio.StreamWriter] = []
+
+    async def _take(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections.append(writer)
+        self.requests.append(await reader.read(65536))
+        self.arrived.set()
+
+    async def close(self) -> None:
+        for writer in self.connections:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
+    def row(self, timeout_ms: int = 20_000) -> ToolRow:
+        return ToolRow(
+            "deploy", "deploy", {"type": "object", "properties": {}}, self.url,
+            "tool:deploy", "secret", timeout_ms, 0,
+        )  # fmt: skip
+
+
+@contextlib.asynccontextmanager
+async def held_tool() -> AsyncIterator[HeldTool]:
+    tool = HeldTool()
+    server = await asyncio.start_server(tool._take, "127.0.0.1", 0)
+    tool.url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/deploy"
+    async with server:
+        try:
+            yield tool
+        finally:
+            await tool.close()
+
+
+def deploys(sent: Sent) -> Answer:
+    if sent.messages[-1]["role"] == "user":
+        return ["deploying ", call("deploy", {"where": "prod"})]
+    return ["deployed"]
+
+
+MEMBERS: dict[str, str | Member] = {"alice": Member("alice", "editor", frozenset({"tool:deploy"}))}
+TOOLS = {"webhook_allow_private": True}  # the tool listens on loopback
+
+
+def step_of(s: MemorySession, call_id: str) -> dict[str, Any]:
+    return s.room.doc.entry(call_id).to_json()
+
+
+async def audited(s: MemorySession, *kinds: str) -> list[Any]:
+    return await s.store.access.list_audit(SESSION, limit=50, after=0, kinds=list(kinds))
+
+
+async def call_out(s: MemorySession, tool: HeldTool) -> tuple[str, str]:
+    """Alice's prompt, once its run's call of the tool went out: (prompt id, call id)."""
+    asked = await s.prompt("alice", "deploy it")
+    await asyncio.wait_for(tool.arrived.wait(), 10)
+    [step] = [e for e in s.room.doc.entries() if e.kind == "tool"]
+    assert step.status == "running"  # stored before the request went
+    assert f'"call_id":"{step.id}"'.encode() in tool.requests[0]
+    return asked["prompt_id"], step.id
+
+
+async def test_a_call_out_when_its_run_times_out_ends_interrupted() -> None:
+    async with held_tool() as tool:
+        model = FakeModel(deploys, echo_tools=False)
+        tools = [tool.row()]
+        async with memory_session(MEMBERS, model, tools=tools, run_timeout_s=1, **TOOLS) as s:
+            prompt_id, call_id = await call_out(s, tool)
+            await s.settled(prompt_id)
+            assert s.room.doc.entry(prompt_id).reason_code == "timeout"
+            assert step_of(s, call_id)["status"] == "interrupted"
+            [record] = await audited(s, "model_call")
+            outcome = {"id": call_id, "tool": "deploy", "outcome": "interrupted"}
+            assert record.data["tool_calls"] == [outcome]
+
+
+async def test_a_call_out_when_the_node_died_ends_interrupted_as_the_session_loads() -> None:
+    store = MemoryStore()
+    async with held_tool() as tool:
+        model = FakeModel(deploys, echo_tools=False)
+        async with memory_session(MEMBERS, model, store=store, tools=[tool.row()], **TOOLS) as s:
+            prompt_id, call_id = await call_out(s, tool)
+        # The runner stopped with the call out, settling nothing: as a dead node leaves it.
+        assert (await audited(s, "model_call")) == []
+        async with memory_session(MEMBERS, FakeModel(), store=store, **TOOLS) as s:
+            assert s.status(prompt_id) is PromptStatus.FAILED
+            step = step_of(s, call_id)
+            assert (step["status"], step["tool"]) == ("interrupted", "deploy")
+            assert step["content"].startswith("alice ran deploy: interrupted\narguments: ")
+            stored = {e["id"]: e for e in await stored_transcript(store)}
+            assert stored[call_id]["status"] == "interrupted"
+            [record] = await audited(s, "model_call")
+            assert record.actor == "alice"
+            assert record.data["reply_id"] == s.room.doc.entry(prompt_id).reply_id
+            assert record.data["prompt_ids"] == [prompt_id]
+            assert record.data["cut_off"] == "server_restart"
+            outcome = {"id": call_id, "tool": "deploy", "outcome": "interrupted"}
+            assert record.data["tool_calls"] == [outcome]
+            [ended] = await audited(s, "run_ended")
+            assert ended.data["reason_code"] == "server_restart"
+
+
+async def test_a_reply_cut_off_mid_stream_by_a_crash_has_its_model_call_audited() -> None:
+    store = MemoryStore()
+    model = FakeModel(lambda sent: ["half an answer ", Forever()])
+    async with memory_session(MEMBERS, model, store=store) as s:
+        asked = await s.prompt("alice", "tell me")
+        await s.until(MemorySession.streaming)
+    async with memory_session(MEMBERS, FakeModel(), store=store) as s:
+        reply = s.room.doc.entry(s.room.doc.entry(asked["prompt_id"]).reply_id or "")
+        assert (reply.status, reply.content) == ("interrupted", "half an answer ")
+        [record] = await audited(s, "model_call")
+        assert record.data["reply_id"] == reply.id and record.data["tool_calls"] == []
+        assert record.data["issuers"] == [{"user_id": "alice", "role": None}]
+        # Once: a later load finds nothing running.
+    async with memory_session(MEMBERS, FakeModel(), store=store) as s:
+        assert len(await audited(s, "model_call")) == 1
