@@ -1,7 +1,8 @@
 """Runs cut off as they went, in a room on the in-memory store: a webhook call out when its
-run timed out, and a run cut off by a crash (the store as a dead node left it, then a
-room loaded from it), whether a tool call was out or the reply was streaming. What was
-done on the members' behalf is in the story and the audit log (review H1)."""
+run (or a side-thread's) timed out, and a run cut off by a crash (the store as a dead node
+left it, then a room loaded from it), whether a tool call was out or the reply was
+streaming. What was done on the members' behalf is in the story and the audit log (review
+H1)."""
 
 from __future__ import annotations
 
@@ -11,11 +12,13 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from parley.authz.roles import Member
+from parley.server.runtime.side_threads import ThreadSteps
 from parley.server.store.access_rows import ToolRow
 from parley.server.store.memory import MemoryStore
 from parley.session.lifecycle import PromptStatus
 from tests.fake_model import Answer, FakeModel, Forever, Sent, call
 from tests.server.runtime.harness import SESSION, MemorySession, memory_session, stored_transcript
+from tests.server.runtime.test_side_threads import answered, ask, open_thread, watch
 
 
 class HeldTool:
@@ -140,3 +143,24 @@ async def test_a_reply_cut_off_mid_stream_by_a_crash_has_its_model_call_audited(
         # Once: a later load finds nothing running.
     async with memory_session(MEMBERS, FakeModel(), store=store) as s:
         assert len(await audited(s, "model_call")) == 1
+
+
+async def test_a_side_thread_call_out_when_its_run_times_out_is_stored_interrupted() -> None:
+    async with held_tool() as tool:
+        model = FakeModel(deploys, echo_tools=False)
+        tools = [tool.row()]
+        async with memory_session(MEMBERS, model, tools=tools, run_timeout_s=1, **TOOLS) as s:
+            thread_id = await open_thread(s, "alice")
+            watch(s, "alice")
+            assert (await ask(s, "alice", thread_id, "deploy it"))["type"] == "ack"
+            await asyncio.wait_for(tool.arrived.wait(), 10)
+            steps = s.room.side_threads.active[thread_id].steps
+            assert isinstance(steps, ThreadSteps)
+            [shown] = steps.tool_turns
+            assert shown.status == "running"  # shown to the owner before the request went
+            done = await answered(s, thread_id)
+            [step] = [t for t in done.turns if t.kind == "tool"]
+            assert (step.status, step.text.split("\n")[0]) == ("interrupted", "deploy: interrupted")
+            [record] = await audited(s, "model_call")
+            outcome = {"id": step.id, "tool": "deploy", "outcome": "interrupted"}
+            assert record.data["tool_calls"] == [outcome]
