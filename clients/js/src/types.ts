@@ -8,7 +8,7 @@ export type EntryKind = 'prompt' | 'message' | 'reply' | 'tool'
 export type PromptStatus = 'queued' | 'running' | 'done' | 'failed' | 'cancelled' | 'interrupted'
 export type ReplyStatus = 'streaming' | 'done' | 'failed' | 'cancelled' | 'interrupted'
 export type MessageStatus = 'posted'
-export type ToolStatus = 'done' | 'error' | 'refused'
+export type ToolStatus = 'running' | 'done' | 'error' | 'refused' | 'cancelled' | 'interrupted'
 export type EntryStatus = PromptStatus | ReplyStatus | MessageStatus | ToolStatus
 
 /** Why a prompt ended unanswered (`session/reasons.py`). */
