@@ -13,6 +13,7 @@ import { mountContext } from './context.js'
 import { mountDocuments } from './documents.js'
 import { inviteInFragment, redeemInvite, saveSession, savedSessions, showJoin, tokenClaims } from './join.js'
 import { mountKnowledge } from './knowledge.js'
+import { markdownWork } from './markdown.js'
 import { mountPresence } from './presence.js'
 import { mountQueue } from './queue.js'
 import { mountSettings } from './settings.js'
@@ -100,6 +101,7 @@ function start ({ token, sessionId, me }) {
     doc: session.doc,
     provider: session.provider,
     app,
+    markdownWork, // characters parsed and highlighted so far (markdown.js)
     get status () { return $('conn').dataset.state }
   }
   window.parleyDemo = app.api

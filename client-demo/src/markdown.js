@@ -1,6 +1,12 @@
 // Replies and messages as Markdown: markdown-it (raw HTML off), highlight.js for code
 // blocks, and DOMPurify over the result, so nothing a member or the model writes can run
 // script in another member's page.
+//
+// Cost is bounded per entry: only the first MARKDOWN_CHARS of a text go through the
+// Markdown parser (the rest is shown as plain text on "Show the rest"), a code block longer
+// than HIGHLIGHT_CHARS is not highlighted, and the HTML of a text is cached by its content.
+// Review: 32,000-character messages any editor may post (links, e-mail addresses, code
+// blocks) cost every member's page 0.5-1.7 s of main thread each, again on every load.
 import MarkdownIt from 'markdown-it'
 import DOMPurify from 'dompurify'
 import hljs from 'highlight.js/lib/core'
@@ -27,12 +33,22 @@ hljs.registerAliases(['py'], { languageName: 'python' })
 hljs.registerAliases(['html'], { languageName: 'xml' })
 hljs.registerAliases(['yml'], { languageName: 'yaml' })
 
+/** Characters of a text rendered as Markdown; the rest is plain text, on request. */
+export const MARKDOWN_CHARS = 4000
+/** Longest code block that is highlighted (a longer one is shown plain). */
+export const HIGHLIGHT_CHARS = 2000
+const CACHED_TEXTS = 64
+
+/** The work done, for tests and the curious: characters parsed and highlighted. */
+export const markdownWork = { parsedChars: 0, highlightedChars: 0, renders: 0, cacheHits: 0 }
+
 const md = new MarkdownIt({
   html: false, // a member's raw HTML is shown as text
   linkify: true,
   breaks: true,
   highlight (code, lang) {
-    if (lang && hljs.getLanguage(lang)) {
+    if (lang && code.length <= HIGHLIGHT_CHARS && hljs.getLanguage(lang)) {
+      markdownWork.highlightedChars += code.length
       try {
         return hljs.highlight(code, { language: lang, ignoreIllegals: true }).value
       } catch { /* shown plain below */ }
@@ -49,9 +65,12 @@ DOMPurify.addHook('afterSanitizeAttributes', (node) => {
   }
 })
 
-/** Sanitised HTML of `text` as Markdown. */
+/** Sanitised HTML of `text` as Markdown (the whole of it: callers bound its length). */
 export function markdownHtml (text) {
-  return DOMPurify.sanitize(md.render(String(text ?? '')), {
+  const source = String(text ?? '')
+  markdownWork.parsedChars += source.length
+  markdownWork.renders += 1
+  return DOMPurify.sanitize(md.render(source), {
     USE_PROFILES: { html: true },
     FORBID_TAGS: ['style', 'form', 'input', 'button', 'textarea', 'select', 'img'],
     FORBID_ATTR: ['style']
@@ -59,13 +78,42 @@ export function markdownHtml (text) {
 }
 
 /**
+ * Where to cut `text` for Markdown: at most MARKDOWN_CHARS, at the last line break in its
+ * last quarter if there is one (a cut inside a line reads worse), never inside a code point.
+ */
+export function markdownCut (text) {
+  if (text.length <= MARKDOWN_CHARS) return text.length
+  const newline = text.lastIndexOf('\n', MARKDOWN_CHARS - 1)
+  if (newline >= MARKDOWN_CHARS * 0.75) return newline + 1
+  const code = text.charCodeAt(MARKDOWN_CHARS - 1)
+  return code >= 0xd800 && code <= 0xdbff ? MARKDOWN_CHARS - 1 : MARKDOWN_CHARS
+}
+
+const cache = new Map() // source -> sanitised HTML, the newest last
+function cachedHtml (source) {
+  const html = cache.get(source)
+  if (html !== undefined) {
+    markdownWork.cacheHits += 1
+    cache.delete(source)
+    cache.set(source, html)
+    return html
+  }
+  const made = markdownHtml(source)
+  cache.set(source, made)
+  if (cache.size > CACHED_TEXTS) cache.delete(cache.keys().next().value)
+  return made
+}
+
+/**
  * Render `text` into `node` (only when it changed: a streaming reply is rendered again as
- * it grows) and give each code block a Copy button.
+ * it grows) and give each code block a Copy button. A text longer than MARKDOWN_CHARS shows
+ * its head as Markdown and a "Show the rest" button that adds the rest as plain text.
  */
 export function renderMarkdown (node, text) {
   if (node.dataset.source === text) return
   node.dataset.source = text
-  node.innerHTML = markdownHtml(text)
+  const cut = markdownCut(text)
+  node.innerHTML = cachedHtml(text.slice(0, cut))
   for (const pre of node.querySelectorAll('pre')) {
     const code = pre.querySelector('code')
     const lang = /language-(\S+)/.exec(code?.className || '')?.[1]
@@ -78,6 +126,22 @@ export function renderMarkdown (node, text) {
     button.addEventListener('click', () => copyText((code || pre).textContent, button))
     pre.prepend(button)
   }
+  if (cut < text.length) node.append(restOf(text.slice(cut)))
+}
+
+/** The rest of a long text: a button that shows it as plain text (linear, nothing parsed). */
+function restOf (rest) {
+  const more = document.createElement('button')
+  more.type = 'button'
+  more.className = 'show-rest small secondary'
+  more.textContent = `Show the rest (${rest.length.toLocaleString()} more characters, as plain text)`
+  more.addEventListener('click', () => {
+    const plain = document.createElement('div')
+    plain.className = 'rest-plain'
+    plain.textContent = rest
+    more.replaceWith(plain)
+  })
+  return more
 }
 
 /** Copy to the clipboard and say so on `button` for a moment. */

@@ -1,7 +1,18 @@
 // The transcript: one row per entry, kept by id and updated in place as replies stream.
 // People are shown by display name; statuses in words; replies and messages as Markdown.
-import { copyText, renderMarkdown } from './markdown.js'
+//
+// The work of an update is bounded by what changed, not by the history (review: every
+// streamed token re-filled all 3,000 rows of a long session, 0.1-0.7 s a time): a row is
+// filled again only when its entry or what it shows about it changed; the newest WINDOW
+// entries are drawn at first ("Show earlier" adds more); and an entry's Markdown is
+// rendered once its row comes near the visible part of the list.
+import { copyText, markdownCut, renderMarkdown } from './markdown.js'
 import { $, colorFor, el, initials, renderKeyed, setText } from './util.js'
+
+/** Entries drawn at first, and added by each "Show earlier". */
+export const WINDOW = 200
+/** The newest entries, rendered at once (the visible part of the list, most of the time). */
+const EAGER = 20
 
 const ORDINAL = (n) => {
   const teen = n % 100 >= 11 && n % 100 <= 13
@@ -27,6 +38,34 @@ const KIND_WORDS = { prompt: 'asked the AI', message: 'to the team', reply: '', 
 export function mountTranscript (app) {
   const list = $('transcript')
   const rows = new Map() // entry id -> <li>
+  const inputs = new WeakMap() // <li> -> what it was last filled from
+  let shown = WINDOW
+  const earlier = el('button', { type: 'button', id: 'transcript-earlier', class: 'small secondary', hidden: true })
+  earlier.addEventListener('click', () => { shown += WINDOW; render() })
+  list.before(earlier)
+
+  // Markdown waits until its row is near the visible part of the list (plain text till then),
+  // but for the newest entries.
+  const waiting = new WeakMap() // .content -> text to render
+  let eager = new Set() // ids of the newest entries
+  const nearby = new IntersectionObserver((seen) => {
+    for (const { target, isIntersecting } of seen) {
+      if (!isIntersecting) continue
+      nearby.unobserve(target)
+      target.dataset.near = 'yes'
+      const text = waiting.get(target)
+      waiting.delete(target)
+      if (text !== undefined) renderMarkdown(target, text)
+    }
+  }, { root: list, rootMargin: '800px 0px' })
+
+  function showMarkdown (node, text, id) {
+    if (eager.has(id)) node.dataset.near = 'yes'
+    if (node.dataset.near === 'yes') { renderMarkdown(node, text); return }
+    if (!waiting.has(node)) nearby.observe(node)
+    waiting.set(node, text)
+    setText(node, text.slice(0, markdownCut(text)))
+  }
 
   function make (entry) {
     const row = el('li', { class: 'entry', tabindex: '-1' })
@@ -90,7 +129,7 @@ export function mountTranscript (app) {
     const text = app.restricted.get(id) ?? entry.content
     c.classList.toggle('restricted', app.restricted.has(id))
     if (kind === 'tool') setText(c, text)
-    else renderMarkdown(c, text)
+    else showMarkdown(c, text, id)
     c.classList.toggle('streaming', status === 'streaming')
     setText(row.querySelector('.reason'), entry.reason || '')
 
@@ -109,12 +148,32 @@ export function mountTranscript (app) {
     show('cancel', kind === 'prompt' && (status === 'queued' || status === 'running') && app.ui.mayCancel(author), `Cancel ${who} prompt`)
   }
 
-  return function render () {
+  /** Fill `row` unless nothing it shows changed since it was last filled. */
+  function refresh (row, entry, positions, pinned, shared) {
+    const id = String(entry.id)
+    const now = [entry, positions.get(id), pinned.has(id), app.restricted.get(id),
+      app.people.nameOf(String(entry.author ?? '')), shared]
+    const before = inputs.get(row)
+    if (before && before.every((value, i) => value === now[i])) return
+    inputs.set(row, now)
+    fill(row, entry, positions)
+  }
+
+  function render () {
     const stick = list.scrollHeight - list.scrollTop - list.clientHeight < 60
-    const entries = app.session.transcript
+    const all = app.session.transcript
+    const entries = all.length > shown ? all.slice(all.length - shown) : all
     const positions = new Map(app.session.queue.map((q) => [q.id, q.position]))
-    renderKeyed(list, rows, entries, (e) => String(e.id), make, (row, e) => fill(row, e, positions))
-    $('transcript-empty').hidden = entries.length > 0
+    eager = new Set(entries.slice(-EAGER).map((e) => String(e.id)))
+    // What every row depends on besides its entry.
+    const pinned = new Set(app.session.pins)
+    const shared = [app.me, app.ui.canPrompt, [...app.ui.capabilities].join(' ')].join('|')
+    renderKeyed(list, rows, entries, (e) => String(e.id), make, (row, e) => refresh(row, e, positions, pinned, shared))
+    const hidden = all.length - entries.length
+    earlier.hidden = hidden === 0
+    setText(earlier, hidden ? `Show earlier (${hidden.toLocaleString()} more)` : '')
+    $('transcript-empty').hidden = all.length > 0
     if (stick) list.scrollTop = list.scrollHeight
   }
+  return render
 }
