@@ -6,12 +6,21 @@ import { $ } from './util.js'
 
 const AI_MENTION = /^@ai\b\s*/i
 
+/** A fresh command id (crypto.randomUUID needs a secure context; this does not). */
+const commandId = () => Array.from(crypto.getRandomValues(new Uint8Array(16)), (b) => b.toString(16).padStart(2, '0')).join('')
+
 export function mountComposer (app) {
   const text = /** @type {HTMLTextAreaElement} */ ($('composer-text'))
   const send = /** @type {HTMLButtonElement} */ ($('send'))
   const stop = /** @type {HTMLButtonElement} */ ($('stop'))
   const modes = { prompt: $('mode-ai'), message: $('mode-team') }
   let mode = 'prompt'
+  // One command per intent (review: a double Enter or click posted, and ran, a prompt
+  // twice): Send is off while a send waits for its answer, and a text sent again after an
+  // unknown outcome (the socket closed first) goes under the same command id, which the
+  // server answers once.
+  let sending = false
+  let attempt = null // { kind, body, id } of the last send not known to be done or refused
 
   function setMode (next) {
     mode = next
@@ -52,7 +61,8 @@ export function mountComposer (app) {
     const connected = app.session.state === 'connected'
     const { canPrompt, canMessage, known } = app.ui
     const allowed = mode === 'prompt' ? canPrompt : canMessage
-    send.disabled = !known || !allowed || !connected
+    send.disabled = !known || !allowed || !connected || sending
+    send.setAttribute('aria-busy', String(sending))
     send.textContent = mode === 'prompt' ? 'Ask AI' : 'Send to team'
     modes.prompt.disabled = known && !canPrompt
     modes.message.disabled = known && !canMessage
@@ -77,7 +87,20 @@ export function mountComposer (app) {
     if (!value || send.disabled) { text.focus(); return }
     const kind = kindFor(value)
     const body = kind === 'prompt' ? value.replace(AI_MENTION, '') || value : value
-    const reply = await (kind === 'prompt' ? app.api.sendPrompt(body) : app.api.sendMessage(body))
+    const same = attempt !== null && attempt.kind === kind && attempt.body === body
+    attempt = { kind, body, id: same ? attempt.id : commandId() }
+    const options = { id: attempt.id }
+    sending = true
+    update()
+    let reply
+    try {
+      reply = await (kind === 'prompt' ? app.api.sendPrompt(body, options) : app.api.sendMessage(body, options))
+    } finally {
+      sending = false
+      update()
+    }
+    // The server answered (an ack or a refusal): a new send is a new command.
+    if (reply.type === 'ack' || (reply.closeCode == null && reply.code !== 'aborted')) attempt = null
     if (reply.type === 'ack' && text.value.trim() === value) text.value = ''
     setTyping(false)
   }

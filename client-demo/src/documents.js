@@ -2,7 +2,7 @@
 // `manage_session`). A text file is read in the browser and posted; readers default to
 // every member's role here.
 import { sessionPath } from './rest.js'
-import { $, el, setText } from './util.js'
+import { $, cutText, el, setText } from './util.js'
 
 const MAX_CHARS = 200_000 // the server's default PARLEY_MAX_DOCUMENT_CHARS
 
@@ -29,7 +29,7 @@ export function mountDocuments (app) {
     if (text.length > MAX_CHARS) { setText($('document-note'), `Too long: at most ${MAX_CHARS.toLocaleString()} characters.`); return }
     const roles = [...new Set(app.members.map((m) => m.role))]
     try {
-      await app.rest('POST', sessionPath(app.sessionId, '/documents'), { title: file.name.slice(0, 500), text, readers: { users: [], roles } })
+      await app.rest('POST', sessionPath(app.sessionId, '/documents'), { title: cutText(file.name, 500), text, readers: { users: [], roles } })
       setText($('document-note'), `Attached “${file.name}”.`)
       $('document-form').reset()
       load()

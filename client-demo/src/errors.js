@@ -16,13 +16,27 @@ export const ERROR_TEXT = {
 
 export const CLOSE_TEXT = {
   4401: 'your sign-in is invalid or has expired — ask for a new invite link',
-  4403: 'you are not a member of this session (or were removed)',
+  4403: 'you are not a member of this session (or were removed), or this page\'s origin is not allowed',
   4404: 'this session does not exist or was deleted',
   4400: 'the server rejected a malformed frame',
-  4429: 'too many refused commands',
+  4429: 'too many refused commands or frames, or too many open connections',
   1009: 'a message was too large',
   1013: 'the connection fell behind; reconnecting',
   1001: 'the server is going away or the connection was idle; reconnecting'
+}
+
+/**
+ * What a final close says: the server's reason and the close code, then what the code
+ * usually means. Review: one fixed sentence per code read "too many refused commands" for
+ * "too many connections of this user (16)" (4429 has several causes; so has 4403).
+ */
+export function closedText (code, reason) {
+  const said = String(reason || '').trim()
+  const usual = CLOSE_TEXT[code]
+  const head = said || usual || 'the server closed the connection'
+  const parts = [`${head[0].toUpperCase()}${head.slice(1)}`]
+  if (code !== null && code !== undefined) parts.push(` (close code ${code}${said && usual ? `: ${usual}` : ''})`)
+  return `${parts.join('')}; not reconnecting — reload the page to try again.`
 }
 
 export function showError (code, message, cmdType, sticky = false) {

@@ -40,7 +40,8 @@ export function mountKnowledge (app) {
       const entry = app.session.entry(id)
       const who = !entry ? '' : entry.kind === 'reply' ? 'Assistant' : app.people.nameOf(entry.author)
       const li = el('li', { class: 'pin', 'data-id': id },
-        el('span', { class: 'pin-text' }, `${who}: ${truncate(entry?.content || '(not visible)', 70)}`))
+        // The text this member reads (a restricted one for its reader, not the placeholder).
+        el('span', { class: 'pin-text' }, `${who}: ${truncate(app.restricted.get(id) ?? (entry?.content || '(not visible)'), 70)}`))
       if (canEdit) li.append(el('button', { type: 'button', class: 'small secondary', 'aria-label': `Unpin ${who}'s entry`, onclick: () => app.api.pin(id, false) }, 'Unpin'))
       pinList.append(li)
     }

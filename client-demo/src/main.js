@@ -7,7 +7,7 @@
 import { ParleyError, connect } from '@parley/client'
 import 'highlight.js/styles/github.css' // first: style.css darkens some of its colours
 import './style.css'
-import { CLOSE_TEXT, showError } from './errors.js'
+import { CLOSE_TEXT, closedText, showError } from './errors.js'
 import { mountComposer } from './composer.js'
 import { mountContext } from './context.js'
 import { mountDocuments } from './documents.js'
@@ -86,13 +86,13 @@ function start ({ token, sessionId, me }) {
       if (error.closeCode === null) showError(error.code, error.message, kind)
       if (error.code === 'forbidden') readMembership() // what may I do now?
       schedule()
-      return { type: 'error', id: error.commandId, code: error.code, message: error.message }
+      return { type: 'error', id: error.commandId, code: error.code, message: error.message, closeCode: error.closeCode }
     }
   }
 
   app.api = {
-    sendPrompt: (text) => send('prompt', () => session.prompt(String(text))),
-    sendMessage: (text) => send('message', () => session.message(String(text))),
+    sendPrompt: (text, options) => send('prompt', () => session.prompt(String(text), options)),
+    sendMessage: (text, options) => send('message', () => session.message(String(text), options)),
     cancel: (promptId) => send('cancel', () => session.cancel(String(promptId))),
     setPolicy: (policy) => send('set_policy', () => session.setPolicy(String(policy))),
     pin: (entryId, pinned = true) => send('pin', () => session.pin(String(entryId), pinned)),
@@ -223,9 +223,8 @@ function start ({ token, sessionId, me }) {
   function showClosed (error) {
     const code = error?.closeCode ?? null
     ui.finalClose = code ?? 'closed'
-    const why = CLOSE_TEXT[code] || error?.message || 'the server closed the connection'
     setConn('disconnected', 'Disconnected')
-    showError('closed', `${why[0].toUpperCase()}${why.slice(1)}; not reconnecting — reload the page to try again.`, null, true)
+    showError(error?.code || 'closed', closedText(code, error?.message), 'connection closed', true)
   }
 
   function renderMeta () {

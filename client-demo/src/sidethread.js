@@ -7,6 +7,7 @@ import { ParleyError } from '@parley/client'
 import * as Y from 'yjs'
 import { WebsocketProvider } from 'y-websocket'
 import './sidethread.css'
+import { cutText } from './util.js'
 
 const REBUILT = 4410 // the server's document does not cover ours (a thread stored before its document was): sync a new Y.Doc
 
@@ -121,7 +122,7 @@ export function mountSideThread ({ session, composer, showError }) {
     if (!text) { composer.focus(); return }
     note.textContent = ''
     if (thread === null || thread.status !== 'open') {
-      const opened = await run('ask privately', () => session.openThread({ title: text.slice(0, 80) }))
+      const opened = await run('ask privately', () => session.openThread({ title: cutText(text, 80) }))
       if (opened === null) return
       thread = { id: opened.thread_id, turns: [], running: false, status: 'open' }
       follow(thread.id)

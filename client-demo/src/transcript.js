@@ -88,7 +88,9 @@ export function mountTranscript (app) {
       b.addEventListener('click', onclick)
       actions.append(b)
     }
-    button('copy', 'Copy', (event) => copyText(app.session.entry(id)?.content || '', event.currentTarget))
+    // What the row shows: the restricted text for one who may read it (review: Copy gave
+    // such a reader the placeholder).
+    button('copy', 'Copy', (event) => copyText(app.restricted.get(id) ?? app.session.entry(id)?.content ?? '', event.currentTarget))
     button('pin', 'Pin', () => app.api.pin(id, !app.session.pins.includes(id)))
     button('retry', 'Retry', () => app.api.sendPrompt(app.session.entry(id)?.content || ''))
     button('cancel', 'Cancel', () => app.api.cancel(id))

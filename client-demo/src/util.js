@@ -18,8 +18,32 @@ export function setText (node, value) {
   if (node.textContent !== value) node.textContent = value
 }
 
+/**
+ * The start of `s`: at most `n` code points (what the server counts), cut between
+ * graphemes where the browser can tell them, never inside a surrogate pair (review: a
+ * title cut at 80 UTF-16 units split an emoji and the server refused it).
+ */
+export function cutText (s, n) {
+  let end = 0
+  let points = 0
+  for (const point of s) {
+    if (points === n) break
+    end += point.length
+    points += 1
+  }
+  if (end === s.length || typeof Intl.Segmenter !== 'function') return s.slice(0, end)
+  let whole = 0 // the end of the last grapheme that fits
+  for (const { index, segment } of new Intl.Segmenter(undefined, { granularity: 'grapheme' }).segment(s)) {
+    if (index + segment.length > end) break
+    whole = index + segment.length
+  }
+  return s.slice(0, whole > 0 ? whole : end)
+}
+
+/** `s`, or its start and "…" when it has more than `n` code points. */
 export function truncate (s, n) {
-  return s.length > n ? `${s.slice(0, n - 1)}…` : s
+  const head = cutText(s, n)
+  return head.length < s.length ? `${cutText(head, n - 1)}…` : s
 }
 
 export function colorFor (name) {

@@ -142,3 +142,22 @@ async def test_a_reader_sees_restricted_text_in_place_after_a_reload(tmp_path: P
         await alice.wait_for_selector("#transcript li.kind-reply[data-status=done]")
         assert await alice.locator(restricted).count() == 0
         assert "7731" not in await alice.inner_text("#transcript")
+        # What he reads is what he copies and what his Pinned panel shows (review: both
+        # gave him the placeholder).
+        await bob.context.grant_permissions(["clipboard-read", "clipboard-write"])
+        reply = bob.locator("#transcript li.kind-reply", has=bob.locator(".content.restricted"))
+        await reply.locator("button.copy:visible").click()
+        await reply.locator("button.copy[data-copied=yes]").wait_for(state="attached")
+        copied = await bob.evaluate("navigator.clipboard.readText()")
+        assert copied == await bob.evaluate(
+            "(id) => window.parleyDemo.app.restricted.get(id)",
+            await reply.get_attribute("data-id"),
+        )
+        assert "7731" in copied
+        await reply.locator("button.pin").click()
+        pinned = bob.locator("#pins li .pin-text")
+        await pinned.wait_for()
+        shown = await pinned.inner_text()
+        assert shown.startswith("Assistant: ") and "restricted" not in shown, shown
+        await alice.wait_for_selector("#pins li")
+        assert "7731" not in await alice.inner_text("#pins")

@@ -1,0 +1,89 @@
+"""The browser demo does what the member meant, once, as the member they are: one command
+per Send, a final close explained with the
+server's reason, a side-thread title cut where the server accepts it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import make_settings, serve_in_process, sqlite_url
+from tests.server.demo_browser import chromium, compose
+
+pytestmark = pytest.mark.node
+
+
+def _settings(tmp_path: Path, **overrides: Any) -> Any:
+    return make_settings(
+        sqlite_url(tmp_path), tmp_path / "d", offline_token_delay_ms=5, **overrides
+    )
+
+
+async def test_a_double_enter_or_click_sends_once(tmp_path: Path) -> None:
+    """Review: Enter twice (or a double click on Send) before the ack posted the prompt
+    twice under two ids: two model runs, two entries for everyone."""
+    async with serve_in_process(_settings(tmp_path)) as server, chromium() as browser:
+        sid = await server.new_session({"alice": "editor"})
+        alice = await browser.member(server, sid, "alice")
+        box = alice.locator("#composer-text")
+        await box.fill("deploy to prod now?")
+        await box.press("Enter")
+        await box.press("Enter")
+        await alice.click("#mode-team")
+        await box.fill("hello team")
+        await alice.dblclick("#send")
+        await alice.wait_for_selector("#composer-text:text-is('')", state="attached")
+        # A last message: the page's commands are answered in order, so any second copy of
+        # the two above is in the transcript before it.
+        await compose(alice, "the end", to="team")
+        await alice.wait_for_selector("#transcript li.kind-message:has-text('the end')")
+        await alice.wait_for_selector("#transcript li.kind-reply[data-status=done]")
+        entries = await alice.evaluate("window.parleyDemo.session.transcript")
+        sent = [(e["kind"], e["content"]) for e in entries if e["kind"] != "reply"]
+        assert sent == [
+            ("prompt", "deploy to prod now?"),
+            ("message", "hello team"),
+            ("message", "the end"),
+        ], sent
+        assert not browser.problems, browser.problems
+
+
+async def test_a_final_close_says_the_servers_reason(tmp_path: Path) -> None:
+    """Review: a page refused for too many sockets of its user read "Too many refused
+    commands" (the fixed sentence for 4429); the server's reason and the code were lost."""
+    settings = _settings(tmp_path, max_connections_per_user=1)
+    async with serve_in_process(settings) as server, chromium() as browser:
+        sid = await server.new_session({"bob": "editor"})
+        held = await server.connect(sid, "bob")
+        token = await server.token(sid, "bob")
+        bob = await browser.page("bob", f"{server.base_url}/demo/?session={sid}&token={token}")
+        error = bob.locator("#errors .error[data-code=rate_limited]")
+        await error.wait_for()
+        said = (await error.inner_text()).lower()
+        assert "too many connections of this user (1)" in said, said
+        assert "4429" in said, said
+        await held.close()
+        refused = "console error: WebSocket connection to"  # the browser's own words
+        assert [p for p in browser.problems if refused not in p] == [], browser.problems
+
+
+async def test_ask_privately_cuts_the_title_between_characters(tmp_path: Path) -> None:
+    """Review: the title was the question's first 80 UTF-16 units; an emoji across the
+    80th was cut in half and the server refused the lone surrogate."""
+    async with serve_in_process(_settings(tmp_path)) as server, chromium() as browser:
+        sid = await server.new_session({"alice": "editor"})
+        alice = await browser.member(server, sid, "alice")
+        question = "a" * 79 + "😀 is this ok?"
+        await alice.fill("#composer-text", question)
+        await alice.click("#ask-privately")
+        await alice.wait_for_selector("#side-thread-turns li[data-kind=reply][data-status=done]")
+        assert await alice.locator("#errors .error").count() == 0
+        token = await server.token(sid, "alice")
+        listed = await server.http.get(
+            f"/api/v1/sessions/{sid}/threads", headers={"Authorization": f"Bearer {token}"}
+        )
+        assert listed.status_code == 200, listed.text
+        assert [t["title"] for t in listed.json()["threads"]] == ["a" * 79 + "😀"]
+        assert not browser.problems, browser.problems
