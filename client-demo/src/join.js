@@ -46,6 +46,41 @@ export function forgetSession (sessionId) {
   localStorage.setItem(STORE, JSON.stringify(saved))
 }
 
+/**
+ * Keep `token` for its session, unless this browser is signed in there as another member:
+ * then the user chooses, and the sign-in they keep is saved. Resolves with the token to
+ * use. Review: a `?token=` link from bob replaced alice's saved sign-in without a word,
+ * her token was lost, and her next "Ask privately" went into bob's side-thread.
+ */
+export async function adoptToken (sessionId, token) {
+  const saved = savedSessions()[sessionId]
+  const user = tokenClaims(token).sub
+  if (saved && saved.user !== user && !(await askToSwitch(saved, String(user)))) return saved.token
+  saveSession(sessionId, token)
+  return token
+}
+
+/** Ask whether to leave `saved`'s sign-in for `user`'s; resolves true to switch. */
+function askToSwitch (saved, user) {
+  return new Promise((resolve) => {
+    const keep = el('button', { type: 'button', id: 'switch-keep' }, `Stay signed in as ${saved.user}`)
+    const take = el('button', { type: 'button', id: 'switch-take', class: 'secondary' }, `Switch to ${user}`)
+    const box = el('main', { id: 'switch', class: 'join' },
+      el('section', { class: 'card', role: 'alertdialog', 'aria-labelledby': 'switch-heading', 'aria-describedby': 'switch-text' },
+        el('h1', { id: 'switch-heading' }, 'Sign in as someone else?'),
+        el('p', { id: 'switch-text' },
+          `This link signs you in to “${saved.title || 'this session'}” as ${user}. `,
+          `This browser is signed in to it as ${saved.user}. `,
+          `Switch only if you are ${user}: what you write and ask privately after switching is theirs.`),
+        el('div', { class: 'row' }, keep, take)))
+    $('join').before(box)
+    const answer = (value) => { box.remove(); resolve(value) }
+    keep.addEventListener('click', () => answer(false))
+    take.addEventListener('click', () => answer(true))
+    keep.focus()
+  })
+}
+
 const openSession = (sessionId) => { location.href = `${location.pathname}?session=${encodeURIComponent(sessionId)}` }
 
 /** The invite secret in the address's fragment (`#invite=…`), or ''. */
@@ -58,8 +93,8 @@ export async function redeemInvite (value) {
   const raw = value.trim()
   const secret = raw.includes('invite=') ? new URLSearchParams(raw.slice(raw.indexOf('#') + 1)).get('invite') || '' : raw
   const granted = await restClient('')('POST', '/api/v1/invites/exchange', { invite: secret })
-  saveSession(granted.session_id, granted.token)
   history.replaceState(null, '', location.pathname) // the secret leaves the address bar
+  await adoptToken(granted.session_id, granted.token)
   openSession(granted.session_id)
 }
 
@@ -77,7 +112,7 @@ export function showJoin (problem = '') {
     }
   })
 
-  $('join-form').addEventListener('submit', (event) => {
+  $('join-form').addEventListener('submit', async (event) => {
     event.preventDefault()
     const t = /** @type {HTMLTextAreaElement} */ ($('join-token')).value.trim()
     const claims = tokenClaims(t)
@@ -85,7 +120,7 @@ export function showJoin (problem = '') {
       setText($('join-error'), 'That does not look like a Parley client token.')
       return
     }
-    saveSession(claims.sid, t)
+    await adoptToken(claims.sid, t)
     openSession(claims.sid)
   })
 }

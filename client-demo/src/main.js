@@ -11,7 +11,7 @@ import { CLOSE_TEXT, closedText, showError } from './errors.js'
 import { mountComposer } from './composer.js'
 import { mountContext } from './context.js'
 import { mountDocuments } from './documents.js'
-import { inviteInFragment, redeemInvite, saveSession, savedSessions, showJoin, tokenClaims } from './join.js'
+import { adoptToken, inviteInFragment, redeemInvite, saveSession, savedSessions, showJoin, tokenClaims } from './join.js'
 import { mountKnowledge } from './knowledge.js'
 import { markdownWork } from './markdown.js'
 import { mountPresence } from './presence.js'
@@ -276,8 +276,8 @@ async function boot () {
     // the address bar so it is not bookmarked or shared by accident.
     sessionId = sessionId || tokenClaims(token).sid || ''
     if (sessionId) {
-      saveSession(sessionId, token)
       history.replaceState(null, '', `${location.pathname}?session=${encodeURIComponent(sessionId)}`)
+      token = await adoptToken(sessionId, token) // asks first if it signs in as someone else
     }
   } else if (sessionId) {
     token = savedSessions()[sessionId]?.token || ''

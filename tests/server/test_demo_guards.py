@@ -1,5 +1,5 @@
 """The browser demo does what the member meant, once, as the member they are: one command
-per Send, a final close explained with the
+per Send, no sign-in swapped by a link without asking, a final close explained with the
 server's reason, a side-thread title cut where the server accepts it."""
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from tests.conftest import make_settings, serve_in_process, sqlite_url
 from tests.server.demo_browser import chromium, compose
 
 pytestmark = pytest.mark.node
+
+STORE = "parley.sessions.v1"  # client-demo/src/join.js
 
 
 def _settings(tmp_path: Path, **overrides: Any) -> Any:
@@ -47,6 +49,36 @@ async def test_a_double_enter_or_click_sends_once(tmp_path: Path) -> None:
             ("message", "hello team"),
             ("message", "the end"),
         ], sent
+        assert not browser.problems, browser.problems
+
+
+async def test_a_token_link_of_another_member_asks_first(tmp_path: Path) -> None:
+    """Review: a `?token=` link of bob's replaced alice's saved sign-in for the session
+    without a word (her token lost; her next "Ask privately" went into bob's thread)."""
+    async with serve_in_process(_settings(tmp_path)) as server, chromium() as browser:
+        sid = await server.new_session({"alice": "editor", "bob": "editor"})
+        alice = await browser.member(server, sid, "alice")
+        link = f"{server.base_url}/demo/?session={sid}&token={await server.token(sid, 'bob')}"
+        saved = f"JSON.parse(localStorage.getItem('{STORE}'))['{sid}'].user"
+        await alice.goto(link)
+        question = alice.locator("#switch[role=alertdialog], #switch [role=alertdialog]")
+        await question.wait_for()
+        text = await question.inner_text()
+        assert "as bob" in text and "as alice" in text
+        assert "token" not in alice.url
+        assert await alice.evaluate(saved) == "alice"  # nothing replaced while it asks
+        await alice.click("#switch-keep")
+        await alice.wait_for_selector("#whoami[data-role=editor]", state="attached")
+        assert await alice.inner_text("#whoami strong") == "alice"
+        assert await alice.evaluate(saved) == "alice"
+        # Switching is the user's choice (here from an invite link), and then it holds.
+        invite = await server.http.post(f"/api/v1/sessions/{sid}/invites", json={"user_id": "bob"})
+        assert invite.status_code == 201, invite.text
+        await alice.goto(server.base_url + invite.json()["link"])
+        await alice.click("#switch-take")
+        await alice.wait_for_selector("#whoami[data-role=editor]", state="attached")
+        assert await alice.inner_text("#whoami strong") == "bob"
+        assert await alice.evaluate(saved) == "bob"
         assert not browser.problems, browser.problems
 
 
