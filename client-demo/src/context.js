@@ -65,6 +65,8 @@ export function mountContext (app) {
   // The items themselves: each message the model gets (whose words, folded repeats with
   // every author), the summary standing in for older turns, and what is left out and why.
   function showItems (body) {
+    // By id, once (a lookup per left-out entry made a refresh quadratic in the history).
+    const entries = new Map(app.session.transcript.map((e) => [String(e.id), e]))
     const list = $('context-items')
     list.innerHTML = ''
     if (body.summary) {
@@ -81,16 +83,16 @@ export function mountContext (app) {
         authors.length > 1 ? el('span', { class: 'ctx-tag' }, `said by ${authors.length}`) : '',
         m.answering ? el('span', { class: 'ctx-tag' }, 'to answer') : '',
         el('span', { class: 'ctx-tokens muted' }, `${m.tokens} tok`),
-        el('span', { class: 'ctx-text' }, truncate(m.content.replace(/\s+/g, ' '), 140)))
+        el('span', { class: 'ctx-text' }, oneLine(m.content, 140)))
       list.append(item)
     }
     for (const x of body.excluded) {
-      const entry = app.session.entry(x.entry_id)
+      const entry = entries.get(String(x.entry_id))
       const who = entry ? (entry.kind === 'reply' ? 'Assistant' : app.people.nameOf(entry.author)) : 'An entry'
       list.append(el('li', { class: 'ctx-item ctx-excluded' },
         el('span', { class: 'ctx-who' }, who),
         el('span', { class: 'ctx-tag' }, leftOut(x.reason)),
-        entry ? el('span', { class: 'ctx-text' }, truncate(entry.content.replace(/\s+/g, ' '), 80)) : ''))
+        entry ? el('span', { class: 'ctx-text' }, oneLine(entry.content, 80)) : ''))
     }
     $('context-items-count').textContent = String(list.children.length)
   }
@@ -99,6 +101,9 @@ export function mountContext (app) {
   schedule()
   return () => {}
 }
+
+/** The start of `text` on one line, at most `n` characters (only its start is read). */
+const oneLine = (text, n) => truncate(text.slice(0, 4 * n).replace(/\s+/g, ' '), n)
 
 /** A reason an entry is left out, in words. */
 export function leftOut (reason) {

@@ -4,7 +4,9 @@
 //
 // Cost is bounded per entry: only the first MARKDOWN_CHARS of a text go through the
 // Markdown parser (the rest is shown as plain text on "Show the rest"), a code block longer
-// than HIGHLIGHT_CHARS is not highlighted, and the HTML of a text is cached by its content.
+// than HIGHLIGHT_CHARS is not highlighted, a head that makes more than MARKDOWN_TAGS tags is
+// shown as plain text (the sanitiser and the layout cost by element), and the HTML of a
+// text is cached by its content.
 // Review: 32,000-character messages any editor may post (links, e-mail addresses, code
 // blocks) cost every member's page 0.5-1.7 s of main thread each, again on every load.
 import MarkdownIt from 'markdown-it'
@@ -37,10 +39,12 @@ hljs.registerAliases(['yml'], { languageName: 'yaml' })
 export const MARKDOWN_CHARS = 4000
 /** Longest code block that is highlighted (a longer one is shown plain). */
 export const HIGHLIGHT_CHARS = 2000
+/** Most tags the Markdown of one text may make (a table of 300 cells makes ~700). */
+export const MARKDOWN_TAGS = 1500
 const CACHED_TEXTS = 64
 
 /** The work done, for tests and the curious: characters parsed and highlighted. */
-export const markdownWork = { parsedChars: 0, highlightedChars: 0, renders: 0, cacheHits: 0 }
+export const markdownWork = { parsedChars: 0, highlightedChars: 0, renders: 0, cacheHits: 0, plainHeads: 0 }
 
 const md = new MarkdownIt({
   html: false, // a member's raw HTML is shown as text
@@ -65,12 +69,20 @@ DOMPurify.addHook('afterSanitizeAttributes', (node) => {
   }
 })
 
-/** Sanitised HTML of `text` as Markdown (the whole of it: callers bound its length). */
+/**
+ * Sanitised HTML of `text` as Markdown (the whole of it: callers bound its length), or
+ * null when it would make more than MARKDOWN_TAGS tags.
+ */
 export function markdownHtml (text) {
   const source = String(text ?? '')
   markdownWork.parsedChars += source.length
   markdownWork.renders += 1
-  return DOMPurify.sanitize(md.render(source), {
+  const html = md.render(source)
+  let tags = 0
+  for (let at = html.indexOf('<'); at !== -1; at = html.indexOf('<', at + 1)) { // '<' of a text is escaped
+    if (++tags > MARKDOWN_TAGS) { markdownWork.plainHeads += 1; return null }
+  }
+  return DOMPurify.sanitize(html, {
     USE_PROFILES: { html: true },
     FORBID_TAGS: ['style', 'form', 'input', 'button', 'textarea', 'select', 'img'],
     FORBID_ATTR: ['style']
@@ -113,7 +125,9 @@ export function renderMarkdown (node, text) {
   if (node.dataset.source === text) return
   node.dataset.source = text
   const cut = markdownCut(text)
-  node.innerHTML = cachedHtml(text.slice(0, cut))
+  const html = cachedHtml(text.slice(0, cut))
+  if (html === null) node.replaceChildren(plainText(text.slice(0, cut)))
+  else node.innerHTML = html
   for (const pre of node.querySelectorAll('pre')) {
     const code = pre.querySelector('code')
     const lang = /language-(\S+)/.exec(code?.className || '')?.[1]
@@ -135,13 +149,15 @@ function restOf (rest) {
   more.type = 'button'
   more.className = 'show-rest small secondary'
   more.textContent = `Show the rest (${rest.length.toLocaleString()} more characters, as plain text)`
-  more.addEventListener('click', () => {
-    const plain = document.createElement('div')
-    plain.className = 'rest-plain'
-    plain.textContent = rest
-    more.replaceWith(plain)
-  })
+  more.addEventListener('click', () => more.replaceWith(plainText(rest)))
   return more
+}
+
+function plainText (text) {
+  const plain = document.createElement('div')
+  plain.className = 'rest-plain'
+  plain.textContent = text
+  return plain
 }
 
 /** Copy to the clipboard and say so on `button` for a moment. */

@@ -12,7 +12,7 @@ import { $, colorFor, el, initials, renderKeyed, setText } from './util.js'
 /** Entries drawn at first, and added by each "Show earlier". */
 export const WINDOW = 200
 /** The newest entries, rendered at once (the visible part of the list, most of the time). */
-const EAGER = 20
+const EAGER = 3
 
 const ORDINAL = (n) => {
   const teen = n % 100 >= 11 && n % 100 <= 13

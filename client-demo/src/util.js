@@ -23,6 +23,8 @@ export function setText (node, value) {
  * graphemes where the browser can tell them, never inside a surrogate pair (review: a
  * title cut at 80 UTF-16 units split an emoji and the server refused it).
  */
+let graphemes = null // one Intl.Segmenter, made on first use
+
 export function cutText (s, n) {
   let end = 0
   let points = 0
@@ -32,8 +34,9 @@ export function cutText (s, n) {
     points += 1
   }
   if (end === s.length || typeof Intl.Segmenter !== 'function') return s.slice(0, end)
+  graphemes ??= new Intl.Segmenter(undefined, { granularity: 'grapheme' })
   let whole = 0 // the end of the last grapheme that fits
-  for (const { index, segment } of new Intl.Segmenter(undefined, { granularity: 'grapheme' }).segment(s)) {
+  for (const { index, segment } of graphemes.segment(s)) {
     if (index + segment.length > end) break
     whole = index + segment.length
   }

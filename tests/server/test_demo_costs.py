@@ -68,6 +68,13 @@ async def test_a_32000_character_message_costs_a_bounded_render(tmp_path: Path) 
         assert await first.locator(".content img").count() == 0
         assert (await _work(alice))["parsedChars"] == after["parsedChars"]
         assert await alice.evaluate("window.pwned === undefined")
+        # A head that would make thousands of elements (a table of 2,000 cells) is text.
+        table = "|a" * 100 + "|\n" + "|-" * 100 + "|\n" + ("|a" * 100 + "|\n") * 150
+        reply = await bob.evaluate("(t) => window.parleyDemo.sendMessage(t)", table[:32_000])
+        assert reply["type"] == "ack", reply
+        await alice.wait_for_function("window.parleyDemo.markdownWork.plainHeads === 1")
+        assert await rows.last.locator(".content table").count() == 0
+        assert "|a|a|a" in await rows.last.locator(".content .rest-plain").first.inner_text()
         assert not browser.problems, browser.problems
 
 
