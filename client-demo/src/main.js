@@ -227,10 +227,15 @@ function start ({ token, sessionId, me }) {
     showError(error?.code || 'closed', closedText(code, error?.message), 'connection closed', true)
   }
 
+  let savedTitle = ''
   function renderMeta () {
     const title = meta.get('title')
     setText($('session-title'), title ? `· ${title}` : '')
-    if (title) saveSession(sessionId, token, String(title))
+    // Saved when it changes (not on every frame: each save reads and decodes every token).
+    if (title && String(title) !== savedTitle) {
+      savedTitle = String(title)
+      saveSession(sessionId, token, savedTitle)
+    }
   }
 
   let frame = 0
