@@ -13,6 +13,12 @@ moves on when it is delivered or given up (``record``) or an older one is retrie
 PostgreSQL the writes that look at a session's head take a transaction lock on it first
 (``_lock_heads``): otherwise a delivery enqueued while its head completes could be seen
 by neither and wait forever. SQLite writes one transaction at a time anyway.
+
+A delivery's retry period runs from its first attempt (``retry_from``, set by the claim),
+not from its event: time spent waiting behind its session's head, or while its
+subscription was paused or disabled, is no attempt and spends none of it. A manual retry,
+a delivery becoming the head again, and a subscription resumed (``webhooks.change_webhook``)
+start a new period at the next attempt.
 """
 
 from __future__ import annotations
@@ -58,6 +64,8 @@ class Claimed:
     message_id: str
     payload: str
     attempts: int
+    # ms: its retries end a retry period after this, its first attempt since it was written,
+    # became its session's head again, was retried or its subscription resumed.
     retry_from: int
     # Its subscription failed ``FAILING_AFTER`` times or more in a row (``webhooks.failures``).
     failing: bool = False
@@ -115,7 +123,7 @@ async def enqueue(
                     "status": PENDING,
                     "attempts": 0,
                     "next_at": at_ms,
-                    "retry_from": at_ms,
+                    "retry_from": None,  # its retry period starts at its first attempt
                     "created_at": at_ms,
                     "head": index in heads,
                 }
@@ -201,8 +209,10 @@ async def _advance_head(
             .limit(1)
         )
     ).first()
-    if following is not None:
-        await connection.execute(update(d).where(d.c.id == following.id).values(head=True))
+    if following is not None:  # its retry period starts at its next attempt
+        await connection.execute(
+            update(d).where(d.c.id == following.id).values(head=True, retry_from=None)
+        )
 
 
 async def claim(
@@ -257,7 +267,7 @@ async def claim(
         if locking:
             window_query = window_query.with_for_update(skip_locked=True, of=d)
         for row in await connection.execute(window_query):
-            claimed = _claimed(row)
+            claimed = _claimed(row, now)
             seen.setdefault(claimed.id, claimed)
     candidates = list(seen.values())
     taken = candidates if lanes is None else pick(candidates, lanes, limit)
@@ -266,7 +276,9 @@ async def claim(
     await connection.execute(
         update(d)
         .where(d.c.id.in_([int(c.id) for c in taken]))
-        .values(status=SENDING, next_at=now + lease_ms)
+        .values(
+            status=SENDING, next_at=now + lease_ms, retry_from=func.coalesce(d.c.retry_from, now)
+        )
     )
     return taken
 
@@ -275,7 +287,7 @@ async def claim(
 CANDIDATES_PER_SLOT = 4
 
 
-def _claimed(row: Any) -> Claimed:
+def _claimed(row: Any, now: int) -> Claimed:
     return Claimed(
         str(row.id),
         row.webhook_id,
@@ -285,7 +297,7 @@ def _claimed(row: Any) -> Claimed:
         row.message_id,
         row.payload,
         int(row.attempts),
-        int(row.retry_from),
+        now if row.retry_from is None else int(row.retry_from),
         failing=int(row.failures) >= FAILING_AFTER,
     )
 
@@ -432,9 +444,9 @@ async def list_deliveries(
 
 
 async def retry(connection: AsyncConnection, webhook_id: str, delivery_id: int, now: int) -> bool:
-    """Make a delivery due now, with a new retry period; False for an unknown one. It
-    goes out once the session's older unfinished deliveries are done, and before its
-    younger ones (it becomes their head)."""
+    """Make a delivery due now, with a new retry period from its next attempt; False for
+    an unknown one. It goes out once the session's older unfinished deliveries are done,
+    and before its younger ones (it becomes their head)."""
     d = webhook_deliveries
     found = (
         await connection.execute(
@@ -448,7 +460,7 @@ async def retry(connection: AsyncConnection, webhook_id: str, delivery_id: int, 
     result = await connection.execute(
         update(d)
         .where(d.c.id == delivery_id, d.c.webhook_id == webhook_id)
-        .values(status=PENDING, next_at=now, retry_from=now)
+        .values(status=PENDING, next_at=now, retry_from=None)
     )
     if not result.rowcount:  # deleted meanwhile
         return False

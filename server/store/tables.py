@@ -366,7 +366,8 @@ webhook_deliveries = Table(
     Column("status", String(16), nullable=False),  # pending, sending, delivered, failed
     Column("attempts", Integer, nullable=False, server_default="0"),
     Column("next_at", BigInteger, nullable=False),  # ms: due (pending), lease end (sending)
-    Column("retry_from", BigInteger, nullable=False),  # ms: retries end a period after
+    # ms: retries end a period after; NULL until its first attempt (``store.outbox``).
+    Column("retry_from", BigInteger),
     Column("created_at", BigInteger, nullable=False),
     # The first unfinished delivery of its subscription and session: the only one of
     # them the sender may claim (``server.store.webhooks``).

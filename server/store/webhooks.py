@@ -20,6 +20,7 @@ from sqlalchemy import ScalarSelect, delete, func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from parley.server.store.tables import (
+    WAITING,
     webhook_attempts,
     webhook_deliveries,
     webhook_version,
@@ -238,8 +239,10 @@ async def change_webhook(
     connection: AsyncConnection, webhook_id: str, values: dict[str, Any]
 ) -> WebhookRow | None:
     """Set ``values`` (``events``/``sessions`` as lists, ``status``); a subscription made
-    active again starts a new run of failures. A status set (paused or active) takes
-    deliveries again after its outbox was full. None for an unknown id."""
+    active again starts a new run of failures, and its waiting deliveries a new retry
+    period from their next attempt (the time it held them spends none). A status set
+    (paused or active) takes deliveries again after its outbox was full. None for an
+    unknown id."""
     stored: dict[str, Any] = {}
     if "events" in values:
         stored["events"] = json.dumps(sorted(set(values["events"])))
@@ -252,9 +255,24 @@ async def change_webhook(
         if values["status"] == ACTIVE:
             stored["failures"] = 0
             stored["disabled_reason"] = None
+    resumed = False
+    if stored.get("status") == ACTIVE:
+        found = await connection.execute(
+            select(webhooks.c.status).where(webhooks.c.id == webhook_id)
+        )
+        resumed = found.scalar() not in (None, ACTIVE)
     if stored:
         await connection.execute(update(webhooks).where(webhooks.c.id == webhook_id).values(stored))
         await _count_change(connection)
+    if resumed:
+        d = webhook_deliveries
+        # Those with a period under way: the heads it attempted (an index range of
+        # ``ix_webhook_deliveries_waiting``, bounded by its cap).
+        await connection.execute(
+            update(d)
+            .where(d.c.webhook_id == webhook_id, WAITING, d.c.retry_from.is_not(None))
+            .values(retry_from=None)
+        )
     return await get_webhook(connection, webhook_id)
 
 

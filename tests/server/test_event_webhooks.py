@@ -267,6 +267,52 @@ async def test_a_paused_subscription_gets_nothing_until_resumed(
         assert hook["secret"] not in one.text
 
 
+@dataclass
+class FlakyReceiver(Receiver):
+    """Answers 503 to the first attempt of each ``webhook-id``, then as ``Receiver``."""
+
+    tried: set[str] = field(default_factory=set)
+
+    async def hook(self, request: Request) -> Response:
+        message_id = request.headers["webhook-id"]
+        if message_id not in self.tried:
+            self.tried.add(message_id)
+            await request.body()
+            self.refused += 1
+            return Response(status_code=503)
+        return await super().hook(request)
+
+
+async def test_a_delivery_held_past_the_retry_period_is_still_retried_after_resuming(
+    database_url: str, tmp_path: Path
+) -> None:
+    """Review I2: the retry period ran from the event, so a delivery held by a paused
+    subscription longer than the period got one attempt after resuming, and one 503
+    failed it for good. The period runs from its first attempt."""
+    period_s = 2.0
+    settings = make_settings(
+        database_url, tmp_path / "data", **FAST, webhook_retry_period_s=period_s
+    )
+    async with receiving(FlakyReceiver()) as receiver, serve_in_process(settings) as server:
+        hook = await subscribe(server.http, receiver.url, events=["session.created"])
+        url = f"/api/v1/webhooks/{hook['id']}"
+        assert (await server.http.patch(url, json={"status": "paused"})).status_code == 200
+        sid = await server.new_session({})
+        await asyncio.sleep(period_s * 1.5)  # held longer than the retry period
+        assert (await server.http.patch(url, json={"status": "active"})).status_code == 200
+
+        async def finished() -> bool:
+            (delivery,) = await deliveries(server.http, hook["id"])
+            return bool(delivery["status"] in ("delivered", "failed"))
+
+        await until(finished, "the held delivery delivered or failed")
+        (delivery,) = await deliveries(server.http, hook["id"])
+        codes = [a["response_code"] for a in delivery["attempts"]]
+        assert (delivery["status"], codes) == ("delivered", [503, 204])
+        ((_, payload),) = receiver.verified(hook["secret"])
+        assert payload["data"]["session_id"] == sid
+
+
 async def test_a_paused_subscription_past_its_cap_is_disabled_and_takes_no_more(
     database_url: str, tmp_path: Path
 ) -> None:

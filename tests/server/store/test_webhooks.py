@@ -9,11 +9,17 @@ import json
 import pytest
 from alembic import command
 from sqlalchemy import func, insert, select
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from parley.server.store.db import alembic_config, create_engine
 from parley.server.store.outbox import Attempt, Claimed, claim, next_due, record, retry
 from parley.server.store.sessions import Store
-from parley.server.store.tables import session_events, webhook_deliveries, webhooks
+from parley.server.store.tables import (
+    session_events,
+    webhook_attempts,
+    webhook_deliveries,
+    webhooks,
+)
 from parley.server.store.webhooks import (
     ACTIVE,
     DISABLED,
@@ -112,6 +118,46 @@ async def test_giving_up_moves_the_head_and_a_manual_retry_goes_first(store: Sto
     assert await _claim(store, 70) == []
     async with store.read() as connection:
         assert await next_due(connection) is None
+
+
+async def test_the_retry_period_runs_from_the_first_attempt_not_the_wait(store: Store) -> None:
+    """Review I2: a delivery's retry period ran from its event, so one held behind its
+    session's failing head, or by a paused subscription, longer than the period got a
+    single attempt. It runs from its first attempt; a resume starts a new one."""
+    hook = await _subscribe(store)
+    await _joined(store, "s1", "a", "b")
+    (a,) = await _claim(store, 10)
+    assert a.retry_from == 10  # its first attempt
+    await _record(store, a, REFUSED, retry_at=5000)
+    (a,) = await _claim(store, 5000)
+    assert a.retry_from == 10  # a retry keeps the period
+    await _record(store, a, REFUSED, retry_at=None)  # failed for good
+    (b,) = await _claim(store, 9000)  # b waited behind a: its period starts now
+    assert (_who([b]), b.retry_from) == ([("s1", "b")], 9000)
+    await _record(store, b, REFUSED, retry_at=9500)
+    async with store.transaction() as tx:
+        await change_webhook(tx.connection, hook, {"status": PAUSED})
+    await _joined(store, "s2", "x")
+    assert await _claim(store, 10_000) == []  # held
+    async with store.transaction() as tx:
+        await change_webhook(tx.connection, hook, {"status": ACTIVE})
+    resumed = await _claim(store, 90_000)  # long after: the wait spent none of either period
+    assert sorted((_who([d])[0], d.retry_from) for d in resumed) == [
+        (("s1", "b"), 90_000),
+        (("s2", "x"), 90_000),
+    ]
+    for delivery in resumed:
+        await _record(store, delivery, REFUSED, retry_at=95_000)
+    async with store.transaction() as tx:  # set again, still active: the periods run on
+        await change_webhook(tx.connection, hook, {"status": ACTIVE})
+    again = await _claim(store, 95_000)
+    assert {d.retry_from for d in again} == {90_000}
+    async with store.transaction() as tx:  # a manual retry: a new period from its attempt
+        assert await retry(tx.connection, hook, int(a.id), 96_000)
+    for delivery in again:
+        await _record(store, delivery, OK, retry_at=None)
+    (a_again,) = await _claim(store, 99_000)
+    assert (a_again.id, a_again.retry_from) == (a.id, 99_000)
 
 
 async def test_a_deleted_subscription_leaves_the_others_heads(store: Store) -> None:
@@ -224,6 +270,21 @@ async def test_a_delivery_enqueued_while_its_head_completes_is_claimed(
     assert _who([b]) == [("s1", "b")]
 
 
+async def _hook_row(connection: AsyncConnection, status: str) -> None:
+    """A subscription ``wh`` written as a migration's test finds it (no store)."""
+    await connection.execute(
+        insert(webhooks).values(
+            id="wh",
+            url="http://x/",
+            events="[]",
+            secret="k",
+            status=status,
+            failures=0,
+            created_at=0,
+        )
+    )
+
+
 async def test_the_migration_gives_existing_deliveries_their_heads(
     empty_database_url: str,
 ) -> None:
@@ -241,17 +302,7 @@ async def test_the_migration_gives_existing_deliveries_their_heads(
     ]
     try:
         async with engine.begin() as connection:
-            await connection.execute(
-                insert(webhooks).values(
-                    id="wh",
-                    url="http://x/",
-                    events="[]",
-                    secret="k",
-                    status="active",
-                    failures=0,
-                    created_at=0,
-                )
-            )
+            await _hook_row(connection, "active")
             for id_, session_id, status in rows:  # as the schema before had them: no head
                 await connection.execute(
                     insert(webhook_deliveries).values(
@@ -272,6 +323,54 @@ async def test_the_migration_gives_existing_deliveries_their_heads(
         async with engine.connect() as connection:
             heads = await connection.execute(select(d.id).where(d.head).order_by(d.id))
             assert [h.id for h in heads] == [2, 5]
+    finally:
+        await engine.dispose()
+
+
+async def test_the_migration_starts_no_period_for_unattempted_deliveries_and_keeps_attempts(
+    empty_database_url: str,
+) -> None:
+    """``webhooks_0026``: a waiting delivery never attempted has no period under way; one
+    attempted keeps its own. On SQLite the table is copied to drop NOT NULL, and its
+    attempts (``ON DELETE CASCADE``) must survive the old copy's drop, both ways."""
+    config = alembic_config(empty_database_url)
+    await asyncio.to_thread(command.upgrade, config, "sessions_0025")
+    engine = create_engine(empty_database_url)
+    d = webhook_deliveries.c
+    try:
+        async with engine.begin() as connection:
+            await _hook_row(connection, "paused")
+            for id_, status, attempts in ((1, "pending", 1), (2, "pending", 0), (3, "failed", 1)):
+                await connection.execute(
+                    insert(webhook_deliveries).values(
+                        id=id_,
+                        webhook_id="wh",
+                        session_id="s1",
+                        message_id=f"m{id_}",
+                        type="t",
+                        payload="{}",
+                        status=status,
+                        attempts=attempts,
+                        next_at=0,
+                        retry_from=7,
+                        created_at=5,
+                        head=id_ == 1,
+                    )
+                )
+            await connection.execute(
+                insert(webhook_attempts).values(delivery_id=1, at=7, latency_ms=1, error="x")
+            )
+
+        async def stored() -> tuple[list[tuple[int, int | None]], list[int]]:
+            async with engine.connect() as connection:
+                rows = await connection.execute(select(d.id, d.retry_from).order_by(d.id))
+                kept = await connection.execute(select(webhook_attempts.c.delivery_id))
+                return [(r.id, r.retry_from) for r in rows], [a.delivery_id for a in kept]
+
+        await asyncio.to_thread(command.upgrade, config, "head")
+        assert await stored() == ([(1, 7), (2, None), (3, 7)], [1])
+        await asyncio.to_thread(command.downgrade, config, "sessions_0025")
+        assert await stored() == ([(1, 7), (2, 5), (3, 7)], [1])
     finally:
         await engine.dispose()
 
