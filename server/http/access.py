@@ -36,12 +36,13 @@ from parley.server.http.rest import (
     spend_command_everywhere,
     spend_read,
 )
+from parley.server.outbound.targets import url_form_problem
 from parley.server.runtime.tools import SEARCH_DOCUMENTS, new_secret
 from parley.server.state import AppState
 from parley.server.store.access import AccessStore
 from parley.server.store.access_rows import DocumentRow, ToolRow
 from parley.server.store.horizon import Place
-from parley.session.errors import Conflict, NotFound, TooLarge
+from parley.session.errors import Conflict, InvalidInput, NotFound, TooLarge
 
 
 def _access(state: AppState) -> AccessStore:
@@ -164,9 +165,13 @@ def _tool_out(row: ToolRow, *, secret: bool) -> ToolOut:
 
 
 async def create_tool(state: AppState, body: ToolCreate) -> ToolOut:
-    """Register a webhook tool; the answer carries its signing secret, once."""
+    """Register a webhook tool; the answer carries its signing secret, once. Its URL is
+    parsed as each call parses it (its addresses are checked at each call)."""
     if body.name == SEARCH_DOCUMENTS.name:
         raise Conflict(f"{body.name!r} is built in")
+    problem = url_form_problem(body.url)
+    if problem is not None:
+        raise InvalidInput(f"url: {problem}")
     capability = check_capabilities([body.capability or tool_capability(body.name)])
     row = ToolRow(
         body.name,

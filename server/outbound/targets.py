@@ -80,19 +80,35 @@ def _is_ip(host: str) -> bool:
     return True
 
 
-async def check_target(url: str, *, allow_private: bool, resolver: Resolver) -> Checked:
-    """Resolve ``url``'s host once and check every address; ``RefusedTarget`` when the URL
-    is no target or an address is private, loopback or link-local (unless
-    ``allow_private``)."""
+def parsed_target(url: str) -> tuple[str, int]:
+    """``url``'s host (IDNA-encoded, as the client connects to it) and port, as every
+    request parses it; ``RefusedTarget`` when the URL is no target (``url_problem``) or the
+    HTTP client cannot send to it (a control character, say)."""
     problem = url_problem(url)
     if problem is not None:
         raise RefusedTarget(problem)
     try:
         parsed = httpx.URL(url)
-        host = parsed.raw_host.decode("ascii")  # IDNA-encoded, as the client connects to it
+        host = parsed.raw_host.decode("ascii")
     except (httpx.InvalidURL, UnicodeError) as exc:
         raise RefusedTarget(f"malformed URL ({exc})") from None
-    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    return host, parsed.port or (443 if parsed.scheme == "https" else 80)
+
+
+def url_form_problem(url: str) -> str | None:
+    """Why no request can ever be sent to ``url`` (``parsed_target``), or None."""
+    try:
+        parsed_target(url)
+    except RefusedTarget as exc:
+        return str(exc)
+    return None
+
+
+async def check_target(url: str, *, allow_private: bool, resolver: Resolver) -> Checked:
+    """Resolve ``url``'s host once and check every address; ``RefusedTarget`` when the URL
+    is no target or an address is private, loopback or link-local (unless
+    ``allow_private``)."""
+    host, port = parsed_target(url)
     try:
         addresses = tuple(await resolver(host, port))
     except (OSError, UnicodeError, ValueError) as exc:
@@ -116,9 +132,11 @@ async def target_problem(
 ) -> str | None:
     """Why ``url`` may not be called now, or None (a check for input, such as a new
     subscription's URL; a request checks again, and connects to what it checked). With
-    ``allow_private`` only the URL is checked: any address it resolves to would do."""
+    ``allow_private`` only the URL is checked, as a request parses it: any address it
+    resolves to would do (review: ``url_problem`` alone let a URL with a control
+    character through, which every attempt then refused)."""
     if allow_private:
-        return url_problem(url)
+        return url_form_problem(url)
     try:
         await check_target(url, allow_private=allow_private, resolver=resolver)
     except RefusedTarget as exc:

@@ -420,6 +420,29 @@ async def test_private_targets_are_refused_without_the_setting(
         assert listed.json()["webhooks"] == []
 
 
+async def test_a_url_with_a_control_character_is_refused_when_private_targets_are_allowed(
+    database_url: str, tmp_path: Path
+) -> None:
+    """Review I1: under ``PARLEY_WEBHOOK_ALLOW_PRIVATE`` a URL with BEL or DEL was
+    subscribed (201), then every attempt refused it as malformed; a webhook tool's too."""
+    settings = make_settings(database_url, tmp_path / "data", **FAST)
+    async with serve_in_process(settings) as server:
+        for bad in ("\x07", "\x7f"):
+            url = f"http://127.0.0.1:9/ok{bad}"
+            response = await server.http.post(
+                "/api/v1/webhooks", json={"url": url, "events": ["session.created"]}
+            )
+            assert response.status_code == 422, response.text
+            error = response.json()["error"]
+            assert error["code"] == "invalid" and "malformed URL" in error["message"], error
+            tool = {"name": "t", "description": "d", "url": url}
+            response = await server.http.post("/api/v1/tools", json=tool)
+            assert response.status_code == 422, response.text
+            assert response.json()["error"]["code"] == "invalid"
+        assert (await server.http.get("/api/v1/webhooks")).json()["webhooks"] == []
+        assert (await server.http.get("/api/v1/tools")).json()["tools"] == []
+
+
 async def test_crud_and_validation(database_url: str, tmp_path: Path) -> None:
     settings = make_settings(database_url, tmp_path / "data", **FAST)
     async with serve_in_process(settings) as server:

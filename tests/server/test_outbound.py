@@ -158,6 +158,29 @@ async def test_a_refused_target_names_the_address_refused(
     assert problem is not None and problem.startswith(reason), problem
 
 
+@pytest.mark.parametrize("allow_private", [True, False])
+@pytest.mark.parametrize("bad", ["\x07", "\x7f", "\x00", "\x1b"])
+async def test_a_url_no_request_can_be_sent_to_is_refused_at_its_check(
+    allow_private: bool, bad: str
+) -> None:
+    """Review I1: with ``allow_private`` the check for input looked at ``url_problem``
+    only, so a URL with a control character was taken, and every request then refused it
+    as malformed. The check and the request parse the URL alike, in either mode."""
+    url = f"http://hooks.test/ok{bad}"
+    resolver = Resolver([PUBLIC])
+    problem = await outbound.target_problem(url, allow_private=allow_private, resolver=resolver)
+    assert problem is not None and problem.startswith("malformed URL"), problem
+    client = OutboundClient(allow_private=allow_private, resolver=resolver)
+    try:
+        with pytest.raises(RefusedTarget, match="malformed URL"):
+            await client.post(url, b"{}", {}, timeout_s=1.0, max_body_bytes=16)
+    finally:
+        await client.aclose()
+    assert resolver.asked == []  # refused before any lookup
+    fine = await outbound.target_problem("http://hooks.test/ok", allow_private=True)
+    assert fine is None
+
+
 async def test_the_checked_address_is_connected_to_with_the_host_name_kept() -> None:
     async with serving() as receiver:
         resolver = Resolver(["127.0.0.1"])
