@@ -7,6 +7,7 @@ import secrets
 from parley.authz.policy import Read, Readers, check_readers, decide
 from parley.authz.roles import (
     ROLE_CAPABILITIES,
+    ROLE_NAME,
     Capability,
     Role,
     check_capabilities,
@@ -16,6 +17,7 @@ from parley.authz.roles import (
 from parley.server.http.cursor import PLACE_CURSOR, make_place_cursor, page_start
 from parley.server.http.models import RoleList, RoleOut, RolePut
 from parley.server.http.resource_models import (
+    TOOL_NAME,
     AuditList,
     AuditRecordOut,
     DocumentCreate,
@@ -33,6 +35,7 @@ from parley.server.http.rest import (
     Operation,
     QueryParam,
     QueryStr,
+    path_pattern,
     spend_command_everywhere,
     spend_read,
 )
@@ -260,7 +263,13 @@ OPERATIONS: list[Operation] = [
     ),
     Operation("GET", "/api/v1/tools", list_tools, "Registered webhook tools", response=ToolList),
     Operation(
-        "DELETE", "/api/v1/tools/{name}", delete_tool, "Remove a tool", status=204, errors=(404,)
+        "DELETE",
+        "/api/v1/tools/{name}",
+        delete_tool,
+        "Remove a tool",
+        status=204,
+        errors=(404,),
+        path_forms={"name": path_pattern(TOOL_NAME)},
     ),
     Operation(
         "GET",
@@ -340,6 +349,7 @@ OPERATIONS: list[Operation] = [
         "/api/v1/roles/{name}",
         put_role,
         "Define or redefine a custom role",
+        path_forms={"name": path_pattern(ROLE_NAME.pattern)},
         body=RolePut,
         response=RoleOut,
         errors=(409,),
@@ -349,6 +359,7 @@ OPERATIONS: list[Operation] = [
         "/api/v1/roles/{name}",
         delete_role,
         "Delete a custom role nobody holds",
+        path_forms={"name": path_pattern(ROLE_NAME.pattern)},
         status=204,
         errors=(404, 409),
     ),

@@ -17,12 +17,14 @@ from parley.server.http.rest import (
     Caller,
     Operation,
     QueryStr,
+    path_pattern,
     spend_command_everywhere,
     spend_read,
 )
 from parley.server.http.sessions import SESSION_ERRORS
 from parley.server.runtime.room import SessionRoom
 from parley.server.state import AppState
+from parley.session.commands import FACT_KEY, MAX_ENTRY_ID_CHARS
 from parley.session.errors import Conflict, Forbidden
 from parley.session.queue_root import queue_of
 
@@ -164,6 +166,7 @@ OPERATIONS: list[Operation] = [
         "/api/v1/sessions/{session_id}/facts/{key}",
         put_fact,
         "Set a session fact (always in the model's input, one line, with who set it)",
+        path_forms={"key": path_pattern(FACT_KEY.pattern)},
         capability=Capability.READ_SESSION,  # ``pin``: judged by the core
         body=FactPut,
         response=FactsOut,
@@ -175,6 +178,7 @@ OPERATIONS: list[Operation] = [
         "/api/v1/sessions/{session_id}/facts/{key}",
         delete_fact,
         "Remove a session fact (204 also when it is not set: the socket's `fact` rule)",
+        path_forms={"key": path_pattern(FACT_KEY.pattern)},
         capability=Capability.READ_SESSION,  # ``pin``: judged by the core
         status=204,
         errors=(404, 429),
@@ -208,6 +212,7 @@ OPERATIONS: list[Operation] = [
         delete_pin,
         "Unpin an entry (204 also when it is not pinned; 404 for an unknown entry: the "
         "socket's `unpin` rule)",
+        path_forms={"entry_id": {"maxLength": MAX_ENTRY_ID_CHARS}},
         capability=Capability.READ_SESSION,  # ``pin``: judged by the core
         status=204,
         errors=(404, 429),

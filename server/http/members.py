@@ -16,8 +16,14 @@ from parley.server.http.models import (
     TokenCreate,
     TokenOut,
 )
-from parley.server.http.rest import Caller, Operation, QueryParam, spend_command_everywhere
-from parley.server.http.sessions import SESSION_ERRORS, check_user_id, session_row
+from parley.server.http.rest import (
+    Caller,
+    Operation,
+    QueryParam,
+    path_pattern,
+    spend_command_everywhere,
+)
+from parley.server.http.sessions import SESSION_ERRORS, USER_ID, check_user_id, session_row
 from parley.server.runtime.room import SessionRoom
 from parley.server.state import AppState
 from parley.server.store.access import AccessStore
@@ -275,6 +281,7 @@ OPERATIONS: list[Operation] = [
         "/api/v1/sessions/{session_id}/members/{user_id}",
         put_member,
         "Add a member or change a member's role",
+        path_forms={"user_id": path_pattern(USER_ID.pattern)},
         capability=Capability.MANAGE_MEMBERS,
         with_caller=True,
         body=MemberPut,
@@ -286,6 +293,7 @@ OPERATIONS: list[Operation] = [
         "/api/v1/sessions/{session_id}/members/{user_id}",
         delete_member,
         "Remove a member (their tokens are revoked, sockets close with 4403, prompts stop)",
+        path_forms={"user_id": path_pattern(USER_ID.pattern)},
         capability=Capability.MANAGE_MEMBERS,
         with_caller=True,
         status=204,

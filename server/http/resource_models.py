@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import ConfigDict, Field
 
 from parley.server.http.models import CapabilityName, Strict
 
@@ -72,6 +72,17 @@ NameStr = Annotated[str, Field(min_length=1, max_length=200)]
 
 
 class ReadersIn(Strict):
+    # At least one reader (``authz.policy.check_readers``): the document says so (review).
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "anyOf": [
+                {"required": [name], "properties": {name: {"minItems": 1}}}
+                for name in ("users", "roles")
+            ]
+        },
+    )
+
     users: list[NameStr] = Field(default_factory=list, max_length=1000)
     roles: list[NameStr] = Field(default_factory=list, max_length=100)
 
@@ -95,8 +106,11 @@ class DocumentList(Strict):
     documents: list[DocumentOut]
 
 
+TOOL_NAME = r"[A-Za-z0-9_-]{1,64}"
+
+
 class ToolCreate(Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    name: str = Field(pattern=f"^{TOOL_NAME}$")
     description: str = Field(min_length=1, max_length=2000)
     parameters: dict[str, Any] = Field(
         default_factory=lambda: {"type": "object"}, description="JSON Schema of the arguments"

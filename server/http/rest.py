@@ -160,6 +160,14 @@ class Operation:
     # Answers a member's resend past their command rate (``prompts.send``): their body is
     # parsed past the rate, to find one; on any other route it is refused unparsed.
     answers_resends: bool = False
+    # A path parameter's JSON Schema past the default (1-200 characters): the form its
+    # handler takes (it refuses others), for the document to say (review: it said any).
+    path_forms: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def path_pattern(pattern: str) -> dict[str, Any]:
+    """A ``path_forms`` schema: the whole parameter matches ``pattern``."""
+    return {"pattern": f"^{pattern}$"}
 
 
 MAX_PROBLEMS = 50  # validation errors listed in one answer (the count says how many more)
@@ -478,6 +486,15 @@ def _query_int(request: Request, param: QueryParam) -> int:
     return value
 
 
+def _takes_no_body(model: type[BaseModel]) -> bool:
+    """Whether an empty body is taken (as ``{}``: ``parsed_body``), every field optional."""
+    try:
+        model.model_validate({}, strict=True)
+    except ValidationError:
+        return False
+    return True
+
+
 def tag_of(path: str) -> str:
     """OpenAPI's group of a path: what it names under a session, else its first part."""
     parts = [p for p in path.removeprefix("/api/v1/").split("/") if not p.startswith("{")]
@@ -509,7 +526,12 @@ def openapi_document(operations: list[Operation], *, title: str, version: str) -
                 "name": name,
                 "in": "path",
                 "required": True,
-                "schema": {"type": "string", "minLength": 1, "maxLength": 200},
+                "schema": {
+                    "type": "string",
+                    "minLength": 1,
+                    "maxLength": 200,
+                    **op.path_forms.get(name, {}),
+                },
             }
             for name in re.findall(r"{(\w+)}", op.path)
         ]
@@ -550,7 +572,7 @@ def openapi_document(operations: list[Operation], *, title: str, version: str) -
             item["parameters"] = params
         if op.body is not None:
             item["requestBody"] = {
-                "required": True,
+                "required": not _takes_no_body(op.body),
                 "content": {
                     "application/json": {
                         "schema": {"$ref": f"#/components/schemas/{op.body.__name__}"}

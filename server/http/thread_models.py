@@ -7,14 +7,20 @@ from typing import Annotated, Any, Literal
 from pydantic import Field
 
 from parley.server.http.models import AsUser, CommandId, Strict
+from parley.session.thread_commands import MAX_TITLE_CHARS
 
 
 class ThreadPost(Strict):
     anchor: str | None = Field(
         None, max_length=64, description="An entry of the session: its context ends there"
     )
-    # Lengths are the door's to judge (``too_large``, as for the socket's command).
-    title: str = Field("", description="At most 200 characters")
+    # Lengths are the door's to judge (``too_large``, as for the socket's command); the
+    # document states the limit all the same (review: it said none).
+    title: str = Field(
+        "",
+        description=f"At most {MAX_TITLE_CHARS} characters (longer: 413 too_large)",
+        json_schema_extra={"maxLength": MAX_TITLE_CHARS},
+    )
     id: CommandId | None = None
     as_user: AsUser = None
 

@@ -1,0 +1,94 @@
+"""The OpenAPI document and the server agree on a sample of requests the review found they
+judged apart (review I3): each request is judged by the served document (its body and path
+parameters, with ``jsonschema``, not Parley's code) and sent; one the document allows is
+not refused as invalid (422) or too large (413), and one it forbids is refused (4xx)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+
+from tests.conftest import make_settings, serve_in_process, sqlite_url
+
+SESSION = "/api/v1/sessions/{session_id}"
+
+
+def _allows(document: dict[str, Any], method: str, template: str, path: str, body: Any) -> bool:
+    """Whether ``document`` allows ``body`` (None: no body) to ``path`` of ``template``."""
+    operation = document["paths"][template][method.lower()]
+    names = re.findall(r"{(\w+)}", template)
+    pattern = re.escape(template)
+    for name in names:
+        pattern = pattern.replace(re.escape(f"{{{name}}}"), "([^/]+)")
+    values = re.fullmatch(pattern, path)
+    assert values is not None, (template, path)
+    schemas = {p["name"]: p["schema"] for p in operation.get("parameters", []) if p["in"] == "path"}
+    checks: list[tuple[Any, dict[str, Any]]] = list(
+        zip(values.groups(), (schemas[n] for n in names), strict=True)
+    )
+    request_body = operation.get("requestBody")
+    if body is None:
+        if request_body is not None and request_body["required"]:
+            return False
+    else:
+        ref = request_body["content"]["application/json"]["schema"]
+        checks.append((body, {**ref, "components": document["components"]}))
+    for value, schema in checks:
+        try:
+            jsonschema.validate(value, schema)
+        except jsonschema.ValidationError:
+            return False
+    return True
+
+
+async def test_the_document_allows_what_the_server_takes_and_forbids_what_it_refuses(
+    tmp_path: Path,
+) -> None:
+    settings = make_settings(sqlite_url(tmp_path), tmp_path / "data", webhook_allow_private=True)
+    async with serve_in_process(settings) as server:
+        http = server.http
+        served = (await http.get("/api/v1/openapi.json")).json()
+        sid = await server.new_session({"alice": "editor"})
+        at = SESSION.format(session_id=sid)
+        hook = await http.post(
+            "/api/v1/webhooks", json={"url": "http://127.0.0.1:9/", "events": ["run.failed"]}
+        )
+        webhook = f"/api/v1/webhooks/{hook.json()['id']}"
+        webhooks = ("/api/v1/webhooks/{webhook_id}", webhook)
+        threads = (f"{SESSION}/threads", f"{at}/threads")
+        documents = (f"{SESSION}/documents", f"{at}/documents")
+        facts = f"{SESSION}/facts/{{key}}"
+        roles = "/api/v1/roles/{name}"
+        document = {"title": "d", "text": "x"}
+        cases: list[tuple[str, str, str, Any]] = [
+            ("PATCH", *webhooks, {"events": None}),
+            ("PATCH", *webhooks, {"status": None}),
+            ("PATCH", *webhooks, {"sessions": None}),
+            ("PATCH", *webhooks, None),
+            ("POST", *threads, {"title": "t" * 201, "as_user": "alice"}),
+            ("POST", *threads, {"title": "t" * 200, "as_user": "alice"}),
+            ("POST", *documents, {**document, "readers": {}}),
+            ("POST", *documents, {**document, "readers": {"users": []}}),
+            ("POST", *documents, {**document, "readers": {"users": [], "roles": ["editor"]}}),
+            ("POST", "/api/v1/sessions", "/api/v1/sessions", None),
+            ("PATCH", SESSION, at, None),
+            ("DELETE", f"{SESSION}/pins/{{entry_id}}", f"{at}/pins/{'e' * 65}", None),
+            ("PUT", facts, f"{at}/facts/a%20b", {"value": "v"}),
+            ("PUT", facts, f"{at}/facts/{'k' * 101}", {"value": "v"}),
+            ("PUT", facts, f"{at}/facts/{'k' * 100}", {"value": "v"}),
+            ("PUT", f"{SESSION}/members/{{user_id}}", f"{at}/members/a%20b", {"role": "viewer"}),
+            ("PUT", roles, "/api/v1/roles/Auditor", {"capabilities": ["prompt"]}),
+            ("PUT", roles, "/api/v1/roles/auditor", {"capabilities": ["prompt"]}),
+        ]
+        disagree = []
+        for method, template, path, body in cases:
+            allowed = _allows(served, method, template, path.replace("%20", " "), body)
+            sent = {} if body is None else {"json": body}
+            answer = await http.request(method, path, **sent)
+            refused = answer.status_code in (413, 422) if allowed else answer.status_code >= 400
+            if (allowed and refused) or (not allowed and not refused):
+                disagree.append((method, path[-40:], body, allowed, answer.status_code))
+        assert disagree == [], disagree
