@@ -97,15 +97,20 @@ MAX_FACT_CHARS = 2000
 def check_fact(key: str, value: str | None) -> None:
     """A fact is one line (it is given to the model as one quoted line under its author)."""
     if not FACT_KEY.fullmatch(key):
-        raise InvalidInput("a fact key is 1-100 letters, digits or _.:-")
+        raise _invalid("key", "a fact key is 1-100 letters, digits or _.:-")
     if key in PATH_DOTS:
-        raise InvalidInput(f"a fact key may not be {key!r}: it names a fact in a URL path")
+        raise _invalid("key", f"a fact key may not be {key!r}: it names a fact in a URL path")
     if key == JS_PROTO and value is not None:
-        raise InvalidInput(f"a fact key may not be {key!r}: JavaScript clients cannot read it")
+        raise _invalid("key", f"a fact key may not be {key!r}: JavaScript clients cannot read it")
     if value is not None and len(value) > MAX_FACT_CHARS:
         raise TooLarge(f"a fact is at most {MAX_FACT_CHARS} characters")
     if value is not None and has_line_break(value):
-        raise InvalidInput("a fact is one line: no line breaks")
+        raise _invalid("value", "a fact is one line: no line breaks")
+
+
+def _invalid(at: str, message: str) -> InvalidInput:
+    """``message`` as the problem of field ``at`` (REST lists it in ``error.details``)."""
+    return InvalidInput(message, ((at, message),))
 
 
 class CommandError(InvalidInput):

@@ -50,7 +50,8 @@ class ErrorDetail(Strict):
     code: str = Field(description="Stable, machine-readable error code.")
     message: str
     details: list[FieldProblem] | None = Field(
-        default=None, description="Every problem found in the input (validation errors)."
+        default=None,
+        description="Every problem found (invalid): all of the input's form, or the rule it broke",
     )
 
 

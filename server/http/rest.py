@@ -34,6 +34,7 @@ from parley.server.http.models import ErrorBody
 from parley.server.state import AppState
 from parley.session.commands import unstorable
 from parley.session.errors import (
+    ErrorCode,
     Forbidden,
     InvalidInput,
     ParleyError,
@@ -178,8 +179,8 @@ def error_response(error: ParleyError, retry_after_s: float | None = None) -> JS
     with a 503 when ``retry_after_s`` is given, as a refused WebSocket upgrade has it, and
     with a ``RateLimited`` that knows when its budget has room again."""
     more: dict[str, Any] = {}
-    if isinstance(error, InvalidInput) and error.details:
-        more["details"] = [{"at": at, "message": message} for at, message in error.details]
+    if isinstance(error, InvalidInput) and (error.details or error.code is ErrorCode.INVALID):
+        more["details"] = [{"at": at, "message": message} for at, message in problems(error)]
     headers: dict[str, str] = {}
     if error.http_status == 401:
         headers["WWW-Authenticate"] = "Bearer"
@@ -190,6 +191,24 @@ def error_response(error: ParleyError, retry_after_s: float | None = None) -> JS
         headers["Retry-After"] = str(max(1, math.ceil(wait)))
     body = error_body(error.code.value, error.message, **more)
     return JSONResponse(body, status_code=error.http_status, headers=headers or None)
+
+
+# Where a rule's problem is, as its message names it first: ``field: …`` or ``'field' …``.
+_NAMED = re.compile(r"(?:'([\w.]{1,100})' |([\w.]{1,100}): )")
+
+
+def problems(error: InvalidInput) -> tuple[tuple[str, str], ...]:
+    """Every problem found, as (where, what): the form's (pydantic's, all of them), or the
+    one rule a body of the right form broke (review: those were listed nowhere), where its
+    message names it (else ``body``)."""
+    if error.details:
+        return error.details
+    named = _NAMED.match(error.message)
+    if named is None:
+        return (("body", error.message),)
+    if named.group(2):  # "field: what", listed as pydantic's are: the what alone
+        return ((named.group(2), error.message[named.end() :]),)
+    return ((named.group(1), error.message),)
 
 
 def authenticate(request: Request, state: AppState) -> Caller:

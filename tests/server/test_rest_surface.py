@@ -100,6 +100,30 @@ async def test_every_validation_problem_is_listed(sqlite_server: RunningServer) 
         assert at in error["message"]
 
 
+async def test_a_broken_rule_is_listed_in_the_details_too(sqlite_server: RunningServer) -> None:
+    """Review I4: a body of the right form that broke a rule (blank text, a fact with a
+    line break, an unknown role or model) was ``invalid`` with ``details: null``."""
+    server = sqlite_server
+    sid = await server.new_session({"alice": "editor"})
+    at = f"/api/v1/sessions/{sid}"
+    alice = {"Authorization": f"Bearer {await server.token(sid, 'alice')}"}
+    cases = [
+        ("POST", f"{at}/prompts", {"text": "   "}, alice, "text"),
+        ("PUT", f"{at}/facts/k", {"value": "a\nb"}, alice, "value"),
+        ("PUT", f"{at}/members/bob", {"role": "nope"}, None, "role"),
+        ("PATCH", at, {"model": "nope"}, None, "model"),
+        ("GET", "/api/v1/sessions?limit=0", None, None, "limit"),
+    ]
+    for method, path, body, headers, where in cases:
+        sent = {} if body is None else {"json": body}
+        refused = await server.http.request(method, path, headers=headers, **sent)
+        assert refused.status_code == 422, refused.text
+        error = refused.json()["error"]
+        assert error["code"] == "invalid"
+        ((at, what),) = ((d["at"], d["message"]) for d in error["details"])
+        assert at == where and what and what in error["message"], error
+
+
 async def test_validation_problems_are_bounded(sqlite_server: RunningServer) -> None:
     sid = (await sqlite_server.http.post("/api/v1/sessions", json={"title": "t"})).json()["id"]
     readers = [{"nonsense": n} for n in range(2000)]
