@@ -112,14 +112,16 @@ class Presence:
         update: bytes,
         display_name: str | None = None,
         now: float = 0.0,
+        echo_bytes: int = 0,
     ) -> bytes:
         """Record an awareness update from ``owner`` for the next flush; return what of it
         is relayed (an update of no states when nothing is). Each state is stamped with
         who sent it, ``user_id`` and the member's ``display_name`` (when they have one), so
-        nobody can show themselves as someone else. ``now`` dates remote clients' staleness."""
+        nobody can show themselves as someone else. ``now`` dates remote clients' staleness;
+        ``echo_bytes`` is what of ``update`` its socket paid as echoes (``max_update_bytes``)."""
         relayed: list[AwarenessState] = []
         new_clients = 0
-        for item, known in self._own(owner, user_id, update, now):  # all checked first
+        for item, known in self._own(owner, user_id, update, now, echo_bytes):  # checked first
             if known is None:
                 new_clients += 1
                 if self.owned_by(owner) + new_clients > MAX_CLIENTS_PER_SOCKET:
@@ -160,14 +162,22 @@ class Presence:
         behind = self._behind.pop(owner, None)
         return encode_awareness_update(behind) if behind else None
 
+    def max_update_bytes(self, echo_bytes: int = 0) -> int:
+        """The largest update a socket may send, judged before it is decoded: the states it
+        may show of its own (``MAX_CLIENTS_PER_SOCKET`` of ``max_state_bytes``), and the
+        ``echo_bytes`` of it paid as echoes of what it was sent. A stock client echoes the
+        server's greeting, every state present, in one frame: ten legal states were past the
+        bound of its own alone, refused ``too_large`` on every join (review)."""
+        return self.max_state_bytes * MAX_CLIENTS_PER_SOCKET + max(0, echo_bytes)
+
     def _own(
-        self, owner: Hashable, user_id: str, update: bytes, now: float
+        self, owner: Hashable, user_id: str, update: bytes, now: float, echo_bytes: int
     ) -> Iterator[tuple[AwarenessState, _Client | None]]:
         """The states of ``update`` that ``owner`` gives of its own, each with what is
         known of its client (None: a new one): not the echoes of other sockets' clients
         (stock y-websocket re-sends every state it receives, as often as the others'
         presence changes), nor a client another member left lately."""
-        if len(update) > self.max_state_bytes * MAX_CLIENTS_PER_SOCKET:
+        if len(update) > self.max_update_bytes(echo_bytes):
             raise TooLarge("awareness update too large")
         for item in decode_awareness_update(update):
             known = self._clients.get(item.client_id)
@@ -197,11 +207,14 @@ class Presence:
         last = known.clock if known is not None else None if left is None else left[2]
         return last is not None and item.clock <= min(last + 2, MAX_SAFE_INTEGER - 1)
 
-    def would_show(self, owner: Hashable, user_id: str, update: bytes, now: float = 0.0) -> bool:
+    def would_show(
+        self, owner: Hashable, user_id: str, update: bytes, now: float = 0.0, echo_bytes: int = 0
+    ) -> bool:
         """True when ``update`` from ``owner`` shows a state of its own (``apply`` would
         relay a state that is not None); False for an update that only echoes others or
         takes its own clients away. (Whether it may show itself is the caller's question.)"""
-        return any(item.state is not None for item, _ in self._own(owner, user_id, update, now))
+        own = self._own(owner, user_id, update, now, echo_bytes)
+        return any(item.state is not None for item, _ in own)
 
     def apply_remote(self, node_id: str, update: bytes, now: float) -> bytes | None:
         """Record the states another node relayed (stamped there); return what of them its

@@ -303,7 +303,8 @@ AWARENESS_FRAME_COUNT = 0.25
 _AWARENESS_TYPE = bytes((MessageType.AWARENESS,))  # a varUint of one byte
 
 
-# Echo credit a socket may hold at most (a quiet client's credit does not pile up).
+# Echo credit a socket may hold at most (a quiet client's credit does not pile up), unless
+# one greeting it was sent is worth more (``credit_echo``).
 ECHO_CREDIT_MAX = 512 * 1024
 # What a stock client's echo may weigh against what it was sent: it writes the states'
 # numbers as JavaScript does, up to 1.6 times as long as Python (1e-06 is 0.000001;
@@ -312,8 +313,12 @@ ECHO_WEIGHT = 2
 
 
 def credit_echo(connection: Connection, size: int) -> None:
-    """``connection`` was sent ``size`` bytes of presence of its own (a snapshot)."""
-    connection.echo_credit = min(ECHO_CREDIT_MAX, connection.echo_credit + ECHO_WEIGHT * size)
+    """``connection`` was sent ``size`` bytes of presence of its own (a snapshot). A stock
+    client echoes it whole, in one frame: the credit may hold that echo when it is worth
+    more than ``ECHO_CREDIT_MAX`` (bounded all the same, by the states present)."""
+    earned = ECHO_WEIGHT * size
+    most = max(ECHO_CREDIT_MAX, earned)
+    connection.echo_credit = min(most, connection.echo_credit + earned)
 
 
 def _spend_echo_credit(connection: Connection, echoes: AwarenessFanout, size: int) -> int:
@@ -324,7 +329,8 @@ def _spend_echo_credit(connection: Connection, echoes: AwarenessFanout, size: in
     own = mine - connection.echo_own_mark  # the member's own states: no echo of them
     fresh = ECHO_WEIGHT * max(0, sent_bytes - connection.echo_mark - own)
     connection.echo_mark, connection.echo_own_mark = sent_bytes, mine
-    credit = min(ECHO_CREDIT_MAX, connection.echo_credit + fresh)
+    # Fresh credit fills up to ``ECHO_CREDIT_MAX``; what a greeting earned past it stays.
+    credit = min(max(ECHO_CREDIT_MAX, connection.echo_credit), connection.echo_credit + fresh)
     taken = min(credit, size)
     connection.echo_credit = credit - taken
     return taken
@@ -341,23 +347,29 @@ def charged(
     data: bytes,
     now: float,
     echoes: AwarenessFanout | None = None,
-) -> ClientMessage:
-    """A binary frame decoded and charged what it costs (``cost_of``) before it is judged:
-    bytes for document writes and presence (per member), a count for full resyncs (per
-    socket); ``RateLimited`` past a budget, ``ProtocolError`` for a malformed frame.
+) -> tuple[ClientMessage, int]:
+    """A binary frame decoded and charged what it costs (``cost_of``) before it is judged,
+    and the bytes of it paid from echo credit: bytes for document writes and presence (per
+    member), a count for full resyncs (per socket); ``RateLimited`` past a budget,
+    ``ProtocolError`` for a malformed frame.
 
     With the session's presence fan-out (``echoes``), an awareness frame is paid first
     from its socket's echo credit: the presence bytes the socket was sent and has not sent
     back (a stock client echoes every state it receives; in a busy room those echoes
     alone went past the member's budget, then 4429). Only the envelope is decoded before
-    the charge: the states inside are read after it, never for free."""
+    the charge: the states inside are read after it, never for free. The credit is spent
+    on whatever the frame turns out to hold: given back for a frame refused, it would pay
+    for the same work again and again."""
     message = decode_client_frame(data)
     size = len(data)
     if echoes is not None and isinstance(message, AwarenessMessage):
-        size -= _spend_echo_credit(connection, echoes, size)
+        echo_bytes = _spend_echo_credit(connection, echoes, size)
+        size -= echo_bytes
+    else:
+        echo_bytes = 0
     cost = cost_of(message, size)
     limits = connection.limits
     assert limits is not None
     if not (limits.allow(cost, now) and room.budgets.allow(connection.user_id, cost, now)):
         raise RateLimited(f"over the {cost.spend.value} budget; slow down")
-    return message
+    return message, echo_bytes

@@ -207,7 +207,7 @@ async def _on_binary(
 ) -> None:
     """Handle a binary frame, charged first (``charged``); a refused one raises its
     ``ParleyError``."""
-    message = charged(room, connection, data, now, room.awareness)
+    message, echo_bytes = charged(room, connection, data, now, room.awareness)
     if isinstance(message, SyncMessage):
         if message.sync_type is SyncType.STEP1:
             # The answer is the document, or what the client lacks of it: the member's
@@ -232,7 +232,8 @@ async def _on_binary(
             # A stock client echoes every state it receives, as often as others' presence
             # changes: those, and its own state taken away, show nothing and are dropped
             # unanswered (refused, they counted towards the abuse limit and cut it off).
-            if presence.would_show(connection, connection.user_id, message.update, now):
+            user_id, update = connection.user_id, message.update
+            if presence.would_show(connection, user_id, update, now, echo_bytes):
                 # Its own state, renewed every 15 s: nothing comes back to a member alone
                 # in a quiet session, whose stock client then closes the socket after 30 s
                 # of silence, and syncs the whole document again (review). An update of
@@ -244,7 +245,7 @@ async def _on_binary(
                     raise Forbidden("you may not show presence here (be_present)")
             return
         name = room.membership.display_names.get(connection.user_id)
-        presence.apply(connection, connection.user_id, message.update, name, now)
+        presence.apply(connection, connection.user_id, message.update, name, now, echo_bytes)
         behind = presence.take_behind(connection)
         if behind is not None:
             connection.send(encode_awareness(behind))

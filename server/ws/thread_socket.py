@@ -144,7 +144,7 @@ def _on_binary(
 ) -> None:
     """Handle a binary frame, charged what it costs first (as on the session's socket); a
     refused one raises its ``ParleyError``."""
-    message = charged(room, connection, data, now)
+    message, _ = charged(room, connection, data, now)
     if isinstance(message, SyncMessage):
         if message.sync_type is SyncType.STEP1:
             if room.sync_refused(connection, now):  # first: reading a state costs its size

@@ -14,6 +14,7 @@ from pycrdt import Array, Doc, Map, Text
 
 from parley.server.settings import Settings
 from parley.session.yprotocol import (
+    AwarenessState,
     SyncType,
     encode_awareness,
     encode_awareness_update,
@@ -458,6 +459,39 @@ async def test_a_members_sockets_earn_each_other_no_echo_credit(tmp_path: Path) 
             if refused(one):
                 break
         assert refused(one), "a member's new states went past the presence budget, unrefused"
+
+
+async def test_an_echo_of_a_big_greeting_is_dropped_unanswered(
+    sqlite_server: RunningServer,
+) -> None:
+    """Review (stock clients): ten members' legal 15 kB states make a greeting of 150 kB,
+    which a stock client (and the JS SDK's provider) echoes back in one frame; the echo was
+    refused ``too_large``, judged against the bound of a socket's own states, then
+    ``rate_limited``, the credit spent on the refused echoes. Echoes are dropped unanswered
+    and free, from a member who may show presence or one who may not."""
+    server = sqlite_server
+    members = {"alice": "editor", "bob": "editor", "dave": "editor"}
+    sid = await server.new_session(members)
+    await server.http.put(
+        f"/api/v1/sessions/{sid}/members/lena", json={"role": "viewer", "denials": ["be_present"]}
+    )
+    senders = [await server.connect(sid, user) for user in ("bob", "dave")]
+    states = {n: {"user": {"name": f"m{n}"}, "blob": "b" * 15_000} for n in range(10)}
+    for n, state in states.items():
+        await senders[n % 2].set_awareness(100 + n, 1, state)
+    await senders[0].wait_until(lambda c: all(100 + n in c.awareness for n in states))
+    for user in ("alice", "lena"):
+        joiner = await server.connect(sid, user, commands="text")
+        await joiner.wait_until(lambda c: all(100 + n in c.awareness for n in states))
+        greeting = encode_awareness_update(
+            [AwarenessState(100 + n, 1, joiner.awareness[100 + n]) for n in states]
+        )
+        assert len(greeting) > 150_000
+        for _ in range(2):  # the greeting's echo, and the next flush's, say
+            await joiner.send_raw(encode_awareness(greeting))
+        answer = await joiner.command({"type": "cancel", "id": "c", "prompt_id": "x"})
+        assert answer["id"] == "c"  # frames are answered in order: every echo was judged
+        assert joiner.unsolicited == [], joiner.unsolicited
 
 
 def tight_presence(tmp_path: Path, burst_bytes: int) -> Settings:

@@ -176,6 +176,37 @@ def test_an_update_too_large_to_relay_is_refused() -> None:
     assert presence.snapshot() is None
 
 
+def test_an_echo_of_every_state_present_is_not_too_large() -> None:
+    """Review (stock clients): a stock client echoes the greeting it is sent, every state
+    present, in one frame; ten members' legal states were past the bound of a socket's own
+    states, judged before the echoes were told apart, and refused ``too_large``. What the
+    socket paid as echoes (``echo_bytes``) is allowed beyond that bound, and the echo shows
+    nothing; past it, or for a socket's own states, the bound holds."""
+    presence = Presence(max_state_bytes=100)
+    for n in range(MAX_CLIENTS_PER_SOCKET + 2):
+        presence.apply(f"socket-{n}", f"user-{n}", update((n, 1, {"pad": "x" * 50})))
+    presence.flush()
+    greeting = presence.snapshot()
+    assert greeting is not None and len(greeting) > presence.max_update_bytes()
+    with pytest.raises(TooLarge):
+        presence.apply(ALICE_SOCKET, "alice", greeting)  # as before: charged whole
+    assert not presence.would_show(ALICE_SOCKET, "alice", greeting, echo_bytes=len(greeting))
+    assert relayed(presence.apply(ALICE_SOCKET, "alice", greeting, echo_bytes=len(greeting))) == []
+    assert presence.flush() is None
+    # A socket that pretends to echo shows no more of its own than before.
+    paid = 200
+    own = update(*[(100 + n, 1, {"pad": "y" * 50}) for n in range(MAX_CLIENTS_PER_SOCKET + 1)])
+    assert len(own) <= presence.max_update_bytes(paid)
+    with pytest.raises(Forbidden):
+        presence.apply(ALICE_SOCKET, "alice", own, echo_bytes=paid)
+    with pytest.raises(TooLarge):
+        presence.apply(ALICE_SOCKET, "alice", update((100, 1, {"pad": "y" * 200})), echo_bytes=paid)
+    unpaid = b"\x00" * (presence.max_update_bytes(paid) + 1)  # not an update at all
+    with pytest.raises(TooLarge):  # refused unread: past its bound with what was paid
+        presence.apply(ALICE_SOCKET, "alice", unpaid, echo_bytes=paid)
+    assert presence.owned_by(ALICE_SOCKET) == 0
+
+
 def test_a_state_too_large_once_stamped_is_refused() -> None:
     presence = Presence(max_state_bytes=100)
     fits = {"pad": "x" * 40}
