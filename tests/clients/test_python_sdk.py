@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -611,6 +612,40 @@ async def test_a_text_that_is_not_unicode_is_refused_at_the_call(
             with pytest.raises(InvalidInput):
                 await alice.message("half \ud800 a pair")
             assert (await alice.message("whole")).data["type"] == "ack"
+
+
+async def test_a_number_that_is_not_json_is_refused_before_anything_is_sent(
+    sqlite_server: RunningServer,
+) -> None:
+    """Review G3: ``set_presence`` with a NaN or an infinity sent ``NaN`` / ``Infinity``
+    (``json.dumps`` writes them by default), which the server refuses as not JSON with
+    4400, final: every later command failed ``SessionClosed``. Presence, commands and the
+    admin client's bodies are refused ``InvalidInput`` at the call; the session goes on."""
+    async with AdminClient(sqlite_server.base_url, ADMIN_KEY) as admin, asyncio.timeout(60):
+        sid = await new_session(admin, {"alice": "editor", "bob": "editor"})
+        token = (await admin.create_token(sid, "alice")).token
+        with pytest.raises(InvalidInput):
+            connect(sqlite_server.ws_url, sid, token, presence={"cursor": math.nan})
+        async with (
+            await join(sqlite_server, admin, sid, "alice") as alice,
+            await join(sqlite_server, admin, sid, "bob") as bob,
+        ):
+            for bad in (math.nan, math.inf, -math.inf):
+                with pytest.raises(InvalidInput):
+                    await alice.set_presence({"cursor": {"x": bad}})
+                with pytest.raises(InvalidInput):
+                    await alice.command("message", text="hi", score=bad)
+            with pytest.raises(InvalidInput):
+                await admin.request("PUT", f"/api/v1/sessions/{sid}/facts/k", json={"v": math.nan})
+            cursor = {"x": 1.5}
+            await alice.set_presence({"cursor": cursor})
+            cursor["x"] = math.nan  # changed after it was set: not what is shown or renewed
+            await alice.set_typing(True)
+            await bob.wait_for(
+                lambda s: any(p.state.get("cursor") == {"x": 1.5} and p.typing for p in s.peers)
+            )
+            assert (await alice.message("still here")).data["type"] == "ack"
+            assert alice.state is ConnectionState.CONNECTED and alice.closed_by is None
 
 
 async def test_an_id_the_server_would_refuse_is_refused_at_the_call(

@@ -20,6 +20,7 @@ import httpx
 
 from parley_client.errors import error_for
 from parley_client.view import Entry
+from parley_client.wire import strict_json
 
 STATUS_CODES = {
     401: "unauthenticated",
@@ -227,9 +228,20 @@ class AdminClient:
         json: Any = None,
         params: dict[str, Any] | None = None,
     ) -> Any:
-        """One call: the decoded JSON answer (None for 204), or the typed error."""
+        """One call: the decoded JSON answer (None for 204), or the typed error
+        (``InvalidInput`` for a body that is not JSON, a NaN say, before it is sent)."""
         query = {k: v for k, v in (params or {}).items() if v is not None}
-        response = await self.http.request(method, path, json=json, params=query)
+        content, headers = None, {}
+        if json is not None:
+            # Encoded here: httpx before 0.28 writes NaN and Infinity, which are not JSON.
+            try:
+                content = strict_json(json, ensure_ascii=False).encode()
+            except ValueError as exc:
+                raise error_for("invalid", f"the request body is not JSON: {exc}") from None
+            headers["Content-Type"] = "application/json"
+        response = await self.http.request(
+            method, path, content=content, headers=headers, params=query
+        )
         if response.is_success:
             return None if response.status_code == 204 or not response.content else response.json()
         code, message = STATUS_CODES.get(response.status_code, "internal"), response.text

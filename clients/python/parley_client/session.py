@@ -150,7 +150,7 @@ class Session:
         self._peers: dict[int, tuple[int, Peer | None]] = {}  # client id -> (clock, peer)
         self._client_id = random.randrange(1, 2**32)
         self._clock = 0
-        self._presence = None if presence is None else dict(presence)
+        self._presence = _presence_state(presence)
         self._wakers: set[asyncio.Event] = set()
         self._synced = asyncio.Event()
         self._runner: asyncio.Task[None] | None = None
@@ -405,6 +405,9 @@ class Session:
         except UnicodeEncodeError:
             message = "a text is not valid Unicode (a lone surrogate)"
             raise error_for("invalid", message, command_id=payload["id"]) from None
+        except ValueError as exc:  # a NaN or an infinity: not JSON, the server cannot read it
+            message = f"the command is not JSON: {exc}"
+            raise error_for("invalid", message, command_id=payload["id"]) from None
         waiting = self._pending.get(payload["id"])
         if waiting is not None and not waiting.reply.done():
             # Resent by its id while its first send still waits (review: the second call
@@ -585,8 +588,9 @@ class Session:
         return sorted({p.user_id for p in self.peers if p.typing and p.user_id is not None})
 
     async def set_presence(self, state: Mapping[str, Any] | None) -> None:
-        """Show this state to the others (None: not present any more)."""
-        self._presence = None if state is None else dict(state)
+        """Show this state to the others (None: not present any more); ``InvalidInput``
+        for one that is not JSON (a NaN or an infinity), before anything is sent."""
+        self._presence = _presence_state(state)
         if self._socket is not None:
             with contextlib.suppress(websockets.ConnectionClosed):
                 await self._socket.send(self._presence_frame())
@@ -678,6 +682,21 @@ def connect(
         command_timeout_s=command_timeout_s,
         pacing=pacing,
     )
+
+
+def _presence_state(state: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """``state`` as it is sent, a copy (what the caller changes in it later is not sent);
+    ``InvalidInput`` for one the server would refuse as not JSON (a NaN or an infinity,
+    which closed the socket 4400, and the session for good: review), before anything is
+    sent."""
+    if state is None:
+        return None
+    try:
+        text = wire.strict_json(dict(state))
+    except ValueError as exc:
+        raise error_for("invalid", f"the presence state is not JSON: {exc}") from None
+    copied: dict[str, Any] = json.loads(text)
+    return copied
 
 
 def _check_id(command_id: object) -> None:

@@ -40,9 +40,16 @@ def encode_sync(sync_type: int, payload: bytes) -> bytes:
     return bytes([SYNC, sync_type]) + varbytes(payload)
 
 
+def strict_json(value: Any, *, ensure_ascii: bool = True) -> str:
+    """``value`` as compact JSON; ``ValueError`` for a NaN or an infinity, which Python
+    writes as ``NaN`` / ``Infinity`` by default and the server refuses as not JSON (a
+    presence state so written closed the socket 4400, and the SDK's session for good)."""
+    return json.dumps(value, ensure_ascii=ensure_ascii, separators=(",", ":"), allow_nan=False)
+
+
 def encode_command(command: dict[str, Any]) -> bytes:
     # UTF-8 as it is, not \u escapes: an emoji costs 4 bytes of the command budget, not 12.
-    text = json.dumps(command, ensure_ascii=False, separators=(",", ":"))
+    text = strict_json(command, ensure_ascii=False)
     return bytes([COMMAND]) + varbytes(text.encode("utf-8"))
 
 
@@ -56,7 +63,7 @@ class AwarenessState:
 def encode_awareness(states: list[AwarenessState]) -> bytes:
     body = [varuint(len(states))]
     for item in states:
-        text = json.dumps(item.state, separators=(",", ":")).encode("utf-8")
+        text = strict_json(item.state).encode("utf-8")
         body += [varuint(item.client_id), varuint(item.clock), varbytes(text)]
     return bytes([AWARENESS]) + varbytes(b"".join(body))
 
