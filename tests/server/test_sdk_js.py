@@ -398,6 +398,34 @@ async def test_refusals_reject_with_typed_errors(sdk_app: Path, tmp_path: Path) 
                 await client.close()
 
 
+# Every character the server takes for blank in an id (Python's ``str.strip()``), and two
+# it does not that JavaScript's ``trim()`` or a reader might (a BOM, a zero-width space).
+BLANK_TO_THE_SERVER = "".join(c for c in map(chr, range(0x3001)) if not c.strip())
+NOT_BLANK = ("\ufeff", "\u200b")
+
+
+async def test_an_id_is_blank_to_the_sdk_as_it_is_to_the_server(
+    sdk_app: Path, tmp_path: Path
+) -> None:
+    """Review G4: the SDK's blank test was ``id.trim()``: it refused ``"\ufeff"`` (which
+    the server acks) and sent U+001C-U+001F and U+0085 (which the server refuses). Its
+    test is the server's: refused before anything is sent (no command id), or acked."""
+    assert len(BLANK_TO_THE_SERVER) == 29  # Python's whitespace
+    settings = make_settings(sqlite_url(tmp_path), tmp_path / "data")
+    async with serve_in_process(settings) as server:
+        sid = await server.new_session({"ed": "editor"})
+        ed = await join(sdk_app, server, sid, "ed")
+        try:
+            await ed.synced()
+            for n, blank in enumerate([*BLANK_TO_THE_SERVER, BLANK_TO_THE_SERVER]):
+                refused = await ed.refusal(f"b{n}", "message", "hi", {"id": blank})
+                assert (refused["code"], refused["command_id"]) == ("invalid", None), blank
+            for n, id_ in enumerate(NOT_BLANK):
+                assert (await ed.ack(f"n{n}", "message", "hi", {"id": id_}))["id"] == id_
+        finally:
+            await ed.close()
+
+
 # -- a server restart: the unanswered prompt is sent once more, stored once ----------------------
 
 

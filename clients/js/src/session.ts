@@ -87,11 +87,18 @@ type Listeners = { [K in keyof SessionEvents]: Set<SessionEvents[K]> }
 const MAX_ID_CHARS = 128 // code points, as the server counts them
 
 /**
+ * Only the characters the server takes for blank (Python's `str.strip()`, `str.isspace`):
+ * not JavaScript's `trim()`, which also strips U+FEFF and keeps U+001C-U+001F and U+0085
+ * (review: an id the server acks, `"\ufeff"`, was refused here as blank).
+ */
+const BLANK = /^[\t-\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$/
+
+/**
  * Why the server would refuse `id` as a command's id, or null: refused here, since its
  * error could not name the command (review: a number id waited for good).
  */
 const idRefusal = (id: unknown): string | null => {
-  if (typeof id !== 'string' || id.trim() === '') return "'id' must be a non-empty string"
+  if (typeof id !== 'string' || BLANK.test(id)) return "'id' must be a non-empty string"
   if ([...id].length > MAX_ID_CHARS) return `'id' exceeds ${MAX_ID_CHARS} characters`
   return null
 }
