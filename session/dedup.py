@@ -9,6 +9,7 @@ Python's salted ``hash``.
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -34,14 +35,31 @@ _A = np.array([_seed(f"a{i}") | 1 for i in range(PERMUTATIONS)], dtype=np.uint64
 _B = np.array([_seed(f"b{i}") for i in range(PERMUTATIONS)], dtype=np.uint64)[:, None]
 
 
+# The blanks that end a line, each run tried once (not from each of its blanks: a line of
+# 30,000 blanks then "x" would cost 30,000² steps), in C.
+_LINE_END_BLANKS = re.compile(r"(?m)(?<![^\S\n])[^\S\n]++$")
+
+
+def as_written(text: str) -> str:
+    """The text as its author wrote it, but for blanks at the end of a line and blank lines
+    at either end: what counts as the same text when someone else said it (another member,
+    the model twice), and what two texts must share for one to stand for the other (a
+    reference to a block, a reply or a tool result given before). Letter case (``kQ7`` and
+    ``Kq7``, ``Straße`` and ``STRASSE``), stops and punctuation (``..`` may be an
+    argument), indentation and the blanks inside a line all count (reviews: a member's
+    words, block or reply stood for another's in other case or indentation)."""
+    return _LINE_END_BLANKS.sub("", text).strip("\n")
+
+
 def normalise(text: str) -> str:
-    """Case and whitespace folded: what counts as the same text."""
+    """Case and whitespace folded: what counts as the same text when its author says it
+    again (``as_written`` when someone else did)."""
     return " ".join(text.casefold().split())
 
 
 def same_words(text: str) -> str:
-    """The text case and whitespace folded, without the stops that end it: texts with the
-    same say the same, asked or exclaimed ("roll back now" and "roll back now?"). Nothing
+    """The text case and whitespace folded, without the stops that end it: a member's texts
+    with the same say the same, asked or exclaimed ("roll back now" and "roll back now?"). Nothing
     inside it goes: "x > 5" and "x < 5" differ (review of the change: every sign and
     separator dropped made them one)."""
     return normalise(text).rstrip(_FINAL_STOPS)

@@ -1,19 +1,22 @@
 """Folding repetition out of a history, one entry at a time, with an undo log.
 
 ``HistoryFold`` turns the visible entries of a transcript, in story order, into items:
-- exact duplicates (case and whitespace folded) become one item at the latest occurrence,
-  attributed to every author;
-- near-duplicates are merged the same way, keeping the most recent wording: the same text
-  ending with other stops, whoever said it; a member's own MinHash near-duplicates
-  (similarity at or above the threshold); but another member's MinHash near-duplicate
-  stays apart, in its own words (merged, the model would be told one member wrote the
-  other's wording: a near-duplicate can say the opposite, "do" against "do NOT");
+- the same text as written (``dedup.as_written``: only the whitespace around it may
+  differ) becomes one item at the latest occurrence, attributed to every author;
+- a member's own repeats are merged the same way, keeping their most recent wording: the
+  same text but for case and whitespace, or ending with other stops, or a MinHash
+  near-duplicate (similarity at or above the threshold);
+- one rule decides every merge (``_Wording.takes``): a member's words are never replaced
+  by another member's different wording, so another member's variant stays apart, in its
+  own words, whatever it differs in (merged, the model would be told one member wrote the
+  other's wording: a case variant can be another recovery code, a near-duplicate can say
+  the opposite, "do" against "do NOT");
 - a merged item remembers who said each of its entries, so a message folded into a prompt
   stays that member's words (``[alice wrote, bob asks you]``): only the authors of the
   prompts a run answers ask, and every author of a folded entry is named;
 - a pasted block (``min_block_lines`` lines or more) seen before becomes a short reference;
 - an assistant reply or a tool result seen before becomes a short reference;
-  a reference stands only for text identical as written (``shape.as_written``: blanks at
+  a reference stands only for text identical as written (``dedup.as_written``: blanks at
   line ends aside), and the item keeps its text in full beside it (``in_full``), which a
   build sends instead when what it refers to is not in that input.
 
@@ -30,9 +33,9 @@ from dataclasses import dataclass, replace
 from typing import TypeVar
 
 from parley.session.attribution import attribution_line, escape_text, name
-from parley.session.dedup import NearDuplicateIndex
+from parley.session.dedup import NearDuplicateIndex, as_written
 from parley.session.entries import Entry, EntryKind
-from parley.session.shape import TextShape, as_written, shape_of
+from parley.session.shape import TextShape, shape_of
 from parley.session.tokens import count_tokens, tokenizer_name
 
 
@@ -142,6 +145,38 @@ _MISSING = object()
 _Undo = Callable[[], None]
 
 
+@dataclass(frozen=True, slots=True)
+class _Wording:
+    """Whose wording a user item holds: the newest entry's (``written``, the digest of its
+    ``as_written`` text, by ``author``), whether every entry is that author's (``sole``),
+    and whether some entry differs from ``written`` (``mixed``; only ``author``'s may:
+    another member's words are folded only when they are the same as written)."""
+
+    written: bytes
+    author: str
+    sole: bool = True
+    mixed: bool = False
+
+    def takes(self, newer: _Wording) -> bool:
+        """Whether the item may fold in a newer entry (one item's ``_Wording``), whose
+        wording it would then show for every entry: yes if all it holds is the newer
+        entry's author's own, else only if every other author's entries are the newer
+        wording as written (review: mallory's case variant of alice's recovery code,
+        folded, went to the model as alice's words, and hers were gone)."""
+        if self.sole and self.author == newer.author:
+            return True
+        return self.written == newer.written and (self.author == newer.author or not self.mixed)
+
+    def then(self, newer: _Wording) -> _Wording:
+        """The wording of the item once it took ``newer``."""
+        return _Wording(
+            newer.written,
+            newer.author,
+            self.sole and self.author == newer.author,
+            self.mixed or self.written != newer.written,
+        )
+
+
 class HistoryFold:
     """The fold of a history prefix; ``sync`` brings it to a new history with few steps."""
 
@@ -158,15 +193,21 @@ class HistoryFold:
         self.changed: set[int] = set()
         self.syncs = 0  # how many times ``sync`` ran: a caller folding in steps sees another
         self._undo: list[list[_Undo]] = []
-        # By digest (``TextShape``): of the normalised text, of ``same_words``, of a block.
-        self._exact: dict[bytes, int] = {}
-        self._words: dict[bytes, int] = {}
+        # By digest (``TextShape``): of the text as written (whoever said it); of the
+        # normalised text and of ``same_words``, each with its author (own repeats only).
+        self._written: dict[bytes, int] = {}
+        self._exact: dict[tuple[str, bytes], int] = {}
+        self._words: dict[tuple[str, bytes], int] = {}
+        self._wordings: dict[int, _Wording] = {}  # user item index -> whose wording it holds
         self._merged_into: dict[int, int] = {}  # item index -> the item it was merged into
         self._threshold = near_duplicate_threshold
         # Each member's own texts: a near-duplicate folds only into its author's words.
         self._near: dict[str, NearDuplicateIndex] = {}
         self._replies: dict[str, Entry] = {}
+        # A block's first posting: by its lines as written (whoever posted it), and by its
+        # lines normalised with its author (their own repeat).
         self._blocks: dict[bytes, Entry] = {}
+        self._own_blocks: dict[tuple[str, bytes], Entry] = {}
         self._tool_results: dict[str, Entry] = {}
 
     def sync(self, history: Sequence[tuple[Entry, bool]], unchanged: int = 0) -> int:
@@ -241,6 +282,8 @@ class HistoryFold:
         return undo
 
     def _add_reply(self, entry: Entry, undo: list[_Undo]) -> None:
+        # The same reply as written, as for members' words: "the same reply" in other case
+        # could be another code or name.
         text = escape_text(entry.content)
         first = self._first_of(self._replies, as_written(entry.content), entry, undo)
         if first is None:
@@ -299,38 +342,20 @@ class HistoryFold:
 
     def _add_user(self, entry: Entry, undo: list[_Undo]) -> None:
         shape = shape_of(entry.content, self.min_block_lines)
-        earlier = self._exact.get(shape.exact)
-        reason = "duplicate"
-        words = shape.words
-        if earlier is None and words:  # the same text but its final stops: whoever said it
-            earlier = self._words.get(words)
-            reason = "near-duplicate"
-        by_signature = False  # matched by MinHash: maybe other words
-        if earlier is None:
-            signature = shape.signature
-            if signature is not None:
-                near = self._near.get(entry.author)
-                if near is None:
-                    near = self._near[entry.author] = NearDuplicateIndex(self._threshold)
-                match = near.find(signature)
-                earlier = None if match is None else int(match)
-                reason, by_signature = "near-duplicate", match is not None
-                near_key = str(len(self.items))
-                near.add(near_key, signature)
-                undo.append(lambda: near.remove_last(near_key))
+        author, words = entry.author, shape.words
+        wording = _Wording(shape.written, author)
+        earlier, reason = self._earlier(entry, shape, wording, undo)
         if earlier is not None:
-            earlier = self._live(earlier)
-        old = None if earlier is None else self.items[earlier]
-        if old is not None and by_signature and self._said_by_another(old, entry):
-            old = None
-        if earlier is not None and old is not None:
+            old = self.items[earlier]
+            assert old is not None
+            wording = self._wordings[earlier].then(wording)
             self._set_item(earlier, None, undo)
             self._set(self._merged_into, earlier, len(self.items), undo)
             note = f"{reason} of an earlier message by {', '.join(old.authors)}"
             item = self._item(
                 (*old.entry_ids, entry.id),
                 (*old.seqs, entry.seq),
-                (*old.said_by, entry.author),
+                (*old.said_by, author),
                 _escaped(entry, shape),
                 note,
             )
@@ -338,20 +363,46 @@ class HistoryFold:
             self._exclude(old.entry_ids[-1], f"{reason} of {entry.id}", undo)
         else:
             item = self._with_seen_blocks(entry, shape, undo)
-        self._set(self._exact, shape.exact, len(self.items), undo)
+        index = len(self.items)
+        self._set(self._wordings, index, wording, undo)
+        self._set(self._written, shape.written, index, undo)
+        self._set(self._exact, (author, shape.exact), index, undo)
         if words:
-            self._set(self._words, words, len(self.items), undo)
+            self._set(self._words, (author, words), index, undo)
         self._append(item, undo)
 
-    @staticmethod
-    def _said_by_another(item: FoldedItem, entry: Entry) -> bool:
-        """Whether someone other than ``entry``'s author said any of ``item``: a
-        near-duplicate keeps the newer wording, so merged with another member's words it
-        would tell the model they wrote what they did not (review: alice's "we DO roll out
-        build 4121" became "[alice and mallory each wrote] we do NOT roll out build 4121").
-        Only a member's own near-duplicates fold; the same words (an exact duplicate) fold
-        whoever said them."""
-        return any(author != entry.author for author in item.said_by)
+    def _earlier(
+        self, entry: Entry, shape: TextShape, wording: _Wording, undo: list[_Undo]
+    ) -> tuple[int | None, str]:
+        """The live item ``entry`` folds into, and why ("duplicate", "near-duplicate");
+        None when it stands alone. Looked for in turn: the same text as written, whoever
+        said it; the author's own text the same but for case and whitespace, or but for
+        its final stops; the author's own MinHash near-duplicate. Each only if folding
+        leaves every other member's words as they wrote them (``_Wording.takes``)."""
+        author = entry.author
+        looked = [
+            (self._written.get(shape.written), "duplicate"),
+            (self._exact.get((author, shape.exact)), "duplicate"),
+            (None if not shape.words else self._words.get((author, shape.words)), "near-duplicate"),
+        ]
+        for found, reason in looked:
+            earlier = None if found is None else self._live(found)
+            if earlier is not None and self._wordings[earlier].takes(wording):
+                return earlier, reason
+        signature = shape.signature
+        if signature is None:
+            return None, ""
+        near = self._near.get(author)
+        if near is None:
+            near = self._near[author] = NearDuplicateIndex(self._threshold)
+        match = near.find(signature)
+        near_key = str(len(self.items))
+        near.add(near_key, signature)
+        undo.append(lambda: near.remove_last(near_key))
+        earlier = None if match is None else self._live(int(match))
+        if earlier is not None and self._wordings[earlier].takes(wording):
+            return earlier, "near-duplicate"
+        return None, ""
 
     @staticmethod
     def _item(
@@ -373,8 +424,8 @@ class HistoryFold:
         item = self._item((entry.id,), (entry.seq,), (entry.author,), text, "")
         seen = [
             (start, end, first)
-            for start, end, key in reversed(shape.blocks)
-            if (first := self._first_of(self._blocks, key, entry, undo)) is not None
+            for start, end, written, folded in reversed(shape.blocks)
+            if (first := self._first_block(written, folded, entry, undo)) is not None
         ]
         if not seen:  # its text as it is: not cut into lines
             return item
@@ -395,6 +446,17 @@ class HistoryFold:
         )
         refers_to = tuple(dict.fromkeys(first.id for _, _, first in reversed(seen)))
         return replace(short, refers_to=refers_to, in_full=item)
+
+    def _first_block(
+        self, written: bytes, folded: bytes, entry: Entry, undo: list[_Undo]
+    ) -> Entry | None:
+        """The entry that first posted a block: the same as written, whoever posted it, or
+        the same normalised, by ``entry``'s author (the rule of ``_Wording.takes``: a
+        reference in place of another member's block in other case would give the model
+        that member's wording for this one's)."""
+        first = self._first_of(self._blocks, written, entry, undo)
+        own = self._first_of(self._own_blocks, (entry.author, folded), entry, undo)
+        return first if first is not None else own
 
     # -- mutations that know their inverse ---------------------------------------------------
 

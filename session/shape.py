@@ -23,15 +23,17 @@ from dataclasses import dataclass
 from functools import cache
 
 from parley.session.attribution import escape_text
-from parley.session.dedup import minhash, normalise, same_words
+from parley.session.dedup import as_written, minhash, normalise, same_words
 
-BlockSpan = tuple[int, int, bytes]
-"""A pasted block: (first line, line after its last, digest of its lines as written)."""
+BlockSpan = tuple[int, int, bytes, bytes]
+"""A pasted block: (first line, line after its last, digest of its lines ``as_written``,
+digest of its normalised lines)."""
 
 
 @dataclass(frozen=True, slots=True)
 class TextShape:
-    exact: bytes  # digest of ``normalise(text)``: what an exact duplicate shares
+    written: bytes  # digest of ``as_written(text)``: what another member's duplicate shares
+    exact: bytes  # digest of ``normalise(text)``: what the same member's duplicate shares
     words: bytes | None  # digest of ``same_words(text)``; None when it has none
     signature: tuple[int, ...] | None  # ``minhash(text)``
     blocks: tuple[BlockSpan, ...]  # of at least ``min_lines`` lines, in text order
@@ -43,20 +45,9 @@ def digest(text: str) -> bytes:
 
 
 # A run of at least ``min_lines`` non-blank lines ("\n"-separated, as ``str.split`` cuts):
-# possessive, so a try that fails gives nothing back; and the blanks that end a line, each
-# run tried once (not from each of its blanks: a line of 30,000 blanks then "x" would
-# cost 30,000² steps), all in C.
-_LINE_END_BLANKS = re.compile(r"(?m)(?<![^\S\n])[^\S\n]++$")
-
-
-def as_written(text: str) -> str:
-    """``text`` as written but for blanks at the end of a line and blank lines at either
-    end: what two texts must share for one to stand for the other (a reference to a
-    block, a reply or a tool result given before). Letter case, indentation and the
-    blanks inside a line all count: ``Kq7RtZ9x`` is not ``kQ7rTz9X``, and YAML or
-    Python indented otherwise is other content (review: a member's block was replaced
-    by a reference to another's that differed in case and in indentation)."""
-    return _LINE_END_BLANKS.sub("", text).strip("\n")
+# possessive, so a try that fails gives nothing back; and its lines' folding, all in C.
+_WHITESPACE_RUN = re.compile(r"[^\S\n]+")
+_LINE_EDGES = re.compile(r"(?m)^ | $")
 
 
 @cache
@@ -66,9 +57,9 @@ def _run_of_lines(min_lines: int) -> re.Pattern[str]:
 
 def block_spans(text: str, min_lines: int) -> Iterator[BlockSpan]:
     """A text's pasted blocks, runs of at least ``min_lines`` non-blank lines (cut at
-    "\n"), each with the digest of its lines ``as_written``, found by regular
-    expressions: a step per block, none per line (a text of 16,000 one-letter lines is
-    one block)."""
+    "\n"), each with the digest of its lines ``as_written`` and of its lines normalised
+    (``dedup.normalise``; each joined by "\n"), found by regular expressions: a step per
+    block, none per line (a text of 16,000 one-letter lines is one block)."""
     line = position = 0
     for match in _run_of_lines(min_lines).finditer(text):
         line += text.count("\n", position, match.start())
@@ -78,7 +69,9 @@ def block_spans(text: str, min_lines: int) -> Iterator[BlockSpan]:
             block = block[:-1]
         else:
             count += 1
-        yield line, line + count, digest(as_written(block))
+        # ``normalise`` of each line: casefolded, blanks collapsed, none at either end.
+        folded = _LINE_EDGES.sub("", _WHITESPACE_RUN.sub(" ", block.casefold()))
+        yield line, line + count, digest(as_written(block)), digest(folded)
         line, position = line + count, match.end()
 
 
@@ -121,6 +114,7 @@ class ShapeMemo:
         words = same_words(text)
         escaped = escape_text(text)
         return TextShape(
+            written=digest(as_written(text)),
             exact=digest(normalise(text)),
             words=digest(words) if words else None,
             signature=minhash(text),

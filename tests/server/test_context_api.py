@@ -91,7 +91,7 @@ async def test_the_preview_is_what_the_model_receives(tmp_path: Path) -> None:
         await s.send("alice", MessageCommand("1", f"log:\n\n{log}"))
         await s.send("olga", MessageCommand("2", f"mine too\n\n{log}"))
         await s.send("alice", MessageCommand("3", "Is prod down?"))
-        await s.send("olga", MessageCommand("4", "is PROD down?"))
+        await s.send("olga", MessageCommand("4", "Is prod down?"))
         first = await s.send("alice", PromptCommand("5", "blocked run"))
         async with asyncio.timeout(10):
             await asked.wait()
@@ -102,7 +102,7 @@ async def test_the_preview_is_what_the_model_receives(tmp_path: Path) -> None:
         ).model_dump()
         assert preview["prompt_ids"] == [waiting["prompt_id"]]
         contents = [m["content"] for m in preview["messages"]]
-        assert "[alice and olga each wrote]\nis PROD down?" in contents
+        assert "[alice and olga each wrote]\nIs prod down?" in contents
         # The log pasted twice is given once (as a folded near-duplicate or a block reference).
         assert sum(c.count("worker crashed") for c in contents) == 6
         assert preview["messages"][-1]["answering"]
@@ -110,7 +110,7 @@ async def test_the_preview_is_what_the_model_receives(tmp_path: Path) -> None:
         assert preview["tokens"] == preview["system_tokens"] + sum(
             m["tokens"] for m in preview["messages"]
         )
-        prod = next(e.id for e in s.room.doc.entries() if e.content == "is PROD down?")
+        *_, prod = (e.id for e in s.room.doc.entries() if e.content == "Is prod down?")
         assert f"duplicate of {prod}" in {x["reason"] for x in preview["excluded"]}
 
         # The blocked run is cancelled; bob's prompt starts with exactly the previewed input.

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 from parley.session.attribution import attribution_line, escape_text, is_server_line
 from parley.session.context import BuiltContext
+from parley.session.dedup import as_written
 from parley.session.entries import Entry, EntryKind
 
 DEFAULT_STATUS = {EntryKind.MESSAGE: "posted", EntryKind.PROMPT: "queued", EntryKind.REPLY: "done"}
@@ -39,7 +40,9 @@ def assert_attributed(
     ``shown`` are the entries the input should draw on (visible, not pinned, not withheld);
     each is in exactly one message, under its own author with its own verb: ``asks you``
     only for the run's prompts, ``wrote`` for everything else; a user message's text is
-    the escaped wording of its latest entry, and no line of it reads as the server's."""
+    the escaped wording of its latest entry, every other member's entries in it are that
+    wording as written (their words are never replaced by another's), and no line of it
+    reads as the server's."""
     by_id = {e.id: e for e in shown}
     drawn = [entry_id for ids in built.sources for entry_id in ids]
     assert sorted(drawn) == sorted(by_id)  # nothing lost, nothing twice
@@ -56,6 +59,9 @@ def assert_attributed(
         askers += asks
         assert message.attribution == attribution_line(wrote, asks)
         assert message.content == f"{message.attribution}\n{escape_text(sources[-1].content)}"
+        wording = as_written(sources[-1].content)
+        others = [s for s in sources if s.author != sources[-1].author]
+        assert all(as_written(s.content) == wording for s in others)
         assert message.author == (asks or wrote)[-1]
         assert not any(is_server_line(line) for line in message.body.splitlines())
     assert built.request.issuers == tuple(dict.fromkeys(askers))

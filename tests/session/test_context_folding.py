@@ -30,14 +30,14 @@ def test_exact_duplicates_appear_once_attributed_to_every_author() -> None:
     entries = [
         msg(1, "alice", "Is the   deploy done?"),
         msg(2, "carol", "unrelated"),
-        msg(3, "bob", "is the deploy DONE?"),
+        msg(3, "bob", " Is the   deploy done?\n"),
         prompt(4, "dan", "what do we know?"),
     ]
     built = build_context(session_id="s", entries=entries, prompt_ids=["e4"])
     texts = [m.content for m in built.request.messages]
     assert texts == [
         "[carol wrote]\nunrelated",
-        "[alice and bob each wrote]\nis the deploy DONE?",
+        "[alice and bob each wrote]\n Is the   deploy done?\n",
         "[dan asks you]\nwhat do we know?",
     ]
     assert built.request.messages[1].authors == ("alice", "bob")
@@ -394,18 +394,18 @@ def test_a_near_duplicate_by_another_member_stays_in_their_own_words() -> None:
     """Review (deputy): a near-duplicate kept the newer wording with the authors of both,
     so mallory's "do NOT" under alice's name reached every later model input and alice's
     own words were gone. Another member's near-duplicate stays apart; the same words
-    (an exact duplicate) still fold whoever said them."""
+    as written (an exact duplicate) still fold whoever said them."""
     said = "we {} roll out build 4121 to every production region tonight after the freeze ends"
     entries = [
         msg(1, "alice", said.format("DO")),
         msg(2, "mallory", said.format("do NOT")),
         msg(3, "alice", said.format("really DO")),
-        prompt(4, "bob", said.format("do not")),
+        prompt(4, "bob", said.format("do NOT")),
     ]
     built = build_context(session_id="s", entries=entries, prompt_ids=["e4"])
     assert [m.content for m in built.request.messages] == [
         f"[alice wrote]\n{said.format('really DO')}",  # her own near-duplicate folds
-        f"[mallory wrote, bob asks you]\n{said.format('do not')}",  # the same words fold
+        f"[mallory wrote, bob asks you]\n{said.format('do NOT')}",  # the same words fold
     ]
     assert [(x.entry_id, x.reason) for x in built.excluded] == [
         ("e1", "near-duplicate of e3"),
@@ -415,16 +415,141 @@ def test_a_near_duplicate_by_another_member_stays_in_their_own_words() -> None:
 
 def test_texts_that_differ_inside_never_fold_across_members() -> None:
     """Review of the change: folding by words alone made "x > 5" and "x < 5" one text of
-    both members. Only a text's final stops may differ for another member's to fold."""
+    both members. Only the same text as written folds across members (review J1: not its
+    case, nor its final stops either)."""
     entries = [
         msg(1, "alice", "deploy only if the error rate x > 5 per minute"),
         msg(2, "mallory", "deploy only if the error rate x < 5 per minute"),
         msg(3, "bob", "Deploy only if the error rate x < 5 per minute!"),
-        prompt(4, "carol", "so?"),
+        msg(4, "dan", "deploy only if the error rate x < 5 per minute"),
+        prompt(5, "carol", "so?"),
     ]
-    built = build_context(session_id="s", entries=entries, prompt_ids=["e4"])
+    built = build_context(session_id="s", entries=entries, prompt_ids=["e5"])
     assert [m.content.split("\n", 1)[0] for m in built.request.messages] == [
         "[alice wrote]",
-        "[mallory and bob each wrote]",
+        "[bob wrote]",
+        "[mallory and dan each wrote]",
         "[carol asks you]",
+    ]
+
+
+def test_another_members_case_or_stop_variant_stays_in_their_own_words() -> None:
+    """Review (J1): mallory's case variant of alice's recovery code, her ``STRASSE`` for
+    alice's ``Straße``, her command without alice's ``..`` folded into alice's messages as
+    exact or same-words duplicates, in mallory's wording under both names: the model was
+    told alice wrote mallory's code, and alice's was gone from every later input. Another
+    member's text folds only when it is the same as written."""
+    said = [
+        (
+            "The recovery code for the prod vault is kQ7rTz9Xw2",
+            "the recovery code for the prod vault is Kq7RtZ9xW2",
+        ),
+        ("To clean up, run: git clean -fdx ..", "to clean up, run: git clean -fdx"),
+        ("Straße 12 is the delivery address", "STRASSE 12 is the delivery address"),
+    ]
+    entries = [msg(n + 1, "alice", alices) for n, (alices, _) in enumerate(said)]
+    entries += [msg(n + 4, "mallory", mallorys) for n, (_, mallorys) in enumerate(said)]
+    entries.append(prompt(7, "bob", "What recovery code, clean-up command and address?"))
+    built = build_context(session_id="s", entries=entries, prompt_ids=["e7"])
+    assert [m.content for m in built.request.messages] == [
+        *(f"[alice wrote]\n{alices}" for alices, _ in said),
+        *(f"[mallory wrote]\n{mallorys}" for _, mallorys in said),
+        "[bob asks you]\nWhat recovery code, clean-up command and address?",
+    ]
+    assert built.excluded == ()  # the preview lists none as a duplicate
+    assert_attributed(built, entries, ["e7"])
+
+
+def test_a_coalesced_run_is_sent_each_askers_own_wording() -> None:
+    """Review (J1, coalesce): alice's prompt and mallory's lower-case copy of it, answered by
+    one run, were sent as one message in mallory's wording: alice's own prompt text was not
+    in the call that answered her."""
+    alices = "Please draft the wire of 5000 EUR to IBAN code GB82WeSt12345698765432."
+    mallorys = "please draft the wire of 5000 eur to iban code gb82west12345698765432"
+    entries = [prompt(1, "alice", alices), prompt(2, "mallory", mallorys)]
+    built = build_context(session_id="s", entries=entries, prompt_ids=["e1", "e2"])
+    assert [m.content for m in built.request.messages] == [
+        f"[alice asks you]\n{alices}",
+        f"[mallory asks you]\n{mallorys}",
+    ]
+    assert built.request.answering == (0, 1)
+
+
+def test_the_same_text_as_written_folds_whoever_pasted_it() -> None:
+    """What deduplication is for: five members pasting the same log byte for byte (a
+    trailing line break or two aside) are one message of all five; a member's own repeat in
+    other case or with other stops still folds into their words."""
+    who = ["alice", "bob", "carol", "dan", "erin"]
+    entries = [msg(n, author, LOG + "\n" * (n % 2)) for n, author in enumerate(who)]
+    entries += [msg(5, "frank", "Roll back now"), msg(6, "frank", "roll back NOW?")]
+    entries.append(prompt(7, "grace", "what broke?"))
+    built = build_context(session_id="s", entries=entries, prompt_ids=["e7"])
+    assert [m.content for m in built.request.messages] == [
+        f"[alice and bob and carol and dan and erin each wrote]\n{LOG}",
+        "[frank wrote]\nroll back NOW?",
+        "[grace asks you]\nwhat broke?",
+    ]
+    assert [(x.entry_id, x.reason) for x in built.excluded] == [
+        *((f"e{n}", f"duplicate of e{n + 1}") for n in range(4)),
+        ("e5", "near-duplicate of e6"),
+    ]
+    assert_attributed(built, entries, ["e7"])
+
+
+def test_a_members_own_variant_does_not_fold_over_another_members_copy() -> None:
+    """bob posted alice's words as she wrote them (one message of both); her own later case
+    variant would fold into it, but then bob's words would read as hers: it stays apart."""
+    said = [(who, text) for text in ("The token is AbC123", "the token is abc123") for who in "ab"]
+    entries = [
+        msg(n, {"a": "alice", "b": "bob"}[who], text) for n, (who, text) in enumerate(said, 1)
+    ]
+    entries.append(prompt(5, "carol", "which token?"))
+    built = build_context(session_id="s", entries=entries, prompt_ids=["e5"])
+    assert [m.content for m in built.request.messages] == [
+        "[alice and bob each wrote]\nThe token is AbC123",
+        "[alice and bob each wrote]\nthe token is abc123",
+        "[carol asks you]\nwhich token?",
+    ]
+    assert_attributed(built, entries, ["e5"])
+
+
+def test_a_reply_in_other_case_is_not_the_same_reply() -> None:
+    """A reply is a reference to an earlier one only when it is that reply as written: in
+    other case it may give another code (as a member's words may: review J1)."""
+    entries = [
+        prompt(1, "alice", "the code?"),
+        entry(2, "fake", "The code is kQ7rTz9Xw2.", EntryKind.REPLY),
+        prompt(3, "bob", "the code, again?"),
+        entry(4, "fake", "the code is KQ7RTZ9XW2.", EntryKind.REPLY),
+        prompt(5, "carol", "once more?"),
+        entry(6, "fake", "the code is KQ7RTZ9XW2.", EntryKind.REPLY),
+        prompt(7, "dan", "so?"),
+    ]
+    entries[:6] = [replace(e, status="done") for e in entries[:6]]
+    built = build_context(session_id="s", entries=entries, prompt_ids=["e7"])
+    replies = [m.content for m in built.request.messages if m.role == "assistant"]
+    assert replies == [
+        "The code is kQ7rTz9Xw2.",
+        "the code is KQ7RTZ9XW2.",
+        "[the same reply as to message #4]",
+    ]
+
+
+def test_another_members_block_in_other_case_is_not_a_reference_to_theirs() -> None:
+    """A pasted block becomes a reference to its first posting only when it is that block
+    as written, or the poster's own block again (the rule of review J1, for blocks):
+    mallory's block with alice's keys in other case is not "the same block" as alice's."""
+    config = "\n".join(f"key_{i}: AbC{i}xYz" for i in range(5))
+    entries = [
+        msg(1, "alice", f"my config:\n\n{config}"),
+        msg(2, "mallory", f"mine:\n\n{config.lower()}"),
+        msg(3, "bob", f"copied:\n\n{config}"),
+        prompt(4, "carol", "whose config?"),
+    ]
+    built = build_context(session_id="s", entries=entries, prompt_ids=["e4"])
+    assert [m.content for m in built.request.messages] == [
+        f"[alice wrote]\nmy config:\n\n{config}",
+        f"[mallory wrote]\nmine:\n\n{config.lower()}",
+        "[bob wrote]\ncopied:\n\n[the same 5-line block alice posted in message #1]",
+        "[carol asks you]\nwhose config?",
     ]

@@ -14,10 +14,10 @@ from parley.session.dedup import normalise
 from parley.session.shape import ShapeMemo, block_spans, digest, size_of
 
 
-def blocks(text: str, min_lines: int) -> Iterator[tuple[int, int, str]]:
+def blocks(text: str, min_lines: int) -> Iterator[tuple[int, int, str, str]]:
     """The definition ``block_spans`` keeps, line by line (the fold's before it): runs of at
-    least ``min_lines`` non-blank lines, as ``(start_line, end_line, text)``, each line as
-    written but for the blanks that end it."""
+    least ``min_lines`` non-blank lines, as ``(start_line, end_line, text,
+    normalised_text)``, each line of ``text`` as written but for the blanks that end it."""
     lines = text.split("\n")
     start = None
     for index, line in enumerate([*lines, ""]):
@@ -26,7 +26,9 @@ def blocks(text: str, min_lines: int) -> Iterator[tuple[int, int, str]]:
                 start = index
             continue
         if start is not None and index - start >= min_lines:
-            yield start, index, "\n".join(x.rstrip() for x in lines[start:index])
+            block = lines[start:index]
+            written = "\n".join(x.rstrip() for x in block)
+            yield start, index, written, "\n".join(normalise(x) for x in block)
         start = None
 
 
@@ -37,7 +39,9 @@ def test_a_text_is_shaped_once_and_its_shape_is_what_the_fold_would_find() -> No
     assert memo(text, 4) is shape and memo.shaped == 1
     assert shape.exact == digest(normalise(text))
     assert shape.escaped == escape_text(text) != text
-    assert shape.blocks == tuple((a, b, digest(key)) for a, b, key in blocks(text, 4))
+    assert shape.blocks == tuple(
+        (a, b, digest(written), digest(key)) for a, b, written, key in blocks(text, 4)
+    )
     assert memo("plain", 4).escaped is None  # nothing to escape: the text itself serves
 
 
@@ -57,8 +61,8 @@ def test_what_is_kept_stays_under_its_bound_however_the_texts_are_shaped() -> No
     st.text(alphabet=st.sampled_from(["a", "B", " ", "\t", "\n", "\n", "\r", "\u2028", "İ", "ß"])),
     st.integers(1, 4),
 )
-def test_block_spans_are_the_blocks_each_as_written_digested(text: str, min_lines: int) -> None:
-    expected = [(a, b, digest(key)) for a, b, key in blocks(text, min_lines)]
+def test_block_spans_are_the_blocks_of_dedup_each_key_digested(text: str, min_lines: int) -> None:
+    expected = [(a, b, digest(w), digest(key)) for a, b, w, key in blocks(text, min_lines)]
     assert list(block_spans(text, min_lines)) == expected
 
 
@@ -78,5 +82,6 @@ def test_a_text_of_many_lines_is_shaped_without_a_step_per_line(
         monkeypatch.setattr(module, "normalise", counted)
     text = "x\n" * 16_000 + "end"
     spans = ShapeMemo(limit=8, max_bytes=100_000)(text, 4).blocks
-    assert spans == ((0, 16_001, digest("\n".join(["x"] * 16_000 + ["end"]))),)
+    lines = "\n".join(["x"] * 16_000 + ["end"])
+    assert spans == ((0, 16_001, digest(lines), digest(lines)),)
     assert set(calls) == {text}

@@ -4,6 +4,11 @@ asked. (The forgery test, which also goes through REST, stays with the app:
 
 from __future__ import annotations
 
+import asyncio
+
+from parley.session.lifecycle import PromptStatus
+from parley.session.queue import Policy
+from tests.fake_model import FakeModel
 from tests.server.runtime.harness import RecordingOffline, memory_session
 
 ROLL_BACK = "We should roll back the checkout deploy from 14:02 now"
@@ -14,19 +19,67 @@ async def test_a_message_folded_into_a_prompt_is_not_an_ask() -> None:
     async with memory_session({"alice": "editor", "bob": "editor"}, provider) as s:
         posted = await s.message("alice", ROLL_BACK)
         assert posted["type"] == "ack"
-        asked = await s.prompt("bob", f"{ROLL_BACK}?")
+        asked = await s.prompt("bob", ROLL_BACK)
         await s.settled(asked["prompt_id"])
 
         (request,) = provider.requests
         assert request.issuers == ("bob",)
         last = request.messages[-1]
-        assert last.content == f"[alice wrote, bob asks you]\n{ROLL_BACK}?"
+        assert last.content == f"[alice wrote, bob asks you]\n{ROLL_BACK}"
         assert last.author == "bob" and last.authors == ("alice", "bob")
         (reply,) = [e.content for e in s.room.doc.entries() if e.kind == "reply"]
-        assert f"bob asked: \u201c{ROLL_BACK}?\u201d (alice wrote much the same)" in reply
+        assert f"bob asked: \u201c{ROLL_BACK}\u201d (alice wrote much the same)" in reply
         assert "[" not in reply  # the server's line is never quoted back
 
         # Once answered, both are earlier content: each wrote it, nobody asks it.
         built = s.room.context.build((), s.room.runs.scope_for(["alice"], preview=True))
         contents = [m.content for m in built.request.messages]
-        assert f"[alice and bob each wrote]\n{ROLL_BACK}?" in contents
+        assert f"[alice and bob each wrote]\n{ROLL_BACK}" in contents
+
+
+VARIANTS = [  # (alice's words, mallory's variant after them): review J1
+    (
+        "The recovery code for the prod vault is kQ7rTz9Xw2",
+        "the recovery code for the prod vault is Kq7RtZ9xW2",
+    ),
+    ("To clean up, run: git clean -fdx ..", "to clean up, run: git clean -fdx"),
+    ("Straße 12 is the delivery address", "STRASSE 12 is the delivery address"),
+]
+
+
+async def test_another_members_case_variant_reaches_the_model_in_its_own_words() -> None:
+    """Review J1, through the runner to the model's wire: mallory's case and stop variants
+    of alice's messages were folded into them, sent as ``[alice and mallory each wrote]``
+    in mallory's wording (alice's code, her ``..``, her ``Straße`` gone); and in a
+    coalesced run alice's own prompt was sent as mallory's lower-case copy."""
+    model = FakeModel(lambda sent: ["ok"])
+    members = {"alice": "editor", "mallory": "editor", "bob": "editor", "olga": "editor"}
+    async with memory_session(members, model, policy=Policy.COALESCE) as s:
+        for alices, _ in VARIANTS:
+            assert (await s.message("alice", alices))["type"] == "ack"
+        for _, mallorys in VARIANTS:
+            assert (await s.message("mallory", mallorys))["type"] == "ack"
+        asked = await s.prompt("bob", "What recovery code, clean-up command and address?")
+        await s.settled(asked["prompt_id"])
+        sent = [(m.get("name"), m["content"]) for m in model.requests_for("bob")[-1].messages]
+        assert sent[:6] == [
+            *(("alice", f"[alice wrote]\n{alices}") for alices, _ in VARIANTS),
+            *(("mallory", f"[mallory wrote]\n{mallorys}") for _, mallorys in VARIANTS),
+        ]
+
+        # Coalesced: both prompts wait while olga's run holds the model, then one run.
+        model.gate = asyncio.Event()
+        holding = await s.prompt("olga", "[wait] hold the model")
+        while s.status(str(holding["prompt_id"])) is not PromptStatus.RUNNING:
+            await s.watcher.changed()
+        alices = "Please draft the wire of 5000 EUR to IBAN code GB82WeSt12345698765432."
+        mallorys = "please draft the wire of 5000 eur to iban code gb82west12345698765432"
+        first = await s.prompt("alice", alices)
+        second = await s.prompt("mallory", mallorys)
+        model.gate.set()
+        await s.settled(str(first["prompt_id"]), str(second["prompt_id"]))
+        (run,) = [r for r in model.requests if set(r.issuers) == {"alice", "mallory"}]
+        assert [m["content"] for m in run.asked] == [
+            f"[alice asks you]\n{alices}",
+            f"[mallory asks you]\n{mallorys}",
+        ]
