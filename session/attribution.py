@@ -119,6 +119,23 @@ def attribution_line(wrote: Sequence[str], asking: Sequence[str]) -> str:
     return f"[{', '.join(clauses)}]"
 
 
+REPLY_LINE = "[the assistant's reply]"
+"""The server's line over a reply of the model's where its role does not say it (a pin, the
+summariser's input): a member's line always reads ``… wrote``, so no member id can make
+their words read as the model's."""
+
+
+def tool_line(tool: str) -> str:
+    """The server's line over an earlier tool result (``tool`` as the model named it)."""
+    return f"[{name(tool)} was run for an earlier answer]"
+
+
+def placed(line: str, at: str) -> str:
+    """A server line (``[…]``) with where it is from as its last clause:
+    ``[alice wrote, message #12]``."""
+    return f"{line[:-1]}, {at}]"
+
+
 @dataclass(frozen=True, slots=True)
 class Fact:
     """A session fact: one line of text and who set it (``""``: the admin API; None: not

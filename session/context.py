@@ -22,7 +22,15 @@ from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import chain
 
-from parley.session.attribution import Fact, attribution_line, escape_text, name, one_line
+from parley.session.attribution import (
+    REPLY_LINE,
+    Fact,
+    attribution_line,
+    escape_text,
+    one_line,
+    placed,
+    tool_line,
+)
 from parley.session.covers import covers_all
 from parley.session.entries import Entry, EntryKind
 from parley.session.fold import FoldedItem, HistoryFold, headed, rendered_tokens
@@ -133,10 +141,10 @@ def pin_heading(pin: Entry) -> str:
     its replies) cannot pass their pin off as the assistant's (review)."""
     at = f"message #{pin.seq}"
     if pin.kind is EntryKind.REPLY:
-        return f"[the assistant's reply, {at}]"
+        return placed(REPLY_LINE, at)
     if pin.kind is EntryKind.TOOL:
-        return f"[{name(pin.tool or 'tool')} was run for an earlier answer, {at}]"
-    return f"[{name(pin.author)} wrote, {at}]"
+        return placed(tool_line(pin.tool or "tool"), at)
+    return placed(attribution_line([pin.author], []), at)
 
 
 def _system_text(facts: Mapping[str, Fact], pins: Sequence[Entry], summary: Summary | None) -> str:

@@ -32,7 +32,7 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, replace
 from typing import TypeVar
 
-from parley.session.attribution import attribution_line, escape_text, name
+from parley.session.attribution import attribution_line, escape_text, name, tool_line
 from parley.session.dedup import NearDuplicateIndex, as_written
 from parley.session.entries import Entry, EntryKind
 from parley.session.shape import TextShape, shape_of
@@ -301,7 +301,7 @@ class HistoryFold:
         tool = name(entry.tool or "tool")
         key = f"{tool}\n{as_written(entry.content)}"
         first = self._first_of(self._tool_results, key, entry, undo)
-        text = f"[{tool} was run for an earlier answer]\n{escape_text(entry.content)}"
+        text = headed(tool_line(entry.tool or "tool"), escape_text(entry.content))
         if first is None:
             self._add_whole(entry, "tool", text, undo)
         else:

@@ -58,15 +58,31 @@ def compose_summary(request: ModelRequest) -> str:
         for line in previous.removeprefix("Previous summary:\n").strip().split("\n")
         if line.strip()
     ]
-    for line in new.split("\n"):
-        words = line.split()
-        if not words:
-            continue
+    for label, words in _turns(new):
         short = " ".join(words[:SUMMARY_LINE_WORDS])
-        lines.append(short if len(words) <= SUMMARY_LINE_WORDS else short + " \u2026")
+        more = " \u2026" if len(words) > SUMMARY_LINE_WORDS else ""
+        lines.append(f"{label}{short}{more}".rstrip())
     while len(lines) > 1 and count_tokens("\n".join(lines)) > request.max_output_tokens:
         lines.pop(0)
     return "\n".join(lines)
+
+
+# The server's line over each turn of a summary call (``session.summary.transcript_turn``).
+_TURN = re.compile(r"\[(?P<who>.+), message #(?P<seq>\d+)\]")
+
+
+def _turns(transcript: str) -> list[tuple[str, list[str]]]:
+    """Each turn of a summary call's new messages: ``#12 alice wrote: `` and its words."""
+    turns: list[tuple[str, list[str]]] = []
+    for line in transcript.split("\n"):
+        heading = _TURN.fullmatch(line)
+        if heading is not None:
+            turns.append((f"#{heading['seq']} {heading['who']}: ", []))
+        elif line.split():
+            if not turns:
+                turns.append(("", []))
+            turns[-1][1].extend(line.split())
+    return turns
 
 
 def count_tokens(text: str) -> int:
