@@ -235,9 +235,10 @@ async def test_pins_facts_and_the_items_the_model_gets(tmp_path: Path) -> None:
         assert await vera.locator("#fact-form").is_hidden()
         assert await vera.locator("#facts button").count() == 0
 
-        # The same question from two people is one item, with both authors.
+        # The same question from two people is one item, with both authors (the same as
+        # written: in other spacing or case, each would keep their own words).
         await compose(bob, "is the database healthy?", to="team")
-        await compose(alice, "is the database   healthy?", to="team")
+        await compose(alice, "is the database healthy?", to="team")
         await alice.wait_for_selector("#context-folded[data-count='1']")
         await alice.click(".context-details summary")
         item = alice.locator("#context-items li.ctx-user:has-text('said by 2')")
