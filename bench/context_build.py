@@ -15,7 +15,8 @@ Then an adversarial set, each case built by the real context builder and read ba
 a model (or either provider's wire format) would read it: impersonation attempts of
 different shapes (how many made a line that credits another member, or a heading of the
 server's, anywhere in the input), and near-duplicate pairs across kinds and authors (how
-many items name someone who did not say them, give someone the wrong verb, or lose them).
+many items name someone who did not say them, give someone the wrong verb, show them in
+another member's wording, or lose them).
 
     python -m bench.context_build [--messages 2000] [--repeat 5] [--json out.json]
 """
@@ -391,7 +392,9 @@ def near_duplicate_pairs() -> list[tuple[Entry, Entry]]:
 
 
 def misattributed_pairs() -> tuple[int, int]:
-    """(items misattributed or lost over all pairs, pairs the fold merged)."""
+    """(items misattributed, lost or shown in another member's wording over all pairs,
+    pairs the fold merged). Every author named must find their own words in the text, as
+    they wrote them (a member's own older wording may give way to their newer one)."""
     wrong = merged = 0
     for first, second in near_duplicate_pairs():
         entries = [
@@ -411,6 +414,11 @@ def misattributed_pairs() -> tuple[int, int]:
             truth_wrote = {by_id[i].author for i in ids if i not in asking}
             truth_asks = {by_id[i].author for i in ids if i in asking}
             wrong += (wrote, asks) != (truth_wrote, truth_asks)
+            body = message.content.partition("\n")[2].strip()
+            wrong += any(
+                all(by_id[i].content.strip() != body for i in ids if by_id[i].author == author)
+                for author in {by_id[i].author for i in ids}
+            )
     return wrong, merged
 
 
