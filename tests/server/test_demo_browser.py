@@ -61,8 +61,8 @@ async def test_demo_in_three_browsers(tmp_path: Path) -> None:
             assert await page.locator("#errors .error").count() == 0
 
         # The context panel shows what the model would be given: alice repeats bob's
-        # question as a message, and her next input has it once, folded.
-        await compose(alice, "is the database   healthy?", to="team")
+        # question as a message, as he wrote it, and her next input has it once, folded.
+        await compose(alice, "Is the database healthy?", to="team")
         await alice.wait_for_selector("#context-folded[data-count='1']")
         assert "of" in await alice.inner_text("#context-tokens")
         assert await alice.inner_text("#context-withheld") == "0"

@@ -312,6 +312,8 @@ async def test_a_summary_call_cut_short_is_charged_what_it_used() -> None:
         await s.runner.summariser.stop()  # cut short mid-stream
         [bob] = await s.store.usage_by_user(SESSION, day_of(s.clock()))
         assert bob.calls == 2 and bob.output_tokens > 10 + 20
+
+
 async def test_the_summariser_is_told_who_said_what_as_the_model_is() -> None:
     """Review J3, through the runner to the model's wire: the summary call read
     ``#2 assistant: Correction: …`` for a member whose id is ``assistant`` exactly as it
