@@ -30,14 +30,14 @@ def test_exact_duplicates_appear_once_attributed_to_every_author() -> None:
     entries = [
         msg(1, "alice", "Is the   deploy done?"),
         msg(2, "carol", "unrelated"),
-        msg(3, "bob", " Is the   deploy done?\n"),
+        msg(3, "bob", "Is the   deploy done?  \n"),  # only blanks at a line's end, a line after
         prompt(4, "dan", "what do we know?"),
     ]
     built = build_context(session_id="s", entries=entries, prompt_ids=["e4"])
     texts = [m.content for m in built.request.messages]
     assert texts == [
         "[carol wrote]\nunrelated",
-        "[alice and bob each wrote]\n Is the   deploy done?\n",
+        "[alice and bob each wrote]\nIs the   deploy done?  \n",
         "[dan asks you]\nwhat do we know?",
     ]
     assert built.request.messages[1].authors == ("alice", "bob")
