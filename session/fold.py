@@ -335,9 +335,10 @@ class HistoryFold:
         if reference is not None:
             line, note, first = reference
             tokens = count_tokens(line)
-            item = replace(
-                item, text=line, note=note, tokens=tokens, refers_to=(first.id,), in_full=item
-            )
+            if tokens < item.tokens:  # a reference longer than its text ("ok") saves nothing
+                item = replace(
+                    item, text=line, note=note, tokens=tokens, refers_to=(first.id,), in_full=item
+                )
         self._append(item, undo)
 
     def _add_user(self, entry: Entry, undo: list[_Undo]) -> None:
@@ -444,6 +445,8 @@ class HistoryFold:
             "\n".join(lines),
             "repeated block replaced by a reference",
         )
+        if short.tokens >= item.tokens:
+            return item  # references as long as the blocks they stand for save nothing
         refers_to = tuple(dict.fromkeys(first.id for _, _, first in reversed(seen)))
         return replace(short, refers_to=refers_to, in_full=item)
 
