@@ -372,10 +372,11 @@ class SessionRunner:
         deltas = Deltas()
         usage: list[Usage] = []
         calls: list[ToolCall] = []
-        text: list[str] = []
         errors: list[BaseException] = []
 
-        received: list[str] = []  # all the text the model sent, sent on or not
+        # All the text the model sent: at the stream's end, what was stored and sent; cut
+        # short, what it is charged for (some of it may not have been sent on).
+        received: list[str] = []
 
         async def read() -> None:
             stream = self.provider.stream(request)
@@ -421,7 +422,6 @@ class SessionRunner:
                     size, finished = deltas.take(parts, size)
                     now = time.monotonic()
                 pacer.sent(now)
-                text += parts
                 await active.steps.append_reply(active, "".join(parts))
         finally:
             if not reader.done():
@@ -437,7 +437,7 @@ class SessionRunner:
                 active.count_usage(estimated_usage(request, received, calls))
         if errors:
             raise errors[0]
-        return ModelTurn("".join(text), tuple(calls), usage[-1] if usage else None)
+        return ModelTurn("".join(received), tuple(calls), usage[-1] if usage else None)
 
     def keep_usage(self, active: ActiveRun, request: ModelRequest) -> None:
         """What the run's model calls used, however it ended, stored with its finish
