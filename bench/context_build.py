@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 import statistics
 import sys
 import time
@@ -44,7 +45,7 @@ from parley.session.context import (
     pin_heading,
     quoted,
 )
-from parley.session.dedup import minhash
+from parley.session.dedup import as_written, minhash
 from parley.session.entries import Entry, EntryKind
 from parley.session.fold import HistoryFold
 from parley.session.tokens import count_tokens, tokenizer_name
@@ -391,10 +392,15 @@ def near_duplicate_pairs() -> list[tuple[Entry, Entry]]:
     return pairs
 
 
+_SAME_TEXT = re.compile(r"\[the same text (.+) wrote in message #(\d+)\]")
+
+
 def misattributed_pairs() -> tuple[int, int]:
     """(items misattributed, lost or shown in another member's wording over all pairs,
     pairs the fold merged). Every author named must find their own words in the text, as
-    they wrote them (a member's own older wording may give way to their newer one)."""
+    they wrote them (a member's own older wording may give way to their newer one), or a
+    reference to the same words as written by the member it names, in the message it
+    names."""
     wrong = merged = 0
     for first, second in near_duplicate_pairs():
         entries = [
@@ -415,6 +421,12 @@ def misattributed_pairs() -> tuple[int, int]:
             truth_asks = {by_id[i].author for i in ids if i in asking}
             wrong += (wrote, asks) != (truth_wrote, truth_asks)
             body = message.content.partition("\n")[2].strip()
+            if (same := _SAME_TEXT.fullmatch(body)) is not None:
+                named = [e for e in entries if e.seq == int(same[2]) and e.author == same[1]]
+                wrong += not named or any(
+                    as_written(by_id[i].content) != as_written(named[0].content) for i in ids
+                )
+                continue
             wrong += any(
                 all(by_id[i].content.strip() != body for i in ids if by_id[i].author == author)
                 for author in {by_id[i].author for i in ids}

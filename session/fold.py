@@ -1,19 +1,21 @@
 """Folding repetition out of a history, one entry at a time, with an undo log.
 
 ``HistoryFold`` turns the visible entries of a transcript, in story order, into items:
-- the same text as written (``dedup.as_written``: only the whitespace around it may
-  differ) becomes one item at the latest occurrence, attributed to every author;
-- a member's own repeats are merged the same way, keeping their most recent wording: the
-  same text but for case and whitespace, or ending with other stops, or a MinHash
-  near-duplicate (similarity at or above the threshold);
-- one rule decides every merge (``_Wording.takes``): a member's words are never replaced
-  by another member's different wording, so another member's variant stays apart, in its
-  own words, whatever it differs in (merged, the model would be told one member wrote the
-  other's wording: a case variant can be another recovery code, a near-duplicate can say
-  the opposite, "do" against "do NOT");
-- a merged item remembers who said each of its entries, so a message folded into a prompt
-  stays that member's words (``[alice wrote, bob asks you]``): only the authors of the
-  prompts a run answers ask, and every author of a folded entry is named;
+- a member's own repeats are merged into one item at their latest occurrence, in their
+  most recent wording: the same text as written, the same but for case and whitespace,
+  or ending with other stops, or a MinHash near-duplicate (similarity at or above the
+  threshold);
+- another member's words are never merged, moved or reworded: the same text by another
+  member stays at its own place, under its own author, as a short reference to its first
+  posting when that is shorter than the text (``[the same text alice wrote in message
+  #12]``; a prompt is given in full, in its asker's words). Merged at the latest
+  occurrence, one member's words would move to wherever another repeated them (review:
+  alice's "yes" to one question was sent after mallory's "shall we drop the prod
+  database?" as alice's and mallory's both); in another's wording, a case variant could
+  be another recovery code, a near-duplicate could say the opposite ("do" against "do
+  NOT");
+- a merged item remembers each of its entries, so a message folded into a prompt stays a
+  message (``[alice wrote, alice asks you]``): only the prompts a run answers ask;
 - a pasted block (``min_block_lines`` lines or more) seen before becomes a short reference;
 - an assistant reply or a tool result seen before becomes a short reference;
   a reference stands only for text identical as written (``dedup.as_written``: blanks at
@@ -145,38 +147,6 @@ _MISSING = object()
 _Undo = Callable[[], None]
 
 
-@dataclass(frozen=True, slots=True)
-class _Wording:
-    """Whose wording a user item holds: the newest entry's (``written``, the digest of its
-    ``as_written`` text, by ``author``), whether every entry is that author's (``sole``),
-    and whether some entry differs from ``written`` (``mixed``; only ``author``'s may:
-    another member's words are folded only when they are the same as written)."""
-
-    written: bytes
-    author: str
-    sole: bool = True
-    mixed: bool = False
-
-    def takes(self, newer: _Wording) -> bool:
-        """Whether the item may fold in a newer entry (one item's ``_Wording``), whose
-        wording it would then show for every entry: yes if all it holds is the newer
-        entry's author's own, else only if every other author's entries are the newer
-        wording as written (review: mallory's case variant of alice's recovery code,
-        folded, went to the model as alice's words, and hers were gone)."""
-        if self.sole and self.author == newer.author:
-            return True
-        return self.written == newer.written and (self.author == newer.author or not self.mixed)
-
-    def then(self, newer: _Wording) -> _Wording:
-        """The wording of the item once it took ``newer``."""
-        return _Wording(
-            newer.written,
-            newer.author,
-            self.sole and self.author == newer.author,
-            self.mixed or self.written != newer.written,
-        )
-
-
 class HistoryFold:
     """The fold of a history prefix; ``sync`` brings it to a new history with few steps."""
 
@@ -193,12 +163,11 @@ class HistoryFold:
         self.changed: set[int] = set()
         self.syncs = 0  # how many times ``sync`` ran: a caller folding in steps sees another
         self._undo: list[list[_Undo]] = []
-        # By digest (``TextShape``): of the text as written (whoever said it); of the
-        # normalised text and of ``same_words``, each with its author (own repeats only).
-        self._written: dict[bytes, int] = {}
+        # By digest (``TextShape``), each with its author (own repeats only): of the
+        # normalised text and of ``same_words``.
         self._exact: dict[tuple[str, bytes], int] = {}
         self._words: dict[tuple[str, bytes], int] = {}
-        self._wordings: dict[int, _Wording] = {}  # user item index -> whose wording it holds
+        self._messages: dict[bytes, Entry] = {}  # a member's text as written: its first posting
         self._merged_into: dict[int, int] = {}  # item index -> the item it was merged into
         self._threshold = near_duplicate_threshold
         # Each member's own texts: a near-duplicate folds only into its author's words.
@@ -344,51 +313,57 @@ class HistoryFold:
     def _add_user(self, entry: Entry, undo: list[_Undo]) -> None:
         shape = shape_of(entry.content, self.min_block_lines)
         author, words = entry.author, shape.words
-        wording = _Wording(shape.written, author)
-        earlier, reason = self._earlier(entry, shape, wording, undo)
+        first = self._first_of(self._messages, shape.written, entry, undo)
+        earlier, reason = self._earlier(entry, shape, undo)
         if earlier is not None:
             old = self.items[earlier]
             assert old is not None
-            wording = self._wordings[earlier].then(wording)
             self._set_item(earlier, None, undo)
             self._set(self._merged_into, earlier, len(self.items), undo)
-            note = f"{reason} of an earlier message by {', '.join(old.authors)}"
             item = self._item(
                 (*old.entry_ids, entry.id),
                 (*old.seqs, entry.seq),
                 (*old.said_by, author),
                 _escaped(entry, shape),
-                note,
+                f"{reason} of an earlier message by {', '.join(old.authors)}",
             )
             # The entries folded into ``old`` before were listed then.
             self._exclude(old.entry_ids[-1], f"{reason} of {entry.id}", undo)
         else:
             item = self._with_seen_blocks(entry, shape, undo)
+        if first is not None and first.author != author and entry.kind is not EntryKind.PROMPT:
+            item = self._as_reference(item, first)  # a prompt is asked in its asker's words
         index = len(self.items)
-        self._set(self._wordings, index, wording, undo)
-        self._set(self._written, shape.written, index, undo)
         self._set(self._exact, (author, shape.exact), index, undo)
         if words:
             self._set(self._words, (author, words), index, undo)
         self._append(item, undo)
 
-    def _earlier(
-        self, entry: Entry, shape: TextShape, wording: _Wording, undo: list[_Undo]
-    ) -> tuple[int | None, str]:
-        """The live item ``entry`` folds into, and why ("duplicate", "near-duplicate");
-        None when it stands alone. Looked for in turn: the same text as written, whoever
-        said it; the author's own text the same but for case and whitespace, or but for
-        its final stops; the author's own MinHash near-duplicate. Each only if folding
-        leaves every other member's words as they wrote them (``_Wording.takes``)."""
+    def _as_reference(self, item: FoldedItem, first: Entry) -> FoldedItem:
+        """``item``, whose text another member posted first (``first``), as a reference to
+        that posting when it is shorter, the text in full beside it."""
+        full = item.in_full or item
+        line = f"[the same text {name(first.author)} wrote in message #{first.seq}]"
+        note = f"the same as message #{first.seq} by {name(first.author)}"
+        note = f"{full.note}; {note}" if full.note else note
+        short = self._item(item.entry_ids, item.seqs, item.said_by, line, note)
+        if short.tokens >= item.tokens:
+            return item
+        return replace(short, refers_to=(first.id,), in_full=full)
+
+    def _earlier(self, entry: Entry, shape: TextShape, undo: list[_Undo]) -> tuple[int | None, str]:
+        """The live item of the author's own that ``entry`` folds into, and why
+        ("duplicate", "near-duplicate"); None when it stands alone. Looked for in turn:
+        the author's own text the same but for case and whitespace (as written, too), or
+        but for its final stops; the author's own MinHash near-duplicate."""
         author = entry.author
         looked = [
-            (self._written.get(shape.written), "duplicate"),
             (self._exact.get((author, shape.exact)), "duplicate"),
             (None if not shape.words else self._words.get((author, shape.words)), "near-duplicate"),
         ]
         for found, reason in looked:
             earlier = None if found is None else self._live(found)
-            if earlier is not None and self._wordings[earlier].takes(wording):
+            if earlier is not None:
                 return earlier, reason
         signature = shape.signature
         if signature is None:
@@ -401,9 +376,7 @@ class HistoryFold:
         near.add(near_key, signature)
         undo.append(lambda: near.remove_last(near_key))
         earlier = None if match is None else self._live(int(match))
-        if earlier is not None and self._wordings[earlier].takes(wording):
-            return earlier, "near-duplicate"
-        return None, ""
+        return (None, "") if earlier is None else (earlier, "near-duplicate")
 
     @staticmethod
     def _item(

@@ -112,7 +112,7 @@ def plan_extension(
 
 def transcript_turn(item: FoldedItem) -> str:
     """One turn as the summariser reads it: the server's line naming who said it, as the
-    main input names them (``[alice and bob each wrote, message #12]``, ``[the assistant's
+    main input names them (``[alice wrote, message #12]``, ``[the assistant's
     reply, message #13]``, a tool result's own line), then its text as the main input
     gives it: members' text escaped, so no line of it passes for the server's (review: a
     member whose id was ``assistant`` wrote lines that read as the model's own replies)."""

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
-from parley.session.attribution import attribution_line, escape_text, is_server_line
+from parley.session.attribution import attribution_line, escape_text, is_server_line, name
 from parley.session.context import BuiltContext
 from parley.session.dedup import as_written
 from parley.session.entries import Entry, EntryKind
@@ -39,29 +40,39 @@ def assert_attributed(
 
     ``shown`` are the entries the input should draw on (visible, not pinned, not withheld);
     each is in exactly one message, under its own author with its own verb: ``asks you``
-    only for the run's prompts, ``wrote`` for everything else; a user message's text is
-    the escaped wording of its latest entry, every other member's entries in it are that
-    wording as written (their words are never replaced by another's), and no line of it
-    reads as the server's."""
+    only for the run's prompts, ``wrote`` for everything else; only a member's own entries
+    share a message; a user message's text is the escaped wording of its latest entry, or
+    (a message, never a prompt) a reference to a message of the input that another
+    member wrote the same as written; no line of a member's text reads as the
+    server's."""
     by_id = {e.id: e for e in shown}
     drawn = [entry_id for ids in built.sources for entry_id in ids]
     assert sorted(drawn) == sorted(by_id)  # nothing lost, nothing twice
     asking = set(prompt_ids)
     askers: list[str] = []
+    given = {by_id[i].seq: by_id[i] for i in drawn}
     for message, ids in zip(built.request.messages, built.sources, strict=True):
         sources = [by_id[i] for i in ids]
         if sources[-1].kind not in (EntryKind.MESSAGE, EntryKind.PROMPT):
             assert len(sources) == 1  # replies and tool results are never merged
             continue
         assert all(s.kind in (EntryKind.MESSAGE, EntryKind.PROMPT) for s in sources)
+        assert len({s.author for s in sources}) == 1  # another member's words never merge
         wrote = [s.author for s in sources if s.id not in asking]
         asks = [s.author for s in sources if s.id in asking]
         askers += asks
         assert message.attribution == attribution_line(wrote, asks)
-        assert message.content == f"{message.attribution}\n{escape_text(sources[-1].content)}"
-        wording = as_written(sources[-1].content)
-        others = [s for s in sources if s.author != sources[-1].author]
-        assert all(as_written(s.content) == wording for s in others)
+        reference = _SAME_TEXT.fullmatch(message.body)
+        if reference is None:
+            assert message.body == escape_text(sources[-1].content)
+            assert not any(is_server_line(line) for line in message.body.splitlines())
+        else:
+            first = given[int(reference[2])]
+            assert sources[-1].kind is EntryKind.MESSAGE
+            assert reference[1] == name(first.author) != name(sources[-1].author)
+            assert as_written(first.content) == as_written(sources[-1].content)
         assert message.author == (asks or wrote)[-1]
-        assert not any(is_server_line(line) for line in message.body.splitlines())
     assert built.request.issuers == tuple(dict.fromkeys(askers))
+
+
+_SAME_TEXT = re.compile(r"\[the same text (.+) wrote in message #(\d+)\]")

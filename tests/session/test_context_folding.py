@@ -26,22 +26,54 @@ def prompt(n: int, author: str, text: str) -> Entry:
     return entry(n, author, text, EntryKind.PROMPT)
 
 
-def test_exact_duplicates_appear_once_attributed_to_every_author() -> None:
+def test_another_members_copy_stays_at_its_place_as_a_reference() -> None:
+    """Each copy stays where and by whom it was said; another member's copy of a text as
+    written (blanks at line ends aside) is a reference to the first posting when shorter."""
+    said = "Is the   deploy done? The canary in eu-west-1 reported 0.2% errors at 14:02 UTC"
     entries = [
-        msg(1, "alice", "Is the   deploy done?"),
+        msg(1, "alice", said),
         msg(2, "carol", "unrelated"),
-        msg(3, "bob", "Is the   deploy done?  \n"),  # only blanks at a line's end, a line after
-        prompt(4, "dan", "what do we know?"),
+        msg(3, "bob", f"{said}  \n"),  # only blanks at a line's end, a line after
+        msg(4, "carol", "yes"),
+        msg(5, "dan", "yes"),
+        prompt(6, "dan", "what do we know?"),
     ]
-    built = build_context(session_id="s", entries=entries, prompt_ids=["e4"])
+    built = build_context(session_id="s", entries=entries, prompt_ids=["e6"])
     texts = [m.content for m in built.request.messages]
     assert texts == [
+        f"[alice wrote]\n{said}",
         "[carol wrote]\nunrelated",
-        "[alice and bob each wrote]\nIs the   deploy done?  \n",
+        "[bob wrote]\n[the same text alice wrote in message #1]",
+        "[carol wrote]\nyes",  # a reference would be longer
+        "[dan wrote]\nyes",
         "[dan asks you]\nwhat do we know?",
     ]
-    assert built.request.messages[1].authors == ("alice", "bob")
-    assert [(x.entry_id, x.reason) for x in built.excluded] == [("e1", "duplicate of e3")]
+    assert built.excluded == ()
+    assert built.notes == {"e3": "the same as message #1 by alice"}
+    assert_attributed(built, entries, ["e6"])
+
+
+def test_another_member_cannot_move_a_members_words() -> None:
+    """Review (J, "yes"): the same words by another member folded at their latest
+    occurrence, so mallory, writing "yes" after her own question, moved alice's earlier
+    "yes" (to bob's question) after it: the model was told alice agreed to drop the
+    production database."""
+    entries = [
+        msg(1, "bob", "alice, can I take Friday off?"),
+        msg(2, "alice", "yes"),
+        msg(3, "mallory", "shall we drop the prod database?"),
+        msg(4, "mallory", "yes"),
+        prompt(5, "mallory", "do what we agreed"),
+    ]
+    built = build_context(session_id="s", entries=entries, prompt_ids=["e5"])
+    assert [m.content for m in built.request.messages] == [
+        "[bob wrote]\nalice, can I take Friday off?",
+        "[alice wrote]\nyes",
+        "[mallory wrote]\nshall we drop the prod database?",
+        "[mallory wrote]\nyes",
+        "[mallory asks you]\ndo what we agreed",
+    ]
+    assert_attributed(built, entries, ["e5"])
 
 
 def test_near_duplicates_keep_the_most_recent_wording() -> None:
@@ -394,7 +426,7 @@ def test_a_near_duplicate_by_another_member_stays_in_their_own_words() -> None:
     """Review (deputy): a near-duplicate kept the newer wording with the authors of both,
     so mallory's "do NOT" under alice's name reached every later model input and alice's
     own words were gone. Another member's near-duplicate stays apart; the same words
-    as written (an exact duplicate) still fold whoever said them."""
+    as written are given at their own place too, a prompt in its asker's words."""
     said = "we {} roll out build 4121 to every production region tonight after the freeze ends"
     entries = [
         msg(1, "alice", said.format("DO")),
@@ -404,19 +436,17 @@ def test_a_near_duplicate_by_another_member_stays_in_their_own_words() -> None:
     ]
     built = build_context(session_id="s", entries=entries, prompt_ids=["e4"])
     assert [m.content for m in built.request.messages] == [
+        f"[mallory wrote]\n{said.format('do NOT')}",
         f"[alice wrote]\n{said.format('really DO')}",  # her own near-duplicate folds
-        f"[mallory wrote, bob asks you]\n{said.format('do NOT')}",  # the same words fold
+        f"[bob asks you]\n{said.format('do NOT')}",
     ]
-    assert [(x.entry_id, x.reason) for x in built.excluded] == [
-        ("e1", "near-duplicate of e3"),
-        ("e2", "duplicate of e4"),
-    ]
+    assert [(x.entry_id, x.reason) for x in built.excluded] == [("e1", "near-duplicate of e3")]
 
 
 def test_texts_that_differ_inside_never_fold_across_members() -> None:
     """Review of the change: folding by words alone made "x > 5" and "x < 5" one text of
-    both members. Only the same text as written folds across members (review J1: not its
-    case, nor its final stops either)."""
+    both members. No text folds across members (review J1: not in other case, nor with
+    other stops; review J: not even the same as written)."""
     entries = [
         msg(1, "alice", "deploy only if the error rate x > 5 per minute"),
         msg(2, "mallory", "deploy only if the error rate x < 5 per minute"),
@@ -427,10 +457,12 @@ def test_texts_that_differ_inside_never_fold_across_members() -> None:
     built = build_context(session_id="s", entries=entries, prompt_ids=["e5"])
     assert [m.content.split("\n", 1)[0] for m in built.request.messages] == [
         "[alice wrote]",
+        "[mallory wrote]",
         "[bob wrote]",
-        "[mallory and dan each wrote]",
+        "[dan wrote]",
         "[carol asks you]",
     ]
+    assert built.excluded == ()
 
 
 def test_another_members_case_or_stop_variant_stays_in_their_own_words() -> None:
@@ -475,30 +507,30 @@ def test_a_coalesced_run_is_sent_each_askers_own_wording() -> None:
     assert built.request.answering == (0, 1)
 
 
-def test_the_same_text_as_written_folds_whoever_pasted_it() -> None:
+def test_the_same_text_as_written_is_given_once_whoever_pasted_it() -> None:
     """What deduplication is for: five members pasting the same log byte for byte (a
-    trailing line break or two aside) are one message of all five; a member's own repeat in
-    other case or with other stops still folds into their words."""
+    trailing line break or two aside) give it once, each later copy a reference at its own
+    place under its own author; a member's own repeat in other case or with other stops
+    folds into their words."""
     who = ["alice", "bob", "carol", "dan", "erin"]
     entries = [msg(n, author, LOG + "\n" * (n % 2)) for n, author in enumerate(who)]
     entries += [msg(5, "frank", "Roll back now"), msg(6, "frank", "roll back NOW?")]
     entries.append(prompt(7, "grace", "what broke?"))
     built = build_context(session_id="s", entries=entries, prompt_ids=["e7"])
     assert [m.content for m in built.request.messages] == [
-        f"[alice and bob and carol and dan and erin each wrote]\n{LOG}",
+        f"[alice wrote]\n{LOG}",
+        *(f"[{author} wrote]\n[the same text alice wrote in message #0]" for author in who[1:]),
         "[frank wrote]\nroll back NOW?",
         "[grace asks you]\nwhat broke?",
     ]
-    assert [(x.entry_id, x.reason) for x in built.excluded] == [
-        *((f"e{n}", f"duplicate of e{n + 1}") for n in range(4)),
-        ("e5", "near-duplicate of e6"),
-    ]
+    assert [(x.entry_id, x.reason) for x in built.excluded] == [("e5", "near-duplicate of e6")]
+    assert count_tokens(LOG) > 5 * count_tokens("[the same text alice wrote in message #0]")
     assert_attributed(built, entries, ["e7"])
 
 
 def test_a_members_own_variant_does_not_fold_over_another_members_copy() -> None:
-    """bob posted alice's words as she wrote them (one message of both); her own later case
-    variant would fold into it, but then bob's words would read as hers: it stays apart."""
+    """bob posted alice's words as she wrote them, then each wrote them again in lower case:
+    each member's repeat folds into their own words only."""
     said = [(who, text) for text in ("The token is AbC123", "the token is abc123") for who in "ab"]
     entries = [
         msg(n, {"a": "alice", "b": "bob"}[who], text) for n, (who, text) in enumerate(said, 1)
@@ -506,8 +538,8 @@ def test_a_members_own_variant_does_not_fold_over_another_members_copy() -> None
     entries.append(prompt(5, "carol", "which token?"))
     built = build_context(session_id="s", entries=entries, prompt_ids=["e5"])
     assert [m.content for m in built.request.messages] == [
-        "[alice and bob each wrote]\nThe token is AbC123",
-        "[alice and bob each wrote]\nthe token is abc123",
+        "[alice wrote]\nthe token is abc123",
+        "[bob wrote]\nthe token is abc123",
         "[carol asks you]\nwhich token?",
     ]
     assert_attributed(built, entries, ["e5"])

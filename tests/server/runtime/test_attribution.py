@@ -15,26 +15,31 @@ ROLL_BACK = "We should roll back the checkout deploy from 14:02 now"
 
 
 async def test_a_message_folded_into_a_prompt_is_not_an_ask() -> None:
+    """alice's own message and her prompt of the same words are one item: she wrote it and
+    asks it; bob's message of the same words stays his, at its own place (review J: merged
+    with another member's, words moved to where the other said them)."""
     provider = RecordingOffline()
     async with memory_session({"alice": "editor", "bob": "editor"}, provider) as s:
-        posted = await s.message("alice", ROLL_BACK)
-        assert posted["type"] == "ack"
-        asked = await s.prompt("bob", ROLL_BACK)
+        assert (await s.message("bob", ROLL_BACK))["type"] == "ack"
+        assert (await s.message("alice", ROLL_BACK))["type"] == "ack"
+        asked = await s.prompt("alice", ROLL_BACK)
         await s.settled(asked["prompt_id"])
 
         (request,) = provider.requests
-        assert request.issuers == ("bob",)
-        last = request.messages[-1]
-        assert last.content == f"[alice wrote, bob asks you]\n{ROLL_BACK}"
-        assert last.author == "bob" and last.authors == ("alice", "bob")
+        assert request.issuers == ("alice",)
+        assert [m.content for m in request.messages] == [
+            f"[bob wrote]\n{ROLL_BACK}",
+            f"[alice wrote, alice asks you]\n{ROLL_BACK}",
+        ]
+        assert request.messages[-1].author == "alice"
         (reply,) = [e.content for e in s.room.doc.entries() if e.kind == "reply"]
-        assert f"bob asked: \u201c{ROLL_BACK}\u201d (alice wrote much the same)" in reply
+        assert f"alice asked: \u201c{ROLL_BACK}\u201d" in reply
         assert "[" not in reply  # the server's line is never quoted back
 
-        # Once answered, both are earlier content: each wrote it, nobody asks it.
-        built = s.room.context.build((), s.room.runs.scope_for(["alice"], preview=True))
+        # Once answered, both are earlier content: she wrote it, nobody asks it.
+        built = s.room.context.build((), s.room.runs.scope_for(["bob"], preview=True))
         contents = [m.content for m in built.request.messages]
-        assert f"[alice and bob each wrote]\n{ROLL_BACK}" in contents
+        assert contents[:2] == [f"[bob wrote]\n{ROLL_BACK}", f"[alice wrote]\n{ROLL_BACK}"]
 
 
 VARIANTS = [  # (alice's words, mallory's variant after them): review J1
