@@ -109,6 +109,14 @@ async def cluster(tmp_path: Path, count: int, **env: str) -> AsyncIterator[Clust
         try:
             await asyncio.gather(*(node.start() for node in nodes))
             yield Cluster(url, nodes, http)
+        except BaseException:
+            # The nodes' logs go with the test's temporary folder (CI's whole clone): a
+            # failure shows their ends, the only account of what the nodes did.
+            for node in nodes:
+                with contextlib.suppress(OSError):
+                    print(f"--- {node.log.name} (node {node.env['PARLEY_NODE_ID']}):")
+                    print(node.log.read_text(errors="replace")[-4000:])
+            raise
         finally:
             await http.aclose()
             await asyncio.gather(*(asyncio.to_thread(node.stop) for node in nodes))
