@@ -39,10 +39,10 @@ from parley.session.history import (
     VisibleHistory,
     WithheldReason,
 )
-from parley.session.model import ModelMessage, ModelRequest
+from parley.session.model import ModelMessage, ModelRequest, ToolSpec
 from parley.session.references import GivenReferences
 from parley.session.summary import Summary, newest_within
-from parley.session.tokens import count_tokens, tokenizer_name
+from parley.session.tokens import count_tokens, tokenizer_name, tools_tokens
 
 SYSTEM_PROMPT = (
     "You are the assistant in a shared session with several people. Each user message "
@@ -93,10 +93,11 @@ class BuiltContext:
     summarised: tuple[FoldedItem, ...] = ()  # before ``older``: known to be summarised
     included: tuple[str, ...] = ()  # every entry the input draws on: pins, then the messages
     sources: tuple[tuple[str, ...], ...] = ()  # the entries behind each message, in order
+    tools_tokens: int = 0  # the definitions of the tools offered (``request.tools``)
 
     @property
     def tokens(self) -> int:
-        return self.system_tokens + sum(self.tokens_per_message)
+        return self.system_tokens + self.tools_tokens + sum(self.tokens_per_message)
 
     def _covered(self, item: FoldedItem) -> bool:
         return self.summary is not None and _covered_by(self.summary, item)
@@ -360,8 +361,10 @@ class ContextBuilder:
         scope_key: str = "members",
         summaries: Sequence[Summary] = (),
         model: str | None = None,
+        tools: Sequence[ToolSpec] = (),
     ) -> BuiltContext:
-        """The model input for a run answering ``prompt_ids`` (none: the history alone).
+        """The model input for a run answering ``prompt_ids`` (none: the history alone),
+        offering ``tools`` (their definitions count against the budget as the text does).
 
         ``withheld`` is the issuers' read scope: an entry it names a reason for is left out
         (and listed as withheld), pinned or not. ``private_text`` holds the server-side text
@@ -381,6 +384,7 @@ class ContextBuilder:
         summary = newest_within(summaries, history[-1][0].seq, unreadable) if history else None
         system = _system_text(facts or {}, pinned, summary)
         system_tokens = count_tokens(system)
+        offered = tools_tokens(tools)
 
         asking = frozenset(prompt_ids)
         answering_items = {fold.item_of[p] for p in prompt_ids}
@@ -402,7 +406,7 @@ class ContextBuilder:
             assert item is not None
             references.add(index, item)
             cost[index] = tokens(index)
-        spent = system_tokens + sum(cost.values())
+        spent = system_tokens + offered + sum(cost.values())
         kept: list[int] = []
         left: list[FoldedItem] = []
         full = False
@@ -467,6 +471,7 @@ class ContextBuilder:
             messages=tuple(messages),
             answering=tuple(answering),
             max_output_tokens=max_output_tokens,
+            tools=tuple(tools),
             model=model,
         )
         return BuiltContext(
@@ -484,6 +489,7 @@ class ContextBuilder:
             summarised=scope.turns_below(edge),
             included=tuple(included),
             sources=tuple(sources),
+            tools_tokens=offered,
         )
 
 
@@ -526,6 +532,7 @@ def build_context(
     withheld: WithheldReason | None = None,
     private_text: Mapping[str, str] | None = None,
     summaries: Sequence[Summary] = (),
+    tools: Sequence[ToolSpec] = (),
 ) -> BuiltContext:
     """One build from nothing: ``ContextBuilder.build`` without a kept fold."""
     return ContextBuilder(settings).build(
@@ -538,6 +545,7 @@ def build_context(
         withheld=withheld,
         private_text=private_text,
         summaries=summaries,
+        tools=tools,
     )
 
 

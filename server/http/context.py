@@ -115,6 +115,8 @@ async def preview_context(
         tokens=built.tokens,
         system=request.system,
         system_tokens=built.system_tokens,
+        tools=[t.name for t in request.tools],
+        tools_tokens=built.tools_tokens,
         messages=[
             PreviewMessage(
                 role=m.role,

@@ -379,9 +379,11 @@ class ContextPreview(Strict):
     prompt_ids: list[str] = Field(description="The prompts the call answers (none: history)")
     tokenizer: str
     budget: int
-    tokens: int
+    tokens: int = Field(description="system_tokens + tools_tokens + every message's tokens")
     system: str
     system_tokens: int
+    tools: list[str] = Field(description="The tools the call offers, by name")
+    tools_tokens: int = Field(description="What their definitions add to the input")
     messages: list[PreviewMessage]
     excluded: list[PreviewExcluded] = Field(description="Left out, and why")
     notes: dict[str, str] = Field(description="Entry id -> what was folded into it")

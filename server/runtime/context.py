@@ -208,6 +208,7 @@ class SessionContext:
             # A model taken out of the configuration fails the call (the registry says so)
             # rather than sending the session's text to another vendor.
             model=model or spec.name,
+            tools=() if scope is None else scope.tool_specs,
         )
         self.metrics.context_build.observe(time.perf_counter() - started)
         return built

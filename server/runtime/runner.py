@@ -14,7 +14,7 @@ import contextlib
 import logging
 import time
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from parley.authz.scope import RunScope
 from parley.server.runtime.active_run import ActiveRun
@@ -134,7 +134,7 @@ class SessionRunner:
     async def _answer(self, active: ActiveRun) -> tuple[str, ...]:
         run, reply_id, scope = active.run, active.reply_id, active.scope
         built = self.room.context.build(run.ids, scope)
-        request = replace(built.request, tools=scope.tool_specs)
+        request = built.request
         seen = self.room.context.audit_of(built)
         active.audit_base = run_audit_base(run, reply_id, scope, seen)
         await self.room.runs.widen(active, seen.restriction)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from parley.authz.scope import RunScope
@@ -90,7 +89,7 @@ class ThreadRuns:
                 await runner.settle(active, active.stopped)
                 return
             built = room.context.build((prompt.id,), scope, thread)
-            request = replace(built.request, tools=scope.tool_specs)
+            request = built.request
             seen = room.context.audit_of(built, thread)
             base = run_audit_base(active.run, reply.reply_id, scope, seen)
             active.audit_base = {**base, "thread_id": thread.id}

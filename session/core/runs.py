@@ -548,11 +548,12 @@ def run_ended(
 
 
 def too_large(tokens: int, budget: int) -> Ending | None:
-    """Pins, facts and the prompts alone overflow the window: no call can fit."""
+    """Pins, facts, the tools' definitions and the prompts alone overflow the window: no
+    call can fit."""
     if tokens <= budget:
         return None
     return Ending(
         ReasonCode.TOO_LARGE,
-        f"the prompt with the pinned messages and facts needs "
+        f"the prompt with the pinned messages, facts and tool definitions needs "
         f"{tokens} tokens; the window leaves {budget}",
     )

@@ -108,7 +108,8 @@ async def test_the_preview_is_what_the_model_receives(tmp_path: Path) -> None:
         assert sum(c.count("worker crashed") for c in contents) == 6
         assert preview["messages"][-1]["answering"]
         assert contents[-1] == "[bob asks you]\nwhat happened?"
-        assert preview["tokens"] == preview["system_tokens"] + sum(
+        assert preview["tools"] and preview["tools_tokens"] > 0  # the tools count too
+        assert preview["tokens"] == preview["system_tokens"] + preview["tools_tokens"] + sum(
             m["tokens"] for m in preview["messages"]
         )
         # Nobody's words were folded into another member's.
@@ -119,6 +120,7 @@ async def test_the_preview_is_what_the_model_receives(tmp_path: Path) -> None:
         await s.settled(first["prompt_id"], waiting["prompt_id"])
         sent = provider.requests[1]
         assert sent.system == preview["system"]
+        assert sent.tools == preview["tools"]
         assert [m["content"] for m in sent.messages] == contents
         # Who said each message: the attribution lines (in the contents) and the member in
         # each user message's ``name`` field.

@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 from parley.session.attribution import Fact, is_server_line, one_line
 from parley.session.context import ContextSettings, build_context, pin_heading, quoted
 from parley.session.entries import Entry, EntryKind
-from parley.session.tokens import count_tokens
+from parley.session.model import ToolSpec
+from parley.session.tokens import count_tokens, tools_tokens
 from tests.session.factories import assert_attributed, entry
 
 LOG = "\n".join(
@@ -585,3 +586,27 @@ def test_another_members_block_in_other_case_is_not_a_reference_to_theirs() -> N
         "[bob wrote]\ncopied:\n\n[the same 5-line block alice posted in message #1]",
         "[carol asks you]\nwhose config?",
     ]
+
+
+def test_the_tools_offered_count_against_the_window() -> None:
+    """Review (left open 2026-12-06): the tools' definitions, sent with every call, were
+    counted nowhere, so a call with a large tool schema passed the window."""
+    tool = ToolSpec(
+        "lookup_orders",
+        "Look up a customer's orders",
+        {"type": "object", "properties": {f"field_{i}": {"type": "string"} for i in range(60)}},
+    )
+    entries = [msg(n, "alice", f"note {n}: the cache on runner {n} is full") for n in range(1, 40)]
+    entries.append(prompt(40, "bob", "what is full?"))
+    config = ContextSettings(window_tokens=900, reserve_output_tokens=100)
+    bare = build_context(session_id="s", entries=entries, prompt_ids=["e40"], settings=config)
+    offered = build_context(
+        session_id="s", entries=entries, prompt_ids=["e40"], settings=config, tools=[tool]
+    )
+    assert offered.request.tools == (tool,)
+    assert offered.tools_tokens == tools_tokens([tool]) > 300
+    assert offered.tokens == (
+        offered.system_tokens + offered.tools_tokens + sum(offered.tokens_per_message)
+    )
+    assert bare.tokens <= bare.budget and offered.tokens <= offered.budget
+    assert len(offered.request.messages) < len(bare.request.messages)  # room for the tool
