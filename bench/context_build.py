@@ -45,9 +45,10 @@ from parley.session.context import (
     pin_heading,
     quoted,
 )
-from parley.session.dedup import as_written, minhash
+from parley.session.dedup import as_written
 from parley.session.entries import Entry, EntryKind
 from parley.session.fold import HistoryFold
+from parley.session.shape import shape_of
 from parley.session.tokens import count_tokens, tokenizer_name
 
 USERS = ["alice", "bob", "carol", "dan", "erin", "frank", "grace", "heidi"]
@@ -170,8 +171,8 @@ def _prompt(seq: int, text: str) -> Entry:
 
 
 def _clear_memos() -> None:
-    """Forget every memoised signature and count, so a first build pays for everything."""
-    minhash.clear()
+    """Forget every memoised shape and count, so a first build pays for everything."""
+    shape_of.clear()
     count_tokens.clear()
 
 
@@ -218,7 +219,7 @@ def run(messages: int = 2000, repeat: int = 5) -> dict[str, Any]:
         count_tokens(f"{attribution_line([e.author], [])}\n{escape_text(e.content)}")
         for e in corpus.entries
     )
-    fold = HistoryFold(settings.near_duplicate_threshold, settings.min_block_lines)
+    fold = HistoryFold(settings.min_block_lines)
     fold.sync([(e, False) for e in corpus.entries])
     after = sum(item.tokens for _, item in fold.live_items())
 

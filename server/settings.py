@@ -81,7 +81,6 @@ class Settings(BaseSettings):
 
     # Context building
     context_window_tokens: int = 16_384
-    near_duplicate_threshold: float = Field(default=0.8, ge=0.0, le=1.0)
     min_block_lines: int = 4
     max_pins: int = 50
     max_facts: int = 100

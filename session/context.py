@@ -62,7 +62,6 @@ QUOTE = "  "  # before every line of members' text in the system text
 class ContextSettings:
     window_tokens: int = 16_384
     reserve_output_tokens: int = 1_024
-    near_duplicate_threshold: float = 0.8
     min_block_lines: int = 4
 
     @property
@@ -87,7 +86,6 @@ class BuiltContext:
     tokenizer: str
     summary: Summary | None = None  # the summary given in the system text
     withheld: tuple[Excluded, ...] = ()
-    folded: tuple[tuple[str, str], ...] = ()  # (entry id, why) for every folded duplicate
     left: tuple[FoldedItem, ...] = ()
     older: tuple[FoldedItem, ...] = ()
     summarised: tuple[FoldedItem, ...] = ()  # before ``older``: known to be summarised
@@ -104,8 +102,8 @@ class BuiltContext:
 
     @property
     def excluded(self) -> tuple[Excluded, ...]:
-        """Every entry left out, with why: withheld, folded, summarised or over budget."""
-        found = [*self.withheld, *(Excluded(e, why) for e, why in self.folded)]
+        """Every entry left out, with why: withheld, summarised or over budget."""
+        found = list(self.withheld)
         summarised = "" if self.summary is None else f"summarised in {self.summary.id}"
         for item in chain(self.left, reversed(self.older), reversed(self.summarised)):
             reason = summarised if self._covered(item) else "over budget"
@@ -200,9 +198,9 @@ class _Scope:
         if edge != self.edge:
             items = self.fold.items
             if edge > self.edge:
-                self.below_edge += tuple(filter(None, items[self.edge : edge]))
+                self.below_edge += tuple(items[self.edge : edge])
             else:
-                self.below_edge = tuple(filter(None, items[:edge]))
+                self.below_edge = tuple(items[:edge])
             self.edge = edge
         return self.below_edge
 
@@ -220,10 +218,9 @@ class _Scope:
         return message
 
     def covered_prefix(self, summary: Summary | None) -> int:
-        """How many of the fold's first items ``summary`` covers, every one (merged-away
-        items count as covered). Costs the items changed since the last call and those
-        the summary covers beyond the last call's, unless the summary does not extend the
-        one before (then it counts from the start)."""
+        """How many of the fold's first items ``summary`` covers, every one. Costs the items
+        changed since the last call and those the summary covers beyond the last call's,
+        unless the summary does not extend the one before (then it counts from the start)."""
         items, fold = self.fold.items, self.fold
         changed, fold.changed = fold.changed, set()
         if any(index < self.edge for index in changed):
@@ -251,12 +248,10 @@ class _Scope:
         return known
 
 
-def _covered_by(summary: Summary, item: FoldedItem | None) -> bool:
-    """A merged-away item (None) counts as covered. A summary covers nothing after its
-    ``to_seq``: most items of an input are newer, told so without a look in the set."""
-    return item is None or (
-        item.last_seq <= summary.to_seq and covers_all(summary.covers, item.entry_ids)
-    )
+def _covered_by(summary: Summary, item: FoldedItem) -> bool:
+    """A summary covers nothing after its ``to_seq``: most items of an input are newer,
+    told so without a look in the set."""
+    return item.last_seq <= summary.to_seq and covers_all(summary.covers, item.entry_ids)
 
 
 class ContextBuilder:
@@ -280,9 +275,7 @@ class ContextBuilder:
     def _fold_for(self, scope_key: str) -> _Scope:
         kept = self._folds.get(scope_key)
         if kept is None:
-            fold = HistoryFold(
-                self.settings.near_duplicate_threshold, self.settings.min_block_lines
-            )
+            fold = HistoryFold(self.settings.min_block_lines)
             kept = self._folds[scope_key] = _Scope(VisibleHistory(), fold)
             self._evict(scope_key)
         self._folds.move_to_end(scope_key)
@@ -393,7 +386,6 @@ class ContextBuilder:
         def form(index: int) -> FoldedItem:
             """Item ``index`` as it is sent: in full while what it refers to is not in."""
             item = fold.items[index]
-            assert item is not None
             return references.form(index, item)
 
         def tokens(index: int) -> int:
@@ -403,7 +395,6 @@ class ContextBuilder:
         cost: dict[int, int] = {}
         for index in answering_items:
             item = fold.items[index]
-            assert item is not None
             references.add(index, item)
             cost[index] = tokens(index)
         spent = system_tokens + offered + sum(cost.values())
@@ -418,8 +409,6 @@ class ContextBuilder:
                 cut = index + 1  # the summary covers all the rest: set aside unread
                 break
             item = fold.items[index]
-            if item is None:
-                continue
             if index in answering_items:
                 kept.append(index)
                 unseen_answering -= 1
@@ -483,9 +472,8 @@ class ContextBuilder:
             tokenizer=tokenizer_name(),
             summary=summary,
             withheld=tuple(withheld_items),
-            folded=tuple(fold.excluded),
             left=tuple(left),
-            older=tuple(filter(None, fold.items[edge:cut])),
+            older=tuple(fold.items[edge:cut]),
             summarised=scope.turns_below(edge),
             included=tuple(included),
             sources=tuple(sources),

@@ -1,26 +1,23 @@
 """Folding repetition out of a history, one entry at a time, with an undo log.
 
-``HistoryFold`` turns the visible entries of a transcript, in story order, into items:
-- a member's own repeats are merged into one item at their latest occurrence, in their
-  most recent wording: the same text as written, the same but for case and whitespace,
-  or ending with other stops, or a MinHash near-duplicate (similarity at or above the
-  threshold);
-- another member's words are never merged, moved or reworded: the same text by another
-  member stays at its own place, under its own author, as a short reference to its first
-  posting when that is shorter than the text (``[the same text alice wrote in message
-  #12]``; a prompt is given in full, in its asker's words). Merged at the latest
-  occurrence, one member's words would move to wherever another repeated them (review:
-  alice's "yes" to one question was sent after mallory's "shall we drop the prod
-  database?" as alice's and mallory's both); in another's wording, a case variant could
-  be another recovery code, a near-duplicate could say the opposite ("do" against "do
-  NOT");
-- a merged item remembers each of its entries, so a message folded into a prompt stays a
-  message (``[alice wrote, alice asks you]``): only the prompts a run answers ask;
-- a pasted block (``min_block_lines`` lines or more) seen before becomes a short reference;
-- an assistant reply or a tool result seen before becomes a short reference;
-  a reference stands only for text identical as written (``dedup.as_written``: blanks at
-  line ends aside), and the item keeps its text in full beside it (``in_full``), which a
-  build sends instead when what it refers to is not in that input.
+``HistoryFold`` turns the visible entries of a transcript, in story order, into items,
+one per entry, each at its own place under its own author: repetition is never merged,
+moved or reworded. Merged at its latest occurrence, one member's words moved to wherever
+they (or another member) repeated them: alice's "yes" to one question was sent after
+mallory's "shall we drop the prod database?" as alice's and mallory's both; alice's
+proposal moved after mallory's approval of it; an answered question moved away from its
+reply. Merged by likeness (case, final stops, MinHash near-duplicates), one wording
+replaced another that meant something else: another recovery code, May 8th for May 3rd,
+"transfer 5000 EUR" for "500" in a run answering both (reviews, 2026-12-06). What is
+repeated as written is given once, the later copies as short references:
+- a member's text the same as written as one before (``dedup.as_written``: blanks at line
+  ends aside), whoever wrote either, becomes a reference to the first posting (``[the same
+  text alice wrote in message #12]``); a prompt is given in full, in its asker's words;
+- a pasted block (``min_block_lines`` lines or more) seen before becomes a reference;
+- an assistant reply or a tool result seen before becomes a reference;
+a reference is made only when shorter than its text, and the item keeps its text in full
+beside it (``in_full``), which a build sends instead when what it refers to is not in that
+input.
 
 Every step records how to undo itself, so when the next build's history differs from the
 last one only near its end (a reply finished, a prompt was added, a pin changed), the fold
@@ -35,7 +32,7 @@ from dataclasses import dataclass, replace
 from typing import TypeVar
 
 from parley.session.attribution import attribution_line, escape_text, name, tool_line
-from parley.session.dedup import NearDuplicateIndex, as_written
+from parley.session.dedup import as_written
 from parley.session.entries import Entry, EntryKind
 from parley.session.shape import TextShape, shape_of
 from parley.session.tokens import count_tokens, tokenizer_name
@@ -43,21 +40,21 @@ from parley.session.tokens import count_tokens, tokenizer_name
 
 @dataclass(frozen=True, slots=True)
 class FoldedItem:
-    """One message of the folded history. Never changed once made: a merge makes a new item.
+    """One message of the folded history (one entry). Never changed once made.
 
     ``said_by`` names the author of each of ``entry_ids``; ``text`` is ready for the model
     (member text escaped, the server's references in it). ``refers_to`` are the entries
-    its references stand for (the first posting of a block, the first of a reply or a
-    tool result); ``in_full`` is the item with its own text in their place: a reference
-    to an entry the model is not given would leave it nothing (review: the newest reply
-    was "[the same reply as to message #1]" with #1 out of the window)."""
+    its references stand for (the first posting of a text, a block, a reply or a tool
+    result); ``in_full`` is the item with its own text in their place: a reference to an
+    entry the model is not given would leave it nothing (review: the newest reply was
+    "[the same reply as to message #1]" with #1 out of the window)."""
 
     entry_ids: tuple[str, ...]
     seqs: tuple[int, ...]
     role: str  # "user", "assistant" or "tool" (an earlier run's tool step)
     said_by: tuple[str, ...]
     text: str
-    note: str  # what was folded into it, for the preview ("" when nothing)
+    note: str  # what its references stand for, for the preview ("" when nothing)
     tokens: int  # of ``render(item)``: the item as history, nobody asking
     refers_to: tuple[str, ...] = ()
     in_full: FoldedItem | None = None  # set when ``refers_to`` is not empty
@@ -150,12 +147,10 @@ _Undo = Callable[[], None]
 class HistoryFold:
     """The fold of a history prefix; ``sync`` brings it to a new history with few steps."""
 
-    def __init__(self, near_duplicate_threshold: float, min_block_lines: int) -> None:
-        self.near_duplicate_threshold = near_duplicate_threshold
+    def __init__(self, min_block_lines: int) -> None:
         self.min_block_lines = min_block_lines
-        self.items: list[FoldedItem | None] = []  # None: merged into a later item
-        self.item_of: dict[str, int] = {}  # entry id -> index of the item showing it
-        self.excluded: list[tuple[str, str]] = []  # (entry id, reason), in fold order
+        self.items: list[FoldedItem] = []  # one per entry not pinned, in story order
+        self.item_of: dict[str, int] = {}  # entry id -> index of its item
         self.keys: list[StepKey] = []
         self.step_of: dict[str, int] = {}  # entry id -> its step (its index in the history)
         # The indices of ``items`` changed since a reader last cleared it (``ContextBuilder``
@@ -163,20 +158,12 @@ class HistoryFold:
         self.changed: set[int] = set()
         self.syncs = 0  # how many times ``sync`` ran: a caller folding in steps sees another
         self._undo: list[list[_Undo]] = []
-        # By digest (``TextShape``), each with its author (own repeats only): of the
-        # normalised text and of ``same_words``.
-        self._exact: dict[tuple[str, bytes], int] = {}
-        self._words: dict[tuple[str, bytes], int] = {}
-        self._messages: dict[bytes, Entry] = {}  # a member's text as written: its first posting
-        self._merged_into: dict[int, int] = {}  # item index -> the item it was merged into
-        self._threshold = near_duplicate_threshold
-        # Each member's own texts: a near-duplicate folds only into its author's words.
-        self._near: dict[str, NearDuplicateIndex] = {}
-        self._replies: dict[str, Entry] = {}
-        # A block's first posting: by its lines as written (whoever posted it), and by its
-        # lines normalised with its author (their own repeat).
+        # The first posting of each text, by the digest of what must be the same as
+        # written: a member's text, a block's lines (whoever posted either); a reply; a
+        # tool's name and result.
+        self._messages: dict[bytes, Entry] = {}
         self._blocks: dict[bytes, Entry] = {}
-        self._own_blocks: dict[tuple[str, bytes], Entry] = {}
+        self._replies: dict[str, Entry] = {}
         self._tool_results: dict[str, Entry] = {}
 
     def sync(self, history: Sequence[tuple[Entry, bool]], unchanged: int = 0) -> int:
@@ -208,33 +195,13 @@ class HistoryFold:
             common += 1
         return common
 
-    def _live(self, index: int) -> int | None:
-        """The item that now shows item ``index``'s text (itself, or what it merged into)."""
-        while self.items[index] is None:
-            later = self._merged_into.get(index)
-            if later is None:
-                return None
-            index = later
-        return index
-
     def showing(self, entry_id: str) -> int | None:
-        """The index of the item that gives ``entry_id``'s text as written: its own, or
-        the one it was merged into if that one's wording is the same text; None when
-        its words are no longer given (merged into other wording) or it was not folded."""
-        index = self.item_of.get(entry_id)
-        item = None if index is None else self.items[index]
-        if item is None:
-            return None
-        shown = item.entry_ids[-1]
-        if shown != entry_id and self._text_of(shown) != self._text_of(entry_id):
-            return None
-        return index
-
-    def _text_of(self, entry_id: str) -> str:
-        return self.keys[self.step_of[entry_id]][1]
+        """The index of the item that gives ``entry_id``'s text; None when it was not
+        folded (pinned, or not in the history)."""
+        return self.item_of.get(entry_id)
 
     def live_items(self) -> list[tuple[int, FoldedItem]]:
-        return [(index, item) for index, item in enumerate(self.items) if item is not None]
+        return list(enumerate(self.items))
 
     # -- one step ----------------------------------------------------------------------------
 
@@ -312,71 +279,22 @@ class HistoryFold:
 
     def _add_user(self, entry: Entry, undo: list[_Undo]) -> None:
         shape = shape_of(entry.content, self.min_block_lines)
-        author, words = entry.author, shape.words
         first = self._first_of(self._messages, shape.written, entry, undo)
-        earlier, reason = self._earlier(entry, shape, undo)
-        if earlier is not None:
-            old = self.items[earlier]
-            assert old is not None
-            self._set_item(earlier, None, undo)
-            self._set(self._merged_into, earlier, len(self.items), undo)
-            item = self._item(
-                (*old.entry_ids, entry.id),
-                (*old.seqs, entry.seq),
-                (*old.said_by, author),
-                _escaped(entry, shape),
-                f"{reason} of an earlier message by {', '.join(old.authors)}",
-            )
-            # The entries folded into ``old`` before were listed then.
-            self._exclude(old.entry_ids[-1], f"{reason} of {entry.id}", undo)
-        else:
-            item = self._with_seen_blocks(entry, shape, undo)
-        if first is not None and first.author != author and entry.kind is not EntryKind.PROMPT:
+        item = self._with_seen_blocks(entry, shape, undo)
+        if first is not None and entry.kind is not EntryKind.PROMPT:
             item = self._as_reference(item, first)  # a prompt is asked in its asker's words
-        index = len(self.items)
-        self._set(self._exact, (author, shape.exact), index, undo)
-        if words:
-            self._set(self._words, (author, words), index, undo)
         self._append(item, undo)
 
     def _as_reference(self, item: FoldedItem, first: Entry) -> FoldedItem:
-        """``item``, whose text another member posted first (``first``), as a reference to
-        that posting when it is shorter, the text in full beside it."""
+        """``item``, whose text was posted before (``first``), as a reference to that
+        posting when it is shorter, the text in full beside it."""
         full = item.in_full or item
         line = f"[the same text {name(first.author)} wrote in message #{first.seq}]"
         note = f"the same as message #{first.seq} by {name(first.author)}"
-        note = f"{full.note}; {note}" if full.note else note
         short = self._item(item.entry_ids, item.seqs, item.said_by, line, note)
         if short.tokens >= item.tokens:
             return item
         return replace(short, refers_to=(first.id,), in_full=full)
-
-    def _earlier(self, entry: Entry, shape: TextShape, undo: list[_Undo]) -> tuple[int | None, str]:
-        """The live item of the author's own that ``entry`` folds into, and why
-        ("duplicate", "near-duplicate"); None when it stands alone. Looked for in turn:
-        the author's own text the same but for case and whitespace (as written, too), or
-        but for its final stops; the author's own MinHash near-duplicate."""
-        author = entry.author
-        looked = [
-            (self._exact.get((author, shape.exact)), "duplicate"),
-            (None if not shape.words else self._words.get((author, shape.words)), "near-duplicate"),
-        ]
-        for found, reason in looked:
-            earlier = None if found is None else self._live(found)
-            if earlier is not None:
-                return earlier, reason
-        signature = shape.signature
-        if signature is None:
-            return None, ""
-        near = self._near.get(author)
-        if near is None:
-            near = self._near[author] = NearDuplicateIndex(self._threshold)
-        match = near.find(signature)
-        near_key = str(len(self.items))
-        near.add(near_key, signature)
-        undo.append(lambda: near.remove_last(near_key))
-        earlier = None if match is None else self._live(int(match))
-        return (None, "") if earlier is None else (earlier, "near-duplicate")
 
     @staticmethod
     def _item(
@@ -398,8 +316,8 @@ class HistoryFold:
         item = self._item((entry.id,), (entry.seq,), (entry.author,), text, "")
         seen = [
             (start, end, first)
-            for start, end, written, folded in reversed(shape.blocks)
-            if (first := self._first_block(written, folded, entry, undo)) is not None
+            for start, end, written in reversed(shape.blocks)
+            if (first := self._first_of(self._blocks, written, entry, undo)) is not None
         ]
         if not seen:  # its text as it is: not cut into lines
             return item
@@ -423,17 +341,6 @@ class HistoryFold:
         refers_to = tuple(dict.fromkeys(first.id for _, _, first in reversed(seen)))
         return replace(short, refers_to=refers_to, in_full=item)
 
-    def _first_block(
-        self, written: bytes, folded: bytes, entry: Entry, undo: list[_Undo]
-    ) -> Entry | None:
-        """The entry that first posted a block: the same as written, whoever posted it, or
-        the same normalised, by ``entry``'s author (the rule of ``_Wording.takes``: a
-        reference in place of another member's block in other case would give the model
-        that member's wording for this one's)."""
-        first = self._first_of(self._blocks, written, entry, undo)
-        own = self._first_of(self._own_blocks, (entry.author, folded), entry, undo)
-        return first if first is not None else own
-
     # -- mutations that know their inverse ---------------------------------------------------
 
     def _append(self, item: FoldedItem, undo: list[_Undo]) -> None:
@@ -444,28 +351,9 @@ class HistoryFold:
         for entry_id in item.entry_ids:
             self._set(self.item_of, entry_id, index, undo)
 
-    def _set_item(self, index: int, item: FoldedItem | None, undo: list[_Undo]) -> None:
-        old = self.items[index]
-        self.items[index] = item
-        self.changed.add(index)
-
-        def restore() -> None:
-            self.items[index] = old
-            self.changed.add(index)
-
-        undo.append(restore)
-
-    def _exclude(self, entry_id: str, reason: str, undo: list[_Undo]) -> None:
-        self.excluded.append((entry_id, reason))
-        undo.append(lambda: self._drop_last(self.excluded))
-
     def _pop_item(self) -> None:
         self.items.pop()
         self.changed.add(len(self.items))
-
-    @staticmethod
-    def _drop_last(values: list[V]) -> None:
-        values.pop()
 
     @staticmethod
     def _set(mapping: dict[K, V], key: K, value: V, undo: list[_Undo]) -> None:

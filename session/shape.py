@@ -2,8 +2,8 @@
 
 A session's fold, each read scope's, each side-thread's and the context preview's all see
 the same messages; a new fold (a side-thread opened, a scope seen first) walks the whole
-history. What a step needs of a text alone (its normalised forms, its MinHash signature,
-its pasted blocks, its escaped form) does not depend on the fold, so it is kept here,
+history. What a step needs of a text alone (the digest of it as written, its pasted
+blocks, its escaped form) does not depend on the fold, so it is kept here,
 keyed by the text's digest (exact: equal digests, equal texts), and a message is shaped
 once, not once per fold (review: each side-thread's first prompt re-read 100 messages of
 5,000 short lines each, 0.5 s of a stalled loop a cycle).
@@ -23,19 +23,15 @@ from dataclasses import dataclass
 from functools import cache
 
 from parley.session.attribution import escape_text
-from parley.session.dedup import as_written, minhash, normalise, same_words
+from parley.session.dedup import as_written
 
-BlockSpan = tuple[int, int, bytes, bytes]
-"""A pasted block: (first line, line after its last, digest of its lines ``as_written``,
-digest of its normalised lines)."""
+BlockSpan = tuple[int, int, bytes]
+"""A pasted block: (first line, line after its last, digest of its lines ``as_written``)."""
 
 
 @dataclass(frozen=True, slots=True)
 class TextShape:
-    written: bytes  # digest of ``as_written(text)``: what another member's duplicate shares
-    exact: bytes  # digest of ``normalise(text)``: what the same member's duplicate shares
-    words: bytes | None  # digest of ``same_words(text)``; None when it has none
-    signature: tuple[int, ...] | None  # ``minhash(text)``
+    written: bytes  # digest of ``as_written(text)``: what a repeat of it shares
     blocks: tuple[BlockSpan, ...]  # of at least ``min_lines`` lines, in text order
     escaped: str | None  # ``escape_text(text)`` when it differs from the text
 
@@ -45,9 +41,7 @@ def digest(text: str) -> bytes:
 
 
 # A run of at least ``min_lines`` non-blank lines ("\n"-separated, as ``str.split`` cuts):
-# possessive, so a try that fails gives nothing back; and its lines' folding, all in C.
-_WHITESPACE_RUN = re.compile(r"[^\S\n]+")
-_LINE_EDGES = re.compile(r"(?m)^ | $")
+# possessive, so a try that fails gives nothing back; in C.
 
 
 @cache
@@ -57,9 +51,9 @@ def _run_of_lines(min_lines: int) -> re.Pattern[str]:
 
 def block_spans(text: str, min_lines: int) -> Iterator[BlockSpan]:
     """A text's pasted blocks, runs of at least ``min_lines`` non-blank lines (cut at
-    "\n"), each with the digest of its lines ``as_written`` and of its lines normalised
-    (``dedup.normalise``; each joined by "\n"), found by regular expressions: a step per
-    block, none per line (a text of 16,000 one-letter lines is one block)."""
+    "\n"), each with the digest of its lines ``as_written``, found by a regular
+    expression: a step per block, none per line (a text of 16,000 one-letter lines is one
+    block)."""
     line = position = 0
     for match in _run_of_lines(min_lines).finditer(text):
         line += text.count("\n", position, match.start())
@@ -69,9 +63,7 @@ def block_spans(text: str, min_lines: int) -> Iterator[BlockSpan]:
             block = block[:-1]
         else:
             count += 1
-        # ``normalise`` of each line: casefolded, blanks collapsed, none at either end.
-        folded = _LINE_EDGES.sub("", _WHITESPACE_RUN.sub(" ", block.casefold()))
-        yield line, line + count, digest(as_written(block)), digest(folded)
+        yield line, line + count, digest(as_written(block))
         line, position = line + count, match.end()
 
 
@@ -111,13 +103,9 @@ class ShapeMemo:
 
     def _shape(self, text: str, min_lines: int) -> TextShape:
         self.shaped += 1
-        words = same_words(text)
         escaped = escape_text(text)
         return TextShape(
             written=digest(as_written(text)),
-            exact=digest(normalise(text)),
-            words=digest(words) if words else None,
-            signature=minhash(text),
             blocks=tuple(block_spans(text, min_lines)),
             escaped=None if escaped is text else escaped,
         )

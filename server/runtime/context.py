@@ -168,7 +168,6 @@ class SessionContext:
         return ContextSettings(
             window_tokens=spec.context_window_tokens,
             reserve_output_tokens=spec.reserved_output_tokens,
-            near_duplicate_threshold=self.settings.near_duplicate_threshold,
             min_block_lines=self.settings.min_block_lines,
         )
 

@@ -40,24 +40,23 @@ def assert_attributed(
 
     ``shown`` are the entries the input should draw on (visible, not pinned, not withheld);
     each is in exactly one message, under its own author with its own verb: ``asks you``
-    only for the run's prompts, ``wrote`` for everything else; only a member's own entries
-    share a message; a user message's text is the escaped wording of its latest entry, or
-    (a message, never a prompt) a reference to a message of the input that another
-    member wrote the same as written; no line of a member's text reads as the
-    server's."""
+    only for the run's prompts, ``wrote`` for everything else; every message is one entry
+    (nothing is merged), in story order; a user message's text is the escaped wording of
+    its entry, or (a message, never a prompt) a reference to an earlier message of the
+    input written the same as written; no line of a member's text reads as the server's."""
     by_id = {e.id: e for e in shown}
     drawn = [entry_id for ids in built.sources for entry_id in ids]
     assert sorted(drawn) == sorted(by_id)  # nothing lost, nothing twice
     asking = set(prompt_ids)
+    history = [by_id[i].seq for i in drawn if i not in asking]
+    assert history == sorted(history)  # the story's order
     askers: list[str] = []
     given = {by_id[i].seq: by_id[i] for i in drawn}
     for message, ids in zip(built.request.messages, built.sources, strict=True):
+        assert len(ids) == 1  # nothing is merged
         sources = [by_id[i] for i in ids]
         if sources[-1].kind not in (EntryKind.MESSAGE, EntryKind.PROMPT):
-            assert len(sources) == 1  # replies and tool results are never merged
             continue
-        assert all(s.kind in (EntryKind.MESSAGE, EntryKind.PROMPT) for s in sources)
-        assert len({s.author for s in sources}) == 1  # another member's words never merge
         wrote = [s.author for s in sources if s.id not in asking]
         asks = [s.author for s in sources if s.id in asking]
         askers += asks
@@ -69,7 +68,7 @@ def assert_attributed(
         else:
             first = given[int(reference[2])]
             assert sources[-1].kind is EntryKind.MESSAGE
-            assert reference[1] == name(first.author) != name(sources[-1].author)
+            assert reference[1] == name(first.author) and first.seq < sources[-1].seq
             assert as_written(first.content) == as_written(sources[-1].content)
         assert message.author == (asks or wrote)[-1]
     assert built.request.issuers == tuple(dict.fromkeys(askers))

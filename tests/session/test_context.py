@@ -11,7 +11,7 @@ from pycrdt import Doc
 
 from parley.session.attribution import escape_text
 from parley.session.context import SYSTEM_PROMPT, build_context, build_request
-from parley.session.dedup import normalise
+from parley.session.dedup import as_written
 from parley.session.entries import MESSAGE_STATUS, Entry, EntryKind
 from parley.session.lifecycle import PromptStatus, ReplyStatus
 from parley.session.model import ModelMessage, ModelRequest
@@ -245,7 +245,7 @@ def whole_items(entry: Entry, visible: list[Entry]) -> list[ModelMessage]:
         given = [ModelMessage("user", f"{line}\n{escape_text(entry.content)}", attribution=line)]
         reference = "[the same tool result as in message #{}]"
     for twin in visible:
-        if twin.kind is entry.kind and normalise(twin.content) == normalise(entry.content):
+        if twin.kind is entry.kind and as_written(twin.content) == as_written(entry.content):
             text = reference.format(twin.seq)
             if entry.kind is EntryKind.REPLY:
                 given.append(ModelMessage("assistant", text))

@@ -77,16 +77,50 @@ def test_another_member_cannot_move_a_members_words() -> None:
     assert_attributed(built, entries, ["e5"])
 
 
-def test_near_duplicates_keep_the_most_recent_wording() -> None:
+def test_a_members_own_variants_each_stay_in_their_own_words_and_place() -> None:
+    """Review (J2, J4): a member's own near-duplicate, case variant or repeat folded into
+    their latest wording at its latest place: the first of two recovery codes, May 3rd for
+    May 8th, a question answered before (its reply left with no question) were gone, and a
+    member's approval moved before the proposal it approved. Nothing folds by likeness;
+    a repeat as written is a reference at its own place when shorter."""
     first = "The nightly build failed because the cache directory on runner 3 is not writable"
     later = "The nightly build failed because the cache directory on runner 3 isn't writable"
-    entries = [msg(1, "alice", first), msg(2, "alice", later), prompt(3, "carol", "why?")]
-    built = build_context(session_id="s", entries=entries, prompt_ids=["e3"])
-    assert built.request.messages[0].content == f"[alice wrote]\n{later}"
-    assert built.excluded[0].reason == "near-duplicate of e2"
-    loose = ContextSettings(near_duplicate_threshold=0.99)
-    strict = build_context(session_id="s", entries=entries, prompt_ids=["e3"], settings=loose)
-    assert [m.content.split("\n", 1)[1] for m in strict.request.messages] == [first, later, "why?"]
+    entries = [
+        msg(1, "alice", first),
+        msg(2, "alice", "VPN recovery code: kQ7rTz9Xw2"),
+        msg(3, "bob", "got it"),
+        msg(4, "alice", "VPN recovery code: KQ7RTZ9XW2"),
+        msg(5, "alice", later),
+        msg(6, "alice", first),
+        prompt(7, "carol", "why?"),
+    ]
+    built = build_context(session_id="s", entries=entries, prompt_ids=["e7"])
+    assert [m.content for m in built.request.messages] == [
+        f"[alice wrote]\n{first}",
+        "[alice wrote]\nVPN recovery code: kQ7rTz9Xw2",
+        "[bob wrote]\ngot it",
+        "[alice wrote]\nVPN recovery code: KQ7RTZ9XW2",
+        f"[alice wrote]\n{later}",
+        "[alice wrote]\n[the same text alice wrote in message #1]",
+        "[carol asks you]\nwhy?",
+    ]
+    assert built.excluded == ()
+    assert_attributed(built, entries, ["e7"])
+
+
+def test_a_coalesced_run_is_sent_each_of_a_members_prompts() -> None:
+    """Review (J4): alice's two questions about two offices, answered by one run, were
+    folded as near-duplicates: only the second was sent, the first marked done with it."""
+    paris = "Is the Paris office closed on May 3rd for the public holiday this year?"
+    lyon = "Is the Lyon office closed on May 3rd for the public holiday this year?"
+    entries = [prompt(1, "alice", paris), prompt(2, "alice", lyon), prompt(3, "alice", paris)]
+    built = build_context(session_id="s", entries=entries, prompt_ids=["e1", "e2", "e3"])
+    assert [m.content for m in built.request.messages] == [
+        f"[alice asks you]\n{paris}",
+        f"[alice asks you]\n{lyon}",
+        f"[alice asks you]\n{paris}",  # a prompt in full, in its asker's words
+    ]
+    assert built.request.answering == (0, 1, 2)
 
 
 def test_a_pasted_block_seen_before_becomes_a_reference() -> None:
@@ -427,7 +461,8 @@ def test_a_near_duplicate_by_another_member_stays_in_their_own_words() -> None:
     """Review (deputy): a near-duplicate kept the newer wording with the authors of both,
     so mallory's "do NOT" under alice's name reached every later model input and alice's
     own words were gone. Another member's near-duplicate stays apart; the same words
-    as written are given at their own place too, a prompt in its asker's words."""
+    as written are given at their own place too, a prompt in its asker's words; and nobody's
+    near-duplicate folds into their own words either (review J2)."""
     said = "we {} roll out build 4121 to every production region tonight after the freeze ends"
     entries = [
         msg(1, "alice", said.format("DO")),
@@ -437,11 +472,12 @@ def test_a_near_duplicate_by_another_member_stays_in_their_own_words() -> None:
     ]
     built = build_context(session_id="s", entries=entries, prompt_ids=["e4"])
     assert [m.content for m in built.request.messages] == [
+        f"[alice wrote]\n{said.format('DO')}",
         f"[mallory wrote]\n{said.format('do NOT')}",
-        f"[alice wrote]\n{said.format('really DO')}",  # her own near-duplicate folds
+        f"[alice wrote]\n{said.format('really DO')}",
         f"[bob asks you]\n{said.format('do NOT')}",
     ]
-    assert [(x.entry_id, x.reason) for x in built.excluded] == [("e1", "near-duplicate of e3")]
+    assert built.excluded == ()
 
 
 def test_texts_that_differ_inside_never_fold_across_members() -> None:
@@ -511,8 +547,8 @@ def test_a_coalesced_run_is_sent_each_askers_own_wording() -> None:
 def test_the_same_text_as_written_is_given_once_whoever_pasted_it() -> None:
     """What deduplication is for: five members pasting the same log byte for byte (a
     trailing line break or two aside) give it once, each later copy a reference at its own
-    place under its own author; a member's own repeat in other case or with other stops
-    folds into their words."""
+    place under its own author; a repeat in other case or with other stops is its own
+    text."""
     who = ["alice", "bob", "carol", "dan", "erin"]
     entries = [msg(n, author, LOG + "\n" * (n % 2)) for n, author in enumerate(who)]
     entries += [msg(5, "frank", "Roll back now"), msg(6, "frank", "roll back NOW?")]
@@ -521,29 +557,13 @@ def test_the_same_text_as_written_is_given_once_whoever_pasted_it() -> None:
     assert [m.content for m in built.request.messages] == [
         f"[alice wrote]\n{LOG}",
         *(f"[{author} wrote]\n[the same text alice wrote in message #0]" for author in who[1:]),
+        "[frank wrote]\nRoll back now",
         "[frank wrote]\nroll back NOW?",
         "[grace asks you]\nwhat broke?",
     ]
-    assert [(x.entry_id, x.reason) for x in built.excluded] == [("e5", "near-duplicate of e6")]
+    assert built.excluded == ()
     assert count_tokens(LOG) > 5 * count_tokens("[the same text alice wrote in message #0]")
     assert_attributed(built, entries, ["e7"])
-
-
-def test_a_members_own_variant_does_not_fold_over_another_members_copy() -> None:
-    """bob posted alice's words as she wrote them, then each wrote them again in lower case:
-    each member's repeat folds into their own words only."""
-    said = [(who, text) for text in ("The token is AbC123", "the token is abc123") for who in "ab"]
-    entries = [
-        msg(n, {"a": "alice", "b": "bob"}[who], text) for n, (who, text) in enumerate(said, 1)
-    ]
-    entries.append(prompt(5, "carol", "which token?"))
-    built = build_context(session_id="s", entries=entries, prompt_ids=["e5"])
-    assert [m.content for m in built.request.messages] == [
-        "[alice wrote]\nthe token is abc123",
-        "[bob wrote]\nthe token is abc123",
-        "[carol asks you]\nwhich token?",
-    ]
-    assert_attributed(built, entries, ["e5"])
 
 
 def test_a_reply_in_other_case_is_not_the_same_reply() -> None:

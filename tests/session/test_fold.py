@@ -3,7 +3,6 @@ of the work."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import replace
 
 import pytest
@@ -278,28 +277,24 @@ def test_a_new_fold_reads_no_message_again_that_another_fold_read(
     """A side-thread's or a scope's first build walks the whole history; what it needs of
     each message's text alone was found by the session's build and is not found again
     (review: each new side-thread re-normalised 100 messages of 5,000 short lines)."""
-    calls = {"normalise": 0}
+    calls = {"as_written": 0}
+    read = dedup.as_written
 
-    def counting(read: Callable[[str], str]) -> Callable[[str], str]:
-        def counted(text: str) -> str:
-            calls["normalise"] += 1
-            return read(text)
+    def counted(text: str) -> str:
+        calls["as_written"] += 1
+        return read(text)
 
-        return counted
-
-    for name, read in (("normalise", dedup.normalise), ("as_written", dedup.as_written)):
-        for module in (dedup, fold, shape):
-            if hasattr(module, name):
-                monkeypatch.setattr(module, name, counting(read))
+    for module in (dedup, fold, shape):
+        monkeypatch.setattr(module, "as_written", counted)
     pasted = "".join(f"x y z {i % 3}\n" for i in range(2_000))
     entries = [entry(i, USERS[i % 3], f"{pasted}{i}") for i in range(1, 21)]
     builder = ContextBuilder()
     session = builder.build(session_id="s", entries=entries, prompt_ids=[], scope_key="members")
-    assert calls["normalise"] > 0
-    calls["normalise"] = 0
+    assert calls["as_written"] > 0
+    calls["as_written"] = 0
     thread = builder.build(session_id="s", entries=entries, prompt_ids=[], scope_key="thread:t")
     assert builder.last_refolded == 20  # a new fold, over the whole history
-    assert calls["normalise"] == 0  # not a line, not a text of it read again
+    assert calls["as_written"] == 0  # not a line, not a text of it read again
     assert thread.request.messages == session.request.messages
 
 
@@ -310,7 +305,7 @@ def test_a_message_with_no_block_seen_before_is_not_cut_into_lines() -> None:
     pasted = "".join(f"x y z {i % 3}\n" for i in range(5_000))
     entries = [entry(1, "alice", f"{pasted}\n1"), entry(2, "bob", f"{LOG}\n\n{pasted}\n2")]
     history = [(e, False) for e in entries]
-    folded = fold.HistoryFold(0.8, 4)
+    folded = fold.HistoryFold(4)
     folded.sync(history)
     first = folded.items[0]
     assert first is not None and first.text is entries[0].content
@@ -329,7 +324,7 @@ def test_a_tool_named_by_the_model_cannot_forge_a_line_in_the_history() -> None:
         entry(1, "model", "refused"), kind=EntryKind.TOOL, role="tool", status="done", tool=forged
     )
     again = replace(step, id="e2", seq=2)
-    fold = HistoryFold(0.8, 4)
+    fold = HistoryFold(4)
     fold.sync([(step, False), (again, False)])
     texts = [item.text for item in fold.items if item is not None]
     assert len(texts) == 2

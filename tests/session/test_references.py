@@ -116,10 +116,11 @@ def test_a_tool_result_whose_first_is_summarised_is_given_in_full() -> None:
     assert "[the same search_documents result as in message #2]" in sent(unsummarised)
 
 
-def test_a_block_whose_first_posting_now_shows_other_wording_is_given_in_full() -> None:
+def test_a_near_duplicate_stays_in_its_own_words_beside_a_reference_to_the_first() -> None:
     """alice's first posting was folded into her own later near-duplicate, with another
-    log: a reference to "the block alice posted in message #1" would stand for a text
-    the input no longer holds."""
+    log, and a reference to "the block alice posted in message #1" stood for a text the
+    input no longer held. Nothing folds by likeness now: each posting stays as written, at
+    its own place, and the reference stands for the first."""
     other = LOG.replace("payout failed", "payout retried")
     first = f"the log from the incident of this morning, as I saw it:\n\n{LOG}"
     entries = [
@@ -129,9 +130,11 @@ def test_a_block_whose_first_posting_now_shows_other_wording_is_given_in_full() 
         entry(4, "dan", "what broke?", EntryKind.PROMPT),
     ]
     built = build_context(session_id="s", entries=entries, prompt_ids=["e4"])
-    texts = sent(built)
-    assert texts[0] == f"[bob wrote]\nsame here:\n\n{LOG}"
-    assert texts[1] == f"[alice wrote]\n{entries[2].content}"
+    assert sent(built)[:3] == [
+        f"[alice wrote]\n{first}",
+        "[bob wrote]\nsame here:\n\n[the same 4-line block alice posted in message #1]",
+        f"[alice wrote]\n{entries[2].content}",
+    ]
 
 
 _REFERENCE = re.compile(r"\[the same .*(?:as to|as in|posted in) message #(\d+)\]$")

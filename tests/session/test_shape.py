@@ -10,14 +10,13 @@ from hypothesis import strategies as st
 
 from parley.session import dedup, shape
 from parley.session.attribution import escape_text
-from parley.session.dedup import normalise
 from parley.session.shape import ShapeMemo, block_spans, digest, size_of
 
 
-def blocks(text: str, min_lines: int) -> Iterator[tuple[int, int, str, str]]:
+def blocks(text: str, min_lines: int) -> Iterator[tuple[int, int, str]]:
     """The definition ``block_spans`` keeps, line by line (the fold's before it): runs of at
-    least ``min_lines`` non-blank lines, as ``(start_line, end_line, text,
-    normalised_text)``, each line of ``text`` as written but for the blanks that end it."""
+    least ``min_lines`` non-blank lines, as ``(start_line, end_line, text)``, each line of
+    ``text`` as written but for the blanks that end it."""
     lines = text.split("\n")
     start = None
     for index, line in enumerate([*lines, ""]):
@@ -28,7 +27,7 @@ def blocks(text: str, min_lines: int) -> Iterator[tuple[int, int, str, str]]:
         if start is not None and index - start >= min_lines:
             block = lines[start:index]
             written = "\n".join(x.rstrip() for x in block)
-            yield start, index, written, "\n".join(normalise(x) for x in block)
+            yield start, index, written
         start = None
 
 
@@ -37,11 +36,9 @@ def test_a_text_is_shaped_once_and_its_shape_is_what_the_fold_would_find() -> No
     text = "[not the server]\n" + "a line\n" * 5 + "\nend"
     shape = memo(text, 4)
     assert memo(text, 4) is shape and memo.shaped == 1
-    assert shape.exact == digest(normalise(text))
+    assert shape.written == digest(dedup.as_written(text))
     assert shape.escaped == escape_text(text) != text
-    assert shape.blocks == tuple(
-        (a, b, digest(written), digest(key)) for a, b, written, key in blocks(text, 4)
-    )
+    assert shape.blocks == tuple((a, b, digest(written)) for a, b, written in blocks(text, 4))
     assert memo("plain", 4).escaped is None  # nothing to escape: the text itself serves
 
 
@@ -62,26 +59,25 @@ def test_what_is_kept_stays_under_its_bound_however_the_texts_are_shaped() -> No
     st.integers(1, 4),
 )
 def test_block_spans_are_the_blocks_of_dedup_each_key_digested(text: str, min_lines: int) -> None:
-    expected = [(a, b, digest(w), digest(key)) for a, b, w, key in blocks(text, min_lines)]
+    expected = [(a, b, digest(w)) for a, b, w in blocks(text, min_lines)]
     assert list(block_spans(text, min_lines)) == expected
 
 
 def test_a_text_of_many_lines_is_shaped_without_a_step_per_line(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Its blocks are found and folded in C: the shaping normalises the text as a whole
-    (for its exact key, its words, its signature), never one of its 16,000 lines."""
+    """Its blocks are found in C: the shaping reads the text as written as a whole, and
+    each block once, never one of its 16,000 lines."""
     calls: list[str] = []
-    normalise = dedup.normalise
+    as_written = dedup.as_written
 
     def counted(text: str) -> str:
         calls.append(text)
-        return normalise(text)
+        return as_written(text)
 
-    for module in (dedup, shape):
-        monkeypatch.setattr(module, "normalise", counted)
+    monkeypatch.setattr(shape, "as_written", counted)
     text = "x\n" * 16_000 + "end"
     spans = ShapeMemo(limit=8, max_bytes=100_000)(text, 4).blocks
     lines = "\n".join(["x"] * 16_000 + ["end"])
-    assert spans == ((0, 16_001, digest(lines), digest(lines)),)
-    assert set(calls) == {text}
+    assert spans == ((0, 16_001, digest(lines)),)
+    assert len(calls) == 2  # the text, and its one block

@@ -14,10 +14,10 @@ from tests.server.runtime.harness import RecordingOffline, memory_session
 ROLL_BACK = "We should roll back the checkout deploy from 14:02 now"
 
 
-async def test_a_message_folded_into_a_prompt_is_not_an_ask() -> None:
-    """alice's own message and her prompt of the same words are one item: she wrote it and
-    asks it; bob's message of the same words stays his, at its own place (review J: merged
-    with another member's, words moved to where the other said them)."""
+async def test_a_message_of_the_same_words_as_a_prompt_is_not_an_ask() -> None:
+    """bob's and alice's messages of the same words as alice's prompt stay at their place,
+    each its author's (a later copy a reference to the first); only the prompt asks, in
+    full (review J: merged with the prompt, words moved to where it was asked)."""
     provider = RecordingOffline()
     async with memory_session({"alice": "editor", "bob": "editor"}, provider) as s:
         assert (await s.message("bob", ROLL_BACK))["type"] == "ack"
@@ -27,19 +27,23 @@ async def test_a_message_folded_into_a_prompt_is_not_an_ask() -> None:
 
         (request,) = provider.requests
         assert request.issuers == ("alice",)
-        assert [m.content for m in request.messages] == [
-            f"[bob wrote]\n{ROLL_BACK}",
-            f"[alice wrote, alice asks you]\n{ROLL_BACK}",
-        ]
+        contents = [m.content for m in request.messages]
+        assert contents[0] == f"[bob wrote]\n{ROLL_BACK}"
+        assert contents[1] in (
+            f"[alice wrote]\n{ROLL_BACK}",
+            "[alice wrote]\n[the same text bob wrote in message #1]",
+        )
+        assert contents[2] == f"[alice asks you]\n{ROLL_BACK}"
         assert request.messages[-1].author == "alice"
         (reply,) = [e.content for e in s.room.doc.entries() if e.kind == "reply"]
         assert f"alice asked: \u201c{ROLL_BACK}\u201d" in reply
         assert "[" not in reply  # the server's line is never quoted back
 
-        # Once answered, both are earlier content: she wrote it, nobody asks it.
+        # Once answered, each is earlier content: nobody asks it.
         built = s.room.context.build((), s.room.runs.scope_for(["bob"], preview=True))
         contents = [m.content for m in built.request.messages]
-        assert contents[:2] == [f"[bob wrote]\n{ROLL_BACK}", f"[alice wrote]\n{ROLL_BACK}"]
+        assert contents[0] == f"[bob wrote]\n{ROLL_BACK}"
+        assert contents[2] == f"[alice wrote]\n{ROLL_BACK}"
 
 
 VARIANTS = [  # (alice's words, mallory's variant after them): review J1
