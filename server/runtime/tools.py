@@ -181,22 +181,64 @@ class ToolRunner:
         return _webhook_result(hook.name, data)
 
 
+INVALID_TOOL_ANSWER = "invalid_tool_answer"
+"""The code an error result for a tool's answer out of its documented form opens with."""
+
+ANSWER_KEYS = frozenset({"content", "readers"})
+READERS_KEYS = frozenset({"users", "roles"})
+
+
+class _KeyTwice(ValueError):
+    pass
+
+
+def _once_each(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose keys are all different (``json.loads`` keeps the last)."""
+    found = dict(pairs)
+    if len(found) != len(pairs):
+        raise _KeyTwice
+    return found
+
+
+def _invalid(problem: str) -> Executed:
+    return Executed(f"error: {INVALID_TOOL_ANSWER}: {problem}", is_error=True)
+
+
 def _webhook_result(name: str, data: bytes) -> Executed:
-    """``{"content": str, "readers"?: {"users": [...], "roles": [...]}}`` or plain text."""
-    text = data.decode("utf-8", errors="replace")
+    """The result of a tool's answer ``data``: the answer object ``{"content": str,
+    "readers"?: {"users": [str], "roles": [str]}}`` (docs/permissions.md), or plain text
+    any member may read: a body that does not open with ``{`` (blanks and a byte-order
+    mark aside).
+
+    A body that opens with ``{`` in any other form (not JSON, a key twice, content not a
+    string, another key, ``readers`` of another form or null) is an error result
+    (``invalid_tool_answer``) that names what is wrong and quotes nothing of it: it may
+    say who may read it in a way not read here (content as a list of parts beside
+    ``readers``, a misspelt ``readers``), and read as plain text it went to every member."""
+    text = data.decode("utf-8", errors="replace").removeprefix("\ufeff")
+    if not text.lstrip().startswith("{"):
+        return Executed(text)
     try:
-        parsed = json.loads(text)
+        parsed = json.loads(text, object_pairs_hook=_once_each)
+    except _KeyTwice:
+        return _invalid("the tool's answer names a key twice")
     except (ValueError, RecursionError):
-        return Executed(text)
-    if not isinstance(parsed, dict) or not isinstance(parsed.get("content"), str):
-        return Executed(text)
-    readers = parsed.get("readers")
-    if readers is None:
-        return Executed(parsed["content"])
-    users, roles = (
-        readers.get(k) if isinstance(readers, dict) else None for k in ("users", "roles")
-    )
-    if not all(isinstance(x, list) and all(isinstance(i, str) for i in x) for x in (users, roles)):
-        return Executed("error: the tool's 'readers' must list 'users' and 'roles'", True)
-    restriction = (Readers(f"tool:{name}", frozenset(users), frozenset(roles)),)  # type: ignore[arg-type]
-    return Executed(parsed["content"], restriction=restriction)
+        return _invalid("the tool's answer opens as a JSON object but is not one")
+    if not parsed.keys() <= ANSWER_KEYS:
+        return _invalid("the tool's answer may hold only 'content' and 'readers'")
+    content = parsed.get("content")
+    if not isinstance(content, str):
+        return _invalid("the tool's 'content' must be a string")
+    if "readers" not in parsed:
+        return Executed(content)
+    readers = parsed["readers"]
+    if not (
+        isinstance(readers, dict)
+        and readers.keys() == READERS_KEYS
+        and all(
+            isinstance(v, list) and all(isinstance(i, str) for i in v) for v in readers.values()
+        )
+    ):
+        return _invalid("the tool's 'readers' must list 'users' and 'roles' (strings), no more")
+    readable = Readers(f"tool:{name}", frozenset(readers["users"]), frozenset(readers["roles"]))
+    return Executed(content, restriction=(readable,))

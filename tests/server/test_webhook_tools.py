@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import select
 
 from parley.authz.webhooks import (
     DELIVERY_HEADER,
@@ -27,15 +28,28 @@ from parley.authz.webhooks import (
 )
 from parley.server.http import access as access_api
 from parley.server.http import members as members_api
+from parley.server.http import webhooks as webhooks_api
 from parley.server.http.models import MemberPut
 from parley.server.http.resource_models import ToolCreate
+from parley.server.http.webhooks import WebhookCreate
 from parley.server.settings import Settings
+from parley.server.store.tables import webhook_deliveries
 from parley.session.commands import CancelCommand, PromptCommand
 from parley.session.lifecycle import PromptStatus
+from parley.session.thread_commands import (
+    ThreadOpenCommand,
+    ThreadPromptCommand,
+    ThreadShareCommand,
+)
 from tests.conftest import RunningServer, sqlite_url
 from tests.fake_model import Answer, FakeModel, Sent, call
 from tests.server.runtime.backend import Backend, backend, sql_store
-from tests.server.runtime.harness import MemorySession, memory_settings, stored_transcript
+from tests.server.runtime.harness import (
+    MemorySession,
+    Watcher,
+    memory_settings,
+    stored_transcript,
+)
 
 BOBS_NOTES = "bob's notes: the launch is on the 9th"
 
@@ -51,6 +65,7 @@ class ToolServer:
         # ``/hold``: the request is told (``arrived``) and answered once ``release`` is set.
         self.arrived = threading.Event()
         self.release = threading.Event()
+        self.crm_answer = b""  # ``/crm``: this body, as it is
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -81,6 +96,8 @@ class ToolServer:
                     self._answer(500, b"boom")
                 elif self.path == "/huge":
                     self._answer(200, b"x" * 5000)
+                elif self.path == "/crm":
+                    self._answer(200, outer.crm_answer)
                 elif self.path == "/bobs":  # what bob alone may read
                     answer = {"content": BOBS_NOTES, "readers": {"users": ["bob"], "roles": []}}
                     self._answer(200, json.dumps(answer).encode())
@@ -114,7 +131,7 @@ def tool_server() -> Iterator[ToolServer]:
 
 def script(sent: Sent) -> Answer:
     asked = sent.asked_text()
-    for name in ("lookup", "slow", "broken", "huge", "bobs", "hold"):
+    for name in ("lookup", "slow", "broken", "huge", "bobs", "hold", "crm"):
         if name in asked:
             return [call(name, {"q": asked})]
     return ["no tool"]
@@ -399,3 +416,140 @@ async def test_a_call_out_when_its_run_is_cancelled_is_in_the_story_and_the_audi
     # The document as stored (what a load, another node, a fresh client reads) has it too.
     stored = {e["id"]: e for e in await stored_transcript(s.store, sid)}
     assert stored[call_id]["status"] == "cancelled"
+
+
+TOOL_SECRET = "alice's file: the offer is 412,000"
+ALICE_ONLY = {"users": ["alice"], "roles": []}
+
+
+def _answer(**fields: Any) -> bytes:
+    return json.dumps(fields).encode()
+
+
+# Answers that name who may read them, or open as the answer object, in a form the
+# server does not read: each must stay out of everyone's sight (review A1).
+OUT_OF_FORM = {
+    "content as parts": _answer(content=[TOOL_SECRET], readers=ALICE_ONLY),
+    "content as an object": _answer(content={"text": TOOL_SECRET}, readers=ALICE_ONLY),
+    "content under another key": _answer(text=TOOL_SECRET, readers=ALICE_ONLY),
+    "content null, text beside": _answer(content=None, note=TOOL_SECRET, readers=ALICE_ONLY),
+    "readers null": _answer(content=TOOL_SECRET, readers=None),
+    "readers misspelt": _answer(content=TOOL_SECRET, reader=ALICE_ONLY),
+    "readers given twice": (
+        b'{"content": "%s", "readers": {"users": ["alice"], "roles": []}, "readers": null}'
+        % TOOL_SECRET.encode()
+    ),
+    "not JSON": b'{"content": "%s", "readers": {"users": ["alice"], "roles": []},}'
+    % TOOL_SECRET.encode(),
+    "nested too deep": _answer(content=TOOL_SECRET, readers=ALICE_ONLY)[:-1]
+    + b', "pad": '
+    + b"[" * 50_000
+    + b"]" * 50_000
+    + b"}",
+}
+
+
+async def _subscribed(b: Backend, sid: str) -> None:
+    """An event webhook for ``sid``'s replies and failures (its deliveries stay in the
+    outbox: no sender runs here)."""
+    events: Any = ["reply.completed", "run.failed"]
+    body = WebhookCreate(url="http://127.0.0.1:9/events", events=events, sessions=[sid])
+    await b.call(webhooks_api.create, body=body)
+
+
+async def _sent_out(b: Backend) -> list[str]:
+    """The bodies of every event webhook delivery written."""
+    async with b.store.read() as connection:
+        rows = await connection.execute(select(webhook_deliveries.c.payload))
+        return [row.payload for row in rows]
+
+
+async def _asked(s: MemorySession, user_id: str, command_id: str, text: str) -> None:
+    ack = await s.send(user_id, PromptCommand(command_id, text))
+    await s.settled(ack["prompt_id"])
+
+
+@pytest.mark.parametrize("answer", OUT_OF_FORM.values(), ids=OUT_OF_FORM)
+async def test_a_tool_answer_out_of_its_form_is_an_error_result_that_quotes_none_of_it(
+    tmp_path: Path, tool_server: ToolServer, answer: bytes
+) -> None:
+    """Review A1: a tool answering ``readers`` with ``content`` not a string (a list of
+    parts, under another key) was read as plain text, readers dropped: the shared
+    document's tool step, bob's model call and the ``reply.completed`` webhook carried
+    what the tool said alice alone may read. An answer object out of its documented form
+    is now an error result (``invalid_tool_answer``) that quotes nothing of it."""
+    provider = FakeModel(script)
+    settings = memory_settings(webhook_allow_private=True, max_tool_result_bytes=200_000)
+    async with (
+        sql_store(sqlite_url(tmp_path)) as store,
+        backend(settings, store=store, model=provider, clock=time.time) as b,
+    ):
+        tool_server.verifier = WebhookVerifier(await register(b, "crm", tool_server.url + "/crm"))
+        tool_server.crm_answer = answer
+        sid = await b.new_session({"bob": "editor"})
+        await _subscribed(b, sid)
+        s = await member(b, sid, "alice", ["tool:crm"])
+        await _asked(s, "alice", "a1", "ask crm")
+        await _asked(s, "bob", "b1", "what did the tool say?")
+        entries = [e.to_json() for e in s.room.doc.entries()]
+        sent_out = await _sent_out(b)
+
+    assert len(tool_server.received) == 1
+    assert [e["status"] for e in entries if e["kind"] == "reply"] == ["done", "done"]
+    assert TOOL_SECRET not in json.dumps(entries)
+    assert all(TOOL_SECRET not in r.everything() for r in provider.requests_for("bob"))
+    assert len(sent_out) == 2 and all("reply.completed" in p for p in sent_out)
+    assert all(TOOL_SECRET not in p for p in sent_out)
+    # Nor is alice's model given any of it: the error names what is wrong, no more.
+    assert all(TOOL_SECRET not in r.everything() for r in provider.requests)
+    told = provider.requests_for("alice")[-1].messages[-1]
+    assert told["role"] == "tool"
+    assert told["content"].startswith("error: invalid_tool_answer: ")
+    step = next(e for e in entries if e["kind"] == "tool")
+    assert step["status"] == "error" and "invalid_tool_answer" in step["content"]
+
+
+async def test_a_tool_answer_after_a_byte_order_mark_keeps_its_readers(
+    parley: tuple[Backend, FakeModel], tool_server: ToolServer
+) -> None:
+    """The answer object read as such after a byte-order mark (it was plain text to
+    ``json.loads``, readers dropped): alice's model is given it, bob sees no more than
+    that a step ran."""
+    b, provider = parley
+    tool_server.verifier = WebhookVerifier(await register(b, "crm", tool_server.url + "/crm"))
+    tool_server.crm_answer = "\ufeff".encode() + _answer(content=TOOL_SECRET, readers=ALICE_ONLY)
+    sid = await b.new_session({"bob": "editor"})
+    s = await member(b, sid, "alice", ["tool:crm"])
+    await _asked(s, "alice", "a1", "ask crm")
+    await _asked(s, "bob", "b1", "what did the tool say?")
+    assert TOOL_SECRET not in json.dumps([e.to_json() for e in s.room.doc.entries()])
+    assert all(TOOL_SECRET not in r.everything() for r in provider.requests_for("bob"))
+    assert provider.requests_for("alice")[-1].messages[-1]["content"] == TOOL_SECRET
+
+
+async def test_a_side_thread_reply_on_a_tool_answer_out_of_its_form_shares_none_of_it(
+    parley: tuple[Backend, FakeModel], tool_server: ToolServer
+) -> None:
+    """Review A1, side-thread: the reply drawn on such an answer was unrestricted, so
+    ``share-replies`` posted what the tool said alice alone may read into the session."""
+    b, _ = parley
+    tool_server.verifier = WebhookVerifier(await register(b, "crm", tool_server.url + "/crm"))
+    tool_server.crm_answer = OUT_OF_FORM["content as parts"]
+    sid = await b.new_session({"bob": "editor"})
+    s = await member(b, sid, "alice", ["tool:crm"])
+    alice = Watcher("alice")
+    s.room.connections.add(alice)  # type: ignore[arg-type]
+    opened = await s.send("alice", ThreadOpenCommand("o1", None, "t"))
+    thread_id = str(opened["thread_id"])
+    await s.send("alice", ThreadPromptCommand("t1", thread_id, "ask crm"))
+    async with asyncio.timeout(10):
+        while s.room.side_threads.threads[thread_id].running:
+            await alice.changed()
+    thread = s.room.side_threads.threads[thread_id]
+    reply = thread.turns[-1]
+    assert [t.kind for t in thread.turns] == ["prompt", "tool", "reply"]
+    shared = await s.send("alice", ThreadShareCommand("s1", thread_id, None, (reply.id,)))
+    assert shared["type"] == "ack", shared
+    assert TOOL_SECRET not in json.dumps([e.to_json() for e in s.room.doc.entries()])
+    assert TOOL_SECRET not in json.dumps([t.text for t in thread.turns])
+    assert "invalid_tool_answer" in thread.turns[1].text
