@@ -60,9 +60,11 @@ async def test_demo_in_three_browsers(tmp_path: Path) -> None:
         for page in (alice, bob):  # no error was shown to the editors
             assert await page.locator("#errors .error").count() == 0
 
-        # The context panel shows what the model would be given: alice repeats bob's
-        # question as a message, as he wrote it, and her next input has it once, folded.
-        await compose(alice, "Is the database healthy?", to="team")
+        # The context panel shows what the model would be given: alice pastes again, as
+        # written, what bob pasted, and her next input has it once (hers a reference).
+        pasted = "ERROR 14:02:11 payments-api: connection pool exhausted (40 of 40 in use)"
+        await compose(bob, pasted, to="team")
+        await compose(alice, pasted, to="team")
         await alice.wait_for_selector("#context-folded[data-count='1']")
         assert "of" in await alice.inner_text("#context-tokens")
         assert await alice.inner_text("#context-withheld") == "0"
