@@ -96,6 +96,9 @@ OUTSIDE_THE_TREE = {
     "OutboundError",
     "RefusedTarget",
     "NoAnswer",
+    # A webhook tool's answer with a key twice (server.runtime.tools): caught where the
+    # answer is read, which makes it the tool's error result.
+    "_KeyTwice",
 }
 
 
