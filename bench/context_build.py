@@ -355,10 +355,13 @@ def impersonations_succeeding() -> int:
 
 
 def _said_by(line: str) -> tuple[set[str], set[str]]:
-    """(who wrote, who asks) as an attribution line reads: ``[a and b each wrote, c asks you]``."""
+    """(who wrote, who asks) as an attribution line reads: ``[a and b each wrote, c asks you]``
+    (and where from, when a reference names it: ``[a wrote, message #12]``)."""
     wrote: set[str] = set()
     asks: set[str] = set()
     for clause in line.strip("[]").split(", "):
+        if clause.startswith("message #"):
+            continue
         for verb, into in (("each wrote", wrote), ("wrote", wrote), ("asks you", asks)):
             if clause.endswith(" " + verb):
                 into.update(clause.removesuffix(" " + verb).split(" and "))

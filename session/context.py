@@ -33,7 +33,14 @@ from parley.session.attribution import (
 )
 from parley.session.covers import covers_all
 from parley.session.entries import Entry, EntryKind
-from parley.session.fold import FoldedItem, HistoryFold, headed, rendered_tokens
+from parley.session.fold import (
+    FoldedItem,
+    HistoryFold,
+    attribution,
+    headed,
+    numbered,
+    rendered_tokens,
+)
 from parley.session.history import (
     Excluded,
     VisibleHistory,
@@ -188,6 +195,7 @@ class _Scope:
     # is made once while it stays in the input. Only the last build's are kept, so this
     # holds the model's input at most, not the history.
     messages: dict[int, tuple[FoldedItem, ModelMessage]] = field(default_factory=dict)
+    numbers: dict[int, tuple[FoldedItem, FoldedItem]] = field(default_factory=dict)
     # The fold's live items below ``edge``, as the last build listed them: the summarised
     # turns a build hands on change only when a summary comes or one of them changes.
     edge: int = 0
@@ -203,6 +211,16 @@ class _Scope:
                 self.below_edge = tuple(items[:edge])
             self.edge = edge
         return self.below_edge
+
+    def numbered(self, index: int, item: FoldedItem) -> FoldedItem:
+        """``fold.numbered(item)``, kept while item ``index`` is ``item``: a build's
+        numbered items are the same objects as the last build's (``history_messages``)."""
+        kept = self.numbers.get(index)
+        if kept is not None and kept[0] is item:
+            return kept[1]
+        made = numbered(item)
+        self.numbers[index] = (item, made)
+        return made
 
     def history_messages(self) -> Callable[[int, FoldedItem], ModelMessage]:
         """For one build: ``item`` (at ``index``) as a message of the history, made again
@@ -384,9 +402,12 @@ class ContextBuilder:
         references = GivenReferences(fold, answering_items)
 
         def form(index: int) -> FoldedItem:
-            """Item ``index`` as it is sent: in full while what it refers to is not in."""
-            item = fold.items[index]
-            return references.form(index, item)
+            """Item ``index`` as it is sent: in full while what it refers to is not in;
+            numbered when a reference names it."""
+            item = references.form(index, fold.items[index])
+            if fold.referred and not fold.referred.keys().isdisjoint(item.entry_ids):
+                return scope.numbered(index, item)
+            return item
 
         def tokens(index: int) -> int:
             sent = form(index)
@@ -497,8 +518,8 @@ def _message(item: FoldedItem, asking: frozenset[str]) -> ModelMessage:
         return ModelMessage("user", item.text, attribution=item.text.partition("\n")[0])
     if item.role != "user":
         return ModelMessage("assistant", item.text)
+    line = attribution(item, asking)  # once: a run renders every user item it keeps
     wrote, asks = item.voices(asking)
-    line = attribution_line(wrote, asks)  # once: a run renders every user item it keeps
     return ModelMessage(
         "user",
         headed(line, item.text),

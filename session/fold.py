@@ -31,7 +31,7 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, replace
 from typing import TypeVar
 
-from parley.session.attribution import attribution_line, escape_text, name, tool_line
+from parley.session.attribution import attribution_line, escape_text, name, placed, tool_line
 from parley.session.dedup import as_written
 from parley.session.entries import Entry, EntryKind
 from parley.session.shape import TextShape, shape_of
@@ -58,10 +58,15 @@ class FoldedItem:
     tokens: int  # of ``render(item)``: the item as history, nobody asking
     refers_to: tuple[str, ...] = ()
     in_full: FoldedItem | None = None  # set when ``refers_to`` is not empty
+    at: str = ""  # where it is from, on its server line (``numbered``): "message #12"
 
     @property
     def last_seq(self) -> int:
         return self.seqs[-1]
+
+    def counted(self) -> FoldedItem:
+        """This item with ``tokens`` counted again (of ``render``: nobody asking)."""
+        return replace(self, tokens=rendered_tokens(self))
 
     @property
     def authors(self) -> tuple[str, ...]:
@@ -79,8 +84,26 @@ class FoldedItem:
 
 
 def attribution(item: FoldedItem, asking: Collection[str] = ()) -> str:
-    """The server's first line of a user item: every author with their own verb."""
-    return attribution_line(*item.voices(asking))
+    """The server's first line of a user item: every author with their own verb (and its
+    number, when a reference names it: ``numbered``)."""
+    line = attribution_line(*item.voices(asking))
+    return placed(line, item.at) if item.at else line
+
+
+def numbered(item: FoldedItem) -> FoldedItem:
+    """``item`` with its number on its server line (``[alice wrote, message #12]``), for
+    an input where a reference names it: the history's messages carry no numbers, so a
+    reference to "message #12" would otherwise name nothing the model can find (review:
+    mallory's paste of alice's staging config, "the block alice posted in message #5",
+    read as alice's production config, the fifth message given). A reply has no server
+    line: a reference to one names the prompt it answers, which shares its number."""
+    if item.role == "assistant" or item.at:
+        return item
+    at = f"message #{item.seqs[-1]}"
+    if item.role == "tool":
+        line, _, text = item.text.partition("\n")
+        return replace(item, text=headed(placed(line, at), text), at=at).counted()
+    return replace(item, at=at).counted()
 
 
 def render(item: FoldedItem, asking: Collection[str] = ()) -> str:
@@ -165,6 +188,8 @@ class HistoryFold:
         self._blocks: dict[bytes, Entry] = {}
         self._replies: dict[str, Entry] = {}
         self._tool_results: dict[str, Entry] = {}
+        # Entry id -> how many items refer to it: a build numbers those it gives.
+        self.referred: dict[str, int] = {}
 
     def sync(self, history: Sequence[tuple[Entry, bool]], unchanged: int = 0) -> int:
         """Fold ``history`` (entries with their pinned flag); return the steps redone.
@@ -225,9 +250,12 @@ class HistoryFold:
         if first is None:
             self._add_whole(entry, "assistant", text, undo)
         else:
+            # A reply shares its prompt's number, and only the prompt shows it: the prompt
+            # must be given too.
             reference = f"[the same reply as to message #{first.seq}]"
             note = f"identical to the reply in message #{first.seq}"
-            self._add_whole(entry, "assistant", text, undo, (reference, note, first))
+            named = (first.id,) if first.reply_to is None else (first.id, first.reply_to)
+            self._add_whole(entry, "assistant", text, undo, (reference, note, named))
 
     def _add_tool_result(self, entry: Entry, undo: list[_Undo]) -> None:
         """A tool step of an earlier run; the same result again becomes a reference."""
@@ -243,7 +271,7 @@ class HistoryFold:
         else:
             reference = f"[the same {tool} result as in message #{first.seq}]"
             note = f"identical to the {tool} result in message #{first.seq}"
-            self._add_whole(entry, "tool", text, undo, (reference, note, first))
+            self._add_whole(entry, "tool", text, undo, (reference, note, (first.id,)))
 
     def _first_of(
         self, seen: dict[K, Entry], key: K, entry: Entry, undo: list[_Undo]
@@ -260,20 +288,20 @@ class HistoryFold:
         role: str,
         text: str,
         undo: list[_Undo],
-        reference: tuple[str, str, Entry] | None = None,
+        reference: tuple[str, str, tuple[str, ...]] | None = None,
     ) -> None:
-        """An item for one entry that is never merged (a reply, a tool result): its
-        ``text``, or ``reference`` (its text, its note, the entry it stands for) with
-        ``text`` kept in full beside it."""
+        """An item for an entry of the model's (a reply, a tool result): its ``text``, or
+        ``reference`` (its text, its note, the entries it names) with ``text`` kept in full
+        beside it."""
         item = FoldedItem(
             (entry.id,), (entry.seq,), role, (entry.author,), text, "", count_tokens(text)
         )
         if reference is not None:
-            line, note, first = reference
+            line, note, named = reference
             tokens = count_tokens(line)
             if tokens < item.tokens:  # a reference longer than its text ("ok") saves nothing
                 item = replace(
-                    item, text=line, note=note, tokens=tokens, refers_to=(first.id,), in_full=item
+                    item, text=line, note=note, tokens=tokens, refers_to=named, in_full=item
                 )
         self._append(item, undo)
 
@@ -350,6 +378,8 @@ class HistoryFold:
         undo.append(self._pop_item)
         for entry_id in item.entry_ids:
             self._set(self.item_of, entry_id, index, undo)
+        for entry_id in item.refers_to:
+            self._set(self.referred, entry_id, self.referred.get(entry_id, 0) + 1, undo)
 
     def _pop_item(self) -> None:
         self.items.pop()

@@ -5,7 +5,13 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from parley.session.attribution import attribution_line, escape_text, is_server_line, name
+from parley.session.attribution import (
+    attribution_line,
+    escape_text,
+    is_server_line,
+    name,
+    placed,
+)
 from parley.session.context import BuiltContext
 from parley.session.dedup import as_written
 from parley.session.entries import Entry, EntryKind
@@ -52,6 +58,8 @@ def assert_attributed(
     assert history == sorted(history)  # the story's order
     askers: list[str] = []
     given = {by_id[i].seq: by_id[i] for i in drawn}
+    # The numbers references name: the messages they name show them on their line.
+    named = {int(n) for m in built.request.messages for n in _NAMED.findall(m.content)}
     for message, ids in zip(built.request.messages, built.sources, strict=True):
         assert len(ids) == 1  # nothing is merged
         sources = [by_id[i] for i in ids]
@@ -60,7 +68,9 @@ def assert_attributed(
         wrote = [s.author for s in sources if s.id not in asking]
         asks = [s.author for s in sources if s.id in asking]
         askers += asks
-        assert message.attribution == attribution_line(wrote, asks)
+        line = attribution_line(wrote, asks)
+        seq = sources[-1].seq
+        assert message.attribution == (placed(line, f"message #{seq}") if seq in named else line)
         reference = _SAME_TEXT.fullmatch(message.body)
         if reference is None:
             assert message.body == escape_text(sources[-1].content)
@@ -75,3 +85,4 @@ def assert_attributed(
 
 
 _SAME_TEXT = re.compile(r"\[the same text (.+) wrote in message #(\d+)\]")
+_NAMED = re.compile(r"(?m)^\[the same .* message #(\d+)\]$")

@@ -9,7 +9,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from pycrdt import Doc
 
-from parley.session.attribution import escape_text
+from parley.session.attribution import escape_text, placed
 from parley.session.context import SYSTEM_PROMPT, build_context, build_request
 from parley.session.dedup import as_written
 from parley.session.entries import MESSAGE_STATUS, Entry, EntryKind
@@ -242,7 +242,10 @@ def whole_items(entry: Entry, visible: list[Entry]) -> list[ModelMessage]:
         reference = "[the same reply as to message #{}]"
     else:
         line = "[tool was run for an earlier answer]"
-        given = [ModelMessage("user", f"{line}\n{escape_text(entry.content)}", attribution=line)]
+        given = [
+            ModelMessage("user", f"{head}\n{escape_text(entry.content)}", attribution=head)
+            for head in (line, placed(line, f"message #{entry.seq}"))  # named by a reference
+        ]
         reference = "[the same tool result as in message #{}]"
     for twin in visible:
         if twin.kind is entry.kind and as_written(twin.content) == as_written(entry.content):
@@ -337,17 +340,7 @@ def test_a_run_sees_only_finished_work_before_its_prompt(case: tuple[list[Entry]
         or (e.kind is EntryKind.TOOL and e.status == "done")
     ]
     assert_attributed(built, [*visible, prompt], [prompt.id])
-    # Folded entries (shown in a later message) are the excluded ones, in the order they
-    # were folded: by the entry that took each in (in a message's sources each entry is
-    # taken in by the next). Two folds can interleave ("ok" twice around a repeated log),
-    # so this is neither the messages' order nor the transcript's.
-    seq_of = {e.id: e.seq for e in entries}
-    folded = [
-        (seq_of[ids[i + 1]], seq_of[entry_id], entry_id)
-        for ids in built.sources
-        for i, entry_id in enumerate(ids[:-1])
-    ]
-    assert [x.entry_id for x in built.excluded] == [e for *_, e in sorted(folded)]
+    assert built.excluded == ()  # nothing is folded away
     by_id = {e.id: e for e in visible}
     for message, ids in zip(request.messages, built.sources, strict=True):
         if by_id.get(ids[-1], prompt).kind in (EntryKind.REPLY, EntryKind.TOOL):

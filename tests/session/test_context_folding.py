@@ -42,7 +42,7 @@ def test_another_members_copy_stays_at_its_place_as_a_reference() -> None:
     built = build_context(session_id="s", entries=entries, prompt_ids=["e6"])
     texts = [m.content for m in built.request.messages]
     assert texts == [
-        f"[alice wrote]\n{said}",
+        f"[alice wrote, message #1]\n{said}",
         "[carol wrote]\nunrelated",
         "[bob wrote]\n[the same text alice wrote in message #1]",
         "[carol wrote]\nyes",  # a reference would be longer
@@ -96,7 +96,7 @@ def test_a_members_own_variants_each_stay_in_their_own_words_and_place() -> None
     ]
     built = build_context(session_id="s", entries=entries, prompt_ids=["e7"])
     assert [m.content for m in built.request.messages] == [
-        f"[alice wrote]\n{first}",
+        f"[alice wrote, message #1]\n{first}",
         "[alice wrote]\nVPN recovery code: kQ7rTz9Xw2",
         "[bob wrote]\ngot it",
         "[alice wrote]\nVPN recovery code: KQ7RTZ9XW2",
@@ -373,7 +373,10 @@ def test_an_earlier_tool_result_is_given_once_and_only_to_who_may_read_it() -> N
     entries[0] = replace(entries[0], status="done")
     built = build_context(session_id="s", entries=entries, prompt_ids=["e5"])
     texts = [m.content for m in built.request.messages]
-    assert "[search_documents was run for an earlier answer]\npassage: launch on friday" in texts
+    assert (
+        "[search_documents was run for an earlier answer, message #2]\npassage: launch on friday"
+        in texts
+    )
     assert "[the same search_documents result as in message #2]" in texts
 
     def alice_may_not(entry: Entry) -> str | None:
@@ -555,7 +558,7 @@ def test_the_same_text_as_written_is_given_once_whoever_pasted_it() -> None:
     entries.append(prompt(7, "grace", "what broke?"))
     built = build_context(session_id="s", entries=entries, prompt_ids=["e7"])
     assert [m.content for m in built.request.messages] == [
-        f"[alice wrote]\n{LOG}",
+        f"[alice wrote, message #0]\n{LOG}",
         *(f"[{author} wrote]\n[the same text alice wrote in message #0]" for author in who[1:]),
         "[frank wrote]\nRoll back now",
         "[frank wrote]\nroll back NOW?",
@@ -601,7 +604,7 @@ def test_another_members_block_in_other_case_is_not_a_reference_to_theirs() -> N
     ]
     built = build_context(session_id="s", entries=entries, prompt_ids=["e4"])
     assert [m.content for m in built.request.messages] == [
-        f"[alice wrote]\nmy config:\n\n{config}",
+        f"[alice wrote, message #1]\nmy config:\n\n{config}",
         f"[mallory wrote]\nmine:\n\n{config.lower()}",
         "[bob wrote]\ncopied:\n\n[the same 5-line block alice posted in message #1]",
         "[carol asks you]\nwhose config?",

@@ -131,27 +131,39 @@ def test_a_near_duplicate_stays_in_its_own_words_beside_a_reference_to_the_first
     ]
     built = build_context(session_id="s", entries=entries, prompt_ids=["e4"])
     assert sent(built)[:3] == [
-        f"[alice wrote]\n{first}",
+        f"[alice wrote, message #1]\n{first}",
         "[bob wrote]\nsame here:\n\n[the same 4-line block alice posted in message #1]",
         f"[alice wrote]\n{entries[2].content}",
     ]
 
 
-_REFERENCE = re.compile(r"\[the same .*(?:as to|as in|posted in) message #(\d+)\]$")
+_REFERENCE = re.compile(r"\[the same .*(?:as to|as in|posted in|wrote in) message #(\d+)\]$")
 
 
 def assert_references_stand_for_what_is_given(built: BuiltContext, entries: list[Entry]) -> None:
     """Every reference names an entry whose own text (as written) a message of the same
-    input shows."""
-    by_seq = {e.seq: e for e in entries}
+    input shows, and whose number that message's server line shows (a reply's: its
+    prompt's, which it shares)."""
+    by_seq = {e.seq: e for e in entries if e.kind is not EntryKind.REPLY}
+    replies = {e.seq: e for e in entries if e.kind is EntryKind.REPLY}
     shown = {ids[-1] for ids in built.sources}
     by_id = {e.id: e for e in entries}
+    server_lines = [m.attribution for m in built.request.messages if m.role == "user"]
     for content in sent(built):
         for line in content.split("\n"):
             match = _REFERENCE.match(line)
             if match is None:
                 continue
-            target = by_seq[int(match[1])]
+            number = int(match[1])
+            if " reply as to " in line and replies[number].reply_to is None:
+                continue  # a reply with no prompt of its own (these tests' replies)
+            assert any(x.endswith(f", message #{number}]") for x in server_lines), line
+    for content in sent(built):
+        for line in content.split("\n"):
+            match = _REFERENCE.match(line)
+            if match is None:
+                continue
+            target = (replies if " reply as to " in line else by_seq)[int(match[1])]
             assert target.id in built.included, line
             showing = next(ids[-1] for ids in built.sources if target.id in ids)
             assert showing in shown and by_id[showing].content == target.content, line
@@ -199,6 +211,42 @@ def test_no_reference_stands_for_what_the_input_leaves_out(
     assert built.tokens == count_tokens(built.request.system) + sum(
         count_tokens(m.content) for m in built.request.messages
     )
+
+
+def test_a_reference_names_a_number_the_input_shows() -> None:
+    """Review J6: "[the same 6-line block alice posted in message #4]" named a number no
+    message of the input showed; counted the only way the input allowed, #4 was alice's
+    production config, not the staging one mallory pasted. The message a reference names
+    carries its number on its server line; a reply is named by its prompt's number."""
+    staging = "db_host: pg-stg-01.internal\nreplicas: 1\ndebug: true\ntls: off"
+    production = "db_host: pg-prod-eu.internal\nreplicas: 6\ndebug: false\ntls: on"
+    plan = replace(reply(1, PLAN), reply_to="e1", answers=("e1",))
+    entries = [
+        done(1, "alice", "what is the rollback plan?"),
+        replace(plan, id="r1"),
+        entry(3, "bob", "ok"),
+        entry(4, "alice", f"Staging:\n\n{staging}"),
+        entry(5, "alice", f"Production:\n\n{production}"),
+        entry(6, "mallory", f"Applying this to the production cluster now:\n\n{staging}"),
+        done(7, "bob", "and the rollback plan again?"),
+        replace(plan, id="r7", seq=7, reply_to="e7", answers=("e7",)),
+        entry(8, "dan", "does mallory apply the production config?", EntryKind.PROMPT),
+    ]
+    built = build_context(session_id="s", entries=entries, prompt_ids=["e8"])
+    assert sent(built) == [
+        "[alice wrote, message #1]\nwhat is the rollback plan?",
+        PLAN,
+        "[bob wrote]\nok",
+        f"[alice wrote, message #4]\nStaging:\n\n{staging}",
+        f"[alice wrote]\nProduction:\n\n{production}",
+        "[mallory wrote]\nApplying this to the production cluster now:\n\n"
+        "[the same 4-line block alice posted in message #4]",
+        "[bob wrote]\nand the rollback plan again?",
+        "[the same reply as to message #1]",
+        "[dan asks you]\ndoes mallory apply the production config?",
+    ]
+    assert_references_stand_for_what_is_given(built, entries)
+    assert built.tokens == count_tokens(built.request.system) + sum(map(count_tokens, sent(built)))
 
 
 def test_a_reference_longer_than_its_text_is_not_made_and_the_input_keeps_its_budget() -> None:

@@ -28,11 +28,10 @@ async def test_a_message_of_the_same_words_as_a_prompt_is_not_an_ask() -> None:
         (request,) = provider.requests
         assert request.issuers == ("alice",)
         contents = [m.content for m in request.messages]
-        assert contents[0] == f"[bob wrote]\n{ROLL_BACK}"
-        assert contents[1] in (
-            f"[alice wrote]\n{ROLL_BACK}",
+        assert contents[:2] == [
+            f"[bob wrote, message #1]\n{ROLL_BACK}",  # named by alice's reference
             "[alice wrote]\n[the same text bob wrote in message #1]",
-        )
+        ]
         assert contents[2] == f"[alice asks you]\n{ROLL_BACK}"
         assert request.messages[-1].author == "alice"
         (reply,) = [e.content for e in s.room.doc.entries() if e.kind == "reply"]
@@ -42,7 +41,7 @@ async def test_a_message_of_the_same_words_as_a_prompt_is_not_an_ask() -> None:
         # Once answered, each is earlier content: nobody asks it.
         built = s.room.context.build((), s.room.runs.scope_for(["bob"], preview=True))
         contents = [m.content for m in built.request.messages]
-        assert contents[0] == f"[bob wrote]\n{ROLL_BACK}"
+        assert contents[0] == f"[bob wrote, message #1]\n{ROLL_BACK}"
         assert contents[2] == f"[alice wrote]\n{ROLL_BACK}"
 
 
