@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import heapq
 import re
+from array import array
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -59,24 +60,23 @@ class DocumentIndex:
     title: str
     title_words: frozenset[str]
     passages: tuple[str, ...]
-    postings: Mapping[str, tuple[int, ...]]
+    postings: Mapping[str, bytes]  # the passages a word is in, in order (``array`` "I")
     chars: int  # the document's length, what keeping the index is counted by
 
 
 def index(document: Document, passage_chars: int = 600) -> DocumentIndex:
     """Split ``document`` into passages and words: its whole cost, paid once."""
     cut = tuple(passages(document, passage_chars))
-    postings: dict[str, list[int]] = {}
+    positions: dict[str, list[int]] = {}
     for position, passage in enumerate(cut):
         for word in _words(passage):
-            postings.setdefault(word, []).append(position)
+            positions.setdefault(word, []).append(position)
+    # Kept as bytes: the collector tracks none of them, nor the dict (lists, tuples and
+    # arrays it would, 5,000 of them a document: every full collection walked them all).
+    postings = {word: array("I", found).tobytes() for word, found in positions.items()}
+    title_words = frozenset(_words(document.title))
     return DocumentIndex(
-        document.id,
-        document.title,
-        frozenset(_words(document.title)),
-        cut,
-        {word: tuple(positions) for word, positions in postings.items()},
-        len(document.text),
+        document.id, document.title, title_words, cut, postings, len(document.text)
     )
 
 
@@ -93,7 +93,7 @@ def search_indexed(
         in_title = len(wanted & document.title_words)
         hits: Counter[int] = Counter()
         for word in wanted - document.title_words:
-            hits.update(document.postings.get(word, ()))
+            hits.update(memoryview(document.postings.get(word, b"")).cast("I"))
         scored = [(-(in_title + n), order, position) for position, n in hits.items()]
         if in_title:  # every passage scores; of those no other word is in, the first few
             rest = (p for p in range(len(document.passages)) if p not in hits)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -120,3 +122,12 @@ def test_a_search_over_indexed_documents_splits_only_its_query(
     found = search_indexed(indexes, query)
     assert [(p.document_id, p.score) for p in found] == [("d0", 3)] * 5
     assert sum(split) == len(query)
+
+
+def test_the_collector_tracks_nothing_of_an_index_but_its_few_parts() -> None:
+    """An index is kept for the life of a document: of its thousands of postings none may
+    lengthen every full collection (a server's loop stops while one runs)."""
+    indexed = index(Document("d1", "Runbook", " ".join(f"w{i}" for i in range(5000))))
+    assert len(indexed.postings) == 5000
+    assert not gc.is_tracked(indexed.postings)
+    assert not any(gc.is_tracked(found) for found in indexed.postings.values())
