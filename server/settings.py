@@ -78,6 +78,13 @@ class Settings(BaseSettings):
     max_documents_per_session: int = 100
     max_members_per_session: int = Field(default=1000, ge=1)
     max_document_chars: int = 200_000
+    max_search_index_chars: int = Field(
+        default=20_000_000,
+        ge=0,
+        description="Characters of documents whose search index a node keeps (about five "
+        "bytes a character); past it the least recently searched sessions' are dropped, "
+        "indexed again when searched. The session searched last is always kept",
+    )
 
     # Context building
     context_window_tokens: int = 16_384

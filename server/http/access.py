@@ -151,6 +151,7 @@ async def delete_document(
     await spend_command_everywhere(state, room, caller.user_id)
     if not await _access(state).delete_document(session_id, document_id):
         raise NotFound(f"no document {document_id!r}")
+    state.rooms.document_search.drop(session_id, document_id)
     await room.writer.audit("document", caller.actor, {"deleted": document_id})
 
 

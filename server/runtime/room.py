@@ -24,6 +24,7 @@ from parley.server.http.retry_hint import retry_reason
 from parley.server.metrics import Metrics
 from parley.server.runtime.active_run import ActiveRun
 from parley.server.runtime.context import SessionContext
+from parley.server.runtime.document_search import DocumentSearch
 from parley.server.runtime.left_clients import LeftClientWriter
 from parley.server.runtime.membership import Membership, member_rates
 from parley.server.runtime.room_view import session_view
@@ -73,6 +74,7 @@ class SessionRoom:
         cut_off: ReasonCode = ReasonCode.SERVER_RESTART,
         publish_presence: Callable[[bytes], None] | None = None,
         left_clients: LeftClientWriter | None = None,
+        document_search: DocumentSearch | None = None,
     ) -> None:
         self.session_id = session_id
         self.store = store
@@ -81,6 +83,8 @@ class SessionRoom:
         self.metrics = metrics or Metrics()
         self.webhooks = webhooks
         self.access = store.access
+        # The indexes ``search_documents`` reads: the registry's, shared by its rooms.
+        self.document_search = document_search or DocumentSearch(settings.max_search_index_chars)
         self.model = model  # the session's model; None: the server's default
         self.restricted_replies = "private"
         self.restricted_replies_by: str | None = None  # who chose ``shared``; None: admin

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from parley.authz.roles import RoleTable
 from parley.server.metrics import Metrics
 from parley.server.runtime.commands import handle_frame
+from parley.server.runtime.document_search import DocumentSearch
 from parley.server.runtime.left_clients import LeftClientWriter
 from parley.server.runtime.room import SessionRoom
 from parley.server.runtime.runner import SessionRunner
@@ -59,6 +60,8 @@ class RoomRegistry:
         self._recovering: asyncio.Task[None] | None = None  # sessions refused at start
         # Cluster mode: the node decides whether a room runs here or is a read replica.
         self.cluster: ClusterNode | None = None
+        # One for the node's rooms: a room loaded again finds its documents indexed.
+        self.document_search = DocumentSearch(settings.max_search_index_chars)
         self.left_clients = LeftClientWriter(
             store,
             clock,
@@ -102,6 +105,7 @@ class RoomRegistry:
                 cut_off=self._cut_off.get(session_id, ReasonCode.SERVER_RESTART),
                 publish_presence=publish,
                 left_clients=self.left_clients,
+                document_search=self.document_search,
             )
             await room.restore_presence()  # before its runner starts, or a socket attaches
             runner = SessionRunner(room, self.provider, self.settings.run_timeout_s)

@@ -75,7 +75,7 @@ class SessionRunner:
         self.thread_runs = ThreadRuns(self)
         self.usage = UsageLedger(room.store, room.clock)
         self.summariser = Summariser(room, provider, run_timeout_s, self.usage)
-        self.tools = ToolRunner(room.settings, room.access, room.clock)
+        self.tools = ToolRunner(room.settings, room.access, room.clock, room.document_search)
         self.limits = LoopLimits(
             room.settings.max_tool_steps, room.settings.max_tool_calls_per_turn
         )

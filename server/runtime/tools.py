@@ -31,10 +31,11 @@ from parley.server.outbound.targets import (
     Resolver,
     system_resolver,
 )
+from parley.server.runtime.document_search import DocumentSearch
 from parley.server.settings import Settings
 from parley.server.store.access_rows import DocumentRow, ToolRow
 from parley.server.store.port import RuntimeAccess
-from parley.session.documents import Document, render, search
+from parley.session.documents import render
 from parley.session.model import ToolSpec
 
 SEARCH_DOCUMENTS = ToolSpec(
@@ -74,10 +75,12 @@ class ToolRunner:
         settings: Settings,
         access: RuntimeAccess,
         clock: Callable[[], float],
+        document_search: DocumentSearch,
         resolver: Resolver = system_resolver,
     ) -> None:
         self.settings = settings
         self.access = access
+        self.document_search = document_search
         self.clock = clock  # the room's: signatures are dated by it
         self.resolver = resolver  # the seam tests use to stand in for DNS
 
@@ -109,9 +112,12 @@ class ToolRunner:
         query = arguments.get("query")
         if not isinstance(query, str) or not query.strip():
             return Executed("error: 'query' must be a non-empty string", is_error=True)
-        rows = await self.access.list_documents(session_id)
+        # Without their texts: those the run may read are indexed once (``DocumentSearch``).
+        rows = await self.access.list_documents(session_id, texts=False)
         readable: list[DocumentRow] = [r for r in rows if scope.withheld((r.readers,)) is None]
-        found = search([Document(r.id, r.title, r.text) for r in readable], query[:1000])
+        found = await self.document_search.find(
+            self.access, session_id, rows, readable, query[:1000]
+        )
         drawn = {p.document_id for p in found}
         restriction = restrict(*((r.readers,) for r in readable if r.id in drawn))
         return Executed(render(found), restriction=restriction)
