@@ -1,9 +1,12 @@
 """Build a run's model input from the transcript: deterministic, pure, within a budget.
 
-What a run sees: the transcript up to its (last) prompt — every message, every answered
-prompt with its reply, in story order — then the prompts it answers. Prompts still waiting,
-failed, cancelled or interrupted, and replies that did not finish, are left out, so the input
-never depends on timing. Entries the issuers may not read are withheld (and listed).
+What a run sees: the transcript up to its (last) prompt — every message, every ended
+prompt with its reply, in story order — then the prompts it answers. A prompt that got no
+full answer is given as what its member wrote, with the server's line on how it ended, and
+the part of its reply that was written as cut off; one withdrawn by its author is left out
+(and listed: ``session.history``). Prompts still waiting and replies still streaming are
+left out, so the input never depends on timing. Entries the issuers may not read are
+withheld (and listed).
 
 The system text carries the instructions, the session facts, the pinned messages and the
 newest summary of older turns: they are always given. Repetition is folded out of the rest
@@ -45,6 +48,7 @@ from parley.session.history import (
     Excluded,
     VisibleHistory,
     WithheldReason,
+    outcome,
 )
 from parley.session.model import ModelMessage, ModelRequest, ToolSpec
 from parley.session.references import GivenReferences
@@ -147,10 +151,13 @@ def pin_heading(pin: Entry) -> str:
     its replies) cannot pass their pin off as the assistant's (review)."""
     at = f"message #{pin.seq}"
     if pin.kind is EntryKind.REPLY:
-        return placed(REPLY_LINE, at)
-    if pin.kind is EntryKind.TOOL:
-        return placed(tool_line(pin.tool or "tool"), at)
-    return placed(attribution_line([pin.author], []), at)
+        line = REPLY_LINE
+    elif pin.kind is EntryKind.TOOL:
+        line = tool_line(pin.tool or "tool")
+    else:
+        line = attribution_line([pin.author], [])
+    ended = outcome(pin)  # a prompt with no full answer, a reply cut off: said so
+    return placed(line if ended is None else placed(line, ended), at)
 
 
 def _system_text(facts: Mapping[str, Fact], pins: Sequence[Entry], summary: Summary | None) -> str:

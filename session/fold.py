@@ -34,6 +34,7 @@ from typing import TypeVar
 from parley.session.attribution import attribution_line, escape_text, name, placed, tool_line
 from parley.session.dedup import as_written
 from parley.session.entries import Entry, EntryKind
+from parley.session.history import outcome_line
 from parley.session.shape import TextShape, shape_of
 from parley.session.tokens import count_tokens, tokenizer_name
 
@@ -134,6 +135,18 @@ def headed(line: str, text: str) -> str:
     return f"{line}\n{text}"
 
 
+def _noted(item: FoldedItem, entry: Entry) -> FoldedItem:
+    """``item`` with the server's line on how ``entry`` (its latest) ended, after its text,
+    when that was not as asked (``history.outcome_line``: a prompt with no full answer, a
+    reply cut off); the same after its text in full."""
+    line = outcome_line(entry)
+    if line is None:
+        return item
+    full = None if item.in_full is None else _noted(item.in_full, entry)
+    draft = replace(item, text=f"{item.text}\n{line}", in_full=full)
+    return replace(draft, tokens=rendered_tokens(draft))
+
+
 def _escaped(entry: Entry, shape: TextShape) -> str:
     return entry.content if shape.escaped is None else shape.escaped
 
@@ -158,8 +171,10 @@ def prepare_entry(entry: Entry, min_block_lines: int) -> None:
         prepare(entry.content, min_block_lines)
 
 
-StepKey = tuple[str, str, bool]
-"""What a step folded: entry id, its text, whether it was pinned. Equal keys fold equally."""
+StepKey = tuple[str, str, bool, str | None]
+"""What a step folded: entry id, its text, whether it was pinned, the server's line on how
+it ended (``outcome_line``: a prompt asked in the last build is folded again once it ended
+unanswered, not once it was answered). Equal keys fold equally."""
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -205,7 +220,7 @@ class HistoryFold:
         for entry, pinned in history[common:]:
             self._undo.append(self._step(entry, pinned))
             self.step_of[entry.id] = len(self.keys)
-            self.keys.append((entry.id, entry.content, pinned))
+            self.keys.append((entry.id, entry.content, pinned, outcome_line(entry)))
         return len(history) - common
 
     def synced(self, history: Sequence[tuple[Entry, bool]], unchanged: int = 0) -> int:
@@ -215,7 +230,7 @@ class HistoryFold:
         limit = min(len(history), len(self.keys))
         while common < limit:
             entry, pinned = history[common]
-            if (entry.id, entry.content, pinned) != self.keys[common]:
+            if (entry.id, entry.content, pinned, outcome_line(entry)) != self.keys[common]:
                 break
             common += 1
         return common
@@ -303,7 +318,7 @@ class HistoryFold:
                 item = replace(
                     item, text=line, note=note, tokens=tokens, refers_to=named, in_full=item
                 )
-        self._append(item, undo)
+        self._append(_noted(item, entry), undo)
 
     def _add_user(self, entry: Entry, undo: list[_Undo]) -> None:
         shape = shape_of(entry.content, self.min_block_lines)
@@ -311,7 +326,7 @@ class HistoryFold:
         item = self._with_seen_blocks(entry, shape, undo)
         if first is not None and entry.kind is not EntryKind.PROMPT:
             item = self._as_reference(item, first)  # a prompt is asked in its asker's words
-        self._append(item, undo)
+        self._append(_noted(item, entry), undo)
 
     def _as_reference(self, item: FoldedItem, first: Entry) -> FoldedItem:
         """``item``, whose text was posted before (``first``), as a reference to that

@@ -1,13 +1,23 @@
 """What a run sees of the transcript, judged once per entry and kept between builds.
 
-A build's history is every message, answered prompt, finished reply and tool result the
-run's issuers may read, up to its (last) prompt, then the prompts it answers
-(``session.context``). Judging that afresh walked the whole transcript on every build;
-``VisibleHistory`` keeps the judged prefix of one read scope and, on the next build, judges
-only what follows the first entry that changed (the transcript changes near its end: a
-prompt arrives, a reply finishes), the prompts being answered, and the entries a changed
-pin moves. Where the first change is, a document's listings say (``Listing``); other lists
-are compared. Its result is the one a walk from the start gives (tests/session/test_fold.py).
+A build's history is every message, ended prompt, ended reply with text and tool result
+the run's issuers may read, up to its (last) prompt, then the prompts it answers
+(``session.context``). A prompt that got no full answer (the model's service failed, the
+stream was cut, a newer prompt interrupted it, an owner cancelled it) is still what its
+member said: it is given as what they wrote, with the server's line saying how it ended
+(``outcome``), and so is the part of its reply that was written, marked as cut off. Left
+out, and listed with why (``left_out``): a prompt its own author withdrew (cancelled), a
+prompt too large for the window, and the replies and tool steps of a run whose prompts
+are all left out (they would answer nothing given); and a pinned entry that is not
+history (still waiting, an empty reply, a tool step without a result): a pin is given or
+listed, never silently dropped.
+
+Judging that afresh walked the whole transcript on every build; ``VisibleHistory`` keeps
+the judged prefix of one read scope and, on the next build, judges only what follows the
+first entry that changed (the transcript changes near its end: a prompt arrives, a reply
+finishes), the prompts being answered, and the entries a changed pin moves. Where the
+first change is, a document's listings say (``Listing``); other lists are compared. Its
+result is the one a walk from the start gives (tests/session/test_fold.py).
 
 The prefix is kept only while what judges it is the same: the same ``ReadFilter`` (a read
 scope as data, so it can be compared; any other callable judges afresh every time) and the
@@ -22,8 +32,10 @@ from dataclasses import dataclass, field, replace
 
 from parley.session.entries import MESSAGE_STATUS, Entry, EntryKind, Listing, ListingLog
 from parley.session.lifecycle import PromptStatus, ReplyStatus
+from parley.session.reasons import ReasonCode, withdrawn
 
 TOOL_DONE = "done"  # a tool step that returned a result (not an error or a refusal)
+UNANSWERED = frozenset({PromptStatus.FAILED, PromptStatus.CANCELLED, PromptStatus.INTERRUPTED})
 
 WithheldReason = Callable[[Entry], str | None]
 """A read scope: None when the run's issuers may read the entry, else why they may not."""
@@ -47,15 +59,86 @@ class ReadFilter:
         return self.restricted.get(entry.id, self.unrestricted)
 
 
+# Why a prompt got no full answer, as the server's line tells the model: fixed words per
+# code, never the ending's sentence (a provider's error may quote what the run read).
+CAUSES: dict[ReasonCode, str] = {
+    ReasonCode.CANCELLED: "cancelled by another member",
+    ReasonCode.SUPERSEDED: "a newer prompt interrupted it",
+    ReasonCode.TIMEOUT: "no answer in time",
+    ReasonCode.PROVIDER_ERROR: "the model's service failed",
+    ReasonCode.QUOTA_EXCEEDED: "a token quota was reached",
+    ReasonCode.FORBIDDEN: "its author may no longer prompt",
+    ReasonCode.MEMBER_REMOVED: "its author was removed",
+    ReasonCode.TOKEN_REVOKED: "its author's token was revoked",
+    ReasonCode.TOO_LARGE: "it did not fit the context window",
+    ReasonCode.UNAVAILABLE: "the server could not read its database",
+    ReasonCode.STORAGE_ERROR: "the server's database failed",
+    ReasonCode.SERVER_SHUTDOWN: "the server stopped",
+    ReasonCode.SERVER_RESTART: "the server stopped",
+    ReasonCode.FAILOVER: "the server stopped",
+    ReasonCode.INTERNAL_ERROR: "a server error",
+}
+
+
+def _cause(entry: Entry) -> str:
+    code = entry.reason_code
+    return CAUSES[ReasonCode(code)] if code in CAUSES else "it ended early"
+
+
 def in_history(entry: Entry) -> bool:
     """Whether an entry not being answered belongs in a run's history at all: posted
-    messages, answered prompts, finished replies and tool results."""
-    return (
-        (entry.kind is EntryKind.MESSAGE and entry.status == MESSAGE_STATUS)
-        or (entry.kind is EntryKind.PROMPT and entry.status == PromptStatus.DONE)
-        or (entry.kind is EntryKind.REPLY and entry.status == ReplyStatus.DONE)
-        or (entry.kind is EntryKind.TOOL and entry.status == TOOL_DONE)
-    )
+    messages, ended prompts, ended replies and tool results (``VisibleHistory`` then leaves
+    out what ``left_out`` names, and a reply with no text)."""
+    kind = entry.kind
+    if kind is EntryKind.PROMPT:
+        return entry.status == PromptStatus.DONE or entry.status in UNANSWERED
+    if kind is EntryKind.REPLY:
+        return entry.status != ReplyStatus.STREAMING
+    if kind is EntryKind.TOOL:
+        return entry.status == TOOL_DONE
+    return entry.status == MESSAGE_STATUS
+
+
+def left_out(entry: Entry) -> str | None:
+    """Why an ended prompt is not history (None: it is): withdrawn by its own author, or
+    too large for the window (given, it would leave out every turn before it)."""
+    if entry.kind is not EntryKind.PROMPT or entry.status not in UNANSWERED:
+        return None
+    if withdrawn(entry.reason_code, entry.reason, entry.author):
+        return "withdrawn: cancelled by its author"
+    if entry.reason_code == ReasonCode.TOO_LARGE:
+        return f"not answered: {CAUSES[ReasonCode.TOO_LARGE]}"
+    return None
+
+
+def outcome(entry: Entry) -> str | None:
+    """The server's clause on a history entry that did not end as asked (None: it did): a
+    prompt with no full answer, or a reply cut off. Never a member's words."""
+    if entry.kind is EntryKind.PROMPT and entry.status in UNANSWERED:
+        return f"no complete answer: {_cause(entry)}"
+    if entry.kind is EntryKind.REPLY and entry.status not in (
+        ReplyStatus.DONE,
+        ReplyStatus.STREAMING,
+    ):
+        return f"the reply was cut off here: {_cause(entry)}"
+    return None
+
+
+def outcome_line(entry: Entry) -> str | None:
+    """``outcome`` as the server's line, given after the entry's text."""
+    clause = outcome(entry)
+    return None if clause is None else f"[{clause}]"
+
+
+def _unfinished(entry: Entry) -> str:
+    """Why a pinned entry that is not history is not given."""
+    if entry.kind is EntryKind.PROMPT:
+        return "pinned, not given yet: still waiting for its answer"
+    if entry.kind is EntryKind.REPLY:
+        if entry.status == ReplyStatus.STREAMING:
+            return "pinned, not given yet: still being written"
+        return "pinned, not given: it has no text"
+    return "pinned, not given: a tool step with no result"
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +196,10 @@ class VisibleHistory:
         self._index: dict[str, int] = {}  # entry id -> its index in ``_items``
         self._excluded: list[Excluded] = []
         self._excluded_at: list[int] = []  # the transcript position of each
+        # Of each run whose prompts were judged (by its reply's id): whether each of its
+        # prompts is given; with the transcript position of each, to cut them back.
+        self._runs: dict[str, list[bool]] = {}
+        self._run_at: list[tuple[int, str]] = []
         self._seen: tuple[ListingLog, int] | None = None  # the last listing read, if one
 
     def read(
@@ -131,10 +218,10 @@ class VisibleHistory:
             self._cut(0)
         start = first_asked(entries, prompt_ids)
         self._cut(min(self._shared_with(entries), start))
-        moved = [self._index[p] for p in pins.symmetric_difference(self._pins) if p in self._index]
+        moved = self._moved(pins.symmetric_difference(self._pins))
         self._pins = pins
         if moved:
-            self._cut(self._positions[min(moved)])
+            self._cut(min(moved))
         unchanged = len(self._items)
         for position in range(len(self._entries), start):
             self._judge(entries[position], position)
@@ -167,20 +254,56 @@ class VisibleHistory:
                     return min(shared, len(self._entries))
         return common_prefix(self._entries, entries)
 
+    def _moved(self, changed: frozenset[str]) -> list[int]:
+        """The transcript positions of the judged entries whose pin ``changed``: an item's
+        is kept; another's (a pin of what is not history is listed) is looked for, which
+        costs a walk of the judged prefix as often as such a pin changes."""
+        moved = [self._positions[self._index[p]] for p in changed if p in self._index]
+        others = changed.difference(self._index)
+        if others:
+            moved += [n for n, entry in enumerate(self._entries) if entry.id in others]
+        return moved
+
     def _verdict(self, entry: Entry, answering: bool = False) -> Entry | Excluded | None:
         """The entry as the history shows it (the server-side text in place of its
-        placeholder), why it is withheld, or None when it is not history."""
+        placeholder), why it is withheld or left out, or None when it is not history
+        (and not pinned: a pin not given is listed)."""
+        text = self._private.get(entry.id)
         if not answering:
-            if not in_history(entry):
-                return None
+            if not in_history(entry) or self._unsaid(entry, text):
+                return Excluded(entry.id, _unfinished(entry)) if entry.id in self._pins else None
+            why = left_out(entry) or self._answers_nothing(entry)
+            if why is not None:
+                return Excluded(entry.id, why)
             reason = None if self._withheld is None else self._withheld(entry)
             if reason is not None:
                 return Excluded(entry.id, f"withheld: {reason}")
-        text = self._private.get(entry.id)
         return entry if text is None else replace(entry, content=text)
+
+    @staticmethod
+    def _unsaid(entry: Entry, text: str | None) -> bool:
+        """A reply cut off before its first word (``text``: its server-side text, if kept
+        and readable): nothing was said."""
+        if entry.kind is not EntryKind.REPLY or entry.status == ReplyStatus.DONE:
+            return False
+        return not (entry.content if text is None else text).strip()
+
+    def _answers_nothing(self, entry: Entry) -> str | None:
+        """Why a reply or a tool step is left out with every prompt of its run (None: one
+        of them is given, or it is neither)."""
+        if entry.kind is EntryKind.REPLY:
+            run = self._runs.get(entry.id)
+        elif entry.kind is EntryKind.TOOL and entry.reply_to is not None:
+            run = self._runs.get(entry.reply_to)
+        else:
+            return None
+        return "its run's prompts are left out" if run and not any(run) else None
 
     def _judge(self, entry: Entry, position: int) -> None:
         judged = self._verdict(entry)
+        if entry.kind is EntryKind.PROMPT and entry.reply_id is not None:
+            self._runs.setdefault(entry.reply_id, []).append(isinstance(judged, Entry))
+            self._run_at.append((position, entry.reply_id))
         if isinstance(judged, Excluded):
             self._excluded.append(judged)
             self._excluded_at.append(position)
@@ -197,4 +320,10 @@ class VisibleHistory:
         del self._items[kept:], self._positions[kept:]
         kept = bisect_left(self._excluded_at, position)
         del self._excluded[kept:], self._excluded_at[kept:]
+        while self._run_at and self._run_at[-1][0] >= position:
+            reply_id = self._run_at.pop()[1]
+            prompts = self._runs[reply_id]
+            prompts.pop()
+            if not prompts:
+                del self._runs[reply_id]
         del self._entries[position:]

@@ -92,3 +92,14 @@ class Ending:
     @property
     def reply_status(self) -> ReplyStatus:
         return OUTCOMES[self.code][1]
+
+
+def cancelled_by(user_id: str) -> Ending:
+    """The ending of prompts ``user_id`` cancelled (their own, or as an owner others')."""
+    return Ending(ReasonCode.CANCELLED, f"cancelled by {user_id}")
+
+
+def withdrawn(reason_code: str | None, reason: str | None, author: str) -> bool:
+    """Whether a prompt that ended so was cancelled by its own ``author``: withdrawn, not
+    stopped by an owner or with a side-thread."""
+    return reason_code == ReasonCode.CANCELLED and reason == cancelled_by(author).reason

@@ -325,6 +325,7 @@ def thread_entries(thread: SideThread) -> list[Entry]:
                 created_at=turn.created_at,
                 reply_to=last_prompt if turn.kind == "reply" else None,
                 tool=turn.author if turn.kind == "tool" else None,
+                reason_code=turn.reason_code,  # why a turn ended unanswered, if it did
             )
         )
     return entries

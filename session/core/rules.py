@@ -62,7 +62,7 @@ from parley.session.errors import (
 )
 from parley.session.lifecycle import PromptStatus
 from parley.session.queue import PendingPrompt
-from parley.session.reasons import Ending, ReasonCode
+from parley.session.reasons import Ending, ReasonCode, cancelled_by
 from parley.session.thread_commands import (
     ThreadCloseCommand,
     ThreadOpenCommand,
@@ -253,7 +253,7 @@ def _cancel(view: SessionView, event: CommandEvent, command: CancelCommand) -> E
     entry = doc.entry(prompt_id)
     if not event.admin and not (mine := decide(subject, Cancel(entry.author))).allowed:
         return _refusal(event, mine.reason)
-    cancelled = Ending(ReasonCode.CANCELLED, f"cancelled by {user_id}")
+    cancelled = cancelled_by(user_id)
     done = Ack(entry.seq, (("prompt_id", prompt_id),))
     if entry.reason_code == ReasonCode.CANCELLED.value:
         return Effects(ack=done)  # already as asked (a cancel resent after a restart, say)

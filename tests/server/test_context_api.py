@@ -115,8 +115,9 @@ async def test_the_preview_is_what_the_model_receives(tmp_path: Path) -> None:
         # Nobody's words were folded into another member's.
         assert not [x for x in preview["excluded"] if "duplicate" in x["reason"]]
 
-        # The blocked run is cancelled; bob's prompt starts with exactly the previewed input.
-        await s.send("olga", CancelCommand("c", first["prompt_id"]))
+        # The blocked run is withdrawn by its author (so left out of the story, as while it
+        # ran); bob's prompt starts with exactly the previewed input.
+        await s.send("alice", CancelCommand("c", first["prompt_id"]))
         await s.settled(first["prompt_id"], waiting["prompt_id"])
         sent = provider.requests[1]
         assert sent.system == preview["system"]

@@ -15,6 +15,7 @@ from parley.session.attribution import (
 from parley.session.context import BuiltContext
 from parley.session.dedup import as_written
 from parley.session.entries import Entry, EntryKind
+from parley.session.history import outcome_line
 
 DEFAULT_STATUS = {EntryKind.MESSAGE: "posted", EntryKind.PROMPT: "queued", EntryKind.REPLY: "done"}
 
@@ -71,10 +72,14 @@ def assert_attributed(
         line = attribution_line(wrote, asks)
         seq = sources[-1].seq
         assert message.attribution == (placed(line, f"message #{seq}") if seq in named else line)
-        reference = _SAME_TEXT.fullmatch(message.body)
+        body, ended = message.body, outcome_line(sources[-1])
+        if ended is not None:  # the server's line on a prompt with no full answer, last
+            body, _, last = body.rpartition("\n")
+            assert last == ended
+        reference = _SAME_TEXT.fullmatch(body)
         if reference is None:
-            assert message.body == escape_text(sources[-1].content)
-            assert not any(is_server_line(line) for line in message.body.splitlines())
+            assert body == escape_text(sources[-1].content)
+            assert not any(is_server_line(line) for line in body.splitlines())
         else:
             first = given[int(reference[2])]
             assert sources[-1].kind is EntryKind.MESSAGE

@@ -13,9 +13,10 @@ from parley.session.attribution import escape_text, placed
 from parley.session.context import SYSTEM_PROMPT, build_context, build_request
 from parley.session.dedup import as_written
 from parley.session.entries import MESSAGE_STATUS, Entry, EntryKind
+from parley.session.history import outcome_line
 from parley.session.lifecycle import PromptStatus, ReplyStatus
 from parley.session.model import ModelMessage, ModelRequest
-from parley.session.reasons import Ending, ReasonCode
+from parley.session.reasons import Ending, ReasonCode, cancelled_by
 from parley.session.schema import SessionDocument
 from tests.session.factories import assert_attributed
 
@@ -36,7 +37,7 @@ def busy_session() -> SessionDocument:
     doc.start_reply(prompt_ids=["p2"], reply_id="r2", author="model", created_at=10)
     doc.append_reply_text("r2", "Shipping Friday.")
     doc.finish_prompts(["p2"])
-    doc.finish_prompts(["p3"], Ending(ReasonCode.CANCELLED, "withdrawn"))
+    doc.finish_prompts(["p3"], cancelled_by("carol"))  # withdrawn by its author
     doc.start_reply(prompt_ids=["p4"], reply_id="r4", author="model", created_at=11)
     doc.append_reply_text("r4", "half an ans")
     doc.finish_prompts(["p4"], Ending(ReasonCode.PROVIDER_ERROR, "upstream error"))
@@ -60,17 +61,26 @@ def request_for(doc: SessionDocument, *prompt_ids: str, **kwargs: Any) -> ModelR
     return build_request(session_id="s1", entries=doc.entries(), prompt_ids=prompt_ids, **kwargs)
 
 
+CUT = "the reply was cut off here"
+# What ``busy_session`` gives before its target: its member's words, whether or not they
+# were answered in full (a prompt its author withdrew aside), and what the model wrote.
+BUSY_HISTORY = (
+    wrote("Context: we ship Friday.", "bob"),
+    wrote("Summarise.", "alice"),
+    ModelMessage("assistant", "Shipping Friday."),
+    wrote("Failed ask\n[no complete answer: the model's service failed]", "bob"),
+    ModelMessage("assistant", f"half an ans\n[{CUT}: the model's service failed]"),
+    wrote("Interrupted ask\n[no complete answer: a newer prompt interrupted it]", "carol"),
+    ModelMessage("assistant", f"cut off\n[{CUT}: a newer prompt interrupted it]"),
+    wrote("Also: no deploys.", "carol"),
+)
+
+
 def test_a_run_sees_the_answered_prefix_with_authors_and_its_prompt_last() -> None:
     doc = busy_session()
     request = request_for(doc, "p7")
-    assert request.messages == (
-        wrote("Context: we ship Friday.", "bob"),
-        wrote("Summarise.", "alice"),
-        ModelMessage("assistant", "Shipping Friday."),
-        wrote("Also: no deploys.", "carol"),
-        asks("Target question", "alice"),
-    )
-    assert request.answering == (4,)
+    assert request.messages == (*BUSY_HISTORY, asks("Target question", "alice"))
+    assert request.answering == (8,)
     assert request.session_id == "s1"
     assert request.issuers == ("alice",)
     assert request.system == SYSTEM_PROMPT
@@ -108,14 +118,11 @@ def test_a_coalesced_run_answers_its_prompts_in_story_order() -> None:
     doc = busy_session()
     request = request_for(doc, "p8", "p7")  # the order asked for does not matter
     assert request.messages == (
-        wrote("Context: we ship Friday.", "bob"),
-        wrote("Summarise.", "alice"),
-        ModelMessage("assistant", "Shipping Friday."),
-        wrote("Also: no deploys.", "carol"),
+        *BUSY_HISTORY,
         asks("Target question", "alice"),
         asks("Later ask", "bob"),
     )
-    assert request.answering == (4, 5)
+    assert request.answering == (8, 9)
     assert request.issuers == ("alice", "bob")
     assert all(m.content != "Later chat" for m in request.messages)  # after the last prompt
 
@@ -255,6 +262,9 @@ def whole_items(entry: Entry, visible: list[Entry]) -> list[ModelMessage]:
             else:
                 given.append(ModelMessage("user", text, attribution=text))
             break
+    ended = outcome_line(entry)  # a reply cut off: said so after it
+    if ended is not None:
+        given = [ModelMessage(m.role, f"{m.content}\n{ended}") for m in given]
     return given
 
 
@@ -335,8 +345,11 @@ def test_a_run_sees_only_finished_work_before_its_prompt(case: tuple[list[Entry]
         e
         for e in entries[:target]
         if (e.kind is EntryKind.MESSAGE)
-        or (e.kind is EntryKind.PROMPT and e.status == "done")
+        # An ended prompt, answered or not (none here was withdrawn: no reason recorded).
+        or (e.kind is EntryKind.PROMPT and e.status not in ("queued", "running"))
         or (e.kind is EntryKind.REPLY and e.status == "done")
+        # A reply cut off, with what it had written.
+        or (e.kind is EntryKind.REPLY and e.status != "streaming" and e.content.strip())
         or (e.kind is EntryKind.TOOL and e.status == "done")
     ]
     assert_attributed(built, [*visible, prompt], [prompt.id])

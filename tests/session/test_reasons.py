@@ -11,7 +11,14 @@ from parley.session.lifecycle import (
     check_reply_transition,
     is_terminal,
 )
-from parley.session.reasons import MAX_REASON_CHARS, OUTCOMES, Ending, ReasonCode
+from parley.session.reasons import (
+    MAX_REASON_CHARS,
+    OUTCOMES,
+    Ending,
+    ReasonCode,
+    cancelled_by,
+    withdrawn,
+)
 
 
 def test_every_code_has_an_outcome() -> None:
@@ -39,3 +46,11 @@ def test_cut_off_replies_are_interrupted_and_their_prompts_failed() -> None:
 def test_a_long_reason_is_cut_to_the_column() -> None:
     ending = Ending(ReasonCode.PROVIDER_ERROR, "x" * 5000)
     assert len(ending.reason) == MAX_REASON_CHARS and ending.reason.endswith("…")
+
+
+def test_a_prompt_is_withdrawn_only_when_its_own_author_cancelled_it() -> None:
+    mine = cancelled_by("alice")
+    assert withdrawn(mine.code.value, mine.reason, "alice")
+    assert not withdrawn(mine.code.value, mine.reason, "bob")  # an owner stopped bob's
+    assert not withdrawn(ReasonCode.CANCELLED.value, "the side-thread was closed", "alice")
+    assert not withdrawn(ReasonCode.TIMEOUT.value, "cancelled by alice", "alice")

@@ -9,11 +9,12 @@ import uuid
 
 import pytest
 
+from parley.authz.roles import Member
 from parley.server.store.memory import MemoryStore
 from parley.session.commands import FactCommand, PinCommand
 from parley.session.shape import TextShape, shape_of
 from parley.session.tokens import count_tokens
-from tests.fake_model import Answer, FakeModel, Sent
+from tests.fake_model import Answer, Drop, FakeModel, Sent, Status
 from tests.server.runtime.harness import memory_session
 from tests.server.test_context_api import first_call_waits
 
@@ -231,3 +232,47 @@ async def test_a_block_differing_in_letter_case_reaches_the_model_in_its_own_wor
         assert messages[1]["content"] == f"[alice wrote]\n{ours}"
         assert messages[1]["name"] == "alice"
         assert "[the same 4-line block mallory posted in message #1]" in messages[2]["content"]
+
+
+def fails_some(sent: Sent) -> Answer:
+    """The model's service refuses one prompt, cuts another's stream mid-reply."""
+    asked = sent.asked_text()
+    if "4242-ACCT" in asked:
+        return Status(400, "the fake model refused")
+    if "BADGE-777" in asked:
+        return ["Opening the ticket for acc", Drop()]
+    return ["answered"]
+
+
+async def test_a_prompt_that_failed_stays_in_later_inputs_and_its_pin_is_given() -> None:
+    """A member's prompt the model's service failed, and one whose reply was cut off, are
+    what they said: later inputs give them as what they wrote, with the server's line on
+    how they ended, and a pin of one is given with the pins (review J1, J7)."""
+    model = FakeModel(fails_some)
+    members: dict[str, str | Member] = {"alice": "editor", "bob": "editor", "carol": "editor"}
+    async with memory_session(members, model) as s:
+        account = await s.prompt("alice", "my account number is 4242-ACCT, please open a ticket")
+        await s.settled(account["prompt_id"])
+        badge = await s.prompt("bob", "my badge id is BADGE-777, register it")
+        await s.settled(badge["prompt_id"])
+        for asked in (account, badge):
+            assert s.room.doc.entry(asked["prompt_id"]).reason_code == "provider_error"
+        pin = await s.send("alice", PinCommand("p", account["prompt_id"], True))
+        assert pin["type"] == "ack"
+
+        asked = await s.prompt("carol", "what did alice and bob tell you?")
+        await s.settled(asked["prompt_id"])
+        last = model.requests[-1]
+        assert (
+            "[alice wrote, no complete answer: the model's service failed, message #1]\n"
+            "  my account number is 4242-ACCT, please open a ticket"
+        ) in last.system
+        assert [m["content"] for m in last.messages] == [
+            "[bob wrote]\nmy badge id is BADGE-777, register it\n"
+            "[no complete answer: the model's service failed]",
+            "Opening the ticket for acc\n[the reply was cut off here: the model's service failed]",
+            "[carol asks you]\nwhat did alice and bob tell you?",
+        ]
+        # The preview lists nothing left out: everything said is given.
+        built = s.room.context.build((), s.room.runs.scope_for(["carol"], preview=True))
+        assert built.excluded == ()
