@@ -11,6 +11,7 @@ import math
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from parley_client import (
@@ -37,7 +38,13 @@ from parley_client import (
     error_for,
 )
 from parley_client.session import _placed
-from parley_client.wire import encode_command
+from parley_client.wire import (
+    AwarenessFrame,
+    AwarenessState,
+    decode_server_frame,
+    encode_awareness,
+    encode_command,
+)
 
 from tests.conftest import (
     ADMIN_KEY,
@@ -546,6 +553,63 @@ async def test_a_member_who_left_while_the_socket_was_down_is_not_here(
             await alice.wait_for(lambda s: s.connects == 2 and s.state is ConnectionState.CONNECTED)
             # The server's presence now (sent before the document) does not list bob.
             assert "bob" not in alice.here
+
+
+async def test_a_member_whose_socket_dropped_is_seen_again_at_the_reconnect(
+    sqlite_server: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review G6: the server tells a socket's peers that its client left one clock past its
+    last state, and a client back under that clock that it left. The SDK came back at that
+    very clock and let the notice be: everyone else ignored it until its renewal, 15 s on.
+    It shows itself again past the clock, as Yjs clients do; its own ``here`` does not list
+    it while the others cannot see it."""
+    # No renewal falls due in this test: only the answer to the notice can show alice again.
+    monkeypatch.setattr("parley_client.session.PRESENCE_RENEW_S", 3600.0)
+    async with relayed(sqlite_server) as (admin, relay):
+        sid = await new_session(admin, {"alice": "editor", "carol": "viewer"})
+        token = (await admin.create_token(sid, "alice")).token
+        async with (
+            connect(f"ws://127.0.0.1:{relay.port}", sid, token, reconnect=FAST) as alice,
+            await join(sqlite_server, admin, sid, "carol") as carol,
+        ):
+            await carol.wait_for(lambda s: "alice" in s.here)
+            await alice.wait_for(lambda s: "alice" in s.here)
+            relay.cut()
+            await alice.wait_for(lambda s: s.state is ConnectionState.CONNECTING)
+            assert "alice" not in alice.here  # the server told everyone she left
+            await carol.wait_for(lambda s: "alice" not in s.here)
+            async with asyncio.timeout(5):  # the renewal would have come after 15 s
+                await carol.wait_for(lambda s: "alice" in s.here)
+                await alice.wait_for(lambda s: "alice" in s.here)
+            assert alice.connects == 2
+            # Her clocks: shown (1), back at the clock of her leaving (2), past it (3); no
+            # renewal between.
+            assert alice._clock == 3
+
+
+def test_told_it_left_while_shown_a_client_shows_itself_again_past_that_clock() -> None:
+    """Review G6, the notice alone (it also comes on an open socket: another node told it,
+    say): answered with the state past the clock, unless the client is not shown or showed
+    itself past it already; a state at the clock of a leaving is not taken as shown."""
+    session = Session("ws://127.0.0.1:1", "s", "t", presence={"n": 1})
+    me = session._client_id
+
+    def told(clock: int, state: dict[str, Any] | None = None) -> bytes | None:
+        return session._on_frame(encode_awareness([AwarenessState(me, clock, state)]))
+
+    assert told(1, {"n": 1, "parley": {"user_id": "alice"}}) is None
+    assert session.here == ["alice"]
+    answer = told(2)
+    assert session.here == []  # the others do not see her now
+    assert answer is not None
+    frame = decode_server_frame(answer)
+    assert isinstance(frame, AwarenessFrame)
+    assert frame.states == [AwarenessState(me, 3, {"n": 1})]
+    assert told(2, {"n": 1, "parley": {"user_id": "alice"}}) is None  # at the leaving's clock
+    assert session.here == []
+    assert told(1) is None  # older than what she sent since
+    asyncio.run(session.set_presence(None))  # not shown: nothing to show again
+    assert told(4) is None
 
 
 async def test_a_command_too_big_for_the_socket_is_refused_not_resent_forever(

@@ -255,18 +255,23 @@ class Session:
             writer = asyncio.create_task(self._write_commands(ws, self.connects))
             async for frame in ws:
                 try:
-                    self._on_frame(frame)
+                    answer = self._on_frame(frame)
                 except (ValueError, KeyError, TypeError) as exc:  # FrameError, bad JSON
                     # Not Parley on the other end, or a bug: start over on a fresh socket.
                     await ws.close(1002, f"undecodable frame: {exc}"[:120])
+                    continue
+                if answer is not None:
+                    await ws.send(answer)
         except websockets.ConnectionClosed:
             pass
         finally:
             self._socket = None
             # The others' states are the server's to give again (those who left meanwhile
             # are never announced to this client), as stock y-websocket clients drop them.
+            # Its own is kept by its clock alone: the server tells everyone it left, so it
+            # is not here until the server relays it again (review G6: ``here`` listed it).
             own = self._peers.get(self._client_id)
-            self._peers = {} if own is None else {self._client_id: own}
+            self._peers = {} if own is None else {self._client_id: (own[0], None)}
             for task in (renew, writer):
                 if task is not None:
                     task.cancel()
@@ -323,14 +328,17 @@ class Session:
 
     # -- frames -------------------------------------------------------------------------
 
-    def _on_frame(self, frame: str | bytes) -> None:
+    def _on_frame(self, frame: str | bytes) -> bytes | None:
+        """Take in one frame from the server; the frame to answer it with on the same
+        socket, or None."""
         if isinstance(frame, str):
             self._on_reply(wire.decode_reply(frame))
-            return
+            return None
+        answer: bytes | None = None
         message = wire.decode_server_frame(frame)
         if isinstance(message, wire.SyncFrame):
             if message.sync_type == wire.STEP1:
-                return  # the server is the only writer: a client has nothing to give
+                return None  # the server is the only writer: a client has nothing to give
             self.doc.apply_update(message.payload)
             self._snapshot = None
             if message.sync_type == wire.STEP2:
@@ -339,8 +347,10 @@ class Session:
         elif isinstance(message, wire.AwarenessFrame):
             for item in message.states:
                 known = self._peers.get(item.client_id)
-                if known is not None and item.clock < known[0]:
-                    continue  # stale
+                if known is not None and _stale(item, known[0]):
+                    continue
+                if item.client_id == self._client_id and item.state is None:
+                    answer = self._shown_again(item.clock) or answer
                 peer = None
                 if item.state is not None:
                     stamp = item.state.get("parley")
@@ -350,6 +360,18 @@ class Session:
         elif isinstance(message, wire.CommandReply):
             self._on_reply(message.data)
         self._notify()
+        return answer
+
+    def _shown_again(self, left_at: int) -> bytes | None:
+        """Told that this client left at clock ``left_at`` (it came back at or below the
+        clock its leaving was told to the others at, who ignore it until it passes that):
+        the frame that shows it again past it, as y-protocols' awareness does, or None when
+        it is not to be shown or has shown itself past it already (review G6: the notice was
+        let be, and everyone else saw the member gone until its renewal, 15 s later)."""
+        if self._presence is None or left_at < self._clock:
+            return None
+        self._clock = left_at
+        return self._presence_frame()
 
     def _on_reply(self, data: dict[str, Any]) -> None:
         kind, command_id = data.get("type"), data.get("id")
@@ -697,6 +719,14 @@ def _presence_state(state: Mapping[str, Any] | None) -> dict[str, Any] | None:
         raise error_for("invalid", f"the presence state is not JSON: {exc}") from None
     copied: dict[str, Any] = json.loads(text)
     return copied
+
+
+def _stale(item: wire.AwarenessState, clock: int) -> bool:
+    """Whether ``item`` changes nothing for a client known at ``clock``: an older clock,
+    or a state at the same clock (y-protocols: only a leaving may replace a state at its
+    clock; review G6: a member's state at the clock of their leaving was shown here, and by
+    no Yjs client)."""
+    return item.clock < clock or (item.clock == clock and item.state is not None)
 
 
 def _check_id(command_id: object) -> None:
