@@ -230,11 +230,14 @@ async def test_many_commands_waiting_across_a_restart_are_paced_and_all_acked_in
 
 class Relay:
     """A loopback TCP relay between the SDK and a server that can drop what the server
-    sends (``holding``) and cut every connection, as a network that fails would."""
+    sends (``holding``), cut every connection, and keep new ones waiting until
+    ``admitting`` is set again, as a network that fails would."""
 
     def __init__(self, target_port: int) -> None:
         self.target_port = target_port
         self.holding = False
+        self.admitting = asyncio.Event()
+        self.admitting.set()
         self.links: list[asyncio.StreamWriter] = []
         self.port = 0
 
@@ -249,6 +252,7 @@ class Relay:
         await self.server.wait_closed()
 
     async def _link(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await self.admitting.wait()
         up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
         self.links += [writer, up_writer]
 
@@ -574,10 +578,12 @@ async def test_a_member_whose_socket_dropped_is_seen_again_at_the_reconnect(
         ):
             await carol.wait_for(lambda s: "alice" in s.here)
             await alice.wait_for(lambda s: "alice" in s.here)
+            relay.admitting.clear()  # she comes back once carol saw her leave
             relay.cut()
             await alice.wait_for(lambda s: s.state is ConnectionState.CONNECTING)
             assert "alice" not in alice.here  # the server told everyone she left
             await carol.wait_for(lambda s: "alice" not in s.here)
+            relay.admitting.set()
             async with asyncio.timeout(5):  # the renewal would have come after 15 s
                 await carol.wait_for(lambda s: "alice" in s.here)
                 await alice.wait_for(lambda s: "alice" in s.here)
