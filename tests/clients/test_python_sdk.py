@@ -76,9 +76,13 @@ async def new_session(admin: AdminClient, members: dict[str, str]) -> str:
     return session.id
 
 
-async def join(server: RunningServer, admin: AdminClient, sid: str, user: str) -> Session:
+async def join(
+    server: RunningServer, admin: AdminClient, sid: str, user: str, **options: Any
+) -> Session:
+    """``user``'s session, with a fresh token; ``options``: ``connect()``'s."""
     token = await admin.create_token(sid, user)
-    return connect(server.ws_url, sid, token.token, presence={"user": {"name": user}})
+    presence = {"user": {"name": user}}
+    return connect(server.ws_url, sid, token.token, presence=presence, **options)
 
 
 def story(entries: tuple[Entry, ...]) -> list[tuple[str, str, str, str]]:
@@ -618,25 +622,58 @@ def test_told_it_left_while_shown_a_client_shows_itself_again_past_that_clock() 
     assert told(4) is None
 
 
-async def test_a_command_too_big_for_the_socket_is_refused_not_resent_forever(
-    tmp_path: Path,
-) -> None:
+@pytest.fixture
+async def limited_server(tmp_path: Path) -> AsyncIterator[RunningServer]:
+    """Takes messages of 64 KiB at most (``PARLEY_MAX_WS_MESSAGE_BYTES``)."""
     settings = make_settings(
         sqlite_url(tmp_path), tmp_path / "data", max_ws_message_bytes=64 * 1024
     )
-    async with (
-        serve_in_process(settings) as server,
-        AdminClient(server.base_url, ADMIN_KEY) as admin,
-        asyncio.timeout(60),
-    ):
+    async with serve_in_process(settings) as running:
+        yield running
+
+
+async def test_a_command_too_big_for_the_socket_is_refused_not_resent_forever(
+    limited_server: RunningServer,
+) -> None:
+    async with AdminClient(limited_server.base_url, ADMIN_KEY) as admin, asyncio.timeout(60):
         sid = await new_session(admin, {"alice": "editor"})
-        token = (await admin.create_token(sid, "alice")).token
-        async with connect(server.ws_url, sid, token, reconnect=FAST) as alice:
+        async with await join(limited_server, admin, sid, "alice", reconnect=FAST) as alice:
             with pytest.raises(TooLarge):  # the server closed the socket with 1009
                 await alice.prompt("x" * 100_000)
             assert alice.unacknowledged == []
             ack = await alice.prompt("and a small one")  # the session goes on
             assert ack.seq == 1
+
+
+async def test_a_command_over_the_servers_message_limit_is_refused_before_it_is_written(
+    sqlite_server: RunningServer,
+) -> None:
+    """Review G7: only a close with 1009 told an SDK that a command was too large, and the
+    server may close before the frame is all written (a reset: 1006), after which the
+    command was written again to each next socket. A command over the server's default
+    limit raises ``TooLarge`` at the call, and is never written: the socket stays open."""
+    limit = 4 * 1024 * 1024  # PARLEY_MAX_WS_MESSAGE_BYTES's default
+    async with AdminClient(sqlite_server.base_url, ADMIN_KEY) as admin, asyncio.timeout(60):
+        sid = await new_session(admin, {"alice": "editor"})
+        async with await join(sqlite_server, admin, sid, "alice") as alice:
+            with pytest.raises(TooLarge) as refused:
+                await alice.prompt("x" * limit, id="big")
+            assert refused.value.command_id == "big"
+            assert (await alice.prompt("and a small one")).seq == 1
+            assert (alice.connects, alice.unacknowledged) == (1, [])
+
+
+async def test_a_command_over_a_lower_limit_given_to_the_sdk_is_refused_at_the_call(
+    limited_server: RunningServer,
+) -> None:
+    """Review G7, against a server with its own limit (``max_message_bytes``)."""
+    async with AdminClient(limited_server.base_url, ADMIN_KEY) as admin, asyncio.timeout(60):
+        sid = await new_session(admin, {"bob": "editor"})
+        async with await join(limited_server, admin, sid, "bob", max_message_bytes=65536) as bob:
+            with pytest.raises(TooLarge):
+                await bob.message("x" * 65536)  # its frame is larger
+            assert (await bob.message("x" * 30_000)).seq == 1  # under the limit: taken
+            assert (bob.connects, bob.unacknowledged) == (1, [])
 
 
 def test_a_side_thread_reply_delta_is_placed_by_its_offset() -> None:

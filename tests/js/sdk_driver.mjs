@@ -2,6 +2,7 @@
 // the line protocol of stock_client.mjs, so pytest can act as an application would.
 //
 // Usage: node sdk_driver.mjs --url ws://127.0.0.1:PORT --session SESSION_ID --token TOKEN
+//        [--name NAME] [--max-message-bytes N]
 //
 // stdout: one JSON object per line. Events: {"event":"state","state":…},
 // {"event":"synced","synced":…}, {"event":"sent","id":…,"type":…,"attempt":…},
@@ -33,7 +34,8 @@ const { values: args } = parseArgs({
     url: { type: 'string' },
     session: { type: 'string' },
     token: { type: 'string' },
-    name: { type: 'string', default: 'sdk' }
+    name: { type: 'string', default: 'sdk' },
+    'max-message-bytes': { type: 'string' }
   }
 })
 
@@ -42,7 +44,8 @@ const session = connect({
   sessionId: args.session,
   token: args.token,
   name: args.name,
-  WebSocketPolyfill: WebSocket
+  WebSocketPolyfill: WebSocket,
+  ...(args['max-message-bytes'] === undefined ? {} : { maxMessageBytes: Number(args['max-message-bytes']) })
 })
 const describe = (error) => ({
   is_parley_error: error instanceof ParleyError,

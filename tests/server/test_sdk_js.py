@@ -91,11 +91,14 @@ class SdkClient(StockYjsClient):
     """One ``node sdk_driver.mjs`` process: a ``ParleySession`` of the installed SDK."""
 
     @classmethod
-    async def launch(cls, app: Path, url: str, sid: str, token: str, name: str) -> Self:
+    async def launch(
+        cls, app: Path, url: str, sid: str, token: str, name: str, *extra: str
+    ) -> Self:
+        """``extra``: more of the driver's options (``--max-message-bytes N``)."""
         proc = await asyncio.create_subprocess_exec(
             shutil.which("node") or "node",
             "sdk_driver.mjs",
-            *("--url", url, "--session", sid, "--token", token, "--name", name),
+            *("--url", url, "--session", sid, "--token", token, "--name", name, *extra),
             cwd=app,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
@@ -570,6 +573,47 @@ async def test_a_command_too_big_for_the_socket_rejects_too_large(
             assert (await alice.dump())["unanswered"] == {}
         finally:
             await alice.close()
+
+
+async def test_a_command_over_the_servers_message_limit_is_refused_before_it_is_written(
+    sdk_app: Path, sqlite_server: RunningServer, tmp_path: Path
+) -> None:
+    """Review G7: the server closes a socket whose frame is over its limit before the frame
+    is all written, so the SDK often saw a reset (1006), not 1009, and wrote the command
+    again to each next socket (a 60 MB prompt, 8 times). A command over the limit (the
+    server's default, or ``maxMessageBytes``) is refused ``too_large`` at the call, never
+    written, and the socket stays open."""
+    limit = 4 * 1024 * 1024  # PARLEY_MAX_WS_MESSAGE_BYTES's default
+    sid = await sqlite_server.new_session({"alice": "editor"})
+    alice = await join(sdk_app, sqlite_server, sid, "alice")
+    try:
+        await alice.synced()
+        refused = await alice.refusal("big", "prompt", "x" * limit)
+        assert refused["code"] == "too_large", refused
+        await alice.ack("small", "prompt", "and a small one")  # on the same socket
+        assert [e["type"] for e in alice.history if e.get("event") == "sent"] == ["prompt"]
+        assert [e["state"] for e in alice.history if e.get("event") == "state"] == [
+            "connecting",
+            "connected",
+        ]
+        assert (await alice.dump())["unanswered"] == {}
+    finally:
+        await alice.close()
+
+    settings = make_settings(sqlite_url(tmp_path), tmp_path / "data", max_ws_message_bytes=65536)
+    async with serve_in_process(settings) as server:
+        sid = await server.new_session({"bob": "editor"})
+        token = await server.token(sid, "bob")
+        options = ("--max-message-bytes", "65536")  # the server's own, lower limit
+        bob = await SdkClient.launch(sdk_app, server.ws_url, sid, token, "bob", *options)
+        try:
+            await bob.synced()
+            refused = await bob.refusal("big", "message", "x" * 65536)  # its frame is larger
+            assert refused["code"] == "too_large", refused
+            await bob.ack("small", "message", "x" * 30_000)  # under the limit: taken
+            assert [e["type"] for e in bob.history if e.get("event") == "sent"] == ["message"]
+        finally:
+            await bob.close()
 
 
 async def test_a_caller_may_bound_ready_and_give_a_command_up(sdk_app: Path) -> None:

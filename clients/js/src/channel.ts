@@ -62,6 +62,14 @@ export interface Pacing {
 
 export const PACING: Pacing = Object.freeze({ inFlight: 8, perSecond: 8, burst: 20 })
 
+/**
+ * The largest message the server takes by default (`PARLEY_MAX_WS_MESSAGE_BYTES`). Past its
+ * limit the server closes the socket, 1009, often before the frame is all written, so the
+ * client sees a reset (1006) and could not tell the command was the cause (review G7: a 60 MB
+ * prompt went out 8 times). A command larger is refused before it is written.
+ */
+export const MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+
 interface Pending {
   readonly command: Command
   readonly frame: Uint8Array
@@ -88,12 +96,15 @@ export class Outbox {
     /** The reply to settle with, given the one received and how often the command went out. */
     private readonly reconcile: Reconcile = (_command, reply) => reply,
     private readonly pacing: Pacing = PACING,
+    /** The server's message limit: a command whose frame is larger is never written. */
+    private readonly maxFrameBytes: number = MAX_MESSAGE_BYTES,
     /** Milliseconds, monotonic. */
     private readonly now: () => number = () => performance.now()
   ) {
     if (!(pacing.inFlight >= 1 && pacing.burst >= 1 && pacing.perSecond > 0)) {
       throw new RangeError('pacing: inFlight and burst are at least 1, perSecond above 0')
     }
+    if (!(maxFrameBytes >= 1)) throw new RangeError('maxMessageBytes: at least 1')
     this.tokens = pacing.burst
     this.updated = now()
   }
@@ -103,10 +114,16 @@ export class Outbox {
    * `signal` aborts, the command is given up: not written again, and rejected `aborted`
    * (one already written may have been stored: the error's `command` resends it by its id).
    * A command under the id of one still waiting shares its reply when it is the same
-   * command, and is refused `conflict` when it is another.
+   * command, and is refused `conflict` when it is another. A command whose frame is over the
+   * server's message limit is refused `too_large`, and never written.
    */
   send (command: Command, signal?: AbortSignal): Promise<Record<string, unknown>> {
     const frame = encodeCommand(command)
+    if (frame.length > this.maxFrameBytes) {
+      const limit = `the server's message limit (${this.maxFrameBytes} bytes)`
+      const message = `the command (${frame.length} bytes) exceeds ${limit}`
+      return Promise.reject(new ParleyError('too_large', message, { commandId: command.id }))
+    }
     const waiting = this.pending.get(command.id)
     if (waiting !== undefined) {
       const same = waiting.frame.length === frame.length && waiting.frame.every((b, i) => b === frame[i])

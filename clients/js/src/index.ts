@@ -7,7 +7,7 @@ export {
   isErrorCode
 } from './errors.js'
 export type { ErrorCode, ClientErrorCode, ParleyErrorCode } from './errors.js'
-export { MESSAGE_COMMAND, PACING } from './channel.js'
+export { MAX_MESSAGE_BYTES, MESSAGE_COMMAND, PACING } from './channel.js'
 export type { Command, Pacing } from './channel.js'
 export { REASON_CODES } from './types.js'
 export type * from './types.js'

@@ -9,6 +9,7 @@ import * as Y from 'yjs'
 import { WebsocketProvider } from 'y-websocket'
 import { uuidv4 } from 'lib0/random'
 import {
+  MAX_MESSAGE_BYTES,
   MESSAGE_COMMAND,
   Outbox,
   PACING,
@@ -59,6 +60,12 @@ export interface ConnectOptions {
   readonly name?: string
   /** How fast commands go out (default `PACING`: under the server's default budget). */
   readonly pacing?: Pacing
+  /**
+   * The server's largest message, `PARLEY_MAX_WS_MESSAGE_BYTES` (default `MAX_MESSAGE_BYTES`,
+   * the server's default, 4 MiB): a command whose frame is larger rejects `too_large` before
+   * it is written. Set it to a server's own limit when that is lower.
+   */
+  readonly maxMessageBytes?: number
 }
 
 export interface SessionEvents {
@@ -166,7 +173,8 @@ export class ParleySession {
       },
       (command, attempt) => this.emit('sent', command, attempt),
       (command, reply, sends) => this.reconcile(command, reply, sends),
-      options.pacing ?? PACING
+      options.pacing ?? PACING,
+      options.maxMessageBytes ?? MAX_MESSAGE_BYTES
     )
     provider.messageHandlers[MESSAGE_COMMAND] = (_encoder, decoder) => {
       let reply: unknown

@@ -47,6 +47,10 @@ from parley_client.view import Change, Entry, Peer, QueuedPrompt, Snapshot, diff
 
 PRESENCE_RENEW_S = 15.0  # as stock clients: the server closes a socket silent for 120 s
 TOO_BIG = 1009  # the server's close for a frame over its size limit
+# The server's default limit (``PARLEY_MAX_WS_MESSAGE_BYTES``). Past it the server may close
+# before the frame is all written, and the client sees a reset, not 1009 (review G7): a
+# command larger is refused before it is written.
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 MAX_UNSOLICITED = 100
 MAX_ID_CHARS = 128  # the server's bound on a command id
 
@@ -123,8 +127,12 @@ class Session:
         connect_timeout_s: float = 10.0,
         command_timeout_s: float | None = None,
         pacing: Pacing = PACING,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
     ) -> None:
+        if max_message_bytes < 1:
+            raise ValueError("max_message_bytes: at least 1")
         self.session_id = session_id
+        self.max_message_bytes = max_message_bytes
         self._url = _socket_url(url, session_id, token)
         self._reconnect = reconnect
         self._connect_timeout_s = connect_timeout_s
@@ -423,13 +431,17 @@ class Session:
             _check_id(id)
         payload = {"type": kind, "id": self.new_id() if id is None else id, **fields}
         try:
-            wire.encode_command(payload)  # refused here, not when (re)sent: a lone surrogate
+            size = len(wire.encode_command(payload))  # refused here, not when (re)sent
         except UnicodeEncodeError:
             message = "a text is not valid Unicode (a lone surrogate)"
             raise error_for("invalid", message, command_id=payload["id"]) from None
         except ValueError as exc:  # a NaN or an infinity: not JSON, the server cannot read it
             message = f"the command is not JSON: {exc}"
             raise error_for("invalid", message, command_id=payload["id"]) from None
+        if size > self.max_message_bytes:
+            limit = f"the server's message limit ({self.max_message_bytes} bytes)"
+            message = f"the command ({size} bytes) exceeds {limit}"
+            raise error_for("too_large", message, command_id=payload["id"])
         waiting = self._pending.get(payload["id"])
         if waiting is not None and not waiting.reply.done():
             # Resent by its id while its first send still waits (review: the second call
@@ -687,13 +699,16 @@ def connect(
     connect_timeout_s: float = 10.0,
     command_timeout_s: float | None = None,
     pacing: Pacing = PACING,
+    max_message_bytes: int = MAX_MESSAGE_BYTES,
 ) -> Session:
     """A session to use as ``async with connect(...) as session``. ``url`` is the server's
     base (``ws://host:port`` or ``http://host:port``); ``presence`` the awareness state to
     show (default: an empty state, so the member is listed as here; None: not shown);
     ``reconnect=None`` ends the session when its socket closes; ``command_timeout_s`` bounds
     each command's wait for its reply (``CommandTimeout``; None: no bound); ``pacing`` how
-    fast commands go out (``Pacing``: the server's default command budget)."""
+    fast commands go out (``Pacing``: the server's default command budget);
+    ``max_message_bytes`` the server's message limit (``PARLEY_MAX_WS_MESSAGE_BYTES``, its
+    default here): a command whose frame is larger raises ``TooLarge`` before it is sent."""
     return Session(
         url,
         session_id,
@@ -703,6 +718,7 @@ def connect(
         connect_timeout_s=connect_timeout_s,
         command_timeout_s=command_timeout_s,
         pacing=pacing,
+        max_message_bytes=max_message_bytes,
     )
 
 
