@@ -91,6 +91,15 @@ class Settings(BaseSettings):
     min_block_lines: int = 4
     max_pins: int = 50
     max_facts: int = 100
+    pins_facts_max_share: float = Field(
+        default=0.5,
+        gt=0,
+        le=1,
+        description="The most of a model input (the session model's window less its output "
+        "reserve) the system text with the session's facts and pins may take, so that prompts "
+        "still fit: a pin or fact past it is refused 'too_large'; a build gives the pins "
+        "within it (the window shrank since) and lists the others as left out",
+    )
     max_session_bytes: int = Field(
         default=16 * 1024 * 1024,
         ge=4096,

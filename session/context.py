@@ -9,10 +9,12 @@ left out, so the input never depends on timing. Entries the issuers may not read
 withheld (and listed).
 
 The system text carries the instructions, the session facts, the pinned messages and the
-newest summary of older turns: they are always given. Repetition is folded out of the rest
-(``session.fold``), then the newest turns are kept verbatim until the budget (window minus
-output reserve) is spent. Older turns are either covered by the summary or left out as
-over budget, which is what the next summary takes up (``session.summary``).
+newest summary of older turns: they are always given (the pins within the share of the
+budget the facts and pins may take, ``fixed_tokens``, which the pin rule keeps them in).
+Repetition is folded out of the rest (``session.fold``), then the newest turns are kept
+verbatim until the budget (window minus output reserve) is spent. Older turns are either
+covered by the summary or left out as over budget, which is what the next summary takes up
+(``session.summary``).
 
 ``ContextBuilder`` keeps the fold between builds, so a build costs what changed since the
 last one; ``build_context`` is the same build from nothing, and gives the same bytes.
@@ -74,10 +76,17 @@ class ContextSettings:
     window_tokens: int = 16_384
     reserve_output_tokens: int = 1_024
     min_block_lines: int = 4
+    fixed_share: float = 0.5  # of the budget: the most the instructions, facts and pins take
 
     @property
     def budget(self) -> int:
         return self.window_tokens - self.reserve_output_tokens
+
+    @property
+    def max_fixed_tokens(self) -> int:
+        """The most the system text's fixed part (``fixed_tokens``) may take of the budget:
+        a pin or fact past it is refused, and a build gives only the pins within it."""
+        return int(self.budget * self.fixed_share)
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +112,7 @@ class BuiltContext:
     included: tuple[str, ...] = ()  # every entry the input draws on: pins, then the messages
     sources: tuple[tuple[str, ...], ...] = ()  # the entries behind each message, in order
     tools_tokens: int = 0  # the definitions of the tools offered (``request.tools``)
+    pins_left: tuple[str, ...] = ()  # pinned, over the pins' share (the window shrank)
 
     @property
     def tokens(self) -> int:
@@ -113,8 +123,9 @@ class BuiltContext:
 
     @property
     def excluded(self) -> tuple[Excluded, ...]:
-        """Every entry left out, with why: withheld, summarised or over budget."""
-        found = list(self.withheld)
+        """Every entry left out, with why: withheld, a pin over the pins' share, summarised
+        or over budget."""
+        found = [*self.withheld, *(Excluded(e, PIN_LEFT_OUT) for e in self.pins_left)]
         summarised = "" if self.summary is None else f"summarised in {self.summary.id}"
         for item in chain(self.left, reversed(self.older), reversed(self.summarised)):
             reason = summarised if self._covered(item) else "over budget"
@@ -160,23 +171,35 @@ def pin_heading(pin: Entry) -> str:
     return placed(line if ended is None else placed(line, ended), at)
 
 
+FACTS_OPEN = "[Session facts: one line each, the value quoted, with who set it]"
+FACTS_CLOSE = "[End of session facts]"
+PINS_OPEN = "[Pinned messages: each quoted under its author]"
+PINS_CLOSE = "[End of pinned messages]"
+PIN_LEFT_OUT = "pinned, over the pins' share of the window"
+
+
+def _fact_lines(facts: Mapping[str, Fact]) -> list[str]:
+    return [
+        f"{QUOTE}{key} = {one_line(facts[key].value)} ({facts[key].setter()})"
+        for key in sorted(facts)
+    ]
+
+
+def _pin_lines(pin: Entry) -> list[str]:
+    return [pin_heading(pin), *quoted(pin.content)]
+
+
 def _system_text(facts: Mapping[str, Fact], pins: Sequence[Entry], summary: Summary | None) -> str:
     """The instructions, then one delimited block each for facts, pins and the summary: the
     server writes the bracketed lines; what members wrote is quoted inside."""
     parts = [SYSTEM_PROMPT]
     if facts:
-        parts.append("[Session facts: one line each, the value quoted, with who set it]")
-        parts += [
-            f"{QUOTE}{key} = {one_line(facts[key].value)} ({facts[key].setter()})"
-            for key in sorted(facts)
-        ]
-        parts.append("[End of session facts]")
+        parts += [FACTS_OPEN, *_fact_lines(facts), FACTS_CLOSE]
     if pins:
-        parts.append("[Pinned messages: each quoted under its author]")
+        parts.append(PINS_OPEN)
         for pin in pins:
-            parts.append(pin_heading(pin))
-            parts += quoted(pin.content)
-        parts.append("[End of pinned messages]")
+            parts += _pin_lines(pin)
+        parts.append(PINS_CLOSE)
     if summary is not None:
         parts.append(
             f"[Summary of the conversation up to message #{summary.to_seq}, written by the "
@@ -185,6 +208,64 @@ def _system_text(facts: Mapping[str, Fact], pins: Sequence[Entry], summary: Summ
         parts += quoted(summary.text)
         parts.append("[End of summary]")
     return "\n".join(parts)
+
+
+def pin_tokens(pin: Entry) -> int:
+    """What ``pin`` adds to the system text: its heading and quoted lines, with the line
+    break after them (``fixed_tokens``)."""
+    return count_tokens("\n".join(_pin_lines(pin)) + "\n")
+
+
+def fixed_tokens(facts: Mapping[str, Fact], pin_costs: Sequence[int]) -> int:
+    """The tokens of the system text's fixed part: the instructions, ``facts`` and the pins
+    (what each adds: ``pin_tokens``), the summary aside. Each line (a pin: its block) is
+    counted apart with the line break after it, memoised by its text, so a new pin or fact
+    costs its own count only. With cl100k_base the parts add up to the text's own count
+    (the text is cut into pieces before tokens merge, and a line break before a line that
+    opens with the server's bracket or with the quote's blanks ends a piece); the estimate
+    counts the parts at least as high as the whole."""
+    lines = [SYSTEM_PROMPT]
+    if facts:
+        lines += [FACTS_OPEN, *_fact_lines(facts), FACTS_CLOSE]
+    if pin_costs:
+        lines += [PINS_OPEN, PINS_CLOSE]
+    return sum(count_tokens(line + "\n") for line in lines) + sum(pin_costs)
+
+
+@dataclass(frozen=True, slots=True)
+class _SystemText:
+    """A build's system text, its tokens, the pins it gives (story order) and those left
+    out over the pins' share (pin order)."""
+
+    text: str
+    tokens: int
+    pins: tuple[Entry, ...]
+    left: tuple[str, ...]
+
+
+def _system_within(
+    facts: Mapping[str, Fact],
+    pinned: Sequence[Entry],
+    pin_order: Sequence[str],
+    summary: Summary | None,
+    limit: int,
+) -> _SystemText:
+    """The system text with the ``pinned`` entries (story order) that fit the fixed part's
+    ``limit`` taken in the order they were pinned (``pin_order``): every one, unless the
+    window shrank since (the pin rule keeps them within it: ``session.core``); the rest
+    are left out and listed."""
+    order = {pin_id: n for n, pin_id in enumerate(pin_order)}
+    room = limit - fixed_tokens(facts, (0,))
+    left: dict[str, None] = {}
+    for pin in sorted(pinned, key=lambda p: order.get(p.id, len(order))):
+        cost = pin_tokens(pin)
+        if cost <= room:
+            room -= cost
+        else:
+            left[pin.id] = None
+    given = tuple(p for p in pinned if p.id not in left)
+    text = _system_text(facts, given, summary)
+    return _SystemText(text, count_tokens(text), given, tuple(left))
 
 
 @dataclass(slots=True)
@@ -400,8 +481,8 @@ class ContextBuilder:
 
         unreadable = frozenset(x.entry_id for x in withheld_items)
         summary = newest_within(summaries, history[-1][0].seq, unreadable) if history else None
-        system = _system_text(facts or {}, pinned, summary)
-        system_tokens = count_tokens(system)
+        given = _system_within(facts or {}, pinned, pins, summary, settings.max_fixed_tokens)
+        system, system_tokens = given.text, given.tokens
         offered = tools_tokens(tools)
 
         asking = frozenset(prompt_ids)
@@ -465,7 +546,7 @@ class ContextBuilder:
         answering: list[int] = []
         issuers: list[str] = []
         notes: dict[str, str] = {}
-        included = [pin.id for pin in pinned]
+        included = [pin.id for pin in given.pins]
         sources: list[tuple[str, ...]] = []
         for index in kept:
             item = form(index)
@@ -506,6 +587,7 @@ class ContextBuilder:
             included=tuple(included),
             sources=tuple(sources),
             tools_tokens=offered,
+            pins_left=given.left,
         )
 
 

@@ -148,6 +148,11 @@ class SessionContext:
         """True when every member who may read the session may read this too."""
         return self._readable_by_all(restriction)
 
+    def server_text(self, entry_id: str) -> str | None:
+        """The full text behind ``entry_id``'s placeholder (None: it has none)."""
+        item = self.private.get(entry_id)
+        return None if item is None else item.text
+
     def restriction_of(self, entry_id: str) -> Restriction:
         item = self.private.get(entry_id)
         return () if item is None else item.restriction
@@ -169,6 +174,7 @@ class SessionContext:
             window_tokens=spec.context_window_tokens,
             reserve_output_tokens=spec.reserved_output_tokens,
             min_block_lines=self.settings.min_block_lines,
+            fixed_share=self.settings.pins_facts_max_share,
         )
 
     def build(

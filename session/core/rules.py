@@ -16,6 +16,7 @@ from typing import Any
 
 from parley.authz.policy import Cancel, Do, decide
 from parley.authz.roles import Capability
+from parley.session.attribution import Fact
 from parley.session.commands import (
     CancelCommand,
     FactCommand,
@@ -38,7 +39,13 @@ from parley.session.core.effects import (
     refused,
 )
 from parley.session.core.semantic import events_of
-from parley.session.core.state import CommandEvent, SessionView, new_entry, require_room
+from parley.session.core.state import (
+    CommandEvent,
+    SessionView,
+    new_entry,
+    require_context_room,
+    require_room,
+)
 from parley.session.core.steps import (
     ContextDrawn,
     MemberUpdated,
@@ -200,6 +207,9 @@ def _pin(view: SessionView, command: PinCommand) -> Effects:
         raise TooLarge(f"at most {view.limits.max_pins} pins per session")
     if command.pinned:
         require_room(view)  # an unpin is bounded by the pins there are: it stays possible
+        what = f"pinning message #{view.doc.entry(entry_id).seq}"
+        pins = [*view.doc.pinned(), entry_id]
+        require_context_room(view, what, view.doc.facts_with_authors(), pins)
     return Effects(ack=done.ack, change=Pin(entry_id, command.pinned))
 
 
@@ -214,6 +224,8 @@ def _fact(view: SessionView, event: CommandEvent, command: FactCommand) -> Effec
         raise TooLarge(f"at most {view.limits.max_facts} facts per session")
     if value is not None:
         require_room(view, key + value)  # a removal is bounded by the facts there are
+        facts = {**view.doc.facts_with_authors(), key: Fact(value, event.actor)}
+        require_context_room(view, f"setting the fact {key!r}", facts, view.doc.pinned())
     return Effects(ack=done.ack, change=SetFact(key, value, event.actor))
 
 

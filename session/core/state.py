@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 
 from parley.authz.policy import Restriction, Subject, everyone_may_read, may_read
+from parley.session.attribution import Fact
 from parley.session.commands import Command
+from parley.session.context import fixed_tokens, pin_tokens
 from parley.session.core.effects import NewEntry, ReplyState
 from parley.session.core.thread_state import SideThread, ThreadLimits
 from parley.session.entries import EntryKind
-from parley.session.errors import SessionFull
+from parley.session.errors import SessionFull, TooLarge
 from parley.session.queue import OrderingQueue, Run
 from parley.session.schema import SessionDocument
 
@@ -41,11 +43,14 @@ class CommandEvent:
 class DocumentLimits:
     """``max_session_bytes``: the shared document's encoded size that members' changes
     keep it under (None: no limit), so that a new client's first sync stays within what
-    the server may send at once."""
+    the server may send at once. ``max_fixed_tokens``: what the system text with the facts
+    and pins may take of the session model's input (``session.context.fixed_tokens``;
+    None: no limit), so that every model input leaves room for the prompts."""
 
     max_pins: int
     max_facts: int
     max_session_bytes: int | None = None
+    max_fixed_tokens: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +89,8 @@ class SessionView:
     longer read it.
     ``document_bytes``: the committed document's encoded size (what a first sync sends).
     ``standing``: a member's ``Standing`` as of now (``no_standing`` for one who is not).
+    ``server_text``: the full text kept server-side behind an entry's placeholder (None:
+    its shared copy is all there is).
     """
 
     doc: SessionDocument
@@ -103,6 +110,7 @@ class SessionView:
     thread_drew_on: Callable[[str], Restriction] = lambda thread_id: ()
     document_bytes: int = 0
     standing: Callable[[str], Standing] = no_standing
+    server_text: Callable[[str], str | None] = lambda entry_id: None
 
     def everyone_may_read(self, restriction: Restriction) -> bool:
         """True when every member who may read the session may read ``restriction``."""
@@ -145,6 +153,43 @@ def require_room(view: SessionView, text: str = "") -> None:
             f"this session is full ({view.document_bytes} of {limit} bytes); start a new "
             "session to go on"
         )
+
+
+def require_context_room(
+    view: SessionView, what: str, facts: Mapping[str, Fact], pins: Sequence[str]
+) -> None:
+    """Raise ``TooLarge`` if the system text with ``facts`` and ``pins`` (the session's after
+    the change ``what`` names) would take more of every model input than the limit, and
+    more than it takes now: a change that does not grow it stays possible past the limit
+    (the window shrank since), as unpins and removals do."""
+    limit = view.limits.max_fixed_tokens
+    if limit is None:
+        return
+    after = _fixed_tokens(view, facts, pins)
+    if after <= limit:
+        return
+    before = _fixed_tokens(view, view.doc.facts_with_authors(), view.doc.pinned())
+    if after <= before:
+        return
+    raise TooLarge(
+        f"{what} would make the pinned messages and facts, which every model input carries, "
+        f"take {after} tokens; the session's model leaves them {limit} (a share of its "
+        "window, so that prompts still fit): unpin a message or remove a fact first"
+    )
+
+
+def _fixed_tokens(view: SessionView, facts: Mapping[str, Fact], pins: Sequence[str]) -> int:
+    """``fixed_tokens`` with each pin as its largest form: its shared copy or the text kept
+    server-side, which a run whose issuers may read it is given."""
+    costs = []
+    for pin_id in pins:
+        entry = view.doc.entry(pin_id)
+        cost = pin_tokens(entry)
+        full = view.server_text(pin_id)
+        if full is not None:
+            cost = max(cost, pin_tokens(replace(entry, content=full)))
+        costs.append(cost)
+    return fixed_tokens(facts, costs)
 
 
 def new_entry(

@@ -20,6 +20,9 @@ from tests.conftest import RunningServer, make_settings, serve_in_process, sqlit
 from tests.server.cluster.nodes import cluster
 
 LONG_ID = "e" * 65  # past the 64 characters an entry id has at both doors
+# A window whose share for the pins and facts (half of 1024 - 256) one long fact overflows.
+WINDOW = {"context_window_tokens": 1024, "max_output_tokens": 256}
+CLAUSES = " ".join(f"clause {n} of the contract" for n in range(80))  # ~480 tokens
 TURNS = [f"turn{n}" for n in range(51)]  # one more than a share may pick
 
 
@@ -41,6 +44,14 @@ CASES = {
     # Size before permission: a viewer may not set facts, but an over-long one is too large.
     "viewer_long_fact": Case(
         "viewer", {**FACT, "value": "x" * 2001}, "PUT /facts/k", {"value": "x" * 2001}, "too_large"
+    ),
+    # Review B2: within the fact limit, past what the window leaves the pins and facts.
+    "editor_fact_past_the_window": Case(
+        "editor",
+        {**FACT, "value": CLAUSES[:2000]},
+        "PUT /facts/k",
+        {"value": CLAUSES[:2000]},
+        "too_large",
     ),
     # Form before permission: a fact's key, its line breaks, its type, its unicode.
     "viewer_bad_fact_key": Case(
@@ -181,12 +192,34 @@ async def _rest_call(base_url: str, token: str, sid: str, case: Case) -> str:
 @pytest.mark.parametrize("name", sorted(CASES))
 async def test_both_doors_refuse_a_bad_command_with_one_code(name: str, tmp_path: Path) -> None:
     case = CASES[name]
-    settings = make_settings(sqlite_url(tmp_path), tmp_path / "data")
+    settings = make_settings(sqlite_url(tmp_path), tmp_path / "data", **WINDOW)
     async with serve_in_process(settings) as server:
         sid = await server.new_session({"alice": case.role, "bob": case.role})
         socket_code = await _socket_code(server, sid, "alice", case)
         rest_code = await _rest_code(server, sid, "bob", case)
     assert (socket_code, rest_code) == (case.code, case.code)
+
+
+async def test_both_doors_refuse_a_pin_that_leaves_no_room_for_prompts(tmp_path: Path) -> None:
+    """Review B2: a pin was accepted whatever its size, and pins past the window failed
+    every member's prompt. One past the share is refused to the one who pins, at both
+    doors, and nothing is pinned."""
+    settings = make_settings(sqlite_url(tmp_path), tmp_path / "data", **WINDOW)
+    async with serve_in_process(settings) as server:
+        sid = await server.new_session({"alice": "editor", "bob": "editor"})
+        alice = await server.connect(sid, "alice")
+        posted = await alice.command({"type": "message", "text": CLAUSES, "id": "m1"})
+        pin = {"type": "pin", "entry_id": posted["message_id"], "id": "p1"}
+        socket = await alice.command(pin)
+        headers = {"Authorization": f"Bearer {await server.token(sid, 'bob')}"}
+        async with httpx.AsyncClient(base_url=server.base_url, headers=headers) as bob:
+            pins = f"/api/v1/sessions/{sid}/pins"
+            rest = await bob.post(pins, json={"entry_id": posted["message_id"]})
+            after = (await bob.get(pins)).json()["pins"]
+    assert (socket["type"], socket["code"]) == ("error", "too_large")
+    assert "unpin" in socket["message"]
+    assert (rest.status_code, rest.json()["error"]["code"]) == (413, "too_large")
+    assert after == []
 
 
 # Malformed commands at a route that answers resends past the rate (a prompt) and at one
@@ -274,6 +307,7 @@ async def test_a_node_that_forwards_answers_as_the_node_that_runs(tmp_path: Path
     commands and its REST changes are forwarded to the node that does, and answered there
     with the same code as at that node's own doors (docs/cluster.md)."""
     env = {"PARLEY_CLUSTER_POLL_S": "60", "PARLEY_COMMANDS_BURST": "500"}
+    env |= {f"PARLEY_{key.upper()}": str(value) for key, value in WINDOW.items()}
     async with cluster(tmp_path, 2, **env) as nodes:
         sid = await nodes.new_session(
             {"v1": "viewer", "v2": "viewer", "e1": "editor", "e2": "editor"}

@@ -8,7 +8,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from parley.session.attribution import Fact, is_server_line, one_line
-from parley.session.context import ContextSettings, build_context, pin_heading, quoted
+from parley.session.context import (
+    PIN_LEFT_OUT,
+    ContextSettings,
+    build_context,
+    fixed_tokens,
+    pin_heading,
+    pin_tokens,
+    quoted,
+)
 from parley.session.entries import Entry, EntryKind
 from parley.session.model import ToolSpec
 from parley.session.tokens import count_tokens, tools_tokens
@@ -223,6 +231,33 @@ def test_facts_and_pins_are_always_in_the_input() -> None:
     assert built.tokens <= tight.budget
 
 
+CLAUSES = " ".join(f"clause {n} of the contract" for n in range(40))  # ~240 tokens pinned
+
+
+def test_pins_past_their_share_of_a_smaller_window_are_left_out_and_listed() -> None:
+    """Review B2: pins that took the whole window failed every member's prompt
+    ``too_large`` until someone unpinned. Pins accepted under a larger window (the pin rule
+    keeps them within the share of the window they were pinned under) and a model with a
+    smaller one since: the build gives those that fit the share in the order they were
+    pinned, lists the others as left out, and the prompt still fits."""
+    pins = [msg(n, "mallory", f"{CLAUSES} v{n}") for n in range(6)]
+    entries = [*pins, prompt(6, "bob", "hello again?")]
+    smaller = ContextSettings(window_tokens=2000, reserve_output_tokens=500)
+    order = ["e4", "e1", "e0", "e2", "e3", "e5"]
+    built = build_context(
+        session_id="s", entries=entries, prompt_ids=["e6"], pins=order, settings=smaller
+    )
+    costs = [pin_tokens(pins[int(p[1:])]) for p in order]
+    assert fixed_tokens({}, costs[:2]) <= smaller.max_fixed_tokens < fixed_tokens({}, costs[:3])
+    system = built.request.system
+    assert "v4" in system and "v1" in system and built.included[:2] == ("e1", "e4")
+    assert not any(f"v{n}" in system for n in (0, 2, 3, 5))
+    left = [x.entry_id for x in built.excluded if x.reason == PIN_LEFT_OUT]
+    assert left == ["e0", "e2", "e3", "e5"]
+    assert built.tokens <= smaller.budget
+    assert built.request.messages[-1].content == "[bob asks you]\nhello again?"
+
+
 def test_a_pinned_reply_is_the_assistants_whoever_shares_the_models_name() -> None:
     """Review: a member whose id was the model's name (``fake``, which signs its replies)
     pinned a message, and it read as the model's pinned reply did: ``[fake wrote, …]``."""
@@ -325,7 +360,7 @@ def test_withheld_entries_are_left_out_and_listed_and_private_text_replaces_plac
     ),
     window=st.integers(300, 4000),
 )
-def test_pins_facts_the_prompt_and_the_newest_turn_that_fits_are_always_kept(
+def test_facts_pins_within_their_share_the_prompt_and_the_newest_turn_that_fits_are_kept(
     texts: list[str], pinned: set[int], facts: dict[str, Fact], window: int
 ) -> None:
     entries = [msg(i, ["alice", "bob"][i % 2], t) for i, t in enumerate(texts)]
@@ -343,7 +378,15 @@ def test_pins_facts_the_prompt_and_the_newest_turn_that_fits_are_always_kept(
     system = built.request.system.split("\n")
     for key, fact in facts.items():
         assert f"  {key} = {one_line(fact.value)} ({fact.setter()})" in system
+    # The pins that fit the share beside those pinned before them are given; the others
+    # are listed as left out.
+    left = {x.entry_id for x in built.excluded if x.reason == PIN_LEFT_OUT}
+    room = config.max_fixed_tokens - fixed_tokens(facts, (0,))
     for pin in pins:
+        cost = pin_tokens(entries[int(pin[1:])])
+        assert (pin in left) == (cost > room)
+        room -= 0 if pin in left else cost
+    for pin in (p for p in pins if p not in left):
         entry = entries[int(pin[1:])]
         at = system.index(f"[{entry.author} wrote, message #{entry.seq}]")
         lines = quoted(entry.content)

@@ -30,6 +30,7 @@ from parley.session.commands import (
     PolicyCommand,
     PromptCommand,
 )
+from parley.session.context import fixed_tokens, pin_tokens
 from parley.session.core import (
     Ack,
     AppendText,
@@ -125,6 +126,8 @@ class Session:
     restricted_replies: str = "private"
     restricted_replies_by: str | None = None
     max_session_bytes: int | None = None
+    max_fixed_tokens: int | None = None
+    server_texts: dict[str, str] = field(default_factory=dict)  # behind placeholders
     # When a token of each member was last revoked (ms), as the shell keeps it.
     revoked_at: dict[str, int] = field(default_factory=dict)
 
@@ -143,13 +146,14 @@ class Session:
             subject=self.subject,
             running=self.running,
             last_seq=self.last_seq,
-            limits=DocumentLimits(2, 2, self.max_session_bytes),
+            limits=DocumentLimits(2, 2, self.max_session_bytes, self.max_fixed_tokens),
             accepting_prompts=self.accepting_prompts,
             subjects=lambda: (Subject.of(m, RoleTable()) for m in self.members.values()),
             restricted_replies=self.restricted_replies,
             restricted_replies_by=self.restricted_replies_by,
             document_bytes=len(self.doc.doc.get_update()),
             standing=self.standing,
+            server_text=self.server_texts.get,
         )
 
     def standing(self, user_id: str) -> Standing:
@@ -464,6 +468,62 @@ def test_a_short_message_fits_where_a_long_one_would_pass_the_limit() -> None:
     assert refusal_of(session.send("eddie", MessageCommand("c", "x" * 500))) is SessionFull
     assert refusal_of(session.send("eddie", MessageCommand("c", "é" * 250))) is SessionFull
     assert session.send("eddie", MessageCommand("c", "x" * 100)).error is None
+
+
+# -- the pins' and facts' share of the model's window --------------------------------------
+
+
+CLAUSES = " ".join(f"clause {n} of the contract" for n in range(40))  # ~240 tokens pinned
+
+
+def _pin_cost(session: Session, entry_id: str) -> int:
+    return pin_tokens(session.doc.entry(entry_id))
+
+
+def test_a_pin_or_fact_that_would_crowd_out_the_prompts_is_refused_and_nothing_stored() -> None:
+    """Review B2: pins were counted, not sized; one editor's three long pins made every
+    member's prompt fail ``too_large`` (the system text with them took the whole window),
+    and the pin that did it was accepted. A pin or fact past the share is refused, with
+    what to do; an unpin stays possible and makes room."""
+    session = Session()
+    first, second = (session.prompt("eddie", CLAUSES + f" v{n}") for n in range(2))
+    session.max_fixed_tokens = fixed_tokens({}, [_pin_cost(session, first)]) + 40  # one pin
+    assert session.send("eddie", PinCommand("c", first, True)).error is None
+    before = session.doc.doc.get_update()
+    refused = session.send("erin", PinCommand("c", second, True))
+    assert refusal_of(refused) is TooLarge and refused.error is not None
+    assert refused.error.code == "too_large" and "unpin" in refused.error.message
+    long_fact = session.send("eddie", FactCommand("c", "terms", CLAUSES[:1900]))
+    assert refusal_of(long_fact) is TooLarge
+    assert session.doc.doc.get_update() == before  # nothing half-written
+    assert session.send("eddie", FactCommand("c", "lang", "Python")).error is None  # it fits
+    assert session.send("eddie", PinCommand("c", first, False)).error is None
+    assert session.send("erin", PinCommand("c", second, True)).error is None
+    assert session.doc.pinned() == [second]
+
+
+def test_a_pin_is_measured_by_the_text_kept_behind_its_placeholder() -> None:
+    """A run whose issuers may read a restricted entry is given its full text, kept on the
+    server: that is what its pin takes."""
+    session = Session()
+    short = session.prompt("eddie", "see the tool's details")
+    session.server_texts[short] = CLAUSES * 2
+    session.max_fixed_tokens = fixed_tokens({}, [_pin_cost(session, short)]) + 50
+    assert refusal_of(session.send("eddie", PinCommand("c", short, True))) is TooLarge
+
+
+def test_past_the_share_a_change_that_does_not_grow_it_stays_possible() -> None:
+    """The window shrank (the session's model changed): the pins and facts there are take
+    more than the share now. Unpins, removals and a shorter fact pass; what grows it not."""
+    session = Session()
+    pinned = session.prompt("eddie", CLAUSES)
+    session.send("eddie", PinCommand("c", pinned, True))
+    session.send("eddie", FactCommand("c", "terms", CLAUSES[:600]))
+    session.max_fixed_tokens = fixed_tokens({}, ())  # the instructions' own
+    assert session.send("eddie", FactCommand("c", "terms", CLAUSES[:100])).error is None
+    assert refusal_of(session.send("eddie", FactCommand("c", "more", "x"))) is TooLarge
+    assert session.send("eddie", FactCommand("c", "terms", None)).error is None
+    assert session.send("eddie", PinCommand("c", pinned, False)).error is None
 
 
 # -- cancel -----------------------------------------------------------------------------

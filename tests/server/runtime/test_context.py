@@ -46,7 +46,9 @@ async def test_pins_and_facts_reach_every_input() -> None:
         assert all("7731" not in m["content"] for m in model.requests[0].messages)
 
 
-async def test_a_prompt_that_cannot_fit_with_its_pins_fails_without_a_model_call() -> None:
+async def test_a_prompt_that_cannot_fit_fails_without_a_model_call() -> None:
+    """A pin that would leave the prompts no room is refused; a prompt too long for the
+    room left fails ``too_large`` before any call."""
     gate = asyncio.Event()
     gate.set()
     model = first_call_waits(gate)
@@ -54,12 +56,43 @@ async def test_a_prompt_that_cannot_fit_with_its_pins_fails_without_a_model_call
     async with memory_session({"alice": "editor"}, model, **limits) as s:
         long = " ".join(f"clause {i} of the contract" for i in range(120))
         posted = await s.message("alice", long)
-        await s.send("alice", PinCommand("p", posted["message_id"], True))
-        asked = await s.prompt("alice", "summarise")
+        pinned = await s.send("alice", PinCommand("p", posted["message_id"], True))
+        assert (pinned["type"], pinned["code"]) == ("error", "too_large")
+        asked = await s.prompt("alice", f"summarise {long}")
         await s.settled(asked["prompt_id"])
         prompt = s.room.doc.entry(asked["prompt_id"])
         assert (prompt.status, prompt.reason_code) == ("failed", "too_large")
         assert model.requests == []
+
+
+WORDS = ("the", "deploy", "failed", "because", "its", "database", "timed", "out")
+
+
+def prose(chars: int, seed: int) -> str:
+    """Words, ``chars`` characters of them (another ``seed``: another text)."""
+    words = (WORDS[(n * 7 + seed) % len(WORDS)] for n in range(chars))
+    return " ".join(words)[:chars]
+
+
+async def test_one_editors_pins_never_fail_another_members_prompts() -> None:
+    """Review B2: three pins of 31,000 characters by one editor (each within the prompt
+    limit) took more than the default 16k window, and every member's prompt failed
+    ``too_large`` until someone unpinned; each pin was accepted. A pin past the pins' and
+    facts' share of the window is refused to the one who pins; the others' prompts are
+    answered. (Here 32,000 characters of words: three take the whole window.)"""
+    gate = asyncio.Event()
+    gate.set()
+    model = first_call_waits(gate)
+    async with memory_session({"mallory": "editor", "bob": "editor"}, model) as s:
+        answers = []
+        for n in range(3):
+            posted = await s.message("mallory", prose(32_000, n))
+            answers.append(await s.send("mallory", PinCommand(f"p{n}", posted["message_id"], True)))
+        assert [a.get("code", a["type"]) for a in answers] == ["ack", "too_large", "too_large"]
+        assert len(s.room.doc.pinned()) == 1
+        asked = await s.prompt("bob", "hello again?")
+        await s.settled(asked["prompt_id"])
+        assert s.room.doc.entry(asked["prompt_id"]).status == "done"
 
 
 async def test_a_run_and_the_history_alone_share_one_fold_when_they_read_alike() -> None:
