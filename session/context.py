@@ -69,6 +69,7 @@ SYSTEM_PROMPT = (
 
 
 QUOTE = "  "  # before every line of members' text in the system text
+SYSTEM_TEXTS_KEPT = 4  # per builder: a run's scope, a preview's, a summary plan's
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +118,12 @@ class BuiltContext:
     @property
     def tokens(self) -> int:
         return self.system_tokens + self.tools_tokens + sum(self.tokens_per_message)
+
+    @property
+    def fixed_tokens(self) -> int:
+        """What a call with this input takes whatever prompts it answers: the system text
+        and the tools' definitions."""
+        return self.system_tokens + self.tools_tokens
 
     def _covered(self, item: FoldedItem) -> bool:
         return self.summary is not None and _covered_by(self.summary, item)
@@ -377,6 +384,10 @@ class ContextBuilder:
         # meanwhile (a fold evicted half-way left its whole history to the build).
         self._held: dict[str, int] = {}
         self.last_refolded = 0  # steps the latest build had to fold again
+        # The system texts of the latest builds, by the facts, pins and summary that went
+        # in: made again from every pin, a 1.5 MB one cost each build 30 ms (review), and a
+        # coalesced run's start may build once per prompt it judges.
+        self._systems: OrderedDict[tuple[object, ...], _SystemText] = OrderedDict()
 
     def _fold_for(self, scope_key: str) -> _Scope:
         kept = self._folds.get(scope_key)
@@ -481,7 +492,7 @@ class ContextBuilder:
 
         unreadable = frozenset(x.entry_id for x in withheld_items)
         summary = newest_within(summaries, history[-1][0].seq, unreadable) if history else None
-        given = _system_within(facts or {}, pinned, pins, summary, settings.max_fixed_tokens)
+        given = self._system(facts or {}, pinned, pins, summary)
         system, system_tokens = given.text, given.tokens
         offered = tools_tokens(tools)
 
@@ -589,6 +600,30 @@ class ContextBuilder:
             tools_tokens=offered,
             pins_left=given.left,
         )
+
+    def _system(
+        self,
+        facts: Mapping[str, Fact],
+        pinned: Sequence[Entry],
+        pin_order: Sequence[str],
+        summary: Summary | None,
+    ) -> _SystemText:
+        """``_system_within`` the settings' share, made once for the same inputs (kept for
+        the ``SYSTEM_TEXTS_KEPT`` used last)."""
+        key = (
+            tuple(sorted(facts.items())),
+            tuple(pinned),
+            tuple(pin_order),
+            None if summary is None else (summary.id, summary.text),
+        )
+        made = self._systems.get(key)
+        if made is None:
+            limit = self.settings.max_fixed_tokens
+            made = self._systems[key] = _system_within(facts, pinned, pin_order, summary, limit)
+            if len(self._systems) > SYSTEM_TEXTS_KEPT:
+                self._systems.popitem(last=False)
+        self._systems.move_to_end(key)
+        return made
 
 
 def _pinned(

@@ -47,7 +47,7 @@ from parley.session.errors import Forbidden
 from parley.session.queue import PendingPrompt
 from parley.session.quota import Quotas, day_of
 from parley.session.reasons import Ending
-from parley.session.run_fit import fit_run
+from parley.session.run_fit import Overflow, fit_run
 
 if TYPE_CHECKING:
     from parley.server.runtime.room import SessionRoom
@@ -198,13 +198,14 @@ class RunSteps:
         if planned is None or len(planned.prompts) < 2:
             return event
 
-        def judge(prompts: Sequence[PendingPrompt]) -> Ending | None:
+        def judge(prompts: Sequence[PendingPrompt]) -> Overflow | None:
             try:
                 scope = self.scope_for([p.author for p in prompts])
             except Forbidden:  # refused by the core before any fit counts
                 return None
             built = self.room.context.build(tuple(p.id for p in prompts), scope)
-            return too_large(built.tokens, built.budget)
+            ending = too_large(built.tokens, built.budget, built.fixed_tokens)
+            return None if ending is None else Overflow(ending, built.fixed_tokens > built.budget)
 
         return replace(event, fit=fit_run(planned.prompts, judge))
 

@@ -150,7 +150,7 @@ class SessionRunner:
                 "reply_id": reply_id,
             },
         )
-        overflow = too_large(built.tokens, built.budget)
+        overflow = too_large(built.tokens, built.budget, built.fixed_tokens)
         if overflow is not None:
             outcome = RunOutcome(overflow)
         else:

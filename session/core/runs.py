@@ -547,11 +547,19 @@ def run_ended(
     return AuditRecord("run_ended", actor, data)
 
 
-def too_large(tokens: int, budget: int) -> Ending | None:
+def too_large(tokens: int, budget: int, fixed: int = 0) -> Ending | None:
     """Pins, facts, the tools' definitions and the prompts alone overflow the window: no
-    call can fit."""
+    call can fit. ``fixed``: what the call carries whatever it answers (the system text,
+    the tools' definitions); past the window alone, the ending says so, and what to do."""
     if tokens <= budget:
         return None
+    if fixed > budget:
+        return Ending(
+            ReasonCode.TOO_LARGE,
+            f"the session's facts and pinned messages with the tool definitions need {fixed} "
+            f"tokens before any prompt; the window leaves {budget}: remove a fact or unpin "
+            "a message first",
+        )
     return Ending(
         ReasonCode.TOO_LARGE,
         f"the prompt with the pinned messages, facts and tool definitions needs "

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from parley.session.attribution import Fact, is_server_line, one_line
 from parley.session.context import (
     PIN_LEFT_OUT,
+    ContextBuilder,
     ContextSettings,
     build_context,
     fixed_tokens,
@@ -256,6 +257,21 @@ def test_pins_past_their_share_of_a_smaller_window_are_left_out_and_listed() -> 
     assert left == ["e0", "e2", "e3", "e5"]
     assert built.tokens <= smaller.budget
     assert built.request.messages[-1].content == "[bob asks you]\nhello again?"
+
+
+def test_a_builder_makes_the_system_text_once_for_the_same_facts_and_pins() -> None:
+    """Review B3: every build made the system text again from every pin (30 ms for 1.5 MB),
+    and a coalesced run's start builds once per prompt it judges."""
+    pins = [msg(n, "mallory", f"{CLAUSES} v{n}") for n in range(3)]
+    entries = [*pins, prompt(3, "bob", "one?"), prompt(4, "dave", "two?")]
+    builder = ContextBuilder()
+    facts = {"region": Fact("eu-west-1", "alice")}
+    kept = {"pins": ["e0", "e1", "e2"], "facts": facts}
+    first = builder.build(session_id="s", entries=entries, prompt_ids=["e3"], **kept)
+    second = builder.build(session_id="s", entries=entries, prompt_ids=["e4"], **kept)
+    assert second.request.system is first.request.system
+    other = builder.build(session_id="s", entries=entries, prompt_ids=["e4"], pins=["e0"])
+    assert other.request.system != first.request.system and "v1" not in other.request.system
 
 
 def test_a_pinned_reply_is_the_assistants_whoever_shares_the_models_name() -> None:

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from parley.session.queue import PendingPrompt
 from parley.session.reasons import Ending, ReasonCode
-from parley.session.run_fit import RunFit, fit_run
+from parley.session.run_fit import Overflow, RunFit, fit_run
 
 BUDGET = 100
 
@@ -26,10 +26,10 @@ class Judge:
     def __init__(self) -> None:
         self.measured: list[tuple[str, ...]] = []
 
-    def __call__(self, those: Sequence[PendingPrompt]) -> Ending | None:
+    def __call__(self, those: Sequence[PendingPrompt]) -> Overflow | None:
         self.measured.append(tuple(p.id for p in those))
         total = sum(size(p) for p in those)
-        return None if total <= BUDGET else Ending(ReasonCode.TOO_LARGE, f"needs {total}")
+        return None if total <= BUDGET else Overflow(Ending(ReasonCode.TOO_LARGE, f"needs {total}"))
 
 
 def test_prompts_that_fit_together_are_all_taken_at_the_cost_of_one_measure() -> None:
@@ -57,3 +57,20 @@ def test_a_first_prompt_too_large_alone_fails_with_its_own_measure() -> None:
     fit = fit_run(planned, judge)
     assert [p for p, _ in fit.too_large] == [planned[0]] and fit.taken == 1
     assert judge.measured.count((planned[0].id,)) == 1  # alone is "with none before"
+
+
+def test_a_fixed_part_too_large_alone_fails_every_prompt_at_the_cost_of_one_measure() -> None:
+    """Review B3: pins past the window made a coalesced run's start judge each prompt with a
+    build of its own (up to 21 builds of a 1.5 MB system text, one stall of the loop per
+    run). When what every call carries (the system text, the tools) overflows alone, no
+    prompt fits, alone or beside others: they all fail on the first measure."""
+    planned, measured = prompts(10, 20, 30), []
+    ending = Ending(ReasonCode.TOO_LARGE, "the pinned messages and facts alone overflow")
+
+    def judge(those: Sequence[PendingPrompt]) -> Overflow | None:
+        measured.append(those)
+        return Overflow(ending, fixed=True)
+
+    fit = fit_run(planned, judge)
+    assert fit == RunFit(tuple(p.id for p in planned), tuple((p, ending) for p in planned), 0)
+    assert len(measured) == 1

@@ -10,7 +10,7 @@ import asyncio
 from typing import Any
 
 from parley.server.runtime.session_writes import SETTINGS_WRITE, apply_session_write
-from parley.session.commands import PromptCommand
+from parley.session.commands import FactCommand, PromptCommand
 from parley.session.entries import Entry
 from parley.session.lifecycle import PromptStatus
 from parley.session.queue import Policy
@@ -199,3 +199,31 @@ async def test_coalesced_prompts_that_do_not_fit_together_run_one_after_the_othe
         assert entry(first).reply_id != entry(second).reply_id
         runs = [who_asked(r) for r in model.requests[-2:]]
         assert runs == [["mallory asked"], ["dave asked"]]
+
+
+async def test_a_coalesced_run_whose_fixed_part_overflows_is_judged_by_one_build() -> None:
+    """Review B3: in a coalesced session whose pins and facts overflow the window, each run
+    start judged the prompts it planned with a build for all of them, then one per prompt
+    (21 builds of a 1.5 MB system text: a stall of the loop of 0.6-1.5 s per run). The
+    facts here were set under a larger share (the window shrank since): one build judges
+    them all, and every prompt fails with what to remove."""
+    members = {"alice": "editor", "bob": "editor", "dave": "editor", "erin": "editor"}
+    share = {"pins_facts_max_share": 4.0}  # past the bound: facts past the window
+    async with memory_session(members, policy=Policy.COALESCE, unvalidated=share, **SMALL) as s:
+        terms = " ".join(f"clause {n} of the contract" for n in range(80))[:2000]
+        for key in ("terms", "more_terms"):
+            assert (await s.send("alice", FactCommand(key, key, terms)))["type"] == "ack"
+        ids = [str((await s.prompt(user, f"what about {user}?"))["prompt_id"]) for user in members]
+        builds = []
+        build = s.room.context.build
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            builds.append(args)
+            return build(*args, **kwargs)
+
+        s.room.context.build = counted  # type: ignore[method-assign]
+        assert await s.room.runs.start("model") is None
+        assert len(builds) == 1
+        ended = [s.room.doc.entry(p) for p in ids]
+        assert {(e.status, e.reason_code) for e in ended} == {("failed", "too_large")}
+        assert all("remove a fact" in str(e.reason) for e in ended), ended[0].reason
