@@ -167,7 +167,8 @@ OPERATIONS: list[Operation] = [
         "PUT",
         "/api/v1/sessions/{session_id}/facts/{key}",
         put_fact,
-        "Set a session fact (always in the model's input, one line, with who set it)",
+        "Set a session fact (in every model input, one line, with who set it; 413 "
+        "too_large past the pins' and facts' share of the window)",
         path_forms={"key": path_pattern(FACT_KEY.pattern)},
         capability=Capability.READ_SESSION,  # ``pin``: judged by the core
         body=FactPut,
@@ -199,7 +200,8 @@ OPERATIONS: list[Operation] = [
         "POST",
         "/api/v1/sessions/{session_id}/pins",
         create_pin,
-        "Pin an entry (always in the model's input)",
+        "Pin an entry (in every model input; 413 too_large past the pins' and facts' share "
+        "of the window)",
         capability=Capability.READ_SESSION,  # ``pin``: judged by the core
         body=PinCreate,
         response=PinsOut,

@@ -183,6 +183,8 @@ def _fixed_tokens(view: SessionView, facts: Mapping[str, Fact], pins: Sequence[s
     server-side, which a run whose issuers may read it is given."""
     costs = []
     for pin_id in pins:
+        if not view.doc.has_entry(pin_id):
+            continue  # nothing a build could give
         entry = view.doc.entry(pin_id)
         cost = pin_tokens(entry)
         full = view.server_text(pin_id)
