@@ -26,8 +26,10 @@ from parley.session.reasons import Ending
 @dataclass(frozen=True, slots=True)
 class Overflow:
     """Why a call answering some prompts would not fit the window: ``ending``. ``fixed``:
-    what every call carries overflows it alone, in those prompts' scope, and so in the
-    scope of any of them (one issuer reads and uses no less than several)."""
+    what every call carries (the system text, the tools' definitions) overflows it alone,
+    in those prompts' scope. A scope of fewer of their issuers reads and offers no less, so
+    none of them would fit in a run of its own either (near enough: its pins are chosen
+    within the same share, its summary may be another)."""
 
     ending: Ending
     fixed: bool = False
