@@ -41,6 +41,7 @@ from parley.server.http.demo import DemoFiles
 from parley.server.http.error_body import error_body
 from parley.server.http.models import Health, Readiness
 from parley.server.http.rest import Operation, authenticate, error_response, openapi_document, route
+from parley.server.http.segments import OneSegmentIds
 from parley.server.keys import resolve_keys
 from parley.server.metrics import Metrics
 from parley.server.outbound.sender_process import SenderProcess, own_process_possible
@@ -340,6 +341,8 @@ def create_app(
                 allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
             )
         )
+    # Innermost: its 404 is logged and carries CORS headers like any other.
+    middleware.append(Middleware(OneSegmentIds))
     return SocketsFirst(
         routes=routes,
         middleware=middleware,

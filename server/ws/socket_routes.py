@@ -8,7 +8,8 @@ issue #22), for layers a socket does not use: it answers its own refusals and fa
 with close codes (``server.ws.admission``). ``SocketsFirst`` hands a socket on one of the
 session routes to its endpoint itself, with the server's own ``send`` (for the
 ``DirectWriter``): one frame stays with the socket, not six. Every other connection, and
-a socket on any other path, goes through Starlette as before.
+a socket on any other path, goes through Starlette as before; so does one whose path holds an
+encoded ``/`` (``server.http.segments``: it names no route, though its decoded path may).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from starlette.applications import Starlette
 from starlette.routing import Match, WebSocketRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from parley.server.http.segments import holds_encoded_slash
 from parley.server.ws.direct_send import SCOPE_KEY, DirectWriter
 
 
@@ -24,7 +26,8 @@ class SocketsFirst(Starlette):
     """Starlette with the session sockets' short way in (the module's docstring)."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        endpoint = self._socket_endpoint(scope) if scope["type"] == "websocket" else None
+        short_way = scope["type"] == "websocket" and not holds_encoded_slash(scope)
+        endpoint = self._socket_endpoint(scope) if short_way else None
         if endpoint is None:
             await super().__call__(scope, receive, send)
             return

@@ -800,6 +800,24 @@ async def test_dot_segments_name_nothing_and_reach_no_other_route(
         assert (await admin.get_session(sid)).id == sid
 
 
+async def test_an_id_holding_a_slash_names_nothing_and_reaches_no_other_route(
+    sqlite_server: RunningServer,
+) -> None:
+    """Review I4: the SDK sends ``delete_session("<sid>/members/bob")`` as
+    ``DELETE /sessions/<sid>%2Fmembers%2Fbob``; the server decoded the ``%2F`` before routing
+    and removed bob. No session has that id: ``NotFound``, and nothing else changes."""
+    async with AdminClient(sqlite_server.base_url, ADMIN_KEY) as admin, asyncio.timeout(60):
+        sid = await new_session(admin, {"bob": "editor"})
+        await admin.set_fact(sid, "k", "v")
+        for bogus in (f"{sid}/members/bob", f"{sid}/facts/k"):
+            with pytest.raises(NotFound):
+                await admin.delete_session(bogus)
+        with pytest.raises(NotFound):
+            await admin.transcript(f"{sid}/members")
+        assert [m.user_id for m in await admin.list_members(sid)] == ["bob"]
+        assert await admin.facts(sid) == {"k": "v"}
+
+
 async def test_list_sessions_takes_a_cursor_or_an_offset_not_both() -> None:
     """Review: given both, the SDK dropped the offset silently (the server refuses the
     pair); it says so before any request."""

@@ -9,6 +9,8 @@ import socket
 from pathlib import Path
 
 import httpx
+import pytest
+import websockets
 
 from tests.conftest import RunningServer, make_settings, serve_in_process, sqlite_url
 
@@ -239,3 +241,42 @@ async def test_numbers_in_queries_and_event_ids_are_ascii_digits(
             headers={"Accept": "text/event-stream"},
         )
         assert resumed.status_code == 400 and resumed.json()["error"]["code"] == "bad_event_id"
+
+
+async def test_an_encoded_slash_keeps_an_id_one_segment_on_every_route(
+    sqlite_server: RunningServer,
+) -> None:
+    """Review I4: ``%2F`` was decoded before routing, so ``DELETE /sessions/<sid>%2Fmembers%2Fbob``
+    (an id no session has) removed bob and ``GET /sessions/<sid>%2Ftranscript`` answered the
+    transcript. A segment's ``%2F`` is data (RFC 3986): such a path names nothing."""
+    server = sqlite_server
+    sid = await server.new_session({"bob": "editor"})
+    put = await server.http.put(f"/api/v1/sessions/{sid}/facts/k", json={"value": "v"})
+    assert put.status_code == 200, put.text
+    thread = await server.http.post(
+        f"/api/v1/sessions/{sid}/threads",
+        json={"title": "t"},
+        headers={"Authorization": f"Bearer {await server.token(sid, 'bob')}"},
+    )
+    tid = thread.json()["thread_id"]
+    for method, path in (
+        ("DELETE", f"/api/v1/sessions/{sid}%2Fmembers%2Fbob"),
+        ("DELETE", f"/api/v1/sessions/{sid}%2ffacts%2fk"),
+        ("GET", f"/api/v1/sessions/{sid}%2Ftranscript"),
+        ("GET", f"/api/v1/sessions/{sid}/threads/{tid}%2F"),
+        ("GET", "/api%2Fv1%2Fsessions"),
+    ):
+        refused = await server.http.request(method, path)
+        assert refused.status_code == 404, (path, refused.text)
+        assert refused.json()["error"]["code"] == "not_found"
+    members = (await server.http.get(f"/api/v1/sessions/{sid}/members")).json()
+    assert [m["user_id"] for m in members["members"]] == ["bob"]
+    assert (await server.http.get(f"/api/v1/sessions/{sid}/facts")).json()["facts"] != {}
+    token = await server.token(sid, "bob")
+    for path in (f"{sid}%2Fthreads%2F{tid}", f"{sid}%2F"):
+        with pytest.raises(websockets.InvalidStatus) as refused_socket:
+            await websockets.connect(f"{server.ws_url}/ws/sessions/{path}?token={token}")
+        assert refused_socket.value.response.status_code == 403, path  # as a path no route has
+    # An encoded slash in the query is not in the path.
+    listed = await server.http.get(f"/api/v1/sessions/{sid}/audit", params={"actor": "a/b"})
+    assert listed.status_code == 200, listed.text
