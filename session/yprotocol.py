@@ -22,6 +22,7 @@ from pycrdt import get_update, write_var_uint
 
 from parley.session.closes import CloseCode
 from parley.session.errors import InvalidInput, TooLarge
+from parley.session.json_constants import reject_constant
 
 MAX_VARUINT_BYTES = 8
 MAX_SAFE_INTEGER = 2**53 - 1
@@ -185,11 +186,6 @@ class AwarenessState:
     state: dict[str, Any] | None  # None: the client left
 
 
-def _reject_constant(name: str) -> None:
-    # NaN and Infinity are not JSON: y-protocols' JSON.parse would fail on every peer.
-    raise ValueError(f"{name} is not JSON")
-
-
 # JavaScript writes a whole number below this in full (1e+20 as 100000000000000000000).
 _JS_FULL_BELOW = 1e21
 
@@ -224,7 +220,8 @@ def decode_awareness_update(update: bytes) -> list[AwarenessState]:
             # final 4400 left a stock client offline for good (review).
             raise ClockOutOfRange("awareness clock out of range")
         try:
-            state = json.loads(raw, parse_constant=_reject_constant, parse_float=_finite_float)
+            # NaN and Infinity are not JSON: y-protocols' JSON.parse would fail on every peer.
+            state = json.loads(raw, parse_constant=reject_constant, parse_float=_finite_float)
         except (ValueError, RecursionError):
             raise ProtocolError("awareness state is not JSON") from None
         if state is not None and not isinstance(state, dict):

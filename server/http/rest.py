@@ -43,6 +43,7 @@ from parley.session.errors import (
     Unauthenticated,
     UnsupportedMediaType,
 )
+from parley.session.json_constants import constant_in
 from parley.session.json_values import json_values_refusal
 from parley.session.ratelimit import command_bytes_refusal
 from parley.session.unique_keys import check_unique_keys
@@ -456,10 +457,16 @@ def parsed_body(model: type[BaseModel], raw: bytes) -> BaseModel:
     field takes ``true``, ``"100"`` and ``100.0`` (review: a token's ``ttl_seconds: true``
     made one that lived a second), while the OpenAPI document says ``integer``. A body of
     more values than any holds is refused unparsed, as a socket's command is
-    (``json_values_refusal``)."""
+    (``json_values_refusal``); one holding ``NaN`` or ``Infinity`` is malformed JSON."""
     refusal = json_values_refusal(raw)
     if refusal is not None:
         raise refusal
+    # Refused as the socket refuses them (pydantic's parser takes them: review I3).
+    not_json = constant_in(raw)
+    if not_json is not None:
+        raise InvalidInput(
+            f"body: Invalid JSON: {not_json}", (("body", f"Invalid JSON: {not_json}"),)
+        )
     try:
         parsed = model.model_validate_json(raw or b"{}", strict=True)
     except ValidationError as exc:

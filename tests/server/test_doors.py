@@ -351,3 +351,34 @@ async def test_both_doors_refuse_a_key_given_twice(tmp_path: Path) -> None:
     assert (socket_code, rest_code, member.status_code) == ("invalid", "invalid", 422)
     assert member.json()["error"]["code"] == "invalid"
     assert [m for m in transcript["messages"] if m["kind"] == "message"] == []
+
+
+async def test_both_doors_refuse_nan_and_infinity_as_malformed_json(tmp_path: Path) -> None:
+    """Review I3: REST parsed ``NaN`` and ``Infinity`` (not JSON) where the socket refuses
+    the frame: ``"id": NaN`` was judged a wrong type, a tool's ``"maximum": Infinity`` was
+    stored and served as ``null``. Both doors now give one answer, malformed JSON."""
+    settings = make_settings(sqlite_url(tmp_path), tmp_path / "data")
+    async with serve_in_process(settings) as server:
+        sid = await server.new_session({"alice": "editor", "bob": "editor"})
+        client = await server.connect(sid, "alice")
+        await client.send_raw('{"type":"message","text":"x","id":"n1","n":NaN}')
+        async with asyncio.timeout(10):  # unparsed: its error names no command
+            while not client.unsolicited:
+                await client.changed.wait()
+                client.changed.clear()
+        socket_answer = client.unsolicited[0]
+        body = b'{"text": "x", "id": NaN}'
+        message = Case("editor", {}, "POST /messages", body, "invalid")
+        rest_code = await _rest_call(server.base_url, await server.token(sid, "bob"), sid, message)
+        tool = await server.http.post(
+            "/api/v1/tools",
+            content=b'{"name": "t", "description": "d", "url": "https://example.com/t",'
+            b' "parameters": {"type": "object", "properties": {"n": {"type": "number",'
+            b' "maximum": Infinity, "minimum": -Infinity, "default": NaN}}}}',
+            headers={"Content-Type": "application/json"},
+        )
+        tools = (await server.http.get("/api/v1/tools")).json()["tools"]
+    assert socket_answer["code"] == rest_code == "invalid"
+    assert tool.status_code == 422 and tool.json()["error"]["code"] == "invalid", tool.text
+    assert tool.json()["error"]["details"][0]["at"] == "body"
+    assert "Invalid JSON" in tool.json()["error"]["message"] and tools == []

@@ -85,3 +85,30 @@ def test_a_body_of_more_values_than_any_holds_is_refused_before_it_is_parsed(
     assert refused.value.code.value == "invalid"
     assert f"more than {MAX_JSON_VALUES} JSON values" in refused.value.message
     assert parses == []
+
+
+def _refusal(model: type[BaseModel], raw: bytes) -> tuple[str, tuple[tuple[str, str], ...]]:
+    with pytest.raises(InvalidInput) as refused:
+        parsed_body(model, raw)
+    return refused.value.code.value, refused.value.details
+
+
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
+@pytest.mark.parametrize("model", BODIES, ids=lambda m: m.__name__)
+def test_nan_and_infinity_are_malformed_json_in_every_body(
+    model: type[BaseModel], constant: str
+) -> None:
+    """Review I3: they are not JSON (RFC 8259) and the socket refuses the frame, but REST
+    parsed them: ``"id": NaN`` was judged a wrong type, and a tool's ``"maximum": Infinity``
+    was stored as ``null``. Anywhere in a body they are refused as malformed JSON is."""
+    malformed = _refusal(model, b'{"x": }')
+    for raw in (f'{{"x": {constant}}}', f'{{"x": {{"y": [1, {constant}]}}, "z": "NaN"}}'):
+        code, details = _refusal(model, raw.encode())
+        assert code == malformed[0] == "invalid"
+        assert [at for at, _ in details] == [at for at, _ in malformed[1]] == ["body"], details
+        assert details[0][1].startswith("Invalid JSON") and constant.lstrip("-") in details[0][1]
+
+
+def test_the_words_nan_and_infinity_in_a_string_are_text() -> None:
+    body = parsed_body(EntryPost, b'{"text": "NaN, Infinity and -Infinity", "id": "NaN"}')
+    assert body.model_dump()["text"] == "NaN, Infinity and -Infinity"
