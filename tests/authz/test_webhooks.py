@@ -70,3 +70,14 @@ def test_a_full_memory_refuses_what_it_forgot_instead_of_accepting_a_replay() ->
         BODY, *signed(timestamp=T + 1, delivery=new_delivery_id()), now=T + 10
     )
     assert verifier.verify(BODY, *signed(timestamp=T + 6, delivery=new_delivery_id()), now=T + 10)
+
+
+def test_a_timestamp_of_other_digits_than_ascii_ones_is_refused_not_raised() -> None:
+    """Review I5: ``str.isdigit`` holds for superscripts and other scripts' digits, which
+    ``int`` refuses: a request stamped ``²`` (one latin-1 byte, as a header arrives) made
+    ``verify`` raise, a 500 from a receiver written as permissions.md shows."""
+    _, delivery, signature = signed()
+    verifier = WebhookVerifier(SECRET)
+    for timestamp in ("\u00b2", "\u00b9\u00b2\u00b3", "17" + "\u00b2", "\u0661\u0662", " 1", "+1"):
+        assert not verify_signature(SECRET, BODY, timestamp, delivery, signature, now=T)
+        assert not verifier.verify(BODY, timestamp, delivery, signature, now=T)
