@@ -225,13 +225,16 @@ class WebhookSender:
 
     async def _deliver(self, delivery: Claimed) -> None:
         attempt = await self._attempt(delivery)
+        # The wait counts from the attempt's end: from its start, a receiver that times
+        # out (an attempt longer than the wait) was tried again at once (review I6).
+        ended = self._now_ms()
         self._outcome(delivery.webhook_id, attempt.ok)
         retry_at: int | None = None
         if not attempt.ok:
             wait_ms = int(backoff_s(self.settings, delivery.attempts + 1, self._rng) * 1000)
             end = delivery.retry_from + int(self.settings.webhook_retry_period_s * 1000)
-            if attempt.at + wait_ms <= end:
-                retry_at = attempt.at + wait_ms
+            if ended + wait_ms <= end:
+                retry_at = ended + wait_ms
         try:
             async with self.store.transaction("webhook attempt") as tx:
                 await record(

@@ -313,6 +313,57 @@ async def test_a_delivery_held_past_the_retry_period_is_still_retried_after_resu
         assert payload["data"]["session_id"] == sid
 
 
+@dataclass
+class HangingReceiver(Receiver):
+    """Answers nothing to the first attempt of each ``webhook-id`` (it times out), then as
+    ``Receiver``."""
+
+    tried: set[str] = field(default_factory=set)
+    hung: asyncio.Event = field(default_factory=asyncio.Event)  # set when the test ends
+
+    async def hook(self, request: Request) -> Response:
+        message_id = request.headers["webhook-id"]
+        if message_id not in self.tried:
+            self.tried.add(message_id)
+            await self.hung.wait()
+        return await super().hook(request)
+
+
+async def test_the_back_off_counts_from_when_a_failed_attempt_ended(tmp_path: Path) -> None:
+    """Review I6: the wait was counted from the attempt's start, so a receiver that timed
+    out (an attempt longer than the back-off) was tried again the moment it timed out."""
+    base_s = 0.4  # the first wait: 0.2-0.4 s, shorter than an attempt's timeout
+    settings = make_settings(
+        sqlite_url(tmp_path),
+        tmp_path / "data",
+        **{
+            **FAST,
+            "webhook_timeout_s": 1.0,
+            "webhook_retry_base_s": base_s,
+            "webhook_retry_max_s": base_s,
+        },
+    )
+    receiver = HangingReceiver()
+    async with receiving(receiver), serve_in_process(settings) as server:
+        try:
+            hook = await subscribe(server.http, receiver.url, events=["session.created"])
+            await server.new_session({})
+
+            async def finished() -> bool:
+                (delivery,) = await deliveries(server.http, hook["id"])
+                return bool(delivery["status"] in ("delivered", "failed"))
+
+            await until(finished, "the delivery delivered after its timed-out attempt")
+        finally:
+            receiver.hung.set()
+        (delivery,) = await deliveries(server.http, hook["id"])
+    first, second = delivery["attempts"]
+    assert first["response_code"] is None and second["response_code"] == 204
+    assert first["latency_ms"] >= 1000 * settings.webhook_timeout_s * 0.9
+    # At least the shortest wait (half the base) after the first attempt ended.
+    assert second["at"] - (first["at"] + first["latency_ms"]) >= 1000 * base_s / 2
+
+
 async def test_a_paused_subscription_past_its_cap_is_disabled_and_takes_no_more(
     database_url: str, tmp_path: Path
 ) -> None:
