@@ -82,8 +82,9 @@ def _is_ip(host: str) -> bool:
 
 def parsed_target(url: str) -> tuple[str, int]:
     """``url``'s host (IDNA-encoded, as the client connects to it) and port, as every
-    request parses it; ``RefusedTarget`` when the URL is no target (``url_problem``) or the
-    HTTP client cannot send to it (a control character, say)."""
+    request parses it; ``RefusedTarget`` when the URL is no target (``url_problem``), the
+    HTTP client cannot send to it (a control character, say) or its host is a name no
+    lookup takes."""
     problem = url_problem(url)
     if problem is not None:
         raise RefusedTarget(problem)
@@ -92,7 +93,29 @@ def parsed_target(url: str) -> tuple[str, int]:
         host = parsed.raw_host.decode("ascii")
     except (httpx.InvalidURL, UnicodeError) as exc:
         raise RefusedTarget(f"malformed URL ({exc})") from None
+    if not _is_ip(host):
+        problem = _dns_name_problem(host)
+        if problem is not None:
+            raise RefusedTarget(f"the host {host[:80]!r} is no DNS name ({problem})")
     return host, parsed.port or (443 if parsed.scheme == "https" else 80)
+
+
+# The longest name DNS carries, in characters (255 octets on the wire), a final dot aside.
+MAX_DNS_NAME_CHARS = 253
+
+
+def _dns_name_problem(host: str) -> str | None:
+    """Why no lookup can take ``host``, or None: the resolver encodes it with Python's
+    ``idna`` codec, which refuses an empty label or one over 63 characters, and DNS takes
+    no name over ``MAX_DNS_NAME_CHARS`` (review I1: such a URL was taken, and every request
+    to it failed)."""
+    if len(host.removesuffix(".")) > MAX_DNS_NAME_CHARS:
+        return f"over {MAX_DNS_NAME_CHARS} characters"
+    try:
+        host.encode("idna")
+    except UnicodeError as exc:
+        return str(exc)
+    return None
 
 
 def url_form_problem(url: str) -> str | None:

@@ -471,6 +471,21 @@ async def test_private_targets_are_refused_without_the_setting(
         assert listed.json()["webhooks"] == []
 
 
+async def refused_as_a_target(http: httpx.AsyncClient, url: str, reason: str) -> None:
+    """``url`` is ``422 invalid`` for ``reason`` as an event webhook's and as a webhook
+    tool's, and neither is made."""
+    for path, body in (
+        ("/api/v1/webhooks", {"url": url, "events": ["session.created"]}),
+        ("/api/v1/tools", {"name": "t", "description": "d", "url": url}),
+    ):
+        response = await http.post(path, json=body)
+        assert response.status_code == 422, response.text
+        error = response.json()["error"]
+        assert error["code"] == "invalid" and reason in error["message"], error
+    assert (await http.get("/api/v1/webhooks")).json()["webhooks"] == []
+    assert (await http.get("/api/v1/tools")).json()["tools"] == []
+
+
 async def test_a_url_with_a_control_character_is_refused_when_private_targets_are_allowed(
     database_url: str, tmp_path: Path
 ) -> None:
@@ -479,19 +494,23 @@ async def test_a_url_with_a_control_character_is_refused_when_private_targets_ar
     settings = make_settings(database_url, tmp_path / "data", **FAST)
     async with serve_in_process(settings) as server:
         for bad in ("\x07", "\x7f"):
-            url = f"http://127.0.0.1:9/ok{bad}"
-            response = await server.http.post(
-                "/api/v1/webhooks", json={"url": url, "events": ["session.created"]}
-            )
-            assert response.status_code == 422, response.text
-            error = response.json()["error"]
-            assert error["code"] == "invalid" and "malformed URL" in error["message"], error
-            tool = {"name": "t", "description": "d", "url": url}
-            response = await server.http.post("/api/v1/tools", json=tool)
-            assert response.status_code == 422, response.text
-            assert response.json()["error"]["code"] == "invalid"
-        assert (await server.http.get("/api/v1/webhooks")).json()["webhooks"] == []
-        assert (await server.http.get("/api/v1/tools")).json()["tools"] == []
+            await refused_as_a_target(server.http, f"http://127.0.0.1:9/ok{bad}", "malformed URL")
+
+
+@pytest.mark.parametrize("allow_private", [True, False])
+async def test_a_host_that_is_no_dns_name_is_refused_for_a_webhook_and_a_tool(
+    allow_private: bool, tmp_path: Path
+) -> None:
+    """Review I1 (again): ``http://a..b/``, a 64-character label or a 259-character name
+    were subscribed under ``PARLEY_WEBHOOK_ALLOW_PRIVATE`` and registered as a tool's URL
+    under any setting (201), then every request failed to encode or resolve the name."""
+    settings = make_settings(
+        sqlite_url(tmp_path), tmp_path / "data", **{**FAST, "webhook_allow_private": allow_private}
+    )
+    hosts = ("a..b", "a" * 64 + ".test", ".".join(["abcdefghi"] * 26))
+    async with serve_in_process(settings) as server:
+        for host in hosts:
+            await refused_as_a_target(server.http, f"http://{host}/hook", "is no DNS name")
 
 
 async def test_crud_and_validation(database_url: str, tmp_path: Path) -> None:

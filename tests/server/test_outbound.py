@@ -158,27 +158,46 @@ async def test_a_refused_target_names_the_address_refused(
     assert problem is not None and problem.startswith(reason), problem
 
 
+# URLs no request can be sent to, and why: a control character (review I1: with
+# ``allow_private`` the check for input looked at ``url_problem`` only, so such a URL was
+# taken and every request then refused it as malformed), or a host that is no DNS name (review
+# I1 again: an empty label, a label over 63 characters or a name over 253 passed the check
+# for input with ``allow_private``, and a tool's URL always, while every request failed to
+# encode or resolve it).
+UNSENDABLE = [
+    *((f"http://hooks.test/ok{bad}", "malformed URL") for bad in ("\x07", "\x7f", "\x00", "\x1b")),
+    ("http://a..b/", "the host 'a..b' is no DNS name"),
+    ("http://.hooks.test/", "the host '.hooks.test' is no DNS name"),
+    ("http://" + "a" * 64 + ".test/", "the host 'aaaa"),
+    ("http://" + ".".join(["abcdefghi"] * 26) + "/", "the host 'abcdefghi."),  # 259 characters
+]
+
+
 @pytest.mark.parametrize("allow_private", [True, False])
-@pytest.mark.parametrize("bad", ["\x07", "\x7f", "\x00", "\x1b"])
+@pytest.mark.parametrize(("url", "reason"), UNSENDABLE)
 async def test_a_url_no_request_can_be_sent_to_is_refused_at_its_check(
-    allow_private: bool, bad: str
+    allow_private: bool, url: str, reason: str
 ) -> None:
-    """Review I1: with ``allow_private`` the check for input looked at ``url_problem``
-    only, so a URL with a control character was taken, and every request then refused it
-    as malformed. The check and the request parse the URL alike, in either mode."""
-    url = f"http://hooks.test/ok{bad}"
+    """The check for input and the request parse the URL alike, in either mode, and refuse
+    it before any lookup."""
     resolver = Resolver([PUBLIC])
     problem = await outbound.target_problem(url, allow_private=allow_private, resolver=resolver)
-    assert problem is not None and problem.startswith("malformed URL"), problem
+    assert problem is not None and problem.startswith(reason), problem
+    assert outbound.url_form_problem(url) == problem
     client = OutboundClient(allow_private=allow_private, resolver=resolver)
     try:
-        with pytest.raises(RefusedTarget, match="malformed URL"):
+        with pytest.raises(RefusedTarget) as refused:
             await client.post(url, b"{}", {}, timeout_s=1.0, max_body_bytes=16)
     finally:
         await client.aclose()
+    assert str(refused.value) == problem
     assert resolver.asked == []  # refused before any lookup
-    fine = await outbound.target_problem("http://hooks.test/ok", allow_private=True)
-    assert fine is None
+
+
+def test_dns_names_up_to_their_limits_and_ip_literals_are_targets() -> None:
+    longest = "http://" + ".".join(["a" * 63] * 3 + ["a" * 61]) + "./"  # 253 and a dot
+    for fine in (longest, "http://" + "a" * 63 + ".test/", "http://[::1]:8080/", "http://ok/"):
+        assert outbound.url_form_problem(fine) is None, fine
 
 
 async def test_the_checked_address_is_connected_to_with_the_host_name_kept() -> None:
