@@ -7,17 +7,17 @@ from typing import Annotated, Any, Literal
 
 from pydantic import ConfigDict, Field
 
-from parley.server.http.models import CapabilityName, Strict
+from parley.server.http.models import WHOLE, CapabilityName, Strict
 
 
 class QuotasPut(Strict):
     """Replaces the session's quotas; a limit left out or null is no limit."""
 
-    session_tokens_per_day: int | None = Field(
-        default=None, ge=1, le=10**15, description="Tokens a UTC day; null: no limit"
+    session_tokens_per_day: Annotated[int, Field(ge=1, le=10**15), WHOLE] | None = Field(
+        default=None, description="Tokens a UTC day; null: no limit"
     )
-    user_tokens_per_day: int | None = Field(
-        default=None, ge=1, le=10**15, description="For each member; null: no limit"
+    user_tokens_per_day: Annotated[int, Field(ge=1, le=10**15), WHOLE] | None = Field(
+        default=None, description="For each member; null: no limit"
     )
 
 

@@ -454,8 +454,9 @@ async def _body(
 
 def parsed_body(model: type[BaseModel], raw: bytes) -> BaseModel:
     """``raw`` as ``model``, each field of exactly its JSON type: strict, or an integer
-    field takes ``true``, ``"100"`` and ``100.0`` (review: a token's ``ttl_seconds: true``
-    made one that lived a second), while the OpenAPI document says ``integer``. A body of
+    field takes ``true`` and ``"100"`` (review: a token's ``ttl_seconds: true`` made one
+    that lived a second), while the OpenAPI document says ``integer`` (whose ``100.0`` the
+    fields take: ``models.WHOLE``). A body of
     more values than any holds is refused unparsed, as a socket's command is
     (``json_values_refusal``); one holding ``NaN`` or ``Infinity`` is malformed JSON."""
     refusal = json_values_refusal(raw)
