@@ -1,6 +1,10 @@
 """Keyset cursors for lists in a stable order: the position of the last row a page gave,
 as an opaque token. Unlike an offset, it stays put when rows before it are deleted
-between two pages (review: ``GET /sessions?offset=`` skipped a session then)."""
+between two pages (review: ``GET /sessions?offset=`` skipped a session then).
+
+A cursor is not signed: it names a place and grants nothing (each list checks its reader as
+it would without one), so one not of the form this server gives is refused, and one of that
+form is read as the place it names, whoever made it (docs/api.md; review I7)."""
 
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ CURSOR = r"[A-Za-z0-9_-]{1,400}"  # base64url, unpadded
 MAX_ROW_ID_CHARS = 200  # longer than any row id the lists give
 # A place's cursor: two numbers below 2**63 take 56 characters.
 PLACE_CURSOR_CHARS = 64
-_NOT_A_CURSOR = "cursor: not a cursor this server gave"
+_NOT_A_CURSOR = "cursor: not of the form of a cursor this server gives"
 
 
 def make_cursor(created_at: int, row_id: str) -> str:
@@ -25,7 +29,7 @@ def make_cursor(created_at: int, row_id: str) -> str:
 
 
 def read_cursor(cursor: str) -> tuple[int, str]:
-    """(created at, id) of a cursor ``make_cursor`` gave; ``InvalidInput`` for any other."""
+    """(created at, id) of a cursor of ``make_cursor``'s form; ``InvalidInput`` for any other."""
     created_at, row_id = _decode(cursor)
     if type(created_at) is not int or not isinstance(row_id, str):
         raise InvalidInput(_NOT_A_CURSOR)
@@ -42,7 +46,7 @@ def make_place_cursor(place: Place) -> str:
 
 
 def read_place_cursor(cursor: str) -> Place:
-    """The place of a cursor ``make_place_cursor`` gave; ``InvalidInput`` for any other."""
+    """The place of a cursor of ``make_place_cursor``'s form; ``InvalidInput`` for any other."""
     xid, row_id = _decode(cursor)
     if type(xid) is not int or type(row_id) is not int:
         raise InvalidInput(_NOT_A_CURSOR)

@@ -32,6 +32,14 @@ OFFERED = ("application/json", "text/event-stream")
         ("application/json;q=2", None),  # not a q: the range is left out
         ("application/json;q=abc, text/event-stream", "text/event-stream"),
         ("nonsense, ,/,a/", None),
+        # Review I7: a tie goes to the JSON pages, whichever range gives each its q.
+        ("text/event-stream;q=0.8,*/*;q=0.8", "application/json"),
+        ("text/*, */*", "application/json"),
+        ("text/event-stream, application/*", "application/json"),
+        # A quoted parameter's comma or semicolon is not a range's or a parameter's end.
+        ('text/event-stream;foo="a,b";q=0.1, application/json;q=0.5', "application/json"),
+        ('text/event-stream;foo="a;q=1";q=0.1, application/json;q=0.5', "application/json"),
+        ('application/json;foo="x\\",y";q=0.2, text/event-stream;q=0.3', "text/event-stream"),
     ],
 )
 def test_the_type_an_accept_header_takes(accept: str | None, media: str | None) -> None:
