@@ -99,6 +99,9 @@ OUTSIDE_THE_TREE = {
     # A webhook tool's answer with a key twice (server.runtime.tools): caught where the
     # answer is read, which makes it the tool's error result.
     "_KeyTwice",
+    # Control flow inside ``json.loads`` (session.json_constants): a ``ValueError``, as any
+    # malformed JSON is, caught where the text is parsed and answered ``invalid``.
+    "NotJsonConstant",
 }
 
 
