@@ -188,10 +188,14 @@ class SessionDocument:
         # rebuilt on their next use (once per read, however many updates arrived).
         self._own = False
         self._stale = False
+        # Counts the transactions that changed the document, its own and others': what was
+        # read of it at one revision is still true while the revision stays.
+        self.revision = 0
         observe_weakly(doc, self._changed)
         self._reindex()
 
     def _changed(self, event: TransactionEvent) -> None:
+        self.revision += 1
         if not self._own:
             self._stale = True
 

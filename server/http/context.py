@@ -25,8 +25,14 @@ from parley.server.http.sessions import SESSION_ERRORS
 from parley.server.runtime.room import SessionRoom
 from parley.server.state import AppState
 from parley.session.commands import FACT_KEY, MAX_ENTRY_ID_CHARS
+from parley.session.context import BuiltContext
 from parley.session.errors import Conflict, Forbidden
 from parley.session.queue_root import queue_of
+
+# What building a preview costs, charged to the asker's read budget as bytes per entry of
+# the history it reads: about 30 us of CPU an entry (3,000 entries: 40-400 ms), so the
+# default budget (4 MB/s) lets one member take about a tenth of a core with previews.
+BUILD_BYTES_PER_ENTRY = 1024
 
 
 async def list_facts(state: AppState, session_id: str) -> FactsOut:
@@ -85,9 +91,13 @@ async def preview_context(
     room = await state.rooms.current(session_id, kept=True)
     if user_id not in room.membership.members:
         raise Conflict(f"{user_id!r} is not a member of this session")
-    # A member's preview spends their read budget by what it shows (review: it was
-    # unbudgeted, 7 ms of CPU each on a 400-message session, and 4 connections of a
-    # viewer held everyone's requests at 49-125 ms); a budget spent builds nothing.
+    # A member's preview spends their read budget by what it costs (review: it was
+    # unbudgeted, then charged only the model input's characters: a viewer's loops of
+    # previews of a long session, 368 KB and 40-400 ms of CPU each, made every other
+    # session's replies 13 times slower). What is spent is paid after: first its
+    # answer's bytes, and when built anew its build's (``BUILD_BYTES_PER_ENTRY``); a
+    # budget in debt builds nothing, and ``preview`` keeps what one state of the session
+    # built, so a page asking again of the same state costs only its answer.
     spend_read(state, room, caller.user_id, 1)
     # The queue as the document shows it: the running node's committed plan, the same on
     # every node (a read replica has no queue of its own).
@@ -103,10 +113,24 @@ async def preview_context(
     scope = room.runs.scope_for(
         [user_id] if not prompt_ids else _authors(room, prompt_ids), preview=True
     )
-    built = room.context.build(prompt_ids, scope)
+    built, fresh = room.context.preview(prompt_ids, scope, room.membership.grants_key())
+    preview = _preview(user_id, prompt_ids, built)
+    work = BUILD_BYTES_PER_ENTRY * len(room.doc.entries()) if fresh else 0
+    room.charge_read(caller.user_id, answer_bytes(preview) + work)
+    return preview
+
+
+def answer_bytes(preview: ContextPreview) -> int:
+    """About the bytes of ``preview``'s JSON (its texts and the fields around each), without
+    writing it."""
+    texts = len(preview.system) + sum(len(m.content) + 100 for m in preview.messages)
+    excluded = sum(len(x.entry_id) + len(x.reason) + 32 for x in preview.excluded)
+    notes = sum(len(k) + len(v) + 8 for k, v in preview.notes.items())
+    return 300 + texts + excluded + notes + sum(len(t) + 3 for t in preview.tools)
+
+
+def _preview(user_id: str, prompt_ids: tuple[str, ...], built: BuiltContext) -> ContextPreview:
     request = built.request
-    shown = len(request.system) + sum(len(m.content) for m in request.messages)
-    spend_read(state, room, caller.user_id, shown)
     return ContextPreview(
         user_id=user_id,
         prompt_ids=list(prompt_ids),

@@ -317,10 +317,11 @@ async def spend_command_everywhere(
 
 def spend_read(state: AppState, room: SessionRoom, user_id: str | None, size: int) -> None:
     """A member's read of a large answer (the transcript) spends their read budget by its
-    bytes (one larger than the budget's burst takes all of it); ``RateLimited`` past it.
-    The admin key's reads spend none."""
+    bytes (one larger than the budget's burst takes all of it); ``RateLimited`` past it,
+    with when it will be there. The admin key's reads spend none."""
     if not room.spend_read(user_id, size):
-        raise RateLimited("over the read budget (bytes of answers); slow down")
+        wait = None if user_id is None else room.read_wait_s(user_id, size)
+        raise RateLimited("over the read budget (bytes of answers); slow down", wait)
 
 
 async def read_body(request: Request, limit: int) -> bytes:

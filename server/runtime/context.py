@@ -31,6 +31,7 @@ from parley.session.summary import Summary, SummaryPlan, plan_extension
 
 NOT_SHARED = "not every member may read it"
 FOLD_STEP = 64  # history entries folded ahead per pass of the event loop
+MAX_KEPT_PREVIEWS = 16  # previews kept of one state of the session (one a scope asked)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +72,10 @@ class SessionContext:
         # Full text behind the placeholders of the shared document, with its readers.
         self.private: dict[str, PrivateItem] = {}
         self.summaries: list[Summary] = []
+        self._revision = 0  # counts the changes of ``private`` and ``summaries``
+        # The previews built of one state of what a build reads (``preview``).
+        self._kept_state: tuple[object, ...] = ()
+        self._kept: list[tuple[tuple[str, ...], RunScope, BuiltContext]] = []
         self._builder = ContextBuilder(self.settings_now())
         # Side-threads fold apart, so they never push the session's own folds out.
         self._thread_builder = self._new_threads_builder(self.settings_now())
@@ -80,10 +85,12 @@ class SessionContext:
         items = await self.store.access.private_items(self.session_id)
         self.private = {i.entry_id: i for i in items}
         self.summaries = await self.store.load_summaries(self.session_id)
+        self._revision += 1
 
     def keep(self, item: PrivateItem) -> None:
         """Remember a private item the writer stored."""
         self.private[item.entry_id] = item
+        self._revision += 1
 
     def prepare(self, text: str) -> None:
         """Fold-ready now a member's text just stored (``fold.prepare``)."""
@@ -218,6 +225,27 @@ class SessionContext:
         self.metrics.context_build.observe(time.perf_counter() - started)
         return built
 
+    def preview(
+        self, prompt_ids: Sequence[str], scope: RunScope, grants: object
+    ) -> tuple[BuiltContext, bool]:
+        """``build`` for a preview, kept while nothing it reads changes: the document, the
+        server-side text and summaries, the model, and the members' grants (``grants``,
+        equal while they stay). A page asks again at every change it sees, each member for
+        their own scope: a preview asked again of the same state is not built again
+        (review: each was built anew, 40-400 ms on a long session, as fast as members
+        asked). Returns the build and whether it was made now."""
+        doc = self._doc()
+        state: tuple[object, ...] = (doc, doc.revision, self._revision, self._model(), grants)
+        if state != self._kept_state:
+            self._kept_state, self._kept = state, []
+        asked = tuple(prompt_ids)
+        for ids, kept_scope, built in self._kept:
+            if ids == asked and kept_scope == scope:
+                return built, False
+        built = self.build(asked, scope)
+        self._kept = [*self._kept[-(MAX_KEPT_PREVIEWS - 1) :], (asked, scope, built)]
+        return built, True
+
     def _reading(self, scope: RunScope | None, thread: SideThread | None) -> _Reading:
         """What a build in ``scope`` (of ``thread``) reads, and the builder and scope key
         whose fold serves it."""
@@ -305,6 +333,7 @@ class SessionContext:
             now=int(self.clock() * 1000),
         )
         self.summaries.append(summary)
+        self._revision += 1
 
 
 _KINDS = {"prompt": EntryKind.PROMPT, "reply": EntryKind.REPLY, "tool": EntryKind.TOOL}

@@ -64,6 +64,7 @@ class Membership:
         # ``everyone_may_read``'s answers, while the members and the role table stay.
         self._readable: dict[Restriction, bool] = {}
         self._readable_roles: RoleTable | None = None
+        self._revision = 0  # counts the membership changes put in force
         # Held by a member change from its checks to its being in force (``server.http``).
         self.changing = asyncio.Lock()
 
@@ -83,6 +84,11 @@ class Membership:
         """Every member as of now."""
         roles = self.roles()
         return (Subject.of(m, roles) for m in self.members.values())
+
+    def grants_key(self) -> tuple[int, RoleTable]:
+        """Equal while no member's membership and no role changed: what was judged of the
+        members' grants (what every member may read) is still true."""
+        return self._revision, self.roles()
 
     def everyone_may_read(self, restriction: Restriction) -> bool:
         """Whether every member who may read the session may read ``restriction`` too,
@@ -132,6 +138,7 @@ class Membership:
         else:
             self.members[user_id] = member
         self._readable = {}
+        self._revision += 1
         self.refresh_sockets()
         if member != before:
             self.tell_members((user_id,))

@@ -349,9 +349,25 @@ class SessionRoom:
         burst takes all of it); False past it. The admin key's reads spend none."""
         if user_id is None:
             return True
+        return self.budgets.allow(user_id, self._read_cost(size), self.clock())
+
+    def charge_read(self, user_id: str | None, size: int) -> None:
+        """A member's read was answered and cost ``size`` bytes: they pay them, whether or
+        not they are there (``TokenBucket.spend``: their next reads wait until paid)."""
+        if user_id is not None:
+            self.budgets.spend(user_id, self._read_cost(size), self.clock())
+
+    def read_wait_s(self, user_id: str, size: int) -> float:
+        """Seconds until a member's read of ``size`` bytes would be allowed."""
+        if Spend.READ_BYTES not in self.budgets.rates:
+            return 0.0
+        now = self.clock()
+        bucket = self.budgets.bucket(user_id, Spend.READ_BYTES, now)
+        return bucket.wait_s(now, self._read_cost(size).amount)
+
+    def _read_cost(self, size: int) -> Cost:
         rate = self.budgets.rates.get(Spend.READ_BYTES)
-        cost = size if rate is None else min(size, int(rate.burst))
-        return self.budgets.allow(user_id, Cost(Spend.READ_BYTES, cost), self.clock())
+        return Cost(Spend.READ_BYTES, size if rate is None else min(size, int(rate.burst)))
 
     def user_bucket(self, user_id: str) -> TokenBucket:
         """One command budget per user across all their sockets in this session."""

@@ -12,7 +12,7 @@ from pycrdt import Array, Map
 from parley.server.http import context as context_api
 from parley.session.commands import CancelCommand, MessageCommand, PromptCommand
 from parley.session.errors import Conflict
-from tests.conftest import make_settings, serve_in_process, sqlite_url
+from tests.conftest import RunningServer, make_settings, serve_in_process, sqlite_url
 from tests.fake_model import Answer, FakeModel, Sent
 from tests.server.runtime.backend import backend, sql_store
 from tests.server.runtime.harness import memory_settings
@@ -170,3 +170,79 @@ async def test_a_members_preview_spends_their_read_budget(tmp_path: Path) -> Non
         second = await server.http.get(url, headers=headers)
         assert second.status_code == 429 and second.json()["error"]["code"] == "rate_limited"
         assert (await server.http.get(url)).status_code == 200
+
+
+def builds(server: RunningServer) -> float:
+    """The context builds the server made so far (its histogram's count)."""
+    histogram = server.app.state.parley.metrics.context_build
+    samples = histogram.collect()[0].samples
+    return next(s.value for s in samples if s.name.endswith("_count"))
+
+
+async def test_previews_in_a_loop_are_refused_past_what_they_cost(tmp_path: Path) -> None:
+    """Review K4: a preview spent the read budget by its model input only, not by its
+    answer nor by its build (40-400 ms on a long session): one viewer's loops of previews
+    made every session's replies 13 times slower, never refused. Each build of a changed
+    session now costs the history it reads, so a loop is refused with ``rate_limited``
+    and when to come back, after a few builds."""
+    settings = make_settings(
+        sqlite_url(tmp_path),
+        tmp_path / "d",
+        read_bytes_per_s=1.0,
+        read_burst_bytes=200_000,
+        commands_per_second=1000.0,
+        commands_burst=1000,
+        user_commands_per_second=1000.0,
+    )
+    async with serve_in_process(settings) as server:
+        sid = await server.new_session({"vic": "viewer", "ed": "editor"})
+        ed = await server.connect(sid, "ed")
+        for n in range(100):
+            posted = await ed.command({"type": "message", "id": f"m{n}", "text": f"note {n}"})
+            assert "message_id" in posted, posted
+        token = await server.token(sid, "vic")
+        url = f"/api/v1/sessions/{sid}/context?user_id=vic"
+        headers = {"Authorization": f"Bearer {token}"}
+        answers = []
+        for n in range(10):  # as while a reply streams: the session changes between reads
+            await ed.command({"type": "message", "id": f"more{n}", "text": "and more"})
+            answers.append(await server.http.get(url, headers=headers))
+            if answers[-1].status_code != 200:
+                break
+        assert [a.status_code for a in answers] == [200, 200, 429]
+        refused = answers[-1]
+        assert refused.json()["error"]["code"] == "rate_limited"
+        assert int(refused.headers["Retry-After"]) >= 1
+
+
+async def test_a_preview_of_the_same_state_is_built_once(tmp_path: Path) -> None:
+    """Review K4: every preview was built anew, however often a member asked of one state
+    of the session. What was built is kept while nothing it reads changes, per scope."""
+    async with serve_in_process(make_settings(sqlite_url(tmp_path), tmp_path / "d")) as server:
+        sid = await server.new_session({"vic": "viewer", "ed": "editor"})
+        ed = await server.connect(sid, "ed")
+        await ed.command({"type": "message", "id": "m", "text": "the first note"})
+        token = await server.token(sid, "vic")
+        url = f"/api/v1/sessions/{sid}/context?user_id="
+        vic = {"Authorization": f"Bearer {token}"}
+
+        async def preview(user_id: str, **headers: str) -> dict[str, object]:
+            answer = await server.http.get(url + user_id, headers=headers)
+            assert answer.status_code == 200, answer.text
+            body: dict[str, object] = answer.json()
+            return body
+
+        before = builds(server)
+        first = await preview("vic", **vic)
+        for _ in range(5):
+            assert await preview("vic", **vic) == first
+        assert builds(server) == before + 1
+        await preview("ed")  # another scope: built for it
+        assert builds(server) == before + 2
+        await ed.command({"type": "message", "id": "n", "text": "a second note"})
+        changed = await preview("vic", **vic)
+        assert builds(server) == before + 3
+        assert "a second note" in str(changed["messages"])
+        await ed.command({"type": "set_fact", "id": "f", "key": "tier", "value": "gold"})
+        assert "gold" in str((await preview("vic", **vic))["system"])
+        assert builds(server) == before + 4
