@@ -1,31 +1,54 @@
 // "What the model sees": the server's preview of this member's next model input
-// (GET /api/v1/sessions/{id}/context). Refreshed at most every REFRESH_MS while the
-// transcript changes: a throttle, not a debounce, so a streaming reply cannot hold it back
-// forever, and the change that ends a reply is always followed by one more refresh.
+// (GET /api/v1/sessions/{id}/context). Asked only while its panel is open: when it opens,
+// and REFRESH_MS after the last change of what the model is given (an entry added, a status
+// changed; not the words of a reply as they stream), one request at a time. Each preview
+// costs the server a build of the history (review: every open page asked every 500 ms
+// while anything streamed, folded or not, and 30 pages made a reply 20 times slower).
 import { $, el, setText, truncate } from './util.js'
 import { sessionPath } from './rest.js'
 
 export const REFRESH_MS = 500
 
 export function mountContext (app) {
+  const panel = $('context-panel')
   let timer = 0
   let busy = false
-  let dirty = false
+  let asked = '' // the state of the transcript the last preview was asked for
+  let again = false // a change came while a preview was asked
+  let waiting = '' // the state the timer waits to ask for
+
+  /** What the model is given changes with: the entries, their statuses, pins and facts. */
+  function state () {
+    const entries = app.session.transcript
+    let key = String(entries.length)
+    for (const e of entries) key += `|${e.id}:${e.status}`
+    return `${key}#${JSON.stringify(app.session.pins)}#${JSON.stringify(app.session.facts)}`
+  }
 
   function schedule () {
-    dirty = true
-    if (!timer && !busy) timer = setTimeout(run, REFRESH_MS)
+    if (!panel.open) return
+    if (busy) {
+      again = true
+      return
+    }
+    const now = state()
+    if (now === asked || (timer && now === waiting)) return // streamed words change neither
+    waiting = now
+    clearTimeout(timer)
+    timer = setTimeout(run, REFRESH_MS)
   }
 
   async function run () {
     timer = 0
+    if (!panel.open) return
     busy = true
-    dirty = false
+    again = false
+    asked = state()
     try {
       await refresh()
     } finally {
       busy = false
-      if (dirty) schedule()
+      if (again) schedule()
     }
   }
 
@@ -98,7 +121,11 @@ export function mountContext (app) {
   }
 
   app.session.on('transcript', schedule)
-  schedule()
+  app.session.doc.getArray('pins').observe(() => schedule())
+  app.session.doc.getMap('facts').observe(() => schedule())
+  panel.addEventListener('toggle', () => {
+    if (panel.open && !busy && state() !== asked) run()
+  })
   return () => {}
 }
 

@@ -68,6 +68,7 @@ async def test_no_serious_axe_violation_and_a_keyboard_path(tmp_path: Path) -> N
         await olga.fill("#fact-value", "staging")
         await olga.click("#fact-form button[type=submit]")
         await olga.wait_for_selector("#facts li[data-key=env]")
+        await olga.click("#context-panel > summary")
         await olga.click(".context-details summary")
         await olga.wait_for_selector("#context-items li")
         await olga.wait_for_selector("#model:enabled")

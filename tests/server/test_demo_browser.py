@@ -65,6 +65,7 @@ async def test_demo_in_three_browsers(tmp_path: Path) -> None:
         pasted = "ERROR 14:02:11 payments-api: connection pool exhausted (40 of 40 in use)"
         await compose(bob, pasted, to="team")
         await compose(alice, pasted, to="team")
+        await alice.click("#context-panel > summary")  # asked for while it is open
         await alice.wait_for_selector("#context-folded[data-count='1']")
         assert "of" in await alice.inner_text("#context-tokens")
         assert await alice.inner_text("#context-withheld") == "0"

@@ -26,8 +26,9 @@ async def test_queue_cancel_and_context_while_a_reply_streams(tmp_path: Path) ->
         alice = await browser.member(server, sid, "alice")
         bob = await browser.member(server, sid, "bob")
         await bob.evaluate("window.parleyDemo.sendPrompt('first, a long answer please')")
+        previews: list[str] = []
+        alice.on("request", lambda r: previews.append(r.url) if "/context?" in r.url else None)
         await alice.wait_for_selector(STREAMING)
-        refreshed = int(await alice.get_attribute("#context", "data-refreshed") or 0)
         await alice.evaluate("window.parleyDemo.sendPrompt('then mine')")
         queued = "#queue li.queue-item[data-author=alice] button.cancel"
         await alice.wait_for_selector(queued)
@@ -37,7 +38,12 @@ async def test_queue_cancel_and_context_while_a_reply_streams(tmp_path: Path) ->
         prompt = "#transcript li.kind-prompt[data-author=alice]"
         await alice.wait_for_selector(f"{prompt}[data-status=cancelled]")
         assert await alice.locator(STREAMING).count() == 1  # it happened during the stream
-        # "What the model sees" refreshed while the reply was still streaming ...
+        # Review K4: every open page asked for its preview every 500 ms while anything
+        # streamed, its panel folded or not. Folded, it is not asked for at all ...
+        assert previews == []
+        refreshed = int(await alice.get_attribute("#context", "data-refreshed") or 0)
+        await alice.click("#context-panel > summary")
+        # ... open, "What the model sees" refreshes while the reply is still streaming ...
         await alice.wait_for_function(
             f"Number(document.querySelector('#context').dataset.refreshed) > {refreshed}"
         )

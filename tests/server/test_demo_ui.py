@@ -241,6 +241,7 @@ async def test_pins_facts_and_the_items_the_model_gets(tmp_path: Path) -> None:
         said = "is the database healthy? the dashboards show 40% errors on the primary since 14:02"
         await compose(bob, said, to="team")
         await compose(alice, said, to="team")
+        await alice.click("#context-panel > summary")  # asked for while it is open
         await alice.wait_for_selector("#context-folded[data-count='1']")
         await alice.click(".context-details summary")
         item = alice.locator("#context-items li.ctx-user:has-text('the same text bob wrote')")
