@@ -178,8 +178,9 @@ async def _change_member(
             judge,
             caller.user_id,
             display_name=display_name,
-            # The admin key may name anyone anything; a member may not take another's name.
-            distinct_name=caller.user_id is not None and display_name is not None,
+            # Nobody, the admin key included, gives a member another's name (review: names
+            # the admin gave or added could read as another member's, shown the same).
+            distinct_name=display_name is not None,
             max_members=limit,  # read again under the session's lock: on every node
         )
         actor = caller.actor

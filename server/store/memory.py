@@ -29,6 +29,7 @@ from parley.server.store.rows import (
     SessionRow,
     StoredDoc,
     UsageRow,
+    check_added_name,
     check_name_free,
     check_room_for,
     kept_name,
@@ -123,10 +124,8 @@ class MemoryStore:
                 check_name_free(display_name, user_id, named)
             if after is not None and max_members is not None:
                 check_room_for(user_id, list(s.members), max_members)
-                # A member added by a member (not the admin key): not as another's name.
-                if actor_id is not None and user_id not in s.members:
-                    named = [("", m.display_name) for m in s.members.values()]
-                    check_name_free(user_id, user_id, named)
+                named = [(m.user_id, m.display_name) for m in s.members.values()]
+                check_added_name(user_id, display_name, named)
             before = s.members.get(user_id)
             actor = None if actor_id is None else s.members.get(actor_id)
             decision = judge(before, actor)

@@ -135,6 +135,19 @@ def check_name_free(name: str | None, user_id: str, others: Iterable[tuple[str, 
             raise Conflict(f"{name!r} is another member's name here; choose another")
 
 
+def check_added_name(
+    user_id: str, display_name: str | None, others: Sequence[tuple[str, str]]
+) -> None:
+    """A member added (``user_id`` not among ``others``, every member's (user id, display
+    name)): ``Conflict`` if their user id, or the name they are given, reads as another
+    member's name here, whoever adds them: the rule holds whichever came first (review:
+    eve took the name "carol", then the real carol was added, and both wrote as "carol")."""
+    if any(other == user_id for other, _ in others):
+        return
+    check_name_free(user_id, user_id, [("", shown) for _, shown in others])
+    check_name_free(display_name, user_id, others)
+
+
 def check_room_for(user_id: str, members: Sequence[str], max_members: int) -> None:
     """``Conflict`` if adding ``user_id`` (not among ``members``) would pass the cap."""
     if user_id not in members and len(members) >= max_members:

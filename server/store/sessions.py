@@ -28,6 +28,7 @@ from parley.server.store.rows import (
     MemberRow,
     SessionRow,
     StoredDoc,
+    check_added_name,
     check_name_free,
     check_room_for,
     hold_role,
@@ -219,9 +220,7 @@ class Store(SessionReads, UsageTables):
                 check_name_free(display_name, user_id, named)
             if after is not None and max_members is not None:
                 check_room_for(user_id, [u for u, _ in named], max_members)
-                # A member added by a member (not the admin key): not as another's name.
-                if actor_id is not None and user_id not in [u for u, _ in named]:
-                    check_name_free(user_id, user_id, [("", shown) for _, shown in named])
+                check_added_name(user_id, display_name, named)
             if after is not None:
                 require_role(await hold_role(connection, after.role), after.role)
             before = await read_member(connection, session_id, user_id)

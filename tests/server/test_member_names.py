@@ -223,7 +223,8 @@ async def test_two_members_racing_for_one_name_do_not_both_get_it(
 
 async def test_a_manager_may_not_add_a_member_named_as_another(server: RunningServer) -> None:
     """Review: a member who manages members could add a new user whose user id is another
-    member's display name (an impersonation path). The admin key still may."""
+    member's display name (an impersonation path). Review K2: the admin key could, so the
+    name taken first stood beside the member added after; nobody may now."""
     sid = await server.new_session({"olga": "owner", "bob": "editor"})
     named = await server.http.put(
         f"/api/v1/sessions/{sid}/members/bob", json={"role": "editor", "display_name": "Boss"}
@@ -237,7 +238,35 @@ async def test_a_manager_may_not_add_a_member_named_as_another(server: RunningSe
     by_admin = await server.http.put(
         f"/api/v1/sessions/{sid}/members/boss", json={"role": "viewer"}
     )
-    assert by_admin.is_success
+    assert by_admin.status_code == 409 and by_admin.json()["error"]["code"] == "conflict"
+
+
+async def test_a_name_taken_first_keeps_out_the_member_it_names(server: RunningServer) -> None:
+    """Review K2: eve named herself "carol", then the admin added the real carol: two
+    authors read "carol" in every transcript, and the owner's invite picker listed two
+    "carol". The rule holds whichever comes first: carol is not added while a member's
+    name reads as her user id, nor under a name another member holds, by anyone."""
+    sid = await server.new_session({"eve": "editor", "bob": "editor"})
+    async with _as(server, await server.token(sid, "eve")) as eve:
+        taken = await eve.patch(f"/api/v1/sessions/{sid}/me", json={"display_name": "Carol"})
+        assert taken.is_success
+    members = f"/api/v1/sessions/{sid}/members"
+    refused = await server.http.put(f"{members}/carol", json={"role": "editor"})
+    assert refused.status_code == 409 and refused.json()["error"]["code"] == "conflict"
+    assert "another member's name" in refused.json()["error"]["message"]
+    named = await server.http.put(
+        f"{members}/dan", json={"role": "editor", "display_name": "carol"}
+    )
+    assert named.status_code == 409 and named.json()["error"]["code"] == "conflict"
+    renamed = await server.http.put(
+        f"{members}/bob", json={"role": "editor", "display_name": "CAROL"}
+    )
+    assert renamed.status_code == 409
+    listed = await server.http.get(members)
+    assert {m["user_id"] for m in listed.json()["members"]} == {"eve", "bob"}
+    cleared = await server.http.put(f"{members}/eve", json={"role": "editor", "display_name": ""})
+    assert cleared.is_success
+    assert (await server.http.put(f"{members}/carol", json={"role": "editor"})).is_success
 
 
 # Review: names were refused only C0 controls and DEL; these showed as nothing, broke a
