@@ -13,10 +13,19 @@ export function mountKnowledge (app) {
     if (reply.type === 'ack') { key.value = ''; value.value = ''; key.focus() }
   })
 
+  // What the panel shows, as last drawn: it is drawn again only when that changes, not at
+  // every change of the page (review: emptied and rebuilt at each streamed batch of any
+  // reply, its Unpin, Remove and Edit were gone before a click or a key landed).
+  let drawn = ''
+
   return function render () {
     const canEdit = app.ui.capabilities.has('pin')
     factForm.hidden = !canEdit
     const facts = Object.entries(app.session.facts)
+    const pins = app.session.pins.map((id) => [id, pinText(id)])
+    const shown = JSON.stringify([canEdit, facts, pins])
+    if (shown === drawn) return
+    drawn = shown
     const factList = $('facts')
     factList.innerHTML = ''
     for (const [key, value] of facts) {
@@ -33,18 +42,21 @@ export function mountKnowledge (app) {
       }
       factList.append(li)
     }
-    const pins = app.session.pins
     const pinList = $('pins')
     pinList.innerHTML = ''
-    for (const id of pins) {
-      const entry = app.session.entry(id)
-      const who = !entry ? '' : entry.kind === 'reply' ? 'Assistant' : app.people.nameOf(entry.author)
-      const li = el('li', { class: 'pin', 'data-id': id },
-        // The text this member reads (a restricted one for its reader, not the placeholder).
-        el('span', { class: 'pin-text' }, `${who}: ${truncate(app.restricted.get(id) ?? (entry?.content || '(not visible)'), 70)}`))
+    for (const [id, [who, text]] of pins) {
+      const li = el('li', { class: 'pin', 'data-id': id }, el('span', { class: 'pin-text' }, `${who}: ${text}`))
       if (canEdit) li.append(el('button', { type: 'button', class: 'small secondary', 'aria-label': `Unpin ${who}'s entry`, onclick: () => app.api.pin(id, false) }, 'Unpin'))
       pinList.append(li)
     }
     setText($('knowledge-empty'), facts.length || pins.length ? '' : 'Nothing pinned and no facts yet.')
+  }
+
+  /** Who wrote pinned entry `id`, and the start of the text this member reads of it (a
+   * restricted one for its reader, not the placeholder). */
+  function pinText (id) {
+    const entry = app.session.entry(id)
+    const who = !entry ? '' : entry.kind === 'reply' ? 'Assistant' : app.people.nameOf(entry.author)
+    return [who, truncate(app.restricted.get(id) ?? (entry?.content || '(not visible)'), 70)]
   }
 }

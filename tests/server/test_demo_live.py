@@ -196,3 +196,44 @@ async def test_a_role_changed_while_the_page_was_away_is_read_on_reconnect(
         await vera.wait_for_selector("#send:enabled")
         assert await vera.text_content("#presence li[data-user=vera] .author") == "V (you)"
         assert not browser.problems, browser.problems
+
+
+async def test_pins_and_facts_keep_their_buttons_while_a_reply_streams(tmp_path: Path) -> None:
+    """Review K3: the Pinned & facts panel was emptied and rebuilt on every streamed batch
+    of any reply, so Unpin, Remove and Edit under the mouse or the keyboard's focus were
+    gone before a click or a key landed. It is rebuilt only when what it shows changes."""
+    model = HeldModel(token_delay_s=0.08)
+    settings = make_settings(sqlite_url(tmp_path), tmp_path / "d")
+    async with serve_in_process(settings, model) as server, chromium() as browser:
+        sid = await server.new_session({"alice": "editor", "bob": "editor"})
+        alice = await browser.member(server, sid, "alice")
+        bob = await browser.member(server, sid, "bob")
+        await alice.evaluate("window.parleyDemo.setFact('service', 'payments-api')")
+        await alice.evaluate("window.parleyDemo.sendMessage('pin me')")
+        message = "#transcript li[data-kind=message]:has-text('pin me')"
+        await alice.wait_for_selector(message)
+        entry = await alice.get_attribute(message, "data-id")
+        await alice.evaluate(f"window.parleyDemo.pin({entry!r})")
+        unpin = "#pins li button"
+        await alice.wait_for_selector(unpin)
+        await alice.wait_for_selector("#facts li[data-key=service] button")
+        model.hold(after=60)  # the reply streams, then waits: it cannot end first
+        await bob.evaluate("window.parleyDemo.sendPrompt('a long answer please')")
+        await alice.wait_for_selector(STREAMING)
+        buttons = await alice.query_selector_all("#pins button, #facts button")
+        await alice.focus(unpin)
+        shown = await alice.inner_text(STREAMING)
+        # More of the reply comes in, word by word, and is drawn.
+        await alice.wait_for_function(
+            f"document.querySelector({STREAMING!r}).innerText !== {shown!r}"
+        )
+        assert [await b.evaluate("b => b.isConnected") for b in buttons] == [True] * 3
+        assert await alice.evaluate("document.activeElement.textContent") == "Unpin"
+        await alice.keyboard.press("Enter")
+        await alice.wait_for_selector(unpin, state="detached")
+        assert await alice.locator(STREAMING).count() == 1  # it happened during the stream
+        await alice.click("#facts li[data-key=service] button:text('Remove')")
+        await alice.wait_for_selector("#facts li[data-key=service]", state="detached")
+        assert await alice.locator(STREAMING).count() == 1
+        model.release()
+        assert not browser.problems, browser.problems
