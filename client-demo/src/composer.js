@@ -43,14 +43,18 @@ export function mountComposer (app) {
     })
   }
 
-  /** My newest prompt that waits or runs (what Stop and Esc cancel), or undefined. */
+  /** What Stop and Esc cancel: my running prompt, else my newest waiting one (review: the
+   * newest waiting one went first, and the reply streaming went on), or undefined. */
   function myLivePrompt () {
     const entries = app.session.transcript
+    let waiting
     for (let i = entries.length - 1; i >= 0; i--) {
       const e = entries[i]
-      if (e.kind === 'prompt' && e.author === app.me && (e.status === 'queued' || e.status === 'running')) return e
+      if (e.kind !== 'prompt' || e.author !== app.me) continue
+      if (e.status === 'running') return e
+      if (e.status === 'queued') waiting ??= e
     }
-    return undefined
+    return waiting
   }
 
   function kindFor (value) {

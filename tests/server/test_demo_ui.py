@@ -95,16 +95,22 @@ async def test_composer_keys_destinations_stop_and_retry(tmp_path: Path) -> None
         await alice.click("#stop")
         await alice.wait_for_selector("#transcript li.kind-prompt[data-status=cancelled]")
         await alice.wait_for_selector("#stop", state="hidden")
-        # Esc stops the running prompt too.
+        # Esc stops the running prompt too, not one that waits behind it (review K5: the
+        # newest waiting one was cancelled, and the reply went on).
         await alice.click("#mode-ai")
         await box.fill("a long answer please")
         await box.press("Enter")
-        await prompt.wait_for()
+        await alice.wait_for_selector("#transcript li.kind-prompt[data-status=running]")
+        await box.fill("then this one")
+        await box.press("Enter")
+        await alice.wait_for_selector("#transcript li.kind-prompt[data-status=queued]")
         await box.press("Escape")
-        await alice.wait_for_function(
-            "document.querySelectorAll('#transcript li.kind-prompt[data-status=cancelled]')"
-            ".length == 2"
-        )
+        cancelled = "#transcript li.kind-prompt[data-status=cancelled]"
+        await alice.wait_for_function(f"document.querySelectorAll({cancelled!r}).length == 2")
+        stopped = await alice.locator(f"{cancelled} .content").all_inner_texts()
+        assert stopped == ["what is the status?", "a long answer please"]
+        await box.press("Escape")  # then the one that waited (running now, or still waiting)
+        await alice.wait_for_function(f"document.querySelectorAll({cancelled!r}).length == 3")
         # Retry: a prompt pre-empted by a newer one (policy interrupt) is asked again.
         patch = await server.http.patch(f"/api/v1/sessions/{sid}", json={"policy": "interrupt"})
         assert patch.status_code == 200, patch.text
