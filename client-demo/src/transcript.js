@@ -92,7 +92,19 @@ export function mountTranscript (app) {
     // such a reader the placeholder).
     button('copy', 'Copy', (event) => copyText(app.restricted.get(id) ?? app.session.entry(id)?.content ?? '', event.currentTarget))
     button('pin', 'Pin', () => app.api.pin(id, !app.session.pins.includes(id)))
-    button('retry', 'Retry', () => app.api.sendPrompt(app.session.entry(id)?.content || ''))
+    // One new prompt per failed one (review: each click of a double click was a command,
+    // and ran): its command id is the entry's, so the server answers a second Retry as the
+    // first, and the button is off while the send waits.
+    button('retry', 'Retry', async (event) => {
+      const retry = /** @type {HTMLButtonElement} */ (event.currentTarget)
+      if (retry.disabled) return
+      retry.disabled = true
+      try {
+        await app.api.sendPrompt(app.session.entry(id)?.content || '', { id: `retry-${id}` })
+      } finally {
+        retry.disabled = false
+      }
+    })
     button('cancel', 'Cancel', () => app.api.cancel(id))
     return row
   }

@@ -118,11 +118,17 @@ async def test_composer_keys_destinations_stop_and_retry(tmp_path: Path) -> None
         await alice.wait_for_selector(f"#transcript li.kind-prompt{LIVE}")
         await compose(alice, "second question")
         first = alice.locator("#transcript li.kind-prompt[data-status=interrupted]")
-        await first.locator("button.retry:visible").click()
+        # A double click is one Retry (review K1: each click was a command, and ran).
+        await first.locator("button.retry:visible").dblclick()
+        asked = "e => e.kind === 'prompt' && e.content === 'first question'"
         await alice.wait_for_function(
-            "window.parleyDemo.session.transcript.filter("
-            "e => e.kind === 'prompt' && e.content === 'first question').length === 2"
+            f"window.parleyDemo.session.transcript.filter({asked}).length === 2"
         )
+        # Sent on the same socket after both clicks: stored after anything they sent.
+        await compose(alice, "after the retry", to="team")
+        await alice.wait_for_selector("#transcript li:has-text('after the retry')")
+        entries = await alice.evaluate("window.parleyDemo.session.transcript")
+        assert [e["content"] for e in entries].count("first question") == 2
         assert await alice.locator("#errors .error").count() == 0
         assert not browser.problems, browser.problems
 
