@@ -136,19 +136,6 @@ export function mountSideThread ({ session, composer, showError }) {
     if (thread !== null) run('summarise', () => session.threadSummarise(thread.id))
   })
 
-  // Messages shared back from a side-thread (anyone's) are marked as such in the transcript,
-  // the frame after main.js has drawn it (its rows keep their data attributes).
-  const mark = (entries) => {
-    for (const entry of entries) {
-      if (entry.source !== 'private_thread') continue
-      const row = document.querySelector(`#transcript li[data-id="${CSS.escape(entry.id)}"]`)
-      if (row !== null) row.dataset.source = entry.source
-    }
-  }
-  session.on('transcript', (entries) => {
-    requestAnimationFrame(() => requestAnimationFrame(() => mark(entries)))
-  })
-
   share.addEventListener('click', async () => {
     const text = draft.value.trim()
     if (thread === null || !text) { draft.focus(); return }

@@ -121,6 +121,10 @@ export function mountTranscript (app) {
     row.dataset.kind = kind
     row.dataset.status = status
     row.dataset.author = author
+    // Shared back from a side-thread (sidethread.css marks it), on every row however late
+    // it is drawn (review: only rows on the page as the transcript changed were marked).
+    if (entry.source) row.dataset.source = String(entry.source)
+    else delete row.dataset.source
     const name = kind === 'reply' ? 'Assistant' : app.people.nameOf(author)
     const avatar = row.querySelector('.avatar')
     setText(avatar, kind === 'reply' ? 'AI' : initials(name))

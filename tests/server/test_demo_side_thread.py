@@ -48,3 +48,39 @@ async def test_ask_privately_then_share_to_session(tmp_path: Path) -> None:
         assert MARKER in await bob.inner_text("#side-thread-turns")
         assert await bob.locator("#errors .error").count() == 0
         assert not browser.problems, browser.problems
+
+
+async def test_a_shared_message_is_marked_when_drawn_later(tmp_path: Path) -> None:
+    """Review K6: the "from a private thread" mark was set only on rows that existed two
+    frames after a transcript change, so a shared message drawn later (by *Show earlier*,
+    past the newest 200 entries) read as an ordinary one. Each row now carries its source."""
+    settings = make_settings(
+        sqlite_url(tmp_path),
+        tmp_path / "d",
+        commands_per_second=1000.0,
+        commands_burst=1000,
+        user_commands_per_second=1000.0,
+    )
+    async with serve_in_process(settings) as server, chromium() as browser:
+        sid = await server.new_session({"alice": "editor", "bob": "editor"})
+        token = await server.token(sid, "bob")
+        bob = {"Authorization": f"Bearer {token}"}
+        opened = await server.http.post(f"/api/v1/sessions/{sid}/threads", json={}, headers=bob)
+        assert opened.is_success, opened.text
+        thread = opened.json().get("thread_id") or opened.json()["id"]
+        shared = await server.http.post(
+            f"/api/v1/sessions/{sid}/threads/{thread}/share", json={"text": SHARED}, headers=bob
+        )
+        assert shared.is_success, shared.text
+        for n in range(205):
+            posted = await server.http.post(
+                f"/api/v1/sessions/{sid}/messages", json={"text": f"filler {n}", "as_user": "bob"}
+            )
+            assert posted.is_success, posted.text
+        alice = await browser.member(server, sid, "alice")
+        await alice.wait_for_selector("#transcript li:has-text('filler 204')")
+        await alice.click("#transcript-earlier")
+        row = f"#transcript li.kind-message:has-text('{SHARED}')"
+        await alice.wait_for_selector(row)
+        assert await alice.get_attribute(row, "data-source") == "private_thread"
+        assert not browser.problems, browser.problems
