@@ -225,6 +225,12 @@ async def test_invite_link_session_list_and_model_picker(tmp_path: Path) -> None
         )
         await olga.click("#document-form button[type=submit]")
         await olga.wait_for_selector("#documents li:text('runbook.md')")
+        # Review K7: readable by the roles held at upload only; a viewer added later is
+        # a reader too (every built-in role, and the custom roles held now).
+        await server.http.put(f"/api/v1/sessions/{sid}/members/vic", json={"role": "viewer"})
+        vic = {"Authorization": f"Bearer {await server.token(sid, 'vic')}"}
+        listed = await server.http.get(f"/api/v1/sessions/{sid}/documents", headers=vic)
+        assert "runbook.md" in listed.text, listed.text
         assert await page.locator("#document-form").is_hidden()  # editors only read the list
         refused = "mallory console error: Failed to load resource: the server responded with a status of 401"  # noqa: E501 (the browser's words)
         assert [p for p in browser.problems if not p.startswith(refused)] == [], browser.problems
