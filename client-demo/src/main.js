@@ -279,7 +279,15 @@ async function boot () {
   if (token) {
     // A token in the address (an old-style link): kept in this browser, then taken out of
     // the address bar so it is not bookmarked or shared by accident.
-    sessionId = sessionId || tokenClaims(token).sid || ''
+    const sid = tokenClaims(token).sid || ''
+    if (sid && sessionId && sid !== sessionId) {
+      // Review: the address's session won, and the token (valid elsewhere only) replaced
+      // this browser's sign-in for it. Nothing is saved from such a link.
+      history.replaceState(null, '', `${location.pathname}?session=${encodeURIComponent(sessionId)}`)
+      showJoin('This link\'s token is for another session than the one it names: nothing was changed. Open an invite link instead.')
+      return
+    }
+    sessionId = sessionId || sid
     if (sessionId) {
       history.replaceState(null, '', `${location.pathname}?session=${encodeURIComponent(sessionId)}`)
       token = await adoptToken(sessionId, token) // asks first if it signs in as someone else

@@ -82,6 +82,29 @@ async def test_a_token_link_of_another_member_asks_first(tmp_path: Path) -> None
         assert not browser.problems, browser.problems
 
 
+async def test_a_token_link_for_another_session_changes_no_sign_in(tmp_path: Path) -> None:
+    """Review K8: `?session=S2&token=<a token of S1 for a member also named alice>` replaced
+    alice's saved sign-in for S2 without asking (the address's session won over the
+    token's), and S2 then closed 4401 on every visit. Such a link is refused in words and
+    no sign-in changes."""
+    async with serve_in_process(_settings(tmp_path)) as server, chromium() as browser:
+        s1 = await server.new_session({"alice": "editor"})
+        s2 = await server.new_session({"alice": "editor"})
+        alice = await browser.member(server, s2, "alice")
+        kept = await alice.evaluate(f"JSON.parse(localStorage.getItem('{STORE}'))['{s2}'].token")
+        await alice.goto(
+            f"{server.base_url}/demo/?session={s2}&token={await server.token(s1, 'alice')}"
+        )
+        problem = alice.locator("#join-error")
+        await problem.wait_for()
+        assert "another session" in await problem.inner_text()
+        saved = await alice.evaluate(f"JSON.parse(localStorage.getItem('{STORE}'))")
+        assert saved[s2]["token"] == kept and s1 not in saved
+        await alice.goto(f"{server.base_url}/demo/?session={s2}")
+        await alice.wait_for_selector("#conn[data-state=connected]")
+        assert not browser.problems, browser.problems
+
+
 async def test_a_final_close_says_the_servers_reason(tmp_path: Path) -> None:
     """Review: a page refused for too many sockets of its user read "Too many refused
     commands" (the fixed sentence for 4429); the server's reason and the code were lost."""
