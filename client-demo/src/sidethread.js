@@ -7,9 +7,12 @@ import { ParleyError } from '@parley/client'
 import * as Y from 'yjs'
 import { WebsocketProvider } from 'y-websocket'
 import './sidethread.css'
+import { closedText } from './errors.js'
 import { cutText } from './util.js'
 
 const REBUILT = 4410 // the server's document does not cover ours (a thread stored before its document was): sync a new Y.Doc
+// Final closes (y-websocket does not reconnect after a 44xx): each shown, by its error code.
+const FINAL = { 4400: 'invalid', 4401: 'unauthenticated', 4403: 'forbidden', 4404: 'not_found', 4429: 'rate_limited' }
 
 const make = (tag, attrs = {}, ...children) => {
   const node = document.createElement(tag)
@@ -41,9 +44,16 @@ export function mountSideThread ({ session, composer, showError }) {
       { params: base.params, disableBc: true } // as the SDK's: no presence across tabs
     )
     provider.on('connection-close', (event) => {
-      if (event?.code === REBUILT && synced?.doc === doc) {
+      if (synced?.doc !== doc) return
+      if (event?.code === REBUILT) {
         synced.id = null // start again from an empty document
         follow(threadId)
+      } else if (FINAL[event?.code]) {
+        // Review: a 4429 (one connection too many) here was heard by nobody: the panel
+        // stayed empty while the thread was answered on the server.
+        const said = closedText(event.code, event.reason)
+        showError(FINAL[event.code], said, 'private thread')
+        note.textContent = said
       }
     })
     doc.getArray('turns').observeDeep(() => render())

@@ -105,6 +105,27 @@ async def test_a_token_link_for_another_session_changes_no_sign_in(tmp_path: Pat
         assert not browser.problems, browser.problems
 
 
+async def test_a_side_thread_socket_refused_says_so(tmp_path: Path) -> None:
+    """Review K9: a side-thread's socket closed 4429 (one connection too many) failed in
+    silence: the panel stayed empty, with no note and no error. It is shown as the main
+    socket's final close is: the server's reason and the close code."""
+    settings = _settings(tmp_path, max_connections_per_user=2)
+    async with serve_in_process(settings) as server, chromium() as browser:
+        sid = await server.new_session({"bob": "editor"})
+        bob = await browser.member(server, sid, "bob")
+        second = await bob.context.new_page()
+        await second.goto(f"{server.base_url}/demo/?session={sid}")
+        await second.wait_for_selector("#conn[data-state=connected]")
+        await bob.fill("#composer-text", "is the proxy at fault?")
+        await bob.click("#ask-privately")  # its socket is bob's third
+        error = bob.locator("#errors .error[data-code=rate_limited]")
+        await error.wait_for()
+        said = (await error.inner_text()).lower()
+        assert "too many connections of this user (2)" in said, said
+        assert "4429" in said and "private thread" in said, said
+        assert "4429" in await bob.inner_text("#side-thread-note")
+
+
 async def test_a_final_close_says_the_servers_reason(tmp_path: Path) -> None:
     """Review: a page refused for too many sockets of its user read "Too many refused
     commands" (the fixed sentence for 4429); the server's reason and the code were lost."""
