@@ -60,6 +60,7 @@ class FoldedItem:
     refers_to: tuple[str, ...] = ()
     in_full: FoldedItem | None = None  # set when ``refers_to`` is not empty
     at: str = ""  # where it is from, on its server line (``numbered``): "message #12"
+    label: str = ""  # its number in the fold, unique there (``HistoryFold.labels``)
 
     @property
     def last_seq(self) -> int:
@@ -100,7 +101,7 @@ def numbered(item: FoldedItem) -> FoldedItem:
     line: a reference to one names the prompt it answers, which shares its number."""
     if item.role == "assistant" or item.at:
         return item
-    at = f"message #{item.seqs[-1]}"
+    at = f"message #{item.label or item.seqs[-1]}"
     if item.role == "tool":
         line, _, text = item.text.partition("\n")
         return replace(item, text=headed(placed(line, at), text), at=at).counted()
@@ -205,6 +206,11 @@ class HistoryFold:
         self._tool_results: dict[str, Entry] = {}
         # Entry id -> how many items refer to it: a build numbers those it gives.
         self.referred: dict[str, int] = {}
+        # Entry id -> its number, unique in the fold: its ``seq``, or ``seq.n`` for the nth
+        # entry of one ``seq`` (a reply and the tool steps of a run share their prompt's;
+        # a side-thread's turns all share its anchor's: review, 2026-12-06).
+        self.labels: dict[str, str] = {}
+        self._seq_uses: dict[int, int] = {}
 
     def sync(self, history: Sequence[tuple[Entry, bool]], unchanged: int = 0) -> int:
         """Fold ``history`` (entries with their pinned flag); return the steps redone.
@@ -247,6 +253,11 @@ class HistoryFold:
 
     def _step(self, entry: Entry, pinned: bool) -> list[_Undo]:
         undo: list[_Undo] = []
+        uses = self._seq_uses.get(entry.seq, 0) + 1
+        self._set(self._seq_uses, entry.seq, uses, undo)
+        self._set(
+            self.labels, entry.id, str(entry.seq) if uses == 1 else f"{entry.seq}.{uses}", undo
+        )
         if pinned:
             return undo  # shown with the pins, never in the history
         if entry.kind is EntryKind.TOOL:
@@ -262,14 +273,15 @@ class HistoryFold:
         # could be another code or name.
         text = escape_text(entry.content)
         first = self._first_of(self._replies, as_written(entry.content), entry, undo)
-        if first is None:
+        prompt = None if first is None else self.labels.get(first.reply_to or "")
+        if first is None or prompt is None:
             self._add_whole(entry, "assistant", text, undo)
         else:
-            # A reply shares its prompt's number, and only the prompt shows it: the prompt
-            # must be given too.
-            reference = f"[the same reply as to message #{first.seq}]"
-            note = f"identical to the reply in message #{first.seq}"
-            named = (first.id,) if first.reply_to is None else (first.id, first.reply_to)
+            # A reply has no server line to show its number: it is named by the prompt it
+            # answered, which must be given too.
+            reference = f"[the same reply as to message #{prompt}]"
+            note = f"identical to the reply to message #{prompt}"
+            named = (first.id, first.reply_to or "")
             self._add_whole(entry, "assistant", text, undo, (reference, note, named))
 
     def _add_tool_result(self, entry: Entry, undo: list[_Undo]) -> None:
@@ -284,8 +296,8 @@ class HistoryFold:
         if first is None:
             self._add_whole(entry, "tool", text, undo)
         else:
-            reference = f"[the same {tool} result as in message #{first.seq}]"
-            note = f"identical to the {tool} result in message #{first.seq}"
+            reference = f"[the same {tool} result as in message #{self.labels[first.id]}]"
+            note = f"identical to the {tool} result in message #{self.labels[first.id]}"
             self._add_whole(entry, "tool", text, undo, (reference, note, (first.id,)))
 
     def _first_of(
@@ -332,8 +344,9 @@ class HistoryFold:
         """``item``, whose text was posted before (``first``), as a reference to that
         posting when it is shorter, the text in full beside it."""
         full = item.in_full or item
-        line = f"[the same text {name(first.author)} wrote in message #{first.seq}]"
-        note = f"the same as message #{first.seq} by {name(first.author)}"
+        at = self.labels[first.id]
+        line = f"[the same text {name(first.author)} wrote in message #{at}]"
+        note = f"the same as message #{at} by {name(first.author)}"
         short = self._item(item.entry_ids, item.seqs, item.said_by, line, note)
         if short.tokens >= item.tokens:
             return item
@@ -370,7 +383,7 @@ class HistoryFold:
         for start, end, first in seen:
             lines[start:end] = [
                 f"[the same {end - start}-line block {name(first.author)} posted in message "
-                f"#{first.seq}]"
+                f"#{self.labels[first.id]}]"
             ]
         short = self._item(
             item.entry_ids,
@@ -388,6 +401,9 @@ class HistoryFold:
 
     def _append(self, item: FoldedItem, undo: list[_Undo]) -> None:
         index = len(self.items)
+        label = self.labels[item.entry_ids[-1]]
+        full = None if item.in_full is None else replace(item.in_full, label=label)
+        item = replace(item, label=label, in_full=full)
         self.items.append(item)
         self.changed.add(index)
         undo.append(self._pop_item)

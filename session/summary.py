@@ -115,8 +115,11 @@ def transcript_turn(item: FoldedItem) -> str:
     main input names them (``[alice wrote, message #12]``, ``[the assistant's
     reply, message #13]``, a tool result's own line), then its text as the main input
     gives it: members' text escaped, so no line of it passes for the server's (review: a
-    member whose id was ``assistant`` wrote lines that read as the model's own replies)."""
-    at = f"message #{item.last_seq}"
+    member whose id was ``assistant`` wrote lines that read as the model's own replies),
+    in full: what a reference names may have gone to an earlier summary call (review
+    J2-3: "[the same text u0 wrote in message #1]" with #1 in none of this call's turns)."""
+    item = item.in_full or item  # a reference may name what this call is not given
+    at = f"message #{item.label or item.last_seq}"
     if item.role == "user":
         return headed(placed(attribution(item), at), item.text)
     if item.role == "assistant":

@@ -36,6 +36,12 @@ def prompt(n: int, author: str, text: str) -> Entry:
     return entry(n, author, text, EntryKind.PROMPT)
 
 
+def answer(n: int, to: int, text: str) -> Entry:
+    """Reply ``e{n}`` to prompt ``e{to}``: it shares the prompt's number, as a run's does."""
+    made = entry(n, "fake", text, EntryKind.REPLY)
+    return replace(made, seq=to, reply_to=f"e{to}", answers=(f"e{to}",))
+
+
 def test_another_members_copy_stays_at_its_place_as_a_reference() -> None:
     """Each copy stays where and by whom it was said; another member's copy of a text as
     written (blanks at line ends aside) is a reference to the first posting when shorter."""
@@ -193,13 +199,13 @@ def test_a_reply_or_tool_result_is_a_reference_only_to_one_identical_as_written(
     entries = [
         msg(1, "alice", "give alice a one-time code", EntryKind.PROMPT),
         step(2, "token Qx7Lm2Pz"),
-        msg(3, "model", "Your one-time code is Qx7Lm2Pz", EntryKind.REPLY),
+        answer(3, 1, "Your one-time code is Qx7Lm2Pz"),
         msg(4, "bob", "give bob a one-time code", EntryKind.PROMPT),
         step(5, "token qX7lM2pZ"),
-        msg(6, "model", "your one-time code is qX7lM2pZ", EntryKind.REPLY),
+        answer(6, 4, "your one-time code is qX7lM2pZ"),
         msg(7, "carol", "and alice's again?", EntryKind.PROMPT),
         step(8, "token Qx7Lm2Pz  "),
-        msg(9, "model", "Your one-time code is Qx7Lm2Pz\n", EntryKind.REPLY),
+        answer(9, 7, "Your one-time code is Qx7Lm2Pz\n"),
         prompt(10, "bob", "what is my code?"),
     ]
     built = build_context(session_id="s", entries=entries, prompt_ids=["e10"])
@@ -208,8 +214,9 @@ def test_a_reply_or_tool_result_is_a_reference_only_to_one_identical_as_written(
     assert "your one-time code is qX7lM2pZ" in texts
     assert texts[-3:-1] == [
         "[the same issue_code result as in message #2]",
-        "[the same reply as to message #3]",
+        "[the same reply as to message #1]",  # named by its prompt's number
     ]
+    assert texts[0] == "[alice wrote, message #1]\ngive alice a one-time code"
 
 
 def test_facts_and_pins_are_always_in_the_input() -> None:
@@ -633,11 +640,11 @@ def test_a_reply_in_other_case_is_not_the_same_reply() -> None:
     other case it may give another code (as a member's words may: review J1)."""
     entries = [
         prompt(1, "alice", "the code?"),
-        entry(2, "fake", "The code is kQ7rTz9Xw2.", EntryKind.REPLY),
+        answer(2, 1, "The code is kQ7rTz9Xw2."),
         prompt(3, "bob", "the code, again?"),
-        entry(4, "fake", "the code is KQ7RTZ9XW2.", EntryKind.REPLY),
+        answer(4, 3, "the code is KQ7RTZ9XW2."),
         prompt(5, "carol", "once more?"),
-        entry(6, "fake", "the code is KQ7RTZ9XW2.", EntryKind.REPLY),
+        answer(6, 5, "the code is KQ7RTZ9XW2."),
         prompt(7, "dan", "so?"),
     ]
     entries[:6] = [replace(e, status="done") for e in entries[:6]]
@@ -646,7 +653,7 @@ def test_a_reply_in_other_case_is_not_the_same_reply() -> None:
     assert replies == [
         "The code is kQ7rTz9Xw2.",
         "the code is KQ7RTZ9XW2.",
-        "[the same reply as to message #4]",
+        "[the same reply as to message #3]",
     ]
 
 

@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 
 from parley.session.context import BuiltContext, ContextSettings, build_context
 from parley.session.entries import Entry, EntryKind
-from parley.session.summary import Summary
+from parley.session.fold import HistoryFold
+from parley.session.summary import Summary, transcript_turn
 from parley.session.tokens import count_tokens
 from tests.session.factories import entry
 
@@ -30,8 +31,10 @@ def done(n: int, author: str, text: str) -> Entry:
     return entry(n, author, text, EntryKind.PROMPT, "done")
 
 
-def reply(n: int, text: str) -> Entry:
-    return entry(n, "fake", text, EntryKind.REPLY)
+def reply(n: int, text: str, to: int | None = None) -> Entry:
+    """A reply ``e{n}``, to prompt ``e{to}`` if given (as a run's reply: its number)."""
+    made = entry(n, "fake", text, EntryKind.REPLY)
+    return made if to is None else replace(made, seq=to, reply_to=f"e{to}", answers=(f"e{to}",))
 
 
 def tool(n: int, text: str) -> Entry:
@@ -51,10 +54,10 @@ def test_a_reply_referring_to_one_out_of_the_input_is_given_in_full() -> None:
     window, so the plan the model "just gave" was nowhere in its input."""
     entries = [
         done(1, "alice", "what is the rollback plan?"),
-        reply(2, PLAN),
+        reply(2, PLAN, to=1),
         *filler(3, 30),
         done(40, "bob", "repeat the rollback plan please"),
-        reply(41, PLAN),
+        reply(41, PLAN, to=40),
         entry(
             42,
             "bob",
@@ -69,7 +72,8 @@ def test_a_reply_referring_to_one_out_of_the_input_is_given_in_full() -> None:
     assert built.tokens <= TIGHT.budget
     # With room for the first reply, the second is a reference to it, as before.
     roomy = build_context(session_id="s", entries=entries, prompt_ids=["e42"])
-    assert sent(roomy)[1] == PLAN and sent(roomy)[-2] == "[the same reply as to message #2]"
+    assert sent(roomy)[1] == PLAN and sent(roomy)[-2] == "[the same reply as to message #1]"
+    assert sent(roomy)[0] == "[alice wrote, message #1]\nwhat is the rollback plan?"
 
 
 def test_a_block_whose_first_posting_is_out_of_the_input_is_given_in_full() -> None:
@@ -266,3 +270,51 @@ def test_a_reference_longer_than_its_text_is_not_made_and_the_input_keeps_its_bu
     ok.append(entry(4, "dan", "and now?", EntryKind.PROMPT))
     built = build_context(session_id="s", entries=ok, prompt_ids=["e4"])
     assert [m.content for m in built.request.messages if m.role == "assistant"] == ["ok", "ok"]
+
+
+def test_entries_that_share_a_number_are_each_named_apart() -> None:
+    """Review J2-1, J2-4: a run's tool steps share their prompt's number, and a
+    side-thread's turns all share its anchor's; named by it, three replies and two tool
+    results all read "message #1". Each entry of one number after the first is named
+    ``1.2``, ``1.3``…, on its line and in the references to it."""
+    drop = "DROP SCHEMA public CASCADE ran on staging"
+    done_both = "prod failed over to eu-west-2 at 14:02; the staging schema was dropped at 14:05"
+
+    def step(n: int, text: str) -> Entry:
+        return replace(tool(n, text), seq=1, reply_to="e9")
+
+    entries = [
+        entry(1, "alice", "the anchor: which cluster do we fail over?"),  # the thread's anchor
+        replace(done(2, "bob", "check prod and staging"), seq=1),
+        step(3, "failover of prod to eu-west-2 completed"),
+        step(4, drop),
+        replace(reply(5, done_both, to=2), seq=1),
+        replace(done(6, "bob", "and again?"), seq=1),
+        replace(step(7, drop), reply_to="e10"),
+        replace(reply(8, done_both, to=6), seq=1),
+        entry(9, "dan", "what did the search return for staging?", EntryKind.PROMPT),
+    ]
+    built = build_context(session_id="s", entries=entries, prompt_ids=["e9"])
+    assert sent(built) == [
+        "[alice wrote]\nthe anchor: which cluster do we fail over?",
+        "[bob wrote, message #1.2]\ncheck prod and staging",
+        "[search_documents was run for an earlier answer]\nfailover of prod to eu-west-2 completed",
+        f"[search_documents was run for an earlier answer, message #1.4]\n{drop}",
+        done_both,
+        "[bob wrote]\nand again?",
+        "[the same search_documents result as in message #1.4]",
+        "[the same reply as to message #1.2]",
+        "[dan asks you]\nwhat did the search return for staging?",
+    ]
+    assert_references_stand_for_what_is_given(built, entries)
+
+
+def test_the_summariser_is_given_every_turn_in_full() -> None:
+    """Review J2-3: an incremental summary call was sent "[the same text u0 wrote in
+    message #1]", message #1 having gone to an earlier call."""
+    said = "the failover runbook is in the ops wiki under DR/2026, step 4 is the DNS switch"
+    fold = HistoryFold(min_block_lines=4)
+    fold.sync([(entry(1, "u0", said), False), (entry(2, "u1", said), False)])
+    second = fold.items[1]
+    assert second.text == "[the same text u0 wrote in message #1]"  # in the main input
+    assert transcript_turn(second) == f"[u1 wrote, message #2]\n{said}"

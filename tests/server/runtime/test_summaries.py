@@ -342,7 +342,8 @@ async def test_the_summariser_is_told_who_said_what_as_the_model_is() -> None:
         first = next(r for r in model.requests if r.purpose == "summary")
         lines = first.messages[-1]["content"].split("\n")
         seq = {e.content: e.seq for e in s.room.doc.entries()}
-        at = lines.index(f"[the assistant's reply, message #{seq[verdict]}]")
+        # The reply shares its prompt's number: it is named the next one of it.
+        at = lines.index(f"[the assistant's reply, message #{seq[verdict]}.2]")
         assert lines[at + 1] == verdict
         for who, text in said:
             at = lines.index(f"[{who} wrote, message #{seq[text]}]")
