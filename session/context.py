@@ -55,7 +55,13 @@ from parley.session.history import (
 from parley.session.model import ModelMessage, ModelRequest, ToolSpec
 from parley.session.references import GivenReferences
 from parley.session.summary import Summary, newest_within
-from parley.session.tokens import count_tokens, tokenizer_name, tools_tokens
+from parley.session.tokens import (
+    count_tokens,
+    framing_tokens,
+    system_text_tokens,
+    tokenizer_name,
+    tools_tokens,
+)
 
 SYSTEM_PROMPT = (
     "You are the assistant in a shared session with several people. Each user message "
@@ -272,7 +278,7 @@ def _system_within(
             left[pin.id] = None
     given = tuple(p for p in pinned if p.id not in left)
     text = _system_text(facts, given, summary)
-    return _SystemText(text, count_tokens(text), given, tuple(left))
+    return _SystemText(text, system_text_tokens(text), given, tuple(left))
 
 
 @dataclass(slots=True)
@@ -509,8 +515,11 @@ class ContextBuilder:
             return item
 
         def tokens(index: int) -> int:
+            """Item ``index`` as a message: its text, framing and name."""
             sent = form(index)
-            return rendered_tokens(sent, asking) if index in answering_items else sent.tokens
+            if index in answering_items:
+                return rendered_tokens(sent, asking) + framing_tokens(_member(sent, asking))
+            return sent.tokens + framing_tokens(_member(sent, frozenset()))
 
         cost: dict[int, int] = {}
         for index in answering_items:
@@ -635,19 +644,26 @@ def _pinned(
     return [history[step][0] for step in steps if history[step][1]]
 
 
+def _member(item: FoldedItem, asking: frozenset[str]) -> str | None:
+    """Who a user item is from on the wire (the last of those who ask it, else its latest
+    author); None for the assistant's turns and tool results, sent without a name."""
+    if item.role != "user":
+        return None
+    wrote, asks = item.voices(asking)
+    return (asks or wrote)[-1]
+
+
 def _message(item: FoldedItem, asking: frozenset[str]) -> ModelMessage:
-    """An item as a model message. A user item's ``author`` is who it is from on the wire
-    (the last of those who ask it, else its latest author)."""
+    """An item as a model message, from ``_member`` when a member's."""
     if item.role == "tool":  # an earlier run's tool result: content, not a call
         return ModelMessage("user", item.text, attribution=item.text.partition("\n")[0])
     if item.role != "user":
         return ModelMessage("assistant", item.text)
     line = attribution(item, asking)  # once: a run renders every user item it keeps
-    wrote, asks = item.voices(asking)
     return ModelMessage(
         "user",
         headed(line, item.text),
-        (asks or wrote)[-1],
+        _member(item, asking),
         item.authors if len(item.authors) > 1 else (),
         attribution=line,
     )

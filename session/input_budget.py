@@ -2,7 +2,8 @@
 
 The first call's input is the context build's, held to the session model's window minus its
 output reserve (``too_large`` past it). Every tool step then appends the model's turn and
-the tools' results to the next call; ``InputBudget`` holds that call to the same limit. A
+the tools' results to the next call; ``InputBudget`` holds that call to the same limit,
+each message counted as ``session.tokens.input_tokens`` counts it (framing and ids too). A
 tool result is cut to the room left, shared evenly by the results of one turn still to
 come, and ends with a line, written by the server, saying what was left out; a result
 nothing of which fits is replaced by that line alone. Once a result was cut the window is
@@ -15,9 +16,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from parley.session.model import ToolCall
+from parley.session.model import ModelMessage, ToolCall
 from parley.session.reasons import Ending, ReasonCode
-from parley.session.tokens import count_tokens, turn_tokens
+from parley.session.tokens import count_tokens, message_tokens
 
 MAX_CHARS_PER_TOKEN = 16  # cl100k_base averages about 4 on prose, more on runs of spaces
 
@@ -64,8 +65,11 @@ class InputBudget:
         return max(self.limit - self.spent, 0)
 
     def add_turn(self, text: str, calls: Sequence[ToolCall]) -> None:
-        """The model's turn, sent back with the next call."""
-        self.spent += turn_tokens(text, calls)
+        """The model's turn, sent back with the next call, and the message each of its
+        calls is answered in, but for the result (``fit_result`` adds it)."""
+        turn = ModelMessage("assistant", text, tool_calls=tuple(calls))
+        results = (ModelMessage("tool", "", tool_call_id=call.id) for call in calls)
+        self.spent += message_tokens(turn) + sum(message_tokens(r) for r in results)
 
     def fit_result(self, content: str, results_left: int) -> str:
         """``content`` as the next call carries it: whole if it fits its share of the room

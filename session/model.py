@@ -8,9 +8,15 @@ preview shows is what the model is given.
 
 from __future__ import annotations
 
+import hashlib
+import re
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
+
+WIRE_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+# The tail of a derived name (``wire_name``): an id ending so is derived too.
+DERIVED_TAIL = re.compile(r"-[0-9a-f]{12}\Z")
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +66,21 @@ class ModelMessage:
         if not self.attribution:
             return self.content
         return self.content.removeprefix(self.attribution).removeprefix("\n")
+
+
+def wire_name(member: str) -> str:
+    """A member as a provider's ``name`` field takes it (OpenAI's: ``^[a-zA-Z0-9_-]{1,64}$``;
+    the name is part of the input, ``session.tokens``): the id itself when it fits, else
+    its allowed characters and a digest of the whole id, so two
+    members never share a name by losing the same characters. An id that fits but ends
+    as a derived name does (``-`` and 12 hex digits) is derived too: passed as itself it
+    could be another member's derived name (review: ``bob_smith-2451e212998c`` was sent
+    as ``bob.smith``'s). So distinct ids get distinct names, but for a 48-bit digest
+    collision."""
+    if WIRE_NAME.fullmatch(member) and not DERIVED_TAIL.search(member):
+        return member
+    kept = re.sub(r"[^A-Za-z0-9_-]+", "_", member)[:48].strip("_") or "member"
+    return f"{kept}-{hashlib.blake2b(member.encode(), digest_size=6).hexdigest()}"
 
 
 @dataclass(frozen=True, slots=True)

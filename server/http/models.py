@@ -375,7 +375,7 @@ class PreviewMessage(Strict):
     author: str | None
     authors: list[str] = Field(description="Everyone who said it, when duplicates were folded")
     content: str
-    tokens: int
+    tokens: int = Field(description="Its content, its framing (role, separators) and name")
     answering: bool = Field(description="One of the prompts this call answers")
 
 
@@ -399,7 +399,7 @@ class ContextPreview(Strict):
     budget: int
     tokens: int = Field(description="system_tokens + tools_tokens + every message's tokens")
     system: str
-    system_tokens: int
+    system_tokens: int = Field(description="The system text framed, and the reply's opening")
     tools: list[str] = Field(description="The tools the call offers, by name")
     tools_tokens: int = Field(description="What their definitions add to the input")
     messages: list[PreviewMessage]

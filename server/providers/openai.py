@@ -6,8 +6,6 @@ out) so the wire format is tested without a socket; ``OpenAIProvider`` adds the 
 
 from __future__ import annotations
 
-import hashlib
-import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,12 +22,10 @@ from parley.session.model import (
     TextDelta,
     ToolCall,
     Usage,
+    wire_name,
 )
 
 FINISH_REASONS = {"function_call": "tool_calls"}
-WIRE_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
-# The tail of a derived name (``wire_name``): an id ending so is derived too.
-DERIVED_TAIL = re.compile(r"-[0-9a-f]{12}\Z")
 
 
 def _message(message: ModelMessage) -> dict[str, Any]:
@@ -52,20 +48,6 @@ def _message(message: ModelMessage) -> dict[str, Any]:
     if message.role == "user" and message.author:
         rendered["name"] = wire_name(message.author)
     return rendered
-
-
-def wire_name(member: str) -> str:
-    """A member as the API's ``name`` field allows (``^[a-zA-Z0-9_-]{1,64}$``): the id
-    itself when it fits, else its allowed characters and a digest of the whole id, so two
-    members never share a name by losing the same characters. An id that fits but ends
-    as a derived name does (``-`` and 12 hex digits) is derived too: passed as itself it
-    could be another member's derived name (review: ``bob_smith-2451e212998c`` was sent
-    as ``bob.smith``'s). So distinct ids get distinct names, but for a 48-bit digest
-    collision."""
-    if WIRE_NAME.fullmatch(member) and not DERIVED_TAIL.search(member):
-        return member
-    kept = re.sub(r"[^A-Za-z0-9_-]+", "_", member)[:48].strip("_") or "member"
-    return f"{kept}-{hashlib.blake2b(member.encode(), digest_size=6).hexdigest()}"
 
 
 def render(request: ModelRequest, model: str) -> dict[str, Any]:

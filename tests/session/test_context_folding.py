@@ -19,8 +19,8 @@ from parley.session.context import (
     quoted,
 )
 from parley.session.entries import Entry, EntryKind
-from parley.session.model import ToolSpec
-from parley.session.tokens import count_tokens, tools_tokens
+from parley.session.model import ModelRequest, ToolSpec
+from parley.session.tokens import count_tokens, input_tokens, tools_tokens
 from tests.session.factories import assert_attributed, entry
 
 LOG = "\n".join(
@@ -336,9 +336,7 @@ def test_the_budget_is_never_exceeded_and_the_build_is_deterministic(
     # Within the budget, unless the instructions and the prompt alone exceed it (the runner
     # refuses that run as too large).
     assert built.tokens <= config.budget or len(built.request.messages) == 1
-    assert built.tokens == count_tokens(built.request.system) + sum(
-        count_tokens(m.content) for m in built.request.messages
-    )
+    assert built.tokens == input_tokens(built.request)  # each message framed (review J3)
     again = build_context(
         session_id="s", entries=entries, prompt_ids=[f"e{len(texts)}"], settings=config
     )
@@ -699,3 +697,32 @@ def test_the_tools_offered_count_against_the_window() -> None:
     )
     assert bare.tokens <= bare.budget and offered.tokens <= offered.budget
     assert len(offered.request.messages) < len(bare.request.messages)  # room for the tool
+
+
+def openai_counted(built_request: ModelRequest) -> int:
+    """The input as OpenAI counts a Chat Completions call (openai-cookbook, "How to count
+    tokens with tiktoken"): each message's content, 3 tokens of framing, its role and its
+    ``name`` (and one more for it), then 3 priming the reply; the tools as their JSON."""
+    messages = [("system", built_request.system, None)] + [
+        (m.role, m.content, m.author if m.role == "user" else None) for m in built_request.messages
+    ]
+    framed = sum(
+        3 + count_tokens(role) + count_tokens(content) + (count_tokens(n) + 1 if n else 0)
+        for role, content, n in messages
+    )
+    return framed + 3 + tools_tokens(built_request.tools)
+
+
+def test_each_messages_framing_counts_against_the_window() -> None:
+    """Review J3 (a): the builder filled the budget with the messages' text alone; each
+    message's role and name came on top, more than the text of a short chat line, so 300
+    of them sent twice the window (3,855 tokens against 1,800)."""
+    users = [f"u{n}" for n in range(15)]
+    entries = [msg(n, users[n % 15], f"k{n}") for n in range(1, 301)]
+    entries.append(prompt(301, "alice", "go"))
+    config = ContextSettings(window_tokens=2_000, reserve_output_tokens=200)
+    built = build_context(session_id="s", entries=entries, prompt_ids=["e301"], settings=config)
+    assert built.tokens <= built.budget
+    assert openai_counted(built.request) <= built.budget
+    assert any(x.reason == "over budget" for x in built.excluded)
+    assert built.tokens == input_tokens(built.request)  # the preview's sum is what is sent

@@ -13,7 +13,7 @@ from parley.session.context import BuiltContext, ContextSettings, build_context
 from parley.session.entries import Entry, EntryKind
 from parley.session.fold import HistoryFold
 from parley.session.summary import Summary, transcript_turn
-from parley.session.tokens import count_tokens
+from parley.session.tokens import input_tokens
 from tests.session.factories import entry
 
 PLAN = (
@@ -212,9 +212,7 @@ def test_no_reference_stands_for_what_the_input_leaves_out(
     )
     assert_references_stand_for_what_is_given(built, entries)
     assert built.tokens <= config.budget or len(built.request.messages) == 1
-    assert built.tokens == count_tokens(built.request.system) + sum(
-        count_tokens(m.content) for m in built.request.messages
-    )
+    assert built.tokens == input_tokens(built.request)
 
 
 def test_a_reference_names_a_number_the_input_shows() -> None:
@@ -250,7 +248,7 @@ def test_a_reference_names_a_number_the_input_shows() -> None:
         "[dan asks you]\ndoes mallory apply the production config?",
     ]
     assert_references_stand_for_what_is_given(built, entries)
-    assert built.tokens == count_tokens(built.request.system) + sum(map(count_tokens, sent(built)))
+    assert built.tokens == input_tokens(built.request)  # numbered lines counted too
 
 
 def test_a_reference_longer_than_its_text_is_not_made_and_the_input_keeps_its_budget() -> None:

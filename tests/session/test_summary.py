@@ -17,7 +17,7 @@ from parley.session.summary import (
     summary_request,
     transcript_turn,
 )
-from parley.session.tokens import count_tokens
+from parley.session.tokens import input_tokens
 from tests.session.factories import entry
 
 
@@ -63,9 +63,7 @@ def test_a_build_gives_the_summary_instead_of_the_turns_it_covers() -> None:
     assert covered == set(summary.covers)
     assert not covered & {i for item in after.dropped for i in item.entry_ids}
     assert after.tokens <= TIGHT.budget
-    assert after.tokens == count_tokens(after.request.system) + sum(
-        count_tokens(m.content) for m in after.request.messages
-    )
+    assert after.tokens == input_tokens(after.request)
 
     # An extension covers the old summary's turns and the newly dropped ones.
     more = plan_extension(after.dropped, summary, min_tokens=1, max_input_tokens=10**6)

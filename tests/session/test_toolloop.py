@@ -9,7 +9,7 @@ from typing import Any
 from parley.session.input_budget import InputBudget
 from parley.session.model import ModelMessage, ModelRequest, ToolCall, ToolSpec, Usage
 from parley.session.reasons import ReasonCode
-from parley.session.tokens import count_tokens
+from parley.session.tokens import count_tokens, input_tokens
 from parley.session.toolloop import (
     CallModel,
     CallTool,
@@ -175,3 +175,19 @@ def test_a_call_that_cannot_fit_is_not_made_and_the_run_ends_too_large() -> None
     outcome = finish(loop, ToolResult("x is 42"))
     assert outcome.ending is not None and outcome.ending.code is ReasonCode.TOO_LARGE
     assert "tool steps filled the context window" in outcome.ending.reason
+
+
+def test_a_tool_step_is_counted_with_its_messages_framing() -> None:
+    """Review J3 (a): each message's framing counts in a run's later calls too (the
+    model's turn, each call it made and the message of each result), so what the budget
+    holds is what the next call sends."""
+    budget = InputBudget(limit=10_000, spent=input_tokens(REQUEST))
+    loop = tool_loop(REQUEST, only_search, budget=budget)
+    next(loop)
+    calls = tuple(ToolCall(f"call_{i}", "search", '{"query": "x"}') for i in range(3))
+    loop.send(ModelTurn("looking", calls))
+    loop.send(ToolResult("x is 42"))
+    loop.send(ToolResult("y is 7"))
+    again = loop.send(ToolResult(""))
+    assert isinstance(again, CallModel)
+    assert budget.spent == input_tokens(again.request)
