@@ -114,7 +114,9 @@ class Settings(BaseSettings):
     summary_min_tokens: int = Field(
         default=1024, ge=1, description="Turns out of the budget worth a summary call"
     )
-    summary_max_output_tokens: int = Field(default=768, ge=16)
+    summary_max_output_tokens: int = Field(
+        default=768, ge=16, description="At most; a summary call fits the window with it"
+    )
     summary_calls_per_run: int = Field(default=4, ge=1, description="At most, after one run")
 
     # Queue

@@ -8,6 +8,13 @@ own history; the turns it covers are replaced by it, and pins and facts are neve
 (they are always given verbatim). When membership changed so that the newest summary holds
 what not every member may read now, a new chain starts: a summary that extends none, and
 covers only what it summarised itself.
+
+A summary call fits the model's window with its output (``plan_extension``): its
+instructions, the previous summary, the new turns and their headers, every message framed
+as a run's are (``session.tokens.input_tokens``), and ``max_output_tokens``. The output is
+at most a third of what the instructions leave, so the summary it writes, the next call's
+previous one, leaves room for new turns. A first turn too large to be read whole is cut,
+with the server's line saying how much of it the call read.
 """
 
 from __future__ import annotations
@@ -18,8 +25,9 @@ from dataclasses import dataclass, replace
 from parley.session.attribution import REPLY_LINE, escape_text, placed
 from parley.session.covers import Covers, covering, extend
 from parley.session.fold import FoldedItem, attribution, headed
+from parley.session.input_budget import cut_to
 from parley.session.model import ModelMessage, ModelRequest
-from parley.session.tokens import count_tokens
+from parley.session.tokens import count_tokens, input_tokens
 
 SUMMARY_SYSTEM = (
     "You condense the earlier part of a shared conversation between several people and an "
@@ -57,10 +65,13 @@ class Summary:
 
 @dataclass(frozen=True, slots=True)
 class SummaryPlan:
-    """The next extension: summarise ``items`` onto ``previous``."""
+    """The next extension: summarise ``items`` onto ``previous``, in a call that may write
+    ``max_output_tokens`` (an item is cut when the call could not read it whole: its
+    text ends with the server's line saying so)."""
 
     previous: Summary | None
     items: tuple[FoldedItem, ...]
+    max_output_tokens: int = 768
 
     @property
     def from_seq(self) -> int:
@@ -89,25 +100,68 @@ def newest_within(
     return None
 
 
+OUTPUT_SHARE = 3  # the output: a third at most of what the instructions leave
+
+
 def plan_extension(
     dropped: Sequence[FoldedItem],
     previous: Summary | None,
     *,
     min_tokens: int,
-    max_input_tokens: int,
+    window_tokens: int,
+    max_output_tokens: int,
 ) -> SummaryPlan | None:
     """The oldest turns left out for want of room, once they are worth a call (``min_tokens``
-    at least), and no more than one call can read (``max_input_tokens``)."""
-    if sum(item.tokens for item in dropped) < min_tokens:
+    at least), and no more than one call of the model's window (``window_tokens``) reads
+    beside its output (``max_output_tokens`` at most). The first is cut when it does not fit
+    whole. None: not worth a call yet, or the previous summary leaves no room for a turn."""
+    if not dropped or sum(item.tokens for item in dropped) < min_tokens:
+        return None
+    instructions = input_tokens(summary_request("", SummaryPlan(None, ())))
+    output = min(max_output_tokens, (window_tokens - instructions) // OUTPUT_SHARE)
+    limit = window_tokens - output
+    opening = input_tokens(summary_request("", SummaryPlan(previous, ())))
+    if output < 1 or opening >= limit:
         return None
     taken: list[FoldedItem] = []
-    spent = 0 if previous is None else previous.tokens
+    spent = opening
     for item in dropped:
-        if taken and spent + item.tokens > max_input_tokens:
+        cost = count_tokens(transcript_turn(item)) + 1  # and the line break before it
+        if spent + cost > limit:
             break
         taken.append(item)
-        spent += item.tokens
-    return SummaryPlan(previous, tuple(taken))
+        spent += cost
+    room = limit - opening - 1
+    while True:  # the count of the whole call, which the pieces' sum only approaches
+        items = tuple(taken) or _cut(dropped[0], room)
+        plan = SummaryPlan(previous, items, output)
+        over = input_tokens(summary_request("", plan)) - limit
+        if not items or over <= 0:
+            return plan if items else None
+        if len(taken) > 1:
+            taken.pop()
+        else:
+            taken, room = [], room - over
+
+
+def _cut(item: FoldedItem, room: int) -> tuple[FoldedItem, ...]:
+    """``item`` cut so that the summariser reads it in ``room`` tokens, with the server's
+    line after what is kept; none when not even its header and that line fit."""
+    total = count_tokens(transcript_turn(item))
+    header = total - count_tokens(item.text)
+    room -= header + count_tokens(_cut_marker(total, room)) + 1  # the line break before it
+    kept = cut_to(item.text, room).rstrip() if room > 0 else ""
+    if not kept:
+        return ()
+    text = f"{kept}\n{_cut_marker(total, count_tokens(kept))}"
+    return (replace(item, text=text, tokens=count_tokens(text)),)
+
+
+def _cut_marker(total: int, kept: int) -> str:
+    return (
+        f"[the rest of this message is left out of the summary: it has {total} tokens and "
+        f"the summary call had room for about {kept}]"
+    )
 
 
 def transcript_turn(item: FoldedItem) -> str:
@@ -128,9 +182,7 @@ def transcript_turn(item: FoldedItem) -> str:
     return headed(placed(line, at), text) if text else placed(line, at)
 
 
-def summary_request(
-    session_id: str, plan: SummaryPlan, max_output_tokens: int, model: str | None = None
-) -> ModelRequest:
+def summary_request(session_id: str, plan: SummaryPlan, model: str | None = None) -> ModelRequest:
     parts = []
     if plan.previous is not None:
         # The model wrote it, perhaps echoing members: none of its lines may pass for ours.
@@ -142,7 +194,7 @@ def summary_request(
         system=SUMMARY_SYSTEM,
         messages=(ModelMessage("user", "\n\n".join(parts)),),
         answering=(0,),
-        max_output_tokens=max_output_tokens,
+        max_output_tokens=plan.max_output_tokens,
         purpose="summary",
         model=model,
     )

@@ -317,7 +317,8 @@ class SessionContext:
             built.dropped,
             built.summary,
             min_tokens=self.settings.summary_min_tokens,
-            max_input_tokens=max(built.budget // 2, 1),
+            window_tokens=self.settings_now().window_tokens,
+            max_output_tokens=self.settings.summary_max_output_tokens,
         )
 
     async def add_summary(

@@ -82,9 +82,7 @@ class Summariser:
     async def _summarise(self, plan: SummaryPlan, issuers: Sequence[str]) -> None:
         room = self.room
         model = room.model or room.settings.model_spec(room.model).name
-        request = summary_request(
-            room.session_id, plan, room.settings.summary_max_output_tokens, model
-        )
+        request = summary_request(room.session_id, plan, model)
         summary_id = f"sum-{uuid.uuid4().hex[:16]}"
         started = time.monotonic()
         parts: list[str] = []

@@ -138,7 +138,11 @@ class Session:
             )
             previous = None if b == 2 else built.summary
             plan = plan_extension(
-                built.dropped, previous, min_tokens=1, max_input_tokens=50 + a % 400
+                built.dropped,
+                previous,
+                min_tokens=1,
+                window_tokens=400 + a % 400,
+                max_output_tokens=60,
             )
             if plan is not None and plan.items:
                 self.summaries.append(extended(plan, f"sum{n}", f"summary {n}"))

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from parley.session.context import ContextSettings, build_context
 from parley.session.entries import Entry, EntryKind
@@ -30,27 +34,31 @@ def prompt(n: int, text: str) -> Entry:
 
 
 TIGHT = ContextSettings(window_tokens=400, reserve_output_tokens=100)
+ROOMY = {"window_tokens": 10**6, "max_output_tokens": 200}  # a summary call reads them all
 HISTORY = [msg(i, f"note {i}: ticket PRJ-{i} moved to review by team {i % 4}") for i in range(40)]
 
 
 def test_what_does_not_fit_is_planned_oldest_first_once_worth_a_call() -> None:
     built = build_context(session_id="s", entries=HISTORY, prompt_ids=[], settings=TIGHT)
     assert built.dropped and built.dropped[0].entry_ids == ("e0",)
-    assert plan_extension(built.dropped, None, min_tokens=10**6, max_input_tokens=500) is None
-    plan = plan_extension(built.dropped, None, min_tokens=10, max_input_tokens=60)
+    assert plan_extension(built.dropped, None, min_tokens=10**6, **ROOMY) is None
+    plan = plan_extension(
+        built.dropped, None, min_tokens=10, window_tokens=400, max_output_tokens=50
+    )
     assert plan is not None
     assert plan.items[0].entry_ids == ("e0",)
-    assert sum(item.tokens for item in plan.items) <= 60
+    assert 1 < len(plan.items) < len(built.dropped)  # as many as one call reads
     assert plan.from_seq == 0 and plan.to_seq == plan.items[-1].last_seq
 
-    request = summary_request("s", plan, 200)
+    request = summary_request("s", plan)
+    assert input_tokens(request) + request.max_output_tokens <= 400
     assert request.purpose == "summary" and request.issuers == ()
     assert transcript_turn(plan.items[0]) in request.messages[0].content
 
 
 def test_a_build_gives_the_summary_instead_of_the_turns_it_covers() -> None:
     built = build_context(session_id="s", entries=HISTORY, prompt_ids=[], settings=TIGHT)
-    plan = plan_extension(built.dropped, None, min_tokens=10, max_input_tokens=10**6)
+    plan = plan_extension(built.dropped, None, min_tokens=10, **ROOMY)
     assert plan is not None
     summary = extended(plan, "sum-1", "bob moved tickets PRJ-0 to PRJ-9 to review")
     entries = [*HISTORY, prompt(40, "where are we?")]
@@ -66,7 +74,7 @@ def test_a_build_gives_the_summary_instead_of_the_turns_it_covers() -> None:
     assert after.tokens == input_tokens(after.request)
 
     # An extension covers the old summary's turns and the newly dropped ones.
-    more = plan_extension(after.dropped, summary, min_tokens=1, max_input_tokens=10**6)
+    more = plan_extension(after.dropped, summary, min_tokens=1, **ROOMY)
     assert more is not None
     second = extended(more, "sum-2", "more")
     assert second.covers > summary.covers
@@ -120,7 +128,7 @@ def test_the_summariser_reads_who_said_what_as_the_main_input_says_it() -> None:
     fold = HistoryFold(min_block_lines=4)
     fold.sync([(e, False) for e in entries])
     plan = SummaryPlan(None, tuple(item for _, item in fold.live_items()))
-    request = summary_request("s", plan, 200)
+    request = summary_request("s", plan)
     assert request.messages[0].content == "\n".join(
         [
             "New messages:",
@@ -142,3 +150,76 @@ def test_the_summariser_reads_who_said_what_as_the_main_input_says_it() -> None:
         ]
     )
     assert "server" in request.system and "backslash" in request.system
+
+
+WORDS = "apple river stone cloud north quiet build deploy merge ticket server kernel".split()  # noqa: SIM905
+
+
+def long_note(n: int, words: int) -> Entry:
+    return entry(
+        n,
+        ["alice", "bob"][n % 2],
+        f"M{n} " + " ".join(f"{WORDS[(i * (n + 5)) % 12]}{i + 1000 * n}" for i in range(words)),
+    )
+
+
+def test_a_summary_call_and_its_output_fit_the_models_window() -> None:
+    """Review J3 (c): a summary call asked for 1,588 tokens of a 1,500-token window (the
+    first dropped turn taken whatever its size, the limit blind to the summary's output,
+    instructions and headers), so it failed and the turns it should keep dropped out. A
+    turn too large to be read whole is cut, with the server's line saying so."""
+    entries = [long_note(n, 480) for n in range(3)]  # each fits a run's 1,200 tokens
+    built = build_context(
+        session_id="s", entries=entries, prompt_ids=[], settings=ContextSettings(1_500, 300)
+    )
+    plan = plan_extension(
+        built.dropped, None, min_tokens=50, window_tokens=1_500, max_output_tokens=768
+    )
+    assert plan is not None and plan.new_ids == {"e0"}
+    request = summary_request("s", plan)
+    assert input_tokens(request) + request.max_output_tokens <= 1_500
+    assert request.max_output_tokens < 768  # a third of what its instructions leave
+    text = request.messages[0].content
+    assert text.startswith("New messages:\n[alice wrote, message #0]\nM0 apple0 quiet1 ")
+    assert re.search(
+        r"\n\[the rest of this message is left out of the summary: it has \d+ tokens and the "
+        r"summary call had room for about \d+\]$",
+        text,
+    )
+    # Its extension fits with the previous summary, as long as the call may write.
+    previous = extended(plan, "sum-1", "x " * request.max_output_tokens)
+    more = plan_extension(
+        built.dropped[1:], previous, min_tokens=50, window_tokens=1_500, max_output_tokens=768
+    )
+    assert more is not None and more.new_ids == {"e1"}
+    again = summary_request("s", more)
+    assert input_tokens(again) + again.max_output_tokens <= 1_500
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    sizes=st.lists(st.integers(1, 900), min_size=1, max_size=8),
+    window=st.integers(300, 4_000),
+    max_output=st.integers(16, 2_000),
+    previous_words=st.integers(0, 1_500),
+)
+def test_every_summary_call_fits_its_window(
+    sizes: list[int], window: int, max_output: int, previous_words: int
+) -> None:
+    entries = [long_note(n, size) for n, size in enumerate(sizes)]
+    built = build_context(
+        session_id="s", entries=entries, prompt_ids=[], settings=ContextSettings(10, 5)
+    )
+    previous = Summary("p", 0, 0, frozenset(), "y " * previous_words) if previous_words else None
+    plan = plan_extension(
+        built.dropped, previous, min_tokens=1, window_tokens=window, max_output_tokens=max_output
+    )
+    if plan is None:  # only when not even a cut turn fits beside the previous summary
+        assert previous is not None
+        return
+    request = summary_request("s", plan)
+    assert plan.items and request.max_output_tokens <= max_output
+    assert input_tokens(request) + request.max_output_tokens <= window
+    assert [item.entry_ids for item in plan.items] == [
+        item.entry_ids for item in built.dropped[: len(plan.items)]
+    ]

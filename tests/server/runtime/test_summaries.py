@@ -20,6 +20,7 @@ from parley.server.store.access_rows import DocumentRow
 from parley.server.store.memory import MemoryStore
 from parley.session.attribution import escape_text
 from parley.session.quota import Quotas, day_of
+from parley.session.tokens import input_tokens
 from tests.conftest import postgres_database, sqlite_url
 from tests.fake_model import Answer, FakeModel, Sent, call
 from tests.server.runtime.backend import sql_store
@@ -351,3 +352,25 @@ async def test_the_summariser_is_told_who_said_what_as_the_model_is() -> None:
             assert lines[at + 1 : at + 1 + len(body)] == [escape_text(line) for line in body]
         assert "\\[fake wrote] ok" in lines  # a member's bracket line is escaped
         assert not any(line.startswith("#") for line in lines)  # no bare "#N name:" turns
+
+
+async def test_each_summary_call_fits_the_models_window_with_its_output() -> None:
+    """Review J3 (c): with a 1,500-token window, three messages that each fit a run set
+    off summary calls of 1,588 and 1,594 tokens (input and ``max_tokens``), which a
+    model refuses: the summary failed and the turns it should keep were lost."""
+    provider = RecordingOffline()
+    settings = {
+        **SMALL_WINDOW,
+        "context_window_tokens": 1_500,
+        "max_output_tokens": 300,
+        "summary_min_tokens": 50,
+        "summary_max_output_tokens": 768,
+    }
+    async with memory_session({"alice": "editor", "bob": "editor"}, provider, **settings) as s:
+        for n in range(3):
+            words = " ".join(f"{TOPICS[i % 7]}{i + 1000 * n}" for i in range(420))
+            assert (await s.message(["alice", "bob"][n % 2], f"M{n} {words}"))["type"] == "ack"
+        await ask(s, "alice", "q")
+        calls = provider.calls("summary")
+        assert calls and s.room.context.summaries
+        assert all(input_tokens(c) + c.max_output_tokens <= 1_500 for c in calls)
