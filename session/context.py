@@ -116,7 +116,8 @@ class BuiltContext:
     left: tuple[FoldedItem, ...] = ()
     older: tuple[FoldedItem, ...] = ()
     summarised: tuple[FoldedItem, ...] = ()  # before ``older``: known to be summarised
-    included: tuple[str, ...] = ()  # every entry the input draws on: pins, then the messages
+    # Every entry the input draws on: pins, turns quoted before the summary, the messages.
+    included: tuple[str, ...] = ()
     sources: tuple[tuple[str, ...], ...] = ()  # the entries behind each message, in order
     tools_tokens: int = 0  # the definitions of the tools offered (``request.tools``)
     pins_left: tuple[str, ...] = ()  # pinned, over the pins' share (the window shrank)
@@ -202,9 +203,24 @@ def _pin_lines(pin: Entry) -> list[str]:
     return [pin_heading(pin), *quoted(pin.content)]
 
 
-def _system_text(facts: Mapping[str, Fact], pins: Sequence[Entry], summary: Summary | None) -> str:
-    """The instructions, then one delimited block each for facts, pins and the summary: the
-    server writes the bracketed lines; what members wrote is quoted inside."""
+# Opens the block of the turns said before the summary's end that it does not cover.
+EARLIER_LINE = (
+    "[Messages said before the summary's end that it does not cover, each quoted under its "
+    "author, in the order said]"
+)
+EARLIER_END = "[End of messages said before the summary's end]"
+
+
+def _system_text(
+    facts: Mapping[str, Fact],
+    pins: Sequence[Entry],
+    summary: Summary | None,
+    earlier: Sequence[Entry] = (),
+) -> str:
+    """The instructions, then one delimited block each for facts, pins, the turns said
+    before the summary's end that it does not cover (``earlier``, headed as pins are) and
+    the summary: the server writes the bracketed lines; what members wrote is quoted
+    inside."""
     parts = [SYSTEM_PROMPT]
     if facts:
         parts += [FACTS_OPEN, *_fact_lines(facts), FACTS_CLOSE]
@@ -213,6 +229,11 @@ def _system_text(facts: Mapping[str, Fact], pins: Sequence[Entry], summary: Summ
         for pin in pins:
             parts += _pin_lines(pin)
         parts.append(PINS_CLOSE)
+    if earlier:
+        parts.append(EARLIER_LINE)
+        for said in earlier:
+            parts += _pin_lines(said)
+        parts.append(EARLIER_END)
     if summary is not None:
         parts.append(
             f"[Summary of the conversation up to message #{summary.to_seq}, written by the "
@@ -506,6 +527,9 @@ class ContextBuilder:
         answering_items = {fold.item_of[p] for p in prompt_ids}
         references = GivenReferences(fold, answering_items)
 
+        def said_in(item: FoldedItem) -> list[Entry]:
+            return [history[fold.step_of[entry_id]][0] for entry_id in item.entry_ids]
+
         def form(index: int) -> FoldedItem:
             """Item ``index`` as it is sent: in full while what it refers to is not in;
             numbered when a reference names it."""
@@ -528,7 +552,13 @@ class ContextBuilder:
             cost[index] = tokens(index)
         spent = system_tokens + offered + sum(cost.values())
         kept: list[int] = []
-        left: list[FoldedItem] = []
+        left: list[int] = []
+        # Said before the summary's end, which does not cover them (it is made from what
+        # every member may read): quoted before the summary, so the story keeps its order
+        # (review J5: as messages after it, an answer the summary's news overrides read as
+        # newer). Not sent as references: a later copy is given in full.
+        earlier: list[int] = []
+        earlier_block = count_tokens(EARLIER_LINE) + count_tokens(EARLIER_END) + 2
         full = False
         unseen_answering = len(answering_items)
         cut = 0  # the turns before it were never reached: the budget was spent
@@ -542,12 +572,21 @@ class ContextBuilder:
                 kept.append(index)
                 unseen_answering -= 1
             elif full or (summary is not None and _covered_by(summary, item)):
-                left.append(item)
+                left.append(index)
+            elif summary is not None and item.last_seq <= summary.to_seq:
+                text = "\n".join(line for said in said_in(item) for line in _pin_lines(said))
+                more = count_tokens(text) + 1 + (0 if earlier else earlier_block)
+                if spent + more > settings.budget:
+                    full = True
+                    left.append(index)
+                else:
+                    earlier.append(index)
+                    spent += more
             else:
                 references.add(index, item)
                 if spent + tokens(index) > settings.budget:
                     full = True
-                    left.append(item)
+                    left.append(index)
                 else:
                     kept.append(index)
                     cost[index] = tokens(index)
@@ -560,6 +599,18 @@ class ContextBuilder:
                 cut = index
                 break
         kept.reverse()
+        earlier.reverse()
+        bare = system, system_tokens
+        while earlier:  # counted as a whole, the block may differ a little from its parts
+            said = [entry for index in earlier for entry in said_in(fold.items[index])]
+            system = _system_text(facts or {}, given.pins, summary, said)
+            system_tokens = system_text_tokens(system)
+            if system_tokens + offered + sum(cost.values()) <= settings.budget:
+                break
+            left.append(earlier.pop(0))  # the oldest first, as the budget loop leaves them
+            left.sort(reverse=True)
+        else:
+            system, system_tokens = bare
 
         messages: list[ModelMessage] = []
         history_message = scope.history_messages()
@@ -567,6 +618,7 @@ class ContextBuilder:
         issuers: list[str] = []
         notes: dict[str, str] = {}
         included = [pin.id for pin in given.pins]
+        included += [entry_id for index in earlier for entry_id in fold.items[index].entry_ids]
         sources: list[tuple[str, ...]] = []
         for index in kept:
             item = form(index)
@@ -601,7 +653,7 @@ class ContextBuilder:
             tokenizer=tokenizer_name(),
             summary=summary,
             withheld=tuple(withheld_items),
-            left=tuple(left),
+            left=tuple(fold.items[index] for index in left),
             older=tuple(fold.items[edge:cut]),
             summarised=scope.turns_below(edge),
             included=tuple(included),

@@ -22,6 +22,7 @@ from parley.session.history import (
 )
 from parley.session.reasons import Ending, ReasonCode, cancelled_by
 from parley.session.summary import Summary, extended, plan_extension
+from parley.session.tokens import input_tokens
 from tests.session.factories import entry
 
 TEXTS = ["is the deploy done?", "Is the deploy DONE?", "lunch?", "the cache dir on runner 3"]
@@ -212,7 +213,11 @@ def _check(session: Session, ops: list[tuple[str, int, int]], listed: bool = Fal
             "private_text": readable,
             "summaries": session.summaries,
         }
-        assert builder.build(**given) == build_context(settings=CONFIG, **given)
+        built = builder.build(**given)
+        assert built == build_context(settings=CONFIG, **given)
+        assert built.tokens == input_tokens(built.request)  # what is sent, all of it
+        request = built.request
+        assert built.tokens <= CONFIG.budget or len(request.messages) == len(request.answering)
 
 
 @settings(max_examples=300, deadline=None)

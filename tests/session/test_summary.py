@@ -8,7 +8,7 @@ from dataclasses import replace
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from parley.session.context import ContextSettings, build_context
+from parley.session.context import BuiltContext, ContextSettings, build_context
 from parley.session.entries import Entry, EntryKind
 from parley.session.fold import HistoryFold
 from parley.session.summary import (
@@ -223,3 +223,54 @@ def test_every_summary_call_fits_its_window(
     assert [item.entry_ids for item in plan.items] == [
         item.entry_ids for item in built.dropped[: len(plan.items)]
     ]
+
+
+def test_turns_said_before_the_summarys_end_that_it_does_not_cover_come_before_it() -> None:
+    """Review J5: the shared summary leaves out what not every member may read (alice's
+    answer from an HR document); in alice's input those turns came after the summary,
+    which ends later, so "Dave's last day is Friday" read as newer than the CEO's
+    cancellation in the summary. They are quoted before it, each under its number."""
+    lookup = replace(
+        entry(2, "fake", "HR: Dave's last day is Friday.", EntryKind.TOOL, "done"),
+        tool="search_documents",
+    )
+    filler = " ".join(["lorem ipsum dolor sit amet"] * 20)
+    entries = [
+        entry(1, "alice", "When is Dave's last day?", EntryKind.PROMPT, "done"),
+        lookup,
+        entry(3, "fake", "Dave's last day is Friday.", EntryKind.REPLY),
+        msg(4, "Update from the CEO: Dave's departure is cancelled, he stays with us."),
+        *(msg(n, f"note {n}: {filler}") for n in range(5, 9)),
+        entry(9, "alice", "So, is Dave leaving?", EntryKind.PROMPT),
+    ]
+    shared = Summary("sum-1", 1, 6, frozenset({"e1", "e4", "e5", "e6"}), "The CEO cancelled it.")
+
+    def build(window: int) -> BuiltContext:
+        config = ContextSettings(window_tokens=window, reserve_output_tokens=100)
+        given = {"entries": entries, "prompt_ids": ["e9"], "summaries": [shared]}
+        return build_context(session_id="s", settings=config, **given)
+
+    built = build(1_500)
+    assert built.summary == shared
+    system = built.request.system
+    quoted = system[system.index("[Messages said before the summary's end") :]
+    order = [
+        "[search_documents was run for an earlier answer, message #2]",
+        "  HR: Dave's last day is Friday.",
+        "[the assistant's reply, message #3]\n  Dave's last day is Friday.",
+        "[End of messages said before the summary's end]",
+        "[Summary of the conversation up to message #6",
+        "  The CEO cancelled it.",
+    ]
+    at = [quoted.index(line) for line in order]
+    assert at == sorted(at)
+    assert list(built.sources) == [("e7",), ("e8",), ("e9",)]
+    assert {"e2", "e3"} <= set(built.included)  # drawn on: the reply inherits from them
+    assert built.tokens == input_tokens(built.request) <= built.budget
+
+    # With no room for them they are left out, as over budget, and listed.
+    tight = build(560)
+    reasons = {x.entry_id: x.reason for x in tight.excluded}
+    assert reasons["e2"] == reasons["e3"] == "over budget"
+    assert "message #3" not in tight.request.system
+    assert tight.tokens <= tight.budget

@@ -374,3 +374,51 @@ async def test_each_summary_call_fits_the_models_window_with_its_output() -> Non
         calls = provider.calls("summary")
         assert calls and s.room.context.summaries
         assert all(input_tokens(c) + c.max_output_tokens <= 1_500 for c in calls)
+
+
+async def test_an_older_restricted_answer_comes_before_the_shared_summary() -> None:
+    """Review J5: the shared summary leaves out alice's answer from a document only she
+    may read; in her next run that answer came after the summary, which ends later, so
+    "Dave's last day is Friday" read as newer than the CEO's cancellation in it. It is
+    quoted before the summary, with its number, and her reply still inherits its readers."""
+
+    def script(sent: Sent) -> Answer:
+        if sent.purpose == "summary":
+            return ["bob relayed the CEO: Dave's departure is cancelled, he stays."]
+        if "last day?" in sent.asked_text():
+            return [call("search_documents", {"query": "Dave last day"})]
+        return ["noted"]
+
+    model = FakeModel(script)
+    settings = {
+        **SMALL_WINDOW,
+        "context_window_tokens": 1_500,
+        "max_output_tokens": 250,  # room for the answer beside the newest notes
+        "summary_min_tokens": 50,
+    }
+    async with memory_session({"alice": "editor", "bob": "editor"}, model, **settings) as s:
+        readers = Readers("d1", frozenset({"alice"}))
+        hr = DocumentRow("d1", SESSION, "HR", "Dave's last day is Friday.", readers, 0)
+        await s.store.access.add_document(hr)
+        await ask(s, "alice", "When is Dave's last day?")
+        news = "Update from the CEO: Dave's departure is cancelled, he stays with us."
+        assert (await s.message("bob", news))["type"] == "ack"
+        filler = " ".join(["lorem ipsum dolor sit amet"] * 40)
+        for n in range(8):
+            assert (await s.message(["alice", "bob"][n % 2], f"note {n}: {filler}"))[
+                "type"
+            ] == "ack"
+        await ask(s, "bob", "ok")
+        assert s.room.context.summaries
+        asked = await s.prompt("alice", "So, is Dave leaving?")
+        await s.settled(asked["prompt_id"])
+
+        [request] = [r for r in model.requests_for("alice") if "leaving" in r.asked_text()]
+        system = request.system
+        answer = system.index("[the assistant's reply, message #")
+        assert "Dave's last day is Friday" in system[answer:]
+        assert answer < system.index("[Summary of the conversation up to message #")
+        assert not any("last day is Friday" in str(m.get("content")) for m in request.messages)
+        reply_id = s.room.doc.entry(asked["prompt_id"]).reply_id
+        assert reply_id is not None
+        assert s.room.context.restriction_of(reply_id) == (readers,)
