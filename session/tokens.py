@@ -73,21 +73,21 @@ def turn_tokens(text: str, calls: Sequence[ToolCall]) -> int:
 
 
 def tools_tokens(tools: Sequence[ToolSpec]) -> int:
-    """What offering ``tools`` adds to a call's input: each definition (name, description,
-    the JSON Schema of its arguments) counted as its JSON. Providers render them in forms
-    of their own; this is near, and the window is kept with it (review: a registered tool's
-    schema, sent with every call, was counted nowhere)."""
-    return sum(
-        count_tokens(
-            json.dumps(
-                {"name": t.name, "description": t.description, "parameters": t.parameters},
-                separators=(",", ":"),
-                ensure_ascii=False,
-                sort_keys=True,
-            )
-        )
+    """What offering ``tools`` adds to a call's input: their definitions (name, description,
+    the JSON Schema of its arguments) counted as the JSON of an OpenAI body's ``tools``.
+    Providers render them in forms of their own; this one counts high, and the window is
+    kept with it (review: a registered tool's schema, sent with every call, was counted
+    nowhere; counted as compact JSON, a call passed a window the upstream held it to)."""
+    if not tools:
+        return 0
+    wire = [
+        {
+            "type": "function",
+            "function": {"name": t.name, "description": t.description, "parameters": t.parameters},
+        }
         for t in tools
-    )
+    ]
+    return count_tokens(json.dumps(wire, ensure_ascii=False))
 
 
 def system_text_tokens(system: str) -> int:

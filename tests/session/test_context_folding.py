@@ -685,7 +685,7 @@ def test_the_tools_offered_count_against_the_window() -> None:
     )
     entries = [msg(n, "alice", f"note {n}: the cache on runner {n} is full") for n in range(1, 40)]
     entries.append(prompt(40, "bob", "what is full?"))
-    config = ContextSettings(window_tokens=900, reserve_output_tokens=100)
+    config = ContextSettings(window_tokens=1_100, reserve_output_tokens=100)
     bare = build_context(session_id="s", entries=entries, prompt_ids=["e40"], settings=config)
     offered = build_context(
         session_id="s", entries=entries, prompt_ids=["e40"], settings=config, tools=[tool]

@@ -27,6 +27,7 @@ from parley.session.model import (
     ToolSpec,
     Usage,
 )
+from parley.session.tokens import count_tokens, input_tokens, tools_tokens
 from tests.fake_upstream import FakeUpstream, Reply, openai_chunk, openai_stream, sse
 from tests.garbage import cyclic_garbage
 
@@ -326,3 +327,20 @@ async def test_a_model_call_leaves_no_cyclic_garbage() -> None:
     # upstream's; uvloop's, which the server runs on, are not.)
     kinds = {k: n for k, n in garbage.items() if k.startswith(("httpx", "httpcore", "parley"))}
     assert not kinds, kinds
+
+
+def test_the_input_is_counted_as_high_as_the_chat_completions_body_counts() -> None:
+    """Review J3: the input a build counts is at least what the body sends, counted as
+    OpenAI's cookbook counts messages (3 each, the role, the name and 1) and the tools as
+    the body's JSON: an upstream that holds calls to its window so refused none of ours."""
+    body = render(REQUEST, "m")
+    messages = sum(
+        3
+        + count_tokens(m["role"])
+        + count_tokens(m.get("content") or "")
+        + (count_tokens(m["name"]) + 1 if "name" in m else 0)
+        for m in body["messages"]
+    )
+    tools = count_tokens(json.dumps(body["tools"], ensure_ascii=False))
+    assert tools_tokens(REQUEST.tools) >= tools
+    assert input_tokens(REQUEST) >= messages + 3 + tools  # and 3 priming the reply
