@@ -7,6 +7,11 @@ of its own row matching holder *and* epoch. The row lock it takes is held to the
 a takeover either waits for that write to commit (and then finds the lease renewed) or has
 already raised the epoch (and the write finds no row and aborts). A node that lost its
 lease therefore cannot write afterwards, however late it notices.
+
+Reads are not fenced by the database: a node answers them from its own room. It does so as
+the session's runner only while its lease is known to hold on its own monotonic clock
+(``LeaseTable.known_until``); a node that stalled past that (a freeze, an event loop
+blocked longer than the TTL) renews the lease before it answers, or gives the session up.
 """
 
 from __future__ import annotations
@@ -119,6 +124,11 @@ _LIVE = text(
 )
 
 
+# Of the TTL, what a holder does not count on (``LeaseTable.known_until``): the database
+# and this node's clocks need not run at quite the same rate.
+LEASE_MARGIN = 0.2
+
+
 class LeaseTable:
     """The ``session_leases`` operations of one node (``holder``)."""
 
@@ -126,6 +136,12 @@ class LeaseTable:
         self.engine = engine
         self.holder = holder
         self.ttl_s = ttl_s
+
+    def known_until(self, asked_at: float) -> float:
+        """Until when (``time.monotonic()``) a lease taken or renewed by a statement sent at
+        ``asked_at`` surely holds: the database set its expiry a TTL after it ran the
+        statement, which is later, less ``LEASE_MARGIN``."""
+        return asked_at + self.ttl_s * (1 - LEASE_MARGIN)
 
     async def try_acquire(self, session_id: str) -> Lease | None:
         """Take the lease if nobody holds it (absent or expired); None if someone does."""
@@ -155,7 +171,7 @@ class LeaseTable:
         """Extend these leases of this node; returns the session ids still held (same epoch)."""
         if not leases:
             return set()
-        async with self.engine.begin() as connection:
+        async with database_errors(), self.engine.begin() as connection:
             rows = await connection.execute(
                 _RENEW_ALL,
                 {"holder": self.holder, "ids": [x.session_id for x in leases], "ttl": self.ttl_s},

@@ -67,7 +67,9 @@ class LeaseRound:
     async def _keep_leases(self) -> None:
         node = self.node
         held = list(node.leases.values())
+        asked_at = time.monotonic()
         kept = await node.leases_table.renew(held)
+        node.renewed([x for x in held if x.session_id in kept], asked_at)
         for lease in held:
             if lease.session_id not in kept:
                 node.lost(lease.session_id, lease)

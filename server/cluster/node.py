@@ -9,7 +9,9 @@ only delays, never loses, anything.
 
 A background round (``LeaseRound``) renews this node's leases, takes over sessions whose
 holder stopped renewing (its replicas first, then any session with work and no live holder)
-and notices a lease it lost (the room is given up and reloaded on next use).
+and notices a lease it lost (the room is given up and reloaded on next use). A node answers
+as a session's runner only while its lease is known to hold (``serves``): one that stalled
+past it renews the lease first, or gives the session up, before it answers anything.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import json
 import logging
 import os
 import socket
+import time
 import uuid
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
@@ -45,6 +48,7 @@ from parley.server.store.access import CHANNEL_SETTINGS
 from parley.server.store.port import SessionTx
 from parley.server.store.sessions import CHANNEL_DELETED, Store, StoreTx
 from parley.session.closes import CloseCode
+from parley.session.commands import command_id_of, error_reply
 from parley.session.errors import error_for
 from parley.session.queue import Policy
 from parley.session.reasons import ReasonCode
@@ -118,6 +122,8 @@ class ClusterNode:
         self.node_id = settings.node_id or default_node_id()
         self.leases_table = LeaseTable(store.engine, self.node_id, settings.lease_ttl_s)
         self.leases: dict[str, Lease] = {}
+        # Of each lease held, until when it surely holds (``LeaseTable.known_until``).
+        self.held_until: dict[str, float] = {}
         self.running: set[str] = set()  # held, loaded and its runner started
         self.applied: dict[str, int] = {}  # replica rooms: last update id applied
         self.live_elsewhere: set[str] = set()
@@ -218,6 +224,7 @@ class ClusterNode:
         self.runners.pop(session_id, None)
         self._room_locks.pop(session_id, None)
         self.live_elsewhere.discard(session_id)
+        self.held_until.pop(session_id, None)
         lease = self.leases.pop(session_id, None)
         if lease is not None:
             with contextlib.suppress(Exception):
@@ -228,6 +235,7 @@ class ClusterNode:
         if self.leases.get(session_id) != lease:
             return
         del self.leases[session_id]
+        self.held_until.pop(session_id, None)
         self.running.discard(session_id)
         self.metrics.lost.inc()
         log.warning("lease lost", extra={"session_id": session_id, "epoch": lease.epoch})
@@ -250,16 +258,61 @@ class ClusterNode:
             room.fail("this session moved to another node; reconnect", ReasonCode.FAILOVER)
         await self.registry.unload(session_id, CloseCode.TRY_AGAIN, "session moved to another node")
 
+    def renewed(self, leases: list[Lease], asked_at: float) -> None:
+        """``leases`` were renewed by a statement sent at ``asked_at``."""
+        until = self.leases_table.known_until(asked_at)
+        for lease in leases:
+            if self.leases.get(lease.session_id) == lease:
+                held = self.held_until.get(lease.session_id, until)
+                self.held_until[lease.session_id] = max(held, until)
+
+    async def serves(self, room: SessionRoom) -> bool:
+        """Whether this node may answer for the session from its own room as its runner:
+        it runs it and its lease surely holds now (False for a read replica). Raises
+        ``NotHolder`` when it ran it but stalled past its lease and lost it meanwhile."""
+        if room.session_id not in self.running:
+            return False
+        if await self.lease_holds(room):
+            return True
+        raise NotHolder("this node lost the session to another node; try again")
+
+    async def lease_holds(self, room: SessionRoom) -> bool:
+        """True when this node runs the session and its lease surely holds now. Past the
+        lease's local deadline (review: a node frozen past its lease answered, when it
+        woke, what had waited meanwhile from its room as it was: a member removed
+        elsewhere read the transcript, a deleted session was served) it is renewed first;
+        renewed, the roles, settings and members are read again, as a replica's are: what
+        other nodes changed meanwhile did not wait for this one. Not renewed, it is lost."""
+        session_id = room.session_id
+        if time.monotonic() < self.held_until.get(session_id, 0.0):
+            return session_id in self.running
+        async with self._lock(session_id):
+            lease = self.leases.get(session_id)
+            if lease is None or session_id not in self.running:
+                return False
+            if time.monotonic() < self.held_until.get(session_id, 0.0):
+                return True  # renewed while this waited
+            asked_at = time.monotonic()
+            if session_id not in await self.leases_table.renew([lease]):
+                self.lost(session_id, lease)
+                return False
+            await self.registry.load_access()
+            await room.reload_settings()
+            self.renewed([lease], asked_at)
+        return session_id in self.running
+
     def _lock(self, session_id: str) -> asyncio.Lock:
         return self._room_locks.setdefault(session_id, asyncio.Lock())
 
     async def _take(self, room: SessionRoom, title: str, policy: Policy) -> bool:
         """Try to become the session's runner (under the room's cluster lock)."""
         session_id = room.session_id
+        asked_at = time.monotonic()
         lease = await self.leases_table.try_acquire(session_id)
         if lease is None:
             return False
         self.leases[session_id] = lease
+        self.held_until[session_id] = self.leases_table.known_until(asked_at)
         applied = self.applied.pop(session_id, None)
         self._settings_seen.pop(session_id, None)
         try:
@@ -272,6 +325,7 @@ class ClusterNode:
             await room.load(title, policy)
         except BaseException:
             self.leases.pop(session_id, None)
+            self.held_until.pop(session_id, None)
             if applied is not None:
                 self.applied[session_id] = applied  # still a replica: keep following
             with contextlib.suppress(Exception):
@@ -303,15 +357,22 @@ class ClusterNode:
     async def command(self, room: SessionRoom, user_id: str, frame: str) -> str:
         """Run a member's command (from a socket or an HTTP call) here if this node runs
         the session, else forward it."""
-        if await self.runs_here(room):
+        try:
+            here = await self.runs_here(room)
+        except NotHolder as exc:
+            return error_reply(command_id_of(frame), exc)
+        if here:
             return await handle_frame(room, user_id, frame)
         return await self.relay.forward(room, user_id, frame)
 
     async def runs_here(self, room: SessionRoom) -> bool:
-        """True when this node runs the session: it does, or nobody does and it takes it
-        now (a failure to take it is logged: the caller forwards, or refuses)."""
+        """True when this node runs the session: it does (``serves``: ``NotHolder`` if it
+        stalled and lost it), or nobody does and it takes it now (a failure to take it is
+        logged: the caller forwards, or refuses)."""
         session_id = room.session_id
-        if session_id not in self.running and session_id not in self.live_elsewhere:
+        if await self.serves(room):
+            return True
+        if session_id not in self.live_elsewhere:
             try:
                 await self.promote(room)
             except Exception as exc:  # the database, say: forwarding reports it
@@ -343,8 +404,10 @@ class ClusterNode:
     async def follow(self, room: SessionRoom, *, kept: bool = False) -> None:
         """Bring a read replica up to what is committed (the document's tail, the roles and
         tools, the settings and members; with ``kept`` also the restricted text and the
-        summaries), so a REST call here is judged and answered as one there would be."""
-        if room.session_id in self.running:
+        summaries), so a REST call here is judged and answered as one there would be. On
+        the node that runs it: nothing to catch up (``serves``: ``NotHolder`` if it stalled
+        and lost it)."""
+        if await self.serves(room):
             return
         await self._catch_up(room)
         await self.registry.current_access()
@@ -407,10 +470,6 @@ class ClusterNode:
         ``not_found`` as the deleting node did)."""
         if self.registry.loaded(session_id) is not None:
             self.spawn(self.registry.forget_session(session_id))
-
-    def runs(self, session_id: str) -> bool:
-        """Whether this node runs ``session_id`` now."""
-        return session_id in self.running
 
     def _on_settings(self, session_id: str) -> None:
         """A node changed a session's settings or members (``settings_changed``): a read

@@ -118,7 +118,7 @@ class CommandRelay:
         """Run the open forwarded commands of a session run here, in id order."""
         for _ in range(MAX_TAIL_PAGES):
             room = self.node.registry.loaded(session_id)
-            if room is None or session_id not in self.node.running:
+            if room is None or not await self.node.lease_holds(room):
                 return
             open_commands = await self.table.open_commands(session_id, COMMAND_BATCH)
             if not open_commands:

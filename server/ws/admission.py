@@ -130,7 +130,10 @@ async def admit(websocket: WebSocket, state: AppState) -> Admitted | None:
             # added there refused 4403 for good). The members alone: catching the whole
             # room up cost six reads an upgrade, and woke every event stream of the room.
             room = await state.rooms.get(session_id)
-            if state.rooms.cluster is not None and not state.rooms.cluster.runs(session_id):
+            # The node running it judges by its room, while its lease surely holds
+            # (``serves``; review: one woken past its lease admitted a member removed
+            # meanwhile, and synced them the document).
+            if state.rooms.cluster is not None and not await state.rooms.cluster.serves(room):
                 await room.membership.refresh()
             # Past a budget the upgrade is refused (429, ``Retry-After``): every stock
             # client backs off, where a socket accepted then closed would bring it back.

@@ -17,6 +17,7 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
+import websockets
 from pycrdt import Array, Map
 
 from tests.conftest import ADMIN_KEY
@@ -213,6 +214,67 @@ async def test_a_paused_holder_is_fenced_when_it_wakes(tmp_path: Path) -> None:
         check_one_story([watcher.entries(), again.entries()], prompt_ids)
         for client in (first, on_paused, watcher, again):
             await client.close()
+
+
+async def test_a_woken_holder_answers_nothing_from_before_its_pause(tmp_path: Path) -> None:
+    """Review H1: what reached the running node while it stalled past its lease was
+    answered, once it woke, from its room as it was before: a member removed meanwhile
+    through another node read the transcript with their revoked token, another's socket
+    was admitted and synced the document, a session deleted meanwhile was still served."""
+    async with cluster(tmp_path, 2, PARLEY_LEASE_TTL_S="1.5", PARLEY_SUMMARIES="false") as nodes:
+        sid = await nodes.new_session({"a": "owner", "c": "editor", "d": "editor"})
+        gone = await nodes.new_session({"a": "owner", "c": "editor"})
+        for session in (sid, gone):
+            posted = await nodes.http.post(
+                f"/api/v1/sessions/{session}/messages",
+                json={"id": "m1", "text": "said before the pause", "as_user": "a"},
+            )
+            assert posted.status_code == 202, posted.text
+        paused, other = await nodes.running_and_other(sid)
+        # Both run on the same node: the second is loaded where the first runs.
+        await nodes.http.get(f"{paused.base_url}/api/v1/sessions/{gone}/transcript")
+        assert (await nodes.wait_holder(gone))[0] == paused.env["PARLEY_NODE_ID"]
+        tokens = {
+            (session, user): await nodes.token(paused, session, user)
+            for session, user in ((sid, "c"), (sid, "d"), (gone, "c"))
+        }
+
+        def read(session: str, user: str) -> Any:
+            return nodes.http.get(
+                f"{paused.base_url}/api/v1/sessions/{session}/transcript",
+                headers={"Authorization": f"Bearer {tokens[session, user]}"},
+            )
+
+        assert (await read(sid, "c")).status_code == 200
+        assert paused.process is not None
+        os.kill(paused.process.pid, signal.SIGSTOP)
+        try:
+            for user in ("c", "d"):
+                removed = await nodes.http.delete(
+                    f"{other.base_url}/api/v1/sessions/{sid}/members/{user}"
+                )
+                assert removed.status_code == 204, removed.text
+            deleted = await nodes.http.delete(f"{other.base_url}/api/v1/sessions/{gone}")
+            assert deleted.status_code == 204, deleted.text
+            queued = [asyncio.create_task(read(sid, "c")), asyncio.create_task(read(gone, "c"))]
+            opening = asyncio.create_task(
+                YClient.connect(paused.ws_url, sid, tokens[sid, "d"], commands="text")
+            )
+            await asyncio.sleep(0.5)  # so they wait at the paused node's door
+        finally:
+            os.kill(paused.process.pid, signal.SIGCONT)
+        for answer in await asyncio.gather(*queued):
+            # Refused as the other node refuses them, or told to try again.
+            assert answer.status_code in {401, 403, 404, 503}, answer.text
+            assert "said before the pause" not in answer.text
+            assert answer.status_code != 503 or "retry-after" in answer.headers
+        try:
+            socket = await asyncio.wait_for(opening, 20)
+        except websockets.InvalidStatus as refused:  # told to try again (503)
+            assert refused.response.status_code == 503
+        else:
+            assert await socket.wait_closed(timeout=20) in {4401, 4403}
+            assert not socket.synced.is_set() and socket.entries() == []
 
 
 async def test_membership_changes_and_deletion_reach_every_node(tmp_path: Path) -> None:
