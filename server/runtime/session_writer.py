@@ -34,6 +34,7 @@ from parley.server.store.counters import SequenceMoved
 from parley.server.store.effect_writes import write_effects
 from parley.server.store.port import SessionStore
 from parley.server.store.rows import UsageRow
+from parley.server.store.usage import usage_rows
 from parley.session.core import (
     AppendText,
     BeginRun,
@@ -47,11 +48,14 @@ from parley.session.core import (
     WaitingPrompt,
     handle,
 )
+from parley.session.core.runs import cut_off_runs
 from parley.session.lifecycle import PromptStatus
+from parley.session.model import Usage
 from parley.session.queue import OrderingQueue, Policy
 from parley.session.reasons import ReasonCode
 from parley.session.recent_acks import kept_as_ack, stored_fingerprint
 from parley.session.schema import QueuedItem, SessionDocument
+from parley.session.tokens import count_tokens
 
 log = logging.getLogger("parley.room")
 
@@ -127,8 +131,36 @@ class SessionWriter:
         assert effects.queue is not None
         self.queue = effects.queue
         if effects.finish or effects.thread_settle:
-            # The process died mid-reply: never re-run it (twice), mark it.
-            await self.step(recovered, recovered.now_ms)
+            # The process died mid-reply: never re-run it (twice), mark it; its model call
+            # counts, once (stored with the marking).
+            usage = self._cut_off_usage(effects, recovered.now_ms)
+            await self.step(recovered, recovered.now_ms, usage=usage)
+
+    def _cut_off_usage(self, effects: Effects, now_ms: int) -> list[UsageRow]:
+        """What the runs a crash cut off after they began to stream are taken to have used,
+        their node having stored nothing of it (review: a call cut off by SIGKILL was never
+        counted against the quotas): the request in, as their context is built again now
+        (what every member may read, without the tools' definitions; a run's earlier tool
+        steps are not in it), and what they streamed out, as stored. Estimated rows: the
+        count the node that ran them stored, should it have, comes first."""
+        view = self.view()
+        rows: list[UsageRow] = []
+        for finish in effects.finish:
+            for reply_id, prompt_ids in cut_off_runs(view, finish.prompt_ids).items():
+                if reply_id is None or not view.doc.has_entry(reply_id):
+                    continue
+                kept = self.context.private.get(reply_id)
+                text = view.doc.entry(reply_id).content if kept is None else kept.text
+                if not text:
+                    continue  # cut off before its first token: not counted
+                built = self.context.build(prompt_ids)
+                used = Usage(built.tokens, count_tokens(text))
+                issuers = [view.doc.entry(p).author for p in prompt_ids]
+                model = built.request.model or ""  # (the build names the model)
+                rows += usage_rows(
+                    self.session_id, issuers, model, reply_id, used, now_ms / 1000, estimated=True
+                )
+        return rows
 
     async def execute(self, event: CommandEvent) -> Effects:
         """Carry out a member's command (see ``step``)."""

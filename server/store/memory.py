@@ -257,7 +257,7 @@ class MemoryStore:
     async def record_usage(self, rows: Sequence[UsageRow]) -> None:
         if rows:
             async with self.transaction() as tx:
-                await tx.insert_usage(rows)
+                await tx.replace_usage(rows)
 
     async def usage_by_user(
         self, session_id: str, day: str, user_id: str | None = None

@@ -299,8 +299,18 @@ class MemoryTx:
         return used
 
     async def insert_usage(self, rows: Sequence[UsageRow]) -> None:
+        counted = {
+            (r.session_id, u.reply_id) for r in rows for u in self.session(r.session_id).usage
+        }
         for row in rows:
-            self.session(row.session_id).usage.append(row)
+            if not row.estimated or (row.session_id, row.reply_id) not in counted:
+                self.session(row.session_id).usage.append(row)
+
+    async def replace_usage(self, rows: Sequence[UsageRow]) -> None:
+        for row in rows:
+            usage = self.session(row.session_id).usage
+            usage[:] = [u for u in usage if u.reply_id != row.reply_id]
+        await self.insert_usage(rows)
 
     async def insert_thread(self, session_id: str, thread: SideThread) -> None:
         threads = self.session(session_id).threads

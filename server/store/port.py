@@ -140,7 +140,13 @@ class SessionTx(Protocol):
         ...
 
     async def insert_usage(self, rows: Sequence[UsageRow]) -> None:
-        """Model calls' usage (a run's, stored with its finish)."""
+        """Model calls' usage (a run's, stored with its finish); an estimated reply's only
+        if it has no usage yet."""
+        ...
+
+    async def replace_usage(self, rows: Sequence[UsageRow]) -> None:
+        """Model calls' usage counted by the node that made them, in place of what a
+        recovery estimated for their replies."""
         ...
 
     # Side-threads (``session.core.threads``): rows beside the session, never in its document.
@@ -311,7 +317,9 @@ class SessionStore(Transactional, Protocol):
         summary it extends covers (``session.summary.chained``), as it was made."""
         ...
 
-    async def record_usage(self, rows: Sequence[UsageRow]) -> None: ...
+    async def record_usage(self, rows: Sequence[UsageRow]) -> None:
+        """Usage stored on its own (not with a run's finish): in place of an estimate."""
+        ...
 
     async def usage_by_user(
         self, session_id: str, day: str, user_id: str | None = None

@@ -9,7 +9,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, bindparam, func, insert, select
+from sqlalchemy import and_, bindparam, delete, func, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from parley.authz.policy import Decision
@@ -216,7 +216,8 @@ def entry_row(row: Any) -> EntryRow:
 
 @dataclass(frozen=True, slots=True)
 class UsageRow:
-    """One issuer's share of one model call."""
+    """One issuer's share of one model call (``estimated``: of a run cut off by a crash, as
+    its recovery estimates it; stored only if its reply has no usage yet)."""
 
     session_id: str
     user_id: str
@@ -226,6 +227,7 @@ class UsageRow:
     input_tokens: int
     output_tokens: int
     created_at: int
+    estimated: bool = False
 
 
 # Built once: every run reads the quotas and writes its usage (see ``command_statements``).
@@ -234,6 +236,11 @@ _QUOTAS = select(quotas).where(quotas.c.session_id == bindparam("session"))
 
 
 async def insert_usage_rows(connection: AsyncConnection, rows: Sequence[UsageRow]) -> None:
+    """Insert ``rows``; an estimated reply's only if it has no usage stored yet (its run's
+    node stored what it counted before it lost it, or an earlier recovery its estimate)."""
+    if any(r.estimated for r in rows):
+        counted = await _counted(connection, rows)
+        rows = [r for r in rows if not r.estimated or r.reply_id not in counted]
     if rows:
         await connection.execute(
             _INSERT_USAGE,
@@ -250,6 +257,47 @@ async def insert_usage_rows(connection: AsyncConnection, rows: Sequence[UsageRow
                 }
                 for r in rows
             ],
+        )
+
+
+async def replace_usage_rows(connection: AsyncConnection, rows: Sequence[UsageRow]) -> None:
+    """Insert ``rows``, counted by the node that made the calls, in place of what a recovery
+    estimated for their replies (a node that lost a session mid-run and woke after another
+    node recovered it)."""
+    replies = sorted({r.reply_id for r in rows})
+    for reply_id in replies:
+        await _lock_usage_of(connection, reply_id)
+    if replies:
+        session_id = rows[0].session_id
+        await connection.execute(
+            delete(model_usage).where(
+                model_usage.c.session_id == session_id, model_usage.c.reply_id.in_(replies)
+            )
+        )
+    await insert_usage_rows(connection, rows)
+
+
+async def _counted(connection: AsyncConnection, rows: Sequence[UsageRow]) -> set[str]:
+    """Which of the estimated ``rows``' replies have usage stored (locked first, so that a
+    node storing its count of one waits for this transaction, or this for it)."""
+    replies = sorted({r.reply_id for r in rows if r.estimated})
+    for reply_id in replies:
+        await _lock_usage_of(connection, reply_id)
+    found = await connection.execute(
+        select(model_usage.c.reply_id).where(
+            model_usage.c.session_id == rows[0].session_id, model_usage.c.reply_id.in_(replies)
+        )
+    )
+    return {str(reply_id) for (reply_id,) in found}
+
+
+async def _lock_usage_of(connection: AsyncConnection, reply_id: str) -> None:
+    """PostgreSQL: be the one transaction storing ``reply_id``'s usage until this one ends
+    (SQLite has one writer at a time)."""
+    if connection.dialect.name == "postgresql":
+        await connection.execute(
+            text("SELECT pg_advisory_xact_lock(hashtext('parley_usage'), hashtext(:r))"),
+            {"r": reply_id},
         )
 
 

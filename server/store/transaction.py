@@ -27,6 +27,7 @@ from parley.server.store.rows import (
     UsageRow,
     insert_usage_rows,
     quota_limits,
+    replace_usage_rows,
     usage_totals,
 )
 from parley.server.store.tables import doc_snapshots, doc_updates, sessions
@@ -461,6 +462,9 @@ class StoreTx:
 
     async def insert_usage(self, rows: Sequence[UsageRow]) -> None:
         await insert_usage_rows(self.connection, rows)
+
+    async def replace_usage(self, rows: Sequence[UsageRow]) -> None:
+        await replace_usage_rows(self.connection, rows)
 
     async def insert_audit(
         self, session_id: str, at: int, kind: str, actor: str, data: dict[str, Any]

@@ -37,7 +37,7 @@ class UsageTables(Database):
     async def record_usage(self, rows: Sequence[UsageRow]) -> None:
         if rows:
             async with self.transaction() as tx:
-                await tx.insert_usage(rows)
+                await tx.replace_usage(rows)
 
     async def usage_by_user(
         self, session_id: str, day: str, user_id: str | None = None
@@ -65,6 +65,33 @@ class UsageTables(Database):
             )
 
 
+def usage_rows(
+    session_id: str,
+    issuers: Sequence[str],
+    model: str,
+    reply_id: str,
+    usage: Usage,
+    now: float,
+    *,
+    estimated: bool = False,
+) -> list[UsageRow]:
+    """One call's usage at ``now`` (seconds), one row per issuer with their share."""
+    return [
+        UsageRow(
+            session_id,
+            user_id,
+            day_of(now),
+            model,
+            reply_id,
+            share.input_tokens,
+            share.output_tokens,
+            int(now * 1000),
+            estimated,
+        )
+        for user_id, share in shares(usage, issuers)
+    ]
+
+
 class UsageLedger:
     def __init__(self, store: SessionStore, clock: Callable[[], float]) -> None:
         self.store = store
@@ -90,20 +117,7 @@ class UsageLedger:
     ) -> list[UsageRow]:
         """One call's usage, one row per issuer with their share (to store with the run's
         finish)."""
-        now = self.clock()
-        return [
-            UsageRow(
-                session_id,
-                user_id,
-                day_of(now),
-                model,
-                reply_id,
-                share.input_tokens,
-                share.output_tokens,
-                int(now * 1000),
-            )
-            for user_id, share in shares(usage, issuers)
-        ]
+        return usage_rows(session_id, issuers, model, reply_id, usage, self.clock())
 
     async def admit(
         self, session_id: str, issuers: Sequence[str], limits: Quotas | None = None

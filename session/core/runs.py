@@ -11,7 +11,7 @@ are cut off.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -416,13 +416,9 @@ def recovered(view: SessionView, event: Recovered) -> Effects:
     settle = cut_off_threads(view.threads, ending)
     if not cut_off:
         return Effects(queue=queue, thread_settle=settle)
-    runs: dict[str | None, list[str]] = {}  # by reply (several prompts: a coalesced run)
-    for prompt_id in cut_off:
-        reply_id = view.doc.entry(prompt_id).reply_id if view.doc.has_entry(prompt_id) else None
-        runs.setdefault(reply_id, []).append(prompt_id)
     ended: tuple[EndToolStep, ...] = ()
     audit: tuple[AuditRecord, ...] = ()
-    for reply_id, prompt_ids in runs.items():
+    for reply_id, prompt_ids in cut_off_runs(view, cut_off).items():
         if reply_id is not None:
             ended += _cut_short_steps(view, reply_id, ending)
             audit += cut_off_audit(view, prompt_ids, reply_id, ending)
@@ -433,6 +429,16 @@ def recovered(view: SessionView, event: Recovered) -> Effects:
         end_steps=ended,
         audit=audit,
     )
+
+
+def cut_off_runs(view: SessionView, prompt_ids: Sequence[str]) -> dict[str | None, list[str]]:
+    """Prompts cut off by a crash, by the reply of their run (several prompts: a coalesced
+    run; None: a run that had no reply yet)."""
+    runs: dict[str | None, list[str]] = {}
+    for prompt_id in prompt_ids:
+        reply_id = view.doc.entry(prompt_id).reply_id if view.doc.has_entry(prompt_id) else None
+        runs.setdefault(reply_id, []).append(prompt_id)
+    return runs
 
 
 def cut_off_audit(

@@ -106,6 +106,42 @@ async def test_sigkill_mid_reply_then_restart(
             await client.close()
 
 
+async def test_a_call_cut_off_by_a_crash_is_counted_once(
+    database_url: str, tmp_path: Path, server_processes: list[ServerProcess]
+) -> None:
+    """Review H2: a model call cut off by SIGKILL after it began to stream cost its
+    issuer nothing (no usage row, the quotas blind to it). The restart that marks it counts
+    it, as an estimate (its request in as its context is rebuilt, what it streamed out as
+    stored), and once: a second restart counts it no more."""
+    node = ServerProcess(
+        database_url, tmp_path / "data", free_port(), PARLEY_OFFLINE_TOKEN_DELAY_MS="40"
+    )
+    server_processes.append(node)
+    await node.start()
+    async with await admin(node.base_url) as http:
+        sid = await setup_session(http, {"alice": "editor"})
+        alice = await YClient.connect(node.ws_url, sid, await token(http, sid, "alice"))
+        await alice.command({"type": "prompt", "id": "a1", "text": "tell me a long story"})
+        await alice.wait_until(streaming_reply)
+        node.kill()
+        await alice.wait_closed()
+
+        await node.start()
+        # Read once the session is loaded again (and its cut-off run marked).
+        messages = (await http.get(f"/api/v1/sessions/{sid}/transcript")).json()["messages"]
+        cut = next(e for e in messages if e["kind"] == "reply")
+        assert cut["status"] == "interrupted" and len(str(cut["content"])) > 10
+        usage = (await http.get(f"/api/v1/sessions/{sid}/usage")).json()
+        [counted] = usage["users"]
+        assert counted["user_id"] == "alice" and counted["calls"] == 1
+        assert counted["input_tokens"] > 0 and counted["output_tokens"] > 0
+
+        node.kill()
+        await node.start()
+        assert (await http.get(f"/api/v1/sessions/{sid}/transcript")).status_code == 200
+        assert (await http.get(f"/api/v1/sessions/{sid}/usage")).json() == usage
+
+
 async def test_snapshots_preserve_content_across_restart(
     database_url: str, tmp_path: Path, server_processes: list[ServerProcess]
 ) -> None:

@@ -429,6 +429,36 @@ async def test_private_items_audit_and_usage(store: Any) -> None:
         assert await tx.tokens_used("a", "1970-01-01") == {}
 
 
+async def test_a_cut_off_runs_estimated_usage_is_counted_once(store: Any) -> None:
+    """Review H2: a recovery's estimate of a cut-off run is stored once (a second recovery's
+    is not), and the count of the node that ran it, stored later, takes its place."""
+    from parley.server.store.usage import usage_rows
+    from parley.session.model import Usage
+
+    await store.create_session("a", "t", "queue", 0)
+    ledger = UsageLedger(store, lambda: 86_400.0)
+
+    def estimate(tokens_in: int) -> list[Any]:
+        used = Usage(tokens_in, 10)
+        return usage_rows("a", ["ann", "bob"], "m", "r1", used, 86_400.0, estimated=True)
+
+    for tokens_in in (40, 50):  # two recoveries
+        async with store.transaction() as tx:
+            await tx.insert_usage(estimate(tokens_in))
+    used = await ledger.by_user("a", ledger.today())
+    assert [(u.user_id, u.input_tokens, u.output_tokens, u.calls) for u in used] == [
+        ("ann", 20, 5, 1), ("bob", 20, 5, 1),
+    ]  # fmt: skip
+    await store.record_usage(ledger.rows("a", ["ann", "bob"], "m", "r1", Usage(60, 20)))
+    used = await ledger.by_user("a", ledger.today())
+    assert [(u.user_id, u.input_tokens, u.output_tokens, u.calls) for u in used] == [
+        ("ann", 30, 10, 1), ("bob", 30, 10, 1),
+    ]  # fmt: skip
+    async with store.transaction() as tx:  # a recovery after it: counted already
+        await tx.insert_usage(estimate(40))
+    assert await ledger.by_user("a", ledger.today()) == used
+
+
 async def test_side_threads_and_their_turns(store: Any) -> None:
     await store.create_session("a", "t", "queue", 0)
     await store.create_session("b", "t", "queue", 0)
