@@ -49,7 +49,7 @@ from parley.server.store.port import SessionTx
 from parley.server.store.sessions import CHANNEL_DELETED, Store, StoreTx
 from parley.session.closes import CloseCode
 from parley.session.commands import command_id_of, error_reply
-from parley.session.errors import error_for
+from parley.session.errors import Unavailable, error_for
 from parley.session.queue import Policy
 from parley.session.reasons import ReasonCode
 
@@ -359,7 +359,7 @@ class ClusterNode:
         the session, else forward it."""
         try:
             here = await self.runs_here(room)
-        except NotHolder as exc:
+        except Unavailable as exc:  # lost while it stalled, or its lease not renewed now
             return error_reply(command_id_of(frame), exc)
         if here:
             return await handle_frame(room, user_id, frame)
