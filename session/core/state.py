@@ -165,23 +165,30 @@ def require_context_room(
     limit = view.limits.max_fixed_tokens
     if limit is None:
         return
-    after = _fixed_tokens(view, facts, pins)
+    after, hidden = _fixed_tokens(view, facts, pins)
     if after <= limit:
         return
-    before = _fixed_tokens(view, view.doc.facts_with_authors(), view.doc.pinned())
+    before, _ = _fixed_tokens(view, view.doc.facts_with_authors(), view.doc.pinned())
     if after <= before:
         return
+    # A count that holds text some members may not read is not told: it would give them
+    # its size to the token (review A2-1: a restricted reply pinned, then a fact set).
+    take = "take more tokens than" if hidden else f"take {after} tokens;"
     raise TooLarge(
         f"{what} would make the pinned messages and facts, which every model input carries, "
-        f"take {after} tokens; the session's model leaves them {limit} (a share of its "
+        f"{take} the session's model leaves them {limit} (a share of its "
         "window, so that prompts still fit): unpin a message or remove a fact first"
     )
 
 
-def _fixed_tokens(view: SessionView, facts: Mapping[str, Fact], pins: Sequence[str]) -> int:
+def _fixed_tokens(
+    view: SessionView, facts: Mapping[str, Fact], pins: Sequence[str]
+) -> tuple[int, bool]:
     """``fixed_tokens`` with each pin as its largest form: its shared copy or the text kept
-    server-side, which a run whose issuers may read it is given."""
+    server-side, which a run whose issuers may read it is given; and whether a text kept
+    server-side counted."""
     costs = []
+    hidden = False
     for pin_id in pins:
         if not view.doc.has_entry(pin_id):
             continue  # nothing a build could give
@@ -189,9 +196,10 @@ def _fixed_tokens(view: SessionView, facts: Mapping[str, Fact], pins: Sequence[s
         cost = pin_tokens(entry)
         full = view.server_text(pin_id)
         if full is not None:
+            hidden = True
             cost = max(cost, pin_tokens(replace(entry, content=full)))
         costs.append(cost)
-    return fixed_tokens(facts, costs)
+    return fixed_tokens(facts, costs), hidden
 
 
 def new_entry(

@@ -509,7 +509,14 @@ def test_a_pin_is_measured_by_the_text_kept_behind_its_placeholder() -> None:
     short = session.prompt("eddie", "see the tool's details")
     session.server_texts[short] = CLAUSES * 2
     session.max_fixed_tokens = fixed_tokens({}, [_pin_cost(session, short)]) + 50
-    assert refusal_of(session.send("eddie", PinCommand("c", short, True))) is TooLarge
+    refused = session.send("eddie", PinCommand("c", short, True))
+    assert refusal_of(refused) is TooLarge and refused.error is not None
+    # Review A2-1: the count of a text some members may not read is not told (a member
+    # who pinned a reply they may not read learnt its size to the token).
+    counted = str(
+        fixed_tokens({}, [pin_tokens(replace(session.doc.entry(short), content=CLAUSES * 2))])
+    )
+    assert counted not in refused.error.message and "more tokens than" in refused.error.message
 
 
 def test_past_the_share_a_change_that_does_not_grow_it_stays_possible() -> None:
