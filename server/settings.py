@@ -229,6 +229,11 @@ class Settings(BaseSettings):
     # server spends encoding and holding them. An answer larger than the burst takes it all.
     read_bytes_per_s: float = Field(default=4 * 1024 * 1024, ge=0)
     read_burst_bytes: int = Field(default=16 * 1024 * 1024, ge=1)
+    # What the context previews of one session (all its members together, on each node)
+    # may make: the bytes of the answers encoded and 1 KiB per history entry of each build.
+    # About 30 ms of CPU per 320 KB encoded, so 1 MiB/s is about a tenth of a core.
+    preview_work_bytes_per_s: float = Field(default=1024 * 1024, gt=0)
+    preview_work_burst_bytes: int = Field(default=2 * 1024 * 1024, ge=1)
     awareness_bytes_per_s: float = Field(default=32 * 1024, ge=0)
     awareness_burst_bytes: int = Field(default=256 * 1024, ge=0)
     awareness_flush_ms: float = Field(

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from parley.authz.policy import Restriction
 from parley.authz.scope import ContextSeen, RunScope, seen_in_context
@@ -32,6 +32,15 @@ from parley.session.summary import Summary, SummaryPlan, plan_extension
 NOT_SHARED = "not every member may read it"
 FOLD_STEP = 64  # history entries folded ahead per pass of the event loop
 MAX_KEPT_PREVIEWS = 16  # previews kept of one state of the session (one a scope asked)
+
+
+@dataclass(slots=True)
+class KeptPreview:
+    """A preview's build of one state of the session, with its answers already encoded,
+    by the user it was asked for (the only field of an answer not of the build)."""
+
+    build: BuiltContext
+    answers: dict[str, bytes] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +84,7 @@ class SessionContext:
         self._revision = 0  # counts the changes of ``private`` and ``summaries``
         # The previews built of one state of what a build reads (``preview``).
         self._kept_state: tuple[object, ...] = ()
-        self._kept: list[tuple[tuple[str, ...], RunScope, BuiltContext]] = []
+        self._kept: list[tuple[tuple[str, ...], RunScope, KeptPreview]] = []
         self._builder = ContextBuilder(self.settings_now())
         # Side-threads fold apart, so they never push the session's own folds out.
         self._thread_builder = self._new_threads_builder(self.settings_now())
@@ -225,26 +234,33 @@ class SessionContext:
         self.metrics.context_build.observe(time.perf_counter() - started)
         return built
 
-    def preview(
+    def kept_preview(
         self, prompt_ids: Sequence[str], scope: RunScope, grants: object
-    ) -> tuple[BuiltContext, bool]:
-        """``build`` for a preview, kept while nothing it reads changes: the document, the
-        server-side text and summaries, the model, and the members' grants (``grants``,
-        equal while they stay). A page asks again at every change it sees, each member for
-        their own scope: a preview asked again of the same state is not built again
-        (review: each was built anew, 40-400 ms on a long session, as fast as members
-        asked). Returns the build and whether it was made now."""
+    ) -> KeptPreview | None:
+        """The preview kept of ``prompt_ids`` in ``scope`` while nothing it reads changes:
+        the document, the server-side text and summaries, the model, and the members'
+        grants (``grants``, equal while they stay); None when there is none."""
         doc = self._doc()
         state: tuple[object, ...] = (doc, doc.revision, self._revision, self._model(), grants)
         if state != self._kept_state:
             self._kept_state, self._kept = state, []
         asked = tuple(prompt_ids)
-        for ids, kept_scope, built in self._kept:
+        for ids, kept_scope, kept in self._kept:
             if ids == asked and kept_scope == scope:
-                return built, False
-        built = self.build(asked, scope)
-        self._kept = [*self._kept[-(MAX_KEPT_PREVIEWS - 1) :], (asked, scope, built)]
-        return built, True
+                return kept
+        return None
+
+    def preview(self, prompt_ids: Sequence[str], scope: RunScope, grants: object) -> KeptPreview:
+        """``build`` for a preview, kept (``kept_preview``). A page asks again at every
+        change it sees, each member for their own scope: a preview asked again of the same
+        state is not built again (review: each was built anew, 40-400 ms on a long
+        session, as fast as members asked), and its answers are kept encoded with it."""
+        kept = self.kept_preview(prompt_ids, scope, grants)
+        if kept is None:
+            asked = tuple(prompt_ids)
+            kept = KeptPreview(self.build(asked, scope))
+            self._kept = [*self._kept[-(MAX_KEPT_PREVIEWS - 1) :], (asked, scope, kept)]
+        return kept
 
     def _reading(self, scope: RunScope | None, thread: SideThread | None) -> _Reading:
         """What a build in ``scope`` (of ``thread``) reads, and the builder and scope key

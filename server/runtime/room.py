@@ -47,7 +47,7 @@ from parley.session.errors import NotFound, RateLimited, Unavailable
 from parley.session.presence import Presence
 from parley.session.queue import OrderingQueue, Policy, QueueLimits
 from parley.session.quota import Quotas
-from parley.session.ratelimit import Budgets, Cost, Spend, TokenBucket
+from parley.session.ratelimit import Budgets, Cost, Rate, Spend, TokenBucket
 from parley.session.reasons import ReasonCode
 from parley.session.recent_acks import RecentAcks
 from parley.session.schema import SessionDocument
@@ -130,6 +130,10 @@ class SessionRoom:
         # Where the client ids that leave this room's sockets are stored (None: not stored).
         self.left_clients = left_clients
         self.budgets = Budgets(member_rates(settings))
+        # The work of every member's context previews together (``spend_preview_work``).
+        self.preview_work = TokenBucket(
+            Rate(settings.preview_work_bytes_per_s, settings.preview_work_burst_bytes), clock()
+        )
         self.recent_acks = RecentAcks()
         self.runs = RunSteps(self)
         self.side_threads = SideThreads(self)
@@ -356,6 +360,20 @@ class SessionRoom:
         not they are there (``TokenBucket.spend``: their next reads wait until paid)."""
         if user_id is not None:
             self.budgets.spend(user_id, self._read_cost(size), self.clock())
+
+    def preview_work_refusal(self) -> RateLimited | None:
+        """Refused while the session's previews owe work (``spend_preview_work``): many
+        members' previews, each within their own read budget, took the event loop
+        together (review B2-2: ten viewers held every client's requests at 0.5-0.8 s)."""
+        now = self.clock()
+        if not self.preview_work.spent(now):
+            return None
+        why = "this session's context previews are over their budget; ask again later"
+        return RateLimited(why, self.preview_work.wait_s(now))
+
+    def spend_preview_work(self, size: int) -> None:
+        """A preview was built or encoded, ``size`` bytes of work: the session pays it."""
+        self.preview_work.spend(self.clock(), size)
 
     def read_wait_s(self, user_id: str, size: int) -> float:
         """Seconds until a member's read of ``size`` bytes would be allowed."""

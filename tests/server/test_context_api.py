@@ -4,6 +4,7 @@ and its route's endpoint, on a room over the real SQLite store."""
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 import pytest
@@ -97,9 +98,9 @@ async def test_the_preview_is_what_the_model_receives(tmp_path: Path) -> None:
             await asked.wait()
         waiting = await s.send("bob", PromptCommand("6", "what happened?"))
 
-        preview = (
-            await b.call(context_api.preview_context, session_id=sid, user_id="bob")
-        ).model_dump()
+        preview = json.loads(
+            (await b.call(context_api.preview_context, session_id=sid, user_id="bob")).body
+        )
         assert preview["prompt_ids"] == [waiting["prompt_id"]]
         contents = [m["content"] for m in preview["messages"]]
         assert "[alice wrote]\nIs prod down?" in contents  # each at their own place
@@ -132,8 +133,10 @@ async def test_the_preview_is_what_the_model_receives(tmp_path: Path) -> None:
         with pytest.raises(Conflict) as nobody:
             await b.call(context_api.preview_context, session_id=sid, user_id="mallory")
         assert nobody.value.http_status == 409
-        history = await b.call(context_api.preview_context, session_id=sid, user_id="alice")
-        assert history.prompt_ids == [] and not any(m.answering for m in history.messages)
+        history = json.loads(
+            (await b.call(context_api.preview_context, session_id=sid, user_id="alice")).body
+        )
+        assert history["prompt_ids"] == [] and not any(m["answering"] for m in history["messages"])
 
 
 async def test_preview_needs_a_user(tmp_path: Path) -> None:
@@ -246,3 +249,67 @@ async def test_a_preview_of_the_same_state_is_built_once(tmp_path: Path) -> None
         await ed.command({"type": "set_fact", "id": "f", "key": "tier", "value": "gold"})
         assert "gold" in str((await preview("vic", **vic))["system"])
         assert builds(server) == before + 4
+
+
+async def test_a_preview_asked_again_of_the_same_state_is_not_encoded_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review B2-2: a kept preview was still serialised on every ask (30 ms of the loop per
+    320 KB answer). Its answer is kept encoded, per user it was asked for."""
+    encoded: list[str] = []
+    encode = context_api.encode_preview
+
+    def counted(preview: context_api.ContextPreview) -> bytes:
+        encoded.append(preview.user_id)
+        return encode(preview)
+
+    monkeypatch.setattr(context_api, "encode_preview", counted)
+    async with serve_in_process(make_settings(sqlite_url(tmp_path), tmp_path / "d")) as server:
+        sid = await server.new_session({"vic": "viewer", "val": "viewer", "ed": "editor"})
+        ed = await server.connect(sid, "ed")
+        await ed.command({"type": "message", "id": "m", "text": "the first note"})
+        url = f"/api/v1/sessions/{sid}/context?user_id="
+        answers = [await server.http.get(url + "vic") for _ in range(4)]
+        assert {a.status_code for a in answers} == {200}
+        assert len({a.content for a in answers}) == 1
+        assert answers[0].json()["user_id"] == "vic"
+        assert encoded == ["vic"]
+        other = await server.http.get(url + "val")  # the same scope, another user's answer
+        assert other.status_code == 200 and other.json()["user_id"] == "val"
+        assert encoded == ["vic", "val"]
+        await ed.command({"type": "message", "id": "n", "text": "a second note"})
+        changed = await server.http.get(url + "vic")
+        assert "a second note" in str(changed.json()["messages"])
+        assert encoded == ["vic", "val", "vic"]
+
+
+async def test_previews_of_one_session_are_bounded_together(tmp_path: Path) -> None:
+    """Review B2-2: each member's previews spent only their own read budget, so ten
+    viewers of one session took the event loop together. What previews build and encode
+    is paid by the session too: past it, a preview that would be made anew is refused
+    ``rate_limited`` with when to come back; an answer kept is still sent."""
+    settings = make_settings(
+        sqlite_url(tmp_path),
+        tmp_path / "d",
+        preview_work_bytes_per_s=1.0,
+        preview_work_burst_bytes=1_000,
+    )
+    async with serve_in_process(settings) as server:
+        sid = await server.new_session({"vic": "viewer", "val": "viewer", "ed": "editor"})
+        ed = await server.connect(sid, "ed")
+        await ed.command({"type": "message", "id": "m", "text": "x" * 2_000})
+        url = f"/api/v1/sessions/{sid}/context?user_id="
+
+        async def preview(user_id: str) -> int:
+            token = await server.token(sid, user_id)
+            headers = {"Authorization": f"Bearer {token}"}
+            answer = await server.http.get(url + user_id, headers=headers)
+            if answer.status_code == 429:
+                assert answer.json()["error"]["code"] == "rate_limited"
+                assert int(answer.headers["Retry-After"]) >= 1
+            return answer.status_code
+
+        assert await preview("vic") == 200
+        assert await preview("val") == 429  # another member: the session's budget is spent
+        assert await preview("vic") == 200  # kept: only sent
+        assert (await server.http.get(url + "val")).status_code == 200  # the admin key

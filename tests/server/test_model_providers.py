@@ -251,8 +251,8 @@ async def test_the_session_model_is_chosen_over_rest(tmp_path: Path) -> None:
         state = parley.state
         sid = await parley.new_session({"alice": "editor"})
         assert (await sessions_api.get_session(state, sid)).model is None
-        preview = await context_api.preview_context(state, sid, "alice", ADMIN)
-        assert preview.budget == 8000 - 500
+        preview = json.loads((await context_api.preview_context(state, sid, "alice", ADMIN)).body)
+        assert preview["budget"] == 8000 - 500
         with pytest.raises(InvalidInput) as unknown:
             await sessions_api.update_session(state, sid, SessionPatch(model="gpt-9"), ADMIN)
         assert unknown.value.code == "invalid" and unknown.value.http_status == 422
@@ -262,8 +262,8 @@ async def test_the_session_model_is_chosen_over_rest(tmp_path: Path) -> None:
         await settled(alice, 1)
         chosen = await sessions_api.update_session(state, sid, SessionPatch(model="claude"), ADMIN)
         assert chosen.model == "claude"
-        preview = await context_api.preview_context(state, sid, "alice", ADMIN)
-        assert preview.budget == 200_000 - 4000
+        preview = json.loads((await context_api.preview_context(state, sid, "alice", ADMIN)).body)
+        assert preview["budget"] == 200_000 - 4000
         await alice.send("alice", PromptCommand("2", "two"))
         entries = await settled(alice, 2)
         back = await sessions_api.update_session(state, sid, SessionPatch(model=None), ADMIN)
