@@ -162,6 +162,18 @@ def unstorable(text: str) -> str | None:
     return None
 
 
+# What a database cannot store in text: NUL (PostgreSQL refuses it) and lone surrogates
+# (no UTF-8 encoding).
+_UNSTORABLE_CHARS = re.compile("[\x00\ud800-\udfff]")
+
+
+def storable(text: str) -> str:
+    """``text`` with each NUL and lone surrogate replaced by U+FFFD, one character for one
+    (offsets into it stay true). For text the server did not take from a member and so
+    cannot refuse: what a model or a tool says, made storable where it enters."""
+    return text if unstorable(text) is None else _UNSTORABLE_CHARS.sub("\ufffd", text)
+
+
 def unstorable_in(data: object, path: str = "") -> tuple[str, str] | None:
     """Where (a dotted path) and why parsed JSON ``data`` holds text a database cannot
     store, at any depth and in keys too; None if all of it can be stored."""

@@ -14,6 +14,8 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from parley.session.commands import storable
+
 WIRE_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 # The tail of a derived name (``wire_name``): an id ending so is derived too.
 DERIVED_TAIL = re.compile(r"-[0-9a-f]{12}\Z")
@@ -120,6 +122,17 @@ class Finish:
 
 
 ModelEvent = TextDelta | ToolCall | Usage | Finish
+
+
+def storable_event(event: ModelEvent) -> ModelEvent:
+    """``event`` with its text as a database can store it (``commands.storable``): the
+    model's words enter the server here, to be stored and shown, and a NUL or a lone
+    surrogate in them (valid JSON escapes) made every later read of the transcript fail."""
+    if isinstance(event, TextDelta):
+        return TextDelta(storable(event.text))
+    if isinstance(event, ToolCall):
+        return ToolCall(storable(event.id), storable(event.name), storable(event.arguments))
+    return event
 
 
 class ModelProvider(Protocol):

@@ -36,7 +36,14 @@ from parley.session.core.runs import (
 from parley.session.errors import Forbidden, ProviderError, QuotaExceeded, Unavailable
 from parley.session.input_budget import InputBudget
 from parley.session.lifecycle import PromptStatus, ToolStepStatus
-from parley.session.model import ModelProvider, ModelRequest, TextDelta, ToolCall, Usage
+from parley.session.model import (
+    ModelProvider,
+    ModelRequest,
+    TextDelta,
+    ToolCall,
+    Usage,
+    storable_event,
+)
 from parley.session.pacing import ReplyPacer
 from parley.session.reasons import Ending, ReasonCode
 from parley.session.tokens import estimated_usage
@@ -381,7 +388,8 @@ class SessionRunner:
         async def read() -> None:
             stream = self.provider.stream(request)
             try:
-                async for event in stream:
+                async for received_event in stream:
+                    event = storable_event(received_event)
                     if isinstance(event, TextDelta) and event.text:
                         received.append(event.text)
                         await deltas.put(event.text)

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from parley.server.runtime.room import SessionRoom
 from parley.server.store.usage import UsageLedger
 from parley.session.errors import ParleyError, QuotaExceeded, Unavailable
-from parley.session.model import ModelProvider, TextDelta, Usage
+from parley.session.model import ModelProvider, TextDelta, Usage, storable_event
 from parley.session.summary import SummaryPlan, extended, summary_request
 from parley.session.tokens import estimated_usage
 
@@ -90,7 +90,8 @@ class Summariser:
         stream = self.provider.stream(request)
         try:
             async with asyncio.timeout(self.timeout_s):
-                async for event in stream:
+                async for received_event in stream:
+                    event = storable_event(received_event)
                     if isinstance(event, TextDelta):
                         parts.append(event.text)
                     elif isinstance(event, Usage):

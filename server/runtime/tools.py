@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import secrets
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from parley.authz.policy import Readers, Restriction, restrict
@@ -35,6 +35,7 @@ from parley.server.runtime.document_search import DocumentSearch
 from parley.server.settings import Settings
 from parley.server.store.access_rows import DocumentRow, ToolRow
 from parley.server.store.port import RuntimeAccess
+from parley.session.commands import storable
 from parley.session.documents import render
 from parley.session.model import ToolSpec
 
@@ -99,12 +100,16 @@ class ToolRunner:
         scope: RunScope,
         webhooks: Sequence[ToolRow],
     ) -> Executed:
+        """The result of tool ``name`` called with ``arguments``, its text as a database can
+        store it (``storable``): a tool's answer is stored and shown, and a NUL or a lone
+        surrogate in it made every later read of the transcript fail."""
         if name == SEARCH_DOCUMENTS.name:
-            return await self._search(session_id, arguments, scope)
-        hook = next((t for t in webhooks if t.name == name), None)
-        if hook is None:
-            return Executed(f"error: tool {name!r} is no longer registered", is_error=True)
-        return await self._webhook(session_id, hook, call_id, arguments, scope)
+            executed = await self._search(session_id, arguments, scope)
+        elif (hook := next((t for t in webhooks if t.name == name), None)) is None:
+            executed = Executed(f"error: tool {name!r} is no longer registered", is_error=True)
+        else:
+            executed = await self._webhook(session_id, hook, call_id, arguments, scope)
+        return replace(executed, content=storable(executed.content))
 
     async def _search(
         self, session_id: str, arguments: dict[str, Any], scope: RunScope
@@ -246,5 +251,6 @@ def _webhook_result(name: str, data: bytes) -> Executed:
         )
     ):
         return _invalid("the tool's 'readers' must list 'users' and 'roles' (strings), no more")
-    readable = Readers(f"tool:{name}", frozenset(readers["users"]), frozenset(readers["roles"]))
+    users, roles = (frozenset(map(storable, readers[k])) for k in ("users", "roles"))
+    readable = Readers(f"tool:{name}", users, roles)
     return Executed(content, restriction=(readable,))

@@ -553,3 +553,37 @@ async def test_a_side_thread_reply_on_a_tool_answer_out_of_its_form_shares_none_
     assert TOOL_SECRET not in json.dumps([e.to_json() for e in s.room.doc.entries()])
     assert TOOL_SECRET not in json.dumps([t.text for t in thread.turns])
     assert "invalid_tool_answer" in thread.turns[1].text
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"row 1: ok\x00row 2: ok",  # plain text with a NUL
+        _answer(content="row 1: ok\u0000row 2: ok"),  # JSON-escaped
+        b'{"content": "row 1: ok\\ud800row 2: ok"}',  # a lone surrogate, escaped
+        _answer(content="row 1: ok", readers={"users": ["alice", "bo\u0000b"], "roles": []}),
+    ],
+    ids=["NUL", "escaped NUL", "lone surrogate", "NUL in readers"],
+)
+async def test_a_tool_answer_a_database_cannot_store_is_stored_with_a_replacement(
+    parley: tuple[Backend, FakeModel], tool_server: ToolServer, answer: bytes
+) -> None:
+    """Review I2-3: a tool's answer holding a NUL was stored as it was, and every later
+    read of the transcript answered 500; a lone surrogate failed the run
+    ``internal_error``. Such characters are replaced by U+FFFD where the answer enters."""
+    b, provider = parley
+    tool_server.verifier = WebhookVerifier(await register(b, "crm", tool_server.url + "/crm"))
+    tool_server.crm_answer = answer
+    sid = await b.new_session({})
+    s = await member(b, sid, "alice", ["tool:crm"])
+    entries = await prompted(s, "alice", "ask crm")
+    statuses = {e["kind"]: e["status"] for e in entries}
+    assert statuses == {"prompt": "done", "tool": "done", "reply": "done"}
+    told = provider.requests_for("alice")[-1].messages[-1]["content"]
+    assert told.startswith("row 1: ok") and "\x00" not in told
+    read = await b.request("GET", f"/api/v1/sessions/{sid}/transcript")
+    assert read.status_code == 200, read.text
+    step = next(e for e in read.json()["messages"] if e["kind"] == "tool")
+    assert "row 1: ok" in step["content"]
+    if b"readers" not in answer:
+        assert "row 1: ok\ufffdrow 2: ok" in step["content"]

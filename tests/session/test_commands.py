@@ -25,6 +25,7 @@ from parley.session.commands import (
     command_id_of,
     error_reply,
     parse_command,
+    storable,
     unstorable_in,
 )
 from parley.session.errors import ErrorCode, Forbidden, InvalidInput, QueueFull
@@ -370,6 +371,12 @@ def test_unstorable_text_is_found_at_any_depth_and_in_keys() -> None:
     for _ in range(50_000):  # deeper than the interpreter's recursion limit
         deep = [deep]
     assert unstorable_in(deep) is not None
+
+
+def test_storable_text_replaces_each_nul_and_lone_surrogate_one_for_one() -> None:
+    assert storable("col1\x00col2 \ud800\udfff é") == "col1\ufffdcol2 \ufffd\ufffd é"
+    text = "fine ✓\n"
+    assert storable(text) is text
 
 
 def test_a_fact_keyed_proto_is_refused_but_one_stored_may_be_deleted() -> None:
