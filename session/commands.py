@@ -21,7 +21,7 @@ from typing import Any
 
 from parley.session.attribution import has_line_break
 from parley.session.errors import InvalidInput, ParleyError, TooLarge, UnknownCommand
-from parley.session.json_constants import reject_constant
+from parley.session.json_constants import finite_float, reject_constant
 from parley.session.json_values import json_values_refusal
 from parley.session.queue import Policy
 from parley.session.thread_commands import THREAD_TYPES, ThreadCommand, parse_thread_command
@@ -132,7 +132,12 @@ def parse_command(frame: str, limits: Limits) -> Command:
     if refusal is not None:  # unparsed: its id if it is the first or last key
         raise CommandError(refusal, command_id_unread(frame))
     try:
-        data = json.loads(frame, parse_constant=reject_constant, object_pairs_hook=unique_object)
+        data = json.loads(
+            frame,
+            parse_constant=reject_constant,
+            parse_float=finite_float,
+            object_pairs_hook=unique_object,
+        )
     except (ValueError, RecursionError):
         raise CommandError(InvalidInput("frame is not valid JSON"), None) from None
     except InvalidInput as exc:  # a key given twice: named by its id as JSON reads it
@@ -334,7 +339,7 @@ def command_id_of(frame: str) -> str | None:
     if json_values_refusal(frame) is not None:
         return command_id_unread(frame)  # not parsed: ``parse_command`` refuses it so
     try:
-        data = json.loads(frame, parse_constant=reject_constant)
+        data = json.loads(frame, parse_constant=reject_constant, parse_float=finite_float)
     except (ValueError, RecursionError):
         return None
     if isinstance(data, dict) and isinstance(data.get("id"), str):

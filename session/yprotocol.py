@@ -22,7 +22,7 @@ from pycrdt import get_update, write_var_uint
 
 from parley.session.closes import CloseCode
 from parley.session.errors import InvalidInput, TooLarge
-from parley.session.json_constants import reject_constant
+from parley.session.json_constants import finite_float, reject_constant
 
 MAX_VARUINT_BYTES = 8
 MAX_SAFE_INTEGER = 2**53 - 1
@@ -195,9 +195,7 @@ def _finite_float(text: str) -> float | int:
     back: a whole one as an int. Relayed as ``1e+20``, a stock client's echo of it came
     back 4.2 times as long, past the echo credit, and the innocent member's own presence
     budget paid the rest until they were cut off (review)."""
-    value = float(text)
-    if value in (float("inf"), float("-inf")):
-        raise ValueError(f"{text} is out of range")
+    value = finite_float(text)
     if value.is_integer() and abs(value) < _JS_FULL_BELOW:
         return int(value)
     return value

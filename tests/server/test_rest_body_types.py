@@ -109,14 +109,15 @@ def _refusal(model: type[BaseModel], raw: bytes) -> tuple[str, tuple[tuple[str, 
     return refused.value.code.value, refused.value.details
 
 
-@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity", "1e400", "-1e400"])
 @pytest.mark.parametrize("model", BODIES, ids=lambda m: m.__name__)
 def test_nan_and_infinity_are_malformed_json_in_every_body(
     model: type[BaseModel], constant: str
 ) -> None:
     """Review I3: they are not JSON (RFC 8259) and the socket refuses the frame, but REST
     parsed them: ``"id": NaN`` was judged a wrong type, and a tool's ``"maximum": Infinity``
-    was stored as ``null``. Anywhere in a body they are refused as malformed JSON is."""
+    was stored as ``null``. Anywhere in a body they are refused as malformed JSON is; so is
+    a number past a double's range, which was read as Infinity (review I2-1)."""
     malformed = _refusal(model, b'{"x": }')
     for raw in (f'{{"x": {constant}}}', f'{{"x": {{"y": [1, {constant}]}}, "z": "NaN"}}'):
         code, details = _refusal(model, raw.encode())

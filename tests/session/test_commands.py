@@ -391,3 +391,13 @@ def test_a_fact_keyed_proto_is_refused_but_one_stored_may_be_deleted() -> None:
         '{"type": "set_fact", "id": "c1", "key": "__proto__", "value": null}', LIMITS
     )
     assert parsed == FactCommand("c1", "__proto__", None)
+
+
+@pytest.mark.parametrize("number", ["NaN", "1e400", "-1e400"])
+def test_a_frame_holding_a_number_not_finite_is_malformed_json(number: str) -> None:
+    """Review I2-1: ``1e400`` was read as Infinity where ``NaN`` and ``Infinity`` are
+    refused as malformed JSON: one answer for both."""
+    frame = f'{{"type": "message", "id": "m1", "text": "x", "n": {number}}}'
+    with pytest.raises(CommandError, match="frame is not valid JSON") as caught:
+        parse_command(frame, Limits())
+    assert caught.value.code == "invalid"
