@@ -140,11 +140,13 @@ def check_added_name(
 ) -> None:
     """A member added (``user_id`` not among ``others``, every member's (user id, display
     name)): ``Conflict`` if their user id, or the name they are given, reads as another
-    member's name here, whoever adds them: the rule holds whichever came first (review:
-    eve took the name "carol", then the real carol was added, and both wrote as "carol")."""
+    member's user id or display name here, whoever adds them: the rule holds whichever
+    came first (review: eve took the name "carol", then the real carol was added, and both
+    wrote as "carol"; review I2-2: ``carol`` and ``Carol``, shown by their user ids, were
+    both added)."""
     if any(other == user_id for other, _ in others):
         return
-    check_name_free(user_id, user_id, [("", shown) for _, shown in others])
+    check_name_free(user_id, user_id, others)
     check_name_free(display_name, user_id, others)
 
 

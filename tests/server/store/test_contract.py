@@ -376,6 +376,31 @@ async def test_display_names_are_kept_unless_named(store: Any) -> None:
     assert [m.display_name for m in await store.list_members("a")] == [""]
 
 
+async def test_a_user_id_added_that_reads_as_another_members_name_is_refused(
+    store: Any,
+) -> None:
+    """Review I2-2: ``carol``, ``Carol`` and ``CAROL`` were all added, though the same
+    names as display names were refused: a member without a display name is shown by
+    their user id, so a user id added is compared, folded, with every member's user id and
+    display name."""
+    await store.create_session("a", "t", "queue", 0)
+
+    async def add(user_id: str, display_name: str | None = None) -> None:
+        member = Member(user_id, "editor")
+        await store.change_member(
+            "a", user_id, member, 1, lambda *_: ALLOW, display_name=display_name, max_members=10
+        )
+
+    await add("carol")
+    await add("eve", "Dave")
+    for user_id in ("Carol", "CAROL", "\uff43arol", "dave", "DAVE"):
+        with pytest.raises(Conflict):
+            await add(user_id)
+    await add("carol", "Carol")  # a member changed keeps their own name
+    await add("carolyn")
+    assert sorted(m.user_id for m in await store.list_members("a")) == ["carol", "carolyn", "eve"]
+
+
 async def test_a_name_stored_before_the_rule_still_conflicts_folded(store: Any) -> None:
     """A name stored with an invisible character (before names were refused them, or by a
     path that does not judge the form) is compared folded: no one else takes it plain."""
