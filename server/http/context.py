@@ -237,13 +237,13 @@ OPERATIONS: list[Operation] = [
         "/api/v1/sessions/{session_id}/pins",
         create_pin,
         "Pin an entry (in every model input; 413 too_large past the pins' and facts' share "
-        "of the window)",
+        "of the window; 409 conflict for a reply or tool step still being written)",
         capability=Capability.READ_SESSION,  # ``pin``: judged by the core
         body=PinCreate,
         response=PinsOut,
         status=201,
         location="/api/v1/sessions/{session_id}/pins/{entry_id}",
-        errors=(404, 429),
+        errors=(404, 409, 429),
         with_caller=True,
     ),
     Operation(

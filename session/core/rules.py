@@ -57,7 +57,7 @@ from parley.session.core.steps import (
     TokenRevoked,
     ToolStepTaken,
 )
-from parley.session.entries import MESSAGE_STATUS, EntryKind
+from parley.session.entries import MESSAGE_STATUS, Entry, EntryKind
 from parley.session.errors import (
     Conflict,
     DuplicateCommand,
@@ -67,7 +67,7 @@ from parley.session.errors import (
     TooLarge,
     Unavailable,
 )
-from parley.session.lifecycle import PromptStatus
+from parley.session.lifecycle import PromptStatus, ReplyStatus, ToolStepStatus
 from parley.session.queue import PendingPrompt
 from parley.session.reasons import Ending, ReasonCode, cancelled_by
 from parley.session.thread_commands import (
@@ -203,6 +203,10 @@ def _pin(view: SessionView, command: PinCommand) -> Effects:
     pinned = entry_id in view.doc.pinned()
     if pinned == command.pinned:
         return done
+    if command.pinned and _being_written(view.doc.entry(entry_id)):
+        # Judged by its text now, it would pass the pins' share once done (review I2-4).
+        seq = view.doc.entry(entry_id).seq
+        raise Conflict(f"message #{seq} is still being written; pin it once it is done")
     if command.pinned and len(view.doc.pins) >= view.limits.max_pins:
         raise TooLarge(f"at most {view.limits.max_pins} pins per session")
     if command.pinned:
@@ -211,6 +215,14 @@ def _pin(view: SessionView, command: PinCommand) -> Effects:
         pins = [*view.doc.pinned(), entry_id]
         require_context_room(view, what, view.doc.facts_with_authors(), pins)
     return Effects(ack=done.ack, change=Pin(entry_id, command.pinned))
+
+
+def _being_written(entry: Entry) -> bool:
+    """Whether ``entry``'s text may still grow: a reply streaming, a tool step running."""
+    return (entry.kind, entry.status) in (
+        (EntryKind.REPLY, ReplyStatus.STREAMING),
+        (EntryKind.TOOL, ToolStepStatus.RUNNING),
+    )
 
 
 def _fact(view: SessionView, event: CommandEvent, command: FactCommand) -> Effects:

@@ -76,6 +76,7 @@ from parley.session.core.runs import (
 from parley.session.entries import EntryKind
 from parley.session.errors import (
     Busy,
+    Conflict,
     Forbidden,
     InvalidInput,
     NotFound,
@@ -308,6 +309,25 @@ def test_pin_and_unpin_an_entry_within_the_limit() -> None:
     assert session.send("eddie", PinCommand("c", first, False)).change == Pin(first, False)
     assert session.doc.pinned() == [second]
     assert refusal_of(session.send("eddie", PinCommand("c", "nope", True))) is NotFound
+
+
+def test_a_reply_still_being_written_is_not_pinned_until_it_is_done() -> None:
+    """Review I2-4: a reply pinned while it ran was judged by its text then (none); once
+    done it passed the pins' share, was left out of every input, and every later pin or
+    fact was refused ``too_large``. It is refused (``conflict``) while it is written."""
+    session = Session()
+    prompt = session.prompt("eddie", "write a lot")
+    session.start_run()
+    reply = session.doc.entry(prompt).reply_id
+    assert reply is not None
+    refused = session.send("eddie", PinCommand("c", reply, True))
+    assert refusal_of(refused) is Conflict and refused.error is not None
+    assert refused.error.code == "conflict" and "being written" in refused.error.message
+    assert session.doc.pinned() == []
+    assert session.send("eddie", PinCommand("c", prompt, True)).error is None  # its text is set
+    session.finish_run()
+    assert session.send("eddie", PinCommand("c", reply, True)).error is None
+    assert session.doc.pinned() == [prompt, reply]
 
 
 def test_facts_are_set_by_their_author_within_the_limit() -> None:
