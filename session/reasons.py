@@ -28,6 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+from parley.session.commands import storable
 from parley.session.lifecycle import PromptStatus, ReplyStatus
 
 
@@ -82,8 +83,12 @@ class Ending:
     reason: str
 
     def __post_init__(self) -> None:
-        if len(self.reason) > MAX_REASON_CHARS:  # the column's width; a provider's text is long
-            object.__setattr__(self, "reason", self.reason[: MAX_REASON_CHARS - 1] + "…")
+        # A provider's text, as it said it: long (the column's width), and it may hold what
+        # no database stores (``storable``).
+        reason = storable(self.reason)
+        if len(reason) > MAX_REASON_CHARS:
+            reason = reason[: MAX_REASON_CHARS - 1] + "…"
+        object.__setattr__(self, "reason", reason)
 
     @property
     def status(self) -> PromptStatus:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import postgres_database, sqlite_url
-from tests.fake_model import Answer, FakeModel, Sent, call
+from tests.fake_model import Answer, FakeModel, Sent, Status, call
 from tests.server.runtime.backend import backend, sql_store
 from tests.server.runtime.harness import memory_settings
 
@@ -53,3 +53,21 @@ async def test_a_reply_holding_a_nul_or_a_lone_surrogate_is_stored_replaced(
         bob = await b.token(sid, "bob")
         context = await b.request("GET", f"/api/v1/sessions/{sid}/context?user_id=bob", token=bob)
         assert context.status_code == 200, context.text
+
+
+async def test_a_model_error_holding_a_nul_is_told_replaced(tmp_path: Path) -> None:
+    """The upstream's error message is the prompt's stored reason: the same holds."""
+    model = FakeModel(lambda sent: Status(400, "bad\u0000request \ud800"))
+    async with (
+        sql_store(sqlite_url(tmp_path)) as store,
+        backend(memory_settings(), store=store, model=model) as b,
+    ):
+        sid = await b.new_session({"alice": "editor"})
+        s = await b.session(sid)
+        asked = await s.prompt("alice", "hello")
+        await s.settled(asked["prompt_id"])
+        read = await b.request("GET", f"/api/v1/sessions/{sid}/transcript")
+        assert read.status_code == 200, read.text
+        [prompt] = [e for e in read.json()["messages"] if e["kind"] == "prompt"]
+        assert prompt["reason_code"] == "provider_error"
+        assert "bad\ufffdrequest \ufffd" in prompt["reason"]
