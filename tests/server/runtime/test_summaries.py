@@ -422,3 +422,20 @@ async def test_an_older_restricted_answer_comes_before_the_shared_summary() -> N
         reply_id = s.room.doc.entry(asked["prompt_id"]).reply_id
         assert reply_id is not None
         assert s.room.context.restriction_of(reply_id) == (readers,)
+
+
+async def test_a_summary_holding_a_nul_is_stored_replaced(tmp_path: Path) -> None:
+    """Review I2-3: what the summariser is answered enters as the model's replies do, a NUL
+    or a lone surrogate replaced by U+FFFD (PostgreSQL stores no NUL in text)."""
+
+    def script(sent: Sent) -> Answer:
+        return ["Summary: col1\u0000col2 \ud800"] if sent.purpose == "summary" else ["noted"]
+
+    members = {"alice": "editor", "bob": "editor"}
+    async with sql_store(sqlite_url(tmp_path)) as store:
+        async with memory_session(members, FakeModel(script), store=store, **SMALL_WINDOW) as s:
+            await chat(s, "bob", 0, 40)
+            await ask(s, "alice", "status?")
+            assert s.room.context.summaries[-1].text == "Summary: col1\ufffdcol2 \ufffd"
+        async with memory_session(members, None, store=store, **SMALL_WINDOW) as s:
+            assert s.room.context.summaries[-1].text == "Summary: col1\ufffdcol2 \ufffd"
