@@ -34,6 +34,7 @@ import contextlib
 import itertools
 import json
 import logging
+import math
 import os
 import random
 from collections import Counter
@@ -224,6 +225,15 @@ def _reject_constant(name: str) -> None:
     raise ValueError(name)
 
 
+def _finite(text: str) -> float:
+    """A JSON number as a float, refused past a double's range (``1e400`` is malformed, as
+    ``Infinity`` is: review I2-1)."""
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(text)
+    return value
+
+
 def readable_id(frame: str) -> str | None:
     """The id a reply must carry: the command's, or ``None`` when it cannot be read; of a
     frame refused unparsed (more JSON values than any command holds), the id found at
@@ -231,7 +241,7 @@ def readable_id(frame: str) -> str | None:
     if json_values_refusal(frame) is not None:
         return command_id_unread(frame)
     try:
-        data = json.loads(frame, parse_constant=_reject_constant)
+        data = json.loads(frame, parse_constant=_reject_constant, parse_float=_finite)
     except (ValueError, RecursionError):
         return None
     ident = data.get("id") if isinstance(data, dict) else None
@@ -598,7 +608,8 @@ def _huge_number(rng: random.Random, drawn: Drawn, memory: Memory) -> JsonResult
     command = _command(rng, memory)
     number = rng.choice(["9" * rng.randrange(4400, 20_000), "1e400", "-1e999", "1" + "0" * 400])
     frame = json.dumps(command)[:-1] + f', "n": {number}}}'
-    return _text(frame, "invalid" if len(number) > 4300 else None)
+    # Past Python's digits for an int, or a float past a double's range: malformed.
+    return _text(frame, "invalid" if len(number) > 4300 or "e" in number else None)
 
 
 def _deep_nesting(rng: random.Random, drawn: Drawn, memory: Memory) -> JsonResult:
