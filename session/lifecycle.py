@@ -17,7 +17,9 @@ Anything not in these tables raises IllegalTransition; terminal states have no e
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from enum import StrEnum
+from typing import TypeVar
 
 from parley.session.errors import Conflict
 
@@ -107,19 +109,25 @@ class IllegalTransition(Conflict):
     """A status change the lifecycle table does not allow."""
 
 
+S = TypeVar("S", PromptStatus, ReplyStatus, ToolStepStatus)
+
+
+def _check(what: str, table: Mapping[S, frozenset[S]], old: S, new: S) -> None:
+    """Raise ``IllegalTransition`` unless ``table`` lets a ``what`` go from ``old`` to ``new``."""
+    if new not in table[old]:
+        raise IllegalTransition(f"{what} cannot go from {old} to {new}")
+
+
 def check_prompt_transition(old: PromptStatus, new: PromptStatus) -> None:
-    if new not in PROMPT_TRANSITIONS[old]:
-        raise IllegalTransition(f"prompt cannot go from {old} to {new}")
+    _check("prompt", PROMPT_TRANSITIONS, old, new)
 
 
 def check_reply_transition(old: ReplyStatus, new: ReplyStatus) -> None:
-    if new not in REPLY_TRANSITIONS[old]:
-        raise IllegalTransition(f"reply cannot go from {old} to {new}")
+    _check("reply", REPLY_TRANSITIONS, old, new)
 
 
 def check_tool_step_transition(old: ToolStepStatus, new: ToolStepStatus) -> None:
-    if new not in TOOL_STEP_TRANSITIONS[old]:
-        raise IllegalTransition(f"tool step cannot go from {old} to {new}")
+    _check("tool step", TOOL_STEP_TRANSITIONS, old, new)
 
 
 def prompt_predecessors(status: PromptStatus) -> frozenset[PromptStatus]:
