@@ -716,7 +716,6 @@ def _message(item: FoldedItem, asking: frozenset[str]) -> ModelMessage:
         "user",
         headed(line, item.text),
         _member(item, asking),
-        item.authors if len(item.authors) > 1 else (),
         attribution=line,
     )
 

@@ -70,11 +70,6 @@ class FoldedItem:
         """This item with ``tokens`` counted again (of ``render``: nobody asking)."""
         return replace(self, tokens=rendered_tokens(self))
 
-    @property
-    def authors(self) -> tuple[str, ...]:
-        """Everyone who said it, each once, in story order."""
-        return tuple(dict.fromkeys(self.said_by))
-
     def voices(self, asking: Collection[str] = ()) -> tuple[list[str], list[str]]:
         """(who wrote it, who asks it now): an author asks only through a prompt of theirs
         in ``asking`` (the entries a run answers)."""
@@ -245,9 +240,6 @@ class HistoryFold:
         """The index of the item that gives ``entry_id``'s text; None when it was not
         folded (pinned, or not in the history)."""
         return self.item_of.get(entry_id)
-
-    def live_items(self) -> list[tuple[int, FoldedItem]]:
-        return list(enumerate(self.items))
 
     # -- one step ----------------------------------------------------------------------------
 

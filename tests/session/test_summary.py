@@ -127,7 +127,7 @@ def test_the_summariser_reads_who_said_what_as_the_main_input_says_it() -> None:
     ]
     fold = HistoryFold(min_block_lines=4)
     fold.sync([(e, False) for e in entries])
-    plan = SummaryPlan(None, tuple(item for _, item in fold.live_items()))
+    plan = SummaryPlan(None, tuple(fold.items))
     request = summary_request("s", plan)
     assert request.messages[0].content == "\n".join(
         [
