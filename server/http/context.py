@@ -127,7 +127,8 @@ async def preview_context(
             raise refusal
         fresh = kept is None
         kept = room.context.preview(prompt_ids, scope, grants)
-        body = kept.answers[user_id] = encode_preview(_preview(user_id, prompt_ids, kept.build))
+        body = encode_preview(_preview(user_id, prompt_ids, kept.build))
+        kept.keep(user_id, body)
         work = BUILD_BYTES_PER_ENTRY * len(room.doc.entries()) if fresh else 0
         room.spend_preview_work(len(body) + work)
         room.charge_read(caller.user_id, len(body) + work)

@@ -32,6 +32,7 @@ from parley.session.summary import Summary, SummaryPlan, plan_extension
 NOT_SHARED = "not every member may read it"
 FOLD_STEP = 64  # history entries folded ahead per pass of the event loop
 MAX_KEPT_PREVIEWS = 16  # previews kept of one state of the session (one a scope asked)
+MAX_KEPT_ANSWERS = 16  # encoded answers kept of one preview (one a member asked)
 
 
 @dataclass(slots=True)
@@ -41,6 +42,14 @@ class KeptPreview:
 
     build: BuiltContext
     answers: dict[str, bytes] = field(default_factory=dict)
+
+    def keep(self, user_id: str, body: bytes) -> None:
+        """Keep ``body``, the answer for ``user_id``; past ``MAX_KEPT_ANSWERS`` the oldest
+        goes: the members of one scope each have their own copy of a large answer, and a
+        session of hundreds of them would hold hundreds until its next change."""
+        self.answers[user_id] = body
+        while len(self.answers) > MAX_KEPT_ANSWERS:
+            del self.answers[next(iter(self.answers))]
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,8 +10,10 @@ import uuid
 import pytest
 
 from parley.authz.roles import Member
+from parley.server.runtime.context import MAX_KEPT_ANSWERS, KeptPreview
 from parley.server.store.memory import MemoryStore
 from parley.session.commands import FactCommand, PinCommand
+from parley.session.context import build_context
 from parley.session.shape import TextShape, shape_of
 from parley.session.tokens import count_tokens
 from tests.fake_model import Answer, Drop, FakeModel, Sent, Status
@@ -309,3 +311,13 @@ async def test_a_prompt_that_failed_stays_in_later_inputs_and_its_pin_is_given()
         # The preview lists nothing left out: everything said is given.
         built = s.room.context.build((), s.room.runs.scope_for(["carol"], preview=True))
         assert built.excluded == ()
+
+
+def test_a_kept_preview_keeps_a_bounded_number_of_encoded_answers() -> None:
+    """Each member of one scope has their own encoded copy of a kept preview's answer:
+    past ``MAX_KEPT_ANSWERS`` the oldest goes, so hundreds of members of one session do
+    not each hold one until its next change."""
+    kept = KeptPreview(build_context(session_id="s", entries=[], prompt_ids=[]))
+    for n in range(MAX_KEPT_ANSWERS + 5):
+        kept.keep(f"member{n}", b"x" * 100)
+    assert list(kept.answers) == [f"member{n}" for n in range(5, MAX_KEPT_ANSWERS + 5)]
