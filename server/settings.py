@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
@@ -368,13 +369,7 @@ class Settings(BaseSettings):
     def catalog(self) -> dict[str, ModelSpec]:
         """The models sessions may choose, by name (the offline model when none is set)."""
         if not self.models:
-            offline = ModelSpec(
-                name=OFFLINE_MODEL,
-                kind="offline",
-                context_window_tokens=self.context_window_tokens,
-                reserved_output_tokens=min(self.max_output_tokens, self.context_window_tokens - 1),
-            )
-            return {OFFLINE_MODEL: offline}
+            return {OFFLINE_MODEL: offline_spec(self.context_window_tokens, self.max_output_tokens)}
         return {spec.name: spec for spec in self.models}
 
     def model_spec(self, name: str | None) -> ModelSpec:
@@ -382,6 +377,18 @@ class Settings(BaseSettings):
         catalog = self.catalog()
         chosen = catalog.get(name) if name is not None else None
         return chosen or catalog[self.default_model or next(iter(catalog))]
+
+
+@lru_cache(maxsize=8)
+def offline_spec(window_tokens: int, max_output_tokens: int) -> ModelSpec:
+    """The offline model's spec: one (frozen) object per window, not a validation each
+    time a run reads its model's settings (several times a run)."""
+    return ModelSpec(
+        name=OFFLINE_MODEL,
+        kind="offline",
+        context_window_tokens=window_tokens,
+        reserved_output_tokens=min(max_output_tokens, window_tokens - 1),
+    )
 
 
 def missing_api_keys(settings: Settings) -> list[str]:

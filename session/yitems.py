@@ -54,9 +54,25 @@ class WrittenMap:
     text_end: ID | None = None
 
 
+_ONE_BYTE = [bytes((n,)) for n in range(0x80)]
+_CLIENTS: dict[int, bytes] = {}
+
+
+def varuint(number: int) -> bytes:
+    """lib0's var-uint, as ``pycrdt.write_var_uint`` writes it, without its loop for the
+    numbers an update is mostly made of (lengths, clocks: under 2**21)."""
+    if 0 <= number < 0x80:
+        return _ONE_BYTE[number]
+    if 0x80 <= number < 0x4000:
+        return bytes((0x80 | (number & 0x7F), number >> 7))
+    if 0x4000 <= number < 0x200000:
+        return bytes((0x80 | (number & 0x7F), 0x80 | ((number >> 7) & 0x7F), number >> 14))
+    return write_var_uint(number)
+
+
 def _varstring(out: bytearray, value: str) -> None:
     data = value.encode("utf-8")
-    out += write_var_uint(len(data))
+    out += varuint(len(data))
     out += data
 
 
@@ -77,7 +93,12 @@ def _key(key: str) -> bytes:
 
 
 def _id(item: ID) -> bytes:
-    return write_var_uint(item[0]) + write_var_uint(item[1])
+    client = _CLIENTS.get(item[0])
+    if client is None:  # a document's client id, written in most ids of its updates
+        client = write_var_uint(item[0])
+        if len(_CLIENTS) < _MAX_KEYS:
+            _CLIENTS[item[0]] = client
+    return client + varuint(item[1])
 
 
 def _any(out: bytearray, value: Any) -> None:
@@ -105,7 +126,7 @@ def _any(out: bytearray, value: Any) -> None:
         _number(out, value)
     elif isinstance(value, list | tuple):
         out.append(0x75)
-        out += write_var_uint(len(value))
+        out += varuint(len(value))
         for item in value:
             _any(out, item)
     else:
@@ -267,13 +288,13 @@ class UpdateWriter:
         """The update: every item written, then the delete set."""
         out = bytearray()
         if self._count:
-            out += write_var_uint(1)
-            out += write_var_uint(self._count)
-            out += write_var_uint(self.client)
-            out += write_var_uint(self.start)
+            out += varuint(1)
+            out += varuint(self._count)
+            out += varuint(self.client)
+            out += varuint(self.start)
             out += self._structs
         else:
-            out += write_var_uint(0)
+            out += varuint(0)
         _delete_set(out, self._deleted)
         return bytes(out)
 
@@ -283,7 +304,7 @@ def _delete_set(out: bytearray, deleted: Iterable[ID]) -> None:
     by_client: dict[int, list[int]] = {}
     for client, clock in deleted:
         by_client.setdefault(client, []).append(clock)
-    out += write_var_uint(len(by_client))
+    out += varuint(len(by_client))
     for client, clocks in by_client.items():
         ranges: list[list[int]] = []
         for clock in sorted(set(clocks)):
@@ -291,8 +312,8 @@ def _delete_set(out: bytearray, deleted: Iterable[ID]) -> None:
                 ranges[-1][1] += 1
             else:
                 ranges.append([clock, 1])
-        out += write_var_uint(client)
-        out += write_var_uint(len(ranges))
+        out += varuint(client)
+        out += varuint(len(ranges))
         for clock, length in ranges:
-            out += write_var_uint(clock)
-            out += write_var_uint(length)
+            out += varuint(clock)
+            out += varuint(length)

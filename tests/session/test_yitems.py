@@ -8,14 +8,14 @@ import random
 from typing import Any
 
 import pytest
-from pycrdt import Array, Doc, Map, Text
+from pycrdt import Array, Doc, Map, Text, write_var_uint
 
 from parley.session.entries import EntryKind
 from parley.session.errors import InvalidInput, NotFound
 from parley.session.lifecycle import IllegalTransition
 from parley.session.reasons import Ending, ReasonCode
 from parley.session.schema import SessionDocument
-from parley.session.yitems import NewText, UpdateWriter, utf16_length
+from parley.session.yitems import NewText, UpdateWriter, utf16_length, varuint
 from parley.session.yprotocol import decode_state_vector
 
 CLIENT = 1234567
@@ -121,6 +121,15 @@ def test_inserts_key_changes_and_text_match_pycrdt_byte_for_byte() -> None:
         assert _clock(encoded) == writer.clock
     assert encoded.get_update() == reference.get_update()
     assert encoded.get("transcript", type=Array).to_py() == array.to_py()
+
+
+def test_varuint_writes_what_pycrdt_writes() -> None:
+    edges = [0, 1, 0x7F, 0x80, 0x3FFF, 0x4000, 0x1FFFFF, 0x200000, 2**32, 2**53 - 1, 2**63]
+    rng = random.Random(7)
+    for number in edges + [rng.randrange(2 ** rng.randrange(1, 64)) for _ in range(2000)]:
+        assert varuint(number) == write_var_uint(number), number
+    with pytest.raises(ValueError):
+        varuint(-1)
 
 
 def test_utf16_length_counts_code_units() -> None:
