@@ -79,12 +79,16 @@ class Settings(BaseSettings):
     max_documents_per_session: int = 100
     max_members_per_session: int = Field(default=1000, ge=1)
     max_document_chars: int = 200_000
-    max_search_index_chars: int = Field(
-        default=20_000_000,
+    max_search_index_bytes: int = Field(
+        default=256 * 2**20,
         ge=0,
-        description="Characters of documents whose search index a node keeps (about five "
-        "bytes a character); past it the least recently searched sessions' are dropped, "
-        "indexed again when searched. The session searched last is always kept",
+        description="Bytes of memory the documents' search indexes a node keeps may take; "
+        "past it the least recently searched sessions' are dropped, indexed again when "
+        "searched. The session searched last is always kept whole (at most 12 bytes a "
+        "character of its documents)",
+    )
+    max_search_index_chars: int | None = Field(
+        default=None, description="Replaced by max_search_index_bytes: setting it is refused"
     )
 
     # Context building
@@ -363,6 +367,18 @@ class Settings(BaseSettings):
             raise ValueError(
                 "PARLEY_SEND_BUFFER_TOTAL_MAX_BYTES must be at least twice "
                 "PARLEY_MAX_SESSION_BYTES: a full session's first sync must fit"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _no_search_bound_in_chars(self) -> Settings:
+        # Review B2-1: ignored, an operator's bound would silently become the default;
+        # converted, it would mean another amount than the one they chose.
+        if self.max_search_index_chars is not None:
+            raise ValueError(
+                "PARLEY_MAX_SEARCH_INDEX_CHARS was replaced by PARLEY_MAX_SEARCH_INDEX_BYTES "
+                "(bytes of index in memory, not characters of documents; default 268435456): "
+                "set that instead"
             )
         return self
 

@@ -8,17 +8,23 @@ this module knows nothing of permissions.
 Splitting a document into words costs about 1 s per 10 MB of text, so it is done once per
 document (``index``) and a search reads only the passages its query's words are in
 (``search_indexed``; review B1: every call split all of 20 MB again, 2.5 s a call).
+
+An index is a few flat buffers, its size (``nbytes``) their sizes: review B2-3, kept as a
+dict of a word to its postings, documents of distinct short words took 22-34 bytes of
+memory a character, counted as five. Now at most ``MAX_INDEX_BYTES_PER_CHAR`` (words of
+two astral characters each take 9); English prose takes 1, distinct short words 4.
 """
 
 from __future__ import annotations
 
 import heapq
 import re
+import sys
 from array import array
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from itertools import islice
+from itertools import accumulate, chain, islice
 
 from parley.session.attribution import escape_text
 
@@ -51,33 +57,84 @@ def passages(document: Document, passage_chars: int = 600) -> Iterator[str]:
             yield paragraph[start : start + passage_chars]
 
 
+# The most memory an index takes a character of its document, rounded up: distinct words
+# of two characters and a space ("ab "), each costing its UTF-8 casefolded (up to 6 bytes
+# a character, U+0390; 4 for astral ones), 12 bytes of offsets and one posting, and the
+# text (up to 4 bytes a character): 10.7 at worst over every word character. Plus
+# ``DOCUMENT_INDEX_BYTES`` a document.
+MAX_INDEX_BYTES_PER_CHAR = 12
+DOCUMENT_INDEX_BYTES = 512  # the index object, and its entry in a node's maps
+_U32 = array("I").itemsize
+
+
 @dataclass(frozen=True, slots=True)
 class DocumentIndex:
     """A document split once: its passages, and for each word the passages it is in (in
-    order). Immutable, so a search may read it from any thread."""
+    order). Immutable, so a search may read it from any thread. Kept as flat buffers (no
+    object a word or a passage): the collector tracks none of them, and ``nbytes`` is what
+    they hold."""
 
     id: str
     title: str
     title_words: frozenset[str]
-    passages: tuple[str, ...]
-    postings: Mapping[str, bytes]  # the passages a word is in, in order (``array`` "I")
-    chars: int  # the document's length, what keeping the index is counted by
+    text: str  # the passages, one after another
+    passage_ends: bytes  # ``array`` "I": where each passage of ``text`` ends
+    words: bytes  # the distinct words, UTF-8, sorted, one after another
+    word_ends: bytes  # "I": where each word of ``words`` ends
+    postings: bytes  # "I": the passages each word is in, in order, one word after another
+    posting_ends: bytes  # "I": where each word's passages end in ``postings``
+    nbytes: int  # the memory the index holds, what keeping it is counted by
+
+    def passage(self, position: int) -> str:
+        return self.text[_span(self.passage_ends, position)]
+
+    def found(self, word: str) -> Sequence[int]:
+        """The passages ``word`` (casefolded) is in, in order (a binary search)."""
+        wanted = word.encode()
+        ends = memoryview(self.word_ends).cast("I")
+        low, high = 0, len(ends)
+        while low < high:
+            middle = (low + high) // 2
+            if self.words[_span(self.word_ends, middle)] < wanted:
+                low = middle + 1
+            else:
+                high = middle
+        if low == len(ends) or self.words[_span(self.word_ends, low)] != wanted:
+            return ()
+        return memoryview(self.postings).cast("I")[_span(self.posting_ends, low)]
+
+
+def _span(ends: bytes, item: int) -> slice:
+    """The span of the ``item``-th of parts one after another that end at ``ends``."""
+    view = memoryview(ends).cast("I")
+    return slice(view[item - 1] if item else 0, view[item])
+
+
+def _ends(lengths: Iterable[int]) -> bytes:
+    return array("I", accumulate(lengths)).tobytes()
 
 
 def index(document: Document, passage_chars: int = 600) -> DocumentIndex:
     """Split ``document`` into passages and words: its whole cost, paid once."""
     cut = tuple(passages(document, passage_chars))
-    positions: dict[str, list[int]] = {}
+    positions: dict[bytes, list[int]] = {}
     for position, passage in enumerate(cut):
         for word in _words(passage):
-            positions.setdefault(word, []).append(position)
-    # Kept as bytes: the collector tracks none of them, nor the dict (lists, tuples and
-    # arrays it would, 5,000 of them a document: every full collection walked them all).
-    postings = {word: array("I", found).tobytes() for word, found in positions.items()}
+            positions.setdefault(word.encode(), []).append(position)
+    words = sorted(positions)
+    found = [positions[w] for w in words]
     title_words = frozenset(_words(document.title))
-    return DocumentIndex(
-        document.id, document.title, title_words, cut, postings, len(document.text)
+    parts = (
+        "".join(cut),
+        _ends(map(len, cut)),
+        b"".join(words),
+        _ends(map(len, words)),
+        array("I", chain.from_iterable(found)).tobytes(),
+        _ends(map(len, found)),
     )
+    held = sum(map(sys.getsizeof, (document.id, document.title, title_words, *title_words)))
+    nbytes = DOCUMENT_INDEX_BYTES + held + sum(map(sys.getsizeof, parts))
+    return DocumentIndex(document.id, document.title, title_words, *parts, nbytes)
 
 
 def search_indexed(
@@ -93,14 +150,15 @@ def search_indexed(
         in_title = len(wanted & document.title_words)
         hits: Counter[int] = Counter()
         for word in wanted - document.title_words:
-            hits.update(memoryview(document.postings.get(word, b"")).cast("I"))
+            hits.update(document.found(word))
         scored = [(-(in_title + n), order, position) for position, n in hits.items()]
         if in_title:  # every passage scores; of those no other word is in, the first few
-            rest = (p for p in range(len(document.passages)) if p not in hits)
+            count = len(document.passage_ends) // _U32
+            rest = (p for p in range(count) if p not in hits)
             scored += [(-in_title, order, position) for position in islice(rest, limit)]
         best = heapq.nsmallest(limit, [*best, *scored])
     return [
-        Passage(indexes[order].id, indexes[order].title, indexes[order].passages[p], -score)
+        Passage(indexes[order].id, indexes[order].title, indexes[order].passage(p), -score)
         for score, order, p in best
     ]
 

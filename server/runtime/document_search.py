@@ -36,12 +36,16 @@ async def off_loop(work: Callable[[], T]) -> T:
 
 class DocumentSearch:
     """The indexes of the documents searched in this process, by session, the least
-    recently searched sessions' dropped past ``max_chars`` of documents (the session
-    searched last is always kept whole)."""
+    recently searched sessions' dropped past ``max_bytes`` of index (the session searched
+    last is always kept whole: its size is bounded by what a session may attach)."""
 
-    def __init__(self, max_chars: int) -> None:
-        self.max_chars = max_chars
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.nbytes = 0  # of every index kept
         self._sessions: OrderedDict[str, dict[str, DocumentIndex]] = OrderedDict()
+        # Review B2 (FB1): two runs of a session searching at once read and split each
+        # document once between them.
+        self._indexing: dict[tuple[str, str], asyncio.Task[DocumentIndex | None]] = {}
 
     async def find(
         self,
@@ -56,33 +60,52 @@ class DocumentSearch:
         kept = self._sessions.pop(session_id, {})
         self._sessions[session_id] = kept
         for gone in kept.keys() - {row.id for row in attached}:
-            del kept[gone]  # detached, here or on another node
+            self.nbytes -= kept.pop(gone).nbytes  # detached, here or on another node
+        indexes = []
         for row in readable:
-            if row.id not in kept:
-                await self._index(access, session_id, row.id, kept)
-        self._evict()
-        indexes = [kept[row.id] for row in readable if row.id in kept]
+            made = kept.get(row.id) or await self._index(access, session_id, row.id)
+            if made is not None:
+                indexes.append(made)
+                self._keep(session_id, made)
         return await off_loop(lambda: search_indexed(indexes, query))
 
     def drop(self, session_id: str, document_id: str) -> None:
         """Forget a document detached here (another node's forgets it at its next search)."""
-        self._sessions.get(session_id, {}).pop(document_id, None)
+        dropped = self._sessions.get(session_id, {}).pop(document_id, None)
+        self.nbytes -= dropped.nbytes if dropped is not None else 0
 
     async def _index(
-        self,
-        access: RuntimeAccess,
-        session_id: str,
-        document_id: str,
-        kept: dict[str, DocumentIndex],
-    ) -> None:
-        row = await access.get_document(session_id, document_id)
-        if row is None or document_id in kept:  # detached, or indexed by another search
-            return
-        document = Document(row.id, row.title, row.text)
-        kept[document_id] = await off_loop(lambda: index(document))
+        self, access: RuntimeAccess, session_id: str, document_id: str
+    ) -> DocumentIndex | None:
+        """The index of a document, made once however many searches wait for it (none:
+        detached). A search cancelled while waiting leaves it to be made for the others."""
+        key = (session_id, document_id)
+        task = self._indexing.get(key)
+        if task is None:
+            task = asyncio.create_task(self._read_and_index(access, session_id, document_id))
+            self._indexing[key] = task
+            task.add_done_callback(lambda _: self._indexing.pop(key, None))
+        return await asyncio.shield(task)
 
-    def _evict(self) -> None:
-        chars = sum(i.chars for kept in self._sessions.values() for i in kept.values())
-        while len(self._sessions) > 1 and chars > self.max_chars:
-            _, kept = self._sessions.popitem(last=False)
-            chars -= sum(i.chars for i in kept.values())
+    async def _read_and_index(
+        self, access: RuntimeAccess, session_id: str, document_id: str
+    ) -> DocumentIndex | None:
+        row = await access.get_document(session_id, document_id)
+        if row is None:
+            return None
+        document = Document(row.id, row.title, row.text)
+        return await off_loop(lambda: index(document))
+
+    def _keep(self, session_id: str, made: DocumentIndex) -> None:
+        """Keep ``made`` in ``session_id``'s indexes (the session searched last), and drop
+        the least recently searched sessions' past the bound, one document at a time: the
+        indexes kept never pass ``max_bytes`` but by the last session's own."""
+        kept = self._sessions.get(session_id)
+        if kept is None or kept.get(made.id) is made:  # dropped while indexing; or kept
+            return
+        before = kept.get(made.id)
+        kept[made.id] = made
+        self.nbytes += made.nbytes - (before.nbytes if before is not None else 0)
+        while len(self._sessions) > 1 and self.nbytes > self.max_bytes:
+            _, dropped = self._sessions.popitem(last=False)
+            self.nbytes -= sum(i.nbytes for i in dropped.values())

@@ -84,7 +84,7 @@ class SessionRoom:
         self.webhooks = webhooks
         self.access = store.access
         # The indexes ``search_documents`` reads: the registry's, shared by its rooms.
-        self.document_search = document_search or DocumentSearch(settings.max_search_index_chars)
+        self.document_search = document_search or DocumentSearch(settings.max_search_index_bytes)
         self.model = model  # the session's model; None: the server's default
         self.restricted_replies = "private"
         self.restricted_replies_by: str | None = None  # who chose ``shared``; None: admin

@@ -61,7 +61,7 @@ class RoomRegistry:
         # Cluster mode: the node decides whether a room runs here or is a read replica.
         self.cluster: ClusterNode | None = None
         # One for the node's rooms: a room loaded again finds its documents indexed.
-        self.document_search = DocumentSearch(settings.max_search_index_chars)
+        self.document_search = DocumentSearch(settings.max_search_index_bytes)
         self.left_clients = LeftClientWriter(
             store,
             clock,

@@ -164,3 +164,14 @@ def test_usage_mistakes_exit_2(tmp_path: Path, args: list[str]) -> None:
     result = parley(tmp_path, *args)
     assert result.returncode == 2 and "usage: parley" in result.stderr
     assert untouched(tmp_path)
+
+
+def test_the_search_bound_in_characters_is_refused_by_its_new_name(tmp_path: Path) -> None:
+    """Review B2-1/B2-3: the bound now counts bytes of index; the old setting, silently
+    ignored, would leave an operator's bound at a default they never chose."""
+    for command in (["db", "upgrade"], ["serve"]):
+        result = parley(tmp_path, *command, PARLEY_MAX_SEARCH_INDEX_CHARS="50000000")
+        refused(
+            result, "PARLEY_MAX_SEARCH_INDEX_CHARS was replaced by PARLEY_MAX_SEARCH_INDEX_BYTES"
+        )
+        assert untouched(tmp_path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import tracemalloc
 
 import pytest
 from hypothesis import given, settings
@@ -128,6 +129,40 @@ def test_the_collector_tracks_nothing_of_an_index_but_its_few_parts() -> None:
     """An index is kept for the life of a document: of its thousands of postings none may
     lengthen every full collection (a server's loop stops while one runs)."""
     indexed = index(Document("d1", "Runbook", " ".join(f"w{i}" for i in range(5000))))
-    assert len(indexed.postings) == 5000
-    assert not gc.is_tracked(indexed.postings)
-    assert not any(gc.is_tracked(found) for found in indexed.postings.values())
+    assert len(search_indexed([indexed], "w4999 w0")) == 2
+    parts = (indexed.words, indexed.word_ends, indexed.postings, indexed.posting_ends)
+    assert not any(gc.is_tracked(part) for part in (*parts, indexed.text, indexed.passage_ends))
+
+
+def _distinct_short_words(chars: int) -> str:
+    """Review B2-3's documents: each word once, 3-4 characters (22-34 bytes of index a
+    character as postings kept by word)."""
+    return " ".join(f"{i:x}" for i in range(256, 10**7))[:chars]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        _distinct_short_words(200_000),
+        ("The vault code is 7731, kept by the operations team. " * 8 + "\n\n") * 400,
+        " ".join(f"\u6587{chr(0x4E00 + i % 20000)}" for i in range(60_000)),
+        "\n\n".join(f"{i:x}" for i in range(256, 10**6))[:200_000],
+        " ".join(f"\U00020000{chr(0x20000 + i % 40000)}" for i in range(60_000)),
+    ],
+    ids=["distinct-words", "prose", "cjk", "short-paragraphs", "astral"],
+)
+def test_an_index_counts_about_what_it_holds_in_memory(text: str) -> None:
+    """The node's bound counts ``nbytes``: within a factor of two of what the index
+    holds as measured (review B2-3: it counted characters, 3-5 bytes of index assumed for
+    each where distinct short words took 22-34)."""
+    document = Document("d1", "Runbook", text)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        made = index(document)
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert held / 2 <= made.nbytes <= held * 2, (made.nbytes, held)
+    assert made.nbytes <= documents_module.MAX_INDEX_BYTES_PER_CHAR * len(text)

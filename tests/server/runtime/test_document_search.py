@@ -5,6 +5,7 @@ every text on the loop, 1.4-2.2 s a call for 100 documents of 200,000 characters
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -20,7 +21,7 @@ from parley.server.runtime.document_search import DocumentSearch
 from parley.server.runtime.tools import ToolRunner
 from parley.server.store.access_rows import DocumentRow
 from parley.server.store.sessions import Store
-from parley.session.documents import Document, render, search
+from parley.session.documents import Document, index, render, search
 from tests.conftest import make_settings, sqlite_url
 from tests.server.runtime.backend import sql_store
 
@@ -32,10 +33,12 @@ def scope(user_id: str) -> RunScope:
     return scope_for_run([(user_id, Subject.of(Member(user_id, "editor"), RoleTable()))], [])
 
 
-def row(session_id: str, document_id: str, title: str, users: frozenset[str]) -> DocumentRow:
-    """A document of ``TEXT`` readable by ``users``; none: by every editor."""
+def row(
+    session_id: str, document_id: str, title: str, users: frozenset[str], text: str = TEXT
+) -> DocumentRow:
+    """A document of ``text`` readable by ``users``; none: by every editor."""
     roles = frozenset() if users else frozenset({"editor"})
-    return DocumentRow(document_id, session_id, title, TEXT, Readers(document_id, users, roles), 0)
+    return DocumentRow(document_id, session_id, title, text, Readers(document_id, users, roles), 0)
 
 
 async def attach(store: Store, *rows: DocumentRow) -> None:
@@ -89,9 +92,13 @@ async def store(tmp_path: Path) -> AsyncIterator[Store]:
         yield store
 
 
-def tools_on(store: Store, tmp_path: Path, max_chars: int = 10**9) -> ToolRunner:
+def tools_on(store: Store, tmp_path: Path, max_bytes: int = 10**10) -> ToolRunner:
     settings = make_settings(sqlite_url(tmp_path), tmp_path)
-    return ToolRunner(settings, store.access, lambda: 0.0, DocumentSearch(max_chars))
+    return ToolRunner(settings, store.access, lambda: 0.0, DocumentSearch(max_bytes))
+
+
+def index_bytes(title: str = "Ops", text: str = TEXT) -> int:
+    return index(Document("d1", title, text)).nbytes
 
 
 async def test_each_text_is_read_and_split_once_and_off_the_loop(
@@ -139,7 +146,71 @@ async def test_past_the_bound_the_least_recently_searched_session_is_indexed_aga
 ) -> None:
     await attach(store, row("s", "d1", "Ops", frozenset()), row("t", "e1", "Ops", frozenset()))
     reads = Reads(store, monkeypatch)
-    tools = tools_on(store, tmp_path, max_chars=len(TEXT) + 100)
+    tools = tools_on(store, tmp_path, max_bytes=index_bytes() + 100)
     for session_id in ("s", "s", "t", "t", "s"):
         assert "7731" in await searched(tools, session_id, "alice", "vault")
     assert reads.texts == ["d1", "e1", "d1"]
+
+
+WORDS = " ".join(f"{i:x}" for i in range(256, 10**6))[: len(TEXT)]  # review B2-3's shape
+
+
+async def test_the_bound_counts_bytes_of_index_not_characters(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review B2-3: the bound counted characters at five bytes each; documents of
+    distinct short words took 22-34 bytes a character (447 to 892 MB for one session).
+    Whatever the words, what a node keeps stays under its bound in bytes of index."""
+    await store.create_session("u", "t", "queue", 0)
+    for session_id in ("s", "t", "u"):
+        ops = row(session_id, f"{session_id}1", "Ops", frozenset())
+        await attach(store, ops, row(session_id, f"{session_id}2", "Words", frozenset(), WORDS))
+    per_session = index_bytes() + index_bytes("Words", WORDS)
+    bound = 2 * per_session + 1000
+    search = DocumentSearch(bound)
+    tools = ToolRunner(
+        make_settings(sqlite_url(tmp_path), tmp_path), store.access, lambda: 0.0, search
+    )
+    reads = Reads(store, monkeypatch)
+    for session_id in ("s", "t", "u", "u", "t"):
+        assert "7731" in await searched(tools, session_id, "alice", "vault")
+        assert search.nbytes <= bound
+    assert reads.texts == ["s1", "s2", "t1", "t2", "u1", "u2"], "t kept: the last two fit"
+    assert search.nbytes == 2 * per_session
+    assert "7731" in await searched(tools, "s", "alice", "vault")
+    assert reads.texts[6:] == ["s1", "s2"] and search.nbytes == 2 * per_session
+
+
+async def test_a_session_past_the_bound_is_kept_alone_and_whole(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The session searched last keeps all of its index, whatever the bound: its size is
+    bounded by the documents a session may hold (docs/configuration.md), and indexing it
+    again at each search would cost every session's searches (one worker thread)."""
+    await attach(store, row("s", "d1", "Ops", frozenset()), row("t", "e1", "Ops", frozenset()))
+    await attach(store, row("t", "e2", "Deploys", frozenset()))
+    search = DocumentSearch(index_bytes() + 100)
+    tools = ToolRunner(
+        make_settings(sqlite_url(tmp_path), tmp_path), store.access, lambda: 0.0, search
+    )
+    reads = Reads(store, monkeypatch)
+    for session_id in ("s", "t", "t"):
+        assert "7731" in await searched(tools, session_id, "alice", "vault")
+    assert reads.texts == ["d1", "e1", "e2"]
+    assert search.nbytes == index_bytes() + index_bytes("Deploys"), "t alone, whole"
+
+
+async def test_searches_of_one_session_at_once_index_each_document_once(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review B2 open point FB1: two runs of a session searching at once both read and
+    split the same documents, one after the other in the worker."""
+    await attach(store, row("s", "d1", "Ops", frozenset()), row("s", "d3", "Deploys", frozenset()))
+    reads = Reads(store, monkeypatch)
+    indexed: list[str] = []
+    made = document_search.index
+    monkeypatch.setattr(document_search, "index", lambda d: indexed.append(d.id) or made(d))
+    tools = tools_on(store, tmp_path)
+    found = await asyncio.gather(*(searched(tools, "s", u, "vault") for u in ("alice", "bob")))
+    assert all("7731" in f for f in found)
+    assert sorted(indexed) == ["d1", "d3"] and sorted(reads.texts) == ["d1", "d3"]
