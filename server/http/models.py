@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    model_validator,
+)
 
 from parley.session.commands import unstorable_in
 from parley.session.names import MAX_DISPLAY_NAME_CHARS, display_name_problem
@@ -26,19 +34,31 @@ CapabilityName = Annotated[
 PolicyName = Literal["queue", "coalesce", "interrupt", "reject"]
 
 
-def _whole(value: object) -> object:
+def _whole(value: object, info: ValidationInfo) -> object:
     """A decimal with no fraction (``5000.0``, ``5e3``) as its integer; anything else as it
-    is, for strict validation (``true`` and ``"100"`` stay refused)."""
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    return value
+    is, for strict validation (``true`` and ``"100"`` stay refused). A double read from a
+    number it is not (``parsed_body``'s context: ``read_numbers``) is the number's integer,
+    or kept, and refused, when it has a fraction: ``86400.000000000001`` is read as 86400.0."""
+    if not isinstance(value, float) or not value.is_integer():
+        return value
+    read_as_whole = info.context.get(READ_AS_WHOLE, {}) if info.context else {}
+    at = (info.field_name or "", value)
+    if at in read_as_whole:
+        whole: int | None = read_as_whole[at]
+        return value if whole is None else whole
+    return int(value)
+
+
+# The context key of what ``read_numbers`` found in a body (``NumbersRead.read_as_whole``).
+READ_AS_WHOLE = "read_as_whole"
 
 
 # Of every integer body field, after its bounds (``Annotated[int, Field(ge=1), WHOLE]``:
 # bounds given after it, or on an optional field's ``Field``, are not applied to the
 # integer and leave the OpenAPI document). The document's ``"type": "integer"`` (JSON
 # Schema 2020-12) is any number with a zero fraction, so ``5000.0`` is taken as 5000
-# (review I2: refused for its form, though the document allowed it).
+# (review I2: refused for its form, though the document allowed it), and
+# ``86400.000000000001`` is refused as ``5000.5`` is (review B2-4).
 WHOLE = BeforeValidator(_whole)
 
 

@@ -30,7 +30,7 @@ from parley.authz.policy import Decision, Do, decide
 from parley.authz.tokens import ADMIN_ACTOR, ClientClaims, verify_token
 from parley.server.http.bounded import BoundedJSONResponse
 from parley.server.http.error_body import error_body
-from parley.server.http.models import ErrorBody
+from parley.server.http.models import READ_AS_WHOLE, ErrorBody
 from parley.server.state import AppState
 from parley.session.commands import unstorable
 from parley.session.errors import (
@@ -43,7 +43,7 @@ from parley.session.errors import (
     Unauthenticated,
     UnsupportedMediaType,
 )
-from parley.session.json_constants import constant_in
+from parley.session.json_constants import read_numbers
 from parley.session.json_values import json_values_refusal
 from parley.session.ratelimit import command_bytes_refusal
 from parley.session.unique_keys import check_unique_keys
@@ -457,20 +457,23 @@ def parsed_body(model: type[BaseModel], raw: bytes) -> BaseModel:
     """``raw`` as ``model``, each field of exactly its JSON type: strict, or an integer
     field takes ``true`` and ``"100"`` (review: a token's ``ttl_seconds: true`` made one
     that lived a second), while the OpenAPI document says ``integer`` (whose ``100.0`` the
-    fields take: ``models.WHOLE``). A body of
+    fields take: ``models.WHOLE``, told by ``read_numbers`` of each number read as a whole
+    double it is not: ``86400.000000000001`` is refused as ``86400.5`` is). A body of
     more values than any holds is refused unparsed, as a socket's command is
     (``json_values_refusal``); one holding ``NaN`` or ``Infinity`` is malformed JSON."""
     refusal = json_values_refusal(raw)
     if refusal is not None:
         raise refusal
+    numbers = read_numbers(raw)
     # Refused as the socket refuses them (pydantic's parser takes them: review I3).
-    not_json = constant_in(raw)
+    not_json = numbers.not_json
     if not_json is not None:
         raise InvalidInput(
             f"body: Invalid JSON: {not_json}", (("body", f"Invalid JSON: {not_json}"),)
         )
+    context = {READ_AS_WHOLE: numbers.read_as_whole} if numbers.read_as_whole else None
     try:
-        parsed = model.model_validate_json(raw or b"{}", strict=True)
+        parsed = model.model_validate_json(raw or b"{}", strict=True, context=context)
     except ValidationError as exc:
         raise invalid_body(exc) from None
     check_unique_keys(raw)  # after: a body pydantic refuses is not parsed twice

@@ -245,6 +245,26 @@ async def test_admin_key_is_required(server: RunningServer) -> None:
         assert (await anonymous.get("/readyz")).json()["status"] == "ready"
 
 
+async def test_a_ttl_with_a_fraction_past_a_doubles_precision_is_refused(
+    server: RunningServer,
+) -> None:
+    """Review B2-4: ``86400.000000000001`` was read as the double 86400.0 and a token that
+    lives a day was made; it is refused as ``86400.5`` is, and ``86400.0`` is a day."""
+    sid = await server.new_session({"alice": "editor"})
+    url = f"/api/v1/sessions/{sid}/tokens"
+    answers = {}
+    for literal in ("86400.5", "86400.000000000001", "86400.0"):
+        body = b'{"user_id": "alice", "ttl_seconds": %s}' % literal.encode()
+        headers = {"content-type": "application/json"}
+        answers[literal] = await server.http.post(url, content=body, headers=headers)
+    refused = [answers[n].json() for n in ("86400.5", "86400.000000000001")]
+    assert refused[0] == refused[1], refused
+    assert answers["86400.5"].status_code == answers["86400.000000000001"].status_code == 422
+    assert refused[0]["error"]["code"] == "invalid"
+    assert [d["at"] for d in refused[0]["error"]["details"]] == ["ttl_seconds"]
+    assert answers["86400.0"].status_code == 201, answers["86400.0"].text
+
+
 async def test_malformed_and_oversized_bodies(server: RunningServer) -> None:
     not_json = await server.http.post(
         "/api/v1/sessions", content=b"{nope", headers={"content-type": "application/json"}

@@ -10,7 +10,7 @@ import pytest
 from pydantic import BaseModel
 
 from parley.server.app import API_OPERATIONS
-from parley.server.http.models import EntryPost
+from parley.server.http.models import EntryPost, TokenCreate
 from parley.server.http.rest import parsed_body
 from parley.session.errors import InvalidInput
 from parley.session.json_values import MAX_JSON_VALUES
@@ -75,10 +75,48 @@ def test_an_integer_field_takes_a_whole_number_written_as_a_decimal(
     assert below and NOT_AN_INTEGER not in below, below
 
 
+def _problems_in(model: type[BaseModel], name: str, literal: bytes) -> list[str]:
+    """What the body holding the JSON text ``literal`` at ``name`` is refused for there."""
+    others = b'"user_id": "u", ' if "user_id" in model.model_fields else b""  # required
+    try:
+        parsed_body(model, b'{%s"%s": %s}' % (others, name.encode(), literal))
+    except InvalidInput as exc:
+        return [what for at, what in exc.details if at == name]
+    return []
+
+
+# Each denotes a number with a fraction that is not zero, read as the double 100.0 (the
+# fraction is past a double's precision) or 0.0 (the number is below its range).
+INEXACT = [b"100.00000000000000001", b"1.0000000000000000001e2", b"-1e-400"]
+
+
+@pytest.mark.parametrize("inexact", INEXACT)
+@pytest.mark.parametrize(("model", "name"), INTEGERS, ids=lambda v: getattr(v, "__name__", v))
+def test_an_integer_field_refuses_a_fraction_a_double_cannot_hold(
+    model: type[BaseModel], name: str, inexact: bytes
+) -> None:
+    """Review B2-4: ``86400.000000000001`` was read as the double 86400.0, whose fraction
+    is zero, so an integer field took it as 86400; it is refused as ``100.5`` is. A
+    fraction of zeros, however long, is still a whole number."""
+    assert _problems_in(model, name, inexact) == [NOT_AN_INTEGER]
+    assert _problems_in(model, name, b"100.5") == [NOT_AN_INTEGER]
+    assert _problems_in(model, name, b"100.000000000000000000") == []
+    assert _problems_in(model, name, b"1.000000000000000000000000e2") == []
+
+
+def test_an_integer_field_takes_the_integer_a_decimal_denotes_not_its_double() -> None:
+    """``123456789012345678.0`` is read as the double 123456789012345680.0; the field
+    takes the integer the body wrote."""
+    parsed = parsed_body(TokenCreate, b'{"user_id": "u", "ttl_seconds": 123456789012345678.0}')
+    assert parsed.model_dump()["ttl_seconds"] == 123456789012345678
+
+
 @pytest.mark.parametrize(("model", "name"), NUMBERS, ids=lambda v: getattr(v, "__name__", v))
 def test_a_number_field_takes_integers_and_floats_only(model: type[BaseModel], name: str) -> None:
     assert _problems_at(model, name, 5) == _problems_at(model, name, 5.5) == []
     assert _problems_at(model, name, "5") == _problems_at(model, name, True) != []
+    # A number field takes the double nearest (a fraction past its precision is lost).
+    assert [_problems_in(model, name, inexact) for inexact in INEXACT[:2]] == [[], []]
 
 
 def test_a_body_of_more_values_than_any_holds_is_refused_before_it_is_parsed(
