@@ -119,13 +119,15 @@ class MemoryStore:
         """As ``Store.change_member``."""
         async with self.transaction() as tx:
             s = tx.session(session_id)
+            named = [(m.user_id, m.display_name) for m in s.members.values()]
+            authors: set[str] = set()
+            if distinct_name or (after is not None and max_members is not None):
+                authors = {e.author for e in s.entries.values()} - s.members.keys()
             if distinct_name:
-                named = [(m.user_id, m.display_name) for m in s.members.values()]
-                check_name_free(display_name, user_id, named)
+                check_name_free(display_name, user_id, named, authors)
             if after is not None and max_members is not None:
                 check_room_for(user_id, list(s.members), max_members)
-                named = [(m.user_id, m.display_name) for m in s.members.values()]
-                check_added_name(user_id, display_name, named)
+                check_added_name(user_id, display_name, named, authors)
             before = s.members.get(user_id)
             actor = None if actor_id is None else s.members.get(actor_id)
             decision = judge(before, actor)

@@ -121,8 +121,15 @@ def kept_name(before: MemberRow | None) -> str:
     return "" if before is None else before.display_name
 
 
-def check_name_free(name: str | None, user_id: str, others: Iterable[tuple[str, str]]) -> None:
-    """``Conflict`` if ``name`` reads as another member's display name or user id here:
+def check_name_free(
+    name: str | None,
+    user_id: str,
+    others: Iterable[tuple[str, str]],
+    authors: Iterable[str] = (),
+) -> None:
+    """``Conflict`` if ``name`` reads as another member's display name or user id here, or
+    as the user id of anyone else whose writing is in the transcript (``authors``: a
+    member removed still reads as their user id there, so it stays theirs; review FK):
     compared folded (``session.names.fold_name``: letter case, compatibility forms,
     invisible characters and spaces aside), names stored before the rule included;
     ``others``: every member's (user id, display name). Read in the writing transaction,
@@ -133,21 +140,31 @@ def check_name_free(name: str | None, user_id: str, others: Iterable[tuple[str, 
     for other, shown in others:
         if other != user_id and wanted in (fold_name(other), fold_name(shown)):
             raise Conflict(f"{name!r} is another member's name here; choose another")
+    for author in authors:
+        if author != user_id and wanted == fold_name(author):
+            raise Conflict(
+                f"{name!r} is the user id of a former member, whose messages stay in the"
+                " transcript; choose another"
+            )
 
 
 def check_added_name(
-    user_id: str, display_name: str | None, others: Sequence[tuple[str, str]]
+    user_id: str,
+    display_name: str | None,
+    others: Sequence[tuple[str, str]],
+    authors: Iterable[str] = (),
 ) -> None:
     """A member added (``user_id`` not among ``others``, every member's (user id, display
     name)): ``Conflict`` if their user id, or the name they are given, reads as another
-    member's user id or display name here, whoever adds them: the rule holds whichever
-    came first (review: eve took the name "carol", then the real carol was added, and both
-    wrote as "carol"; review I2-2: ``carol`` and ``Carol``, shown by their user ids, were
-    both added)."""
+    member's user id or display name here, or as another author's user id (``authors``,
+    ``check_name_free``), whoever adds them: the rule holds whichever came first (review:
+    eve took the name "carol", then the real carol was added, and both wrote as "carol";
+    review I2-2: ``carol`` and ``Carol``, shown by their user ids, were both added)."""
     if any(other == user_id for other, _ in others):
         return
-    check_name_free(user_id, user_id, others)
-    check_name_free(display_name, user_id, others)
+    authors = tuple(authors)
+    check_name_free(user_id, user_id, others, authors)
+    check_name_free(display_name, user_id, others, authors)
 
 
 def check_room_for(user_id: str, members: Sequence[str], max_members: int) -> None:

@@ -14,7 +14,7 @@ import secrets
 from collections.abc import Callable
 
 from sqlalchemy import and_, delete, insert, select, text, update
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from parley.authz.policy import Decision
 from parley.authz.roles import Member
@@ -90,6 +90,19 @@ async def _member_event(
     event = membership_event(row.user_id, shown(before), shown(after), by)
     if event is not None:
         await tx.append_events(row.session_id, now, [event])
+
+
+async def _former_authors(
+    connection: AsyncConnection, session_id: str, named: list[tuple[str, str]]
+) -> list[str]:
+    """The user ids of the session's transcript that are no member's now (``named``): their
+    messages still read as theirs (``check_name_free``). One read of the entries' index
+    by session and author, when a name is set or a member added."""
+    rows = await connection.execute(
+        select(entries.c.author).where(entries.c.session_id == session_id).distinct()
+    )
+    current = {user_id for user_id, _ in named}
+    return [author for (author,) in rows if author not in current]
 
 
 class Store(SessionReads, UsageTables):
@@ -216,11 +229,14 @@ class Store(SessionReads, UsageTables):
                     )
                 )
                 named = [(r[0], r[1]) for r in rows]
+            authors: list[str] = []
+            if distinct_name or (after is not None and max_members is not None):
+                authors = await _former_authors(connection, session_id, named)
             if distinct_name:
-                check_name_free(display_name, user_id, named)
+                check_name_free(display_name, user_id, named, authors)
             if after is not None and max_members is not None:
                 check_room_for(user_id, [u for u, _ in named], max_members)
-                check_added_name(user_id, display_name, named)
+                check_added_name(user_id, display_name, named, authors)
             if after is not None:
                 require_role(await hold_role(connection, after.role), after.role)
             before = await read_member(connection, session_id, user_id)

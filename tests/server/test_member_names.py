@@ -269,6 +269,42 @@ async def test_a_name_taken_first_keeps_out_the_member_it_names(server: RunningS
     assert (await server.http.put(f"{members}/carol", json={"role": "editor"})).is_success
 
 
+async def test_a_former_members_user_id_stays_theirs_while_they_wrote_in_the_session(
+    server: RunningServer,
+) -> None:
+    """Review FK: bob wrote, then was removed; his messages stay in the transcript under
+    ``bob``. Mallory could then rename herself "bob", or be named or added so, and her
+    messages read as his to the members and the model. His user id stays reserved, by any
+    path that sets a name; bob himself comes back under it."""
+    sid = await server.new_session({"bob": "editor", "mallory": "editor", "olga": "owner"})
+    async with _as(server, await server.token(sid, "bob")) as bob:
+        posted = await bob.post(f"/api/v1/sessions/{sid}/messages", json={"text": "ship it"})
+        assert posted.status_code == 202, posted.text
+    members = f"/api/v1/sessions/{sid}/members"
+    assert (await server.http.delete(f"{members}/bob")).status_code == 204
+    async with _as(server, await server.token(sid, "mallory")) as mallory:
+        for taken in ("bob", "BOB", " Bob "):
+            refused = await mallory.patch(
+                f"/api/v1/sessions/{sid}/me", json={"display_name": taken}
+            )
+            assert refused.status_code == 409, (taken, refused.text)
+            assert refused.json()["error"]["code"] == "conflict"
+        assert (
+            await mallory.patch(f"/api/v1/sessions/{sid}/me", json={"display_name": "Mal"})
+        ).is_success
+    async with _as(server, await server.token(sid, "olga")) as olga:
+        named = await olga.put(f"{members}/mallory", json={"role": "editor", "display_name": "Bob"})
+        assert named.status_code == 409, named.text
+        added = await olga.put(f"{members}/dan", json={"role": "viewer", "display_name": "bob"})
+        assert added.status_code == 409, added.text
+    by_admin = await server.http.put(f"{members}/BOB", json={"role": "viewer"})  # reads as bob
+    assert by_admin.status_code == 409 and by_admin.json()["error"]["code"] == "conflict"
+    listed = (await server.http.get(members)).json()["members"]
+    assert {m["user_id"]: m["display_name"] for m in listed} == {"mallory": "Mal", "olga": ""}
+    back = await server.http.put(f"{members}/bob", json={"role": "editor", "display_name": "Bob"})
+    assert back.is_success, back.text
+
+
 # Review: names were refused only C0 controls and DEL; these showed as nothing, broke a
 # line, or turned the rest of the name around (U+202E).
 UNSEEN = (

@@ -401,6 +401,30 @@ async def test_a_user_id_added_that_reads_as_another_members_name_is_refused(
     assert sorted(m.user_id for m in await store.list_members("a")) == ["carol", "carolyn", "eve"]
 
 
+async def test_a_former_members_user_id_in_the_transcript_is_no_one_elses_name(
+    store: Any,
+) -> None:
+    """Review FK: ann's prompt stays in the transcript under ``ann`` after she is removed,
+    so no one else is named or added as ``ann`` (folded), by any change; ann comes back."""
+    await store.create_session("a", "t", "queue", 0)
+    await add_prompt(store, "a", "c1")  # by ann, no member now
+
+    async def change(user_id: str, display_name: str | None, **kw: Any) -> None:
+        member = Member(user_id, "editor")
+        await store.change_member(
+            "a", user_id, member, 1, lambda *_: ALLOW, display_name=display_name, **kw
+        )
+
+    await change("mal", "Mal", max_members=10)
+    for user_id, name in (("mal", "Ann"), ("dan", " ANN"), ("Ann", None), ("\uff41nn", "x")):
+        with pytest.raises(Conflict, match="former member"):
+            await change(user_id, name, distinct_name=name is not None, max_members=10)
+    with pytest.raises(Conflict, match="former member"):  # a rename alone (PATCH …/me)
+        await change("mal", "ann", distinct_name=True)
+    await change("ann", "Ann", distinct_name=True, max_members=10)  # ann herself
+    assert sorted(m.user_id for m in await store.list_members("a")) == ["ann", "mal"]
+
+
 async def test_a_name_stored_before_the_rule_still_conflicts_folded(store: Any) -> None:
     """A name stored with an invisible character (before names were refused them, or by a
     path that does not judge the form) is compared folded: no one else takes it plain."""
