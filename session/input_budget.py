@@ -96,8 +96,9 @@ class InputBudget:
         """Why the next call may not be made: its input is past the limit."""
         if self.spent <= self.limit:
             return None
+        said = "the run's tool steps filled the context window: the next model call needs"
         return Ending(
             ReasonCode.TOO_LARGE,
-            f"the run's tool steps filled the context window: the next model call needs "
-            f"{self.spent} tokens; the window leaves {self.limit}",
+            f"{said} {self.spent} tokens; the window leaves {self.limit}",
+            uncounted=f"{said} more tokens than the window leaves ({self.limit})",
         )

@@ -81,6 +81,10 @@ class Ending:
 
     code: ReasonCode
     reason: str
+    # ``reason`` without the token counts it gives, told when the run drew on what not
+    # every member may read: a count holds its size, to the token (review A2;
+    # ``session.core.runs.shown_ending``). None: ``reason`` gives none.
+    uncounted: str | None = None
 
     def __post_init__(self) -> None:
         # A provider's text, as it said it: long (the column's width), and it may hold what

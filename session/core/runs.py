@@ -508,12 +508,18 @@ WITHHELD_TOOL = "(a tool it may not name)"
 
 
 def shown_ending(ending: Ending | None, readable_by_all: bool) -> Ending | None:
-    """``ending`` as members, webhooks and the audit log are told it: a reason that may
-    quote the model's input is withheld when the run drew on what not every member may
-    read (review: a provider's 400 quoting a restricted document reached a viewer)."""
-    if ending is None or readable_by_all or ending.code not in _QUOTING_REASONS:
+    """``ending`` as members, webhooks and the audit log are told it. When the run drew on
+    what not every member may read, a reason that may quote the model's input is withheld
+    (review: a provider's 400 quoting a restricted document reached a viewer), and one
+    that counts its tokens is told without the counts (review A2: "the next model call
+    needs N tokens" gave a restricted tool result's size, as a pin's refusal did, A2-1)."""
+    if ending is None or readable_by_all:
         return ending
-    return Ending(ending.code, WITHHELD_REASON)
+    if ending.code in _QUOTING_REASONS:
+        return Ending(ending.code, WITHHELD_REASON)
+    if ending.uncounted is not None:
+        return Ending(ending.code, ending.uncounted)
+    return ending
 
 
 def shown_tool_name(name: str, readable_by_all: bool) -> str:
@@ -560,14 +566,17 @@ def too_large(tokens: int, budget: int, fixed: int = 0) -> Ending | None:
     if tokens <= budget:
         return None
     if fixed > budget:
+        said = "the session's facts and pinned messages with the tool definitions need"
+        do = "remove a fact or unpin a message first"
         return Ending(
             ReasonCode.TOO_LARGE,
-            f"the session's facts and pinned messages with the tool definitions need {fixed} "
-            f"tokens before any prompt; the window leaves {budget}: remove a fact or unpin "
-            "a message first",
+            f"{said} {fixed} tokens before any prompt; the window leaves {budget}: {do}",
+            uncounted=f"{said} more tokens than the window leaves ({budget}) before any "
+            f"prompt: {do}",
         )
+    said = "the prompt with the pinned messages, facts and tool definitions needs"
     return Ending(
         ReasonCode.TOO_LARGE,
-        f"the prompt with the pinned messages, facts and tool definitions needs "
-        f"{tokens} tokens; the window leaves {budget}",
+        f"{said} {tokens} tokens; the window leaves {budget}",
+        uncounted=f"{said} more tokens than the window leaves ({budget})",
     )

@@ -71,6 +71,7 @@ from parley.session.core.runs import (
     run_audit,
     run_audit_base,
     run_ended,
+    shown_ending,
     too_large,
 )
 from parley.session.entries import EntryKind
@@ -1005,6 +1006,22 @@ def test_a_context_that_cannot_fit_ends_the_run_too_large() -> None:
     ending = too_large(101, 100)
     assert ending is not None and ending.code is ReasonCode.TOO_LARGE
     assert "101 tokens" in ending.reason and "leaves 100" in ending.reason
+
+
+@pytest.mark.parametrize(("tokens", "fixed"), [(101, 0), (150, 120)])
+def test_a_run_past_the_window_tells_its_count_to_members_who_may_read_all_it_drew_on(
+    tokens: int, fixed: int
+) -> None:
+    """Review A2: the count holds what the build gave the run's issuers (a restricted
+    reply pinned, kept server-side): told without it when not every member may read what
+    the run drew on, as a pin's refusal is (A2-1)."""
+    ending = too_large(tokens, 100, fixed)
+    assert ending is not None and f"{fixed or tokens} tokens" in ending.reason
+    assert shown_ending(ending, readable_by_all=True) == ending
+    shown = shown_ending(ending, readable_by_all=False)
+    assert shown is not None and shown.code is ReasonCode.TOO_LARGE
+    assert str(fixed or tokens) not in shown.reason
+    assert "more tokens than the window leaves (100)" in shown.reason
 
 
 # -- membership -------------------------------------------------------------------------
