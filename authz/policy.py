@@ -160,9 +160,12 @@ def may_read(subject: Subject | None, restriction: Restriction) -> bool:
 
 
 def everyone_may_read(members: Iterable[Subject], restriction: Restriction) -> bool:
-    """True when every member who may read the session may also read ``restriction``:
-    only then may something drawn from it go into the shared document."""
-    return all(may_read(m, restriction) for m in members if may_read(m, ()))
+    """True when every member is a reader of ``restriction``: only then may something
+    drawn from it go into the shared document. Members who may not read the session now
+    (a role without ``read_session``, or a denial of it) count too: their right may come
+    back without their being added, and the document's history is theirs to read then
+    (review R3-2: it gave them text drawn from a document they never could read)."""
+    return all(_readable(m, readers) for m in members for readers in restriction)
 
 
 def check_readers(users: Sequence[str], roles: Sequence[str]) -> None:

@@ -170,7 +170,7 @@ class SessionContext:
         self._thread_builder.forget(f"thread:{thread_id}:")
 
     def everyone_may_read(self, restriction: Restriction) -> bool:
-        """True when every member who may read the session may read this too."""
+        """True when every member (those who may not read the session now too) may read this."""
         return self._readable_by_all(restriction)
 
     def server_text(self, entry_id: str) -> str | None:

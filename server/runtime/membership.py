@@ -91,7 +91,7 @@ class Membership:
         return self._revision, self.roles()
 
     def everyone_may_read(self, restriction: Restriction) -> bool:
-        """Whether every member who may read the session may read ``restriction`` too,
+        """Whether every member (``authz.policy.everyone_may_read``) may read ``restriction``,
         kept until the members or the role table change: a restricted reply asks at every
         batch of its text, and asking costs every member's grants (3.7 ms for 1,000)."""
         roles = self.roles()

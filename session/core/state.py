@@ -113,7 +113,7 @@ class SessionView:
     server_text: Callable[[str], str | None] = lambda entry_id: None
 
     def everyone_may_read(self, restriction: Restriction) -> bool:
-        """True when every member who may read the session may read ``restriction``."""
+        """True when every member may read ``restriction`` (``authz.policy.everyone_may_read``)."""
         if self.readable_by_all is not None:
             return self.readable_by_all(restriction)
         return everyone_may_read(self.subjects(), restriction)

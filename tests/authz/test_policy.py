@@ -106,9 +106,15 @@ def test_scope_refuses_an_issuer_who_may_no_longer_prompt() -> None:
         scope_for_run([("gone", None)], [SEARCH])
 
 
-def test_everyone_may_read_counts_only_members_who_read_the_session() -> None:
+def test_everyone_may_read_counts_members_who_may_not_read_the_session_now() -> None:
+    """Review R3-2: a member whose ``read_session`` is suspended is still a member, whose
+    reading once it is back must be respected."""
     bob, olga = who("bob", "viewer"), who("olga", "owner")
     blind = who("x", "viewer", denials=frozenset({Capability.READ_SESSION}))
-    assert everyone_may_read([bob, olga, blind], (HANDBOOK,))
+    assert everyone_may_read([bob, olga], (HANDBOOK,))
+    assert not everyone_may_read([bob, olga, blind], (HANDBOOK,))
     assert not everyone_may_read([bob, olga, who("alice", "editor")], (HANDBOOK,))
+    assert everyone_may_read([bob, olga, blind], ())
+    granted = Subject("x", "blind", frozenset({"read:handbook"}))  # a reader, not now
+    assert everyone_may_read([bob, olga, granted], (HANDBOOK,))
     assert everyone_may_read([], (HANDBOOK,))

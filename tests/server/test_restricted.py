@@ -329,3 +329,42 @@ async def test_a_socket_that_connects_later_is_sent_what_its_member_may_read(
     assert SECRET in pushed[reply["id"]]
     assert [m for m in alice.unsolicited if m["type"] == "restricted"] == []
     assert "7731" not in str(alice.unsolicited)
+
+
+@pytest.mark.parametrize(
+    "suspended",
+    [
+        ({"role": "blind"}, {"role": "viewer"}),
+        ({"role": "viewer", "denials": ["read_session"]}, {"role": "viewer", "denials": []}),
+    ],
+    ids=["custom-role", "denial"],
+)
+async def test_a_member_who_may_not_read_the_session_now_is_still_counted(
+    server: RunningServer, suspended: tuple[dict[str, Any], dict[str, Any]]
+) -> None:
+    """Review R3-2: a member whose right to read the session is suspended (a role without
+    ``read_session``, or a denial of it) was left out of "every member may read", so a
+    reply drawn from a document zed may not read went into the shared document, and zed
+    read it once the right was back. He is a member throughout: the reply stays private."""
+    while_out, restored = suspended
+    roles = await server.http.put("/api/v1/roles/blind", json={"capabilities": ["be_present"]})
+    assert roles.is_success, roles.text
+    sid = await server.new_session({"olga": "owner", "bob": "editor"})
+    path = f"/api/v1/sessions/{sid}"
+    assert (await server.http.put(f"{path}/members/zed", json=while_out)).is_success
+    vault = {"title": "Vault", "text": SECRET, "readers": {"users": ["bob", "olga"]}}
+    assert (await server.http.post(f"{path}/documents", json=vault)).status_code == 201
+    bob = await server.connect(sid, "bob")
+    await bob.command({"type": "prompt", "id": "p", "text": "what is the vault code?"})
+    await bob.wait_until(lambda c: all_replies_settled(c, 1))
+    reply = next(e for e in bob.entries() if e["kind"] == "reply")
+    assert "7731" not in reply["content"] and "[restricted:" in reply["content"]
+
+    back = await server.http.put(f"{path}/members/zed", json=restored)
+    assert back.is_success, back.text
+    zed = await server.connect(sid, "zed")
+    assert "7731" not in str([e["content"] for e in zed.entries()])
+    read = await as_member(server, sid, "zed", "GET", f"{path}/transcript")
+    assert read.status_code == 200 and "7731" not in read.text and "[restricted:" in read.text
+    private = await as_member(server, sid, "zed", "GET", f"{path}/entries/{reply['id']}/private")
+    assert private.status_code == 403

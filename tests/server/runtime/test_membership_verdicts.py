@@ -36,9 +36,12 @@ async def test_the_kept_answer_follows_the_members_and_the_roles() -> None:
     await members.set_member("carol", None)
     assert members.everyone_may_read(plans)
 
-    # bob's custom role loses read_session: he no longer reads the session, so he no longer
-    # counts. The role table is replaced on every change, and the kept answer with it.
+    # bob's custom role is given ``read:doc:eng``: he reads it now. The role table is
+    # replaced on every change, and the kept answer with it.
     engineers = (Readers("doc:eng", roles=frozenset({"editor"})),)
     assert not members.everyone_may_read(engineers)
-    tables.append(RoleTable({"asker": frozenset({"prompt"})}))
+    tables.append(RoleTable({"asker": frozenset({"read_session", "prompt", "read:doc:eng"})}))
     assert members.everyone_may_read(engineers)
+    # It loses ``read_session``: bob is still a member, whose reading counts (review R3-2).
+    tables.append(RoleTable({"asker": frozenset({"prompt"})}))
+    assert not members.everyone_may_read(engineers)
