@@ -10,7 +10,8 @@ withheld (and listed).
 
 The system text carries the instructions, the session facts, the pinned messages and the
 newest summary of older turns: they are always given (the pins within the share of the
-budget the facts and pins may take, ``fixed_tokens``, which the pin rule keeps them in).
+budget the facts and pins may take, ``fixed_tokens``, which the pin rule keeps them in as
+the member who sets one may read them: a restricted pin given as its full text may not fit).
 Repetition is folded out of the rest (``session.fold``), then the newest turns are kept
 verbatim until the budget (window minus output reserve) is spent. Older turns are either
 covered by the summary or left out as over budget, which is what the next summary takes up
@@ -120,7 +121,7 @@ class BuiltContext:
     included: tuple[str, ...] = ()
     sources: tuple[tuple[str, ...], ...] = ()  # the entries behind each message, in order
     tools_tokens: int = 0  # the definitions of the tools offered (``request.tools``)
-    pins_left: tuple[str, ...] = ()  # pinned, over the pins' share (the window shrank)
+    pins_left: tuple[str, ...] = ()  # pinned, over the pins' share (see ``_system_within``)
 
     @property
     def tokens(self) -> int:
@@ -286,8 +287,9 @@ def _system_within(
 ) -> _SystemText:
     """The system text with the ``pinned`` entries (story order) that fit the fixed part's
     ``limit`` taken in the order they were pinned (``pin_order``): every one, unless the
-    window shrank since (the pin rule keeps them within it: ``session.core``); the rest
-    are left out and listed."""
+    window shrank since or a restricted pin is given here as its text kept server-side,
+    which the pin rule counts only for a member who may read it (``session.core``); the
+    rest are left out and listed."""
     order = {pin_id: n for n, pin_id in enumerate(pin_order)}
     room = limit - fixed_tokens(facts, (0,))
     left: dict[str, None] = {}

@@ -31,6 +31,7 @@ def session_view(room: SessionRoom) -> SessionView:
         subjects=room.membership.subjects,
         standing=room.membership.standing,
         server_text=room.context.server_text,
+        restriction_of=room.context.restriction_of,
         readable_by_all=room.membership.everyone_may_read,
         document_bytes=room.writer.document.committed_bytes,
         restricted_replies=room.restricted_replies,

@@ -139,7 +139,7 @@ def _handle(view: SessionView, event: CommandEvent) -> Effects:
     if isinstance(command, MessageCommand):
         return _authorized(view, event, Capability.POST_MESSAGE) or _message(view, event, command)
     if isinstance(command, PinCommand):
-        return _authorized(view, event, Capability.PIN) or _pin(view, command)
+        return _authorized(view, event, Capability.PIN) or _pin(view, event, command)
     if isinstance(command, FactCommand):
         refused = _authorized(view, event, Capability.PIN, "facts take the 'pin' capability")
         return refused or _fact(view, event, command)
@@ -195,7 +195,7 @@ def _message(view: SessionView, event: CommandEvent, command: MessageCommand) ->
     return Effects(ack=Ack(entry.seq, (("message_id", entry.id),)), entry=entry)
 
 
-def _pin(view: SessionView, command: PinCommand) -> Effects:
+def _pin(view: SessionView, event: CommandEvent, command: PinCommand) -> Effects:
     entry_id = command.entry_id
     if not view.doc.has_entry(entry_id):
         raise NotFound(f"no entry {entry_id!r} in this session")
@@ -213,7 +213,7 @@ def _pin(view: SessionView, command: PinCommand) -> Effects:
         require_room(view)  # an unpin is bounded by the pins there are: it stays possible
         what = f"pinning message #{view.doc.entry(entry_id).seq}"
         pins = [*view.doc.pinned(), entry_id]
-        require_context_room(view, what, view.doc.facts_with_authors(), pins)
+        require_context_room(view, event, what, view.doc.facts_with_authors(), pins)
     return Effects(ack=done.ack, change=Pin(entry_id, command.pinned))
 
 
@@ -237,7 +237,8 @@ def _fact(view: SessionView, event: CommandEvent, command: FactCommand) -> Effec
     if value is not None:
         require_room(view, key + value)  # a removal is bounded by the facts there are
         facts = {**view.doc.facts_with_authors(), key: Fact(value, event.actor)}
-        require_context_room(view, f"setting the fact {key!r}", facts, view.doc.pinned())
+        what = f"setting the fact {key!r}"
+        require_context_room(view, event, what, facts, view.doc.pinned())
     return Effects(ack=done.ack, change=SetFact(key, value, event.actor))
 
 

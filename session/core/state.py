@@ -90,7 +90,7 @@ class SessionView:
     ``document_bytes``: the committed document's encoded size (what a first sync sends).
     ``standing``: a member's ``Standing`` as of now (``no_standing`` for one who is not).
     ``server_text``: the full text kept server-side behind an entry's placeholder (None:
-    its shared copy is all there is).
+    its shared copy is all there is); ``restriction_of``: the readers of that text.
     """
 
     doc: SessionDocument
@@ -111,6 +111,7 @@ class SessionView:
     document_bytes: int = 0
     standing: Callable[[str], Standing] = no_standing
     server_text: Callable[[str], str | None] = lambda entry_id: None
+    restriction_of: Callable[[str], Restriction] = lambda entry_id: ()
 
     def everyone_may_read(self, restriction: Restriction) -> bool:
         """True when every member may read ``restriction`` (``authz.policy.everyone_may_read``)."""
@@ -156,50 +157,56 @@ def require_room(view: SessionView, text: str = "") -> None:
 
 
 def require_context_room(
-    view: SessionView, what: str, facts: Mapping[str, Fact], pins: Sequence[str]
+    view: SessionView,
+    event: CommandEvent,
+    what: str,
+    facts: Mapping[str, Fact],
+    pins: Sequence[str],
 ) -> None:
     """Raise ``TooLarge`` if the system text with ``facts`` and ``pins`` (the session's after
     the change ``what`` names) would take more of every model input than the limit, and
     more than it takes now: a change that does not grow it stays possible past the limit
-    (the window shrank since), as unpins and removals do."""
+    (the window shrank since), as unpins and removals do. It is judged by what
+    ``event``'s actor may read (``_fixed_tokens``)."""
     limit = view.limits.max_fixed_tokens
     if limit is None:
         return
-    after, hidden = _fixed_tokens(view, facts, pins)
+    after = _fixed_tokens(view, event, facts, pins)
     if after <= limit:
         return
-    before, _ = _fixed_tokens(view, view.doc.facts_with_authors(), view.doc.pinned())
+    before = _fixed_tokens(view, event, view.doc.facts_with_authors(), view.doc.pinned())
     if after <= before:
         return
-    # A count that holds text some members may not read is not told: it would give them
-    # its size to the token (review A2-1: a restricted reply pinned, then a fact set).
-    take = "take more tokens than" if hidden else f"take {after} tokens;"
     raise TooLarge(
         f"{what} would make the pinned messages and facts, which every model input carries, "
-        f"{take} the session's model leaves them {limit} (a share of its "
+        f"take {after} tokens; the session's model leaves them {limit} (a share of its "
         "window, so that prompts still fit): unpin a message or remove a fact first"
     )
 
 
 def _fixed_tokens(
-    view: SessionView, facts: Mapping[str, Fact], pins: Sequence[str]
-) -> tuple[int, bool]:
-    """``fixed_tokens`` with each pin as its largest form: its shared copy or the text kept
-    server-side, which a run whose issuers may read it is given; and whether a text kept
-    server-side counted."""
+    view: SessionView, event: CommandEvent, facts: Mapping[str, Fact], pins: Sequence[str]
+) -> int:
+    """``fixed_tokens`` with each pin as the actor may read it: its text kept server-side
+    (which a run whose issuers may read it is given) when it is larger and they may read
+    it (the admin key reads all), else its shared copy. A refusal's yes or no and its count
+    then depend on nothing the actor may not read (review R3-1: a member set facts until one
+    was refused, and learnt the size of a restricted reply pinned, to the token); a build
+    whose issuers may read more gives the pins that fit, in the order they were pinned, and
+    lists the others as left out (``session.context``)."""
+    admin = event.admin and not event.actor
+    reader = None if admin else view.subject(event.actor)
     costs = []
-    hidden = False
     for pin_id in pins:
         if not view.doc.has_entry(pin_id):
             continue  # nothing a build could give
         entry = view.doc.entry(pin_id)
         cost = pin_tokens(entry)
         full = view.server_text(pin_id)
-        if full is not None:
-            hidden = True
+        if full is not None and (admin or may_read(reader, view.restriction_of(pin_id))):
             cost = max(cost, pin_tokens(replace(entry, content=full)))
         costs.append(cost)
-    return fixed_tokens(facts, costs), hidden
+    return fixed_tokens(facts, costs)
 
 
 def new_entry(

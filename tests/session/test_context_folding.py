@@ -266,6 +266,39 @@ def test_pins_past_their_share_of_a_smaller_window_are_left_out_and_listed() -> 
     assert built.request.messages[-1].content == "[bob asks you]\nhello again?"
 
 
+def test_a_restricted_pin_past_the_share_for_its_readers_is_left_out_of_their_input() -> None:
+    """Review R3-1: the pin rule judges a member by what they may read, so a restricted
+    entry pinned at its placeholder's size may take more than the share as the text its
+    readers' runs are given. Their build gives the pins that fit, in the order they were
+    pinned, and lists it as left out; a member who may not read it is given the
+    placeholder, with every pin."""
+    hidden = msg(0, "fake", "[restricted: the rest draws on material]", EntryKind.REPLY)
+    pins = [hidden, msg(1, "alice", f"{CLAUSES} v1"), msg(2, "bob", "ship on friday v2")]
+    entries = [*pins, prompt(3, "alice", "and the plan?")]
+    config = ContextSettings(window_tokens=2000, reserve_output_tokens=500)
+    full = " ".join([CLAUSES] * 5)
+    order = ["e0", "e1", "e2"]
+    assert fixed_tokens({}, [pin_tokens(p) for p in pins]) <= config.max_fixed_tokens
+    assert pin_tokens(replace(hidden, content=full)) > config.max_fixed_tokens
+    reader = build_context(
+        session_id="s",
+        entries=entries,
+        prompt_ids=["e3"],
+        pins=order,
+        settings=config,
+        private_text={"e0": full},
+    )
+    assert "v1" in reader.request.system and "v2" in reader.request.system
+    assert "clause 39 of the contract clause 0" not in reader.request.system
+    assert [x.entry_id for x in reader.excluded if x.reason == PIN_LEFT_OUT] == ["e0"]
+    assert reader.tokens <= config.budget
+    other = build_context(
+        session_id="s", entries=entries, prompt_ids=["e3"], pins=order, settings=config
+    )
+    assert "[restricted: the rest draws on material]" in other.request.system
+    assert not [x for x in other.excluded if x.reason == PIN_LEFT_OUT]
+
+
 def test_a_builder_makes_the_system_text_once_for_the_same_facts_and_pins() -> None:
     """Review B3: every build made the system text again from every pin (30 ms for 1.5 MB),
     and a coalesced run's start builds once per prompt it judges."""

@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pycrdt import Doc
 
-from parley.authz.policy import Readers, Subject
+from parley.authz.policy import Readers, Restriction, Subject
 from parley.authz.roles import Member, RoleTable
 from parley.authz.scope import ContextSeen, scope_for_run
 from parley.session.commands import (
@@ -130,6 +130,7 @@ class Session:
     max_session_bytes: int | None = None
     max_fixed_tokens: int | None = None
     server_texts: dict[str, str] = field(default_factory=dict)  # behind placeholders
+    restrictions: dict[str, Restriction] = field(default_factory=dict)  # their readers
     # When a token of each member was last revoked (ms), as the shell keeps it.
     revoked_at: dict[str, int] = field(default_factory=dict)
 
@@ -156,6 +157,7 @@ class Session:
             document_bytes=len(self.doc.doc.get_update()),
             standing=self.standing,
             server_text=self.server_texts.get,
+            restriction_of=lambda entry_id: self.restrictions.get(entry_id, ()),
         )
 
     def standing(self, user_id: str) -> Standing:
@@ -525,19 +527,59 @@ def test_a_pin_or_fact_that_would_crowd_out_the_prompts_is_refused_and_nothing_s
 
 def test_a_pin_is_measured_by_the_text_kept_behind_its_placeholder() -> None:
     """A run whose issuers may read a restricted entry is given its full text, kept on the
-    server: that is what its pin takes."""
+    server: that is what its pin takes for a member who may read it, and the count they are
+    told is of text they may read."""
     session = Session()
     short = session.prompt("eddie", "see the tool's details")
     session.server_texts[short] = CLAUSES * 2
+    session.restrictions[short] = PLANS  # eddie reads it
     session.max_fixed_tokens = fixed_tokens({}, [_pin_cost(session, short)]) + 50
     refused = session.send("eddie", PinCommand("c", short, True))
     assert refusal_of(refused) is TooLarge and refused.error is not None
-    # Review A2-1: the count of a text some members may not read is not told (a member
-    # who pinned a reply they may not read learnt its size to the token).
-    counted = str(
-        fixed_tokens({}, [pin_tokens(replace(session.doc.entry(short), content=CLAUSES * 2))])
+    counted = fixed_tokens({}, [pin_tokens(replace(session.doc.entry(short), content=CLAUSES * 2))])
+    assert f"take {counted} tokens" in refused.error.message
+    assert refusal_of(session.send("", PinCommand("c", short, True), admin=True)) is TooLarge
+
+
+PLANS = (Readers("doc:plans", users=frozenset({"eddie"})),)
+
+
+def _smallest_refused_fact(words: int, pinner: str, actor: str) -> int:
+    """In a session where eddie's entry hides ``words`` words of text only he may read
+    behind its placeholder, pinned by ``pinner``: the fewest words of a fact ``actor`` is
+    refused, as a member would find it out by trying."""
+    session = Session()
+    hidden = session.prompt("eddie", "plan: [restricted]")
+    session.server_texts[hidden] = "plan: " + " ".join(["lorem"] * words)
+    session.restrictions[hidden] = PLANS
+    widest = replace(session.doc.entry(hidden), content=" ".join(["lorem"] * 300))
+    session.max_fixed_tokens = fixed_tokens({}, [pin_tokens(widest)]) + 200  # both fit
+    assert session.send(pinner, PinCommand("c", hidden, True)).error is None
+    low, high = 1, 2000
+    while low < high:
+        k = (low + high) // 2
+        judged = handle(session.view(), session.event(actor, FactCommand("c", "f", "a " * k)))
+        if judged.error is None:
+            low = k + 1
+        else:
+            assert refusal_of(judged) is TooLarge
+            high = k
+    return low
+
+
+@pytest.mark.parametrize("pinner", ["erin", "eddie"])
+def test_whether_a_fact_is_refused_tells_nothing_of_a_pin_one_may_not_read(pinner: str) -> None:
+    """Review R3-1: each pin counted at its text kept server-side whoever set a fact, so the
+    fewest words refused told erin, to the token, the size of a reply she may not read
+    (A2-1 had taken only the count out of the message): pinned by her, or by eddie while
+    she only set facts. She is judged by what she may read: two sessions whose hidden
+    texts differ give her the same threshold; eddie, who reads them, is judged by them."""
+    assert _smallest_refused_fact(100, pinner, "erin") == _smallest_refused_fact(
+        250, pinner, "erin"
     )
-    assert counted not in refused.error.message and "more tokens than" in refused.error.message
+    short, long = (_smallest_refused_fact(n, pinner, "eddie") for n in (100, 250))
+    assert long < short
+    assert _smallest_refused_fact(100, pinner, "erin") > short
 
 
 def test_past_the_share_a_change_that_does_not_grow_it_stays_possible() -> None:
