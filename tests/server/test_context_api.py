@@ -7,6 +7,7 @@ import asyncio
 import json
 from pathlib import Path
 
+import httpx
 import pytest
 from pycrdt import Array, Map
 
@@ -14,7 +15,7 @@ from parley.server.http import context as context_api
 from parley.session.commands import CancelCommand, MessageCommand, PromptCommand
 from parley.session.errors import Conflict
 from tests.conftest import RunningServer, make_settings, serve_in_process, sqlite_url
-from tests.fake_model import Answer, FakeModel, Sent
+from tests.fake_model import Answer, FakeModel, Sent, call
 from tests.server.runtime.backend import backend, sql_store
 from tests.server.runtime.harness import memory_settings
 from tests.yclient import all_replies_settled
@@ -313,3 +314,65 @@ async def test_previews_of_one_session_are_bounded_together(tmp_path: Path) -> N
         assert await preview("val") == 429  # another member: the session's budget is spent
         assert await preview("vic") == 200  # kept: only sent
         assert (await server.http.get(url + "val")).status_code == 200  # the admin key
+
+
+async def test_a_members_refused_fact_tells_nothing_of_a_pin_they_may_not_read(
+    tmp_path: Path,
+) -> None:
+    """Review R3-1, over REST: alice's reply draws on a document only she may read, and
+    bob sees its placeholder. Pinned (by bob, or by alice while bob only sets facts), it
+    counted at its hidden text, so the fewest words of a fact refused told bob its size.
+    Two sessions whose hidden replies differ in size give bob the same threshold."""
+    words = [0]
+
+    def script(sent: Sent) -> Answer:
+        if sent.messages[-1]["role"] == "tool":
+            return ["plan: " + " ".join(["lorem"] * words[0])]
+        return [call("search_documents", {"query": "launch plan"})]
+
+    settings = make_settings(
+        sqlite_url(tmp_path),
+        tmp_path / "d",
+        context_window_tokens=1500,
+        max_output_tokens=512,
+        commands_burst=1000,
+    )
+    async with serve_in_process(settings, FakeModel(script, echo_tools=False)) as server:
+        thresholds: dict[tuple[int, str], int] = {}
+        for pinner in ("bob", "alice"):
+            for n in (100, 250):
+                words[0] = n
+                thresholds[n, pinner] = await _fewest_words_refused(server, pinner)
+        assert thresholds[100, "bob"] == thresholds[250, "bob"]
+        assert thresholds[100, "alice"] == thresholds[250, "alice"]
+
+
+async def _fewest_words_refused(server: RunningServer, pinner: str) -> int:
+    """In a new session, alice's reply drawn from her document, pinned by ``pinner``: the
+    fewest words of a fact bob is refused ``too_large``, found as he would, by trying."""
+    sid = await server.new_session({"alice": "editor", "bob": "editor"})
+    path = f"/api/v1/sessions/{sid}"
+    plan = {"title": "plan", "text": "The launch plan.", "readers": {"users": ["alice"]}}
+    assert (await server.http.post(f"{path}/documents", json=plan)).status_code == 201
+    alice = await server.connect(sid, "alice")
+    await alice.command({"type": "prompt", "id": "p", "text": "the launch plan?"})
+    await alice.wait_until(lambda c: all_replies_settled(c, 1))
+    reply = next(e for e in alice.entries() if e["kind"] == "reply")
+    assert "[restricted:" in reply["content"] and "lorem" not in reply["content"]
+    tokens = {user: await server.token(sid, user) for user in ("alice", "bob")}
+    async with httpx.AsyncClient(base_url=server.base_url) as http:
+        as_pinner = {"Authorization": f"Bearer {tokens[pinner]}"}
+        pinned = await http.post(f"{path}/pins", json={"entry_id": reply["id"]}, headers=as_pinner)
+        assert pinned.status_code == 201, pinned.text
+        as_bob = {"Authorization": f"Bearer {tokens['bob']}"}
+        low, high = 1, 1000
+        while low < high:
+            k = (low + high) // 2
+            fact = {"value": " ".join(["a"] * k)}
+            put = await http.put(f"{path}/facts/f", json=fact, headers=as_bob)
+            if put.status_code == 413:
+                high = k
+            else:
+                assert put.status_code == 200, put.text
+                low = k + 1
+    return low
