@@ -1056,7 +1056,7 @@ def test_a_run_past_the_window_tells_its_count_to_members_who_may_read_all_it_dr
 ) -> None:
     """Review A2: the count holds what the build gave the run's issuers (a restricted
     reply pinned, kept server-side): told without it when not every member may read what
-    the run drew on, as a pin's refusal is (A2-1)."""
+    the run drew on (a pin's refusal counts only what its setter may read: R3-1)."""
     ending = too_large(tokens, 100, fixed)
     assert ending is not None and f"{fixed or tokens} tokens" in ending.reason
     assert shown_ending(ending, readable_by_all=True) == ending

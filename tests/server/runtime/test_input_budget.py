@@ -69,7 +69,7 @@ async def test_a_run_past_the_window_tells_no_count_of_what_not_everyone_may_rea
     """Review A2: a run that read a document alice may not read, then ended ``too_large``,
     told every member "the next model call needs N tokens", N counting the document's
     result: its size, to the token. The count is left out when the run drew on what not
-    every member may read (as A2-1 leaves it out of a pin's refusal), told otherwise."""
+    every member may read, told otherwise."""
     settings = {"context_window_tokens": WINDOW, "max_output_tokens": RESERVE}
     reasons = {}
     for readers in (frozenset({"bob"}), frozenset({"bob", "alice"})):
