@@ -350,11 +350,12 @@ def charged(
     data: bytes,
     now: float,
     echoes: AwarenessFanout | None = None,
-) -> tuple[ClientMessage, int]:
+) -> tuple[ClientMessage | None, int]:
     """A binary frame decoded and charged what it costs (``cost_of``) before it is judged,
     and the bytes of it paid from echo credit: bytes for document writes and presence (per
     member), a count for full resyncs (per socket); ``RateLimited`` past a budget,
-    ``ProtocolError`` for a malformed frame.
+    ``ProtocolError`` for a malformed frame. A resync past the socket's count is no
+    refusal: the message is None (drop it unanswered).
 
     With the session's presence fan-out (``echoes``), an awareness frame is paid first
     from its socket's echo credit: the presence bytes the socket was sent and has not sent
@@ -373,6 +374,14 @@ def charged(
     cost = cost_of(message, size)
     limits = connection.limits
     assert limits is not None
-    if not (limits.allow(cost, now) and room.budgets.allow(connection.user_id, cost, now)):
+    if not limits.allow(cost, now):
+        # A resync (sync step 1, query awareness) past the socket's count: a later answer
+        # holds all this one would, and the socket is sent every change as it commits,
+        # so it is dropped unanswered, and is no refusal. Refused, each counted toward the
+        # abuse limit: y-websocket's own ``resyncInterval: 100`` was closed 4429 for good
+        # within 15 s (review R2-3). A flood of them costs a decode each, within the
+        # frame rate (``PARLEY_UPDATES_PER_SECOND``), which still cuts it off.
+        return None, 0
+    if not room.budgets.allow(connection.user_id, cost, now):
         raise RateLimited(f"over the {cost.spend.value} budget; slow down")
     return message, echo_bytes

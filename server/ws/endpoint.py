@@ -208,6 +208,8 @@ async def _on_binary(
     """Handle a binary frame, charged first (``charged``); a refused one raises its
     ``ParleyError``."""
     message, echo_bytes = charged(room, connection, data, now, room.awareness)
+    if message is None:
+        return  # a resync past the socket's count
     if isinstance(message, SyncMessage):
         if message.sync_type is SyncType.STEP1:
             # The answer is the document, or what the client lacks of it: the member's

@@ -145,6 +145,8 @@ def _on_binary(
     """Handle a binary frame, charged what it costs first (as on the session's socket); a
     refused one raises its ``ParleyError``."""
     message, _ = charged(room, connection, data, now)
+    if message is None:
+        return  # a resync past the socket's count
     if isinstance(message, SyncMessage):
         if message.sync_type is SyncType.STEP1:
             if room.sync_refused(connection, now):  # first: reading a state costs its size
