@@ -182,7 +182,10 @@ async def admit(websocket: WebSocket, state: AppState) -> Admitted | None:
     connection.channel = _CHANNELS[asked_channel]
     connection.start()
     deadlines = SocketDeadlines(
-        claims.expires_at - state.clock(), state.settings.ws_idle_timeout_s, connection.close
+        claims.expires_at - state.clock(),
+        state.settings.ws_idle_timeout_s,
+        connection.close,
+        connection.direct,  # its answers to the keep-alive pings count as signs of life
     )
     return Admitted(room, claims, connection, deadlines)
 

@@ -85,20 +85,46 @@ def ticks_of(loop: asyncio.AbstractEventLoop) -> Ticks:
     return ticks
 
 
+class Answers(Protocol):
+    """Where a socket's answers to the server's keep-alive pings are seen (``DirectWriter``)."""
+
+    answered_at: float  # the loop's clock at the latest one
+
+
 class SocketDeadlines:
     """Closes the socket (``close(code, reason)``) once ``expires_in_s`` has passed (4401,
     token expired), or once it has waited ``idle_s`` for a frame (1001, idle timeout: between
-    ``waiting`` and ``received``); then never again. ``cancel`` when the socket is done."""
+    ``waiting`` and ``received``) and answered none of the server's keep-alive pings
+    (``answers``) meanwhile; then never again. ``cancel`` when the socket is done.
 
-    __slots__ = ("_close", "_expires_at", "_idle_s", "_loop", "_tick", "_ticks", "_waiting_since")
+    The idle timeout is for dead and abandoned sockets: a pong answering the server's ping
+    is a sign of life as good as a frame. A stock client that shows no presence of its own
+    sends nothing else in a quiet session, and was closed 1001 every two minutes, then
+    synced the whole document again (review R2-4)."""
+
+    __slots__ = (
+        "_answers",
+        "_close",
+        "_expires_at",
+        "_idle_s",
+        "_loop",
+        "_tick",
+        "_ticks",
+        "_waiting_since",
+    )
 
     def __init__(
-        self, expires_in_s: float, idle_s: float, close: Callable[[CloseCode, str], object]
+        self,
+        expires_in_s: float,
+        idle_s: float,
+        close: Callable[[CloseCode, str], object],
+        answers: Answers | None = None,
     ) -> None:
         self._loop = asyncio.get_running_loop()
         self._expires_at = self._loop.time() + max(expires_in_s, 0.0)
         self._idle_s = idle_s
         self._close = close
+        self._answers = answers
         self._waiting_since: float | None = None
         self._ticks = ticks_of(self._loop)
         self._tick: int | None = None  # the tick it is due in, if any
@@ -145,6 +171,11 @@ class SocketDeadlines:
             self.cancel()
             self._close(CloseCode.UNAUTHENTICATED, "token expired")
         elif since is not None and now >= since + self._idle_s:
+            answered = -math.inf if self._answers is None else self._answers.answered_at
+            if answered > since:  # alive meanwhile: idle from its latest answer
+                self._waiting_since = answered
+                self._arm()
+                return
             self.cancel()
             self._close(CloseCode.GOING_AWAY, "idle timeout")
         else:

@@ -16,6 +16,7 @@ ASGI server hands the app is that object's bound method.
 from __future__ import annotations
 
 import contextlib
+import math
 import socket
 import struct
 from collections import deque
@@ -39,7 +40,7 @@ _RESET_ON_CLOSE = struct.pack("ii", 1, 0)
 
 
 class DirectWriter:
-    __slots__ = ("_protocol", "_unfinished", "_written", "backlogged")
+    __slots__ = ("_protocol", "_unfinished", "_written", "answered_at", "backlogged")
 
     def __init__(self, protocol: Any) -> None:
         self._protocol = protocol
@@ -49,6 +50,10 @@ class DirectWriter:
         self._unfinished: deque[int] | None = None
         # The kernel did not take all of the last write (so there is a backlog to watch).
         self.backlogged = False
+        # When (the loop's clock) the client last answered a keep-alive ping, set by the
+        # protocol (``uvicorn_protocol``): here, not on the protocol, whose attributes are
+        # kept under 30 (its module docstring).
+        self.answered_at = -math.inf
 
     @classmethod
     def beneath(cls, send: Send) -> DirectWriter | None:

@@ -48,7 +48,7 @@ from websockets.frames import Frame
 
 from parley.server.http.error_body import error_body
 from parley.server.ws.deadlines import ticks_of
-from parley.server.ws.direct_send import SCOPE_KEY, reset
+from parley.server.ws.direct_send import SCOPE_KEY, DirectWriter, reset
 from parley.session.errors import BadRequest
 from parley.session.ratelimit import Rate, TokenBucket
 
@@ -269,9 +269,14 @@ class LeanWebSocketProtocol(WebSocketsSansIOProtocol):
     def handle_pong(self, event: Frame) -> None:
         if self.pending_ping_payload is None or bytes(event.data) != self.pending_ping_payload:
             return  # unsolicited, or the answer to a ping before the one in flight
-        self.last_ping_rtt = self.loop.time() - self.ping_sent_at
+        now = self.loop.time()
+        self.last_ping_rtt = now - self.ping_sent_at
         self.pending_ping_payload = None
         self.schedule_ping()
+        # A sign of life the socket's idle timeout counts (``SocketDeadlines``).
+        writer = self.scope.get(SCOPE_KEY)
+        if isinstance(writer, DirectWriter):
+            writer.answered_at = now
 
     def stop_keepalive(self) -> None:
         self._drop_beat()

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import websockets
+from websockets.client import ClientProtocol
+from websockets.frames import Frame, Opcode
+from websockets.protocol import State
+from websockets.uri import parse_uri
 
 from parley.session.yprotocol import SyncType, encode_sync
 from tests.conftest import RunningServer, make_settings, serve_in_process, sqlite_url
@@ -212,6 +217,62 @@ async def test_idle_sockets_are_closed(tmp_path: Path) -> None:
         sid = await server.new_session({"alice": "editor"})
         silent = await server.connect(sid, "alice")
         assert await silent.wait_closed(timeout=5) == 1001
+
+
+async def keep_alive_client(url: str) -> tuple[Any, Any, ClientProtocol]:
+    """A socket that sends nothing but the handshake and, if its test writes them, the
+    pongs its protocol queues for the server's pings (``data_to_send``)."""
+    uri = parse_uri(url)
+    reader, writer = await asyncio.open_connection(uri.host, uri.port)
+    client = ClientProtocol(uri)
+    client.send_request(client.connect())
+    writer.write(b"".join(client.data_to_send()))
+    return reader, writer, client
+
+
+async def test_a_socket_that_answers_pings_is_not_idle(tmp_path: Path) -> None:
+    """The idle timeout drops dead or abandoned sockets: a client that answers the server's
+    keep-alive pings is neither, though it sends nothing else (a stock client with no
+    awareness state of its own: closed 1001 every 2 minutes in a quiet session, then
+    synced the whole document again; review R2-4). One that answers none is still closed
+    1001 (its ping timeout is longer here)."""
+    idle_s, interval_s = 1.0, 0.25
+    settings = make_settings(
+        sqlite_url(tmp_path),
+        tmp_path / "d",
+        ws_idle_timeout_s=idle_s,
+        ws_ping_interval_s=interval_s,
+        ws_ping_timeout_s=60,
+    )
+    async with serve_in_process(settings) as server:
+        sid = await server.new_session({"alice": "viewer"})
+        url = f"{server.ws_url}/ws/sessions/{sid}?token={await server.token(sid, 'alice')}"
+        # Pings go out at least ``interval_s`` apart: these span twice the idle timeout.
+        enough = math.ceil(2 * idle_s / interval_s) + 1
+        reader, writer, answering = await keep_alive_client(url)
+        pings = 0
+        async with asyncio.timeout(60):
+            while pings < enough and answering.close_rcvd is None:
+                data = await reader.read(65536)
+                assert data, "the server ended the connection"
+                answering.receive_data(data)
+                for event in answering.events_received():
+                    pings += isinstance(event, Frame) and event.opcode is Opcode.PING
+                writer.write(b"".join(answering.data_to_send()))  # the pongs
+        assert answering.close_rcvd is None and answering.state is State.OPEN
+        writer.close()
+
+        reader, writer, silent = await keep_alive_client(url)
+        async with asyncio.timeout(60):
+            while silent.close_rcvd is None:
+                data = await reader.read(65536)
+                if not data:
+                    break
+                silent.receive_data(data)
+                silent.data_to_send()  # dropped: its pongs never go out
+        assert silent.close_rcvd is not None
+        assert (silent.close_rcvd.code, silent.close_rcvd.reason) == (1001, "idle timeout")
+        writer.close()
 
 
 async def test_metrics_and_request_ids(sqlite_server: RunningServer) -> None:
