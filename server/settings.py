@@ -239,6 +239,11 @@ class Settings(BaseSettings):
     # About 30 ms of CPU per 320 KB encoded, so 1 MiB/s is about a tenth of a core.
     preview_work_bytes_per_s: float = Field(default=1024 * 1024, gt=0)
     preview_work_burst_bytes: int = Field(default=2 * 1024 * 1024, ge=1)
+    # What the event streams of one session (all readers together, on each node) may read
+    # and encode: the bytes of the frames and ``STREAM_EVENT_WORK_BYTES`` per event. About
+    # 0.3 ms of CPU per stored event of 2 KB sent, so 1 MiB/s is about a tenth of a core.
+    stream_work_bytes_per_s: float = Field(default=1024 * 1024, gt=0)
+    stream_work_burst_bytes: int = Field(default=2 * 1024 * 1024, ge=1)
     awareness_bytes_per_s: float = Field(default=32 * 1024, ge=0)
     awareness_burst_bytes: int = Field(default=256 * 1024, ge=0)
     awareness_flush_ms: float = Field(

@@ -23,7 +23,7 @@ from parley.server.http.rest import (
     spend_read,
 )
 from parley.server.http.sessions import SESSION_ERRORS
-from parley.server.runtime.room import SessionRoom
+from parley.server.runtime.room import SessionRoom, Work
 from parley.server.state import AppState
 from parley.session.commands import FACT_KEY, MAX_ENTRY_ID_CHARS
 from parley.session.context import BuiltContext
@@ -130,7 +130,7 @@ async def preview_context(
         body = encode_preview(_preview(user_id, prompt_ids, kept.build))
         kept.keep(user_id, body)
         work = BUILD_BYTES_PER_ENTRY * len(room.doc.entries()) if fresh else 0
-        room.spend_preview_work(len(body) + work)
+        room.spend_work(Work.PREVIEWS, len(body) + work)
         room.charge_read(caller.user_id, len(body) + work)
     else:
         room.charge_read(caller.user_id, len(body))

@@ -16,6 +16,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
+from enum import StrEnum
 from functools import partial
 
 from parley.authz.policy import Do, Subject, decide, may_read
@@ -53,6 +54,15 @@ from parley.session.recent_acks import RecentAcks
 from parley.session.schema import SessionDocument
 
 log = logging.getLogger("parley.room")
+
+
+class Work(StrEnum):
+    """What a session's members make together, each paid from a budget of the session's
+    (bytes of work, on each node): many members, each within their own read budget, could
+    take the event loop together."""
+
+    PREVIEWS = "previews"  # context previews built and encoded (``GET …/context``)
+    STREAMS = "streams"  # events an event stream read and encoded (``server.http.sse``)
 
 
 def new_id() -> str:
@@ -130,10 +140,16 @@ class SessionRoom:
         # Where the client ids that leave this room's sockets are stored (None: not stored).
         self.left_clients = left_clients
         self.budgets = Budgets(member_rates(settings))
-        # The work of every member's context previews together (``spend_preview_work``).
-        self.preview_work = TokenBucket(
-            Rate(settings.preview_work_bytes_per_s, settings.preview_work_burst_bytes), clock()
-        )
+        # What every member's context previews, and every event stream, make together
+        # (``spend_work``).
+        self.work = {
+            Work.PREVIEWS: TokenBucket(
+                Rate(settings.preview_work_bytes_per_s, settings.preview_work_burst_bytes), clock()
+            ),
+            Work.STREAMS: TokenBucket(
+                Rate(settings.stream_work_bytes_per_s, settings.stream_work_burst_bytes), clock()
+            ),
+        }
         self.recent_acks = RecentAcks()
         self.runs = RunSteps(self)
         self.side_threads = SideThreads(self)
@@ -362,18 +378,23 @@ class SessionRoom:
             self.budgets.spend(user_id, self._read_cost(size), self.clock())
 
     def preview_work_refusal(self) -> RateLimited | None:
-        """Refused while the session's previews owe work (``spend_preview_work``): many
-        members' previews, each within their own read budget, took the event loop
-        together (review B2-2: ten viewers held every client's requests at 0.5-0.8 s)."""
-        now = self.clock()
-        if not self.preview_work.spent(now):
+        """Refused while the session's previews owe work (``spend_work``): many members'
+        previews, each within their own read budget, took the event loop together
+        (review B2-2: ten viewers held every client's requests at 0.5-0.8 s)."""
+        wait_s = self.work_wait_s(Work.PREVIEWS)
+        if wait_s <= 0:
             return None
         why = "this session's context previews are over their budget; ask again later"
-        return RateLimited(why, self.preview_work.wait_s(now))
+        return RateLimited(why, wait_s)
 
-    def spend_preview_work(self, size: int) -> None:
-        """A preview was built or encoded, ``size`` bytes of work: the session pays it."""
-        self.preview_work.spend(self.clock(), size)
+    def work_wait_s(self, work: Work) -> float:
+        """Seconds until the session has paid back what its ``work`` owes (0: nothing)."""
+        return self.work[work].wait_s(self.clock())
+
+    def spend_work(self, work: Work, size: int) -> None:
+        """``size`` bytes of ``work`` were done (built, encoded): the session pays them, whether
+        or not its budget had them (``TokenBucket.spend``: the next wait until paid)."""
+        self.work[work].spend(self.clock(), size)
 
     def read_wait_s(self, user_id: str, size: int) -> float:
         """Seconds until a member's read of ``size`` bytes would be allowed."""
