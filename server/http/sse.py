@@ -14,9 +14,12 @@ Every event's id is a ``server.http.sse_cursor.Cursor``: ``Last-Event-ID`` (or t
 parameter ``last_event_id``) resumes right after it, on any node, after a restart.
 
 Cost: a stream keeps no queue. It reads the store's events after its cursor a page at a
-time and the reply text from the room's committed state, each time it may write; so a
-slow reader is only behind, and costs its socket's buffer. One that takes nothing for
-``send_stall_timeout_s`` is cut (it resumes with its last id).
+time and the reply text from the room's committed state, each time it may write (a write
+waits while the socket's buffers are full); so a slow reader is only behind, and costs its
+socket's buffer. One that takes nothing for ``send_stall_timeout_s`` is cut (it resumes
+with its last id). A member's stream spends their read budget by what it sends; what the
+session's streams read and encode together is paid from the session's stream work
+(``Work.STREAMS``), an event at a time, with the loop given to others between events.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from typing import Any
 
 from starlette.requests import Request
@@ -45,7 +48,7 @@ from parley.server.http.rest import (
     query_value,
 )
 from parley.server.http.sse_cursor import REPLY_ENDS, Cursor, start_at
-from parley.server.runtime.room import SessionRoom
+from parley.server.runtime.room import SessionRoom, Work
 from parley.server.runtime.stream_feed import reply_text
 from parley.server.state import AppState
 from parley.session.commands import unstorable
@@ -69,8 +72,12 @@ ADMIN_READER = "!admin"  # no user id contains "!"
 EVENTS_PAGE = 200
 MAX_DELTA_CHARS = 8192
 RECONNECT_MS = 1000
-# A stream past its reader's read budget looks again this often (``SessionStream._spend``).
+# A stream past its reader's read budget, or its session's stream work, looks again this
+# often (``SessionStream._paced``).
 PACED_S = 0.1
+# What reading a stored event and judging it costs a stream besides its frames' bytes
+# (``Work.STREAMS``): about as much as encoding 1 KiB.
+STREAM_EVENT_WORK_BYTES = 1024
 _ENTRY_IDS = {"prompt_accepted": "prompt_id", "message_posted": "message_id"}
 # A failed run's prompts' status, by its reason code.
 _STATUS_OF = {code.value: statuses[0].value for code, statuses in OUTCOMES.items()}
@@ -142,17 +149,17 @@ class SessionStream:
                     events = await room.feed.events_after(self.cursor.seq, generation, self._read)
                 caught_up = True
                 for event in events:
-                    self._check(room)
+                    await self._pace()
                     sent = self._event_frames(room, event)
                     if sent is None:  # the document here lags the store: wait for it
                         caught_up = False
                         break
-                    for chunk in sent:
+                    for chunk in self._paid(sent, STREAM_EVENT_WORK_BYTES):
                         await self._spend(chunk)
                         yield chunk
                 if caught_up:
-                    self._check(room)
-                    for chunk in self._live_frames(room):
+                    await self._pace()
+                    for chunk in self._paid(list(self._live_frames(room)), 0):
                         await self._spend(chunk)
                         yield chunk
                     if len(events) == EVENTS_PAGE:
@@ -171,13 +178,31 @@ class SessionStream:
         whole history from ``Last-Event-ID: 0``, 16 streams at a time, read 76 MB/s and
         took a core). The admin key's streams spend none."""
         user_id = self.caller.user_id
-        if user_id is None:
-            return
-        while not self.room.spend_read(user_id, len(chunk)):
+        if user_id is not None:
+            await self._paced(lambda: self.room.spend_read(user_id, len(chunk)))
+
+    async def _pace(self) -> None:
+        """Before each stored event (and the live frames): the stream lets the loop serve
+        everyone else, and waits while the session's streams owe work (``Work.STREAMS``).
+        Review R4-2: a stream read and encoded page after page without a pause, so one
+        viewer's 16 streams replaying a session held every client of the node 1-3 s at a
+        time, within their read budget. The admin key's streams pay, never wait."""
+        await asyncio.sleep(0)
+        if self.caller.user_id is not None:
+            await self._paced(lambda: self.room.work_wait_s(Work.STREAMS) <= 0)
+        self._check(self._current_room())
+
+    async def _paced(self, allowed: Callable[[], bool]) -> None:
+        while not allowed():
             await asyncio.sleep(PACED_S)  # the budget refills at a known rate: look again
             # Meanwhile: a shutdown, a deletion, the reader's access taken (review: a paced
             # stream went on after each, and held the shutdown up 11 s).
             self._check(self._current_room())
+
+    def _paid(self, frames: list[bytes], read_bytes: int) -> list[bytes]:
+        """``frames``, made after reading ``read_bytes`` of work: the session pays both."""
+        self.room.spend_work(Work.STREAMS, read_bytes + sum(len(f) for f in frames))
+        return frames
 
     async def _read(self, after: int) -> list[StoredEvent]:
         return await self.state.store.events_after(self.session_id, after, EVENTS_PAGE)

@@ -16,6 +16,7 @@ import httpx
 import pytest
 from httpx_sse import ServerSentEvent, aconnect_sse
 
+from parley.server.http.sse import EVENTS_PAGE
 from tests.conftest import (
     ADMIN_KEY,
     RunningServer,
@@ -565,3 +566,90 @@ async def test_a_paced_stream_ends_when_its_session_is_deleted(tmp_path: Path) -
             assert (await server.http.delete(f"/api/v1/sessions/{sid}")).status_code == 204
             ended = await events.until(lambda e: e.event == "end")
             assert data(ended)["code"] == "not_found"
+
+
+async def posted(server: RunningServer, sid: str, count: int, size: int) -> None:
+    """``count`` messages of ``size`` characters, posted in ``sid`` by the admin as bob."""
+    for n in range(count):
+        sent = await server.http.post(
+            f"/api/v1/sessions/{sid}/messages",
+            json={"text": f"{n} " + "x" * size, "as_user": "bob"},
+        )
+        assert sent.status_code == 202, sent.text
+
+
+async def test_replaying_streams_let_other_clients_in_between_events(tmp_path: Path) -> None:
+    """Review R4-2: a stream read and encoded page after page (200 events) without letting
+    the loop go, so one viewer's 16 streams replaying a long session stalled every other
+    client of the node 1-3 s at a time, within their read budget. Here a viewer's four
+    streams (which never read) replay 600 events of 1 KB each, unpaced: ``/healthz`` is
+    answered before they have sent one page's worth of frames between them, and a message
+    in another session before they have sent a quarter of the replay. (What they sent is
+    what they spent of the viewer's read budget, which refills at a byte a second.)"""
+    settings = make_settings(
+        sqlite_url(tmp_path),
+        tmp_path / "d",
+        read_bytes_per_s=1.0,
+        read_burst_bytes=10**12,
+        stream_work_bytes_per_s=10**12,  # no pacing: the loop is all the streams wait for
+        commands_burst=10_000,
+        user_commands_per_second=10_000.0,
+    )
+    async with serve_in_process(settings, FakeModel.answering("ok")) as server:
+        sid = await server.new_session({"vera": "viewer", "bob": "editor"})
+        await posted(server, sid, 600, 1000)
+        other = await server.new_session({"olga": "editor"})
+        olga = {"Authorization": f"Bearer {await server.token(other, 'olga')}"}
+        token = await server.token(sid, "vera")
+        room = server.app.state.parley.rooms.loaded(sid)
+
+        def sent() -> float:
+            return room.read_wait_s("vera", 10**12)  # the bytes spent, at a byte a second
+
+        port = int(server.base_url.rsplit(":", 1)[1])
+        request = (
+            f"GET {EVENTS.format(sid)} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            f"Accept: text/event-stream\r\nAuthorization: Bearer {token}\r\n"
+            "Last-Event-ID: 0\r\n\r\n"
+        ).encode()
+        writers = []
+        try:
+            for _ in range(4):
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.write(request)
+                writers.append(writer)
+            await asyncio.gather(*(w.drain() for w in writers))
+            assert (await server.http.get("/healthz")).status_code == 200
+            assert 0 < sent() < EVENTS_PAGE * 1000
+            message = {"text": "still here"}
+            answered = await server.http.post(
+                f"/api/v1/sessions/{other}/messages", json=message, headers=olga
+            )
+            assert answered.status_code == 202, answered.text
+            assert sent() < 600 * 1000
+        finally:
+            for writer in writers:
+                writer.close()
+
+
+async def test_a_sessions_streams_share_its_stream_work(tmp_path: Path) -> None:
+    """Review R4-2: what a session's streams read and encode together is paid from the
+    session's stream work, by the events read and the bytes encoded. The admin key's
+    stream pays it and never waits; a member's stream opened while it is owed sends
+    nothing (here, for hours: 1 byte a second), and still ends when the session goes."""
+    settings = make_settings(
+        sqlite_url(tmp_path),
+        tmp_path / "d",
+        stream_work_bytes_per_s=1.0,
+        stream_work_burst_bytes=4000,
+    )
+    async with serve_in_process(settings, FakeModel.answering("ok")) as server:
+        sid, token = await eight_messages_and_a_viewer(server)
+        async with stream(server.base_url, sid, ADMIN_KEY, "0") as admin:
+            await admin.until(lambda e: e.event == "queue")  # sent when caught up
+        assert [e.event for e in admin.got].count("message_posted") == 8
+        async with stream(server.base_url, sid, token, "0") as vera:
+            assert (await server.http.delete(f"/api/v1/sessions/{sid}")).status_code == 204
+            got = await vera.rest()
+        assert [e.event for e in got] == ["end"]
+        assert data(got[0])["code"] == "not_found"
