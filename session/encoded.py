@@ -4,9 +4,11 @@ A client's "send me what I lack" used to be answered from the live document unde
 room's write lock (the live document may hold a change not yet committed), encoding the
 whole document each time: four sockets asking in a loop kept the writer waiting. Here the
 answer comes from bytes the server already holds: one full encoding, taken once, plus the
-updates committed after it (each one the room broadcast anyway). Folding those updates
-into the full encoding is paid by askers, at most once per quarter of the document's size
-written, so answering costs little more than copying what is sent.
+updates committed after it (each one the room broadcast anyway). The first client to ask
+after a commit folds those into the full encoding (a merge costs about what the diff each
+answer makes of the document costs): one sync step 2 holds everything committed, so a client
+that counts itself synced on it (y-websocket's ``synced``, the SDKs' ``ready()``) holds the
+committed document then, not its older part with the rest in the frames after (review).
 
 Its ``size`` is what answering a new client (an empty state vector) sends: the measure a
 session's size limit is judged by (``SessionView.document_bytes``), known without encoding.
@@ -32,9 +34,6 @@ class EncodedDocument:
         self.full = full
         self._tail: list[bytes] = []
         self._tail_bytes = 0
-        # Taken from a store's log: folded whole at the first answer, so a client's sync
-        # step 2 is the document, not its snapshot with the log after it as updates.
-        self._fold_whole = False
 
     @classmethod
     def stored(cls, snapshot: bytes | None, updates: Sequence[bytes]) -> EncodedDocument:
@@ -45,7 +44,6 @@ class EncodedDocument:
         encoded = cls(Doc().get_update() if snapshot is None else snapshot)
         for update in updates:
             encoded.committed(update)
-        encoded._fold_whole = bool(encoded._tail)
         return encoded
 
     @property
@@ -62,42 +60,30 @@ class EncodedDocument:
         if len(self._tail) > MAX_TAIL_UPDATES:
             self._fold()
 
-    def answer(self, state_vector: bytes) -> list[bytes]:
-        """The frames answering a sync step 1 with ``state_vector``: a sync step 2, then
-        sync updates (Yjs applies updates idempotently, so a client may get a struct twice).
-        Raises ``ProtocolError`` for a state vector that does not decode."""
-        self._folded()
+    def answer(self, state_vector: bytes) -> bytes:
+        """The sync step 2 answering a sync step 1 with ``state_vector``: everything
+        committed that the client lacks, in one frame. Raises ``ProtocolError`` for a
+        state vector that does not decode."""
+        full = self.update()
         if state_vector == EMPTY_STATE_VECTOR:
-            payload = self.full
-        else:
-            try:
-                payload = get_update(self.full, state_vector)
-            except Exception as exc:  # pycrdt raises plain exceptions for corrupt input
-                raise ProtocolError(f"bad state vector: {exc}") from None
-        return [encode_sync(SyncType.STEP2, payload)] + [
-            encode_sync(SyncType.UPDATE, update) for update in self._tail
-        ]
+            return encode_sync(SyncType.STEP2, full)
+        try:
+            return encode_sync(SyncType.STEP2, get_update(full, state_vector))
+        except Exception as exc:  # pycrdt raises plain exceptions for corrupt input
+            raise ProtocolError(f"bad state vector: {exc}") from None
 
     def update(self) -> bytes:
-        """The whole committed document, as one update."""
-        self._folded()
-        return merge_updates(self.full, *self._tail) if self._tail else self.full
-
-    def _folded(self) -> None:
-        """Before the copy is read: folded as it goes, or whole after a load."""
-        if self._fold_whole:
-            self._fold_whole = False
-            if self._tail:
-                self.full = merge_updates(self.full, *self._tail)
-                self._tail = []
-                self._tail_bytes = 0
-        self._fold()
+        """The whole committed document, as one update (the updates committed since the
+        last call folded into it)."""
+        if self._tail:
+            self.full = merge_updates(self.full, *self._tail)
+            self._tail = []
+            self._tail_bytes = 0
+        return self.full
 
     def _fold(self) -> None:
         if len(self._tail) > 1:
             self._tail = [merge_updates(*self._tail)]
             self._tail_bytes = len(self._tail[0])
         if self._tail_bytes > max(len(self.full) // 4, MIN_FOLD_BYTES):
-            self.full = merge_updates(self.full, *self._tail)
-            self._tail = []
-            self._tail_bytes = 0
+            self.update()

@@ -8,7 +8,7 @@ asyncio tests.
 Events (all are dicts with an ``"event"`` key)::
 
     {"event": "status", "status": "connecting" | "connected" | "disconnected"}
-    {"event": "sync", "synced": bool}
+    {"event": "sync", "synced": bool, "transcript": int, "meta": dict}  # held then
     {"event": "connection-close", "code": int | None, "reason": str | None, "local": bool}
     {"event": "connection-error", "message": str}
     {"event": "closed", "code": int, "reason": str}   # provider gave up reconnecting

@@ -465,10 +465,10 @@ class DocumentWriter:
 
     # -- reading committed state without the lock -----------------------------------------
 
-    async def sync_answer(self, state_vector: bytes) -> list[bytes]:
-        """The frames answering a sync step 1: what a client lacks, from committed state
-        only. They come from the encoded copy kept beside the document, without the write
-        lock."""
+    async def sync_answer(self, state_vector: bytes) -> bytes:
+        """The sync step 2 answering a sync step 1: what a client lacks, from committed
+        state only (all of it: ``EncodedDocument.answer``). It comes from the encoded copy
+        kept beside the document, without the write lock."""
         return self._encoded.answer(state_vector)
 
     @property

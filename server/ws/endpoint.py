@@ -218,10 +218,9 @@ async def _on_binary(
             # a hundred times in 5 s, and everyone waited up to 3 s).
             if room.sync_refused(connection, now):
                 return
-            frames = await room.writer.document.sync_answer(message.payload)
-            for frame in frames:
-                connection.send_sync(frame)
-            room.charge_sync(connection.user_id, sum(len(f) for f in frames), now)
+            answer = await room.writer.document.sync_answer(message.payload)
+            connection.send_sync(answer)
+            room.charge_sync(connection.user_id, len(answer), now)
         elif not room.writer.document.is_noop(message.payload):
             # The server is the only writer: a client's change is neither applied nor relayed.
             log.info("refused a client write", extra={"user_id": connection.user_id})

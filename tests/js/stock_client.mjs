@@ -142,7 +142,9 @@ provider.on('status', (/** @type {{status: string}} */ ev) => {
   emit({ event: 'status', status: ev.status })
 })
 provider.on('sync', (/** @type {boolean} */ synced) => {
-  emit({ event: 'sync', synced })
+  // What the document holds the moment the provider counts itself synced (an app reads
+  // it then, in this handler).
+  emit({ event: 'sync', synced, transcript: transcript.length, meta: doc.getMap('meta').toJSON() })
 })
 provider.on('connection-close', (/** @type {any} */ ev) => {
   if (ev == null) {

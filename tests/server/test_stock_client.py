@@ -6,6 +6,7 @@ import asyncio
 from pathlib import Path
 
 import pytest
+from pycrdt import Map
 
 from tests.conftest import RunningServer, make_settings, serve_in_process, sqlite_url
 from tests.stock_client import Event, StockYjsClient, ensure_node_modules
@@ -70,6 +71,31 @@ async def _scenario(server: RunningServer) -> None:
         ][-5:]
     finally:
         await stock.close()
+
+
+async def test_a_stock_client_is_synced_with_what_was_committed(tmp_path: Path) -> None:
+    """y-websocket counts itself synced when it applies the server's sync step 2, and an
+    app reads the document then: it holds what was committed when the client asked
+    (review: no entries and an empty ``meta`` then, the messages in the next frame)."""
+    await asyncio.to_thread(ensure_node_modules)
+    settings = make_settings(sqlite_url(tmp_path), tmp_path / "data")
+    async with serve_in_process(settings) as server:
+        sid = await server.new_session({"alice": "owner", "vic": "viewer"})
+        alice = await server.connect(sid, "alice")
+        for n in range(3):
+            ack = await alice.command({"type": "message", "id": f"m{n}", "text": f"hello {n}"})
+            assert ack["type"] == "ack"
+        meta = alice.doc.get("meta", type=Map).to_py()
+        assert meta
+        stock = await StockYjsClient.start(
+            f"{server.ws_url}/ws/sessions", sid, await server.token(sid, "vic")
+        )
+        try:
+            synced = await stock.wait_event(lambda e: e.get("event") == "sync", 15)
+            assert synced["synced"]
+            assert (synced["transcript"], synced["meta"]) == (3, meta)
+        finally:
+            await stock.close()
 
 
 async def test_a_stock_provider_sends_commands_on_its_own_message_type(tmp_path: Path) -> None:
