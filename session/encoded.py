@@ -18,13 +18,25 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from pycrdt import Doc, get_update, merge_updates
+from pycrdt import Doc, get_state, get_update, merge_updates
 
-from parley.session.yprotocol import ProtocolError, SyncType, encode_sync
+from parley.session.yprotocol import (
+    ProtocolError,
+    SyncType,
+    decode_state_vector,
+    encode_sync,
+    lists_more_clients,
+)
 
 EMPTY_STATE_VECTOR = b"\x00"
 MIN_FOLD_BYTES = 64 * 1024
 MAX_TAIL_UPDATES = 256
+# Clients a state vector may list beyond the document's and still be read. A stock client
+# lists those it got from the server and, once it wrote (refused: the server is the only
+# writer), its own, one per Y.Doc. A vector listing more is answered as an empty one,
+# unread: a client the document does not know changes nothing in the answer, and reading
+# and diffing against 690,000 of them held the loop a third of a second a frame (review).
+MAX_UNKNOWN_CLIENTS = 8
 
 
 class EncodedDocument:
@@ -34,6 +46,7 @@ class EncodedDocument:
         self.full = full
         self._tail: list[bytes] = []
         self._tail_bytes = 0
+        self._clients: int | None = None  # of ``full``, counted when a client first asks
 
     @classmethod
     def stored(cls, snapshot: bytes | None, updates: Sequence[bytes]) -> EncodedDocument:
@@ -62,15 +75,26 @@ class EncodedDocument:
 
     def answer(self, state_vector: bytes) -> bytes:
         """The sync step 2 answering a sync step 1 with ``state_vector``: everything
-        committed that the client lacks, in one frame. Raises ``ProtocolError`` for a
-        state vector that does not decode."""
+        committed that the client lacks, in one frame. A vector listing more than
+        ``MAX_UNKNOWN_CLIENTS`` clients beyond the document's is answered as an empty one,
+        its entries unread (the whole document, which Yjs applies idempotently). Raises
+        ``ProtocolError`` for a state vector that does not decode."""
         full = self.update()
-        if state_vector == EMPTY_STATE_VECTOR:
+        if state_vector == EMPTY_STATE_VECTOR or lists_more_clients(
+            state_vector, self.clients() + MAX_UNKNOWN_CLIENTS
+        ):
             return encode_sync(SyncType.STEP2, full)
         try:
             return encode_sync(SyncType.STEP2, get_update(full, state_vector))
         except Exception as exc:  # pycrdt raises plain exceptions for corrupt input
             raise ProtocolError(f"bad state vector: {exc}") from None
+
+    def clients(self) -> int:
+        """How many clients wrote the committed document (the server's writers)."""
+        full = self.update()
+        if self._clients is None:
+            self._clients = len(decode_state_vector(get_state(full)))
+        return self._clients
 
     def update(self) -> bytes:
         """The whole committed document, as one update (the updates committed since the
@@ -79,6 +103,7 @@ class EncodedDocument:
             self.full = merge_updates(self.full, *self._tail)
             self._tail = []
             self._tail_bytes = 0
+            self._clients = None
         return self.full
 
     def _fold(self) -> None:

@@ -220,7 +220,7 @@ async def _on_binary(
                 return
             answer = await room.writer.document.sync_answer(message.payload)
             connection.send_sync(answer)
-            room.charge_sync(connection.user_id, len(answer), now)
+            room.charge_sync(connection.user_id, message.payload, answer, now)
         elif not room.writer.document.is_noop(message.payload):
             # The server is the only writer: a client's change is neither applied nor relayed.
             log.info("refused a client write", extra={"user_id": connection.user_id})

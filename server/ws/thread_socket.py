@@ -156,7 +156,7 @@ def _on_binary(
                 return
             answer = live.sync_answer(message.payload)
             connection.send_sync(answer)
-            room.charge_sync(connection.user_id, len(answer), now)
+            room.charge_sync(connection.user_id, message.payload, answer, now)
         elif not live.is_noop(message.payload):
             log.info("refused a client write", extra={"user_id": connection.user_id})
             raise Forbidden("a side-thread's document is read-only; send commands instead")

@@ -27,7 +27,7 @@ from pycrdt import Array, Doc, Map, Text
 
 from parley.session.core.thread_state import SideThread, ThreadTurn
 from parley.session.lifecycle import ReplyStatus
-from parley.session.yprotocol import decode_state_vector, state_vector_clients
+from parley.session.yprotocol import decode_state_vector, lists_more_clients
 
 SCHEMA_VERSION = 1
 ROLES = {"prompt": "user", "reply": "assistant", "tool": "tool"}
@@ -126,7 +126,7 @@ class ThreadDocument:
         server writes it, so a client holding anything else holds another document (one
         built before a restart) and would merge the two."""
         ours = decode_state_vector(self.doc.get_state())
-        if state_vector_clients(state_vector) > len(ours):  # holds a client ours lacks
+        if lists_more_clients(state_vector, len(ours)):  # holds a client ours lacks
             return False
         theirs = decode_state_vector(state_vector)
         return all(clock <= ours.get(client, 0) for client, clock in theirs.items())

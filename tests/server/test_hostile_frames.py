@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import websockets
-from pycrdt import Doc, Text
+from pycrdt import Doc, Text, write_var_uint
 
 from parley.session.yprotocol import (
     AwarenessMessage,
@@ -343,3 +343,30 @@ async def test_a_members_syncs_spend_one_budget_across_their_sockets(tmp_path: P
             raise AssertionError("a new socket of a member past the sync budget was let in")
         assert ed.close_code is None
         await server.connect(sid, "ed")  # another member's budget is their own
+
+
+async def test_a_state_vector_of_clients_nobody_knows_is_answered_unread_and_paid_for(
+    tmp_path: Path,
+) -> None:
+    """Review (bounded): a viewer's 4 MB state vectors, each listing 690,000 clients, were
+    read and diffed against on the loop, each charged as a count of 1, and every other
+    member waited up to 24 s. A vector listing more clients than the document has is
+    answered as an empty one from its first number alone (this one, read, would not even
+    decode), and the member's sync budget pays its bytes: the next is closed to try again."""
+    settings = make_settings(
+        sqlite_url(tmp_path), tmp_path / "d", sync_bytes_per_s=1.0, sync_burst_bytes=1_000_000
+    )
+    async with serve_in_process(settings) as server:
+        sid = await server.new_session({"ed": "editor", "vic": "viewer"})
+        ed = await server.connect(sid, "ed")
+        await command_acked(ed, "content")
+        vic = await server.connect(sid, "vic")
+        await vic.wait_until(lambda c: c.sync_answers >= 1)
+        unread = write_var_uint(690_000) + b"\xff" * 1_200_000
+        await vic.send_raw(encode_sync(SyncType.STEP1, unread))
+        await vic.wait_until(lambda c: c.sync_answers >= 2)
+        assert vic.entries() == ed.entries() and vic.close_code is None
+        await vic.send_raw(encode_sync(SyncType.STEP1, unread))
+        assert await vic.wait_closed() == 1013
+        assert vic.sync_answers == 2
+        assert ed.close_code is None

@@ -8,10 +8,16 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from pycrdt import Array, Doc, Map, Text
+from pycrdt import Array, Doc, Map, Text, write_var_uint
 
-from parley.session.encoded import EMPTY_STATE_VECTOR, EncodedDocument
-from parley.session.yprotocol import ProtocolError, SyncMessage, SyncType, decode_client_frame
+from parley.session.encoded import EMPTY_STATE_VECTOR, MAX_UNKNOWN_CLIENTS, EncodedDocument
+from parley.session.yprotocol import (
+    ProtocolError,
+    SyncMessage,
+    SyncType,
+    decode_client_frame,
+    decode_state_vector,
+)
 
 Change = tuple[str, int]
 CHANGES = st.lists(
@@ -153,3 +159,50 @@ def test_a_copy_from_the_stored_bytes_answers_and_measures_what_a_first_sync_sen
         answer = encoded.answer(EMPTY_STATE_VECTOR)
         assert content(synced_from(answer, Doc())) == content(server)
         assert len(step2(answer)) <= size
+
+
+def state_vector(entries: list[tuple[int, int]], listed: int | None = None) -> bytes:
+    """A state vector of ``entries``, its count ``listed`` (the entries' own unless told)."""
+    out = bytearray(write_var_uint(len(entries) if listed is None else listed))
+    for client, clock in entries:
+        out += write_var_uint(client) + write_var_uint(clock)
+    return bytes(out)
+
+
+def _behind() -> tuple[Doc[Any], EncodedDocument, Doc[Any]]:
+    """A server document, its copy, and a client that synced, then fell behind."""
+    server, encoded = _served([("append", 3), ("set", 1)], [("append", 5)])
+    client: Doc[Any] = Doc()
+    client.apply_update(server.get_update())
+    committed(server, encoded, [("edit", 1), ("append", 7), ("delete", 0)])
+    return server, encoded, client
+
+
+def test_clients_the_document_does_not_know_change_nothing_in_the_answer() -> None:
+    server, encoded, client = _behind()
+    known = list(decode_state_vector(client.get_state()).items())
+    answer = encoded.answer(state_vector(known))
+    few = [(1_000_000 + n, 1) for n in range(MAX_UNKNOWN_CLIENTS)]
+    assert encoded.answer(state_vector(few + known)) == answer
+    # Many (review: 690,000 of them in 4 MB): answered as an empty vector, the whole
+    # document, which brings the client to what the known clients alone bring it to.
+    many = [(1_000_000 + n, 1) for n in range(20_000)]
+    whole = encoded.answer(state_vector(known + many))
+    assert whole == encoded.answer(EMPTY_STATE_VECTOR)
+    client.apply_update(step2(whole))
+    assert content(client) == content(server)
+    assert client.get_state() == server.get_state()
+
+
+def test_a_vector_listing_too_many_clients_is_answered_with_its_entries_unread() -> None:
+    """The work does not grow with the clients listed: a vector claiming 690,000 and
+    holding none of them (a truncated one: read, it would not decode) is answered all the
+    same, from its first number alone."""
+    _, encoded, _ = _behind()
+    listed = encoded.clients() + MAX_UNKNOWN_CLIENTS + 1
+    for claimed in (listed, 690_000):
+        assert encoded.answer(state_vector([], listed=claimed)) == encoded.answer(
+            EMPTY_STATE_VECTOR
+        )
+    with pytest.raises(ProtocolError):  # one it reads fails to decode
+        encoded.answer(state_vector([], listed=listed - 1))
