@@ -5,7 +5,9 @@ transcripts), so it must show what it holds and must not pass for another member
 ``display_name_problem`` judges a name set by anyone (REST bodies call it through their
 model); ``fold_name`` is the form two names are compared in, so a member cannot take
 another's name with an invisible character, another letter case, a compatibility form or
-extra spaces. Stored names are never rewritten: they are folded when compared.
+extra spaces. Stored names are never rewritten: they are folded when compared, and the
+store keeps each one's ``name_key`` beside it, so a name is compared with the few that fold
+alike, found by an index, not with every member's.
 
 Not handled: confusable letters of different scripts (Cyrillic U+0430 for Latin "a"); that
 needs Unicode's confusables table (UTS #39), which Python does not ship.
@@ -13,6 +15,7 @@ needs Unicode's confusables table (UTS #39), which Python does not ship.
 
 from __future__ import annotations
 
+import hashlib
 import unicodedata
 
 MAX_DISPLAY_NAME_CHARS = 80
@@ -143,6 +146,15 @@ def fold_name(name: str) -> str:
     folded = unicodedata.normalize("NFKC", visible.casefold())
     spaced = "".join(" " if c in _BLANKS else c for c in folded)
     return " ".join(spaced.split())
+
+
+def name_key(name: str) -> str:
+    """A short fixed-length key of ``fold_name(name)`` ("" for a name that shows nothing):
+    names that fold alike have one key, so the store finds them by an index on it (a fold
+    may be 18 times the name's length, more than an index entry may hold). Keys of names
+    that fold apart may meet: whoever compares by key folds the names found again."""
+    folded = fold_name(name)
+    return hashlib.blake2b(folded.encode(), digest_size=16).hexdigest() if folded else ""
 
 
 def _shows_nothing(char: str) -> bool:

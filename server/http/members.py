@@ -103,7 +103,7 @@ async def patch_me(state: AppState, session_id: str, body: MePatch, caller: Call
     )
     if not change.decision.allowed:
         raise Conflict(change.decision.reason)
-    await state.rooms.settings_changed(room)  # presence and transcripts show it
+    await state.rooms.settings_changed(room, user_id)  # presence and transcripts show it
     assert change.after is not None
     return _member_out(state, change.after)
 
@@ -160,8 +160,9 @@ async def _change_member(
     # it put in force (concurrent adds all saw the same count).
     async with room.membership.changing:
         limit = state.settings.max_members_per_session
-        if after is not None:  # refused early, unwritten (and again under the lock)
-            check_room_for(user_id, list(room.membership.members), limit)
+        present = room.membership.members
+        if after is not None and user_id not in present:  # refused early (and under the lock)
+            check_room_for(len(present), limit)
         documents = await AccessStore(state.store).reader_lists(room.session_id)
         roles = state.rooms.roles
 
@@ -195,7 +196,7 @@ async def _change_member(
             change.decision.require()
         if change.before is None and change.after is None:
             raise NotFound(f"{user_id!r} is not a member of this session")
-        await state.rooms.settings_changed(room)  # in force where the session runs
+        await state.rooms.settings_changed(room, user_id)  # in force where the session runs
     await room.writer.audit(
         "membership",
         actor,

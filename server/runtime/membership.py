@@ -65,6 +65,9 @@ class Membership:
         self._readable: dict[Restriction, bool] = {}
         self._readable_roles: RoleTable | None = None
         self._revision = 0  # counts the membership changes put in force
+        # Counts the changes of what the member list shows (memberships and names): a list
+        # encoded at one version is the list while it stays (``server.http.member_list``).
+        self.version = 0
         # Held by a member change from its checks to its being in force (``server.http``).
         self.changing = asyncio.Lock()
 
@@ -122,10 +125,30 @@ class Membership:
             for user_id in names_before.keys() | self.display_names.keys()
             if names_before.get(user_id) != self.display_names.get(user_id)
         }
+        if renamed:
+            self.version += 1
         self.tell_members(renamed - told)
         revoked = await self.store.access.revoked_tokens(self.session_id, int(self.clock()))
         for token in revoked.values():
             await self.revoke_token(token)
+
+    async def refresh_member(self, user_id: str) -> None:
+        """Read one member from the store and apply what changed, as ``refresh`` does for
+        all: after a change of that member alone was stored (a rename reads one row, not
+        the session's: review R4-3, reading and rebuilding a thousand members after each
+        rename held the event loop)."""
+        row = await self.store.get_member(self.session_id, user_id)
+        name_before = self.display_names.get(user_id, "")
+        if row is not None and row.display_name:
+            self.display_names[user_id] = row.display_name
+        else:
+            self.display_names.pop(user_id, None)
+        member = None if row is None else row.as_member()
+        if self.members.get(user_id) != member:
+            await self.set_member(user_id, member)
+        elif self.display_names.get(user_id, "") != name_before:
+            self.version += 1
+            self.tell_members((user_id,))
 
     async def set_member(self, user_id: str, member: Member | None) -> None:
         """Put a stored membership change in force (None: removed): sockets that may no
@@ -139,6 +162,7 @@ class Membership:
             self.members[user_id] = member
         self._readable = {}
         self._revision += 1
+        self.version += 1
         self.refresh_sockets()
         if member != before:
             self.tell_members((user_id,))

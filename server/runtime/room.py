@@ -258,6 +258,12 @@ class SessionRoom:
         self.feed.changed()
         return row
 
+    async def reload_member(self, user_id: str) -> None:
+        """Put one member's stored change in force here (``Membership.refresh_member``): a
+        change of that member alone, when the rest of the settings are as they were."""
+        await self.membership.refresh_member(user_id)
+        self.feed.changed()
+
     async def reload_quotas(self) -> None:
         """Put the session's stored quotas in force for the runs that start here: where
         the session runs (a read replica starts none, and reads them as it takes over)."""

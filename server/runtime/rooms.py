@@ -154,10 +154,11 @@ class RoomRegistry:
         if self.cluster is not None:
             await self.cluster.charge(room, user_id, why)
 
-    async def settings_changed(self, room: SessionRoom) -> None:
-        """A REST call stored a session's settings or members: put them in force (cluster
-        mode: where the session runs before this returns, and every other node told)."""
-        await self.change(room, {"op": SETTINGS_WRITE})
+    async def settings_changed(self, room: SessionRoom, member: str | None = None) -> None:
+        """A REST call stored a session's settings or members (``member``: that member's
+        change alone, read back alone): put them in force (cluster mode: where the session
+        runs before this returns, and every other node told)."""
+        await self.change(room, {"op": SETTINGS_WRITE, "member": member})
         if self.cluster is not None:
             await self.cluster.settings_changed(room.session_id)
 

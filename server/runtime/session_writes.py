@@ -34,6 +34,9 @@ async def apply_session_write(room: SessionRoom, write: dict[str, Any]) -> dict[
         if not room.user_bucket(str(write["user_id"])).allow(room.clock()):
             raise RateLimited(str(write.get("why") or "too many commands; slow down"))
         return {}
+    if kind == SETTINGS_WRITE and write.get("member"):  # one member's change, nothing else
+        await room.reload_member(str(write["member"]))
+        return {}
     if kind == SETTINGS_WRITE:  # carried out where the session runs
         row = await room.reload_settings()
         await room.reload_quotas()

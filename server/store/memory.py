@@ -33,6 +33,7 @@ from parley.server.store.rows import (
     check_name_free,
     check_room_for,
     kept_name,
+    names_to_check,
 )
 from parley.server.store.usage import UserUsage
 from parley.server.store.writer_turns import WriterTurns
@@ -119,16 +120,20 @@ class MemoryStore:
         """As ``Store.change_member``."""
         async with self.transaction() as tx:
             s = tx.session(session_id)
+            before = s.members.get(user_id)
+            cap = max_members if after is not None and before is None else None
+            # Every member is a candidate here (``members_named`` finds the few in SQL).
             named = [(m.user_id, m.display_name) for m in s.members.values()]
             authors: set[str] = set()
-            if distinct_name or (after is not None and max_members is not None):
+            if names_to_check(
+                user_id, display_name, distinct_name=distinct_name, added=cap is not None
+            ):
                 authors = {e.author for e in s.entries.values()} - s.members.keys()
             if distinct_name:
                 check_name_free(display_name, user_id, named, authors)
-            if after is not None and max_members is not None:
-                check_room_for(user_id, list(s.members), max_members)
+            if cap is not None:
+                check_room_for(len(s.members), cap)
                 check_added_name(user_id, display_name, named, authors)
-            before = s.members.get(user_id)
             actor = None if actor_id is None else s.members.get(actor_id)
             decision = judge(before, actor)
             if not decision.allowed:
@@ -156,6 +161,10 @@ class MemoryStore:
             if event is not None and (before or row) is not None:
                 await tx.append_events(session_id, now, [event])
             return MemberChange(decision, before, row)
+
+    async def get_member(self, session_id: str, user_id: str) -> MemberRow | None:
+        s = self._read(session_id)
+        return None if s is None else s.members.get(user_id)
 
     async def list_members(self, session_id: str) -> list[MemberRow]:
         s = self._read(session_id)

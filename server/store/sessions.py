@@ -13,7 +13,7 @@ import json
 import secrets
 from collections.abc import Callable
 
-from sqlalchemy import and_, delete, insert, select, text, update
+from sqlalchemy import and_, delete, func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from parley.authz.policy import Decision
@@ -34,6 +34,9 @@ from parley.server.store.rows import (
     hold_role,
     kept_name,
     lock_session,
+    member_keys,
+    members_named,
+    names_to_check,
     read_member,
     require_role,
 )
@@ -92,17 +95,25 @@ async def _member_event(
         await tx.append_events(row.session_id, now, [event])
 
 
-async def _former_authors(
-    connection: AsyncConnection, session_id: str, named: list[tuple[str, str]]
-) -> list[str]:
-    """The user ids of the session's transcript that are no member's now (``named``): their
-    messages still read as theirs (``check_name_free``). One read of the entries' index
-    by session and author, when a name is set or a member added."""
+async def _former_authors(connection: AsyncConnection, session_id: str) -> list[str]:
+    """The user ids of the session's transcript that are no member's now: their messages
+    still read as theirs (``check_name_free``). One read of the entries' index by session
+    and author, when a name is set or a member added; only former members are handed out
+    (each is folded then: as many as members were removed after writing)."""
+    now_members = select(members.c.user_id).where(members.c.session_id == session_id)
     rows = await connection.execute(
-        select(entries.c.author).where(entries.c.session_id == session_id).distinct()
+        select(entries.c.author)
+        .where(entries.c.session_id == session_id, entries.c.author.not_in(now_members))
+        .distinct()
     )
-    current = {user_id for user_id, _ in named}
-    return [author for (author,) in rows if author not in current]
+    return [author for (author,) in rows]
+
+
+async def _count_members(connection: AsyncConnection, session_id: str) -> int:
+    counted = await connection.execute(
+        select(func.count()).select_from(members).where(members.c.session_id == session_id)
+    )
+    return int(counted.scalar_one())
 
 
 class Store(SessionReads, UsageTables):
@@ -221,25 +232,24 @@ class Store(SessionReads, UsageTables):
         async with self.transaction() as tx:
             connection = tx.connection
             await lock_session(connection, session_id)
+            before = await read_member(connection, session_id, user_id)
+            # A member added: refused past the cap, or if their user id or name is taken.
+            cap = max_members if after is not None and before is None else None
+            wanted = names_to_check(
+                user_id, display_name, distinct_name=distinct_name, added=cap is not None
+            )
             named: list[tuple[str, str]] = []
-            if distinct_name or max_members is not None:
-                rows = await connection.execute(
-                    select(members.c.user_id, members.c.display_name).where(
-                        members.c.session_id == session_id
-                    )
-                )
-                named = [(r[0], r[1]) for r in rows]
             authors: list[str] = []
-            if distinct_name or (after is not None and max_members is not None):
-                authors = await _former_authors(connection, session_id, named)
+            if wanted:
+                named = await members_named(connection, session_id, wanted)
+                authors = await _former_authors(connection, session_id)
             if distinct_name:
                 check_name_free(display_name, user_id, named, authors)
-            if after is not None and max_members is not None:
-                check_room_for(user_id, [u for u, _ in named], max_members)
+            if cap is not None:
+                check_room_for(await _count_members(connection, session_id), cap)
                 check_added_name(user_id, display_name, named, authors)
             if after is not None:
                 require_role(await hold_role(connection, after.role), after.role)
-            before = await read_member(connection, session_id, user_id)
             actor = None
             if actor_id is not None:
                 same = actor_id == user_id
@@ -264,6 +274,7 @@ class Store(SessionReads, UsageTables):
                 "grants": json.dumps(grants),
                 "denials": json.dumps(denials),
                 "display_name": name,
+                **member_keys(user_id, name),
             }
             if before is not None:
                 await connection.execute(update(members).where(where).values(**values))

@@ -69,8 +69,15 @@ members = Table(
     Column("token_epoch", String(32), nullable=False, server_default=""),
     # How people see the member ("" : by user id).
     Column("display_name", String(80), nullable=False, server_default=""),
+    # ``session.names.name_key`` of the user id and of the display name: a name is compared
+    # with the members found by them (``server.store.rows.members_named``). NULL: a row
+    # stored without them, compared as every row once was.
+    Column("user_id_key", String(32)),
+    Column("name_key", String(32)),
 )
 Index("ix_members_user_id", members.c.user_id)
+Index("ix_members_user_id_key", members.c.session_id, members.c.user_id_key)
+Index("ix_members_name_key", members.c.session_id, members.c.name_key)
 
 # Prompts and messages: everything a member authored, with its sequence number.
 entries = Table(
