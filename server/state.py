@@ -16,6 +16,7 @@ from parley.server.store.sessions import Store
 from parley.server.ws.send_budget import SendBudget
 
 if TYPE_CHECKING:
+    from parley.server.http.member_list import MemberListBody
     from parley.server.http.transcript_body import TranscriptBody
     from parley.server.runtime.room import SessionRoom
 
@@ -32,6 +33,10 @@ class AppState:
     draining: bool = False
     # Each loaded room's transcript as ``GET …/transcript`` answers it (gone with the room).
     transcripts: WeakKeyDictionary[SessionRoom, TranscriptBody] = field(
+        default_factory=WeakKeyDictionary
+    )
+    # Each loaded room's member list as ``GET …/members`` answers it (gone with the room).
+    member_lists: WeakKeyDictionary[SessionRoom, MemberListBody] = field(
         default_factory=WeakKeyDictionary
     )
     # The invite exchange's budgets, by client address and by invite (it needs no key).

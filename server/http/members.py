@@ -6,6 +6,7 @@ from parley.authz.membership import ADMIN, judge_membership_change
 from parley.authz.policy import Decision, Do, Subject, decide
 from parley.authz.roles import Capability, Member, check_capabilities
 from parley.authz.tokens import ADMIN_ACTOR, ClientClaims, issue_token
+from parley.server.http.member_list import MemberListBody, member_out
 from parley.server.http.models import (
     MemberList,
     MemberOut,
@@ -18,10 +19,12 @@ from parley.server.http.models import (
 )
 from parley.server.http.rest import (
     Caller,
+    Encoded,
     Operation,
     QueryParam,
     path_pattern,
     spend_command_everywhere,
+    spend_read,
 )
 from parley.server.http.sessions import SESSION_ERRORS, USER_ID, check_user_id, session_row
 from parley.server.runtime.room import SessionRoom
@@ -33,17 +36,7 @@ from parley.session.errors import Conflict, Forbidden, InvalidInput, NotFound
 
 
 def _member_out(state: AppState, row: MemberRow) -> MemberOut:
-    member = row.as_member()
-    subject = Subject.of(member, state.rooms.roles)
-    return MemberOut(
-        user_id=row.user_id,
-        role=row.role,
-        grants=sorted(member.grants),
-        denials=sorted(member.denials),
-        capabilities=sorted(subject.capabilities),
-        created_at=row.created_at,
-        display_name=row.display_name,
-    )
+    return member_out(row.as_member(), row.display_name, state.rooms.roles)
 
 
 async def put_member(
@@ -217,15 +210,26 @@ def _member_json(member: Member) -> dict[str, object]:
     }
 
 
-async def list_members(state: AppState, session_id: str, caller: Caller) -> MemberList:
-    """Every member. A member's read spends one command of their budget, shared with their
-    sockets (429 ``rate_limited`` past it)."""
+async def list_members(state: AppState, session_id: str, caller: Caller) -> Encoded:
+    """Every member, as in force in the room. A member's read spends one command of their
+    budget, shared with their sockets, and their read budget by the answer's bytes
+    (``PARLEY_READ_BYTES_PER_S``): 429 ``rate_limited`` past either."""
     await session_row(state, session_id)
+    room = await state.rooms.current(session_id)
     if caller.user_id is not None:
-        await spend_command_everywhere(state, await state.rooms.current(session_id), caller.user_id)
+        await spend_command_everywhere(state, room, caller.user_id)
     await state.rooms.current_access()
-    rows = await state.store.list_members(session_id)
-    return MemberList(members=[_member_out(state, r) for r in rows])
+    kept = state.member_lists.get(room)
+    if kept is None:
+        kept = state.member_lists[room] = MemberListBody()
+    # Charged before it is made, by the last answer's size: a refused read costs nothing.
+    estimate = kept.size
+    if estimate:
+        spend_read(state, room, caller.user_id, estimate)
+    body = kept.encode(room.membership, state.rooms.roles)
+    if not estimate:
+        spend_read(state, room, caller.user_id, len(body))
+    return Encoded(body)
 
 
 async def create_token(state: AppState, session_id: str, body: TokenCreate) -> TokenOut:

@@ -1,7 +1,8 @@
-"""What a REST read may cost the server (review, "bounded"): the transcript is encoded once per
-version of each entry, a member's reads of it spend a read budget by its bytes, and an
-answer the client does not take is written a piece at a time and dropped at the stall
-deadline instead of held whole for as long as the connection lives."""
+"""What a REST read may cost the server (review, "bounded"): the transcript and the member
+list are encoded once per version of each entry or member, a member's reads of them spend a
+read budget by their bytes, and an answer the client does not take is written a piece at a
+time and dropped at the stall deadline instead of held whole for as long as the connection
+lives."""
 
 from __future__ import annotations
 
@@ -16,11 +17,12 @@ from pycrdt import Doc
 
 from parley.server.http import transcript_body
 from parley.server.http.bounded import PIECE_BYTES, BoundedJSONResponse
-from parley.server.http.models import TranscriptEntryOut, TranscriptOut
+from parley.server.http.models import MemberOut, TranscriptEntryOut, TranscriptOut
 from parley.server.http.transcript_body import TranscriptBody
+from parley.server.store import reads
 from parley.server.ws.uvicorn_protocol import RESET_EXTENSION
 from parley.session.schema import SessionDocument
-from tests.conftest import ADMIN_KEY, make_settings, serve_in_process, sqlite_url
+from tests.conftest import ADMIN_KEY, RunningServer, make_settings, serve_in_process, sqlite_url
 
 
 def a_document(count: int) -> SessionDocument:
@@ -285,3 +287,79 @@ async def test_members_added_at_once_stop_at_the_cap(tmp_path: Path) -> None:
         assert sorted(p.status_code for p in puts) == [200, 200] + [409] * 6
         listed = (await server.http.get(f"/api/v1/sessions/{sid}/members")).json()["members"]
         assert len(listed) == 3
+
+
+async def _members_session(server: RunningServer, count: int) -> tuple[str, dict[str, str]]:
+    """A session of ``count`` members (``vic`` a viewer among them), and vic's headers."""
+    sid = await server.new_session({"vic": "viewer"})
+    for i in range(count - 1):
+        put = await server.http.put(f"/api/v1/sessions/{sid}/members/m{i}", json={"role": "viewer"})
+        assert put.status_code == 200, put.text
+    return sid, {"Authorization": f"Bearer {await server.token(sid, 'vic')}"}
+
+
+async def test_a_read_of_the_member_list_costs_what_changed_not_every_member(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review R4-1: each read of the list read every member from the store and validated a
+    ``MemberOut`` for each (110-180 ms at 600 members, within the command budget). A read
+    of an unchanged list reads no member and validates none, in a session of 10 members or
+    of 200; after a rename, the renamed member alone is encoded again."""
+    rows_read, validated = [0], [0]
+    read_row, init = reads.member_row, MemberOut.__init__
+
+    def counted_row(row: Any) -> Any:
+        rows_read[0] += 1
+        return read_row(row)
+
+    def counted_init(self: MemberOut, **fields: Any) -> None:
+        validated[0] += 1
+        init(self, **fields)
+
+    monkeypatch.setattr(reads, "member_row", counted_row)
+    monkeypatch.setattr(MemberOut, "__init__", counted_init)
+    async with serve_in_process(make_settings(sqlite_url(tmp_path), tmp_path / "d")) as server:
+
+        async def cost_of_a_read(sid: str, headers: dict[str, str]) -> tuple[int, int]:
+            rows_read[0] = validated[0] = 0
+            listed = await server.http.get(f"/api/v1/sessions/{sid}/members", headers=headers)
+            assert listed.status_code == 200, listed.text
+            return rows_read[0], validated[0]
+
+        costs = {}
+        for count in (10, 200):
+            sid, vic = await _members_session(server, count)
+            first = await server.http.get(f"/api/v1/sessions/{sid}/members", headers=vic)
+            assert len(first.json()["members"]) == count
+            costs[count] = await cost_of_a_read(sid, vic)
+            renamed = await server.http.patch(
+                f"/api/v1/sessions/{sid}/me", json={"display_name": "Vic"}, headers=vic
+            )
+            assert renamed.status_code == 200, renamed.text
+            assert await cost_of_a_read(sid, vic) == (0, 1)  # vic's entry alone
+            listed = (await server.http.get(f"/api/v1/sessions/{sid}/members")).json()["members"]
+            assert [m["display_name"] for m in listed if m["user_id"] == "vic"] == ["Vic"]
+            assert {m["user_id"] for m in listed} == {"vic", *(f"m{i}" for i in range(count - 1))}
+            order = [(m["created_at"], m["user_id"]) for m in listed]
+            assert order == sorted(order) and len(order) == count
+        assert costs == {10: (0, 0), 200: (0, 0)}
+
+
+async def test_a_members_reads_of_the_member_list_spend_their_read_budget(
+    tmp_path: Path,
+) -> None:
+    """Review R4-1: the list's reads spent one command each, whatever their size; they
+    spend the read budget by the answer's bytes too, as the transcript's do."""
+    settings = make_settings(
+        sqlite_url(tmp_path), tmp_path / "d", read_bytes_per_s=1.0, read_burst_bytes=2000
+    )
+    async with serve_in_process(settings) as server:
+        sid, vic = await _members_session(server, 20)  # a list well over the burst
+        path = f"/api/v1/sessions/{sid}/members"
+        first = await server.http.get(path, headers=vic)
+        assert first.status_code == 200 and len(first.content) > 2000
+        refused = await server.http.get(path, headers=vic)
+        assert refused.status_code == 429 and refused.json()["error"]["code"] == "rate_limited"
+        assert "read budget" in refused.json()["error"]["message"]
+        for _ in range(3):  # the admin key reads unbudgeted
+            assert (await server.http.get(path)).json() == first.json()
