@@ -148,8 +148,12 @@ class SessionStream:
                     # that stored no event past ours, reply text say, needs none.)
                     events = await room.feed.events_after(self.cursor.seq, generation, self._read)
                 caught_up = True
+                # A full page: the stream is behind, replaying. Only a replay waits for the
+                # session's stream work; a stream at the tail takes its events as they come
+                # (review R5-1: one viewer's 16 replays held an editor's live events 1-7 s).
+                replaying = len(events) == EVENTS_PAGE
                 for event in events:
-                    await self._pace()
+                    await self._pace(replaying)
                     sent = self._event_frames(room, event)
                     if sent is None:  # the document here lags the store: wait for it
                         caught_up = False
@@ -158,7 +162,7 @@ class SessionStream:
                         await self._spend(chunk)
                         yield chunk
                 if caught_up:
-                    await self._pace()
+                    await self._pace(replaying=False)
                     for chunk in self._paid(list(self._live_frames(room)), 0):
                         await self._spend(chunk)
                         yield chunk
@@ -181,14 +185,16 @@ class SessionStream:
         if user_id is not None:
             await self._paced(lambda: self.room.spend_read(user_id, len(chunk)))
 
-    async def _pace(self) -> None:
+    async def _pace(self, replaying: bool) -> None:
         """Before each stored event (and the live frames): the stream lets the loop serve
-        everyone else, and waits while the session's streams owe work (``Work.STREAMS``).
-        Review R4-2: a stream read and encoded page after page without a pause, so one
-        viewer's 16 streams replaying a session held every client of the node 1-3 s at a
-        time, within their read budget. The admin key's streams pay, never wait."""
+        everyone else, and, ``replaying`` a backlog, waits while the session's streams owe
+        work (``Work.STREAMS``). Review R4-2: a stream read and encoded page after page
+        without a pause, so one viewer's 16 streams replaying a session held every client
+        of the node 1-3 s at a time, within their read budget. A stream at the tail pays
+        and never waits: what it is sent is what the session writes as it happens (and its
+        reader's read budget still paces it). The admin key's streams pay, never wait."""
         await asyncio.sleep(0)
-        if self.caller.user_id is not None:
+        if replaying and self.caller.user_id is not None:
             await self._paced(lambda: self.room.work_wait_s(Work.STREAMS) <= 0)
         self._check(self._current_room())
 
