@@ -56,6 +56,8 @@ from parley.session.yprotocol import (
     AwarenessMessage,
     ClientMessage,
     MessageType,
+    SyncMessage,
+    SyncType,
     decode_client_frame,
     encode_awareness,
     encode_awareness_update,
@@ -347,6 +349,17 @@ def frame_count(data: bytes) -> float:
     return AWARENESS_FRAME_COUNT if data[:1] == _AWARENESS_TYPE else 1.0
 
 
+def _first_sync(connection: Connection, message: ClientMessage) -> bool:
+    """A socket's first sync step 1 is answered past its count: no later one would be
+    (review R6-2: a client that asked for presence three times first waited unsynced for
+    good, told nothing). Its answer is paid from the member's sync bytes as any is."""
+    return (
+        isinstance(message, SyncMessage)
+        and message.sync_type is SyncType.STEP1
+        and not connection.answered_sync
+    )
+
+
 def charged(
     room: SessionRoom,
     connection: Connection,
@@ -377,7 +390,7 @@ def charged(
     cost = cost_of(message, size)
     limits = connection.limits
     assert limits is not None
-    if not limits.allow(cost, now):
+    if not limits.allow(cost, now) and not _first_sync(connection, message):
         # A resync (sync step 1, query awareness) past the socket's count: a later answer
         # holds all this one would, and the socket is sent every change as it commits,
         # so it is dropped unanswered, and is no refusal. Refused, each counted toward the

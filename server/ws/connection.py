@@ -198,6 +198,11 @@ class Connection:
             budget.note(self)
         return True
 
+    @property
+    def answered_sync(self) -> bool:
+        """Whether the socket was sent a sync answer (its first one makes it synced)."""
+        return self._sync_end > 0
+
     def send_sync(self, frame: bytes) -> bool:
         """Send a sync answer, which may be as large as the document: while it drains,
         what follows it (presence, the session's updates) is held to the socket's limit on

@@ -16,6 +16,7 @@ from pycrdt import Doc, Text, write_var_uint
 from parley.session.yprotocol import (
     AwarenessMessage,
     AwarenessState,
+    MessageType,
     SyncMessage,
     SyncType,
     decode_awareness_update,
@@ -258,6 +259,26 @@ async def test_full_resyncs_past_the_rate_go_unanswered_and_cost_nothing(tmp_pat
             assert close_code is None  # still open once its command was answered
             assert codes == []
             assert 3 <= answers <= 4  # the burst (and perhaps one refilled meanwhile)
+
+
+async def test_a_sockets_first_sync_is_answered_past_its_count(tmp_path: Path) -> None:
+    """Review R6-2: a client that asked for presence three times (the burst the count
+    allows) before its first sync step 1 had that dropped too, and waited unsynced for
+    good, told nothing. A socket's first sync request is answered whatever its count."""
+    settings = make_settings(sqlite_url(tmp_path), tmp_path / "d")
+    async with serve_in_process(settings) as server:
+        sid = await server.new_session({"vera": "viewer"})
+        url = f"{server.ws_url}/ws/sessions/{sid}?token={await server.token(sid, 'vera')}"
+        async with websockets.connect(url, max_size=None) as ws:
+            for _ in range(3):
+                await ws.send(bytes([MessageType.QUERY_AWARENESS]))
+            await ws.send(encode_sync(SyncType.STEP1, b"\x00"))
+            async with asyncio.timeout(20):
+                while True:
+                    message = decode_client_frame(await ws.recv())  # type: ignore[arg-type]
+                    if isinstance(message, SyncMessage) and message.sync_type is SyncType.STEP2:
+                        break
+            assert ws.close_code is None
 
 
 async def test_a_side_threads_socket_drops_resyncs_past_the_rate_too(tmp_path: Path) -> None:
