@@ -376,3 +376,66 @@ async def _fewest_words_refused(server: RunningServer, pinner: str) -> int:
                 assert put.status_code == 200, put.text
                 low = k + 1
     return low
+
+
+async def test_a_readers_reply_goes_private_whether_or_not_a_restricted_pin_fits(
+    tmp_path: Path,
+) -> None:
+    """Review R6-1: alice pins her reply drawn on a document only she may read; bob's
+    facts (counted at its placeholder for him, R3-1) leave it out of her input when it is
+    large, not when it is small. Her next reply went shared in the one case, private in
+    the other: bob, reading the transcript, learnt the hidden reply's size. A reply now
+    inherits every pin its issuers may read, given or left out."""
+    words = [0]
+
+    def script(sent: Sent) -> Answer:
+        if sent.messages[-1]["role"] == "tool":
+            return ["plan: " + " ".join(["lorem"] * words[0])]
+        if "launch" in sent.asked_text():
+            return [call("search_documents", {"query": "launch plan"})]
+        return ["noted"]
+
+    settings = make_settings(
+        sqlite_url(tmp_path),
+        tmp_path / "d",
+        context_window_tokens=1500,
+        max_output_tokens=512,
+        commands_burst=1000,
+    )
+    async with serve_in_process(settings, FakeModel(script, echo_tools=False)) as server:
+        private: dict[int, bool] = {}
+        for n in (20, 250):
+            words[0] = n
+            private[n] = await _next_reply_private_to_bob(server)
+        assert private == {20: True, 250: True}
+
+
+async def _next_reply_private_to_bob(server: RunningServer) -> bool:
+    """In a new session: alice's reply drawn from her document, pinned by her; long
+    messages of hers after it (the restricted turns leave her history's budget); bob's
+    fact; then alice's next reply: whether bob reads it as a placeholder."""
+    sid = await server.new_session({"alice": "editor", "bob": "editor"})
+    path = f"/api/v1/sessions/{sid}"
+    plan = {"title": "plan", "text": "The launch plan.", "readers": {"users": ["alice"]}}
+    assert (await server.http.post(f"{path}/documents", json=plan)).status_code == 201
+    alice = await server.connect(sid, "alice")
+    await alice.command({"type": "prompt", "id": "p", "text": "the launch plan?"})
+    await alice.wait_until(lambda c: all_replies_settled(c, 1))
+    reply = next(e for e in alice.entries() if e["kind"] == "reply")
+    assert "[restricted:" in reply["content"]
+    tokens = {user: await server.token(sid, user) for user in ("alice", "bob")}
+    async with httpx.AsyncClient(base_url=server.base_url) as http:
+        as_alice = {"Authorization": f"Bearer {tokens['alice']}"}
+        as_bob = {"Authorization": f"Bearer {tokens['bob']}"}
+        pinned = await http.post(f"{path}/pins", json={"entry_id": reply["id"]}, headers=as_alice)
+        assert pinned.status_code == 201, pinned.text
+        for m in ("m1", "m2"):
+            await alice.command({"type": "message", "id": m, "text": " ".join(["note"] * 300)})
+        fact = {"value": " ".join(["a"] * 160)}
+        put = await http.put(f"{path}/facts/f", json=fact, headers=as_bob)
+        assert put.status_code == 200, put.text
+        await alice.command({"type": "prompt", "id": "q", "text": "anything new?"})
+        await alice.wait_until(lambda c: all_replies_settled(c, 2))
+        seen = await http.get(f"{path}/transcript", headers=as_bob)
+    last = [m for m in seen.json()["messages"] if m["kind"] == "reply"][-1]
+    return "[restricted:" in last["content"]
