@@ -143,10 +143,15 @@ def seen_in_context(built: BuiltContext, restrictions: Mapping[str, Restriction]
 
     A summary given in the input counts for everything it covers: its text carries what
     those entries said, so a reply drawn from it inherits their readers too (a summary is
-    made from what every member may read when it is made, not from what is unrestricted)."""
+    made from what every member may read when it is made, not from what is unrestricted).
+
+    So does every pin the issuers may read that the pins' share left out (``pins_left``):
+    whether it fits depends on facts and pins that members who may not read it set,
+    counting it at its placeholder (review R3-1), so a reply that went shared when it
+    did not fit told them its size (review R6-1)."""
     included = list(built.included)
     withheld = [{"entry_id": x.entry_id, "reason": x.reason} for x in built.withheld]
-    drawn = [restrictions.get(i, ()) for i in included]
+    drawn = [restrictions.get(i, ()) for i in (*included, *built.pins_left)]
     summary = built.summary
     if summary is not None:
         drawn += [r for i, r in restrictions.items() if i in summary.covers]
