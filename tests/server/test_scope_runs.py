@@ -5,6 +5,7 @@ tested on a room over the in-memory store: ``tests/server/runtime/test_scope_run
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -40,8 +41,8 @@ async def test_redefining_a_role_applies_at_once(tmp_path: Path) -> None:
         await access_api.put_role(state, "support", RolePut(capabilities=["read_session"]))
         denied = await s.send("sam", PromptCommand("2", "again"))
         assert denied["code"] == "forbidden"
-        members = (await members_api.list_members(state, sid, ADMIN)).members
-        assert members[0].capabilities == ["read_session"]
+        listed = json.loads((await members_api.list_members(state, sid, ADMIN)).body)
+        assert listed["members"][0]["capabilities"] == ["read_session"]
         with pytest.raises(Conflict) as held:
             await access_api.delete_role(state, "support")
         assert held.value.http_status == 409  # sam still holds it
