@@ -50,6 +50,7 @@ from parley.server.providers.registry import open_models
 from parley.server.runtime.rooms import RoomRegistry
 from parley.server.settings import Settings
 from parley.server.state import AppState
+from parley.server.store.claim import claim_database
 from parley.server.store.db import create_engine, current_revision, head_revision
 from parley.server.store.health import StorageHealth
 from parley.server.store.sessions import Store
@@ -206,6 +207,11 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
+            # Before anything reads or writes: another server may run on this database.
+            release = await asyncio.to_thread(
+                claim_database, settings.database_url, shared=settings.cluster
+            )
+            stack.push_async_callback(asyncio.to_thread, release)
             model = provider
             if model is None:
                 model = await stack.enter_async_context(open_models(settings, transport))

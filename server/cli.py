@@ -24,10 +24,11 @@ from sqlalchemy.exc import DBAPIError
 from parley.server.keys import Keys, resolve_keys
 from parley.server.logs import configure_logging
 from parley.server.settings import Settings, missing_api_keys
+from parley.server.store.claim import claim_database
 from parley.server.store.db import alembic_config, create_engine, current_revision, migrate
 from parley.server.version import version
 from parley.server.ws.uvicorn_protocol import LeanHttpProtocol, LeanWebSocketProtocol
-from parley.session.errors import ConfigurationError
+from parley.session.errors import ConfigurationError, DatabaseInUse
 from parley.session.tokens import tokenizer_name
 
 if TYPE_CHECKING:
@@ -320,10 +321,27 @@ def listen_socket(host: str, port: int) -> socket.socket:
 
 def run_db_command(args: argparse.Namespace, settings: Settings) -> int:
     """``parley migrate`` and ``parley db …``: Alembic over the configured database."""
-    from alembic import command  # only these commands need it
 
     config = alembic_config(settings.database_url)
     action = "upgrade" if args.command == "migrate" else args.db_command
+    if action in ("upgrade", "downgrade"):
+        # Shared: not under a server off-cluster (which holds its database alone), but
+        # under cluster nodes, as their rolling upgrades migrate.
+        try:
+            release = claim_database(settings.database_url, shared=True)
+        except DatabaseInUse as exc:
+            print(f"parley: {exc.message}", file=sys.stderr)
+            return 2
+        try:
+            return _run_alembic(config, args, action)
+        finally:
+            release()
+    return _run_alembic(config, args, action)
+
+
+def _run_alembic(config: Any, args: argparse.Namespace, action: str) -> int:
+    from alembic import command
+
     if action == "current":
         command.current(config)
     elif action == "history":
@@ -363,12 +381,27 @@ def main(argv: list[str] | None = None) -> int:
         )
     url = settings.database_url
     migrating = settings.migrate_on_start and not args.no_migrate
+    # Held until the process ends (the app takes it again, from this process).
+    claims: list[Callable[[], None]] = []
+
+    def prepare() -> None:
+        if not claims:  # first, before migrations run under another server
+            claims.append(claim_database(url, shared=settings.cluster))
+        if migrating:
+            migrate(url)
+        else:
+            check_database(url)
+
     try:
         wait_for_database(
-            (lambda: migrate(url)) if migrating else (lambda: check_database(url)),
+            prepare,
             # An embedded file opens or it does not: no server to wait for.
             0 if url.startswith("sqlite") else settings.db_connect_timeout_s,
         )
+    except DatabaseInUse as exc:
+        listening.close()
+        print(f"parley: {exc.message}", file=sys.stderr)
+        return 2
     except (DBAPIError, OSError):
         listening.close()
         return 1  # logged
@@ -389,7 +422,10 @@ def main(argv: list[str] | None = None) -> int:
             "demo": f"{base}/demo/",
         },
     )
-    ParleyServer(uvicorn_config(app, settings), app).run(sockets=[listening])
+    try:
+        ParleyServer(uvicorn_config(app, settings), app).run(sockets=[listening])
+    finally:
+        claims[0]()
     return 0
 
 

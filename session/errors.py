@@ -37,7 +37,8 @@ a socket is closed with when this error ends it (-: it never ends one).
     ├── ProviderError                       provider_error   502   - (a run fails with it)
     └── ConfigurationError                  internal         500   - (the server does not start)
         ├── MissingApiKey                   internal         500   -
-        └── SchemaNotCurrent                internal         500   -
+        ├── SchemaNotCurrent                internal         500   -
+        └── DatabaseInUse                   internal         500   -
 
 On a WebSocket an error is answered with a JSON error reply and the socket stays open,
 except: a malformed binary frame (4400); a refused token, membership or session at the
@@ -295,6 +296,11 @@ class MissingApiKey(ConfigurationError):
 
 class SchemaNotCurrent(ConfigurationError):
     """The database schema is not at the migrations' head (``parley migrate``)."""
+
+
+class DatabaseInUse(ConfigurationError):
+    """Another Parley process holds the database in a way that excludes this one (a server
+    off-cluster holds it alone): ``server.store.claim``."""
 
 
 def close_code_for(error: ParleyError, otherwise: CloseCode = CloseCode.TRY_AGAIN) -> CloseCode:

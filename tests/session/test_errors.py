@@ -64,6 +64,7 @@ TABLE: dict[str, tuple[str, int, int | None]] = {
     "ConfigurationError": ("internal", 500, None),
     "MissingApiKey": ("internal", 500, None),
     "SchemaNotCurrent": ("internal", 500, None),
+    "DatabaseInUse": ("internal", 500, None),
 }
 
 CLOSE_CODES = {
