@@ -59,12 +59,20 @@ async def refused_app(database_url: str, tmp_path: Path) -> None:
             pass
 
 
+async def started(
+    processes: list[ServerProcess], database_url: str, data_dir: Path, **env: str
+) -> ServerProcess:
+    """``parley serve`` started, stopped at the test's end (``server_processes``)."""
+    process = ServerProcess(database_url, data_dir, free_port(), **env)
+    processes.append(process)
+    await process.start()
+    return process
+
+
 async def test_a_second_server_is_refused_until_the_first_is_killed(
     database_url: str, tmp_path: Path, server_processes: list[ServerProcess]
 ) -> None:
-    first = ServerProcess(database_url, tmp_path / "a", free_port())
-    server_processes.append(first)
-    await first.start()
+    first = await started(server_processes, database_url, tmp_path / "a")
     assert first.process is not None
     stderr = refused_serving(database_url, tmp_path)
     assert REFUSED in stderr and f"pid {first.process.pid}" in stderr
@@ -74,9 +82,7 @@ async def test_a_second_server_is_refused_until_the_first_is_killed(
     assert migration.returncode == 2 and REFUSED in migration.stderr
 
     first.kill()  # SIGKILL: nothing of the process releases anything
-    second = ServerProcess(database_url, tmp_path / "b", free_port())
-    server_processes.append(second)
-    await second.start()
+    second = await started(server_processes, database_url, tmp_path / "b")
     await refused_app(database_url, tmp_path)
 
     second.stop()  # SIGTERM
@@ -96,21 +102,15 @@ async def test_cluster_nodes_and_a_sole_server_exclude_each_other(
     postgres_url: str, tmp_path: Path, server_processes: list[ServerProcess]
 ) -> None:
     database_url = postgres_url
-    node = ServerProcess(database_url, tmp_path / "n", free_port(), PARLEY_CLUSTER="1")
-    server_processes.append(node)
-    await node.start()
+    node = await started(server_processes, database_url, tmp_path / "n", PARLEY_CLUSTER="1")
     assert REFUSED in refused_serving(database_url, tmp_path)
     # Another node, and a migration, go beside it.
-    other = ServerProcess(database_url, tmp_path / "m", free_port(), PARLEY_CLUSTER="1")
-    server_processes.append(other)
-    await other.start()
+    other = await started(server_processes, database_url, tmp_path / "m", PARLEY_CLUSTER="1")
     assert parley(database_url, tmp_path, "migrate").returncode == 0
     node.stop()
     other.stop()
 
-    sole = ServerProcess(database_url, tmp_path / "s", free_port())
-    server_processes.append(sole)
-    await sole.start()
+    await started(server_processes, database_url, tmp_path / "s")
     assert REFUSED in refused_serving(database_url, tmp_path, PARLEY_CLUSTER="1")
 
 
@@ -141,9 +141,7 @@ async def test_a_dropped_claim_is_taken_again_or_the_server_stops(
 ) -> None:
     """(SQLite's claim, a lock of the kernel, drops with the process only.)"""
     database_url = postgres_url
-    first = ServerProcess(database_url, tmp_path / "a", free_port())
-    server_processes.append(first)
-    await first.start()
+    first = await started(server_processes, database_url, tmp_path / "a")
     assert first.process is not None
     pid = first.process.pid
     url = make_url(database_url).set(drivername="postgresql").render_as_string(False)
