@@ -98,7 +98,6 @@ class AdvisoryClaim:
         )
         self.connection: AsyncConnection | None = None
         self.loop = asyncio.new_event_loop()
-        self.stopping = asyncio.Event()
         self.thread = threading.Thread(target=self.loop.run_forever, name="db-claim", daemon=True)
         self.thread.start()
         try:
@@ -143,9 +142,7 @@ class AdvisoryClaim:
         """Check the connection; once it dropped, take the lock again on a new one (the
         database dropped it with the connection), and stop the process if another took it."""
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stopping.wait(), CHECK_EVERY_S)
-                return
+            await asyncio.sleep(CHECK_EVERY_S)
             try:
                 assert self.connection is not None
                 await self.connection.scalar(text("SELECT 1"))
@@ -177,9 +174,9 @@ class AdvisoryClaim:
         self.loop.close()
 
     def release(self) -> None:
-        self.loop.call_soon_threadsafe(self.stopping.set)
-        with contextlib.suppress(Exception):
-            self.watch.result()
+        # Cancelled wherever it waits: a connection to a database that is down may take
+        # its time-out to fail.
+        self.watch.cancel()
         self._call(self._close())
         self._stop_thread()
 
