@@ -362,12 +362,17 @@ async def serve_in_process(
     if ws is not None:
         config.ws = ws
     server = ParleyServer(config, app)
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    async with asyncio.timeout(60):  # a sender's process starts in 1 s, 20 on a busy machine
-        while not server.started:
-            if task.done():
-                task.result()
-            await asyncio.sleep(0.02)
+    task = asyncio.create_task(_serve(server, sock))
+    try:
+        async with asyncio.timeout(60):  # a sender's process starts in 1 s, 20 on a busy machine
+            while not server.started:
+                if task.done():
+                    task.result()
+                await asyncio.sleep(0.02)
+    except BaseException:
+        server.should_exit = True
+        sock.close()
+        raise
     base = f"http://127.0.0.1:{port}"
     http = httpx.AsyncClient(
         base_url=base, headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=20, verify=TLS
@@ -383,6 +388,16 @@ async def serve_in_process(
         async with asyncio.timeout(20):
             await task
         sock.close()
+
+
+async def _serve(server: ParleyServer, sock: socket.socket) -> None:
+    """uvicorn ends a start-up that failed with ``sys.exit``: a ``SystemExit`` out of a task
+    stops the event loop itself, so one test's failed start broke every later test of its
+    worker. Here it fails that test alone."""
+    try:
+        await server.serve(sockets=[sock])
+    except SystemExit as exc:
+        raise RuntimeError(f"the server did not start (exit status {exc.code})") from None
 
 
 @pytest.fixture

@@ -600,7 +600,10 @@ async def test_a_command_over_the_servers_message_limit_is_refused_before_it_is_
     finally:
         await alice.close()
 
-    settings = make_settings(sqlite_url(tmp_path), tmp_path / "data", max_ws_message_bytes=65536)
+    # A database of its own: the first server still serves its file (and may still be
+    # answering alice's prompt), and two servers never share one.
+    url = sqlite_url(tmp_path, "second.db")
+    settings = make_settings(url, tmp_path / "second", max_ws_message_bytes=65536)
     async with serve_in_process(settings) as server:
         sid = await server.new_session({"bob": "editor"})
         token = await server.token(sid, "bob")
