@@ -23,8 +23,8 @@ from parley.server.http.rest import (
     Operation,
     QueryParam,
     path_pattern,
+    read_of_kept,
     spend_command_everywhere,
-    spend_read,
 )
 from parley.server.http.sessions import SESSION_ERRORS, USER_ID, check_user_id, session_row
 from parley.server.runtime.room import SessionRoom
@@ -222,14 +222,12 @@ async def list_members(state: AppState, session_id: str, caller: Caller) -> Enco
     kept = state.member_lists.get(room)
     if kept is None:
         kept = state.member_lists[room] = MemberListBody()
-    # Charged before it is made, by the last answer's size: a refused read costs nothing.
-    estimate = kept.size
-    if estimate:
-        spend_read(state, room, caller.user_id, estimate)
-    body = kept.encode(room.membership, state.rooms.roles)
-    if not estimate:
-        spend_read(state, room, caller.user_id, len(body))
-    return Encoded(body)
+    roles = state.rooms.roles
+    return Encoded(
+        read_of_kept(
+            state, room, caller.user_id, kept.size, lambda: kept.encode(room.membership, roles)
+        )
+    )
 
 
 async def create_token(state: AppState, session_id: str, body: TokenCreate) -> TokenOut:

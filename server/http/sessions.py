@@ -22,8 +22,8 @@ from parley.server.http.rest import (
     Operation,
     QueryParam,
     QueryStr,
+    read_of_kept,
     spend_command_everywhere,
-    spend_read,
 )
 from parley.server.http.transcript_body import TranscriptBody
 from parley.server.state import AppState
@@ -190,14 +190,10 @@ async def get_transcript(state: AppState, session_id: str, caller: Caller) -> En
     kept = state.transcripts.get(room)
     if kept is None:
         kept = state.transcripts[room] = TranscriptBody()
-    # Charged before it is made, by the last answer's size: a refused read costs nothing.
-    estimate = kept.size
-    if estimate:
-        spend_read(state, room, caller.user_id, estimate)
-    body = kept.encode(room.doc.entries(), room.membership.display_names)
-    if not estimate:
-        spend_read(state, room, caller.user_id, len(body))
-    return Encoded(body)
+    entries, names = room.doc.entries, room.membership.display_names
+    return Encoded(
+        read_of_kept(state, room, caller.user_id, kept.size, lambda: kept.encode(entries(), names))
+    )
 
 
 OPERATIONS: list[Operation] = [
