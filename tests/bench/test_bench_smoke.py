@@ -162,3 +162,18 @@ def test_report_renders_every_section() -> None:
     assert "| ms | 1.50 |" in table
     assert "| y-websocket | 12 | 300 | 16 | 40.0 | 90% |  |" in table
     assert "Not run: pycrdt-websocket: not installed" in table
+
+
+def test_a_full_runs_rooms_fit_the_bench_servers_member_budgets() -> None:
+    """Every subscriber of a room is a socket of one member: the full run opens 500 (and
+    100 a room for the idle connections) at once, where a member's budget lets a person
+    open 32 (review: the full run failed at 100 subscribers, its upgrades refused 429)."""
+    from bench.servers.parley_server import bench_settings
+
+    settings = bench_settings()
+    full = run.FULL
+    room = max(*full.fanout_subscribers, full.connections_per_room, full.capacity.subscribers)
+    opened = room * max(full.runs, 1) * 2  # each run's sockets, and as many reconnecting
+    assert settings.socket_opens_burst >= opened
+    # Their syncs: an empty document's answer and vector, a few bytes each.
+    assert settings.sync_burst_bytes >= opened * 1024
