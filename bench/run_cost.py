@@ -16,6 +16,11 @@ once the previous one settled, and timed:
 - **Wall time** from the prompt to its ack, and to its run settled.
 - **Context build**: the room's own timer around the context builder (its histogram).
 
+The garbage collector is set as ``parley serve`` sets it (``freeze_startup_heap``: what
+start-up loaded frozen out of its sight, its thresholds raised), not left at Python's
+defaults: the collections' share of a run is part of its cost as served, and grows with
+the session's objects.
+
 Between sizes the summariser is let finish (it takes what no longer fits; a run that
 overflows pokes it), so each size's runs see a history it has caught up with.
 
@@ -41,6 +46,7 @@ from typing import Any
 from bench.context_build import USERS, generate
 from parley.authz.policy import Decision
 from parley.authz.roles import Member
+from parley.server.cli import freeze_startup_heap
 from parley.server.providers.offline import compose_reply, compose_summary
 from parley.server.runtime.commands import dispatch
 from parley.server.runtime.room import SessionRoom
@@ -349,4 +355,5 @@ def write_result(result: dict[str, Any], path: str | None, stem: str) -> None:
 
 
 if __name__ == "__main__":
+    freeze_startup_heap()  # the collector as ``parley serve`` sets it before serving
     main(sys.argv[1:])
