@@ -224,7 +224,9 @@ class InviteCreate(Strict):
         default=86_400, description="How long the link works (30 days at most)"
     )
     token_ttl_seconds: Annotated[int, Field(ge=60), WHOLE] | None = Field(
-        default=None, description="Each token's lifetime; default: the server's"
+        default=None,
+        description="Each token's lifetime, at most PARLEY_TOKEN_TTL_MAX_S seconds "
+        "(default 604800); default: PARLEY_TOKEN_TTL_DEFAULT_S",
     )
 
 
@@ -275,7 +277,11 @@ class MemberList(Strict):
 
 class TokenCreate(Strict):
     user_id: str = Field(min_length=1, max_length=200)
-    ttl_seconds: Annotated[int, Field(ge=1), WHOLE] | None = None
+    ttl_seconds: Annotated[int, Field(ge=1), WHOLE] | None = Field(
+        default=None,
+        description="At most PARLEY_TOKEN_TTL_MAX_S seconds (default 604800); "
+        "default: PARLEY_TOKEN_TTL_DEFAULT_S",
+    )
 
 
 class TokenOut(Strict):

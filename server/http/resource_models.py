@@ -89,7 +89,9 @@ class ReadersIn(Strict):
 
 class DocumentCreate(Strict):
     title: str = Field(min_length=1, max_length=500)
-    text: str = Field(min_length=1)
+    text: str = Field(
+        min_length=1, description="At most PARLEY_MAX_DOCUMENT_CHARS characters (default 200000)"
+    )
     readers: ReadersIn = Field(description="Who may read it (and so what is drawn from it)")
 
 

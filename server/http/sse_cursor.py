@@ -21,7 +21,9 @@ from parley.server.store.tables import REPLY_EVENT_KINDS, REPLY_EVENTS, session_
 from parley.session.errors import BadEventId, NotFound
 from parley.session.events import StoredEvent
 
-_ID = re.compile(r"([0-9]{1,15})(?:\.([0-9A-Za-z_-]{1,64})\.([0-9]{1,12}))?")  # ASCII digits
+# Numbers as the stream writes them: ASCII digits, no leading zero (review RB-2: "3.r.01"
+# and "03.r.1", never sent, were taken as "3.r.1").
+_ID = re.compile(r"(0|[1-9][0-9]{0,14})(?:\.([0-9A-Za-z_-]{1,64})\.(0|[1-9][0-9]{0,11}))?")
 REPLY_ENDS = frozenset({"reply_completed", "run_failed"})
 assert REPLY_ENDS | {"run_started"} == set(REPLY_EVENT_KINDS)
 _SCAN_PAGE = 100

@@ -92,3 +92,33 @@ async def test_the_document_allows_what_the_server_takes_and_forbids_what_it_ref
             if (allowed and refused) or (not allowed and not refused):
                 disagree.append((method, path[-40:], body, allowed, answer.status_code))
         assert disagree == [], disagree
+
+
+async def test_a_bound_left_to_a_setting_is_named_where_the_document_allows_past_it(
+    tmp_path: Path,
+) -> None:
+    """Review RB-1: a token's lifetime and a document's text were refused past a setting's
+    bound that the document did not state (no maximum, no word of it). A bound that an
+    operator sets cannot be the document's maximum: the field's description names it."""
+    settings = make_settings(sqlite_url(tmp_path), tmp_path / "data")
+    async with serve_in_process(settings) as server:
+        http = server.http
+        served = (await http.get("/api/v1/openapi.json")).json()
+        sid = await server.new_session({"alice": "editor"})
+        at = SESSION.format(session_id=sid)
+        past_ttl = settings.token_ttl_max_s + 1
+        past_text = "x" * (settings.max_document_chars + 1)
+        cases = [
+            ("TokenCreate", "ttl_seconds", "PARLEY_TOKEN_TTL_MAX_S", f"{SESSION}/tokens",
+             f"{at}/tokens", {"user_id": "alice", "ttl_seconds": past_ttl}),
+            ("InviteCreate", "token_ttl_seconds", "PARLEY_TOKEN_TTL_MAX_S", f"{SESSION}/invites",
+             f"{at}/invites", {"user_id": "alice", "token_ttl_seconds": past_ttl}),
+            ("DocumentCreate", "text", "PARLEY_MAX_DOCUMENT_CHARS", f"{SESSION}/documents",
+             f"{at}/documents", {"title": "d", "text": past_text, "readers": {"users": ["alice"]}}),
+        ]  # fmt: skip
+        for schema, field, setting, template, path, body in cases:
+            assert _allows(served, "POST", template, path, body), schema
+            answer = await http.post(path, json=body)
+            assert answer.status_code in (413, 422), (schema, answer.status_code)
+            described = served["components"]["schemas"][schema]["properties"][field]
+            assert setting in described.get("description", ""), (schema, described)

@@ -4,8 +4,11 @@ messages and few runs is not read through on every stream that opens)."""
 
 from __future__ import annotations
 
-from parley.server.http.sse_cursor import reply_events_before, running_at
+import pytest
+
+from parley.server.http.sse_cursor import Cursor, reply_events_before, running_at
 from parley.server.store.tables import session_events
+from parley.session.errors import BadEventId
 from tests.server.runtime.backend import sql_store
 
 INDEX = "ix_session_events_replies"
@@ -36,3 +39,17 @@ async def test_the_reply_running_is_found_through_the_partial_index(database_url
                 plan = await connection.exec_driver_sql(f"EXPLAIN {compiled}")
             described = " ".join(str(row[-1]) for row in plan)
         assert INDEX in described, described
+
+
+def test_an_id_is_taken_only_as_the_stream_writes_it() -> None:
+    """Review RB-2: ids with a leading zero in a number, never sent, were taken as the id
+    without it ("3.r1.01" as "3.r1.1"); an id the stream never sent is refused."""
+    assert Cursor.parse("3") == Cursor(3)
+    assert Cursor.parse("0") == Cursor(0)
+    assert Cursor.parse("3.r1.0") == Cursor(3, "r1", 0)
+    assert Cursor.parse("30.r1.10") == Cursor(30, "r1", 10)
+    for raw in ("03", "3.r1.01", "3.r1.0001", "03.r1.1", "00", "3.r1.00"):
+        with pytest.raises(BadEventId):
+            Cursor.parse(raw)
+    for cursor in (Cursor(0), Cursor(12), Cursor(12, "r-1_x", 340), Cursor(7, "r", 0)):
+        assert Cursor.parse(str(cursor)) == cursor
