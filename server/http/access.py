@@ -45,7 +45,8 @@ from parley.server.state import AppState
 from parley.server.store.access import AccessStore
 from parley.server.store.access_rows import DocumentRow, ToolRow
 from parley.server.store.horizon import Place
-from parley.session.errors import Conflict, InvalidInput, NotFound, TooLarge
+from parley.session.core.audit_view import shown_record
+from parley.session.errors import Conflict, Forbidden, InvalidInput, NotFound, TooLarge
 
 
 def _access(state: AppState) -> AccessStore:
@@ -230,19 +231,38 @@ async def list_audit(
     after: int,
     kind: str | None,
     actor: str | None,
+    caller: Caller,
     cursor: Place | None = None,
 ) -> AuditList:
-    """The session's audit records after ``cursor`` (or ``after``, an id), oldest first."""
+    """The session's audit records after ``cursor`` (or ``after``, an id), oldest first, as
+    the caller may read them: a model call's token counts only for a reader who may read
+    all it drew on (a side-thread's: its owner)."""
     start = page_start(after, cursor)
     if await state.store.get_session(session_id) is None:
         raise NotFound(f"no session {session_id!r}")
+    reader = None
+    if caller.user_id is not None:
+        room = await state.rooms.current(session_id)
+        reader = room.subject(caller.user_id)
+        if reader is None:  # removed since the door let them in
+            raise Forbidden("you are not a member of this session")
     rows = await _access(state).list_audit(
         session_id, limit=limit, after=start, kinds=[kind] if kind else [], actor=actor
     )
+    records = []
+    for r in rows:
+        shown = shown_record(r.kind, r.data, reader)
+        out = AuditRecordOut(
+            id=r.id,
+            at=r.at,
+            kind=r.kind,
+            actor=r.actor,
+            data=shown.data,
+            withheld=list(shown.withheld),
+        )
+        records.append(out)
     return AuditList(
-        records=[
-            AuditRecordOut(id=r.id, at=r.at, kind=r.kind, actor=r.actor, data=r.data) for r in rows
-        ],
+        records=records,
         next_after=rows[-1].id if len(rows) == limit else None,
         next_cursor=make_place_cursor(Place(rows[-1].xid, rows[-1].id)) if rows else None,
     )
@@ -341,6 +361,7 @@ OPERATIONS: list[Operation] = [
             QueryStr("actor", 200, required=False),
         ),
         capability=Capability.READ_AUDIT,
+        with_caller=True,
     ),
     Operation(
         "GET", "/api/v1/roles", list_roles, "Roles and their capabilities", response=RoleList

@@ -51,6 +51,11 @@ class AuditRecordOut(Strict):
     kind: str = Field(description="model_call, tool_refused, membership, policy, refused, …")
     actor: str = Field(description="The user who acted (or 'admin')")
     data: dict[str, Any]
+    withheld: list[str] = Field(
+        description="Fields of data withheld from this reader (null in data): a model_call's "
+        "drew_on, input_tokens and output_tokens, when the reader may not read everything "
+        "the call drew on, or it is another member's side-thread call (see Permissions)"
+    )
 
 
 # An id-ordered list's cursor (``http.cursor``, ``store.horizon``).

@@ -16,6 +16,7 @@ import time
 import uuid
 from dataclasses import dataclass
 
+from parley.authz.policy import restriction_to_json
 from parley.authz.scope import RunScope
 from parley.server.runtime.active_run import ActiveRun
 from parley.server.runtime.deltas import MAX_BATCH_CHARS, Deltas
@@ -269,10 +270,13 @@ class SessionRunner:
                     return ending
             if isinstance(effect, CallModel):
                 started, clock = self.room.now_ms(), time.monotonic()
+                # What this call reads: its counts tell its size (``session.core.audit_view``).
+                drew_on = restriction_to_json(active.reply.restriction)
                 result = await self._stream(active, effect.request)
                 active.model_calls.append(
                     {
                         "step": effect.step,
+                        "drew_on": drew_on,
                         "started_at": started,
                         "ms": round((time.monotonic() - clock) * 1000, 1),
                         "input_tokens": None if result.usage is None else result.usage.input_tokens,

@@ -472,6 +472,7 @@ def cut_off_audit(
         "step": None,
         "started_at": prompts[-1].started_at,
         "ms": None,
+        "drew_on": None,
         "input_tokens": None,
         "output_tokens": None,
         "tool_calls": calls,

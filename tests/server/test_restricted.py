@@ -45,12 +45,18 @@ async def server(tmp_path: Path) -> AsyncIterator[RunningServer]:
 
 async def restricted_session(server: RunningServer) -> str:
     sid = await server.new_session({"olga": "owner", "bob": "editor", "alice": "viewer"})
+    await attach_vault(server, sid, ["bob", "olga"])
+    return sid
+
+
+async def attach_vault(server: RunningServer, sid: str, readers: list[str]) -> str:
+    """Attach the vault document, read by ``readers``; its id."""
     made = await server.http.post(
         f"/api/v1/sessions/{sid}/documents",
-        json={"title": "Vault", "text": SECRET, "readers": {"users": ["bob", "olga"]}},
+        json={"title": "Vault", "text": SECRET, "readers": {"users": readers}},
     )
     assert made.status_code == 201
-    return sid
+    return str(made.json()["id"])
 
 
 async def as_member(
@@ -368,3 +374,74 @@ async def test_a_member_who_may_not_read_the_session_now_is_still_counted(
     assert read.status_code == 200 and "7731" not in read.text and "[restricted:" in read.text
     private = await as_member(server, sid, "zed", "GET", f"{path}/entries/{reply['id']}/private")
     assert private.status_code == 403
+
+
+async def test_the_audit_log_tells_a_calls_token_counts_only_to_who_may_read_what_it_drew_on(
+    server: RunningServer,
+) -> None:
+    """Review RC-1: every ``model_call`` record carried the call's token counts, so bob, an
+    owner (``read_audit``) who may not read alice's document, read the size of the passage
+    her run read (step 1's ``input_tokens`` less step 0's) and of her private side-thread's
+    prompt and reply. The counts are withheld as a ``too_large`` reason's are: bob sees
+    those of a call that drew on nothing he may not read, alice all of hers, the admin all."""
+    sid = await server.new_session({"alice": "editor", "bob": "owner"})
+    path = f"/api/v1/sessions/{sid}"
+    granted = await server.http.put(
+        f"{path}/members/alice", json={"role": "editor", "grants": ["read_audit"]}
+    )
+    assert granted.is_success, granted.text
+    document = await attach_vault(server, sid, ["alice"])
+    alice = await server.connect(sid, "alice")
+    await alice.command({"type": "prompt", "id": "p", "text": "what is the vault code?"})
+    await alice.wait_until(lambda c: all_replies_settled(c, 1))
+    threads = f"{path}/threads"
+    opened = await as_member(server, sid, "alice", "POST", threads, json={})
+    thread_id = opened.json()["thread_id"]
+    asked = {"text": "p" * 400}
+    sent = await as_member(
+        server, sid, "alice", "POST", f"{threads}/{thread_id}/prompts", json=asked
+    )
+    assert sent.status_code == 202, sent.text
+
+    def thread_answered(client: Any) -> bool:
+        frames = [f["thread"] for f in client.unsolicited if f.get("type") == "thread"]
+        done = [t for t in frames if t["id"] == thread_id and not t["running"]]
+        return bool(done) and any(turn["kind"] == "reply" for turn in done[-1]["turns"])
+
+    await alice.wait_until(thread_answered)
+
+    def counts(records: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+        return [
+            (
+                "thread" if r["data"].get("thread_id") else "session",
+                r["data"]["step"],
+                r["data"]["input_tokens"],
+                r["data"]["output_tokens"],
+                r.get("withheld"),
+            )
+            for r in records
+        ]
+
+    url = f"{path}/audit?kind=model_call"
+    whole = [("session", 0, 100, 10, []), ("session", 1, 100, 10, []), ("thread", 0, 100, 10, [])]
+    seen_by_bob = (await as_member(server, sid, "bob", "GET", url)).json()["records"]
+    hidden = ["drew_on", "input_tokens", "output_tokens"]
+    assert counts(seen_by_bob) == [
+        ("session", 0, 100, 10, []),  # it drew on nothing bob may not read
+        ("session", 1, None, None, hidden),  # its input held the search's result
+        ("thread", 0, None, None, hidden),  # alice's private side-thread
+    ]
+    assert all(r["data"]["drew_on"] is None for r in seen_by_bob[1:])
+    admin = (await server.http.get(url)).json()["records"]
+    assert counts(admin) == whole
+    assert all(r["data"]["drew_on"] is not None for r in admin)
+    seen_by_alice = (await as_member(server, sid, "alice", "GET", url)).json()["records"]
+    assert counts(seen_by_alice) == whole
+    # Judged with the reader's rights now, as the transcript is: alice denied the document.
+    denied = await server.http.put(
+        f"{path}/members/alice",
+        json={"role": "editor", "grants": ["read_audit"], "denials": [f"read:{document}"]},
+    )
+    assert denied.is_success, denied.text
+    later = (await as_member(server, sid, "alice", "GET", url)).json()["records"]
+    assert counts(later) == [whole[0], *counts(seen_by_bob)[1:]]

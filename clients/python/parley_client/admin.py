@@ -134,6 +134,8 @@ class AuditRecord:
     kind: str  # model_call, tool_refused, membership, policy, refused, …
     actor: str
     data: dict[str, Any]
+    # Fields of ``data`` withheld from this reader (null there): a model call's sizes.
+    withheld: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
