@@ -62,7 +62,10 @@ def session_over_quota(quotas: Quotas, session_used: int) -> str | None:
     """Why the session may make no call today (``session_used`` tokens so far), or None."""
     limit = quotas.session_tokens_per_day
     if limit is not None and session_used >= limit:
-        return f"the session used {session_used} of its {limit} tokens today"
+        # Not how many: the total holds what every member's calls read, restricted
+        # material and private side-threads too (review RC-1), and the reason is shown
+        # to every member.
+        return f"the session reached its quota of {limit} tokens today"
     return None
 
 
@@ -78,5 +81,5 @@ def issuers_over_quota(
     for issuer in dict.fromkeys(issuers):
         used = used_by.get(issuer, 0)
         if used >= limit:
-            over[issuer] = f"{issuer} used {used} of their {limit} tokens today"
+            over[issuer] = f"{issuer} reached their quota of {limit} tokens today"
     return over

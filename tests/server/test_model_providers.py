@@ -354,8 +354,8 @@ async def test_a_prompt_over_quota_fails_before_any_model_call(tmp_path: Path) -
     prompts = [e for e in entries if e.kind == "prompt"]
     assert [p.status for p in prompts] == ["done", "failed", "done", "failed"]
     assert prompts[1].reason_code == prompts[3].reason_code == "quota_exceeded"
-    assert prompts[1].reason == "alice used 34 of their 30 tokens today"
-    assert prompts[3].reason == "the session used 68 of its 60 tokens today"
+    assert prompts[1].reason == "alice reached their quota of 30 tokens today"
+    assert prompts[3].reason == "the session reached its quota of 60 tokens today"
     assert [r.content for r in replies] == ["a", "", "b", ""]
     assert len(upstream.exchanges) == 2  # the refused prompts never reached the model
     assert bad.value.http_status == 422 and bad.value.code == "invalid"

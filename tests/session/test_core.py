@@ -1347,7 +1347,7 @@ def test_under_coalesce_a_member_at_their_quota_fails_only_their_own_prompts() -
     over, fresh = session.prompt("eddie"), session.prompt("erin")
     limits = Quotas(user_tokens_per_day=100)
     effects = handle(session.view(), RunStart(1, "r", "m", limits, {"eddie": 100, "erin": 5}))
-    ending = Ending(ReasonCode.QUOTA_EXCEEDED, "eddie used 100 of their 100 tokens today")
+    ending = Ending(ReasonCode.QUOTA_EXCEEDED, "eddie reached their quota of 100 tokens today")
     assert effects.begin is None and effects.finish == (Finish((over,), ending),)
     assert effects.audit == (
         AuditRecord(

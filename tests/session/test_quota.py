@@ -34,8 +34,9 @@ def test_over_quota_names_who_is_over() -> None:
     quotas = Quotas(session_tokens_per_day=1000, user_tokens_per_day=300)
     assert over_quota(quotas, 999, {"alice": 299}, ["alice"]) is None
     assert (
-        over_quota(quotas, 1000, {}, ["alice"]) == "the session used 1000 of its 1000 tokens today"
+        over_quota(quotas, 1000, {}, ["alice"])
+        == "the session reached its quota of 1000 tokens today"
     )
     reason = over_quota(quotas, 500, {"alice": 10, "bob": 300}, ["alice", "bob"])
-    assert reason == "bob used 300 of their 300 tokens today"
+    assert reason == "bob reached their quota of 300 tokens today"
     assert over_quota(Quotas(), 10**12, {"alice": 10**12}, ["alice"]) is None
