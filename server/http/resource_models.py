@@ -53,7 +53,7 @@ class AuditRecordOut(Strict):
     data: dict[str, Any]
     withheld: list[str] = Field(
         description="Fields of data withheld from this reader (null in data): a model_call's "
-        "drew_on, input_tokens and output_tokens, when the reader may not read everything "
+        "drew_on, input_tokens, output_tokens and ms, when the reader may not read everything "
         "the call drew on, or it is another member's side-thread call (see Permissions)"
     )
 

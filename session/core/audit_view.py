@@ -4,11 +4,12 @@ A ``model_call`` record holds the call's token counts as its provider reported t
 count tells the size of what the call read: the difference between two steps of one run is
 the size of the tool result the later one read, a side-thread call's counts the size of its
 owner's private prompt and reply (review RC-1). So, as a ``too_large`` reason tells no count
-when its run drew on what not every member may read (``runs.shown_ending``), a call's counts
-and ``drew_on`` (the reader lists of what it drew on: its context, pins and tool results so
-far) are shown only to a reader who may read all it drew on, judged with their rights now as
-the transcript judges a reply, and a side-thread call's only to the thread's owner. The
-admin key reads them all. What is withheld is null, and named in ``withheld``.
+when its run drew on what not every member may read (``runs.shown_ending``), a call's
+counts, its time and ``drew_on`` (the reader lists of what it drew on: its context, pins
+and tool results so far) are shown only to a reader who may read all it drew on, judged
+with their rights now as the transcript judges a reply, and a side-thread call's only to
+the thread's owner. The admin key reads them all. What is withheld is null, and named in
+``withheld``.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ from typing import Any
 from parley.authz.policy import Subject, may_read, restriction_from_json
 
 # The fields of a ``model_call`` record withheld from a reader who may not read what the
-# call drew on; the record always has them (null when withheld or never known).
-SIZE_FIELDS = ("drew_on", "input_tokens", "output_tokens")
+# call drew on; the record always has them (null when withheld or never known). A call's
+# time (``ms``) goes with its counts: it grows with the tokens streamed out.
+SIZE_FIELDS = ("drew_on", "input_tokens", "output_tokens", "ms")
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,7 +18,14 @@ BOB = Subject("bob", "owner", READS)
 
 def call(drew_on: list[dict[str, Any]] | None, **more: Any) -> dict[str, Any]:
     issuers = [{"user_id": "alice", "role": "editor"}]
-    return {"issuers": issuers, "drew_on": drew_on, "input_tokens": 224, "output_tokens": 9, **more}
+    return {
+        "issuers": issuers,
+        "drew_on": drew_on,
+        "input_tokens": 224,
+        "output_tokens": 9,
+        "ms": 812.5,
+        **more,
+    }
 
 
 def sizes(data: dict[str, Any]) -> tuple[Any, ...]:
@@ -28,13 +35,13 @@ def sizes(data: dict[str, Any]) -> tuple[Any, ...]:
 def test_a_call_that_drew_on_nothing_restricted_is_shown_whole() -> None:
     for reader in (ALICE, BOB, None):
         shown = shown_record("model_call", call([]), reader)
-        assert shown.withheld == () and sizes(shown.data) == ([], 224, 9)
+        assert shown.withheld == () and sizes(shown.data) == ([], 224, 9, 812.5)
 
 
 def test_a_call_that_drew_on_what_the_reader_may_not_read_has_no_sizes() -> None:
     record = call(restriction_to_json((VAULT,)))
     bob = shown_record("model_call", record, BOB)
-    assert bob.withheld == SIZE_FIELDS and sizes(bob.data) == (None, None, None)
+    assert bob.withheld == SIZE_FIELDS and sizes(bob.data) == (None, None, None, None)
     assert bob.data["issuers"] == record["issuers"]  # the rest is whole
     assert shown_record("model_call", record, ALICE).withheld == ()
     assert shown_record("model_call", record, None).data == record
@@ -61,9 +68,9 @@ def test_a_record_that_does_not_say_what_it_drew_on_tells_no_counts() -> None:
     old = call(None)
     del old["drew_on"]
     bob = shown_record("model_call", old, BOB)
-    assert bob.withheld == ("input_tokens", "output_tokens") and bob.data["drew_on"] is None
-    assert sizes(shown_record("model_call", old, None).data) == (None, 224, 9)
-    cut_off = {**call(None), "input_tokens": None, "output_tokens": None}
+    assert bob.withheld == ("input_tokens", "output_tokens", "ms") and bob.data["drew_on"] is None
+    assert sizes(shown_record("model_call", old, None).data) == (None, 224, 9, 812.5)
+    cut_off = {**call(None), "input_tokens": None, "output_tokens": None, "ms": None}
     assert shown_record("model_call", cut_off, BOB).withheld == ()  # nothing to withhold
 
 
