@@ -358,12 +358,17 @@ class SessionRoom:
         return None
 
     def sync_refused(self, connection: Connection, now: float) -> bool:
-        """Before a sync is answered: True, and the socket closed to try again later, when
-        its member's sockets have spent their sync budget (a stock client asks once a
-        connection: refused with an error, it would wait for good)."""
+        """Before a sync is answered: True when its member's sockets have spent their sync
+        budget. A socket's first sync is refused by closing it to try again later (a stock
+        client asks once a connection: refused with an error, it would wait for good); a
+        synced socket's resync is dropped unanswered, as one past its socket's count is,
+        and the socket stays: it is sent every change as it commits (review RE-2: a stock
+        provider's ``resyncInterval``, synced and idle, was closed 1013 because its
+        member's other tabs had spent the budget, and then refused at each reconnect)."""
         if not self.syncs_spent(connection.user_id, now):
             return False
-        connection.close(CloseCode.TRY_AGAIN, "over the sync budget; reconnect later")
+        if not connection.answered_sync:
+            connection.close(CloseCode.TRY_AGAIN, "over the sync budget; reconnect later")
         return True
 
     def charge_sync(self, user_id: str, state_vector: bytes, answer: bytes, now: float) -> None:
