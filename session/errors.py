@@ -13,6 +13,7 @@ a socket is closed with when this error ends it (-: it never ends one).
     │   ├── BadRequest                      bad_request      400   -
     │   ├── ProtocolError (yprotocol)       invalid          422   4400
     │   ├── ClockOutOfRange (yprotocol)     invalid          422   -
+    │   ├── StateNotAnObject (yprotocol)    invalid          422   -
     │   └── CommandError (commands)         the code and status of the error it wraps
     ├── Unauthenticated                     unauthenticated  401   4401
     ├── Forbidden                           forbidden        403   4403

@@ -47,6 +47,13 @@ class ClockOutOfRange(InvalidInput):
     state, ``MAX_SAFE_INTEGER`` for any): the frame is refused, the socket stays."""
 
 
+class StateNotAnObject(InvalidInput):
+    """An awareness state that is JSON but no object or null (a number, a string, an array,
+    a boolean): y-protocols sends any JSON value, and Parley relays only objects, which it
+    stamps with their member. The frame is refused, the socket stays (a final 4400 ended a
+    stock client's ``setLocalState(5)`` for good; review RE-3)."""
+
+
 class MessageType(IntEnum):
     SYNC = 0
     AWARENESS = 1
@@ -223,7 +230,7 @@ def decode_awareness_update(update: bytes) -> list[AwarenessState]:
         except (ValueError, RecursionError):
             raise ProtocolError("awareness state is not JSON") from None
         if state is not None and not isinstance(state, dict):
-            raise ProtocolError("awareness state must be an object or null")
+            raise StateNotAnObject("awareness state must be an object or null")
         states.append(AwarenessState(client_id, clock, state))
     if not reader.at_end():
         raise ProtocolError("trailing bytes after the awareness update")

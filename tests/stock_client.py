@@ -17,7 +17,8 @@ Events (all are dicts with an ``"event"`` key)::
     {"event": "exit", "returncode": int}               # synthesised here on process exit
 
 Commands: ``{"cmd": "dump"}``, ``{"cmd": "write"}``,
-``{"cmd": "typing", "value": bool}``, ``{"cmd": "quit"}``.
+``{"cmd": "typing", "value": bool}``, ``{"cmd": "state", "value": any JSON}`` (its
+awareness's local state, as is), ``{"cmd": "quit"}``.
 """
 
 from __future__ import annotations

@@ -25,6 +25,7 @@ from parley.server.ws.connection import Connection
 from parley.session.yprotocol import (
     AwarenessState,
     ProtocolError,
+    StateNotAnObject,
     decode_awareness_update,
     encode_awareness,
     encode_awareness_update,
@@ -91,7 +92,7 @@ class PresenceRelay:
             shown = room.presence.apply_remote(
                 origin, base64.b64decode(body, validate=True), room.clock()
             )
-        except (binascii.Error, ProtocolError):
+        except (binascii.Error, ProtocolError, StateNotAnObject):
             return
         if shown is not None:  # what its sockets may speak for (``Presence``)
             room.awareness.relay(shown)

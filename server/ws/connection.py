@@ -103,6 +103,7 @@ class Connection:
     echo_mark: int = 0  # the session's presence bytes sent when last credited
     echo_own_mark: int = 0  # its member's own states' bytes by then (no echo credit)
     told_no_presence: bool = False  # refused a state for lack of ``be_present`` (told once)
+    told_not_an_object: bool = False  # refused a state that is no object (told once)
     # The token the socket was opened with (revoking it closes the socket).
     claims: ClientClaims | None = None
     limits: ConnectionLimits | None = None

@@ -277,6 +277,11 @@ const handle = (line) => {
       provider.awareness.setLocalStateField('typing', Boolean(msg.value))
       emit({ event: 'reply', cmd: 'typing' })
       return
+    case 'state':
+      // y-protocols takes any JSON value, as an application may give it.
+      provider.awareness.setLocalState(msg.value)
+      emit({ event: 'reply', cmd: 'state' })
+      return
     case 'quit':
       quit().catch((err) => fatal('quit', err))
       return

@@ -14,7 +14,8 @@ marks where the case's replies end, since one socket's frames are handled in ord
   socket is still open; only a frame over the size limit (1009) or invalid UTF-8 (1007)
   may close it;
 - a binary frame left the socket open, with only the ``null``-id errors its kind can cause
-  (``forbidden`` for a write or too many awareness ids, ``too_large`` for presence),
+  (``forbidden`` for a write or too many awareness ids, ``too_large`` for presence,
+  ``invalid`` for an awareness clock out of range or a state that is no object),
   or closed it with 4400 (malformed) or 1009 (too big);
 - nothing was logged at ERROR, and no socket closed with 1000, 1006 or 1011 where a reply or
   a refusal was due: that is an exception escaping the socket loop (a "crash").
@@ -431,14 +432,18 @@ def _awareness_bad_json(rng: random.Random, drawn: Drawn, memory: Memory) -> Bin
             b'{"a":01}',
             b"\xff\xfe{}",
             b'{"a":"\xc3\x28"}',  # invalid UTF-8
-            b"[]",
-            b"1",
-            b'"a string"',
-            b"true",
             b'{"n":' + b"9" * 5000 + b"}",  # past Python's int digit limit
         ]
     )
     return _malformed(awareness([(rng.randrange(1, 2**31), 1, raw)]))
+
+
+def _awareness_not_an_object(rng: random.Random, drawn: Drawn, memory: Memory) -> BinaryResult:
+    # JSON, and what y-protocols sends for setLocalState(x), but no object: refused (told
+    # once a socket), never a close (review RE-3: 4400 ended a stock client for good).
+    raw = rng.choice([b"[]", b"[1,2]", b"1", b'"a string"', b"true", b"false"])
+    frame = awareness([(rng.randrange(1, 2**31), 1, raw)])
+    return frame, frozenset(), True, frozenset({"invalid"}), None
 
 
 def _awareness_non_finite(rng: random.Random, drawn: Drawn, memory: Memory) -> BinaryResult:
@@ -532,6 +537,7 @@ BINARY_GENERATORS: dict[str, tuple[int, Callable[[random.Random, Drawn, Memory],
     "query_awareness": (1, _query_awareness),
     "awareness_bad_json": (5, _awareness_bad_json),
     "awareness_non_finite": (2, _awareness_non_finite),
+    "awareness_not_an_object": (2, _awareness_not_an_object),
     "awareness_out_of_range": (2, _awareness_out_of_range),
     "awareness_deep": (3, _awareness_deep),
     "awareness_huge_state": (2, _awareness_huge_state),

@@ -205,6 +205,40 @@ async def test_presence_past_its_byte_budget_is_refused_then_closed(tmp_path: Pa
         await command_acked(alice, "after")
 
 
+def awareness_of(client_id: int, clock: int, state: bytes) -> bytes:
+    """An awareness frame showing one client's state as it is written (any JSON)."""
+    head = write_var_uint(1) + write_var_uint(client_id) + write_var_uint(clock)
+    return encode_awareness(head + write_var_uint(len(state)) + state)
+
+
+async def test_a_state_that_is_not_an_object_is_refused_once_and_the_socket_stays(
+    tmp_path: Path,
+) -> None:
+    """Review RE-3: a stock client's ``setLocalState(5)`` (a string, an array, a boolean:
+    y-protocols sends any JSON value) closed it 4400, which y-websocket 3.x takes as final.
+    Such a state is shown to nobody and the socket stays: told ``invalid`` once, the
+    others dropped without counting toward the abuse limit (a client renews its state
+    every 15 s, and may change it at any rate)."""
+    settings = make_settings(sqlite_url(tmp_path), tmp_path / "d", abuse_refusals=3)
+    async with serve_in_process(settings) as server:
+        sid = await server.new_session({"bob": "editor", "alice": "editor"})
+        alice = await server.connect(sid, "alice")
+        bob = await speaks_json(await server.connect(sid, "bob"))
+        shown = [b"5", b'"away"', b"[1,2]", b"true"]
+        for clock in range(1, 4):
+            for n, state in enumerate(shown):
+                await bob.send_raw(awareness_of(300 + n, clock, state))
+        await bob.set_awareness(400, 1, {"cursor": 5})
+        await handled_after(bob, "after")
+        assert refusals(bob) == ["invalid"] and bob.close_code is None
+        await alice.wait_until(lambda c: 400 in c.awareness)
+        await bob.wait_until(lambda c: 400 in c.awareness)
+        for client in (alice, bob):
+            assert not set(client.awareness) & {300, 301, 302, 303}, client.awareness
+        await command_acked(bob, "still")
+        assert alice.close_code is None
+
+
 # -- break 5: sync requests --------------------------------------------------------------------
 
 

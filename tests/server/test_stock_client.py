@@ -206,6 +206,42 @@ async def test_a_stock_client_echoing_a_leaving_at_the_top_clock_is_never_refuse
             await sam.close()
 
 
+async def test_a_stock_client_showing_a_state_that_is_not_an_object_stays_connected(
+    tmp_path: Path,
+) -> None:
+    """Review RE-3: ``awareness.setLocalState(5)`` (a string, an array, a boolean) closed
+    a stock client 4400, which y-websocket 3.x takes as final: it never came back. Such a
+    state is shown to nobody, refused ``invalid`` once, and the socket stays."""
+    await asyncio.to_thread(ensure_node_modules)
+    settings = make_settings(sqlite_url(tmp_path), tmp_path / "data")
+    async with serve_in_process(settings) as server:
+        sid = await server.new_session({"sam": "editor", "alice": "editor"})
+        alice = await server.connect(sid, "alice")
+        ws_url = f"{server.ws_url}/ws/sessions"
+        sam = await StockYjsClient.start(ws_url, sid, await server.token(sid, "sam"), commands=True)
+        try:
+            await sam.wait_event(lambda e: e.get("event") == "sync" and e["synced"], 15)
+            await _said(sam, "m0")  # (its socket speaks commands from now on: errors come)
+            for value in (5, "away", [1, 2], True, 6):
+                await sam.command({"cmd": "state", "value": value})
+            await _said(sam, "m1")  # its states were handled before
+            await sam.command({"cmd": "state", "value": {"name": "Sam"}})
+            await alice.wait_until(
+                lambda c: any(s and s.get("name") == "Sam" for s in c.awareness.values())
+            )
+            assert all(s is None or isinstance(s, dict) for s in alice.awareness.values())
+            replies = [e["reply"] for e in sam.history if e.get("event") == "command-reply"]
+            assert [(r["type"], r.get("id"), r.get("code")) for r in replies] == [
+                ("ack", "m0", None),
+                ("error", None, "invalid"),
+                ("ack", "m1", None),
+            ]
+            assert not [e for e in sam.history if e.get("event") == "connection-close"]
+            assert alice.close_code is None
+        finally:
+            await sam.close()
+
+
 async def _said(client: StockYjsClient, command_id: str) -> None:
     """Send a message and wait for its answer, whatever came before it."""
     payload = {"type": "message", "id": command_id, "text": "hi"}

@@ -38,6 +38,7 @@ TABLE: dict[str, tuple[str, int, int | None]] = {
     "BadRequest": ("bad_request", 400, None),
     "ProtocolError": ("invalid", 422, 4400),
     "ClockOutOfRange": ("invalid", 422, None),
+    "StateNotAnObject": ("invalid", 422, None),
     "CommandError": ("invalid", 422, None),
     "Unauthenticated": ("unauthenticated", 401, 4401),
     "Forbidden": ("forbidden", 403, 4403),

@@ -25,6 +25,7 @@ from parley.session.yprotocol import (
     AwarenessState,
     ClockOutOfRange,
     ProtocolError,
+    StateNotAnObject,
     decode_awareness_update,
     encode_awareness_update,
 )
@@ -274,6 +275,18 @@ def is_strict_json(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def test_a_state_that_is_not_an_object_is_refused_and_kept_nowhere() -> None:
+    """Review RE-3: a stock client's ``setLocalState(5)`` (or a string, an array, a
+    boolean) is refused ``invalid``, not malformed: nothing of it is kept or relayed."""
+    presence = Presence()
+    for client_id, raw in enumerate([b"5", b'"away"', b"[1,2]", b"true"]):
+        update = b"\x01" + bytes([client_id, 1, len(raw)]) + raw
+        with pytest.raises(StateNotAnObject):
+            presence.apply(ALICE_SOCKET, "alice", update)
+    assert presence.owned_by(ALICE_SOCKET) == 0
+    assert presence.flush() is None and presence.snapshot() is None
 
 
 def test_relayed_updates_are_strict_json() -> None:

@@ -25,6 +25,7 @@ from parley.session.yprotocol import (
     MessageType,
     ProtocolError,
     QueryAwarenessMessage,
+    StateNotAnObject,
     SyncMessage,
     SyncType,
     add_deletes,
@@ -169,8 +170,6 @@ def test_awareness_update_matches_the_y_protocols_layout() -> None:
         b"",  # no count
         b"\x01\x05\x03",  # missing state
         b"\x01\x05\x03\x03{x}",  # not JSON
-        b"\x01\x05\x03\x02[]",  # not an object
-        b"\x01\x05\x03\x01" + b"7",  # a number
         b"\x01\x05\x03\x02\xff\xfe",  # not UTF-8
         b"\x00\x00",  # trailing bytes
         b"\x02\x05\x03\x04null",  # promises two states, carries one
@@ -181,12 +180,24 @@ def test_malformed_awareness_updates_raise_protocol_error(update: bytes) -> None
         decode_awareness_update(update)
 
 
+@pytest.mark.parametrize("state", [b"[]", b"[1,2]", b"7", b'"away"', b"true", b"false"])
+def test_a_state_that_is_json_but_not_an_object_is_refused_not_malformed(state: bytes) -> None:
+    """Review RE-3: y-protocols sends any JSON value (``JSON.stringify``); one that is no
+    object (Parley stamps each state it relays) was a protocol error, which closed a stock
+    client 4400, for good. It is refused ``invalid``, and the frame is not malformed."""
+    update = b"\x01\x05\x03" + write_var_uint(len(state)) + state
+    with pytest.raises(StateNotAnObject) as refused:
+        decode_awareness_update(update)
+    assert not isinstance(refused.value, ProtocolError)
+    assert refused.value.code.value == "invalid"
+
+
 @FAST
 @given(st.binary(max_size=64))
 def test_hostile_awareness_updates_decode_or_raise_protocol_error(update: bytes) -> None:
     try:
         decoded = decode_awareness_update(update)
-    except ProtocolError:
+    except (ProtocolError, StateNotAnObject, ClockOutOfRange):
         return
     assert all(s.state is None or isinstance(s.state, dict) for s in decoded)
 
