@@ -37,7 +37,7 @@ import resource
 import struct
 import weakref
 from collections.abc import Callable, Coroutine
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, NoReturn, TypeVar
 
 from uvicorn.config import Config
 from uvicorn.protocols.http.flow_control import FlowControl
@@ -89,6 +89,12 @@ class HeadTooLarge(Exception):
 
 BODY_TIMEOUT_S = 30.0
 MIN_BODY_RATE = 1024.0  # bytes a second, on average over a body's reading
+# A body's pieces (what httptools calls back with: a chunk of a chunked body, or the part of
+# one a read holds): past ``MAX_BODY_PIECES`` of under ``MIN_PIECE_BYTES`` on average, 400.
+# The limits bound a body's bytes, and each piece costs a Python call: one-byte chunks
+# ("1\r\na\r\n") cost a million calls a MiB (review RD-3).
+MAX_BODY_PIECES = 1024
+MIN_PIECE_BYTES = 64
 _PONG_HEADER = b"\x8a"  # a server's pong frame: FIN and opcode 10, as websockets writes it
 
 
@@ -456,7 +462,10 @@ class LeanHttpProtocol(HttpToolsProtocol):
 
     def send_400_response(self, msg: str) -> None:
         """Answer 400 ``bad_request`` as the app's errors are (``rest.error_response``),
-        and close: the request could not be parsed."""
+        and close: the request could not be parsed. Nothing on a connection already
+        closing (answered, or reset): a 400 would follow its answer."""
+        if self.transport.is_closing():
+            return
         why = self._refusal or msg
         error = BadRequest(f"malformed HTTP request: {why}")
         body = json.dumps(error_body(error.code.value, error.message))
@@ -491,19 +500,53 @@ class LeanHttpProtocol(HttpToolsProtocol):
             self._arm(HEAD_TIMEOUT_S)
         self._begun = True
 
+    # A connection is kept for the next request only if its request's body had all come
+    # when the answer began: uvicorn kept one answered early (a 401, a 413) and read the
+    # rest of its body, whatever its length, so one-byte chunks after a 413 held the loop
+    # for as long as the client sent them (review RD-3). Each request's cycle is made not
+    # to keep its connection (``connection: close``, closed once answered) until its body
+    # ends; then, unless its answer has begun, it keeps it as the request asked.
+    _keep_alive: bool | None = None  # what the request asked for, until its body ends
+
     def on_headers_complete(self) -> None:
         self._progressed = True
         self._unwait()
+        before = self.cycle
         super().on_headers_complete()
+        if self.cycle is not before:  # a request for the app (an upgrade makes no cycle)
+            self._keep_alive, self.cycle.keep_alive = self.cycle.keep_alive, False
         self._body = _BodyClock()
         self._await_body()
 
     def on_body(self, body: bytes) -> None:
         self._progressed = True
+        if self.transport.is_closing():
+            # Answered (or refused) before its body ended: no more of it is parsed, not
+            # even the rest of the read that holds it.
+            raise HeadTooLarge("the connection is closing")
+        clock = self._body
+        if clock is not None:
+            clock.pieces += 1
+            clock.received += len(body)
+            if clock.pieces > MAX_BODY_PIECES and clock.received < MIN_PIECE_BYTES * clock.pieces:
+                self._refuse_body(
+                    f"a body in more than {MAX_BODY_PIECES} pieces (chunks) of under "
+                    f"{MIN_PIECE_BYTES} bytes on average"
+                )
         super().on_body(body)
-        if self._body is not None:
-            self._body.received += len(body)
         self._await_body()
+
+    def _refuse_body(self, why: str) -> NoReturn:
+        """Stop the parser: the request is answered 400 and closed (``send_400_response``),
+        or reset if its answer has begun (a 400 would be written into it)."""
+        cycle = self.cycle
+        if cycle.response_started:
+            reset(self.transport)
+        # The app reads no more of it, and what it answers is not written after the 400.
+        cycle.disconnected = True
+        cycle.message_event.set()
+        self._refusal = why
+        raise HeadTooLarge(why)
 
     def _await_body(self) -> None:
         """The body's deadline, while the server reads it (see above)."""
@@ -528,7 +571,15 @@ class LeanHttpProtocol(HttpToolsProtocol):
         self._progressed = True
         self._body = None
         self._disarm()
+        keep_alive, self._keep_alive = self._keep_alive, None
+        if keep_alive is not None and not self.cycle.response_started:
+            self.cycle.keep_alive = keep_alive  # its body came whole before its answer
         super().on_message_complete()
+
+    def shutdown(self) -> None:
+        if self._keep_alive:  # a body still coming: closed once answered, as uvicorn would
+            self._keep_alive = False
+        super().shutdown()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
@@ -611,12 +662,14 @@ class _WatchedFlow(FlowControl):
 
 
 class _BodyClock:
-    """How far a request's body has come: its bytes, and the time the server read it."""
+    """How far a request's body has come: its bytes and pieces, and the time the server
+    read it."""
 
-    __slots__ = ("read_s", "received", "since")
+    __slots__ = ("pieces", "read_s", "received", "since")
 
     def __init__(self) -> None:
         self.received = 0
+        self.pieces = 0  # parser callbacks with body bytes (``MAX_BODY_PIECES``)
         self.read_s = 0.0  # reading, before ``since``
         self.since: float | None = None  # reading since then; None: held back
 

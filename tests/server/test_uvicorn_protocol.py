@@ -22,6 +22,7 @@ from websockets.uri import parse_uri
 
 from parley.server.ws import uvicorn_protocol
 from parley.server.ws.uvicorn_protocol import (
+    MAX_BODY_PIECES,
     MAX_PIPELINED,
     PONG_BACKLOG_BYTES,
     Flag,
@@ -476,6 +477,96 @@ async def test_a_body_trickled_below_the_least_rate_is_reset(
         trickling = asyncio.create_task(trickle())
         assert await _ended(reader) == b""
         trickling.cancel()
+        writer.close()
+
+
+async def _refuse_past_a_kib(scope: Any, receive: Any, send: Any) -> None:
+    """An app that reads a body up to 1 KiB and answers 413 past it (``rest.read_body``)."""
+    received, more = 0, True
+    while more and received <= 1024:
+        message = await receive()
+        received += len(message.get("body", b""))
+        more = message.get("more_body", False)
+    status, body = (413, b"no") if received > 1024 else (200, b"ok")
+    await send(
+        {"type": "http.response.start", "status": status, "headers": [(b"content-length", b"2")]}
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def _count_body_pieces(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """Counts the parser's body callbacks: in all, and after the request's answer."""
+    counts = {"all": 0, "answered": 0}
+    on_body = LeanHttpProtocol.on_body
+
+    def counted(protocol: LeanHttpProtocol, body: bytes) -> None:
+        counts["all"] += 1
+        counts["answered"] += protocol.cycle.response_complete
+        on_body(protocol, body)
+
+    monkeypatch.setattr(LeanHttpProtocol, "on_body", counted)
+    return counts
+
+
+CHUNKED_HEAD = b"POST /x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+async def test_a_request_answered_before_its_body_ends_closes_its_connection(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Review RD-3: answered 413 (or 401) before its body ended, a request's connection was
+    kept and the rest of its body read, chunk by chunk: one-byte chunks sent for as long as
+    the client liked, with no key, held the loop for seconds. The answer says ``connection:
+    close`` and the connection is closed: nothing sent after it is parsed."""
+    pieces = _count_body_pieces(monkeypatch)
+    async with serve_asgi(_refuse_past_a_kib, http=LeanHttpProtocol) as port:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(CHUNKED_HEAD + b"8\r\naaaaaaaa\r\n" * 200)  # 1,600 bytes
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 413") and b"connection: close" in head.lower()
+        assert await reader.readexactly(2) == b"no"
+        with contextlib.suppress(ConnectionError):
+            writer.write(
+                b"8\r\naaaaaaaa\r\n" * 2000 + b"0\r\n\r\nGET /x HTTP/1.1\r\nHost: x\r\n\r\n"
+            )
+            await writer.drain()
+        assert await _ended(reader) == b""  # no answer to the request after the body
+        writer.close()
+    assert pieces["answered"] == 0, pieces
+
+
+async def test_a_body_in_tiny_pieces_is_refused_past_their_count(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Review RD-3: a body's limit bounds its bytes, and each chunk costs a parser callback:
+    a MiB in one-byte chunks was a million of them. Past ``MAX_BODY_PIECES`` pieces of
+    under ``MIN_PIECE_BYTES`` on average, 400 ``bad_request`` and closed."""
+    pieces = _count_body_pieces(monkeypatch)
+    async with serve_asgi(_answer, http=LeanHttpProtocol) as port:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        with contextlib.suppress(ConnectionError):
+            writer.write(CHUNKED_HEAD + b"1\r\na\r\n" * 20_000 + b"0\r\n\r\n")
+            await writer.drain()
+        head, _, body = (await _ended(reader)).partition(b"\r\n\r\n")
+        writer.close()
+    assert head.startswith(b"HTTP/1.1 400"), head
+    error = json.loads(body)["error"]
+    assert error["code"] == "bad_request" and "pieces" in error["message"], error
+    assert pieces["all"] == MAX_BODY_PIECES + 1, pieces
+
+
+async def test_chunked_uploads_of_fair_chunks_are_read_and_keep_their_connection() -> None:
+    """More chunks than ``MAX_BODY_PIECES``, of twice ``MIN_PIECE_BYTES`` (a read may end
+    in one and split it in two pieces), and a body of fewer tiny ones: read, answered, and
+    the connection kept for the next."""
+    fair = b"80\r\n" + b"f" * 128 + b"\r\n"
+    async with serve_asgi(_answer, http=LeanHttpProtocol) as port:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        for chunks in (fair * 3000, b"1\r\na\r\n" * 1000, fair):
+            writer.write(CHUNKED_HEAD + chunks + b"0\r\n\r\n")
+            head = await reader.readuntil(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200") and b"connection: close" not in head.lower()
+            assert await reader.readexactly(2) == b"ok"
         writer.close()
 
 
