@@ -58,6 +58,12 @@ class Metrics:
             "Sockets dropped because their client did not take what was sent",
             registry=r,
         )
+        self.inbound_pauses = Counter(
+            "parley_inbound_pauses_total",
+            "Times a member's sockets to a session went past their budget of bytes read "
+            "(PARLEY_INBOUND_BYTES_PER_S) and were not read until it refilled",
+            registry=r,
+        )
         self.send_drops = Counter(
             "parley_send_drops",
             "Sockets dropped, by reason (socket_limit, total_limit, stalled, closing)",

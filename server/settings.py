@@ -260,6 +260,12 @@ class Settings(BaseSettings):
     # socket past it is refused (429) until it refills, its sync requests refused.
     sync_bytes_per_s: float = Field(default=1024 * 1024, ge=0)
     sync_burst_bytes: int = Field(default=32 * 1024 * 1024, ge=1)
+    # The bytes a member's sockets to a session (its own and its side-threads', on each
+    # node) make the server read: past it their sockets are not read until it refills
+    # (TCP holds the client back; nothing is refused). The burst lets the largest message
+    # (PARLEY_MAX_WS_MESSAGE_BYTES) through at once.
+    inbound_bytes_per_s: float = Field(default=1024 * 1024, gt=0)
+    inbound_burst_bytes: int = Field(default=8 * 1024 * 1024, ge=1)
     # Sockets one member opens to a session, its own and its side-threads' together (on
     # each node): past it the upgrade is refused 429 with ``Retry-After``, and every stock
     # client backs off (review: 2,200 opens in 12 s, each reading a side-thread's document).

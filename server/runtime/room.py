@@ -41,6 +41,7 @@ from parley.server.store.port import SessionStore
 from parley.server.store.rows import SessionRow
 from parley.server.ws.awareness import AwarenessFanout
 from parley.server.ws.connection import Connection
+from parley.server.ws.inbound import InboundMeter
 from parley.session.closes import CloseCode
 from parley.session.commands import Limits
 from parley.session.core import MemberUpdated, TokenRevoked
@@ -140,6 +141,9 @@ class SessionRoom:
         # Where the client ids that leave this room's sockets are stored (None: not stored).
         self.left_clients = left_clients
         self.budgets = Budgets(member_rates(settings))
+        # What each member's sockets may make this node read (``server.ws.inbound``).
+        self._inbound_rate = Rate(settings.inbound_bytes_per_s, settings.inbound_burst_bytes)
+        self._inbound: dict[str, InboundMeter] = {}
         # What every member's context previews, and every event stream, make together
         # (``spend_work``).
         self.work = {
@@ -420,6 +424,16 @@ class SessionRoom:
     def _read_cost(self, size: int) -> Cost:
         rate = self.budgets.rates.get(Spend.READ_BYTES)
         return Cost(Spend.READ_BYTES, size if rate is None else min(size, int(rate.burst)))
+
+    def inbound(self, user_id: str) -> InboundMeter:
+        """The budget of the bytes ``user_id``'s sockets to this session (its own and its
+        side-threads', on this node) make the server read, shared by all of them."""
+        meter = self._inbound.get(user_id)
+        if meter is None:
+            clock = asyncio.get_running_loop().time  # the protocols' (their pings' times)
+            meter = InboundMeter(self._inbound_rate, clock, self.metrics.inbound_pauses.inc)
+            self._inbound[user_id] = meter
+        return meter
 
     def user_bucket(self, user_id: str) -> TokenBucket:
         """One command budget per user across all their sockets in this session."""

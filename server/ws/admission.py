@@ -42,6 +42,7 @@ from parley.server.ws.awareness import AwarenessFanout
 from parley.server.ws.connection import CommandChannel, Connection, ConnectionLimits
 from parley.server.ws.deadlines import SocketDeadlines
 from parley.server.ws.direct_send import SCOPE_KEY as DIRECT_WRITER
+from parley.server.ws.inbound import InboundMeter
 from parley.session.closes import CloseCode
 from parley.session.errors import (
     NotFound,
@@ -180,6 +181,9 @@ async def admit(websocket: WebSocket, state: AppState) -> Admitted | None:
         # A stock client with no state of its own renews nothing, and in a quiet session
         # hears nothing either: it dropped the socket and synced again every 30 s (review).
         connection.direct.keep_alive(NO_PRESENCE)
+    meter = room.inbound(claims.user_id)
+    if connection.direct is None or not connection.direct.meter_reading(meter):
+        connection.inbound = meter  # counted message by message (``receive``)
     connection.limits = ConnectionLimits.from_settings(state.settings, state.clock())
     connection.channel = _CHANNELS[asked_channel]
     connection.start()
@@ -290,9 +294,13 @@ async def serve(
         await connection.wait_closed()
 
 
-async def receive(websocket: WebSocket, deadlines: SocketDeadlines) -> Message | None:
+async def receive(
+    websocket: WebSocket, deadlines: SocketDeadlines, inbound: InboundMeter | None = None
+) -> Message | None:
     """The socket's next message; None once it ended (closed, or closed by ``deadlines``:
-    idle too long, 1001, or its token expired, 4401)."""
+    idle too long, 1001, or its token expired, 4401). ``inbound``: the member's budget of
+    bytes read, where no protocol beneath counts them (``Connection.inbound``): the message
+    is counted, and returned once the member is within it."""
     deadlines.waiting()
     try:
         message = await websocket.receive()
@@ -301,6 +309,11 @@ async def receive(websocket: WebSocket, deadlines: SocketDeadlines) -> Message |
     deadlines.received()
     if message["type"] == "websocket.disconnect":
         return None
+    if inbound is not None:
+        # Characters for a text frame: the ASGI server decoded it (at most 4 bytes each).
+        data = message.get("bytes") or message.get("text") or b""
+        if inbound.over(len(data)):
+            await inbound.refilled()
     return message
 
 

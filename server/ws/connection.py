@@ -25,6 +25,7 @@ from starlette.websockets import WebSocket, WebSocketState
 from parley.authz.tokens import ClientClaims
 from parley.server.settings import Settings
 from parley.server.ws.direct_send import DirectWriter
+from parley.server.ws.inbound import InboundMeter
 from parley.server.ws.send_budget import DropReason, SendBudget
 from parley.session.closes import CloseCode
 from parley.session.commands import error_reply
@@ -107,6 +108,9 @@ class Connection:
     # The token the socket was opened with (revoking it closes the socket).
     claims: ClientClaims | None = None
     limits: ConnectionLimits | None = None
+    # Its member's budget of bytes read, where the handler counts them (``receive``):
+    # under ``parley serve`` the protocol beneath does, and this is None.
+    inbound: InboundMeter | None = None
     closed: bool = False
     close_code: CloseCode | None = None
     _reason: str = ""

@@ -107,6 +107,16 @@ class DirectWriter:
         if hasattr(self._protocol, "keepalive_message"):
             self._protocol.keepalive_message = message
 
+    def meter_reading(self, meter: Any) -> bool:
+        """Have the protocol beneath count what it reads against ``meter`` (an
+        ``InboundMeter``) and pause reading past it; False if it cannot (not
+        ``parley serve``'s)."""
+        attach = getattr(self._protocol, "meter_reading", None)
+        if attach is None:
+            return False
+        attach(meter)
+        return True
+
     def buffered(self) -> int:
         """Bytes written but not yet taken by the kernel (the client is not reading)."""
         return int(self._protocol.transport.get_write_buffer_size())

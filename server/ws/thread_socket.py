@@ -112,7 +112,7 @@ async def _serve(
     limits = connection.limits
     assert limits is not None
     while not connection.closed:
-        message = await receive(websocket, deadlines)
+        message = await receive(websocket, deadlines, connection.inbound)
         if message is None:
             return
         data = message.get("bytes")

@@ -25,6 +25,12 @@ Two more cuts (issue #22):
 
 Limits are untouched: the size limit, pings and their timeout, the close handshake and
 read pausing are uvicorn's (a ping is sent and its pong awaited up to half a second late).
+One is added: once admitted, a socket counts the bytes it reads against its member's
+budget (``server.ws.inbound``), and stops reading while the member is past it. Reading is
+then paused for either of two reasons, a message the app has not taken yet (uvicorn's
+``read_paused``) or the budget (the meter ``holds`` the socket), and resumes only when
+neither holds it. A ping sent while the member was held back may wait behind the bytes
+the socket has not read: it counts as answered (``on_tick``).
 """
 
 from __future__ import annotations
@@ -49,6 +55,7 @@ from websockets.frames import Frame
 from parley.server.http.error_body import error_body
 from parley.server.ws.deadlines import ticks_of
 from parley.server.ws.direct_send import SCOPE_KEY, DirectWriter, reset
+from parley.server.ws.inbound import InboundMeter
 from parley.session.errors import BadRequest
 from parley.session.ratelimit import Rate, TokenBucket
 
@@ -101,14 +108,18 @@ _PONG_HEADER = b"\x8a"  # a server's pong frame: FIN and opcode 10, as websocket
 class Mailbox:
     """What the protocol uses of ``asyncio.Queue``: ``put_nowait``, ``empty`` and ``get``
     for its one reader (the ASGI app's ``receive``). Unbounded, as uvicorn's queue is.
-    ``emptied``: called when ``get`` takes the last message (the protocol resumes reading)."""
+    ``emptied``: called when ``get`` takes the last message (the protocol resumes reading).
+    ``meter``: the budget of the bytes the socket reads, its member's, once admitted
+    (here, not on the protocol, whose attributes are kept under 30: the module's
+    docstring)."""
 
-    __slots__ = ("_items", "_waiter", "emptied")
+    __slots__ = ("_items", "_waiter", "emptied", "meter")
 
     def __init__(self, emptied: Callable[[], None] | None = None) -> None:
         self._items: list[Any] = []
         self._waiter: asyncio.Future[None] | None = None
         self.emptied = emptied
+        self.meter: InboundMeter | None = None
 
     def put_nowait(self, item: Any) -> None:
         self._items.append(item)
@@ -248,7 +259,43 @@ class LeanWebSocketProtocol(WebSocketsSansIOProtocol):
     def _resume_reading(self) -> None:
         if self.read_paused:
             self.read_paused = False
-            self.transport.resume_reading()
+            if not self._held_back():
+                self.transport.resume_reading()
+
+    # The member's budget of bytes read (``server.ws.inbound``).
+
+    def meter_reading(self, meter: InboundMeter) -> None:
+        """Count what this socket reads from now on against ``meter`` (its member's)."""
+        mailbox: Mailbox = self.queue  # type: ignore[assignment]
+        mailbox.meter = meter
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        meter: InboundMeter | None = self.queue.meter  # type: ignore[attr-defined]
+        if meter is not None and meter.over(len(data)) and not self.transport.is_closing():
+            # What was read is handled; the rest waits in the kernel, and then the client.
+            self.transport.pause_reading()
+            meter.hold(self)
+
+    def _held_back(self) -> bool:
+        meter: InboundMeter | None = self.queue.meter  # type: ignore[attr-defined]
+        return meter is not None and meter.holds(self)
+
+    def release_reading(self) -> None:
+        """The member's budget is paid back: read on, unless a message waits for the app.
+        The time it was held does not count against the idle timeout."""
+        transport = self.transport
+        if not self.read_paused and not transport.is_closing():
+            transport.resume_reading()
+        writer = self.scope.get(SCOPE_KEY)
+        if isinstance(writer, DirectWriter):
+            writer.answered_at = self.loop.time()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        meter: InboundMeter | None = self.queue.meter  # type: ignore[attr-defined]
+        if meter is not None:
+            meter.forget(self)
+        super().connection_lost(exc)
 
     # The keepalive, in the shared ticks: ``ping_timer`` and ``pong_timer`` stay None, and
     # one place in a tick is either the next ping (no ping pending) or the pong's deadline.
@@ -292,8 +339,22 @@ class LeanWebSocketProtocol(WebSocketsSansIOProtocol):
         self._beat = None
         if self.pending_ping_payload is None:
             self.send_keepalive_ping()
+        elif self._held_since(self.ping_sent_at):
+            # Its pong may wait behind what the server has not read: alive (it was sending),
+            # pinged again (with the keep-alive message a stock client needs to hear).
+            writer = self.scope.get(SCOPE_KEY)
+            if isinstance(writer, DirectWriter):
+                writer.answered_at = self.loop.time()
+            self.pending_ping_payload = None
+            self.send_keepalive_ping()
         else:
             self.keepalive_timeout()
+
+    def _held_since(self, when: float) -> bool:
+        """Whether the member's budget held this socket's reading back at ``when`` or
+        since."""
+        meter: InboundMeter | None = self.queue.meter  # type: ignore[attr-defined]
+        return meter is not None and (meter.holds(self) or meter.short_at >= when)
 
     def _wait_beat(self, delay: float) -> None:
         self._drop_beat()
@@ -352,6 +413,8 @@ class LeanWebSocketProtocol(WebSocketsSansIOProtocol):
         if timer is not None and message.get("type") == "websocket.close":
             timer.cancel()
             self.close_timer = self.loop.call_later(self.close_timeout, self._close_or_reset)
+            if self._held_back():  # uvicorn resumed reading for the client's close
+                self.transport.pause_reading()
         if self.handshake_complete and getattr(self, "response", None) is not None:
             # Read only to answer the handshake (``handle_connect``, then ``send`` on accept).
             # The request's headers go too: websockets' parser keeps the request itself

@@ -23,7 +23,21 @@ async def test_stock_client_sees_the_stream_and_cannot_write(tmp_path: Path) -> 
         await _scenario(server)
 
 
-async def _scenario(server: RunningServer) -> None:
+async def test_a_stock_clients_sync_and_edits_are_never_held_back(tmp_path: Path) -> None:
+    """Its sync, presence, refused writes and the stream it reads stay within the member's
+    budget of bytes read (``PARLEY_INBOUND_BYTES_PER_S``): counted, never held back."""
+    await asyncio.to_thread(ensure_node_modules)
+    settings = make_settings(sqlite_url(tmp_path), tmp_path / "data", offline_token_delay_ms=20)
+    async with serve_in_process(settings) as server:
+        sid = await _scenario(server)
+        state = server.app.state.parley
+        assert (await state.rooms.get(sid)).inbound("sam").read_bytes > 0
+        pauses = state.metrics.registry.get_sample_value("parley_inbound_pauses_total")
+        assert pauses == 0
+
+
+async def _scenario(server: RunningServer) -> str:
+    """The stock client's session, once it has seen everything (its id)."""
     sid = await server.new_session({"alice": "editor", "sam": "editor"})
     stock = await StockYjsClient.start(
         f"{server.ws_url}/ws/sessions", sid, await server.token(sid, "sam"), name="Sam"
@@ -69,8 +83,10 @@ async def _scenario(server: RunningServer) -> None:
         assert any(e["content"] == "after the forgery" for e in dump["transcript"]), [
             e for e in stock.history if e.get("event") != "reply"
         ][-5:]
+        assert not any(e.get("event") == "connection-close" for e in stock.history)
     finally:
         await stock.close()
+    return sid
 
 
 async def test_a_stock_client_is_synced_with_what_was_committed(tmp_path: Path) -> None:

@@ -10,17 +10,20 @@ import asyncio
 import contextlib
 import gc
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
+import websockets
 from websockets.client import ClientProtocol
 from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 from websockets.uri import parse_uri
 
 from parley.server.ws import uvicorn_protocol
+from parley.server.ws.direct_send import DirectWriter
+from parley.server.ws.inbound import InboundMeter
 from parley.server.ws.uvicorn_protocol import (
     MAX_BODY_PIECES,
     MAX_PIPELINED,
@@ -30,6 +33,7 @@ from parley.server.ws.uvicorn_protocol import (
     LeanWebSocketProtocol,
     Mailbox,
 )
+from parley.session.ratelimit import Rate
 from tests.conftest import serve_asgi
 
 
@@ -195,6 +199,115 @@ async def test_pongs_wait_behind_a_bounded_backlog() -> None:
     socket.conn.queued = [pong, close]
     socket.handle_ping()
     assert socket.transport.written == [pong, close]
+
+
+class _MeteredSocket:
+    """An app whose one socket counts what it reads against ``meter`` (as an admitted
+    socket does), and takes a message or closes when the test says so (``actions``)."""
+
+    def __init__(self, meter: InboundMeter) -> None:
+        self.meter = meter
+        self.actions: asyncio.Queue[str] = asyncio.Queue()
+        self.taken: list[bytes] = []
+        self.protocol: Any = None
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        self.protocol = send.__self__
+        writer = DirectWriter.beneath(send)
+        assert writer is not None and writer.meter_reading(self.meter)
+        await send({"type": "websocket.accept"})
+        while True:
+            if await self.actions.get() == "close":
+                await send({"type": "websocket.close", "code": 1000})
+                return
+            message = await receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            self.taken.append(message["bytes"])
+
+    def held(self) -> bool:
+        return self.protocol is not None and self.meter.holds(self.protocol)
+
+    def waiting(self) -> int:
+        """Messages read and not taken by the app."""
+        return int(self.protocol.queue.qsize())
+
+    def reading(self) -> bool:
+        return bool(self.protocol.transport.is_reading())
+
+
+async def _poll(check: Callable[[], bool]) -> None:
+    """Until ``check()`` holds: the protocol's state, which no event tells of."""
+    async with asyncio.timeout(30):
+        while not check():  # noqa: ASYNC110 (a state that no event tells of)
+            await asyncio.sleep(0.005)
+
+
+@asynccontextmanager
+async def _held_socket(**config: Any) -> AsyncIterator[tuple[_MeteredSocket, Any, list[float]]]:
+    """A socket whose member's budget (4 KiB, its clock stopped: no refill until the test
+    moves it on) held it back after a message of 8 KiB, which waits for the app."""
+    now = [0.0]
+    app = _MeteredSocket(InboundMeter(Rate(per_second=1e6, burst=4096), lambda: now[0]))
+    async with serve_asgi(app, ws=LeanWebSocketProtocol, **config) as port:
+        client = await websockets.connect(
+            f"ws://127.0.0.1:{port}/", ping_interval=None, compression=None
+        )
+        try:
+            await client.send(b"1" * 8192)
+            await _poll(lambda: app.held() and app.waiting() == 1)
+            assert not app.reading()
+            yield app, client, now
+        finally:
+            now[0] += 1.0  # the budget refills: its timer lets go
+            await app.actions.put("close")  # the app ends (the server waits for it)
+            await client.close()
+
+
+async def test_a_message_taken_does_not_resume_a_socket_its_budget_holds() -> None:
+    async with _held_socket() as (app, client, now):
+        await app.actions.put("take")
+        await _poll(lambda: len(app.taken) == 1)
+        assert app.held() and not app.reading() and not app.protocol.read_paused
+        await client.send(b"2" * 100)
+        now[0] += 1.0  # refilled: read on
+        await app.actions.put("take")
+        await _poll(lambda: len(app.taken) == 2)
+        assert app.taken == [b"1" * 8192, b"2" * 100]
+
+
+async def test_a_refill_does_not_resume_a_socket_whose_message_waits() -> None:
+    async with _held_socket() as (app, client, now):
+        await client.send(b"2" * 100)
+        now[0] += 1.0
+        await _poll(lambda: not app.held())
+        assert not app.reading() and app.waiting() == 1  # the app has not taken the first
+        await app.actions.put("take")
+        await app.actions.put("take")
+        await _poll(lambda: len(app.taken) == 2)
+
+
+async def test_a_close_does_not_resume_a_socket_its_budget_holds() -> None:
+    """uvicorn reads on after the app's close (for the client's answer): not past the
+    member's budget."""
+    async with _held_socket() as (app, _, _):
+        await app.actions.put("close")
+        await _poll(lambda: app.protocol.close_sent)
+        assert app.held() and not app.reading()
+
+
+async def test_a_ping_unanswered_while_the_budget_holds_the_socket_does_not_close_it() -> None:
+    """Its pong waits behind the bytes the server does not read: pinged again, not 1011."""
+    async with _held_socket(ws_ping_interval=0.2, ws_ping_timeout=0.2) as (app, client, _):
+        pings: set[float] = set()
+
+        def pinged_or_closed() -> bool:
+            pings.add(app.protocol.ping_sent_at)
+            return len(pings) > 4 or app.protocol.close_sent
+
+        await _poll(pinged_or_closed)  # each ping after the one before timed out
+        assert not app.protocol.close_sent and app.held() and client.state is State.OPEN
 
 
 async def _answer(scope: Any, receive: Any, send: Any) -> None:
