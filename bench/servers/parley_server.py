@@ -132,6 +132,8 @@ def bench_settings(**overrides: Any) -> Settings:
         "socket_opens_burst": 1_000_000,
         "sync_bytes_per_s": 1024**4,
         "sync_burst_bytes": 1024**4,
+        "inbound_bytes_per_s": 1024**4,
+        "inbound_burst_bytes": 1024**4,
         "max_pending_per_user": 1000,
         "max_pending_per_session": 1000,
         "ws_idle_timeout_s": 600.0,
