@@ -71,6 +71,22 @@ _FENCE = text(
     """
 )
 
+# The fence of a member's write, which also says whether they are a member now: a locking
+# read (after the lease row's lock), so it sees a removal committed while it waited for that
+# lock, which its snapshot, taken before, does not; and a removal after it waits for the
+# write's commit (``lock_session`` takes the lease row first).
+_FENCE_MEMBER = text(
+    """
+    UPDATE session_leases SET expires_at = clock_timestamp() + make_interval(secs => :ttl)
+    WHERE session_id = :session_id AND holder = :holder AND epoch = :epoch
+    RETURNING EXISTS (
+        SELECT 1 FROM members m
+        WHERE m.session_id = session_leases.session_id AND m.user_id = :member
+        FOR KEY SHARE
+    )
+    """
+)
+
 _RENEW_ALL = text(
     """
     UPDATE session_leases SET expires_at = clock_timestamp() + make_interval(secs => :ttl)
@@ -153,19 +169,27 @@ class LeaseTable:
             ).scalar_one_or_none()
         return None if epoch is None else Lease(session_id, self.holder, int(epoch))
 
-    async def fence(self, connection: AsyncConnection, lease: Lease) -> None:
-        """In a write transaction: renew the lease, or raise ``Fenced`` if it was lost."""
-        result = await connection.execute(
-            _FENCE,
-            {
-                "session_id": lease.session_id,
-                "holder": lease.holder,
-                "epoch": lease.epoch,
-                "ttl": self.ttl_s,
-            },
-        )
-        if result.rowcount != 1:
+    async def fence(
+        self, connection: AsyncConnection, lease: Lease, member: str | None = None
+    ) -> bool:
+        """In a write transaction: renew the lease, or raise ``Fenced`` if it was lost.
+        With ``member`` (a member's write): whether they are a member as of now, judged at
+        the commit (``_FENCE_MEMBER``); True without."""
+        parameters = {
+            "session_id": lease.session_id,
+            "holder": lease.holder,
+            "epoch": lease.epoch,
+            "ttl": self.ttl_s,
+        }
+        if member is None:
+            result = await connection.execute(_FENCE, parameters)
+            if result.rowcount != 1:
+                raise Fenced("this node lost the session to another node; nothing was stored")
+            return True
+        found = (await connection.execute(_FENCE_MEMBER, {**parameters, "member": member})).first()
+        if found is None:
             raise Fenced("this node lost the session to another node; nothing was stored")
+        return bool(found[0])
 
     async def renew(self, leases: list[Lease]) -> set[str]:
         """Extend these leases of this node; returns the session ids still held (same epoch)."""

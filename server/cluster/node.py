@@ -49,7 +49,7 @@ from parley.server.store.port import SessionTx
 from parley.server.store.sessions import CHANNEL_DELETED, Store, StoreTx
 from parley.session.closes import CloseCode
 from parley.session.commands import command_id_of, error_reply
-from parley.session.errors import Unavailable, error_for
+from parley.session.errors import Forbidden, Unavailable, error_for
 from parley.session.queue import Policy
 from parley.session.reasons import ReasonCode
 
@@ -86,15 +86,19 @@ class HolderFence:
         self.node = node
         self.room = room
 
-    async def check(self, tx: SessionTx) -> None:
+    async def check(self, tx: SessionTx, member: str | None = None) -> None:
         lease = self.node.leases.get(self.room.session_id)
         if lease is None:
             raise NotHolder("another node runs this session; try again")
         try:
-            await self.node.leases_table.fence(_connection(tx), lease)
+            is_member = await self.node.leases_table.fence(_connection(tx), lease, member)
         except Fenced:
             self.node.lost(self.room.session_id, lease)
             raise
+        if not is_member:
+            # Removed on another node, which has yet to put it in force here: refused as a
+            # removed member is (review RA-3: stored after their ``member_left``).
+            raise Forbidden("you are not a member of this session")
 
     def published(self, tx: SessionTx) -> None:
         # Sent with the transaction's other notifications, in its last statement or one

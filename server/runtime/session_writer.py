@@ -209,10 +209,13 @@ class SessionWriter:
         ``beside``: what else to do in the write once the event was judged (a run's start
         reads its issuers' scope there). A write that stores a prompt and wakes the runner
         starts the prompt's run too if the runner waits idle (``RunSteps.begin_with``)."""
+        member = None
         if isinstance(event, CommandEvent):
             await self.sent.read(self.last_seq)  # before a write that may store an entry
+            # Judged again at the commit, with the removals stored on another node.
+            member = None if event.admin or not event.actor else event.actor
         try:
-            async with self.document.writing() as write:
+            async with self.document.writing(member) as write:
                 if before is not None:
                     event = await before(write)
                 effects = handle(self.view(), event)

@@ -244,10 +244,11 @@ class DocumentWriter:
             raise
 
     @asynccontextmanager
-    async def writing(self) -> AsyncIterator[Write]:
+    async def writing(self, member: str | None = None) -> AsyncIterator[Write]:
         """Serialize a change: store its rows and CRDT update, commit, then broadcast. On
         SQLite the wait for the database has what is left of the lock budget once the
-        session's turn came (``_turn_within``)."""
+        session's turn came (``_turn_within``). ``member``: a member's command, refused
+        by the fence (cluster mode) if they are no member as of its commit."""
         budgeted = getattr(self.store, "turns_in_budget", False)
         budget = self.settings.db_lock_timeout_s if budgeted else None
         async with self._turn_within(budget) as left:
@@ -261,7 +262,7 @@ class DocumentWriter:
             try:
                 async with self.store.transaction(lock_timeout_s=left) as tx:
                     if self.fence is not None:
-                        await self.fence.check(tx)
+                        await self.fence.check(tx, member)
                     write = Write(tx)
                     yield write
                     update = merged(captured)

@@ -35,7 +35,11 @@ class WriteFence(Protocol):
     transaction (raise to refuse it); told each update it stores, in the same transaction
     (before or after the statement that stores it: what it sends goes with the commit)."""
 
-    async def check(self, tx: SessionTx) -> None: ...
+    async def check(self, tx: SessionTx, member: str | None = None) -> None:
+        """Refuse the write unless this node may write the session; with ``member`` (a
+        member's command), also unless they are a member as of the commit: ``Forbidden``
+        (a removal stored on another node meanwhile, not yet in force here)."""
+        ...
 
     def holds(self) -> bool:
         """Whether this node writes the session, as far as it knows (no round trip)."""

@@ -211,10 +211,21 @@ def member_keys(user_id: str, display_name: str) -> dict[str, str]:
     return {"user_id_key": name_key(user_id), "name_key": name_key(display_name)}
 
 
+# The lease row of a session run in cluster mode (``server.cluster.lease``), if any.
+_LOCK_LEASE = text("SELECT 1 FROM session_leases WHERE session_id = :id FOR NO KEY UPDATE")
+
+
 async def lock_session(connection: AsyncConnection, session_id: str) -> None:
     """Lock the session's row for this transaction (PostgreSQL; SQLite has one writer at a
     time anyway), so its membership changes and token issues happen one after another.
-    ``NotFound`` for an unknown session."""
+    ``NotFound`` for an unknown session.
+
+    Cluster mode: its lease row first (if it is run), which every write of the running
+    node locks first (its fence): such a change and those writes happen one after another,
+    and a member's write after a removal is judged by it at its commit (review RA-3: a
+    removed member's messages were stored after their ``member_left``)."""
+    if connection.dialect.name == "postgresql":
+        await connection.execute(_LOCK_LEASE, {"id": session_id})
     found = await connection.execute(
         select(sessions.c.id).where(sessions.c.id == session_id).with_for_update()
     )
