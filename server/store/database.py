@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
@@ -58,6 +59,25 @@ async def _sqlite_transaction(
         await connection.commit()
     else:
         inline.raw.commit()
+
+
+async def _commit_settled(commit: Coroutine[Any, Any, None], tx: StoreTx) -> None:
+    """Commit, and learn whether it did even if this task is cancelled meanwhile (then
+    the cancel is raised once ``tx.committed`` says it): a commit the server carried out,
+    its answer unread, was taken for a failed write (review RA-2: a removed member's
+    socket, closed as their write committed, cancelled it; the room, finding the write
+    stored, was given up and every socket of the session closed 1013)."""
+    committing = asyncio.ensure_future(commit)
+    cancelled = False
+    while not committing.done():
+        try:
+            await asyncio.wait((committing,))
+        except asyncio.CancelledError:
+            cancelled = True
+    committing.result()  # a commit that failed: not stored
+    tx.committed = True
+    if cancelled:
+        raise asyncio.CancelledError
 
 
 class Database:
@@ -114,11 +134,12 @@ class Database:
         try:
             async with self._turn(deadline, group_round), self.engine.connect() as connection:
                 if self._writers is None:
-                    async with connection.begin():
+                    async with connection.begin() as begun:
                         tx = StoreTx(connection, self.subscriptions)
                         yield tx
                         tx.claimed.require_settled()
                         await tx.send_notifications()
+                        await _commit_settled(begun.commit(), tx)
                 else:
                     async with _sqlite_transaction(connection, deadline) as direct:
                         tx = StoreTx(connection, self.subscriptions, direct)

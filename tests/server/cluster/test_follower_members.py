@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -21,6 +22,9 @@ from tests.conftest import RunningServer, make_settings, postgres_database, serv
 from tests.yclient import YClient
 
 pytestmark = pytest.mark.postgres
+
+# Set in the task of bob's write (and so in any task it starts): its commit is held.
+BOBS_WRITE: contextvars.ContextVar[bool] = contextvars.ContextVar("bobs_write", default=False)
 
 
 async def test_a_removal_is_in_force_on_a_follower_before_what_was_posted_after_it(
@@ -146,3 +150,51 @@ async def test_a_command_judged_before_a_removal_elsewhere_is_refused_at_its_com
         assert taken["type"] == "ack", taken
         assert ann.close_code is None
         assert _after_leaving(await _events(url, sid), "bob") == []
+
+
+async def test_a_removed_members_write_cut_off_as_it_commits_leaves_the_room_running(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review RA-2: bob's socket, closed by his removal (put in force from a follower)
+    while his message's COMMIT was under way, cancelled the write; the commit done, the
+    write was taken for failed, the store then found it, and the room was given up: every
+    socket of the session closed 1013 and ann's next write refused ``unavailable``. Here
+    the commit is done and its answer held until bob's socket is closed: his message is
+    kept (stored before his ``member_left``), ann's socket stays open, her write taken."""
+    async with _two_nodes(tmp_path) as nodes:
+        url, first, second, sid = nodes.url, nodes.first, nodes.second, nodes.sid
+        ann, bob = nodes.ann, nodes.bob
+        committed, release = asyncio.Event(), asyncio.Event()
+        armed, held = [True], [True]
+        commit = asyncpg.transaction.Transaction.commit
+        room = first.app.state.parley.rooms.loaded(sid)
+        carry_out = room.writer.carry_out
+
+        async def marked(*args: Any, **kwargs: Any) -> Any:
+            if armed and armed.pop():  # the next write: bob's message (its commit too)
+                BOBS_WRITE.set(True)
+            return await carry_out(*args, **kwargs)
+
+        async def held_commit(self: Any) -> None:
+            await commit(self)
+            if BOBS_WRITE.get() and held and held.pop():
+                committed.set()
+                await release.wait()
+
+        room.writer.carry_out = marked
+        monkeypatch.setattr(asyncpg.transaction.Transaction, "commit", held_commit)
+        sent = asyncio.create_task(bob.command({"type": "message", "id": "b1", "text": "x"}))
+        await asyncio.wait_for(committed.wait(), 10)
+
+        removed = asyncio.create_task(second.http.delete(f"/api/v1/sessions/{sid}/members/bob"))
+        assert await bob.wait_closed(timeout=20) == 4403
+        release.set()
+        assert (await removed).status_code == 204
+        with contextlib.suppress(ConnectionError):
+            await sent
+        taken = await ann.command({"type": "message", "id": "a1", "text": "still here"})
+        assert taken["type"] == "ack", taken
+        assert ann.close_code is None
+        events = await _events(url, sid)
+        assert _after_leaving(events, "bob") == []
+        assert ("message_posted", "bob") in [(kind, actor) for _, kind, actor in events]
