@@ -345,7 +345,9 @@ class DocumentWriter:
         """A failed room's document may hold a change that was never stored: a write
         made on it would depend on that change. The reloaded room takes writes."""
         if self.failed is not None:
-            raise Unavailable(f"{self.failed}; nothing was stored")
+            # "this write": the reason may speak of an earlier write that was stored (review
+            # RA-2: "... was stored; reconnect to resync; nothing was stored").
+            raise Unavailable(f"{self.failed}; this write was not stored")
 
     def _capturing(self) -> list[bytes]:
         """Start collecting the document's updates for the write under way."""
@@ -425,7 +427,9 @@ class DocumentWriter:
             committed, self.doc.doc.get_update()
         )
         if beyond:
-            self.lost("a write thought failed was stored; reconnect to resync")
+            self.lost(
+                "an earlier write reported as failed was stored after all; reconnect to resync"
+            )
 
     def _broadcast_update(self, update: bytes) -> None:
         if update:

@@ -151,6 +151,11 @@ async def test_a_write_thought_failed_that_was_stored_gives_the_room_up(unreacha
             store.unavailable = None
             told = await s.message("alice", "three")
             assert told["code"] == "unavailable", told
+            # Review RA-2: it said "... was stored; reconnect to resync; nothing was stored".
+            assert told["message"] == (
+                "an earlier write reported as failed was stored after all; reconnect to "
+                "resync; this write was not stored"
+            ), told
         await s.until(lambda s: s.watcher.closed is not None)
         assert s.watcher.closed is not None and s.watcher.closed[0] == CloseCode.TRY_AGAIN
         room = await registry.get(SESSION)
