@@ -102,6 +102,10 @@ MIN_BODY_RATE = 1024.0  # bytes a second, on average over a body's reading
 # ("1\r\na\r\n") cost a million calls a MiB (review RD-3).
 MAX_BODY_PIECES = 1024
 MIN_PIECE_BYTES = 64
+# A request answered before its body ended: what more it sends is dropped for up to this
+# long and this many bytes, then its connection is closed (``LeanHttpProtocol.linger``).
+LINGER_S = 2.0
+LINGER_BYTES = 64 * 1024 * 1024
 _PONG_HEADER = b"\x8a"  # a server's pong frame: FIN and opcode 10, as websockets writes it
 
 
@@ -490,6 +494,9 @@ class LeanHttpProtocol(HttpToolsProtocol):
         self._wait()
 
     def data_received(self, data: bytes) -> None:
+        if self._lingering is not None:
+            self._linger_on(len(data))
+            return
         self._progressed = False
         super().data_received(data)
         if self._progressed:
@@ -571,6 +578,14 @@ class LeanHttpProtocol(HttpToolsProtocol):
     # ends; then, unless its answer has begun, it keeps it as the request asked.
     _keep_alive: bool | None = None  # what the request asked for, until its body ends
 
+    # A request answered before its body ended is closed once the client has had time to
+    # take its answer: until then what it still sends is read and dropped, unparsed, at the
+    # cost of a read, not of a parser callback per chunk. Closed at once, a client still
+    # writing its body (httpx, a browser: they read the answer once the body is written)
+    # got a reset in place of the 413. Closed when the client closes, after ``LINGER_S``,
+    # or past ``LINGER_BYTES``, whichever comes first (nginx's lingering close).
+    _lingering: int | None = None  # bytes dropped so far, while lingering
+
     def on_headers_complete(self) -> None:
         self._progressed = True
         self._unwait()
@@ -578,6 +593,7 @@ class LeanHttpProtocol(HttpToolsProtocol):
         super().on_headers_complete()
         if self.cycle is not before:  # a request for the app (an upgrade makes no cycle)
             self._keep_alive, self.cycle.keep_alive = self.cycle.keep_alive, False
+            self.cycle.transport = _LingeringClose(self.transport, self)  # type: ignore[assignment]
         self._body = _BodyClock()
         self._await_body()
 
@@ -598,6 +614,25 @@ class LeanHttpProtocol(HttpToolsProtocol):
                 )
         super().on_body(body)
         self._await_body()
+
+    def linger(self) -> None:
+        """The answer is complete and the connection is to close: at once if the request's
+        body had all come, else once the client has had time to take the answer."""
+        transport = self.transport
+        if self._keep_alive is None or transport.is_closing():
+            transport.close()
+            return
+        self._keep_alive = None
+        self._body = None
+        self._disarm()
+        self._lingering = 0
+        self.flow.resume_reading()  # uvicorn may have paused it for the unread body
+        self._deadline = self.loop.call_later(LINGER_S, transport.close)
+
+    def _linger_on(self, size: int) -> None:
+        self._lingering = (self._lingering or 0) + size
+        if self._lingering > LINGER_BYTES:
+            reset(self.transport)
 
     def _refuse_body(self, why: str) -> NoReturn:
         """Stop the parser: the request is answered 400 and closed (``send_400_response``),
@@ -646,6 +681,8 @@ class LeanHttpProtocol(HttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
+        if self._lingering is not None:
+            return  # answered early: closed once the client took it (``linger``)
         if self.cycle.response_complete and not self.transport.is_closing():
             self._wait()  # kept alive for the next request (none in flight)
         if self.pipeline and not self.transport.is_closing():
@@ -722,6 +759,23 @@ class _WatchedFlow(FlowControl):
         protocol = self._protocol()
         if protocol is not None:
             protocol._await_body()
+
+
+class _LingeringClose:
+    """A request's transport as its cycle sees it: the same, but closing it lingers
+    (``LeanHttpProtocol.linger``)."""
+
+    __slots__ = ("_protocol", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, protocol: LeanHttpProtocol) -> None:
+        self._transport = transport
+        self._protocol = protocol
+
+    def close(self) -> None:
+        self._protocol.linger()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
 
 
 class _BodyClock:
