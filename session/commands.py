@@ -20,7 +20,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from parley.session.attribution import has_line_break
-from parley.session.errors import InvalidInput, ParleyError, TooLarge, UnknownCommand
+from parley.session.errors import (
+    InvalidInput,
+    ParleyError,
+    TooLarge,
+    UnknownCommand,
+    error_for,
+)
 from parley.session.json_constants import finite_float, reject_constant
 from parley.session.json_values import json_values_refusal
 from parley.session.queue import Policy
@@ -352,7 +358,25 @@ def ack(command_id: str, *, seq: int | None = None, **ids: str | int) -> str:
     return json.dumps({"type": "ack", "id": command_id, "seq": seq, **ids})
 
 
-def error_reply(command_id: str | None, error: ParleyError) -> str:
-    return json.dumps(
-        {"type": "error", "id": command_id, "code": error.code.value, "message": error.message}
-    )
+def error_reply(command_id: str | None, error: ParleyError, *, details: bool = False) -> str:
+    """A command's error reply; with ``details``, also the problems an ``InvalidInput``
+    lists, for a reply that another node answers a REST call with (``reply_error``): REST
+    names the field (review: a fact's line break was ``at: "value"`` on the node that runs
+    the session, ``at: "body"`` through another). A socket's reply has none."""
+    reply: dict[str, Any] = {
+        "type": "error",
+        "id": command_id,
+        "code": error.code.value,
+        "message": error.message,
+    }
+    if details and isinstance(error, InvalidInput) and error.details:
+        reply["details"] = [[at, what] for at, what in error.details]
+    return json.dumps(reply)
+
+
+def reply_error(reply: dict[str, Any]) -> ParleyError:
+    """The error an error reply (``error_reply``) reports, as it was raised where the reply
+    was made: its code, its message and the problems it lists."""
+    listed = reply.get("details")
+    details = tuple((str(at), str(what)) for at, what in listed) if listed else ()
+    return error_for(str(reply.get("code")), str(reply.get("message")), details)

@@ -310,12 +310,15 @@ def close_code_for(error: ParleyError, otherwise: CloseCode = CloseCode.TRY_AGAI
     return error.close_code if error.close_code is not None else otherwise
 
 
-def error_for(code: str, message: str) -> ParleyError:
-    """The error a reply with ``code`` reports (as it crossed a process boundary)."""
+def error_for(code: str, message: str, details: tuple[tuple[str, str], ...] = ()) -> ParleyError:
+    """The error a reply with ``code`` reports (as it crossed a process boundary), with
+    the problems it lists (``InvalidInput.details``) when it is an ``InvalidInput``."""
     pending: list[type[ParleyError]] = [ParleyError]
     while pending:
         kind = pending.pop()
         if kind.code.value == code:
+            if issubclass(kind, InvalidInput):
+                return kind(message, details)
             return kind(message)
         pending += kind.__subclasses__()
     return ParleyError(message)

@@ -48,8 +48,8 @@ from parley.server.store.access import CHANNEL_SETTINGS
 from parley.server.store.port import SessionTx
 from parley.server.store.sessions import CHANNEL_DELETED, Store, StoreTx
 from parley.session.closes import CloseCode
-from parley.session.commands import command_id_of, error_reply
-from parley.session.errors import Forbidden, Unavailable, error_for
+from parley.session.commands import command_id_of, error_reply, reply_error
+from parley.session.errors import Forbidden, Unavailable
 from parley.session.queue import Policy
 from parley.session.reasons import ReasonCode
 
@@ -391,7 +391,7 @@ class ClusterNode:
             return await apply_session_write(room, write)
         reply = json.loads(await self.relay.forward(room, ADMIN_SENDER, json.dumps(write)))
         if reply.get("type") == "error":
-            raise error_for(str(reply.get("code")), str(reply.get("message")))
+            raise reply_error(reply)
         await self.follow(room)
         return dict(reply.get("result") or {})
 
@@ -403,7 +403,7 @@ class ClusterNode:
         write = {"op": CHARGE_WRITE, "user_id": user_id, "why": why}
         reply = json.loads(await self.relay.forward(room, ADMIN_SENDER, json.dumps(write)))
         if reply.get("type") == "error":
-            raise error_for(str(reply.get("code")), str(reply.get("message")))
+            raise reply_error(reply)
 
     async def follow(self, room: SessionRoom, *, kept: bool = False) -> None:
         """Bring a read replica up to what is committed (the document's tail, the roles and

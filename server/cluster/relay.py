@@ -151,8 +151,8 @@ class CommandRelay:
             write = json.loads(frame)
             try:
                 result = await apply_session_write(room, write)
-            except ParleyError as exc:
-                return error_reply(command_id_of(frame), exc)
+            except ParleyError as exc:  # answered by the REST call: its details too
+                return error_reply(command_id_of(frame), exc, details=True)
             return json.dumps({"type": "ack", "id": write.get("id"), "result": result})
         # The member's command budget is the running node's too: every node's commands of
         # the session pass here, so the budget is one per member, not one per node (review:

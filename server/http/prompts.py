@@ -29,8 +29,9 @@ from parley.server.http.rest import Caller, Operation, spend_command
 from parley.server.runtime.commands import resend_allowed, stored_resend
 from parley.server.runtime.room import SessionRoom
 from parley.server.state import AppState
+from parley.session.commands import reply_error
 from parley.session.entries import EntryKind
-from parley.session.errors import Forbidden, InvalidInput, NotFound, RateLimited, error_for
+from parley.session.errors import Forbidden, InvalidInput, NotFound, RateLimited
 
 
 def _actor(caller: Caller, as_user: str | None) -> str:
@@ -76,7 +77,7 @@ async def send(
     answered = resent if resent is not None else await state.rooms.command(room, actor, frame)
     reply: dict[str, Any] = json.loads(answered)
     if reply.get("type") == "error":
-        raise error_for(str(reply.get("code")), str(reply.get("message")))
+        raise reply_error(reply)
     return reply
 
 

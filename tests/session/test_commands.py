@@ -25,6 +25,7 @@ from parley.session.commands import (
     command_id_of,
     error_reply,
     parse_command,
+    reply_error,
     storable,
     unstorable_in,
 )
@@ -331,6 +332,23 @@ def test_error_reply_shape() -> None:
         "code": "forbidden",
         "message": "viewers may not prompt",
     }
+
+
+def test_a_forwarded_error_reply_carries_the_fields_it_names() -> None:
+    """Review RA-1: a REST write judged on another node is answered with that node's
+    error, ``details`` included (a fact's field, not ``body``); a socket's reply has none."""
+    with pytest.raises(InvalidInput) as refused:
+        check_fact("acct", "a\nb")
+    socket = json.loads(error_reply("c1", refused.value))
+    assert "details" not in socket
+    assert reply_error(socket).details == ()
+    forwarded = json.loads(error_reply("c1", refused.value, details=True))
+    error = reply_error(forwarded)
+    assert type(error) is InvalidInput and error.code is ErrorCode.INVALID
+    assert error.message == refused.value.message
+    assert error.details == (("value", "a fact is one line: no line breaks"),)
+    queue_full = reply_error(json.loads(error_reply("c2", QueueFull("too many"), details=True)))
+    assert type(queue_full) is QueueFull and queue_full.message == "too many"
 
 
 def test_error_reply_for_a_parse_failure_carries_its_code_and_id() -> None:
