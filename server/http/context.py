@@ -37,8 +37,8 @@ BUILD_BYTES_PER_ENTRY = 1024
 
 
 async def list_facts(state: AppState, session_id: str) -> FactsOut:
-    room = await state.rooms.current(session_id)
-    return FactsOut(facts=room.doc.fact_map())
+    _, doc = await state.rooms.committed(session_id)
+    return FactsOut(facts=doc.fact_map())
 
 
 async def put_fact(
@@ -60,8 +60,8 @@ async def delete_fact(state: AppState, session_id: str, key: str, caller: Caller
 
 
 async def list_pins(state: AppState, session_id: str) -> PinsOut:
-    room = await state.rooms.current(session_id)
-    return PinsOut(pins=room.doc.pinned())
+    _, doc = await state.rooms.committed(session_id)
+    return PinsOut(pins=doc.pinned())
 
 
 async def create_pin(state: AppState, session_id: str, body: PinCreate, caller: Caller) -> PinsOut:

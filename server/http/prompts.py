@@ -27,11 +27,11 @@ from parley.server.http.models import (
 )
 from parley.server.http.rest import Caller, Operation, spend_command
 from parley.server.runtime.commands import resend_allowed, stored_resend
-from parley.server.runtime.room import SessionRoom
 from parley.server.state import AppState
 from parley.session.commands import reply_error
 from parley.session.entries import EntryKind
 from parley.session.errors import Forbidden, InvalidInput, NotFound, RateLimited
+from parley.session.schema import SessionDocument
 
 
 def _actor(caller: Caller, as_user: str | None) -> str:
@@ -85,16 +85,16 @@ def command_id(given: str | None) -> str:
     return given if given is not None else f"http-{secrets.token_hex(12)}"
 
 
-def _position(room: SessionRoom, prompt_id: str) -> int | None:
+def _position(doc: SessionDocument, prompt_id: str) -> int | None:
     """Where a waiting prompt is in the committed plan (1: the next to run), else None."""
-    for position, item in enumerate(room.doc.queued(), start=1):
+    for position, item in enumerate(doc.queued(), start=1):
         if item.id == prompt_id:
             return position
     return None
 
 
-def _status(room: SessionRoom, prompt_id: str) -> PromptStatusOut:
-    doc = room.doc
+def _status(doc: SessionDocument, prompt_id: str) -> PromptStatusOut:
+    """Where the prompt is, in ``doc`` as committed (``RoomRegistry.committed``)."""
     if not doc.has_entry(prompt_id) or doc.entry(prompt_id).kind is not EntryKind.PROMPT:
         raise NotFound(f"no prompt {prompt_id!r} in this session")
     entry = doc.entry(prompt_id)
@@ -107,7 +107,7 @@ def _status(room: SessionRoom, prompt_id: str) -> PromptStatusOut:
             "reason_code": entry.reason_code,
             "reason": entry.reason,
             "reply_id": entry.reply_id,
-            "position": _position(room, prompt_id),
+            "position": _position(doc, prompt_id),
         }
     )
 
@@ -119,10 +119,10 @@ async def post_prompt(
     command = {"type": "prompt", "id": command_id(body.id), "text": body.text}
     ack = await send(state, session_id, caller, body.as_user, command)
     prompt_id = str(ack["prompt_id"])
-    # Cluster mode: what the running node committed, so a follower answers as it would.
-    room = await state.rooms.current(session_id)
+    # What is committed, so every node answers as this one does.
+    _, doc = await state.rooms.committed(session_id)
     return PromptAccepted(
-        prompt_id=prompt_id, seq=int(ack["seq"]), position=_position(room, prompt_id)
+        prompt_id=prompt_id, seq=int(ack["seq"]), position=_position(doc, prompt_id)
     )
 
 
@@ -141,11 +141,13 @@ async def cancel_prompt(
     """Cancel a waiting prompt, or stop the run answering it; answers its status after."""
     command = {"type": "cancel", "id": command_id(body.id), "prompt_id": prompt_id}
     await send(state, session_id, caller, body.as_user, command)
-    return _status(await state.rooms.current(session_id), prompt_id)
+    _, doc = await state.rooms.committed(session_id)
+    return _status(doc, prompt_id)
 
 
 async def get_prompt(state: AppState, session_id: str, prompt_id: str) -> PromptStatusOut:
-    return _status(await state.rooms.current(session_id), prompt_id)
+    _, doc = await state.rooms.committed(session_id)
+    return _status(doc, prompt_id)
 
 
 COMMAND_ERRORS = (404, 409, 429)

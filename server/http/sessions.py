@@ -186,11 +186,11 @@ async def get_transcript(state: AppState, session_id: str, caller: Caller) -> En
     by the answer's bytes (``PARLEY_READ_BYTES_PER_S``, burst ``PARLEY_READ_BURST_BYTES``;
     an answer larger than the burst takes all of it): past it, 429 ``rate_limited``."""
     # Encoded once per version of each entry (``TranscriptBody``), kept with the room.
-    room = await state.rooms.current(session_id)
+    room, doc = await state.rooms.committed(session_id)  # read before the next await
     kept = state.transcripts.get(room)
     if kept is None:
         kept = state.transcripts[room] = TranscriptBody()
-    entries, names = room.doc.entries, room.membership.display_names
+    entries, names = doc.entries, room.membership.display_names
     return Encoded(
         read_of_kept(state, room, caller.user_id, kept.size, lambda: kept.encode(entries(), names))
     )

@@ -27,6 +27,7 @@ from parley.session.lifecycle import PromptStatus
 from parley.session.model import ModelProvider
 from parley.session.queue import Policy
 from parley.session.reasons import Ending, ReasonCode
+from parley.session.schema import SessionDocument
 
 if TYPE_CHECKING:
     from parley.server.cluster.node import ClusterNode
@@ -127,6 +128,14 @@ class RoomRegistry:
         if self.cluster is not None:
             await self.cluster.follow(room, kept=kept)
         return room
+
+    async def committed(self, session_id: str) -> tuple[SessionRoom, SessionDocument]:
+        """``current``, and its document as committed (``DocumentWriter.committed_document``:
+        the node that runs the session may be writing it), for a REST read of the document:
+        read it before the next await. A read then never shows what a failed write takes
+        back, and one made on any node after it never answers older."""
+        room = await self.current(session_id)
+        return room, await room.writer.document.committed_document()
 
     async def command(self, room: SessionRoom, user_id: str, frame: str) -> str:
         """The one door for a member's command frame, from a socket or an HTTP call:

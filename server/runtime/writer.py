@@ -41,6 +41,9 @@ from parley.session.yprotocol import SyncType, encode_sync
 
 # Waits before each try of reading the store back after an outage (the last repeats).
 VERIFY_DELAYS_S = (0.2, 0.5, 1.0, 2.0, 5.0)
+# How long a read of the document waits for the writes under way to be stored (a few ms,
+# unless the database holds one up) before it reads a copy of the committed document.
+SETTLE_WAIT_S = 0.1
 
 log = logging.getLogger("parley.room")
 
@@ -123,6 +126,9 @@ class DocumentWriter:
         # What a sync is answered from and a session's size is judged by (``size``):
         # always the committed document, taken from the store's bytes at a load.
         self._encoded = EncodedDocument(self.doc.doc.get_update())
+        # The committed document rebuilt for reads while a write is held up (None: none
+        # since the last commit).
+        self._copy: SessionDocument | None = None
         self._stop_observing: Callable[[], object] | None = None
         # Undone from the encoded copy, the store unread (``_forget``): read before a write,
         # and by ``_verifier`` as soon as the store answers.
@@ -152,6 +158,7 @@ class DocumentWriter:
         self._since_snapshot = since_snapshot
         self._writes.forget()
         self._encoded = encoded
+        self._copy = None
         self._unverified = False
 
     async def apply_replicated(self, snapshot: bytes | None, updates: Sequence[bytes]) -> None:
@@ -441,6 +448,7 @@ class DocumentWriter:
         cost linear in the update, never in the document."""
         self._writes.committed(update, self.doc.doc.get_state())
         self._encoded.committed(update)
+        self._copy = None
 
     def _snapshot_next(self) -> bool:
         """Whether the next update stored makes the log due to be squashed."""
@@ -467,6 +475,46 @@ class DocumentWriter:
                 await self._write_snapshot(tx, update_id)
         except Exception:
             log.warning("snapshot failed", exc_info=True, extra={"session_id": self.session_id})
+
+    async def committed_document(self) -> SessionDocument:
+        """The document as committed, for a read made before the caller's next await (a
+        REST read): a write changes the live document before its commit (and a failed one
+        is undone), so a read of it meanwhile answered what was not stored yet, and a node
+        following the session, asked after that answer, answered older (review RA-4).
+        The live document once the writes under way settle, within ``SETTLE_WAIT_S``;
+        past that (the database holds a write up) a copy of the committed document, built
+        from the encoded copy and kept until the next commit, so a read never waits out a
+        write's budget. ``Unavailable`` if the room was given up (its live document may
+        hold a change never stored: the next read loads it again)."""
+        if self.lock.locked() and not await self._settles_within(SETTLE_WAIT_S):
+            self.require_readable()
+            if self._copy is None:
+                self._copy = SessionDocument(document_of(self._encoded.update()))
+            return self._copy
+        self.require_readable()
+        return self.doc
+
+    async def _settles_within(self, wait_s: float) -> bool:
+        """Wait up to ``wait_s`` for the writer lock, in turn, and give it back at once:
+        True if taken (no write is under way until the caller's next await)."""
+        taken = asyncio.ensure_future(self.lock.acquire())
+        try:
+            done, _ = await asyncio.wait((taken,), timeout=wait_s)
+        except BaseException:
+            if taken.done() and not taken.cancelled() and taken.exception() is None:
+                self.lock.release()
+            else:
+                taken.cancel()
+            raise
+        if not done:
+            taken.cancel()  # taken meanwhile, the lock hands itself on (``Lock.acquire``)
+            return False
+        self.lock.release()  # the next write resumes after the caller's read
+        return True
+
+    def require_readable(self) -> None:
+        if self.failed is not None:
+            raise Unavailable(f"{self.failed}; read again")
 
     # -- reading committed state without the lock -----------------------------------------
 

@@ -8,20 +8,26 @@ a prompt waiting when the reads are compared.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 
 from tests.conftest import ADMIN_KEY, ServerProcess
 from tests.fake_upstream import Reply, openai_stream
-from tests.server.cluster.nodes import search_call, upstream_cluster
+from tests.server.cluster.nodes import cluster, search_call, upstream_cluster
 
 pytestmark = pytest.mark.postgres
 
 SECRET = "the vault code is 7731"
 STALLED_S = 120.0  # the last run streams nothing while the reads are compared
+# How long a read of the running node may take to answer while a write waits for the
+# database, before the test makes that write fail (an answer in it must not show it).
+READ_WINDOW_S = 3.0
 
 
 async def read(node: ServerProcess, path: str, token: str = ADMIN_KEY) -> tuple[int, Any]:
@@ -171,3 +177,75 @@ async def test_restricted_text_is_pushed_to_readers_on_every_node(tmp_path: Path
         assert restricted(alice) == {}
         for client in (bob, olga, alice):
             await client.close()
+
+
+async def blocked_writer(database: asyncpg.Connection, timeout_s: float = 20) -> int:
+    """The server connection waiting for ``doc_updates`` (locked by the test), polled."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        pid = await database.fetchval(
+            "SELECT pid FROM pg_locks WHERE relation = 'doc_updates'::regclass AND NOT granted"
+        )
+        if pid is not None:
+            return int(pid)
+        await asyncio.sleep(0.05)
+    raise TimeoutError("no write waited for the update log")
+
+
+async def test_no_node_answers_a_change_before_it_is_stored(tmp_path: Path) -> None:
+    """Review RA-4: the running node answered REST reads from its document as it was being
+    written, before the commit, so a read of a follower after its answer could be older (a
+    reply 150 characters long after 157; a prompt ``running`` after ``done``), and a change
+    whose commit failed could be shown. A read answers committed state on every node: here
+    a prompt whose write waits for the update log (locked by the test) and then fails is
+    never in an answer, the running node's or a follower's."""
+    async with cluster(tmp_path, 2) as nodes:
+        sid = await nodes.new_session({"bob": "editor"})
+        running, follower = await nodes.running_and_other(sid)
+        base = f"/api/v1/sessions/{sid}"
+        database = await asyncpg.connect(nodes.url.replace("+asyncpg", ""))
+        try:
+            lock = database.transaction()
+            await lock.start()
+            await database.execute("LOCK TABLE doc_updates IN SHARE MODE")
+            async with httpx.AsyncClient(
+                base_url=running.base_url, headers={"Authorization": f"Bearer {ADMIN_KEY}"}
+            ) as http:
+                prompt = {"text": "never stored", "id": "p-unstored", "as_user": "bob"}
+                posting = asyncio.ensure_future(
+                    http.post(f"{base}/prompts", json=prompt, timeout=60)
+                )
+                writer = await blocked_writer(database)
+                # The prompt is in the running node's document now, and not stored.
+                reads = asyncio.gather(
+                    read(running, f"{base}/transcript"),
+                    read(running, f"{base}/prompts/p-unstored"),
+                )
+                await asyncio.wait([reads], timeout=READ_WINDOW_S)
+                if reads.done():  # answered while the write waits: it must not show it
+                    transcript, status = reads.result()
+                    assert transcript[1]["messages"] == [], transcript
+                    assert status[0] == 404, status
+                # The write fails: nothing was stored.
+                assert await database.fetchval("SELECT pg_terminate_backend($1)", writer)
+                await lock.rollback()
+                posted = await posting
+                assert posted.status_code == 503, posted.text
+                transcript, status = await reads
+                assert transcript == (200, {"messages": []})
+                assert status[0] == 404, status
+        finally:
+            await database.close()
+        for node in (running, follower):
+            assert await read(node, f"{base}/transcript") == (200, {"messages": []})
+            assert (await read(node, f"{base}/prompts/p-unstored"))[0] == 404
+        # What the running node stored and answered, a follower asked next answers too,
+        # notified of it or not (it reads the committed tail first).
+        async with httpx.AsyncClient(
+            base_url=running.base_url, headers={"Authorization": f"Bearer {ADMIN_KEY}"}
+        ) as http:
+            stored = await http.post(f"{base}/messages", json={"text": "kept", "as_user": "bob"})
+            assert stored.status_code == 202, stored.text
+            seen = await read(running, f"{base}/transcript")
+        assert [m["content"] for m in seen[1]["messages"]] == ["kept"]
+        assert await read(follower, f"{base}/transcript") == seen

@@ -181,3 +181,55 @@ async def test_a_write_thought_failed_that_was_stored_is_found_without_another_w
         assert s.watcher.closed is not None and s.watcher.closed[0] == CloseCode.TRY_AGAIN
         room = await registry.get(SESSION)
         assert [e.content for e in room.doc.entries()] == ["one", "two"]
+
+
+class _HeldAtCommit(MemoryStore):
+    """A store whose next write, its document changed, waits at its commit (``holding``
+    is set) until ``release`` is set, and then fails: nothing was stored."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hold_next = False
+        self.holding = asyncio.Event()
+        self.release = asyncio.Event()
+
+    @contextlib.asynccontextmanager
+    async def transaction(self, *args: Any, **kwargs: Any) -> AsyncIterator[MemoryTx]:
+        held, self.hold_next = self.hold_next, False
+        async with super().transaction(*args, **kwargs) as tx:
+            yield tx
+            if held:
+                self.holding.set()
+                await self.release.wait()
+                raise Unavailable("the connection dropped; nothing was stored")
+
+
+async def test_a_rest_read_answers_what_is_stored_not_a_write_under_way() -> None:
+    """Review RA-4: a REST read answered the document as a write had changed it before its
+    commit (a reply's text, a prompt's status), so another node asked after it could
+    answer older, and a write whose commit then failed had been shown. A read of the
+    document (``RoomRegistry.committed``) answers what is stored: the live document once
+    the write under way settled, else (held up) a copy of the committed one."""
+    store = _HeldAtCommit()
+    async with room_with_a_client(store) as (s, registry):
+
+        async def read() -> list[str]:
+            _, doc = await registry.committed(SESSION)
+            return [e.content for e in doc.entries()]
+
+        await s.message("alice", "one")
+        store.hold_next = True
+        refused = asyncio.ensure_future(s.message("alice", "two"))
+        await store.holding.wait()
+        assert [e.content for e in s.room.doc.entries()] == ["one", "two"]  # not stored
+        assert await read() == ["one"]  # the write held up: the committed copy
+        reading = asyncio.ensure_future(read())
+        for _ in range(20):  # every chance to answer while the write waits
+            await asyncio.sleep(0)
+        store.release.set()
+        assert (await refused)["code"] == "unavailable"
+        assert await reading == ["one"]
+        assert await read() == ["one"]
+        stored = await s.message("alice", "three")
+        assert stored["type"] == "ack"
+        assert await read() == ["one", "three"]
