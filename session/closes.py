@@ -15,7 +15,7 @@ from enum import IntEnum
 class CloseCode(IntEnum):
     NORMAL = 1000
     GOING_AWAY = 1001  # the server drains, or the socket was idle too long
-    TOO_LARGE = 1009  # sent by the ASGI server's message size limit, not by Parley's code
+    TOO_LARGE = 1009  # a message over its size, or in too many frames (``server.ws.frame_limits``)
     INTERNAL = 1011  # the socket's handler crashed
     TRY_AGAIN = 1013  # the client fell behind, or the database failed: reconnect, resync
     PROTOCOL = 4400  # a malformed binary frame

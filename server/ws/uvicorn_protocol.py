@@ -23,14 +23,15 @@ Two more cuts (issue #22):
   another for its pong (about 300 B while pending, and the ping one always is). Here both
   wait in the half-second ticks the sockets' deadlines share (``server.ws.deadlines``).
 
-Limits are untouched: the size limit, pings and their timeout, the close handshake and
-read pausing are uvicorn's (a ping is sent and its pong awaited up to half a second late).
-One is added: once admitted, a socket counts the bytes it reads against its member's
-budget (``server.ws.inbound``), and stops reading while the member is past it. Reading is
-then paused for either of two reasons, a message the app has not taken yet (uvicorn's
-``read_paused``) or the budget (the meter ``holds`` the socket), and resumes only when
-neither holds it. A ping sent while the member was held back may wait behind the bytes
-the socket has not read: it counts as answered (``on_tick``).
+Limits are uvicorn's (the size limit, pings and their timeout, the close handshake and read
+pausing; a ping is sent and its pong awaited up to half a second late), with more: every
+frame a client sends is counted (``server.ws.frame_limits``), a client's pings are rate
+limited and their pongs wait behind a bounded backlog. And once admitted, a socket counts
+the bytes it reads against its member's budget (``server.ws.inbound``), and stops reading
+while the member is past it. Reading is then paused for either of two reasons, a message
+the app has not taken yet (uvicorn's ``read_paused``) or the budget (the meter ``holds``
+the socket), and resumes only when neither holds it. A ping sent while the member was held
+back may wait behind the bytes the socket has not read: it counts as answered (``on_tick``).
 """
 
 from __future__ import annotations
@@ -55,8 +56,9 @@ from websockets.frames import Frame
 from parley.server.http.error_body import error_body
 from parley.server.ws.deadlines import ticks_of
 from parley.server.ws.direct_send import SCOPE_KEY, DirectWriter, reset
+from parley.server.ws.frame_limits import FrameLimitedProtocol
 from parley.server.ws.inbound import InboundMeter
-from parley.session.errors import BadRequest
+from parley.session.errors import BadRequest, ParleyError
 from parley.session.ratelimit import Rate, TokenBucket
 
 T = TypeVar("T")
@@ -241,6 +243,12 @@ class LeanWebSocketProtocol(WebSocketsSansIOProtocol):
         # only messages, not pings, and drops a socket silent for 30 s.
         self.keepalive_message: bytes | None = None
         super().__init__(config, server_state, app_state, _loop)
+        conn = self.conn  # uvicorn's, made as uvicorn makes it: the same again, counting frames
+        self.conn = FrameLimitedProtocol(
+            extensions=conn.available_extensions,
+            max_size=(conn.max_message_size, conn.max_fragment_size),
+            logger=conn.logger,
+        )
         self.queue = Mailbox(self._resume_reading)  # type: ignore[assignment]
         self.writable = Flag()  # type: ignore[assignment]
 
@@ -325,7 +333,12 @@ class LeanWebSocketProtocol(WebSocketsSansIOProtocol):
 
     def handle_pong(self, event: Frame) -> None:
         if self.pending_ping_payload is None or bytes(event.data) != self.pending_ping_payload:
-            return  # unsolicited, or the answer to a ping before the one in flight
+            # Unsolicited, or the answer to a ping before the one in flight: charged as a
+            # ping (empty pongs as fast as TCP took them froze the node; review RD-1).
+            if not self._ping_allowed():
+                log.info("connection reset: too many pongs", extra={"client": self.client})
+                reset(self.transport)
+            return
         now = self.loop.time()
         self.last_ping_rtt = now - self.ping_sent_at
         self.pending_ping_payload = None
@@ -395,6 +408,24 @@ class LeanWebSocketProtocol(WebSocketsSansIOProtocol):
         if pings is None:
             pings = self._pings = TokenBucket(PING_RATE, now)
         return pings.allow(now)
+
+    def handle_parser_exception(self) -> None:
+        """A frame websockets could not parse, or one past a limit (``frame_limits``): the
+        protocol failed the connection, and it is closed now, not read on."""
+        refusal = self.conn.parser_exc
+        if isinstance(refusal, ParleyError):
+            log.info("socket closed: %s", refusal.message, extra={"client": self.client})
+        if self.conn.close_sent is None:
+            # Before the handshake was answered (frames sent with the upgrade request): no
+            # close frame may go, and uvicorn's handling would fail on the missing one.
+            reset(self.transport)
+            return
+        super().handle_parser_exception()
+        if self.close_timer is not None:  # the app closed it first (a bad token, 4401)
+            self.close_timer.cancel()
+            self.close_timer = None
+        if self.transport.get_write_buffer_size():
+            reset(self.transport)  # a client that sends without reading
 
     def keepalive_timeout(self) -> None:
         if self.close_sent or self.transport.is_closing():

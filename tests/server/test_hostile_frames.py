@@ -12,7 +12,12 @@ from typing import Any
 
 import websockets
 from pycrdt import Doc, Text, write_var_uint
+from websockets.client import ClientProtocol
+from websockets.frames import Frame, Opcode
+from websockets.protocol import State
+from websockets.uri import parse_uri
 
+from parley.server.ws.frame_limits import FREE_FRAGMENTS
 from parley.session.yprotocol import (
     AwarenessMessage,
     AwarenessState,
@@ -494,3 +499,35 @@ async def test_a_state_vector_of_clients_nobody_knows_is_answered_unread_and_pai
         await handled_after(vic, "after")
         assert vic.sync_answers == 2 and vic.close_code is None
         assert ed.close_code is None
+
+
+# -- frames that carry nothing ------------------------------------------------------------------
+
+
+async def test_a_message_of_empty_fragments_is_closed_1009_and_others_are_answered(
+    sqlite_server: RunningServer,
+) -> None:
+    """Review RD-1: a text fragment, then empty continuation frames as fast as TCP took them
+    (the message never grew, no rate counted them) froze the node for as long as the
+    client sent, with no token even. A message may come in ``FREE_FRAGMENTS`` frames,
+    and one more per KiB it holds: past that it is closed, the rest of the read unparsed."""
+    server = sqlite_server
+    sid = await server.new_session({"bob": "editor", "vera": "viewer"})
+    bob = await server.connect(sid, "bob")
+    url = f"{server.ws_url}/ws/sessions/{sid}?token={await server.token(sid, 'vera')}"
+    uri = parse_uri(url)
+    vera = ClientProtocol(uri)
+    reader, writer = await asyncio.open_connection(uri.host, uri.port)
+    vera.send_request(vera.connect())
+    writer.write(b"".join(vera.data_to_send()))
+    vera.receive_data(await reader.readuntil(b"\r\n\r\n"))
+    assert vera.state is State.OPEN
+    first = Frame(Opcode.TEXT, b'{"type": "message", "text": "', fin=False)
+    empty = Frame(Opcode.CONT, b"", fin=False).serialize(mask=True, extensions=[])
+    writer.write(first.serialize(mask=True, extensions=[]) + empty * 100 * FREE_FRAGMENTS)
+    async with asyncio.timeout(30):
+        while data := await reader.read(65536):
+            vera.receive_data(data)
+    assert vera.close_rcvd is not None and vera.close_rcvd.code == 1009
+    await command_acked(bob, "after")
+    writer.close()

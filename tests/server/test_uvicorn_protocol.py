@@ -10,7 +10,8 @@ import asyncio
 import contextlib
 import gc
 import json
-from collections.abc import AsyncIterator, Callable
+import logging
+from collections.abc import AsyncIterator, Callable, Generator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -21,8 +22,9 @@ from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 from websockets.uri import parse_uri
 
-from parley.server.ws import uvicorn_protocol
+from parley.server.ws import frame_limits, uvicorn_protocol
 from parley.server.ws.direct_send import DirectWriter
+from parley.server.ws.frame_limits import FRAME_RATE, FREE_FRAGMENTS
 from parley.server.ws.inbound import InboundMeter
 from parley.server.ws.uvicorn_protocol import (
     MAX_BODY_PIECES,
@@ -308,6 +310,170 @@ async def test_a_ping_unanswered_while_the_budget_holds_the_socket_does_not_clos
 
         await _poll(pinged_or_closed)  # each ping after the one before timed out
         assert not app.protocol.close_sent and app.held() and client.state is State.OPEN
+
+
+# Every frame a client sends is counted (``server.ws.frame_limits``): one client sending a
+# text fragment and then empty continuation frames, or empty pongs, froze the node for as
+# long as it sent, with no token (review RD-1).
+
+
+@pytest.fixture
+def parsed(monkeypatch: pytest.MonkeyPatch) -> list[Opcode]:
+    """The opcodes of the frames servers in this process parse (masked ones: a client's),
+    as they parse them; and no budget refills while a test runs."""
+    opcodes: list[Opcode] = []
+    parse = Frame.parse.__func__  # type: ignore[attr-defined]
+
+    def counted(cls: type[Frame], *args: Any, **kwargs: Any) -> Generator[None, None, Frame]:
+        frame: Frame = yield from parse(cls, *args, **kwargs)
+        if kwargs["mask"]:
+            opcodes.append(frame.opcode)
+        return frame
+
+    monkeypatch.setattr(Frame, "parse", classmethod(counted))
+    monkeypatch.setattr(frame_limits, "FRAME_RATE", Rate(per_second=0.0, burst=FRAME_RATE.burst))
+    return opcodes
+
+
+def _frame(opcode: Opcode, data: bytes = b"", fin: bool = True) -> bytes:
+    return Frame(opcode, data, fin=fin).serialize(mask=True, extensions=[])
+
+
+_FIRST = _frame(Opcode.TEXT, b'{"type": "message", "text": "', fin=False)
+_EMPTY = _frame(Opcode.CONT, fin=False)
+
+
+async def _ending(reader: asyncio.StreamReader, client: ClientProtocol) -> tuple[int | None, str]:
+    """The close code the server sent (None: none) and how the connection ended."""
+    async with asyncio.timeout(30):
+        while True:
+            try:
+                data = await reader.read(65536)
+            except ConnectionResetError:
+                ended = "reset"
+                break
+            if not data:
+                ended = "eof"
+                break
+            client.receive_data(data)
+    return (None if client.close_rcvd is None else client.close_rcvd.code), ended
+
+
+async def _opened(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, ClientProtocol]:
+    reader, writer, client = await _raw_client(port)
+    client.receive_data(await reader.readuntil(b"\r\n\r\n"))
+    assert client.state is State.OPEN
+    return reader, writer, client
+
+
+async def test_a_message_in_more_frames_than_its_limit_is_closed_1009(
+    parsed: list[Opcode],
+) -> None:
+    """Empty continuation frames never grow the message, so its size limit never trips:
+    its frames are counted, and the server stops at the one past the limit, the rest of
+    what it read unparsed."""
+    async with serve_asgi(_echo_socket, ws=LeanWebSocketProtocol) as port:
+        reader, writer, client = await _opened(port)
+        writer.write(_FIRST + _EMPTY * 4 * FREE_FRAGMENTS)
+        assert await _ending(reader, client) == (1009, "eof")
+        assert len(parsed) <= FREE_FRAGMENTS + 1
+        writer.close()
+
+
+async def test_a_closing_socket_is_not_read_on_past_its_limits(parsed: list[Opcode]) -> None:
+    """A socket the app closed (a bad token is closed 4401 after the upgrade) waits for the
+    client's close, reading what it sends meanwhile: within the same limits."""
+
+    async def refuse(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+        await send({"type": "websocket.close", "code": 4401})
+        while (await receive())["type"] != "websocket.disconnect":
+            pass
+
+    async with serve_asgi(refuse, ws=LeanWebSocketProtocol) as port:
+        reader, writer, client = await _opened(port)
+        async with asyncio.timeout(30):
+            while client.close_rcvd is None:
+                client.receive_data(await reader.read(65536))
+        writer.write(_FIRST + _EMPTY * 4 * FREE_FRAGMENTS)
+        assert await _ending(reader, client) == (4401, "eof")
+        assert len(parsed) <= FREE_FRAGMENTS + 1
+        writer.close()
+
+
+async def test_a_socket_past_its_frame_budget_is_closed_4429(parsed: list[Opcode]) -> None:
+    """Every frame counts, whatever it carries: here empty binary messages, each of which
+    the app is handed (a control frame is the same, test_frame_limits)."""
+    async with serve_asgi(_echo_socket, ws=LeanWebSocketProtocol) as port:
+        reader, writer, client = await _opened(port)
+        writer.write(_frame(Opcode.BINARY) * int(FRAME_RATE.burst * 1.5))
+        assert await _ending(reader, client) == (4429, "eof")
+        assert len(parsed) <= FRAME_RATE.burst + 1
+        writer.close()
+
+
+async def test_frames_before_the_handshakes_answer_count_too(
+    parsed: list[Opcode], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Sent after the upgrade request, before the app accepts it: no close frame may go
+    yet, so the connection is dropped, and nothing is logged as an error."""
+    asked, answer = asyncio.Event(), asyncio.Event()
+
+    async def slow_to_accept(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        asked.set()
+        await answer.wait()
+        with contextlib.suppress(Exception):  # the client is gone
+            await send({"type": "websocket.accept"})
+
+    async with serve_asgi(slow_to_accept, ws=LeanWebSocketProtocol) as port:
+        reader, writer, _ = await _raw_client(port)
+        await asked.wait()
+        writer.write(_frame(Opcode.PONG) * int(FRAME_RATE.burst * 1.5))
+        try:
+            assert await _ended(reader) == b""
+        finally:
+            answer.set()
+        assert len(parsed) <= FRAME_RATE.burst + 1
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+        writer.close()
+
+
+async def test_a_client_that_floods_unsolicited_pongs_is_reset(parsed: list[Opcode]) -> None:
+    """Pongs nobody asked for are charged as pings are (a burst of 20, then 1 a second)."""
+    async with serve_asgi(_echo_socket, ws=LeanWebSocketProtocol) as port:
+        reader, writer, client = await _opened(port)
+        with contextlib.suppress(ConnectionError):
+            writer.write(_frame(Opcode.PONG) * 200)
+            await writer.drain()
+        assert await _ending(reader, client) == (None, "reset")
+        writer.close()
+
+
+async def test_stock_clients_fragmented_messages_within_the_limits_are_taken() -> None:
+    """websockets' client fragments a message given as an iterable (Chromium one over
+    64 KiB, in pieces as large as its pipe holds): a message may come in
+    ``FREE_FRAGMENTS`` frames, and one more per KiB it holds."""
+
+    async def echo(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+        while (message := await receive())["type"] != "websocket.disconnect":
+            await send({"type": "websocket.send", "text": message.get("text")})
+
+    async with (
+        serve_asgi(echo, ws=LeanWebSocketProtocol) as port,
+        websockets.connect(f"ws://127.0.0.1:{port}/", max_size=None) as socket,
+    ):
+        await socket.send("whole")
+        assert await socket.recv() == "whole"
+        # An iterable's pieces in a frame each, and an empty one to end the message.
+        await socket.send(["a"] * (FREE_FRAGMENTS - 1))
+        assert await socket.recv() == "a" * (FREE_FRAGMENTS - 1)
+        pieces = ["b" * 1024] * (FREE_FRAGMENTS * 4)  # 256 KiB in 257 frames
+        await socket.send(pieces)
+        assert await socket.recv() == "".join(pieces)
 
 
 async def _answer(scope: Any, receive: Any, send: Any) -> None:
