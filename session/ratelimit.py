@@ -48,6 +48,11 @@ class TokenBucket:
         self.allow(now, 0.0)
         self._tokens = max(self._tokens - cost, -self.rate.burst)
 
+    def left(self, now: float) -> float:
+        """What may be spent now (refilled to ``now`` first); nothing taken."""
+        self.allow(now, 0.0)
+        return self._tokens
+
     def spent(self, now: float) -> bool:
         """Whether nothing is left (refilled to ``now`` first)."""
         self.allow(now, 0.0)

@@ -46,12 +46,23 @@ class FrameLimitedProtocol(ServerProtocol):
     connection with the refusal's close code and sets ``parser_exc`` to the refusal (a
     ``TooLarge`` or ``RateLimited``), as it does for a frame it cannot parse."""
 
-    __slots__ = ("_fragments", "_frames")  # beside the base's dictionary, not in it
+    __slots__ = ("_fragments", "_frames", "_left")  # beside the base's dictionary, not in it
 
     def __init__(self, **kwargs: Any) -> None:
         self._fragments = 0  # frames of the message being read
         self._frames = TokenBucket(FRAME_RATE, monotonic())
+        self._left = 0  # frames the budget allows in the read being parsed
         super().__init__(**kwargs)
+
+    def receive_data(self, data: bytes | bytearray) -> None:
+        # The budget is read once a read, and paid after it: a frame costs a decrement
+        # (charged one by one, the budget added half to a frame's parsing).
+        now = monotonic()
+        self._left = allowed = int(self._frames.left(now))
+        try:
+            super().receive_data(data)
+        finally:
+            self._frames.spend(now, allowed - max(self._left, 0))
 
     def recv_frame(self, frame: Frame) -> None:
         refusal = self._refusal(frame)
@@ -69,7 +80,8 @@ class FrameLimitedProtocol(ServerProtocol):
         opcode = frame.opcode
         if opcode is Opcode.CLOSE:
             return None
-        if not self._frames.allow(monotonic()):
+        self._left -= 1
+        if self._left < 0:
             rate = self._frames.rate
             return RateLimited(
                 f"more than {rate.burst:.0f} frames at once, or {rate.per_second:.0f} a second"

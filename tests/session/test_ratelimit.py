@@ -89,6 +89,12 @@ def test_a_bucket_says_how_long_until_it_has_room_again() -> None:
     assert TokenBucket(Rate(per_second=0, burst=1), now=0).wait_s(0, cost=2) == float("inf")
 
 
+def test_a_bucket_says_what_is_left_without_taking_it() -> None:
+    bucket = TokenBucket(Rate(per_second=10.0, burst=100), now=0.0)
+    bucket.spend(0.0, 60)
+    assert bucket.left(0.0) == 40 and bucket.left(1.0) == 50 and bucket.left(9.0) == 100
+
+
 def test_keyed_buckets_refuse_each_key_alone_and_keep_at_most_max_keys() -> None:
     keyed = KeyedBuckets(Rate(per_second=1, burst=2), max_keys=2)
     assert keyed.take("a", now=0) == 0.0 and keyed.take("a", now=0) == 0.0
