@@ -22,8 +22,10 @@ from parley.authz.policy import Subject, may_read, restriction_from_json
 
 # The fields of a ``model_call`` record withheld from a reader who may not read what the
 # call drew on; the record always has them (null when withheld or never known). A call's
-# time (``ms``) goes with its counts: it grows with the tokens streamed out.
-SIZE_FIELDS = ("drew_on", "input_tokens", "output_tokens", "ms")
+# time (``ms``) goes with its counts: it grows with the tokens streamed out; and so does
+# its start (``started_at``): the record's ``at`` (its end) less its start was its time
+# (review RG-1).
+SIZE_FIELDS = ("drew_on", "input_tokens", "output_tokens", "ms", "started_at")
 
 
 @dataclass(frozen=True, slots=True)

@@ -425,13 +425,15 @@ async def test_the_audit_log_tells_a_calls_token_counts_only_to_who_may_read_wha
     url = f"{path}/audit?kind=model_call"
     whole = [("session", 0, 100, 10, []), ("session", 1, 100, 10, []), ("thread", 0, 100, 10, [])]
     seen_by_bob = (await as_member(server, sid, "bob", "GET", url)).json()["records"]
-    hidden = ["drew_on", "input_tokens", "output_tokens", "ms"]
+    hidden = ["drew_on", "input_tokens", "output_tokens", "ms", "started_at"]
     assert counts(seen_by_bob) == [
         ("session", 0, 100, 10, []),  # it drew on nothing bob may not read
         ("session", 1, None, None, hidden),  # its input held the search's result
         ("thread", 0, None, None, hidden),  # alice's private side-thread
     ]
     assert all(r["data"]["drew_on"] is r["data"]["ms"] is None for r in seen_by_bob[1:])
+    # Nor its start: the record's ``at`` (its end) less it was its time (review RG-1).
+    assert all(r["data"]["started_at"] is None for r in seen_by_bob[1:])
     admin = (await server.http.get(url)).json()["records"]
     assert counts(admin) == whole
     assert all(r["data"]["drew_on"] is not None for r in admin)
