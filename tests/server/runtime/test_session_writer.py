@@ -65,14 +65,19 @@ async def test_a_command_refused_under_the_writer_stores_and_sends_nothing_and_i
         reached = asyncio.Event()
         writing = document.writing
 
-        def noted() -> Any:
+        def noted(*args: Any, **kwargs: Any) -> Any:
             reached.set()  # the command passed the door and waits for the writer
-            return writing()
+            return writing(*args, **kwargs)
 
         monkeypatch.setattr(document, "writing", noted)
         async with document.lock:
             asked = asyncio.create_task(s.prompt("alice", "judged twice"))
-            await reached.wait()
+            # Waited for beside the command: one that fails before it is a failure here,
+            # not a test that waits for good.
+            waiter = asyncio.ensure_future(reached.wait())
+            await asyncio.wait([waiter, asked], timeout=30, return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+            assert reached.is_set(), asked
             await s.room.membership.set_member("alice", Member("alice", "viewer"))
         answer = await asked
 
