@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
+
 from parley.authz.membership import ADMIN, judge_membership_change
 from parley.authz.policy import Decision, Do, Subject, decide
 from parley.authz.roles import Capability, Member, check_capabilities
@@ -164,19 +166,24 @@ async def _change_member(
             previous = None if before is None else before.as_member()
             return judge_membership_change(who, previous, after, roles, documents)
 
-        change = await state.store.change_member(
-            room.session_id,
-            user_id,
-            after,
-            int(state.clock() * 1000),
-            judge,
-            caller.user_id,
-            display_name=display_name,
-            # Nobody, the admin key included, gives a member another's name (review: names
-            # the admin gave or added could read as another member's, shown the same).
-            distinct_name=display_name is not None,
-            max_members=limit,  # read again under the session's lock: on every node
-        )
+        def store() -> Awaitable[MemberChange]:
+            return state.store.change_member(
+                room.session_id,
+                user_id,
+                after,
+                int(state.clock() * 1000),
+                judge,
+                caller.user_id,
+                display_name=display_name,
+                # Nobody, the admin key included, gives a member another's name (review:
+                # names the admin gave or added could read as another member's, shown the
+                # same).
+                distinct_name=display_name is not None,
+                max_members=limit,  # read again under the session's lock: on every node
+            )
+
+        # A removal is ordered with the session's writes (their commands after it refused).
+        change = await (store() if after is not None else room.store_removal(user_id, store))
         actor = caller.actor
         if not change.decision.allowed:
             action = f"{'change' if after is not None else 'remove'} member {user_id}"

@@ -70,11 +70,16 @@ class Membership:
         self.version = 0
         # Held by a member change from its checks to its being in force (``server.http``).
         self.changing = asyncio.Lock()
+        # Members whose removal is stored and not yet in force here (``set_member``): no
+        # member as of now (``SessionRoom.store_removal``).
+        self.leaving: set[str] = set()
 
     def subject(self, user_id: str) -> Subject | None:
         """The member as of now (role table and grants read live), or None."""
         member = self.members.get(user_id)
-        return None if member is None else Subject.of(member, self.roles())
+        if member is None or user_id in self.leaving:
+            return None
+        return Subject.of(member, self.roles())
 
     def standing(self, user_id: str) -> Standing:
         """What ``user_id``'s membership says of the prompts they sent before now: when it
@@ -155,6 +160,7 @@ class Membership:
         longer read the session close; a member removed (or removed and added back: a new
         epoch) loses their tokens, sockets and prompts."""
         before = self.members.get(user_id)
+        self.leaving.discard(user_id)
         if member is None:
             self.members.pop(user_id, None)
             self.display_names.pop(user_id, None)

@@ -15,7 +15,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from enum import StrEnum
 from functools import partial
 
@@ -39,6 +39,7 @@ from parley.server.settings import Settings
 from parley.server.store.access_rows import ToolRow
 from parley.server.store.port import SessionStore
 from parley.server.store.rows import SessionRow
+from parley.server.store.sessions import MemberChange
 from parley.server.ws.awareness import AwarenessFanout
 from parley.server.ws.connection import Connection
 from parley.server.ws.inbound import InboundMeter
@@ -267,6 +268,23 @@ class SessionRoom:
         change of that member alone, when the rest of the settings are as they were."""
         await self.membership.refresh_member(user_id)
         self.feed.changed()
+
+    async def store_removal(
+        self, user_id: str, store: Callable[[], Awaitable[MemberChange]]
+    ) -> MemberChange:
+        """Store ``user_id``'s removal (``store``, the store's ``change_member``) between the
+        session's writes, and hold them no member from its commit until it is in force here
+        (``Membership.leaving``; ``reload_member``). A command of theirs judged a member's
+        commits before it; one judged after is refused ``forbidden``, as once it is in
+        force (review RG-2: judged by the members in memory, a command committed after the
+        removal was stored after their ``member_left``, shown to everyone). No cost to a
+        command: what it is judged by is in memory, as before. (Cluster mode: a removal on
+        another node is met at the command's commit, ``HolderFence.check``.)"""
+        async with self.writer.document.holding():
+            change = await store()
+            if change.decision.allowed and change.before is not None and change.after is None:
+                self.membership.leaving.add(user_id)
+        return change
 
     async def reload_quotas(self) -> None:
         """Put the session's stored quotas in force for the runs that start here: where

@@ -251,6 +251,16 @@ class DocumentWriter:
             raise
 
     @asynccontextmanager
+    async def holding(self) -> AsyncIterator[None]:
+        """The session's turn, with no write of its own: no write of the session is under
+        way while it is held, and those that wait for it come after (a change stored by
+        the store alone, ordered with the session's writes: ``SessionRoom.store_removal``).
+        On SQLite within the lock budget, as a write's turn (``Unavailable`` past it)."""
+        budgeted = getattr(self.store, "turns_in_budget", False)
+        async with self._turn_within(self.settings.db_lock_timeout_s if budgeted else None):
+            yield
+
+    @asynccontextmanager
     async def writing(self, member: str | None = None) -> AsyncIterator[Write]:
         """Serialize a change: store its rows and CRDT update, commit, then broadcast. On
         SQLite the wait for the database has what is left of the lock budget once the

@@ -232,6 +232,91 @@ async def test_tokens(rest: Backend) -> None:
     assert zero.status_code == 422
 
 
+async def _after_leaving(rest: Backend, sid: str, user: str) -> list[str]:
+    """The kinds of ``user``'s events stored after their ``member_left``."""
+    events = await rest.store.events_after(sid, 0, 1000)
+    left = next(e.seq for e in events if e.kind == "member_left")
+    return [e.kind for e in events if e.seq > left and e.actor == user]
+
+
+async def test_a_command_after_a_removal_is_stored_but_not_in_force_is_refused(
+    rest: Backend,
+) -> None:
+    """Review RG-2 (one server): bob's removal was committed, then put in force in memory;
+    a command of his judged in between, by the members in memory, was stored after his
+    ``member_left`` (shown to everyone). Here the removal is held after its commit: bob's
+    message is refused ``forbidden`` and stores nothing; ann's is taken."""
+    sid = await rest.new_session({"ann": "editor", "bob": "editor"})
+    s = await rest.session(sid)
+    reload_member = s.room.reload_member
+    stored, release = asyncio.Event(), asyncio.Event()
+
+    async def held(user_id: str) -> None:
+        stored.set()
+        await release.wait()
+        await reload_member(user_id)
+
+    s.room.reload_member = held  # type: ignore[method-assign]
+    removal = asyncio.create_task(rest.request("DELETE", f"/api/v1/sessions/{sid}/members/bob"))
+    await asyncio.wait_for(stored.wait(), 10)
+    late = await asyncio.wait_for(s.message("bob", "after my removal"), 10)
+    release.set()
+    assert (await removal).status_code == 204
+    assert late["type"] == "error" and late["code"] == "forbidden", late
+    assert await _after_leaving(rest, sid, "bob") == []
+    assert (await s.message("ann", "still here"))["type"] == "ack"
+    assert (await s.message("bob", "again"))["code"] == "forbidden"
+
+
+async def test_a_command_judged_before_a_removal_commits_before_it(rest: Backend) -> None:
+    """Review RG-2 (one server): bob's message, judged a member's, is held between its
+    check and its commit while his removal is made: the removal waits for it (on
+    PostgreSQL it committed first, and the message was stored after ``member_left``)."""
+    sid = await rest.new_session({"ann": "editor", "bob": "editor"})
+    s = await rest.session(sid)
+    writer, store = s.room.writer, rest.store
+    record, change_member = writer._record, store.change_member
+    reached, release, storing = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+    async def held_record(*args: Any, **kwargs: Any) -> None:
+        if not reached.is_set():  # bob's message, judged and not stored yet
+            reached.set()
+            await release.wait()
+        await record(*args, **kwargs)
+
+    async def seen_change(*args: Any, **kwargs: Any) -> Any:
+        storing.set()
+        return await change_member(*args, **kwargs)
+
+    lock, queued = writer.document.lock, asyncio.Event()
+    acquire = lock.acquire
+
+    async def seen_acquire() -> bool:
+        if lock.locked():  # a write waits for bob's (his message's writer holds the lock)
+            queued.set()
+        return await acquire()
+
+    writer._record = held_record  # type: ignore[method-assign]
+    store.change_member = seen_change
+    sent = asyncio.create_task(s.message("bob", "judged before my removal"))
+    await asyncio.wait_for(reached.wait(), 10)
+    lock.acquire = seen_acquire  # type: ignore[method-assign]
+    removal = asyncio.create_task(rest.request("DELETE", f"/api/v1/sessions/{sid}/members/bob"))
+    # The removal is stored, or waits for bob's write.
+    waits = [asyncio.create_task(e.wait()) for e in (storing, queued)]
+    await asyncio.wait(waits, timeout=10, return_when=asyncio.FIRST_COMPLETED)
+    for waiting in waits:
+        waiting.cancel()
+    assert storing.is_set() or queued.is_set()
+    if storing.is_set() and rest.store.engine.dialect.name == "postgresql":
+        await asyncio.wait_for(asyncio.shield(removal), 10)  # (before the fix: it commits)
+    release.set()
+    assert (await asyncio.wait_for(sent, 10))["type"] == "ack"
+    assert (await asyncio.wait_for(removal, 10)).status_code == 204
+    assert await _after_leaving(rest, sid, "bob") == []
+    assert (await s.message("ann", "still here"))["type"] == "ack"
+
+
 async def test_admin_key_is_required(server: RunningServer) -> None:
     async with httpx.AsyncClient(base_url=server.base_url) as anonymous:
         missing = await anonymous.get("/api/v1/sessions")
