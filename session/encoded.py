@@ -72,8 +72,8 @@ class EncodedDocument:
         ``updates`` stored after it: their bytes as they are, cut and folded at the first
         answer (its size known at once, the cost paid when a client asks)."""
         encoded = cls(Doc().get_update() if snapshot is None else snapshot, chunk_bytes)
-        for update in updates:
-            encoded.committed(update)
+        encoded._tail.extend(updates)  # folded (the snapshot cut) at the first answer
+        encoded._tail_bytes += sum(map(len, updates))
         return encoded
 
     @property
