@@ -220,6 +220,8 @@ class AnthropicProvider:
                     yield item
                 if decoder.done:
                     return
+        except ProviderError as exc:  # the key out of what the upstream said
+            raise self.upstream.scrubbed(exc) from None
         finally:
             await events.aclose()
         raise ProviderError(f"{self.upstream.label} ended the stream before message_stop")

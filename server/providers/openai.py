@@ -176,6 +176,8 @@ class OpenAIProvider:
                     return
                 for item in decoder.feed(event_json(self.upstream, event)):
                     yield item
+        except ProviderError as exc:  # the key out of what the upstream said
+            raise self.upstream.scrubbed(exc) from None
         finally:
             await events.aclose()
         raise ProviderError(f"{self.upstream.label} ended the stream before [DONE]")

@@ -43,6 +43,26 @@ class Upstream:
             text = text.replace(self.api_key, REDACTED)
         return text
 
+    def shown(self, text: str) -> str:
+        """What an upstream's error text may show a session's members: the key taken out
+        first, then cut to ``ERROR_MESSAGE_CHARS`` (cut first, a key that straddled the cut
+        kept its start: review RL-9)."""
+        text = " ".join(self.redact(text).split())
+        if len(text) > ERROR_MESSAGE_CHARS:
+            text = text[: ERROR_MESSAGE_CHARS - 1] + "\u2026"
+        return text or "no details given"
+
+    def scrubbed(self, error: ProviderError) -> ProviderError:
+        """``error`` as its message may be shown (``shown``): for what the provider read
+        from the stream, an upstream's own error event (review RL-8: it quoted the key in
+        full, and every member read it in the run's reason, event and webhook)."""
+        return ProviderError(
+            self.shown(error.message),
+            retryable=error.retryable,
+            status=error.status,
+            retry_after_s=error.retry_after_s,
+        )
+
 
 def retryable_status(status: int) -> bool:
     return status in (408, 409, 429) or status >= 500
@@ -75,7 +95,7 @@ def retry_after_s(headers: httpx.Headers, now: float | None = None) -> float | N
 
 def error_message(body: bytes) -> str:
     """The human part of an error body: ``error.message`` of OpenAI's and Anthropic's JSON,
-    else the start of the text."""
+    else the text (``Upstream.shown`` bounds it, once the key is out)."""
     text = body.decode("utf-8", "replace")
     try:
         parsed = json.loads(text)
@@ -87,10 +107,7 @@ def error_message(body: bytes) -> str:
             text = error["message"]
         elif isinstance(error, str):
             text = error
-    text = " ".join(text.split())
-    if len(text) > ERROR_MESSAGE_CHARS:
-        text = text[: ERROR_MESSAGE_CHARS - 1] + "\u2026"
-    return text or "no details given"
+    return text
 
 
 async def _bounded_body(response: httpx.Response) -> bytes:
@@ -122,7 +139,7 @@ async def post_events(
             headers={"accept": "text/event-stream", **headers},
         ) as response:
             if response.status_code >= 400:
-                detail = upstream.redact(error_message(await _bounded_body(response)))
+                detail = upstream.shown(error_message(await _bounded_body(response)))
                 raise ProviderError(
                     f"{upstream.label} answered {response.status_code}: {detail}",
                     retryable=retryable_status(response.status_code),
@@ -138,7 +155,7 @@ async def post_events(
             f"{upstream.label} timed out ({type(exc).__name__})", retryable=True
         ) from None
     except httpx.TransportError as exc:
-        detail = upstream.redact(str(exc))[:ERROR_MESSAGE_CHARS] or "no details given"
+        detail = upstream.shown(str(exc))
         raise ProviderError(
             f"{upstream.label} connection failed ({type(exc).__name__}: {detail})",
             retryable=True,

@@ -237,6 +237,18 @@ async def test_an_error_event_mid_stream_fails_the_call() -> None:
     assert caught.value.retryable
 
 
+async def test_an_error_event_mid_stream_is_shown_without_the_key() -> None:
+    """Review RL-8: as the HTTP error's, the key is taken out of a mid-stream error."""
+    start, block, *_ = anthropic_stream([])
+    error = anthropic_event(
+        {"type": "error", "error": {"type": "authentication_error", "message": f"bad {KEY}"}}
+    )
+    async with FakeUpstream([Reply(pieces=[start, block, error])]).running() as up:
+        with pytest.raises(ProviderError) as caught:
+            await collect(up)
+    assert KEY not in caught.value.message and "[redacted]" in caught.value.message
+
+
 async def test_a_stream_that_ends_before_message_stop_is_an_error() -> None:
     async with FakeUpstream([Reply(pieces=anthropic_stream(["cut"])[:4])]).running() as up:
         with pytest.raises(ProviderError, match="before message_stop"):

@@ -270,6 +270,32 @@ async def test_an_error_object_inside_the_stream_fails_the_call() -> None:
             await collect(up)
 
 
+async def test_an_error_inside_the_stream_is_shown_without_the_key_and_bounded() -> None:
+    """Review RL-8: an error event after the first text quoted the key in full, and every
+    member read it in the run's reason (and its event and webhook). It is taken out as an
+    HTTP error's is, and the message bounded as theirs is."""
+    message = f"Incorrect API key provided: {KEY}. " + "x" * 5_000
+    pieces = [*openai_stream(["partial"])[:2], sse(json.dumps({"error": {"message": message}}))]
+    async with FakeUpstream([Reply(pieces=pieces)]).running() as up:
+        with pytest.raises(ProviderError) as caught:
+            await collect(up)
+    shown = caught.value.message
+    assert KEY not in shown and "[redacted]" in shown and "Incorrect API key" in shown
+    assert len(shown) < 400
+
+
+@pytest.mark.parametrize("before", [250, 280, 299])
+async def test_a_long_error_is_cut_after_the_key_is_taken_out(before: int) -> None:
+    """Review RL-9: the message was cut to 300 characters first, so a key that straddled
+    the cut kept its first part; every character of it is gone now."""
+    body = json.dumps({"error": {"message": "y" * before + f" {KEY} and more"}}).encode()
+    reply = Reply(400, [body], headers={"content-type": "application/json"})
+    async with FakeUpstream([reply]).running() as up:
+        with pytest.raises(ProviderError) as caught:
+            await collect(up)
+    assert KEY[:6] not in caught.value.message
+
+
 async def test_a_reply_that_is_not_an_event_stream_is_an_error() -> None:
     reply = Reply(200, [b'{"choices": []}'], headers={"content-type": "application/json"})
     async with FakeUpstream([reply]).running() as up:
