@@ -9,10 +9,10 @@ import asyncio
 import contextlib
 import socket
 from collections.abc import AsyncIterator, Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import websockets
 
@@ -29,15 +29,18 @@ MESSAGE_CHARS = 1_000_000
 async def big_session(
     tmp_path: Path, mib: int = 4, ws: str | None = None, **overrides: Any
 ) -> AsyncIterator[tuple[RunningServer, str]]:
-    """A server and a session whose shared document is about ``mib`` MiB."""
-    settings = make_settings(
+    """A server and a session whose shared document is about ``mib`` MiB. The document is
+    written by a server of the usual settings first: with a short idle time-out among
+    ``overrides``, a loaded machine that took over it for one of alice's 1 MB messages
+    closed her socket (1001) while she waited for its ack."""
+    settings = partial(
+        make_settings,
         sqlite_url(tmp_path),
         tmp_path / "d",
         max_prompt_chars=MESSAGE_CHARS,
         command_burst_bytes=8 * MIB,  # the four 1 MB messages that make the document
-        **overrides,
     )
-    async with serve_in_process(settings, ws=ws) as server:
+    async with serve_in_process(settings(), ws=ws) as server:
         sid = await server.new_session({"alice": "editor", "stuck": "viewer", "bob": "viewer"})
         alice = await server.connect(sid, "alice")
         for n in range(round(mib * MIB / MESSAGE_CHARS)):
@@ -45,6 +48,11 @@ async def big_session(
                 {"type": "message", "id": f"m{n}", "text": "x" * MESSAGE_CHARS}
             )
             assert reply["type"] == "ack", reply
+        if not overrides:
+            yield server, sid
+            return
+    async with serve_in_process(settings(**overrides), ws=ws) as server:
+        await server.connect(sid, "alice")  # ``others_still_served``'s member there all along
         yield server, sid
 
 
@@ -89,10 +97,9 @@ async def until(condition: Callable[[], bool], timeout_s: float = 30) -> None:
 
 
 async def metric(server: RunningServer, line: str) -> float:
-    async with httpx.AsyncClient(base_url=server.base_url) as http:
-        for row in (await http.get("/metrics")).text.splitlines():
-            if row.startswith(line + " "):
-                return float(row.rsplit(" ", 1)[1])
+    for row in (await server.http.get("/metrics")).text.splitlines():
+        if row.startswith(line + " "):
+            return float(row.rsplit(" ", 1)[1])
     return 0.0
 
 
