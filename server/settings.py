@@ -204,8 +204,10 @@ class Settings(BaseSettings):
         default=1000, ge=1, description="Event streams to one session (on one node)"
     )
     cors_origins: list[str] = Field(default_factory=list)
+    # Not open by default: the counters tell anyone who can reach the port other sessions'
+    # reply sizes and token counts, which the audit withholds (reviews RI-1, RL-7).
     metrics_access: Literal["open", "admin", "off"] = Field(
-        default="open",
+        default="admin",
         description="Who may read /metrics on the API's port: anyone, the admin key, nobody",
     )
     metrics_port: int = Field(

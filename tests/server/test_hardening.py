@@ -198,8 +198,7 @@ async def test_a_client_that_stops_reading_is_dropped_and_others_get_everything(
             "000750",
             "001499",
         ]
-        async with httpx.AsyncClient(base_url=server.base_url) as http:
-            metrics = (await http.get("/metrics")).text
+        metrics = (await server.http.get("/metrics")).text
         assert "parley_slow_consumers_total 1.0" in metrics
         stuck.transport.resume_reading()
         with contextlib.suppress(websockets.ConnectionClosed, TimeoutError):
@@ -283,8 +282,7 @@ async def test_metrics_and_request_ids(sqlite_server: RunningServer) -> None:
     await alice.command({"type": "prompt", "id": "p", "text": "measure me"})
     await vera.command({"type": "prompt", "id": "p", "text": "not allowed"})
     await alice.wait_until(lambda c: all_replies_settled(c, 1))
-    async with httpx.AsyncClient(base_url=server.base_url) as http:
-        response = await http.get("/metrics", headers={"X-Request-ID": "req-42"})
+    response = await server.http.get("/metrics", headers={"X-Request-ID": "req-42"})
     assert response.headers["x-request-id"] == "req-42"
     text = response.text
     for line in (

@@ -215,12 +215,13 @@ async def test_a_prompt_posted_to_a_follower_runs_on_the_holder(tmp_path: Path) 
         async with httpx.AsyncClient(
             base_url=follower.base_url, headers=headers, timeout=30
         ) as bot:
-            before = _forwarded((await bot.get("/metrics")).text)
+            metrics = f"{follower.base_url}/metrics"  # the admin key's
+            before = _forwarded((await nodes.http.get(metrics)).text)
             sent = await bot.post(prompts, json={"id": "p1", "text": "hello from http"})
             assert sent.status_code == 202, sent.text
             again = await bot.post(prompts, json={"id": "p1", "text": "hello from http"})
             assert again.json()["prompt_id"] == sent.json()["prompt_id"]
-            assert _forwarded((await bot.get("/metrics")).text) == before + 2
+            assert _forwarded((await nodes.http.get(metrics)).text) == before + 2
             prompt_id = sent.json()["prompt_id"]
             await watcher.wait_until(lambda c: settled(c, {prompt_id}), timeout=30)
             status = (await bot.get(f"{prompts}/{prompt_id}")).json()

@@ -169,13 +169,16 @@ async def test_metrics_can_need_the_admin_key_or_move_to_a_port_of_their_own(
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    settings = make_settings(
-        sqlite_url(tmp_path), tmp_path / "data", metrics_access="admin", metrics_port=port
-    )
+    # The admin key by default (reviews RI-1, RL-7: open, anyone could read the sizes of
+    # other sessions' replies and the token counts the audit withholds).
+    settings = make_settings(sqlite_url(tmp_path), tmp_path / "data", metrics_port=port)
     async with serve_in_process(settings) as running:
         assert (await running.http.get("/metrics")).status_code == 200
         async with httpx.AsyncClient(base_url=running.base_url) as anonymous:
             assert (await anonymous.get("/metrics")).status_code == 401
+            sid = await running.new_session({"mallory": "viewer"})
+            member = {"Authorization": f"Bearer {await running.token(sid, 'mallory')}"}
+            assert (await anonymous.get("/metrics", headers=member)).status_code == 403
             apart = await anonymous.get(f"http://127.0.0.1:{port}/metrics")
             assert apart.status_code == 200 and "parley_open_connections" in apart.text
     with socket.socket() as free_again:  # the exporter let its port go with the app

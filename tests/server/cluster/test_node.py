@@ -118,7 +118,7 @@ async def test_readyz_reports_the_listener(tmp_path: Path) -> None:
     async with cluster(tmp_path, 1) as nodes, httpx.AsyncClient() as http:
         body = (await http.get(f"{nodes.nodes[0].base_url}/readyz")).json()
         assert body["listener"] == "ok" and body["database"] == "ok"
-        metrics = (await http.get(f"{nodes.nodes[0].base_url}/metrics")).text
+        metrics = (await nodes.http.get(f"{nodes.nodes[0].base_url}/metrics")).text
         assert "parley_cluster_listener_up 1.0" in metrics
         assert "parley_cluster_sessions_run 0.0" in metrics
 
