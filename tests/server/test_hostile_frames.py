@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -379,13 +380,13 @@ async def handled_after(client: YClient, name: str) -> None:
     assert reply["code"] in {"not_found", "forbidden"}
 
 
-async def test_a_members_syncs_spend_one_budget_across_their_sockets(tmp_path: Path) -> None:
-    """Review (bounded): each socket had its own budget of sync requests, so a viewer
-    reconnecting 16 sockets in a loop had a 5 MB document diffed on the event loop a
-    hundred times in 5 s, and every other client waited up to 3 s. The member's sockets
-    together spend the bytes of the document they are sent: past the budget a resync goes
-    unanswered, and a new socket's upgrade is refused (429, which stock clients back off
-    from), until it refills."""
+@contextlib.asynccontextmanager
+async def session_of_20kb_on_30kb_sync_budgets(
+    tmp_path: Path,
+) -> AsyncIterator[tuple[RunningServer, str, YClient]]:
+    """A server whose members each have a sync budget of 30 kB (refilled at a byte a
+    second), and a session on it whose editor ``ed`` posted 20 kB: viewer ``vic``'s first
+    full sync spends 20 kB of the 30. Yields the server, the session and ``ed``."""
     settings = make_settings(
         sqlite_url(tmp_path), tmp_path / "d", sync_bytes_per_s=1.0, sync_burst_bytes=30_000
     )
@@ -393,6 +394,17 @@ async def test_a_members_syncs_spend_one_budget_across_their_sockets(tmp_path: P
         sid = await server.new_session({"ed": "editor", "vic": "viewer"})
         ed = await server.connect(sid, "ed")
         await ed.command({"type": "message", "id": "m", "text": "x" * 20_000})
+        yield server, sid, ed
+
+
+async def test_a_members_syncs_spend_one_budget_across_their_sockets(tmp_path: Path) -> None:
+    """Review (bounded): each socket had its own budget of sync requests, so a viewer
+    reconnecting 16 sockets in a loop had a 5 MB document diffed on the event loop a
+    hundred times in 5 s, and every other client waited up to 3 s. The member's sockets
+    together spend the bytes of the document they are sent: past the budget a resync goes
+    unanswered, and a new socket's upgrade is refused (429, which stock clients back off
+    from), until it refills."""
+    async with session_of_20kb_on_30kb_sync_budgets(tmp_path) as (server, sid, ed):
         vic = await server.connect(sid, "vic", commands="text")  # 20 kB of its 30 kB
         await vic.send_raw(encode_sync(SyncType.STEP1, b"\x00"))  # all again: 10 kB owed
         await vic.wait_until(lambda c: c.sync_answers >= 2)
@@ -421,13 +433,7 @@ async def test_a_synced_socket_outlives_its_members_other_sockets_spending_the_s
     budget. Past the budget a synced socket's resync goes unanswered, as one past its
     socket's count does: the socket stays and is sent every change. A resync asking for
     the whole document again is not answered either while the budget is spent."""
-    settings = make_settings(
-        sqlite_url(tmp_path), tmp_path / "d", sync_bytes_per_s=1.0, sync_burst_bytes=30_000
-    )
-    async with serve_in_process(settings) as server:
-        sid = await server.new_session({"ed": "editor", "vic": "viewer"})
-        ed = await server.connect(sid, "ed")
-        await ed.command({"type": "message", "id": "m", "text": "x" * 20_000})
+    async with session_of_20kb_on_30kb_sync_budgets(tmp_path) as (server, sid, ed):
         tab_a = await server.connect(sid, "vic", commands="text")  # 20 kB of its 30 kB
         await tab_a.wait_until(lambda c: c.sync_answers >= 1)
         tab_b = await server.connect(sid, "vic")  # another 20 kB: 10 kB owed
@@ -450,13 +456,7 @@ async def test_a_first_sync_past_the_members_sync_budget_is_closed_to_try_again(
     for its first sync after, is closed 1013 to reconnect later (where the upgrade is
     refused 429 until the budget refills): a stock client asks once a connection, and
     would wait unsynced for good if it were not answered."""
-    settings = make_settings(
-        sqlite_url(tmp_path), tmp_path / "d", sync_bytes_per_s=1.0, sync_burst_bytes=30_000
-    )
-    async with serve_in_process(settings) as server:
-        sid = await server.new_session({"ed": "editor", "vic": "viewer"})
-        ed = await server.connect(sid, "ed")
-        await ed.command({"type": "message", "id": "m", "text": "x" * 20_000})
+    async with session_of_20kb_on_30kb_sync_budgets(tmp_path) as (server, sid, _):
         url = f"{server.ws_url}/ws/sessions/{sid}?token={await server.token(sid, 'vic')}"
         async with websockets.connect(url, max_size=None) as late:
             tab = await server.connect(sid, "vic")  # 20 kB of its 30 kB
