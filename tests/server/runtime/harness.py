@@ -29,8 +29,10 @@ from parley.server.runtime.runner import SessionRunner
 from parley.server.settings import Settings
 from parley.server.store.access_rows import ToolRow
 from parley.server.store.memory import MemoryStore
+from parley.server.store.memory_tables import MemoryTx
 from parley.server.store.port import SessionStore
 from parley.session.commands import Command, MessageCommand, PromptCommand
+from parley.session.errors import Unavailable
 from parley.session.lifecycle import PromptStatus
 from parley.session.model import ModelEvent, ModelProvider, ModelRequest
 from parley.session.queue import Policy
@@ -145,6 +147,27 @@ class MemorySession:
     @property
     def watcher(self) -> Watcher:
         return next(c for c in self.room.connections if isinstance(c, Watcher))
+
+
+class HeldAtCommit(MemoryStore):
+    """A store whose next write (``hold_next``), its document changed, waits at its commit
+    (``holding`` is set) until ``release`` is set, and then fails: nothing was stored."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hold_next = False
+        self.holding = asyncio.Event()
+        self.release = asyncio.Event()
+
+    @contextlib.asynccontextmanager
+    async def transaction(self, *args: Any, **kwargs: Any) -> AsyncIterator[MemoryTx]:
+        held, self.hold_next = self.hold_next, False
+        async with super().transaction(*args, **kwargs) as tx:
+            yield tx
+            if held:
+                self.holding.set()
+                await self.release.wait()
+                raise Unavailable("the connection dropped; nothing was stored")
 
 
 def transcript_of(updates: Iterable[bytes]) -> list[dict[str, Any]]:

@@ -26,6 +26,7 @@ from parley.session.queue import Policy
 from tests.fake_model import FakeModel
 from tests.server.runtime.harness import (
     SESSION,
+    HeldAtCommit,
     ManualClock,
     MemorySession,
     Watcher,
@@ -183,34 +184,13 @@ async def test_a_write_thought_failed_that_was_stored_is_found_without_another_w
         assert [e.content for e in room.doc.entries()] == ["one", "two"]
 
 
-class _HeldAtCommit(MemoryStore):
-    """A store whose next write, its document changed, waits at its commit (``holding``
-    is set) until ``release`` is set, and then fails: nothing was stored."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.hold_next = False
-        self.holding = asyncio.Event()
-        self.release = asyncio.Event()
-
-    @contextlib.asynccontextmanager
-    async def transaction(self, *args: Any, **kwargs: Any) -> AsyncIterator[MemoryTx]:
-        held, self.hold_next = self.hold_next, False
-        async with super().transaction(*args, **kwargs) as tx:
-            yield tx
-            if held:
-                self.holding.set()
-                await self.release.wait()
-                raise Unavailable("the connection dropped; nothing was stored")
-
-
 async def test_a_rest_read_answers_what_is_stored_not_a_write_under_way() -> None:
     """Review RA-4: a REST read answered the document as a write had changed it before its
     commit (a reply's text, a prompt's status), so another node asked after it could
     answer older, and a write whose commit then failed had been shown. A read of the
     document (``RoomRegistry.committed``) answers what is stored: the live document once
     the write under way settled, else (held up) a copy of the committed one."""
-    store = _HeldAtCommit()
+    store = HeldAtCommit()
     async with room_with_a_client(store) as (s, registry):
 
         async def read() -> list[str]:
