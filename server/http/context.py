@@ -23,7 +23,7 @@ from parley.server.http.rest import (
     spend_read,
 )
 from parley.server.http.sessions import SESSION_ERRORS
-from parley.server.runtime.room import SessionRoom, Work
+from parley.server.runtime.room import Work
 from parley.server.state import AppState
 from parley.session.commands import FACT_KEY, MAX_ENTRY_ID_CHARS
 from parley.session.context import BuiltContext
@@ -89,7 +89,9 @@ async def preview_context(
     preview only their own."""
     if caller.user_id is not None and caller.user_id != user_id:
         raise Forbidden("a member may preview only their own model input")
-    room = await state.rooms.current(session_id, kept=True)
+    # The document as committed (review RA-4): a write under way is not previewed, so no
+    # node answers what a failed write takes back, nor older after another node answered.
+    room, doc = await state.rooms.committed(session_id, kept=True)  # read before an await
     if user_id not in room.membership.members:
         raise Conflict(f"{user_id!r} is not a member of this session")
     # A member's preview spends their read budget by what it costs (review: it was
@@ -102,7 +104,7 @@ async def preview_context(
     spend_read(state, room, caller.user_id, 1)
     # The queue as the document shows it: the running node's committed plan, the same on
     # every node (a read replica has no queue of its own).
-    queue = queue_of(room.doc, room.queue.limits)
+    queue = queue_of(doc, room.queue.limits)
     waiting = [p for p in queue.pending() if p.author == user_id]
     prompt_ids: tuple[str, ...] = ()
     if waiting:
@@ -112,10 +114,10 @@ async def preview_context(
         else:
             prompt_ids = (waiting[0].id,)
     scope = room.runs.scope_for(
-        [user_id] if not prompt_ids else _authors(room, prompt_ids), preview=True
+        [user_id] if not prompt_ids else [doc.entry(p).author for p in prompt_ids], preview=True
     )
     grants = room.membership.grants_key()
-    kept = room.context.kept_preview(prompt_ids, scope, grants)
+    kept = room.context.kept_preview(doc, prompt_ids, scope, grants)
     body = None if kept is None else kept.answers.get(user_id)
     if body is None:
         # What is built or encoded anew is paid by the session as a whole too: members'
@@ -126,10 +128,10 @@ async def preview_context(
         if refusal is not None and caller.user_id is not None:
             raise refusal
         fresh = kept is None
-        kept = room.context.preview(prompt_ids, scope, grants)
+        kept = room.context.preview(doc, prompt_ids, scope, grants)
         body = encode_preview(_preview(user_id, prompt_ids, kept.build))
         kept.keep(user_id, body)
-        work = BUILD_BYTES_PER_ENTRY * len(room.doc.entries()) if fresh else 0
+        work = BUILD_BYTES_PER_ENTRY * len(doc.entries()) if fresh else 0
         room.spend_work(Work.PREVIEWS, len(body) + work)
         room.charge_read(caller.user_id, len(body) + work)
     else:
@@ -179,10 +181,6 @@ def _preview(user_id: str, prompt_ids: tuple[str, ...], built: BuiltContext) -> 
             tokens=built.summary.tokens,
         ),
     )
-
-
-def _authors(room: SessionRoom, prompt_ids: tuple[str, ...]) -> list[str]:
-    return [room.doc.entry(p).author for p in prompt_ids]
 
 
 # A fact's or a pin's change lets in every member who reads the session, as a socket does:

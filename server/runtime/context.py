@@ -142,13 +142,14 @@ class SessionContext:
         steps folded."""
         folded = 0
         while True:  # until a pass finds nothing left: what changed meanwhile is folded
-            reading = self._reading(scope, thread)
+            doc = self._doc()
+            reading = self._reading(doc, scope, thread)
             folding = reading.builder.folding(
                 entries=reading.entries,
                 prompt_ids=prompt_ids,
                 withheld=reading.withheld,
                 private_text=reading.readable,
-                pins=self._doc().pinned(),
+                pins=doc.pinned(),
                 scope_key=reading.scope_key,
                 steps=FOLD_STEP,
             )
@@ -207,20 +208,22 @@ class SessionContext:
         prompt_ids: Sequence[str],
         scope: RunScope | None = None,
         thread: SideThread | None = None,
+        doc: SessionDocument | None = None,
     ) -> BuiltContext:
         """What a model call answering ``prompt_ids`` is given (none: the history alone),
         within ``scope``: what its issuers may not read is withheld, what they may read of
         the server-side text replaces its placeholder. No scope: what every member may read
         (the scope summaries are made in). With a side-``thread`` (and its owner's scope):
         the session up to the thread's anchor, then the thread's turns, as if they were
-        the session's next.
+        the session's next. ``doc``: the document to read (None: the live one, as a run
+        reads it under the writer; a REST preview reads it as committed).
 
         The builder keeps one fold per read scope, so each build folds only what changed
         since the last; a run whose issuers may read what every member may (the common
         case) shares the members' fold with the summary plan, so a run's new turns are
         folded once, not once per scope."""
-        reading = self._reading(scope, thread)
-        doc = self._doc()
+        doc = self._doc() if doc is None else doc
+        reading = self._reading(doc, scope, thread)
         model = self._model()
         spec = self.settings.model_spec(model)
         started = time.perf_counter()
@@ -244,12 +247,12 @@ class SessionContext:
         return built
 
     def kept_preview(
-        self, prompt_ids: Sequence[str], scope: RunScope, grants: object
+        self, doc: SessionDocument, prompt_ids: Sequence[str], scope: RunScope, grants: object
     ) -> KeptPreview | None:
         """The preview kept of ``prompt_ids`` in ``scope`` while nothing it reads changes:
-        the document, the server-side text and summaries, the model, and the members'
-        grants (``grants``, equal while they stay); None when there is none."""
-        doc = self._doc()
+        the document (``doc``, as committed: ``RoomRegistry.committed``), the server-side
+        text and summaries, the model, and the members' grants (``grants``, equal while
+        they stay); None when there is none."""
         state: tuple[object, ...] = (doc, doc.revision, self._revision, self._model(), grants)
         if state != self._kept_state:
             self._kept_state, self._kept = state, []
@@ -259,21 +262,25 @@ class SessionContext:
                 return kept
         return None
 
-    def preview(self, prompt_ids: Sequence[str], scope: RunScope, grants: object) -> KeptPreview:
-        """``build`` for a preview, kept (``kept_preview``). A page asks again at every
-        change it sees, each member for their own scope: a preview asked again of the same
-        state is not built again (review: each was built anew, 40-400 ms on a long
+    def preview(
+        self, doc: SessionDocument, prompt_ids: Sequence[str], scope: RunScope, grants: object
+    ) -> KeptPreview:
+        """``build`` of ``doc`` for a preview, kept (``kept_preview``). A page asks again at
+        every change it sees, each member for their own scope: a preview asked again of the
+        same state is not built again (review: each was built anew, 40-400 ms on a long
         session, as fast as members asked), and its answers are kept encoded with it."""
-        kept = self.kept_preview(prompt_ids, scope, grants)
+        kept = self.kept_preview(doc, prompt_ids, scope, grants)
         if kept is None:
             asked = tuple(prompt_ids)
-            kept = KeptPreview(self.build(asked, scope))
+            kept = KeptPreview(self.build(asked, scope, doc=doc))
             self._kept = [*self._kept[-(MAX_KEPT_PREVIEWS - 1) :], (asked, scope, kept)]
         return kept
 
-    def _reading(self, scope: RunScope | None, thread: SideThread | None) -> _Reading:
-        """What a build in ``scope`` (of ``thread``) reads, and the builder and scope key
-        whose fold serves it."""
+    def _reading(
+        self, doc: SessionDocument, scope: RunScope | None, thread: SideThread | None
+    ) -> _Reading:
+        """What a build of ``doc`` in ``scope`` (of ``thread``) reads, and the builder and
+        scope key whose fold serves it."""
         restrictions = self._restrictions(thread)
         withheld, readable = self._members_read(restrictions)
         scope_key = "members"
@@ -283,7 +290,7 @@ class SessionContext:
             if judged != (withheld, readable):  # else a run sees what every member does:
                 withheld, readable = judged  # one fold serves it and the summary plan
                 scope_key = "readable:" + ",".join(sorted(readable))
-        entries: Sequence[Entry] = self._doc().entries()
+        entries: Sequence[Entry] = doc.entries()
         if thread is None:
             return _Reading(self._session_builder(), entries, withheld, readable, scope_key)
         before = [e for e in entries if e.seq <= thread.anchor_seq]

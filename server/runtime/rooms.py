@@ -129,12 +129,15 @@ class RoomRegistry:
             await self.cluster.follow(room, kept=kept)
         return room
 
-    async def committed(self, session_id: str) -> tuple[SessionRoom, SessionDocument]:
-        """``current``, and its document as committed (``DocumentWriter.committed_document``:
-        the node that runs the session may be writing it), for a REST read of the document:
-        read it before the next await. A read then never shows what a failed write takes
-        back, and one made on any node after it never answers older."""
-        room = await self.current(session_id)
+    async def committed(
+        self, session_id: str, *, kept: bool = False
+    ) -> tuple[SessionRoom, SessionDocument]:
+        """``current`` (``kept``: as there), and its document as committed
+        (``DocumentWriter.committed_document``: the node that runs the session may be
+        writing it): the one door of a REST read of the document, or of an answer built
+        from it; read it before the next await. A read then never shows what a failed
+        write takes back, and one made on any node after it never answers older."""
+        room = await self.current(session_id, kept=kept)
         return room, await room.writer.document.committed_document()
 
     async def command(self, room: SessionRoom, user_id: str, frame: str) -> str:

@@ -14,10 +14,11 @@ from pycrdt import Array, Map
 from parley.server.http import context as context_api
 from parley.session.commands import CancelCommand, MessageCommand, PromptCommand
 from parley.session.errors import Conflict
+from parley.session.queue import Policy
 from tests.conftest import RunningServer, make_settings, serve_in_process, sqlite_url
 from tests.fake_model import Answer, FakeModel, Sent, call
 from tests.server.runtime.backend import backend, sql_store
-from tests.server.runtime.harness import memory_settings
+from tests.server.runtime.harness import SESSION, HeldAtCommit, add_members, memory_settings
 from tests.yclient import all_replies_settled
 
 
@@ -439,3 +440,40 @@ async def _next_reply_private_to_bob(server: RunningServer) -> bool:
         seen = await http.get(f"{path}/transcript", headers=as_bob)
     last = [m for m in seen.json()["messages"] if m["kind"] == "reply"][-1]
     return "[restricted:" in last["content"]
+
+
+async def test_a_preview_answers_what_is_stored_not_a_write_under_way() -> None:
+    """Review RA-4, left open then: the preview read the document as a write had changed it
+    before its commit, so it showed a message (and would show a fact, a pin, a waiting
+    prompt) not stored yet, and still shown if the commit then failed; another node,
+    asked next, answered older. It reads the document as committed now
+    (``RoomRegistry.committed``): the live one once the write under way settled, else
+    (held up) a copy of the committed one."""
+    store, sid = HeldAtCommit(), SESSION
+    await store.create_session(sid, "t", Policy.QUEUE.value, 0)  # (no access rows in memory)
+    await add_members(store, {"alice": "editor"})
+    async with backend(memory_settings(), store=store, model=FakeModel()) as b:
+        s = await b.session(sid)
+
+        async def shown() -> list[str]:
+            answer = await b.call(context_api.preview_context, session_id=sid, user_id="alice")
+            return [m["content"] for m in json.loads(answer.body)["messages"]]
+
+        await s.message("alice", "one")
+        stored = await shown()
+        assert stored == ["[alice wrote]\none"], stored
+        store.hold_next = True
+        refused = asyncio.ensure_future(s.message("alice", "two"))
+        async with asyncio.timeout(10):
+            await store.holding.wait()
+        assert [e.content for e in s.room.doc.entries()] == ["one", "two"]  # not stored
+        assert await shown() == stored  # the write held up: the committed copy
+        reading = asyncio.ensure_future(shown())
+        for _ in range(20):  # every chance to answer while the write waits
+            await asyncio.sleep(0)
+        store.release.set()
+        assert (await refused)["code"] == "unavailable"
+        assert await reading == stored
+        assert await shown() == stored
+        assert (await s.message("alice", "three"))["type"] == "ack"
+        assert await shown() == [*stored, "[alice wrote]\nthree"]

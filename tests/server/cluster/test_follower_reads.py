@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ import pytest
 
 from tests.conftest import ADMIN_KEY, ServerProcess
 from tests.fake_upstream import Reply, openai_stream
-from tests.server.cluster.nodes import cluster, search_call, upstream_cluster
+from tests.server.cluster.nodes import Cluster, cluster, search_call, upstream_cluster
 
 pytestmark = pytest.mark.postgres
 
@@ -192,6 +193,35 @@ async def blocked_writer(database: asyncpg.Connection, timeout_s: float = 20) ->
     raise TimeoutError("no write waited for the update log")
 
 
+async def read_while_a_write_waits(
+    nodes: Cluster, node: ServerProcess, post: str, body: dict[str, Any], paths: Sequence[str]
+) -> list[tuple[int, Any]]:
+    """POST ``body`` to ``post`` on ``node`` while the test holds the update log locked,
+    read ``paths`` of ``node`` while the write waits for it (answered then, or after
+    ``READ_WINDOW_S``), then make the write fail (503: nothing was stored). Returns the
+    answers of the reads, which must not show the write."""
+    database = await asyncpg.connect(nodes.url.replace("+asyncpg", ""))
+    try:
+        lock = database.transaction()
+        await lock.start()
+        await database.execute("LOCK TABLE doc_updates IN SHARE MODE")
+        async with httpx.AsyncClient(
+            base_url=node.base_url, headers={"Authorization": f"Bearer {ADMIN_KEY}"}
+        ) as http:
+            posting = asyncio.ensure_future(http.post(post, json=body, timeout=60))
+            writer = await blocked_writer(database)
+            # The change is in the node's document now, and not stored.
+            reads = asyncio.gather(*(read(node, path) for path in paths))
+            await asyncio.wait([reads], timeout=READ_WINDOW_S)
+            assert await database.fetchval("SELECT pg_terminate_backend($1)", writer)
+            await lock.rollback()
+            posted = await posting
+            assert posted.status_code == 503, posted.text
+            return list(await reads)
+    finally:
+        await database.close()
+
+
 async def test_no_node_answers_a_change_before_it_is_stored(tmp_path: Path) -> None:
     """Review RA-4: the running node answered REST reads from its document as it was being
     written, before the commit, so a read of a follower after its answer could be older (a
@@ -203,39 +233,13 @@ async def test_no_node_answers_a_change_before_it_is_stored(tmp_path: Path) -> N
         sid = await nodes.new_session({"bob": "editor"})
         running, follower = await nodes.running_and_other(sid)
         base = f"/api/v1/sessions/{sid}"
-        database = await asyncpg.connect(nodes.url.replace("+asyncpg", ""))
-        try:
-            lock = database.transaction()
-            await lock.start()
-            await database.execute("LOCK TABLE doc_updates IN SHARE MODE")
-            async with httpx.AsyncClient(
-                base_url=running.base_url, headers={"Authorization": f"Bearer {ADMIN_KEY}"}
-            ) as http:
-                prompt = {"text": "never stored", "id": "p-unstored", "as_user": "bob"}
-                posting = asyncio.ensure_future(
-                    http.post(f"{base}/prompts", json=prompt, timeout=60)
-                )
-                writer = await blocked_writer(database)
-                # The prompt is in the running node's document now, and not stored.
-                reads = asyncio.gather(
-                    read(running, f"{base}/transcript"),
-                    read(running, f"{base}/prompts/p-unstored"),
-                )
-                await asyncio.wait([reads], timeout=READ_WINDOW_S)
-                if reads.done():  # answered while the write waits: it must not show it
-                    transcript, status = reads.result()
-                    assert transcript[1]["messages"] == [], transcript
-                    assert status[0] == 404, status
-                # The write fails: nothing was stored.
-                assert await database.fetchval("SELECT pg_terminate_backend($1)", writer)
-                await lock.rollback()
-                posted = await posting
-                assert posted.status_code == 503, posted.text
-                transcript, status = await reads
-                assert transcript == (200, {"messages": []})
-                assert status[0] == 404, status
-        finally:
-            await database.close()
+        prompt = {"text": "never stored", "id": "p-unstored", "as_user": "bob"}
+        paths = [f"{base}/transcript", f"{base}/prompts/p-unstored"]
+        transcript, status = await read_while_a_write_waits(
+            nodes, running, f"{base}/prompts", prompt, paths
+        )
+        assert transcript == (200, {"messages": []})
+        assert status[0] == 404, status
         for node in (running, follower):
             assert await read(node, f"{base}/transcript") == (200, {"messages": []})
             assert (await read(node, f"{base}/prompts/p-unstored"))[0] == 404
@@ -249,3 +253,29 @@ async def test_no_node_answers_a_change_before_it_is_stored(tmp_path: Path) -> N
             seen = await read(running, f"{base}/transcript")
         assert [m["content"] for m in seen[1]["messages"]] == ["kept"]
         assert await read(follower, f"{base}/transcript") == seen
+
+
+async def test_no_node_previews_a_change_before_it_is_stored(tmp_path: Path) -> None:
+    """Left open by RA-4: the context preview still read the running node's document as a
+    write had changed it before its commit, so it showed a message not stored yet (and
+    never stored: its write then failed), and a follower asked next answered older. It
+    reads what is committed, as the other reads do, and answers as a follower does."""
+    async with cluster(tmp_path, 2) as nodes:
+        sid = await nodes.new_session({"bob": "editor"})
+        running, follower = await nodes.running_and_other(sid)
+        base = f"/api/v1/sessions/{sid}"
+        preview = f"{base}/context?user_id=bob"
+        message = {"text": "never stored", "as_user": "bob"}
+        (shown,) = await read_while_a_write_waits(
+            nodes, running, f"{base}/messages", message, [preview]
+        )
+        assert shown[0] == 200 and shown[1]["messages"] == [], shown
+        assert await read(follower, preview) == shown
+        async with httpx.AsyncClient(
+            base_url=running.base_url, headers={"Authorization": f"Bearer {ADMIN_KEY}"}
+        ) as http:
+            stored = await http.post(f"{base}/messages", json={"text": "kept", "as_user": "bob"})
+            assert stored.status_code == 202, stored.text
+            previewed = await read(running, preview)
+        assert [m["content"] for m in previewed[1]["messages"]] == ["[bob wrote]\nkept"]
+        assert await read(follower, preview) == previewed
