@@ -27,7 +27,7 @@ CHARGE_WRITE = "charge"
 
 
 async def apply_session_write(room: SessionRoom, write: dict[str, Any]) -> dict[str, Any]:
-    """Run ``write`` on ``room``; returns the facts or pins after it."""
+    """Run ``write`` on ``room``; returns the facts or pins after it, as committed."""
     kind = write.get("op")
     write_id = str(write.get("id") or "rest")
     if kind == CHARGE_WRITE:
@@ -65,8 +65,9 @@ async def apply_session_write(room: SessionRoom, write: dict[str, Any]) -> dict[
     admin = not actor or kind == "policy"
     event = CommandEvent(actor, command, room.now_ms(), event_id, admin=admin, resendable=False)
     await room.writer.execute(event)
-    if kind == "set_fact":
-        return {"facts": room.doc.fact_map()}
-    if kind == "pin":
-        return {"pins": room.doc.pinned()}
-    return {}
+    if kind == "policy":
+        return {}
+    # As committed, as a REST read answers them: never a write under way since, which
+    # may yet fail (review RA-4).
+    doc = await room.writer.document.committed_document()
+    return {"facts": doc.fact_map()} if kind == "set_fact" else {"pins": doc.pinned()}
