@@ -208,6 +208,9 @@ async def get_private(
     state: AppState, session_id: str, entry_id: str, caller: Caller
 ) -> PrivateOut:
     """The full text behind a placeholder, for a caller who may read every source of it."""
+    # Committed text only, with no wait for a write under way (as ``RoomRegistry.committed``
+    # waits for the document): the running node keeps such text once its write committed
+    # (``SessionWriter._keep_private``), another node reads it from the store.
     room = await state.rooms.current(session_id, kept=True)
     item = room.context.private.get(entry_id)
     if item is None:

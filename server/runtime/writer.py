@@ -42,7 +42,9 @@ from parley.session.yprotocol import SyncType, encode_sync
 # Waits before each try of reading the store back after an outage (the last repeats).
 VERIFY_DELAYS_S = (0.2, 0.5, 1.0, 2.0, 5.0)
 # How long a read of the document waits for the writes under way to be stored (a few ms,
-# unless the database holds one up) before it reads a copy of the committed document.
+# unless the database holds one up) before it reads a copy of the committed document. Not
+# a setting: either way the read answers what is committed; this only bounds what a read
+# waits while the database holds a write up, against how often a copy is built.
 SETTLE_WAIT_S = 0.1
 
 log = logging.getLogger("parley.room")
