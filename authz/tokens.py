@@ -3,7 +3,10 @@
 A token names the user and the session; the member's role is looked up live when it is
 used, so a demotion takes effect at once instead of when the token expires. It also names
 itself (``jti``, so it can be revoked alone) and the membership it was issued under (its
-epoch: a member who is removed and added back has a new one, so old tokens stay dead).
+epoch: a member who is removed and added back has a new one, so old tokens stay dead). A
+token exchanged from another member's invite link names that maker and their membership's
+epoch too: it dies with the maker's membership (review RI-2: a removed owner kept a token
+she had exchanged from her own link for up to its lifetime).
 """
 
 from __future__ import annotations
@@ -29,10 +32,20 @@ class ClientClaims:
     expires_at: int  # seconds since the epoch
     token_id: str
     epoch: str = ""  # the membership's epoch; "" in tokens issued before epochs existed
+    made_by: str = ""  # whose invite link gave it, when another member's ("": none)
+    maker_epoch: str = ""  # the epoch of ``made_by``'s membership then
 
 
 def issue_token(
-    key: str, *, user_id: str, session_id: str, now: int, ttl_seconds: int, epoch: str = ""
+    key: str,
+    *,
+    user_id: str,
+    session_id: str,
+    now: int,
+    ttl_seconds: int,
+    epoch: str = "",
+    made_by: str = "",
+    maker_epoch: str = "",
 ) -> tuple[str, ClientClaims]:
     claims = ClientClaims(
         user_id=user_id,
@@ -40,6 +53,8 @@ def issue_token(
         expires_at=now + ttl_seconds,
         token_id=secrets.token_urlsafe(12),
         epoch=epoch,
+        made_by=made_by,
+        maker_epoch=maker_epoch,
     )
     payload = {
         "sub": user_id,
@@ -50,6 +65,8 @@ def issue_token(
         "jti": claims.token_id,
         "mep": epoch,
     }
+    if made_by:
+        payload |= {"mby": made_by, "mbe": maker_epoch}
     return jwt.encode(payload, key, algorithm=ALGORITHM), claims
 
 
@@ -73,18 +90,27 @@ def verify_token(key: str, token: str, *, now: int) -> ClientClaims:
         raise Unauthenticated(f"invalid token: {exc}") from None
     sub, sid, exp, jti = payload["sub"], payload["sid"], payload["exp"], payload["jti"]
     epoch = payload.get("mep", "")
-    if not all(isinstance(v, str) for v in (sub, sid, jti, epoch)) or not isinstance(exp, int):
+    made_by, maker_epoch = payload.get("mby", ""), payload.get("mbe", "")
+    strings = (sub, sid, jti, epoch, made_by, maker_epoch)
+    if not all(isinstance(v, str) for v in strings) or not isinstance(exp, int):
         raise Unauthenticated("invalid token: malformed claims")
     if exp <= now:
         raise Unauthenticated("token expired")
-    return ClientClaims(user_id=sub, session_id=sid, expires_at=exp, token_id=jti, epoch=epoch)
+    return ClientClaims(sub, sid, exp, jti, epoch, made_by, maker_epoch)
 
 
-def token_refusal(claims: ClientClaims, epoch: str, revoked: Container[str]) -> str | None:
+def token_refusal(
+    claims: ClientClaims, epoch: str, revoked: Container[str], maker_epoch: str | None = None
+) -> str | None:
     """Why a verified token of a current member (whose membership has ``epoch``) may not
-    be used any more, or None. ``revoked``: the ids of the session's revoked tokens."""
+    be used any more, or None. ``revoked``: the ids of the session's revoked tokens;
+    ``maker_epoch``: the epoch of the membership of the member whose link gave the token
+    (``claims.made_by``) now, None if they are no member (a token from a link is refused
+    unless told its maker is still the member who made it)."""
     if claims.token_id in revoked:
         return "revoked: this token was revoked"
     if claims.epoch != epoch:
         return "revoked: this token was issued before the member was removed"
+    if claims.made_by and claims.maker_epoch != maker_epoch:
+        return f"revoked: {claims.made_by!r}, whose invite link gave this token, was removed"
     return None

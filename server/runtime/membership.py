@@ -220,11 +220,14 @@ class Membership:
 
     def token_refusal(self, claims: ClientClaims) -> str | None:
         """Why a verified token may not be used now (None: it may, or its user is no
-        member, which the membership check answers)."""
+        member, which the membership check answers). One from another member's invite
+        link dies with its maker's membership (``authz.tokens.token_refusal``)."""
         member = self.members.get(claims.user_id)
         if member is None:
             return None
-        return token_refusal(claims, member.token_epoch, self.revoked_tokens)
+        maker = self.members.get(claims.made_by) if claims.made_by else None
+        maker_epoch = None if maker is None else maker.token_epoch
+        return token_refusal(claims, member.token_epoch, self.revoked_tokens, maker_epoch)
 
     def closing(self, user_id: str, claims: ClientClaims | None) -> tuple[CloseCode, str] | None:
         """Why a socket of ``user_id`` (opened with ``claims``) must close now: its user

@@ -128,6 +128,8 @@ def test_a_hand_made_token_with_all_claims_verifies() -> None:
         {"sid": 5},
         {"exp": "tomorrow"},
         {"exp": float(NOW + TTL)},
+        {"mby": 5},
+        {"mbe": ["o1"]},
     ],
     ids=str,
 )
@@ -165,3 +167,28 @@ def test_a_revoked_token_or_one_of_an_earlier_membership_is_refused() -> None:
     assert readded is not None and readded.startswith("revoked:")
     _, old = issue()  # issued before epochs: valid while the membership it saw lasts
     assert old.epoch == "" and token_refusal(old, "", ()) is None
+
+
+def test_a_token_from_a_members_link_dies_with_the_makers_membership() -> None:
+    """Review RI-2: the token an owner got from a link she minted outlived her removal.
+    A token from another member's link names its maker and their membership's epoch, and
+    is refused once that maker is no member (or removed and added back)."""
+    token, claims = issue_token(
+        KEY,
+        user_id="bob",
+        session_id="s1",
+        now=NOW,
+        ttl_seconds=TTL,
+        epoch="b1",
+        made_by="olga",
+        maker_epoch="o1",
+    )
+    verified = verify_token(KEY, token, now=NOW)
+    assert verified == claims and (verified.made_by, verified.maker_epoch) == ("olga", "o1")
+    assert token_refusal(claims, "b1", (), maker_epoch="o1") is None
+    for gone in (None, "o2"):
+        refusal = token_refusal(claims, "b1", (), maker_epoch=gone)
+        assert refusal is not None and refusal.startswith("revoked:") and "olga" in refusal
+    assert token_refusal(claims, "b1", ()) is not None  # not told the maker's: refused
+    _, own = issue_token(KEY, user_id="bob", session_id="s1", now=NOW, ttl_seconds=TTL)
+    assert own.made_by == "" and token_refusal(own, "", ()) is None
