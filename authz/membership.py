@@ -17,7 +17,8 @@ carries, and lifting a denial is judged like a grant. The rules, in the order ch
    later is read by whoever holds the role then, as its author chose);
 6. a denial is lifted only by someone who holds what it denies.
 
-Pure: the caller passes the members as stored, the live role table and the reader lists;
+Pure: the caller passes the members as stored, the live role table and the reader lists
+(and, for an invite link, what the server holds of the user it names: ``Traces``);
 every REST path that adds, changes or removes a member asks here.
 """
 
@@ -131,17 +132,49 @@ def judge_membership_change(
     return Decision(True, "allowed")
 
 
+@dataclass(frozen=True, slots=True)
+class Traces:
+    """What the server holds of a user besides one membership: each is theirs alone, not
+    access a membership change hands out, and a link naming them would give it to whoever
+    holds the link."""
+
+    signed_in: bool = False  # a client token was issued to them here (they are someone)
+    authored: bool = False  # prompts or messages here: what others are told they said
+    side_threads: bool = False  # their private side-threads here
+    other_sessions: bool = False  # memberships elsewhere (``GET /api/v1/me/sessions``)
+
+    @property
+    def known(self) -> bool:
+        return self.signed_in or self.authored or self.side_threads or self.other_sessions
+
+
+NO_TRACES = Traces()
+"""A user the server knows only by the membership a link is minted for."""
+KNOWN = (
+    "they are known here already (signed in, or with messages, side-threads or other "
+    "sessions): only they or the admin key may mint a link for them"
+)
+
+
 def judge_invite(
-    actor: Actor, target: Member, roles: RoleTable, documents: Iterable[Readers]
+    actor: Actor, target: Member, roles: RoleTable, documents: Iterable[Readers], traces: Traces
 ) -> Decision:
-    """May ``actor`` mint an invite link for ``target``? A link signs its holder in as the
-    target, so it hands out all of the target's access: allowed for oneself (a second
-    device), else only as far as ``actor`` could have added the target with that access."""
+    """May ``actor`` mint an invite link for ``target`` (whose ``traces`` are what the
+    server holds of them besides this membership)? A link signs its holder in as the
+    target, so it hands out all of the target's access and their name: allowed for oneself
+    (a second device); for someone else only as far as ``actor`` could have added the
+    target with that access, and only while nobody has been the target yet (review RI-2:
+    an owner's link for a member who had signed in read his private side-threads, listed
+    his other sessions and prompted as him). The admin key may mint any."""
     if not isinstance(actor, Admin) and actor is not None and actor.user_id == target.user_id:
         if Capability.MANAGE_MEMBERS not in capabilities_of(actor, roles):
             return Decision(False, f"a {actor.role} may not manage members here")
         return Decision(True, "your own access")
     decision = judge_membership_change(actor, None, target, roles, documents)
+    if decision.allowed and traces.known and not isinstance(actor, Admin):
+        # One reason for every trace: which one it is (side-threads, other sessions) is
+        # the user's own business.
+        decision = Decision(False, KNOWN)
     if decision.allowed:
         return decision
     return Decision(

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import secrets
 
-from parley.authz.membership import judge_invite
+from parley.authz.membership import Traces, judge_invite
 from parley.authz.roles import Capability
 from parley.authz.tokens import ADMIN_ACTOR, ClientClaims, issue_token
 from parley.server.http.members import token_out
@@ -30,7 +30,13 @@ from parley.server.http.rest import Caller, Operation, spend_command_everywhere
 from parley.server.http.sessions import SESSION_ERRORS, session_row
 from parley.server.state import AppState
 from parley.server.store.access import AccessStore
-from parley.server.store.invites import InviteRow, InviteStore, Killed, secret_digest
+from parley.server.store.invites import (
+    InviteRow,
+    InviteStore,
+    Killed,
+    read_traces,
+    secret_digest,
+)
 from parley.server.store.rows import MemberRow
 from parley.session.errors import Conflict, InvalidInput, NotFound, Unauthenticated
 
@@ -94,8 +100,9 @@ async def create_invite(
 
 
 async def _judge(state: AppState, session_id: str, caller: Caller, user_id: str) -> None:
-    """A member may mint a link only to access they could have handed out themselves
-    (``authz.membership.judge_invite``); a refusal is audited."""
+    """A member may mint a link only to access they could have handed out themselves,
+    and for another only a user the server knows by this membership alone
+    (``authz.membership.judge_invite``); a refusal is audited. Judged again at each use."""
     if caller.user_id is None:
         return
     room = await state.rooms.current(session_id)
@@ -104,7 +111,9 @@ async def _judge(state: AppState, session_id: str, caller: Caller, user_id: str)
         raise Conflict(f"{user_id!r} is not a member of this session")
     actor = room.membership.members.get(caller.user_id)
     documents = await AccessStore(state.store).reader_lists(session_id)
-    decision = judge_invite(actor, target, state.rooms.roles, documents)
+    async with state.store.read() as connection:
+        traces = await read_traces(connection, session_id, user_id)
+    decision = judge_invite(actor, target, state.rooms.roles, documents, traces)
     if not decision.allowed:
         what = {"action": f"invite {user_id}", "reason": decision.reason}
         await room.writer.audit("refused", caller.user_id, what)
@@ -143,17 +152,27 @@ async def exchange_invite(state: AppState, body: InviteExchange, client: str) ->
     await state.rooms.current_access()  # the roles as committed
     documents = await AccessStore(state.store).reader_lists(session_id)
 
-    def judge(invite: InviteRow, maker: MemberRow | None, member: MemberRow) -> str | None:
+    def judge(
+        invite: InviteRow, maker: MemberRow | None, member: MemberRow, traces: Traces
+    ) -> str | None:
         """A link hands out its member's access as it is now: judged again, as if its
-        maker minted it now (a maker removed or lowered, or a member raised past what the
-        maker may hand out, makes it dead). Why not, or None."""
-        if invite.created_by in (ADMIN_ACTOR, invite.user_id):
+        maker minted it now (a maker removed or lowered, a member raised past what the
+        maker may hand out, or one who has signed in meanwhile, makes it dead). Why not,
+        or None."""
+        if not _made_by_another(invite):
             return None  # the admin key's, or the member's own access
         actor = None if maker is None else maker.as_member()
-        decision = judge_invite(actor, member.as_member(), state.rooms.roles, documents)
+        decision = judge_invite(actor, member.as_member(), state.rooms.roles, documents, traces)
         return None if decision.allowed else decision.reason
 
-    def mint(invite: InviteRow, member: MemberRow) -> tuple[str, ClientClaims]:
+    def mint(
+        invite: InviteRow, member: MemberRow, maker: MemberRow | None
+    ) -> tuple[str, ClientClaims]:
+        """A token of the member; one from another member's link dies with the maker's
+        membership (``authz.tokens.token_refusal``)."""
+        made_by = maker_epoch = ""
+        if maker is not None and _made_by_another(invite):
+            made_by, maker_epoch = maker.user_id, maker.token_epoch
         return issue_token(
             state.keys.signing_key,
             user_id=member.user_id,
@@ -161,6 +180,8 @@ async def exchange_invite(state: AppState, body: InviteExchange, client: str) ->
             now=now,
             ttl_seconds=invite.token_ttl_s,
             epoch=member.token_epoch,
+            made_by=made_by,
+            maker_epoch=maker_epoch,
         )
 
     redeemed = await store.redeem(body.invite, now, mint, judge)
@@ -179,6 +200,12 @@ async def exchange_invite(state: AppState, body: InviteExchange, client: str) ->
     room = await state.rooms.get(invite.session_id)
     await room.writer.audit("invite", member.user_id, {"used": invite.id, "jti": claims.token_id})
     return token_out(member, token, claims)
+
+
+def _made_by_another(invite: InviteRow) -> bool:
+    """Whether a member minted ``invite`` for someone else (not the admin key, nor the
+    member for themselves)."""
+    return invite.created_by not in (ADMIN_ACTOR, invite.user_id)
 
 
 OPERATIONS: list[Operation] = [

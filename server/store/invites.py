@@ -4,7 +4,8 @@ Only the secret's SHA-256 is stored, so the table gives nobody a working link. A
 spent in the transaction that mints the token: its use count is raised only while below
 ``max_uses``, the member is read there, and it must still be the membership the invite was
 made for (the same ``token_epoch``: a member removed and added back kills older invites).
-One its maker could no longer mint is revoked there, for good (``Killed``).
+One its maker could no longer mint is revoked there, for good (``Killed``): judged with what
+the server holds of its member then (``read_traces``).
 """
 
 from __future__ import annotations
@@ -14,12 +15,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import and_, func, insert, or_, select, update
+from sqlalchemy import and_, exists, func, insert, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
 
+from parley.authz.membership import Traces
 from parley.authz.tokens import ClientClaims
 from parley.server.store.access import insert_client_token
 from parley.server.store.rows import MemberRow, lock_session, read_member
-from parley.server.store.tables import invites
+from parley.server.store.tables import client_tokens, entries, invites, members, side_threads
 
 if TYPE_CHECKING:
     from parley.server.store.database import Database
@@ -65,6 +68,23 @@ def _invite(row: Any) -> InviteRow:
         row.expires_at,
         row.revoked_at,
     )
+
+
+async def read_traces(connection: AsyncConnection, session_id: str, user_id: str) -> Traces:
+    """What the server holds of ``user_id`` besides their membership of ``session_id``
+    (``authz.membership.Traces``): four indexed lookups, one statement."""
+    here = (
+        exists().where(
+            and_(client_tokens.c.session_id == session_id, client_tokens.c.user_id == user_id)
+        ),
+        exists().where(and_(entries.c.session_id == session_id, entries.c.author == user_id)),
+        exists().where(
+            and_(side_threads.c.session_id == session_id, side_threads.c.owner == user_id)
+        ),
+        exists().where(and_(members.c.user_id == user_id, members.c.session_id != session_id)),
+    )
+    row = (await connection.execute(select(*here))).one()
+    return Traces(*(bool(there) for there in row))
 
 
 def _live(now: int) -> Any:
@@ -166,13 +186,14 @@ class InviteStore:
         self,
         secret: str,
         now: int,
-        mint: Callable[[InviteRow, MemberRow], tuple[str, ClientClaims]],
-        judge: Callable[[InviteRow, MemberRow | None, MemberRow], str | None],
+        mint: Callable[[InviteRow, MemberRow, MemberRow | None], tuple[str, ClientClaims]],
+        judge: Callable[[InviteRow, MemberRow | None, MemberRow, Traces], str | None],
     ) -> tuple[InviteRow, MemberRow, str, ClientClaims] | Killed | None:
         """Spend one use of the live invite whose secret this is and mint (and record) a
         token for its member, in one transaction; None when there is no such invite or its
         member is no longer the one it was made for. An invite ``judge`` (given the
-        invite, its maker's membership now and its member's) refuses, saying why, is
+        invite, its maker's membership now, its member's and their traces; ``mint`` the
+        invite, its member and maker) refuses, saying why, is
         revoked in that transaction: ``Killed`` (None to an exchange that raced it).
         Whoever exchanged is told only that the link is not valid (no oracle for
         guessers); the caller audits a ``Killed``, once per invite (review: a dead link
@@ -193,7 +214,8 @@ class InviteStore:
             if member is None or member.token_epoch != found.epoch:
                 return None
             maker = await read_member(connection, invite.session_id, invite.created_by)
-            refused = judge(invite, maker, member)
+            traces = await read_traces(connection, invite.session_id, invite.user_id)
+            refused = judge(invite, maker, member, traces)
             if refused is not None:
                 killed = await connection.execute(
                     update(invites)
@@ -208,7 +230,7 @@ class InviteStore:
             )
             if spent.rowcount != 1:  # the last use went to a redeem at the same moment
                 return None
-            token, claims = mint(invite, member)
+            token, claims = mint(invite, member, maker)
             await insert_client_token(connection, claims, now)
         return invite, member, token, claims
 

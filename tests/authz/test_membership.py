@@ -7,7 +7,13 @@ from functools import cache
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from parley.authz.membership import ADMIN, judge_invite, judge_membership_change
+from parley.authz.membership import (
+    ADMIN,
+    NO_TRACES,
+    Traces,
+    judge_invite,
+    judge_membership_change,
+)
 from parley.authz.policy import Readers, Subject, may_read
 from parley.authz.roles import Capability, Member, RoleTable, capabilities_of
 
@@ -200,7 +206,7 @@ def test_removing_or_leaving_alone_is_allowed_to_whoever_holds_the_target(
 
 def test_an_invite_hands_out_only_what_its_minter_holds() -> None:
     def invite(actor: Member | None, target: Member) -> bool:
-        return judge_invite(actor, target, TABLE, (EDITORS_ONLY, OWNERS)).allowed
+        return judge_invite(actor, target, TABLE, (EDITORS_ONLY, OWNERS), NO_TRACES).allowed
 
     manager = Member("m", "manager")
     assert invite(manager, Member("s", "manager"))
@@ -210,7 +216,7 @@ def test_an_invite_hands_out_only_what_its_minter_holds() -> None:
     assert not invite(Member("e", "editor"), Member("e", "editor"))  # manages no members
     assert invite(Member("o", "owner"), Member("v", "viewer"))
     assert not invite(None, Member("v", "viewer"))
-    assert judge_invite(ADMIN, Member("o", "owner"), TABLE, ()).allowed
+    assert judge_invite(ADMIN, Member("o", "owner"), TABLE, (), NO_TRACES).allowed
 
 
 # One webhook tool's results share a resource, each with readers of its own.
@@ -228,7 +234,7 @@ def test_reading_one_list_of_a_resource_hands_out_none_of_its_others() -> None:
     assert not allowed and "read access you do not have: tool:crm" in reason
     allowed, reason = judge(olga, olga, Member("olga", "editor", grants=OWNER_CAPS), lists)
     assert not allowed and "narrow your own" in reason and "read:tool:crm" in reason
-    assert not judge_invite(olga, Member("newbie", "editor"), TABLE, lists).allowed
+    assert not judge_invite(olga, Member("newbie", "editor"), TABLE, lists, NO_TRACES).allowed
     # Where she reads every list of it, she may.
     both = (CRM_OLGA, Readers("tool:crm", roles=frozenset({"editor", "owner"})))
     assert judge(olga, None, Member("newbie", "editor"), both)[0]
@@ -254,3 +260,31 @@ def test_a_refusal_names_capabilities_as_people_write_them() -> None:
         "do not hold: be_present, cancel_own, pin, post_message, prompt, tool:search_documents"
     )
     assert reasons[1].endswith("not add prompt")
+
+
+def test_a_members_link_may_not_name_a_user_the_server_already_knows() -> None:
+    """Review RI-2: an owner minted a link for bob, an editor who had signed in, and
+    exchanging it herself read his private side-threads, listed his other sessions and
+    prompted as him. A link a member mints for someone else names only a user the server
+    knows nothing of but this membership; the user's own links and the admin key's are
+    not limited."""
+    owner, bob = Member("olga", "owner"), Member("bob", "editor")
+    lists = (OWNERS,)
+    assert judge_invite(owner, bob, TABLE, lists, NO_TRACES).allowed
+    reasons = set()
+    for traces in (
+        Traces(signed_in=True),
+        Traces(authored=True),
+        Traces(side_threads=True),
+        Traces(other_sessions=True),
+    ):
+        decision = judge_invite(owner, bob, TABLE, lists, traces)
+        assert not decision.allowed and "only they or the admin key" in decision.reason
+        reasons.add(decision.reason)
+        assert judge_invite(ADMIN, bob, TABLE, lists, traces).allowed
+        own = Member("mo", "manager")
+        assert judge_invite(own, own, TABLE, lists, traces).allowed  # a second device
+    assert len(reasons) == 1  # which trace it is (other sessions, say) is bob's business
+    # What the maker may not hand out is refused first, as before.
+    refused = judge_invite(Member("m", "manager"), Member("o", "owner"), TABLE, (), NO_TRACES)
+    assert not refused.allowed and "hands out their access" in refused.reason

@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from tests.conftest import RunningServer, make_settings, serve_in_process, sqlite_url
+from tests.yclient import YClient
 
 
 async def _invite(server: RunningServer, sid: str, **body: Any) -> dict[str, Any]:
@@ -99,12 +100,12 @@ async def test_revoked_expired_and_orphaned_invites_sign_nobody_in(
 
 
 async def test_who_may_mint_invites(server: RunningServer) -> None:
-    sid = await server.new_session({"alice": "editor", "olga": "owner"})
+    sid = await server.new_session({"alice": "editor", "olga": "owner", "carol": "viewer"})
     for user, status in (("alice", 403), ("olga", 201)):
         token = await server.token(sid, user)
         created = await server.http.post(
             f"/api/v1/sessions/{sid}/invites",
-            json={"user_id": "alice"},
+            json={"user_id": "carol"},
             headers={"Authorization": f"Bearer {token}"},
         )
         assert created.status_code == status, created.text
@@ -265,3 +266,112 @@ async def test_exchanges_are_budgeted_by_client_address_and_by_invite(tmp_path: 
         ]
         assert [a.status_code for a in answers] == [200, 200, 429]
         assert answers[2].json()["error"]["code"] == "rate_limited"
+
+
+def _bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def _mint(server: RunningServer, sid: str, token: str, **body: Any) -> httpx.Response:
+    return await server.http.post(
+        f"/api/v1/sessions/{sid}/invites", json=body, headers=_bearer(token)
+    )
+
+
+async def test_a_member_may_not_mint_a_link_for_a_user_the_server_already_knows(
+    server: RunningServer,
+) -> None:
+    """Review RI-2: alice (owner) minted a link for bob (editor, signed in), exchanged it
+    herself and read bob's private side-thread, listed his other sessions and prompted as
+    him. A member's link for someone else may name only a user with nothing on the server
+    but this membership; the admin key may still mint one for anyone."""
+    sid = await server.new_session({"alice": "owner", "bob": "editor", "carol": "editor"})
+    other = await server.new_session({"dave": "viewer"})
+    for user in ("dave", "erin"):
+        put = await server.http.put(
+            f"/api/v1/sessions/{sid}/members/{user}", json={"role": "editor"}
+        )
+        assert put.status_code == 200, put.text
+    alice = await server.token(sid, "alice")
+    await server.thread_url(sid, await server.token(sid, "bob"))  # bob signs in, opens one
+    said = await server.http.post(
+        f"/api/v1/sessions/{sid}/messages", json={"text": "hi", "as_user": "erin"}
+    )
+    assert said.status_code in (200, 201, 202), said.text  # the admin key speaks as erin
+    for user in ("bob", "dave", "erin"):  # signed in; in another session; spoken for
+        refused = await _mint(server, sid, alice, user_id=user)
+        assert refused.status_code == 403, (user, refused.text)
+        error = refused.json()["error"]
+        assert error["code"] == "forbidden" and "known here already" in error["message"]
+        admins = await server.http.post(f"/api/v1/sessions/{sid}/invites", json={"user_id": user})
+        assert admins.status_code == 201, admins.text
+    fresh = await _mint(server, sid, alice, user_id="carol")  # nobody has been carol yet
+    assert fresh.status_code == 201, fresh.text
+    audit = (await server.http.get(f"/api/v1/sessions/{sid}/audit")).json()["records"]
+    refusals = [r for r in audit if r["kind"] == "refused" and r["actor"] == "alice"]
+    assert {r["data"]["action"] for r in refusals} == {"invite bob", "invite dave", "invite erin"}
+    assert other  # dave's other session, which alice is no member of
+
+
+async def test_a_members_link_for_someone_dies_once_they_are_known(
+    server: RunningServer,
+) -> None:
+    """A link for a user nobody has been yet is judged again at each use: once its user
+    has signed in (by this link or any other way), it signs nobody else in as them."""
+    sid = await server.new_session({"alice": "owner", "carol": "editor", "dave": "editor"})
+    alice = await server.token(sid, "alice")
+    for_carol = await _mint(server, sid, alice, user_id="carol", max_uses=2)
+    for_dave = await _mint(server, sid, alice, user_id="dave")
+    assert for_carol.status_code == for_dave.status_code == 201
+    first = await _exchange(server, for_carol.json()["secret"])
+    assert first.status_code == 200, first.text
+    second = await _exchange(server, for_carol.json()["secret"])  # the maker, say
+    assert second.status_code == 401, second.text
+    await server.token(sid, "dave")  # dave signs in another way first
+    late = await _exchange(server, for_dave.json()["secret"])
+    assert late.status_code == 401, late.text
+    audit = (await server.http.get(f"/api/v1/sessions/{sid}/audit")).json()["records"]
+    refusals = [r for r in audit if r["kind"] == "refused" and "use invite" in r["data"]["action"]]
+    assert len(refusals) == 2 and all("known here" in r["data"]["reason"] for r in refusals)
+
+
+async def test_a_token_from_a_link_dies_when_its_maker_is_removed(
+    server: RunningServer,
+) -> None:
+    """Review RI-2: the token alice exchanged from her own link outlived her removal (up to
+    the link's token lifetime, 7 days at most). Removing a member revokes the tokens of the
+    links they minted too: on REST and on sockets; the admin key's links and a member's
+    own are not touched."""
+    sid = await server.new_session({"alice": "owner", "carol": "editor", "olga": "owner"})
+    alice = await server.token(sid, "alice")
+    minted = await _mint(server, sid, alice, user_id="carol")
+    assert minted.status_code == 201, minted.text
+    exchanged = await _exchange(server, minted.json()["secret"])
+    assert exchanged.status_code == 200, exchanged.text
+    carol = exchanged.json()["token"]
+    olga_own = await _mint(server, sid, await server.token(sid, "olga"), user_id="olga")
+    olga = (await _exchange(server, olga_own.json()["secret"])).json()["token"]
+    by_admin = await _invite(server, sid, user_id="carol")
+    admins = (await _exchange(server, by_admin["secret"])).json()["token"]
+    me = f"/api/v1/sessions/{sid}/me"
+    assert (await server.http.get(me, headers=_bearer(carol))).status_code == 200
+    socket = await YClient.connect(server.ws_url, sid, carol)
+    server.clients.append(socket)
+    async with asyncio.timeout(10):
+        await socket.synced.wait()
+
+    removed = await server.http.delete(f"/api/v1/sessions/{sid}/members/alice")
+    assert removed.status_code == 204, removed.text
+    assert await socket.wait_closed() == 4401
+    assert socket.ws.close_reason is not None and socket.ws.close_reason.startswith("revoked:")
+    refused = await server.http.get(me, headers=_bearer(carol))
+    assert refused.status_code == 401 and "alice" in refused.json()["error"]["message"]
+    reopened = await YClient.connect(server.ws_url, sid, carol)
+    server.clients.append(reopened)
+    assert await reopened.wait_closed() == 4401
+    for kept in (olga, admins):
+        assert (await server.http.get(me, headers=_bearer(kept))).status_code == 200
+    # Added back, alice is a new membership: the token stays dead.
+    readded = await server.http.put(f"/api/v1/sessions/{sid}/members/alice", json={"role": "owner"})
+    assert readded.status_code == 200, readded.text
+    assert (await server.http.get(me, headers=_bearer(carol))).status_code == 401
