@@ -5,7 +5,9 @@ The secret travels in the link's fragment (``/demo/#invite=…``), which browser
 to a server, so it is in no access log; the exchange posts it in a body. A secret is 256
 random bits kept only as its SHA-256; an invite works ``max_uses`` times (once by default)
 until it expires or is revoked, and dies with the membership it was made for, or when its
-maker could no longer mint it (revoked at its first refused use, audited once). A failed
+maker could no longer mint it (revoked at its first refused use, audited once); a link a
+member mints for someone else names only a user nobody has been yet, and a token it gives
+dies with its maker's membership (review RI-2). A failed
 exchange says only that the link is not valid, whatever the reason. The exchange needs no
 key, so it is budgeted by client address and by invite (``invite_limits``).
 """
@@ -129,7 +131,7 @@ async def list_invites(state: AppState, session_id: str) -> InviteList:
 
 async def revoke_invite(state: AppState, session_id: str, invite_id: str, caller: Caller) -> None:
     """Revoke a live invite: it signs nobody in from now on (tokens it gave stay valid
-    until revoked themselves)."""
+    until revoked themselves, or, another member's link, until its maker is removed)."""
     await session_row(state, session_id)
     room = await state.rooms.get(session_id)
     await spend_command_everywhere(state, room, caller.user_id)

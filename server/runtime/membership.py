@@ -158,7 +158,8 @@ class Membership:
     async def set_member(self, user_id: str, member: Member | None) -> None:
         """Put a stored membership change in force (None: removed): sockets that may no
         longer read the session close; a member removed (or removed and added back: a new
-        epoch) loses their tokens, sockets and prompts."""
+        epoch) loses their tokens, sockets and prompts, and the tokens of the invite links
+        they minted for others die with them (``token_refusal``)."""
         before = self.members.get(user_id)
         self.leaving.discard(user_id)
         if member is None:
