@@ -151,3 +151,33 @@ async def test_a_following_node_admits_sockets_by_the_members_as_stored(tmp_path
             assert ned.close_code is None
             await ned.close()
             await watcher.close()
+
+
+async def test_a_token_from_a_link_dies_with_its_maker_on_every_node(tmp_path: Path) -> None:
+    """Review RI-2, in cluster mode: a token exchanged from alice's link for carol, used
+    on the node following the session, is refused there once alice is removed through
+    the running node (its socket closes 4401, REST 401)."""
+    async with cluster(tmp_path, 2, PARLEY_CLUSTER_POLL_S="60") as nodes:
+        sid = await nodes.new_session({"alice": "owner", "carol": "editor"})
+        running, other = await nodes.running_and_other(sid)
+        alice = await nodes.token(running, sid, "alice")
+        async with httpx.AsyncClient(base_url=running.base_url, timeout=30) as client:
+            minted = await client.post(
+                f"/api/v1/sessions/{sid}/invites",
+                json={"user_id": "carol"},
+                headers={"Authorization": f"Bearer {alice}"},
+            )
+            assert minted.status_code == 201, minted.text
+        async with httpx.AsyncClient(base_url=other.base_url, timeout=30) as client:
+            exchanged = await client.post(
+                "/api/v1/invites/exchange", json={"invite": minted.json()["secret"]}
+            )
+            assert exchanged.status_code == 200, exchanged.text
+        carol = exchanged.json()["token"]
+        socket = await _socket(other, sid, carol)
+        removed = await nodes.http.delete(f"{running.base_url}/api/v1/sessions/{sid}/members/alice")
+        assert removed.status_code == 204, removed.text
+        assert await socket.wait_closed(timeout=20) == 4401
+        assert socket.ws.close_reason is not None and "alice" in socket.ws.close_reason
+        assert await _status(other, sid, carol) == 401
+        assert await _status(running, sid, carol) == 401
