@@ -27,17 +27,19 @@ from parley_client import (
     NotFound,
     ParleyError,
     Quotas,
+    RateLimited,
     Readers,
     Reconnect,
     Session,
     SessionClosed,
     TooLarge,
     Unauthenticated,
+    Unavailable,
     UnknownCommand,
     connect,
     error_for,
 )
-from parley_client.session import _placed
+from parley_client.session import _Pending, _placed
 from parley_client.wire import (
     AwarenessFrame,
     AwarenessState,
@@ -57,6 +59,7 @@ from tests.conftest import (
     sqlite_url,
 )
 from tests.fake_model import FakeModel
+from tests.refusing_server import error_body, refusing
 
 FAST = Reconnect(initial_s=0.05, max_s=0.5)
 
@@ -674,6 +677,152 @@ async def test_a_command_over_a_lower_limit_given_to_the_sdk_is_refused_at_the_c
                 await bob.message("x" * 65536)  # its frame is larger
             assert (await bob.message("x" * 30_000)).seq == 1  # under the limit: taken
             assert (bob.connects, bob.unacknowledged) == (1, [])
+
+
+async def test_an_upgrade_past_the_socket_opens_budget_raises_rate_limited(
+    tmp_path: Path,
+) -> None:
+    """Review RK-4: refused at the upgrade (429, ``Retry-After`` past ``connect_timeout_s``),
+    ``connect()`` waited out its 10 s and raised a bare ``TimeoutError('')``. It raises
+    the server's error at once: ``RateLimited``, with its status and ``retry_after``."""
+    settings = make_settings(
+        sqlite_url(tmp_path), tmp_path / "data", socket_opens_per_minute=0.01, socket_opens_burst=2
+    )
+    async with (
+        serve_in_process(settings) as server,
+        asyncio.timeout(60),
+        AdminClient(server.base_url, ADMIN_KEY) as admin,
+    ):
+        sid = await new_session(admin, {"alice": "editor"})
+        token = (await admin.create_token(sid, "alice")).token
+        for _ in range(2):
+            async with connect(server.ws_url, sid, token):
+                pass
+        with pytest.raises(RateLimited) as refused:
+            async with connect(server.ws_url, sid, token, connect_timeout_s=30):
+                pass
+    assert refused.value.code == "rate_limited" and refused.value.status == 429
+    assert refused.value.retry_after is not None and refused.value.retry_after > 30
+    assert "slow down" in refused.value.message  # the server's own words
+
+
+@pytest.mark.parametrize(
+    ("status", "retry_after", "code", "kind"),
+    [
+        ("429 Too Many Requests", "20", "rate_limited", RateLimited),
+        ("503 Service Unavailable", "30", "unavailable", Unavailable),
+        ("401 Unauthorized", None, "unauthenticated", Unauthenticated),
+        ("403 Forbidden", None, "forbidden", Forbidden),
+        ("404 Not Found", None, "not_found", NotFound),
+    ],
+)
+async def test_an_upgrade_refused_raises_its_typed_error_from_connect(
+    status: str, retry_after: str | None, code: str, kind: type[ParleyError]
+) -> None:
+    """Review RK-4: any refused upgrade raises the error of its status and JSON body (the
+    REST API's), as its close code would: a retryable one (429, 503) whose ``Retry-After``
+    falls past ``connect_timeout_s`` at once, a final one (401, 403, 404) at once."""
+    headers = {"Content-Type": "application/json"}
+    if retry_after is not None:
+        headers["Retry-After"] = retry_after
+    async with refusing(status, headers, error_body(code, f"refused: {code}")) as refuser:
+        with pytest.raises(kind) as refused:
+            async with asyncio.timeout(30), connect(refuser.url, "s", "t", connect_timeout_s=10):
+                pass
+    assert refuser.requests == 1  # not retried: past the time left, or final
+    assert refused.value.code == code and refused.value.message == f"refused: {code}"
+    assert refused.value.status == int(status.split()[0])
+    expected = None if retry_after is None else float(retry_after)
+    assert refused.value.retry_after == expected
+
+
+async def test_an_upgrade_refused_until_the_time_runs_out_raises_the_refusal() -> None:
+    """Review RK-4: refused again and again, each ``Retry-After`` within the time left,
+    ``connect()`` retried until ``connect_timeout_s`` and raised a bare ``TimeoutError``:
+    it retries, with back-off, and raises the last refusal once the time is out."""
+    headers = {"Retry-After": "0"}
+    async with refusing("503 Service Unavailable", headers, "upstream down") as refuser:
+        with pytest.raises(Unavailable) as refused:
+            async with asyncio.timeout(30), connect(refuser.url, "s", "t", connect_timeout_s=2):
+                pass
+    assert refused.value.message == "upstream down"  # not JSON: the body as text
+    assert refuser.requests > 1
+
+
+async def test_a_presence_over_the_message_limit_is_refused_before_it_is_sent(
+    limited_server: RunningServer,
+) -> None:
+    """Review RK-5: a state over the server's limit went out, and the server closed every
+    socket it was sent to with 1009. It raises ``TooLarge`` at the call, nothing sent, and
+    the state shown is kept."""
+    async with AdminClient(limited_server.base_url, ADMIN_KEY) as admin, asyncio.timeout(60):
+        sid = await new_session(admin, {"alice": "editor", "carol": "viewer"})
+        async with (
+            await join(limited_server, admin, sid, "alice", max_message_bytes=65536) as alice,
+            await join(limited_server, admin, sid, "carol") as carol,
+        ):
+            await alice.set_presence({"note": "small"})
+            await carol.wait_for(lambda s: any(p.state.get("note") == "small" for p in s.peers))
+            with pytest.raises(TooLarge):
+                await alice.set_presence({"note": "x" * 100_000})
+            await alice.set_typing(True)  # on the state kept
+            await carol.wait_for(lambda s: s.typing == ["alice"])
+            assert [p.state.get("note") for p in carol.peers if p.user_id == "alice"] == ["small"]
+            assert (await alice.prompt("still here")).seq == 1
+            assert alice.connects == 1
+        with pytest.raises(TooLarge):
+            connect(limited_server.ws_url, sid, "t", presence={"n": "x" * 10}, max_message_bytes=20)
+
+
+async def test_a_presence_closed_1009_fails_no_small_command_and_is_not_resent(
+    limited_server: RunningServer,
+) -> None:
+    """Review RK-5: a state over a server's lower limit (the SDK not told it) closed the
+    socket 1009; the SDK refused the largest *command* written to it (three 65-byte
+    prompts, one per close, never stored) and sent the state again at every reconnect, so
+    the session stayed ``connecting``. The state is blamed, not resent; the prompts are
+    stored once each."""
+    async with AdminClient(limited_server.base_url, ADMIN_KEY) as admin, asyncio.timeout(60):
+        sid = await new_session(admin, {"alice": "editor"})
+        async with await join(limited_server, admin, sid, "alice", reconnect=FAST) as alice:
+            prompts = [asyncio.create_task(alice.prompt(f"small prompt {n}")) for n in range(3)]
+            await asyncio.sleep(0)  # the prompts are written first
+            await alice.set_presence({"note": "x" * 100_000})
+            acks = await asyncio.gather(*prompts)
+            assert sorted(ack.seq for ack in acks) == [1, 2, 3]
+            await alice.wait_for(lambda s: s.presence_refused is not None)
+            assert isinstance(alice.presence_refused, TooLarge)
+            await alice.wait_for(lambda s: s.state is ConnectionState.CONNECTED)
+            assert (await alice.message("and on")).seq == 4
+            assert alice.close_code == 1009
+            await alice.wait_for(lambda s: "alice" in s.here)  # shown, with an empty state
+            await alice.set_presence({"note": "small"})  # a new state clears the refusal
+            assert alice.presence_refused is None
+
+
+def test_a_1009_is_pinned_on_the_largest_frame_written_command_or_presence() -> None:
+    """Review RK-5, the blame rule alone: a command is refused only when it was larger than
+    the presence state written to the socket that closed; else the state is."""
+    session = Session("ws://127.0.0.1:1", "s", "t", presence={"n": "x" * 1000})
+    session.connects = 1
+
+    async def blamed(command_bytes: int) -> tuple[list[str], TooLarge | None]:
+        session._presence, session.presence_refused = {"n": "x" * 1000}, None
+        session._presence_frame()  # written to socket 1
+        reply: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        payload = {"type": "prompt", "id": "p", "text": "x" * command_bytes}
+        session._pending = {"p": _Pending(payload, reply, written_on=1)}
+        session._refuse_largest(1)
+        return list(session._pending), session.presence_refused
+
+    async def main() -> None:
+        assert (await blamed(10))[0] == ["p"]  # a small command: the state is refused
+        assert session._presence == {}
+        pending, refused = await blamed(5000)  # a command larger than the state
+        assert pending == [] and refused is None
+        assert session._presence == {"n": "x" * 1000}
+
+    asyncio.run(main())
 
 
 def test_a_side_thread_reply_delta_is_placed_by_its_offset() -> None:

@@ -18,21 +18,9 @@ from urllib.parse import quote
 
 import httpx
 
-from parley_client.errors import error_for
+from parley_client.errors import error_for, error_of_response
 from parley_client.view import Entry
 from parley_client.wire import strict_json
-
-STATUS_CODES = {
-    401: "unauthenticated",
-    403: "forbidden",
-    404: "not_found",
-    409: "conflict",
-    413: "too_large",
-    422: "invalid",
-    429: "rate_limited",
-    502: "provider_error",
-    503: "unavailable",
-}
 
 T = TypeVar("T")
 
@@ -246,13 +234,8 @@ class AdminClient:
         )
         if response.is_success:
             return None if response.status_code == 204 or not response.content else response.json()
-        code, message = STATUS_CODES.get(response.status_code, "internal"), response.text
-        try:
-            error = response.json()["error"]
-            code, message = str(error["code"]), str(error["message"])
-        except (ValueError, KeyError, TypeError):
-            pass
-        raise error_for(code, message, status=response.status_code)
+        retry_after = response.headers.get("Retry-After")
+        raise error_of_response(response.status_code, response.text, retry_after=retry_after)
 
     # -- sessions -----------------------------------------------------------------------
 

@@ -37,6 +37,8 @@ Command replies, REST error bodies and final WebSocket close codes all become th
 
 from __future__ import annotations
 
+import contextlib
+import json
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
@@ -44,19 +46,26 @@ from typing import Any
 
 class ParleyError(Exception):
     """Root of every error the SDK raises on the server's behalf. ``code`` is the stable
-    error code; ``status`` the HTTP status of a REST refusal (None on a socket);
-    ``command_id`` the id of the command it answers (None: none, or not known), to resend
-    by or to look up."""
+    error code; ``status`` the HTTP status of a REST refusal or of a refused socket upgrade
+    (None on an open socket); ``command_id`` the id of the command it answers (None: none,
+    or not known), to resend by or to look up; ``retry_after`` the seconds the server asked
+    to wait before trying again (its ``Retry-After``; None: it did not say)."""
 
     code: str = "internal"
 
     def __init__(
-        self, message: str, *, status: int | None = None, command_id: str | None = None
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        command_id: str | None = None,
+        retry_after: float | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.status = status
         self.command_id = command_id
+        self.retry_after = retry_after
 
 
 class InvalidInput(ParleyError):
@@ -213,16 +222,57 @@ ERRORS: dict[str, type[ParleyError]] = _by_code()
 
 
 def error_for(
-    code: str, message: str, *, status: int | None = None, command_id: str | None = None
+    code: str,
+    message: str,
+    *,
+    status: int | None = None,
+    command_id: str | None = None,
+    retry_after: float | None = None,
 ) -> ParleyError:
     """The typed error for ``code`` (a code this SDK does not know: a plain ParleyError
     whose ``code`` attribute still says it)."""
     kind = ERRORS.get(code)
-    if kind is not None:
-        return kind(message, status=status, command_id=command_id)
-    error = ParleyError(message, status=status, command_id=command_id)
-    error.code = code
+    options: dict[str, Any] = {"status": status, "command_id": command_id}
+    error = (kind or ParleyError)(message, retry_after=retry_after, **options)
+    if kind is None:
+        error.code = code
     return error
+
+
+# The code of an HTTP refusal whose body does not name one (a proxy's, say).
+STATUS_CODES: Mapping[int, str] = MappingProxyType(
+    {
+        401: "unauthenticated",
+        403: "forbidden",
+        404: "not_found",
+        409: "conflict",
+        413: "too_large",
+        422: "invalid",
+        429: "rate_limited",
+        502: "provider_error",
+        503: "unavailable",
+    }
+)
+
+
+def error_of_response(
+    status: int, body: bytes | bytearray | str, *, retry_after: str | None = None
+) -> ParleyError:
+    """The typed error of an HTTP refusal, a REST call's or a socket upgrade's: the code and
+    message of its JSON error body (``{"error": {"code", "message"}}``), else its status's
+    code and the body as text; ``retry_after`` its ``Retry-After`` header (seconds; a date
+    is not read)."""
+    text = body.decode(errors="replace") if not isinstance(body, str) else body
+    code, message = STATUS_CODES.get(status, "internal"), text or f"HTTP {status}"
+    try:
+        error = json.loads(text)["error"]
+        code, message = str(error["code"]), str(error["message"])
+    except (ValueError, KeyError, TypeError):
+        pass
+    wait: float | None = None
+    with contextlib.suppress(ValueError):
+        wait = None if retry_after is None else max(float(retry_after), 0.0)
+    return error_for(code, message, status=status, retry_after=wait)
 
 
 # The WebSocket close codes after which the server will not take the socket back

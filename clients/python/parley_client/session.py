@@ -38,9 +38,11 @@ from parley_client.errors import (
     FINAL_CLOSES,
     CommandTimeout,
     InternalError,
+    ParleyError,
     SessionClosed,
     TooLarge,
     error_for,
+    error_of_response,
 )
 from parley_client.pacing import PACING, Pacer, Pacing
 from parley_client.view import Change, Entry, Peer, QueuedPrompt, Snapshot, diff
@@ -53,6 +55,8 @@ TOO_BIG = 1009  # the server's close for a frame over its size limit
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 MAX_UNSOLICITED = 100
 MAX_ID_CHARS = 128  # the server's bound on a command id
+# Upgrades refused for good: retrying cannot help (the others, 429 and 503, are retried).
+FINAL_STATUSES = frozenset({401, 403, 404})
 
 
 class ConnectionState(StrEnum):
@@ -159,6 +163,11 @@ class Session:
         self._client_id = random.randrange(1, 2**32)
         self._clock = 0
         self._presence = _presence_state(presence)
+        self._check_presence_size(self._presence)
+        self.presence_refused: TooLarge | None = None  # the last state the server refused
+        self._presence_written: tuple[int, int] = (0, 0)  # socket, its largest presence frame
+        self._refused: ParleyError | None = None  # the last refusal at the upgrade
+        self._open_by: float | None = None  # while opening: when ``open()`` gives up
         self._wakers: set[asyncio.Event] = set()
         self._synced = asyncio.Event()
         self._runner: asyncio.Task[None] | None = None
@@ -174,14 +183,25 @@ class Session:
 
     async def open(self) -> None:
         """Connect and wait for the document (``connect_timeout_s``): raise the typed error
-        of a refusal (a bad token: ``Unauthenticated``), or ``TimeoutError``."""
+        of a refusal (a bad token: ``Unauthenticated``; an upgrade refused ``429`` or
+        ``503`` whose ``Retry-After`` falls past the time left: ``RateLimited`` or
+        ``Unavailable``, with ``retry_after``), or ``TimeoutError``."""
+        self._open_by = time.monotonic() + self._connect_timeout_s
         self._runner = asyncio.create_task(self._run())
         try:
             async with asyncio.timeout(self._connect_timeout_s):
                 await self.wait_for(lambda s: s._synced.is_set() or s.closed)
+        except TimeoutError as exc:
+            refused = self._refused
+            await self.close()
+            if refused is not None:  # the last upgrade was refused: say why (review RK-4)
+                raise refused from exc
+            raise
         except BaseException:
             await self.close()
             raise
+        finally:
+            self._open_by = None
         if self.closed_by is not None:
             raise self.closed_by.cause or self.closed_by
 
@@ -223,33 +243,51 @@ class Session:
             if self.closed:
                 return
             if self._reconnect is None:
-                self._finish(SessionClosed("the socket closed", close_code=self.close_code))
+                message = "the socket closed" if self._refused is None else str(self._refused)
+                closed = SessionClosed(message, close_code=self.close_code, cause=self._refused)
+                self._finish(closed)
                 return
             if self._synced.is_set():
                 delay = self._reconnect.initial_s  # it worked: start over
             self._synced.clear()
             self.state = ConnectionState.CONNECTING
             self._notify()
-            await asyncio.sleep(max(delay, wait))
+            pause = max(delay, wait)
+            if self._refused is not None and self._past_opening(pause):
+                # ``open()`` would time out before the next try: it raises the refusal now.
+                cause = self._refused
+                self._finish(SessionClosed(str(cause), cause=cause))
+                return
+            await asyncio.sleep(pause)
             delay = min(delay * 2, self._reconnect.max_s)
+
+    def _past_opening(self, pause: float) -> bool:
+        """Whether a try after ``pause`` comes too late for ``open()``, still waiting."""
+        return self._open_by is not None and time.monotonic() + pause >= self._open_by
 
     async def _connection(self) -> float:
         """One socket from open to close; the least wait before the next (the server's
-        ``retry_after_ms`` or ``Retry-After``). A final close finishes the session."""
+        ``retry_after_ms`` or ``Retry-After``). A final close finishes the session, as
+        does an upgrade refused for good (401, 403, 404); the others are kept
+        (``_refused``) for ``open()`` to raise."""
         try:
             ws = await websockets.connect(
                 self._url, max_size=None, compression=None, proxy=None, open_timeout=10
             )
         except InvalidStatus as exc:
-            status = exc.response.status_code
-            final = {401: "unauthenticated", 403: "forbidden", 404: "not_found"}.get(status)
-            if final is not None:
-                cause = error_for(final, f"the upgrade was refused ({status})", status=status)
-                self._finish(SessionClosed(str(cause), cause=cause))
+            response = exc.response
+            retry_after = response.headers.get("Retry-After")
+            refusal = error_of_response(
+                response.status_code, response.body, retry_after=retry_after
+            )
+            if response.status_code in FINAL_STATUSES:
+                self._finish(SessionClosed(str(refusal), cause=refusal))
                 return 0.0
-            return float(exc.response.headers.get("Retry-After", 0) or 0)
+            self._refused = refusal
+            return refusal.retry_after or 0.0
         except (OSError, TimeoutError, websockets.InvalidHandshake):
             return 0.0
+        self._refused = None
         self.connects += 1
         self._socket = ws
         self.state = ConnectionState.SYNCING
@@ -309,14 +347,23 @@ class Session:
                     await self._to_write.wait()
 
     def _refuse_largest(self, socket: int) -> None:
-        """The server closed ``socket`` for a frame too big: the largest command written to it
-        is refused (``TooLarge``) rather than resent, which would close the next socket too."""
+        """The server closed ``socket`` for a frame too big: the largest frame written to it
+        is refused (``TooLarge``) rather than resent, which would close the next socket too.
+        A command is blamed only when it was larger than the presence state written there
+        (review RK-5: a state over the limit got three small prompts refused); else the
+        state is refused (``presence_refused``) and this client shown with an empty one."""
         sizes = {
             key: len(wire.encode_command(p.payload))
             for key, p in self._pending.items()
             if p.written_on == socket
         }
-        if sizes:
+        presence_socket, presence_bytes = self._presence_written
+        if presence_socket == socket and presence_bytes >= max(sizes.values(), default=0):
+            message = f"the presence state ({presence_bytes} bytes) is too large"
+            self.presence_refused = TooLarge(message)
+            self._presence = {}
+            self._notify()
+        elif sizes:
             largest = self._pending.pop(max(sizes, key=sizes.__getitem__))
             if not largest.reply.done():
                 message = f"the command ({sizes[largest.payload['id']]} bytes) is too large"
@@ -623,8 +670,11 @@ class Session:
 
     async def set_presence(self, state: Mapping[str, Any] | None) -> None:
         """Show this state to the others (None: not present any more); ``InvalidInput``
-        for one that is not JSON (a NaN or an infinity), before anything is sent."""
-        self._presence = _presence_state(state)
+        for one that is not JSON (a NaN or an infinity), ``TooLarge`` for one whose frame
+        is over ``max_message_bytes``, before anything is sent (the state shown is kept)."""
+        presence = _presence_state(state)
+        self._check_presence_size(presence)
+        self._presence, self.presence_refused = presence, None
         if self._socket is not None:
             with contextlib.suppress(websockets.ConnectionClosed):
                 await self._socket.send(self._presence_frame())
@@ -632,11 +682,30 @@ class Session:
     async def set_typing(self, typing: bool) -> None:
         await self.set_presence({**(self._presence or {}), "typing": typing})
 
+    def _check_presence_size(self, presence: dict[str, Any] | None) -> None:
+        """``TooLarge`` for a state whose frame is over ``max_message_bytes``: the server
+        would close the socket 1009, and every next one it is sent again to (review RK-5)."""
+        if presence is None:
+            return
+        frame = wire.encode_awareness(
+            [wire.AwarenessState(self._client_id, self._clock + 1, presence)]
+        )
+        if len(frame) > self.max_message_bytes:
+            limit = f"the server's message limit ({self.max_message_bytes} bytes)"
+            raise TooLarge(f"the presence state ({len(frame)} bytes) exceeds {limit}")
+
     def _presence_frame(self) -> bytes:
+        """The frame of this client's state at the next clock, to write to the socket now
+        open (its size kept: a close 1009 may be the state's)."""
         self._clock += 1
-        return wire.encode_awareness(
+        frame = wire.encode_awareness(
             [wire.AwarenessState(self._client_id, self._clock, self._presence)]
         )
+        if self._presence is not None:
+            socket, largest = self._presence_written
+            largest = max(largest, len(frame)) if socket == self.connects else len(frame)
+            self._presence_written = (self.connects, largest)
+        return frame
 
     async def _renew_presence(self, ws: websockets.ClientConnection) -> None:
         """Renew the presence state (the others drop a state not renewed in 30 s); not
