@@ -7,12 +7,16 @@
 // stdout: one JSON object per line. Events: {"event":"state","state":…},
 // {"event":"synced","synced":…}, {"event":"sent","id":…,"type":…,"attempt":…},
 // {"event":"settled","tag":…,"ack":{…}} or {"event":"settled","tag":…,"error":{…}},
-// {"event":"sdk-error","error":{…}} (an error of no command).
+// {"event":"sdk-error","error":{…}} (an error of no command),
+// {"event":"refused","error":{…}} (an upgrade refused, to be tried again).
 // stdin: one JSON command per line, each answered by one {"event":"reply","cmd":…} line:
 //   {"cmd":"call","tag":…,"method":"prompt","args":["text"]}  (settles later, by tag;
 //    "drop": true drops the socket as soon as the command is written;
 //    "abort_ms": given up after that long)  {"cmd":"ready","tag":…,"timeout_ms":…}
 //   {"cmd":"dump"}  {"cmd":"typing","value":true}  {"cmd":"quit"}
+//   {"cmd":"presence","state":{…}} (setPresence; "raw": true sets it on the provider's
+//    awareness, past the SDK's checks, as an app using the provider would; a throw is
+//    answered {"thrown": {…}})
 
 import { parseArgs } from 'node:util'
 import { createInterface } from 'node:readline'
@@ -54,7 +58,9 @@ const describe = (error) => ({
   message: error?.message,
   command_id: error?.commandId ?? null,
   close_code: error?.closeCode ?? null,
-  command: error?.command ?? null
+  command: error?.command ?? null,
+  status: error?.status ?? null,
+  retry_after: error?.retryAfter ?? null
 })
 emit({ event: 'state', state: session.state })
 session.on('state', (state) => emit({ event: 'state', state }))
@@ -72,6 +78,7 @@ session.on('sent', (command, attempt) => {
 })
 session.on('error', (error) => emit({ event: 'sdk-error', error: describe(error) }))
 session.on('member', (member) => emit({ event: 'member', member }))
+session.on('refused', (error) => emit({ event: 'refused', error: describe(error) }))
 
 // For each reply: every length its text had when the transcript changed.
 const replyLengths = new Map()
@@ -116,8 +123,17 @@ const handle = (msg) => {
         pins: session.pins,
         facts: session.facts,
         unanswered: Object.fromEntries(session.unanswered),
+        presence_refused: session.presenceRefused == null ? null : describe(session.presenceRefused),
         reply_lengths_seen: Object.fromEntries(
           [...replyLengths].map(([id, seen]) => [id, seen.size]))
+      }
+    case 'presence':
+      try {
+        if (msg.raw) session.provider.awareness.setLocalState(msg.state)
+        else session.setPresence(msg.state)
+        return {}
+      } catch (error) {
+        return { thrown: describe(error) }
       }
     case 'typing':
       session.setTyping(Boolean(msg.value))

@@ -30,6 +30,7 @@ from tests.conftest import (
     serve_in_process,
     sqlite_url,
 )
+from tests.refusing_server import error_body, refusing
 from tests.stock_client import JS_DIR, REPO_ROOT, Event, StockYjsClient
 from tests.yclient import YClient
 
@@ -617,6 +618,95 @@ async def test_a_command_over_the_servers_message_limit_is_refused_before_it_is_
             assert [e["type"] for e in bob.history if e.get("event") == "sent"] == ["message"]
         finally:
             await bob.close()
+
+
+@pytest.mark.parametrize(
+    ("status", "retry_after", "code"),
+    [
+        ("429 Too Many Requests", "20", "rate_limited"),
+        ("503 Service Unavailable", "30", "unavailable"),
+        ("401 Unauthorized", None, "unauthenticated"),
+        ("403 Forbidden", None, "forbidden"),
+        ("404 Not Found", None, "not_found"),
+    ],
+)
+async def test_an_upgrade_refused_rejects_ready_with_its_typed_error(
+    sdk_app: Path, status: str, retry_after: str | None, code: str
+) -> None:
+    """Review RK-4: a refused upgrade was a plain 1006 to the SDK: ``ready(ms)`` rejected
+    ``unavailable`` once the time was out, whatever the server said. Its status and JSON
+    body are read (Node's ``ws``): a retryable one (429, 503) whose ``Retry-After`` falls
+    past the time left rejects ``ready`` at once, a final one (401, 403, 404) ends the
+    session with its error, as its close code would."""
+    headers = {"Content-Type": "application/json"}
+    if retry_after is not None:
+        headers["Retry-After"] = retry_after
+    async with refusing(status, headers, error_body(code, f"refused: {code}")) as refuser:
+        client = await SdkClient.launch(sdk_app, refuser.url, "s", "t", "alice")
+        try:
+            await client.command({"cmd": "ready", "tag": "r", "timeout_ms": 10_000})
+            refused = (await client.settled("r", timeout=8))["error"]
+            assert (refused["code"], refused["message"]) == (code, f"refused: {code}"), refused
+            assert refused["status"] == int(status.split()[0])
+            expected = None if retry_after is None else float(retry_after)
+            assert refused["retry_after"] == expected
+            dump = await client.dump()
+            assert dump["state"] == ("connecting" if retry_after else "closed")
+            assert refuser.requests == 1  # not retried before its Retry-After, or at all
+        finally:
+            await client.close()
+
+
+async def test_a_presence_over_the_message_limit_is_refused_before_it_is_sent(
+    sdk_app: Path, tmp_path: Path
+) -> None:
+    """Review RK-5: ``setPresence`` throws ``too_large`` for a state whose frame is over
+    ``maxMessageBytes``, before anything is sent; the socket stays open."""
+    settings = make_settings(sqlite_url(tmp_path), tmp_path / "data", max_ws_message_bytes=65536)
+    async with serve_in_process(settings) as server:
+        sid = await server.new_session({"alice": "editor"})
+        token = await server.token(sid, "alice")
+        options = ("--max-message-bytes", "65536")
+        alice = await SdkClient.launch(sdk_app, server.ws_url, sid, token, "alice", *options)
+        try:
+            await alice.synced()
+            big = await alice.command({"cmd": "presence", "state": {"note": "x" * 100_000}})
+            assert big["thrown"]["code"] == "too_large", big
+            assert "thrown" not in await alice.command({"cmd": "presence", "state": {"n": 1}})
+            await alice.ack("small", "prompt", "still here")
+            states = [e["state"] for e in alice.history if e.get("event") == "state"]
+            assert states == ["connecting", "connected"]  # never dropped
+        finally:
+            await alice.close()
+
+
+async def test_a_presence_closed_1009_fails_no_small_command_and_is_not_resent(
+    sdk_app: Path, tmp_path: Path
+) -> None:
+    """Review RK-5: a state over a server's lower limit (set on the provider's awareness,
+    past the SDK's check) closed the socket 1009; the SDK refused the largest *command*
+    written to it, however small, and the provider wrote the state to every next socket.
+    The state is blamed (an ``error`` event, ``presenceRefused``) and not written again;
+    the prompts are acked."""
+    settings = make_settings(sqlite_url(tmp_path), tmp_path / "data", max_ws_message_bytes=65536)
+    async with serve_in_process(settings) as server:
+        sid = await server.new_session({"alice": "editor"})
+        alice = await join(sdk_app, server, sid, "alice")
+        try:
+            await alice.synced()
+            for n in range(3):
+                await alice.call(f"p{n}", "prompt", f"small prompt {n}")
+            state = {"note": "x" * 100_000}
+            await alice.command({"cmd": "presence", "state": state, "raw": True})
+            for n in range(3):
+                assert "ack" in await alice.settled(f"p{n}"), alice.history[-5:]
+            refused = await alice.wait_event(lambda e: e.get("event") == "sdk-error", 30)
+            assert refused["error"]["code"] == "too_large", refused
+            dump = await alice.wait_dump(lambda d: d["state"] == "connected" and d["synced"])
+            assert dump["presence_refused"]["code"] == "too_large"
+            await alice.ack("after", "message", "and on")
+        finally:
+            await alice.close()
 
 
 async def test_a_caller_may_bound_ready_and_give_a_command_up(sdk_app: Path) -> None:

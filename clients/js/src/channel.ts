@@ -230,17 +230,20 @@ export class Outbox {
   /**
    * Reject the largest command written to `socket`, which the server closed for a frame over
    * its size limit (1009): written again to the next socket, it would close that one too.
+   * Only one larger than `otherBytes`, the largest other frame written there (the presence
+   * state: review RK-5, a state over the limit got small prompts refused); whether one was.
    */
-  refuseLargest (socket: object): void {
+  refuseLargest (socket: object, otherBytes = 0): boolean {
     let largest: Pending | null = null
     for (const entry of this.pending.values()) {
       if (entry.sentOn !== socket) continue
       if (largest === null || entry.frame.length > largest.frame.length) largest = entry
     }
-    if (largest === null) return
+    if (largest === null || largest.frame.length <= otherBytes) return false
     this.pending.delete(largest.command.id)
     const message = `the command (${largest.frame.length} bytes) is too large`
     largest.reject(new ParleyError('too_large', message, { commandId: largest.command.id }))
+    return true
   }
 
   /** Reject every unanswered command with `error` (the session is over). */

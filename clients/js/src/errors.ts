@@ -58,16 +58,28 @@ export class ParleyError extends Error {
   /** The command as it was sent, when it was given up (`aborted`): `session.resend(command)`
    * sends it again by its id, which the server answers with its first ack. */
   readonly command: Readonly<Command> | null
+  /** The HTTP status, when the error is a refused upgrade's (429, 503, 401, …). */
+  readonly status: number | null
+  /** The seconds the server asked to wait before trying again (`Retry-After`), or null. */
+  readonly retryAfter: number | null
 
   constructor (
     code: ParleyErrorCode,
     message: string,
-    options: { commandId?: string | null, closeCode?: number | null, command?: Command } = {}
+    options: {
+      commandId?: string | null
+      closeCode?: number | null
+      command?: Command
+      status?: number | null
+      retryAfter?: number | null
+    } = {}
   ) {
     super(message)
     this.code = code
     this.commandId = options.commandId ?? null
     this.closeCode = options.closeCode ?? null
+    this.status = options.status ?? null
+    this.retryAfter = options.retryAfter ?? null
     this.command = options.command === undefined ? null : Object.freeze({ ...options.command })
   }
 }

@@ -20,6 +20,8 @@ import {
   type Reply
 } from './channel.js'
 import { ParleyError, errorForClose } from './errors.js'
+import { presenceFrameBytes } from './presence.js'
+import { FINAL_STATUSES, refusalAware, refusalOf } from './refusal.js'
 import { TranscriptView, peersOf, queueOf } from './views.js'
 import type {
   Ack,
@@ -86,6 +88,10 @@ export interface SessionEvents {
   /** A command was written to a socket: `attempt` 1 the first time, 2 when it was resent
    * (unanswered when its socket closed, so written again to the next). */
   sent: (command: Readonly<Command>, attempt: number) => void
+  /** The server refused the socket at the upgrade, to be tried again (`rate_limited`,
+   * `unavailable`; after its `retryAfter`). Seen under Node's `ws` only: a browser cannot
+   * read a refused upgrade. */
+  refused: (error: ParleyError) => void
 }
 
 type Listeners = { [K in keyof SessionEvents]: Set<SessionEvents[K]> }
@@ -131,17 +137,27 @@ export class ParleySession {
     restricted: new Set(),
     member: new Set(),
     thread: new Set(),
-    sent: new Set()
+    sent: new Set(),
+    refused: new Set()
   }
 
   private _state: ConnectionState = 'connecting'
   private _closeError: ParleyError | null = null
+  private readonly maxMessageBytes: number
+  private readonly shownAs: Record<string, unknown>
+  /** The largest presence frame written to a socket (a close 1009 may be the state's). */
+  private presenceWritten: { socket: object | null, bytes: number } = { socket: null, bytes: 0 }
+  private _presenceRefused: ParleyError | null = null
+  private _refused: ParleyError | null = null
+  private retryTimer: ReturnType<typeof setTimeout> | null = null
 
   constructor (options: ConnectOptions) {
     this.doc = new Y.Doc()
     const transcript = this.doc.getArray<unknown>('transcript')
     const queue = this.doc.getArray<unknown>('queue')
     this.view = new TranscriptView(transcript)
+    this.maxMessageBytes = options.maxMessageBytes ?? MAX_MESSAGE_BYTES
+    this.shownAs = { user: { name: options.name ?? null }, typing: false }
     this.provider = new WebsocketProvider(
       sessionsEndpoint(options.url),
       options.sessionId,
@@ -156,7 +172,7 @@ export class ParleySession {
         disableBc: true,
         ...(options.WebSocketPolyfill === undefined
           ? {}
-          : { WebSocketPolyfill: options.WebSocketPolyfill as WebSocketClass })
+          : { WebSocketPolyfill: refusalAware(options.WebSocketPolyfill as NonNullable<WebSocketClass>) })
       }
     )
     const provider = this.provider
@@ -174,7 +190,7 @@ export class ParleySession {
       (command, attempt) => this.emit('sent', command, attempt),
       (command, reply, sends) => this.reconcile(command, reply, sends),
       options.pacing ?? PACING,
-      options.maxMessageBytes ?? MAX_MESSAGE_BYTES
+      this.maxMessageBytes
     )
     provider.messageHandlers[MESSAGE_COMMAND] = (_encoder, decoder) => {
       let reply: unknown
@@ -188,6 +204,10 @@ export class ParleySession {
       this.onReply(reply)
     }
     provider.on('status', ({ status }) => {
+      if (status === 'connected') {
+        this._refused = null
+        this.notePresence() // the provider writes the state to each socket as it opens
+      }
       if (this._state !== 'closed') this.setState(status)
     })
     provider.on('sync', (synced) => {
@@ -197,7 +217,9 @@ export class ParleySession {
     provider.on('closed', ({ code, reason }) => this.end(errorForClose(code, reason)))
     provider.on('connection-close', (event) => {
       const socket = provider.ws // still the socket that closed
-      if (event?.code === TOO_BIG && socket !== null) this.outbox.refuseLargest(socket)
+      const refusal = refusalOf(socket)
+      if (refusal !== null) this.onRefusal(refusal)
+      if (event?.code === TOO_BIG && socket !== null) this.onTooBig(socket)
       // Presence goes out again on the next socket under a newer clock: peers keep the
       // clock they last saw, and ignored the same one until its renewal (review: after a
       // server restart everyone looked alone for up to 15 s).
@@ -216,7 +238,11 @@ export class ParleySession {
     provider.awareness.on('change', () => {
       if (this.listeners.presence.size > 0) this.emit('presence', this.presence)
     })
-    provider.awareness.setLocalState({ user: { name: options.name ?? null }, typing: false })
+    provider.awareness.on('update', ({ added, updated }: { added: number[], updated: number[] }) => {
+      const own = this.doc.clientID
+      if (added.includes(own) || updated.includes(own)) this.notePresence()
+    })
+    provider.awareness.setLocalState(this.shownAs)
     if (provider.wsconnected) this.setState('connected')
   }
 
@@ -338,6 +364,31 @@ export class ParleySession {
     return peersOf(this.provider.awareness)
   }
 
+  /**
+   * Show this state to the others in place of the one shown (null: not present any more).
+   * Throws `too_large`, before anything is sent and keeping the state shown, for one whose
+   * frame is over the server's message limit (`maxMessageBytes`): the server would close
+   * every socket it went to with 1009.
+   */
+  setPresence (state: Record<string, unknown> | null): void {
+    if (state !== null) {
+      const clock = (this.provider.awareness.meta.get(this.doc.clientID)?.clock ?? 0) + 1
+      const bytes = presenceFrameBytes(this.doc.clientID, clock, state)
+      if (bytes > this.maxMessageBytes) {
+        const limit = `the server's message limit (${this.maxMessageBytes} bytes)`
+        throw new ParleyError('too_large', `the presence state (${bytes} bytes) exceeds ${limit}`)
+      }
+    }
+    this._presenceRefused = null
+    this.provider.awareness.setLocalState(state)
+  }
+
+  /** The presence state the server refused (closed its socket 1009), or null: it is not
+   * sent again, and this client is shown with its default state (`name`) instead. */
+  get presenceRefused (): ParleyError | null {
+    return this._presenceRefused
+  }
+
   setTyping (typing: boolean): void {
     if (this.provider.awareness.getLocalState()?.['typing'] !== typing) {
       this.provider.awareness.setLocalStateField('typing', typing)
@@ -360,18 +411,28 @@ export class ParleySession {
   }
 
   /**
-   * Resolves once the document is synced; rejects if the session closes first, or with
-   * `unavailable` once `timeoutMs` passed (none: no bound). The session goes on connecting.
+   * Resolves once the document is synced; rejects if the session closes first (a socket
+   * refused for good at the upgrade: its error, `unauthenticated`, `forbidden`, …), or once
+   * `timeoutMs` passed (none: no bound) with `unavailable`, or with the error of the last
+   * upgrade the server refused (`rate_limited`, `unavailable`: with `retryAfter`), at once
+   * when its `Retry-After` falls past the time left. The session goes on connecting.
    */
   ready (timeoutMs?: number): Promise<void> {
     if (this.provider.synced) return Promise.resolve()
     if (this._closeError !== null) return Promise.reject(this._closeError)
+    const deadline = timeoutMs === undefined ? Infinity : performance.now() + timeoutMs
     return new Promise((resolve, reject) => {
       const done = (): void => {
         offSynced()
         offState()
+        offRefused()
         if (timer !== undefined) clearTimeout(timer)
       }
+      const offRefused = this.on('refused', (refusal) => {
+        if (performance.now() + (refusal.retryAfter ?? 0) * 1000 < deadline) return
+        done()
+        reject(refusal) // review RK-4: not a plain timeout once the time is out
+      })
       const offSynced = this.on('synced', (synced) => {
         if (!synced) return
         done()
@@ -386,13 +447,15 @@ export class ParleySession {
         ? undefined
         : setTimeout(() => {
           done()
-          reject(new ParleyError('unavailable', `not synced within ${timeoutMs} ms; still trying`))
+          const late = new ParleyError('unavailable', `not synced within ${timeoutMs} ms; still trying`)
+          reject(this._refused ?? late)
         }, timeoutMs)
     })
   }
 
   /** Leave the session: unanswered commands reject with code `closed`. */
   close (): void {
+    if (this.retryTimer !== null) clearTimeout(this.retryTimer)
     this.end(new ParleyError('closed', 'the session was closed'))
     this.provider.destroy()
     this.doc.destroy()
@@ -405,6 +468,54 @@ export class ParleySession {
   }
 
   // -- internals -------------------------------------------------------------------------
+
+  /** Note the size of this client's state as written to the socket open now, if any. */
+  private notePresence (): void {
+    const socket = this.provider.ws
+    const state = this.provider.awareness.getLocalState()
+    if (socket === null || !this.provider.wsconnected || state === null) return
+    const clock = this.provider.awareness.meta.get(this.doc.clientID)?.clock ?? 0
+    const bytes = presenceFrameBytes(this.doc.clientID, clock, state)
+    const before = this.presenceWritten.socket === socket ? this.presenceWritten.bytes : 0
+    this.presenceWritten = { socket, bytes: Math.max(before, bytes) }
+  }
+
+  /**
+   * The server closed `socket` for a frame over its limit (1009): the largest frame written
+   * to it is refused. A command only when it was larger than the presence state written
+   * there; else the state (review RK-5: the SDK blamed small prompts and wrote the state to
+   * every next socket, each closed 1009 in turn), and this client is shown with its default.
+   */
+  private onTooBig (socket: object): void {
+    const presence = this.presenceWritten.socket === socket ? this.presenceWritten.bytes : 0
+    if (this.outbox.refuseLargest(socket, presence) || presence === 0) return
+    const error = new ParleyError('too_large', `the presence state (${presence} bytes) is too large`)
+    this._presenceRefused = error
+    this.provider.awareness.setLocalState(this.shownAs)
+    this.emit('error', error)
+  }
+
+  /**
+   * The socket was refused at the upgrade: for good (401, 403, 404) the session ends with
+   * the error, as its close code would end it; else it is tried again, after the server's
+   * `Retry-After` when it gave one (the provider's own back-off is at most 2.5 s).
+   */
+  private onRefusal (refusal: ParleyError): void {
+    if (FINAL_STATUSES.has(refusal.status ?? 0)) {
+      this.provider.shouldConnect = false // as the provider does after a final close
+      this.end(refusal)
+      return
+    }
+    this._refused = refusal
+    if (refusal.retryAfter !== null && refusal.retryAfter > 0 && this.retryTimer === null) {
+      this.provider.shouldConnect = false
+      this.retryTimer = setTimeout(() => {
+        this.retryTimer = null
+        if (this._closeError === null) this.provider.connect()
+      }, refusal.retryAfter * 1000)
+    }
+    this.emit('refused', refusal)
+  }
 
   private onReply (reply: unknown): void {
     if (typeof reply !== 'object' || reply === null) return
