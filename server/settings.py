@@ -113,6 +113,14 @@ class Settings(BaseSettings):
         "it under; past it they are refused 'session_full'. At most half of "
         "PARLEY_SEND_BUFFER_TOTAL_MAX_BYTES",
     )
+    sync_chunk_bytes: int = Field(
+        default=256 * 1024,
+        ge=1024,
+        description="A sync answer larger than this is sent as several frames of about this "
+        "size each (updates, then the sync step 2 last): a stock y-websocket client gives "
+        "up on a socket that brings no whole message in 30 s, so a client then needs about "
+        "this much per 30 s (256 KiB: 70 kbit/s), not the whole document (16 MiB: 4.5 Mbit/s)",
+    )
     summaries: bool = Field(
         default=True, description="Summarise turns that no longer fit, with the model"
     )

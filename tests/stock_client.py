@@ -89,6 +89,10 @@ def ensure_node_modules() -> None:
         )
 
 
+# A dump of a large session is one line of several MB (asyncio's default: 64 KiB).
+STDOUT_LINE_MAX_BYTES = 64 * 1024 * 1024
+
+
 class StockYjsClient:
     """One ``node tests/js/stock_client.mjs`` process."""
 
@@ -135,6 +139,7 @@ class StockYjsClient:
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
+            limit=STDOUT_LINE_MAX_BYTES,
         )
         return cls(proc, name)
 

@@ -393,11 +393,15 @@ class SessionRoom:
             connection.close(CloseCode.TRY_AGAIN, "over the sync budget; reconnect later")
         return True
 
-    def charge_sync(self, user_id: str, state_vector: bytes, answer: bytes, now: float) -> None:
+    def charge_sync(
+        self, user_id: str, state_vector: bytes, answer: list[bytes], now: float
+    ) -> None:
         """A sync asked with ``state_vector`` was answered with ``answer``: the member's
         sockets pay the bytes of both (a 4 MB vector, read or not, is no count of 1;
         review)."""
-        self.budgets.spend(user_id, Cost(Spend.SYNC_BYTES, len(state_vector) + len(answer)), now)
+        self.budgets.spend(
+            user_id, Cost(Spend.SYNC_BYTES, len(state_vector) + sum(map(len, answer))), now
+        )
 
     def spend_read(self, user_id: str | None, size: int) -> bool:
         """Spend ``size`` bytes of a member's read budget (one larger than the budget's

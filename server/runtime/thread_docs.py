@@ -35,11 +35,12 @@ from parley.session.closes import CloseCode
 from parley.session.core import Effects, SideThread, ThreadTurn, apply_to_threads, threads_changed
 from parley.session.core.effects import DeleteThread
 from parley.session.core.thread_doc import ThreadDocument, show_all
-from parley.session.encoded import EMPTY_STATE_VECTOR
+from parley.session.encoded import EMPTY_STATE_VECTOR, sync_frames
 from parley.session.errors import NotFound, Unavailable
 from parley.session.observers import observe_weakly
 from parley.session.read_only import ServerWrites
 from parley.session.yprotocol import ProtocolError, SyncType, encode_sync
+from parley.session.ysplit import split_update
 
 if TYPE_CHECKING:
     from parley.server.runtime.room import SessionRoom
@@ -102,15 +103,17 @@ class LiveThreadDoc:
         self.document = ThreadDocument(self.document.doc)  # its turns by id, read again
         self.last_update_id = max(self.last_update_id, stored.last_update_id)
 
-    def sync_answer(self, state_vector: bytes) -> bytes:
-        """The sync step 2 answering a client's step 1: what it lacks (``ProtocolError``
-        for a state vector that does not decode)."""
+    def sync_answer(self, state_vector: bytes, chunk_bytes: int) -> list[bytes]:
+        """The frames answering a client's step 1: what it lacks, in chunks of at most
+        about ``chunk_bytes``, the sync step 2 last (``EncodedDocument.answer``;
+        ``ProtocolError`` for a state vector that does not decode)."""
         if state_vector == EMPTY_STATE_VECTOR:
-            return encode_sync(SyncType.STEP2, self.document.doc.get_update())
+            return sync_frames(split_update(self.document.doc.get_update(), chunk_bytes))
         try:
-            return encode_sync(SyncType.STEP2, self.document.doc.get_update(state_vector))
+            missing = self.document.doc.get_update(state_vector)
         except Exception as exc:  # pycrdt raises plain exceptions for corrupt input
             raise ProtocolError(f"bad state vector: {exc}") from None
+        return sync_frames(split_update(missing, chunk_bytes))
 
     def is_noop(self, update: bytes) -> bool:
         return self.writes.is_noop(self.document.doc, update)

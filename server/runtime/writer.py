@@ -127,7 +127,7 @@ class DocumentWriter:
         self._writes = ServerWrites(settings.max_delete_ranges_per_update)
         # What a sync is answered from and a session's size is judged by (``size``):
         # always the committed document, taken from the store's bytes at a load.
-        self._encoded = EncodedDocument(self.doc.doc.get_update())
+        self._encoded = EncodedDocument(self.doc.doc.get_update(), settings.sync_chunk_bytes)
         # The committed document rebuilt for reads while a write is held up (None: none
         # since the last commit).
         self._copy: SessionDocument | None = None
@@ -148,7 +148,9 @@ class DocumentWriter:
     def _adopt_loaded(self, stored: StoredDoc) -> None:
         """Make the document the store holds the live one, with its encoded copy."""
         doc = document_of(stored.snapshot, stored.updates)
-        encoded = EncodedDocument.stored(stored.snapshot, stored.updates)
+        encoded = EncodedDocument.stored(
+            stored.snapshot, stored.updates, self.settings.sync_chunk_bytes
+        )
         self._adopt(doc, stored.updates_since_snapshot, encoded)
 
     def _adopt(self, doc: Doc[Any], since_snapshot: int, encoded: EncodedDocument) -> None:
@@ -530,10 +532,11 @@ class DocumentWriter:
 
     # -- reading committed state without the lock -----------------------------------------
 
-    async def sync_answer(self, state_vector: bytes) -> bytes:
-        """The sync step 2 answering a sync step 1: what a client lacks, from committed
-        state only (all of it: ``EncodedDocument.answer``). It comes from the encoded copy
-        kept beside the document, without the write lock."""
+    async def sync_answer(self, state_vector: bytes) -> list[bytes]:
+        """The frames answering a sync step 1 (the sync step 2 last): what a client lacks,
+        from committed state only (all of it: ``EncodedDocument.answer``), in chunks of
+        ``sync_chunk_bytes``. It comes from the encoded copy kept beside the document,
+        without the write lock."""
         return self._encoded.answer(state_vector)
 
     @property

@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -208,16 +208,21 @@ class Connection:
         """Whether the socket was sent a sync answer (its first one makes it synced)."""
         return self._sync_end > 0
 
-    def send_sync(self, frame: bytes) -> bool:
-        """Send a sync answer, which may be as large as the document: while it drains,
-        what follows it (presence, the session's updates) is held to the socket's limit on
-        top of it, not counted against that limit with it (review: a stock client joining
-        an 8 MiB session was dropped by the next frame, again at every retry)."""
-        sent = self.send(frame)
-        if sent:
-            self._sync_allowance = max(self._sync_allowance, len(frame))
-            self._sync_end = self.taken() + self.unsent()
-        return sent
+    def send_sync(self, frames: Sequence[bytes]) -> bool:
+        """Send a sync answer's frames, which together may be as large as the document:
+        while they drain, what follows them (presence, the session's updates) is held to
+        the socket's limit on top of them, not counted against that limit with them
+        (review: a stock client joining an 8 MiB session was dropped by the next frame,
+        again at every retry). They are handed over at once: a slow client's socket holds
+        the whole answer until it takes it, as it held the one frame it used to be."""
+        total = left = sum(map(len, frames))
+        for frame in frames:
+            if not self.send(frame):
+                return False
+            left -= len(frame)
+            self._sync_allowance = max(self._sync_allowance, total)
+            self._sync_end = self.taken() + self.unsent() + left
+        return True
 
     def unsent(self) -> int:
         """Bytes sent to this socket and not yet taken by its client (or its server)."""

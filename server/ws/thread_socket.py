@@ -154,7 +154,7 @@ def _on_binary(
             if not live.document.covers(message.payload):
                 connection.close(CloseCode.GONE, REBUILT)
                 return
-            answer = live.sync_answer(message.payload)
+            answer = live.sync_answer(message.payload, room.settings.sync_chunk_bytes)
             connection.send_sync(answer)
             room.charge_sync(connection.user_id, message.payload, answer, now)
         elif not live.is_noop(message.payload):

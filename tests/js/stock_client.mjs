@@ -138,13 +138,29 @@ const sendCommand = (payload) => {
   return { event: 'reply', cmd: 'command', sent: true }
 }
 
+// The size of every frame the current socket received (read beside the provider, which
+// it leaves as it is): a test checks how a sync answer was cut.
+/** @type {number[]} */
+let frameSizes = []
 provider.on('status', (/** @type {{status: string}} */ ev) => {
+  if (ev.status === 'connected' && provider.ws) {
+    frameSizes = []
+    provider.ws.addEventListener('message', (/** @type {any} */ m) => {
+      frameSizes.push(typeof m.data === 'string' ? m.data.length : m.data.byteLength)
+    })
+  }
   emit({ event: 'status', status: ev.status })
 })
 provider.on('sync', (/** @type {boolean} */ synced) => {
   // What the document holds the moment the provider counts itself synced (an app reads
-  // it then, in this handler).
-  emit({ event: 'sync', synced, transcript: transcript.length, meta: doc.getMap('meta').toJSON() })
+  // it then, in this handler), and the frames received before the one being applied.
+  emit({
+    event: 'sync',
+    synced,
+    transcript: transcript.length,
+    meta: doc.getMap('meta').toJSON(),
+    frame_sizes: frameSizes.slice()
+  })
 })
 provider.on('connection-close', (/** @type {any} */ ev) => {
   if (ev == null) {
@@ -190,7 +206,8 @@ const dump = () => {
     awareness: Array.from(provider.awareness.getStates().entries()).map(
       ([clientID, state]) => ({ clientID, state })
     ),
-    reply_lengths_seen: lengths
+    reply_lengths_seen: lengths,
+    frame_sizes: frameSizes.slice()
   }
 }
 

@@ -136,10 +136,35 @@ async def test_what_follows_a_sync_answer_is_held_to_the_limit_on_top_of_it() ->
     )
     connection.start()
     protocol.transport.backlog = 5000  # the kernel takes none of the sync yet
-    assert connection.send_sync(b"s" * 5000)
+    assert connection.send_sync([b"s" * 5000])
     assert connection.send(b"a" * 600)  # 5,600 unsent: within 1,000 on top of the sync
     protocol.transport.backlog = 5600
     assert not connection.send(b"b" * 600)  # 6,200: past it, as any socket would be
+    assert dropped == [DropReason.SOCKET_LIMIT]
+
+
+class KeepingTransport(Transport):
+    """A transport whose client takes nothing: every write waits in it."""
+
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        self.backlog += len(data)
+
+
+async def test_a_sync_answer_in_several_frames_is_held_as_one() -> None:
+    """Review RE-1: a large answer goes as several frames (``sync_chunk_bytes``); together
+    they get the allowance the one frame had, and what follows is held to the limit on
+    top of them all."""
+    protocol = Protocol()
+    protocol.transport = KeepingTransport()
+    dropped: list[DropReason] = []
+    connection = Connection(None, "u", 10, DirectWriter.beneath(protocol.send), 1000)  # type: ignore[arg-type]
+    connection.on_drop = dropped.append
+    connection.start()
+    assert connection.send_sync([b"s" * 990] * 5)  # about 5,000 unsent: the answer's frames
+    assert connection.send(b"a" * 500)
+    assert dropped == []
+    assert not connection.send(b"b" * 600)  # past 1,000 on top of the answer
     assert dropped == [DropReason.SOCKET_LIMIT]
 
 
@@ -155,7 +180,7 @@ async def test_the_allowance_of_a_sync_ends_once_it_drained() -> None:
     )
     connection.start()
     protocol.transport.backlog = 5000
-    assert connection.send_sync(b"s" * 5000)
+    assert connection.send_sync([b"s" * 5000])
     protocol.transport.backlog = 0  # taken
     assert connection.send(b"a" * 10)
     protocol.transport.backlog = 995

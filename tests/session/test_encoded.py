@@ -10,7 +10,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pycrdt import Array, Doc, Map, Text, write_var_uint
 
-from parley.session.encoded import EMPTY_STATE_VECTOR, MAX_UNKNOWN_CLIENTS, EncodedDocument
+from parley.session.encoded import (
+    DEFAULT_CHUNK_BYTES,
+    EMPTY_STATE_VECTOR,
+    MAX_UNKNOWN_CLIENTS,
+    EncodedDocument,
+)
 from parley.session.yprotocol import (
     ProtocolError,
     SyncMessage,
@@ -47,25 +52,44 @@ def committed(doc: Doc[Any], encoded: EncodedDocument, changes: list[Change]) ->
     doc.unobserve(subscription)
 
 
-def _served(before: list[Change], after: list[Change]) -> tuple[Doc[Any], EncodedDocument]:
-    """A server document made by ``before``, copied, then changed by ``after`` (committed)."""
+def _served(
+    before: list[Change], after: list[Change], chunk_bytes: int = DEFAULT_CHUNK_BYTES
+) -> tuple[Doc[Any], EncodedDocument]:
+    """A server document made by ``before``, copied, then changed by ``after`` (committed),
+    its answers cut in parts of ``chunk_bytes`` (the default: one part, here)."""
     server: Doc[Any] = Doc()
     for change in before:
         apply_change(server, change)
-    encoded = EncodedDocument(server.get_update())
+    encoded = EncodedDocument(server.get_update(), chunk_bytes)
     committed(server, encoded, after)
     return server, encoded
 
 
-def step2(answer: bytes) -> bytes:
-    """The update a sync step 2 frame carries."""
-    message = decode_client_frame(answer)  # the same layout both ways
-    assert isinstance(message, SyncMessage) and message.sync_type is SyncType.STEP2
+def ask(encoded: EncodedDocument, state_vector: bytes) -> list[bytes]:
+    return encoded.answer(state_vector)
+
+
+def sync_messages(answer: list[bytes]) -> list[SyncMessage]:
+    messages = [decode_client_frame(frame) for frame in answer]  # the same layout both ways
+    assert all(isinstance(message, SyncMessage) for message in messages)
+    return messages  # type: ignore[return-value]
+
+
+def step2(answer: list[bytes]) -> bytes:
+    """The update a sync step 2 frame carries (the answer's one frame)."""
+    [message] = sync_messages(answer)
+    assert message.sync_type is SyncType.STEP2
     return message.payload
 
 
-def synced_from(answer: bytes, client: Doc[Any]) -> Doc[Any]:
-    client.apply_update(step2(answer))
+def synced_from(answer: list[bytes], client: Doc[Any]) -> Doc[Any]:
+    """``client`` once it applied every frame of ``answer``, which ends with the step 2."""
+    messages = sync_messages(answer)
+    assert [m.sync_type for m in messages] == [SyncType.UPDATE] * (len(messages) - 1) + [
+        SyncType.STEP2
+    ]
+    for message in messages:
+        client.apply_update(message.payload)
     return client
 
 
@@ -84,9 +108,9 @@ def test_an_answer_brings_any_client_to_the_committed_document(
         client.apply_update(server.get_update())  # a client that was in sync, then fell behind
     committed(server, encoded, after)
     asked = EMPTY_STATE_VECTOR if empty_client else client.get_state()
-    assert content(synced_from(encoded.answer(asked), client)) == content(server)
+    assert content(synced_from(ask(encoded, asked), client)) == content(server)
     # Asked again (folded by now), the answer is the same document.
-    assert content(synced_from(encoded.answer(EMPTY_STATE_VECTOR), Doc())) == content(server)
+    assert content(synced_from(ask(encoded, EMPTY_STATE_VECTOR), Doc())) == content(server)
 
 
 @settings(max_examples=40, deadline=None)
@@ -106,16 +130,62 @@ def test_the_step_2_alone_holds_everything_committed(
     encoded = EncodedDocument(server.get_update())
     committed(server, encoded, after)
     asked = EMPTY_STATE_VECTOR if empty_client else client.get_state()
-    client.apply_update(step2(encoded.answer(asked)))
+    client.apply_update(step2(ask(encoded, asked)))
     assert content(client) == content(server)
     assert client.get_state() == server.get_state()
+
+
+@settings(max_examples=60, deadline=None)
+@given(CHANGES, CHANGES, CHANGES, st.booleans(), st.integers(16, 400))
+def test_an_answer_in_chunks_makes_the_document_a_one_frame_answer_makes(
+    before: list[Change], seen: list[Change], after: list[Change], empty: bool, chunk: int
+) -> None:
+    """Review RE-1: an answer larger than the chunk size goes as sync updates and the step
+    2 last; applied in order the client holds what the one-frame answer gives it, and the
+    step 2 (where it counts itself synced) comes after every other part."""
+    server, encoded = _served(before, seen, chunk)
+    client: Doc[Any] = Doc()
+    if not empty:
+        client.apply_update(server.get_update())
+    committed(server, encoded, after)
+    one_frame = EncodedDocument(server.get_update())  # the default chunk: one frame, here
+    asked = EMPTY_STATE_VECTOR if empty else client.get_state()
+    assert len(ask(one_frame, asked)) == 1
+    reference: Doc[Any] = Doc()
+    reference.apply_update(client.get_update())
+    synced_from(ask(one_frame, asked), reference)
+    assert content(synced_from(ask(encoded, asked), client)) == content(reference)
+    assert content(client) == content(server)
+    assert client.get_state() == server.get_state()
+    assert encoded.size == sum(map(len, encoded.parts()))
+
+
+def test_a_large_answer_comes_in_frames_within_the_chunk_size() -> None:
+    chunk = 1024
+    server, encoded = _served([("append", n) for n in range(30)], [], chunk)
+    committed(server, encoded, [("append", n) for n in range(200)] + [("delete", 3)])
+    for client in (Doc(), _partly(encoded)):
+        answer = ask(encoded, client.get_state())
+        assert len(answer) > 3
+        assert max(map(len, answer)) <= chunk + 8  # a frame's types and length
+        synced_from(answer, client)  # the step 2 last
+        assert content(client) == content(server)
+
+
+def _partly(encoded: EncodedDocument) -> Doc[Any]:
+    """A client that took the first half of a new client's answer, then lost its socket."""
+    client: Doc[Any] = Doc()
+    frames = sync_messages(ask(encoded, EMPTY_STATE_VECTOR))
+    for message in frames[: len(frames) // 2]:
+        client.apply_update(message.payload)
+    return client
 
 
 def test_a_bad_state_vector_is_a_protocol_error() -> None:
     server: Doc[Any] = Doc()
     apply_change(server, ("append", 3))
     with pytest.raises(ProtocolError):
-        EncodedDocument(server.get_update()).answer(b"\xff\xff\xff")
+        ask(EncodedDocument(server.get_update()), b"\xff\xff\xff")
 
 
 @settings(max_examples=40, deadline=None)
@@ -152,11 +222,11 @@ def test_a_copy_from_the_stored_bytes_answers_and_measures_what_a_first_sync_sen
     # The first answer after a load is the document in its sync step 2, not the snapshot
     # with the log after it (a client is synced at its step 2).
     size = encoded.size
-    assert len(step2(encoded.answer(EMPTY_STATE_VECTOR))) <= size
+    assert len(step2(ask(encoded, EMPTY_STATE_VECTOR))) <= size
     for moment in ((), later):
         committed(server, encoded, list(moment))
         size = encoded.size
-        answer = encoded.answer(EMPTY_STATE_VECTOR)
+        answer = ask(encoded, EMPTY_STATE_VECTOR)
         assert content(synced_from(answer, Doc())) == content(server)
         assert len(step2(answer)) <= size
 
@@ -181,14 +251,14 @@ def _behind() -> tuple[Doc[Any], EncodedDocument, Doc[Any]]:
 def test_clients_the_document_does_not_know_change_nothing_in_the_answer() -> None:
     server, encoded, client = _behind()
     known = list(decode_state_vector(client.get_state()).items())
-    answer = encoded.answer(state_vector(known))
+    answer = ask(encoded, state_vector(known))
     few = [(1_000_000 + n, 1) for n in range(MAX_UNKNOWN_CLIENTS)]
-    assert encoded.answer(state_vector(few + known)) == answer
+    assert ask(encoded, state_vector(few + known)) == answer
     # Many (review: 690,000 of them in 4 MB): answered as an empty vector, the whole
     # document, which brings the client to what the known clients alone bring it to.
     many = [(1_000_000 + n, 1) for n in range(20_000)]
-    whole = encoded.answer(state_vector(known + many))
-    assert whole == encoded.answer(EMPTY_STATE_VECTOR)
+    whole = ask(encoded, state_vector(known + many))
+    assert whole == ask(encoded, EMPTY_STATE_VECTOR)
     client.apply_update(step2(whole))
     assert content(client) == content(server)
     assert client.get_state() == server.get_state()
@@ -201,8 +271,6 @@ def test_a_vector_listing_too_many_clients_is_answered_with_its_entries_unread()
     _, encoded, _ = _behind()
     listed = encoded.clients() + MAX_UNKNOWN_CLIENTS + 1
     for claimed in (listed, 690_000):
-        assert encoded.answer(state_vector([], listed=claimed)) == encoded.answer(
-            EMPTY_STATE_VECTOR
-        )
+        assert ask(encoded, state_vector([], listed=claimed)) == ask(encoded, EMPTY_STATE_VECTOR)
     with pytest.raises(ProtocolError):  # one it reads fails to decode
-        encoded.answer(state_vector([], listed=listed - 1))
+        ask(encoded, state_vector([], listed=listed - 1))

@@ -71,7 +71,8 @@ async def thread_socket(s: MemorySession, thread_id: str, user_id: str) -> Watch
     """A socket of ``user_id`` syncing the thread: sent the document, then its updates."""
     live = await s.room.side_threads.document(thread_id, user_id)
     watcher = Watcher(user_id)
-    watcher.send(live.sync_answer(b"\x00"))
+    for frame in live.sync_answer(b"\x00", s.room.settings.sync_chunk_bytes):
+        watcher.send(frame)
     s.room.sockets.attach_thread(thread_id, watcher)  # type: ignore[arg-type]
     return watcher
 
@@ -153,9 +154,10 @@ async def test_the_document_is_read_back_after_a_reload_and_deleting_closes_it()
             message = decode_client_frame(frame) if isinstance(frame, bytes) else None
             if isinstance(message, SyncMessage) and message.sync_type is not SyncType.STEP1:
                 caught_up.apply_update(message.payload)
-        answer = decode_client_frame(live.sync_answer(caught_up.get_state()))
-        assert isinstance(answer, SyncMessage)
-        caught_up.apply_update(answer.payload)
+        for frame in live.sync_answer(caught_up.get_state(), 1024):
+            answer = decode_client_frame(frame)
+            assert isinstance(answer, SyncMessage)
+            caught_up.apply_update(answer.payload)
         assert caught_up.get("turns", type=Array).to_py() == turns
 
         deleted = await s.send("bob", ThreadCloseCommand("d", thread_id, delete=True))
