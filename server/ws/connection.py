@@ -42,6 +42,8 @@ DROP_REASONS = {
     DropReason.STALLED: "slow consumer: stopped reading; resync on reconnect",
     DropReason.CLOSING: "slow consumer: closed with unread data",
 }
+# What the outbox holds: a message, or a sync answer's frames, sent one after another.
+_Outgoing = bytes | str | tuple[bytes, ...]
 # The most a close waits for an ASGI server other than ``parley serve``'s to send it.
 CLOSE_WAIT_S = 5.0
 
@@ -123,7 +125,7 @@ class Connection:
     _closer: asyncio.Task[None] | None = field(init=False, default=None)
     # Only without a direct writer: an idle socket under ``parley serve`` holds no queue
     # (an ``asyncio.Queue`` is about 3 kB even empty).
-    _outbox: asyncio.Queue[bytes | str | None] | None = field(init=False, default=None)
+    _outbox: asyncio.Queue[_Outgoing | None] | None = field(init=False, default=None)
     _sender: asyncio.Task[None] | None = field(init=False, default=None)
     _queued_bytes: int = field(init=False, default=0)  # in the outbox
     _in_flight: int = field(init=False, default=0)  # handed to the ASGI server, not done
@@ -163,26 +165,38 @@ class Connection:
     def send(self, message: bytes | str, frame: bytes | None = None) -> bool:
         """Send a message (``frame``: the same, framed already); False (and the socket is
         being dropped) if the client fell behind or the process cannot hold it."""
+        return self._admit(len(message)) and self._write(message, frame)
+
+    def _admit(self, size: int) -> bool:
+        """Whether ``size`` more bytes (one message's, or a sync answer's frames together;
+        their frames' headers aside) may go to this socket; if not, it is being dropped."""
         if self.closed:
             return False
-        size = len(message)  # its frame's header aside
-        direct = self.direct
-        if direct is None:
+        if self.direct is None:
             unsent = self._queued_bytes + self._in_flight
         else:  # the kernel took all of the last frame: nothing to look up
-            unsent = direct.held() if direct.backlogged else 0
+            unsent = self.direct.held() if self.direct.backlogged else 0
         # A frame into an empty backlog goes whatever its size (the first sync of a big
-        # session is one frame); the process cap and the stall deadline still hold for it.
+        # session is one answer); the process cap and the stall deadline still hold for it.
         if self._sync_allowance and (not unsent or self.taken() >= self._sync_end):
             self._sync_allowance = 0  # the client took the sync answer: the plain limit
         if unsent and unsent + size > self.buffer_limit + self._sync_allowance:
             self.drop(DropReason.SOCKET_LIMIT)
             return False
+        return self.budget is None or self.budget.admit(self, size)
+
+    def _write(self, message: bytes | str | Sequence[bytes], frame: bytes | None = None) -> bool:
+        """Hand an admitted message to the socket (or its outbox): one message, or a sync
+        answer's frames (a sequence), which go together and count as one until the last
+        is taken."""
         budget = self.budget
-        if budget is not None and not budget.admit(self, size):
-            return False
+        direct = self.direct
         if direct is not None:
-            if not direct.write(message, frame):  # the socket is closing under us
+            if isinstance(message, bytes | str):
+                written = direct.write(message, frame)
+            else:
+                written = direct.write_together(message)
+            if not written:  # the socket is closing under us
                 self.closed = True
                 self._finish()
                 return False
@@ -193,12 +207,14 @@ class Connection:
             return True
         outbox = self._outbox
         assert outbox is not None  # there is one whenever there is no direct writer
+        if not isinstance(message, bytes | str):
+            message = tuple(message)
         try:
             outbox.put_nowait(message)
         except asyncio.QueueFull:
             self.drop(DropReason.SOCKET_LIMIT)
             return False
-        self._queued_bytes += size
+        self._queued_bytes += _size(message)
         if budget is not None:
             budget.note(self)
         return True
@@ -209,19 +225,21 @@ class Connection:
         return self._sync_end > 0
 
     def send_sync(self, frames: Sequence[bytes]) -> bool:
-        """Send a sync answer's frames, which together may be as large as the document:
-        while they drain, what follows them (presence, the session's updates) is held to
-        the socket's limit on top of them, not counted against that limit with them
-        (review: a stock client joining an 8 MiB session was dropped by the next frame,
-        again at every retry). They are handed over at once: a slow client's socket holds
-        the whole answer until it takes it, as it held the one frame it used to be."""
-        total = left = sum(map(len, frames))
-        for frame in frames:
-            if not self.send(frame):
-                return False
-            left -= len(frame)
-            self._sync_allowance = max(self._sync_allowance, total)
-            self._sync_end = self.taken() + self.unsent() + left
+        """Send a sync answer's frames, which together may be as large as the document.
+        They are judged together, as the one frame they were (review RE-1): the socket's
+        limit and the process cap admit all of them or none (past the cap, a stalled socket
+        goes first for the whole answer, not for the one frame that tips it over), they are
+        handed over in one write, nothing between them (pycrdt, which the Python SDK uses,
+        applied a live update that came between them wrongly), and they count as unsent
+        until the last of them is taken, as the one frame did. While they drain,
+        what follows them (presence, the session's updates) is held to the socket's limit
+        on top of them, not counted against that limit with them (review: a stock client
+        joining an 8 MiB session was dropped by the next frame, again at every retry)."""
+        total = sum(map(len, frames))
+        if not (self._admit(total) and self._write(frames)):
+            return False
+        self._sync_allowance = max(self._sync_allowance, total)
+        self._sync_end = self.taken() + self.unsent()
         return True
 
     def unsent(self) -> int:
@@ -324,13 +342,16 @@ class Connection:
                 message = await outbox.get()
                 if message is None:
                     break
-                size = len(message)
+                size = _size(message)
                 self._queued_bytes -= size
-                self._in_flight = size
-                if isinstance(message, bytes):
+                self._in_flight = size  # a sync answer's frames: until the last went
+                if isinstance(message, str):
+                    await self.websocket.send_text(message)
+                elif isinstance(message, bytes):
                     await self.websocket.send_bytes(message)
                 else:
-                    await self.websocket.send_text(message)
+                    for frame in message:
+                        await self.websocket.send_bytes(frame)
                 self._in_flight = 0
                 self._sent_bytes += size
         except Exception:
@@ -347,3 +368,8 @@ class Connection:
 
     def queued(self) -> int:
         return 0 if self._outbox is None else self._outbox.qsize()
+
+
+def _size(message: _Outgoing) -> int:
+    """The bytes of an outbox entry (a sync answer's frames together), headers aside."""
+    return len(message) if isinstance(message, bytes | str) else sum(map(len, message))

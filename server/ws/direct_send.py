@@ -20,6 +20,7 @@ import math
 import socket
 import struct
 from collections import deque
+from collections.abc import Sequence
 from typing import Any
 
 from starlette.types import Send
@@ -82,15 +83,32 @@ class DirectWriter:
         would change the bytes (Parley turns compression off)."""
         if not self.open:
             return False
+        if frame is None or self._protocol.conn.extensions:
+            frame = self._framed(message)
+        self._put(frame)
+        return True
+
+    def write_together(self, messages: Sequence[bytes]) -> bool:
+        """Frame each of ``messages`` and hand the frames to the transport in one write
+        (nothing between them), held as one until the kernel took the last byte (``held``):
+        a sync answer in several frames is counted as the one frame it was (review RE-1);
+        False if the socket is closing."""
+        if not self.open:
+            return False
+        self._put(b"".join(map(self._framed, messages)))
+        return True
+
+    def _framed(self, message: bytes | str) -> bytes:
         conn = self._protocol.conn
-        if frame is None or conn.extensions:
-            if isinstance(message, bytes):
-                conn.send_binary(message)
-            else:
-                conn.send_text(message.encode())
-            frame = b"".join(conn.data_to_send())
+        if isinstance(message, bytes):
+            conn.send_binary(message)
+        else:
+            conn.send_text(message.encode())
+        return b"".join(conn.data_to_send())
+
+    def _put(self, data: bytes) -> None:
         transport = self._protocol.transport
-        transport.write(frame)
+        transport.write(data)
         self.backlogged = bool(transport.get_write_buffer_size())
         if self.backlogged:
             if self._unfinished is None:
@@ -98,8 +116,7 @@ class DirectWriter:
             self._unfinished.append(self._written)
         else:
             self._unfinished = None
-        self._written += len(frame)
-        return True
+        self._written += len(data)
 
     def keep_alive(self, message: bytes) -> None:
         """Send ``message`` beside each keep-alive ping (``PARLEY_WS_PING_INTERVAL_S``), if
@@ -122,10 +139,11 @@ class DirectWriter:
         return int(self._protocol.transport.get_write_buffer_size())
 
     def held(self) -> int:
-        """Bytes the process holds for this socket: every frame the kernel has not wholly
-        taken. (uvloop keeps a frame whole until its last byte is sent, so a 4 MiB sync
-        the kernel took all but 300 KiB of still holds 4 MiB; asyncio keeps a copy of the
-        rest, so this is at most a frame too many there.)"""
+        """Bytes the process holds for this socket: every write (a frame, or a sync
+        answer's frames together) the kernel has not wholly taken. (uvloop keeps a write
+        whole until its last byte is sent, so a 4 MiB sync the kernel took all but 300 KiB
+        of still holds 4 MiB; asyncio keeps a copy of the rest, so this is at most a write
+        too many there.)"""
         buffered: int = self._protocol.transport.get_write_buffer_size()
         unfinished = self._unfinished
         if not buffered:

@@ -168,6 +168,67 @@ async def test_a_sync_answer_in_several_frames_is_held_as_one() -> None:
     assert dropped == [DropReason.SOCKET_LIMIT]
 
 
+class Stalled:
+    """Another socket as the process's budget sees it: a backlog its client never takes."""
+
+    def __init__(self, unsent: int) -> None:
+        self.held = unsent
+        self.dropped: list[DropReason] = []
+
+    def unsent(self) -> int:
+        return self.held
+
+    def taken(self) -> int:
+        return 0
+
+    def drop(self, reason: DropReason) -> None:
+        self.dropped.append(reason)
+        self.held = 0
+
+
+def reading_connection(budget: SendBudget) -> tuple[Connection, Protocol, list[DropReason]]:
+    """A socket whose client takes every byte at once, under ``budget``."""
+    protocol = Protocol()
+    dropped: list[DropReason] = []
+    connection = Connection(
+        ClosingSocket(protocol.transport),  # type: ignore[arg-type]
+        user_id="u",
+        outbox_limit=10,
+        direct=DirectWriter.beneath(protocol.send),
+        budget=budget,
+        on_drop=dropped.append,
+    )
+    connection.start()
+    return connection, protocol, dropped
+
+
+async def test_a_sync_answer_in_several_frames_makes_room_for_all_of_them_at_once() -> None:
+    """Review RE-1: the process cap admits a sync answer's frames together, as it admitted
+    the one frame they were: past the cap, the stalled socket is dropped for the answer,
+    even when each frame alone would fit (the joiner's client drains them as they go)."""
+    budget = SendBudget(total_max_bytes=6000, stall_timeout_s=600)
+    stalled = Stalled(3000)
+    budget.note(stalled)
+    connection, protocol, dropped = reading_connection(budget)
+    assert connection.send_sync([b"s" * 990] * 5)  # 3,000 + 4,950: past 6,000
+    assert stalled.dropped == [DropReason.TOTAL_LIMIT] and dropped == []
+    assert len(frames(bytes(protocol.transport.data))) == 5
+    budget.close()
+
+
+async def test_a_sync_answer_past_the_process_cap_is_refused_whole() -> None:
+    """Review RE-1: an answer larger than the process cap is refused with its close code
+    before any of its frames goes (not sent frame by frame to a client that drains them)."""
+    budget = SendBudget(total_max_bytes=4000, stall_timeout_s=600)
+    connection, protocol, dropped = reading_connection(budget)
+    assert not connection.send_sync([b"s" * 990] * 5)
+    assert dropped == [DropReason.TOTAL_LIMIT]
+    assert connection.close_code == CloseCode.TRY_AGAIN
+    await connection.wait_closed()
+    assert protocol.transport.data == b""  # no frame of the answer went
+    budget.close()
+
+
 async def test_the_allowance_of_a_sync_ends_once_it_drained() -> None:
     protocol = Protocol()
     writer = DirectWriter.beneath(protocol.send)
@@ -264,6 +325,48 @@ async def test_without_a_writer_the_outbox_is_bounded_and_the_rest_unharmed() ->
     assert connection.close_code == CloseCode.TRY_AGAIN and dropped == [DropReason.SOCKET_LIMIT]
     assert connection.unsent() == 0  # the backlog is let go at once
     assert socket.sent == [b"1"]
+    await connection.wait_closed()
+
+
+async def test_a_sync_answer_is_held_whole_until_the_kernel_took_its_last_byte() -> None:
+    """Review RE-1: the process cap counts a sync answer in several frames as it counted
+    the one frame: the frames go in one write, so the process holds the whole answer until
+    its last byte is taken (uvloop keeps a write whole), not only its last frame."""
+    protocol = Protocol()
+    protocol.transport.backlog = 100  # the kernel took all but the last 100 bytes
+    connection = Connection(None, "u", 10, DirectWriter.beneath(protocol.send))  # type: ignore[arg-type]
+    connection.start()
+    assert connection.send_sync([b"s" * 990] * 5)
+    assert len(frames(bytes(protocol.transport.data))) == 5
+    assert connection.unsent() == len(protocol.transport.data)
+
+
+class TakingSocket(StuckSocket):
+    """A Starlette WebSocket whose client reads ``frames`` frames, then stops."""
+
+    def __init__(self, frames: int) -> None:
+        super().__init__()
+        self.frames = frames
+
+    async def send_bytes(self, data: bytes) -> None:
+        if len(self.sent) < self.frames:
+            self.sent.append(data)
+        else:
+            await super().send_bytes(data)
+
+
+async def test_without_a_writer_a_sync_answer_is_in_flight_whole() -> None:
+    """Review RE-1: through the outbox, too, the answer is unsent bytes until its last
+    frame went, and it takes one place in the outbox (as the one frame it was)."""
+    socket = TakingSocket(frames=2)
+    connection = Connection(socket, "u", outbox_limit=1)  # type: ignore[arg-type]
+    connection.start()
+    assert connection.send_sync([b"s" * 990] * 3)
+    for _ in range(100):
+        await asyncio.sleep(0)
+    assert len(socket.sent) == 3  # two taken; the last being sent, never done
+    assert connection.unsent() == 3 * 990
+    connection.drop(DropReason.STALLED)
     await connection.wait_closed()
 
 
