@@ -16,7 +16,8 @@ not an older part of it with the rest in the frames after (review R2-2). The par
 cut: a join sends them as they are, and a client that holds part of the document is sent
 each part's diff against its state vector (C speed, never a read of every struct in
 Python). Only a stored snapshot, and an update larger than a part, are read struct by struct
-to be cut (``parley.session.ysplit``), once.
+to be cut (``parley.session.ysplit``), once: they are held whole (``uncut``) until the server
+cuts them off its event loop (``cut``), or an answer needs them cut.
 
 Its ``size`` is what answering a new client (an empty state vector) sends: the measure a
 session's size limit is judged by (``SessionView.document_bytes``), known without encoding.
@@ -59,6 +60,8 @@ class EncodedDocument:
         self._parts_bytes = 0
         self._tail: list[bytes] = [full]
         self._tail_bytes = len(full)
+        # The parts larger than a part that are not cut yet (by id: the same object).
+        self._uncut: dict[int, bytes] = {}
         self._clients: int | None = None  # of the parts, counted when a client first asks
 
     @classmethod
@@ -110,44 +113,70 @@ class EncodedDocument:
 
     def clients(self) -> int:
         """How many clients wrote the committed document (the server's writers)."""
-        parts = self.parts()
+        if self._tail:
+            self._fold()
         if self._clients is None:
             known: set[int] = set()
-            for part in parts:
+            for part in self._parts:
                 known.update(decode_state_vector(get_state(part)))
             self._clients = len(known)
         return self._clients
 
     def parts(self) -> list[bytes]:
         """The whole committed document as updates of at most about ``chunk_bytes`` each,
-        in commit order (the updates committed since the last call folded into them)."""
-        if self._tail:
-            self._fold()
+        in commit order (the updates committed since the last call folded into them, and
+        whatever is still ``uncut`` cut here and now)."""
+        for update in self.uncut():
+            self.cut(update, split_update(update, self.chunk_bytes))
         return self._parts
 
+    def uncut(self) -> list[bytes]:
+        """The updates held whole that an answer must have cut (a stored snapshot, an
+        update larger than a part): reading one struct by struct costs up to ~125 ns a
+        byte, so the server cuts them off its event loop (``split_update``) and hands the
+        parts to ``cut`` before it answers."""
+        if self._tail:
+            self._fold()
+        return list(self._uncut.values())
+
+    def cut(self, update: bytes, parts: list[bytes]) -> bool:
+        """Put ``parts`` (``split_update`` of ``update``) in the place of ``update``,
+        held uncut (the same bytes, not only the same object: a copy loaded again from
+        the same snapshot takes a cut made for the one before). False if none is held."""
+        held = self._uncut.pop(id(update), None)
+        if held is None:
+            held = next((u for u in self._uncut.values() if u == update), None)
+            if held is None:
+                return False
+            del self._uncut[id(held)]
+        at = next(n for n, part in enumerate(self._parts) if part is held)
+        self._parts[at : at + 1] = parts
+        self._parts_bytes += sum(map(len, parts)) - len(held)
+        return True
+
     def update(self) -> bytes:
-        """The whole committed document, as one update."""
-        parts = self.parts()
+        """The whole committed document, as one update (nothing cut for it)."""
+        if self._tail:
+            self._fold()
+        parts = self._parts
         return parts[0] if len(parts) == 1 else merge_updates(*parts)
 
     def _fold(self) -> None:
         """Fold the tail into the parts: merged into the last part while it has room, then
-        into new parts; an update larger than a part cut into parts of its own."""
+        into new parts; an update larger than a part a part of its own, ``uncut``."""
         updates = []
         if self._parts and len(self._parts[-1]) < self.chunk_bytes:
             last = self._parts.pop()
             self._parts_bytes -= len(last)
             updates.append(last)
-        for update in self._tail:
-            if len(update) > self.chunk_bytes:
-                updates.extend(split_update(update, self.chunk_bytes))
-            else:
-                updates.append(update)
+        updates.extend(self._tail)
         self._tail = []
         self._tail_bytes = 0
         for part in _grouped(updates, self.chunk_bytes):
             self._parts.append(part)
             self._parts_bytes += len(part)
+            if len(part) > self.chunk_bytes:
+                self._uncut[id(part)] = part
         self._clients = None
 
 

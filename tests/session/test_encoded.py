@@ -23,6 +23,7 @@ from parley.session.yprotocol import (
     decode_client_frame,
     decode_state_vector,
 )
+from parley.session.ysplit import split_update
 
 Change = tuple[str, int]
 CHANGES = st.lists(
@@ -274,3 +275,49 @@ def test_a_vector_listing_too_many_clients_is_answered_with_its_entries_unread()
         assert ask(encoded, state_vector([], listed=claimed)) == ask(encoded, EMPTY_STATE_VECTOR)
     with pytest.raises(ProtocolError):  # one it reads fails to decode
         ask(encoded, state_vector([], listed=listed - 1))
+
+
+def _stored_large(chunk: int) -> tuple[Doc[Any], bytes, EncodedDocument]:
+    """A server document, its snapshot (many parts' worth) and a copy loaded from it."""
+    server: Doc[Any] = Doc()
+    for n in range(60):
+        apply_change(server, ("append", n))
+    snapshot = server.get_update()
+    assert len(snapshot) > 4 * chunk
+    return server, snapshot, EncodedDocument.stored(snapshot, [], chunk)
+
+
+def test_a_stored_snapshot_waits_uncut_until_cut_or_answered() -> None:
+    """Cutting a snapshot reads it struct by struct (up to ~1 s for 10 MB of tiny items):
+    it is left uncut by the load and by commits, for the server to cut off its event loop
+    (``uncut``, ``cut``); an answer asked first cuts it there and then."""
+    chunk = 1024
+    server, snapshot, encoded = _stored_large(chunk)
+    committed(server, encoded, [("append", n) for n in range(100)])  # folded meanwhile
+    assert encoded.uncut() == [snapshot]
+    rebuilt: Doc[Any] = Doc()
+    rebuilt.apply_update(encoded.update())  # a rebuild needs no cut
+    assert content(rebuilt) == content(server)
+    assert encoded.uncut() == [snapshot]
+    assert encoded.cut(bytes(snapshot), split_update(snapshot, chunk))  # an equal copy
+    assert encoded.uncut() == [] and not encoded.cut(snapshot, [snapshot])
+    assert encoded.size == sum(map(len, encoded.parts()))
+    answer = ask(encoded, EMPTY_STATE_VECTOR)
+    assert max(map(len, answer)) <= chunk + 8
+    assert content(synced_from(answer, Doc())) == content(server)
+    loaded, _, unasked = _stored_large(chunk)
+    assert content(synced_from(ask(unasked, EMPTY_STATE_VECTOR), Doc())) == content(loaded)
+    assert unasked.uncut() == []
+
+
+def test_an_update_larger_than_a_part_is_committed_uncut() -> None:
+    """A replica's first commit is the whole document: kept whole until cut, like a
+    snapshot, and answered in parts."""
+    chunk = 1024
+    server, snapshot, _ = _stored_large(chunk)
+    encoded = EncodedDocument(Doc().get_update(), chunk)
+    encoded.committed(snapshot)
+    assert encoded.uncut() == [snapshot]
+    answer = ask(encoded, EMPTY_STATE_VECTOR)
+    assert len(answer) > 4 and max(map(len, answer)) <= chunk + 8
+    assert content(synced_from(answer, Doc())) == content(server)
