@@ -16,7 +16,7 @@ goes with the last part. A single struct larger than the bound is a part of its 
 Reading struct by struct in Python costs about 5 ns a byte for a session's text and up to
 125 ns for a document of tiny items (10 MB of 60,000 short entries: 1.3 s):
 ``EncodedDocument`` cuts only what it must (a stored snapshot, once per load; an update
-larger than a part), and keeps the parts.
+larger than a part), and keeps the parts; the session's writer has it cut in a thread.
 """
 
 from __future__ import annotations
