@@ -89,3 +89,31 @@ def test_one_struct_larger_than_the_bound_is_a_part_of_its_own() -> None:
 def test_an_update_it_cannot_read_is_kept_whole() -> None:
     broken = b"\x01\x05\x01\x00\x1f" + b"\x00" * 5000  # a struct of an unknown content ref
     assert split_update(broken, 1024) == [broken]
+
+
+def _short_entries(count: int) -> Doc[Any]:
+    """Many tiny items (what reading costs most per byte), none deleted."""
+    doc: Doc[Any] = Doc()
+    transcript = doc.get("transcript", type=Array)
+    for n in range(count):
+        transcript.append(Map({"id": f"m{n}", "seq": n, "ok": n % 2 == 0, "t": f"hé {n}"}))
+    return doc
+
+
+def test_a_document_of_short_entries_is_cut_within_the_bound() -> None:
+    doc = _short_entries(400)
+    parts = split_update(doc.get_update(), 2048)
+    assert len(parts) > 5 and max(map(len, parts)) <= 2048
+    rebuilt: Doc[Any] = Doc()
+    for part in parts:
+        rebuilt.apply_update(part)
+    assert content(rebuilt)[0] == content(doc)[0]
+
+
+def test_an_update_cut_short_is_kept_whole() -> None:
+    """Cut anywhere before its delete set, an update ends inside a struct or before one its
+    counts promise: unreadable, it is kept whole (never parts that lose the end)."""
+    whole = _short_entries(20).get_update()
+    assert whole.endswith(b"\x00")  # nothing deleted: the delete set is its last byte
+    for end in range(1, len(whole) - 1):
+        assert split_update(whole[:end], 64) == [whole[:end]]
