@@ -132,7 +132,7 @@ class EncodedDocument:
 
     def uncut(self) -> list[bytes]:
         """The updates held whole that an answer must have cut (a stored snapshot, an
-        update larger than a part): reading one struct by struct costs up to ~125 ns a
+        update larger than a part): reading one struct by struct costs up to ~80 ns a
         byte, so the server cuts them off its event loop (``split_update``) and hands the
         parts to ``cut`` before it answers."""
         if self._tail:
