@@ -182,8 +182,8 @@ async def _change_member(
                 max_members=limit,  # read again under the session's lock: on every node
             )
 
-        # A removal is ordered with the session's writes (their commands after it refused).
-        change = await (store() if after is not None else room.store_removal(user_id, store))
+        # Ordered with the session's writes: their commands after it are judged by it.
+        change = await room.store_change(user_id, store)
         actor = caller.actor
         if not change.decision.allowed:
             action = f"{'change' if after is not None else 'remove'} member {user_id}"

@@ -70,16 +70,15 @@ class Membership:
         self.version = 0
         # Held by a member change from its checks to its being in force (``server.http``).
         self.changing = asyncio.Lock()
-        # Members whose removal is stored and not yet in force here (``set_member``): no
-        # member as of now (``SessionRoom.store_removal``).
-        self.leaving: set[str] = set()
+        # Members as stored, where that is not yet in force here (None: removed), until
+        # it is (``set_member``): what they may do as of now (``SessionRoom.store_change``;
+        # cluster mode, ``as_stored``).
+        self.pending: dict[str, Member | None] = {}
 
     def subject(self, user_id: str) -> Subject | None:
         """The member as of now (role table and grants read live), or None."""
-        member = self.members.get(user_id)
-        if member is None or user_id in self.leaving:
-            return None
-        return Subject.of(member, self.roles())
+        member = self.pending.get(user_id, self.members.get(user_id))
+        return None if member is None else Subject.of(member, self.roles())
 
     def standing(self, user_id: str) -> Standing:
         """What ``user_id``'s membership says of the prompts they sent before now: when it
@@ -116,6 +115,7 @@ class Membership:
         load, and in cluster mode after changes made on another node)."""
         rows = await self.store.list_members(self.session_id)
         current = {row.user_id: row.as_member() for row in rows}
+        self.pending = {u: m for u, m in self.pending.items() if current.get(u) != m}
         names_before = self.display_names
         self.display_names = {row.user_id: row.display_name for row in rows if row.display_name}
         told = set(self.members) ^ set(current)
@@ -149,6 +149,8 @@ class Membership:
         else:
             self.display_names.pop(user_id, None)
         member = None if row is None else row.as_member()
+        if self.pending.get(user_id, member) == member:
+            self.pending.pop(user_id, None)  # in force already (a change of the name alone)
         if self.members.get(user_id) != member:
             await self.set_member(user_id, member)
         elif self.display_names.get(user_id, "") != name_before:
@@ -161,7 +163,7 @@ class Membership:
         epoch) loses their tokens, sockets and prompts, and the tokens of the invite links
         they minted for others die with them (``token_refusal``)."""
         before = self.members.get(user_id)
-        self.leaving.discard(user_id)
+        self.pending.pop(user_id, None)
         if member is None:
             self.members.pop(user_id, None)
             self.display_names.pop(user_id, None)

@@ -269,21 +269,23 @@ class SessionRoom:
         await self.membership.refresh_member(user_id)
         self.feed.changed()
 
-    async def store_removal(
+    async def store_change(
         self, user_id: str, store: Callable[[], Awaitable[MemberChange]]
     ) -> MemberChange:
-        """Store ``user_id``'s removal (``store``, the store's ``change_member``) between the
-        session's writes, and hold them no member from its commit until it is in force here
-        (``Membership.leaving``; ``reload_member``). A command of theirs judged a member's
-        commits before it; one judged after is refused ``forbidden``, as once it is in
-        force (review RG-2: judged by the members in memory, a command committed after the
-        removal was stored after their ``member_left``, shown to everyone). No cost to a
-        command: what it is judged by is in memory, as before. (Cluster mode: a removal on
-        another node is met at the command's commit, ``HolderFence.check``.)"""
+        """Store a change of member ``user_id`` (``store``, the store's ``change_member``)
+        between the session's writes, and hold them as stored from its commit until it is
+        in force here (``Membership.pending``; ``reload_member``). A command of theirs
+        judged before it commits before it; one judged after is judged by it: refused
+        ``forbidden`` once removed, or by their new role (review RG-2: judged by the members
+        in memory, a command committed after the change was stored after their
+        ``member_left`` or ``member_changed``, shown to everyone). No cost to a command:
+        what it is judged by is in memory, as before. (Cluster mode: a change on another
+        node is met at the command's commit, ``HolderFence.check``.)"""
         async with self.writer.document.holding():
             change = await store()
-            if change.decision.allowed and change.before is not None and change.after is None:
-                self.membership.leaving.add(user_id)
+            if change.decision.allowed and change.before is not None:
+                after = None if change.after is None else change.after.as_member()
+                self.membership.pending[user_id] = after
         return change
 
     async def reload_quotas(self) -> None:

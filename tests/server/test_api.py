@@ -232,11 +232,28 @@ async def test_tokens(rest: Backend) -> None:
     assert zero.status_code == 422
 
 
-async def _after_leaving(rest: Backend, sid: str, user: str) -> list[str]:
-    """The kinds of ``user``'s events stored after their ``member_left``."""
+async def _after(rest: Backend, sid: str, user: str, kind: str = "member_left") -> list[str]:
+    """The kinds of ``user``'s events stored after the first event of ``kind`` (their
+    ``member_left``, their ``member_changed``)."""
     events = await rest.store.events_after(sid, 0, 1000)
-    left = next(e.seq for e in events if e.kind == "member_left")
-    return [e.kind for e in events if e.seq > left and e.actor == user]
+    changed = next(e.seq for e in events if e.kind == kind)
+    return [e.kind for e in events if e.seq > changed and e.actor == user]
+
+
+class HeldInForce:
+    """Holds the member changes of ``room`` between their commit and their being put in
+    force (``SessionRoom.reload_member``): ``stored`` once one is held, until ``release``."""
+
+    def __init__(self, room: Any) -> None:
+        self.stored, self.release = asyncio.Event(), asyncio.Event()
+        reload_member = room.reload_member
+
+        async def held(user_id: str) -> None:
+            self.stored.set()
+            await self.release.wait()
+            await reload_member(user_id)
+
+        room.reload_member = held
 
 
 async def test_a_command_after_a_removal_is_stored_but_not_in_force_is_refused(
@@ -248,24 +265,41 @@ async def test_a_command_after_a_removal_is_stored_but_not_in_force_is_refused(
     message is refused ``forbidden`` and stores nothing; ann's is taken."""
     sid = await rest.new_session({"ann": "editor", "bob": "editor"})
     s = await rest.session(sid)
-    reload_member = s.room.reload_member
-    stored, release = asyncio.Event(), asyncio.Event()
-
-    async def held(user_id: str) -> None:
-        stored.set()
-        await release.wait()
-        await reload_member(user_id)
-
-    s.room.reload_member = held  # type: ignore[method-assign]
+    held = HeldInForce(s.room)
     removal = asyncio.create_task(rest.request("DELETE", f"/api/v1/sessions/{sid}/members/bob"))
-    await asyncio.wait_for(stored.wait(), 10)
+    await asyncio.wait_for(held.stored.wait(), 10)
     late = await asyncio.wait_for(s.message("bob", "after my removal"), 10)
-    release.set()
+    held.release.set()
     assert (await removal).status_code == 204
     assert late["type"] == "error" and late["code"] == "forbidden", late
-    assert await _after_leaving(rest, sid, "bob") == []
+    assert await _after(rest, sid, "bob") == []
     assert (await s.message("ann", "still here"))["type"] == "ack"
     assert (await s.message("bob", "again"))["code"] == "forbidden"
+
+
+async def test_a_command_after_a_role_change_is_stored_but_not_in_force_is_refused(
+    rest: Backend,
+) -> None:
+    """Open item of RG-2 (one server): a role change that takes away posting had the gap a
+    removal had: bob's message judged after his change to viewer was stored, before it
+    was in force, by the role in memory, after his ``member_changed`` (shown to everyone).
+    Here the change is held after its commit: his message is refused with the role's
+    reason and stores nothing; his change back to editor is in force at once."""
+    sid = await rest.new_session({"ann": "editor", "bob": "editor"})
+    s = await rest.session(sid)
+    held = HeldInForce(s.room)
+    url = f"/api/v1/sessions/{sid}/members/bob"
+    change = asyncio.create_task(rest.request("PUT", url, json={"role": "viewer"}))
+    await asyncio.wait_for(held.stored.wait(), 10)
+    late = await asyncio.wait_for(s.message("bob", "after my role change"), 10)
+    held.release.set()
+    assert (await change).status_code == 200
+    assert late["type"] == "error" and late["code"] == "forbidden", late
+    assert "viewer may not post message" in late["message"], late
+    assert await _after(rest, sid, "bob", "member_changed") == []
+    assert (await s.message("bob", "as a viewer"))["code"] == "forbidden"
+    assert (await rest.request("PUT", url, json={"role": "editor"})).status_code == 200
+    assert (await s.message("bob", "an editor again"))["type"] == "ack"
 
 
 async def test_a_command_judged_before_a_removal_commits_before_it(rest: Backend) -> None:
@@ -313,7 +347,7 @@ async def test_a_command_judged_before_a_removal_commits_before_it(rest: Backend
     release.set()
     assert (await asyncio.wait_for(sent, 10))["type"] == "ack"
     assert (await asyncio.wait_for(removal, 10)).status_code == 204
-    assert await _after_leaving(rest, sid, "bob") == []
+    assert await _after(rest, sid, "bob") == []
     assert (await s.message("ann", "still here"))["type"] == "ack"
 
 
