@@ -131,7 +131,10 @@ _STEPS: dict[type, Callable[[SessionView, Any], Effects]] = {
 def _handle(view: SessionView, event: CommandEvent) -> Effects:
     command = event.command
     if isinstance(command, _THREAD_COMMANDS):
-        return threads.handle_thread(view, event, command)
+        # A member's, as their routes are (a close or a delete read no capability: review
+        # of RG-2, one judged after its owner's removal was stored after ``member_left``).
+        refused = _authorized(view, event, Capability.READ_SESSION)
+        return refused or threads.handle_thread(view, event, command)
     if threads.used_in_threads(view, event.actor, command.id):
         raise DuplicateCommand(command.id)  # a side-thread command's id
     if isinstance(command, PromptCommand):

@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
+from parley.session.thread_commands import ThreadCloseCommand, ThreadOpenCommand
 from tests.conftest import RunningServer
 from tests.fake_model import FakeModel
 from tests.server.runtime.backend import Backend, backend, sql_store
@@ -300,6 +301,33 @@ async def test_a_command_after_a_role_change_is_stored_but_not_in_force_is_refus
     assert (await s.message("bob", "as a viewer"))["code"] == "forbidden"
     assert (await rest.request("PUT", url, json={"role": "editor"})).status_code == 200
     assert (await s.message("bob", "an editor again"))["type"] == "ack"
+
+
+async def test_a_side_thread_command_after_a_removal_is_stored_but_not_in_force_is_refused(
+    rest: Backend,
+) -> None:
+    """Open item of RG-2 (one server): closing or deleting one's side-thread was judged by
+    the thread's owner alone, not by the membership: bob's close judged after his removal
+    was stored, before it was in force, after his ``member_left``. It is refused
+    ``forbidden`` (audited) and his thread stays as it was."""
+    sid = await rest.new_session({"ann": "editor", "bob": "editor"})
+    s = await rest.session(sid)
+    opened = await s.send("bob", ThreadOpenCommand(s.next_id(), None, "mine"))
+    thread_id = opened["thread_id"]
+    held = HeldInForce(s.room)
+    removal = asyncio.create_task(rest.request("DELETE", f"/api/v1/sessions/{sid}/members/bob"))
+    await asyncio.wait_for(held.stored.wait(), 10)
+    closing = ThreadCloseCommand(s.next_id(), thread_id, delete=False)
+    late = await asyncio.wait_for(s.send("bob", closing), 10)
+    held.release.set()
+    assert (await removal).status_code == 204
+    assert late["type"] == "error" and late["code"] == "forbidden", late
+    (thread,) = await rest.store.load_threads(sid, "bob", texts=False)
+    assert thread.status == "open"
+    refused = await rest.store.access.list_audit(
+        sid, limit=100, after=0, kinds=("refused",), actor="bob"
+    )
+    assert refused and "ThreadCloseCommand" in str(refused[-1].data), refused
 
 
 async def test_a_command_judged_before_a_removal_commits_before_it(rest: Backend) -> None:
