@@ -16,6 +16,7 @@ blocked longer than the TTL) renews the lease before it answers, or gives the se
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -24,7 +25,10 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from parley.authz.roles import Member
 from parley.session.errors import Unavailable
+
+LOST = "this node lost the session to another node; nothing was stored"
 
 
 class NotHolder(Unavailable):
@@ -71,18 +75,20 @@ _FENCE = text(
     """
 )
 
-# The fence of a member's write, which also says whether they are a member now: a locking
-# read (after the lease row's lock), so it sees a removal committed while it waited for that
-# lock, which its snapshot, taken before, does not; and a removal after it waits for the
-# write's commit (``lock_session`` takes the lease row first).
+# The fence of a member's write, which also reads the member as stored (their role, grants
+# and denials; NULL: no member): a locking read (after the lease row's lock), so it sees a
+# change committed while it waited for that lock, which its snapshot, taken before, does
+# not; and a change after it waits for the write's commit (``lock_session`` takes the lease
+# row first). FOR SHARE, not FOR KEY SHARE: a change of no key column (a role) does not
+# conflict with the latter, which then reads the row as the snapshot had it.
 _FENCE_MEMBER = text(
     """
     UPDATE session_leases SET expires_at = clock_timestamp() + make_interval(secs => :ttl)
     WHERE session_id = :session_id AND holder = :holder AND epoch = :epoch
-    RETURNING EXISTS (
-        SELECT 1 FROM members m
+    RETURNING (
+        SELECT json_build_array(m.role, m.grants, m.denials)::text FROM members m
         WHERE m.session_id = session_leases.session_id AND m.user_id = :member
-        FOR KEY SHARE
+        FOR SHARE
     )
     """
 )
@@ -169,27 +175,34 @@ class LeaseTable:
             ).scalar_one_or_none()
         return None if epoch is None else Lease(session_id, self.holder, int(epoch))
 
-    async def fence(
-        self, connection: AsyncConnection, lease: Lease, member: str | None = None
-    ) -> bool:
-        """In a write transaction: renew the lease, or raise ``Fenced`` if it was lost.
-        With ``member`` (a member's write): whether they are a member as of now, judged at
-        the commit (``_FENCE_MEMBER``); True without."""
-        parameters = {
+    async def fence(self, connection: AsyncConnection, lease: Lease) -> None:
+        """In a write transaction: renew the lease, or raise ``Fenced`` if it was lost."""
+        result = await connection.execute(_FENCE, self._fenced(lease))
+        if result.rowcount != 1:
+            raise Fenced(LOST)
+
+    async def fence_member(
+        self, connection: AsyncConnection, lease: Lease, user_id: str
+    ) -> Member | None:
+        """``fence`` for a write of member ``user_id``: also the member as stored as of
+        now, read at the commit (``_FENCE_MEMBER``: their role, grants and denials), or
+        None if they are no member."""
+        parameters = {**self._fenced(lease), "member": user_id}
+        found = (await connection.execute(_FENCE_MEMBER, parameters)).first()
+        if found is None:
+            raise Fenced(LOST)
+        if found[0] is None:
+            return None
+        role, grants, denials = json.loads(found[0])
+        return Member(user_id, role, frozenset(json.loads(grants)), frozenset(json.loads(denials)))
+
+    def _fenced(self, lease: Lease) -> dict[str, object]:
+        return {
             "session_id": lease.session_id,
             "holder": lease.holder,
             "epoch": lease.epoch,
             "ttl": self.ttl_s,
         }
-        if member is None:
-            result = await connection.execute(_FENCE, parameters)
-            if result.rowcount != 1:
-                raise Fenced("this node lost the session to another node; nothing was stored")
-            return True
-        found = (await connection.execute(_FENCE_MEMBER, {**parameters, "member": member})).first()
-        if found is None:
-            raise Fenced("this node lost the session to another node; nothing was stored")
-        return bool(found[0])
 
     async def renew(self, leases: list[Lease]) -> set[str]:
         """Extend these leases of this node; returns the session ids still held (same epoch)."""

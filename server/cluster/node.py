@@ -49,7 +49,7 @@ from parley.server.store.port import SessionTx
 from parley.server.store.sessions import CHANNEL_DELETED, Store, StoreTx
 from parley.session.closes import CloseCode
 from parley.session.commands import command_id_of, error_reply, reply_error
-from parley.session.errors import Forbidden, Unavailable
+from parley.session.errors import Unavailable
 from parley.session.queue import Policy
 from parley.session.reasons import ReasonCode
 
@@ -90,15 +90,19 @@ class HolderFence:
         lease = self.node.leases.get(self.room.session_id)
         if lease is None:
             raise NotHolder("another node runs this session; try again")
+        table = self.node.leases_table
         try:
-            is_member = await self.node.leases_table.fence(_connection(tx), lease, member)
+            if member is None:
+                await table.fence(_connection(tx), lease)
+                return
+            stored = await table.fence_member(_connection(tx), lease, member)
         except Fenced:
             self.node.lost(self.room.session_id, lease)
             raise
-        if not is_member:
-            # Removed on another node, which has yet to put it in force here: refused as a
-            # removed member is (review RA-3: stored after their ``member_left``).
-            raise Forbidden("you are not a member of this session")
+        # Changed on another node, which has yet to put it in force here: the command is
+        # judged by the member as stored, refused and audited as any other (review RA-3:
+        # stored after their ``member_left``; and after a ``member_changed`` to viewer).
+        self.room.membership.as_stored(member, stored)
 
     def published(self, tx: SessionTx) -> None:
         # Sent with the transaction's other notifications, in its last statement or one

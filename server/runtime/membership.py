@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Iterable, Iterator
+from dataclasses import replace
 
 from parley.authz.policy import Do, Restriction, Subject, decide, everyone_may_read
 from parley.authz.roles import Capability, Member, RoleTable
@@ -79,6 +80,25 @@ class Membership:
         """The member as of now (role table and grants read live), or None."""
         member = self.pending.get(user_id, self.members.get(user_id))
         return None if member is None else Subject.of(member, self.roles())
+
+    def as_stored(self, user_id: str, stored: Member | None) -> None:
+        """Cluster mode, in a command's write, after its fence read ``user_id`` as stored
+        (``stored``: their role, grants and denials; None: no member): they are judged by
+        it from now, until it is in force here (``pending``), where it differs from what
+        they are judged by (a change stored on another node, not yet in force here)."""
+        current = self.pending.get(user_id, self.members.get(user_id))
+        if current is None:
+            return  # not a member here either (or not yet: judged as one once in force)
+        if stored is None:
+            self.pending[user_id] = None
+        elif (stored.role, stored.grants, stored.denials) != (
+            current.role,
+            current.grants,
+            current.denials,
+        ):
+            self.pending[user_id] = replace(
+                current, role=stored.role, grants=stored.grants, denials=stored.denials
+            )
 
     def standing(self, user_id: str) -> Standing:
         """What ``user_id``'s membership says of the prompts they sent before now: when it

@@ -37,8 +37,9 @@ class WriteFence(Protocol):
 
     async def check(self, tx: SessionTx, member: str | None = None) -> None:
         """Refuse the write unless this node may write the session; with ``member`` (a
-        member's command), also unless they are a member as of the commit: ``Forbidden``
-        (a removal stored on another node meanwhile, not yet in force here)."""
+        member's command), read them as stored as of the commit, and judge the command by
+        that (a change stored on another node meanwhile, not yet in force here: refused
+        by the session core, a removed member's ``forbidden``)."""
         ...
 
     def holds(self) -> bool:

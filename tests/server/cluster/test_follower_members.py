@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import json
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -16,9 +17,16 @@ import asyncpg
 import pytest
 
 from parley.authz.policy import Decision
+from parley.authz.roles import Member
 from parley.server.settings import Settings
 from parley.server.store.access import CHANNEL_SETTINGS
-from tests.conftest import RunningServer, make_settings, postgres_database, serve_in_process
+from tests.conftest import (
+    RunningServer,
+    make_settings,
+    postgres_database,
+    serve_in_process,
+    wait_for_a_lock_wait,
+)
 from tests.yclient import YClient
 
 pytestmark = pytest.mark.postgres
@@ -73,10 +81,46 @@ async def _events(url: str, sid: str) -> list[tuple[int, str, str]]:
     return [(int(r["seq"]), str(r["kind"]), str(r["actor"])) for r in rows]
 
 
-def _after_leaving(events: list[tuple[int, str, str]], user: str) -> list[str]:
-    """The kinds of ``user``'s events stored after their ``member_left``."""
-    left = next(seq for seq, kind, _ in events if kind == "member_left")
-    return [kind for seq, kind, actor in events if seq > left and actor == user]
+def _after_leaving(
+    events: list[tuple[int, str, str]], user: str, kind: str = "member_left"
+) -> list[str]:
+    """The kinds of ``user``'s events stored after the first of ``kind`` (their
+    ``member_left``, their ``member_changed``)."""
+    left = next(seq for seq, k, _ in events if k == kind)
+    return [k for seq, k, actor in events if seq > left and actor == user]
+
+
+async def _refusals(url: str, sid: str, user: str) -> list[str]:
+    """The reasons of ``user``'s ``refused`` audit records, oldest first."""
+    connection = await asyncpg.connect(url.replace("+asyncpg", ""))
+    try:
+        rows = await connection.fetch(
+            "SELECT data FROM audit_log WHERE session_id = $1 AND kind = 'refused'"
+            " AND actor = $2 ORDER BY id",
+            sid,
+            user,
+        )
+    finally:
+        await connection.close()
+    return [str(json.loads(r["data"]).get("reason")) for r in rows]
+
+
+class HeldFence:
+    """Holds the next write of ``room`` (on the running node) before its fence: ``reached``
+    once it is there, until ``release``."""
+
+    def __init__(self, room: Any) -> None:
+        self.reached, self.release = asyncio.Event(), asyncio.Event()
+        fence = room.writer.document.fence
+        check, held = fence.check, [True]
+
+        async def held_check(*args: Any) -> None:
+            if held and held.pop():
+                self.reached.set()
+                await self.release.wait()
+            await check(*args)
+
+        fence.check = held_check
 
 
 @dataclass
@@ -118,21 +162,9 @@ async def test_a_command_judged_before_a_removal_elsewhere_is_refused_at_its_com
     async with _two_nodes(tmp_path) as nodes:
         url, first, second, sid = nodes.url, nodes.first, nodes.second, nodes.sid
         ann, bob = nodes.ann, nodes.bob
-        room = first.app.state.parley.rooms.loaded(sid)
-        fence = room.writer.document.fence
-        check = fence.check
-        reached, release = asyncio.Event(), asyncio.Event()
-        held = [True]
-
-        async def held_check(*args: Any) -> None:
-            if held and held.pop():  # the next write's fence: bob's message
-                reached.set()
-                await release.wait()
-            await check(*args)
-
-        fence.check = held_check
+        held = HeldFence(first.app.state.parley.rooms.loaded(sid))  # bob's message's
         sent = asyncio.create_task(bob.command({"type": "message", "id": "b1", "text": "x"}))
-        await asyncio.wait_for(reached.wait(), 10)
+        await asyncio.wait_for(held.reached.wait(), 10)
 
         # What a DELETE through the follower stores, not yet in force on the first node.
         follower = second.app.state.parley
@@ -140,9 +172,11 @@ async def test_a_command_judged_before_a_removal_elsewhere_is_refused_at_its_com
             sid, "bob", None, int(time.time() * 1000), lambda b, a: Decision(True, "")
         )
         assert removal.before is not None and removal.after is None
-        release.set()
+        held.release.set()
         reply = await sent
         assert reply["type"] == "error" and reply["code"] == "forbidden", reply
+        # Audited as every other refusal (open item of RA-3: the fence's wrote nothing).
+        assert await _refusals(url, sid, "bob") == ["you are not a member of this session"]
 
         await follower.rooms.settings_changed(await follower.rooms.current(sid), "bob")
         assert await bob.wait_closed(timeout=20) == 4403
@@ -150,6 +184,92 @@ async def test_a_command_judged_before_a_removal_elsewhere_is_refused_at_its_com
         assert taken["type"] == "ack", taken
         assert ann.close_code is None
         assert _after_leaving(await _events(url, sid), "bob") == []
+
+
+async def test_a_command_judged_before_a_role_change_elsewhere_is_judged_by_it_at_commit(
+    tmp_path: Path,
+) -> None:
+    """Open item of RA-3: the fence read whether the member was there, not their role: bob,
+    made a viewer through a follower, could still post on the running node until the
+    change was in force there (stored after his ``member_changed``, shown to everyone).
+    Here bob's message is held before its fence while the follower stores the change: it
+    is refused with the role's reason at its commit, audited, and stores nothing."""
+    async with _two_nodes(tmp_path) as nodes:
+        url, first, second, sid = nodes.url, nodes.first, nodes.second, nodes.sid
+        held = HeldFence(first.app.state.parley.rooms.loaded(sid))  # bob's message's
+        sent = asyncio.create_task(nodes.bob.command({"type": "message", "id": "b1", "text": "x"}))
+        await asyncio.wait_for(held.reached.wait(), 10)
+
+        # What a PUT through the follower stores, not yet in force on the first node.
+        follower = second.app.state.parley
+        change = await follower.store.change_member(
+            sid,
+            "bob",
+            Member("bob", "viewer"),
+            int(time.time() * 1000),
+            lambda b, a: Decision(True, ""),
+        )
+        assert change.after is not None and change.after.role == "viewer"
+        held.release.set()
+        reply = await sent
+        assert reply["type"] == "error" and reply["code"] == "forbidden", reply
+        assert "viewer may not post message" in reply["message"], reply
+        assert await _refusals(url, sid, "bob") == [reply["message"]]
+
+        await follower.rooms.settings_changed(await follower.rooms.current(sid), "bob")
+        again = await nodes.bob.command({"type": "message", "id": "b2", "text": "y"})
+        assert again["type"] == "error" and again["code"] == "forbidden", again
+        taken = await nodes.ann.command({"type": "message", "id": "a1", "text": "still here"})
+        assert taken["type"] == "ack", taken
+        assert _after_leaving(await _events(url, sid), "bob", "member_changed") == []
+
+
+# Set in the task of a member change: its commit is held.
+A_CHANGE: contextvars.ContextVar[bool] = contextvars.ContextVar("a_change", default=False)
+
+
+async def test_a_role_change_committed_while_a_command_waits_for_its_fence_judges_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Open item of RA-3: the follower's change of bob to viewer holds the lease row (it
+    is about to commit) while bob's message's fence waits for that row; the change
+    commits, then the fence reads bob's row. Read FOR KEY SHARE, the row came as the
+    fence's snapshot had it (a change of no key column does not conflict with that lock):
+    an editor's, and the message was stored after his ``member_changed``. Read FOR SHARE,
+    it waits for the change and reads it: refused with the role's reason."""
+    async with _two_nodes(tmp_path) as nodes:
+        url, second, sid = nodes.url, nodes.second, nodes.sid
+        committing, release = asyncio.Event(), asyncio.Event()
+        commit = asyncpg.transaction.Transaction.commit
+
+        async def held_commit(self: Any) -> None:
+            if A_CHANGE.get():
+                committing.set()
+                await release.wait()
+            await commit(self)
+
+        monkeypatch.setattr(asyncpg.transaction.Transaction, "commit", held_commit)
+
+        async def change() -> Any:
+            A_CHANGE.set(True)
+            return await second.app.state.parley.store.change_member(
+                sid,
+                "bob",
+                Member("bob", "viewer"),
+                int(time.time() * 1000),
+                lambda b, a: Decision(True, ""),
+            )
+
+        changing = asyncio.create_task(change())
+        await asyncio.wait_for(committing.wait(), 10)  # the lease row locked, bob's updated
+        sent = asyncio.create_task(nodes.bob.command({"type": "message", "id": "b1", "text": "x"}))
+        await wait_for_a_lock_wait(second.app.state.parley.store.engine)  # bob's fence's
+        release.set()
+        assert (await changing).after is not None
+        reply = await sent
+        assert reply["type"] == "error" and reply["code"] == "forbidden", reply
+        assert "viewer may not post message" in reply["message"], reply
+        assert _after_leaving(await _events(url, sid), "bob", "member_changed") == []
 
 
 async def test_a_removed_members_write_cut_off_as_it_commits_leaves_the_room_running(
