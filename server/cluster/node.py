@@ -362,15 +362,18 @@ class ClusterNode:
 
     # -- commands -------------------------------------------------------------------------
 
-    async def command(self, room: SessionRoom, user_id: str, frame: str) -> str:
-        """Run a member's command (from a socket or an HTTP call) here if this node runs
-        the session, else forward it."""
+    async def command(
+        self, room: SessionRoom, user_id: str, frame: str, token: str | None = None
+    ) -> str:
+        """Run a member's command (from a socket or an HTTP call, with client token
+        ``token``) here if this node runs the session, else forward it (without the token:
+        the node that runs it judges the member alone)."""
         try:
             here = await self.runs_here(room)
         except Unavailable as exc:  # lost while it stalled, or its lease not renewed now
             return error_reply(command_id_of(frame), exc)
         if here:
-            return await handle_frame(room, user_id, frame)
+            return await handle_frame(room, user_id, frame, token)
         return await self.relay.forward(room, user_id, frame)
 
     async def runs_here(self, room: SessionRoom) -> bool:

@@ -275,10 +275,14 @@ def token_out(member: MemberRow, token: str, claims: ClientClaims) -> TokenOut:
 async def revoke_token(state: AppState, session_id: str, jti: str) -> None:
     """Revoke one client token: its sockets close (4401) and its member's prompts stop."""
     await session_row(state, session_id)
-    token = await AccessStore(state.store).revoke_token(session_id, jti, int(state.clock() * 1000))
+    room = await state.rooms.get(session_id)
+    now_ms = int(state.clock() * 1000)
+    # Ordered with the session's writes: a command sent with it after it is refused.
+    token = await room.store_revocation(
+        lambda: AccessStore(state.store).revoke_token(session_id, jti, now_ms)
+    )
     if token is None:
         raise NotFound(f"no unexpired token {jti!r} in this session")
-    room = await state.rooms.get(session_id)
     await room.membership.revoke_token(token)
     # In force where the session runs before this returns (review: revoked through a
     # node that follows it, the token still stored a message on the running node).

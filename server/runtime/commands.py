@@ -28,21 +28,25 @@ from parley.session.recent_acks import kept_as_ack, stored_fingerprints
 from parley.session.thread_commands import ThreadShareCommand
 
 
-async def handle_frame(room: SessionRoom, actor: str, frame: str) -> str:
-    """Parse one JSON command frame of ``actor`` and return its single reply."""
+async def handle_frame(room: SessionRoom, actor: str, frame: str, token: str | None = None) -> str:
+    """Parse one JSON command frame of ``actor`` (sent with client token ``token``) and
+    return its single reply."""
     try:
         command = parse_command(frame, room.limits)
     except CommandError as exc:
         room.metrics.errors.labels(code=exc.code.value).inc()
         return error_reply(exc.command_id, exc)
-    return await dispatch(room, actor, command)
+    return await dispatch(room, actor, command, token)
 
 
-async def dispatch(room: SessionRoom, actor: str, command: Command) -> str:
-    """Carry out ``actor``'s ``command`` (judged by the member's rights now) and return its
-    single reply: the ack, or the error. A resent command is answered with its first ack
-    (``RecentAcks``; for prompts and messages, from the store too)."""
-    event = CommandEvent(actor, command, room.now_ms(), new_id())
+async def dispatch(
+    room: SessionRoom, actor: str, command: Command, token: str | None = None
+) -> str:
+    """Carry out ``actor``'s ``command`` (judged by the member's rights now, and by
+    ``token``, the id of the client token it was sent with, as of its commit) and return
+    its single reply: the ack, or the error. A resent command is answered with its first
+    ack (``RecentAcks``; for prompts and messages, from the store too)."""
+    event = CommandEvent(actor, command, room.now_ms(), new_id(), token=token)
     try:
         recent = room.recent_acks.answer(actor, command)
         if recent is not None:

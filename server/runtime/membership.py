@@ -75,6 +75,9 @@ class Membership:
         # it is (``set_member``): what they may do as of now (``SessionRoom.store_change``;
         # cluster mode, ``as_stored``).
         self.pending: dict[str, Member | None] = {}
+        # Client tokens whose revocation is stored and not yet in force here (``revoke_token``;
+        # ``SessionRoom.store_revocation``).
+        self.revoking: set[str] = set()
 
     def subject(self, user_id: str) -> Subject | None:
         """The member as of now (role table and grants read live), or None."""
@@ -216,6 +219,7 @@ class Membership:
     async def revoke_token(self, token: TokenRow) -> None:
         """Put a revoked token in force: its sockets close, its user's prompts stop."""
         now = self.clock()
+        self.revoking.discard(token.id)
         self.revoked_tokens = {k: t for k, t in self.revoked_tokens.items() if t.expires_at > now}
         if token.id in self.revoked_tokens or token.expires_at <= now:
             return
@@ -240,6 +244,11 @@ class Membership:
             name = self.display_names.get(user_id, "")
             frame = member_frame(user_id, self.subject(user_id), name)
             self.tell(frame, user_id if own_only else None)
+
+    def token_revoked(self, token_id: str) -> bool:
+        """Whether client token ``token_id`` is revoked as of now (stored so, if not yet in
+        force here): what a command sent with it is judged by where it is stored."""
+        return token_id in self.revoked_tokens or token_id in self.revoking
 
     def token_refusal(self, claims: ClientClaims) -> str | None:
         """Why a verified token may not be used now (None: it may, or its user is no

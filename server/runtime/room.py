@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from enum import StrEnum
 from functools import partial
+from typing import TypeVar
 
 from parley.authz.policy import Do, Subject, decide, may_read
 from parley.authz.roles import Capability, RoleTable
@@ -36,7 +37,7 @@ from parley.server.runtime.sockets import SessionSockets, private_frame
 from parley.server.runtime.stream_feed import StreamFeed
 from parley.server.runtime.writer import DocumentWriter
 from parley.server.settings import Settings
-from parley.server.store.access_rows import ToolRow
+from parley.server.store.access_rows import TokenRow, ToolRow
 from parley.server.store.port import SessionStore
 from parley.server.store.rows import SessionRow
 from parley.server.store.sessions import MemberChange
@@ -56,6 +57,9 @@ from parley.session.recent_acks import RecentAcks
 from parley.session.schema import SessionDocument
 
 log = logging.getLogger("parley.room")
+
+# What a change stored between the session's writes returns (``SessionRoom._between_writes``).
+Stored = TypeVar("Stored")
 
 
 class Work(StrEnum):
@@ -281,12 +285,40 @@ class SessionRoom:
         ``member_left`` or ``member_changed``, shown to everyone). No cost to a command:
         what it is judged by is in memory, as before. (Cluster mode: a change on another
         node is met at the command's commit, ``HolderFence.check``.)"""
-        async with self.writer.document.holding():
-            change = await store()
+
+        def held(change: MemberChange) -> None:
             if change.decision.allowed and change.before is not None:
                 after = None if change.after is None else change.after.as_member()
                 self.membership.pending[user_id] = after
-        return change
+
+        return await self._between_writes(store, held)
+
+    async def store_revocation(
+        self, store: Callable[[], Awaitable[TokenRow | None]]
+    ) -> TokenRow | None:
+        """Store a client token's revocation (``store``, ``AccessStore.revoke_token``; None:
+        no such token) between the session's writes, and hold it revoked from its commit
+        until it is in force here (``Membership.revoking``; ``Membership.revoke_token``):
+        a command sent with it that was judged before commits before it; one judged after
+        is refused ``unauthenticated`` (review of RG-2: a command let in before the
+        revocation was stored after its 204)."""
+
+        def held(token: TokenRow | None) -> None:
+            if token is not None:
+                self.membership.revoking.add(token.id)
+
+        return await self._between_writes(store, held)
+
+    async def _between_writes(
+        self, store: Callable[[], Awaitable[Stored]], held: Callable[[Stored], None]
+    ) -> Stored:
+        """Run ``store`` (a change the store makes alone) holding the session writer's
+        turn (``DocumentWriter.holding``), and ``held`` with what it stored before the
+        session's writes go on."""
+        async with self.writer.document.holding():
+            stored = await store()
+            held(stored)
+        return stored
 
     async def reload_quotas(self) -> None:
         """Put the session's stored quotas in force for the runs that start here: where

@@ -140,13 +140,16 @@ class RoomRegistry:
         room = await self.current(session_id, kept=kept)
         return room, await room.writer.document.committed_document()
 
-    async def command(self, room: SessionRoom, user_id: str, frame: str) -> str:
-        """The one door for a member's command frame, from a socket or an HTTP call:
-        carried out where the session runs (cluster mode: forwarded there when another node
-        runs it); returns its one reply, the ack or the error."""
+    async def command(
+        self, room: SessionRoom, user_id: str, frame: str, token: str | None = None
+    ) -> str:
+        """The one door for a member's command frame, from a socket or an HTTP call (sent
+        with client token ``token``, its id): carried out where the session runs (cluster
+        mode: forwarded there when another node runs it); returns its one reply, the ack
+        or the error."""
         if self.cluster is not None:
-            return await self.cluster.command(room, user_id, frame)
-        return await handle_frame(room, user_id, frame)
+            return await self.cluster.command(room, user_id, frame, token)
+        return await handle_frame(room, user_id, frame, token)
 
     async def runs_here(self, room: SessionRoom) -> bool:
         """True when this node runs the session (always, out of cluster mode)."""

@@ -165,7 +165,8 @@ async def _serve(
                     connection.close(CloseCode.ABUSE, "too many refused frames")
                     return
         elif text is not None:
-            connection.send_json(await state.rooms.command(room, connection.user_id, text))
+            token = None if connection.claims is None else connection.claims.token_id
+            connection.send_json(await state.rooms.command(room, connection.user_id, text, token))
 
 
 async def _past_the_rate(

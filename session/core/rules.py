@@ -65,6 +65,7 @@ from parley.session.errors import (
     NotFound,
     ParleyError,
     TooLarge,
+    Unauthenticated,
     Unavailable,
 )
 from parley.session.lifecycle import PromptStatus, ReplyStatus, ToolStepStatus
@@ -130,6 +131,10 @@ _STEPS: dict[type, Callable[[SessionView, Any], Effects]] = {
 
 def _handle(view: SessionView, event: CommandEvent) -> Effects:
     command = event.command
+    if event.token is not None and view.token_revoked(event.token):
+        # Judged where it is stored, not at the door alone (review of RG-2: a message let
+        # in with a token revoked before it was stored was stored, after the 204).
+        return _refusal(event, "revoked: this token was revoked", Unauthenticated)
     if isinstance(command, _THREAD_COMMANDS):
         # A member's, as their routes are (a close or a delete read no capability: review
         # of RG-2, one judged after its owner's removal was stored after ``member_left``).
@@ -151,11 +156,12 @@ def _handle(view: SessionView, event: CommandEvent) -> Effects:
     return _cancel(view, event, command)
 
 
-def _refusal(event: CommandEvent, reason: str) -> Effects:
-    """A refused authorisation: answered ``forbidden`` with its reason, and audited."""
+def _refusal(event: CommandEvent, reason: str, error: type[ParleyError] = Forbidden) -> Effects:
+    """A refused authorisation: answered ``error`` (``forbidden``) with its reason, and
+    audited."""
     what = f"command {type(event.command).__name__}"
     record = AuditRecord("refused", event.actor, {"action": what, "reason": reason})
-    return refused(Forbidden(reason), record)
+    return refused(error(reason), record)
 
 
 def _authorized(

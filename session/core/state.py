@@ -29,6 +29,8 @@ class CommandEvent:
     key) and audits the change itself; the core then judges the change, not the actor.
     ``resendable``: the command's id is its sender's, who may send it again (a REST
     route's change has a made-up one: its ack is not kept for resends).
+    ``token``: the id of the client token it was sent with (None: none is known here),
+    judged again where the command is stored (``SessionView.token_revoked``).
     """
 
     actor: str
@@ -37,6 +39,7 @@ class CommandEvent:
     new_id: str
     admin: bool = False
     resendable: bool = True
+    token: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +92,7 @@ class SessionView:
     longer read it.
     ``document_bytes``: the committed document's encoded size (what a first sync sends).
     ``standing``: a member's ``Standing`` as of now (``no_standing`` for one who is not).
+    ``token_revoked``: whether a client token (its id) is revoked as of now.
     ``server_text``: the full text kept server-side behind an entry's placeholder (None:
     its shared copy is all there is); ``restriction_of``: the readers of that text.
     """
@@ -110,6 +114,7 @@ class SessionView:
     thread_drew_on: Callable[[str], Restriction] = lambda thread_id: ()
     document_bytes: int = 0
     standing: Callable[[str], Standing] = no_standing
+    token_revoked: Callable[[str], bool] = lambda token_id: False
     server_text: Callable[[str], str | None] = lambda entry_id: None
     restriction_of: Callable[[str], Restriction] = lambda entry_id: ()
 

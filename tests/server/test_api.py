@@ -13,6 +13,8 @@ from typing import Any
 import httpx
 import pytest
 
+from parley.server.runtime.commands import dispatch
+from parley.session.commands import MessageCommand
 from parley.session.thread_commands import ThreadCloseCommand, ThreadOpenCommand
 from tests.conftest import RunningServer
 from tests.fake_model import FakeModel
@@ -330,46 +332,105 @@ async def test_a_side_thread_command_after_a_removal_is_stored_but_not_in_force_
     assert refused and "ThreadCloseCommand" in str(refused[-1].data), refused
 
 
+async def test_a_command_of_a_token_revoked_before_its_commit_is_refused(rest: Backend) -> None:
+    """Open item of RG-2: a command was judged by its token at the door alone. Bob's
+    message over REST, let in with his token, is held before its write while the token is
+    revoked (204: in force, its sockets closed): it was then stored. It is refused
+    ``unauthenticated`` at its commit (audited) and stores nothing; bob, still a member,
+    posts with another token."""
+    sid = await rest.new_session({"ann": "editor", "bob": "editor"})
+    s = await rest.session(sid)
+    url = f"/api/v1/sessions/{sid}"
+    issued = (await rest.request("POST", f"{url}/tokens", json={"user_id": "bob"})).json()
+    carry_out = s.room.writer.carry_out
+    reached, release = asyncio.Event(), asyncio.Event()
+
+    async def held(event: Any, *args: Any, **kwargs: Any) -> Any:
+        if getattr(event, "actor", None) == "bob" and not reached.is_set():
+            reached.set()  # judged at the door, its write not begun
+            await release.wait()
+        return await carry_out(event, *args, **kwargs)
+
+    s.room.writer.carry_out = held  # type: ignore[method-assign]
+    body = {"text": "sent before the revocation"}
+    sent = asyncio.create_task(
+        rest.request("POST", f"{url}/messages", json=body, token=issued["token"])
+    )
+    await asyncio.wait_for(reached.wait(), 10)
+    assert (await rest.request("DELETE", f"{url}/tokens/{issued['jti']}")).status_code == 204
+    release.set()
+    answer = await asyncio.wait_for(sent, 10)
+    assert answer.status_code == 401, answer.json()
+    assert answer.json()["error"]["code"] == "unauthenticated"
+    events = await rest.store.events_after(sid, 0, 1000)
+    assert [e.kind for e in events if e.actor == "bob"] == []
+    refused = await rest.store.access.list_audit(
+        sid, limit=100, after=0, kinds=("refused",), actor="bob"
+    )
+    assert refused and "revoked" in str(refused[-1].data), refused
+    other = (await rest.request("POST", f"{url}/tokens", json={"user_id": "bob"})).json()
+    again = await rest.request("POST", f"{url}/messages", json=body, token=other["token"])
+    assert again.status_code == 202, again.json()
+
+
+def _hold_first_write(writer: Any) -> tuple[asyncio.Event, asyncio.Event]:
+    """Hold the next write of ``writer`` judged and not stored yet (its rows unwritten, the
+    session's turn held): ``reached`` once it is there, until ``release``."""
+    record = writer._record
+    reached, release = asyncio.Event(), asyncio.Event()
+
+    async def held_record(*args: Any, **kwargs: Any) -> None:
+        if not reached.is_set():
+            reached.set()
+            await release.wait()
+        await record(*args, **kwargs)
+
+    writer._record = held_record
+    return reached, release
+
+
+def _queued_on(lock: asyncio.Lock) -> asyncio.Event:
+    """Set once something waits for ``lock`` while it is held."""
+    acquire, queued = lock.acquire, asyncio.Event()
+
+    async def seen_acquire() -> bool:
+        if lock.locked():
+            queued.set()
+        return await acquire()
+
+    lock.acquire = seen_acquire  # type: ignore[method-assign]
+    return queued
+
+
+async def _first_of(*events: asyncio.Event) -> None:
+    """Wait until one of ``events`` is set (at most 10 s: then fails)."""
+    waits = [asyncio.create_task(e.wait()) for e in events]
+    await asyncio.wait(waits, timeout=10, return_when=asyncio.FIRST_COMPLETED)
+    for waiting in waits:
+        waiting.cancel()
+    assert any(e.is_set() for e in events)
+
+
 async def test_a_command_judged_before_a_removal_commits_before_it(rest: Backend) -> None:
     """Review RG-2 (one server): bob's message, judged a member's, is held between its
     check and its commit while his removal is made: the removal waits for it (on
     PostgreSQL it committed first, and the message was stored after ``member_left``)."""
     sid = await rest.new_session({"ann": "editor", "bob": "editor"})
     s = await rest.session(sid)
-    writer, store = s.room.writer, rest.store
-    record, change_member = writer._record, store.change_member
-    reached, release, storing = asyncio.Event(), asyncio.Event(), asyncio.Event()
-
-    async def held_record(*args: Any, **kwargs: Any) -> None:
-        if not reached.is_set():  # bob's message, judged and not stored yet
-            reached.set()
-            await release.wait()
-        await record(*args, **kwargs)
+    store = rest.store
+    change_member, storing = store.change_member, asyncio.Event()
 
     async def seen_change(*args: Any, **kwargs: Any) -> Any:
         storing.set()
         return await change_member(*args, **kwargs)
 
-    lock, queued = writer.document.lock, asyncio.Event()
-    acquire = lock.acquire
-
-    async def seen_acquire() -> bool:
-        if lock.locked():  # a write waits for bob's (his message's writer holds the lock)
-            queued.set()
-        return await acquire()
-
-    writer._record = held_record  # type: ignore[method-assign]
+    reached, release = _hold_first_write(s.room.writer)  # bob's message
     store.change_member = seen_change
     sent = asyncio.create_task(s.message("bob", "judged before my removal"))
     await asyncio.wait_for(reached.wait(), 10)
-    lock.acquire = seen_acquire  # type: ignore[method-assign]
+    queued = _queued_on(s.room.writer.document.lock)  # a write waits for bob's
     removal = asyncio.create_task(rest.request("DELETE", f"/api/v1/sessions/{sid}/members/bob"))
-    # The removal is stored, or waits for bob's write.
-    waits = [asyncio.create_task(e.wait()) for e in (storing, queued)]
-    await asyncio.wait(waits, timeout=10, return_when=asyncio.FIRST_COMPLETED)
-    for waiting in waits:
-        waiting.cancel()
-    assert storing.is_set() or queued.is_set()
+    await _first_of(storing, queued)  # the removal is stored, or waits for bob's write
     if storing.is_set() and rest.store.engine.dialect.name == "postgresql":
         await asyncio.wait_for(asyncio.shield(removal), 10)  # (before the fix: it commits)
     release.set()
@@ -377,6 +438,30 @@ async def test_a_command_judged_before_a_removal_commits_before_it(rest: Backend
     assert (await asyncio.wait_for(removal, 10)).status_code == 204
     assert await _after(rest, sid, "bob") == []
     assert (await s.message("ann", "still here"))["type"] == "ack"
+
+
+async def test_a_command_judged_before_a_revocation_commits_before_it(rest: Backend) -> None:
+    """Open item of RG-2: bob's message sent with his token, judged, is held before its
+    commit while the token is revoked: the revocation waits for it (it answered 204 first,
+    and the message was stored after, on SQLite once the database lock let it)."""
+    sid = await rest.new_session({"ann": "editor", "bob": "editor"})
+    s = await rest.session(sid)
+    url = f"/api/v1/sessions/{sid}"
+    issued = (await rest.request("POST", f"{url}/tokens", json={"user_id": "bob"})).json()
+    reached, release = _hold_first_write(s.room.writer)  # bob's message
+    command = MessageCommand("b1", "judged before the revocation")
+    sent = asyncio.create_task(dispatch(s.room, "bob", command, issued["jti"]))
+    await asyncio.wait_for(reached.wait(), 10)
+    queued = _queued_on(s.room.writer.document.lock)
+    revoked = asyncio.Event()
+    revocation = asyncio.create_task(rest.request("DELETE", f"{url}/tokens/{issued['jti']}"))
+    revocation.add_done_callback(lambda _: revoked.set())
+    await _first_of(revoked, queued)  # answered, or waits for bob's write
+    answered_first = revoked.is_set()
+    release.set()
+    assert json.loads(await asyncio.wait_for(sent, 10))["type"] == "ack"
+    assert (await asyncio.wait_for(revocation, 10)).status_code == 204
+    assert not answered_first  # (before: 204 while bob's message was not stored yet)
 
 
 async def test_admin_key_is_required(server: RunningServer) -> None:
