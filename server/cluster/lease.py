@@ -76,11 +76,12 @@ _FENCE = text(
 )
 
 # The fence of a member's write, which also reads the member as stored (their role, grants
-# and denials; NULL: no member): a locking read (after the lease row's lock), so it sees a
-# change committed while it waited for that lock, which its snapshot, taken before, does
-# not; and a change after it waits for the write's commit (``lock_session`` takes the lease
-# row first). FOR SHARE, not FOR KEY SHARE: a change of no key column (a role) does not
-# conflict with the latter, which then reads the row as the snapshot had it.
+# and denials; NULL: no member) and whether the client token it was sent with is revoked:
+# locking reads (after the lease row's lock), so they see a change committed while it
+# waited for that lock, which its snapshot, taken before, does not; and a change after it
+# waits for the write's commit (``lock_session`` takes the lease row first). FOR SHARE, not
+# FOR KEY SHARE: a change of no key column (a role, a revocation) does not conflict with
+# the latter, which then reads the row as the snapshot had it.
 _FENCE_MEMBER = text(
     """
     UPDATE session_leases SET expires_at = clock_timestamp() + make_interval(secs => :ttl)
@@ -88,6 +89,10 @@ _FENCE_MEMBER = text(
     RETURNING (
         SELECT json_build_array(m.role, m.grants, m.denials)::text FROM members m
         WHERE m.session_id = session_leases.session_id AND m.user_id = :member
+        FOR SHARE
+    ), (
+        SELECT t.revoked_at IS NOT NULL FROM client_tokens t
+        WHERE t.session_id = session_leases.session_id AND t.id = :token
         FOR SHARE
     )
     """
@@ -182,19 +187,22 @@ class LeaseTable:
             raise Fenced(LOST)
 
     async def fence_member(
-        self, connection: AsyncConnection, lease: Lease, user_id: str
-    ) -> Member | None:
-        """``fence`` for a write of member ``user_id``: also the member as stored as of
-        now, read at the commit (``_FENCE_MEMBER``: their role, grants and denials), or
-        None if they are no member."""
-        parameters = {**self._fenced(lease), "member": user_id}
+        self, connection: AsyncConnection, lease: Lease, user_id: str, token: str | None
+    ) -> tuple[Member | None, bool]:
+        """``fence`` for a write of member ``user_id`` sent with client token ``token``
+        (None: none known): also, read at the commit (``_FENCE_MEMBER``), the member as
+        stored (their role, grants and denials; None: no member) and whether the token
+        is revoked."""
+        parameters = {**self._fenced(lease), "member": user_id, "token": token}
         found = (await connection.execute(_FENCE_MEMBER, parameters)).first()
         if found is None:
             raise Fenced(LOST)
-        if found[0] is None:
-            return None
-        role, grants, denials = json.loads(found[0])
-        return Member(user_id, role, frozenset(json.loads(grants)), frozenset(json.loads(denials)))
+        stored, revoked = found
+        if stored is None:
+            return None, bool(revoked)
+        role, grants, denials = json.loads(stored)
+        rights = frozenset(json.loads(grants)), frozenset(json.loads(denials))
+        return Member(user_id, role, *rights), bool(revoked)
 
     def _fenced(self, lease: Lease) -> dict[str, object]:
         return {

@@ -86,7 +86,9 @@ class HolderFence:
         self.node = node
         self.room = room
 
-    async def check(self, tx: SessionTx, member: str | None = None) -> None:
+    async def check(
+        self, tx: SessionTx, member: str | None = None, token: str | None = None
+    ) -> None:
         lease = self.node.leases.get(self.room.session_id)
         if lease is None:
             raise NotHolder("another node runs this session; try again")
@@ -95,14 +97,17 @@ class HolderFence:
             if member is None:
                 await table.fence(_connection(tx), lease)
                 return
-            stored = await table.fence_member(_connection(tx), lease, member)
+            stored, revoked = await table.fence_member(_connection(tx), lease, member, token)
         except Fenced:
             self.node.lost(self.room.session_id, lease)
             raise
         # Changed on another node, which has yet to put it in force here: the command is
-        # judged by the member as stored, refused and audited as any other (review RA-3:
-        # stored after their ``member_left``; and after a ``member_changed`` to viewer).
+        # judged by the member and token as stored, refused and audited as any other
+        # (review RA-3: stored after their ``member_left``; and after a ``member_changed``
+        # to viewer, or their token's revocation).
         self.room.membership.as_stored(member, stored)
+        if revoked and token is not None:
+            self.room.membership.revoking.add(token)
 
     def published(self, tx: SessionTx) -> None:
         # Sent with the transaction's other notifications, in its last statement or one

@@ -209,13 +209,14 @@ class SessionWriter:
         ``beside``: what else to do in the write once the event was judged (a run's start
         reads its issuers' scope there). A write that stores a prompt and wakes the runner
         starts the prompt's run too if the runner waits idle (``RunSteps.begin_with``)."""
-        member = None
+        member = token = None
         if isinstance(event, CommandEvent):
             await self.sent.read(self.last_seq)  # before a write that may store an entry
-            # Judged again at the commit, with the removals stored on another node.
+            # Judged again at the commit, with the changes stored on another node.
             member = None if event.admin or not event.actor else event.actor
+            token = event.token
         try:
-            async with self.document.writing(member) as write:
+            async with self.document.writing(member, token) as write:
                 if before is not None:
                     event = await before(write)
                 effects = handle(self.view(), event)

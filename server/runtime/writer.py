@@ -269,11 +269,14 @@ class DocumentWriter:
             yield
 
     @asynccontextmanager
-    async def writing(self, member: str | None = None) -> AsyncIterator[Write]:
+    async def writing(
+        self, member: str | None = None, token: str | None = None
+    ) -> AsyncIterator[Write]:
         """Serialize a change: store its rows and CRDT update, commit, then broadcast. On
         SQLite the wait for the database has what is left of the lock budget once the
-        session's turn came (``_turn_within``). ``member``: a member's command, refused
-        by the fence (cluster mode) if they are no member as of its commit."""
+        session's turn came (``_turn_within``). ``member``: a member's command (sent with
+        client token ``token``), judged by the member and token as stored as of its
+        commit (cluster mode: read by the fence)."""
         budgeted = getattr(self.store, "turns_in_budget", False)
         budget = self.settings.db_lock_timeout_s if budgeted else None
         async with self._turn_within(budget) as left:
@@ -287,7 +290,7 @@ class DocumentWriter:
             try:
                 async with self.store.transaction(lock_timeout_s=left) as tx:
                     if self.fence is not None:
-                        await self.fence.check(tx, member)
+                        await self.fence.check(tx, member, token)
                     write = Write(tx)
                     yield write
                     update = merged(captured)

@@ -212,6 +212,9 @@ class AccessStore:
             client_tokens.c.expires_at > now_ms // 1000,
         )
         async with self.store.transaction() as tx:
+            # Cluster mode: after the writes of the running node that hold the lease row,
+            # before those that wait for it (their fence reads the token: review of RG-2).
+            await lock_session(tx.connection, session_id)
             row = (await tx.connection.execute(select(client_tokens).where(where))).first()
             if row is None:
                 return None

@@ -35,11 +35,14 @@ class WriteFence(Protocol):
     transaction (raise to refuse it); told each update it stores, in the same transaction
     (before or after the statement that stores it: what it sends goes with the commit)."""
 
-    async def check(self, tx: SessionTx, member: str | None = None) -> None:
+    async def check(
+        self, tx: SessionTx, member: str | None = None, token: str | None = None
+    ) -> None:
         """Refuse the write unless this node may write the session; with ``member`` (a
-        member's command), read them as stored as of the commit, and judge the command by
-        that (a change stored on another node meanwhile, not yet in force here: refused
-        by the session core, a removed member's ``forbidden``)."""
+        member's command, sent with client token ``token`` if known), read them and the
+        token as stored as of the commit, and judge the command by that (a change stored
+        on another node meanwhile, not yet in force here: refused by the session core, a
+        removed member's ``forbidden``, a revoked token's ``unauthenticated``)."""
         ...
 
     def holds(self) -> bool:

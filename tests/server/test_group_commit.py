@@ -81,7 +81,7 @@ class Fence:
         self.allowed = allowed
         self.told = 0  # updates stored while it held the session
 
-    async def check(self, tx: StoreTx, member: str | None = None) -> None:
+    async def check(self, tx: StoreTx, member: str | None = None, token: str | None = None) -> None:
         if not self.allowed:
             raise LookupError("another node holds this session")
 

@@ -19,7 +19,7 @@ import pytest
 from parley.authz.policy import Decision
 from parley.authz.roles import Member
 from parley.server.settings import Settings
-from parley.server.store.access import CHANNEL_SETTINGS
+from parley.server.store.access import CHANNEL_SETTINGS, AccessStore
 from tests.conftest import (
     RunningServer,
     make_settings,
@@ -222,6 +222,37 @@ async def test_a_command_judged_before_a_role_change_elsewhere_is_judged_by_it_a
         taken = await nodes.ann.command({"type": "message", "id": "a1", "text": "still here"})
         assert taken["type"] == "ack", taken
         assert _after_leaving(await _events(url, sid), "bob", "member_changed") == []
+
+
+async def test_a_command_judged_before_a_revocation_elsewhere_is_refused_at_its_commit(
+    tmp_path: Path,
+) -> None:
+    """Open item of RG-2 in cluster mode: a command was judged by its token at the door
+    alone. Bob's message, sent on the running node with a token, is held before its fence
+    while the follower stores the token's revocation: it is refused ``unauthenticated`` at
+    its commit, audited, and stores nothing; his other socket still posts."""
+    async with _two_nodes(tmp_path) as nodes:
+        url, first, second, sid = nodes.url, nodes.first, nodes.second, nodes.sid
+        minted = await first.http.post(f"/api/v1/sessions/{sid}/tokens", json={"user_id": "bob"})
+        issued = minted.json()
+        bob = await YClient.connect(first.ws_url, sid, issued["token"])
+        first.clients.append(bob)
+        await asyncio.wait_for(bob.synced.wait(), 10)
+        held = HeldFence(first.app.state.parley.rooms.loaded(sid))  # bob's message's
+        sent = asyncio.create_task(bob.command({"type": "message", "id": "b1", "text": "x"}))
+        await asyncio.wait_for(held.reached.wait(), 10)
+
+        # What a DELETE …/tokens/{jti} through the follower stores, not yet in force.
+        follower = second.app.state.parley
+        now_ms = int(time.time() * 1000)
+        assert await AccessStore(follower.store).revoke_token(sid, issued["jti"], now_ms)
+        held.release.set()
+        reply = await sent
+        assert reply["type"] == "error" and reply["code"] == "unauthenticated", reply
+        assert await _refusals(url, sid, "bob") == ["revoked: this token was revoked"]
+        assert all(actor != "bob" for _, _, actor in await _events(url, sid))
+        taken = await nodes.bob.command({"type": "message", "id": "b2", "text": "other token"})
+        assert taken["type"] == "ack", taken
 
 
 # Set in the task of a member change: its commit is held.
