@@ -24,12 +24,13 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from parley.authz.policy import Subject
 from parley.server.cluster.access import CHANNEL_ACCESS, CHANNEL_ACCESS_SEEN, AccessSync
 from parley.server.cluster.forwarding import CHANNEL_COMMAND, CHANNEL_RESULT
 from parley.server.cluster.lease import Fenced, Lease, LeaseTable, NotHolder
@@ -46,6 +47,7 @@ from parley.server.runtime.session_writes import CHARGE_WRITE, apply_session_wri
 from parley.server.settings import Settings
 from parley.server.store.access import CHANNEL_SETTINGS
 from parley.server.store.port import SessionTx
+from parley.server.store.rows import read_members
 from parley.server.store.sessions import CHANNEL_DELETED, Store, StoreTx
 from parley.session.closes import CloseCode
 from parley.session.commands import command_id_of, error_reply, reply_error
@@ -120,6 +122,15 @@ class HolderFence:
 
     def thread_changed(self, tx: SessionTx, thread_id: str, owner: str) -> None:
         _store_tx(tx).notify(CHANNEL_THREAD, f"{self.room.session_id} {thread_id} {owner}")
+
+    async def readers_at_commit(self, tx: SessionTx) -> Callable[[str], Subject | None]:
+        # Read after the fence locked the lease row, which every member change locks first
+        # (``lock_session``): a change committed before this statement is in it (a
+        # statement of its own, it sees what committed while the fence waited); one not
+        # yet committed waits for this write's commit, and comes after it.
+        stored = await read_members(_connection(tx), self.room.session_id)
+        roles = self.room.membership.roles()
+        return {row.user_id: Subject.of(row.as_member(), roles) for row in stored}.get
 
     def holds(self) -> bool:
         return self.room.session_id in self.node.leases

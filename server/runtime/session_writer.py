@@ -291,9 +291,14 @@ class SessionWriter:
         write.events.extend(effects.events)
         write.replies.update(effects.replies)
         fence = self.document.fence
+        readers = self.subject
+        if fence is not None and any(not kept.shown for kept in effects.keep):
+            # Cluster mode: a member changed on another node may not be in force here yet.
+            readers = await fence.readers_at_commit(write.tx)
         for kept in effects.keep:
             item = PrivateItem(kept.entry_id, kept.kind, kept.text, kept.restriction)
-            write.after_commit.append(partial(self._keep_private, item, deliver=not kept.shown))
+            deliver = None if kept.shown else readers
+            write.after_commit.append(partial(self._keep_private, item, deliver))
             if fence is not None and not kept.shown:
                 fence.kept_private(write.tx, kept.entry_id)  # other nodes' sockets
         if entry is not None:
@@ -332,12 +337,15 @@ class SessionWriter:
             self.runs.wake()
         self.side_threads.notify(effects)
 
-    def _keep_private(self, item: PrivateItem, *, deliver: bool) -> None:
-        """Remember a stored private item, and deliver it to who may read it unless the
-        shared document shows it already."""
+    def _keep_private(
+        self, item: PrivateItem, deliver: Callable[[str], Subject | None] | None
+    ) -> None:
+        """Remember a stored private item, and deliver it to who may read it, judged by
+        ``deliver`` (who each member is as of its commit), unless the shared document
+        shows it already (None)."""
         self.context.keep(item)
-        if deliver:
-            self.sockets.deliver_private(item)
+        if deliver is not None:
+            self.sockets.deliver_private(item, deliver)
 
     async def stop_prompts(self, event: MemberUpdated | TokenRevoked) -> None:
         """A member's grants changed (``Membership``): the core says which of their prompts

@@ -72,11 +72,15 @@ class SessionSockets:
         for connection in list(self.connections):
             connection.send(message, frame)
 
-    def deliver_private(self, item: PrivateItem) -> None:
-        """Send a stored private item to the sockets of members who may read it."""
+    def deliver_private(
+        self, item: PrivateItem, subject: Callable[[str], Subject | None] | None = None
+    ) -> None:
+        """Send a stored private item to the sockets of members who may read it, as
+        ``subject`` says who they are (by default: as of now)."""
         frame = private_frame(item)
+        judged = self.subject if subject is None else subject
         for connection in list(self.connections):
-            if may_read(self.subject(connection.user_id), item.restriction):
+            if may_read(judged(connection.user_id), item.restriction):
                 connection.send_json(frame)
 
     def tell(self, frame: str, user_id: str | None = None) -> None:

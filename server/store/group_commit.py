@@ -25,6 +25,7 @@ from parley.server.store.tables import doc_updates
 from parley.session.errors import NotFound, Unavailable
 
 if TYPE_CHECKING:
+    from parley.authz.policy import Subject
     from parley.server.store.port import SessionTx, Transactional
 
 MAX_ROUND_UPDATES = 512
@@ -59,6 +60,12 @@ class WriteFence(Protocol):
     def thread_changed(self, tx: SessionTx, thread_id: str, owner: str) -> None:
         """``owner``'s side-thread changed (or was deleted) in ``tx``: the other nodes tell
         their own sockets of ``owner`` after the commit."""
+        ...
+
+    async def readers_at_commit(self, tx: SessionTx) -> Callable[[str], Subject | None]:
+        """Who each member is as of ``tx``'s commit (None: no member), read in it: what
+        restricted text it stores is pushed to this node's sockets by. A member change
+        stored on another node may not be in force here yet (review RH-3)."""
         ...
 
 

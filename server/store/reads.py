@@ -19,6 +19,7 @@ from parley.server.store.rows import (
     entry_row,
     member_row,
     read_member,
+    read_members,
     session_row,
 )
 from parley.server.store.tables import (
@@ -75,12 +76,7 @@ class SessionReads(Database):
 
     async def list_members(self, session_id: str) -> list[MemberRow]:
         async with self.read() as connection:
-            rows = await connection.execute(
-                select(members)
-                .where(members.c.session_id == session_id)
-                .order_by(members.c.created_at, members.c.user_id)
-            )
-            return [member_row(row) for row in rows]
+            return await read_members(connection, session_id)
 
     async def sessions_of_member(
         self, user_id: str, *, limit: int, keep: Callable[[MemberRow], bool]

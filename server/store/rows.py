@@ -266,6 +266,16 @@ async def read_member(
     return None if row is None else member_row(row)
 
 
+async def read_members(connection: AsyncConnection, session_id: str) -> list[MemberRow]:
+    """The session's members, oldest first."""
+    rows = await connection.execute(
+        select(members)
+        .where(members.c.session_id == session_id)
+        .order_by(members.c.created_at, members.c.user_id)
+    )
+    return [member_row(row) for row in rows]
+
+
 def entry_row(row: Any) -> EntryRow:
     return EntryRow(
         row.id,
