@@ -216,9 +216,9 @@ async def get_private(
     if item is None:
         raise NotFound(f"entry {entry_id!r} has no restricted text")
     if caller.user_id is not None:
-        await room.writer.check(
-            caller.user_id, Read(item.restriction), f"read restricted {entry_id}"
-        )
+        reader = await state.rooms.reader(room, caller.user_id)
+        allowed = decide(reader, Read(item.restriction))
+        await room.writer.require(allowed, caller.user_id, f"read restricted {entry_id}")
     return PrivateOut(
         entry_id=entry_id,
         kind="message" if item.kind == "message" else "tool" if item.kind == "tool" else "reply",

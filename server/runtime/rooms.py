@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from parley.authz.policy import Subject
 from parley.authz.roles import RoleTable
 from parley.server.metrics import Metrics
 from parley.server.runtime.commands import handle_frame
@@ -139,6 +140,16 @@ class RoomRegistry:
         write takes back, and one made on any node after it never answers older."""
         room = await self.current(session_id, kept=kept)
         return room, await room.writer.document.committed_document()
+
+    async def reader(self, room: SessionRoom, user_id: str) -> Subject | None:
+        """Who ``user_id`` is (None: no member), for a read of restricted text: in memory
+        on one server; in cluster mode as stored, since the node that runs the session may
+        not have a change stored on another node in force yet, and text stored after it
+        is not theirs to read if it took their right (review RH-3)."""
+        if self.cluster is None:
+            return room.subject(user_id)
+        row = await self.store.get_member(room.session_id, user_id)
+        return None if row is None else Subject.of(row.as_member(), self.roles)
 
     async def command(
         self, room: SessionRoom, user_id: str, frame: str, token: str | None = None

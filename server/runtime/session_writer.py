@@ -370,7 +370,10 @@ class SessionWriter:
 
     async def check(self, user_id: str, action: Action, what: str) -> Decision:
         """Decide ``action`` for ``user_id`` now; a refusal is audited and raised."""
-        decision = decide(self.subject(user_id), action)
+        return await self.require(decide(self.subject(user_id), action), user_id, what)
+
+    async def require(self, decision: Decision, user_id: str, what: str) -> Decision:
+        """``decision`` on ``user_id``'s ``what``: a refusal is audited and raised."""
         if not decision.allowed:
             await self.audit("refused", user_id, {"action": what, "reason": decision.reason})
             decision.require()
