@@ -141,16 +141,6 @@ class RoomRegistry:
         room = await self.current(session_id, kept=kept)
         return room, await room.writer.document.committed_document()
 
-    async def reader(self, room: SessionRoom, user_id: str) -> Subject | None:
-        """Who ``user_id`` is (None: no member), for a read of restricted text: in memory
-        on one server; in cluster mode as stored, since the node that runs the session may
-        not have a change stored on another node in force yet, and text stored after it
-        is not theirs to read if it took their right (review RH-3)."""
-        if self.cluster is None:
-            return room.subject(user_id)
-        row = await self.store.get_member(room.session_id, user_id)
-        return None if row is None else Subject.of(row.as_member(), self.roles)
-
     async def command(
         self, room: SessionRoom, user_id: str, frame: str, token: str | None = None
     ) -> str:
@@ -200,6 +190,16 @@ class RoomRegistry:
         changed them a moment ago (it waited only for the nodes that run sessions)."""
         if self.cluster is not None:
             await self.load_access()
+
+    async def reader(self, room: SessionRoom, user_id: str) -> Subject | None:
+        """Who ``user_id`` is (None: no member), for a read of restricted text: in memory
+        on one server; in cluster mode as stored, since the node that runs the session may
+        not have a change stored on another node in force yet, and text stored after it
+        is not theirs to read if it took their right (review RH-3)."""
+        if self.cluster is None:
+            return room.subject(user_id)
+        row = await self.store.get_member(room.session_id, user_id)
+        return None if row is None else Subject.of(row.as_member(), self.roles)
 
     async def load_access(self) -> str:
         """Read the custom roles and tools again (at start, and after one is changed); if
