@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import secrets
 
-from parley.authz.policy import Read, Readers, check_readers, decide
+from parley.authz.policy import Read, Readers, Subject, check_readers, decide
 from parley.authz.roles import (
     ROLE_CAPABILITIES,
     ROLE_NAME,
@@ -32,12 +32,13 @@ from parley.server.http.resource_models import (
 from parley.server.http.rest import (
     MAX_ROW_ID,
     Caller,
+    Encoded,
     Operation,
     QueryParam,
     QueryStr,
     path_pattern,
+    read_paid_after,
     spend_command_everywhere,
-    spend_read,
 )
 from parley.server.outbound.targets import url_form_problem
 from parley.server.runtime.tools import SEARCH_DOCUMENTS, new_secret
@@ -131,18 +132,28 @@ async def list_documents(state: AppState, session_id: str, caller: Caller) -> Do
 
 async def get_document(
     state: AppState, session_id: str, document_id: str, caller: Caller
-) -> DocumentOut:
-    """One document with its text, which spends a member's read budget; 404 also when the
-    caller may not read it."""
+) -> Encoded:
+    """One document with its text, which spends a member's read budget by the answer's
+    bytes; 404 also when the caller may not read it."""
     room = await state.rooms.current(session_id)
-    row = await _access(state).get_document(session_id, document_id)
-    readable = row is not None and (
-        caller.user_id is None or decide(room.subject(caller.user_id), Read((row.readers,))).allowed
+    # Judged, and charged its characters (its bytes are at least as many), before its text
+    # is loaded (review RJ-2: a refused read cost the load).
+    heads = await _access(state).list_documents(session_id, texts=False)
+    head = next((r for r in heads if r.id == document_id), None)
+    readable = head is not None and (
+        caller.user_id is None
+        or decide(room.subject(caller.user_id), Read((head.readers,))).allowed
     )
-    if row is None or not readable:
+    if head is None or not readable:
         raise NotFound(f"no document {document_id!r} you may read")
-    spend_read(state, room, caller.user_id, len(row.text))
-    return _document_out(row, text=True)
+
+    async def answer() -> bytes:
+        row = await _access(state).get_document(session_id, document_id)
+        if row is None:  # detached meanwhile
+            raise NotFound(f"no document {document_id!r} you may read")
+        return _document_out(row, text=True).model_dump_json().encode()
+
+    return await read_paid_after(state, room, caller.user_id, answer, least=head.length)
 
 
 async def delete_document(
@@ -236,39 +247,51 @@ async def list_audit(
     actor: str | None,
     caller: Caller,
     cursor: Place | None = None,
-) -> AuditList:
+) -> Encoded:
     """The session's audit records after ``cursor`` (or ``after``, an id), oldest first, as
     the caller may read them: a model call's token counts only for a reader who may read
-    all it drew on (a side-thread's: its owner)."""
+    all it drew on (a side-thread's: its owner). A member's page spends one command of
+    their budget and their read budget by its bytes, as the member list's does: 429
+    ``rate_limited`` past either."""
     start = page_start(after, cursor)
     if await state.store.get_session(session_id) is None:
         raise NotFound(f"no session {session_id!r}")
-    reader = None
-    if caller.user_id is not None:
-        room = await state.rooms.current(session_id)
-        reader = room.subject(caller.user_id)
-        if reader is None:  # removed since the door let them in
-            raise Forbidden("you are not a member of this session")
-    rows = await _access(state).list_audit(
-        session_id, limit=limit, after=start, kinds=[kind] if kind else [], actor=actor
-    )
-    records = []
-    for r in rows:
-        shown = shown_record(r.kind, r.data, reader)
-        out = AuditRecordOut(
-            id=r.id,
-            at=r.at,
-            kind=r.kind,
-            actor=r.actor,
-            data=shown.data,
-            withheld=list(shown.withheld),
+
+    async def answer(reader: Subject | None) -> bytes:
+        rows = await _access(state).list_audit(
+            session_id, limit=limit, after=start, kinds=[kind] if kind else [], actor=actor
         )
-        records.append(out)
-    return AuditList(
-        records=records,
-        next_after=rows[-1].id if len(rows) == limit else None,
-        next_cursor=make_place_cursor(Place(rows[-1].xid, rows[-1].id)) if rows else None,
-    )
+        records = []
+        for r in rows:
+            shown = shown_record(r.kind, r.data, reader)
+            out = AuditRecordOut(
+                id=r.id,
+                at=r.at,
+                kind=r.kind,
+                actor=r.actor,
+                data=shown.data,
+                withheld=list(shown.withheld),
+            )
+            records.append(out)
+        page = AuditList(
+            records=records,
+            next_after=rows[-1].id if len(rows) == limit else None,
+            next_cursor=make_place_cursor(Place(rows[-1].xid, rows[-1].id)) if rows else None,
+        )
+        return page.model_dump_json().encode()
+
+    if caller.user_id is None:  # the admin key reads unbudgeted
+        return Encoded(await answer(None))
+    room = await state.rooms.current(session_id)
+    reader = room.subject(caller.user_id)
+    if reader is None:  # removed since the door let them in
+        raise Forbidden("you are not a member of this session")
+    # Built anew for each page, from records that only accumulate (a model call's lists
+    # its context): review RJ-1, one owner's unbudgeted 4 MB pages on a few connections
+    # held another session's acks at 100-510 ms. A filter matching little still walks
+    # the log, hence the command too.
+    await spend_command_everywhere(state, room, caller.user_id)
+    return await read_paid_after(state, room, caller.user_id, lambda: answer(reader))
 
 
 DOCUMENTS = "/api/v1/sessions/{session_id}/documents"
@@ -356,7 +379,7 @@ OPERATIONS: list[Operation] = [
         list_audit,
         "The session's audit log: model calls, tool calls, membership changes, refusals",
         response=AuditList,
-        errors=(404,),
+        errors=(404, 429),
         query=(QueryParam("limit", 1, 500, 100), QueryParam("after", 0, MAX_ROW_ID, 0)),
         query_str=(
             PLACE_CURSOR,

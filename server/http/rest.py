@@ -342,6 +342,24 @@ def read_of_kept(
     return body
 
 
+async def read_paid_after(
+    state: AppState,
+    room: SessionRoom,
+    user_id: str | None,
+    make: Callable[[], Awaitable[bytes]],
+    least: int = 1,
+) -> Encoded:
+    """An answer made anew for each read, its size known once made (``make``): refused
+    before anything is read unless the reader's read budget holds ``least`` bytes (what
+    the answer is known to cost at least), so a refused read costs nothing; once made,
+    the rest of its bytes is paid (``SessionRoom.charge_read``: their next reads wait
+    until paid)."""
+    spend_read(state, room, user_id, least)
+    body = await make()
+    room.charge_read(user_id, max(len(body) - least, 0))
+    return Encoded(body)
+
+
 async def read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from parley.authz.roles import Capability
 from parley.server.http.models import CancelPost, EntryPost, MessagePosted
 from parley.server.http.prompts import COMMAND_ERRORS, command_id, send
-from parley.server.http.rest import Caller, Operation, spend_read
+from parley.server.http.rest import Caller, Encoded, Operation, read_paid_after
 from parley.server.http.thread_models import (
     ThreadListOut,
     ThreadOpened,
@@ -29,16 +29,21 @@ from parley.server.state import AppState
 from parley.session.errors import NotFound
 
 
-async def _thread(state: AppState, session_id: str, thread_id: str, caller: Caller) -> ThreadOut:
+async def _thread(state: AppState, session_id: str, thread_id: str, caller: Caller) -> Encoded:
     room = await state.rooms.current(session_id)  # ``not_found`` for a session not there
-    for thread in await state.store.load_threads(session_id, caller.user_id, thread_id=thread_id):
-        # Its text spends the reader's read budget, as the transcript's does (review: 16
-        # concurrent reads of a member's threads held the server for seconds).
-        spend_read(state, room, caller.user_id, sum(len(t.text) for t in thread.turns))
-        # Judged for the reader now, as ``…/entries/{id}/private`` is.
-        shown = room.side_threads.read_by(thread, caller.user_id)
-        return ThreadOut.model_validate(thread_json(shown, turns=True))
-    raise NotFound(f"no side-thread {thread_id!r} of yours in this session")
+
+    async def answer() -> bytes:
+        found = await state.store.load_threads(session_id, caller.user_id, thread_id=thread_id)
+        for thread in found:
+            # Judged for the reader now, as ``…/entries/{id}/private`` is.
+            shown = thread_json(room.side_threads.read_by(thread, caller.user_id), turns=True)
+            return ThreadOut.model_validate(shown).model_dump_json().encode()
+        raise NotFound(f"no side-thread {thread_id!r} of yours in this session")
+
+    # Its answer's bytes spend the reader's read budget, as the transcript's do (review: 16
+    # concurrent reads of a member's threads held the server for seconds), checked before
+    # the thread is loaded (review RJ-2: a refused read cost the whole load).
+    return await read_paid_after(state, room, caller.user_id, answer)
 
 
 async def list_threads(state: AppState, session_id: str, caller: Caller) -> ThreadListOut:
@@ -60,7 +65,7 @@ async def open_thread(
     return ThreadOpened(thread_id=str(ack["thread_id"]), anchor_seq=int(ack["anchor_seq"]))
 
 
-async def get_thread(state: AppState, session_id: str, thread_id: str, caller: Caller) -> ThreadOut:
+async def get_thread(state: AppState, session_id: str, thread_id: str, caller: Caller) -> Encoded:
     """A side-thread with its turns: its owner's (or the admin's) to read."""
     return await _thread(state, session_id, thread_id, caller)
 
@@ -128,7 +133,7 @@ async def share_replies(
 
 async def close_thread(
     state: AppState, session_id: str, thread_id: str, body: CancelPost, caller: Caller
-) -> ThreadOut:
+) -> Encoded:
     """Close a side-thread: kept and readable, no more prompts; a run in it stops."""
     command = {"type": "thread_close", "id": command_id(body.id), "thread_id": thread_id}
     await send(state, session_id, caller, body.as_user, command)
@@ -184,7 +189,7 @@ OPERATIONS: list[Operation] = [
         capability=Capability.READ_SESSION,
         with_caller=True,
         response=ThreadOut,
-        errors=(404,),
+        errors=(404, 429),
     ),
     Operation(
         "POST",

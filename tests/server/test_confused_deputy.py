@@ -10,6 +10,7 @@ a room on the in-memory store: ``tests/server/runtime/test_confused_deputy.py``.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -36,7 +37,7 @@ def script(sent: Sent) -> Answer:
 
 async def audit(b: Backend, sid: str, **filters: Any) -> list[dict[str, Any]]:
     listed = await b.call(access_api.list_audit, session_id=sid, limit=100, after=0, **filters)
-    return [r.model_dump() for r in listed.records]
+    return list(json.loads(listed.body)["records"])
 
 
 def shared_text(entries: list[dict[str, Any]]) -> str:

@@ -12,8 +12,10 @@ import pytest
 from sqlalchemy import select
 
 from parley.server.settings import Settings
+from parley.server.store.access import AccessStore
 from parley.server.store.db import create_engine
 from parley.server.store.tables import audit_log
+from parley.session.ratelimit import Spend
 from tests.conftest import RunningServer, make_settings, serve_in_process, sqlite_url
 from tests.server.cluster.nodes import cluster, settled
 from tests.server.test_context_api import first_call_waits
@@ -417,3 +419,41 @@ async def test_a_command_of_more_values_than_any_holds_is_refused_alike_at_both_
                 assert "JSON values" in posted.json()["error"]["message"]
         said = await socket.command({"type": "message", "id": "c2", "text": "still here"})
         assert said["type"] == "ack", said
+
+
+async def test_a_document_read_spends_its_answers_bytes_and_a_refused_one_loads_no_text(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review RJ-2: a document's text was loaded before its read was charged, and charged
+    its characters, not the answer's bytes (three times as many for CJK text). It spends
+    its answer's bytes, and a read refused loads no text."""
+    burst = 3_000
+    settings = make_settings(
+        sqlite_url(tmp_path), tmp_path / "d", read_bytes_per_s=0.001, read_burst_bytes=burst
+    )
+    loads: list[str] = []
+    get_document = AccessStore.get_document
+
+    async def counted(self: AccessStore, session_id: str, document_id: str) -> Any:
+        loads.append(document_id)
+        return await get_document(self, session_id, document_id)
+
+    monkeypatch.setattr(AccessStore, "get_document", counted)
+    async with serve_in_process(settings) as server:
+        sid = await server.new_session({"ed": "editor"})
+        base = f"/api/v1/sessions/{sid}/documents"
+        text = "漢" * 800
+        made = await server.http.post(
+            base, json={"title": "d", "text": text, "readers": {"users": ["ed"]}}
+        )
+        path = f"{base}/{made.json()['id']}"
+        async with as_member(server, await server.token(sid, "ed")) as ed:
+            first = await ed.get(path)
+            assert first.status_code == 200 and first.json()["text"] == text
+            room = await server.app.state.parley.rooms.get(sid)
+            now = room.clock()
+            left = room.budgets.bucket("ed", Spend.READ_BYTES, now).left(now)
+            assert burst - left > len(first.content) - 1 > 2_400  # its bytes, not its characters
+            assert len(loads) == 1
+            assert _error(await ed.get(path)) == (429, "rate_limited")
+            assert len(loads) == 1  # refused before its text was loaded

@@ -20,6 +20,7 @@ from parley.server.http.bounded import PIECE_BYTES, BoundedJSONResponse
 from parley.server.http.models import MemberOut, TranscriptEntryOut, TranscriptOut
 from parley.server.http.transcript_body import TranscriptBody
 from parley.server.store import reads
+from parley.server.store.access import AccessStore
 from parley.server.ws.uvicorn_protocol import RESET_EXTENSION
 from parley.session.schema import SessionDocument
 from tests.conftest import ADMIN_KEY, RunningServer, make_settings, serve_in_process, sqlite_url
@@ -361,5 +362,40 @@ async def test_a_members_reads_of_the_member_list_spend_their_read_budget(
         refused = await server.http.get(path, headers=vic)
         assert refused.status_code == 429 and refused.json()["error"]["code"] == "rate_limited"
         assert "read budget" in refused.json()["error"]["message"]
+        for _ in range(3):  # the admin key reads unbudgeted
+            assert (await server.http.get(path)).json() == first.json()
+
+
+async def test_a_members_audit_reads_spend_their_read_budget_and_a_refused_one_reads_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review RJ-1: the audit log was read without any budget: one owner rereading a 4 MB
+    page on a few connections held another session's acks at 100-510 ms. A member's page
+    spends a command and their read budget by its bytes, as the member list's does; one
+    refused reads nothing from the store."""
+    settings = make_settings(
+        sqlite_url(tmp_path), tmp_path / "d", read_bytes_per_s=0.001, read_burst_bytes=2000
+    )
+    loads: list[str] = []
+    list_audit = AccessStore.list_audit
+
+    async def counted(self: AccessStore, session_id: str, **kwargs: Any) -> Any:
+        loads.append(session_id)
+        return await list_audit(self, session_id, **kwargs)
+
+    monkeypatch.setattr(AccessStore, "list_audit", counted)
+    async with serve_in_process(settings) as server:
+        sid, _ = await _members_session(server, 20)  # 20 membership records
+        await server.http.put(f"/api/v1/sessions/{sid}/members/m0", json={"role": "owner"})
+        owner = {"Authorization": f"Bearer {await server.token(sid, 'm0')}"}
+        path = f"/api/v1/sessions/{sid}/audit?limit=500"
+        first = await server.http.get(path, headers=owner)
+        assert first.status_code == 200 and len(first.content) > 2000, first.text
+        assert len(loads) == 1
+        refused = await server.http.get(path, headers=owner)
+        assert refused.status_code == 429 and refused.json()["error"]["code"] == "rate_limited"
+        assert "read budget" in refused.json()["error"]["message"]
+        assert int(refused.headers["retry-after"]) >= 1
+        assert len(loads) == 1  # refused before the store was read
         for _ in range(3):  # the admin key reads unbudgeted
             assert (await server.http.get(path)).json() == first.json()

@@ -17,6 +17,7 @@ import pytest
 import websockets
 
 from parley.server.settings import Settings
+from parley.session.ratelimit import Spend
 from parley.session.yprotocol import SyncType, encode_sync
 from tests.conftest import RunningServer, make_settings, serve_in_process, sqlite_url
 from tests.fake_model import Answer, FakeModel, Sent
@@ -309,3 +310,49 @@ async def test_a_socket_that_connects_mid_reply_gets_the_text_so_far_then_the_re
         assert text == "one two three four"
         reply = thread_state(again, thread_id)["turns"][-1]  # type: ignore[index]
         assert reply["text"] == text
+
+
+async def test_a_side_thread_read_spends_its_answers_bytes_and_a_refused_one_loads_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review RJ-2: a thread read loaded every turn before it was charged (a refused read
+    cost the full load), and was charged its characters: a thread of CJK text was
+    answered with three times what it spent. It spends its answer's bytes, and one
+    refused loads nothing."""
+    burst = 10_000
+    settings = make_settings(
+        sqlite_url(tmp_path), tmp_path / "d", read_bytes_per_s=0.001, read_burst_bytes=burst
+    )
+    async with serve_in_process(settings, MODEL) as server:
+        sid = await server.new_session({"bob": "editor"})
+        bob = await server.connect(sid, "bob")
+        opened = await bob.command({"type": "thread_open", "id": "t", "title": "mine"})
+        thread_id = opened["thread_id"]
+        asked = {"type": "thread_prompt", "id": "q", "thread_id": thread_id, "text": "漢" * 2000}
+        await bob.command(asked)
+        await bob.wait_until(lambda c: answered(c, thread_id, 1))
+        state = server.app.state.parley
+        loads: list[str] = []
+        load_threads = state.store.load_threads
+
+        async def counted(*args: Any, **kwargs: Any) -> Any:
+            loads.append(str(kwargs.get("thread_id")))
+            return await load_threads(*args, **kwargs)
+
+        monkeypatch.setattr(state.store, "load_threads", counted)
+        token = await server.token(sid, "bob")
+        async with httpx.AsyncClient(
+            base_url=server.base_url, headers={"Authorization": f"Bearer {token}"}
+        ) as as_bob:
+            path = f"/api/v1/sessions/{sid}/threads/{thread_id}"
+            first = await as_bob.get(path)
+            assert first.status_code == 200 and len(first.json()["turns"][0]["text"]) == 2000
+            room = await state.rooms.get(sid)
+            now = room.clock()
+            left = room.budgets.bucket("bob", Spend.READ_BYTES, now).left(now)
+            assert burst - left > len(first.content) - 1 > 6000  # its bytes, not its characters
+            assert loads == [thread_id]
+            assert (await as_bob.get(path)).status_code == 200  # what is left: into debt
+            again = await as_bob.get(path)
+            assert again.status_code == 429 and again.json()["error"]["code"] == "rate_limited"
+            assert loads == [thread_id] * 2  # refused before the thread was loaded

@@ -322,7 +322,7 @@ async def test_a_member_denied_a_source_no_longer_reads_it_in_their_side_thread(
             session_id=sid,
             thread_id=thread_id,
         )
-        assert "7731" not in read.model_dump_json()
+        assert b"7731" not in read.body
 
 
 async def test_listing_ones_side_threads_reads_no_other_members_turns(tmp_path: Path) -> None:
