@@ -13,6 +13,7 @@ from parley.server.metrics import Metrics
 from parley.server.runtime.rooms import RoomRegistry
 from parley.server.settings import Settings
 from parley.server.store.sessions import Store
+from parley.server.ws.final_closes import FinalCloses
 from parley.server.ws.send_budget import SendBudget
 
 if TYPE_CHECKING:
@@ -41,6 +42,9 @@ class AppState:
     )
     # The invite exchange's budgets, by client address and by invite (it needs no key).
     exchanges: ExchangeLimits = field(init=False)
+    # How often the same upgrade may be accepted only to be closed for good (44xx).
+    final_closes: FinalCloses = field(init=False)
 
     def __post_init__(self) -> None:
         self.exchanges = ExchangeLimits(self.settings)
+        self.final_closes = FinalCloses(self.settings)

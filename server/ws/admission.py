@@ -1,11 +1,13 @@
 """What every socket to a session goes through: admission, its bounded connection, and
 the end of it.
 
-``admit`` accepts a socket or refuses it with its close code (a browser origin, the token,
-the member's right to read the session, a revoked token, the caps on sockets per session
-and per member); only a database that cannot load the session (HTTP 503), and a member
-past the sockets they may open or their sync budget (HTTP 429), refuse the upgrade itself,
-with ``Retry-After``. ``serve`` runs a handler for the admitted socket until
+``admit`` accepts a socket, or refuses it for good with its close code (a browser origin,
+the token, the member's right to read the session, a revoked token, an unknown session);
+what is worth retrying refuses the upgrade itself, with ``Retry-After``: a database that
+cannot load the session (HTTP 503), and a member past the sockets they may open, their
+sync budget or the caps on sockets per session and per member (HTTP 429). The same
+request closed for good too often is refused at the upgrade too, with the HTTP status of
+its close code (``server.ws.final_closes``). ``serve`` runs a handler for the admitted socket until
 either side ends it, closes it when its token expires or it waits too long for a frame
 (``receive``), and always cleans up.
 
@@ -45,6 +47,7 @@ from parley.server.ws.direct_send import SCOPE_KEY as DIRECT_WRITER
 from parley.server.ws.inbound import InboundMeter
 from parley.session.closes import CloseCode
 from parley.session.errors import (
+    Forbidden,
     NotFound,
     ParleyError,
     RateLimited,
@@ -57,6 +60,7 @@ from parley.session.yprotocol import (
     AwarenessMessage,
     ClientMessage,
     MessageType,
+    ProtocolError,
     SyncMessage,
     SyncType,
     decode_client_frame,
@@ -100,71 +104,45 @@ class Admitted:
 async def admit(websocket: WebSocket, state: AppState) -> Admitted | None:
     """Accept a member's socket to the session of the path, or refuse it (None: closed or
     the upgrade refused)."""
-    session_id = websocket.path_params["session_id"]
-    query = QueryParams(websocket.scope.get("query_string", b""))
-    token = query.get("token", "")
     # ``commands=text|binary``: a client that speaks commands says so up front, and gets
     # the JSON frames that belong to no command (a side-thread's progress, restricted
     # text, errors) from the start, also after a reconnect before its next command.
-    asked_channel = query.get("commands")
-    # Accept before refusing: a refused upgrade reaches browsers as a bare 1006, and stock
-    # clients retry it forever; a close code after accepting is final and readable. The
-    # one exception is a database that cannot load the session: there retrying is right,
-    # and a refused upgrade is what makes every stock client back off (y-websocket before
-    # 3.x resets its back-off when a socket opens, and came back ten times a second).
-    local_host, local_port = websocket.scope.get("server") or (None, None)
-    own = own_origins(websocket.scope.get("scheme") == "wss", local_host, local_port)
-    refusal: tuple[CloseCode, str] | None = None
+    asked_channel = QueryParams(websocket.scope.get("query_string", b"")).get("commands")
+    # Accept before refusing for good: a close code after accepting is final to stock
+    # clients of 3.x and the SDKs, and readable, where a refused upgrade reaches browsers as
+    # a bare 1006 that they retry. Refused at the upgrade is what is worth retrying (a
+    # database that cannot load the session, 503; a member past a budget or a cap, 429),
+    # and the same request closed for good too often (``final_closes``): y-websocket before
+    # 3.x resets its back-off when a socket opens, and came back ten times a second.
     if state.draining:
-        refusal = (CloseCode.GOING_AWAY, "server shutting down")
-    elif asked_channel not in _CHANNELS:
-        refusal = (CloseCode.PROTOCOL, "commands must be 'text' or 'binary'")
-    elif not origin_allowed(
-        Headers(scope=websocket.scope).get("origin"), state.settings.allowed_origins, own
-    ):
-        refusal = (CloseCode.FORBIDDEN, "origin not allowed")
-    else:
-        try:
-            claims = verify_token(state.keys.signing_key, token, now=int(state.clock()))
-            if claims.session_id != session_id:
-                raise Unauthenticated("the token is for another session")
-            # Judged by the members as stored (cluster mode: a read replica reads them
-            # first; review: a member removed on another node was admitted here, and one
-            # added there refused 4403 for good). The members alone: catching the whole
-            # room up cost six reads an upgrade, and woke every event stream of the room.
-            room = await state.rooms.get(session_id)
-            # The node running it judges by its room, while its lease surely holds
-            # (``serves``; review: one woken past its lease admitted a member removed
-            # meanwhile, and synced them the document).
-            if state.rooms.cluster is not None and not await state.rooms.cluster.serves(room):
-                await room.membership.refresh()
-            # Past a budget the upgrade is refused (429, ``Retry-After``): every stock
-            # client backs off, where a socket accepted then closed would bring it back.
-            refused = room.upgrade_refusal(claims.user_id, state.clock())
-            if refused is not None:
-                raise refused
-        except RateLimited as exc:
+        await websocket.accept()
+        await websocket.close(CloseCode.GOING_AWAY, "server shutting down")
+        return None
+    refusal: ParleyError | None = None
+    try:
+        room, claims = await _judge(websocket, state, asked_channel)
+    except (RateLimited, Unavailable) as exc:
+        if isinstance(exc, RateLimited):
             state.metrics.errors.labels(code=exc.code.value).inc()
-            await websocket.send_denial_response(error_response(exc))
-            return None
-        except Unauthenticated as exc:
-            refusal = (close_code_for(exc), exc.message[:120])
-        except NotFound as exc:
-            refusal = (close_code_for(exc), "unknown session")
-        except Unavailable as exc:
-            await websocket.send_denial_response(
-                error_response(exc, state.settings.db_retry_after_s)
-            )
-            return None
-        except ParleyError as exc:
-            refusal = (close_code_for(exc), exc.message[:120])
+        await websocket.send_denial_response(error_response(exc, state.settings.db_retry_after_s))
+        return None
+    except ParleyError as exc:
+        refusal = exc
+    if refusal is not None and not _may_close_for_good(refusal, websocket.scope, state):
+        await websocket.send_denial_response(error_response(refusal))
+        return None
     await websocket.accept()
-    if refusal is None:
-        refusal = _member_refusal(room, claims, state.settings)
+    closing: tuple[CloseCode, str] | None = None
     if refusal is not None:
-        if refusal[0] is CloseCode.ABUSE:
-            state.metrics.errors.labels(code="rate_limited").inc()
-        await websocket.close(*refusal)
+        closing = close_code_for(refusal), refusal.message[:120]
+    elif (too_many := over_connection_cap(room, claims.user_id, state.settings)) is not None:
+        # Checked again after the accept's await, and counted by the caller's attach with
+        # none between: no race (a side-thread's socket awaits its document first, so it
+        # checks again before attaching). One let in by a race is told to come back, as
+        # one refused at the upgrade is (review RK-2: closed 4429, it never came back).
+        closing = CloseCode.TRY_AGAIN, too_many
+    if closing is not None:
+        await websocket.close(*closing)
         return None
     _let_go_of_handshake(websocket.scope)
     connection = Connection(
@@ -215,20 +193,77 @@ def _let_go_of_handshake(scope: Scope) -> None:
     scope.update(kept)
 
 
+async def _judge(
+    websocket: WebSocket, state: AppState, asked_channel: str | None
+) -> tuple[SessionRoom, ClientClaims]:
+    """The room of the socket's session and its token's claims, when it may be accepted;
+    else raises why not: ``RateLimited`` or ``Unavailable`` to refuse the upgrade, to come
+    back later; the others (``Unauthenticated``, ``Forbidden``, ``NotFound``,
+    ``ProtocolError``) to close it with their code, for good."""
+    scope = websocket.scope
+    session_id = websocket.path_params["session_id"]
+    if asked_channel not in _CHANNELS:
+        raise ProtocolError("commands must be 'text' or 'binary'")
+    local_host, local_port = scope.get("server") or (None, None)
+    own = own_origins(scope.get("scheme") == "wss", local_host, local_port)
+    if not origin_allowed(Headers(scope=scope).get("origin"), state.settings.allowed_origins, own):
+        raise Forbidden("origin not allowed")
+    token = QueryParams(scope.get("query_string", b"")).get("token", "")
+    claims = verify_token(state.keys.signing_key, token, now=int(state.clock()))
+    if claims.session_id != session_id:
+        raise Unauthenticated("the token is for another session")
+    # Judged by the members as stored (cluster mode: a read replica reads them first;
+    # review: a member removed on another node was admitted here, and one added there
+    # refused 4403 for good). The members alone: catching the whole room up cost six
+    # reads an upgrade, and woke every event stream of the room.
+    try:
+        room = await state.rooms.get(session_id)
+    except NotFound:
+        raise NotFound("unknown session") from None
+    # The node running it judges by its room, while its lease surely holds (``serves``;
+    # review: one woken past its lease admitted a member removed meanwhile, and synced
+    # them the document).
+    if state.rooms.cluster is not None and not await state.rooms.cluster.serves(room):
+        await room.membership.refresh()
+    # Past a budget the upgrade is refused (429, ``Retry-After``): every stock client
+    # backs off, where a socket accepted then closed would bring it back.
+    refused = room.upgrade_refusal(claims.user_id, state.clock())
+    if refused is None:
+        refused = _member_refusal(room, claims, state.settings)
+    if refused is not None:
+        raise refused
+    return room, claims
+
+
+def _may_close_for_good(refusal: ParleyError, scope: Scope, state: AppState) -> bool:
+    """Whether a socket refused with ``refusal`` may be accepted to be closed with its code:
+    yes but for a final one (44xx, where stock clients of 3.x and the SDKs stop) past its
+    request's budget (``final_closes``), which is refused at the upgrade instead."""
+    final = 4400 <= close_code_for(refusal) < 4500
+    return not final or state.final_closes.allow(scope, state.clock())
+
+
+# When a socket past a connection cap may try again: a cap frees as its member's (or the
+# session's) other sockets close, which nothing here foretells; a stock client ignores it
+# and backs off on its own (up to 2.5 s), the Python SDK waits at least this long.
+CAP_RETRY_AFTER_S = 5.0
+
+
 def _member_refusal(
     room: SessionRoom, claims: ClientClaims, settings: Settings
-) -> tuple[CloseCode, str] | None:
+) -> ParleyError | None:
     allowed = decide(room.subject(claims.user_id), Do(Capability.READ_SESSION))
     if not allowed.allowed:
-        return CloseCode.FORBIDDEN, allowed.reason[:120]
+        return Forbidden(allowed.reason)
     revoked = room.membership.token_refusal(claims)
     if revoked is not None:
-        return CloseCode.UNAUTHENTICATED, revoked[:120]
-    # Checked here and counted by the caller's attach, with no await between: no race (a
-    # side-thread's socket awaits its document first, so it checks again before attaching).
+        return Unauthenticated(revoked)
+    # Refused at the upgrade (429): the cap is a "come back later", as the budgets are
+    # (review RK-2: closed 4429, final to stock clients of 3.x, the SDKs and the demo, a
+    # tab past it never came back once the member's other tabs closed).
     too_many = over_connection_cap(room, claims.user_id, settings)
     if too_many is not None:
-        return CloseCode.ABUSE, too_many
+        return RateLimited(too_many, CAP_RETRY_AFTER_S)
     return None
 
 

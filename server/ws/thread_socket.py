@@ -80,8 +80,8 @@ async def thread_socket(websocket: WebSocket) -> None:
         connection.close(close_code_for(exc), exc.message[:120])
     else:  # the document's read awaited: sockets counted since admission count too
         too_many = over_connection_cap(room, connection.user_id, state.settings)
-        if too_many is not None:
-            connection.close(CloseCode.ABUSE, too_many)
+        if too_many is not None:  # to come back, as one refused at the upgrade (429)
+            connection.close(CloseCode.TRY_AGAIN, too_many)
             live = None
     if live is None:
         room.side_threads.docs.release(thread_id, writes=writes)

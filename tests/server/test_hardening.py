@@ -13,6 +13,7 @@ import pytest
 import websockets
 from websockets.client import ClientProtocol
 from websockets.frames import Frame, Opcode
+from websockets.http11 import Response
 from websockets.protocol import State
 from websockets.uri import parse_uri
 
@@ -35,6 +36,13 @@ async def handshake(url: str, **kwargs: Any) -> int | str:
             assert ws.close_code is not None
             return ws.close_code
         return "open"
+
+
+async def refused_at_upgrade(url: str, **kwargs: Any) -> Response:
+    """The HTTP answer of an upgrade the server refused (it fails the test if accepted)."""
+    with pytest.raises(websockets.InvalidStatus) as refused:
+        await websockets.connect(url, proxy=None, **kwargs)
+    return refused.value.response
 
 
 async def test_origins_are_matched_by_scheme_host_and_port_never_by_host(
@@ -91,17 +99,21 @@ async def test_sockets_are_capped_per_user_and_per_session(tmp_path: Path) -> No
                 held = await stack.enter_async_context(websockets.connect(url))
                 await held.send(encode_sync(SyncType.STEP1, b"\x00"))
                 assert isinstance(await held.recv(), bytes)
-            async with websockets.connect(url) as fourth:
-                with pytest.raises(websockets.ConnectionClosed):
-                    await asyncio.wait_for(fourth.recv(), 10)
-                assert fourth.close_code == 4429
-                assert "too many connections of this user (3)" in (fourth.close_reason or "")
+            # Refused at the upgrade (429, ``Retry-After``), not accepted and closed 4429:
+            # stock clients back off and come back once there is room (review RK-2).
+            fourth = await refused_at_upgrade(url)
+            assert fourth.status_code == 429 and int(fourth.headers["Retry-After"]) >= 1
+            assert b'"rate_limited"' in fourth.body
+            assert b"too many connections of this user (3)" in fourth.body
             bob = await server.connect(sid, "bob")  # another user is not affected
             ok = await bob.command({"type": "message", "id": "m", "text": "still here"})
             assert ok["type"] == "ack"
             await server.connect(sid, "carol")  # the session's fifth socket
             dave_url = f"{server.ws_url}/ws/sessions/{sid}?token={await server.token(sid, 'bob')}"
-            assert await handshake(dave_url) == 4429
+            sixth = await refused_at_upgrade(dave_url)
+            assert (
+                sixth.status_code == 429 and b"too many connections to this session" in sixth.body
+            )
         # Closed sockets no longer count.
         alice = await server.connect(sid, "alice")
         assert alice.close_code is None
@@ -132,6 +144,51 @@ async def test_a_members_socket_opens_are_limited_at_the_upgrade(tmp_path: Path)
             assert b'"rate_limited"' in answer.body
         bob_url = f"{server.ws_url}/ws/sessions/{sid}?token={await server.token(sid, 'bob')}"
         assert await handshake(bob_url) == "open"
+
+
+async def test_the_same_upgrade_closed_for_good_again_is_refused_at_the_upgrade(
+    tmp_path: Path,
+) -> None:
+    """Review RK-1: y-websocket before 3.x resets its back-off when a socket opens, so a
+    socket accepted and then closed 4401, 4403 or 4404 came back every 100 ms, for as long
+    as its tab was open (95 sockets in 10 s; 50 such tabs: 359 a second). The same request
+    (path, query, origin) refused with a final code more often than its budget allows
+    (``PARLEY_FINAL_CLOSES_*``) is refused at the upgrade instead, with the HTTP status and
+    error body of the same refusal: every stock client backs off (to 2.5 s) after a failed
+    upgrade. Every upgrade is still judged afresh: what changed is answered at once."""
+    settings = make_settings(
+        sqlite_url(tmp_path), tmp_path / "d", final_closes_per_minute=0.01, final_closes_burst=2
+    )
+    async with serve_in_process(settings) as server:
+        sid = await server.new_session({"alice": "editor", "lena": "viewer"})
+        bad = f"{server.ws_url}/ws/sessions/{sid}?token=not-a-token"
+        assert [await handshake(bad), await handshake(bad)] == [4401, 4401]
+        for _ in range(2):
+            again = await refused_at_upgrade(bad)
+            assert again.status_code == 401 and b'"unauthenticated"' in again.body
+        other = f"{server.ws_url}/ws/sessions/{sid}?token=another-bad-token"
+        assert await handshake(other) == 4401  # another request: a budget of its own
+
+        gone = await server.new_session({"alice": "editor"})
+        gone_url = f"{server.ws_url}/ws/sessions/{gone}?token={await server.token(gone, 'alice')}"
+        assert (await server.http.delete(f"/api/v1/sessions/{gone}")).status_code == 204
+        assert [await handshake(gone_url), await handshake(gone_url)] == [4404, 4404]
+        again = await refused_at_upgrade(gone_url)
+        assert again.status_code == 404 and b'"not_found"' in again.body
+
+        denied = {"role": "viewer", "denials": ["read_session"]}
+        assert (
+            await server.http.put(f"/api/v1/sessions/{sid}/members/lena", json=denied)
+        ).is_success
+        lena = f"{server.ws_url}/ws/sessions/{sid}?token={await server.token(sid, 'lena')}"
+        assert [await handshake(lena), await handshake(lena)] == [4403, 4403]
+        again = await refused_at_upgrade(lena)
+        assert again.status_code == 403 and b'"forbidden"' in again.body
+        allowed = {"role": "viewer"}
+        assert (
+            await server.http.put(f"/api/v1/sessions/{sid}/members/lena", json=allowed)
+        ).is_success
+        assert await handshake(lena) == "open"  # let in at once: nothing remembered of her
 
 
 async def test_command_rate_limits_then_cut_off(tmp_path: Path) -> None:

@@ -274,3 +274,26 @@ async def _until_seen(client: StockYjsClient, client_id: int, seen: bool) -> Non
             return
         await asyncio.sleep(0.05)
     raise AssertionError(f"client {client_id} {'never' if seen else 'still'} seen")
+
+
+async def test_a_stock_client_past_the_connection_cap_comes_back_once_there_is_room(
+    tmp_path: Path,
+) -> None:
+    """Review RK-2: a socket past ``PARLEY_MAX_CONNECTIONS_PER_USER`` was accepted and closed
+    4429, which a stock client (3.x) takes as final: it never came back, even after the
+    member's other sockets closed. It is refused at the upgrade (429), which it retries."""
+    await asyncio.to_thread(ensure_node_modules)
+    settings = make_settings(sqlite_url(tmp_path), tmp_path / "data", max_connections_per_user=1)
+    async with serve_in_process(settings) as server:
+        sid = await server.new_session({"alice": "editor"})
+        held = await server.connect(sid, "alice")
+        stock = await StockYjsClient.start(
+            f"{server.ws_url}/ws/sessions", sid, await server.token(sid, "alice")
+        )
+        try:
+            await stock.wait_event(lambda e: e.get("event") == "connection-close", 30)
+            await held.close()
+            await stock.wait_event(lambda e: e.get("event") == "sync" and e.get("synced"), 30)
+            assert not [e for e in stock.history if e.get("event") == "closed"], stock.history
+        finally:
+            await stock.close()
