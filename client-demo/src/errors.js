@@ -19,7 +19,7 @@ export const CLOSE_TEXT = {
   4403: 'you are not a member of this session (or were removed), or this page\'s origin is not allowed',
   4404: 'this session does not exist or was deleted',
   4400: 'the server rejected a malformed frame',
-  4429: 'too many refused commands or frames, or too many open connections',
+  4429: 'too many refused commands or frames',
   1009: 'a message was too large',
   1013: 'the connection fell behind; reconnecting',
   1001: 'the server is going away or the connection was idle; reconnecting'
@@ -28,7 +28,7 @@ export const CLOSE_TEXT = {
 /**
  * What a final close says: the server's reason and the close code, then what the code
  * usually means. Review: one fixed sentence per code read "too many refused commands" for
- * "too many connections of this user (16)" (4429 has several causes; so has 4403).
+ * "too many connections of this user (16)" (4429 had several causes; 4403 has).
  */
 export function closedText (code, reason) {
   const said = String(reason || '').trim()

@@ -12,6 +12,7 @@ import { cutText } from './util.js'
 
 const REBUILT = 4410 // the server's document does not cover ours (a thread stored before its document was): sync a new Y.Doc
 // Final closes (y-websocket does not reconnect after a 44xx): each shown, by its error code.
+const RETRYING = 'Not connected to this thread yet; retrying…'
 const FINAL = { 4400: 'invalid', 4401: 'unauthenticated', 4403: 'forbidden', 4404: 'not_found', 4429: 'rate_limited' }
 
 const make = (tag, attrs = {}, ...children) => {
@@ -54,7 +55,14 @@ export function mountSideThread ({ session, composer, showError }) {
         const said = closedText(event.code, event.reason)
         showError(FINAL[event.code], said, 'private thread')
         note.textContent = said
+      } else if (!provider.wsconnected) {
+        // A socket refused at the upgrade (one connection too many, say: review RK-2) is
+        // a bare 1006 to a browser, and is retried: say so until it syncs.
+        note.textContent = RETRYING
       }
+    })
+    provider.on('sync', (isSynced) => {
+      if (isSynced && note.textContent === RETRYING) note.textContent = ''
     })
     doc.getArray('turns').observeDeep(() => render())
     synced = { id: threadId, doc, provider }
