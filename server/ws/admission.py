@@ -227,7 +227,7 @@ async def _judge(
         await room.membership.refresh()
     # Past a budget the upgrade is refused (429, ``Retry-After``): every stock client
     # backs off, where a socket accepted then closed would bring it back.
-    refused = room.upgrade_refusal(claims.user_id, state.clock())
+    refused: ParleyError | None = room.upgrade_refusal(claims.user_id, state.clock())
     if refused is None:
         refused = _member_refusal(room, claims, state.settings)
     if refused is not None:
