@@ -973,3 +973,35 @@ async def test_list_sessions_takes_a_cursor_or_an_offset_not_both() -> None:
     async with AdminClient("http://127.0.0.1:9", ADMIN_KEY) as admin:
         with pytest.raises(ValueError, match="cursor or an offset"):
             await admin.list_sessions(offset=2, cursor="abc")
+
+
+async def test_connect_past_the_connection_cap_comes_in_once_there_is_room(
+    tmp_path: Path,
+) -> None:
+    """Review RK-2: a socket past ``PARLEY_MAX_CONNECTIONS_PER_USER`` was closed 4429, final
+    to the SDK (``connect`` raised ``RateLimited`` for good). It is refused at the upgrade
+    (429, ``Retry-After``), which the SDK retries: it is in once another socket closed."""
+    settings = make_settings(sqlite_url(tmp_path), tmp_path / "data", max_connections_per_user=1)
+    async with serve_in_process(settings) as server:
+        sid = await server.new_session({"alice": "editor"})
+        held = await server.connect(sid, "alice")
+        session = connect(
+            server.ws_url, sid, await server.token(sid, "alice"), connect_timeout_s=60
+        )
+        opening = asyncio.create_task(session.open())
+        try:
+            await _refused_at_least_once(server)
+            await held.close()
+            await asyncio.wait_for(opening, 60)
+            assert session.state is ConnectionState.CONNECTED
+        finally:
+            await session.close()
+
+
+async def _refused_at_least_once(server: RunningServer) -> None:
+    """Until the server has refused a socket ``rate_limited``; fails after 30 s."""
+    for _ in range(600):
+        if 'parley_errors_total{code="rate_limited"}' in (await server.http.get("/metrics")).text:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("the server refused no socket")
