@@ -14,6 +14,7 @@ import json
 
 from parley.server.http.rest import QueryStr
 from parley.server.store.horizon import Place
+from parley.session.commands import unstorable
 from parley.session.errors import InvalidInput
 
 CURSOR = r"[A-Za-z0-9_-]{1,400}"  # base64url, unpadded
@@ -34,8 +35,11 @@ def read_cursor(cursor: str) -> tuple[int, str]:
     if type(created_at) is not int or not isinstance(row_id, str):
         raise InvalidInput(_NOT_A_CURSOR)
     # Within what the columns hold: a number past a 64-bit integer failed in the database
-    # driver (500 on SQLite, 503 on PostgreSQL, review), an id past any row's is no row's.
+    # driver (500 on SQLite, 503 on PostgreSQL, review), an id past any row's is no row's,
+    # and so did an id with a NUL or a lone surrogate, JSON escapes (review RL-5).
     if not 0 <= created_at < 2**63 or not 0 < len(row_id) <= MAX_ROW_ID_CHARS:
+        raise InvalidInput(_NOT_A_CURSOR)
+    if unstorable(row_id) is not None:  # (checked past the length: it may copy the id)
         raise InvalidInput(_NOT_A_CURSOR)
     return created_at, row_id
 

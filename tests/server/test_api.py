@@ -74,14 +74,26 @@ async def test_a_cursor_pages_sessions_past_one_deleted_between_pages(rest: Back
 
 
 @pytest.mark.parametrize(
-    "position", [[10**30, "x"], [2**63, "x"], [-1, "x"], [1, ""], [1, "x" * 201], [True, "x"]]
+    "position",
+    [
+        [10**30, "x"],
+        [2**63, "x"],
+        [-1, "x"],
+        [1, ""],
+        [1, "x" * 201],
+        [True, "x"],
+        [1, "\ud800"],  # a lone surrogate, as JSON's escape gives it
+        [1, "a\udfff"],
+        [1, "a\u0000b"],  # NUL
+    ],
 )
 async def test_a_cursor_out_of_the_columns_range_is_refused_invalid(
     rest: Backend, position: list[object]
 ) -> None:
     """Review: a cursor's number past a 64-bit integer reached the database driver, which
     failed (500 on SQLite, 503 ``unavailable`` on PostgreSQL): a caller's input, not a
-    fault of the server's."""
+    fault of the server's. Likewise an id no column can hold (review RL-5: a lone
+    surrogate was a 500 on SQLite, it or a NUL a 503 on PostgreSQL)."""
     raw = json.dumps(position).encode()
     cursor = base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
     refused = await rest.request("GET", f"/api/v1/sessions?cursor={cursor}")
