@@ -25,7 +25,7 @@ from parley.server.http.rest import (
 from parley.server.http.sessions import SESSION_ERRORS
 from parley.server.runtime.room import Work
 from parley.server.state import AppState
-from parley.session.commands import FACT_KEY, MAX_ENTRY_ID_CHARS
+from parley.session.commands import FACT_KEY
 from parley.session.context import BuiltContext
 from parley.session.errors import Conflict, Forbidden
 from parley.session.queue_root import queue_of
@@ -251,7 +251,6 @@ OPERATIONS: list[Operation] = [
         delete_pin,
         "Unpin an entry (204 also when it is not pinned; 404 for an unknown entry: the "
         "socket's `unpin` rule)",
-        path_forms={"entry_id": {"maxLength": MAX_ENTRY_ID_CHARS}},
         capability=Capability.READ_SESSION,  # ``pin``: judged by the core
         status=204,
         errors=(404, 429),

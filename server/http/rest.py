@@ -32,7 +32,7 @@ from parley.server.http.bounded import BoundedJSONResponse
 from parley.server.http.error_body import error_body
 from parley.server.http.models import READ_AS_WHOLE, ErrorBody
 from parley.server.state import AppState
-from parley.session.commands import unstorable
+from parley.session.commands import MAX_ENTRY_ID_CHARS, unstorable
 from parley.session.errors import (
     ErrorCode,
     Forbidden,
@@ -101,6 +101,28 @@ class QueryStr:
 
 
 @dataclass(frozen=True, slots=True)
+class PathForm:
+    """What a path parameter takes: the document says it, and ``route`` refuses any other
+    value ``invalid`` before its handler reads it, so an id no row can have is answered
+    alike on every route that names one (review RL-2)."""
+
+    max_length: int = 200
+    pattern: str | None = None
+
+    def schema(self) -> dict[str, Any]:
+        """The parameter's JSON Schema, in the OpenAPI document."""
+        pattern = {"pattern": f"^{self.pattern}$"} if self.pattern else {}
+        return {"type": "string", "minLength": 1, "maxLength": self.max_length, **pattern}
+
+
+# An entry's id (a prompt, a reply, a side-thread is one) as a socket's command takes it,
+# on every route that names one (review RL-2: the document gave 200 characters, the cancel
+# and side-thread routes refused past 64, and the GETs answered such an id 404).
+ENTRY_ID = PathForm(MAX_ENTRY_ID_CHARS)
+FORMS_OF_NAMES = {"entry_id": ENTRY_ID, "prompt_id": ENTRY_ID, "thread_id": ENTRY_ID}
+
+
+@dataclass(frozen=True, slots=True)
 class Caller:
     """Who calls: the admin (``user_id`` None) or a member with a client token."""
 
@@ -162,14 +184,26 @@ class Operation:
     # Answers a member's resend past their command rate (``prompts.send``): their body is
     # parsed past the rate, to find one; on any other route it is refused unparsed.
     answers_resends: bool = False
-    # A path parameter's JSON Schema past the default (1-200 characters): the form its
-    # handler takes (it refuses others), for the document to say (review: it said any).
-    path_forms: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # A path parameter's form past its name's (``FORMS_OF_NAMES``; else 1-200 characters):
+    # the form its handler takes, for the document to say (review: it said any).
+    path_forms: dict[str, PathForm] = field(default_factory=dict)
+
+    def path_form(self, name: str) -> PathForm:
+        """The form of path parameter ``name``."""
+        return self.path_forms.get(name) or FORMS_OF_NAMES.get(name, PathForm())
 
 
-def path_pattern(pattern: str) -> dict[str, Any]:
-    """A ``path_forms`` schema: the whole parameter matches ``pattern``."""
-    return {"pattern": f"^{pattern}$"}
+def path_pattern(pattern: str) -> PathForm:
+    """A ``path_forms`` form: the whole parameter matches ``pattern``."""
+    return PathForm(pattern=pattern)
+
+
+def check_path(op: Operation, params: dict[str, Any]) -> None:
+    """Refuse (``InvalidInput``) a path parameter not of its form in ``op``, or one no
+    database could store (a NUL, a lone surrogate)."""
+    for name, value in params.items():
+        form = op.path_form(name)
+        check_text(name, str(value), form.max_length, form.pattern, required=False)
 
 
 MAX_PROBLEMS = 50  # validation errors listed in one answer (the count says how many more)
@@ -416,10 +450,7 @@ def route(op: Operation) -> Route:
         try:
             kwargs: dict[str, Any] = dict(request.path_params)
             caller = authenticate(request, state) if op.auth else ADMIN
-            for name, value in kwargs.items():
-                problem = unstorable(str(value))
-                if problem is not None:
-                    raise InvalidInput(f"{name}: {problem}")
+            check_path(op, kwargs)
             for param in op.query:
                 kwargs[param.name] = _query_int(request, param)
             for text in op.query_str:
@@ -529,15 +560,24 @@ def _query_str(request: Request, param: QueryStr) -> object:
     value = query_value(request, param.name)
     if value is None and not param.required:
         return None
-    if not value or len(value) > param.max_length:
-        need = "required, " if param.required else ""
-        raise InvalidInput(f"{param.name}: {need}1-{param.max_length} characters")
-    if param.pattern is not None and not re.fullmatch(param.pattern, value):
-        raise InvalidInput(f"{param.name}: must match {param.pattern}")
-    problem = unstorable(value)  # a query a database could not even be asked
+    given = check_text(param.name, value or "", param.max_length, param.pattern, param.required)
+    return given if param.read is None else param.read(given)
+
+
+def check_text(
+    name: str, value: str, max_length: int, pattern: str | None, required: bool = True
+) -> str:
+    """``value`` of a path or query parameter; ``InvalidInput`` if it is not of its form:
+    1 to ``max_length`` characters matching ``pattern``, and storable."""
+    if not value or len(value) > max_length:
+        need = "required, " if required else ""
+        raise InvalidInput(f"{name}: {need}1-{max_length} characters")
+    if pattern is not None and not re.fullmatch(pattern, value):
+        raise InvalidInput(f"{name}: must match {pattern}")
+    problem = unstorable(value)  # a value a database could not even be asked about
     if problem is not None:
-        raise InvalidInput(f"{param.name}: {problem}")
-    return value if param.read is None else param.read(value)
+        raise InvalidInput(f"{name}: {problem}")
+    return value
 
 
 def _query_int(request: Request, param: QueryParam) -> int:
@@ -589,17 +629,7 @@ def openapi_document(operations: list[Operation], *, title: str, version: str) -
         if description:
             item["description"] = description
         params = [
-            {
-                "name": name,
-                "in": "path",
-                "required": True,
-                "schema": {
-                    "type": "string",
-                    "minLength": 1,
-                    "maxLength": 200,
-                    **op.path_forms.get(name, {}),
-                },
-            }
+            {"name": name, "in": "path", "required": True, "schema": op.path_form(name).schema()}
             for name in re.findall(r"{(\w+)}", op.path)
         ]
         params += [

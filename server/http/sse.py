@@ -44,6 +44,7 @@ from parley.server.http.rest import (
     Operation,
     authenticate,
     authorize,
+    check_path,
     error_response,
     query_value,
 )
@@ -51,7 +52,6 @@ from parley.server.http.sse_cursor import REPLY_ENDS, Cursor, start_at
 from parley.server.runtime.room import SessionRoom, Work
 from parley.server.runtime.stream_feed import reply_text
 from parley.server.state import AppState
-from parley.session.commands import unstorable
 from parley.session.errors import (
     BadEventId,
     InvalidInput,
@@ -368,10 +368,8 @@ async def open_stream(request: Request) -> Response:
     state: AppState = request.app.state.parley
     try:
         caller = authenticate(request, state)
+        check_path(STREAM, request.path_params)
         session_id = str(request.path_params["session_id"])
-        problem = unstorable(session_id)
-        if problem is not None:
-            raise InvalidInput(f"session_id: {problem}")
         last_id = request.headers.get("last-event-id") or request.query_params.get("last_event_id")
         if last_id is not None and len(last_id) > 100:
             raise BadEventId("Last-Event-ID: too long")

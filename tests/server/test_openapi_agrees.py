@@ -122,3 +122,55 @@ async def test_a_bound_left_to_a_setting_is_named_where_the_document_allows_past
             assert answer.status_code in (413, 422), (schema, answer.status_code)
             described = served["components"]["schemas"][schema]["properties"][field]
             assert setting in described.get("description", ""), (schema, described)
+
+
+# A body of the right form for each route under an id that takes one.
+_BODIES = {"prompts": {"text": "hi"}, "share": {"text": "hi"}, "share-replies": {"turn_ids": ["t"]}}
+
+
+async def test_a_path_id_past_its_bound_is_invalid_on_every_route_and_one_within_not_found(
+    tmp_path: Path,
+) -> None:
+    """Review RL-2: the document gave a prompt's and a side-thread's id up to 200
+    characters; cancel and the side-thread routes refused one past 64 (``invalid``), and
+    the GETs answered the same id ``not_found``. Every path parameter has one form, the
+    document's, on every route: one past its ``maxLength`` is ``422 invalid`` (judged
+    before the handler), one at it that names nothing is ``404 not_found``."""
+    settings = make_settings(sqlite_url(tmp_path), tmp_path / "data")
+    async with serve_in_process(settings) as server:
+        http = server.http
+        served = (await http.get("/api/v1/openapi.json")).json()
+        sid = await server.new_session({"bob": "owner"})
+        as_bob = {"Authorization": f"Bearer {await server.token(sid, 'bob')}"}
+        checked, wrong = 0, []
+        for template, item in served["paths"].items():
+            for method, operation in item.items():
+                params = [p for p in operation.get("parameters", []) if p["in"] == "path"]
+                for param in params:
+                    bound, name = param["schema"]["maxLength"], param["name"]
+                    others = {p["name"]: sid for p in params if p["name"] != name}
+                    for length in (bound, bound + 1):
+                        path = template.format(**others, **{name: "e" * length})
+                        answer = await http.request(method, path, headers=as_bob)
+                        code = answer.json()["error"]["code"] if answer.is_error else None
+                        if length > bound and code != "invalid":
+                            wrong.append((method, template, name, length, answer.status_code))
+                    checked += 1
+                    if name in ("prompt_id", "thread_id", "entry_id"):
+                        # An entry's id as a socket takes it (docs/api.md).
+                        if bound != 64:
+                            wrong.append((method, template, name, "maxLength", bound))
+                        path = template.format(**others, **{name: "e" * bound}).replace(
+                            "{session_id}", sid
+                        )
+                        body = _BODIES.get(path.rsplit("/", 1)[1])
+                        answer = await http.request(method, path, headers=as_bob, json=body)
+                        if answer.status_code != 404:
+                            wrong.append((method, template, name, bound, answer.text))
+        streamed = await http.get(
+            SESSION.format(session_id="e" * 201) + "/events",
+            headers={"Accept": "text/event-stream"},
+        )
+        if streamed.status_code != 422:
+            wrong.append(("stream", streamed.status_code))
+        assert checked > 30 and wrong == [], "\n".join(map(str, wrong))
