@@ -37,7 +37,7 @@ from parley.server.http import (
     usage,
     webhooks,
 )
-from parley.server.http.demo import DemoFiles
+from parley.server.http.demo import DemoFiles, to_demo
 from parley.server.http.error_body import error_body
 from parley.server.http.models import Health, Readiness
 from parley.server.http.rest import Operation, authenticate, error_response, openapi_document, route
@@ -330,6 +330,7 @@ def create_app(
         Route("/api/v1/openapi.json", openapi, methods=["GET"]),
         *home.ROUTES,
         Route("/metrics", metrics_endpoint, methods=["GET"]),
+        Route("/demo", to_demo, methods=["GET"]),
         Mount("/demo", app=DemoFiles(settings.demo_dir), name="demo"),
         WebSocketRoute("/ws/sessions/{session_id}", SocketEndpoint(session_socket)),
         WebSocketRoute(
@@ -349,7 +350,7 @@ def create_app(
         )
     # Innermost: its 404 is logged and carries CORS headers like any other.
     middleware.append(Middleware(OneSegmentIds))
-    return SocketsFirst(
+    app = SocketsFirst(
         routes=routes,
         middleware=middleware,
         lifespan=lifespan,
@@ -359,3 +360,8 @@ def create_app(
             Exception: on_crash,
         },
     )
+    # A path with a trailing "/" names no route (404 in the error shape): Starlette's router
+    # answered it 307 with no body and a Location built from the request's Host header
+    # (review RL-6), before any error handler.
+    app.router.redirect_slashes = False
+    return app

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
 from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
@@ -30,3 +32,9 @@ class DemoFiles:
             await error_response(missing)(scope, receive, send)
             return
         await self.files(scope, receive, send)
+
+
+async def to_demo(_: Request) -> Response:
+    """``/demo`` to ``/demo/``, where the demo's relative links resolve: a relative
+    ``Location``, not one built from the request's ``Host`` (review RL-6)."""
+    return RedirectResponse("/demo/", status_code=307)

@@ -37,6 +37,7 @@ from parley.session.errors import (
     ErrorCode,
     Forbidden,
     InvalidInput,
+    NotFound,
     ParleyError,
     RateLimited,
     TooLarge,
@@ -279,7 +280,14 @@ async def admit(
     session_id = _session_of(op, caller, session_id)
     if session_id is None or session_id != caller.session_id:
         raise Forbidden("a client token acts only in its own session's routes")
-    room = await state.rooms.current(session_id)  # judged by what is committed
+    try:
+        room = await state.rooms.current(session_id)  # judged by what is committed
+    except NotFound:
+        if not op.own_session:
+            raise  # the session its path names is unknown
+        # A route naming no session: the token's is gone, so it signs in nobody, as a
+        # revoked one (review RL-6: its 404 was no answer these routes list).
+        raise Unauthenticated("this token's session was deleted") from None
     revoked = None if caller.claims is None else room.membership.token_refusal(caller.claims)
     if revoked is not None:
         raise Unauthenticated(revoked)

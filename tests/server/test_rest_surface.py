@@ -283,3 +283,55 @@ async def test_an_encoded_slash_keeps_an_id_one_segment_on_every_route(
     # An encoded slash in the query is not in the path.
     listed = await server.http.get(f"/api/v1/sessions/{sid}/audit", params={"actor": "a/b"})
     assert listed.status_code == 200, listed.text
+
+
+async def test_a_trailing_slash_names_no_route_and_redirects_nowhere(
+    sqlite_server: RunningServer,
+) -> None:
+    """Review RL-6: a path with a trailing ``/`` was answered ``307`` with an empty body
+    and a ``Location`` built from the request's ``Host`` (a client following it sent its
+    body, and maybe its key, wherever ``Host`` said). It is a path no route has: ``404
+    not_found`` in the error shape, key or none."""
+    server = sqlite_server
+    sid = await server.new_session({"bob": "editor"})
+    document = (await server.http.get("/api/v1/openapi.json")).json()
+    paths = [
+        template.replace("{session_id}", sid).replace("{", "").replace("}", "") + "/"
+        for template in document["paths"]
+    ]
+    paths += ["/api/v1/openapi.json/", "/api/v1/docs/", "/healthz/", "/readyz/", "/metrics/"]
+    wrong = []
+    async with httpx.AsyncClient(base_url=server.base_url) as anonymous:
+        for path in paths:
+            for client in (server.http, anonymous):
+                for method in ("GET", "POST", "DELETE"):
+                    answer = await client.request(method, path, headers={"Host": "evil.example"})
+                    code = answer.json()["error"]["code"] if answer.content else None
+                    moved = answer.headers.get("location")
+                    if answer.status_code != 404 or code != "not_found" or moved is not None:
+                        wrong.append((method, path, answer.status_code, moved))
+    assert wrong == [], wrong
+    demo = await server.http.get("/demo", headers={"Host": "evil.example"})
+    assert demo.is_redirect and demo.headers["location"] == "/demo/"  # relative: no Host in it
+
+
+async def test_a_deleted_sessions_token_is_unauthenticated_outside_its_session(
+    sqlite_server: RunningServer,
+) -> None:
+    """Review RL-6: a client token of a deleted session got ``404 not_found`` from the
+    routes that name no session (``/models``, ``/me/sessions``), which their documented
+    answers do not list. It signs in nobody any more: ``401 unauthenticated``, as a revoked
+    token; its session's own routes answer ``404`` (the session named is unknown)."""
+    server = sqlite_server
+    sid = await server.new_session({"bob": "editor"})
+    as_bob = {"Authorization": f"Bearer {await server.token(sid, 'bob')}"}
+    assert (await server.http.get("/api/v1/models", headers=as_bob)).status_code == 200
+    assert (await server.http.delete(f"/api/v1/sessions/{sid}")).status_code == 204
+    document = (await server.http.get("/api/v1/openapi.json")).json()
+    for path in ("/api/v1/models", "/api/v1/me/sessions"):
+        answer = await server.http.get(path, headers=as_bob)
+        assert answer.status_code == 401, (path, answer.text)
+        assert answer.json()["error"]["code"] == "unauthenticated"
+        assert "401" in document["paths"][path]["get"]["responses"]
+    own = await server.http.get(f"/api/v1/sessions/{sid}/me", headers=as_bob)
+    assert own.status_code == 404 and own.json()["error"]["code"] == "not_found"
