@@ -17,8 +17,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import uvicorn
+from alembic.util import CommandError
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
+from sqlalchemy import make_url
 from sqlalchemy.exc import DBAPIError
 
 from parley.server.keys import Keys, resolve_keys
@@ -59,7 +61,7 @@ def wait_for_database(
             attempt()
         except (DBAPIError, OSError) as exc:
             remaining = deadline - time.monotonic()
-            error = str(getattr(exc, "orig", None) or exc).splitlines()[0][:300]
+            error = database_error(exc)
             if remaining <= 0:
                 log.error("database unreachable; giving up", extra={"tries": tries, "error": error})
                 raise
@@ -74,6 +76,11 @@ def wait_for_database(
         if tries > 1:
             log.info("database reachable", extra={"tries": tries})
         return
+
+
+def database_error(exc: DBAPIError | OSError) -> str:
+    """The first line of why a database could not be opened (the driver's own words)."""
+    return str(getattr(exc, "orig", None) or exc).splitlines()[0][:300]
 
 
 def check_database(url: str) -> None:
@@ -320,10 +327,23 @@ def listen_socket(host: str, port: int) -> socket.socket:
 
 
 def run_db_command(args: argparse.Namespace, settings: Settings) -> int:
-    """``parley migrate`` and ``parley db …``: Alembic over the configured database."""
-
-    config = alembic_config(settings.database_url)
+    """``parley migrate`` and ``parley db …``: Alembic over the configured database. A
+    database that cannot be opened is one line and exit 1, a revision the migrations do
+    not have one line and exit 2 (review RL-4: both were tracebacks)."""
     action = "upgrade" if args.command == "migrate" else args.db_command
+    try:
+        return _run_db_command(args, settings, action)
+    except CommandError as exc:
+        print(f"parley: {action}: {exc}", file=sys.stderr)
+        return 2
+    except (DBAPIError, OSError) as exc:
+        shown = make_url(settings.database_url).render_as_string(hide_password=True)
+        print(f"parley: cannot open the database {shown}: {database_error(exc)}", file=sys.stderr)
+        return 1
+
+
+def _run_db_command(args: argparse.Namespace, settings: Settings, action: str) -> int:
+    config = alembic_config(settings.database_url)
     if action in ("upgrade", "downgrade"):
         # Shared: not under a server off-cluster (which holds its database alone), but
         # under cluster nodes, as their rolling upgrades migrate.

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from parley.authz.origins import check_allowed_origins
+from parley.server.store.database_url import check_database_url
 
 OFFLINE_MODEL = "offline"
 
@@ -46,7 +47,7 @@ class Settings(BaseSettings):
     )
 
     host: str = "127.0.0.1"
-    port: int = 8765
+    port: int = Field(default=8765, ge=0, le=65535)
     database_url: str = "sqlite+aiosqlite:///./parley.db"
     data_dir: Path = Path(".parley")
     migrate_on_start: bool = True
@@ -373,6 +374,11 @@ class Settings(BaseSettings):
     @classmethod
     def _origins(cls, value: list[str]) -> list[str]:
         return check_allowed_origins(value)
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: str) -> str:
+        return check_database_url(value)
 
     @model_validator(mode="after")
     def _models_consistent(self) -> Settings:

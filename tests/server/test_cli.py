@@ -175,3 +175,36 @@ def test_the_search_bound_in_characters_is_refused_by_its_new_name(tmp_path: Pat
             result, "PARLEY_MAX_SEARCH_INDEX_CHARS was replaced by PARLEY_MAX_SEARCH_INDEX_BYTES"
         )
         assert untouched(tmp_path)
+
+
+def test_a_port_past_65535_or_a_database_url_of_no_known_dialect_is_one_line(
+    tmp_path: Path,
+) -> None:
+    """Review RL-4: ``--port 99999`` (bind's ``OverflowError``) and a database URL of a
+    dialect SQLAlchemy does not know, or no URL at all, were Python tracebacks."""
+    refused(parley(tmp_path, "serve", "--port", "99999"), "PARLEY_PORT:")
+    refused(parley(tmp_path, "serve", PARLEY_PORT="65536"), "PARLEY_PORT:")
+    for url in ("nosuch://x", "not a url", "postgresql+nosuchdriver://u@h/db"):
+        for command in (["serve", "--port", "0"], ["migrate"], ["db", "current"]):
+            refused(parley(tmp_path, *command, "--database-url", url), "PARLEY_DATABASE_URL:")
+    assert untouched(tmp_path)
+
+
+def test_a_database_that_cannot_be_opened_or_an_unknown_revision_is_one_line(
+    tmp_path: Path,
+) -> None:
+    """Review RL-4: ``migrate`` on a SQLite file in a folder that is not there, and
+    ``db upgrade`` to a revision there is not, were Python tracebacks (``serve`` gave one
+    log line): one line, exit 1 for a database that cannot be opened, 2 for a revision
+    the migrations do not have (a mistake in the command)."""
+    missing = f"sqlite+aiosqlite:///{tmp_path / 'none' / 'x.db'}"
+    for command in (["migrate"], ["db", "upgrade"], ["db", "current"]):
+        result = parley(tmp_path, *command, "--database-url", missing)
+        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+        last = result.stderr.strip().splitlines()[-1]
+        assert last.startswith("parley: cannot open the database ") and "x.db" in last, last
+    for command in (["db", "upgrade", "nosuchrev"], ["db", "downgrade", "nosuchrev"]):
+        result = parley(tmp_path, *command)
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        last = result.stderr.strip().splitlines()[-1]
+        assert last.startswith(f"parley: {command[1]}: ") and "nosuchrev" in last, last
