@@ -213,8 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument(
             "--database-url",
             metavar="URL",
-            help="SQLAlchemy URL of the database (PARLEY_DATABASE_URL; default: SQLite in the "
-            "data directory)",
+            help="SQLAlchemy URL of the database (PARLEY_DATABASE_URL; default: the SQLite "
+            "file ./parley.db, in the working directory)",
         )
         sub.add_argument(
             "--env-file",
@@ -235,7 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--data-dir",
         metavar="DIR",
-        help="where the SQLite file and generated keys live (PARLEY_DATA_DIR)",
+        help="where generated keys live (PARLEY_DATA_DIR; ./.parley); the database is "
+        "where --database-url says",
     )
     serve.add_argument(
         "--no-migrate",

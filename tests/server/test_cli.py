@@ -208,3 +208,14 @@ def test_a_database_that_cannot_be_opened_or_an_unknown_revision_is_one_line(
         assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
         last = result.stderr.strip().splitlines()[-1]
         assert last.startswith(f"parley: {command[1]}: ") and "nosuchrev" in last, last
+
+
+def test_the_help_says_where_the_database_and_the_keys_live() -> None:
+    """Review RL-1: ``--data-dir`` said the SQLite file lived there, and ``--database-url``
+    that its default was in the data directory: it is ``./parley.db``, whatever the data
+    directory (which holds the generated keys)."""
+    serve = build_parser()._subparsers._group_actions[0].choices["serve"]  # type: ignore[union-attr]
+    helps = {a.dest: " ".join((a.help or "").split()) for a in serve._actions}
+    assert "SQLite" not in helps["data_dir"] and "keys" in helps["data_dir"]
+    assert "./parley.db" in helps["database_url"], helps["database_url"]
+    assert "data directory" not in helps["database_url"]
