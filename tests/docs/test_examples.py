@@ -9,7 +9,10 @@ A block is classified by the HTML comment on the line just before its opening fe
   bash (``set -euo pipefail``; ``curl`` fails on an HTTP error) with ``PARLEY``,
   ``KEY``/``ADMIN_KEY``/``PARLEY_ADMIN_KEY`` and ``SID`` (a session with editors alice and
   bob) set, in a folder whose ``.parley/admin_key`` is the key. A ``python`` block then
-  runs as a program that may ``await`` at top level, with ``admin_key`` bound.
+  runs as written, ``python block.py`` with the same environment; one whose marker says
+  ``top-level await`` runs as a program that may ``await`` at top level, with
+  ``admin_key`` bound (review RL-3: a block not so marked ran that way, and did not run
+  as written).
 - ``<!-- example: file NAME -->``: written to ``NAME`` in that folder first, for a ``run``
   block to use.
 - ``<!-- example: skip (why) -->``: not run; the reason is required.
@@ -194,7 +197,9 @@ async def test_examples_run_against_a_live_server(page: Path, tmp_path: Path) ->
             outputs.append(await run(["bash", "examples.sh"], work, env))
         for n, block in enumerate(b for b in mine if b.runs and b.lang == "python"):
             (work / f"example_{n}.py").write_text(source[block])
-            argv = [sys.executable, "-c", PYTHON_RUNNER, f"example_{n}.py"]
+            top_level = block.marker is not None and "top-level await" in block.marker
+            runner = ["-c", PYTHON_RUNNER] if top_level else []
+            argv = [sys.executable, *runner, f"example_{n}.py"]
             outputs.append(await run(argv, work, env))
     for expected in EXPECTED.get(page.name, []):
         assert any(expected in out for out in outputs), (expected, outputs)
