@@ -179,7 +179,8 @@ async def test_people_by_display_name_in_plain_words(tmp_path: Path) -> None:
 
 async def test_invite_link_session_list_and_model_picker(tmp_path: Path) -> None:
     async with serve_in_process(_settings(tmp_path)) as server, chromium() as browser:
-        sid = await server.new_session({"olga": "owner", "alice": "editor"}, title="Ops room")
+        members = {"olga": "owner", "alice": "editor", "bob": "editor"}
+        sid = await server.new_session(members, title="Ops room")
         other = await server.new_session({"alice": "viewer"}, title="Elsewhere")
         invite = await server.http.post(
             f"/api/v1/sessions/{sid}/invites", json={"user_id": "alice"}
@@ -214,7 +215,12 @@ async def test_invite_link_session_list_and_model_picker(tmp_path: Path) -> None
         assert default in await _values(olga, "#model option")
         await olga.select_option("#model", default)
         await olga.wait_for_selector("#model-note:has-text('Model changed')")
+        # alice has signed in: only she or the admin key may mint her a link (review RI-2),
+        # and the page says why; bob has not.
         await olga.select_option("#invite-user", "alice")
+        await olga.click("#invite-form button[type=submit]")
+        await olga.wait_for_selector("#invite-note:has-text('known here already')")
+        await olga.select_option("#invite-user", "bob")
         await olga.click("#invite-form button[type=submit]")
         await olga.wait_for_selector("#invite-link:visible")
         minted = await olga.locator("#invite-link").input_value()
@@ -232,7 +238,10 @@ async def test_invite_link_session_list_and_model_picker(tmp_path: Path) -> None
         listed = await server.http.get(f"/api/v1/sessions/{sid}/documents", headers=vic)
         assert "runbook.md" in listed.text, listed.text
         assert await page.locator("#document-form").is_hidden()  # editors only read the list
-        refused = "mallory console error: Failed to load resource: the server responded with a status of 401"  # noqa: E501 (the browser's words)
+        refused = (
+            "mallory console error: Failed to load resource: the server responded with a status of 401",  # noqa: E501 (the browser's words)
+            "olga console error: Failed to load resource: the server responded with a status of 403",  # noqa: E501 (alice's link)
+        )
         assert [p for p in browser.problems if not p.startswith(refused)] == [], browser.problems
 
 
