@@ -175,6 +175,17 @@ async def test_bobs_side_thread_never_reaches_alice_and_his_summary_reaches_ever
     assert not any(thread_id.encode() in chunk for chunk in seen if chunk not in named)
 
 
+async def answered_thread(server: RunningServer, sid: str, user: str, text: str) -> str:
+    """The side-thread a socket of ``user``'s opened and asked ``text`` in, answered."""
+    client = await server.connect(sid, user)
+    opened = await client.command({"type": "thread_open", "id": "t", "title": "mine"})
+    thread_id: str = opened["thread_id"]
+    asked = {"type": "thread_prompt", "id": "q", "thread_id": thread_id, "text": text}
+    await client.command(asked)
+    await client.wait_until(lambda c: answered(c, thread_id, 1))
+    return thread_id
+
+
 async def test_a_socket_opened_speaking_commands_is_told_its_side_threads(
     server: RunningServer,
 ) -> None:
@@ -182,11 +193,7 @@ async def test_a_socket_opened_speaking_commands_is_told_its_side_threads(
     that it had. A socket opened with ``commands=`` is sent the state of its member's open
     side-threads before anything else asks for it; another member's socket is not."""
     sid = await server.new_session({"alice": "editor", "bob": "editor"})
-    bob = await server.connect(sid, "bob")
-    opened = await bob.command({"type": "thread_open", "id": "t", "title": "mine"})
-    thread_id = opened["thread_id"]
-    await bob.command({"type": "thread_prompt", "id": "q", "thread_id": thread_id, "text": "hi"})
-    await bob.wait_until(lambda c: answered(c, thread_id, 1))
+    thread_id = await answered_thread(server, sid, "bob", "hi")
     again = await server.connect(sid, "bob", commands="text")
     await again.wait_until(lambda c: answered(c, thread_id, 1))
     alice = await server.connect(sid, "alice", commands="text")
@@ -203,12 +210,7 @@ async def test_reading_a_side_thread_spends_the_read_budget(tmp_path: Path) -> N
     )
     async with serve_in_process(settings, MODEL) as server:
         sid = await server.new_session({"bob": "editor"})
-        bob = await server.connect(sid, "bob")
-        opened = await bob.command({"type": "thread_open", "id": "t", "title": "mine"})
-        thread_id = opened["thread_id"]
-        asked = {"type": "thread_prompt", "id": "q", "thread_id": thread_id, "text": "x" * 400}
-        await bob.command(asked)
-        await bob.wait_until(lambda c: answered(c, thread_id, 1))
+        thread_id = await answered_thread(server, sid, "bob", "x" * 400)
         token = await server.token(sid, "bob")
         async with httpx.AsyncClient(
             base_url=server.base_url, headers={"Authorization": f"Bearer {token}"}
@@ -325,12 +327,7 @@ async def test_a_side_thread_read_spends_its_answers_bytes_and_a_refused_one_loa
     )
     async with serve_in_process(settings, MODEL) as server:
         sid = await server.new_session({"bob": "editor"})
-        bob = await server.connect(sid, "bob")
-        opened = await bob.command({"type": "thread_open", "id": "t", "title": "mine"})
-        thread_id = opened["thread_id"]
-        asked = {"type": "thread_prompt", "id": "q", "thread_id": thread_id, "text": "漢" * 2000}
-        await bob.command(asked)
-        await bob.wait_until(lambda c: answered(c, thread_id, 1))
+        thread_id = await answered_thread(server, sid, "bob", "漢" * 2000)
         state = server.app.state.parley
         loads: list[str] = []
         load_threads = state.store.load_threads
