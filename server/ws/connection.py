@@ -44,6 +44,9 @@ DROP_REASONS = {
 }
 # What the outbox holds: a message, or a sync answer's frames, sent one after another.
 _Outgoing = bytes | str | tuple[bytes, ...]
+# One message (not a sync answer's frames), as ``isinstance`` reads it: a tuple made once,
+# where ``bytes | str`` would make a union at every write of the fan-out.
+_ONE_MESSAGE = (bytes, str)
 # The most a close waits for an ASGI server other than ``parley serve``'s to send it.
 CLOSE_WAIT_S = 5.0
 
@@ -192,7 +195,7 @@ class Connection:
         budget = self.budget
         direct = self.direct
         if direct is not None:
-            if isinstance(message, bytes | str):
+            if isinstance(message, _ONE_MESSAGE):
                 written = direct.write(message, frame)
             else:
                 written = direct.write_together(message)
@@ -207,7 +210,7 @@ class Connection:
             return True
         outbox = self._outbox
         assert outbox is not None  # there is one whenever there is no direct writer
-        if not isinstance(message, bytes | str):
+        if not isinstance(message, _ONE_MESSAGE):
             message = tuple(message)
         try:
             outbox.put_nowait(message)
@@ -372,4 +375,4 @@ class Connection:
 
 def _size(message: _Outgoing) -> int:
     """The bytes of an outbox entry (a sync answer's frames together), headers aside."""
-    return len(message) if isinstance(message, bytes | str) else sum(map(len, message))
+    return len(message) if isinstance(message, _ONE_MESSAGE) else sum(map(len, message))
