@@ -41,6 +41,7 @@ from parley.server.http.rest import (
     spend_command_everywhere,
 )
 from parley.server.outbound.targets import url_form_problem
+from parley.server.runtime.room import SessionRoom
 from parley.server.runtime.tools import SEARCH_DOCUMENTS, new_secret
 from parley.server.state import AppState
 from parley.server.store.access import AccessStore
@@ -130,6 +131,21 @@ async def list_documents(state: AppState, session_id: str, caller: Caller) -> Do
     return DocumentList(documents=[_document_out(r, text=False) for r in rows])
 
 
+async def _readable_head(
+    state: AppState, room: SessionRoom, document_id: str, caller: Caller
+) -> DocumentRow:
+    """The document's row without its text, if the caller may read it (the admin may read
+    every one); ``NotFound`` alike for one that is not there and one they may not read."""
+    heads = await _access(state).list_documents(room.session_id, texts=False)
+    head = next((r for r in heads if r.id == document_id), None)
+    if head is None or not (
+        caller.user_id is None
+        or decide(room.subject(caller.user_id), Read((head.readers,))).allowed
+    ):
+        raise NotFound(f"no document {document_id!r} you may read")
+    return head
+
+
 async def get_document(
     state: AppState, session_id: str, document_id: str, caller: Caller
 ) -> Encoded:
@@ -138,14 +154,7 @@ async def get_document(
     room = await state.rooms.current(session_id)
     # Judged, and charged its characters (its bytes are at least as many), before its text
     # is loaded (review RJ-2: a refused read cost the load).
-    heads = await _access(state).list_documents(session_id, texts=False)
-    head = next((r for r in heads if r.id == document_id), None)
-    readable = head is not None and (
-        caller.user_id is None
-        or decide(room.subject(caller.user_id), Read((head.readers,))).allowed
-    )
-    if head is None or not readable:
-        raise NotFound(f"no document {document_id!r} you may read")
+    head = await _readable_head(state, room, document_id, caller)
 
     async def answer() -> bytes:
         row = await _access(state).get_document(session_id, document_id)
@@ -161,8 +170,11 @@ async def delete_document(
 ) -> None:
     room = await state.rooms.get(session_id)
     await spend_command_everywhere(state, room, caller.user_id)
+    # A document the caller may not read is absent to them here as on every other route
+    # (review RM-2: an owner detached one whose GET answered 404).
+    await _readable_head(state, room, document_id, caller)
     if not await _access(state).delete_document(session_id, document_id):
-        raise NotFound(f"no document {document_id!r}")
+        raise NotFound(f"no document {document_id!r} you may read")
     state.rooms.document_search.drop(session_id, document_id)
     await room.writer.audit("document", caller.actor, {"deleted": document_id})
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from unittest.mock import ANY
 
 import httpx
 import pytest
@@ -177,3 +178,26 @@ async def test_a_restricted_reply_counts_after_its_document_is_gone(
         viewer = await olga.put(f"/api/v1/sessions/{sid}/members/eve", json={"role": "viewer"})
         assert viewer.status_code == 200, viewer.text
     assert [r["action"] for r in await _refused(server, sid, "olga")] == ["change member eve"]
+
+
+async def test_an_owner_cannot_detach_a_document_she_may_not_read(server: RunningServer) -> None:
+    """Review RM-2: a document GET answered 404 for (absent to her) was hers to detach."""
+    sid = await server.new_session({"alice": "owner", "bob": "owner"})
+    created = await server.http.post(
+        f"/api/v1/sessions/{sid}/documents",
+        json={"title": "bob's", "text": "for bob only", "readers": {"users": ["bob"]}},
+    )
+    assert created.status_code == 201, created.text
+    doc = created.json()["id"]
+    path = f"/api/v1/sessions/{sid}/documents/{doc}"
+    async with _as(server, await server.token(sid, "alice")) as alice:
+        read = await alice.get(path)
+        detach = await alice.delete(path)
+        unknown = await alice.delete(f"/api/v1/sessions/{sid}/documents/nosuchdoc")
+    assert read.status_code == 404, read.text
+    assert detach.status_code == 404, detach.text
+    assert detach.json()["error"] == {**unknown.json()["error"], "message": ANY}
+    assert (await server.http.get(path)).status_code == 200
+    async with _as(server, await server.token(sid, "bob")) as bob:
+        assert (await bob.delete(path)).status_code == 204
+    assert (await server.http.get(path)).status_code == 404
