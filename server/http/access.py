@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import secrets
 
 from parley.authz.policy import Read, Readers, Subject, check_readers, decide
@@ -45,7 +46,7 @@ from parley.server.runtime.room import SessionRoom
 from parley.server.runtime.tools import SEARCH_DOCUMENTS, new_secret
 from parley.server.state import AppState
 from parley.server.store.access import AccessStore
-from parley.server.store.access_rows import DocumentRow, ToolRow
+from parley.server.store.access_rows import AuditPage, DocumentRow, ToolRow
 from parley.server.store.horizon import Place
 from parley.session.core.audit_view import shown_record
 from parley.session.errors import Conflict, Forbidden, InvalidInput, NotFound, TooLarge
@@ -262,7 +263,8 @@ async def list_audit(
 ) -> Encoded:
     """The session's audit records after ``cursor`` (or ``after``, an id), oldest first, as
     the caller may read them: a model call's token counts only for a reader who may read
-    all it drew on (a side-thread's: its owner). A member's page spends one command of
+    all it drew on (a side-thread's: its owner); a page ends at ``limit`` records or
+    ``audit_page_max_bytes`` (``audit_page_json``). A member's page spends one command of
     their budget and their read budget by its bytes, as the member list's does: 429
     ``rate_limited`` past either."""
     start = page_start(after, cursor)
@@ -270,28 +272,17 @@ async def list_audit(
         raise NotFound(f"no session {session_id!r}")
 
     async def answer(reader: Subject | None) -> bytes:
-        rows = await _access(state).list_audit(
-            session_id, limit=limit, after=start, kinds=[kind] if kind else [], actor=actor
+        page = await _access(state).audit_page(
+            session_id,
+            limit=limit,
+            after=start,
+            kinds=[kind] if kind else [],
+            actor=actor,
+            max_bytes=max_bytes,
         )
-        records = []
-        for r in rows:
-            shown = shown_record(r.kind, r.data, reader)
-            out = AuditRecordOut(
-                id=r.id,
-                at=r.at,
-                kind=r.kind,
-                actor=r.actor,
-                data=shown.data,
-                withheld=list(shown.withheld),
-            )
-            records.append(out)
-        page = AuditList(
-            records=records,
-            next_after=rows[-1].id if len(rows) == limit else None,
-            next_cursor=make_place_cursor(Place(rows[-1].xid, rows[-1].id)) if rows else None,
-        )
-        return page.model_dump_json().encode()
+        return audit_page_json(page, reader, max_bytes)
 
+    max_bytes = state.settings.audit_page_max_bytes
     if caller.user_id is None:  # the admin key reads unbudgeted
         return Encoded(await answer(None))
     room = await state.rooms.current(session_id)
@@ -304,6 +295,53 @@ async def list_audit(
     # the log, hence the command too.
     await spend_command_everywhere(state, room, caller.user_id)
     return await read_paid_after(state, room, caller.user_id, lambda: answer(reader))
+
+
+# The bytes of an audit page's JSON around its records: the keys, the largest ``next_after``
+# and ``next_cursor`` (base64url of two numbers of 63 bits).
+_PAGE_FRAME_BYTES = 160
+
+
+def audit_page_json(page: AuditPage, reader: Subject | None, max_bytes: int) -> bytes:
+    """``page`` as ``reader`` reads it (None: the admin key), as ``AuditList``'s JSON of at
+    most ``max_bytes``: the records that fit, and at least the first, however large (a page
+    that skipped it would leave the log unreadable past it). ``next_after`` is given
+    whenever records follow the last one listed: the page stopped at its limit or its bytes
+    or ``page.more``."""
+    parts: list[bytes] = []
+    room = max_bytes - _PAGE_FRAME_BYTES
+    rows = page.rows
+    for n, r in enumerate(rows):
+        shown = shown_record(r.kind, r.data, reader)
+        out = AuditRecordOut(
+            id=r.id,
+            at=r.at,
+            kind=r.kind,
+            actor=r.actor,
+            data=shown.data,
+            withheld=list(shown.withheld),
+        )
+        encoded = out.model_dump_json().encode()
+        room -= len(encoded) + 1  # and its comma
+        if parts and room < 0:
+            rows = rows[:n]
+            break
+        parts.append(encoded)
+    more = page.more or len(rows) < len(page.rows)
+    last = rows[-1] if rows else None
+    next_after = last.id if more and last is not None else None
+    next_cursor = None if last is None else make_place_cursor(Place(last.xid, last.id))
+    return b"".join(
+        (
+            b'{"records":[',
+            b",".join(parts),
+            b'],"next_after":',
+            json.dumps(next_after).encode(),
+            b',"next_cursor":',
+            json.dumps(next_cursor).encode(),
+            b"}",
+        )
+    )
 
 
 DOCUMENTS = "/api/v1/sessions/{session_id}/documents"

@@ -69,7 +69,10 @@ NEXT_CURSOR = (
 
 class AuditList(Strict):
     records: list[AuditRecordOut]
-    next_after: int | None = Field(description="Pass as ?after= for the next page")
+    next_after: int | None = Field(
+        description="Pass as ?after= for the next page: given whenever records follow this "
+        "page, which ends at limit records or PARLEY_AUDIT_PAGE_MAX_BYTES (null: none yet)"
+    )
     next_cursor: str | None = Field(description=NEXT_CURSOR)
 
 

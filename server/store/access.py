@@ -19,7 +19,15 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from parley.authz.policy import Readers, restriction_from_json, restriction_to_json
 from parley.authz.tokens import ClientClaims
 from parley.server.store import horizon
-from parley.server.store.access_rows import AuditRow, DocumentRow, PrivateItem, TokenRow, ToolRow
+from parley.server.store.access_rows import (
+    AuditPage,
+    AuditRow,
+    DocumentRow,
+    PrivateItem,
+    TokenRow,
+    ToolRow,
+    cut_page,
+)
 from parley.server.store.direct_sqlite import direct
 from parley.server.store.rows import MemberRow, hold_role, lock_session, read_member
 from parley.server.store.tables import (
@@ -417,6 +425,23 @@ class AccessStore:
         """Records of a session after ``after`` (a record's place, or its id), oldest
         first, optionally filtered; none still being written, nor any after one
         (``horizon``)."""
+        page = await self.audit_page(session_id, limit=limit, after=after, kinds=kinds, actor=actor)
+        return page.rows
+
+    async def audit_page(
+        self,
+        session_id: str,
+        *,
+        limit: int,
+        after: horizon.Place | int,
+        kinds: Sequence[str] = (),
+        actor: str | None = None,
+        max_bytes: int | None = None,
+    ) -> AuditPage:
+        """``list_audit``'s records, also at most ``max_bytes`` of their stored JSON
+        together (the first however large: ``cut_page``), and whether more follow. Only
+        the records kept are parsed. A filter reads through the index of its column and
+        the page's order (``ix_audit_log_kind``, ``ix_audit_log_actor``)."""
         async with self.store.read() as connection:
             where, order = await horizon.after(
                 connection, audit_log, [audit_log.c.session_id == session_id], after
@@ -425,15 +450,18 @@ class AccessStore:
                 where.append(audit_log.c.kind.in_(kinds))
             if actor is not None:
                 where.append(audit_log.c.actor == actor)
-            rows = await connection.execute(
-                select(audit_log).where(and_(*where)).order_by(*order).limit(limit)
+            result = await connection.execute(
+                select(audit_log).where(and_(*where)).order_by(*order).limit(limit + 1)
             )
-            return [
+            # Stored as ASCII JSON (``json.dumps``): its length is its bytes.
+            rows, more = cut_page(result, lambda row: len(row.data), limit, max_bytes)
+            parsed = [
                 AuditRow(
                     int(row.id), row.at, row.kind, row.actor, json.loads(row.data), int(row.xid)
                 )
                 for row in rows
             ]
+            return AuditPage(parsed, more)
 
 
 def _private_item(row: Row[Any]) -> PrivateItem:

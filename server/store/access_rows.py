@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from parley.authz.policy import Readers, Restriction
 
@@ -69,6 +69,35 @@ class AuditRow:
     actor: str
     data: dict[str, Any]
     xid: int = 0  # its writing transaction's (``store.horizon``)
+
+
+@dataclass(frozen=True, slots=True)
+class AuditPage:
+    """A page of audit records, and whether more follow it (the filter's, read now)."""
+
+    rows: list[AuditRow]
+    more: bool
+
+
+T = TypeVar("T")
+
+
+def cut_page(
+    rows: Iterable[T], size: Callable[[T], int], limit: int, max_bytes: int | None
+) -> tuple[list[T], bool]:
+    """The first of ``rows`` (read one past ``limit``), at most ``limit`` of them and of
+    ``max_bytes`` together by ``size`` (None: no bound), and whether any are left out. The
+    first is taken however large, so a row past the bound is read, alone, not skipped."""
+    kept: list[T] = []
+    total = 0
+    for row in rows:
+        if len(kept) == limit:
+            return kept, True
+        total += size(row)
+        if kept and max_bytes is not None and total > max_bytes:
+            return kept, True
+        kept.append(row)
+    return kept, False
 
 
 def access_digest(custom_roles: Mapping[str, frozenset[str]], webhooks: Sequence[ToolRow]) -> str:

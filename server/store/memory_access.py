@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from parley.authz.policy import Readers
-from parley.server.store.access_rows import AuditRow, DocumentRow, PrivateItem, TokenRow, ToolRow
+from parley.server.store.access_rows import (
+    AuditPage,
+    AuditRow,
+    DocumentRow,
+    PrivateItem,
+    TokenRow,
+    ToolRow,
+    cut_page,
+)
 from parley.server.store.horizon import Place
 
 if TYPE_CHECKING:
@@ -53,14 +62,28 @@ class MemoryAccess:
         kinds: Sequence[str] = (),
         actor: str | None = None,
     ) -> list[AuditRow]:
+        page = await self.audit_page(session_id, limit=limit, after=after, kinds=kinds, actor=actor)
+        return page.rows
+
+    async def audit_page(
+        self,
+        session_id: str,
+        *,
+        limit: int,
+        after: Place | int,
+        kinds: Sequence[str] = (),
+        actor: str | None = None,
+        max_bytes: int | None = None,
+    ) -> AuditPage:
         s = self._rows(session_id)
         after_id = after.id if isinstance(after, Place) else after  # ids: in commit order
-        rows = [
+        rows = (
             r
             for r in ([] if s is None else s.audit)
             if r.id > after_id and (not kinds or r.kind in kinds) and actor in (None, r.actor)
-        ]
-        return rows[:limit]
+        )
+        kept, more = cut_page(rows, lambda r: len(json.dumps(r.data)), limit, max_bytes)
+        return AuditPage(kept, more)
 
     async def add_document(self, row: DocumentRow) -> None:
         async with self.store.transaction() as tx:

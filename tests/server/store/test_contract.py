@@ -447,6 +447,24 @@ async def test_a_name_stored_before_the_rule_still_conflicts_folded(store: Any) 
     assert [m.display_name for m in await store.list_members("a")] == ["Bo\u00adss", ""]
 
 
+async def test_an_audit_page_ends_at_its_bytes_and_says_more_follow(store: Any) -> None:
+    """Review FX21: a page holds records up to ``max_bytes`` of their JSON, at least one,
+    and says whether more follow, a filtered page as well (every adapter alike)."""
+    await store.create_session("a", "t", "queue", 0)
+    for n in range(6):
+        await store.access.audit("a", n, "big" if n != 3 else "small", "ann", {"pad": "x" * 990})
+    page = await store.access.audit_page("a", limit=10, after=0, max_bytes=2500)
+    assert [r.at for r in page.rows] == [0, 1] and page.more
+    page = await store.access.audit_page("a", limit=10, after=page.rows[-1].id, max_bytes=10)
+    assert [r.at for r in page.rows] == [2] and page.more  # one larger than the bound, alone
+    page = await store.access.audit_page("a", limit=2, after=0, kinds=["big"], max_bytes=10**6)
+    assert [r.at for r in page.rows] == [0, 1] and page.more
+    page = await store.access.audit_page("a", limit=3, after=page.rows[-1].id, kinds=["big"])
+    assert [r.at for r in page.rows] == [2, 4, 5] and not page.more
+    page = await store.access.audit_page("a", limit=1, after=0, actor="bob")
+    assert page.rows == [] and not page.more
+
+
 async def test_private_items_audit_and_usage(store: Any) -> None:
     await store.create_session("a", "t", "queue", 0)
     readers = (Readers("d1", frozenset({"ann"}), frozenset()),)
