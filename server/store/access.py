@@ -12,7 +12,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Row, and_, delete, func, insert, select, update
+from sqlalchemy import Row, Select, and_, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -440,19 +440,10 @@ class AccessStore:
     ) -> AuditPage:
         """``list_audit``'s records, also at most ``max_bytes`` of their stored JSON
         together (the first however large: ``cut_page``), and whether more follow. Only
-        the records kept are parsed. A filter reads through the index of its column and
-        the page's order (``ix_audit_log_kind``, ``ix_audit_log_actor``)."""
+        the records kept are parsed."""
         async with self.store.read() as connection:
-            where, order = await horizon.after(
-                connection, audit_log, [audit_log.c.session_id == session_id], after
-            )
-            if kinds:
-                where.append(audit_log.c.kind.in_(kinds))
-            if actor is not None:
-                where.append(audit_log.c.actor == actor)
-            result = await connection.execute(
-                select(audit_log).where(and_(*where)).order_by(*order).limit(limit + 1)
-            )
+            query = await audit_query(connection, session_id, after, kinds, actor)
+            result = await connection.execute(query.limit(limit + 1))
             # Stored as ASCII JSON (``json.dumps``): its length is its bytes.
             rows, more = cut_page(result, lambda row: len(row.data), limit, max_bytes)
             parsed = [
@@ -462,6 +453,25 @@ class AccessStore:
                 for row in rows
             ]
             return AuditPage(parsed, more)
+
+
+async def audit_query(
+    connection: AsyncConnection,
+    session_id: str,
+    after: horizon.Place | int,
+    kinds: Sequence[str] = (),
+    actor: str | None = None,
+) -> Select[Any]:
+    """The records of a session after ``after``, optionally filtered, in a page's order
+    (``horizon``); a filter reads through the index of its column in that order
+    (``tables.audit_filter_index``)."""
+    session = [audit_log.c.session_id == session_id]
+    where, order = await horizon.after(connection, audit_log, session, after)
+    if kinds:
+        where.append(audit_log.c.kind.in_(kinds))
+    if actor is not None:
+        where.append(audit_log.c.actor == actor)
+    return select(audit_log).where(and_(*where)).order_by(*order)
 
 
 def _private_item(row: Row[Any]) -> PrivateItem:
