@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -107,6 +108,14 @@ class Spend(StrEnum):
 class Cost:
     spend: Spend
     amount: int
+
+
+def answer_bytes(parts: Iterable[str | bytes]) -> int:
+    """The bytes of an answer's ``parts`` as sent (text as UTF-8): what a read of them
+    spends of a ``READ_BYTES`` budget, whatever the path (REST, a socket's greeting). A
+    character may be up to four (review RJ-2: a CJK answer charged its characters spent a
+    third of its bytes)."""
+    return sum(len(p) if isinstance(p, bytes) or p.isascii() else len(p.encode()) for p in parts)
 
 
 def cost_of(message: ClientMessage, frame_bytes: int) -> Cost:

@@ -394,11 +394,11 @@ async def read_paid_after(
     """An answer made anew for each read, its size known once made (``make``): refused
     before anything is read unless the reader's read budget holds ``least`` bytes (what
     the answer is known to cost at least), so a refused read costs nothing; once made,
-    the rest of its bytes is paid (``SessionRoom.charge_read``: their next reads wait
-    until paid)."""
+    the rest of its bytes is paid (``SessionRoom.settle_read``, as a socket's greeting
+    is: their next reads wait until paid)."""
     spend_read(state, room, user_id, least)
     body = await make()
-    room.charge_read(user_id, max(len(body) - least, 0))
+    room.settle_read(user_id, least, [body])
     return Encoded(body)
 
 

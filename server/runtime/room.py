@@ -15,7 +15,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from enum import StrEnum
 from functools import partial
 from typing import TypeVar
@@ -51,7 +51,7 @@ from parley.session.errors import NotFound, RateLimited, Unavailable
 from parley.session.presence import Presence
 from parley.session.queue import OrderingQueue, Policy, QueueLimits
 from parley.session.quota import Quotas
-from parley.session.ratelimit import Budgets, Cost, Rate, Spend, TokenBucket
+from parley.session.ratelimit import Budgets, Cost, Rate, Spend, TokenBucket, answer_bytes
 from parley.session.reasons import ReasonCode
 from parley.session.recent_acks import RecentAcks
 from parley.session.schema import SessionDocument
@@ -387,8 +387,9 @@ class SessionRoom:
         greeted = 0
         for _, item in sorted(readable, key=lambda pair: pair[0], reverse=True):
             frame = private_frame(item)
-            greeted += len(frame)
-            if greeted > room_for or not self.spend_read(connection.user_id, len(item.text)):
+            size = answer_bytes([frame])
+            greeted += size
+            if greeted > room_for or not self.spend_read(connection.user_id, size):
                 return
             connection.send_json(frame)
 
@@ -449,6 +450,14 @@ class SessionRoom:
         not they are there (``TokenBucket.spend``: their next reads wait until paid)."""
         if user_id is not None:
             self.budgets.spend(user_id, self._read_cost(size), self.clock())
+
+    def settle_read(self, user_id: str | None, spent: int, answer: Sequence[str | bytes]) -> None:
+        """A member's read, ``spent`` bytes of it paid before it was made (``spend_read``:
+        what it was known to cost at least, so a refused read costs nothing), was answered
+        with ``answer``: the rest of its bytes as sent (``answer_bytes``) is paid
+        (``charge_read``). Every read of an answer made anew is paid so, over REST and on
+        a socket alike."""
+        self.charge_read(user_id, max(answer_bytes(answer) - spent, 0))
 
     def preview_work_refusal(self) -> RateLimited | None:
         """Refused while the session's previews owe work (``spend_work``): many members'

@@ -44,6 +44,7 @@ from parley.session.core.thread_state import OPEN
 from parley.session.core.threads import thread_read_by, turn_read_by
 from parley.session.errors import NotFound
 from parley.session.lifecycle import ReplyStatus, ToolStepStatus
+from parley.session.ratelimit import answer_bytes
 from parley.session.reasons import Ending
 
 if TYPE_CHECKING:
@@ -100,8 +101,9 @@ class SideThreads:
     async def greet(self, connection: Connection) -> None:
         """Send a socket that speaks commands the state of its member's open side-threads
         (``thread`` frames, as each change sends them), most lately active first: one
-        reconnected mid-reply learns how the reply ended (review). Their text spends the
-        member's read budget, and the greeting stops where the budget does (a reconnect
+        reconnected mid-reply learns how the reply ended (review). Their bytes spend the
+        member's read budget (``SessionRoom.settle_read``, as a REST read's do), and the
+        greeting stops where the budget does (a reconnect
         flood would otherwise reread every thread's text each time), or before it would
         fill half the socket's backlog limit.
 
@@ -140,18 +142,22 @@ class SideThreads:
                     continue  # deleted meanwhile
                 thread = loaded[0]
             streamed = self._streamed(thread.id)
-            size = sum(len(t.text) for t in thread.turns) + (len(streamed.text) if streamed else 0)
-            if greeted + size > room_for:  # (the frame is at least its texts) unspent
+            # The frames are at least their texts' bytes: spent before they are made (a
+            # refused greeting makes nothing), the rest once they are (as a REST read is).
+            texts = [t.text for t in thread.turns] + ([streamed.text] if streamed else [])
+            least = answer_bytes(texts)
+            if greeted + least > room_for:  # unspent
                 return
-            if not self.room.spend_read(user_id, size):
+            if not self.room.spend_read(user_id, least):
                 return
             shown = thread_json(self.read_by(thread, thread.owner), turns=True)
             frames = [json.dumps({"type": "thread", "thread": shown})]
             if streamed is not None:
                 frames.append(json.dumps(delta_frame(thread.id, streamed)))
-            greeted += sum(len(f) for f in frames)
+            greeted += answer_bytes(frames)
             if greeted > room_for:
                 return
+            self.room.settle_read(user_id, least, frames)
             for frame in frames:
                 connection.send_json(frame)
 

@@ -270,6 +270,32 @@ async def test_the_greeting_stays_well_inside_the_sockets_backlog_limit(
     assert greeted == [threads[1]]
 
 
+async def test_the_greeting_spends_its_frames_bytes_as_a_rest_read_does(tmp_path: Path) -> None:
+    """Review FX21: a socket's greeting spent its threads' characters where a REST read
+    of a thread spends its answer's bytes (RJ-2): a CJK thread, sent as ``\\uXXXX``
+    escapes, cost a sixth of what it sent. It spends the bytes of the frames sent."""
+    settings = make_settings(
+        sqlite_url(tmp_path), tmp_path / "d", read_bytes_per_s=0.001, read_burst_bytes=10**6
+    )
+    async with serve_in_process(settings, MODEL) as server:
+        sid = await server.new_session({"bob": "editor"})
+        thread_id = await answered_thread(server, sid, "bob", "漢" * 2000)
+        room = await server.app.state.parley.rooms.get(sid)
+
+        def left() -> float:
+            now = room.clock()
+            return float(room.budgets.bucket("bob", Spend.READ_BYTES, now).left(now))
+
+        before = left()
+        again = await server.connect(sid, "bob", commands="text")
+        await again.command({"type": "unpin", "id": "x", "entry_id": "none"})  # after it
+        frames = [f for f in again.unsolicited if f.get("type") == "thread"]
+        assert [f["thread"]["id"] for f in frames] == [thread_id]
+        sent = len(json.dumps(frames[0]).encode())
+        assert sent > 6 * 2000
+        assert before - left() == pytest.approx(sent, abs=1)
+
+
 async def test_a_socket_that_connects_mid_reply_gets_the_text_so_far_then_the_rest(
     tmp_path: Path,
 ) -> None:

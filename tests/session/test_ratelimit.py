@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -13,6 +15,7 @@ from parley.session.ratelimit import (
     Rate,
     Spend,
     TokenBucket,
+    answer_bytes,
     cost_of,
 )
 from parley.session.yprotocol import (
@@ -104,3 +107,11 @@ def test_keyed_buckets_refuse_each_key_alone_and_keep_at_most_max_keys() -> None
     keyed.take("c", now=1)  # "b" was used least lately: forgotten
     assert len(keyed) == 2
     assert keyed.take("a", now=1) == 1.0  # still known, and spent
+
+
+def test_an_answer_costs_its_bytes_as_sent_not_its_characters() -> None:
+    """Review FX21: one measure for every read (REST, a socket's greeting): UTF-8 bytes."""
+    assert answer_bytes([]) == 0
+    assert answer_bytes(["abc", b"\xff\x00"]) == 5
+    assert answer_bytes(["漢字", "é", "😀"]) == 6 + 2 + 4
+    assert answer_bytes([json.dumps("漢")]) == len('"\\u6f22"')  # escaped: six bytes and quotes
