@@ -230,11 +230,11 @@ async def list_members(state: AppState, session_id: str, caller: Caller) -> Enco
     if kept is None:
         kept = state.member_lists[room] = MemberListBody()
     roles = state.rooms.roles
-    return Encoded(
-        read_of_kept(
-            state, room, caller.user_id, kept.size, lambda: kept.encode(room.membership, roles)
-        )
-    )
+
+    async def encode() -> bytes:
+        return kept.encode(room.membership, roles)
+
+    return Encoded(await read_of_kept(state, room, caller.user_id, kept.size, encode))
 
 
 async def create_token(state: AppState, session_id: str, body: TokenCreate) -> TokenOut:

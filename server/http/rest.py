@@ -366,19 +366,19 @@ def spend_read(state: AppState, room: SessionRoom, user_id: str | None, size: in
         raise RateLimited("over the read budget (bytes of answers); slow down", wait)
 
 
-def read_of_kept(
+async def read_of_kept(
     state: AppState,
     room: SessionRoom,
     user_id: str | None,
     last_size: int,
-    encode: Callable[[], bytes],
+    encode: Callable[[], Awaitable[bytes]],
 ) -> bytes:
     """An answer kept encoded with the room (``encode`` makes it, from what it kept),
     charged to the reader's read budget before it is made, by the last answer's size
     (``last_size``; 0: none made yet, charged once made): a refused read costs nothing."""
     if last_size:
         spend_read(state, room, user_id, last_size)
-    body = encode()
+    body = await encode()
     if not last_size:
         spend_read(state, room, user_id, len(body))
     return body

@@ -190,9 +190,12 @@ async def get_transcript(state: AppState, session_id: str, caller: Caller) -> En
     kept = state.transcripts.get(room)
     if kept is None:
         kept = state.transcripts[room] = TranscriptBody()
-    entries, names = doc.entries, room.membership.display_names
+    # As of now: the encoding gives the loop back while it works.
+    entries, names = doc.entries(), dict(room.membership.display_names)
     return Encoded(
-        read_of_kept(state, room, caller.user_id, kept.size, lambda: kept.encode(entries(), names))
+        await read_of_kept(
+            state, room, caller.user_id, kept.size, lambda: kept.encode(entries, names)
+        )
     )
 
 

@@ -9,14 +9,22 @@ entries that changed since the last read (a streaming reply) are encoded again, 
 else. (A document changed by another node's update builds every ``Entry`` again: those are
 compared by value, which costs far less than encoding them.) What members may read is the
 same for all of them (the shared document's), so one copy per room serves every reader.
+
+The first read of a long session encodes every entry: 20,000 of them held the loop about
+a second (review RN-1), so the encoding gives the loop back every ``ENCODED_PER_TURN``
+entries it encodes anew.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
 
 from parley.server.http.models import TranscriptEntryOut
 from parley.session.entries import Entry, EntryKind
+
+# Entries validated and encoded between two turns of the event loop (about 10 ms of it).
+ENCODED_PER_TURN = 200
 
 
 class TranscriptBody:
@@ -34,11 +42,13 @@ class TranscriptBody:
         """The last answer's length: what the next one will be, about."""
         return len(self._body)
 
-    def encode(self, entries: Sequence[Entry], names: Mapping[str, str]) -> bytes:
-        """``{"messages": [...]}`` of ``entries`` in order, as ``TranscriptOut``."""
+    async def encode(self, entries: Sequence[Entry], names: Mapping[str, str]) -> bytes:
+        """``{"messages": [...]}`` of ``entries`` in order, as ``TranscriptOut``. Two reads
+        at once each make the answer of the entries they were given."""
         kept = self._pieces
         pieces: dict[str, tuple[Entry, str | None, bytes]] = {}
         changed = len(entries) != len(kept) or not self._body
+        encoded = 0
         for entry in entries:
             name = None if entry.kind is EntryKind.REPLY else names.get(entry.author)
             piece = kept.get(entry.id)
@@ -46,6 +56,9 @@ class TranscriptBody:
                 out = TranscriptEntryOut.model_validate({**entry.to_json(), "author_name": name})
                 piece = (entry, name, out.model_dump_json().encode())
                 changed = True
+                encoded += 1
+                if encoded % ENCODED_PER_TURN == 0:
+                    await asyncio.sleep(0)
             elif piece[0] is not entry:  # the same, read again: known by identity next time
                 piece = (entry, name, piece[2])
             pieces[entry.id] = piece

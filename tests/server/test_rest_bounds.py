@@ -35,7 +35,7 @@ def a_document(count: int) -> SessionDocument:
     return doc
 
 
-def test_the_transcript_is_encoded_as_the_model_says_and_each_entry_once(
+async def test_the_transcript_is_encoded_as_the_model_says_and_each_entry_once(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     validated: list[str] = []
@@ -49,7 +49,7 @@ def test_the_transcript_is_encoded_as_the_model_says_and_each_entry_once(
     monkeypatch.setattr(transcript_body, "TranscriptEntryOut", Counting)
     doc, body = a_document(5), TranscriptBody()
     names = {"alice": "Alice"}
-    first = body.encode(doc.entries(), names)
+    first = await body.encode(doc.entries(), names)
     expected = TranscriptOut(
         messages=[
             TranscriptEntryOut.model_validate({**e.to_json(), "author_name": names.get(e.author)})
@@ -58,13 +58,13 @@ def test_the_transcript_is_encoded_as_the_model_says_and_each_entry_once(
     )
     assert json.loads(first) == expected.model_dump(mode="json")
     assert len(validated) == 5
-    assert body.encode(doc.entries(), names) is first  # nothing changed: the same answer
+    assert await body.encode(doc.entries(), names) is first  # nothing changed: the same answer
 
     doc.add_message(id="m6", seq=6, author="bob", text="new", created_at=6)
-    again = json.loads(body.encode(doc.entries(), names))
+    again = json.loads(await body.encode(doc.entries(), names))
     assert validated[5:] == ["m6"]  # only what changed
     assert [m["id"] for m in again["messages"]] == [f"m{i}" for i in range(1, 7)]
-    renamed = json.loads(body.encode(doc.entries(), {"alice": "Alice", "bob": "Bob"}))
+    renamed = json.loads(await body.encode(doc.entries(), {"alice": "Alice", "bob": "Bob"}))
     assert sorted(validated[6:]) == ["m2", "m4", "m6"]  # bob's: his name changed
     assert renamed["messages"][1]["author_name"] == "Bob"
 
@@ -72,12 +72,40 @@ def test_the_transcript_is_encoded_as_the_model_says_and_each_entry_once(
     replica = SessionDocument(Doc())
     replica.doc.apply_update(doc.doc.get_update())
     copied = TranscriptBody()
-    copied.encode(replica.entries(), names)
+    await copied.encode(replica.entries(), names)
     validated.clear()
     doc.add_message(id="m7", seq=7, author="bob", text="later", created_at=7)
     replica.doc.apply_update(doc.doc.get_update(replica.doc.get_state()))
-    assert len(json.loads(copied.encode(replica.entries(), names))["messages"]) == 7
+    assert len(json.loads(await copied.encode(replica.entries(), names))["messages"]) == 7
     assert validated == ["m7"]
+
+
+async def test_a_long_transcripts_first_encoding_gives_the_loop_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Review RN-1: a viewer's first read of a cold 20,000-entry session encoded every entry
+    in one block (about a second of the event loop); it yields every few entries encoded."""
+    monkeypatch.setattr(transcript_body, "ENCODED_PER_TURN", 2)
+    doc, body = a_document(7), TranscriptBody()
+    turns = 0
+    done = asyncio.Event()
+
+    async def other_clients() -> None:
+        nonlocal turns
+        while not done.is_set():
+            turns += 1
+            await asyncio.sleep(0)
+
+    ticker = asyncio.create_task(other_clients())
+    await asyncio.sleep(0)  # the ticker is running
+    before = turns
+    first = await body.encode(doc.entries(), {})
+    during = turns - before
+    done.set()
+    await ticker
+    assert during >= 3, during  # 7 entries, 2 a turn
+    assert len(json.loads(first)["messages"]) == 7
+    assert await body.encode(doc.entries(), {}) is first  # kept: nothing encoded again
 
 
 async def test_a_members_transcript_reads_spend_their_read_budget(tmp_path: Path) -> None:
