@@ -23,11 +23,12 @@ from pydantic_settings import SettingsError
 from sqlalchemy import make_url
 from sqlalchemy.exc import DBAPIError
 
-from parley.server.keys import Keys, resolve_keys
+from parley.server.keys import Keys, keys_problem, resolve_keys
 from parley.server.logs import configure_logging
 from parley.server.settings import Settings, missing_api_keys
 from parley.server.store.claim import claim_database
 from parley.server.store.db import alembic_config, create_engine, current_revision, migrate
+from parley.server.store.schema_moves import check_target, files_not_there, remove
 from parley.server.version import version
 from parley.server.ws.uvicorn_protocol import LeanHttpProtocol, LeanWebSocketProtocol
 from parley.session.errors import ConfigurationError, DatabaseInUse
@@ -345,19 +346,27 @@ def run_db_command(args: argparse.Namespace, settings: Settings) -> int:
 
 def _run_db_command(args: argparse.Namespace, settings: Settings, action: str) -> int:
     config = alembic_config(settings.database_url)
-    if action in ("upgrade", "downgrade"):
-        # Shared: not under a server off-cluster (which holds its database alone), but
-        # under cluster nodes, as their rolling upgrades migrate.
-        try:
-            release = claim_database(settings.database_url, shared=True)
-        except DatabaseInUse as exc:
-            print(f"parley: {exc.message}", file=sys.stderr)
-            return 2
-        try:
-            return _run_alembic(config, args, action)
-        finally:
-            release()
-    return _run_alembic(config, args, action)
+    if action not in ("upgrade", "downgrade"):
+        return _run_alembic(config, args, action)
+    # Judged before anything is opened; a move that fails anyway on a SQLite database it
+    # created removes what it made (a failed command leaves nothing behind).
+    check_target(action, getattr(args, "revision", "head"), settings.database_url)
+    made = files_not_there(settings.database_url)
+    # Shared: not under a server off-cluster (which holds its database alone), but
+    # under cluster nodes, as their rolling upgrades migrate.
+    try:
+        release = claim_database(settings.database_url, shared=True)
+    except DatabaseInUse as exc:
+        print(f"parley: {exc.message}", file=sys.stderr)
+        return 2
+    try:
+        result = _run_alembic(config, args, action)
+    except BaseException:
+        remove(made)  # under the claim: no server can have opened it meanwhile
+        raise
+    finally:
+        release()
+    return result
 
 
 def _run_alembic(config: Any, args: argparse.Namespace, action: str) -> int:
@@ -383,6 +392,10 @@ def main(argv: list[str] | None = None) -> int:
         listening = listen_socket(settings.host, settings.port) if args.command == "serve" else None
         if listening is not None and settings.metrics_port:
             listen_socket(settings.metrics_host, settings.metrics_port).close()  # free now?
+        problem = keys_problem(settings.data_dir, settings.admin_key, settings.secret_key)
+        if listening is not None and problem is not None:
+            listening.close()
+            raise ConfigurationError(problem)
     except ConfigurationError as exc:
         print(f"parley: configuration error: {exc.message}", file=sys.stderr)
         return 2
@@ -392,14 +405,9 @@ def main(argv: list[str] | None = None) -> int:
         return run_db_command(args, settings)
 
     assert listening is not None
-    keys = resolve_keys(settings.data_dir, settings.admin_key, settings.secret_key)
-    configure_logging(settings.log_level, settings.log_format, held_secrets(settings, keys))
-    if keys.admin_key_created:
-        # Never the key itself: whatever reads this output (a journal, a log shipper)
-        # would hold the admin key.
-        logging.getLogger("parley.cli").warning(
-            "generated an admin key", extra={"path": str(settings.data_dir / "admin_key")}
-        )
+    # The keys are generated (and written) only once the database is ready: a start that
+    # fails leaves nothing written.
+    configure_logging(settings.log_level, settings.log_format, held_secrets(settings))
     url = settings.database_url
     migrating = settings.migrate_on_start and not args.no_migrate
     # Held until the process ends (the app takes it again, from this process).
@@ -426,6 +434,18 @@ def main(argv: list[str] | None = None) -> int:
     except (DBAPIError, OSError):
         listening.close()
         return 1  # logged
+    try:
+        keys = resolve_keys(settings.data_dir, settings.admin_key, settings.secret_key)
+    except OSError as exc:  # the folder changed since it was judged
+        listening.close()
+        claims[0]()
+        print(f"parley: cannot keep the keys in {settings.data_dir}: {exc}", file=sys.stderr)
+        return 1
+    configure_logging(settings.log_level, settings.log_format, held_secrets(settings, keys))
+    if keys.admin_key_created:
+        # Never the key itself: whatever reads this output (a journal, a log shipper)
+        # would hold the admin key.
+        log.warning("generated an admin key", extra={"path": str(settings.data_dir / "admin_key")})
     # Imported here, not at the top: the db commands and --version need none of the app
     # (about a second of imports each time a script or a test calls them).
     from parley.server.app import create_app

@@ -30,6 +30,26 @@ def _load_or_create(path: Path) -> tuple[str, bool]:
     return value, True
 
 
+def keys_problem(data_dir: Path, admin_key: str | None, secret_key: str | None) -> str | None:
+    """Why a key to be generated could not be kept in ``data_dir`` (the nearest of its
+    folders that is there is not a writable folder), judged before anything is written;
+    None when it could, or when no key is to be generated."""
+    to_generate = [
+        name
+        for name, given in (("admin_key", admin_key), ("secret_key", secret_key))
+        if given is None and not (data_dir / name).exists()
+    ]
+    if not to_generate:
+        return None
+    folder = data_dir
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if folder.is_dir() and os.access(folder, os.W_OK | os.X_OK):
+        return None
+    where = f"cannot keep the generated keys in {data_dir}"
+    return f"PARLEY_DATA_DIR: {where}: {folder} is not a folder it may write"
+
+
 def resolve_keys(data_dir: Path, admin_key: str | None, secret_key: str | None) -> Keys:
     created = False
     if admin_key is None:

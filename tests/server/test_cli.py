@@ -36,10 +36,12 @@ def parley(
     }
     base.pop(GOOD_KEY, None)
     base.update(
-        PARLEY_DATA_DIR=str(tmp_path / "data"),
-        PARLEY_DATABASE_URL=f"sqlite:///{tmp_path / 'parley.db'}",
-        PYTHONPATH=str(REPO_ROOT),
-        **env,
+        {
+            "PARLEY_DATA_DIR": str(tmp_path / "data"),
+            "PARLEY_DATABASE_URL": f"sqlite:///{tmp_path / 'parley.db'}",
+            "PYTHONPATH": str(REPO_ROOT),
+            **env,
+        }
     )
     return subprocess.run(
         [sys.executable, "-m", "parley.server.cli", *args],
@@ -219,3 +221,48 @@ def test_the_help_says_where_the_database_and_the_keys_live() -> None:
     assert "SQLite" not in helps["data_dir"] and "keys" in helps["data_dir"]
     assert "./parley.db" in helps["database_url"], helps["database_url"]
     assert "data directory" not in helps["database_url"]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["db", "upgrade", "nosuchrev"], ["db", "downgrade", "nosuchrev"], ["db", "downgrade", "-1"]],
+)
+def test_a_refused_schema_move_leaves_no_database_behind(tmp_path: Path, args: list[str]) -> None:
+    """A revision the migrations do not have was refused after the SQLite file (and its
+    lock file) had been made: the failed command left an empty database behind. It is
+    refused first (a revision the migrations have, a database that is there to move
+    back), in one line, exit 2, and nothing is written."""
+    result = parley(tmp_path, *args)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"parley: {args[1]}: "), result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == [], list(tmp_path.iterdir())
+
+
+def test_serve_on_a_database_folder_that_is_not_there_writes_no_key(tmp_path: Path) -> None:
+    """``serve`` wrote the generated admin and signing keys before it found the database
+    could not be opened, then exited 1: a failed start leaves nothing written."""
+    missing = f"sqlite+aiosqlite:///{tmp_path / 'none' / 'x.db'}"
+    result = parley(tmp_path, "serve", "--port", "0", "--database-url", missing)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "x.db" in result.stderr, result.stderr
+    assert untouched(tmp_path) and not (tmp_path / "none").exists()
+
+
+def test_a_move_that_fails_on_a_database_it_made_removes_it(tmp_path: Path) -> None:
+    """A target Alembic refuses only once the database is open (more steps up than there
+    are migrations) left the new SQLite file behind, its schema half made: the failed
+    move removes the database it created (the claim's lock file, empty, is kept)."""
+    result = parley(tmp_path, "db", "upgrade", "+99")
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("parley: upgrade: ")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["parley.db.lock"]
+
+
+def test_a_data_directory_that_cannot_hold_the_keys_is_refused_first(tmp_path: Path) -> None:
+    """The keys were generated after the database was migrated; a data directory under a
+    file was a traceback then, the database made. It is judged with the settings."""
+    (tmp_path / "afile").write_text("")
+    result = parley(tmp_path, "serve", "--port", "0", PARLEY_DATA_DIR=str(tmp_path / "afile" / "d"))
+    refused(result, "PARLEY_DATA_DIR: cannot keep the generated keys in ")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
