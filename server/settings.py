@@ -290,11 +290,15 @@ class Settings(BaseSettings):
     # client backs off (review: 2,200 opens in 12 s, each reading a side-thread's document).
     socket_opens_per_minute: float = Field(default=60.0, gt=0)
     socket_opens_burst: int = Field(default=32, ge=1)
-    # The same upgrade (path, query, origin) accepted only to be closed for good (44xx),
+    # The same upgrade (address, path, query, origin) accepted only to be closed for good (44xx),
     # on each node: past it the upgrade is refused with the same refusal's HTTP status, so
     # y-websocket before 3.x backs off (it came back every 100 ms; ``server.ws.final_closes``).
     final_closes_per_minute: float = Field(default=4.0, gt=0)
     final_closes_burst: int = Field(default=2, ge=1)
+    # And every such upgrade from one client address, whatever its token (one address
+    # cycling through bad tokens got a fresh budget with each).
+    final_closes_per_address_per_minute: float = Field(default=30.0, gt=0)
+    final_closes_per_address_burst: int = Field(default=20, ge=1)
     # Invite exchanges, which need no key: per client address, and per invite, each.
     invite_exchanges_per_minute: float = Field(default=30.0, gt=0)
     invite_exchanges_burst: int = Field(default=10, ge=1)

@@ -191,6 +191,12 @@ class KeyedBuckets:
             self._buckets.move_to_end(key)
         return 0.0 if bucket.allow(now) else bucket.wait_s(now)
 
+    def wait_s(self, key: str, now: float) -> float:
+        """Seconds until one of ``key``'s budget is there (0.0: it is now); nothing spent,
+        nothing kept (a key not kept has its whole budget)."""
+        bucket = self._buckets.get(key)
+        return 0.0 if bucket is None else bucket.wait_s(now)
+
     def __len__(self) -> int:
         return len(self._buckets)
 

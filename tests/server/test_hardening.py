@@ -191,6 +191,27 @@ async def test_the_same_upgrade_closed_for_good_again_is_refused_at_the_upgrade(
         assert await handshake(lena) == "open"  # let in at once: nothing remembered of her
 
 
+async def test_one_address_cycling_through_bad_tokens_is_refused_at_the_upgrade(
+    tmp_path: Path,
+) -> None:
+    """Each bad token was a request with a budget of its own, and nothing counted per
+    address: one client cycling through tokens was accepted and closed 4401 every time.
+    Past its address's budget (``PARLEY_FINAL_CLOSES_PER_ADDRESS_*``) it is refused at the
+    upgrade, 401 with the error body, whatever the token."""
+    held_back = {"final_closes_per_address_per_minute": 0.01, "final_closes_per_address_burst": 3}
+    async with serve_in_process(
+        make_settings(sqlite_url(tmp_path), tmp_path / "d", **held_back)
+    ) as server:
+        sid = await server.new_session({"alice": "editor"})
+        base = f"{server.ws_url}/ws/sessions/{sid}?token="
+        assert [await handshake(f"{base}bad-{n}") for n in range(3)] == [4401] * 3
+        for n in range(3, 5):
+            again = await refused_at_upgrade(f"{base}bad-{n}")
+            assert again.status_code == 401 and b'"unauthenticated"' in again.body
+        alice = f"{base}{await server.token(sid, 'alice')}"
+        assert await handshake(alice) == "open"  # a member is let in: nothing spent
+
+
 async def test_command_rate_limits_then_cut_off(tmp_path: Path) -> None:
     settings = make_settings(
         sqlite_url(tmp_path),
