@@ -331,7 +331,8 @@ def listen_socket(host: str, port: int) -> socket.socket:
 def run_db_command(args: argparse.Namespace, settings: Settings) -> int:
     """``parley migrate`` and ``parley db …``: Alembic over the configured database. A
     database that cannot be opened is one line and exit 1, a revision the migrations do
-    not have one line and exit 2 (review RL-4: both were tracebacks)."""
+    not have one line and exit 2 (review RL-4: both were tracebacks), judged before the
+    database is opened (``schema_moves``: it left an empty SQLite file behind)."""
     action = "upgrade" if args.command == "migrate" else args.db_command
     try:
         return _run_db_command(args, settings, action)
@@ -389,13 +390,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = load_settings(args)
+        if args.command == "serve":
+            problem = keys_problem(settings.data_dir, settings.admin_key, settings.secret_key)
+            if problem is not None:
+                raise ConfigurationError(problem)
         listening = listen_socket(settings.host, settings.port) if args.command == "serve" else None
         if listening is not None and settings.metrics_port:
             listen_socket(settings.metrics_host, settings.metrics_port).close()  # free now?
-        problem = keys_problem(settings.data_dir, settings.admin_key, settings.secret_key)
-        if listening is not None and problem is not None:
-            listening.close()
-            raise ConfigurationError(problem)
     except ConfigurationError as exc:
         print(f"parley: configuration error: {exc.message}", file=sys.stderr)
         return 2
