@@ -6,10 +6,10 @@ the token, the member's right to read the session, a revoked token, an unknown s
 what is worth retrying refuses the upgrade itself, with ``Retry-After``: a database that
 cannot load the session (HTTP 503), and a member past the sockets they may open, their
 sync budget or the caps on sockets per session and per member (HTTP 429). The same
-request closed for good too often is refused at the upgrade too, with the HTTP status of
-its close code (``server.ws.final_closes``). ``serve`` runs a handler for the admitted socket until
-either side ends it, closes it when its token expires or it waits too long for a frame
-(``receive``), and always cleans up.
+request, or any from one address, closed for good too often is refused at the upgrade
+too, with the HTTP status of its close code (``server.ws.final_closes``). ``serve`` runs a
+handler for the admitted socket until either side ends it, closes it when its token
+expires or it waits too long for a frame (``receive``), and always cleans up.
 
 What a socket keeps for its life is kept small (an idle synced socket's memory is issue
 #22's; ``python -m bench.connection_memory``): what is needed only to decide (the token,
@@ -112,8 +112,9 @@ async def admit(websocket: WebSocket, state: AppState) -> Admitted | None:
     # clients of 3.x and the SDKs, and readable, where a refused upgrade reaches browsers as
     # a bare 1006 that they retry. Refused at the upgrade is what is worth retrying (a
     # database that cannot load the session, 503; a member past a budget or a cap, 429),
-    # and the same request closed for good too often (``final_closes``): y-websocket before
-    # 3.x resets its back-off when a socket opens, and came back ten times a second.
+    # and the same request (or address) closed for good too often (``final_closes``):
+    # y-websocket before 3.x resets its back-off when a socket opens, and came back ten
+    # times a second.
     if state.draining:
         await websocket.accept()
         await websocket.close(CloseCode.GOING_AWAY, "server shutting down")
@@ -238,7 +239,8 @@ async def _judge(
 def _may_close_for_good(refusal: ParleyError, scope: Scope, state: AppState) -> bool:
     """Whether a socket refused with ``refusal`` may be accepted to be closed with its code:
     yes but for a final one (44xx, where stock clients of 3.x and the SDKs stop) past its
-    request's budget (``final_closes``), which is refused at the upgrade instead."""
+    request's or its address's budget (``final_closes``), which is refused at the upgrade
+    instead."""
     final = 4400 <= close_code_for(refusal) < 4500
     return not final or state.final_closes.allow(scope, state.clock())
 
