@@ -129,10 +129,11 @@ class GrowingSession:
             raise RuntimeError(f"refused: {answer}")
         return answer
 
-    async def message(self) -> None:
+    async def message(self, text: str | None = None) -> None:
+        """Send the corpus's next message (``text``: this text instead, by its author)."""
         self.commands += 1
-        author, text = self._next_text()
-        await self._send(author, MessageCommand(f"c{self.commands}", text))
+        author, corpus_text = self._next_text()
+        await self._send(author, MessageCommand(f"c{self.commands}", text or corpus_text))
 
     async def prompt(self, text: str | None = None) -> tuple[str, float]:
         """Send a prompt; (its id, seconds to its ack)."""
