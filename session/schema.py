@@ -110,6 +110,30 @@ class _Written:
         return entry_from_fields({**self.fields, "content": self.text[0] if self.text else ""})
 
 
+class TranscriptIndex:
+    """A transcript read entry by entry, in story order, for ``SessionDocument``: the ids
+    in order, the copies of the entries no mutator changes again, and a handle on each
+    that may change (the caller's to give: ``add``)."""
+
+    __slots__ = ("entries", "order", "settled")
+
+    def __init__(self) -> None:
+        self.order: list[str] = []
+        self.entries: dict[str, Map[Any]] = {}
+        self.settled: dict[str, Entry] = {}
+
+    def add(self, fields: dict[str, Any]) -> str | None:
+        """Take the next entry, read as plain ``fields``: its id if it may still change
+        (or does not read as an entry), whose handle the caller puts in ``entries``."""
+        entry_id = str(fields["id"])
+        self.order.append(entry_id)
+        copy = _final_copy(fields)
+        if copy is None:
+            return entry_id
+        self.settled[entry_id] = copy
+        return None
+
+
 @dataclass(frozen=True, slots=True)
 class QueuedItem:
     id: str
@@ -147,7 +171,15 @@ class SessionDocument:
     running node wrote, say) are applied to ``doc`` directly: the mirrors notice and follow.
     """
 
-    def __init__(self, doc: Doc[Any], *, encode_from: int | None = None) -> None:
+    def __init__(
+        self,
+        doc: Doc[Any],
+        *,
+        encode_from: int | None = None,
+        index: TranscriptIndex | None = None,
+    ) -> None:
+        """``index``: the transcript of ``doc`` already read (``session.loading``); None:
+        read here, at once."""
         self.doc = doc
         self.encode_from = ENCODE_FROM if encode_from is None else encode_from
         self.transcript: Array[Any] = doc.get("transcript", type=Array)
@@ -192,7 +224,10 @@ class SessionDocument:
         # read of it at one revision is still true while the revision stays.
         self.revision = 0
         observe_weakly(doc, self._changed)
-        self._reindex()
+        if index is None:
+            self._reindex()
+        else:
+            self._use(index)
 
     def _changed(self, event: TransactionEvent) -> None:
         self.revision += 1
@@ -204,29 +239,28 @@ class SessionDocument:
             self._reindex()
 
     def _reindex(self) -> None:
+        # The whole transcript read at once, as JSON: yrs finds a map by its index with a
+        # walk from the start, so taking every map's handle cost time quadratic in the
+        # length (2,000 entries: 171 ms; 8,000: 1.3 s, a load's stall of the loop). Only
+        # the few entries that may change (a prompt not yet final, its reply) are walked to.
+        index = TranscriptIndex()
+        for position, fields in enumerate(json.loads(str(self.transcript))):
+            if (entry_id := index.add(fields)) is not None:
+                index.entries[entry_id] = self.transcript[position]
+        self._use(index)
+
+    def _use(self, index: TranscriptIndex) -> None:
+        """Make ``index`` the mirrors of the transcript; the others start empty."""
         self._stale = False
-        self._order = []
-        self._entries = {}
+        self._order = index.order
+        self._entries = index.entries
+        self._settled = index.settled
         self._written = {}
-        self._settled = {}
         self._items = {}
         self._writer = None
         self._streaming = {}
         self._copies = {}
         self._listed_valid = 0
-        # The whole transcript read at once, as JSON: yrs finds a map by its index with a
-        # walk from the start, so taking every map's handle cost time quadratic in the
-        # length (2,000 entries: 171 ms; 8,000: 1.3 s, a load's stall of the loop). Entries
-        # that will not change again are kept as their copies alone (as once written);
-        # the few that may (a prompt not yet final, its reply) get a handle each.
-        for index, fields in enumerate(json.loads(str(self.transcript))):
-            entry_id = str(fields["id"])
-            self._order.append(entry_id)
-            copy = _final_copy(fields)
-            if copy is None:
-                self._entries[entry_id] = self.transcript[index]
-            else:
-                self._settled[entry_id] = copy
         self._queue_ids = [str(item["id"]) for item in self.queue]
 
     # -- writing ---------------------------------------------------------------------------
