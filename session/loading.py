@@ -56,9 +56,12 @@ def load_in_steps(
     finally:
         transcript.unobserve(subscription)
     index = TranscriptIndex()
-    for start in range(0, len(maps), entries_per_step):
+    maps.reverse()  # taken from the end, so each step's handles are freed with its step
+    while maps:
+        step = maps[-entries_per_step:]
+        del maps[-entries_per_step:]
         with doc.transaction():  # one for the step's reads, not one per map
-            for entry in maps[start : start + entries_per_step]:
+            for entry in reversed(step):
                 if (entry_id := index.add(json.loads(str(entry)))) is not None:
                     index.entries[entry_id] = entry
         yield
