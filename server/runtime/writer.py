@@ -149,7 +149,7 @@ class DocumentWriter:
         """Read the document again from its snapshot and update log, in bounded steps with
         the loop's other tasks between them: the snapshot cut into parts in a thread, each
         part applied, then the transcript read a few hundred entries at a time
-        (``session.loading``; 60,000 short messages held the loop 6.9 s in one block)."""
+        (``session.loading``: 60,000 short messages held the loop for seconds at once)."""
         stored = await self.store.load_doc(self.session_id)
         encoded = EncodedDocument.stored(
             stored.snapshot, stored.updates, self.settings.sync_chunk_bytes
