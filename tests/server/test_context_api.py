@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -261,9 +262,9 @@ async def test_a_preview_asked_again_of_the_same_state_is_not_encoded_again(
     encoded: list[str] = []
     encode = context_api.encode_preview
 
-    def counted(preview: context_api.ContextPreview) -> bytes:
-        encoded.append(preview.user_id)
-        return encode(preview)
+    async def counted(user_id: str, *args: Any) -> bytes:
+        encoded.append(user_id)
+        return await encode(user_id, *args)
 
     monkeypatch.setattr(context_api, "encode_preview", counted)
     async with serve_in_process(make_settings(sqlite_url(tmp_path), tmp_path / "d")) as server:
@@ -283,6 +284,48 @@ async def test_a_preview_asked_again_of_the_same_state_is_not_encoded_again(
         changed = await server.http.get(url + "vic")
         assert "a second note" in str(changed.json()["messages"])
         assert encoded == ["vic", "val", "vic"]
+
+
+async def test_a_long_preview_is_encoded_a_few_messages_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review RN-3: a 20,000-entry session's preview was validated and encoded in one block
+    of the event loop (0.3-0.8 s, every other session waiting); it gives the loop back
+    every few messages, and the answer is the same document."""
+    monkeypatch.setattr(context_api, "ITEMS_PER_TURN", 2)
+    turns = 0
+    during: list[int] = []
+    encode = context_api.encode_preview
+
+    async def measured(*args: Any) -> bytes:
+        before = turns
+        body = await encode(*args)
+        during.append(turns - before)
+        return body
+
+    async def other_clients() -> None:
+        nonlocal turns
+        while True:
+            turns += 1
+            await asyncio.sleep(0)
+
+    monkeypatch.setattr(context_api, "encode_preview", measured)
+    ticker = asyncio.create_task(other_clients())
+    try:
+        async with serve_in_process(make_settings(sqlite_url(tmp_path), tmp_path / "d")) as server:
+            sid = await server.new_session({"vic": "viewer", "ed": "editor"})
+            ed = await server.connect(sid, "ed")
+            for n in range(8):
+                await ed.command({"type": "message", "id": f"m{n}", "text": f'note {n} "x"'})
+            answer = await server.http.get(f"/api/v1/sessions/{sid}/context?user_id=vic")
+    finally:
+        ticker.cancel()
+    assert answer.status_code == 200, answer.text
+    preview = context_api.ContextPreview.model_validate_json(answer.content)
+    assert [m.content for m in preview.messages][-8:] == [
+        f'[ed wrote]\nnote {n} "x"' for n in range(8)
+    ]
+    assert during and during[0] >= 4, during  # 8 messages, 2 a turn
 
 
 async def test_previews_of_one_session_are_bounded_together(tmp_path: Path) -> None:
