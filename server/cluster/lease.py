@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -53,6 +53,8 @@ class Lease:
     session_id: str
     holder: str
     epoch: int
+    # The session's ``members_version`` as it was taken (not part of which lease it is).
+    members_version: int = field(default=0, compare=False)
 
 
 _ACQUIRE = text(
@@ -64,14 +66,17 @@ _ACQUIRE = text(
             epoch = session_leases.epoch + 1,
             expires_at = EXCLUDED.expires_at
         WHERE session_leases.expires_at < clock_timestamp()
-    RETURNING epoch
+    RETURNING epoch, members_version
     """
 )
 
+# Returns the count of the session's member and token changes (``lock_session``): as of
+# the commit, since a change locks this row first and so waits for the write's commit.
 _FENCE = text(
     """
     UPDATE session_leases SET expires_at = clock_timestamp() + make_interval(secs => :ttl)
     WHERE session_id = :session_id AND holder = :holder AND epoch = :epoch
+    RETURNING members_version
     """
 )
 
@@ -94,7 +99,7 @@ _FENCE_MEMBER = text(
         SELECT t.revoked_at IS NOT NULL FROM client_tokens t
         WHERE t.session_id = session_leases.session_id AND t.id = :token
         FOR SHARE
-    )
+    ), members_version
     """
 )
 
@@ -173,36 +178,41 @@ class LeaseTable:
     async def try_acquire(self, session_id: str) -> Lease | None:
         """Take the lease if nobody holds it (absent or expired); None if someone does."""
         async with database_errors(), self.engine.begin() as connection:
-            epoch = (
+            taken = (
                 await connection.execute(
                     _ACQUIRE, {"session_id": session_id, "holder": self.holder, "ttl": self.ttl_s}
                 )
-            ).scalar_one_or_none()
-        return None if epoch is None else Lease(session_id, self.holder, int(epoch))
+            ).first()
+        if taken is None:
+            return None
+        epoch, members_version = taken
+        return Lease(session_id, self.holder, int(epoch), int(members_version))
 
-    async def fence(self, connection: AsyncConnection, lease: Lease) -> None:
-        """In a write transaction: renew the lease, or raise ``Fenced`` if it was lost."""
-        result = await connection.execute(_FENCE, self._fenced(lease))
-        if result.rowcount != 1:
+    async def fence(self, connection: AsyncConnection, lease: Lease) -> int:
+        """In a write transaction: renew the lease, or raise ``Fenced`` if it was lost.
+        Returns the session's ``members_version`` as of the commit."""
+        version = (await connection.execute(_FENCE, self._fenced(lease))).scalar_one_or_none()
+        if version is None:
             raise Fenced(LOST)
+        return int(version)
 
     async def fence_member(
         self, connection: AsyncConnection, lease: Lease, user_id: str, token: str | None
-    ) -> tuple[Member | None, bool]:
+    ) -> tuple[Member | None, bool, int]:
         """``fence`` for a write of member ``user_id`` sent with client token ``token``
         (None: none known): also, read at the commit (``_FENCE_MEMBER``), the member as
-        stored (their role, grants and denials; None: no member) and whether the token
-        is revoked."""
+        stored (their role, grants and denials; None: no member), whether the token is
+        revoked, and the session's ``members_version``."""
         parameters = {**self._fenced(lease), "member": user_id, "token": token}
         found = (await connection.execute(_FENCE_MEMBER, parameters)).first()
         if found is None:
             raise Fenced(LOST)
-        stored, revoked = found
+        stored, revoked, version = found
         if stored is None:
-            return None, bool(revoked)
+            return None, bool(revoked), int(version)
         role, grants, denials = json.loads(stored)
         rights = frozenset(json.loads(grants)), frozenset(json.loads(denials))
-        return Member(user_id, role, *rights), bool(revoked)
+        return Member(user_id, role, *rights), bool(revoked), int(version)
 
     def _fenced(self, lease: Lease) -> dict[str, object]:
         return {

@@ -45,7 +45,8 @@ from parley.server.runtime.room import SessionRoom
 from parley.server.runtime.runner import SessionRunner
 from parley.server.runtime.session_writes import CHARGE_WRITE, apply_session_write
 from parley.server.settings import Settings
-from parley.server.store.access import CHANNEL_SETTINGS
+from parley.server.store.access import CHANNEL_SETTINGS, read_revoked_tokens
+from parley.server.store.group_commit import MembersMoved
 from parley.server.store.port import SessionTx
 from parley.server.store.rows import read_members
 from parley.server.store.sessions import CHANNEL_DELETED, Store, StoreTx
@@ -87,29 +88,57 @@ class HolderFence:
     def __init__(self, node: ClusterNode, room: SessionRoom) -> None:
         self.node = node
         self.room = room
+        # The lease under which the members as stored were last read, and their
+        # ``members_version`` then.
+        self._members_read: tuple[Lease, int] | None = None
 
     async def check(
-        self, tx: SessionTx, member: str | None = None, token: str | None = None
+        self,
+        tx: SessionTx,
+        member: str | None = None,
+        token: str | None = None,
+        *,
+        appended: bool = False,
     ) -> None:
         lease = self.node.leases.get(self.room.session_id)
         if lease is None:
             raise NotHolder("another node runs this session; try again")
         table = self.node.leases_table
+        connection = _connection(tx)
         try:
             if member is None:
-                await table.fence(_connection(tx), lease)
-                return
-            stored, revoked = await table.fence_member(_connection(tx), lease, member, token)
+                version = await table.fence(connection, lease)
+            else:
+                stored, revoked, version = await table.fence_member(
+                    connection, lease, member, token
+                )
         except Fenced:
             self.node.lost(self.room.session_id, lease)
             raise
-        # Changed on another node, which has yet to put it in force here: the command is
-        # judged by the member and token as stored, refused and audited as any other
-        # (review RA-3: stored after their ``member_left``; and after a ``member_changed``
-        # to viewer, or their token's revocation).
-        self.room.membership.as_stored(member, stored)
-        if revoked and token is not None:
-            self.room.membership.revoking.add(token)
+        if member is not None:
+            # Changed on another node, which has yet to put it in force here: the command
+            # is judged by the member and token as stored, refused and audited as any other
+            # (review RA-3: stored after their ``member_left``; and after a
+            # ``member_changed`` to viewer, or their token's revocation).
+            self.room.membership.as_stored(member, stored)
+            if revoked and token is not None:
+                self.room.membership.revoking.add(token)
+        read = self._members_read
+        if version == (lease.members_version if read is None or read[0] != lease else read[1]):
+            return
+        # Members or tokens changed since they were last read here (on another node, say,
+        # not in force here yet): as the fence holds the lease row, which every such change
+        # locks first (``lock_session``), they stay as read here until this write commits.
+        # What this write and those after it judge (what every member may read, whether a
+        # run may start) is judged by them (reviews RH-2, RH-3).
+        membership = self.room.membership
+        members = await read_members(connection, self.room.session_id)
+        now = int(self.room.clock())
+        revoked_tokens = await read_revoked_tokens(connection, self.room.session_id, now)
+        membership.hold_stored([row.as_member() for row in members], revoked_tokens)
+        self._members_read = (lease, version)
+        if appended:
+            raise MembersMoved("the members changed as this text was judged; nothing was stored")
 
     def published(self, tx: SessionTx) -> None:
         # Sent with the transaction's other notifications, in its last statement or one

@@ -8,6 +8,8 @@ from parley.server.store.tables import BigId, metadata
 
 # Who runs a session's queue: the holder, until ``expires_at`` (database clock). ``epoch``
 # grows on every takeover; each write of the holder checks it in its own transaction.
+# ``members_version`` grows with every change of the session's members or client tokens
+# (``lock_session``): the holder's fence reads it, and the members as stored when it moved.
 session_leases = Table(
     "session_leases",
     metadata,
@@ -17,6 +19,7 @@ session_leases = Table(
     Column("holder", String(200), nullable=False),
     Column("epoch", BigInteger, nullable=False),
     Column("expires_at", DateTime(timezone=True), nullable=False),
+    Column("members_version", BigInteger, nullable=False, server_default="0"),
 )
 
 # Commands a node received for a session another node holds; the holder runs them in id

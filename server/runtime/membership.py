@@ -13,7 +13,7 @@ that stops the prompts of who lost the right to them (``stop``).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import replace
 
 from parley.authz.policy import Do, Restriction, Subject, decide, everyone_may_read
@@ -78,6 +78,9 @@ class Membership:
         # Client tokens whose revocation is stored and not yet in force here (``revoke_token``;
         # ``SessionRoom.store_revocation``).
         self.revoking: set[str] = set()
+        # Cluster mode: the revoked tokens as last read with the members as stored
+        # (``hold_stored``), in force here or not yet.
+        self.stored_revoked: Mapping[str, TokenRow] = {}
 
     def subject(self, user_id: str) -> Subject | None:
         """The member as of now (role table and grants read live), or None."""
@@ -93,27 +96,60 @@ class Membership:
         if current is None:
             return  # not a member here either (or not yet: judged as one once in force)
         if stored is None:
-            self.pending[user_id] = None
+            self.hold(user_id, None)
         elif (stored.role, stored.grants, stored.denials) != (
             current.role,
             current.grants,
             current.denials,
         ):
-            self.pending[user_id] = replace(
-                current, role=stored.role, grants=stored.grants, denials=stored.denials
+            self.hold(
+                user_id,
+                replace(current, role=stored.role, grants=stored.grants, denials=stored.denials),
             )
+
+    def hold(self, user_id: str, member: Member | None) -> None:
+        """``user_id`` is stored as ``member`` (None: removed), not yet in force here: they
+        are judged by it from now (``pending``), what every member may read too."""
+        self.pending[user_id] = member
+        self._pending_changed()
+
+    def hold_stored(self, stored: Iterable[Member], revoked: Mapping[str, TokenRow]) -> None:
+        """Cluster mode, in a write of the node that runs the session, when its fence saw a
+        change of the members or tokens stored since it last read them (on another node,
+        not yet in force here): every member as stored (``stored``, those added too) and
+        the revoked tokens (``revoked``), read in that write, are what it and the writes
+        after it are judged by, until in force (reviews RH-2, RH-3: a member demoted there
+        was sent restricted text "every member" here might read, a run started for who
+        could no longer prompt)."""
+        now = {member.user_id: member for member in stored}
+        self.pending = {
+            user_id: now.get(user_id)
+            for user_id in self.members.keys() | now.keys()
+            if now.get(user_id) != self.members.get(user_id)
+        }
+        self.stored_revoked = revoked
+        self._pending_changed()
+
+    def _pending_changed(self) -> None:
+        """What is judged of every member's grants is judged again."""
+        self._readable = {}
+        self._revision += 1
 
     def standing(self, user_id: str) -> Standing:
         """What ``user_id``'s membership says of the prompts they sent before now: when it
         began and when a token of theirs was last revoked (those not expired)."""
-        member = self.members.get(user_id)
-        revoked = (t.revoked_at for t in self.revoked_tokens.values() if t.user_id == user_id)
+        member = self.pending.get(user_id, self.members.get(user_id))
+        tokens = (*self.revoked_tokens.values(), *self.stored_revoked.values())
+        revoked = (t.revoked_at for t in tokens if t.user_id == user_id)
         return Standing(0 if member is None else member.joined_at, max(revoked, default=0))
 
     def subjects(self) -> Iterator[Subject]:
-        """Every member as of now."""
+        """Every member as of now (those stored and not yet in force here included)."""
         roles = self.roles()
-        return (Subject.of(m, roles) for m in self.members.values())
+        if not self.pending:
+            return (Subject.of(m, roles) for m in self.members.values())
+        now = {**self.members, **self.pending}
+        return (Subject.of(m, roles) for m in now.values() if m is not None)
 
     def grants_key(self) -> tuple[int, RoleTable]:
         """Equal while no member's membership and no role changed: what was judged of the
@@ -128,6 +164,9 @@ class Membership:
         if roles is not self._readable_roles or len(self._readable) >= MAX_KEPT_VERDICTS:
             self._readable, self._readable_roles = {}, roles
         verdict = self._readable.get(restriction)
+        if verdict is None and restriction and None in self.pending.values():
+            # One removed as stored, not yet here: sent what the document gets until it is.
+            verdict = False
         if verdict is None:
             verdict = everyone_may_read(self.subjects(), restriction)
             self._readable[restriction] = verdict
@@ -248,7 +287,11 @@ class Membership:
     def token_revoked(self, token_id: str) -> bool:
         """Whether client token ``token_id`` is revoked as of now (stored so, if not yet in
         force here): what a command sent with it is judged by where it is stored."""
-        return token_id in self.revoked_tokens or token_id in self.revoking
+        return (
+            token_id in self.revoked_tokens
+            or token_id in self.revoking
+            or token_id in self.stored_revoked
+        )
 
     def token_refusal(self, claims: ClientClaims) -> str | None:
         """Why a verified token may not be used now (None: it may, or its user is no

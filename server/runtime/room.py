@@ -289,7 +289,7 @@ class SessionRoom:
         def held(change: MemberChange) -> None:
             if change.decision.allowed and change.before is not None:
                 after = None if change.after is None else change.after.as_member()
-                self.membership.pending[user_id] = after
+                self.membership.hold(user_id, after)
 
         return await self._between_writes(store, held)
 

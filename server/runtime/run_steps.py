@@ -29,6 +29,7 @@ from parley.authz.scope import RunScope, scope_for_run
 from parley.server.runtime.active_run import ActiveRun
 from parley.server.runtime.tools import tool_defs
 from parley.server.runtime.writer import Write
+from parley.server.store.group_commit import MembersMoved
 from parley.session.core import (
     AuditRecord,
     ContextDrawn,
@@ -51,6 +52,10 @@ from parley.session.run_fit import Overflow, fit_run
 
 if TYPE_CHECKING:
     from parley.server.runtime.room import SessionRoom
+
+# How many times streamed text is judged before it is stored: each time but the last the
+# members changed again on another node as it was.
+MAX_JUDGED = 8
 
 
 class RunSteps:
@@ -230,20 +235,29 @@ class RunSteps:
         not every member may read and the policy does not share (``SessionView.shares``),
         only into the server-side copy."""
         active.text.append(text)
-        await self._append(
-            active, handle(self.room.writer.view(), TextAppended(active.reply, text))
-        )
+        await self._append(active, partial(TextAppended, text=text))
 
     async def widen(self, active: ActiveRun, restriction: Restriction) -> None:
         """The run drew on something with ``restriction``: its reply inherits it."""
-        drawn = ContextDrawn(active.reply, restriction)
-        await self._append(active, handle(self.room.writer.view(), drawn))
+        await self._append(active, partial(ContextDrawn, restriction=restriction))
 
-    async def _append(self, active: ActiveRun, effects: Effects) -> None:
-        if effects.reply is not None:
-            active.reply = effects.reply
-        if effects.append is not None:
-            await self.room.writer.append(effects.append)
+    async def _append(self, active: ActiveRun, step: Callable[[ReplyState], Event]) -> None:
+        """Carry out ``step`` of the reply as decided so far; what it streams goes through
+        the group commit, judged before it. Refused there because the members changed
+        meanwhile (``MembersMoved``: on another node, not in force here), it is judged
+        again by them as stored."""
+        for attempt in range(MAX_JUDGED):
+            effects = handle(self.room.writer.view(), step(active.reply))
+            if effects.append is not None:
+                try:
+                    await self.room.writer.append(effects.append)
+                except MembersMoved:
+                    if attempt + 1 == MAX_JUDGED:
+                        raise
+                    continue
+            if effects.reply is not None:
+                active.reply = effects.reply
+            return
 
     async def add_tool_step(
         self,

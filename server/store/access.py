@@ -222,7 +222,7 @@ class AccessStore:
         async with self.store.transaction() as tx:
             # Cluster mode: after the writes of the running node that hold the lease row,
             # before those that wait for it (their fence reads the token: review of RG-2).
-            await lock_session(tx.connection, session_id)
+            await lock_session(tx.connection, session_id, members_change=True)
             row = (await tx.connection.execute(select(client_tokens).where(where))).first()
             if row is None:
                 return None
@@ -239,19 +239,7 @@ class AccessStore:
     async def revoked_tokens(self, session_id: str, now: int) -> dict[str, TokenRow]:
         """The session's revoked tokens that have not expired yet, by id."""
         async with self.store.read() as connection:
-            rows = await connection.execute(
-                select(client_tokens).where(
-                    and_(
-                        client_tokens.c.session_id == session_id,
-                        client_tokens.c.revoked_at.is_not(None),
-                        client_tokens.c.expires_at > now,
-                    )
-                )
-            )
-            return {
-                row.id: TokenRow(row.id, row.user_id, row.expires_at, True, row.revoked_at)
-                for row in rows
-            }
+            return await read_revoked_tokens(connection, session_id, now)
 
     # -- documents ------------------------------------------------------------------------
 
@@ -478,3 +466,21 @@ def _private_item(row: Row[Any]) -> PrivateItem:
     return PrivateItem(
         row.entry_id, row.kind, row.text, restriction_from_json(json.loads(row.restriction))
     )
+
+
+async def read_revoked_tokens(
+    connection: AsyncConnection, session_id: str, now: int
+) -> dict[str, TokenRow]:
+    """The session's revoked tokens that have not expired yet (``now``, s), by id."""
+    rows = await connection.execute(
+        select(client_tokens).where(
+            and_(
+                client_tokens.c.session_id == session_id,
+                client_tokens.c.revoked_at.is_not(None),
+                client_tokens.c.expires_at > now,
+            )
+        )
+    )
+    return {
+        row.id: TokenRow(row.id, row.user_id, row.expires_at, True, row.revoked_at) for row in rows
+    }

@@ -31,19 +31,32 @@ if TYPE_CHECKING:
 MAX_ROUND_UPDATES = 512
 
 
+class MembersMoved(Unavailable):
+    """Streamed text judged by the members as they were: they changed since (on another
+    node, not yet in force here), so it was not stored; judge it again."""
+
+
 class WriteFence(Protocol):
     """Cluster mode: may this node write the session? Checked first in every write
     transaction (raise to refuse it); told each update it stores, in the same transaction
     (before or after the statement that stores it: what it sends goes with the commit)."""
 
     async def check(
-        self, tx: SessionTx, member: str | None = None, token: str | None = None
+        self,
+        tx: SessionTx,
+        member: str | None = None,
+        token: str | None = None,
+        *,
+        appended: bool = False,
     ) -> None:
         """Refuse the write unless this node may write the session; with ``member`` (a
         member's command, sent with client token ``token`` if known), read them and the
         token as stored as of the commit, and judge the command by that (a change stored
         on another node meanwhile, not yet in force here: refused by the session core, a
-        removed member's ``forbidden``, a revoked token's ``unauthenticated``)."""
+        removed member's ``forbidden``, a revoked token's ``unauthenticated``). Members or
+        tokens changed since it last read them: read again, what the write and those after
+        it are judged by; ``appended`` (streamed text, judged before this): refused then,
+        ``MembersMoved``."""
         ...
 
     def holds(self) -> bool:
@@ -182,18 +195,29 @@ class GroupCommit:
         refused: dict[int, Exception] = {}
         async with self.store.transaction("document updates", group_round=True) as tx:
             fences = {id(i.fence): i.fence for i in batch if i.fence is not None}
+            # Sessions with text of their own document here (a side-thread's is its owner's).
+            texts = {id(i.fence) for i in batch if i.thread_id is None}
+            moved: set[int] = set()
             for key, fence in fences.items():
                 try:
-                    await fence.check(tx)
+                    await fence.check(tx, appended=key in texts)
+                except MembersMoved as exc:  # its session's text only: judged again
+                    refused[key] = exc
+                    moved.add(key)
                 except Exception as exc:  # this session only: the others commit
                     refused[key] = exc
-            admitted = [i for i in batch if id(i.fence) not in refused]
+            admitted = [
+                i
+                for i in batch
+                if id(i.fence) not in refused or (id(i.fence) in moved and i.thread_id is not None)
+            ]
             ids = await _append(tx, admitted, last=not fences)
             for item in admitted:
                 if item.fence is not None:
                     item.fence.published(tx)
+        stored = {id(i) for i in admitted}
         for item in batch:
-            if id(item.fence) in refused:
+            if id(item) not in stored:
                 _settle(item, refused[id(item.fence)])
         _stored(admitted, ids)
 

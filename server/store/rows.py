@@ -213,9 +213,16 @@ def member_keys(user_id: str, display_name: str) -> dict[str, str]:
 
 # The lease row of a session run in cluster mode (``server.cluster.lease``), if any.
 _LOCK_LEASE = text("SELECT 1 FROM session_leases WHERE session_id = :id FOR NO KEY UPDATE")
+# The same lock, for a change of the members or client tokens: counted on the lease row, so
+# the node that runs the session reads them again at its next write (its fence).
+_COUNT_MEMBERS_CHANGE = text(
+    "UPDATE session_leases SET members_version = members_version + 1 WHERE session_id = :id"
+)
 
 
-async def lock_session(connection: AsyncConnection, session_id: str) -> None:
+async def lock_session(
+    connection: AsyncConnection, session_id: str, *, members_change: bool = False
+) -> None:
     """Lock the session's row for this transaction (PostgreSQL; SQLite has one writer at a
     time anyway), so its membership changes and token issues happen one after another.
     ``NotFound`` for an unknown session.
@@ -223,9 +230,13 @@ async def lock_session(connection: AsyncConnection, session_id: str) -> None:
     Cluster mode: its lease row first (if it is run), which every write of the running
     node locks first (its fence): such a change and those writes happen one after another,
     and a member's write after a removal is judged by it at its commit (review RA-3: a
-    removed member's messages were stored after their ``member_left``)."""
+    removed member's messages were stored after their ``member_left``). ``members_change``:
+    the transaction changes the members or client tokens; the lease row counts it (its
+    ``members_version``), so the running node judges its next write by them as stored, in
+    force there or not yet (reviews RH-2, RH-3)."""
     if connection.dialect.name == "postgresql":
-        await connection.execute(_LOCK_LEASE, {"id": session_id})
+        lock = _COUNT_MEMBERS_CHANGE if members_change else _LOCK_LEASE
+        await connection.execute(lock, {"id": session_id})
     found = await connection.execute(
         select(sessions.c.id).where(sessions.c.id == session_id).with_for_update()
     )

@@ -231,7 +231,7 @@ class Store(SessionReads, UsageTables):
         concurrent changes (on any node) cannot pass them together."""
         async with self.transaction() as tx:
             connection = tx.connection
-            await lock_session(connection, session_id)
+            await lock_session(connection, session_id, members_change=True)
             before = await read_member(connection, session_id, user_id)
             # A member added: refused past the cap, or if their user id or name is taken.
             cap = max_members if after is not None and before is None else None

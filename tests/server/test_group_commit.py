@@ -14,7 +14,7 @@ from sqlalchemy import event, text
 
 from parley.server.runtime.writer import settled
 from parley.server.store.db import create_engine, migrate
-from parley.server.store.group_commit import Outcome
+from parley.server.store.group_commit import MembersMoved, Outcome
 from parley.server.store.sessions import Store, StoreTx
 from parley.session.errors import Unavailable
 from tests.server.test_storage_faults import read_only, release, write_lock_held
@@ -77,13 +77,24 @@ async def test_an_update_of_a_deleted_session_fails_alone(store: Store) -> None:
 
 
 class Fence:
-    def __init__(self, allowed: bool) -> None:
+    def __init__(self, allowed: bool, *, moved: bool = False) -> None:
         self.allowed = allowed
+        self.moved = moved  # the members changed since the text was judged
         self.told = 0  # updates stored while it held the session
 
-    async def check(self, tx: StoreTx, member: str | None = None, token: str | None = None) -> None:
+    async def check(
+        self,
+        tx: StoreTx,
+        member: str | None = None,
+        token: str | None = None,
+        *,
+        appended: bool = False,
+    ) -> None:
         if not self.allowed:
             raise LookupError("another node holds this session")
+        if self.moved and appended:
+            self.moved = False  # read again: the next round is judged by them
+            raise MembersMoved("the members changed")
 
     def published(self, tx: StoreTx) -> None:
         self.told += 1
@@ -110,6 +121,23 @@ async def test_a_fence_refuses_its_own_session_only(store: Store) -> None:
         await theirs
     assert isinstance(await plain, int)
     assert await stored_updates(store, "s1") == []
+
+
+async def test_text_judged_before_a_change_of_members_is_refused_to_be_judged_again(
+    store: Store,
+) -> None:
+    """Cluster mode: a session's streamed text reached the round after its members changed
+    on another node (its fence read them again): refused ``MembersMoved``, that session's
+    alone; the text judged again is stored."""
+    group = store.group
+    moved = Fence(True, moved=True)
+    refused = group.submit("s0", b"judged before", moved)
+    other = group.submit("s1", b"x", Fence(True))
+    with pytest.raises(MembersMoved):
+        await refused
+    assert isinstance(await other, int)
+    assert isinstance(await group.submit("s0", b"judged again", moved), int)
+    assert await stored_updates(store, "s0") == [b"judged again"]
 
 
 async def test_a_database_fault_fails_every_update_of_the_round(store: Store) -> None:

@@ -60,6 +60,7 @@ TABLE: dict[str, tuple[str, int, int | None]] = {
     "Unavailable": ("unavailable", 503, 1013),
     "NotHolder": ("unavailable", 503, 1013),
     "Fenced": ("unavailable", 503, 1013),
+    "MembersMoved": ("unavailable", 503, 1013),
     "SequenceMoved": ("unavailable", 503, 1013),
     "ProviderError": ("provider_error", 502, None),
     "ConfigurationError": ("internal", 500, None),

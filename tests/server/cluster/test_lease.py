@@ -8,11 +8,16 @@ from collections.abc import AsyncIterator
 import pytest
 from sqlalchemy import select, text
 
+from parley.authz.policy import Decision
+from parley.authz.roles import Member
 from parley.server.cluster.lease import Fenced, LeaseTable
+from parley.server.cluster.tables import session_leases
+from parley.server.store.access import AccessStore
 from parley.server.store.db import create_engine
 from parley.server.store.sessions import Store
 from parley.server.store.tables import doc_updates
 from tests.conftest import postgres_database, wait_for_a_lock_wait
+from tests.server.store.test_thread_log import down_and_up
 
 pytestmark = pytest.mark.postgres
 
@@ -109,3 +114,33 @@ async def test_a_takeover_waits_for_the_holders_write_and_then_finds_it_renewed(
     await asyncio.wait_for(writer, 10)
     assert await asyncio.wait_for(takeover, 10) is None  # the write renewed the lease
     assert await updates_of(store, "s1") == [b"in flight"]
+
+
+async def test_a_change_of_members_or_tokens_is_counted_and_the_fence_reads_it(
+    store: Store,
+) -> None:
+    """Every member or token change locks the lease row and counts on it: the fence of the
+    holder's next write returns the count, so it reads the members again (RH-2, RH-3)."""
+    a = LeaseTable(store.engine, "node-a", ttl_s=30)
+    lease = await a.try_acquire("s1")
+    assert lease is not None
+    async with store.transaction() as tx:
+        before = await a.fence(tx.connection, lease)
+    assert before == lease.members_version
+    allowed = Decision(True, "")
+    await store.change_member("s1", "bob", Member("bob", "editor"), 1, lambda *_: allowed)
+    async with store.transaction() as tx:
+        assert await a.fence(tx.connection, lease) == before + 1
+        stored, revoked, version = await a.fence_member(tx.connection, lease, "bob", None)
+    assert (stored, revoked, version) == (Member("bob", "editor"), False, before + 1)
+    await AccessStore(store).revoke_token("s1", "no-such-token", 2)  # counted all the same
+    async with store.transaction() as tx:
+        assert await a.fence(tx.connection, lease) == before + 2
+
+
+async def test_the_migration_adds_the_count_and_goes_down_again(
+    empty_database_url: str,
+) -> None:
+    below, found = await down_and_up(empty_database_url, "audit_0028")
+    assert "members_version" not in below["session_leases"]
+    assert found["session_leases"] == {c.name for c in session_leases.columns}

@@ -5,7 +5,6 @@ readers, whether or not the change is in force there yet (review RH-3)."""
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,11 +13,9 @@ from typing import Any
 import httpx
 import pytest
 
-from parley.authz.policy import Decision
-from parley.authz.roles import Member
-from parley.server.settings import Settings
-from tests.conftest import RunningServer, make_settings, postgres_database, serve_in_process
+from tests.conftest import RunningServer
 from tests.fake_model import Answer, FakeModel, Sent, call
+from tests.server.cluster.test_changes_elsewhere import reply_done, two_nodes
 from tests.yclient import YClient
 
 pytestmark = pytest.mark.postgres
@@ -32,10 +29,6 @@ def script(sent: Sent) -> Answer:
 
 def restricted(client: YClient) -> dict[str, dict[str, Any]]:
     return {m["entry_id"]: m for m in client.unsolicited if m["type"] == "restricted"}
-
-
-def reply_done(client: YClient) -> bool:
-    return any(e["kind"] == "reply" and e["status"] == "done" for e in client.entries())
 
 
 @dataclass
@@ -53,47 +46,12 @@ class Window:
 
 @contextlib.asynccontextmanager
 async def bob_changed_elsewhere(tmp_path: Path, after: str | None) -> AsyncIterator[Window]:
-    async with postgres_database(migrated=True) as url:
-
-        def node(name: str) -> Settings:
-            return make_settings(url, tmp_path / name, cluster=True, node_id=name)
-
-        model = FakeModel(script)
-        async with (
-            serve_in_process(node("a"), model) as first,
-            serve_in_process(node("b"), model) as second,
-        ):
-            sid = await first.new_session({"ann": "owner", "bob": "editor", "dave": "editor"})
-            vault = {"title": "Vault", "text": "the vault code is 7731"}
-            made = await first.http.post(
-                f"/api/v1/sessions/{sid}/documents",
-                json={**vault, "readers": {"roles": ["editor"]}},
-            )
-            assert made.status_code == 201, made.text
-            await first.connect(sid, "ann")  # the session runs on the first node
-            bob = await first.connect(sid, "bob", commands="text")
-            dave = await first.connect(sid, "dave", commands="text")
-            room = first.app.state.parley.rooms.loaded(sid)
-
-            async def not_in_force() -> None:
-                """The first node's safety-net poll would put the change in force: held."""
-
-            room.membership.refresh = not_in_force
-            change = await second.app.state.parley.store.change_member(
-                sid,
-                "bob",
-                None if after is None else Member("bob", after),
-                int(time.time() * 1000),
-                lambda _before, _actor: Decision(True, ""),
-            )
-            assert change.before is not None
-            assert room.subject("bob") is not None and room.subject("bob").role == "editor"
-
-            await dave.command({"type": "prompt", "id": "p", "text": "the vault code?"})
-            await dave.wait_until(lambda c: len(restricted(c)) == 2, timeout=30)
-            assert any("7731" in m["text"] for m in restricted(dave).values())
-            yield Window(first, sid, bob, dave, room)
-            assert room.subject("bob") is not None  # not in force there meanwhile
+    async with two_nodes(tmp_path, FakeModel(script), readers=("editor",)) as nodes:
+        await nodes.change(after)
+        await nodes.dave.command({"type": "prompt", "id": "p", "text": "the vault code?"})
+        await nodes.dave.wait_until(lambda c: len(restricted(c)) == 2, timeout=30)
+        assert any("7731" in m["text"] for m in restricted(nodes.dave).values())
+        yield Window(nodes.first, nodes.sid, nodes.bob, nodes.dave, nodes.room)
 
 
 @pytest.mark.parametrize("after", ["viewer", None], ids=["demoted", "removed"])
