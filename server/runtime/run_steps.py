@@ -247,17 +247,19 @@ class RunSteps:
         meanwhile (``MembersMoved``: on another node, not in force here), it is judged
         again by them as stored."""
         for attempt in range(MAX_JUDGED):
-            effects = handle(self.room.writer.view(), step(active.reply))
-            if effects.append is not None:
-                try:
-                    await self.room.writer.append(effects.append)
-                except MembersMoved:
-                    if attempt + 1 == MAX_JUDGED:
-                        raise
-                    continue
+            before = active.reply
+            effects = handle(self.room.writer.view(), step(before))
             if effects.reply is not None:
-                active.reply = effects.reply
-            return
+                active.reply = effects.reply  # what it drew on counts while it is stored
+            if effects.append is None:
+                return
+            try:
+                await self.room.writer.append(effects.append)
+                return
+            except MembersMoved:
+                active.reply = before
+                if attempt + 1 == MAX_JUDGED:
+                    raise
 
     async def add_tool_step(
         self,
