@@ -385,6 +385,72 @@ async def test_a_command_of_a_token_revoked_before_its_commit_is_refused(rest: B
     assert again.status_code == 202, again.json()
 
 
+async def _token_from_a_link(rest: Backend, sid: str, maker: str, user: str) -> str:
+    """A client token of ``user`` exchanged from an invite link ``maker`` minted."""
+    url = f"/api/v1/sessions/{sid}"
+    makers = (await rest.request("POST", f"{url}/tokens", json={"user_id": maker})).json()
+    minted = await rest.request(
+        "POST", f"{url}/invites", json={"user_id": user}, token=makers["token"]
+    )
+    assert minted.status_code == 201, minted.json()
+    secret = minted.json()["secret"]
+    exchanged = await rest.request("POST", "/api/v1/invites/exchange", json={"invite": secret})
+    assert exchanged.status_code == 200, exchanged.json()
+    return str(exchanged.json()["token"])
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        (("DELETE", None), "was removed"),
+        (("PUT", {"role": "editor"}), "may no longer"),
+    ],
+    ids=["maker-removed", "maker-lowered"],
+)
+async def test_a_command_of_a_link_token_is_judged_by_its_maker_at_its_commit(
+    rest: Backend, change: tuple[str, Any], reason: str
+) -> None:
+    """A token from alice's link dies with her membership at authentication, and (the
+    principle: a token from a link lives while its maker may still make that link) once
+    she may no longer mint it. At the commit it was judged by its own revocation alone:
+    carol's message, let in with it and held before its write while alice is removed, or
+    lowered to a role that may not invite, was stored. It is refused ``unauthenticated``
+    at its commit, audited, and stores nothing."""
+    sid = await rest.new_session({"alice": "owner", "carol": "editor"})
+    s = await rest.session(sid)
+    url = f"/api/v1/sessions/{sid}"
+    carol = await _token_from_a_link(rest, sid, "alice", "carol")
+    carry_out = s.room.writer.carry_out
+    reached, release = asyncio.Event(), asyncio.Event()
+
+    async def held(event: Any, *args: Any, **kwargs: Any) -> Any:
+        if getattr(event, "actor", None) == "carol" and not reached.is_set():
+            reached.set()  # judged at the door, its write not begun
+            await release.wait()
+        return await carry_out(event, *args, **kwargs)
+
+    s.room.writer.carry_out = held  # type: ignore[method-assign]
+    body = {"text": "sent before my maker's change"}
+    sent = asyncio.create_task(rest.request("POST", f"{url}/messages", json=body, token=carol))
+    await asyncio.wait_for(reached.wait(), 10)
+    method, changed_to = change
+    made = await rest.request(method, f"{url}/members/alice", json=changed_to)
+    assert made.status_code in {200, 204}, made.json()
+    release.set()
+    answer = await asyncio.wait_for(sent, 10)
+    assert answer.status_code == 401, answer.json()
+    assert answer.json()["error"]["code"] == "unauthenticated"
+    assert reason in answer.json()["error"]["message"]
+    events = await rest.store.events_after(sid, 0, 1000)
+    assert [e.kind for e in events if e.actor == "carol"] == []
+    refused = await rest.store.access.list_audit(
+        sid, limit=100, after=0, kinds=("refused",), actor="carol"
+    )
+    assert refused and reason in str(refused[-1].data), refused
+    me = await rest.request("GET", f"{url}/me", token=carol)
+    assert me.status_code == 401, me.json()
+
+
 def _hold_first_write(writer: Any) -> tuple[asyncio.Event, asyncio.Event]:
     """Hold the next write of ``writer`` judged and not stored yet (its rows unwritten, the
     session's turn held): ``reached`` once it is there, until ``release``."""

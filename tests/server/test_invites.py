@@ -375,3 +375,35 @@ async def test_a_token_from_a_link_dies_when_its_maker_is_removed(
     readded = await server.http.put(f"/api/v1/sessions/{sid}/members/alice", json={"role": "owner"})
     assert readded.status_code == 200, readded.text
     assert (await server.http.get(me, headers=_bearer(carol))).status_code == 401
+
+
+async def test_a_token_from_a_link_dies_when_its_maker_may_no_longer_mint_it(
+    server: RunningServer,
+) -> None:
+    """A token from a link lives only while its maker may still make that link: alice,
+    lowered to editor (no ``manage_members``) but still a member, kept the token carol
+    exchanged from her link (only her removal killed it). Lowered, the token is refused on
+    REST and its socket closes 4401; raised back, alice may mint it again, and it lives."""
+    sid = await server.new_session({"alice": "owner", "carol": "editor"})
+    minted = await _mint(server, sid, await server.token(sid, "alice"), user_id="carol")
+    assert minted.status_code == 201, minted.text
+    exchanged = await _exchange(server, minted.json()["secret"])
+    assert exchanged.status_code == 200, exchanged.text
+    carol = exchanged.json()["token"]
+    me = f"/api/v1/sessions/{sid}/me"
+    socket = await YClient.connect(server.ws_url, sid, carol)
+    server.clients.append(socket)
+    async with asyncio.timeout(10):
+        await socket.synced.wait()
+
+    alice = f"/api/v1/sessions/{sid}/members/alice"
+    lowered = await server.http.put(alice, json={"role": "editor"})
+    assert lowered.status_code == 200, lowered.text
+    assert await socket.wait_closed() == 4401
+    assert socket.ws.close_reason is not None and "alice" in socket.ws.close_reason
+    refused = await server.http.get(me, headers=_bearer(carol))
+    assert refused.status_code == 401, refused.text
+    assert "may no longer" in refused.json()["error"]["message"]
+    raised = await server.http.put(alice, json={"role": "owner"})
+    assert raised.status_code == 200, raised.text
+    assert (await server.http.get(me, headers=_bearer(carol))).status_code == 200

@@ -349,3 +349,96 @@ async def test_a_removed_members_write_cut_off_as_it_commits_leaves_the_room_run
         events = await _events(url, sid)
         assert _after_leaving(events, "bob") == []
         assert ("message_posted", "bob") in [(kind, actor) for _, kind, actor in events]
+
+
+async def _socket(node: RunningServer, sid: str, token: str) -> YClient:
+    client = await YClient.connect(node.ws_url, sid, token)
+    node.clients.append(client)
+    await asyncio.wait_for(client.synced.wait(), 10)
+    return client
+
+
+async def _carol_from_anns_link(nodes: TwoNodes) -> str:
+    """A client token of carol (added as an editor), exchanged from ann's invite link."""
+    first, sid = nodes.first, nodes.sid
+    added = await first.http.put(f"/api/v1/sessions/{sid}/members/carol", json={"role": "editor"})
+    assert added.status_code == 200, added.text
+    ann = await first.token(sid, "ann")
+    minted = await first.http.post(
+        f"/api/v1/sessions/{sid}/invites",
+        json={"user_id": "carol"},
+        headers={"Authorization": f"Bearer {ann}"},
+    )
+    assert minted.status_code == 201, minted.text
+    exchanged = await first.http.post(
+        "/api/v1/invites/exchange",
+        json={"invite": minted.json()["secret"]},
+        headers={"Authorization": ""},
+    )
+    assert exchanged.status_code == 200, exchanged.text
+    return str(exchanged.json()["token"])
+
+
+async def test_a_forwarded_command_of_a_token_revoked_before_its_commit_is_refused(
+    tmp_path: Path,
+) -> None:
+    """Open item of RG-2: a command forwarded from another node carried no token (the
+    forwarded row held the member alone). Bob's message, sent on the follower with a token
+    and held on the running node before its fence while the follower stores the token's
+    revocation, was acked and stored; it is refused ``unauthenticated`` there, audited, as
+    on the direct path."""
+    async with _two_nodes(tmp_path) as nodes:
+        url, first, second, sid = nodes.url, nodes.first, nodes.second, nodes.sid
+        minted = await first.http.post(f"/api/v1/sessions/{sid}/tokens", json={"user_id": "bob"})
+        issued = minted.json()
+        bob = await _socket(second, sid, issued["token"])  # forwarded to the first node
+        held = HeldFence(first.app.state.parley.rooms.loaded(sid))
+        sent = asyncio.create_task(bob.command({"type": "message", "id": "b1", "text": "x"}))
+        await asyncio.wait_for(held.reached.wait(), 10)
+
+        follower = second.app.state.parley
+        now_ms = int(time.time() * 1000)
+        assert await AccessStore(follower.store).revoke_token(sid, issued["jti"], now_ms)
+        held.release.set()
+        reply = await sent
+        assert reply["type"] == "error" and reply["code"] == "unauthenticated", reply
+        assert await _refusals(url, sid, "bob") == ["revoked: this token was revoked"]
+        assert all(actor != "bob" for _, _, actor in await _events(url, sid))
+        taken = await nodes.bob.command({"type": "message", "id": "b2", "text": "other token"})
+        assert taken["type"] == "ack", taken
+
+
+@pytest.mark.parametrize("forwarded", [True, False], ids=["forwarded", "direct"])
+@pytest.mark.parametrize("lowered", [False, True], ids=["maker-removed", "maker-lowered"])
+async def test_a_command_of_a_link_token_is_judged_by_its_maker_as_stored_at_its_commit(
+    tmp_path: Path, forwarded: bool, lowered: bool
+) -> None:
+    """A token from ann's link lives while ann may still make that link. Carol's message,
+    sent with it (on the follower, forwarded, or on the running node) and held on the
+    running node before its fence while the follower stores ann's removal, or her change
+    to editor (who may not invite), was acked and stored: it is refused
+    ``unauthenticated`` at its commit, audited, and stores nothing."""
+    async with _two_nodes(tmp_path) as nodes:
+        url, first, second, sid = nodes.url, nodes.first, nodes.second, nodes.sid
+        carol = await _socket(
+            second if forwarded else first, sid, await _carol_from_anns_link(nodes)
+        )
+        held = HeldFence(first.app.state.parley.rooms.loaded(sid))
+        sent = asyncio.create_task(carol.command({"type": "message", "id": "c1", "text": "x"}))
+        await asyncio.wait_for(held.reached.wait(), 10)
+
+        follower = second.app.state.parley
+        change = await follower.store.change_member(
+            sid,
+            "ann",
+            Member("ann", "editor") if lowered else None,
+            int(time.time() * 1000),
+            lambda b, a: Decision(True, ""),
+        )
+        assert change.before is not None
+        held.release.set()
+        reply = await sent
+        assert reply["type"] == "error" and reply["code"] == "unauthenticated", reply
+        assert "'ann'" in reply["message"], reply
+        assert await _refusals(url, sid, "carol") == [reply["message"]]
+        assert all(actor != "carol" for _, _, actor in await _events(url, sid))
