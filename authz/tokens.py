@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import jwt
 
+from parley.authz.membership import judge_membership_change
+from parley.authz.roles import Member, RoleTable
 from parley.session.errors import Unauthenticated
 
 ALGORITHM = "HS256"
@@ -100,17 +102,41 @@ def verify_token(key: str, token: str, *, now: int) -> ClientClaims:
 
 
 def token_refusal(
-    claims: ClientClaims, epoch: str, revoked: Container[str], maker_epoch: str | None = None
+    claims: ClientClaims,
+    member: Member,
+    revoked: Container[str],
+    maker: Member | None,
+    roles: RoleTable,
 ) -> str | None:
-    """Why a verified token of a current member (whose membership has ``epoch``) may not
-    be used any more, or None. ``revoked``: the ids of the session's revoked tokens;
-    ``maker_epoch``: the epoch of the membership of the member whose link gave the token
-    (``claims.made_by``) now, None if they are no member (a token from a link is refused
-    unless told its maker is still the member who made it)."""
+    """Why a verified token of ``member`` (its user, as a member now) may not be used any
+    more, or None. ``revoked``: the ids of the session's revoked tokens; ``maker``: the
+    member whose invite link gave the token (``claims.made_by``) as a member now (None:
+    no member). A token from another member's link lives only while its maker may still
+    make that link: the same membership, still allowed to add ``member`` with the access
+    they now hold (``maker_refusal``). The same answer at authentication and at a
+    command's commit, on every node (``roles``: the live role table)."""
     if claims.token_id in revoked:
         return "revoked: this token was revoked"
-    if claims.epoch != epoch:
+    if claims.epoch != member.token_epoch:
         return "revoked: this token was issued before the member was removed"
-    if claims.made_by and claims.maker_epoch != maker_epoch:
-        return f"revoked: {claims.made_by!r}, whose invite link gave this token, was removed"
+    if claims.made_by:
+        return maker_refusal(claims, member, maker, roles)
+    return None
+
+
+def maker_refusal(
+    claims: ClientClaims, member: Member, maker: Member | None, roles: RoleTable
+) -> str | None:
+    """Why the maker of a token from their invite link (``maker``, as a member now) may no
+    longer make that link for ``member``, or None: removed (or removed and added back: a
+    new membership), or no longer allowed to add ``member`` with the capabilities of their
+    role and grants (``judge_membership_change``: ``manage_members``, and nothing the
+    maker does not hold). The reader lists are not judged again here (they are read from
+    the store at each invite's use, not at every command): read access is the invite's."""
+    who = f"revoked: {claims.made_by!r}, whose invite link gave this token"
+    if maker is None or maker.token_epoch != claims.maker_epoch:
+        return f"{who}, was removed"
+    decision = judge_membership_change(maker, None, member, roles, ())
+    if not decision.allowed:
+        return f"{who}, may no longer make that link: {decision.reason}"
     return None

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from parley.authz.roles import Member, RoleTable
 from parley.authz.tokens import (
     ALGORITHM,
     AUDIENCE,
@@ -22,6 +23,7 @@ from parley.session.errors import Unauthenticated
 
 KEY = "k" * 43  # the length of secrets.token_urlsafe(32), as the server generates
 OTHER_KEY = "z" * 43
+ROLES = RoleTable()
 NOW = 1_700_000_000
 TTL = 600
 
@@ -160,19 +162,20 @@ def test_a_revoked_token_or_one_of_an_earlier_membership_is_refused() -> None:
     _, claims = issue_token(
         KEY, user_id="alice", session_id="s1", now=NOW, ttl_seconds=TTL, epoch="e1"
     )
-    assert token_refusal(claims, "e1", set()) is None
-    revoked = token_refusal(claims, "e1", {claims.token_id})
+    alice = Member("alice", "editor", token_epoch="e1")
+    assert token_refusal(claims, alice, set(), None, ROLES) is None
+    revoked = token_refusal(claims, alice, {claims.token_id}, None, ROLES)
     assert revoked is not None and revoked.startswith("revoked:")
-    readded = token_refusal(claims, "e2", set())  # removed and added back
-    assert readded is not None and readded.startswith("revoked:")
+    readded = Member("alice", "editor", token_epoch="e2")  # removed and added back
+    refused = token_refusal(claims, readded, set(), None, ROLES)
+    assert refused is not None and refused.startswith("revoked:")
     _, old = issue()  # issued before epochs: valid while the membership it saw lasts
-    assert old.epoch == "" and token_refusal(old, "", ()) is None
+    assert (
+        old.epoch == "" and token_refusal(old, Member("alice", "editor"), (), None, ROLES) is None
+    )
 
 
-def test_a_token_from_a_members_link_dies_with_the_makers_membership() -> None:
-    """Review RI-2: the token an owner got from a link she minted outlived her removal.
-    A token from another member's link names its maker and their membership's epoch, and
-    is refused once that maker is no member (or removed and added back)."""
+def _from_olgas_link() -> ClientClaims:
     token, claims = issue_token(
         KEY,
         user_id="bob",
@@ -185,10 +188,40 @@ def test_a_token_from_a_members_link_dies_with_the_makers_membership() -> None:
     )
     verified = verify_token(KEY, token, now=NOW)
     assert verified == claims and (verified.made_by, verified.maker_epoch) == ("olga", "o1")
-    assert token_refusal(claims, "b1", (), maker_epoch="o1") is None
-    for gone in (None, "o2"):
-        refusal = token_refusal(claims, "b1", (), maker_epoch=gone)
+    return claims
+
+
+BOB = Member("bob", "editor", token_epoch="b1")
+
+
+def test_a_token_from_a_members_link_dies_with_the_makers_membership() -> None:
+    """Review RI-2: the token an owner got from a link she minted outlived her removal.
+    A token from another member's link names its maker and their membership's epoch, and
+    is refused once that maker is no member (or removed and added back)."""
+    claims = _from_olgas_link()
+    olga = Member("olga", "owner", token_epoch="o1")
+    assert token_refusal(claims, BOB, (), olga, ROLES) is None
+    for gone in (None, Member("olga", "owner", token_epoch="o2")):
+        refusal = token_refusal(claims, BOB, (), gone, ROLES)
         assert refusal is not None and refusal.startswith("revoked:") and "olga" in refusal
-    assert token_refusal(claims, "b1", ()) is not None  # not told the maker's: refused
     _, own = issue_token(KEY, user_id="bob", session_id="s1", now=NOW, ttl_seconds=TTL)
-    assert own.made_by == "" and token_refusal(own, "", ()) is None
+    assert (
+        own.made_by == "" and token_refusal(own, Member("bob", "editor"), (), None, ROLES) is None
+    )
+
+
+def test_a_token_from_a_members_link_lives_while_its_maker_may_make_that_link() -> None:
+    """A maker lowered to a role that may not invite (or that holds less than the token's
+    member) kept the tokens exchanged from their links: refused now, with the reason, and
+    alive again once the maker may make the link again."""
+    claims = _from_olgas_link()
+    for lowered, why in (("editor", "may not manage members"), ("viewer", "may not manage")):
+        olga = Member("olga", lowered, token_epoch="o1")
+        refusal = token_refusal(claims, BOB, (), olga, ROLES)
+        assert refusal is not None and refusal.startswith("revoked:"), refusal
+        assert "'olga'" in refusal and "may no longer make that link" in refusal and why in refusal
+    past_her = Member("bob", "owner", token_epoch="b1")  # raised past what a lowered maker holds
+    denied = Member("olga", "owner", denials=frozenset({"pin"}), token_epoch="o1")
+    refusal = token_refusal(claims, past_her, (), denied, ROLES)
+    assert refusal is not None and "pin" in refusal, refusal
+    assert token_refusal(claims, BOB, (), Member("olga", "owner", token_epoch="o1"), ROLES) is None
