@@ -74,9 +74,10 @@ async def send(
     if caller.is_admin:
         what = {"action": f"{command['type']} as {actor}", "command_id": command["id"]}
         await room.writer.audit("as_user", ADMIN_ACTOR, {**what, "user_id": actor})
-    token = None if caller.claims is None else caller.claims.token_id
     answered = (
-        resent if resent is not None else await state.rooms.command(room, actor, frame, token)
+        resent
+        if resent is not None
+        else await state.rooms.command(room, actor, frame, caller.claims)
     )
     reply: dict[str, Any] = json.loads(answered)
     if reply.get("type") == "error":

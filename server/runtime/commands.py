@@ -8,6 +8,7 @@ holds on every path.
 
 from __future__ import annotations
 
+from parley.authz.tokens import ClientClaims
 from parley.server.runtime.room import SessionRoom, new_id
 from parley.session.commands import (
     Command,
@@ -28,9 +29,11 @@ from parley.session.recent_acks import kept_as_ack, stored_fingerprints
 from parley.session.thread_commands import ThreadShareCommand
 
 
-async def handle_frame(room: SessionRoom, actor: str, frame: str, token: str | None = None) -> str:
-    """Parse one JSON command frame of ``actor`` (sent with client token ``token``) and
-    return its single reply."""
+async def handle_frame(
+    room: SessionRoom, actor: str, frame: str, token: ClientClaims | None = None
+) -> str:
+    """Parse one JSON command frame of ``actor`` (sent with the client token of claims
+    ``token``) and return its single reply."""
     try:
         command = parse_command(frame, room.limits)
     except CommandError as exc:
@@ -40,10 +43,10 @@ async def handle_frame(room: SessionRoom, actor: str, frame: str, token: str | N
 
 
 async def dispatch(
-    room: SessionRoom, actor: str, command: Command, token: str | None = None
+    room: SessionRoom, actor: str, command: Command, token: ClientClaims | None = None
 ) -> str:
     """Carry out ``actor``'s ``command`` (judged by the member's rights now, and by
-    ``token``, the id of the client token it was sent with, as of its commit) and return
+    ``token``, the claims of the client token it was sent with, as of its commit) and return
     its single reply: the ack, or the error. A resent command is answered with its first
     ack (``RecentAcks``; for prompts and messages, from the store too)."""
     event = CommandEvent(actor, command, room.now_ms(), new_id(), token=token)

@@ -89,22 +89,30 @@ class Membership:
 
     def as_stored(self, user_id: str, stored: Member | None) -> None:
         """Cluster mode, in a command's write, after its fence read ``user_id`` as stored
-        (``stored``: their role, grants and denials; None: no member): they are judged by
-        it from now, until it is in force here (``pending``), where it differs from what
-        they are judged by (a change stored on another node, not yet in force here)."""
+        (``stored``: their role, grants, denials and membership's epoch; None: no member):
+        they are judged by it from now, until it is in force here (``pending``), where it
+        differs from what they are judged by (a change stored on another node, not yet in
+        force here)."""
         current = self.pending.get(user_id, self.members.get(user_id))
         if current is None:
             return  # not a member here either (or not yet: judged as one once in force)
         if stored is None:
             self.hold(user_id, None)
-        elif (stored.role, stored.grants, stored.denials) != (
+        elif (stored.role, stored.grants, stored.denials, stored.token_epoch) != (
             current.role,
             current.grants,
             current.denials,
+            current.token_epoch,
         ):
             self.hold(
                 user_id,
-                replace(current, role=stored.role, grants=stored.grants, denials=stored.denials),
+                replace(
+                    current,
+                    role=stored.role,
+                    grants=stored.grants,
+                    denials=stored.denials,
+                    token_epoch=stored.token_epoch,
+                ),
             )
 
     def hold(self, user_id: str, member: Member | None) -> None:
@@ -295,14 +303,19 @@ class Membership:
 
     def token_refusal(self, claims: ClientClaims) -> str | None:
         """Why a verified token may not be used now (None: it may, or its user is no
-        member, which the membership check answers). One from another member's invite
-        link dies with its maker's membership (``authz.tokens.token_refusal``)."""
-        member = self.members.get(claims.user_id)
+        member, which the membership check answers), by the members, their tokens and the
+        role table as of now (stored, if not yet in force here): revoked, of an earlier
+        membership, or from the invite link of a maker who may no longer make it
+        (``authz.tokens.token_refusal``). The one answer of a socket's opening, a REST
+        call and a command's commit (there, cluster mode: after its fence read the member,
+        the maker and the token as stored)."""
+        member = self.pending.get(claims.user_id, self.members.get(claims.user_id))
         if member is None:
             return None
-        maker = self.members.get(claims.made_by) if claims.made_by else None
-        maker_epoch = None if maker is None else maker.token_epoch
-        return token_refusal(claims, member.token_epoch, self.revoked_tokens, maker_epoch)
+        maker = None
+        if claims.made_by:
+            maker = self.pending.get(claims.made_by, self.members.get(claims.made_by))
+        return token_refusal(claims, member, _Revoked(self), maker, self.roles())
 
     def closing(self, user_id: str, claims: ClientClaims | None) -> tuple[CloseCode, str] | None:
         """Why a socket of ``user_id`` (opened with ``claims``) must close now: its user
@@ -316,6 +329,19 @@ class Membership:
         if not decide(self.subject(user_id), Do(Capability.READ_SESSION)).allowed:
             return CloseCode.FORBIDDEN, "membership revoked"
         return None
+
+
+class _Revoked:
+    """The ids of a session's revoked tokens as of now (``Membership.token_revoked``), as
+    a container: no set built per check (every open socket is checked at each change)."""
+
+    __slots__ = ("membership",)
+
+    def __init__(self, membership: Membership) -> None:
+        self.membership = membership
+
+    def __contains__(self, token_id: object) -> bool:
+        return isinstance(token_id, str) and self.membership.token_revoked(token_id)
 
 
 # Commands a member may have resent at once past the command rate, on their sockets and

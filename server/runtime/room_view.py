@@ -30,7 +30,7 @@ def session_view(room: SessionRoom) -> SessionView:
         accepting_prompts=not room.draining,
         subjects=room.membership.subjects,
         standing=room.membership.standing,
-        token_revoked=room.membership.token_revoked,
+        token_refusal=room.membership.token_refusal,
         server_text=room.context.server_text,
         restriction_of=room.context.restriction_of,
         readable_by_all=room.membership.everyone_may_read,

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from parley.authz.policy import Subject
 from parley.authz.roles import RoleTable
+from parley.authz.tokens import ClientClaims
 from parley.server.metrics import Metrics
 from parley.server.runtime.commands import handle_frame
 from parley.server.runtime.document_search import DocumentSearch
@@ -142,10 +143,10 @@ class RoomRegistry:
         return room, await room.writer.document.committed_document()
 
     async def command(
-        self, room: SessionRoom, user_id: str, frame: str, token: str | None = None
+        self, room: SessionRoom, user_id: str, frame: str, token: ClientClaims | None = None
     ) -> str:
         """The one door for a member's command frame, from a socket or an HTTP call (sent
-        with client token ``token``, its id): carried out where the session runs (cluster
+        with the client token of claims ``token``): carried out where the session runs (cluster
         mode: forwarded there when another node runs it); returns its one reply, the ack
         or the error."""
         if self.cluster is not None:

@@ -26,6 +26,7 @@ from typing import Any
 
 from pycrdt import Doc, TransactionEvent, merge_updates
 
+from parley.authz.tokens import ClientClaims
 from parley.server.runtime.stream_feed import ReplyText, StreamFeed
 from parley.server.settings import Settings
 from parley.server.store.group_commit import Outcome, WriteFence
@@ -295,12 +296,12 @@ class DocumentWriter:
 
     @asynccontextmanager
     async def writing(
-        self, member: str | None = None, token: str | None = None
+        self, member: str | None = None, token: ClientClaims | None = None
     ) -> AsyncIterator[Write]:
         """Serialize a change: store its rows and CRDT update, commit, then broadcast. On
         SQLite the wait for the database has what is left of the lock budget once the
         session's turn came (``_turn_within``). ``member``: a member's command (sent with
-        client token ``token``), judged by the member and token as stored as of its
+        the client token of claims ``token``), judged by the member and token as stored as of its
         commit (cluster mode: read by the fence)."""
         budgeted = getattr(self.store, "turns_in_budget", False)
         budget = self.settings.db_lock_timeout_s if budgeted else None

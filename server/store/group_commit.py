@@ -26,6 +26,7 @@ from parley.session.errors import NotFound, Unavailable
 
 if TYPE_CHECKING:
     from parley.authz.policy import Subject
+    from parley.authz.tokens import ClientClaims
     from parley.server.store.port import SessionTx, Transactional
 
 MAX_ROUND_UPDATES = 512
@@ -45,18 +46,19 @@ class WriteFence(Protocol):
         self,
         tx: SessionTx,
         member: str | None = None,
-        token: str | None = None,
+        token: ClientClaims | None = None,
         *,
         appended: bool = False,
     ) -> None:
         """Refuse the write unless this node may write the session; with ``member`` (a
-        member's command, sent with client token ``token`` if known), read them and the
-        token as stored as of the commit, and judge the command by that (a change stored
-        on another node meanwhile, not yet in force here: refused by the session core, a
-        removed member's ``forbidden``, a revoked token's ``unauthenticated``). Members or
-        tokens changed since it last read them: read again, what the write and those after
-        it are judged by; ``appended`` (streamed text, judged before this): refused then,
-        ``MembersMoved``."""
+        member's command, sent with the client token of claims ``token`` if known), read
+        them, the token and the member whose invite link gave it as stored as of the
+        commit, and judge the command by that (a change stored on another node meanwhile,
+        not yet in force here: refused by the session core, a removed member's
+        ``forbidden``, a revoked token's or one whose maker may no longer make its link
+        ``unauthenticated``). Members or tokens changed since it last read them: read
+        again, what the write and those after it are judged by; ``appended`` (streamed
+        text, judged before this): refused then, ``MembersMoved``."""
         ...
 
     def holds(self) -> bool:

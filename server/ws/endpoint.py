@@ -165,8 +165,8 @@ async def _serve(
                     connection.close(CloseCode.ABUSE, "too many refused frames")
                     return
         elif text is not None:
-            token = None if connection.claims is None else connection.claims.token_id
-            connection.send_json(await state.rooms.command(room, connection.user_id, text, token))
+            reply = await state.rooms.command(room, connection.user_id, text, connection.claims)
+            connection.send_json(reply)
 
 
 async def _past_the_rate(

@@ -131,10 +131,12 @@ _STEPS: dict[type, Callable[[SessionView, Any], Effects]] = {
 
 def _handle(view: SessionView, event: CommandEvent) -> Effects:
     command = event.command
-    if event.token is not None and view.token_revoked(event.token):
+    token_refused = None if event.token is None else view.token_refusal(event.token)
+    if token_refused is not None:
         # Judged where it is stored, not at the door alone (review of RG-2: a message let
-        # in with a token revoked before it was stored was stored, after the 204).
-        return _refusal(event, "revoked: this token was revoked", Unauthenticated)
+        # in with a token revoked before it was stored was stored, after the 204; one of a
+        # link's token, after its maker's removal).
+        return _refusal(event, token_refused, Unauthenticated)
     if isinstance(command, _THREAD_COMMANDS):
         # A member's, as their routes are (a close or a delete read no capability: review
         # of RG-2, one judged after its owner's removal was stored after ``member_left``).

@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from parley.authz.policy import Restriction, Subject, everyone_may_read, may_read
+from parley.authz.tokens import ClientClaims
 from parley.session.attribution import Fact
 from parley.session.commands import Command
 from parley.session.context import fixed_tokens, pin_tokens
@@ -29,8 +30,8 @@ class CommandEvent:
     key) and audits the change itself; the core then judges the change, not the actor.
     ``resendable``: the command's id is its sender's, who may send it again (a REST
     route's change has a made-up one: its ack is not kept for resends).
-    ``token``: the id of the client token it was sent with (None: none is known here),
-    judged again where the command is stored (``SessionView.token_revoked``).
+    ``token``: the claims of the client token it was sent with (None: none is known
+    here), judged again where the command is stored (``SessionView.token_refusal``).
     """
 
     actor: str
@@ -39,7 +40,7 @@ class CommandEvent:
     new_id: str
     admin: bool = False
     resendable: bool = True
-    token: str | None = None
+    token: ClientClaims | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +93,9 @@ class SessionView:
     longer read it.
     ``document_bytes``: the committed document's encoded size (what a first sync sends).
     ``standing``: a member's ``Standing`` as of now (``no_standing`` for one who is not).
-    ``token_revoked``: whether a client token (its id) is revoked as of now.
+    ``token_refusal``: why a client token (its claims) may not be used as of now, or None
+    (``authz.tokens.token_refusal``: revoked, or its invite link's maker may no longer
+    make it).
     ``server_text``: the full text kept server-side behind an entry's placeholder (None:
     its shared copy is all there is); ``restriction_of``: the readers of that text.
     """
@@ -114,7 +117,7 @@ class SessionView:
     thread_drew_on: Callable[[str], Restriction] = lambda thread_id: ()
     document_bytes: int = 0
     standing: Callable[[str], Standing] = no_standing
-    token_revoked: Callable[[str], bool] = lambda token_id: False
+    token_refusal: Callable[[ClientClaims], str | None] = lambda claims: None
     server_text: Callable[[str], str | None] = lambda entry_id: None
     restriction_of: Callable[[str], Restriction] = lambda entry_id: ()
 

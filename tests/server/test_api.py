@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
+from parley.authz.tokens import verify_token
 from parley.server.runtime.commands import dispatch
 from parley.session.commands import MessageCommand
 from parley.session.thread_commands import ThreadCloseCommand, ThreadOpenCommand
@@ -528,7 +529,8 @@ async def test_a_command_judged_before_a_revocation_commits_before_it(rest: Back
     issued = (await rest.request("POST", f"{url}/tokens", json={"user_id": "bob"})).json()
     reached, release = _hold_first_write(s.room.writer)  # bob's message
     command = MessageCommand("b1", "judged before the revocation")
-    sent = asyncio.create_task(dispatch(s.room, "bob", command, issued["jti"]))
+    claims = verify_token(rest.state.keys.signing_key, issued["token"], now=int(rest.state.clock()))
+    sent = asyncio.create_task(dispatch(s.room, "bob", command, claims))
     await asyncio.wait_for(reached.wait(), 10)
     queued = _queued_on(s.room.writer.document.lock)
     revoked = asyncio.Event()
