@@ -3,16 +3,21 @@
 The receiving node stores the frame and notifies; the running node executes open commands
 in id order and writes each reply, then notifies the command's id (with the reply inline
 when it fits in a notification). Commands carry the client's id, so one executed twice
-(the running node died between its commit and writing the reply) gets its first ack.
+(the running node died between its commit and writing the reply) gets its first ack. A
+member's command carries the claims of the client token it was sent with (verified by the
+node that received it), so the running node judges it by that token at its commit, as it
+judges its own sockets' (revoked, or from the link of a maker who may no longer make it).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import asdict, dataclass
 
 from sqlalchemy import and_, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from parley.authz.tokens import ClientClaims
 from parley.server.cluster.tables import session_commands
 
 CHANNEL_COMMAND = "parley_command"  # payload: session id (a forwarded command waits)
@@ -25,6 +30,18 @@ class OpenCommand:
     id: int
     user_id: str
     frame: str
+    token: ClientClaims | None = None
+
+
+def claims_column(claims: ClientClaims | None) -> str | None:
+    """``session_commands.token_claims`` of a command sent with the client token of
+    ``claims`` (None: none)."""
+    return None if claims is None else json.dumps(asdict(claims), separators=(",", ":"))
+
+
+def claims_of(column: str | None) -> ClientClaims | None:
+    """The claims a forwarding node stored with a command (``claims_column``)."""
+    return None if column is None else ClientClaims(**json.loads(column))
 
 
 class CommandTable:
@@ -32,7 +49,14 @@ class CommandTable:
         self.engine = engine
         self.node_id = node_id
 
-    async def submit(self, session_id: str, user_id: str, frame: str, now_ms: int) -> int:
+    async def submit(
+        self,
+        session_id: str,
+        user_id: str,
+        frame: str,
+        now_ms: int,
+        token: ClientClaims | None = None,
+    ) -> int:
         async with self.engine.begin() as connection:
             command_id = (
                 await connection.execute(
@@ -41,6 +65,7 @@ class CommandTable:
                         session_id=session_id,
                         user_id=user_id,
                         frame=frame,
+                        token_claims=claims_column(token),
                         origin=self.node_id,
                         created_at=now_ms,
                     )
@@ -53,7 +78,12 @@ class CommandTable:
     async def open_commands(self, session_id: str, limit: int) -> list[OpenCommand]:
         async with self.engine.connect() as connection:
             rows = await connection.execute(
-                select(session_commands.c.id, session_commands.c.user_id, session_commands.c.frame)
+                select(
+                    session_commands.c.id,
+                    session_commands.c.user_id,
+                    session_commands.c.frame,
+                    session_commands.c.token_claims,
+                )
                 .where(
                     and_(
                         session_commands.c.session_id == session_id,
@@ -63,7 +93,9 @@ class CommandTable:
                 .order_by(session_commands.c.id)
                 .limit(limit)
             )
-            return [OpenCommand(int(r.id), r.user_id, r.frame) for r in rows]
+            return [
+                OpenCommand(int(r.id), r.user_id, r.frame, claims_of(r.token_claims)) for r in rows
+            ]
 
     async def answer(self, answers: list[tuple[int, str]]) -> None:
         """Store the replies and tell the forwarding nodes, in one transaction."""

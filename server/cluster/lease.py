@@ -26,6 +26,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from parley.authz.roles import Member
+from parley.authz.tokens import ClientClaims
 from parley.session.errors import Unavailable
 
 LOST = "this node lost the session to another node; nothing was stored"
@@ -46,6 +47,28 @@ async def database_errors() -> AsyncIterator[None]:
         yield
     except (OperationalError, DBAPIError, OSError) as exc:
         raise Unavailable("the database is unavailable") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMember:
+    """What the fence of a member's write read as stored at its commit: the ``member``
+    (None: no member), the ``maker`` whose invite link gave the token it was sent with
+    (None: none, or no member), whether that token is ``revoked``, and the session's
+    ``members_version``."""
+
+    member: Member | None
+    maker: Member | None
+    revoked: bool
+    members_version: int
+
+
+def _member(user_id: str, stored: str | None) -> Member | None:
+    """A member from the fence's JSON of their row (None: no row)."""
+    if stored is None:
+        return None
+    role, grants, denials, epoch = json.loads(stored)
+    rights = frozenset(json.loads(grants)), frozenset(json.loads(denials))
+    return Member(user_id, role, *rights, token_epoch=epoch)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,8 +103,10 @@ _FENCE = text(
     """
 )
 
-# The fence of a member's write, which also reads the member as stored (their role, grants
-# and denials; NULL: no member) and whether the client token it was sent with is revoked:
+# The fence of a member's write, which also reads the member as stored (their role, grants,
+# denials and membership's epoch; NULL: no member), the member whose invite link gave the
+# client token it was sent with (the same; NULL: none, or no member) and whether that token
+# is revoked:
 # locking reads (after the lease row's lock), so they see a change committed while it
 # waited for that lock, which its snapshot, taken before, does not; and a change after it
 # waits for the write's commit (``lock_session`` takes the lease row first). FOR SHARE, not
@@ -92,8 +117,12 @@ _FENCE_MEMBER = text(
     UPDATE session_leases SET expires_at = clock_timestamp() + make_interval(secs => :ttl)
     WHERE session_id = :session_id AND holder = :holder AND epoch = :epoch
     RETURNING (
-        SELECT json_build_array(m.role, m.grants, m.denials)::text FROM members m
+        SELECT json_build_array(m.role, m.grants, m.denials, m.token_epoch)::text FROM members m
         WHERE m.session_id = session_leases.session_id AND m.user_id = :member
+        FOR SHARE
+    ), (
+        SELECT json_build_array(m.role, m.grants, m.denials, m.token_epoch)::text FROM members m
+        WHERE m.session_id = session_leases.session_id AND m.user_id = :maker
         FOR SHARE
     ), (
         SELECT t.revoked_at IS NOT NULL FROM client_tokens t
@@ -197,22 +226,29 @@ class LeaseTable:
         return int(version)
 
     async def fence_member(
-        self, connection: AsyncConnection, lease: Lease, user_id: str, token: str | None
-    ) -> tuple[Member | None, bool, int]:
-        """``fence`` for a write of member ``user_id`` sent with client token ``token``
-        (None: none known): also, read at the commit (``_FENCE_MEMBER``), the member as
-        stored (their role, grants and denials; None: no member), whether the token is
-        revoked, and the session's ``members_version``."""
-        parameters = {**self._fenced(lease), "member": user_id, "token": token}
+        self, connection: AsyncConnection, lease: Lease, user_id: str, token: ClientClaims | None
+    ) -> StoredMember:
+        """``fence`` for a write of member ``user_id`` sent with the client token of claims
+        ``token`` (None: none known): also, read at the commit (``_FENCE_MEMBER``), the
+        member as stored, the member whose invite link gave the token (``made_by``) as
+        stored, whether the token is revoked, and the session's ``members_version``."""
+        parameters = {
+            **self._fenced(lease),
+            "member": user_id,
+            "maker": None if token is None or not token.made_by else token.made_by,
+            "token": None if token is None else token.token_id,
+        }
         found = (await connection.execute(_FENCE_MEMBER, parameters)).first()
         if found is None:
             raise Fenced(LOST)
-        stored, revoked, version = found
-        if stored is None:
-            return None, bool(revoked), int(version)
-        role, grants, denials = json.loads(stored)
-        rights = frozenset(json.loads(grants)), frozenset(json.loads(denials))
-        return Member(user_id, role, *rights), bool(revoked), int(version)
+        stored, maker, revoked, version = found
+        made_by = "" if token is None else token.made_by
+        return StoredMember(
+            _member(user_id, stored),
+            _member(made_by, maker) if made_by else None,
+            bool(revoked),
+            int(version),
+        )
 
     def _fenced(self, lease: Lease) -> dict[str, object]:
         return {

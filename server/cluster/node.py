@@ -31,6 +31,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from parley.authz.policy import Subject
+from parley.authz.tokens import ClientClaims
 from parley.server.cluster.access import CHANNEL_ACCESS, CHANNEL_ACCESS_SEEN, AccessSync
 from parley.server.cluster.forwarding import CHANNEL_COMMAND, CHANNEL_RESULT
 from parley.server.cluster.lease import Fenced, Lease, LeaseTable, NotHolder
@@ -96,7 +97,7 @@ class HolderFence:
         self,
         tx: SessionTx,
         member: str | None = None,
-        token: str | None = None,
+        token: ClientClaims | None = None,
         *,
         appended: bool = False,
     ) -> None:
@@ -109,20 +110,23 @@ class HolderFence:
             if member is None:
                 version = await table.fence(connection, lease)
             else:
-                stored, revoked, version = await table.fence_member(
-                    connection, lease, member, token
-                )
+                stored = await table.fence_member(connection, lease, member, token)
+                version = stored.members_version
         except Fenced:
             self.node.lost(self.room.session_id, lease)
             raise
         if member is not None:
             # Changed on another node, which has yet to put it in force here: the command
-            # is judged by the member and token as stored, refused and audited as any other
-            # (review RA-3: stored after their ``member_left``; and after a
-            # ``member_changed`` to viewer, or their token's revocation).
-            self.room.membership.as_stored(member, stored)
-            if revoked and token is not None:
-                self.room.membership.revoking.add(token)
+            # is judged by the member, the token and its link's maker as stored, refused
+            # and audited as any other (review RA-3: stored after their ``member_left``;
+            # and after a ``member_changed`` to viewer, their token's revocation, or its
+            # maker's removal).
+            membership = self.room.membership
+            membership.as_stored(member, stored.member)
+            if token is not None and token.made_by:
+                membership.as_stored(token.made_by, stored.maker)
+            if stored.revoked and token is not None:
+                membership.revoking.add(token.token_id)
         read = self._members_read
         if version == (lease.members_version if read is None or read[0] != lease else read[1]):
             return
@@ -408,18 +412,19 @@ class ClusterNode:
     # -- commands -------------------------------------------------------------------------
 
     async def command(
-        self, room: SessionRoom, user_id: str, frame: str, token: str | None = None
+        self, room: SessionRoom, user_id: str, frame: str, token: ClientClaims | None = None
     ) -> str:
-        """Run a member's command (from a socket or an HTTP call, with client token
-        ``token``) here if this node runs the session, else forward it (without the token:
-        the node that runs it judges the member alone)."""
+        """Run a member's command (from a socket or an HTTP call, with the client token of
+        claims ``token``) here if this node runs the session, else forward it with the
+        token's claims: the node that runs it judges the command by the member and the
+        token as of its commit, as it judges its own."""
         try:
             here = await self.runs_here(room)
         except Unavailable as exc:  # lost while it stalled, or its lease not renewed now
             return error_reply(command_id_of(frame), exc)
         if here:
             return await handle_frame(room, user_id, frame, token)
-        return await self.relay.forward(room, user_id, frame)
+        return await self.relay.forward(room, user_id, frame, token)
 
     async def runs_here(self, room: SessionRoom) -> bool:
         """True when this node runs the session: it does (``serves``: ``NotHolder`` if it

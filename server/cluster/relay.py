@@ -11,6 +11,7 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
+from parley.authz.tokens import ClientClaims
 from parley.server.cluster.forwarding import CommandTable
 from parley.server.runtime.commands import handle_frame, stored_resend
 from parley.server.runtime.room import SessionRoom
@@ -60,11 +61,15 @@ class CommandRelay:
         wanted, self._wanted = self._wanted, set()
         return wanted
 
-    async def forward(self, room: SessionRoom, user_id: str, frame: str) -> str:
+    async def forward(
+        self, room: SessionRoom, user_id: str, frame: str, token: ClientClaims | None = None
+    ) -> str:
+        """Have the node that runs the session run ``frame`` of ``user_id`` (sent with the
+        client token of claims ``token``) and return its reply."""
         session_id = room.session_id
         try:
             command_id = await self.table.submit(
-                session_id, user_id, frame, int(time.time() * 1000)
+                session_id, user_id, frame, int(time.time() * 1000), token
             )
         except Exception:
             self.node.metrics.forwarded.labels(outcome="unstored").inc()
@@ -130,7 +135,7 @@ class CommandRelay:
                     user_id, None if member is None else member.as_member()
                 )
             outcomes = await asyncio.gather(
-                *(self._run_forwarded(room, c.user_id, c.frame) for c in open_commands),
+                *(self._run_forwarded(room, c.user_id, c.frame, c.token) for c in open_commands),
                 return_exceptions=True,
             )
             if session_id not in self.node.running:
@@ -146,7 +151,9 @@ class CommandRelay:
                 answers.append((command.id, outcome))
             await self.table.answer(answers)
 
-    async def _run_forwarded(self, room: SessionRoom, user_id: str, frame: str) -> str:
+    async def _run_forwarded(
+        self, room: SessionRoom, user_id: str, frame: str, token: ClientClaims | None
+    ) -> str:
         if user_id == ADMIN_SENDER:
             write = json.loads(frame)
             try:
@@ -167,8 +174,9 @@ class CommandRelay:
                 if resent is not None:
                     return resent
                 return error_reply(command_id, RateLimited("too many commands; slow down"))
-        # The same door as a socket's command, judged by the member's rights here now.
-        return await handle_frame(room, user_id, frame)
+        # The same door as a socket's command, judged by the member's rights here now and
+        # by the token it was sent with as of its commit.
+        return await handle_frame(room, user_id, frame, token)
 
     def on_result(self, payload: str) -> None:
         head, _, reply = payload.partition(" ")

@@ -31,6 +31,9 @@ session_commands = Table(
     Column("session_id", String(64), ForeignKey("sessions.id", ondelete="CASCADE"), nullable=False),
     Column("user_id", String(200), nullable=False),
     Column("frame", Text, nullable=False),
+    # The claims of the client token a member's command was sent with, as JSON (NULL: none
+    # known, or a REST change): the running node judges the command by them at its commit.
+    Column("token_claims", Text),
     Column("origin", String(200), nullable=False),
     Column("created_at", BigInteger, nullable=False),
     Column("result", Text),
