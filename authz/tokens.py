@@ -5,8 +5,8 @@ used, so a demotion takes effect at once instead of when the token expires. It a
 itself (``jti``, so it can be revoked alone) and the membership it was issued under (its
 epoch: a member who is removed and added back has a new one, so old tokens stay dead). A
 token exchanged from another member's invite link names that maker and their membership's
-epoch too: it dies with the maker's membership (review RI-2: a removed owner kept a token
-she had exchanged from her own link for up to its lifetime).
+epoch too: it lives only while its maker may still make that link (review RI-2: a removed
+owner kept a token she had exchanged from her own link for up to its lifetime).
 """
 
 from __future__ import annotations

@@ -7,9 +7,10 @@ random bits kept only as its SHA-256; an invite works ``max_uses`` times (once b
 until it expires or is revoked, and dies with the membership it was made for, or when its
 maker could no longer mint it (revoked at its first refused use, audited once); a link a
 member mints for someone else names only a user nobody has been yet, and a token it gives
-dies with its maker's membership (review RI-2). A failed
-exchange says only that the link is not valid, whatever the reason. The exchange needs no
-key, so it is budgeted by client address and by invite (``invite_limits``).
+lives only while its maker may still make that link (review RI-2;
+``authz.tokens.token_refusal``). A failed exchange says only that the link is not valid,
+whatever the reason. The exchange needs no key, so it is budgeted by client address and by
+invite (``invite_limits``).
 """
 
 from __future__ import annotations
@@ -131,7 +132,8 @@ async def list_invites(state: AppState, session_id: str) -> InviteList:
 
 async def revoke_invite(state: AppState, session_id: str, invite_id: str, caller: Caller) -> None:
     """Revoke a live invite: it signs nobody in from now on (tokens it gave stay valid
-    until revoked themselves, or, another member's link, until its maker is removed)."""
+    until revoked themselves, or, another member's link, until its maker may no longer
+    make it)."""
     await session_row(state, session_id)
     room = await state.rooms.get(session_id)
     await spend_command_everywhere(state, room, caller.user_id)
@@ -170,8 +172,8 @@ async def exchange_invite(state: AppState, body: InviteExchange, client: str) ->
     def mint(
         invite: InviteRow, member: MemberRow, maker: MemberRow | None
     ) -> tuple[str, ClientClaims]:
-        """A token of the member; one from another member's link dies with the maker's
-        membership (``authz.tokens.token_refusal``)."""
+        """A token of the member; one from another member's link lives while its maker
+        may still make that link (``authz.tokens.token_refusal``)."""
         made_by = maker_epoch = ""
         if maker is not None and _made_by_another(invite):
             made_by, maker_epoch = maker.user_id, maker.token_epoch

@@ -231,7 +231,8 @@ class Membership:
         """Put a stored membership change in force (None: removed): sockets that may no
         longer read the session close; a member removed (or removed and added back: a new
         epoch) loses their tokens, sockets and prompts, and the tokens of the invite links
-        they minted for others die with them (``token_refusal``)."""
+        they minted for others die with them, as they do once they may no longer make
+        those links (``token_refusal``)."""
         before = self.members.get(user_id)
         self.pending.pop(user_id, None)
         if member is None:
