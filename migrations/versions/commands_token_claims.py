@@ -4,8 +4,8 @@ forwarded from another node by its token at its commit (revoked, or from the inv
 of a maker who may no longer make it), as it judges its own sockets' commands. Rows stored
 before have none (NULL): judged by their member alone, as they were.
 
-Revision ID: commands_0028
-Revises: members_0027
+Revision ID: commands_0029
+Revises: audit_0028
 Create Date: 2026-12-06
 """
 
@@ -14,8 +14,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "commands_0028"
-down_revision = "members_0027"
+revision = "commands_0029"
+down_revision = "audit_0028"
 branch_labels = None
 depends_on = None
 
