@@ -4,8 +4,8 @@ forwarded from another node by its token at its commit (revoked, or from the inv
 of a maker who may no longer make it), as it judges its own sockets' commands. Rows stored
 before have none (NULL): judged by their member alone, as they were.
 
-Revision ID: commands_0029
-Revises: audit_0028
+Revision ID: commands_0030
+Revises: leases_0029
 Create Date: 2026-12-06
 """
 
@@ -14,8 +14,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "commands_0029"
-down_revision = "audit_0028"
+revision = "commands_0030"
+down_revision = "leases_0029"
 branch_labels = None
 depends_on = None
 

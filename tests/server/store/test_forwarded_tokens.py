@@ -1,4 +1,4 @@
-"""``session_commands.token_claims`` (``commands_0029``), on each database: the claims of
+"""``session_commands.token_claims`` (``commands_0030``), on each database: the claims of
 the client token a forwarded command was sent with, stored by the forwarding node and read
 back whole by the node that runs the session; the migration goes down and up again."""
 
@@ -52,7 +52,7 @@ async def test_the_migration_adds_the_claims_and_goes_down_again(
                 select(session_commands.c.token_claims).order_by(session_commands.c.id)
             )
             assert [claims_of(r[0]) for r in rows] == [LINKS, None]
-        await goes_down_and_up(store, config, "audit_0028", session_commands, "token_claims")
+        await goes_down_and_up(store, config, "leases_0029", session_commands, "token_claims")
     finally:
         await store.close()
 
