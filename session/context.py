@@ -454,12 +454,13 @@ class ContextBuilder:
     ) -> Generator[int]:
         """Fold ahead the history a ``build`` with these arguments reads (``prompt_ids``
         none: the history alone), ``steps`` entries at a time (fewer when their texts pass
-        ``step_chars``: a step's cost grows with its text), yielding the entries folded
-        so far after each: a caller that lets others run between them spreads what a
-        first build would fold in one block (after a load: 200 ms of a stalled loop at
-        2,000 entries; a side-thread's first run: 1.5 s at 3,000). A build made meanwhile
-        folds what is left itself: then this stops. The scope is not evicted while this
-        runs; close the iterator when stopping early (or let it be collected)."""
+        ``step_chars``: a step's cost grows with its text), yielding the entries each step
+        folded (what was kept is not folded again, nor counted): a caller that lets others
+        run between them spreads what a first build would fold in one block (after a load:
+        200 ms of a stalled loop at 2,000 entries; a side-thread's first run: 1.5 s at
+        3,000). A build made meanwhile folds what is left itself: then this stops. The
+        scope is not evicted while this runs; close the iterator when stopping early (or
+        let it be collected)."""
         self._held[scope_key] = self._held.get(scope_key, 0) + 1
         try:
             scope = self._fold_for(scope_key)
@@ -474,8 +475,8 @@ class ContextBuilder:
                     chars += len(history[end][0].content)
                     end += 1
                 fold.sync(history[:end], done)
-                done, syncs = end, fold.syncs
-                yield done
+                folded, done, syncs = end - done, end, fold.syncs
+                yield folded
                 if fold.syncs != syncs or self._folds.get(scope_key) is not scope:
                     return
         finally:

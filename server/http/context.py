@@ -34,11 +34,6 @@ from parley.session.context import BuiltContext
 from parley.session.errors import Conflict, Forbidden
 from parley.session.queue_root import queue_of
 
-# What building a preview costs, charged to the asker's read budget as bytes per entry of
-# the history it reads: about 30 us of CPU an entry (3,000 entries: 40-400 ms), so the
-# default budget (4 MB/s) lets one member take about a tenth of a core with previews.
-BUILD_BYTES_PER_ENTRY = 1024
-
 
 async def list_facts(state: AppState, session_id: str) -> FactsOut:
     _, doc = await state.rooms.committed(session_id)
@@ -102,7 +97,7 @@ async def preview_context(
     # unbudgeted, then charged only the model input's characters: a viewer's loops of
     # previews of a long session, 368 KB and 40-400 ms of CPU each, made every other
     # session's replies 13 times slower). What is spent is paid after: first its
-    # answer's bytes, and when built anew its build's (``BUILD_BYTES_PER_ENTRY``); a
+    # answer's bytes, and when built anew its build's (``SessionRoom.charge_build``); a
     # budget in debt builds nothing, and ``preview`` keeps what one state of the session
     # built, so a page asking again of the same state costs only its answer.
     spend_read(state, room, caller.user_id, 1)
@@ -135,9 +130,8 @@ async def preview_context(
         kept = room.context.preview(doc, prompt_ids, scope, grants)
         body = await encode_preview(user_id, prompt_ids, kept.build)
         kept.keep(user_id, body)
-        work = BUILD_BYTES_PER_ENTRY * len(doc.entries()) if fresh else 0
-        room.spend_work(Work.PREVIEWS, len(body) + work)
-        room.charge_read(caller.user_id, len(body) + work)
+        built = len(doc.entries()) if fresh else 0
+        room.spend_work(Work.PREVIEWS, room.charge_build(caller.user_id, built, len(body)))
     else:
         room.charge_read(caller.user_id, len(body))
     return Encoded(body)

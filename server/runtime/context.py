@@ -139,7 +139,8 @@ class SessionContext:
         one block (review: 1.5 s of a stalled loop at 3,000 messages, for every session,
         as often as an editor opened a side-thread and prompted in it). What changed
         meanwhile is folded again, in steps too; none once ``stopped()``. Returns the
-        steps folded."""
+        entries folded (what the fold kept is not folded again: a side-thread's run pays
+        for these, ``SessionRoom.charge_build``)."""
         folded = 0
         while True:  # until a pass finds nothing left: what changed meanwhile is folded
             doc = self._doc()
@@ -155,8 +156,8 @@ class SessionContext:
             )
             before = folded
             try:
-                for _ in folding:
-                    folded += 1
+                for entries in folding:
+                    folded += entries
                     await asyncio.sleep(0)
                     if stopped():
                         return folded

@@ -62,6 +62,13 @@ log = logging.getLogger("parley.room")
 Stored = TypeVar("Stored")
 
 
+# What reading a history entry into a model input's fold costs, charged to the reader's
+# read budget as bytes: about 30 us of CPU an entry (3,000 entries: 40-400 ms), so the
+# default budget (4 MB/s) lets one member take about a tenth of a core with the builds
+# of their previews and side-thread runs (``SessionRoom.charge_build``).
+BUILD_BYTES_PER_ENTRY = 1024
+
+
 class Work(StrEnum):
     """What a session's members make together, each paid from a budget of the session's
     (bytes of work, on each node): many members, each within their own read budget, could
@@ -458,6 +465,20 @@ class SessionRoom:
         (``charge_read``). Every read of an answer made anew is paid so, over REST and on
         a socket alike."""
         self.charge_read(user_id, max(answer_bytes(answer) - spent, 0))
+
+    def charge_build(self, user_id: str | None, entries: int, answer: int = 0) -> int:
+        """A model input's build asked by ``user_id`` (a context preview, a side-thread
+        run) read ``entries`` history entries anew and made an answer of ``answer`` bytes:
+        they pay ``BUILD_BYTES_PER_ENTRY`` an entry and the answer's bytes from their read
+        budget (``charge_read``: one in debt is refused until it is paid). Returns the
+        bytes charged."""
+        cost = BUILD_BYTES_PER_ENTRY * entries + answer
+        self.charge_read(user_id, cost)
+        return cost
+
+    def owed_read_s(self, user_id: str) -> float:
+        """Seconds until a member's read budget has room again (0: it has now)."""
+        return self.read_wait_s(user_id, 1)
 
     def preview_work_refusal(self) -> RateLimited | None:
         """Refused while the session's previews owe work (``spend_work``): many members'

@@ -33,6 +33,7 @@ def session_view(room: SessionRoom) -> SessionView:
         token_refusal=room.membership.token_refusal,
         server_text=room.context.server_text,
         restriction_of=room.context.restriction_of,
+        read_wait_s=room.owed_read_s,
         readable_by_all=room.membership.everyone_may_read,
         document_bytes=room.writer.document.committed_bytes,
         restricted_replies=room.restricted_replies,

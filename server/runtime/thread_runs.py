@@ -82,9 +82,12 @@ class ThreadRuns:
             # with the loop free between them, so the build folds only the new turns. A
             # run stopped meanwhile (its thread deleted or closed) folds no further: an
             # editor opening, asking in and deleting side-threads kept every fold going.
-            await room.context.fold_ahead(
+            # Its owner pays what was folded anew as a preview's build (review RN-2:
+            # rotating over more threads than the folds kept, every prompt refolded).
+            folded = await room.context.fold_ahead(
                 (prompt.id,), scope, thread, stopped=lambda: active.stopped is not None
             )
+            room.charge_build(begin.owner, folded)
             if active.stopped is not None:
                 await runner.settle(active, active.stopped)
                 return

@@ -98,6 +98,8 @@ class SessionView:
     make it).
     ``server_text``: the full text kept server-side behind an entry's placeholder (None:
     its shared copy is all there is); ``restriction_of``: the readers of that text.
+    ``read_wait_s``: seconds until a member's read budget, which their side-thread runs'
+    folds are paid from, has room again (0: it has now).
     """
 
     doc: SessionDocument
@@ -120,6 +122,7 @@ class SessionView:
     token_refusal: Callable[[ClientClaims], str | None] = lambda claims: None
     server_text: Callable[[str], str | None] = lambda entry_id: None
     restriction_of: Callable[[str], Restriction] = lambda entry_id: ()
+    read_wait_s: Callable[[str], float] = lambda user_id: 0.0
 
     def everyone_may_read(self, restriction: Restriction) -> bool:
         """True when every member may read ``restriction`` (``authz.policy.everyone_may_read``)."""

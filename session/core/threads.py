@@ -18,6 +18,7 @@ read it (then the sharing is audited).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
@@ -66,6 +67,7 @@ from parley.session.errors import (
     Forbidden,
     InvalidInput,
     NotFound,
+    RateLimited,
     RestrictedShare,
     ThreadClosed,
     ThreadLimit,
@@ -223,6 +225,17 @@ def _prompt(
         raise ThreadRunsBusy(
             f"{limits.max_runs_per_session} side-thread replies are being written in this "
             "session; try again when one is done"
+        )
+    # A run folds the session's history up to its anchor anew when its thread's fold is
+    # not kept, paid from its owner's read budget as a preview's build is: while it is
+    # owed, no run starts (review RN-2: rotating prompts over 20 threads anchored at old
+    # entries of a 20,000-entry session held 25-32 % of a core, paid by nobody).
+    wait_s = view.read_wait_s(event.actor)
+    if wait_s > 0:
+        raise RateLimited(
+            "your side-thread runs' folds of this session's history are over your read "
+            f"budget; try again in {math.ceil(wait_s)} s",
+            wait_s,
         )
     text = asked
     prompt = ThreadTurn(

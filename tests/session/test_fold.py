@@ -151,12 +151,12 @@ def test_folding_ahead_spreads_a_first_build_over_steps() -> None:
     never folded ahead gives."""
     entries = [entry(i, USERS[i % 3], f"message number {i % 7} " * 5) for i in range(1, 41)]
     builder = ContextBuilder()
-    assert list(builder.folding(entries=entries, steps=8)) == [8, 16, 24, 32, 40]
+    assert list(builder.folding(entries=entries, steps=8)) == [8] * 5
     built = builder.build(session_id="s", entries=entries, prompt_ids=[])
     assert builder.last_refolded == 0
     assert built == ContextBuilder().build(session_id="s", entries=entries, prompt_ids=[])
     entries.append(entry(41, "alice", "one more note"))
-    assert list(builder.folding(entries=entries, steps=8)) == [41]  # only what is new
+    assert list(builder.folding(entries=entries, steps=8)) == [1]  # only what is new
     entries.append(entry(42, "alice", "and now?", EntryKind.PROMPT))
     asked = builder.build(session_id="s", entries=entries, prompt_ids=["e42"])
     assert builder.last_refolded == 1
@@ -188,7 +188,7 @@ def test_folding_ahead_for_a_prompt_leaves_its_build_nothing_to_fold() -> None:
     ahead = builder.folding(
         entries=entries, prompt_ids=["e50"], withheld=withheld, scope_key="t", steps=10
     )
-    assert list(ahead) == [10, 20, 30, 40, 49]  # the notes but e7 (withheld), the prompt
+    assert list(ahead) == [10, 10, 10, 10, 9]  # the notes but e7 (withheld), the prompt
     built = builder.build(
         session_id="s", entries=entries, prompt_ids=["e50"], withheld=withheld, scope_key="t"
     )
@@ -202,7 +202,7 @@ def test_folding_ahead_for_a_prompt_leaves_its_build_nothing_to_fold() -> None:
 def test_a_step_of_folding_ahead_ends_where_its_texts_pass_step_chars() -> None:
     entries = [entry(i, USERS[i % 3], f"line {i} of a long log\n" * 200) for i in range(1, 11)]
     builder = ContextBuilder()
-    assert list(builder.folding(entries=entries, step_chars=10_000)) == [3, 6, 9, 10]
+    assert list(builder.folding(entries=entries, step_chars=10_000)) == [3, 3, 3, 1]
     builder.build(session_id="s", entries=entries, prompt_ids=[])
     assert builder.last_refolded == 0
 
@@ -215,7 +215,7 @@ def test_a_scope_being_folded_ahead_is_not_evicted() -> None:
     ahead = builder.folding(entries=entries, scope_key="a", steps=10)
     assert next(ahead) == 10
     builder.build(session_id="s", entries=entries[:5], prompt_ids=[], scope_key="b")
-    assert list(ahead) == [20, 30, 40]
+    assert list(ahead) == [10, 10, 10]
     builder.build(session_id="s", entries=entries, prompt_ids=[], scope_key="a")
     assert builder.last_refolded == 0
     builder.build(session_id="s", entries=entries[:5], prompt_ids=[], scope_key="b")

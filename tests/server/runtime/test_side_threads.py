@@ -562,8 +562,8 @@ async def test_a_deleted_threads_open_and_prompt_resent_get_their_first_acks() -
 
 
 class FoldsAhead:
-    """``SessionContext.fold_ahead`` counted: the steps of each call, one per entry
-    folded (``FOLD_STEP`` 1) or as given; ``started`` set at the first call."""
+    """``SessionContext.fold_ahead`` counted: the entries each call folded, ``step`` per
+    pass of the loop (``FOLD_STEP``); ``started`` set at the first call."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch, step: int) -> None:
         self.folded: list[int] = []
@@ -603,11 +603,11 @@ async def test_a_side_threads_run_folds_the_history_ahead_in_steps(
             await ask(s, "bob", thread_id, "what is the plan?")
             await answered(s, thread_id)
             assert builder.last_refolded == 0
-        assert folded == [16] * 6  # 120 messages and the prompt, 8 per step
+        assert folded == [121] * 6  # 120 messages and the prompt, none kept
         await ask(s, "bob", threads[0], "and the date?")
         await answered(s, threads[0])
         assert builder.last_refolded == 0
-        assert folded[-1] == 1  # its reply and the new prompt: the rest was kept
+        assert folded[-1] == 2  # its reply and the new prompt: the rest was kept
         # A deleted side-thread's fold is dropped: it would push out the others'.
         held = s.room.context._thread_builder._folds
         assert any(key.startswith(f"thread:{threads[1]}:") for key in held)
@@ -619,6 +619,37 @@ async def test_a_side_threads_run_folds_the_history_ahead_in_steps(
         kept = s.room.context.build((asked.turns[-2].id,), scope, asked)
         s.room.context._thread_builder = ContextBuilder(builder.settings)
         assert s.room.context.build((asked.turns[-2].id,), scope, asked) == kept
+
+
+async def test_a_side_threads_fold_is_paid_from_its_owners_read_budget() -> None:
+    """Review RN-2: an editor rotating prompts over 20 side-threads anchored at old entries
+    of a 20,000-entry session had its history folded again at each prompt, 25-32 % of a
+    core for as long as she liked, paid by nobody. A run's fold is paid as a preview's
+    build is, 1 KiB per entry folded anew, from its owner's read budget: while she owes
+    it her next prompt is refused ``rate_limited`` before anything is folded or written;
+    another member's is not, and hers is taken again once it is paid."""
+    kib = 1024
+    model = FakeModel(answer_with)
+    members = {"alice": "editor", "bob": "editor"}
+    limits = {"read_bytes_per_s": 64 * kib, "read_burst_bytes": 256 * kib}
+    async with memory_session(members, model, **limits) as s:
+        await launch_plan(s)  # a fold of 120 messages and the prompt: 121 KiB
+        threads = [await open_thread(s, "bob") for _ in range(4)]
+        for thread_id in threads[:3]:  # the budget: 256, 135, 14, then 107 KiB owed
+            asked = await ask(s, "bob", thread_id, "what is the plan?")
+            assert asked["type"] == "ack", asked
+            await answered(s, thread_id)
+        refused = await ask(s, "bob", threads[3], "what is the plan?")
+        assert (refused["type"], refused["code"]) == ("error", "rate_limited"), refused
+        assert "try again in 2 s" in refused["message"]  # 107 KiB at 64 KiB/s
+        assert thread(s, threads[3]).turns == ()
+        assert len(model.requests_for("bob")) == 3
+        theirs = await open_thread(s, "alice")
+        assert (await ask(s, "alice", theirs, "what is the plan?"))["type"] == "ack"
+        await answered(s, theirs)
+        s.clock.advance(2)
+        assert (await ask(s, "bob", threads[3], "what is the plan?"))["type"] == "ack"
+        await answered(s, threads[3])
 
 
 async def test_a_side_thread_deleted_while_its_history_is_folded_ahead_folds_no_further(
@@ -642,6 +673,6 @@ async def test_a_side_thread_deleted_while_its_history_is_folded_ahead_folds_no_
         assert gone["type"] == "ack"
         assert s.runner is not None
         await asyncio.gather(*s.runner.thread_runs.tasks)
-        [steps] = counted.folded
-        assert steps < 121  # of the 120 messages and the prompt, one per step
+        [entries] = counted.folded
+        assert entries < 121  # of the 120 messages and the prompt, one per step
         assert model.requests_for("bob") == []
