@@ -16,6 +16,7 @@ import httpx
 import pytest
 import websockets
 
+from parley.server.runtime import room as room_module
 from parley.server.settings import Settings
 from parley.session.ratelimit import Spend
 from parley.session.yprotocol import SyncType, encode_sync
@@ -201,10 +202,19 @@ async def test_a_socket_opened_speaking_commands_is_told_its_side_threads(
     assert thread_state(alice, thread_id) is None
 
 
-async def test_reading_a_side_thread_spends_the_read_budget(tmp_path: Path) -> None:
+def reads_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The read budget spent by reads alone: a run's fold of the history is paid from it
+    too (``tests.server.runtime.test_side_threads``), more than these budgets hold."""
+    monkeypatch.setattr(room_module, "BUILD_BYTES_PER_ENTRY", 0)
+
+
+async def test_reading_a_side_thread_spends_the_read_budget(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Review (bounded): reads of a member's side-threads loaded every turn's text of every
     thread and spent nothing: 16 at once held an innocent client 1.8 s. A thread read
     loads that thread alone and spends its text's bytes; the list loads no text."""
+    reads_alone(monkeypatch)
     settings = make_settings(
         sqlite_url(tmp_path), tmp_path / "d", read_bytes_per_s=1.0, read_burst_bytes=600
     )
@@ -246,11 +256,12 @@ async def greeted_of_two_threads(settings: Settings, text: str) -> tuple[list[st
 
 
 async def test_the_greeting_spends_the_read_budget_most_lately_active_first(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Review of the greeting: each connect sent every open thread's whole text, a
     reconnect flood 1.2 GB in 8 s. It spends the member's read budget and stops there,
     the most lately active thread first."""
+    reads_alone(monkeypatch)
     settings = make_settings(
         sqlite_url(tmp_path), tmp_path / "d", read_bytes_per_s=1.0, read_burst_bytes=600
     )
