@@ -23,6 +23,7 @@ from parley.session.attribution import has_line_break
 from parley.session.errors import (
     InvalidInput,
     ParleyError,
+    RateLimited,
     TooLarge,
     UnknownCommand,
     error_for,
@@ -371,6 +372,8 @@ def error_reply(command_id: str | None, error: ParleyError, *, details: bool = F
     }
     if details and isinstance(error, InvalidInput) and error.details:
         reply["details"] = [[at, what] for at, what in error.details]
+    if details and isinstance(error, RateLimited) and error.retry_after_s is not None:
+        reply["retry_after_s"] = error.retry_after_s
     return json.dumps(reply)
 
 
@@ -379,4 +382,8 @@ def reply_error(reply: dict[str, Any]) -> ParleyError:
     was made: its code, its message and the problems it lists."""
     listed = reply.get("details")
     details = tuple((str(at), str(what)) for at, what in listed) if listed else ()
-    return error_for(str(reply.get("code")), str(reply.get("message")), details)
+    error = error_for(str(reply.get("code")), str(reply.get("message")), details)
+    wait = reply.get("retry_after_s")
+    if isinstance(error, RateLimited) and isinstance(wait, int | float):
+        error.retry_after_s = float(wait)
+    return error

@@ -212,4 +212,5 @@ def command_bytes_refusal(
     rate = budgets.rates.get(Spend.COMMAND_BYTES)
     if rate is not None and size > rate.burst:
         return TooLarge(f"a command is at most {int(rate.burst)} bytes")
-    return RateLimited("over the command bytes budget; slow down")
+    wait = budgets.bucket(owner, Spend.COMMAND_BYTES, now).wait_s(now, size)
+    return RateLimited("over the command bytes budget; slow down", wait)

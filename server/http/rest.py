@@ -338,8 +338,8 @@ def spend_command(
     policy), or one refused and audited, spends their one command budget, shared with
     their sockets; ``RateLimited`` past it. The admin key's own calls (``user_id`` None)
     spend none."""
-    if user_id is not None and not room.user_bucket(user_id).allow(state.clock()):
-        raise RateLimited(why)
+    if user_id is not None:
+        room.spend_command(user_id, why)
 
 
 async def spend_command_everywhere(
@@ -518,8 +518,9 @@ async def _body(
         refusal = command_bytes_refusal(room.budgets, caller.user_id, len(raw), room.clock())
         if refusal is not None:
             raise refusal
-    if not op.answers_resends and room.user_bucket(caller.user_id).spent(room.clock()):
-        raise RateLimited("too many commands; slow down")
+    now, bucket = room.clock(), room.user_bucket(caller.user_id)
+    if not op.answers_resends and bucket.spent(now):
+        raise RateLimited("too many commands; slow down", bucket.wait_s(now))
     check_json_body(request, raw)
     try:
         return parsed_body(op.body, raw)

@@ -525,6 +525,13 @@ class SessionRoom:
         """One command budget per user across all their sockets in this session."""
         return self.budgets.bucket(user_id, Spend.COMMANDS, self.clock())
 
+    def spend_command(self, user_id: str, why: str) -> None:
+        """Spend one of ``user_id``'s command budget; ``RateLimited`` (``why``) past it,
+        with when one is there again (``Retry-After`` over REST; review RP-2)."""
+        now, bucket = self.clock(), self.user_bucket(user_id)
+        if not bucket.allow(now):
+            raise RateLimited(why, bucket.wait_s(now))
+
     # -- sockets and the room's life -------------------------------------------------------
 
     @property

@@ -19,7 +19,7 @@ from typing import Any
 from parley.server.runtime.room import SessionRoom, new_id
 from parley.session.commands import command_from
 from parley.session.core import CommandEvent
-from parley.session.errors import InvalidInput, RateLimited
+from parley.session.errors import InvalidInput
 
 SETTINGS_WRITE = "settings"
 # Not a change: a member's REST call on another node spends their one command budget here.
@@ -31,8 +31,9 @@ async def apply_session_write(room: SessionRoom, write: dict[str, Any]) -> dict[
     kind = write.get("op")
     write_id = str(write.get("id") or "rest")
     if kind == CHARGE_WRITE:
-        if not room.user_bucket(str(write["user_id"])).allow(room.clock()):
-            raise RateLimited(str(write.get("why") or "too many commands; slow down"))
+        room.spend_command(
+            str(write["user_id"]), str(write.get("why") or "too many commands; slow down")
+        )
         return {}
     if kind == SETTINGS_WRITE and write.get("member"):  # one member's change, nothing else
         await room.reload_member(str(write["member"]))

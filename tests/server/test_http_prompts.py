@@ -247,6 +247,8 @@ async def test_http_commands_spend_the_members_command_budget(tmp_path: Path) ->
             answers = [await bot.post(messages, json={"text": f"m{n}"}) for n in range(3)]
         assert [a.status_code for a in answers[:2]] == [202, 202]
         assert _error(answers[2]) == (429, "rate_limited")
+        # When the budget has a command again (review RP-2: no ``Retry-After`` here).
+        assert int(answers[2].headers["Retry-After"]) >= 1
         assert len(await server.transcript(sid)) == 2
 
 

@@ -29,7 +29,7 @@ from parley.session.commands import (
     storable,
     unstorable_in,
 )
-from parley.session.errors import ErrorCode, Forbidden, InvalidInput, QueueFull
+from parley.session.errors import ErrorCode, Forbidden, InvalidInput, QueueFull, RateLimited
 from parley.session.json_values import MAX_JSON_VALUES
 from parley.session.queue import Policy
 from parley.session.thread_commands import THREAD_TYPES
@@ -349,6 +349,11 @@ def test_a_forwarded_error_reply_carries_the_fields_it_names() -> None:
     assert error.details == (("value", "a fact is one line: no line breaks"),)
     queue_full = reply_error(json.loads(error_reply("c2", QueueFull("too many"), details=True)))
     assert type(queue_full) is QueueFull and queue_full.message == "too many"
+    # When a budget has room again crosses with it (review RP-2: ``Retry-After``).
+    limited = RateLimited("slow down", 2.5)
+    assert "retry_after_s" not in json.loads(error_reply("c3", limited))
+    again = reply_error(json.loads(error_reply("c3", limited, details=True)))
+    assert type(again) is RateLimited and again.retry_after_s == 2.5
 
 
 def test_error_reply_for_a_parse_failure_carries_its_code_and_id() -> None:
