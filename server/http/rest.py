@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from pydantic import BaseModel, ValidationError
-from pydantic.json_schema import models_json_schema
+from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue, models_json_schema
+from pydantic_core import core_schema
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -419,14 +420,19 @@ def invalid_body(exc: ValidationError) -> InvalidInput:
     # Only the locations and messages, and only of the ones shown: a body can hold
     # thousands of wrong items, and each error's input and context would be copied.
     errors = exc.errors(include_url=False, include_input=False, include_context=False)
+    # A validator's own words, without pydantic's "Value error, " before them (review RP-1).
     details = tuple(
-        (".".join(str(p) for p in error["loc"]) or "body", str(error["msg"]))
+        (".".join(str(p) for p in error["loc"]) or "body", _said(error["msg"]))
         for error in errors[:MAX_PROBLEMS]
     )
     message = "; ".join(f"{at}: {what}" for at, what in details)
     if exc.error_count() > MAX_PROBLEMS:
         message += f"; and {exc.error_count() - MAX_PROBLEMS} more"
     return InvalidInput(message, details)
+
+
+def _said(message: str) -> str:
+    return message.removeprefix("Value error, ")
 
 
 def check_json_body(request: Request, raw: bytes | None) -> None:
@@ -619,6 +625,21 @@ def tag_of(path: str) -> str:
     return parts[0]
 
 
+class StorableText(GenerateJsonSchema):
+    """Every string of a body or an answer holds no NUL (``models.Strict``, which refuses
+    one as the database cannot store it): said as a pattern where the field has none, so
+    the document admits no value refused for its form (review RP-1)."""
+
+    def str_schema(self, schema: core_schema.StringSchema) -> JsonSchemaValue:
+        json_schema = super().str_schema(schema)
+        json_schema.setdefault("pattern", NO_NUL)
+        return json_schema
+
+
+# ECMA-262's form of "no U+0000 anywhere", as JSON Schema patterns are read.
+NO_NUL = "^[^\\u0000]*$"
+
+
 def openapi_document(operations: list[Operation], *, title: str, version: str) -> dict[str, Any]:
     models: set[type[BaseModel]] = {ErrorBody}
     for op in operations:
@@ -626,6 +647,7 @@ def openapi_document(operations: list[Operation], *, title: str, version: str) -
     _, schema = models_json_schema(
         [(m, "validation") for m in sorted(models, key=lambda m: m.__name__)],
         ref_template="#/components/schemas/{model}",
+        schema_generator=StorableText,
     )
     paths: dict[str, dict[str, Any]] = {}
     for op in operations:

@@ -82,6 +82,9 @@ async def test_the_document_allows_what_the_server_takes_and_forbids_what_it_ref
             ("PUT", f"{SESSION}/members/{{user_id}}", f"{at}/members/a%20b", {"role": "viewer"}),
             ("PUT", roles, "/api/v1/roles/Auditor", {"capabilities": ["prompt"]}),
             ("PUT", roles, "/api/v1/roles/auditor", {"capabilities": ["prompt"]}),
+            # Review RP-1: a NUL, which no column stores, refused and not said so.
+            ("POST", "/api/v1/sessions", "/api/v1/sessions", {"title": "a\u0000b"}),
+            ("POST", *documents, {**document, "readers": {"users": ["a\u0000b"]}}),
         ]
         disagree = []
         for method, template, path, body in cases:
@@ -92,6 +95,8 @@ async def test_the_document_allows_what_the_server_takes_and_forbids_what_it_ref
             if (allowed and refused) or (not allowed and not refused):
                 disagree.append((method, path[-40:], body, allowed, answer.status_code))
         assert disagree == [], disagree
+        nul = await http.post("/api/v1/sessions", json={"title": "a\u0000b"})
+        assert nul.json()["error"]["message"] == "body: title contains a NUL character"
 
 
 async def test_a_bound_left_to_a_setting_is_named_where_the_document_allows_past_it(
