@@ -13,6 +13,7 @@ from parley.authz.membership import (
     Traces,
     judge_invite,
     judge_membership_change,
+    reader_refusal,
 )
 from parley.authz.policy import Readers, Subject, may_read
 from parley.authz.roles import Capability, Member, RoleTable, capabilities_of
@@ -288,3 +289,20 @@ def test_a_members_link_may_not_name_a_user_the_server_already_knows() -> None:
     # What the maker may not hand out is refused first, as before.
     refused = judge_invite(Member("m", "manager"), Member("o", "owner"), TABLE, (), NO_TRACES)
     assert not refused.allowed and "hands out their access" in refused.reason
+
+
+def test_a_link_token_is_refused_by_the_reader_lists_alone_once_its_member_reads_more() -> None:
+    """Review RM-1: a token from alice's link for an editor, raised to owner, read the
+    board alice is denied. ``reader_refusal`` judges the reader lists (at a membership
+    change); what is judged at each use (no maker, no ``manage_members``, capabilities
+    beyond the maker's) is left to ``authz.tokens.maker_refusal``."""
+    alice = Member("alice", "owner", denials=frozenset({"read:board"}))
+    carol = Member("carol", "editor")
+    lists = (OWNERS,)
+    assert reader_refusal(carol, alice, TABLE, lists) is None
+    raised = reader_refusal(Member("carol", "owner"), alice, TABLE, lists)
+    assert raised is not None and "board" in raised
+    assert reader_refusal(Member("carol", "owner"), alice, TABLE, ()) is None
+    assert reader_refusal(Member("carol", "owner"), None, TABLE, lists) is None
+    lowered = Member("alice", "editor", denials=frozenset({"read:board"}))
+    assert reader_refusal(Member("carol", "owner"), lowered, TABLE, lists) is None

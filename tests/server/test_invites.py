@@ -342,7 +342,9 @@ async def test_a_token_from_a_link_dies_when_its_maker_is_removed(
     the link's token lifetime, 7 days at most). Removing a member revokes the tokens of the
     links they minted too: on REST and on sockets; the admin key's links and a member's
     own are not touched."""
-    sid = await server.new_session({"alice": "owner", "carol": "editor", "olga": "owner"})
+    sid = await server.new_session(
+        {"alice": "owner", "carol": "editor", "dave": "editor", "olga": "owner"}
+    )
     alice = await server.token(sid, "alice")
     minted = await _mint(server, sid, alice, user_id="carol")
     assert minted.status_code == 201, minted.text
@@ -351,7 +353,7 @@ async def test_a_token_from_a_link_dies_when_its_maker_is_removed(
     carol = exchanged.json()["token"]
     olga_own = await _mint(server, sid, await server.token(sid, "olga"), user_id="olga")
     olga = (await _exchange(server, olga_own.json()["secret"])).json()["token"]
-    by_admin = await _invite(server, sid, user_id="carol")
+    by_admin = await _invite(server, sid, user_id="dave")  # (carol's would revoke alice's)
     admins = (await _exchange(server, by_admin["secret"])).json()["token"]
     me = f"/api/v1/sessions/{sid}/me"
     assert (await server.http.get(me, headers=_bearer(carol))).status_code == 200
@@ -407,3 +409,96 @@ async def test_a_token_from_a_link_dies_when_its_maker_may_no_longer_mint_it(
     raised = await server.http.put(alice, json={"role": "owner"})
     assert raised.status_code == 200, raised.text
     assert (await server.http.get(me, headers=_bearer(carol))).status_code == 200
+
+
+async def _taken(server: RunningServer, sid: str, maker: str, user_id: str) -> str:
+    """The token ``maker`` takes from their own link for ``user_id`` ("testing the link")."""
+    minted = await _mint(server, sid, await server.token(sid, maker), user_id=user_id)
+    assert minted.status_code == 201, minted.text
+    exchanged = await _exchange(server, minted.json()["secret"])
+    assert exchanged.status_code == 200, exchanged.text
+    return str(exchanged.json()["token"])
+
+
+async def test_a_token_from_a_link_dies_once_its_member_is_known_another_way(
+    server: RunningServer,
+) -> None:
+    """Review RM-1: alice exchanged her link for a fresh member herself and stayed that
+    member after the real one signed in another way (the admin's token or link, their own
+    link), opened side-threads there or was added to another session: she read their
+    side-threads, listed their other sessions and posted as them. Such a token lives only
+    while its link could still be exchanged: it is revoked once its member gets a token by
+    any other way or joins another session; a link minted with it for oneself carries its
+    maker, so it launders nothing."""
+    sid = await server.new_session(
+        {"alice": "owner", "carol": "editor", "dan": "editor", "erin": "owner"}
+    )
+    me = f"/api/v1/sessions/{sid}/me"
+    carol = await _taken(server, sid, "alice", "carol")
+    socket = await YClient.connect(server.ws_url, sid, carol)
+    server.clients.append(socket)
+    async with asyncio.timeout(10):
+        await socket.synced.wait()
+    assert (await server.http.get(me, headers=_bearer(carol))).status_code == 200
+    real_carol = await server.token(sid, "carol")  # the admin lets the real carol in
+    assert await socket.wait_closed() == 4401
+    refused = await server.http.get(me, headers=_bearer(carol))
+    assert refused.status_code == 401, refused.text
+    assert "revoked" in refused.json()["error"]["message"]
+    posted = await server.http.post(
+        f"/api/v1/sessions/{sid}/messages", json={"text": "I agree"}, headers=_bearer(carol)
+    )
+    assert posted.status_code == 401, posted.text
+    assert (await server.http.get(me, headers=_bearer(real_carol))).status_code == 200
+
+    dan = await _taken(server, sid, "alice", "dan")
+    await server.new_session({"dan": "editor"}, title="dan's other session")
+    listed = await server.http.get("/api/v1/me/sessions", headers=_bearer(dan))
+    assert listed.status_code == 401, listed.text
+
+    erin = await _taken(server, sid, "alice", "erin")
+    own = await _mint(server, sid, erin, user_id="erin")  # a link of erin's own, by alice
+    assert own.status_code == 201, own.text
+    laundered = (await _exchange(server, own.json()["secret"])).json()["token"]
+    assert (await server.http.get(me, headers=_bearer(laundered))).status_code == 200
+    by_admin = await _invite(server, sid, user_id="erin")  # the real erin, by the admin's link
+    assert (await _exchange(server, by_admin["secret"])).status_code == 200
+    for token in (erin, laundered):
+        assert (await server.http.get(me, headers=_bearer(token))).status_code == 401
+    audit = (await server.http.get(f"/api/v1/sessions/{sid}/audit")).json()["records"]
+    revoked = [r["data"] for r in audit if r["kind"] == "token" and "revoked" in r["data"]]
+    assert sorted(r["user_id"] for r in revoked) == ["carol", "dan", "erin", "erin"]
+    assert all(r["made_by"] == "alice" and "known another way" in r["reason"] for r in revoked)
+
+
+async def test_a_token_from_a_link_dies_once_its_member_may_read_what_its_maker_may_not(
+    server: RunningServer,
+) -> None:
+    """Review RM-1: alice, an owner denied document D, took a token from her link for a
+    fresh editor; the admin later raised that member to owner, and with the token alice
+    read D. A change of a member judges again the tokens from the links of the session
+    (its reader lists included): the member raised past their maker, or the maker denied
+    what the member reads, kills them."""
+    sid = await server.new_session({"alice": "owner", "olga": "owner"})
+    added = await server.http.post(
+        f"/api/v1/sessions/{sid}/documents",
+        json={"title": "board", "text": "board minutes", "readers": {"roles": ["owner"]}},
+    )
+    assert added.status_code == 201, added.text
+    document = f"/api/v1/sessions/{sid}/documents/{added.json()['id']}"
+    members = f"/api/v1/sessions/{sid}/members"
+    denied = {"role": "owner", "denials": [f"read:{added.json()['id']}"]}
+    assert (await server.http.put(f"{members}/alice", json=denied)).status_code == 200
+    for user in ("carol", "frank"):
+        put = await server.http.put(f"{members}/{user}", json={"role": "editor"})
+        assert put.status_code == 200, put.text
+    carol = await _taken(server, sid, "alice", "carol")
+    frank = await _taken(server, sid, "olga", "frank")
+    for user in ("carol", "frank"):
+        raised = await server.http.put(f"{members}/{user}", json={"role": "owner"})
+        assert raised.status_code == 200, raised.text
+    refused = await server.http.get(document, headers=_bearer(carol))
+    assert refused.status_code == 401, refused.text
+    assert (await server.http.get(document, headers=_bearer(frank))).status_code == 200
+    assert (await server.http.put(f"{members}/olga", json=denied)).status_code == 200
+    assert (await server.http.get(document, headers=_bearer(frank))).status_code == 401
