@@ -180,3 +180,18 @@ def judge_invite(
     return Decision(
         False, f"an invite for {target.user_id!r} hands out their access: {decision.reason}"
     )
+
+
+def reader_refusal(
+    member: Member, maker: Member | None, roles: RoleTable, documents: Iterable[Readers]
+) -> str | None:
+    """Why ``maker`` could no longer hand out ``member`` (both as they are now) by the
+    session's reader lists ``documents`` alone, or None. A token from ``maker``'s link for
+    ``member`` is judged by the rest at each use (``authz.tokens.maker_refusal``: the
+    reader lists are not in memory); by this at each membership change of the session,
+    which revokes it (review RM-1: the member raised to a role that reads what the maker
+    is denied)."""
+    if maker is None or not judge_membership_change(maker, None, member, roles, ()).allowed:
+        return None  # judged at each use
+    decision = judge_membership_change(maker, None, member, roles, documents)
+    return None if decision.allowed else decision.reason

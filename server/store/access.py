@@ -17,7 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from parley.authz.policy import Readers, restriction_from_json, restriction_to_json
-from parley.authz.tokens import ClientClaims
+from parley.authz.tokens import ADMIN_ACTOR, ClientClaims
 from parley.server.store import horizon
 from parley.server.store.access_rows import (
     AuditPage,
@@ -44,6 +44,7 @@ from parley.session.errors import Conflict
 
 if TYPE_CHECKING:
     from parley.server.store.database import Database
+    from parley.server.store.link_tokens import Revoked
 
 
 # PostgreSQL's channel for a session whose settings or members changed (payload: its id):
@@ -106,9 +107,16 @@ async def insert_private(
     )
 
 
-async def insert_client_token(connection: AsyncConnection, claims: ClientClaims, now: int) -> None:
+async def insert_client_token(
+    connection: AsyncConnection, claims: ClientClaims, now: int, actor: str = ADMIN_ACTOR
+) -> Revoked:
     """Record a client token just minted (its session's expired ones are deleted on the
-    way), in the transaction that read its member."""
+    way), in the transaction that read its member. Its member is someone now: the tokens
+    from other members' links that name them are revoked (``link_tokens.revoke_known``,
+    audited as ``actor``'s); returns those."""
+    # Imported here: ``link_tokens`` writes its audit records with this module's.
+    from parley.server.store.link_tokens import revoke_known
+
     await connection.execute(
         delete(client_tokens).where(
             and_(
@@ -123,7 +131,16 @@ async def insert_client_token(connection: AsyncConnection, claims: ClientClaims,
             session_id=claims.session_id,
             user_id=claims.user_id,
             expires_at=claims.expires_at,
+            made_by=claims.made_by or None,
         )
+    )
+    return await revoke_known(
+        connection,
+        claims.user_id,
+        now * 1000,
+        session_id=claims.session_id,
+        kept_maker=claims.made_by,
+        actor=actor,
     )
 
 
@@ -196,11 +213,12 @@ class AccessStore:
         user_id: str,
         now: int,
         mint: Callable[[MemberRow], tuple[str, ClientClaims]],
-    ) -> tuple[MemberRow, str, ClientClaims] | None:
+    ) -> tuple[MemberRow, str, ClientClaims, Revoked] | None:
         """Mint a token for a current member (``mint`` signs it with the membership's
         epoch) and record it, in one transaction with the membership read, so a token
         cannot be minted for a member being removed. None if ``user_id`` is no member.
-        The session's expired token rows are deleted on the way."""
+        The session's expired token rows are deleted on the way; the tokens from other
+        members' links that named the member are revoked (returned)."""
         async with self.store.transaction() as tx:
             connection = tx.connection
             await lock_session(connection, session_id)
@@ -208,8 +226,8 @@ class AccessStore:
             if member is None:
                 return None
             token, claims = mint(member)
-            await insert_client_token(connection, claims, now)
-        return member, token, claims
+            revoked = await insert_client_token(connection, claims, now)
+        return member, token, claims, revoked
 
     async def revoke_token(self, session_id: str, token_id: str, now_ms: int) -> TokenRow | None:
         """Mark a token of the session revoked at ``now_ms`` (a token revoked again keeps

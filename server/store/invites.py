@@ -26,6 +26,7 @@ from parley.server.store.tables import client_tokens, entries, invites, members,
 
 if TYPE_CHECKING:
     from parley.server.store.database import Database
+    from parley.server.store.link_tokens import Revoked
 
 
 def secret_digest(secret: str) -> str:
@@ -44,6 +45,10 @@ class InviteRow:
     created_at: int
     expires_at: int
     revoked_at: int | None
+    # A link for oneself minted with a token from another member's link: that maker and
+    # their membership's epoch, which the tokens it gives carry ("": none).
+    made_by: str = ""
+    maker_epoch: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +72,8 @@ def _invite(row: Any) -> InviteRow:
         row.created_at,
         row.expires_at,
         row.revoked_at,
+        row.made_by or "",
+        row.maker_epoch or "",
     )
 
 
@@ -142,6 +149,8 @@ class InviteStore:
                     created_by=row.created_by,
                     created_at=row.created_at,
                     expires_at=row.expires_at,
+                    made_by=row.made_by or None,
+                    maker_epoch=row.maker_epoch or None,
                 )
             )
         return row, int(live)
@@ -188,7 +197,7 @@ class InviteStore:
         now: int,
         mint: Callable[[InviteRow, MemberRow, MemberRow | None], tuple[str, ClientClaims]],
         judge: Callable[[InviteRow, MemberRow | None, MemberRow, Traces], str | None],
-    ) -> tuple[InviteRow, MemberRow, str, ClientClaims] | Killed | None:
+    ) -> tuple[InviteRow, MemberRow, str, ClientClaims, Revoked] | Killed | None:
         """Spend one use of the live invite whose secret this is and mint (and record) a
         token for its member, in one transaction; None when there is no such invite or its
         member is no longer the one it was made for. An invite ``judge`` (given the
@@ -197,7 +206,9 @@ class InviteStore:
         revoked in that transaction: ``Killed`` (None to an exchange that raced it).
         Whoever exchanged is told only that the link is not valid (no oracle for
         guessers); the caller audits a ``Killed``, once per invite (review: a dead link
-        exchanged 1,600 times in 9 s wrote 1,600 audit records)."""
+        exchanged 1,600 times in 9 s wrote 1,600 audit records). With the token: the
+        tokens from other makers' links that named its member, revoked now (review
+        RM-1)."""
         live = _live_secret(secret, now)
         async with self.store.transaction() as tx:
             connection = tx.connection
@@ -231,8 +242,8 @@ class InviteStore:
             if spent.rowcount != 1:  # the last use went to a redeem at the same moment
                 return None
             token, claims = mint(invite, member, maker)
-            await insert_client_token(connection, claims, now)
-        return invite, member, token, claims
+            revoked = await insert_client_token(connection, claims, now, member.user_id)
+        return invite, member, token, claims, revoked
 
 
 def _live_secret(secret: str, now: int) -> Any:

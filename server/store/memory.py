@@ -15,7 +15,7 @@ import secrets
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from parley.authz.policy import Decision
 from parley.authz.roles import Member
@@ -116,8 +116,9 @@ class MemoryStore:
         display_name: str | None = None,
         distinct_name: bool = False,
         max_members: int | None = None,
+        link_refusal: Any = None,
     ) -> MemberChange:
-        """As ``Store.change_member``."""
+        """As ``Store.change_member`` (no client tokens here: ``link_refusal`` unused)."""
         async with self.transaction() as tx:
             s = tx.session(session_id)
             before = s.members.get(user_id)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import and_, bindparam, delete, func, insert, or_, select, text
@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from parley.authz.policy import Decision
 from parley.authz.roles import Member, Role
+from parley.server.store.access_rows import TokenRow
 from parley.server.store.direct_sqlite import direct
 from parley.server.store.tables import members, model_usage, quotas, roles, sessions
 from parley.session.errors import Conflict, InvalidInput, NotFound
@@ -58,11 +59,13 @@ class MemberRow:
 @dataclass(frozen=True, slots=True)
 class MemberChange:
     """What ``Store.change_member`` decided, and the member before and after (as before
-    when refused)."""
+    when refused); ``revoked``: the tokens from members' links it revoked, by session
+    (``link_tokens``)."""
 
     decision: Decision
     before: MemberRow | None
     after: MemberRow | None
+    revoked: dict[str, list[TokenRow]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

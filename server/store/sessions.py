@@ -21,6 +21,7 @@ from parley.authz.roles import Member
 from parley.authz.tokens import ADMIN_ACTOR
 from parley.server.store.access import CHANNEL_SETTINGS, AccessStore
 from parley.server.store.health import StorageHealth
+from parley.server.store.link_tokens import LinkRefusal, Revoked, revoke_known, revoke_refused
 from parley.server.store.reads import SessionReads
 from parley.server.store.rows import (
     EntryRow,
@@ -77,6 +78,28 @@ __all__ = [
     "StoreTx",
     "StoredDoc",
 ]
+
+
+async def _link_tokens(
+    connection: AsyncConnection,
+    session_id: str,
+    added: str | None,
+    now_ms: int,
+    link_refusal: LinkRefusal | None,
+    actor: str,
+) -> Revoked:
+    """The tokens from members' links a membership change of ``session_id`` revoked:
+    those ``link_refusal`` refuses there, and those of ``added`` (a user just added) in
+    other sessions."""
+    revoked: Revoked = {}
+    if link_refusal is not None:
+        revoked = await revoke_refused(connection, session_id, now_ms, link_refusal, actor)
+    if added is not None:
+        elsewhere = await revoke_known(
+            connection, added, now_ms, session_id=session_id, elsewhere=True, actor=actor
+        )
+        revoked |= elsewhere  # other sessions' ids
+    return revoked
 
 
 async def _member_event(
@@ -221,10 +244,14 @@ class Store(SessionReads, UsageTables):
         display_name: str | None = None,
         distinct_name: bool = False,
         max_members: int | None = None,
+        link_refusal: LinkRefusal | None = None,
     ) -> MemberChange:
         """Add or change (``after``) or remove (None) a member if ``judge(before, actor)``
-        allows it, both rows read in the writing transaction. A user added gets a new token
-        epoch (their earlier tokens stay dead); a change keeps it. ``display_name``: the
+        allows it, both rows read in the writing transaction. In that transaction, the
+        tokens from members' links are judged again (``link_tokens``): in this session by
+        ``link_refusal`` (given a token's member and maker as stored after the change); a
+        user added is someone elsewhere now (``MemberChange.revoked``). A user added gets a
+        new token epoch (their earlier tokens stay dead); a change keeps it. ``display_name``: the
         name shown for them ("" none; None keeps the one they have); ``distinct_name``:
         ``Conflict`` if it is another member's (``check_name_free``); ``max_members``:
         ``Conflict`` for a member added past it. Both are read under the session's lock, so
@@ -266,7 +293,8 @@ class Store(SessionReads, UsageTables):
             if after is None:
                 await connection.execute(delete(members).where(where))
                 await _member_event(tx, before, None, now, by)
-                return MemberChange(decision, before, None)
+                revoked = await _link_tokens(connection, session_id, None, now, link_refusal, by)
+                return MemberChange(decision, before, None, revoked)
             grants, denials = tuple(sorted(after.grants)), tuple(sorted(after.denials))
             name = display_name if display_name is not None else kept_name(before)
             values = {
@@ -292,4 +320,6 @@ class Store(SessionReads, UsageTables):
                 )
             row = MemberRow(session_id, user_id, after.role, created, grants, denials, epoch, name)
             await _member_event(tx, before, row, now, by)
-            return MemberChange(decision, before, row)
+            added = user_id if before is None else None
+            revoked = await _link_tokens(connection, session_id, added, now, link_refusal, by)
+            return MemberChange(decision, before, row, revoked)

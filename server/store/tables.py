@@ -335,6 +335,9 @@ client_tokens = Table(
     # ms (seconds in rows revoked by earlier versions: read as ms, long past, they end no
     # waiting prompt; ``session.core.runs.start_refusal``).
     Column("revoked_at", BigInteger),
+    # Whose invite link gave it, when another member's (NULL: none; review RM-1): revoked
+    # once its member is known another way or may not be handed out by its maker any more.
+    Column("made_by", String(200)),
 )
 Index("ix_client_tokens_session_id", client_tokens.c.session_id, client_tokens.c.revoked_at)
 
@@ -356,6 +359,10 @@ invites = Table(
     Column("created_at", BigInteger, nullable=False),
     Column("expires_at", BigInteger, nullable=False),
     Column("revoked_at", BigInteger),
+    # A member's link for themselves minted with a token from another member's link: that
+    # maker and their membership's epoch, which the tokens it gives carry (NULL: none).
+    Column("made_by", String(200)),
+    Column("maker_epoch", String(32)),
 )
 Index("ix_invites_session_id", invites.c.session_id)
 

@@ -1,0 +1,183 @@
+"""Client tokens from another member's invite link (``client_tokens.made_by``), and the
+links a member mints for themselves with one (``invites.made_by``): revoked in the
+transaction that makes them dead (review RM-1).
+
+Such a token lives only while its link could still be minted and exchanged. What the
+server judges at each use in memory (its maker's membership and capabilities:
+``authz.tokens.token_refusal``) is not all of it: a link for someone else names only a user
+nobody has been yet, and is judged with the session's reader lists. So the token is
+revoked, as the admin key revokes one (in force on every node, at a command's commit too),
+once its member is known another way (a token issued to them otherwise, a membership of
+another session: ``revoke_known``), or once a membership change of the session leaves its
+maker unable to hand out what its member holds (``revoke_refused``). Each revocation is
+audited (``token``, with its reason) in the same transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from parley.authz.tokens import ADMIN_ACTOR
+from parley.server.store.access import CHANNEL_SETTINGS, insert_audit
+from parley.server.store.access_rows import TokenRow
+from parley.server.store.rows import MemberRow, read_member
+from parley.server.store.tables import client_tokens, invites
+
+KNOWN = "its member is known another way: only they or the admin key may sign in as them"
+Revoked = dict[str, list[TokenRow]]
+"""Tokens revoked, by session id (to put in force where each session runs)."""
+LinkRefusal = Callable[[MemberRow, MemberRow | None], str | None]
+"""Why a token from a link may not live, given its member and its maker as stored (None:
+no member), or None."""
+
+
+def _from_links(now_ms: int) -> Any:
+    return and_(
+        client_tokens.c.made_by.is_not(None),
+        client_tokens.c.made_by != "",
+        client_tokens.c.revoked_at.is_(None),
+        client_tokens.c.expires_at > now_ms // 1000,
+    )
+
+
+async def revoke_known(
+    connection: AsyncConnection,
+    user_id: str,
+    now_ms: int,
+    *,
+    session_id: str,
+    kept_maker: str = "",
+    elsewhere: bool = False,
+    actor: str = ADMIN_ACTOR,
+) -> Revoked:
+    """``user_id`` became known another way: revoke the tokens from other members' links
+    that name them, and kill the links they minted for themselves with one. In
+    ``session_id``, those of every maker but ``kept_maker`` (a token just issued to them
+    there, from that maker's link, or ""); ``elsewhere``: in every session but
+    ``session_id`` (they were just added to it)."""
+    place = (
+        client_tokens.c.session_id != session_id
+        if elsewhere
+        else and_(client_tokens.c.session_id == session_id, client_tokens.c.made_by != kept_maker)
+    )
+    rows = list(
+        await connection.execute(
+            select(client_tokens).where(
+                and_(client_tokens.c.user_id == user_id, place, _from_links(now_ms))
+            )
+        )
+    )
+    link_place = (
+        invites.c.session_id != session_id
+        if elsewhere
+        else and_(invites.c.session_id == session_id, invites.c.made_by != kept_maker)
+    )
+    await connection.execute(
+        update(invites)
+        .where(
+            and_(
+                invites.c.user_id == user_id,
+                invites.c.made_by.is_not(None),
+                invites.c.made_by != "",
+                invites.c.revoked_at.is_(None),
+                link_place,
+            )
+        )
+        .values(revoked_at=now_ms // 1000)
+    )
+    return await _revoke(connection, rows, now_ms, actor, lambda row: KNOWN)
+
+
+async def revoke_refused(
+    connection: AsyncConnection,
+    session_id: str,
+    now_ms: int,
+    refusal: LinkRefusal,
+    actor: str = ADMIN_ACTOR,
+) -> Revoked:
+    """After a membership change of ``session_id`` (in its transaction): revoke the tokens
+    from members' links there that ``refusal`` (given their member and maker as stored
+    now; None: it may live) refuses, and kill the links for themselves that carry such a
+    maker."""
+    rows = list(
+        await connection.execute(
+            select(client_tokens).where(
+                and_(client_tokens.c.session_id == session_id, _from_links(now_ms))
+            )
+        )
+    )
+    if not rows:
+        return {}
+    read: dict[str, MemberRow | None] = {}
+
+    async def member(user_id: str) -> MemberRow | None:
+        if user_id not in read:
+            read[user_id] = await read_member(connection, session_id, user_id)
+        return read[user_id]
+
+    reasons: dict[str, str] = {}
+    refused_pairs: list[tuple[str, str]] = []
+    for row in rows:
+        holder = await member(row.user_id)
+        if holder is None:
+            continue  # removed: their tokens are dead by their epoch already
+        reason = refusal(holder, await member(row.made_by))
+        if reason is not None:
+            reasons[row.id] = reason
+            refused_pairs.append((row.user_id, row.made_by))
+    if refused_pairs:
+        await connection.execute(
+            update(invites)
+            .where(
+                and_(
+                    invites.c.session_id == session_id,
+                    invites.c.revoked_at.is_(None),
+                    or_(
+                        *(
+                            and_(invites.c.user_id == user, invites.c.made_by == maker)
+                            for user, maker in set(refused_pairs)
+                        )
+                    ),
+                )
+            )
+            .values(revoked_at=now_ms // 1000)
+        )
+    refused = [row for row in rows if row.id in reasons]
+    return await _revoke(connection, refused, now_ms, actor, lambda row: reasons[row.id])
+
+
+async def _revoke(
+    connection: AsyncConnection,
+    rows: list[Any],
+    now_ms: int,
+    actor: str,
+    reason: Callable[[Any], str],
+) -> Revoked:
+    revoked: Revoked = {}
+    if not rows:
+        return revoked
+    await connection.execute(
+        update(client_tokens)
+        .where(client_tokens.c.id.in_([row.id for row in rows]))
+        .values(revoked_at=now_ms)
+    )
+    for row in rows:
+        token = TokenRow(row.id, row.user_id, row.expires_at, revoked=True, revoked_at=now_ms)
+        revoked.setdefault(row.session_id, []).append(token)
+        what = {
+            "revoked": row.id,
+            "user_id": row.user_id,
+            "made_by": row.made_by,
+            "reason": f"revoked: {row.made_by!r} made the invite link that gave this token, "
+            f"and {reason(row)}",
+        }
+        await insert_audit(connection, row.session_id, now_ms, "token", actor, what)
+    if connection.dialect.name == "postgresql":
+        # Every node reads the session's revoked tokens again (as ``revoke_token`` does).
+        for session_id in revoked:
+            await connection.execute(select(func.pg_notify(CHANNEL_SETTINGS, session_id)))
+    return revoked
