@@ -20,7 +20,7 @@ import secrets
 from parley.authz.membership import Traces, judge_invite
 from parley.authz.roles import Capability
 from parley.authz.tokens import ADMIN_ACTOR, ClientClaims, issue_token
-from parley.server.http.members import token_out
+from parley.server.http.members import revocations_in_force, token_out
 from parley.server.http.models import (
     InviteCreate,
     InviteCreated,
@@ -83,6 +83,7 @@ async def create_invite(
         created_at=now_ms,
         expires_at=now_ms // 1000 + body.ttl_seconds,
         revoked_at=None,
+        **_inherited(caller, body.user_id),
     )
     await _judge(state, session_id, caller, body.user_id)
     secret = secrets.token_urlsafe(32)
@@ -174,7 +175,7 @@ async def exchange_invite(state: AppState, body: InviteExchange, client: str) ->
     ) -> tuple[str, ClientClaims]:
         """A token of the member; one from another member's link lives while its maker
         may still make that link (``authz.tokens.token_refusal``)."""
-        made_by = maker_epoch = ""
+        made_by, maker_epoch = invite.made_by, invite.maker_epoch
         if maker is not None and _made_by_another(invite):
             made_by, maker_epoch = maker.user_id, maker.token_epoch
         return issue_token(
@@ -200,10 +201,21 @@ async def exchange_invite(state: AppState, body: InviteExchange, client: str) ->
         await room.writer.audit("refused", invite.created_by, what)
     if redeemed is None or isinstance(redeemed, Killed):
         raise Unauthenticated(NOT_VALID)
-    invite, member, token, claims = redeemed
+    invite, member, token, claims, revoked = redeemed
     room = await state.rooms.get(invite.session_id)
+    await revocations_in_force(state, revoked)
     await room.writer.audit("invite", member.user_id, {"used": invite.id, "jti": claims.token_id})
     return token_out(member, token, claims)
+
+
+def _inherited(caller: Caller, user_id: str) -> dict[str, str]:
+    """A member's link for themselves, minted with a token from another member's link,
+    carries that maker (``InviteRow.made_by``): the tokens it gives are theirs too, and die
+    as that token does (review RM-1: else the maker launders the identity through it)."""
+    claims = caller.claims
+    if claims is None or caller.user_id != user_id or not claims.made_by:
+        return {}
+    return {"made_by": claims.made_by, "maker_epoch": claims.maker_epoch}
 
 
 def _made_by_another(invite: InviteRow) -> bool:

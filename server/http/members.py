@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable
 
-from parley.authz.membership import ADMIN, judge_membership_change
+from parley.authz.membership import ADMIN, judge_membership_change, reader_refusal
 from parley.authz.policy import Decision, Do, Subject, decide
 from parley.authz.roles import Capability, Member, check_capabilities
 from parley.authz.tokens import ADMIN_ACTOR, ClientClaims, issue_token
@@ -32,6 +32,7 @@ from parley.server.http.sessions import SESSION_ERRORS, USER_ID, check_user_id, 
 from parley.server.runtime.room import SessionRoom
 from parley.server.state import AppState
 from parley.server.store.access import AccessStore
+from parley.server.store.link_tokens import Revoked
 from parley.server.store.rows import check_room_for
 from parley.server.store.sessions import MemberChange, MemberRow
 from parley.session.errors import Conflict, Forbidden, InvalidInput, NotFound
@@ -166,6 +167,10 @@ async def _change_member(
             previous = None if before is None else before.as_member()
             return judge_membership_change(who, previous, after, roles, documents)
 
+        def link_refusal(member: MemberRow, maker: MemberRow | None) -> str | None:
+            maker_now = None if maker is None else maker.as_member()
+            return reader_refusal(member.as_member(), maker_now, roles, documents)
+
         def store() -> Awaitable[MemberChange]:
             return state.store.change_member(
                 room.session_id,
@@ -180,6 +185,7 @@ async def _change_member(
                 # same).
                 distinct_name=display_name is not None,
                 max_members=limit,  # read again under the session's lock: on every node
+                link_refusal=link_refusal,
             )
 
         # Ordered with the session's writes: their commands after it are judged by it.
@@ -196,7 +202,9 @@ async def _change_member(
             change.decision.require()
         if change.before is None and change.after is None:
             raise NotFound(f"{user_id!r} is not a member of this session")
-        await state.rooms.settings_changed(room, user_id)  # in force where the session runs
+        # In force where the session runs (all of it when tokens were revoked with it).
+        await state.rooms.settings_changed(room, None if change.revoked else user_id)
+        await revocations_in_force(state, change.revoked, but=room.session_id)
     await room.writer.audit(
         "membership",
         actor,
@@ -257,8 +265,23 @@ async def create_token(state: AppState, session_id: str, body: TokenCreate) -> T
     issued = await AccessStore(state.store).record_token(session_id, body.user_id, now, mint)
     if issued is None:
         raise Conflict(f"{body.user_id!r} is not a member of this session")
-    member, token, claims = issued
+    member, token, claims, revoked = issued
+    await revocations_in_force(state, revoked)
     return token_out(member, token, claims)
+
+
+async def revocations_in_force(state: AppState, revoked: Revoked, but: str = "") -> None:
+    """Put tokens revoked with another change (``link_tokens``) in force, as ``revoke_token``
+    does, in each session (but ``but``, put in force already) loaded here: its sockets
+    close, its prompts stop; in force where it runs before this returns (cluster mode: the
+    revocation's notification tells every node; a session loaded later reads it)."""
+    for session_id, tokens in revoked.items():
+        room = state.rooms.loaded(session_id)
+        if room is None or session_id == but:
+            continue
+        for token in tokens:
+            await room.membership.revoke_token(token)
+        await state.rooms.settings_changed(room)
 
 
 def token_out(member: MemberRow, token: str, claims: ClientClaims) -> TokenOut:
