@@ -460,3 +460,39 @@ async def test_a_command_of_a_link_token_is_judged_by_its_maker_as_stored_at_its
         reasons = await _refused_at_commit(url, sid, "carol", sent)
         assert len(reasons) == 1 and "'ann', whose invite link" in reasons[0], reasons
         assert all(actor != "carol" for _, _, actor in await _events(url, sid))
+
+
+async def test_a_link_token_is_revoked_on_every_node_once_its_member_signs_in_otherwise(
+    tmp_path: Path,
+) -> None:
+    """Review RM-1, in a cluster: ann exchanged her link for a fresh carol herself, and
+    kept being carol after the real carol was let in on the other node. The token the
+    real carol is issued through the follower revokes ann's: a message sent with it on
+    the running node, held before its fence, is refused ``unauthenticated`` at its commit
+    (audited, nothing stored), its sockets close 4401 on both nodes, and its REST calls
+    are refused on both."""
+    async with _two_nodes(tmp_path) as nodes:
+        url, first, second, sid = nodes.url, nodes.first, nodes.second, nodes.sid
+        taken = await _carol_from_anns_link(nodes)
+        bearer = {"Authorization": f"Bearer {taken}"}
+        sockets = [await _socket(node, sid, taken) for node in (first, second)]
+        held = HeldFence(first.app.state.parley.rooms.loaded(sid))
+        messages = f"/api/v1/sessions/{sid}/messages"
+        sent = asyncio.create_task(first.http.post(messages, json={"text": "x"}, headers=bearer))
+        await asyncio.wait_for(held.reached.wait(), 10)
+
+        issued = await second.http.post(f"/api/v1/sessions/{sid}/tokens", json={"user_id": "carol"})
+        assert issued.status_code == 201, issued.text
+        held.release.set()
+        refused = await sent
+        assert refused.status_code == 401, refused.text
+        assert refused.json()["error"]["code"] == "unauthenticated"
+        assert await _refusals(url, sid, "carol") == ["revoked: this token was revoked"]
+        assert all(actor != "carol" for _, _, actor in await _events(url, sid))
+        for socket in sockets:
+            assert await asyncio.wait_for(socket.wait_closed(), 30) == 4401
+        me = f"/api/v1/sessions/{sid}/me"
+        for node in (first, second):
+            assert (await node.http.get(me, headers=bearer)).status_code == 401
+        real = {"Authorization": f"Bearer {issued.json()['token']}"}
+        assert (await first.http.get(me, headers=real)).status_code == 200
