@@ -2,6 +2,8 @@
 gave the token), and ``invites.made_by``/``invites.maker_epoch`` (a member's link for
 themselves minted with such a token carries its maker), so such tokens are revoked once
 their member is known another way (review RM-1). Rows stored before have none (NULL).
+Both tables are indexed by user too: a user added to a session has their tokens from
+links in other sessions revoked.
 
 Revision ID: tokens_0029
 Revises: commands_0028
@@ -25,9 +27,13 @@ def upgrade() -> None:
     with op.batch_alter_table("invites") as batch:
         batch.add_column(sa.Column("made_by", sa.String(200)))
         batch.add_column(sa.Column("maker_epoch", sa.String(32)))
+    op.create_index("ix_client_tokens_user_id", "client_tokens", ["user_id"])
+    op.create_index("ix_invites_user_id", "invites", ["user_id"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_invites_user_id", "invites")
+    op.drop_index("ix_client_tokens_user_id", "client_tokens")
     with op.batch_alter_table("invites") as batch:
         batch.drop_column("maker_epoch")
         batch.drop_column("made_by")

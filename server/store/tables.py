@@ -340,6 +340,8 @@ client_tokens = Table(
     Column("made_by", String(200)),
 )
 Index("ix_client_tokens_session_id", client_tokens.c.session_id, client_tokens.c.revoked_at)
+# A user added to a session: their tokens from links elsewhere are found by it (RM-1).
+Index("ix_client_tokens_user_id", client_tokens.c.user_id)
 
 # Invite links: a secret (kept only as its SHA-256) that a member's browser exchanges for a
 # client token of that member, ``max_uses`` times at most, until ``expires_at`` (seconds)
@@ -365,6 +367,7 @@ invites = Table(
     Column("maker_epoch", String(32)),
 )
 Index("ix_invites_session_id", invites.c.session_id)
+Index("ix_invites_user_id", invites.c.user_id)
 
 # Event webhooks: an integrator's subscription to event types (``server.webhook_outbox``).
 # ``status``: active, paused (by the admin) or disabled (after a run of failed deliveries,
