@@ -5,8 +5,8 @@ their member is known another way (review RM-1). Rows stored before have none (N
 Both tables are indexed by user too: a user added to a session has their tokens from
 links in other sessions revoked.
 
-Revision ID: tokens_0029
-Revises: commands_0028
+Revision ID: tokens_0031
+Revises: commands_0030
 Create Date: 2026-12-07
 """
 
@@ -15,8 +15,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "tokens_0029"
-down_revision = "commands_0028"
+revision = "tokens_0031"
+down_revision = "commands_0030"
 branch_labels = None
 depends_on = None
 

@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from parley.authz.tokens import ADMIN_ACTOR
 from parley.server.store.access import CHANNEL_SETTINGS, insert_audit
 from parley.server.store.access_rows import TokenRow
-from parley.server.store.rows import MemberRow, read_member
+from parley.server.store.rows import MemberRow, lock_session, read_member
 from parley.server.store.tables import client_tokens, invites
 
 KNOWN = "its member is known another way: only they or the admin key may sign in as them"
@@ -89,7 +89,8 @@ async def revoke_known(
         )
         .values(revoked_at=now_ms // 1000)
     )
-    return await _revoke(connection, rows, now_ms, actor, lambda row: KNOWN)
+    held = None if elsewhere else session_id
+    return await _revoke(connection, rows, now_ms, actor, lambda row: KNOWN, held)
 
 
 async def revoke_refused(
@@ -147,7 +148,9 @@ async def revoke_refused(
             .values(revoked_at=now_ms // 1000)
         )
     refused = [row for row in rows if row.id in reasons]
-    return await _revoke(connection, refused, now_ms, actor, lambda row: reasons[row.id])
+    return await _revoke(
+        connection, refused, now_ms, actor, lambda row: reasons[row.id], session_id
+    )
 
 
 async def _revoke(
@@ -156,10 +159,17 @@ async def _revoke(
     now_ms: int,
     actor: str,
     reason: Callable[[Any], str],
+    held: str | None,
 ) -> Revoked:
+    """Revoke ``rows`` and audit each. ``held``: the session whose lock the transaction
+    holds, whose lease row counts the change (``lock_session``), as a revocation of the
+    admin key's does. Other sessions' are not locked (no lock order to keep across
+    sessions): their running node's fence reads a command's token as stored anyway."""
     revoked: Revoked = {}
     if not rows:
         return revoked
+    if held is not None:
+        await lock_session(connection, held, members_change=True)
     await connection.execute(
         update(client_tokens)
         .where(client_tokens.c.id.in_([row.id for row in rows]))

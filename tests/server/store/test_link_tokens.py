@@ -1,4 +1,4 @@
-"""Tokens from members' invite links in the store (``link_tokens``, ``tokens_0029``), on
+"""Tokens from members' invite links in the store (``link_tokens``, ``tokens_0031``), on
 each database: a token issued to their member another way revokes those of other makers
 (audited, with the token), and the migration goes down and up."""
 
@@ -51,7 +51,7 @@ async def test_link_tokens_are_revoked_once_their_member_is_known(
             ("token", "admin", "own", "ann"),
         ]
         assert all("known another way" in r.data["reason"] for r in audit)
-        await goes_down_and_up(store, config, "commands_0028", client_tokens, "made_by")
-        await goes_down_and_up(store, config, "commands_0028", invites, "maker_epoch")
+        await goes_down_and_up(store, config, "commands_0030", client_tokens, "made_by")
+        await goes_down_and_up(store, config, "commands_0030", invites, "maker_epoch")
     finally:
         await store.close()
