@@ -76,19 +76,7 @@ async def revoke_known(
         if elsewhere
         else and_(invites.c.session_id == session_id, invites.c.made_by != kept_maker)
     )
-    await connection.execute(
-        update(invites)
-        .where(
-            and_(
-                invites.c.user_id == user_id,
-                invites.c.made_by.is_not(None),
-                invites.c.made_by != "",
-                invites.c.revoked_at.is_(None),
-                link_place,
-            )
-        )
-        .values(revoked_at=now_ms // 1000)
-    )
+    await _kill_links(connection, now_ms, invites.c.user_id == user_id, link_place)
     held = None if elsewhere else session_id
     return await _revoke(connection, rows, now_ms, actor, lambda row: KNOWN, held)
 
@@ -131,25 +119,31 @@ async def revoke_refused(
             reasons[row.id] = reason
             refused_pairs.append((row.user_id, row.made_by))
     if refused_pairs:
-        await connection.execute(
-            update(invites)
-            .where(
-                and_(
-                    invites.c.session_id == session_id,
-                    invites.c.revoked_at.is_(None),
-                    or_(
-                        *(
-                            and_(invites.c.user_id == user, invites.c.made_by == maker)
-                            for user, maker in set(refused_pairs)
-                        )
-                    ),
-                )
-            )
-            .values(revoked_at=now_ms // 1000)
+        pairs = (
+            and_(invites.c.user_id == user, invites.c.made_by == maker)
+            for user, maker in set(refused_pairs)
         )
+        await _kill_links(connection, now_ms, invites.c.session_id == session_id, or_(*pairs))
     refused = [row for row in rows if row.id in reasons]
     return await _revoke(
         connection, refused, now_ms, actor, lambda row: reasons[row.id], session_id
+    )
+
+
+async def _kill_links(connection: AsyncConnection, now_ms: int, *where: Any) -> None:
+    """Revoke the live links for oneself that carry a maker (``invites.made_by``) among
+    ``where``."""
+    await connection.execute(
+        update(invites)
+        .where(
+            and_(
+                invites.c.made_by.is_not(None),
+                invites.c.made_by != "",
+                invites.c.revoked_at.is_(None),
+                *where,
+            )
+        )
+        .values(revoked_at=now_ms // 1000)
     )
 
 

@@ -461,10 +461,13 @@ async def test_a_token_from_a_link_dies_once_its_member_is_known_another_way(
     assert own.status_code == 201, own.text
     laundered = (await _exchange(server, own.json()["secret"])).json()["token"]
     assert (await server.http.get(me, headers=_bearer(laundered))).status_code == 200
+    spare = await _mint(server, sid, laundered, user_id="erin")  # one more, kept for later
+    assert spare.status_code == 201, spare.text
     by_admin = await _invite(server, sid, user_id="erin")  # the real erin, by the admin's link
     assert (await _exchange(server, by_admin["secret"])).status_code == 200
     for token in (erin, laundered):
         assert (await server.http.get(me, headers=_bearer(token))).status_code == 401
+    assert (await _exchange(server, spare.json()["secret"])).status_code == 401
     audit = (await server.http.get(f"/api/v1/sessions/{sid}/audit")).json()["records"]
     revoked = [r["data"] for r in audit if r["kind"] == "token" and "revoked" in r["data"]]
     assert sorted(r["user_id"] for r in revoked) == ["carol", "dan", "erin", "erin"]
