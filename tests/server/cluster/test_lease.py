@@ -131,8 +131,9 @@ async def test_a_change_of_members_or_tokens_is_counted_and_the_fence_reads_it(
     await store.change_member("s1", "bob", Member("bob", "editor"), 1, lambda *_: allowed)
     async with store.transaction() as tx:
         assert await a.fence(tx.connection, lease) == before + 1
-        stored, revoked, version = await a.fence_member(tx.connection, lease, "bob", None)
-    assert (stored, revoked, version) == (Member("bob", "editor"), False, before + 1)
+        found = await a.fence_member(tx.connection, lease, "bob", None)
+    assert found.member is not None and found.member.role == "editor"
+    assert (found.maker, found.revoked, found.members_version) == (None, False, before + 1)
     await AccessStore(store).revoke_token("s1", "no-such-token", 2)  # counted all the same
     async with store.transaction() as tx:
         assert await a.fence(tx.connection, lease) == before + 2
