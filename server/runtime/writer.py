@@ -29,7 +29,7 @@ from pycrdt import Doc, TransactionEvent, merge_updates
 from parley.authz.tokens import ClientClaims
 from parley.server.runtime.stream_feed import ReplyText, StreamFeed
 from parley.server.settings import Settings
-from parley.server.store.group_commit import Outcome, WriteFence
+from parley.server.store.group_commit import MembersMoved, Outcome, WriteFence
 from parley.server.store.port import SessionStore, SessionTx
 from parley.server.store.rows import StoredDoc
 from parley.session.encoded import EncodedDocument
@@ -378,6 +378,19 @@ class DocumentWriter:
                     # even if cancelled, so the document, the store and the sockets agree.
                     cancelled = await settled(stored)
                     update_id = stored.result()
+            except MembersMoved:
+                # Refused before anything was stored (the members changed elsewhere; the
+                # text is judged again): the document as committed is its encoded copy,
+                # with no store to read back nor to compare (review RQ-1: that comparison
+                # gave a long session up, and its clients had to reconnect).
+                self._captured = None
+                if captured:
+                    committed = self._encoded
+                    rebuilt = SessionDocument(document_of(committed.update()))
+                    self._adopt(rebuilt, self._since_snapshot, committed)
+                if cancelled:
+                    raise asyncio.CancelledError from None
+                raise
             except BaseException:
                 # A reply cut off: the room is given up unless the store is read again, so
                 # its clients are told at once to come back (``SessionRoom.fail``).

@@ -223,6 +223,13 @@ _COUNT_MEMBERS_CHANGE = text(
 )
 
 
+async def count_members_change(connection: AsyncConnection, session_id: str) -> None:
+    """Count a change of the members (their access) or client tokens on the session's
+    lease row, locked already by ``lock_session`` in this transaction (PostgreSQL)."""
+    if connection.dialect.name == "postgresql":
+        await connection.execute(_COUNT_MEMBERS_CHANGE, {"id": session_id})
+
+
 async def lock_session(
     connection: AsyncConnection, session_id: str, *, members_change: bool = False
 ) -> None:

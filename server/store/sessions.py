@@ -32,6 +32,7 @@ from parley.server.store.rows import (
     check_added_name,
     check_name_free,
     check_room_for,
+    count_members_change,
     hold_role,
     kept_name,
     lock_session,
@@ -258,7 +259,10 @@ class Store(SessionReads, UsageTables):
         concurrent changes (on any node) cannot pass them together."""
         async with self.transaction() as tx:
             connection = tx.connection
-            await lock_session(connection, session_id, members_change=True)
+            # Counted on the lease row below, once it is known to change what a member may
+            # do or read (a new name alone does not: review RQ-1, every rename made the
+            # running node judge its streamed text again).
+            await lock_session(connection, session_id)
             before = await read_member(connection, session_id, user_id)
             # A member added: refused past the cap, or if their user id or name is taken.
             cap = max_members if after is not None and before is None else None
@@ -294,6 +298,7 @@ class Store(SessionReads, UsageTables):
                 await connection.execute(delete(members).where(where))
                 await _member_event(tx, before, None, now, by)
                 revoked = await _link_tokens(connection, session_id, None, now, link_refusal, by)
+                await count_members_change(connection, session_id)
                 return MemberChange(decision, before, None, revoked)
             grants, denials = tuple(sorted(after.grants)), tuple(sorted(after.denials))
             name = display_name if display_name is not None else kept_name(before)
@@ -322,4 +327,6 @@ class Store(SessionReads, UsageTables):
             await _member_event(tx, before, row, now, by)
             added = user_id if before is None else None
             revoked = await _link_tokens(connection, session_id, added, now, link_refusal, by)
+            if before is None or row.as_member() != before.as_member() or revoked:
+                await count_members_change(connection, session_id)
             return MemberChange(decision, before, row, revoked)

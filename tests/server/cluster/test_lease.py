@@ -137,6 +137,15 @@ async def test_a_change_of_members_or_tokens_is_counted_and_the_fence_reads_it(
     await AccessStore(store).revoke_token("s1", "no-such-token", 2)  # counted all the same
     async with store.transaction() as tx:
         assert await a.fence(tx.connection, lease) == before + 2
+    # A new name alone changes nothing a member may do or read: not counted (review RQ-1:
+    # each rename made the running node refuse its streamed text and judge it again).
+    bob = Member("bob", "editor")
+    await store.change_member("s1", "bob", bob, 3, lambda *_: allowed, display_name="Bobby")
+    async with store.transaction() as tx:
+        assert await a.fence(tx.connection, lease) == before + 2
+    await store.change_member("s1", "bob", Member("bob", "viewer"), 4, lambda *_: allowed)
+    async with store.transaction() as tx:
+        assert await a.fence(tx.connection, lease) == before + 3
 
 
 async def test_the_migration_adds_the_count_and_goes_down_again(
