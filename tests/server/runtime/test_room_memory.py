@@ -95,9 +95,7 @@ def collector_paused() -> Iterator[None]:
         gc.enable()
 
 
-async def test_rooms_the_reaper_unloads_are_freed_without_a_full_collection_of_their_own() -> (
-    None
-):
+async def test_rooms_the_reaper_unloads_are_freed_without_a_full_collection_of_their_own() -> None:
     # Review RN-5: a room is in reference cycles (its parts point back at it), so only a
     # full collection frees it, and the server's thresholds make one all but never come:
     # every cold load of a 20,000-entry session kept its ~150 MB for good.
