@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import weakref
 from dataclasses import replace
 
 from hypothesis import given, settings
@@ -759,3 +761,23 @@ def test_each_messages_framing_counts_against_the_window() -> None:
     assert openai_counted(built.request) <= built.budget
     assert any(x.reason == "over budget" for x in built.excluded)
     assert built.tokens == input_tokens(built.request)  # the preview's sum is what is sent
+
+
+def test_a_fold_evicted_is_freed_at_once_without_the_cyclic_collector() -> None:
+    # Review RN-4: a fold kept a method of its own in its undo journal, so an evicted
+    # fold (a side-thread's) waited for a full collection, which the server's thresholds
+    # all but never run: every side-thread prompt of a long session kept its fold.
+    history = [msg(n, f"w{n % 3}", f"message {n}") for n in range(1, 60)]
+    builder = ContextBuilder(max_scopes=1)
+    for _ in builder.folding(entries=history, scope_key="thread:a"):
+        pass
+    evicted = weakref.ref(builder._folds["thread:a"].fold)
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in builder.folding(entries=history[:30], scope_key="thread:b"):
+            pass
+        assert "thread:a" not in builder._folds
+        assert evicted() is None
+    finally:
+        gc.enable()
