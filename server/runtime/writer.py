@@ -162,15 +162,27 @@ class DocumentWriter:
             parts = encoded.parts()
         except ProtocolError:  # applied as stored, for yrs to judge (a sync cuts it again)
             parts = [u for u in (stored.snapshot, *stored.updates) if u is not None]
-        steps = load_in_steps(parts)
-        while True:
-            try:
-                next(steps)
-            except StopIteration as done:
-                document: SessionDocument = done.value
-                break
-            await asyncio.sleep(0)
+        document = await _in_steps(parts)
         self._adopt(document, stored.updates_since_snapshot, encoded)
+
+    async def _take_back(self) -> None:
+        """A write refused before anything was stored: the document becomes its committed
+        copy again, built in steps as a load is (review RV-1: built at once, each members
+        change on another node that met a streamed reply held the loop 0.3-1.5 s on a long
+        session). Sync answers come from the copy meanwhile; cut short, it is built at once
+        (nobody may see what was never stored)."""
+        committed = self._encoded
+        try:
+            await self._cut_uncut()
+            document = await _in_steps(list(committed.parts()))
+        except ProtocolError:
+            document = SessionDocument(document_of(committed.update()))
+        except BaseException:
+            self._adopt(
+                SessionDocument(document_of(committed.update())), self._since_snapshot, committed
+            )
+            raise
+        self._adopt(document, self._since_snapshot, committed)
 
     def _adopt_loaded(self, stored: StoredDoc) -> None:
         """Make the document the store holds the live one, with its encoded copy, at once
@@ -385,9 +397,7 @@ class DocumentWriter:
                 # gave a long session up, and its clients had to reconnect).
                 self._captured = None
                 if captured:
-                    committed = self._encoded
-                    rebuilt = SessionDocument(document_of(committed.update()))
-                    self._adopt(rebuilt, self._since_snapshot, committed)
+                    await self._take_back()
                 if cancelled:
                     raise asyncio.CancelledError from None
                 raise
@@ -625,6 +635,19 @@ class DocumentWriter:
         """True when a client update would change nothing (clients may not write); an
         update deleting too many ranges is refused (``TooLarge``) unread."""
         return self._writes.is_noop(self.doc.doc, update)
+
+
+async def _in_steps(parts: Sequence[bytes]) -> SessionDocument:
+    """The document of ``parts`` built in bounded steps (``session.loading``), the loop's
+    other tasks between them."""
+    steps = load_in_steps(parts)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            document: SessionDocument = done.value
+            return document
+        await asyncio.sleep(0)
 
 
 def document_of(snapshot: bytes | None, updates: Sequence[bytes] = ()) -> Doc[Any]:
