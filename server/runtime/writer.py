@@ -501,8 +501,12 @@ class DocumentWriter:
         thought failed did commit (its connection dropped after the commit): the room is
         given up, so its clients resync and its queue is read again from the store."""
         self._adopt_loaded(stored)
+        # Judged by what the store holds beyond the committed state's structs (its delete
+        # set whole): judging the whole stored document as a client's update, a document of
+        # 2,000 'u' or 'v' bytes was "too deep to read" and so "beyond", and the room was
+        # given up after any failed write (review RQ-1).
         beyond = committed is not None and not ServerWrites(None).is_noop(
-            committed, self.doc.doc.get_update()
+            committed, self.doc.doc.get_update(committed.get_state())
         )
         if beyond:
             self.lost(

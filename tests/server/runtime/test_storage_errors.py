@@ -134,6 +134,24 @@ async def test_a_command_refused_by_an_outage_after_the_document_changed_keeps_t
         assert await store.entry_by_command(SESSION, "alice", "c2") is None
 
 
+async def test_a_failed_write_of_a_long_session_that_stored_nothing_keeps_the_room() -> None:
+    """Review RQ-1: after a write that failed and stored nothing, the store read back was
+    judged as a client's update would be, and a document holding 2,000 'u' or 'v' bytes
+    (a value that might nest too deep to read) was judged to hold more than was committed:
+    the room was given up and every socket told to come back, though nothing differed."""
+    store = _DropsAtCommit(unreachable=False)
+    async with room_with_a_client(store) as (s, _):
+        long = await s.message("alice", "uv" * 1500)
+        assert long["type"] == "ack", long
+        store.drop_next = False
+        refused = await s.message("alice", "two")
+        assert refused["code"] == "unavailable", refused
+        assert s.watcher.closed is None and not s.room.closed
+        assert [e.content for e in s.room.doc.entries()] == ["uv" * 1500]
+        back = await s.message("alice", "three")
+        assert back["type"] == "ack" and back["seq"] == long["seq"] + 1, back
+
+
 @pytest.mark.parametrize("unreachable", [True, False])
 async def test_a_write_thought_failed_that_was_stored_gives_the_room_up(unreachable: bool) -> None:
     """The same drop after the commit went through: the member was told ``unavailable``
