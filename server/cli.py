@@ -23,6 +23,7 @@ from pydantic_settings import SettingsError
 from sqlalchemy import make_url
 from sqlalchemy.exc import DBAPIError
 
+from parley.server.http.error_body import said
 from parley.server.keys import Keys, keys_problem, resolve_keys
 from parley.server.logs import configure_logging
 from parley.server.settings import Settings, missing_api_keys
@@ -305,7 +306,7 @@ def describe_settings_error(exc: ValidationError) -> str:
         head, *rest = [*error["loc"]] or [""]
         where = f"PARLEY_{str(head).upper()}" if head else "settings"
         where += "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in rest)
-        message = str(error["msg"]).removeprefix("Value error, ")
+        message = said(str(error["msg"]))
         lines.append(f"{where}: {message}" if not message.startswith("PARLEY_") else message)
     return "; ".join(lines)
 

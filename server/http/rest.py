@@ -30,7 +30,7 @@ from starlette.routing import Route
 from parley.authz.policy import Decision, Do, decide
 from parley.authz.tokens import ADMIN_ACTOR, ClientClaims, verify_token
 from parley.server.http.bounded import BoundedJSONResponse
-from parley.server.http.error_body import error_body
+from parley.server.http.error_body import error_body, said
 from parley.server.http.models import READ_AS_WHOLE, ErrorBody
 from parley.server.state import AppState
 from parley.session.commands import MAX_ENTRY_ID_CHARS, unstorable
@@ -420,19 +420,15 @@ def invalid_body(exc: ValidationError) -> InvalidInput:
     # Only the locations and messages, and only of the ones shown: a body can hold
     # thousands of wrong items, and each error's input and context would be copied.
     errors = exc.errors(include_url=False, include_input=False, include_context=False)
-    # A validator's own words, without pydantic's "Value error, " before them (review RP-1).
+    # A validator's own words (review RP-1).
     details = tuple(
-        (".".join(str(p) for p in error["loc"]) or "body", _said(error["msg"]))
+        (".".join(str(p) for p in error["loc"]) or "body", said(error["msg"]))
         for error in errors[:MAX_PROBLEMS]
     )
     message = "; ".join(f"{at}: {what}" for at, what in details)
     if exc.error_count() > MAX_PROBLEMS:
         message += f"; and {exc.error_count() - MAX_PROBLEMS} more"
     return InvalidInput(message, details)
-
-
-def _said(message: str) -> str:
-    return message.removeprefix("Value error, ")
 
 
 def check_json_body(request: Request, raw: bytes | None) -> None:
