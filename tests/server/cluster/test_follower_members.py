@@ -232,26 +232,7 @@ async def test_a_command_judged_before_a_revocation_elsewhere_is_refused_at_its_
     while the follower stores the token's revocation: it is refused ``unauthenticated`` at
     its commit, audited, and stores nothing; his other socket still posts."""
     async with _two_nodes(tmp_path) as nodes:
-        url, first, second, sid = nodes.url, nodes.first, nodes.second, nodes.sid
-        minted = await first.http.post(f"/api/v1/sessions/{sid}/tokens", json={"user_id": "bob"})
-        issued = minted.json()
-        bob = await YClient.connect(first.ws_url, sid, issued["token"])
-        first.clients.append(bob)
-        await asyncio.wait_for(bob.synced.wait(), 10)
-        held = HeldFence(first.app.state.parley.rooms.loaded(sid))  # bob's message's
-        sent = asyncio.create_task(bob.command({"type": "message", "id": "b1", "text": "x"}))
-        await asyncio.wait_for(held.reached.wait(), 10)
-
-        # What a DELETE …/tokens/{jti} through the follower stores, not yet in force.
-        follower = second.app.state.parley
-        now_ms = int(time.time() * 1000)
-        assert await AccessStore(follower.store).revoke_token(sid, issued["jti"], now_ms)
-        held.release.set()
-        reasons = await _refused_at_commit(url, sid, "bob", sent)
-        assert reasons == ["revoked: this token was revoked"]
-        assert all(actor != "bob" for _, _, actor in await _events(url, sid))
-        taken = await nodes.bob.command({"type": "message", "id": "b2", "text": "other token"})
-        assert taken["type"] == "ack", taken
+        await _revoked_while_held(nodes, nodes.first)
 
 
 # Set in the task of a member change: its commit is held.
@@ -357,6 +338,28 @@ async def _socket(node: RunningServer, sid: str, token: str) -> YClient:
     return client
 
 
+async def _revoked_while_held(nodes: TwoNodes, door: RunningServer) -> None:
+    """Bob's message, sent through ``door`` with a fresh token, held on the running (first)
+    node before its fence while the follower stores that token's revocation (what a
+    ``DELETE …/tokens/{jti}`` there stores, not yet in force): refused ``unauthenticated`` at
+    its commit, audited, nothing stored; his other socket still posts."""
+    url, first, second, sid = nodes.url, nodes.first, nodes.second, nodes.sid
+    minted = await first.http.post(f"/api/v1/sessions/{sid}/tokens", json={"user_id": "bob"})
+    issued = minted.json()
+    bob = await _socket(door, sid, issued["token"])
+    held = HeldFence(first.app.state.parley.rooms.loaded(sid))  # bob's message's
+    sent = asyncio.create_task(bob.command({"type": "message", "id": "b1", "text": "x"}))
+    await asyncio.wait_for(held.reached.wait(), 10)
+    now_ms = int(time.time() * 1000)
+    assert await AccessStore(second.app.state.parley.store).revoke_token(sid, issued["jti"], now_ms)
+    held.release.set()
+    reasons = await _refused_at_commit(url, sid, "bob", sent)
+    assert reasons == ["revoked: this token was revoked"]
+    assert all(actor != "bob" for _, _, actor in await _events(url, sid))
+    taken = await nodes.bob.command({"type": "message", "id": "b2", "text": "other token"})
+    assert taken["type"] == "ack", taken
+
+
 async def _refused_at_commit(
     url: str, sid: str, user: str, sent: asyncio.Task[dict[str, Any]]
 ) -> list[str]:
@@ -409,23 +412,7 @@ async def test_a_forwarded_command_of_a_token_revoked_before_its_commit_is_refus
     revocation, was acked and stored; it is refused ``unauthenticated`` there, audited, as
     on the direct path."""
     async with _two_nodes(tmp_path) as nodes:
-        url, first, second, sid = nodes.url, nodes.first, nodes.second, nodes.sid
-        minted = await first.http.post(f"/api/v1/sessions/{sid}/tokens", json={"user_id": "bob"})
-        issued = minted.json()
-        bob = await _socket(second, sid, issued["token"])  # forwarded to the first node
-        held = HeldFence(first.app.state.parley.rooms.loaded(sid))
-        sent = asyncio.create_task(bob.command({"type": "message", "id": "b1", "text": "x"}))
-        await asyncio.wait_for(held.reached.wait(), 10)
-
-        follower = second.app.state.parley
-        now_ms = int(time.time() * 1000)
-        assert await AccessStore(follower.store).revoke_token(sid, issued["jti"], now_ms)
-        held.release.set()
-        reasons = await _refused_at_commit(url, sid, "bob", sent)
-        assert reasons == ["revoked: this token was revoked"]
-        assert all(actor != "bob" for _, _, actor in await _events(url, sid))
-        taken = await nodes.bob.command({"type": "message", "id": "b2", "text": "other token"})
-        assert taken["type"] == "ack", taken
+        await _revoked_while_held(nodes, nodes.second)  # forwarded to the first node
 
 
 @pytest.mark.parametrize("forwarded", [True, False], ids=["forwarded", "direct"])
