@@ -8,6 +8,7 @@ never re-reads the whole document but once after a load.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from pycrdt import Doc
@@ -34,11 +35,13 @@ class ServerWrites:
         """The document was replaced (loaded again): read its delete set anew."""
         self._deletes = None
 
-    def committed(self, update: bytes, state: bytes) -> None:
-        """The server applied ``update``; ``state`` is the document's state vector after it."""
+    def committed(self, update: bytes, state: Callable[[], bytes]) -> None:
+        """The server applied ``update``; ``state`` gives the document's state vector after
+        it, asked only while the delete set is kept (a transaction of the document each
+        time: once per streamed token, for nothing until a client's update is judged)."""
         if self._deletes is not None:
             try:
-                add_deletes(self._deletes, delete_set_of(update, state))
+                add_deletes(self._deletes, delete_set_of(update, state()))
             except ProtocolError:  # structs still pending (a replica): read it all again
                 self._deletes = None
 

@@ -94,6 +94,7 @@ class SessionContext:
         # The previews built of one state of what a build reads (``preview``).
         self._kept_state: tuple[object, ...] = ()
         self._kept: list[tuple[tuple[str, ...], RunScope, KeptPreview]] = []
+        self._settings_of: tuple[str | None, ContextSettings] | None = None
         self._builder = ContextBuilder(self.settings_now())
         # Side-threads fold apart, so they never push the session's own folds out.
         self._thread_builder = self._new_threads_builder(self.settings_now())
@@ -196,13 +197,22 @@ class SessionContext:
         return restrictions
 
     def settings_now(self) -> ContextSettings:
-        spec = self.settings.model_spec(self._model())
-        return ContextSettings(
-            window_tokens=spec.context_window_tokens,
-            reserve_output_tokens=spec.reserved_output_tokens,
-            min_block_lines=self.settings.min_block_lines,
-            fixed_share=self.settings.pins_facts_max_share,
-        )
+        """The context's settings for the session's model now: kept per model name, as
+        the core judges each streamed token with them (made anew, 5 to 15 us a token)."""
+        model = self._model()
+        kept = self._settings_of
+        if kept is None or kept[0] != model:
+            spec = self.settings.model_spec(model)
+            kept = self._settings_of = (
+                model,
+                ContextSettings(
+                    window_tokens=spec.context_window_tokens,
+                    reserve_output_tokens=spec.reserved_output_tokens,
+                    min_block_lines=self.settings.min_block_lines,
+                    fixed_share=self.settings.pins_facts_max_share,
+                ),
+            )
+        return kept[1]
 
     def build(
         self,

@@ -85,7 +85,7 @@ class LiveThreadDoc:
     def publish(self, update: bytes) -> None:
         """A stored update: to the thread's sockets."""
         if update:
-            self.writes.committed(update, self.document.doc.get_state())
+            self.writes.committed(update, self.document.doc.get_state)
             self.send(self.thread_id, encode_sync(SyncType.UPDATE, update))
 
     def apply_replicated(self, stored: StoredDoc) -> None:

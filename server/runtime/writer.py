@@ -521,7 +521,7 @@ class DocumentWriter:
     def _committed(self, update: bytes) -> None:
         """Keep what judges and answers client frames current with a committed update: a
         cost linear in the update, never in the document."""
-        self._writes.committed(update, self.doc.doc.get_state())
+        self._writes.committed(update, self.doc.doc.get_state)
         self._encoded.committed(update)
         self._copy = None
 
