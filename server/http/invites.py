@@ -83,7 +83,7 @@ async def create_invite(
         created_at=now_ms,
         expires_at=now_ms // 1000 + body.ttl_seconds,
         revoked_at=None,
-        **_inherited(caller, body.user_id),
+        **_inherited(caller),
     )
     await _judge(state, session_id, caller, body.user_id)
     secret = secrets.token_urlsafe(32)
@@ -158,25 +158,37 @@ async def exchange_invite(state: AppState, body: InviteExchange, client: str) ->
     documents = await AccessStore(state.store).reader_lists(session_id)
 
     def judge(
-        invite: InviteRow, maker: MemberRow | None, member: MemberRow, traces: Traces
+        invite: InviteRow,
+        makers: tuple[MemberRow | None, MemberRow | None],
+        member: MemberRow,
+        traces: Traces,
     ) -> str | None:
         """A link hands out its member's access as it is now: judged again, as if its
         maker minted it now (a maker removed or lowered, a member raised past what the
-        maker may hand out, or one who has signed in meanwhile, makes it dead). Why not,
-        or None."""
+        maker may hand out, or one who has signed in meanwhile, makes it dead), and as if
+        the maker it carries did (``_inherited``; one whose membership is not the one it
+        carries is gone). Why not, or None."""
+        minted_by, carried = makers
+        if invite.made_by and (carried is None or carried.token_epoch != invite.maker_epoch):
+            return f"revoked: {invite.made_by!r}, whose invite link it came from, left"
         if not _made_by_another(invite):
             return None  # the admin key's, or the member's own access
-        actor = None if maker is None else maker.as_member()
-        decision = judge_invite(actor, member.as_member(), state.rooms.roles, documents, traces)
-        return None if decision.allowed else decision.reason
+        for maker in (minted_by, carried) if invite.made_by else (minted_by,):
+            actor = None if maker is None else maker.as_member()
+            roles = state.rooms.roles
+            decision = judge_invite(actor, member.as_member(), roles, documents, traces)
+            if not decision.allowed:
+                return decision.reason
+        return None
 
     def mint(
         invite: InviteRow, member: MemberRow, maker: MemberRow | None
     ) -> tuple[str, ClientClaims]:
         """A token of the member; one from another member's link lives while its maker
-        may still make that link (``authz.tokens.token_refusal``)."""
+        (the one the link carries, if any) may still make that link
+        (``authz.tokens.token_refusal``)."""
         made_by, maker_epoch = invite.made_by, invite.maker_epoch
-        if maker is not None and _made_by_another(invite):
+        if not made_by and maker is not None and _made_by_another(invite):
             made_by, maker_epoch = maker.user_id, maker.token_epoch
         return issue_token(
             state.keys.signing_key,
@@ -208,12 +220,13 @@ async def exchange_invite(state: AppState, body: InviteExchange, client: str) ->
     return token_out(member, token, claims)
 
 
-def _inherited(caller: Caller, user_id: str) -> dict[str, str]:
-    """A member's link for themselves, minted with a token from another member's link,
-    carries that maker (``InviteRow.made_by``): the tokens it gives are theirs too, and die
-    as that token does (review RM-1: else the maker launders the identity through it)."""
+def _inherited(caller: Caller) -> dict[str, str]:
+    """A link minted with a token from another member's link, for whomever, carries that
+    maker (``InviteRow.made_by``): the tokens it gives are theirs too, and live while that
+    maker may make the link (reviews RM-1, for oneself, and RW-1, for another: else the
+    maker launders an identity through it, or keeps the access they were lowered from)."""
     claims = caller.claims
-    if claims is None or caller.user_id != user_id or not claims.made_by:
+    if claims is None or not claims.made_by:
         return {}
     return {"made_by": claims.made_by, "maker_epoch": claims.maker_epoch}
 

@@ -45,8 +45,8 @@ class InviteRow:
     created_at: int
     expires_at: int
     revoked_at: int | None
-    # A link for oneself minted with a token from another member's link: that maker and
-    # their membership's epoch, which the tokens it gives carry ("": none).
+    # A link minted with a token from another member's link: that maker and their
+    # membership's epoch, which the tokens it gives carry ("": none).
     made_by: str = ""
     maker_epoch: str = ""
 
@@ -196,14 +196,16 @@ class InviteStore:
         secret: str,
         now: int,
         mint: Callable[[InviteRow, MemberRow, MemberRow | None], tuple[str, ClientClaims]],
-        judge: Callable[[InviteRow, MemberRow | None, MemberRow, Traces], str | None],
+        judge: Callable[
+            [InviteRow, tuple[MemberRow | None, MemberRow | None], MemberRow, Traces], str | None
+        ],
     ) -> tuple[InviteRow, MemberRow, str, ClientClaims, Revoked] | Killed | None:
         """Spend one use of the live invite whose secret this is and mint (and record) a
         token for its member, in one transaction; None when there is no such invite or its
         member is no longer the one it was made for. An invite ``judge`` (given the
-        invite, its maker's membership now, its member's and their traces; ``mint`` the
-        invite, its member and maker) refuses, saying why, is
-        revoked in that transaction: ``Killed`` (None to an exchange that raced it).
+        invite, the memberships now of its maker and of the maker it carries, its member's
+        and their traces; ``mint`` the invite, its member and maker) refuses, saying why,
+        is revoked in that transaction: ``Killed`` (None to an exchange that raced it).
         Whoever exchanged is told only that the link is not valid (no oracle for
         guessers); the caller audits a ``Killed``, once per invite (review: a dead link
         exchanged 1,600 times in 9 s wrote 1,600 audit records). With the token: the
@@ -225,8 +227,11 @@ class InviteStore:
             if member is None or member.token_epoch != found.epoch:
                 return None
             maker = await read_member(connection, invite.session_id, invite.created_by)
+            carried = None
+            if invite.made_by:
+                carried = await read_member(connection, invite.session_id, invite.made_by)
             traces = await read_traces(connection, invite.session_id, invite.user_id)
-            refused = judge(invite, maker, member, traces)
+            refused = judge(invite, (maker, carried), member, traces)
             if refused is not None:
                 killed = await connection.execute(
                     update(invites)

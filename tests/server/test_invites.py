@@ -474,6 +474,37 @@ async def test_a_token_from_a_link_dies_once_its_member_is_known_another_way(
     assert all(r["made_by"] == "alice" and "known another way" in r["reason"] for r in revoked)
 
 
+async def test_a_link_minted_with_a_token_from_a_link_carries_that_tokens_maker(
+    server: RunningServer,
+) -> None:
+    """Review RW-1: alice (owner) took fred's link herself, and with fred's token minted a
+    link for gina and took that too; its maker was fred, so once the admin made alice a
+    viewer fred's token died but gina's lived on as an owner, and with it alice made
+    herself owner again. A link minted with a token from another member's link, for anyone,
+    carries that token's maker: its tokens live while that maker may make the link."""
+    sid = await server.new_session({"alice": "owner", "fred": "owner", "gina": "owner"})
+    me = f"/api/v1/sessions/{sid}/me"
+    fred = await _taken(server, sid, "alice", "fred")
+    minted = await _mint(server, sid, fred, user_id="gina")
+    assert minted.status_code == 201, minted.text
+    spare = await _mint(server, sid, fred, user_id="gina")  # exchanged after the demotion
+    gina = (await _exchange(server, minted.json()["secret"])).json()["token"]
+    assert (await server.http.get(me, headers=_bearer(gina))).json()["role"] == "owner"
+    members = f"/api/v1/sessions/{sid}/members"
+    lowered = await server.http.put(f"{members}/alice", json={"role": "viewer"})
+    assert lowered.status_code == 200, lowered.text
+    for token in (fred, gina):
+        refused = await server.http.get(me, headers=_bearer(token))
+        assert refused.status_code == 401, refused.text
+    raised = await server.http.put(
+        f"{members}/alice", json={"role": "owner"}, headers=_bearer(gina)
+    )
+    assert raised.status_code == 401, raised.text
+    assert (await _exchange(server, spare.json()["secret"])).status_code == 401
+    listed = (await server.http.get(members)).json()["members"]
+    assert {m["user_id"]: m["role"] for m in listed}["alice"] == "viewer"
+
+
 async def test_a_token_from_a_link_dies_once_its_member_may_read_what_its_maker_may_not(
     server: RunningServer,
 ) -> None:
