@@ -16,6 +16,7 @@ from parley.authz.roles import (
     tool_capability,
 )
 from parley.server.http.cursor import PLACE_CURSOR, make_place_cursor, page_start
+from parley.server.http.members import revocations_in_force
 from parley.server.http.models import RoleList, RoleOut, RolePut
 from parley.server.http.resource_models import (
     TOOL_NAME,
@@ -48,6 +49,7 @@ from parley.server.state import AppState
 from parley.server.store.access import AccessStore
 from parley.server.store.access_rows import AuditPage, DocumentRow, ToolRow
 from parley.server.store.horizon import Place
+from parley.server.store.link_tokens import by_readers
 from parley.session.core.audit_view import shown_record
 from parley.session.errors import Conflict, Forbidden, InvalidInput, NotFound, TooLarge
 
@@ -113,7 +115,13 @@ async def create_document(
     row = DocumentRow(
         document_id, session_id, body.title, body.text, readers, int(state.clock() * 1000)
     )
-    await _access(state).add_document(row, state.settings.max_documents_per_session)
+    await state.rooms.current_access()  # the roles as committed
+    documents = await _access(state).reader_lists(session_id)
+    refusal = by_readers(state.rooms.roles, {*documents, readers})
+    revoked = await _access(state).add_document(
+        row, state.settings.max_documents_per_session, refusal, caller.actor
+    )
+    await revocations_in_force(state, revoked)
     await room.writer.audit(
         "document",
         caller.actor,

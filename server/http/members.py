@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable
 
-from parley.authz.membership import ADMIN, judge_membership_change, reader_refusal
+from parley.authz.membership import ADMIN, judge_membership_change
 from parley.authz.policy import Decision, Do, Subject, decide
 from parley.authz.roles import Capability, Member, check_capabilities
 from parley.authz.tokens import ADMIN_ACTOR, ClientClaims, issue_token
@@ -32,7 +32,7 @@ from parley.server.http.sessions import SESSION_ERRORS, USER_ID, check_user_id, 
 from parley.server.runtime.room import SessionRoom
 from parley.server.state import AppState
 from parley.server.store.access import AccessStore
-from parley.server.store.link_tokens import Revoked
+from parley.server.store.link_tokens import Revoked, by_readers
 from parley.server.store.rows import check_room_for
 from parley.server.store.sessions import MemberChange, MemberRow
 from parley.session.errors import Conflict, Forbidden, InvalidInput, NotFound
@@ -167,10 +167,6 @@ async def _change_member(
             previous = None if before is None else before.as_member()
             return judge_membership_change(who, previous, after, roles, documents)
 
-        def link_refusal(member: MemberRow, maker: MemberRow | None) -> str | None:
-            maker_now = None if maker is None else maker.as_member()
-            return reader_refusal(member.as_member(), maker_now, roles, documents)
-
         def store() -> Awaitable[MemberChange]:
             return state.store.change_member(
                 room.session_id,
@@ -185,7 +181,7 @@ async def _change_member(
                 # same).
                 distinct_name=display_name is not None,
                 max_members=limit,  # read again under the session's lock: on every node
-                link_refusal=link_refusal,
+                link_refusal=by_readers(roles, documents),
             )
 
         # Ordered with the session's writes: their commands after it are judged by it.

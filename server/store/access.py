@@ -44,7 +44,7 @@ from parley.session.errors import Conflict
 
 if TYPE_CHECKING:
     from parley.server.store.database import Database
-    from parley.server.store.link_tokens import Revoked
+    from parley.server.store.link_tokens import LinkRefusal, Revoked
 
 
 # PostgreSQL's channel for a session whose settings or members changed (payload: its id):
@@ -261,7 +261,21 @@ class AccessStore:
 
     # -- documents ------------------------------------------------------------------------
 
-    async def add_document(self, row: DocumentRow, max_per_session: int) -> None:
+    async def add_document(
+        self,
+        row: DocumentRow,
+        max_per_session: int,
+        link_refusal: LinkRefusal | None = None,
+        actor: str = ADMIN_ACTOR,
+    ) -> Revoked:
+        """Attach a document; with ``link_refusal`` (judging with its reader list among the
+        session's), the tokens from members' links it leaves refused are revoked in the
+        same transaction (review RW-2: a maker read, through a member she took over, a
+        document attached later that she may not read); returns them."""
+        # Imported here: ``link_tokens`` writes its audit records with this module's.
+        from parley.server.store.link_tokens import revoke_refused
+
+        revoked: Revoked = {}
         async with self.store.transaction() as tx:
             await lock_session(tx.connection, row.session_id)  # concurrent adds count in turn
             count = (
@@ -283,7 +297,12 @@ class AccessStore:
                     created_at=row.created_at,
                 )
             )
+            if link_refusal is not None:
+                revoked = await revoke_refused(
+                    tx.connection, row.session_id, row.created_at, link_refusal, actor
+                )
         self._know_length(row.id, len(row.text))
+        return revoked
 
     async def list_documents(self, session_id: str, *, texts: bool = True) -> list[DocumentRow]:
         """The session's documents; ``texts=False``: without their text (``chars`` its

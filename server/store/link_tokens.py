@@ -1,6 +1,6 @@
 """Client tokens from another member's invite link (``client_tokens.made_by``), and the
-links a member mints for themselves with one (``invites.made_by``): revoked in the
-transaction that makes them dead (review RM-1).
+links minted with one (``invites.made_by``): revoked in the transaction that makes them
+dead (reviews RM-1, RW-2).
 
 Such a token lives only while its link could still be minted and exchanged. What the
 server judges at each use in memory (its maker's membership and capabilities:
@@ -8,19 +8,23 @@ server judges at each use in memory (its maker's membership and capabilities:
 nobody has been yet, and is judged with the session's reader lists. So the token is
 revoked, as the admin key revokes one (in force on every node, at a command's commit too),
 once its member is known another way (a token issued to them otherwise, a membership of
-another session: ``revoke_known``), or once a membership change of the session leaves its
-maker unable to hand out what its member holds (``revoke_refused``). Each revocation is
-audited (``token``, with its reason) in the same transaction.
+another session: ``revoke_known``), or once a membership change of the session, or a
+document attached to it, leaves its maker unable to hand out what its member holds
+(``revoke_refused``). Each revocation is audited (``token``, with its reason) in the same
+transaction.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from parley.authz.membership import reader_refusal
+from parley.authz.policy import Readers
+from parley.authz.roles import RoleTable
 from parley.authz.tokens import ADMIN_ACTOR
 from parley.server.store.access import CHANNEL_SETTINGS, insert_audit
 from parley.server.store.access_rows import TokenRow
@@ -33,6 +37,17 @@ Revoked = dict[str, list[TokenRow]]
 LinkRefusal = Callable[[MemberRow, MemberRow | None], str | None]
 """Why a token from a link may not live, given its member and its maker as stored (None:
 no member), or None."""
+
+
+def by_readers(roles: RoleTable, documents: Iterable[Readers]) -> LinkRefusal:
+    """The ``LinkRefusal`` of the session's reader lists ``documents``: its maker could
+    not hand out what its member may read (``authz.membership.reader_refusal``)."""
+
+    def refusal(member: MemberRow, maker: MemberRow | None) -> str | None:
+        maker_now = None if maker is None else maker.as_member()
+        return reader_refusal(member.as_member(), maker_now, roles, documents)
+
+    return refusal
 
 
 def _from_links(now_ms: int) -> Any:

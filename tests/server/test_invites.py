@@ -474,6 +474,32 @@ async def test_a_token_from_a_link_dies_once_its_member_is_known_another_way(
     assert all(r["made_by"] == "alice" and "known another way" in r["reason"] for r in revoked)
 
 
+async def test_a_token_from_a_link_dies_once_a_document_its_maker_may_not_read_reaches_it(
+    server: RunningServer,
+) -> None:
+    """Review RW-2: olga (owner) took a token from her link for a fresh editor, fred; the
+    admin then attached a document for editors, which olga may not read (404 to her own
+    token), and fred's token read it (200): the reader lists were judged at membership
+    changes only. Attaching a document judges the tokens from the session's links again."""
+    sid = await server.new_session({"olga": "owner", "fred": "editor"})
+    fred = await _taken(server, sid, "olga", "fred")
+    added = await server.http.post(
+        f"/api/v1/sessions/{sid}/documents",
+        json={"title": "hr", "text": "salaries", "readers": {"roles": ["editor"]}},
+    )
+    assert added.status_code == 201, added.text
+    document = f"/api/v1/sessions/{sid}/documents/{added.json()['id']}"
+    olga = await server.token(sid, "olga")
+    assert (await server.http.get(document, headers=_bearer(olga))).status_code == 404
+    refused = await server.http.get(document, headers=_bearer(fred))
+    assert refused.status_code == 401, refused.text
+    assert "revoked" in refused.json()["error"]["message"]
+    assert (await server.http.get(document)).status_code == 200  # the admin key reads it
+    audit = (await server.http.get(f"/api/v1/sessions/{sid}/audit")).json()["records"]
+    revoked = [r["data"] for r in audit if r["kind"] == "token" and "revoked" in r["data"]]
+    assert [(r["user_id"], r["made_by"]) for r in revoked] == [("fred", "olga")]
+
+
 async def test_a_link_minted_with_a_token_from_a_link_carries_that_tokens_maker(
     server: RunningServer,
 ) -> None:
