@@ -123,7 +123,10 @@ class CommandRelay:
         """Run the open forwarded commands of a session run here, in id order."""
         for _ in range(MAX_TAIL_PAGES):
             room = self.node.registry.loaded(session_id)
-            if room is None or not await self.node.lease_holds(room):
+            if room is None or room.draining or not await self.node.lease_holds(room):
+                # Draining (SIGTERM): left open for the node that runs the session next, as
+                # after a crash; refused here, a member on a healthy node was told to send it
+                # again after reconnecting, and their socket never closed (review rx-1).
                 return
             open_commands = await self.table.open_commands(session_id, COMMAND_BATCH)
             if not open_commands:
