@@ -51,6 +51,7 @@ from parley.server.store.group_commit import MembersMoved
 from parley.server.store.port import SessionTx
 from parley.server.store.rows import read_members
 from parley.server.store.sessions import CHANNEL_DELETED, Store, StoreTx
+from parley.server.store.tables import sessions
 from parley.session.closes import CloseCode
 from parley.session.commands import command_id_of, error_reply, reply_error
 from parley.session.errors import Unavailable
@@ -140,6 +141,18 @@ class HolderFence:
         now = int(self.room.clock())
         revoked_tokens = await read_revoked_tokens(connection, self.room.session_id, now)
         membership.hold_stored([row.as_member() for row in members], revoked_tokens)
+        # The restricted-reply policy is counted with them (``READING_SETTINGS``): a reply
+        # streaming ``shared`` goes private at a change to ``private`` stored elsewhere.
+        policy = (
+            await connection.execute(
+                select(sessions.c.restricted_replies, sessions.c.restricted_replies_by).where(
+                    sessions.c.id == self.room.session_id
+                )
+            )
+        ).first()
+        if policy is not None:
+            self.room.restricted_replies = policy.restricted_replies
+            self.room.restricted_replies_by = policy.restricted_replies_by
         self._members_read = (lease, version)
         if appended:
             raise MembersMoved("the members changed as this text was judged; nothing was stored")

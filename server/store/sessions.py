@@ -69,6 +69,8 @@ from parley.session.webhook_events import SESSION_CREATED, SESSION_DELETED
 
 # PostgreSQL: a session was deleted (payload: its id); cluster nodes listen to it.
 CHANNEL_DELETED = "parley_deleted"
+# The settings that decide who reads a reply's restricted text (``SessionView.shares``).
+READING_SETTINGS = frozenset({"restricted_replies", "restricted_replies_by"})
 
 __all__ = [
     "EntryRow",
@@ -178,6 +180,10 @@ class Store(SessionReads, UsageTables):
                 await tx.connection.execute(select(sessions).where(sessions.c.id == session_id))
             ).one()
             changed = {k: v for k, v in values.items() if getattr(row, k) != v}
+            if changed.keys() & READING_SETTINGS:
+                # Who may read a reply's restricted text: counted as a members change, so
+                # the running node judges its next write by it, in force there or not yet.
+                await count_members_change(tx.connection, session_id)
             if changed:
                 await tx.connection.execute(
                     update(sessions).where(sessions.c.id == session_id).values(**changed)

@@ -174,3 +174,36 @@ async def test_a_run_does_not_start_for_who_lost_the_right_to_prompt_elsewhere(
         assert prompt is not None
         assert (prompt["status"], prompt.get("reason_code")) == ("failed", "forbidden"), prompt
         assert model.requests_for("bob") == []
+
+
+async def test_a_reply_streaming_shared_goes_private_at_a_policy_change_stored_elsewhere(
+    tmp_path: Path,
+) -> None:
+    """The restricted-reply policy changed ``shared`` -> ``private`` through another node
+    while a reply drawing on a document only owners read streams: the node running the
+    session, its policy in memory still ``shared``, went on writing the vault's text into
+    the shared document, for bob and dave, who may not read it. The policy is counted with
+    the members: the text streamed after the change is judged by it, kept private."""
+    going_on = asyncio.Event()
+    model = vault_script("The tool answered. ", going_on)
+    async with two_nodes(tmp_path, model, readers=("owner",)) as nodes:
+        base = f"/api/v1/sessions/{nodes.sid}"
+        shared = await nodes.first.http.patch(base, json={"restricted_replies": "shared"})
+        assert shared.status_code == 200, shared.text
+        ann = await nodes.first.connect(nodes.sid, "ann", commands="text")
+        await ann.command({"type": "prompt", "id": "p", "text": "the vault code?"})
+        await nodes.bob.wait_until(lambda c: "The tool answered." in shown(c), timeout=30)
+        store = nodes.second.app.state.parley.store
+        values = {"restricted_replies": "private", "restricted_replies_by": None}
+        changed = await store.change_settings(nodes.sid, values, int(time.time() * 1000), "")
+        assert changed["restricted_replies"] == "private"
+        assert nodes.room.restricted_replies == "shared"  # not in force there
+        going_on.set()
+        await nodes.bob.wait_until(reply_done, timeout=30)
+        reply = next(e for e in nodes.bob.entries() if e["kind"] == "reply")
+        assert CODE not in str(reply["content"])
+        assert CODE not in shown(nodes.dave)
+        await ann.wait_until(
+            lambda c: any(CODE in m["text"] for m in c.unsolicited if m["type"] == "restricted"),
+            timeout=30,
+        )
