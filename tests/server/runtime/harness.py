@@ -149,6 +149,33 @@ class MemorySession:
         return next(c for c in self.room.connections if isinstance(c, Watcher))
 
 
+class DropsAtCommit(MemoryStore):
+    """A store whose next write fails at its end (its connection dropped), after the
+    document changed: with ``drop_next`` True its rows and update went in all the same
+    (the commit was sent before the drop); then the store is unreachable until told,
+    unless not ``unreachable``."""
+
+    def __init__(self, *, unreachable: bool = True) -> None:
+        super().__init__()
+        self.drop_next: bool | None = None  # None: no drop; else whether it stored
+        self.unreachable = unreachable  # after the drop, until told
+
+    @contextlib.asynccontextmanager
+    async def transaction(self, *args: Any, **kwargs: Any) -> AsyncIterator[MemoryTx]:
+        stored = self.drop_next
+        async with super().transaction(*args, **kwargs) as tx:
+            yield tx
+            if stored is None:
+                return
+            self.drop_next = None
+            if self.unreachable:
+                self.unavailable = "the connection dropped"
+            if not stored:
+                raise Unavailable("the connection dropped; nothing was stored")
+        tx.committed = False  # the commit's answer never came back
+        raise Unavailable("the connection dropped after the commit")
+
+
 class HeldAtCommit(MemoryStore):
     """A store whose next write (``hold_next``), its document changed, waits at its commit
     (``holding`` is set) until ``release`` is set, and then fails: nothing was stored."""

@@ -8,8 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator
-from typing import Any
 
 import pytest
 
@@ -17,15 +15,14 @@ from parley.server.providers.registry import open_models
 from parley.server.runtime.commands import dispatch
 from parley.server.runtime.rooms import RoomRegistry
 from parley.server.store.memory import MemoryStore
-from parley.server.store.memory_tables import MemoryTx
 from parley.session.closes import CloseCode
 from parley.session.commands import MessageCommand, PromptCommand
-from parley.session.errors import Unavailable
 from parley.session.lifecycle import PromptStatus
 from parley.session.queue import Policy
 from tests.fake_model import FakeModel
 from tests.server.runtime.harness import (
     SESSION,
+    DropsAtCommit,
     HeldAtCommit,
     ManualClock,
     MemorySession,
@@ -78,33 +75,6 @@ async def test_a_database_outage_under_a_streaming_reply_is_a_storage_error() ->
         assert s.status(again["prompt_id"]) is PromptStatus.DONE
 
 
-class _DropsAtCommit(MemoryStore):
-    """A store whose next write fails at its end (its connection dropped), after the
-    document changed: with ``drop_next`` True its rows and update went in all the same
-    (the commit was sent before the drop); then the store is unreachable until told,
-    unless not ``unreachable``."""
-
-    def __init__(self, *, unreachable: bool = True) -> None:
-        super().__init__()
-        self.drop_next: bool | None = None  # None: no drop; else whether it stored
-        self.unreachable = unreachable  # after the drop, until told
-
-    @contextlib.asynccontextmanager
-    async def transaction(self, *args: Any, **kwargs: Any) -> AsyncIterator[MemoryTx]:
-        stored = self.drop_next
-        async with super().transaction(*args, **kwargs) as tx:
-            yield tx
-            if stored is None:
-                return
-            self.drop_next = None
-            if self.unreachable:
-                self.unavailable = "the connection dropped"
-            if not stored:
-                raise Unavailable("the connection dropped; nothing was stored")
-        tx.committed = False  # the commit's answer never came back
-        raise Unavailable("the connection dropped after the commit")
-
-
 async def test_a_command_refused_by_an_outage_after_the_document_changed_keeps_the_sockets() -> (
     None
 ):
@@ -113,7 +83,7 @@ async def test_a_command_refused_by_an_outage_after_the_document_changed_keeps_t
     read to undo it: the member is answered ``unavailable``, nobody else is disconnected,
     the document is what was committed, and once the store is back the next command
     takes the number the refused one did not."""
-    store = _DropsAtCommit()
+    store = DropsAtCommit()
     async with room_with_a_client(store) as (s, _):
         first = await s.message("alice", "one")
         store.drop_next = False
@@ -139,7 +109,7 @@ async def test_a_failed_write_of_a_long_session_that_stored_nothing_keeps_the_ro
     judged as a client's update would be, and a document holding 2,000 'u' or 'v' bytes
     (a value that might nest too deep to read) was judged to hold more than was committed:
     the room was given up and every socket told to come back, though nothing differed."""
-    store = _DropsAtCommit(unreachable=False)
+    store = DropsAtCommit(unreachable=False)
     async with room_with_a_client(store) as (s, _):
         long = await s.message("alice", "uv" * 1500)
         assert long["type"] == "ack", long
@@ -159,7 +129,7 @@ async def test_a_write_thought_failed_that_was_stored_gives_the_room_up(unreacha
     write while it cannot), the document read back holds what the sockets were never
     sent: the room is given up so they resync (1013); loaded again, the session holds the
     message once, a resend gets its first ack, and numbers go on after it."""
-    store = _DropsAtCommit(unreachable=unreachable)
+    store = DropsAtCommit(unreachable=unreachable)
     async with room_with_a_client(store) as (s, registry):
         await s.message("alice", "one")
         store.drop_next = True
@@ -189,7 +159,7 @@ async def test_a_write_thought_failed_that_was_stored_gives_the_room_up(unreacha
 async def test_a_write_thought_failed_that_was_stored_is_found_without_another_write() -> None:
     """Nobody writes after the outage: the room reads the store back by itself once it
     answers, finds the message its sockets were never sent, and is given up (1013)."""
-    store = _DropsAtCommit()
+    store = DropsAtCommit()
     async with room_with_a_client(store) as (s, registry):
         await s.message("alice", "one")
         store.drop_next = True
