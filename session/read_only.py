@@ -4,11 +4,16 @@ Clients may send an update that changes nothing (a provider re-sending what it w
 anything else is a write, refused. The server's delete set, which that judgement reads, is
 kept current with the server's own updates (``committed``), so judging a client frame
 never re-reads the whole document but once after a load.
+
+The same judgement tells whether the document read back from the store after a failed write
+holds anything the server never committed (``holds_beyond``): against the committed state
+vector and the delete set of the committed copy's parts, read a part a step
+(``deletes_in_steps``), so no second committed document is built to compare.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Generator, Sequence
 from typing import Any
 
 from pycrdt import Doc
@@ -52,3 +57,24 @@ class ServerWrites:
         if self._deletes is None:
             self._deletes = normalise_delete_set(delete_set_of(doc.get_update(), state))
         return is_noop_update(update, state, self._deletes, self.max_delete_ranges)
+
+
+def deletes_in_steps(parts: Sequence[bytes], state: bytes) -> Generator[None, None, DeleteSet]:
+    """The delete set (normalised) of the document whose updates are ``parts`` and whose
+    state vector is ``state``, read one part a step: each part's diff against the state
+    (structs dropped, C speed) and its ranges. A part ``state`` does not cover raises
+    ``ProtocolError``."""
+    deletes: DeleteSet = {}
+    for part in parts:
+        add_deletes(deletes, delete_set_of(part, state))
+        yield
+    return deletes
+
+
+def holds_beyond(stored: Doc[Any], state: bytes, deletes: DeleteSet) -> bool:
+    """Whether ``stored`` (the server's own document, read back) holds a struct past
+    ``state`` or a deletion ``deletes`` do not make: what a document of that state and
+    delete set lacks. Its diff against ``state`` is read, never the whole document (review
+    RQ-1: a whole long document judged as a client's update was "too deep to read", so
+    "beyond"); a diff with structs is beyond, unread."""
+    return not is_noop_update(stored.get_update(state), state, deletes)

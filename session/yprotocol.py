@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from bisect import bisect_left, bisect_right
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
@@ -310,6 +310,31 @@ def decode_state_vector(state: bytes) -> dict[int, int]:
         client = reader.varuint()
         vector[client] = reader.varuint()
     return vector
+
+
+def state_before(state: bytes, updates: Sequence[bytes]) -> bytes:
+    """The state vector of a document before its own transactions' ``updates`` (in order;
+    ``state``: its vector after them). A document's transaction adds structs of its own
+    client alone, from that client's clock: read off the first of them, no struct read.
+    An update of structs of more than one client raises ``ProtocolError``."""
+    vector = decode_state_vector(state)
+    seen: set[int] = set()
+    for update in updates:
+        reader = _Reader(update)
+        clients = reader.varuint()
+        if clients > 1:
+            raise ProtocolError("not one document's own transaction")
+        if clients == 1:
+            reader.varuint()  # its structs
+            client, clock = reader.varuint(), reader.varuint()
+            if client not in seen:
+                seen.add(client)
+                vector[client] = clock
+    kept = [(client, clock) for client, clock in vector.items() if clock]
+    return b"".join(
+        [write_var_uint(len(kept))]
+        + [write_var_uint(n) for client, clock in kept for n in (client, clock)]
+    )
 
 
 def lists_more_clients(state: bytes, clients: int) -> bool:

@@ -19,12 +19,12 @@ import contextlib
 import itertools
 import logging
 import math
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Generator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
-from pycrdt import Doc, TransactionEvent, merge_updates
+from pycrdt import Doc, TransactionEvent, get_state, merge_updates
 
 from parley.authz.tokens import ClientClaims
 from parley.server.runtime.stream_feed import ReplyText, StreamFeed
@@ -37,9 +37,9 @@ from parley.session.errors import NotFound, Unavailable
 from parley.session.events import SessionEvent
 from parley.session.loading import load_in_steps
 from parley.session.observers import observe_weakly
-from parley.session.read_only import ServerWrites
+from parley.session.read_only import ServerWrites, deletes_in_steps, holds_beyond
 from parley.session.schema import SessionDocument
-from parley.session.yprotocol import ProtocolError, SyncType, encode_sync
+from parley.session.yprotocol import ProtocolError, SyncType, encode_sync, state_before
 from parley.session.ysplit import split_update
 
 # Waits before each try of reading the store back after an outage (the last repeats).
@@ -51,6 +51,7 @@ VERIFY_DELAYS_S = (0.2, 0.5, 1.0, 2.0, 5.0)
 SETTLE_WAIT_S = 0.1
 
 log = logging.getLogger("parley.room")
+T = TypeVar("T")
 
 
 def merged(updates: list[bytes]) -> bytes:
@@ -148,10 +149,16 @@ class DocumentWriter:
 
     async def load(self) -> None:
         """Read the document again from its snapshot and update log, in bounded steps with
+        the loop's other tasks between them (``_built``)."""
+        stored = await self.store.load_doc(self.session_id)
+        document, encoded = await self._built(stored)
+        self._adopt(document, stored.updates_since_snapshot, encoded)
+
+    async def _built(self, stored: StoredDoc) -> tuple[SessionDocument, EncodedDocument]:
+        """The document the store holds and its encoded copy, built in bounded steps with
         the loop's other tasks between them: the snapshot cut into parts in a thread, each
         part applied, then the transcript read a few hundred entries at a time
         (``session.loading``: 60,000 short messages held the loop for seconds at once)."""
-        stored = await self.store.load_doc(self.session_id)
         encoded = EncodedDocument.stored(
             stored.snapshot, stored.updates, self.settings.sync_chunk_bytes
         )
@@ -162,36 +169,35 @@ class DocumentWriter:
             parts = encoded.parts()
         except ProtocolError:  # applied as stored, for yrs to judge (a sync cuts it again)
             parts = [u for u in (stored.snapshot, *stored.updates) if u is not None]
-        document = await _in_steps(parts)
-        self._adopt(document, stored.updates_since_snapshot, encoded)
+        return await _in_steps(parts), encoded
 
     async def _take_back(self) -> None:
-        """A write refused before anything was stored: the document becomes its committed
-        copy again, built in steps as a load is (review RV-1: built at once, each members
-        change on another node that met a streamed reply held the loop 0.3-1.5 s on a long
-        session). Sync answers come from the copy meanwhile; cut short, it is built at once
-        (nobody may see what was never stored)."""
-        committed = self._encoded
+        """A write's change never stored: the document becomes its committed copy again,
+        built in steps as a load is (review RV-1: built at once, each members change on
+        another node that met a streamed reply held the loop 0.3-1.5 s on a long session).
+        Sync answers come from the copy meanwhile; cut short, it is built at once (nobody
+        may see what was never stored)."""
+        try:
+            document = await _in_steps(await self._committed_parts())
+        except BaseException:
+            self._take_back_at_once()
+            raise
+        self._adopt(document, self._since_snapshot, self._encoded)
+
+    def _take_back_at_once(self) -> None:
+        """``_take_back`` in one block, for a build cut short."""
+        rebuilt = SessionDocument(document_of(self._encoded.update()))
+        self._adopt(rebuilt, self._since_snapshot, self._encoded)
+
+    async def _committed_parts(self) -> list[bytes]:
+        """The committed copy's parts, what it holds whole cut in a thread first (one
+        update of it all if it cannot be cut). A copy of the list: a sync answer may fold
+        the copy's parts meanwhile."""
         try:
             await self._cut_uncut()
-            document = await _in_steps(list(committed.parts()))
+            return list(self._encoded.parts())
         except ProtocolError:
-            document = SessionDocument(document_of(committed.update()))
-        except BaseException:
-            self._adopt(
-                SessionDocument(document_of(committed.update())), self._since_snapshot, committed
-            )
-            raise
-        self._adopt(document, self._since_snapshot, committed)
-
-    def _adopt_loaded(self, stored: StoredDoc) -> None:
-        """Make the document the store holds the live one, with its encoded copy, at once
-        (after a failed write, under the lock)."""
-        doc = document_of(stored.snapshot, stored.updates)
-        encoded = EncodedDocument.stored(
-            stored.snapshot, stored.updates, self.settings.sync_chunk_bytes
-        )
-        self._adopt(SessionDocument(doc), stored.updates_since_snapshot, encoded)
+            return [self._encoded.update()]
 
     def _adopt(
         self, document: SessionDocument, since_snapshot: int, encoded: EncodedDocument
@@ -439,23 +445,53 @@ class DocumentWriter:
         (``from_copy``; a member's command refused for the outage must not close every
         socket of the session), and the store is read back as soon as it answers or
         before the next write, whichever comes first (``_verify``). Otherwise the room is
-        given up."""
+        given up. Either document is built in steps, as a load is (at once, a blip of the
+        database held the node's loop a second or more on a long session); cut short, the
+        committed copy is built at once and the store read back later."""
         self._captured = None
         if not captured:
             return
-        committed = self._encoded
         try:
             stored = await self.store.load_doc(self.session_id)
-        except Exception:
+        except BaseException as exc:
+            unread = isinstance(exc, Exception)  # else cut short while reading
             if not from_copy:
                 self.lost("the database is unavailable; reconnect to resync")
-                return
-            rebuilt = SessionDocument(document_of(committed.update()))
-            self._adopt(rebuilt, self._since_snapshot, committed)
-            self._unverified = True
-            self._verify_when_back()
+            elif unread:
+                try:
+                    await self._take_back()
+                finally:
+                    self._read_back_later()
+            else:
+                self._cut_short()
+            if not unread:
+                raise
             return
-        self._adopt_stored(stored, document_of(committed.update()))
+        try:
+            await self._adopt_stored(stored, self._committed_state(captured))
+        except BaseException:
+            self._cut_short()
+            raise
+
+    def _committed_state(self, captured: list[bytes]) -> bytes:
+        """The committed document's state vector, the live one holding ``captured`` (read
+        off their first structs; at once from the encoded copy if they are not the live
+        document's own transactions)."""
+        try:
+            return state_before(self.doc.doc.get_state(), captured)
+        except ProtocolError:
+            return get_state(self._encoded.update())
+
+    def _cut_short(self) -> None:
+        """The store's document not adopted: the committed copy at once, read back later."""
+        self._take_back_at_once()
+        self._read_back_later()
+
+    def _read_back_later(self) -> None:
+        """The live document is the committed copy, the store not judged: read it back
+        before the next write, and as soon as it answers."""
+        self._unverified = True
+        self._verify_when_back()
 
     def _verify_when_back(self) -> None:
         """Read the store back as soon as it answers, not only before the next write: a
@@ -483,8 +519,9 @@ class DocumentWriter:
 
     async def _verify(self) -> None:
         """After ``_forget`` rebuilt the document from its copy, under the lock: read the
-        store (``_adopt_stored``, against the live document: the copy, no write having
-        been made on it since); ``Unavailable`` while it cannot be read."""
+        store (``_adopt_stored``: the live document is the copy until it is built, so a
+        read cut short leaves it, still to verify); ``Unavailable`` while it cannot be
+        read."""
         try:
             stored = await self.store.load_doc(self.session_id)
             deleted = await self.store.get_session(self.session_id) is None
@@ -492,22 +529,27 @@ class DocumentWriter:
             raise Unavailable("the database is unavailable; nothing was stored") from exc
         if deleted:  # on another node, say: not the database's fault
             raise NotFound(f"no session {self.session_id!r}")
-        self._adopt_stored(stored, self.doc.doc)
+        await self._adopt_stored(stored, self.doc.doc.get_state())
         self.require_usable()
 
-    def _adopt_stored(self, stored: StoredDoc, committed: Doc[Any] | None) -> None:
-        """Make the stored document the live one after a failed write. If it holds a
-        change the sockets were never sent (``committed``: what they were sent), the write
-        thought failed did commit (its connection dropped after the commit): the room is
-        given up, so its clients resync and its queue is read again from the store."""
-        self._adopt_loaded(stored)
-        # Judged by what the store holds beyond the committed state's structs (its delete
-        # set whole): judging the whole stored document as a client's update, a document of
-        # 2,000 'u' or 'v' bytes was "too deep to read" and so "beyond", and the room was
-        # given up after any failed write (review RQ-1).
-        beyond = committed is not None and not ServerWrites(None).is_noop(
-            committed, self.doc.doc.get_update(committed.get_state())
-        )
+    async def _adopt_stored(self, stored: StoredDoc, state: bytes) -> None:
+        """Make the stored document the live one after a failed write, built in steps as a
+        load is (``_built``; the live document left as it is until then). If it holds a
+        change the sockets were never sent (beyond ``state``, the committed state vector,
+        and the committed copy's deletions), the write thought failed did commit (its
+        connection dropped after the commit): the room is given up, so its clients resync
+        and its queue is read again from the store."""
+        document, encoded = await self._built(stored)
+        # Judged by what it holds beyond the committed state vector and the delete set of
+        # the committed copy's parts, read a part a step: no committed document is built
+        # to compare (review RQ-1: a whole long document judged as a client's update was
+        # "too deep to read", so "beyond", and the room was given up after any failure).
+        try:
+            deletes = await _stepped(deletes_in_steps(await self._committed_parts(), state))
+            beyond = holds_beyond(document.doc, state, deletes)
+        except ProtocolError:  # a copy holding structs still pending (a replica's): resync
+            beyond = True
+        self._adopt(document, stored.updates_since_snapshot, encoded)
         if beyond:
             self.lost(
                 "an earlier write reported as failed was stored after all; reconnect to resync"
@@ -644,13 +686,17 @@ class DocumentWriter:
 async def _in_steps(parts: Sequence[bytes]) -> SessionDocument:
     """The document of ``parts`` built in bounded steps (``session.loading``), the loop's
     other tasks between them."""
-    steps = load_in_steps(parts)
+    return await _stepped(load_in_steps(parts))
+
+
+async def _stepped(steps: Generator[None, None, T]) -> T:
+    """What ``steps`` returns, the loop's other tasks let in after each of its steps."""
     while True:
         try:
             next(steps)
         except StopIteration as done:
-            document: SessionDocument = done.value
-            return document
+            result: T = done.value
+            return result
         await asyncio.sleep(0)
 
 

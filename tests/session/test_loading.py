@@ -4,7 +4,7 @@ the same mirrors as one built at once, each step a part or a bounded number of e
 from __future__ import annotations
 
 from collections.abc import Generator
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from pycrdt import Array, Doc
@@ -15,6 +15,8 @@ from parley.session.reasons import Ending, ReasonCode
 from parley.session.schema import QueuedItem, SessionDocument
 from parley.session.ysplit import split_update
 from tests.session.test_schema import message, prompt, start
+
+T = TypeVar("T")
 
 
 def _session(encode_from: int) -> tuple[SessionDocument, list[bytes]]:
@@ -48,7 +50,8 @@ def _session(encode_from: int) -> tuple[SessionDocument, list[bytes]]:
     return doc, updates
 
 
-def _run(steps: Generator[None, None, SessionDocument]) -> tuple[SessionDocument, int]:
+def run_steps(steps: Generator[None, None, T]) -> tuple[T, int]:
+    """What ``steps`` returns, and how many steps it took."""
     count = 0
     while True:
         try:
@@ -75,7 +78,7 @@ def test_a_document_loaded_in_steps_is_the_one_loaded_at_once(
     written, updates = _session(encode_from)
     whole = written.doc.get_update()
     parts = [*split_update(whole, part_bytes), updates[-1]]  # the deletion again: a no-op
-    loaded, _ = _run(load_in_steps(parts, entries_per_step=7))
+    loaded, _ = run_steps(load_in_steps(parts, entries_per_step=7))
     at_once: Doc[Any] = Doc()
     at_once.apply_update(whole)
     _same(loaded, SessionDocument(at_once))
@@ -93,7 +96,7 @@ def test_a_document_loaded_in_steps_is_the_one_loaded_at_once(
 def test_the_updates_as_stored_load_as_one_document() -> None:
     """Every update of the log, one a step (a log not yet squashed into a snapshot)."""
     _, updates = _session(encode_from=0)
-    loaded, steps = _run(load_in_steps(updates, entries_per_step=1000))
+    loaded, steps = run_steps(load_in_steps(updates, entries_per_step=1000))
     assert steps == len(updates) + 1
     at_once: Doc[Any] = Doc()
     for update in updates:

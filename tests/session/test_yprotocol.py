@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pycrdt import Array, Doc, Map, Text, write_var_uint
+from pycrdt import Array, Doc, Map, Text, merge_updates, write_var_uint
 
 from parley.session.errors import InvalidInput, TooLarge
 from parley.session.reasons import Ending, ReasonCode
@@ -41,7 +41,9 @@ from parley.session.yprotocol import (
     is_command_frame,
     is_noop_update,
     normalise_delete_set,
+    state_before,
 )
+from tests.session.test_encoded import CHANGES, apply_change
 
 FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -632,3 +634,31 @@ def test_awareness_numbers_are_relayed_as_javascript_writes_them() -> None:
     body = encode_awareness_update([state])[4:]
     # JSON.stringify(JSON.parse(raw)): whole numbers in full, the others as Python does.
     assert body == b'{"a":[100000000000000000000,-1000,2,0.5,1e-07]}'
+
+
+@settings(max_examples=60, deadline=None)
+@given(before=CHANGES, after=CHANGES)
+def test_the_state_before_a_documents_own_transactions_is_read_off_them(
+    before: list[Any], after: list[Any]
+) -> None:
+    doc: Doc[Any] = Doc()
+    for change in before:
+        apply_change(doc, change)
+    was = doc.get_state()
+    captured: list[bytes] = []
+    subscription = doc.observe(lambda event: captured.append(event.update))
+    for change in after:
+        apply_change(doc, change)
+    doc.unobserve(subscription)
+    assert decode_state_vector(state_before(doc.get_state(), captured)) == {
+        client: clock for client, clock in decode_state_vector(was).items() if clock
+    }
+
+
+def test_an_update_of_several_clients_has_no_state_before() -> None:
+    one, two = Doc(), Doc()
+    one.get("t", type=Text).insert(0, "a")
+    two.get("t", type=Text).insert(0, "b")
+    both = merge_updates(one.get_update(), two.get_update())
+    with pytest.raises(ProtocolError):
+        state_before(one.get_state(), [both])
