@@ -41,6 +41,7 @@ from parley.server.cluster.metrics import ClusterMetrics
 from parley.server.cluster.presence import CHANNEL_AWARENESS, PresenceRelay
 from parley.server.cluster.relay import ADMIN_SENDER, MAX_TAIL_PAGES, CommandRelay
 from parley.server.cluster.tail import catch_up_threads, read_tail
+from parley.server.runtime.back_references import BackReference
 from parley.server.runtime.commands import handle_frame
 from parley.server.runtime.room import SessionRoom
 from parley.server.runtime.runner import SessionRunner
@@ -86,6 +87,8 @@ def _connection(tx: SessionTx) -> AsyncConnection:
 
 class HolderFence:
     """The ``WriteFence`` of a room on a cluster node: only the lease holder writes."""
+
+    room: BackReference[SessionRoom] = BackReference()  # the room holds its fence
 
     def __init__(self, node: ClusterNode, room: SessionRoom) -> None:
         self.node = node

@@ -25,6 +25,7 @@ from parley.authz.roles import Capability, RoleTable
 from parley.server.http.retry_hint import retry_reason
 from parley.server.metrics import Metrics
 from parley.server.runtime.active_run import ActiveRun
+from parley.server.runtime.back_references import weak_method
 from parley.server.runtime.context import SessionContext
 from parley.server.runtime.document_search import DocumentSearch
 from parley.server.runtime.left_clients import LeftClientWriter
@@ -46,7 +47,7 @@ from parley.server.ws.connection import Connection
 from parley.server.ws.inbound import InboundMeter
 from parley.session.closes import CloseCode
 from parley.session.commands import Limits
-from parley.session.core import MemberUpdated, TokenRevoked
+from parley.session.core import MemberUpdated, SessionView, TokenRevoked
 from parley.session.errors import NotFound, RateLimited, Unavailable
 from parley.session.presence import Presence
 from parley.session.queue import OrderingQueue, Policy, QueueLimits
@@ -118,7 +119,9 @@ class SessionRoom:
         self.limits = Limits(
             max_text_chars=settings.max_prompt_chars, max_frame_chars=settings.max_ws_message_bytes
         )
-        self.sockets = SessionSockets(self.subject)
+        # The parts call the room back through weak methods (``back_references``): an
+        # unloaded room is freed by reference counting, with no full collection.
+        self.sockets = SessionSockets(weak_method(self.subject))
         # What the event streams of this session read in memory (``server.http.sse``).
         self.feed = StreamFeed()
         self.membership = Membership(
@@ -128,10 +131,10 @@ class SessionRoom:
             clock,
             self.sockets.everyone,
             self.feed.changed,
-            self._grants_changed,
+            weak_method(self._grants_changed),
             self.sockets.tell,
         )
-        lost = partial(self.fail, retry_after_s=settings.db_retry_after_s)
+        lost = partial(weak_method(self.fail), retry_after_s=settings.db_retry_after_s)
         document = DocumentWriter(
             session_id, store, settings, clock, self.sockets.broadcast, lost, self.feed
         )
@@ -142,7 +145,7 @@ class SessionRoom:
             metrics=self.metrics,
             clock=clock,
             doc=lambda: document.doc,
-            model=lambda: self.model,
+            model=weak_method(self._session_model),
             readable_by_all=self.membership.everyone_may_read,
         )
         self.presence = Presence(settings.max_awareness_state_bytes)
@@ -179,8 +182,8 @@ class SessionRoom:
             store,
             document,
             OrderingQueue(limits),
-            view=partial(session_view, self),
-            subject=self.subject,
+            view=weak_method(self._session_view),
+            subject=weak_method(self.subject),
             context=self.context,
             sockets=self.sockets,
             runs=self.runs,
@@ -192,6 +195,12 @@ class SessionRoom:
         # What a run found in flight on the next load was cut off by: a restart unless the
         # room was given up for another cause (``fail``) or taken over from another node.
         self.cut_off = cut_off
+
+    def _session_model(self) -> str | None:
+        return self.model
+
+    def _session_view(self) -> SessionView:
+        return session_view(self)
 
     @property
     def doc(self) -> SessionDocument:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import gc
 import logging
 import time
 from collections.abc import Callable
@@ -60,7 +59,6 @@ class RoomRegistry:
         self._rooms: dict[str, tuple[SessionRoom, SessionRunner]] = {}
         self._loading: dict[str, asyncio.Lock] = {}
         self._cut_off: dict[str, ReasonCode] = {}  # sessions given up and not loaded since
-        self._unloaded_since_collection = False  # a room left for the collector to free
         self._reaper: asyncio.Task[None] | None = None
         self._recovering: asyncio.Task[None] | None = None  # sessions refused at start
         # Cluster mode: the node decides whether a room runs here or is a read replica.
@@ -314,7 +312,6 @@ class RoomRegistry:
         if loaded is None:
             return
         room, runner = loaded
-        self._unloaded_since_collection = True
         room.close(deleted=close_code is CloseCode.NOT_FOUND, reason=reason)
         await runner.stop()
         if self.cluster is not None:
@@ -337,30 +334,15 @@ class RoomRegistry:
             await self._reap_idle()
 
     async def _reap_idle(self) -> None:
-        """Free the rooms unloaded since the last pass, then unload the rooms idle for
-        longer than ``room_idle_unload_s``. A pass of its own, so the last room it looked
-        at is not held, with its document, by a local of the reaper's loop until the next
-        pass."""
-        self._collect_unloaded()
+        """Unload the rooms idle for longer than ``room_idle_unload_s``. A pass of its own,
+        so the last room it looked at is not held, with its document, by a local of the
+        reaper's loop until the next pass. A room unloaded is freed by reference counting
+        as its last holder lets go (its parts hold it weakly: ``back_references``), with no
+        full collection, which would walk every room still loaded (review RN-5)."""
         now = self.clock()
         for session_id, (room, _) in list(self._rooms.items()):
             if room.is_idle() and now - room.last_active > self.settings.room_idle_unload_s:
                 await self.unload(session_id)
-
-    def _collect_unloaded(self) -> None:
-        """A full collection when a room was unloaded since the last one (review RN-5).
-
-        A room is in reference cycles (its parts point back at it), which only a full
-        collection frees, and the server's thresholds (``cli.GC_THRESHOLDS``) make one all
-        but never come on its own: each cold load of a 20,000-entry session kept its
-        ~150 MB for good. Run a pass after the unload, once the loop has run the callbacks
-        that still held the room then. It walks the objects of the rooms still loaded
-        (0.2 s with a 20,000-entry room loaded, on a shared 2-core machine), at most once
-        a pass.
-        """
-        if self._unloaded_since_collection:
-            self._unloaded_since_collection = False
-            gc.collect()
 
     async def close(self) -> None:
         if self._recovering is not None:

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 from parley.authz.policy import Restriction
 from parley.authz.scope import RunScope, scope_for_run
 from parley.server.runtime.active_run import ActiveRun
+from parley.server.runtime.back_references import BackReference
 from parley.server.runtime.tools import tool_defs
 from parley.server.runtime.writer import Write
 from parley.server.store.group_commit import MembersMoved
@@ -59,6 +60,7 @@ MAX_JUDGED = 8
 
 
 class RunSteps:
+    room: BackReference[SessionRoom] = BackReference()  # the room holds this part
     private = False  # the session's runs: every member's (``RunSink``)
 
     def __init__(self, room: SessionRoom) -> None:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from parley.authz.policy import restriction_to_json
 from parley.authz.scope import RunScope
 from parley.server.runtime.active_run import ActiveRun
+from parley.server.runtime.back_references import weak_method
 from parley.server.runtime.deltas import MAX_BATCH_CHARS, Deltas
 from parley.server.runtime.room import SessionRoom
 from parley.server.runtime.summarise import Summariser
@@ -90,8 +91,9 @@ class SessionRunner:
 
     def start(self) -> None:
         self.task = asyncio.create_task(self._loop(), name=f"runner:{self.room.session_id}")
-        self.room.side_threads.start_run = self.thread_runs.start
-        self.room.runs.reply_author = self.reply_author
+        # Weakly: the room holding its runner would put the two in a reference cycle.
+        self.room.side_threads.start_run = weak_method(self.thread_runs.start)
+        self.room.runs.reply_author = weak_method(self.reply_author)
 
     def reply_author(self) -> str:
         """The reply is signed by the model that writes it: the session's, or the default."""
@@ -99,6 +101,7 @@ class SessionRunner:
 
     async def stop(self) -> None:
         self.room.runs.reply_author = None  # no run starts with a prompt any more
+        self.room.side_threads.start_run = None  # nor with a side-thread prompt
         await self.summariser.stop()
         await self.thread_runs.stop()
         if self.task is not None:

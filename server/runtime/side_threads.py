@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from parley.authz.policy import Restriction, may_read, restrict, restriction_to_json
 from parley.server.runtime.active_run import ActiveRun
+from parley.server.runtime.back_references import BackReference
 from parley.server.runtime.thread_docs import LiveThreadDoc, Mutate, ThreadDocs
 from parley.server.runtime.writer import Write
 from parley.session.closes import CloseCode
@@ -80,6 +81,8 @@ def thread_json(thread: SideThread, *, turns: bool) -> dict[str, Any]:
 
 
 class SideThreads:
+    room: BackReference[SessionRoom] = BackReference()  # the room holds this part
+
     def __init__(self, room: SessionRoom) -> None:
         self.room = room
         self.threads: dict[str, SideThread] = {}  # as committed
@@ -290,7 +293,7 @@ class SideThreads:
         begin = effects.thread_run
         if begin is None:
             return
-        if self.start_run is None:  # only a room loaded without its runner (a test's)
+        if self.start_run is None:  # a room without its runner (a test's), or unloaded
             log.warning("no runner to run a side-thread", extra={"thread_id": begin.thread_id})
             return
         self.start_run(begin)

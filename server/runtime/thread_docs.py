@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 
 from pycrdt import TransactionEvent
 
+from parley.server.runtime.back_references import BackReference
 from parley.server.runtime.writer import DocumentWriter, Write, document_of, merged, settled
 from parley.server.store.port import SessionTx
 from parley.server.store.rows import StoredDoc
@@ -131,6 +132,8 @@ class _Read:
 
 class ThreadDocs:
     """The documents of one room's side-threads: those its sockets hold, and the writes."""
+
+    room: BackReference[SessionRoom] = BackReference()  # the room holds this part
 
     def __init__(self, room: SessionRoom) -> None:
         self.room = room

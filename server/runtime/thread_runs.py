@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from parley.authz.scope import RunScope
 from parley.server.runtime.active_run import ActiveRun
+from parley.server.runtime.back_references import BackReference
 from parley.session.core import ReplyState
 from parley.session.core.effects import BeginThreadRun
 from parley.session.core.runs import run_audit_base, too_large
@@ -29,6 +30,8 @@ if TYPE_CHECKING:
 
 class ThreadRuns:
     """The side-thread runs of one session's runner, each on its own task."""
+
+    runner: BackReference[SessionRunner] = BackReference()  # the runner holds this part
 
     def __init__(self, runner: SessionRunner) -> None:
         self.runner = runner

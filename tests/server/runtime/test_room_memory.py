@@ -13,6 +13,7 @@ from parley.server.runtime.thread_docs import LiveThreadDoc
 from parley.server.store.memory import MemoryStore
 from parley.server.store.rows import StoredDoc
 from tests.server.runtime.harness import SESSION, room_with_a_client, synced_room
+from tests.server.runtime.test_side_threads import answered, ask, open_thread
 
 
 async def test_rooms_loaded_and_unloaded_again_and_again_free_their_documents() -> None:
@@ -96,8 +97,8 @@ def collector_paused() -> Iterator[None]:
 
 
 async def test_rooms_the_reaper_unloads_are_freed_without_a_full_collection_of_their_own() -> None:
-    # Review RN-5: a room is in reference cycles (its parts point back at it), so only a
-    # full collection frees it, and the server's thresholds make one all but never come:
+    # Review RN-5: a room was in reference cycles (its parts pointed back at it), so only
+    # a full collection freed it, and the server's thresholds make one all but never come:
     # every cold load of a 20,000-entry session kept its ~150 MB for good.
     async with room_with_a_client(MemoryStore(), room_idle_unload_s=0) as (session, registry):
         with collector_paused():
@@ -112,3 +113,38 @@ async def test_rooms_the_reaper_unloads_are_freed_without_a_full_collection_of_t
                 await asyncio.sleep(0.01)
             assert registry.loaded(SESSION) is None
             assert room() is None and document() is None
+
+
+async def test_a_room_unloaded_is_freed_by_reference_counting_alone() -> None:
+    # Review RN-5, again: a room's parts pointed back at it (a part's ``room``, the
+    # room's methods as their callbacks, the runner's in the room), so an unloaded room
+    # waited for a full collection, which walks every loaded room (0.2 s at 20,000
+    # entries, the loop held for every session). Unloaded with the collector off, the
+    # room, its writer, its document, its runner and its side-thread's fold are freed.
+    async with room_with_a_client(MemoryStore()) as (session, registry):
+        with collector_paused():
+            for n in range(20):
+                await session.message("alice", f"message {n}")
+            acked = await session.prompt("alice", "hello")
+            await session.settled(acked["prompt_id"])
+            thread_id = await open_thread(session, "alice")
+            await ask(session, "alice", thread_id, "and in private?")
+            await answered(session, thread_id)
+            runner = registry._rooms[SESSION][1]
+            [thread_scope] = session.room.context._thread_builder._folds.values()
+            parts = {
+                "room": weakref.ref(session.room),
+                "runner": weakref.ref(runner),
+                "writer": weakref.ref(session.room.writer.document),
+                "document": weakref.ref(session.room.writer.doc),
+                "pycrdt document": weakref.ref(session.room.writer.document.doc.doc),
+                "side-thread fold": weakref.ref(thread_scope.fold),
+            }
+            del session, runner, thread_scope
+            await registry.unload(SESSION)
+            for _ in range(100):  # a task the unload ended runs its last step
+                alive = [name for name, part in parts.items() if part() is not None]
+                if not alive:
+                    break
+                await asyncio.sleep(0)
+            assert alive == []
