@@ -29,7 +29,13 @@ from parley.server.store.access_rows import (
     cut_page,
 )
 from parley.server.store.direct_sqlite import direct
-from parley.server.store.rows import MemberRow, hold_role, lock_session, read_member
+from parley.server.store.rows import (
+    MemberRow,
+    count_members_change,
+    hold_role,
+    lock_session,
+    read_member,
+)
 from parley.server.store.tables import (
     audit_log,
     client_tokens,
@@ -240,7 +246,7 @@ class AccessStore:
         async with self.store.transaction() as tx:
             # Cluster mode: after the writes of the running node that hold the lease row,
             # before those that wait for it (their fence reads the token: review of RG-2).
-            await lock_session(tx.connection, session_id, members_change=True)
+            await lock_session(tx.connection, session_id)
             row = (await tx.connection.execute(select(client_tokens).where(where))).first()
             if row is None:
                 return None
@@ -250,6 +256,10 @@ class AccessStore:
                 await tx.connection.execute(
                     update(client_tokens).where(where).values(revoked_at=now_ms)
                 )
+                # Counted only when revoked here: a count makes the running node read the
+                # members again and refuse its streamed text (an unknown token or one
+                # revoked already did so for nothing).
+                await count_members_change(tx.connection, session_id)
                 if self.store.engine.dialect.name == "postgresql":
                     tx.notify(CHANNEL_SETTINGS, session_id)  # (as ``Store.change_member`` does)
         return TokenRow(row.id, row.user_id, row.expires_at, revoked=True, revoked_at=revoked_at)

@@ -10,10 +10,12 @@ from sqlalchemy import select, text
 
 from parley.authz.policy import Decision
 from parley.authz.roles import Member
+from parley.authz.tokens import ClientClaims, issue_token
 from parley.server.cluster.lease import Fenced, LeaseTable
 from parley.server.cluster.tables import session_leases
 from parley.server.store.access import AccessStore
 from parley.server.store.db import create_engine
+from parley.server.store.rows import MemberRow
 from parley.server.store.sessions import Store
 from parley.server.store.tables import doc_updates
 from tests.conftest import postgres_database, wait_for_a_lock_wait
@@ -134,7 +136,26 @@ async def test_a_change_of_members_or_tokens_is_counted_and_the_fence_reads_it(
         found = await a.fence_member(tx.connection, lease, "bob", None)
     assert found.member is not None and found.member.role == "editor"
     assert (found.maker, found.revoked, found.members_version) == (None, False, before + 1)
-    await AccessStore(store).revoke_token("s1", "no-such-token", 2)  # counted all the same
+    access = AccessStore(store)
+    # Only a token this request revokes is counted: an unknown one (or one revoked already,
+    # below) changes nothing there, and a count made every running node read the members
+    # again and refuse its streamed text ``MembersMoved`` for nothing.
+    assert await access.revoke_token("s1", "no-such-token", 2_000) is None
+    async with store.transaction() as tx:
+        assert await a.fence(tx.connection, lease) == before + 1
+
+    def mint(member: MemberRow) -> tuple[str, ClientClaims]:
+        return issue_token("k" * 32, user_id="bob", session_id="s1", now=2, ttl_seconds=3600)
+
+    issued = await access.record_token("s1", "bob", 2, mint)
+    assert issued is not None
+    jti = issued[2].token_id
+    first = await access.revoke_token("s1", jti, 2_000)
+    assert first is not None and first.revoked_at == 2_000
+    async with store.transaction() as tx:
+        assert await a.fence(tx.connection, lease) == before + 2
+    again = await access.revoke_token("s1", jti, 2_500)
+    assert again is not None and again.revoked_at == 2_000  # revoked already: its first time
     async with store.transaction() as tx:
         assert await a.fence(tx.connection, lease) == before + 2
     # A new name alone changes nothing a member may do or read: not counted (review RQ-1:
