@@ -32,6 +32,7 @@ from parley.authz.tokens import ADMIN_ACTOR, ClientClaims, verify_token
 from parley.server.http.bounded import BoundedJSONResponse
 from parley.server.http.error_body import error_body, said
 from parley.server.http.models import READ_AS_WHOLE, ErrorBody
+from parley.server.http.sse_cursor import EVENT_ID_GIVEN, MAX_EVENT_ID_CHARS
 from parley.server.state import AppState
 from parley.session.commands import MAX_ENTRY_ID_CHARS, unstorable
 from parley.session.errors import (
@@ -100,6 +101,14 @@ class QueryStr:
     # The handler is given ``read(value)``, which raises ``InvalidInput`` for a value it
     # refuses: judged with the query, before anything is read from the store.
     read: Callable[[str], object] | None = None
+    # JSON Schema's name for the form (``"date"``), in the document; and what a value must
+    # be, said in a refusal instead of the pattern (one too long to read there).
+    format: str | None = None
+    form: str | None = None
+
+    def schema(self) -> dict[str, Any]:
+        """The parameter's JSON Schema, in the OpenAPI document."""
+        return text_schema(self.max_length, self.pattern, self.format)
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,8 +122,19 @@ class PathForm:
 
     def schema(self) -> dict[str, Any]:
         """The parameter's JSON Schema, in the OpenAPI document."""
-        pattern = {"pattern": f"^{self.pattern}$"} if self.pattern else {}
-        return {"type": "string", "minLength": 1, "maxLength": self.max_length, **pattern}
+        return text_schema(self.max_length, self.pattern)
+
+
+def text_schema(max_length: int, pattern: str | None, format: str | None = None) -> dict[str, Any]:
+    """The JSON Schema of a path or query parameter's text, as ``check_text`` takes it: 1 to
+    ``max_length`` characters matching ``pattern``."""
+    return {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": max_length,
+        **({"format": format} if format else {}),
+        **({"pattern": f"^{pattern}$"} if pattern else {}),
+    }
 
 
 # An entry's id (a prompt, a reply, a side-thread is one) as a socket's command takes it,
@@ -571,20 +591,28 @@ def _query_str(request: Request, param: QueryStr) -> object:
     value = query_value(request, param.name)
     if value is None and not param.required:
         return None
-    given = check_text(param.name, value or "", param.max_length, param.pattern, param.required)
+    given = check_text(
+        param.name, value or "", param.max_length, param.pattern, param.required, param.form
+    )
     return given if param.read is None else param.read(given)
 
 
 def check_text(
-    name: str, value: str, max_length: int, pattern: str | None, required: bool = True
+    name: str,
+    value: str,
+    max_length: int,
+    pattern: str | None,
+    required: bool = True,
+    form: str | None = None,
 ) -> str:
     """``value`` of a path or query parameter; ``InvalidInput`` if it is not of its form:
-    1 to ``max_length`` characters matching ``pattern``, and storable."""
+    1 to ``max_length`` characters matching ``pattern`` (``form``: how the refusal says
+    it), and storable."""
     if not value or len(value) > max_length:
         need = "required, " if required else ""
         raise InvalidInput(f"{name}: {need}1-{max_length} characters")
     if pattern is not None and not re.fullmatch(pattern, value):
-        raise InvalidInput(f"{name}: must match {pattern}")
+        raise InvalidInput(f"{name}: must be {form}" if form else f"{name}: must match {pattern}")
     problem = unstorable(value)  # a value a database could not even be asked about
     if problem is not None:
         raise InvalidInput(f"{name}: {problem}")
@@ -596,11 +624,17 @@ def _query_int(request: Request, param: QueryParam) -> int:
     if raw is None:
         return param.default
     # ASCII digits: ``\d`` takes any script's (review: ``?limit=٣`` was read as 3).
-    if not re.fullmatch(r"[0-9]{1,19}", raw):  # as long as a bound may be (2**63 - 1)
+    found = re.fullmatch(r"(-?)([0-9]+)", raw)
+    if found is None:
         raise InvalidInput(f"{param.name}: must be a whole number")
-    value = int(raw)
-    if not param.minimum <= value <= param.maximum:
-        raise InvalidInput(f"{param.name}: must be between {param.minimum} and {param.maximum}")
+    sign, digits = found.groups()
+    # Past 19 digits a number is past every bound (2**63 - 1 at most): not read, however
+    # long (review RP-1: ``?limit=-1`` was "not a whole number"; say which bound it passed).
+    value = int(raw) if len(digits) <= 19 else -MAX_ROW_ID - 1 if sign else MAX_ROW_ID + 1
+    if value < param.minimum:
+        raise InvalidInput(f"{param.name}: must be at least {param.minimum}")
+    if value > param.maximum:
+        raise InvalidInput(f"{param.name}: must be at most {param.maximum}")
     return value
 
 
@@ -674,23 +708,14 @@ def openapi_document(operations: list[Operation], *, title: str, version: str) -
             for q in op.query
         ]
         params += [
-            {
-                "name": q.name,
-                "in": "query",
-                "required": q.required,
-                "schema": {
-                    "type": "string",
-                    "minLength": 1,
-                    "maxLength": q.max_length,
-                    **({"pattern": f"^{q.pattern}$"} if q.pattern else {}),
-                },
-            }
+            {"name": q.name, "in": "query", "required": q.required, "schema": q.schema()}
             for q in op.query_str
         ]
         if op.streams:
+            resume = text_schema(MAX_EVENT_ID_CHARS, EVENT_ID_GIVEN)
             params += [
-                {"name": "Last-Event-ID", "in": "header", "schema": {"type": "string"}},
-                {"name": "last_event_id", "in": "query", "schema": {"type": "string"}},
+                {"name": "Last-Event-ID", "in": "header", "schema": resume},
+                {"name": "last_event_id", "in": "query", "schema": resume},
             ]
         if params:
             item["parameters"] = params

@@ -48,7 +48,7 @@ from parley.server.http.rest import (
     error_response,
     query_value,
 )
-from parley.server.http.sse_cursor import REPLY_ENDS, Cursor, start_at
+from parley.server.http.sse_cursor import MAX_EVENT_ID_CHARS, REPLY_ENDS, Cursor, start_at
 from parley.server.runtime.room import SessionRoom, Work
 from parley.server.runtime.stream_feed import reply_text
 from parley.server.state import AppState
@@ -371,7 +371,7 @@ async def open_stream(request: Request) -> Response:
         check_path(STREAM, request.path_params)
         session_id = str(request.path_params["session_id"])
         last_id = request.headers.get("last-event-id") or request.query_params.get("last_event_id")
-        if last_id is not None and len(last_id) > 100:
+        if last_id is not None and len(last_id) > MAX_EVENT_ID_CHARS:
             raise BadEventId("Last-Event-ID: too long")
         await authorize(STREAM, caller, state, session_id)
         if state.draining:

@@ -21,9 +21,15 @@ from parley.server.store.tables import REPLY_EVENT_KINDS, REPLY_EVENTS, session_
 from parley.session.errors import BadEventId, NotFound
 from parley.session.events import StoredEvent
 
-# Numbers as the stream writes them: ASCII digits, no leading zero (review RB-2: "3.r.01"
-# and "03.r.1", never sent, were taken as "3.r.1").
-_ID = re.compile(r"(0|[1-9][0-9]{0,14})(?:\.([0-9A-Za-z_-]{1,64})\.(0|[1-9][0-9]{0,11}))?")
+# An id as a stream's resume (``Last-Event-ID``, ``?last_event_id=``) takes it, and the API
+# document says it: its numbers as the stream writes them, ASCII digits with no leading zero
+# (review RB-2: "3.r.01" and "03.r.1", never sent, were taken as "3.r.1"), with a header's
+# own blanks around it; at most this many characters in all (the longest id is 93).
+EVENT_ID_GIVEN = (
+    r"[ \t]*(0|[1-9][0-9]{0,14})(?:\.([0-9A-Za-z_-]{1,64})\.(0|[1-9][0-9]{0,11}))?[ \t]*"
+)
+MAX_EVENT_ID_CHARS = 100
+_ID = re.compile(EVENT_ID_GIVEN)
 REPLY_ENDS = frozenset({"reply_completed", "run_failed"})
 assert REPLY_ENDS | {"run_started"} == set(REPLY_EVENT_KINDS)
 _SCAN_PAGE = 100
@@ -43,7 +49,7 @@ class Cursor:
     @classmethod
     def parse(cls, raw: str) -> Cursor:
         """The cursor an id names; ``BadEventId`` when it is not one this stream sends."""
-        found = _ID.fullmatch(raw.strip(" \t"))  # a header's own blanks, no others
+        found = _ID.fullmatch(raw)
         if found is None:
             raise BadEventId(
                 "Last-Event-ID: not an id of this stream (an event number, or "

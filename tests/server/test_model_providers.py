@@ -309,8 +309,6 @@ async def test_usage_is_recorded_per_issuer_and_shown_over_rest(database_url: st
         usage = await usage_api.get_usage(state, sid, None, None)
         only_bob = await usage_api.get_usage(state, sid, "bob", None)
         long_ago = await usage_api.get_usage(state, sid, None, "2000-01-01")
-        with pytest.raises(InvalidInput) as not_a_day:
-            await usage_api.get_usage(state, sid, None, "2025-13-45")
         with pytest.raises(NotFound) as unknown:
             await usage_api.get_usage(state, "nope", None, None)
         today = datetime.datetime.fromtimestamp(state.clock(), datetime.UTC)
@@ -326,7 +324,6 @@ async def test_usage_is_recorded_per_issuer_and_shown_over_rest(database_url: st
     }
     assert [u.user_id for u in only_bob.users] == ["bob"] and only_bob.input_tokens == 40
     assert long_ago.users == [] and long_ago.input_tokens == 0
-    assert not_a_day.value.http_status == 422 and not_a_day.value.code == "invalid"
     assert unknown.value.http_status == 404
 
 
