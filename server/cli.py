@@ -348,6 +348,10 @@ def run_db_command(args: argparse.Namespace, settings: Settings) -> int:
 
 def _run_db_command(args: argparse.Namespace, settings: Settings, action: str) -> int:
     config = alembic_config(settings.database_url)
+    if action == "current" and files_not_there(settings.database_url):
+        # Opening it would make it: a look at the schema writes nothing (review: it left
+        # an empty database behind and said nothing). ``history`` opens none.
+        raise FileNotFoundError("there is no database file (run 'parley migrate' to make one)")
     if action not in ("upgrade", "downgrade"):
         return _run_alembic(config, args, action)
     # Judged before anything is opened; a move that fails anyway on a SQLite database it

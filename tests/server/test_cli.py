@@ -161,6 +161,21 @@ def test_db_commands_move_the_schema_both_ways(tmp_path: Path) -> None:
     assert head in parley(tmp_path, "db", "current").stdout
 
 
+def test_db_current_on_no_database_says_so_and_makes_none(tmp_path: Path) -> None:
+    """Review: ``parley db current`` on a SQLite file that is not there made one (an empty
+    database) and said nothing; it says there is none (exit 1) and writes nothing. ``db
+    history`` reads the migrations alone and makes none either."""
+    result = parley(tmp_path, "db", "current")
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    database = tmp_path / "parley.db"
+    said = f"parley: cannot open the database sqlite:///{database}: there is no database file"
+    assert last == f"{said} (run 'parley migrate' to make one)", last
+    history = parley(tmp_path, "db", "history")
+    assert history.returncode == 0 and head_revision() in history.stdout, history.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("args", [["db"], ["db", "downgrade"], ["serve", "--log-level", "loud"]])
 def test_usage_mistakes_exit_2(tmp_path: Path, args: list[str]) -> None:
     result = parley(tmp_path, *args)
