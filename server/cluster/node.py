@@ -559,9 +559,19 @@ class ClusterNode:
             self._wake.set()
 
     async def settings_changed(self, session_id: str) -> None:
-        """Tell every node that ``session_id``'s stored settings or members changed."""
-        async with self.store.engine.begin() as connection:
-            await connection.execute(select(func.pg_notify(CHANNEL_SETTINGS, session_id)))
+        """Tell every node that ``session_id``'s stored settings or members changed. Best
+        effort, after the change committed: a notification that fails is logged, never
+        raised (review: a member's change, stored, was answered 500 when it failed), and
+        the other nodes put the change in force by their poll (``LeaseRound``: within
+        ``cluster_poll_s`` and a round, ``lease_ttl_s / 4``)."""
+        try:
+            async with self.store.engine.begin() as connection:
+                await connection.execute(select(func.pg_notify(CHANNEL_SETTINGS, session_id)))
+        except Exception as exc:
+            log.warning(
+                "settings change not notified: other nodes take it up by their poll",
+                extra={"session_id": session_id, "error": f"{type(exc).__name__}: {exc}"},
+            )
 
     def _on_command(self, session_id: str) -> None:
         if session_id in self.running:

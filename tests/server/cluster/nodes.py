@@ -14,6 +14,7 @@ from typing import Any
 import asyncpg
 import httpx
 
+from tests import conftest
 from tests.conftest import ADMIN_KEY, ServerProcess, free_port, postgres_database
 from tests.fake_upstream import FakeUpstream, Reply, openai_chunk, sse
 from tests.yclient import YClient
@@ -120,6 +121,24 @@ async def cluster(tmp_path: Path, count: int, **env: str) -> AsyncIterator[Clust
         finally:
             await http.aclose()
             await asyncio.gather(*(asyncio.to_thread(node.stop) for node in nodes))
+
+
+@contextlib.asynccontextmanager
+async def two_in_process(
+    tmp_path: Path, **overrides: Any
+) -> AsyncIterator[tuple[str, conftest.RunningServer, conftest.RunningServer]]:
+    """Two nodes served in this process (``a`` and ``b``, their insides at hand) on a new
+    migrated database: its URL and the two."""
+    async with postgres_database(migrated=True) as url:
+
+        def node(name: str) -> Any:
+            return conftest.make_settings(
+                url, tmp_path / name, cluster=True, node_id=name, **overrides
+            )
+
+        serve = conftest.serve_in_process
+        async with serve(node("a")) as first, serve(node("b")) as second:
+            yield url, first, second
 
 
 def search_call(query: str) -> list[bytes]:

@@ -27,6 +27,7 @@ from tests.conftest import (
     serve_in_process,
     wait_for_a_lock_wait,
 )
+from tests.server.cluster.nodes import two_in_process
 from tests.yclient import YClient
 
 pytestmark = pytest.mark.postgres
@@ -138,16 +139,11 @@ class TwoNodes:
 
 @contextlib.asynccontextmanager
 async def _two_nodes(tmp_path: Path) -> AsyncIterator[TwoNodes]:
-    async with postgres_database(migrated=True) as url:
-
-        def node(name: str) -> Settings:
-            return make_settings(url, tmp_path / name, cluster=True, node_id=name)
-
-        async with serve_in_process(node("a")) as first, serve_in_process(node("b")) as second:
-            sid = await first.new_session({"ann": "owner", "bob": "editor"})
-            ann = await first.connect(sid, "ann")  # the session runs on the first node
-            bob = await first.connect(sid, "bob")
-            yield TwoNodes(url, first, second, sid, ann, bob)
+    async with two_in_process(tmp_path) as (url, first, second):
+        sid = await first.new_session({"ann": "owner", "bob": "editor"})
+        ann = await first.connect(sid, "ann")  # the session runs on the first node
+        bob = await first.connect(sid, "bob")
+        yield TwoNodes(url, first, second, sid, ann, bob)
 
 
 async def test_a_command_judged_before_a_removal_elsewhere_is_refused_at_its_commit(
