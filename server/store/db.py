@@ -12,6 +12,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import event, exc, make_url
+from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from parley import migrations
@@ -60,6 +61,8 @@ def create_engine(
             url, pool_size=pool_size, max_overflow=pool_size, connect_args=connect_args
         )
         _replace_stale_at_checkout(engine)
+        if parsed.get_driver_name() == "asyncpg":
+            _close_when_lost(engine)
         return engine
     path = file_path(parsed)
     if path is None:  # in memory: aiosqlite's own connection, on its thread
@@ -110,6 +113,26 @@ def _replace_stale_at_checkout(engine: AsyncEngine) -> None:
 
     event.listen(engine.sync_engine, "checkout", checkout)
     event.listen(engine.sync_engine, "checkin", checkin)
+
+
+def _close_when_lost(engine: AsyncEngine) -> None:
+    """A connection on which asyncpg lost track of its protocol state fails every statement
+    until it is closed (``InternalClientError``: 'cannot switch to state 15; another
+    operation (2) is in progress'). A cluster node's loop stalled past
+    ``idle_in_transaction_s`` meets it: the server ended a transaction left open meanwhile,
+    and its FATAL, read while no statement waited, leaves the protocol so until the
+    socket's close is read. Unless that close was read by then, SQLAlchemy took the error
+    for no disconnect and could pool the connection again for another transaction to draw
+    (cluster review: a notification after a commit answered 500). It is invalidated now,
+    the pool's other connections kept, and the error says so (``connection_invalidated``)."""
+    lost = engine.dialect.loaded_dbapi.InternalClientError
+
+    def handle_error(context: ExceptionContext) -> None:
+        if isinstance(context.original_exception, lost):
+            context.is_disconnect = True
+            context.invalidate_pool_on_disconnect = False
+
+    event.listen(engine.sync_engine, "handle_error", handle_error)
 
 
 def alembic_config(url: str) -> Config:

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from asyncpg.exceptions import InternalClientError  # type: ignore[import-untyped]
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -32,12 +31,13 @@ def failing_notify(
     statement of their own (after a change's commit: ``settings_changed``, the ask of
     ``AccessSync``) fail as the reviewer's did; yields the payloads of those that failed."""
     failed: list[str] = []
+    lost = engine.dialect.loaded_dbapi.InternalClientError  # asyncpg's, as SQLAlchemy's
 
     def fail(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
         ours = "pg_notify" in statement and channel in tuple(parameters or ())
         if ours and len(failed) < times:
             failed.append(str(parameters[-1]))
-            raise InternalClientError(BUSY)
+            raise lost(BUSY)
 
     event.listen(engine.sync_engine, "before_cursor_execute", fail)
     try:

@@ -4,12 +4,14 @@ is replaced at checkout, with no query sent to find out."""
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import asyncpg
 import pytest
-from sqlalchemy import event, select, text
+from sqlalchemy import event, func, select, text
 from sqlalchemy.dialects.postgresql.asyncpg import AsyncAdapt_asyncpg_connection
+from sqlalchemy.exc import DBAPIError
 
 from parley.server.store.access import _DOCUMENT_HEAD
 from parley.server.store.db import create_engine
@@ -115,3 +117,78 @@ async def test_a_list_of_documents_reads_no_text_on_sqlite(tmp_path: Any) -> Non
     finally:
         await engine.dispose()
     assert any("COVERING INDEX ix_documents_heads" in str(row) for row in plan), plan
+
+
+@pytest.mark.postgres
+async def test_a_connection_the_server_ended_during_a_stall_is_not_pooled_again() -> None:
+    """Cluster review: a node's loop stalled past ``idle_in_transaction_s`` (the lease's
+    TTL) while a transaction waited on something else; the server ended it, and its FATAL,
+    read before the socket's close, left asyncpg's protocol lost ('cannot switch to state
+    11; another operation (2) is in progress'). The statement fails as a lost connection's
+    and the connection is invalidated (SQLAlchemy's own check saw it only if the socket's
+    close was read by then: see the next test)."""
+    async with postgres_database() as url:
+        engine = create_engine(url, pool_size=1, idle_in_transaction_s=0.2)
+        waited, failures = asyncio.Event(), []
+
+        async def waiting_transaction() -> None:
+            async with engine.begin() as connection:
+                await connection.execute(text("SELECT 1"))
+                waited.set()
+                await asyncio.sleep(0.05)  # woken after the stall, the server's FATAL read
+                try:
+                    await connection.execute(text("SELECT 2"))
+                except DBAPIError as error:
+                    failures.append(error)
+                    raise
+
+        async def stall() -> None:
+            await waited.wait()
+            time.sleep(1.0)  # noqa: ASYNC251 (the stall under test: past the server's 0.2 s)
+
+        try:
+            async with engine.connect() as connection:
+                first = (await connection.execute(text("SELECT pg_backend_pid()"))).scalar()
+            with pytest.raises(DBAPIError):
+                await asyncio.gather(waiting_transaction(), stall())
+            assert len(failures) == 1
+            assert "another operation (2) is in progress" in str(failures[0])
+            assert failures[0].connection_invalidated
+            async with engine.begin() as connection:
+                second = (await connection.execute(text("SELECT pg_backend_pid()"))).scalar()
+            assert second != first
+        finally:
+            await engine.dispose()
+
+
+@pytest.mark.postgres
+async def test_a_connection_asyncpg_lost_track_of_is_not_pooled_again() -> None:
+    """The same error read while the socket is still open (the server's close not read
+    yet, or a protocol asyncpg lost for another reason: its issues 784 and 1069): to
+    SQLAlchemy no disconnect, so the connection went back to the pool and the next
+    transaction that drew it failed the same way (the review's notification). It is
+    closed and replaced now."""
+    async with postgres_database() as url:
+        engine = create_engine(url, pool_size=1)
+        lost = engine.dialect.loaded_dbapi.InternalClientError
+        broken: set[int] = set()
+
+        def stuck(conn: Any, *rest: Any) -> None:
+            if id(conn.connection.driver_connection) in broken:
+                raise lost("cannot switch to state 15; another operation (2) is in progress")
+
+        event.listen(engine.sync_engine, "before_cursor_execute", stuck)
+        try:
+            async with engine.connect() as connection:
+                raw = await connection.get_raw_connection()
+                first = (await connection.execute(text("SELECT pg_backend_pid()"))).scalar()
+                broken.add(id(raw.driver_connection))
+            with pytest.raises(DBAPIError) as failed:  # (``Unavailable`` through the store)
+                async with engine.begin() as connection:
+                    await connection.execute(select(func.pg_notify("parley_x", "1")))
+            assert failed.value.connection_invalidated
+            async with engine.begin() as connection:
+                second = (await connection.execute(text("SELECT pg_backend_pid()"))).scalar()
+            assert second != first
+        finally:
+            await engine.dispose()
