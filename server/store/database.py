@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -13,11 +13,13 @@ from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from parley.server.store.direct_sqlite import Plan, plan_for
 from parley.server.store.group_commit import INSERT_UPDATE_SQLITE, GroupCommit
 from parley.server.store.health import LockTimeout, StorageHealth
 from parley.server.store.sqlite_inline import (
     Checkpointer,
     InlineConnection,
+    ThreadReads,
     UpdateAppender,
     file_path,
 )
@@ -109,6 +111,7 @@ class Database:
         path = file_path(engine.url) if engine.dialect.name == "sqlite" else None
         self.checkpointer = Checkpointer(path) if path else None
         self._appender = UpdateAppender(path, INSERT_UPDATE_SQLITE) if path else None
+        self._thread_reads = ThreadReads(path) if path else None
         self.group = GroupCommit(self, alone=self._updates_alone if path else None)
         # Called after a commit that wrote webhook deliveries (the sender's wake-up).
         self.on_outbox: Callable[[], None] | None = None
@@ -223,6 +226,8 @@ class Database:
             await self._appender.close()
         if self.checkpointer is not None:
             await self.checkpointer.close()
+        if self._thread_reads is not None:
+            self._thread_reads.close()
         await self.engine.dispose()
 
     @asynccontextmanager
@@ -232,6 +237,40 @@ class Database:
                 yield connection
         except (OperationalError, DBAPIError, OSError) as exc:
             raise Unavailable("the database is unavailable") from exc
+
+    async def read_rows(
+        self, *reads: tuple[Any, Mapping[str, Any]]
+    ) -> list[Sequence[Sequence[Any]]]:
+        """The rows of each of ``reads`` (a select marked ``direct``, its parameters), read
+        together. On a SQLite file in a worker thread, in one read transaction
+        (``ThreadReads``): a large row (a session's snapshot) is read and copied off the
+        loop. Elsewhere through the engine (PostgreSQL's driver reads off the loop)."""
+        plans = self._thread_plans(reads)
+        if plans is None:
+            async with self.read() as connection:
+                return [
+                    (await connection.execute(select_, dict(parameters))).all()
+                    for select_, parameters in reads
+                ]
+
+        def reading(connection: sqlite3.Connection) -> list[Sequence[Sequence[Any]]]:
+            ran = zip(plans, reads, strict=True)
+            return [plan.run(connection, given).all() for plan, (_, given) in ran]
+
+        assert self._thread_reads is not None
+        try:
+            return await self._thread_reads.read(reading)
+        except (DBAPIError, OSError, sqlite3.Error) as exc:
+            raise Unavailable("the database is unavailable") from exc
+
+    def _thread_plans(self, reads: Sequence[tuple[Any, Mapping[str, Any]]]) -> list[Plan] | None:
+        """The plans of ``reads`` for ``ThreadReads``; None: they go through the engine (as
+        every statement does while something listens to the engine's: a test counting)."""
+        dispatch = self.engine.sync_engine.dispatch
+        if self._thread_reads is None or dispatch.before_cursor_execute:
+            return None
+        plans = [plan_for(select_, given, self.engine.dialect) for select_, given in reads]
+        return None if None in plans else [plan for plan in plans if plan is not None]
 
     async def ping(self) -> None:
         async with self.read() as connection:

@@ -30,12 +30,12 @@ from sqlalchemy.exc import DBAPIError
 # Statements marked as run here, by identity (the statement objects live for the process).
 _MARKED: dict[int, Any] = {}
 # Compiled plans, by (statement, parameter names); None: this one goes SQLAlchemy's way.
-_PLANS: dict[tuple[int, tuple[str, ...]], _Plan | None] = {}
+_PLANS: dict[tuple[int, tuple[str, ...]], Plan | None] = {}
 
 
 def direct(statement: Any) -> Any:
     """Mark a statement built once (a module's constant) to run beneath SQLAlchemy on
-    SQLite; returns it."""
+    SQLite (a select: off the loop, ``Database.read_rows``); returns it."""
     _MARKED[id(statement)] = statement
     return statement
 
@@ -59,7 +59,7 @@ class DirectResult:
         return iter(self._rows)
 
 
-class _Plan:
+class Plan:
     """A marked statement compiled for SQLite with one set of parameter names."""
 
     __slots__ = ("defaults", "names", "processors", "returns", "sql")
@@ -91,7 +91,7 @@ class _Plan:
             processors.get(name) for name in self.names
         )
         self.defaults = defaults
-        self.returns = bool(compiled.returning)
+        self.returns = bool(compiled.returning) or compiled.statement.is_select
 
     def values(self, parameters: Mapping[str, Any]) -> tuple[Any, ...]:
         defaults = self.defaults
@@ -131,7 +131,7 @@ class _Plan:
         return DirectResult(rows, count)
 
 
-def plan_for(statement: Any, parameters: Any, dialect: Dialect) -> _Plan | None:
+def plan_for(statement: Any, parameters: Any, dialect: Dialect) -> Plan | None:
     """The compiled plan of ``statement`` for ``parameters`` (a dict, or a list of dicts
     with the same names), or None when it goes SQLAlchemy's way."""
     marked = id(statement)
@@ -150,7 +150,7 @@ def plan_for(statement: Any, parameters: Any, dialect: Dialect) -> _Plan | None:
     return plan
 
 
-def _compile(statement: Any, names: list[str], dialect: Dialect) -> _Plan | None:
+def _compile(statement: Any, names: list[str], dialect: Dialect) -> Plan | None:
     compiled = statement.compile(dialect=dialect, column_keys=names)
     if compiled.insert_prefetch or compiled.update_prefetch:
         return None  # Python-side defaults, computed by SQLAlchemy before the statement
@@ -163,4 +163,4 @@ def _compile(statement: Any, names: list[str], dialect: Dialect) -> _Plan | None
     for column in compiled._result_columns:
         if column.type.result_processor(dialect, None) is not None:
             return None
-    return _Plan(compiled)
+    return Plan(compiled)

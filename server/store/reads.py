@@ -7,10 +7,11 @@ import itertools
 import json
 from collections.abc import Callable, Sequence
 
-from sqlalchemy import and_, func, insert, or_, select, union_all
+from sqlalchemy import and_, bindparam, func, insert, or_, select, union_all
 
 from parley.server.store import left_clients, thread_log, thread_rows
 from parley.server.store.database import Database
+from parley.server.store.direct_sqlite import direct
 from parley.server.store.rows import (
     EntryRow,
     MemberRow,
@@ -36,6 +37,16 @@ from parley.session.core import SideThread
 from parley.session.events import StoredEvent
 from parley.session.presence import LeftClient
 from parley.session.summary import Summary, chained
+
+# A session's document as stored (``load_doc``), built once.
+_DOC_SNAPSHOT = direct(
+    select(doc_snapshots.c.data).where(doc_snapshots.c.session_id == bindparam("session_id"))
+)
+_DOC_UPDATES = direct(
+    select(doc_updates.c.data)
+    .where(doc_updates.c.session_id == bindparam("session_id"))
+    .order_by(doc_updates.c.id)
+)
 
 
 class SessionReads(Database):
@@ -205,21 +216,13 @@ class SessionReads(Database):
     # -- the CRDT document ----------------------------------------------------------------
 
     async def load_doc(self, session_id: str) -> StoredDoc:
-        async with self.read() as connection:
-            snap = (
-                await connection.execute(
-                    select(doc_snapshots.c.data).where(doc_snapshots.c.session_id == session_id)
-                )
-            ).first()
-            rows = await connection.execute(
-                select(doc_updates.c.data)
-                .where(doc_updates.c.session_id == session_id)
-                .order_by(doc_updates.c.id)
-            )
-            updates = [bytes(row.data) for row in rows]
+        """The session's document as stored: its snapshot and the updates after it, read
+        together (off the loop on SQLite: ``Database.read_rows``)."""
+        given = {"session_id": session_id}
+        snapshot, updates = await self.read_rows((_DOC_SNAPSHOT, given), (_DOC_UPDATES, given))
         return StoredDoc(
-            snapshot=None if snap is None else bytes(snap.data),
-            updates=updates,
+            snapshot=bytes(snapshot[0][0]) if snapshot else None,
+            updates=[bytes(row[0]) for row in updates],
             updates_since_snapshot=len(updates),
         )
 

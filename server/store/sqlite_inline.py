@@ -20,6 +20,13 @@ never block the writer, nor the writer them).
 The one slow thing a commit can do is a WAL checkpoint, which fsyncs: these connections
 never checkpoint (``wal_autocheckpoint=0``); ``Checkpointer`` does it from a worker thread.
 
+A read is quick too, but for one that copies a large row: a session's stored snapshot (up
+to 16 MiB) read and copied in the loop's thread held every socket of the node while a
+cold session loaded. ``ThreadReads`` makes such reads in a worker thread, on connections
+of its own: a reader takes no writer's turn (WAL: a reader never blocks the writer, nor
+the writer it), and the statements of one read share one read transaction, so they see one
+state of the database while the loop's writers go on.
+
 ``server.store.db.create_engine`` uses them for a SQLite file, whatever driver the URL names.
 The group commit's rounds of streamed text skip SQLAlchemy altogether (``UpdateAppender``).
 """
@@ -31,7 +38,8 @@ import contextlib
 import logging
 import sqlite3
 import threading
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from sqlalchemy import URL
 
@@ -40,7 +48,11 @@ from parley.server.store.health import LockTimeout
 log = logging.getLogger("parley.sqlite")
 
 CHECKPOINT_EVERY_S = 1.0
+READ_BUSY_TIMEOUT_S = 5.0
 SQLITE_BUSY = 5
+MAX_IDLE_READERS = 2
+
+T = TypeVar("T")
 
 
 class InlineCursor:
@@ -299,6 +311,71 @@ class Checkpointer:
         with contextlib.suppress(sqlite3.Error):
             await asyncio.to_thread(self._checkpoint)
         await asyncio.to_thread(self._close)
+
+
+class ThreadReads:
+    """Reads made in a worker thread, each on a ``sqlite3`` connection of its own (kept
+    for the next read, ``MAX_IDLE_READERS`` at most), inside one read transaction: what
+    the reads in it see is one state of the database, whatever the loop's writers commit
+    meanwhile. The connection may wait on another process's lock in SQLite's busy handler
+    (``READ_BUSY_TIMEOUT_S``): it blocks its worker thread, not the loop."""
+
+    def __init__(self, path: str, busy_timeout_s: float = READ_BUSY_TIMEOUT_S) -> None:
+        self.path = path
+        self.busy_timeout_s = busy_timeout_s
+        self._idle: list[sqlite3.Connection] = []
+        # The worker threads and ``close`` take turns on ``_idle``; a cancelled read's
+        # thread runs on and hands its connection back (or closes it, once closed).
+        self._guard = threading.Lock()
+        self._closed = False
+
+    async def read(self, reading: Callable[[sqlite3.Connection], T]) -> T:
+        """What ``reading`` returns, called in a worker thread with a connection in a read
+        transaction (rolled back after: a read keeps nothing). ``sqlite3`` errors raise."""
+        return await asyncio.to_thread(self._read, reading)
+
+    def _read(self, reading: Callable[[sqlite3.Connection], T]) -> T:
+        connection = self._take()
+        try:
+            connection.execute("BEGIN")
+            try:
+                read = reading(connection)
+            finally:
+                connection.rollback()
+        except BaseException:
+            connection.close()  # in an unknown state: not kept
+            raise
+        self._give_back(connection)
+        return read
+
+    def _take(self) -> sqlite3.Connection:
+        with self._guard:
+            if self._closed:
+                raise sqlite3.ProgrammingError("Cannot operate on a closed database.")
+            if self._idle:
+                return self._idle.pop()
+        connection = sqlite3.connect(self.path, check_same_thread=False)
+        try:
+            pragmas(checkpoints=False, busy_timeout_s=self.busy_timeout_s)(connection, None)
+        except BaseException:
+            connection.close()
+            raise
+        return connection
+
+    def _give_back(self, connection: sqlite3.Connection) -> None:
+        with self._guard:
+            if not self._closed and len(self._idle) < MAX_IDLE_READERS:
+                self._idle.append(connection)
+                return
+        connection.close()
+
+    def close(self) -> None:
+        """Close the idle connections; one in use is closed when its read ends."""
+        with self._guard:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for connection in idle:
+            connection.close()
 
 
 def file_path(url: URL) -> str | None:
