@@ -48,7 +48,9 @@ from parley.session.fold import (
     rendered_tokens,
 )
 from parley.session.history import (
+    JUDGED_PER_STEP,
     Excluded,
+    History,
     VisibleHistory,
     WithheldReason,
     outcome,
@@ -451,6 +453,7 @@ class ContextBuilder:
         scope_key: str = "members",
         steps: int = 64,
         step_chars: int = 16_000,
+        judged_per_step: int = JUDGED_PER_STEP,
     ) -> Generator[int]:
         """Fold ahead the history a ``build`` with these arguments reads (``prompt_ids``
         none: the history alone), ``steps`` entries at a time (fewer when their texts pass
@@ -458,15 +461,26 @@ class ContextBuilder:
         folded (what was kept is not folded again, nor counted): a caller that lets others
         run between them spreads what a first build would fold in one block (after a load:
         200 ms of a stalled loop at 2,000 entries; a side-thread's first run: 1.5 s at
-        3,000). A build made meanwhile folds what is left itself: then this stops. The
-        scope is not evicted while this runs; close the iterator when stopping early (or
-        let it be collected)."""
+        3,000). What is judged first (``VisibleHistory.reading``) is judged
+        ``judged_per_step`` entries a step, each yielded as 0 entries folded (60,000
+        judged at once held the loop 150 ms). A build made meanwhile folds what is left
+        itself: then this stops. The scope is not evicted while this runs; close the
+        iterator when stopping early (or let it be collected)."""
         self._held[scope_key] = self._held.get(scope_key, 0) + 1
         try:
             scope = self._fold_for(scope_key)
-            read = scope.visible.read(
-                entries, prompt_ids, withheld, private_text or {}, frozenset(pins)
+            reading = scope.visible.reading(
+                entries, prompt_ids, withheld, private_text or {}, frozenset(pins), judged_per_step
             )
+            while True:
+                try:
+                    next(reading)
+                except StopIteration as judged:
+                    read: History | None = judged.value
+                    break
+                yield 0  # judged, nothing folded yet
+            if read is None:
+                return  # a build read meanwhile: it folds the rest
             history, fold = read.items, scope.fold
             done = fold.synced(history, read.unchanged)
             while done < len(history):

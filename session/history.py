@@ -27,7 +27,7 @@ same server-side text.
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Generator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from parley.session.entries import MESSAGE_STATUS, Entry, EntryKind, Listing, ListingLog
@@ -36,6 +36,10 @@ from parley.session.reasons import ReasonCode, withdrawn
 
 TOOL_DONE = "done"  # a tool step that returned a result (not an error or a refusal)
 UNANSWERED = frozenset({PromptStatus.FAILED, PromptStatus.CANCELLED, PromptStatus.INTERRUPTED})
+
+JUDGED_PER_STEP = 1024
+"""Entries a read in steps judges in one (``VisibleHistory.reading``): a few microseconds
+each."""
 
 WithheldReason = Callable[[Entry], str | None]
 """A read scope: None when the run's issuers may read the entry, else why they may not."""
@@ -201,6 +205,7 @@ class VisibleHistory:
         self._runs: dict[str, list[bool]] = {}
         self._run_at: list[tuple[int, str]] = []
         self._seen: tuple[ListingLog, int] | None = None  # the last listing read, if one
+        self._reads = 0  # reads begun: a read in steps stops once another began
 
     def read(
         self,
@@ -212,6 +217,30 @@ class VisibleHistory:
     ) -> History:
         """The history of a run answering ``prompt_ids`` (none: the history alone);
         ``KeyError`` naming the prompts not in ``entries``."""
+        reading = self.reading(entries, prompt_ids, withheld, private_text, pins, steps=0)
+        try:
+            next(reading)  # one step judges them all: it returns at once
+        except StopIteration as done:
+            history: History = done.value
+            return history
+        raise AssertionError("a read in one step yielded")
+
+    def reading(
+        self,
+        entries: Sequence[Entry],
+        prompt_ids: Sequence[str],
+        withheld: WithheldReason | None,
+        private_text: Mapping[str, str],
+        pins: frozenset[str],
+        steps: int = JUDGED_PER_STEP,
+    ) -> Generator[int, None, History | None]:
+        """``read`` in steps, each judging ``steps`` entries (0: all), yielding how many it
+        judged (none is yielded when one step judges all): a caller that lets others run
+        between them spreads a first read of a long history (60,000 entries judged in one
+        call held the loop 150 ms). Returns the history, or None when another read of this
+        one began meanwhile: that read judged the rest; what was judged here stays judged."""
+        self._reads += 1
+        mine = self._reads
         reusable = withheld is None or isinstance(withheld, ReadFilter)
         if not reusable or withheld != self._withheld or private_text != self._private:
             self._withheld, self._private = withheld, dict(private_text)
@@ -223,9 +252,32 @@ class VisibleHistory:
         if moved:
             self._cut(min(moved))
         unchanged = len(self._items)
-        for position in range(len(self._entries), start):
+        while len(self._entries) < start:
+            end = start if steps <= 0 else min(start, len(self._entries) + steps)
+            judged = self._judge_to(entries, end)
+            if end < start:
+                yield judged
+                if self._reads != mine:
+                    return None
+        return self._history(entries, start, prompt_ids, pins, unchanged)
+
+    def _judge_to(self, entries: Sequence[Entry], end: int) -> int:
+        """Judge ``entries`` from the end of the judged prefix up to ``end``; how many."""
+        begin = len(self._entries)
+        for position in range(begin, end):
             self._judge(entries[position], position)
-        self._entries.extend(entries[len(self._entries) : start])
+        self._entries.extend(entries[begin:end])
+        return end - begin
+
+    def _history(
+        self,
+        entries: Sequence[Entry],
+        start: int,
+        prompt_ids: Sequence[str],
+        pins: frozenset[str],
+        unchanged: int,
+    ) -> History:
+        """The judged prefix, then the prompts answered from ``start`` on."""
         items, excluded = list(self._items), list(self._excluded)
         wanted = set(prompt_ids)
         for entry in entries[start:]:

@@ -119,7 +119,10 @@ class SessionContext:
         """Fold-ready every entry of a history just loaded, one entry per pass of the loop:
         what is kept of texts is in memory only, so after a restart the first build (a
         prompt's, a preview's) read a long history at once (review: 1.2 s of a stalled loop
-        for every session, after 150 messages of 32 kB). Here the load waits, not the others."""
+        for every session, after 150 messages of 32 kB). Here the load waits, not the others.
+        The entries are listed first in steps too (``SessionDocument.listing``)."""
+        for _ in doc.listing():
+            await asyncio.sleep(0)
         for entry in doc.entries():
             prepare_entry(entry, self.settings.min_block_lines)
             await asyncio.sleep(0)

@@ -163,6 +163,30 @@ def test_folding_ahead_spreads_a_first_build_over_steps() -> None:
     assert asked == ContextBuilder().build(session_id="s", entries=entries, prompt_ids=["e42"])
 
 
+def test_folding_ahead_judges_a_long_history_in_steps_first() -> None:
+    """What the fold reads is judged first (``VisibleHistory``): in steps too, each
+    yielded as nothing folded yet (the whole history at once held the loop 150 ms at
+    60,000 entries), then folded as before; the build after folds nothing."""
+    entries = [entry(i, USERS[i % 3], f"note {i % 7} on the plan") for i in range(1, 41)]
+    builder = ContextBuilder()
+    ahead = builder.folding(entries=entries, steps=16, judged_per_step=15)
+    assert list(ahead) == [0, 0, 16, 16, 8]
+    built = builder.build(session_id="s", entries=entries, prompt_ids=[])
+    assert builder.last_refolded == 0
+    assert built == ContextBuilder().build(session_id="s", entries=entries, prompt_ids=[])
+
+
+def test_a_build_made_while_judging_ahead_judges_the_rest_and_stops_it() -> None:
+    entries = [entry(i, USERS[i % 3], f"note {i % 5} on the plan") for i in range(1, 31)]
+    builder = ContextBuilder()
+    ahead = builder.folding(entries=entries, steps=10, judged_per_step=10)
+    assert next(ahead) == 0
+    built = builder.build(session_id="s", entries=entries, prompt_ids=[])
+    assert builder.last_refolded == 30
+    assert list(ahead) == []
+    assert built == ContextBuilder().build(session_id="s", entries=entries, prompt_ids=[])
+
+
 def test_a_build_made_while_folding_ahead_folds_the_rest_and_stops_it() -> None:
     entries = [entry(i, USERS[i % 3], f"note {i % 5} on the plan") for i in range(1, 31)]
     builder = ContextBuilder()

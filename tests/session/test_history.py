@@ -272,6 +272,44 @@ def test_a_new_message_is_the_one_entry_judged() -> None:
     ]
 
 
+def test_a_read_in_steps_judges_a_bounded_number_a_step_and_gives_the_same_history() -> None:
+    """A first read of a long history judged every entry in one call (60,000: 150 ms of a
+    held loop after a load); in steps, each judges ``steps`` at most, and the history is
+    the one a read at once gives, then kept as that one is."""
+    session = Session(2000)
+    read, readable = session.scope()
+    session.apply("prompt", 0, 0)
+    prompt_id = session.entries[-1].id
+    kept = VisibleHistory()
+    reading = kept.reading(session.entries, [prompt_id], read, readable, frozenset(), 300)
+    steps = []
+    while True:
+        try:
+            steps.append(next(reading))
+        except StopIteration as done:
+            history = done.value
+            break
+    assert steps == [300] * 6  # the seventh step judges the last 200 and returns
+    fresh = VisibleHistory().read(session.entries, [prompt_id], read, readable, frozenset())
+    assert history == fresh
+    again = kept.read(session.entries, [], read, readable, frozenset())
+    assert again.unchanged == len(again.items)  # nothing judged again
+
+
+def test_a_read_made_while_one_goes_in_steps_judges_the_rest_and_stops_it() -> None:
+    session = Session(100)
+    read, readable = session.scope()
+    kept = VisibleHistory()
+    reading = kept.reading(session.entries, [], read, readable, frozenset(), 30)
+    assert next(reading) == 30
+    session.apply("message", 1, 0)
+    whole = kept.read(session.entries, [], read, readable, frozenset())
+    assert list(reading) == []  # stopped, nothing judged again
+    fresh = VisibleHistory().read(session.entries, [], read, readable, frozenset())
+    assert (whole.items, whole.withheld) == (fresh.items, fresh.withheld)
+    assert whole.unchanged == 30  # what the step judged stays judged
+
+
 def test_a_pin_far_back_judges_again_from_the_pinned_entry() -> None:
     session = Session(100)
     kept = VisibleHistory()

@@ -19,6 +19,7 @@ from parley.server.runtime.writer import DocumentWriter
 from parley.server.store.group_commit import MembersMoved
 from parley.server.store.memory import MemoryStore
 from parley.session.errors import Unavailable
+from parley.session.history import VisibleHistory
 from parley.session.queue import Policy
 from parley.session.schema import SessionDocument
 from tests.server.runtime.harness import (
@@ -71,6 +72,15 @@ class Turns:
     def turns(self, name: str) -> int:
         return sum(1 for called, _ in self.calls if called == name)
 
+    async def during(self, work: Awaitable[object]) -> None:
+        """Await ``work``, this task taking the turns it gets meanwhile."""
+        ticking = asyncio.create_task(self.tick())
+        try:
+            await work
+        finally:
+            self.running = False
+            await ticking
+
 
 async def test_a_long_session_loads_in_steps_other_tasks_run_between(
     monkeypatch: pytest.MonkeyPatch,
@@ -83,13 +93,8 @@ async def test_a_long_session_loads_in_steps_other_tasks_run_between(
     monkeypatch.setattr(Doc, "apply_update", turns.counting("apply", apply_update))
     copy_of = schema.entry_from_fields
     monkeypatch.setattr(schema, "entry_from_fields", turns.counting("entry", copy_of))
-    ticking = asyncio.create_task(turns.tick())
     room = SessionRoom(SESSION, store=store, settings=settings, clock=ManualClock())
-    try:
-        await room.load("t", Policy.QUEUE)
-    finally:
-        turns.running = False
-        await ticking
+    await turns.during(room.load("t", Policy.QUEUE))
     monkeypatch.undo()
     # The snapshot was applied in parts, each in a turn of its own; the entries were read
     # a bounded number a turn (all 2,000 in one turn before).
@@ -101,6 +106,32 @@ async def test_a_long_session_loads_in_steps_other_tasks_run_between(
     assert room.doc.entries() == written.entries()
     assert room.doc.doc.get_state() == written.doc.get_state()
     assert room.doc.entry(f"m{ENTRIES - 1}").content == f"note {ENTRIES - 1}"
+
+
+async def test_a_long_sessions_first_history_read_after_a_load_is_made_in_steps(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """After the document, the load lists the transcript's entries and judges what a
+    history-alone build reads (``SessionContext.warm``): each was one call over every
+    entry (60,000 short messages: 45 ms, then 150 ms of a held loop). Both go a bounded
+    number of entries a turn, and the first build after finds them done."""
+    store = MemoryStore()
+    await _stored_session(store)
+    turns = Turns()
+    copy = SessionDocument._copy
+    monkeypatch.setattr(SessionDocument, "_copy", turns.counting("listed", copy))
+    judge = VisibleHistory._judge
+    monkeypatch.setattr(VisibleHistory, "_judge", turns.counting("judged", judge))
+    settings = memory_settings()
+    room = SessionRoom(SESSION, store=store, settings=settings, clock=ManualClock())
+    await turns.during(room.load("t", Policy.QUEUE))
+    assert sum(n for (name, _), n in turns.calls.items() if name == "judged") == ENTRIES
+    assert turns.turns("judged") >= 2 and turns.most("judged") <= 1024
+    assert turns.turns("listed") >= 2 and turns.most("listed") <= 1024
+    judged = turns.calls.copy()
+    room.context.build(())
+    assert room.context._builder.last_refolded == 0
+    assert turns.calls == judged  # nothing judged or listed again
 
 
 class _MembersMovedOnce:
@@ -164,12 +195,7 @@ async def _applies_in(work: Awaitable[object]) -> Turns:
     turns = Turns()
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(Doc, "apply_update", turns.counting("apply", Doc.apply_update))
-        ticking = asyncio.create_task(turns.tick())
-        try:
-            await work
-        finally:
-            turns.running = False
-            await ticking
+        await turns.during(work)
     return turns
 
 
