@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 from pycrdt import TransactionEvent
 
 from parley.server.runtime.back_references import BackReference
+from parley.server.runtime.thread_cuts import ThreadCuts
 from parley.server.runtime.writer import DocumentWriter, Write, document_of, merged, settled
 from parley.server.store.port import SessionTx
 from parley.server.store.rows import StoredDoc
@@ -36,12 +37,11 @@ from parley.session.closes import CloseCode
 from parley.session.core import Effects, SideThread, ThreadTurn, apply_to_threads, threads_changed
 from parley.session.core.effects import DeleteThread
 from parley.session.core.thread_doc import ThreadDocument, show_all
-from parley.session.encoded import EMPTY_STATE_VECTOR, sync_frames
+from parley.session.encoded import DEFAULT_CHUNK_BYTES, EncodedDocument
 from parley.session.errors import NotFound, Unavailable
 from parley.session.observers import observe_weakly
 from parley.session.read_only import ServerWrites
-from parley.session.yprotocol import ProtocolError, SyncType, encode_sync
-from parley.session.ysplit import split_update
+from parley.session.yprotocol import ProtocolError, SyncType, delete_set_of, encode_sync
 
 if TYPE_CHECKING:
     from parley.server.runtime.room import SessionRoom
@@ -61,12 +61,22 @@ class LiveThreadDoc:
     them), and where its stored log stands (``last_update_id``, for a follower's tail)."""
 
     def __init__(
-        self, thread_id: str, stored: StoredDoc, send: Callable[[str, bytes], None], limit: int
+        self,
+        thread_id: str,
+        stored: StoredDoc,
+        send: Callable[[str, bytes], None],
+        limit: int,
+        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     ) -> None:
         self.thread_id = thread_id
         self.document = read_document(stored)
         self.send = send
         self.writes = ServerWrites(limit)
+        self.chunk_bytes = chunk_bytes
+        # What a sync is answered from (``sync_answer``): the document encoded once, then
+        # the updates published after it; None: encoded afresh at the next answer.
+        self._encoded: EncodedDocument | None = None
+        self._cuts = ThreadCuts()
         self.last_update_id = stored.last_update_id
         self.since_snapshot = stored.updates_since_snapshot
         self._captured: list[bytes] = []
@@ -86,8 +96,31 @@ class LiveThreadDoc:
     def publish(self, update: bytes) -> None:
         """A stored update: to the thread's sockets."""
         if update:
-            self.writes.committed(update, self.document.doc.get_state)
+            state = self.document.doc.get_state
+            self.writes.committed(update, state)
+            self._copied(update, state)
             self.send(self.thread_id, encode_sync(SyncType.UPDATE, update))
+
+    def _copied(self, update: bytes, state: Callable[[], bytes]) -> None:
+        """Keep the copy sync answers come from in step with a published ``update``
+        (``state`` gives the document's state vector after it). One that deletes drops the
+        copy, encoded afresh at the next answer: the bytes sent before still hold what
+        it deleted (text its owner was since denied), a document's encoding does not."""
+        if self._encoded is None:
+            return
+        try:
+            deletes = bool(delete_set_of(update, state()))
+        except ProtocolError:  # structs still pending (a follower): encoded afresh
+            deletes = True
+        if deletes:
+            self._encoded = None
+        else:
+            self._encoded.committed(update)
+
+    def _copy(self) -> EncodedDocument:
+        if self._encoded is None:
+            self._encoded = EncodedDocument(self.document.doc.get_update(), self.chunk_bytes)
+        return self._encoded
 
     def apply_replicated(self, stored: StoredDoc) -> None:
         """A follower: apply what the running node stored after ``last_update_id`` (a
@@ -104,17 +137,14 @@ class LiveThreadDoc:
         self.document = ThreadDocument(self.document.doc)  # its turns by id, read again
         self.last_update_id = max(self.last_update_id, stored.last_update_id)
 
-    def sync_answer(self, state_vector: bytes, chunk_bytes: int) -> list[bytes]:
+    async def sync_answer(self, state_vector: bytes) -> list[bytes]:
         """The frames answering a client's step 1: what it lacks, in chunks of at most
         about ``chunk_bytes``, the sync step 2 last (``EncodedDocument.answer``;
-        ``ProtocolError`` for a state vector that does not decode)."""
-        if state_vector == EMPTY_STATE_VECTOR:
-            return sync_frames(split_update(self.document.doc.get_update(), chunk_bytes))
-        try:
-            missing = self.document.doc.get_update(state_vector)
-        except Exception as exc:  # pycrdt raises plain exceptions for corrupt input
-            raise ProtocolError(f"bad state vector: {exc}") from None
-        return sync_frames(split_update(missing, chunk_bytes))
+        ``ProtocolError`` for a state vector that does not decode). From an encoded copy
+        kept as the session's is, what it holds whole cut in a thread (``ThreadCuts``):
+        the document was encoded and cut on the loop at every answer, and a long
+        thread's held every socket of the node as often as its sockets synced."""
+        return await self._cuts.answer(self._copy, state_vector)
 
     def is_noop(self, update: bytes) -> bool:
         return self.writes.is_noop(self.document.doc, update)
@@ -148,8 +178,9 @@ class ThreadDocs:
         return self.room.writer.document
 
     def _live(self, thread_id: str, stored: StoredDoc) -> LiveThreadDoc:
-        limit = self.room.settings.max_delete_ranges_per_update
-        return LiveThreadDoc(thread_id, stored, self.room.sockets.send_thread, limit)
+        settings = self.room.settings
+        limit, chunk_bytes = settings.max_delete_ranges_per_update, settings.sync_chunk_bytes
+        return LiveThreadDoc(thread_id, stored, self.room.sockets.send_thread, limit, chunk_bytes)
 
     async def open(
         self,

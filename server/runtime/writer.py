@@ -28,6 +28,7 @@ from pycrdt import Doc, TransactionEvent, get_state, merge_updates
 
 from parley.authz.tokens import ClientClaims
 from parley.server.runtime.stream_feed import ReplyText, StreamFeed
+from parley.server.runtime.thread_cuts import ThreadCuts
 from parley.server.settings import Settings
 from parley.server.store.group_commit import MembersMoved, Outcome, WriteFence
 from parley.server.store.port import SessionStore, SessionTx
@@ -40,7 +41,6 @@ from parley.session.observers import observe_weakly
 from parley.session.read_only import ServerWrites, deletes_in_steps, holds_beyond
 from parley.session.schema import SessionDocument
 from parley.session.yprotocol import ProtocolError, SyncType, encode_sync, state_before
-from parley.session.ysplit import split_update
 
 # Waits before each try of reading the store back after an outage (the last repeats).
 VERIFY_DELAYS_S = (0.2, 0.5, 1.0, 2.0, 5.0)
@@ -135,9 +135,8 @@ class DocumentWriter:
         # The committed document rebuilt for reads while a write is held up (None: none
         # since the last commit).
         self._copy: SessionDocument | None = None
-        # The cut under way in a thread, of the encoded copy's update held whole
-        # (``_cut_uncut``).
-        self._cutting: tuple[bytes, asyncio.Future[list[bytes]]] | None = None
+        # The cuts of the encoded copy's updates held whole, in a thread (``_cut_uncut``).
+        self._cuts = ThreadCuts()
         self._stop_observing: Callable[[], object] | None = None
         # Undone from the encoded copy, the store unread (``_forget``): read before a write,
         # and by ``_verifier`` as soon as the store answers.
@@ -163,9 +162,7 @@ class DocumentWriter:
             stored.snapshot, stored.updates, self.settings.sync_chunk_bytes
         )
         try:
-            while uncut := encoded.uncut():
-                cut = await asyncio.to_thread(split_update, uncut[0], encoded.chunk_bytes)
-                encoded.cut(uncut[0], cut)
+            await self._cuts.cut(lambda: encoded)
             parts = encoded.parts()
         except ProtocolError:  # applied as stored, for yrs to judge (a sync cuts it again)
             parts = [u for u in (stored.snapshot, *stored.updates) if u is not None]
@@ -640,28 +637,12 @@ class DocumentWriter:
         from committed state only (all of it: ``EncodedDocument.answer``), in chunks of
         ``sync_chunk_bytes``. It comes from the encoded copy kept beside the document,
         without the write lock."""
-        await self._cut_uncut()
-        return self._encoded.answer(state_vector)
+        return await self._cuts.answer(lambda: self._encoded, state_vector)
 
     async def _cut_uncut(self) -> None:
         """Cut what the encoded copy holds whole (a loaded snapshot, a replica's first
-        update) in a thread: read struct by struct in Python, 14.9 MB of 60,000 short
-        messages held the event loop for 1.2 s of CPU (review RE-1). One cut at a time,
-        shared by every answer waiting for it; its parts go to the copy there is once it is
-        done (the same bytes, if the store was read again meanwhile)."""
-        while uncut := self._encoded.uncut():
-            update = uncut[0]
-            if self._cutting is None or self._cutting[0] is not update:
-                work = asyncio.to_thread(split_update, update, self.settings.sync_chunk_bytes)
-                self._cutting = (update, asyncio.ensure_future(work))
-            cutting = self._cutting
-            try:
-                parts = await asyncio.shield(cutting[1])
-            finally:
-                if self._cutting is cutting and cutting[1].done():
-                    self._cutting = None
-            # False if the copy was replaced meanwhile by one without it: cut its own next.
-            self._encoded.cut(update, parts)
+        update) in a thread (``ThreadCuts``): its parts go to the copy there is once done."""
+        await self._cuts.cut(lambda: self._encoded)
 
     @property
     def committed_bytes(self) -> int:

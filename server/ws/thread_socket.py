@@ -128,7 +128,7 @@ async def _serve(
                 return
             continue  # dropped: the client is over its update rate
         try:
-            _on_binary(room, connection, live, data, now)
+            await _on_binary(room, connection, live, data, now)
         except ProtocolError as exc:
             connection.close(close_code_for(exc), f"protocol error: {exc.message}"[:120])
             return
@@ -139,7 +139,7 @@ async def _serve(
                 return
 
 
-def _on_binary(
+async def _on_binary(
     room: SessionRoom, connection: Connection, live: LiveThreadDoc, data: bytes, now: float
 ) -> None:
     """Handle a binary frame, charged what it costs first (as on the session's socket); a
@@ -154,7 +154,7 @@ def _on_binary(
             if not live.document.covers(message.payload):
                 connection.close(CloseCode.GONE, REBUILT)
                 return
-            answer = live.sync_answer(message.payload, room.settings.sync_chunk_bytes)
+            answer = await live.sync_answer(message.payload)
             connection.send_sync(answer)
             room.charge_sync(connection.user_id, message.payload, answer, now)
         elif not live.is_noop(message.payload):

@@ -14,7 +14,7 @@ import pytest
 from pycrdt import Doc
 
 from parley.authz.roles import Member
-from parley.server.runtime import writer as writer_module
+from parley.server.runtime import thread_cuts
 from parley.server.store.memory_tables import MemoryTx
 from parley.session.yprotocol import decode_client_frame
 from parley.session.ysplit import split_update
@@ -110,7 +110,7 @@ async def test_a_stored_snapshot_is_cut_once_in_a_thread_for_the_answers_that_wa
         cuts.append(threading.get_ident())
         return split_update(update, max_bytes)
 
-    monkeypatch.setattr(writer_module, "split_update", cut_in_thread)
+    monkeypatch.setattr(thread_cuts, "split_update", cut_in_thread)
     async with memory_session(
         {"alice": "editor"}, snapshot_every_updates=3, sync_chunk_bytes=1024
     ) as s:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from dataclasses import replace
 from typing import Any
 
@@ -19,6 +20,7 @@ from parley.server.store.access_rows import DocumentRow
 from parley.server.store.memory import MemoryStore
 from parley.server.store.memory_tables import MemoryTx
 from parley.server.store.rows import StoredDoc
+from parley.session import ysplit
 from parley.session.core.state import RESTRICTED_DETAILS
 from parley.session.errors import NotFound, Unavailable
 from parley.session.thread_commands import ThreadCloseCommand
@@ -71,7 +73,7 @@ async def thread_socket(s: MemorySession, thread_id: str, user_id: str) -> Watch
     """A socket of ``user_id`` syncing the thread: sent the document, then its updates."""
     live = await s.room.side_threads.document(thread_id, user_id)
     watcher = Watcher(user_id)
-    for frame in live.sync_answer(b"\x00", s.room.settings.sync_chunk_bytes):
+    for frame in await live.sync_answer(b"\x00"):
         watcher.send(frame)
     s.room.sockets.attach_thread(thread_id, watcher)  # type: ignore[arg-type]
     return watcher
@@ -154,7 +156,7 @@ async def test_the_document_is_read_back_after_a_reload_and_deleting_closes_it()
             message = decode_client_frame(frame) if isinstance(frame, bytes) else None
             if isinstance(message, SyncMessage) and message.sync_type is not SyncType.STEP1:
                 caught_up.apply_update(message.payload)
-        for frame in live.sync_answer(caught_up.get_state(), 1024):
+        for frame in await live.sync_answer(caught_up.get_state()):
             answer = decode_client_frame(frame)
             assert isinstance(answer, SyncMessage)
             caught_up.apply_update(answer.payload)
@@ -384,3 +386,43 @@ async def test_reading_a_document_from_its_log_keeps_no_write_waiting_and_loses_
         for name, kind in (("thread", Map), ("turns", Array)):
             assert held.get(name, type=kind).to_py() == stored.doc.get(name, type=kind).to_py()
         assert held.get("thread", type=Map).to_py()["status"] == "closed"
+
+
+async def test_a_threads_sync_answers_are_cut_once_in_a_thread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A side-thread's socket syncing was answered by encoding its document and cutting it
+    into parts on the loop, struct by struct in Python, at every sync step 1: a long
+    thread's held every socket of the node as often as its sockets asked. It is cut in a
+    thread, once, as the session's own answers are, however many answers wait for it; an
+    answer after it cuts nothing; each is the whole document."""
+    cuts: list[int] = []
+    read_runs = ysplit._read_runs
+
+    def counted(update: bytes, max_run_bytes: int) -> Any:
+        cuts.append(threading.get_ident())
+        return read_runs(update, max_run_bytes)
+
+    monkeypatch.setattr(ysplit, "_read_runs", counted)
+    async with memory_session(
+        {"bob": "editor"}, FakeModel(answer_with), sync_chunk_bytes=1024
+    ) as s:
+        thread_id = await open_thread(s, "bob")
+        for n in range(6):
+            assert (await ask(s, "bob", thread_id, f"question {n} " + "x" * 300))["type"] == "ack"
+            await answered(s, thread_id)
+        live = await s.room.side_threads.document(thread_id, "bob")
+        assert len(live.document.doc.get_update()) > 3 * 1024
+        cuts.clear()
+        first, second = await asyncio.gather(live.sync_answer(b"\x00"), live.sync_answer(b"\x00"))
+        assert cuts and all(ident != threading.get_ident() for ident in cuts)
+        assert len(cuts) == 1 and first == second and len(first) > 3
+        cuts.clear()
+        assert await live.sync_answer(b"\x00") == first and cuts == []
+        client: Doc[Any] = Doc()
+        for frame in first:
+            client.apply_update(decode_client_frame(frame).payload)  # type: ignore[union-attr]
+        assert client.get_state() == live.document.doc.get_state()
+        assert client.get("turns", type=Array).to_py() == (
+            live.document.doc.get("turns", type=Array).to_py()
+        )
