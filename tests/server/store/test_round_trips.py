@@ -76,9 +76,11 @@ async def test_a_cluster_round_of_several_sessions_notifies_them_all_in_one_stat
         await listener.add_listener(CHANNEL_DOC, lambda *args: heard.put_nowait(args[-1]))
         try:
             fences = []
+            rooms = []  # a fence holds its room weakly: the room's writer holds it
             for session_id in sessions:
                 await store.create_session(session_id, "t", Policy.QUEUE.value, 0)
                 room = SessionRoom(session_id, store=store, settings=make_settings(url, tmp_path))
+                rooms.append(room)
                 fences.append(await holder_fence(store, room))
             trips = RoundTrips()
             with trips.counting():
