@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, PendingRollbackError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from parley.server.store.direct_sqlite import Plan, plan_for
@@ -154,7 +154,13 @@ class Database:
                 self.checkpointer.wrote()
             if tx.outboxed and self.on_outbox is not None:
                 self.on_outbox()
-        except (OperationalError, DBAPIError, OSError, sqlite3.Error) as exc:
+        except (
+            OperationalError,
+            DBAPIError,
+            OSError,
+            sqlite3.Error,
+            PendingRollbackError,  # a statement after one the database failed (review rx-2)
+        ) as exc:
             if isinstance(exc, IntegrityError):
                 if foreign_key_violation(exc):
                     # What the write belongs to (its session, a subscription, a side-thread)

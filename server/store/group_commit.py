@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from sqlalchemy import insert
 from sqlalchemy.dialects import sqlite
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from parley.server.store.direct_sqlite import direct
 from parley.server.store.tables import doc_updates
@@ -206,6 +206,12 @@ class GroupCommit:
                 except MembersMoved as exc:  # its session's text only: judged again
                     refused[key] = exc
                     moved.add(key)
+                except (DBAPIError, OSError):
+                    # The database's (a connection lost): the round's transaction with it,
+                    # so the round fails, ``Unavailable`` to every writer of it (review
+                    # rx-2: the driver's error went to this session's writer, and the
+                    # others' failed on the broken transaction, both ``internal_error``).
+                    raise
                 except Exception as exc:  # this session only: the others commit
                     refused[key] = exc
             admitted = [

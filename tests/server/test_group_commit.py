@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import event, text
+from sqlalchemy.exc import OperationalError
 
 from parley.server.runtime.writer import settled
 from parley.server.store.db import create_engine, migrate
@@ -77,9 +78,12 @@ async def test_an_update_of_a_deleted_session_fails_alone(store: Store) -> None:
 
 
 class Fence:
-    def __init__(self, allowed: bool, *, moved: bool = False) -> None:
+    def __init__(
+        self, allowed: bool, *, moved: bool = False, fault: Exception | None = None
+    ) -> None:
         self.allowed = allowed
         self.moved = moved  # the members changed since the text was judged
+        self.fault = fault  # the database's, raised from the fence's statement
         self.told = 0  # updates stored while it held the session
 
     async def check(
@@ -90,6 +94,8 @@ class Fence:
         *,
         appended: bool = False,
     ) -> None:
+        if self.fault is not None:
+            raise self.fault
         if not self.allowed:
             raise LookupError("another node holds this session")
         if self.moved and appended:
@@ -138,6 +144,23 @@ async def test_text_judged_before_a_change_of_members_is_refused_to_be_judged_ag
     assert isinstance(await other, int)
     assert isinstance(await group.submit("s0", b"judged again", moved), int)
     assert await stored_updates(store, "s0") == [b"judged again"]
+
+
+async def test_a_database_fault_in_a_fence_fails_the_round_unavailable(store: Store) -> None:
+    """Review rx-2: a PostgreSQL connection killed as a fence read the lease row failed
+    that session's text with the driver's own error, and the rest of the round, on the
+    transaction it broke, with SQLAlchemy's ``PendingRollbackError``: the runs ended
+    ``internal_error`` (the code of a bug), not ``storage_error``. A database fault in a
+    fence is the round's: every update of it is ``Unavailable``, nothing stored."""
+    lost = OperationalError("SELECT 1", {}, ConnectionResetError("connection was closed"))
+    futures = [
+        store.group.submit("s0", b"a", Fence(True, fault=lost)),
+        store.group.submit("s1", b"b", Fence(True)),
+        store.group.submit("s2", b"c", None),
+    ]
+    results = await asyncio.gather(*futures, return_exceptions=True)
+    assert all(isinstance(r, Unavailable) for r in results), results
+    assert [await stored_updates(store, s) for s in ("s0", "s1", "s2")] == [[], [], []]
 
 
 async def test_a_database_fault_fails_every_update_of_the_round(store: Store) -> None:
