@@ -8,6 +8,7 @@ from parley.authz.membership import ADMIN, judge_membership_change
 from parley.authz.policy import Decision, Do, Subject, decide
 from parley.authz.roles import Capability, Member, check_capabilities
 from parley.authz.tokens import ADMIN_ACTOR, ClientClaims, issue_token
+from parley.server.http.cursor import CURSOR, make_cursor, read_cursor
 from parley.server.http.member_list import MemberListBody, member_out
 from parley.server.http.models import (
     MemberList,
@@ -24,6 +25,7 @@ from parley.server.http.rest import (
     Encoded,
     Operation,
     QueryParam,
+    QueryStr,
     path_pattern,
     read_of_kept,
     spend_command_everywhere,
@@ -104,9 +106,12 @@ async def patch_me(state: AppState, session_id: str, body: MePatch, caller: Call
     return _member_out(state, change.after)
 
 
-async def my_sessions(state: AppState, limit: int, caller: Caller) -> MySessionList:
-    """The sessions the token's member belongs to (by user id), newest first. Each needs
-    a token of its own to join: this lists, it grants nothing."""
+async def my_sessions(
+    state: AppState, limit: int, cursor: str | None, caller: Caller
+) -> MySessionList:
+    """The sessions the token's member belongs to (by user id), newest first: after
+    ``cursor`` (the last page's ``next_cursor``). Each needs a token of its own to join:
+    this lists, it grants nothing."""
     await state.rooms.current_access()
 
     def readable(member: MemberRow) -> bool:
@@ -114,15 +119,20 @@ async def my_sessions(state: AppState, limit: int, caller: Caller) -> MySessionL
         subject = Subject.of(member.as_member(), state.rooms.roles)
         return decide(subject, Do(Capability.READ_SESSION)).allowed
 
-    rows = await state.store.sessions_of_member(_member_id(caller), limit=limit, keep=readable)
+    after = None if cursor is None else read_cursor(cursor)
+    rows = await state.store.sessions_of_member(
+        _member_id(caller), limit=limit + 1, keep=readable, after=after
+    )
+    last = rows[limit - 1][0] if len(rows) > limit else None
     return MySessionList(
         sessions=[
             MySession(
                 id=s.id, title=s.title, role=m.role, created_at=s.created_at, last_seq=s.last_seq
             )
-            for s, m in rows
+            for s, m in rows[:limit]
         ],
         limit=limit,
+        next_cursor=None if last is None else make_cursor(last.created_at, last.id),
     )
 
 
@@ -374,6 +384,7 @@ OPERATIONS: list[Operation] = [
         own_session=True,
         response=MySessionList,
         query=(QueryParam("limit", 1, 200, 50),),
+        query_str=(QueryStr("cursor", 400, required=False, pattern=CURSOR),),
         tag="members",
     ),
     Operation(

@@ -213,6 +213,10 @@ class MySession(Strict):
 class MySessionList(Strict):
     sessions: list[MySession]
     limit: int
+    next_cursor: str | None = Field(
+        description="Pass as ?cursor= for the next page, of older sessions (null: none "
+        "after this one); sessions created or deleted meanwhile move none past it"
+    )
 
 
 class InviteCreate(Strict):

@@ -3,7 +3,6 @@ summaries): the read half of ``Store``."""
 
 from __future__ import annotations
 
-import itertools
 import json
 from collections.abc import Callable, Sequence
 
@@ -90,34 +89,46 @@ class SessionReads(Database):
             return await read_members(connection, session_id)
 
     async def sessions_of_member(
-        self, user_id: str, *, limit: int, keep: Callable[[MemberRow], bool]
+        self,
+        user_id: str,
+        *,
+        limit: int,
+        keep: Callable[[MemberRow], bool],
+        after: tuple[int, str] | None = None,
     ) -> list[tuple[SessionRow, MemberRow]]:
         """The sessions ``user_id`` is a member of where ``keep`` takes their membership,
-        with it, newest first, at most ``limit`` (an index on ``members.user_id`` keeps
-        each page a lookup)."""
+        with it, newest first (by creation, then id), at most ``limit``: those after
+        ``after`` (created at, id), a place no session created or deleted meanwhile moves
+        (an index on ``members.user_id`` keeps each page a lookup)."""
         kept: list[MemberRow] = []
         async with self.read() as connection:
-            for offset in itertools.count(0, limit):
-                page = [
-                    member_row(row)
-                    for row in await connection.execute(
-                        select(members)
-                        .join(sessions, members.c.session_id == sessions.c.id)
-                        .where(members.c.user_id == user_id)
-                        .order_by(sessions.c.created_at.desc(), sessions.c.id)
-                        .limit(limit)
-                        .offset(offset)
+            while len(kept) < limit:
+                query = (
+                    select(members, sessions.c.created_at.label("session_created_at"))
+                    .join(sessions, members.c.session_id == sessions.c.id)
+                    .where(members.c.user_id == user_id)
+                    .order_by(sessions.c.created_at.desc(), sessions.c.id)
+                    .limit(limit)
+                )
+                if after is not None:
+                    created_at, session_id = after
+                    query = query.where(
+                        or_(
+                            sessions.c.created_at < created_at,
+                            and_(sessions.c.created_at == created_at, sessions.c.id > session_id),
+                        )
                     )
-                ]
-                kept += [member for member in page if keep(member)]
-                if len(kept) >= limit or len(page) < limit:
+                page = list(await connection.execute(query))
+                kept += [member for member in map(member_row, page) if keep(member)]
+                if len(page) < limit:
                     break
-            kept = kept[:limit]
+                after = (page[-1].session_created_at, page[-1].session_id)
+            chosen = kept[:limit]
             rows = await connection.execute(
-                select(sessions).where(sessions.c.id.in_([m.session_id for m in kept]))
+                select(sessions).where(sessions.c.id.in_([m.session_id for m in chosen]))
             )
             by_id = {row.id: session_row(row) for row in rows}
-        return [(by_id[m.session_id], m) for m in kept if m.session_id in by_id]
+        return [(by_id[m.session_id], m) for m in chosen if m.session_id in by_id]
 
     async def get_member(self, session_id: str, user_id: str) -> MemberRow | None:
         async with self.read() as connection:

@@ -458,3 +458,38 @@ async def test_a_rename_reads_and_folds_as_much_in_a_session_of_200_as_of_10(
                 assert me["display_name"] == "V"
         assert costs[200] == costs[10]
         assert costs[10][1] <= 3  # the member, read in the write and read back
+
+
+async def test_my_sessions_read_on_by_cursor_lists_each_once_as_sessions_come_and_go(
+    server: RunningServer,
+) -> None:
+    """Review RY-7: ``/me/sessions`` gave at most 200, newest first, with no way on: a
+    member of more sessions could never list the oldest, and ``?offset=``/``?cursor=``
+    were ignored (page one again). A page's ``next_cursor`` is where its last session is:
+    read on from it, each session is listed once, newest first, though sessions are
+    created (listed on no later page: they are newer) and deleted between pages."""
+    made = [await server.new_session({"roamer": "viewer"}, title=f"s{n}") for n in range(7)]
+    await server.new_session({"other": "editor"})  # not roamer's
+    async with _as(server, await server.token(made[0], "roamer")) as roamer:
+        every = (await roamer.get("/api/v1/me/sessions")).json()
+        assert [s["id"] for s in every["sessions"]] == made[::-1]
+        assert every["next_cursor"] is None
+        seen: list[str] = []
+        query: dict[str, Any] = {"limit": 2}
+        for turn in range(20):  # bounded: far more pages than there are
+            page = await roamer.get("/api/v1/me/sessions", params=query)
+            assert page.status_code == 200, page.text
+            seen += [s["id"] for s in page.json()["sessions"]]
+            cursor = page.json()["next_cursor"]
+            if cursor is None:
+                break
+            query = {"limit": 2, "cursor": cursor}
+            await server.new_session({"roamer": "editor"}, title=f"new{turn}")
+            if turn == 1:  # one not listed yet
+                assert (await server.http.delete(f"/api/v1/sessions/{made[1]}")).status_code == 204
+        expected = [sid for sid in made[::-1] if sid != made[1]]
+        assert seen == expected  # none skipped, none twice, none new
+        for bad in ({"cursor": "nope!"}, {"cursor": "bm9wZQ"}, {"offset": "2"}):
+            refused = await roamer.get("/api/v1/me/sessions", params=bad)
+            assert refused.status_code == 422, (bad, refused.text)
+            assert refused.json()["error"]["code"] == "invalid"
