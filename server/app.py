@@ -142,7 +142,7 @@ async def readyz(state: AppState) -> Readiness:
 
 
 PROBES = [
-    Operation("GET", "/healthz", healthz, "Alive", response=Health, auth=False),
+    Operation("GET", "/healthz", healthz, "Alive", response=Health, auth=False, store=False),
     Operation(
         "GET",
         "/readyz",
@@ -323,7 +323,7 @@ def create_app(
         return JSONResponse(error_body("internal", "internal error"), status_code=500)
 
     routes: list[Any] = [
-        sse.with_stream(route(op)) if op.handler is events.list_events else route(op)
+        sse.with_stream(route(op), op) if op.handler is events.list_events else route(op)
         for op in operations
     ]
     routes += [

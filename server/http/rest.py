@@ -206,6 +206,10 @@ class Operation:
     # Answers a member's resend past their command rate (``prompts.send``): their body is
     # parsed past the rate, to find one; on any other route it is refused unparsed.
     answers_resends: bool = False
+    # Reads or writes the database, so answers ``503 unavailable`` while it cannot be
+    # (down, or its write lock held past ``PARLEY_DB_LOCK_TIMEOUT_S``): with or without a
+    # key (review RY-1: the invite exchange answered an undocumented 503).
+    store: bool = True
     # A path parameter's form past its name's (``FORMS_OF_NAMES``; else 1-200 characters):
     # the form its handler takes, for the document to say (review: it said any).
     path_forms: dict[str, PathForm] = field(default_factory=dict)
@@ -213,6 +217,17 @@ class Operation:
     def path_form(self, name: str) -> PathForm:
         """The form of path parameter ``name``."""
         return self.path_forms.get(name) or FORMS_OF_NAMES.get(name, PathForm())
+
+    @property
+    def query_names(self) -> frozenset[str]:
+        """The query parameters the operation takes (and the document lists)."""
+        names = {q.name for q in self.query} | {q.name for q in self.query_str}
+        return frozenset(names | ({LAST_EVENT_ID} if self.streams else set()))
+
+
+# The query parameter a stream resumes after, as a browser's EventSource cannot send the
+# ``Last-Event-ID`` header on its first request.
+LAST_EVENT_ID = "last_event_id"
 
 
 def path_pattern(pattern: str) -> PathForm:
@@ -481,6 +496,7 @@ def route(op: Operation) -> Route:
             kwargs: dict[str, Any] = dict(request.path_params)
             caller = authenticate(request, state) if op.auth else ADMIN
             check_path(op, kwargs)
+            check_query_names(op, request)
             for param in op.query:
                 kwargs[param.name] = _query_int(request, param)
             for text in op.query_str:
@@ -585,6 +601,18 @@ def query_value(request: Request, name: str) -> str | None:
     if len(given) > 1:
         raise InvalidInput(f"{name[:40]}: given {len(given)} times; give it once")
     return given[0] if given else None
+
+
+def check_query_names(op: Operation, request: Request) -> None:
+    """Refuse (``InvalidInput``, naming it) a query parameter ``op`` does not take, as a
+    body's unknown field is refused: ignored, a typo'd filter (``?kinds=``) listed
+    everything and a typo'd cursor gave page one again (review RY-8)."""
+    unknown = sorted(set(request.query_params) - op.query_names)[:MAX_PROBLEMS]
+    if unknown:
+        takes = ", ".join(sorted(op.query_names)) or "none"
+        what = f"not a query parameter of this route (it takes: {takes})"
+        details = tuple((name[:40], what) for name in unknown)
+        raise InvalidInput("; ".join(f"{at}: {what}" for at, what in details), details)
 
 
 def _query_str(request: Request, param: QueryStr) -> object:
@@ -715,7 +743,7 @@ def openapi_document(operations: list[Operation], *, title: str, version: str) -
             resume = text_schema(MAX_EVENT_ID_CHARS, EVENT_ID_GIVEN)
             params += [
                 {"name": "Last-Event-ID", "in": "header", "schema": resume},
-                {"name": "last_event_id", "in": "query", "schema": resume},
+                {"name": LAST_EVENT_ID, "in": "query", "schema": resume},
             ]
         if params:
             item["parameters"] = params
@@ -752,14 +780,15 @@ def openapi_document(operations: list[Operation], *, title: str, version: str) -
         statuses = set(op.errors) | ({401} if op.auth else set())
         statuses |= {400, 406} if op.streams else set()  # bad_event_id, not_acceptable
         statuses |= {413, 415, 422} if op.body is not None else set()
-        # A path parameter a database cannot store (a NUL, a lone surrogate) is refused 422.
-        statuses |= {422} if op.query or op.query_str or "{" in op.path else set()
+        # A query parameter the route does not take is refused 422 (``check_query_names``),
+        # on every route; so is a path parameter a database cannot store.
+        statuses |= {422}
         # A client token's refusal (403: any route that takes a key, the admin's alone
         # too), or one past its command rate (429).
         statuses |= {403} if op.auth else set()
         refusable = op.capability is not None or "{session_id}" in op.path
         statuses |= {429} if refusable else set()
-        statuses |= {503} if op.auth else set()
+        statuses |= {503} if op.store else set()
         for status in sorted(statuses):
             responses[str(status)] = {
                 "description": ERROR_DESCRIPTIONS[status],

@@ -40,11 +40,13 @@ from parley.authz.policy import Do, decide
 from parley.authz.roles import Capability
 from parley.server.http.accept import chosen
 from parley.server.http.rest import (
+    LAST_EVENT_ID,
     Caller,
     Operation,
     authenticate,
     authorize,
     check_path,
+    check_query_names,
     error_response,
     query_value,
 )
@@ -370,7 +372,7 @@ async def open_stream(request: Request) -> Response:
         caller = authenticate(request, state)
         check_path(STREAM, request.path_params)
         session_id = str(request.path_params["session_id"])
-        last_id = request.headers.get("last-event-id") or request.query_params.get("last_event_id")
+        last_id = request.headers.get("last-event-id") or request.query_params.get(LAST_EVENT_ID)
         if last_id is not None and len(last_id) > MAX_EVENT_ID_CHARS:
             raise BadEventId("Last-Event-ID: too long")
         await authorize(STREAM, caller, state, session_id)
@@ -412,8 +414,9 @@ def _check_caps(room: SessionRoom, reader: str, state: AppState) -> None:
         )
 
 
-def with_stream(json_route: Route) -> Route:
-    """The events route: a stream for ``Accept: text/event-stream``, else the JSON pages."""
+def with_stream(json_route: Route, op: Operation) -> Route:
+    """The events route (``op``'s): a stream for ``Accept: text/event-stream``, else the
+    JSON pages."""
     json_endpoint = json_route.endpoint
 
     async def endpoint(request: Request) -> Response:
@@ -429,11 +432,11 @@ def with_stream(json_route: Route) -> Route:
             )
             state.metrics.errors.labels(code=refusal.code.value).inc()
             return error_response(refusal)
-        repeated = _repeated_query(request)
-        if repeated is not None:  # on both paths: ``last_event_id`` twice resumed after either
+        refused = _query_refusal(op, request)
+        if refused is not None:  # on both paths: ``last_event_id`` twice resumed after either
             state = request.app.state.parley
-            state.metrics.errors.labels(code=repeated.code.value).inc()
-            return error_response(repeated)
+            state.metrics.errors.labels(code=refused.code.value).inc()
+            return error_response(refused)
         # Not for HEAD: headers alone, with nothing to stream after them.
         if request.method == "GET" and media == EVENT_STREAM:
             return await open_stream(request)
@@ -443,11 +446,12 @@ def with_stream(json_route: Route) -> Route:
     return Route(json_route.path, endpoint, methods=["GET"], name=json_route.name)
 
 
-def _repeated_query(request: Request) -> InvalidInput | None:
-    """A query parameter given more than once, refused as every route refuses it (review:
-    the stream took the last ``last_event_id`` of two, and so resumed where the caller
-    may not have meant)."""
+def _query_refusal(op: Operation, request: Request) -> InvalidInput | None:
+    """A query parameter ``op`` does not take, or one given more than once, refused as
+    every route refuses it (review: the stream took the last ``last_event_id`` of two, and
+    so resumed where the caller may not have meant; RY-8: it ignored a typo'd one)."""
     try:
+        check_query_names(op, request)
         for name in request.query_params:
             query_value(request, name)
     except InvalidInput as exc:

@@ -5,6 +5,7 @@ problem listed, stable codes for a wrong method)."""
 from __future__ import annotations
 
 import json
+import re
 import socket
 from pathlib import Path
 
@@ -334,3 +335,84 @@ async def test_a_deleted_sessions_token_is_unauthenticated_outside_its_session(
         assert "401" in document["paths"][path]["get"]["responses"]
     own = await server.http.get(f"/api/v1/sessions/{sid}/me", headers=as_bob)
     assert own.status_code == 404 and own.json()["error"]["code"] == "not_found"
+
+
+def _controls(answer: httpx.Response) -> list[str]:
+    """The texts of an error body holding a control character (a NUL, ``\\x01``…)."""
+    error = answer.json()["error"]
+    texts = [error["message"]] + [
+        text for detail in error.get("details") or [] for text in detail.values()
+    ]
+    return [t for t in texts if any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in t)]
+
+
+async def test_an_error_echoes_no_control_character_of_the_request(
+    sqlite_server: RunningServer,
+) -> None:
+    """Review RY-2: a 422 copied a NUL of a body's key into its message and its
+    ``details[].at``, which the documented error shape forbids (``^[^\\u0000]*$``); other
+    control characters read as garbage in a log. What the answer says of the request
+    is escaped as JSON would write it: ``a\\u0000b``."""
+    http = sqlite_server.http
+    json_type = {"Content-Type": "application/json"}
+    for body in (
+        '{"a\\u0000b": 1}',
+        '{"title": "x", "\\u0001\\u001f\\u007f\\u009b": 1}',
+        '{"x\\u0000": {"y": 1}}',
+        '{"title": {"\\u0000": 1}}',
+        '{"title": "a\\u0000b"}',
+    ):
+        answer = await http.post("/api/v1/sessions", content=body, headers=json_type)
+        assert answer.status_code == 422 and answer.json()["error"]["code"] == "invalid", body
+        assert _controls(answer) == [], (body, answer.text)
+    nul_key = await http.post("/api/v1/sessions", content='{"a\\u0000b": 1}', headers=json_type)
+    assert [d["at"] for d in nul_key.json()["error"]["details"]] == ["a\\u0000b"]
+    for query in ("a%00b=1", "a%01=1&a%01=2", "limit=1&%1b[31m=x"):
+        answer = await http.get(f"/api/v1/sessions?{query}")
+        assert answer.status_code == 422 and answer.json()["error"]["code"] == "invalid", query
+        assert _controls(answer) == [], (query, answer.text)
+
+
+async def test_an_unknown_query_parameter_is_refused_on_every_route(
+    sqlite_server: RunningServer,
+) -> None:
+    """Review RY-8: a query parameter a route does not take was ignored, so a typo'd filter
+    (``audit?kinds=``) listed every record and a typo'd cursor (``?curser=``) gave page one
+    again, while an unknown body field is ``422 invalid``. Every route the document lists
+    refuses one, naming it; the parameters it lists are taken."""
+    server = sqlite_server
+    document = (await server.http.get("/api/v1/openapi.json")).json()
+    for path, item in document["paths"].items():
+        for method in item:
+            url = re.sub(r"{\w+}", "x", path)
+            answer = await server.http.request(method.upper(), url, params={"kinds": "k"})
+            assert answer.status_code == 422, (method, path, answer.text)
+            error = answer.json()["error"]
+            assert error["code"] == "invalid" and error["details"][0]["at"] == "kinds", error
+            assert "422" in item[method]["responses"], (method, path)
+    sid = await server.new_session({"bob": "editor"})
+    await server.new_session({})
+    first = (await server.http.get("/api/v1/sessions", params={"limit": 1})).json()
+    again = await server.http.get(
+        "/api/v1/sessions", params={"limit": 1, "curser": first["next_cursor"]}
+    )
+    assert again.status_code == 422 and "curser" in again.json()["error"]["message"]
+    token = await server.token(sid, "bob")
+    stream = {"Accept": "text/event-stream", "Authorization": f"Bearer {token}"}
+    typo = await server.http.get(
+        f"/api/v1/sessions/{sid}/events", params={"last_event": "1"}, headers=stream
+    )
+    assert typo.status_code == 422 and typo.json()["error"]["details"][0]["at"] == "last_event"
+    # What the routes take is still taken, the stream's resume parameter too.
+    for url, params in (
+        ("/api/v1/sessions", {"limit": "1", "cursor": first["next_cursor"]}),
+        (f"/api/v1/sessions/{sid}/audit", {"kind": "k", "actor": "a", "limit": "5"}),
+        (f"/api/v1/sessions/{sid}/events", {"after": "0", "limit": "5", "last_event_id": "0"}),
+        (f"/api/v1/sessions/{sid}/usage", {"user_id": "bob"}),
+    ):
+        taken = await server.http.get(url, params=params)
+        assert taken.status_code == 200, (url, taken.text)
+    async with server.http.stream(
+        "GET", f"/api/v1/sessions/{sid}/events?last_event_id=0", headers=stream
+    ) as resumed:
+        assert resumed.status_code == 200

@@ -414,3 +414,27 @@ async def test_a_write_behind_another_clients_postgresql_lock_is_refused_in_its_
                 await holder.close()
             stored = await alice.command({"type": "message", "id": "m", "text": "hi"})
             assert (stored["type"], stored["seq"]) == ("ack", 1)
+
+
+async def test_an_invite_exchange_under_a_held_lock_is_a_documented_503(tmp_path: Path) -> None:
+    """Review RY-1: the exchange (no key, but it writes) answered ``503 unavailable`` with
+    ``Retry-After`` while another process held SQLite's write lock, and its operation in
+    the document listed no 503 (an SDK made from it had no type for the answer). The invite
+    stays usable once the lock is gone."""
+    settings = make_settings(sqlite_url(tmp_path), tmp_path / "d", db_lock_timeout_s=0.2)
+    async with serve_in_process(settings) as server:
+        sid = await server.new_session({"bob": "editor"})
+        made = await server.http.post(f"/api/v1/sessions/{sid}/invites", json={"user_id": "bob"})
+        assert made.status_code == 201, made.text
+        document = (await server.http.get("/api/v1/openapi.json")).json()
+        listed = document["paths"]["/api/v1/invites/exchange"]["post"]["responses"]
+        body = {"invite": made.json()["secret"]}
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=20) as anonymous:
+            async with write_lock_held(tmp_path / "parley.db"):
+                refused = await anonymous.post("/api/v1/invites/exchange", json=body)
+            assert refused.status_code == 503, refused.text
+            assert refused.json()["error"]["code"] == "unavailable"
+            assert refused.headers["Retry-After"] == "2"
+            assert "503" in listed
+            exchanged = await anonymous.post("/api/v1/invites/exchange", json=body)
+            assert exchanged.status_code == 200, exchanged.text
