@@ -142,7 +142,9 @@ async def readyz(state: AppState) -> Readiness:
 
 
 PROBES = [
-    Operation("GET", "/healthz", healthz, "Alive", response=Health, auth=False, store=False),
+    Operation(
+        "GET", "/healthz", healthz, "Alive", response=Health, auth=False, store=False, probe=True
+    ),
     Operation(
         "GET",
         "/readyz",
@@ -152,6 +154,7 @@ PROBES = [
         response=Readiness,
         auth=False,
         errors=(503,),
+        probe=True,
     ),
 ]
 

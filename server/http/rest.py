@@ -210,6 +210,9 @@ class Operation:
     # (down, or its write lock held past ``PARLEY_DB_LOCK_TIMEOUT_S``): with or without a
     # key (review RY-1: the invite exchange answered an undocumented 503).
     store: bool = True
+    # A load balancer's or monitor's probe (``/healthz``, ``/readyz``): query parameters
+    # it does not take are ignored, not refused (a cache-buster such as ``?_=1700000000``).
+    probe: bool = False
     # A path parameter's form past its name's (``FORMS_OF_NAMES``; else 1-200 characters):
     # the form its handler takes, for the document to say (review: it said any).
     path_forms: dict[str, PathForm] = field(default_factory=dict)
@@ -496,7 +499,8 @@ def route(op: Operation) -> Route:
             kwargs: dict[str, Any] = dict(request.path_params)
             caller = authenticate(request, state) if op.auth else ADMIN
             check_path(op, kwargs)
-            check_query_names(op, request)
+            if not op.probe:
+                check_query_names(op, request)
             for param in op.query:
                 kwargs[param.name] = _query_int(request, param)
             for text in op.query_str:
@@ -781,8 +785,8 @@ def openapi_document(operations: list[Operation], *, title: str, version: str) -
         statuses |= {400, 406} if op.streams else set()  # bad_event_id, not_acceptable
         statuses |= {413, 415, 422} if op.body is not None else set()
         # A query parameter the route does not take is refused 422 (``check_query_names``),
-        # on every route; so is a path parameter a database cannot store.
-        statuses |= {422}
+        # on every route but the probes; so is a path parameter a database cannot store.
+        statuses |= set() if op.probe else {422}
         # A client token's refusal (403: any route that takes a key, the admin's alone
         # too), or one past its command rate (429).
         statuses |= {403} if op.auth else set()

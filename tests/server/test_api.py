@@ -593,7 +593,8 @@ async def test_malformed_and_oversized_bodies(server: RunningServer) -> None:
     at_the_bound = await server.http.get("/api/v1/sessions?offset=1000000000")
     assert at_the_bound.status_code == 200, at_the_bound.text
     past = await server.http.get("/api/v1/sessions?offset=1000000001")
-    assert past.status_code == 422 and "between" in past.json()["error"]["message"]
+    assert past.status_code == 422
+    assert past.json()["error"]["message"] == "offset: must be at most 1000000000"
     twice = await server.http.get("/api/v1/sessions?limit=1&limit=2")
     assert twice.status_code == 422 and "once" in twice.json()["error"]["message"]
     nowhere = await server.http.get("/api/v1/nowhere")
