@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import difflib
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    DotEnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from parley.authz.origins import check_allowed_origins
 from parley.server.store.database_url import check_database_url
+from parley.session.errors import ConfigurationError
 
 OFFLINE_MODEL = "offline"
 
@@ -41,10 +49,43 @@ class ModelSpec(BaseModel):
         return self
 
 
+PREFIX = "PARLEY_"
+# ``PARLEY_`` names read outside the settings, by the project's own tests, benchmarks and
+# examples (docs/sdks.md's client reads PARLEY_URL): not refused as unknown settings.
+NOT_SETTINGS_PREFIXES = ("PARLEY_TEST_", "PARLEY_BENCH_", "PARLEY_LIVE_")
+NOT_SETTINGS = frozenset(
+    {
+        "PARLEY_CONTRACT_EXAMPLES",
+        "PARLEY_CONTRACT_NEGATIVE_EXAMPLES",
+        "PARLEY_CONTRACT_SEED",
+        "PARLEY_FUZZ_SEED",
+        "PARLEY_URL",
+    }
+)
+# Fields kept only to refuse them by a message of their own: never suggested.
+RETIRED = frozenset({"max_search_index_chars"})
+
+
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(
-        env_prefix="PARLEY_", extra="ignore", env_file_encoding="utf-8"
-    )
+    model_config = SettingsConfigDict(env_prefix=PREFIX, extra="ignore", env_file_encoding="utf-8")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        assert isinstance(dotenv_settings, DotEnvSettingsSource)
+        return (
+            UnknownNames(settings_cls, dotenv_settings),
+            init_settings,
+            env_settings,
+            dotenv_settings,
+            file_secret_settings,
+        )
 
     host: str = "127.0.0.1"
     port: int = Field(default=8765, ge=0, le=65535)
@@ -437,6 +478,56 @@ class Settings(BaseSettings):
         catalog = self.catalog()
         chosen = catalog.get(name) if name is not None else None
         return chosen or catalog[self.default_model or next(iter(catalog))]
+
+
+class UnknownNames(PydanticBaseSettingsSource):
+    """Refuses every ``PARLEY_`` name of the environment or the env file that is no
+    setting (``ConfigurationError``, one part per name, with the setting nearest it).
+
+    Review RY-9: pydantic-settings ignores them (``extra="forbid"`` would refuse only the
+    env file's, and every other name there too), so ``PARLEY_MAX_PROMT_CHARS=10`` left the
+    limit its operator meant unset, without a word. A source, not a check beside it: it
+    sees the env file the settings are read from, wherever they are read (``create_app()``
+    under another ASGI server too). Its values are none."""
+
+    def __init__(self, settings_cls: type[BaseSettings], dotenv: DotEnvSettingsSource) -> None:
+        super().__init__(settings_cls)
+        self.dotenv = dotenv
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        fields = set(self.settings_cls.model_fields)
+        found = [(name, "") for name in os.environ]
+        where = f" (in {self.dotenv.env_file})"  # one file: the CLI names one
+        found += [(name.upper(), where) for name in self.dotenv.env_vars]
+        problems = [
+            f"{name}{where}: not a setting{nearest_setting(name, fields)}"
+            for name, where in found
+            if is_unknown(name, fields)
+        ]
+        if problems:
+            raise ConfigurationError("; ".join(problems))
+        return {}
+
+
+def is_unknown(name: str, fields: set[str]) -> bool:
+    """Whether ``name`` looks like a setting (pydantic-settings reads them whatever their
+    case) and is none, nor a name the project reads elsewhere."""
+    upper = name.upper()
+    if not upper.startswith(PREFIX) or upper in NOT_SETTINGS:
+        return False
+    if upper.startswith(NOT_SETTINGS_PREFIXES):
+        return False
+    return upper[len(PREFIX) :].lower() not in fields
+
+
+def nearest_setting(name: str, fields: set[str]) -> str:
+    """`` (did you mean PARLEY_X?)`` for the setting ``name`` is likely a misspelling of."""
+    known = sorted(field.upper() for field in fields - RETIRED)
+    close = difflib.get_close_matches(name.upper()[len(PREFIX) :], known, n=1)
+    return f" (did you mean {PREFIX}{close[0]}?)" if close else ""
 
 
 @lru_cache(maxsize=8)
