@@ -51,7 +51,12 @@ from parley.server.runtime.rooms import RoomRegistry
 from parley.server.settings import Settings
 from parley.server.state import AppState
 from parley.server.store.claim import claim_database
-from parley.server.store.db import create_engine, current_revision, head_revision
+from parley.server.store.db import (
+    check_schema_current,
+    create_engine,
+    current_revision,
+    head_revision,
+)
 from parley.server.store.health import StorageHealth
 from parley.server.store.sessions import Store
 from parley.server.store.webhooks import WaitingCap
@@ -239,13 +244,11 @@ def create_app(
                 on_refused=lambda kind: refusals.labels(kind=kind).inc(),
             ),
         )
-        revision = await current_revision(engine)
-        if revision != head_revision():
+        try:
+            check_schema_current(await current_revision(engine))
+        except SchemaNotCurrent:
             await engine.dispose()
-            raise SchemaNotCurrent(
-                f"database schema is at {revision}, expected {head_revision()}: "
-                "run 'parley migrate'"
-            )
+            raise
         store.subscriptions.cap = WaitingCap(settings.webhook_max_waiting)
         keys = resolve_keys(settings.data_dir, settings.admin_key, settings.secret_key)
         rooms = RoomRegistry(store, settings, model, clock, metrics)

@@ -28,8 +28,20 @@ from parley.server.keys import Keys, keys_problem, resolve_keys
 from parley.server.logs import configure_logging
 from parley.server.settings import Settings, missing_api_keys
 from parley.server.store.claim import claim_database
-from parley.server.store.db import alembic_config, create_engine, current_revision, migrate
-from parley.server.store.schema_moves import check_target, files_not_there, remove
+from parley.server.store.db import (
+    alembic_config,
+    check_schema_current,
+    create_engine,
+    current_revision,
+    migrate,
+)
+from parley.server.store.schema_moves import (
+    Target,
+    check_target,
+    files_not_there,
+    remove,
+    sqlite_file,
+)
 from parley.server.version import version
 from parley.server.ws.uvicorn_protocol import LeanHttpProtocol, LeanWebSocketProtocol
 from parley.session.errors import ConfigurationError, DatabaseInUse
@@ -85,17 +97,17 @@ def database_error(exc: DBAPIError | OSError) -> str:
     return str(getattr(exc, "orig", None) or exc).splitlines()[0][:300]
 
 
-def check_database(url: str) -> None:
-    """Connect and read the schema's revision (``--no-migrate``)."""
+def database_revision(url: str) -> str | None:
+    """Connect and read the schema's revision (None: base)."""
 
-    async def check() -> None:
+    async def read() -> str | None:
         engine = create_engine(url)
         try:
-            await current_revision(engine)
+            return await current_revision(engine)
         finally:
             await engine.dispose()
 
-    asyncio.run(check())
+    return asyncio.run(read())
 
 
 def uvicorn_config(app: Any, settings: Settings) -> uvicorn.Config:
@@ -356,7 +368,7 @@ def _run_db_command(args: argparse.Namespace, settings: Settings, action: str) -
         return _run_alembic(config, args, action)
     # Judged before anything is opened; a move that fails anyway on a SQLite database it
     # created removes what it made (a failed command leaves nothing behind).
-    check_target(action, getattr(args, "revision", "head"), settings.database_url)
+    target = check_target(action, getattr(args, "revision", "head"), settings.database_url)
     made = files_not_there(settings.database_url)
     # Shared: not under a server off-cluster (which holds its database alone), but
     # under cluster nodes, as their rolling upgrades migrate.
@@ -366,7 +378,8 @@ def _run_db_command(args: argparse.Namespace, settings: Settings, action: str) -
         print(f"parley: {exc.message}", file=sys.stderr)
         return 2
     try:
-        result = _run_alembic(config, args, action)
+        current = None if made else database_revision(settings.database_url)
+        result = _move_schema(config, action, target, current)
     except BaseException:
         remove(made)  # under the claim: no server can have opened it meanwhile
         raise
@@ -382,12 +395,22 @@ def _run_alembic(config: Any, args: argparse.Namespace, action: str) -> int:
         command.current(config)
     elif action == "history":
         command.history(config)
-    elif action == "upgrade":
-        command.upgrade(config, getattr(args, "revision", "head"))
-        print("migrations applied", file=sys.stderr)
-    else:
-        command.downgrade(config, args.revision)
-        print(f"downgraded to {args.revision}", file=sys.stderr)
+    return 0
+
+
+def _move_schema(config: Any, action: str, target: Target, current: str | None) -> int:
+    """Move the schema from ``current`` to ``target``, given to Alembic as the revision
+    it is (review RY-5: Alembic failed on some relative forms with an assertion, or took
+    them for a move that did not happen), and say from where to where."""
+    from alembic import command
+
+    here, there = target.resolve(action, current)
+    if here == there:
+        print(f"already at {target.name(here)}: nothing to move", file=sys.stderr)
+        return 0
+    move = command.upgrade if action == "upgrade" else command.downgrade
+    move(config, target.chain[there] or "base")
+    print(f"{action}d from {target.name(here)} to {target.name(there)}", file=sys.stderr)
     return 0
 
 
@@ -420,12 +443,18 @@ def main(argv: list[str] | None = None) -> int:
     claims: list[Callable[[], None]] = []
 
     def prepare() -> None:
+        # Not migrating, the schema is judged here too, before the keys (review RY-6: the
+        # app judged it, after they were written); a SQLite file that is not there is
+        # not made to be judged.
+        missing = None if migrating else sqlite_file(url)
+        if missing is not None and not missing.exists():
+            check_schema_current(None, where=f" (no database at {missing})")
         if not claims:  # first, before migrations run under another server
             claims.append(claim_database(url, shared=settings.cluster))
         if migrating:
             migrate(url)
         else:
-            check_database(url)
+            check_schema_current(database_revision(url))
 
     try:
         wait_for_database(
@@ -433,8 +462,10 @@ def main(argv: list[str] | None = None) -> int:
             # An embedded file opens or it does not: no server to wait for.
             0 if url.startswith("sqlite") else settings.db_connect_timeout_s,
         )
-    except DatabaseInUse as exc:
+    except ConfigurationError as exc:  # another server holds it; its schema is behind
         listening.close()
+        if claims:
+            claims[0]()
         print(f"parley: {exc.message}", file=sys.stderr)
         return 2
     except (DBAPIError, OSError):

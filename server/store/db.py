@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from parley import migrations
 from parley.server.store.sqlite_inline import InlineConnection, file_path, pragmas
+from parley.session.errors import SchemaNotCurrent
 
 MIGRATIONS_DIR = Path(migrations.__file__).parent
 
@@ -152,6 +153,17 @@ def head_revision() -> str | None:
     """The newest migration's revision, read once per process (loading the migration
     files takes 40 ms or more, and every app asks at its start)."""
     return ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
+
+
+def check_schema_current(revision: str | None, *, where: str = "") -> None:
+    """``SchemaNotCurrent`` unless ``revision`` (None: base) is the migrations' head;
+    ``where`` adds a note after the revision (no database file there, say)."""
+    head = head_revision()
+    if revision != head:
+        raise SchemaNotCurrent(
+            f"the database schema is at {revision or 'base'}{where}, expected {head}: "
+            "run 'parley migrate'"
+        )
 
 
 async def current_revision(engine: AsyncEngine) -> str | None:

@@ -57,6 +57,15 @@ def untouched(tmp_path: Path) -> bool:
     return not (tmp_path / "parley.db").exists() and not (tmp_path / "data").exists()
 
 
+def said(result: subprocess.CompletedProcess[str]) -> list[str]:
+    """The lines of stderr that are not info log records (Alembic's, say)."""
+    return [
+        line
+        for line in result.stderr.strip().splitlines()
+        if not line.startswith('{"ts":') or '"level":"info"' not in line
+    ]
+
+
 def refused(result: subprocess.CompletedProcess[str], starts: str) -> None:
     """Exit status 2 and exactly one line on stderr, beginning with ``starts``."""
     assert result.returncode == 2, result.stderr
@@ -281,3 +290,112 @@ def test_a_data_directory_that_cannot_hold_the_keys_is_refused_first(tmp_path: P
     result = parley(tmp_path, "serve", "--port", "0", PARLEY_DATA_DIR=str(tmp_path / "afile" / "d"))
     refused(result, "PARLEY_DATA_DIR: cannot keep the generated keys in ")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+@pytest.mark.parametrize(
+    ("command", "spec"),
+    [
+        ("upgrade", "head+1"),
+        ("upgrade", "heads+1"),
+        ("upgrade", "base+99"),
+        ("upgrade", "@"),
+        ("upgrade", "head:base"),
+        ("upgrade", f"{head_revision()}@base"),
+    ],
+)
+def test_a_target_past_head_before_base_or_not_a_revision_is_one_line_first(
+    tmp_path: Path, command: str, spec: str
+) -> None:
+    """Review RY-5: ``db upgrade head+1`` (any ``REV+N`` past head, ``base+99``) and ``@``
+    ended in Alembic's ``AssertionError`` traceback, exit 1. A target is read against the
+    migration files before the database is opened: one line, exit 2, nothing written."""
+    result = parley(tmp_path, "db", command, spec)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    lines = said(result)
+    assert len(lines) == 1 and lines[0].startswith(f"parley: {command}: "), result.stderr
+    assert spec in lines[0], lines[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [], list(tmp_path.iterdir())
+
+
+def test_a_move_that_would_go_nowhere_says_so_and_leaves_the_database_as_it_was(
+    tmp_path: Path,
+) -> None:
+    """Review RY-5: on a migrated database ``db downgrade @`` was a traceback, and
+    ``downgrade base-1`` (or ``heads``) printed "downgraded to base-1", exit 0, moving
+    nothing; ``upgrade base`` said "migrations applied" and stayed where it was. A target
+    outside the migrations, or behind (ahead of) the database for an upgrade (a
+    downgrade), is one line, exit 2, the file untouched; a move to where the database is
+    says that nothing moved; a move says from where to where."""
+    head = head_revision()
+    assert head is not None and parley(tmp_path, "migrate").returncode == 0
+    database = tmp_path / "parley.db"
+    before = database.read_bytes()
+    for command, spec, says in [
+        ("downgrade", "@", "@"),
+        ("downgrade", "base-1", "no revision base-1"),
+        ("downgrade", f"{head}@base", "@base"),
+        ("downgrade", "+1", f"no revision +1 from {head}"),
+        ("upgrade", "base", "db downgrade"),
+        ("upgrade", "head+1", "no revision head+1"),
+    ]:
+        result = parley(tmp_path, "db", command, spec)
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        lines = said(result)
+        assert len(lines) == 1 and lines[0].startswith(f"parley: {command}: "), result.stderr
+        assert says in lines[0], lines[0]
+        assert database.read_bytes() == before, spec
+    for command, spec in [("downgrade", "heads"), ("upgrade", "head"), ("upgrade", "+0")]:
+        result = parley(tmp_path, "db", command, spec)
+        assert result.returncode == 0, result.stderr
+        assert f"already at {head} (head): nothing to move" in result.stderr, result.stderr
+    assert database.read_bytes() == before
+    previous = parley(tmp_path, "db", "history").stdout.splitlines()[0].split(" -> ")[0].strip()
+    result = parley(tmp_path, "db", "downgrade", "heads-1")
+    assert result.returncode == 0, result.stderr
+    assert f"downgraded from {head} (head) to {previous}" in result.stderr, result.stderr
+    result = parley(tmp_path, "migrate")
+    assert f"upgraded from {previous} to {head} (head)" in result.stderr, result.stderr
+
+
+def test_serve_without_migrations_on_a_schema_behind_writes_nothing(tmp_path: Path) -> None:
+    """Review RY-6: ``serve --no-migrate`` on a database not at head generated the keys
+    (and made an empty SQLite file) before the app found the schema behind, the reason in
+    a traceback logged by uvicorn, exit 3. The schema is judged with the database, before
+    the keys: one line, exit 2, no key, no database file made, none changed."""
+    head = head_revision()
+    result = parley(tmp_path, "serve", "--no-migrate", "--port", "0")
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    lines = said(result)
+    assert lines == [
+        f"parley: the database schema is at base (no database at {tmp_path / 'parley.db'}), "
+        f"expected {head}: run 'parley migrate'"
+    ], result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == [], list(tmp_path.iterdir())
+
+    assert parley(tmp_path, "db", "upgrade", "head-1").returncode == 0
+    before = (tmp_path / "parley.db").read_bytes()
+    behind = parley(tmp_path, "db", "current").stdout.split()[0]
+    result = parley(tmp_path, "serve", "--no-migrate", "--port", "0")
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    lines = said(result)
+    assert lines == [
+        f"parley: the database schema is at {behind}, expected {head}: run 'parley migrate'"
+    ], result.stderr
+    assert not (tmp_path / "data").exists()
+    assert (tmp_path / "parley.db").read_bytes() == before
+
+
+def test_a_misspelled_setting_is_refused_with_the_name_it_is_near(tmp_path: Path) -> None:
+    """Review RY-9: ``PARLEY_MAX_PROMT_CHARS=10`` (in the environment or ``.env``) was
+    ignored without a word, so the limit the operator meant was not in force. A
+    ``PARLEY_`` name that is no setting (nor one the project's tests and tools read) is a
+    configuration mistake: one line naming it and the setting nearest, exit 2."""
+    said = "PARLEY_MAX_PROMT_CHARS: not a setting (did you mean PARLEY_MAX_PROMPT_CHARS?)"
+    for command in (["serve"], ["migrate"], ["db", "current"]):
+        refused(parley(tmp_path, *command, PARLEY_MAX_PROMT_CHARS="10"), said)
+    (tmp_path / ".env").write_text("OTHER_TOOL=1\nPARLEY_MAX_PROMT_CHARS=10\n")
+    refused(parley(tmp_path, "serve"), said.replace(":", " (in .env):", 1))
+    (tmp_path / ".env").write_text("PARLEY_TOTALLY_UNRELATED=1\n")
+    refused(parley(tmp_path, "serve"), "PARLEY_TOTALLY_UNRELATED (in .env): not a setting")
+    (tmp_path / ".env").unlink()
+    assert untouched(tmp_path)
