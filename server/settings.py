@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import json
 import os
 from functools import lru_cache
 from pathlib import Path
@@ -52,7 +53,14 @@ class ModelSpec(BaseModel):
 PREFIX = "PARLEY_"
 # ``PARLEY_`` names read outside the settings, by the project's own tests, benchmarks and
 # examples (docs/sdks.md's client reads PARLEY_URL): not refused as unknown settings.
-NOT_SETTINGS_PREFIXES = ("PARLEY_TEST_", "PARLEY_BENCH_", "PARLEY_LIVE_")
+NOT_SETTINGS_PREFIXES = (
+    "PARLEY_TEST_",
+    "PARLEY_BENCH_",
+    "PARLEY_LIVE_",
+    # A Kubernetes Service named ``parley`` adds these to every pod of its namespace.
+    "PARLEY_SERVICE_",
+    "PARLEY_PORT_",
+)
 NOT_SETTINGS = frozenset(
     {
         "PARLEY_CONTRACT_EXAMPLES",
@@ -502,14 +510,37 @@ class UnknownNames(PydanticBaseSettingsSource):
         found = [(name, "") for name in os.environ]
         where = f" (in {self.dotenv.env_file})"  # one file: the CLI names one
         found += [(name.upper(), where) for name in self.dotenv.env_vars]
+        keys = self._model_keys()
         problems = [
             f"{name}{where}: not a setting{nearest_setting(name, fields)}"
             for name, where in found
-            if is_unknown(name, fields)
+            if is_unknown(name, fields) and name.upper() not in keys
         ]
         if problems:
             raise ConfigurationError("; ".join(problems))
         return {}
+
+    def _model_keys(self) -> set[str]:
+        """The variables the configured models' keys are in (``api_key_env``): an
+        operator may name them ``PARLEY_…``. Read from ``PARLEY_MODELS`` as given; a value
+        that is not a list of models names none here (the setting's own check says why)."""
+        given = os.environ.get(f"{PREFIX}MODELS")
+        if given is None:
+            given = next(
+                (v for k, v in self.dotenv.env_vars.items() if k.upper() == f"{PREFIX}MODELS"),
+                None,
+            )
+        try:
+            specs = json.loads(given) if given else []
+        except ValueError:
+            return set()
+        if not isinstance(specs, list):
+            return set()
+        return {
+            str(spec["api_key_env"]).upper()
+            for spec in specs
+            if isinstance(spec, dict) and spec.get("api_key_env")
+        }
 
 
 def is_unknown(name: str, fields: set[str]) -> bool:

@@ -67,6 +67,28 @@ def test_the_names_the_project_reads_outside_the_settings_are_let_through(
     assert Settings().port == 8765
 
 
+def test_a_models_key_variable_and_kubernetes_service_links_are_let_through(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A model's key may sit in a ``PARLEY_`` variable of the operator's naming (the
+    environment's or the env file's models name it), and a Kubernetes Service named
+    ``parley`` adds ``PARLEY_SERVICE_*`` and ``PARLEY_PORT_*`` to every pod: not settings,
+    not refused."""
+    models = '[{"name": "gpt", "kind": "openai", "base_url": "https://api.example.com/v1", '
+    models += '"model": "m", "api_key_env": "PARLEY_OPENAI_KEY"}]'
+    monkeypatch.setenv("PARLEY_MODELS", models)
+    monkeypatch.setenv("PARLEY_OPENAI_KEY", "sk-x")
+    for name in ("PARLEY_SERVICE_HOST", "PARLEY_SERVICE_PORT", "PARLEY_PORT_8765_TCP_ADDR"):
+        monkeypatch.setenv(name, "10.0.0.1")
+    assert Settings().models[0].api_key_env == "PARLEY_OPENAI_KEY"
+    monkeypatch.delenv("PARLEY_MODELS")
+    env = tmp_path / "parley.env"
+    env.write_text(f"PARLEY_MODELS={models}\n")
+    assert Settings(_env_file=env).models[0].name == "gpt"  # type: ignore[call-arg]
+    with pytest.raises(ConfigurationError, match=r"^PARLEY_OPENAI_KEY: not a setting"):
+        Settings()  # no model names it
+
+
 def test_a_settings_object_made_in_code_ignores_no_unknown_name(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
