@@ -92,7 +92,7 @@ async def test_side_thread_commands_on_a_following_node_reach_the_running_one(
                 assert dump["reply_lengths_seen"][reply_id] > 3
                 written = await stock.command({"cmd": "write"})
                 assert written["attempted"] == 4  # refused here as on the running node
-                deleted = await http.delete(f"{base}/{thread_id}", params={"as_user": "bob"})
+                deleted = await http.delete(f"{base}/{thread_id}")  # the admin's: as its owner
                 assert deleted.status_code == 204, deleted.text
                 closed = await stock.wait_event(
                     lambda e: e.get("event") == "connection-close" and not e["local"], 30
