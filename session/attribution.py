@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import re
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 ESCAPE = "\\"
@@ -62,31 +62,80 @@ _OPENING_SYMBOLS = frozenset(
 
 
 def _opens_with_bracket(line: str) -> bool:
-    for char in line:
+    char = _visible(line)
+    if char is None:
+        return False
+    folded = unicodedata.normalize("NFKC", char)[:1] or char
+    return unicodedata.category(folded) in _OPENING_CATEGORIES or folded in _OPENING_SYMBOLS
+
+
+# The words of the server's own lines (after NFKC, case folded, blanks made single and
+# invisible characters dropped): a line that holds one, opens with no plain letter or digit
+# and ends with a closing bracket or a symbol reads as the server's whatever it opens with
+# (review RZ-1: ``⊏alice asks you]``, ``匚alice asks you]``: a square-image sign, a CJK
+# radical and a Bopomofo letter are no brackets by any Unicode property).
+_SERVER_WORDS = ("wrote", "asks you", "message #", "session facts", "end of")
+# Where such a line may be: one that opens, after blanks of ASCII, with anything but a
+# plain letter or digit and ends with a closing bracket of ASCII or any character beyond
+# ASCII (one scan in C, as ``_MAYBE_BRACKET``).
+_MAYBE_MIMIC = re.compile(
+    "(?:\\A|[\n\r\x0b\x0c\x1c-\x1e\x85\u2028\u2029])"
+    "[\x00-\x09\x0e-\x1b\x1f\x20\x7f]*+[^A-Za-z0-9\\\\\n\r\x0b\x0c\x1c-\x1e\x85\u2028\u2029]"
+    "[^\n\r\x0b\x0c\x1c-\x1e\x85\u2028\u2029]*[)\\]}\x80-\U0010ffff]"
+    "[\x00-\x09\x0e-\x1b\x1f\x20\x7f]*(?=[\n\r\x0b\x0c\x1c-\x1e\x85\u2028\u2029]|\\Z)"
+)
+_CLOSING_CATEGORIES = frozenset({"Pe", "Pf", "Sm", "So", "Sk"})
+_INVISIBLE_CATEGORIES = frozenset({"Cc", "Cf", "Mn", "Me"})
+
+
+def _visible(chars: Iterable[str]) -> str | None:
+    """The first character of ``chars`` that shows (None: none does)."""
+    for char in chars:
         if char.isspace() or char in _BLANK_LETTERS:
             continue
         if unicodedata.category(char) in _BLANK_CATEGORIES:
             continue
-        folded = unicodedata.normalize("NFKC", char)[:1] or char
-        return unicodedata.category(folded) in _OPENING_CATEGORIES or folded in _OPENING_SYMBOLS
-    return False
+        return char
+    return None
+
+
+def _mimics_server_line(line: str) -> bool:
+    """Whether ``line`` opens with no plain letter or digit, ends with a closing bracket or a
+    symbol and holds a word of the server's lines: a look-alike of one, whatever it opens
+    with."""
+    first = _visible(line)
+    if first is None or first == ESCAPE or (first.isascii() and first.isalnum()):
+        return False
+    last = _visible(reversed(line))
+    folded = unicodedata.normalize("NFKC", last or "")[-1:]
+    if not folded or unicodedata.category(folded) not in _CLOSING_CATEGORIES:
+        return False
+    shown = "".join(
+        c
+        for c in unicodedata.normalize("NFKC", line).casefold()
+        if unicodedata.category(c) not in _INVISIBLE_CATEGORIES
+    )
+    words = " ".join(shown.split())
+    return any(word in words for word in _SERVER_WORDS)
 
 
 def escape_text(text: str) -> str:
-    """``text`` with a backslash before every line (at any Unicode line break) whose first
-    visible character opens a bracket; nothing else changes. Costs one pass over the text."""
-    if _MAYBE_BRACKET.search(text) is None:
+    """``text`` with a backslash before every line (at any Unicode line break) that could
+    pass for one of the server's: its first visible character opens a bracket, or it
+    mimics one (``_mimics_server_line``); nothing else changes. Costs one pass over the
+    text when no line can."""
+    if _MAYBE_BRACKET.search(text) is None and _MAYBE_MIMIC.search(text) is None:
         return text
     lines = text.splitlines(keepends=True)
-    if not any(_opens_with_bracket(line) for line in lines):
+    if not any(map(is_server_line, lines)):
         return text
-    return "".join(ESCAPE + line if _opens_with_bracket(line) else line for line in lines)
+    return "".join(ESCAPE + line if is_server_line(line) else line for line in lines)
 
 
 def is_server_line(line: str) -> bool:
     """Whether ``line`` reads as a structure line of the server's (what ``escape_text``
     makes sure no escaped text has)."""
-    return _opens_with_bracket(line)
+    return _opens_with_bracket(line) or _mimics_server_line(line)
 
 
 def name(member: str) -> str:
