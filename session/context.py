@@ -78,6 +78,10 @@ SYSTEM_PROMPT = (
 
 
 QUOTE = "  "  # before every line of members' text in the system text
+# Walks again of the budget loop, each naming copies by what the one before kept
+# (``_copies_to_name``): one settles a text pasted again and again; a few settle texts
+# whose naming moves what fits.
+MAX_COPY_WALKS = 3
 SYSTEM_TEXTS_KEPT = 4  # per builder: a run's scope, a preview's, a summary plan's
 
 
@@ -551,7 +555,9 @@ class ContextBuilder:
             """Item ``index`` as it is sent: in full while what it refers to is not in;
             numbered when a reference names it."""
             item = references.form(index, fold.items[index])
-            if fold.referred and not fold.referred.keys().isdisjoint(item.entry_ids):
+            if (
+                fold.referred and not fold.referred.keys().isdisjoint(item.entry_ids)
+            ) or index in named_copies:
                 return scope.numbered(index, item)
             return item
 
@@ -562,59 +568,78 @@ class ContextBuilder:
                 return rendered_tokens(sent, asking) + framing_tokens(_member(sent, asking))
             return sent.tokens + framing_tokens(_member(sent, frozenset()))
 
-        cost: dict[int, int] = {}
-        for index in answering_items:
-            item = fold.items[index]
-            references.add(index, item)
-            cost[index] = tokens(index)
-        spent = system_tokens + offered + sum(cost.values())
-        kept: list[int] = []
-        left: list[int] = []
         # Said before the summary's end, which does not cover them (it is made from what
         # every member may read): quoted before the summary, so the story keeps its order
         # (review J5: as messages after it, an answer the summary's news overrides read as
         # newer). Not sent as references: a later copy is given in full.
-        earlier: list[int] = []
         earlier_block = count_tokens(EARLIER_LINE) + count_tokens(EARLIER_END) + 2
-        full = False
-        unseen_answering = len(answering_items)
-        cut = 0  # the turns before it were never reached: the budget was spent
         summarised = scope.covered_prefix(summary)
-        for index in range(len(fold.items) - 1, -1, -1):  # newest first
-            if index < summarised and not unseen_answering:
-                cut = index + 1  # the summary covers all the rest: set aside unread
-                break
-            item = fold.items[index]
-            if index in answering_items:
-                kept.append(index)
-                unseen_answering -= 1
-            elif full or (summary is not None and _covered_by(summary, item)):
-                left.append(index)
-            elif summary is not None and item.last_seq <= summary.to_seq:
-                text = "\n".join(line for said in said_in(item) for line in _pin_lines(said))
-                more = count_tokens(text) + 1 + (0 if earlier else earlier_block)
-                if spent + more > settings.budget:
-                    full = True
-                    left.append(index)
-                else:
-                    earlier.append(index)
-                    spent += more
-            else:
+
+        def walk() -> tuple[dict[int, int], list[int], list[int], list[int], int]:
+            """The budget loop, newest first: the cost of each kept item, the kept, those
+            left out and those said before the summary's end (newest first), and the cut."""
+            cost: dict[int, int] = {}
+            for index in answering_items:
+                item = fold.items[index]
                 references.add(index, item)
-                if spent + tokens(index) > settings.budget:
-                    full = True
-                    left.append(index)
-                else:
+                cost[index] = tokens(index)
+            spent = system_tokens + offered + sum(cost.values())
+            kept: list[int] = []
+            left: list[int] = []
+            earlier: list[int] = []
+            full = False
+            unseen_answering = len(answering_items)
+            cut = 0  # the turns before it were never reached: the budget was spent
+            for index in range(len(fold.items) - 1, -1, -1):  # newest first
+                if index < summarised and not unseen_answering:
+                    cut = index + 1  # the summary covers all the rest: set aside unread
+                    break
+                item = fold.items[index]
+                if index in answering_items:
                     kept.append(index)
-                    cost[index] = tokens(index)
-                    spent += cost[index]
-                    for ready in references.give(index):  # sent as references now: cheaper
-                        spent -= cost[ready]
-                        cost[ready] = tokens(ready)
-                        spent += cost[ready]
-            if full and not unseen_answering:
-                cut = index
+                    unseen_answering -= 1
+                elif full or (summary is not None and _covered_by(summary, item)):
+                    left.append(index)
+                elif summary is not None and item.last_seq <= summary.to_seq:
+                    text = "\n".join(line for said in said_in(item) for line in _pin_lines(said))
+                    more = count_tokens(text) + 1 + (0 if earlier else earlier_block)
+                    if spent + more > settings.budget:
+                        full = True
+                        left.append(index)
+                    else:
+                        earlier.append(index)
+                        spent += more
+                else:
+                    references.add(index, item)
+                    if spent + tokens(index) > settings.budget:
+                        full = True
+                        left.append(index)
+                    else:
+                        kept.append(index)
+                        cost[index] = tokens(index)
+                        spent += cost[index]
+                        for ready in references.give(index):  # sent as references now
+                            spent -= cost[ready]
+                            cost[ready] = tokens(ready)
+                            spent += cost[ready]
+                if full and not unseen_answering:
+                    cut = index
+                    break
+            return cost, kept, left, earlier, cut
+
+        # A text several members pasted whose first posting is not in the input: its
+        # copies name the earliest copy that is, walked again (review RZ-2: every copy went
+        # in full). A walk names copies from what the one before kept, so a few walks
+        # settle; the last is the input whatever it names.
+        named_copies: set[int] = set()
+        cost, kept, left, earlier, cut = walk()
+        for _ in range(MAX_COPY_WALKS):
+            copies = _copies_to_name(fold, kept)
+            if copies == references.copies:
                 break
+            references = GivenReferences(fold, answering_items, copies)
+            named_copies = set(copies.values())
+            cost, kept, left, earlier, cut = walk()
         kept.reverse()
         earlier.reverse()
         bare = system, system_tokens
@@ -702,6 +727,27 @@ class ContextBuilder:
                 self._systems.popitem(last=False)
         self._systems.move_to_end(key)
         return made
+
+
+def _copies_to_name(fold: HistoryFold, kept: Sequence[int]) -> dict[str, int]:
+    """By the first posting of a text: the earliest copy of it in ``kept`` (newest first),
+    for each text whose first posting is not kept and that more than one kept copy gives
+    (those after it name it). A walk that named a copy and then kept the first posting too
+    drops it: the copies name the first posting again."""
+    given = set(kept)
+    earliest: dict[str, int] = {}
+    repeated: set[str] = set()
+    for index in kept:
+        first = fold.items[index].same_text
+        if not first:
+            continue
+        showing = fold.showing(first)
+        if showing is not None and showing in given:
+            continue
+        if first in earliest:
+            repeated.add(first)
+        earliest[first] = index
+    return {first: earliest[first] for first in repeated}
 
 
 def _pinned(

@@ -61,6 +61,10 @@ class FoldedItem:
     in_full: FoldedItem | None = None  # set when ``refers_to`` is not empty
     at: str = ""  # where it is from, on its server line (``numbered``): "message #12"
     label: str = ""  # its number in the fold, unique there (``HistoryFold.labels``)
+    # A member's text the same as written as one before, given as a reference to that
+    # first posting: the first posting's entry id (a build may name a later copy instead,
+    # ``HistoryFold.referring_to``, when the first is not in its input).
+    same_text: str = ""
 
     @property
     def last_seq(self) -> int:
@@ -349,7 +353,28 @@ class HistoryFold:
         short = self._item(item.entry_ids, item.seqs, item.said_by, line, note)
         if short.tokens >= item.tokens:
             return item
-        return replace(short, refers_to=(first.id,), in_full=full)
+        return replace(short, refers_to=(first.id,), in_full=full, same_text=first.id)
+
+    def referring_to(self, item: FoldedItem, copy: FoldedItem) -> FoldedItem:
+        """``item`` (a whole text given as a reference to its first posting: ``same_text``)
+        as a reference to ``copy``, an earlier copy of that text, when that is shorter than
+        the text; else the text in full (review RZ-2: with the first posting out of an
+        input, every later copy went in full, four copies of one log in a window)."""
+        full = item.in_full or item
+        author, at = copy.said_by[-1], copy.label or str(copy.seqs[-1])
+        line = f"[the same text {name(author)} wrote in message #{at}]"
+        note = f"the same as message #{at} by {name(author)}"
+        _, newline, after = item.text.partition("\n")  # the server's lines after it, if any
+        short = self._item(item.entry_ids, item.seqs, item.said_by, line + newline + after, note)
+        if short.tokens >= full.tokens:
+            return full
+        return replace(
+            short,
+            refers_to=(copy.entry_ids[-1],),
+            in_full=full,
+            same_text=item.same_text,
+            label=item.label,
+        )
 
     @staticmethod
     def _item(

@@ -15,7 +15,7 @@ and a first posting that is kept is never given twice.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 
 from parley.session.fold import FoldedItem, HistoryFold
 
@@ -25,9 +25,18 @@ class GivenReferences:
 
     ``given``: the items in the input whatever the budget (those a run answers)."""
 
-    def __init__(self, fold: HistoryFold, given: Collection[int]) -> None:
+    def __init__(
+        self,
+        fold: HistoryFold,
+        given: Collection[int],
+        copies: Mapping[str, int] | None = None,
+    ) -> None:
+        """``copies``: by a first posting's entry id, the index of a later copy of its text
+        that the copies after it name instead (``HistoryFold.referring_to``)."""
         self._fold = fold
         self._given = set(given)
+        self.copies = dict(copies or {})
+        self._named: dict[int, FoldedItem] = {}  # an item as a reference to a copy
         # A kept item -> the items it refers to not given yet (None: one never will be).
         self._missing: dict[int, set[int | None]] = {}
         self._waiting: dict[int, list[int]] = {}  # an item not given yet -> who waits on it
@@ -36,7 +45,11 @@ class GivenReferences:
         """Item ``index`` goes into the input: note what it refers to that is not."""
         if not item.refers_to:
             return
-        missing = {self._fold.showing(entry_id) for entry_id in item.refers_to} - self._given
+        copy = self._copy_for(index, item)
+        missing: set[int | None] = {copy}
+        if copy is None:
+            missing = {self._fold.showing(entry_id) for entry_id in item.refers_to}
+        missing -= self._given
         if missing:
             self._missing[index] = missing
             for target in missing:
@@ -61,4 +74,20 @@ class GivenReferences:
         refers to is not in the input."""
         if index in self._missing and item.in_full is not None:
             return item.in_full
-        return item
+        copy = self._copy_for(index, item)
+        if copy is None:
+            return item
+        named = self._named.get(index)
+        if named is None:
+            named = self._fold.referring_to(item, self._fold.items[copy])
+            self._named[index] = named
+        return named
+
+    def _copy_for(self, index: int, item: FoldedItem) -> int | None:
+        """The copy item ``index`` names in place of its text's first posting, if any."""
+        copy = self.copies.get(item.same_text) if item.same_text else None
+        return copy if copy is not None and copy < index else None
+
+    def in_full(self, index: int) -> bool:
+        """Whether item ``index``, kept, is sent in full for want of what it refers to."""
+        return index in self._missing

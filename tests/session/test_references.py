@@ -316,3 +316,53 @@ def test_the_summariser_is_given_every_turn_in_full() -> None:
     second = fold.items[1]
     assert second.text == "[the same text u0 wrote in message #1]"  # in the main input
     assert transcript_turn(second) == f"[u1 wrote, message #2]\n{said}"
+
+
+def test_copies_of_a_text_whose_first_posting_is_out_name_the_earliest_copy_in() -> None:
+    """Review RZ-2: alice pasted a log long ago; bob, carol, dave and erin pasted it again
+    byte for byte. With alice's out of the window every copy went in full (four logs in
+    the budget, 0 references); now the earliest copy in the input is given in full, the
+    others name it, and the room saved keeps more of the conversation."""
+    pastes = {1: "alice", 40: "bob", 41: "carol", 42: "dave", 43: "erin"}
+    entries = [
+        entry(1, "alice", LOG),
+        *filler(2, 38),
+        *(entry(n, who, LOG) for n, who in pastes.items() if n > 1),
+        entry(44, "alice", "what went wrong with the payouts?", EntryKind.PROMPT),
+    ]
+    built = build_context(session_id="s", entries=entries, prompt_ids=["e44"], settings=TIGHT)
+    assert "e1" not in built.included
+    assert {"e40", "e41", "e42", "e43"} <= set(built.included)
+    messages = sent(built)
+    bob = next(m for m in messages if m.startswith("[bob wrote"))
+    assert bob == f"[bob wrote, message #40]\n{LOG}"
+    for who in ("carol", "dave", "erin"):
+        assert f"[{who} wrote]\n[the same text bob wrote in message #40]" in messages
+    assert sum(m.count(LOG) for m in messages) == 1
+    assert built.notes["e43"] == "the same as message #40 by bob"
+    assert built.tokens <= TIGHT.budget
+    # The room the references saved went to older turns: more than with every copy in full.
+    apart = [
+        replace(e, content=f"{e.content}\ncopy {e.seq}") if e.seq in pastes else e for e in entries
+    ]
+    in_full = build_context(session_id="s", entries=apart, prompt_ids=["e44"], settings=TIGHT)
+    assert sum(m.count(LOG) for m in sent(in_full)) == 4
+    chatter = [i for i in built.included if int(i[1:]) < 40]
+    assert len(chatter) > len([i for i in in_full.included if int(i[1:]) < 40])
+
+
+def test_a_copy_named_while_the_first_posting_fits_is_not_kept() -> None:
+    """With room for the first posting, every copy names it, as before."""
+    entries = [
+        entry(1, "alice", LOG),
+        entry(2, "bob", LOG),
+        entry(3, "carol", LOG),
+        entry(4, "alice", "what went wrong?", EntryKind.PROMPT),
+    ]
+    built = build_context(session_id="s", entries=entries, prompt_ids=["e4"])
+    messages = sent(built)
+    assert messages[0] == f"[alice wrote, message #1]\n{LOG}"
+    assert messages[1:3] == [
+        "[bob wrote]\n[the same text alice wrote in message #1]",
+        "[carol wrote]\n[the same text alice wrote in message #1]",
+    ]
