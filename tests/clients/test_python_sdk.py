@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import math
 import re
 from collections.abc import AsyncIterator
@@ -41,11 +42,17 @@ from parley_client import (
 )
 from parley_client.session import _Pending, _placed
 from parley_client.wire import (
+    AWARENESS,
+    STEP2,
     AwarenessFrame,
     AwarenessState,
+    CommandReply,
     decode_server_frame,
     encode_awareness,
     encode_command,
+    encode_sync,
+    varbytes,
+    varuint,
 )
 
 from tests.conftest import (
@@ -1005,3 +1012,65 @@ async def _refused_at_least_once(server: RunningServer) -> None:
             return
         await asyncio.sleep(0.05)
     raise AssertionError("the server refused no socket")
+
+
+@contextlib.asynccontextmanager
+async def answering(first_ack_seq: object, awareness: bytes | None = None) -> AsyncIterator[Any]:
+    """A server of Parley's protocol that syncs an empty document and acks each command:
+    on the first socket with ``seq`` ``first_ack_seq`` (after ``awareness``, if given),
+    on the next ones with seq 7. ``sockets`` counts the sockets it took."""
+    from websockets.asyncio.server import ServerConnection, serve
+
+    state = {"sockets": 0}
+
+    async def handler(ws: ServerConnection) -> None:
+        state["sockets"] += 1
+        first = state["sockets"] == 1
+        await ws.send(encode_sync(STEP2, b"\x00\x00"))
+        if first and awareness is not None:
+            await ws.send(awareness)
+        async for frame in ws:
+            message = decode_server_frame(frame) if isinstance(frame, bytes) else None
+            if isinstance(message, CommandReply):  # a command: the same frame as a reply
+                seq = first_ack_seq if first else 7
+                await ws.send(
+                    f'{{"type": "ack", "id": {json.dumps(message.data["id"])}, "seq": {seq}}}'
+                )
+
+    async with serve(handler, "127.0.0.1", 0) as server:
+        port = server.sockets[0].getsockname()[1]
+        state["url"] = f"ws://127.0.0.1:{port}"
+        yield state
+
+
+@pytest.mark.parametrize("seq", ['"x"', "1e400", '{"n": 1}', "true"])
+async def test_an_ack_that_cannot_be_read_leaves_its_command_to_be_resent(seq: str) -> None:
+    """Review SA F1: the command was taken off the list before its ack's ``seq`` was
+    read, so an ack of ``seq`` "x" or 1e400 left ``prompt()`` waiting for good, even after
+    the session closed. The frame is now undecodable, the socket is started over and the
+    command resent by its id: the next ack answers it."""
+    async with (
+        answering(seq) as server,
+        asyncio.timeout(30),
+        connect(server["url"], "s", "t", reconnect=FAST) as alice,
+    ):
+        ack = await alice.prompt("did this arrive?")
+        assert ack.seq == 7
+        assert server["sockets"] == 2 and alice.connects == 2
+
+
+async def test_an_awareness_frame_nested_past_the_limit_starts_the_socket_over() -> None:
+    """Review SA F2: ``json.loads`` raised ``RecursionError`` on a state nested 100,000
+    deep, which no guard took: the session ended for good (``InternalError``). It is an
+    undecodable frame like any other: the socket is started over, the session goes on."""
+    deep = ("[" * 100_000 + "]" * 100_000).encode()
+    update = varuint(1) + varuint(5) + varuint(1) + varbytes(deep)
+    frame = bytes([AWARENESS]) + varbytes(update)
+    async with (
+        answering(3, awareness=frame) as server,
+        asyncio.timeout(30),
+        connect(server["url"], "s", "t", reconnect=FAST) as alice,
+    ):
+        ack = await alice.prompt("still here?")
+        assert ack.seq in (3, 7)
+        assert alice.closed_by is None

@@ -302,7 +302,7 @@ class Session:
             async for frame in ws:
                 try:
                     answer = self._on_frame(frame)
-                except (ValueError, KeyError, TypeError) as exc:  # FrameError, bad JSON
+                except UNDECODABLE as exc:  # FrameError, bad JSON
                     # Not Parley on the other end, or a bug: start over on a fresh socket.
                     await ws.close(1002, f"undecodable frame: {exc}"[:120])
                     continue
@@ -430,13 +430,17 @@ class Session:
 
     def _on_reply(self, data: dict[str, Any]) -> None:
         kind, command_id = data.get("type"), data.get("id")
+        # Read before the command is taken off the list: an ack that cannot be read leaves
+        # its command waiting, resent by its id on the fresh socket the caller starts
+        # (review SA F1: taken off first, a ``seq`` of ``"x"`` or ``1e400`` left its caller
+        # waiting for good, even after the session closed).
+        seq = _seq_of(data) if kind == "ack" and command_id in self._pending else None
         pending = self._pending.pop(command_id, None) if isinstance(command_id, str) else None
         if pending is not None:
             self._to_write.set()  # room for the next
         if pending is not None and isinstance(command_id, str) and not pending.reply.done():
             if kind == "ack":
-                seq = data.get("seq")
-                pending.reply.set_result(Ack(command_id, None if seq is None else int(seq), data))
+                pending.reply.set_result(Ack(command_id, seq, data))
             else:
                 code, message = str(data.get("code")), str(data.get("message", ""))
                 pending.reply.set_exception(error_for(code, message, command_id=command_id))
@@ -804,6 +808,25 @@ def _presence_state(state: Mapping[str, Any] | None) -> dict[str, Any] | None:
         raise error_for("invalid", f"the presence state is not JSON: {exc}") from None
     copied: dict[str, Any] = json.loads(text)
     return copied
+
+
+# What reading a frame that is not as the protocol says raises: a ``FrameError``, bad JSON
+# (a ``ValueError``), JSON nested past the interpreter's limit (``RecursionError``: review
+# SA F2, one awareness frame closed the session for good), a number past a float's range.
+UNDECODABLE = (ValueError, KeyError, TypeError, OverflowError, RecursionError)
+
+
+def _seq_of(ack: dict[str, Any]) -> int | None:
+    """An ack's ``seq`` (None: it has none); ``ValueError`` when it is no whole number."""
+    seq = ack.get("seq")
+    if seq is None:
+        return None
+    if isinstance(seq, bool) or not isinstance(seq, int | str):
+        raise ValueError(f"an ack's seq is no whole number: {seq!r}"[:80])
+    try:
+        return int(seq)
+    except (ValueError, OverflowError):
+        raise ValueError(f"an ack's seq is no whole number: {seq!r}"[:80]) from None
 
 
 def _stale(item: wire.AwarenessState, clock: int) -> bool:
