@@ -136,7 +136,14 @@ class SessionRoom:
         )
         lost = partial(weak_method(self.fail), retry_after_s=settings.db_retry_after_s)
         document = DocumentWriter(
-            session_id, store, settings, clock, self.sockets.broadcast, lost, self.feed
+            session_id,
+            store,
+            settings,
+            clock,
+            self.sockets.broadcast,
+            lost,
+            self.feed,
+            revoked=self.membership.revoking.add,
         )
         self.context = SessionContext(
             session_id,

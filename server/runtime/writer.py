@@ -98,7 +98,8 @@ class DocumentWriter:
     ``broadcast`` sends a frame to the session's sockets, ``feed`` is told each commit
     (with its events' numbers) for the session's event streams; ``lost`` is called when a
     failed write could not even be undone (the document could not be read again): the
-    room is then given up (``SessionRoom.fail``)."""
+    room is then given up (``SessionRoom.fail``). ``revoked`` is told a client token found
+    revoked as stored at a command's commit, not yet in force here (one server)."""
 
     def __init__(
         self,
@@ -109,8 +110,10 @@ class DocumentWriter:
         broadcast: Callable[[bytes], None],
         lost: Callable[[str], None],
         feed: StreamFeed,
+        revoked: Callable[[str], None] = lambda token_id: None,
     ) -> None:
         self.session_id = session_id
+        self.revoked = revoked
         self.store = store
         self.settings = settings
         self.clock = clock
@@ -317,7 +320,8 @@ class DocumentWriter:
         SQLite the wait for the database has what is left of the lock budget once the
         session's turn came (``_turn_within``). ``member``: a member's command (sent with
         the client token of claims ``token``), judged by the member and token as stored as of its
-        commit (cluster mode: read by the fence)."""
+        commit (cluster mode: read by the fence; one server: a token from an invite link
+        read in the write's transaction, ``revoked`` told of it if revoked)."""
         budgeted = getattr(self.store, "turns_in_budget", False)
         budget = self.settings.db_lock_timeout_s if budgeted else None
         async with self._turn_within(budget) as left:
@@ -332,6 +336,18 @@ class DocumentWriter:
                 async with self.store.transaction(lock_timeout_s=left) as tx:
                     if self.fence is not None:
                         await self.fence.check(tx, member, token)
+                    elif (
+                        token is not None
+                        and token.made_by
+                        and await tx.token_revoked(self.session_id, token.token_id)
+                    ):
+                        # One server: a token from someone's invite link, revoked by a
+                        # commit of its own (a document attached, a token issued, a member
+                        # changed: ``link_tokens``) not yet in force here, is revoked for
+                        # this command (FX37). Other tokens are revoked between the
+                        # session's writes, in force here before the next (``store_change``,
+                        # ``store_revocation``): no statement more for their commands.
+                        self.revoked(token.token_id)
                     write = Write(tx)
                     yield write
                     update = merged(captured)

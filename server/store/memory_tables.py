@@ -133,6 +133,11 @@ class MemoryTx:
             written = self._written[session_id] = stored.copy()
         return written
 
+    async def token_revoked(self, session_id: str, token_id: str) -> bool:
+        stored = self._tables.sessions.get(session_id)
+        token = None if stored is None else stored.tokens.get(token_id)
+        return token is not None and token.revoked
+
     def create(self, row: SessionRow) -> None:
         if row.id in self._tables.sessions or row.id in self._written:
             raise Conflict(f"session {row.id!r} exists")

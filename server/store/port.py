@@ -40,6 +40,14 @@ class SessionTx(Protocol):
     # may still be interrupted: the change is kept).
     committed: bool
 
+    async def token_revoked(self, session_id: str, token_id: str) -> bool:
+        """Whether client token ``token_id`` of the session is revoked as stored as of this
+        transaction's commit: a revocation committed before it is seen, and one not yet
+        committed comes after it (the session's row and the token's are locked to the
+        commit, as a revocation locks them: PostgreSQL; SQLite has one writer at a time).
+        An unknown token: False."""
+        ...
+
     def claim_seq(self, session_id: str, seq: int) -> None:
         """Claim ``seq`` as the session's next sequence number, for an entry written in this
         transaction; ``append_events`` counts it (``SequenceMoved`` if it was not next)."""

@@ -10,7 +10,7 @@ import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -30,7 +30,7 @@ from parley.server.store.rows import (
     replace_usage_rows,
     usage_totals,
 )
-from parley.server.store.tables import doc_snapshots, doc_updates, sessions
+from parley.server.store.tables import client_tokens, doc_snapshots, doc_updates, sessions
 from parley.server.store.update_log import squash
 from parley.server.store.webhooks import Subscriptions
 from parley.session.core import SideThread, ThreadTurn
@@ -179,6 +179,20 @@ class StoreTx:
             self.outboxed += await enqueue(
                 self.connection, wanting, session_id, told, self.subscriptions.cap
             )
+
+    async def token_revoked(self, session_id: str, token_id: str) -> bool:
+        """(``SessionTx.token_revoked``.) One statement: on PostgreSQL it locks the session's
+        row, then the token's, the order every revocation takes them in (``lock_session``,
+        then the token's update), and answers the token as last committed (a locking read
+        waits for a revocation under way and reads the row it leaves)."""
+        found = await self.connection.execute(
+            select(client_tokens.c.revoked_at)
+            .select_from(sessions.join(client_tokens, client_tokens.c.session_id == sessions.c.id))
+            .where(sessions.c.id == session_id, client_tokens.c.id == token_id)
+            .with_for_update(of=[sessions, client_tokens], key_share=True)
+        )
+        row = found.first()
+        return row is not None and row.revoked_at is not None
 
     def claim_seq(self, session_id: str, seq: int) -> None:
         """Claim ``seq``, the session's next sequence number, for an entry written here;

@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
+from parley.server.http import access as access_routes
 from tests.conftest import RunningServer, make_settings, serve_in_process, sqlite_url
 from tests.yclient import YClient
 
@@ -562,3 +563,44 @@ async def test_a_token_from_a_link_dies_once_its_member_may_read_what_its_maker_
     assert (await server.http.get(document, headers=_bearer(frank))).status_code == 200
     assert (await server.http.put(f"{members}/olga", json=denied)).status_code == 200
     assert (await server.http.get(document, headers=_bearer(frank))).status_code == 401
+
+
+async def test_a_command_with_a_links_token_revoked_not_yet_in_force_is_not_stored(
+    server: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """FX37: attaching a document revoked fred's token from olga's link (as in RW-2); held
+    between the revocation's commit and its being in force in the room's memory, a prompt
+    fred sent with it meanwhile was judged by the members in memory and stored after the
+    revocation had committed. It is judged at its commit by the token as stored."""
+    sid = await server.new_session({"olga": "owner", "fred": "editor"})
+    fred = await _taken(server, sid, "olga", "fred")
+    committed, release = asyncio.Event(), asyncio.Event()
+    in_force = access_routes.revocations_in_force
+
+    async def held(state: Any, revoked: Any, but: str = "") -> None:
+        committed.set()
+        await release.wait()
+        await in_force(state, revoked, but)
+
+    monkeypatch.setattr(access_routes, "revocations_in_force", held)
+    attach = asyncio.create_task(
+        server.http.post(
+            f"/api/v1/sessions/{sid}/documents",
+            json={"title": "hr", "text": "salaries", "readers": {"roles": ["editor"]}},
+        )
+    )
+    try:
+        await asyncio.wait_for(committed.wait(), 10)
+        sent = await server.http.post(
+            f"/api/v1/sessions/{sid}/prompts",
+            json={"id": "p1", "text": "what do the editors earn?"},
+            headers=_bearer(fred),
+        )
+    finally:
+        release.set()
+    assert (await attach).status_code == 201
+    assert sent.status_code == 401, sent.text
+    assert sent.json()["error"]["code"] == "unauthenticated"
+    assert "revoked" in sent.json()["error"]["message"]
+    transcript = (await server.http.get(f"/api/v1/sessions/{sid}/transcript")).json()
+    assert transcript["messages"] == [], transcript
