@@ -116,10 +116,14 @@ async def create_document(
         document_id, session_id, body.title, body.text, readers, int(state.clock() * 1000)
     )
     await state.rooms.current_access()  # the roles as committed
-    documents = await _access(state).reader_lists(session_id)
-    refusal = by_readers(state.rooms.roles, {*documents, readers})
+    roles = state.rooms.roles
+    # The reader lists as of the attach's commit (its own among them): read in its
+    # transaction, under the session's lock, as a membership change reads them.
     revoked = await _access(state).add_document(
-        row, state.settings.max_documents_per_session, refusal, caller.actor
+        row,
+        state.settings.max_documents_per_session,
+        lambda lists: by_readers(roles, lists),
+        caller.actor,
     )
     await revocations_in_force(state, revoked)
     await room.writer.audit(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable
 
 from parley.authz.membership import ADMIN, judge_membership_change
-from parley.authz.policy import Decision, Do, Subject, decide
+from parley.authz.policy import Decision, Do, Readers, Subject, decide
 from parley.authz.roles import Capability, Member, check_capabilities
 from parley.authz.tokens import ADMIN_ACTOR, ClientClaims, issue_token
 from parley.server.http.cursor import CURSOR, make_cursor, read_cursor
@@ -34,9 +34,9 @@ from parley.server.http.sessions import SESSION_ERRORS, USER_ID, check_user_id, 
 from parley.server.runtime.room import SessionRoom
 from parley.server.state import AppState
 from parley.server.store.access import AccessStore
-from parley.server.store.link_tokens import Revoked, by_readers
+from parley.server.store.link_tokens import LinkRefusal, Revoked, by_readers
 from parley.server.store.rows import check_room_for
-from parley.server.store.sessions import MemberChange, MemberRow
+from parley.server.store.sessions import Judge, MemberChange, MemberRow
 from parley.session.errors import Conflict, Forbidden, InvalidInput, NotFound
 
 
@@ -169,13 +169,19 @@ async def _change_member(
         present = room.membership.members
         if after is not None and user_id not in present:  # refused early (and under the lock)
             check_room_for(len(present), limit)
-        documents = await AccessStore(state.store).reader_lists(room.session_id)
         roles = state.rooms.roles
 
-        def judge(before: MemberRow | None, actor: MemberRow | None) -> Decision:
-            who = ADMIN if caller.user_id is None else None if actor is None else actor.as_member()
-            previous = None if before is None else before.as_member()
-            return judge_membership_change(who, previous, after, roles, documents)
+        def judged(documents: set[Readers]) -> tuple[Judge, LinkRefusal]:
+            """The change judged by the reader lists as of its commit (read under the
+            session's lock, as a document's attach reads them: FX37)."""
+
+            def judge(before: MemberRow | None, actor: MemberRow | None) -> Decision:
+                by_admin = caller.user_id is None
+                who = ADMIN if by_admin else None if actor is None else actor.as_member()
+                previous = None if before is None else before.as_member()
+                return judge_membership_change(who, previous, after, roles, documents)
+
+            return judge, by_readers(roles, documents)
 
         def store() -> Awaitable[MemberChange]:
             return state.store.change_member(
@@ -183,7 +189,7 @@ async def _change_member(
                 user_id,
                 after,
                 int(state.clock() * 1000),
-                judge,
+                None,
                 caller.user_id,
                 display_name=display_name,
                 # Nobody, the admin key included, gives a member another's name (review:
@@ -191,7 +197,7 @@ async def _change_member(
                 # same).
                 distinct_name=display_name is not None,
                 max_members=limit,  # read again under the session's lock: on every node
-                link_refusal=by_readers(roles, documents),
+                readers=judged,
             )
 
         # Ordered with the session's writes: their commands after it are judged by it.

@@ -113,6 +113,33 @@ async def insert_private(
     )
 
 
+async def read_reader_lists(connection: AsyncConnection, session_id: str) -> set[Readers]:
+    """Every reader list in the session: its documents' and its restricted items' (which
+    outlive a deleted document, and name tool results' readers), and its side-threads'
+    turns' (a webhook tool's readers may be named there alone). In a transaction that
+    locked the session (``lock_session``): as of its commit for the documents, which are
+    attached and members changed under that lock."""
+    lists = {
+        _readers(row)
+        for row in await connection.execute(
+            select(documents.c.id, documents.c.readers).where(documents.c.session_id == session_id)
+        )
+    }
+    restrictions = await connection.execute(
+        select(private_items.c.restriction)
+        .where(private_items.c.session_id == session_id)
+        .distinct()
+    )
+    turns = await connection.execute(
+        select(side_thread_turns.c.restriction)
+        .where(side_thread_turns.c.session_id == session_id)
+        .distinct()
+    )
+    for (restriction,) in [*restrictions, *turns]:
+        lists.update(restriction_from_json(json.loads(restriction)))
+    return lists
+
+
 async def insert_client_token(
     connection: AsyncConnection, claims: ClientClaims, now: int, actor: str = ADMIN_ACTOR
 ) -> Revoked:
@@ -275,13 +302,16 @@ class AccessStore:
         self,
         row: DocumentRow,
         max_per_session: int,
-        link_refusal: LinkRefusal | None = None,
+        link_refusal: Callable[[set[Readers]], LinkRefusal] | None = None,
         actor: str = ADMIN_ACTOR,
     ) -> Revoked:
-        """Attach a document; with ``link_refusal`` (judging with its reader list among the
-        session's), the tokens from members' links it leaves refused are revoked in the
-        same transaction (review RW-2: a maker read, through a member she took over, a
-        document attached later that she may not read); returns them."""
+        """Attach a document; with ``link_refusal`` (given the session's reader lists, its
+        own among them, as read in the attach's transaction), the tokens from members'
+        links it leaves refused are revoked in the same transaction (review RW-2: a maker
+        read, through a member she took over, a document attached later that she may not
+        read); returns them. The lists and the members are read under the session's lock,
+        as a membership change reads them (FX37: a member raised while a document was
+        attached was judged by neither with the other)."""
         # Imported here: ``link_tokens`` writes its audit records with this module's.
         from parley.server.store.link_tokens import revoke_refused
 
@@ -308,8 +338,9 @@ class AccessStore:
                 )
             )
             if link_refusal is not None:
+                lists = await read_reader_lists(tx.connection, row.session_id)
                 revoked = await revoke_refused(
-                    tx.connection, row.session_id, row.created_at, link_refusal, actor
+                    tx.connection, row.session_id, row.created_at, link_refusal(lists), actor
                 )
         self._know_length(row.id, len(row.text))
         return revoked
@@ -352,31 +383,9 @@ class AccessStore:
         return None if row is None else _document(row)
 
     async def reader_lists(self, session_id: str) -> set[Readers]:
-        """Every reader list in the session: its documents' and its restricted items'
-        (which outlive a deleted document, and name tool results' readers), and its
-        side-threads' turns' (a webhook tool's readers may be named there alone)."""
+        """Every reader list in the session (``read_reader_lists``)."""
         async with self.store.read() as connection:
-            lists = {
-                _readers(row)
-                for row in await connection.execute(
-                    select(documents.c.id, documents.c.readers).where(
-                        documents.c.session_id == session_id
-                    )
-                )
-            }
-            restrictions = await connection.execute(
-                select(private_items.c.restriction)
-                .where(private_items.c.session_id == session_id)
-                .distinct()
-            )
-            turns = await connection.execute(
-                select(side_thread_turns.c.restriction)
-                .where(side_thread_turns.c.session_id == session_id)
-                .distinct()
-            )
-            for (restriction,) in [*restrictions, *turns]:
-                lists.update(restriction_from_json(json.loads(restriction)))
-        return lists
+            return await read_reader_lists(connection, session_id)
 
     async def delete_document(self, session_id: str, document_id: str) -> bool:
         async with self.store.transaction() as tx:

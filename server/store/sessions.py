@@ -16,10 +16,10 @@ from collections.abc import Callable
 from sqlalchemy import and_, delete, func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from parley.authz.policy import Decision
+from parley.authz.policy import Decision, Readers
 from parley.authz.roles import Member
 from parley.authz.tokens import ADMIN_ACTOR
-from parley.server.store.access import CHANNEL_SETTINGS, AccessStore
+from parley.server.store.access import CHANNEL_SETTINGS, AccessStore, read_reader_lists
 from parley.server.store.health import StorageHealth
 from parley.server.store.link_tokens import LinkRefusal, Revoked, revoke_known, revoke_refused
 from parley.server.store.reads import SessionReads
@@ -74,13 +74,22 @@ READING_SETTINGS = frozenset({"restricted_replies", "restricted_replies_by"})
 
 __all__ = [
     "EntryRow",
+    "Judge",
     "MemberChange",
     "MemberRow",
+    "ReaderJudgment",
     "SessionRow",
     "Store",
     "StoreTx",
     "StoredDoc",
 ]
+
+
+Judge = Callable[[MemberRow | None, MemberRow | None], Decision]
+"""Whether a membership change may be made, given the member's row before it and its
+actor's (None: none), as stored."""
+ReaderJudgment = Callable[[set[Readers]], tuple[Judge, LinkRefusal]]
+"""A membership change's ``Judge`` and ``LinkRefusal``, given the session's reader lists."""
 
 
 async def _link_tokens(
@@ -246,12 +255,13 @@ class Store(SessionReads, UsageTables):
         user_id: str,
         after: Member | None,
         now: int,
-        judge: Callable[[MemberRow | None, MemberRow | None], Decision],
+        judge: Judge | None,
         actor_id: str | None = None,
         display_name: str | None = None,
         distinct_name: bool = False,
         max_members: int | None = None,
         link_refusal: LinkRefusal | None = None,
+        readers: ReaderJudgment | None = None,
     ) -> MemberChange:
         """Add or change (``after``) or remove (None) a member if ``judge(before, actor)``
         allows it, both rows read in the writing transaction. In that transaction, the
@@ -262,13 +272,20 @@ class Store(SessionReads, UsageTables):
         name shown for them ("" none; None keeps the one they have); ``distinct_name``:
         ``Conflict`` if it is another member's (``check_name_free``); ``max_members``:
         ``Conflict`` for a member added past it. Both are read under the session's lock, so
-        concurrent changes (on any node) cannot pass them together."""
+        concurrent changes (on any node) cannot pass them together. ``readers``: the
+        ``judge`` and ``link_refusal`` made from the session's reader lists as read under
+        that lock too (FX37: read before it, a member raised while a document was attached
+        was judged without it, and a token from a link it reached lived on)."""
         async with self.transaction() as tx:
             connection = tx.connection
             # Counted on the lease row below, once it is known to change what a member may
             # do or read (a new name alone does not: review RQ-1, every rename made the
             # running node judge its streamed text again).
             await lock_session(connection, session_id)
+            if readers is not None:
+                judge, link_refusal = readers(await read_reader_lists(connection, session_id))
+            if judge is None:
+                raise TypeError("change_member: a judge, or reader lists to make one")
             before = await read_member(connection, session_id, user_id)
             # A member added: refused past the cap, or if their user id or name is taken.
             cap = max_members if after is not None and before is None else None

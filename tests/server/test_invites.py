@@ -604,3 +604,46 @@ async def test_a_command_with_a_links_token_revoked_not_yet_in_force_is_not_stor
     assert "revoked" in sent.json()["error"]["message"]
     transcript = (await server.http.get(f"/api/v1/sessions/{sid}/transcript")).json()
     assert transcript["messages"] == [], transcript
+
+
+async def test_a_member_raised_as_a_document_is_attached_kills_the_links_token_it_reaches(
+    server: RunningServer,
+) -> None:
+    """FX37: fred, a viewer, took a token from olga's (owner's) link. The admin raised fred
+    to editor while a document for editors, which olga may not read, was attached: the
+    change judged the link's tokens by the reader lists read before its transaction, the
+    attach by fred as a viewer, so neither revoked the token, and with it fred read what
+    olga may not. Both are judged on the state their transactions see, under the
+    session's lock: the one that commits second revokes it."""
+    sid = await server.new_session({"olga": "owner", "fred": "viewer"})
+    fred = await _taken(server, sid, "olga", "fred")
+    store = server.app.state.parley.store
+    reached, release = asyncio.Event(), asyncio.Event()
+    change_member = store.change_member
+
+    async def held(*args: Any, **kwargs: Any) -> Any:
+        reached.set()
+        await release.wait()
+        return await change_member(*args, **kwargs)
+
+    store.change_member = held
+    try:
+        raised = asyncio.create_task(
+            server.http.put(f"/api/v1/sessions/{sid}/members/fred", json={"role": "editor"})
+        )
+        await asyncio.wait_for(reached.wait(), 10)
+        added = await server.http.post(
+            f"/api/v1/sessions/{sid}/documents",
+            json={"title": "hr", "text": "salaries", "readers": {"roles": ["editor"]}},
+        )
+        assert added.status_code == 201, added.text
+    finally:
+        release.set()
+        del store.change_member
+    assert (await raised).status_code == 200
+    document = f"/api/v1/sessions/{sid}/documents/{added.json()['id']}"
+    olga = await server.token(sid, "olga")
+    assert (await server.http.get(document, headers=_bearer(olga))).status_code == 404
+    refused = await server.http.get(document, headers=_bearer(fred))
+    assert refused.status_code == 401, refused.text
+    assert "revoked" in refused.json()["error"]["message"]
