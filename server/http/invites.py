@@ -18,6 +18,7 @@ from __future__ import annotations
 import secrets
 
 from parley.authz.membership import Traces, judge_invite
+from parley.authz.policy import Readers
 from parley.authz.roles import Capability
 from parley.authz.tokens import ADMIN_ACTOR, ClientClaims, issue_token
 from parley.server.http.members import revocations_in_force, token_out
@@ -155,13 +156,13 @@ async def exchange_invite(state: AppState, body: InviteExchange, client: str) ->
         raise Unauthenticated(NOT_VALID)
     state.exchanges.spend_invite(secret_digest(body.invite), state.clock())
     await state.rooms.current_access()  # the roles as committed
-    documents = await AccessStore(state.store).reader_lists(session_id)
 
     def judge(
         invite: InviteRow,
         makers: tuple[MemberRow | None, MemberRow | None],
         member: MemberRow,
         traces: Traces,
+        documents: set[Readers],
     ) -> str | None:
         """A link hands out its member's access as it is now: judged again, as if its
         maker minted it now (a maker removed or lowered, a member raised past what the

@@ -19,8 +19,9 @@ from sqlalchemy import and_, exists, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from parley.authz.membership import Traces
+from parley.authz.policy import Readers
 from parley.authz.tokens import ClientClaims
-from parley.server.store.access import insert_client_token
+from parley.server.store.access import insert_client_token, read_reader_lists
 from parley.server.store.rows import MemberRow, lock_session, read_member
 from parley.server.store.tables import client_tokens, entries, invites, members, side_threads
 
@@ -197,14 +198,17 @@ class InviteStore:
         now: int,
         mint: Callable[[InviteRow, MemberRow, MemberRow | None], tuple[str, ClientClaims]],
         judge: Callable[
-            [InviteRow, tuple[MemberRow | None, MemberRow | None], MemberRow, Traces], str | None
+            [InviteRow, tuple[MemberRow | None, MemberRow | None], MemberRow, Traces, set[Readers]],
+            str | None,
         ],
     ) -> tuple[InviteRow, MemberRow, str, ClientClaims, Revoked] | Killed | None:
         """Spend one use of the live invite whose secret this is and mint (and record) a
         token for its member, in one transaction; None when there is no such invite or its
         member is no longer the one it was made for. An invite ``judge`` (given the
-        invite, the memberships now of its maker and of the maker it carries, its member's
-        and their traces; ``mint`` the invite, its member and maker) refuses, saying why,
+        invite, the memberships now of its maker and of the maker it carries, its member's,
+        their traces and the session's reader lists, all read under the session's lock, as
+        a document's attach reads them: FX37; ``mint`` the invite, its member and maker)
+        refuses, saying why,
         is revoked in that transaction: ``Killed`` (None to an exchange that raced it).
         Whoever exchanged is told only that the link is not valid (no oracle for
         guessers); the caller audits a ``Killed``, once per invite (review: a dead link
@@ -231,7 +235,8 @@ class InviteStore:
             if invite.made_by:
                 carried = await read_member(connection, invite.session_id, invite.made_by)
             traces = await read_traces(connection, invite.session_id, invite.user_id)
-            refused = judge(invite, (maker, carried), member, traces)
+            documents = await read_reader_lists(connection, invite.session_id)
+            refused = judge(invite, (maker, carried), member, traces, documents)
             if refused is not None:
                 killed = await connection.execute(
                     update(invites)

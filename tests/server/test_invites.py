@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from parley.server.http import access as access_routes
+from parley.server.store.invites import InviteStore
 from tests.conftest import RunningServer, make_settings, serve_in_process, sqlite_url
 from tests.yclient import YClient
 
@@ -647,3 +648,41 @@ async def test_a_member_raised_as_a_document_is_attached_kills_the_links_token_i
     refused = await server.http.get(document, headers=_bearer(fred))
     assert refused.status_code == 401, refused.text
     assert "revoked" in refused.json()["error"]["message"]
+
+
+async def test_a_link_exchanged_as_a_document_is_attached_is_judged_with_it(
+    server: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """FX37: olga (owner) minted a link for fred, a fresh editor. Exchanged while a
+    document for editors, which olga may not read, was attached, the link was judged by
+    the reader lists read before the exchange's transaction, and the attach found no
+    token to revoke yet: the token read what olga may not. The exchange reads the reader
+    lists in its transaction, under the session's lock: the link is dead."""
+    sid = await server.new_session({"olga": "owner", "fred": "editor"})
+    minted = await _mint(server, sid, await server.token(sid, "olga"), user_id="fred")
+    assert minted.status_code == 201, minted.text
+    reached, release = asyncio.Event(), asyncio.Event()
+    redeem = InviteStore.redeem
+
+    async def held(self: InviteStore, *args: Any, **kwargs: Any) -> Any:
+        reached.set()
+        await release.wait()
+        return await redeem(self, *args, **kwargs)
+
+    monkeypatch.setattr(InviteStore, "redeem", held)
+    exchanged = asyncio.create_task(_exchange(server, minted.json()["secret"]))
+    try:
+        await asyncio.wait_for(reached.wait(), 10)
+        added = await server.http.post(
+            f"/api/v1/sessions/{sid}/documents",
+            json={"title": "hr", "text": "salaries", "readers": {"roles": ["editor"]}},
+        )
+        assert added.status_code == 201, added.text
+    finally:
+        release.set()
+    answer = await exchanged
+    if answer.status_code == 200:  # the bug: show what the token reads
+        document = f"/api/v1/sessions/{sid}/documents/{added.json()['id']}"
+        read = await server.http.get(document, headers=_bearer(answer.json()["token"]))
+        assert read.status_code == 401, read.text
+    assert answer.status_code == 401, answer.text
