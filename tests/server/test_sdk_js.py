@@ -20,6 +20,19 @@ from typing import Any, Self
 
 import httpx
 import pytest
+from parley_client.wire import (
+    AWARENESS,
+    COMMAND,
+    STEP2,
+    UPDATE,
+    CommandReply,
+    decode_server_frame,
+    encode_sync,
+    varbytes,
+    varuint,
+)
+from websockets.asyncio.server import serve
+from websockets.exceptions import ConnectionClosed
 
 from tests.conftest import (
     ADMIN_KEY,
@@ -800,3 +813,133 @@ async def test_many_commands_waiting_across_a_restart_are_paced_and_all_acked_in
     assert [e["content"] for e in stored] == ["before the restart", *texts]
     sent = [e for e in alice.history if e.get("event") == "sent"]
     assert [e["id"] for e in sent][1:] == [ack["id"] for ack in acks if ack is not None]
+
+
+# -- a server whose frames cannot be read (review SA F3) ---------------------------------------
+
+
+class Answering:
+    """A fake server of Parley's protocol: it syncs an empty document, answers the first
+    command of its first socket with ``first(command_id)`` (frames) and acks every other
+    command with seq 7. It keeps the ids of the commands each socket brought and the code
+    each socket closed with."""
+
+    def __init__(self, first: Callable[[str], list[bytes]]) -> None:
+        self.first = first
+        self.commands: list[list[str]] = []
+        self.close_codes: list[int | None] = []
+        self.url = ""  # once listening
+
+    async def handler(self, ws: Any) -> None:
+        ids: list[str] = []
+        self.commands.append(ids)
+        try:
+            await ws.send(encode_sync(STEP2, b"\x00\x00"))
+            async for frame in ws:  # ends as the SDK closes it (a ConnectionClosed below)
+                message = decode_server_frame(frame) if isinstance(frame, bytes) else None
+                if not isinstance(message, CommandReply):  # a command: framed as a reply
+                    continue
+                command_id = str(message.data["id"])
+                ids.append(command_id)
+                if len(self.commands) == 1 and len(ids) == 1:
+                    for bad in self.first(command_id):
+                        await ws.send(bad)
+                else:
+                    await ws.send(_command_frame(_ack(command_id, "7")))
+        except ConnectionClosed:
+            pass
+        finally:
+            self.close_codes.append(ws.close_code)
+
+
+@contextlib.asynccontextmanager
+async def answering(first: Callable[[str], list[bytes]]) -> AsyncIterator[Answering]:
+    """An ``Answering`` server listening at its ``url``; its sockets all ended on exit."""
+    fake = Answering(first)
+    async with serve(fake.handler, "127.0.0.1", 0) as server:
+        fake.url = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        yield fake
+
+
+def _command_frame(text: str) -> bytes:
+    return bytes([COMMAND]) + varbytes(text.encode())
+
+
+def _ack(command_id: str, seq: str) -> str:
+    return f'{{"type": "ack", "id": {json.dumps(command_id)}, "seq": {seq}}}'
+
+
+def _awareness(clock: int, state: bytes) -> bytes:
+    update = varuint(1) + varuint(7) + varuint(clock) + varbytes(state)
+    return bytes([AWARENESS]) + varbytes(update)
+
+
+DEEP = ("[" * 100_000 + "]" * 100_000).encode()
+
+# What the first socket answers the first command with, which the SDK cannot read.
+UNREADABLE: dict[str, Callable[[str], list[bytes]]] = {
+    "awareness-not-json": lambda _: [_awareness(1, b"{{{")],
+    # JSON.parse takes it; comparing the state with the one before recurses past the stack
+    "awareness-nested-100000-deep-twice": lambda _: [_awareness(1, DEEP), _awareness(2, DEEP)],
+    "sync-update-garbled": lambda _: [encode_sync(UPDATE, bytes([1, 5, 200, 1, 2]))],
+    "sync-step-2-cut-short": lambda _: [encode_sync(STEP2, bytes([3, 0, 0]))],
+    "sync-type-unknown": lambda _: [bytes([0, 9, 0])],
+    "empty-frame": lambda _: [b""],
+    "command-not-json": lambda _: [_command_frame("{oops")],
+    "ack-seq-a-string": lambda i: [_command_frame(_ack(i, '"seven"'))],
+    "ack-seq-1e400": lambda i: [_command_frame(_ack(i, "1e400"))],
+    "ack-seq-a-fraction": lambda i: [_command_frame(_ack(i, "1.5"))],
+    "ack-seq-true": lambda i: [_command_frame(_ack(i, "true"))],
+    "ack-seq-an-object": lambda i: [_command_frame(_ack(i, '{"n": 1}'))],
+}
+
+
+@pytest.mark.parametrize("case", list(UNREADABLE))
+async def test_a_frame_that_cannot_be_read_starts_the_socket_over_and_the_command_is_resent(
+    sdk_app: Path, case: str
+) -> None:
+    """Review SA F3: an awareness state that is not JSON threw from stock y-protocols out of
+    the socket's message handler, which ends a Node process; a garbled sync update was only
+    logged, and an ack with a ``seq`` of "seven" resolved the prompt with it. Every frame is
+    read under one guard: one that cannot be read closes its socket 1002 and is reported
+    (``invalid``), the SDK connects again, and the command is resent by its id."""
+    async with answering(UNREADABLE[case]) as server:
+        client = await SdkClient.launch(sdk_app, server.url, "s", "t", "ann")
+        try:
+            ack = await client.ack("p", "prompt", "did this arrive?")
+            reported = await client.wait_event(lambda e: e.get("event") == "sdk-error", 30)
+            dump = await client.wait_dump(lambda d: d["state"] == "connected" and d["synced"])
+        finally:
+            await client.close()
+
+    assert ack["seq"] == 7
+    assert reported["error"]["code"] == "invalid", reported
+    assert "cannot be read" in reported["error"]["message"]
+    assert server.commands == [[ack["id"]], [ack["id"]]]  # once to each socket
+    assert server.close_codes[0] == 1002
+    assert dump["unanswered"] == {}
+    assert not [e for e in client.history if e.get("event") == "fatal"]
+    assert sum(e.get("event") == "sdk-error" for e in client.history) == 1
+
+
+async def test_a_reply_nested_deep_settles_its_command_on_the_same_socket(sdk_app: Path) -> None:
+    """JSON nested 100,000 deep in a command's reply is read (V8's parser does not recurse)
+    and settles the command; nothing is thrown and the socket is kept."""
+    deep = DEEP.decode()
+    reply = {"type": "error", "code": "invalid", "message": "deep"}
+
+    def first(command_id: str) -> list[bytes]:
+        text = json.dumps({**reply, "id": command_id})
+        return [_command_frame(text[:-1] + f', "detail": {deep}}}')]
+
+    async with answering(first) as server:
+        client = await SdkClient.launch(sdk_app, server.url, "s", "t", "ann")
+        try:
+            refused = await client.refusal("p", "prompt", "deep?")
+            after = await client.ack("q", "prompt", "and on")
+        finally:
+            await client.close()
+
+    assert (refused["code"], refused["message"]) == ("invalid", "deep")
+    assert after["seq"] == 7 and len(server.commands) == 1
+    assert not [e for e in client.history if e.get("event") in ("fatal", "sdk-error")]

@@ -216,6 +216,9 @@ export class Outbox {
     if (typeof id !== 'string') return false
     const entry = this.pending.get(id)
     if (entry === undefined) return false
+    // Read before the command is taken off: an ack that cannot be read leaves it to be
+    // resent by its id (review SA: a `seq` of "seven" resolved the prompt with it).
+    if (reply['type'] === 'ack') seqOf(reply)
     this.pending.delete(id)
     const settled = this.reconcile(entry.command, reply, entry.sends)
     if (settled['type'] === 'ack') {
@@ -259,6 +262,18 @@ export class Outbox {
   unanswered (): ReadonlyMap<string, number> {
     return new Map([...this.pending].map(([id, entry]) => [id, entry.sends]))
   }
+}
+
+/**
+ * An ack's `seq`: a whole number, or none (null or absent); throws for any other (a string,
+ * a fraction, 1e400 read as Infinity), as the Python SDK does, and the frame is undecodable.
+ */
+export const seqOf = (ack: Record<string, unknown>): number | null => {
+  const seq = ack['seq']
+  if (seq === undefined || seq === null) return null
+  if (typeof seq === 'number' && Number.isSafeInteger(seq)) return seq
+  const shown = typeof seq === 'number' ? String(seq) : JSON.stringify(seq) ?? typeof seq
+  throw new ParleyError('invalid', `an ack's seq is no whole number: ${shown.slice(0, 40)}`)
 }
 
 /** The typed error of an `{"type": "error", …}` reply. */

@@ -1,8 +1,8 @@
 /**
  * `connect()` and the session it returns: a stock `yjs` document synced by a stock
  * `y-websocket` provider, plus Parley's command channel through the provider's own extension
- * point (`provider.messageHandlers[100]`). The SDK never replaces the provider's socket
- * handlers; it only writes its command frames to the open socket.
+ * point (`provider.messageHandlers[100]`). The SDK writes its command frames to the open
+ * socket, and reads every frame the provider reads under one guard (`frames.ts`).
  */
 
 import * as Y from 'yjs'
@@ -20,6 +20,7 @@ import {
   type Reply
 } from './channel.js'
 import { ParleyError, errorForClose } from './errors.js'
+import { MESSAGE_SYNC, checkSyncMessage, frameGuarded } from './frames.js'
 import { presenceFrameBytes } from './presence.js'
 import { FINAL_STATUSES, refusalAware, refusalOf } from './refusal.js'
 import { TranscriptView, peersOf, queueOf } from './views.js'
@@ -158,6 +159,8 @@ export class ParleySession {
     this.view = new TranscriptView(transcript)
     this.maxMessageBytes = options.maxMessageBytes ?? MAX_MESSAGE_BYTES
     this.shownAs = { user: { name: options.name ?? null }, typing: false }
+    // The page's WebSocket unless given one; none (Node without `ws`): the provider's error.
+    const socketClass = (options.WebSocketPolyfill ?? globalThis.WebSocket) as WebSocketClass | undefined
     this.provider = new WebsocketProvider(
       sessionsEndpoint(options.url),
       options.sessionId,
@@ -170,12 +173,20 @@ export class ParleySession {
         // other's presence along, and the server stamps a state with the member of the
         // socket that first sent it (review: bob was shown as alice).
         disableBc: true,
-        ...(options.WebSocketPolyfill === undefined
+        ...(socketClass === undefined
           ? {}
-          : { WebSocketPolyfill: refusalAware(options.WebSocketPolyfill as NonNullable<WebSocketClass>) })
+          : { WebSocketPolyfill: refusalAware(frameGuarded(socketClass, (error) => this.onUndecodable(error))) })
       }
     )
     const provider = this.provider
+    // A sync message that cannot be read throws, as other frames do, and not only logs.
+    const stockSync = provider.messageHandlers[MESSAGE_SYNC]
+    if (stockSync !== undefined) {
+      provider.messageHandlers[MESSAGE_SYNC] = (encoder, decoder, ...rest) => {
+        checkSyncMessage(decoder)
+        stockSync(encoder, decoder, ...rest)
+      }
+    }
     // Commands go out once the socket has synced, so the reply to a resent command comes
     // after the document it may be reconciled with (sync step 2 is answered first).
     this.outbox = new Outbox(
@@ -192,17 +203,9 @@ export class ParleySession {
       options.pacing ?? PACING,
       this.maxMessageBytes
     )
-    provider.messageHandlers[MESSAGE_COMMAND] = (_encoder, decoder) => {
-      let reply: unknown
-      try {
-        reply = readReply(decoder)
-      } catch {
-        // A frame that is not JSON must not throw into the provider's socket handler.
-        this.emit('error', new ParleyError('invalid', 'the server sent a command frame that is not JSON'))
-        return
-      }
-      this.onReply(reply)
-    }
+    // What this throws (a frame that is not JSON, an ack that cannot be read) is caught by
+    // the socket's guard (`frameGuarded`): the socket starts over, the command is resent.
+    provider.messageHandlers[MESSAGE_COMMAND] = (_encoder, decoder) => this.onReply(readReply(decoder))
     provider.on('status', ({ status }) => {
       if (status === 'connected') {
         this._refused = null
@@ -515,6 +518,16 @@ export class ParleySession {
       }, refusal.retryAfter * 1000)
     }
     this.emit('refused', refusal)
+  }
+
+  /**
+   * A frame from the server could not be read: its socket was closed 1002 (`frameGuarded`)
+   * and the provider connects again; the commands it left unanswered are written again.
+   */
+  private onUndecodable (error: unknown): void {
+    const why = error instanceof Error ? error.message : String(error)
+    const message = `the server sent a frame that cannot be read (${why}); connecting again`
+    this.emit('error', new ParleyError('invalid', message.slice(0, 300)))
   }
 
   private onReply (reply: unknown): void {
