@@ -136,8 +136,10 @@ class DocumentWriter:
         # always the committed document, taken from the store's bytes at a load.
         self._encoded = EncodedDocument(self.doc.doc.get_update(), settings.sync_chunk_bytes)
         # The committed document rebuilt for reads while a write is held up (None: none
-        # since the last commit).
+        # since the last commit), and its build under way, which the readers meanwhile
+        # share (``_copy_built``).
         self._copy: SessionDocument | None = None
+        self._copying: asyncio.Future[SessionDocument] | None = None
         # The cuts of the encoded copy's updates held whole, in a thread (``_cut_uncut``).
         self._cuts = ThreadCuts()
         self._stop_observing: Callable[[], object] | None = None
@@ -210,7 +212,7 @@ class DocumentWriter:
         self._since_snapshot = since_snapshot
         self._writes.forget()
         self._encoded = encoded
-        self._copy = None
+        self._forget_copy()
         self._unverified = False
 
     async def apply_replicated(self, snapshot: bytes | None, updates: Sequence[bytes]) -> None:
@@ -526,7 +528,8 @@ class DocumentWriter:
                     return
 
     def stop(self) -> None:
-        """The room is unloaded: no store read back after it."""
+        """The room is unloaded: no store read back after it. (A copy under way for reads
+        is let finish: its readers are answered, in bounded steps.)"""
         if self._verifier is not None:
             self._verifier.cancel()
 
@@ -578,7 +581,7 @@ class DocumentWriter:
         cost linear in the update, never in the document."""
         self._writes.committed(update, self.doc.doc.get_state)
         self._encoded.committed(update)
-        self._copy = None
+        self._forget_copy()
 
     def _snapshot_next(self) -> bool:
         """Whether the next update stored makes the log due to be squashed."""
@@ -614,15 +617,49 @@ class DocumentWriter:
         The live document once the writes under way settle, within ``SETTLE_WAIT_S``;
         past that (the database holds a write up) a copy of the committed document, built
         from the encoded copy and kept until the next commit, so a read never waits out a
-        write's budget. ``Unavailable`` if the room was given up (its live document may
-        hold a change never stored: the next read loads it again)."""
+        write's budget (``_copy_built``: in steps). ``Unavailable`` if the room was given
+        up (its live document may hold a change never stored: the next read loads it
+        again)."""
         if self.lock.locked() and not await self._settles_within(SETTLE_WAIT_S):
             self.require_readable()
-            if self._copy is None:
-                self._copy = SessionDocument(document_of(self._encoded.update()))
-            return self._copy
+            copy = self._copy if self._copy is not None else await self._copy_built()
+            self.require_readable()
+            return copy
         self.require_readable()
         return self.doc
+
+    async def _copy_built(self) -> SessionDocument:
+        """The committed document built from the encoded copy in steps, as a load is
+        (``_in_steps``; at once, a long session held the loop hundreds of ms, which any
+        reader could cause while the store was slow): one build for the readers that come
+        meanwhile, kept (``_copy``) unless a commit came before it was done. A commit
+        during the build leaves the copy as committed when the read began (the read and
+        that commit went together: either answer is one the store held)."""
+        building = self._copying
+        if building is None:
+            building = asyncio.ensure_future(self._committed_copy())
+            building.add_done_callback(self._copy_done)
+            self._copying = building
+        # Shielded: a reader that goes (its request cut off) leaves the others theirs.
+        return await asyncio.shield(building)
+
+    async def _committed_copy(self) -> SessionDocument:
+        return await _in_steps(await self._committed_parts())
+
+    def _copy_done(self, building: asyncio.Future[SessionDocument]) -> None:
+        """Keep the copy built, unless a commit (or another document) came meanwhile."""
+        if building.cancelled():
+            return
+        failed = building.exception()  # retrieved even when no reader is left to
+        if self._copying is building:
+            self._copying = None
+            if failed is None:
+                self._copy = building.result()
+
+    def _forget_copy(self) -> None:
+        """The committed document changed: no copy of it kept, none under way kept."""
+        self._copy = None
+        self._copying = None  # a build under way answers its readers, and is not kept
 
     async def _settles_within(self, wait_s: float) -> bool:
         """Wait up to ``wait_s`` for the writer lock, in turn, and give it back at once:

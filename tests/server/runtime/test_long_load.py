@@ -15,7 +15,7 @@ from pycrdt import Doc
 
 import parley.session.schema as schema
 from parley.server.runtime.room import SessionRoom
-from parley.server.runtime.writer import DocumentWriter
+from parley.server.runtime.writer import DocumentWriter, document_of
 from parley.server.store.group_commit import MembersMoved
 from parley.server.store.memory import MemoryStore
 from parley.session.errors import Unavailable
@@ -25,6 +25,7 @@ from parley.session.schema import SessionDocument
 from tests.server.runtime.harness import (
     SESSION,
     DropsAtCommit,
+    HeldAtCommit,
     ManualClock,
     add_members,
     memory_settings,
@@ -307,3 +308,64 @@ async def test_a_failed_writes_undo_cut_short_leaves_the_committed_document(cut:
         await writer._verifier
     _assert_committed(writer, written)
     assert not writer._unverified
+
+
+async def test_a_read_while_a_write_is_held_up_builds_its_copy_in_steps() -> None:
+    """A REST read that comes while the database holds a write up answers a copy of the
+    committed document: it was built from the encoded copy at once (a long session: a
+    block of hundreds of ms, which any reader, a viewer too, could cause while the store
+    is slow). It is built in steps, as a load is, once for the readers that come while it
+    is built, and is the committed document, as the build at once made it."""
+    store = HeldAtCommit()
+    written = await _stored_session(store)
+    writer = await _loaded_writer(store)
+    store.hold_next = True
+    held = asyncio.ensure_future(_failed_write(writer))
+    await store.holding.wait()
+    at_once = SessionDocument(document_of(writer._encoded.update()))
+    reads: list[SessionDocument] = []
+
+    async def read() -> None:
+        reads.append(await writer.committed_document())
+
+    turns = await _applies_in(asyncio.gather(read(), read()))
+    await read()  # kept until the next commit: not built again
+    store.release.set()
+    await held
+    assert turns.turns("apply") >= 10 and turns.most("apply") <= 2
+    assert reads[0] is reads[1] is reads[2]
+    assert reads[0].doc.get_update() == at_once.doc.get_update()
+    assert reads[0].entries() == at_once.entries() == written.entries()
+    assert not reads[0].has_entry("late")  # the write held up: not stored
+
+
+async def test_a_copy_built_as_a_commit_comes_answers_its_reader_and_is_not_kept() -> None:
+    """A commit while the copy for reads is built: its reader is answered the document as
+    committed when the read began (the two went together), and the copy is not kept: the
+    next read held up answers the commit too."""
+    store = MemoryStore()
+    await _stored_session(store)
+    writer = await _loaded_writer(store)
+    later = SessionDocument(document_of(writer._encoded.update()))
+    before = later.doc.get_state()
+    later.add_message(id="new", seq=ENTRIES + 1, author="alice", text="stored", created_at=0)
+    update = later.doc.get_update(before)
+    applied = 0
+    apply_update = Doc.apply_update
+
+    def committed_at_the_third(doc: Doc, part: bytes) -> None:
+        nonlocal applied
+        applied += 1
+        if applied == 3:
+            writer._committed(update)  # as a write's commit does
+        apply_update(doc, part)
+
+    async with writer.lock:  # a write under way, held up
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(Doc, "apply_update", committed_at_the_third)
+            first = await writer.committed_document()
+        assert applied > 3 and writer._copy is None
+        second = await writer.committed_document()
+    assert not first.has_entry("new")
+    assert second.has_entry("new") and second.entry("new").content == "stored"
+    assert second.doc.get_update() == later.doc.get_update()
