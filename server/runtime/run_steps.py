@@ -151,6 +151,7 @@ class RunSteps:
         this moment, signed by ``reply_author``; None if none may start (nothing waits, or
         the prompts of authors who may no longer prompt failed: ask again)."""
         room = self.room
+        await self._fold_planned()
         event = RunStart(room.now_ms(), uuid.uuid4().hex, reply_author)
         scope: RunScope | None = None
         limits: Quotas | None = None
@@ -196,6 +197,20 @@ class RunSteps:
             used = await write.tx.tokens_used(room.session_id, day_of(room.clock()))
             return replace(event, quotas=limits, used_by=used), limits
         return event, limits
+
+    async def _fold_planned(self) -> None:
+        """Fold ahead, in steps, what the measure of a coalesced run's prompts together
+        reads (``_with_fit``), before its start takes the writer: issuers who read what
+        not every member may are built in a fold of their own, which nothing folded
+        before, and that build folded the whole history in one call, under the writer."""
+        planned = self.room.writer.view().queue.next()
+        if planned is None or len(planned.prompts) < 2:
+            return  # a run of one prompt is measured by its own build (the runner's)
+        try:
+            scope = self.scope_for([p.author for p in planned.prompts])
+        except Forbidden:  # refused at the start, unmeasured
+            return
+        await self.room.context.fold_ahead(tuple(p.id for p in planned.prompts), scope)
 
     def _with_fit(self, event: RunStart, view: SessionView) -> RunStart:
         """``event`` with how the prompts planned fit the window together when the run

@@ -133,16 +133,19 @@ class SessionWriter:
         if effects.finish or effects.thread_settle:
             # The process died mid-reply: never re-run it (twice), mark it; its model call
             # counts, once (stored with the marking).
-            usage = self._cut_off_usage(effects, recovered.now_ms)
+            usage = await self._cut_off_usage(effects, recovered.now_ms)
             await self.step(recovered, recovered.now_ms, usage=usage)
 
-    def _cut_off_usage(self, effects: Effects, now_ms: int) -> list[UsageRow]:
+    async def _cut_off_usage(self, effects: Effects, now_ms: int) -> list[UsageRow]:
         """What the runs a crash cut off after they began to stream are taken to have used,
         their node having stored nothing of it (review: a call cut off by SIGKILL was never
         counted against the quotas): the request in, as their context is built again now
         (what every member may read, without the tools' definitions; a run's earlier tool
         steps are not in it), and what they streamed out, as stored. Estimated rows: the
-        count the node that ran them stored, should it have, comes first."""
+        count the node that ran them stored, should it have, comes first. Each build's
+        history is folded ahead in steps: this comes before the load folds it
+        (``SessionContext.warm``), and built at once it was folded in one call (20,000-
+        60,000 entries: a long block of every session of the node)."""
         view = self.view()
         rows: list[UsageRow] = []
         for finish in effects.finish:
@@ -153,6 +156,7 @@ class SessionWriter:
                 text = view.doc.entry(reply_id).content if kept is None else kept.text
                 if not text:
                     continue  # cut off before its first token: not counted
+                await self.context.fold_ahead(prompt_ids)
                 built = self.context.build(prompt_ids)
                 used = Usage(built.tokens, count_tokens(text))
                 issuers = [view.doc.entry(p).author for p in prompt_ids]

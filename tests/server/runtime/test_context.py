@@ -5,20 +5,33 @@ routes of pins, facts and the context preview: ``tests/server/test_context_api.p
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
+from collections import Counter
+from collections.abc import Awaitable
+from dataclasses import replace
+from typing import Any, TypeVar
 
 import pytest
 
+import parley.server.runtime.context as context_module
+from parley.authz.policy import Readers
 from parley.authz.roles import Member
-from parley.server.runtime.context import MAX_KEPT_ANSWERS, KeptPreview
+from parley.server.runtime.context import MAX_KEPT_ANSWERS, KeptPreview, SessionContext
 from parley.server.store.memory import MemoryStore
-from parley.session.commands import FactCommand, PinCommand
-from parley.session.context import build_context
+from parley.session.commands import CancelCommand, FactCommand, PinCommand
+from parley.session.context import BuiltContext, ContextBuilder, build_context
+from parley.session.fold import HistoryFold
+from parley.session.lifecycle import PromptStatus
+from parley.session.queue import Policy
 from parley.session.shape import TextShape, shape_of
 from parley.session.tokens import count_tokens
-from tests.fake_model import Answer, Drop, FakeModel, Sent, Status
-from tests.server.runtime.harness import memory_session
+from tests.fake_model import Answer, Drop, FakeModel, Forever, Sent, Status
+from tests.server.runtime.harness import SESSION, MemorySession, memory_session
+from tests.server.runtime.test_scope_runs import SECRET, VAULT, script
 from tests.server.test_context_api import first_call_waits
+
+T = TypeVar("T")
 
 
 async def test_pins_and_facts_reach_every_input() -> None:
@@ -321,3 +334,189 @@ def test_a_kept_preview_keeps_a_bounded_number_of_encoded_answers() -> None:
     for n in range(MAX_KEPT_ANSWERS + 5):
         kept.keep(f"member{n}", b"x" * 100)
     assert list(kept.answers) == [f"member{n}" for n in range(5, MAX_KEPT_ANSWERS + 5)]
+
+
+class FoldSteps:
+    """The entries each fold folds in each turn of the loop (``HistoryFold._step``), and
+    every build of a run's scope beside one from nothing (a new builder, as after a
+    restart), while a ticker task takes the turns it gets (``during``)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, step: int) -> None:
+        self.turn = 0
+        self.steps: Counter[tuple[int, int]] = Counter()  # (id of the fold, turn) -> entries
+        self.builds: list[tuple[BuiltContext, BuiltContext]] = []
+        fold_step, build = HistoryFold._step, SessionContext.build
+
+        def counted(fold: HistoryFold, *args: Any) -> Any:
+            self.steps[(id(fold), self.turn)] += 1
+            return fold_step(fold, *args)
+
+        def beside_cold(context: SessionContext, *args: Any, **named: Any) -> BuiltContext:
+            built = build(context, *args, **named)
+            kept = context._builder
+            context._builder = ContextBuilder(kept.settings)
+            try:
+                self.builds.append((built, build(context, *args, **named)))
+            finally:
+                context._builder = kept
+            return built
+
+        monkeypatch.setattr(context_module, "FOLD_STEP", step)
+        monkeypatch.setattr(HistoryFold, "_step", counted)
+        monkeypatch.setattr(SessionContext, "build", beside_cold)
+
+    def of(self, fold: HistoryFold) -> list[int]:
+        """The entries ``fold`` folded in each turn it folded in."""
+        return [n for (folded, _), n in self.steps.items() if folded == id(fold)]
+
+    async def during(self, work: Awaitable[T]) -> T:
+        running = True
+
+        async def tick() -> None:
+            while running:
+                self.turn += 1
+                await asyncio.sleep(0)
+
+        ticking = asyncio.create_task(tick())
+        try:
+            return await work
+        finally:
+            running = False
+            await ticking
+
+
+async def test_a_run_in_a_scope_of_its_own_folds_its_history_ahead_in_steps(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A run whose issuer may read what not every member may (here: his own restricted
+    reply) is built in a fold of its own, which nothing folded before: its build folded
+    the whole history in one call (20,000-60,000 entries: a long block of every session of
+    the node). The runner folds it ahead, ``FOLD_STEP`` entries a turn, and the run is
+    given what a build from nothing gives."""
+    model = FakeModel(script)
+    async with memory_session({"alice": "editor", "bob": "editor"}, model) as s:
+        await s.store.access.add_document(VAULT)
+        first = await s.prompt("bob", "what is the vault code?")
+        await s.settled(first["prompt_id"])
+        for i in range(120):
+            await s.message("alice", f"note {i % 40} on the launch plan")
+        counted = FoldSteps(monkeypatch, step=8)
+
+        async def asked() -> str:
+            again = await s.prompt("bob", "and the plan?")
+            await s.settled(again["prompt_id"])
+            return str(again["prompt_id"])
+
+        prompt_id = await counted.during(asked())
+        assert s.status(prompt_id) is PromptStatus.DONE
+        folds = s.room.context._builder._folds
+        [own] = [kept.fold for key, kept in folds.items() if key.startswith("readable:")]
+        per_turn = counted.of(own)
+        assert sum(per_turn) >= 120 and max(per_turn) <= 8
+        scoped = [pair for pair in counted.builds if pair[0].request.answering]
+        assert scoped and all(built == cold for built, cold in scoped)
+        assert SECRET in model.requests[-1].everything()  # his own reply, in full
+
+
+async def test_a_run_cancelled_while_its_history_is_folded_ahead_folds_no_further(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Cancelled while its fold of its own is folded ahead, a run stops there: what is left
+    is not folded (by its build, at once), nor the model called; it ends cancelled."""
+    model = FakeModel(script)
+    async with memory_session({"alice": "editor", "bob": "editor"}, model) as s:
+        await s.store.access.add_document(VAULT)
+        first = await s.prompt("bob", "what is the vault code?")
+        await s.settled(first["prompt_id"])
+        for i in range(120):
+            await s.message("alice", f"note {i % 40} on the launch plan")
+        counted = FoldSteps(monkeypatch, step=1)
+        calls = len(model.requests)
+        folding = asyncio.Event()
+        fold_ahead = SessionContext.fold_ahead
+
+        async def started(context: SessionContext, *args: Any, **named: Any) -> int:
+            folding.set()
+            return await fold_ahead(context, *args, **named)
+
+        monkeypatch.setattr(SessionContext, "fold_ahead", started)
+
+        async def cancelled() -> str:
+            again = await s.prompt("bob", "and the plan?")
+            await folding.wait()
+            assert (await s.send("bob", CancelCommand("c", again["prompt_id"])))["type"] == "ack"
+            await s.settled(again["prompt_id"])
+            return str(again["prompt_id"])
+
+        prompt_id = await counted.during(cancelled())
+        assert s.status(prompt_id) is PromptStatus.CANCELLED
+        assert len(model.requests) == calls
+        folds = s.room.context._builder._folds
+        [own] = [kept.fold for key, kept in folds.items() if key.startswith("readable:")]
+        assert 0 < sum(counted.of(own)) < 120 and max(counted.of(own)) == 1
+
+
+async def test_a_run_cut_off_by_a_crash_is_counted_from_a_history_folded_in_steps(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A run a crash cut off is counted against the quotas as the session loads, by its
+    context built again: before the load folds the history (``SessionContext.warm``), so
+    that build folded the whole history in one call (20,000-60,000 entries: a long block
+    of every session of the node). It is folded ahead in steps, and the build is the one
+    a build from nothing makes."""
+    store = MemoryStore()
+    model = FakeModel(lambda sent: ["half an answer ", Forever()])
+    async with memory_session({"alice": "editor"}, model, store=store) as s:
+        for i in range(120):
+            await s.message("alice", f"note {i % 40} on the launch plan")
+        asked = await s.prompt("alice", "tell me")
+        await s.until(MemorySession.streaming)
+    counted = FoldSteps(monkeypatch, step=8)
+    async with contextlib.AsyncExitStack() as stack:
+        loading = stack.enter_async_context(memory_session({"alice": "editor"}, store=store))
+        s = await counted.during(loading)
+        assert s.status(asked["prompt_id"]) is PromptStatus.FAILED
+        [(built, cold)] = counted.builds  # the cut-off run's, as the load counts it
+        assert built == cold and built.request.answering
+        [used] = s.store._read(SESSION).usage  # estimated, its input as built
+        assert used.estimated and used.input_tokens == built.tokens
+        per_turn = counted.of(s.room.context._builder._folds["members"].fold)
+        assert sum(per_turn) >= 120 and max(per_turn) <= 8
+
+
+async def test_a_coalesced_runs_fit_is_judged_in_a_fold_folded_ahead_in_steps(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A coalesced run's start judges how its prompts fit together by a build in their
+    issuers' scope, under the session's writer (``RunSteps._with_fit``): issuers who read
+    what not every member may are built in a fold of their own, which nothing folded
+    before, so that build folded the whole history in one call. The run's start folds it
+    ahead in steps first; the fit and the run are what builds from nothing give."""
+    model = FakeModel(script)
+    model.gate = asyncio.Event()
+    members: dict[str, str | Member] = {
+        "olga": "owner", "alice": "editor", "bob": "editor", "carol": "viewer"
+    }  # fmt: skip
+    both = replace(VAULT, readers=Readers("d1", frozenset({"alice", "bob"})))
+    async with memory_session(members, model, policy=Policy.COALESCE) as s:
+        await s.store.access.add_document(both)
+        first = await s.prompt("bob", "what is the vault code?")
+        await s.settled(first["prompt_id"])
+        for i in range(120):
+            await s.message("olga", f"note {i % 40} on the launch plan")
+        held = await s.prompt("olga", "[wait] hold on")
+        await s.until(lambda s: s.status(held["prompt_id"]) is PromptStatus.RUNNING)
+        acks = [await s.prompt("bob", "and the plan?"), await s.prompt("alice", "and you?")]
+        counted = FoldSteps(monkeypatch, step=8)
+        model.gate.set()
+        await counted.during(s.settled(held["prompt_id"], *(a["prompt_id"] for a in acks)))
+        together = [r for r in model.requests if set(r.issuers) == {"bob", "alice"}]
+        assert len(together) == 1 and SECRET in together[0].everything()
+        # Their fold: of what alice and bob may read, bob's restricted reply among it.
+        reply_id = s.room.doc.entry(first["prompt_id"]).reply_id
+        folds = s.room.context._builder._folds
+        [own] = [kept.fold for key, kept in folds.items() if f"{reply_id}" in key]
+        per_turn = counted.of(own)
+        assert sum(per_turn) >= 120 and max(per_turn) <= 8
+        scoped = [pair for pair in counted.builds if len(pair[0].request.answering) == 2]
+        assert len(scoped) >= 2 and all(built == cold for built, cold in scoped)
