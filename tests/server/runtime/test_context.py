@@ -385,6 +385,23 @@ class FoldSteps:
             await ticking
 
 
+async def bobs_reply_then_a_long_history(s: MemorySession) -> None:
+    """Bob's reply drawn from a document he alone may read (kept server-side for him),
+    then 120 messages: his next run reads in a scope of its own."""
+    await s.store.access.add_document(VAULT)
+    first = await s.prompt("bob", "what is the vault code?")
+    await s.settled(first["prompt_id"])
+    for i in range(120):
+        await s.message("alice", f"note {i % 40} on the launch plan")
+
+
+def bobs_fold(s: MemorySession) -> HistoryFold:
+    """The fold of what bob alone reads (his restricted reply with the rest)."""
+    folds = s.room.context._builder._folds
+    [own] = [kept.fold for key, kept in folds.items() if key.startswith("readable:")]
+    return own
+
+
 async def test_a_run_in_a_scope_of_its_own_folds_its_history_ahead_in_steps(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -395,11 +412,7 @@ async def test_a_run_in_a_scope_of_its_own_folds_its_history_ahead_in_steps(
     given what a build from nothing gives."""
     model = FakeModel(script)
     async with memory_session({"alice": "editor", "bob": "editor"}, model) as s:
-        await s.store.access.add_document(VAULT)
-        first = await s.prompt("bob", "what is the vault code?")
-        await s.settled(first["prompt_id"])
-        for i in range(120):
-            await s.message("alice", f"note {i % 40} on the launch plan")
+        await bobs_reply_then_a_long_history(s)
         counted = FoldSteps(monkeypatch, step=8)
 
         async def asked() -> str:
@@ -409,8 +422,7 @@ async def test_a_run_in_a_scope_of_its_own_folds_its_history_ahead_in_steps(
 
         prompt_id = await counted.during(asked())
         assert s.status(prompt_id) is PromptStatus.DONE
-        folds = s.room.context._builder._folds
-        [own] = [kept.fold for key, kept in folds.items() if key.startswith("readable:")]
+        own = bobs_fold(s)
         per_turn = counted.of(own)
         assert sum(per_turn) >= 120 and max(per_turn) <= 8
         scoped = [pair for pair in counted.builds if pair[0].request.answering]
@@ -425,11 +437,7 @@ async def test_a_run_cancelled_while_its_history_is_folded_ahead_folds_no_furthe
     is not folded (by its build, at once), nor the model called; it ends cancelled."""
     model = FakeModel(script)
     async with memory_session({"alice": "editor", "bob": "editor"}, model) as s:
-        await s.store.access.add_document(VAULT)
-        first = await s.prompt("bob", "what is the vault code?")
-        await s.settled(first["prompt_id"])
-        for i in range(120):
-            await s.message("alice", f"note {i % 40} on the launch plan")
+        await bobs_reply_then_a_long_history(s)
         counted = FoldSteps(monkeypatch, step=1)
         calls = len(model.requests)
         folding = asyncio.Event()
@@ -451,8 +459,7 @@ async def test_a_run_cancelled_while_its_history_is_folded_ahead_folds_no_furthe
         prompt_id = await counted.during(cancelled())
         assert s.status(prompt_id) is PromptStatus.CANCELLED
         assert len(model.requests) == calls
-        folds = s.room.context._builder._folds
-        [own] = [kept.fold for key, kept in folds.items() if key.startswith("readable:")]
+        own = bobs_fold(s)
         assert 0 < sum(counted.of(own)) < 120 and max(counted.of(own)) == 1
 
 
