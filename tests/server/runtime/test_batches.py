@@ -94,7 +94,9 @@ async def test_a_model_the_writer_keeps_up_with_is_sent_each_token_as_it_comes()
 
 
 async def test_a_slow_model_is_sent_each_token_as_it_comes() -> None:
-    provider = Paced(tokens=20, gap_s=0.05)
+    # Each token after the one before is in the document (a loaded machine that stalls the
+    # writer past the model's gap would batch two), then 50 ms: slower than the interval.
+    provider = Paced(tokens=20, gap_s=0.05, appended=asyncio.Semaphore(0))
     sent = await reply_batches(provider, interval_ms=20)
     assert len(sent) == 20
     # Not held back for a batch: each token went out before the model gave the next.
