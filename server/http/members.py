@@ -313,12 +313,17 @@ async def revoke_token(state: AppState, session_id: str, jti: str) -> None:
     room = await state.rooms.get(session_id)
     now_ms = int(state.clock() * 1000)
     # Ordered with the session's writes: a command sent with it after it is refused.
-    token = await room.store_revocation(
+    revocation = await room.store_revocation(
         lambda: AccessStore(state.store).revoke_token(session_id, jti, now_ms)
     )
-    if token is None:
+    if revocation is None:
         raise NotFound(f"no unexpired token {jti!r} in this session")
+    token = revocation.token
     await room.membership.revoke_token(token)
+    if not revocation.first:
+        # Revoked already: the same 204, and no change (the first call put it in force
+        # everywhere and audited it; review FX36: a repeat wrote a second record).
+        return
     # In force where the session runs before this returns (review: revoked through a
     # node that follows it, the token still stored a message on the running node).
     await state.rooms.settings_changed(room)

@@ -38,7 +38,7 @@ from parley.server.runtime.sockets import SessionSockets, private_frame
 from parley.server.runtime.stream_feed import StreamFeed
 from parley.server.runtime.writer import DocumentWriter
 from parley.server.settings import Settings
-from parley.server.store.access_rows import TokenRow, ToolRow
+from parley.server.store.access_rows import Revocation, ToolRow
 from parley.server.store.port import SessionStore
 from parley.server.store.rows import SessionRow
 from parley.server.store.sessions import MemberChange
@@ -317,8 +317,8 @@ class SessionRoom:
         return await self._between_writes(store, held)
 
     async def store_revocation(
-        self, store: Callable[[], Awaitable[TokenRow | None]]
-    ) -> TokenRow | None:
+        self, store: Callable[[], Awaitable[Revocation | None]]
+    ) -> Revocation | None:
         """Store a client token's revocation (``store``, ``AccessStore.revoke_token``; None:
         no such token) between the session's writes, and hold it revoked from its commit
         until it is in force here (``Membership.revoking``; ``Membership.revoke_token``):
@@ -326,9 +326,9 @@ class SessionRoom:
         is refused ``unauthenticated`` (review of RG-2: a command let in before the
         revocation was stored after its 204)."""
 
-        def held(token: TokenRow | None) -> None:
-            if token is not None:
-                self.membership.revoking.add(token.id)
+        def held(revocation: Revocation | None) -> None:
+            if revocation is not None:
+                self.membership.revoking.add(revocation.token.id)
 
         return await self._between_writes(store, held)
 

@@ -24,6 +24,7 @@ from parley.server.store.access_rows import (
     AuditRow,
     DocumentRow,
     PrivateItem,
+    Revocation,
     TokenRow,
     ToolRow,
     cut_page,
@@ -262,9 +263,9 @@ class AccessStore:
             revoked = await insert_client_token(connection, claims, now)
         return member, token, claims, revoked
 
-    async def revoke_token(self, session_id: str, token_id: str, now_ms: int) -> TokenRow | None:
+    async def revoke_token(self, session_id: str, token_id: str, now_ms: int) -> Revocation | None:
         """Mark a token of the session revoked at ``now_ms`` (a token revoked again keeps
-        its first time); None if there is no such unexpired token."""
+        its first time, and ``first`` is False); None if there is no such unexpired token."""
         where = and_(
             client_tokens.c.session_id == session_id,
             client_tokens.c.id == token_id,
@@ -289,7 +290,8 @@ class AccessStore:
                 await count_members_change(tx.connection, session_id)
                 if self.store.engine.dialect.name == "postgresql":
                     tx.notify(CHANNEL_SETTINGS, session_id)  # (as ``Store.change_member`` does)
-        return TokenRow(row.id, row.user_id, row.expires_at, revoked=True, revoked_at=revoked_at)
+        token = TokenRow(row.id, row.user_id, row.expires_at, revoked=True, revoked_at=revoked_at)
+        return Revocation(token, first=row.revoked_at is None)
 
     async def revoked_tokens(self, session_id: str, now: int) -> dict[str, TokenRow]:
         """The session's revoked tokens that have not expired yet, by id."""

@@ -62,6 +62,16 @@ class TokenRow:
 
 
 @dataclass(frozen=True, slots=True)
+class Revocation:
+    """A client token's revocation as stored (``AccessStore.revoke_token``): the token, and
+    whether this call revoked it (``first``; False: it was revoked already and nothing
+    changed, so nothing is audited or put in force again)."""
+
+    token: TokenRow
+    first: bool
+
+
+@dataclass(frozen=True, slots=True)
 class AuditRow:
     id: int
     at: int

@@ -151,11 +151,12 @@ async def test_a_change_of_members_or_tokens_is_counted_and_the_fence_reads_it(
     assert issued is not None
     jti = issued[2].token_id
     first = await access.revoke_token("s1", jti, 2_000)
-    assert first is not None and first.revoked_at == 2_000
+    assert first is not None and first.token.revoked_at == 2_000 and first.first
     async with store.transaction() as tx:
         assert await a.fence(tx.connection, lease) == before + 2
     again = await access.revoke_token("s1", jti, 2_500)
-    assert again is not None and again.revoked_at == 2_000  # revoked already: its first time
+    assert again is not None and again.token.revoked_at == 2_000  # revoked already: its first
+    assert not again.first  # time, and no change (review FX36: the repeat was audited again)
     async with store.transaction() as tx:
         assert await a.fence(tx.connection, lease) == before + 2
     # A new name alone changes nothing a member may do or read: not counted (review RQ-1:
