@@ -498,17 +498,12 @@ def route(op: Operation) -> Route:
         try:
             kwargs: dict[str, Any] = dict(request.path_params)
             caller = authenticate(request, state) if op.auth else ADMIN
-            check_path(op, kwargs)
-            if not op.probe:
-                check_query_names(op, request)
-            for param in op.query:
-                kwargs[param.name] = _query_int(request, param)
-            for text in op.query_str:
-                kwargs[text.name] = _query_str(request, text)
             # A socket's order (docs/websocket.md: the order of checks): the member let in,
-            # then the body's size and form, then their rights (review: a viewer's
-            # over-long fact was ``forbidden`` here and ``too_large`` on a socket).
+            # then the path, query and body's size and form, then their rights (review: a
+            # viewer's over-long fact was ``forbidden`` here and ``too_large`` on a socket;
+            # FX36: a stranger's typo'd query was named, ``invalid``, before ``forbidden``).
             room = await admit(op, caller, state, kwargs.get("session_id"))
+            check_form(op, request, kwargs)
             if op.with_caller:
                 kwargs["caller"] = caller
             if op.with_client:
@@ -605,6 +600,20 @@ def query_value(request: Request, name: str) -> str | None:
     if len(given) > 1:
         raise InvalidInput(f"{name[:40]}: given {len(given)} times; give it once")
     return given[0] if given else None
+
+
+def check_form(op: Operation, request: Request, kwargs: dict[str, Any]) -> None:
+    """Judge ``op``'s path parameters (in ``kwargs``) and query, once its caller is let in
+    (``admit``), and put the query's values in ``kwargs``."""
+    check_path(op, kwargs)
+    if not op.probe:
+        check_query_names(op, request)
+    for param in op.query:
+        kwargs[param.name] = _query_int(request, param)
+    for text in op.query_str:
+        kwargs[text.name] = _query_str(request, text)
+    if op.streams:  # taken by the stream (``sse.open_stream``), once, as every parameter
+        query_value(request, LAST_EVENT_ID)
 
 
 def check_query_names(op: Operation, request: Request) -> None:

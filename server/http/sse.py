@@ -43,11 +43,12 @@ from parley.server.http.rest import (
     LAST_EVENT_ID,
     Caller,
     Operation,
+    admit,
     authenticate,
-    authorize,
     check_path,
     check_query_names,
     error_response,
+    judge,
     query_value,
 )
 from parley.server.http.sse_cursor import MAX_EVENT_ID_CHARS, REPLY_ENDS, Cursor, start_at
@@ -353,7 +354,7 @@ async def _disconnected(receive: Receive) -> None:
 
 
 async def _stream_only(state: AppState, session_id: str) -> None:
-    raise InvalidInput("send 'Accept: text/event-stream'")  # never routed: for ``authorize``
+    raise InvalidInput("send 'Accept: text/event-stream'")  # never routed: for ``admit``, ``judge``
 
 
 # What a member needs to read the stream (the JSON pages stay the admin's).
@@ -366,16 +367,23 @@ STREAM = Operation(
 )
 
 
-async def open_stream(request: Request) -> Response:
+async def open_stream(request: Request, op: Operation) -> Response:
+    """The events of ``op``'s route (the JSON pages' operation: the query it takes) as a
+    stream, judged in every route's order (``rest.route``): the member let in, then the
+    path, query and ``Last-Event-ID``'s form, then their rights."""
     state: AppState = request.app.state.parley
     try:
         caller = authenticate(request, state)
-        check_path(STREAM, request.path_params)
         session_id = str(request.path_params["session_id"])
+        room = await admit(STREAM, caller, state, session_id)
+        check_path(STREAM, request.path_params)
+        refused = _query_refusal(op, request)
+        if refused is not None:
+            raise refused
         last_id = request.headers.get("last-event-id") or request.query_params.get(LAST_EVENT_ID)
         if last_id is not None and len(last_id) > MAX_EVENT_ID_CHARS:
             raise BadEventId("Last-Event-ID: too long")
-        await authorize(STREAM, caller, state, session_id)
+        await judge(STREAM, caller, state, room)
         if state.draining:
             raise Unavailable("the server is shutting down")
         room = await state.rooms.get(session_id)
@@ -432,14 +440,9 @@ def with_stream(json_route: Route, op: Operation) -> Route:
             )
             state.metrics.errors.labels(code=refusal.code.value).inc()
             return error_response(refusal)
-        refused = _query_refusal(op, request)
-        if refused is not None:  # on both paths: ``last_event_id`` twice resumed after either
-            state = request.app.state.parley
-            state.metrics.errors.labels(code=refused.code.value).inc()
-            return error_response(refused)
         # Not for HEAD: headers alone, with nothing to stream after them.
         if request.method == "GET" and media == EVENT_STREAM:
-            return await open_stream(request)
+            return await open_stream(request, op)
         response: Response = await json_endpoint(request)
         return response
 
@@ -448,8 +451,9 @@ def with_stream(json_route: Route, op: Operation) -> Route:
 
 def _query_refusal(op: Operation, request: Request) -> InvalidInput | None:
     """A query parameter ``op`` does not take, or one given more than once, refused as
-    every route refuses it (review: the stream took the last ``last_event_id`` of two, and
-    so resumed where the caller may not have meant; RY-8: it ignored a typo'd one)."""
+    every route refuses it (``rest.check_form``; review: the stream took the last
+    ``last_event_id`` of two, and so resumed where the caller may not have meant; RY-8: it
+    ignored a typo'd one)."""
     try:
         check_query_names(op, request)
         for name in request.query_params:

@@ -422,3 +422,47 @@ async def test_an_unknown_query_parameter_is_refused_on_every_route(
         "GET", f"/api/v1/sessions/{sid}/events?last_event_id=0", headers=stream
     ) as resumed:
         assert resumed.status_code == 200
+
+
+async def test_a_strangers_token_is_refused_before_its_query_is_judged(
+    sqlite_server: RunningServer,
+) -> None:
+    """Review FX36: a member's token on another session's route with a typo'd query
+    parameter was ``422 invalid`` (the unknown-query refusal ran before authorization), so
+    a stranger learnt what the route takes. Who may touch the session is judged first, on
+    every route the document lists, the event stream too: ``403 forbidden``, as without
+    the typo."""
+    server = sqlite_server
+    own = await server.new_session({"bob": "owner"})
+    other = await server.new_session({"carol": "owner"})
+    token = await server.token(own, "bob")
+    member = {"Authorization": f"Bearer {token}"}
+    document = (await server.http.get("/api/v1/openapi.json")).json()
+    judged = 0
+    for path, item in document["paths"].items():
+        if "{session_id}" not in path:
+            continue
+        url = re.sub(r"{\w+}", "x", path.replace("{session_id}", other))
+        for method in item:
+            for params in ({"kinds": "k"}, {"limit": "-1", "cursor": "\x00"}):
+                answer = await server.http.request(
+                    method.upper(), url, params=params, headers=member
+                )
+                assert answer.status_code == 403, (method, path, params, answer.text)
+                assert answer.json()["error"]["code"] == "forbidden", answer.text
+                judged += 1
+    assert judged > 20
+    # A path of no form at all is not judged for a stranger either.
+    answer = await server.http.get(f"/api/v1/sessions/{'e' * 201}/members", headers=member)
+    assert answer.status_code == 403 and answer.json()["error"]["code"] == "forbidden"
+    stream = {**member, "Accept": "text/event-stream"}
+    for params in ({"last_event": "1"}, {"last_event_id": "x" * 5000}):
+        typo = await server.http.get(
+            f"/api/v1/sessions/{other}/events", params=params, headers=stream
+        )
+        assert typo.status_code == 403 and typo.json()["error"]["code"] == "forbidden", typo.text
+    # In its own session, the same typo is still named (the member may call the route).
+    typo = await server.http.get(
+        f"/api/v1/sessions/{own}/members", params={"kinds": "k"}, headers=member
+    )
+    assert typo.status_code == 422 and typo.json()["error"]["details"][0]["at"] == "kinds"
