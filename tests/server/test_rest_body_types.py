@@ -119,26 +119,37 @@ def test_a_number_field_takes_integers_and_floats_only(model: type[BaseModel], n
     assert [_problems_in(model, name, inexact) for inexact in INEXACT[:2]] == [[], []]
 
 
+def _refused_unparsed(monkeypatch: pytest.MonkeyPatch, body: bytes) -> InvalidInput:
+    """The refusal of ``body`` as an ``EntryPost``, which must come before any parse."""
+
+    def parse(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("parsed")
+
+    monkeypatch.setattr(EntryPost, "model_validate_json", parse)
+    monkeypatch.setattr(json, "loads", parse)
+    with pytest.raises(InvalidInput) as refused:
+        parsed_body(EntryPost, body)
+    assert refused.value.code.value == "invalid"
+    return refused.value
+
+
 def test_a_body_of_more_values_than_any_holds_is_refused_before_it_is_parsed(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Review: a 1 MB body of 350,000 empty lists in a field no body has was parsed whole
     (190 ms of the loop) to be refused; now unparsed, as a socket's command frame is."""
     body = b'{"text":"hi","x":[' + b",".join([b"[]"] * 200_000) + b"]}"
-    model = EntryPost
-    parses: list[int] = []
+    refused = _refused_unparsed(monkeypatch, body)
+    assert f"more than {MAX_JSON_VALUES} JSON values" in refused.message
 
-    def parse(*args: Any, **kwargs: Any) -> Any:
-        parses.append(1)
-        raise AssertionError("parsed")
 
-    monkeypatch.setattr(model, "model_validate_json", parse)
-    monkeypatch.setattr(json, "loads", parse)
-    with pytest.raises(InvalidInput) as refused:
-        parsed_body(model, body)
-    assert refused.value.code.value == "invalid"
-    assert f"more than {MAX_JSON_VALUES} JSON values" in refused.value.message
-    assert parses == []
+def test_a_body_nested_too_deeply_is_refused_before_it_is_parsed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Review FX36: nested past the parser's recursion limit, it was its ``RecursionError``."""
+    body = b'{"text":"hi","x":' + b"[" * 2_000 + b"]" * 2_000 + b"}"
+    refused = _refused_unparsed(monkeypatch, body)
+    assert refused.message.startswith("JSON nested too deeply")
 
 
 def _refusal(model: type[BaseModel], raw: bytes) -> tuple[str, tuple[tuple[str, str], ...]]:

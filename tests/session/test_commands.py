@@ -30,7 +30,7 @@ from parley.session.commands import (
     unstorable_in,
 )
 from parley.session.errors import ErrorCode, Forbidden, InvalidInput, QueueFull, RateLimited
-from parley.session.json_values import MAX_JSON_VALUES
+from parley.session.json_values import MAX_JSON_DEPTH, MAX_JSON_VALUES
 from parley.session.queue import Policy
 from parley.session.thread_commands import THREAD_TYPES
 
@@ -293,6 +293,32 @@ def test_a_frame_of_more_values_than_any_command_holds_is_refused_unparsed(
     assert f"more than {MAX_JSON_VALUES} JSON values" in error.message
     assert command_id_of(frame) == "c1"  # as a reply past the rate names it, unparsed too
     assert parses == []
+
+
+@pytest.mark.parametrize("levels", [MAX_JSON_DEPTH + 1, 1_000, 3_000])
+def test_a_frame_nested_too_deeply_is_refused_unparsed_with_its_id(
+    monkeypatch: pytest.MonkeyPatch, levels: int
+) -> None:
+    """Review FX36: a frame nested past ~1,000 levels was "frame is not valid JSON" with a
+    null id (the parser's ``RecursionError``)."""
+    nested = "[" * levels + "]" * levels
+    parses = counting(monkeypatch, json, "loads")
+    for frame, named in (
+        ('{"id": "c1", "type": "message", "text": ' + nested + "}", "c1"),
+        ('{"type": "message", "text": ' + nested + ', "id": "c2"}', "c2"),
+        ('{"type": "message", "text": ' + nested + "}", None),
+    ):
+        error = refusal(frame, Limits(max_frame_chars=len(frame)))
+        assert (error.code, error.command_id) == (ErrorCode.INVALID, named)
+        assert error.message.startswith("JSON nested too deeply"), error.message
+        assert command_id_of(frame) == named
+    assert parses == []
+
+
+def test_a_frame_nested_to_the_limit_is_parsed() -> None:
+    nested = "[" * (MAX_JSON_DEPTH - 1) + "]" * (MAX_JSON_DEPTH - 1)
+    error = refusal('{"id": "c1", "type": "message", "text": ' + nested + "}", Limits())
+    assert "nested" not in error.message and error.command_id == "c1"
 
 
 def test_a_text_of_brackets_commas_and_quotes_up_to_its_limit_is_taken() -> None:

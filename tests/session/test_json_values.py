@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from parley.session.errors import ErrorCode
-from parley.session.json_values import MAX_JSON_VALUES, json_values_refusal
+from parley.session.json_values import MAX_JSON_DEPTH, MAX_JSON_VALUES, json_values_refusal
 
 
 def counted(value: Any) -> int:
@@ -77,3 +77,43 @@ def test_many_strings_are_refused_before_they_are_cut_apart() -> None:
 def test_text_that_is_not_json_may_pass_for_its_parser_to_refuse() -> None:
     for raw in ("", "not json", "{", '"unclosed', "[1,2", b"\xff\xfe"):
         assert json_values_refusal(raw) is None
+
+
+def depth(value: Any) -> int:
+    """How many arrays and objects nest, one in another, in ``value``."""
+    if isinstance(value, dict):
+        return 1 + max(map(depth, value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max(map(depth, value), default=0)
+    return 0
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(min_value=0, max_value=3), st.integers(min_value=1, max_value=3), texts)
+def test_a_text_is_refused_exactly_when_it_nests_past_the_limit(
+    extra: int, wide: int, text: str
+) -> None:
+    """Review FX36: a frame of a thousand ``[`` ended in the parser's ``RecursionError``."""
+    for levels in (MAX_JSON_DEPTH - extra, MAX_JSON_DEPTH + extra):
+        value: Any = [text] * wide
+        for level in range(levels - 1):
+            value = {text: value} if level % 2 else [value, text]
+        raw = json.dumps(value)
+        refused = json_values_refusal(raw)
+        assert (refused is not None) == (depth(value) > MAX_JSON_DEPTH), raw
+        if refused is not None:
+            assert refused.code is ErrorCode.INVALID
+            assert "nested too deeply" in refused.message
+
+
+@pytest.mark.parametrize("levels", [1_000, 4_000, 100_000])
+def test_a_text_nested_past_what_the_parser_takes_is_refused_unparsed(levels: int) -> None:
+    for raw in ("[" * levels + "]" * levels, '{"a":' * levels + "1" + "}" * levels, "[" * levels):
+        refused = json_values_refusal(raw)
+        assert refused is not None and refused.code is ErrorCode.INVALID, raw[:20]
+
+
+def test_brackets_in_strings_and_after_a_fault_are_not_depth() -> None:
+    inside = json.dumps({"text": "[" * 10_000 + '\\"' + "{" * 100})
+    assert json_values_refusal(inside) is None
+    assert json_values_refusal("]" * 500 + "[" * 500) is None  # not JSON: the parser's to say
