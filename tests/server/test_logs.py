@@ -3,6 +3,7 @@ tokens good and bad, then its whole output read back: JSON lines only, no token 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -11,10 +12,19 @@ from pathlib import Path
 
 import httpx
 import jwt
+import pytest
 import websockets
 
 from parley.server.logs import REDACTED, LogFormatter, Redactor
-from tests.conftest import ADMIN_KEY, SECRET_KEY, ServerProcess, free_port, sqlite_url
+from tests.conftest import (
+    ADMIN_KEY,
+    SECRET_KEY,
+    ServerProcess,
+    free_port,
+    make_settings,
+    serve_in_process,
+    sqlite_url,
+)
 from tests.yclient import YClient, all_replies_settled
 
 FORGED = jwt.encode({"sub": "mallory", "sid": "x", "exp": 2**40}, "not-the-key" * 4)
@@ -105,3 +115,47 @@ async def test_a_server_run_at_debug_level_logs_no_token(
     assert "request" in events and "run started" in events
     leaked = [secret for secret in secrets if secret in output]
     assert leaked == []
+
+
+async def test_a_client_gone_mid_body_is_one_quiet_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Review FX36: a client that closed its connection in the middle of a REST body was
+    logged as a crash twice (``unhandled error`` and uvicorn's "Exception in ASGI
+    application", each with Starlette's ``ClientDisconnect`` traceback) and its request
+    line said 500. It is the request's one line, status 499, nothing logged as an error."""
+    caplog.set_level(logging.DEBUG)
+    settings = make_settings(sqlite_url(tmp_path), tmp_path / "d")
+    line_written = asyncio.Event()
+    path = ""
+
+    class Watch(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if getattr(record, "path", None) == path:
+                line_written.set()
+
+    watch = Watch()
+    logging.getLogger().addHandler(watch)
+    async with contextlib.AsyncExitStack() as cleanup:
+        cleanup.callback(logging.getLogger().removeHandler, watch)
+        server = await cleanup.enter_async_context(serve_in_process(settings))
+        sid = await server.new_session({})
+        host, port = server.base_url.removeprefix("http://").split(":")
+        path = f"/api/v1/sessions/{sid}/messages"
+        _, writer = await asyncio.open_connection(host, int(port))
+        writer.write(
+            f"POST {path} HTTP/1.1\r\nHost: x\r\n"
+            f"Authorization: {server.http.headers['Authorization']}\r\n"
+            'Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"text": '.encode()
+        )
+        await writer.drain()
+        writer.close()
+
+        async with asyncio.timeout(20):
+            await line_written.wait()
+        # The server goes on: a request after it is answered (and the line is written).
+        assert (await server.http.get(f"/api/v1/sessions/{sid}")).status_code == 200
+    [request] = [r for r in caplog.records if getattr(r, "path", None) == path]
+    assert request.levelno == logging.INFO and getattr(request, "status", None) == 499
+    assert request.__dict__.get("disconnected") is True
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING or r.exc_info] == []
