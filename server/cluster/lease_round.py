@@ -12,9 +12,10 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from parley.session.errors import NotFound
+from parley.session.errors import NotFound, Unavailable
 
 if TYPE_CHECKING:
+    from parley.server.cluster.lease import Lease
     from parley.server.cluster.node import ClusterNode
 
 log = logging.getLogger("parley.cluster")
@@ -65,14 +66,47 @@ class LeaseRound:
                 await registry.forget_session(session_id)
 
     async def _keep_leases(self) -> None:
+        """Renew every lease this node holds, in one statement; a database fault fails the
+        round (``Unavailable``, logged by ``run``). Any other error is a bug in one lease's
+        renewal (review FX36: it escaped the round, so the leases after it were neither
+        kept nor let go, every round): logged with its session id, and the others are
+        renewed one by one; a lease whose renewal failed so is neither kept nor lost here
+        (its deadline lapses, and ``ClusterNode.lease_holds`` asks again)."""
         node = self.node
         held = list(node.leases.values())
         asked_at = time.monotonic()
-        kept = await node.leases_table.renew(held)
-        node.renewed([x for x in held if x.session_id in kept], asked_at)
+        unknown: set[str] = set()
+        try:
+            kept = await node.leases_table.renew(held)
+        except Unavailable:
+            raise
+        except Exception:
+            kept, unknown = await self._renew_one_by_one(held)
         for lease in held:
-            if lease.session_id not in kept:
-                node.lost(lease.session_id, lease)
+            if lease.session_id in unknown:
+                continue
+            try:
+                if lease.session_id in kept:
+                    node.renewed([lease], asked_at)
+                else:
+                    node.lost(lease.session_id, lease)
+            except Exception:
+                log.exception("lease renewal failed", extra={"session_id": lease.session_id})
+
+    async def _renew_one_by_one(self, held: list[Lease]) -> tuple[set[str], set[str]]:
+        """``held``'s leases renewed apart, after their one statement failed with a bug:
+        the ids of those renewed, and of those that failed alone (logged)."""
+        kept: set[str] = set()
+        failed: set[str] = set()
+        for lease in held:
+            try:
+                kept |= await self.node.leases_table.renew([lease])
+            except Unavailable:
+                raise
+            except Exception:
+                failed.add(lease.session_id)
+                log.exception("lease renewal failed", extra={"session_id": lease.session_id})
+        return kept, failed
 
     async def _take_over(self) -> None:
         node = self.node
