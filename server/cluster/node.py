@@ -39,7 +39,12 @@ from parley.server.cluster.lease_round import LeaseRound
 from parley.server.cluster.listener import NotificationListener, asyncpg_dsn
 from parley.server.cluster.metrics import ClusterMetrics
 from parley.server.cluster.presence import CHANNEL_AWARENESS, PresenceRelay
-from parley.server.cluster.relay import ADMIN_SENDER, MAX_TAIL_PAGES, CommandRelay
+from parley.server.cluster.relay import (
+    ADMIN_SENDER,
+    FORWARD_POLL_S,
+    MAX_TAIL_PAGES,
+    CommandRelay,
+)
 from parley.server.cluster.tail import catch_up_threads, read_tail
 from parley.server.runtime.back_references import BackReference
 from parley.server.runtime.commands import handle_frame
@@ -83,6 +88,14 @@ def _store_tx(tx: SessionTx) -> StoreTx:
 
 def _connection(tx: SessionTx) -> AsyncConnection:
     return _store_tx(tx).connection
+
+
+def _unavailable(reply: str) -> bool:
+    """Whether a command's reply is the error ``unavailable`` (a write fenced, say)."""
+    with contextlib.suppress(ValueError):
+        answer = json.loads(reply)
+        return isinstance(answer, dict) and answer.get("code") == Unavailable.code.value
+    return False
 
 
 class HolderFence:
@@ -433,13 +446,26 @@ class ClusterNode:
         """Run a member's command (from a socket or an HTTP call, with the client token of
         claims ``token``) here if this node runs the session, else forward it with the
         token's claims: the node that runs it judges the command by the member and the
-        token as of its commit, as it judges its own."""
+        token as of its commit, as it judges its own.
+
+        A node that lost the session (it stalled past its lease and another node took it
+        over) forwards the command as a read replica does, whether it learns so before it
+        runs it (``NotHolder``) or at its commit (``Fenced``: its transaction stored
+        nothing): the member's answer is the real one, from the node that runs the session
+        now (review, rx-1's sibling: it was refused "this node lost the session to another
+        node; nothing was stored" on a socket that stayed open, and no SDK resent it). The
+        command goes there by its id, so one this node did store (its commit's outcome
+        unknown) is answered with its first ack, never stored twice. Where this node
+        cannot know yet (its lease's renewal failed: the database), the command waits until
+        it does, up to ``forward_timeout_s``."""
         try:
-            here = await self.runs_here(room)
-        except Unavailable as exc:  # lost while it stalled, or its lease not renewed now
+            here = await self._runs_here_once_known(room)
+        except Unavailable as exc:  # not known in time: nothing of it ran anywhere
             return error_reply(command_id_of(frame), exc)
         if here:
-            return await handle_frame(room, user_id, frame, token)
+            reply = await handle_frame(room, user_id, frame, token)
+            if room.session_id in self.running or not _unavailable(reply):
+                return reply
         return await self.relay.forward(room, user_id, frame, token)
 
     async def runs_here(self, room: SessionRoom) -> bool:
@@ -456,12 +482,42 @@ class ClusterNode:
                 log.warning("could not take the session", extra={"error": repr(exc)})
         return session_id in self.running
 
+    async def _still_runs_here(self, room: SessionRoom) -> bool:
+        """``runs_here``, and False too where another node took the session over while
+        this one stalled (``NotHolder``): nothing of the call ran here, so the caller
+        forwards it, as a read replica does, to the node that runs the session now."""
+        try:
+            return await self.runs_here(room)
+        except NotHolder:
+            return False
+
+    async def _runs_here_once_known(self, room: SessionRoom) -> bool:
+        """``_still_runs_here``, asked again every ``FORWARD_POLL_S`` while this node
+        cannot renew its lease (the database): a node that woke past its lease knows only
+        then whether it still runs the session (review: a member's prompt was refused "the
+        database is unavailable" meanwhile, and no SDK resends an error). ``Unavailable``
+        when it still does not know after ``forward_timeout_s``."""
+        deadline = time.monotonic() + self.settings.forward_timeout_s
+        while True:
+            try:
+                return await self._still_runs_here(room)
+            except Unavailable:
+                if time.monotonic() >= deadline:
+                    raise
+            await asyncio.sleep(FORWARD_POLL_S)
+
     async def write_session(self, room: SessionRoom, write: dict[str, Any]) -> dict[str, Any]:
         """A REST change of the session (``server.runtime.session_writes``): run here if this node
         runs the session, else forwarded to the node that does (as the admin: the REST call
-        was authorised), then followed here, so both nodes answer with it."""
-        if await self.runs_here(room):
-            return await apply_session_write(room, write)
+        was authorised), then followed here, so both nodes answer with it (forwarded from a
+        node that lost the session too, and from one whose write was fenced at its commit:
+        that write stored nothing here, while the call may have stored its change already,
+        which the node that runs the session now puts in force)."""
+        if await self._still_runs_here(room):
+            try:
+                return await apply_session_write(room, write)
+            except Fenced:
+                pass  # lost as it wrote (``lost`` gave the session up): forwarded
         reply = json.loads(await self.relay.forward(room, ADMIN_SENDER, json.dumps(write)))
         if reply.get("type") == "error":
             raise reply_error(reply)
@@ -471,7 +527,7 @@ class ClusterNode:
     async def charge(self, room: SessionRoom, user_id: str, why: str) -> None:
         """Spend ``user_id``'s command budget on the node that runs the session, if that
         is another (``CHARGE_WRITE``)."""
-        if await self.runs_here(room):
+        if await self._still_runs_here(room):
             return
         write = {"op": CHARGE_WRITE, "user_id": user_id, "why": why}
         reply = json.loads(await self.relay.forward(room, ADMIN_SENDER, json.dumps(write)))

@@ -6,13 +6,15 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import httpx
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests import conftest
 from tests.conftest import ADMIN_KEY, ServerProcess, free_port, postgres_database
@@ -121,6 +123,30 @@ async def cluster(tmp_path: Path, count: int, **env: str) -> AsyncIterator[Clust
         finally:
             await http.aclose()
             await asyncio.gather(*(asyncio.to_thread(node.stop) for node in nodes))
+
+
+@contextlib.contextmanager
+def failing_statements(
+    engine: AsyncEngine,
+    failed_as: Callable[[str, Any], str | None],
+    error: Callable[[], BaseException],
+    times: int = 1_000_000,
+) -> Iterator[list[str]]:
+    """The first ``times`` statements sent through ``engine`` that ``failed_as(statement,
+    parameters)`` names (not None) fail with ``error()``; yields those names, in order."""
+    failed: list[str] = []
+
+    def fail(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        name = failed_as(statement, parameters)
+        if name is not None and len(failed) < times:
+            failed.append(name)
+            raise error()
+
+    event.listen(engine.sync_engine, "before_cursor_execute", fail)
+    try:
+        yield failed
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", fail)
 
 
 @contextlib.asynccontextmanager

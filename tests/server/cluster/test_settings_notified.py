@@ -10,12 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from parley.server.cluster.access import CHANNEL_ACCESS
 from parley.server.store.access import CHANNEL_SETTINGS
-from tests.server.cluster.nodes import two_in_process
+from tests.server.cluster.nodes import failing_statements, two_in_process
 
 pytestmark = pytest.mark.postgres
 
@@ -30,20 +29,15 @@ def failing_notify(
     """The first ``times`` notifications on ``channel`` sent through ``engine`` in a
     statement of their own (after a change's commit: ``settings_changed``, the ask of
     ``AccessSync``) fail as the reviewer's did; yields the payloads of those that failed."""
-    failed: list[str] = []
     lost = engine.dialect.loaded_dbapi.InternalClientError  # asyncpg's, as SQLAlchemy's
 
-    def fail(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
-        ours = "pg_notify" in statement and channel in tuple(parameters or ())
-        if ours and len(failed) < times:
-            failed.append(str(parameters[-1]))
-            raise lost(BUSY)
+    def ours(statement: str, parameters: Any) -> str | None:
+        if "pg_notify" in statement and channel in tuple(parameters or ()):
+            return str(parameters[-1])
+        return None
 
-    event.listen(engine.sync_engine, "before_cursor_execute", fail)
-    try:
+    with failing_statements(engine, ours, lambda: lost(BUSY), times) as failed:
         yield failed
-    finally:
-        event.remove(engine.sync_engine, "before_cursor_execute", fail)
 
 
 async def test_a_member_change_whose_notification_fails_is_answered_and_followed(

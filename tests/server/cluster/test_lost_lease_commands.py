@@ -1,0 +1,156 @@
+"""A command that reaches a node which lost the session's lease (it stalled, another node
+took the session over) is handled as on any read replica: forwarded to the node that runs
+the session now, and answered with its real answer, stored once (review, rx-1's sibling:
+a member's prompt on the node paused with SIGSTOP mid-reply was answered "this node lost
+the session to another node; nothing was stored" / "...; try again", on a socket that
+stayed open, so no SDK resent it and the prompt was lost).
+
+The stall is simulated in one process, deterministically: the first node's lease round is
+stopped (a frozen node renews nothing), its lease is expired in the database and the
+second node takes the session over. Then either the first node's clock is past its lease
+(it renews, finds the lease lost: ``NotHolder``) or it is not (its write is refused at the
+fence: ``Fenced``). Either way ann's prompt, sent by the Python SDK through the first
+node, is acknowledged: on that socket, or, when the node closes it 1013 as it gives the
+session up, resent by its id on the next one."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from parley_client import AdminClient, Reconnect, Session, connect
+from pycrdt import Map
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from parley.server.cluster.node import ClusterNode
+from tests.conftest import ADMIN_KEY
+from tests.server.cluster.nodes import failing_statements, two_in_process
+
+pytestmark = pytest.mark.postgres
+
+FAST = Reconnect(initial_s=0.05, max_s=0.2)
+
+
+@dataclass
+class TakenOver:
+    sid: str
+    paused: ClusterNode  # the node that ran the session, and does not know it lost it
+    engine: AsyncEngine  # its database engine
+    ann: Session  # ann's SDK session, through the paused node
+    admin: AdminClient
+    warm_id: str  # the prompt ann sent before the pause
+
+
+@contextlib.asynccontextmanager
+async def taken_over(tmp_path: Path) -> AsyncIterator[TakenOver]:
+    # A lease long enough that no round of either node runs during the test on its own.
+    async with (
+        two_in_process(tmp_path, lease_ttl_s=60.0) as (url, first, second),
+        contextlib.AsyncExitStack() as stack,
+    ):
+        sid = await first.new_session({"ann": "editor", "bob": "editor"})
+        await first.connect(sid, "ann")  # the session runs on the first node
+        await second.connect(sid, "bob")  # a read replica on the second
+        paused = first.app.state.parley.rooms.cluster
+        taking = second.app.state.parley.rooms.cluster
+        assert sid in paused.running
+        admin = await stack.enter_async_context(AdminClient(first.base_url, ADMIN_KEY))
+        token = (await admin.create_token(sid, "ann")).token
+        ann = await stack.enter_async_context(
+            connect(first.ws_url, sid, token, reconnect=FAST, command_timeout_s=60)
+        )
+        async with asyncio.timeout(60):
+            warm = await ann.prompt("before the pause")
+            await ann.answer(warm.prompt_id)
+
+        # The first node freezes: its lease round stops, its lease runs out, and the
+        # second node takes the session over.
+        for task in paused._tasks:
+            if task.get_name() == "cluster-leases":
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+        connection = await asyncpg.connect(url.replace("+asyncpg", ""))
+        try:
+            await connection.execute(
+                "UPDATE session_leases SET expires_at = clock_timestamp() - interval '1 s'"
+                " WHERE session_id = $1",
+                sid,
+            )
+        finally:
+            await connection.close()
+        assert await taking.promote(second.app.state.parley.rooms.loaded(sid))
+        assert sid in taking.running and sid in paused.running  # it does not know yet
+        engine = first.app.state.parley.store.engine
+        yield TakenOver(sid, paused, engine, ann, admin, warm.prompt_id)
+
+
+async def prompted_once(nodes: TakenOver) -> None:
+    """ann prompts through the node that lost the session: acknowledged and answered by
+    the node that runs it now, and stored once."""
+    async with asyncio.timeout(60):
+        ack = await nodes.ann.prompt("after the pause")
+        reply = await nodes.ann.answer(ack.prompt_id)
+    assert nodes.sid not in nodes.paused.running
+    assert reply is not None and reply.status == "done", reply
+    prompts = [e for e in await nodes.admin.transcript(nodes.sid) if e.kind == "prompt"]
+    assert [(p.id, p.content) for p in prompts] == [
+        (nodes.warm_id, "before the pause"),
+        (ack.prompt_id, "after the pause"),
+    ]
+
+
+@pytest.mark.parametrize("stalled", [True, False], ids=["stalled-past-lease", "fenced-at-commit"])
+async def test_a_prompt_on_the_node_that_lost_the_session_is_answered_by_the_new_runner(
+    tmp_path: Path, stalled: bool
+) -> None:
+    async with taken_over(tmp_path) as nodes:
+        if stalled:
+            nodes.paused.held_until[nodes.sid] = 0.0  # it woke past its lease on its clock
+        await prompted_once(nodes)
+
+
+def renewal(statement: str, _parameters: Any) -> str | None:
+    """A lease renewal's statement (``LeaseTable.renew``) is named so."""
+    return "renewal" if "RETURNING session_id, epoch" in statement else None
+
+
+def connection_reset() -> ConnectionResetError:
+    return ConnectionResetError("the database connection was reset")
+
+
+async def test_a_prompt_on_a_woken_node_that_cannot_renew_yet_waits_until_it_knows(
+    tmp_path: Path,
+) -> None:
+    """Woken past its lease, the node cannot reach the database at first to learn whether
+    it still holds it: ann's prompt waits (it was refused "the database is unavailable",
+    and no SDK resends an error) and is forwarded once the renewal tells it was lost."""
+    async with taken_over(tmp_path) as nodes:
+        nodes.paused.held_until[nodes.sid] = 0.0
+        with failing_statements(nodes.engine, renewal, connection_reset, 2) as failed:
+            await prompted_once(nodes)
+        assert len(failed) == 2
+
+
+async def test_a_rename_through_the_node_that_lost_the_session_is_in_force_and_answered(
+    tmp_path: Path,
+) -> None:
+    """A REST change stored through the node that lost the session is put in force by the
+    node that runs it now: its title write on the first node was fenced, and the call was
+    answered 503 "this node lost the session to another node; nothing was stored", though
+    the new title was stored."""
+    async with taken_over(tmp_path) as nodes:
+        renamed = await nodes.admin.http.patch(
+            f"/api/v1/sessions/{nodes.sid}", json={"title": "after the pause"}
+        )
+        assert renamed.status_code == 200, renamed.text
+        assert nodes.sid not in nodes.paused.running
+        meta = nodes.ann.doc.get("meta", type=Map)
+        async with asyncio.timeout(30):  # in the document, which every client reads
+            await nodes.ann.wait_for(lambda _: meta.get("title") == "after the pause")
