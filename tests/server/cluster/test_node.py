@@ -177,7 +177,9 @@ async def test_killing_the_running_node_moves_the_session(tmp_path: Path) -> Non
 
 
 async def test_a_paused_holder_is_fenced_when_it_wakes(tmp_path: Path) -> None:
-    """A node that stalls past its lease (SIGSTOP) and wakes up must not write again."""
+    """A node that stalls past its lease (SIGSTOP) and wakes up must not write again; a
+    prompt sent through it as it wakes is answered by the node that runs the session
+    now (or, its socket closed first, by its resend), and stored once."""
     async with cluster(
         tmp_path, 2, PARLEY_OFFLINE_TOKEN_DELAY_MS="25", PARLEY_LEASE_TTL_S="1.5"
     ) as nodes:
@@ -202,14 +204,28 @@ async def test_a_paused_holder_is_fenced_when_it_wakes(tmp_path: Path) -> None:
         )
         assert paused.process is not None
         os.kill(paused.process.pid, signal.SIGSTOP)
+        woke = {"type": "prompt", "id": "w1", "text": "sent as it woke"}
         try:
             await nodes.wait_holder(sid, 15, not_=holder)
+            # Read by the paused node as it wakes, the session taken over meanwhile.
+            sent = asyncio.create_task(on_paused.command(woke, 60))
         finally:
             os.kill(paused.process.pid, signal.SIGCONT)
+        try:
+            first_answer: dict[str, Any] | None = await sent
+        except ConnectionError:  # closed before its answer: resent by its id, as SDKs do
+            first_answer = None
+        # Answered by the node that runs the session now, never refused (review, rx-1's
+        # sibling: "this node lost the session to another node; nothing was stored").
+        assert first_answer is None or first_answer["type"] == "ack", first_answer
         # It wakes mid-reply: its next write is refused and its sockets told to reconnect.
         assert await on_paused.wait_closed(timeout=20) == 1013
-        await watcher.wait_until(lambda c: settled(c, prompt_ids), timeout=60)
         again = await nodes.connect(paused, sid, "a")
+        resent = await again.command(woke, 60)  # stored once: its first ack
+        assert resent["type"] == "ack", resent
+        assert first_answer is None or first_answer["prompt_id"] == resent["prompt_id"]
+        prompt_ids.add(resent["prompt_id"])
+        await watcher.wait_until(lambda c: settled(c, prompt_ids), timeout=60)
         await again.wait_until(lambda c: settled(c, prompt_ids), timeout=30)
         check_one_story([watcher.entries(), again.entries()], prompt_ids)
         for client in (first, on_paused, watcher, again):
