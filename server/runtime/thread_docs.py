@@ -30,7 +30,7 @@ from pycrdt import TransactionEvent
 
 from parley.server.runtime.back_references import BackReference
 from parley.server.runtime.thread_cuts import ThreadCuts
-from parley.server.runtime.writer import DocumentWriter, Write, document_of, merged, settled
+from parley.server.runtime.writer import DocumentWriter, Write, merged, settled
 from parley.server.store.port import SessionTx
 from parley.server.store.rows import StoredDoc
 from parley.session.closes import CloseCode
@@ -53,7 +53,7 @@ RELOAD = "this side-thread's document could not be stored; reconnect to resync"
 
 
 def read_document(stored: StoredDoc) -> ThreadDocument:
-    return ThreadDocument(document_of(stored.snapshot, stored.updates))
+    return ThreadDocument.read(stored.snapshot, stored.updates)
 
 
 class LiveThreadDoc:
@@ -127,14 +127,13 @@ class LiveThreadDoc:
         snapshot it squashed the log into, then updates) and send it on."""
         if stored.snapshot is not None:
             before = self.document.doc.get_state()
-            self.document.doc.apply_update(stored.snapshot)
+            self.document.apply(stored.snapshot)
             self._captured = []
             self.publish(self.document.doc.get_update(before))
         for update in stored.updates:
-            self.document.doc.apply_update(update)
+            self.document.apply(update)
             self._captured = []
             self.publish(update)
-        self.document = ThreadDocument(self.document.doc)  # its turns by id, read again
         self.last_update_id = max(self.last_update_id, stored.last_update_id)
 
     async def sync_answer(self, state_vector: bytes) -> list[bytes]:

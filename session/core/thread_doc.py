@@ -20,10 +20,10 @@ one; a client holding a document this one does not cover holds another (``covers
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
-from pycrdt import Array, Doc, Map, Text
+from pycrdt import Array, ArrayEvent, Doc, Map, Text
 
 from parley.session.core.thread_state import SideThread, ThreadTurn
 from parley.session.lifecycle import ReplyStatus
@@ -37,13 +37,57 @@ class ThreadDocument:
     """Typed access to a side-thread's pycrdt document; each mutator is one transaction
     (one update for its clients)."""
 
-    def __init__(self, doc: Doc[Any]) -> None:
-        self.doc = doc
-        self.thread: Map[Any] = doc.get("thread", type=Map)
-        self.turns: Array[Any] = doc.get("turns", type=Array)
-        # Each turn by id, so a streamed piece of text costs a look-up, not a walk through
-        # the thread (only the server writes here, and it never removes a turn).
-        self._by_id: dict[str, Map[Any]] = {str(t["id"]): t for t in self.turns}
+    def __init__(self) -> None:
+        """An empty document (``read``: one stored before)."""
+        self.doc: Doc[Any] = Doc()
+        self.thread: Map[Any] = self.doc.get("thread", type=Map)
+        self.turns: Array[Any] = self.doc.get("turns", type=Array)
+        # The turns' ids in order, and each turn by id, kept beside ``turns``: a turn read
+        # by its index costs a walk from the first (yrs), so the document is never read
+        # that way. Walking it turn by turn made opening a thread of 10,000 turns take a
+        # minute; a streamed piece of text costs a look-up here.
+        self._order: list[str] = []
+        self._by_id: dict[str, Map[Any]] = {}
+
+    @classmethod
+    def read(cls, snapshot: bytes | None, updates: Iterable[bytes] = ()) -> ThreadDocument:
+        """The document stored as ``snapshot`` (None: none) and the ``updates`` after it."""
+        document = cls()
+        if snapshot is not None:
+            document.apply(snapshot)
+        for update in updates:
+            document.apply(update)
+        return document
+
+    def apply(self, update: bytes) -> None:
+        """Apply an update the server stored (read back, or a follower's replication):
+        the turns it adds or removes are taken from its change to ``turns``, in one pass
+        over the update."""
+        subscription = self.turns.observe(self._follow)
+        try:
+            self.doc.apply_update(update)
+        finally:
+            self.turns.unobserve(subscription)
+
+    def _follow(self, event: ArrayEvent) -> None:
+        """``turns`` changed by an applied update: ``_order`` and ``_by_id`` follow its
+        delta (retain, delete, insert runs in order)."""
+        changes: list[dict[str, Any]] = event.delta  # type: ignore[attr-defined]  # unannotated slot
+        index = 0
+        for change in changes:
+            if "retain" in change:
+                index += change["retain"]
+            elif "delete" in change:
+                end = index + change["delete"]
+                for turn_id in self._order[index:end]:
+                    self._by_id.pop(turn_id, None)
+                del self._order[index:end]
+            else:
+                added: list[Map[Any]] = list(change["insert"])
+                ids = [str(turn["id"]) for turn in added]
+                self._order[index:index] = ids
+                self._by_id.update(zip(ids, added, strict=True))
+                index += len(added)
 
     # -- writing --------------------------------------------------------------------------
 
@@ -110,16 +154,17 @@ class ThreadDocument:
     def drop_unstored(self, stored: set[str]) -> None:
         """Remove the turns whose ids are not ``stored``: a reply cut off before it was
         stored (a restart mid-run), so the document shows what the rows hold."""
-        for index in reversed(range(len(self.turns))):
-            turn_id = str(self.turns[index]["id"])
+        for index in reversed(range(len(self._order))):
+            turn_id = self._order[index]
             if turn_id not in stored:
                 del self.turns[index]
+                del self._order[index]
                 self._by_id.pop(turn_id, None)
 
     # -- reading ---------------------------------------------------------------------------
 
     def turn_ids(self) -> list[str]:
-        return [str(turn["id"]) for turn in self.turns]
+        return list(self._order)
 
     def covers(self, state_vector: bytes) -> bool:
         """True when a client's state (its sync step 1) is part of this document: only the
@@ -132,11 +177,12 @@ class ThreadDocument:
         return all(clock <= ours.get(client, 0) for client, clock in theirs.items())
 
     def _insert(self, turn_id: str, turn: Map[Any], before: str | None) -> None:
-        index = len(self.turns)
+        index = len(self._order)
         if before is not None and before in self._by_id:
-            index = self.turn_ids().index(before)
-        self.turns.insert(index, turn)
-        self._by_id[turn_id] = self.turns[index]
+            index = self._order.index(before)
+        self.turns.insert(index, turn)  # ``turn`` is the inserted turn from now on
+        self._order.insert(index, turn_id)
+        self._by_id[turn_id] = turn
 
 
 def _set_changed(target: Map[Any], fields: dict[str, Any]) -> None:
@@ -175,6 +221,6 @@ def thread_document(
     running: Sequence[ThreadTurn] = (),
 ) -> ThreadDocument:
     """A new document showing ``thread`` (``show_all``)."""
-    document = ThreadDocument(Doc())
+    document = ThreadDocument()
     show_all(document, thread, running)
     return document
