@@ -45,12 +45,22 @@ class YClient:
 
     @classmethod
     async def connect(
-        cls, base_url: str, session_id: str, token: str, *, commands: str | None = None
+        cls,
+        base_url: str,
+        session_id: str,
+        token: str,
+        *,
+        commands: str | None = None,
+        keepalive: bool = True,
     ) -> YClient:
-        """``commands``: the socket's ``commands`` parameter (``text`` or ``binary``)."""
+        """``commands``: the socket's ``commands`` parameter (``text`` or ``binary``).
+        ``keepalive``: ping the server every 20 s and drop the socket when a pong is 20 s
+        late (the websockets default); off, the client never judges the server by time."""
         asked = "" if commands is None else f"&commands={commands}"
         ws = await websockets.connect(
-            f"{base_url}/ws/sessions/{session_id}?token={token}{asked}", max_size=None
+            f"{base_url}/ws/sessions/{session_id}?token={token}{asked}",
+            max_size=None,
+            **({} if keepalive else {"ping_interval": None}),
         )
         client = cls(ws)
         # The server may already have closed it (an expiring token, say): the reader

@@ -51,11 +51,22 @@ class Cluster:
         return str(response.json()["token"])
 
     async def connect(
-        self, node: ServerProcess, sid: str, user: str, *, commands: str | None = None
+        self,
+        node: ServerProcess,
+        sid: str,
+        user: str,
+        *,
+        commands: str | None = None,
+        keepalive: bool = True,
+        synced_s: float = 20,
     ) -> YClient:
+        """A client of ``user`` on ``node``, synced within ``synced_s`` (``keepalive``:
+        ``YClient.connect``'s)."""
         token = await self.token(node, sid, user)
-        client = await YClient.connect(node.ws_url, sid, token, commands=commands)
-        await asyncio.wait_for(client.synced.wait(), 20)
+        client = await YClient.connect(
+            node.ws_url, sid, token, commands=commands, keepalive=keepalive
+        )
+        await asyncio.wait_for(client.synced.wait(), synced_s)
         return client
 
     async def holder(self, sid: str) -> tuple[str, int] | None:
