@@ -52,7 +52,7 @@ from parley.server.runtime.room import SessionRoom
 from parley.server.runtime.runner import SessionRunner
 from parley.server.runtime.session_writes import CHARGE_WRITE, apply_session_write
 from parley.server.settings import Settings
-from parley.server.store.access import CHANNEL_SETTINGS, read_revoked_tokens
+from parley.server.store.access import CHANNEL_SETTINGS, read_revoked_tokens, read_roles
 from parley.server.store.group_commit import MembersMoved
 from parley.server.store.port import SessionTx
 from parley.server.store.rows import read_members
@@ -169,6 +169,9 @@ class HolderFence:
         if policy is not None:
             self.room.restricted_replies = policy.restricted_replies
             self.room.restricted_replies_by = policy.restricted_replies_by
+        # So are the custom roles' definitions (``count_role_change``): a member's role
+        # edited elsewhere, what it lets them read or use is judged by it as stored.
+        self.node.registry.hold_roles(await read_roles(connection))
         self._members_read = (lease, version)
         if appended:
             raise MembersMoved("the members changed as this text was judged; nothing was stored")

@@ -7,7 +7,7 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from parley.authz.policy import Subject
@@ -54,6 +54,12 @@ class RoomRegistry:
         self.provider = provider
         self.clock = clock
         self.roles = RoleTable()
+        # Reads of the roles begun (``load_access``), and which of them gave ``roles``.
+        self._roles_reads = 0
+        self._roles_read = 0
+        # Cluster mode: the roles as a fence read them stored, not yet in force here, and
+        # how many reads had begun then (``hold_roles``).
+        self._stored_roles: tuple[RoleTable, int] | None = None
         self.webhooks: list[ToolRow] = []
         self._access_digest = access_digest(self.roles.custom, self.webhooks)
         self._rooms: dict[str, tuple[SessionRoom, SessionRunner]] = {}
@@ -102,7 +108,7 @@ class RoomRegistry:
                 settings=self.settings,
                 clock=self.clock,
                 metrics=self.metrics,
-                roles=lambda: self.roles,
+                roles=self.judged_roles,
                 webhooks=lambda: self.webhooks,
                 model=row.model,
                 cut_off=self._cut_off.get(session_id, ReasonCode.SERVER_RESTART),
@@ -200,7 +206,28 @@ class RoomRegistry:
         if self.cluster is None:
             return room.subject(user_id)
         row = await self.store.get_member(room.session_id, user_id)
-        return None if row is None else Subject.of(row.as_member(), self.roles)
+        return None if row is None else Subject.of(row.as_member(), self.judged_roles())
+
+    def judged_roles(self) -> RoleTable:
+        """The role table what a room judges goes by: the one in force here, or in cluster
+        mode the roles as stored that a fence read since, until a read begun after that
+        puts them in force (``hold_roles``)."""
+        held = self._stored_roles
+        if held is not None and held[1] >= self._roles_read:
+            return held[0]
+        return self.roles
+
+    def hold_roles(self, custom: Mapping[str, frozenset[str]]) -> None:
+        """Cluster mode: a fence read the custom roles as stored (``custom``), changed on
+        another node (counted on its lease row: ``count_role_change``) and maybe not in
+        force here yet. What every room here judges goes by them from now (who may read
+        what a reply drew on, what a run may use), until a read of the roles begun after
+        this one puts what the store holds in force (``load_access``): a read begun before
+        may not have seen the change."""
+        table = RoleTable(dict(custom))
+        if table == self.judged_roles():
+            return
+        self._stored_roles = (table, self._roles_reads)
 
     async def load_access(self) -> str:
         """Read the custom roles and tools again (at start, and after one is changed); if
@@ -209,7 +236,10 @@ class RoomRegistry:
         Returns the digest of what is now in force."""
         access = self.store.access
         before = self.roles.custom
+        self._roles_reads += 1
+        begun = self._roles_reads
         self.roles = RoleTable(await access.list_roles())
+        self._roles_read = begun
         self.webhooks = await access.list_tools()
         digest = access_digest(self.roles.custom, self.webhooks)
         if digest != self._access_digest:

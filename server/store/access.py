@@ -33,6 +33,7 @@ from parley.server.store.direct_sqlite import direct
 from parley.server.store.rows import (
     MemberRow,
     count_members_change,
+    count_role_change,
     hold_role,
     lock_session,
     read_member,
@@ -210,12 +211,13 @@ class AccessStore:
 
     async def list_roles(self) -> dict[str, frozenset[str]]:
         async with self.store.read() as connection:
-            rows = await connection.execute(select(roles).order_by(roles.c.name))
-            return {row.name: frozenset(json.loads(row.capabilities)) for row in rows}
+            return await read_roles(connection)
 
     async def put_role(self, name: str, capabilities: frozenset[str], now: int) -> None:
         value = json.dumps(sorted(capabilities))
         async with self.store.transaction() as tx:
+            # Cluster mode: the running nodes judge their next writes by it, from its commit.
+            await count_role_change(tx.connection, name)
             result = await tx.connection.execute(
                 update(roles).where(roles.c.name == name).values(capabilities=value)
             )
@@ -524,6 +526,12 @@ def _private_item(row: Row[Any]) -> PrivateItem:
     return PrivateItem(
         row.entry_id, row.kind, row.text, restriction_from_json(json.loads(row.restriction))
     )
+
+
+async def read_roles(connection: AsyncConnection) -> dict[str, frozenset[str]]:
+    """The custom roles as stored: their capabilities, by name."""
+    rows = await connection.execute(select(roles).order_by(roles.c.name))
+    return {row.name: frozenset(json.loads(row.capabilities)) for row in rows}
 
 
 async def read_revoked_tokens(

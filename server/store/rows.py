@@ -230,6 +230,32 @@ async def count_members_change(connection: AsyncConnection, session_id: str) -> 
         await connection.execute(_COUNT_MEMBERS_CHANGE, {"id": session_id})
 
 
+# A custom role's definition changed: counted on the lease rows of the sessions where a
+# member holds it, locked in one order (as a member change locks one, then the role's row).
+_COUNT_ROLE_CHANGE = text(
+    """
+    WITH touched AS (
+        SELECT l.session_id FROM session_leases l
+        WHERE l.session_id IN (SELECT m.session_id FROM members m WHERE m.role = :role)
+        ORDER BY l.session_id
+        FOR NO KEY UPDATE
+    )
+    UPDATE session_leases SET members_version = members_version + 1
+    WHERE session_id IN (SELECT session_id FROM touched)
+    """
+)
+
+
+async def count_role_change(connection: AsyncConnection, role: str) -> None:
+    """Before custom role ``role``'s definition is changed, in that transaction: count it
+    on the lease row of every session where a member holds it (PostgreSQL), so the node
+    that runs each judges its next write by the roles as stored, in force there or not
+    yet. Its lease row locked first, as a member change locks it before the role's row:
+    a member given the role meanwhile is either counted here or waits for this commit."""
+    if connection.dialect.name == "postgresql":
+        await connection.execute(_COUNT_ROLE_CHANGE, {"role": role})
+
+
 async def lock_session(
     connection: AsyncConnection, session_id: str, *, members_change: bool = False
 ) -> None:
