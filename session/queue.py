@@ -28,6 +28,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from parley.authz.tokens import ClientClaims
 from parley.session.errors import Busy, QueueFull
 from parley.session.lifecycle import IllegalTransition
 
@@ -51,6 +52,9 @@ class PendingPrompt:
     id: str
     seq: int
     author: str
+    # The claims of the token from another member's invite link it was sent with (None:
+    # none, or another token): judged again when its run starts (``runs.start_refusal``).
+    link_token: ClientClaims | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,14 +11,14 @@ judges its own sockets' (revoked, or from the link of a maker who may no longer 
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from sqlalchemy import and_, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from parley.authz.tokens import ClientClaims
 from parley.server.cluster.tables import session_commands
+from parley.server.store.rows import claims_column, claims_of
 
 CHANNEL_COMMAND = "parley_command"  # payload: session id (a forwarded command waits)
 CHANNEL_RESULT = "parley_result"  # payload: "<command id>" or "<command id> <reply JSON>"
@@ -31,17 +31,6 @@ class OpenCommand:
     user_id: str
     frame: str
     token: ClientClaims | None = None
-
-
-def claims_column(claims: ClientClaims | None) -> str | None:
-    """``session_commands.token_claims`` of a command sent with the client token of
-    ``claims`` (None: none)."""
-    return None if claims is None else json.dumps(asdict(claims), separators=(",", ":"))
-
-
-def claims_of(column: str | None) -> ClientClaims | None:
-    """The claims a forwarding node stored with a command (``claims_column``)."""
-    return None if column is None else ClientClaims(**json.loads(column))
 
 
 class CommandTable:

@@ -33,7 +33,7 @@ from parley.server.store.access_rows import PrivateItem
 from parley.server.store.counters import SequenceMoved
 from parley.server.store.effect_writes import write_effects
 from parley.server.store.port import SessionStore
-from parley.server.store.rows import UsageRow
+from parley.server.store.rows import UsageRow, claims_of
 from parley.server.store.usage import usage_rows
 from parley.session.core import (
     AppendText,
@@ -125,7 +125,9 @@ class SessionWriter:
         rows = await self.store.entries_with_status(
             self.session_id, [PromptStatus.QUEUED.value, PromptStatus.RUNNING.value]
         )
-        waiting = tuple(WaitingPrompt(r.id, r.seq, r.author, r.status) for r in rows)
+        waiting = tuple(
+            WaitingPrompt(r.id, r.seq, r.author, r.status, claims_of(r.token_claims)) for r in rows
+        )
         recovered = Recovered(waiting, policy, cut_off, self.document.now_ms())
         effects = handle(self.view(), recovered)
         assert effects.queue is not None

@@ -94,10 +94,11 @@ def _count_and_store(entry: bool) -> Any:
     inserted = (
         """, entry AS (
         INSERT INTO entries (id, session_id, seq, kind, author, command_id, text, status,
-            reason, reply_id, created_at, started_at)
+            reason, reply_id, created_at, started_at, token_claims)
         SELECT :entry_id, :session, counted.last_seq, :entry_kind, :entry_author,
             :entry_command, :entry_text, :entry_status, :entry_reason, :entry_reply,
-            CAST(:entry_created AS BIGINT), CAST(:entry_started AS BIGINT)
+            CAST(:entry_created AS BIGINT), CAST(:entry_started AS BIGINT),
+            CAST(:entry_token AS TEXT)
         FROM counted
         RETURNING id
     )"""

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from parley.server.store.access_rows import PrivateItem
 from parley.server.store.port import SessionTx
-from parley.server.store.rows import EntryRow
+from parley.server.store.rows import EntryRow, claims_column
 from parley.session.core import BeginRun, Effects, NewEntry, Pin, SetFact, SetPolicy
 from parley.session.core.effects import DeleteThread, OpenThread, SetThreadStatus
 from parley.session.entries import EntryKind
@@ -162,6 +162,7 @@ async def _store_entry(
             reply_id=reply_id,
             created_at=entry.created_at,
             started_at=started_at,
+            token_claims=claims_column(entry.link_token),
         ),
     )
     if entry.kind is EntryKind.PROMPT:

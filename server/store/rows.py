@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from sqlalchemy import and_, bindparam, delete, func, insert, or_, select, text
@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from parley.authz.policy import Decision
 from parley.authz.roles import Member, Role
+from parley.authz.tokens import ClientClaims
 from parley.server.store.access_rows import TokenRow
 from parley.server.store.direct_sqlite import direct
 from parley.server.store.tables import members, model_usage, quotas, roles, sessions
@@ -68,6 +69,17 @@ class MemberChange:
     revoked: dict[str, list[TokenRow]] = field(default_factory=dict)
 
 
+def claims_column(claims: ClientClaims | None) -> str | None:
+    """The column form of a client token's claims (``session_commands.token_claims``:
+    a forwarded command's; ``entries.token_claims``: a prompt's link token's; None: none)."""
+    return None if claims is None else json.dumps(asdict(claims), separators=(",", ":"))
+
+
+def claims_of(column: str | None) -> ClientClaims | None:
+    """The claims stored by ``claims_column``."""
+    return None if column is None else ClientClaims(**json.loads(column))
+
+
 @dataclass(frozen=True, slots=True)
 class EntryRow:
     id: str
@@ -83,6 +95,9 @@ class EntryRow:
     created_at: int
     # Set when the prompt's run starts in the write that stores it (inserted ``running``).
     started_at: int | None = None
+    # A prompt sent with a token from another member's invite link: its claims
+    # (``claims_column``), judged again when its run starts.
+    token_claims: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -336,6 +351,7 @@ def entry_row(row: Any) -> EntryRow:
         row.reason,
         row.reply_id,
         row.created_at,
+        token_claims=row.token_claims,
     )
 
 

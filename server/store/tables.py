@@ -97,6 +97,9 @@ entries = Table(
     Column("created_at", BigInteger, nullable=False),
     Column("started_at", BigInteger),
     Column("finished_at", BigInteger),
+    # A prompt sent with a token from another member's invite link: the token's claims
+    # (JSON), judged again when its run starts; NULL otherwise.
+    Column("token_claims", Text),
     UniqueConstraint("session_id", "seq", name="uq_entries_session_seq"),
     UniqueConstraint("session_id", "author", "command_id", name="uq_entries_command"),
 )

@@ -74,6 +74,7 @@ def _entry_parameters(values: Mapping[str, Any]) -> dict[str, Any]:
         "entry_reply": values["reply_id"],
         "entry_created": values["created_at"],
         "entry_started": values["started_at"],
+        "entry_token": values["token_claims"],
     }
 
 
@@ -394,6 +395,7 @@ class StoreTx:
             "reply_id": row.reply_id,
             "created_at": row.created_at,
             "started_at": row.started_at,
+            "token_claims": row.token_claims,
         }
         left = self._statements
         if last and left.left_entry is None and self._connection.dialect.name == "postgresql":

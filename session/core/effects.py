@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from parley.authz.policy import Restriction
+from parley.authz.tokens import ClientClaims
 from parley.session.commands import ack
 from parley.session.core.thread_state import SideThread, ThreadTurn
 from parley.session.entries import EntryKind
@@ -43,6 +44,9 @@ class NewEntry:
     status: str
     created_at: int
     source: str | None = None  # ``private_thread``: shared back from a side-thread
+    # A prompt sent with a token from another member's invite link: its claims, stored with
+    # it (``PendingPrompt.link_token``).
+    link_token: ClientClaims | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -185,8 +185,10 @@ def _prompt(view: SessionView, event: CommandEvent, command: PromptCommand) -> E
     require_room(view, command.text)  # before the queue's refusals: waiting will not help
     queue = view.queue.clone()
     queue.admit(event.actor)
+    link = event.token if event.token is not None and event.token.made_by else None
     entry = new_entry(view, event, EntryKind.PROMPT, command.text, PromptStatus.QUEUED.value)
-    pushed = queue.push(PendingPrompt(entry.id, entry.seq, entry.author))
+    entry = replace(entry, link_token=link)
+    pushed = queue.push(PendingPrompt(entry.id, entry.seq, entry.author, link))
     superseded = Ending(ReasonCode.SUPERSEDED, f"superseded by a newer prompt from {event.actor}")
     return Effects(
         ack=Ack(entry.seq, (("prompt_id", entry.id),)),

@@ -118,7 +118,13 @@ def start_refusal(view: SessionView, prompt: PendingPrompt) -> Ending | None:
     (``forbidden``). The stops that a removal and a revocation make (``member_updated``,
     ``token_revoked``) end the same prompts with the same reasons; judged again here, the
     prompts they never reached end alike: the session loaded (after a failover, a restart
-    or a crash) between the change's write and its stop, which found no queue to stop."""
+    or a crash) between the change's write and its stop, which found no queue to stop.
+
+    A prompt sent with a token from another member's invite link is judged by that token
+    too, as a command sent with it is at its commit (``SessionView.token_refusal``): its
+    maker removed or lowered so that they may no longer make the link, it ends
+    ``token_revoked`` (nothing stops it before: raised back meanwhile, the maker makes
+    the token, and the prompt, live again)."""
     subject = view.subject(prompt.author)
     if subject is None:
         return removed_ending(prompt.author)
@@ -129,6 +135,10 @@ def start_refusal(view: SessionView, prompt: PendingPrompt) -> Ending | None:
             return removed_ending(prompt.author)
         if sent_at < standing.revoked_at:
             return revoked_ending(prompt.author)
+    if prompt.link_token is not None:
+        refusal = view.token_refusal(prompt.link_token)
+        if refusal is not None:
+            return Ending(ReasonCode.TOKEN_REVOKED, f"the client token it was sent with: {refusal}")
     return None if prompt_refusal(subject) is None else FORBIDDEN_RUN
 
 
@@ -407,7 +417,11 @@ def recovered(view: SessionView, event: Recovered) -> Effects:
     queued = PromptStatus.QUEUED.value
     queue = OrderingQueue(
         view.queue.limits,
-        [PendingPrompt(p.id, p.seq, p.author) for p in event.waiting if p.status == queued],
+        [
+            PendingPrompt(p.id, p.seq, p.author, p.link_token)
+            for p in event.waiting
+            if p.status == queued
+        ],
         event.policy,
         rotation=[item.author for item in view.doc.queued()],
     )

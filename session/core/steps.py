@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from parley.authz.policy import Restriction
 from parley.authz.roles import Member
+from parley.authz.tokens import ClientClaims
 from parley.session.core.effects import AuditRecord, ReplyState
 from parley.session.queue import Policy, Run
 from parley.session.quota import Quotas
@@ -119,6 +120,7 @@ class WaitingPrompt:
     seq: int
     author: str
     status: str
+    link_token: ClientClaims | None = None  # ``PendingPrompt.link_token``
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,11 +15,12 @@ from pycrdt import Doc, Text
 
 from parley.authz.policy import Decision, Readers
 from parley.authz.roles import Member
+from parley.authz.tokens import ClientClaims
 from parley.server.store.access_rows import PrivateItem
 from parley.server.store.counters import SequenceMoved
 from parley.server.store.db import create_engine
 from parley.server.store.memory import MemoryStore
-from parley.server.store.rows import EntryRow, StoredDoc
+from parley.server.store.rows import EntryRow, StoredDoc, claims_column, claims_of
 from parley.server.store.sessions import Store
 from parley.server.store.usage import UsageLedger
 from parley.session import presence as presence_module
@@ -642,3 +643,21 @@ async def test_each_client_id_keeps_its_latest_leaving_within_the_day_and_the_co
     await keep("a", 13.5 + day, LeftClient(5, "bob", 13.5 + day, 1))
     assert [c.client_id for c in await store.left_clients("a", 0)] == [5, 4]
     assert await store.left_clients("b", 0) == [LeftClient(1, "cy", 11.0, 1)]
+
+
+async def test_a_prompts_link_token_is_stored_with_it_and_read_back_waiting(store: Any) -> None:
+    """A prompt sent with a token from another member's invite link keeps the token's
+    claims (``entries.token_claims``), so whichever process starts its run later judges
+    it by that token: inserted at once or left for the write's last statement alike."""
+    claims = ClientClaims("carol", "a", 1_900_000_000, "t1", "e1", "alice", "e0")
+    await store.create_session("a", "t", "queue", 0)
+    for seq, last in ((1, False), (2, True)):
+        row = replace(entry("a", seq, f"c{seq}"), token_claims=claims_column(claims))
+        async with store.transaction() as tx:
+            tx.claim_seq("a", seq)
+            await tx.insert_entry(row, last=last)
+            accepted = [PromptAccepted(row.id, seq, "ann")]
+            await tx.append_change("a", bytes([seq]), 5, accepted, last=last)
+    await add_prompt(store, "a", "c3")
+    waiting = await store.entries_with_status("a", [PromptStatus.QUEUED.value])
+    assert [claims_of(r.token_claims) for r in waiting] == [claims, claims, None]
