@@ -258,13 +258,7 @@ class SessionRunner:
         offered = active.scope
 
         def scope_now() -> RunScope | None:
-            """The run's scope as of this step: grants change while a run goes on (a role
-            changed, a custom role edited), and a tool step acts with its issuers' rights
-            now, not those it started with. None once none of them is a member."""
-            try:
-                return self.room.runs.scope_for(active.run.authors, preview=True)
-            except Forbidden:
-                return None
+            return self._scope_now(active)
 
         def refuse(name: str) -> str | None:
             if offered.tool(name) is None:
@@ -357,14 +351,22 @@ class SessionRunner:
                     restriction=(),
                 )
                 self._note_call(active, step_id, name, ToolStepStatus.RUNNING)
-            executed = await self.tools.run(
-                self.room.session_id,
-                call.name,
-                step_id,
-                effect.arguments,
-                now,
-                self.room.webhooks(),
-            )
+                # Judged again as of that write's commit: a grant or a custom role changed
+                # meanwhile (on another node, say: read by its fence) binds the call.
+                now = self._scope_now(active)
+            if now is None or now.tool(call.name) is None:
+                executed = Executed(
+                    "error: the tool is no longer allowed to the run's issuers", True
+                )
+            else:
+                executed = await self.tools.run(
+                    self.room.session_id,
+                    call.name,
+                    step_id,
+                    effect.arguments,
+                    now,
+                    self.room.webhooks(),
+                )
         await active.steps.widen(active, executed.restriction)
         status = ToolStepStatus.ERROR if executed.is_error else ToolStepStatus.DONE
         await active.steps.add_tool_step(
@@ -377,6 +379,15 @@ class SessionRunner:
         )
         self._note_call(active, step_id, name, status)
         return ToolResult(executed.content, executed.is_error)
+
+    def _scope_now(self, active: ActiveRun) -> RunScope | None:
+        """The run's scope as of this step: grants change while a run goes on (a role
+        changed, a custom role edited), and a tool step acts with its issuers' rights now,
+        not those it started with. None once none of them is a member."""
+        try:
+            return self.room.runs.scope_for(active.run.authors, preview=True)
+        except Forbidden:
+            return None
 
     def _readable_by_all(self, active: ActiveRun) -> bool:
         """Whether every member may read what the run drew on so far."""

@@ -587,3 +587,28 @@ async def test_a_tool_answer_a_database_cannot_store_is_stored_with_a_replacemen
     assert "row 1: ok" in step["content"]
     if b"readers" not in answer:
         assert "row 1: ok\ufffdrow 2: ok" in step["content"]
+
+
+async def test_a_call_that_leaves_is_judged_again_after_its_running_step_is_stored(
+    parley: tuple[Backend, FakeModel], tool_server: ToolServer
+) -> None:
+    """The loop judged alice's call allowed; her grant of the tool was taken before the
+    call's ``running`` step was stored. The call went out with the rights judged before,
+    after the change had been answered. Judged again as of that write (in cluster mode,
+    what its fence read as stored), it does not go: an error result, the tool unreached."""
+    b, _ = parley
+    tool_server.verifier = WebhookVerifier(await register(b, "lookup", tool_server.url + "/lookup"))
+    sid = await b.new_session({"olga": "owner"})
+    s = await member(b, sid, "alice", ["tool:lookup"])
+    add_tool_step = s.room.runs.add_tool_step
+
+    async def taken_first(active: Any, **step: Any) -> None:
+        if step["status"] == "running":
+            await member(b, sid, "alice", [])
+        await add_tool_step(active, **step)
+
+    s.room.runs.add_tool_step = taken_first  # type: ignore[method-assign]
+    entries = await prompted(s, "alice", "lookup the answer")
+    assert tool_server.received == []
+    step = next(e for e in entries if e["kind"] == "tool")
+    assert step["status"] == "error" and "no longer allowed" in str(step), step
