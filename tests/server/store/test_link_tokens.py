@@ -12,7 +12,7 @@ from parley.authz.tokens import ClientClaims
 from parley.server.store.access import AccessStore, insert_client_token
 from parley.server.store.db import alembic_config, create_engine
 from parley.server.store.sessions import Store
-from parley.server.store.tables import client_tokens, invites
+from parley.server.store.tables import client_tokens, entries, invites
 from tests.server.store.conftest import goes_down_and_up
 
 NOW = 1_700_000_000
@@ -53,5 +53,19 @@ async def test_link_tokens_are_revoked_once_their_member_is_known(
         assert all("known another way" in r.data["reason"] for r in audit)
         await goes_down_and_up(store, config, "commands_0030", client_tokens, "made_by")
         await goes_down_and_up(store, config, "commands_0030", invites, "maker_epoch")
+    finally:
+        await store.close()
+
+
+async def test_the_migration_of_prompts_link_tokens_goes_down_and_up(
+    empty_database_url: str,
+) -> None:
+    """``entries_0032``: ``entries.token_claims`` (a prompt's link token, judged again when
+    its run starts)."""
+    config = alembic_config(empty_database_url)
+    await asyncio.to_thread(command.upgrade, config, "head")
+    store = Store(create_engine(empty_database_url))
+    try:
+        await goes_down_and_up(store, config, "tokens_0031", entries, "token_claims")
     finally:
         await store.close()
