@@ -288,6 +288,22 @@ class RunningServer:
         assert response.status_code == 201, response.text
         return str(response.json()["token"])
 
+    async def link_token(self, session_id: str, maker: str, user_id: str) -> str:
+        """A client token of ``user_id`` exchanged from an invite link ``maker`` minted."""
+        minted = await self.http.post(
+            f"/api/v1/sessions/{session_id}/invites",
+            json={"user_id": user_id},
+            headers={"Authorization": f"Bearer {await self.token(session_id, maker)}"},
+        )
+        assert minted.status_code == 201, minted.text
+        exchanged = await self.http.post(
+            "/api/v1/invites/exchange",
+            json={"invite": minted.json()["secret"]},
+            headers={"Authorization": ""},
+        )
+        assert exchanged.status_code == 200, exchanged.text
+        return str(exchanged.json()["token"])
+
     async def thread_url(self, session_id: str, token: str) -> str:
         """A side-thread opened with the member's ``token``: its socket's URL, with it."""
         opened = await self.http.post(

@@ -13,35 +13,13 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import (
-    RunningServer,
-    make_settings,
-    postgres_database,
-    serve_in_process,
-    sqlite_url,
-)
+from tests.conftest import RunningServer, make_settings, serve_in_process, sqlite_url
 from tests.fake_model import Answer, FakeModel, Sent
+from tests.server.cluster.nodes import two_in_process
 
 
 def _bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
-
-
-async def _token_from_a_link(server: RunningServer, sid: str, maker: str, user: str) -> str:
-    """A client token of ``user`` exchanged from an invite link ``maker`` minted."""
-    minted = await server.http.post(
-        f"/api/v1/sessions/{sid}/invites",
-        json={"user_id": user},
-        headers=_bearer(await server.token(sid, maker)),
-    )
-    assert minted.status_code == 201, minted.text
-    exchanged = await server.http.post(
-        "/api/v1/invites/exchange",
-        json={"invite": minted.json()["secret"]},
-        headers={"Authorization": ""},
-    )
-    assert exchanged.status_code == 200, exchanged.text
-    return str(exchanged.json()["token"])
 
 
 @contextlib.asynccontextmanager
@@ -54,16 +32,8 @@ async def _servers(
         async with serve_in_process(make_settings(sqlite_url(tmp_path), tmp_path), model) as one:
             yield one, one
         return
-    async with postgres_database(migrated=True) as url:
-
-        def node(name: str) -> Any:
-            return make_settings(url, tmp_path / name, cluster=True, node_id=name)
-
-        async with (
-            serve_in_process(node("a"), model) as first,
-            serve_in_process(node("b"), model) as second,
-        ):
-            yield first, second
+    async with two_in_process(tmp_path, model) as (_, first, second):
+        yield first, second
 
 
 @pytest.mark.parametrize(
@@ -85,7 +55,7 @@ async def test_a_waiting_prompt_of_a_link_token_does_not_run_once_its_maker_is_l
     model = FakeModel(script)
     async with _servers(tmp_path, model, cluster) as (running, other):
         sid = await running.new_session({"alice": "owner", "carol": "editor", "dave": "editor"})
-        carol = await _token_from_a_link(running, sid, "alice", "carol")
+        carol = await running.link_token(sid, "alice", "carol")
         dave = await running.connect(sid, "dave", commands="text")
         await dave.command({"type": "prompt", "id": "p1", "text": "first"})
         await dave.wait_until(lambda c: len(model.requests) == 1, timeout=30)

@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests import conftest
 from tests.conftest import ADMIN_KEY, ServerProcess, free_port, postgres_database
+from tests.fake_model import FakeModel
 from tests.fake_upstream import FakeUpstream, Reply, openai_chunk, sse
 from tests.yclient import YClient
 
@@ -162,10 +163,10 @@ def failing_statements(
 
 @contextlib.asynccontextmanager
 async def two_in_process(
-    tmp_path: Path, **overrides: Any
+    tmp_path: Path, model: FakeModel | None = None, **overrides: Any
 ) -> AsyncIterator[tuple[str, conftest.RunningServer, conftest.RunningServer]]:
-    """Two nodes served in this process (``a`` and ``b``, their insides at hand) on a new
-    migrated database: its URL and the two."""
+    """Two nodes served in this process (``a`` and ``b``, their insides at hand, answered
+    by ``model`` if given) on a new migrated database: its URL and the two."""
     async with postgres_database(migrated=True) as url:
 
         def node(name: str) -> Any:
@@ -174,7 +175,7 @@ async def two_in_process(
             )
 
         serve = conftest.serve_in_process
-        async with serve(node("a")) as first, serve(node("b")) as second:
+        async with serve(node("a"), model) as first, serve(node("b"), model) as second:
             yield url, first, second
 
 

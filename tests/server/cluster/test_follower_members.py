@@ -383,20 +383,7 @@ async def _carol_from_anns_link(nodes: TwoNodes) -> str:
     first, sid = nodes.first, nodes.sid
     added = await first.http.put(f"/api/v1/sessions/{sid}/members/carol", json={"role": "editor"})
     assert added.status_code == 200, added.text
-    ann = await first.token(sid, "ann")
-    minted = await first.http.post(
-        f"/api/v1/sessions/{sid}/invites",
-        json={"user_id": "carol"},
-        headers={"Authorization": f"Bearer {ann}"},
-    )
-    assert minted.status_code == 201, minted.text
-    exchanged = await first.http.post(
-        "/api/v1/invites/exchange",
-        json={"invite": minted.json()["secret"]},
-        headers={"Authorization": ""},
-    )
-    assert exchanged.status_code == 200, exchanged.text
-    return str(exchanged.json()["token"])
+    return await first.link_token(sid, "ann", "carol")
 
 
 async def test_a_forwarded_command_of_a_token_revoked_before_its_commit_is_refused(

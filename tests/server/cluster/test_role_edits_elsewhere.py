@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from parley.server.settings import Settings
 from parley.server.store.access import AccessStore
-from tests.conftest import RunningServer, make_settings, postgres_database, serve_in_process
+from tests.conftest import RunningServer
 from tests.fake_model import FakeModel
+from tests.server.cluster.nodes import two_in_process
 from tests.server.cluster.test_changes_elsewhere import CODE, reply_done, shown, vault_script
 from tests.yclient import YClient
 
@@ -50,30 +50,22 @@ class Nodes:
 
 @contextlib.asynccontextmanager
 async def auditor_nodes(tmp_path: Path, model: FakeModel) -> AsyncIterator[Nodes]:
-    async with postgres_database(migrated=True) as url:
-
-        def node(name: str) -> Settings:
-            return make_settings(url, tmp_path / name, cluster=True, node_id=name)
-
-        async with (
-            serve_in_process(node("a"), model) as first,
-            serve_in_process(node("b"), model) as second,
-        ):
-            role = await first.http.put("/api/v1/roles/auditor", json={"capabilities": BASE})
-            assert role.status_code == 200, role.text
-            sid = await first.new_session({"ann": "owner", "bob": "auditor"})
-            vault = {"title": "Vault", "text": f"the vault code is {CODE}"}
-            made = await first.http.post(
-                f"/api/v1/sessions/{sid}/documents", json={**vault, "readers": {"roles": ["owner"]}}
-            )
-            assert made.status_code == 201, made.text
-            document = made.json()["id"]
-            reads = {"capabilities": [*BASE, f"read:{document}"]}
-            role = await first.http.put("/api/v1/roles/auditor", json=reads)
-            assert role.status_code == 200, role.text
-            ann = await first.connect(sid, "ann", commands="text")  # runs on the first node
-            bob = await first.connect(sid, "bob", commands="text")
-            yield Nodes(first, second, sid, document, ann, bob)
+    async with two_in_process(tmp_path, model) as (_, first, second):
+        role = await first.http.put("/api/v1/roles/auditor", json={"capabilities": BASE})
+        assert role.status_code == 200, role.text
+        sid = await first.new_session({"ann": "owner", "bob": "auditor"})
+        vault = {"title": "Vault", "text": f"the vault code is {CODE}"}
+        made = await first.http.post(
+            f"/api/v1/sessions/{sid}/documents", json={**vault, "readers": {"roles": ["owner"]}}
+        )
+        assert made.status_code == 201, made.text
+        document = made.json()["id"]
+        reads = {"capabilities": [*BASE, f"read:{document}"]}
+        role = await first.http.put("/api/v1/roles/auditor", json=reads)
+        assert role.status_code == 200, role.text
+        ann = await first.connect(sid, "ann", commands="text")  # runs on the first node
+        bob = await first.connect(sid, "bob", commands="text")
+        yield Nodes(first, second, sid, document, ann, bob)
 
 
 async def test_text_every_member_may_read_is_judged_by_a_role_edited_elsewhere(
