@@ -23,6 +23,7 @@ from parley.session.yprotocol import SyncMessage, SyncType, decode_client_frame,
 from tests.conftest import RunningServer, make_settings, serve_in_process, sqlite_url
 from tests.stock_client import StockYjsClient, ensure_node_modules
 from tests.yclient import YClient
+from tests.ystate import state_of
 
 MIB = 1024 * 1024
 
@@ -185,7 +186,7 @@ async def test_a_large_sync_answer_comes_in_chunks_with_the_step_2_last(tmp_path
         for frame in frames:
             fresh.apply_update(frame.payload)
         assert fresh.get("transcript", type=Array).to_py() == whole
-        assert fresh.get_state() == alice.doc.get_state()
+        assert state_of(fresh) == state_of(alice.doc)
 
         frames = await _sync_frames(server, sid, "sam", early)
         assert len(frames) > 5 and frames[-1].sync_type is SyncType.STEP2

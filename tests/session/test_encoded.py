@@ -24,6 +24,7 @@ from parley.session.yprotocol import (
     decode_state_vector,
 )
 from parley.session.ysplit import split_update
+from tests.ystate import state_of
 
 Change = tuple[str, int]
 CHANGES = st.lists(
@@ -133,7 +134,7 @@ def test_the_step_2_alone_holds_everything_committed(
     asked = EMPTY_STATE_VECTOR if empty_client else client.get_state()
     client.apply_update(step2(ask(encoded, asked)))
     assert content(client) == content(server)
-    assert client.get_state() == server.get_state()
+    assert state_of(client) == state_of(server)
 
 
 @settings(max_examples=60, deadline=None)
@@ -157,7 +158,7 @@ def test_an_answer_in_chunks_makes_the_document_a_one_frame_answer_makes(
     synced_from(ask(one_frame, asked), reference)
     assert content(synced_from(ask(encoded, asked), client)) == content(reference)
     assert content(client) == content(server)
-    assert client.get_state() == server.get_state()
+    assert state_of(client) == state_of(server)
     assert encoded.size == sum(map(len, encoded.parts()))
 
 
@@ -199,7 +200,7 @@ def test_the_copy_rebuilds_the_committed_document(
     rebuilt: Doc[Any] = Doc()
     rebuilt.apply_update(encoded.update())
     assert content(rebuilt) == content(server)
-    assert rebuilt.get_state() == server.get_state()
+    assert state_of(rebuilt) == state_of(server)
 
 
 @settings(max_examples=40, deadline=None)
@@ -262,7 +263,7 @@ def test_clients_the_document_does_not_know_change_nothing_in_the_answer() -> No
     assert whole == ask(encoded, EMPTY_STATE_VECTOR)
     client.apply_update(step2(whole))
     assert content(client) == content(server)
-    assert client.get_state() == server.get_state()
+    assert state_of(client) == state_of(server)
 
 
 def test_a_vector_listing_too_many_clients_is_answered_with_its_entries_unread() -> None:

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from pycrdt import Array, Doc, Map, Text
 
 from parley.session.ysplit import split_update
+from tests.ystate import state_of
 
 
 def _writers(generations: int, entries: int, seed: int) -> Doc[Any]:
@@ -60,7 +61,7 @@ def test_the_parts_are_bounded_and_make_the_document_in_order(
     for part in parts:
         rebuilt.apply_update(part)
     assert content(rebuilt) == content(doc)
-    assert rebuilt.get_state() == doc.get_state()
+    assert state_of(rebuilt) == state_of(doc)
 
 
 def test_a_large_document_is_cut_into_parts_within_the_bound() -> None:

@@ -30,6 +30,7 @@ from tests.server.runtime.harness import (
     add_members,
     memory_settings,
 )
+from tests.ystate import state_of
 
 ENTRIES = 2000
 
@@ -105,7 +106,7 @@ async def test_a_long_session_loads_in_steps_other_tasks_run_between(
     assert turns.most("entry") <= 500
     # The same document as stored, the same entries.
     assert room.doc.entries() == written.entries()
-    assert room.doc.doc.get_state() == written.doc.get_state()
+    assert state_of(room.doc.doc) == state_of(written.doc)
     assert room.doc.entry(f"m{ENTRIES - 1}").content == f"note {ENTRIES - 1}"
 
 
@@ -224,7 +225,7 @@ async def _failed_write(writer: DocumentWriter) -> None:
 def _assert_committed(writer: DocumentWriter, written: SessionDocument) -> None:
     """The live document is the committed one, and the room goes on."""
     assert writer.doc.entries() == written.entries()
-    assert writer.doc.doc.get_state() == written.doc.get_state()
+    assert state_of(writer.doc.doc) == state_of(written.doc)
     assert writer.doc.entry(f"m{ENTRIES - 1}").content == f"note {ENTRIES - 1}"
     assert writer.failed is None
 

@@ -19,6 +19,7 @@ from parley.server.store.memory_tables import MemoryTx
 from parley.session.yprotocol import decode_client_frame
 from parley.session.ysplit import split_update
 from tests.server.runtime.harness import SESSION, Watcher, memory_session
+from tests.ystate import state_of
 
 
 class LoggingWatcher(Watcher):
@@ -127,4 +128,4 @@ async def test_a_stored_snapshot_is_cut_once_in_a_thread_for_the_answers_that_wa
         client: Doc[Any] = Doc()
         for frame in first:
             client.apply_update(decode_client_frame(frame).payload)  # type: ignore[union-attr]
-        assert client.get_state() == writer.doc.doc.get_state()
+        assert state_of(client) == state_of(writer.doc.doc)
