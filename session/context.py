@@ -61,6 +61,7 @@ from parley.session.summary import Summary, newest_within
 from parley.session.tokens import (
     count_tokens,
     framing_tokens,
+    opening_tokens,
     system_text_tokens,
     tokenizer_name,
     tools_tokens,
@@ -82,6 +83,8 @@ QUOTE = "  "  # before every line of members' text in the system text
 # (``_copies_to_name``): one settles a text pasted again and again; a few settle texts
 # whose naming moves what fits.
 MAX_COPY_WALKS = 3
+# The key of the provider's opening turn among a walk's costs (the others: item indices).
+OPENING_COST = -1
 SYSTEM_TEXTS_KEPT = 4  # per builder: a run's scope, a preview's, a summary plan's
 
 
@@ -91,6 +94,9 @@ class ContextSettings:
     reserve_output_tokens: int = 1_024
     min_block_lines: int = 4
     fixed_share: float = 0.5  # of the budget: the most the instructions, facts and pins take
+    # The provider puts a user turn (``OPENING``) before an input that opens with the
+    # model's turn (Anthropic's API refuses it): the build counts it (review RZ-4).
+    user_turn_first: bool = False
 
     @property
     def budget(self) -> int:
@@ -128,10 +134,18 @@ class BuiltContext:
     sources: tuple[tuple[str, ...], ...] = ()  # the entries behind each message, in order
     tools_tokens: int = 0  # the definitions of the tools offered (``request.tools``)
     pins_left: tuple[str, ...] = ()  # pinned, over the pins' share (see ``_system_within``)
+    # The provider's opening turn before an input that opens with the model's turn
+    # (``ContextSettings.user_turn_first``): not a message of ``request``, sent all the same.
+    opening_tokens: int = 0
 
     @property
     def tokens(self) -> int:
-        return self.system_tokens + self.tools_tokens + sum(self.tokens_per_message)
+        return (
+            self.system_tokens
+            + self.tools_tokens
+            + self.opening_tokens
+            + sum(self.tokens_per_message)
+        )
 
     @property
     def fixed_tokens(self) -> int:
@@ -575,14 +589,25 @@ class ContextBuilder:
         earlier_block = count_tokens(EARLIER_LINE) + count_tokens(EARLIER_END) + 2
         summarised = scope.covered_prefix(summary)
 
-        def walk() -> tuple[dict[int, int], list[int], list[int], list[int], int]:
-            """The budget loop, newest first: the cost of each kept item, the kept, those
-            left out and those said before the summary's end (newest first), and the cut."""
+        opening = opening_tokens() if settings.user_turn_first else 0
+
+        def opening_at(first: int | None) -> int:
+            """The provider's opening turn, when the input's first message, item ``first``,
+            is the model's."""
+            return opening if first is not None and fold.items[first].role == "assistant" else 0
+
+        def walk(stop: int = -1) -> tuple[dict[int, int], list[int], list[int], list[int], int]:
+            """The budget loop, newest first: the cost of each kept item (``-1``: the
+            provider's opening turn), the kept, those left out and those said before the
+            summary's end (newest first), and the cut. Items at ``stop`` and before are
+            left out as over budget (a run the edge cut: ``_run_cut``)."""
             cost: dict[int, int] = {}
             for index in answering_items:
                 item = fold.items[index]
                 references.add(index, item)
                 cost[index] = tokens(index)
+            first = min(answering_items, default=None)  # the input's first message
+            cost[OPENING_COST] = opening_at(first)
             spent = system_tokens + offered + sum(cost.values())
             kept: list[int] = []
             left: list[int] = []
@@ -598,7 +623,8 @@ class ContextBuilder:
                 if index in answering_items:
                     kept.append(index)
                     unseen_answering -= 1
-                elif full or (summary is not None and _covered_by(summary, item)):
+                elif index <= stop or full or (summary is not None and _covered_by(summary, item)):
+                    full = full or index <= stop
                     left.append(index)
                 elif summary is not None and item.last_seq <= summary.to_seq:
                     text = "\n".join(line for said in said_in(item) for line in _pin_lines(said))
@@ -611,13 +637,16 @@ class ContextBuilder:
                         spent += more
                 else:
                     references.add(index, item)
-                    if spent + tokens(index) > settings.budget:
+                    opens = opening_at(index if first is None else min(first, index))
+                    if spent + tokens(index) + opens - cost[OPENING_COST] > settings.budget:
                         full = True
                         left.append(index)
                     else:
                         kept.append(index)
                         cost[index] = tokens(index)
-                        spent += cost[index]
+                        spent += cost[index] + opens - cost[OPENING_COST]
+                        cost[OPENING_COST] = opens
+                        first = index if first is None else min(first, index)
                         for ready in references.give(index):  # sent as references now
                             spent -= cost[ready]
                             cost[ready] = tokens(ready)
@@ -627,19 +656,35 @@ class ContextBuilder:
                     break
             return cost, kept, left, earlier, cut
 
+        def walk_whole_runs() -> tuple[dict[int, int], list[int], list[int], list[int], int]:
+            """``walk``, walked again while the edge cuts a run: its reply, tool steps and
+            prompts then go out together, with what was said among them (review RZ-3: the
+            input opened with a reply whose question was over budget; a coalesced reply
+            read as the answer to the one prompt of it kept). A walk again, not items
+            taken out of this one: what referred to them is costed in full from the start,
+            so the budget holds. Each walk stops at a newer item: they end."""
+            nonlocal references
+            stop = -1
+            while True:
+                walked = walk(stop)
+                stop = _run_cut(fold, history, walked[1], walked[3], summary)
+                if stop < 0:
+                    return walked
+                references = GivenReferences(fold, answering_items, references.copies)
+
         # A text several members pasted whose first posting is not in the input: its
         # copies name the earliest copy that is, walked again (review RZ-2: every copy went
         # in full). A walk names copies from what the one before kept, so a few walks
         # settle; the last is the input whatever it names.
         named_copies: set[int] = set()
-        cost, kept, left, earlier, cut = walk()
+        cost, kept, left, earlier, cut = walk_whole_runs()
         for _ in range(MAX_COPY_WALKS):
             copies = _copies_to_name(fold, kept)
             if copies == references.copies:
                 break
             references = GivenReferences(fold, answering_items, copies)
             named_copies = set(copies.values())
-            cost, kept, left, earlier, cut = walk()
+            cost, kept, left, earlier, cut = walk_whole_runs()
         kept.reverse()
         earlier.reverse()
         bare = system, system_tokens
@@ -689,6 +734,7 @@ class ContextBuilder:
         return BuiltContext(
             request=request,
             tokens_per_message=tuple(cost[index] for index in kept),
+            opening_tokens=cost[OPENING_COST],
             system_tokens=system_tokens,
             notes=notes,
             budget=settings.budget,
@@ -727,6 +773,32 @@ class ContextBuilder:
                 self._systems.popitem(last=False)
         self._systems.move_to_end(key)
         return made
+
+
+def _run_cut(
+    fold: HistoryFold,
+    history: Sequence[tuple[Entry, bool]],
+    kept: Sequence[int],
+    earlier: Sequence[int],
+    summary: Summary | None,
+) -> int:
+    """The newest kept reply (``kept``: newest first) that a prompt it answers is missing
+    from: not kept, not quoted before the summary (``earlier``), not covered by it (over
+    budget); -1 when none is. A prompt pinned is in the system text; one withheld is the
+    read scope's (listed as such)."""
+    given = {*kept, *earlier}
+    for index in kept:
+        item = fold.items[index]
+        if item.role != "assistant":
+            continue
+        said = history[fold.step_of[item.entry_ids[-1]]][0]
+        for prompt in said.answers or ((said.reply_to,) if said.reply_to else ()):
+            at = fold.item_of.get(prompt)
+            if at is None or at in given:
+                continue
+            if summary is None or not _covered_by(summary, fold.items[at]):
+                return index
+    return -1
 
 
 def _copies_to_name(fold: HistoryFold, kept: Sequence[int]) -> dict[str, int]:

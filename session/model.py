@@ -19,6 +19,10 @@ from parley.session.commands import storable
 WIRE_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 # The tail of a derived name (``wire_name``): an id ending so is derived too.
 DERIVED_TAIL = re.compile(r"-[0-9a-f]{12}\Z")
+# The user turn a provider whose API refuses an input opening with the model's turn
+# (Anthropic's) puts before it: it stands in for the turns the context left out, and a
+# build counts it (``ContextSettings.user_turn_first``, ``tokens.opening_tokens``).
+OPENING = "(earlier conversation left out)"
 
 
 @dataclass(frozen=True, slots=True)

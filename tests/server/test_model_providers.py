@@ -137,6 +137,22 @@ async def test_anthropic_reply_streams_into_the_transcript(tmp_path: Path) -> No
     ]
 
 
+async def test_the_context_counts_the_opening_turn_for_anthropic_models_only(
+    tmp_path: Path,
+) -> None:
+    """Review RZ-4: Anthropic's "(earlier conversation left out)" turn went uncounted; the
+    builder counts it when the session's model is Anthropic's (``user_turn_first``)."""
+    upstream = FakeUpstream([])
+    for model, first in (("claude", True), ("gpt", False)):
+        async with (
+            upstream.running(),
+            parley_with(upstream, sqlite_url(tmp_path, f"{model}.db"), default=model) as parley,
+        ):
+            sid = await parley.new_session({"alice": "editor"})
+            alice = await parley.session(sid)
+            assert alice.room.context.settings_now().user_turn_first is first
+
+
 async def test_a_dropped_stream_fails_the_prompt_and_keeps_the_partial_text(tmp_path: Path) -> None:
     pieces = openai_stream(["Half", " a", " reply", " and", " more"])[:4]
     upstream = FakeUpstream([Reply(pieces=pieces, end="drop"), Reply(pieces=openai_stream(["x"]))])

@@ -1,0 +1,201 @@
+"""session/context.py at the window's edge: a run's prompts, tool steps and reply are
+kept or left out together (review RZ-3), and a provider's opening turn is counted
+(review RZ-4)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from parley.server.providers.anthropic import render
+from parley.session.context import BuiltContext, ContextSettings, build_context
+from parley.session.entries import Entry, EntryKind
+from parley.session.model import OPENING
+from parley.session.tokens import MESSAGE_TOKENS, count_tokens, input_tokens, opening_tokens
+from tests.session.factories import entry
+
+QUESTION = "alice's long question: " + " ".join(f"detail{i}" for i in range(100))
+ANSWER = "The rollout plan: " + " ".join(f"step{i}" for i in range(40))
+
+
+def done(n: int, author: str, text: str) -> Entry:
+    return entry(n, author, text, EntryKind.PROMPT, "done")
+
+
+def answer(n: int, text: str, *prompts: int) -> Entry:
+    """Reply ``e{n}`` answering ``prompts`` (its number: the last one's)."""
+    made = entry(n, "fake", text, EntryKind.REPLY)
+    ids = tuple(f"e{p}" for p in prompts)
+    return replace(made, seq=prompts[-1], reply_to=ids[-1], answers=ids)
+
+
+def tool(n: int, reply: int, text: str) -> Entry:
+    made = entry(n, "fake", text, EntryKind.TOOL, "done")
+    return replace(made, role="tool", tool="search_documents", reply_to=f"e{reply}")
+
+
+def chatter(first: int, count: int) -> list[Entry]:
+    return [entry(n, "bob", f"chatter {n} " + "blah " * 5) for n in range(first, first + count)]
+
+
+def assert_runs_whole(built: BuiltContext, entries: list[Entry]) -> None:
+    """Every reply in the input has each prompt it answers and each of its tool steps in
+    the input too (as a message or in the system text); the budget holds."""
+    by_id = {e.id: e for e in entries}
+    given = set(built.included)
+    for entry_id in given:
+        said = by_id[entry_id]
+        if said.kind is EntryKind.REPLY:
+            run = {*said.answers, *(e.id for e in entries if e.reply_to == said.id)}
+            assert run <= given, (entry_id, run - given)
+    assert built.tokens <= built.budget
+    out = {x.entry_id for x in built.excluded}
+    assert out.isdisjoint(given) and out | given >= set(by_id)
+
+
+def windows(entries: list[Entry], asked: str, sizes: range) -> list[BuiltContext]:
+    return [
+        build_context(
+            session_id="s",
+            entries=entries,
+            prompt_ids=[asked],
+            settings=ContextSettings(window_tokens=size, reserve_output_tokens=100),
+        )
+        for size in sizes
+    ]
+
+
+def test_a_reply_is_never_kept_without_the_question_it_answers() -> None:
+    """Review RZ-3: the input opened with the model's reply, its question over budget."""
+    entries = [
+        done(1, "alice", QUESTION),
+        answer(2, ANSWER, 1),
+        *chatter(3, 37),
+        entry(40, "alice", "final?", EntryKind.PROMPT),
+    ]
+    cut_between = 0
+    for built in windows(entries, "e40", range(300, 1_200, 7)):
+        assert_runs_whole(built, entries)
+        assert built.request.messages[0].role == "user"
+        # the budget's edge fell inside the run: the reply went out with its question
+        out = {x.entry_id for x in built.excluded}
+        if "e1" in out and "e3" in built.included:
+            cut_between += 1
+            assert "e2" in out
+            assert {x.reason for x in built.excluded if x.entry_id in ("e1", "e2")} == {
+                "over budget"
+            }
+    assert cut_between  # the edge did fall there
+
+
+def test_a_coalesced_reply_is_not_read_as_the_answer_to_the_prompt_kept() -> None:
+    """Review RZ-3 (coalesce): with alice's question cut, ``[bob wrote] and the date?``
+    then the reply written for both read as the answer to bob."""
+    entries = [
+        done(1, "alice", QUESTION),
+        entry(2, "carol", "carol holds"),
+        done(3, "bob", "and the date?"),
+        answer(4, "Answer to alice: " + ANSWER, 1, 3),
+        *chatter(5, 40),
+        entry(45, "carol", "final?", EntryKind.PROMPT),
+    ]
+    seen = 0
+    for built in windows(entries, "e45", range(300, 1_200, 5)):
+        assert_runs_whole(built, entries)
+        if "e3" not in built.included and "e5" in built.included:
+            seen += 1
+            # nothing of the run, nor what was said inside it, opens the input
+            assert built.sources[0] == ("e5",)
+    assert seen
+
+
+def test_a_run_with_tool_steps_is_kept_or_left_out_whole() -> None:
+    entries = [
+        done(1, "alice", QUESTION),
+        tool(2, 4, "[search_documents] found: " + "doc line " * 30),
+        tool(3, 4, "[search_documents] found: " + "more line " * 30),
+        answer(4, ANSWER, 1),
+        *chatter(5, 30),
+        entry(35, "alice", "final?", EntryKind.PROMPT),
+    ]
+    for built in windows(entries, "e35", range(300, 1_200, 5)):
+        assert_runs_whole(built, entries)
+
+
+def test_references_to_a_run_taken_out_again_are_sent_in_full() -> None:
+    """A later copy of the reply refers to the first: the first's run is left out at the
+    edge, so the copy is given in full, counted so (the budget stays exact)."""
+    entries = [
+        done(1, "alice", QUESTION),
+        answer(2, ANSWER, 1),
+        *chatter(3, 10),
+        done(13, "bob", "repeat the plan please"),
+        answer(14, ANSWER, 13),
+        *chatter(15, 10),
+        entry(25, "alice", "final?", EntryKind.PROMPT),
+    ]
+    for built in windows(entries, "e25", range(300, 1_200, 3)):
+        assert_runs_whole(built, entries)
+        sent = dict(zip((s[-1] for s in built.sources), built.request.messages, strict=True))
+        if "e14" in sent and "e2" not in sent:
+            assert sent["e14"].content == ANSWER
+        assert built.tokens == input_tokens(built.request)
+
+
+def test_a_run_answered_now_is_always_in() -> None:
+    entries = [*chatter(1, 30), entry(31, "alice", QUESTION, EntryKind.PROMPT)]
+    for built in windows(entries, "e31", range(150, 600, 25)):
+        assert built.sources[-1] == ("e31",)
+
+
+def pinned_question() -> list[Entry]:
+    """The prompt pinned (in the system text), its reply the oldest message."""
+    return [
+        done(1, "alice", "which plan?"),
+        answer(2, ANSWER, 1),
+        *chatter(3, 4),
+        entry(7, "alice", "final?", EntryKind.PROMPT),
+    ]
+
+
+def test_an_opening_turn_the_provider_adds_is_counted() -> None:
+    """Review RZ-4: Anthropic's API gets a user turn before an input that opens with the
+    model's; the budget never counted it (1,501 tokens sent against a 1,500 window)."""
+    entries = pinned_question()
+    plain = ContextSettings(window_tokens=4_000, reserve_output_tokens=100)
+    anthropic = replace(plain, user_turn_first=True)
+    base = build_context(
+        session_id="s", entries=entries, prompt_ids=["e7"], pins=["e1"], settings=plain
+    )
+    built = build_context(
+        session_id="s", entries=entries, prompt_ids=["e7"], pins=["e1"], settings=anthropic
+    )
+    assert built.request.messages[0].role == "assistant"  # still possible: a pinned prompt
+    assert base.opening_tokens == 0
+    assert opening_tokens() == count_tokens(OPENING) + MESSAGE_TOKENS
+    assert built.opening_tokens == opening_tokens()
+    assert built.tokens == base.tokens + opening_tokens()
+    assert render(built.request, "m")["messages"][0]["content"][0]["text"] == OPENING
+    # At a window where the opening does not fit beside the reply, the reply is left out.
+    tight = replace(anthropic, window_tokens=base.tokens + 100)
+    edge = build_context(
+        session_id="s", entries=entries, prompt_ids=["e7"], pins=["e1"], settings=tight
+    )
+    assert edge.tokens <= edge.budget
+    assert "e2" not in edge.included and edge.opening_tokens == 0
+
+
+def test_the_opening_is_counted_only_when_the_input_opens_with_the_model() -> None:
+    entries = pinned_question()
+    for size in range(300, 900, 5):
+        config = ContextSettings(window_tokens=size, reserve_output_tokens=100)
+        built = build_context(
+            session_id="s",
+            entries=entries,
+            prompt_ids=["e7"],
+            pins=["e1"],
+            settings=replace(config, user_turn_first=True),
+        )
+        opens = built.request.messages[0].role == "assistant"
+        assert built.opening_tokens == (opening_tokens() if opens else 0)
+        assert built.tokens == input_tokens(built.request) + built.opening_tokens
+        assert built.tokens <= built.budget or len(built.request.messages) == 1
