@@ -194,6 +194,7 @@ def _preview(user_id: str, prompt_ids: tuple[str, ...], built: BuiltContext) -> 
         system_tokens=built.system_tokens,
         tools=[t.name for t in request.tools],
         tools_tokens=built.tools_tokens,
+        opening_tokens=built.opening_tokens,
         messages=[],
         excluded=[],
         notes=built.notes,

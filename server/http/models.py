@@ -427,11 +427,18 @@ class ContextPreview(Strict):
     prompt_ids: list[str] = Field(description="The prompts the call answers (none: history)")
     tokenizer: str
     budget: int
-    tokens: int = Field(description="system_tokens + tools_tokens + every message's tokens")
+    tokens: int = Field(
+        description="system_tokens + tools_tokens + opening_tokens + every message's tokens"
+    )
     system: str
     system_tokens: int = Field(description="The system text framed, and the reply's opening")
     tools: list[str] = Field(description="The tools the call offers, by name")
     tools_tokens: int = Field(description="What their definitions add to the input")
+    opening_tokens: int = Field(
+        0,
+        description="The user turn the provider puts before an input that opens with the "
+        "model's turn (Anthropic's: '(earlier conversation left out)'), else 0",
+    )
     messages: list[PreviewMessage]
     excluded: list[PreviewExcluded] = Field(description="Left out, and why")
     notes: dict[str, str] = Field(description="Entry id -> what was folded into it")

@@ -113,6 +113,7 @@ async def test_the_preview_is_what_the_model_receives(tmp_path: Path) -> None:
         assert preview["messages"][-1]["answering"]
         assert contents[-1] == "[bob asks you]\nwhat happened?"
         assert preview["tools"] and preview["tools_tokens"] > 0  # the tools count too
+        assert preview["opening_tokens"] == 0  # the input opens with a member's turn
         assert preview["tokens"] == preview["system_tokens"] + preview["tools_tokens"] + sum(
             m["tokens"] for m in preview["messages"]
         )
