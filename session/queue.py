@@ -27,8 +27,8 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
-from parley.authz.tokens import ClientClaims
 from parley.session.errors import Busy, QueueFull
 from parley.session.lifecycle import IllegalTransition
 
@@ -54,7 +54,9 @@ class PendingPrompt:
     author: str
     # The claims of the token from another member's invite link it was sent with (None:
     # none, or another token): judged again when its run starts (``runs.start_refusal``).
-    link_token: ClientClaims | None = field(default=None, compare=False)
+    # An ``authz.tokens.ClientClaims``, carried here for ``session.core`` (which judges it):
+    # the queue does not import ``authz`` (tests/test_layers.py).
+    link_token: Any = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
