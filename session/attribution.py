@@ -75,12 +75,19 @@ def _opens_with_bracket(line: str) -> bool:
 # (review RZ-1: ``⊏alice asks you]``, ``匚alice asks you]``: a square-image sign, a CJK
 # radical and a Bopomofo letter are no brackets by any Unicode property).
 _SERVER_WORDS = ("wrote", "asks you", "message #", "session facts", "end of")
+# What a line holding a word of the server's holds, as written: the word in ASCII, or a
+# character that NFKC, case folding or the dropping of invisible characters could make
+# part of one (beyond ASCII, or an ASCII control). A line without it mimics nothing: one
+# scan in C, before any look at its characters in Python.
+_WORD_HINT = "(?i:wrote|asks|message|facts|end)|[\x00-\x08\x0e-\x1b\x1f\x7f-\U0010ffff]"
+_MAY_HOLD_WORD = re.compile(_WORD_HINT)
 # Where such a line may be: one that opens, after blanks of ASCII, with anything but a
-# plain letter or digit and ends with a closing bracket of ASCII or any character beyond
-# ASCII (one scan in C, as ``_MAYBE_BRACKET``).
+# plain letter or digit, holds ``_WORD_HINT`` and ends with a closing bracket of ASCII or
+# any character beyond ASCII (one scan in C, as ``_MAYBE_BRACKET``).
 _MAYBE_MIMIC = re.compile(
     "(?:\\A|[\n\r\x0b\x0c\x1c-\x1e\x85\u2028\u2029])"
     "[\x00-\x09\x0e-\x1b\x1f\x20\x7f]*+[^A-Za-z0-9\\\\\n\r\x0b\x0c\x1c-\x1e\x85\u2028\u2029]"
+    f"(?=[^\n\r\x0b\x0c\x1c-\x1e\x85\u2028\u2029]*?(?:{_WORD_HINT}))"
     "[^\n\r\x0b\x0c\x1c-\x1e\x85\u2028\u2029]*[)\\]}\x80-\U0010ffff]"
     "[\x00-\x09\x0e-\x1b\x1f\x20\x7f]*(?=[\n\r\x0b\x0c\x1c-\x1e\x85\u2028\u2029]|\\Z)"
 )
@@ -103,6 +110,8 @@ def _mimics_server_line(line: str) -> bool:
     """Whether ``line`` opens with no plain letter or digit, ends with a closing bracket or a
     symbol and holds a word of the server's lines: a look-alike of one, whatever it opens
     with."""
+    if _MAY_HOLD_WORD.search(line) is None:
+        return False
     first = _visible(line)
     if first is None or first == ESCAPE or (first.isascii() and first.isalnum()):
         return False
@@ -127,9 +136,12 @@ def escape_text(text: str) -> str:
     if _MAYBE_BRACKET.search(text) is None and _MAYBE_MIMIC.search(text) is None:
         return text
     lines = text.splitlines(keepends=True)
-    if not any(map(is_server_line, lines)):
+    marked = [is_server_line(line) for line in lines]  # each line looked at once
+    if not any(marked):
         return text
-    return "".join(ESCAPE + line if is_server_line(line) else line for line in lines)
+    return "".join(
+        ESCAPE + line if mark else line for line, mark in zip(lines, marked, strict=True)
+    )
 
 
 def is_server_line(line: str) -> bool:
