@@ -571,7 +571,7 @@ class ContextBuilder:
             item = references.form(index, fold.items[index])
             if (
                 fold.referred and not fold.referred.keys().isdisjoint(item.entry_ids)
-            ) or index in named_copies:
+            ) or index in references.named:
                 return scope.numbered(index, item)
             return item
 
@@ -676,14 +676,12 @@ class ContextBuilder:
         # copies name the earliest copy that is, walked again (review RZ-2: every copy went
         # in full). A walk names copies from what the one before kept, so a few walks
         # settle; the last is the input whatever it names.
-        named_copies: set[int] = set()
         cost, kept, left, earlier, cut = walk_whole_runs()
         for _ in range(MAX_COPY_WALKS):
             copies = _copies_to_name(fold, kept)
             if copies == references.copies:
                 break
             references = GivenReferences(fold, answering_items, copies)
-            named_copies = set(copies.values())
             cost, kept, left, earlier, cut = walk_whole_runs()
         kept.reverse()
         earlier.reverse()

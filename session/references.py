@@ -36,6 +36,7 @@ class GivenReferences:
         self._fold = fold
         self._given = set(given)
         self.copies = dict(copies or {})
+        self.named = frozenset(self.copies.values())  # the copies named: numbered
         self._named: dict[int, FoldedItem] = {}  # an item as a reference to a copy
         # A kept item -> the items it refers to not given yet (None: one never will be).
         self._missing: dict[int, set[int | None]] = {}
