@@ -71,25 +71,50 @@ def _opens_with_bracket(line: str) -> bool:
 
 # The words of the server's own lines (after NFKC, case folded, blanks made single and
 # invisible characters dropped): a line that holds one, opens with no plain letter or digit
-# and ends with a closing bracket or a symbol reads as the server's whatever it opens with
-# (review RZ-1: ``⊏alice asks you]``, ``匚alice asks you]``: a square-image sign, a CJK
-# radical and a Bopomofo letter are no brackets by any Unicode property).
-_SERVER_WORDS = ("wrote", "asks you", "message #", "session facts", "end of")
-# What a line holding a word of the server's holds, as written: the word in ASCII, or a
-# character that NFKC, case folding or the dropping of invisible characters could make
-# part of one (beyond ASCII, or an ASCII control). A line without it mimics nothing: one
-# scan in C, before any look at its characters in Python.
-_WORD_HINT = "(?i:wrote|asks|message|facts|end)|[\x00-\x08\x0e-\x1b\x1f\x7f-\U0010ffff]"
+# and has a closing bracket or a symbol after it reads as the server's whatever it opens and
+# ends with (review RZ-1: ``⊏alice asks you]``, ``匚alice asks you]``: a square-image sign, a
+# CJK radical and a Bopomofo letter are no brackets by any Unicode property; review RD-1:
+# ``**[alice asks you]**``, `` `[alice asks you]` ``, ``|[alice wrote]|``: Markdown around
+# a bracket line, and the words of every line the server writes, ``ask you`` and ``the
+# assistant's reply`` among them).
+_SERVER_WORDS = (
+    "wrote",
+    "ask you",
+    "asks you",
+    "message #",
+    "session facts",
+    "pinned messages",
+    "end of",
+    "summary of",
+    "the assistant",
+    "was run for",
+    "left out",
+    "the same",
+    "no complete answer",
+    "cut off",
+)
+# What a line holding a word of the server's holds, as written: a piece of each word in
+# ASCII, or a character that NFKC, case folding or the dropping of invisible characters
+# could make part of one (beyond ASCII, or an ASCII control but the tab, a blank). A line
+# without it mimics nothing: one scan in C, before any look at its characters in Python.
+_WORD_HINT = (
+    "(?i:wrote|ask|message|facts|pinned|end|summary|assistant|run|left|same|answer|cut)"
+    "|[\x00-\x08\x0e-\x1b\x1f\x7f-\U0010ffff]"
+)
 _MAY_HOLD_WORD = re.compile(_WORD_HINT)
+_BREAKS = "\n\r\x0b\x0c\x1c-\x1e\x85\u2028\u2029"
+# What a closing bracket or a symbol may be, as written: one of ASCII's (categories Pe, Sm
+# and Sk) or any character beyond ASCII.
+_MAY_CLOSE = ")\\]}+<=>|~^`\x80-\U0010ffff"
 # Where such a line may be: one that opens, after blanks of ASCII, with anything but a
-# plain letter or digit, holds ``_WORD_HINT`` and ends with a closing bracket of ASCII or
-# any character beyond ASCII (one scan in C, as ``_MAYBE_BRACKET``).
+# plain letter or digit, and holds a character of ``_MAY_CLOSE`` and ``_WORD_HINT`` (in
+# any order: each looked for once, so the scan stays linear; the first is cheaper).
 _MAYBE_MIMIC = re.compile(
-    "(?:\\A|[\n\r\x0b\x0c\x1c-\x1e\x85\u2028\u2029])"
-    "[\x00-\x09\x0e-\x1b\x1f\x20\x7f]*+[^A-Za-z0-9\\\\\n\r\x0b\x0c\x1c-\x1e\x85\u2028\u2029]"
-    f"(?=[^\n\r\x0b\x0c\x1c-\x1e\x85\u2028\u2029]*?(?:{_WORD_HINT}))"
-    "[^\n\r\x0b\x0c\x1c-\x1e\x85\u2028\u2029]*[)\\]}\x80-\U0010ffff]"
-    "[\x00-\x09\x0e-\x1b\x1f\x20\x7f]*(?=[\n\r\x0b\x0c\x1c-\x1e\x85\u2028\u2029]|\\Z)"
+    f"(?:\\A|[{_BREAKS}])"
+    "[\x00-\x09\x0e-\x1b\x1f\x20\x7f]*+"
+    f"(?=[^A-Za-z0-9\\\\{_BREAKS}])"
+    f"(?=[^{_BREAKS}]*?[{_MAY_CLOSE}])"
+    f"(?=[^{_BREAKS}]*?(?:{_WORD_HINT}))"
 )
 _CLOSING_CATEGORIES = frozenset({"Pe", "Pf", "Sm", "So", "Sk"})
 _INVISIBLE_CATEGORIES = frozenset({"Cc", "Cf", "Mn", "Me"})
@@ -107,25 +132,45 @@ def _visible(chars: Iterable[str]) -> str | None:
 
 
 def _mimics_server_line(line: str) -> bool:
-    """Whether ``line`` opens with no plain letter or digit, ends with a closing bracket or a
-    symbol and holds a word of the server's lines: a look-alike of one, whatever it opens
-    with."""
+    """Whether ``line`` opens with no plain letter or digit and holds a word of the server's
+    lines with a closing bracket or a symbol after it: a look-alike of one, whatever it opens
+    and ends with."""
     if _MAY_HOLD_WORD.search(line) is None:
         return False
     first = _visible(line)
     if first is None or first == ESCAPE or (first.isascii() and first.isalnum()):
         return False
-    last = _visible(reversed(line))
-    folded = unicodedata.normalize("NFKC", last or "")[-1:]
-    if not folded or unicodedata.category(folded) not in _CLOSING_CATEGORIES:
-        return False
-    shown = "".join(
-        c
-        for c in unicodedata.normalize("NFKC", line).casefold()
-        if unicodedata.category(c) not in _INVISIBLE_CATEGORIES
+    shown = _shown(line)
+    found = [at for at in map(shown.find, _SERVER_WORDS) if at >= 0]
+    return bool(found) and _closes_after(shown, min(found))
+
+
+# ASCII's controls but its blanks: dropped as invisible (the rest of ASCII is unchanged
+# by NFKC, and case folded by ``lower``).
+_ASCII_INVISIBLE = dict.fromkeys(c for c in range(0x80) if chr(c) < " " and not chr(c).isspace())
+_ASCII_INVISIBLE[0x7F] = None
+_ASCII_CLOSING = re.compile("[)\\]}+<=>|~^`]")  # ASCII's Pe, Sm and Sk
+
+
+def _shown(line: str) -> str:
+    """``line`` as a reader takes it in: NFKC, case folded, invisible characters dropped,
+    blanks made single (in C for a line of ASCII)."""
+    if line.isascii():
+        return " ".join(line.translate(_ASCII_INVISIBLE).lower().split())
+    return " ".join(
+        "".join(
+            c
+            for c in unicodedata.normalize("NFKC", line).casefold()
+            if c.isspace() or unicodedata.category(c) not in _INVISIBLE_CATEGORIES
+        ).split()
     )
-    words = " ".join(shown.split())
-    return any(word in words for word in _SERVER_WORDS)
+
+
+def _closes_after(shown: str, at: int) -> bool:
+    """Whether ``shown`` has a closing bracket or a symbol from ``at`` on."""
+    if shown.isascii():
+        return _ASCII_CLOSING.search(shown, at) is not None
+    return any(unicodedata.category(c) in _CLOSING_CATEGORIES for c in shown[at:])
 
 
 def escape_text(text: str) -> str:
