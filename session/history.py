@@ -71,9 +71,13 @@ CAUSES: dict[ReasonCode, str] = {
     ReasonCode.TIMEOUT: "no answer in time",
     ReasonCode.PROVIDER_ERROR: "the model's service failed",
     ReasonCode.QUOTA_EXCEEDED: "a token quota was reached",
-    ReasonCode.FORBIDDEN: "its author may no longer prompt",
-    ReasonCode.MEMBER_REMOVED: "its author was removed",
-    ReasonCode.TOKEN_REVOKED: "its author's token was revoked",
+    # A run answers the prompts of several members (``coalesce``) and ends for all of them
+    # when one loses a right, or may not read what it drew on: the words name no author
+    # (review RD-2: "its author may no longer prompt" told the model alice had lost a right
+    # when bob had, or when a tool's answer was for alice's eyes alone).
+    ReasonCode.FORBIDDEN: "the rights of those who asked no longer allowed it",
+    ReasonCode.MEMBER_REMOVED: "a member who asked was removed",
+    ReasonCode.TOKEN_REVOKED: "the token of a member who asked was revoked",
     ReasonCode.TOO_LARGE: "it did not fit the context window",
     ReasonCode.UNAVAILABLE: "the server could not read its database",
     ReasonCode.STORAGE_ERROR: "the server's database failed",

@@ -7,6 +7,7 @@ import random
 from dataclasses import replace
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -449,6 +450,25 @@ def test_a_prompt_with_no_full_answer_is_given_as_what_its_member_wrote() -> Non
     assert built.request.answering == (3,) and built.request.issuers == ("carol",)
     # The empty reply of alice's prompt is nothing said: neither given nor listed.
     assert built.included == ("e1", "e2", "r2", "e3") and built.excluded == ()
+
+
+@pytest.mark.parametrize(
+    "code", [ReasonCode.FORBIDDEN, ReasonCode.MEMBER_REMOVED, ReasonCode.TOKEN_REVOKED]
+)
+def test_a_run_ended_over_one_members_rights_blames_no_author(code: ReasonCode) -> None:
+    """Review RD-2: a coalesced run of alice's and bob's prompts ended over what bob may
+    do (or read) told the model, above bob's next prompt, that each prompt's author "may
+    no longer prompt": alice lost nothing, and bob may still ask."""
+    entries = [
+        *_asked(1, "alice", "ALICE-Q", code),
+        *_asked(2, "bob", "BOB-Q", code),
+        entry(3, "bob", "may I still ask?", EntryKind.PROMPT),
+    ]
+    built = build_context(session_id="s", entries=entries, prompt_ids=["e3"])
+    given = _contents(built)
+    assert given[0].startswith("[alice wrote]\nALICE-Q\n[no complete answer: ")
+    assert given[1].startswith("[bob wrote]\nBOB-Q\n[no complete answer: ")
+    assert not any("author" in text or "prompt" in text for text in given[:2])
 
 
 def test_a_prompt_interrupted_by_another_is_given_with_why() -> None:
