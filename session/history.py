@@ -338,9 +338,11 @@ class VisibleHistory:
 
     @staticmethod
     def _unsaid(entry: Entry, text: str | None) -> bool:
-        """A reply cut off before its first word (``text``: its server-side text, if kept
-        and readable): nothing was said."""
-        if entry.kind is not EntryKind.REPLY or entry.status == ReplyStatus.DONE:
+        """A reply of blanks alone (``text``: its server-side text, if kept and readable),
+        cut off before its first word or ended so: nothing was said. (Anthropic's API
+        refuses a turn of blank text, so such a reply given failed every later call of
+        the session: review RD-3.)"""
+        if entry.kind is not EntryKind.REPLY:
             return False
         return not (entry.content if text is None else text).strip()
 

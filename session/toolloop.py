@@ -22,6 +22,7 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from parley.session.attribution import escape_text
 from parley.session.input_budget import InputBudget
 from parley.session.model import ModelMessage, ModelRequest, ToolCall, Usage
 from parley.session.reasons import Ending
@@ -57,8 +58,13 @@ class ModelTurn:
 
 @dataclass(frozen=True, slots=True)
 class ToolResult:
+    """What a tool call gave. ``relayed``: text from outside the server (a webhook tool's
+    answer: a ticket, a page anyone wrote), escaped as members' text is before the model
+    reads it (review RD-4); the built-in tools' own lines are the server's."""
+
     content: str
     is_error: bool = False
+    relayed: bool = False
 
 
 @dataclass(slots=True)
@@ -137,7 +143,7 @@ def tool_loop(
             else:
                 result = yield CallTool(call, arguments)
                 outcome.calls.append((call, "error" if result.is_error else "ok"))
-            content = result.content
+            content = escape_text(result.content) if result.relayed else result.content
             if budget is not None:
                 content = budget.fit_result(content, len(turn.calls) - index)
             messages.append(

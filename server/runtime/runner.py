@@ -338,10 +338,11 @@ class SessionRunner:
         # after reading what the run read, and it may spell it out.
         call, step_id = effect.call, uuid.uuid4().hex
         name = call.name[:100]
+        relayed = self.tools.leaves_the_server(call.name, self.room.webhooks())
         if now is None:
             executed = Executed("error: the run's issuers are no longer members", True)
         else:
-            if self.tools.leaves_the_server(call.name, self.room.webhooks()):
+            if relayed:
                 await active.steps.add_tool_step(
                     active,
                     step_id=step_id,
@@ -378,7 +379,7 @@ class SessionRunner:
             restriction=executed.restriction,
         )
         self._note_call(active, step_id, name, status)
-        return ToolResult(executed.content, executed.is_error)
+        return ToolResult(executed.content, executed.is_error, relayed=relayed)
 
     def _scope_now(self, active: ActiveRun) -> RunScope | None:
         """The run's scope as of this step: grants change while a run goes on (a role

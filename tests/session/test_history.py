@@ -471,6 +471,23 @@ def test_a_run_ended_over_one_members_rights_blames_no_author(code: ReasonCode) 
     assert not any("author" in text or "prompt" in text for text in given[:2])
 
 
+@pytest.mark.parametrize("blank", ["\n\n", " \n\t ", "\u3000"])
+def test_a_reply_of_blanks_alone_is_not_given(blank: str) -> None:
+    """Review RD-3: a reply of blanks that ended ``done`` was given as the model's turn,
+    which Anthropic's API refuses ("text content blocks must contain non-whitespace
+    text"): every later call of the session failed."""
+    prompt = replace(entry(1, "alice", "hello?", EntryKind.PROMPT, "done"), reply_id="r1")
+    reply = replace(_reply(1, blank), status="done", answers=("e1",))
+    entries = [prompt, reply, entry(2, "bob", "anyone there?", EntryKind.PROMPT)]
+    built = build_context(session_id="s", entries=entries, prompt_ids=["e2"])
+    assert _contents(built) == ["[alice wrote]\nhello?", "[bob asks you]\nanyone there?"]
+    assert built.included == ("e1", "e2") and built.excluded == ()
+    pinned = build_context(session_id="s", entries=entries, prompt_ids=["e2"], pins=["r1"])
+    assert [(e.entry_id, e.reason) for e in pinned.excluded] == [
+        ("r1", "pinned, not given: it has no text")
+    ]
+
+
 def test_a_prompt_interrupted_by_another_is_given_with_why() -> None:
     order = "My order 99120 arrived broken, please start a replacement to Hauptstr. 5, Berlin"
     entries = [
