@@ -373,9 +373,7 @@ async def open_stream(request: Request, op: Operation) -> Response:
     path, query and ``Last-Event-ID``'s form, then their rights."""
     state: AppState = request.app.state.parley
     try:
-        caller = authenticate(request, state)
-        session_id = str(request.path_params["session_id"])
-        room = await admit(STREAM, caller, state, session_id)
+        caller, session_id, room = await _let_in(request, state)
         check_path(STREAM, request.path_params)
         refused = _query_refusal(op, request)
         if refused is not None:
@@ -400,6 +398,16 @@ async def open_stream(request: Request, op: Operation) -> Response:
         state.metrics.errors.labels(code=exc.code.value).inc()
         return error_response(exc, state.settings.db_retry_after_s)
     return EventStreamResponse(stream, state.settings.send_stall_timeout_s)
+
+
+async def _let_in(request: Request, state: AppState) -> tuple[Caller, str, SessionRoom | None]:
+    """The caller of the events route, its session and their room (None: the admin), let in
+    at the stream's door (``rest.admit``): what every answer of the route is judged after,
+    a refusal of its ``Accept`` header too (FX44: a stranger was told ``not_acceptable``
+    before ``unauthenticated``)."""
+    caller = authenticate(request, state)
+    session_id = str(request.path_params["session_id"])
+    return caller, session_id, await admit(STREAM, caller, state, session_id)
 
 
 def _check_offset(room: SessionRoom, cursor: Cursor) -> None:
@@ -434,12 +442,15 @@ def with_stream(json_route: Route, op: Operation) -> Route:
         media = chosen(request.headers.get("accept"), (JSON, EVENT_STREAM))
         if media is None:
             state: AppState = request.app.state.parley
-            refusal = NotAcceptable(
-                f"this route answers {JSON} or {EVENT_STREAM}; the Accept header takes "
-                f"neither (got {request.headers['accept'][:100]!r})"
-            )
-            state.metrics.errors.labels(code=refusal.code.value).inc()
-            return error_response(refusal)
+            try:
+                await _let_in(request, state)  # the caller first, as on every route
+                raise NotAcceptable(
+                    f"this route answers {JSON} or {EVENT_STREAM}; the Accept header takes "
+                    f"neither (got {request.headers['accept'][:100]!r})"
+                )
+            except ParleyError as exc:
+                state.metrics.errors.labels(code=exc.code.value).inc()
+                return error_response(exc, state.settings.db_retry_after_s)
         # Not for HEAD: headers alone, with nothing to stream after them.
         if request.method == "GET" and media == EVENT_STREAM:
             return await open_stream(request, op)

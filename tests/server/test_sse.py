@@ -317,6 +317,31 @@ async def test_the_accept_header_is_read_as_http_says(tmp_path: Path) -> None:
     assert got == ACCEPTS
 
 
+async def test_an_accept_no_route_answers_is_judged_after_the_caller(tmp_path: Path) -> None:
+    """FX44: the route answered ``406 not_acceptable`` before it read the token, so a
+    stranger learnt what the route answers before being told who may ask; every other
+    route judges the caller first (``rest.route``)."""
+    settings = make_settings(sqlite_url(tmp_path), tmp_path / "d")
+    async with serve_in_process(settings) as server:
+        sid = await server.new_session({"alice": "editor"})
+        other = await server.new_session({"bob": "editor"})
+        bob = await server.token(other, "bob")
+        wanted = {
+            None: (401, "unauthenticated"),
+            "nonsense": (401, "unauthenticated"),
+            bob: (403, "forbidden"),  # a token of another session
+            await server.token(sid, "alice"): (406, "not_acceptable"),
+            ADMIN_KEY: (406, "not_acceptable"),
+        }
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=20) as http:
+            for key, (status, code) in wanted.items():
+                headers = {"Accept": "text/html"}
+                if key is not None:
+                    headers["Authorization"] = f"Bearer {key}"
+                answer = await http.get(EVENTS.format(sid), headers=headers)
+                assert (answer.status_code, answer.json()["error"]["code"]) == (status, code)
+
+
 async def test_a_query_parameter_given_twice_is_refused_on_both_paths(tmp_path: Path) -> None:
     """Review: the stream took the last of two ``last_event_id`` (and ignored two
     ``limit``), so it resumed after either; the pages took two ``last_event_id`` too."""
