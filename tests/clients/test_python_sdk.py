@@ -40,7 +40,7 @@ from parley_client import (
     connect,
     error_for,
 )
-from parley_client.session import _Pending, _placed
+from parley_client.session import _Pending, _placed, _seq_of
 from parley_client.wire import (
     AWARENESS,
     STEP2,
@@ -1043,7 +1043,12 @@ async def answering(first_ack_seq: object, awareness: bytes | None = None) -> As
         yield state
 
 
-@pytest.mark.parametrize("seq", ['"x"', "1e400", '{"n": 1}', "true"])
+# FX44: a numeric string ("7") and an integer past 2**53 were taken here and refused by
+# the TypeScript SDK (``seqOf``): a ``seq`` is a JSON integer that is a safe integer in both.
+UNREADABLE_SEQS = ['"x"', "1e400", '{"n": 1}', "true", '"7"', "1.5", "9007199254740992"]
+
+
+@pytest.mark.parametrize("seq", UNREADABLE_SEQS)
 async def test_an_ack_that_cannot_be_read_leaves_its_command_to_be_resent(seq: str) -> None:
     """Review SA F1: the command was taken off the list before its ack's ``seq`` was
     read, so an ack of ``seq`` "x" or 1e400 left ``prompt()`` waiting for good, even after
@@ -1057,6 +1062,22 @@ async def test_an_ack_that_cannot_be_read_leaves_its_command_to_be_resent(seq: s
         ack = await alice.prompt("did this arrive?")
         assert ack.seq == 7
         assert server["sockets"] == 2 and alice.connects == 2
+
+
+@pytest.mark.parametrize(
+    ("seq", "read"),
+    [("7", 7), ("7.0", 7), ("1e2", 100), ("null", None), ("-9007199254740991", -(2**53) + 1)]
+    + [(bad, ValueError) for bad in UNREADABLE_SEQS],
+)
+def test_an_acks_seq_is_read_as_the_typescript_sdk_reads_it(seq: str, read: object) -> None:
+    """As ``seqOf`` in clients/js: a JSON number that is a safe integer (JavaScript cannot
+    tell ``7.0`` from ``7``), or none; anything else cannot be read."""
+    ack = json.loads(f'{{"type": "ack", "id": "a", "seq": {seq}}}')
+    if read is ValueError:
+        with pytest.raises(ValueError, match="no whole number"):
+            _seq_of(ack)
+    else:
+        assert _seq_of(ack) == read and type(_seq_of(ack)) is type(read)
 
 
 async def test_an_awareness_frame_nested_past_the_limit_starts_the_socket_over() -> None:

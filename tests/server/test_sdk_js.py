@@ -891,6 +891,9 @@ UNREADABLE: dict[str, Callable[[str], list[bytes]]] = {
     "ack-seq-a-fraction": lambda i: [_command_frame(_ack(i, "1.5"))],
     "ack-seq-true": lambda i: [_command_frame(_ack(i, "true"))],
     "ack-seq-an-object": lambda i: [_command_frame(_ack(i, '{"n": 1}'))],
+    # FX44: as the Python SDK reads them now (it took both)
+    "ack-seq-a-numeric-string": lambda i: [_command_frame(_ack(i, '"7"'))],
+    "ack-seq-past-a-safe-integer": lambda i: [_command_frame(_ack(i, "9007199254740992"))],
 }
 
 

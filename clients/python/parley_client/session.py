@@ -816,17 +816,22 @@ def _presence_state(state: Mapping[str, Any] | None) -> dict[str, Any] | None:
 UNDECODABLE = (ValueError, KeyError, TypeError, OverflowError, RecursionError)
 
 
+# The largest integer a JSON number holds exactly where it is read as a double (the
+# TypeScript SDK's ``Number.isSafeInteger``).
+MAX_SAFE_INTEGER = 2**53 - 1
+
+
 def _seq_of(ack: dict[str, Any]) -> int | None:
-    """An ack's ``seq`` (None: it has none); ``ValueError`` when it is no whole number."""
+    """An ack's ``seq`` (None: it has none); ``ValueError`` when it is no JSON number that
+    is a safe integer, as the TypeScript SDK reads it (``seqOf``: ``7.0`` is 7 there, a
+    string ``"7"`` is refused; FX44: it was taken here)."""
     seq = ack.get("seq")
     if seq is None:
         return None
-    if isinstance(seq, bool) or not isinstance(seq, int | str):
+    whole = isinstance(seq, int) or (isinstance(seq, float) and seq.is_integer())
+    if isinstance(seq, bool) or not whole or abs(seq) > MAX_SAFE_INTEGER:
         raise ValueError(f"an ack's seq is no whole number: {seq!r}"[:80])
-    try:
-        return int(seq)
-    except (ValueError, OverflowError):
-        raise ValueError(f"an ack's seq is no whole number: {seq!r}"[:80]) from None
+    return int(seq)
 
 
 def _stale(item: wire.AwarenessState, clock: int) -> bool:
