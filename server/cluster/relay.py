@@ -17,7 +17,7 @@ from parley.server.runtime.commands import handle_frame, stored_resend
 from parley.server.runtime.room import SessionRoom
 from parley.server.runtime.session_writes import apply_session_write
 from parley.session.commands import command_id_of, error_reply
-from parley.session.errors import ParleyError, RateLimited, Unavailable
+from parley.session.errors import NotFound, ParleyError, RateLimited, Unavailable
 
 if TYPE_CHECKING:
     from parley.server.cluster.node import ClusterNode
@@ -73,7 +73,8 @@ class CommandRelay:
             )
         except Exception:
             self.node.metrics.forwarded.labels(outcome="unstored").inc()
-            return error_reply(command_id_of(frame), Unavailable("the database is unavailable"))
+            unstored = Unavailable("the database is unavailable")
+            return error_reply(command_id_of(frame), await self._gone_or(session_id, unstored))
         future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._results[command_id] = future
         deadline = time.monotonic() + self.node.settings.forward_timeout_s
@@ -98,10 +99,19 @@ class CommandRelay:
         finally:
             self._results.pop(command_id, None)
         self.node.metrics.forwarded.labels(outcome="timeout").inc()
-        return error_reply(
-            command_id_of(frame),
-            Unavailable("the node running this session did not answer; send it again"),
-        )
+        unanswered = Unavailable("the node running this session did not answer; send it again")
+        return error_reply(command_id_of(frame), await self._gone_or(session_id, unanswered))
+
+    async def _gone_or(self, session_id: str, refusal: ParleyError) -> ParleyError:
+        """``refusal``, or ``NotFound`` when the session was deleted (on another node, its
+        notice not read here yet): a forwarded command is not stored for a session that is
+        gone, or goes with it (FX44: a prompt on a node that lost a deleted session was
+        told "the database is unavailable", then its socket closed 4404)."""
+        try:
+            gone = await self.node.store.get_session(session_id) is None
+        except Exception:
+            return refusal  # the database, then
+        return NotFound("this session was deleted") if gone else refusal
 
     async def drain(self, session_id: str) -> None:
         """Run the forwarded commands of a session this node runs, in id order."""

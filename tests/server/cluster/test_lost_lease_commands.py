@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,14 @@ from typing import Any
 
 import asyncpg
 import pytest
-from parley_client import AdminClient, Reconnect, Session, connect
+from parley_client import (
+    AdminClient,
+    ParleyError,
+    Reconnect,
+    Session,
+    SessionClosed,
+    connect,
+)
 from pycrdt import Map
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -45,6 +53,7 @@ class TakenOver:
     ann: Session  # ann's SDK session, through the paused node
     admin: AdminClient
     warm_id: str  # the prompt ann sent before the pause
+    url: str  # the database's
 
 
 @contextlib.asynccontextmanager
@@ -88,7 +97,7 @@ async def taken_over(tmp_path: Path) -> AsyncIterator[TakenOver]:
         assert await taking.promote(second.app.state.parley.rooms.loaded(sid))
         assert sid in taking.running and sid in paused.running  # it does not know yet
         engine = first.app.state.parley.store.engine
-        yield TakenOver(sid, paused, engine, ann, admin, warm.prompt_id)
+        yield TakenOver(sid, paused, engine, ann, admin, warm.prompt_id, url)
 
 
 async def prompted_once(nodes: TakenOver) -> None:
@@ -114,6 +123,46 @@ async def test_a_prompt_on_the_node_that_lost_the_session_is_answered_by_the_new
         if stalled:
             nodes.paused.held_until[nodes.sid] = 0.0  # it woke past its lease on its clock
         await prompted_once(nodes)
+
+
+@pytest.mark.parametrize("stalled", [True, False], ids=["stalled-past-lease", "fenced-at-commit"])
+async def test_a_prompt_on_the_node_that_lost_a_deleted_session_is_told_it_is_gone(
+    tmp_path: Path, stalled: bool
+) -> None:
+    """FX44: the session was deleted elsewhere (its lease row with it) and the node that
+    lost it had not heard yet: ann's prompt, forwarded, could not be stored for a session
+    that is gone, and was answered "the database is unavailable" before her socket closed
+    4404. It is answered ``not_found``, as a deleted session is everywhere."""
+    async with taken_over(tmp_path) as nodes:
+        if stalled:
+            nodes.paused.held_until[nodes.sid] = 0.0
+        # Deleted as ``Store.delete_session`` deletes it, its notice not read here yet (a
+        # frozen node reads none).
+        connection = await asyncpg.connect(nodes.url.replace("+asyncpg", ""))
+        try:
+            async with connection.transaction():
+                await connection.execute(
+                    "DELETE FROM session_leases WHERE session_id = $1", nodes.sid
+                )
+                await connection.execute("DELETE FROM sessions WHERE id = $1", nodes.sid)
+        finally:
+            await connection.close()
+        room = nodes.paused.registry.loaded(nodes.sid)
+        assert room is not None
+        prompt = {"type": "prompt", "id": "after-the-delete", "text": "after the delete"}
+        async with asyncio.timeout(60):
+            reply = json.loads(await nodes.paused.command(room, "ann", json.dumps(prompt)))
+        assert (reply["type"], reply["code"]) == ("error", "not_found"), reply
+        assert "database" not in reply["message"]
+        # ann's SDK is told so too: by the reply, or by the close (4404) that follows it.
+        with pytest.raises(ParleyError) as raised:
+            async with asyncio.timeout(60):
+                await nodes.ann.prompt("after the delete")
+        error = raised.value
+        if isinstance(error, SessionClosed):
+            assert error.close_code == 4404 and error.cause is not None, error
+            error = error.cause
+        assert error.code == "not_found", error
 
 
 def renewal(statement: str, _parameters: Any) -> str | None:
