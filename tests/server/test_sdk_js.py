@@ -33,6 +33,9 @@ from parley_client.wire import (
 )
 from websockets.asyncio.server import serve
 from websockets.exceptions import ConnectionClosed
+from websockets.frames import Opcode
+from websockets.http11 import Request
+from websockets.server import ServerProtocol
 
 from tests.conftest import (
     ADMIN_KEY,
@@ -923,6 +926,71 @@ async def test_a_frame_that_cannot_be_read_starts_the_socket_over_and_the_comman
     assert dump["unanswered"] == {}
     assert not [e for e in client.history if e.get("event") == "fatal"]
     assert sum(e.get("event") == "sdk-error" for e in client.history) == 1
+
+
+class Unclosing:
+    """A fake server of Parley's protocol, on websockets' sans-I/O core, that never finishes
+    the close of its first socket: it answers the first command there with an ack the SDK
+    cannot read, and the close the SDK then starts gets no close frame back (the connection
+    stays open, and read, until the SDK drops it). Its next sockets ack every command with
+    seq 7. ``sockets`` counts the sockets it took."""
+
+    def __init__(self) -> None:
+        self.sockets = 0
+        self.url = ""  # once listening
+
+    async def handler(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.sockets += 1
+        first, closing = self.sockets == 1, False
+        protocol = ServerProtocol()
+        try:
+            while data := await reader.read(65536):
+                protocol.receive_data(data)
+                for event in protocol.events_received():
+                    if isinstance(event, Request):
+                        protocol.send_response(protocol.accept(event))
+                        protocol.send_binary(encode_sync(STEP2, b"\x00\x00"))
+                    elif event.opcode is Opcode.CLOSE:
+                        closing = True
+                    elif event.opcode is Opcode.BINARY:
+                        message = decode_server_frame(event.data)
+                        if isinstance(message, CommandReply):
+                            command_id = str(message.data["id"])
+                            seq = '"seven"' if first else "7"
+                            protocol.send_binary(_command_frame(_ack(command_id, seq)))
+                outgoing = protocol.data_to_send()
+                if not (first and closing):  # the first socket's close is never answered
+                    writer.write(b"".join(outgoing))
+                    await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+
+async def test_a_close_the_server_never_finishes_is_given_up_and_the_command_resent(
+    sdk_app: Path,
+) -> None:
+    """FX44: a socket closed 1002 for a frame it cannot read waited for the server's close
+    frame as long as ``ws`` waits (30 s) before the SDK connected again. It waits at most
+    ``closeTimeoutMs`` (3 s by default), then drops the socket: the command is resent on the
+    next one and answered well within this test's bound."""
+    server = Unclosing()
+    listening = await asyncio.start_server(server.handler, "127.0.0.1", 0)
+    async with listening:
+        server.url = f"ws://127.0.0.1:{listening.sockets[0].getsockname()[1]}"
+        client = await SdkClient.launch(sdk_app, server.url, "s", "t", "ann")
+        try:
+            await client.call("p", "prompt", "did this arrive?")
+            outcome = await client.settled("p", timeout=20)
+            reported = await client.wait_event(lambda e: e.get("event") == "sdk-error", 5)
+        finally:
+            await client.close()
+
+    assert outcome["ack"]["seq"] == 7, outcome
+    assert reported["error"]["code"] == "invalid", reported
+    assert server.sockets == 2
+    assert not [e for e in client.history if e.get("event") == "fatal"]
 
 
 async def test_a_reply_nested_deep_settles_its_command_on_the_same_socket(sdk_app: Path) -> None:

@@ -14,6 +14,16 @@ import * as decoding from 'lib0/decoding'
 /** The close code for a frame not as the protocol says (RFC 6455: protocol error). */
 export const CLOSE_UNDECODABLE = 1002
 
+/**
+ * How long a socket closed for a frame that cannot be read waits for the server to finish
+ * the close (its close frame) before it is dropped and the provider connects again: a
+ * server that never answers held it as long as `ws` waits, 30 s (FX44).
+ */
+export const CLOSE_TIMEOUT_MS = 3000
+
+/** `WebSocket.CLOSED`. */
+const CLOSED = 3
+
 /** y-websocket's sync message (y-protocols: step 1, step 2, update). */
 export const MESSAGE_SYNC = 0
 const SYNC_STEP1 = 0
@@ -25,13 +35,15 @@ type Handler = (this: unknown, event: unknown) => unknown
 
 interface Closable {
   readyState?: number
+  onclose?: unknown
+  terminate?: () => void
   close (code?: number, reason?: string): void
 }
 
 /** The longest close reason a socket takes (123 bytes), in ASCII. */
 const MAX_REASON = 123
 
-const closeUndecodable = (socket: Closable, error: unknown): void => {
+const closeUndecodable = (socket: Closable, error: unknown, closeTimeoutMs: number): void => {
   const why = error instanceof Error ? error.message : String(error)
   const reason = `undecodable frame: ${why}`.replace(/[^\x20-\x7e]/g, '?').slice(0, MAX_REASON)
   try {
@@ -40,6 +52,26 @@ const closeUndecodable = (socket: Closable, error: unknown): void => {
     try {
       socket.close() // a browser's WebSocket takes no 1002 from a page
     } catch {}
+  }
+  const timer = setTimeout(() => dropUnclosed(socket), closeTimeoutMs)
+  ;(timer as { unref?: () => void }).unref?.() // holds no Node process open
+}
+
+/**
+ * `socket`'s close not finished in time: its close handler (the provider's) is called as
+ * for a connection lost, 1006, so the provider connects again now, and a `ws` socket is
+ * torn down (a browser's has no `terminate`: it is left to its own close).
+ */
+const dropUnclosed = (socket: Closable): void => {
+  if (socket.readyState === CLOSED) return
+  const handler = socket.onclose
+  socket.onclose = null // the socket's own close, later, tells nobody again
+  try {
+    socket.terminate?.()
+  } catch {}
+  if (typeof handler === 'function') {
+    const lost = { type: 'close', code: 1006, reason: 'the server did not finish the close', wasClean: false }
+    ;(handler as Handler).call(socket, lost)
   }
 }
 
@@ -53,12 +85,14 @@ const accessorOf = (prototype: object | null, name: string): PropertyDescriptor 
 
 /**
  * `Base`, a WebSocket class, whose `onmessage` handler (the provider's, which reads the
- * frame) runs guarded: what it throws closes the socket 1002 and goes to `onUndecodable`,
- * never to the socket's event loop.
+ * frame) runs guarded: what it throws closes the socket 1002 (dropped if the server has not
+ * finished the close after `closeTimeoutMs`) and goes to `onUndecodable`, never to the
+ * socket's event loop.
  */
 export const frameGuarded = <T extends SocketClass>(
   Base: T,
-  onUndecodable: (error: unknown) => void
+  onUndecodable: (error: unknown) => void,
+  closeTimeoutMs: number = CLOSE_TIMEOUT_MS
 ): T =>
   class extends Base {
     constructor (...args: any[]) {
@@ -73,7 +107,7 @@ export const frameGuarded = <T extends SocketClass>(
             ;(handler as Handler).call(this, event)
           } catch (error) {
             dropping = true
-            closeUndecodable(socket, error)
+            closeUndecodable(socket, error, closeTimeoutMs)
             onUndecodable(error)
           }
         }

@@ -8,6 +8,7 @@ export {
 } from './errors.js'
 export type { ErrorCode, ClientErrorCode, ParleyErrorCode } from './errors.js'
 export { MAX_MESSAGE_BYTES, MESSAGE_COMMAND, PACING } from './channel.js'
+export { CLOSE_TIMEOUT_MS } from './frames.js'
 export type { Command, Pacing } from './channel.js'
 export { REASON_CODES } from './types.js'
 export type * from './types.js'

@@ -69,6 +69,12 @@ export interface ConnectOptions {
    * it is written. Set it to a server's own limit when that is lower.
    */
   readonly maxMessageBytes?: number
+  /**
+   * How long a socket the SDK closed (for a frame it cannot read) waits for the server to
+   * finish the close before it is dropped and the SDK connects again (default
+   * `CLOSE_TIMEOUT_MS`, 3 s; `ws` alone waits 30 s).
+   */
+  readonly closeTimeoutMs?: number
 }
 
 export interface SessionEvents {
@@ -175,7 +181,11 @@ export class ParleySession {
         disableBc: true,
         ...(socketClass === undefined
           ? {}
-          : { WebSocketPolyfill: refusalAware(frameGuarded(socketClass, (error) => this.onUndecodable(error))) })
+          : {
+              WebSocketPolyfill: refusalAware(
+                frameGuarded(socketClass, (error) => this.onUndecodable(error), options.closeTimeoutMs)
+              )
+            })
       }
     )
     const provider = this.provider
