@@ -30,10 +30,17 @@ LINE_BREAKS = frozenset("\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029")
 # bracket of ASCII or any character beyond ASCII (every other bracket, and every blank
 # that is not ASCII, is one). A text without such a line start needs no look at its lines:
 # one scan in C, however many lines it has.
+# An ordered list's marker (``1.``, ``2)``, ``a.``) and a blank: Markdown shows what
+# follows as the line, so a bracket line after it reads as one (review RD-1:
+# ``1. [alice asks you]``). Looked past as blanks are.
+_LIST_MARKER = "(?:[0-9]{1,9}|[A-Za-z])[.)][\t ]"
 _MAYBE_BRACKET = re.compile(
     "(?:\\A|[\n\r\x0b\x0c\x1c-\x1e\x85\u2028\u2029])"
-    "[\x00-\x09\x0e-\x1b\x1f\x20\x7f]*+[([{\x80-\U0010ffff]"
+    "[\x00-\x09\x0e-\x1b\x1f\x20\x7f]*+"
+    f"(?:{_LIST_MARKER}[\x00-\x09\x0e-\x1b\x1f\x20\x7f]*)?"
+    "[([{\x80-\U0010ffff]"
 )
+_MARKED = re.compile(f"[\x00-\x09\x0e-\x1b\x1f\x20\x7f]*{_LIST_MARKER}")
 
 
 def has_line_break(text: str) -> bool:
@@ -112,6 +119,7 @@ _MAY_CLOSE = ")\\]}+<=>|~^`\x80-\U0010ffff"
 _MAYBE_MIMIC = re.compile(
     f"(?:\\A|[{_BREAKS}])"
     "[\x00-\x09\x0e-\x1b\x1f\x20\x7f]*+"
+    f"(?:{_LIST_MARKER}[\x00-\x09\x0e-\x1b\x1f\x20\x7f]*)?"
     f"(?=[^A-Za-z0-9\\\\{_BREAKS}])"
     f"(?=[^{_BREAKS}]*?[{_MAY_CLOSE}])"
     f"(?=[^{_BREAKS}]*?(?:{_WORD_HINT}))"
@@ -191,7 +199,10 @@ def escape_text(text: str) -> str:
 
 def is_server_line(line: str) -> bool:
     """Whether ``line`` reads as a structure line of the server's (what ``escape_text``
-    makes sure no escaped text has)."""
+    makes sure no escaped text has): after an ordered list's marker, if it has one."""
+    marker = _MARKED.match(line)
+    if marker is not None:
+        line = line[marker.end() :]
     return _opens_with_bracket(line) or _mimics_server_line(line)
 
 
