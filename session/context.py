@@ -500,13 +500,14 @@ class ContextBuilder:
             if read is None:
                 return  # a build read meanwhile: it folds the rest
             history, fold = read.items, scope.fold
-            done = fold.synced(history, read.unchanged)
+            done = fold.synced(history, read.held)
             while done < len(history):
                 end, chars = done, 0
                 while end < min(done + steps, len(history)) and chars < step_chars:
                     chars += len(history[end][0].content)
                     end += 1
                 fold.sync(history[:end], done)
+                scope.visible.folded(read, end)
                 folded, done, syncs = end - done, end, fold.syncs
                 yield folded
                 if fold.syncs != syncs or self._folds.get(scope_key) is not scope:
@@ -549,7 +550,8 @@ class ContextBuilder:
         pin_set = frozenset(pins)
         read = scope.visible.read(entries, prompt_ids, withheld, private_text or {}, pin_set)
         history, withheld_items = read.items, read.withheld
-        self.last_refolded = fold.sync(history, read.unchanged)
+        self.last_refolded = fold.sync(history, read.held)
+        scope.visible.folded(read, len(history))
         pinned = _pinned(history, fold, pin_set)
 
         unreadable = frozenset(x.entry_id for x in withheld_items)

@@ -152,12 +152,15 @@ def _unfinished(entry: Entry) -> str:
 @dataclass(frozen=True, slots=True)
 class History:
     """A build's history: (entry, pinned) in story order, the entries withheld from it,
-    and how many leading items are as the previous read of the same ``VisibleHistory``
-    gave them (a fold synced with that read need not look at them again)."""
+    how many leading items are as the previous read of the same ``VisibleHistory`` gave
+    them, and how many a fold of the reads before holds as they are (``held``: it need not
+    look at them again; ``VisibleHistory.folded``). ``number`` tells the read."""
 
     items: list[tuple[Entry, bool]]
     withheld: list[Excluded]
     unchanged: int
+    held: int = 0
+    number: int = 0
 
 
 def common_prefix(old: Sequence[Entry], new: Sequence[Entry]) -> int:
@@ -210,6 +213,12 @@ class VisibleHistory:
         self._run_at: list[tuple[int, str]] = []
         self._seen: tuple[ListingLog, int] | None = None  # the last listing read, if one
         self._reads = 0  # reads begun: a read in steps stops once another began
+        # How many leading items of the judged prefix the fold of this scope holds as they
+        # are (``folded``): a read cuts it where it cuts the prefix. Not simply what the
+        # read before left: a fold ahead reads, and a build may come before it has folded
+        # (or rolled back) what that read changed, so the fold may hold entries the read
+        # before withheld (review FX43: a build then gave the model an entry withheld).
+        self._folded = 0
 
     def read(
         self,
@@ -256,6 +265,7 @@ class VisibleHistory:
         if moved:
             self._cut(min(moved))
         unchanged = len(self._items)
+        self._folded = min(self._folded, unchanged)
         while len(self._entries) < start:
             end = start if steps <= 0 else min(start, len(self._entries) + steps)
             judged = self._judge_to(entries, end)
@@ -264,6 +274,12 @@ class VisibleHistory:
                 if self._reads != mine:
                     return None
         return self._history(entries, start, prompt_ids, pins, unchanged)
+
+    def folded(self, history: History, count: int) -> None:
+        """A fold now holds the first ``count`` items of ``history`` as they are: the next
+        read's ``held`` counts on them (unless a read began since ``history``'s)."""
+        if history.number == self._reads:
+            self._folded = count
 
     def _judge_to(self, entries: Sequence[Entry], end: int) -> int:
         """Judge ``entries`` from the end of the judged prefix up to ``end``; how many."""
@@ -296,7 +312,7 @@ class VisibleHistory:
                 items.append((judged, entry.id in pins and not answering))
         if wanted:
             raise KeyError(sorted(wanted))
-        return History(items, excluded, unchanged)
+        return History(items, excluded, unchanged, self._folded, self._reads)
 
     def _shared_with(self, entries: Sequence[Entry]) -> int:
         """How many leading entries of the judged prefix ``entries`` begins with: told by

@@ -223,6 +223,24 @@ def test_folding_ahead_for_a_prompt_leaves_its_build_nothing_to_fold() -> None:
     assert built == fresh
 
 
+def test_a_build_made_while_judging_a_changed_scope_ahead_gives_no_entry_it_withholds() -> None:
+    """Review FX43: a fold ahead's read judged the first entries of a history whose read
+    scope had changed (e1 withheld now), and a build came before the fold was folded again:
+    the build took the fold's word for those entries (the read before had them as they
+    were) and gave the model e1, withheld. The build compares what the fold holds."""
+    entries = [entry(i, USERS[i % 3], f"note {i % 5} on the plan") for i in range(1, 61)]
+    builder = ContextBuilder()
+    builder.build(session_id="s", entries=entries, prompt_ids=[])
+    restricted = ReadFilter(None, {"e1": "not every member may read it"})
+    ahead = builder.folding(entries=entries, withheld=restricted, judged_per_step=20)
+    assert next(ahead) == 0
+    built = builder.build(session_id="s", entries=entries, prompt_ids=[], withheld=restricted)
+    assert not any("e1" in given for given in built.sources)
+    assert built == build_context(
+        session_id="s", entries=entries, prompt_ids=[], withheld=restricted
+    )
+
+
 def test_a_step_of_folding_ahead_ends_where_its_texts_pass_step_chars() -> None:
     entries = [entry(i, USERS[i % 3], f"line {i} of a long log\n" * 200) for i in range(1, 11)]
     builder = ContextBuilder()
