@@ -40,6 +40,7 @@ from parley.session.attribution import (
 from parley.session.covers import covers_all
 from parley.session.entries import Entry, EntryKind
 from parley.session.fold import (
+    UNDONE_PER_STEP,
     FoldedItem,
     HistoryFold,
     attribution,
@@ -472,6 +473,7 @@ class ContextBuilder:
         steps: int = 64,
         step_chars: int = 16_000,
         judged_per_step: int = JUDGED_PER_STEP,
+        undone_per_step: int = UNDONE_PER_STEP,
     ) -> Generator[int]:
         """Fold ahead the history a ``build`` with these arguments reads (``prompt_ids``
         none: the history alone), ``steps`` entries at a time (fewer when their texts pass
@@ -481,7 +483,9 @@ class ContextBuilder:
         200 ms of a stalled loop at 2,000 entries; a side-thread's first run: 1.5 s at
         3,000). What is judged first (``VisibleHistory.reading``) is judged
         ``judged_per_step`` entries a step, each yielded as 0 entries folded (60,000
-        judged at once held the loop 150 ms). A build made meanwhile folds what is left
+        judged at once held the loop 150 ms). What the fold holds past the first entry
+        that changed (a restriction changed on an old one) is undone ``undone_per_step``
+        steps a step, each yielded as 0 too. A build made meanwhile folds what is left
         itself: then this stops. The scope is not evicted while this runs; close the
         iterator when stopping early (or let it be collected)."""
         self._held[scope_key] = self._held.get(scope_key, 0) + 1
@@ -501,6 +505,13 @@ class ContextBuilder:
                 return  # a build read meanwhile: it folds the rest
             history, fold = read.items, scope.fold
             done = fold.synced(history, read.held)
+            # What the fold holds past where the histories part is undone first, in steps
+            # too: a restriction changed on an old entry parts them there.
+            while fold.rewind(done, undone_per_step):
+                syncs = fold.syncs
+                yield 0
+                if fold.syncs != syncs or self._folds.get(scope_key) is not scope:
+                    return
             while done < len(history):
                 end, chars = done, 0
                 while end < min(done + steps, len(history)) and chars < step_chars:

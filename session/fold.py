@@ -171,6 +171,10 @@ def prepare_entry(entry: Entry, min_block_lines: int) -> None:
         prepare(entry.content, min_block_lines)
 
 
+UNDONE_PER_STEP = 1024
+"""Steps a roll back in steps undoes in one (``HistoryFold.rewind``): a few microseconds
+each."""
+
 StepKey = tuple[str, str, bool, str | None]
 """What a step folded: entry id, its text, whether it was pinned, the server's line on how
 it ended (``outcome_line``: a prompt asked in the last build is folded again once it ended
@@ -198,7 +202,8 @@ class HistoryFold:
         # The indices of ``items`` changed since a reader last cleared it (``ContextBuilder``
         # keeps what it learnt of the others): a few per sync, however long the history.
         self.changed: set[int] = set()
-        self.syncs = 0  # how many times ``sync`` ran: a caller folding in steps sees another
+        # How many times ``sync`` or ``rewind`` ran: a caller folding in steps sees another.
+        self.syncs = 0
         self._undo: list[list[_Undo]] = []
         # The first posting of each text, by the digest of what must be the same as
         # written: a member's text, a block's lines (whoever posted either); a reply; a
@@ -222,18 +227,32 @@ class HistoryFold:
         sync (``VisibleHistory`` does), so they are not compared again."""
         self.syncs += 1
         common = self.synced(history, unchanged)
-        while len(self.keys) > common:
+        self._undo_to(common)
+        for entry, pinned in history[common:]:
+            self._undo.append(self._step(entry, pinned))
+            self.step_of[entry.id] = len(self.keys)
+            self.keys.append((entry.id, entry.content, pinned, outcome_line(entry)))
+        return len(history) - common
+
+    def rewind(self, common: int, steps: int) -> int:
+        """Undo the steps past the first ``common``, the newest first, at most ``steps`` of
+        them; return how many are left past ``common``. A caller that lets
+        others run between calls spreads the roll back of a change early in a long history
+        (a restriction changed on its first entry: 20,000 steps undone in one call)."""
+        end = max(common, len(self.keys) - steps)
+        if len(self.keys) > end:
+            self.syncs += 1
+            self._undo_to(end)
+        return len(self.keys) - common
+
+    def _undo_to(self, end: int) -> None:
+        while len(self.keys) > end:
             for undo in reversed(self._undo.pop()):
                 if undo is None:
                     self._pop_item()
                 else:
                     undo()
             self.step_of.pop(self.keys.pop()[0], None)
-        for entry, pinned in history[common:]:
-            self._undo.append(self._step(entry, pinned))
-            self.step_of[entry.id] = len(self.keys)
-            self.keys.append((entry.id, entry.content, pinned, outcome_line(entry)))
-        return len(history) - common
 
     def synced(self, history: Sequence[tuple[Entry, bool]], unchanged: int = 0) -> int:
         """How many leading entries of ``history`` the fold holds as they are (the first

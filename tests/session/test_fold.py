@@ -223,6 +223,32 @@ def test_folding_ahead_for_a_prompt_leaves_its_build_nothing_to_fold() -> None:
     assert built == fresh
 
 
+def test_a_restriction_changed_on_an_old_entry_is_rolled_back_in_steps() -> None:
+    """A restriction that changes on an old entry (a grant taken away, a member added who
+    may not read it) parts the history from the fold there: the fold was rolled back past
+    every step after it in one call, then folded again at once (20,000 entries: 0.5 s of
+    the loop). Folding ahead undoes ``undone_per_step`` steps a step, then folds in steps;
+    the build after folds nothing and gives what a build from nothing gives."""
+    entries = [entry(i, USERS[i % 3], f"note {i % 7} on the plan") for i in range(1, 101)]
+    builder = ContextBuilder()
+    assert sum(builder.folding(entries=entries, steps=50)) == 100
+    fold = builder._folds["members"].fold
+    restricted = ReadFilter(None, {"e2": "not every member may read it"})
+    ahead = builder.folding(entries=entries, withheld=restricted, steps=40, undone_per_step=30)
+    seen = []
+    for folded in ahead:
+        seen.append((folded, len(fold.keys)))
+    # Judged (at once: fewer than ``judged_per_step``), 99 steps undone 30 a step, then
+    # the 98 entries after the withheld one folded 40 a step.
+    assert seen == [(0, 70), (0, 40), (0, 10), (40, 41), (40, 81), (18, 99)]
+    built = builder.build(session_id="s", entries=entries, prompt_ids=[], withheld=restricted)
+    assert builder.last_refolded == 0
+    assert built == build_context(
+        session_id="s", entries=entries, prompt_ids=[], withheld=restricted
+    )
+    assert [x.entry_id for x in built.withheld] == ["e2"]
+
+
 def test_a_build_made_while_judging_a_changed_scope_ahead_gives_no_entry_it_withholds() -> None:
     """Review FX43: a fold ahead's read judged the first entries of a history whose read
     scope had changed (e1 withheld now), and a build came before the fold was folded again:
@@ -236,6 +262,21 @@ def test_a_build_made_while_judging_a_changed_scope_ahead_gives_no_entry_it_with
     assert next(ahead) == 0
     built = builder.build(session_id="s", entries=entries, prompt_ids=[], withheld=restricted)
     assert not any("e1" in given for given in built.sources)
+    assert built == build_context(
+        session_id="s", entries=entries, prompt_ids=[], withheld=restricted
+    )
+
+
+def test_a_build_made_while_rolling_back_ahead_folds_the_rest_and_stops_it() -> None:
+    entries = [entry(i, USERS[i % 3], f"note {i % 5} on the plan") for i in range(1, 61)]
+    builder = ContextBuilder()
+    builder.build(session_id="s", entries=entries, prompt_ids=[])
+    restricted = ReadFilter(None, {"e1": "not every member may read it"})
+    ahead = builder.folding(entries=entries, withheld=restricted, undone_per_step=10)
+    assert next(ahead) == 0
+    built = builder.build(session_id="s", entries=entries, prompt_ids=[], withheld=restricted)
+    assert builder.last_refolded == 59
+    assert list(ahead) == []  # the build's fold is newer: nothing undone after it
     assert built == build_context(
         session_id="s", entries=entries, prompt_ids=[], withheld=restricted
     )
