@@ -7,31 +7,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections import Counter
-from collections.abc import Awaitable
 from dataclasses import replace
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
-import parley.server.runtime.context as context_module
 from parley.authz.policy import Readers
 from parley.authz.roles import Member
 from parley.server.runtime.context import MAX_KEPT_ANSWERS, KeptPreview, SessionContext
 from parley.server.store.memory import MemoryStore
 from parley.session.commands import CancelCommand, FactCommand, PinCommand
-from parley.session.context import BuiltContext, ContextBuilder, build_context
+from parley.session.context import build_context
 from parley.session.fold import HistoryFold
 from parley.session.lifecycle import PromptStatus
 from parley.session.queue import Policy
 from parley.session.shape import TextShape, shape_of
 from parley.session.tokens import count_tokens
 from tests.fake_model import Answer, Drop, FakeModel, Forever, Sent, Status
+from tests.server.runtime.fold_steps import FoldSteps
 from tests.server.runtime.harness import SESSION, MemorySession, memory_session
 from tests.server.runtime.test_scope_runs import SECRET, VAULT, script
 from tests.server.test_context_api import first_call_waits
-
-T = TypeVar("T")
 
 
 async def test_pins_and_facts_reach_every_input() -> None:
@@ -334,55 +330,6 @@ def test_a_kept_preview_keeps_a_bounded_number_of_encoded_answers() -> None:
     for n in range(MAX_KEPT_ANSWERS + 5):
         kept.keep(f"member{n}", b"x" * 100)
     assert list(kept.answers) == [f"member{n}" for n in range(5, MAX_KEPT_ANSWERS + 5)]
-
-
-class FoldSteps:
-    """The entries each fold folds in each turn of the loop (``HistoryFold._step``), and
-    every build of a run's scope beside one from nothing (a new builder, as after a
-    restart), while a ticker task takes the turns it gets (``during``)."""
-
-    def __init__(self, monkeypatch: pytest.MonkeyPatch, step: int) -> None:
-        self.turn = 0
-        self.steps: Counter[tuple[int, int]] = Counter()  # (id of the fold, turn) -> entries
-        self.builds: list[tuple[BuiltContext, BuiltContext]] = []
-        fold_step, build = HistoryFold._step, SessionContext.build
-
-        def counted(fold: HistoryFold, *args: Any) -> Any:
-            self.steps[(id(fold), self.turn)] += 1
-            return fold_step(fold, *args)
-
-        def beside_cold(context: SessionContext, *args: Any, **named: Any) -> BuiltContext:
-            built = build(context, *args, **named)
-            kept = context._builder
-            context._builder = ContextBuilder(kept.settings)
-            try:
-                self.builds.append((built, build(context, *args, **named)))
-            finally:
-                context._builder = kept
-            return built
-
-        monkeypatch.setattr(context_module, "FOLD_STEP", step)
-        monkeypatch.setattr(HistoryFold, "_step", counted)
-        monkeypatch.setattr(SessionContext, "build", beside_cold)
-
-    def of(self, fold: HistoryFold) -> list[int]:
-        """The entries ``fold`` folded in each turn it folded in."""
-        return [n for (folded, _), n in self.steps.items() if folded == id(fold)]
-
-    async def during(self, work: Awaitable[T]) -> T:
-        running = True
-
-        async def tick() -> None:
-            while running:
-                self.turn += 1
-                await asyncio.sleep(0)
-
-        ticking = asyncio.create_task(tick())
-        try:
-            return await work
-        finally:
-            running = False
-            await ticking
 
 
 async def bobs_reply_then_a_long_history(s: MemorySession) -> None:
