@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 
 from parley.authz.policy import Restriction
@@ -136,39 +136,69 @@ class SessionContext:
         scope: RunScope | None = None,
         thread: SideThread | None = None,
         stopped: Callable[[], bool] = lambda: False,
+        doc: SessionDocument | None = None,
     ) -> int:
         """Fold what ``build`` with these arguments reads, ``FOLD_STEP`` entries per pass
         of the loop (fewer of long texts), so that build, made right after (no await
         between), folds nothing; a side-thread's first build read the whole history in
         one block (review: 1.5 s of a stalled loop at 3,000 messages, for every session,
         as often as an editor opened a side-thread and prompted in it). What changed
-        meanwhile is folded again, in steps too; none once ``stopped()``. Returns the
+        meanwhile is folded again, in steps too (a restriction changed on an old entry:
+        the fold is rolled back to it in steps, then folded from it), until a pass finds
+        nothing left to do in more than one step; none once ``stopped()``. Returns the
         entries folded (what the fold kept is not folded again: a side-thread's run pays
         for these, ``SessionRoom.charge_build``)."""
         folded = 0
-        while True:  # until a pass finds nothing left: what changed meanwhile is folded
-            doc = self._doc()
-            reading = self._reading(doc, scope, thread)
-            folding = reading.builder.folding(
-                entries=reading.entries,
-                prompt_ids=prompt_ids,
-                withheld=reading.withheld,
-                private_text=reading.readable,
-                pins=doc.pinned(),
-                scope_key=reading.scope_key,
-                steps=FOLD_STEP,
-            )
-            before = folded
+        while True:
+            turns = 0
+            folding = self._folding(prompt_ids, scope, thread, doc)
             try:
                 for entries in folding:
                     folded += entries
+                    turns += 1
                     await asyncio.sleep(0)
                     if stopped():
                         return folded
             finally:
                 folding.close()  # stopped: the scope is no longer held from eviction
-            if folded == before:
+            if not turns:  # the pass did what was left in one step, with no await since
                 return folded
+
+    def ready(
+        self,
+        prompt_ids: Sequence[str],
+        scope: RunScope | None = None,
+        doc: SessionDocument | None = None,
+    ) -> bool:
+        """Whether ``build`` with these arguments, made now, folds next to nothing: what is
+        left is done here if one step of ``fold_ahead`` does it (True); else one step is
+        done and it is False (fold ahead, then ask again)."""
+        folding = self._folding(prompt_ids, scope, None, doc)
+        try:
+            return next(folding, None) is None
+        finally:
+            folding.close()
+
+    def _folding(
+        self,
+        prompt_ids: Sequence[str],
+        scope: RunScope | None,
+        thread: SideThread | None,
+        doc: SessionDocument | None,
+    ) -> Generator[int]:
+        """One pass of ``fold_ahead`` (``ContextBuilder.folding``) of ``doc`` (None: the
+        live document), in the read scope a build with these arguments has now."""
+        doc = self._doc() if doc is None else doc
+        reading = self._reading(doc, scope, thread)
+        return reading.builder.folding(
+            entries=reading.entries,
+            prompt_ids=prompt_ids,
+            withheld=reading.withheld,
+            private_text=reading.readable,
+            pins=doc.pinned(),
+            scope_key=reading.scope_key,
+            steps=FOLD_STEP,
+        )
 
     def forget_thread(self, thread_id: str) -> None:
         """Drop a deleted side-thread's folds: they would push out those of the threads

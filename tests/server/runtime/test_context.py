@@ -27,6 +27,7 @@ from tests.fake_model import Answer, Drop, FakeModel, Forever, Sent, Status
 from tests.server.runtime.fold_steps import FoldSteps
 from tests.server.runtime.harness import SESSION, MemorySession, memory_session
 from tests.server.runtime.test_scope_runs import SECRET, VAULT, script
+from tests.server.runtime.test_summaries import SMALL_WINDOW
 from tests.server.test_context_api import first_call_waits
 
 
@@ -474,3 +475,42 @@ async def test_a_coalesced_runs_fit_is_judged_in_a_fold_folded_ahead_in_steps(
         assert sum(per_turn) >= 120 and max(per_turn) <= 8
         scoped = [pair for pair in counted.builds if len(pair[0].request.answering) == 2]
         assert len(scoped) >= 2 and all(built == cold for built, cold in scoped)
+
+
+async def test_a_restriction_changed_on_an_old_entry_is_folded_again_in_steps(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A restriction that changes on an old entry (here carol joins, who may not read the
+    vault: bob's early reply drawn from it is no longer what every member may read) parts
+    the members' fold from that entry. The summary plan's build (what every member may
+    read) rolled the fold back and folded it again in one call (20,000 entries: 0.5 s of
+    the loop); it is folded ahead first, the roll back and the fold in steps, and the plan
+    is made of what a build from nothing gives: the reply is not in it."""
+    model = FakeModel(script)
+    members: dict[str, str | Member] = {"olga": "owner", "alice": "editor", "bob": "editor"}
+    everyone = replace(VAULT, readers=Readers("d1", frozenset(members)))
+    async with memory_session(members, model, **SMALL_WINDOW) as s:
+        await s.store.access.add_document(everyone)
+        first = await s.prompt("bob", "what is the vault code?")
+        await s.settled(first["prompt_id"])
+        await s.summarised()
+        for i in range(60):
+            await s.message("olga", f"note {i % 40} on the launch plan")
+        await s.room.context.fold_ahead(())  # the members' fold holds them (as at a load)
+        members_fold = s.room.context._builder._folds["members"].fold
+        await s.room.membership.set_member("carol", Member("carol", "viewer"))
+        counted = FoldSteps(monkeypatch, step=8)
+
+        async def asked() -> None:
+            again = await s.prompt("alice", "and the plan?")
+            await s.settled(again["prompt_id"])
+            await s.summarised()
+
+        await counted.during(asked())
+        summaries = [r for r in model.requests if not r.issuers]
+        assert summaries and all(SECRET not in r.everything() for r in summaries)
+        undone, folded = counted.undone_of(members_fold), counted.of(members_fold)
+        assert sum(undone) >= 60 and max(undone) <= 8
+        assert sum(folded) >= 60 and max(folded) <= 8
+        plans = [pair for pair in counted.builds if not pair[0].request.answering]
+        assert plans and all(built == cold for built, cold in plans)
