@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from parley.authz.roles import Capability
+from parley.authz.scope import RunScope
 from parley.server.http.models import (
     ContextPreview,
     FactPut,
@@ -27,12 +29,13 @@ from parley.server.http.rest import (
     spend_read,
 )
 from parley.server.http.sessions import SESSION_ERRORS
-from parley.server.runtime.room import Work
+from parley.server.runtime.room import SessionRoom, Work
 from parley.server.state import AppState
 from parley.session.commands import FACT_KEY
 from parley.session.context import BuiltContext
 from parley.session.errors import Conflict, Forbidden
 from parley.session.queue_root import queue_of
+from parley.session.schema import SessionDocument
 
 
 async def list_facts(state: AppState, session_id: str) -> FactsOut:
@@ -80,27 +83,27 @@ async def delete_pin(state: AppState, session_id: str, entry_id: str, caller: Ca
     await state.rooms.change(room, write)
 
 
-async def preview_context(
-    state: AppState, session_id: str, user_id: str, caller: Caller
-) -> Encoded:
-    """Exactly what the next model call for ``user_id`` would be given, if it started now:
-    the run that takes the user's next waiting prompt, or the history alone. A member may
-    preview only their own."""
-    if caller.user_id is not None and caller.user_id != user_id:
-        raise Forbidden("a member may preview only their own model input")
-    # The document as committed (review RA-4): a write under way is not previewed, so no
-    # node answers what a failed write takes back, nor older after another node answered.
-    room, doc = await state.rooms.committed(session_id, kept=True)  # read before an await
+# Folds ahead of one preview at most, each followed by a read of the session as it is then:
+# past them (the session's grants changed under every one), the build folds what is left.
+MAX_FOLDS_AHEAD = 3
+
+
+@dataclass(frozen=True, slots=True)
+class _Asked:
+    """What a preview for a member builds, judged of the session as it is now: the prompts
+    of the run that would answer them, the scope of what they read and use, and the
+    members' grants (what the kept previews are kept by)."""
+
+    prompt_ids: tuple[str, ...]
+    scope: RunScope
+    grants: object
+
+
+def _asked(room: SessionRoom, doc: SessionDocument, user_id: str) -> _Asked:
+    """The next model call for ``user_id`` if it started now: the run that takes their
+    next waiting prompt, or the history alone."""
     if user_id not in room.membership.members:
         raise Conflict(f"{user_id!r} is not a member of this session")
-    # A member's preview spends their read budget by what it costs (review: it was
-    # unbudgeted, then charged only the model input's characters: a viewer's loops of
-    # previews of a long session, 368 KB and 40-400 ms of CPU each, made every other
-    # session's replies 13 times slower). What is spent is paid after: first its
-    # answer's bytes, and when built anew its build's (``SessionRoom.charge_build``); a
-    # budget in debt builds nothing, and ``preview`` keeps what one state of the session
-    # built, so a page asking again of the same state costs only its answer.
-    spend_read(state, room, caller.user_id, 1)
     # The queue as the document shows it: the running node's committed plan, the same on
     # every node (a read replica has no queue of its own).
     queue = queue_of(doc, room.queue.limits)
@@ -115,25 +118,64 @@ async def preview_context(
     scope = room.runs.scope_for(
         [user_id] if not prompt_ids else [doc.entry(p).author for p in prompt_ids], preview=True
     )
-    grants = room.membership.grants_key()
-    kept = room.context.kept_preview(doc, prompt_ids, scope, grants)
+    return _Asked(prompt_ids, scope, room.membership.grants_key())
+
+
+async def preview_context(
+    state: AppState, session_id: str, user_id: str, caller: Caller
+) -> Encoded:
+    """Exactly what the next model call for ``user_id`` would be given, if it started now:
+    the run that takes the user's next waiting prompt, or the history alone. A member may
+    preview only their own."""
+    if caller.user_id is not None and caller.user_id != user_id:
+        raise Forbidden("a member may preview only their own model input")
+    # The document as committed (review RA-4): a write under way is not previewed, so no
+    # node answers what a failed write takes back, nor older after another node answered.
+    room, doc = await state.rooms.committed(session_id, kept=True)  # read before an await
+    asked = _asked(room, doc, user_id)
+    # A member's preview spends their read budget by what it costs (review: it was
+    # unbudgeted, then charged only the model input's characters: a viewer's loops of
+    # previews of a long session, 368 KB and 40-400 ms of CPU each, made every other
+    # session's replies 13 times slower). What is spent is paid after: first its
+    # answer's bytes, and when built anew its build's (``SessionRoom.charge_build``); a
+    # budget in debt builds nothing, and ``preview`` keeps what one state of the session
+    # built, so a page asking again of the same state costs only its answer.
+    spend_read(state, room, caller.user_id, 1)
+    kept = room.context.kept_preview(doc, asked.prompt_ids, asked.scope, asked.grants)
     body = None if kept is None else kept.answers.get(user_id)
-    if body is None:
-        # What is built or encoded anew is paid by the session as a whole too: members'
-        # previews each within their own budget took the loop together (review B2-2: ten
-        # viewers of one session, 30 ms of encoding per cached 320 KB answer, held every
-        # client's requests at 0.5-0.8 s). A kept answer is only sent.
-        refusal = room.preview_work_refusal()
-        if refusal is not None and caller.user_id is not None:
-            raise refusal
-        fresh = kept is None
-        kept = room.context.preview(doc, prompt_ids, scope, grants)
-        body = await encode_preview(user_id, prompt_ids, kept.build)
-        kept.keep(user_id, body)
-        built = len(doc.entries()) if fresh else 0
-        room.spend_work(Work.PREVIEWS, room.charge_build(caller.user_id, built, len(body)))
-    else:
+    if body is not None:
         room.charge_read(caller.user_id, len(body))
+        return Encoded(body)
+    # What is built or encoded anew is paid by the session as a whole too: members'
+    # previews each within their own budget took the loop together (review B2-2: ten
+    # viewers of one session, 30 ms of encoding per cached 320 KB answer, held every
+    # client's requests at 0.5-0.8 s). A kept answer is only sent.
+    refusal = room.preview_work_refusal()
+    if refusal is not None and caller.user_id is not None:
+        raise refusal
+    # A build in a fold not folded yet (a scope of the member's own, or one a restriction
+    # changed on an old entry rolled back) folded the history in one block (20,000
+    # entries: 0.5 s): it is folded ahead in steps first. Then the session is read again,
+    # and what the preview builds judged again, as of now: the build is made with no await
+    # after that, so a grant taken away meanwhile is in force in it.
+    for _ in range(MAX_FOLDS_AHEAD):
+        if kept is not None or room.context.ready(asked.prompt_ids, asked.scope, doc):
+            break
+        await asyncio.sleep(0)  # ``ready`` took this turn's step
+        await room.context.fold_ahead(asked.prompt_ids, asked.scope, doc=doc)
+        room, doc = await state.rooms.committed(session_id, kept=True)
+        asked = _asked(room, doc, user_id)
+        kept = room.context.kept_preview(doc, asked.prompt_ids, asked.scope, asked.grants)
+    fresh = kept is None
+    kept = room.context.preview(doc, asked.prompt_ids, asked.scope, asked.grants)
+    body = kept.answers.get(user_id)  # encoded meanwhile, for another request of theirs
+    if body is not None:
+        room.charge_read(caller.user_id, len(body))
+        return Encoded(body)
+    body = await encode_preview(user_id, asked.prompt_ids, kept.build)
+    kept.keep(user_id, body)
+    built = len(doc.entries()) if fresh else 0
+    room.spend_work(Work.PREVIEWS, room.charge_build(caller.user_id, built, len(body)))
     return Encoded(body)
 
 

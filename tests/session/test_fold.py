@@ -235,7 +235,7 @@ def test_a_restriction_changed_on_an_old_entry_is_rolled_back_in_steps() -> None
     fold = builder._folds["members"].fold
     restricted = ReadFilter(None, {"e2": "not every member may read it"})
     ahead = builder.folding(entries=entries, withheld=restricted, steps=40, undone_per_step=30)
-    seen = []
+    seen: list[tuple[int, int]] = []
     for folded in ahead:
         seen.append((folded, len(fold.keys)))
     # Judged (at once: fewer than ``judged_per_step``), 99 steps undone 30 a step, then
