@@ -4,6 +4,7 @@ and a client's copy of another document told apart."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -109,3 +110,40 @@ def test_a_stored_document_is_read_and_followed_without_reading_turns_by_index(
     assert document.turn_ids()[:2] == ["p2", "p3"] and document.turn_ids()[-2:] == ["k", "p59"]
     document.append_text("k", " (3 found)")  # a turn it was sent is found by its id
     assert str(document.turns[-2]["content"]) == "search: done (3 found)"
+
+
+def test_a_document_built_from_the_rows_inserts_each_turn_where_no_walk_is_needed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """FX43: a thread stored before its document's log was kept is shown from its rows.
+    Added one after another, each turn's insert walked every turn before it (yrs), so the
+    build took time in the square of its turns (20,000: 39 s in one block of the loop).
+    They are inserted the newest first, each where the document's turns began: a new
+    document's at its start. Turns added to a document that has some go after them, in
+    order, as ``show_turn`` adds them."""
+    turns = tuple(turn(f"p{i}", "prompt" if i % 2 else "reply", f"text {i}") for i in range(60))
+    thread = SideThread("t", "bob", 0, "", "open", 1, turns)
+    places: list[int] = []
+    insert = Array.insert
+
+    def counted(array: Array[Any], index: int, item: Any) -> None:
+        places.append(index)
+        insert(array, index, item)
+
+    monkeypatch.setattr(Array, "insert", counted)
+    document = thread_document(thread)
+    assert places == [0] * 60
+    one_by_one = ThreadDocument()
+    for t in turns:
+        one_by_one.show_turn(t)
+    assert shown(document) == shown(one_by_one)
+    assert document.turn_ids() == [t["id"] for t in document.turns] == [t.id for t in turns]
+    places.clear()
+    more = (*turns, turn("p60", "prompt", "again?"), turn("p61", "reply", "yes"))
+    show_all(document, replace(thread, turns=more))
+    assert places == [60, 60]
+    assert shown(document)[-2:] == [
+        ("p60", "user", "done", "again?"),
+        ("p61", "assistant", "done", "yes"),
+    ]
+    assert document.turn_ids() == [t["id"] for t in document.turns] == [t.id for t in more]
