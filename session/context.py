@@ -299,6 +299,22 @@ class _SystemText:
     left: tuple[str, ...]
 
 
+@dataclass(slots=True)
+class _Walk:
+    """One walk of the budget loop: the cost of each kept item (``OPENING_COST``: the
+    provider's opening turn); the items kept, left out and quoted before the summary's end
+    (``earlier``), each newest first; the cut (the turns before it were never reached);
+    and the system text with the ``earlier`` block."""
+
+    cost: dict[int, int]
+    kept: list[int]
+    left: list[int]
+    earlier: list[int]
+    cut: int
+    system: str
+    system_tokens: int
+
+
 def _system_within(
     facts: Mapping[str, Fact],
     pinned: Sequence[Entry],
@@ -568,7 +584,6 @@ class ContextBuilder:
         unreadable = frozenset(x.entry_id for x in withheld_items)
         summary = newest_within(summaries, history[-1][0].seq, unreadable) if history else None
         given = self._system(facts or {}, pinned, pins, summary)
-        system, system_tokens = given.text, given.tokens
         offered = tools_tokens(tools)
 
         asking = frozenset(prompt_ids)
@@ -609,11 +624,9 @@ class ContextBuilder:
             is the model's."""
             return opening if first is not None and fold.items[first].role == "assistant" else 0
 
-        def walk(stop: int = -1) -> tuple[dict[int, int], list[int], list[int], list[int], int]:
-            """The budget loop, newest first: the cost of each kept item (``-1``: the
-            provider's opening turn), the kept, those left out and those said before the
-            summary's end (newest first), and the cut. Items at ``stop`` and before are
-            left out as over budget (a run the edge cut: ``_run_cut``)."""
+        def walk(stop: int = -1) -> _Walk:
+            """The budget loop, newest first. Items at ``stop`` and before are left out as
+            over budget (a run the edge cut: ``_run_cut``)."""
             cost: dict[int, int] = {}
             for index in answering_items:
                 item = fold.items[index]
@@ -621,7 +634,7 @@ class ContextBuilder:
                 cost[index] = tokens(index)
             first = min(answering_items, default=None)  # the input's first message
             cost[OPENING_COST] = opening_at(first)
-            spent = system_tokens + offered + sum(cost.values())
+            spent = given.tokens + offered + sum(cost.values())
             kept: list[int] = []
             left: list[int] = []
             earlier: list[int] = []
@@ -667,20 +680,40 @@ class ContextBuilder:
                 if full and not unseen_answering:
                     cut = index
                     break
-            return cost, kept, left, earlier, cut
+            return fit_earlier(_Walk(cost, kept, left, earlier, cut, given.text, given.tokens))
 
-        def walk_whole_runs() -> tuple[dict[int, int], list[int], list[int], list[int], int]:
-            """``walk``, walked again while the edge cuts a run: its reply, tool steps and
-            prompts then go out together, with what was said among them (review RZ-3: the
-            input opened with a reply whose question was over budget; a coalesced reply
-            read as the answer to the one prompt of it kept). A walk again, not items
-            taken out of this one: what referred to them is costed in full from the start,
-            so the budget holds. Each walk stops at a newer item: they end."""
+        def fit_earlier(walked: _Walk) -> _Walk:
+            """``walked`` with the block of the turns said before the summary's end in its
+            system text. The budget loop counted the block by its parts; counted as a
+            whole, it may differ a little, so its oldest turns go out as over budget (as
+            the loop leaves them) until it fits: before the run check, which sees them go."""
+            earlier = walked.earlier[::-1]  # oldest first
+            rest = offered + sum(walked.cost.values())
+            while earlier:
+                said = [entry for index in earlier for entry in said_in(fold.items[index])]
+                system = _system_text(facts or {}, given.pins, summary, said)
+                tokens = system_text_tokens(system)
+                if tokens + rest <= settings.budget:
+                    walked.system, walked.system_tokens = system, tokens
+                    break
+                walked.left.append(earlier.pop(0))
+                walked.left.sort(reverse=True)
+            walked.earlier = earlier[::-1]
+            return walked
+
+        def walk_whole_runs() -> _Walk:
+            """``walk``, walked again while the edge cuts a run (in the messages or in the
+            block before the summary): its reply, tool steps and prompts then go out
+            together, with what was said among them (review RZ-3: the input opened with a
+            reply whose question was over budget; a coalesced reply read as the answer to
+            the one prompt of it kept). A walk again, not items taken out of this one:
+            what referred to them is costed in full from the start, so the budget holds.
+            Each walk stops at a newer item: they end."""
             nonlocal references
             stop = -1
             while True:
                 walked = walk(stop)
-                stop = _run_cut(fold, history, walked[1], walked[3], summary)
+                stop = _run_cut(fold, history, walked.kept, walked.earlier, summary)
                 if stop < 0:
                     return walked
                 references = GivenReferences(fold, answering_items, references.copies)
@@ -689,26 +722,16 @@ class ContextBuilder:
         # copies name the earliest copy that is, walked again (review RZ-2: every copy went
         # in full). A walk names copies from what the one before kept, so a few walks
         # settle; the last is the input whatever it names.
-        cost, kept, left, earlier, cut = walk_whole_runs()
+        walked = walk_whole_runs()
         for _ in range(MAX_COPY_WALKS):
-            copies = _copies_to_name(fold, kept)
+            copies = _copies_to_name(fold, walked.kept)
             if copies == references.copies:
                 break
             references = GivenReferences(fold, answering_items, copies)
-            cost, kept, left, earlier, cut = walk_whole_runs()
-        kept.reverse()
-        earlier.reverse()
-        bare = system, system_tokens
-        while earlier:  # counted as a whole, the block may differ a little from its parts
-            said = [entry for index in earlier for entry in said_in(fold.items[index])]
-            system = _system_text(facts or {}, given.pins, summary, said)
-            system_tokens = system_text_tokens(system)
-            if system_tokens + offered + sum(cost.values()) <= settings.budget:
-                break
-            left.append(earlier.pop(0))  # the oldest first, as the budget loop leaves them
-            left.sort(reverse=True)
-        else:
-            system, system_tokens = bare
+            walked = walk_whole_runs()
+        cost, left, cut = walked.cost, walked.left, walked.cut
+        kept, earlier = walked.kept[::-1], walked.earlier[::-1]
+        system, system_tokens = walked.system, walked.system_tokens
 
         messages: list[ModelMessage] = []
         history_message = scope.history_messages()
@@ -793,12 +816,13 @@ def _run_cut(
     earlier: Sequence[int],
     summary: Summary | None,
 ) -> int:
-    """The newest kept reply (``kept``: newest first) that a prompt it answers is missing
-    from: not kept, not quoted before the summary (``earlier``), not covered by it (over
-    budget); -1 when none is. A prompt pinned is in the system text; one withheld is the
-    read scope's (listed as such)."""
+    """The newest reply kept or quoted before the summary (``kept``, ``earlier``: newest
+    first) that a prompt it answers is missing from: not kept, not quoted before the
+    summary, not covered by it (over budget); -1 when none is. A prompt pinned is in the
+    system text; one withheld is the read scope's (listed as such)."""
     given = {*kept, *earlier}
-    for index in kept:
+    newest = -1
+    for index in chain(kept, earlier):
         item = fold.items[index]
         if item.role != "assistant":
             continue
@@ -808,8 +832,9 @@ def _run_cut(
             if at is None or at in given:
                 continue
             if summary is None or not _covered_by(summary, fold.items[at]):
-                return index
-    return -1
+                newest = max(newest, index)
+                break
+    return newest
 
 
 def _copies_to_name(fold: HistoryFold, kept: Sequence[int]) -> dict[str, int]:

@@ -6,19 +6,30 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pytest
+
 from parley.server.providers.anthropic import render
-from parley.session.context import BuiltContext, ContextSettings, build_context
+from parley.session.context import EARLIER_LINE, BuiltContext, ContextSettings, build_context
 from parley.session.entries import Entry, EntryKind
 from parley.session.model import OPENING
-from parley.session.tokens import MESSAGE_TOKENS, count_tokens, input_tokens, opening_tokens
+from parley.session.summary import Summary
+from parley.session.tokens import (
+    MESSAGE_TOKENS,
+    count_tokens,
+    input_tokens,
+    opening_tokens,
+    system_text_tokens,
+)
 from tests.session.factories import entry
 
 QUESTION = "alice's long question: " + " ".join(f"detail{i}" for i in range(100))
 ANSWER = "The rollout plan: " + " ".join(f"step{i}" for i in range(40))
 
 
-def done(n: int, author: str, text: str) -> Entry:
-    return entry(n, author, text, EntryKind.PROMPT, "done")
+def done(n: int, author: str, text: str, reply: int | None = None) -> Entry:
+    """Prompt ``e{n}``, answered (by reply ``e{reply}``, when given)."""
+    made = entry(n, author, text, EntryKind.PROMPT, "done")
+    return made if reply is None else replace(made, reply_id=f"e{reply}")
 
 
 def answer(n: int, text: str, *prompts: int) -> Entry:
@@ -52,13 +63,16 @@ def assert_runs_whole(built: BuiltContext, entries: list[Entry]) -> None:
     assert out.isdisjoint(given) and out | given >= set(by_id)
 
 
-def windows(entries: list[Entry], asked: str, sizes: range) -> list[BuiltContext]:
+def windows(
+    entries: list[Entry], asked: str, sizes: range, summaries: tuple[Summary, ...] = ()
+) -> list[BuiltContext]:
     return [
         build_context(
             session_id="s",
             entries=entries,
             prompt_ids=[asked],
             settings=ContextSettings(window_tokens=size, reserve_output_tokens=100),
+            summaries=summaries,
         )
         for size in sizes
     ]
@@ -157,6 +171,13 @@ def pinned_question() -> list[Entry]:
     ]
 
 
+def pinned_first(entries: list[Entry], asked: str, settings: ContextSettings) -> BuiltContext:
+    """The input for ``asked`` with the first entry pinned."""
+    return build_context(
+        session_id="s", entries=entries, prompt_ids=[asked], pins=["e1"], settings=settings
+    )
+
+
 def test_an_opening_turn_the_provider_adds_is_counted() -> None:
     """Review RZ-4: Anthropic's API gets a user turn before an input that opens with the
     model's; the budget never counted it (1,501 tokens sent against a 1,500 window)."""
@@ -188,14 +209,67 @@ def test_the_opening_is_counted_only_when_the_input_opens_with_the_model() -> No
     entries = pinned_question()
     for size in range(300, 900, 5):
         config = ContextSettings(window_tokens=size, reserve_output_tokens=100)
-        built = build_context(
-            session_id="s",
-            entries=entries,
-            prompt_ids=["e7"],
-            pins=["e1"],
-            settings=replace(config, user_turn_first=True),
-        )
+        built = pinned_first(entries, "e7", replace(config, user_turn_first=True))
         opens = built.request.messages[0].role == "assistant"
         assert built.opening_tokens == (opening_tokens() if opens else 0)
         assert built.tokens == input_tokens(built.request) + built.opening_tokens
         assert built.tokens <= built.budget or len(built.request.messages) == 1
+
+
+def coalesced_before_the_summary() -> tuple[list[Entry], Summary]:
+    """A coalesced run (alice's long question, carol, bob's ``and the date?``, the reply
+    for both) said before the summary's end that the summary does not cover: it is quoted
+    in the block before the summary, which the edge of the budget may cut."""
+    entries = [
+        *chatter(1, 5),
+        done(6, "alice", QUESTION, 9),
+        entry(7, "carol", "carol holds"),
+        done(8, "bob", "and the date?", 9),
+        answer(9, "Answer to alice: " + ANSWER, 6, 8),
+        *chatter(10, 15),
+        entry(25, "carol", "final?", EntryKind.PROMPT),
+    ]
+    covers = frozenset(f"e{n}" for n in [*range(1, 6), *range(10, 15)])
+    return entries, Summary("sum-1", 1, 14, covers, "Older chatter.")
+
+
+def assert_block_runs_whole(*, exact: bool = True) -> None:
+    """At every window the coalesced run before the summary is quoted whole or left out
+    whole (carol's words inside it too), and the edge falls on both sides of it; the
+    budget holds (``exact``: counted as the call sends it)."""
+    entries, summary = coalesced_before_the_summary()
+    run = {"e6", "e7", "e8", "e9"}
+    quoted = out = 0
+    for built in windows(entries, "e25", range(330, 1_400, 3), (summary,)):
+        assert built.summary == summary
+        assert_runs_whole(built, entries)
+        given = run & set(built.included)
+        assert given in (set(), run), (built.budget, sorted(given))
+        assert not exact or built.tokens == input_tokens(built.request)
+        if given:
+            quoted += 1
+            assert "[End of messages said before the summary's end]" in built.request.system
+        elif "e15" in built.included:
+            out += 1
+    assert quoted and out
+
+
+def test_the_block_before_the_summary_keeps_or_leaves_out_runs_whole() -> None:
+    """The budget loop kept a reply quoted in the block of turns said before the summary's
+    end whose question did not fit there: the run check looked at the messages only."""
+    assert_block_runs_whole()
+
+
+def test_the_block_fitted_as_a_whole_keeps_or_leaves_out_runs_whole(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The step that fits the block as a whole ran after the run check, and took out its
+    oldest turns: alice's question, the reply kept. cl100k_base counts the block at most
+    as its parts (the budget loop's count): a counter that counts it higher makes the step
+    take turns out."""
+
+    def higher(system: str) -> int:
+        return system_text_tokens(system) + (40 if EARLIER_LINE in system else 0)
+
+    monkeypatch.setattr("parley.session.context.system_text_tokens", higher)
+    assert_block_runs_whole(exact=False)
