@@ -50,6 +50,7 @@ from parley.session.fold import (
 )
 from parley.session.history import (
     JUDGED_PER_STEP,
+    PROMPT_LEFT_OUT,
     Excluded,
     History,
     VisibleHistory,
@@ -135,6 +136,8 @@ class BuiltContext:
     sources: tuple[tuple[str, ...], ...] = ()  # the entries behind each message, in order
     tools_tokens: int = 0  # the definitions of the tools offered (``request.tools``)
     pins_left: tuple[str, ...] = ()  # pinned, over the pins' share (see ``_system_within``)
+    # The replies and tool steps of a run whose prompt is one of ``pins_left``.
+    runs_left: tuple[str, ...] = ()
     # The provider's opening turn before an input that opens with the model's turn
     # (``ContextSettings.user_turn_first``): not a message of ``request``, sent all the same.
     opening_tokens: int = 0
@@ -159,9 +162,10 @@ class BuiltContext:
 
     @property
     def excluded(self) -> tuple[Excluded, ...]:
-        """Every entry left out, with why: withheld, a pin over the pins' share, summarised
-        or over budget."""
+        """Every entry left out, with why: withheld, a pin over the pins' share (and its
+        run's reply and tool steps), summarised or over budget."""
         found = [*self.withheld, *(Excluded(e, PIN_LEFT_OUT) for e in self.pins_left)]
+        found += [Excluded(e, PROMPT_LEFT_OUT) for e in self.runs_left]
         summarised = "" if self.summary is None else f"summarised in {self.summary.id}"
         for item in chain(self.left, reversed(self.older), reversed(self.summarised)):
             reason = summarised if self._covered(item) else "over budget"
@@ -585,6 +589,9 @@ class ContextBuilder:
         summary = newest_within(summaries, history[-1][0].seq, unreadable) if history else None
         given = self._system(facts or {}, pinned, pins, summary)
         offered = tools_tokens(tools)
+        # A run's reply and tool steps, given, would answer a question the input does not
+        # hold: they go out with a prompt of it the pins' share left out.
+        runs_left = _runs_of(history, fold, given.left) if given.left else frozenset()
 
         asking = frozenset(prompt_ids)
         answering_items = {fold.item_of[p] for p in prompt_ids}
@@ -626,7 +633,8 @@ class ContextBuilder:
 
         def walk(stop: int = -1) -> _Walk:
             """The budget loop, newest first. Items at ``stop`` and before are left out as
-            over budget (a run the edge cut: ``_run_cut``)."""
+            over budget (a run the edge cut: ``_run_cut``); ``runs_left`` are passed over
+            (listed apart)."""
             cost: dict[int, int] = {}
             for index in answering_items:
                 item = fold.items[index]
@@ -649,6 +657,8 @@ class ContextBuilder:
                 if index in answering_items:
                     kept.append(index)
                     unseen_answering -= 1
+                elif index in runs_left:
+                    pass  # listed apart (``BuiltContext.runs_left``)
                 elif index <= stop or full or (summary is not None and _covered_by(summary, item)):
                     full = full or index <= stop
                     left.append(index)
@@ -755,6 +765,9 @@ class ContextBuilder:
             else:
                 messages.append(history_message(index, item))
         edge = min(summarised, cut)  # the turns below it are all covered by the summary
+        older = fold.items[edge:cut]
+        if runs_left:  # listed apart, not as over budget (nor summarised next)
+            older = [item for index, item in enumerate(older, edge) if index not in runs_left]
         request = ModelRequest(
             session_id=session_id,
             issuers=tuple(dict.fromkeys(issuers)),
@@ -776,12 +789,18 @@ class ContextBuilder:
             summary=summary,
             withheld=tuple(withheld_items),
             left=tuple(fold.items[index] for index in left),
-            older=tuple(fold.items[edge:cut]),
+            older=tuple(older),
             summarised=scope.turns_below(edge),
             included=tuple(included),
             sources=tuple(sources),
             tools_tokens=offered,
             pins_left=given.left,
+            runs_left=tuple(
+                entry_id
+                for index in sorted(runs_left)
+                if index >= edge
+                for entry_id in fold.items[index].entry_ids
+            ),
         )
 
     def _system(
@@ -819,7 +838,8 @@ def _run_cut(
     """The newest reply kept or quoted before the summary (``kept``, ``earlier``: newest
     first) that a prompt it answers is missing from: not kept, not quoted before the
     summary, not covered by it (over budget); -1 when none is. A prompt pinned is in the
-    system text; one withheld is the read scope's (listed as such)."""
+    system text (one over the pins' share takes its run's reply out: ``_runs_of``); one
+    withheld takes it out of the history (``VisibleHistory``)."""
     given = {*kept, *earlier}
     newest = -1
     for index in chain(kept, earlier):
@@ -835,6 +855,27 @@ def _run_cut(
                 newest = max(newest, index)
                 break
     return newest
+
+
+def _runs_of(
+    history: Sequence[tuple[Entry, bool]], fold: HistoryFold, prompts: Sequence[str]
+) -> frozenset[int]:
+    """The items of the replies and tool steps of the runs that answer ``prompts`` (pinned
+    prompts the pins' share left out): found between each prompt and its reply."""
+    found: set[int] = set()
+    for prompt_id in prompts:
+        step = fold.step_of.get(prompt_id)
+        reply_id = None if step is None else history[step][0].reply_id
+        if step is None or reply_id is None:
+            continue
+        end = fold.step_of.get(reply_id, len(history) - 1)
+        for at_step in range(step + 1, end + 1):
+            said = history[at_step][0]
+            if said.id == reply_id or (said.kind is EntryKind.TOOL and said.reply_to == reply_id):
+                at = fold.item_of.get(said.id)
+                if at is not None:
+                    found.add(at)
+    return frozenset(found)
 
 
 def _copies_to_name(fold: HistoryFold, kept: Sequence[int]) -> dict[str, int]:

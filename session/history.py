@@ -7,10 +7,10 @@ stream was cut, a newer prompt interrupted it, an owner cancelled it) is still w
 member said: it is given as what they wrote, with the server's line saying how it ended
 (``outcome``), and so is the part of its reply that was written, marked as cut off. Left
 out, and listed with why (``left_out``): a prompt its own author withdrew (cancelled), a
-prompt too large for the window, and the replies and tool steps of a run whose prompts
-are all left out (they would answer nothing given); and a pinned entry that is not
-history (still waiting, an empty reply, a tool step without a result): a pin is given or
-listed, never silently dropped.
+prompt too large for the window, and the replies and tool steps of a run a prompt of
+which is left out (withheld, say: given, they would answer a question the model is not
+shown); and a pinned entry that is not history (still waiting, an empty reply, a tool step
+without a result): a pin is given or listed, never silently dropped.
 
 Judging that afresh walked the whole transcript on every build; ``VisibleHistory`` keeps
 the judged prefix of one read scope and, on the next build, judges only what follows the
@@ -40,6 +40,11 @@ UNANSWERED = frozenset({PromptStatus.FAILED, PromptStatus.CANCELLED, PromptStatu
 JUDGED_PER_STEP = 1024
 """Entries a read in steps judges in one (``VisibleHistory.reading``): a few microseconds
 each."""
+
+# Why a reply or a tool step is left out with its run's prompts: all of them, or some (a
+# coalesced run's reply answers every one: given with one, it reads as that one's answer).
+RUN_LEFT_OUT = "its run's prompts are left out"
+PROMPT_LEFT_OUT = "a prompt of its run is left out"
 
 WithheldReason = Callable[[Entry], str | None]
 """A read scope: None when the run's issuers may read the entry, else why they may not."""
@@ -344,7 +349,7 @@ class VisibleHistory:
         if not answering:
             if not in_history(entry) or self._unsaid(entry, text):
                 return Excluded(entry.id, _unfinished(entry)) if entry.id in self._pins else None
-            why = left_out(entry) or self._answers_nothing(entry)
+            why = left_out(entry) or self._run_left_out(entry)
             if why is not None:
                 return Excluded(entry.id, why)
             reason = None if self._withheld is None else self._withheld(entry)
@@ -362,16 +367,18 @@ class VisibleHistory:
             return False
         return not (entry.content if text is None else text).strip()
 
-    def _answers_nothing(self, entry: Entry) -> str | None:
-        """Why a reply or a tool step is left out with every prompt of its run (None: one
-        of them is given, or it is neither)."""
+    def _run_left_out(self, entry: Entry) -> str | None:
+        """Why a reply or a tool step is left out with a prompt of its run (None: every
+        one of them is given, or it is neither)."""
         if entry.kind is EntryKind.REPLY:
             run = self._runs.get(entry.id)
         elif entry.kind is EntryKind.TOOL and entry.reply_to is not None:
             run = self._runs.get(entry.reply_to)
         else:
             return None
-        return "its run's prompts are left out" if run and not any(run) else None
+        if not run or all(run):
+            return None
+        return PROMPT_LEFT_OUT if any(run) else RUN_LEFT_OUT
 
     def _judge(self, entry: Entry, position: int) -> None:
         judged = self._verdict(entry)

@@ -11,6 +11,7 @@ import pytest
 from parley.server.providers.anthropic import render
 from parley.session.context import EARLIER_LINE, BuiltContext, ContextSettings, build_context
 from parley.session.entries import Entry, EntryKind
+from parley.session.history import PROMPT_LEFT_OUT, RUN_LEFT_OUT
 from parley.session.model import OPENING
 from parley.session.summary import Summary
 from parley.session.tokens import (
@@ -258,6 +259,80 @@ def test_the_block_before_the_summary_keeps_or_leaves_out_runs_whole() -> None:
     """The budget loop kept a reply quoted in the block of turns said before the summary's
     end whose question did not fit there: the run check looked at the messages only."""
     assert_block_runs_whole()
+
+
+def coalesced_with_a_tool_step() -> list[Entry]:
+    """alice's question and bob's ``and the date?`` answered together after a search."""
+    return [
+        done(1, "alice", QUESTION, 5),
+        entry(2, "carol", "carol holds"),
+        done(3, "bob", "and the date?", 5),
+        tool(4, 5, "[search_documents] found: " + "doc line " * 10),
+        answer(5, "Answer to alice: " + ANSWER, 1, 3),
+        *chatter(6, 3),
+        entry(9, "carol", "final?", EntryKind.PROMPT),
+    ]
+
+
+def test_a_reply_whose_question_is_withheld_is_left_out_with_its_tool_steps() -> None:
+    """The input holds nothing of a prompt its issuers may not read (docs/permissions.md:
+    left out and listed, never marked): the reply written for it, given with bob's
+    question alone, read as the answer to bob. bob's words stay, as what he wrote."""
+    entries = coalesced_with_a_tool_step()
+
+    def scope(said: Entry) -> str | None:
+        return "carol may not read it" if said.id == "e1" else None
+
+    built = build_context(session_id="s", entries=entries, prompt_ids=["e9"], withheld=scope)
+    reasons = {x.entry_id: x.reason for x in built.excluded}
+    assert reasons == {
+        "e1": "withheld: carol may not read it",
+        "e4": PROMPT_LEFT_OUT,
+        "e5": PROMPT_LEFT_OUT,
+    }
+    assert [m.role for m in built.request.messages] == ["user"] * 6
+    assert built.request.messages[1].content == "[bob wrote]\nand the date?"
+    assert_runs_whole(built, entries)
+    # Every prompt of it withheld: left out as before, with the reason it had.
+    both = build_context(
+        session_id="s",
+        entries=entries,
+        prompt_ids=["e9"],
+        withheld=lambda said: "withheld here" if said.id in ("e1", "e3") else None,
+    )
+    assert {x.entry_id: x.reason for x in both.excluded if x.entry_id in ("e4", "e5")} == {
+        "e4": RUN_LEFT_OUT,
+        "e5": RUN_LEFT_OUT,
+    }
+
+
+def test_a_reply_whose_pinned_question_is_over_the_pins_share_is_left_out() -> None:
+    """A pinned prompt over the pins' share is in neither the system text nor the story:
+    its reply and tool steps go out with it (listed), and a later copy of the reply that
+    named it is given in full, counted so."""
+    entries = [
+        *coalesced_with_a_tool_step()[:-1],
+        done(9, "bob", "repeat it please", 10),
+        answer(10, "Answer to alice: " + ANSWER, 9),
+        entry(11, "carol", "final?", EntryKind.PROMPT),
+    ]
+    roomy = ContextSettings(window_tokens=4_000, reserve_output_tokens=100)
+    for share, given in ((0.5, True), (0.05, False)):
+        built = pinned_first(entries, "e11", replace(roomy, fixed_share=share))
+        assert_runs_whole(built, entries)
+        assert built.tokens == input_tokens(built.request) <= built.budget
+        sent = dict(zip((s[-1] for s in built.sources), built.request.messages, strict=True))
+        reasons = {x.entry_id: x.reason for x in built.excluded}
+        if given:
+            assert "message #1" in built.request.system and {"e4", "e5"} <= sent.keys()
+            assert sent["e10"].content == "[the same reply as to message #3]"
+            continue
+        assert reasons == {
+            "e1": "pinned, over the pins' share of the window",
+            "e4": PROMPT_LEFT_OUT,
+            "e5": PROMPT_LEFT_OUT,
+        }
+        assert "e3" in sent and sent["e10"].content == "Answer to alice: " + ANSWER
 
 
 def test_the_block_fitted_as_a_whole_keeps_or_leaves_out_runs_whole(
