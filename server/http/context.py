@@ -107,14 +107,11 @@ def _asked(room: SessionRoom, doc: SessionDocument, user_id: str) -> _Asked:
     # The queue as the document shows it: the running node's committed plan, the same on
     # every node (a read replica has no queue of its own).
     queue = queue_of(doc, room.queue.limits)
-    waiting = [p for p in queue.pending() if p.author == user_id]
+    waiting = next((p for p in queue.pending() if p.author == user_id), None)
     prompt_ids: tuple[str, ...] = ()
-    if waiting:
-        upcoming = queue.next()
-        if upcoming is not None and waiting[0].id in upcoming.ids:
-            prompt_ids = upcoming.ids
-        else:
-            prompt_ids = (waiting[0].id,)
+    if waiting is not None:
+        run = queue.run_taking(waiting.id)
+        prompt_ids = (waiting.id,) if run is None else run.ids
     scope = room.runs.scope_for(
         [user_id] if not prompt_ids else [doc.entry(p).author for p in prompt_ids], preview=True
     )

@@ -156,6 +156,44 @@ async def test_the_preview_is_what_the_model_receives(tmp_path: Path) -> None:
         assert history["prompt_ids"] == [] and not any(m["answering"] for m in history["messages"])
 
 
+async def test_a_preview_under_coalesce_is_the_run_that_answers_the_member(
+    tmp_path: Path,
+) -> None:
+    """Review RD-5: a preview made while another run streamed showed alice's prompt alone,
+    with her tools; the call answered hers and bob's together, with none (bob may not
+    search). It is the run that takes her prompt were the one in flight over."""
+    gate, asked = asyncio.Event(), asyncio.Event()
+    provider = first_call_waits(gate, asked)
+    async with (
+        sql_store(sqlite_url(tmp_path)) as store,
+        backend(memory_settings(), store=store, model=provider) as b,
+    ):
+        roles = {"alice": "editor", "bob": "editor", "carol": "editor"}
+        sid = await b.new_session(roles, policy="coalesce")
+        denied = MemberPut(role="editor", denials=["tool:search_documents"])
+        await b.call(members_api.put_member, session_id=sid, user_id="bob", body=denied)
+        s = await b.session(sid)
+        first = await s.send("carol", PromptCommand("1", "blocked run"))
+        async with asyncio.timeout(10):
+            await asked.wait()
+        alices = await s.send("alice", PromptCommand("2", "ALICE-Q"))
+        bobs = await s.send("bob", PromptCommand("3", "BOB-Q"))
+
+        preview = json.loads(
+            (await b.call(context_api.preview_context, session_id=sid, user_id="alice")).body
+        )
+        assert preview["prompt_ids"] == [alices["prompt_id"], bobs["prompt_id"]]
+        assert preview["tools"] == []
+        contents = [m["content"] for m in preview["messages"]]
+        assert contents[-2:] == ["[alice asks you]\nALICE-Q", "[bob asks you]\nBOB-Q"]
+
+        await s.send("carol", CancelCommand("c", first["prompt_id"]))
+        await s.settled(first["prompt_id"], alices["prompt_id"], bobs["prompt_id"])
+        sent = provider.requests[1]
+        assert [m["content"] for m in sent.messages] == contents
+        assert sent.tools == preview["tools"]
+
+
 async def test_preview_needs_a_user(tmp_path: Path) -> None:
     """The route's query is read before the handler runs: its endpoint, with no app."""
     async with (
