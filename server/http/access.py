@@ -72,13 +72,15 @@ async def list_roles(state: AppState) -> RoleList:
 
 
 async def put_role(state: AppState, name: str, body: RolePut) -> RoleOut:
-    """Define or redefine a custom role; members holding it get the new set at once."""
+    """Define or redefine a custom role; members holding it get the new set at once, and
+    the tokens from invite links it leaves refused are revoked (``AccessStore.put_role``)."""
     check_role_name(name)
     if name in ROLE_CAPABILITIES:
         raise Conflict(f"{name!r} is a built-in role and cannot be redefined")
     capabilities = check_capabilities(body.capabilities)
-    await _access(state).put_role(name, capabilities, int(state.clock() * 1000))
+    revoked = await _access(state).put_role(name, capabilities, int(state.clock() * 1000))
     await state.rooms.access_changed()
+    await revocations_in_force(state, revoked)
     return _role_out(state, name)
 
 

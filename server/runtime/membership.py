@@ -266,14 +266,20 @@ class Membership:
 
     async def revoke_token(self, token: TokenRow) -> None:
         """Put a revoked token in force: its sockets close, its user's prompts stop."""
+        if self.put_revoked(token):
+            await self.stop(TokenRevoked(token.user_id, int(self.clock() * 1000)))
+
+    def put_revoked(self, token: TokenRow) -> bool:
+        """``revoke_token`` but for its user's prompts: refused from now, its sockets
+        closed. False if it was in force already (or expired): nothing to stop."""
         now = self.clock()
         self.revoking.discard(token.id)
         self.revoked_tokens = {k: t for k, t in self.revoked_tokens.items() if t.expires_at > now}
         if token.id in self.revoked_tokens or token.expires_at <= now:
-            return
+            return False
         self.revoked_tokens[token.id] = token
         self.refresh_sockets()
-        await self.stop(TokenRevoked(token.user_id, int(now * 1000)))
+        return True
 
     def refresh_sockets(self) -> None:
         """Close the sockets that may no longer be open (``closing``); wake the event

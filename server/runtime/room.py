@@ -195,6 +195,7 @@ class SessionRoom:
             sockets=self.sockets,
             runs=self.runs,
             side_threads=self.side_threads,
+            revoked=self.membership.put_revoked,
         )
         self.draining = False
         self.closed = False

@@ -29,7 +29,7 @@ from parley.server.runtime.sent_commands import SentCommands
 from parley.server.runtime.side_threads import SideThreads
 from parley.server.runtime.sockets import SessionSockets
 from parley.server.runtime.writer import DocumentWriter, Write
-from parley.server.store.access_rows import PrivateItem
+from parley.server.store.access_rows import PrivateItem, TokenRow
 from parley.server.store.counters import SequenceMoved
 from parley.server.store.effect_writes import write_effects
 from parley.server.store.port import SessionStore
@@ -63,6 +63,9 @@ log = logging.getLogger("parley.room")
 Before = Callable[[Write], Awaitable[Event]]
 # Called under the lock with the write and the effects judged for it, before they are stored.
 Beside = Callable[[Write, Effects], Awaitable[None]]
+# The actor of the ``token`` audit records of the tokens from links a write revoked: the
+# server, judging by the reader lists (as ``reply_kept_private`` records are the policy's).
+READERS_ACTOR = "policy"
 
 
 class _Refused(Exception):
@@ -91,6 +94,7 @@ class SessionWriter:
         sockets: SessionSockets,
         runs: RunSteps,
         side_threads: SideThreads,
+        revoked: Callable[[TokenRow], bool] = lambda token: False,
     ) -> None:
         self.session_id = session_id
         self.store = store
@@ -104,6 +108,10 @@ class SessionWriter:
         self.runs = runs
         self.side_threads = side_threads
         self.sent = SentCommands(store, session_id)
+        # Puts a token a write revoked in force as the write commits (``Membership``):
+        # True if its member's prompts are to stop, which ``step`` does after the write.
+        self.revoked = revoked
+        self._stopping: list[TokenRevoked] = []
 
     @property
     def doc(self) -> SessionDocument:
@@ -185,6 +193,10 @@ class SessionWriter:
             except SequenceMoved as exc:
                 self.last_seq = await self._stored_last_seq(exc.last_seq)
                 raise
+            finally:
+                stopping, self._stopping = self._stopping, []
+                for revoked in stopping:
+                    await self.stop_prompts(revoked)
         if effects.error is not None:
             for record in effects.audit:
                 await self.audit(record.kind, record.actor, dict(record.data))
@@ -296,6 +308,15 @@ class SessionWriter:
         )
         write.events.extend(effects.events)
         write.replies.update(effects.replies)
+        if any(k.restriction for k in effects.keep) or any(
+            t.restriction for t in effects.thread_turns
+        ):
+            # A reader list stored (a webhook tool's answer brings one): the tokens from
+            # members' links are judged by them, as at a document's attach (review RA-2),
+            # and those revoked are in force before what is kept is delivered, below.
+            tokens = await write.tx.revoke_link_tokens(self.session_id, now_ms, READERS_ACTOR)
+            if tokens:
+                write.after_commit.append(partial(self._links_revoked, tokens, now_ms))
         fence = self.document.fence
         readers = self.subject
         if fence is not None and any(not kept.shown for kept in effects.keep):
@@ -319,6 +340,13 @@ class SessionWriter:
             # queue, it adds no item to the document's queue and so no tombstone.)
             self.doc.set_queue([QueuedItem(p.id, p.seq, p.author) for p in effects.queue.pending()])
             write.after_commit.append(partial(setattr, self, "queue", effects.queue))
+
+    def _links_revoked(self, tokens: Sequence[TokenRow], now_ms: int) -> None:
+        """Tokens a write revoked, as it commits: refused from now, their sockets closed;
+        their members' prompts are stopped after the write (``step``)."""
+        for token in tokens:
+            if self.revoked(token):
+                self._stopping.append(TokenRevoked(token.user_id, now_ms))
 
     async def append(self, text: AppendText) -> None:
         """A run's streamed reply text (as the core said): stored through the group

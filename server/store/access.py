@@ -7,6 +7,7 @@ record of a run) are written with the ``insert_*`` functions inside the room's t
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -48,7 +49,7 @@ from parley.server.store.tables import (
     side_thread_turns,
     tools,
 )
-from parley.session.errors import Conflict
+from parley.session.errors import Conflict, NotFound
 
 if TYPE_CHECKING:
     from parley.server.store.database import Database
@@ -213,18 +214,46 @@ class AccessStore:
         async with self.store.read() as connection:
             return await read_roles(connection)
 
-    async def put_role(self, name: str, capabilities: frozenset[str], now: int) -> None:
+    async def put_role(self, name: str, capabilities: frozenset[str], now: int) -> Revoked:
+        """Define or redefine custom role ``name`` (``now``, ms). In the sessions where a
+        member holds it, the tokens from members' links are judged again by the reader
+        lists and the roles as stored after it (``link_tokens.revoke_by_stored``; review
+        RA-1: an edit that took a maker's ``read:<doc>`` left her link's token reading
+        it); returns those revoked."""
+        # Imported here: ``link_tokens`` writes its audit records with this module's.
+        from parley.server.store.link_tokens import revoke_by_stored
+
         value = json.dumps(sorted(capabilities))
+        revoked: Revoked = {}
         async with self.store.transaction() as tx:
+            connection = tx.connection
             # Cluster mode: the running nodes judge their next writes by it, from its commit.
-            await count_role_change(tx.connection, name)
-            result = await tx.connection.execute(
+            await count_role_change(connection, name)
+            held = await connection.execute(
+                select(members.c.session_id)
+                .where(members.c.role == name)
+                .distinct()
+                .order_by(members.c.session_id)
+            )
+            # Locked before the role's row, in one order, as a member change locks its
+            # session before the role it gives.
+            sessions = []
+            for (session_id,) in held:
+                with contextlib.suppress(NotFound):  # deleted meanwhile: nobody to judge
+                    await lock_session(connection, session_id)
+                    sessions.append(session_id)
+            result = await connection.execute(
                 update(roles).where(roles.c.name == name).values(capabilities=value)
             )
             if not result.rowcount:
-                await tx.connection.execute(
+                await connection.execute(
                     insert(roles).values(name=name, capabilities=value, created_at=now)
                 )
+            for session_id in sessions:
+                tokens = await revoke_by_stored(connection, session_id, now)
+                if tokens:
+                    revoked[session_id] = tokens
+        return revoked
 
     async def delete_role(self, name: str) -> bool:
         """Delete a custom role; ``Conflict`` while a member still has it."""

@@ -10,8 +10,10 @@ revoked, as the admin key revokes one (in force on every node, at a command's co
 once its member is known another way (a token issued to them otherwise, a membership of
 another session: ``revoke_known``), or once a membership change of the session, or a
 document attached to it, leaves its maker unable to hand out what its member holds
-(``revoke_refused``). Each revocation is audited (``token``, with its reason) in the same
-transaction.
+(``revoke_refused``); so too a change that moves the reader lists or what a maker reads
+with no membership change: a custom role edited, a reader list stored with a webhook
+tool's answer (``revoke_by_stored``, reviews RA-1, RA-2). Each revocation is audited
+(``token``, with its reason) in the same transaction.
 """
 
 from __future__ import annotations
@@ -26,7 +28,12 @@ from parley.authz.membership import reader_refusal
 from parley.authz.policy import Readers
 from parley.authz.roles import RoleTable
 from parley.authz.tokens import ADMIN_ACTOR
-from parley.server.store.access import CHANNEL_SETTINGS, insert_audit
+from parley.server.store.access import (
+    CHANNEL_SETTINGS,
+    insert_audit,
+    read_reader_lists,
+    read_roles,
+)
 from parley.server.store.access_rows import TokenRow
 from parley.server.store.rows import MemberRow, lock_session, read_member
 from parley.server.store.tables import client_tokens, invites
@@ -143,6 +150,30 @@ async def revoke_refused(
     return await _revoke(
         connection, refused, now_ms, actor, lambda row: reasons[row.id], session_id
     )
+
+
+async def revoke_by_stored(
+    connection: AsyncConnection, session_id: str, now_ms: int, actor: str = ADMIN_ACTOR
+) -> list[TokenRow]:
+    """``revoke_refused`` by ``session_id``'s reader lists and the custom roles as stored
+    in this transaction, once it changed them without a membership change (a custom role
+    edited, a reader list stored with a webhook tool's answer); returns the tokens
+    revoked. The session is locked first (``lock_session``): a link exchanged, a token
+    issued or a document attached meanwhile is judged with this change, or judges it.
+    With no live token from a link there, nothing more is read."""
+    await lock_session(connection, session_id)
+    live = await connection.execute(
+        select(client_tokens.c.id)
+        .where(and_(client_tokens.c.session_id == session_id, _from_links(now_ms)))
+        .limit(1)
+    )
+    if live.first() is None:
+        return []
+    refusal = by_readers(
+        RoleTable(await read_roles(connection)), await read_reader_lists(connection, session_id)
+    )
+    revoked = await revoke_refused(connection, session_id, now_ms, refusal, actor)
+    return revoked.get(session_id, [])
 
 
 async def _kill_links(connection: AsyncConnection, now_ms: int, *where: Any) -> None:

@@ -138,6 +138,11 @@ class MemoryTx:
         token = None if stored is None else stored.tokens.get(token_id)
         return token is not None and token.revoked
 
+    async def revoke_link_tokens(
+        self, session_id: str, now_ms: int, actor: str
+    ) -> Sequence[TokenRow]:
+        return ()  # no tokens from links here: no invite is exchanged against this store
+
     def create(self, row: SessionRow) -> None:
         if row.id in self._tables.sessions or row.id in self._written:
             raise Conflict(f"session {row.id!r} exists")

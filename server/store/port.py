@@ -48,6 +48,15 @@ class SessionTx(Protocol):
         An unknown token: False."""
         ...
 
+    async def revoke_link_tokens(
+        self, session_id: str, now_ms: int, actor: str
+    ) -> Sequence[TokenRow]:
+        """This transaction stored a reader list (text kept with its readers: a webhook
+        tool's answer, say): revoke the session's tokens from members' links that its
+        reader lists, as stored with it, leave refused (audited as ``actor``'s); returns
+        them (``link_tokens.revoke_by_stored``; review RA-2)."""
+        ...
+
     def claim_seq(self, session_id: str, seq: int) -> None:
         """Claim ``seq`` as the session's next sequence number, for an entry written in this
         transaction; ``append_events`` counts it (``SequenceMoved`` if it was not next)."""

@@ -16,10 +16,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from parley.server.store import command_statements, left_clients, thread_log, thread_rows
 from parley.server.store.access import insert_audit, insert_private
-from parley.server.store.access_rows import PrivateItem
+from parley.server.store.access_rows import PrivateItem, TokenRow
 from parley.server.store.counters import ClaimedSeqs, SequenceMoved
 from parley.server.store.direct_sqlite import plan_for
 from parley.server.store.group_commit import insert_updates
+from parley.server.store.link_tokens import revoke_by_stored
 from parley.server.store.outbox import enqueue
 from parley.server.store.rows import (
     EntryRow,
@@ -194,6 +195,12 @@ class StoreTx:
         )
         row = found.first()
         return row is not None and row.revoked_at is not None
+
+    async def revoke_link_tokens(
+        self, session_id: str, now_ms: int, actor: str
+    ) -> Sequence[TokenRow]:
+        """(``SessionTx.revoke_link_tokens``.)"""
+        return await revoke_by_stored(self.connection, session_id, now_ms, actor)
 
     def claim_seq(self, session_id: str, seq: int) -> None:
         """Claim ``seq``, the session's next sequence number, for an entry written here;
