@@ -7,7 +7,6 @@ record of a run) are written with the ``insert_*`` functions inside the room's t
 
 from __future__ import annotations
 
-import contextlib
 import json
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -46,10 +45,11 @@ from parley.server.store.tables import (
     members,
     private_items,
     roles,
+    sessions,
     side_thread_turns,
     tools,
 )
-from parley.session.errors import Conflict, NotFound
+from parley.session.errors import Conflict
 
 if TYPE_CHECKING:
     from parley.server.store.database import Database
@@ -224,24 +224,19 @@ class AccessStore:
         from parley.server.store.link_tokens import revoke_by_stored
 
         value = json.dumps(sorted(capabilities))
-        revoked: Revoked = {}
         async with self.store.transaction() as tx:
             connection = tx.connection
             # Cluster mode: the running nodes judge their next writes by it, from its commit.
             await count_role_change(connection, name)
-            held = await connection.execute(
-                select(members.c.session_id)
-                .where(members.c.role == name)
-                .distinct()
-                .order_by(members.c.session_id)
+            # Its sessions locked before the role's row, in one order, as a member change
+            # locks its session before the role it gives (their lease rows came first).
+            held = select(members.c.session_id).where(members.c.role == name)
+            await connection.execute(
+                select(sessions.c.id)
+                .where(sessions.c.id.in_(held))
+                .order_by(sessions.c.id)
+                .with_for_update()
             )
-            # Locked before the role's row, in one order, as a member change locks its
-            # session before the role it gives.
-            sessions = []
-            for (session_id,) in held:
-                with contextlib.suppress(NotFound):  # deleted meanwhile: nobody to judge
-                    await lock_session(connection, session_id)
-                    sessions.append(session_id)
             result = await connection.execute(
                 update(roles).where(roles.c.name == name).values(capabilities=value)
             )
@@ -249,10 +244,7 @@ class AccessStore:
                 await connection.execute(
                     insert(roles).values(name=name, capabilities=value, created_at=now)
                 )
-            for session_id in sessions:
-                tokens = await revoke_by_stored(connection, session_id, now)
-                if tokens:
-                    revoked[session_id] = tokens
+            revoked = await revoke_by_stored(connection, held.scalar_subquery(), now)
         return revoked
 
     async def delete_role(self, name: str) -> bool:

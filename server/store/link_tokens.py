@@ -153,27 +153,29 @@ async def revoke_refused(
 
 
 async def revoke_by_stored(
-    connection: AsyncConnection, session_id: str, now_ms: int, actor: str = ADMIN_ACTOR
-) -> list[TokenRow]:
-    """``revoke_refused`` by ``session_id``'s reader lists and the custom roles as stored
-    in this transaction, once it changed them without a membership change (a custom role
-    edited, a reader list stored with a webhook tool's answer); returns the tokens
-    revoked. The session is locked first (``lock_session``): a link exchanged, a token
-    issued or a document attached meanwhile is judged with this change, or judges it.
-    With no live token from a link there, nothing more is read."""
-    await lock_session(connection, session_id)
+    connection: AsyncConnection, sessions: Any, now_ms: int, actor: str = ADMIN_ACTOR
+) -> Revoked:
+    """``revoke_refused`` in each of ``sessions`` (a column expression of their ids, a
+    subquery say) by its reader lists and the custom roles as stored in this transaction,
+    once it changed them without a membership change (a custom role edited, a reader list
+    stored with a webhook tool's answer); returns the tokens revoked. Each session locked
+    by this transaction already (``lock_session``), so a link exchanged, a token issued or
+    a document attached meanwhile is judged with this change, or judges it. Only the
+    sessions with a live token from a link are read further (one statement for the rest)."""
     live = await connection.execute(
-        select(client_tokens.c.id)
-        .where(and_(client_tokens.c.session_id == session_id, _from_links(now_ms)))
-        .limit(1)
+        select(client_tokens.c.session_id)
+        .where(and_(client_tokens.c.session_id.in_(sessions), _from_links(now_ms)))
+        .distinct()
     )
-    if live.first() is None:
-        return []
-    refusal = by_readers(
-        RoleTable(await read_roles(connection)), await read_reader_lists(connection, session_id)
-    )
-    revoked = await revoke_refused(connection, session_id, now_ms, refusal, actor)
-    return revoked.get(session_id, [])
+    judged = sorted(session_id for (session_id,) in live)
+    if not judged:
+        return {}
+    roles = RoleTable(await read_roles(connection))
+    revoked: Revoked = {}
+    for session_id in judged:
+        refusal = by_readers(roles, await read_reader_lists(connection, session_id))
+        revoked |= await revoke_refused(connection, session_id, now_ms, refusal, actor)
+    return revoked
 
 
 async def _kill_links(connection: AsyncConnection, now_ms: int, *where: Any) -> None:

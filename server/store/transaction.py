@@ -27,6 +27,7 @@ from parley.server.store.rows import (
     StoredDoc,
     UsageRow,
     insert_usage_rows,
+    lock_session,
     quota_limits,
     replace_usage_rows,
     usage_totals,
@@ -200,7 +201,9 @@ class StoreTx:
         self, session_id: str, now_ms: int, actor: str
     ) -> Sequence[TokenRow]:
         """(``SessionTx.revoke_link_tokens``.)"""
-        return await revoke_by_stored(self.connection, session_id, now_ms, actor)
+        await lock_session(self.connection, session_id)
+        revoked = await revoke_by_stored(self.connection, [session_id], now_ms, actor)
+        return revoked.get(session_id, [])
 
     def claim_seq(self, session_id: str, seq: int) -> None:
         """Claim ``seq``, the session's next sequence number, for an entry written here;
