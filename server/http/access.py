@@ -73,7 +73,7 @@ async def list_roles(state: AppState) -> RoleList:
 
 async def put_role(state: AppState, name: str, body: RolePut) -> RoleOut:
     """Define or redefine a custom role; members holding it get the new set at once, and
-    the tokens from invite links it leaves refused are revoked (``AccessStore.put_role``)."""
+    the tokens from invite links whose maker it leaves unable to make them are revoked."""
     check_role_name(name)
     if name in ROLE_CAPABILITIES:
         raise Conflict(f"{name!r} is a built-in role and cannot be redefined")
