@@ -76,6 +76,14 @@ class WebhookChange(Strict):
     sessions: list[SessionId] | None = Field(
         default=None, max_length=1000, description="null: every session"
     )
+    acknowledge_skipped: int = Field(
+        default=0,
+        ge=0,
+        le=MAX_ROW_ID,  # what the ms column holds
+        description="The skipped_to read: forget that skipped range (its events read back); "
+        "409 conflict if the range is still open or is another",
+        json_schema_extra=_no_default,
+    )
 
 
 class WebhookOut(Strict):
@@ -91,6 +99,14 @@ class WebhookOut(Strict):
         description="ms: when its unfinished deliveries reached PARLEY_WEBHOOK_MAX_WAITING; "
         "no event since is delivered to it (null: not full). A paused one is disabled then; "
         "an active one takes events again once half of it or fewer wait"
+    )
+    skipped_from: int | None = Field(
+        description="ms: the first event not delivered to it because its outbox was full "
+        "(null: none skipped since the last acknowledge_skipped)"
+    )
+    skipped_to: int | None = Field(
+        description="ms: when it took events again after skipping from skipped_from (null: "
+        "still skipping, or none skipped); kept until PATCHed as acknowledge_skipped"
     )
 
 
@@ -137,6 +153,8 @@ def _out(row: WebhookRow) -> WebhookOut:
         failures=row.failures,
         created_at=row.created_at,
         full_at=row.full_at,
+        skipped_from=row.skipped_from,
+        skipped_to=row.skipped_to,
     )
 
 
@@ -188,7 +206,7 @@ async def get_one(state: AppState, webhook_id: str) -> WebhookOut:
 async def change(state: AppState, webhook_id: str, body: WebhookChange) -> WebhookOut:
     values = {name: getattr(body, name) for name in body.model_fields_set}
     async with state.store.transaction("webhook") as tx:
-        row = await change_webhook(tx.connection, webhook_id, values)
+        row = await change_webhook(tx.connection, webhook_id, values, int(state.clock() * 1000))
     if row is None:
         raise NotFound(f"no webhook {webhook_id!r}")
     if row.status == ACTIVE:
@@ -278,7 +296,7 @@ OPERATIONS: list[Operation] = [
         body=WebhookChange,
         body_bytes=None,  # up to 1,000 session ids
         response=WebhookOut,
-        errors=(404,),
+        errors=(404, 409),
     ),
     Operation(
         "DELETE",

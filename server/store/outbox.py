@@ -90,7 +90,7 @@ async def enqueue(
     found: list[tuple[int, Outgoing]] = []
     for seq, at_ms, kind, data in events:
         found += [(at_ms, o) for o in outgoing(subscriptions, session_id, seq, at_ms, kind, data)]
-    full: dict[str, int] = {}
+    full: dict[str, tuple[int, int]] = {}
     if found and cap is not None:
         found, full = await _within_cap(connection, found, cap)
     if found:
@@ -138,30 +138,34 @@ async def enqueue(
 
 async def _within_cap(
     connection: AsyncConnection, found: list[tuple[int, Outgoing]], cap: WaitingCap
-) -> tuple[list[tuple[int, Outgoing]], dict[str, int]]:
+) -> tuple[list[tuple[int, Outgoing]], dict[str, tuple[int, int]]]:
     """``found`` without the deliveries past their subscription's cap (the oldest kept),
-    and the subscriptions that reached it, with their deliveries waiting."""
+    and the subscriptions that reached it, with their deliveries waiting and the time of
+    the first event not written for them."""
     adding: dict[str, int] = {}
     for _, o in found:
         adding[o.webhook_id] = adding.get(o.webhook_id, 0) + 1
     room: dict[str, int] = {}
-    full: dict[str, int] = {}
+    waiting_at_cap: dict[str, int] = {}
     for webhook_id, count in sorted(adding.items()):
         if not cap.count_due(webhook_id, count):
             continue
         waiting = await _waiting(connection, webhook_id, cap.limit)
         if waiting + count > cap.limit:
             room[webhook_id] = max(0, cap.limit - waiting)
-            full[webhook_id] = max(waiting, cap.limit)
+            waiting_at_cap[webhook_id] = max(waiting, cap.limit)
     if not room:
-        return found, full
+        return found, {}
     kept: list[tuple[int, Outgoing]] = []
+    full: dict[str, tuple[int, int]] = {}
     for at_ms, o in found:
         left = room.get(o.webhook_id)
         if left is None or left > 0:
             kept.append((at_ms, o))
             if left is not None:
                 room[o.webhook_id] = left - 1
+        elif o.webhook_id not in full:
+            full[o.webhook_id] = (waiting_at_cap[o.webhook_id], at_ms)
     return kept, full
 
 
@@ -406,7 +410,7 @@ async def record(
             and cap.recount_due(delivery.webhook_id)
             and await _waiting(connection, delivery.webhook_id, half + 1) <= half
         ):
-            await not_full(connection, delivery.webhook_id)
+            await not_full(connection, delivery.webhook_id, attempt.at + attempt.latency_ms)
         return
     await connection.execute(
         update(w).where(w.c.id == delivery.webhook_id).values(failures=w.c.failures + 1)

@@ -389,6 +389,10 @@ webhooks = Table(
     Column("created_at", BigInteger, nullable=False),
     # ms: its outbox reached ``webhook_max_waiting``; no delivery is written for it since.
     Column("full_at", BigInteger),
+    # ms: the events not delivered to it because its outbox was full, from the first such
+    # event to when it took events again (None while it still skips); kept until acknowledged.
+    Column("skipped_from", BigInteger),
+    Column("skipped_to", BigInteger),
 )
 
 # The outbox: one row per event and subscription, written in the event's transaction. No

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ScalarSelect, delete, func, insert, select, text, update
+from sqlalchemy import ScalarSelect, case, delete, func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from parley.server.store.tables import (
@@ -26,6 +26,7 @@ from parley.server.store.tables import (
     webhook_version,
     webhooks,
 )
+from parley.session.errors import Conflict
 from parley.session.webhook_events import Subscription
 
 ACTIVE, PAUSED, DISABLED = "active", "paused", "disabled"
@@ -44,6 +45,14 @@ class WebhookRow:
     failures: int
     created_at: int
     full_at: int | None = None
+    # ms: events from ``skipped_from`` to ``skipped_to`` (None: still skipping) were not
+    # delivered to it, its outbox being full; kept until acknowledged (``change_webhook``).
+    skipped_from: int | None = None
+    skipped_to: int | None = None
+
+
+def _ms(value: Any) -> int | None:
+    return None if value is None else int(value)
 
 
 def _webhook(row: Any) -> WebhookRow:
@@ -58,7 +67,9 @@ def _webhook(row: Any) -> WebhookRow:
         row.disabled_reason,
         int(row.failures),
         int(row.created_at),
-        None if row.full_at is None else int(row.full_at),
+        _ms(row.full_at),
+        _ms(row.skipped_from),
+        _ms(row.skipped_to),
     )
 
 
@@ -236,13 +247,17 @@ async def get_webhook(connection: AsyncConnection, webhook_id: str) -> WebhookRo
 
 
 async def change_webhook(
-    connection: AsyncConnection, webhook_id: str, values: dict[str, Any]
+    connection: AsyncConnection, webhook_id: str, values: dict[str, Any], now: int = 0
 ) -> WebhookRow | None:
     """Set ``values`` (``events``/``sessions`` as lists, ``status``); a subscription made
     active again starts a new run of failures, and its waiting deliveries a new retry
     period from their next attempt (the time it held them spends none). A status set
-    (paused or active) takes deliveries again after its outbox was full. None for an
-    unknown id."""
+    (paused or active) takes deliveries again after its outbox was full: the range of
+    events it skipped ends at ``now`` (ms). ``acknowledge_skipped`` (the ``skipped_to``
+    the integrator read) forgets that range, first: ``Conflict`` when the range is
+    another (or still open), nothing changed. None for an unknown id."""
+    if "acknowledge_skipped" in values and await get_webhook(connection, webhook_id) is not None:
+        await _acknowledge_skipped(connection, webhook_id, values["acknowledge_skipped"])
     stored: dict[str, Any] = {}
     if "events" in values:
         stored["events"] = json.dumps(sorted(set(values["events"])))
@@ -252,6 +267,7 @@ async def change_webhook(
     if "status" in values:
         stored["status"] = values["status"]
         stored["full_at"] = None
+        stored["skipped_to"] = _skipping_ends(now)
         if values["status"] == ACTIVE:
             stored["failures"] = 0
             stored["disabled_reason"] = None
@@ -276,43 +292,82 @@ async def change_webhook(
     return await get_webhook(connection, webhook_id)
 
 
-async def mark_full(connection: AsyncConnection, waiting: dict[str, int], now: int) -> None:
+def _skipping_ends(now: int) -> Any:
+    """``skipped_to`` of a subscription that takes events again at ``now``: the end of the
+    range it skipped if it was full, else as it was."""
+    w = webhooks
+    return case((w.c.full_at.is_not(None), now), else_=w.c.skipped_to)
+
+
+async def _acknowledge_skipped(connection: AsyncConnection, webhook_id: str, to: int) -> None:
+    """Forget the skipped range read by the integrator (its ``skipped_to``), nothing else:
+    a range still open, or grown since (ended anew), is refused."""
+    w = webhooks
+    done = await connection.execute(
+        update(w)
+        .where(w.c.id == webhook_id, w.c.skipped_to == to, w.c.full_at.is_(None))
+        .values(skipped_from=None, skipped_to=None)
+    )
+    if not done.rowcount:
+        row = await get_webhook(connection, webhook_id)
+        if row is not None and row.skipped_from is not None and row.skipped_to is None:
+            raise Conflict(
+                f"acknowledge_skipped: events are still skipped since {row.skipped_from}; "
+                "acknowledge once skipped_to is set"
+            )
+        raise Conflict(
+            f"acknowledge_skipped: {to} is not this subscription's skipped_to "
+            f"({row.skipped_to if row is not None else None}); read it again"
+        )
+
+
+async def mark_full(
+    connection: AsyncConnection, waiting: dict[str, tuple[int, int]], now: int
+) -> None:
     """These subscriptions' outboxes hold their cap (``waiting``: deliveries, by id): write
     no delivery for them from now on (every node, from its next event write:
     ``Subscription.full``), and disable those that are not sending (paused or disabled),
     saying why. An active one keeps its status and sends what it holds: it takes new
     deliveries again once half the cap or fewer wait (``outbox.record``; disabled, a
     subscription resumed with a full outbox would be disabled again at its next event,
-    its deliveries never sent). The counter last: a transaction holding it has no row lock
-    left to wait for."""
+    its deliveries never sent). ``waiting`` also gives the time (ms) of the first event
+    not written for each: the skipped range starts there, unless one not yet acknowledged
+    is open or ended before (it then runs on from its start, open again). The counter
+    last: a transaction holding it has no row lock left to wait for."""
     changed = 0
     w = webhooks
-    for webhook_id, count in sorted(waiting.items()):
+    for webhook_id, (count, first_skipped) in sorted(waiting.items()):
         reason = (
             f"outbox full: {count} deliveries waiting (PARLEY_WEBHOOK_MAX_WAITING); events "
             "from full_at on are not delivered to this subscription; set status to resume"
         )
         unset = [w.c.id == webhook_id, w.c.full_at.is_(None)]
+        skipping = {
+            "full_at": now,
+            "skipped_from": func.coalesce(w.c.skipped_from, first_skipped),
+            "skipped_to": None,
+        }
         sending = await connection.execute(
-            update(w).where(*unset, w.c.status == ACTIVE).values(full_at=now)
+            update(w).where(*unset, w.c.status == ACTIVE).values(skipping)
         )
         held = await connection.execute(
             update(w)
             .where(*unset, w.c.status != ACTIVE)
-            .values(status=DISABLED, disabled_reason=reason, full_at=now)
+            .values(status=DISABLED, disabled_reason=reason, **skipping)
         )
         changed += sending.rowcount + held.rowcount
     if changed:
         await _count_change(connection)
 
 
-async def not_full(connection: AsyncConnection, webhook_id: str) -> None:
-    """The active subscription's outbox has room again: it takes deliveries again."""
+async def not_full(connection: AsyncConnection, webhook_id: str, now: int) -> None:
+    """The active subscription's outbox has room again: it takes deliveries again from
+    ``now`` (ms), where the range it skipped ends."""
     w = webhooks
     result = await connection.execute(
         update(w)
         .where(w.c.id == webhook_id, w.c.status == ACTIVE, w.c.full_at.is_not(None))
-        .values(full_at=None)
+        .values(full_at=None, skipped_to=now)
     )
     if result.rowcount:
         await _count_change(connection)

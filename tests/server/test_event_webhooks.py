@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import json
 import re
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -404,6 +405,56 @@ async def test_a_paused_subscription_past_its_cap_is_disabled_and_takes_no_more(
         assert sorted(sent) == sorted([*made[:2], made[4]])
 
 
+async def test_events_skipped_after_resuming_a_full_outbox_stay_visible_until_acknowledged(
+    database_url: str, tmp_path: Path
+) -> None:
+    """Review RC-3: resumed with its outbox still full, a subscription skipped the next
+    events, and once its backlog drained ``full_at`` was cleared: nothing said which events
+    it had skipped. The skipped range (``skipped_from`` .. ``skipped_to``) now stays until
+    the integrator acknowledges it, and covers the events skipped after the resume."""
+    settings = make_settings(
+        database_url, tmp_path / "data", **FAST, webhook_max_waiting=2, webhook_failure_limit=1000
+    )
+    async with receiving(Receiver(failing=True)) as receiver, serve_in_process(settings) as server:
+        hook = await subscribe(server.http, receiver.url, events=["session.created"])
+        url = f"/api/v1/webhooks/{hook['id']}"
+        assert (await server.http.patch(url, json={"status": "paused"})).status_code == 200
+        made = [await server.new_session({}) for _ in range(3)]  # the third is skipped
+        full = (await server.http.get(url)).json()
+        assert (full["status"], full["skipped_to"]) == ("disabled", None)
+        assert full["skipped_from"] is not None and full["skipped_from"] >= hook["created_at"]
+        resumed = (await server.http.patch(url, json={"status": "active"})).json()
+        assert (resumed["full_at"], resumed["skipped_from"]) == (None, full["skipped_from"])
+        assert resumed["skipped_to"] is not None
+        started = int(time.time() * 1000)
+        for _ in range(2):  # the old backlog still waits: these two are skipped
+            await server.new_session({})
+        ended = int(time.time() * 1000)
+        skipping = (await server.http.get(url)).json()
+        assert skipping["full_at"] is not None and skipping["skipped_to"] is None
+        refused = await server.http.patch(url, json={"acknowledge_skipped": resumed["skipped_to"]})
+        assert (refused.status_code, refused.json()["error"]["code"]) == (409, "conflict")
+        receiver.failing = False
+
+        async def drained() -> bool:
+            return bool((await server.http.get(url)).json()["full_at"] is None)
+
+        await until(drained, "the backlog drained, events taken again")
+        await until(all_recorded(server.http, hook["id"]), "the held deliveries recorded")
+        gap = (await server.http.get(url)).json()
+        sent = {p["data"]["session_id"] for _, p in receiver.verified(hook["secret"])}
+        assert sent == set(made[:2])
+        # The skipped events, those after the resume too, lie within the range still shown.
+        assert gap["skipped_from"] == full["skipped_from"] <= started
+        assert gap["skipped_to"] is not None and gap["skipped_to"] >= ended
+        stale = await server.http.patch(url, json={"acknowledge_skipped": resumed["skipped_to"]})
+        assert (stale.status_code, stale.json()["error"]["code"]) == (409, "conflict")
+        assert (await server.http.get(url)).json()["skipped_to"] == gap["skipped_to"]
+        done = await server.http.patch(url, json={"acknowledge_skipped": gap["skipped_to"]})
+        assert done.status_code == 200
+        assert (done.json()["skipped_from"], done.json()["skipped_to"]) == (None, None)
+
+
 async def test_a_run_of_failures_disables_it_and_a_retry_redelivers(
     database_url: str, tmp_path: Path
 ) -> None:
@@ -625,6 +676,7 @@ async def test_a_prompt_over_quota_is_told_as_run_failed_and_quota_exceeded(
         assert failed["data"] == quota["data"]
         assert failed["data"]["reason_code"] == "quota_exceeded"
         assert failed["data"]["prompt_ids"] == [ack["prompt_id"]]
+
 
 
 SECRET = "the vault code is 7731"

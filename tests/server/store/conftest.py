@@ -10,7 +10,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Table, inspect
 
-from parley.server.store.db import create_engine
+from parley.server.store.db import alembic_config, create_engine
 from parley.server.store.sessions import Store
 
 
@@ -41,3 +41,16 @@ async def _columns(store: Store, table: str) -> set[str]:
         return await connection.run_sync(
             lambda sync: {c["name"] for c in inspect(sync).get_columns(table)}
         )
+
+
+async def migration_goes_down_and_up(
+    database_url: str, revision: str, table: Table, column: str
+) -> None:
+    """On an empty database migrated to the head: ``goes_down_and_up``."""
+    config = alembic_config(database_url)
+    await asyncio.to_thread(command.upgrade, config, "head")
+    store = Store(create_engine(database_url))
+    try:
+        await goes_down_and_up(store, config, revision, table, column)
+    finally:
+        await store.close()

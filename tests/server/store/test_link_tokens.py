@@ -13,7 +13,7 @@ from parley.server.store.access import AccessStore, insert_client_token
 from parley.server.store.db import alembic_config, create_engine
 from parley.server.store.sessions import Store
 from parley.server.store.tables import client_tokens, entries, invites
-from tests.server.store.conftest import goes_down_and_up
+from tests.server.store.conftest import goes_down_and_up, migration_goes_down_and_up
 
 NOW = 1_700_000_000
 
@@ -62,10 +62,4 @@ async def test_the_migration_of_prompts_link_tokens_goes_down_and_up(
 ) -> None:
     """``entries_0032``: ``entries.token_claims`` (a prompt's link token, judged again when
     its run starts)."""
-    config = alembic_config(empty_database_url)
-    await asyncio.to_thread(command.upgrade, config, "head")
-    store = Store(create_engine(empty_database_url))
-    try:
-        await goes_down_and_up(store, config, "tokens_0031", entries, "token_claims")
-    finally:
-        await store.close()
+    await migration_goes_down_and_up(empty_database_url, "tokens_0031", entries, "token_claims")

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from alembic import command
@@ -30,10 +32,14 @@ from parley.server.store.webhooks import (
     create_webhook,
     delete_webhook,
     get_webhook,
+    mark_full,
+    not_full,
 )
+from parley.session.errors import Conflict
 from parley.session.events import MemberJoined
 from parley.session.webhook_lanes import Lanes
 from tests.conftest import wait_for_a_lock_wait
+from tests.server.store.conftest import migration_goes_down_and_up
 
 LEASE_MS = 1000
 OK = Attempt(0, 1, 204, None)
@@ -199,9 +205,12 @@ async def test_a_paused_subscription_holds_at_most_its_cap_then_is_disabled(
     assert [r.session_id for r in rows if r.webhook_id == other.id] == ["s2", "s2"]
     assert hook is not None and hook.status == DISABLED and hook.full_at is not None
     assert hook.disabled_reason is not None and "outbox full" in hook.disabled_reason
+    d_at = next(int(r.at) for r in await _events(store, "s1") if r.data["user_id"] == "d")
+    assert (hook.skipped_from, hook.skipped_to) == (d_at, None)  # d, the first not written
     async with store.transaction() as tx:  # resumed: it takes deliveries again
-        resumed = await change_webhook(tx.connection, paused, {"status": ACTIVE})
+        resumed = await change_webhook(tx.connection, paused, {"status": ACTIVE}, 7)
     assert resumed is not None and (resumed.status, resumed.full_at) == (ACTIVE, None)
+    assert (resumed.skipped_from, resumed.skipped_to) == (d_at, 7)  # kept: not acknowledged
     for delivery in await _claim(store, 10):
         await _record(store, delivery, OK, retry_at=None)
     await _joined(store, "s1", "f")
@@ -218,6 +227,7 @@ async def test_a_paused_subscription_holds_at_most_its_cap_then_is_disabled(
     async with store.read() as connection:
         hook = await get_webhook(connection, paused)
     assert hook is not None and hook.status == ACTIVE and hook.full_at is not None
+    assert (hook.skipped_from, hook.skipped_to) == (d_at, None)  # the same range, open again
     for _ in range(2):  # b, then c: one left waiting, half the cap
         for delivery in await _claim(store, 20):
             async with store.transaction() as tx:
@@ -236,6 +246,55 @@ async def test_a_paused_subscription_holds_at_most_its_cap_then_is_disabled(
         )
         assert [json.loads(p)["data"]["user_id"] for p in found.scalars()] == ["f", "h"]
     assert hook is not None and (hook.status, hook.full_at) == (ACTIVE, None)
+    # Taken again when the attempt that drained it ended: g lies within the range.
+    assert (hook.skipped_from, hook.skipped_to) == (d_at, OK.at + OK.latency_ms)
+
+
+async def _events(store: Store, session_id: str) -> list[Any]:
+    async with store.read() as connection:
+        e = session_events.c
+        rows = await connection.execute(
+            select(e.at_ms, e.data).where(e.session_id == session_id).order_by(e.seq)
+        )
+        return [SimpleNamespace(at=r.at_ms, data=json.loads(r.data)) for r in rows]
+
+
+async def test_a_skipped_range_is_forgotten_only_as_read_and_once_closed(store: Store) -> None:
+    """``acknowledge_skipped`` names the ``skipped_to`` read: a range still open, or one
+    reopened and closed again since (grown), is refused and kept, with nothing else of
+    the change applied."""
+    hook = await _subscribe(store)
+
+    async def change(values: dict[str, Any], now: int = 0) -> Any:
+        async with store.transaction() as tx:
+            return await change_webhook(tx.connection, hook, values, now)
+
+    async with store.transaction() as tx:
+        await mark_full(tx.connection, {hook: (3, 100)}, 105)
+    with pytest.raises(Conflict, match="still skipped since 100"):
+        await change({"acknowledge_skipped": 0})
+    async with store.transaction() as tx:
+        await not_full(tx.connection, hook, 200)
+        await mark_full(tx.connection, {hook: (3, 300)}, 305)  # again: the range runs on
+        await not_full(tx.connection, hook, 400)
+    with pytest.raises(Conflict, match="not this subscription's skipped_to"):
+        await change({"acknowledge_skipped": 200, "status": PAUSED})
+    async with store.read() as connection:
+        kept = await get_webhook(connection, hook)
+    assert kept is not None and (kept.status, kept.skipped_from, kept.skipped_to) == (
+        ACTIVE,
+        100,
+        400,
+    )
+    done = await change({"acknowledge_skipped": 400})
+    assert (done.skipped_from, done.skipped_to) == (None, None)
+    paused = await change({"status": PAUSED}, 500)  # not full: no range begins or ends
+    assert (paused.skipped_from, paused.skipped_to) == (None, None)
+
+
+async def test_the_migration_of_skipped_ranges_goes_down_and_up(empty_database_url: str) -> None:
+    """``webhooks_0033``: ``webhooks.skipped_from`` and ``skipped_to``."""
+    await migration_goes_down_and_up(empty_database_url, "entries_0032", webhooks, "skipped_from")
 
 
 # PostgreSQL only: SQLite writes one transaction at a time, so the race cannot happen there.
