@@ -101,6 +101,14 @@ def message_id(webhook_id: str, session_id: str, event_seq: int, webhook_type: s
     return f"msg_{webhook_id}_{session_id}_{event_seq}_{webhook_type}"
 
 
+def timestamp_ms(at_ms: int) -> str:
+    """A body's ``timestamp``: RFC 3339 in UTC, always with milliseconds
+    (``2026-12-07T08:11:03.000Z``), so a receiver parses one fixed form (``isoformat``
+    left the fraction out when the millisecond was 0, and gave six digits otherwise)."""
+    seconds, ms = divmod(at_ms, 1000)
+    return f"{datetime.fromtimestamp(seconds, UTC):%Y-%m-%dT%H:%M:%S}.{ms:03d}Z"
+
+
 def outgoing(
     subscriptions: Sequence[Subscription],
     session_id: str,
@@ -113,7 +121,7 @@ def outgoing(
     wanting = [s for s in subscriptions if s.wants(session_id, webhook_type)]
     if not wanting:
         return []
-    timestamp = datetime.fromtimestamp(at_ms / 1000, UTC).isoformat().replace("+00:00", "Z")
+    timestamp = timestamp_ms(at_ms)
     body = json.dumps(
         {
             "type": webhook_type,
