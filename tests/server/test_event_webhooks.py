@@ -676,7 +676,14 @@ async def test_a_prompt_over_quota_is_told_as_run_failed_and_quota_exceeded(
         assert failed["data"] == quota["data"]
         assert failed["data"]["reason_code"] == "quota_exceeded"
         assert failed["data"]["prompt_ids"] == [ack["prompt_id"]]
-
+        # Its only author at the quota: the run started and failed at its quota check, before
+        # the model call; reply_id names its reply entry, failed and empty (webhooks.md).
+        transcript = await server.http.get(f"/api/v1/sessions/{sid}/transcript")
+        (reply,) = [
+            m for m in transcript.json()["messages"] if m["id"] == failed["data"]["reply_id"]
+        ]
+        assert (reply["kind"], reply["status"], reply["content"]) == ("reply", "failed", "")
+        assert reply["reason_code"] == "quota_exceeded"
 
 
 SECRET = "the vault code is 7731"
