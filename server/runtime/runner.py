@@ -27,6 +27,7 @@ from parley.server.runtime.thread_runs import ThreadRuns
 from parley.server.runtime.tools import Executed, ToolRunner
 from parley.server.store.usage import UsageLedger
 from parley.session.core.runs import (
+    CUT_SHORT,
     cut_short,
     drew_on_ending,
     run_audit,
@@ -73,6 +74,16 @@ class RunOutcome:
     @property
     def status(self) -> PromptStatus:
         return PromptStatus.DONE if self.ending is None else self.ending.status
+
+
+@dataclass(slots=True)
+class CallMade:
+    """One model call as its audit record needs it: whether its request went to the
+    provider (``asked``), the usage the provider reported, and whether it streamed whole."""
+
+    asked: bool = False
+    usage: Usage | None = None
+    whole: bool = False
 
 
 class SessionRunner:
@@ -282,20 +293,27 @@ class SessionRunner:
                 started, clock = self.room.now_ms(), time.monotonic()
                 # What this call reads: its counts tell its size (``session.core.audit_view``).
                 drew_on = restriction_to_json(active.reply.restriction)
-                result = await self._stream(active, effect.request)
-                active.model_calls.append(
-                    {
-                        "step": effect.step,
-                        "drew_on": drew_on,
-                        "started_at": started,
-                        "ms": round((time.monotonic() - clock) * 1000, 1),
-                        "input_tokens": None if result.usage is None else result.usage.input_tokens,
-                        "output_tokens": (
-                            None if result.usage is None else result.usage.output_tokens
-                        ),
-                        "tool_calls": [],
-                    }
-                )
+                made = CallMade()
+                try:
+                    result = await self._stream(active, effect.request, made)
+                    made.whole = True
+                finally:
+                    # A call cut short (a stop, a cancel, a time-out, a broken stream) is
+                    # audited too, once its request went; its run's ending names why.
+                    if made.asked:
+                        used = made.usage
+                        active.model_calls.append(
+                            {
+                                "step": effect.step,
+                                "drew_on": drew_on,
+                                "started_at": started,
+                                "ms": round((time.monotonic() - clock) * 1000, 1),
+                                "input_tokens": None if used is None else used.input_tokens,
+                                "output_tokens": None if used is None else used.output_tokens,
+                                "tool_calls": [],
+                                "cut_off": None if made.whole else CUT_SHORT,
+                            }
+                        )
             elif isinstance(effect, CallTool):
                 result = await self._call_tool(active, effect, scope_now())
             else:
@@ -407,7 +425,7 @@ class SessionRunner:
         else:
             noted["outcome"] = str(outcome)
 
-    async def _stream(self, active: ActiveRun, request: ModelRequest) -> ModelTurn:
+    async def _stream(self, active: ActiveRun, request: ModelRequest, made: CallMade) -> ModelTurn:
         deltas = Deltas()
         usage: list[Usage] = []
         calls: list[ToolCall] = []
@@ -419,6 +437,7 @@ class SessionRunner:
 
         async def read() -> None:
             stream = self.provider.stream(request)
+            made.asked = True  # the request goes with the stream's first step
             try:
                 async for received_event in stream:
                     event = storable_event(received_event)
@@ -472,6 +491,7 @@ class SessionRunner:
             # time-out, a broken stream), the provider reported nothing, and it is estimated.
             # A call that failed before its first token cost nothing.
             if usage:
+                made.usage = usage[-1]
                 active.count_usage(usage[-1])
             elif received or calls:
                 active.count_usage(estimated_usage(request, received, calls))

@@ -258,11 +258,19 @@ def cut_short_status(ending: Ending | None) -> ToolStepStatus:
     return ToolStepStatus.CANCELLED if cancelled else ToolStepStatus.INTERRUPTED
 
 
+# A model call's ``cut_off`` until its run's ending names why it was cut short.
+CUT_SHORT = "cut_short"
+
+
 def cut_short(model_calls: list[dict[str, Any]], ending: Ending | None) -> None:
-    """The tool calls noted ``running`` in a run's model calls as it ends: cut short, as
+    """A run's model calls as it ends: one cut short (stopped, cancelled, timed out, its
+    stream broken) takes the ending's reason code as its ``cut_off``, as a call cut off by
+    a crash does (``cut_off_audit``); the tool calls noted ``running``: cut short, as
     their steps are (``cut_short_status``)."""
     status = cut_short_status(ending).value
     for model_call in model_calls:
+        if model_call.get("cut_off") == CUT_SHORT and ending is not None:
+            model_call["cut_off"] = ending.code.value
         for call in model_call["tool_calls"]:
             if call["outcome"] == ToolStepStatus.RUNNING:
                 call["outcome"] = status

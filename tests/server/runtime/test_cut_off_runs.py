@@ -11,14 +11,19 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
+import pytest
+
+from parley.authz.policy import Decision
 from parley.authz.roles import Member
 from parley.server.runtime.side_threads import ThreadSteps
 from parley.server.store.access_rows import ToolRow
 from parley.server.store.memory import MemoryStore
+from parley.session.commands import CancelCommand
 from parley.session.lifecycle import PromptStatus
+from parley.session.thread_commands import ThreadCloseCommand
 from tests.fake_model import Answer, FakeModel, Forever, Sent, call
 from tests.server.runtime.harness import SESSION, MemorySession, memory_session, stored_transcript
-from tests.server.runtime.test_side_threads import answered, ask, open_thread, watch
+from tests.server.runtime.test_side_threads import Gate, answered, ask, open_thread, watch
 
 
 class HeldTool:
@@ -164,3 +169,67 @@ async def test_a_side_thread_call_out_when_its_run_times_out_is_stored_interrupt
             [record] = await audited(s, "model_call")
             outcome = {"id": step.id, "tool": "deploy", "outcome": "interrupted"}
             assert record.data["tool_calls"] == [outcome]
+
+
+def halts(sent: Sent, gate: Gate) -> Answer:
+    """Searches first, then streams half an answer and waits on ``gate`` (review RA-3)."""
+    if sent.messages[-1]["role"] == "user" and "search" in sent.asked_text():
+        return [call("search_documents", {"query": "x"})]
+    return ["half an answer ", gate, "never sent"]
+
+
+async def cut_short_by(s: MemorySession, how: str, user_id: str, prompt_id: str) -> None:
+    allow = Decision(True, "test")
+    if how == "cancelled":
+        assert (await s.send(user_id, CancelCommand(s.next_id(), prompt_id)))["type"] == "ack"
+        return
+    after = None if how == "member_removed" else Member(user_id, "viewer")
+    await s.store.change_member(SESSION, user_id, after, 1, lambda *_: allow)
+    await s.room.reload_settings()
+
+
+@pytest.mark.parametrize("how", ["cancelled", "forbidden", "member_removed", "timeout"])
+@pytest.mark.parametrize("text", ["tell me", "search, then tell me"])
+async def test_a_model_call_cut_short_is_audited_once_with_why(how: str, text: str) -> None:
+    gate = Gate()
+    model = FakeModel(lambda sent: halts(sent, gate), echo_tools=False)
+    timeout_s = 1 if how == "timeout" else 30
+    members: dict[str, str | Member] = {"olga": "owner", "carl": "editor"}
+    async with memory_session(members, model, run_timeout_s=timeout_s) as s:
+        asked = await s.prompt("carl", text)
+        await asyncio.wait_for(gate.entered.wait(), 10)  # the call went and is streaming
+        if how != "timeout":
+            await cut_short_by(s, how, "carl", asked["prompt_id"])
+        await s.settled(asked["prompt_id"])
+        assert s.room.doc.entry(asked["prompt_id"]).reason_code == how
+        *whole, cut = await audited(s, "model_call")
+        assert [r.data["cut_off"] for r in whole] == ([None] if "search" in text else [])
+        assert [r.data["step"] for r in (*whole, cut)] == list(range(len(whole) + 1))
+        assert cut.actor == "carl" and cut.data["cut_off"] == how
+        assert cut.data["issuers"] == [{"user_id": "carl", "role": "editor"}]
+        assert cut.data["tools_offered"] == ["search_documents"]
+        assert cut.data["context_included"] and cut.data["ms"] is not None
+        [ended] = await audited(s, "run_ended")
+        assert ended.data["reason_code"] == how
+
+
+@pytest.mark.parametrize("how", ["closed", "forbidden", "member_removed"])
+async def test_a_side_thread_call_cut_short_is_audited_once_with_why(how: str) -> None:
+    gate = Gate()
+    model = FakeModel(lambda sent: halts(sent, gate), echo_tools=False)
+    async with memory_session({"olga": "owner", "carl": "editor"}, model) as s:
+        thread_id = await open_thread(s, "carl")
+        watch(s, "carl")
+        assert (await ask(s, "carl", thread_id, "search, then tell me"))["type"] == "ack"
+        await asyncio.wait_for(gate.entered.wait(), 10)
+        if how == "closed":
+            closed = await s.send("carl", ThreadCloseCommand(s.next_id(), thread_id, delete=False))
+            assert closed["type"] == "ack"
+        else:
+            await cut_short_by(s, how, "carl", "")
+        await answered(s, thread_id)
+        first, cut = await audited(s, "model_call")
+        assert first.data["cut_off"] is None and first.data["thread_id"] == thread_id
+        [ended] = await audited(s, "run_ended")
+        assert cut.data["cut_off"] == ended.data["reason_code"] != "cut_short"
+        assert (cut.data["thread_id"], cut.data["step"]) == (thread_id, 1)
