@@ -19,7 +19,8 @@ waits while the socket's buffers are full); so a slow reader is only behind, and
 socket's buffer. One that takes nothing for ``send_stall_timeout_s`` is cut (it resumes
 with its last id). A member's stream spends their read budget by what it sends; what the
 session's streams read and encode together is paid from the session's stream work
-(``Work.STREAMS``), an event at a time, with the loop given to others between events.
+(``Work.STREAMS``), an event at a time, with the loop given to others between events; the
+members whose replays wait for it take it in turn (``server.runtime.stream_turns``).
 """
 
 from __future__ import annotations
@@ -198,8 +199,21 @@ class SessionStream:
         reader's read budget still paces it). The admin key's streams pay, never wait."""
         await asyncio.sleep(0)
         if replaying and self.caller.user_id is not None:
-            await self._paced(lambda: self.room.work_wait_s(Work.STREAMS) <= 0)
+            await self._take_turn(self.caller.user_id)
         self._check(self._current_room())
+
+    async def _take_turn(self, user_id: str) -> None:
+        """Wait for the session's stream work in turn with the other members whose replays
+        wait for it (``StreamTurns``: an event each, round the members): one member's many
+        streams take no more of it than another's one (review RA-4: another member's
+        replay waited behind a viewer's 16, 40 s against 1 s)."""
+        room = self.room
+        await room.stream_turns.take(
+            user_id,
+            lambda: room.work_wait_s(Work.STREAMS),
+            lambda: self._check(self._current_room()),
+            PACED_S,
+        )
 
     async def _paced(self, allowed: Callable[[], bool]) -> None:
         while not allowed():

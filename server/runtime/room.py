@@ -36,6 +36,7 @@ from parley.server.runtime.session_writer import SessionWriter
 from parley.server.runtime.side_threads import SideThreads
 from parley.server.runtime.sockets import SessionSockets, private_frame
 from parley.server.runtime.stream_feed import StreamFeed
+from parley.server.runtime.stream_turns import StreamTurns
 from parley.server.runtime.writer import DocumentWriter
 from parley.server.settings import Settings
 from parley.server.store.access_rows import Revocation, ToolRow
@@ -176,6 +177,8 @@ class SessionRoom:
                 Rate(settings.stream_work_bytes_per_s, settings.stream_work_burst_bytes), clock()
             ),
         }
+        # Whose event streams' replays wait for the stream work, in turn (``server.http.sse``).
+        self.stream_turns = StreamTurns()
         self.recent_acks = RecentAcks()
         self.runs = RunSteps(self)
         self.side_threads = SideThreads(self)

@@ -17,6 +17,7 @@ import pytest
 from httpx_sse import ServerSentEvent, aconnect_sse
 
 from parley.server.http.sse import EVENTS_PAGE
+from parley.server.runtime.room import Work
 from tests.conftest import (
     ADMIN_KEY,
     RunningServer,
@@ -723,3 +724,57 @@ async def test_a_stream_at_the_tail_is_not_held_by_the_sessions_replays(tmp_path
         assert fields(live)["message_id"] not in [
             fields(e)["message_id"] for e in admin.got if e.event == "message_posted"
         ]
+
+
+async def test_one_members_replays_do_not_queue_anothers_behind_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review RA-4: a viewer's 16 streams replaying from ``Last-Event-ID: 0`` kept the
+    session's stream work in debt, and another member's replay took its turn among all
+    of theirs (40 s against 1 s). The session's stream work goes round the members whose
+    replays wait for it, a turn each: while alice catches up, vera's eight streams
+    together send about what alice's one does, not eight times it. (What each sent is what
+    they spent of their read budget, which refills at a byte a second.)"""
+    monkeypatch.setattr("parley.server.http.sse.EVENTS_PAGE", 4)
+    settings = make_settings(
+        sqlite_url(tmp_path),
+        tmp_path / "d",
+        read_bytes_per_s=1.0,
+        read_burst_bytes=10**12,
+        stream_work_bytes_per_s=100_000.0,
+        stream_work_burst_bytes=4000,
+    )
+    async with serve_in_process(settings, FakeModel.answering("ok")) as server:
+        sid = await server.new_session({"vera": "viewer", "alice": "editor", "bob": "editor"})
+        await posted(server, sid, 30, 500)
+        room = server.app.state.parley.rooms.loaded(sid)
+
+        def sent(user_id: str) -> float:
+            return room.read_wait_s(user_id, 10**12)  # the bytes spent, at a byte a second
+
+        port = int(server.base_url.rsplit(":", 1)[1])
+        request = (
+            f"GET {EVENTS.format(sid)} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            f"Accept: text/event-stream\r\n"
+            f"Authorization: Bearer {await server.token(sid, 'vera')}\r\n"
+            "Last-Event-ID: 0\r\n\r\n"
+        ).encode()
+        writers = []
+        try:
+            for _ in range(8):
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.write(request)
+                writers.append(writer)
+            await asyncio.gather(*(w.drain() for w in writers))
+            async with asyncio.timeout(20):
+                while room.work_wait_s(Work.STREAMS) <= 0:  # noqa: ASYNC110 (a budget, no event)
+                    await asyncio.sleep(0.01)
+            before = sent("vera")
+            async with stream(server.base_url, sid, await server.token(sid, "alice"), "0") as alice:
+                await alice.until(lambda _: messages_posted(alice.got) == 30)
+            by_vera, by_alice = sent("vera") - before, sent("alice")
+        finally:
+            for writer in writers:
+                writer.close()
+        assert by_vera <= 2 * by_alice, (by_vera, by_alice)
+        assert before + by_vera < 6 * by_alice  # her replays went on all along: far from done
