@@ -230,6 +230,7 @@ class ClusterNode:
         self.relay = CommandRelay(self)
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[None]] = set()
+        self._letting_go: dict[str, asyncio.Task[None]] = {}  # rooms of leases lost (``lost``)
         self.listener = NotificationListener(
             asyncpg_dsn(settings.database_url),
             {
@@ -328,7 +329,21 @@ class ClusterNode:
         self.running.discard(session_id)
         self.metrics.lost.inc()
         log.warning("lease lost", extra={"session_id": session_id, "epoch": lease.epoch})
-        self.spawn(self._let_go(session_id))
+        task = self.spawn(self._let_go(session_id))
+        self._letting_go[session_id] = task
+        task.add_done_callback(lambda _: self._letting_go.pop(session_id, None))
+
+    async def reopened(self, room: SessionRoom) -> SessionRoom:
+        """The session's room once ``room``, whose lease this node lost (``NotHolder``), is
+        given up (``lost``): loaded again, as a read replica (or run here, if nobody runs the
+        session now), so a REST call that found the loss as it caught the room up is judged,
+        forwarded and answered as on any read replica (review RC-5: it was refused "this
+        node lost the session to another node; try again", and nothing was stored).
+        ``NotFound`` if the session was deleted meanwhile."""
+        letting_go = self._letting_go.get(room.session_id)
+        if letting_go is not None:
+            await asyncio.shield(letting_go)
+        return await self.registry.get(room.session_id)
 
     async def _let_go(self, session_id: str) -> None:
         """After a lost lease: a session deleted meanwhile (its lease row goes with it) is
@@ -519,8 +534,10 @@ class ClusterNode:
         if await self._still_runs_here(room):
             try:
                 return await apply_session_write(room, write)
-            except Fenced:
-                pass  # lost as it wrote (``lost`` gave the session up): forwarded
+            except NotHolder:
+                # Lost as it wrote (``Fenced``: ``lost`` gave the session up), or just
+                # before (the lease round found it lost): nothing stored here; forwarded.
+                pass
         reply = json.loads(await self.relay.forward(room, ADMIN_SENDER, json.dumps(write)))
         if reply.get("type") == "error":
             raise reply_error(reply)
@@ -651,10 +668,11 @@ class ClusterNode:
     def wake(self) -> None:
         self._wake.set()
 
-    def spawn(self, work: Coroutine[object, object, None]) -> None:
+    def spawn(self, work: Coroutine[object, object, None]) -> asyncio.Task[None]:
         task = asyncio.create_task(work)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+        return task
 
     # -- background loops -----------------------------------------------------------------
 

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from parley.authz.policy import Subject
 from parley.authz.roles import RoleTable
 from parley.authz.tokens import ClientClaims
+from parley.server.cluster.lease import NotHolder
 from parley.server.metrics import Metrics
 from parley.server.runtime.commands import handle_frame
 from parley.server.runtime.document_search import DocumentSearch
@@ -134,7 +135,11 @@ class RoomRegistry:
         also the restricted text and the summaries, for the routes that read them)."""
         room = await self.get(session_id)
         if self.cluster is not None:
-            await self.cluster.follow(room, kept=kept)
+            try:
+                await self.cluster.follow(room, kept=kept)
+            except NotHolder:  # this node ran it, stalled and lost it: a replica now
+                room = await self.cluster.reopened(room)
+                await self.cluster.follow(room, kept=kept)
         return room
 
     async def committed(

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,6 +54,7 @@ class TakenOver:
     admin: AdminClient
     warm_id: str  # the prompt ann sent before the pause
     url: str  # the database's
+    token: str  # ann's client token
 
 
 @contextlib.asynccontextmanager
@@ -97,7 +98,7 @@ async def taken_over(tmp_path: Path) -> AsyncIterator[TakenOver]:
         assert await taking.promote(second.app.state.parley.rooms.loaded(sid))
         assert sid in taking.running and sid in paused.running  # it does not know yet
         engine = first.app.state.parley.store.engine
-        yield TakenOver(sid, paused, engine, ann, admin, warm.prompt_id, url)
+        yield TakenOver(sid, paused, engine, ann, admin, warm.prompt_id, url, token)
 
 
 async def prompted_once(nodes: TakenOver) -> None:
@@ -203,3 +204,88 @@ async def test_a_rename_through_the_node_that_lost_the_session_is_in_force_and_a
         meta = nodes.ann.doc.get("meta", type=Map)
         async with asyncio.timeout(30):  # in the document, which every client reads
             await nodes.ann.wait_for(lambda _: meta.get("title") == "after the pause")
+
+
+# REST writes through the node that lost the session, each with what shows it done. Each is
+# sent with the admin key, or with ann's client token (``"ann"``).
+REST_WRITES: dict[str, tuple[str, str, str, Any, Callable[[Any], bool]]] = {
+    "member-put": (
+        "admin",
+        "PUT",
+        "/members/cy",
+        {"role": "editor"},
+        lambda session: any(m["user_id"] == "cy" for m in session["members"]),
+    ),
+    "member-delete": (
+        "admin",
+        "DELETE",
+        "/members/bob",
+        None,
+        lambda session: all(m["user_id"] != "bob" for m in session["members"]),
+    ),
+    "fact-by-member": (
+        "ann",
+        "PUT",
+        "/facts/acct",
+        {"value": "42"},
+        lambda session: session["facts"].get("acct") == "42",
+    ),
+    "fact-by-admin": (
+        "admin",
+        "PUT",
+        "/facts/acct",
+        {"value": "42"},
+        lambda session: session["facts"].get("acct") == "42",
+    ),
+    "settings": (
+        "admin",
+        "PATCH",
+        "",
+        {"restricted_replies": "private"},
+        lambda session: session["restricted_replies"] == "private",
+    ),
+    "prompt-by-member": (
+        "ann",
+        "POST",
+        "/prompts",
+        {"text": "over REST", "id": "rest-1"},
+        lambda session: True,
+    ),
+}
+
+
+async def stored_session(nodes: TakenOver) -> dict[str, Any]:
+    """The session's members, facts and settings, read through the node that runs it now."""
+    http = nodes.admin.http
+    base = f"/api/v1/sessions/{nodes.sid}"
+    session = (await http.get(base)).json()
+    members = (await http.get(f"{base}/members")).json()
+    facts = (await http.get(f"{base}/facts")).json()
+    return {**session, "members": members["members"], "facts": facts["facts"]}
+
+
+@pytest.mark.parametrize(
+    ("write", "stalled"),
+    [*((write, True) for write in REST_WRITES), ("member-put", False)],
+    ids=[*REST_WRITES, "member-put-fenced-at-commit"],
+)
+async def test_a_rest_write_through_the_node_that_lost_the_session_is_forwarded(
+    tmp_path: Path, write: str, stalled: bool
+) -> None:
+    """RC-5: woken past its lease, the node that lost the session answered a REST write
+    503 "this node lost the session to another node; try again" (found as the call caught
+    the room up, ``ClusterNode.follow``) and stored nothing: it is forwarded as a read
+    replica's, answered with its real answer, and in force."""
+    caller, method, path, body, done = REST_WRITES[write]
+    async with taken_over(tmp_path) as nodes:
+        if stalled:
+            nodes.paused.held_until[nodes.sid] = 0.0  # it woke past its lease on its clock
+        token = ADMIN_KEY if caller == "admin" else nodes.token
+        answer = await nodes.admin.http.request(
+            method,
+            f"/api/v1/sessions/{nodes.sid}{path}",
+            json=body,
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        assert answer.status_code < 300, answer.text
+        assert done(await stored_session(nodes))
