@@ -27,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from parley.authz.roles import Member
 from parley.authz.tokens import ClientClaims
+from parley.server.store.health import LOCK_HELD, lock_waited
 from parley.session.errors import Unavailable
 
 LOST = "this node lost the session to another node; nothing was stored"
@@ -46,6 +47,8 @@ async def database_errors() -> AsyncIterator[None]:
     try:
         yield
     except (OperationalError, DBAPIError, OSError) as exc:
+        if lock_waited(exc):  # a write held the lease's row: the database is up
+            raise Unavailable(LOCK_HELD) from exc
         raise Unavailable("the database is unavailable") from exc
 
 

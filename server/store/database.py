@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from parley.server.store.direct_sqlite import Plan, plan_for
 from parley.server.store.group_commit import INSERT_UPDATE_SQLITE, GroupCommit
-from parley.server.store.health import LockTimeout, StorageHealth
+from parley.server.store.health import LOCK_HELD, LockTimeout, StorageHealth, lock_waited
 from parley.server.store.sqlite_inline import (
     Checkpointer,
     InlineConnection,
@@ -199,6 +199,8 @@ class Database:
             return Unavailable(
                 "another process holds the database's write lock; nothing was stored"
             )
+        if lock_waited(exc):  # PostgreSQL (review RC-5: it was called a database outage)
+            return Unavailable(LOCK_HELD + "; nothing was stored")
         return Unavailable("the database is unavailable; nothing was stored")
 
     @asynccontextmanager

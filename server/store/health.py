@@ -24,9 +24,23 @@ class LockTimeout(sqlite3.OperationalError):
     """SQLite's write lock stayed with another process for the whole lock budget."""
 
 
+# What a write refused so is told (PostgreSQL; SQLite names its write lock).
+LOCK_HELD = "another write held a lock this one needs for the whole lock budget"
+# PostgreSQL's ``lock_not_available``: a statement's ``lock_timeout`` ran out.
+LOCK_NOT_AVAILABLE = "55P03"
+
+
+def lock_waited(exc: BaseException) -> bool:
+    """Whether ``exc`` is a write's wait, for its whole lock budget, on a lock another write
+    held (SQLite's write lock, a PostgreSQL row's): the database itself is up."""
+    if isinstance(exc, LockTimeout):
+        return True
+    return getattr(getattr(exc, "orig", None), "sqlstate", None) == LOCK_NOT_AVAILABLE
+
+
 def fault_kind(exc: BaseException) -> str:
     """A short, stable name for what went wrong (the key of the log's rate limit)."""
-    if isinstance(exc, LockTimeout):
+    if lock_waited(exc):
         return "locked"
     cause: BaseException = getattr(exc, "orig", None) or exc
     name = getattr(cause, "sqlite_errorname", None)  # SQLITE_READONLY, SQLITE_FULL, ...
