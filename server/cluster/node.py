@@ -342,7 +342,8 @@ class ClusterNode:
         ``NotFound`` if the session was deleted meanwhile."""
         letting_go = self._letting_go.get(room.session_id)
         if letting_go is not None:
-            await asyncio.shield(letting_go)
+            with contextlib.suppress(Exception):  # not given up: the caller finds it lost
+                await asyncio.shield(letting_go)
         return await self.registry.get(room.session_id)
 
     async def _let_go(self, session_id: str) -> None:
