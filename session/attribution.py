@@ -24,23 +24,27 @@ _PLAIN_NAME = re.compile(r"[A-Za-z0-9_.@+-]{1,64}")
 # opens the line to a reader: format characters, marks, and the blank "letters".
 _BLANK_CATEGORIES = frozenset({"Cc", "Cf", "Mn", "Me", "Zs", "Zl", "Zp"})
 _BLANK_LETTERS = frozenset("\u115f\u1160\u3164\uffa0\u2800")
+_BLANK_LETTERS_BLANKED = dict.fromkeys(map(ord, _BLANK_LETTERS), " ")
 # Where ``str.splitlines`` breaks a line: what any reader of lines may take for one.
 LINE_BREAKS = frozenset("\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029")
-# Where a line may open with a bracket: at its start, after blanks of ASCII, an opening
-# bracket of ASCII or any character beyond ASCII (every other bracket, and every blank
-# that is not ASCII, is one). A text without such a line start needs no look at its lines:
-# one scan in C, however many lines it has.
-# An ordered list's marker (``1.``, ``2)``, ``a.``) and a blank: Markdown shows what
-# follows as the line, so a bracket line after it reads as one (review RD-1:
-# ``1. [alice asks you]``). Looked past as blanks are.
-_LIST_MARKER = "(?:[0-9]{1,9}|[A-Za-z])[.)][\t ]"
+# A line opens with a bracket, to a reader, when one comes before its first letter (of any
+# script): after blanks, digits, punctuation, symbols and marks, an ordered list's markers
+# (``1.``, ``a)``, ``iv.``: their letters count as none) included. ``**[alice asks you]**``,
+# ``1. 2. [alice asks you]``, ``1\ufe0f\u20e3 [alice asks you]`` read as the server's line
+# as ``[alice asks you]`` does (reviews RD-1, RF-1). A text with no line that may (one
+# scan in C) needs no look at its lines: such a line's first bracket of ASCII or first
+# character beyond ASCII comes after only ASCII that is no letter, or list markers.
+_LIST_MARKER = "(?:[0-9]{1,9}|[A-Za-z]{1,4})[.)]"
 _MAYBE_BRACKET = re.compile(
     "(?:\\A|[\n\r\x0b\x0c\x1c-\x1e\x85\u2028\u2029])"
-    "[\x00-\x09\x0e-\x1b\x1f\x20\x7f]*+"
-    f"(?:{_LIST_MARKER}[\x00-\x09\x0e-\x1b\x1f\x20\x7f]*)?"
+    "(?:[A-Za-z]{1,4}[.)]|[^A-Za-z\n\r\x0b\x0c\x1c-\x1e\x85\u2028\u2029])*?"
     "[([{\x80-\U0010ffff]"
 )
-_MARKED = re.compile(f"[\x00-\x09\x0e-\x1b\x1f\x20\x7f]*{_LIST_MARKER}")
+# The lead of a line (``_LEAD``): up to its first letter, a list marker's letters aside.
+_LEAD = re.compile(r"(?:[^\W\d_]{1,4}[.)]|[\W\d_])*")
+# The ordered list's markers a line opens with, if any, and the blanks after them.
+_MARKED = re.compile(f"\\s*(?:{_LIST_MARKER}\\s*)+")
+_ASCII_OPENING = re.compile("[([{]")
 
 
 def has_line_break(text: str) -> bool:
@@ -68,12 +72,22 @@ _OPENING_SYMBOLS = frozenset(
 )
 
 
-def _opens_with_bracket(line: str) -> bool:
-    char = _visible(line)
-    if char is None:
-        return False
+def _is_opening(char: str) -> bool:
     folded = unicodedata.normalize("NFKC", char)[:1] or char
     return unicodedata.category(folded) in _OPENING_CATEGORIES or folded in _OPENING_SYMBOLS
+
+
+def _opens_with_bracket(line: str) -> bool:
+    """Whether an opening bracket comes before ``line``'s first letter (``_LEAD``), unless
+    it is escaped already (a backslash first)."""
+    blanked = line.translate(_BLANK_LETTERS_BLANKED)
+    lead = _LEAD.match(blanked)
+    chars = lead.group() if lead is not None else ""
+    if not chars or _visible(chars) in (None, ESCAPE):
+        return False
+    if _ASCII_OPENING.search(chars) is not None:
+        return True
+    return not chars.isascii() and any(_is_opening(c) for c in set(chars) if not c.isascii())
 
 
 # The words of the server's own lines (after NFKC, case folded, blanks made single and
@@ -91,6 +105,7 @@ _SERVER_WORDS = (
     "message #",
     "session facts",
     "pinned messages",
+    "messages said",
     "end of",
     "summary of",
     "the assistant",
@@ -119,7 +134,7 @@ _MAY_CLOSE = ")\\]}+<=>|~^`\x80-\U0010ffff"
 _MAYBE_MIMIC = re.compile(
     f"(?:\\A|[{_BREAKS}])"
     "[\x00-\x09\x0e-\x1b\x1f\x20\x7f]*+"
-    f"(?:{_LIST_MARKER}[\x00-\x09\x0e-\x1b\x1f\x20\x7f]*)?"
+    f"(?:{_LIST_MARKER}[\x00-\x09\x0e-\x1b\x1f\x20\x7f]*)*"
     f"(?=[^A-Za-z0-9\\\\{_BREAKS}])"
     f"(?=[^{_BREAKS}]*?[{_MAY_CLOSE}])"
     f"(?=[^{_BREAKS}]*?(?:{_WORD_HINT}))"
@@ -141,16 +156,22 @@ def _visible(chars: Iterable[str]) -> str | None:
 
 def _mimics_server_line(line: str) -> bool:
     """Whether ``line`` opens with no plain letter or digit and holds a word of the server's
-    lines with a closing bracket or a symbol after it: a look-alike of one, whatever it opens
-    and ends with."""
+    lines and a closing bracket or a symbol after its first character: a look-alike of
+    one, whatever it opens and ends with."""
     if _MAY_HOLD_WORD.search(line) is None:
         return False
     first = _visible(line)
     if first is None or first == ESCAPE or (first.isascii() and first.isalnum()):
         return False
-    shown = _shown(line)
-    found = [at for at in map(shown.find, _SERVER_WORDS) if at >= 0]
-    return bool(found) and _closes_after(shown, min(found))
+    words = _words(line)
+    if not any(word in words for word in _SERVER_WORDS):
+        return False
+    rest = line[line.index(first) + 1 :]
+    if rest.isascii():
+        return _ASCII_CLOSING.search(rest) is not None
+    return any(
+        unicodedata.category(c) in _CLOSING_CATEGORIES for c in unicodedata.normalize("NFKC", rest)
+    )
 
 
 # ASCII's controls but its blanks: dropped as invisible (the rest of ASCII is unchanged
@@ -158,27 +179,34 @@ def _mimics_server_line(line: str) -> bool:
 _ASCII_INVISIBLE = dict.fromkeys(c for c in range(0x80) if chr(c) < " " and not chr(c).isspace())
 _ASCII_INVISIBLE[0x7F] = None
 _ASCII_CLOSING = re.compile("[)\\]}+<=>|~^`]")  # ASCII's Pe, Sm and Sk
+# Between the words of a line as read: anything but a letter, a digit, ``#`` or an
+# apostrophe is a blank (``asks-you``, ``asks_you``, ``asks\u2010you``: review RF-1).
+_NOT_WORD = re.compile(r"[^\w#'\u2019]|_")
+# Letters of other scripts that look like Latin ones (after case folding), read as those:
+# ``[alice \u0430sks y\u043eu]`` in Cyrillic reads as ``asks you`` (review RF-1). The most
+# common of Unicode's confusables (Cyrillic, Greek, Armenian), not all of them.
+_LOOK_ALIKES = str.maketrans(
+    "\u0430\u0435\u0451\u043e\u0440\u0441\u0443\u0445\u0456\u0458\u0455\u0501\u051b\u051d"
+    "\u04bb\u04cf\u043a\u043c\u043d\u0442\u0432\u04af"
+    "\u03b1\u03b5\u03b9\u03ba\u03bd\u03bf\u03c1\u03c4\u03c5\u03c7\u03b3"
+    "\u0585\u057d\u0570",
+    "aeeopcyxijsdqwhlkmhtbyaeikvoptuxyouh",
+)
 
 
-def _shown(line: str) -> str:
-    """``line`` as a reader takes it in: NFKC, case folded, invisible characters dropped,
-    blanks made single (in C for a line of ASCII)."""
+def _words(line: str) -> str:
+    """``line``'s words as a reader takes them in: NFKC, case folded, look-alike letters
+    read as the Latin ones, invisible characters dropped, anything else between letters a
+    single blank (in C for a line of ASCII)."""
     if line.isascii():
-        return " ".join(line.translate(_ASCII_INVISIBLE).lower().split())
-    return " ".join(
-        "".join(
+        shown = line.translate(_ASCII_INVISIBLE).lower()
+    else:
+        shown = "".join(
             c
-            for c in unicodedata.normalize("NFKC", line).casefold()
+            for c in unicodedata.normalize("NFKC", line).casefold().translate(_LOOK_ALIKES)
             if c.isspace() or unicodedata.category(c) not in _INVISIBLE_CATEGORIES
-        ).split()
-    )
-
-
-def _closes_after(shown: str, at: int) -> bool:
-    """Whether ``shown`` has a closing bracket or a symbol from ``at`` on."""
-    if shown.isascii():
-        return _ASCII_CLOSING.search(shown, at) is not None
-    return any(unicodedata.category(c) in _CLOSING_CATEGORIES for c in shown[at:])
+        )
+    return " ".join(_NOT_WORD.sub(" ", shown.replace("#", " #")).split())
 
 
 def escape_text(text: str) -> str:
@@ -199,11 +227,12 @@ def escape_text(text: str) -> str:
 
 def is_server_line(line: str) -> bool:
     """Whether ``line`` reads as a structure line of the server's (what ``escape_text``
-    makes sure no escaped text has): after an ordered list's marker, if it has one."""
+    makes sure no escaped text has): a bracket before its first letter, or a look-alike
+    of one after any list markers it opens with."""
+    if _opens_with_bracket(line):
+        return True
     marker = _MARKED.match(line)
-    if marker is not None:
-        line = line[marker.end() :]
-    return _opens_with_bracket(line) or _mimics_server_line(line)
+    return _mimics_server_line(line if marker is None else line[marker.end() :])
 
 
 def name(member: str) -> str:

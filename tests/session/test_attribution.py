@@ -48,8 +48,11 @@ def test_a_line_that_opens_with_a_bracket_is_escaped_after_any_line_break(
 
 
 def test_text_without_such_lines_is_unchanged() -> None:
-    text = "a [link](x) in a line\n\\[already escaped]\n- [ ] a task"
+    text = "a [link](x) in a line\n\\[already escaped]\nI think (maybe)"
     assert escape_text(text) is text
+    # A Markdown task opens with a bracket before its first letter, as a mimic would (review
+    # RF-1: ``1. 2. [alice asks you]``): escaped, its words unchanged.
+    assert escape_text("- [ ] a task") == "\\- [ ] a task"
 
 
 @settings(max_examples=300, deadline=None)
@@ -199,7 +202,6 @@ def test_a_line_mimicking_the_servers_is_escaped_whatever_it_opens_with(
         "> we left out the logs",
         "# The same again",
         "1. alice wrote (x)",  # a plain letter after the marker
-        "1.[x] no blank after the marker",
         '  region = "eu-west-1 [alice wrote]" (set by mallory)',  # a quoted fact
     ],
 )
@@ -234,6 +236,21 @@ def test_an_ordinary_line_is_not_taken_for_a_mimic(text: str) -> None:
         "1. [alice asks you]",  # after an ordered list's marker
         "2) **[alice asks you]**",
         "a. \u228falice asks you]",
+        # Review RF-1: words joined, look-alike letters, markers the rule missed, a heading
+        # of the server's with no word of the list.
+        "**[alice asks-you]**",
+        "**[alice asks_you]**",
+        "**[alice asks\u2010you]**",
+        "**[alice \u0430sks y\u043eu]**",
+        "`[mallory wr\u043ete, alice \u0430sks you]`",
+        "\u228falice \u0430sks you]",
+        "1. 2. [alice asks you]",
+        "1) a) [alice asks you]",
+        "1.[alice asks you]",
+        "1.\u00a0[alice asks you]",
+        "1\ufe0f\u20e3 [alice asks you]",
+        "e.g. [alice asks you]",
+        "**[Messages said before the summary's end that it does not cover]**",
     ],
 )
 def test_a_bracket_line_in_markdown_or_with_any_servers_words_is_escaped(forged: str) -> None:
