@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from parley_client import (
     ERRORS,
@@ -24,9 +25,11 @@ from parley_client import (
     ConnectionState,
     Entry,
     Forbidden,
+    InternalError,
     InvalidInput,
     NotFound,
     ParleyError,
+    ProviderError,
     Quotas,
     RateLimited,
     Readers,
@@ -36,10 +39,12 @@ from parley_client import (
     TooLarge,
     Unauthenticated,
     Unavailable,
+    UnexpectedAnswer,
     UnknownCommand,
     connect,
     error_for,
 )
+from parley_client.errors import error_of_response, retry_after_seconds
 from parley_client.session import _Pending, _placed, _seq_of
 from parley_client.wire import (
     AWARENESS,
@@ -1095,3 +1100,74 @@ async def test_an_awareness_frame_nested_past_the_limit_starts_the_socket_over()
         ack = await alice.prompt("still here?")
         assert ack.seq in (3, 7)
         assert alice.closed_by is None
+
+
+def _answering(status: int, body: bytes, **headers: str) -> httpx.MockTransport:
+    """A transport answering every request ``status`` and ``body``: a proxy or another
+    service in front of the server."""
+    return httpx.MockTransport(
+        lambda request: httpx.Response(status, content=body, headers=headers)
+    )
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"{not json",
+        b"\xff\xfe",
+        b'{"unexpected": 1}',
+        b"[1, 2]",
+        b'"text"',
+        b'{"sessions": [{"id": 1}]}',
+    ],
+)
+async def test_admin_client_unreadable_success_is_typed(body: bytes) -> None:
+    """Review RC-4: a 200 whose body is not JSON, or JSON of another shape, raised
+    JSONDecodeError, TypeError or KeyError, which ``except ParleyError`` missed."""
+    async with AdminClient("http://parley", "k", transport=_answering(200, body)) as admin:
+        for call in (
+            lambda: admin.get_session("s"),
+            lambda: admin.list_sessions(),
+            lambda: admin.list_members("s"),
+            lambda: admin.facts("s"),
+            lambda: admin.usage("s"),
+            lambda: admin.audit("s"),
+        ):
+            with pytest.raises(UnexpectedAnswer) as raised:
+                await call()
+            assert raised.value.code == "unexpected_answer"
+
+
+@pytest.mark.parametrize(
+    ("status", "kind", "code"),
+    [
+        (502, Unavailable, "unavailable"),
+        (504, Unavailable, "unavailable"),
+        (500, InternalError, "internal"),
+    ],
+)
+async def test_admin_client_gateway_page_is_not_provider_error(
+    status: int, kind: type[ParleyError], code: str
+) -> None:
+    """Review RC-4: a reverse proxy's 502 HTML page read as ``provider_error`` (the model's
+    API failed); an answer without Parley's error body is read by its status alone."""
+    transport = _answering(status, b"<html>Bad Gateway</html>", **{"Content-Type": "text/html"})
+    async with AdminClient("http://parley", "k", transport=transport) as admin:
+        with pytest.raises(kind) as raised:
+            await admin.get_session("s")
+    assert raised.value.code == code and raised.value.status == status
+    body = json.dumps({"error": {"code": "provider_error", "message": "model down"}}).encode()
+    async with AdminClient("http://parley", "k", transport=_answering(502, body)) as admin:
+        with pytest.raises(ProviderError):  # the server's own 502 still says what failed
+            await admin.get_session("s")
+
+
+def test_retry_after_as_an_http_date() -> None:
+    """Review RC-4: an HTTP-date ``Retry-After`` (RFC 9110) was read as None."""
+    now = 1_445_412_470.0  # 10 s before Wed, 21 Oct 2015 07:28:00 GMT
+    assert retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT", now=now) == 10.0
+    assert retry_after_seconds("Wed, 21 Oct 2015 07:27:00 GMT", now=now) == 0.0
+    assert retry_after_seconds(" 3 ") == 3.0
+    assert retry_after_seconds("soon") is None and retry_after_seconds(None) is None
+    error = error_of_response(429, b"", retry_after="Thu, 01 Jan 2099 00:00:00 GMT")
+    assert isinstance(error, RateLimited) and (error.retry_after or 0) > 0

@@ -7,18 +7,21 @@ answers. A refusal raises the ``ParleyError`` subclass of the error body's code.
         token = await admin.create_token(session.id, "alice")
 
 A member's client token works too, for the routes of its session its capabilities allow.
+A success the SDK cannot read (not JSON, or not of the call's shape: a proxy's page, say)
+raises ``UnexpectedAnswer``; a refusal without Parley's error body, its status's error.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Self, TypeVar
 from urllib.parse import quote
 
 import httpx
 
-from parley_client.errors import error_for, error_of_response
+from parley_client.errors import UnexpectedAnswer, error_for, error_of_response
 from parley_client.view import Entry
 from parley_client.wire import strict_json
 
@@ -173,12 +176,39 @@ def _path(*parts: str) -> str:
     return "/api/v1/" + "/".join(quote(p, safe="").replace(".", "%2E") for p in parts)
 
 
+def _unexpected(status: int | None, why: str) -> UnexpectedAnswer:
+    return UnexpectedAnswer(f"the server's answer could not be read: {why}", status=status)
+
+
 def _session(data: dict[str, Any]) -> SessionInfo:
     return _build(SessionInfo, data)
 
 
 def _document(data: dict[str, Any]) -> DocumentInfo:
     return _build(DocumentInfo, data, readers=_build(Readers, data.get("readers") or {}))
+
+
+def _reader(cls: type[T]) -> Callable[[dict[str, Any]], T]:
+    return lambda data: _build(cls, data)
+
+
+def _list_of(key: str, read: Callable[[Any], T]) -> Callable[[dict[str, Any]], tuple[T, ...]]:
+    """The items under ``key`` of a listing, each as ``read`` builds it."""
+    return lambda data: tuple(read(item) for item in data[key])
+
+
+def _session_page(data: dict[str, Any]) -> SessionPage:
+    return _build(SessionPage, data, sessions=_list_of("sessions", _session)(data))
+
+
+def _usage(data: dict[str, Any]) -> Usage:
+    users = _list_of("users", _reader(UserUsage))(data)
+    return _build(Usage, data, users=users, quotas=_build(Quotas, data["quotas"]))
+
+
+def _audit_page(data: dict[str, Any]) -> AuditPage:
+    records = _list_of("records", _reader(AuditRecord))(data)
+    return AuditPage(records, data.get("next_after"), data.get("next_cursor"))
 
 
 class AdminClient:
@@ -219,7 +249,8 @@ class AdminClient:
         params: dict[str, Any] | None = None,
     ) -> Any:
         """One call: the decoded JSON answer (None for 204), or the typed error
-        (``InvalidInput`` for a body that is not JSON, a NaN say, before it is sent)."""
+        (``InvalidInput`` for a body that is not JSON, a NaN say, before it is sent;
+        ``UnexpectedAnswer`` for a success whose body is not JSON)."""
         query = {k: v for k, v in (params or {}).items() if v is not None}
         content, headers = None, {}
         if json is not None:
@@ -233,16 +264,39 @@ class AdminClient:
             method, path, content=content, headers=headers, params=query
         )
         if response.is_success:
-            return None if response.status_code == 204 or not response.content else response.json()
+            if response.status_code == 204 or not response.content:
+                return None
+            try:
+                return response.json()
+            except ValueError:  # also a body that is not UTF-8
+                raise _unexpected(response.status_code, "not JSON") from None
         retry_after = response.headers.get("Retry-After")
         raise error_of_response(response.status_code, response.text, retry_after=retry_after)
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        read: Callable[[Any], T],
+        *,
+        json: Any = None,
+        params: dict[str, Any] | None = None,
+    ) -> T:
+        """``request``'s answer as ``read`` builds it; an answer ``read`` cannot build (a
+        key missing, a list for an object, …) raises ``UnexpectedAnswer``."""
+        data = await self.request(method, path, json=json, params=params)
+        try:
+            return read(data)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise _unexpected(
+                None, f"not of the expected shape ({type(exc).__name__}: {exc})"
+            ) from None
 
     # -- sessions -----------------------------------------------------------------------
 
     async def create_session(self, title: str = "", policy: str = "queue") -> SessionInfo:
-        return _session(
-            await self.request("POST", _path("sessions"), json={"title": title, "policy": policy})
-        )
+        body = {"title": title, "policy": policy}
+        return await self._call("POST", _path("sessions"), _session, json=body)
 
     async def list_sessions(
         self, limit: int = 50, offset: int = 0, cursor: str | None = None
@@ -255,23 +309,25 @@ class AdminClient:
             if offset:
                 raise ValueError("list_sessions takes a cursor or an offset, not both")
             params = {"limit": limit, "cursor": cursor}
-        data = await self.request("GET", _path("sessions"), params=params)
-        return _build(SessionPage, data, sessions=tuple(_session(s) for s in data["sessions"]))
+        return await self._call("GET", _path("sessions"), _session_page, params=params)
 
     async def get_session(self, session_id: str) -> SessionInfo:
-        return _session(await self.request("GET", _path("sessions", session_id)))
+        return await self._call("GET", _path("sessions", session_id), _session)
 
     async def update_session(self, session_id: str, **changes: Any) -> SessionInfo:
         """Change ``title``, ``policy``, ``model`` (None: the default) or
         ``restricted_replies``; only the fields given are sent."""
-        return _session(await self.request("PATCH", _path("sessions", session_id), json=changes))
+        path = _path("sessions", session_id)
+        return await self._call("PATCH", path, _session, json=changes)
 
     async def delete_session(self, session_id: str) -> None:
         await self.request("DELETE", _path("sessions", session_id))
 
     async def transcript(self, session_id: str) -> tuple[Entry, ...]:
-        data = await self.request("GET", _path("sessions", session_id, "transcript"))
-        return tuple(Entry.from_json(e) for e in data["messages"])
+        path = _path("sessions", session_id, "transcript")
+        return await self._call(
+            "GET", path, lambda data: tuple(Entry.from_json(e) for e in data["messages"])
+        )
 
     # -- members and tokens -------------------------------------------------------------
 
@@ -286,14 +342,14 @@ class AdminClient:
     ) -> MemberInfo:
         body = {"role": role, "grants": list(grants), "denials": list(denials)}
         path = _path("sessions", session_id, "members", user_id)
-        return _build(MemberInfo, await self.request("PUT", path, json=body))
+        return await self._call("PUT", path, _reader(MemberInfo), json=body)
 
     async def remove_member(self, session_id: str, user_id: str) -> None:
         await self.request("DELETE", _path("sessions", session_id, "members", user_id))
 
     async def list_members(self, session_id: str) -> tuple[MemberInfo, ...]:
-        data = await self.request("GET", _path("sessions", session_id, "members"))
-        return tuple(_build(MemberInfo, m) for m in data["members"])
+        path = _path("sessions", session_id, "members")
+        return await self._call("GET", path, _list_of("members", _reader(MemberInfo)))
 
     async def create_token(
         self, session_id: str, user_id: str, *, ttl_seconds: int | None = None
@@ -302,7 +358,7 @@ class AdminClient:
         if ttl_seconds is not None:
             body["ttl_seconds"] = ttl_seconds
         path = _path("sessions", session_id, "tokens")
-        return _build(TokenInfo, await self.request("POST", path, json=body))
+        return await self._call("POST", path, _reader(TokenInfo), json=body)
 
     async def revoke_token(self, session_id: str, jti: str) -> None:
         await self.request("DELETE", _path("sessions", session_id, "tokens", jti))
@@ -310,21 +366,25 @@ class AdminClient:
     # -- facts, pins, context -----------------------------------------------------------
 
     async def facts(self, session_id: str) -> dict[str, str]:
-        return dict((await self.request("GET", _path("sessions", session_id, "facts")))["facts"])
+        path = _path("sessions", session_id, "facts")
+        return await self._call("GET", path, lambda data: dict(data["facts"]))
 
     async def set_fact(self, session_id: str, key: str, value: str) -> dict[str, str]:
         path = _path("sessions", session_id, "facts", key)
-        return dict((await self.request("PUT", path, json={"value": value}))["facts"])
+        body = {"value": value}
+        return await self._call("PUT", path, lambda data: dict(data["facts"]), json=body)
 
     async def delete_fact(self, session_id: str, key: str) -> None:
         await self.request("DELETE", _path("sessions", session_id, "facts", key))
 
     async def pins(self, session_id: str) -> tuple[str, ...]:
-        return tuple((await self.request("GET", _path("sessions", session_id, "pins")))["pins"])
+        path = _path("sessions", session_id, "pins")
+        return await self._call("GET", path, lambda data: tuple(data["pins"]))
 
     async def pin(self, session_id: str, entry_id: str) -> tuple[str, ...]:
         path = _path("sessions", session_id, "pins")
-        return tuple((await self.request("POST", path, json={"entry_id": entry_id}))["pins"])
+        body = {"entry_id": entry_id}
+        return await self._call("POST", path, lambda data: tuple(data["pins"]), json=body)
 
     async def unpin(self, session_id: str, entry_id: str) -> None:
         await self.request("DELETE", _path("sessions", session_id, "pins", entry_id))
@@ -333,11 +393,11 @@ class AdminClient:
         """The next model input for ``user_id``, itemised (docs/context.md: "What the model is
         given"), as the server's JSON."""
         path = _path("sessions", session_id, "context")
-        return dict(await self.request("GET", path, params={"user_id": user_id}))
+        return await self._call("GET", path, dict, params={"user_id": user_id})
 
     async def private_text(self, session_id: str, entry_id: str) -> PrivateText:
         path = _path("sessions", session_id, "entries", entry_id, "private")
-        return _build(PrivateText, await self.request("GET", path))
+        return await self._call("GET", path, _reader(PrivateText))
 
     # -- usage and quotas ---------------------------------------------------------------
 
@@ -345,32 +405,26 @@ class AdminClient:
         self, session_id: str, *, user_id: str | None = None, day: str | None = None
     ) -> Usage:
         path = _path("sessions", session_id, "usage")
-        data = await self.request("GET", path, params={"user_id": user_id, "day": day})
-        return _build(
-            Usage,
-            data,
-            users=tuple(_build(UserUsage, u) for u in data["users"]),
-            quotas=_build(Quotas, data["quotas"]),
-        )
+        params = {"user_id": user_id, "day": day}
+        return await self._call("GET", path, _usage, params=params)
 
     async def quotas(self, session_id: str) -> Quotas:
-        return _build(Quotas, await self.request("GET", _path("sessions", session_id, "quotas")))
+        path = _path("sessions", session_id, "quotas")
+        return await self._call("GET", path, _reader(Quotas))
 
     async def set_quotas(self, session_id: str, quotas: Quotas) -> Quotas:
         body = dataclasses.asdict(quotas)
         path = _path("sessions", session_id, "quotas")
-        return _build(Quotas, await self.request("PUT", path, json=body))
+        return await self._call("PUT", path, _reader(Quotas), json=body)
 
     # -- roles, documents, tools --------------------------------------------------------
 
     async def roles(self) -> tuple[RoleInfo, ...]:
-        return tuple(
-            _build(RoleInfo, r) for r in (await self.request("GET", _path("roles")))["roles"]
-        )
+        return await self._call("GET", _path("roles"), _list_of("roles", _reader(RoleInfo)))
 
     async def put_role(self, name: str, capabilities: list[str] | tuple[str, ...]) -> RoleInfo:
         body = {"capabilities": list(capabilities)}
-        return _build(RoleInfo, await self.request("PUT", _path("roles", name), json=body))
+        return await self._call("PUT", _path("roles", name), _reader(RoleInfo), json=body)
 
     async def delete_role(self, name: str) -> None:
         await self.request("DELETE", _path("roles", name))
@@ -384,15 +438,15 @@ class AdminClient:
             "readers": {"users": list(readers.users), "roles": list(readers.roles)},
         }
         path = _path("sessions", session_id, "documents")
-        return _document(await self.request("POST", path, json=body))
+        return await self._call("POST", path, _document, json=body)
 
     async def list_documents(self, session_id: str) -> tuple[DocumentInfo, ...]:
-        data = await self.request("GET", _path("sessions", session_id, "documents"))
-        return tuple(_document(d) for d in data["documents"])
+        path = _path("sessions", session_id, "documents")
+        return await self._call("GET", path, _list_of("documents", _document))
 
     async def get_document(self, session_id: str, document_id: str) -> DocumentInfo:
         path = _path("sessions", session_id, "documents", document_id)
-        return _document(await self.request("GET", path))
+        return await self._call("GET", path, _document)
 
     async def delete_document(self, session_id: str, document_id: str) -> None:
         await self.request("DELETE", _path("sessions", session_id, "documents", document_id))
@@ -411,12 +465,10 @@ class AdminClient:
         body: dict[str, Any] = {"name": name, "description": description, "url": url}
         optional = {"parameters": parameters, "capability": capability, "timeout_s": timeout_s}
         body.update({k: v for k, v in optional.items() if v is not None})
-        return _build(ToolInfo, await self.request("POST", _path("tools"), json=body))
+        return await self._call("POST", _path("tools"), _reader(ToolInfo), json=body)
 
     async def list_tools(self) -> tuple[ToolInfo, ...]:
-        return tuple(
-            _build(ToolInfo, t) for t in (await self.request("GET", _path("tools")))["tools"]
-        )
+        return await self._call("GET", _path("tools"), _list_of("tools", _reader(ToolInfo)))
 
     async def delete_tool(self, name: str) -> None:
         await self.request("DELETE", _path("tools", name))
@@ -437,6 +489,5 @@ class AdminClient:
         ``next_cursor``), or after record id ``after`` (not with ``cursor``)."""
         params = {"limit": limit, "kind": kind, "actor": actor}
         params.update({"cursor": cursor} if cursor is not None else {"after": after})
-        data = await self.request("GET", _path("sessions", session_id, "audit"), params=params)
-        records = tuple(_build(AuditRecord, r) for r in data["records"])
-        return AuditPage(records, data.get("next_after"), data.get("next_cursor"))
+        path = _path("sessions", session_id, "audit")
+        return await self._call("GET", path, _audit_page, params=params)

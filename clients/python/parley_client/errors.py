@@ -28,6 +28,8 @@
     ├── InternalError           internal
     ├── CommandTimeout          timeout (no reply within the time given: ``command`` to
     │                           resend by its id; also a ``TimeoutError``)
+    ├── UnexpectedAnswer        unexpected_answer (a success whose body the SDK cannot read:
+    │                           not JSON, or not of the shape the call answers)
     └── SessionClosed           closed (the session object was closed, or the server ended
                                 the socket for good: ``close_code``, ``cause``)
 
@@ -39,7 +41,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
 from collections.abc import Mapping
+from datetime import UTC
+from email.utils import parsedate_to_datetime
 from types import MappingProxyType
 from typing import Any
 
@@ -192,6 +197,14 @@ class CommandTimeout(ParleyError, TimeoutError):
         self.command: Mapping[str, Any] = MappingProxyType(dict(command))
 
 
+class UnexpectedAnswer(ParleyError):
+    """A REST call answered success with a body the SDK cannot read (not JSON, or JSON of
+    another shape): a proxy or another service in front of the server, say. ``status`` is
+    the answer's; nothing says whether a write was applied."""
+
+    code = "unexpected_answer"
+
+
 class SessionClosed(ParleyError):
     """The session object is closed: by ``close()``, or by a close code after which the
     server will not take the socket back (``cause``: the error that code stands for)."""
@@ -214,7 +227,7 @@ def _by_code() -> dict[str, type[ParleyError]]:
         found.setdefault(kind.code, kind)
         pending += kind.__subclasses__()
     found["internal"] = InternalError
-    del found["closed"], found["timeout"]  # the SDK's own, never the server's
+    del found["closed"], found["timeout"], found["unexpected_answer"]  # the SDK's own
     return found
 
 
@@ -239,7 +252,9 @@ def error_for(
     return error
 
 
-# The code of an HTTP refusal whose body does not name one (a proxy's, say).
+# The code of an HTTP refusal whose body does not name one (a proxy's, say). A gateway's
+# 502 or 504 is not ``provider_error`` (the model's API failed: the server says so in its
+# body) but the server out of reach, as a 503 is.
 STATUS_CODES: Mapping[int, str] = MappingProxyType(
     {
         401: "unauthenticated",
@@ -249,10 +264,27 @@ STATUS_CODES: Mapping[int, str] = MappingProxyType(
         413: "too_large",
         422: "invalid",
         429: "rate_limited",
-        502: "provider_error",
+        502: "unavailable",
         503: "unavailable",
+        504: "unavailable",
     }
 )
+
+
+def retry_after_seconds(header: str | None, *, now: float | None = None) -> float | None:
+    """The wait a ``Retry-After`` header asks for, in seconds (never below 0): a number of
+    seconds or an HTTP-date (RFC 9110); None when absent or neither."""
+    if header is None:
+        return None
+    with contextlib.suppress(ValueError):
+        return max(float(header), 0.0)
+    try:
+        when = parsedate_to_datetime(header.strip())
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:  # "-0000": an HTTP-date is in GMT all the same
+        when = when.replace(tzinfo=UTC)
+    return max(when.timestamp() - (time.time() if now is None else now), 0.0)
 
 
 def error_of_response(
@@ -260,8 +292,8 @@ def error_of_response(
 ) -> ParleyError:
     """The typed error of an HTTP refusal, a REST call's or a socket upgrade's: the code and
     message of its JSON error body (``{"error": {"code", "message"}}``), else its status's
-    code and the body as text; ``retry_after`` its ``Retry-After`` header (seconds; a date
-    is not read)."""
+    code and the body as text (a 5xx without one: ``unavailable`` for 502, 503 and 504,
+    ``internal`` otherwise); ``retry_after`` its ``Retry-After`` header (seconds or a date)."""
     text = body.decode(errors="replace") if not isinstance(body, str) else body
     code, message = STATUS_CODES.get(status, "internal"), text or f"HTTP {status}"
     try:
@@ -269,10 +301,7 @@ def error_of_response(
         code, message = str(error["code"]), str(error["message"])
     except (ValueError, KeyError, TypeError):
         pass
-    wait: float | None = None
-    with contextlib.suppress(ValueError):
-        wait = None if retry_after is None else max(float(retry_after), 0.0)
-    return error_for(code, message, status=status, retry_after=wait)
+    return error_for(code, message, status=status, retry_after=retry_after_seconds(retry_after))
 
 
 # The WebSocket close codes after which the server will not take the socket back
