@@ -102,6 +102,10 @@ async def test_a_server_run_at_debug_level_logs_no_token(
         refused = await http.get(f"/api/v1/sessions/{sid}/members", headers=forged)
         assert refused.status_code == 401
         assert (await http.get(f"/api/v1/sessions/{sid}?token={third}")).status_code == 401
+        # A browser's event stream carries its token in the URL, as the socket does (RC-2).
+        url = f"/api/v1/sessions/{sid}/events?token={third}"
+        async with http.stream("GET", url, headers={"Accept": "text/event-stream"}) as streamed:
+            assert streamed.status_code == 200
         assert (await http.get(f"/nope/{third}", headers=as_member)).status_code == 404
         # A token as a session id: past the ids' 200 characters, refused as no id (422).
         assert (await http.get(f"/api/v1/sessions/{third}", headers=admin)).status_code == 422

@@ -278,6 +278,66 @@ async def test_bad_ids_caps_and_callers_are_refused_with_stable_codes(tmp_path: 
             assert as_member.status_code == 403
 
 
+async def test_a_browser_stream_takes_its_client_token_in_the_url(tmp_path: Path) -> None:
+    """Review RC-2: a browser's ``EventSource`` sends no header, and the stream took its
+    credential as ``Authorization`` alone (401): it takes a client token as ``?token=`` now,
+    as the socket does; never the admin key, and a wrong token is 401 as in the header."""
+    settings = make_settings(sqlite_url(tmp_path), tmp_path / "d")
+    async with serve_in_process(settings) as server:
+        sid = await server.new_session({"alice": "editor"})
+        other = await server.new_session({"bob": "editor"})
+        token = await server.token(sid, "alice")
+        await prompt(server, sid, "alice", "hello")
+        sse = {"Accept": "text/event-stream", "Last-Event-ID": "0"}  # what EventSource sends
+        async with (
+            httpx.AsyncClient(base_url=server.base_url, timeout=20) as http,
+            aconnect_sse(
+                http, "GET", EVENTS.format(sid), headers=sse, params={"token": token}
+            ) as source,
+        ):
+            assert source.response.status_code == 200, await source.response.aread()
+            first = await Reader(source.aiter_sse()).until(lambda e: bool(e.data))
+            assert data(first)["seq"] == 1
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=20) as http:
+            for key, status, code in (
+                (ADMIN_KEY, 401, "unauthenticated"),  # the admin key: as a header only
+                (token + "x", 401, "unauthenticated"),
+                ("", 401, "unauthenticated"),
+            ):
+                params = {"token": key}
+                async with http.stream("GET", EVENTS.format(sid), headers=sse, params=params) as a:
+                    error = json.loads(await a.aread())["error"]
+                    assert (a.status_code, error["code"]) == (status, code), key
+            url = f"{EVENTS.format(sid)}?token={token}&token={token}"
+            async with http.stream("GET", url, headers=sse) as answer:
+                assert (
+                    answer.status_code == 422 and "give it once" in (await answer.aread()).decode()
+                )
+            params = {"token": token}
+            async with http.stream("GET", EVENTS.format(other), headers=sse, params=params) as a:
+                assert a.status_code == 403  # another session's: as with the header
+            # The JSON pages are the admin's: a member's token in the URL is let in, then refused.
+            pages = await http.get(EVENTS.format(sid), params={"token": token})
+            assert pages.status_code == 403 and pages.json()["error"]["code"] == "forbidden"
+
+
+async def test_the_json_pages_check_a_resume_ids_form(tmp_path: Path) -> None:
+    """Review RC-1: ``?last_event_id=`` of a form the document refuses was 200 on the JSON
+    pages (which page by ``after``) and 400 on the stream: 400 on both now."""
+    settings = make_settings(sqlite_url(tmp_path), tmp_path / "d")
+    async with serve_in_process(settings) as server:
+        sid = await server.new_session({"alice": "editor"})
+        for bad in ("\u00d7\u00f8", "03", "1" * 200):
+            listed = await server.http.get(EVENTS.format(sid), params={"last_event_id": bad})
+            assert listed.status_code == 400, (bad, listed.text)
+            assert listed.json()["error"]["code"] == "bad_event_id"
+            header = {"Last-Event-ID": bad.encode()}  # as bytes: httpx encodes str as ASCII
+            headed = await server.http.get(EVENTS.format(sid), headers=header)
+            assert headed.status_code == 400, bad
+        fine = await server.http.get(EVENTS.format(sid), params={"last_event_id": "1"})
+        assert fine.status_code == 200
+
+
 # Accept headers and what they get, for a member and for the admin (review: a member's
 # ``TEXT/EVENT-STREAM`` was the admin's JSON pages, refused 403; ``text/event-stream;q=0``
 # and ``text/event-stream-x`` were a stream).
