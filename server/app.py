@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import functools
 import logging
 import time
@@ -39,7 +40,7 @@ from parley.server.http import (
 )
 from parley.server.http.demo import DemoFiles, to_demo
 from parley.server.http.error_body import error_body
-from parley.server.http.models import Health, Readiness
+from parley.server.http.models import SETTING_MAXIMA, Health, Readiness
 from parley.server.http.rest import Operation, authenticate, error_response, openapi_document, route
 from parley.server.http.segments import OneSegmentIds
 from parley.server.keys import resolve_keys
@@ -209,6 +210,19 @@ def api_document() -> dict[str, Any]:
     return openapi_document(operations, title="Parley admin API", version=version())
 
 
+def with_setting_maxima(document: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """``document`` with the bound of each body field a setting bounds (``SETTING_MAXIMA``),
+    as this server refuses past it (review RC-1: only its prose said)."""
+    document = copy.deepcopy(document)
+    schemas = document["components"]["schemas"]
+    for (model, name), (keyword, setting) in SETTING_MAXIMA.items():
+        field = schemas[model]["properties"][name]
+        for form in field.get("anyOf", [field]):
+            if form.get("type") in ("integer", "string"):
+                form[keyword] = getattr(settings, setting)
+    return document
+
+
 def create_app(
     settings: Settings | None = None,
     *,
@@ -221,7 +235,7 @@ def create_app(
     the network (httpx's default when None)."""
     settings = settings or Settings()
     operations = PROBES + API_OPERATIONS
-    spec = api_document()
+    spec = with_setting_maxima(api_document(), settings)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -116,6 +116,49 @@ def _char_problem(name: str, at: int) -> str | None:
     return None
 
 
+# Basic Multilingual Plane code points ``display_name_problem`` refuses wherever they stand,
+# whatever Unicode version Python knows (controls, format characters, separators, private
+# use, noncharacters, default-ignorables): what the API document's pattern says (review
+# RC-1). Not surrogates (a UTF-16 pattern cannot tell a lone one from half of an emoji),
+# joiners (taken in context), nor unassigned points (which depend on the version).
+# ``tests/session/test_names.py`` checks it against the rules.
+REFUSED_EVERYWHERE = (
+    (0x0000, 0x001F),
+    (0x007F, 0x009F),
+    (0x00AD, 0x00AD),
+    (0x034F, 0x034F),
+    (0x0600, 0x0605),
+    (0x061C, 0x061C),
+    (0x06DD, 0x06DD),
+    (0x070F, 0x070F),
+    (0x0890, 0x0891),
+    (0x08E2, 0x08E2),
+    (0x115F, 0x1160),
+    (0x17B4, 0x17B5),
+    (0x180E, 0x180E),
+    (0x200B, 0x200B),
+    (0x200E, 0x200F),
+    (0x2028, 0x202E),
+    (0x2060, 0x206F),
+    (0x3164, 0x3164),
+    (0xE000, 0xF8FF),
+    (0xFDD0, 0xFDEF),
+    (0xFEFF, 0xFEFF),
+    (0xFFA0, 0xFFA0),
+    (0xFFF0, 0xFFFB),
+    (0xFFFE, 0xFFFF),
+)
+
+
+def refused_pattern() -> str:
+    """``REFUSED_EVERYWHERE`` as a JSON Schema (ECMA-262) pattern of names holding none."""
+    ranges = "".join(
+        f"\\u{low:04x}" if low == high else f"\\u{low:04x}-\\u{high:04x}"
+        for low, high in REFUSED_EVERYWHERE
+    )
+    return f"^[^{ranges}]*$"
+
+
 def display_name_problem(name: str) -> str | None:
     """Why ``name`` may not be a display name, None if it may: more than
     ``MAX_DISPLAY_NAME_CHARS`` characters, or a character people cannot see or that

@@ -17,7 +17,12 @@ from parley.server.store.horizon import Place
 from parley.session.commands import unstorable
 from parley.session.errors import InvalidInput
 
-CURSOR = r"[A-Za-z0-9_-]{1,400}"  # base64url, unpadded
+# A cursor's form: unpadded base64url of a JSON array of a number first ("[1…": "Wz…")
+# and last ("…]": the last group ends "d", "XQ" or "[FVl1]0" as the length falls). The
+# document says it, so ``?cursor=0`` is refused by the form it gives (review RC-1); one of
+# the form that does not decode to a place is refused too (``_NOT_A_CURSOR``).
+_B64 = "[A-Za-z0-9_-]"
+CURSOR = f"Wz{_B64}{{2}}(?:{_B64}{{4}})*(?:{_B64}{{2}}[BFJNRVZdhlptx159]d|XQ|{_B64}[FVl1]0)"
 MAX_ROW_ID_CHARS = 200  # longer than any row id the lists give
 # A place's cursor: two numbers below 2**63 take 56 characters.
 PLACE_CURSOR_CHARS = 64
@@ -63,7 +68,7 @@ PLACE_CURSOR = QueryStr(
     "cursor",
     PLACE_CURSOR_CHARS,
     required=False,
-    pattern=f"[A-Za-z0-9_-]{{1,{PLACE_CURSOR_CHARS}}}",  # base64url, unpadded
+    pattern=CURSOR,
     read=read_place_cursor,
 )
 

@@ -15,7 +15,7 @@ from pydantic import (
 )
 
 from parley.session.commands import unstorable_in
-from parley.session.names import MAX_DISPLAY_NAME_CHARS, display_name_problem
+from parley.session.names import MAX_DISPLAY_NAME_CHARS, display_name_problem, refused_pattern
 
 RoleName = Annotated[
     str,
@@ -60,6 +60,12 @@ READ_AS_WHOLE = "read_as_whole"
 # (review I2: refused for its form, though the document allowed it), and
 # ``86400.000000000001`` is refused as ``5000.5`` is (review B2-4).
 WHOLE = BeforeValidator(_whole)
+
+# A webhook's or a tool's URL: checked for blanks here, then parsed (``outbound.targets``:
+# "malformed URL (…)"), which refuses a C0 control or DEL too. The document says both
+# (review RC-1: its pattern admitted U+001A, refused 422).
+HTTP_URL_SHAPE = r"^https?://[^\s]{1,1990}$"
+HTTP_URL_PATTERN = r"^https?://[^\s\u0000-\u001f\u007f]{1,1990}$"
 
 
 class Strict(BaseModel):
@@ -172,6 +178,8 @@ DisplayName = Annotated[
         "(zero-width, soft hyphen, bidirectional), line or paragraph separator, private-use, "
         "unassigned (new emoji aside) or noncharacter code points; joiners only inside a "
         "script or an emoji sequence",
+        # The rules a pattern can say, for the document (refused by ``_shown_as_it_is``).
+        json_schema_extra={"pattern": refused_pattern()},
     ),
     AfterValidator(_shown_as_it_is),
 ]
@@ -277,6 +285,15 @@ class RoleList(Strict):
 
 class MemberList(Strict):
     members: list[MemberOut]
+
+
+# Body fields bounded by a setting, not by the model: (model, field) -> the JSON Schema
+# keyword and the setting whose value the served document gives it (``app.with_setting_maxima``).
+SETTING_MAXIMA = {
+    ("TokenCreate", "ttl_seconds"): ("maximum", "token_ttl_max_s"),
+    ("InviteCreate", "token_ttl_seconds"): ("maximum", "token_ttl_max_s"),
+    ("DocumentCreate", "text"): ("maxLength", "max_document_chars"),
+}
 
 
 class TokenCreate(Strict):

@@ -32,7 +32,7 @@ from parley.authz.tokens import ADMIN_ACTOR, ClientClaims, verify_token
 from parley.server.http.bounded import BoundedJSONResponse
 from parley.server.http.error_body import error_body, said
 from parley.server.http.models import READ_AS_WHOLE, ErrorBody
-from parley.server.http.sse_cursor import EVENT_ID_GIVEN, MAX_EVENT_ID_CHARS
+from parley.server.http.sse_cursor import EVENT_ID_GIVEN, MAX_EVENT_ID_CHARS, check_event_id
 from parley.server.state import AppState
 from parley.session.commands import MAX_ENTRY_ID_CHARS, unstorable
 from parley.session.errors import (
@@ -107,8 +107,11 @@ class QueryStr:
     form: str | None = None
 
     def schema(self) -> dict[str, Any]:
-        """The parameter's JSON Schema, in the OpenAPI document."""
-        return text_schema(self.max_length, self.pattern, self.format)
+        """The parameter's JSON Schema, in the OpenAPI document: with no pattern of its
+        own, any text but a NUL, which ``check_text`` refuses (review RC-1: ``?user_id=a%00b``
+        was admitted, refused 422). Not a path parameter's: a client generating requests from
+        the document cannot send the values it then forbids (schemathesis gives up)."""
+        return text_schema(self.max_length, self.pattern or "[^\\u0000]*", self.format)
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,12 +228,26 @@ class Operation:
     def query_names(self) -> frozenset[str]:
         """The query parameters the operation takes (and the document lists)."""
         names = {q.name for q in self.query} | {q.name for q in self.query_str}
-        return frozenset(names | ({LAST_EVENT_ID} if self.streams else set()))
+        return frozenset(names | ({LAST_EVENT_ID, TOKEN} if self.streams else set()))
 
 
 # The query parameter a stream resumes after, as a browser's EventSource cannot send the
 # ``Last-Event-ID`` header on its first request.
 LAST_EVENT_ID = "last_event_id"
+# A streaming route's client token in the URL, as ``EventSource`` cannot send a header.
+TOKEN = "token"
+
+
+def resume_given(request: Request) -> str | None:
+    """Where a stream resumes: the ``Last-Event-ID`` header, else ``?last_event_id=``
+    (None: neither); each given checked for its form (``BadEventId``), on the JSON pages
+    too, which do not read it (review RC-1: a malformed one was 200 there, 400 here)."""
+    header = request.headers.get("last-event-id")
+    query = query_value(request, LAST_EVENT_ID)
+    for given in (header, query):
+        if given is not None:
+            check_event_id(given)
+    return header or query
 
 
 def path_pattern(pattern: str) -> PathForm:
@@ -286,9 +303,21 @@ def problems(error: InvalidInput) -> tuple[tuple[str, str], ...]:
     return ((named.group(1), error.message),)
 
 
-def authenticate(request: Request, state: AppState) -> Caller:
-    header = request.headers.get("authorization", "")
-    scheme, _, key = header.partition(" ")
+def authenticate(request: Request, state: AppState, *, query_token: bool = False) -> Caller:
+    """The caller of ``request``: its ``Authorization: Bearer`` key (the admin key or a client
+    token), else, where ``query_token`` (the event stream, whose browser reader
+    ``EventSource`` cannot send a header), a client token as ``?token=``, as the socket
+    takes it: never the admin key, and the server's logs redact it (``logs.Redactor``)."""
+    header = request.headers.get("authorization")
+    if header is None and query_token and TOKEN in request.query_params:
+        token = query_value(request, TOKEN) or ""
+        try:
+            claims = verify_token(state.keys.signing_key, token, now=int(state.clock()))
+        except Unauthenticated:
+            refusal = "wrong client token in '?token=' (the admin key: as a header only)"
+            raise Unauthenticated(refusal) from None
+        return Caller(claims.user_id, claims.session_id, claims)
+    scheme, _, key = (header or "").partition(" ")
     key = key.strip()
     if scheme.lower() != "bearer" or not key:
         raise Unauthenticated("send the admin key or a client token as 'Authorization: Bearer …'")
@@ -497,7 +526,7 @@ def route(op: Operation) -> Route:
         state: AppState = request.app.state.parley
         try:
             kwargs: dict[str, Any] = dict(request.path_params)
-            caller = authenticate(request, state) if op.auth else ADMIN
+            caller = authenticate(request, state, query_token=op.streams) if op.auth else ADMIN
             # A socket's order (docs/websocket.md: the order of checks): the member let in,
             # then the path, query and body's size and form, then their rights (review: a
             # viewer's over-long fact was ``forbidden`` here and ``too_large`` on a socket;
@@ -613,7 +642,7 @@ def check_form(op: Operation, request: Request, kwargs: dict[str, Any]) -> None:
     for text in op.query_str:
         kwargs[text.name] = _query_str(request, text)
     if op.streams:  # taken by the stream (``sse.open_stream``), once, as every parameter
-        query_value(request, LAST_EVENT_ID)
+        resume_given(request)
 
 
 def check_query_names(op: Operation, request: Request) -> None:
@@ -756,7 +785,20 @@ def openapi_document(operations: list[Operation], *, title: str, version: str) -
             resume = text_schema(MAX_EVENT_ID_CHARS, EVENT_ID_GIVEN)
             params += [
                 {"name": "Last-Event-ID", "in": "header", "schema": resume},
-                {"name": LAST_EVENT_ID, "in": "query", "schema": resume},
+                {
+                    "name": LAST_EVENT_ID,
+                    "in": "query",
+                    "description": "The stream resumes after this id when no header gives "
+                    "one; the JSON pages check its form alone.",
+                    "schema": resume,
+                },
+                {
+                    "name": TOKEN,
+                    "in": "query",
+                    "description": "A client token (never the admin key) when no "
+                    "Authorization header is sent: a browser's EventSource cannot send one.",
+                    "schema": {"type": "string", "pattern": NO_NUL},
+                },
             ]
         if params:
             item["parameters"] = params

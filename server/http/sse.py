@@ -41,7 +41,6 @@ from parley.authz.policy import Do, decide
 from parley.authz.roles import Capability
 from parley.server.http.accept import chosen
 from parley.server.http.rest import (
-    LAST_EVENT_ID,
     Caller,
     Operation,
     admit,
@@ -51,8 +50,9 @@ from parley.server.http.rest import (
     error_response,
     judge,
     query_value,
+    resume_given,
 )
-from parley.server.http.sse_cursor import MAX_EVENT_ID_CHARS, REPLY_ENDS, Cursor, start_at
+from parley.server.http.sse_cursor import REPLY_ENDS, Cursor, start_at
 from parley.server.runtime.room import SessionRoom, Work
 from parley.server.runtime.stream_feed import reply_text
 from parley.server.state import AppState
@@ -392,9 +392,7 @@ async def open_stream(request: Request, op: Operation) -> Response:
         refused = _query_refusal(op, request)
         if refused is not None:
             raise refused
-        last_id = request.headers.get("last-event-id") or request.query_params.get(LAST_EVENT_ID)
-        if last_id is not None and len(last_id) > MAX_EVENT_ID_CHARS:
-            raise BadEventId("Last-Event-ID: too long")
+        last_id = resume_given(request)
         await judge(STREAM, caller, state, room)
         if state.draining:
             raise Unavailable("the server is shutting down")
@@ -419,7 +417,7 @@ async def _let_in(request: Request, state: AppState) -> tuple[Caller, str, Sessi
     at the stream's door (``rest.admit``): what every answer of the route is judged after,
     a refusal of its ``Accept`` header too (FX44: a stranger was told ``not_acceptable``
     before ``unauthenticated``)."""
-    caller = authenticate(request, state)
+    caller = authenticate(request, state, query_token=True)  # EventSource's ``?token=``
     session_id = str(request.path_params["session_id"])
     return caller, session_id, await admit(STREAM, caller, state, session_id)
 

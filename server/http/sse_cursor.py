@@ -71,6 +71,14 @@ class Cursor:
         return replace(self, offset=self.offset + chars)
 
 
+def check_event_id(raw: str) -> Cursor:
+    """The cursor a given ``Last-Event-ID`` names; ``BadEventId`` when too long or not an id
+    of this stream."""
+    if len(raw) > MAX_EVENT_ID_CHARS:
+        raise BadEventId("Last-Event-ID: too long")
+    return Cursor.parse(raw)
+
+
 async def head_seq(connection: AsyncConnection, session_id: str) -> int:
     """The number of the session's newest stored event (0: none)."""
     found = await connection.execute(

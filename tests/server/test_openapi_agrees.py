@@ -11,13 +11,22 @@ from typing import Any
 
 import jsonschema
 
+from parley.server.http.cursor import make_cursor
 from tests.conftest import make_settings, serve_in_process, sqlite_url
 
 SESSION = "/api/v1/sessions/{session_id}"
 
 
-def _allows(document: dict[str, Any], method: str, template: str, path: str, body: Any) -> bool:
-    """Whether ``document`` allows ``body`` (None: no body) to ``path`` of ``template``."""
+def _allows(
+    document: dict[str, Any],
+    method: str,
+    template: str,
+    path: str,
+    body: Any,
+    query: dict[str, str] | None = None,
+) -> bool:
+    """Whether ``document`` allows ``body`` (None: no body) and ``query`` to ``path`` of
+    ``template``."""
     operation = document["paths"][template][method.lower()]
     names = re.findall(r"{(\w+)}", template)
     pattern = re.escape(template)
@@ -29,6 +38,11 @@ def _allows(document: dict[str, Any], method: str, template: str, path: str, bod
     checks: list[tuple[Any, dict[str, Any]]] = list(
         zip(values.groups(), (schemas[n] for n in names), strict=True)
     )
+    takes = {p["name"]: p["schema"] for p in operation.get("parameters", []) if p["in"] == "query"}
+    for name, value in (query or {}).items():
+        if name not in takes:
+            return False
+        checks.append((value, takes[name]))
     request_body = operation.get("requestBody")
     if body is None:
         if request_body is not None and request_body["required"]:
@@ -99,34 +113,98 @@ async def test_the_document_allows_what_the_server_takes_and_forbids_what_it_ref
         assert nul.json()["error"]["message"] == "body: title contains a NUL character"
 
 
-async def test_a_bound_left_to_a_setting_is_named_where_the_document_allows_past_it(
+async def test_a_bound_left_to_a_setting_is_the_served_documents_maximum(
     tmp_path: Path,
 ) -> None:
     """Review RB-1: a token's lifetime and a document's text were refused past a setting's
-    bound that the document did not state (no maximum, no word of it). A bound that an
-    operator sets cannot be the document's maximum: the field's description names it."""
-    settings = make_settings(sqlite_url(tmp_path), tmp_path / "data")
+    bound that the document did not state; RC-1: the description named the setting, but a
+    client built from the document still sent past it. The served document gives this
+    server's setting as the bound (and the description names the setting)."""
+    settings = make_settings(
+        sqlite_url(tmp_path), tmp_path / "data", token_ttl_max_s=7200, max_document_chars=50
+    )
     async with serve_in_process(settings) as server:
         http = server.http
         served = (await http.get("/api/v1/openapi.json")).json()
         sid = await server.new_session({"alice": "editor"})
         at = SESSION.format(session_id=sid)
-        past_ttl = settings.token_ttl_max_s + 1
-        past_text = "x" * (settings.max_document_chars + 1)
         cases = [
             ("TokenCreate", "ttl_seconds", "PARLEY_TOKEN_TTL_MAX_S", f"{SESSION}/tokens",
-             f"{at}/tokens", {"user_id": "alice", "ttl_seconds": past_ttl}),
+             f"{at}/tokens", lambda n: {"user_id": "alice", "ttl_seconds": 7200 + n}),
             ("InviteCreate", "token_ttl_seconds", "PARLEY_TOKEN_TTL_MAX_S", f"{SESSION}/invites",
-             f"{at}/invites", {"user_id": "alice", "token_ttl_seconds": past_ttl}),
+             f"{at}/invites", lambda n: {"user_id": "alice", "token_ttl_seconds": 7200 + n}),
             ("DocumentCreate", "text", "PARLEY_MAX_DOCUMENT_CHARS", f"{SESSION}/documents",
-             f"{at}/documents", {"title": "d", "text": past_text, "readers": {"users": ["alice"]}}),
+             f"{at}/documents",
+             lambda n: {"title": "d", "text": "x" * (50 + n), "readers": {"users": ["alice"]}}),
         ]  # fmt: skip
         for schema, field, setting, template, path, body in cases:
-            assert _allows(served, "POST", template, path, body), schema
-            answer = await http.post(path, json=body)
+            assert _allows(served, "POST", template, path, body(0)), schema
+            assert (await http.post(path, json=body(0))).status_code == 201, schema
+            assert not _allows(served, "POST", template, path, body(1)), schema
+            answer = await http.post(path, json=body(1))
             assert answer.status_code in (413, 422), (schema, answer.status_code)
             described = served["components"]["schemas"][schema]["properties"][field]
             assert setting in described.get("description", ""), (schema, described)
+
+
+async def test_the_document_refuses_each_form_the_review_found_it_admitted(
+    tmp_path: Path,
+) -> None:
+    """Review RC-1 (schemathesis' positive-data check): a cursor not of this server's form
+    (``0``), a URL holding a control character, a display name of one, a NUL in a query
+    parameter, a malformed ``?last_event_id=`` on the JSON pages: each admitted by the
+    document and refused for its form. Now the document refuses each, and what it admits
+    beside each is taken."""
+    settings = make_settings(sqlite_url(tmp_path), tmp_path / "data", webhook_allow_private=True)
+    async with serve_in_process(settings) as server:
+        http = server.http
+        served = (await http.get("/api/v1/openapi.json")).json()
+        sid = await server.new_session({"alice": "editor"})
+        at = SESSION.format(session_id=sid)
+        await server.new_session({})
+        page = (await http.get("/api/v1/sessions", params={"limit": 1})).json()
+        assert page["next_cursor"]
+        hook = {"url": "http://127.0.0.1:9/", "events": ["run.failed"]}
+        made = await http.post("/api/v1/webhooks", json=hook)
+        deliveries = f"/api/v1/webhooks/{made.json()['id']}/deliveries"
+        tool = {"name": "t1", "description": "d", "url": "http://127.0.0.1:9/"}
+        alice = {"Authorization": f"Bearer {await server.token(sid, 'alice')}"}
+        cases: list[tuple[str, str, str, Any, dict[str, str], dict[str, str]]] = [
+            ("GET", "/api/v1/sessions", "/api/v1/sessions", None, {"cursor": "0"}, {}),
+            ("GET", "/api/v1/sessions", "/api/v1/sessions", None,
+             {"cursor": page["next_cursor"]}, {}),
+            ("GET", "/api/v1/sessions", "/api/v1/sessions", None,
+             {"cursor": make_cursor(0, "x")}, {}),
+            ("GET", "/api/v1/me/sessions", "/api/v1/me/sessions", None, {"cursor": "0"}, alice),
+            ("GET", f"{SESSION}/audit", f"{at}/audit", None, {"cursor": "0"}, {}),
+            ("GET", f"{SESSION}/audit", f"{at}/audit", None, {"cursor": "WzAsMF0"}, {}),
+            ("GET", "/api/v1/webhooks/{webhook_id}/deliveries", deliveries, None,
+             {"cursor": "0"}, {}),
+            ("POST", "/api/v1/webhooks", "/api/v1/webhooks", {**hook, "url": "http://a\u001ab/"},
+             {}, {}),
+            ("POST", "/api/v1/webhooks", "/api/v1/webhooks", {**hook, "url": "http://a\u007fb/"},
+             {}, {}),
+            ("POST", "/api/v1/tools", "/api/v1/tools", {**tool, "url": "http://a\u0003b/"}, {}, {}),
+            ("POST", "/api/v1/tools", "/api/v1/tools", tool, {}, {}),
+            ("PATCH", f"{SESSION}/me", f"{at}/me", {"display_name": "\x85"}, {}, alice),
+            ("PATCH", f"{SESSION}/me", f"{at}/me", {"display_name": "a\u200bb"}, {}, alice),
+            ("PATCH", f"{SESSION}/me", f"{at}/me", {"display_name": "Zo\u00eb \u2764\ufe0f"},
+             {}, alice),
+            ("GET", f"{SESSION}/context", f"{at}/context", None, {"user_id": "a\u0000b"}, {}),
+            ("GET", f"{SESSION}/context", f"{at}/context", None, {"user_id": "alice"}, {}),
+            ("GET", f"{SESSION}/events", f"{at}/events", None, {"last_event_id": "\u00d7"}, {}),
+            ("GET", f"{SESSION}/events", f"{at}/events", None, {"last_event_id": "03"}, {}),
+            ("GET", f"{SESSION}/events", f"{at}/events", None, {"last_event_id": "1"}, {}),
+        ]  # fmt: skip
+        disagree = []
+        for method, template, path, body, query, headers in cases:
+            allowed = _allows(served, method, template, path, body, query)
+            sent = {} if body is None else {"json": body}
+            answer = await http.request(method, path, params=query, headers=headers, **sent)
+            refused = answer.status_code in (400, 413, 422)
+            if allowed == refused:
+                disagree.append((method, path[-30:], body, query, allowed, answer.status_code))
+        assert disagree == [], disagree
 
 
 # A body of the right form for each route under an id that takes one.

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import re
 import unicodedata
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from parley.session.names import MAX_DISPLAY_NAME_CHARS, display_name_problem, fold_name
+from parley.session.names import (
+    MAX_DISPLAY_NAME_CHARS,
+    REFUSED_EVERYWHERE,
+    display_name_problem,
+    fold_name,
+    refused_pattern,
+)
 
 
 @pytest.mark.parametrize(
@@ -87,3 +94,25 @@ def test_folding_is_idempotent_and_leaves_nothing_unseen(name: str) -> None:
     assert fold_name(folded) == folded
     assert folded == folded.strip() and "  " not in folded
     assert not any(unicodedata.category(c) in {"Cc", "Cf"} for c in folded)
+
+
+def _refused_in_any_context(char: str) -> bool:
+    contexts = (char, f"a{char}b", f"\u0628{char}\u0628", f"\u2764{char}\u263a")
+    return all(display_name_problem(name) is not None for name in contexts)
+
+
+def test_the_documents_pattern_refuses_what_the_rules_refuse_everywhere() -> None:
+    """Review RC-1: the API document's display_name admitted "\\x85", refused 422. Its
+    pattern names points refused wherever they stand (unassigned ones too: noncharacters
+    and default-ignorables are refused in any Unicode version), and every assigned one."""
+    listed = {p for low, high in REFUSED_EVERYWHERE for p in range(low, high + 1)}
+    assert all(_refused_in_any_context(chr(point)) for point in listed)
+    for point in set(range(0x10000)) - listed:
+        char = chr(point)
+        if unicodedata.category(char) not in ("Cs", "Cn") and char not in "\u200c\u200d":
+            assert not _refused_in_any_context(char), hex(point)
+    pattern = re.compile(refused_pattern())
+    assert pattern.fullmatch("Zo\u00eb \u0645\u06cc\u200c\u0631 \u2764\ufe0f") is not None
+    for low, high in REFUSED_EVERYWHERE:
+        for point in (low, high):
+            assert pattern.fullmatch(f"a{chr(point)}b") is None
