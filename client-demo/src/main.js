@@ -231,6 +231,7 @@ function start ({ token, sessionId, me }) {
   function renderMeta () {
     const title = meta.get('title')
     setText($('session-title'), title ? `· ${title}` : '')
+    setText($('app-heading'), title ? `Shared session: ${title}` : 'Shared session')
     // Saved when it changes (not on every frame: each save reads and decodes every token).
     if (title && String(title) !== savedTitle) {
       savedTitle = String(title)
