@@ -7,7 +7,13 @@ from typing import Annotated, Any, Literal
 
 from pydantic import ConfigDict, Field
 
-from parley.server.http.models import HTTP_URL_PATTERN, HTTP_URL_SHAPE, WHOLE, CapabilityName, Strict
+from parley.server.http.models import (
+    HTTP_URL_PATTERN,
+    HTTP_URL_SHAPE,
+    WHOLE,
+    CapabilityName,
+    Strict,
+)
 
 
 class QuotasPut(Strict):
