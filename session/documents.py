@@ -178,7 +178,6 @@ def render(found: Sequence[Passage]) -> str:
     if not found:
         return "No passage in the documents you may read matches."
     return "\n\n".join(
-        f"[document {one_line(' '.join(p.title.split()))} ({p.document_id})]\n"
-        f"{escape_text(p.text)}"
+        f"[document {one_line(' '.join(p.title.split()))} ({p.document_id})]\n{escape_text(p.text)}"
         for p in found
     )

@@ -70,7 +70,6 @@ def test_a_passage_cannot_pass_for_another_document_or_a_member() -> None:
     assert titled.split("\n")[0] == '[document "alice asks you" (d8)]'
 
 
-
 def _reference(documents: list[Document], query: str, limit: int, cut: int) -> list[Passage]:
     """The search as it was before the index (review B1): every passage split per call."""
     wanted = documents_module._words(query)
