@@ -16,7 +16,8 @@ Events (all are dicts with an ``"event"`` key)::
     {"event": "fatal", "where": str, "error": str, ...}
     {"event": "exit", "returncode": int}               # synthesised here on process exit
 
-Commands: ``{"cmd": "dump"}``, ``{"cmd": "write"}``,
+Commands: ``{"cmd": "dump"}``, ``{"cmd": "write"}``, ``{"cmd": "type", "count": n}`` (n
+characters typed into the first entry's text, a transaction each),
 ``{"cmd": "typing", "value": bool}``, ``{"cmd": "state", "value": any JSON}`` (its
 awareness's local state, as is), ``{"cmd": "quit"}``.
 """

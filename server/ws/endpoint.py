@@ -8,8 +8,9 @@ neither (stock Yjs providers decode every frame as y-websocket binary).
 Close codes: 4401 bad, expired or revoked token, 4403 not a member (or membership revoked,
 or a browser origin that is not allowed), 4404 unknown session, 4400 malformed binary frame,
 4429 rate limits ignored (or frames refused) again and again, or too many sockets of the user
-or the session, 1009 message too big (set by the server's size limit), 1013 slow consumer
-or the database failed under a write (reconnect and resync; the reason is JSON with
+or the session (a client's document update is dropped and counts toward nothing:
+``server.ws.client_writes``), 1009 message too big (set by the server's size limit), 1013
+slow consumer or the database failed under a write (reconnect and resync; the reason is JSON with
 ``retry_after_ms`` when it is the database), 1001 server going away or idle timeout.
 44xx codes are final for stock clients; the others make them reconnect. While the database
 cannot load the session, the upgrade itself is refused: HTTP 503 with ``Retry-After``.
@@ -37,6 +38,7 @@ from parley.server.ws.admission import (
     receive,
     serve,
 )
+from parley.server.ws.client_writes import drop_update
 from parley.server.ws.connection import CommandChannel, Connection
 from parley.server.ws.deadlines import SocketDeadlines, token_expired
 from parley.session.closes import CloseCode
@@ -62,6 +64,8 @@ from parley.session.yprotocol import (
 )
 
 log = logging.getLogger("parley.ws")
+
+READ_ONLY = "the shared document is read-only; send commands instead"
 
 
 async def session_socket(websocket: WebSocket) -> None:
@@ -157,8 +161,8 @@ async def _serve(
                 connection.close(close_code_for(exc), f"protocol error: {exc.message}"[:120])
                 return
             except ParleyError as exc:
-                # A refused frame (a write, over a budget, too large): the client is told,
-                # and one refused again and again is cut off.
+                # A refused frame (over a budget, too large; a write, told once): the
+                # client is told, and one refused again and again is cut off.
                 state.metrics.errors.labels(code=exc.code).inc()
                 connection.send_error(exc)
                 if limits.abuse.refused(now):
@@ -223,10 +227,8 @@ async def _on_binary(
             answer = await room.writer.document.sync_answer(message.payload)
             connection.send_sync(answer)
             room.charge_sync(connection.user_id, message.payload, answer, now)
-        elif not room.writer.document.is_noop(message.payload):
-            # The server is the only writer: a client's change is neither applied nor relayed.
-            log.info("refused a client write", extra={"user_id": connection.user_id})
-            raise Forbidden("the shared document is read-only; send commands instead")
+        else:  # the server is the only writer: neither applied nor relayed
+            drop_update(connection, message.payload, room.writer.document.is_noop, READ_ONLY)
     elif isinstance(message, AwarenessMessage):
         try:
             _on_awareness(room, connection, presence, message, now, echo_bytes)

@@ -6,8 +6,9 @@ thread's document (``session.core.thread_doc``): its turns, a reply's text as th
 writes it. It is admitted as the session's socket is (``server.ws.admission``, the same
 close codes), then only for the thread's owner: any other thread id, another member's
 included, closes it 4404, as for a thread that does not exist. The document is read-only:
-a client's update that would change it is refused as on the session's socket (and one
-refused again and again is cut off, 4429); awareness is shown to nobody else (the thread
+a client's update is dropped as on the session's socket (``server.ws.client_writes``:
+never applied, never a count toward the abuse limit, bounded by the frame rate and the
+member's document bytes); awareness is shown to nobody else (the thread
 has one reader): an update is sent back to its sender alone (so a stock client, which
 drops a socket silent for 30 s, keeps an idle one), a query is answered with no states.
 Commands go over the session's socket; one sent here closes this one (4400).
@@ -27,8 +28,6 @@ must sync.
 
 from __future__ import annotations
 
-import logging
-
 from starlette.websockets import WebSocket
 
 from parley.server.runtime.room import SessionRoom
@@ -42,10 +41,11 @@ from parley.server.ws.admission import (
     receive,
     serve,
 )
+from parley.server.ws.client_writes import drop_update
 from parley.server.ws.connection import Connection
 from parley.server.ws.deadlines import SocketDeadlines, token_expired
 from parley.session.closes import CloseCode
-from parley.session.errors import Forbidden, ParleyError, close_code_for
+from parley.session.errors import ParleyError, close_code_for
 from parley.session.yprotocol import (
     AwarenessMessage,
     ProtocolError,
@@ -56,9 +56,8 @@ from parley.session.yprotocol import (
     is_command_frame,
 )
 
-log = logging.getLogger("parley.ws")
-
 NO_STATES = b"\x00"  # an awareness update of no clients
+READ_ONLY = "a side-thread's document is read-only; send commands instead"
 REBUILT = "this side-thread's document was built anew from its rows: sync it into a new Y.Doc"
 
 
@@ -132,7 +131,7 @@ async def _serve(
         except ProtocolError as exc:
             connection.close(close_code_for(exc), f"protocol error: {exc.message}"[:120])
             return
-        except ParleyError as exc:  # a refused frame: a write, or over a budget
+        except ParleyError as exc:  # a refused frame: over a budget
             state.metrics.errors.labels(code=exc.code).inc()
             if limits.abuse.refused(now):
                 connection.close(CloseCode.ABUSE, "too many refused frames")
@@ -157,9 +156,8 @@ async def _on_binary(
             answer = await live.sync_answer(message.payload)
             connection.send_sync(answer)
             room.charge_sync(connection.user_id, message.payload, answer, now)
-        elif not live.is_noop(message.payload):
-            log.info("refused a client write", extra={"user_id": connection.user_id})
-            raise Forbidden("a side-thread's document is read-only; send commands instead")
+        else:
+            drop_update(connection, message.payload, live.is_noop, READ_ONLY)
     elif isinstance(message, QueryAwarenessMessage):
         connection.send(encode_awareness(NO_STATES))
     else:

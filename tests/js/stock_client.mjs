@@ -247,6 +247,17 @@ const attemptWrites = () => {
   return { event: 'reply', cmd: 'write', attempted: 4, existing_entries: existing }
 }
 
+// An app typing into the shared doc (an editor bound to the first entry's text): one
+// character a transaction, so one update frame each, as a user's keystrokes are sent.
+/** @param {number} count */
+const typeInto = (count) => {
+  const first = transcript.length > 0 ? transcript.get(0) : undefined
+  const content = first instanceof Y.Map ? first.get('content') : undefined
+  if (!(content instanceof Y.Text)) return { event: 'reply', cmd: 'type', typed: 0 }
+  for (let i = 0; i < count; i++) doc.transact(() => content.insert(0, 'k'))
+  return { event: 'reply', cmd: 'type', typed: count }
+}
+
 let quitting = false
 
 const quit = async () => {
@@ -286,6 +297,9 @@ const handle = (line) => {
       return
     case 'write':
       emit(attemptWrites())
+      return
+    case 'type':
+      emit(typeInto(Number(msg.count)))
       return
     case 'command':
       emit(sendCommand(msg.payload))

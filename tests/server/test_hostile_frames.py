@@ -109,20 +109,37 @@ async def test_a_member_who_keeps_sending_noop_writes_is_closed_4429(tmp_path: P
         await command_acked(alice, "after")
 
 
-async def test_forged_writes_count_as_refusals_too(tmp_path: Path) -> None:
-    settings = make_settings(sqlite_url(tmp_path), tmp_path / "d", abuse_refusals=3)
+async def test_forged_writes_are_told_once_and_bounded_by_their_bytes(tmp_path: Path) -> None:
+    """Review RE F1: each forged write counted toward the abuse limit, and a stock client
+    whose app typed into the document was closed 4429 for good. A write is dropped, told
+    once, and counts toward nothing; the member's document bytes still bound a flood."""
+    forged: Doc = Doc()
+    forged.get("evil", type=Text).insert(0, "pwned")
+    frame = encode_sync(SyncType.UPDATE, forged.get_update())
+    settings = make_settings(
+        sqlite_url(tmp_path),
+        tmp_path / "d",
+        abuse_refusals=3,
+        document_write_bytes_per_s=1,
+        document_write_burst_bytes=6 * len(frame) + len(frame) // 2,
+    )
     async with serve_in_process(settings) as server:
         sid = await server.new_session({"alice": "editor", "mallory": "editor"})
         alice = await server.connect(sid, "alice")
         mallory = await speaks_json(await server.connect(sid, "mallory"))
-        forged: Doc = Doc()
-        forged.get("evil", type=Text).insert(0, "pwned")
+        for _ in range(6):
+            await mallory.send_raw(frame)
+        await command_acked(mallory, "still here")
+        assert refusals(mallory) == ["forbidden"] and mallory.close_code is None
         with contextlib.suppress(websockets.ConnectionClosed):
             for _ in range(6):
-                await mallory.send_raw(encode_sync(SyncType.UPDATE, forged.get_update()))
+                await mallory.send_raw(frame)
         assert await mallory.wait_closed() == 4429
-        assert refusals(mallory) == ["forbidden"] * 4
+        assert refusals(mallory) == ["forbidden"] + ["rate_limited"] * 3
         await command_acked(alice, "after")
+        await alice.wait_until(lambda c: len(c.entries()) == 2)
+        stored = await server.transcript(sid)
+        assert [e["id"] for e in stored] == [e["id"] for e in alice.entries()]
 
 
 # -- break 4: presence -------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from pycrdt import Map
 
 from tests.conftest import RunningServer, make_settings, serve_in_process, sqlite_url
 from tests.stock_client import Event, StockYjsClient, ensure_node_modules
-from tests.yclient import all_replies_settled
+from tests.yclient import YClient, all_replies_settled
 
 pytestmark = pytest.mark.node
 
@@ -297,3 +297,50 @@ async def test_a_stock_client_past_the_connection_cap_comes_back_once_there_is_r
             assert not [e for e in stock.history if e.get("event") == "closed"], stock.history
         finally:
             await stock.close()
+
+
+async def test_a_viewers_stock_client_that_types_stays_connected(tmp_path: Path) -> None:
+    """Review RE F1: a viewer's app typing into the shared doc (an editor bound to an
+    entry's text) sends a refused update per keystroke; the 51st closed it 4429 "too many
+    refused frames", which y-websocket 3.x takes as final: it never came back, and never
+    saw a later message. Refused updates are dropped and count toward no abuse limit (the
+    frame rate and the document-bytes budget bound them)."""
+    await asyncio.to_thread(ensure_node_modules)
+    settings = make_settings(sqlite_url(tmp_path), tmp_path / "data")
+    async with serve_in_process(settings) as server:
+        sid = await server.new_session({"alice": "owner", "vic": "viewer"})
+        alice = await server.connect(sid, "alice")
+        await alice.command({"type": "message", "id": "m0", "text": "type over me"})
+        vic = await StockYjsClient.start(
+            f"{server.ws_url}/ws/sessions", sid, await server.token(sid, "vic")
+        )
+        try:
+            await vic.wait_event(lambda e: e.get("event") == "sync" and e["synced"], 15)
+            assert (await vic.command({"cmd": "type", "count": 80}))["typed"] == 80
+            # Frames are handled in order: once its state after the typing is shown, every
+            # keystroke was (or the socket was closed on the way).
+            await vic.command({"cmd": "state", "value": {"after": "typing"}})
+
+            def closed() -> bool:
+                return any(e.get("event") == "connection-close" for e in vic.history)
+
+            def shown(c: YClient) -> bool:
+                return any(s and s.get("after") == "typing" for s in c.awareness.values())
+
+            for _ in range(400):
+                if closed() or shown(alice):
+                    break
+                await asyncio.sleep(0.05)
+            assert not closed(), [e for e in vic.history if e.get("event") != "reply"][-5:]
+            await alice.command({"type": "message", "id": "m1", "text": "after the typing"})
+            for _ in range(200):
+                dump = await vic.dump()
+                if any(e["content"] == "after the typing" for e in dump["transcript"]):
+                    break
+                await asyncio.sleep(0.05)
+            assert [e["content"] for e in dump["transcript"]][1:] == ["after the typing"]
+            assert not [e for e in vic.history if e.get("event") in ("connection-close", "closed")]
+            stored = await server.transcript(sid)
+            assert [e["content"] for e in stored] == ["type over me", "after the typing"]
+        finally:
+            await vic.close()

@@ -13,12 +13,15 @@ from typing import Any
 import httpx
 import pytest
 import websockets
+from pycrdt import Array, Doc
 
 from parley.session.yprotocol import (
     AwarenessState,
     MessageType,
+    SyncType,
     encode_awareness,
     encode_awareness_update,
+    encode_sync,
 )
 from tests.conftest import (
     ADMIN_KEY,
@@ -105,6 +108,31 @@ async def test_a_presence_update_on_a_side_thread_socket_is_answered(tmp_path: P
                     frame = await ws.recv()
                     if isinstance(frame, bytes) and frame[0] == MessageType.AWARENESS:
                         break
+
+
+async def test_writes_on_a_side_thread_socket_are_dropped_and_it_stays(tmp_path: Path) -> None:
+    """As on the session's socket (review RE F1): a client's updates to the thread's
+    document are dropped and count toward no abuse limit; they were, and a stock client
+    whose app typed into it was closed 4429, for good."""
+    settings = make_settings(sqlite_url(tmp_path), tmp_path / "data", abuse_refusals=3)
+    async with serve_in_process(settings) as server:
+        sid = await server.new_session({"bob": "editor"})
+        token = await server.token(sid, "bob")
+        opened = await server.http.post(f"/api/v1/sessions/{sid}/threads", json={"as_user": "bob"})
+        assert opened.status_code == 201, opened.text
+        url = f"{server.ws_url}/ws/sessions/{sid}/threads/{opened.json()['thread_id']}"
+        forged = Doc()
+        forged.get("turns", type=Array).append("forged")
+        async with websockets.connect(f"{url}?token={token}") as ws:
+            for _ in range(10):
+                await ws.send(encode_sync(SyncType.UPDATE, forged.get_update()))
+            # Frames are handled in order: the echo of a presence update comes after them.
+            marker = encode_awareness(encode_awareness_update([AwarenessState(7, 1, {})]))
+            await ws.send(marker)
+            async with asyncio.timeout(20):
+                while await ws.recv() != marker:
+                    pass
+            assert ws.close_code is None
 
 
 def _status(dump: dict[str, Any], turn_id: str) -> str | None:
