@@ -449,5 +449,19 @@ def charged(
         # frame rate (``PARLEY_UPDATES_PER_SECOND``), which still cuts it off.
         return None, 0
     if not room.budgets.allow(connection.user_id, cost, now):
+        if isinstance(message, AwarenessMessage):
+            # A state past the member's presence budget is dropped: a later one holds all
+            # it would show, and a stock client sends its state again every 15 s. Told
+            # once until a state is shown again, and no abuse: a cursor shared at mouse
+            # rate went past it every second and was closed 4429 for good (review RE F2).
+            # The socket's frame rate still bounds a flood.
+            if connection.told_presence_budget:
+                return None, 0
+            connection.told_presence_budget = True
+            raise PresenceDropped(f"over the {cost.spend.value} budget; slow down")
         raise RateLimited(f"over the {cost.spend.value} budget; slow down")
     return message, echo_bytes
+
+
+class PresenceDropped(RateLimited):
+    """A presence state past its member's budget, dropped: told, and no abuse."""

@@ -31,6 +31,7 @@ from parley.server.runtime.room import SessionRoom
 from parley.server.state import AppState
 from parley.server.ws.admission import (
     NO_PRESENCE,
+    PresenceDropped,
     admit,
     charged,
     credit_echo,
@@ -165,7 +166,7 @@ async def _serve(
                 # client is told, and one refused again and again is cut off.
                 state.metrics.errors.labels(code=exc.code).inc()
                 connection.send_error(exc)
-                if limits.abuse.refused(now):
+                if not isinstance(exc, PresenceDropped) and limits.abuse.refused(now):
                     connection.close(CloseCode.ABUSE, "too many refused frames")
                     return
         elif text is not None:
@@ -277,6 +278,7 @@ def _on_awareness(
         return
     name = room.membership.display_names.get(connection.user_id)
     presence.apply(connection, connection.user_id, message.update, name, now, echo_bytes)
+    connection.told_presence_budget = False  # shown: a state past the budget is told again
     behind = presence.take_behind(connection)
     if behind is not None:
         connection.send(encode_awareness(behind))

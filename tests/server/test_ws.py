@@ -494,6 +494,33 @@ async def test_an_echo_of_a_big_greeting_is_dropped_unanswered(
         assert joiner.unsolicited == [], joiner.unsolicited
 
 
+async def test_a_cursor_shared_past_the_presence_budget_is_dropped_not_cut_off(
+    tmp_path: Path,
+) -> None:
+    """Review RE F2: a stock client sharing a 1 kB cursor at mouse rate went past its
+    member's presence budget every second; each state refused counted toward the abuse
+    limit, and 4429 (final for y-websocket 3.x) cut it off for good after about 12 s.
+    States past the budget are dropped: a socket that speaks JSON is told once, until a
+    state is shown again; neither socket counts them, so both stay and go on receiving."""
+    settings = tight_presence(tmp_path, 12_000)
+    async with serve_in_process(settings) as server:
+        sid = await server.new_session({"alice": "editor", "carol": "editor", "olga": "owner"})
+        told = await server.connect(sid, "alice")
+        assert await told.command({"type": "cancel", "id": "c", "prompt_id": "x"})
+        stock = await server.connect(sid, "carol")  # never sends a command: no JSON
+        for clock in range(1, 121):  # 120 kB of new states: ten times the budget, and past
+            for n, socket in ((1, told), (2, stock)):  # the 50 refusals that cut one off
+                await socket.set_awareness(n, clock, {"cursor": clock, "pad": "p" * 1000})
+        ack = await told.command({"type": "message", "id": "m", "text": "after the cursor"})
+        assert ack["type"] == "ack"
+        await stock.wait_until(lambda c: c.entries()[-1]["content"] == "after the cursor")
+        assert told.close_code is None and stock.close_code is None
+        codes = [u.get("code") for u in told.unsolicited]
+        # Told once, and again only after a state was shown (paid with echo credit, say).
+        assert codes and set(codes) == {"rate_limited"} and len(codes) < 20, codes
+        assert stock.unsolicited == []
+
+
 def tight_presence(tmp_path: Path, burst_bytes: int) -> Settings:
     """A presence budget of ``burst_bytes`` that hardly refills; every change relayed."""
     return make_settings(
