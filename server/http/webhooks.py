@@ -11,7 +11,7 @@ from pydantic import Field
 
 from parley.authz.standard_webhooks import new_secret
 from parley.server.http.cursor import PLACE_CURSOR, make_place_cursor, page_start
-from parley.server.http.models import HTTP_URL_PATTERN, HTTP_URL_SHAPE, Strict
+from parley.server.http.models import HTTP_URL_PATTERN, HTTP_URL_SHAPE, WHOLE, Strict
 from parley.server.http.resource_models import NEXT_CURSOR
 from parley.server.http.rest import MAX_ROW_ID, Operation, QueryParam
 from parley.server.outbound.targets import target_problem
@@ -80,10 +80,9 @@ class WebhookChange(Strict):
     sessions: list[SessionId] | None = Field(
         default=None, max_length=1000, description="null: every session"
     )
-    acknowledge_skipped: int = Field(
-        default=0,
-        ge=0,
-        le=MAX_ROW_ID,  # what the ms column holds
+    acknowledge_skipped: Annotated[int, Field(ge=1, le=MAX_ROW_ID), WHOLE] = Field(
+        default=0,  # not given (a skipped_to is a time in ms: never 0); bounds: what the
+        # ms column holds, read as every integer field is (``100.0`` is 100)
         description="The skipped_to read: forget that skipped range (its events read back); "
         "409 conflict if the range is still open or is another",
         json_schema_extra=_no_default,

@@ -464,4 +464,7 @@ def charged(
 
 
 class PresenceDropped(RateLimited):
-    """A presence state past its member's budget, dropped: told, and no abuse."""
+    """A presence state past its member's budget, dropped: told, and no abuse (it closes
+    no socket)."""
+
+    close_code = None

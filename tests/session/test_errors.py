@@ -55,6 +55,7 @@ TABLE: dict[str, tuple[str, int, int | None]] = {
     "RestrictedShare": ("restricted_share", 403, None),
     "IllegalTransition": ("conflict", 409, None),
     "RateLimited": ("rate_limited", 429, 4429),
+    "PresenceDropped": ("rate_limited", 429, None),
     "QuotaExceeded": ("quota_exceeded", 429, None),
     "TooManyStreams": ("too_many_streams", 429, None),
     "Unavailable": ("unavailable", 503, 1013),

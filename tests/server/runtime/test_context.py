@@ -477,15 +477,16 @@ async def test_a_coalesced_runs_fit_is_judged_in_a_fold_folded_ahead_in_steps(
         assert len(scoped) >= 2 and all(built == cold for built, cold in scoped)
 
 
-async def test_a_restriction_changed_on_an_old_entry_is_folded_again_in_steps(
+async def test_a_restriction_changed_on_an_old_entry_is_folded_again_for_the_summary_plan(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A restriction that changes on an old entry (here carol joins, who may not read the
     vault: bob's early reply drawn from it is no longer what every member may read) parts
     the members' fold from that entry. The summary plan's build (what every member may
-    read) rolled the fold back and folded it again in one call (20,000 entries: 0.5 s of
-    the loop); it is folded ahead first, the roll back and the fold in steps, and the plan
-    is made of what a build from nothing gives: the reply is not in it."""
+    read) rolls the fold back and folds it again, and the plan is made of what a build
+    from nothing gives: the reply is not in it. (Folding it ahead in steps before each
+    plan made every run fold the members' fold again: 1,000 queued runs took over 10 min
+    against 15 s; taken back, so the roll back is one call again.)"""
     model = FakeModel(script)
     members: dict[str, str | Member] = {"olga": "owner", "alice": "editor", "bob": "editor"}
     everyone = replace(VAULT, readers=Readers("d1", frozenset(members)))
@@ -509,8 +510,6 @@ async def test_a_restriction_changed_on_an_old_entry_is_folded_again_in_steps(
         await counted.during(asked())
         summaries = [r for r in model.requests if not r.issuers]
         assert summaries and all(SECRET not in r.everything() for r in summaries)
-        undone, folded = counted.undone_of(members_fold), counted.of(members_fold)
-        assert sum(undone) >= 60 and max(undone) <= 8
-        assert sum(folded) >= 60 and max(folded) <= 8
+        assert sum(counted.undone_of(members_fold)) >= 60  # rolled back past the notes
         plans = [pair for pair in counted.builds if not pair[0].request.answering]
         assert plans and all(built == cold for built, cold in plans)
