@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -239,6 +240,18 @@ async def test_command_rate_limits_then_cut_off(tmp_path: Path) -> None:
         assert ok["type"] == "ack"
 
 
+def small_receive_buffer(url: str) -> socket.socket:
+    """A client socket connected to ``url``'s server whose kernel receive buffer is small
+    and fixed: left to autotuning (up to 6 MB) with the server's send buffer (up to 4 MB),
+    the kernel alone could hold a whole flood, and whether the server ever held any of it
+    depended on how far each buffer had grown (the test failed under load)."""
+    uri = parse_uri(url)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
+    sock.connect((uri.host, uri.port))
+    return sock
+
+
 def flood(tokens: int, size: int) -> FakeModel:
     """A model that streams large tokens as fast as it can, then stops."""
     return FakeModel(lambda sent: [f"{n:06d}" + "x" * (size - 6) for n in range(tokens)])
@@ -261,10 +274,9 @@ async def test_a_client_that_stops_reading_is_dropped_and_others_get_everything(
         sid = await server.new_session({"alice": "editor", "stuck": "viewer"})
         alice = await server.connect(sid, "alice")
         token = await server.token(sid, "stuck")
+        url = f"{server.ws_url}/ws/sessions/{sid}?token={token}"
         stuck = await websockets.connect(
-            f"{server.ws_url}/ws/sessions/{sid}?token={token}",
-            max_size=None,
-            max_queue=1,
+            url, max_size=None, max_queue=1, sock=small_receive_buffer(url)
         )
         await stuck.send(encode_sync(SyncType.STEP1, b"\x00"))
         # The stuck client never reads again, so the server's writes to it back up.
