@@ -15,7 +15,8 @@ import logging
 import re
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {
     "message",
@@ -56,6 +57,35 @@ class Redactor:
         for pattern, replacement in _PATTERNS:
             text = pattern.sub(replacement, text)
         return text
+
+
+@dataclass(slots=True)
+class _Held:
+    logged_at: float
+    left_out: int = 0
+
+
+class LogThrottle:
+    """At most one log line per key every ``every_s``: a flood of one event (a database
+    refusing every token of twenty replies, a client typing into a document it may not
+    write) must not write a line for each. Keys are few (kinds of event), so none is
+    forgotten."""
+
+    def __init__(self, every_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.every_s = every_s
+        self.clock = clock
+        self._keys: dict[str, _Held] = {}
+
+    def admit(self, key: str) -> int | None:
+        """The number of lines of ``key`` left out since its last one when a line may go
+        out now; None (and it is counted as left out) when not."""
+        now = self.clock()
+        held = self._keys.get(key)
+        if held is not None and now - held.logged_at < self.every_s:
+            held.left_out += 1
+            return None
+        self._keys[key] = _Held(now)
+        return 0 if held is None else held.left_out
 
 
 class LogFormatter(logging.Formatter):

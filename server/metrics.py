@@ -75,6 +75,14 @@ class Metrics:
             "Bytes sent to sockets and not yet taken by their clients, all sockets",
             registry=r,
         )
+        self.client_writes = Counter(
+            "parley_client_writes_refused",
+            "Sockets whose client sent a document write, dropped (the server is the only "
+            "writer), counted at the first; by client: json (told forbidden) or stock (a "
+            "socket that sent no command, which cannot be told)",
+            ["client"],
+            registry=r,
+        )
         self.storage_refusals = Counter(
             "parley_storage_refusals",
             "Writes the database refused, by kind of fault (locked, readonly, unreachable, ...)",

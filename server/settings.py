@@ -382,6 +382,12 @@ class Settings(BaseSettings):
     storage_log_every_s: float = Field(
         default=10.0, ge=0, description="At most one log line per kind of refused write per"
     )
+    client_write_log_every_s: float = Field(
+        default=10.0,
+        ge=0,
+        description="At most one log line per this interval for the document writes clients "
+        "sent and the server dropped, with the number left out",
+    )
     room_idle_unload_s: float = 60.0
     log_level: str = "info"
 

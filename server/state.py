@@ -13,6 +13,7 @@ from parley.server.metrics import Metrics
 from parley.server.runtime.rooms import RoomRegistry
 from parley.server.settings import Settings
 from parley.server.store.sessions import Store
+from parley.server.ws.client_writes import RefusedWrites
 from parley.server.ws.final_closes import FinalCloses
 from parley.server.ws.send_budget import SendBudget
 
@@ -44,7 +45,12 @@ class AppState:
     exchanges: ExchangeLimits = field(init=False)
     # How often the same upgrade may be accepted only to be closed for good (44xx).
     final_closes: FinalCloses = field(init=False)
+    # The document writes clients sent, dropped: counted, and logged at a bounded rate.
+    refused_writes: RefusedWrites = field(init=False)
 
     def __post_init__(self) -> None:
         self.exchanges = ExchangeLimits(self.settings)
         self.final_closes = FinalCloses(self.settings)
+        self.refused_writes = RefusedWrites(
+            self.metrics.client_writes, self.settings.client_write_log_every_s, self.clock
+        )

@@ -15,7 +15,8 @@ import logging
 import sqlite3
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+
+from parley.server.logs import LogThrottle
 
 log = logging.getLogger("parley.storage")
 
@@ -51,12 +52,6 @@ def fault_kind(exc: BaseException) -> str:
     return type(cause).__name__
 
 
-@dataclass(slots=True)
-class _Suppressed:
-    logged_at: float
-    count: int = 0
-
-
 class StorageHealth:
     """The outcome of the latest write, and the rate-limited refusal log."""
 
@@ -66,12 +61,10 @@ class StorageHealth:
         clock: Callable[[], float] = time.monotonic,
         on_refused: Callable[[str], None] | None = None,
     ) -> None:
-        self.log_every_s = log_every_s
-        self.clock = clock
+        self.throttle = LogThrottle(log_every_s, clock)
         self.on_refused = on_refused  # told the kind of every refusal (a metric)
         self.failing: str | None = None  # the kind of the latest write's fault, if it failed
         self.refused = 0
-        self._kinds: dict[str, _Suppressed] = {}
 
     def wrote(self) -> None:
         """A write committed: the database takes writes again."""
@@ -87,13 +80,9 @@ class StorageHealth:
         self.refused += 1
         if self.on_refused is not None:
             self.on_refused(kind)
-        now = self.clock()
-        seen = self._kinds.get(kind)
-        if seen is not None and now - seen.logged_at < self.log_every_s:
-            seen.count += 1
+        suppressed = self.throttle.admit(kind)
+        if suppressed is None:
             return False
-        suppressed = 0 if seen is None else seen.count
-        self._kinds[kind] = _Suppressed(now)
         log.warning(
             "database write refused",
             extra={"kind": kind, "what": what, "error": str(exc)[:300], "suppressed": suppressed},

@@ -10,32 +10,94 @@ frame is charged before it is judged (``server.ws.admission.charged``): the sock
 rate (``PARLEY_UPDATES_PER_SECOND``) and its member's document bytes
 (``PARLEY_DOCUMENT_WRITE_*``), whose overruns still count, and the socket's frame budget.
 
-An update is judged (a diff against the server's state vector, ``session.read_only``) only
-where a refusal can be told: once on a socket that speaks JSON. Anywhere else a write and a
-no-op end alike, dropped unanswered, so neither is read past its envelope.
+An update is judged (a diff against the server's state vector, ``session.read_only``) until
+the socket's first write, and after that only where a refusal can still be told: once on a
+socket that speaks JSON. The first write of each socket is counted and logged
+(``RefusedWrites``): a stock client, which is told nothing, is seen by the operator
+instead. Past that a write and a no-op end alike, dropped unread.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 
+from prometheus_client import Counter
+
+from parley.server.logs import LogThrottle
 from parley.server.ws.connection import Connection
-from parley.session.errors import Forbidden
+from parley.session.errors import Forbidden, ParleyError
 
 log = logging.getLogger("parley.ws")
 
+# Is a client's update a no-op? ``TooLarge`` or ``ProtocolError`` where it cannot be read.
+IsNoop = Callable[[bytes], bool]
+# Told each socket's first write: its connection, and whether the client is told.
+WriteDropped = Callable[[Connection, bool], None]
+
+
+class RefusedWrites:
+    """The document writes clients sent and the server dropped, as an operator sees them:
+    each socket's first counted (``counter``, by ``client``) and logged, one line per
+    ``log_every_s`` for all sockets with the number left out (a client that reconnects and
+    types again, in a loop, writes no line per socket)."""
+
+    def __init__(
+        self,
+        counter: Counter,
+        log_every_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.counter = counter
+        self.throttle = LogThrottle(log_every_s, clock)
+
+    def dropped(
+        self, session_id: str, thread_id: str | None, connection: Connection, told: bool
+    ) -> None:
+        """``connection`` sent its first write to the session's document (``thread_id``:
+        a side-thread's); ``told``: its client is told ``forbidden``."""
+        client = "json" if told else "stock"
+        self.counter.labels(client=client).inc()
+        suppressed = self.throttle.admit("client write")
+        if suppressed is None:
+            return
+        log.info(
+            "client write dropped",
+            extra={
+                "session_id": session_id,
+                "thread_id": thread_id,
+                "user_id": connection.user_id,
+                "client": client,
+                "suppressed": suppressed,
+            },
+        )
+
 
 def drop_update(
-    connection: Connection, update: bytes, is_noop: Callable[[bytes], bool], refusal: str
+    connection: Connection,
+    update: bytes,
+    is_noop: IsNoop,
+    refusal: str,
+    dropped: WriteDropped,
 ) -> None:
-    """Drop a client's document ``update``; raise ``Forbidden(refusal)`` the first time one
-    would change the document (``is_noop``) on a socket that speaks JSON, and ``TooLarge``
-    where ``is_noop`` refuses it unread (both count toward the abuse limit)."""
-    if connection.channel is None or connection.told_read_only:
+    """Drop a client's document ``update``. The socket's first write (one ``is_noop``
+    judges a change) is told to ``dropped``; on a socket that speaks JSON the first one
+    after it spoke raises ``Forbidden(refusal)``, and ``TooLarge`` or ``ProtocolError``
+    where ``is_noop`` refuses it unread (each counts toward the abuse limit). A socket
+    that never spoke is told nothing: an update it sends that cannot be read is a write."""
+    told = connection.channel is not None
+    if connection.told_read_only or (connection.wrote and not told):
         return
-    if is_noop(update):
-        return
-    connection.told_read_only = True
-    log.info("refused a client write", extra={"user_id": connection.user_id})
-    raise Forbidden(refusal)
+    try:
+        if is_noop(update):
+            return
+    except ParleyError:
+        if told:
+            raise
+    if not connection.wrote:
+        connection.wrote = True
+        dropped(connection, told)
+    if told:
+        connection.told_read_only = True
+        raise Forbidden(refusal)

@@ -111,6 +111,7 @@ class Connection:
     told_no_presence: bool = False  # refused a state for lack of ``be_present`` (told once)
     told_not_an_object: bool = False  # refused a state that is no object (told once)
     told_read_only: bool = False  # refused a document update (told once)
+    wrote: bool = False  # sent a document write, dropped (counted and logged once)
     told_presence_budget: bool = False  # a state past the presence budget (told once)
     # The token the socket was opened with (revoking it closes the socket).
     claims: ClientClaims | None = None

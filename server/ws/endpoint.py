@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+from functools import partial
 
 from starlette.websockets import WebSocket
 
@@ -39,7 +40,7 @@ from parley.server.ws.admission import (
     receive,
     serve,
 )
-from parley.server.ws.client_writes import drop_update
+from parley.server.ws.client_writes import WriteDropped, drop_update
 from parley.server.ws.connection import CommandChannel, Connection
 from parley.server.ws.deadlines import SocketDeadlines, token_expired
 from parley.session.closes import CloseCode
@@ -110,6 +111,7 @@ async def _serve(
 ) -> None:
     limits = connection.limits
     assert limits is not None
+    dropped = partial(state.refused_writes.dropped, room.session_id, None)
     while not connection.closed:
         message = await receive(websocket, deadlines, connection.inbound)
         if message is None:
@@ -156,7 +158,7 @@ async def _serve(
             continue
         if data is not None:
             try:
-                await _on_binary(room, connection, presence, data, now)
+                await _on_binary(room, connection, presence, data, now, dropped)
             except ProtocolError as exc:
                 log.info("protocol error; closing socket", extra={"error": exc.message})
                 connection.close(close_code_for(exc), f"protocol error: {exc.message}"[:120])
@@ -210,10 +212,15 @@ async def _resend_elsewhere(
 
 
 async def _on_binary(
-    room: SessionRoom, connection: Connection, presence: Presence, data: bytes, now: float
+    room: SessionRoom,
+    connection: Connection,
+    presence: Presence,
+    data: bytes,
+    now: float,
+    dropped: WriteDropped,
 ) -> None:
     """Handle a binary frame, charged first (``charged``); a refused one raises its
-    ``ParleyError``."""
+    ``ParleyError``. ``dropped`` is told each socket's first document write."""
     message, echo_bytes = charged(room, connection, data, now, room.awareness)
     if message is None:
         return  # a resync past the socket's count
@@ -229,7 +236,9 @@ async def _on_binary(
             connection.send_sync(answer)
             room.charge_sync(connection.user_id, message.payload, answer, now)
         else:  # the server is the only writer: neither applied nor relayed
-            drop_update(connection, message.payload, room.writer.document.is_noop, READ_ONLY)
+            drop_update(
+                connection, message.payload, room.writer.document.is_noop, READ_ONLY, dropped
+            )
     elif isinstance(message, AwarenessMessage):
         try:
             _on_awareness(room, connection, presence, message, now, echo_bytes)

@@ -28,6 +28,8 @@ must sync.
 
 from __future__ import annotations
 
+from functools import partial
+
 from starlette.websockets import WebSocket
 
 from parley.server.runtime.room import SessionRoom
@@ -41,7 +43,7 @@ from parley.server.ws.admission import (
     receive,
     serve,
 )
-from parley.server.ws.client_writes import drop_update
+from parley.server.ws.client_writes import WriteDropped, drop_update
 from parley.server.ws.connection import Connection
 from parley.server.ws.deadlines import SocketDeadlines, token_expired
 from parley.session.closes import CloseCode
@@ -95,7 +97,7 @@ async def thread_socket(websocket: WebSocket) -> None:
     await serve(
         state,
         admitted,
-        _serve(websocket, room, connection, live, state, admitted.deadlines),
+        _serve(websocket, room, connection, live, state, admitted.deadlines, thread_id),
         cleanup,
     )
 
@@ -107,9 +109,11 @@ async def _serve(
     live: LiveThreadDoc,
     state: AppState,
     deadlines: SocketDeadlines,
+    thread_id: str,
 ) -> None:
     limits = connection.limits
     assert limits is not None
+    dropped = partial(state.refused_writes.dropped, room.session_id, thread_id)
     while not connection.closed:
         message = await receive(websocket, deadlines, connection.inbound)
         if message is None:
@@ -127,7 +131,7 @@ async def _serve(
                 return
             continue  # dropped: the client is over its update rate
         try:
-            await _on_binary(room, connection, live, data, now)
+            await _on_binary(room, connection, live, data, now, dropped)
         except ProtocolError as exc:
             connection.close(close_code_for(exc), f"protocol error: {exc.message}"[:120])
             return
@@ -139,10 +143,15 @@ async def _serve(
 
 
 async def _on_binary(
-    room: SessionRoom, connection: Connection, live: LiveThreadDoc, data: bytes, now: float
+    room: SessionRoom,
+    connection: Connection,
+    live: LiveThreadDoc,
+    data: bytes,
+    now: float,
+    dropped: WriteDropped,
 ) -> None:
     """Handle a binary frame, charged what it costs first (as on the session's socket); a
-    refused one raises its ``ParleyError``."""
+    refused one raises its ``ParleyError``. ``dropped`` is told the socket's first write."""
     message, _ = charged(room, connection, data, now)
     if message is None:
         return  # a resync past the socket's count
@@ -157,7 +166,7 @@ async def _on_binary(
             connection.send_sync(answer)
             room.charge_sync(connection.user_id, message.payload, answer, now)
         else:
-            drop_update(connection, message.payload, live.is_noop, READ_ONLY)
+            drop_update(connection, message.payload, live.is_noop, READ_ONLY, dropped)
     elif isinstance(message, QueryAwarenessMessage):
         connection.send(encode_awareness(NO_STATES))
     else:

@@ -73,6 +73,16 @@ async def _scenario(server: RunningServer) -> str:
         assert [e["id"] for e in alice.entries()] == [e["id"] for e in after]
         assert all(e["id"] != "forged" and "HACK" not in e["content"] for e in after)
         assert all(e["status"] != "hacked" for e in alice.entries())
+        # It cannot be told (it sent no command): the operator sees it, once for the socket.
+        registry = server.app.state.parley.metrics.registry
+        for _ in range(200):
+            refused = registry.get_sample_value(
+                "parley_client_writes_refused_total", {"client": "stock"}
+            )
+            if refused:
+                break
+            await asyncio.sleep(0.05)
+        assert refused == 1
         # The stock client's own copy diverged locally, but nobody else received it,
         # and it still receives the server's updates.
         for _ in range(100):

@@ -113,7 +113,7 @@ async def test_a_presence_update_on_a_side_thread_socket_is_answered(tmp_path: P
 async def test_writes_on_a_side_thread_socket_are_dropped_and_it_stays(tmp_path: Path) -> None:
     """As on the session's socket (review RE F1): a client's updates to the thread's
     document are dropped and count toward no abuse limit; they were, and a stock client
-    whose app typed into it was closed 4429, for good."""
+    whose app typed into it was closed 4429, for good. The socket's first is counted."""
     settings = make_settings(sqlite_url(tmp_path), tmp_path / "data", abuse_refusals=3)
     async with serve_in_process(settings) as server:
         sid = await server.new_session({"bob": "editor"})
@@ -133,6 +133,10 @@ async def test_writes_on_a_side_thread_socket_are_dropped_and_it_stays(tmp_path:
                 while await ws.recv() != marker:
                     pass
             assert ws.close_code is None
+        # Seen by the operator instead (the client cannot be told): once for the socket.
+        registry = server.app.state.parley.metrics.registry
+        refused = {"client": "stock"}
+        assert registry.get_sample_value("parley_client_writes_refused_total", refused) == 1
 
 
 def _status(dump: dict[str, Any], turn_id: str) -> str | None:

@@ -6,9 +6,11 @@ import asyncio
 import contextlib
 import gc
 import json
+import logging
 import weakref
 from pathlib import Path
 
+import pytest
 import websockets
 from pycrdt import Array, Doc, Map, Text
 
@@ -182,6 +184,59 @@ async def test_client_writes_are_refused_and_never_relayed(server: RunningServer
     for view in (alice.entries(), await server.transcript(sid)):
         assert all(e["id"] != "forged" for e in view)
         assert view[0]["status"] == "done"
+
+
+async def test_a_stock_clients_writes_are_counted_and_logged_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A client that never sent a command cannot be told its write was dropped; the
+    operator sees it instead: each socket's first write counted, one log line for many."""
+    caplog.set_level(logging.INFO, logger="parley.ws")
+    settings = make_settings(sqlite_url(tmp_path), tmp_path / "data", client_write_log_every_s=600)
+    async with serve_in_process(settings) as server:
+        sid = await server.new_session({"alice": "editor", "sam": "editor"})
+        alice = await server.connect(sid, "alice")
+        await alice.command({"type": "message", "id": "m", "text": "hello"})
+        sam = await server.connect(sid, "sam")
+        await sam.wait_until(lambda c: len(c.entries()) == 1)
+        echo = sam.doc.get_update()  # what the server sent it: no write
+        forged: Doc = Doc()
+        forged.apply_update(echo)
+        before = forged.get_state()
+        forged.get("transcript", type=Array)[0]["content"] = "edited"
+        write = encode_sync(SyncType.UPDATE, forged.get_update(before))
+
+        await _judged(sam, encode_sync(SyncType.UPDATE, echo))
+        assert _refused_writes(server, "stock") == 0
+        await _judged(sam, write, write)  # one socket: counted once
+        again = await server.connect(sid, "sam")
+        await _judged(again, write)
+        await alice.command({"type": "message", "id": "n", "text": "told"})
+        await _judged(alice, write)
+        assert _refused_writes(server, "stock") == 2
+        assert _refused_writes(server, "json") == 1
+        metrics = (await server.http.get("/metrics")).text
+        assert 'parley_client_writes_refused_total{client="stock"} 2.0' in metrics
+        lines = [r for r in caplog.records if r.getMessage() == "client write dropped"]
+        assert [(r.user_id, r.session_id) for r in lines] == [("sam", sid)]  # type: ignore[attr-defined]
+        assert (await server.transcript(sid))[0]["content"] == "hello"
+        assert sam.close_code is None and again.close_code is None
+
+
+async def _judged(client: YClient, *frames: bytes) -> None:
+    """Send ``frames``, then a sync step 1, and wait for its answer: the socket's frames
+    are handled in order, so the ones before it were judged by then."""
+    answers = client.sync_answers
+    for frame in frames:
+        await client.send_raw(frame)
+    await client.send_raw(encode_sync(SyncType.STEP1, client.doc.get_state()))
+    await client.wait_until(lambda c: c.sync_answers > answers)
+
+
+def _refused_writes(server: RunningServer, client: str) -> float:
+    registry = server.app.state.parley.metrics.registry
+    value = registry.get_sample_value("parley_client_writes_refused_total", {"client": client})
+    return value or 0.0
 
 
 async def test_presence_is_relayed_with_the_verified_user(sqlite_server: RunningServer) -> None:
