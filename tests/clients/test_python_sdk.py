@@ -72,6 +72,7 @@ from tests.conftest import (
 )
 from tests.fake_model import FakeModel
 from tests.refusing_server import error_body, refusing
+from tests.server.test_sdk_js import Unclosing
 
 FAST = Reconnect(initial_s=0.05, max_s=0.5)
 
@@ -1100,6 +1101,23 @@ async def test_an_awareness_frame_nested_past_the_limit_starts_the_socket_over()
         ack = await alice.prompt("still here?")
         assert ack.seq in (3, 7)
         assert alice.closed_by is None
+
+
+async def test_a_close_the_server_never_finishes_is_given_up_and_the_command_resent() -> None:
+    """FX54: a socket closed 1002 for a frame the SDK cannot read waited for the server's
+    close frame as long as websockets waits by default (``close_timeout``, 10 s) before the
+    SDK connected again. It waits as long as the TypeScript SDK does, 3 s at most, then
+    drops the socket: the command is resent on the next one."""
+    server = Unclosing()
+    listening = await asyncio.start_server(server.handler, "127.0.0.1", 0)
+    async with listening:
+        server.url = f"ws://127.0.0.1:{listening.sockets[0].getsockname()[1]}"
+        async with asyncio.timeout(30), connect(server.url, "s", "t", reconnect=FAST) as ann:
+            ack = await ann.prompt("did this arrive?")
+            socket = ann._socket
+            assert socket is not None and socket.close_timeout is not None
+            assert socket.close_timeout <= 3
+    assert ack.seq == 7 and server.sockets == 2 and ann.connects == 2
 
 
 def _answering(status: int, body: bytes, **headers: str) -> httpx.MockTransport:

@@ -53,6 +53,11 @@ TOO_BIG = 1009  # the server's close for a frame over its size limit
 # before the frame is all written, and the client sees a reset, not 1009 (review G7): a
 # command larger is refused before it is written.
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+# How long a socket the SDK closes (for a frame it cannot read, or ``close()``) waits for the
+# server to finish the close before it is dropped: websockets waits 10 s by default, and a
+# server that never answers held the reconnect that long. The TypeScript SDK's
+# ``CLOSE_TIMEOUT_MS``.
+CLOSE_TIMEOUT_S = 3.0
 MAX_UNSOLICITED = 100
 MAX_ID_CHARS = 128  # the server's bound on a command id
 # Upgrades refused for good: retrying cannot help (the others, 429 and 503, are retried).
@@ -132,14 +137,18 @@ class Session:
         command_timeout_s: float | None = None,
         pacing: Pacing = PACING,
         max_message_bytes: int = MAX_MESSAGE_BYTES,
+        close_timeout_s: float = CLOSE_TIMEOUT_S,
     ) -> None:
         if max_message_bytes < 1:
             raise ValueError("max_message_bytes: at least 1")
+        if not close_timeout_s > 0:
+            raise ValueError("close_timeout_s: more than 0")
         self.session_id = session_id
         self.max_message_bytes = max_message_bytes
         self._url = _socket_url(url, session_id, token)
         self._reconnect = reconnect
         self._connect_timeout_s = connect_timeout_s
+        self.close_timeout_s = close_timeout_s
         self.command_timeout_s = command_timeout_s
         self.doc: Doc[Any] = Doc()
         self.state = ConnectionState.CONNECTING
@@ -272,7 +281,12 @@ class Session:
         (``_refused``) for ``open()`` to raise."""
         try:
             ws = await websockets.connect(
-                self._url, max_size=None, compression=None, proxy=None, open_timeout=10
+                self._url,
+                max_size=None,
+                compression=None,
+                proxy=None,
+                open_timeout=10,
+                close_timeout=self.close_timeout_s,
             )
         except InvalidStatus as exc:
             response = exc.response
@@ -773,6 +787,7 @@ def connect(
     command_timeout_s: float | None = None,
     pacing: Pacing = PACING,
     max_message_bytes: int = MAX_MESSAGE_BYTES,
+    close_timeout_s: float = CLOSE_TIMEOUT_S,
 ) -> Session:
     """A session to use as ``async with connect(...) as session``. ``url`` is the server's
     base (``ws://host:port`` or ``http://host:port``); ``presence`` the awareness state to
@@ -781,7 +796,10 @@ def connect(
     each command's wait for its reply (``CommandTimeout``; None: no bound); ``pacing`` how
     fast commands go out (``Pacing``: the server's default command budget);
     ``max_message_bytes`` the server's message limit (``PARLEY_MAX_WS_MESSAGE_BYTES``, its
-    default here): a command whose frame is larger raises ``TooLarge`` before it is sent."""
+    default here): a command whose frame is larger raises ``TooLarge`` before it is sent;
+    ``close_timeout_s`` how long a socket this client closes waits for the server to finish
+    the close before it is dropped (and, for one closed over a frame it could not read,
+    a new one opened)."""
     return Session(
         url,
         session_id,
@@ -792,6 +810,7 @@ def connect(
         command_timeout_s=command_timeout_s,
         pacing=pacing,
         max_message_bytes=max_message_bytes,
+        close_timeout_s=close_timeout_s,
     )
 
 
