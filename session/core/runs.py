@@ -41,7 +41,12 @@ from parley.session.core.steps import (
     TokenRevoked,
     ToolStepTaken,
 )
-from parley.session.core.threads import cut_off_threads, threads_to_stop
+from parley.session.core.threads import (
+    cut_off_threads,
+    running_thread_prompts,
+    thread_reply_id,
+    threads_to_stop,
+)
 from parley.session.lifecycle import PromptStatus, ToolStepStatus
 from parley.session.queue import OrderingQueue, PendingPrompt, Run
 from parley.session.quota import issuers_over_quota, session_over_quota
@@ -436,10 +441,10 @@ def recovered(view: SessionView, event: Recovered) -> Effects:
     cut_off = tuple(p.id for p in event.waiting if p.status == PromptStatus.RUNNING.value)
     ending = Ending(event.cut_off, CUT_OFF_REASONS[event.cut_off])
     settle = cut_off_threads(view.threads, ending)
+    audit = cut_off_thread_audit(view, ending)
     if not cut_off:
-        return Effects(queue=queue, thread_settle=settle)
+        return Effects(queue=queue, thread_settle=settle, audit=audit)
     ended: tuple[EndToolStep, ...] = ()
-    audit: tuple[AuditRecord, ...] = ()
     for reply_id, prompt_ids in cut_off_runs(view, cut_off).items():
         if reply_id is not None:
             ended += _cut_short_steps(view, reply_id, ending)
@@ -482,7 +487,37 @@ def cut_off_audit(
         }
         for step in view.doc.tool_steps(reply_id)
     ]
-    data = {
+    return _cut_off_records(prompt_ids, reply_id, issuers, prompts[-1].started_at, calls, ending)
+
+
+def cut_off_thread_audit(view: SessionView, ending: Ending) -> tuple[AuditRecord, ...]:
+    """The audit of the side-thread runs a crash cut off, as ``cut_off_audit``'s of a
+    session run: each one's ``model_call`` record (with its ``thread_id``; ``started_at``
+    and ``tool_calls`` null: a side-thread run's tool steps and times are stored with its
+    end, which never came) and its ``run_ended`` record."""
+    audit: tuple[AuditRecord, ...] = ()
+    for thread, prompt in running_thread_prompts(view.threads):
+        reply_id = thread_reply_id(prompt)
+        audit += _cut_off_records(
+            [prompt.id], reply_id, [prompt.author], None, None, ending, thread_id=thread.id
+        )
+    return audit
+
+
+def _cut_off_records(
+    prompt_ids: list[str],
+    reply_id: str,
+    issuers: list[str],
+    started_at: int | None,
+    tool_calls: list[dict[str, Any]] | None,
+    ending: Ending,
+    *,
+    thread_id: str | None = None,
+) -> tuple[AuditRecord, AuditRecord]:
+    """The ``model_call`` and ``run_ended`` records of a run a crash cut off, with nulls
+    for what only the node that ran it knew (``thread_id``: a side-thread's run)."""
+    data: dict[str, Any] = {} if thread_id is None else {"thread_id": thread_id}
+    data |= {
         "prompt_ids": prompt_ids,
         "reply_id": reply_id,
         "issuers": [{"user_id": user_id, "role": None} for user_id in issuers],
@@ -492,12 +527,12 @@ def cut_off_audit(
         "context_summary": None,
         "context_withheld": None,
         "step": None,
-        "started_at": prompts[-1].started_at,
+        "started_at": started_at,
         "ms": None,
         "drew_on": None,
         "input_tokens": None,
         "output_tokens": None,
-        "tool_calls": calls,
+        "tool_calls": tool_calls,
         "cut_off": ending.code.value,
     }
     record = AuditRecord("model_call", issuers[0], data)

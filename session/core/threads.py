@@ -19,7 +19,7 @@ read it (then the sharing is audited).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 
 from parley.authz.policy import (
@@ -123,11 +123,12 @@ def _opened(thread: SideThread) -> Ack:
 
 
 def _asked(thread: SideThread, prompt: ThreadTurn) -> Ack:
-    reply_id = _reply_id(prompt)
+    reply_id = thread_reply_id(prompt)
     return Ack(None, (("thread_id", thread.id), ("turn_id", prompt.id), ("reply_id", reply_id)))
 
 
-def _reply_id(prompt: ThreadTurn) -> str:
+def thread_reply_id(prompt: ThreadTurn) -> str:
+    """The id of the reply a side-thread run answering ``prompt`` writes."""
     return f"{prompt.id}-reply"
 
 
@@ -253,7 +254,7 @@ def _prompt(
     return Effects(
         ack=_asked(thread, prompt),
         thread_turns=(prompt,),
-        thread_run=BeginThreadRun(thread.id, prompt.id, _reply_id(prompt), event.actor),
+        thread_run=BeginThreadRun(thread.id, prompt.id, thread_reply_id(prompt), event.actor),
     )
 
 
@@ -396,15 +397,23 @@ def threads_to_stop(
     return tuple((t.id, ending) for t in threads.values() if t.owner == user_id and t.running)
 
 
+def running_thread_prompts(
+    threads: Mapping[str, SideThread],
+) -> Iterator[tuple[SideThread, ThreadTurn]]:
+    """Each side-thread prompt a run answers now, with its thread."""
+    for thread in threads.values():
+        for turn in thread.turns:
+            if turn.kind == "prompt" and turn.status == RUNNING:
+                yield thread, turn
+
+
 def cut_off_threads(
     threads: Mapping[str, SideThread], ending: Ending
 ) -> tuple[ThreadTurnStatus, ...]:
     """After a restart: a side-thread prompt that was running is never run again."""
     return tuple(
         ThreadTurnStatus(t.id, p.id, ending.status.value, ending.code.value)
-        for t in threads.values()
-        for p in t.turns
-        if p.kind == "prompt" and p.status == RUNNING
+        for t, p in running_thread_prompts(threads)
     )
 
 

@@ -334,12 +334,27 @@ def test_a_member_who_loses_their_prompts_loses_their_thread_runs() -> None:
 
 
 def test_a_restart_cuts_off_a_thread_prompt_that_was_running() -> None:
+    """FX54: and its run is audited as a session run cut off so is (``cut_off_audit``):
+    a ``model_call`` record with ``cut_off``, and ``run_ended``."""
     t = Threads()
     thread_id = t.open()
     t.ok("bob", ThreadPromptCommand("p", thread_id, "q"))
     effects = handle(t.view(), Recovered((), Policy.QUEUE, ReasonCode.SERVER_RESTART, 9))
     [settle] = effects.thread_settle
     assert (settle.status, settle.reason_code) == ("failed", "server_restart")
+    call, ended = effects.audit
+    assert (call.kind, call.actor, ended.kind, ended.actor) == (
+        "model_call",
+        "bob",
+        "run_ended",
+        "bob",
+    )
+    [prompt] = [turn for turn in t.threads[thread_id].turns if turn.kind == "prompt"]
+    assert call.data["prompt_ids"] == ended.data["prompt_ids"] == [prompt.id]
+    assert call.data["reply_id"] == ended.data["reply_id"] == f"{prompt.id}-reply"
+    assert call.data["thread_id"] == thread_id
+    assert call.data["issuers"] == [{"user_id": "bob", "role": None}]
+    assert call.data["cut_off"] == ended.data["reason_code"] == "server_restart"
     t.commit(effects)
     assert not t.threads[thread_id].running
 

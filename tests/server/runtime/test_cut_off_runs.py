@@ -150,6 +150,27 @@ async def test_a_reply_cut_off_mid_stream_by_a_crash_has_its_model_call_audited(
         assert len(await audited(s, "model_call")) == 1
 
 
+async def test_a_side_thread_run_cut_off_by_a_crash_has_its_model_call_audited() -> None:
+    """FX54: as a session run's (above), once, when the session is loaded again."""
+    store, gate = MemoryStore(), Gate()
+    model = FakeModel(lambda sent: ["half an answer ", gate, "never sent"])
+    async with memory_session(MEMBERS, model, store=store) as s:
+        thread_id = await open_thread(s, "alice")
+        asked = await ask(s, "alice", thread_id, "tell me")
+        await asyncio.wait_for(gate.entered.wait(), 10)  # the call went and is streaming
+    assert (await audited(s, "model_call")) == []  # as a dead node leaves it
+    async with memory_session(MEMBERS, FakeModel(), store=store) as s:
+        [record] = await audited(s, "model_call")
+        assert record.actor == "alice" and record.data["thread_id"] == thread_id
+        assert record.data["prompt_ids"] == [asked["turn_id"]]
+        assert record.data["reply_id"] == asked["reply_id"]
+        assert record.data["cut_off"] == "server_restart"
+        [ended] = await audited(s, "run_ended")
+        assert ended.data["reason_code"] == "server_restart"
+    async with memory_session(MEMBERS, FakeModel(), store=store) as s:
+        assert len(await audited(s, "model_call")) == 1  # a later load finds nothing running
+
+
 async def test_a_side_thread_call_out_when_its_run_times_out_is_stored_interrupted() -> None:
     async with held_tool() as tool:
         model = FakeModel(deploys, echo_tools=False)
