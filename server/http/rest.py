@@ -109,9 +109,8 @@ class QueryStr:
     def schema(self) -> dict[str, Any]:
         """The parameter's JSON Schema, in the OpenAPI document: with no pattern of its
         own, any text but a NUL, which ``check_text`` refuses (review RC-1: ``?user_id=a%00b``
-        was admitted, refused 422). Not a path parameter's: a client generating requests from
-        the document cannot send the values it then forbids (schemathesis gives up)."""
-        return text_schema(self.max_length, self.pattern or "[^\\u0000]*", self.format)
+        was admitted, refused 422)."""
+        return text_schema(self.max_length, self.pattern or ANY_BUT_NUL, self.format)
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,8 +123,15 @@ class PathForm:
     pattern: str | None = None
 
     def schema(self) -> dict[str, Any]:
-        """The parameter's JSON Schema, in the OpenAPI document."""
-        return text_schema(self.max_length, self.pattern)
+        """The parameter's JSON Schema, in the OpenAPI document: with no pattern of its
+        own, any text but a NUL, as a query parameter's (``check_path`` refuses one
+        ``invalid``; FX54: the document admitted ``/sessions/a%00b``)."""
+        return text_schema(self.max_length, self.pattern or ANY_BUT_NUL)
+
+
+# A path or query parameter's pattern where it has none of its own: any text but a NUL
+# (ECMA-262's form, as JSON Schema patterns are read), which no database stores.
+ANY_BUT_NUL = "[^\\u0000]*"
 
 
 def text_schema(max_length: int, pattern: str | None, format: str | None = None) -> dict[str, Any]:
@@ -737,7 +743,7 @@ class StorableText(GenerateJsonSchema):
 
 
 # ECMA-262's form of "no U+0000 anywhere", as JSON Schema patterns are read.
-NO_NUL = "^[^\\u0000]*$"
+NO_NUL = f"^{ANY_BUT_NUL}$"
 
 
 def openapi_document(operations: list[Operation], *, title: str, version: str) -> dict[str, Any]:

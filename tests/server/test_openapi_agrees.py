@@ -260,3 +260,43 @@ async def test_a_path_id_past_its_bound_is_invalid_on_every_route_and_one_within
         if streamed.status_code != 422:
             wrong.append(("stream", streamed.status_code))
         assert checked > 30 and wrong == [], "\n".join(map(str, wrong))
+
+
+async def test_a_nul_in_a_path_parameter_is_refused_by_the_document_and_invalid_on_every_route(
+    tmp_path: Path,
+) -> None:
+    """FX54: the document gave every query parameter a pattern that admits no NUL (the
+    server refuses one ``422 invalid``: no database can be asked about it), and path
+    parameters none, though the server refuses one there alike. Each path parameter's
+    schema now refuses it, and every route answers it ``422 invalid``, the event stream
+    too."""
+    settings = make_settings(sqlite_url(tmp_path), tmp_path / "data")
+    async with serve_in_process(settings) as server:
+        http = server.http
+        served = (await http.get("/api/v1/openapi.json")).json()
+        sid = await server.new_session({"bob": "owner"})
+        checked, admitted, answered = 0, [], []
+        for template, item in served["paths"].items():
+            for method, operation in item.items():
+                params = [p for p in operation.get("parameters", []) if p["in"] == "path"]
+                for param in params:
+                    name = param["name"]
+                    try:
+                        jsonschema.validate("a\u0000b", param["schema"])
+                        admitted.append((method, template, name))
+                    except jsonschema.ValidationError:
+                        pass
+                    others = {p["name"]: sid for p in params if p["name"] != name}
+                    answer = await http.request(
+                        method, template.format(**others, **{name: "a%00b"})
+                    )
+                    code = answer.json()["error"]["code"] if answer.is_error else None
+                    if (answer.status_code, code) != (422, "invalid"):
+                        answered.append((method, template, name, answer.status_code, code))
+                    checked += 1
+        streamed = await http.get(
+            SESSION.format(session_id="a%00b") + "/events",
+            headers={"Accept": "text/event-stream"},
+        )
+        assert (streamed.status_code, streamed.json()["error"]["code"]) == (422, "invalid")
+        assert checked > 30 and admitted == [] and answered == [], (admitted, answered)

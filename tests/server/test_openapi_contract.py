@@ -16,6 +16,7 @@ server keeps serving on the test's event loop.
 from __future__ import annotations
 
 import asyncio
+import copy
 import os
 import sys
 from collections import Counter
@@ -37,6 +38,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from parley.server.http.rest import NO_NUL
 from tests.conftest import ADMIN_KEY, RunningServer, make_settings, serve_in_process, sqlite_url
 from tests.fake_model import Answer, FakeModel, Sent, call
 from tests.yclient import all_replies_settled
@@ -93,7 +95,7 @@ async def test_every_operation_honours_its_documented_contract(
     server = contract_server
     real = await _seed(server)
     document = (await server.http.get("/api/v1/openapi.json")).json()
-    schema = schemathesis.openapi.from_dict(document)
+    schema = schemathesis.openapi.from_dict(_sendable(document))
     # Schemathesis runs in a worker thread beside the server's loop: with the interpreter's
     # default 5 ms switch interval each request waited for the GIL on both sides.
     interval = sys.getswitchinterval()
@@ -268,6 +270,20 @@ def _run_operation(
         case.validate_response(response, checks=CHECKS, headers=headers)
 
     check()
+
+
+def _sendable(document: dict[str, Any]) -> dict[str, Any]:
+    """``document`` with a path parameter's pattern of "no NUL" left out: the only values
+    it forbids hold a NUL, which schemathesis never puts in a path, so its requests that
+    break the document could not be drawn at all (``Unsatisfiable``). What a NUL in a path
+    gets, and that the document forbids it, is ``test_openapi_agrees``'s."""
+    copied: dict[str, Any] = copy.deepcopy(document)
+    for item in copied["paths"].values():
+        for operation in item.values():
+            for param in operation.get("parameters", []):
+                if param["in"] == "path" and param["schema"].get("pattern") == NO_NUL:
+                    del param["schema"]["pattern"]
+    return copied
 
 
 def _body_properties(document: dict[str, Any], declared: dict[str, Any]) -> set[str]:
