@@ -192,7 +192,13 @@ async def test_a_stock_clients_writes_are_counted_and_logged_once(
     """A client that never sent a command cannot be told its write was dropped; the
     operator sees it instead: each socket's first write counted, one log line for many."""
     caplog.set_level(logging.INFO, logger="parley.ws")
-    settings = make_settings(sqlite_url(tmp_path), tmp_path / "data", client_write_log_every_s=600)
+    # Each ``_judged`` asks for a sync: room for them all within the socket's count.
+    settings = make_settings(
+        sqlite_url(tmp_path),
+        tmp_path / "data",
+        client_write_log_every_s=600,
+        sync_requests_burst=10,
+    )
     async with serve_in_process(settings) as server:
         sid = await server.new_session({"alice": "editor", "sam": "editor"})
         alice = await server.connect(sid, "alice")
