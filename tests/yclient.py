@@ -128,17 +128,19 @@ class YClient:
     async def wait_until(self, predicate: Callable[[YClient], bool], timeout: float = 20) -> None:
         """Wait until ``predicate`` holds, re-checking after changes (at most every 20 ms,
         and never spending more than a third of the time checking: a predicate over a long
-        transcript would otherwise take the CPU from the server it waits for)."""
+        transcript would otherwise take the CPU from the server it waits for). A predicate
+        that reads what has not arrived yet (``c.entries()[-1]`` of an empty transcript:
+        IndexError, KeyError) does not hold yet."""
         loop = asyncio.get_running_loop()
         async with asyncio.timeout(timeout):
             while True:
                 started = loop.time()
-                if predicate(self):
+                if _holds(predicate, self):
                     return
                 spent = loop.time() - started
                 self.changed.clear()
                 if self._reader.done():
-                    if predicate(self):
+                    if _holds(predicate, self):
                         return
                     raise ConnectionError(f"socket closed ({self.close_code})")
                 await self.changed.wait()
@@ -173,3 +175,10 @@ def repeated_deletion(doc: Doc, size_bytes: int) -> bytes:
     one = write_var_uint(clock) + write_var_uint(length)
     count = max(size_bytes // len(one), 1)
     return b"\x00\x01" + write_var_uint(client) + write_var_uint(count) + one * count
+
+
+def _holds(predicate: Callable[[YClient], bool], client: YClient) -> bool:
+    try:
+        return predicate(client)
+    except (IndexError, KeyError):  # what it reads has not arrived yet
+        return False
