@@ -325,21 +325,26 @@ def _system_within(
     pin_order: Sequence[str],
     summary: Summary | None,
     limit: int,
+    companions: Mapping[str, str],
 ) -> _SystemText:
     """The system text with the ``pinned`` entries (story order) that fit the fixed part's
     ``limit`` taken in the order they were pinned (``pin_order``): every one, unless the
     window shrank since or a restricted pin is given here as its text kept server-side,
     which the pin rule counts only for a member who may read it (``session.core``); the
-    rest are left out and listed."""
+    rest are left out and listed. A pinned reply and what is given with it (its prompts
+    and tool steps: ``companions``) are given or left out together."""
     order = {pin_id: n for n, pin_id in enumerate(pin_order)}
+    units: dict[str, list[Entry]] = {}
+    for pin in pinned:
+        units.setdefault(companions.get(pin.id, pin.id), []).append(pin)
     room = limit - fixed_tokens(facts, (0,))
     left: dict[str, None] = {}
-    for pin in sorted(pinned, key=lambda p: order.get(p.id, len(order))):
-        cost = pin_tokens(pin)
+    for unit in sorted(units, key=lambda pin_id: order.get(pin_id, len(order))):
+        cost = sum(pin_tokens(pin) for pin in units[unit])
         if cost <= room:
             room -= cost
         else:
-            left[pin.id] = None
+            left.update((pin.id, None) for pin in units[unit])
     given = tuple(p for p in pinned if p.id not in left)
     text = _system_text(facts, given, summary)
     return _SystemText(text, system_text_tokens(text), given, tuple(left))
@@ -583,11 +588,11 @@ class ContextBuilder:
         history, withheld_items = read.items, read.withheld
         self.last_refolded = fold.sync(history, read.held)
         scope.visible.folded(read, len(history))
-        pinned = _pinned(history, fold, pin_set)
+        pinned = _pinned(history, fold, pin_set, read.companions)
 
         unreadable = frozenset(x.entry_id for x in withheld_items)
         summary = newest_within(summaries, history[-1][0].seq, unreadable) if history else None
-        given = self._system(facts or {}, pinned, pins, summary)
+        given = self._system(facts or {}, pinned, pins, summary, read.companions)
         offered = tools_tokens(tools)
         # A run's reply and tool steps, given, would answer a question the input does not
         # hold: they go out with a prompt of it the pins' share left out.
@@ -809,6 +814,7 @@ class ContextBuilder:
         pinned: Sequence[Entry],
         pin_order: Sequence[str],
         summary: Summary | None,
+        companions: Mapping[str, str],
     ) -> _SystemText:
         """``_system_within`` the settings' share, made once for the same inputs (kept for
         the ``SYSTEM_TEXTS_KEPT`` used last)."""
@@ -816,12 +822,15 @@ class ContextBuilder:
             tuple(sorted(facts.items())),
             tuple(pinned),
             tuple(pin_order),
+            tuple(sorted(companions.items())),
             None if summary is None else (summary.id, summary.text),
         )
         made = self._systems.get(key)
         if made is None:
             limit = self.settings.max_fixed_tokens
-            made = self._systems[key] = _system_within(facts, pinned, pin_order, summary, limit)
+            made = self._systems[key] = _system_within(
+                facts, pinned, pin_order, summary, limit, companions
+            )
             if len(self._systems) > SYSTEM_TEXTS_KEPT:
                 self._systems.popitem(last=False)
         self._systems.move_to_end(key)
@@ -900,11 +909,15 @@ def _copies_to_name(fold: HistoryFold, kept: Sequence[int]) -> dict[str, int]:
 
 
 def _pinned(
-    history: Sequence[tuple[Entry, bool]], fold: HistoryFold, pins: frozenset[str]
+    history: Sequence[tuple[Entry, bool]],
+    fold: HistoryFold,
+    pins: frozenset[str],
+    companions: Mapping[str, str],
 ) -> list[Entry]:
-    """The pinned entries of ``history``, in story order (found through the fold, which
-    has each one's step, rather than by walking the history)."""
-    steps = sorted(fold.step_of[p] for p in pins if p in fold.step_of)
+    """The pinned entries of ``history`` and those given with a pinned reply
+    (``companions``), in story order (found through the fold, which has each one's step,
+    rather than by walking the history)."""
+    steps = sorted(fold.step_of[p] for p in chain(pins, companions) if p in fold.step_of)
     return [history[step][0] for step in steps if history[step][1]]
 
 

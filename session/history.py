@@ -10,7 +10,9 @@ out, and listed with why (``left_out``): a prompt its own author withdrew (cance
 prompt too large for the window, and the replies and tool steps of a run a prompt of
 which is left out (withheld, say: given, they would answer a question the model is not
 shown); and a pinned entry that is not history (still waiting, an empty reply, a tool step
-without a result): a pin is given or listed, never silently dropped.
+without a result): a pin is given or listed, never silently dropped. A pinned reply given
+takes the prompts it answers and its tool steps into the pins with it (``companions``):
+without them it answered a question the model was not shown once they left the window.
 
 Judging that afresh walked the whole transcript on every build; ``VisibleHistory`` keeps
 the judged prefix of one read scope and, on the next build, judges only what follows the
@@ -166,6 +168,8 @@ class History:
     unchanged: int
     held: int = 0
     number: int = 0
+    # The entries given with a pinned reply (its prompts and tool steps): id -> the reply's.
+    companions: Mapping[str, str] = field(default_factory=dict)
 
 
 def common_prefix(old: Sequence[Entry], new: Sequence[Entry]) -> int:
@@ -216,6 +220,10 @@ class VisibleHistory:
         # prompts is given; with the transcript position of each, to cut them back.
         self._runs: dict[str, list[bool]] = {}
         self._run_at: list[tuple[int, str]] = []
+        # The prompts and tool steps given with each pinned reply (``_pin_run``): their id
+        # -> the reply's; and by the reply's transcript position, their items, to cut back.
+        self._companions: dict[str, str] = {}
+        self._pinned_runs: list[tuple[int, list[int]]] = []
         self._seen: tuple[ListingLog, int] | None = None  # the last listing read, if one
         self._reads = 0  # reads begun: a read in steps stops once another began
         # How many leading items of the judged prefix the fold of this scope holds as they
@@ -317,7 +325,8 @@ class VisibleHistory:
                 items.append((judged, entry.id in pins and not answering))
         if wanted:
             raise KeyError(sorted(wanted))
-        return History(items, excluded, unchanged, self._folded, self._reads)
+        companions = dict(self._companions)
+        return History(items, excluded, unchanged, self._folded, self._reads, companions)
 
     def _shared_with(self, entries: Sequence[Entry]) -> int:
         """How many leading entries of the judged prefix ``entries`` begins with: told by
@@ -390,11 +399,42 @@ class VisibleHistory:
             self._excluded_at.append(position)
         elif judged is not None:
             self._index[entry.id] = len(self._items)
-            self._items.append((judged, entry.id in self._pins))
+            pinned = entry.id in self._pins
+            self._items.append((judged, pinned))
             self._positions.append(position)
+            if pinned and entry.kind is EntryKind.REPLY:
+                self._pin_run(entry, position)
+
+    def _pin_run(self, reply: Entry, position: int) -> None:
+        """Mark pinned the items of the prompts pinned ``reply`` answers and of its tool
+        steps (found between its first prompt and it): they are given with it in the
+        pins, not in the story. A reply given without them answered a question the model
+        was not shown once they left the window (summarised, over budget); one not given
+        (withheld, a prompt of its run left out) leaves them where they are."""
+        prompts = set(reply.answers or ((reply.reply_to,) if reply.reply_to else ()))
+        starts = [self._index[p] for p in prompts if p in self._index]
+        flipped: list[int] = []
+        for index in range(min(starts, default=len(self._items)), len(self._items) - 1):
+            said, pinned = self._items[index]
+            if pinned or not (
+                said.id in prompts or (said.kind is EntryKind.TOOL and said.reply_to == reply.id)
+            ):
+                continue
+            self._items[index] = (said, True)
+            self._companions[said.id] = reply.id
+            flipped.append(index)
+        if flipped:
+            self._folded = min(self._folded, flipped[0])  # the fold holds them unpinned
+            self._pinned_runs.append((position, flipped))
 
     def _cut(self, position: int) -> None:
         """Forget what was judged from transcript ``position`` on."""
+        while self._pinned_runs and self._pinned_runs[-1][0] >= position:
+            for index in self._pinned_runs.pop()[1]:  # its reply is judged again, if kept
+                said = self._items[index][0]
+                self._items[index] = (said, False)
+                del self._companions[said.id]
+                self._folded = min(self._folded, index)
         kept = bisect_left(self._positions, position)
         for entry, _ in self._items[kept:]:
             del self._index[entry.id]

@@ -12,8 +12,9 @@ from parley.session.commands import Command
 from parley.session.context import fixed_tokens, pin_tokens
 from parley.session.core.effects import NewEntry, ReplyState
 from parley.session.core.thread_state import SideThread, ThreadLimits
-from parley.session.entries import EntryKind
+from parley.session.entries import Entry, EntryKind
 from parley.session.errors import SessionFull, TooLarge
+from parley.session.history import in_history
 from parley.session.queue import OrderingQueue, Run
 from parley.session.schema import SessionDocument
 
@@ -204,20 +205,38 @@ def _fixed_tokens(
     then depend on nothing the actor may not read (review R3-1: a member set facts until one
     was refused, and learnt the size of a restricted reply pinned, to the token); a build
     whose issuers may read more gives the pins that fit, in the order they were pinned, and
-    lists the others as left out (``session.context``)."""
+    lists the others as left out (``session.context``). A pinned reply counts with the
+    prompts it answers and its tool steps, which a build gives with it."""
     admin = event.admin and not event.actor
     reader = None if admin else view.subject(event.actor)
     costs = []
+    for entry in _given_pinned(view, pins):
+        cost = pin_tokens(entry)
+        full = view.server_text(entry.id)
+        if full is not None and (admin or may_read(reader, view.restriction_of(entry.id))):
+            cost = max(cost, pin_tokens(replace(entry, content=full)))
+        costs.append(cost)
+    return fixed_tokens(facts, costs)
+
+
+def _given_pinned(view: SessionView, pins: Sequence[str]) -> list[Entry]:
+    """The entries a build may give for ``pins``: each pinned entry, and with a pinned reply
+    the prompts it answers and its tool steps that are history (not pinned themselves:
+    those count once)."""
+    pinned = set(pins)
+    given: list[Entry] = []
     for pin_id in pins:
         if not view.doc.has_entry(pin_id):
             continue  # nothing a build could give
         entry = view.doc.entry(pin_id)
-        cost = pin_tokens(entry)
-        full = view.server_text(pin_id)
-        if full is not None and (admin or may_read(reader, view.restriction_of(pin_id))):
-            cost = max(cost, pin_tokens(replace(entry, content=full)))
-        costs.append(cost)
-    return fixed_tokens(facts, costs)
+        given.append(entry)
+        if entry.kind is not EntryKind.REPLY:
+            continue
+        prompts = entry.answers or ((entry.reply_to,) if entry.reply_to else ())
+        run = [view.doc.entry(p) for p in prompts if view.doc.has_entry(p)]
+        run += view.doc.tool_steps(entry.id)
+        given += [said for said in run if said.id not in pinned and in_history(said)]
+    return given
 
 
 def new_entry(

@@ -9,7 +9,13 @@ from dataclasses import replace
 import pytest
 
 from parley.server.providers.anthropic import render
-from parley.session.context import EARLIER_LINE, BuiltContext, ContextSettings, build_context
+from parley.session.context import (
+    EARLIER_LINE,
+    BuiltContext,
+    ContextBuilder,
+    ContextSettings,
+    build_context,
+)
 from parley.session.entries import Entry, EntryKind
 from parley.session.history import PROMPT_LEFT_OUT, RUN_LEFT_OUT
 from parley.session.model import OPENING
@@ -65,7 +71,11 @@ def assert_runs_whole(built: BuiltContext, entries: list[Entry]) -> None:
 
 
 def windows(
-    entries: list[Entry], asked: str, sizes: range, summaries: tuple[Summary, ...] = ()
+    entries: list[Entry],
+    asked: str,
+    sizes: range,
+    summaries: tuple[Summary, ...] = (),
+    pins: tuple[str, ...] = (),
 ) -> list[BuiltContext]:
     return [
         build_context(
@@ -74,6 +84,7 @@ def windows(
             prompt_ids=[asked],
             settings=ContextSettings(window_tokens=size, reserve_output_tokens=100),
             summaries=summaries,
+            pins=pins,
         )
         for size in sizes
     ]
@@ -261,16 +272,17 @@ def test_the_block_before_the_summary_keeps_or_leaves_out_runs_whole() -> None:
     assert_block_runs_whole()
 
 
-def coalesced_with_a_tool_step() -> list[Entry]:
-    """alice's question and bob's ``and the date?`` answered together after a search."""
+def coalesced_with_a_tool_step(question: str = QUESTION, said_after: int = 3) -> list[Entry]:
+    """alice's ``question`` and bob's ``and the date?`` answered together after a search,
+    then ``said_after`` lines of chatter and carol's prompt."""
     return [
-        done(1, "alice", QUESTION, 5),
+        done(1, "alice", question, 5),
         entry(2, "carol", "carol holds"),
         done(3, "bob", "and the date?", 5),
         tool(4, 5, "[search_documents] found: " + "doc line " * 10),
         answer(5, "Answer to alice: " + ANSWER, 1, 3),
-        *chatter(6, 3),
-        entry(9, "carol", "final?", EntryKind.PROMPT),
+        *chatter(6, said_after),
+        entry(6 + said_after, "carol", "final?", EntryKind.PROMPT),
     ]
 
 
@@ -348,3 +360,61 @@ def test_the_block_fitted_as_a_whole_keeps_or_leaves_out_runs_whole(
 
     monkeypatch.setattr("parley.session.context.system_text_tokens", higher)
     assert_block_runs_whole(exact=False)
+
+
+def pinned_answer() -> list[Entry]:
+    """The coalesced run, its reply to be pinned, then chatter that pushes it out of the
+    window; carol asks (``e36``)."""
+    return coalesced_with_a_tool_step("which rollout plan do we follow?", 30)
+
+
+def test_a_pinned_reply_is_given_with_the_prompts_it_answers() -> None:
+    """A pinned reply was given among the pins whatever became of its question: once the
+    window left the prompts out, the model read an answer to nothing it was shown. The
+    prompts it answers go with it, quoted before it in the pins (given once: not in the
+    story too), at every window."""
+    entries = pinned_answer()
+    for built in windows(entries, "e36", range(750, 2_000, 7), pins=("e5",)):
+        assert_runs_whole(built, entries)
+        assert built.tokens == input_tokens(built.request)
+        system = built.request.system
+        alice = system.index("[alice wrote, message #1]")
+        bob = system.index("[bob wrote, message #3]")
+        assert alice < bob < system.index("[the assistant's reply, message #3]")
+        assert not {"e1", "e3", "e5"} & {i for s in built.sources for i in s}
+        assert not {"e1", "e3", "e5"} & {x.entry_id for x in built.excluded}
+
+
+@pytest.mark.parametrize(
+    ("hidden", "reply_out"),
+    [(("e1",), PROMPT_LEFT_OUT), (("e4", "e5"), "withheld: withheld here")],
+)
+def test_a_pinned_reply_not_given_leaves_its_prompts_in_the_story(
+    hidden: tuple[str, ...], reply_out: str
+) -> None:
+    """Withheld from the issuers, a prompt takes its run's reply out, pinned or not
+    (unmarked, listed), and a pinned reply withheld is not given either: the prompts left
+    are what their members wrote, in the story as before."""
+    built = build_context(
+        session_id="s",
+        entries=pinned_answer(),
+        prompt_ids=["e36"],
+        pins=["e5"],
+        withheld=lambda said: "withheld here" if said.id in hidden else None,
+    )
+    reasons = {x.entry_id: x.reason for x in built.excluded}
+    assert reasons["e5"] == reply_out and "[Pinned messages" not in built.request.system
+    sent = [m.content for m in built.request.messages]
+    assert "[bob wrote]\nand the date?" in sent
+    assert ("[alice wrote]\nwhich rollout plan do we follow?" in sent) is ("e1" not in hidden)
+
+
+def test_pinning_a_reply_and_unpinning_it_builds_what_a_build_from_nothing_builds() -> None:
+    """The builder keeps its fold between builds: a reply pinned and unpinned moves its
+    prompts into the pins and back into the story, as a build from nothing has them."""
+    entries = pinned_answer()
+    builder = ContextBuilder()
+    for pins in ([], ["e5"], [], ["e3", "e5"], ["e5"], ["e1"], []):
+        kept = builder.build(session_id="s", entries=entries, prompt_ids=["e36"], pins=pins)
+        fresh = build_context(session_id="s", entries=entries, prompt_ids=["e36"], pins=pins)
+        assert kept.request == fresh.request and kept.excluded == fresh.excluded, pins

@@ -541,6 +541,29 @@ def test_a_pin_is_measured_by_the_text_kept_behind_its_placeholder() -> None:
     assert refusal_of(session.send("", PinCommand("c", short, True), admin=True)) is TooLarge
 
 
+def test_a_pinned_reply_is_measured_with_the_prompt_it_answers() -> None:
+    """A pinned reply is given with the prompts it answers (``session.context``): the pin
+    rule counts them with it, so a reply that fits alone but not with its long question
+    is refused, and pinning the question too counts it once."""
+    session = Session()
+    question = session.prompt("eddie", CLAUSES)
+    session.start_run()
+    reply = session.doc.entry(question).reply_id
+    assert reply is not None
+    session.finish_run(None, reply=ReplyState(reply), text="Yes: clause 7.")
+    alone = fixed_tokens({}, [_pin_cost(session, reply)])
+    both = fixed_tokens({}, [_pin_cost(session, question), _pin_cost(session, reply)])
+    session.max_fixed_tokens = both - 1
+    assert alone <= session.max_fixed_tokens
+    refused = session.send("eddie", PinCommand("c", reply, True))
+    assert refusal_of(refused) is TooLarge and refused.error is not None
+    assert f"take {both} tokens" in refused.error.message
+    session.max_fixed_tokens = both
+    assert session.send("eddie", PinCommand("c", reply, True)).error is None
+    assert session.send("eddie", PinCommand("c", question, True)).error is None
+    assert session.doc.pinned() == [reply, question]
+
+
 PLANS = (Readers("doc:plans", users=frozenset({"eddie"})),)
 
 

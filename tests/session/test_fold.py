@@ -69,9 +69,12 @@ def test_kept_fold_equals_a_fresh_build(ops: list[tuple[str, int, int]], window:
             waiting = [i for i, e in enumerate(entries) if e.status == "queued"]
             if waiting:
                 i = waiting[a % len(waiting)]
-                entries[i] = replace(entries[i], status="done")
+                entries[i] = replace(entries[i], status="done", reply_id=f"e{n}")
                 reply = entry(n, "model", f"answer {a % 3}", EntryKind.REPLY)
-                entries.insert(i + 1, replace(reply, seq=entries[i].seq))
+                asked = entries[i].id
+                entries.insert(
+                    i + 1, replace(reply, seq=entries[i].seq, reply_to=asked, answers=(asked,))
+                )
         elif op == "pin" and entries:
             target = entries[a % len(entries)].id
             pins = [p for p in pins if p != target] if target in pins else [*pins, target]
