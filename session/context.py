@@ -130,7 +130,8 @@ class BuiltContext:
     withheld: tuple[Excluded, ...] = ()
     left: tuple[FoldedItem, ...] = ()
     older: tuple[FoldedItem, ...] = ()
-    summarised: tuple[FoldedItem, ...] = ()  # before ``older``: known to be summarised
+    # Before ``older``: known to be summarised (but those of ``runs_left``, listed apart).
+    summarised: tuple[FoldedItem, ...] = ()
     # Every entry the input draws on: pins, turns quoted before the summary, the messages.
     included: tuple[str, ...] = ()
     sources: tuple[tuple[str, ...], ...] = ()  # the entries behind each message, in order
@@ -167,7 +168,10 @@ class BuiltContext:
         found = [*self.withheld, *(Excluded(e, PIN_LEFT_OUT) for e in self.pins_left)]
         found += [Excluded(e, PROMPT_LEFT_OUT) for e in self.runs_left]
         summarised = "" if self.summary is None else f"summarised in {self.summary.id}"
+        apart = frozenset(self.runs_left)  # the known summarised may pass over them
         for item in chain(self.left, reversed(self.older), reversed(self.summarised)):
+            if apart and not apart.isdisjoint(item.entry_ids):
+                continue
             reason = summarised if self._covered(item) else "over budget"
             found += [Excluded(e, reason) for e in item.entry_ids]
         return tuple(found)
@@ -360,6 +364,7 @@ class _Scope:
     fold: HistoryFold
     summary: Summary | None = None
     covered: int = 0
+    passed: frozenset[int] = frozenset()  # the items the last count passed over
     # The messages the last build sent as history (nobody asking), by index, each with the
     # item it was made from: an item never changes (a merge makes a new one), so a message
     # is made once while it stays in the input. Only the last build's are kept, so this
@@ -405,12 +410,18 @@ class _Scope:
 
         return message
 
-    def covered_prefix(self, summary: Summary | None) -> int:
-        """How many of the fold's first items ``summary`` covers, every one. Costs the items
-        changed since the last call and those the summary covers beyond the last call's,
-        unless the summary does not extend the one before (then it counts from the start)."""
+    def covered_prefix(self, summary: Summary | None, passed: frozenset[int]) -> int:
+        """How many of the fold's first items ``summary`` covers, every one, but ``passed``
+        (the replies and tool steps of a run left out with its pinned prompt: never
+        summarised, they would stop the count for good, and each build would walk every
+        turn summarised after them). Costs the items changed since the last call and those
+        the summary covers beyond the last call's, unless the summary does not extend the
+        one before (then it counts from the start)."""
         items, fold = self.fold.items, self.fold
         changed, fold.changed = fold.changed, set()
+        if passed != self.passed:  # an item passed over, or no longer: judged again
+            changed |= passed.symmetric_difference(self.passed)
+            self.passed = passed
         if any(index < self.edge for index in changed):
             self.edge, self.below_edge = 0, ()
         if summary is None:
@@ -428,9 +439,9 @@ class _Scope:
             # those that changed, the first one uncovered ends the prefix.
             known = min(self.covered, len(items))
             for index in changed:
-                if index < known and not _covered_by(summary, items[index]):
+                if index < known and not (index in passed or _covered_by(summary, items[index])):
                     known = index
-        while known < len(items) and _covered_by(summary, items[known]):
+        while known < len(items) and (known in passed or _covered_by(summary, items[known])):
             known += 1
         self.summary, self.covered = summary, known
         return known
@@ -627,7 +638,7 @@ class ContextBuilder:
         # (review J5: as messages after it, an answer the summary's news overrides read as
         # newer). Not sent as references: a later copy is given in full.
         earlier_block = count_tokens(EARLIER_LINE) + count_tokens(EARLIER_END) + 2
-        summarised = scope.covered_prefix(summary)
+        summarised = scope.covered_prefix(summary, runs_left)
 
         opening = opening_tokens() if settings.user_turn_first else 0
 
@@ -801,10 +812,7 @@ class ContextBuilder:
             tools_tokens=offered,
             pins_left=given.left,
             runs_left=tuple(
-                entry_id
-                for index in sorted(runs_left)
-                if index >= edge
-                for entry_id in fold.items[index].entry_ids
+                entry_id for index in sorted(runs_left) for entry_id in fold.items[index].entry_ids
             ),
         )
 

@@ -19,7 +19,7 @@ from parley.session.context import (
 from parley.session.entries import Entry, EntryKind
 from parley.session.history import PROMPT_LEFT_OUT, RUN_LEFT_OUT
 from parley.session.model import OPENING
-from parley.session.summary import Summary
+from parley.session.summary import Summary, extended, plan_extension
 from parley.session.tokens import (
     MESSAGE_TOKENS,
     count_tokens,
@@ -418,3 +418,31 @@ def test_pinning_a_reply_and_unpinning_it_builds_what_a_build_from_nothing_build
         kept = builder.build(session_id="s", entries=entries, prompt_ids=["e36"], pins=pins)
         fresh = build_context(session_id="s", entries=entries, prompt_ids=["e36"], pins=pins)
         assert kept.request == fresh.request and kept.excluded == fresh.excluded, pins
+
+
+def test_the_summary_covers_past_a_run_left_out_with_its_pinned_prompt() -> None:
+    """A reply left out with its pinned prompt (over the pins' share) is never summarised:
+    the summariser would read an answer with no question. The turns summarised after it
+    counted as not known to be covered, so every build walked them all again and listed
+    them as set aside by the budget loop. The build knows them summarised; the reply is
+    listed apart once, and no summary reads it."""
+    entries = [done(1, "alice", "which plan?", 2), answer(2, ANSWER, 1), *chatter(3, 120)]
+    builder = ContextBuilder(ContextSettings(window_tokens=1_000, fixed_share=0.01))
+    summaries: list[Summary] = []
+    for n in range(20):
+        built = builder.build(
+            session_id="s", entries=entries, prompt_ids=[], pins=["e1"], summaries=summaries
+        )
+        assert built.runs_left == ("e2",)
+        plan = plan_extension(
+            built.dropped, built.summary, min_tokens=50, window_tokens=4_000, max_output_tokens=50
+        )
+        if plan is None:
+            break
+        assert "e2" not in plan.new_ids
+        summaries.append(extended(plan, f"sum-{n}", f"summary {n}"))
+    assert summaries and built.summary == summaries[-1] and not built.dropped
+    covered = {i for item in built.summarised for i in item.entry_ids} - {"e2"}
+    assert covered == set(built.summary.covers) and not built.left
+    reasons = [x.reason for x in built.excluded if x.entry_id == "e2"]
+    assert reasons == [PROMPT_LEFT_OUT]
