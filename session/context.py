@@ -335,8 +335,8 @@ def _system_within(
     ``limit`` taken in the order they were pinned (``pin_order``): every one, unless the
     window shrank since or a restricted pin is given here as its text kept server-side,
     which the pin rule counts only for a member who may read it (``session.core``); the
-    rest are left out and listed. A pinned reply and what is given with it (its prompts
-    and tool steps: ``companions``) are given or left out together."""
+    rest are left out and listed. A pinned reply and the prompts given with it
+    (``companions``) are given or left out together."""
     order = {pin_id: n for n, pin_id in enumerate(pin_order)}
     units: dict[str, list[Entry]] = {}
     for pin in pinned:

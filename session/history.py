@@ -11,8 +11,8 @@ prompt too large for the window, and the replies and tool steps of a run a promp
 which is left out (withheld, say: given, they would answer a question the model is not
 shown); and a pinned entry that is not history (still waiting, an empty reply, a tool step
 without a result): a pin is given or listed, never silently dropped. A pinned reply given
-takes the prompts it answers and its tool steps into the pins with it (``companions``):
-without them it answered a question the model was not shown once they left the window.
+takes the prompts it answers into the pins with it (``companions``): without them it
+answered a question the model was not shown once they left the window.
 
 Judging that afresh walked the whole transcript on every build; ``VisibleHistory`` keeps
 the judged prefix of one read scope and, on the next build, judges only what follows the
@@ -168,7 +168,7 @@ class History:
     unchanged: int
     held: int = 0
     number: int = 0
-    # The entries given with a pinned reply (its prompts and tool steps): id -> the reply's.
+    # The prompts given with a pinned reply: id -> the reply's.
     companions: Mapping[str, str] = field(default_factory=dict)
 
 
@@ -220,8 +220,8 @@ class VisibleHistory:
         # prompts is given; with the transcript position of each, to cut them back.
         self._runs: dict[str, list[bool]] = {}
         self._run_at: list[tuple[int, str]] = []
-        # The prompts and tool steps given with each pinned reply (``_pin_run``): their id
-        # -> the reply's; and by the reply's transcript position, their items, to cut back.
+        # The prompts given with each pinned reply (``_pin_run``): their id -> the reply's;
+        # and by the reply's transcript position, their items, to cut back.
         self._companions: dict[str, str] = {}
         self._pinned_runs: list[tuple[int, list[int]]] = []
         self._seen: tuple[ListingLog, int] | None = None  # the last listing read, if one
@@ -406,20 +406,18 @@ class VisibleHistory:
                 self._pin_run(entry, position)
 
     def _pin_run(self, reply: Entry, position: int) -> None:
-        """Mark pinned the items of the prompts pinned ``reply`` answers and of its tool
-        steps (found between its first prompt and it): they are given with it in the
-        pins, not in the story. A reply given without them answered a question the model
-        was not shown once they left the window (summarised, over budget); one not given
-        (withheld, a prompt of its run left out) leaves them where they are."""
-        prompts = set(reply.answers or ((reply.reply_to,) if reply.reply_to else ()))
-        starts = [self._index[p] for p in prompts if p in self._index]
+        """Mark pinned the items of the prompts pinned ``reply`` answers: they are given
+        with it in the pins, not in the story. A reply given without them answered a
+        question the model was not shown once they left the window (summarised, over
+        budget); one not given (withheld, a prompt of its run left out) leaves them where
+        they are. (Its tool steps stay in the story: a reply stands without them, and a
+        search's passages would make a reply too large to pin.)"""
+        prompts = reply.answers or ((reply.reply_to,) if reply.reply_to else ())
         flipped: list[int] = []
-        for index in range(min(starts, default=len(self._items)), len(self._items) - 1):
+        for index in sorted(self._index[p] for p in prompts if p in self._index):
             said, pinned = self._items[index]
-            if pinned or not (
-                said.id in prompts or (said.kind is EntryKind.TOOL and said.reply_to == reply.id)
-            ):
-                continue
+            if pinned:
+                continue  # pinned itself
             self._items[index] = (said, True)
             self._companions[said.id] = reply.id
             flipped.append(index)

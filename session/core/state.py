@@ -206,7 +206,7 @@ def _fixed_tokens(
     was refused, and learnt the size of a restricted reply pinned, to the token); a build
     whose issuers may read more gives the pins that fit, in the order they were pinned, and
     lists the others as left out (``session.context``). A pinned reply counts with the
-    prompts it answers and its tool steps, which a build gives with it."""
+    prompts it answers, which a build gives with it."""
     admin = event.admin and not event.actor
     reader = None if admin else view.subject(event.actor)
     costs = []
@@ -221,8 +221,7 @@ def _fixed_tokens(
 
 def _given_pinned(view: SessionView, pins: Sequence[str]) -> list[Entry]:
     """The entries a build may give for ``pins``: each pinned entry, and with a pinned reply
-    the prompts it answers and its tool steps that are history (not pinned themselves:
-    those count once)."""
+    the prompts it answers that are history (not pinned themselves: those count once)."""
     pinned = set(pins)
     given: list[Entry] = []
     for pin_id in pins:
@@ -233,9 +232,8 @@ def _given_pinned(view: SessionView, pins: Sequence[str]) -> list[Entry]:
         if entry.kind is not EntryKind.REPLY:
             continue
         prompts = entry.answers or ((entry.reply_to,) if entry.reply_to else ())
-        run = [view.doc.entry(p) for p in prompts if view.doc.has_entry(p)]
-        run += view.doc.tool_steps(entry.id)
-        given += [said for said in run if said.id not in pinned and in_history(said)]
+        asked = [view.doc.entry(p) for p in prompts if p not in pinned and view.doc.has_entry(p)]
+        given += [said for said in asked if in_history(said)]
     return given
 
 
