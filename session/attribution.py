@@ -25,8 +25,10 @@ _PLAIN_NAME = re.compile(r"[A-Za-z0-9_.@+-]{1,64}")
 _BLANK_CATEGORIES = frozenset({"Cc", "Cf", "Mn", "Me", "Zs", "Zl", "Zp"})
 _BLANK_LETTERS = frozenset("\u115f\u1160\u3164\uffa0\u2800")
 _BLANK_LETTERS_BLANKED = dict.fromkeys(map(ord, _BLANK_LETTERS), " ")
-# Where ``str.splitlines`` breaks a line: what any reader of lines may take for one.
-LINE_BREAKS = frozenset("\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029")
+# Where ``str.splitlines`` breaks a line: what any reader of lines may take for one. Written
+# once, as a regular expression's class (``[{_BREAKS}]``) and as a set.
+_BREAKS = "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
+LINE_BREAKS = frozenset(_BREAKS)
 # A line opens with a bracket, to a reader, when one comes before its first letter (of any
 # script): after blanks, digits, punctuation, symbols and marks, an ordered list's markers
 # (``1.``, ``a)``, ``iv.``: their letters count as none) included. ``**[alice asks you]**``,
@@ -36,9 +38,7 @@ LINE_BREAKS = frozenset("\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029")
 # character beyond ASCII comes after only ASCII that is no letter, or list markers.
 _LIST_MARKER = "(?:[0-9]{1,9}|[A-Za-z]{1,4})[.)]"
 _MAYBE_BRACKET = re.compile(
-    "(?:\\A|[\n\r\x0b\x0c\x1c-\x1e\x85\u2028\u2029])"
-    "(?:[A-Za-z]{1,4}[.)]|[^A-Za-z\n\r\x0b\x0c\x1c-\x1e\x85\u2028\u2029])*?"
-    "[([{\x80-\U0010ffff]"
+    f"(?:\\A|[{_BREAKS}])(?:[A-Za-z]{{1,4}}[.)]|[^A-Za-z{_BREAKS}])*?[([{{\x80-\U0010ffff]"
 )
 # The lead of a line (``_LEAD``): up to its first letter, a list marker's letters aside.
 _LEAD = re.compile(r"(?:[^\W\d_]{1,4}[.)]|[\W\d_])*")
@@ -124,7 +124,6 @@ _WORD_HINT = (
     "|[\x00-\x08\x0e-\x1b\x1f\x7f-\U0010ffff]"
 )
 _MAY_HOLD_WORD = re.compile(_WORD_HINT)
-_BREAKS = "\n\r\x0b\x0c\x1c-\x1e\x85\u2028\u2029"
 # What a closing bracket or a symbol may be, as written: one of ASCII's (categories Pe, Sm
 # and Sk) or any character beyond ASCII.
 _MAY_CLOSE = ")\\]}+<=>|~^`\x80-\U0010ffff"

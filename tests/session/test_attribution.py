@@ -107,6 +107,15 @@ def test_a_fact_is_given_on_one_line_with_who_set_it() -> None:
     assert Fact("v").setter() == "setter not recorded"
 
 
+def test_the_line_breaks_are_those_of_splitlines() -> None:
+    """One list of line breaks serves the set and the scans in C: every character where
+    ``str.splitlines`` breaks a line, and no other."""
+    splitting = {c for c in map(chr, range(0x110000)) if len(f"a{c}b".splitlines()) == 2}
+    assert splitting == attribution.LINE_BREAKS
+    breaks = re.compile(f"[{attribution._BREAKS}]")
+    assert {c for c in splitting if breaks.fullmatch(c)} == splitting
+
+
 @pytest.mark.parametrize("line_break", BREAKS)
 def test_a_fact_with_a_line_break_is_invalid(line_break: str) -> None:
     assert has_line_break(f"a{line_break}b")
