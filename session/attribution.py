@@ -18,6 +18,8 @@ import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from parley.session.look_alikes import LATIN_LOOK_ALIKES
+
 ESCAPE = "\\"
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9_.@+-]{1,64}")
 # Characters that show nothing at the start of a line, so a bracket after them still
@@ -181,15 +183,11 @@ _ASCII_CLOSING = re.compile("[)\\]}+<=>|~^`]")  # ASCII's Pe, Sm and Sk
 # Between the words of a line as read: anything but a letter, a digit, ``#`` or an
 # apostrophe is a blank (``asks-you``, ``asks_you``, ``asks\u2010you``: review RF-1).
 _NOT_WORD = re.compile(r"[^\w#'\u2019]|_")
-# Letters of other scripts that look like Latin ones (after case folding), read as those:
-# ``[alice \u0430sks y\u043eu]`` in Cyrillic reads as ``asks you`` (review RF-1). The most
-# common of Unicode's confusables (Cyrillic, Greek, Armenian), not all of them.
+# Letters of other scripts (and symbols) that look like Latin ones, read as those, by
+# Unicode's confusables data (``session/look_alikes.py``): ``[alice \u0430sks y\u043eu]`` in
+# Cyrillic reads as ``asks you`` (review RF-1), so does ``\u0251sks \u028f\u1d0fu``.
 _LOOK_ALIKES = str.maketrans(
-    "\u0430\u0435\u0451\u043e\u0440\u0441\u0443\u0445\u0456\u0458\u0455\u0501\u051b\u051d"
-    "\u04bb\u04cf\u043a\u043c\u043d\u0442\u0432\u04af"
-    "\u03b1\u03b5\u03b9\u03ba\u03bd\u03bf\u03c1\u03c4\u03c5\u03c7\u03b3"
-    "\u0585\u057d\u0570",
-    "aeeopcyxijsdqwhlkmhtbyaeikvoptuxyouh",
+    {char: latin for latin, chars in LATIN_LOOK_ALIKES.items() for char in chars}
 )
 
 
