@@ -34,6 +34,16 @@ _BLANK_LETTERS_BLANKED = dict.fromkeys(map(ord, _BLANK_LETTERS), " ")
 # once, as a regular expression's class (``[{_BREAKS}]``) and as a set.
 _BREAKS = "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
 LINE_BREAKS = frozenset(_BREAKS)
+
+# Unicode's Bidi_Control characters: a renderer turns what follows them around, so a line
+# holding one may show as another (review RK-1: ``\u202e`` then a marker spelled backwards).
+BIDI_CONTROLS = "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+_HAS_BIDI_CONTROL = re.compile(f"[{BIDI_CONTROLS}]")
+
+# The brackets that may open a speaker's marker one text has judged by their words (each
+# costs some µs in Python); past them every one is escaped unread, a backslash more: a
+# text written to be slow (64 kB of ``[wrote``) costs a bounded few ms, not 200.
+MAX_JUDGED_MARKERS = 256
 # A line opens with a bracket, to a reader, when one comes before its first letter (of any
 # script): after blanks, digits, punctuation, symbols and marks, an ordered list's markers
 # (``1.``, ``a)``, ``iv.``: their letters count as none) included. ``**[alice asks you]**``,
@@ -278,18 +288,26 @@ def _may_hold_marker(text: str) -> bool:
     return _marker_scans(text)[0].search(text) is not None
 
 
-def marker_openers(line: str) -> list[int]:
+def marker_openers(line: str, judged: _Judged | None = None) -> list[int]:
     """Where in ``line`` the speakers' markers after its first letter open (their opening
-    brackets' indexes, unless escaped already; those before it are ``is_server_line``'s)."""
+    brackets' indexes, unless escaped already; those before it are ``is_server_line``'s).
+    Each bracket that may open one is judged by its words, while ``judged`` (a text's
+    share) lasts; past it every such bracket counts as one, unread."""
     lead = _LEAD.match(line if line.isascii() else line.translate(_BLANK_LETTERS_BLANKED))
     start = lead.end() if lead is not None else 0
-    return [
-        found.start()
-        for found in _marker_scans(line)[1].finditer(line, start)
-        if line[found.start() - 1 : found.start()] != ESCAPE
-        and _names_a_speaker(found.group(1))
-        and not _is_code(line, found.start(), found.group(1))
-    ]
+    judged = _Judged() if judged is None else judged
+    openers = []
+    for found in _marker_scans(line)[1].finditer(line, start):
+        at = found.start()
+        if line[at - 1 : at] == ESCAPE:
+            continue
+        if judged.left <= 0:
+            openers.append(at)
+            continue
+        judged.left -= 1
+        if _names_a_speaker(found.group(1)) and not _is_code(line, at, found.group(1)):
+            openers.append(at)
+    return openers
 
 
 def _names_a_speaker(held: str) -> bool:
@@ -307,22 +325,38 @@ def _is_code(line: str, at: int, held: str) -> bool:
 
 def escape_text(text: str) -> str:
     """``text`` with a backslash before every line (at any Unicode line break) that could
-    pass for one of the server's (``is_server_line``), and before the opening bracket of
-    every speaker's marker after a line's first letter (``marker_openers``); nothing else
-    changes. Costs one pass over the text in C when it has neither."""
-    may_open = _MAYBE_BRACKET.search(text) is not None or _MAYBE_MIMIC.search(text) is not None
+    pass for one of the server's (``is_server_line``) or holds a direction control (shown
+    turned around, it could read as one: ``\u202e`` then a marker spelled backwards, review
+    RK-1), and before the opening bracket of every speaker's marker after a line's first
+    letter (``marker_openers``); nothing else changes. Costs one pass over the text in C
+    when it has none of them."""
+    may_open = (
+        _MAYBE_BRACKET.search(text) is not None
+        or _MAYBE_MIMIC.search(text) is not None
+        or _HAS_BIDI_CONTROL.search(text) is not None
+    )
     may_mark = _may_hold_marker(text)
     if not may_open and not may_mark:
         return text
     lines = text.splitlines(keepends=True)
-    escaped = [_escaped_line(line, may_open, may_mark) for line in lines]  # each line once
+    judged = _Judged()
+    escaped = [_escaped_line(line, may_open, may_mark, judged) for line in lines]
     return text if escaped == lines else "".join(escaped)
 
 
-def _escaped_line(line: str, may_open: bool, may_mark: bool) -> str:
-    opens = may_open and is_server_line(line)
+class _Judged:
+    """What is left of a text's ``MAX_JUDGED_MARKERS``."""
+
+    __slots__ = ("left",)
+
+    def __init__(self) -> None:
+        self.left = MAX_JUDGED_MARKERS
+
+
+def _escaped_line(line: str, may_open: bool, may_mark: bool, judged: _Judged) -> str:
+    opens = may_open and (is_server_line(line) or _HAS_BIDI_CONTROL.search(line) is not None)
     may_mark = may_mark and ("[" in line or not line.isascii()) and _may_hold_marker(line)
-    markers = marker_openers(line) if may_mark else []
+    markers = marker_openers(line, judged) if may_mark else []
     if markers:  # each after the line's lead, so the line opens as it did
         ends = [0, *markers, len(line)]
         line = ESCAPE.join(line[start:end] for start, end in itertools.pairwise(ends))
@@ -347,8 +381,9 @@ def name(member: str) -> str:
 def one_line(text: str) -> str:
     """``text`` on one line, as a JSON string (line breaks and quotes escaped)."""
     quoted = json.dumps(text, ensure_ascii=False)
-    # JSON escapes the control characters among them, not these.
-    for char in "\x85\u2028\u2029":
+    # JSON escapes the control characters among them, not these: line breaks, and the
+    # direction controls, which would turn what follows on the line around (review RK-1).
+    for char in "\x85\u2028\u2029" + BIDI_CONTROLS:
         quoted = quoted.replace(char, f"\\u{ord(char):04x}")
     return quoted
 
