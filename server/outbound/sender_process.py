@@ -20,9 +20,10 @@ again after a back-off (doubling, bounded).
 
 The child starts with the server only when a subscription exists; otherwise at the first
 wake-up, the commit of the first delivery: a server that nobody subscribes to (most test
-servers, many deployments) never pays for a second interpreter. (In a cluster a node
-starts its child when it writes a delivery itself, which every node running sessions does
-once a subscription exists; deliveries a stopped node left are claimed by the others'.)
+servers, many deployments) never pays for a second interpreter. A cluster node also asks
+every ``cluster_poll_s`` whether a subscription exists yet, and starts its child once one
+does: deliveries a stopped node left are claimed by the others' children, and a node that
+writes none itself would otherwise have none to claim them (review RI-1).
 """
 
 from __future__ import annotations
@@ -100,17 +101,40 @@ class SenderProcess:
         self.process: asyncio.subprocess.Process | None = None
         self._sole_sender = True
         self._watch: asyncio.Task[None] | None = None
+        self._looking: asyncio.Task[None] | None = None  # for a subscription (a cluster)
         self._waking: asyncio.TimerHandle | None = None  # a wake-up due to be written
 
     async def start(self, *, sole_sender: bool) -> None:
         """Start the child now if a subscription exists, waiting for its ``ready`` (raises
         ``ConfigurationError`` with what failed: the server does not start without its
-        sender); else at the first ``wake``."""
+        sender); else at the first ``wake``, or (not ``sole_sender``: a cluster) once a
+        subscription exists."""
         self._sole_sender = sole_sender
         if await self._subscribed():
             self.process = await self._spawn()
             self._watch = asyncio.create_task(self._keep_running(), name="webhook-sender-watch")
+        elif not sole_sender:
+            self._looking = asyncio.create_task(
+                self._start_once_subscribed(), name="webhook-sender-look"
+            )
         self.sessions.on_outbox = self.wake
+
+    async def _start_once_subscribed(self) -> None:
+        """Every ``cluster_poll_s`` until the child runs: start it if a subscription
+        exists (a database fault is logged once and asked again)."""
+        failing: str | None = None
+        while self._watch is None:
+            await asyncio.sleep(self.settings.cluster_poll_s)
+            try:
+                subscribed = await self._subscribed()
+            except Exception as exc:
+                if failing != str(exc):  # once per outage, not once per round
+                    log.warning("could not look for a webhook subscription: %s", exc)
+                failing = str(exc)
+                continue
+            failing = None
+            if subscribed:
+                self.wake()
 
     async def _subscribed(self) -> bool:
         async with self.sessions.read() as connection:
@@ -143,6 +167,10 @@ class SenderProcess:
         """Close the child's stdin and wait for it to end (it abandons attempts under
         way: their leases bring them back); kill it if it does not end in time."""
         self.sessions.on_outbox = None
+        if self._looking is not None:
+            self._looking.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._looking
         if self._waking is not None:
             self._waking.cancel()
             self._waking = None

@@ -164,6 +164,37 @@ async def test_without_a_subscription_the_process_starts_at_the_first_delivery(
         await sessions.close()
 
 
+async def test_a_cluster_node_starts_the_process_once_a_subscription_exists(
+    tmp_path: Path,
+) -> None:
+    """Review RI-1: a cluster node that writes no delivery itself still starts its child
+    once a subscription exists, to claim the deliveries a stopped node left; alone, a
+    server waits for its first delivery."""
+    url, sessions = await sessions_store(tmp_path, subscribed=False)
+    settings = make_settings(url, tmp_path / "data", cluster_poll_s=0.05)
+    alone, node = SenderProcess(sessions, settings), SenderProcess(sessions, settings)
+    try:
+        await alone.start(sole_sender=True)
+        await node.start(sole_sender=False)
+        assert node.process is None and sender_processes(os.getpid()) == []
+        async with sessions.transaction("subscribe") as tx:
+            await create_webhook(
+                tx.connection, "http://127.0.0.1:9/", ["session.created"], None, "s", 0
+            )
+
+        async def started() -> bool:
+            return node.process is not None and len(sender_processes(os.getpid())) == 1
+
+        await until(started, "the node's sender process, with no wake-up", timeout_s=60)
+        assert alone.process is None
+        await node.stop()
+        assert sender_processes(os.getpid()) == []
+    finally:
+        await alone.stop()
+        await node.stop()
+        await sessions.close()
+
+
 class _Pipe:
     """The child's stdin as the sender writes it: each write kept, none buffered."""
 
