@@ -25,6 +25,8 @@ ALGORITHM = "HS256"
 AUDIENCE = "parley-session"
 # How audit records, events and webhooks name the admin key (no member may take the name).
 ADMIN_ACTOR = "admin"
+# Why a token revoked (by its id) is refused, wherever it is judged.
+REVOKED = "revoked: this token was revoked"
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,7 +118,7 @@ def token_refusal(
     they now hold (``maker_refusal``). The same answer at authentication and at a
     command's commit, on every node (``roles``: the live role table)."""
     if claims.token_id in revoked:
-        return "revoked: this token was revoked"
+        return REVOKED
     if claims.epoch != member.token_epoch:
         return "revoked: this token was issued before the member was removed"
     if claims.made_by:

@@ -111,7 +111,8 @@ async def my_sessions(
 ) -> MySessionList:
     """The sessions the token's member belongs to (by user id), newest first: after
     ``cursor`` (the last page's ``next_cursor``). Each needs a token of its own to join:
-    this lists, it grants nothing."""
+    this lists, it grants nothing. A revoked token is refused (401) by the listing's own
+    read of it too, so it never lists the session whose membership revoked it."""
     await state.rooms.current_access()
 
     def readable(member: MemberRow) -> bool:
@@ -120,8 +121,9 @@ async def my_sessions(
         return decide(subject, Do(Capability.READ_SESSION)).allowed
 
     after = None if cursor is None else read_cursor(cursor)
+    token_id = None if caller.claims is None else caller.claims.token_id
     rows = await state.store.sessions_of_member(
-        _member_id(caller), limit=limit + 1, keep=readable, after=after
+        _member_id(caller), limit=limit + 1, keep=readable, after=after, token_id=token_id
     )
     last = rows[limit - 1][0] if len(rows) > limit else None
     return MySessionList(

@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 
 from sqlalchemy import and_, bindparam, func, insert, or_, select, union_all
 
+from parley.authz.tokens import REVOKED
 from parley.server.store import left_clients, thread_log, thread_rows
 from parley.server.store.database import Database
 from parley.server.store.direct_sqlite import direct
@@ -23,6 +24,7 @@ from parley.server.store.rows import (
     session_row,
 )
 from parley.server.store.tables import (
+    client_tokens,
     command_acks,
     doc_snapshots,
     doc_updates,
@@ -33,6 +35,7 @@ from parley.server.store.tables import (
     summaries,
 )
 from parley.session.core import SideThread
+from parley.session.errors import Unauthenticated
 from parley.session.events import StoredEvent
 from parley.session.presence import LeftClient
 from parley.session.summary import Summary, chained
@@ -95,11 +98,17 @@ class SessionReads(Database):
         limit: int,
         keep: Callable[[MemberRow], bool],
         after: tuple[int, str] | None = None,
+        token_id: str | None = None,
     ) -> list[tuple[SessionRow, MemberRow]]:
         """The sessions ``user_id`` is a member of where ``keep`` takes their membership,
         with it, newest first (by creation, then id), at most ``limit``: those after
         ``after`` (created at, id), a place no session created or deleted meanwhile moves
-        (an index on ``members.user_id`` keeps each page a lookup)."""
+        (an index on ``members.user_id`` keeps each page a lookup). ``token_id``: the
+        caller's client token, read after the memberships in the same read, so that a
+        revocation committed with a membership listed is seen (review RG-1: judged by its
+        session's memory, which learns of it after the commit, a token from another
+        member's link listed the session whose membership revoked it); ``Unauthenticated``
+        if it is revoked."""
         kept: list[MemberRow] = []
         async with self.read() as connection:
             while len(kept) < limit:
@@ -128,6 +137,12 @@ class SessionReads(Database):
                 select(sessions).where(sessions.c.id.in_([m.session_id for m in chosen]))
             )
             by_id = {row.id: session_row(row) for row in rows}
+            if token_id is not None:
+                found = await connection.execute(
+                    select(client_tokens.c.revoked_at).where(client_tokens.c.id == token_id)
+                )
+                if found.scalar() is not None:
+                    raise Unauthenticated(REVOKED)
         return [(by_id[m.session_id], m) for m in chosen if m.session_id in by_id]
 
     async def get_member(self, session_id: str, user_id: str) -> MemberRow | None:

@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from parley.server.http import access as access_routes
+from parley.server.http import members as member_routes
 from parley.server.store.invites import InviteStore
 from tests.conftest import RunningServer, make_settings, serve_in_process, sqlite_url
 from tests.yclient import YClient
@@ -566,6 +567,24 @@ async def test_a_token_from_a_link_dies_once_its_member_may_read_what_its_maker_
     assert (await server.http.get(document, headers=_bearer(frank))).status_code == 401
 
 
+def _hold_revocations(
+    monkeypatch: pytest.MonkeyPatch, routes: Any
+) -> tuple[asyncio.Event, asyncio.Event]:
+    """Hold ``routes``' calls of ``revocations_in_force`` between a revocation's commit and
+    its being in force in memory: set the first event when one is reached, go on once the
+    second is set."""
+    committed, release = asyncio.Event(), asyncio.Event()
+    in_force = routes.revocations_in_force
+
+    async def held(state: Any, revoked: Any, but: str = "") -> None:
+        committed.set()
+        await release.wait()
+        await in_force(state, revoked, but)
+
+    monkeypatch.setattr(routes, "revocations_in_force", held)
+    return committed, release
+
+
 async def test_a_command_with_a_links_token_revoked_not_yet_in_force_is_not_stored(
     server: RunningServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -575,15 +594,7 @@ async def test_a_command_with_a_links_token_revoked_not_yet_in_force_is_not_stor
     revocation had committed. It is judged at its commit by the token as stored."""
     sid = await server.new_session({"olga": "owner", "fred": "editor"})
     fred = await _taken(server, sid, "olga", "fred")
-    committed, release = asyncio.Event(), asyncio.Event()
-    in_force = access_routes.revocations_in_force
-
-    async def held(state: Any, revoked: Any, but: str = "") -> None:
-        committed.set()
-        await release.wait()
-        await in_force(state, revoked, but)
-
-    monkeypatch.setattr(access_routes, "revocations_in_force", held)
+    committed, release = _hold_revocations(monkeypatch, access_routes)
     attach = asyncio.create_task(
         server.http.post(
             f"/api/v1/sessions/{sid}/documents",
@@ -605,6 +616,35 @@ async def test_a_command_with_a_links_token_revoked_not_yet_in_force_is_not_stor
     assert "revoked" in sent.json()["error"]["message"]
     transcript = (await server.http.get(f"/api/v1/sessions/{sid}/transcript")).json()
     assert transcript["messages"] == [], transcript
+
+
+async def test_a_links_token_revoked_not_yet_in_force_lists_no_other_session(
+    server: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review RG-1: zed was added to another session, which revoked alice's token from her
+    link for zed (RM-1) in the same commit; held between that commit and the revocation
+    being in force in the first session's memory, her token listed zed's new session (its
+    id, title and zed's role there), read from the store. The listing judges the token as
+    stored in its own read."""
+    sid = await server.new_session({"alice": "owner", "zed": "viewer"})
+    other = await server.new_session({}, title="zed's private project")
+    zed = await _taken(server, sid, "alice", "zed")
+    listed = await server.http.get("/api/v1/me/sessions", headers=_bearer(zed))
+    assert [s["id"] for s in listed.json()["sessions"]] == [sid]
+    committed, release = _hold_revocations(monkeypatch, member_routes)
+    added = asyncio.create_task(
+        server.http.put(f"/api/v1/sessions/{other}/members/zed", json={"role": "editor"})
+    )
+    try:
+        await asyncio.wait_for(committed.wait(), 10)
+        listed = await server.http.get("/api/v1/me/sessions", headers=_bearer(zed))
+    finally:
+        release.set()
+    assert (await added).status_code == 200
+    assert listed.status_code == 401, listed.text
+    assert listed.json()["error"]["code"] == "unauthenticated"
+    assert "revoked" in listed.json()["error"]["message"]
+    assert other not in listed.text
 
 
 async def test_a_member_raised_as_a_document_is_attached_kills_the_links_token_it_reaches(
