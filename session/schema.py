@@ -319,7 +319,9 @@ class SessionDocument:
         return [str(p) for p in self.pins]
 
     def fact_map(self) -> dict[str, str]:
-        return {str(k): str(v) for k, v in self.facts.items()}
+        """Every fact, sorted by key: a Y.Map iterates in an order of its process's own,
+        which differs between nodes and restarts (review RI-2)."""
+        return {str(k): str(v) for k, v in sorted(self.facts.items())}
 
     def facts_with_authors(self) -> dict[str, Fact]:
         """Every fact with who set it (None for a fact set before authors were kept)."""

@@ -71,6 +71,12 @@ async def test_pins_and_facts_over_rest(tmp_path: Path) -> None:
         assert facts.json() == {"facts": {"region": "eu-west-1"}}
         put = await server.http.put(f"/api/v1/sessions/{sid}/facts/tier", json={"value": "gold"})
         assert put.status_code == 200
+        for key in ("zone", "acct", "mid"):  # listed by key, not as set (review RI-2)
+            put = await server.http.put(f"/api/v1/sessions/{sid}/facts/{key}", json={"value": "x"})
+        ordered = ["acct", "mid", "region", "tier", "zone"]
+        assert list(put.json()["facts"]) == ordered
+        facts = await server.http.get(f"/api/v1/sessions/{sid}/facts")
+        assert list(facts.json()["facts"]) == ordered
         pins = await server.http.get(f"/api/v1/sessions/{sid}/pins")
         assert pins.json() == {"pins": [posted["message_id"]]}
 

@@ -853,3 +853,19 @@ def test_a_tool_step_stored_running_ends_once_and_replicas_follow(encode_from: i
         doc.add_tool_step(
             id="t2", reply_id=reply_id, author="a", tool="x", status="nope", text="", created_at=11
         )
+
+
+def test_facts_are_listed_by_key_whatever_order_they_were_set_in() -> None:
+    """Review RI-2: the facts came in the order the process's Y.Map iterated them, which
+    differed between nodes and across restarts of one; they come sorted by key, on every
+    replica."""
+    doc = fresh()
+    keys = ["zeta", "alpha", "mid", "k9", "k1", "beta", "omega", "k5", "gamma", "delta"]
+    for key in keys:
+        doc.set_fact(key, f"v-{key}", "carol")
+    doc.set_fact("mid", None, "carol")
+    kept = sorted(set(keys) - {"mid"})
+    for copy in (doc, replica(doc)):
+        assert list(copy.fact_map()) == kept
+        assert list(copy.facts_with_authors()) == kept
+        assert copy.fact_map()["zeta"] == "v-zeta"
