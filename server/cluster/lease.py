@@ -12,12 +12,16 @@ Reads are not fenced by the database: a node answers them from its own room. It 
 the session's runner only while its lease is known to hold on its own monotonic clock
 (``LeaseTable.known_until``); a node that stalled past that (a freeze, an event loop
 blocked longer than the TTL) renews the lease before it answers, or gives the session up.
+
+Renewals wait on no row (``LeaseTable.renew``): one another transaction holds is skipped and
+asked again next round. As last committed it still runs until its expiry, before which no
+takeover succeeds, so the holder counts on it until then; one still locked past that is lost.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -83,6 +87,22 @@ class Lease:
     members_version: int = field(default=0, compare=False)
 
 
+@dataclass(frozen=True, slots=True)
+class Renewal:
+    """What ``LeaseTable.renew`` found of the leases it was given: ``renewed``, extended by
+    the TTL now; ``locked``, their rows locked by another transaction (a write of the
+    session under way, a member's change, a takeover attempt), so skipped, never waited
+    for: still this node's as last committed, for the seconds given (database clock), and
+    asked again at the next renewal. Every other one is lost: taken over, fenced, its
+    session deleted, or its row locked once it had run out (a takeover may be under way)."""
+
+    renewed: frozenset[str] = frozenset()
+    locked: Mapping[str, float] = field(default_factory=dict)
+
+    def holds(self, session_id: str) -> bool:
+        return session_id in self.renewed or session_id in self.locked
+
+
 _ACQUIRE = text(
     """
     INSERT INTO session_leases (session_id, holder, epoch, expires_at)
@@ -135,11 +155,30 @@ _FENCE_MEMBER = text(
     """
 )
 
+# Renews the node's leases whose rows it can lock at once, in session order (as a role
+# change locks them, ``count_role_change``), and reads every row asked for as last
+# committed (the statement's snapshot), with the seconds it has left (NULL: none). A row
+# another transaction holds is skipped: one waited for held the whole round up to the lock
+# budget, past the TTL, and with it every lease after it, whose rows it held locked
+# meanwhile, and every write of theirs. FOR NO KEY UPDATE: the lock the UPDATE takes.
 _RENEW_ALL = text(
     """
-    UPDATE session_leases SET expires_at = clock_timestamp() + make_interval(secs => :ttl)
-    WHERE holder = :holder AND session_id = ANY(:ids) AND expires_at > '-infinity'
-    RETURNING session_id, epoch
+    WITH free AS (
+        SELECT session_id FROM session_leases
+        WHERE holder = :holder AND session_id = ANY(:ids) AND expires_at > '-infinity'
+        ORDER BY session_id
+        FOR NO KEY UPDATE SKIP LOCKED
+    ), renewed AS (
+        UPDATE session_leases
+        SET expires_at = clock_timestamp() + make_interval(secs => :ttl)
+        WHERE session_id IN (SELECT session_id FROM free)
+        RETURNING session_id, epoch
+    )
+    SELECT l.session_id, l.epoch, r.epoch AS renewed_epoch,
+        CASE WHEN l.holder = :holder AND l.expires_at > clock_timestamp()
+            THEN extract(epoch FROM l.expires_at - clock_timestamp()) END AS left_s
+    FROM session_leases l LEFT JOIN renewed r ON r.session_id = l.session_id
+    WHERE l.session_id = ANY(:ids)
     """
 )
 
@@ -201,11 +240,12 @@ class LeaseTable:
         self.holder = holder
         self.ttl_s = ttl_s
 
-    def known_until(self, asked_at: float) -> float:
+    def known_until(self, asked_at: float, left_s: float | None = None) -> float:
         """Until when (``time.monotonic()``) a lease taken or renewed by a statement sent at
         ``asked_at`` surely holds: the database set its expiry a TTL after it ran the
-        statement, which is later, less ``LEASE_MARGIN``."""
-        return asked_at + self.ttl_s * (1 - LEASE_MARGIN)
+        statement, which is later, less ``LEASE_MARGIN``. ``left_s``: not renewed but found
+        to run so much longer by that statement (``Renewal.locked``), in place of the TTL."""
+        return asked_at + (self.ttl_s if left_s is None else left_s) * (1 - LEASE_MARGIN)
 
     async def try_acquire(self, session_id: str) -> Lease | None:
         """Take the lease if nobody holds it (absent or expired); None if someone does."""
@@ -261,17 +301,25 @@ class LeaseTable:
             "ttl": self.ttl_s,
         }
 
-    async def renew(self, leases: list[Lease]) -> set[str]:
-        """Extend these leases of this node; returns the session ids still held (same epoch)."""
+    async def renew(self, leases: list[Lease]) -> Renewal:
+        """Extend these leases of this node, waiting on no row another transaction holds
+        (see ``Renewal``). ``Unavailable`` if the database fails."""
         if not leases:
-            return set()
+            return Renewal()
+        epochs = {x.session_id: x.epoch for x in leases}
         async with database_errors(), self.engine.begin() as connection:
             rows = await connection.execute(
-                _RENEW_ALL,
-                {"holder": self.holder, "ids": [x.session_id for x in leases], "ttl": self.ttl_s},
+                _RENEW_ALL, {"holder": self.holder, "ids": list(epochs), "ttl": self.ttl_s}
             )
-            epochs = {row.session_id: int(row.epoch) for row in rows}
-        return {x.session_id for x in leases if epochs.get(x.session_id) == x.epoch}
+            renewed: set[str] = set()
+            locked: dict[str, float] = {}
+            for row in rows:
+                if row.renewed_epoch is not None:
+                    if int(row.renewed_epoch) == epochs[row.session_id]:
+                        renewed.add(row.session_id)
+                elif row.left_s is not None and int(row.epoch) == epochs[row.session_id]:
+                    locked[row.session_id] = float(row.left_s)
+        return Renewal(frozenset(renewed), locked)
 
     async def release(self, lease: Lease) -> None:
         """Give the lease up now (another node may take it at once)."""

@@ -1,8 +1,10 @@
 """A cluster node's periodic round, every quarter of ``lease_ttl_s``: renew the leases it
-holds (a lease it could not renew is lost), take over sessions whose holder stopped renewing
-(its replicas first, then any session with work and no live holder), and, less often, look
-at everything again (the safety net for a missed notification), put the stored settings in
-force on its rooms and forget the forwarded commands answered long ago.
+holds (a lease it could not renew is lost; one whose row another transaction holds is
+asked again next round, and kept meanwhile as long as it runs), take over sessions whose
+holder stopped renewing (its replicas first, then any session with work and no live
+holder), and, less often, look at everything again (the safety net for a missed
+notification), put the stored settings in force on its rooms and forget the forwarded
+commands answered long ago.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
+from parley.server.cluster.lease import Renewal
 from parley.session.errors import NotFound, Unavailable
 
 if TYPE_CHECKING:
@@ -66,8 +69,10 @@ class LeaseRound:
                 await registry.forget_session(session_id)
 
     async def _keep_leases(self) -> None:
-        """Renew every lease this node holds, in one statement; a database fault fails the
-        round (``Unavailable``, logged by ``run``). Any other error is a bug in one lease's
+        """Renew every lease this node holds, in one statement that waits on no row (a
+        lease whose row another transaction holds is kept as long as it runs as last
+        committed, and asked again next round: FX51); a database fault fails the round
+        (``Unavailable``, logged by ``run``). Any other error is a bug in one lease's
         renewal (review FX36: it escaped the round, so the leases after it were neither
         kept nor let go, every round): logged with its session id, and the others are
         renewed one by one; a lease whose renewal failed so is neither kept nor lost here
@@ -77,36 +82,40 @@ class LeaseRound:
         asked_at = time.monotonic()
         unknown: set[str] = set()
         try:
-            kept = await node.leases_table.renew(held)
+            found = await node.leases_table.renew(held)
         except Unavailable:
             raise
         except Exception:
-            kept, unknown = await self._renew_one_by_one(held)
+            found, unknown = await self._renew_one_by_one(held)
         for lease in held:
             if lease.session_id in unknown:
                 continue
             try:
-                if lease.session_id in kept:
-                    node.renewed([lease], asked_at)
+                if found.holds(lease.session_id):
+                    node.renewed([lease], asked_at, found.locked.get(lease.session_id))
                 else:
                     node.lost(lease.session_id, lease)
             except Exception:
                 log.exception("lease renewal failed", extra={"session_id": lease.session_id})
 
-    async def _renew_one_by_one(self, held: list[Lease]) -> tuple[set[str], set[str]]:
+    async def _renew_one_by_one(self, held: list[Lease]) -> tuple[Renewal, set[str]]:
         """``held``'s leases renewed apart, after their one statement failed with a bug:
-        the ids of those renewed, and of those that failed alone (logged)."""
-        kept: set[str] = set()
+        what was found of them, and the ids of those that failed alone (logged)."""
+        renewed: set[str] = set()
+        locked: dict[str, float] = {}
         failed: set[str] = set()
         for lease in held:
             try:
-                kept |= await self.node.leases_table.renew([lease])
+                found = await self.node.leases_table.renew([lease])
             except Unavailable:
                 raise
             except Exception:
                 failed.add(lease.session_id)
                 log.exception("lease renewal failed", extra={"session_id": lease.session_id})
-        return kept, failed
+                continue
+            renewed |= found.renewed
+            locked.update(found.locked)
+        return Renewal(frozenset(renewed), locked), failed
 
     async def _take_over(self) -> None:
         node = self.node

@@ -363,9 +363,11 @@ class ClusterNode:
             room.fail("this session moved to another node; reconnect", ReasonCode.FAILOVER)
         await self.registry.unload(session_id, CloseCode.TRY_AGAIN, "session moved to another node")
 
-    def renewed(self, leases: list[Lease], asked_at: float) -> None:
-        """``leases`` were renewed by a statement sent at ``asked_at``."""
-        until = self.leases_table.known_until(asked_at)
+    def renewed(self, leases: list[Lease], asked_at: float, left_s: float | None = None) -> None:
+        """``leases`` were renewed by a statement sent at ``asked_at`` (``left_s``: found
+        held by another transaction, so not renewed, but running so much longer:
+        ``Renewal.locked``)."""
+        until = self.leases_table.known_until(asked_at, left_s)
         for lease in leases:
             if self.leases.get(lease.session_id) == lease:
                 held = self.held_until.get(lease.session_id, until)
@@ -387,7 +389,9 @@ class ClusterNode:
         woke, what had waited meanwhile from its room as it was: a member removed
         elsewhere read the transcript, a deleted session was served) it is renewed first;
         renewed, the roles, settings and members are read again, as a replica's are: what
-        other nodes changed meanwhile did not wait for this one. Not renewed, it is lost."""
+        other nodes changed meanwhile did not wait for this one. Not renewed, it is lost;
+        its row held by another transaction, it holds as long as it runs as last committed
+        (``Renewal.locked``: not waited for)."""
         session_id = room.session_id
         if time.monotonic() < self.held_until.get(session_id, 0.0):
             return session_id in self.running
@@ -398,12 +402,13 @@ class ClusterNode:
             if time.monotonic() < self.held_until.get(session_id, 0.0):
                 return True  # renewed while this waited
             asked_at = time.monotonic()
-            if session_id not in await self.leases_table.renew([lease]):
+            found = await self.leases_table.renew([lease])
+            if not found.holds(session_id):
                 self.lost(session_id, lease)
                 return False
             await self.registry.load_access()
             await room.reload_settings()
-            self.renewed([lease], asked_at)
+            self.renewed([lease], asked_at, found.locked.get(session_id))
         return session_id in self.running
 
     def _lock(self, session_id: str) -> asyncio.Lock:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from datetime import datetime
 
 import pytest
 from sqlalchemy import select, text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from parley.authz.policy import Decision
 from parley.authz.roles import Member
@@ -67,8 +69,9 @@ async def test_one_holder_at_a_time_and_takeover_raises_the_epoch(store: Store) 
     assert await b.live(["s1"]) == set()
     second = await b.try_acquire("s1")
     assert second is not None and second.epoch == 2 and second.holder == "node-b"
-    assert await a.renew([first]) == set()  # a learns it lost the lease
-    assert await b.renew([second]) == {"s1"}
+    lost = await a.renew([first])  # a learns it lost the lease
+    assert not lost.renewed and not lost.locked
+    assert (await b.renew([second])).renewed == {"s1"}
 
 
 async def test_a_fenced_holder_cannot_write(store: Store) -> None:
@@ -116,6 +119,88 @@ async def test_a_takeover_waits_for_the_holders_write_and_then_finds_it_renewed(
     await asyncio.wait_for(writer, 10)
     assert await asyncio.wait_for(takeover, 10) is None  # the write renewed the lease
     assert await updates_of(store, "s1") == [b"in flight"]
+
+
+async def expiries(store: Store) -> dict[str, datetime]:
+    async with store.engine.connect() as connection:
+        rows = await connection.execute(
+            select(session_leases.c.session_id, session_leases.c.expires_at)
+        )
+        return {row.session_id: row.expires_at for row in rows}
+
+
+def node_engine(store: Store) -> AsyncEngine:
+    """An engine on ``store``'s database whose statements wait for a lock as a node's do
+    (``PARLEY_DB_LOCK_TIMEOUT_S``, shorter), not for ever."""
+    return create_engine(store.engine.url.render_as_string(hide_password=False), lock_timeout_s=1)
+
+
+class Abandoned(Exception):
+    """A write given up after its fence: rolled back, its lease row as last committed."""
+
+
+async def test_a_renewal_skips_a_row_a_write_holds_and_renews_the_others(store: Store) -> None:
+    """FX51: one statement renews all of a node's leases, and a row another transaction
+    held (here the node's own write of that session, between its fence and its commit)
+    held the whole statement up to the lock budget (5 s, past the 3 s TTL): every other
+    lease of the node lapsed, and the round failed. The held row is skipped, never waited
+    for, and asked again at the next renewal; the others are renewed."""
+    for session_id in ("s2", "s3"):
+        await store.create_session(session_id, "t", "queue", 0)
+    engine = node_engine(store)
+    try:
+        a = LeaseTable(engine, "node-a", ttl_s=30)
+        leases = [await a.try_acquire(s) for s in ("s1", "s2", "s3")]
+        held = [x for x in leases if x is not None]
+        assert len(held) == 3
+        before = await expiries(store)
+        fenced, release = asyncio.Event(), asyncio.Event()
+
+        async def write_of_s2() -> None:
+            async with store.transaction() as tx:
+                await a.fence(tx.connection, held[1])
+                fenced.set()
+                await release.wait()
+                raise Abandoned
+
+        writer = asyncio.create_task(write_of_s2())
+        try:
+            await asyncio.wait_for(fenced.wait(), 10)
+            first = await a.renew(held)
+            after = await expiries(store)
+        finally:
+            release.set()
+            with pytest.raises(Abandoned):
+                await writer
+        assert first.renewed == {"s1", "s3"} and set(first.locked) == {"s2"}
+        assert 0 < first.locked["s2"] <= 30  # still a's as last committed, for so long
+        assert after["s1"] > before["s1"] and after["s3"] > before["s3"]
+        assert after["s2"] == before["s2"]
+        second = await a.renew(held)  # the next round asks again
+        assert second.renewed == {"s1", "s2", "s3"} and not second.locked
+        assert (await expiries(store))["s2"] > before["s2"]
+    finally:
+        await engine.dispose()
+
+
+async def test_a_lease_whose_row_stays_locked_past_its_expiry_is_lost(store: Store) -> None:
+    """A row locked (a takeover under way, say) once the lease ran out on the database's
+    clock: the holder cannot know it still holds the lease, so it is not held, as a lease
+    taken over is not; the others are renewed as ever."""
+    await store.create_session("s2", "t", "queue", 0)
+    engine = node_engine(store)
+    try:
+        a = LeaseTable(engine, "node-a", ttl_s=30)
+        leases = [x for x in [await a.try_acquire("s1"), await a.try_acquire("s2")] if x]
+        await expire(store, "s2")
+        async with store.engine.connect() as other, other.begin():
+            await other.execute(
+                text("SELECT 1 FROM session_leases WHERE session_id = 's2' FOR NO KEY UPDATE")
+            )
+            renewal = await a.renew(leases)
+        assert renewal.renewed == {"s1"} and not renewal.locked
+    finally:
+        await engine.dispose()
 
 
 async def test_a_change_of_members_or_tokens_is_counted_and_the_fence_reads_it(

@@ -1,17 +1,28 @@
-"""The lease round (``server/cluster/lease_round.py``) with a node of fakes: a bug in one
+"""The lease round (``server/cluster/lease_round.py``): with a node of fakes, a bug in one
 lease's renewal is that lease's alone (review FX36: a non-database error escaped the
-round, so one lease's bug stopped the renewal of every lease after it, every round)."""
+round, so one lease's bug stopped the renewal of every lease after it, every round); on
+PostgreSQL, a lease row locked by another transaction holds no other lease up (FX51)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import time
+from collections.abc import AsyncIterator
+from datetime import datetime
+from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 
-from parley.server.cluster.lease import Lease
+from parley.server.cluster.lease import Lease, Renewal
 from parley.server.cluster.lease_round import LeaseRound
+from parley.server.cluster.node import ClusterNode
 from parley.session.errors import Unavailable
+from tests.conftest import RunningServer
+from tests.server.cluster.nodes import two_in_process
 
 
 class Table:
@@ -25,14 +36,14 @@ class Table:
         self.asked: list[list[str]] = []
         self.down = False
 
-    async def renew(self, leases: list[Lease]) -> set[str]:
+    async def renew(self, leases: list[Lease]) -> Renewal:
         ids = [x.session_id for x in leases]
         self.asked.append(ids)
         if self.down:
             raise Unavailable("the database is unavailable")
         if self.broken & set(ids):
             raise TypeError("a bug in one renewal")
-        return set(ids) - self.taken
+        return Renewal(frozenset(set(ids) - self.taken))
 
 
 class Node:
@@ -43,7 +54,7 @@ class Node:
         self.gone: list[str] = []
         self.fails = fails
 
-    def renewed(self, leases: list[Lease], asked_at: float) -> None:
+    def renewed(self, leases: list[Lease], asked_at: float, left_s: float | None = None) -> None:
         for lease in leases:
             if lease.session_id == self.fails:
                 raise KeyError(lease.session_id)
@@ -92,3 +103,104 @@ async def test_a_database_fault_still_fails_the_round() -> None:
     with pytest.raises(Unavailable):
         await _round(node)._keep_leases()
     assert node.kept == [] and node.gone == [] and len(table.asked) == 1
+
+
+@contextlib.asynccontextmanager
+async def three_run_here(
+    tmp_path: Path,
+) -> AsyncIterator[tuple[str, ClusterNode, RunningServer, list[str]]]:
+    """Three sessions run on the first of two nodes whose lease rounds run only when a
+    test drives them: the database's URL (asyncpg's), the node, its server, the sessions."""
+    # A lease long enough that none runs out while the test drives the round, and a lock
+    # budget short enough that a statement waiting on a lock fails soon.
+    settings = {"lease_ttl_s": 60.0, "db_lock_timeout_s": 1.0}
+    async with two_in_process(tmp_path, **settings) as (url, first, _):
+        sids = [await first.new_session({"ann": "editor"}) for _ in range(3)]
+        for sid in sids:
+            await first.connect(sid, "ann")
+        node = first.app.state.parley.rooms.cluster
+        for task in node._tasks:
+            if task.get_name() == "cluster-leases":
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+        assert node.running == set(sids)
+        yield url.replace("+asyncpg", ""), node, first, sids
+
+
+async def expiries(url: str) -> dict[str, datetime]:
+    database = await asyncpg.connect(url)
+    try:
+        rows = await database.fetch("SELECT session_id, expires_at FROM session_leases")
+    finally:
+        await database.close()
+    return {row["session_id"]: row["expires_at"] for row in rows}
+
+
+@contextlib.asynccontextmanager
+async def row_locked(url: str, session_id: str, *, lapsed: bool = False) -> AsyncIterator[None]:
+    """``session_id``'s lease row locked by another transaction (a member's change on
+    another node, a takeover under way) until the block ends; ``lapsed``: its lease ran
+    out (on the database's clock) first."""
+    database = await asyncpg.connect(url)
+    try:
+        if lapsed:
+            await database.execute(
+                "UPDATE session_leases SET expires_at = clock_timestamp() - interval '1 s'"
+                " WHERE session_id = $1",
+                session_id,
+            )
+        async with database.transaction():
+            await database.execute(
+                "SELECT 1 FROM session_leases WHERE session_id = $1 FOR NO KEY UPDATE",
+                session_id,
+            )
+            yield
+    finally:
+        await database.close()
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("lapsed", [False, True], ids=["within-its-expiry", "past-its-expiry"])
+async def test_a_row_locked_elsewhere_holds_no_other_lease_up(tmp_path: Path, lapsed: bool) -> None:
+    """FX51: the round's one statement waited on a lease row another transaction held,
+    up to the lock budget and past the TTL: every other session of the (healthy) node
+    lost its lease, and the round failed. Now the row is skipped and the others renewed;
+    it is asked again next round, and lost only if it stayed locked past its expiry on
+    the database's clock. Nothing of it tells storage it is failing."""
+    async with three_run_here(tmp_path) as (url, node, server, sids):
+        locked = sids[1]
+        async with row_locked(url, locked, lapsed=lapsed):
+            before = await expiries(url)
+            await LeaseRound(node)._keep_leases()
+            after = await expiries(url)
+            assert after[locked] == before[locked]
+            assert all(after[s] > before[s] for s in sids if s != locked)
+            assert node.running == set(sids) - ({locked} if lapsed else set())
+            assert server.app.state.parley.store.health.failing is None
+            assert (await server.http.get("/readyz")).status_code == 200
+        if lapsed:
+            letting_go = node._letting_go.get(locked)
+            if letting_go is not None:
+                await asyncio.wait_for(asyncio.shield(letting_go), 30)
+            return
+        await LeaseRound(node)._keep_leases()  # the next round asks for it again
+        assert (await expiries(url))[locked] > before[locked]
+        assert node.running == set(sids)
+
+
+@pytest.mark.postgres
+async def test_a_lease_asked_on_use_is_not_held_up_by_its_locked_row(tmp_path: Path) -> None:
+    """A node past its lease's local deadline asks for the lease before it answers
+    (``lease_holds``): a row locked elsewhere held that up to the lock budget, and then
+    refused the call ``unavailable``. It holds as last committed, and no takeover comes
+    before that runs out: the node answers, its deadline moved up to it."""
+    async with three_run_here(tmp_path) as (url, node, server, sids):
+        sid = sids[0]
+        room = server.app.state.parley.rooms.loaded(sid)
+        assert room is not None
+        node.held_until[sid] = 0.0  # past its lease on its own clock
+        async with row_locked(url, sid):
+            assert await node.lease_holds(room)
+        assert node.held_until[sid] > time.monotonic()
+        assert sid in node.running
