@@ -1,10 +1,10 @@
-"""A cluster node's periodic round, every quarter of ``lease_ttl_s``: renew the leases it
-holds (a lease it could not renew is lost; one whose row another transaction holds is
-asked again next round, and kept meanwhile as long as it runs), take over sessions whose
-holder stopped renewing (its replicas first, then any session with work and no live
-holder), and, less often, look at everything again (the safety net for a missed
-notification), put the stored settings in force on its rooms and forget the forwarded
-commands answered long ago.
+"""A cluster node's periodic rounds, every quarter of ``lease_ttl_s``: one renews the leases
+it holds (a lease it could not renew is lost; one whose row another transaction holds is
+asked again next round, and kept meanwhile as long as it runs); beside it, so that nothing
+there delays a renewal, the other takes over sessions whose holder stopped renewing (its
+replicas first, then any session with work and no live holder), and, less often, looks at
+everything again (the safety net for a missed notification), puts the stored settings in
+force on its rooms and forgets the forwarded commands answered long ago.
 """
 
 from __future__ import annotations
@@ -31,14 +31,29 @@ class LeaseRound:
         self.node = node
 
     async def run(self) -> None:
+        """Renew this node's leases every quarter of the TTL and, beside that, take
+        sessions over and do the rest: a takeover that waits (on a lease row another
+        transaction holds, or a long load) delays no renewal (FX51: in one loop, it held
+        every renewal after it up, past the TTL)."""
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(self._renewing())
+            tasks.create_task(self._tending())
+
+    async def _renewing(self) -> None:
+        while True:
+            await asyncio.sleep(self.node.settings.lease_ttl_s / 4)
+            try:
+                await self._keep_leases()
+            except Exception as exc:
+                log.warning("lease round failed", extra={"error": f"{type(exc).__name__}: {exc}"})
+
+    async def _tending(self) -> None:
         node = self.node
-        interval = node.settings.lease_ttl_s / 4
         last_poll = 0.0
         last_cleanup = time.monotonic()
         while True:
-            await asyncio.sleep(interval)
+            await asyncio.sleep(node.settings.lease_ttl_s / 4)
             try:
-                await self._keep_leases()
                 await self._take_over()
                 now = time.monotonic()
                 if now - last_poll >= node.settings.cluster_poll_s:
@@ -50,7 +65,9 @@ class LeaseRound:
                     cutoff = int((time.time() - ANSWERED_KEPT_S) * 1000)
                     await node.relay.table.forget_answered(cutoff)
             except Exception as exc:
-                log.warning("lease round failed", extra={"error": f"{type(exc).__name__}: {exc}"})
+                log.warning(
+                    "takeover round failed", extra={"error": f"{type(exc).__name__}: {exc}"}
+                )
 
     async def _refresh_members(self) -> None:
         """The safety net for settings changed on other nodes: put the stored ones in force

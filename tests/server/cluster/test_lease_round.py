@@ -12,6 +12,7 @@ import time
 from collections.abc import AsyncIterator
 from datetime import datetime
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import asyncpg
@@ -44,6 +45,12 @@ class Table:
         if self.broken & set(ids):
             raise TypeError("a bug in one renewal")
         return Renewal(frozenset(set(ids) - self.taken))
+
+    async def live(self, session_ids: list[str]) -> set[str]:
+        return set()  # nobody runs the replicas
+
+    async def orphaned(self) -> list[str]:
+        return []
 
 
 class Node:
@@ -94,6 +101,55 @@ async def test_a_bug_after_the_renewal_is_that_leases_alone(
         await _round(node)._keep_leases()
         assert node.kept == [s for s in "abc" if s != fails] and node.gone == ["d"][: fails != "d"]
         assert _logged(caplog) == [fails]
+
+
+class TakingOver(Node):
+    """A node of fakes whose one replica nobody runs: its takeover waits until ``done``
+    is set (on a lease row another transaction holds, or a long load)."""
+
+    def __init__(self, table: Table, *session_ids: str) -> None:
+        super().__init__(table, *session_ids)
+        self.settings = SimpleNamespace(lease_ttl_s=0.04, cluster_poll_s=3600.0)
+        self.applied = {"replica": 0}
+        self.live_elsewhere: set[str] = set()
+        self.runners: dict[str, object] = {}
+        self.registry = SimpleNamespace(loaded=lambda session_id: object())
+        self.taking_over = asyncio.Event()
+        self.done = asyncio.Event()
+        self.kept_meanwhile = 0  # leases renewed while the takeover waits
+        self.three_rounds = asyncio.Event()  # of them, three rounds' worth
+
+    def renewed(self, leases: list[Lease], asked_at: float, left_s: float | None = None) -> None:
+        super().renewed(leases, asked_at, left_s)
+        if self.taking_over.is_set():
+            self.kept_meanwhile += len(leases)
+            if self.kept_meanwhile >= 3 * len(self.leases):
+                self.three_rounds.set()
+
+    async def promote(self, room: object) -> bool:
+        self.taking_over.set()
+        await self.done.wait()
+        return True
+
+    def look_again(self) -> None:
+        pass
+
+
+async def test_a_takeover_held_up_holds_no_renewal_up() -> None:
+    """FX51: the round renewed the node's leases, then took sessions over, in one loop: a
+    takeover waiting on a lease row another transaction held (a lapsed lease whose holder
+    stalled inside a write) held every renewal after it up with it, up to the lock budget
+    and past the TTL. The renewals go on while a takeover waits."""
+    node = TakingOver(Table(), "a", "b")
+    running = asyncio.create_task(_round(node).run())  # type: ignore[arg-type]
+    try:
+        async with asyncio.timeout(30):
+            await node.three_rounds.wait()
+        assert not node.done.is_set() and node.gone == []
+    finally:
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
 
 
 async def test_a_database_fault_still_fails_the_round() -> None:
