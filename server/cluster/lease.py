@@ -158,9 +158,9 @@ _FENCE_MEMBER = text(
 # Renews the node's leases whose rows it can lock at once, in session order (as a role
 # change locks them, ``count_role_change``), and reads every row asked for as last
 # committed (the statement's snapshot), with the seconds it has left (NULL: none). A row
-# another transaction holds is skipped: one waited for held the whole round up to the lock
-# budget, past the TTL, and with it every lease after it, whose rows it held locked
-# meanwhile, and every write of theirs. FOR NO KEY UPDATE: the lock the UPDATE takes.
+# another transaction holds is skipped, never waited for (FX51: the wait, up to the lock
+# budget and past the TTL, held every other lease up, and the writes of the sessions whose
+# rows it had locked meanwhile). FOR NO KEY UPDATE: the lock the UPDATE takes.
 _RENEW_ALL = text(
     """
     WITH free AS (

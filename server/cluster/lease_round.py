@@ -89,7 +89,7 @@ class LeaseRound:
         """Renew every lease this node holds, in one statement that waits on no row (a
         lease whose row another transaction holds is kept as long as it runs as last
         committed, and asked again next round: FX51); a database fault fails the round
-        (``Unavailable``, logged by ``run``). Any other error is a bug in one lease's
+        (``Unavailable``, logged by ``_renewing``). Any other error is a bug in one lease's
         renewal (review FX36: it escaped the round, so the leases after it were neither
         kept nor let go, every round): logged with its session id, and the others are
         renewed one by one; a lease whose renewal failed so is neither kept nor lost here
