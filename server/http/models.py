@@ -14,7 +14,7 @@ from pydantic import (
     model_validator,
 )
 
-from parley.session.commands import unstorable_in
+from parley.session.commands import MAX_FACT_CHARS, unstorable_in
 from parley.session.names import MAX_DISPLAY_NAME_CHARS, display_name_problem, refused_pattern
 
 RoleName = Annotated[
@@ -293,6 +293,7 @@ SETTING_MAXIMA = {
     ("TokenCreate", "ttl_seconds"): ("maximum", "token_ttl_max_s"),
     ("InviteCreate", "token_ttl_seconds"): ("maximum", "token_ttl_max_s"),
     ("DocumentCreate", "text"): ("maxLength", "max_document_chars"),
+    ("EntryPost", "text"): ("maxLength", "max_prompt_chars"),
 }
 
 
@@ -347,8 +348,12 @@ class TranscriptOut(Strict):
 
 
 class FactPut(Strict):
-    # Its length is the socket's rule (``check_fact``: ``too_large`` past 2,000 characters).
-    value: str
+    # Its length is the socket's rule (``check_fact``: ``too_large`` past 2,000 characters);
+    # the document states it all the same (review RJ-2: it said none).
+    value: str = Field(
+        description=f"At most {MAX_FACT_CHARS} characters (longer: 413 too_large)",
+        json_schema_extra={"maxLength": MAX_FACT_CHARS},
+    )
 
 
 class FactsOut(Strict):
@@ -380,7 +385,13 @@ AsUser = Annotated[
 
 
 class EntryPost(Strict):
-    text: str = Field(min_length=1, description="At most PARLEY_MAX_PROMPT_CHARS characters")
+    # Its length is the door's (``too_large``, as on a socket); the served document gives
+    # this server's bound (``SETTING_MAXIMA``; review RJ-2).
+    text: str = Field(
+        min_length=1,
+        description="At most PARLEY_MAX_PROMPT_CHARS characters (default 32000; longer: "
+        "413 too_large)",
+    )
     id: CommandId | None = None
     as_user: AsUser = None
 

@@ -147,6 +147,44 @@ async def test_a_bound_left_to_a_setting_is_the_served_documents_maximum(
             assert setting in described.get("description", ""), (schema, described)
 
 
+async def test_a_facts_value_and_an_entrys_text_past_their_bound_are_refused_by_the_document(
+    tmp_path: Path,
+) -> None:
+    """Review RJ-2: a fact's value past 2,000 characters, and a prompt's or a message's text
+    past PARLEY_MAX_PROMPT_CHARS, were answered ``413 too_large`` though the served document
+    gave them no ``maxLength``. It now gives each (the setting's value on this server), and
+    one at the bound is taken."""
+    settings = make_settings(sqlite_url(tmp_path), tmp_path / "data", max_prompt_chars=50)
+    async with serve_in_process(settings) as server:
+        http = server.http
+        served = (await http.get("/api/v1/openapi.json")).json()
+        sid = await server.new_session({"alice": "editor"})
+        at = SESSION.format(session_id=sid)
+        thread = await http.post(f"{at}/threads", json={"as_user": "alice"})
+        in_thread = f"{at}/threads/{thread.json()['thread_id']}"
+        cases = [
+            ("PUT", f"{SESSION}/facts/{{key}}", f"{at}/facts/k", "value", 2000, {}),
+            ("POST", f"{SESSION}/messages", f"{at}/messages", "text", 50, {"as_user": "alice"}),
+            ("POST", f"{SESSION}/prompts", f"{at}/prompts", "text", 50, {"as_user": "alice"}),
+            ("POST", f"{SESSION}/threads/{{thread_id}}/prompts", f"{in_thread}/prompts", "text",
+             50, {"as_user": "alice"}),
+        ]  # fmt: skip
+        wrong = []
+        for method, template, path, field, bound, rest in cases:
+            for length in (bound, bound + 1):
+                body = {field: "v" * length, **rest}
+                allowed = _allows(served, method, template, path, body)
+                answer = await http.request(method, path, json=body)
+                code = answer.json()["error"]["code"] if answer.is_error else None
+                if allowed != (length == bound) or (allowed and answer.is_error):
+                    wrong.append((method, path[-20:], length, allowed, answer.status_code))
+                if not allowed and (answer.status_code, code) != (413, "too_large"):
+                    wrong.append((method, path[-20:], length, answer.status_code, code))
+        assert wrong == [], wrong
+        entry = served["components"]["schemas"]["EntryPost"]["properties"]["text"]
+        assert "PARLEY_MAX_PROMPT_CHARS" in entry["description"], entry
+
+
 async def test_the_document_refuses_each_form_the_review_found_it_admitted(
     tmp_path: Path,
 ) -> None:
