@@ -18,6 +18,8 @@ from __future__ import annotations
 import hashlib
 import unicodedata
 
+from parley.session.code_points import FORMAT_CHARACTERS, class_of, points_of, ranges_of
+
 MAX_DISPLAY_NAME_CHARS = 80
 
 # Unicode's Default_Ignorable_Code_Point (DerivedCoreProperties.txt): what a renderer
@@ -122,41 +124,31 @@ def _char_problem(name: str, at: int) -> str | None:
 # RC-1). Not surrogates (a UTF-16 pattern cannot tell a lone one from half of an emoji),
 # joiners (taken in context), nor unassigned points (which depend on the version).
 # ``tests/session/test_names.py`` checks it against the rules.
-REFUSED_EVERYWHERE = (
+_REFUSED_BESIDE_FORMAT = (
     (0x0000, 0x001F),
     (0x007F, 0x009F),
-    (0x00AD, 0x00AD),
     (0x034F, 0x034F),
-    (0x0600, 0x0605),
-    (0x061C, 0x061C),
-    (0x06DD, 0x06DD),
-    (0x070F, 0x070F),
-    (0x0890, 0x0891),
-    (0x08E2, 0x08E2),
     (0x115F, 0x1160),
     (0x17B4, 0x17B5),
-    (0x180E, 0x180E),
-    (0x200B, 0x200B),
-    (0x200E, 0x200F),
-    (0x2028, 0x202E),
-    (0x2060, 0x206F),
+    (0x2028, 0x2029),
+    (0x2065, 0x2065),
     (0x3164, 0x3164),
     (0xE000, 0xF8FF),
     (0xFDD0, 0xFDEF),
-    (0xFEFF, 0xFEFF),
     (0xFFA0, 0xFFA0),
-    (0xFFF0, 0xFFFB),
+    (0xFFF0, 0xFFF8),
     (0xFFFE, 0xFFFF),
+)
+REFUSED_EVERYWHERE = ranges_of(
+    point
+    for point in points_of(_REFUSED_BESIDE_FORMAT) | points_of(FORMAT_CHARACTERS)
+    if point <= 0xFFFF and chr(point) not in (_ZWJ, _ZWNJ)
 )
 
 
 def refused_pattern() -> str:
     """``REFUSED_EVERYWHERE`` as a JSON Schema (ECMA-262) pattern of names holding none."""
-    ranges = "".join(
-        f"\\u{low:04x}" if low == high else f"\\u{low:04x}-\\u{high:04x}"
-        for low, high in REFUSED_EVERYWHERE
-    )
-    return f"^[^{ranges}]*$"
+    return f"^[^{class_of(REFUSED_EVERYWHERE)}]*$"
 
 
 def display_name_problem(name: str) -> str | None:

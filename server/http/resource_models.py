@@ -8,10 +8,9 @@ from typing import Annotated, Any, Literal
 from pydantic import ConfigDict, Field
 
 from parley.server.http.models import (
-    HTTP_URL_PATTERN,
-    HTTP_URL_SHAPE,
     WHOLE,
     CapabilityName,
+    HttpUrl,
     Strict,
 )
 
@@ -131,11 +130,7 @@ class ToolCreate(Strict):
     parameters: dict[str, Any] = Field(
         default_factory=lambda: {"type": "object"}, description="JSON Schema of the arguments"
     )
-    url: str = Field(
-        pattern=HTTP_URL_SHAPE,
-        json_schema_extra={"pattern": HTTP_URL_PATTERN},
-        description="Where Parley POSTs",
-    )
+    url: HttpUrl
     capability: CapabilityName | None = Field(
         default=None, description="Needed to use it; default tool:<name>"
     )

@@ -11,7 +11,7 @@ from pydantic import Field
 
 from parley.authz.standard_webhooks import new_secret
 from parley.server.http.cursor import PLACE_CURSOR, make_place_cursor, page_start
-from parley.server.http.models import HTTP_URL_PATTERN, HTTP_URL_SHAPE, WHOLE, Strict
+from parley.server.http.models import WHOLE, HttpUrl, Strict
 from parley.server.http.resource_models import NEXT_CURSOR
 from parley.server.http.rest import MAX_ROW_ID, Operation, QueryParam
 from parley.server.outbound.targets import target_problem
@@ -47,11 +47,7 @@ MAX_DELIVERIES_PER_PAGE = 200
 
 
 class WebhookCreate(Strict):
-    url: str = Field(
-        pattern=HTTP_URL_SHAPE,
-        json_schema_extra={"pattern": HTTP_URL_PATTERN},
-        description="Where Parley POSTs",
-    )
+    url: HttpUrl
     events: list[EventType] = Field(min_length=1, max_length=len(TYPES))
     sessions: list[SessionId] | None = Field(
         default=None, max_length=1000, description="Only these sessions; absent: every one"

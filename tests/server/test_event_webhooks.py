@@ -541,11 +541,13 @@ async def test_a_url_with_a_control_character_is_refused_when_private_targets_ar
     database_url: str, tmp_path: Path
 ) -> None:
     """Review I1: under ``PARLEY_WEBHOOK_ALLOW_PRIVATE`` a URL with BEL or DEL was
-    subscribed (201), then every attempt refused it as malformed; a webhook tool's too."""
+    subscribed (201), then every attempt refused it as malformed; a webhook tool's too.
+    Now refused by the published pattern, before it is parsed (review RJ-3)."""
     settings = make_settings(database_url, tmp_path / "data", **FAST)
     async with serve_in_process(settings) as server:
         for bad in ("\x07", "\x7f"):
-            await refused_as_a_target(server.http, f"http://127.0.0.1:9/ok{bad}", "malformed URL")
+            reason = f"format character (U+{ord(bad):04X}) at character 22"
+            await refused_as_a_target(server.http, f"http://127.0.0.1:9/ok{bad}", reason)
 
 
 @pytest.mark.parametrize("allow_private", [True, False])

@@ -5,11 +5,15 @@ not refused as invalid (422) or too large (413), and one it forbids is refused (
 
 from __future__ import annotations
 
+import json
 import re
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import jsonschema
+import pytest
 
 from parley.server.http.cursor import make_cursor
 from tests.conftest import make_settings, serve_in_process, sqlite_url
@@ -243,6 +247,67 @@ async def test_the_document_refuses_each_form_the_review_found_it_admitted(
             if allowed == refused:
                 disagree.append((method, path[-30:], body, query, allowed, answer.status_code))
         assert disagree == [], disagree
+
+
+def _ecma_matches(pattern: str, texts: list[str]) -> list[bool]:
+    """Whether each of ``texts`` matches ``pattern`` read as JSON Schema 2020-12 reads it:
+    an ECMA-262 regular expression (with the ``u`` flag), judged by Node's ``RegExp``."""
+    script = (
+        "const re = new RegExp(process.argv[1], 'u');"
+        "const texts = JSON.parse(require('fs').readFileSync(0, 'utf8'));"
+        "process.stdout.write(JSON.stringify(texts.map((t) => re.test(t))));"
+    )
+    node = shutil.which("node") or "node"
+    done = subprocess.run(
+        [node, "-e", script, pattern],
+        input=json.dumps(texts),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    matched: list[bool] = json.loads(done.stdout)
+    return matched
+
+
+@pytest.mark.node
+async def test_a_url_is_judged_by_the_pattern_the_document_gives_read_as_ecma_or_python(
+    tmp_path: Path,
+) -> None:
+    """Review RJ-3: the server judged a webhook's or a tool's URL by ``[^\\s]`` (Python's or
+    Rust's ``\\s``), the document published another class read by ECMA-262's ``\\s``:
+    U+0085 was allowed by the document and refused, U+FEFF refused by it and taken, U+0080
+    taken by both though a URL holds no control character. One explicit class now serves
+    both, with no ``\\s``: each such character is refused by the document (read as ECMA-262
+    and as Python) and by the server (``422 invalid``), on both routes; a letter is taken."""
+    settings = make_settings(sqlite_url(tmp_path), tmp_path / "data", webhook_allow_private=True)
+    async with serve_in_process(settings) as server:
+        http = server.http
+        served = (await http.get("/api/v1/openapi.json")).json()
+        schemas = served["components"]["schemas"]
+        refused = ["\x80", "\x85", "\x9f", "\xa0", "\xad", "\u1680", "\u200b", "\u2028",
+                   "\u202f", "\u3000", "\ufeff", "\U000e0001", "\x1c", "\x7f", " "]  # fmt: skip
+        taken = ["e", "\xe9", "\u4e2d", "\U0001f600"]
+        wrong = []
+        for route, schema, body in (
+            ("/api/v1/webhooks", "WebhookCreate", {"events": ["run.failed"]}),
+            ("/api/v1/tools", "ToolCreate", {"name": "t", "description": "d"}),
+        ):
+            pattern = schemas[schema]["properties"]["url"]["pattern"]
+            if "\\s" in pattern:
+                wrong.append((schema, pattern))
+            urls = [f"http://127.0.0.1:9/a{char}b" for char in refused + taken]
+            for url, by_ecma in zip(urls, _ecma_matches(pattern, urls), strict=True):
+                by_python = _allows(served, "POST", route, route, {**body, "url": url})
+                answer = await http.post(route, json={**body, "url": url})
+                code = answer.json()["error"]["code"] if answer.is_error else None
+                if answer.status_code == 201:
+                    location = answer.headers["location"]
+                    await http.delete(location if schema == "WebhookCreate" else f"{route}/t")
+                expected = url[-2] in taken
+                got = (by_ecma, by_python, code is None)
+                if got != (expected, expected, expected) or code not in (None, "invalid"):
+                    wrong.append((schema, f"U+{ord(url[-2]):04X}", got, answer.status_code))
+        assert wrong == [], wrong
 
 
 # A body of the right form for each route under an id that takes one.
