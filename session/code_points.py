@@ -70,3 +70,15 @@ def ranges_of(points: Iterable[int]) -> CodePointRanges:
         else:
             merged.append((point, point))
     return tuple(merged)
+
+
+def merged(ranges: CodePointRanges) -> CodePointRanges:
+    """``ranges`` sorted, those that overlap or touch made one (costs a sort of the ranges,
+    not a pass over their points: a plane of private use is one range)."""
+    out: list[tuple[int, int]] = []
+    for low, high in sorted(ranges):
+        if out and low <= out[-1][1] + 1:
+            out[-1] = (out[-1][0], max(high, out[-1][1]))
+        else:
+            out.append((low, high))
+    return tuple(out)

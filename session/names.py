@@ -18,7 +18,13 @@ from __future__ import annotations
 import hashlib
 import unicodedata
 
-from parley.session.code_points import FORMAT_CHARACTERS, class_of, points_of, ranges_of
+from parley.session.code_points import (
+    FORMAT_CHARACTERS,
+    class_of,
+    merged,
+    points_of,
+    ranges_of,
+)
 
 MAX_DISPLAY_NAME_CHARS = 80
 
@@ -118,12 +124,13 @@ def _char_problem(name: str, at: int) -> str | None:
     return None
 
 
-# Basic Multilingual Plane code points ``display_name_problem`` refuses wherever they stand,
-# whatever Unicode version Python knows (controls, format characters, separators, private
-# use, noncharacters, default-ignorables): what the API document's pattern says (review
-# RC-1). Not surrogates (a UTF-16 pattern cannot tell a lone one from half of an emoji),
-# joiners (taken in context), nor unassigned points (which depend on the version).
-# ``tests/session/test_names.py`` checks it against the rules.
+# Code points ``display_name_problem`` refuses wherever they stand, whatever Unicode version
+# Python knows (controls, format characters, separators, private use, noncharacters,
+# default-ignorables): what the API document's pattern says (review RC-1; RJ-4: above the
+# Basic Multilingual Plane too). Not surrogates (a UTF-16 pattern cannot tell a lone one
+# from half of an emoji), joiners (taken in context), nor unassigned points (which depend
+# on the version: judged after the pattern). ``tests/session/test_names.py`` checks it
+# against the rules.
 _REFUSED_BESIDE_FORMAT = (
     (0x0000, 0x001F),
     (0x007F, 0x009F),
@@ -137,13 +144,13 @@ _REFUSED_BESIDE_FORMAT = (
     (0xFDD0, 0xFDEF),
     (0xFFA0, 0xFFA0),
     (0xFFF0, 0xFFF8),
-    (0xFFFE, 0xFFFF),
+    *((plane << 16 | 0xFFFE, plane << 16 | 0xFFFF) for plane in range(16)),
+    (0xE0000, 0xE00FF),
+    (0xE01F0, 0xE0FFF),
+    (0xF0000, 0x10FFFF),
 )
-REFUSED_EVERYWHERE = ranges_of(
-    point
-    for point in points_of(_REFUSED_BESIDE_FORMAT) | points_of(FORMAT_CHARACTERS)
-    if point <= 0xFFFF and chr(point) not in (_ZWJ, _ZWNJ)
-)
+_FORMAT_BUT_JOINERS = ranges_of(points_of(FORMAT_CHARACTERS) - {ord(_ZWJ), ord(_ZWNJ)})
+REFUSED_EVERYWHERE = merged(_REFUSED_BESIDE_FORMAT + _FORMAT_BUT_JOINERS)
 
 
 def refused_pattern() -> str:

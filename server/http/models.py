@@ -15,7 +15,7 @@ from pydantic import (
     model_validator,
 )
 
-from parley.session.code_points import FORMAT_CHARACTERS, class_of, points_of, ranges_of
+from parley.session.code_points import FORMAT_CHARACTERS, class_of, merged, points_of
 from parley.session.commands import MAX_FACT_CHARS, unstorable_in
 from parley.session.names import MAX_DISPLAY_NAME_CHARS, display_name_problem, refused_pattern
 
@@ -77,7 +77,7 @@ _URL_CONTROLS_AND_BLANKS = (
     (0x205F, 0x205F),
     (0x3000, 0x3000),
 )
-URL_REFUSED = ranges_of(points_of(_URL_CONTROLS_AND_BLANKS) | points_of(FORMAT_CHARACTERS))
+URL_REFUSED = merged(_URL_CONTROLS_AND_BLANKS + FORMAT_CHARACTERS)
 # A webhook's or a tool's URL, judged by the server with the pattern the document gives
 # (review RJ-3: the server's ``\\s`` and the document's meant other sets), then parsed
 # (``outbound.targets``: "malformed URL (…)").
@@ -214,7 +214,9 @@ DisplayName = Annotated[
         description="How people see the member; empty: by user id. No control, format "
         "(zero-width, soft hyphen, bidirectional), line or paragraph separator, private-use, "
         "unassigned (new emoji aside) or noncharacter code points; joiners only inside a "
-        "script or an emoji sequence",
+        "script or an emoji sequence. The pattern excludes those refused wherever they "
+        "stand; unassigned code points are judged after it (which ones depends on the "
+        "server's Unicode version), and joiners and blank names too",
         # The rules a pattern can say, for the document (refused by ``_shown_as_it_is``).
         json_schema_extra={"pattern": refused_pattern()},
     ),

@@ -310,6 +310,49 @@ async def test_a_url_is_judged_by_the_pattern_the_document_gives_read_as_ecma_or
         assert wrong == [], wrong
 
 
+@pytest.mark.node
+async def test_a_display_name_refused_wherever_a_character_stands_is_refused_by_the_pattern(
+    tmp_path: Path,
+) -> None:
+    """Review RJ-4: the display name's pattern covered the Basic Multilingual Plane only:
+    private use of planes 15-16, noncharacters and format characters above it were refused
+    ``422 invalid`` at the start, middle and end of a name, and admitted by the pattern.
+    Now the pattern (read as ECMA-262 and as Python) refuses each, on both routes; an
+    unassigned code point, which depends on the server's Unicode version, is said to be
+    judged after it."""
+    settings = make_settings(sqlite_url(tmp_path), tmp_path / "data")
+    async with serve_in_process(settings) as server:
+        http = server.http
+        served = (await http.get("/api/v1/openapi.json")).json()
+        sid = await server.new_session({"alice": "editor"})
+        at = SESSION.format(session_id=sid)
+        alice = {"Authorization": f"Bearer {await server.token(sid, 'alice')}"}
+        points = [0xF0000, 0x10FFFD, 0x10FFFF, 0x2FFFE, 0x1FFFF, 0x13430, 0x1BCA0, 0x1D173,
+                  0xE0001, 0xE0020, 0xE0000, 0xE0FFF]  # fmt: skip
+        names = [n for p in points for n in (f"{chr(p)}Name", f"Na{chr(p)}me", f"Name{chr(p)}")]
+        names += ["Zo\u00eb \u2764\ufe0f", "\U0001f600 \U00020000", "a\U000e0100"]
+        wrong = []
+        for schema, method, template, path, headers in (
+            ("MemberPut", "PUT", f"{SESSION}/members/{{user_id}}", f"{at}/members/bob", {}),
+            ("MePatch", "PATCH", f"{SESSION}/me", f"{at}/me", alice),
+        ):
+            field = served["components"]["schemas"][schema]["properties"]["display_name"]
+            form = next(f for f in field.get("anyOf", [field]) if "pattern" in f)
+            if "unassigned code points are judged after" not in form["description"]:
+                wrong.append((schema, form["description"]))
+            for name, by_ecma in zip(names, _ecma_matches(form["pattern"], names), strict=True):
+                body = {
+                    "display_name": name,
+                    **({"role": "viewer"} if schema == "MemberPut" else {}),
+                }
+                by_python = _allows(served, method, template, path, body)
+                answer = await http.request(method, path, json=body, headers=headers)
+                taken = answer.status_code not in (413, 422)
+                if not by_ecma == by_python == taken:
+                    wrong.append((schema, ascii(name), by_ecma, by_python, answer.status_code))
+        assert wrong == [], wrong
+
+
 # A body of the right form for each route under an id that takes one.
 _BODIES = {"prompts": {"text": "hi"}, "share": {"text": "hi"}, "share-replies": {"turn_ids": ["t"]}}
 

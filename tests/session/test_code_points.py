@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 import unicodedata
 
-from parley.session.code_points import FORMAT_CHARACTERS, class_of, points_of, ranges_of
+from parley.session.code_points import FORMAT_CHARACTERS, class_of, merged, points_of, ranges_of
 
 
 def test_the_format_characters_are_unicodes_as_python_knows_them() -> None:
@@ -21,6 +21,8 @@ def test_ranges_of_points_are_the_fewest_and_keep_every_point() -> None:
     points = {0, 1, 2, 5, 0xFFFF, 0x10000, 0x10FFFF}
     assert ranges_of(points) == ((0, 2), (5, 5), (0xFFFF, 0x10000), (0x10FFFF, 0x10FFFF))
     assert points_of(ranges_of(points)) == points
+    ranges = ((5, 9), (0, 2), (3, 3), (8, 12), (20, 20))
+    assert merged(ranges) == ((0, 3), (5, 12), (20, 20)) == ranges_of(points_of(ranges))
 
 
 def test_a_class_holds_each_range_and_writes_astral_points_as_themselves() -> None:

@@ -116,3 +116,26 @@ def test_the_documents_pattern_refuses_what_the_rules_refuse_everywhere() -> Non
     for low, high in REFUSED_EVERYWHERE:
         for point in (low, high):
             assert pattern.fullmatch(f"a{chr(point)}b") is None
+
+
+def test_the_documents_pattern_refuses_what_the_rules_refuse_everywhere_above_the_bmp() -> None:
+    """Review RJ-4: the pattern named Basic Multilingual Plane points only; private use of
+    planes 15-16, noncharacters, format characters and tags above it, refused wherever
+    they stand, were admitted by it. Each is in it now (every point of a short range, the
+    ends of a long one), and no assigned point above the plane the rules take somewhere."""
+    astral = [(low, high) for low, high in REFUSED_EVERYWHERE if high > 0xFFFF]
+    sampled = {
+        p
+        for low, high in astral
+        for p in (range(low, high + 1) if high - low < 256 else (low, high))
+    }
+    assert all(_refused_in_any_context(chr(point)) for point in sampled)
+    listed = {p for low, high in astral for p in range(low, high + 1)}
+    for point in set(range(0x10000, 0x110000)) - listed:
+        char = chr(point)
+        if unicodedata.category(char) != "Cn":
+            assert not _refused_in_any_context(char), hex(point)
+    pattern = re.compile(refused_pattern())
+    assert pattern.fullmatch("\U0001f600 \U00020000 a\U000e0100") is not None
+    for point in sampled:
+        assert pattern.fullmatch(f"a{chr(point)}b") is None, hex(point)
