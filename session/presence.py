@@ -7,7 +7,10 @@ user id under ``parley``, and announces a client's departure when its socket clo
 What is relayed is coalesced: each client's latest state waits until ``flush()``, so
 however many updates a client sends, listeners get one state per client per flush.
 A socket may only speak for client ids it introduced; states it sends for other sockets'
-clients (stock y-websocket clients echo what they receive) are ignored.
+clients (stock y-websocket clients echo what they receive) are ignored. It introduces its
+clients in the first update that shows any: once it speaks for one, a state it sends for a
+new client id is a relay (of another tab's, over y-websocket's BroadcastChannel) and is
+ignored too, so it is shown by its own socket, stamped as its own member.
 
 In cluster mode the states another node relays are recorded too (``apply_remote``), owned
 by that node: a socket here may not speak for a client of a socket there, nor the other way
@@ -179,12 +182,23 @@ class Presence:
         presence changes), nor a client another member left lately."""
         if len(update) > self.max_update_bytes(echo_bytes):
             raise TooLarge("awareness update too large")
+        speaks = self.owned_by(owner) > 0
         for item in decode_awareness_update(update):
             known = self._clients.get(item.client_id)
             if known is not None and self._stale(known, now):
                 known = None  # its node stopped renewing it: anyone may introduce it
             if known is not None and known.owner != owner:
                 # An echo: a socket never speaks for a client another socket introduced.
+                continue
+            if known is None and speaks:
+                # A relay: a stock provider shows its own client in the first state it
+                # sends, and re-sends those of other tabs (y-websocket's BroadcastChannel),
+                # another member's too, before their own socket is open (review RH-3).
+                # One too large to be shown by anyone is refused, as the socket's own.
+                if item.state is not None and (
+                    len(awareness_state_json(item.state)) > self.max_state_bytes
+                ):
+                    raise TooLarge(f"awareness state exceeds {self.max_state_bytes} bytes")
                 continue
             if known is None and self._kept_for_another(item.client_id, user_id, now):
                 continue  # another member's client, away between two of their sockets

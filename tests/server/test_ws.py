@@ -538,8 +538,9 @@ async def test_an_echo_of_a_big_greeting_is_dropped_unanswered(
     )
     senders = [await server.connect(sid, user) for user in ("bob", "dave")]
     states = {n: {"user": {"name": f"m{n}"}, "blob": "b" * 15_000} for n in range(10)}
-    for n, state in states.items():
-        await senders[n % 2].set_awareness(100 + n, 1, state)
+    for k, sender in enumerate(senders):  # a socket shows its clients in its first update
+        own = [AwarenessState(100 + n, 1, state) for n, state in states.items() if n % 2 == k]
+        await sender.send_raw(encode_awareness(encode_awareness_update(own)))
     await senders[0].wait_until(lambda c: all(100 + n in c.awareness for n in states))
     for user in ("alice", "lena"):
         joiner = await server.connect(sid, user, commands="text")

@@ -95,13 +95,35 @@ def test_a_socket_may_not_speak_for_another_sockets_client() -> None:
 
 def test_a_socket_may_introduce_only_so_many_clients() -> None:
     presence = Presence()
-    for cid in range(MAX_CLIENTS_PER_SOCKET):
-        presence.apply(ALICE_SOCKET, "alice", update((cid, 1, {})))
     with pytest.raises(Forbidden):
-        presence.apply(ALICE_SOCKET, "alice", update((99, 1, {})))
+        presence.apply(ALICE_SOCKET, "alice", update(*[(c, 1, {}) for c in range(9)]))
+    own = update(*[(cid, 1, {}) for cid in range(MAX_CLIENTS_PER_SOCKET)])
+    presence.apply(ALICE_SOCKET, "alice", own)
     # Known clients keep updating; other sockets are not affected.
     presence.apply(ALICE_SOCKET, "alice", update((0, 2, {"x": 1})))
     presence.apply(BOB_SOCKET, "bob", update((99, 1, {})))
+
+
+def test_a_client_a_socket_relays_beside_its_own_is_not_taken_as_its() -> None:
+    """Review RH-3: two members' stock clients in one browser share awareness over
+    y-websocket's BroadcastChannel, and alice's relays bob's state before bob's socket is
+    open. Her socket took bob's client id as its own: bob was shown stamped alice, his own
+    frames were dropped as echoes, and once her tab closed his id was kept as hers for a
+    day. A socket that speaks for a client of its own introduces no other."""
+    presence = Presence()
+    presence.apply(ALICE_SOCKET, "alice", update((11, 1, {"name": "Al"})))
+    assert relayed(presence.apply(ALICE_SOCKET, "alice", update((21, 1, {"name": "Bo"})))) == []
+    assert not presence.would_show(ALICE_SOCKET, "alice", update((21, 2, {"name": "Bo"})))
+    assert presence.owned_by(ALICE_SOCKET) == 1
+    with pytest.raises(TooLarge):  # one nobody could show is refused, as her own would be
+        presence.apply(ALICE_SOCKET, "alice", update((22, 1, {"blob": "x" * 16_400})))
+    out = presence.apply(BOB_SOCKET, "bob", update((21, 1, {"name": "Bo"})))
+    assert relayed(out) == [AwarenessState(21, 1, stamped({"name": "Bo"}, "bob"))]
+    # Her tab closes: bob's renewals are still his, and shown.
+    assert relayed(presence.drop(ALICE_SOCKET, now=1.0)) == [AwarenessState(11, 2, None)]
+    out = presence.apply(BOB_SOCKET, "bob", update((21, 2, {"name": "Bo"})), now=17.0)
+    assert relayed(out) == [AwarenessState(21, 2, stamped({"name": "Bo"}, "bob"))]
+    assert presence.users() == ["bob"]
 
 
 def test_stale_clocks_are_ignored() -> None:
@@ -326,6 +348,9 @@ def test_presence_never_leaks_across_sockets(
         out = presence.apply(socket, user_of[socket], update((cid, clock, state)))
         if state is None and cid not in owner:
             assert relayed(out) == []  # a leaving of a client never shown claims nothing
+            continue
+        if cid not in owner and socket in owner.values():
+            assert relayed(out) == []  # a socket with a client of its own relays another's
             continue
         if owner.setdefault(cid, socket) != socket:
             assert relayed(out) == []
