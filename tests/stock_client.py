@@ -116,7 +116,8 @@ class StockYjsClient:
         cls, url: str, room: str, token: str, name: str = "stock", *, commands: bool = False
     ) -> Self:
         """Spawn the client; it starts connecting immediately. ``commands``: its provider
-        registers a handler for Parley's command message type (and nothing else changes).
+        registers a handler for Parley's command message type and opens its socket with
+        ``commands: 'binary'`` among its params (and nothing else changes).
 
         Wait for e.g. ``lambda e: e.get("event") == "sync" and e.get("synced")``
         before relying on the document content.

@@ -115,7 +115,9 @@ turns.observeDeep(() => recordReplyLengths(turns))
 
 const provider = new WebsocketProvider(args.url, args.room, doc, {
   WebSocketPolyfill: /** @type {any} */ (WebSocket),
-  params: { token: args.token },
+  // With --commands, opened as the websocket page shows: told to send it JSON from the
+  // start of every connection, not only once it sent a command on it (review RH-4).
+  params: args.commands ? { token: args.token, commands: 'binary' } : { token: args.token },
   connect: true
 })
 
@@ -312,6 +314,12 @@ const handle = (line) => {
       // y-protocols takes any JSON value, as an application may give it.
       provider.awareness.setLocalState(msg.value)
       emit({ event: 'reply', cmd: 'state' })
+      return
+    case 'reconnect':
+      // As after a network drop: the same provider and Y.Doc, on a new socket.
+      provider.disconnect()
+      provider.connect()
+      emit({ event: 'reply', cmd: 'reconnect' })
       return
     case 'quit':
       quit().catch((err) => fatal('quit', err))

@@ -354,3 +354,46 @@ async def test_a_viewers_stock_client_that_types_stays_connected(tmp_path: Path)
             assert [e["content"] for e in stored] == ["type over me", "after the typing"]
         finally:
             await vic.close()
+
+
+async def test_a_stock_client_set_up_as_documented_hears_member_frames_after_a_reconnect(
+    tmp_path: Path,
+) -> None:
+    """Review RH-4: set up as the websocket page showed (``params: {token}``, the handler
+    for message type 100), a stock client was sent ``member`` frames on a connection only
+    after it sent a command there: after each reconnect it heard no role change until then.
+    Opened as the page shows now (``commands: 'binary'`` among its params), it hears them
+    on every connection."""
+    await asyncio.to_thread(ensure_node_modules)
+    settings = make_settings(sqlite_url(tmp_path), tmp_path / "data")
+    async with serve_in_process(settings) as server:
+        sid = await server.new_session({"sam": "editor", "bob": "viewer"})
+        ws_url = f"{server.ws_url}/ws/sessions"
+        sam = await StockYjsClient.start(ws_url, sid, await server.token(sid, "sam"), commands=True)
+        try:
+            await _connected(sam)
+            await _said(sam, "m0")  # its first connection speaks commands
+            await sam.command({"cmd": "reconnect"})  # as after a network drop
+            await _connected(sam)
+            put = await server.http.put(
+                f"/api/v1/sessions/{sid}/members/bob", json={"role": "editor"}
+            )
+            assert put.status_code == 200, put.text
+
+            def bob_promoted(e: Event) -> bool:
+                reply = e.get("reply") if e.get("event") == "command-reply" else None
+                return (
+                    isinstance(reply, dict)
+                    and reply.get("type") == "member"
+                    and (reply.get("user_id") == "bob" and reply.get("role") == "editor")
+                )
+
+            await sam.wait_event(bob_promoted, 15)
+        finally:
+            await sam.close()
+
+
+async def _connected(client: StockYjsClient) -> None:
+    """Wait for the client's next connection and its sync."""
+    await client.wait_event(lambda e: e.get("event") == "status" and e["status"] == "connected", 15)
+    await client.wait_event(lambda e: e.get("event") == "sync" and e["synced"], 15)
