@@ -11,7 +11,24 @@ export const ERROR_TEXT = {
   unavailable: 'Server unavailable',
   conflict: 'Conflict',
   not_found: 'Not found',
-  unauthenticated: 'Not signed in'
+  unauthenticated: 'Not signed in',
+  // Every code of the api docs' error table (tests/server/test_demo_error_text.py): a
+  // refusal is never titled with its machine code (review RH-1).
+  session_full: 'Session full',
+  quota_exceeded: 'Token quota reached',
+  provider_error: 'The AI service failed',
+  unknown_command: 'Not understood by the server',
+  thread_closed: 'Side-thread closed',
+  thread_limit: 'Too many side-threads',
+  thread_runs_busy: 'Too many side-thread replies at once',
+  restricted_share: 'Cannot share restricted text',
+  too_many_streams: 'Too many open streams',
+  bad_request: 'Bad request',
+  bad_event_id: 'Unknown event',
+  unsupported_media_type: 'Unsupported request format',
+  not_acceptable: 'Unsupported response format',
+  method_not_allowed: 'Not allowed for this address',
+  internal: 'Server error'
 }
 
 export const CLOSE_TEXT = {
