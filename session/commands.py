@@ -14,6 +14,7 @@ Every command gets exactly one reply: ``ack`` or ``error`` (see ``ack`` / ``erro
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -372,8 +373,13 @@ def error_reply(command_id: str | None, error: ParleyError, *, details: bool = F
     }
     if details and isinstance(error, InvalidInput) and error.details:
         reply["details"] = [[at, what] for at, what in error.details]
-    if details and isinstance(error, RateLimited) and error.retry_after_s is not None:
-        reply["retry_after_s"] = error.retry_after_s
+    wait_s = error.retry_after_s if isinstance(error, RateLimited) else None
+    if wait_s is not None and math.isfinite(wait_s):
+        # When to send it again (not stored: resent by its id, it is judged anew), in the
+        # shape a 1013's reason has (review RH-2: a socket's refusal said nothing).
+        reply["retry_after_ms"] = max(1, math.ceil(wait_s * 1000))
+        if details:
+            reply["retry_after_s"] = wait_s
     return json.dumps(reply)
 
 

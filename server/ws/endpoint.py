@@ -145,10 +145,17 @@ async def _serve(
                 connection.close(CloseCode.ABUSE, "too many commands")
                 return
             continue
-        if text is not None and not (
-            limits.commands.allow(now) and room.user_bucket(connection.user_id).allow(now)
+        user_bucket = None if text is None else room.user_bucket(connection.user_id)
+        if (
+            text is not None
+            and user_bucket is not None
+            and not (limits.commands.allow(now) and user_bucket.allow(now))
         ):
-            answer, refused = await _past_the_rate(state, room, connection.user_id, text, now)
+            # When both budgets have room again: the refusal says so (review RH-2).
+            wait_s = max(limits.commands.wait_s(now), user_bucket.wait_s(now))
+            answer, refused = await _past_the_rate(
+                state, room, connection.user_id, text, now, wait_s
+            )
             connection.send_json(answer)
             if refused:
                 state.metrics.errors.labels(code="rate_limited").inc()
@@ -177,18 +184,19 @@ async def _serve(
 
 
 async def _past_the_rate(
-    state: AppState, room: SessionRoom, user_id: str, text: str, now: float
+    state: AppState, room: SessionRoom, user_id: str, text: str, now: float, wait_s: float
 ) -> tuple[str, bool]:
     """The answer to a command over the member's rate, and whether it was refused. A resend
     gets its first answer all the same (a client may resend everything unanswered at once
     after a reconnect; Parley's SDKs pace theirs), within the member's resend allowance
-    (``resend_allowed``, as over REST); anything else, or past it, is ``rate_limited``."""
+    (``resend_allowed``, as over REST); anything else, or past it, is ``rate_limited``,
+    with ``wait_s`` (when the rate has a command again) as its ``retry_after_ms``."""
     command_id = command_id_of(text)
     # Review: one acknowledged command resent 24,000 times past the rate was answered from
     # the recent acks each time, uncharged, until the command bytes ran out (another
     # member's acks waited 100 times longer meanwhile).
     if not resend_allowed(room, user_id, now):
-        return error_reply(command_id, RateLimited("too many commands; slow down")), True
+        return error_reply(command_id, RateLimited("too many commands; slow down", wait_s)), True
     if room.recent_acks.knows(user_id, command_id):
         return await state.rooms.command(room, user_id, text), False
     resent = await stored_resend(room, user_id, text)  # a read of the store
@@ -196,19 +204,24 @@ async def _past_the_rate(
         return resent, False
     # Where another node runs the session, it alone knows its acks: it answers a resend,
     # and refuses anything else as this node would (``resends_only``).
-    answer = await _resend_elsewhere(state, room, user_id, text, command_id)
+    answer = await _resend_elsewhere(state, room, user_id, text, command_id, wait_s)
     return answer, json.loads(answer).get("type") == "error"
 
 
 async def _resend_elsewhere(
-    state: AppState, room: SessionRoom, user_id: str, text: str, command_id: str | None
+    state: AppState,
+    room: SessionRoom,
+    user_id: str,
+    text: str,
+    command_id: str | None,
+    wait_s: float,
 ) -> str:
     """The answer to a command over the member's rate: the first answer of a resend, from
     the node that runs the session if another one does; else ``rate_limited``."""
     cluster = state.rooms.cluster
     if cluster is not None and room.session_id not in cluster.running:
         return await cluster.relay.forward(room, resends_only(user_id), text)
-    return error_reply(command_id, RateLimited("too many commands; slow down"))
+    return error_reply(command_id, RateLimited("too many commands; slow down", wait_s))
 
 
 async def _on_binary(

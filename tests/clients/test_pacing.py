@@ -39,3 +39,22 @@ def test_a_pacing_that_would_never_send_is_refused() -> None:
         Pacing(burst=0)
     with pytest.raises(ValueError):
         Pacing(per_second=0.0)
+
+
+def test_a_refusal_over_the_members_budget_pauses_and_halves_the_rate() -> None:
+    """Review RH-2: the member's budget spans their sockets; refused ``rate_limited`` with
+    when to come back, the pacer writes nothing until then, then at half its rate, and each
+    ack brings a step of the rate back."""
+    pacer = Pacer(Pacing(in_flight=8, per_second=8.0, burst=20), now=0.0)
+    assert pacer.take([None] * 30, socket=1, now=0.0) == (8, 0.0)
+    pacer.pause(until=0.5)
+    assert pacer.per_second == 4.0
+    count, wait_s = pacer.take([None] * 22, socket=1, now=0.1)
+    assert count == 0 and wait_s == pytest.approx(0.4 + 1 / 4.0)
+    assert pacer.take([None] * 22, socket=1, now=0.75) == (1, pytest.approx(0.25))
+    for _ in range(100):
+        pacer.answered()
+    assert pacer.per_second == 8.0
+    for _ in range(10):
+        pacer.pause(until=0.0)
+    assert pacer.per_second == 0.5  # never stops

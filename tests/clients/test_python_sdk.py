@@ -18,6 +18,7 @@ import httpx
 import pytest
 from parley_client import (
     ERRORS,
+    Ack,
     AdminClient,
     Busy,
     CommandTimeout,
@@ -151,6 +152,27 @@ async def test_join_prompt_stream_and_cancel(slow_server: RunningServer) -> None
         assert alice.closed
         with pytest.raises(SessionClosed):
             await alice.prompt("after closing")
+
+
+async def test_one_member_in_four_sessions_sending_at_once_has_every_command_stored_once(
+    sqlite_server: RunningServer,
+) -> None:
+    """Review RH-2: the SDK paces each socket under the server's budget of one socket, but
+    the server budgets a member across all their sockets: four sessions of one member,
+    each sending 40 messages at once, had a third refused ``rate_limited`` with no hint.
+    The refusal says when (``retry_after_ms``); the SDK waits, slows down and writes the
+    command again by its id: every one acked, each stored once."""
+    async with AdminClient(sqlite_server.base_url, ADMIN_KEY) as admin, asyncio.timeout(90):
+        sid = await new_session(admin, {"alice": "editor"})
+
+        async def tab(k: int) -> list[Ack]:
+            async with await join(sqlite_server, admin, sid, "alice") as session:
+                return await asyncio.gather(*(session.message(f"{k}.{n}") for n in range(40)))
+
+        acks = [ack for acked in await asyncio.gather(*map(tab, range(4))) for ack in acked]
+        assert len({ack.message_id for ack in acks}) == 160
+        stored = [e.content for e in await admin.transcript(sid) if e.kind == "message"]
+        assert sorted(stored) == sorted(f"{k}.{n}" for k in range(4) for n in range(40))
 
 
 async def test_two_members_prompting_at_once_converge(sqlite_server: RunningServer) -> None:

@@ -72,6 +72,41 @@ async def test_a_burst_of_resent_commands_gets_its_first_acks_past_the_rate(
         assert texts == [f"note {n}" for n in range(5)]
 
 
+async def test_a_command_past_the_members_rate_is_told_when_to_come_back(
+    tmp_path: Path,
+) -> None:
+    """Review RH-2: one member in four SDK sessions had a third of their commands refused
+    ``rate_limited`` (the budget is the member's across their sockets; the SDKs pace each
+    socket), and a socket's refusal said nothing of when to send again. It carries
+    ``retry_after_ms``, as a 1013's reason does; resent by its id then, it is stored once."""
+    settings = make_settings(
+        sqlite_url(tmp_path),
+        tmp_path / "d",
+        commands_per_second=1000.0,
+        commands_burst=2,
+        user_commands_per_second=1.0,  # a member's burst: 4 (twice a socket's)
+    )
+    async with serve_in_process(settings, FakeModel.answering("ok")) as server:
+        sid = await server.new_session({"ann": "editor"})
+        tabs = [await server.connect(sid, "ann") for _ in range(3)]
+        sent = [{"type": "message", "id": f"m{n}", "text": f"note {n}"} for n in range(6)]
+        answers = await asyncio.gather(*(tabs[n % 3].command(m) for n, m in enumerate(sent)))
+        refused = [(m, a) for m, a in zip(sent, answers, strict=True) if a["type"] == "error"]
+        assert refused and {a["code"] for _, a in refused} == {"rate_limited"}
+        for _, answer in refused:
+            wait_ms = answer["retry_after_ms"]
+            assert isinstance(wait_ms, int) and 0 < wait_ms <= 2000, answer
+        for message, answer in refused:  # each told when; the first back may take it
+            for _ in range(5):
+                await asyncio.sleep(answer["retry_after_ms"] / 1000)
+                answer = await tabs[0].command(message)
+                if answer["type"] == "ack":
+                    break
+            assert answer["type"] == "ack", answer
+        texts = sorted(e["content"] for e in tabs[0].entries() if e["kind"] == "message")
+        assert texts == sorted(m["text"] for m in sent)
+
+
 async def test_one_acknowledged_command_resent_in_a_loop_is_cut_off(tmp_path: Path) -> None:
     """Review (bounded): past the command rate, a resend the recent acks held was answered
     every time, uncharged: one command resent 24,000 times was answered until the command

@@ -347,6 +347,53 @@ async def test_two_sdk_sessions_in_one_process_are_each_shown_as_their_member(
                 await node.wait()
 
 
+FOUR_TABS_AT_ONCE = """
+import WebSocket from 'ws'
+import { connect } from '@parley/client'
+const [url, sessionId, token] = process.argv.slice(2)
+const tab = async (k) => {
+  const session = connect({ url, sessionId, token, WebSocketPolyfill: WebSocket })
+  await session.ready(10000)
+  const sent = Array.from({ length: 40 }, (_, n) => session.message(`${k}.${n}`))
+  const settled = await Promise.allSettled(sent)
+  session.close()
+  return settled.map((r) => (r.status === 'fulfilled' ? 'ack' : r.reason.code))
+}
+const outcomes = (await Promise.all([0, 1, 2, 3].map(tab))).flat()
+console.log(JSON.stringify(outcomes))
+process.exit(0)
+"""
+
+
+async def test_one_member_in_four_sessions_sending_at_once_has_every_command_stored_once(
+    sdk_app: Path, tmp_path: Path
+) -> None:
+    """Review RH-2: the SDK paced each socket under the server's budget of one socket, but
+    the server budgets a member across their sockets: four ``connect()``s of one member,
+    each sending 40 messages at once, had 47 of 160 rejected ``rate_limited`` with
+    ``retryAfter`` null. The refusal says when; the SDK waits, slows down and sends the
+    command again by its id: every one acked, each stored once."""
+    (sdk_app / "four.mjs").write_text(FOUR_TABS_AT_ONCE)
+    async with serve_in_process(make_settings(sqlite_url(tmp_path), tmp_path / "data")) as s:
+        sid = await s.new_session({"alice": "editor"})
+        node = await asyncio.create_subprocess_exec(
+            shutil.which("node") or "node",
+            "four.mjs",
+            s.ws_url,
+            sid,
+            await s.token(sid, "alice"),
+            cwd=sdk_app,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        async with asyncio.timeout(90):
+            out, _ = await node.communicate()
+        outcomes = json.loads(out.decode().strip().splitlines()[-1])
+        assert outcomes == ["ack"] * 160, {o: outcomes.count(o) for o in set(outcomes)}
+        transcript = (await s.http.get(f"/api/v1/sessions/{sid}/transcript")).json()["messages"]
+        texts = sorted(m["content"] for m in transcript)
+        assert texts == sorted(f"{k}.{n}" for k in range(4) for n in range(40))
+
+
 async def test_a_membership_change_is_a_member_event(sdk_app: Path, tmp_path: Path) -> None:
     """Review K1: nothing told a client that its member's role changed; the server's
     ``member`` frame is the SDK's ``member`` event, the role and capabilities as they are now."""

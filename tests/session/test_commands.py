@@ -378,6 +378,7 @@ def test_a_forwarded_error_reply_carries_the_fields_it_names() -> None:
     # When a budget has room again crosses with it (review RP-2: ``Retry-After``).
     limited = RateLimited("slow down", 2.5)
     assert "retry_after_s" not in json.loads(error_reply("c3", limited))
+    assert json.loads(error_reply("c3", limited))["retry_after_ms"] == 2500  # review RH-2
     again = reply_error(json.loads(error_reply("c3", limited, details=True)))
     assert type(again) is RateLimited and again.retry_after_s == 2.5
 

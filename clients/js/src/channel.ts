@@ -77,10 +77,24 @@ interface Pending {
   promise: Promise<Record<string, unknown>>
   readonly resolve: (reply: Record<string, unknown>) => void
   readonly reject: (error: ParleyError) => void
-  /** The socket this command was last written to. */
+  /** The socket this command was last written to (`RESTING`: waiting out a refusal). */
   sentOn: object | null
   sends: number
+  /** Refused `rate_limited` so often, each time sent again after its `retry_after_ms`. */
+  refusals: number
+  retryTimer: ReturnType<typeof setTimeout> | null
 }
+
+/** Where a command refused `rate_limited` waits until the server said to send it again. */
+const RESTING: object = Object.freeze({})
+/** The longest a refused command waits to be sent again: past it, it is refused. */
+const MAX_RETRY_AFTER_MS = 60_000
+/** Times a command refused `rate_limited` is sent again. */
+const MAX_RATE_RETRIES = 3
+/** The slowest (commands a second) refusals over the member's budget bring a session to. */
+const MIN_PER_SECOND = 0.5
+/** Commands a second the rate gets back with each ack. */
+const RECOVER_PER_ACK = 0.1
 
 export class Outbox {
   private readonly pending = new Map<string, Pending>()
@@ -89,6 +103,11 @@ export class Outbox {
   private updated: number
   /** A flush due once the rate allows the next command. */
   private timer: ReturnType<typeof setTimeout> | null = null
+  /**
+   * The rate now: `pacing.perSecond`, halved by each refusal over the member's budget, back
+   * a step with each ack (the member's other sessions share that budget: review RH-2).
+   */
+  private perSecond: number
 
   constructor (
     private readonly sink: FrameSink,
@@ -107,6 +126,7 @@ export class Outbox {
     if (!(maxFrameBytes >= 1)) throw new RangeError('maxMessageBytes: at least 1')
     this.tokens = pacing.burst
     this.updated = now()
+    this.perSecond = pacing.perSecond
   }
 
   /**
@@ -136,6 +156,7 @@ export class Outbox {
       const giveUp = (): void => {
         if (entry === undefined || this.pending.get(command.id) !== entry) return
         this.pending.delete(command.id)
+        if (entry.retryTimer !== null) clearTimeout(entry.retryTimer)
         const written = entry.sends > 0 ? 'written, and may have been stored' : 'never written'
         const options = { commandId: command.id, command }
         reject(new ParleyError('aborted', `given up (${written})`, options))
@@ -154,7 +175,9 @@ export class Outbox {
           reject(error)
         },
         sentOn: null,
-        sends: 0
+        sends: 0,
+        refusals: 0,
+        retryTimer: null
       }
       this.pending.set(command.id, entry)
       if (signal?.aborted === true) {
@@ -178,16 +201,17 @@ export class Outbox {
     const socket = this.sink.current()
     if (socket === null) return
     const now = this.now()
-    const refill = (Math.max(now - this.updated, 0) / 1000) * this.pacing.perSecond
+    const refill = (Math.max(now - this.updated, 0) / 1000) * this.perSecond
     this.tokens = Math.min(this.pacing.burst, this.tokens + refill)
-    this.updated = now
+    this.updated = Math.max(this.updated, now) // a pause (a refusal's) runs to its end
     let inFlight = 0
     for (const entry of this.pending.values()) if (entry.sentOn === socket) inFlight += 1
     for (const entry of this.pending.values()) {
-      if (entry.sentOn === socket) continue
+      if (entry.sentOn === socket || entry.sentOn === RESTING) continue
       if (inFlight >= this.pacing.inFlight) return // the next goes as one is answered
       if (this.tokens < 1) {
-        this.flushIn(((1 - this.tokens) / this.pacing.perSecond) * 1000)
+        const paused = Math.max(this.updated - now, 0)
+        this.flushIn(paused + ((1 - this.tokens) / this.perSecond) * 1000)
         return
       }
       this.tokens -= 1
@@ -219,14 +243,43 @@ export class Outbox {
     // Read before the command is taken off: an ack that cannot be read leaves it to be
     // resent by its id (review SA: a `seq` of "seven" resolved the prompt with it).
     if (reply['type'] === 'ack') seqOf(reply)
+    if (this.restAfterRefusal(entry, reply)) return true
     this.pending.delete(id)
     const settled = this.reconcile(entry.command, reply, entry.sends)
     if (settled['type'] === 'ack') {
+      this.perSecond = Math.min(this.perSecond + RECOVER_PER_ACK, this.pacing.perSecond)
       entry.resolve(settled)
     } else {
       entry.reject(errorOfReply(settled))
     }
     this.flush() // room for the next
+    return true
+  }
+
+  /**
+   * A command refused `rate_limited` with `retry_after_ms` (a member's budget is across
+   * their sockets, this pacing is per socket: review RH-2) waits that long and goes out
+   * again by its id (it was not stored), nothing new meanwhile, and the pacing slows down;
+   * refused `MAX_RATE_RETRIES` times, it is rejected. Whether it waits.
+   */
+  private restAfterRefusal (entry: Pending, reply: Record<string, unknown>): boolean {
+    if (entry.refusals >= MAX_RATE_RETRIES) return false
+    if (reply['type'] !== 'error' || reply['code'] !== 'rate_limited') return false
+    const waitMs = retryAfterMs(reply)
+    if (waitMs === null || waitMs > MAX_RETRY_AFTER_MS) return false
+    entry.refusals += 1
+    entry.sentOn = RESTING
+    // Over the member's budget: this session sends nothing new until then either.
+    this.tokens = Math.min(this.tokens, 0)
+    this.updated = Math.max(this.updated, this.now() + waitMs)
+    this.perSecond = Math.max(this.perSecond / 2, MIN_PER_SECOND)
+    entry.retryTimer = setTimeout(() => {
+      entry.retryTimer = null
+      if (this.pending.get(entry.command.id) !== entry) return
+      entry.sentOn = null
+      this.flush()
+    }, waitMs)
+    this.flush() // room for the next meanwhile
     return true
   }
 
@@ -255,7 +308,10 @@ export class Outbox {
     this.timer = null
     const entries = [...this.pending.values()]
     this.pending.clear()
-    for (const entry of entries) entry.reject(error)
+    for (const entry of entries) {
+      if (entry.retryTimer !== null) clearTimeout(entry.retryTimer)
+      entry.reject(error)
+    }
   }
 
   /** The ids of the commands not yet answered, with how many times each was written. */
@@ -281,5 +337,13 @@ export const errorOfReply = (reply: Record<string, unknown>): ParleyError => {
   const code = reply['code']
   const message = typeof reply['message'] === 'string' ? reply['message'] : String(code)
   const commandId = typeof reply['id'] === 'string' ? reply['id'] : null
-  return new ParleyError(isErrorCode(code) ? code : 'internal', message, { commandId })
+  const waitMs = retryAfterMs(reply)
+  const retryAfter = waitMs === null ? null : waitMs / 1000
+  return new ParleyError(isErrorCode(code) ? code : 'internal', message, { commandId, retryAfter })
+}
+
+/** A refusal's `retry_after_ms` (when to send again), or null when it has none. */
+const retryAfterMs = (reply: Record<string, unknown>): number | null => {
+  const wait = reply['retry_after_ms']
+  return typeof wait === 'number' && Number.isFinite(wait) && wait >= 0 ? wait : null
 }

@@ -35,6 +35,8 @@ class Pacing:
 
 
 PACING = Pacing()
+MIN_PER_SECOND = 0.5  # the slowest refusals over the member's budget bring a session to
+RECOVER_PER_ACK = 0.1  # commands a second the rate gets back with each ack
 
 
 class Pacer:
@@ -42,12 +44,15 @@ class Pacer:
     sockets: a new socket does not refill what the last one spent (the server's budget of
     the member spans their sockets)."""
 
-    __slots__ = ("_tokens", "_updated", "pacing")
+    __slots__ = ("_tokens", "_updated", "pacing", "per_second")
 
     def __init__(self, pacing: Pacing, now: float) -> None:
         self.pacing = pacing
         self._tokens = float(pacing.burst)
         self._updated = now
+        # The rate now: ``pacing.per_second``, halved by each refusal over the member's
+        # budget, back a step with each ack (the member's other sessions share the budget).
+        self.per_second = pacing.per_second
 
     def take(self, written_on: Sequence[int | None], socket: int, now: float) -> tuple[int, float]:
         """``written_on``: for each command waiting for its reply, in the order they were
@@ -57,9 +62,10 @@ class Pacer:
         (0.0: it did not; wait for a reply or a new command instead)."""
         self._tokens = min(
             float(self.pacing.burst),
-            self._tokens + max(now - self._updated, 0.0) * self.pacing.per_second,
+            self._tokens + max(now - self._updated, 0.0) * self.per_second,
         )
-        self._updated = now
+        paused = max(self._updated - now, 0.0)  # a refusal's pause runs to its end
+        self._updated = max(self._updated, now)
         in_flight = sum(1 for written in written_on if written == socket)
         unwritten = len(written_on) - in_flight
         room = min(unwritten, self.pacing.in_flight - in_flight)
@@ -68,5 +74,17 @@ class Pacer:
         count = min(room, int(self._tokens))
         self._tokens -= count
         if count < room:  # the rate held one back: it is due once a whole token is back
-            return count, (1.0 - self._tokens) / self.pacing.per_second
+            return count, paused + (1.0 - self._tokens) / self.per_second
         return count, 0.0
+
+    def pause(self, until: float) -> None:
+        """Write nothing new before ``until``, and at half the rate after: the server
+        refused a command over the member's budget, which spans their sockets (another
+        session of theirs spends it too), and said when it has room (review RH-2)."""
+        self._tokens = min(self._tokens, 0.0)
+        self._updated = max(self._updated, until)
+        self.per_second = max(self.per_second / 2, MIN_PER_SECOND)
+
+    def answered(self) -> None:
+        """A command was acknowledged: the rate goes back up a step, to ``pacing``'s."""
+        self.per_second = min(self.per_second + RECOVER_PER_ACK, self.pacing.per_second)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import random
 import secrets
 import time
@@ -59,6 +60,9 @@ MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 # ``CLOSE_TIMEOUT_MS``.
 CLOSE_TIMEOUT_S = 3.0
 MAX_UNSOLICITED = 100
+# The longest a command refused ``rate_limited`` waits to be sent again; past it, it raises.
+MAX_RETRY_AFTER_S = 60.0
+MAX_RATE_RETRIES = 3  # times a command refused ``rate_limited`` is written again
 MAX_ID_CHARS = 128  # the server's bound on a command id
 # Upgrades refused for good: retrying cannot help (the others, 429 and 503, are retried).
 FINAL_STATUSES = frozenset({401, 403, 404})
@@ -108,6 +112,10 @@ class _Pending:
     reply: asyncio.Future[Ack]
     waiters: int = 1  # calls waiting for the reply (a resend by id while it waits joins)
     written_on: int | None = None  # the socket (its number, ``connects``) last written to
+    # Refused ``rate_limited`` so often, each time written again after its
+    # ``retry_after_ms`` (review RH-2); ``resting`` until then.
+    refusals: int = 0
+    resting: bool = False
 
 
 def _socket_url(url: str, session_id: str, token: str) -> str:
@@ -348,7 +356,7 @@ class Session:
         ids: each is stored once), then each as it is made, in order, paced (``Pacer``)."""
         while True:
             self._to_write.clear()
-            waiting = list(self._pending.values())
+            waiting = [pending for pending in self._pending.values() if not pending.resting]
             written_on = [pending.written_on for pending in waiting]
             count, wait_s = self._pacer.take(written_on, socket, time.monotonic())
             for pending in [p for p in waiting if p.written_on != socket][:count]:
@@ -449,15 +457,20 @@ class Session:
         # (review SA F1: taken off first, a ``seq`` of ``"x"`` or ``1e400`` left its caller
         # waiting for good, even after the session closed).
         seq = _seq_of(data) if kind == "ack" and command_id in self._pending else None
+        if kind == "error" and self._rest_after_refusal(data):
+            return
         pending = self._pending.pop(command_id, None) if isinstance(command_id, str) else None
         if pending is not None:
             self._to_write.set()  # room for the next
         if pending is not None and isinstance(command_id, str) and not pending.reply.done():
             if kind == "ack":
+                self._pacer.answered()
                 pending.reply.set_result(Ack(command_id, seq, data))
             else:
                 code, message = str(data.get("code")), str(data.get("message", ""))
-                pending.reply.set_exception(error_for(code, message, command_id=command_id))
+                wait = _retry_after_s(data)
+                error = error_for(code, message, command_id=command_id, retry_after=wait)
+                pending.reply.set_exception(error)
             return
         if kind == "restricted":
             self.restricted[str(data.get("entry_id"))] = str(data.get("text", ""))
@@ -476,6 +489,35 @@ class Session:
             )
         self.unsolicited.append(data)
         self._notify()
+
+    def _rest_after_refusal(self, data: dict[str, Any]) -> bool:
+        """A command refused ``rate_limited`` with ``retry_after_ms`` (a member's budget
+        spans their sockets, this pacing one socket: review RH-2) waits that long and is
+        written again by its id (it was not stored), nothing new meanwhile, and the pacing
+        slows down; refused ``MAX_RATE_RETRIES`` times, it raises. Whether it waits."""
+        pending = self._pending.get(str(data.get("id")))
+        wait = _retry_after_s(data)
+        if (
+            pending is None
+            or pending.refusals >= MAX_RATE_RETRIES
+            or pending.reply.done()
+            or data.get("code") != "rate_limited"
+            or wait is None
+            or wait > MAX_RETRY_AFTER_S
+        ):
+            return False
+        pending.refusals += 1
+        pending.resting = True
+        self._pacer.pause(time.monotonic() + wait)
+
+        def again() -> None:
+            pending.resting = False
+            pending.written_on = None
+            self._to_write.set()
+
+        asyncio.get_running_loop().call_later(wait, again)
+        self._to_write.set()  # room for the next, once the pause is over
+        return True
 
     # -- commands -----------------------------------------------------------------------
 
@@ -838,6 +880,14 @@ UNDECODABLE = (ValueError, KeyError, TypeError, OverflowError, RecursionError)
 # The largest integer a JSON number holds exactly where it is read as a double (the
 # TypeScript SDK's ``Number.isSafeInteger``).
 MAX_SAFE_INTEGER = 2**53 - 1
+
+
+def _retry_after_s(reply: dict[str, Any]) -> float | None:
+    """A refusal's ``retry_after_ms`` in seconds, or None when it has none."""
+    wait = reply.get("retry_after_ms")
+    if isinstance(wait, bool) or not isinstance(wait, int | float) or not 0 <= wait < math.inf:
+        return None
+    return float(wait) / 1000
 
 
 def _seq_of(ack: dict[str, Any]) -> int | None:
