@@ -146,9 +146,9 @@ async def test_a_member_past_the_budget_is_not_read_while_another_is_served(
     handled: collections.Counter[str] = collections.Counter()
     on_binary = endpoint._on_binary
 
-    async def counted(room: Any, connection: Any, presence: Any, data: bytes, now: float) -> None:
+    async def counted(room: Any, connection: Any, presence: Any, data: bytes, *rest: Any) -> None:
         handled[connection.user_id] += len(data)
-        await on_binary(room, connection, presence, data, now)
+        await on_binary(room, connection, presence, data, *rest)
 
     monkeypatch.setattr(endpoint, "_on_binary", counted)
     frame = big_sync_request(frame_bytes)
