@@ -182,7 +182,10 @@ class Presence:
         presence changes), nor a client another member left lately."""
         if len(update) > self.max_update_bytes(echo_bytes):
             raise TooLarge("awareness update too large")
-        speaks = self.owned_by(owner) > 0
+        # Whether ``owner`` speaks for a client already: a scan of the session's clients,
+        # made only for an update that names a client not known (nothing changes
+        # ``_clients`` while this runs: ``apply`` records what it relays after it).
+        speaks: bool | None = None
         for item in decode_awareness_update(update):
             known = self._clients.get(item.client_id)
             if known is not None and self._stale(known, now):
@@ -190,6 +193,8 @@ class Presence:
             if known is not None and known.owner != owner:
                 # An echo: a socket never speaks for a client another socket introduced.
                 continue
+            if known is None and speaks is None:
+                speaks = self.owned_by(owner) > 0
             if known is None and speaks:
                 # A relay: a stock provider shows its own client in the first state it
                 # sends, and re-sends those of other tabs (y-websocket's BroadcastChannel),

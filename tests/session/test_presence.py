@@ -126,6 +126,25 @@ def test_a_client_a_socket_relays_beside_its_own_is_not_taken_as_its() -> None:
     assert presence.users() == ["bob"]
 
 
+def test_a_renewal_of_known_clients_scans_no_other_socket(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Whether a socket speaks for a client already is a scan of every client of the
+    session: asked of an update naming a client not known, never of a cursor's renewals
+    or echoes, which would each cost as many steps as the session has clients."""
+    presence = Presence()
+    presence.apply(ALICE_SOCKET, "alice", update((11, 1, {"name": "Al"})))
+    presence.apply(BOB_SOCKET, "bob", update((21, 1, {"name": "Bo"})))
+    scans = []
+    owned_by = presence.owned_by
+    monkeypatch.setattr(presence, "owned_by", lambda owner: scans.append(owner) or owned_by(owner))
+    for clock in range(2, 6):
+        presence.apply(ALICE_SOCKET, "alice", update((11, clock, {"x": clock}), (21, 1, {})))
+    assert scans == []
+    presence.apply(ALICE_SOCKET, "alice", update((31, 1, {"name": "?"})))
+    assert scans and set(scans) == {ALICE_SOCKET}
+
+
 def test_stale_clocks_are_ignored() -> None:
     presence = Presence()
     presence.apply(ALICE_SOCKET, "alice", update((11, 5, {"v": "new"})))
