@@ -183,6 +183,13 @@ async def compose(page: Any, text: str, *, to: str = "ai") -> None:
     await page.click("#send")
 
 
+async def acked(page: Any) -> None:
+    """Wait until the server answered the composer's send: the box is emptied on the ack, and
+    a send before it is refused by the page (one command per intent), so a test pressing
+    Enter twice in a row waits here in between."""
+    await page.wait_for_function("document.querySelector('#composer-text').value === ''")
+
+
 async def screenshot(page: Any, name: str) -> Path:
     ARTIFACTS.mkdir(exist_ok=True)
     path = ARTIFACTS / f"{name}.png"

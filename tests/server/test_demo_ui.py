@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import make_settings, serve_in_process, sqlite_url
-from tests.server.demo_browser import HeldModel, chromium, compose, screenshot
+from tests.server.demo_browser import HeldModel, acked, chromium, compose, screenshot
 
 pytestmark = pytest.mark.node
 
@@ -81,6 +81,7 @@ async def test_composer_keys_destinations_stop_and_retry(tmp_path: Path) -> None
         await box.press("Shift+Enter")
         await box.type("line two")
         await box.press("Enter")
+        await acked(alice)
         await alice.wait_for_selector("#transcript li.kind-message[data-author=alice]")
         entries = await alice.evaluate("window.parleyDemo.session.transcript")
         assert [(e["kind"], e["content"]) for e in entries] == [("message", "line one\nline two")]
@@ -88,6 +89,7 @@ async def test_composer_keys_destinations_stop_and_retry(tmp_path: Path) -> None
         # @ai in a team message asks the AI.
         await box.type("@ai what is the status?")
         await box.press("Enter")
+        await acked(alice)
         prompt = alice.locator(f"#transcript li.kind-prompt[data-author=alice]{LIVE}")
         await prompt.wait_for()
         assert await prompt.locator(".content").inner_text() == "what is the status?"
@@ -100,6 +102,7 @@ async def test_composer_keys_destinations_stop_and_retry(tmp_path: Path) -> None
         await alice.click("#mode-ai")
         await box.fill("a long answer please")
         await box.press("Enter")
+        await acked(alice)  # Enter before the ack sends nothing (one command per intent)
         await alice.wait_for_selector("#transcript li.kind-prompt[data-status=running]")
         await box.fill("then this one")
         await box.press("Enter")
