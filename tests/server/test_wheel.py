@@ -112,7 +112,11 @@ async def test_the_walkthrough_works_against_the_installed_wheel(
         port = probe.getsockname()[1]
     env = clean_env(installed, PARLEY_PORT=str(port), PARLEY_LOG_LEVEL="warning")
     log = (tmp_path / "serve.log").open("w")
-    server = spawn([installed / "bin" / "parley", "serve"], tmp_path, env, log)
+    try:
+        server = spawn([installed / "bin" / "parley", "serve"], tmp_path, env, log)
+    except BaseException:
+        log.close()  # else its ResourceWarning fails whichever test collects it
+        raise
     base = f"http://127.0.0.1:{port}"
     try:
         async with httpx.AsyncClient(base_url=base, timeout=20) as http:
