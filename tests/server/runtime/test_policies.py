@@ -27,14 +27,16 @@ def who_asked(sent: Sent) -> list[str]:
     return [" ".join(f"{a} asked" for m in sent.asked for a in askers(m["content"]))]
 
 
-async def flood(s: MemorySession) -> list[dict[str, Any]]:
-    users = [f"u{i:02d}" for i in range(CLIENTS)]
+async def flood(
+    s: MemorySession, clients: int = CLIENTS, prompts_each: int = PROMPTS_EACH
+) -> list[dict[str, Any]]:
+    users = [f"u{i:02d}" for i in range(clients)]
     return list(
         await asyncio.gather(
             *(
                 s.send(user, PromptCommand(f"{user}-{n}", f"{user} #{n}"))
                 for user in users
-                for n in range(PROMPTS_EACH)
+                for n in range(prompts_each)
             )
         )
     )
