@@ -137,6 +137,8 @@ class BuiltContext:
     sources: tuple[tuple[str, ...], ...] = ()  # the entries behind each message, in order
     tools_tokens: int = 0  # the definitions of the tools offered (``request.tools``)
     pins_left: tuple[str, ...] = ()  # pinned, over the pins' share (see ``_system_within``)
+    # Of ``pins_left``, the prompts left out with a pinned reply, not pinned themselves.
+    companions_left: frozenset[str] = frozenset()
     # The replies and tool steps of a run whose prompt is one of ``pins_left``.
     runs_left: tuple[str, ...] = ()
     # The provider's opening turn before an input that opens with the model's turn
@@ -163,9 +165,14 @@ class BuiltContext:
 
     @property
     def excluded(self) -> tuple[Excluded, ...]:
-        """Every entry left out, with why: withheld, a pin over the pins' share (and its
-        run's reply and tool steps), summarised or over budget."""
-        found = [*self.withheld, *(Excluded(e, PIN_LEFT_OUT) for e in self.pins_left)]
+        """Every entry left out, with why: withheld, a pin over the pins' share (the
+        prompts of a pinned reply with it, listed as its, and its run's reply and tool
+        steps), summarised or over budget."""
+        found = [*self.withheld]
+        found += [
+            Excluded(e, PINNED_REPLY_LEFT_OUT if e in self.companions_left else PIN_LEFT_OUT)
+            for e in self.pins_left
+        ]
         found += [Excluded(e, PROMPT_LEFT_OUT) for e in self.runs_left]
         summarised = "" if self.summary is None else f"summarised in {self.summary.id}"
         apart = frozenset(self.runs_left)  # the known summarised may pass over them
@@ -220,6 +227,8 @@ FACTS_CLOSE = "[End of session facts]"
 PINS_OPEN = "[Pinned messages: each quoted under its author]"
 PINS_CLOSE = "[End of pinned messages]"
 PIN_LEFT_OUT = "pinned, over the pins' share of the window"
+# A prompt given with a pinned reply (``History.companions``), not pinned itself.
+PINNED_REPLY_LEFT_OUT = "its pinned reply is over the pins' share of the window"
 
 
 def _fact_lines(facts: Mapping[str, Fact]) -> list[str]:
@@ -811,6 +820,7 @@ class ContextBuilder:
             sources=tuple(sources),
             tools_tokens=offered,
             pins_left=given.left,
+            companions_left=frozenset(read.companions).intersection(given.left),
             runs_left=tuple(
                 entry_id for index in sorted(runs_left) for entry_id in fold.items[index].entry_ids
             ),

@@ -11,6 +11,8 @@ import pytest
 from parley.server.providers.anthropic import render
 from parley.session.context import (
     EARLIER_LINE,
+    PIN_LEFT_OUT,
+    PINNED_REPLY_LEFT_OUT,
     BuiltContext,
     ContextBuilder,
     ContextSettings,
@@ -383,6 +385,29 @@ def test_a_pinned_reply_is_given_with_the_prompts_it_answers() -> None:
         assert alice < bob < system.index("[the assistant's reply, message #3]")
         assert not {"e1", "e3", "e5"} & {i for s in built.sources for i in s}
         assert not {"e1", "e3", "e5"} & {x.entry_id for x in built.excluded}
+
+
+def test_a_pinned_replys_prompts_over_the_pins_share_are_listed_as_its_companions() -> None:
+    """A prompt given with a pinned reply was listed as ``pinned, over the pins' share``
+    when the share left the reply out: it was not pinned. Listed as what it is, the reply
+    as the pin; a prompt pinned itself too is listed as a pin."""
+    for pins, pinned in ((("e5",), {"e5"}), (("e5", "e3"), {"e3", "e5"})):
+        built = build_context(
+            session_id="s",
+            entries=pinned_answer(),
+            prompt_ids=["e36"],
+            pins=pins,
+            settings=ContextSettings(reserve_output_tokens=100, fixed_share=0.001),
+        )
+        reasons = {x.entry_id: x.reason for x in built.excluded if x.entry_id in PROMPTS_AND_REPLY}
+        assert reasons == {
+            entry_id: PIN_LEFT_OUT if entry_id in pinned else PINNED_REPLY_LEFT_OUT
+            for entry_id in PROMPTS_AND_REPLY
+        }
+        assert "[Pinned messages" not in built.request.system
+
+
+PROMPTS_AND_REPLY = ("e1", "e3", "e5")
 
 
 @pytest.mark.parametrize(
