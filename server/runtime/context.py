@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from parley.authz.policy import Restriction
 from parley.authz.scope import ContextSeen, RunScope, seen_in_context
 from parley.server.metrics import Metrics
+from parley.server.runtime.fold_turns import FoldTurn
 from parley.server.settings import Settings
 from parley.server.store.access_rows import PrivateItem
 from parley.server.store.port import SessionStore
@@ -97,7 +98,7 @@ class SessionContext:
         self._settings_of: tuple[str | None, ContextSettings] | None = None
         self._builder = ContextBuilder(self.settings_now())
         # The fold aheads under way or waiting, by scope key: one at a time folds a fold.
-        self._fold_turns: dict[str, tuple[asyncio.Lock, int]] = {}
+        self._fold_turns: dict[str, FoldTurn] = {}
         # Side-threads fold apart, so they never push the session's own folds out.
         self._thread_builder = self._new_threads_builder(self.settings_now())
 
@@ -139,6 +140,8 @@ class SessionContext:
         thread: SideThread | None = None,
         stopped: Callable[[], bool] = lambda: False,
         doc: SessionDocument | None = None,
+        *,
+        holds_writer: bool = False,
     ) -> int:
         """Fold what ``build`` with these arguments reads, ``FOLD_STEP`` entries per pass
         of the loop (fewer of long texts), so that build, made right after (no await
@@ -155,18 +158,21 @@ class SessionContext:
         members' fold serves runs (the history up to their prompt, under the queue's round
         robin one far back) and the summary plan (the whole history); folded ahead at
         once, a step of each undid what the other had folded, round after round (1,000
-        queued runs took over 10 min against 15 s)."""
+        queued runs took over 10 min against 15 s). ``holds_writer``: the caller holds the
+        session's writer, so it goes first and the one folding gives way to it between
+        steps (``FoldTurn``), then goes on from where the fold is."""
         key = self._reading(self._doc() if doc is None else doc, scope, thread).scope_key
-        lock, waiting = self._fold_turns.get(key, (asyncio.Lock(), 0))
-        self._fold_turns[key] = (lock, waiting + 1)
+        turn = self._fold_turns.setdefault(key, FoldTurn())
+        turn.users += 1
+        holder = object()
         try:
-            async with lock:
-                return await self._fold_ahead(prompt_ids, scope, thread, stopped, doc)
+            await turn.take(holder, first=holds_writer)
+            gives_way = None if holds_writer else (turn, holder)
+            return await self._fold_ahead(prompt_ids, scope, thread, stopped, doc, gives_way)
         finally:
-            lock, waiting = self._fold_turns[key]
-            if waiting > 1:
-                self._fold_turns[key] = (lock, waiting - 1)
-            else:
+            turn.give(holder)
+            turn.users -= 1
+            if not turn.users:
                 del self._fold_turns[key]
 
     async def _fold_ahead(
@@ -176,7 +182,10 @@ class SessionContext:
         thread: SideThread | None,
         stopped: Callable[[], bool],
         doc: SessionDocument | None,
+        gives_way: tuple[FoldTurn, object] | None,
     ) -> int:
+        """``gives_way``: the turn held, and its holder, to give way between steps to a
+        caller that goes first."""
         folded = 0
         while True:
             turns = 0
@@ -188,8 +197,13 @@ class SessionContext:
                     await asyncio.sleep(0)
                     if stopped():
                         return folded
+                    if gives_way is not None and gives_way[0].wanted_first:
+                        break
             finally:
                 folding.close()  # stopped: the scope is no longer held from eviction
+            if gives_way is not None and gives_way[0].wanted_first:
+                await gives_way[0].give_way(gives_way[1])  # then a pass from where it is
+                continue
             if not turns:  # the pass did what was left in one step, with no await since
                 return folded
 

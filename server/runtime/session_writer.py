@@ -166,7 +166,7 @@ class SessionWriter:
                 text = view.doc.entry(reply_id).content if kept is None else kept.text
                 if not text:
                     continue  # cut off before its first token: not counted
-                await self.context.fold_ahead(prompt_ids)
+                await self.context.fold_ahead(prompt_ids, holds_writer=True)
                 built = self.context.build(prompt_ids)
                 used = Usage(built.tokens, count_tokens(text))
                 issuers = [view.doc.entry(p).author for p in prompt_ids]

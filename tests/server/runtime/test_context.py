@@ -545,3 +545,34 @@ async def test_fold_aheads_of_one_fold_take_turns(monkeypatch: pytest.MonkeyPatc
         assert not spent()
         assert sum(counted.of(fold)) <= 2 * 201 and sum(counted.undone_of(fold)) <= 2 * 201
         assert context.ready(())
+
+
+async def test_a_fold_ahead_under_the_writer_does_not_wait_for_the_summarisers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A run cut off by a crash is counted as the session loads, its build folded ahead
+    under the writer (``SessionWriter.recover``). Waiting its turn behind the summary
+    plan's fold ahead of the whole history (20,000 entries: up to ~1 s), the session's
+    writes waited as long: it goes first, and the fold ahead under way gives way to it
+    between steps, then goes on."""
+    async with memory_session({"alice": "editor"}) as s:  # no runner: the prompt waits
+        waiting = str((await s.prompt("alice", "first?"))["prompt_id"])
+        for i in range(200):
+            await s.message("alice", f"note {i} on the launch plan")
+        context = s.room.context
+        counted = FoldSteps(monkeypatch, step=1)
+        plan = asyncio.ensure_future(context.fold_ahead(()))  # the summariser's, 201 steps
+        await counted.during(wait_for_steps(counted, context, 5))
+        await counted.during(context.fold_ahead((waiting,), holds_writer=True))
+        assert not plan.done()  # it gave way
+        await plan
+        assert context.ready(())
+
+
+async def wait_for_steps(counted: FoldSteps, context: SessionContext, steps: int) -> None:
+    fold = context._builder._folds["members"].fold
+    for _ in range(10_000):  # bounded
+        if sum(counted.of(fold)) >= steps:
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("the fold ahead took no steps")
