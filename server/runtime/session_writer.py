@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
 from functools import partial
 from typing import Any
@@ -28,6 +28,7 @@ from parley.server.runtime.run_steps import RunSteps
 from parley.server.runtime.sent_commands import SentCommands
 from parley.server.runtime.side_threads import SideThreads
 from parley.server.runtime.sockets import SessionSockets
+from parley.server.runtime.thread_docs import read_document
 from parley.server.runtime.writer import DocumentWriter, Write
 from parley.server.store.access_rows import PrivateItem, TokenRow
 from parley.server.store.counters import SequenceMoved
@@ -44,11 +45,13 @@ from parley.session.core import (
     MemberUpdated,
     Recovered,
     SessionView,
+    ShownRun,
     TokenRevoked,
     WaitingPrompt,
     handle,
 )
 from parley.session.core.runs import cut_off_runs
+from parley.session.core.threads import running_thread_prompts, thread_reply_id
 from parley.session.lifecycle import PromptStatus
 from parley.session.model import Usage
 from parley.session.queue import OrderingQueue, Policy
@@ -136,7 +139,8 @@ class SessionWriter:
         waiting = tuple(
             WaitingPrompt(r.id, r.seq, r.author, r.status, claims_of(r.token_claims)) for r in rows
         )
-        recovered = Recovered(waiting, policy, cut_off, self.document.now_ms())
+        shown = await self._shown_runs()
+        recovered = Recovered(waiting, policy, cut_off, self.document.now_ms(), shown)
         effects = handle(self.view(), recovered)
         assert effects.queue is not None
         self.queue = effects.queue
@@ -144,6 +148,7 @@ class SessionWriter:
             # The process died mid-reply: never re-run it (twice), mark it; its model call
             # counts, once (stored with the marking).
             usage = await self._cut_off_usage(effects, recovered.now_ms)
+            usage += await self._cut_off_thread_usage(shown, recovered.now_ms)
             await self.step(recovered, recovered.now_ms, usage=usage)
 
     async def _cut_off_usage(self, effects: Effects, now_ms: int) -> list[UsageRow]:
@@ -174,6 +179,44 @@ class SessionWriter:
                 rows += usage_rows(
                     self.session_id, issuers, model, reply_id, used, now_ms / 1000, estimated=True
                 )
+        return rows
+
+    async def _shown_runs(self) -> dict[str, ShownRun]:
+        """What the side-threads' stored documents show of their runs in flight, which
+        a crash cut off (``Recovered.shown_runs``): one document read per such run."""
+        shown = {}
+        for thread, prompt in running_thread_prompts(self.side_threads.threads):
+            stored = await self.store.load_thread_doc(self.session_id, thread.id)
+            run = read_document(stored).shown_run(prompt.id, thread_reply_id(prompt))
+            if run is not None:
+                shown[prompt.id] = run
+        return shown
+
+    async def _cut_off_thread_usage(
+        self, shown: Mapping[str, ShownRun], now_ms: int
+    ) -> list[UsageRow]:
+        """What the side-thread runs a crash cut off are taken to have used, as
+        ``_cut_off_usage`` takes a session run's: the request in, as built again now in
+        what every member may read, and the text out that their thread's stored document
+        shows (a run it shows no text of is not counted)."""
+        rows: list[UsageRow] = []
+        for thread, prompt in running_thread_prompts(self.side_threads.threads):
+            run = shown.get(prompt.id)
+            if run is None or not run.text:
+                continue
+            await self.context.fold_ahead((prompt.id,), None, thread, holds_writer=True)
+            built = self.context.build((prompt.id,), None, thread)
+            used = Usage(built.tokens, count_tokens(run.text))
+            reply_id, model = thread_reply_id(prompt), built.request.model or ""
+            rows += usage_rows(
+                self.session_id,
+                [prompt.author],
+                model,
+                reply_id,
+                used,
+                now_ms / 1000,
+                estimated=True,
+            )
         return rows
 
     async def execute(self, event: CommandEvent) -> Effects:

@@ -11,7 +11,7 @@ are cut off.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -36,6 +36,7 @@ from parley.session.core.steps import (
     Recovered,
     RunFinished,
     RunStart,
+    ShownRun,
     StopPromptsOf,
     TextAppended,
     TokenRevoked,
@@ -63,6 +64,7 @@ RESTRICTED_REPLY = (
     " members who may read it get it over REST]"
 )
 MAX_SHOWN_TOOL_CHARS = 2000
+RUNNING_STEP = ToolStepStatus.RUNNING.value
 FORBIDDEN_RUN = Ending(ReasonCode.FORBIDDEN, "the author may no longer prompt in this session")
 
 
@@ -441,7 +443,7 @@ def recovered(view: SessionView, event: Recovered) -> Effects:
     cut_off = tuple(p.id for p in event.waiting if p.status == PromptStatus.RUNNING.value)
     ending = Ending(event.cut_off, CUT_OFF_REASONS[event.cut_off])
     settle = cut_off_threads(view.threads, ending)
-    audit = cut_off_thread_audit(view, ending)
+    audit = cut_off_thread_audit(view, ending, event.shown_runs)
     if not cut_off:
         return Effects(queue=queue, thread_settle=settle, audit=audit)
     ended: tuple[EndToolStep, ...] = ()
@@ -478,28 +480,38 @@ def cut_off_audit(
     ``run_ended`` record."""
     prompts = [view.doc.entry(p) for p in prompt_ids]
     issuers = list(dict.fromkeys(p.author for p in prompts))
-    interrupted = cut_short_status(ending).value
-    calls = [
-        {
-            "id": step.id,
-            "tool": step.tool,
-            "outcome": interrupted if step.status == ToolStepStatus.RUNNING else step.status,
-        }
-        for step in view.doc.tool_steps(reply_id)
-    ]
+    steps = [(step.id, step.tool, step.status) for step in view.doc.tool_steps(reply_id)]
+    calls = _cut_off_calls(steps, ending)
     return _cut_off_records(prompt_ids, reply_id, issuers, prompts[-1].started_at, calls, ending)
 
 
-def cut_off_thread_audit(view: SessionView, ending: Ending) -> tuple[AuditRecord, ...]:
+def _cut_off_calls(
+    steps: Iterable[tuple[str, str | None, str]], ending: Ending
+) -> list[dict[str, Any]]:
+    """The ``tool_calls`` of a cut-off run's record: its steps (id, tool, status), each
+    still out ``interrupted``."""
+    interrupted = cut_short_status(ending).value
+    return [
+        {"id": id_, "tool": tool, "outcome": interrupted if status == RUNNING_STEP else status}
+        for id_, tool, status in steps
+    ]
+
+
+def cut_off_thread_audit(
+    view: SessionView, ending: Ending, shown_runs: Mapping[str, ShownRun]
+) -> tuple[AuditRecord, ...]:
     """The audit of the side-thread runs a crash cut off, as ``cut_off_audit``'s of a
     session run: each one's ``model_call`` record (with its ``thread_id``; ``started_at``
-    and ``tool_calls`` null: a side-thread run's tool steps and times are stored with its
-    end, which never came) and its ``run_ended`` record."""
+    null: a side-thread run's times are stored with its end, which never came; its tool
+    calls as its thread's stored document shows them, ``shown_runs``, else null: not
+    known) and its ``run_ended`` record."""
     audit: tuple[AuditRecord, ...] = ()
     for thread, prompt in running_thread_prompts(view.threads):
         reply_id = thread_reply_id(prompt)
+        shown = shown_runs.get(prompt.id)
+        calls = None if shown is None else _cut_off_calls(shown.tool_steps, ending)
         audit += _cut_off_records(
-            [prompt.id], reply_id, [prompt.author], None, None, ending, thread_id=thread.id
+            [prompt.id], reply_id, [prompt.author], None, calls, ending, thread_id=thread.id
         )
     return audit
 

@@ -124,12 +124,26 @@ class WaitingPrompt:
 
 
 @dataclass(frozen=True, slots=True)
+class ShownRun:
+    """What a side-thread's stored document shows of a run a crash cut off: its reply's
+    text so far and its tool steps (id, tool, status), in order. A run's steps are stored
+    with its end; as it runs they go to its thread's document, stored where a socket
+    watched the thread and always on a cluster."""
+
+    text: str
+    tool_steps: tuple[tuple[str, str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Recovered:
     """The session was loaded: its prompts waiting or in flight as the store holds them.
     Those that were running were cut off by ``cut_off`` (a restart, unless the room was
-    given up for another cause or taken over from another node)."""
+    given up for another cause or taken over from another node). ``shown_runs``: what
+    the side-threads' stored documents show of their runs cut off, by prompt id (a run
+    not among them showed nothing: its steps are not known)."""
 
     waiting: tuple[WaitingPrompt, ...]
     policy: Policy
     cut_off: ReasonCode
     now_ms: int
+    shown_runs: Mapping[str, ShownRun] = field(default_factory=dict)

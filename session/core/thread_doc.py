@@ -25,6 +25,7 @@ from typing import Any
 
 from pycrdt import Array, ArrayEvent, Doc, Map, Text
 
+from parley.session.core.steps import ShownRun
 from parley.session.core.thread_state import SideThread, ThreadTurn
 from parley.session.lifecycle import ReplyStatus
 from parley.session.yprotocol import decode_state_vector, lists_more_clients
@@ -175,6 +176,19 @@ class ThreadDocument:
 
     def turn_ids(self) -> list[str]:
         return list(self._order)
+
+    def shown_run(self, prompt_id: str, reply_id: str) -> ShownRun | None:
+        """What this document shows of the run answering ``prompt_id`` with ``reply_id``:
+        its reply's text and the tool steps between them (None: it shows no such reply)."""
+        reply = self._by_id.get(reply_id)
+        if reply is None or prompt_id not in self._by_id:
+            return None
+        between = self._order[self._order.index(prompt_id) + 1 : self._order.index(reply_id)]
+        steps = [self._by_id[turn_id] for turn_id in between]
+        return ShownRun(
+            str(reply["content"]),
+            tuple((s["id"], s["author"], s["status"]) for s in steps if s["kind"] == "tool"),
+        )
 
     def covers(self, state_vector: bytes) -> bool:
         """True when a client's state (its sync step 1) is part of this document: only the

@@ -26,6 +26,7 @@ from parley.session.core import (
     KeepPrivate,
     Recovered,
     SessionView,
+    ShownRun,
     SideThread,
     StopPromptsOf,
     ThreadLimits,
@@ -357,6 +358,28 @@ def test_a_restart_cuts_off_a_thread_prompt_that_was_running() -> None:
     assert call.data["cut_off"] == ended.data["reason_code"] == "server_restart"
     t.commit(effects)
     assert not t.threads[thread_id].running
+
+
+def test_a_cut_off_thread_runs_tool_calls_are_recorded_as_its_document_shows_them() -> None:
+    """FX60: the record of a side-thread run cut off by a crash had ``tool_calls: null``
+    even when its thread's stored document showed its steps (a socket watched it, or on a
+    cluster). What the document shows is recorded, a call still out ``interrupted``; a run
+    it does not show keeps null (not known)."""
+    t = Threads()
+    thread_id = t.open()
+    t.ok("bob", ThreadPromptCommand("p", thread_id, "q"))
+    [prompt] = [turn for turn in t.threads[thread_id].turns if turn.kind == "prompt"]
+    steps = (("s1", "search", "done"), ("s2", "deploy", "running"))
+    shown = {prompt.id: ShownRun("half an answer", steps)}
+    recovered = Recovered((), Policy.QUEUE, ReasonCode.SERVER_RESTART, 9, shown_runs=shown)
+    call, _ = handle(t.view(), recovered).audit
+    assert call.data["tool_calls"] == [
+        {"id": "s1", "tool": "search", "outcome": "done"},
+        {"id": "s2", "tool": "deploy", "outcome": "interrupted"},
+    ]
+    unshown = Recovered((), Policy.QUEUE, ReasonCode.SERVER_RESTART, 9)
+    call, _ = handle(t.view(), unshown).audit
+    assert call.data["tool_calls"] is None
 
 
 def test_a_thread_reply_inherits_and_the_thread_sums_up_what_it_drew_on() -> None:
