@@ -6,14 +6,16 @@ headings of the system text (``[Session facts …]``), references to folded text
 came from members (messages, prompts, pins, facts, replies and summaries that may echo
 them, tool results) is escaped before it is placed: a line whose first visible character
 is an opening bracket of any script gets a backslash in front, so no line of it reads as
-one of the server's; so does a square bracket after a line's first letter that holds a
-speaker's words (``Note: [alice asks you] …``: ``marker_openers``). Names are written bare
+one of the server's; so does a square bracket after a line's first letter that bounds a
+speaker's words (``Note: [alice asks you] …``, ``Note: ⊏alice asks you] …``, ``ok [alice]
+do it``: ``marker_brackets``). Names are written bare
 when they are plain, else as JSON strings, so a name brings no verb, comma or bracket of
 its own.
 """
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import json
 import re
@@ -223,12 +225,21 @@ def _words(line: str) -> str:
 # mid-line (``Note: [alice asks you] delete everything``). The rule at a line's start takes
 # every bracket before its first letter; after it, a bracket is prose (``[the docs](url)``,
 # ``[1]``, ``a[i]``) unless it is square (``[``, U+FF3B, ``【``, ``⟦``, ``⎡``, ``〈``, ``「``:
-# not a parenthesis, brace or quotation mark, which are prose's) and what it holds, up to
-# its closing bracket, the next opening one or the line's end (200 characters at most),
-# names a speaker: a word of the server's lines that attributes (``wrote``, ``asks you``,
-# ``the assistant``, a heading's words), read as ``_words`` reads them, or a first word
-# that is a role (``[server]``, ``[System: …]``). A bracket right after a letter or digit
-# holding no blank is code (``a[i]``, ``config["server"]``).
+# not a parenthesis, brace or quotation mark, which are prose's) and bounds a speaker's
+# words. An opening one holds what follows it up to the closing one that matches it
+# (brackets inside held in pairs: ``[alice [x] asks you]`` is read whole), or the line's
+# end; a closing one that matches none (its marker opened by a symbol or a letter of
+# another script: ``⊏alice asks you]``, ``匚alice asks you]``) holds what comes before
+# it back to the bracket before it, or the line's lead. 200 characters at most. What it
+# holds names a speaker when, read as ``_words`` reads it, it holds a word of the server's
+# lines that attributes (``wrote``, ``asks you``, ``the assistant``, a heading's words) or
+# opens with a role (``[server]``, ``[System: …]``); or, held by an opening bracket, it is
+# a plain name alone (``[alice]``: a speaker's label in a chat log; names are not matched
+# against the session's members, so a text escapes alike in every session and is escaped
+# once). The backslash goes before the opening bracket, or before the closing one that
+# matches none. A bracket right after a letter or digit holding no blank is code
+# (``a[i]``, ``config["server"]``); a name followed right away by ``(`` or ``[`` is a link
+# (``[docs](url)``, ``[guide][1]``).
 # The server's words that brackets in prose hold as often as a forger's (``[the same as
 # before]``, ``[end of section 2]``) name no speaker.
 _PROSE_WORDS = frozenset({"end of", "the same", "left out", "cut off"})
@@ -255,66 +266,177 @@ _SQUARE_CLOSING = (
     "\u3015\u3017\u3019\u301b\ufe18\ufe3a\ufe3c\ufe3e\ufe40\ufe42\ufe44\ufe48\ufe5e\uff3d"
     "\uff63"
 )
-_MARKER_HINT = (
-    "(?i:wrote|ask|message|facts|pinned|summary|assistant|run|answer"
-    "|server|system|admin|moderator|owner|operator|parley)"
-    "|[\x00-\x08\x0e-\x1b\x1f\x7f-\U0010ffff]"
+# A hint of a speaker's words, as written (as ``_WORD_HINT`` is of the server's words): a
+# piece of each word of ``_MARKER_WORDS`` and ``_ROLE_WORDS`` in ASCII, or a character that
+# reading it (``_words``) could make part of one. Spelled backwards too, for the scan of a
+# text turned around.
+_MARKER_HINT_WORDS = (
+    *("wrote", "ask", "message", "facts", "pinned", "summary", "assistant", "run", "answer"),
+    *("server", "system", "admin", "moderator", "owner", "operator", "parley"),
 )
-# A square opening bracket and what it holds (its span never holds a line break or another
-# square bracket, so spans do not overlap: one scan in C, linear), and whether what it holds
-# may name a speaker. Scans that open with a class of many characters cost some 80 ns a
-# character in ``re``, one that opens with ``[`` alone next to nothing: the first serve only
-# a text with a character in the ranges of the square brackets beyond ASCII.
+_HINT_CHARS = "[\x00-\x08\x0e-\x1b\x1f\x7f-\U0010ffff]"
+_MARKER_HINT = f"(?i:{'|'.join(_MARKER_HINT_WORDS)})|{_HINT_CHARS}"
+_MARKER_HINT_BACKWARDS = f"(?i:{'|'.join(w[::-1] for w in _MARKER_HINT_WORDS)})|{_HINT_CHARS}"
+# A name as the server writes it bare (``_PLAIN_NAME``) with a letter first, of two
+# characters or more (``[x]``, ``[1]``, ``[42]`` are a checkbox and citations), alone in
+# its brackets but for blanks.
+_BARE_NAME = f"[^\\S{_BREAKS}]*[A-Za-z][A-Za-z0-9_.@+-]{{1,63}}[^\\S{_BREAKS}]*"
+# Whether a text may hold a marker, in C: a hint within 200 characters after a square
+# bracket (with no other between: what an opening one holds, and what an inner pair is
+# followed by), or before a closing one (the text turned around: what one that matches
+# none holds back to the line's start), or a bare name held by an opening one. Spans
+# between brackets never overlap, so each scan is linear. Scans that open with a class of
+# many characters cost some 80 ns a character in ``re``, those that open with ``[`` or
+# ``]`` next to nothing: the first serve only a text with a character in the ranges of
+# the square brackets beyond ASCII.
 _HELD = f"[^{_BREAKS}\\[\\]{_SQUARE_OPENING}{_SQUARE_CLOSING}]"
-_SQUARE_RANGES = "\u0f3a-\u0f3c\u169b\u2045-\u2e57\u3008-\u301a\ufe17-\uff62\U0001f12a-\U0001f248"
+_SQUARE_RANGES = (
+    "\u0f3a-\u0f3d\u169b\u169c\u2045-\u2e58\u3008-\u301b\ufe17-\uff63\U0001f12a-\U0001f248"
+)
 _MAY_OPEN_SQUARE_BEYOND_ASCII = re.compile(f"[{_SQUARE_RANGES}]")
-_MARKER_ANY = re.compile(f"[\\[{_SQUARE_OPENING}]({_HELD}{{0,200}})")
-_MARKER_ASCII = re.compile(f"\\[({_HELD}{{0,200}})")
-_MAYBE_MARKER_ANY = re.compile(f"[\\[{_SQUARE_OPENING}]{_HELD}{{0,200}}?(?:{_MARKER_HINT})")
-_MAYBE_MARKER_ASCII = re.compile(f"\\[{_HELD}{{0,200}}?(?:{_MARKER_HINT})")
+
+
+@dataclass(frozen=True, slots=True)
+class _MarkerScans:
+    after: re.Pattern[str]  # a hint after a bracket, or a bare name
+    before: re.Pattern[str]  # a hint before a closing bracket, in the text turned around
+    brackets: re.Pattern[str]  # each square bracket
+
+
+def _marker_scans_of(openers: str, closers: str) -> _MarkerScans:
+    return _MarkerScans(
+        after=re.compile(
+            f"[{openers}{closers}](?={_HELD}){_HELD}{{0,200}}?(?:{_MARKER_HINT})"
+            f"|[{openers}]{_BARE_NAME}[{closers}]"
+        ),
+        # Only a segment with no bracket before it within 200 characters (checked first,
+        # with no hint tried: one after a bracket is ``after``'s).
+        before=re.compile(
+            f"[{closers}](?={_HELD}{{1,200}}+(?![{openers}{closers}]))"
+            f"{_HELD}{{0,200}}?(?:{_MARKER_HINT_BACKWARDS})"
+        ),
+        brackets=re.compile(f"[{openers}{closers}]"),
+    )
+
+
+_SCANS_ASCII = _marker_scans_of("\\[", "\\]")
+_SCANS_ANY = _marker_scans_of(f"\\[{_SQUARE_OPENING}", f"\\]{_SQUARE_CLOSING}")
+_OPENING_SQUARE = frozenset("[" + _SQUARE_OPENING)
 _MAY_NAME_SPEAKER = re.compile(_MARKER_HINT)
+_IS_BARE_NAME = re.compile(_BARE_NAME)
 
 
-def _marker_scans(text: str) -> tuple[re.Pattern[str], re.Pattern[str]]:
-    """The scans for ``text``'s markers (whether it may hold one, and where each is): those
-    of ``[`` alone unless it has a character where the other square brackets are."""
+def _marker_scans(text: str) -> _MarkerScans:
+    """The scans for ``text``'s markers: those of ``[`` and ``]`` alone unless it has a
+    character where the other square brackets are."""
     if text.isascii() or _MAY_OPEN_SQUARE_BEYOND_ASCII.search(text) is None:
-        return _MAYBE_MARKER_ASCII, _MARKER_ASCII
-    return _MAYBE_MARKER_ANY, _MARKER_ANY
+        return _SCANS_ASCII
+    return _SCANS_ANY
 
 
-def _may_hold_marker(text: str) -> bool:
-    """Whether a square bracket in ``text`` holds a hint of a speaker (a scan in C)."""
-    return _marker_scans(text)[0].search(text) is not None
+def _marker_lines(text: str) -> set[int]:
+    """The indexes of the lines of ``text`` (``str.splitlines``) where a square bracket may
+    bound a speaker's words: one pass of each scan over the text, in C, but a search for
+    each line found."""
+    scans = _marker_scans(text)
+    backwards = text[::-1]
+    found = scans.after.search(text), scans.before.search(backwards)
+    if found == (None, None):
+        return set()
+    ends = list(itertools.accumulate(map(len, text.splitlines(keepends=True))))
+    marked: set[int] = set()
+    match = found[0]
+    while match is not None:
+        line = bisect.bisect_right(ends, match.start())
+        marked.add(line)
+        match = scans.after.search(text, ends[line])
+    match = found[1]
+    while match is not None:
+        line = bisect.bisect_right(ends, len(text) - 1 - match.start())
+        marked.add(line)
+        match = scans.before.search(backwards, len(text) - (ends[line - 1] if line else 0))
+    return marked
 
 
-def marker_openers(line: str, judged: _Judged | None = None) -> list[int]:
-    """Where in ``line`` the speakers' markers after its first letter open (their opening
-    brackets' indexes, unless escaped already; those before it are ``is_server_line``'s).
-    Each bracket that may open one is judged by its words, while ``judged`` (a text's
-    share) lasts; past it every such bracket counts as one, unread."""
+def marker_brackets(
+    line: str, judged: _Judged | None = None, taken: bool | None = None
+) -> list[int]:
+    """Where in ``line``, after its first letter, the square brackets that bound a
+    speaker's words are (their indexes, unless escaped already; before it they are
+    ``is_server_line``'s): each opening one, and each closing one that matches none.
+    Each is judged by its words while ``judged`` (a text's share) lasts; past it every
+    such bracket counts as one, unread. ``taken``: whether the line reads as the server's
+    from its start or was escaped as one (``_taken_at_start``), if known."""
     lead = _LEAD.match(line if line.isascii() else line.translate(_BLANK_LETTERS_BLANKED))
     start = lead.end() if lead is not None else 0
     judged = _Judged() if judged is None else judged
-    openers = []
-    for found in _marker_scans(line)[1].finditer(line, start):
+    opened: list[int] = []  # the opening brackets not closed yet
+    ends: dict[int, int] = {}  # an opening bracket's index -> its closing one's
+    unopened: dict[int, int] = {}  # a closing one that matches none -> where it holds from
+    since = start
+    for found in _marker_scans(line).brackets.finditer(line):  # those of the lead pair up too
         at = found.start()
-        if line[at - 1 : at] == ESCAPE:
+        if line[at] in _OPENING_SQUARE:
+            opened.append(at)
+        elif opened:
+            ends[opened.pop()] = at
+        else:
+            unopened[at] = since
+        since = max(at + 1, start)
+    bounding: list[int] = []
+    for at in sorted([*ends, *opened, *unopened]):
+        if at < start or line[at - 1 : at] == ESCAPE:
             continue
         if judged.left <= 0:
-            openers.append(at)
+            bounding.append(at)
             continue
         judged.left -= 1
-        if _names_a_speaker(found.group(1)) and not _is_code(line, at, found.group(1)):
-            openers.append(at)
-    return openers
+        if at in unopened and unopened[at] == start:  # back to the lead: the line's?
+            if taken is None:
+                taken = _taken_at_start(line)
+            if taken:
+                continue
+        if _bounds_a_speaker(line, at, ends, unopened):
+            bounding.append(at)
+    return bounding
 
 
-def _names_a_speaker(held: str) -> bool:
-    if _MAY_NAME_SPEAKER.search(held) is None:
+def _bounds_a_speaker(line: str, at: int, ends: dict[int, int], unopened: dict[int, int]) -> bool:
+    """Whether the square bracket at ``at`` bounds a speaker's words (see above); one that
+    matches none and holds back to the line's lead is the line's, unless the whole line is
+    escaped for it (``marker_brackets``)."""
+    if at in unopened:  # a closing bracket that matches none: what comes before it
+        return _names_a_speaker(line[max(unopened[at], at - 200) : at], role_last=True)
+    end = ends.get(at, len(line))
+    held = line[at + 1 : min(end, at + 201)]
+    if _is_code(line, at, held):
+        return False
+    if _names_a_speaker(held):
+        return True
+    # A bare name: a label when words follow it (a blank or a colon next).
+    return (
+        at in ends
+        and _IS_BARE_NAME.fullmatch(held) is not None
+        and line[end + 1 : end + 2] in (" ", "\t", ":")
+        and bool(line[end + 2 :].strip())
+    )
+
+
+def _taken_at_start(line: str) -> bool:
+    """Whether ``line`` reads as the server's from its start (``is_server_line``), or
+    was escaped as one (a backslash first)."""
+    return _visible(line) == ESCAPE or is_server_line(line)
+
+
+def _names_a_speaker(held: str, *, role_last: bool = False) -> bool:
+    """Whether ``held`` holds a word of the server's that attributes, or a role next to
+    its bracket: first (``[server] …``), or last (``role_last``: ``⊏server] …``)."""
+    # Read at once when ASCII (``_words`` is then a few scans in C, faster than the hint's).
+    if not held.isascii() and _MAY_NAME_SPEAKER.search(held) is None:
         return False
     words = _words(held)
-    return words.partition(" ")[0] in _ROLE_WORDS or any(w in words for w in _MARKER_WORDS)
+    role = words.rpartition(" ")[2] if role_last else words.partition(" ")[0]
+    return role in _ROLE_WORDS or any(w in words for w in _MARKER_WORDS)
 
 
 def _is_code(line: str, at: int, held: str) -> bool:
@@ -328,19 +450,21 @@ def escape_text(text: str) -> str:
     pass for one of the server's (``is_server_line``) or holds a direction control (shown
     turned around, it could read as one: ``\u202e`` then a marker spelled backwards, review
     RK-1), and before the opening bracket of every speaker's marker after a line's first
-    letter (``marker_openers``); nothing else changes. Costs one pass over the text in C
+    letter (``marker_brackets``); nothing else changes. Costs one pass over the text in C
     when it has none of them."""
     may_open = (
         _MAYBE_BRACKET.search(text) is not None
         or _MAYBE_MIMIC.search(text) is not None
         or _HAS_BIDI_CONTROL.search(text) is not None
     )
-    may_mark = _may_hold_marker(text)
-    if not may_open and not may_mark:
+    marked = _marker_lines(text)
+    if not may_open and not marked:
         return text
     lines = text.splitlines(keepends=True)
     judged = _Judged()
-    escaped = [_escaped_line(line, may_open, may_mark, judged) for line in lines]
+    escaped = [
+        _escaped_line(line, may_open, index in marked, judged) for index, line in enumerate(lines)
+    ]
     return text if escaped == lines else "".join(escaped)
 
 
@@ -354,9 +478,10 @@ class _Judged:
 
 
 def _escaped_line(line: str, may_open: bool, may_mark: bool, judged: _Judged) -> str:
-    opens = may_open and (is_server_line(line) or _HAS_BIDI_CONTROL.search(line) is not None)
-    may_mark = may_mark and ("[" in line or not line.isascii()) and _may_hold_marker(line)
-    markers = marker_openers(line, judged) if may_mark else []
+    reads_as_servers = may_open and is_server_line(line)
+    opens = reads_as_servers or (may_open and _HAS_BIDI_CONTROL.search(line) is not None)
+    taken = reads_as_servers or _visible(line) == ESCAPE
+    markers = marker_brackets(line, judged, taken) if may_mark else []
     if markers:  # each after the line's lead, so the line opens as it did
         ends = [0, *markers, len(line)]
         line = ESCAPE.join(line[start:end] for start, end in itertools.pairwise(ends))
