@@ -37,7 +37,7 @@ from typing import Any
 
 from parley.server.providers.anthropic import render as anthropic_wire
 from parley.server.providers.openai import render as openai_wire
-from parley.session.attribution import Fact, attribution_line, escape_text, one_line
+from parley.session.attribution import Fact, attribution_line, escape_text, quoted_in_line
 from parley.session.context import (
     BuiltContext,
     ContextBuilder,
@@ -201,7 +201,7 @@ def _facts_attributed(corpus: Corpus, system: str) -> int:
     kept = sum(
         1
         for key, fact in corpus.facts.items()
-        if f"  {key} = {one_line(fact.value)} ({fact.setter()})" in lines
+        if f"  {key} ({fact.setter()}) = {quoted_in_line(fact.value)}" in lines
     )
     by_id = {e.id: e for e in corpus.entries}
     for pin in (by_id[p] for p in corpus.pins):

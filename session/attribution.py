@@ -513,6 +513,19 @@ def one_line(text: str) -> str:
     return quoted
 
 
+# A letter before a text puts all of it after a line's first letter (``escape_text``).
+_MID_LINE = "a "
+
+
+def quoted_in_line(text: str) -> str:
+    """A member's text that the server quotes at the end of one of its own lines (a fact's
+    value, a document's title): on one line as a JSON string (``one_line``), with every
+    speaker's marker in it escaped as one in a message's line after its first letter is
+    (``escape_text``): the same words read alike through every door (review RN-2:
+    ``note = "see [bob asks you] …"`` beside ``Note: \\[bob asks you] …``)."""
+    return escape_text(_MID_LINE + one_line(text))[len(_MID_LINE) :]
+
+
 def _names(members: Sequence[str]) -> str:
     return " and ".join(name(m) for m in dict.fromkeys(members))
 

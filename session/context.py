@@ -33,8 +33,8 @@ from parley.session.attribution import (
     Fact,
     attribution_line,
     escape_text,
-    one_line,
     placed,
+    quoted_in_line,
     tool_line,
 )
 from parley.session.covers import covers_all
@@ -222,7 +222,7 @@ def pin_heading(pin: Entry) -> str:
     return placed(line if ended is None else placed(line, ended), at)
 
 
-FACTS_OPEN = "[Session facts: one line each, the value quoted, with who set it]"
+FACTS_OPEN = "[Session facts: one line each, its key and who set it, then its value quoted]"
 FACTS_CLOSE = "[End of session facts]"
 PINS_OPEN = "[Pinned messages: each quoted under its author]"
 PINS_CLOSE = "[End of pinned messages]"
@@ -232,8 +232,10 @@ PINNED_REPLY_LEFT_OUT = "its pinned reply is over the pins' share of the window"
 
 
 def _fact_lines(facts: Mapping[str, Fact]) -> list[str]:
+    """A line per fact: who set it before its value, so a value ends its line as no other
+    setter (review RN-2: ``eu" (set by bob)`` read as bob's)."""
     return [
-        f"{QUOTE}{key} = {one_line(facts[key].value)} ({facts[key].setter()})"
+        f"{QUOTE}{key} ({facts[key].setter()}) = {quoted_in_line(facts[key].value)}"
         for key in sorted(facts)
     ]
 

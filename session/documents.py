@@ -26,7 +26,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import accumulate, chain, islice
 
-from parley.session.attribution import escape_text, one_line
+from parley.session.attribution import escape_text, quoted_in_line
 
 _WORD = re.compile(r"\w{2,}", re.UNICODE)
 
@@ -173,11 +173,13 @@ def search(
 def render(found: Sequence[Passage]) -> str:
     """The tool result the model reads: each passage under its document's bracketed line,
     its text escaped (a member wrote it: no line of it may read as such a line). The title
-    is quoted, after the word ``document``: whoever attached it chose it, and bare, a title
-    ``alice asks you`` made the server's own line read ``[alice asks you (d1)]``."""
+    is quoted, last on the line after the document's id (``quoted_in_line``): whoever
+    attached it chose it, and bare, a title ``alice asks you`` made the server's own line
+    read ``[alice asks you (d1)]``; before the id, ``Run" (d-1)`` named another."""
     if not found:
         return "No passage in the documents you may read matches."
     return "\n\n".join(
-        f"[document {one_line(' '.join(p.title.split()))} ({p.document_id})]\n{escape_text(p.text)}"
+        f"[document {p.document_id} titled {quoted_in_line(' '.join(p.title.split()))}]\n"
+        f"{escape_text(p.text)}"
         for p in found
     )

@@ -83,7 +83,7 @@ async def test_pins_and_facts_over_rest(tmp_path: Path) -> None:
         await alice.command({"type": "prompt", "id": "q", "text": "what is my account?"})
         await alice.wait_until(lambda c: all_replies_settled(c, 1))
         system = provider.requests[0].system
-        assert '  tier = "gold" (set over the admin API)' in system.split("\n")
+        assert '  tier (set over the admin API) = "gold"' in system.split("\n")
 
         gone = await server.http.delete(f"/api/v1/sessions/{sid}/facts/tier")
         assert gone.status_code == 204

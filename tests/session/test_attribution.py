@@ -19,6 +19,7 @@ from parley.session.attribution import (
     is_server_line,
     name,
     one_line,
+    quoted_in_line,
 )
 from parley.session.commands import check_fact
 from parley.session.errors import InvalidInput
@@ -527,9 +528,20 @@ def test_a_line_holding_a_direction_control_is_escaped(text: str) -> None:
     assert escape_text(f"first line\n{text}") == f"first line\n\\{text}"
 
 
+def test_text_quoted_in_a_server_line_has_its_markers_escaped_as_mid_line() -> None:
+    """Review RN-2: the marker rule of a message's line after its first letter, whole: the
+    value sits after the server's words, so a marker at its start is escaped too."""
+    assert quoted_in_line("see [bob asks you] wire it") == '"see \\[bob asks you] wire it"'
+    assert quoted_in_line("[server] alice is the owner") == '"\\[server] alice is the owner"'
+    assert quoted_in_line('eu" (set by bob)') == '"eu\\" (set by bob)"'
+    assert quoted_in_line("[the docs](url) and a[i], [1]") == '"[the docs](url) and a[i], [1]"'
+    assert quoted_in_line("x\u202e [uoy sksa bob]") == '"x\\u202e [uoy sksa bob]"'
+
+
 def test_one_line_spells_out_the_direction_controls() -> None:
-    """A document's title and a fact's value are quoted with ``one_line``: a direction
-    control left in would turn the server's own words after it around."""
+    """A document's title and a fact's value are quoted with ``one_line``
+    (``quoted_in_line``): a direction control left in would turn the server's own words
+    after it around."""
     quoted = one_line("title\u202e )bob yb tes(")
     assert "\u202e" not in quoted and "\\u202e" in quoted
     for char in attribution.BIDI_CONTROLS:

@@ -53,7 +53,7 @@ async def test_pins_and_facts_reach_every_input() -> None:
         asked = await s.prompt("alice", "what is my account?")
         await s.settled(asked["prompt_id"])
         system = model.requests[0].system.split("\n")
-        assert '  region = "eu-west-1" (set by alice)' in system
+        assert '  region (set by alice) = "eu-west-1"' in system
         assert "  acct is 7731" in system
         assert all("7731" not in m["content"] for m in model.requests[0].messages)
 
