@@ -169,21 +169,25 @@ class OrderingQueue:
             return Run((self._by_user[self._rotation[0]][0],))
         return Run((min(self._heads(), key=lambda p: p.seq),))
 
-    def run_taking(self, prompt_id: str) -> Run | None:
-        """The run that would answer ``prompt_id`` were the run in flight over now, each
-        run before it started and ended in turn, and nothing else sent meanwhile (None: it
-        does not wait): under ``coalesce``, the prompts answered with it (review RD-5: a
-        context preview made while another run streamed showed the member's prompt alone,
-        with their own tools, and the call took it with another member's, with none).
-        Bounded by the prompts waiting: each run takes one at least."""
+    def runs_to(self, prompt_id: str) -> list[Run]:
+        """The runs that would start were the run in flight over now, each started and
+        ended in turn and nothing else sent meanwhile, up to the one that answers
+        ``prompt_id`` (empty: it does not wait). That last one holds, under ``coalesce``,
+        the prompts answered with it (review RD-5: a context preview made while another run
+        streamed showed the member's prompt alone, with their own tools, and the call took
+        it with another member's, with none); those before it answer prompts its call is
+        given as history (review RN-4). Bounded by the prompts waiting: each run takes one
+        at least."""
         queue = self.clone()
         queue.running = None
+        runs: list[Run] = []
         while (run := queue.next()) is not None:
+            runs.append(run)
             if prompt_id in run.ids:
-                return run
+                return runs
             queue.start(run)
             queue.finish(run.ids)
-        return None
+        return []
 
     def start(self, run: Run) -> None:
         """Start ``run``: the run ``next`` plans, or the first of its prompts (the rest

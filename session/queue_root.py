@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from parley.session.entries import EntryKind
+from parley.session.history import Excluded
 from parley.session.lifecycle import PromptStatus
 from parley.session.queue import OrderingQueue, PendingPrompt, Policy, QueueLimits, Run
 
@@ -35,6 +36,31 @@ def queue_of(document: SessionDocument, limits: QueueLimits) -> OrderingQueue:
     if running:
         queue.running = Run(tuple(sorted(running, key=lambda p: p.seq)))
     return queue
+
+
+# Why a preview lists what the call it shows will be given but the story does not hold yet.
+RUNNING = "running: given once its run ends"
+ANSWERED_FIRST = "waiting: a run before this one answers it, given once that run ends"
+
+
+def not_given_yet(
+    document: SessionDocument, running: Run | None, runs_before: Sequence[Run] = ()
+) -> list[Excluded]:
+    """What a call will be given that a build now leaves out, as no part of the story yet:
+    the prompts of the run in flight (``running``), its tool steps and its reply, however
+    that run ends; and the prompts of ``runs_before``, the runs that start before the call's
+    (``OrderingQueue.runs_to``). A preview lists them (review RN-4: it left the run in
+    flight out unsaid, and the call then carried its prompt and reply)."""
+    found: list[Excluded] = []
+    if running is not None:
+        found += [Excluded(p.id, RUNNING) for p in running.prompts]
+        reply_id = document.entry(running.prompts[-1].id).reply_id
+        if reply_id is not None and document.has_entry(reply_id):
+            found += [Excluded(s.id, RUNNING) for s in document.tool_steps(reply_id)]
+            found.append(Excluded(reply_id, RUNNING))
+    for run in runs_before:
+        found += [Excluded(p.id, ANSWERED_FIRST) for p in run.prompts]
+    return found
 
 
 def queue_edits(current: Sequence[str], wanted: Sequence[str]) -> tuple[list[int], list[int]]:

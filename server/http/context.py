@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable
 from dataclasses import dataclass
+from itertools import chain
 
 from parley.authz.roles import Capability
 from parley.authz.scope import RunScope
@@ -34,7 +35,8 @@ from parley.server.state import AppState
 from parley.session.commands import FACT_KEY
 from parley.session.context import BuiltContext
 from parley.session.errors import Conflict, Forbidden
-from parley.session.queue_root import queue_of
+from parley.session.history import Excluded
+from parley.session.queue_root import not_given_yet, queue_of
 from parley.session.schema import SessionDocument
 
 
@@ -97,6 +99,8 @@ class _Asked:
     prompt_ids: tuple[str, ...]
     scope: RunScope
     grants: object
+    # What the call will be given that is no part of the story yet (``not_given_yet``).
+    not_given_yet: tuple[Excluded, ...] = ()
 
 
 def _asked(room: SessionRoom, doc: SessionDocument, user_id: str) -> _Asked:
@@ -108,14 +112,13 @@ def _asked(room: SessionRoom, doc: SessionDocument, user_id: str) -> _Asked:
     # every node (a read replica has no queue of its own).
     queue = queue_of(doc, room.queue.limits)
     waiting = next((p for p in queue.pending() if p.author == user_id), None)
-    prompt_ids: tuple[str, ...] = ()
-    if waiting is not None:
-        run = queue.run_taking(waiting.id)
-        prompt_ids = (waiting.id,) if run is None else run.ids
+    runs = [] if waiting is None else queue.runs_to(waiting.id)  # the last takes it
+    prompt_ids: tuple[str, ...] = runs[-1].ids if runs else ()
     scope = room.runs.scope_for(
         [user_id] if not prompt_ids else [doc.entry(p).author for p in prompt_ids], preview=True
     )
-    return _Asked(prompt_ids, scope, room.membership.grants_key())
+    pending = not_given_yet(doc, queue.running, runs[:-1])
+    return _Asked(prompt_ids, scope, room.membership.grants_key(), tuple(pending))
 
 
 async def preview_context(
@@ -169,7 +172,7 @@ async def preview_context(
     if body is not None:
         room.charge_read(caller.user_id, len(body))
         return Encoded(body)
-    body = await encode_preview(user_id, asked.prompt_ids, kept.build)
+    body = await encode_preview(user_id, asked.prompt_ids, kept.build, asked.not_given_yet)
     kept.keep(user_id, body)
     built = len(doc.entries()) if fresh else 0
     room.spend_work(Work.PREVIEWS, room.charge_build(caller.user_id, built, len(body)))
@@ -181,8 +184,15 @@ async def preview_context(
 ITEMS_PER_TURN = 200
 
 
-async def encode_preview(user_id: str, prompt_ids: tuple[str, ...], built: BuiltContext) -> bytes:
-    """The preview of ``built`` for ``user_id`` as JSON (``ContextPreview``). Its messages
+async def encode_preview(
+    user_id: str,
+    prompt_ids: tuple[str, ...],
+    built: BuiltContext,
+    not_given_yet: Iterable[Excluded] = (),
+) -> bytes:
+    """The preview of ``built`` for ``user_id`` as JSON (``ContextPreview``), listing in its
+    exclusions after ``built``'s what the call will be given that the story does not hold
+    yet (``not_given_yet``: the run in flight, the runs before the member's). Its messages
     and exclusions, one per history entry at most, are validated and encoded a few at a
     time, the loop's other work between: 20,000 of a long session's held it 0.3-0.8 s in
     one block (review RN-3). They are put in the answer's empty lists, which come first
@@ -202,7 +212,8 @@ async def encode_preview(user_id: str, prompt_ids: tuple[str, ...], built: Built
         )
     )
     excluded = await _encoded(
-        PreviewExcluded(entry_id=x.entry_id, reason=x.reason) for x in built.excluded
+        PreviewExcluded(entry_id=x.entry_id, reason=x.reason)
+        for x in chain(built.excluded, not_given_yet)
     )
     head = _preview(user_id, prompt_ids, built).model_dump_json().encode()
     head = head.replace(b'"messages":[]', b'"messages":[' + messages + b"]", 1)

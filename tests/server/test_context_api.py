@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ from parley.server.runtime.context import SessionContext
 from parley.session.commands import CancelCommand, MessageCommand, PromptCommand
 from parley.session.errors import Conflict
 from parley.session.queue import Policy
+from parley.session.queue_root import ANSWERED_FIRST, RUNNING
 from tests.conftest import RunningServer, make_settings, serve_in_process, sqlite_url
 from tests.fake_model import Answer, FakeModel, Sent, call
 from tests.server.runtime.backend import Backend, backend, sql_store
@@ -48,6 +51,36 @@ def first_call_waits(gate: asyncio.Event, asked: asyncio.Event | None = None) ->
 
     model = FakeModel(script)
     return model
+
+
+@asynccontextmanager
+async def first_call_held(
+    tmp_path: Path,
+) -> AsyncIterator[tuple[Backend, FakeModel, asyncio.Event, asyncio.Event]]:
+    """A backend over the real SQLite store whose model's first call waits for ``gate``
+    (``first_call_waits``), with the model, the gate and the event set as that call is made."""
+    gate, asked = asyncio.Event(), asyncio.Event()
+    provider = first_call_waits(gate, asked)
+    async with (
+        sql_store(sqlite_url(tmp_path)) as store,
+        backend(memory_settings(), store=store, model=provider) as b,
+    ):
+        yield b, provider, gate, asked
+
+
+async def prompts_behind_a_run_in_flight(
+    b: Backend, sid: str, asked: asyncio.Event, prompts: list[tuple[str, str]], previewer: str
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Each of ``prompts`` (member, text) sent, the first once its run's call is made
+    (``first_call_waits``' ``asked``), the rest after; their acks and ``previewer``'s preview."""
+    s = await b.session(sid)
+    acks = [await s.send(prompts[0][0], PromptCommand("1", prompts[0][1]))]
+    async with asyncio.timeout(10):
+        await asked.wait()
+    for n, (member, text) in enumerate(prompts[1:], start=2):
+        acks.append(await s.send(member, PromptCommand(str(n), text)))
+    preview = await b.call(context_api.preview_context, session_id=sid, user_id=previewer)
+    return acks, json.loads(preview.body)
 
 
 async def test_pins_and_facts_over_rest(tmp_path: Path) -> None:
@@ -102,12 +135,7 @@ async def test_pins_and_facts_over_rest(tmp_path: Path) -> None:
 
 async def test_the_preview_is_what_the_model_receives(tmp_path: Path) -> None:
     """The preview through its REST handler, on a room over the real SQLite store."""
-    gate, asked = asyncio.Event(), asyncio.Event()
-    provider = first_call_waits(gate, asked)
-    async with (
-        sql_store(sqlite_url(tmp_path)) as store,
-        backend(memory_settings(), store=store, model=provider) as b,
-    ):
+    async with first_call_held(tmp_path) as (b, provider, _gate, asked):
         sid = await b.new_session({"alice": "editor", "bob": "editor", "olga": "owner"})
         s = await b.session(sid)
         log = "\n".join(f"line {i}: worker crashed with exit code 137" for i in range(6))
@@ -162,31 +190,47 @@ async def test_the_preview_is_what_the_model_receives(tmp_path: Path) -> None:
         assert history["prompt_ids"] == [] and not any(m["answering"] for m in history["messages"])
 
 
+async def test_a_preview_lists_the_run_in_flight_and_the_runs_before_the_members(
+    tmp_path: Path,
+) -> None:
+    """Review RN-4: carol's run in flight, and dave's prompt answered before bob's, are in
+    bob's next call whatever way they end; his preview gave neither nor listed them."""
+    async with first_call_held(tmp_path) as (b, provider, gate, asked):
+        sid = await b.new_session({"bob": "editor", "carol": "editor", "dave": "editor"})
+        s = await b.session(sid)
+        said = [("carol", "carol holds the runner"), ("dave", "dave is next"), ("bob", "bob waits")]
+        (carols, daves, bobs), preview = await prompts_behind_a_run_in_flight(
+            b, sid, asked, said, "bob"
+        )
+        assert preview["prompt_ids"] == [bobs["prompt_id"]]
+        reply = s.room.doc.entry(carols["prompt_id"]).reply_id
+        assert preview["excluded"] == [
+            {"entry_id": carols["prompt_id"], "reason": RUNNING},
+            {"entry_id": reply, "reason": RUNNING},
+            {"entry_id": daves["prompt_id"], "reason": ANSWERED_FIRST},
+        ]
+        gate.set()
+        await s.settled(carols["prompt_id"], daves["prompt_id"], bobs["prompt_id"])
+        bobs_call = [m["content"] for m in provider.requests[2].messages]
+        assert bobs_call[0] == "[carol wrote]\ncarol holds the runner"
+        assert "[dave wrote]\ndave is next" in bobs_call
+
+
 async def test_a_preview_under_coalesce_is_the_run_that_answers_the_member(
     tmp_path: Path,
 ) -> None:
     """Review RD-5: a preview made while another run streamed showed alice's prompt alone,
     with her tools; the call answered hers and bob's together, with none (bob may not
     search). It is the run that takes her prompt were the one in flight over."""
-    gate, asked = asyncio.Event(), asyncio.Event()
-    provider = first_call_waits(gate, asked)
-    async with (
-        sql_store(sqlite_url(tmp_path)) as store,
-        backend(memory_settings(), store=store, model=provider) as b,
-    ):
+    async with first_call_held(tmp_path) as (b, provider, _gate, asked):
         roles = {"alice": "editor", "bob": "editor", "carol": "editor"}
         sid = await b.new_session(roles, policy="coalesce")
         denied = MemberPut(role="editor", denials=["tool:search_documents"])
         await b.call(members_api.put_member, session_id=sid, user_id="bob", body=denied)
         s = await b.session(sid)
-        first = await s.send("carol", PromptCommand("1", "blocked run"))
-        async with asyncio.timeout(10):
-            await asked.wait()
-        alices = await s.send("alice", PromptCommand("2", "ALICE-Q"))
-        bobs = await s.send("bob", PromptCommand("3", "BOB-Q"))
-
-        preview = json.loads(
-            (await b.call(context_api.preview_context, session_id=sid, user_id="alice")).body
+        said = [("carol", "blocked run"), ("alice", "ALICE-Q"), ("bob", "BOB-Q")]
+        (first, alices, bobs), preview = await prompts_behind_a_run_in_flight(
+            b, sid, asked, said, "alice"
         )
         assert preview["prompt_ids"] == [alices["prompt_id"], bobs["prompt_id"]]
         assert preview["tools"] == []

@@ -178,7 +178,7 @@ def test_coalesce_answers_at_most_its_cap_per_run_oldest_first() -> None:
 
 
 @pytest.mark.parametrize("policy", [Policy.QUEUE, Policy.COALESCE, Policy.INTERRUPT])
-def test_the_run_taking_a_prompt_is_the_one_drained_runs_give_it(policy: Policy) -> None:
+def test_the_runs_to_a_prompt_are_those_drained_runs_give_up_to_it(policy: Policy) -> None:
     """Review RD-5: what a preview shows is the run that would answer the member's prompt
     were the run in flight over: under ``coalesce`` with the prompts it is answered with."""
     limits = QueueLimits(max_pending_per_user=10, max_pending_per_session=10, max_prompts_per_run=2)
@@ -188,15 +188,17 @@ def test_the_run_taking_a_prompt_is_the_one_drained_runs_give_it(policy: Policy)
     for n, author in [(2, "alice"), (3, "bob"), (4, "alice"), (5, "carol"), (6, "bob")]:
         queue.push(prompt(n, author))
     before = queue.pending()
-    taking = {p.id: queue.run_taking(p.id) for p in before}
+    planned = {p.id: [run.ids for run in queue.runs_to(p.id)] for p in before}
     assert queue.pending() == before and queue.is_running("p1")  # the queue is untouched
     queue.finish(("p1",))
     runs = drain(queue)
-    for prompt_id, run in taking.items():
-        assert run is not None and run.ids == next(r for r in runs if prompt_id in r)
-    assert queue_with(policy=policy).run_taking("p9") is None
+    for prompt_id, taking in planned.items():
+        # The run that takes it last, those before it first (review RN-4: their prompts
+        # are in its call).
+        assert taking == runs[: runs.index(next(r for r in runs if prompt_id in r)) + 1]
+    assert queue_with(policy=policy).runs_to("p9") == []
     if policy is Policy.COALESCE:
-        assert taking["p2"] == Run((prompt(2, "alice"), prompt(3, "bob")))
+        assert planned["p2"][-1] == ("p2", "p3")  # alice's and bob's prompts together
 
 
 def test_coalesce_may_start_the_first_of_the_planned_prompts_and_the_rest_wait_in_order() -> None:

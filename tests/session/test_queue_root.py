@@ -6,8 +6,18 @@ from itertools import combinations
 
 from hypothesis import given
 from hypothesis import strategies as st
+from pycrdt import Doc
 
-from parley.session.queue_root import queue_edits
+from parley.session.history import Excluded
+from parley.session.queue import QueueLimits
+from parley.session.queue_root import (
+    ANSWERED_FIRST,
+    RUNNING,
+    not_given_yet,
+    queue_edits,
+    queue_of,
+)
+from parley.session.schema import QueuedItem, SessionDocument
 
 ids = st.lists(st.sampled_from("abcdefgh"), unique=True, max_size=7)
 
@@ -48,3 +58,29 @@ def test_no_fewer_edits_would_do(current: list[str], wanted: list[str]) -> None:
 
 def test_a_prompt_placed_mid_queue_is_one_insert() -> None:
     assert queue_edits(["a", "b", "c"], ["a", "x", "b", "c"]) == ([], [1])
+
+
+def test_a_preview_lists_the_run_in_flight_and_the_runs_before_the_members() -> None:
+    """Review RN-4: carol's run in flight (its prompt, tool step and reply so far) and dave's
+    prompt, answered before bob's, are in bob's next call but not in the story yet: listed."""
+    doc = SessionDocument(Doc())
+    for n, author in enumerate(["carol", "dave", "bob"], start=1):
+        doc.add_prompt(id=f"p{n}", seq=n, author=author, text="?", created_at=n)
+    doc.set_queue([QueuedItem("p2", 2, "dave"), QueuedItem("p3", 3, "bob")])
+    doc.start_reply(prompt_ids=["p1"], reply_id="r1", author="assistant", created_at=4)
+    doc.add_tool_step(
+        id="t1", reply_id="r1", author="bot", tool="s", status="running", text="", created_at=5
+    )
+    queue = queue_of(doc, QueueLimits())
+    assert not_given_yet(doc, queue.running, queue.runs_to("p3")[:-1]) == [
+        Excluded("p1", RUNNING),
+        Excluded("t1", RUNNING),
+        Excluded("r1", RUNNING),
+        Excluded("p2", ANSWERED_FIRST),
+    ]
+    assert not_given_yet(doc, queue.running, queue.runs_to("p2")[:-1]) == [
+        Excluded("p1", RUNNING),
+        Excluded("t1", RUNNING),
+        Excluded("r1", RUNNING),
+    ]
+    assert not_given_yet(doc, None) == []
