@@ -24,6 +24,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from parley.session.look_alikes import LATIN_LOOK_ALIKES
+from parley.session.memo import memo_by_digest
 
 ESCAPE = "\\"
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9_.@+-]{1,64}")
@@ -517,6 +518,10 @@ def one_line(text: str) -> str:
 _MID_LINE = "a "
 
 
+# Every build's system text quotes every fact again (and a fact's change is judged with
+# them all, under the session's writer): 50 facts of 2,000 characters full of brackets took
+# 93 ms to escape each time, 0.6 ms kept by their digest (1,024 one-line texts at most).
+@memo_by_digest(limit=1024)
 def quoted_in_line(text: str) -> str:
     """A member's text that the server quotes at the end of one of its own lines (a fact's
     value, a document's title): on one line as a JSON string (``one_line``), with every
