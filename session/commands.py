@@ -14,7 +14,6 @@ Every command gets exactly one reply: ``ack`` or ``error`` (see ``ack`` / ``erro
 from __future__ import annotations
 
 import json
-import math
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from parley.session.errors import (
     TooLarge,
     UnknownCommand,
     error_for,
+    retry_after_ms,
 )
 from parley.session.json_constants import finite_float, reject_constant
 from parley.session.json_values import json_values_refusal
@@ -374,10 +374,11 @@ def error_reply(command_id: str | None, error: ParleyError, *, details: bool = F
     if details and isinstance(error, InvalidInput) and error.details:
         reply["details"] = [[at, what] for at, what in error.details]
     wait_s = error.retry_after_s if isinstance(error, RateLimited) else None
-    if wait_s is not None and math.isfinite(wait_s):
+    wait_ms = retry_after_ms(wait_s)
+    if wait_ms is not None:
         # When to send it again (not stored: resent by its id, it is judged anew), in the
         # shape a 1013's reason has (review RH-2: a socket's refusal said nothing).
-        reply["retry_after_ms"] = max(1, math.ceil(wait_s * 1000))
+        reply["retry_after_ms"] = wait_ms
         if details:
             reply["retry_after_s"] = wait_s
     return json.dumps(reply)
@@ -390,6 +391,8 @@ def reply_error(reply: dict[str, Any]) -> ParleyError:
     details = tuple((str(at), str(what)) for at, what in listed) if listed else ()
     error = error_for(str(reply.get("code")), str(reply.get("message")), details)
     wait = reply.get("retry_after_s")
+    if not isinstance(wait, int | float) and isinstance(reply.get("retry_after_ms"), int):
+        wait = reply["retry_after_ms"] / 1000  # a socket's reply (the relay's, say)
     if isinstance(error, RateLimited) and isinstance(wait, int | float):
         error.retry_after_s = float(wait)
     return error

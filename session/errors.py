@@ -51,6 +51,7 @@ clients stop reconnecting).
 
 from __future__ import annotations
 
+import math
 from enum import StrEnum
 
 from parley.session.closes import CloseCode
@@ -302,6 +303,15 @@ class SchemaNotCurrent(ConfigurationError):
 class DatabaseInUse(ConfigurationError):
     """Another Parley process holds the database in a way that excludes this one (a server
     off-cluster holds it alone): ``server.store.claim``."""
+
+
+def retry_after_ms(wait_s: float | None) -> int | None:
+    """A wait as an answer tells it (``retry_after_ms``: a command's error reply, a REST
+    error body): whole milliseconds, rounded up, at least 1; None when it is not known or
+    never ends. ``Retry-After`` over HTTP is the same wait in whole seconds, rounded up."""
+    if wait_s is None or not math.isfinite(wait_s):
+        return None
+    return max(1, math.ceil(wait_s * 1000))
 
 
 def close_code_for(error: ParleyError, otherwise: CloseCode = CloseCode.TRY_AGAIN) -> CloseCode:

@@ -60,12 +60,15 @@ class TokenBucket:
         return self._tokens < 1.0
 
     def wait_s(self, now: float, cost: float = 1.0) -> float:
-        """Seconds until ``cost`` is there (0: it is now; ``inf``: never); nothing taken."""
+        """Seconds until ``cost`` is there (0: it is now; ``inf``: never, as for a cost
+        past the burst); nothing taken."""
         self.allow(now, 0.0)
         missing = cost - self._tokens
         if missing <= 0:
             return 0.0
-        return missing / self.rate.per_second if self.rate.per_second > 0 else math.inf
+        if cost > self.rate.burst or self.rate.per_second <= 0:
+            return math.inf
+        return missing / self.rate.per_second
 
 
 class AbuseCounter:
@@ -161,9 +164,11 @@ class Budgets:
         """Whether ``owner`` has nothing left of ``spend`` (never, without a rate)."""
         return spend in self.rates and self.bucket(owner, spend, now).spent(now)
 
-    def wait_s(self, owner: object, spend: Spend, now: float) -> float:
-        """Seconds until ``owner`` has one of ``spend`` again (0: now, or no rate)."""
-        return self.bucket(owner, spend, now).wait_s(now) if spend in self.rates else 0.0
+    def wait_s(self, owner: object, spend: Spend, now: float, amount: float = 1.0) -> float:
+        """Seconds until ``owner`` has ``amount`` of ``spend`` again (0: now, or no rate)."""
+        if spend not in self.rates:
+            return 0.0
+        return self.bucket(owner, spend, now).wait_s(now, amount)
 
 
 class KeyedBuckets:

@@ -180,13 +180,17 @@ class CommandRelay:
         # what was acknowledged lately is answered as it was, whatever the rate.
         only_resends = user_id.startswith(RESENDS_ONLY)
         user_id = _member_of(user_id)
-        if only_resends or not room.user_bucket(user_id).allow(room.clock()):
+        now, bucket = room.clock(), room.user_bucket(user_id)
+        if only_resends or not bucket.allow(now):
             command_id = command_id_of(frame)  # read only for a command over the rate
             if not room.recent_acks.knows(user_id, command_id):
                 resent = await stored_resend(room, user_id, frame)
                 if resent is not None:
                     return resent
-                return error_reply(command_id, RateLimited("too many commands; slow down"))
+                # When the member's budget has a command again, as a socket's refusal on
+                # this node says (the node that forwarded ``only_resends`` adds its own).
+                refusal = RateLimited("too many commands; slow down", bucket.wait_s(now))
+                return error_reply(command_id, refusal)
         # The same door as a socket's command, judged by the member's rights here now and
         # by the token it was sent with as of its commit.
         return await handle_frame(room, user_id, frame, token)

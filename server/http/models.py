@@ -132,6 +132,13 @@ class ErrorDetail(Strict):
         default=None,
         description="Every problem found (invalid): all of the input's form, or the rule it broke",
     )
+    retry_after_ms: int | None = Field(
+        default=None,
+        ge=1,
+        description="When to try again, in milliseconds (429 rate_limited from a budget, "
+        "503 while the database is unavailable): the Retry-After header's wait, which is "
+        "in whole seconds rounded up, as a WebSocket command's refusal gives it",
+    )
 
 
 class ErrorBody(Strict):

@@ -45,6 +45,7 @@ from parley.session.errors import (
     TooLarge,
     Unauthenticated,
     UnsupportedMediaType,
+    retry_after_ms,
 )
 from parley.session.json_constants import read_numbers
 from parley.session.json_values import json_values_refusal
@@ -273,9 +274,11 @@ MAX_PROBLEMS = 50  # validation errors listed in one answer (the count says how 
 
 
 def error_response(error: ParleyError, retry_after_s: float | None = None) -> JSONResponse:
-    """The error body; ``WWW-Authenticate`` with a 401, and ``Retry-After`` (whole seconds)
-    with a 503 when ``retry_after_s`` is given, as a refused WebSocket upgrade has it, and
-    with a ``RateLimited`` that knows when its budget has room again."""
+    """The error body; ``WWW-Authenticate`` with a 401, and when to come back with a 503
+    when ``retry_after_s`` is given, as a refused WebSocket upgrade has it, and with a
+    ``RateLimited`` that knows when its budget has room again: ``Retry-After`` (whole
+    seconds) and the body's ``retry_after_ms``, as a socket's refusal has it (one wait,
+    rounded up in each unit)."""
     more: dict[str, Any] = {}
     if isinstance(error, InvalidInput) and (error.details or error.code is ErrorCode.INVALID):
         more["details"] = [{"at": at, "message": message} for at, message in problems(error)]
@@ -285,8 +288,10 @@ def error_response(error: ParleyError, retry_after_s: float | None = None) -> JS
     wait = retry_after_s if error.http_status == 503 else None
     if isinstance(error, RateLimited):
         wait = error.retry_after_s
-    if wait is not None and math.isfinite(wait):
-        headers["Retry-After"] = str(max(1, math.ceil(wait)))
+    wait_ms = retry_after_ms(wait)
+    if wait_ms is not None:
+        headers["Retry-After"] = str(math.ceil(wait_ms / 1000))
+        more["retry_after_ms"] = wait_ms
     body = error_body(error.code.value, error.message, **more)
     return JSONResponse(body, status_code=error.http_status, headers=headers or None)
 

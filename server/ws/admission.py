@@ -459,7 +459,8 @@ def charged(
                 return None, 0
             connection.told_presence_budget = True
             raise PresenceDropped(f"over the {cost.spend.value} budget; slow down")
-        raise RateLimited(f"over the {cost.spend.value} budget; slow down")
+        wait_s = room.budgets.wait_s(connection.user_id, cost.spend, now, cost.amount)
+        raise RateLimited(f"over the {cost.spend.value} budget; slow down", wait_s)
     return message, echo_bytes
 
 

@@ -44,8 +44,14 @@ from parley.server.ws.client_writes import WriteDropped, drop_update
 from parley.server.ws.connection import CommandChannel, Connection
 from parley.server.ws.deadlines import SocketDeadlines, token_expired
 from parley.session.closes import CloseCode
-from parley.session.commands import command_id_of, command_id_unread, error_reply
+from parley.session.commands import (
+    command_id_of,
+    command_id_unread,
+    error_reply,
+    reply_error,
+)
 from parley.session.errors import (
+    ErrorCode,
     Forbidden,
     ParleyError,
     RateLimited,
@@ -220,7 +226,13 @@ async def _resend_elsewhere(
     the node that runs the session if another one does; else ``rate_limited``."""
     cluster = state.rooms.cluster
     if cluster is not None and room.session_id not in cluster.running:
-        return await cluster.relay.forward(room, resends_only(user_id), text)
+        answer = await cluster.relay.forward(room, resends_only(user_id), text)
+        reply = json.loads(answer)
+        refused = reply_error(reply) if reply.get("code") == ErrorCode.RATE_LIMITED else None
+        if not isinstance(refused, RateLimited):
+            return answer  # the first answer of a resend
+        # Refused there: when both this node's budgets and the running node's have room.
+        wait_s = max(wait_s, refused.retry_after_s or 0.0)
     return error_reply(command_id, RateLimited("too many commands; slow down", wait_s))
 
 

@@ -45,7 +45,7 @@ from parley_client import (
     connect,
     error_for,
 )
-from parley_client.errors import error_of_response, retry_after_seconds
+from parley_client.errors import error_of_response, rate_wait, retry_after_seconds
 from parley_client.session import _Pending, _placed, _seq_of
 from parley_client.wire import (
     AWARENESS,
@@ -173,6 +173,42 @@ async def test_one_member_in_four_sessions_sending_at_once_has_every_command_sto
         assert len({ack.message_id for ack in acks}) == 160
         stored = [e.content for e in await admin.transcript(sid) if e.kind == "message"]
         assert sorted(stored) == sorted(f"{k}.{n}" for k in range(4) for n in range(40))
+
+
+async def test_rest_calls_over_the_members_budget_wait_and_are_made_again(
+    tmp_path: Path,
+) -> None:
+    """FX59: a REST call refused ``rate_limited`` says when (``Retry-After``, the body's
+    ``retry_after_ms``); ``AdminClient`` with a member's token raised it where a socket's
+    command waits and is sent again. It waits as the socket's does: six fact changes
+    against a budget of two and four a second are all made, once each."""
+    settings = make_settings(
+        sqlite_url(tmp_path), tmp_path / "data", commands_burst=1, user_commands_per_second=4.0
+    )
+    async with (
+        serve_in_process(settings) as server,
+        AdminClient(server.base_url, ADMIN_KEY) as admin,
+        asyncio.timeout(30),
+    ):
+        sid = await new_session(admin, {"eve": "editor"})
+        async with AdminClient(server.base_url, await server.token(sid, "eve")) as eve:
+            for n in range(6):
+                await eve.set_fact(sid, f"k{n}", "v")
+            assert await admin.facts(sid) == {f"k{n}": "v" for n in range(6)}
+
+
+def test_only_a_rate_refusal_that_says_when_soon_is_waited_for_a_few_times() -> None:
+    """The one rule of both paths (a socket's command, a REST call): ``rate_limited`` with a
+    wait of at most a minute, three times; a quota, a cap or a refusal that says nothing
+    raises at once."""
+    soon = error_for("rate_limited", "slow down", retry_after=0.25)
+    assert [rate_wait(soon, n) for n in range(4)] == [0.25, 0.25, 0.25, None]
+    assert rate_wait(error_for("rate_limited", "x", retry_after=3600.0), 0) is None
+    assert rate_wait(error_for("rate_limited", "x"), 0) is None
+    assert rate_wait(error_for("quota_exceeded", "x", retry_after=1.0), 0) is None
+    assert rate_wait(error_for("too_many_streams", "x", retry_after=1.0), 0) is None
+    body = json.dumps({"error": {"code": "rate_limited", "message": "x", "retry_after_ms": 1500}})
+    assert error_of_response(429, body, retry_after="2").retry_after == 1.5  # to the ms
 
 
 async def test_two_members_prompting_at_once_converge(sqlite_server: RunningServer) -> None:

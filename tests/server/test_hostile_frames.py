@@ -106,6 +106,10 @@ async def test_a_member_who_keeps_sending_noop_writes_is_closed_4429(tmp_path: P
                 await vera.send_raw(frame)
         assert await vera.wait_closed() == 4429
         assert refusals(vera) == ["rate_limited"] * 4  # the fourth refusal closes
+        # FX59: each says when the member's bytes have room for such a frame again (about
+        # 8 KB at 1 byte a second), as a refused command does.
+        waits = [m.get("retry_after_ms") for m in vera.unsolicited if m.get("id") is None]
+        assert all(isinstance(w, int) and w > 1_000_000 for w in waits), waits
         await command_acked(alice, "after")
 
 

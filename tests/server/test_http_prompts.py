@@ -4,6 +4,7 @@ socket's commands, so the same order, idempotency, refusals and error codes."""
 from __future__ import annotations
 
 import asyncio
+import math
 from pathlib import Path
 from typing import Any
 
@@ -247,8 +248,11 @@ async def test_http_commands_spend_the_members_command_budget(tmp_path: Path) ->
             answers = [await bot.post(messages, json={"text": f"m{n}"}) for n in range(3)]
         assert [a.status_code for a in answers[:2]] == [202, 202]
         assert _error(answers[2]) == (429, "rate_limited")
-        # When the budget has a command again (review RP-2: no ``Retry-After`` here).
-        assert int(answers[2].headers["Retry-After"]) >= 1
+        # When the budget has a command again (review RP-2: no ``Retry-After`` here), and
+        # in the body as a socket's refusal says it (FX59: the body said nothing).
+        wait_ms = answers[2].json()["error"]["retry_after_ms"]
+        assert isinstance(wait_ms, int) and wait_ms > 1000  # a command in 1,000 s
+        assert answers[2].headers["Retry-After"] == str(math.ceil(wait_ms / 1000))
         assert len(await server.transcript(sid)) == 2
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import math
 import sqlite3
 
 import pytest
@@ -15,7 +16,7 @@ from parley.server.cli import FIRST_RETRY_S, MAX_RETRY_S, wait_for_database
 from parley.server.http.rest import error_response
 from parley.server.http.retry_hint import MAX_CLOSE_REASON_BYTES, retry_reason
 from parley.server.store.health import LockTimeout, StorageHealth, fault_kind
-from parley.session.errors import Unavailable
+from parley.session.errors import RateLimited, Unavailable
 
 
 def _sqlite_error(code: int, name: str) -> sqlite3.OperationalError:
@@ -70,6 +71,19 @@ def test_a_refused_upgrade_says_when_to_come_back() -> None:
     assert response.status_code == 503
     assert response.headers["Retry-After"] == "3"
     assert json.loads(response.body)["error"]["code"] == "unavailable"
+    assert json.loads(response.body)["error"]["retry_after_ms"] == 2200
+
+
+def test_a_rate_refusal_says_when_in_its_header_and_its_body_from_one_wait() -> None:
+    """FX59: a REST 429 had ``Retry-After`` alone; its body says when as a socket's refusal
+    does (``retry_after_ms``), each rounded up from the same wait, and a wait that never
+    ends (a cost past the budget's burst) is said in neither."""
+    response = error_response(RateLimited("too many commands; slow down", 1.0004))
+    assert response.status_code == 429 and response.headers["Retry-After"] == "2"
+    assert json.loads(response.body)["error"]["retry_after_ms"] == 1001
+    never = error_response(RateLimited("over the budget", math.inf))
+    assert "Retry-After" not in never.headers
+    assert "retry_after_ms" not in json.loads(never.body)["error"]
 
 
 def test_start_up_retries_an_unreachable_database_with_back_off() -> None:

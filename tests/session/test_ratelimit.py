@@ -90,6 +90,8 @@ def test_a_bucket_says_how_long_until_it_has_room_again() -> None:
     assert bucket.wait_s(0) == 2.0 and bucket.wait_s(1.5) == 0.5
     assert bucket.wait_s(2) == 0.0 and bucket.allow(2)
     assert TokenBucket(Rate(per_second=0, burst=1), now=0).wait_s(0, cost=2) == float("inf")
+    # FX59: a cost past the burst is never there, however long one waits.
+    assert TokenBucket(Rate(per_second=1, burst=1), now=0).wait_s(0, cost=2) == float("inf")
 
 
 def test_a_bucket_says_what_is_left_without_taking_it() -> None:

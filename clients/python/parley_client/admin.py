@@ -13,6 +13,7 @@ raises ``UnexpectedAnswer``; a refusal without Parley's error body, its status's
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from urllib.parse import quote
 
 import httpx
 
-from parley_client.errors import UnexpectedAnswer, error_for, error_of_response
+from parley_client.errors import UnexpectedAnswer, error_for, error_of_response, rate_wait
 from parley_client.view import Entry
 from parley_client.wire import strict_json
 
@@ -250,7 +251,9 @@ class AdminClient:
     ) -> Any:
         """One call: the decoded JSON answer (None for 204), or the typed error
         (``InvalidInput`` for a body that is not JSON, a NaN say, before it is sent;
-        ``UnexpectedAnswer`` for a success whose body is not JSON)."""
+        ``UnexpectedAnswer`` for a success whose body is not JSON). A call refused
+        ``rate_limited`` with when to come back (the member's budget: it was not made)
+        waits that long and is made again, as a socket's command is (``rate_wait``)."""
         query = {k: v for k, v in (params or {}).items() if v is not None}
         content, headers = None, {}
         if json is not None:
@@ -260,18 +263,28 @@ class AdminClient:
             except ValueError as exc:
                 raise error_for("invalid", f"the request body is not JSON: {exc}") from None
             headers["Content-Type"] = "application/json"
-        response = await self.http.request(
-            method, path, content=content, headers=headers, params=query
-        )
-        if response.is_success:
-            if response.status_code == 204 or not response.content:
-                return None
-            try:
-                return response.json()
-            except ValueError:  # also a body that is not UTF-8
-                raise _unexpected(response.status_code, "not JSON") from None
-        retry_after = response.headers.get("Retry-After")
-        raise error_of_response(response.status_code, response.text, retry_after=retry_after)
+        refusals = 0
+        while True:
+            response = await self.http.request(
+                method, path, content=content, headers=headers, params=query
+            )
+            if response.is_success:
+                break
+            retry_after = response.headers.get("Retry-After")
+            refusal = error_of_response(
+                response.status_code, response.text, retry_after=retry_after
+            )
+            wait = rate_wait(refusal, refusals)
+            if wait is None:
+                raise refusal
+            refusals += 1
+            await asyncio.sleep(wait)
+        if response.status_code == 204 or not response.content:
+            return None
+        try:
+            return response.json()
+        except ValueError:  # also a body that is not UTF-8
+            raise _unexpected(response.status_code, "not JSON") from None
 
     async def _call(
         self,

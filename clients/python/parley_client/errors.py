@@ -41,12 +41,18 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import time
 from collections.abc import Mapping
 from datetime import UTC
 from email.utils import parsedate_to_datetime
 from types import MappingProxyType
 from typing import Any
+
+# The longest a command or REST call refused ``rate_limited`` waits to be sent again (past
+# it, it raises), and how many times it is sent again: on a socket and over REST alike.
+MAX_RETRY_AFTER_S = 60.0
+MAX_RATE_RETRIES = 3
 
 
 class ParleyError(Exception):
@@ -287,21 +293,44 @@ def retry_after_seconds(header: str | None, *, now: float | None = None) -> floa
     return max(when.timestamp() - (time.time() if now is None else now), 0.0)
 
 
+def wait_of(reply: Mapping[str, Any]) -> float | None:
+    """A refusal's ``retry_after_ms`` (a command's error reply, a REST error body) in
+    seconds, or None when it has none."""
+    wait = reply.get("retry_after_ms")
+    if isinstance(wait, bool) or not isinstance(wait, int | float) or not 0 <= wait < math.inf:
+        return None
+    return float(wait) / 1000
+
+
+def rate_wait(error: ParleyError, refusals: int) -> float | None:
+    """How long to wait before sending again a command or call refused with ``error``, after
+    ``refusals`` such refusals of it before: a ``rate_limited`` refusal (the member's
+    budget; not a quota nor a cap on streams) says when, within ``MAX_RETRY_AFTER_S``, up
+    to ``MAX_RATE_RETRIES`` times. None: not to send it again (raise ``error``)."""
+    wait = error.retry_after
+    if error.code != "rate_limited" or wait is None or refusals >= MAX_RATE_RETRIES:
+        return None
+    return wait if wait <= MAX_RETRY_AFTER_S else None
+
+
 def error_of_response(
     status: int, body: bytes | bytearray | str, *, retry_after: str | None = None
 ) -> ParleyError:
     """The typed error of an HTTP refusal, a REST call's or a socket upgrade's: the code and
     message of its JSON error body (``{"error": {"code", "message"}}``), else its status's
     code and the body as text (a 5xx without one: ``unavailable`` for 502, 503 and 504,
-    ``internal`` otherwise); ``retry_after`` its ``Retry-After`` header (seconds or a date)."""
+    ``internal`` otherwise); ``retry_after`` its ``Retry-After`` header (seconds or a date),
+    unless the body's ``retry_after_ms`` says it to the millisecond."""
     text = body.decode(errors="replace") if not isinstance(body, str) else body
     code, message = STATUS_CODES.get(status, "internal"), text or f"HTTP {status}"
+    wait = retry_after_seconds(retry_after)
     try:
         error = json.loads(text)["error"]
         code, message = str(error["code"]), str(error["message"])
-    except (ValueError, KeyError, TypeError):
+        wait = wait_of(error) if wait_of(error) is not None else wait
+    except (ValueError, KeyError, TypeError, AttributeError):
         pass
-    return error_for(code, message, status=status, retry_after=retry_after_seconds(retry_after))
+    return error_for(code, message, status=status, retry_after=wait)
 
 
 # The WebSocket close codes after which the server will not take the socket back

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import math
 import random
 import secrets
 import time
@@ -44,6 +43,8 @@ from parley_client.errors import (
     TooLarge,
     error_for,
     error_of_response,
+    rate_wait,
+    wait_of,
 )
 from parley_client.pacing import PACING, Pacer, Pacing
 from parley_client.view import Change, Entry, Peer, QueuedPrompt, Snapshot, diff
@@ -60,9 +61,6 @@ MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 # ``CLOSE_TIMEOUT_MS``.
 CLOSE_TIMEOUT_S = 3.0
 MAX_UNSOLICITED = 100
-# The longest a command refused ``rate_limited`` waits to be sent again; past it, it raises.
-MAX_RETRY_AFTER_S = 60.0
-MAX_RATE_RETRIES = 3  # times a command refused ``rate_limited`` is written again
 MAX_ID_CHARS = 128  # the server's bound on a command id
 # Upgrades refused for good: retrying cannot help (the others, 429 and 503, are retried).
 FINAL_STATUSES = frozenset({401, 403, 404})
@@ -468,7 +466,7 @@ class Session:
                 pending.reply.set_result(Ack(command_id, seq, data))
             else:
                 code, message = str(data.get("code")), str(data.get("message", ""))
-                wait = _retry_after_s(data)
+                wait = wait_of(data)
                 error = error_for(code, message, command_id=command_id, retry_after=wait)
                 pending.reply.set_exception(error)
             return
@@ -496,15 +494,11 @@ class Session:
         written again by its id (it was not stored), nothing new meanwhile, and the pacing
         slows down; refused ``MAX_RATE_RETRIES`` times, it raises. Whether it waits."""
         pending = self._pending.get(str(data.get("id")))
-        wait = _retry_after_s(data)
-        if (
-            pending is None
-            or pending.refusals >= MAX_RATE_RETRIES
-            or pending.reply.done()
-            or data.get("code") != "rate_limited"
-            or wait is None
-            or wait > MAX_RETRY_AFTER_S
-        ):
+        if pending is None or pending.reply.done():
+            return False
+        refusal = error_for(str(data.get("code")), "", retry_after=wait_of(data))
+        wait = rate_wait(refusal, pending.refusals)
+        if wait is None:
             return False
         pending.refusals += 1
         pending.resting = True
@@ -880,14 +874,6 @@ UNDECODABLE = (ValueError, KeyError, TypeError, OverflowError, RecursionError)
 # The largest integer a JSON number holds exactly where it is read as a double (the
 # TypeScript SDK's ``Number.isSafeInteger``).
 MAX_SAFE_INTEGER = 2**53 - 1
-
-
-def _retry_after_s(reply: dict[str, Any]) -> float | None:
-    """A refusal's ``retry_after_ms`` in seconds, or None when it has none."""
-    wait = reply.get("retry_after_ms")
-    if isinstance(wait, bool) or not isinstance(wait, int | float) or not 0 <= wait < math.inf:
-        return None
-    return float(wait) / 1000
 
 
 def _seq_of(ack: dict[str, Any]) -> int | None:

@@ -7,6 +7,7 @@ database; clients are spread across the nodes with no sticky routing.
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import signal
 import statistics
@@ -395,6 +396,17 @@ async def test_a_members_rest_calls_spend_one_budget_on_every_node(tmp_path: Pat
             answers.append(await nodes.http.put(url, json={"value": "v"}, headers=as_a))
         codes = [a.status_code for a in answers]
         assert codes[-1] == 429 and answers[-1].json()["error"]["code"] == "rate_limited", codes
+        # FX59: a message through the other node, refused where the session runs (the
+        # relay's refusal), says when the member's budget there has one again, as every
+        # rate refusal does: the body's retry_after_ms and the Retry-After header.
+        posted = await nodes.http.post(
+            f"{other.base_url}/api/v1/sessions/{sid}/messages", json={"text": "hi"}, headers=as_a
+        )
+        for refused in (answers[-1], posted):
+            assert refused.status_code == 429, refused.text
+            wait_ms = refused.json()["error"]["retry_after_ms"]
+            assert wait_ms > 60_000  # a command in 1,000 s
+            assert refused.headers["Retry-After"] == str(math.ceil(wait_ms / 1000))
 
 
 async def test_the_listener_reconnects_and_catches_up(tmp_path: Path) -> None:
@@ -513,6 +525,9 @@ async def test_a_members_command_budget_is_one_across_the_nodes(tmp_path: Path) 
                 replies.append(await socket.command(command, timeout=30))
         kinds = [r["type"] if r["type"] == "ack" else r["code"] for r in replies]
         assert kinds.count("ack") == 10 and kinds.count("rate_limited") == 5, kinds
+        # FX59: refused by the running node's relay, each says when, as a socket's does.
+        waits = [r.get("retry_after_ms") for r in replies if r["type"] == "error"]
+        assert all(isinstance(w, int) and w > 10_000 for w in waits), waits
 
 
 async def test_resends_through_a_following_node_get_their_first_answers(tmp_path: Path) -> None:
@@ -536,6 +551,7 @@ async def test_resends_through_a_following_node_get_their_first_answers(tmp_path
         assert list(resent) == first
         new = await again.command({"type": "message", "id": "m10", "text": "new"}, timeout=30)
         assert (new["type"], new["code"]) == ("error", "rate_limited")
+        assert new["retry_after_ms"] > 10_000  # FX59: when, as every rate refusal says
 
 
 async def test_after_a_failover_command_ids_are_judged_by_what_is_stored(tmp_path: Path) -> None:
