@@ -304,7 +304,8 @@ class Settings(BaseSettings):
     )
     # What the context previews of one session (all its members together, on each node)
     # may make: the bytes of the answers encoded and 1 KiB per history entry of each build.
-    # About 30 ms of CPU per 320 KB encoded, so 1 MiB/s is about a tenth of a core.
+    # About 30 ms of CPU per 320 KB encoded, so 1 MiB/s is about a tenth of a core. Each
+    # member pays from a share of it (``server.runtime.membership.PREVIEW_SHARES``).
     preview_work_bytes_per_s: float = Field(default=1024 * 1024, gt=0)
     preview_work_burst_bytes: int = Field(default=2 * 1024 * 1024, ge=1)
     # What the event streams of one session (all readers together, on each node) may read

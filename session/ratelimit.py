@@ -105,6 +105,9 @@ class Spend(StrEnum):
     # Resends past the command rate, on a socket or over REST, each answered as it was the
     # first time (from the recent acks, the store or the node that runs the session).
     RESENDS = "resends"
+    # A member's share of what their session's context previews may build and encode (the
+    # session's budget is its own: ``server.runtime.room.Work``): bytes of work.
+    PREVIEW_WORK = "preview_work"
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,7 +30,7 @@ from parley.server.http.rest import (
     spend_read,
 )
 from parley.server.http.sessions import SESSION_ERRORS
-from parley.server.runtime.room import SessionRoom, Work
+from parley.server.runtime.room import SessionRoom
 from parley.server.state import AppState
 from parley.session.commands import FACT_KEY
 from parley.session.context import BuiltContext
@@ -149,9 +149,10 @@ async def preview_context(
     # What is built or encoded anew is paid by the session as a whole too: members'
     # previews each within their own budget took the loop together (review B2-2: ten
     # viewers of one session, 30 ms of encoding per cached 320 KB answer, held every
-    # client's requests at 0.5-0.8 s). A kept answer is only sent.
-    refusal = room.preview_work_refusal()
-    if refusal is not None and caller.user_id is not None:
+    # client's requests at 0.5-0.8 s), each member from their share of it (review RG:
+    # one member's loop of previews left the others none). A kept answer is only sent.
+    refusal = room.preview_work_refusal(caller.user_id)
+    if refusal is not None:
         raise refusal
     # A build in a fold not folded yet (a scope of the member's own, or one a restriction
     # changed on an old entry rolled back) folded the history in one block (20,000
@@ -175,7 +176,7 @@ async def preview_context(
     body = await encode_preview(user_id, asked.prompt_ids, kept.build, asked.not_given_yet)
     kept.keep(user_id, body)
     built = len(doc.entries()) if fresh else 0
-    room.spend_work(Work.PREVIEWS, room.charge_build(caller.user_id, built, len(body)))
+    room.spend_preview_work(caller.user_id, room.charge_build(caller.user_id, built, len(body)))
     return Encoded(body)
 
 

@@ -355,6 +355,12 @@ class _Revoked:
 # over REST together (after a reconnect or a restart, an SDK resends every one unanswered;
 # ``server.runtime.commands.resend_allowed``); then at the command rate.
 RESENDS_BURST = 256
+# A member's share of their session's preview work (``PARLEY_PREVIEW_WORK_*``): a quarter
+# of its rate and burst. One member's loop of previews spent all of it and left the others
+# none (review RG); past their share a member waits, and the session pays only what it
+# took (``SessionRoom.spend_preview_work``: at most twice the share's burst a preview), so
+# one member leaves at least half of the session's burst to the others.
+PREVIEW_SHARES = 4
 
 
 def member_rates(settings: Settings) -> dict[Spend, Rate]:
@@ -372,4 +378,8 @@ def member_rates(settings: Settings) -> dict[Spend, Rate]:
             settings.socket_opens_per_minute / 60, settings.socket_opens_burst
         ),
         Spend.RESENDS: Rate(settings.commands_per_second, RESENDS_BURST),
+        Spend.PREVIEW_WORK: Rate(
+            settings.preview_work_bytes_per_s / PREVIEW_SHARES,
+            max(settings.preview_work_burst_bytes / PREVIEW_SHARES, 1.0),
+        ),
     }

@@ -500,15 +500,39 @@ class SessionRoom:
         """Seconds until a member's read budget has room again (0: it has now)."""
         return self.read_wait_s(user_id, 1)
 
-    def preview_work_refusal(self) -> RateLimited | None:
-        """Refused while the session's previews owe work (``spend_work``): many members'
-        previews, each within their own read budget, took the event loop together
-        (review B2-2: ten viewers held every client's requests at 0.5-0.8 s)."""
+    def preview_work_refusal(self, user_id: str | None) -> RateLimited | None:
+        """Why a preview of ``user_id`` to be made anew is refused now, else None: their
+        share of the session's preview work owes (``spend_preview_work``: one member's loop
+        of previews left the others none, review RG), or the session's does (many
+        members' previews, each within their own read budget, took the event loop
+        together: review B2-2, ten viewers held every client's requests at 0.5-0.8 s).
+        The admin key's are paid, never refused."""
+        if user_id is None:
+            return None
+        share_s = self.budgets.wait_s(user_id, Spend.PREVIEW_WORK, self.clock())
+        if share_s > 0:
+            why = "your context previews are over your share of this session's budget"
+            return RateLimited(f"{why}; ask again later", share_s)
         wait_s = self.work_wait_s(Work.PREVIEWS)
         if wait_s <= 0:
             return None
         why = "this session's context previews are over their budget; ask again later"
         return RateLimited(why, wait_s)
+
+    def spend_preview_work(self, user_id: str | None, size: int) -> None:
+        """A preview for ``user_id`` built and encoded ``size`` bytes of work: their share
+        pays it (into debt, at most its burst: ``TokenBucket.spend``), and the session
+        what the share took, so one member's preview takes at most twice their share's
+        burst of the session's and leaves the rest to the others. The admin key's: the
+        session pays all of it."""
+        now = self.clock()
+        taken = float(size)
+        if user_id is not None and Spend.PREVIEW_WORK in self.budgets.rates:
+            share = self.budgets.bucket(user_id, Spend.PREVIEW_WORK, now)
+            before = share.left(now)
+            share.spend(now, size)
+            taken = before - share.left(now)
+        self.work[Work.PREVIEWS].spend(now, taken)
 
     def work_wait_s(self, work: Work) -> float:
         """Seconds until the session has paid back what its ``work`` owes (0: nothing)."""

@@ -434,7 +434,11 @@ async def test_previews_of_one_session_are_bounded_together(tmp_path: Path) -> N
     """Review B2-2: each member's previews spent only their own read budget, so ten
     viewers of one session took the event loop together. What previews build and encode
     is paid by the session too: past it, a preview that would be made anew is refused
-    ``rate_limited`` with when to come back; an answer kept is still sent."""
+    ``rate_limited`` with when to come back; an answer kept is still sent.
+    Review RG: one member's loop of previews spent the session's budget, and another
+    member's preview was refused 3-7 times in 10. Each member has a share of it (a
+    quarter), so one member past their share is refused and the others are still served,
+    until the session's budget is spent."""
     settings = make_settings(
         sqlite_url(tmp_path),
         tmp_path / "d",
@@ -442,7 +446,8 @@ async def test_previews_of_one_session_are_bounded_together(tmp_path: Path) -> N
         preview_work_burst_bytes=1_000,
     )
     async with serve_in_process(settings) as server:
-        sid = await server.new_session({"vic": "viewer", "val": "viewer", "ed": "editor"})
+        members = {"vic": "viewer", "val": "viewer", "vera": "viewer", "ed": "editor"}
+        sid = await server.new_session(members)
         ed = await server.connect(sid, "ed")
         await ed.command({"type": "message", "id": "m", "text": "x" * 2_000})
         url = f"/api/v1/sessions/{sid}/context?user_id="
@@ -457,9 +462,12 @@ async def test_previews_of_one_session_are_bounded_together(tmp_path: Path) -> N
             return answer.status_code
 
         assert await preview("vic") == 200
-        assert await preview("val") == 429  # another member: the session's budget is spent
-        assert await preview("vic") == 200  # kept: only sent
-        assert (await server.http.get(url + "val")).status_code == 200  # the admin key
+        await ed.command({"type": "message", "id": "m2", "text": "changed"})
+        assert await preview("vic") == 429  # a loop: to be made anew, past vic's share
+        assert await preview("val") == 200  # another member: still served
+        assert await preview("vera") == 429  # the session's budget is spent
+        assert await preview("val") == 200  # kept: only sent
+        assert (await server.http.get(url + "vera")).status_code == 200  # the admin key
 
 
 async def test_a_members_refused_fact_tells_nothing_of_a_pin_they_may_not_read(
