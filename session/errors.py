@@ -11,6 +11,7 @@ a socket is closed with when this error ends it (-: it never ends one).
     │   ├── MethodNotAllowed                method_not_allowed 405 -
     │   ├── BadEventId                      bad_event_id     400   -
     │   ├── BadRequest                      bad_request      400   -
+    │   ├── ReservedName                    reserved_name    422   -
     │   ├── ProtocolError (yprotocol)       invalid          422   4400
     │   ├── ClockOutOfRange (yprotocol)     invalid          422   -
     │   ├── StateNotAnObject (yprotocol)    invalid          422   -
@@ -66,6 +67,7 @@ class ErrorCode(StrEnum):
     METHOD_NOT_ALLOWED = "method_not_allowed"
     BAD_EVENT_ID = "bad_event_id"
     BAD_REQUEST = "bad_request"
+    RESERVED_NAME = "reserved_name"
     UNAUTHENTICATED = "unauthenticated"
     FORBIDDEN = "forbidden"
     NOT_FOUND = "not_found"
@@ -149,6 +151,14 @@ class BadRequest(InvalidInput):
 
     code = ErrorCode.BAD_REQUEST
     http_status = 400
+
+
+class ReservedName(InvalidInput):
+    """A display name, or a new member's user id, that reads as a speaker the server itself
+    names (``session.names.speaker_named``): shown, or told to the model, it would pose
+    as the assistant or the server."""
+
+    code = ErrorCode.RESERVED_NAME
 
 
 class Unauthenticated(ParleyError):

@@ -9,13 +9,18 @@ extra spaces. Stored names are never rewritten: they are folded when compared, a
 store keeps each one's ``name_key`` beside it, so a name is compared with the few that fold
 alike, found by an index, not with every member's.
 
-Not handled: confusable letters of different scripts (Cyrillic U+0430 for Latin "a"); that
-needs Unicode's confusables table (UTS #39), which Python does not ship.
+Nor may a name read as a speaker the server itself names (``speaker_named``: "Assistant",
+"system", "admin", …), read as ``fold_name`` reads it and with look-alike letters of other
+scripts read as the Latin ones (Unicode's confusables data, ``session.look_alikes``), as the
+speakers' markers in what the model is told are read (``session.attribution``). Two
+members' names are compared folded alone: look-alike letters of different scripts
+(Cyrillic U+0430 for Latin "a") still tell them apart.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 import unicodedata
 
 from parley.session.code_points import (
@@ -25,6 +30,8 @@ from parley.session.code_points import (
     points_of,
     ranges_of,
 )
+from parley.session.errors import ReservedName
+from parley.session.look_alikes import LATIN_LOOK_ALIKES
 
 MAX_DISPLAY_NAME_CHARS = 80
 
@@ -202,3 +209,34 @@ def name_key(name: str) -> str:
 def _shows_nothing(char: str) -> bool:
     # Controls and format characters too: names stored before the rule may hold them.
     return unicodedata.category(char) in {"Cc", "Cf"} or _within(char, _DEFAULT_IGNORABLE)
+
+
+# The speakers the server names: the model ("the assistant", ``attribution.REPLY_LINE``),
+# the server's own lines, the admin key (``admin`` in audit records), the product. A name
+# whose letters and digits are these words alone, one after another ("Server Admin",
+# "Parley Assistant"), poses as one; a name that holds one among others ("Bob the admin",
+# "Serverina") does not.
+SPEAKER_WORDS = ("administrator", "assistant", "server", "system", "parley", "admin")
+_SPEAKER = re.compile(f"(?:the)?(?:{'|'.join(SPEAKER_WORDS)})+")
+_AS_LATIN = str.maketrans(
+    {char: latin for latin, chars in LATIN_LOOK_ALIKES.items() for char in chars}
+)
+
+
+def speaker_named(name: str) -> str | None:
+    """The speaker ``name`` reads as (its letters and digits as read: ``fold_name``, then
+    look-alike letters as the Latin ones), None if it reads as none. Costs a few passes
+    over at most 80 characters."""
+    read = fold_name(name).translate(_AS_LATIN)
+    skeleton = "".join(c for c in read if c.isalnum())
+    return skeleton if _SPEAKER.fullmatch(skeleton) else None
+
+
+def speaker_name_refusal(name: str | None, at: str) -> ReservedName | None:
+    """``ReservedName`` (naming ``at``: ``display_name``, ``user_id``) if ``name`` reads as
+    a speaker the server names (``speaker_named``), else None."""
+    speaker = None if not name else speaker_named(name)
+    if speaker is None:
+        return None
+    what = f"reads as {speaker!r}, a speaker the server names; choose another"
+    return ReservedName(f"{at}: {what}", ((at, what),))

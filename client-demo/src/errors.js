@@ -24,6 +24,7 @@ export const ERROR_TEXT = {
   restricted_share: 'Cannot share restricted text',
   too_many_streams: 'Too many open streams',
   bad_request: 'Bad request',
+  reserved_name: 'Name reserved for the assistant or the server',
   bad_event_id: 'Unknown event',
   unsupported_media_type: 'Unsupported request format',
   not_acceptable: 'Unsupported response format',

@@ -223,7 +223,9 @@ DisplayName = Annotated[
         "unassigned (new emoji aside) or noncharacter code points; joiners only inside a "
         "script or an emoji sequence. The pattern excludes those refused wherever they "
         "stand; unassigned code points are judged after it (which ones depends on the "
-        "server's Unicode version), and joiners and blank names too",
+        "server's Unicode version), and joiners and blank names too. Nor one that reads as "
+        "a speaker the server names (assistant, server, system, admin, administrator, "
+        "parley; letter case, spacing and look-alike letters aside): 422 reserved_name",
         # The rules a pattern can say, for the document (refused by ``_shown_as_it_is``).
         json_schema_extra={"pattern": refused_pattern()},
     ),

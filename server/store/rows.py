@@ -19,7 +19,7 @@ from parley.server.store.access_rows import TokenRow
 from parley.server.store.direct_sqlite import direct
 from parley.server.store.tables import members, model_usage, quotas, roles, sessions
 from parley.session.errors import Conflict, InvalidInput, NotFound
-from parley.session.names import fold_name, name_key
+from parley.session.names import fold_name, name_key, speaker_name_refusal
 from parley.session.quota import Quotas
 
 
@@ -144,15 +144,21 @@ def check_name_free(
     user_id: str,
     others: Iterable[tuple[str, str]],
     authors: Iterable[str] = (),
+    at: str = "display_name",
 ) -> None:
-    """``Conflict`` if ``name`` reads as another member's display name or user id here, or
-    as the user id of anyone else whose writing is in the transcript (``authors``: a
-    member removed still reads as their user id there, so it stays theirs; review FK):
-    compared folded (``session.names.fold_name``: letter case, compatibility forms,
-    invisible characters and spaces aside), names stored before the rule included;
-    ``others``: the (user id, display name) of every member whose either may read as
-    ``name`` (all members, or those ``members_named`` finds). Read in the writing
-    transaction, so two members racing for one name cannot both take it."""
+    """``ReservedName`` (at ``at``) if ``name`` reads as a speaker the server names
+    (``session.names.speaker_named``: "Assistant", "system", …). ``Conflict`` if it reads
+    as another member's display name or user id here, or as the user id of anyone else
+    whose writing is in the transcript (``authors``: a member removed still reads as
+    their user id there, so it stays theirs; review FK): compared folded
+    (``session.names.fold_name``: letter case, compatibility forms, invisible characters
+    and spaces aside), names stored before the rule included; ``others``: the (user id,
+    display name) of every member whose either may read as ``name`` (all members, or
+    those ``members_named`` finds). Read in the writing transaction, so two members
+    racing for one name cannot both take it."""
+    reserved = speaker_name_refusal(name, at)
+    if reserved is not None:
+        raise reserved
     wanted = fold_name(name or "")
     if not wanted:
         return
@@ -180,7 +186,7 @@ def check_added_name(
     eve took the name "carol", then the real carol was added, and both wrote as "carol";
     review I2-2: ``carol`` and ``Carol``, shown by their user ids, were both added)."""
     authors = tuple(authors)
-    check_name_free(user_id, user_id, others, authors)
+    check_name_free(user_id, user_id, others, authors, at="user_id")
     check_name_free(display_name, user_id, others, authors)
 
 

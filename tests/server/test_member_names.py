@@ -417,6 +417,38 @@ async def test_a_name_that_reads_as_another_members_is_refused(server: RunningSe
     assert names == {"olga": "Olga Owner", "alice": "", "vera": "Vera"}
 
 
+async def test_a_name_that_reads_as_a_speaker_the_server_names_is_refused(
+    server: RunningServer,
+) -> None:
+    """FX59: ``Assistant``, ``admin``, ``Parley``, ``server`` or ``system`` (in another case,
+    with look-alike letters) were taken as display names, and as new members' user ids,
+    which the model is told: a member could pose as the model or the server. Refused
+    ``reserved_name`` (422) on every path that sets one, nothing written."""
+    sid = await server.new_session({"olga": "owner", "vera": "viewer"})
+    members = f"/api/v1/sessions/{sid}/members"
+    async with (
+        _as(server, await server.token(sid, "vera")) as vera,
+        _as(server, await server.token(sid, "olga")) as olga,
+    ):
+        for name in ("Assistant", "\u0410SSISTANT", "P\u0430rley", "s e r v e r", "System"):
+            refused = await vera.patch(f"/api/v1/sessions/{sid}/me", json={"display_name": name})
+            assert refused.status_code == 422, (name, refused.text)
+            error = refused.json()["error"]
+            assert error["code"] == "reserved_name", error
+            assert error["details"][0]["at"] == "display_name", error
+            put = await olga.put(f"{members}/vera", json={"role": "viewer", "display_name": name})
+            assert (put.status_code, put.json()["error"]["code"]) == (422, "reserved_name")
+        for user_id in ("Assistant", "system", "PARLEY"):  # a new member's user id
+            added = await server.http.put(f"{members}/{user_id}", json={"role": "viewer"})
+            assert added.status_code == 422, (user_id, added.text)
+            error = added.json()["error"]
+            assert (error["code"], error["details"][0]["at"]) == ("reserved_name", "user_id")
+        own = await vera.patch(f"/api/v1/sessions/{sid}/me", json={"display_name": "Vera"})
+        assert own.status_code == 200, own.text
+    listed = (await server.http.get(members)).json()["members"]
+    assert {m["user_id"]: m["display_name"] for m in listed} == {"olga": "", "vera": "Vera"}
+
+
 async def test_a_rename_reads_and_folds_as_much_in_a_session_of_200_as_of_10(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

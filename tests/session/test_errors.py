@@ -36,6 +36,7 @@ TABLE: dict[str, tuple[str, int, int | None]] = {
     "MethodNotAllowed": ("method_not_allowed", 405, None),
     "BadEventId": ("bad_event_id", 400, None),
     "BadRequest": ("bad_request", 400, None),
+    "ReservedName": ("reserved_name", 422, None),
     "ProtocolError": ("invalid", 422, 4400),
     "ClockOutOfRange": ("invalid", 422, None),
     "StateNotAnObject": ("invalid", 422, None),

@@ -15,6 +15,7 @@ from parley.session.names import (
     display_name_problem,
     fold_name,
     refused_pattern,
+    speaker_named,
 )
 
 
@@ -139,3 +140,38 @@ def test_the_documents_pattern_refuses_what_the_rules_refuse_everywhere_above_th
     assert pattern.fullmatch("\U0001f600 \U00020000 a\U000e0100") is not None
     for point in sampled:
         assert pattern.fullmatch(f"a{chr(point)}b") is None, hex(point)
+
+
+@pytest.mark.parametrize(
+    ("name", "speaker"),
+    [
+        ("Assistant", "assistant"),
+        ("ASSISTANT", "assistant"),
+        ("The Assistant", "theassistant"),
+        ("\u0410ssistant", "assistant"),  # Cyrillic A
+        ("\u0455\u0443\u0455t\u0435m", "system"),  # Cyrillic s, y, s, e
+        ("S e r v e r", "server"),
+        ("[server]", "server"),
+        ("admin", "admin"),
+        ("Admin.", "admin"),
+        ("\uff41\uff44\uff4d\uff49\uff4e", "admin"),  # fullwidth
+        ("Administrator", "administrator"),
+        ("P\u0430rley", "parley"),  # Cyrillic a
+        ("Parley Assistant", "parleyassistant"),
+        ("Server Admin", "serveradmin"),
+        ("s\u200cystem", "system"),  # an invisible joiner between
+    ],
+)
+def test_names_that_read_as_a_speaker_the_server_names_are_found(name: str, speaker: str) -> None:
+    """FX59: a member shown as ``Assistant``, ``admin``, ``Parley``, ``server`` or ``system``
+    (in another case, spaced out, with look-alike letters) posed as the model or the server
+    in the demo, and as a user id in what the model is told."""
+    assert speaker_named(name) == speaker
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["Alice", "Admiral", "Serverina", "Bob the admin", "system32", "Parleyvoo", "", "Ai", "bot"],
+)
+def test_names_that_hold_a_speakers_word_among_others_are_none(name: str) -> None:
+    assert speaker_named(name) is None

@@ -15,6 +15,7 @@ export const ERROR_CODES = [
   'method_not_allowed',
   'bad_event_id',
   'bad_request',
+  'reserved_name',
   'unauthenticated',
   'forbidden',
   'not_found',

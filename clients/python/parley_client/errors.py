@@ -8,7 +8,8 @@
     │   ├── NotAcceptable       not_acceptable (an event stream's Accept header)
     │   ├── MethodNotAllowed    method_not_allowed
     │   ├── BadEventId          bad_event_id (an event stream's Last-Event-ID)
-    │   └── BadRequest          bad_request (a request the server could not parse)
+    │   ├── BadRequest          bad_request (a request the server could not parse)
+    │   └── ReservedName        reserved_name (a name that reads as the assistant or server)
     ├── Unauthenticated         unauthenticated
     ├── Forbidden               forbidden
     │   └── RestrictedShare     restricted_share (sharing back from a side-thread)
@@ -109,6 +110,10 @@ class BadEventId(InvalidInput):
 
 class BadRequest(InvalidInput):
     code = "bad_request"
+
+
+class ReservedName(InvalidInput):
+    code = "reserved_name"
 
 
 class Unauthenticated(ParleyError):
