@@ -9,12 +9,12 @@ extra spaces. Stored names are never rewritten: they are folded when compared, a
 store keeps each one's ``name_key`` beside it, so a name is compared with the few that fold
 alike, found by an index, not with every member's.
 
-Nor may a name read as a speaker the server itself names (``speaker_named``: "Assistant",
-"system", "admin", …), read as ``fold_name`` reads it and with look-alike letters of other
-scripts read as the Latin ones (Unicode's confusables data, ``session.look_alikes``), as the
-speakers' markers in what the model is told are read (``session.attribution``). Two
-members' names are compared folded alone: look-alike letters of different scripts
-(Cyrillic U+0430 for Latin "a") still tell them apart.
+Names are compared as ``read_name`` reads them: folded, and with the letters of other
+scripts that look like Latin ones (Unicode's confusables data, ``session.look_alikes``:
+Cyrillic U+0430 for Latin "a") read as those, as the speakers' markers in what the model is
+told are read (``session.attribution``). So a name may not pass for another member's with
+look-alike letters, nor for a speaker the server itself names (``speaker_named``:
+"Assistant", "system", "admin", …).
 """
 
 from __future__ import annotations
@@ -34,6 +34,10 @@ from parley.session.errors import ReservedName
 from parley.session.look_alikes import LATIN_LOOK_ALIKES
 
 MAX_DISPLAY_NAME_CHARS = 80
+# Letters of other scripts that look like Latin ones, read as those (``read_name``).
+_AS_LATIN = str.maketrans(
+    {char: latin for latin, chars in LATIN_LOOK_ALIKES.items() for char in chars}
+)
 
 # Unicode's Default_Ignorable_Code_Point (DerivedCoreProperties.txt): what a renderer
 # shows nothing for. Python's ``unicodedata`` does not expose the property.
@@ -197,13 +201,20 @@ def fold_name(name: str) -> str:
     return " ".join(spaced.split())
 
 
+def read_name(name: str) -> str:
+    """``name`` as two names are compared: ``fold_name``, then each letter that looks like
+    a Latin one (``LATIN_LOOK_ALIKES``) read as that one. Two names that read alike are
+    taken for one ("" means the name shows nothing)."""
+    return fold_name(name).translate(_AS_LATIN)
+
+
 def name_key(name: str) -> str:
-    """A short fixed-length key of ``fold_name(name)`` ("" for a name that shows nothing):
-    names that fold alike have one key, so the store finds them by an index on it (a fold
+    """A short fixed-length key of ``read_name(name)`` ("" for a name that shows nothing):
+    names that read alike have one key, so the store finds them by an index on it (a fold
     may be 18 times the name's length, more than an index entry may hold). Keys of names
-    that fold apart may meet: whoever compares by key folds the names found again."""
-    folded = fold_name(name)
-    return hashlib.blake2b(folded.encode(), digest_size=16).hexdigest() if folded else ""
+    that read apart may meet: whoever compares by key reads the names found again."""
+    read = read_name(name)
+    return hashlib.blake2b(read.encode(), digest_size=16).hexdigest() if read else ""
 
 
 def _shows_nothing(char: str) -> bool:
@@ -218,17 +229,12 @@ def _shows_nothing(char: str) -> bool:
 # "Serverina") does not.
 SPEAKER_WORDS = ("administrator", "assistant", "server", "system", "parley", "admin")
 _SPEAKER = re.compile(f"(?:the)?(?:{'|'.join(SPEAKER_WORDS)})+")
-_AS_LATIN = str.maketrans(
-    {char: latin for latin, chars in LATIN_LOOK_ALIKES.items() for char in chars}
-)
 
 
 def speaker_named(name: str) -> str | None:
-    """The speaker ``name`` reads as (its letters and digits as read: ``fold_name``, then
-    look-alike letters as the Latin ones), None if it reads as none. Costs a few passes
-    over at most 80 characters."""
-    read = fold_name(name).translate(_AS_LATIN)
-    skeleton = "".join(c for c in read if c.isalnum())
+    """The speaker ``name`` reads as (the letters and digits of ``read_name(name)``), None
+    if it reads as none. Costs a few passes over at most 80 characters."""
+    skeleton = "".join(c for c in read_name(name) if c.isalnum())
     return skeleton if _SPEAKER.fullmatch(skeleton) else None
 
 

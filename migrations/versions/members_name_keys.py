@@ -15,43 +15,19 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-from parley.session.names import name_key
+from parley.migrations.member_keys import key_members
 
 revision = "members_0027"
 down_revision = "webhooks_0026"
 branch_labels = None
 depends_on = None
 
-_BATCH = 1000
-
 
 def upgrade() -> None:
     with op.batch_alter_table("members") as batch:
         batch.add_column(sa.Column("user_id_key", sa.String(32)))
         batch.add_column(sa.Column("name_key", sa.String(32)))
-    members = sa.table(
-        "members",
-        sa.column("session_id", sa.String),
-        sa.column("user_id", sa.String),
-        sa.column("display_name", sa.String),
-        sa.column("user_id_key", sa.String),
-        sa.column("name_key", sa.String),
-    )
-    bind = op.get_bind()
-    rows = bind.execute(
-        sa.select(members.c.session_id, members.c.user_id, members.c.display_name)
-    ).all()
-    update = (
-        sa.update(members)
-        .where(members.c.session_id == sa.bindparam("s"), members.c.user_id == sa.bindparam("u"))
-        .values(user_id_key=sa.bindparam("uk"), name_key=sa.bindparam("nk"))
-    )
-    for start in range(0, len(rows), _BATCH):
-        batch_rows = rows[start : start + _BATCH]
-        bind.execute(
-            update,
-            [{"s": s, "u": u, "uk": name_key(u), "nk": name_key(n)} for s, u, n in batch_rows],
-        )
+    key_members()
     op.create_index("ix_members_user_id_key", "members", ["session_id", "user_id_key"])
     op.create_index("ix_members_name_key", "members", ["session_id", "name_key"])
 

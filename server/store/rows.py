@@ -19,7 +19,7 @@ from parley.server.store.access_rows import TokenRow
 from parley.server.store.direct_sqlite import direct
 from parley.server.store.tables import members, model_usage, quotas, roles, sessions
 from parley.session.errors import Conflict, InvalidInput, NotFound
-from parley.session.names import fold_name, name_key, speaker_name_refusal
+from parley.session.names import name_key, read_name, speaker_name_refusal
 from parley.session.quota import Quotas
 
 
@@ -150,23 +150,23 @@ def check_name_free(
     (``session.names.speaker_named``: "Assistant", "system", …). ``Conflict`` if it reads
     as another member's display name or user id here, or as the user id of anyone else
     whose writing is in the transcript (``authors``: a member removed still reads as
-    their user id there, so it stays theirs; review FK): compared folded
-    (``session.names.fold_name``: letter case, compatibility forms, invisible characters
-    and spaces aside), names stored before the rule included; ``others``: the (user id,
-    display name) of every member whose either may read as ``name`` (all members, or
-    those ``members_named`` finds). Read in the writing transaction, so two members
-    racing for one name cannot both take it."""
+    their user id there, so it stays theirs; review FK): compared as read
+    (``session.names.read_name``: letter case, compatibility forms, invisible characters,
+    spaces and letters that look alike aside), names stored before the rule included;
+    ``others``: the (user id, display name) of every member whose either may read as
+    ``name`` (all members, or those ``members_named`` finds). Read in the writing
+    transaction, so two members racing for one name cannot both take it."""
     reserved = speaker_name_refusal(name, at)
     if reserved is not None:
         raise reserved
-    wanted = fold_name(name or "")
+    wanted = read_name(name or "")
     if not wanted:
         return
     for other, shown in others:
-        if other != user_id and wanted in (fold_name(other), fold_name(shown)):
+        if other != user_id and wanted in (read_name(other), read_name(shown)):
             raise Conflict(f"{name!r} is another member's name here; choose another")
     for author in authors:
-        if author != user_id and wanted == fold_name(author):
+        if author != user_id and wanted == read_name(author):
             raise Conflict(
                 f"{name!r} is the user id of a former member, whose messages stay in the"
                 " transcript; choose another"

@@ -394,6 +394,9 @@ async def test_a_name_that_reads_as_another_members_is_refused(server: RunningSe
         "Olga\u00a0Owner",  # no-break space
         "\U0001d41a\U0001d425\U0001d422\U0001d41c\U0001d41e",  # mathematical bold
         "\u1d3clga Owner",  # modifier letter capital O
+        "\u041elga Owner",  # Cyrillic capital O (FX59: letters that look alike)
+        "\u0430lice",  # Cyrillic a
+        "\u03b1lic\u0435",  # Greek alpha, Cyrillic e
     )
     async with (
         _as(server, await server.token(sid, "vera")) as vera,
@@ -457,7 +460,7 @@ async def test_a_rename_reads_and_folds_as_much_in_a_session_of_200_as_of_10(
     budget). It folds only the names that may read alike (found by their key) and reads
     back the renamed member alone: the same in a session of 10 members as of 200."""
     folds, rows_read = [0], [0]
-    fold, row_of = rows.fold_name, rows.member_row
+    fold, row_of = rows.read_name, rows.member_row
 
     def counted_fold(name: str) -> str:
         folds[0] += 1
@@ -467,7 +470,7 @@ async def test_a_rename_reads_and_folds_as_much_in_a_session_of_200_as_of_10(
         rows_read[0] += 1
         return row_of(row)
 
-    monkeypatch.setattr(rows, "fold_name", counted_fold)
+    monkeypatch.setattr(rows, "read_name", counted_fold)
     monkeypatch.setattr(rows, "member_row", counted_row)
     monkeypatch.setattr(reads, "member_row", counted_row)
     async with serve_in_process(make_settings(sqlite_url(tmp_path), tmp_path / "d")) as server:

@@ -6,13 +6,16 @@ Review R4-3: a rename folded every member's user id and name, on the event loop.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import pytest
 from alembic import command
 from sqlalchemy import insert, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from parley.authz.policy import Decision
 from parley.authz.roles import Member
+from parley.migrations.member_keys import folded_key
 from parley.server.store.db import alembic_config, create_engine
 from parley.server.store.rows import members_named
 from parley.server.store.sessions import Store
@@ -86,6 +89,48 @@ async def test_a_row_stored_without_keys_is_still_compared(store: Store) -> None
             )
 
 
+async def _stored(
+    engine: AsyncEngine, names: dict[str, str], key: Callable[[str], str] | None = None
+) -> None:
+    """A session ``s1`` whose members are ``names`` (user id: display name), stored as a
+    revision before the head stores them: keyed by ``key`` (None: no keys)."""
+    async with engine.begin() as connection:
+        await connection.execute(
+            insert(sessions).values(id="s1", title="t", created_at=0, last_seq=0, policy="queue")
+        )
+        for user_id, name in names.items():
+            keys = {} if key is None else {"user_id_key": key(user_id), "name_key": key(name)}
+            await connection.execute(
+                insert(members).values(
+                    session_id="s1",
+                    user_id=user_id,
+                    role="viewer",
+                    created_at=0,
+                    token_epoch="e",
+                    display_name=name,
+                    **keys,
+                )
+            )
+
+
+async def _keyed_as_now(engine: AsyncEngine, names: dict[str, str]) -> None:
+    async with engine.connect() as connection:
+        rows = await connection.execute(
+            select(members.c.user_id, members.c.user_id_key, members.c.name_key)
+        )
+        assert {r[0]: (r[1], r[2]) for r in rows} == {
+            u: (name_key(u), name_key(n)) for u, n in names.items()
+        }
+
+
+async def _refused_as_taken(store: Store, name: str) -> None:
+    """bob may not take ``name``: it reads as another member's."""
+    with pytest.raises(Conflict, match="another member's name"):
+        await store.change_member(
+            "s1", "bob", Member("bob", "viewer"), 1, allow, display_name=name, distinct_name=True
+        )
+
+
 async def test_the_migration_keys_the_members_there_are_and_goes_down_again(
     empty_database_url: str,
 ) -> None:
@@ -94,42 +139,40 @@ async def test_the_migration_keys_the_members_there_are_and_goes_down_again(
     engine = create_engine(empty_database_url)
     old = {"ann": "\uff21nn", "bob": "", "carol": "Carol\u00a0 C"}
     try:
-        async with engine.begin() as connection:
-            await connection.execute(
-                insert(sessions).values(
-                    id="s1", title="t", created_at=0, last_seq=0, policy="queue"
-                )
-            )
-            for user_id, name in old.items():
-                await connection.execute(
-                    insert(members).values(
-                        session_id="s1",
-                        user_id=user_id,
-                        role="viewer",
-                        created_at=0,
-                        token_epoch="e",
-                        display_name=name,
-                    )
-                )
+        await _stored(engine, old)
         await asyncio.to_thread(command.upgrade, config, "head")
-        async with engine.connect() as connection:
-            rows = await connection.execute(
-                select(members.c.user_id, members.c.user_id_key, members.c.name_key)
-            )
-            assert {r[0]: (r[1], r[2]) for r in rows} == {
-                u: (name_key(u), name_key(n)) for u, n in old.items()
-            }
+        await _keyed_as_now(engine, old)
         store = Store(engine)
-        with pytest.raises(Conflict, match="another member's name"):
-            await store.change_member(
-                "s1",
-                "bob",
-                Member("bob", "viewer"),
-                1,
-                allow,
-                display_name="carol c",
-                distinct_name=True,
-            )
+        await _refused_as_taken(store, "carol c")
         await goes_down_and_up(store, config, "webhooks_0026", members, "name_key")
+    finally:
+        await engine.dispose()
+
+
+async def test_the_migration_keys_names_again_with_letters_that_look_alike(
+    empty_database_url: str,
+) -> None:
+    """FX59: names were keyed and compared folded alone, so ``\u0430lice`` (a Cyrillic a)
+    passed for ``alice``. Keys are of names read with look-alike letters as the Latin
+    ones now (``session.names.name_key``); ``members_0034`` keys the rows there are again,
+    so a name is still found by its key."""
+    config = alembic_config(empty_database_url)
+    await asyncio.to_thread(command.upgrade, config, "webhooks_0033")
+    engine = create_engine(empty_database_url)
+    old = {"ann": "\u0410nn", "bob": "", "carol": "Carol"}
+    try:
+        await _stored(engine, old, folded_key)
+        assert folded_key("\u0410nn") != name_key("\u0410nn")  # keyed anew
+        await asyncio.to_thread(command.upgrade, config, "head")
+        await _keyed_as_now(engine, old)
+        async with engine.connect() as connection:
+            assert await members_named(connection, "s1", ["ANN"]) == [("ann", "\u0410nn")]
+        store = Store(engine)
+        await _refused_as_taken(store, "ann")
+        await asyncio.to_thread(command.downgrade, config, "webhooks_0033")
+        async with engine.connect() as connection:  # keyed as that revision keys them
+            rows = await connection.execute(select(members.c.user_id, members.c.name_key))
+            assert {r[0]: r[1] for r in rows} == {u: folded_key(n) for u, n in old.items()}
+        await asyncio.to_thread(command.upgrade, config, "head")
     finally:
         await engine.dispose()
