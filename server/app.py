@@ -40,6 +40,7 @@ from parley.server.http import (
 )
 from parley.server.http.demo import DemoFiles, to_demo
 from parley.server.http.error_body import error_body
+from parley.server.http.fixed_json import FixedJSON
 from parley.server.http.models import SETTING_MAXIMA, Health, Readiness
 from parley.server.http.rest import Operation, authenticate, error_response, openapi_document, route
 from parley.server.http.segments import OneSegmentIds
@@ -322,9 +323,6 @@ def create_app(
                 await asyncio.to_thread(exporter.shutdown)
                 exporter.server_close()
 
-    async def openapi(_: Request) -> Response:
-        return JSONResponse(spec)
-
     async def metrics_endpoint(request: Request) -> Response:
         state: AppState = request.app.state.parley
         if settings.metrics_access == "off":
@@ -358,7 +356,7 @@ def create_app(
         for op in operations
     ]
     routes += [
-        Route("/api/v1/openapi.json", openapi, methods=["GET"]),
+        Route("/api/v1/openapi.json", FixedJSON(spec).answer, methods=["GET"]),
         *home.ROUTES,
         Route("/metrics", metrics_endpoint, methods=["GET"]),
         Route("/demo", to_demo, methods=["GET"]),

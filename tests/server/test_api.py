@@ -615,3 +615,36 @@ async def test_openapi_document_describes_every_route(server: RunningServer) -> 
     assert "409" in post["responses"]
     for name in ("SessionOut", "TokenOut", "TranscriptOut", "ErrorBody"):
         assert name in spec["components"]["schemas"]
+
+
+async def test_the_openapi_document_is_encoded_once_and_revalidated_by_its_etag(
+    server: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review RL-1: the 144 KB document was encoded anew for every request, a route any
+    anonymous client may call (~15 ms of the event loop for ~80 bytes asked). Its bytes are
+    made once; a client holding them is answered 304 with no body."""
+    encodings: list[int] = []
+    dumps = json.dumps
+
+    def counted(value: Any, *args: Any, **kwargs: Any) -> str:
+        if isinstance(value, dict) and "openapi" in value:
+            encodings.append(1)
+        return dumps(value, *args, **kwargs)
+
+    monkeypatch.setattr(json, "dumps", counted)
+    anonymous = {"Authorization": ""}
+    answers = [await server.http.get("/api/v1/openapi.json", headers=anonymous) for _ in range(5)]
+    assert {a.status_code for a in answers} == {200}
+    assert len({a.content for a in answers}) == 1
+    assert answers[0].json()["openapi"].startswith("3.")
+    assert answers[0].headers["content-type"] == "application/json"
+    assert len(encodings) <= 1, encodings  # the first request's, or none after start
+    etag = answers[0].headers["etag"]
+    unchanged = await server.http.get(
+        "/api/v1/openapi.json", headers={**anonymous, "If-None-Match": f'"other", {etag}'}
+    )
+    assert unchanged.status_code == 304 and unchanged.content == b""
+    assert unchanged.headers["etag"] == etag
+    stale = await server.http.get("/api/v1/openapi.json", headers={"If-None-Match": '"other"'})
+    assert stale.status_code == 200 and stale.content == answers[0].content
+    assert len(encodings) <= 1, encodings
