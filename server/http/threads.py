@@ -46,13 +46,20 @@ async def _thread(state: AppState, session_id: str, thread_id: str, caller: Call
     return await read_paid_after(state, room, caller.user_id, answer)
 
 
-async def list_threads(state: AppState, session_id: str, caller: Caller) -> ThreadListOut:
-    """The caller's side-threads in this session, oldest first (the admin: everyone's)."""
-    await state.rooms.current(session_id)  # ``not_found`` for a session not there
-    threads = await state.store.load_threads(session_id, caller.user_id, texts=False)
-    return ThreadListOut(
-        threads=[ThreadOut.model_validate(thread_json(t, turns=False)) for t in threads]
-    )
+async def list_threads(state: AppState, session_id: str, caller: Caller) -> Encoded:
+    """The caller's side-threads in this session, oldest first (the admin: everyone's). A
+    member's list spends their read budget by its bytes, as a thread's read does (review
+    RL-2: one rule for every list made anew from the store)."""
+    room = await state.rooms.current(session_id)  # ``not_found`` for a session not there
+
+    async def answer() -> bytes:
+        threads = await state.store.load_threads(session_id, caller.user_id, texts=False)
+        listed = ThreadListOut(
+            threads=[ThreadOut.model_validate(thread_json(t, turns=False)) for t in threads]
+        )
+        return listed.model_dump_json().encode()
+
+    return await read_paid_after(state, room, caller.user_id, answer)
 
 
 async def open_thread(
@@ -161,11 +168,12 @@ OPERATIONS: list[Operation] = [
         "GET",
         "/api/v1/sessions/{session_id}/threads",
         list_threads,
-        "Your private side-threads in this session (the admin key: every member's)",
+        "Your private side-threads in this session (the admin key: every member's), "
+        "without their turns' texts (which spends a member's read budget)",
         capability=Capability.READ_SESSION,
         with_caller=True,
         response=ThreadListOut,
-        errors=(404,),
+        errors=(404, 429),
     ),
     Operation(
         "POST",

@@ -19,6 +19,7 @@ from parley.server.http import transcript_body
 from parley.server.http.bounded import PIECE_BYTES, BoundedJSONResponse
 from parley.server.http.models import MemberOut, TranscriptEntryOut, TranscriptOut
 from parley.server.http.transcript_body import TranscriptBody
+from parley.server.store import access as store_access
 from parley.server.store import reads
 from parley.server.store.access import AccessStore
 from parley.server.ws.uvicorn_protocol import RESET_EXTENSION
@@ -427,6 +428,85 @@ async def test_a_members_audit_reads_spend_their_read_budget_and_a_refused_one_r
         assert len(loads) == 1  # refused before the store was read
         for _ in range(3):  # the admin key reads unbudgeted
             assert (await server.http.get(path)).json() == first.json()
+
+
+async def _documents_session(server: RunningServer, count: int) -> tuple[str, dict[str, str]]:
+    """A session with ``count`` documents, each with a reader list of 20 users that names
+    the viewer ``vic`` (about 1.2 kB of list a document), and vic's headers."""
+    sid = await server.new_session({"vic": "viewer"})
+    readers = {"users": ["vic", *(f"reader-{n:050d}" for n in range(19))], "roles": ["owner"]}
+    for i in range(count):
+        body = {"title": f"doc {i}", "text": "x" * 10, "readers": readers}
+        made = await server.http.post(f"/api/v1/sessions/{sid}/documents", json=body)
+        assert made.status_code == 201, made.text
+    return sid, {"Authorization": f"Bearer {await server.token(sid, 'vic')}"}
+
+
+def _count_reader_lists_read(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The ids of the documents whose reader lists the store reads, as it reads them."""
+    read: list[str] = []
+    readers_of = store_access._readers
+
+    def counted(row: Any) -> Any:
+        read.append(row.id)
+        return readers_of(row)
+
+    monkeypatch.setattr(store_access, "_readers", counted)
+    return read
+
+
+async def test_a_members_document_lists_spend_their_read_budget_and_a_refused_one_reads_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review RL-2: the list of documents, with every document's reader lists (22 MB for
+    100 documents at the lists' bounds), spent no budget: a viewer listing in a loop was
+    sent 30 MB/s against a read budget of 4 MB/s and held every session on the node 1.3 s
+    a call. It spends the read budget by its bytes, as one document's read does; one
+    refused reads no document from the store."""
+    settings = make_settings(
+        sqlite_url(tmp_path), tmp_path / "d", read_bytes_per_s=0.001, read_burst_bytes=2000
+    )
+    async with serve_in_process(settings) as server:
+        sid, vic = await _documents_session(server, 4)
+        read = _count_reader_lists_read(monkeypatch)
+        path = f"/api/v1/sessions/{sid}/documents"
+        first = await server.http.get(path, headers=vic)
+        assert first.status_code == 200 and len(first.content) > 2000, first.text
+        listed = first.json()["documents"]
+        assert [d["title"] for d in listed] == [f"doc {i}" for i in range(4)]
+        assert listed[0]["readers"]["users"][0] == "reader-" + "0" * 50  # sorted, as before
+        assert "vic" in listed[0]["readers"]["users"] and listed[0]["text"] is None
+        assert listed[0]["chars"] == 10
+        assert len(read) == 4
+        refused = await server.http.get(path, headers=vic)
+        assert refused.status_code == 429 and refused.json()["error"]["code"] == "rate_limited"
+        assert "read budget" in refused.json()["error"]["message"]
+        assert int(refused.headers["retry-after"]) >= 1
+        assert len(read) == 4  # refused before the store was read
+        for _ in range(3):  # the admin key reads unbudgeted
+            assert (await server.http.get(path)).json() == first.json()
+
+
+async def test_a_read_of_one_document_reads_no_other_documents_reader_list(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review RL-2's follow-up: a read or a detach of one document judged the caller on
+    every document's reader lists, read from the store for each call (a 220 kB document's
+    read took 0.4 s among 100 with long lists). It reads that document's alone."""
+    async with serve_in_process(make_settings(sqlite_url(tmp_path), tmp_path / "d")) as server:
+        sid, vic = await _documents_session(server, 5)
+        path = f"/api/v1/sessions/{sid}/documents"
+        ids = [d["id"] for d in (await server.http.get(path)).json()["documents"]]
+        read = _count_reader_lists_read(monkeypatch)
+        got = await server.http.get(f"{path}/{ids[2]}", headers=vic)
+        assert got.status_code == 200 and got.json()["text"] == "x" * 10
+        assert set(read) == {ids[2]}, read
+        read.clear()
+        assert (await server.http.get(f"{path}/none", headers=vic)).status_code == 404
+        assert read == []
+        assert (await server.http.delete(f"{path}/{ids[3]}")).status_code == 204
+        assert set(read) == {ids[3]}, read
+        assert (await server.http.get(f"{path}/{ids[3]}", headers=vic)).status_code == 404
 
 
 async def test_audit_pages_end_at_their_bytes_and_list_every_record_once(tmp_path: Path) -> None:

@@ -232,7 +232,10 @@ async def test_reading_a_side_thread_spends_the_read_budget(
             assert first.status_code == 200 and len(first.json()["turns"][0]["text"]) == 400
             again = await as_bob.get(f"{base}/{thread_id}")
             assert again.status_code == 429 and again.json()["error"]["code"] == "rate_limited"
-            assert (await as_bob.get(base)).status_code == 200  # the list spends nothing
+            # The list spends the same budget by its bytes (review RL-2: one rule for
+            # every read of a list made anew).
+            refused = await as_bob.get(base)
+            assert refused.status_code == 429 and int(refused.headers["retry-after"]) >= 1
 
 
 async def greeted_of_two_threads(settings: Settings, text: str) -> tuple[list[str], list[str]]:
