@@ -41,6 +41,11 @@ class AppState:
     member_lists: WeakKeyDictionary[SessionRoom, MemberListBody] = field(
         default_factory=WeakKeyDictionary
     )
+    # The bytes of each member's last list of a loaded room's documents (``GET
+    # …/documents``): what their next list is charged before it is made (gone with the room).
+    document_lists: WeakKeyDictionary[SessionRoom, dict[str, int]] = field(
+        default_factory=WeakKeyDictionary
+    )
     # The invite exchange's budgets, by client address and by invite (it needs no key).
     exchanges: ExchangeLimits = field(init=False)
     # How often the same upgrade may be accepted only to be closed for good (44xx).

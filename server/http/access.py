@@ -147,19 +147,28 @@ async def list_documents(state: AppState, session_id: str, caller: Caller) -> En
     their reader lists make it up to 22 MB (review RL-2: unbudgeted, a viewer's loop of
     lists held every session on the node 1.3 s a call)."""
     room = await state.rooms.current(session_id)
+    user_id = caller.user_id
+    last_sizes = state.document_lists.setdefault(room, {})
 
     async def answer() -> bytes:
         rows = await _access(state).list_documents(session_id, texts=False)
-        if caller.user_id is not None:
-            subject = room.subject(caller.user_id)
+        if user_id is not None:
+            subject = room.subject(user_id)
             rows = [r for r in rows if decide(subject, Read((r.readers,))).allowed]
         listed = DocumentList.model_construct(
             documents=[_document_out(r, text=False) for r in rows]
         )
-        return listed.model_dump_json().encode()
+        body = listed.model_dump_json().encode()
+        if user_id is not None:
+            last_sizes[user_id] = len(body)
+        return body
 
-    # Refused, before the store is read, while a list or another read is owed.
-    return await read_paid_after(state, room, caller.user_id, answer)
+    # Paid before the store is read by what their last list cost (at most the burst, which
+    # is what such a read takes): a refused one reads nothing, and of lists asked at once
+    # on several connections one is made, not each against one budget.
+    least = 1 if user_id is None else last_sizes.get(user_id, 1)
+    least = min(least, state.settings.read_burst_bytes)
+    return await read_paid_after(state, room, user_id, answer, least=least)
 
 
 async def _readable_head(
