@@ -15,13 +15,17 @@ from typing import Any
 import pytest
 from pycrdt import Doc
 
+from parley.authz.policy import Readers
+from parley.server.http import access as http_access
 from parley.server.http import transcript_body
 from parley.server.http.bounded import PIECE_BYTES, BoundedJSONResponse
 from parley.server.http.models import MemberOut, TranscriptEntryOut, TranscriptOut
+from parley.server.http.resource_models import DocumentList
 from parley.server.http.transcript_body import TranscriptBody
 from parley.server.store import access as store_access
 from parley.server.store import reads
 from parley.server.store.access import AccessStore
+from parley.server.store.access_rows import DocumentRow
 from parley.server.ws.uvicorn_protocol import RESET_EXTENSION
 from parley.session.schema import SessionDocument
 from tests.conftest import ADMIN_KEY, RunningServer, make_settings, serve_in_process, sqlite_url
@@ -488,6 +492,36 @@ async def test_a_members_document_lists_spend_their_read_budget_and_a_refused_on
         assert len(read) == 4  # refused before the store was read
         for _ in range(3):  # the admin key reads unbudgeted
             assert (await server.http.get(path)).json() == first.json()
+
+
+async def test_a_long_document_list_is_encoded_giving_the_loop_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Review RL-2: 100 documents' reader lists (22 MB) were encoded in one block, half a
+    second of the event loop; the list gives it back every few hundred kB encoded."""
+    monkeypatch.setattr(http_access, "LISTED_BYTES_PER_TURN", 1)
+    readers = Readers("d", frozenset({"vic", "amy"}), frozenset({"owner"}))
+    rows = [DocumentRow(f"d{i}", "s", f"doc {i}", "", readers, i, 10) for i in range(6)]
+    turns = 0
+    done = asyncio.Event()
+
+    async def other_clients() -> None:
+        nonlocal turns
+        while not done.is_set():
+            turns += 1
+            await asyncio.sleep(0)
+
+    ticker = asyncio.create_task(other_clients())
+    await asyncio.sleep(0)  # the ticker is running
+    before = turns
+    body = await http_access.document_list_json(rows)
+    during = turns - before
+    done.set()
+    await ticker
+    assert during >= 5, during  # 6 documents, 1 a turn
+    listed = DocumentList.model_validate_json(body).documents
+    assert [d.title for d in listed] == [f"doc {i}" for i in range(6)]
+    assert listed[0].readers.users == ["amy", "vic"] and listed[0].text is None
 
 
 async def test_a_read_of_one_document_reads_no_other_documents_reader_list(
