@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 
 from parley.authz.policy import Subject, may_read
 from parley.server.store.access_rows import PrivateItem
-from parley.server.ws.connection import Connection
+from parley.server.ws.connection import Connection, broadcast
 from parley.server.ws.direct_send import binary_frame
 from parley.session.closes import CloseCode
 
@@ -68,9 +68,8 @@ class SessionSockets:
             yield from connections
 
     def broadcast(self, message: bytes) -> None:
-        frame = binary_frame(message)  # framed once for every socket
-        for connection in list(self.connections):
-            connection.send(message, frame)
+        # A copy: a socket dropped on the way may leave the set.
+        broadcast(list(self.connections), message, binary_frame(message))
 
     def deliver_private(
         self, item: PrivateItem, subject: Callable[[str], Subject | None] | None = None
@@ -92,9 +91,9 @@ class SessionSockets:
 
     def send_thread(self, thread_id: str, message: bytes) -> None:
         """Send an update of a side-thread's document to that thread's sockets."""
-        frame = binary_frame(message)
-        for connection in list(self.thread_connections.get(thread_id, ())):
-            connection.send(message, frame)
+        connections = self.thread_connections.get(thread_id)
+        if connections:
+            broadcast(list(connections), message, binary_frame(message))
 
     def close_thread(self, thread_id: str, code: CloseCode, reason: str) -> None:
         for connection in list(self.thread_connections.get(thread_id, ())):

@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -374,6 +374,30 @@ class Connection:
 
     def queued(self) -> int:
         return 0 if self._outbox is None else self._outbox.qsize()
+
+
+def broadcast(connections: Iterable[Connection], message: bytes, frame: bytes) -> None:
+    """Send ``message`` (``frame``: the same, framed once) to each of ``connections``, as
+    ``Connection.send`` would, for less. A socket with nothing for ``send`` to judge (a
+    direct writer whose kernel took all it was sent, no sync answer's allowance pending,
+    room under the process's cap for the frame) is handed the frame in one call
+    (``DirectWriter.write_frame``), and watched by the budget if the kernel did not take
+    it all; every other socket, and one whose writer finds it closing, goes the whole way
+    through ``send`` (its limit, the budget's ranking, the close codes). Per socket and
+    frame that is a few attribute reads against ``send``'s seven calls (issue #22)."""
+    size = len(message)
+    for connection in connections:
+        direct = connection.direct
+        if direct is None or direct.backlogged or connection.closed or connection._sync_allowance:
+            connection.send(message, frame)
+            continue
+        budget = connection.budget
+        if (
+            budget is not None and budget.total + size > budget.total_max_bytes
+        ) or not direct.write_frame(frame):
+            connection.send(message, frame)
+        elif direct.backlogged and budget is not None:
+            budget.note(connection)
 
 
 def _size(message: _Outgoing) -> int:

@@ -88,6 +88,25 @@ class DirectWriter:
         self._put(frame)
         return True
 
+    def write_frame(self, frame: bytes) -> bool:
+        """``write`` of a message framed already (``binary_frame``), in one call: the
+        fan-out's lean path (``server.ws.connection.broadcast``). False, with nothing
+        written, where ``write`` has more to judge: an extension that changes the bytes, or
+        a socket that is closing."""
+        protocol = self._protocol
+        conn = protocol.conn
+        transport = protocol.transport
+        if (
+            conn.extensions
+            or conn.state is not State.OPEN
+            or protocol.disconnected
+            or protocol.close_sent
+            or transport.is_closing()
+        ):
+            return False
+        self._put(frame)
+        return True
+
     def write_together(self, messages: Sequence[bytes]) -> bool:
         """Frame each of ``messages`` and hand the frames to the transport in one write
         (nothing between them), held as one until the kernel took the last byte (``held``):

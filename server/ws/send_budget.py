@@ -71,14 +71,12 @@ class SendBudget:
         self.stall_timeout_s = stall_timeout_s
         self._clock = clock
         self._watched: dict[Backlog, _Watched] = {}
-        self._total = 0  # the sum of _watched unsent, as last seen
+        # Unsent bytes across every socket, as last seen (refreshed by ``refresh``): the sum
+        # of the watched backlogs. Read, never set, from outside (the fan-out's lean path
+        # compares it with the cap for every socket: an attribute, not a property).
+        self.total = 0
         self._timer: asyncio.TimerHandle | None = None
         self._closed = False
-
-    @property
-    def total(self) -> int:
-        """Unsent bytes across every socket, as last seen (refreshed by ``refresh``)."""
-        return self._total
 
     def watching(self, sock: Backlog) -> bool:
         return sock in self._watched
@@ -86,18 +84,18 @@ class SendBudget:
     def admit(self, sock: Backlog, size: int) -> bool:
         """Before ``size`` more bytes go to ``sock``: may the process hold them? Past the
         cap, drops sockets worst first until they fit; False if ``sock`` was dropped."""
-        if self._total + size <= self.total_max_bytes:
+        if self.total + size <= self.total_max_bytes:
             return True
         now = self._clock()
         self.refresh(now)  # buffers drain between looks: count what is left now
-        if self._total + size <= self.total_max_bytes:
+        if self.total + size <= self.total_max_bytes:
             return True
         mine = self._watched.get(sock)
         ranked = [(w.progress_at, -w.unsent, id(s), s) for s, w in self._watched.items()]
         ranked = [r for r in ranked if r[3] is not sock]
         ranked.append((now, -((mine.unsent if mine else 0) + size), id(sock), sock))
         ranked.sort(key=lambda r: r[:3])
-        excess = self._total + size - self.total_max_bytes
+        excess = self.total + size - self.total_max_bytes
         for _, negative_unsent, _, worst in ranked:
             if excess <= 0:
                 break
@@ -119,17 +117,17 @@ class SendBudget:
             if unsent == 0:
                 return
             self._watched[sock] = _Watched(unsent, sock.taken(), self._clock())
-            self._total += unsent
+            self.total += unsent
             self._arm()
             return
-        self._total += unsent - watched.unsent
+        self.total += unsent - watched.unsent
         watched.unsent = unsent
 
     def forget(self, sock: Backlog) -> None:
         """Stop counting ``sock`` (it was dropped: its backlog is gone)."""
         watched = self._watched.pop(sock, None)
         if watched is not None:
-            self._total -= watched.unsent
+            self.total -= watched.unsent
 
     def refresh(self, now: float) -> list[Backlog]:
         """Look at every backlog again; returns the sockets stalled past the deadline."""
@@ -139,7 +137,7 @@ class SendBudget:
             if taken > watched.taken:
                 watched.progress_at = now
             watched.taken = taken
-            self._total += unsent - watched.unsent
+            self.total += unsent - watched.unsent
             watched.unsent = unsent
             if unsent == 0:
                 del self._watched[sock]

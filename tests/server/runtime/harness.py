@@ -216,6 +216,8 @@ class Watcher:
     """A listener in the room's sockets: it keeps what the room sends and wakes whoever
     waits for the next frame (``changed``)."""
 
+    direct = None  # no writer beneath: a broadcast hands it each frame through ``send``
+
     def __init__(self, user_id: str = "watcher") -> None:
         self.user_id = user_id
         self.claims = None
