@@ -30,7 +30,7 @@ from parley.server.runtime.context import SessionContext
 from parley.server.runtime.document_search import DocumentSearch
 from parley.server.runtime.left_clients import LeftClientWriter
 from parley.server.runtime.membership import Membership, member_rates
-from parley.server.runtime.room_view import session_view
+from parley.server.runtime.room_view import KeptView
 from parley.server.runtime.run_steps import RunSteps
 from parley.server.runtime.session_writer import SessionWriter
 from parley.server.runtime.side_threads import SideThreads
@@ -113,6 +113,7 @@ class SessionRoom:
         self.model = model  # the session's model; None: the server's default
         self.restricted_replies = "private"
         self.restricted_replies_by: str | None = None  # who chose ``shared``; None: admin
+        self._views = KeptView()  # the core's view of the session, until it changes
         # The session's daily token quotas as in force here (``reload_quotas``: on load,
         # and where the session runs when the admin API changes them), so a run's start
         # judges by them without a read. None until loaded.
@@ -145,6 +146,7 @@ class SessionRoom:
             lost,
             self.feed,
             revoked=self.membership.revoking.add,
+            replaced=self._views.forget,
         )
         self.context = SessionContext(
             session_id,
@@ -211,7 +213,7 @@ class SessionRoom:
         return self.model
 
     def _session_view(self) -> SessionView:
-        return session_view(self)
+        return self._views.view(self)
 
     @property
     def doc(self) -> SessionDocument:
@@ -593,6 +595,7 @@ class SessionRoom:
         """Unloaded: the runner stops at its next turn; the event streams end (their
         readers resume with their last id on the room loaded next, unless ``deleted``)."""
         self.closed = True
+        self._views.forget()
         self.writer.document.stop()
         if deleted:
             self.feed.end("not_found", "the session was deleted")

@@ -99,7 +99,9 @@ class DocumentWriter:
     (with its events' numbers) for the session's event streams; ``lost`` is called when a
     failed write could not even be undone (the document could not be read again): the
     room is then given up (``SessionRoom.fail``). ``revoked`` is told a client token found
-    revoked as stored at a command's commit, not yet in force here (one server)."""
+    revoked as stored at a command's commit, not yet in force here (one server);
+    ``replaced``, that the live document was replaced (read again from the store), so that
+    nothing keeps the one left."""
 
     def __init__(
         self,
@@ -111,9 +113,11 @@ class DocumentWriter:
         lost: Callable[[str], None],
         feed: StreamFeed,
         revoked: Callable[[str], None] = lambda token_id: None,
+        replaced: Callable[[], None] = lambda: None,
     ) -> None:
         self.session_id = session_id
         self.revoked = revoked
+        self.replaced = replaced
         self.store = store
         self.settings = settings
         self.clock = clock
@@ -208,6 +212,7 @@ class DocumentWriter:
         if self._stop_observing is not None:
             self._stop_observing()  # the document left is freed now, not with the writer
         self.doc = document
+        self.replaced()
         self._stop_observing = observe_weakly(document.doc, self._capture)
         self._since_snapshot = since_snapshot
         self._writes.forget()

@@ -92,7 +92,9 @@ class SessionView:
     ``thread_drew_on``: what the side-thread run in flight in a thread drew on so far
     (``()`` when none runs there): a grant change stops the runs whose issuers may no
     longer read it.
-    ``document_bytes``: the committed document's encoded size (what a first sync sends).
+    ``document_bytes``: the committed document's encoded size as of now (what a first sync
+    sends): asked, not held, so that a view stays true across the commits of a streamed
+    reply (the shell keeps one until what it holds changes).
     ``standing``: a member's ``Standing`` as of now (``no_standing`` for one who is not).
     ``token_refusal``: why a client token (its claims) may not be used as of now, or None
     (``authz.tokens.token_refusal``: revoked, or its invite link's maker may no longer
@@ -118,7 +120,7 @@ class SessionView:
     readable_by_all: Callable[[Restriction], bool] | None = None
     running_reply: ReplyState | None = None
     thread_drew_on: Callable[[str], Restriction] = lambda thread_id: ()
-    document_bytes: int = 0
+    document_bytes: Callable[[], int] = lambda: 0
     standing: Callable[[str], Standing] = no_standing
     token_refusal: Callable[[ClientClaims], str | None] = lambda claims: None
     server_text: Callable[[str], str | None] = lambda entry_id: None
@@ -161,10 +163,10 @@ def require_room(view: SessionView, text: str = "") -> None:
     limit = view.limits.max_session_bytes
     if limit is None:
         return
-    if view.document_bytes + len(text.encode("utf-8", "surrogatepass")) >= limit:
+    size = view.document_bytes()
+    if size + len(text.encode("utf-8", "surrogatepass")) >= limit:
         raise SessionFull(
-            f"this session is full ({view.document_bytes} of {limit} bytes); start a new "
-            "session to go on"
+            f"this session is full ({size} of {limit} bytes); start a new session to go on"
         )
 
 

@@ -154,7 +154,7 @@ class Session:
             subjects=lambda: (Subject.of(m, RoleTable()) for m in self.members.values()),
             restricted_replies=self.restricted_replies,
             restricted_replies_by=self.restricted_replies_by,
-            document_bytes=len(self.doc.doc.get_update()),
+            document_bytes=lambda: len(self.doc.doc.get_update()),
             standing=self.standing,
             server_text=self.server_texts.get,
             restriction_of=lambda entry_id: self.restrictions.get(entry_id, ()),

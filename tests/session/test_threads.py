@@ -92,7 +92,7 @@ class Threads:
             running=None,
             last_seq=self.last_seq,
             limits=DocumentLimits(2, 2, self.max_session_bytes),
-            document_bytes=len(self.doc.doc.get_update()),
+            document_bytes=lambda: len(self.doc.doc.get_update()),
             subjects=lambda: [s for u in self.members if (s := self.subject(u)) is not None],
             restricted_replies=self.restricted_replies,
             restricted_replies_by=self.restricted_replies_by,
