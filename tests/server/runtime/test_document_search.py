@@ -123,9 +123,9 @@ async def test_each_text_is_read_and_split_once_and_off_the_loop(
     readable = [Document(r.id, r.title, r.text) for r in (rows[0], rows[2])]
     assert first == again[0] == render(search(readable, "vault deploys"))
     assert again[1] == render(search(readable, "word7 ops"))
-    assert "7731" in first and "(d3)" in first and "(d2)" not in first
+    assert "7731" in first and "document d3 titled" in first and "document d2 titled" not in first
     bobs = await searched(tools, "s", "bob", "vault secrets")
-    assert "(d2)" in bobs and reads.texts == ["d1", "d3", "d2"]
+    assert "document d2 titled" in bobs and reads.texts == ["d1", "d3", "d2"]
 
 
 async def test_a_document_detached_elsewhere_is_searched_no_more(
@@ -133,11 +133,11 @@ async def test_a_document_detached_elsewhere_is_searched_no_more(
 ) -> None:
     await attach(store, row("s", "d1", "Ops", frozenset()), row("s", "d3", "Deploys", frozenset()))
     tools = tools_on(store, tmp_path)
-    assert "(d3)" in await searched(tools, "s", "alice", "deploys vault")
+    assert "document d3 titled" in await searched(tools, "s", "alice", "deploys vault")
     await store.access.delete_document("s", "d3")  # as another node would: no ``drop`` here
     reads = Reads(store, monkeypatch)
     found = await searched(tools, "s", "alice", "deploys vault")
-    assert "(d3)" not in found and "(d1)" in found
+    assert "document d3 titled" not in found and "document d1 titled" in found
     assert reads.texts == []
 
 

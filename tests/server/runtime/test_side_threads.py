@@ -350,7 +350,7 @@ async def test_listing_ones_side_threads_reads_no_other_members_turns(tmp_path: 
             listed = await b.call(threads_api.list_threads, carol, session_id=sid)
         finally:
             event.remove(engine, "before_cursor_execute", seen)
-        assert listed.threads == []
+        assert json.loads(listed.body)["threads"] == []
         turns = [(q, p) for q, p in read if "FROM side_thread_turns" in q]
         assert all("carol" in str(p) for _, p in turns), turns
 
