@@ -47,6 +47,7 @@ from parley_client import (
 )
 from parley_client.errors import error_of_response, rate_wait, retry_after_seconds
 from parley_client.session import _Pending, _placed, _seq_of
+from parley_client.view import Snapshot
 from parley_client.wire import (
     AWARENESS,
     STEP2,
@@ -60,7 +61,9 @@ from parley_client.wire import (
     varbytes,
     varuint,
 )
+from pycrdt import Doc
 
+from parley.session.schema import SCHEMA_VERSION, SessionDocument
 from tests.conftest import (
     ADMIN_KEY,
     REPO_ROOT,
@@ -1142,6 +1145,34 @@ def test_an_acks_seq_is_read_as_the_typescript_sdk_reads_it(seq: str, read: obje
             _seq_of(ack)
     else:
         assert _seq_of(ack) == read and type(_seq_of(ack)) is type(read)
+
+
+def test_an_acks_ids_are_none_where_its_command_names_none() -> None:
+    """Review RN: ``message_id`` of a prompt's ack (and ``prompt_id`` of a message's) raised
+    ``KeyError``; docs/sdks.md lists both as the ack's fields."""
+    prompted = Ack("c1", 4, {"type": "ack", "id": "c1", "seq": 4, "prompt_id": "p1"})
+    posted = Ack("c2", 5, {"type": "ack", "id": "c2", "seq": 5, "message_id": "m1"})
+    pinned = Ack("c3", None, {"type": "ack", "id": "c3"})
+    assert (prompted.prompt_id, prompted.message_id) == ("p1", None)
+    assert (posted.prompt_id, posted.message_id) == (None, "m1")
+    assert (pinned.prompt_id, pinned.message_id) == (None, None)
+
+
+def test_a_snapshots_meta_gives_the_schema_version_as_the_server_wrote_it() -> None:
+    """Review RN: ``meta.schema_version`` read back as ``1.0`` (Yjs keeps every number as
+    a double); the server writes a whole number."""
+    written = SessionDocument(Doc())
+    written.init_meta("s1", "Incident 42", "queue")
+    doc: Doc[Any] = Doc()
+    doc.apply_update(written.doc.get_update())
+    meta = Snapshot.of(doc).meta
+    assert meta == {
+        "session_id": "s1",
+        "title": "Incident 42",
+        "policy": "queue",
+        "schema_version": SCHEMA_VERSION,
+    }
+    assert type(meta["schema_version"]) is int
 
 
 async def test_an_awareness_frame_nested_past_the_limit_starts_the_socket_over() -> None:

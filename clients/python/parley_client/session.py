@@ -83,12 +83,19 @@ class Ack:
     data: dict[str, Any]
 
     @property
-    def prompt_id(self) -> str:
-        return str(self.data["prompt_id"])
+    def prompt_id(self) -> str | None:
+        """The prompt a ``prompt`` stored (None: the ack of another command)."""
+        return _id_of(self.data, "prompt_id")
 
     @property
-    def message_id(self) -> str:
-        return str(self.data["message_id"])
+    def message_id(self) -> str | None:
+        """The message a ``message`` stored (None: the ack of another command)."""
+        return _id_of(self.data, "message_id")
+
+
+def _id_of(data: Mapping[str, Any], key: str) -> str | None:
+    value = data.get(key)
+    return None if value is None else str(value)
 
 
 @dataclass(frozen=True, slots=True)

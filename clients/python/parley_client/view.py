@@ -89,6 +89,12 @@ class Peer:
         return bool(self.state.get("typing"))
 
 
+def _as_written(value: Any) -> Any:
+    """A value of the document as the server wrote it: Yjs keeps every number as a double,
+    so a whole number (``schema_version``: 1) reads back as a float (1.0)."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
 @dataclass(frozen=True, slots=True)
 class Snapshot:
     """The document at one moment: transcript, queue, session settings, pins, facts."""
@@ -110,7 +116,7 @@ class Snapshot:
                 QueuedPrompt(str(q["id"]), int(q.get("seq", 0)), str(q.get("author", "")), n)
                 for n, q in enumerate(queue, start=1)
             ),
-            meta=dict(doc.get("meta", type=Map).to_py() or {}),
+            meta={k: _as_written(v) for k, v in (doc.get("meta", type=Map).to_py() or {}).items()},
             pins=tuple(str(p) for p in doc.get("pins", type=Array).to_py() or ()),
             facts={str(k): str(v) for k, v in (doc.get("facts", type=Map).to_py() or {}).items()},
         )
