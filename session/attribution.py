@@ -547,6 +547,15 @@ def attribution_line(wrote: Sequence[str], asking: Sequence[str]) -> str:
     return f"[{', '.join(clauses)}]"
 
 
+def server_request_line(wrote: Sequence[str], asking: Sequence[str]) -> str:
+    """The first line of a request the server wrote for members (a side-thread's summary
+    instruction, asked by its owner): the server's words, not theirs, so they are never
+    named as its writers (``[the server asks you, for bob]``)."""
+    members = list(dict.fromkeys([*wrote, *asking]))
+    verb = "asks you" if asking else "wrote"
+    return f"[the server {verb}, for {_names(members)}]"
+
+
 REPLY_LINE = "[the assistant's reply]"
 """The server's line over a reply of the model's where its role does not say it (a pin, the
 summariser's input): a member's line always reads ``… wrote``, so no member id can make

@@ -39,6 +39,11 @@ class EntryKind(StrEnum):
     TOOL = "tool"
 
 
+SERVER_REQUEST = "server_request"
+"""The ``source`` of a prompt whose text the server wrote for the member who asked it (a
+side-thread's summary instruction): given to the model under the server's line."""
+
+
 @dataclass(frozen=True, slots=True)
 class Entry:
     """A read-only copy of one transcript entry."""
@@ -58,7 +63,8 @@ class Entry:
     answers: tuple[str, ...] = ()
     started_at: int | None = None
     tool: str | None = None
-    source: str | None = None  # ``private_thread``: a message shared back from a side-thread
+    # ``private_thread``: a message shared back from a side-thread; ``SERVER_REQUEST``.
+    source: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {

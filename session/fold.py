@@ -31,9 +31,16 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, replace
 from typing import TypeVar
 
-from parley.session.attribution import attribution_line, escape_text, name, placed, tool_line
+from parley.session.attribution import (
+    attribution_line,
+    escape_text,
+    name,
+    placed,
+    server_request_line,
+    tool_line,
+)
 from parley.session.dedup import as_written
-from parley.session.entries import Entry, EntryKind
+from parley.session.entries import SERVER_REQUEST, Entry, EntryKind
 from parley.session.history import outcome_line
 from parley.session.shape import TextShape, shape_of
 from parley.session.tokens import count_tokens, tokenizer_name
@@ -65,6 +72,8 @@ class FoldedItem:
     # first posting: the first posting's entry id (a build may name a later copy instead,
     # ``HistoryFold.referring_to``, when the first is not in its input).
     same_text: str = ""
+    # A request the server wrote for its members (``SERVER_REQUEST``), under its own line.
+    by_server: bool = False
 
     @property
     def last_seq(self) -> int:
@@ -87,7 +96,8 @@ class FoldedItem:
 def attribution(item: FoldedItem, asking: Collection[str] = ()) -> str:
     """The server's first line of a user item: every author with their own verb (and its
     number, when a reference names it: ``numbered``)."""
-    line = attribution_line(*item.voices(asking))
+    voices = item.voices(asking)
+    line = server_request_line(*voices) if item.by_server else attribution_line(*voices)
     return placed(line, item.at) if item.at else line
 
 
@@ -284,6 +294,8 @@ class HistoryFold:
             return undo  # shown with the pins, never in the history
         if entry.kind is EntryKind.TOOL:
             self._add_tool_result(entry, undo)
+        elif entry.source == SERVER_REQUEST:
+            self._add_server_request(entry, undo)
         elif entry.role == "assistant":
             self._add_reply(entry, undo)
         else:
@@ -353,6 +365,13 @@ class HistoryFold:
                     item, text=line, note=note, tokens=tokens, refers_to=named, in_full=item
                 )
         self._append(_noted(item, entry), undo)
+
+    def _add_server_request(self, entry: Entry, undo: list[_Undo]) -> None:
+        """A request the server wrote, asked by its member: under the server's line, and
+        never the first posting a member's text is referred to (they did not write it)."""
+        ids, seqs, said_by = (entry.id,), (entry.seq,), (entry.author,)
+        draft = FoldedItem(ids, seqs, "user", said_by, escape_text(entry.content), "", 0)
+        self._append(_noted(replace(draft, by_server=True).counted(), entry), undo)
 
     def _add_user(self, entry: Entry, undo: list[_Undo]) -> None:
         shape = shape_of(entry.content, self.min_block_lines)

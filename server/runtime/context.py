@@ -23,7 +23,7 @@ from parley.server.store.access_rows import PrivateItem
 from parley.server.store.port import SessionStore
 from parley.session.context import BuiltContext, ContextBuilder, ContextSettings
 from parley.session.core import SideThread
-from parley.session.entries import Entry, EntryKind
+from parley.session.entries import SERVER_REQUEST, Entry, EntryKind
 from parley.session.fold import prepare, prepare_entry
 from parley.session.history import ReadFilter
 from parley.session.model import Usage
@@ -483,6 +483,7 @@ def thread_entries(thread: SideThread) -> list[Entry]:
                 reply_to=last_prompt if turn.kind == "reply" else None,
                 tool=turn.author if turn.kind == "tool" else None,
                 reason_code=turn.reason_code,  # why a turn ended unanswered, if it did
+                source=SERVER_REQUEST if turn.summarise and turn.kind == "prompt" else None,
             )
         )
     return entries

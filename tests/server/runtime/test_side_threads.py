@@ -27,6 +27,7 @@ from parley.server.store.memory import MemoryStore
 from parley.session.commands import MessageCommand, PromptCommand
 from parley.session.context import ContextBuilder
 from parley.session.core import SideThread
+from parley.session.core.threads import SUMMARY_REQUEST
 from parley.session.lifecycle import PromptStatus
 from parley.session.quota import Quotas
 from parley.session.recent_acks import RecentAcks
@@ -179,7 +180,10 @@ async def test_a_summary_draft_is_a_reply_of_the_thread_and_is_shared_as_edited(
         assert (await s.send("bob", summarise))["type"] == "ack"
         draft = (await answered(s, thread_id)).turns[-1]
         assert draft.kind == "reply" and draft.summarise
-        assert "Summarise this private side-thread" in model.requests[-1].asked_text()
+        # The server's words, under the server's line (review RN: ``[bob asks you]``).
+        asked = model.requests[-1].messages[-1]
+        assert asked["content"] == f"[the server asks you, for bob]\n{SUMMARY_REQUEST}"
+        assert asked["name"] == "bob"  # who asked for it: their quota, their ``name``
         edited = ThreadShareCommand("post", thread_id, "The logs look fine (checked).", ())
         assert (await s.send("bob", edited))["type"] == "ack"
         assert [e.content for e in s.room.doc.entries()] == ["The logs look fine (checked)."]
