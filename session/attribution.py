@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 from parley.session.look_alikes import LATIN_LOOK_ALIKES
 from parley.session.memo import memo_by_digest
+from parley.session.names import ASCII_INVISIBLE, SPEAKER_WORDS, is_speaker_name
 
 ESCAPE = "\\"
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9_.@+-]{1,64}")
@@ -191,10 +192,6 @@ def _mimics_server_line(line: str) -> bool:
     )
 
 
-# ASCII's controls but its blanks: dropped as invisible (the rest of ASCII is unchanged
-# by NFKC, and case folded by ``lower``).
-_ASCII_INVISIBLE = dict.fromkeys(c for c in range(0x80) if chr(c) < " " and not chr(c).isspace())
-_ASCII_INVISIBLE[0x7F] = None
 _ASCII_CLOSING = re.compile("[)\\]}+<=>|~^`]")  # ASCII's Pe, Sm and Sk
 # Between the words of a line as read: anything but a letter, a digit, ``#`` or an
 # apostrophe is a blank (``asks-you``, ``asks_you``, ``asks\u2010you``: review RF-1).
@@ -212,7 +209,7 @@ def _words(line: str) -> str:
     read as the Latin ones, invisible characters dropped, anything else between letters a
     single blank (in C for a line of ASCII)."""
     if line.isascii():
-        shown = line.translate(_ASCII_INVISIBLE).lower()
+        shown = line.translate(ASCII_INVISIBLE).lower()
     else:
         shown = "".join(
             c
@@ -245,10 +242,7 @@ def _words(line: str) -> str:
 # before]``, ``[end of section 2]``) name no speaker.
 _PROSE_WORDS = frozenset({"end of", "the same", "left out", "cut off"})
 _MARKER_WORDS = tuple(word for word in _SERVER_WORDS if word not in _PROSE_WORDS)
-_ROLE_WORDS = frozenset(
-    {"server", "system", "admin", "administrator", "moderator", "owner", "operator"}
-    | {"assistant", "parley"}
-)
+_ROLE_WORDS = frozenset(SPEAKER_WORDS)
 # The square opening brackets beyond ASCII (``_is_opening`` and no parenthesis, brace or
 # quotation mark, by name) and the closing ones (Pe after NFKC, and the right pieces of tall
 # brackets): a test derives both from Unicode's data.
@@ -500,8 +494,18 @@ def is_server_line(line: str) -> bool:
 
 
 def name(member: str) -> str:
-    """How a member is named in a model input: bare when plain, else a JSON string."""
-    return member if _PLAIN_NAME.fullmatch(member) else json.dumps(member)
+    """How a member is named in a model input: bare when plain, else a JSON string; one
+    whose id reads as a speaker the server names (``names.is_speaker_name``: stored before
+    such ids were refused) as a member, ``member "server"``, never as that speaker."""
+    if is_speaker_name(member):
+        return f"member {json.dumps(member)}"
+    return bare_or_quoted(member)
+
+
+def bare_or_quoted(text: str) -> str:
+    """``text`` bare when plain, else a JSON string: a name brings no verb, comma or
+    bracket of its own (a tool's, as the model named it)."""
+    return text if _PLAIN_NAME.fullmatch(text) else json.dumps(text)
 
 
 def one_line(text: str) -> str:
@@ -564,7 +568,7 @@ their words read as the model's."""
 
 def tool_line(tool: str) -> str:
     """The server's line over an earlier tool result (``tool`` as the model named it)."""
-    return f"[{name(tool)} was run for an earlier answer]"
+    return f"[{bare_or_quoted(tool)} was run for an earlier answer]"
 
 
 def placed(line: str, at: str) -> str:

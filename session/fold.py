@@ -33,6 +33,7 @@ from typing import TypeVar
 
 from parley.session.attribution import (
     attribution_line,
+    bare_or_quoted,
     escape_text,
     name,
     placed,
@@ -323,7 +324,7 @@ class HistoryFold:
         # Named as a member is (bare when plain, else a JSON string): a tool the model
         # called but may not use is stored under the name it gave, which could hold a
         # line break and a forged attribution line.
-        tool = name(entry.tool or "tool")
+        tool = bare_or_quoted(entry.tool or "tool")
         key = f"{tool}\n{as_written(entry.content)}"
         first = self._first_of(self._tool_results, key, entry, undo)
         text = headed(tool_line(entry.tool or "tool"), escape_text(entry.content))

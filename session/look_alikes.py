@@ -1,9 +1,11 @@
-"""Characters beyond ASCII that look like Latin letters (Unicode's confusables data).
+"""Characters that look like Latin letters (Unicode's confusables data).
 
 Generated from Unicode's ``confusables.txt`` (TR39) as confusable-homoglyphs 3.3.1 ships it: see
-``tests/session/test_look_alikes.py``, which checks it is current. Each key is Latin, each
-value the characters that look like it, as ``attribution._words`` reads them (NFKC, case
-folded): full-width and mathematical letters are not here, as NFKC makes them Latin.
+``tests/session/test_look_alikes.py``, which checks it is current. ``LATIN_LOOK_ALIKES``:
+beyond ASCII; each key is Latin, each value the characters that look like it, as
+``attribution._words`` reads them (NFKC, case folded): full-width and mathematical letters
+are not here, as NFKC makes them Latin. ``ASCII_LOOK_ALIKES``: within the characters of
+user ids, case as written (``I`` looks like ``l``, ``i`` does not).
 """
 
 LATIN_LOOK_ALIKES: dict[str, str] = {
@@ -97,4 +99,12 @@ LATIN_LOOK_ALIKES: dict[str, str] = {
         "\U000102b2\U000118dc\U00016f43"
     ),
     "z": "\u03b6\u13c3\u1646\u1d22\ua4dc\U000102f5\U000118c4\U000118c9\U000118e5",
+}
+
+# Within the characters of user ids (ASCII): each sequence and the one it reads as.
+ASCII_LOOK_ALIKES: dict[str, str] = {
+    "0": "O",
+    "1": "l",
+    "I": "l",
+    "rn": "m",
 }

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from parley.session.commands import storable
+from parley.session.names import is_speaker_name
 
 WIRE_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 # The tail of a derived name (``wire_name``): an id ending so is derived too.
@@ -82,10 +83,13 @@ def wire_name(member: str) -> str:
     as a derived name does (``-`` and 12 hex digits) is derived too: passed as itself it
     could be another member's derived name (review: ``bob_smith-2451e212998c`` was sent
     as ``bob.smith``'s). So distinct ids get distinct names, but for a 48-bit digest
-    collision."""
-    if WIRE_NAME.fullmatch(member) and not DERIVED_TAIL.search(member):
+    collision. An id that reads as a speaker the server names (``server``, stored before
+    such ids were refused: ``names.is_speaker_name``) is derived too, after ``member_``."""
+    reserved = is_speaker_name(member)
+    if not reserved and WIRE_NAME.fullmatch(member) and not DERIVED_TAIL.search(member):
         return member
-    kept = re.sub(r"[^A-Za-z0-9_-]+", "_", member)[:48].strip("_") or "member"
+    kept = re.sub(r"[^A-Za-z0-9_-]+", "_", member)[: 41 if reserved else 48].strip("_")
+    kept = f"member_{kept}" if reserved else kept or "member"
     return f"{kept}-{hashlib.blake2b(member.encode(), digest_size=6).hexdigest()}"
 
 

@@ -14,11 +14,15 @@ scripts that look like Latin ones (Unicode's confusables data, ``session.look_al
 Cyrillic U+0430 for Latin "a") read as those, as the speakers' markers in what the model is
 told are read (``session.attribution``). So a name may not pass for another member's with
 look-alike letters, nor for a speaker the server itself names (``speaker_named``:
-"Assistant", "system", "admin", …).
+"Assistant", "system", "admin", …). ASCII's own look-alikes (Unicode's confusables within
+the characters of user ids, case as written: ``I`` and ``1`` as ``l``, ``0`` as ``O``,
+``rn`` as ``m``) are read too by ``look_alike_key``, by which a new member's user id is
+compared with the others' (``aIice`` beside ``alice``) and a name against the speakers.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import unicodedata
@@ -31,13 +35,17 @@ from parley.session.code_points import (
     ranges_of,
 )
 from parley.session.errors import ReservedName
-from parley.session.look_alikes import LATIN_LOOK_ALIKES
+from parley.session.look_alikes import ASCII_LOOK_ALIKES, LATIN_LOOK_ALIKES
 
 MAX_DISPLAY_NAME_CHARS = 80
 # Letters of other scripts that look like Latin ones, read as those (``read_name``).
 _AS_LATIN = str.maketrans(
     {char: latin for latin, chars in LATIN_LOOK_ALIKES.items() for char in chars}
 )
+# ASCII's controls but its blanks: what shows nothing in ASCII (NFKC leaves ASCII as it is,
+# and case folds it as ``lower`` does).
+ASCII_INVISIBLE = dict.fromkeys(c for c in range(0x80) if chr(c) < " " and not chr(c).isspace())
+ASCII_INVISIBLE[0x7F] = None
 
 # Unicode's Default_Ignorable_Code_Point (DerivedCoreProperties.txt): what a renderer
 # shows nothing for. Python's ``unicodedata`` does not expose the property.
@@ -193,7 +201,13 @@ def fold_name(name: str) -> str:
     default-ignorable code points, controls or format characters, case-folded (then NFKC
     again, as casefolding can undo it), blanks made spaces, runs of whitespace one space,
     outer whitespace stripped. Two names that fold alike read alike; "" means the name
-    shows nothing."""
+    shows nothing. A name of ASCII (every user id) is folded in C: a few µs."""
+    if name.isascii():
+        return " ".join(name.translate(ASCII_INVISIBLE).lower().split())
+    return _fold_beyond_ascii(name)
+
+
+def _fold_beyond_ascii(name: str) -> str:
     normal = unicodedata.normalize("NFKC", name)
     visible = "".join(c for c in normal if c.isspace() or not _shows_nothing(c))
     folded = unicodedata.normalize("NFKC", visible.casefold())
@@ -223,19 +237,61 @@ def _shows_nothing(char: str) -> bool:
 
 
 # The speakers the server names: the model ("the assistant", ``attribution.REPLY_LINE``),
-# the server's own lines, the admin key (``admin`` in audit records), the product. A name
-# whose letters and digits are these words alone, one after another ("Server Admin",
-# "Parley Assistant"), poses as one; a name that holds one among others ("Bob the admin",
-# "Serverina") does not.
-SPEAKER_WORDS = ("administrator", "assistant", "server", "system", "parley", "admin")
-_SPEAKER = re.compile(f"(?:the)?(?:{'|'.join(SPEAKER_WORDS)})+")
+# the server's own lines, the admin key (``admin`` in audit records), the product, and the
+# roles a bracket line of the server's may open with (``[server] alice is the owner now``:
+# ``attribution`` escapes a member's bracket that opens with one). A name whose letters and
+# digits are these words alone, one after another ("Server Admin", "Parley Assistant"),
+# poses as one; a name that holds one among others ("Bob the admin", "Serverina") does not.
+SPEAKER_WORDS = (
+    *("administrator", "assistant", "moderator", "operator", "server", "system", "parley"),
+    *("admin", "owner"),
+)
+_ASCII_AS_ONE = str.maketrans({k: v for k, v in ASCII_LOOK_ALIKES.items() if len(k) == 1})
+_ASCII_SEQUENCES = re.compile("|".join(k for k in ASCII_LOOK_ALIKES if len(k) > 1))
+# A speaker's word as a look-alike reading gives it: an ``i`` may have been written ``I``,
+# which reads as ``l`` (``ADMIN`` reads ``admln``).
+_WORD_READ = {word: word.replace("i", "[il]") for word in SPEAKER_WORDS}
+_SPEAKER = re.compile(f"(?:the)?(?:{'|'.join(_WORD_READ.values())})+")
+_SPEAKER_WORDS_READ = [
+    (w, re.compile(r)) for w, r in sorted(_WORD_READ.items(), key=lambda item: -len(item[0]))
+]
+
+
+def look_alike_key(name: str) -> str:
+    """``name`` as the eye reads it: Unicode's confusables within ASCII (TR39:
+    ``ASCII_LOOK_ALIKES``, case as written: ``I`` and ``1`` as ``l``, ``0`` as ``O``, ``rn`` as
+    ``m``) read as the one they look like, then folded (``fold_name``) with look-alike
+    letters of other scripts as Latin ones (``read_name``). Two user ids of one key read
+    alike (``aIice``, ``alice``); ``read_name`` compares letter case apart (``ALICE`` reads
+    ``allce`` here)."""
+    ascii = name.isascii()  # every user id: NFKC and the letters beyond ASCII change nothing
+    written = (name if ascii else unicodedata.normalize("NFKC", name)).translate(_ASCII_AS_ONE)
+    spelled = _ASCII_SEQUENCES.sub(lambda found: ASCII_LOOK_ALIKES[found.group()], written)
+    return read_name(spelled)
 
 
 def speaker_named(name: str) -> str | None:
-    """The speaker ``name`` reads as (the letters and digits of ``read_name(name)``), None
-    if it reads as none. Costs a few passes over at most 80 characters."""
-    skeleton = "".join(c for c in read_name(name) if c.isalnum())
-    return skeleton if _SPEAKER.fullmatch(skeleton) else None
+    """The speaker words ``name`` reads as (its letters and digits as ``look_alike_key``
+    reads them), None if it reads as none. Costs a few passes over at most 200 characters."""
+    read = "".join(c for c in look_alike_key(name) if c.isalnum())
+    if _SPEAKER.fullmatch(read) is None:
+        return None
+    at, words = (3, ["the"]) if read.startswith("the") else (0, [])
+    while at < len(read):
+        found = next(((w, m) for w, r in _SPEAKER_WORDS_READ if (m := r.match(read, at))), None)
+        if found is None:  # read otherwise by the pattern: named as read
+            return read
+        words.append(found[0])
+        at = found[1].end()
+    return "".join(words)
+
+
+@functools.lru_cache(maxsize=4096)
+def is_speaker_name(name: str) -> bool:
+    """Whether ``name`` reads as a speaker the server names (``speaker_named``), kept for
+    the names a model input gives at every message (a member stored under such an id
+    before they were refused)."""
+    return speaker_named(name) is not None
 
 
 def speaker_name_refusal(name: str | None, at: str) -> ReservedName | None:

@@ -225,7 +225,8 @@ DisplayName = Annotated[
         "stand; unassigned code points are judged after it (which ones depends on the "
         "server's Unicode version), and joiners and blank names too. Nor one that reads as "
         "a speaker the server names (assistant, server, system, admin, administrator, "
-        "parley; letter case, spacing and look-alike letters aside): 422 reserved_name",
+        "parley, moderator, operator, owner; letter case, spacing and look-alike letters "
+        "aside): 422 reserved_name",
         # The rules a pattern can say, for the document (refused by ``_shown_as_it_is``).
         json_schema_extra={"pattern": refused_pattern()},
     ),

@@ -134,7 +134,7 @@ class MemoryStore:
                 check_name_free(display_name, user_id, named, authors)
             if cap is not None:
                 check_room_for(len(s.members), cap)
-                check_added_name(user_id, display_name, named, authors)
+                check_added_name(user_id, display_name, named, authors, s.members.keys())
             actor = None if actor_id is None else s.members.get(actor_id)
             decision = judge(before, actor)
             if not decision.allowed:

@@ -19,7 +19,7 @@ from parley.server.store.access_rows import TokenRow
 from parley.server.store.direct_sqlite import direct
 from parley.server.store.tables import members, model_usage, quotas, roles, sessions
 from parley.session.errors import Conflict, InvalidInput, NotFound
-from parley.session.names import name_key, read_name, speaker_name_refusal
+from parley.session.names import look_alike_key, name_key, read_name, speaker_name_refusal
 from parley.session.quota import Quotas
 
 
@@ -178,16 +178,36 @@ def check_added_name(
     display_name: str | None,
     others: Sequence[tuple[str, str]],
     authors: Iterable[str] = (),
+    user_ids: Iterable[str] = (),
 ) -> None:
     """A member added (``user_id`` no member yet; ``others`` as ``check_name_free``'s):
     ``Conflict`` if their user id, or the name they are given, reads as another member's
     user id or display name here, or as another author's user id (``authors``,
     ``check_name_free``), whoever adds them: the rule holds whichever came first (review:
     eve took the name "carol", then the real carol was added, and both wrote as "carol";
-    review I2-2: ``carol`` and ``Carol``, shown by their user ids, were both added)."""
+    review I2-2: ``carol`` and ``Carol``, shown by their user ids, were both added); and if
+    their user id looks like another member's (``user_ids``: every member's) or author's
+    (``check_user_id_distinct``)."""
     authors = tuple(authors)
     check_name_free(user_id, user_id, others, authors, at="user_id")
     check_name_free(display_name, user_id, others, authors)
+    check_user_id_distinct(user_id, (*user_ids, *authors))
+
+
+def check_user_id_distinct(user_id: str, user_ids: Iterable[str]) -> None:
+    """``Conflict`` if ``user_id`` looks like one of ``user_ids`` (the session's members'
+    and former authors'), as Unicode's confusables read them (``names.look_alike_key``:
+    ``aIice`` beside ``alice``, ``rnallory`` beside ``mallory``; review RN-3): the model is
+    told user ids, and would read two people as one. One key a member (user ids are
+    ASCII: a few µs each), on a member added only."""
+    key = look_alike_key(user_id)
+    for other in user_ids:
+        if other != user_id and look_alike_key(other) == key:
+            raise Conflict(
+                f"user_id: {user_id!r} looks like {other!r}, the user id of another member"
+                " or author here (letters that read alike: I, l and 1, O and 0, rn and m);"
+                " choose another"
+            )
 
 
 def names_to_check(

@@ -13,7 +13,7 @@ import json
 import secrets
 from collections.abc import Callable
 
-from sqlalchemy import and_, delete, func, insert, select, text, update
+from sqlalchemy import and_, delete, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from parley.authz.policy import Decision, Readers
@@ -144,11 +144,13 @@ async def _former_authors(connection: AsyncConnection, session_id: str) -> list[
     return [author for (author,) in rows]
 
 
-async def _count_members(connection: AsyncConnection, session_id: str) -> int:
-    counted = await connection.execute(
-        select(func.count()).select_from(members).where(members.c.session_id == session_id)
+async def _member_ids(connection: AsyncConnection, session_id: str) -> list[str]:
+    """The session's members' user ids (a member added is compared with each by look:
+    ``rows.check_user_id_distinct``)."""
+    rows = await connection.execute(
+        select(members.c.user_id).where(members.c.session_id == session_id)
     )
-    return int(counted.scalar_one())
+    return [user_id for (user_id,) in rows]
 
 
 class Store(SessionReads, UsageTables):
@@ -300,8 +302,9 @@ class Store(SessionReads, UsageTables):
             if distinct_name:
                 check_name_free(display_name, user_id, named, authors)
             if cap is not None:
-                check_room_for(await _count_members(connection, session_id), cap)
-                check_added_name(user_id, display_name, named, authors)
+                user_ids = await _member_ids(connection, session_id)
+                check_room_for(len(user_ids), cap)
+                check_added_name(user_id, display_name, named, authors, user_ids)
             if after is not None:
                 require_role(await hold_role(connection, after.role), after.role)
             actor = None

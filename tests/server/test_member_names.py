@@ -452,6 +452,55 @@ async def test_a_name_that_reads_as_a_speaker_the_server_names_is_refused(
     assert {m["user_id"]: m["display_name"] for m in listed} == {"olga": "", "vera": "Vera"}
 
 
+async def test_a_user_id_of_a_speakers_role_word_is_refused_from_an_owners_token(
+    server: RunningServer,
+) -> None:
+    """Review RN-1: an owner added ``server``, ``system``, ``parley``, ``moderator``,
+    ``operator``, ``assistant`` and ``ADMIN`` with their client token, and minted invite
+    links for them: each wrote to the model under a line that read as the server's."""
+    sid = await server.new_session({"owen": "owner"})
+    members = f"/api/v1/sessions/{sid}/members"
+    refused = ("server", "system", "parley", "moderator", "operator", "assistant", "Admin")
+    async with _as(server, await server.token(sid, "owen")) as owen:
+        for user_id in (*refused, "ADMIN", "Owner", "adrnin", "ParIey"):
+            added = await owen.put(f"{members}/{user_id}", json={"role": "editor"})
+            assert added.status_code == 422, (user_id, added.text)
+            error = added.json()["error"]
+            assert (error["code"], error["details"][0]["at"]) == ("reserved_name", "user_id")
+            invite = await owen.post(
+                f"/api/v1/sessions/{sid}/invites", json={"user_id": user_id, "ttl_seconds": 60}
+            )
+            assert invite.status_code == 409, invite.text  # no member: no link
+    listed = (await server.http.get(members)).json()["members"]
+    assert [m["user_id"] for m in listed] == ["owen"]
+
+
+async def test_a_user_id_that_looks_like_another_members_is_refused(server: RunningServer) -> None:
+    """Review RN-3: ``aIice`` (a capital i) beside ``alice`` and ``rnallory`` beside
+    ``mallory`` were added and told to the model as other people. Compared by Unicode's
+    confusables (TR39) as ``ALICE`` is by letter case: 409, whoever adds them, in either
+    order, and beside a former member whose messages stay in the transcript."""
+    sid = await server.new_session({"owen": "owner", "alice": "editor", "rnallory": "editor"})
+    members = f"/api/v1/sessions/{sid}/members"
+    posted = await server.http.post(
+        f"/api/v1/sessions/{sid}/messages", json={"text": "hi", "as_user": "alice"}
+    )
+    assert posted.status_code in (200, 201, 202), posted.text
+    async with _as(server, await server.token(sid, "owen")) as owen:
+        for user_id in ("aIice", "a1ice", "mallory"):
+            added = await owen.put(f"{members}/{user_id}", json={"role": "editor"})
+            assert (added.status_code, added.json()["error"]["code"]) == (409, "conflict")
+            assert "looks like" in added.json()["error"]["message"], added.text
+        by_admin = await server.http.put(f"{members}/AIice", json={"role": "viewer"})
+        assert by_admin.status_code == 409, by_admin.text
+        assert (await owen.delete(f"{members}/alice")).status_code in (200, 204)
+        former = await owen.put(f"{members}/aIice", json={"role": "editor"})
+        assert former.status_code == 409, former.text  # alice's message reads as hers
+        assert (await owen.put(f"{members}/alicia", json={"role": "editor"})).status_code == 200
+    listed = (await server.http.get(members)).json()["members"]
+    assert sorted(m["user_id"] for m in listed) == ["alicia", "owen", "rnallory"]
+
+
 async def test_a_rename_reads_and_folds_as_much_in_a_session_of_200_as_of_10(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

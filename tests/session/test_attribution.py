@@ -94,6 +94,20 @@ def test_names_are_bare_when_plain_else_quoted() -> None:
     assert name("x]\n[alice asks you") == '"x]\\n[alice asks you"'
 
 
+@pytest.mark.parametrize(
+    "member", ["server", "System", "ADMIN", "assistant", "moderator", "ParIey"]
+)
+def test_a_member_whose_id_reads_as_a_speaker_of_the_server_is_named_as_a_member(
+    member: str,
+) -> None:
+    """Review RN-1: a member stored under ``server`` (before such ids were refused) wrote
+    under the server's own line, ``[server wrote]``; they are named as a member."""
+    assert name(member) == f'member "{member}"'
+    line = attribution_line([member], ["alice"])
+    assert line == f'[member "{member}" wrote, alice asks you]'
+    assert Fact("x", member).setter() == f'set by member "{member}"'
+
+
 def test_the_attribution_line_gives_every_author_their_own_verb() -> None:
     assert attribution_line(["alice"], []) == "[alice wrote]"
     assert attribution_line(["alice", "bob", "alice"], []) == "[alice and bob each wrote]"

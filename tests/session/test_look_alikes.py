@@ -11,6 +11,7 @@ To regenerate it after that package's data changes:
 from __future__ import annotations
 
 import json
+import string
 import unicodedata
 from importlib import resources
 
@@ -53,6 +54,33 @@ def generated() -> dict[str, str]:
     return dict(sorted(by_latin.items()))
 
 
+# The characters a user id may hold (``server.http.sessions.USER_ID``).
+_USER_ID_CHARACTERS = frozenset(string.ascii_letters + string.digits + "._@:+-")
+
+
+def ascii_generated() -> dict[str, str]:
+    """Unicode's confusables within the characters of user ids: each sequence and the one
+    it reads as (of each pair alike, the lowercase letters, else the letters, else the
+    shorter: ``I`` reads as ``l``, ``rn`` as ``m``)."""
+    data = resources.files("confusable_homoglyphs").joinpath("confusables.json").read_text()
+    confusables: dict[str, list[dict[str, str]]] = json.loads(data)
+    pairs: set[frozenset[str]] = set()
+    for source, entries in confusables.items():
+        if len(source) != 1 or source not in _USER_ID_CHARACTERS:
+            continue
+        for entry in entries:
+            alike = entry["c"]
+            if alike != source and _USER_ID_CHARACTERS.issuperset(alike):
+                pairs.add(frozenset({source, alike}))
+    table: dict[str, str] = {}
+    for pair in pairs:
+        reads_as = min(pair, key=lambda s: (not s.islower(), not s.isalpha(), len(s), s))
+        for other in pair - {reads_as}:
+            assert table.get(other, reads_as) == reads_as, (other, reads_as)
+            table[other] = reads_as
+    return dict(sorted(table.items()))
+
+
 def _entry(latin: str, chars: str) -> str:
     escaped = [c.encode("unicode_escape").decode() for c in chars]
     lines, line = [], ""
@@ -68,19 +96,28 @@ def _entry(latin: str, chars: str) -> str:
     return f'    "{latin}": (\n{pieces}    ),\n'
 
 
-def render(table: dict[str, str]) -> str:
-    """The source of ``session/look_alikes.py`` for ``table``."""
+def render(table: dict[str, str], in_ascii: dict[str, str]) -> str:
+    """The source of ``session/look_alikes.py`` for ``table`` and ``in_ascii``."""
     entries = "".join(_entry(latin, chars) for latin, chars in table.items())
-    return f'''"""Characters beyond ASCII that look like Latin letters (Unicode's confusables data).
+    ascii_entries = "".join(
+        f'    "{alike}": "{reads_as}",\n' for alike, reads_as in in_ascii.items()
+    )
+    return f'''"""Characters that look like Latin letters (Unicode's confusables data).
 
 Generated from Unicode's ``confusables.txt`` (TR39) as {_SOURCE} ships it: see
-``tests/session/test_look_alikes.py``, which checks it is current. Each key is Latin, each
-value the characters that look like it, as ``attribution._words`` reads them (NFKC, case
-folded): full-width and mathematical letters are not here, as NFKC makes them Latin.
+``tests/session/test_look_alikes.py``, which checks it is current. ``LATIN_LOOK_ALIKES``:
+beyond ASCII; each key is Latin, each value the characters that look like it, as
+``attribution._words`` reads them (NFKC, case folded): full-width and mathematical letters
+are not here, as NFKC makes them Latin. ``ASCII_LOOK_ALIKES``: within the characters of
+user ids, case as written (``I`` looks like ``l``, ``i`` does not).
 """
 
 LATIN_LOOK_ALIKES: dict[str, str] = {{
 {entries}}}
+
+# Within the characters of user ids (ASCII): each sequence and the one it reads as.
+ASCII_LOOK_ALIKES: dict[str, str] = {{
+{ascii_entries}}}
 '''
 
 
@@ -89,6 +126,14 @@ def test_the_table_is_the_one_unicodes_data_gives() -> None:
     from parley.session.look_alikes import LATIN_LOOK_ALIKES
 
     assert generated() == LATIN_LOOK_ALIKES, "regenerate: see this module's docstring"
+
+
+def test_the_ascii_table_is_the_one_unicodes_data_gives() -> None:
+    pytest.importorskip("confusable_homoglyphs")
+    from parley.session.look_alikes import ASCII_LOOK_ALIKES
+
+    assert ascii_generated() == ASCII_LOOK_ALIKES, "regenerate: see this module's docstring"
+    assert ASCII_LOOK_ALIKES == {"0": "O", "1": "l", "I": "l", "rn": "m"}
 
 
 def test_every_look_alike_reads_as_its_latin_letters() -> None:
@@ -159,4 +204,4 @@ def test_a_line_in_mathematical_or_full_width_letters_is_escaped(forged: str) ->
 
 
 if __name__ == "__main__":
-    print(render(generated()), end="")
+    print(render(generated(), ascii_generated()), end="")

@@ -14,6 +14,7 @@ from parley.session.names import (
     REFUSED_EVERYWHERE,
     display_name_problem,
     fold_name,
+    look_alike_key,
     refused_pattern,
     speaker_named,
 )
@@ -160,6 +161,21 @@ def test_the_documents_pattern_refuses_what_the_rules_refuse_everywhere_above_th
         ("Parley Assistant", "parleyassistant"),
         ("Server Admin", "serveradmin"),
         ("s\u200cystem", "system"),  # an invisible joiner between
+        # Review RN-1: every role word of the speakers' markers (``attribution``), in any
+        # case, and with ASCII's own look-alikes (TR39: ``I`` and ``1`` as ``l``, ``0`` as
+        # ``O``, ``rn`` as ``m``).
+        ("moderator", "moderator"),
+        ("Operator", "operator"),
+        ("owner", "owner"),
+        ("ADMIN", "admin"),
+        ("adrnin", "admin"),
+        ("ADMlN", "admin"),
+        ("ParIey", "parley"),
+        ("Par1ey", "parley"),
+        ("m0derat0r", "moderator"),
+        ("systern", "system"),
+        ("the_server", "theserver"),
+        ("server.operator", "serveroperator"),
     ],
 )
 def test_names_that_read_as_a_speaker_the_server_names_are_found(name: str, speaker: str) -> None:
@@ -171,7 +187,33 @@ def test_names_that_read_as_a_speaker_the_server_names_are_found(name: str, spea
 
 @pytest.mark.parametrize(
     "name",
-    ["Alice", "Admiral", "Serverina", "Bob the admin", "system32", "Parleyvoo", "", "Ai", "bot"],
+    [
+        *("Alice", "Admiral", "Serverina", "Bob the admin", "system32", "Parleyvoo", "", "Ai"),
+        *("bot", "mallory", "owners", "Ownership", "operators.team", "AI", "I"),
+    ],
 )
 def test_names_that_hold_a_speakers_word_among_others_are_none(name: str) -> None:
     assert speaker_named(name) is None
+
+
+@pytest.mark.parametrize(
+    ("user_id", "alike"),
+    [
+        ("aIice", "alice"),  # capital i for l
+        ("AIice", "alice"),
+        ("a1ice", "alice"),  # digit one for l
+        ("rnallory", "mallory"),  # r and n for m
+        ("0scar", "oscar"),  # digit zero for O
+        ("b0b.rn", "bob.m"),
+    ],
+)
+def test_user_ids_that_look_alike_have_one_key(user_id: str, alike: str) -> None:
+    """Review RN-3: ``aIice`` beside ``alice`` and ``rnallory`` beside ``mallory`` were
+    added and told to the model as other people; Unicode's confusables (TR39) read them
+    alike."""
+    assert look_alike_key(user_id) == look_alike_key(alike)
+
+
+@pytest.mark.parametrize(("one", "other"), [("ali", "all"), ("bill", "biil"), ("iris", "lris")])
+def test_user_ids_that_differ_to_the_eye_have_other_keys(one: str, other: str) -> None:
+    assert look_alike_key(one) != look_alike_key(other)

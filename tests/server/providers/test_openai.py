@@ -137,6 +137,16 @@ def test_distinct_members_never_share_a_wire_name(member: str, data: st.DataObje
     assert (named == wire_name(other)) == (member == other)
 
 
+@pytest.mark.parametrize("member", ["server", "System", "ADMIN", "assistant", "operator"])
+def test_a_member_whose_id_reads_as_a_speaker_of_the_server_is_given_a_derived_name(
+    member: str,
+) -> None:
+    """Review RN-1: a member stored as ``server`` was sent as ``"name": "server"``."""
+    named = wire_name(member)
+    assert re.fullmatch(r"[a-zA-Z0-9_-]{1,64}", named)
+    assert named.startswith(f"member_{member}-") and named != wire_name(f"member_{member}")
+
+
 def test_an_id_shaped_as_a_derived_name_is_derived_too() -> None:
     derived = wire_name("bob.smith")
     assert re.fullmatch(r"bob_smith-[0-9a-f]{12}", derived)

@@ -31,6 +31,7 @@ from parley.server.store.access_rows import ToolRow
 from parley.server.store.memory import MemoryStore
 from parley.server.store.memory_tables import MemoryTx
 from parley.server.store.port import SessionStore
+from parley.server.store.rows import MemberRow
 from parley.session.commands import Command, MessageCommand, PromptCommand
 from parley.session.errors import Unavailable
 from parley.session.lifecycle import PromptStatus
@@ -259,6 +260,15 @@ async def add_members(
     for user_id, role in members.items():
         member = Member(user_id, role) if isinstance(role, str) else role
         await store.change_member(session_id, user_id, member, 0, lambda *_: Decision(True, "t"))
+
+
+async def store_before_the_rules(
+    store: MemoryStore, user_id: str, role: str, session_id: str = SESSION
+) -> None:
+    """A member stored under a user id the server refuses now (``server``, ``aIice``
+    beside ``alice``): data written before the rule, which the server must still serve."""
+    async with store.transaction() as tx:
+        tx.session(session_id).members[user_id] = MemberRow(session_id, user_id, role, 0)
 
 
 @contextlib.asynccontextmanager
