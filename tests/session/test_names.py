@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from parley.session.names import (
     MAX_DISPLAY_NAME_CHARS,
     REFUSED_EVERYWHERE,
+    _fold_beyond_ascii,
     display_name_problem,
     fold_name,
     look_alike_key,
@@ -217,3 +218,10 @@ def test_user_ids_that_look_alike_have_one_key(user_id: str, alike: str) -> None
 @pytest.mark.parametrize(("one", "other"), [("ali", "all"), ("bill", "biil"), ("iris", "lris")])
 def test_user_ids_that_differ_to_the_eye_have_other_keys(one: str, other: str) -> None:
     assert look_alike_key(one) != look_alike_key(other)
+
+
+@given(st.text(st.characters(max_codepoint=0x7F), max_size=40))
+def test_ascii_is_folded_as_any_text_is(name: str) -> None:
+    """``fold_name``'s path for ASCII (every user id, folded for each member on an add)
+    gives what the general one does."""
+    assert fold_name(name) == _fold_beyond_ascii(name)
