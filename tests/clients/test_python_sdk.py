@@ -35,6 +35,7 @@ from parley_client import (
     RateLimited,
     Readers,
     Reconnect,
+    ReservedName,
     Session,
     SessionClosed,
     TooLarge,
@@ -1039,6 +1040,21 @@ async def test_an_id_holding_a_slash_names_nothing_and_reaches_no_other_route(
             await admin.transcript(f"{sid}/members")
         assert [m.user_id for m in await admin.list_members(sid)] == ["bob"]
         assert await admin.facts(sid) == {"k": "v"}
+
+
+async def test_a_member_id_reserved_or_looking_like_anothers_is_a_typed_refusal(
+    sqlite_server: RunningServer,
+) -> None:
+    """Review RN-1 and RN-3 over the SDK's admin API: ``server`` reads as the server's own
+    speaker (``ReservedName``); ``aIice`` looks like ``alice`` (``Conflict``)."""
+    async with AdminClient(sqlite_server.base_url, ADMIN_KEY) as admin, asyncio.timeout(60):
+        sid = await new_session(admin, {"alice": "editor"})
+        for reserved in ("server", "Moderator", "ADMIN"):
+            with pytest.raises(ReservedName):
+                await admin.put_member(sid, reserved, "editor")
+        with pytest.raises(Conflict, match="looks like 'alice'"):
+            await admin.put_member(sid, "aIice", "editor")
+        assert [m.user_id for m in await admin.list_members(sid)] == ["alice"]
 
 
 async def test_list_sessions_takes_a_cursor_or_an_offset_not_both() -> None:
