@@ -136,6 +136,10 @@ PROBE_LOCK_TIMEOUT_S = 0.5
 
 
 async def readyz(state: AppState) -> Readiness:
+    return await state.readiness.run(functools.partial(_probe_readiness, state))
+
+
+async def _probe_readiness(state: AppState) -> Readiness:
     try:
         revision = await current_revision(state.store.engine)
     except Exception as exc:

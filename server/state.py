@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from weakref import WeakKeyDictionary
 
 from parley.server.http.invite_limits import ExchangeLimits
+from parley.server.http.single_flight import SingleFlight
 from parley.server.keys import Keys
 from parley.server.metrics import Metrics
 from parley.server.runtime.rooms import RoomRegistry
@@ -19,6 +20,7 @@ from parley.server.ws.send_budget import SendBudget
 
 if TYPE_CHECKING:
     from parley.server.http.member_list import MemberListBody
+    from parley.server.http.models import Readiness
     from parley.server.http.transcript_body import TranscriptBody
     from parley.server.runtime.room import SessionRoom
 
@@ -46,6 +48,8 @@ class AppState:
     document_lists: WeakKeyDictionary[SessionRoom, dict[str, int]] = field(
         default_factory=WeakKeyDictionary
     )
+    # ``/readyz``'s probe, one at a time: callers who ask while it runs share its answer.
+    readiness: SingleFlight[Readiness] = field(default_factory=SingleFlight)
     # The invite exchange's budgets, by client address and by invite (it needs no key).
     exchanges: ExchangeLimits = field(init=False)
     # How often the same upgrade may be accepted only to be closed for good (44xx).
