@@ -4,7 +4,7 @@ asked again next round, and kept meanwhile as long as it runs); beside it, so th
 there delays a renewal, the other takes over sessions whose holder stopped renewing (its
 replicas first, then any session with work and no live holder), and, less often, looks at
 everything again (the safety net for a missed notification), puts the stored settings in
-force on its rooms and forgets the forwarded commands answered long ago.
+force on its rooms and forgets the forwarded commands sent long ago.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
+from parley.server.cluster.forwarding import expire_taken_s
 from parley.server.cluster.lease import Renewal
 from parley.session.errors import NotFound, Unavailable
 
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("parley.cluster")
 
-ANSWERED_KEPT_S = 600
+COMMANDS_KEPT_S = 600  # forwarded commands, answered or not (``CommandTable.prune``)
 
 
 class LeaseRound:
@@ -60,10 +61,10 @@ class LeaseRound:
                     last_poll = now
                     node.look_again()  # the safety net for a missed notification
                     await self._refresh_members()
-                if now - last_cleanup >= ANSWERED_KEPT_S / 10:
+                if now - last_cleanup >= COMMANDS_KEPT_S / 10:
                     last_cleanup = now
-                    cutoff = int((time.time() - ANSWERED_KEPT_S) * 1000)
-                    await node.relay.table.forget_answered(cutoff)
+                    forwarded_s = expire_taken_s(node.settings.forward_timeout_s)
+                    await node.relay.table.prune(max(COMMANDS_KEPT_S, 2 * forwarded_s))
             except Exception as exc:
                 log.warning(
                     "takeover round failed", extra={"error": f"{type(exc).__name__}: {exc}"}

@@ -433,6 +433,15 @@ class ClusterNode:
             # previous holder is marked interrupted (the same path as a restart).
             room.taken_over()
             await room.load(title, policy)
+            runner = self.runners[session_id]
+            runner.start()
+            try:
+                # Before this node serves any write (it is not ``running`` yet, and takes
+                # it under the room's cluster lock, which ``promote`` waits on).
+                await self.relay.settle(room)
+            except BaseException:
+                await runner.stop()
+                raise
         except BaseException:
             self.leases.pop(session_id, None)
             self.held_until.pop(session_id, None)
@@ -443,7 +452,6 @@ class ClusterNode:
             raise
         self.running.add(session_id)
         self.metrics.taken.inc()
-        self.runners[session_id].start()
         self.relay.wanted(session_id)
         log.info("session taken", extra={"session_id": session_id, "epoch": lease.epoch})
         return True

@@ -12,7 +12,13 @@ import time
 from typing import TYPE_CHECKING
 
 from parley.authz.tokens import ClientClaims
-from parley.server.cluster.forwarding import CommandTable
+from parley.server.cluster.forwarding import (
+    MAYBE_STORED,
+    NOT_STORED,
+    CommandTable,
+    OpenCommand,
+    Withdrawal,
+)
 from parley.server.runtime.commands import handle_frame, stored_resend
 from parley.server.runtime.room import SessionRoom
 from parley.server.runtime.session_writes import apply_session_write
@@ -44,6 +50,14 @@ COMMAND_BATCH = 200
 FORWARD_POLL_S = 0.5
 
 
+def _answer_of(command: OpenCommand, outcome: str | BaseException) -> tuple[int, str]:
+    if isinstance(outcome, BaseException):
+        # Answered, so a command that crashes cannot block the ones after it.
+        log.error("forwarded command failed", exc_info=outcome)
+        return command.id, error_reply(command_id_of(command.frame), ParleyError("internal error"))
+    return command.id, outcome
+
+
 class CommandRelay:
     def __init__(self, node: ClusterNode) -> None:
         self.node = node
@@ -68,39 +82,61 @@ class CommandRelay:
         client token of claims ``token``) and return its reply."""
         session_id = room.session_id
         try:
-            command_id = await self.table.submit(
-                session_id, user_id, frame, int(time.time() * 1000), token
-            )
+            command_id = await self.table.submit(session_id, user_id, frame, token)
         except Exception:
             self.node.metrics.forwarded.labels(outcome="unstored").inc()
             unstored = Unavailable("the database is unavailable")
             return error_reply(command_id_of(frame), await self._gone_or(session_id, unstored))
         future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._results[command_id] = future
-        deadline = time.monotonic() + self.node.settings.forward_timeout_s
+        timeout_s = self.node.settings.forward_timeout_s
         try:
-            while (remaining := deadline - time.monotonic()) > 0:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(min(FORWARD_POLL_S, remaining)):
-                        reply = await asyncio.shield(future)
-                        self.node.metrics.forwarded.labels(outcome="answered").inc()
-                        return reply
-                with contextlib.suppress(Exception):
-                    result = await self.table.result(command_id)
-                    if result is not None:
-                        self.node.metrics.forwarded.labels(outcome="answered").inc()
-                        return result
-                    if (
-                        session_id not in self.node.running
-                        and session_id not in self.node.live_elsewhere
-                    ):
-                        # The running node may be gone: take the session (and this command).
-                        await self.node.promote(room)
+            reply = await self._answer_within(room, command_id, future, timeout_s)
+            if reply is None:
+                # Given up: withdrawn, so "nothing was stored" stays true (review RM-1);
+                # unless the running node took it already: then its answer is on its way.
+                try:
+                    fate = await self.table.withdraw(command_id)
+                except Exception:
+                    fate = Withdrawal.TAKEN  # unknown: as if taken
+                if isinstance(fate, str):
+                    reply = fate
+                elif fate is Withdrawal.TAKEN:
+                    reply = await self._answer_within(room, command_id, future, timeout_s)
+                    if reply is None:
+                        self.node.metrics.forwarded.labels(outcome="unknown").inc()
+                        return error_reply(command_id_of(frame), Unavailable(MAYBE_STORED))
         finally:
             self._results.pop(command_id, None)
+        if reply is not None:
+            self.node.metrics.forwarded.labels(outcome="answered").inc()
+            return reply
         self.node.metrics.forwarded.labels(outcome="timeout").inc()
-        unanswered = Unavailable("the node running this session did not answer; send it again")
+        unanswered = Unavailable(NOT_STORED)
         return error_reply(command_id_of(frame), await self._gone_or(session_id, unanswered))
+
+    async def _answer_within(
+        self, room: SessionRoom, command_id: int, future: asyncio.Future[str], timeout_s: float
+    ) -> str | None:
+        """The reply to forwarded command ``command_id`` if it comes within ``timeout_s``
+        (notified through ``future``, or read from the table every ``FORWARD_POLL_S``)."""
+        session_id = room.session_id
+        deadline = time.monotonic() + timeout_s
+        while (remaining := deadline - time.monotonic()) > 0:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(min(FORWARD_POLL_S, remaining)):
+                    return await asyncio.shield(future)
+            with contextlib.suppress(Exception):
+                result = await self.table.result(command_id)
+                if result is not None:
+                    return result
+                if (
+                    session_id not in self.node.running
+                    and session_id not in self.node.live_elsewhere
+                ):
+                    # The running node may be gone: take the session (and this command).
+                    await self.node.promote(room)
+        return None
 
     async def _gone_or(self, session_id: str, refusal: ParleyError) -> ParleyError:
         """``refusal``, or ``NotFound`` when the session was deleted (on another node, its
@@ -129,6 +165,16 @@ class CommandRelay:
             if session_id in self._wanted:
                 self.node.wake()  # a command came in while this drain was ending
 
+    async def settle(self, room: SessionRoom) -> None:
+        """Run (or expire) the forwarded commands of a session this node has just taken,
+        before it serves any write of its own: a command its previous runner never
+        answered lands before them, never after a newer acknowledged write (review
+        RM-3). The lease is held; the caller marks the session run here once it returns."""
+        for _ in range(MAX_TAIL_PAGES):
+            if not await self._run_taken(room):
+                return
+        self.wanted(room.session_id)  # a very long backlog: the rest by the drain
+
     async def _run_open_commands(self, session_id: str) -> None:
         """Run the open forwarded commands of a session run here, in id order."""
         for _ in range(MAX_TAIL_PAGES):
@@ -138,31 +184,31 @@ class CommandRelay:
                 # after a crash; refused here, a member on a healthy node was told to send it
                 # again after reconnecting, and their socket never closed (review rx-1).
                 return
-            open_commands = await self.table.open_commands(session_id, COMMAND_BATCH)
-            if not open_commands:
+            if not await self._run_taken(room):
                 return
-            for user_id in {_member_of(c.user_id) for c in open_commands} - {ADMIN_SENDER}:
-                # Membership may have changed on another node: read it fresh.
-                member = await self.node.store.get_member(session_id, user_id)
-                await room.membership.set_member(
-                    user_id, None if member is None else member.as_member()
-                )
-            outcomes = await asyncio.gather(
-                *(self._run_forwarded(room, c.user_id, c.frame, c.token) for c in open_commands),
-                return_exceptions=True,
+
+    async def _run_taken(self, room: SessionRoom) -> bool:
+        """Take a page of the session's forwarded commands, run them and answer them;
+        False when there were none, or the lease was lost meanwhile."""
+        session_id = room.session_id
+        timeout_s = self.node.settings.forward_timeout_s
+        taken = await self.table.take(session_id, COMMAND_BATCH, timeout_s)
+        if not taken:
+            return False
+        for user_id in {_member_of(c.user_id) for c in taken} - {ADMIN_SENDER}:
+            # Membership may have changed on another node: read it fresh.
+            member = await self.node.store.get_member(session_id, user_id)
+            await room.membership.set_member(
+                user_id, None if member is None else member.as_member()
             )
-            if session_id not in self.node.running:
-                return  # fenced meanwhile: the next holder answers them
-            answers: list[tuple[int, str]] = []
-            for command, outcome in zip(open_commands, outcomes, strict=True):
-                if isinstance(outcome, BaseException):
-                    # Answered, so a command that crashes cannot block the ones after it.
-                    log.error("forwarded command failed", exc_info=outcome)
-                    outcome = error_reply(
-                        command_id_of(command.frame), ParleyError("internal error")
-                    )
-                answers.append((command.id, outcome))
-            await self.table.answer(answers)
+        outcomes = await asyncio.gather(
+            *(self._run_forwarded(room, c.user_id, c.frame, c.token) for c in taken),
+            return_exceptions=True,
+        )
+        if session_id not in self.node.leases:
+            return False  # fenced meanwhile: the next holder answers them
+        await self.table.answer([_answer_of(c, o) for c, o in zip(taken, outcomes, strict=True)])
+        return True
 
     async def _run_forwarded(
         self, room: SessionRoom, user_id: str, frame: str, token: ClientClaims | None

@@ -59,15 +59,15 @@ async def test_the_migration_adds_the_claims_and_goes_down_again(
 
 @pytest.mark.postgres
 async def test_a_forwarded_command_is_read_back_with_its_tokens_claims() -> None:
-    """What the running node reads of an open forwarded command (``open_commands``)."""
+    """What the running node reads of an open forwarded command (``take``)."""
     async with postgres_database(migrated=True) as url:
         store = Store(create_engine(url))
         try:
             await store.create_session("s1", "t", "queue", 0)
             table = CommandTable(store.engine, "n1")
-            await table.submit("s1", "carol", '{"type":"message"}', 0, LINKS)
-            await table.submit("s1", "!admin", "{}", 1)
-            opened = await table.open_commands("s1", 10)
+            await table.submit("s1", "carol", '{"type":"message"}', LINKS)
+            await table.submit("s1", "!admin", "{}")
+            opened = await table.take("s1", 10, 30.0)
             assert [(c.user_id, c.token) for c in opened] == [("carol", LINKS), ("!admin", None)]
         finally:
             await store.close()

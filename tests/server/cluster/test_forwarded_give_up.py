@@ -1,0 +1,205 @@
+"""A forwarded command its forwarding node gave up on, or that its running node never
+answered, never lands later (review RM): one answered ``unavailable`` ("nothing was
+stored") is withdrawn with that answer, and is not stored when the running node wakes
+(RM-1); one the running node took before the give-up is answered with its real answer
+(not 503); and a node that takes a session over runs the commands its previous runner left
+unanswered before it serves any write of its own, so an older write never replaces a newer
+acknowledged one (RM-3).
+
+Each stall is held with events in one process, deterministically: the running node's
+drain of forwarded commands (a frozen node runs none), or its answer to one."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from parley.server.cluster.forwarding import CommandTable, Withdrawal
+from parley.server.cluster.node import ClusterNode
+from tests.conftest import RunningServer
+from tests.server.cluster.nodes import two_in_process
+
+pytestmark = pytest.mark.postgres
+
+
+def cluster_of(server: RunningServer) -> ClusterNode:
+    node: ClusterNode = server.app.state.parley.rooms.cluster
+    return node
+
+
+def hold_drains(node: ClusterNode) -> tuple[asyncio.Event, Callable[[str], Awaitable[None]]]:
+    """``node`` runs no forwarded command until the event is set; its real drain."""
+    drain = node.relay.drain
+    release = asyncio.Event()
+
+    async def held(session_id: str) -> None:
+        await release.wait()
+        await drain(session_id)
+
+    node.relay.drain = held  # type: ignore[method-assign]
+    return release, drain
+
+
+async def put_fact(server: RunningServer, sid: str, value: str) -> tuple[int, Any]:
+    response = await server.http.put(f"/api/v1/sessions/{sid}/facts/deploy", json={"value": value})
+    return response.status_code, response.json()
+
+
+async def facts(server: RunningServer, sid: str) -> Any:
+    response = await server.http.get(f"/api/v1/sessions/{sid}/facts")
+    assert response.status_code == 200, response.text
+    return response.json()["facts"]
+
+
+@contextlib.asynccontextmanager
+async def run_by_first(
+    tmp_path: Path, forward_timeout_s: float
+) -> AsyncIterator[tuple[str, RunningServer, RunningServer]]:
+    """A session run by the first node and read by the second (no lease round of either
+    runs on its own meanwhile); the database's URL, the session and the two nodes."""
+    async with two_in_process(tmp_path, lease_ttl_s=60.0, forward_timeout_s=forward_timeout_s) as (
+        url,
+        first,
+        second,
+    ):
+        sid = await first.new_session({"ann": "editor"})
+        assert await facts(first, sid) == {}  # loaded, and run, there
+        assert sid in cluster_of(first).running
+        assert await facts(second, sid) == {}  # a read replica
+        yield url, sid, first, second
+
+
+async def test_a_command_answered_unavailable_is_not_stored_when_its_runner_wakes(
+    tmp_path: Path,
+) -> None:
+    async with run_by_first(tmp_path, forward_timeout_s=1.0) as (_, sid, first, second):
+        release, drain = hold_drains(cluster_of(first))
+        status, body = await put_fact(second, sid, "sent while the runner stalled")
+        assert status == 503 and body["error"]["code"] == "unavailable", body
+        release.set()
+        await drain(sid)  # the running node wakes and runs what is left for it
+        assert await facts(first, sid) == {}
+        assert await facts(second, sid) == {}
+        assert "nothing was stored" in body["error"]["message"]
+
+
+async def test_a_command_taken_before_the_give_up_gets_its_real_answer(
+    tmp_path: Path,
+) -> None:
+    async with run_by_first(tmp_path, forward_timeout_s=1.0) as (_, sid, first, second):
+        runner, forwarder = cluster_of(first), cluster_of(second)
+        # The running node ran the command and stalls before it answers, until the
+        # forwarding node gave up on it (or answered without doing so).
+        given_up = asyncio.Event()
+        answer, withdraw = runner.relay.table.answer, forwarder.relay.table.withdraw
+
+        async def held_answer(answers: list[tuple[int, str]]) -> None:
+            await given_up.wait()
+            await answer(answers)
+
+        async def noted_withdraw(command_id: int) -> Withdrawal | str:
+            try:
+                return await withdraw(command_id)
+            finally:
+                given_up.set()
+
+        runner.relay.table.answer = held_answer  # type: ignore[method-assign]
+        forwarder.relay.table.withdraw = noted_withdraw  # type: ignore[method-assign]
+        try:
+            status, body = await put_fact(second, sid, "taken")
+        finally:
+            given_up.set()
+        assert (status, body) == (200, {"facts": {"deploy": "taken"}})
+        assert await facts(second, sid) == {"deploy": "taken"}
+
+
+async def test_a_new_runner_settles_what_its_predecessor_left_before_serving_writes(
+    tmp_path: Path,
+) -> None:
+    async with run_by_first(tmp_path, forward_timeout_s=30.0) as (url, sid, first, second):
+        frozen, taking = cluster_of(first), cluster_of(second)
+        hold_drains(frozen)  # frozen: it runs no forwarded command any more
+        submitted, submit = asyncio.Event(), taking.relay.table.submit
+
+        async def noted_submit(*args: Any) -> int:
+            try:
+                return await submit(*args)
+            finally:
+                submitted.set()
+
+        taking.relay.table.submit = noted_submit  # type: ignore[method-assign]
+        old = asyncio.create_task(put_fact(second, sid, "old"))
+        await asyncio.wait_for(submitted.wait(), 20)  # it waits for the frozen node
+        connection = await asyncpg.connect(url.replace("+asyncpg", ""))
+        try:
+            for task in frozen._tasks:
+                if task.get_name() == "cluster-leases":
+                    task.cancel()
+                    with contextlib.suppress(BaseException):
+                        await task
+            await connection.execute(
+                "UPDATE session_leases SET expires_at = clock_timestamp() - interval '1 s'"
+                " WHERE session_id = $1",
+                sid,
+            )
+        finally:
+            await connection.close()
+        # The second node takes the session over; its own drain is held too, so only the
+        # takeover itself can run the command left unanswered before the next write.
+        release, drain = hold_drains(taking)
+        assert await taking.promote(second.app.state.parley.rooms.loaded(sid))
+        assert await put_fact(second, sid, "new") == (200, {"facts": {"deploy": "new"}})
+        release.set()
+        await drain(sid)
+        async with asyncio.timeout(20):
+            assert await old == (200, {"facts": {"deploy": "old"}})
+        assert await facts(second, sid) == {"deploy": "new"}
+
+
+async def test_expired_commands_are_never_run_and_the_table_is_bounded(
+    tmp_path: Path,
+) -> None:
+    """Open commands older than the forward timeout are dropped as they are taken, taken
+    ones twice that old are answered "may have been stored", and every command is pruned
+    at last, answered or not."""
+    async with run_by_first(tmp_path, forward_timeout_s=30.0) as (url, sid, first, _):
+        hold_drains(cluster_of(first))  # the commands below are for this test alone
+        table = CommandTable(cluster_of(first).store.engine, "elsewhere")
+        stale_open = await table.submit(sid, "!admin", '{"id": "o"}')
+        stale_taken = await table.submit(sid, "!admin", '{"id": "t"}')
+        fresh = await table.submit(sid, "!admin", '{"id": "f"}')
+        connection = await asyncpg.connect(url.replace("+asyncpg", ""))
+        try:
+
+            async def age(command_id: int, seconds: int, taken: bool = False) -> None:
+                await connection.execute(
+                    "UPDATE session_commands SET created_at = created_at - $2,"
+                    " result = CASE WHEN $3 THEN '' ELSE result END WHERE id = $1",
+                    command_id,
+                    seconds * 1000,
+                    taken,
+                )
+
+            await age(stale_open, 31)
+            await age(stale_taken, 61, taken=True)
+            assert [c.id for c in await table.take(sid, 10, 30.0)] == [fresh]
+            assert await table.withdraw(stale_open) is Withdrawal.GONE
+            expired = await table.result(stale_taken)
+            assert expired is not None and "may have been stored" in expired
+            assert await table.withdraw(fresh) is Withdrawal.TAKEN
+            late = await table.submit(sid, "!admin", '{"id": "l"}')
+            assert await table.withdraw(late) is Withdrawal.WITHDRAWN
+            # Taken, never answered (its runner stopped): the next take runs it again.
+            assert [c.id for c in await table.take(sid, 10, 30.0)] == [fresh]
+            await age(fresh, 601)
+            await table.prune(600)
+            left = await connection.fetch("SELECT id FROM session_commands ORDER BY id")
+            assert [r["id"] for r in left] == [stale_taken]
+        finally:
+            await connection.close()
