@@ -22,7 +22,9 @@ import pytest
 
 from parley.server.cluster.forwarding import CommandTable, Withdrawal
 from parley.server.cluster.node import ClusterNode
-from tests.conftest import RunningServer
+from parley.server.store.db import create_engine
+from parley.server.store.sessions import Store
+from tests.conftest import RunningServer, postgres_database
 from tests.server.cluster.nodes import two_in_process
 
 pytestmark = pytest.mark.postgres
@@ -162,15 +164,15 @@ async def test_a_new_runner_settles_what_its_predecessor_left_before_serving_wri
         assert await facts(second, sid) == {"deploy": "new"}
 
 
-async def test_expired_commands_are_never_run_and_the_table_is_bounded(
-    tmp_path: Path,
-) -> None:
+async def test_expired_commands_are_never_run_and_the_table_is_bounded() -> None:
     """Open commands older than the forward timeout are dropped as they are taken, taken
     ones twice that old are answered "may have been stored", and every command is pruned
     at last, answered or not."""
-    async with run_by_first(tmp_path, forward_timeout_s=30.0) as (url, sid, first, _):
-        hold_drains(cluster_of(first))  # the commands below are for this test alone
-        table = CommandTable(cluster_of(first).store.engine, "elsewhere")
+    async with postgres_database(migrated=True) as url:
+        store = Store(create_engine(url))
+        sid = "s1"
+        await store.create_session(sid, "t", "queue", 0)
+        table = CommandTable(store.engine, "n1")
         stale_open = await table.submit(sid, "!admin", '{"id": "o"}')
         stale_taken = await table.submit(sid, "!admin", '{"id": "t"}')
         fresh = await table.submit(sid, "!admin", '{"id": "f"}')
@@ -203,3 +205,4 @@ async def test_expired_commands_are_never_run_and_the_table_is_bounded(
             assert [r["id"] for r in left] == [stale_taken]
         finally:
             await connection.close()
+            await store.close()
