@@ -439,6 +439,8 @@ class ClusterNode:
                 # Before this node serves any write (it is not ``running`` yet, and takes
                 # it under the room's cluster lock, which ``promote`` waits on).
                 await self.relay.settle(room)
+                if session_id not in self.leases:  # fenced as it settled (``lost``)
+                    raise NotHolder("another node runs this session; try again")
             except BaseException:
                 await runner.stop()
                 raise
