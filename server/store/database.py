@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
-from contextlib import asynccontextmanager
+from contextlib import ExitStack, asynccontextmanager
 from typing import Any
 
 from sqlalchemy import select
@@ -137,19 +137,25 @@ class Database:
         try:
             async with self._turn(deadline, group_round), self.engine.connect() as connection:
                 if self._writers is None:
-                    async with connection.begin() as begun:
-                        tx = StoreTx(connection, self.subscriptions)
-                        yield tx
-                        tx.claimed.require_settled()
-                        await tx.send_notifications()
-                        await _commit_settled(begun.commit(), tx)
+                    tx = StoreTx(connection, self.subscriptions)
+                    with tx.ending():
+                        async with connection.begin() as begun:
+                            yield tx
+                            tx.claimed.require_settled()
+                            await tx.send_notifications()
+                            await _commit_settled(begun.commit(), tx)
                 else:
-                    async with _sqlite_transaction(connection, deadline) as direct:
-                        tx = StoreTx(connection, self.subscriptions, direct)
-                        yield tx
-                        tx.claimed.require_settled()
-                        await tx.send_notifications()
-                tx.committed = True  # what follows (the connection's close) may be cancelled
+                    # (``ending`` outside the transaction, which ``direct`` comes from)
+                    with ExitStack() as ended:
+                        async with _sqlite_transaction(connection, deadline) as direct:
+                            tx = StoreTx(connection, self.subscriptions, direct)
+                            ended.enter_context(tx.ending())
+                            yield tx
+                            tx.claimed.require_settled()
+                            await tx.send_notifications()
+                        # Before ``ending``, as on PostgreSQL; what follows (the
+                        # connection's close) may be cancelled.
+                        tx.committed = True
             if self.checkpointer is not None:
                 self.checkpointer.wrote()
             if tx.outboxed and self.on_outbox is not None:

@@ -7,7 +7,7 @@ import contextlib
 import json
 import re
 import sqlite3
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import select, update
@@ -150,6 +150,23 @@ class StoreTx:
         self.committed = False
         # PostgreSQL notifications to send with this transaction (each once, in order).
         self._notifications: dict[tuple[str, str], None] = {}
+        self._on_end: list[Callable[[], None]] = []
+
+    def when_ended(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once this transaction has ended, committed or rolled back (its
+        locks released): the store calls it, however the transaction ends."""
+        self._on_end.append(callback)
+
+    @contextlib.contextmanager
+    def ending(self) -> Iterator[None]:
+        """Around the transaction, from its start to its end (the store's): then the
+        ``when_ended`` callbacks run, each once."""
+        try:
+            yield
+        finally:
+            callbacks, self._on_end = self._on_end, []
+            for callback in callbacks:
+                callback()
 
     def notify(self, channel: str, payload: str) -> None:
         """Send ``payload`` on ``channel`` when this transaction commits (PostgreSQL's
