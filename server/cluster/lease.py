@@ -15,24 +15,31 @@ blocked longer than the TTL) renews the lease before it answers, or gives the se
 
 Renewals wait on no row (``LeaseTable.renew``): one another transaction holds is skipped and
 asked again next round. As last committed it still runs until its expiry, before which no
-takeover succeeds, so the holder counts on it until then; one still locked past that is lost.
+takeover succeeds, so the holder counts on it until then; one still locked past that is
+lost, unless this node's own write holds it (its fence ran,
+and it has not ended): then nobody else can take it, whatever its committed expiry says.
 """
 
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, OperationalError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from parley.authz.roles import Member
 from parley.authz.tokens import ClientClaims
 from parley.server.store.health import LOCK_HELD, lock_waited
 from parley.session.errors import Unavailable
+
+if TYPE_CHECKING:
+    from parley.server.store.transaction import StoreTx
 
 LOST = "this node lost the session to another node; nothing was stored"
 
@@ -93,8 +100,10 @@ class Renewal:
     the TTL now; ``locked``, their rows locked by another transaction (a write of the
     session under way, a member's change, a takeover attempt), so skipped, never waited
     for: still this node's as last committed, for the seconds given (database clock), and
-    asked again at the next renewal. Every other one is lost: taken over, fenced, its
-    session deleted, or its row locked once it had run out (a takeover may be under way)."""
+    asked again at the next renewal; one that ran out as last committed is there (for 0 s)
+    only while a write of this node holds its row, which no takeover can pass. Every
+    other one is lost: taken over, fenced, its session deleted, or its row locked by
+    another transaction once it had run out (a takeover may be under way)."""
 
     renewed: frozenset[str] = frozenset()
     locked: Mapping[str, float] = field(default_factory=dict)
@@ -122,7 +131,7 @@ _FENCE = text(
     """
     UPDATE session_leases SET expires_at = clock_timestamp() + make_interval(secs => :ttl)
     WHERE session_id = :session_id AND holder = :holder AND epoch = :epoch
-    RETURNING members_version
+    RETURNING members_version, pg_current_xact_id()::text::bigint AS xact
     """
 )
 
@@ -151,13 +160,17 @@ _FENCE_MEMBER = text(
         SELECT t.revoked_at IS NOT NULL FROM client_tokens t
         WHERE t.session_id = session_leases.session_id AND t.id = :token
         FOR SHARE
-    ), members_version
+    ), members_version, pg_current_xact_id()::text::bigint AS xact
     """
 )
 
 # Renews the node's leases whose rows it can lock at once, in session order (as a role
 # change locks them, ``count_role_change``), and reads every row asked for as last
-# committed (the statement's snapshot), with the seconds it has left (NULL: none). A row
+# committed (the statement's snapshot), with the seconds it has left (NULL: none) and
+# whether a write of this node holds it (``held_ids``, ``held_xacts``: the sessions and
+# transactions whose fence locked them, not known to have ended; the database says whether
+# each still runs, as one ended by it, ``idle_in_transaction_session_timeout``, or on a
+# lost connection, is not known here until its task runs again). A row
 # another transaction holds is skipped, never waited for (FX51: the wait, up to the lock
 # budget and past the TTL, held every other lease up, and the writes of the sessions whose
 # rows it had locked meanwhile). FOR NO KEY UPDATE: the lock the UPDATE takes.
@@ -176,7 +189,14 @@ _RENEW_ALL = text(
     )
     SELECT l.session_id, l.epoch, r.epoch AS renewed_epoch,
         CASE WHEN l.holder = :holder AND l.expires_at > clock_timestamp()
-            THEN extract(epoch FROM l.expires_at - clock_timestamp()) END AS left_s
+            THEN extract(epoch FROM l.expires_at - clock_timestamp()) END AS left_s,
+        EXISTS (
+            SELECT 1 FROM unnest(
+                CAST(:held_ids AS text[]), CAST(:held_xacts AS bigint[])
+            ) AS h(session_id, xact)
+            WHERE h.session_id = l.session_id
+                AND pg_xact_status(h.xact::text::xid8) = 'in progress'
+        ) AS held_here
     FROM session_leases l LEFT JOIN renewed r ON r.session_id = l.session_id
     WHERE l.session_id = ANY(:ids)
     """
@@ -239,6 +259,22 @@ class LeaseTable:
         self.engine = engine
         self.holder = holder
         self.ttl_s = ttl_s
+        # The writes of this node whose fence locked a lease row (its session, and the
+        # transaction's id) and that have not ended here: while one runs, nobody else can
+        # take that lease.
+        self._held_here: Counter[tuple[str, int]] = Counter()
+
+    def _holding(self, tx: StoreTx, session_id: str, xact: int) -> None:
+        """``tx`` (transaction ``xact``) locked ``session_id``'s lease row in its fence:
+        held here until it ends."""
+        key = (session_id, xact)
+        self._held_here[key] += 1
+        tx.when_ended(lambda: self._released(key))
+
+    def _released(self, key: tuple[str, int]) -> None:
+        self._held_here[key] -= 1
+        if self._held_here[key] <= 0:
+            del self._held_here[key]
 
     def known_until(self, asked_at: float, left_s: float | None = None) -> float:
         """Until when (``time.monotonic()``) a lease taken or renewed by a statement sent at
@@ -260,16 +296,18 @@ class LeaseTable:
         epoch, members_version = taken
         return Lease(session_id, self.holder, int(epoch), int(members_version))
 
-    async def fence(self, connection: AsyncConnection, lease: Lease) -> int:
-        """In a write transaction: renew the lease, or raise ``Fenced`` if it was lost.
-        Returns the session's ``members_version`` as of the commit."""
-        version = (await connection.execute(_FENCE, self._fenced(lease))).scalar_one_or_none()
-        if version is None:
+    async def fence(self, tx: StoreTx, lease: Lease) -> int:
+        """In write transaction ``tx`` of this node: renew the lease, or raise ``Fenced`` if
+        it was lost. Returns the session's ``members_version`` as of the commit. Its row
+        stays locked by this node until ``tx`` ends (``renew`` asks after it)."""
+        found = (await tx.connection.execute(_FENCE, self._fenced(lease))).first()
+        if found is None:
             raise Fenced(LOST)
-        return int(version)
+        self._holding(tx, lease.session_id, int(found.xact))
+        return int(found.members_version)
 
     async def fence_member(
-        self, connection: AsyncConnection, lease: Lease, user_id: str, token: ClientClaims | None
+        self, tx: StoreTx, lease: Lease, user_id: str, token: ClientClaims | None
     ) -> StoredMember:
         """``fence`` for a write of member ``user_id`` sent with the client token of claims
         ``token`` (None: none known): also, read at the commit (``_FENCE_MEMBER``), the
@@ -281,10 +319,11 @@ class LeaseTable:
             "maker": None if token is None or not token.made_by else token.made_by,
             "token": None if token is None else token.token_id,
         }
-        found = (await connection.execute(_FENCE_MEMBER, parameters)).first()
+        found = (await tx.connection.execute(_FENCE_MEMBER, parameters)).first()
         if found is None:
             raise Fenced(LOST)
-        stored, maker, revoked, version = found
+        stored, maker, revoked, version, xact = found
+        self._holding(tx, lease.session_id, int(xact))
         made_by = "" if token is None else token.made_by
         return StoredMember(
             _member(user_id, stored),
@@ -303,22 +342,34 @@ class LeaseTable:
 
     async def renew(self, leases: list[Lease]) -> Renewal:
         """Extend these leases of this node, waiting on no row another transaction holds
-        (see ``Renewal``). ``Unavailable`` if the database fails."""
+        (see ``Renewal``: one run out as last committed is kept while a write of this
+        node holds its row, FX61). ``Unavailable`` if the database fails."""
         if not leases:
             return Renewal()
         epochs = {x.session_id: x.epoch for x in leases}
+        held = [key for key in self._held_here if key[0] in epochs]
+        parameters = {
+            "holder": self.holder,
+            "ids": list(epochs),
+            "ttl": self.ttl_s,
+            "held_ids": [session_id for session_id, _ in held],
+            "held_xacts": [xact for _, xact in held],
+        }
         async with database_errors(), self.engine.begin() as connection:
-            rows = await connection.execute(
-                _RENEW_ALL, {"holder": self.holder, "ids": list(epochs), "ttl": self.ttl_s}
-            )
+            rows = await connection.execute(_RENEW_ALL, parameters)
             renewed: set[str] = set()
             locked: dict[str, float] = {}
             for row in rows:
                 if row.renewed_epoch is not None:
                     if int(row.renewed_epoch) == epochs[row.session_id]:
                         renewed.add(row.session_id)
-                elif row.left_s is not None and int(row.epoch) == epochs[row.session_id]:
-                    locked[row.session_id] = float(row.left_s)
+                elif int(row.epoch) == epochs[row.session_id]:
+                    # Run out as last committed: a takeover may be under way, unless a
+                    # write of this node holds the row (its fence matched this lease).
+                    if row.left_s is not None:
+                        locked[row.session_id] = float(row.left_s)
+                    elif row.held_here:
+                        locked[row.session_id] = 0.0
         return Renewal(frozenset(renewed), locked)
 
     async def release(self, lease: Lease) -> None:

@@ -122,12 +122,13 @@ class HolderFence:
         if lease is None:
             raise NotHolder("another node runs this session; try again")
         table = self.node.leases_table
-        connection = _connection(tx)
+        store_tx = _store_tx(tx)
+        connection = store_tx.connection
         try:
             if member is None:
-                version = await table.fence(connection, lease)
+                version = await table.fence(store_tx, lease)
             else:
-                stored = await table.fence_member(connection, lease, member, token)
+                stored = await table.fence_member(store_tx, lease, member, token)
                 version = stored.members_version
         except Fenced:
             self.node.lost(self.room.session_id, lease)

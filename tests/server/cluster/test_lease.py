@@ -13,13 +13,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from parley.authz.policy import Decision
 from parley.authz.roles import Member
 from parley.authz.tokens import ClientClaims, issue_token
-from parley.server.cluster.lease import Fenced, LeaseTable
+from parley.server.cluster.lease import Fenced, LeaseTable, Renewal
 from parley.server.cluster.tables import session_leases
 from parley.server.store.access import AccessStore
 from parley.server.store.db import create_engine
 from parley.server.store.rows import MemberRow
 from parley.server.store.sessions import Store
 from parley.server.store.tables import doc_updates
+from parley.session.errors import Unavailable
 from tests.conftest import postgres_database, wait_for_a_lock_wait
 from tests.server.store.test_thread_log import down_and_up
 
@@ -80,14 +81,14 @@ async def test_a_fenced_holder_cannot_write(store: Store) -> None:
     lease = await a.try_acquire("s1")
     assert lease is not None
     async with store.transaction() as tx:
-        await a.fence(tx.connection, lease)
+        await a.fence(tx, lease)
         await tx.append_update("s1", b"before")
     await expire(store, "s1")  # node a stalls past its lease...
     assert await b.try_acquire("s1") is not None  # ...and node b takes over
     with pytest.raises(Fenced):
         async with store.transaction() as tx:
             await tx.append_update("s1", b"late")
-            await a.fence(tx.connection, lease)
+            await a.fence(tx, lease)
     assert await updates_of(store, "s1") == [b"before"]  # the late write was rolled back
 
 
@@ -105,7 +106,7 @@ async def test_a_takeover_waits_for_the_holders_write_and_then_finds_it_renewed(
 
     async def slow_write() -> None:
         async with store.transaction() as tx:
-            await a.fence(tx.connection, lease)  # expired, but nobody took it: still ours
+            await a.fence(tx, lease)  # expired, but nobody took it: still ours
             fenced.set()
             await tx.append_update("s1", b"in flight")
             await release.wait()
@@ -158,7 +159,7 @@ async def test_a_renewal_skips_a_row_a_write_holds_and_renews_the_others(store: 
 
         async def write_of_s2() -> None:
             async with store.transaction() as tx:
-                await a.fence(tx.connection, held[1])
+                await a.fence(tx, held[1])
                 fenced.set()
                 await release.wait()
                 raise Abandoned
@@ -203,6 +204,38 @@ async def test_a_lease_whose_row_stays_locked_past_its_expiry_is_lost(store: Sto
         await engine.dispose()
 
 
+async def test_a_row_a_write_of_the_node_holds_is_kept_past_its_expiry_while_it_runs(
+    store: Store,
+) -> None:
+    """FX61: a row held by the node's own write (between its fence and its end) once its
+    lease ran out as last committed was counted lost, as one held by a takeover under way
+    is: no takeover can pass that write, so it is kept (found locked, for 0 s). Only while
+    the write runs, as the database says: one it ended (a node frozen in it past
+    ``idle_in_transaction_session_timeout``, its task not yet told) holds nothing, and the
+    row, locked elsewhere then, is lost."""
+    a = LeaseTable(store.engine, "node-a", ttl_s=30)
+    lease = await a.try_acquire("s1")
+    assert lease is not None
+    await expire(store, "s1")
+    found: list[Renewal] = []
+    with pytest.raises(Unavailable):  # its connection ended under it
+        async with store.transaction() as tx:
+            await a.fence(tx, lease)
+            found.append(await a.renew([lease]))
+            pid = (await tx.connection.execute(text("SELECT pg_backend_pid()"))).scalar_one()
+            async with store.engine.connect() as other, other.begin():
+                ended = text("SELECT pg_terminate_backend(:pid)")
+                assert (await other.execute(ended, {"pid": pid})).scalar_one()
+            async with store.engine.connect() as other, other.begin():
+                locking = "SELECT 1 FROM session_leases WHERE session_id = 's1' FOR NO KEY UPDATE"
+                await other.execute(text(locking))  # once the ended write let it go
+                found.append(await a.renew([lease]))
+            await tx.connection.execute(text("SELECT 1"))
+    running, ended_write = found
+    assert running.locked == {"s1": 0.0} and not running.renewed
+    assert not ended_write.renewed and not ended_write.locked
+
+
 async def test_a_change_of_members_or_tokens_is_counted_and_the_fence_reads_it(
     store: Store,
 ) -> None:
@@ -212,13 +245,13 @@ async def test_a_change_of_members_or_tokens_is_counted_and_the_fence_reads_it(
     lease = await a.try_acquire("s1")
     assert lease is not None
     async with store.transaction() as tx:
-        before = await a.fence(tx.connection, lease)
+        before = await a.fence(tx, lease)
     assert before == lease.members_version
     allowed = Decision(True, "")
     await store.change_member("s1", "bob", Member("bob", "editor"), 1, lambda *_: allowed)
     async with store.transaction() as tx:
-        assert await a.fence(tx.connection, lease) == before + 1
-        found = await a.fence_member(tx.connection, lease, "bob", None)
+        assert await a.fence(tx, lease) == before + 1
+        found = await a.fence_member(tx, lease, "bob", None)
     assert found.member is not None and found.member.role == "editor"
     assert (found.maker, found.revoked, found.members_version) == (None, False, before + 1)
     access = AccessStore(store)
@@ -227,7 +260,7 @@ async def test_a_change_of_members_or_tokens_is_counted_and_the_fence_reads_it(
     # again and refuse its streamed text ``MembersMoved`` for nothing.
     assert await access.revoke_token("s1", "no-such-token", 2_000) is None
     async with store.transaction() as tx:
-        assert await a.fence(tx.connection, lease) == before + 1
+        assert await a.fence(tx, lease) == before + 1
 
     def mint(member: MemberRow) -> tuple[str, ClientClaims]:
         return issue_token("k" * 32, user_id="bob", session_id="s1", now=2, ttl_seconds=3600)
@@ -238,21 +271,21 @@ async def test_a_change_of_members_or_tokens_is_counted_and_the_fence_reads_it(
     first = await access.revoke_token("s1", jti, 2_000)
     assert first is not None and first.token.revoked_at == 2_000 and first.first
     async with store.transaction() as tx:
-        assert await a.fence(tx.connection, lease) == before + 2
+        assert await a.fence(tx, lease) == before + 2
     again = await access.revoke_token("s1", jti, 2_500)
     assert again is not None and again.token.revoked_at == 2_000  # revoked already: its first
     assert not again.first  # time, and no change (review FX36: the repeat was audited again)
     async with store.transaction() as tx:
-        assert await a.fence(tx.connection, lease) == before + 2
+        assert await a.fence(tx, lease) == before + 2
     # A new name alone changes nothing a member may do or read: not counted (review RQ-1:
     # each rename made the running node refuse its streamed text and judge it again).
     bob = Member("bob", "editor")
     await store.change_member("s1", "bob", bob, 3, lambda *_: allowed, display_name="Bobby")
     async with store.transaction() as tx:
-        assert await a.fence(tx.connection, lease) == before + 2
+        assert await a.fence(tx, lease) == before + 2
     await store.change_member("s1", "bob", Member("bob", "viewer"), 4, lambda *_: allowed)
     async with store.transaction() as tx:
-        assert await a.fence(tx.connection, lease) == before + 3
+        assert await a.fence(tx, lease) == before + 3
 
 
 async def test_the_migration_adds_the_count_and_goes_down_again(

@@ -24,6 +24,7 @@ from parley.server.cluster.node import ClusterNode
 from parley.session.errors import Unavailable
 from tests.conftest import RunningServer
 from tests.server.cluster.nodes import two_in_process
+from tests.yclient import YClient
 
 
 class Table:
@@ -260,3 +261,81 @@ async def test_a_lease_asked_on_use_is_not_held_up_by_its_locked_row(tmp_path: P
             assert await node.lease_holds(room)
         assert node.held_until[sid] > time.monotonic()
         assert sid in node.running
+
+
+class Abandoned(Exception):
+    """A write given up after its fence: rolled back, its lease row as last committed."""
+
+
+@contextlib.asynccontextmanager
+async def own_write(server: RunningServer, room: Any) -> AsyncIterator[None]:
+    """A write of the node's own of ``room``'s session, between its fence (the room's,
+    which locks the session's lease row) and its end, until the block ends; then given up
+    (rolled back)."""
+    store = server.app.state.parley.store
+    fenced, release = asyncio.Event(), asyncio.Event()
+
+    async def write() -> None:
+        async with store.transaction() as tx:
+            await room.writer.document.fence.check(tx)
+            fenced.set()
+            await release.wait()
+            raise Abandoned
+
+    writer = asyncio.create_task(write())
+    try:
+        async with asyncio.timeout(30):
+            await fenced.wait()
+        yield
+    finally:
+        release.set()
+        with pytest.raises(Abandoned):
+            await writer
+
+
+async def lapse(url: str, session_id: str) -> None:
+    """``session_id``'s lease runs out, as last committed, on the database's clock."""
+    database = await asyncpg.connect(url)
+    try:
+        await database.execute(
+            "UPDATE session_leases SET expires_at = clock_timestamp() - interval '1 s'"
+            " WHERE session_id = $1",
+            session_id,
+        )
+    finally:
+        await database.close()
+
+
+@pytest.mark.postgres
+async def test_a_row_the_nodes_own_write_holds_past_its_expiry_loses_no_session(
+    tmp_path: Path,
+) -> None:
+    """FX61: a renewal skips a lease row another transaction holds, and counted the lease
+    lost when the row was still held past its expiry as last committed, even when the
+    node's own write held it (between its fence and its end, on a loaded machine): the
+    healthy node gave its own session up, and a socket opening there got 503 "this node
+    lost the session". While its own write holds the row no takeover can succeed, so the
+    lease is kept (by the round and when asked on use), and renewed once the write ends,
+    even rolled back."""
+    async with three_run_here(tmp_path) as (url, node, server, sids):
+        sid = sids[0]
+        room = server.app.state.parley.rooms.loaded(sid)
+        assert room is not None
+        token = await server.token(sid, "ann")  # (a write: it takes the lease row)
+        await lapse(url, sid)
+        async with own_write(server, room):
+            await LeaseRound(node)._keep_leases()
+            assert node.running == set(sids)
+            node.held_until[sid] = 0.0  # past its lease on its own clock too
+            # Admitted as the runner (``serves`` asks for the lease), and synced.
+            client = await YClient.connect(server.ws_url, sid, token)
+            try:
+                async with asyncio.timeout(10):
+                    await client.synced.wait()
+            finally:
+                await client.close()
+            assert sid in node.running
+        before = await expiries(url)
+        await LeaseRound(node)._keep_leases()  # the next round renews it
+        assert (await expiries(url))[sid] > before[sid]
+        assert node.running == set(sids)
