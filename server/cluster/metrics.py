@@ -31,6 +31,12 @@ class ClusterMetrics:
         self.lost = Counter(
             "parley_cluster_leases_lost", "Leases this node lost to another (fenced)", registry=r
         )
+        self.renewals_skipped = Counter(
+            "parley_cluster_lease_renewals_skipped",
+            "Lease renewals skipped, never waited for, as another transaction (or a write of"
+            " this node) held the lease row; each is asked again next round",
+            registry=r,
+        )
         self.forwarded = Counter(
             "parley_cluster_forwarded_commands",
             "Commands forwarded to the node running the session, by outcome",

@@ -368,6 +368,8 @@ class ClusterNode:
         """``leases`` were renewed by a statement sent at ``asked_at`` (``left_s``: found
         held by another transaction, so not renewed, but running so much longer:
         ``Renewal.locked``)."""
+        if left_s is not None:
+            self.metrics.renewals_skipped.inc(len(leases))
         until = self.leases_table.known_until(asked_at, left_s)
         for lease in leases:
             if self.leases.get(lease.session_id) == lease:

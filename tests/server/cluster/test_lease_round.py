@@ -185,6 +185,12 @@ async def three_run_here(
         yield url.replace("+asyncpg", ""), node, first, sids
 
 
+def skipped(metrics: Any) -> float:
+    """``parley_cluster_lease_renewals_skipped_total`` in a ``GET /metrics`` answer."""
+    name = "parley_cluster_lease_renewals_skipped_total "
+    return next(float(x[len(name) :]) for x in metrics.text.splitlines() if x.startswith(name))
+
+
 async def expiries(url: str) -> dict[str, datetime]:
     database = await asyncpg.connect(url)
     try:
@@ -232,6 +238,8 @@ async def test_a_row_locked_elsewhere_holds_no_other_lease_up(tmp_path: Path, la
             await LeaseRound(node)._keep_leases()
             after = await expiries(url)
             assert after[locked] == before[locked]
+            # Counted as skipped while it was kept; lost, as lost (``leases_lost``).
+            assert skipped(await server.http.get("/metrics")) == (0 if lapsed else 1)
             assert all(after[s] > before[s] for s in sids if s != locked)
             assert node.running == set(sids) - ({locked} if lapsed else set())
             assert server.app.state.parley.store.health.failing is None
@@ -335,6 +343,8 @@ async def test_a_row_the_nodes_own_write_holds_past_its_expiry_loses_no_session(
             finally:
                 await client.close()
             assert sid in node.running
+            # Skipped twice (by the round, and on use), each time kept.
+            assert skipped(await server.http.get("/metrics")) == 2
         before = await expiries(url)
         await LeaseRound(node)._keep_leases()  # the next round renews it
         assert (await expiries(url))[sid] > before[sid]
