@@ -13,10 +13,10 @@ the session's runner only while its lease is known to hold on its own monotonic 
 (``LeaseTable.known_until``); a node that stalled past that (a freeze, an event loop
 blocked longer than the TTL) renews the lease before it answers, or gives the session up.
 
-Renewals wait on no row (``LeaseTable.renew``): one another transaction holds is skipped and
-asked again next round. As last committed it still runs until its expiry, before which no
-takeover succeeds, so the holder counts on it until then; one still locked past that is
-lost, unless this node's own write holds it (its fence ran,
+Renewals and takeovers wait on no row (``LeaseTable.renew``, ``try_acquire``): one another
+transaction holds is skipped and asked again next round. As last committed it still runs
+until its expiry, before which no takeover succeeds, so the holder counts on it until then;
+one still locked past that is lost, unless this node's own write holds it (its fence ran,
 and it has not ended): then nobody else can take it, whatever its committed expiry says.
 """
 
@@ -112,16 +112,31 @@ class Renewal:
         return session_id in self.renewed or session_id in self.locked
 
 
+# Takes the lease if its row is absent, or expired and free: a row another transaction
+# holds (a stalled holder's write, a member's change, another takeover) is skipped, never
+# waited for (FX61: the wait, up to the lock budget, held the takeover round up), and asked
+# again next round. A row inserted by another node meanwhile (not in this statement's
+# snapshot) meets ON CONFLICT: nothing taken.
 _ACQUIRE = text(
     """
-    INSERT INTO session_leases (session_id, holder, epoch, expires_at)
-    VALUES (:session_id, :holder, 1, clock_timestamp() + make_interval(secs => :ttl))
-    ON CONFLICT (session_id) DO UPDATE
-        SET holder = EXCLUDED.holder,
-            epoch = session_leases.epoch + 1,
-            expires_at = EXCLUDED.expires_at
-        WHERE session_leases.expires_at < clock_timestamp()
-    RETURNING epoch, members_version
+    WITH free AS (
+        SELECT session_id FROM session_leases WHERE session_id = :session_id
+        FOR NO KEY UPDATE SKIP LOCKED
+    ), taken AS (
+        UPDATE session_leases
+        SET holder = :holder, epoch = epoch + 1,
+            expires_at = clock_timestamp() + make_interval(secs => :ttl)
+        WHERE session_id IN (SELECT session_id FROM free) AND expires_at < clock_timestamp()
+        RETURNING epoch, members_version
+    ), added AS (
+        INSERT INTO session_leases (session_id, holder, epoch, expires_at)
+        SELECT :session_id, :holder, 1, clock_timestamp() + make_interval(secs => :ttl)
+        WHERE NOT EXISTS (SELECT 1 FROM session_leases WHERE session_id = :session_id)
+        ON CONFLICT (session_id) DO NOTHING
+        RETURNING epoch, members_version
+    )
+    SELECT epoch, members_version FROM taken
+    UNION ALL SELECT epoch, members_version FROM added
     """
 )
 

@@ -21,7 +21,7 @@ from parley.server.store.rows import MemberRow
 from parley.server.store.sessions import Store
 from parley.server.store.tables import doc_updates
 from parley.session.errors import Unavailable
-from tests.conftest import postgres_database, wait_for_a_lock_wait
+from tests.conftest import postgres_database
 from tests.server.store.test_thread_log import down_and_up
 
 pytestmark = pytest.mark.postgres
@@ -92,34 +92,49 @@ async def test_a_fenced_holder_cannot_write(store: Store) -> None:
     assert await updates_of(store, "s1") == [b"before"]  # the late write was rolled back
 
 
-async def test_a_takeover_waits_for_the_holders_write_and_then_finds_it_renewed(
+async def test_a_takeover_skips_the_holders_write_and_then_finds_it_renewed(
     store: Store,
 ) -> None:
-    """The fence's row lock serialises a write with a takeover: no write slips past one."""
+    """The fence's row lock serialises a write with a takeover: no write slips past one. A
+    takeover does not wait for the write (FX61: it waited, up to the lock budget, and the
+    takeover round with it): it skips the row, and asked again once the write committed,
+    finds the lease renewed."""
     a = LeaseTable(store.engine, "node-a", ttl_s=30)
     b = LeaseTable(store.engine, "node-b", ttl_s=30)
     lease = await a.try_acquire("s1")
     assert lease is not None
     await expire(store, "s1")
-    fenced = asyncio.Event()
-    release = asyncio.Event()
-
-    async def slow_write() -> None:
-        async with store.transaction() as tx:
-            await a.fence(tx, lease)  # expired, but nobody took it: still ours
-            fenced.set()
-            await tx.append_update("s1", b"in flight")
-            await release.wait()
-
-    writer = asyncio.create_task(slow_write())
-    await asyncio.wait_for(fenced.wait(), 10)
-    takeover = asyncio.create_task(b.try_acquire("s1"))
-    await wait_for_a_lock_wait(store.engine)  # the takeover is blocked on the holder's row lock
-    assert not takeover.done()
-    release.set()
-    await asyncio.wait_for(writer, 10)
-    assert await asyncio.wait_for(takeover, 10) is None  # the write renewed the lease
+    async with store.transaction() as tx:
+        await a.fence(tx, lease)  # expired, but nobody took it: still ours
+        await tx.append_update("s1", b"in flight")
+        assert await asyncio.wait_for(b.try_acquire("s1"), 30) is None  # skipped
+    assert await b.try_acquire("s1") is None  # the write renewed the lease
     assert await updates_of(store, "s1") == [b"in flight"]
+
+
+async def test_a_takeover_skips_a_lapsed_row_locked_elsewhere_and_takes_it_later(
+    store: Store,
+) -> None:
+    """FX61: a takeover of a lapsed lease whose row another transaction held (a stalled
+    holder's write, a member's change) waited for it up to the lock budget, and failed
+    ``unavailable``: the takeover round stalled with it. It skips the row and takes the
+    lease when asked again once the row is free, with a new epoch."""
+    engine = node_engine(store)
+    try:
+        a = LeaseTable(store.engine, "node-a", ttl_s=30)
+        b = LeaseTable(engine, "node-b", ttl_s=30)
+        first = await a.try_acquire("s1")
+        assert first is not None
+        await expire(store, "s1")
+        async with store.engine.connect() as other, other.begin():
+            await other.execute(
+                text("SELECT 1 FROM session_leases WHERE session_id = 's1' FOR NO KEY UPDATE")
+            )
+            assert await asyncio.wait_for(b.try_acquire("s1"), 30) is None
+        taken = await b.try_acquire("s1")
+        assert taken is not None and (taken.holder, taken.epoch) == ("node-b", first.epoch + 1)
+    finally:
+        await engine.dispose()
 
 
 async def expiries(store: Store) -> dict[str, datetime]:
