@@ -27,6 +27,7 @@ from sqlalchemy import BigInteger, cast, delete, func, insert, or_, select, upda
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from parley.authz.tokens import ClientClaims
+from parley.server.cluster.lease import database_errors
 from parley.server.cluster.tables import session_commands
 from parley.server.store.rows import claims_column, claims_of
 from parley.session.commands import command_id_of, error_reply
@@ -209,8 +210,9 @@ class CommandTable:
 
     async def prune(self, kept_s: float) -> None:
         """Bound the table: every command older than ``kept_s``, answered or not, is
-        dropped (a session nobody runs any more expires none of its own)."""
-        async with self.engine.begin() as connection:
+        dropped (a session nobody runs any more expires none of its own). ``Unavailable``
+        if the database fails."""
+        async with database_errors(), self.engine.begin() as connection:
             await connection.execute(
                 delete(session_commands).where(
                     session_commands.c.created_at < DB_NOW_MS - int(kept_s * 1000)

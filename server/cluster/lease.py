@@ -389,14 +389,15 @@ class LeaseTable:
 
     async def release(self, lease: Lease) -> None:
         """Give the lease up now (another node may take it at once)."""
-        async with self.engine.begin() as connection:
+        async with database_errors(), self.engine.begin() as connection:
             await connection.execute(
                 _RELEASE,
                 {"session_id": lease.session_id, "holder": lease.holder, "epoch": lease.epoch},
             )
 
     async def orphaned(self, limit: int = 50) -> list[str]:
-        async with self.engine.connect() as connection:
+        """Sessions with work and no live lease (what a takeover round takes)."""
+        async with database_errors(), self.engine.connect() as connection:
             rows = await connection.execute(_ORPHANED, {"limit": limit})
             return [row.session_id for row in rows]
 
@@ -404,7 +405,7 @@ class LeaseTable:
         """Which of ``session_ids`` some node holds right now."""
         if not session_ids:
             return set()
-        async with self.engine.connect() as connection:
+        async with database_errors(), self.engine.connect() as connection:
             rows = await connection.execute(_LIVE, {"ids": session_ids})
             return {row.session_id for row in rows}
 

@@ -4,7 +4,8 @@ asked again next round, and kept meanwhile as long as it runs); beside it, so th
 there delays a renewal, the other takes over sessions whose holder stopped renewing (its
 replicas first, then any session with work and no live holder), and, less often, looks at
 everything again (the safety net for a missed notification), puts the stored settings in
-force on its rooms and forgets the forwarded commands sent long ago.
+force on its rooms and forgets the forwarded commands sent long ago. A database outage
+is logged once for both (``OutageLog``), not by each at every round.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from parley.server.cluster.forwarding import expire_taken_s
@@ -27,9 +29,39 @@ log = logging.getLogger("parley.cluster")
 COMMANDS_KEPT_S = 600  # forwarded commands, answered or not (``CommandTable.prune``)
 
 
+class OutageLog:
+    """A database outage as the node's loops meet it: one warning when the first of them
+    fails ``Unavailable``, and one line once each that failed has worked again (FX61:
+    each loop logged a warning every round, every quarter of the TTL, for as long as the
+    database was down). A loop's other errors are bugs, logged every time as before."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self._failing: set[str] = set()  # the loops whose last round failed so
+        self._began = 0.0
+        self._failed_rounds = 0
+
+    def failed(self, loop: str, exc: Unavailable) -> None:
+        if not self._failing:
+            self._began, self._failed_rounds = self.clock(), 0
+            log.warning("cluster rounds failing", extra={"round": loop, "error": str(exc)})
+        self._failing.add(loop)
+        self._failed_rounds += 1
+
+    def worked(self, loop: str) -> None:
+        if loop not in self._failing:
+            return
+        self._failing.discard(loop)
+        if not self._failing:
+            down_s = round(self.clock() - self._began, 1)
+            extra = {"failed_rounds": self._failed_rounds, "down_s": down_s}
+            log.info("cluster rounds working again", extra=extra)
+
+
 class LeaseRound:
     def __init__(self, node: ClusterNode) -> None:
         self.node = node
+        self.outage = OutageLog()
 
     async def run(self) -> None:
         """Renew this node's leases every quarter of the TTL and, beside that, take
@@ -45,8 +77,12 @@ class LeaseRound:
             await asyncio.sleep(self.node.settings.lease_ttl_s / 4)
             try:
                 await self._keep_leases()
+            except Unavailable as exc:
+                self.outage.failed("renewals", exc)
             except Exception as exc:
                 log.warning("lease round failed", extra={"error": f"{type(exc).__name__}: {exc}"})
+            else:
+                self.outage.worked("renewals")
 
     async def _tending(self) -> None:
         node = self.node
@@ -65,10 +101,14 @@ class LeaseRound:
                     last_cleanup = now
                     forwarded_s = expire_taken_s(node.settings.forward_timeout_s)
                     await node.relay.table.prune(max(COMMANDS_KEPT_S, 2 * forwarded_s))
+            except Unavailable as exc:
+                self.outage.failed("takeovers", exc)
             except Exception as exc:
                 log.warning(
                     "takeover round failed", extra={"error": f"{type(exc).__name__}: {exc}"}
                 )
+            else:
+                self.outage.worked("takeovers")
 
     async def _refresh_members(self) -> None:
         """The safety net for settings changed on other nodes: put the stored ones in force

@@ -137,6 +137,20 @@ async def test_a_takeover_skips_a_lapsed_row_locked_elsewhere_and_takes_it_later
         await engine.dispose()
 
 
+async def test_the_lease_reads_fail_as_unavailable_while_the_database_is_down() -> None:
+    """FX61: the takeover round's reads (``live``, ``orphaned``) raised the driver's error
+    when the database was down, not ``Unavailable`` as the renewals did: the round could
+    not tell an outage from a bug."""
+    engine = create_engine("postgresql+asyncpg://postgres@127.0.0.1:1/down")
+    try:
+        table = LeaseTable(engine, "node-a", ttl_s=30)
+        for read in (table.live(["s1"]), table.orphaned(), table.holders()):
+            with pytest.raises(Unavailable):
+                await read
+    finally:
+        await engine.dispose()
+
+
 async def expiries(store: Store) -> dict[str, datetime]:
     async with store.engine.connect() as connection:
         rows = await connection.execute(

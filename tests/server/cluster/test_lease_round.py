@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import AsyncIterator
 from datetime import datetime
@@ -160,6 +161,78 @@ async def test_a_database_fault_still_fails_the_round() -> None:
     with pytest.raises(Unavailable):
         await _round(node)._keep_leases()
     assert node.kept == [] and node.gone == [] and len(table.asked) == 1
+
+
+class DownAndUp(Node):
+    """A node of fakes, one lease held, whose database is down (both loops' statements
+    fail) until the test brings it up; it counts each loop's rounds, failed and not."""
+
+    def __init__(self) -> None:
+        super().__init__(Outage(), "a")
+        # No poll (``time.monotonic()`` may be past an hour), only the takeovers.
+        self.settings = SimpleNamespace(lease_ttl_s=0.04, cluster_poll_s=math.inf)
+        self.applied: dict[str, int] = {}
+        self.live_elsewhere: set[str] = set()
+        self.runners: dict[str, object] = {}
+
+    def look_again(self) -> None:
+        pass
+
+
+class Outage(Table):
+    """``Table``, down at first; counts the renewals and the takeover rounds' reads, and
+    those since it came up."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = True
+        self.rounds = {"renewals": 0, "takeovers": 0}
+        self.since_up = {"renewals": 0, "takeovers": 0}
+        self.failed_three = asyncio.Event()  # each loop failed three rounds or more
+        self.worked_twice = asyncio.Event()  # since it came up, each worked two rounds
+
+    def _asked(self, loop: str) -> None:
+        self.rounds[loop] += 1
+        if min(self.rounds.values()) >= 3:
+            self.failed_three.set()
+        if not self.down:
+            self.since_up[loop] += 1
+            if min(self.since_up.values()) >= 2:
+                self.worked_twice.set()
+
+    async def renew(self, leases: list[Lease]) -> Renewal:
+        self._asked("renewals")
+        return await super().renew(leases)
+
+    async def orphaned(self) -> list[str]:
+        self._asked("takeovers")
+        if self.down:
+            raise Unavailable("the database is unavailable")
+        return []
+
+
+async def test_a_database_outage_is_one_line_per_node(caplog: pytest.LogCaptureFixture) -> None:
+    """FX61: while the database was down each of the node's two loops (the renewals and
+    the takeovers) logged a warning every round, every quarter of the TTL. An outage now
+    makes one warning, whichever loop meets it first and however many rounds fail, and
+    one line once the loops work again."""
+    node = DownAndUp()
+    table = node.leases_table
+    assert isinstance(table, Outage)
+    caplog.set_level(logging.INFO, logger="parley.cluster")
+    running = asyncio.create_task(_round(node).run())  # type: ignore[arg-type]
+    try:
+        async with asyncio.timeout(30):
+            await table.failed_three.wait()
+            table.down = False
+            await table.worked_twice.wait()
+    finally:
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+    lines = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "parley.cluster"]
+    assert [level for level, _ in lines] == ["WARNING", "INFO"], lines
+    assert node.gone == [] and "a" in node.kept
 
 
 @contextlib.asynccontextmanager
