@@ -86,6 +86,8 @@ class InstantModel:
 class Socket:
     """A member's socket that takes every frame at once (the broadcast's cost, no network)."""
 
+    direct = None  # no writer beneath: a broadcast hands it each frame through ``send``
+
     def __init__(self, user_id: str) -> None:
         self.user_id = user_id
         self.claims = None

@@ -37,6 +37,9 @@ _MEMBER = r'"(?:[^"\\]|\\.)*"|[A-Za-z0-9_.@+-]{1,64}'
 _MEMBERS = rf"(?:{_MEMBER})(?: and (?:{_MEMBER}))*"
 # The attribution line of a prompt being asked (``session.attribution.attribution_line``).
 _ASKS = re.compile(rf"\[(?:{_MEMBERS} (?:each )?wrote, )?(?P<askers>{_MEMBERS}) asks? you\]")
+# A request the server wrote for members (``session.attribution.server_request_line``: a
+# side-thread's summary instruction), asked by them.
+_SERVER_ASKS = re.compile(rf"\[the server asks you, for (?P<askers>{_MEMBERS})\]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +86,8 @@ def _strings(value: object) -> Iterator[str]:
 
 def askers(content: str) -> list[str]:
     """Who asks the model a user message's content (its attribution line), in order."""
-    match = _ASKS.fullmatch(content.split("\n", 1)[0])
+    first = content.split("\n", 1)[0]
+    match = _ASKS.fullmatch(first) or _SERVER_ASKS.fullmatch(first)
     if match is None:
         return []
     names = re.findall(rf"({_MEMBER})(?: and |$)", match["askers"])
