@@ -93,16 +93,7 @@ class DirectWriter:
         fan-out's lean path (``server.ws.connection.broadcast``). False, with nothing
         written, where ``write`` has more to judge: an extension that changes the bytes, or
         a socket that is closing."""
-        protocol = self._protocol
-        conn = protocol.conn
-        transport = protocol.transport
-        if (
-            conn.extensions
-            or conn.state is not State.OPEN
-            or protocol.disconnected
-            or protocol.close_sent
-            or transport.is_closing()
-        ):
+        if self._protocol.conn.extensions or not self.open:
             return False
         self._put(frame)
         return True
