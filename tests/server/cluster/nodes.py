@@ -137,6 +137,30 @@ async def cluster(tmp_path: Path, count: int, **env: str) -> AsyncIterator[Clust
             await asyncio.gather(*(asyncio.to_thread(node.stop) for node in nodes))
 
 
+async def stop_lease_round(node: Any) -> None:
+    """Stop ``node``'s (a ``ClusterNode``'s) lease round, as a frozen node's stops."""
+    for task in node._tasks:
+        if task.get_name() == "cluster-leases":
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+
+
+async def lapse_lease(node: Any, url: str, sid: str) -> None:
+    """Freeze ``node``'s lease round and let its lease of ``sid`` run out now (``url``: the
+    cluster's database), so another node may take the session over."""
+    await stop_lease_round(node)
+    connection = await asyncpg.connect(url.replace("+asyncpg", ""))
+    try:
+        await connection.execute(
+            "UPDATE session_leases SET expires_at = clock_timestamp() - interval '1 s'"
+            " WHERE session_id = $1",
+            sid,
+        )
+    finally:
+        await connection.close()
+
+
 @contextlib.contextmanager
 def failing_statements(
     engine: AsyncEngine,

@@ -25,7 +25,7 @@ from parley.server.cluster.node import ClusterNode
 from parley.server.store.db import create_engine
 from parley.server.store.sessions import Store
 from tests.conftest import RunningServer, postgres_database
-from tests.server.cluster.nodes import two_in_process
+from tests.server.cluster.nodes import lapse_lease, two_in_process
 
 pytestmark = pytest.mark.postgres
 
@@ -138,20 +138,7 @@ async def test_a_new_runner_settles_what_its_predecessor_left_before_serving_wri
         taking.relay.table.submit = noted_submit  # type: ignore[method-assign]
         old = asyncio.create_task(put_fact(second, sid, "old"))
         await asyncio.wait_for(submitted.wait(), 20)  # it waits for the frozen node
-        connection = await asyncpg.connect(url.replace("+asyncpg", ""))
-        try:
-            for task in frozen._tasks:
-                if task.get_name() == "cluster-leases":
-                    task.cancel()
-                    with contextlib.suppress(BaseException):
-                        await task
-            await connection.execute(
-                "UPDATE session_leases SET expires_at = clock_timestamp() - interval '1 s'"
-                " WHERE session_id = $1",
-                sid,
-            )
-        finally:
-            await connection.close()
+        await lapse_lease(frozen, url, sid)
         # The second node takes the session over; its own drain is held too, so only the
         # takeover itself can run the command left unanswered before the next write.
         release, drain = hold_drains(taking)

@@ -24,7 +24,7 @@ from parley.server.cluster.lease_round import LeaseRound
 from parley.server.cluster.node import ClusterNode
 from parley.session.errors import Unavailable
 from tests.conftest import RunningServer
-from tests.server.cluster.nodes import two_in_process
+from tests.server.cluster.nodes import stop_lease_round, two_in_process
 from tests.yclient import YClient
 
 
@@ -249,11 +249,7 @@ async def three_run_here(
         for sid in sids:
             await first.connect(sid, "ann")
         node = first.app.state.parley.rooms.cluster
-        for task in node._tasks:
-            if task.get_name() == "cluster-leases":
-                task.cancel()
-                with contextlib.suppress(BaseException):
-                    await task
+        await stop_lease_round(node)
         assert node.running == set(sids)
         yield url.replace("+asyncpg", ""), node, first, sids
 

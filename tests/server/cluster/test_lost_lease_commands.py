@@ -38,7 +38,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from parley.server.cluster.node import ClusterNode
 from tests.conftest import ADMIN_KEY
-from tests.server.cluster.nodes import failing_statements, two_in_process
+from tests.server.cluster.nodes import failing_statements, lapse_lease, two_in_process
 
 pytestmark = pytest.mark.postgres
 
@@ -81,20 +81,7 @@ async def taken_over(tmp_path: Path) -> AsyncIterator[TakenOver]:
 
         # The first node freezes: its lease round stops, its lease runs out, and the
         # second node takes the session over.
-        for task in paused._tasks:
-            if task.get_name() == "cluster-leases":
-                task.cancel()
-                with contextlib.suppress(BaseException):
-                    await task
-        connection = await asyncpg.connect(url.replace("+asyncpg", ""))
-        try:
-            await connection.execute(
-                "UPDATE session_leases SET expires_at = clock_timestamp() - interval '1 s'"
-                " WHERE session_id = $1",
-                sid,
-            )
-        finally:
-            await connection.close()
+        await lapse_lease(paused, url, sid)
         assert await taking.promote(second.app.state.parley.rooms.loaded(sid))
         assert sid in taking.running and sid in paused.running  # it does not know yet
         engine = first.app.state.parley.store.engine
