@@ -144,8 +144,8 @@ def markdown(results: dict[str, Any]) -> str:
             "",
             "| Tokens/s per session | Server | p50 | p99 | max | tokens missing "
             "| Updates per subscriber | Server CPU | Server CPU per update sent (µs) "
-            "| Clients' CPU |",
-            "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "| Clients' CPU | Server waits / preempted per s |",
+            "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for rate in sizes["paced_rates"]:
             for name, result in servers.items():
@@ -158,7 +158,9 @@ def markdown(results: dict[str, Any]) -> str:
                     f"{got['missing_fraction']:.1%} | "
                     f"{_num(got.get('updates_per_subscriber'), 0)} | "
                     f"{_cpu(got, 'server')} | "
-                    f"{_num(got.get('server_cpu_us_per_update'), 1)} | {_cpu(got, 'clients')} |"
+                    f"{_num(got.get('server_cpu_us_per_update'), 1)} | {_cpu(got, 'clients')} | "
+                    f"{_num(got.get('server_waits_per_s'), 0)} / "
+                    f"{_num(got.get('server_preempted_per_s'), 0)} |"
                 )
         lines.append("")
 

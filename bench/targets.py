@@ -135,6 +135,11 @@ class Target:
         assert self.process is not None
         return process_cpu_seconds(self.process.pid)
 
+    def switches(self) -> tuple[int, int]:
+        """The server's main thread's context switches so far: (voluntary, involuntary)."""
+        assert self.process is not None
+        return thread_switches(self.process.pid)
+
     def rss_bytes(self) -> int:
         assert self.process is not None
         return resident_bytes(self.process.pid)
@@ -195,6 +200,18 @@ def resident_bytes(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+def thread_switches(pid: int) -> tuple[int, int]:
+    """A process's main thread's context switches, from ``/proc/<pid>/status``: voluntary
+    (it waited: for the event loop, that is an idle loop sleeping until something is due)
+    and involuntary (it could have run on, and another process took the core)."""
+    counts = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        name, _, value = line.partition(":")
+        if name in ("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches"):
+            counts[name] = int(value)
+    return counts["voluntary_ctxt_switches"], counts["nonvoluntary_ctxt_switches"]
 
 
 def process_cpu_seconds(pid: int) -> float:

@@ -10,6 +10,7 @@ import asyncio
 import statistics
 import time
 from array import array
+from dataclasses import dataclass
 from typing import Any
 
 from bench.clients import ClientPool
@@ -43,20 +44,39 @@ async def _connect(pool: ClientPool, rooms: list[Room], layout: str) -> list[lis
     return [[i for i, _ in s] for s in shards]
 
 
+@dataclass(frozen=True)
+class _UsageMark:
+    """CPU and scheduling counters at the start of a measured round."""
+
+    server_s: float
+    clients_s: float
+    switches: tuple[int, int]
+    at: float
+
+    @classmethod
+    def now(cls, target: Target, pool: ClientPool) -> _UsageMark:
+        return cls(target.cpu_seconds(), pool.cpu_seconds(), target.switches(), time.monotonic())
+
+
 def _cpu_percent(
-    before: tuple[float, float, float], target: Target, pool: ClientPool, updates: list[int]
+    before: _UsageMark, target: Target, pool: ClientPool, updates: list[int]
 ) -> dict[str, float]:
     """The server's and the client workers' CPU use since ``before``, in % of one core, and
     the server's CPU per update it sent (``updates``: each socket's count applied), in µs:
-    what a batching server saves per delivery shows here, not in deliveries/s alone."""
-    server, clients, started = before
-    elapsed = max(time.monotonic() - started, 1e-9)
-    server_s = target.cpu_seconds() - server
+    what a batching server saves per delivery shows here, not in deliveries/s alone. With
+    them, how often a second the server's main thread slept (waits: its loop was idle) and
+    was taken off a core it could have run on (preempted: by the clients it woke, on a
+    machine they share): a server that never waits is behind, whatever its CPU share."""
+    elapsed = max(time.monotonic() - before.at, 1e-9)
+    server_s = target.cpu_seconds() - before.server_s
+    waits, preempted = (a - b for a, b in zip(target.switches(), before.switches, strict=True))
     sent = sum(updates)
     return {
         "server_cpu_percent": 100 * server_s / elapsed,
-        "clients_cpu_percent": 100 * (pool.cpu_seconds() - clients) / elapsed,
+        "clients_cpu_percent": 100 * (pool.cpu_seconds() - before.clients_s) / elapsed,
         "server_cpu_us_per_update": 1e6 * server_s / sent if sent else float("nan"),
+        "server_waits_per_s": waits / elapsed,
+        "server_preempted_per_s": preempted / elapsed,
     }
 
 
@@ -97,7 +117,7 @@ async def fanout_saturated(
     measured = []
     try:
         for _ in range(runs):
-            cpu_before = target.cpu_seconds(), pool.cpu_seconds(), time.monotonic()
+            cpu_before = _UsageMark.now(target, pool)
             yields, holds, updates = await _round(target, pool, rooms, tokens, 0, timeout_s)
             cpu = _cpu_percent(cpu_before, target, pool, updates)
             first_yield = yields[0][0]
@@ -154,7 +174,7 @@ async def fanout_paced(
     measured = []
     try:
         for _ in range(runs):
-            cpu_before = target.cpu_seconds(), pool.cpu_seconds(), time.monotonic()
+            cpu_before = _UsageMark.now(target, pool)
             yields, holds, updates = await _round(
                 target, pool, rooms, tokens, rate, seconds + grace_s
             )

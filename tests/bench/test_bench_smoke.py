@@ -68,6 +68,9 @@ async def test_every_server_workload(server: str, pool: ClientPool, tmp_path: Pa
     assert paced["median"]["missing_fraction"] == 0.0
     assert 0 <= paced["median"]["delay_p50_ms"] <= paced["median"]["delay_p99_ms"]
     assert paced["median"]["server_cpu_us_per_update"] >= 0
+    # Context switches of the server's main thread over the round: counted, never negative.
+    assert paced["median"]["server_waits_per_s"] >= 0
+    assert paced["median"]["server_preempted_per_s"] >= 0
     connections = result["connections"]
     assert connections["held"] == connections["requested"] == 20
 
@@ -105,6 +108,8 @@ def test_report_renders_every_section() -> None:
         "server_cpu_percent": 40.0,
         "server_cpu_us_per_update": 8.25,
         "clients_cpu_percent": 50.0,
+        "server_waits_per_s": 120.4,
+        "server_preempted_per_s": 2100.0,
     }
     results = {
         "started_at": "2026-01-01T00:00:00+00:00",
@@ -156,7 +161,10 @@ def test_report_renders_every_section() -> None:
     }
     table = markdown(results)
     assert "| 3 | 1,000 | 1,000 | 1.00\u00d7 |" in table
-    assert "| 200 | y-websocket | 1.0 | 2.0 | 3.0 | 0.0% | 250 | 40% | 8.2 | 50% |" in table
+    assert (
+        "| 200 | y-websocket | 1.0 | 2.0 | 3.0 | 0.0% | 250 | 40% | 8.2 | 50% | 120 / 2,100 |"
+        in table
+    )
     assert "| 7 / 7 | 12.5 / 12.5 |" in table  # updates per subscriber, CPU per update
     assert "| sqlite | 50 | 40 | 1.0 | 2.0 | 3.0 | 4.0 | 0.5 | 1.5 |" in table
     assert "| ms | 1.50 |" in table
