@@ -12,9 +12,9 @@ a copy just syncs.
 A document is kept in memory while a socket syncs it (``open``; freed when the last one
 closes, ``release``) or a run answers in its thread: at most one per open socket's thread
 and one per run in flight. A change to any other thread is made on its document read from
-the log in the transaction, and stored the same way. A streamed piece of text is only
-stored where a socket watches (the reply's row holds the whole text in the end; a socket
-opened mid-run is shown, and the log given, the text so far).
+the log in the transaction, and stored the same way. A run's streamed text and steps
+are stored as they come, watched or not, so a socket opened mid-run, and the session's
+recovery after a crash, read from the log what it did so far.
 Clients only read: their updates are judged (``ServerWrites``), never applied.
 """
 
@@ -351,12 +351,6 @@ class ThreadDocs:
     def _watched(self, thread_id: str) -> bool:
         return bool(self.room.sockets.thread_connections.get(thread_id))
 
-    def _streamed_to(self, thread_id: str) -> bool:
-        """Whether a run's streamed text is shown (and so stored) as it comes: when a
-        socket here syncs the thread, and always in a cluster, where a socket on a
-        following node reads the text from the log."""
-        return self.room.settings.cluster or self._watched(thread_id)
-
     def release(self, thread_id: str, *, writes: bool) -> None:
         """A socket of the thread closed: once none is left its document is read from the
         log next time. Where the session runs (``writes``) it is held until its run in
@@ -418,15 +412,18 @@ class ThreadDocs:
             del self.live[live.thread_id]
 
     async def stream(self, thread_id: str, record: Callable[[], None], mutate: Mutate) -> None:
-        """A step of a run in flight: ``record`` it, then, if a socket watches the thread,
-        show it (``mutate``), stored through the group commit before it is sent. Under the
-        writer lock, so a document opened meanwhile shows the step once."""
+        """A step of a run in flight: ``record`` it, then show it (``mutate``), stored
+        through the group commit before it is sent. Under the writer lock, so a document
+        opened meanwhile shows the step once. Stored whether a socket watches or not (a
+        socket on a following node reads the log; and a run a crash cuts off is audited
+        and counted against the quotas from what it shows, ``SessionWriter.recover``:
+        stored only where watched, one nobody watched was counted against none)."""
         room = self.room
         async with self._writer.lock:
             record()
             live = self.live.get(thread_id)
-            if live is None or not self._streamed_to(thread_id) or self._writer.failed is not None:
-                return  # nobody watches: the reply's row holds it all in the end
+            if live is None or self._writer.failed is not None:
+                return  # lost (a store failed): the reply's row holds it all in the end
             update = live.capture(mutate)
             if not update:
                 return

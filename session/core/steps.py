@@ -127,8 +127,7 @@ class WaitingPrompt:
 class ShownRun:
     """What a side-thread's stored document shows of a run a crash cut off: its reply's
     text so far and its tool steps (id, tool, status), in order. A run's steps are stored
-    with its end; as it runs they go to its thread's document, stored where a socket
-    watched the thread and always on a cluster."""
+    with its end; as it runs they go to its thread's document, stored as they come."""
 
     text: str
     tool_steps: tuple[tuple[str, str, str], ...] = ()

@@ -16,7 +16,6 @@ import pytest
 from parley.authz.policy import Decision
 from parley.authz.roles import Member
 from parley.server.runtime.side_threads import ThreadSteps
-from parley.server.runtime.thread_docs import ThreadDocs
 from parley.server.store.access_rows import ToolRow
 from parley.server.store.memory import MemoryStore
 from parley.session.commands import CancelCommand
@@ -169,34 +168,34 @@ async def test_a_side_thread_run_cut_off_by_a_crash_has_its_model_call_audited()
         assert record.data["cut_off"] == "server_restart"
         [ended] = await audited(s, "run_ended")
         assert ended.data["reason_code"] == "server_restart"
-        assert record.data["tool_calls"] is None  # its document showed nothing: not known
-        assert s.store._read(SESSION).usage == []  # nor its text: not counted
     async with memory_session(MEMBERS, FakeModel(), store=store) as s:
         assert len(await audited(s, "model_call")) == 1  # a later load finds nothing running
+        assert len(s.store._read(SESSION).usage) == 1  # counted once
 
 
-async def test_a_side_thread_run_cut_off_by_a_crash_is_counted_as_its_document_shows_it(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """FX60: a side-thread run cut off so had ``tool_calls: null`` and was counted against
-    no quota. Its thread's stored document shows what it did (a socket watched the thread,
-    or on a cluster, where its text is always stored: as here): its tool calls are
-    recorded so, and it is counted as a session run cut off so is, its input as built
-    again and the text it streamed out (estimated)."""
-    monkeypatch.setattr(ThreadDocs, "_streamed_to", lambda docs, thread_id: True)
+async def test_a_side_thread_run_nobody_watched_cut_off_by_a_crash_is_counted() -> None:
+    """FX60, FX70: a side-thread run cut off so had ``tool_calls: null`` and was counted
+    against no quota where its thread's document showed nothing of it (one node, nobody
+    watching: its text and steps were not stored as they streamed). They are stored as
+    they stream, watched or not: its tool calls are recorded as its document shows them,
+    and it is counted as a session run cut off so is, its input as built again and the
+    text it streamed out (estimated)."""
     store, gate = MemoryStore(), Gate()
-    model = FakeModel(lambda sent: ["half an answer ", gate, "never sent"])
+    model = FakeModel(lambda sent: halts(sent, gate), echo_tools=False)
     async with memory_session(MEMBERS, model, store=store) as s:
+        assert not s.room.settings.cluster
         thread_id = await open_thread(s, "alice")
-        asked = await ask(s, "alice", thread_id, "tell me")
+        asked = await ask(s, "alice", thread_id, "search, then tell me")
         await asyncio.wait_for(gate.entered.wait(), 10)  # its text went out, stored first
+        assert not s.room.sockets.thread_connections.get(thread_id)  # nobody watched
     async with memory_session(MEMBERS, FakeModel(), store=store) as s:
         [record] = await audited(s, "model_call")
-        assert record.data["tool_calls"] == []  # shown: none was called
+        [searched] = record.data["tool_calls"]  # shown: the search it made
+        assert (searched["tool"], searched["outcome"]) == ("search_documents", "done")
         [used] = s.store._read(SESSION).usage
         assert (used.user_id, used.reply_id, used.estimated) == ("alice", asked["reply_id"], True)
         assert used.output_tokens == count_tokens("half an answer ")
-        assert used.input_tokens > count_tokens("tell me")
+        assert used.input_tokens > count_tokens("search, then tell me")
 
 
 async def test_a_side_thread_call_out_when_its_run_times_out_is_stored_interrupted() -> None:
