@@ -55,6 +55,7 @@ from parley.session.history import (
     History,
     VisibleHistory,
     WithheldReason,
+    in_history,
     outcome,
 )
 from parley.session.model import ModelMessage, ModelRequest, ToolSpec
@@ -963,6 +964,25 @@ def _message(item: FoldedItem, asking: frozenset[str]) -> ModelMessage:
         _member(item, asking),
         attribution=line,
     )
+
+
+def not_given_tokens(entries: Sequence[Entry], min_block_lines: int) -> int:
+    """What ``entries``, which a call will be given once their runs end (a preview's
+    ``not_given_yet``), add to its input as they stand now: each as the message the build
+    makes of it as history (nobody asking it), folded among themselves alone. A prompt
+    counts as answered; a reply by the text it has so far (blank: nothing yet); a tool step
+    once it has its result. ``entries``: as the call's scope reads them (those it withholds
+    left out, the server-side text it may read in place of a placeholder)."""
+    given = [
+        (entry, False)
+        for entry in entries
+        if entry.kind is EntryKind.PROMPT
+        or (entry.kind is EntryKind.REPLY and entry.content.strip())
+        or (entry.kind is EntryKind.TOOL and in_history(entry))
+    ]
+    fold = HistoryFold(min_block_lines)
+    fold.sync(given)
+    return sum(item.tokens + framing_tokens(_member(item, frozenset())) for item in fold.items)
 
 
 def build_context(

@@ -173,7 +173,11 @@ async def preview_context(
     if body is not None:
         room.charge_read(caller.user_id, len(body))
         return Encoded(body)
-    body = await encode_preview(user_id, asked.prompt_ids, kept.build, asked.not_given_yet)
+    pending = [x.entry_id for x in asked.not_given_yet]
+    pending_tokens = room.context.not_given_tokens(doc, pending, asked.scope)
+    body = await encode_preview(
+        user_id, asked.prompt_ids, kept.build, asked.not_given_yet, pending_tokens
+    )
     kept.keep(user_id, body)
     built = len(doc.entries()) if fresh else 0
     room.spend_preview_work(caller.user_id, room.charge_build(caller.user_id, built, len(body)))
@@ -190,10 +194,12 @@ async def encode_preview(
     prompt_ids: tuple[str, ...],
     built: BuiltContext,
     not_given_yet: Iterable[Excluded] = (),
+    pending_tokens: int = 0,
 ) -> bytes:
     """The preview of ``built`` for ``user_id`` as JSON (``ContextPreview``), listing in its
     exclusions after ``built``'s what the call will be given that the story does not hold
-    yet (``not_given_yet``: the run in flight, the runs before the member's). Its messages
+    yet (``not_given_yet``: the run in flight, the runs before the member's), and what they
+    add as they stand now (``pending_tokens``), apart from ``built``'s tokens. Its messages
     and exclusions, one per history entry at most, are validated and encoded a few at a
     time, the loop's other work between: 20,000 of a long session's held it 0.3-0.8 s in
     one block (review RN-3). They are put in the answer's empty lists, which come first
@@ -216,7 +222,7 @@ async def encode_preview(
         PreviewExcluded(entry_id=x.entry_id, reason=x.reason)
         for x in chain(built.excluded, not_given_yet)
     )
-    head = _preview(user_id, prompt_ids, built).model_dump_json().encode()
+    head = _preview(user_id, prompt_ids, built, pending_tokens).model_dump_json().encode()
     head = head.replace(b'"messages":[]', b'"messages":[' + messages + b"]", 1)
     return head.replace(b'"excluded":[]', b'"excluded":[' + excluded + b"]", 1)
 
@@ -232,7 +238,9 @@ async def _encoded(items: Iterable[Strict]) -> bytes:
     return b",".join(pieces)
 
 
-def _preview(user_id: str, prompt_ids: tuple[str, ...], built: BuiltContext) -> ContextPreview:
+def _preview(
+    user_id: str, prompt_ids: tuple[str, ...], built: BuiltContext, pending_tokens: int
+) -> ContextPreview:
     """The preview's head: everything but its messages and exclusions (``encode_preview``)."""
     request = built.request
     return ContextPreview(
@@ -241,6 +249,7 @@ def _preview(user_id: str, prompt_ids: tuple[str, ...], built: BuiltContext) -> 
         tokenizer=built.tokenizer,
         budget=built.budget,
         tokens=built.tokens,
+        pending_tokens=pending_tokens,
         system=request.system,
         system_tokens=built.system_tokens,
         tools=[t.name for t in request.tools],

@@ -505,7 +505,15 @@ class ContextPreview(Strict):
     tokenizer: str
     budget: int
     tokens: int = Field(
-        description="system_tokens + tools_tokens + opening_tokens + every message's tokens"
+        description="system_tokens + tools_tokens + opening_tokens + every message's tokens: "
+        "the input as given now, without the entries excluded as running or waiting "
+        "(pending_tokens)"
+    )
+    pending_tokens: int = Field(
+        description="What the entries excluded as running (the run in flight) or waiting "
+        "(prompts a run answers first) add to the call once their runs end, as they stand "
+        "now: each prompt as history, the reply by its text so far, each tool step with its "
+        "result; not in tokens. Their replies' text still to come adds more",
     )
     system: str
     system_tokens: int = Field(description="The system text framed, and the reply's opening")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Generator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from parley.authz.policy import Restriction
 from parley.authz.scope import ContextSeen, RunScope, seen_in_context
@@ -21,7 +21,12 @@ from parley.server.runtime.fold_turns import FoldTurn
 from parley.server.settings import Settings
 from parley.server.store.access_rows import PrivateItem
 from parley.server.store.port import SessionStore
-from parley.session.context import BuiltContext, ContextBuilder, ContextSettings
+from parley.session.context import (
+    BuiltContext,
+    ContextBuilder,
+    ContextSettings,
+    not_given_tokens,
+)
 from parley.session.core import SideThread
 from parley.session.entries import SERVER_REQUEST, Entry, EntryKind
 from parley.session.fold import prepare, prepare_entry
@@ -364,6 +369,21 @@ class SessionContext:
             kept = KeptPreview(self.build(asked, scope, doc=doc))
             self._kept = [*self._kept[-(MAX_KEPT_PREVIEWS - 1) :], (asked, scope, kept)]
         return kept
+
+    def not_given_tokens(
+        self, doc: SessionDocument, entry_ids: Sequence[str], scope: RunScope
+    ) -> int:
+        """What the entries ``entry_ids`` of ``doc`` add to a call in ``scope`` once their
+        runs end, as they stand now (``session.context.not_given_tokens``): those it may
+        not read add nothing, those it may read of the server-side text count by it."""
+        reading = self._reading(doc, scope, None)
+        entries = []
+        for entry_id in entry_ids:
+            entry = doc.entry(entry_id)
+            if reading.withheld(entry) is None:
+                text = reading.readable.get(entry_id)
+                entries.append(entry if text is None else replace(entry, content=text))
+        return not_given_tokens(entries, self.settings.min_block_lines)
 
     def _reading(
         self, doc: SessionDocument, scope: RunScope | None, thread: SideThread | None

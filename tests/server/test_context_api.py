@@ -24,6 +24,7 @@ from parley.session.commands import CancelCommand, MessageCommand, PromptCommand
 from parley.session.errors import Conflict
 from parley.session.queue import Policy
 from parley.session.queue_root import ANSWERED_FIRST, RUNNING
+from parley.session.tokens import count_tokens, framing_tokens
 from tests.conftest import RunningServer, make_settings, serve_in_process, sqlite_url
 from tests.fake_model import Answer, FakeModel, Sent, call
 from tests.server.runtime.backend import Backend, backend, sql_store
@@ -214,6 +215,74 @@ async def test_a_preview_lists_the_run_in_flight_and_the_runs_before_the_members
         bobs_call = [m["content"] for m in provider.requests[2].messages]
         assert bobs_call[0] == "[carol wrote]\ncarol holds the runner"
         assert "[dave wrote]\ndave is next" in bobs_call
+
+
+def _parts(preview: dict[str, Any]) -> int:
+    """What a preview's ``tokens`` is the sum of: the messages it lists, and the rest."""
+    fixed = preview["system_tokens"] + preview["tools_tokens"] + preview["opening_tokens"]
+    return fixed + sum(m["tokens"] for m in preview["messages"])
+
+
+def _as_history(author: str, text: str) -> int:
+    """A member's prompt as a message of a later call (answered, nobody asking it)."""
+    return count_tokens(f"[{author} wrote]\n{text}") + framing_tokens(author)
+
+
+async def test_a_preview_says_what_the_runs_before_the_call_add_to_its_tokens(
+    tmp_path: Path,
+) -> None:
+    """FX70: a preview lists the run in flight and the prompts answered first in
+    ``excluded`` (review RN-4), but did not say whether its ``tokens`` counted them. It
+    does not: ``tokens`` is the input as given now, its messages' sum; ``pending_tokens``
+    is what they add as they stand now (each prompt as history, the reply so far), which
+    is what the call's input grows by once their runs end (and the rest of the reply)."""
+    gates = [asyncio.Event(), asyncio.Event()]
+    dave_asked = asyncio.Event()
+
+    def script(sent: Sent) -> Answer:
+        n = len(provider.requests)
+        if n == 2:
+            dave_asked.set()
+        return ["half ", gates[0], "done"] if n == 1 else [gates[1], "ok"] if n == 2 else ["fine"]
+
+    provider = FakeModel(script)
+    async with (
+        sql_store(sqlite_url(tmp_path)) as store,
+        backend(memory_settings(), store=store, model=provider) as b,
+    ):
+        sid = await b.new_session({"bob": "editor", "carol": "editor", "dave": "editor"})
+        s = await b.session(sid)
+
+        async def bobs_preview() -> dict[str, Any]:
+            raw = await b.call(context_api.preview_context, session_id=sid, user_id="bob")
+            preview: dict[str, Any] = json.loads(raw.body)
+            assert preview["tokens"] == _parts(preview)  # the listed entries are apart
+            return preview
+
+        alone = await bobs_preview()
+        assert alone["pending_tokens"] == 0 and alone["excluded"] == []
+        carols = await s.send("carol", PromptCommand("1", "carol holds the runner"))
+        await s.until(MemorySession.streaming)
+        await s.send("dave", PromptCommand("2", "dave is next"))
+        await s.send("bob", PromptCommand("3", "bob waits"))
+        before = await bobs_preview()
+        assert [x["reason"] for x in before["excluded"]] == [RUNNING, RUNNING, ANSWERED_FIRST]
+        carol = _as_history("carol", "carol holds the runner")
+        dave = _as_history("dave", "dave is next")
+        assert before["pending_tokens"] == carol + count_tokens("half ") + framing_tokens() + dave
+
+        gates[0].set()  # carol's run ends: her prompt and whole reply are in bob's input now
+        await s.settled(carols["prompt_id"])
+        async with asyncio.timeout(10):
+            await dave_asked.wait()
+        after = await bobs_preview()
+        assert [x["reason"] for x in after["excluded"]] == [RUNNING, RUNNING]  # dave's run
+        assert (
+            after["tokens"]
+            == before["tokens"] + carol + count_tokens("half done") + framing_tokens()
+        )
+        assert after["pending_tokens"] == dave  # his reply has no text yet
+        gates[1].set()
 
 
 async def test_a_preview_under_coalesce_is_the_run_that_answers_the_member(

@@ -17,6 +17,7 @@ from parley.session.context import (
     ContextBuilder,
     ContextSettings,
     build_context,
+    not_given_tokens,
 )
 from parley.session.entries import Entry, EntryKind
 from parley.session.history import PROMPT_LEFT_OUT, RUN_LEFT_OUT
@@ -471,3 +472,33 @@ def test_the_summary_covers_past_a_run_left_out_with_its_pinned_prompt() -> None
     assert covered == set(built.summary.covers) and not built.left
     reasons = [x.reason for x in built.excluded if x.entry_id == "e2"]
     assert reasons == [PROMPT_LEFT_OUT]
+
+
+def test_what_a_call_is_not_given_yet_adds_once_its_runs_end() -> None:
+    """FX70: a preview's ``pending_tokens``: the run in flight and a prompt answered first,
+    as they stand, add to the input what a build gives of them once their runs end (with
+    the reply's text so far): a tool step still out and a blank reply add nothing."""
+    before = [entry(1, "bob", "an earlier note"), done(2, "bob", "an earlier question")]
+    in_flight = [
+        replace(entry(3, "carol", "carol asks", EntryKind.PROMPT, "running"), reply_id="e6"),
+        tool(4, 6, "search_documents\nresult: the passage"),
+        replace(tool(5, 6, "arguments: {}"), status="running"),
+        replace(answer(6, "the answer so far", 3), status="streaming"),
+        entry(7, "dave", "dave asks", EntryKind.PROMPT),
+    ]
+    settings = ContextSettings()
+    pending = not_given_tokens(in_flight, settings.min_block_lines)
+    ended = [
+        replace(in_flight[0], status="done"),
+        in_flight[1],
+        replace(in_flight[2], status="interrupted"),
+        replace(in_flight[3], status="done"),
+        replace(in_flight[4], status="done"),
+    ]
+    given = build_context(session_id="s", entries=before, prompt_ids=(), settings=settings)
+    grown = build_context(
+        session_id="s", entries=[*before, *ended], prompt_ids=(), settings=settings
+    )
+    assert pending > 0 and grown.tokens == given.tokens + pending
+    blank = replace(in_flight[3], content=" ")
+    assert not_given_tokens([blank, in_flight[2]], settings.min_block_lines) == 0
