@@ -50,7 +50,11 @@ from parley.server.runtime.back_references import BackReference
 from parley.server.runtime.commands import handle_frame
 from parley.server.runtime.room import SessionRoom
 from parley.server.runtime.runner import SessionRunner
-from parley.server.runtime.session_writes import CHARGE_WRITE, apply_session_write
+from parley.server.runtime.session_writes import (
+    CHARGE_WRITE,
+    FORWARDED_ID,
+    apply_session_write,
+)
 from parley.server.settings import Settings
 from parley.server.store.access import CHANNEL_SETTINGS, read_revoked_tokens, read_roles
 from parley.server.store.group_commit import MembersMoved
@@ -557,9 +561,7 @@ class ClusterNode:
                 # Lost as it wrote (``Fenced``: ``lost`` gave the session up), or just
                 # before (the lease round found it lost): nothing stored here; forwarded.
                 pass
-        reply = json.loads(await self.relay.forward(room, ADMIN_SENDER, json.dumps(write)))
-        if reply.get("type") == "error":
-            raise reply_error(reply)
+        reply = await self._forward_write(room, write)
         await self.follow(room)
         return dict(reply.get("result") or {})
 
@@ -568,10 +570,20 @@ class ClusterNode:
         is another (``CHARGE_WRITE``)."""
         if await self._still_runs_here(room):
             return
-        write = {"op": CHARGE_WRITE, "user_id": user_id, "why": why}
+        await self._forward_write(room, {"op": CHARGE_WRITE, "user_id": user_id, "why": why})
+
+    async def _forward_write(self, room: SessionRoom, write: dict[str, Any]) -> dict[str, Any]:
+        """Forward ``write`` (a REST change: no id of a client's) to the node that runs the
+        session, as the admin; its reply, or its error raised. It goes under an id made
+        here (``FORWARDED_ID``), kept with what it stores: run again there (its runner
+        stored it and died before it answered, and the next runner runs what was left
+        unanswered), it is answered as stored, not carried out twice (FX66: a fact put
+        back over a newer acknowledged one). The caller's answer never shows that id."""
+        write = {**write, FORWARDED_ID: uuid.uuid4().hex}
         reply = json.loads(await self.relay.forward(room, ADMIN_SENDER, json.dumps(write)))
         if reply.get("type") == "error":
             raise reply_error(reply)
+        return dict(reply)
 
     async def follow(self, room: SessionRoom, *, kept: bool = False) -> None:
         """Bring a read replica up to what is committed (the document's tail, the roles and

@@ -54,7 +54,7 @@ async def dispatch(
         recent = room.recent_acks.answer(actor, command)
         if recent is not None:
             return recent
-        kept = await _kept_ack(room, actor, command)
+        kept = await kept_ack(room, actor, command)
         if kept is not None:
             room.recent_acks.keep(actor, command, kept)  # the next resend: no read
             return kept
@@ -105,12 +105,13 @@ async def stored_resend(room: SessionRoom, actor: str, frame: str) -> str | None
     return previous
 
 
-async def _kept_ack(room: SessionRoom, actor: str, command: Command) -> str | None:
+async def kept_ack(room: SessionRoom, actor: str, command: Command) -> str | None:
     """The ack kept of ``command`` if ``actor`` sent it before (a resend after a restart,
     or one the recent acks no longer hold) and it stored no entry: a pin, a fact, a policy,
     a cancel, a side-thread's open, prompt or close (review: a pin resent after a restart
     pinned again what another member had unpinned meanwhile; an open resent after its
-    thread's deletion opened it again). ``DuplicateCommand`` when the id was another
+    thread's deletion opened it again; a forwarded REST write run again by the next runner
+    of its session, FX66). ``DuplicateCommand`` when the id was another
     command's, of any kind (a session prompt's or message's too); None when it is new to
     the store."""
     if not await _may_have_stored(room, actor, command.id):
@@ -155,7 +156,7 @@ async def _previous_ack(room: SessionRoom, actor: str, command: Command) -> str 
     """The ack a resent command got the first time, if a command of its kind was stored
     (even when the queue is full or busy now): from its entry, or its kept ack."""
     if kept_as_ack(command):
-        return await _kept_ack(room, actor, command)
+        return await kept_ack(room, actor, command)
     stored = _STORED.get(type(command))
     if stored is None:
         return None

@@ -16,14 +16,21 @@ from __future__ import annotations
 
 from typing import Any
 
+from parley.server.runtime.commands import kept_ack
 from parley.server.runtime.room import SessionRoom, new_id
 from parley.session.commands import command_from
 from parley.session.core import CommandEvent
-from parley.session.errors import InvalidInput
+from parley.session.errors import DuplicateCommand, InvalidInput
 
 SETTINGS_WRITE = "settings"
 # Not a change: a member's REST call on another node spends their one command budget here.
 CHARGE_WRITE = "charge"
+# The id a node forwarding a change gives it (``ClusterNode``): a document write under it
+# keeps its ack with what it stores, so one run again (its runner died before it answered)
+# is answered as stored, not carried out twice. Never in the REST call's answer.
+FORWARDED_ID = "forwarded_id"
+# Before a forwarded write's id, its command's id (which keeps the ack).
+_FORWARDED = "fwd-"
 
 
 async def apply_session_write(room: SessionRoom, write: dict[str, Any]) -> dict[str, Any]:
@@ -58,14 +65,24 @@ async def apply_session_write(room: SessionRoom, write: dict[str, Any]) -> dict[
     # command sent on a socket (review: a viewer's over-long fact was ``forbidden`` over
     # REST, judged by its route's capability first, and ``too_large`` on a socket).
     event_id = new_id()
-    # An id of its own (a member's side-thread command may be named ``rest``), never kept.
-    command = command_from({"id": f"{write_id}-{event_id}", **data}, room.limits)
+    forwarded = write.get(FORWARDED_ID)
+    # An id of its own (a member's side-thread command may be named ``rest``), kept only
+    # under a forwarded write's id, which no client knows.
+    once = f"{_FORWARDED}{forwarded}" if isinstance(forwarded, str) and forwarded else None
+    command = command_from({"id": once or f"{write_id}-{event_id}", **data}, room.limits)
     actor = str(write.get("author") or "")  # "" : the admin API
     # A member's fact or pin is judged by the core, as their socket's would be; the policy
     # is a setting of ``PATCH …/sessions/{id}``, which judged its caller and audits it.
     admin = not actor or kind == "policy"
-    event = CommandEvent(actor, command, room.now_ms(), event_id, admin=admin, resendable=False)
-    await room.writer.execute(event)
+    kept = once is not None
+    event = CommandEvent(actor, command, room.now_ms(), event_id, admin=admin, resendable=kept)
+    try:
+        if not kept or await kept_ack(room, actor, command) is None:
+            await room.writer.execute(event)
+    except DuplicateCommand:
+        if not kept:
+            raise
+        # Stored already under the forwarded id, whatever the ids known here say: done.
     if kind == "policy":
         return {}
     # As committed, as a REST read answers them: never a write under way since, which

@@ -30,7 +30,8 @@ class CommandEvent:
     ``admin``: the door already decided (a REST route authorised its caller, or the admin
     key) and audits the change itself; the core then judges the change, not the actor.
     ``resendable``: the command's id is its sender's, who may send it again (a REST
-    route's change has a made-up one: its ack is not kept for resends).
+    route's change has a made-up one: its ack is not kept for resends, unless another node
+    forwarded it under an id of its own, ``server.runtime.session_writes.FORWARDED_ID``).
     ``token``: the claims of the client token it was sent with (None: none is known
     here), judged again where the command is stored (``SessionView.token_refusal``).
     """

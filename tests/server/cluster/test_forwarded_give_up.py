@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ from parley.server.cluster.forwarding import CommandTable, Withdrawal
 from parley.server.cluster.node import ClusterNode
 from parley.server.store.db import create_engine
 from parley.server.store.sessions import Store
-from tests.conftest import RunningServer, postgres_database
+from tests.conftest import ADMIN_KEY, RunningServer, postgres_database
 from tests.server.cluster.nodes import lapse_lease, two_in_process
 
 pytestmark = pytest.mark.postgres
@@ -193,3 +193,74 @@ async def test_expired_commands_are_never_run_and_the_table_is_bounded() -> None
         finally:
             await connection.close()
             await store.close()
+
+
+@contextlib.contextmanager
+def dies_before_answering(node: ClusterNode, marker: str) -> Iterator[asyncio.Event]:
+    """``node`` stores the forwarded commands it runs and, from the first whose reply holds
+    ``marker``, answers none, as a node that died between their commit and their answers;
+    the event is set once it did."""
+    stored, dead = asyncio.Event(), asyncio.Event()
+    answer = node.relay.table.answer
+
+    async def died(answers: list[tuple[int, str]]) -> None:
+        if not stored.is_set() and all(marker not in reply for _, reply in answers):
+            return await answer(answers)  # (a member's REST call spends their budget first)
+        stored.set()
+        await dead.wait()
+        raise ConnectionResetError("the node died before it answered")
+
+    node.relay.table.answer = died  # type: ignore[method-assign]
+    try:
+        yield stored
+    finally:
+        dead.set()
+
+
+# A REST write through the read replica with no id of the caller's, each with its caller
+# (the admin key, or ann's client token) and what its answer and the session show after it.
+UNANSWERED: dict[str, tuple[str, str, str, dict[str, str], str]] = {
+    "fact-by-admin": ("admin", "PUT", "/facts/deploy", {"value": "old"}, "deploy"),
+    "fact-by-member": ("ann", "PUT", "/facts/deploy", {"value": "old"}, "deploy"),
+    "message-by-member": ("ann", "POST", "/messages", {"text": "sent once"}, "message_id"),
+}
+
+
+@pytest.mark.parametrize("write", UNANSWERED)
+async def test_a_command_stored_by_a_runner_that_died_unanswered_is_not_stored_again(
+    tmp_path: Path, write: str
+) -> None:
+    """FX66: the node that runs the session stored a forwarded command and died before it
+    answered; the node that takes the session over runs what was left unanswered again. A
+    command with no id of its caller's (a REST change of facts, pins or the policy) was
+    carried out a second time: after a newer acknowledged write, which it replaced."""
+    caller, method, path, body, marker = UNANSWERED[write]
+    async with run_by_first(tmp_path, forward_timeout_s=30.0) as (url, sid, first, second):
+        dying, taking = cluster_of(first), cluster_of(second)
+        token = ADMIN_KEY if caller == "admin" else await first.token(sid, "ann")
+        with dies_before_answering(dying, marker) as stored:
+            sent = asyncio.create_task(
+                second.http.request(
+                    method,
+                    f"/api/v1/sessions/{sid}{path}",
+                    json=body,
+                    headers={"Authorization": f"Bearer {token}"},
+                )
+            )
+            await asyncio.wait_for(stored.wait(), 20)
+            if path.startswith("/facts"):
+                assert await facts(first, sid) == {"deploy": "old"}
+                # A newer write, acknowledged by the node before it dies.
+                assert await put_fact(first, sid, "new") == (200, {"facts": {"deploy": "new"}})
+            await lapse_lease(dying, url, sid)
+            assert await taking.promote(second.app.state.parley.rooms.loaded(sid))
+            async with asyncio.timeout(20):
+                answer = await sent
+        assert answer.status_code < 300, answer.text
+        if path.startswith("/facts"):
+            assert answer.json() == {"facts": {"deploy": "new"}}
+            assert await facts(second, sid) == {"deploy": "new"}
+        else:
+            transcript = await second.http.get(f"/api/v1/sessions/{sid}/transcript")
+            texts = [m["content"] for m in transcript.json()["messages"]]
+            assert texts == ["sent once"], texts
