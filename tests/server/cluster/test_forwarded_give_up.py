@@ -4,7 +4,8 @@ stored") is withdrawn with that answer, and is not stored when the running node 
 (RM-1); one the running node took before the give-up is answered with its real answer
 (not 503); and a node that takes a session over runs the commands its previous runner left
 unanswered before it serves any write of its own, so an older write never replaces a newer
-acknowledged one (RM-3).
+acknowledged one (RM-3), and never runs again one its previous runner stored and died
+before it answered (FX66); a takeover that loses the session as it runs them answers none.
 
 Each stall is held with events in one process, deterministically: the running node's
 drain of forwarded commands (a frozen node runs none), or its answer to one."""
@@ -20,7 +21,8 @@ from typing import Any
 import asyncpg
 import pytest
 
-from parley.server.cluster.forwarding import CommandTable, Withdrawal
+from parley.server.cluster.forwarding import CommandTable, OpenCommand, Withdrawal
+from parley.server.cluster.lease import NotHolder
 from parley.server.cluster.node import ClusterNode
 from parley.server.store.db import create_engine
 from parley.server.store.sessions import Store
@@ -264,3 +266,60 @@ async def test_a_command_stored_by_a_runner_that_died_unanswered_is_not_stored_a
             transcript = await second.http.get(f"/api/v1/sessions/{sid}/transcript")
             texts = [m["content"] for m in transcript.json()["messages"]]
             assert texts == ["sent once"], texts
+
+
+async def test_a_runner_that_loses_the_session_as_it_settles_answers_nothing_and_runs_nothing(
+    tmp_path: Path,
+) -> None:
+    """The guards of a takeover whose lease is lost while it runs what its predecessor left
+    (``ClusterNode._take``, ``CommandRelay._run_taken``): the command's write is refused at
+    its fence, the node does not count as the session's runner, and the command is left
+    unanswered for the node that runs the session next, which runs it once and answers."""
+    async with run_by_first(tmp_path, forward_timeout_s=30.0) as (url, sid, first, second):
+        frozen, taking = cluster_of(first), cluster_of(second)
+        hold_drains(frozen)
+        submitted, submit = asyncio.Event(), taking.relay.table.submit
+
+        async def noted_submit(*args: Any) -> int:
+            try:
+                return await submit(*args)
+            finally:
+                submitted.set()
+
+        taking.relay.table.submit = noted_submit  # type: ignore[method-assign]
+        sent = asyncio.create_task(put_fact(second, sid, "once"))
+        await asyncio.wait_for(submitted.wait(), 20)
+        await lapse_lease(frozen, url, sid)
+        connection = await asyncpg.connect(url.replace("+asyncpg", ""))
+        take, taken = taking.relay.table.take, asyncio.Event()
+
+        async def taken_then_lost(*args: Any) -> list[OpenCommand]:
+            commands = await take(*args)
+            if commands and not taken.is_set():
+                taken.set()  # another node takes the session over before they run
+                await connection.execute(
+                    "UPDATE session_leases SET holder = 'elsewhere', epoch = epoch + 1,"
+                    " expires_at = clock_timestamp() + interval '60 s' WHERE session_id = $1",
+                    sid,
+                )
+            return commands
+
+        taking.relay.table.take = taken_then_lost  # type: ignore[method-assign]
+        try:
+            room = second.app.state.parley.rooms.loaded(sid)
+            with pytest.raises(NotHolder):
+                await taking.promote(room)
+            assert taken.is_set()
+            assert sid not in taking.running and sid not in taking.leases
+            left = await connection.fetch("SELECT result FROM session_commands")
+            assert [r["result"] for r in left] == [""]  # taken, not answered
+            # The other node is gone: the next runner runs it, once, and answers it.
+            await connection.execute(
+                "UPDATE session_leases SET expires_at = clock_timestamp() - interval '1 s'"
+            )
+        finally:
+            await connection.close()
+        assert await taking.promote(await taking.reopened(room))
+        async with asyncio.timeout(20):
+            assert await sent == (200, {"facts": {"deploy": "once"}})
+        assert await facts(second, sid) == {"deploy": "once"}
