@@ -43,6 +43,7 @@ from parley.server.http.rest import (
     path_pattern,
     read_paid_after,
     spend_command_everywhere,
+    spend_read,
 )
 from parley.server.outbound.targets import url_form_problem
 from parley.server.runtime.room import SessionRoom
@@ -285,10 +286,10 @@ async def delete_tool(state: AppState, name: str) -> None:
     await state.rooms.access_changed()
 
 
-async def get_private(
-    state: AppState, session_id: str, entry_id: str, caller: Caller
-) -> PrivateOut:
-    """The full text behind a placeholder, for a caller who may read every source of it."""
+async def get_private(state: AppState, session_id: str, entry_id: str, caller: Caller) -> Encoded:
+    """The full text behind a placeholder, for a caller who may read every source of it.
+    A member's read spends their read budget by the answer's bytes, as the transcript's
+    does (FX67: it spent none, and restricted texts could be read in a loop)."""
     # Committed text only, with no wait for a write under way (as ``RoomRegistry.committed``
     # waits for the document): the running node keeps such text once its write committed
     # (``SessionWriter._keep_private``), another node reads it from the store.
@@ -300,12 +301,16 @@ async def get_private(
         reader = await state.rooms.reader(room, caller.user_id)
         allowed = decide(reader, Read(item.restriction))
         await room.writer.require(allowed, caller.user_id, f"read restricted {entry_id}")
-    return PrivateOut(
+    out = PrivateOut(
         entry_id=entry_id,
         kind="message" if item.kind == "message" else "tool" if item.kind == "tool" else "reply",
         text=item.text,
         readers=[r.to_json() for r in item.restriction],
     )
+    body = out.model_dump_json().encode()
+    # Made before it is paid: its text is in memory, and its bytes are then exact.
+    spend_read(state, room, caller.user_id, len(body))
+    return Encoded(body)
 
 
 async def list_audit(
@@ -432,7 +437,7 @@ OPERATIONS: list[Operation] = [
         "The restricted text behind a placeholder (tool step or reply), or of a message "
         "shared back from a side-thread",
         response=PrivateOut,
-        errors=(404,),
+        errors=(404, 429),
         capability=Capability.READ_SESSION,
         with_caller=True,
     ),

@@ -103,7 +103,7 @@ async def deputy(b: Backend, provider: FakeModel) -> None:
     # The full reply is server-side: bob may read it over REST, alice may not.
     private = {"session_id": sid, "entry_id": bob_reply["id"]}
     got = await b.call(access_api.get_private, await b.member(sid, "bob"), **private)
-    assert SECRET_TEXT in got.text
+    assert SECRET_TEXT in json.loads(got.body)["text"]
     with pytest.raises(Forbidden) as refused:
         await b.call(access_api.get_private, await b.member(sid, "alice"), **private)
     assert refused.value.http_status == 403

@@ -25,10 +25,13 @@ from parley.server.http.transcript_body import TranscriptBody
 from parley.server.store import access as store_access
 from parley.server.store import reads
 from parley.server.store.access import AccessStore
-from parley.server.store.access_rows import DocumentRow
+from parley.server.store.access_rows import DocumentRow, PrivateItem
 from parley.server.ws.uvicorn_protocol import RESET_EXTENSION
+from parley.session.ratelimit import Spend
 from parley.session.schema import SessionDocument
 from tests.conftest import ADMIN_KEY, RunningServer, make_settings, serve_in_process, sqlite_url
+from tests.server.runtime.backend import Backend, backend, sql_store
+from tests.server.runtime.harness import memory_settings
 
 
 def a_document(count: int) -> SessionDocument:
@@ -492,6 +495,34 @@ async def test_a_members_document_lists_spend_their_read_budget_and_a_refused_on
         assert len(read) == 4  # refused before the store was read
         for _ in range(3):  # the admin key reads unbudgeted
             assert (await server.http.get(path)).json() == first.json()
+
+
+def _read_left(b: Backend, room: Any, user_id: str) -> float:
+    now = b.state.clock()
+    return float(room.budgets.bucket(user_id, Spend.READ_BYTES, now).left(now))
+
+
+async def test_a_members_reads_of_restricted_text_spend_their_read_budget(tmp_path: Path) -> None:
+    """FX67: ``…/entries/{id}/private`` spent no read budget: a member could pull large
+    restricted texts in a loop. It spends it by the answer's bytes, as the transcript's
+    read does: 429 ``rate_limited`` with a retry hint past it; the admin key's are free."""
+    settings = memory_settings(read_bytes_per_s=0.001, read_burst_bytes=2000)
+    async with sql_store(sqlite_url(tmp_path)) as store, backend(settings, store=store) as b:
+        sid = await b.new_session({"olga": "owner"})
+        room = await b.rooms.get(sid)
+        olga = (Readers("d", frozenset({"olga"}), frozenset()),)
+        room.context.keep(PrivateItem("e1", "reply", "é" * 600, olga))  # 1,200 bytes
+        token = await b.token(sid, "olga")
+        path = f"/api/v1/sessions/{sid}/entries/e1/private"
+        first = await b.request("GET", path, token=token)
+        assert first.status_code == 200 and first.json()["text"] == "é" * 600
+        assert _read_left(b, room, "olga") == 2000 - len(first.content)
+        refused = await b.request("GET", path, token=token)
+        assert refused.status_code == 429 and refused.json()["error"]["code"] == "rate_limited"
+        assert "read budget" in refused.json()["error"]["message"]
+        assert int(refused.headers["retry-after"]) >= 1
+        for _ in range(3):  # the admin key reads unbudgeted
+            assert (await b.request("GET", path)).json() == first.json()
 
 
 async def test_a_long_document_list_is_encoded_giving_the_loop_back(
