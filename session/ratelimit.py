@@ -49,6 +49,12 @@ class TokenBucket:
         self.allow(now, 0.0)
         self._tokens = max(self._tokens - cost, -self.rate.burst)
 
+    def give_back(self, now: float, amount: float) -> None:
+        """Return ``amount`` taken for what cost less (an estimate paid first), up to a
+        full bucket."""
+        self.allow(now, 0.0)
+        self._tokens = min(self._tokens + amount, self.rate.burst)
+
     def left(self, now: float) -> float:
         """What may be spent now (refilled to ``now`` first); nothing taken."""
         self.allow(now, 0.0)
@@ -162,6 +168,11 @@ class Budgets:
         """Charge what was already done (``TokenBucket.spend``)."""
         if cost.spend in self.rates:
             self.bucket(owner, cost.spend, now).spend(now, cost.amount)
+
+    def give_back(self, owner: object, cost: Cost, now: float) -> None:
+        """Return what was taken for what cost less (``TokenBucket.give_back``)."""
+        if cost.spend in self.rates:
+            self.bucket(owner, cost.spend, now).give_back(now, cost.amount)
 
     def spent(self, owner: object, spend: Spend, now: float) -> bool:
         """Whether ``owner`` has nothing left of ``spend`` (never, without a rate)."""

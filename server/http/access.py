@@ -21,6 +21,10 @@ from parley.server.http.cursor import PLACE_CURSOR, make_place_cursor, page_star
 from parley.server.http.members import revocations_in_force
 from parley.server.http.models import RoleList, RoleOut, RolePut
 from parley.server.http.resource_models import (
+    MAX_DOCUMENT_TITLE_CHARS,
+    MAX_NAME_CHARS,
+    MAX_READER_ROLES,
+    MAX_READER_USERS,
     TOOL_NAME,
     AuditList,
     AuditRecordOut,
@@ -163,11 +167,24 @@ async def document_list_json(rows: Sequence[DocumentRow]) -> bytes:
     return b'{"documents":[' + b",".join(parts) + b"]}"
 
 
+# The most a document adds to a list's JSON: its title and reader lists at their bounds
+# (``DocumentCreate``), each character as up to 6 bytes (``\u001f``), and its id, numbers
+# and keys; and the most the list adds around its documents.
+LISTED_DOCUMENT_MAX_BYTES = (
+    6 * (MAX_DOCUMENT_TITLE_CHARS + (MAX_READER_USERS + MAX_READER_ROLES) * (MAX_NAME_CHARS + 1))
+    + 256
+)
+LIST_FRAME_BYTES = 64
+
+
 async def list_documents(state: AppState, session_id: str, caller: Caller) -> Encoded:
     """The documents the caller may read (all of them for the admin), without their text.
     A member's list spends their read budget by its bytes, as one document's read does:
     their reader lists make it up to 22 MB (review RL-2: unbudgeted, a viewer's loop of
-    lists held every session on the node 1.3 s a call)."""
+    lists held every session on the node 1.3 s a call). It is paid before the store is
+    read by what their last list cost, and their first by the most it can cost (FX67:
+    1 byte, so first lists asked at once were each made against one budget); each is
+    settled to its bytes once made."""
     room = await state.rooms.current(session_id)
     user_id = caller.user_id
     last_sizes = state.document_lists.setdefault(room, {})
@@ -182,10 +199,16 @@ async def list_documents(state: AppState, session_id: str, caller: Caller) -> En
             last_sizes[user_id] = len(body)
         return body
 
-    # Paid before the store is read by what their last list cost (at most the burst, which
-    # is what such a read takes): a refused one reads nothing, and of lists asked at once
-    # on several connections one is made, not each against one budget.
-    least = 1 if user_id is None else last_sizes.get(user_id, 1)
+    # Paid before the store is read (at most the burst, which is what such a read takes):
+    # a refused one reads nothing, and of lists asked at once on several connections one
+    # is made, not each against one budget.
+    if user_id is None:
+        least = 1
+    elif user_id in last_sizes:
+        least = last_sizes[user_id]
+    else:  # counted from an index, no document read
+        count = await _access(state).count_documents(session_id)
+        least = LIST_FRAME_BYTES + count * LISTED_DOCUMENT_MAX_BYTES
     least = min(least, state.settings.read_burst_bytes)
     return await read_paid_after(state, room, user_id, answer, least=least)
 

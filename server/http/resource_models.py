@@ -81,7 +81,11 @@ class AuditList(Strict):
     next_cursor: str | None = Field(description=NEXT_CURSOR)
 
 
-NameStr = Annotated[str, Field(min_length=1, max_length=200)]
+MAX_NAME_CHARS = 200
+MAX_READER_USERS = 1000
+MAX_READER_ROLES = 100
+MAX_DOCUMENT_TITLE_CHARS = 500
+NameStr = Annotated[str, Field(min_length=1, max_length=MAX_NAME_CHARS)]
 
 
 class ReadersIn(Strict):
@@ -96,12 +100,12 @@ class ReadersIn(Strict):
         },
     )
 
-    users: list[NameStr] = Field(default_factory=list, max_length=1000)
-    roles: list[NameStr] = Field(default_factory=list, max_length=100)
+    users: list[NameStr] = Field(default_factory=list, max_length=MAX_READER_USERS)
+    roles: list[NameStr] = Field(default_factory=list, max_length=MAX_READER_ROLES)
 
 
 class DocumentCreate(Strict):
-    title: str = Field(min_length=1, max_length=500)
+    title: str = Field(min_length=1, max_length=MAX_DOCUMENT_TITLE_CHARS)
     text: str = Field(
         min_length=1, description="At most PARLEY_MAX_DOCUMENT_CHARS characters (default 200000)"
     )

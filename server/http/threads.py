@@ -27,6 +27,7 @@ from parley.server.http.thread_models import (
 from parley.server.runtime.side_threads import thread_json
 from parley.server.state import AppState
 from parley.session.errors import NotFound
+from parley.session.thread_commands import MAX_TITLE_CHARS
 
 
 async def _thread(state: AppState, session_id: str, thread_id: str, caller: Caller) -> Encoded:
@@ -46,10 +47,23 @@ async def _thread(state: AppState, session_id: str, thread_id: str, caller: Call
     return await read_paid_after(state, room, caller.user_id, answer)
 
 
+# The most a side-thread adds to a list's JSON beside its owner's id: its title at its
+# bound, each character as up to 6 bytes (``\u001f``), and its id, numbers and keys.
+LISTED_THREAD_MAX_BYTES = 6 * MAX_TITLE_CHARS + 256
+
+
+def _most_listed_bytes(state: AppState, user_id: str) -> int:
+    """The most a list of ``user_id``'s side-threads can be: as many as they may keep."""
+    each = LISTED_THREAD_MAX_BYTES + 6 * len(user_id)
+    return 64 + state.settings.max_threads_per_member * each
+
+
 async def list_threads(state: AppState, session_id: str, caller: Caller) -> Encoded:
     """The caller's side-threads in this session, oldest first (the admin: everyone's). A
     member's list spends their read budget by its bytes, as a thread's read does (review
-    RL-2: one rule for every list made anew from the store)."""
+    RL-2: one rule for every list made anew from the store): paid before the store is
+    read by the most it can be (FX67: 1 byte, so lists asked at once were each made
+    against one budget), and settled to its bytes once made."""
     room = await state.rooms.current(session_id)  # ``not_found`` for a session not there
 
     async def answer() -> bytes:
@@ -59,7 +73,10 @@ async def list_threads(state: AppState, session_id: str, caller: Caller) -> Enco
         )
         return listed.model_dump_json().encode()
 
-    return await read_paid_after(state, room, caller.user_id, answer)
+    least = 1
+    if caller.user_id is not None:
+        least = min(_most_listed_bytes(state, caller.user_id), state.settings.read_burst_bytes)
+    return await read_paid_after(state, room, caller.user_id, answer, least=least)
 
 
 async def open_thread(

@@ -482,11 +482,20 @@ class SessionRoom:
 
     def settle_read(self, user_id: str | None, spent: int, answer: Sequence[str | bytes]) -> None:
         """A member's read, ``spent`` bytes of it paid before it was made (``spend_read``:
-        what it was known to cost at least, so a refused read costs nothing), was answered
-        with ``answer``: the rest of its bytes as sent (``answer_bytes``) is paid
-        (``charge_read``). Every read of an answer made anew is paid so, over REST and on
-        a socket alike."""
-        self.charge_read(user_id, max(answer_bytes(answer) - spent, 0))
+        what it was known or estimated to cost, so a refused read costs nothing), was
+        answered with ``answer``: the rest of its bytes as sent (``answer_bytes``) is paid
+        (``charge_read``), or what was paid past them given back (an upper estimate: a
+        first list of documents). Every read of an answer made anew is paid so, over REST
+        and on a socket alike."""
+        if user_id is None:
+            return
+        size = answer_bytes(answer)
+        taken = self._read_cost(spent)
+        if size < taken.amount:
+            over = Cost(Spend.READ_BYTES, taken.amount - size)
+            self.budgets.give_back(user_id, over, self.clock())
+        else:
+            self.charge_read(user_id, max(size - spent, 0))
 
     def charge_build(self, user_id: str | None, entries: int, answer: int = 0) -> int:
         """A model input's build asked by ``user_id`` (a context preview, a side-thread

@@ -88,6 +88,10 @@ def _document_head(row: Any, chars: int) -> DocumentRow:
     return DocumentRow(row.id, row.session_id, row.title, "", readers, row.created_at, chars)
 
 
+def _count_documents(session_id: str) -> Select[Any]:
+    return select(func.count()).select_from(documents).where(documents.c.session_id == session_id)
+
+
 def _tool(row: Any) -> ToolRow:
     return ToolRow(
         row.name,
@@ -343,13 +347,7 @@ class AccessStore:
         revoked: Revoked = {}
         async with self.store.transaction() as tx:
             await lock_session(tx.connection, row.session_id)  # concurrent adds count in turn
-            count = (
-                await tx.connection.execute(
-                    select(func.count())
-                    .select_from(documents)
-                    .where(documents.c.session_id == row.session_id)
-                )
-            ).scalar_one()
+            count = (await tx.connection.execute(_count_documents(row.session_id))).scalar_one()
             if count >= max_per_session:
                 raise Conflict(f"at most {max_per_session} documents per session")
             await tx.connection.execute(
@@ -399,6 +397,11 @@ class AccessStore:
                 for document_id, chars in found:
                     self._know_length(str(document_id), int(chars))
         return [_document_head(row, self._lengths.get(row.id, 0)) for row in rows]
+
+    async def count_documents(self, session_id: str) -> int:
+        """How many documents the session has (from its index: no row is read)."""
+        async with self.store.read() as connection:
+            return int((await connection.execute(_count_documents(session_id))).scalar_one())
 
     async def get_document(self, session_id: str, document_id: str) -> DocumentRow | None:
         async with self.store.read() as connection:

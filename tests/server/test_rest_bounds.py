@@ -12,6 +12,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from pycrdt import Doc
 
@@ -20,7 +21,7 @@ from parley.server.http import access as http_access
 from parley.server.http import transcript_body
 from parley.server.http.bounded import PIECE_BYTES, BoundedJSONResponse
 from parley.server.http.models import MemberOut, TranscriptEntryOut, TranscriptOut
-from parley.server.http.resource_models import DocumentList
+from parley.server.http.resource_models import DocumentCreate, DocumentList, ReadersIn
 from parley.server.http.transcript_body import TranscriptBody
 from parley.server.store import access as store_access
 from parley.server.store import reads
@@ -497,9 +498,82 @@ async def test_a_members_document_lists_spend_their_read_budget_and_a_refused_on
             assert (await server.http.get(path)).json() == first.json()
 
 
+async def _request_at_once(
+    b: Backend, path: str, token: str, store_read: tuple[Any, str], monkeypatch: pytest.MonkeyPatch
+) -> tuple[list[httpx.Response], list[str]]:
+    """Two GETs of ``path`` with ``token`` asked at once, each read from the store giving
+    the loop a turn first (``store_read``: the class and the name of its read), so both
+    are under way together; their answers, and the store's reads made."""
+    owner, name = store_read
+    reading = getattr(owner, name)
+    made: list[str] = []
+
+    async def turn_first(self: Any, *args: Any, **kwargs: Any) -> Any:
+        made.append(name)
+        await asyncio.sleep(0)  # the other request's turn
+        return await reading(self, *args, **kwargs)
+
+    monkeypatch.setattr(owner, name, turn_first)
+    answers = await asyncio.gather(*(b.request("GET", path, token=token) for _ in range(2)))
+    return list(answers), made
+
+
 def _read_left(b: Backend, room: Any, user_id: str) -> float:
     now = b.state.clock()
     return float(room.budgets.bucket(user_id, Spend.READ_BYTES, now).left(now))
+
+
+async def test_a_members_first_document_lists_are_paid_before_the_store_is_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """FX67: a member's first list (what their last one cost not known) was paid 1 byte
+    before it was made: first lists asked at once were each made against one budget. It
+    is paid first by an upper estimate (the session's documents, each as large as one can
+    be listed, up to the burst), and settled to its true cost once made."""
+    settings = memory_settings(read_bytes_per_s=0.001, read_burst_bytes=8000)
+    async with sql_store(sqlite_url(tmp_path)) as store, backend(settings, store=store) as b:
+        sid = await b.new_session({"vic": "viewer"})
+        readers = ReadersIn(users=["vic", *(f"reader-{n:050d}" for n in range(19))])
+        for i in range(4):
+            body = DocumentCreate(title=f"doc {i}", text="x" * 10, readers=readers)
+            await b.call(http_access.create_document, session_id=sid, body=body)
+        token = await b.token(sid, "vic")
+        path = f"/api/v1/sessions/{sid}/documents"
+        answers, made = await _request_at_once(
+            b, path, token, (AccessStore, "list_documents"), monkeypatch
+        )
+        assert sorted(a.status_code for a in answers) == [200, 429], [a.text for a in answers]
+        assert len(made) == 1  # the refused one read nothing
+        listed = next(a for a in answers if a.status_code == 200)
+        assert 4000 < len(listed.content) < 8000
+        assert len(listed.json()["documents"]) == 4
+        refused = next(a for a in answers if a.status_code == 429)
+        assert "read budget" in refused.json()["error"]["message"]
+        assert int(refused.headers["retry-after"]) >= 1
+        room = await b.rooms.get(sid)
+        assert _read_left(b, room, "vic") == 8000 - len(listed.content)  # its true cost
+
+
+async def test_a_members_first_side_thread_lists_are_paid_before_the_store_is_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """FX67: as a first list of documents, a list of side-threads was paid 1 byte before it
+    was made (each one, there being no last size); it is paid first by the most a member's
+    list can be (their side-threads at their bound), and settled to its true cost."""
+    settings = memory_settings(read_bytes_per_s=0.001, read_burst_bytes=8000)
+    async with sql_store(sqlite_url(tmp_path)) as store, backend(settings, store=store) as b:
+        sid = await b.new_session({"vic": "viewer"})
+        token = await b.token(sid, "vic")
+        path = f"/api/v1/sessions/{sid}/threads"
+        answers, made = await _request_at_once(
+            b, path, token, (type(b.store), "load_threads"), monkeypatch
+        )
+        assert sorted(a.status_code for a in answers) == [200, 429], [a.text for a in answers]
+        assert len(made) == 1  # the refused one read nothing
+        listed = next(a for a in answers if a.status_code == 200)
+        assert listed.json() == {"threads": []}
+        room = await b.rooms.get(sid)
+        assert _read_left(b, room, "vic") == 8000 - len(listed.content)
 
 
 async def test_a_members_reads_of_restricted_text_spend_their_read_budget(tmp_path: Path) -> None:

@@ -100,6 +100,17 @@ def test_a_bucket_says_what_is_left_without_taking_it() -> None:
     assert bucket.left(0.0) == 40 and bucket.left(1.0) == 50 and bucket.left(9.0) == 100
 
 
+def test_what_an_estimate_took_past_the_cost_is_given_back_up_to_a_full_bucket() -> None:
+    """FX67: a first list of documents is paid an upper estimate, then settled."""
+    budgets = Budgets({Spend.READ_BYTES: Rate(per_second=10.0, burst=100)})
+    assert budgets.allow("vic", Cost(Spend.READ_BYTES, 90), 0.0)
+    budgets.give_back("vic", Cost(Spend.READ_BYTES, 70), 0.0)  # it cost 20
+    assert budgets.bucket("vic", Spend.READ_BYTES, 0.0).left(0.0) == 80
+    budgets.give_back("vic", Cost(Spend.READ_BYTES, 70), 1.0)
+    assert budgets.bucket("vic", Spend.READ_BYTES, 1.0).left(1.0) == 100  # never past it
+    budgets.give_back("vic", Cost(Spend.COMMANDS, 5), 1.0)  # no rate: nothing to give back
+
+
 def test_keyed_buckets_refuse_each_key_alone_and_keep_at_most_max_keys() -> None:
     keyed = KeyedBuckets(Rate(per_second=1, burst=2), max_keys=2)
     assert keyed.take("a", now=0) == 0.0 and keyed.take("a", now=0) == 0.0
