@@ -175,6 +175,19 @@ class CommandTable:
             return Withdrawal.GONE
         return Withdrawal.TAKEN if result.result in (None, TAKEN) else str(result.result)
 
+    async def reopen(self, command_ids: list[int]) -> None:
+        """Hand taken commands back unanswered: open again, as if never taken, for the
+        node that runs the session next (this one began to drain as it took them); their
+        forwarding nodes may withdraw them meanwhile, as any open one."""
+        if command_ids:
+            async with self.engine.begin() as connection:
+                taken = session_commands.c.result == TAKEN
+                await connection.execute(
+                    update(session_commands)
+                    .where(session_commands.c.id.in_(command_ids), taken)
+                    .values(result=None)
+                )
+
     async def answer(self, answers: list[tuple[int, str]]) -> None:
         """Store the replies and tell the forwarding nodes, in one transaction."""
         if answers:

@@ -44,6 +44,7 @@ from parley.server.cluster.relay import (
     FORWARD_POLL_S,
     MAX_TAIL_PAGES,
     CommandRelay,
+    unavailable,
 )
 from parley.server.cluster.tail import catch_up_threads, read_tail
 from parley.server.runtime.back_references import BackReference
@@ -92,14 +93,6 @@ def _store_tx(tx: SessionTx) -> StoreTx:
 
 def _connection(tx: SessionTx) -> AsyncConnection:
     return _store_tx(tx).connection
-
-
-def _unavailable(reply: str) -> bool:
-    """Whether a command's reply is the error ``unavailable`` (a write fenced, say)."""
-    with contextlib.suppress(ValueError):
-        answer = json.loads(reply)
-        return isinstance(answer, dict) and answer.get("code") == Unavailable.code.value
-    return False
 
 
 class HolderFence:
@@ -505,7 +498,7 @@ class ClusterNode:
             return error_reply(command_id_of(frame), exc)
         if here:
             reply = await handle_frame(room, user_id, frame, token)
-            if room.session_id in self.running or not _unavailable(reply):
+            if room.session_id in self.running or not unavailable(reply):
                 return reply
         return await self.relay.forward(room, user_id, frame, token)
 

@@ -50,6 +50,14 @@ COMMAND_BATCH = 200
 FORWARD_POLL_S = 0.5
 
 
+def unavailable(reply: str) -> bool:
+    """Whether a command's reply is the error ``unavailable`` (a write fenced, say)."""
+    with contextlib.suppress(ValueError):
+        answer = json.loads(reply)
+        return isinstance(answer, dict) and answer.get("code") == Unavailable.code.value
+    return False
+
+
 def _answer_of(command: OpenCommand, outcome: str | BaseException) -> tuple[int, str]:
     if isinstance(outcome, BaseException):
         # Answered, so a command that crashes cannot block the ones after it.
@@ -184,12 +192,18 @@ class CommandRelay:
                 # after a crash; refused here, a member on a healthy node was told to send it
                 # again after reconnecting, and their socket never closed (review rx-1).
                 return
+            if room.draining:  # begun while the lease was asked for (FX68)
+                return
             if not await self._run_taken(room):
                 return
 
     async def _run_taken(self, room: SessionRoom) -> bool:
         """Take a page of the session's forwarded commands, run them and answer them;
-        False when there were none, or the lease was lost meanwhile."""
+        False when there were none, the lease was lost meanwhile, or the room began to
+        drain (SIGTERM) meanwhile: what it had not run then is handed back open, for the
+        node that runs the session next (FX68: a drain begun as the page was taken, or as
+        a command waited for the writer, refused a healthy node's member "the server is
+        shutting down; send it again after reconnecting" on a socket that stayed open)."""
         session_id = room.session_id
         timeout_s = self.node.settings.forward_timeout_s
         taken = await self.table.take(session_id, COMMAND_BATCH, timeout_s)
@@ -201,14 +215,22 @@ class CommandRelay:
             await room.membership.set_member(
                 user_id, None if member is None else member.as_member()
             )
+        if room.draining:
+            await self.table.reopen([c.id for c in taken])
+            return False
         outcomes = await asyncio.gather(
             *(self._run_forwarded(room, c.user_id, c.frame, c.token) for c in taken),
             return_exceptions=True,
         )
         if session_id not in self.node.leases:
             return False  # fenced meanwhile: the next holder answers them
-        await self.table.answer([_answer_of(c, o) for c, o in zip(taken, outcomes, strict=True)])
-        return True
+        answers = [_answer_of(c, o) for c, o in zip(taken, outcomes, strict=True)]
+        # Refused ``unavailable`` in a room draining now: nothing of it stored (or, its
+        # commit's outcome unknown, the next runner answers it with its first ack).
+        handed_back = {i for i, reply in answers if room.draining and unavailable(reply)}
+        await self.table.answer([x for x in answers if x[0] not in handed_back])
+        await self.table.reopen(sorted(handed_back))
+        return not handed_back
 
     async def _run_forwarded(
         self, room: SessionRoom, user_id: str, frame: str, token: ClientClaims | None

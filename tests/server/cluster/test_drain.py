@@ -6,12 +6,18 @@ socket, on a healthy node, was never closed, so no SDK resent it)."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import signal
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.server.cluster.nodes import cluster
+from parley.server.cluster import relay
+from parley.server.runtime.room import SessionRoom
+from parley.session.closes import CloseCode
+from tests.server.cluster.nodes import cluster, two_in_process
 from tests.server.cluster.test_settings import reply_to
 from tests.yclient import YClient
 
@@ -47,3 +53,88 @@ async def test_a_prompt_through_a_healthy_node_waits_out_the_drain_of_the_runnin
         assert sent["type"] == "ack", sent
         answered = await reply_to(carol, sent["prompt_id"])
         assert answered["prompt_status"] == "done", answered
+
+
+async def _drain_ended(relay: Any, sid: str) -> None:
+    """Until the relay's pass over ``sid``'s forwarded commands (``CommandRelay.drain``)
+    has ended."""
+    async with asyncio.timeout(30):
+        while sid in relay._draining:  # noqa: ASYNC110 (no event tells of its end)
+            await asyncio.sleep(0.02)
+
+
+@pytest.mark.parametrize("window", ["lease", "take", "run"])
+async def test_a_drain_begun_as_the_relay_runs_a_forwarded_command_leaves_it_to_the_next_runner(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, window: str
+) -> None:
+    """FX68: the relay asked whether the room drained before it awaited the lease (and then
+    the command's page, and the writer): a drain begun meanwhile (at load 15, once) found
+    bob's prompt, from a healthy node, run in the draining room and refused "the server is
+    shutting down; send it again after reconnecting" on a socket that stayed open. The
+    drain begins here, in one process, while the running node's relay waits on an event
+    in each of those windows: bob's prompt is left to the next runner, and answered there
+    (acknowledged, stored once)."""
+    async with two_in_process(tmp_path, lease_ttl_s=2.0) as (_, first, second):
+        sid = await first.new_session({"ann": "editor", "bob": "editor"})
+        await first.connect(sid, "ann")  # the session runs on the first node
+        await second.connect(sid, "bob")  # a read replica on the second
+        running = first.app.state.parley.rooms.cluster
+        other = second.app.state.parley.rooms.cluster
+        room = first.app.state.parley.rooms.loaded(sid)
+        replica = second.app.state.parley.rooms.loaded(sid)
+        assert sid in running.running and room is not None and replica is not None
+        stored, waiting, go = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+        async def wait_for_go() -> None:
+            waiting.set()
+            await go.wait()
+
+        submit = other.relay.table.submit
+
+        async def submitted(*args: Any) -> int:
+            command_id = await submit(*args)
+            stored.set()
+            return int(command_id)
+
+        monkeypatch.setattr(other.relay.table, "submit", submitted)
+        if window == "lease":  # every pass waits, after the lease is asked for
+            lease_holds = running.lease_holds
+
+            async def asked(room: SessionRoom) -> bool:
+                holds = await lease_holds(room)
+                await wait_for_go()
+                return bool(holds)
+
+            monkeypatch.setattr(running, "lease_holds", asked)
+        elif window == "take":  # the pass that took bob's command waits
+            take = running.relay.table.take
+
+            async def took(*args: Any) -> list[Any]:
+                taken = await take(*args)
+                if taken:
+                    await wait_for_go()
+                return list(taken)
+
+            monkeypatch.setattr(running.relay.table, "take", took)
+        else:  # bob's command waits before it is run (for the writer, say)
+            handle_frame = relay.handle_frame
+
+            async def handled(room: SessionRoom, *args: Any) -> str:
+                await wait_for_go()
+                return await handle_frame(room, *args)
+
+            monkeypatch.setattr(relay, "handle_frame", handled)
+        frame = json.dumps({"type": "prompt", "id": "b1", "text": "while it drains"})
+        sent = asyncio.create_task(other.command(replica, "bob", frame))
+        async with asyncio.timeout(30):
+            await stored.wait()
+            await waiting.wait()
+        room.drain()  # SIGTERM on the running node (``RoomRegistry.drain``)
+        go.set()
+        await _drain_ended(running.relay, sid)
+        # The running node stops: its rooms unload (``RoomRegistry.close``), leases let go.
+        await first.app.state.parley.rooms.unload(sid, CloseCode.GOING_AWAY, "shutting down")
+        reply = json.loads(await asyncio.wait_for(sent, 60))
+        assert reply["type"] == "ack", reply
+        prompts = [m for m in await second.transcript(sid) if m.get("kind") == "prompt"]
+        assert [m["content"] for m in prompts] == ["while it drains"], prompts
