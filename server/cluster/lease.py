@@ -16,15 +16,16 @@ blocked longer than the TTL) renews the lease before it answers, or gives the se
 Renewals and takeovers wait on no row (``LeaseTable.renew``, ``try_acquire``): one another
 transaction holds is skipped and asked again next round. As last committed it still runs
 until its expiry, before which no takeover succeeds, so the holder counts on it until then;
-one still locked past that is lost, unless this node's own write holds it (its fence ran,
-and it has not ended): then nobody else can take it, whatever its committed expiry says.
+one still locked past that is lost, unless a transaction of this node holds it (a write
+whose fence ran, a member changed or a token minted here: ``LeaseTable.locked``), and has
+not ended: then nobody else can take it, whatever its committed expiry says.
 """
 
 from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -101,9 +102,9 @@ class Renewal:
     session under way, a member's change, a takeover attempt), so skipped, never waited
     for: still this node's as last committed, for the seconds given (database clock), and
     asked again at the next renewal; one that ran out as last committed is there (for 0 s)
-    only while a write of this node holds its row, which no takeover can pass. Every
-    other one is lost: taken over, fenced, its session deleted, or its row locked by
-    another transaction once it had run out (a takeover may be under way)."""
+    only while a transaction of this node holds its row, which no takeover can pass. Every
+    other one is lost: taken over, fenced, its session deleted, or its row locked by a
+    transaction not this node's once it had run out (a takeover may be under way)."""
 
     renewed: frozenset[str] = frozenset()
     locked: Mapping[str, float] = field(default_factory=dict)
@@ -182,10 +183,11 @@ _FENCE_MEMBER = text(
 # Renews the node's leases whose rows it can lock at once, in session order (as a role
 # change locks them, ``count_role_change``), and reads every row asked for as last
 # committed (the statement's snapshot), with the seconds it has left (NULL: none) and
-# whether a write of this node holds it (``held_ids``, ``held_xacts``: the sessions and
-# transactions whose fence locked them, not known to have ended; the database says whether
-# each still runs, as one ended by it, ``idle_in_transaction_session_timeout``, or on a
-# lost connection, is not known here until its task runs again). A row
+# whether a transaction of this node holds it (``held_ids``, ``held_xacts``: the sessions
+# and transactions that locked them, a write's fence or a change of the members or tokens
+# made here, not known to have ended; the database says whether each still runs, as one
+# ended by it, ``idle_in_transaction_session_timeout``, or on a lost connection, is not
+# known here until its task runs again). A row
 # another transaction holds is skipped, never waited for (FX51: the wait, up to the lock
 # budget and past the TTL, held every other lease up, and the writes of the sessions whose
 # rows it had locked meanwhile). FOR NO KEY UPDATE: the lock the UPDATE takes.
@@ -274,17 +276,18 @@ class LeaseTable:
         self.engine = engine
         self.holder = holder
         self.ttl_s = ttl_s
-        # The writes of this node whose fence locked a lease row (its session, and the
-        # transaction's id) and that have not ended here: while one runs, nobody else can
-        # take that lease.
+        # The transactions of this node that locked a lease row (its session, and the
+        # transaction's id) and have not ended here: a write's fence, a member changed or
+        # a token minted here (``lock_session``, told through ``Database.lease_locks``).
+        # While one runs, nobody else can take that lease.
         self._held_here: Counter[tuple[str, int]] = Counter()
 
-    def _holding(self, tx: StoreTx, session_id: str, xact: int) -> None:
-        """``tx`` (transaction ``xact``) locked ``session_id``'s lease row in its fence:
-        held here until it ends."""
+    def locked(self, session_id: str, xact: int) -> Callable[[], None]:
+        """Transaction ``xact`` of this node locked ``session_id``'s lease row: held here
+        until the returned callable is called, once it has ended (``LeaseLocks``)."""
         key = (session_id, xact)
         self._held_here[key] += 1
-        tx.when_ended(lambda: self._released(key))
+        return lambda: self._released(key)
 
     def _released(self, key: tuple[str, int]) -> None:
         self._held_here[key] -= 1
@@ -318,7 +321,7 @@ class LeaseTable:
         found = (await tx.connection.execute(_FENCE, self._fenced(lease))).first()
         if found is None:
             raise Fenced(LOST)
-        self._holding(tx, lease.session_id, int(found.xact))
+        tx.when_ended(self.locked(lease.session_id, int(found.xact)))
         return int(found.members_version)
 
     async def fence_member(
@@ -338,7 +341,7 @@ class LeaseTable:
         if found is None:
             raise Fenced(LOST)
         stored, maker, revoked, version, xact = found
-        self._holding(tx, lease.session_id, int(xact))
+        tx.when_ended(self.locked(lease.session_id, int(xact)))
         made_by = "" if token is None else token.made_by
         return StoredMember(
             _member(user_id, stored),
@@ -357,8 +360,8 @@ class LeaseTable:
 
     async def renew(self, leases: list[Lease]) -> Renewal:
         """Extend these leases of this node, waiting on no row another transaction holds
-        (see ``Renewal``: one run out as last committed is kept while a write of this
-        node holds its row, FX61). ``Unavailable`` if the database fails."""
+        (see ``Renewal``: one run out as last committed is kept while a transaction of
+        this node holds its row, FX61, FX68). ``Unavailable`` if the database fails."""
         if not leases:
             return Renewal()
         epochs = {x.session_id: x.epoch for x in leases}
@@ -380,7 +383,8 @@ class LeaseTable:
                         renewed.add(row.session_id)
                 elif int(row.epoch) == epochs[row.session_id]:
                     # Run out as last committed: a takeover may be under way, unless a
-                    # write of this node holds the row (its fence matched this lease).
+                    # transaction of this node holds the row (as its epoch is this
+                    # lease's, a takeover cannot have passed it).
                     if row.left_s is not None:
                         locked[row.session_id] = float(row.left_s)
                     elif row.held_here:

@@ -208,6 +208,7 @@ class ClusterNode:
         self.registry = registry
         self.node_id = settings.node_id or default_node_id()
         self.leases_table = LeaseTable(store.engine, self.node_id, settings.lease_ttl_s)
+        store.lease_locks = self.leases_table  # its transactions' lease rows (FX68)
         self.leases: dict[str, Lease] = {}
         # Of each lease held, until when it surely holds (``LeaseTable.known_until``).
         self.held_until: dict[str, float] = {}

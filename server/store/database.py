@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from parley.server.store.direct_sqlite import Plan, plan_for
 from parley.server.store.group_commit import INSERT_UPDATE_SQLITE, GroupCommit
 from parley.server.store.health import LOCK_HELD, LockTimeout, StorageHealth, lock_waited
+from parley.server.store.lease_locks import LeaseLocks
 from parley.server.store.sqlite_inline import (
     Checkpointer,
     InlineConnection,
@@ -117,6 +118,9 @@ class Database:
         self.on_outbox: Callable[[], None] | None = None
         # The event webhook subscriptions every event write here matches against.
         self.subscriptions = Subscriptions()
+        # Cluster mode: told of each lease row a transaction here locks (the node's
+        # ``LeaseTable``, so its renewal knows the node's own transactions).
+        self.lease_locks: LeaseLocks | None = None
 
     @asynccontextmanager
     async def transaction(
@@ -137,7 +141,7 @@ class Database:
         try:
             async with self._turn(deadline, group_round), self.engine.connect() as connection:
                 if self._writers is None:
-                    tx = StoreTx(connection, self.subscriptions)
+                    tx = StoreTx(connection, self.subscriptions, lease_locks=self.lease_locks)
                     with tx.ending():
                         async with connection.begin() as begun:
                             yield tx

@@ -17,6 +17,7 @@ from parley.authz.roles import Member, Role
 from parley.authz.tokens import ClientClaims
 from parley.server.store.access_rows import TokenRow
 from parley.server.store.direct_sqlite import direct
+from parley.server.store.lease_locks import XACT, tell_locked
 from parley.server.store.tables import members, model_usage, quotas, roles, sessions
 from parley.session.errors import Conflict, InvalidInput, NotFound
 from parley.session.names import look_alike_key, name_key, read_name, speaker_name_refusal
@@ -256,11 +257,12 @@ def member_keys(user_id: str, display_name: str) -> dict[str, str]:
 
 
 # The lease row of a session run in cluster mode (``server.cluster.lease``), if any.
-_LOCK_LEASE = text("SELECT 1 FROM session_leases WHERE session_id = :id FOR NO KEY UPDATE")
+_LOCK_LEASE = text(f"SELECT {XACT} FROM session_leases WHERE session_id = :id FOR NO KEY UPDATE")
 # The same lock, for a change of the members or client tokens: counted on the lease row, so
 # the node that runs the session reads them again at its next write (its fence).
 _COUNT_MEMBERS_CHANGE = text(
     "UPDATE session_leases SET members_version = members_version + 1 WHERE session_id = :id"
+    f" RETURNING {XACT}"
 )
 
 
@@ -274,7 +276,7 @@ async def count_members_change(connection: AsyncConnection, session_id: str) -> 
 # A custom role's definition changed: counted on the lease rows of the sessions where a
 # member holds it, locked in one order (as a member change locks one, then the role's row).
 _COUNT_ROLE_CHANGE = text(
-    """
+    f"""
     WITH touched AS (
         SELECT l.session_id FROM session_leases l
         WHERE l.session_id IN (SELECT m.session_id FROM members m WHERE m.role = :role)
@@ -283,6 +285,7 @@ _COUNT_ROLE_CHANGE = text(
     )
     UPDATE session_leases SET members_version = members_version + 1
     WHERE session_id IN (SELECT session_id FROM touched)
+    RETURNING session_id, {XACT}
     """
 )
 
@@ -294,7 +297,8 @@ async def count_role_change(connection: AsyncConnection, role: str) -> None:
     yet. Its lease row locked first, as a member change locks it before the role's row:
     a member given the role meanwhile is either counted here or waits for this commit."""
     if connection.dialect.name == "postgresql":
-        await connection.execute(_COUNT_ROLE_CHANGE, {"role": role})
+        for row in await connection.execute(_COUNT_ROLE_CHANGE, {"role": role}):
+            tell_locked(connection, row.session_id, int(row.xact))
 
 
 async def lock_session(
@@ -310,10 +314,13 @@ async def lock_session(
     removed member's messages were stored after their ``member_left``). ``members_change``:
     the transaction changes the members or client tokens; the lease row counts it (its
     ``members_version``), so the running node judges its next write by them as stored, in
-    force there or not yet (reviews RH-2, RH-3)."""
+    force there or not yet (reviews RH-2, RH-3). The node's ``LeaseTable`` is told of the
+    lock (``lease_locks``): its renewal holds this transaction for the node's own (FX68)."""
     if connection.dialect.name == "postgresql":
         lock = _COUNT_MEMBERS_CHANGE if members_change else _LOCK_LEASE
-        await connection.execute(lock, {"id": session_id})
+        held = (await connection.execute(lock, {"id": session_id})).first()
+        if held is not None:
+            tell_locked(connection, session_id, int(held.xact))
     found = await connection.execute(
         select(sessions.c.id).where(sessions.c.id == session_id).with_for_update()
     )

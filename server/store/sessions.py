@@ -21,6 +21,7 @@ from parley.authz.roles import Member
 from parley.authz.tokens import ADMIN_ACTOR
 from parley.server.store.access import CHANNEL_SETTINGS, AccessStore, read_reader_lists
 from parley.server.store.health import StorageHealth
+from parley.server.store.lease_locks import XACT, tell_locked
 from parley.server.store.link_tokens import LinkRefusal, Revoked, revoke_known, revoke_refused
 from parley.server.store.reads import SessionReads
 from parley.server.store.rows import (
@@ -208,9 +209,12 @@ class Store(SessionReads, UsageTables):
                 # The lease first, as a write of the running node locks it (its fence) and
                 # then the session's row: in the other order, a reply streaming there
                 # deadlocked with the delete (review: 503 now and then).
-                await tx.connection.execute(
-                    text("DELETE FROM session_leases WHERE session_id = :id"), {"id": session_id}
+                lease = await tx.connection.execute(
+                    text(f"DELETE FROM session_leases WHERE session_id = :id RETURNING {XACT}"),
+                    {"id": session_id},
                 )
+                for held in lease:  # (this node's own, as its renewal counts it: FX68)
+                    tell_locked(tx.connection, session_id, int(held.xact))
             # Locks the session's row first (PostgreSQL): its deliveries stay in order.
             found = await tx.connection.execute(
                 update(sessions)

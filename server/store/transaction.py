@@ -20,6 +20,7 @@ from parley.server.store.access_rows import PrivateItem, TokenRow
 from parley.server.store.counters import ClaimedSeqs, SequenceMoved
 from parley.server.store.direct_sqlite import plan_for
 from parley.server.store.group_commit import insert_updates
+from parley.server.store.lease_locks import LeaseLocks
 from parley.server.store.link_tokens import revoke_by_stored
 from parley.server.store.outbox import enqueue
 from parley.server.store.rows import (
@@ -91,11 +92,22 @@ class _Statements:
     statements run are counted. (It holds no reference to its transaction: a cycle there
     left every write's objects to the garbage collector, whose pauses stall the loop.)"""
 
-    def __init__(self, connection: AsyncConnection, direct: sqlite3.Connection | None) -> None:
+    def __init__(
+        self,
+        connection: AsyncConnection,
+        direct: sqlite3.Connection | None,
+        lease_locked: Callable[[str, int], None] | None = None,
+    ) -> None:
         self._connection = connection
         self._direct = direct
+        self._lease_locked = lease_locked
         self.left_entry: dict[str, Any] | None = None
         self.run = 0
+
+    def lease_locked(self, session_id: str, xact: int) -> None:
+        """This transaction (``xact``) locked ``session_id``'s lease row (``LeaseLocking``)."""
+        if self._lease_locked is not None:
+            self._lease_locked(session_id, xact)
 
     async def execute(self, statement: Any, parameters: Any = None, **kwargs: Any) -> Any:
         await self._before()
@@ -136,10 +148,19 @@ class StoreTx:
         connection: AsyncConnection,
         subscriptions: Subscriptions,
         direct: sqlite3.Connection | None = None,
+        lease_locks: LeaseLocks | None = None,
     ) -> None:
         """``direct``: SQLite's own connection beneath ``connection``, in the same
-        transaction, for the statements marked to run there (``direct_sqlite``)."""
-        self._statements = _Statements(connection, direct)
+        transaction, for the statements marked to run there (``direct_sqlite``);
+        ``lease_locks``: told of each lease row it locks, and of its end (cluster mode)."""
+        on_end: list[Callable[[], None]] = []
+        locked = None
+        if lease_locks is not None:
+
+            def locked(session_id: str, xact: int) -> None:  # (no reference to ``self``)
+                on_end.append(lease_locks.locked(session_id, xact))
+
+        self._statements = _Statements(connection, direct, locked)
         self._connection = connection
         # Typed as the connection it stands for (it runs the same calls).
         self.connection: AsyncConnection = self._statements  # type: ignore[assignment]
@@ -150,7 +171,7 @@ class StoreTx:
         self.committed = False
         # PostgreSQL notifications to send with this transaction (each once, in order).
         self._notifications: dict[tuple[str, str], None] = {}
-        self._on_end: list[Callable[[], None]] = []
+        self._on_end = on_end
 
     def when_ended(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` once this transaction has ended, committed or rolled back (its
@@ -164,7 +185,8 @@ class StoreTx:
         try:
             yield
         finally:
-            callbacks, self._on_end = self._on_end, []
+            callbacks = self._on_end[:]
+            self._on_end.clear()  # (the list ``lease_locks`` appends to, not a new one)
             for callback in callbacks:
                 callback()
 

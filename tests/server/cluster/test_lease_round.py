@@ -22,6 +22,8 @@ import pytest
 from parley.server.cluster.lease import Lease, Renewal
 from parley.server.cluster.lease_round import LeaseRound
 from parley.server.cluster.node import ClusterNode
+from parley.server.store import access as access_store
+from parley.server.store import sessions as session_store
 from parley.session.errors import Unavailable
 from tests.conftest import RunningServer
 from tests.server.cluster.nodes import stop_lease_round, two_in_process
@@ -414,6 +416,53 @@ async def test_a_row_the_nodes_own_write_holds_past_its_expiry_loses_no_session(
             assert sid in node.running
             # Skipped twice (by the round, and on use), each time kept.
             assert skipped(await server.http.get("/metrics")) == 2
+        before = await expiries(url)
+        await LeaseRound(node)._keep_leases()  # the next round renews it
+        assert (await expiries(url))[sid] > before[sid]
+        assert node.running == set(sids)
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("change", ["token-mint", "member-change"])
+async def test_a_row_the_nodes_own_change_of_members_holds_past_its_expiry_loses_no_session(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, change: str
+) -> None:
+    """FX68: FX61 kept a lease whose row the node's own fenced write held past its expiry,
+    but the node's other transactions that lock that row (``lock_session``: a client token
+    minted, a member changed, served on this node) still counted as another node's: the
+    healthy node gave its session up ("a healthy node lost a lease at a 1.5 s TTL"). Here
+    such a transaction holds the row (open, on an event) while the round runs: the lease
+    is kept, and renewed once it ends."""
+    async with three_run_here(tmp_path) as (url, node, server, sids):
+        sid = sids[0]
+        await lapse(url, sid)
+        locked, go = asyncio.Event(), asyncio.Event()
+        # After the lease row's lock, each reads the member as stored: it waits there.
+        module: Any = access_store if change == "token-mint" else session_store
+        read_member = module.read_member
+
+        async def held(connection: Any, session_id: str, user_id: str) -> Any:
+            if session_id == sid and not locked.is_set():
+                locked.set()
+                await go.wait()
+            return await read_member(connection, session_id, user_id)
+
+        monkeypatch.setattr(module, "read_member", held)
+        if change == "token-mint":
+            call = server.http.post(f"/api/v1/sessions/{sid}/tokens", json={"user_id": "ann"})
+        else:
+            call = server.http.put(f"/api/v1/sessions/{sid}/members/bob", json={"role": "viewer"})
+        sent = asyncio.create_task(call)
+        try:
+            async with asyncio.timeout(30):
+                await locked.wait()
+            await LeaseRound(node)._keep_leases()
+            assert node.running == set(sids)
+            assert skipped(await server.http.get("/metrics")) == 1
+        finally:
+            go.set()
+            response = await asyncio.wait_for(sent, 30)
+        assert response.status_code in (200, 201), response.text
         before = await expiries(url)
         await LeaseRound(node)._keep_leases()  # the next round renews it
         assert (await expiries(url))[sid] > before[sid]
