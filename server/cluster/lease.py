@@ -23,6 +23,7 @@ not ended: then nobody else can take it, whatever its committed expiry says.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -281,6 +282,10 @@ class LeaseTable:
         # a token minted here (``lock_session``, told through ``Database.lease_locks``).
         # While one runs, nobody else can take that lease.
         self._held_here: Counter[tuple[str, int]] = Counter()
+        # The node's renewals take turns: one renewing a row would be, to another at once,
+        # a transaction not known as this node's (FX68: the renewal on use and the round's
+        # ran together, and the second counted a run-out lease the first renewed lost).
+        self._renewing = asyncio.Lock()
 
     def locked(self, session_id: str, xact: int) -> Callable[[], None]:
         """Transaction ``xact`` of this node locked ``session_id``'s lease row: held here
@@ -364,6 +369,10 @@ class LeaseTable:
         this node holds its row, FX61, FX68). ``Unavailable`` if the database fails."""
         if not leases:
             return Renewal()
+        async with self._renewing:
+            return await self._renew(leases)
+
+    async def _renew(self, leases: list[Lease]) -> Renewal:
         epochs = {x.session_id: x.epoch for x in leases}
         held = [key for key in self._held_here if key[0] in epochs]
         parameters = {

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from datetime import datetime
+from typing import Any
 
 import pytest
 from sqlalchemy import select, text
@@ -323,3 +325,56 @@ async def test_the_migration_adds_the_count_and_goes_down_again(
     below, found = await down_and_up(empty_database_url, "audit_0028")
     assert "members_version" not in below["session_leases"]
     assert found["session_leases"] == {c.name for c in session_leases.columns}
+
+
+class HeldOpen:
+    """``engine`` (as ``LeaseTable`` uses it), whose first transaction, once its statement
+    ran, stays open until ``go`` is set (``ran``: it did), its row locks held."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self.ran, self.go = asyncio.Event(), asyncio.Event()
+        self._first = True
+
+    @contextlib.asynccontextmanager
+    async def begin(self) -> AsyncIterator[Any]:
+        hold, self._first = self._first, False
+        async with self.engine.begin() as connection:
+            yield connection
+            if hold:
+                self.ran.set()
+                await self.go.wait()
+
+
+async def test_two_renewals_of_one_node_at_once_lose_no_lease(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """FX68: the renewal on use (``ClusterNode.lease_holds``) and the round's may run at
+    once. The second skipped the row the first held and, the lease run out as last
+    committed, counted it lost, as if another node's takeover held it: the node gave up a
+    lease it had just renewed. A node's renewals take turns."""
+    a = LeaseTable(store.engine, "node-a", ttl_s=30)
+    lease = await a.try_acquire("s1")
+    assert lease is not None
+    await expire(store, "s1")  # (a stall past it, on a loaded machine)
+    engine = HeldOpen(store.engine)
+    monkeypatch.setattr(a, "engine", engine)
+    waiting = asyncio.Event()
+
+    class Turns(asyncio.Lock):
+        async def acquire(self) -> bool:
+            if self.locked():
+                waiting.set()  # the second waits for its turn
+            return await super().acquire()
+
+    monkeypatch.setattr(a, "_renewing", Turns(), raising=False)
+    first = asyncio.create_task(a.renew([lease]))
+    async with asyncio.timeout(30):
+        await engine.ran.wait()
+        second = asyncio.create_task(a.renew([lease]))
+        await asyncio.wait(
+            [second, asyncio.create_task(waiting.wait())], return_when=asyncio.FIRST_COMPLETED
+        )
+        engine.go.set()
+        assert (await first).renewed == {"s1"}
+        assert (await second).holds("s1")
