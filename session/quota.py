@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 from parley.session.model import Usage
 
+DAY_S = 86_400  # a UTC day (POSIX time counts no leap seconds)
+
 
 @dataclass(frozen=True, slots=True)
 class Quotas:
@@ -24,6 +26,12 @@ class Quotas:
 def day_of(epoch_s: float) -> str:
     """The UTC day a moment falls on, as ``YYYY-MM-DD``."""
     return datetime.datetime.fromtimestamp(epoch_s, datetime.UTC).date().isoformat()
+
+
+def reset_in_s(epoch_s: float) -> float:
+    """Seconds from ``epoch_s`` to the next UTC midnight, when the day's quotas start over:
+    the wait a quota refusal tells (``retry_after_ms``)."""
+    return DAY_S - epoch_s % DAY_S
 
 
 def shares(usage: Usage, issuers: Sequence[str]) -> list[tuple[str, Usage]]:

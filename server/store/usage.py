@@ -17,7 +17,7 @@ from parley.server.store.rows import UsageRow, quota_limits, usage_totals
 from parley.server.store.tables import quotas
 from parley.session.errors import QuotaExceeded
 from parley.session.model import Usage
-from parley.session.quota import Quotas, day_of, over_quota, shares
+from parley.session.quota import Quotas, day_of, over_quota, reset_in_s, shares
 
 if TYPE_CHECKING:
     from parley.server.store.port import SessionStore
@@ -122,16 +122,19 @@ class UsageLedger:
     async def admit(
         self, session_id: str, issuers: Sequence[str], limits: Quotas | None = None
     ) -> None:
-        """Raise ``QuotaExceeded`` when a call for ``issuers`` would go over a quota;
-        ``limits``: the session's quotas if already read (with the run's start)."""
+        """Raise ``QuotaExceeded`` when a call for ``issuers`` would go over a quota, with
+        the wait until the quotas start over (the next UTC midnight) as its
+        ``retry_after_s``; ``limits``: the session's quotas if already read (with the run's
+        start)."""
         if limits is None:
             limits = await self.quotas(session_id)
         if limits == Quotas():
             return
+        now = self.clock()  # one moment: the day counted, and the wait to its end
         used = {
             u.user_id: u.input_tokens + u.output_tokens
-            for u in await self.by_user(session_id, self.today())
+            for u in await self.by_user(session_id, day_of(now))
         }
         reason = over_quota(limits, sum(used.values()), used, issuers)
         if reason is not None:
-            raise QuotaExceeded(reason)
+            raise QuotaExceeded(reason, reset_in_s(now))

@@ -4,7 +4,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from parley.session.model import Usage
-from parley.session.quota import Quotas, day_of, over_quota, shares
+from parley.session.quota import Quotas, day_of, over_quota, reset_in_s, shares
 
 
 def test_day_is_the_utc_date() -> None:
@@ -40,3 +40,12 @@ def test_over_quota_names_who_is_over() -> None:
     reason = over_quota(quotas, 500, {"alice": 10, "bob": 300}, ["alice", "bob"])
     assert reason == "bob reached their quota of 300 tokens today"
     assert over_quota(Quotas(), 10**12, {"alice": 10**12}, ["alice"]) is None
+
+
+def test_a_days_quotas_reset_at_the_next_utc_midnight() -> None:
+    """FX69: how long a quota refusal tells a client to wait (``retry_after_ms``)."""
+    day = 86_400
+    assert reset_in_s(3 * day) == day  # at midnight: the whole day ahead
+    assert reset_in_s(3 * day + 20.5 * 3_600) == 3.5 * 3_600
+    assert reset_in_s(4 * day - 0.25) == 0.25
+    assert day_of(3 * day + 20.5 * 3_600 + reset_in_s(3 * day + 20.5 * 3_600)) == day_of(4 * day)
