@@ -1,4 +1,5 @@
-"""Telling clients when to come back while the database is unavailable.
+"""Telling clients when to come back: while the database is unavailable, past a cap, and
+after a socket was cut off for ignoring its limits.
 
 y-websocket before 3.x reconnects 100 ms after a socket that had opened closes, and backs
 off (doubling, up to 2.5 s) only after attempts that never opened (3.x resets its back-off
@@ -17,11 +18,19 @@ from parley.session.errors import ErrorCode
 
 MAX_CLOSE_REASON_BYTES = 123  # RFC 6455: a control frame's 125 bytes, less the code
 
+# When a request past a cap (sockets, event streams) may try again: a cap frees as the
+# member's (or the session's) others close, which nothing here foretells; a stock client
+# ignores it and backs off on its own (up to 2.5 s), the SDKs wait at least this long.
+CAP_RETRY_AFTER_S = 5.0
 
-def retry_reason(message: str, retry_after_s: float) -> str:
+
+def retry_reason(
+    message: str, retry_after_s: float, code: ErrorCode = ErrorCode.UNAVAILABLE
+) -> str:
     """A close reason telling a client to wait ``retry_after_s`` before it reconnects:
-    JSON (``code``, ``retry_after_ms``, ``message``) that fits a close frame."""
-    head = {"code": ErrorCode.UNAVAILABLE.value, "retry_after_ms": round(retry_after_s * 1000)}
+    JSON (``code``, ``retry_after_ms``, ``message``) that fits a close frame. ``code``:
+    why (``unavailable`` for a 1013, ``rate_limited`` for a 4429)."""
+    head = {"code": code.value, "retry_after_ms": round(retry_after_s * 1000)}
     while True:
         reason = json.dumps({**head, "message": message}, separators=(",", ":"))
         if len(reason.encode()) <= MAX_CLOSE_REASON_BYTES or not message:

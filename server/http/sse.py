@@ -52,6 +52,7 @@ from parley.server.http.rest import (
     query_value,
     resume_given,
 )
+from parley.server.http.retry_hint import CAP_RETRY_AFTER_S
 from parley.server.http.sse_cursor import REPLY_ENDS, Cursor, start_at
 from parley.server.runtime.room import SessionRoom, Work
 from parley.server.runtime.stream_feed import reply_text
@@ -431,14 +432,18 @@ def _check_offset(room: SessionRoom, cursor: Cursor) -> None:
 
 
 def _check_caps(room: SessionRoom, reader: str, state: AppState) -> None:
+    """Refuse a stream past a cap, saying when to try again (``Retry-After``), as a socket
+    past a cap on sockets is told: a cap frees as other streams end."""
     settings = state.settings
     if sum(room.feed.readers.values()) >= settings.max_streams_per_session:
         raise TooManyStreams(
-            f"too many event streams to this session ({settings.max_streams_per_session})"
+            f"too many event streams to this session ({settings.max_streams_per_session})",
+            CAP_RETRY_AFTER_S,
         )
     if room.feed.readers[reader] >= settings.max_streams_per_user:
         raise TooManyStreams(
-            f"too many event streams of this user ({settings.max_streams_per_user})"
+            f"too many event streams of this user ({settings.max_streams_per_user})",
+            CAP_RETRY_AFTER_S,
         )
 
 

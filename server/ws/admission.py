@@ -37,6 +37,7 @@ from parley.authz.policy import Do, decide
 from parley.authz.roles import Capability
 from parley.authz.tokens import ClientClaims, verify_token
 from parley.server.http.rest import error_response
+from parley.server.http.retry_hint import CAP_RETRY_AFTER_S
 from parley.server.runtime.room import SessionRoom
 from parley.server.settings import Settings
 from parley.server.state import AppState
@@ -243,12 +244,6 @@ def _may_close_for_good(refusal: ParleyError, scope: Scope, state: AppState) -> 
     instead."""
     final = 4400 <= close_code_for(refusal) < 4500
     return not final or state.final_closes.allow(scope, state.clock())
-
-
-# When a socket past a connection cap may try again: a cap frees as its member's (or the
-# session's) other sockets close, which nothing here foretells; a stock client ignores it
-# and backs off on its own (up to 2.5 s), the Python SDK waits at least this long.
-CAP_RETRY_AFTER_S = 5.0
 
 
 def _member_refusal(

@@ -16,6 +16,7 @@ import httpx
 import pytest
 from httpx_sse import ServerSentEvent, aconnect_sse
 
+from parley.server.http.retry_hint import CAP_RETRY_AFTER_S
 from parley.server.http.sse import EVENTS_PAGE
 from parley.server.runtime.room import Work
 from tests.conftest import (
@@ -269,6 +270,11 @@ async def test_bad_ids_caps_and_callers_are_refused_with_stable_codes(tmp_path: 
             assert await refused("nope", ADMIN_KEY) == (404, "not_found")
             async with stream(server.base_url, sid, token):
                 assert await refused(sid, token) == (429, "too_many_streams")
+                # FX69: past a cap, when to try again, as past a cap on sockets.
+                headers = {**sse, "Authorization": f"Bearer {token}"}
+                capped = await http.get(EVENTS.format(sid), headers=headers)
+                assert capped.headers["Retry-After"] == str(round(CAP_RETRY_AFTER_S))
+                assert capped.json()["error"]["retry_after_ms"] == CAP_RETRY_AFTER_S * 1000
             # Without the header the route is still the admin's JSON pages.
             listed = await server.http.get(EVENTS.format(sid))
             assert listed.status_code == 200 and listed.json()["events"][0]["seq"] == 1
