@@ -25,4 +25,4 @@ class CloseCode(IntEnum):
     FORBIDDEN = 4403
     NOT_FOUND = 4404
     GONE = 4410  # a side-thread's document was built anew (a restart): sync an empty one
-    ABUSE = 4429  # limits ignored again and again
+    ABUSE = 4429  # limits ignored again and again (the reason says when to come back)

@@ -23,13 +23,14 @@ from enum import Enum
 from starlette.websockets import WebSocket, WebSocketState
 
 from parley.authz.tokens import ClientClaims
+from parley.server.http.retry_hint import retry_reason
 from parley.server.settings import Settings
 from parley.server.ws.direct_send import DirectWriter
 from parley.server.ws.inbound import InboundMeter
 from parley.server.ws.send_budget import DropReason, SendBudget
 from parley.session.closes import CloseCode
 from parley.session.commands import error_reply
-from parley.session.errors import ParleyError
+from parley.session.errors import ErrorCode, ParleyError
 from parley.session.ratelimit import AbuseCounter, Cost, Rate, Spend, TokenBucket
 from parley.session.yprotocol import encode_command_frame
 
@@ -76,6 +77,13 @@ class ConnectionLimits:
             abuse=AbuseCounter(settings.abuse_refusals, settings.abuse_window_s),
             syncs=TokenBucket(syncs, now),
         )
+
+    def cut_off_reason(self, why: str) -> str:
+        """The reason of a 4429 close (refused again and again: ``abuse``), saying when to
+        come back (``retry_reason``): once the refusals that cut the socket off have left
+        the window they are counted in. The SDKs reconnect then rather than never (stock
+        clients take a 44xx as final whatever it says)."""
+        return retry_reason(why, self.abuse.window_s, ErrorCode.RATE_LIMITED)
 
     def allow(self, cost: Cost, now: float) -> bool:
         """Whether this socket's own budget allows ``cost`` (spends it if so); a spend not

@@ -9,7 +9,7 @@ Close codes: 4401 bad, expired or revoked token, 4403 not a member (or membershi
 or a browser origin that is not allowed), 4404 unknown session, 4400 malformed binary frame,
 4429 rate limits ignored (or frames refused) again and again, or too many sockets of the user
 or the session (a client's document update is dropped and counts toward nothing:
-``server.ws.client_writes``), 1009 message too big (set by the server's size limit), 1013
+``server.ws.client_writes``; the reason is JSON with ``retry_after_ms``, when to come back), 1009 message too big (set by the server's size limit), 1013
 slow consumer or the database failed under a write (reconnect and resync; the reason is JSON with
 ``retry_after_ms`` when it is the database), 1001 server going away or idle timeout.
 44xx codes are final for stock clients; the others make them reconnect. While the database
@@ -136,7 +136,7 @@ async def _serve(
             return
         if data is not None and not limits.updates.allow(now, frame_count(data)):
             if limits.abuse.refused(now):
-                connection.close(CloseCode.ABUSE, "too many messages")
+                connection.close(CloseCode.ABUSE, limits.cut_off_reason("too many messages"))
                 return
             continue  # dropped: the client is over its update rate
         refusal = None
@@ -148,7 +148,7 @@ async def _serve(
             state.metrics.errors.labels(code=refusal.code.value).inc()
             connection.send_json(error_reply(command_id_unread(text), refusal))
             if limits.abuse.refused(now):
-                connection.close(CloseCode.ABUSE, "too many commands")
+                connection.close(CloseCode.ABUSE, limits.cut_off_reason("too many commands"))
                 return
             continue
         user_bucket = None if text is None else room.user_bucket(connection.user_id)
@@ -166,7 +166,7 @@ async def _serve(
             if refused:
                 state.metrics.errors.labels(code="rate_limited").inc()
                 if limits.abuse.refused(now):
-                    connection.close(CloseCode.ABUSE, "too many commands")
+                    connection.close(CloseCode.ABUSE, limits.cut_off_reason("too many commands"))
                     return
             continue
         if data is not None:
@@ -182,7 +182,9 @@ async def _serve(
                 state.metrics.errors.labels(code=exc.code).inc()
                 connection.send_error(exc)
                 if not isinstance(exc, PresenceDropped) and limits.abuse.refused(now):
-                    connection.close(CloseCode.ABUSE, "too many refused frames")
+                    connection.close(
+                        CloseCode.ABUSE, limits.cut_off_reason("too many refused frames")
+                    )
                     return
         elif text is not None:
             reply = await state.rooms.command(room, connection.user_id, text, connection.claims)

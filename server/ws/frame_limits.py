@@ -15,7 +15,9 @@ pongs did the same (review RD-1). Here:
   given an iterable;
 - every frame of a socket, the control frames and those read while it closes included,
   is charged to a budget of ``FRAME_RATE``; past it the socket is closed 4429, as a
-  client that ignores its limits is. A close frame is always taken: it ends the reading.
+  client that ignores its limits is, its reason saying when to come back (JSON:
+  ``retry_reason``; once the budget is whole again). A close frame is always taken: it
+  ends the reading.
 
 A refusal takes effect inside the parser's loop, as a close frame does in websockets:
 the loop stops at the frame over the limit, what else was read is dropped unparsed, and
@@ -30,7 +32,8 @@ from typing import Any
 from websockets.frames import Frame, Opcode
 from websockets.server import ServerProtocol
 
-from parley.session.errors import ParleyError, RateLimited, TooLarge, close_code_for
+from parley.server.http.retry_hint import retry_reason
+from parley.session.errors import ErrorCode, ParleyError, RateLimited, TooLarge, close_code_for
 from parley.session.ratelimit import Rate, TokenBucket
 
 FREE_FRAGMENTS = 64
@@ -39,6 +42,8 @@ FRAGMENT_BYTES = 1024
 # with a burst of 200, and 10 commands a second), so its own refusals come first; 1,000
 # empty frames take the parser about 2 ms.
 FRAME_RATE = Rate(per_second=200.0, burst=1000)
+# How long the budget takes to fill again from empty: the wait a 4429's reason tells.
+REFILL_S = FRAME_RATE.burst / FRAME_RATE.per_second
 
 
 class FrameLimitedProtocol(ServerProtocol):
@@ -73,7 +78,10 @@ class FrameLimitedProtocol(ServerProtocol):
         # none again while closing), the end of the stream, and the rest of the read and
         # every later one dropped (``discard``). The loop that called this then waits for
         # data that ``parse``'s successor reads.
-        self.fail(close_code_for(refusal), refusal.message)
+        reason = refusal.message
+        if isinstance(refusal, RateLimited):  # when to come back: the budget whole again
+            reason = retry_reason(reason, REFILL_S, ErrorCode.RATE_LIMITED)
+        self.fail(close_code_for(refusal), reason)
         self.parser_exc = refusal
 
     def _refusal(self, frame: Frame) -> ParleyError | None:

@@ -127,7 +127,7 @@ async def _serve(
             return
         if not limits.updates.allow(now, frame_count(data)):
             if limits.abuse.refused(now):
-                connection.close(CloseCode.ABUSE, "too many messages")
+                connection.close(CloseCode.ABUSE, limits.cut_off_reason("too many messages"))
                 return
             continue  # dropped: the client is over its update rate
         try:
@@ -138,7 +138,7 @@ async def _serve(
         except ParleyError as exc:  # a refused frame: over a budget
             state.metrics.errors.labels(code=exc.code).inc()
             if limits.abuse.refused(now):
-                connection.close(CloseCode.ABUSE, "too many refused frames")
+                connection.close(CloseCode.ABUSE, limits.cut_off_reason("too many refused frames"))
                 return
 
 

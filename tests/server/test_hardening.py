@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import math
 import socket
 from pathlib import Path
@@ -236,6 +237,11 @@ async def test_command_rate_limits_then_cut_off(tmp_path: Path) -> None:
         with contextlib.suppress(websockets.ConnectionClosed, TimeoutError):
             await alice.send_raw('{"type": "message", "id": "x", "text": "more"}')
         assert await alice.wait_closed() == 4429
+        # FX69: the close says when to come back: once the refusals that cut it off have
+        # left the window they are counted in (``PARLEY_ABUSE_WINDOW_S``).
+        reason = json.loads(alice.ws.close_reason or "")
+        assert (reason["code"], reason["retry_after_ms"]) == ("rate_limited", 60_000)
+        assert reason["message"] == "too many commands"
         ok = await bob.command({"type": "message", "id": "b", "text": "I am fine"})
         assert ok["type"] == "ack"
 

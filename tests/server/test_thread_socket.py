@@ -7,6 +7,8 @@ reload and membership changes: ``tests/server/runtime/test_thread_docs.py``.)"""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -137,6 +139,40 @@ async def test_writes_on_a_side_thread_socket_are_dropped_and_it_stays(tmp_path:
         registry = server.app.state.parley.metrics.registry
         refused = {"client": "stock"}
         assert registry.get_sample_value("parley_client_writes_refused_total", refused) == 1
+
+
+async def test_a_side_thread_socket_cut_off_is_told_when_to_come_back(tmp_path: Path) -> None:
+    """FX69: a socket closed 4429 for frames past its limits again and again said nothing of
+    when to try again; its reason is JSON now (``code``, ``retry_after_ms``, ``message``),
+    the wait being the window its refusals are counted in, as on the session's socket."""
+    settings = make_settings(
+        sqlite_url(tmp_path),
+        tmp_path / "data",
+        updates_per_second=0.001,
+        updates_burst=1,
+        abuse_refusals=2,
+        abuse_window_s=30,
+    )
+    async with serve_in_process(settings) as server:
+        sid = await server.new_session({"bob": "editor"})
+        token = await server.token(sid, "bob")
+        opened = await server.http.post(f"/api/v1/sessions/{sid}/threads", json={"as_user": "bob"})
+        assert opened.status_code == 201, opened.text
+        url = f"{server.ws_url}/ws/sessions/{sid}/threads/{opened.json()['thread_id']}"
+        forged = Doc()
+        forged.get("turns", type=Array).append("forged")
+        update = encode_sync(SyncType.UPDATE, forged.get_update())
+        async with websockets.connect(f"{url}?token={token}") as ws:
+            with contextlib.suppress(websockets.ConnectionClosed):
+                for _ in range(5):
+                    await ws.send(update)
+                async with asyncio.timeout(20):
+                    while True:
+                        await ws.recv()
+        assert ws.close_code == 4429
+        reason = json.loads(ws.close_reason or "")
+        assert (reason["code"], reason["retry_after_ms"]) == ("rate_limited", 30_000)
+        assert reason["message"] == "too many messages"
 
 
 def _status(dump: dict[str, Any], turn_id: str) -> str | None:
