@@ -49,12 +49,27 @@ export const CLOSE_TEXT = {
  * "too many connections of this user (16)" (4429 had several causes; 4403 has).
  */
 export function closedText (code, reason) {
-  const said = String(reason || '').trim()
+  const said = reasonText(reason)
   const usual = CLOSE_TEXT[code]
   const head = said || usual || 'the server closed the connection'
   const parts = [`${head[0].toUpperCase()}${head.slice(1)}`]
   if (code !== null && code !== undefined) parts.push(` (close code ${code}${said && usual ? `: ${usual}` : ''})`)
   return `${parts.join('')}; not reconnecting — reload the page to try again.`
+}
+
+/**
+ * A close reason's words: the `message` of one in JSON (`{"code", "retry_after_ms",
+ * "message"}`: a 1013's, or a 4429's that says when to come back), else the reason itself.
+ */
+function reasonText (reason) {
+  const said = String(reason || '').trim()
+  if (!said.startsWith('{')) return said
+  try {
+    const told = JSON.parse(said)
+    return typeof told?.message === 'string' ? told.message.trim() : said
+  } catch {
+    return said
+  }
 }
 
 export function showError (code, message, cmdType, sticky = false) {

@@ -1098,10 +1098,13 @@ async def _refused_at_least_once(server: RunningServer) -> None:
 
 
 @contextlib.asynccontextmanager
-async def answering(first_ack_seq: object, awareness: bytes | None = None) -> AsyncIterator[Any]:
+async def answering(
+    first_ack_seq: object, awareness: bytes | None = None, close: tuple[int, str] | None = None
+) -> AsyncIterator[Any]:
     """A server of Parley's protocol that syncs an empty document and acks each command:
-    on the first socket with ``seq`` ``first_ack_seq`` (after ``awareness``, if given),
-    on the next ones with seq 7. ``sockets`` counts the sockets it took."""
+    on the first socket with ``seq`` ``first_ack_seq`` (after ``awareness``, if given), or
+    closes it at its first command with ``close`` (code, reason) when given; on the next
+    ones with seq 7. ``sockets`` counts the sockets it took."""
     from websockets.asyncio.server import ServerConnection, serve
 
     state = {"sockets": 0}
@@ -1115,6 +1118,9 @@ async def answering(first_ack_seq: object, awareness: bytes | None = None) -> As
         async for frame in ws:
             message = decode_server_frame(frame) if isinstance(frame, bytes) else None
             if isinstance(message, CommandReply):  # a command: the same frame as a reply
+                if first and close is not None:
+                    await ws.close(*close)
+                    return
                 seq = first_ack_seq if first else 7
                 await ws.send(
                     f'{{"type": "ack", "id": {json.dumps(message.data["id"])}, "seq": {seq}}}'
@@ -1124,6 +1130,48 @@ async def answering(first_ack_seq: object, awareness: bytes | None = None) -> As
         port = server.sockets[0].getsockname()[1]
         state["url"] = f"ws://127.0.0.1:{port}"
         yield state
+
+
+CUT_OFF = json.dumps({"code": "rate_limited", "retry_after_ms": 50, "message": "too many"})
+
+
+async def test_a_socket_cut_off_with_a_wait_is_opened_again_after_it() -> None:
+    """FX69: a 4429 (limits ignored again and again) was final, whatever it said; one whose
+    reason says when to come back (``retry_after_ms``, as a 1013's does) is waited out and
+    the session connects again: the command it cut off is resent and answered."""
+    async with (
+        answering(7, close=(4429, CUT_OFF)) as server,
+        asyncio.timeout(30),
+        connect(server["url"], "s", "t", reconnect=FAST) as alice,
+    ):
+        ack = await alice.prompt("did this arrive?")
+        assert ack.seq == 7 and alice.close_code == 4429 and not alice.closed
+        assert server["sockets"] == 2 and alice.connects == 2
+
+
+@pytest.mark.parametrize(
+    ("code", "reason", "wait"),
+    [
+        (4429, CUT_OFF, 0.05),
+        (1013, CUT_OFF.replace("rate_limited", "unavailable"), 0.05),
+        (1013, "slow consumer", 0.0),
+        (1001, CUT_OFF, 0.0),
+    ],
+)
+def test_a_close_that_says_when_is_waited_out(code: int, reason: str, wait: float) -> None:
+    """The least wait before the next socket, as a close's reason says it (a 1013 or a 4429
+    with JSON ``retry_after_ms``); the session goes on."""
+    session = Session("ws://127.0.0.1:1", "s", "t")
+    assert session._after_close(code, reason) == wait and not session.closed
+
+
+@pytest.mark.parametrize("reason", ["too many commands", "{", '{"retry_after_ms": -1}', ""])
+def test_a_cut_off_that_says_no_wait_is_final(reason: str) -> None:
+    """A 4429 whose reason tells no wait (a server before FX69) ends the session, as
+    before: ``RateLimited``."""
+    session = Session("ws://127.0.0.1:1", "s", "t")
+    assert session._after_close(4429, reason) == 0.0 and session.closed
+    assert session.closed_by is not None and isinstance(session.closed_by.cause, RateLimited)
 
 
 # FX44: a numeric string ("7") and an integer past 2**53 were taken here and refused by

@@ -874,8 +874,11 @@ class Answering:
     command with seq 7. It keeps the ids of the commands each socket brought and the code
     each socket closed with."""
 
-    def __init__(self, first: Callable[[str], list[bytes]]) -> None:
+    def __init__(
+        self, first: Callable[[str], list[bytes]], close: tuple[int, str] | None = None
+    ) -> None:
         self.first = first
+        self.close = close  # the first socket's close, after what ``first`` sends
         self.commands: list[list[str]] = []
         self.close_codes: list[int | None] = []
         self.url = ""  # once listening
@@ -894,6 +897,8 @@ class Answering:
                 if len(self.commands) == 1 and len(ids) == 1:
                     for bad in self.first(command_id):
                         await ws.send(bad)
+                    if self.close is not None:
+                        await ws.close(*self.close)
                 else:
                     await ws.send(_command_frame(_ack(command_id, "7")))
         except ConnectionClosed:
@@ -903,9 +908,11 @@ class Answering:
 
 
 @contextlib.asynccontextmanager
-async def answering(first: Callable[[str], list[bytes]]) -> AsyncIterator[Answering]:
+async def answering(
+    first: Callable[[str], list[bytes]], close: tuple[int, str] | None = None
+) -> AsyncIterator[Answering]:
     """An ``Answering`` server listening at its ``url``; its sockets all ended on exit."""
-    fake = Answering(first)
+    fake = Answering(first, close)
     async with serve(fake.handler, "127.0.0.1", 0) as server:
         fake.url = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}"
         yield fake
@@ -1061,3 +1068,51 @@ async def test_a_reply_nested_deep_settles_its_command_on_the_same_socket(sdk_ap
     assert (refused["code"], refused["message"]) == ("invalid", "deep")
     assert after["seq"] == 7 and len(server.commands) == 1
     assert not [e for e in client.history if e.get("event") in ("fatal", "sdk-error")]
+
+
+CUT_OFF = json.dumps({"code": "rate_limited", "retry_after_ms": 300, "message": "too many"})
+
+
+@pytest.mark.parametrize(
+    ("code", "reason"),
+    [(4429, CUT_OFF), (1013, CUT_OFF.replace("rate_limited", "unavailable"))],
+)
+async def test_a_close_that_says_when_is_waited_out_and_the_command_resent(
+    sdk_app: Path, code: int, reason: str
+) -> None:
+    """FX69: a 4429 (limits ignored again and again) was final, whatever it said, and a
+    1013's wait was not read (the provider came back in its own 0.1-2.5 s). A close whose
+    reason says when (``retry_after_ms``) is told as a refusal (``refused``, with
+    ``retryAfter``, as an upgrade refused is) and the session connects again after it: the
+    command the close cut off is resent and answered."""
+    async with answering(lambda _: [], close=(code, reason)) as server:
+        client = await SdkClient.launch(sdk_app, server.url, "s", "t", "ann")
+        try:
+            ack = await client.ack("p", "prompt", "did this arrive?")
+            refused = await client.wait_event(lambda e: e.get("event") == "refused", 5)
+            history = list(client.history)  # before the client's own close
+        finally:
+            await client.close()
+
+    assert ack["seq"] == 7 and server.close_codes[0] == code
+    error = refused["error"]
+    assert (error["code"], error["close_code"], error["retry_after"]) == (
+        json.loads(reason)["code"],
+        code,
+        0.3,
+    )
+    assert not [e for e in history if e.get("event") in ("fatal", "sdk-error")]
+    assert not [e for e in history if e.get("state") == "closed"]
+
+
+async def test_a_cut_off_that_says_no_wait_is_final(sdk_app: Path) -> None:
+    """A 4429 whose reason tells no wait (a server before FX69) ends the session, as before."""
+    async with answering(lambda _: [], close=(4429, "too many commands")) as server:
+        client = await SdkClient.launch(sdk_app, server.url, "s", "t", "ann")
+        try:
+            refused = await client.refusal("p", "prompt", "did this arrive?")
+        finally:
+            await client.close()
+
+    assert (refused["code"], refused["close_code"]) == ("rate_limited", 4429)
+    assert len(server.commands) == 1

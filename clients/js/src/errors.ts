@@ -90,7 +90,7 @@ export const isErrorCode = (value: unknown): value is ErrorCode =>
 
 /**
  * The final close codes (44xx: a reconnect cannot fix them; `session/closes.py`) and the
- * error each reports.
+ * error each reports; a 4429 that says when to come back is not final (`refusalOfClose`).
  */
 const FINAL_CLOSES: Readonly<Record<number, ErrorCode>> = {
   4400: 'invalid',
@@ -98,6 +98,36 @@ const FINAL_CLOSES: Readonly<Record<number, ErrorCode>> = {
   4403: 'forbidden',
   4404: 'not_found',
   4429: 'rate_limited'
+}
+
+/** Closes after which a reason that says when (JSON `retry_after_ms`) is waited out. */
+const WAITED_CLOSES: Readonly<Record<number, ErrorCode>> = {
+  1013: 'unavailable', // fell behind, or the database failed
+  4429: 'rate_limited' // limits ignored again and again: final only when it says no wait
+}
+
+/**
+ * A close whose reason says when to come back (a 1013's or a 4429's JSON
+ * `{"code", "retry_after_ms", "message"}`, `server/http/retry_hint.py`), as the refusal
+ * it stands for, with `retryAfter` in seconds; else null (review FX69: a 4429 that says
+ * when is a "come back then", not the end).
+ */
+export const refusalOfClose = (code: number, reason: string): ParleyError | null => {
+  const kind = WAITED_CLOSES[code]
+  if (kind === undefined || !reason.startsWith('{')) return null
+  let told: { code?: unknown, retry_after_ms?: unknown, message?: unknown }
+  try {
+    told = JSON.parse(reason)
+  } catch {
+    return null
+  }
+  const waitMs = told?.retry_after_ms
+  if (typeof waitMs !== 'number' || !Number.isFinite(waitMs) || waitMs < 0) return null
+  const message = typeof told.message === 'string' ? told.message : reason
+  return new ParleyError(isErrorCode(told.code) ? told.code : kind, message, {
+    closeCode: code,
+    retryAfter: waitMs / 1000
+  })
 }
 
 /** The error a final close reports (its reason is the message). */

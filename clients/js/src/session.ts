@@ -19,7 +19,7 @@ import {
   type Pacing,
   type Reply
 } from './channel.js'
-import { ParleyError, errorForClose } from './errors.js'
+import { ParleyError, errorForClose, refusalOfClose } from './errors.js'
 import { MESSAGE_SYNC, checkSyncMessage, frameGuarded } from './frames.js'
 import { presenceFrameBytes } from './presence.js'
 import { FINAL_STATUSES, refusalAware, refusalOf } from './refusal.js'
@@ -179,6 +179,10 @@ export class ParleySession {
         // other's presence along, and the server stamps a state with the member of the
         // socket that first sent it (review: bob was shown as alice).
         disableBc: true,
+        // 44xx is final, as stock clients take it, except a 4429 that says when to come
+        // back (`refusalOfClose`): it is waited out (`onRefusal`), and connected again.
+        shouldReconnect: (event: CloseEvent) =>
+          !(event.code >= 4400 && event.code < 4500) || refusalOfClose(event.code, event.reason) !== null,
         ...(socketClass === undefined
           ? {}
           : {
@@ -230,7 +234,7 @@ export class ParleySession {
     provider.on('closed', ({ code, reason }) => this.end(errorForClose(code, reason)))
     provider.on('connection-close', (event) => {
       const socket = provider.ws // still the socket that closed
-      const refusal = refusalOf(socket)
+      const refusal = refusalOf(socket) ?? (event == null ? null : refusalOfClose(event.code, event.reason))
       if (refusal !== null) this.onRefusal(refusal)
       if (event?.code === TOO_BIG && socket !== null) this.onTooBig(socket)
       // Presence goes out again on the next socket under a newer clock: peers keep the
@@ -509,9 +513,10 @@ export class ParleySession {
   }
 
   /**
-   * The socket was refused at the upgrade: for good (401, 403, 404) the session ends with
-   * the error, as its close code would end it; else it is tried again, after the server's
-   * `Retry-After` when it gave one (the provider's own back-off is at most 2.5 s).
+   * The socket was refused at the upgrade, or closed with a reason that says when to come
+   * back (a 1013's or a 4429's `retry_after_ms`): for good (401, 403, 404) the session ends
+   * with the error, as its close code would end it; else it is tried again, after the
+   * server's wait when it gave one (the provider's own back-off is at most 2.5 s).
    */
   private onRefusal (refusal: ParleyError): void {
     if (FINAL_STATUSES.has(refusal.status ?? 0)) {

@@ -307,6 +307,16 @@ def wait_of(reply: Mapping[str, Any]) -> float | None:
     return float(wait) / 1000
 
 
+def close_wait(reason: str) -> float | None:
+    """The wait a close's reason asks for before the next socket (a 1013's or a 4429's JSON
+    ``{"code", "retry_after_ms", "message"}``), in seconds; None when it says none."""
+    try:
+        told = json.loads(reason)
+    except ValueError:
+        return None
+    return wait_of(told) if isinstance(told, dict) else None
+
+
 def rate_wait(error: ParleyError, refusals: int) -> float | None:
     """How long to wait before sending again a command or call refused with ``error``, after
     ``refusals`` such refusals of it before: a ``rate_limited`` refusal (the member's
@@ -340,6 +350,7 @@ def error_of_response(
 
 # The WebSocket close codes after which the server will not take the socket back
 # (docs/websocket.md: "Close codes"); stock clients stop reconnecting after them too.
+# A 4429 whose reason says when to come back (``close_wait``) is not final to the SDK.
 FINAL_CLOSES: dict[int, type[ParleyError]] = {
     4400: InvalidInput,
     4401: Unauthenticated,

@@ -41,6 +41,7 @@ from parley_client.errors import (
     ParleyError,
     SessionClosed,
     TooLarge,
+    close_wait,
     error_for,
     error_of_response,
     rate_wait,
@@ -51,6 +52,8 @@ from parley_client.view import Change, Entry, Peer, QueuedPrompt, Snapshot, diff
 
 PRESENCE_RENEW_S = 15.0  # as stock clients: the server closes a socket silent for 120 s
 TOO_BIG = 1009  # the server's close for a frame over its size limit
+TRY_AGAIN = 1013  # fell behind, or the database failed: reconnect (after its wait, if told)
+CUT_OFF = 4429  # limits ignored again and again: final, unless its reason says when
 # The server's default limit (``PARLEY_MAX_WS_MESSAGE_BYTES``). Past it the server may close
 # before the frame is all written, and the client sees a reset, not 1009 (review G7): a
 # command larger is refused before it is written.
@@ -397,16 +400,17 @@ class Session:
                 largest.reply.set_exception(TooLarge(message, command_id=largest.payload["id"]))
 
     def _after_close(self, code: int | None, reason: str) -> float:
-        if code in FINAL_CLOSES:
+        """What a close leaves: the least wait before the next socket, as a 1013's or a
+        4429's reason says it (JSON ``retry_after_ms``; review FX69: a 4429 that says when
+        is a "come back then", not the end); a final close finishes the session."""
+        wait = close_wait(reason) if code in (TRY_AGAIN, CUT_OFF) else None
+        if code in FINAL_CLOSES and wait is None:
             cause = FINAL_CLOSES[code](reason or f"closed with {code}")
             self._finish(
                 SessionClosed(f"closed with {code}: {reason}", close_code=code, cause=cause)
             )
             return 0.0
-        if code == 1013 and reason.startswith("{"):
-            with contextlib.suppress(ValueError, TypeError, AttributeError):
-                return float(json.loads(reason).get("retry_after_ms", 0)) / 1000
-        return 0.0
+        return wait or 0.0
 
     # -- frames -------------------------------------------------------------------------
 
