@@ -45,9 +45,10 @@ a socket is closed with when this error ends it (-: it never ends one).
 On a WebSocket an error is answered with a JSON error reply and the socket stays open,
 except: a malformed binary frame (4400); a refused token, membership or session at the
 upgrade or later (4401, 4403, 4404); a RateLimited refusal repeated again and again
-(4429, its reason saying when to come back: ``server.http.retry_hint``); a whole message over the ASGI server's size limit (1009); a database that fails
-under a write (1013). Only errors a retry cannot fix close with a 44xx code (stock Yjs
-clients stop reconnecting).
+(4429, its reason saying when to come back: ``server.http.retry_hint``); a whole message
+over the ASGI server's size limit (1009); a database that fails under a write (1013).
+Only errors a retry cannot fix close with a 44xx code (stock Yjs clients stop
+reconnecting).
 """
 
 from __future__ import annotations

@@ -136,7 +136,8 @@ class ErrorDetail(Strict):
         default=None,
         ge=1,
         description="When to try again, in milliseconds (429 rate_limited from a budget, "
-        "503 while the database is unavailable): the Retry-After header's wait, which is "
+        "too_many_streams, quota_exceeded: when the day's quotas start over; 503 while the "
+        "database is unavailable): the Retry-After header's wait, which is "
         "in whole seconds rounded up, as a WebSocket command's refusal gives it",
     )
 

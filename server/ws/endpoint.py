@@ -9,7 +9,8 @@ Close codes: 4401 bad, expired or revoked token, 4403 not a member (or membershi
 or a browser origin that is not allowed), 4404 unknown session, 4400 malformed binary frame,
 4429 rate limits ignored (or frames refused) again and again, or too many sockets of the user
 or the session (a client's document update is dropped and counts toward nothing:
-``server.ws.client_writes``; the reason is JSON with ``retry_after_ms``, when to come back), 1009 message too big (set by the server's size limit), 1013
+``server.ws.client_writes``; the reason is JSON with ``retry_after_ms``, when to come
+back), 1009 message too big (set by the server's size limit), 1013
 slow consumer or the database failed under a write (reconnect and resync; the reason is JSON with
 ``retry_after_ms`` when it is the database), 1001 server going away or idle timeout.
 44xx codes are final for stock clients; the others make them reconnect. While the database
