@@ -1174,6 +1174,13 @@ def test_a_cut_off_that_says_no_wait_is_final(reason: str) -> None:
     assert session.closed_by is not None and isinstance(session.closed_by.cause, RateLimited)
 
 
+def test_a_cut_off_is_final_to_a_session_that_does_not_reconnect() -> None:
+    """``reconnect=None``: no next socket to wait for, so a 4429 ends it as before, typed."""
+    session = Session("ws://127.0.0.1:1", "s", "t", reconnect=None)
+    assert session._after_close(4429, CUT_OFF) == 0.0 and session.closed
+    assert session.closed_by is not None and isinstance(session.closed_by.cause, RateLimited)
+
+
 # FX44: a numeric string ("7") and an integer past 2**53 were taken here and refused by
 # the TypeScript SDK (``seqOf``): a ``seq`` is a JSON integer that is a safe integer in both.
 UNREADABLE_SEQS = ['"x"', "1e400", '{"n": 1}', "true", '"7"', "1.5", "9007199254740992"]

@@ -402,8 +402,10 @@ class Session:
     def _after_close(self, code: int | None, reason: str) -> float:
         """What a close leaves: the least wait before the next socket, as a 1013's or a
         4429's reason says it (JSON ``retry_after_ms``; review FX69: a 4429 that says when
-        is a "come back then", not the end); a final close finishes the session."""
-        wait = close_wait(reason) if code in (TRY_AGAIN, CUT_OFF) else None
+        is a "come back then", not the end, unless it does not reconnect); a final close
+        finishes the session."""
+        waits = code in (TRY_AGAIN, CUT_OFF) and self._reconnect is not None
+        wait = close_wait(reason) if waits else None
         if code in FINAL_CLOSES and wait is None:
             cause = FINAL_CLOSES[code](reason or f"closed with {code}")
             self._finish(
