@@ -112,22 +112,36 @@ async def test_a_presence_update_on_a_side_thread_socket_is_answered(tmp_path: P
                         break
 
 
+def _forged_update() -> bytes:
+    forged = Doc()
+    forged.get("turns", type=Array).append("forged")
+    return encode_sync(SyncType.UPDATE, forged.get_update())
+
+
+# A client's write to a side-thread's document, which only the server writes.
+FORGED_UPDATE = _forged_update()
+
+
+async def _bobs_thread_socket(server: RunningServer) -> str:
+    """The URL, with his token, of a side-thread socket of bob's new session and thread."""
+    sid = await server.new_session({"bob": "editor"})
+    token = await server.token(sid, "bob")
+    opened = await server.http.post(f"/api/v1/sessions/{sid}/threads", json={"as_user": "bob"})
+    assert opened.status_code == 201, opened.text
+    thread_id = opened.json()["thread_id"]
+    return f"{server.ws_url}/ws/sessions/{sid}/threads/{thread_id}?token={token}"
+
+
 async def test_writes_on_a_side_thread_socket_are_dropped_and_it_stays(tmp_path: Path) -> None:
     """As on the session's socket (review RE F1): a client's updates to the thread's
     document are dropped and count toward no abuse limit; they were, and a stock client
     whose app typed into it was closed 4429, for good. The socket's first is counted."""
     settings = make_settings(sqlite_url(tmp_path), tmp_path / "data", abuse_refusals=3)
     async with serve_in_process(settings) as server:
-        sid = await server.new_session({"bob": "editor"})
-        token = await server.token(sid, "bob")
-        opened = await server.http.post(f"/api/v1/sessions/{sid}/threads", json={"as_user": "bob"})
-        assert opened.status_code == 201, opened.text
-        url = f"{server.ws_url}/ws/sessions/{sid}/threads/{opened.json()['thread_id']}"
-        forged = Doc()
-        forged.get("turns", type=Array).append("forged")
-        async with websockets.connect(f"{url}?token={token}") as ws:
+        url = await _bobs_thread_socket(server)
+        async with websockets.connect(url) as ws:
             for _ in range(10):
-                await ws.send(encode_sync(SyncType.UPDATE, forged.get_update()))
+                await ws.send(FORGED_UPDATE)
             # Frames are handled in order: the echo of a presence update comes after them.
             marker = encode_awareness(encode_awareness_update([AwarenessState(7, 1, {})]))
             await ws.send(marker)
@@ -154,18 +168,10 @@ async def test_a_side_thread_socket_cut_off_is_told_when_to_come_back(tmp_path: 
         abuse_window_s=30,
     )
     async with serve_in_process(settings) as server:
-        sid = await server.new_session({"bob": "editor"})
-        token = await server.token(sid, "bob")
-        opened = await server.http.post(f"/api/v1/sessions/{sid}/threads", json={"as_user": "bob"})
-        assert opened.status_code == 201, opened.text
-        url = f"{server.ws_url}/ws/sessions/{sid}/threads/{opened.json()['thread_id']}"
-        forged = Doc()
-        forged.get("turns", type=Array).append("forged")
-        update = encode_sync(SyncType.UPDATE, forged.get_update())
-        async with websockets.connect(f"{url}?token={token}") as ws:
+        async with websockets.connect(await _bobs_thread_socket(server)) as ws:
             with contextlib.suppress(websockets.ConnectionClosed):
                 for _ in range(5):
-                    await ws.send(update)
+                    await ws.send(FORGED_UPDATE)
                 async with asyncio.timeout(20):
                     while True:
                         await ws.recv()
