@@ -216,10 +216,21 @@ def sqlite_url(tmp_path: Path, name: str = "parley.db") -> str:
     return f"sqlite+aiosqlite:///{tmp_path / name}"
 
 
+# Ports ``free_port`` handed out in this process: the kernel may give a port just closed
+# again at once, and two nodes of one cluster given the same port shared it and its log
+# (one bound it, the other never listened, and the test waited out its start).
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A port free now and not handed out before by this process."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def listens(pid: int, port: int) -> bool:
