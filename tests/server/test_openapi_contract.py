@@ -43,12 +43,12 @@ from tests.conftest import ADMIN_KEY, RunningServer, make_settings, serve_in_pro
 from tests.fake_model import Answer, FakeModel, Sent, call
 from tests.yclient import all_replies_settled
 
-MAX_EXAMPLES = int(os.environ.get("PARLEY_CONTRACT_EXAMPLES", "25"))
+MAX_EXAMPLES = int(os.environ.get("PARLEY_CONTRACT_EXAMPLES", "20"))
 # Requests the document forbids: each must be refused with a documented 4xx. Generating
 # them costs three times a valid one (mostly strings past a parameter's maxLength of 200,
 # drawn character by character), and they reach only the validation, which every
 # operation shares: fewer of them per operation.
-NEGATIVE_EXAMPLES = int(os.environ.get("PARLEY_CONTRACT_NEGATIVE_EXAMPLES", "10"))
+NEGATIVE_EXAMPLES = int(os.environ.get("PARLEY_CONTRACT_NEGATIVE_EXAMPLES", "6"))
 SEED = int(os.environ.get("PARLEY_CONTRACT_SEED", "20240611"))
 CHECKS = [
     not_a_server_error,
