@@ -483,7 +483,11 @@ def _awareness_spoof(rng: random.Random, drawn: Drawn, memory: Memory) -> Binary
 
 def _awareness_many_clients(rng: random.Random, drawn: Drawn, memory: Memory) -> BinaryResult:
     entries = [(rng.randrange(10**6, 2**31), 1, b"{}") for _ in range(rng.randrange(9, 30))]
-    return awareness(entries), frozenset(), True, PRESENCE_ERRORS, "forbidden"
+    # Refused ``forbidden`` on a socket that shows no client of its own; one that shows one
+    # already relays the others (other tabs' clients: review RH-3), so whether the refusal
+    # is due hangs on what an earlier case left shown (it failed CI once). The refusal
+    # itself is tested in tests/session/test_presence.py.
+    return awareness(entries), frozenset(), True, PRESENCE_ERRORS, None
 
 
 def _awareness_count_mismatch(rng: random.Random, drawn: Drawn, memory: Memory) -> BinaryResult:
