@@ -78,12 +78,17 @@ class ConnectionLimits:
             syncs=TokenBucket(syncs, now),
         )
 
-    def cut_off_reason(self, why: str) -> str:
-        """The reason of a 4429 close (refused again and again: ``abuse``), saying when to
-        come back (``retry_reason``): once the refusals that cut the socket off have left
-        the window they are counted in. The SDKs reconnect then rather than never (stock
-        clients take a 44xx as final whatever it says)."""
-        return retry_reason(why, self.abuse.window_s, ErrorCode.RATE_LIMITED)
+    def cut_off(self, connection: Connection, why: str, now: float) -> bool:
+        """Count a refusal of ``connection``'s frame; refused again and again (``abuse``),
+        close it 4429 with ``why`` and when to come back (``retry_reason``: once the
+        refusals that cut it off have left the window they are counted in; the SDKs
+        reconnect then rather than never, stock clients take a 44xx as final whatever it
+        says). True if it was closed."""
+        if not self.abuse.refused(now):
+            return False
+        reason = retry_reason(why, self.abuse.window_s, ErrorCode.RATE_LIMITED)
+        connection.close(CloseCode.ABUSE, reason)
+        return True
 
     def allow(self, cost: Cost, now: float) -> bool:
         """Whether this socket's own budget allows ``cost`` (spends it if so); a spend not

@@ -44,7 +44,6 @@ from parley.server.ws.admission import (
 from parley.server.ws.client_writes import WriteDropped, drop_update
 from parley.server.ws.connection import CommandChannel, Connection
 from parley.server.ws.deadlines import SocketDeadlines, token_expired
-from parley.session.closes import CloseCode
 from parley.session.commands import (
     command_id_of,
     command_id_unread,
@@ -136,8 +135,7 @@ async def _serve(
         if token_expired(connection, now):
             return
         if data is not None and not limits.updates.allow(now, frame_count(data)):
-            if limits.abuse.refused(now):
-                connection.close(CloseCode.ABUSE, limits.cut_off_reason("too many messages"))
+            if limits.cut_off(connection, "too many messages", now):
                 return
             continue  # dropped: the client is over its update rate
         refusal = None
@@ -148,8 +146,7 @@ async def _serve(
         if text is not None and refusal is not None:
             state.metrics.errors.labels(code=refusal.code.value).inc()
             connection.send_json(error_reply(command_id_unread(text), refusal))
-            if limits.abuse.refused(now):
-                connection.close(CloseCode.ABUSE, limits.cut_off_reason("too many commands"))
+            if limits.cut_off(connection, "too many commands", now):
                 return
             continue
         user_bucket = None if text is None else room.user_bucket(connection.user_id)
@@ -166,8 +163,7 @@ async def _serve(
             connection.send_json(answer)
             if refused:
                 state.metrics.errors.labels(code="rate_limited").inc()
-                if limits.abuse.refused(now):
-                    connection.close(CloseCode.ABUSE, limits.cut_off_reason("too many commands"))
+                if limits.cut_off(connection, "too many commands", now):
                     return
             continue
         if data is not None:
@@ -182,10 +178,9 @@ async def _serve(
                 # client is told, and one refused again and again is cut off.
                 state.metrics.errors.labels(code=exc.code).inc()
                 connection.send_error(exc)
-                if not isinstance(exc, PresenceDropped) and limits.abuse.refused(now):
-                    connection.close(
-                        CloseCode.ABUSE, limits.cut_off_reason("too many refused frames")
-                    )
+                if not isinstance(exc, PresenceDropped) and limits.cut_off(
+                    connection, "too many refused frames", now
+                ):
                     return
         elif text is not None:
             reply = await state.rooms.command(room, connection.user_id, text, connection.claims)

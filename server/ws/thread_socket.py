@@ -126,8 +126,7 @@ async def _serve(
         if token_expired(connection, now):
             return
         if not limits.updates.allow(now, frame_count(data)):
-            if limits.abuse.refused(now):
-                connection.close(CloseCode.ABUSE, limits.cut_off_reason("too many messages"))
+            if limits.cut_off(connection, "too many messages", now):
                 return
             continue  # dropped: the client is over its update rate
         try:
@@ -137,8 +136,7 @@ async def _serve(
             return
         except ParleyError as exc:  # a refused frame: over a budget
             state.metrics.errors.labels(code=exc.code).inc()
-            if limits.abuse.refused(now):
-                connection.close(CloseCode.ABUSE, limits.cut_off_reason("too many refused frames"))
+            if limits.cut_off(connection, "too many refused frames", now):
                 return
 
 

@@ -50,6 +50,20 @@ def hold_drains(node: ClusterNode) -> tuple[asyncio.Event, Callable[[str], Await
     return release, drain
 
 
+def noting_submits(node: ClusterNode) -> asyncio.Event:
+    """An event set once ``node`` has forwarded a command (submitted its row)."""
+    submitted, submit = asyncio.Event(), node.relay.table.submit
+
+    async def noted_submit(*args: Any) -> int:
+        try:
+            return await submit(*args)
+        finally:
+            submitted.set()
+
+    node.relay.table.submit = noted_submit  # type: ignore[method-assign]
+    return submitted
+
+
 async def put_fact(server: RunningServer, sid: str, value: str) -> tuple[int, Any]:
     response = await server.http.put(f"/api/v1/sessions/{sid}/facts/deploy", json={"value": value})
     return response.status_code, response.json()
@@ -129,15 +143,7 @@ async def test_a_new_runner_settles_what_its_predecessor_left_before_serving_wri
     async with run_by_first(tmp_path, forward_timeout_s=30.0) as (url, sid, first, second):
         frozen, taking = cluster_of(first), cluster_of(second)
         hold_drains(frozen)  # frozen: it runs no forwarded command any more
-        submitted, submit = asyncio.Event(), taking.relay.table.submit
-
-        async def noted_submit(*args: Any) -> int:
-            try:
-                return await submit(*args)
-            finally:
-                submitted.set()
-
-        taking.relay.table.submit = noted_submit  # type: ignore[method-assign]
+        submitted = noting_submits(taking)
         old = asyncio.create_task(put_fact(second, sid, "old"))
         await asyncio.wait_for(submitted.wait(), 20)  # it waits for the frozen node
         await lapse_lease(frozen, url, sid)
@@ -278,15 +284,7 @@ async def test_a_runner_that_loses_the_session_as_it_settles_answers_nothing_and
     async with run_by_first(tmp_path, forward_timeout_s=30.0) as (url, sid, first, second):
         frozen, taking = cluster_of(first), cluster_of(second)
         hold_drains(frozen)
-        submitted, submit = asyncio.Event(), taking.relay.table.submit
-
-        async def noted_submit(*args: Any) -> int:
-            try:
-                return await submit(*args)
-            finally:
-                submitted.set()
-
-        taking.relay.table.submit = noted_submit  # type: ignore[method-assign]
+        submitted = noting_submits(taking)
         sent = asyncio.create_task(put_fact(second, sid, "once"))
         await asyncio.wait_for(submitted.wait(), 20)
         await lapse_lease(frozen, url, sid)
