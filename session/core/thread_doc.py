@@ -242,8 +242,8 @@ def _show_text(content: Text, text: str) -> None:
     shown = str(content)
     if shown == text:
         return
-    if text.startswith(shown):
-        content.insert(len(shown), text[len(shown) :])
+    if text.startswith(shown):  # at pycrdt's end: its length counts UTF-8 bytes
+        content.insert(len(content), text[len(shown) :])
         return
     del content[:]
     content.insert(0, text)

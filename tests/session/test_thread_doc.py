@@ -147,3 +147,15 @@ def test_a_document_built_from_the_rows_inserts_each_turn_where_no_walk_is_neede
         ("p61", "assistant", "done", "yes"),
     ]
     assert document.turn_ids() == [t["id"] for t in document.turns] == [t.id for t in more]
+
+
+def test_a_stored_text_going_on_from_a_non_ascii_stream_is_added_at_its_end() -> None:
+    """pycrdt counts a text's length in UTF-8 bytes: the stored rest goes at that end, not
+    at the streamed text's length in characters (inside it, before this was fixed)."""
+    thread = SideThread("t", "bob", 3, "title", "open", 1, (turn("p", "prompt", "q?", "running"),))
+    document = thread_document(thread)
+    document.start_reply("r", "fake", 6)
+    for piece in ["Café ", "😀 ", "naïve"]:
+        document.append_text("r", piece)
+    document.show_turn(turn("r", "reply", "Café 😀 naïve, done."))
+    assert shown(document)[-1] == ("r", "assistant", "done", "Café 😀 naïve, done.")
