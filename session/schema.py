@@ -50,7 +50,14 @@ from parley.session.lifecycle import (
 from parley.session.observers import observe_weakly
 from parley.session.queue_root import queue_edits
 from parley.session.reasons import Ending
-from parley.session.yitems import ID, UpdateWriter, WrittenMap
+from parley.session.yitems import (
+    ID,
+    TEXT_BLOCK_UNITS,
+    UpdateWriter,
+    WrittenMap,
+    append_in_blocks,
+    utf16_length,
+)
 from parley.session.yprotocol import decode_state_vector
 
 SCHEMA_VERSION = 1
@@ -181,11 +188,14 @@ class SessionDocument:
         *,
         encode_from: int | None = None,
         index: TranscriptIndex | None = None,
+        text_block_units: int = TEXT_BLOCK_UNITS,
     ) -> None:
         """``index``: the transcript of ``doc`` already read (``session.loading``); None:
-        read here, at once."""
+        read here, at once. ``text_block_units``: how long a reply's text grows in one
+        block (``yitems.TEXT_BLOCK_UNITS``)."""
         self.doc = doc
         self.encode_from = ENCODE_FROM if encode_from is None else encode_from
+        self.text_block_units = text_block_units
         self.transcript: Array[Any] = doc.get("transcript", type=Array)
         self.queue: Array[Any] = doc.get("queue", type=Array)
         self.meta: Map[Any] = doc.get("meta", type=Map)
@@ -206,8 +216,9 @@ class SessionDocument:
         self._items: dict[str, ID] = {}
         self._writer: UpdateWriter | None = None
         # The text of each reply streamed through a pycrdt handle, from its first text to
-        # its end (only ``finish_prompts`` ends a reply: its status is not read again).
-        self._streaming: dict[str, Text] = {}
+        # its end (only ``finish_prompts`` ends a reply: its status is not read again),
+        # with the units its last block holds.
+        self._streaming: dict[str, tuple[Text, int]] = {}
         self._state_after: tuple[bytes, int] = (b"", 0)  # the state the last update left
         self._copies: dict[str, Entry] = {}
         # The copies in story order, kept for ``entries``: the first ``_listed_valid`` are
@@ -485,18 +496,21 @@ class SessionDocument:
                 check_reply_transition(ReplyStatus(status), ReplyStatus.STREAMING)
             written = self._written[reply_id]
             with self._transaction():
-                self._encoding().append_text(written.ids, text)
+                self._encoding().append_text(written.ids, text, self.text_block_units)
             if text:
                 written.text.append(text)
             return
         with self.doc.transaction():  # one for the reads and the insert: once per token
-            content = self._streaming.get(reply_id)
-            if content is None:  # its first text: check it streams, keep its text's handle
+            streaming = self._streaming.get(reply_id)
+            if streaming is None:  # its first text: check it streams, keep its text's handle
                 status = reply["status"]
                 if status != ReplyStatus.STREAMING.value:
                     check_reply_transition(ReplyStatus(status), ReplyStatus.STREAMING)
-                content = self._streaming[reply_id] = reply["content"]
-            content.insert(len(content), text)
+                text_so_far: Text = reply["content"]
+                streaming = (text_so_far, utf16_length(str(text_so_far)))
+            content, block = streaming
+            block = append_in_blocks(content, text, block, self.text_block_units)
+            self._streaming[reply_id] = (content, block)
 
     @_mutator
     def finish_prompts(self, prompt_ids: Sequence[str], ending: Ending | None = None) -> None:

@@ -28,6 +28,7 @@ from pycrdt import Array, ArrayEvent, Doc, Map, Text
 from parley.session.core.steps import ShownRun
 from parley.session.core.thread_state import SideThread, ThreadTurn
 from parley.session.lifecycle import ReplyStatus
+from parley.session.yitems import TEXT_BLOCK_UNITS, append_in_blocks, utf16_length
 from parley.session.yprotocol import decode_state_vector, lists_more_clients
 
 SCHEMA_VERSION = 1
@@ -49,6 +50,9 @@ class ThreadDocument:
         # minute; a streamed piece of text costs a look-up here.
         self._order: list[str] = []
         self._by_id: dict[str, Map[Any]] = {}
+        # The units the last block of each streaming reply's text holds
+        # (``yitems.TEXT_BLOCK_UNITS``), from its first streamed piece until it is shown.
+        self._blocks: dict[str, int] = {}
 
     @classmethod
     def read(cls, snapshot: bytes | None, updates: Iterable[bytes] = ()) -> ThreadDocument:
@@ -116,6 +120,7 @@ class ThreadDocument:
                 return
             _set_changed(shown, _fields(turn))
             _show_text(shown["content"], turn.text)
+            self._blocks.pop(turn.id, None)
 
     def show_turns(self, turns: Sequence[ThreadTurn]) -> None:
         """``show_turn`` of each of ``turns`` in order, in one transaction, those not shown
@@ -131,6 +136,7 @@ class ThreadDocument:
                     continue
                 _set_changed(shown, _fields(turn))
                 _show_text(shown["content"], turn.text)
+                self._blocks.pop(turn.id, None)
             # The newest first, each at the same place: yrs walks to an index from the
             # first turn, and a document built from the rows has none before them.
             end = len(self._order)
@@ -160,7 +166,10 @@ class ThreadDocument:
         shown = self._by_id.get(reply_id)
         if shown is not None:
             content: Text = shown["content"]
-            content.insert(len(content), text)
+            block = self._blocks.get(reply_id)
+            if block is None:
+                block = utf16_length(str(content))
+            self._blocks[reply_id] = append_in_blocks(content, text, block, TEXT_BLOCK_UNITS)
 
     def drop_unstored(self, stored: set[str]) -> None:
         """Remove the turns whose ids are not ``stored``: a reply cut off before it was
@@ -171,6 +180,7 @@ class ThreadDocument:
                 del self.turns[index]
                 del self._order[index]
                 self._by_id.pop(turn_id, None)
+                self._blocks.pop(turn_id, None)
 
     # -- reading ---------------------------------------------------------------------------
 

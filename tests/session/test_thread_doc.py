@@ -13,6 +13,8 @@ from pycrdt import Array, Doc, write_var_uint
 from parley.authz.policy import Readers
 from parley.session.core import SideThread, ThreadTurn
 from parley.session.core.thread_doc import ThreadDocument, show_all, thread_document
+from parley.session.yitems import TEXT_BLOCK_UNITS
+from parley.session.yprotocol import delete_set_of
 
 
 def turn(id: str, kind: str, text: str, status: str = "done", **extra: Any) -> ThreadTurn:
@@ -147,6 +149,28 @@ def test_a_document_built_from_the_rows_inserts_each_turn_where_no_walk_is_neede
         ("p61", "assistant", "done", "yes"),
     ]
     assert document.turn_ids() == [t["id"] for t in document.turns] == [t.id for t in more]
+
+
+def test_a_long_streamed_reply_is_kept_in_blocks_and_reads_as_one_text() -> None:
+    """Streamed text starts a new block every ``TEXT_BLOCK_UNITS`` (a deleted item between,
+    so yrs does not merge an append into an ever longer block); the text reads whole."""
+    thread = SideThread("t", "bob", 3, "title", "open", 1, (turn("p", "prompt", "q?", "running"),))
+    document = thread_document(thread)
+    document.start_reply("r", "fake", 6)
+    before = _deleted_ranges(document.doc)
+    piece = "word 😀 "  # 8 UTF-16 units
+    pieces = 3 * TEXT_BLOCK_UNITS // 8 + 5
+    for _ in range(pieces):
+        document.append_text("r", piece)
+    assert _deleted_ranges(document.doc) - before == 3
+    assert shown(document)[-1][3] == piece * pieces
+    document.show_turn(turn("r", "reply", piece * pieces + "end."))
+    assert shown(document)[-1] == ("r", "assistant", "done", piece * pieces + "end.")
+
+
+def _deleted_ranges(doc: Doc[Any]) -> int:
+    deletes = delete_set_of(doc.get_update(), doc.get_state())
+    return sum(len(ranges) for ranges in deletes.values())
 
 
 def test_a_stored_text_going_on_from_a_non_ascii_stream_is_added_at_its_end() -> None:

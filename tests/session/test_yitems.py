@@ -15,8 +15,15 @@ from parley.session.errors import InvalidInput, NotFound
 from parley.session.lifecycle import IllegalTransition
 from parley.session.reasons import Ending, ReasonCode
 from parley.session.schema import SessionDocument
-from parley.session.yitems import NewText, UpdateWriter, utf16_length, varuint
-from parley.session.yprotocol import decode_state_vector
+from parley.session.yitems import (
+    TEXT_BLOCK_UNITS,
+    NewText,
+    UpdateWriter,
+    append_in_blocks,
+    utf16_length,
+    varuint,
+)
+from parley.session.yprotocol import decode_state_vector, delete_set_of
 
 CLIENT = 1234567
 
@@ -80,10 +87,12 @@ def test_unsupported_values_are_refused() -> None:
             writer.insert_map({"key": value}, origin=None, right_origin=None, root="t")
 
 
-def test_inserts_key_changes_and_text_match_pycrdt_byte_for_byte() -> None:
+@pytest.mark.parametrize("block_units", [TEXT_BLOCK_UNITS, 3])
+def test_inserts_key_changes_and_text_match_pycrdt_byte_for_byte(block_units: int) -> None:
     rng = random.Random(7)
     reference, array, encoded = _pair()
     written: list[Any] = []  # the maps as the writer knows them, in array order
+    blocks: list[int] = []  # the units of the last block of each map's text, in pycrdt
     texts = ["", "a", "😀", "é𝄞z", "tok ", "line\n"]
     for step in range(300):
         writer = UpdateWriter(CLIENT, _clock(encoded))
@@ -97,6 +106,7 @@ def test_inserts_key_changes_and_text_match_pycrdt_byte_for_byte() -> None:
                     "n": rng.choice(VALUES),
                 }
                 array.insert(index, Map({k: _prelim(v) for k, v in fields.items()}))
+                blocks.insert(index, utf16_length(fields["content"]))
                 written.insert(
                     index,
                     writer.insert_map(
@@ -115,8 +125,8 @@ def test_inserts_key_changes_and_text_match_pycrdt_byte_for_byte() -> None:
                 index = rng.randrange(len(written))
                 text = rng.choice(texts)
                 content = array[index]["content"]
-                content.insert(len(content), text)
-                writer.append_text(written[index], text)
+                blocks[index] = append_in_blocks(content, text, blocks[index], block_units)
+                writer.append_text(written[index], text, block_units)
         encoded.apply_update(writer.update())
         assert _clock(encoded) == writer.clock
     assert encoded.get_update() == reference.get_update()
@@ -140,7 +150,13 @@ class _Driver:
     """The same random, mostly valid, calls on two session documents: one writing through
     pycrdt only, one writing encoded from ``encode_from`` entries on."""
 
-    def __init__(self, seed: int, encode_from: int, start: bytes | None = None) -> None:
+    def __init__(
+        self,
+        seed: int,
+        encode_from: int,
+        start: bytes | None = None,
+        text_block_units: int = TEXT_BLOCK_UNITS,
+    ) -> None:
         self.rng = random.Random(seed)
         self.docs = []
         self.frames: list[list[bytes]] = []
@@ -151,7 +167,9 @@ class _Driver:
             frames: list[bytes] = []
             doc.observe(lambda event, frames=frames: frames.append(event.update))
             self.frames.append(frames)
-            self.docs.append(SessionDocument(doc, encode_from=threshold))
+            self.docs.append(
+                SessionDocument(doc, encode_from=threshold, text_block_units=text_block_units)
+            )
         self.queued: list[str] = []
         self.running: list[tuple[list[str], str]] = []
         self.ended: list[str] = []
@@ -227,7 +245,9 @@ class _Driver:
 
 @pytest.mark.parametrize("seed", range(6))
 def test_a_document_writing_encoded_ends_as_one_writing_through_pycrdt(seed: int) -> None:
-    driver = _Driver(seed, encode_from=[0, 1, 5, 30, 60, 0][seed])
+    # Seeds 4 and 5 write replies' text in blocks of a few units (``TEXT_BLOCK_UNITS``).
+    blocks = [TEXT_BLOCK_UNITS] * 4 + [5, 1]
+    driver = _Driver(seed, encode_from=[0, 1, 5, 30, 60, 0][seed], text_block_units=blocks[seed])
     for step in range(250):
         driver.step()
         if step % 50 == 0:
@@ -301,3 +321,33 @@ def test_a_settled_entry_changed_again_is_taken_back_as_a_handle() -> None:
     assert "m" in encoded._entries and "m" not in encoded._settled
     driver.check()
     assert encoded.entry("m").status == "edited"
+
+
+@pytest.mark.parametrize("encode_from", [0, 10**9])
+def test_a_long_reply_is_written_in_blocks_readers_see_as_one_text(encode_from: int) -> None:
+    """A reply's text starts a new block once its last holds ``text_block_units`` (a
+    deleted item between them, so yrs does not merge them): encoded and through pycrdt."""
+    doc = Doc(client_id=CLIENT)
+    document = SessionDocument(doc, encode_from=encode_from, text_block_units=10)
+    document.add_prompt(id="p", seq=1, author="u", text="go", created_at=1)
+    document.start_reply(prompt_ids=["p"], reply_id="r", author="bot", created_at=2)
+    deleted_before = _deleted_ranges(doc)
+    pieces = ["tok " * 2, "é😀", "", "x" * 25, "y", "𝄞"] * 5
+    for piece in pieces:
+        document.append_reply_text("r", piece)
+    # A new block before an append whenever the last reached 10 units (UTF-16).
+    breaks, block = 0, 0
+    for piece in filter(None, pieces):
+        if block >= 10:
+            breaks, block = breaks + 1, 0
+        block += utf16_length(piece)
+    assert _deleted_ranges(doc) - deleted_before == breaks >= 10
+    assert document.entry("r").content == "".join(pieces)
+    loaded = Doc(client_id=CLIENT + 1)
+    loaded.apply_update(doc.get_update())
+    assert SessionDocument(loaded).entry("r").content == "".join(pieces)
+
+
+def _deleted_ranges(doc: Doc[Any]) -> int:
+    deletes = delete_set_of(doc.get_update(), doc.get_state())
+    return sum(len(ranges) for ranges in deletes.values())
