@@ -67,6 +67,10 @@ export function mountContext (app) {
   function show (body) {
     const count = (test) => body.excluded.filter((x) => test(x.reason)).length
     setText($('context-tokens'), `${body.tokens.toLocaleString()} of ${body.budget.toLocaleString()}`)
+    // What the running and waiting entries (left out of ``tokens``) add once their runs end.
+    const pending = Number(body.pending_tokens) || 0
+    $('context-pending').dataset.count = String(pending)
+    setText($('context-pending'), pending ? `+${pending.toLocaleString()} tokens` : 'nothing more')
     setText($('context-messages'), String(body.messages.length))
     const counts = {
       // merged repeats, plus pasted blocks and replies given as references

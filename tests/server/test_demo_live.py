@@ -48,12 +48,15 @@ async def test_queue_cancel_and_context_while_a_reply_streams(tmp_path: Path) ->
             f"Number(document.querySelector('#context').dataset.refreshed) > {refreshed}"
         )
         assert await alice.locator(STREAMING).count() == 1
+        # What bob's running prompt and its reply so far add once the run ends: shown apart.
+        assert int(await alice.get_attribute("#context-pending", "data-count") or 0) > 0
         model.release()
         # ... and once more after it ended: the two messages (bob's prompt, its reply).
         await alice.wait_for_selector("#transcript li.kind-reply[data-status=done]")
         await alice.wait_for_function(
             "document.querySelector('#context-messages').textContent === '2'"
         )
+        assert await alice.get_attribute("#context-pending", "data-count") == "0"
         assert await alice.locator("#errors .error").count() == 0
         await screenshot(alice, "demo-queue-cancel")
         assert not browser.problems, browser.problems
