@@ -8,7 +8,9 @@ runs; a reply has ``reply_to`` (the prompt id), ``answers`` (every prompt it ans
 several when a coalesced run answers them together) and shares its prompt's ``seq``; it
 is inserted directly after that prompt (the last of them). ``reason`` (a sentence) and
 ``reason_code`` (``session.reasons.ReasonCode``) are set when a status is ``failed``,
-``cancelled`` or ``interrupted``. A ``tool`` entry (role ``tool``)
+``cancelled`` or ``interrupted``; ``retry_at`` beside them when the cause tells when the
+prompt may be sent again (a quota: its next UTC midnight, ms since the epoch). A ``tool``
+entry (role ``tool``)
 is one step of a reply's tool loop: ``tool`` names it, ``author`` is who the run acted
 for, ``reply_to`` is the reply, ``status`` one of ``session.lifecycle.ToolStepStatus``
 (``running`` until a call that left the server ends); it sits directly before its reply.
@@ -65,6 +67,7 @@ class Entry:
     tool: str | None = None
     # ``private_thread``: a message shared back from a side-thread; ``SERVER_REQUEST``.
     source: str | None = None
+    retry_at: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -84,6 +87,7 @@ class Entry:
             "started_at": self.started_at,
             "tool": self.tool,
             "source": self.source,
+            "retry_at": self.retry_at,
         }
 
 
@@ -168,7 +172,7 @@ def entry_from_fields(fields: Mapping[str, Any]) -> Entry:
         value = fields.get(key)
         return None if value is None else str(value)
 
-    started_at = fields.get("started_at")
+    started_at, retry_at = fields.get("started_at"), fields.get("retry_at")
     return Entry(
         id=str(fields["id"]),
         seq=int(fields["seq"]),
@@ -186,4 +190,5 @@ def entry_from_fields(fields: Mapping[str, Any]) -> Entry:
         started_at=None if started_at is None else int(started_at),
         tool=optional("tool"),
         source=optional("source"),
+        retry_at=None if retry_at is None else int(retry_at),
     )

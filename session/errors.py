@@ -267,10 +267,18 @@ class Unavailable(ParleyError):
 
 class QuotaExceeded(RateLimited):
     """A call would pass a daily token quota; ``retry_after_s``: until the quotas start
-    over (the next UTC midnight, ``session.quota.reset_in_s``)."""
+    over (the next UTC midnight, ``session.quota.reset_in_s``), and ``retry_at`` that
+    midnight itself, in milliseconds since the epoch (``session.quota.resets_at_ms``: what
+    a prompt that fails with it is stored with)."""
 
     code = ErrorCode.QUOTA_EXCEEDED
     close_code = None  # a prompt is refused; the socket stays
+
+    def __init__(
+        self, message: str, retry_after_s: float | None = None, retry_at: int | None = None
+    ) -> None:
+        super().__init__(message, retry_after_s)
+        self.retry_at = retry_at
 
 
 class TooManyStreams(RateLimited):

@@ -13,7 +13,8 @@ of ``reply_completed`` or ``run_failed``.
     run_started       reply_id, prompt_ids, issuers                     -
     reply_completed   reply_id, prompt_ids                              -
     run_failed        prompt_ids, reply_id (None: never ran),           -
-                      reason_code (``session.reasons``), reason
+                      reason_code (``session.reasons``), reason,
+                      retry_at (ms since the epoch; None: no time)
     member_joined     user_id, role, grants, denials, by                by
     member_changed    user_id, role, grants, denials, by                by
     member_left       user_id, by                                       by
@@ -113,10 +114,13 @@ class RunFailed(_Event):
     reply_id: str | None
     reason_code: ReasonCode
     reason: str
+    # When the prompts may be sent again (``Ending.retry_at``). Events stored before it
+    # was told have none.
+    retry_at: int | None = None
 
     @classmethod
     def of(cls, prompt_ids: tuple[str, ...], reply_id: str | None, ending: Ending) -> RunFailed:
-        return cls(prompt_ids, reply_id, ending.code, ending.reason)
+        return cls(prompt_ids, reply_id, ending.code, ending.reason, ending.retry_at)
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from parley.session.model import Usage
 
 DAY_S = 86_400  # a UTC day (POSIX time counts no leap seconds)
+DAY_MS = DAY_S * 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +33,15 @@ def reset_in_s(epoch_s: float) -> float:
     """Seconds from ``epoch_s`` to the next UTC midnight, when the day's quotas start over:
     the wait a quota refusal tells (``retry_after_ms``)."""
     return DAY_S - epoch_s % DAY_S
+
+
+def resets_at_ms(epoch_ms: int) -> int:
+    """The next UTC midnight after ``epoch_ms``, in milliseconds since the epoch: when a
+    prompt a quota failed then may be sent again (``retry_at``). The same moment as
+    ``reset_in_s`` counts to, told as a time, not a wait: a failure is read long after it
+    was told (a transcript, a webhook retried, a replayed event stream), and a time stays
+    true where a wait would have run down."""
+    return (epoch_ms // DAY_MS + 1) * DAY_MS
 
 
 def shares(usage: Usage, issuers: Sequence[str]) -> list[tuple[str, Usage]]:

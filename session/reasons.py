@@ -85,6 +85,11 @@ class Ending:
     # every member may read: a count holds its size, to the token (review A2;
     # ``session.core.runs.shown_ending``). None: ``reason`` gives none.
     uncounted: str | None = None
+    # When the cause passes and the prompt may be sent again, in milliseconds since the
+    # epoch (UTC): a quota's next midnight (``session.quota.resets_at_ms``). Set once, as
+    # the prompt fails, and stored with it, so every reader is told the same time. None:
+    # no time is known (every other cause).
+    retry_at: int | None = None
 
     def __post_init__(self) -> None:
         # A provider's text, as it said it: long (the column's width), and it may hold what

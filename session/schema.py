@@ -539,8 +539,13 @@ class SessionDocument:
             for reply_id in replies:
                 self._set(reply_id, status=new.value)
             if ending is not None:
+                told = {"reason": ending.reason, "reason_code": ending.code.value}
+                if ending.retry_at is not None:
+                    # Only where a time is known: an entry's map gains a key a stock
+                    # client ignores, as ``source`` and ``tool`` were added.
+                    told["retry_at"] = ending.retry_at
                 for entry_id in [*prompt_ids, *replies]:
-                    self._set(entry_id, reason=ending.reason, reason_code=ending.code.value)
+                    self._set(entry_id, **told)
         for reply_id in replies:
             self._streaming.pop(reply_id, None)
         if is_terminal(status):

@@ -391,6 +391,12 @@ class TranscriptEntryOut(Strict):
         description="On a message a member shared back from a private side-thread: "
         "``private_thread``",
     )
+    retry_at: int | None = Field(
+        None,
+        description="When it may be sent again, in milliseconds since the epoch (UTC): set "
+        "when a token quota failed it (reason_code quota_exceeded), the next UTC midnight, "
+        "when the quotas start over; null otherwise (docs/models.md: quotas)",
+    )
 
 
 class TranscriptOut(Strict):
@@ -476,6 +482,12 @@ class PromptStatusOut(Strict):
     reason: str | None
     reply_id: str | None
     position: int | None = Field(description="While it waits, 1: the next to run; else null")
+    retry_at: int | None = Field(
+        None,
+        description="When it may be sent again, in milliseconds since the epoch (UTC): set "
+        "when a token quota failed it (reason_code quota_exceeded), the next UTC midnight, "
+        "when the quotas start over; null otherwise (docs/models.md: quotas)",
+    )
 
 
 class PreviewMessage(Strict):

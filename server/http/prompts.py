@@ -110,6 +110,7 @@ def _status(doc: SessionDocument, prompt_id: str) -> PromptStatusOut:
             "status": entry.status,
             "reason_code": entry.reason_code,
             "reason": entry.reason,
+            "retry_at": entry.retry_at,
             "reply_id": entry.reply_id,
             "position": _position(doc, prompt_id),
         }

@@ -222,7 +222,7 @@ class SessionRunner:
         try:
             await self.usage.admit(self.room.session_id, request.issuers, active.quotas)
         except QuotaExceeded as exc:  # no model call without a quota check
-            return RunOutcome(Ending(ReasonCode.QUOTA_EXCEEDED, exc.message))
+            return RunOutcome(Ending(ReasonCode.QUOTA_EXCEEDED, exc.message, retry_at=exc.retry_at))
         except Unavailable as exc:
             return RunOutcome(Ending(ReasonCode.UNAVAILABLE, exc.message))
         if active.stopped is not None:  # cancelled while the quotas were read

@@ -17,7 +17,7 @@ from parley.server.store.rows import UsageRow, quota_limits, usage_totals
 from parley.server.store.tables import quotas
 from parley.session.errors import QuotaExceeded
 from parley.session.model import Usage
-from parley.session.quota import Quotas, day_of, over_quota, reset_in_s, shares
+from parley.session.quota import Quotas, day_of, over_quota, reset_in_s, resets_at_ms, shares
 
 if TYPE_CHECKING:
     from parley.server.store.port import SessionStore
@@ -137,4 +137,4 @@ class UsageLedger:
         }
         reason = over_quota(limits, sum(used.values()), used, issuers)
         if reason is not None:
-            raise QuotaExceeded(reason, reset_in_s(now))
+            raise QuotaExceeded(reason, reset_in_s(now), resets_at_ms(int(now * 1000)))

@@ -50,7 +50,7 @@ from parley.session.core.threads import (
 )
 from parley.session.lifecycle import PromptStatus, ToolStepStatus
 from parley.session.queue import OrderingQueue, PendingPrompt, Run
-from parley.session.quota import issuers_over_quota, session_over_quota
+from parley.session.quota import issuers_over_quota, resets_at_ms, session_over_quota
 from parley.session.reasons import Ending, ReasonCode
 
 # Why a run that was in flight when its room was last lost ended (see ``Recovered``).
@@ -102,8 +102,12 @@ def start_run(view: SessionView, event: RunStart) -> Effects:
         run = Run(run.prompts[: fit.taken])
     over = _over_quota(event, run)
     if over:
+        retry_at = resets_at_ms(event.now_ms)
         dropped = [
-            ([p for p in run.prompts if p.author == author], Ending(ReasonCode.QUOTA_EXCEEDED, why))
+            (
+                [p for p in run.prompts if p.author == author],
+                Ending(ReasonCode.QUOTA_EXCEEDED, why, retry_at=retry_at),
+            )
             for author, why in over.items()
         ]
         # Audited as a run that ended unanswered is (``run_audit``), with no reply.
@@ -586,9 +590,9 @@ def shown_ending(ending: Ending | None, readable_by_all: bool) -> Ending | None:
     if ending is None or readable_by_all:
         return ending
     if ending.code in _QUOTING_REASONS:
-        return Ending(ending.code, WITHHELD_REASON)
+        return replace(ending, reason=WITHHELD_REASON, uncounted=None)
     if ending.uncounted is not None:
-        return Ending(ending.code, ending.uncounted)
+        return replace(ending, reason=ending.uncounted, uncounted=None)
     return ending
 
 

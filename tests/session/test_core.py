@@ -1370,7 +1370,12 @@ def test_under_coalesce_a_member_at_their_quota_fails_only_their_own_prompts() -
     over, fresh = session.prompt("eddie"), session.prompt("erin")
     limits = Quotas(user_tokens_per_day=100)
     effects = handle(session.view(), RunStart(1, "r", "m", limits, {"eddie": 100, "erin": 5}))
-    ending = Ending(ReasonCode.QUOTA_EXCEEDED, "eddie reached their quota of 100 tokens today")
+    # Told when the quotas start over: the next UTC midnight after the start (``now_ms`` 1).
+    ending = Ending(
+        ReasonCode.QUOTA_EXCEEDED,
+        "eddie reached their quota of 100 tokens today",
+        retry_at=86_400_000,
+    )
     assert effects.begin is None and effects.finish == (Finish((over,), ending),)
     assert effects.audit == (
         AuditRecord(
@@ -1384,9 +1389,12 @@ def test_under_coalesce_a_member_at_their_quota_fails_only_their_own_prompts() -
             },
         ),
     )
-    assert effects.events == (RunFailed((over,), None, ReasonCode.QUOTA_EXCEEDED, ending.reason),)
+    assert effects.events == (
+        RunFailed((over,), None, ReasonCode.QUOTA_EXCEEDED, ending.reason, 86_400_000),
+    )
     session.apply(effects)
     assert session.doc.entry(over).status == PromptStatus.FAILED.value
+    assert session.doc.entry(over).retry_at == 86_400_000
     assert session.start_run() == Run((PendingPrompt(fresh, 2, "erin"),))
 
 

@@ -63,8 +63,19 @@ def test_run_failed_carries_the_code_as_a_string() -> None:
         "reply_id": None,
         "reason_code": "superseded",
         "reason": "superseded by a newer",
+        "retry_at": None,
     }
     assert event.actor is None
+
+
+def test_run_failed_tells_when_a_quota_starts_over_and_reads_back_without_it() -> None:
+    ending = Ending(ReasonCode.QUOTA_EXCEEDED, "alice reached their quota", retry_at=86_400_000)
+    event = RunFailed.of(("p",), "r", ending)
+    assert event.data()["retry_at"] == 86_400_000
+    assert decode("run_failed", event.data()) == event
+    # Stored before it was told: read back with none.
+    old = {k: v for k, v in event.data().items() if k != "retry_at"}
+    assert decode("run_failed", old) == RunFailed(("p",), "r", ending.code, ending.reason)
 
 
 def test_the_actor_is_the_author_or_whoever_made_the_change() -> None:

@@ -4,7 +4,25 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from parley.session.model import Usage
-from parley.session.quota import Quotas, day_of, over_quota, reset_in_s, shares
+from parley.session.quota import (
+    Quotas,
+    day_of,
+    over_quota,
+    reset_in_s,
+    resets_at_ms,
+    shares,
+)
+
+
+def test_the_quotas_start_over_at_the_next_utc_midnight_in_milliseconds() -> None:
+    assert resets_at_ms(0) == 86_400_000
+    assert resets_at_ms(1_764_115_199_999) == 1_764_115_200_000
+    assert resets_at_ms(1_764_115_200_000) == 1_764_201_600_000  # midnight: the next one
+
+
+@given(st.integers(0, 10**13))
+def test_the_time_told_is_the_wait_told_from_the_same_moment(epoch_ms: int) -> None:
+    assert resets_at_ms(epoch_ms) == epoch_ms + round(reset_in_s(epoch_ms / 1000) * 1000)
 
 
 def test_day_is_the_utc_date() -> None:

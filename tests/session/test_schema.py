@@ -198,6 +198,26 @@ def test_finish_prompts_gives_the_prompt_and_its_reply_the_status_of_the_ending(
     assert (r.status, r.reason, r.reason_code) == (ending.reply_status, ending.reason, code)
 
 
+def test_a_time_to_send_again_is_written_only_where_an_ending_tells_one() -> None:
+    doc = fresh()
+    for n in (1, 2):
+        prompt(doc, f"p{n}", n)
+    quota = start(doc, "p1")
+    doc.finish_prompts(["p1"], Ending(ReasonCode.QUOTA_EXCEEDED, "at quota", retry_at=86_400_000))
+    other = start(doc, "p2")
+    doc.finish_prompts(["p2"], Ending(ReasonCode.TIMEOUT, "too slow"))
+    again = replica(doc)  # as a client (or a restart) reads it from the encoded state
+    assert [again.entry(i).retry_at for i in ("p1", quota, "p2", other)] == [
+        86_400_000,
+        86_400_000,
+        None,
+        None,
+    ]
+    # No key at all where none is told: an entry's map is as it was before the field.
+    maps = {str(m["id"]): m for m in again.doc.get("transcript", type=Array).to_py() or []}
+    assert "retry_at" not in maps["p2"] and maps["p1"]["retry_at"] == 86_400_000
+
+
 @pytest.mark.parametrize("code", [ReasonCode.CANCELLED, ReasonCode.SUPERSEDED])
 def test_finishing_waiting_prompts_makes_no_reply(code: ReasonCode) -> None:
     doc = fresh()
@@ -594,6 +614,7 @@ def test_to_json_carries_every_field() -> None:
         "started_at": None,
         "tool": None,
         "source": None,
+        "retry_at": None,
     }
     assert doc.entry("p1").to_json()["reply_id"] == reply_id
     assert doc.entry("p1").to_json()["started_at"] == 9

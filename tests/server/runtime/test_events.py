@@ -77,6 +77,7 @@ async def test_a_stopped_run_fails_with_its_reply_and_code() -> None:
             "reply_id": reply_id,
             "reason_code": "cancelled",
             "reason": "cancelled by alice",
+            "retry_at": None,
         }
 
 
