@@ -56,6 +56,11 @@ export interface Entry {
   readonly tool?: string
   /** `private_thread`: a message a member shared back from their side-thread. */
   readonly source?: string
+  /**
+   * When a failed prompt (and its reply) may be sent again, in milliseconds since the epoch
+   * (UTC): a token quota's next midnight (`reason_code` `quota_exceeded`); absent otherwise.
+   */
+  readonly retry_at?: number
 }
 
 /** A prompt waiting to run; `position` 1 runs next. */

@@ -30,6 +30,9 @@ class Entry:
     started_at: int | None = None
     tool: str | None = None
     source: str | None = None  # "private_thread": shared back from a member's side-thread
+    # When a failed prompt (and its reply) may be sent again, in milliseconds since the
+    # epoch (UTC): a token quota's next midnight (reason_code "quota_exceeded"); else None.
+    retry_at: int | None = None
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Entry:
@@ -58,6 +61,7 @@ class Entry:
             started_at=number("started_at"),
             tool=text("tool"),
             source=text("source"),
+            retry_at=number("retry_at"),
         )
 
     @property
