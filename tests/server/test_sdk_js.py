@@ -578,6 +578,35 @@ async def test_a_cancel_whose_socket_dropped_is_resent_and_acked_once(
     assert [e["id"] for e in dump["transcript"]] == [e["id"] for e in stored]
 
 
+async def test_a_prompt_a_quota_failed_shows_when_to_send_it_again(
+    sdk_app: Path, tmp_path: Path
+) -> None:
+    """Its entry (and its reply's) carries ``retry_at``, the time REST tells (FX75)."""
+    async with serve_in_process(make_settings(sqlite_url(tmp_path), tmp_path / "d")) as server:
+        sid = await server.new_session({"alice": "editor"})
+        alice = await join(sdk_app, server, sid, "alice")
+        try:
+            await alice.synced()
+            await alice.ack("1", "prompt", "runs")
+            await alice.wait_dump(replies_done(1))
+            put = await server.http.put(
+                f"/api/v1/sessions/{sid}/quotas", json={"user_tokens_per_day": 1}
+            )
+            assert put.status_code == 200, put.text
+            refused = await alice.ack("2", "prompt", "over the quota")
+            dump = await alice.wait_dump(prompts_ended(2))
+        finally:
+            await alice.close()
+        told = (
+            await server.http.get(f"/api/v1/sessions/{sid}/prompts/{refused['prompt_id']}")
+        ).json()
+    shown = {e["id"]: e for e in dump["transcript"]}
+    prompt = shown[refused["prompt_id"]]
+    assert (prompt["status"], prompt["reason_code"]) == ("failed", "quota_exceeded")
+    assert isinstance(told["retry_at"], int) and told["retry_at"] % 86_400_000 == 0
+    assert prompt["retry_at"] == shown[told["reply_id"]]["retry_at"] == told["retry_at"]
+
+
 async def test_limits_and_a_refused_token_reject_typed(sdk_app: Path, tmp_path: Path) -> None:
     settings = make_settings(
         sqlite_url(tmp_path),
