@@ -539,7 +539,7 @@ class SessionDocument:
             for reply_id in replies:
                 self._set(reply_id, status=new.value)
             if ending is not None:
-                told = {"reason": ending.reason, "reason_code": ending.code.value}
+                told: dict[str, Any] = {"reason": ending.reason, "reason_code": ending.code.value}
                 if ending.retry_at is not None:
                     # Only where a time is known: an entry's map gains a key a stock
                     # client ignores, as ``source`` and ``tool`` were added.
