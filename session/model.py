@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from parley.session.commands import storable
+from parley.session.commands import storable, unstorable
 from parley.session.names import is_speaker_name
 
 WIRE_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -141,6 +141,36 @@ def storable_event(event: ModelEvent) -> ModelEvent:
     if isinstance(event, ToolCall):
         return ToolCall(storable(event.id), storable(event.name), storable(event.arguments))
     return event
+
+
+class StreamedText:
+    """A model's streamed text made storable piece by piece (``storable``), a UTF-16
+    surrogate pair split between two pieces joined rather than stored as two U+FFFD: a
+    proxy that slices JavaScript strings sends an emoji's halves as ``"\\ud83d"``, then
+    ``"\\ude00"`` (review RV37 F3). A piece ending in a pair's first half keeps it back
+    for the next; ``end`` gives what is still kept (U+FFFD: no second half came)."""
+
+    __slots__ = ("_held",)
+
+    def __init__(self) -> None:
+        self._held = ""
+
+    def piece(self, text: str) -> str:
+        """What of ``text`` (after what was kept back) can be stored and shown now."""
+        if self._held:
+            text, self._held = self._held + text, ""
+        if text and "\ud800" <= text[-1] <= "\udbff":
+            text, self._held = text[:-1], text[-1]
+        if unstorable(text) is None:
+            return text
+        # Pairs of halves made one character each; lone halves (and NULs) then replaced.
+        units = text.encode("utf-16-le", "surrogatepass")
+        return storable(units.decode("utf-16-le", "surrogatepass"))
+
+    def end(self) -> str:
+        """What was kept back, as it can be stored (the stream ended)."""
+        held, self._held = self._held, ""
+        return storable(held)
 
 
 class ModelProvider(Protocol):

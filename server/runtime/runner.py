@@ -42,6 +42,7 @@ from parley.session.lifecycle import PromptStatus, ToolStepStatus
 from parley.session.model import (
     ModelProvider,
     ModelRequest,
+    StreamedText,
     TextDelta,
     ToolCall,
     Usage,
@@ -438,13 +439,14 @@ class SessionRunner:
         async def read() -> None:
             stream = self.provider.stream(request)
             made.asked = True  # the request goes with the stream's first step
+            streamed = StreamedText()
             try:
                 async for received_event in stream:
+                    if isinstance(received_event, TextDelta):
+                        await text_in(streamed.piece(received_event.text))
+                        continue
                     event = storable_event(received_event)
-                    if isinstance(event, TextDelta) and event.text:
-                        received.append(event.text)
-                        await deltas.put(event.text)
-                    elif isinstance(event, ToolCall):
+                    if isinstance(event, ToolCall):
                         calls.append(event)
                     elif isinstance(event, Usage):
                         usage.append(event)
@@ -454,7 +456,13 @@ class SessionRunner:
                 aclose = getattr(stream, "aclose", None)
                 if aclose is not None:
                     await aclose()
+            await text_in(streamed.end())
             await deltas.put(None)
+
+        async def text_in(text: str) -> None:
+            if text:
+                received.append(text)
+                await deltas.put(text)
 
         reader = asyncio.create_task(read())
         started = time.monotonic()

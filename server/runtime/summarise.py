@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from parley.server.runtime.room import SessionRoom
 from parley.server.store.usage import UsageLedger
 from parley.session.errors import ParleyError, QuotaExceeded, Unavailable
-from parley.session.model import ModelProvider, TextDelta, Usage, storable_event
+from parley.session.model import ModelProvider, StreamedText, TextDelta, Usage
 from parley.session.summary import SummaryPlan, extended, summary_request
 from parley.session.tokens import estimated_usage
 
@@ -94,14 +94,15 @@ class Summariser:
         parts: list[str] = []
         usage: Usage | None = None
         stream = self.provider.stream(request)
+        streamed = StreamedText()
         try:
             async with asyncio.timeout(self.timeout_s):
                 async for received_event in stream:
-                    event = storable_event(received_event)
-                    if isinstance(event, TextDelta):
-                        parts.append(event.text)
-                    elif isinstance(event, Usage):
-                        usage = event
+                    if isinstance(received_event, TextDelta):
+                        parts.append(streamed.piece(received_event.text))
+                    elif isinstance(received_event, Usage):
+                        usage = received_event
+                parts.append(streamed.end())
         finally:
             aclose = getattr(stream, "aclose", None)
             if aclose is not None:

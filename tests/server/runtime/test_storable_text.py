@@ -71,3 +71,22 @@ async def test_a_model_error_holding_a_nul_is_told_replaced(tmp_path: Path) -> N
         [prompt] = [e for e in read.json()["messages"] if e["kind"] == "prompt"]
         assert prompt["reason_code"] == "provider_error"
         assert "bad\ufffdrequest \ufffd" in prompt["reason"]
+
+
+async def test_an_emoji_whose_halves_come_in_two_pieces_is_stored_whole(tmp_path: Path) -> None:
+    """A proxy slicing JavaScript strings sends a surrogate pair's halves in two deltas
+    (review RV37 F3: each was stored as U+FFFD); a half with no partner still is."""
+    pieces = ["go 😀 then ", "\ud83d", "\ude00 split, ", "a\ud83d", "\ude4b\U0001f3fd end \ud83d"]
+    model = FakeModel(lambda sent: pieces)
+    async with (
+        sql_store(sqlite_url(tmp_path)) as store,
+        backend(memory_settings(), store=store, model=model) as b,
+    ):
+        sid = await b.new_session({"alice": "editor"})
+        s = await b.session(sid)
+        asked = await s.prompt("alice", "hello")
+        await s.settled(asked["prompt_id"])
+        read = await b.request("GET", f"/api/v1/sessions/{sid}/transcript")
+        [reply] = [e for e in read.json()["messages"] if e["kind"] == "reply"]
+        assert reply["content"] == "go 😀 then 😀 split, a🙋🏽 end \ufffd"
+        assert reply["status"] == "done"
