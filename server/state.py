@@ -44,8 +44,9 @@ class AppState:
         default_factory=WeakKeyDictionary
     )
     # The bytes of each member's last list of a loaded room's documents (``GET
-    # …/documents``): what their next list is charged before it is made (gone with the room).
-    document_lists: WeakKeyDictionary[SessionRoom, dict[str, int]] = field(
+    # …/documents``), and the most it could have been: what their next list is charged
+    # before it is made, with what was added since (gone with the room).
+    document_lists: WeakKeyDictionary[SessionRoom, dict[str, tuple[int, int]]] = field(
         default_factory=WeakKeyDictionary
     )
     # ``/readyz``'s probe, one at a time: callers who ask while it runs share its answer.

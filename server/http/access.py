@@ -21,10 +21,6 @@ from parley.server.http.cursor import PLACE_CURSOR, make_place_cursor, page_star
 from parley.server.http.members import revocations_in_force
 from parley.server.http.models import RoleList, RoleOut, RolePut
 from parley.server.http.resource_models import (
-    MAX_DOCUMENT_TITLE_CHARS,
-    MAX_NAME_CHARS,
-    MAX_READER_ROLES,
-    MAX_READER_USERS,
     TOOL_NAME,
     AuditList,
     AuditRecordOut,
@@ -54,7 +50,7 @@ from parley.server.runtime.room import SessionRoom
 from parley.server.runtime.tools import SEARCH_DOCUMENTS, new_secret
 from parley.server.state import AppState
 from parley.server.store.access import AccessStore
-from parley.server.store.access_rows import AuditPage, DocumentRow, ToolRow
+from parley.server.store.access_rows import AuditPage, DocumentRow, DocumentSizes, ToolRow
 from parley.server.store.horizon import Place
 from parley.server.store.link_tokens import by_readers
 from parley.session.core.audit_view import shown_record
@@ -167,14 +163,26 @@ async def document_list_json(rows: Sequence[DocumentRow]) -> bytes:
     return b'{"documents":[' + b",".join(parts) + b"]}"
 
 
-# The most a document adds to a list's JSON: its title and reader lists at their bounds
-# (``DocumentCreate``), each character as up to 6 bytes (``\u001f``), and its id, numbers
-# and keys; and the most the list adds around its documents.
-LISTED_DOCUMENT_MAX_BYTES = (
-    6 * (MAX_DOCUMENT_TITLE_CHARS + (MAX_READER_USERS + MAX_READER_ROLES) * (MAX_NAME_CHARS + 1))
-    + 256
+# What a document adds to a list's JSON besides its id, title and reader list: the keys and
+# punctuation, its two numbers (20 characters each at most: 64 bits and a sign) and a
+# comma; and the most the list adds around its documents.
+LISTED_DOCUMENT_FRAME_BYTES = (
+    len(b'{"id":"","title":"","readers":,"chars":,"created_at":,"text":null},') + 2 * 20
 )
 LIST_FRAME_BYTES = 64
+
+
+def listed_bytes_bound(sizes: DocumentSizes) -> int:
+    """The most a list of documents of ``sizes`` can be as JSON (``document_list_json``): a
+    character of an id or title as up to 6 bytes (``\\u001f``), a reader list as long as
+    it is stored (``json.dumps``: ASCII with spaces, so never shorter than the list's
+    compact UTF-8 of it)."""
+    return (
+        LIST_FRAME_BYTES
+        + sizes.count * LISTED_DOCUMENT_FRAME_BYTES
+        + 6 * sizes.head_chars
+        + sizes.reader_chars
+    )
 
 
 async def list_documents(state: AppState, session_id: str, caller: Caller) -> Encoded:
@@ -182,12 +190,24 @@ async def list_documents(state: AppState, session_id: str, caller: Caller) -> En
     A member's list spends their read budget by its bytes, as one document's read does:
     their reader lists make it up to 22 MB (review RL-2: unbudgeted, a viewer's loop of
     lists held every session on the node 1.3 s a call). It is paid before the store is
-    read by what their last list cost, and their first by the most it can cost (FX67:
-    1 byte, so first lists asked at once were each made against one budget); each is
-    settled to its bytes once made."""
+    read by the most it can cost, from the documents' sizes the store gives with their
+    count (FX74: their first was paid 1.3 MB a document, so in a session of 13 the whole
+    burst until made), or by what their last list cost if less (and what was added since);
+    each is settled to its bytes once made."""
     room = await state.rooms.current(session_id)
     user_id = caller.user_id
-    last_sizes = state.document_lists.setdefault(room, {})
+    last_lists = state.document_lists.setdefault(room, {})
+    # Paid before the store is read (at most the burst, which is what such a read takes):
+    # a refused one reads nothing, and of lists asked at once on several connections one
+    # is made, not each against one budget.
+    least = most = 1
+    if user_id is not None:
+        most = listed_bytes_bound(await _access(state).document_sizes(session_id))
+        least = most
+        if user_id in last_lists:  # less for a member who may read few of many documents
+            size, most_then = last_lists[user_id]
+            least = min(most, size + max(most - most_then, 0))
+        least = min(least, state.settings.read_burst_bytes)
 
     async def answer() -> bytes:
         rows = await _access(state).list_documents(session_id, texts=False)
@@ -196,20 +216,9 @@ async def list_documents(state: AppState, session_id: str, caller: Caller) -> En
             rows = [r for r in rows if decide(subject, Read((r.readers,))).allowed]
         body = await document_list_json(rows)
         if user_id is not None:
-            last_sizes[user_id] = len(body)
+            last_lists[user_id] = (len(body), most)
         return body
 
-    # Paid before the store is read (at most the burst, which is what such a read takes):
-    # a refused one reads nothing, and of lists asked at once on several connections one
-    # is made, not each against one budget.
-    if user_id is None:
-        least = 1
-    elif user_id in last_sizes:
-        least = last_sizes[user_id]
-    else:  # counted from an index, no document read
-        count = await _access(state).count_documents(session_id)
-        least = LIST_FRAME_BYTES + count * LISTED_DOCUMENT_MAX_BYTES
-    least = min(least, state.settings.read_burst_bytes)
     return await read_paid_after(state, room, user_id, answer, least=least)
 
 

@@ -24,6 +24,7 @@ from parley.server.store.access_rows import (
     AuditPage,
     AuditRow,
     DocumentRow,
+    DocumentSizes,
     PrivateItem,
     Revocation,
     TokenRow,
@@ -420,10 +421,18 @@ class AccessStore:
         lengths = {row.id: self._lengths.get(row.id, 0) for row in rows}
         return await _parsed(rows, lambda row: _document_head(row, lengths[row.id]))
 
-    async def count_documents(self, session_id: str) -> int:
-        """How many documents the session has (from its index: no row is read)."""
+    async def document_sizes(self, session_id: str) -> DocumentSizes:
+        """The session's documents' count and sizes (``DocumentSizes``), in one aggregate
+        over what a list reads (``ix_documents_heads``): no text, no row parsed."""
+        c = documents.c
+        sizes = select(
+            func.count(),
+            func.coalesce(func.sum(func.length(c.id) + func.length(c.title)), 0),
+            func.coalesce(func.sum(func.length(c.readers)), 0),
+        ).where(c.session_id == session_id)
         async with self.store.read() as connection:
-            return int((await connection.execute(_count_documents(session_id))).scalar_one())
+            count, head_chars, reader_chars = (await connection.execute(sizes)).one()
+        return DocumentSizes(int(count), int(head_chars), int(reader_chars))
 
     async def get_document(self, session_id: str, document_id: str) -> DocumentRow | None:
         async with self.store.read() as connection:

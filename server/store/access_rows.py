@@ -30,6 +30,18 @@ class DocumentRow:
 
 
 @dataclass(frozen=True, slots=True)
+class DocumentSizes:
+    """A session's documents as a list shows them, in sizes the store gives with their
+    count, no row parsed (``AccessStore.document_sizes``): their ids' and titles'
+    characters, and their reader lists' characters as stored (``json.dumps``: ASCII, and
+    never shorter than the list's JSON of them)."""
+
+    count: int
+    head_chars: int
+    reader_chars: int
+
+
+@dataclass(frozen=True, slots=True)
 class ToolRow:
     name: str
     description: str

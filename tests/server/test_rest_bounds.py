@@ -9,11 +9,14 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pycrdt import Doc
 
 from parley.authz.policy import Readers
@@ -26,7 +29,7 @@ from parley.server.http.transcript_body import TranscriptBody
 from parley.server.store import access as store_access
 from parley.server.store import reads
 from parley.server.store.access import AccessStore
-from parley.server.store.access_rows import DocumentRow, PrivateItem
+from parley.server.store.access_rows import DocumentRow, DocumentSizes, PrivateItem
 from parley.server.ws.uvicorn_protocol import RESET_EXTENSION
 from parley.session.ratelimit import Spend
 from parley.session.schema import SessionDocument
@@ -552,6 +555,135 @@ async def test_a_members_first_document_lists_are_paid_before_the_store_is_read(
         assert int(refused.headers["retry-after"]) >= 1
         room = await b.rooms.get(sid)
         assert _read_left(b, room, "vic") == 8000 - len(listed.content)  # its true cost
+
+
+class _HeldLists:
+    """Lists of documents held once paid, before the store reads them, until ``go``."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self._reached, self._go = asyncio.Event(), asyncio.Event()
+        listing = AccessStore.list_documents
+
+        async def held(store: AccessStore, *args: Any, **kwargs: Any) -> Any:
+            self._reached.set()
+            await self._go.wait()
+            return await listing(store, *args, **kwargs)
+
+        monkeypatch.setattr(AccessStore, "list_documents", held)
+
+    async def start(self, request: Awaitable[httpx.Response]) -> asyncio.Future[httpx.Response]:
+        """``request`` under way, once held (an answer before that fails the test)."""
+        answer = asyncio.ensure_future(request)
+        reached = asyncio.ensure_future(self._reached.wait())
+        await asyncio.wait({answer, reached}, return_when=asyncio.FIRST_COMPLETED)
+        reached.cancel()
+        if answer.done():
+            raise AssertionError(f"answered before it was held: {answer.result().text}")
+        return answer
+
+    def go(self) -> None:
+        self._go.set()
+
+
+async def test_a_members_first_document_list_leaves_them_budget_for_other_reads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """FX74: a first list was paid ``count * LISTED_DOCUMENT_MAX_BYTES`` (1.3 MB a
+    document) up to the burst: in a session of 20 small documents it took all of a
+    member's read budget until made, and their other reads meanwhile were refused. It is
+    paid by a bound of the documents' listed bytes the store gives with their count."""
+    settings = memory_settings(read_bytes_per_s=0.001, read_burst_bytes=100_000)
+    async with sql_store(sqlite_url(tmp_path)) as store, backend(settings, store=store) as b:
+        sid = await b.new_session({"vic": "viewer"})
+        for i in range(20):
+            body = DocumentCreate(title=f"doc {i}", text="x" * 10, readers=ReadersIn(users=["vic"]))
+            await b.call(http_access.create_document, session_id=sid, body=body)
+        room = await b.rooms.get(sid)
+        vic = (Readers("d", frozenset({"vic"}), frozenset()),)
+        room.context.keep(PrivateItem("e1", "reply", "note", vic))
+        token = await b.token(sid, "vic")
+        held = _HeldLists(monkeypatch)
+        path = f"/api/v1/sessions/{sid}/documents"
+        listed = await held.start(b.request("GET", path, token=token))
+        private = await b.request("GET", f"/api/v1/sessions/{sid}/entries/e1/private", token=token)
+        held.go()
+        assert private.status_code == 200, private.text
+        answer = await listed
+        assert answer.status_code == 200 and len(answer.json()["documents"]) == 20
+        spent = len(answer.content) + len(private.content)
+        assert _read_left(b, room, "vic") == 100_000 - spent  # what was sent, once
+
+
+async def test_a_members_later_document_list_is_paid_for_what_was_added_since(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """FX74: a later list was paid what the member's last one cost, too little once
+    documents were added (the rest charged once made, so lists asked at once could go
+    past the budget by up to a burst of debt). It is paid that and the most the documents
+    added since can add, never more than the most the list can be."""
+    settings = memory_settings(read_bytes_per_s=0.001, read_burst_bytes=100_000)
+    async with sql_store(sqlite_url(tmp_path)) as store, backend(settings, store=store) as b:
+        sid = await b.new_session({"vic": "viewer"})
+
+        async def attach(count: int) -> None:
+            for i in range(count):
+                readers = ReadersIn(users=["vic", *(f"reader-{n:050d}" for n in range(5))])
+                body = DocumentCreate(title=f"doc {i}", text="x", readers=readers)
+                await b.call(http_access.create_document, session_id=sid, body=body)
+
+        await attach(2)
+        token = await b.token(sid, "vic")
+        path = f"/api/v1/sessions/{sid}/documents"
+        first = await b.request("GET", path, token=token)
+        assert first.status_code == 200
+        await attach(10)
+        room = await b.rooms.get(sid)
+        held = _HeldLists(monkeypatch)
+        listed = await held.start(b.request("GET", path, token=token))
+        paid = 100_000 - len(first.content) - _read_left(b, room, "vic")
+        held.go()
+        answer = await listed
+        assert answer.status_code == 200 and len(answer.json()["documents"]) == 12
+        assert len(answer.content) <= paid < 2 * len(answer.content)  # nothing owed after
+        assert _read_left(b, room, "vic") == 100_000 - len(first.content) - len(answer.content)
+
+
+_names = st.lists(st.text(min_size=1, max_size=30), max_size=4)
+_listed_documents = st.lists(
+    st.builds(
+        lambda document_id, title, users, roles, chars, at: DocumentRow(
+            document_id,
+            "s",
+            title,
+            "",
+            Readers(document_id, frozenset(users), frozenset(roles)),
+            at,
+            chars,
+        ),
+        st.text(min_size=1, max_size=20),
+        st.text(min_size=1, max_size=40),
+        _names,
+        _names,
+        st.integers(0, 2**63 - 1),
+        st.integers(-(2**63), 2**63 - 1),
+    ),
+    max_size=5,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_listed_documents)
+def test_a_document_list_is_never_larger_than_its_bound(rows: list[DocumentRow]) -> None:
+    """FX74: what a list is paid before it is made (``listed_bytes_bound`` of the sizes the
+    store gives) is never less than the list, whatever characters its titles and reader
+    lists hold (control characters, escaped to 6 bytes; non-ASCII; 4-byte UTF-8)."""
+    sizes = DocumentSizes(
+        len(rows),
+        sum(len(r.id) + len(r.title) for r in rows),
+        sum(len(store_access._readers_json(r.readers)) for r in rows),
+    )
+    listed = asyncio.run(http_access.document_list_json(rows))
+    assert len(listed) <= http_access.listed_bytes_bound(sizes)
 
 
 async def test_a_members_first_side_thread_lists_are_paid_before_the_store_is_read(

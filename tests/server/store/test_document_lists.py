@@ -15,7 +15,7 @@ import pytest
 from parley.authz.policy import Readers
 from parley.server.store import access as store_access
 from parley.server.store.access import AccessStore
-from parley.server.store.access_rows import DocumentRow
+from parley.server.store.access_rows import DocumentRow, DocumentSizes
 from parley.server.store.sessions import Store
 from tests.conftest import sqlite_url
 from tests.server.runtime.backend import sql_store
@@ -68,3 +68,24 @@ async def test_a_lists_reader_lists_are_parsed_giving_the_loop_back(
                 assert "served" in ran[one:next_one], ran  # the loop was given back between
         done.set()
         await ticker
+
+
+async def test_a_sessions_document_sizes_are_counted_as_listed(store: Store) -> None:
+    """FX74: what a list is paid before it is made comes from these sizes, on each
+    database: characters (not bytes) of the ids and titles, and of the reader lists as
+    stored; a session's alone, and none for a session without documents."""
+    access = AccessStore(store)
+    assert await access.document_sizes("s1") == DocumentSizes(0, 0, 0)
+    odd = "é\u001f😀"  # 2, 1 and 4 bytes of UTF-8, 6 of JSON
+    rows = [
+        DocumentRow("d1", "s1", odd, "x", Readers("d1", frozenset({"vïc"}), frozenset()), 1),
+        DocumentRow("d22", "s1", "doc", "xy", Readers("d22", frozenset(), frozenset({"o"})), 2),
+        DocumentRow("d3", "s2", "other", "x", Readers("d3", frozenset({"v"}), frozenset()), 3),
+    ]
+    for row in rows:
+        await access.add_document(row, 100)
+    stored = [store_access._readers_json(row.readers) for row in rows[:2]]
+    assert all(s.isascii() for s in stored)
+    assert await access.document_sizes("s1") == DocumentSizes(
+        2, len("d1" + odd) + len("d22doc"), sum(map(len, stored))
+    )
