@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -70,10 +71,14 @@ async def test_a_lists_reader_lists_are_parsed_giving_the_loop_back(
         await ticker
 
 
-async def test_a_sessions_document_sizes_are_counted_as_listed(store: Store) -> None:
+async def test_a_sessions_document_sizes_are_counted_as_listed(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """FX74: what a list is paid before it is made comes from these sizes, on each
     database: characters (not bytes) of the ids and titles, and of the reader lists as
-    stored; a session's alone, and none for a session without documents."""
+    stored; a session's alone, and none for a session without documents. Each document's
+    are kept once known, and counted alike by the store in a process that does not know
+    them (another node attached it, or it was forgotten)."""
     access = AccessStore(store)
     assert await access.document_sizes("s1") == DocumentSizes(0, 0, 0)
     odd = "é\u001f😀"  # 2, 1 and 4 bytes of UTF-8, 6 of JSON
@@ -86,6 +91,9 @@ async def test_a_sessions_document_sizes_are_counted_as_listed(store: Store) -> 
         await access.add_document(row, 100)
     stored = [store_access._readers_json(row.readers) for row in rows[:2]]
     assert all(s.isascii() for s in stored)
-    assert await access.document_sizes("s1") == DocumentSizes(
-        2, len("d1" + odd) + len("d22doc"), sum(map(len, stored))
-    )
+    expected = DocumentSizes(2, len("d1" + odd) + len("d22doc"), sum(map(len, stored)))
+    assert await access.document_sizes("s1") == expected
+    kept: OrderedDict[str, tuple[int, int]] = OrderedDict()
+    monkeypatch.setattr(store_access, "_SIZES", kept)
+    assert await AccessStore(store).document_sizes("s1") == expected  # counted by the store
+    assert set(kept) == {"d1", "d22"}  # and kept
