@@ -15,6 +15,7 @@ from parley.authz.roles import RoleTable
 from parley.authz.tokens import ClientClaims
 from parley.server.cluster.lease import NotHolder
 from parley.server.metrics import Metrics
+from parley.server.runtime.active_run import ActiveRun
 from parley.server.runtime.commands import handle_frame
 from parley.server.runtime.document_search import DocumentSearch
 from parley.server.runtime.left_clients import LeftClientWriter
@@ -264,25 +265,24 @@ class RoomRegistry:
 
     async def drain(self, grace_s: float) -> None:
         """Shut down gently: take no new work, let running replies finish for ``grace_s``,
-        then stop the rest (marked ``failed``, the reply ``interrupted``). Waiting prompts
-        stay queued in the database and run after the next start."""
+        then stop the rest (marked ``failed``, the reply ``interrupted``, its text kept):
+        the session's runs and the side-threads' alike (review rv37 F2: a side-thread's
+        was only cancelled, and failed ``server_restart`` at the next start, its text
+        dropped). Waiting prompts stay queued in the database and run after the next
+        start."""
         rooms = [room for room, _ in self._rooms.values()]
         for room in rooms:
             room.drain()
         deadline = self.clock() + grace_s
-        for room in rooms:
-            active = room.active_run
-            while active is not None and not active.finished.is_set():
-                remaining = deadline - self.clock()
-                if remaining <= 0:
-                    active.stop(SHUT_DOWN)
-                    remaining = 5.0
-                try:
-                    async with asyncio.timeout(remaining):
-                        await active.finished.wait()
-                except TimeoutError:
-                    continue
-                active = room.active_run
+        while running := [run for room in rooms for run in _in_flight(room)]:
+            remaining = deadline - self.clock()
+            if remaining <= 0:
+                for run in running:
+                    run.stop(SHUT_DOWN)
+                remaining = 5.0
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(remaining):
+                    await running[0].finished.wait()
 
     def loaded(self, session_id: str) -> SessionRoom | None:
         loaded = self._rooms.get(session_id)
@@ -391,3 +391,9 @@ class RoomRegistry:
         for session_id in list(self._rooms):
             await self.unload(session_id, CloseCode.GOING_AWAY, "server shutting down")
         await self.left_clients.close(self.settings.shutdown_grace_s)
+
+
+def _in_flight(room: SessionRoom) -> list[ActiveRun]:
+    """The runs of ``room`` not finished yet: its session's and its side-threads'."""
+    runs = [room.active_run, *room.side_threads.active.values()]
+    return [run for run in runs if run is not None and not run.finished.is_set()]

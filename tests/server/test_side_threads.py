@@ -310,6 +310,26 @@ async def test_the_greeting_spends_its_frames_bytes_as_a_rest_read_does(tmp_path
         assert before - left() == pytest.approx(sent, abs=1)
 
 
+async def bob_halfway(server: RunningServer, halfway: asyncio.Event) -> tuple[str, str]:
+    """A session with bob's side-thread, its reply streamed up to ``halfway`` ("one two "
+    shown to his socket): the session's id and the thread's."""
+    sid = await server.new_session({"bob": "editor"})
+    bob = await server.connect(sid, "bob")
+    opened = await bob.command({"type": "thread_open", "id": "t", "title": "mine"})
+    thread_id = opened["thread_id"]
+    asked = {"type": "thread_prompt", "id": "q", "thread_id": thread_id, "text": "hi"}
+    await bob.command(asked)
+    async with asyncio.timeout(10):
+        await halfway.wait()
+    await bob.wait_until(
+        lambda c: (
+            "".join(f["text"] for f in c.unsolicited if f.get("type") == "thread_delta")
+            == "one two "
+        )
+    )
+    return sid, thread_id
+
+
 async def test_a_socket_that_connects_mid_reply_gets_the_text_so_far_then_the_rest(
     tmp_path: Path,
 ) -> None:
@@ -325,20 +345,7 @@ async def test_a_socket_that_connects_mid_reply_gets_the_text_so_far_then_the_re
 
     model = FakeModel(lambda _sent: ["one ", "two ", reached, go_on, "three ", "four"])
     async with serve_in_process(make_settings(sqlite_url(tmp_path), tmp_path / "d"), model) as s:
-        sid = await s.new_session({"bob": "editor"})
-        bob = await s.connect(sid, "bob")
-        opened = await bob.command({"type": "thread_open", "id": "t", "title": "mine"})
-        thread_id = opened["thread_id"]
-        asked = {"type": "thread_prompt", "id": "q", "thread_id": thread_id, "text": "hi"}
-        await bob.command(asked)
-        async with asyncio.timeout(10):
-            await halfway.wait()
-        await bob.wait_until(
-            lambda c: (
-                "".join(f["text"] for f in c.unsolicited if f.get("type") == "thread_delta")
-                == "one two "
-            )
-        )
+        sid, thread_id = await bob_halfway(s, halfway)
         again = await s.connect(sid, "bob", commands="text")
         await again.command({"type": "unpin", "id": "x", "entry_id": "none"})  # after it
         go_on.set()
@@ -393,3 +400,33 @@ async def test_a_side_thread_read_spends_its_answers_bytes_and_a_refused_one_loa
             again = await as_bob.get(path)
             assert again.status_code == 429 and again.json()["error"]["code"] == "rate_limited"
             assert loads == [thread_id] * 2  # refused before the thread was loaded
+
+
+async def test_a_side_thread_reply_cut_by_a_shutdown_is_kept_as_a_session_reply_is(
+    tmp_path: Path,
+) -> None:
+    """Review rv37 F2: past ``shutdown_grace_s`` a session run is stored ``interrupted``
+    (``server_shutdown``, its text kept), but a side-thread run was only cancelled, and
+    the next start failed it ``server_restart`` and dropped the text its owner watched
+    stream. It ends at shutdown as a session run does."""
+    halfway = asyncio.Event()
+
+    async def reached() -> None:
+        halfway.set()
+
+    never = asyncio.Event()  # the model never finishes: the grace runs out
+    model = FakeModel(lambda _sent: ["one ", "two ", reached, never, "three"])
+    settings = make_settings(sqlite_url(tmp_path), tmp_path / "d", shutdown_grace_s=0.05)
+    async with serve_in_process(settings, model) as s:
+        sid, thread_id = await bob_halfway(s, halfway)
+    async with serve_in_process(settings, model) as again:
+        token = await again.token(sid, "bob")
+        read = await again.http.get(
+            f"/api/v1/sessions/{sid}/threads/{thread_id}",
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        assert read.status_code == 200, read.text
+        prompt, reply = read.json()["turns"]
+        assert (prompt["status"], prompt["reason_code"]) == ("failed", "server_shutdown")
+        assert (reply["kind"], reply["status"]) == ("reply", "interrupted")
+        assert (reply["reason_code"], reply["text"]) == ("server_shutdown", "one two ")
