@@ -912,6 +912,41 @@ def test_a_side_thread_reply_delta_is_placed_by_its_offset() -> None:
     assert _placed("one ", "two", None) == "one two"  # an older server sends no offset
 
 
+def test_thread_text_follows_the_stored_turns_of_each_thread_frame() -> None:
+    """Review rv37 F1: a side-thread reply cut by a crash is dropped from the thread (its
+    prompt failed ``server_restart``), but ``thread_text`` kept what had streamed of it.
+    A ``thread`` frame now decides: a reply the thread no longer holds is dropped, one
+    stored with other text is replaced, and the reply streaming now (the thread runs) is
+    kept; a deleted thread's replies go too."""
+    session = Session("ws://127.0.0.1:1", "s", "t")
+
+    def thread(running: bool, *replies: tuple[str, str]) -> dict[str, Any]:
+        turns = [{"id": "p", "kind": "prompt", "text": "q", "status": "failed"}]
+        turns += [{"id": r, "kind": "reply", "text": text} for r, text in replies]
+        return {"type": "thread", "thread": {"id": "t", "running": running, "turns": turns}}
+
+    def delta(reply_id: str, offset: int, text: str, thread_id: str = "t") -> dict[str, Any]:
+        ids = {"thread_id": thread_id, "reply_id": reply_id}
+        return {"type": "thread_delta", **ids, "offset": offset, "text": text}
+
+    session._on_reply(delta("r1", 0, "cut "))
+    session._on_reply(delta("other", 0, "another thread's", "u"))
+    session._on_reply(thread(True))  # sent mid-reply (its prompt stored): r1 streams on
+    assert session.thread_text == {"r1": "cut ", "other": "another thread's"}
+    session._on_reply(delta("r1", 4, "off"))
+    session._on_reply(thread(False))  # after the restart: the thread holds no reply
+    assert session.thread_text == {"other": "another thread's"}
+
+    session._on_reply(delta("r2", 0, "kept "))
+    session._on_reply(thread(False, ("r2", "kept as stored")))
+    assert session.thread_text == {"r2": "kept as stored", "other": "another thread's"}
+    session._on_reply(delta("r3", 0, "late"))
+    session._on_reply(thread(False, ("r2", "kept as stored")))  # r3 not stored, not running
+    assert "r3" not in session.thread_text
+    session._on_reply({"type": "thread_deleted", "thread_id": "t"})
+    assert session.thread_text == {"other": "another thread's"}
+
+
 async def test_a_command_resent_by_its_id_while_it_waits_shares_its_reply(
     sqlite_server: RunningServer,
 ) -> None:

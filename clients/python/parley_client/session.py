@@ -175,6 +175,10 @@ class Session:
         # and the text of their replies as it streams (reply id -> text so far).
         self.threads: dict[str, dict[str, Any]] = {}
         self.thread_text: dict[str, str] = {}
+        # Which replies of ``thread_text`` each thread's frames and deltas told of, and the
+        # reply each thread streams now (its last delta's), to follow the stored turns.
+        self._thread_replies: dict[str, set[str]] = {}
+        self._streaming: dict[str, str] = {}
         self.unsolicited: deque[dict[str, Any]] = deque(maxlen=MAX_UNSOLICITED)
         self.connects = 0  # sockets opened so far
         self._pending: dict[str, _Pending] = {}
@@ -488,18 +492,45 @@ class Session:
         elif kind == "thread" and isinstance(data.get("thread"), dict):
             thread = data["thread"]
             self.threads[str(thread.get("id"))] = thread
-            for turn in thread.get("turns") or ():
-                if isinstance(turn, dict) and turn.get("kind") == "reply":
-                    self.thread_text[str(turn.get("id"))] = str(turn.get("text", ""))
+            self._follow_stored_replies(thread)
         elif kind == "thread_deleted":
-            self.threads.pop(str(data.get("thread_id")), None)
+            thread_id = str(data.get("thread_id"))
+            self.threads.pop(thread_id, None)
+            for reply_id in self._thread_replies.pop(thread_id, ()):
+                self.thread_text.pop(reply_id, None)
+            self._streaming.pop(thread_id, None)
         elif kind == "thread_delta":
+            thread_id = str(data.get("thread_id"))
             reply_id, text = str(data.get("reply_id")), str(data.get("text", ""))
+            self._thread_replies.setdefault(thread_id, set()).add(reply_id)
+            self._streaming[thread_id] = reply_id
             self.thread_text[reply_id] = _placed(
                 self.thread_text.get(reply_id, ""), text, data.get("offset")
             )
         self.unsolicited.append(data)
         self._notify()
+
+    def _follow_stored_replies(self, thread: dict[str, Any]) -> None:
+        """``thread_text`` of a side-thread as its ``thread`` frame stores it: each stored
+        reply's text as stored, and a reply streamed here that the thread no longer holds
+        dropped (review rv37 F1: a reply cut by a crash is dropped from the thread, and
+        its streamed text stayed here), except the one streaming now, while it runs (its
+        frames are sent as the run goes, before its reply is stored)."""
+        thread_id = str(thread.get("id"))
+        stored = {
+            str(turn.get("id")): str(turn.get("text", ""))
+            for turn in thread.get("turns") or ()
+            if isinstance(turn, dict) and turn.get("kind") == "reply"
+        }
+        streaming = self._streaming.get(thread_id) if thread.get("running") else None
+        if streaming is None or streaming in stored:
+            self._streaming.pop(thread_id, None)
+            streaming = None
+        for reply_id in self._thread_replies.get(thread_id, set()) - stored.keys():
+            if reply_id != streaming:
+                self.thread_text.pop(reply_id, None)
+        self.thread_text.update(stored)
+        self._thread_replies[thread_id] = set(stored) | ({streaming} if streaming else set())
 
     def _rest_after_refusal(self, data: dict[str, Any]) -> bool:
         """A command refused ``rate_limited`` with ``retry_after_ms`` (a member's budget
