@@ -13,6 +13,7 @@ from typing import Any
 
 import asyncpg
 import httpx
+import pytest
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -161,6 +162,20 @@ async def lapse_lease(node: Any, url: str, sid: str) -> None:
         await connection.close()
 
 
+def forwarded_stored(monkeypatch: pytest.MonkeyPatch, node: Any) -> asyncio.Event:
+    """An event set once ``node`` (a ``ClusterNode``) has stored a command it forwards."""
+    stored = asyncio.Event()
+    submit = node.relay.table.submit
+
+    async def submitted(*args: Any) -> int:
+        command_id = await submit(*args)
+        stored.set()
+        return int(command_id)
+
+    monkeypatch.setattr(node.relay.table, "submit", submitted)
+    return stored
+
+
 @contextlib.contextmanager
 def failing_statements(
     engine: AsyncEngine,
@@ -186,21 +201,31 @@ def failing_statements(
 
 
 @contextlib.asynccontextmanager
+async def in_process(
+    tmp_path: Path, names: list[str], model: FakeModel | None = None, **overrides: Any
+) -> AsyncIterator[tuple[str, list[conftest.RunningServer]]]:
+    """Nodes named ``names`` served in this process (their insides at hand, answered by
+    ``model`` if given) on a new migrated database: its URL and the nodes, in that order."""
+    async with postgres_database(migrated=True) as url, contextlib.AsyncExitStack() as stack:
+        nodes = []
+        for name in names:
+            settings = conftest.make_settings(
+                url, tmp_path / name, cluster=True, node_id=name, **overrides
+            )
+            nodes.append(
+                await stack.enter_async_context(conftest.serve_in_process(settings, model))
+            )
+        yield url, nodes
+
+
+@contextlib.asynccontextmanager
 async def two_in_process(
     tmp_path: Path, model: FakeModel | None = None, **overrides: Any
 ) -> AsyncIterator[tuple[str, conftest.RunningServer, conftest.RunningServer]]:
     """Two nodes served in this process (``a`` and ``b``, their insides at hand, answered
     by ``model`` if given) on a new migrated database: its URL and the two."""
-    async with postgres_database(migrated=True) as url:
-
-        def node(name: str) -> Any:
-            return conftest.make_settings(
-                url, tmp_path / name, cluster=True, node_id=name, **overrides
-            )
-
-        serve = conftest.serve_in_process
-        async with serve(node("a"), model) as first, serve(node("b"), model) as second:
-            yield url, first, second
+    async with in_process(tmp_path, ["a", "b"], model, **overrides) as (url, (first, second)):
+        yield url, first, second
 
 
 def search_call(query: str) -> list[bytes]:

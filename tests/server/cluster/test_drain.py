@@ -17,7 +17,7 @@ import pytest
 from parley.server.cluster import relay
 from parley.server.runtime.room import SessionRoom
 from parley.session.closes import CloseCode
-from tests.server.cluster.nodes import cluster, two_in_process
+from tests.server.cluster.nodes import cluster, forwarded_stored, two_in_process
 from tests.server.cluster.test_settings import reply_to
 from tests.yclient import YClient
 
@@ -83,20 +83,13 @@ async def test_a_drain_begun_as_the_relay_runs_a_forwarded_command_leaves_it_to_
         room = first.app.state.parley.rooms.loaded(sid)
         replica = second.app.state.parley.rooms.loaded(sid)
         assert sid in running.running and room is not None and replica is not None
-        stored, waiting, go = asyncio.Event(), asyncio.Event(), asyncio.Event()
+        stored = forwarded_stored(monkeypatch, other)
+        waiting, go = asyncio.Event(), asyncio.Event()
 
         async def wait_for_go() -> None:
             waiting.set()
             await go.wait()
 
-        submit = other.relay.table.submit
-
-        async def submitted(*args: Any) -> int:
-            command_id = await submit(*args)
-            stored.set()
-            return int(command_id)
-
-        monkeypatch.setattr(other.relay.table, "submit", submitted)
         if window == "lease":  # every pass waits, after the lease is asked for
             lease_holds = running.lease_holds
 
