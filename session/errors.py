@@ -33,6 +33,7 @@ a socket is closed with when this error ends it (-: it never ends one).
     │   ├── QuotaExceeded                   quota_exceeded   429   -
     │   └── TooManyStreams                  too_many_streams 429   -
     ├── Unavailable                         unavailable      503   1013
+    │   ├── ShuttingDown                    unavailable      503   1013
     │   ├── NotHolder (server.cluster.lease) unavailable     503   1013
     │   │   └── Fenced                      unavailable      503   1013
     │   └── SequenceMoved (server.store.counters) unavailable 503   1013
@@ -263,6 +264,17 @@ class Unavailable(ParleyError):
     code = ErrorCode.UNAVAILABLE
     http_status = 503
     close_code = CloseCode.TRY_AGAIN
+
+
+SHUTTING_DOWN = "the server is shutting down; send it again after reconnecting"
+
+
+class ShuttingDown(Unavailable):
+    """This server drains (SIGTERM): it takes no new work, and no session over; what it
+    refuses so stored nothing, and is sent again to another node, or to this one restarted."""
+
+    def __init__(self, message: str = SHUTTING_DOWN) -> None:
+        super().__init__(message)
 
 
 class QuotaExceeded(RateLimited):

@@ -64,9 +64,9 @@ from parley.session.errors import (
     Forbidden,
     NotFound,
     ParleyError,
+    ShuttingDown,
     TooLarge,
     Unauthenticated,
-    Unavailable,
 )
 from parley.session.lifecycle import PromptStatus, ReplyStatus, ToolStepStatus
 from parley.session.queue import PendingPrompt
@@ -181,7 +181,7 @@ def _authorized(
 
 def _prompt(view: SessionView, event: CommandEvent, command: PromptCommand) -> Effects:
     if not view.accepting_prompts:
-        raise Unavailable("the server is shutting down; send it again after reconnecting")
+        raise ShuttingDown()
     require_room(view, command.text)  # before the queue's refusals: waiting will not help
     queue = view.queue.clone()
     queue.admit(event.actor)

@@ -69,11 +69,11 @@ from parley.session.errors import (
     NotFound,
     RateLimited,
     RestrictedShare,
+    ShuttingDown,
     ThreadClosed,
     ThreadLimit,
     ThreadRunsBusy,
     TooLarge,
-    Unavailable,
 )
 from parley.session.reasons import Ending, ReasonCode
 from parley.session.thread_commands import (
@@ -205,7 +205,7 @@ def _prompt(
         # recent acks, a reused id was acked and its new text dropped unasked).
         raise DuplicateCommand(command.id)
     if not view.accepting_prompts:
-        raise Unavailable("the server is shutting down; send it again after reconnecting")
+        raise ShuttingDown()
     _may_prompt(view, event.actor)
     if thread.status != OPEN:
         raise ThreadClosed(f"side-thread {thread.id!r} is closed")

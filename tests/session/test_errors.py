@@ -60,6 +60,7 @@ TABLE: dict[str, tuple[str, int, int | None]] = {
     "QuotaExceeded": ("quota_exceeded", 429, None),
     "TooManyStreams": ("too_many_streams", 429, None),
     "Unavailable": ("unavailable", 503, 1013),
+    "ShuttingDown": ("unavailable", 503, 1013),
     "NotHolder": ("unavailable", 503, 1013),
     "Fenced": ("unavailable", 503, 1013),
     "MembersMoved": ("unavailable", 503, 1013),
