@@ -176,9 +176,13 @@ class LeaseRound:
         return Renewal(frozenset(renewed), locked), failed
 
     async def _take_over(self) -> None:
+        """Take the replicas nobody runs any more, then the sessions with work and no live
+        holder; none while this node drains (a healthy node's round takes them: FX72)."""
         node = self.node
         replicas = list(node.applied)
         node.live_elsewhere = await node.leases_table.live(replicas)
+        if node.registry.draining:
+            return
         for session_id in replicas:
             room = node.registry.loaded(session_id)
             if session_id not in node.live_elsewhere and room is not None:

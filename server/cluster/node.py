@@ -54,6 +54,7 @@ from parley.server.runtime.runner import SessionRunner
 from parley.server.runtime.session_writes import (
     CHARGE_WRITE,
     FORWARDED_ID,
+    SETTINGS_WRITE,
     apply_session_write,
 )
 from parley.server.settings import Settings
@@ -65,7 +66,7 @@ from parley.server.store.sessions import CHANNEL_DELETED, Store, StoreTx
 from parley.server.store.tables import sessions
 from parley.session.closes import CloseCode
 from parley.session.commands import command_id_of, error_reply, reply_error
-from parley.session.errors import Unavailable
+from parley.session.errors import ShuttingDown, Unavailable
 from parley.session.queue import Policy
 from parley.session.reasons import ReasonCode
 
@@ -416,8 +417,12 @@ class ClusterNode:
         return self._room_locks.setdefault(session_id, asyncio.Lock())
 
     async def _take(self, room: SessionRoom, title: str, policy: Policy) -> bool:
-        """Try to become the session's runner (under the room's cluster lock)."""
+        """Try to become the session's runner (under the room's cluster lock).
+        ``ShuttingDown`` if this node drains: it would hold the lease, running nothing,
+        until it exits (FX72), where a healthy node runs the session."""
         session_id = room.session_id
+        if self.registry.draining:
+            raise ShuttingDown()
         asked_at = time.monotonic()
         lease = await self.leases_table.try_acquire(session_id)
         if lease is None:
@@ -460,12 +465,15 @@ class ClusterNode:
         return True
 
     async def promote(self, room: SessionRoom) -> bool:
-        """A replica here, nobody running it: run it here. True if this node runs it now."""
+        """A replica here, nobody running it: run it here. True if this node runs it now;
+        False too while this node drains (``_take``)."""
         session_id = room.session_id
         async with self._lock(session_id):
             if session_id in self.running:
                 return True
             if room.closed or self.registry.loaded(session_id) is not room:
+                return False
+            if self.registry.draining:
                 return False
             row = await self.store.get_session(session_id)
             if row is None:
@@ -506,10 +514,17 @@ class ClusterNode:
     async def runs_here(self, room: SessionRoom) -> bool:
         """True when this node runs the session: it does (``serves``: ``NotHolder`` if it
         stalled and lost it), or nobody does and it takes it now (a failure to take it is
-        logged: the caller forwards, or refuses)."""
+        logged: the caller forwards, or refuses). A node that drains takes none:
+        ``ShuttingDown`` if nobody runs the session (what is sent to it would wait for a
+        runner up to ``forward_timeout_s``, past this node's exit; refused, it is sent
+        again to a healthy node, as the draining node's other refusals are)."""
         session_id = room.session_id
         if await self.serves(room):
             return True
+        if self.registry.draining:
+            if session_id not in await self.leases_table.live([session_id]):
+                raise ShuttingDown()
+            return False
         if session_id not in self.live_elsewhere:
             try:
                 await self.promote(room)
@@ -531,11 +546,14 @@ class ClusterNode:
         cannot renew its lease (the database): a node that woke past its lease knows only
         then whether it still runs the session (review: a member's prompt was refused "the
         database is unavailable" meanwhile, and no SDK resends an error). ``Unavailable``
-        when it still does not know after ``forward_timeout_s``."""
+        when it still does not know after ``forward_timeout_s``; ``ShuttingDown`` at once
+        (``runs_here``)."""
         deadline = time.monotonic() + self.settings.forward_timeout_s
         while True:
             try:
                 return await self._still_runs_here(room)
+            except ShuttingDown:
+                raise
             except Unavailable:
                 if time.monotonic() >= deadline:
                     raise
@@ -547,8 +565,17 @@ class ClusterNode:
         was authorised), then followed here, so both nodes answer with it (forwarded from a
         node that lost the session too, and from one whose write was fenced at its commit:
         that write stored nothing here, while the call may have stored its change already,
-        which the node that runs the session now puts in force)."""
-        if await self._still_runs_here(room):
+        which the node that runs the session now puts in force). On a node that drains,
+        for a session nobody runs: ``ShuttingDown``, nothing stored; or, for settings or
+        members the call stored already (``SETTINGS_WRITE``), forwarded all the same: the
+        write left open is work, for which a healthy node's round takes the session."""
+        try:
+            here = await self._still_runs_here(room)
+        except ShuttingDown:
+            if write.get("op") != SETTINGS_WRITE:
+                raise
+            here = False
+        if here:
             try:
                 return await apply_session_write(room, write)
             except NotHolder:

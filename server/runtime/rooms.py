@@ -26,7 +26,7 @@ from parley.server.settings import Settings
 from parley.server.store.access_rows import ToolRow, access_digest
 from parley.server.store.port import SessionStore
 from parley.session.closes import CloseCode
-from parley.session.errors import NotFound, Unavailable
+from parley.session.errors import NotFound, ShuttingDown, Unavailable
 from parley.session.lifecycle import PromptStatus
 from parley.session.model import ModelProvider
 from parley.session.queue import Policy
@@ -71,6 +71,8 @@ class RoomRegistry:
         self._recovering: asyncio.Task[None] | None = None  # sessions refused at start
         # Cluster mode: the node decides whether a room runs here or is a read replica.
         self.cluster: ClusterNode | None = None
+        # Shutting down (``drain``): no session is loaded, nor taken over, from then on.
+        self.draining = False
         # One for the node's rooms: a room loaded again finds its documents indexed.
         self.document_search = DocumentSearch(settings.max_search_index_bytes)
         self.left_clients = LeftClientWriter(
@@ -96,8 +98,8 @@ class RoomRegistry:
                 # what ended a run it had in flight, until a load succeeds and marks it.
                 self._cut_off[session_id] = loaded[0].cut_off
                 await self.unload(session_id)
-            if any(room.draining for room, _ in self._rooms.values()):
-                raise Unavailable("the server is shutting down")
+            if self.draining:
+                raise ShuttingDown("the server is shutting down")
             row = await self.store.get_session(session_id)
             if row is None:
                 raise NotFound(f"no session {session_id!r}")
@@ -269,7 +271,10 @@ class RoomRegistry:
         the session's runs and the side-threads' alike (review rv37 F2: a side-thread's
         was only cancelled, and failed ``server_restart`` at the next start, its text
         dropped). Waiting prompts stay queued in the database and run after the next
-        start."""
+        start. No session is loaded from then on (``ShuttingDown``); in a cluster none is
+        taken over either: a healthy node takes those nobody runs
+        (``ClusterNode.runs_here``)."""
+        self.draining = True
         rooms = [room for room, _ in self._rooms.values()]
         for room in rooms:
             room.drain()

@@ -117,7 +117,7 @@ class TakingOver(Node):
         self.applied = {"replica": 0}
         self.live_elsewhere: set[str] = set()
         self.runners: dict[str, object] = {}
-        self.registry = SimpleNamespace(loaded=lambda session_id: object())
+        self.registry = SimpleNamespace(loaded=lambda session_id: object(), draining=False)
         self.taking_over = asyncio.Event()
         self.done = asyncio.Event()
         self.kept_meanwhile = 0  # leases renewed while the takeover waits
@@ -176,6 +176,7 @@ class DownAndUp(Node):
         self.applied: dict[str, int] = {}
         self.live_elsewhere: set[str] = set()
         self.runners: dict[str, object] = {}
+        self.registry = SimpleNamespace(draining=False)
 
     def look_again(self) -> None:
         pass
