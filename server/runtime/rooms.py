@@ -66,6 +66,8 @@ class RoomRegistry:
         self._access_digest = access_digest(self.roles.custom, self.webhooks)
         self._rooms: dict[str, tuple[SessionRoom, SessionRunner]] = {}
         self._loading: dict[str, asyncio.Lock] = {}
+        # Rooms taken out of ``_rooms`` whose unload has not ended: set when it has.
+        self._unloading: dict[str, asyncio.Event] = {}
         self._cut_off: dict[str, ReasonCode] = {}  # sessions given up and not loaded since
         self._reaper: asyncio.Task[None] | None = None
         self._recovering: asyncio.Task[None] | None = None  # sessions refused at start
@@ -98,6 +100,7 @@ class RoomRegistry:
                 # what ended a run it had in flight, until a load succeeds and marks it.
                 self._cut_off[session_id] = loaded[0].cut_off
                 await self.unload(session_id)
+            await self._after_unload(session_id)
             if self.draining:
                 raise ShuttingDown("the server is shutting down")
             row = await self.store.get_session(session_id)
@@ -352,13 +355,30 @@ class RoomRegistry:
         if loaded is None:
             return
         room, runner = loaded
-        room.close(deleted=close_code is CloseCode.NOT_FOUND, reason=reason)
-        await runner.stop()
-        if self.cluster is not None:
-            await self.cluster.close(room)
-        for connection in list(room.connections):  # they leave: their client ids are stored
-            room.drop_presence(connection, self.clock())
-        room.sockets.close_all(close_code, reason)
+        unloaded = self._unloading[session_id] = asyncio.Event()
+        try:
+            room.close(deleted=close_code is CloseCode.NOT_FOUND, reason=reason)
+            await runner.stop()
+            if self.cluster is not None:
+                await self.cluster.close(room)
+            for connection in list(room.connections):  # they leave: their client ids are stored
+                room.drop_presence(connection, self.clock())
+            room.sockets.close_all(close_code, reason)
+        finally:
+            unloaded.set()
+            if self._unloading.get(session_id) is unloaded:
+                del self._unloading[session_id]
+
+    async def _after_unload(self, session_id: str) -> None:
+        """Once the unload of the session's last room under way now (if any) has ended: a
+        room loaded meanwhile had its cluster state (what it follows, its runner, its
+        lease) cleared by the end of the unload, which is the session's, not the room's
+        (a socket closed 1013 as its node lost the session came back at once, while the
+        runner stopped, and its new read replica followed nothing; found chasing the
+        rename case of ``test_lost_lease_commands``, which failed once under load)."""
+        unloading = self._unloading.get(session_id)
+        if unloading is not None:
+            await unloading.wait()
 
     async def forget_session(self, session_id: str) -> None:
         self._cut_off.pop(session_id, None)

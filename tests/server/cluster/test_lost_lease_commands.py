@@ -37,6 +37,7 @@ from pycrdt import Map
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from parley.server.cluster.node import ClusterNode
+from parley.session.closes import CloseCode
 from tests.conftest import ADMIN_KEY
 from tests.server.cluster.nodes import failing_statements, lapse_lease, two_in_process
 
@@ -191,6 +192,51 @@ async def test_a_rename_through_the_node_that_lost_the_session_is_in_force_and_a
         meta = nodes.ann.doc.get("meta", type=Map)
         async with asyncio.timeout(30):  # in the document, which every client reads
             await nodes.ann.wait_for(lambda _: meta.get("title") == "after the pause")
+
+
+async def test_a_room_loaded_again_as_the_last_one_unloads_follows_the_session(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rename case above failed once under load: as the node that lost the session
+    gave it up, ann's socket, closed 1013, came back at once, while the old room's runner
+    stopped; the room loaded for her then was cleared by the end of the old one's unload
+    (the cluster's state of the session: what it follows, its runner), so it followed
+    nothing and she never saw the new title. Here the old room's runner stops only once
+    the session is loaded again, or that load waits for the unload: the new room follows
+    the session either way."""
+    async with two_in_process(tmp_path, lease_ttl_s=60.0) as (_, first, second):
+        sid = await first.new_session({"ann": "editor", "bob": "editor"})
+        await first.connect(sid, "ann")  # the session runs on the first node
+        await second.connect(sid, "bob")  # a read replica on the second
+        registry = second.app.state.parley.rooms
+        node: ClusterNode = registry.cluster
+        old_room, runner = registry._rooms[sid]
+        go = asyncio.Event()
+        stop, after_unload, open_room = runner.stop, registry._after_unload, node.open
+
+        async def stopped() -> None:
+            await go.wait()
+            await stop()
+
+        async def waited(session_id: str) -> None:
+            go.set()  # the load waits for the unload (as it must)
+            await after_unload(session_id)
+
+        async def opened(*args: Any) -> None:
+            await open_room(*args)
+            go.set()  # loaded again while the old room's runner stops
+
+        monkeypatch.setattr(runner, "stop", stopped)
+        monkeypatch.setattr(registry, "_after_unload", waited)
+        monkeypatch.setattr(node, "open", opened)
+        unloading = asyncio.create_task(registry.unload(sid, CloseCode.TRY_AGAIN, "moved"))
+        async with asyncio.timeout(30):
+            while registry.loaded(sid) is not None:  # noqa: ASYNC110 (taken out at once)
+                await asyncio.sleep(0.01)
+            room = await registry.get(sid)
+            await unloading
+        assert room is not old_room and registry.loaded(sid) is room
+        assert sid in node.applied and node.runners[sid].room is room
 
 
 # REST writes through the node that lost the session, each with what shows it done. Each is
