@@ -128,6 +128,7 @@ def _postgres_template() -> str:
 _DROPPER = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="drop-db")
 _drops: list[concurrent.futures.Future[None]] = []
 DROP_ATTEMPTS = 30  # a drop sent as a test restarts PostgreSQL is sent again once it is back
+DROP_WAIT_S = 120.0  # the most the session's end waits for one drop (TimeoutError past it)
 
 
 def _drop_later(name: str) -> None:
@@ -181,7 +182,7 @@ def _migrate_or_copy(url: str) -> None:
 def _drop_templates() -> None:
     """Wait for the tests' databases to be dropped (raising the first drop that failed),
     then drop this process's templates."""
-    failed = [f.exception() for f in _drops if f.exception() is not None]
+    failed = [f.exception(DROP_WAIT_S) for f in _drops if f.exception(DROP_WAIT_S) is not None]
     _drops.clear()
     if "sqlite" in _templates:
         shutil.rmtree(Path(_templates["sqlite"]).parent, ignore_errors=True)
