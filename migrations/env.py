@@ -29,10 +29,14 @@ async def run_online() -> None:
     engine = create_engine(
         config.get_main_option("sqlalchemy.url") or "", sqlite_busy_timeout_s=MIGRATION_LOCK_WAIT_S
     )
-    async with engine.connect() as connection:
-        await connection.run_sync(run_with)
-        await connection.commit()
-    await engine.dispose()
+    try:
+        async with engine.connect() as connection:
+            await connection.run_sync(run_with)
+            await connection.commit()
+    finally:
+        # Also after a migration failed: its pooled connection closed here, not collected
+        # later in whatever runs next (a warning there, FX77's refused downgrade).
+        await engine.dispose()
 
 
 if context.is_offline_mode():
