@@ -23,12 +23,12 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from sqlalchemy import BigInteger, cast, delete, func, insert, or_, select, update
+from sqlalchemy import BigInteger, cast, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from parley.authz.tokens import ClientClaims
 from parley.server.cluster.lease import database_errors
-from parley.server.cluster.tables import session_commands
+from parley.server.cluster.tables import TAKEN, TAKEN_RESULT, UNANSWERED, session_commands
 from parley.server.store.rows import claims_column, claims_of
 from parley.session.commands import command_id_of, error_reply
 from parley.session.errors import Unavailable
@@ -36,9 +36,6 @@ from parley.session.errors import Unavailable
 CHANNEL_COMMAND = "parley_command"  # payload: session id (a forwarded command waits)
 CHANNEL_RESULT = "parley_result"  # payload: "<command id>" or "<command id> <reply JSON>"
 MAX_NOTIFY_BYTES = 7900  # PostgreSQL refuses payloads of 8000 bytes and more
-# ``result`` of a command the running node took and has not answered yet (no reply is
-# empty): a state of its own, so a row stored before it came still reads as open.
-TAKEN = ""
 # The database's clock, in milliseconds: ``created_at`` and every age compared with it.
 DB_NOW_MS = cast(func.extract("epoch", func.clock_timestamp()) * 1000, BigInteger)
 NOT_STORED = "the node running this session did not answer; nothing was stored: send it again"
@@ -106,7 +103,7 @@ class CommandTable:
         than ``expire_taken_s`` answered ``unavailable`` (may have been stored)."""
         open_ms = int(forward_timeout_s * 1000)
         taken_ms = int(expire_taken_s(forward_timeout_s) * 1000)
-        unanswered = or_(session_commands.c.result.is_(None), session_commands.c.result == TAKEN)
+        unanswered = UNANSWERED
         async with self.engine.begin() as connection:
             await connection.execute(
                 delete(session_commands).where(
@@ -119,7 +116,7 @@ class CommandTable:
                 select(session_commands.c.id, session_commands.c.frame)
                 .where(
                     session_commands.c.session_id == session_id,
-                    session_commands.c.result == TAKEN,
+                    session_commands.c.result == TAKEN_RESULT,
                     session_commands.c.created_at < DB_NOW_MS - taken_ms,
                 )
                 .with_for_update()
@@ -181,7 +178,7 @@ class CommandTable:
         forwarding nodes may withdraw them meanwhile, as any open one."""
         if command_ids:
             async with self.engine.begin() as connection:
-                taken = session_commands.c.result == TAKEN
+                taken = session_commands.c.result == TAKEN_RESULT
                 await connection.execute(
                     update(session_commands)
                     .where(session_commands.c.id.in_(command_ids), taken)
@@ -202,7 +199,7 @@ class CommandTable:
                 update(session_commands)
                 .where(
                     session_commands.c.id == command_id,
-                    or_(session_commands.c.result.is_(None), session_commands.c.result == TAKEN),
+                    UNANSWERED,
                 )
                 .values(result=reply)
             )

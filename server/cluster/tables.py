@@ -2,7 +2,19 @@
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Column, DateTime, ForeignKey, Index, String, Table, Text
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    String,
+    Table,
+    Text,
+    literal_column,
+    or_,
+)
+from sqlalchemy.sql.elements import ColumnElement
 
 from parley.server.store.tables import BigId, metadata
 
@@ -38,9 +50,22 @@ session_commands = Table(
     Column("created_at", BigInteger, nullable=False),
     Column("result", Text),
 )
+# ``result`` of a command the running node took and has not answered yet (no reply is
+# empty): a state of its own, so a row stored before it came still reads as open; and the
+# same as SQL's literal.
+TAKEN = ""
+TAKEN_RESULT: ColumnElement[str] = literal_column("''", Text)
+# A session's commands not answered yet (open or taken): what a take reads, in id order.
+# Written with the literal, not a bound value, so that PostgreSQL can prove a query's
+# condition implies the index's and use it.
+UNANSWERED = or_(session_commands.c.result.is_(None), session_commands.c.result == TAKEN_RESULT)
+# Partial: an answered command's result is not in it. It was a column of the index, and a
+# forwarded REST write's answer (all the session's facts) past 2,704 bytes, a PostgreSQL
+# btree entry's limit, could not be stored: the command was never answered (FX77).
 Index(
     "ix_session_commands_open",
     session_commands.c.session_id,
-    session_commands.c.result,
     session_commands.c.id,
+    postgresql_where=UNANSWERED,
+    sqlite_where=UNANSWERED,
 )
