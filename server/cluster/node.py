@@ -583,8 +583,7 @@ class ClusterNode:
                 # before (the lease round found it lost): nothing stored here; forwarded.
                 pass
         reply = await self._forward_write(room, write)
-        with contextlib.suppress(NotHolder):  # lost here: the next call reloads it (``reopened``)
-            await self.follow(room)
+        await self.follow(room)
         return dict(reply.get("result") or {})
 
     async def charge(self, room: SessionRoom, user_id: str, why: str) -> None:
@@ -612,13 +611,9 @@ class ClusterNode:
         tools, the settings and members; with ``kept`` also the restricted text and the
         summaries), so a REST call here is judged and answered as one there would be. On
         the node that runs it: nothing to catch up (``serves``: ``NotHolder`` if it stalled
-        and lost it). ``NotHolder`` too for a room this node ran and lost, not given up yet
-        (``lost``: neither run nor followed, it holds what it had; a REST read answered from
-        it, once under load, missed a fact the call before it stored through the new runner)."""
+        and lost it)."""
         if await self.serves(room):
             return
-        if room.session_id not in self.applied:
-            raise NotHolder("this node lost the session to another node; try again")
         await self._catch_up(room)
         await self.registry.current_access()
         await room.reload_settings()
