@@ -87,6 +87,7 @@ async def test_a_prompt_over_http_joins_the_socket_members_transcript_in_order(
             "status": "done",
             "reason_code": None,
             "reason": None,
+            "retry_at": None,
             "reply_id": reply["id"],
             "position": None,
         }
