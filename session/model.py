@@ -132,15 +132,12 @@ class Finish:
 ModelEvent = TextDelta | ToolCall | Usage | Finish
 
 
-def storable_event(event: ModelEvent) -> ModelEvent:
-    """``event`` with its text as a database can store it (``commands.storable``): the
+def storable_call(call: ToolCall) -> ToolCall:
+    """``call`` with its text as a database can store it (``commands.storable``): the
     model's words enter the server here, to be stored and shown, and a NUL or a lone
-    surrogate in them (valid JSON escapes) made every later read of the transcript fail."""
-    if isinstance(event, TextDelta):
-        return TextDelta(storable(event.text))
-    if isinstance(event, ToolCall):
-        return ToolCall(storable(event.id), storable(event.name), storable(event.arguments))
-    return event
+    surrogate in them (valid JSON escapes) made every later read of the transcript fail.
+    Streamed text is made storable across its pieces by ``StreamedText``."""
+    return ToolCall(storable(call.id), storable(call.name), storable(call.arguments))
 
 
 class StreamedText:

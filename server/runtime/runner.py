@@ -46,7 +46,7 @@ from parley.session.model import (
     TextDelta,
     ToolCall,
     Usage,
-    storable_event,
+    storable_call,
 )
 from parley.session.pacing import ReplyPacer
 from parley.session.reasons import Ending, ReasonCode
@@ -444,12 +444,10 @@ class SessionRunner:
                 async for received_event in stream:
                     if isinstance(received_event, TextDelta):
                         await text_in(streamed.piece(received_event.text))
-                        continue
-                    event = storable_event(received_event)
-                    if isinstance(event, ToolCall):
-                        calls.append(event)
-                    elif isinstance(event, Usage):
-                        usage.append(event)
+                    elif isinstance(received_event, ToolCall):
+                        calls.append(storable_call(received_event))
+                    elif isinstance(received_event, Usage):
+                        usage.append(received_event)
             except Exception as exc:
                 errors.append(exc)
             finally:
