@@ -182,7 +182,7 @@ def _migrate_or_copy(url: str) -> None:
 def _drop_templates() -> None:
     """Wait for the tests' databases to be dropped (raising the first drop that failed),
     then drop this process's templates."""
-    failed = [f.exception(DROP_WAIT_S) for f in _drops if f.exception(DROP_WAIT_S) is not None]
+    failed = [e for e in (f.exception(DROP_WAIT_S) for f in _drops) if e is not None]
     _drops.clear()
     if "sqlite" in _templates:
         shutil.rmtree(Path(_templates["sqlite"]).parent, ignore_errors=True)

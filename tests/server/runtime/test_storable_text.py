@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -58,6 +59,24 @@ async def test_a_reply_holding_a_nul_or_a_lone_surrogate_is_stored_replaced(
 async def test_a_model_error_holding_a_nul_is_told_replaced(tmp_path: Path) -> None:
     """The upstream's error message is the prompt's stored reason: the same holds."""
     model = FakeModel(lambda sent: Status(400, "bad\u0000request \ud800"))
+    [prompt] = [e for e in await _answered(model, tmp_path) if e["kind"] == "prompt"]
+    assert prompt["reason_code"] == "provider_error"
+    assert "bad\ufffdrequest \ufffd" in prompt["reason"]
+
+
+async def test_an_emoji_whose_halves_come_in_two_pieces_is_stored_whole(tmp_path: Path) -> None:
+    """A proxy slicing JavaScript strings sends a surrogate pair's halves in two deltas
+    (review RV37 F3: each was stored as U+FFFD); a half with no partner still is."""
+    pieces = ["go 😀 then ", "\ud83d", "\ude00 split, ", "a\ud83d", "\ude4b\U0001f3fd end \ud83d"]
+    [reply] = [
+        e for e in await _answered(FakeModel(lambda sent: pieces), tmp_path) if e["kind"] == "reply"
+    ]
+    assert reply["content"] == "go 😀 then 😀 split, a🙋🏽 end \ufffd"
+    assert reply["status"] == "done"
+
+
+async def _answered(model: FakeModel, tmp_path: Path) -> list[dict[str, Any]]:
+    """The transcript, as REST reads it, of a session whose one prompt ``model`` answered."""
     async with (
         sql_store(sqlite_url(tmp_path)) as store,
         backend(memory_settings(), store=store, model=model) as b,
@@ -68,25 +87,5 @@ async def test_a_model_error_holding_a_nul_is_told_replaced(tmp_path: Path) -> N
         await s.settled(asked["prompt_id"])
         read = await b.request("GET", f"/api/v1/sessions/{sid}/transcript")
         assert read.status_code == 200, read.text
-        [prompt] = [e for e in read.json()["messages"] if e["kind"] == "prompt"]
-        assert prompt["reason_code"] == "provider_error"
-        assert "bad\ufffdrequest \ufffd" in prompt["reason"]
-
-
-async def test_an_emoji_whose_halves_come_in_two_pieces_is_stored_whole(tmp_path: Path) -> None:
-    """A proxy slicing JavaScript strings sends a surrogate pair's halves in two deltas
-    (review RV37 F3: each was stored as U+FFFD); a half with no partner still is."""
-    pieces = ["go 😀 then ", "\ud83d", "\ude00 split, ", "a\ud83d", "\ude4b\U0001f3fd end \ud83d"]
-    model = FakeModel(lambda sent: pieces)
-    async with (
-        sql_store(sqlite_url(tmp_path)) as store,
-        backend(memory_settings(), store=store, model=model) as b,
-    ):
-        sid = await b.new_session({"alice": "editor"})
-        s = await b.session(sid)
-        asked = await s.prompt("alice", "hello")
-        await s.settled(asked["prompt_id"])
-        read = await b.request("GET", f"/api/v1/sessions/{sid}/transcript")
-        [reply] = [e for e in read.json()["messages"] if e["kind"] == "reply"]
-        assert reply["content"] == "go 😀 then 😀 split, a🙋🏽 end \ufffd"
-        assert reply["status"] == "done"
+        messages: list[dict[str, Any]] = read.json()["messages"]
+        return messages
