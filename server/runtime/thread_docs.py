@@ -93,6 +93,16 @@ class LiveThreadDoc:
             captured, self._captured = self._captured, []
         return merged(captured)
 
+    def sent(self, update: bytes) -> Callable[[int], None]:
+        """What follows a streamed update's commit (``GroupCommit.submit``'s
+        ``on_stored``): its id kept, the update to the thread's sockets."""
+
+        def stored(update_id: int) -> None:
+            self.last_update_id = update_id
+            self.publish(update)
+
+        return stored
+
     def publish(self, update: bytes) -> None:
         """A stored update: to the thread's sockets."""
         if update:
@@ -429,7 +439,9 @@ class ThreadDocs:
                 return
             fence = self._writer.fence
             self._changed(thread_id)
-            stored = room.store.group.submit(room.session_id, update, fence, thread_id=thread_id)
+            stored = room.store.group.submit(
+                room.session_id, update, fence, thread_id=thread_id, on_stored=live.sent(update)
+            )
             cancelled = await settled(stored)
             try:
                 update_id = stored.result()
@@ -437,8 +449,6 @@ class ThreadDocs:
                 log.warning("a side-thread update was not stored", exc_info=True)
                 self._lost(live)
             else:
-                live.last_update_id = update_id
-                live.publish(update)
                 if self._due(live):
                     await self._snapshot_after(live, update_id)
             if cancelled:

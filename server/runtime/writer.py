@@ -398,7 +398,10 @@ class DocumentWriter:
     async def appending(self) -> AsyncIterator[None]:
         """A change that is a document update and nothing else (streamed reply text): the
         promise of ``writing`` (stored before it is broadcast), kept through the group
-        commit, which stores it with other sessions' updates in one transaction."""
+        commit, which stores it with other sessions' updates in one transaction and
+        broadcasts it the moment it committed (``GroupCommit.submit``'s ``on_stored``);
+        the lock is held until this task takes the outcome, so no other write of the
+        session is sent between."""
         async with self.lock:
             self.require_usable()
             if self._unverified:
@@ -411,7 +414,9 @@ class DocumentWriter:
                 update = merged(captured)
                 stored = None
                 if update:
-                    stored = self.store.group.submit(self.session_id, update, self.fence)
+                    stored = self.store.group.submit(
+                        self.session_id, update, self.fence, on_stored=self._sent(update)
+                    )
                     # The round commits or fails whatever happens to this task: wait for it
                     # even if cancelled, so the document, the store and the sockets agree.
                     cancelled = await settled(stored)
@@ -434,15 +439,21 @@ class DocumentWriter:
                 if cancelled:
                     raise asyncio.CancelledError from None
                 raise
-            self._broadcast_update(update)
-            if update:
-                self.feed.appended(self.doc)
             if stored is not None:
                 if self._snapshot_due():
                     await self._snapshot_after(update_id)
                 if cancelled:
                     raise asyncio.CancelledError
         self.last_active = self.clock()
+
+    def _sent(self, update: bytes) -> Callable[[int], None]:
+        """What follows an appended update's commit: to the sockets and streams."""
+
+        def sent(_: int) -> None:
+            self._broadcast_update(update)
+            self.feed.appended(self.doc)
+
+        return sent
 
     def require_usable(self) -> None:
         """A failed room's document may hold a change that was never stored: a write

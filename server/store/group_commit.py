@@ -84,6 +84,10 @@ class WriteFence(Protocol):
         ...
 
 
+# Called with an update's id the moment its round committed, before its waiter wakes.
+Stored = Callable[[int], None]
+
+
 class Outcome(asyncio.Future[int]):
     """A round's answer for one update: its id, or the error that kept it out. It cannot be
     cancelled: a waiter cancelled meanwhile still learns whether its update was stored
@@ -101,6 +105,7 @@ class _Pending:
     fence: WriteFence | None
     stored: Outcome
     thread_id: str | None = None  # set: an update of that side-thread's document
+    on_stored: Stored | None = None
 
 
 # Built once (its cache key is walked once, not per call).
@@ -150,13 +155,21 @@ class GroupCommit:
         update: bytes,
         fence: WriteFence | None,
         thread_id: str | None = None,
+        on_stored: Stored | None = None,
     ) -> Outcome:
         """Queue an update (of side-thread ``thread_id``'s document if given, else of the
         session's); the outcome gives its update id once committed, or the error that kept
-        it out (the round's own, or its session's fence refusing it)."""
+        it out (the round's own, or its session's fence refusing it).
+
+        ``on_stored``: what must follow the commit at once (the broadcast), called by the
+        round itself with the update's id, before the waiter wakes: a woken task waits its
+        turn behind everything the loop has ready, and under load that wait was a third of
+        a streamed token's way to the sockets (issue #22). If it raises, the outcome holds
+        that error instead of the id (the caller's failure path: the update is stored, so
+        the document is read back from the store)."""
         loop = asyncio.get_running_loop()
         stored = Outcome(loop=loop)
-        self._pending.append(_Pending(session_id, update, fence, stored, thread_id))
+        self._pending.append(_Pending(session_id, update, fence, stored, thread_id, on_stored))
         if self._task is None or self._task.done():
             self._task = loop.create_task(self._commit_rounds(), name="group-commit")
         return stored
@@ -165,13 +178,19 @@ class GroupCommit:
         while self._pending:
             batch = self._pending[: self.max_round]
             del self._pending[: self.max_round]
+            refused: dict[int, Exception] = {}
             try:
-                await self._commit(batch)
+                await self._commit(batch, refused)
             except (IntegrityError, sqlite3.IntegrityError, NotFound):
                 # One session's update broke a constraint (its session was deleted
                 # meanwhile: ``NotFound`` as the store tells it): store the others one by
-                # one, so only it fails.
+                # one, so only it fails. Text its fence refused to be judged again stays
+                # refused: the fence has read the members since, and would let it by.
                 for item in batch:
+                    moved = refused.get(id(item.fence))
+                    if isinstance(moved, MembersMoved) and item.thread_id is None:
+                        _settle(item, moved)
+                        continue
                     try:
                         await self._commit([item])
                     except Exception as exc:
@@ -189,12 +208,16 @@ class GroupCommit:
                 raise
             self.rounds += 1
 
-    async def _commit(self, batch: list[_Pending]) -> None:
-        """One round; raises its error, leaving every future of ``batch`` unsettled."""
+    async def _commit(
+        self, batch: list[_Pending], refused: dict[int, Exception] | None = None
+    ) -> None:
+        """One round; raises its error, leaving every future of ``batch`` unsettled.
+        ``refused`` (by the id of a fence): what each fence refused, kept even when the
+        round then fails."""
         if self.alone is not None and all(i.fence is None and i.thread_id is None for i in batch):
             _stored(batch, await self.alone([(i.session_id, i.update) for i in batch]))
             return
-        refused: dict[int, Exception] = {}
+        refused = {} if refused is None else refused
         async with self.store.transaction("document updates", group_round=True) as tx:
             fences = {id(i.fence): i.fence for i in batch if i.fence is not None}
             # Sessions with text of their own document here (a side-thread's is its owner's).
@@ -253,8 +276,15 @@ async def _append(tx: SessionTx, items: list[_Pending], *, last: bool) -> list[i
 
 def _stored(batch: list[_Pending], ids: list[int]) -> None:
     for item, update_id in zip(batch, ids, strict=True):
-        if not item.stored.done():
-            item.stored.set_result(update_id)
+        if item.stored.done():
+            continue
+        if item.on_stored is not None:
+            try:
+                item.on_stored(update_id)
+            except Exception as exc:
+                item.stored.set_exception(exc)
+                continue
+        item.stored.set_result(update_id)
 
 
 def _settle(item: _Pending, exc: BaseException) -> None:

@@ -13,7 +13,7 @@ Both keep the same promises, checked by one contract test (``tests/server/store`
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -218,9 +218,15 @@ class UpdateGroup(Protocol):
     (``server.store.group_commit.GroupCommit``)."""
 
     def submit(
-        self, session_id: str, update: bytes, fence: Any, thread_id: str | None = None
+        self,
+        session_id: str,
+        update: bytes,
+        fence: Any,
+        thread_id: str | None = None,
+        on_stored: Callable[[int], None] | None = None,
     ) -> Outcome:
-        """``thread_id``: the update is of that side-thread's document."""
+        """``thread_id``: the update is of that side-thread's document; ``on_stored``:
+        called with its id once stored, before the waiter wakes."""
         ...
 
 

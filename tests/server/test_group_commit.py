@@ -65,6 +65,85 @@ async def test_what_arrives_during_a_round_joins_the_next(store: Store) -> None:
     assert await stored_updates(store, "s1") == [bytes([n]) for n in range(5)]
 
 
+async def test_a_round_calls_each_on_stored_before_any_waiter_wakes(store: Store) -> None:
+    """What must follow a commit at once (the broadcast) is done by the round itself, in
+    the order the updates were stored, not when each writer's turn on the loop comes
+    (issue #22: that wait was a third of a streamed token's way to the sockets)."""
+    group = store.group
+    # Per call: the writer, its update's id, how many writers had woken by then.
+    seen: list[tuple[str, int, int]] = []
+    woken: list[str] = []
+
+    async def writer(name: str, session_id: str) -> None:
+        def stored(update_id: int) -> None:
+            seen.append((name, update_id, len(woken)))
+
+        update_id = await group.submit(session_id, name.encode(), None, on_stored=stored)
+        woken.append(name)
+        assert update_id == next(i for n, i, _ in seen if n == name)
+
+    names = [f"w{n}" for n in range(6)]
+    await asyncio.gather(*(writer(name, f"s{n % 3}") for n, name in enumerate(names)))
+    assert group.rounds == 1
+    assert [name for name, _, _ in seen] == names
+    assert [i for _, i, _ in seen] == sorted(i for _, i, _ in seen)
+    assert [w for _, _, w in seen] == [0] * 6  # no writer had woken yet
+    assert sorted(woken) == names
+
+
+async def test_an_on_stored_that_raises_fails_its_own_outcome_only(store: Store) -> None:
+    """The update is stored, but what was to follow it did not happen: its writer is told
+    (and reads the document back from the store); the round's other writers are not."""
+    group = store.group
+
+    def broken(_: int) -> None:
+        raise RuntimeError("the broadcast failed")
+
+    calls: list[int] = []
+    failed = group.submit("s0", b"stored", None, on_stored=broken)
+    other = group.submit("s1", b"also", None, on_stored=calls.append)
+    with pytest.raises(RuntimeError, match="the broadcast failed"):
+        await failed
+    assert calls == [await other]
+    assert await stored_updates(store, "s0") == [b"stored"]
+
+
+async def test_an_update_refused_or_not_stored_never_calls_on_stored(store: Store) -> None:
+    group = store.group
+    calls: list[int] = []
+    orphan = group.submit("no-such-session", b"lost", None, on_stored=calls.append)
+    with pytest.raises(Unavailable):
+        await orphan
+    refused = group.submit("s1", b"refused", Fence(False), on_stored=calls.append)
+    moved = group.submit("s2", b"judged before", Fence(True, moved=True), on_stored=calls.append)
+    with pytest.raises(LookupError):
+        await refused
+    with pytest.raises(MembersMoved):
+        await moved
+    assert calls == []
+
+
+async def test_text_refused_to_be_judged_again_stays_refused_when_the_round_is_retried(
+    store: Store,
+) -> None:
+    """Cluster mode: one session's update of the round breaks a constraint (its session
+    was deleted), so the others are stored one by one. A session's text its fence refused
+    in the failed round (the members changed: judged by the old ones) is not stored by the
+    retry, which the fence, having read the members since, would let by."""
+    group = store.group
+    fence = Fence(True, moved=True)
+    orphan = group.submit("no-such-session", b"lost", None)
+    moved = group.submit("s0", b"judged by the old members", fence)
+    other = group.submit("s1", b"kept", Fence(True))
+    with pytest.raises(Unavailable):
+        await orphan
+    with pytest.raises(MembersMoved):
+        await moved
+    assert isinstance(await other, int)
+    assert await stored_updates(store, "s0") == []
+    assert await stored_updates(store, "s1") == [b"kept"]
+
+
 async def test_an_update_of_a_deleted_session_fails_alone(store: Store) -> None:
     group = store.group
     good = group.submit("s0", b"kept", None)
