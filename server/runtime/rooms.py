@@ -25,6 +25,7 @@ from parley.server.runtime.session_writes import SETTINGS_WRITE, apply_session_w
 from parley.server.settings import Settings
 from parley.server.store.access_rows import ToolRow, access_digest
 from parley.server.store.port import SessionStore
+from parley.server.ws.connection import CLOSE_WAIT_S
 from parley.session.closes import CloseCode
 from parley.session.errors import NotFound, ShuttingDown, Unavailable
 from parley.session.lifecycle import PromptStatus
@@ -276,9 +277,11 @@ class RoomRegistry:
         dropped). Waiting prompts stay queued in the database and run after the next
         start. No session is loaded from then on (``ShuttingDown``); in a cluster none is
         taken over either: a healthy node takes those nobody runs
-        (``ClusterNode.runs_here``)."""
+        (``ClusterNode.runs_here``). Returns once the sockets it closed have been sent
+        their close frame (or ``CLOSE_WAIT_S`` passed)."""
         self.draining = True
         rooms = [room for room, _ in self._rooms.values()]
+        closing = [connection for room in rooms for connection in room.sockets.everyone()]
         for room in rooms:
             room.drain()
         deadline = self.clock() + grace_s
@@ -291,6 +294,11 @@ class RoomRegistry:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(remaining):
                     await running[0].finished.wait()
+        # Their close frames (1001) go out before the server stops: it would close the
+        # sockets still open itself, with 1012 (found with a side-thread's socket).
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(CLOSE_WAIT_S):
+                await asyncio.gather(*(connection.wait_closed() for connection in closing))
 
     def loaded(self, session_id: str) -> SessionRoom | None:
         loaded = self._rooms.get(session_id)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -12,7 +13,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+import websockets
+from pycrdt import Doc
 
+from parley.session.yprotocol import SyncType, encode_sync
 from tests.conftest import (
     ADMIN_KEY,
     POSTGRES_URL,
@@ -91,6 +95,42 @@ async def test_sigterm_drains_then_the_queue_resumes(
         assert by_id[cut["reply_id"]]["status"] == "interrupted"
         assert by_id[second["prompt_id"]]["status"] == "done"
         await alice.close()
+    finally:
+        await http.aclose()
+
+
+async def test_sigterm_closes_a_side_threads_socket_1001_too(
+    tmp_path: Path, server_processes: list[ServerProcess]
+) -> None:
+    """docs/threads.md: 1001 means the server shuts down. A side-thread's socket was
+    dropped without a close frame (1006) at SIGTERM while the session's got 1001, and a
+    client decides by that code whether to come back."""
+    node = ServerProcess(sqlite_url(tmp_path), tmp_path / "d", free_port())
+    server_processes.append(node)
+    await node.start()
+    http, sid = await setup(node.base_url, {"bob": "editor"})
+    try:
+        bob = await connect(node, http, sid, "bob")
+        opened = await http.post(f"/api/v1/sessions/{sid}/threads", json={"as_user": "bob"})
+        assert opened.status_code == 201, opened.text
+        token = (await http.post(f"/api/v1/sessions/{sid}/tokens", json={"user_id": "bob"})).json()
+        url = f"{node.ws_url}/ws/sessions/{sid}/threads/{opened.json()['thread_id']}"
+        async with websockets.connect(f"{url}?token={token['token']}") as thread:
+            await thread.send(encode_sync(SyncType.STEP1, Doc().get_state()))
+            await asyncio.wait_for(thread.recv(), 10)  # its sync answer: attached
+            assert node.process is not None
+            node.process.send_signal(signal.SIGTERM)
+            with contextlib.suppress(websockets.ConnectionClosed):
+                async with asyncio.timeout(10):
+                    while True:
+                        await thread.recv()
+            closed = (thread.close_code, thread.close_reason)
+            assert (await bob.wait_closed(timeout=10), *closed) == (
+                1001,
+                1001,
+                "server shutting down",
+            )
+        assert await asyncio.to_thread(node.process.wait, 20) in (0, -signal.SIGTERM)
     finally:
         await http.aclose()
 
