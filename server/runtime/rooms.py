@@ -277,14 +277,20 @@ class RoomRegistry:
         dropped). Waiting prompts stay queued in the database and run after the next
         start. No session is loaded from then on (``ShuttingDown``); in a cluster none is
         taken over either: a healthy node takes those nobody runs
-        (``ClusterNode.runs_here``). Returns once the sockets it closed have been sent
-        their close frame (or ``CLOSE_WAIT_S`` passed)."""
+        (``ClusterNode.runs_here``). The runs it waits for and stops include those of
+        the writes under way as it began (a side-thread prompt judged before it, acked
+        after). Returns once the sockets it closed have been sent their close frame (or
+        ``CLOSE_WAIT_S`` passed)."""
         self.draining = True
         rooms = [room for room, _ in self._rooms.values()]
         closing = [connection for room in rooms for connection in room.sockets.everyone()]
         for room in rooms:
             room.drain()
         deadline = self.clock() + grace_s
+        with contextlib.suppress(TimeoutError):  # a write stuck on the database
+            async with asyncio.timeout(max(grace_s, 5.0)):
+                for room in rooms:
+                    await _writes_done(room)
         while running := [run for room in rooms for run in _in_flight(room)]:
             remaining = deadline - self.clock()
             if remaining <= 0:
@@ -430,3 +436,13 @@ def _in_flight(room: SessionRoom) -> list[ActiveRun]:
     """The runs of ``room`` not finished yet: its session's and its side-threads'."""
     runs = [room.active_run, *room.side_threads.active.values()]
     return [run for run in runs if run is not None and not run.finished.is_set()]
+
+
+async def _writes_done(room: SessionRoom) -> None:
+    """Once the writes of ``room`` under way now are done: one judged before the drain
+    (a side-thread prompt, say) is acked, its run in flight (``ThreadRuns.start``, called
+    after the commit before the writer's task awaits anything), and those waiting for
+    their turn are judged draining (``ShuttingDown``)."""
+    with contextlib.suppress(Unavailable):  # SQLite: past the lock budget (none done)
+        async with room.writer.document.holding():
+            pass

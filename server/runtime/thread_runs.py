@@ -26,6 +26,7 @@ from parley.session.reasons import Ending, ReasonCode
 
 if TYPE_CHECKING:
     from parley.server.runtime.runner import SessionRunner
+    from parley.server.runtime.side_threads import ThreadSteps
 
 
 class ThreadRuns:
@@ -38,8 +39,32 @@ class ThreadRuns:
         self.tasks: set[asyncio.Task[None]] = set()
 
     def start(self, begin: BeginThreadRun) -> None:
-        name = f"thread:{self.runner.room.session_id}:{begin.thread_id}"
-        task = asyncio.create_task(self.run(begin), name=name)
+        """Start the run of a prompt just stored. It is in flight (``SideThreads.active``)
+        from here, not from its task's first step: a drain begun in between saw no run,
+        the unload cancelled it, and the next start failed it ``server_restart``."""
+        runner, room = self.runner, self.runner.room
+        threads = room.side_threads
+        thread = threads.threads.get(begin.thread_id)
+        if thread is None:  # deleted before its run began
+            return
+        prompt = PendingPrompt(begin.prompt_id, thread.anchor_seq, begin.owner)
+        reply = ReplyState(begin.reply_id)
+        steps = threads.steps(begin, author=runner.reply_author())
+        refused: Forbidden | None = None
+        try:
+            scope = room.runs.scope_for([begin.owner])
+        except Forbidden as exc:  # the owner lost the right to prompt since
+            scope, refused = RunScope((), ()), exc
+        active = ActiveRun(Run((prompt,)), reply, scope, steps)
+        active.audit_base = {  # the run's audit until its build says what it drew on
+            "prompt_ids": [prompt.id],
+            "reply_id": reply.reply_id,
+            "issuers": [{"user_id": begin.owner}],
+            "thread_id": thread.id,
+        }
+        threads.active[thread.id] = active
+        name = f"thread:{room.session_id}:{begin.thread_id}"
+        task = asyncio.create_task(self.run(active, steps, refused), name=name)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
@@ -53,33 +78,20 @@ class ThreadRuns:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
-    async def run(self, begin: BeginThreadRun) -> None:
-        """Answer a side-thread prompt (see the module's docstring)."""
+    async def run(self, active: ActiveRun, steps: ThreadSteps, refused: Forbidden | None) -> None:
+        """Answer a side-thread prompt (see the module's docstring), its run begun by
+        ``start`` (``refused``: why its owner may no longer prompt)."""
         runner, room = self.runner, self.runner.room
         threads = room.side_threads
-        steps = threads.steps(begin, author=runner.reply_author())
-        thread = threads.threads.get(begin.thread_id)
-        if thread is None:  # deleted before its run began: nothing left to answer
-            return
-        prompt = PendingPrompt(begin.prompt_id, thread.anchor_seq, begin.owner)
-        reply = ReplyState(begin.reply_id)
-        bare = {  # the run's audit until its build says what it drew on
-            "prompt_ids": [prompt.id],
-            "reply_id": reply.reply_id,
-            "issuers": [{"user_id": begin.owner}],
-            "thread_id": thread.id,
-        }
+        thread_id = steps.begin.thread_id
+        prompt, scope = active.run.prompts[0], active.scope
         try:
-            scope = room.runs.scope_for([begin.owner])
-        except Forbidden as exc:  # the owner lost the right to prompt since
-            active = ActiveRun(Run((prompt,)), reply, RunScope((), ()), steps)
-            active.audit_base = bare
-            await runner.settle(active, Ending(ReasonCode.FORBIDDEN, exc.message))
-            return
-        active = ActiveRun(Run((prompt,)), reply, scope, steps)
-        active.audit_base = bare
-        threads.active[thread.id] = active
-        try:
+            thread = threads.threads.get(thread_id)
+            if thread is None:  # deleted before its run began: nothing left to answer
+                return
+            if refused is not None:
+                await runner.settle(active, Ending(ReasonCode.FORBIDDEN, refused.message))
+                return
             await steps.started(active)
             # The thread's first build folds the history up to its anchor: ahead, in steps,
             # with the loop free between them, so the build folds only the new turns. A
@@ -90,14 +102,14 @@ class ThreadRuns:
             folded = await room.context.fold_ahead(
                 (prompt.id,), scope, thread, stopped=lambda: active.stopped is not None
             )
-            room.charge_build(begin.owner, folded)
+            room.charge_build(prompt.author, folded)
             if active.stopped is not None:
                 await runner.settle(active, active.stopped)
                 return
             built = room.context.build((prompt.id,), scope, thread)
             request = built.request
             seen = room.context.audit_of(built, thread)
-            base = run_audit_base(active.run, reply.reply_id, scope, seen)
+            base = run_audit_base(active.run, active.reply_id, scope, seen)
             active.audit_base = {**base, "thread_id": thread.id}
             await steps.widen(active, seen.restriction)
             ending = too_large(built.tokens, built.budget, built.fixed_tokens)
@@ -108,6 +120,6 @@ class ThreadRuns:
                 ending = outcome.ending
             await runner.settle(active, ending)
         finally:
-            if threads.active.get(thread.id) is active:
-                del threads.active[thread.id]
+            if threads.active.get(thread_id) is active:
+                del threads.active[thread_id]
             active.finished.set()

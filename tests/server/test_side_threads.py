@@ -430,3 +430,93 @@ async def test_a_side_thread_reply_cut_by_a_shutdown_is_kept_as_a_session_reply_
         assert (prompt["status"], prompt["reason_code"]) == ("failed", "server_shutdown")
         assert (reply["kind"], reply["status"]) == ("reply", "interrupted")
         assert (reply["reason_code"], reply["text"]) == ("server_shutdown", "one two ")
+
+
+async def test_a_side_thread_prompt_acked_as_the_drain_begins_is_marked_by_it(
+    tmp_path: Path,
+) -> None:
+    """A side-thread prompt acked just before a drain began, its run's task not at its
+    first step yet, was not among the runs the drain waited for and stopped: the unload
+    cancelled it, and the next start failed it ``server_restart``. The drain sees it from
+    the ack on and marks it ``server_shutdown``, as every run it stops."""
+    model = FakeModel(lambda _sent: ["never shown"])
+    settings = make_settings(sqlite_url(tmp_path), tmp_path / "d")
+    async with serve_in_process(settings, model) as s:
+        sid = await s.new_session({"bob": "editor"})
+        rooms = s.app.state.parley.rooms
+        room = await rooms.get(sid)
+        opened = json.loads(
+            await rooms.command(room, "bob", json.dumps({"type": "thread_open", "id": "t"}))
+        )
+        thread_id = opened["thread_id"]
+        asked = {"type": "thread_prompt", "id": "q", "thread_id": thread_id, "text": "hi"}
+        acked = json.loads(await rooms.command(room, "bob", json.dumps(asked)))
+        assert acked["type"] == "ack", acked
+        # No await between the ack and the drain: the run's task has not run yet. With no
+        # grace, the drain stops what it sees at once; the unload comes right after.
+        await rooms.drain(0)
+        await rooms.close()
+    async with serve_in_process(settings, model) as again:
+        token = await again.token(sid, "bob")
+        read = await again.http.get(
+            f"/api/v1/sessions/{sid}/threads/{thread_id}",
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        assert read.status_code == 200, read.text
+        turns = read.json()["turns"]
+        assert [(t["kind"], t["status"], t["reason_code"]) for t in turns] == [
+            ("prompt", "failed", "server_shutdown"),
+            ("reply", "interrupted", "server_shutdown"),
+        ]
+
+
+async def test_a_side_thread_prompt_stored_as_the_drain_begins_is_marked_by_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A side-thread prompt judged before a drain began and stored while it did was acked,
+    but its run began after the drain had looked for runs in flight: the unload cancelled
+    it. The drain waits for the writes under way first."""
+    model = FakeModel(lambda _sent: ["never shown"])
+    settings = make_settings(sqlite_url(tmp_path), tmp_path / "d")
+    async with serve_in_process(settings, model) as s:
+        sid = await s.new_session({"bob": "editor"})
+        rooms = s.app.state.parley.rooms
+        room = await rooms.get(sid)
+        opened = json.loads(
+            await rooms.command(room, "bob", json.dumps({"type": "thread_open", "id": "t"}))
+        )
+        thread_id = opened["thread_id"]
+        inside, go_on = asyncio.Event(), asyncio.Event()
+        write = room.side_threads.write
+
+        async def held(*args: Any) -> None:  # in the prompt's transaction
+            inside.set()
+            await go_on.wait()
+            await write(*args)
+
+        monkeypatch.setattr(room.side_threads, "write", held)
+        asked = {"type": "thread_prompt", "id": "q", "thread_id": thread_id, "text": "hi"}
+        sent = asyncio.create_task(rooms.command(room, "bob", json.dumps(asked)))
+        async with asyncio.timeout(10):
+            await inside.wait()
+        draining = asyncio.create_task(rooms.drain(0))
+        async with asyncio.timeout(10):
+            while not room.draining:
+                await asyncio.sleep(0)
+        go_on.set()
+        acked = json.loads(await sent)
+        assert acked["type"] == "ack", acked
+        await draining
+        await rooms.close()
+    async with serve_in_process(settings, model) as again:
+        token = await again.token(sid, "bob")
+        read = await again.http.get(
+            f"/api/v1/sessions/{sid}/threads/{thread_id}",
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        assert read.status_code == 200, read.text
+        turns = read.json()["turns"]
+        assert [(t["kind"], t["status"], t["reason_code"]) for t in turns] == [
+            ("prompt", "failed", "server_shutdown"),
+            ("reply", "interrupted", "server_shutdown"),
+        ]
