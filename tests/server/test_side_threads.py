@@ -499,10 +499,16 @@ async def test_a_side_thread_prompt_stored_as_the_drain_begins_is_marked_by_it(
         sent = asyncio.create_task(rooms.command(room, "bob", json.dumps(asked)))
         async with asyncio.timeout(10):
             await inside.wait()
+        drain_room, room_draining = room.drain, asyncio.Event()
+
+        def drained() -> None:  # the drain began: the room takes no new prompt
+            drain_room()
+            room_draining.set()
+
+        monkeypatch.setattr(room, "drain", drained)
         draining = asyncio.create_task(rooms.drain(0))
         async with asyncio.timeout(10):
-            while not room.draining:
-                await asyncio.sleep(0)
+            await room_draining.wait()
         go_on.set()
         acked = json.loads(await sent)
         assert acked["type"] == "ack", acked
