@@ -5,11 +5,17 @@ reaches a client: the document's entries (a socket's, the Python SDK's), ``GET
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import websockets
 from parley_client import connect
+from pycrdt import Array, Doc
+
+from parley.session.yprotocol import SyncMessage, SyncType, decode_client_frame, encode_sync
 
 from tests.conftest import make_settings, serve_in_process, sqlite_url
 from tests.server.test_event_webhooks import FAST, receiving, subscribe, until
@@ -80,3 +86,68 @@ async def test_a_quota_failure_tells_when_the_quota_starts_over_alike_everywhere
                 await again.http.get(f"/api/v1/sessions/{sid}/prompts/{second}")
             ).json()
             assert read["retry_at"] == retry_at
+
+
+async def thread_document(url: str, done: Callable[[list[dict[str, Any]]], bool]) -> Any:
+    """The turns of a side-thread's document as its socket syncs them, once ``done``."""
+    doc: Doc[Any] = Doc()
+    turns = doc.get("turns", type=Array)
+    async with websockets.connect(url) as ws:
+        await ws.send(encode_sync(SyncType.STEP1, doc.get_state()))
+        async with asyncio.timeout(10):
+            while not done(shown := turns.to_py() or []):
+                message = decode_client_frame(await ws.recv())
+                if isinstance(message, SyncMessage) and message.sync_type is not SyncType.STEP1:
+                    doc.apply_update(message.payload)
+    return shown
+
+
+async def test_a_side_thread_turn_a_quota_failed_tells_when_alike_everywhere(
+    tmp_path: Path,
+) -> None:
+    """A side-thread prompt a quota failed (and its reply) tell ``retry_at`` as a session
+    prompt does: the thread's REST read, its ``thread`` frame (the Python SDK's), its
+    document, and the same figure after a restart; a turn answered tells none."""
+    settings = make_settings(sqlite_url(tmp_path), tmp_path / "data")
+    async with serve_in_process(settings) as server:
+        sid = await server.new_session({"bob": "editor"})
+        token = await server.token(sid, "bob")
+        auth = {"Authorization": f"Bearer {token}"}
+        base = f"/api/v1/sessions/{sid}/threads"
+        opened = await server.http.post(base, json={"title": "t"}, headers=auth)
+        assert opened.status_code == 201, opened.text
+        thread_id = opened.json()["thread_id"]
+        async with connect(server.ws_url, sid, token) as bob:
+            await bob.thread_prompt(thread_id, "first")
+            first = await bob.thread_answer(thread_id)
+            assert first is not None and first["status"] == "done"
+            put = await server.http.put(f"{base[:-8]}/quotas", json={"user_tokens_per_day": 1})
+            assert put.status_code == 200, put.text
+            before_ms = time.time() * 1000
+            await bob.thread_prompt(thread_id, "second")
+            framed = await bob.thread_answer(thread_id)
+            after_ms = time.time() * 1000
+        assert framed is not None and framed["reason_code"] == "quota_exceeded"
+        retry_at = framed["retry_at"]
+        assert retry_at in {next_midnight_ms(before_ms), next_midnight_ms(after_ms)}
+        read = await server.http.get(f"{base}/{thread_id}", headers=auth)
+        assert read.status_code == 200, read.text
+        told = [(t["kind"], t["status"], t["retry_at"]) for t in read.json()["turns"]]
+        assert told == [
+            ("prompt", "done", None),
+            ("reply", "done", None),
+            ("prompt", "failed", retry_at),
+            ("reply", "failed", retry_at),
+        ]
+        url = f"{server.ws_url}/ws/sessions/{sid}/threads/{thread_id}?token={token}"
+        shown = await thread_document(url, lambda turns: len(turns) == 4)
+        assert [t.get("retry_at") for t in shown] == [None, None, retry_at, retry_at]
+        assert "retry_at" not in shown[0]  # absent where no time is told, as on an entry
+
+    # Stored with the turns: read after a restart, the same figure on each path.
+    async with serve_in_process(settings) as again:
+        read = await again.http.get(f"{base}/{thread_id}", headers=auth)
+        assert [t["retry_at"] for t in read.json()["turns"]] == [None, None, retry_at, retry_at]
+        url = f"{again.ws_url}/ws/sessions/{sid}/threads/{thread_id}?token={token}"
+        shown = await thread_document(url, lambda turns: len(turns) == 4)
+        assert [t.get("retry_at") for t in shown] == [None, None, retry_at, retry_at]
