@@ -46,6 +46,12 @@ class ThreadTurnOut(Strict):
     text: str
     status: str
     reason_code: str | None
+    retry_at: int | None = Field(
+        None,
+        description="When it may be sent again, in milliseconds since the epoch (UTC): set "
+        "on a prompt a token quota failed (reason_code quota_exceeded) and its reply, the next "
+        "UTC midnight, when the quotas start over; null otherwise (docs/models.md: quotas)",
+    )
     summarise: bool = Field(description="A prompt asking for a draft to share, or that draft")
     restricted: bool = Field(description="Drew on what not every member may read")
     drew_on: list[dict[str, Any]] = Field(description="The readers of what it drew on")

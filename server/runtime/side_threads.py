@@ -66,6 +66,7 @@ def turn_json(turn: ThreadTurn) -> dict[str, Any]:
         "text": turn.text,
         "status": turn.status,
         "reason_code": turn.reason_code,
+        "retry_at": turn.retry_at,
         "summarise": turn.summarise,
         "restricted": bool(turn.restriction),
         "drew_on": restriction_to_json(turn.restriction),

@@ -370,13 +370,20 @@ class MemoryTx:
         threads[thread.id] = replace(thread, turns=tuple(turns))
 
     async def set_thread_turn_status(
-        self, session_id: str, turn_id: str, status: str, reason_code: str | None
+        self,
+        session_id: str,
+        turn_id: str,
+        status: str,
+        reason_code: str | None,
+        retry_at: int | None,
     ) -> None:
         threads = self.session(session_id).threads
         for thread in list(threads.values()):
             if any(t.id == turn_id for t in thread.turns):
                 turns = tuple(
-                    replace(t, status=status, reason_code=reason_code) if t.id == turn_id else t
+                    replace(t, status=status, reason_code=reason_code, retry_at=retry_at)
+                    if t.id == turn_id
+                    else t
                     for t in thread.turns
                 )
                 threads[thread.id] = replace(thread, turns=turns)

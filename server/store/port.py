@@ -195,8 +195,15 @@ class SessionTx(Protocol):
         ...
 
     async def set_thread_turn_status(
-        self, session_id: str, turn_id: str, status: str, reason_code: str | None
-    ) -> None: ...
+        self,
+        session_id: str,
+        turn_id: str,
+        status: str,
+        reason_code: str | None,
+        retry_at: int | None,
+    ) -> None:
+        """A side-thread prompt's ending: ``retry_at`` (ms since the epoch) when known."""
+        ...
 
 
 class Transactional(Protocol):

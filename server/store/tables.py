@@ -520,6 +520,9 @@ side_thread_turns = Table(
     Column("summarise", Boolean, nullable=False),
     Column("command_id", String(128), nullable=False),
     Column("created_at", BigInteger, nullable=False),
+    # When a prompt a quota failed (and its reply) may be sent again, ms since the epoch;
+    # NULL for any other turn (migration threads_0037).
+    Column("retry_at", BigInteger, nullable=True),
 )
 Index("ix_side_thread_turns_thread_id", side_thread_turns.c.thread_id)
 

@@ -63,6 +63,7 @@ async def insert_turn(connection: AsyncConnection, session_id: str, turn: Thread
             text=turn.text,
             status=turn.status,
             reason_code=turn.reason_code,
+            retry_at=turn.retry_at,
             restriction=json.dumps(restriction_to_json(turn.restriction)),
             summarise=turn.summarise,
             command_id=turn.command_id,
@@ -72,12 +73,16 @@ async def insert_turn(connection: AsyncConnection, session_id: str, turn: Thread
 
 
 async def set_turn_status(
-    connection: AsyncConnection, turn_id: str, status: str, reason_code: str | None
+    connection: AsyncConnection,
+    turn_id: str,
+    status: str,
+    reason_code: str | None,
+    retry_at: int | None,
 ) -> None:
     await connection.execute(
         update(side_thread_turns)
         .where(side_thread_turns.c.id == turn_id)
-        .values(status=status, reason_code=reason_code)
+        .values(status=status, reason_code=reason_code, retry_at=retry_at)
     )
 
 
@@ -130,6 +135,7 @@ async def load_threads(
                 reason_code=row.reason_code,
                 summarise=bool(row.summarise),
                 command_id=row.command_id,
+                retry_at=row.retry_at,
             )
         )
     return [

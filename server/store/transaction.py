@@ -591,6 +591,11 @@ class StoreTx:
         await thread_rows.insert_turn(self.connection, session_id, turn)
 
     async def set_thread_turn_status(
-        self, session_id: str, turn_id: str, status: str, reason_code: str | None
+        self,
+        session_id: str,
+        turn_id: str,
+        status: str,
+        reason_code: str | None,
+        retry_at: int | None,
     ) -> None:
-        await thread_rows.set_turn_status(self.connection, turn_id, status, reason_code)
+        await thread_rows.set_turn_status(self.connection, turn_id, status, reason_code, retry_at)

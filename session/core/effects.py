@@ -179,12 +179,14 @@ ThreadChange = OpenThread | SetThreadStatus | DeleteThread
 
 @dataclass(frozen=True, slots=True)
 class ThreadTurnStatus:
-    """A side-thread prompt reaches ``status`` (with the code of why it ended unanswered)."""
+    """A side-thread prompt reaches ``status`` (with the code of why it ended unanswered,
+    and when it may be sent again if that is known: ``Ending.retry_at``)."""
 
     thread_id: str
     turn_id: str
     status: str
     reason_code: str | None
+    retry_at: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

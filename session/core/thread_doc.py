@@ -8,7 +8,8 @@ Roots (written by the server only; clients read):
     (``prompt`` | ``reply`` | ``tool``), ``author``, ``role`` (``user`` | ``assistant`` |
     ``tool``), ``status``, ``content`` (Y.Text: a reply's grows as the model writes it),
     ``created_at``, ``summarise`` and ``restricted`` (it drew on what not every member may
-    read); ``reason_code`` once it ended unanswered. A reply being written has status
+    read); ``reason_code`` once it ended unanswered, and ``retry_at`` beside it when a
+    quota failed it (when it may be sent again, ms since the epoch). A reply being written has status
     ``streaming``; its run's tool steps sit before it, as they are stored.
 
 The rows (``SideThread``, ``ThreadTurn``) are the truth: the document is built from them
@@ -233,6 +234,8 @@ def _fields(turn: ThreadTurn) -> dict[str, Any]:
     }
     if turn.reason_code is not None:
         fields["reason_code"] = turn.reason_code
+    if turn.retry_at is not None:  # only where a time is known, as on a session entry
+        fields["retry_at"] = turn.retry_at
     return fields
 
 

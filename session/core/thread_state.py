@@ -32,7 +32,9 @@ class ThreadLimits:
 class ThreadTurn:
     """One turn of a side-thread: a ``prompt`` of its owner, a ``reply`` of the model
     (``restriction``: what it drew on) or a ``tool`` step of a run. ``index`` orders the
-    thread; ``summarise``: a prompt asking for a draft to share back, and its reply."""
+    thread; ``summarise``: a prompt asking for a draft to share back, and its reply.
+    ``retry_at``: as a session prompt's (``Ending.retry_at``), on a prompt a quota failed
+    and its reply: when it may be sent again, ms since the epoch; None otherwise."""
 
     id: str
     thread_id: str
@@ -46,6 +48,7 @@ class ThreadTurn:
     reason_code: str | None = None
     summarise: bool = False
     command_id: str = ""  # of the command that stored a prompt: a resent one is not run again
+    retry_at: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

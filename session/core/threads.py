@@ -369,8 +369,9 @@ def thread_run_finished(view: SessionView, event: ThreadRunFinished) -> Effects:
         restriction=event.restriction,
         reason_code=None if ending is None else ending.code.value,
         summarise=prompt.summarise,
+        retry_at=None if ending is None else ending.retry_at,
     )
-    settle = ThreadTurnStatus(thread.id, prompt.id, status, reply.reason_code)
+    settle = ThreadTurnStatus(thread.id, prompt.id, status, reply.reason_code, reply.retry_at)
     return Effects(thread_settle=(settle,), thread_turns=(*steps, reply), audit=event.audit)
 
 
@@ -443,7 +444,12 @@ def apply_to_threads(threads: dict[str, SideThread], effects: Effects) -> None:
         thread = threads.get(settle.thread_id)
         if thread is not None:
             turns = tuple(
-                replace(t, status=settle.status, reason_code=settle.reason_code)
+                replace(
+                    t,
+                    status=settle.status,
+                    reason_code=settle.reason_code,
+                    retry_at=settle.retry_at,
+                )
                 if t.id == settle.turn_id
                 else t
                 for t in thread.turns

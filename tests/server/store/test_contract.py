@@ -543,12 +543,28 @@ async def test_side_threads_and_their_turns(store: Any) -> None:
             await tx.insert_thread_turn("a", reply)
             raise RuntimeError("rolled back")
     async with store.transaction() as tx:
-        await tx.set_thread_turn_status("a", "p1", "done", None)
+        await tx.set_thread_turn_status("a", "p1", "done", None, None)
         await tx.insert_thread_turn("a", reply)
         await tx.set_thread_status("a", "t1", "closed")
         await tx.delete_thread("a", "t2")
     done = replace(prompt, status="done")
     assert await store.load_threads("a") == [replace(thread, status="closed", turns=(done, reply))]
+    # A prompt a quota failed, and its reply: when to send it again, stored as told.
+    midnight = 86_400_000 * 20_000
+    failed = ThreadTurn("p2", "t1", 2, "prompt", "ann", "again?", "running", 8)
+    refused = replace(reply, id="r2", index=3, status="failed", retry_at=midnight)
+    async with store.transaction() as tx:
+        await tx.insert_thread_turn("a", failed)
+    async with store.transaction() as tx:
+        await tx.set_thread_turn_status("a", "p2", "failed", "quota_exceeded", midnight)
+        await tx.insert_thread_turn("a", replace(refused, reason_code="quota_exceeded"))
+    turns = (await store.load_threads("a"))[0].turns
+    assert [(t.id, t.reason_code, t.retry_at) for t in turns] == [
+        ("p1", None, None),
+        ("r1", None, None),
+        ("p2", "quota_exceeded", midnight),
+        ("r2", "quota_exceeded", midnight),
+    ]
     assert await store.load_threads("b") == []
     # A reader list named in a turn alone is one the membership checks look at.
     assert await store.access.reader_lists("a") == set(readers)

@@ -1,5 +1,6 @@
 """The side-thread document tables' migration (``threads_0017``): it creates what the
-schema (``server.store.tables``) declares, and goes down and up again."""
+schema (``server.store.tables``) declares, and goes down and up again; so does
+``threads_0037`` (a turn's ``retry_at``)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,12 @@ from alembic import command
 from sqlalchemy import inspect
 
 from parley.server.store.db import alembic_config, create_engine
-from parley.server.store.tables import thread_doc_snapshots, thread_doc_updates
+from parley.server.store.tables import (
+    side_thread_turns,
+    thread_doc_snapshots,
+    thread_doc_updates,
+)
+from tests.server.store.conftest import migration_goes_down_and_up
 
 
 async def test_the_migration_creates_the_declared_tables_and_goes_down_again(
@@ -49,3 +55,11 @@ async def _columns(database_url: str) -> dict[str, set[str]]:
             return await connection.run_sync(read)
     finally:
         await engine.dispose()
+
+
+async def test_the_migration_of_turns_retry_at_goes_down_and_up(empty_database_url: str) -> None:
+    """``threads_0037``: ``side_thread_turns.retry_at`` (when a side-thread prompt a quota
+    failed may be sent again)."""
+    await migration_goes_down_and_up(
+        empty_database_url, "commands_0036", side_thread_turns, "retry_at"
+    )
