@@ -59,6 +59,12 @@ def test_the_document_follows_the_stored_turns_of_a_run() -> None:
     document.show_turn(turn("r", "reply", "Other.", "failed", reason_code="timeout"))
     assert shown(document)[-1] == ("r", "assistant", "failed", "Other.")
     assert document.turns[2]["reason_code"] == "timeout"
+    assert "retry_at" not in document.turns[2]  # no time told: no key, as on an entry
+    # A quota's ending tells when to send it again (FX78), on the prompt and its reply.
+    document.show_turn(
+        turn("p", "prompt", "q?", "failed", reason_code="quota_exceeded", retry_at=7)
+    )
+    assert document.turns[0]["retry_at"] == 7
 
 
 def test_a_client_copy_of_another_build_is_told_apart() -> None:

@@ -324,6 +324,38 @@ def test_a_run_of_a_deleted_thread_leaves_its_audit_only() -> None:
     assert effects.thread_turns == () and effects.thread_settle == ()
 
 
+def test_a_thread_run_a_quota_failed_tells_when_to_send_it_again() -> None:
+    """FX78: the prompt and its reply keep ``retry_at`` as the ending tells it (a session
+    prompt's rule, FX75); an ending with no time and an answer tell none."""
+    t = Threads()
+    thread_id = t.open()
+    t.ok("bob", ThreadPromptCommand("p", thread_id, "q"))
+    answered = t.answer(thread_id)
+    t.ok("bob", ThreadPromptCommand("p2", thread_id, "again"))
+    run = t._last_run(thread_id)
+    over = Ending(ReasonCode.QUOTA_EXCEEDED, "over the quota", retry_at=86_400_000)
+    finished = ThreadRunFinished(thread_id, run, "r2", "m", "", over, (), (), (), 3)
+    effects = handle(t.view(), finished)
+    [settle] = effects.thread_settle
+    assert (settle.reason_code, settle.retry_at) == ("quota_exceeded", 86_400_000)
+    t.commit(effects)
+    turns = t.threads[thread_id].turns
+    assert [(x.status, x.retry_at) for x in turns] == [
+        ("done", None),
+        ("done", None),
+        ("failed", 86_400_000),
+        ("failed", 86_400_000),
+    ]
+    assert answered.retry_at is None
+    t.ok("bob", ThreadPromptCommand("p3", thread_id, "once more"))
+    run = t._last_run(thread_id)
+    timed_out = Ending(ReasonCode.TIMEOUT, "the model took too long")
+    t.commit(
+        handle(t.view(), ThreadRunFinished(thread_id, run, "r3", "m", "", timed_out, (), (), (), 4))
+    )
+    assert [x.retry_at for x in t.threads[thread_id].turns[-2:]] == [None, None]
+
+
 def test_a_member_who_loses_their_prompts_loses_their_thread_runs() -> None:
     t = Threads()
     thread_id = t.open()
