@@ -8,7 +8,8 @@
 // {"event":"synced","synced":…}, {"event":"sent","id":…,"type":…,"attempt":…},
 // {"event":"settled","tag":…,"ack":{…}} or {"event":"settled","tag":…,"error":{…}},
 // {"event":"sdk-error","error":{…}} (an error of no command),
-// {"event":"refused","error":{…}} (an upgrade refused, to be tried again).
+// {"event":"refused","error":{…}} (an upgrade refused, to be tried again),
+// {"event":"thread","frame":{…}} (a side-thread frame, as the SDK's `thread` event gives it).
 // stdin: one JSON command per line, each answered by one {"event":"reply","cmd":…} line:
 //   {"cmd":"call","tag":…,"method":"prompt","args":["text"]}  (settles later, by tag;
 //    "drop": true drops the socket as soon as the command is written;
@@ -79,6 +80,8 @@ session.on('sent', (command, attempt) => {
 session.on('error', (error) => emit({ event: 'sdk-error', error: describe(error) }))
 session.on('member', (member) => emit({ event: 'member', member }))
 session.on('refused', (error) => emit({ event: 'refused', error: describe(error) }))
+// This member's side-thread frames, as the SDK hands them to the application.
+session.on('thread', (frame) => emit({ event: 'thread', frame }))
 
 // For each reply: every length its text had when the transcript changed.
 const replyLengths = new Map()
@@ -91,7 +94,9 @@ session.on('transcript', (entries) => {
 })
 
 // resend: args [command], an `aborted` error's `command` (as `describe` gives it)
-const METHODS = new Set(['prompt', 'message', 'cancel', 'pin', 'setFact', 'setPolicy', 'resend'])
+const METHODS = new Set([
+  'prompt', 'message', 'cancel', 'pin', 'setFact', 'setPolicy', 'resend', 'openThread', 'threadPrompt'
+])
 
 const handle = (msg) => {
   switch (msg.cmd) {

@@ -118,16 +118,18 @@ async def test_a_side_thread_turn_a_quota_failed_tells_when_alike_everywhere(
         assert opened.status_code == 201, opened.text
         thread_id = opened.json()["thread_id"]
         async with connect(server.ws_url, sid, token) as bob:
-            await bob.thread_prompt(thread_id, "first")
+            asked = await bob.thread_prompt(thread_id, "first")
             first = await bob.thread_answer(thread_id)
-            assert first is not None and first["status"] == "done"
+            assert first is not None and first["id"] == asked.data["reply_id"]
+            assert (first["status"], first["retry_at"]) == ("done", None)
             put = await server.http.put(f"{base[:-8]}/quotas", json={"user_tokens_per_day": 1})
             assert put.status_code == 200, put.text
             before_ms = time.time() * 1000
-            await bob.thread_prompt(thread_id, "second")
+            asked = await bob.thread_prompt(thread_id, "second")
             framed = await bob.thread_answer(thread_id)
             after_ms = time.time() * 1000
-        assert framed is not None and framed["reason_code"] == "quota_exceeded"
+        assert framed is not None and framed["id"] == asked.data["reply_id"]
+        assert framed["reason_code"] == "quota_exceeded"
         retry_at = framed["retry_at"]
         assert retry_at in {next_midnight_ms(before_ms), next_midnight_ms(after_ms)}
         read = await server.http.get(f"{base}/{thread_id}", headers=auth)

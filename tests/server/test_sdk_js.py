@@ -607,6 +607,60 @@ async def test_a_prompt_a_quota_failed_shows_when_to_send_it_again(
     assert prompt["retry_at"] == shown[told["reply_id"]]["retry_at"] == told["retry_at"]
 
 
+async def test_a_side_thread_prompt_a_quota_failed_shows_when_to_send_it_again(
+    sdk_app: Path, tmp_path: Path
+) -> None:
+    """Its turn (and its reply's) in the ``thread`` frame carries ``retry_at``, the time
+    the thread's REST read tells (FX78); an answered turn's is null."""
+    async with serve_in_process(make_settings(sqlite_url(tmp_path), tmp_path / "d")) as server:
+        sid = await server.new_session({"alice": "editor"})
+        alice = await join(sdk_app, server, sid, "alice")
+        try:
+            await alice.synced()
+            thread_id = (await alice.ack("open", "openThread", {"title": "t"}))["thread_id"]
+            first = await alice.ack("1", "threadPrompt", thread_id, "runs")
+            await alice.wait_event(settled_turn(first["reply_id"]), 30)
+            put = await server.http.put(
+                f"/api/v1/sessions/{sid}/quotas", json={"user_tokens_per_day": 1}
+            )
+            assert put.status_code == 200, put.text
+            refused = await alice.ack("2", "threadPrompt", thread_id, "over the quota")
+            framed = await alice.wait_event(settled_turn(refused["reply_id"]), 30)
+        finally:
+            await alice.close()
+        token = await server.token(sid, "alice")
+        told = (
+            await server.http.get(
+                f"/api/v1/sessions/{sid}/threads/{thread_id}",
+                headers={"Authorization": f"Bearer {token}"},
+            )
+        ).json()
+    retry_at = told["turns"][-1]["retry_at"]
+    assert isinstance(retry_at, int) and retry_at % 86_400_000 == 0
+    shown = [
+        (t["status"], t["reason_code"], t["retry_at"]) for t in framed["frame"]["thread"]["turns"]
+    ]
+    assert shown == [
+        ("done", None, None),
+        ("done", None, None),
+        ("failed", "quota_exceeded", retry_at),
+        ("failed", "quota_exceeded", retry_at),
+    ]
+
+
+def settled_turn(reply_id: str) -> Callable[[Event], bool]:
+    """A ``thread`` frame whose thread holds ``reply_id`` settled (not running)."""
+
+    def settled(event: Event) -> bool:
+        frame = event.get("frame") if event.get("event") == "thread" else None
+        if not isinstance(frame, dict) or frame.get("type") != "thread":
+            return False
+        thread = frame["thread"]
+        return not thread["running"] and any(t["id"] == reply_id for t in thread["turns"])
+
+    return settled
+
+
 async def test_limits_and_a_refused_token_reject_typed(sdk_app: Path, tmp_path: Path) -> None:
     settings = make_settings(
         sqlite_url(tmp_path),

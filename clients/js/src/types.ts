@@ -165,6 +165,11 @@ export interface ThreadTurn {
   readonly text: string
   readonly status: string
   readonly reason_code: string | null
+  /**
+   * When a failed prompt (and its reply) may be sent again, in milliseconds since the epoch
+   * (UTC): a token quota's next midnight (`reason_code` `quota_exceeded`); null otherwise.
+   */
+  readonly retry_at: number | null
   readonly summarise: boolean
   readonly restricted: boolean
   readonly created_at: number

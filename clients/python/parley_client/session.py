@@ -172,7 +172,9 @@ class Session:
         self.close_code: int | None = None  # of the last socket that closed
         self.restricted: dict[str, str] = {}  # entry id -> text only this member may read
         # This member's private side-threads as the server last sent them (docs/threads.md),
-        # and the text of their replies as it streams (reply id -> text so far).
+        # and the text of their replies as it streams (reply id -> text so far). A turn's
+        # ``retry_at``: when a prompt a quota failed (and its reply) may be sent again, in
+        # milliseconds since the epoch (UTC), as ``Entry.retry_at``; else None.
         self.threads: dict[str, dict[str, Any]] = {}
         self.thread_text: dict[str, str] = {}
         # Which replies of ``thread_text`` each thread's frames and deltas told of, and the
@@ -694,7 +696,7 @@ class Session:
 
     async def thread_answer(self, thread_id: str) -> dict[str, Any] | None:
         """Wait until no reply is being written in the side-thread; its last turn then
-        (None if the side-thread is gone)."""
+        (None if the side-thread is gone): a reply a quota failed tells ``retry_at``."""
 
         def idle(session: Session) -> bool:
             thread = session.threads.get(thread_id)
