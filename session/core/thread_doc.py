@@ -9,8 +9,8 @@ Roots (written by the server only; clients read):
     ``tool``), ``status``, ``content`` (Y.Text: a reply's grows as the model writes it),
     ``created_at``, ``summarise`` and ``restricted`` (it drew on what not every member may
     read); ``reason_code`` once it ended unanswered, and ``retry_at`` beside it when a
-    quota failed it (when it may be sent again, ms since the epoch). A reply being written has status
-    ``streaming``; its run's tool steps sit before it, as they are stored.
+    quota failed it (when it may be sent again, ms since the epoch). A reply being written
+    has status ``streaming``; its run's tool steps sit before it, as they are stored.
 
 The rows (``SideThread``, ``ThreadTurn``) are the truth: the document is built from them
 (``thread_document``) and brought to each stored change (``show_thread``, ``show_turn``);

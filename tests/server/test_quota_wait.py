@@ -16,7 +16,6 @@ from parley_client import connect
 from pycrdt import Array, Doc
 
 from parley.session.yprotocol import SyncMessage, SyncType, decode_client_frame, encode_sync
-
 from tests.conftest import make_settings, serve_in_process, sqlite_url
 from tests.server.test_event_webhooks import FAST, receiving, subscribe, until
 from tests.server.test_sse import completes, fields, prompt, stream
