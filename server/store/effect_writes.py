@@ -87,9 +87,7 @@ async def _write_threads(tx: SessionTx, session_id: str, effects: Effects) -> No
     elif isinstance(change, DeleteThread):
         await tx.delete_thread(session_id, change.thread_id)
     for settle in effects.thread_settle:
-        await tx.set_thread_turn_status(
-            session_id, settle.turn_id, settle.status, settle.reason_code, settle.retry_at
-        )
+        await tx.set_thread_turn_status(session_id, settle)
     for turn in effects.thread_turns:
         await tx.insert_thread_turn(session_id, turn)
 

@@ -18,7 +18,9 @@ from parley.server.store.rows import (
     UsageRow,
 )
 from parley.session import presence
+from parley.session.core.effects import ThreadTurnStatus
 from parley.session.core.thread_state import SideThread, ThreadTurn
+from parley.session.core.threads import settled
 from parley.session.errors import Conflict, DuplicateCommand, SessionGone
 from parley.session.events import SessionEvent, StoredEvent
 from parley.session.lifecycle import IllegalTransition, PromptStatus, prompt_predecessors
@@ -369,21 +371,8 @@ class MemoryTx:
         turns = sorted((*thread.turns, turn), key=lambda t: t.index)
         threads[thread.id] = replace(thread, turns=tuple(turns))
 
-    async def set_thread_turn_status(
-        self,
-        session_id: str,
-        turn_id: str,
-        status: str,
-        reason_code: str | None,
-        retry_at: int | None,
-    ) -> None:
+    async def set_thread_turn_status(self, session_id: str, settle: ThreadTurnStatus) -> None:
         threads = self.session(session_id).threads
         for thread in list(threads.values()):
-            if any(t.id == turn_id for t in thread.turns):
-                turns = tuple(
-                    replace(t, status=status, reason_code=reason_code, retry_at=retry_at)
-                    if t.id == turn_id
-                    else t
-                    for t in thread.turns
-                )
-                threads[thread.id] = replace(thread, turns=turns)
+            if thread.turn(settle.turn_id) is not None:
+                threads[thread.id] = settled(thread, settle)

@@ -21,6 +21,7 @@ from parley.authz.policy import Readers
 from parley.server.store.access_rows import DocumentRow, PrivateItem, TokenRow, ToolRow
 from parley.server.store.rows import EntryRow, MemberRow, SessionRow, StoredDoc, UsageRow
 from parley.server.store.usage import UserUsage
+from parley.session.core.effects import ThreadTurnStatus
 from parley.session.core.thread_state import SideThread, ThreadTurn
 from parley.session.events import SessionEvent, StoredEvent
 from parley.session.lifecycle import PromptStatus
@@ -194,15 +195,8 @@ class SessionTx(Protocol):
         """The thread's document as this transaction sees it (its own writes included)."""
         ...
 
-    async def set_thread_turn_status(
-        self,
-        session_id: str,
-        turn_id: str,
-        status: str,
-        reason_code: str | None,
-        retry_at: int | None,
-    ) -> None:
-        """A side-thread prompt's ending: ``retry_at`` (ms since the epoch) when known."""
+    async def set_thread_turn_status(self, session_id: str, settle: ThreadTurnStatus) -> None:
+        """A side-thread prompt's new status, with its ``reason_code`` and ``retry_at``."""
         ...
 
 

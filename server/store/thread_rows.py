@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from parley.authz.policy import restriction_from_json, restriction_to_json
 from parley.server.store.tables import side_thread_turns, side_threads
 from parley.session.core import SideThread, ThreadTurn
+from parley.session.core.effects import ThreadTurnStatus
 
 
 async def insert_thread(connection: AsyncConnection, session_id: str, thread: SideThread) -> None:
@@ -72,17 +73,11 @@ async def insert_turn(connection: AsyncConnection, session_id: str, turn: Thread
     )
 
 
-async def set_turn_status(
-    connection: AsyncConnection,
-    turn_id: str,
-    status: str,
-    reason_code: str | None,
-    retry_at: int | None,
-) -> None:
+async def set_turn_status(connection: AsyncConnection, settle: ThreadTurnStatus) -> None:
     await connection.execute(
         update(side_thread_turns)
-        .where(side_thread_turns.c.id == turn_id)
-        .values(status=status, reason_code=reason_code, retry_at=retry_at)
+        .where(side_thread_turns.c.id == settle.turn_id)
+        .values(status=settle.status, reason_code=settle.reason_code, retry_at=settle.retry_at)
     )
 
 

@@ -37,6 +37,7 @@ from parley.server.store.tables import client_tokens, doc_snapshots, doc_updates
 from parley.server.store.update_log import squash
 from parley.server.store.webhooks import Subscriptions
 from parley.session.core import SideThread, ThreadTurn
+from parley.session.core.effects import ThreadTurnStatus
 from parley.session.errors import DuplicateCommand, SessionGone
 from parley.session.events import SessionEvent
 from parley.session.lifecycle import IllegalTransition, PromptStatus
@@ -590,12 +591,5 @@ class StoreTx:
     async def insert_thread_turn(self, session_id: str, turn: ThreadTurn) -> None:
         await thread_rows.insert_turn(self.connection, session_id, turn)
 
-    async def set_thread_turn_status(
-        self,
-        session_id: str,
-        turn_id: str,
-        status: str,
-        reason_code: str | None,
-        retry_at: int | None,
-    ) -> None:
-        await thread_rows.set_turn_status(self.connection, turn_id, status, reason_code, retry_at)
+    async def set_thread_turn_status(self, session_id: str, settle: ThreadTurnStatus) -> None:
+        await thread_rows.set_turn_status(self.connection, settle)

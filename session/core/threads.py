@@ -431,6 +431,20 @@ def threads_changed(effects: Effects) -> set[str]:
     return changed
 
 
+def settled(thread: SideThread, settle: ThreadTurnStatus) -> SideThread:
+    """``thread`` with the turn ``settle`` names at its new status, ``reason_code`` and
+    ``retry_at`` (the rest as it was)."""
+    return replace(thread, turns=tuple(_settled(t, settle) for t in thread.turns))
+
+
+def _settled(turn: ThreadTurn, settle: ThreadTurnStatus) -> ThreadTurn:
+    if turn.id != settle.turn_id:
+        return turn
+    return replace(
+        turn, status=settle.status, reason_code=settle.reason_code, retry_at=settle.retry_at
+    )
+
+
 def apply_to_threads(threads: dict[str, SideThread], effects: Effects) -> None:
     """Bring ``threads`` (the committed side-threads) up to ``effects``, once committed."""
     change = effects.thread
@@ -443,18 +457,7 @@ def apply_to_threads(threads: dict[str, SideThread], effects: Effects) -> None:
     for settle in effects.thread_settle:
         thread = threads.get(settle.thread_id)
         if thread is not None:
-            turns = tuple(
-                replace(
-                    t,
-                    status=settle.status,
-                    reason_code=settle.reason_code,
-                    retry_at=settle.retry_at,
-                )
-                if t.id == settle.turn_id
-                else t
-                for t in thread.turns
-            )
-            threads[thread.id] = replace(thread, turns=turns)
+            threads[thread.id] = settled(thread, settle)
     for turn in effects.thread_turns:
         thread = threads.get(turn.thread_id)
         if thread is not None:

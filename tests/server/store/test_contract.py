@@ -25,6 +25,7 @@ from parley.server.store.sessions import Store
 from parley.server.store.usage import UsageLedger
 from parley.session import presence as presence_module
 from parley.session.core import SideThread, ThreadTurn
+from parley.session.core.effects import ThreadTurnStatus
 from parley.session.errors import Conflict, DuplicateCommand
 from parley.session.events import MessagePosted, PromptAccepted, RunStarted
 from parley.session.lifecycle import IllegalTransition, PromptStatus
@@ -543,7 +544,7 @@ async def test_side_threads_and_their_turns(store: Any) -> None:
             await tx.insert_thread_turn("a", reply)
             raise RuntimeError("rolled back")
     async with store.transaction() as tx:
-        await tx.set_thread_turn_status("a", "p1", "done", None, None)
+        await tx.set_thread_turn_status("a", ThreadTurnStatus("t1", "p1", "done", None))
         await tx.insert_thread_turn("a", reply)
         await tx.set_thread_status("a", "t1", "closed")
         await tx.delete_thread("a", "t2")
@@ -556,7 +557,8 @@ async def test_side_threads_and_their_turns(store: Any) -> None:
     async with store.transaction() as tx:
         await tx.insert_thread_turn("a", failed)
     async with store.transaction() as tx:
-        await tx.set_thread_turn_status("a", "p2", "failed", "quota_exceeded", midnight)
+        failing = ThreadTurnStatus("t1", "p2", "failed", "quota_exceeded", midnight)
+        await tx.set_thread_turn_status("a", failing)
         await tx.insert_thread_turn("a", replace(refused, reason_code="quota_exceeded"))
     turns = (await store.load_threads("a"))[0].turns
     assert [(t.id, t.reason_code, t.retry_at) for t in turns] == [
