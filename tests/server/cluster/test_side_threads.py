@@ -17,6 +17,7 @@ from parley.session.core.state import RESTRICTED_DETAILS
 from tests.conftest import ADMIN_KEY
 from tests.fake_upstream import Reply, openai_stream
 from tests.server.cluster.nodes import attach_vault, cluster, search_call, upstream_cluster
+from tests.server.test_quota_wait import thread_document
 from tests.stock_client import StockYjsClient, ensure_node_modules
 from tests.yclient import YClient
 
@@ -203,3 +204,57 @@ async def test_a_members_socket_on_a_following_node_is_told_their_side_threads(
         await bob.wait_until(
             lambda c: any(f.get("type") == "thread_deleted" for f in c.unsolicited), timeout=30
         )
+
+
+async def test_a_side_thread_turn_a_quota_failed_tells_one_retry_at_on_every_node(
+    tmp_path: Path,
+) -> None:
+    """FX78: the figure is stored with the turn, never worked out on read: the thread's REST
+    read and its document on the following node tell the running node's."""
+    async with cluster(tmp_path, 2) as nodes:
+        sid = await nodes.new_session({"bob": "editor"})
+        running, other = await nodes.running_and_other(sid)
+        headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
+        base = f"/api/v1/sessions/{sid}/threads"
+        token = ""
+        told: list[list[int | None]] = []
+        for node in (running, other):
+            async with httpx.AsyncClient(base_url=node.base_url, headers=headers) as http:
+                if node is running:
+                    thread_id = await _quota_failed_thread(http, sid)
+                    issued = await http.post(
+                        f"/api/v1/sessions/{sid}/tokens", json={"user_id": "bob"}
+                    )
+                    token = issued.json()["token"]
+                read = (await http.get(f"{base}/{thread_id}")).json()
+                told.append([t["retry_at"] for t in read["turns"]])
+            url = f"{node.ws_url}/ws/sessions/{sid}/threads/{thread_id}?token={token}"
+            shown = await thread_document(url, lambda turns: len(turns) == 4)
+            told.append([t.get("retry_at") for t in shown])
+        retry_at = told[0][-1]
+        assert isinstance(retry_at, int) and retry_at % 86_400_000 == 0
+        assert told == [[None, None, retry_at, retry_at]] * 4
+
+
+async def _quota_failed_thread(http: httpx.AsyncClient, sid: str) -> str:
+    """A side-thread of bob's: one prompt answered, then one his quota failed."""
+    base = f"/api/v1/sessions/{sid}/threads"
+    opened = await http.post(base, json={"as_user": "bob", "title": "t"})
+    assert opened.status_code == 201, opened.text
+    thread_id: str = opened.json()["thread_id"]
+    for text in ("answered", "over the quota"):
+        asked = await http.post(
+            f"{base}/{thread_id}/prompts", json={"as_user": "bob", "text": text}
+        )
+        assert asked.status_code == 202, asked.text
+        for _ in range(600):  # bounded: 30 s
+            read = (await http.get(f"{base}/{thread_id}")).json()
+            if not read["running"] and read["turns"][-1]["id"] == asked.json()["reply_id"]:
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError(f"not settled: {read}")
+        if text == "answered":  # the next one is past the quota
+            put = await http.put(f"/api/v1/sessions/{sid}/quotas", json={"user_tokens_per_day": 1})
+            assert put.status_code == 200, put.text
+    return thread_id
