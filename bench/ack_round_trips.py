@@ -21,6 +21,7 @@ import contextlib
 import functools
 import statistics
 import tempfile
+import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -60,10 +61,14 @@ _SENDING: tuple[tuple[type, str], ...] = (
 
 
 class RoundTrips:
-    """Records asyncpg's round trips while installed (``counting``): each as (what, SQL)."""
+    """Records asyncpg's round trips while installed (``counting``): each as (what, SQL).
+    Only those made by the thread that installed it: the methods are patched on asyncpg's
+    classes, and another thread's connections (the test suite drops its databases on one,
+    while the next test runs) are not the ones being counted."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, str]] = []
+        self._thread = threading.get_ident()
 
     def __len__(self) -> int:
         return len(self.calls)
@@ -82,6 +87,8 @@ class RoundTrips:
     def _wrap(self, what: str, original: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(original)
         async def counted(target: Any, *args: Any, **kwargs: Any) -> Any:
+            if threading.get_ident() != self._thread:
+                return await original(target, *args, **kwargs)
             query = args[0] if args and isinstance(args[0], str) else ""
             if isinstance(target, PreparedStatement):
                 query = target.get_query()

@@ -33,6 +33,27 @@ async def test_an_acked_prompt_costs_one_round_trip_on_postgresql_four_on_a_clus
         assert len(trips) <= most, trips.calls
 
 
+async def test_only_the_counting_threads_round_trips_are_counted() -> None:
+    """The suite drops a finished test's database on a thread of its own while the next
+    test runs: that thread's statements (a ``DROP DATABASE``, through asyncpg too) are not
+    the counted code's round trips."""
+    async with postgres_database() as url:
+        plain = url.replace("postgresql+asyncpg://", "postgresql://")
+
+        async def select_one() -> None:
+            connection = await asyncpg.connect(plain)
+            try:
+                await connection.execute("SELECT 1")
+            finally:
+                await connection.close()
+
+        with RoundTrips().counting() as trips:
+            await asyncio.to_thread(asyncio.run, select_one())
+            assert trips.calls == []
+            await select_one()
+        assert ("Connection.execute", "SELECT 1") in trips.calls
+
+
 async def test_a_cluster_nodes_ack_notifies_its_followers_in_the_counters_statement() -> None:
     """The update's notification (followers apply the update on it) rides in the statement
     that stores the update and moves the counters, and is delivered on the commit."""
