@@ -14,6 +14,7 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
+import pytest_asyncio
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -136,6 +137,33 @@ async def cluster(tmp_path: Path, count: int, **env: str) -> AsyncIterator[Clust
         finally:
             await http.aclose()
             await asyncio.gather(*(asyncio.to_thread(node.stop) for node in nodes))
+
+
+def module_cluster(count: int = 2, **env: str) -> Any:
+    """A module-scoped fixture: one cluster of ``count`` nodes (``env`` as ``cluster``'s)
+    for the module's tests that neither kill, pause, drain, cut off nor reconfigure a node.
+    Starting the nodes was most of such a test's time. Each test makes its own sessions
+    (``Cluster.new_session``), so none sees another's; each is marked ``on_module_cluster``."""
+
+    @pytest_asyncio.fixture(scope="module", loop_scope="module")
+    async def shared(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Cluster]:
+        async with cluster(tmp_path_factory.mktemp("cluster"), count, **env) as nodes:
+            yield nodes
+
+    return shared
+
+
+def on_module_cluster(module: str) -> Callable[[Any], Any]:
+    """Marks a test of ``module_cluster``'s: run on the module's event loop (the one its
+    nodes' admin client lives on), and on one xdist worker with the module's other such
+    tests (``--dist loadgroup``), so the module starts its nodes once, not once a worker."""
+
+    def marked(test: Any) -> Any:
+        return pytest.mark.xdist_group(f"cluster:{module}")(
+            pytest.mark.asyncio(loop_scope="module")(test)
+        )
+
+    return marked
 
 
 async def stop_lease_round(node: Any) -> None:

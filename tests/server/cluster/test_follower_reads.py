@@ -20,9 +20,20 @@ import pytest
 
 from tests.conftest import ADMIN_KEY, ServerProcess
 from tests.fake_upstream import Reply, openai_stream
-from tests.server.cluster.nodes import Cluster, cluster, search_call, upstream_cluster
+from tests.server.cluster.nodes import (
+    Cluster,
+    module_cluster,
+    on_module_cluster,
+    search_call,
+    upstream_cluster,
+)
 
 pytestmark = pytest.mark.postgres
+
+# Shared by the tests without a model, each on its own session (``read_while_a_write_waits``
+# ends one database connection of a node, as a lost connection would: no node is stopped).
+nodes = module_cluster()
+shared = on_module_cluster(__name__)
 
 SECRET = "the vault code is 7731"
 STALLED_S = 120.0  # the last run streams nothing while the reads are compared
@@ -222,60 +233,60 @@ async def read_while_a_write_waits(
         await database.close()
 
 
-async def test_no_node_answers_a_change_before_it_is_stored(tmp_path: Path) -> None:
+@shared
+async def test_no_node_answers_a_change_before_it_is_stored(nodes: Cluster) -> None:
     """Review RA-4: the running node answered REST reads from its document as it was being
     written, before the commit, so a read of a follower after its answer could be older (a
     reply 150 characters long after 157; a prompt ``running`` after ``done``), and a change
     whose commit failed could be shown. A read answers committed state on every node: here
     a prompt whose write waits for the update log (locked by the test) and then fails is
     never in an answer, the running node's or a follower's."""
-    async with cluster(tmp_path, 2) as nodes:
-        sid = await nodes.new_session({"bob": "editor"})
-        running, follower = await nodes.running_and_other(sid)
-        base = f"/api/v1/sessions/{sid}"
-        prompt = {"text": "never stored", "id": "p-unstored", "as_user": "bob"}
-        paths = [f"{base}/transcript", f"{base}/prompts/p-unstored"]
-        transcript, status = await read_while_a_write_waits(
-            nodes, running, f"{base}/prompts", prompt, paths
-        )
-        assert transcript == (200, {"messages": []})
-        assert status[0] == 404, status
-        for node in (running, follower):
-            assert await read(node, f"{base}/transcript") == (200, {"messages": []})
-            assert (await read(node, f"{base}/prompts/p-unstored"))[0] == 404
-        # What the running node stored and answered, a follower asked next answers too,
-        # notified of it or not (it reads the committed tail first).
-        async with httpx.AsyncClient(
-            base_url=running.base_url, headers={"Authorization": f"Bearer {ADMIN_KEY}"}
-        ) as http:
-            stored = await http.post(f"{base}/messages", json={"text": "kept", "as_user": "bob"})
-            assert stored.status_code == 202, stored.text
-            seen = await read(running, f"{base}/transcript")
-        assert [m["content"] for m in seen[1]["messages"]] == ["kept"]
-        assert await read(follower, f"{base}/transcript") == seen
+    sid = await nodes.new_session({"bob": "editor"})
+    running, follower = await nodes.running_and_other(sid)
+    base = f"/api/v1/sessions/{sid}"
+    prompt = {"text": "never stored", "id": "p-unstored", "as_user": "bob"}
+    paths = [f"{base}/transcript", f"{base}/prompts/p-unstored"]
+    transcript, status = await read_while_a_write_waits(
+        nodes, running, f"{base}/prompts", prompt, paths
+    )
+    assert transcript == (200, {"messages": []})
+    assert status[0] == 404, status
+    for node in (running, follower):
+        assert await read(node, f"{base}/transcript") == (200, {"messages": []})
+        assert (await read(node, f"{base}/prompts/p-unstored"))[0] == 404
+    # What the running node stored and answered, a follower asked next answers too,
+    # notified of it or not (it reads the committed tail first).
+    async with httpx.AsyncClient(
+        base_url=running.base_url, headers={"Authorization": f"Bearer {ADMIN_KEY}"}
+    ) as http:
+        stored = await http.post(f"{base}/messages", json={"text": "kept", "as_user": "bob"})
+        assert stored.status_code == 202, stored.text
+        seen = await read(running, f"{base}/transcript")
+    assert [m["content"] for m in seen[1]["messages"]] == ["kept"]
+    assert await read(follower, f"{base}/transcript") == seen
 
 
-async def test_no_node_previews_a_change_before_it_is_stored(tmp_path: Path) -> None:
+@shared
+async def test_no_node_previews_a_change_before_it_is_stored(nodes: Cluster) -> None:
     """Left open by RA-4: the context preview still read the running node's document as a
     write had changed it before its commit, so it showed a message not stored yet (and
     never stored: its write then failed), and a follower asked next answered older. It
     reads what is committed, as the other reads do, and answers as a follower does."""
-    async with cluster(tmp_path, 2) as nodes:
-        sid = await nodes.new_session({"bob": "editor"})
-        running, follower = await nodes.running_and_other(sid)
-        base = f"/api/v1/sessions/{sid}"
-        preview = f"{base}/context?user_id=bob"
-        message = {"text": "never stored", "as_user": "bob"}
-        (shown,) = await read_while_a_write_waits(
-            nodes, running, f"{base}/messages", message, [preview]
-        )
-        assert shown[0] == 200 and shown[1]["messages"] == [], shown
-        assert await read(follower, preview) == shown
-        async with httpx.AsyncClient(
-            base_url=running.base_url, headers={"Authorization": f"Bearer {ADMIN_KEY}"}
-        ) as http:
-            stored = await http.post(f"{base}/messages", json={"text": "kept", "as_user": "bob"})
-            assert stored.status_code == 202, stored.text
-            previewed = await read(running, preview)
-        assert [m["content"] for m in previewed[1]["messages"]] == ["[bob wrote]\nkept"]
-        assert await read(follower, preview) == previewed
+    sid = await nodes.new_session({"bob": "editor"})
+    running, follower = await nodes.running_and_other(sid)
+    base = f"/api/v1/sessions/{sid}"
+    preview = f"{base}/context?user_id=bob"
+    message = {"text": "never stored", "as_user": "bob"}
+    (shown,) = await read_while_a_write_waits(
+        nodes, running, f"{base}/messages", message, [preview]
+    )
+    assert shown[0] == 200 and shown[1]["messages"] == [], shown
+    assert await read(follower, preview) == shown
+    async with httpx.AsyncClient(
+        base_url=running.base_url, headers={"Authorization": f"Bearer {ADMIN_KEY}"}
+    ) as http:
+        stored = await http.post(f"{base}/messages", json={"text": "kept", "as_user": "bob"})
+        assert stored.status_code == 202, stored.text
+        previewed = await read(running, preview)
+    assert [m["content"] for m in previewed[1]["messages"]] == ["[bob wrote]\nkept"]
+    assert await read(follower, preview) == previewed

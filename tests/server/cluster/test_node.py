@@ -1,7 +1,8 @@
 """Several nodes on one PostgreSQL: one session across nodes, one order, failover, fencing.
 
 Each test runs real ``parley serve`` processes with ``PARLEY_CLUSTER=1`` on a fresh
-database; clients are spread across the nodes with no sticky routing.
+database, or, if it neither stops nor pauses a node, on the module's nodes set as it needs
+(``module_cluster``); clients are spread across the nodes with no sticky routing.
 """
 
 from __future__ import annotations
@@ -22,10 +23,25 @@ import websockets
 from pycrdt import Array, Map
 
 from tests.conftest import ADMIN_KEY
-from tests.server.cluster.nodes import check_one_story, cluster, settled
+from tests.server.cluster.nodes import (
+    Cluster,
+    check_one_story,
+    cluster,
+    module_cluster,
+    on_module_cluster,
+    settled,
+)
 from tests.yclient import YClient
 
 pytestmark = pytest.mark.postgres
+
+# The tests that neither stop nor reconfigure a node share the module's nodes (as set for
+# them), each on its own session: a member's budgets are the session's, a client's presence too.
+nodes = module_cluster()
+budgeted = module_cluster(PARLEY_COMMANDS_BURST="5", PARLEY_USER_COMMANDS_PER_SECOND="0.01")
+# Nodes that poll the database for changes once a minute: what they are told, they were told.
+polled = module_cluster(PARLEY_CLUSTER_POLL_S="60", PARLEY_OFFLINE_TOKEN_DELAY_MS="20")
+shared = on_module_cluster(__name__)
 
 CLIENTS = 15
 PROMPTS_EACH = 10  # 150 prompts, 5 clients a node: the 50 x 20 scenario scaled to a test
@@ -321,60 +337,59 @@ async def test_membership_changes_and_deletion_reach_every_node(tmp_path: Path) 
         assert await first.wait_closed(timeout=10) == 4404
 
 
-async def test_a_membership_change_is_told_to_sockets_on_every_node(tmp_path: Path) -> None:
+@shared
+async def test_a_membership_change_is_told_to_sockets_on_every_node(polled: Cluster) -> None:
     """Review K1, K2: a role or name changed through one node is told (``member`` frames)
     to the sockets that speak JSON on every node, the one running the session and the
     others."""
-    async with cluster(tmp_path, 2, PARLEY_CLUSTER_POLL_S="60") as nodes:
-        sid = await nodes.new_session({"a": "owner", "vera": "viewer"})
-        first = await nodes.connect(nodes.nodes[0], sid, "a")
-        await first.command({"type": "message", "id": "m1", "text": "hello"})
-        running, other = await nodes.running_and_other(sid)
-        here = await nodes.connect(running, sid, "vera", commands="text")
-        there = await nodes.connect(other, sid, "vera", commands="text")
+    sid = await polled.new_session({"a": "owner", "vera": "viewer"})
+    first = await polled.connect(polled.nodes[0], sid, "a")
+    await first.command({"type": "message", "id": "m1", "text": "hello"})
+    running, other = await polled.running_and_other(sid)
+    here = await polled.connect(running, sid, "vera", commands="text")
+    there = await polled.connect(other, sid, "vera", commands="text")
 
-        def told(client: YClient) -> list[tuple[str, str]]:
-            return [
-                (m["role"], m["display_name"])
-                for m in client.unsolicited
-                if m.get("type") == "member" and m["user_id"] == "vera"
-            ]
+    def told(client: YClient) -> list[tuple[str, str]]:
+        return [
+            (m["role"], m["display_name"])
+            for m in client.unsolicited
+            if m.get("type") == "member" and m["user_id"] == "vera"
+        ]
 
-        for node in (other, running):  # through the node that does not run it, then the other
-            url = f"{node.base_url}/api/v1/sessions/{sid}/members/vera"
-            role = "editor" if node is other else "viewer"
-            put = await nodes.http.put(url, json={"role": role, "display_name": f"V {role}"})
-            assert put.status_code == 200, put.text
-        for client in (here, there):
-            await client.wait_until(lambda c: len(told(c)) == 2, timeout=10)
-            assert told(client) == [("editor", "V editor"), ("viewer", "V viewer")]
+    for node in (other, running):  # through the node that does not run it, then the other
+        url = f"{node.base_url}/api/v1/sessions/{sid}/members/vera"
+        role = "editor" if node is other else "viewer"
+        put = await polled.http.put(url, json={"role": role, "display_name": f"V {role}"})
+        assert put.status_code == 200, put.text
+    for client in (here, there):
+        await client.wait_until(lambda c: len(told(c)) == 2, timeout=10)
+        assert told(client) == [("editor", "V editor"), ("viewer", "V viewer")]
 
 
+@shared
 async def test_a_session_deleted_through_a_follower_is_gone_where_it_ran(
-    tmp_path: Path,
+    polled: Cluster,
 ) -> None:
     """Review (same answer): deleted through a node that follows it, a session went on
     being served where it ran (its facts read 200 for half a second), whose sockets then
     closed 1013 and streams ended ``unavailable``, not 4404 and ``not_found``."""
-    env = {"PARLEY_CLUSTER_POLL_S": "60", "PARLEY_OFFLINE_TOKEN_DELAY_MS": "20"}
-    async with cluster(tmp_path, 2, **env) as nodes:
-        sid = await nodes.new_session({"a": "editor"})
-        on_running = await nodes.connect(nodes.nodes[0], sid, "a")
-        await on_running.command({"type": "message", "id": "m1", "text": "hello"})
-        running, other = await nodes.running_and_other(sid)
-        on_follower = await nodes.connect(other, sid, "a")
-        # A reply streaming as it is deleted: its next write finds the lease gone with the
-        # session, and that too is told as a deletion (review of the mend: 1013, 1 in 10).
-        await on_running.command({"type": "prompt", "id": "p1", "text": "tell me a story"})
-        await on_running.wait_until(
-            lambda c: any(e["kind"] == "reply" and e["content"] for e in c.entries())
-        )
-        deleted = await nodes.http.delete(f"{other.base_url}/api/v1/sessions/{sid}")
-        assert deleted.status_code == 204
-        assert await on_follower.wait_closed(timeout=10) == 4404
-        assert await on_running.wait_closed(timeout=10) == 4404
-        facts = await nodes.http.get(f"{running.base_url}/api/v1/sessions/{sid}/facts")
-        assert facts.status_code == 404
+    sid = await polled.new_session({"a": "editor"})
+    on_running = await polled.connect(polled.nodes[0], sid, "a")
+    await on_running.command({"type": "message", "id": "m1", "text": "hello"})
+    running, other = await polled.running_and_other(sid)
+    on_follower = await polled.connect(other, sid, "a")
+    # A reply streaming as it is deleted: its next write finds the lease gone with the
+    # session, and that too is told as a deletion (review of the mend: 1013, 1 in 10).
+    await on_running.command({"type": "prompt", "id": "p1", "text": "tell me a story"})
+    await on_running.wait_until(
+        lambda c: any(e["kind"] == "reply" and e["content"] for e in c.entries())
+    )
+    deleted = await polled.http.delete(f"{other.base_url}/api/v1/sessions/{sid}")
+    assert deleted.status_code == 204
+    assert await on_follower.wait_closed(timeout=10) == 4404
+    assert await on_running.wait_closed(timeout=10) == 4404
+    facts = await polled.http.get(f"{running.base_url}/api/v1/sessions/{sid}/facts")
+    assert facts.status_code == 404
 
 
 async def test_a_members_rest_calls_spend_one_budget_on_every_node(tmp_path: Path) -> None:
@@ -452,106 +467,102 @@ async def test_the_listener_reconnects_and_catches_up(tmp_path: Path) -> None:
             await client.close()
 
 
-async def test_presence_crosses_nodes(tmp_path: Path) -> None:
-    async with cluster(tmp_path, 2) as nodes:
-        sid = await nodes.new_session({"x": "editor", "y": "viewer"})
-        x = await nodes.connect(nodes.nodes[0], sid, "x")
-        await x.set_awareness(111, 1, {"name": "X"})
-        await x.wait_until(lambda c: 111 in c.awareness, timeout=5)
-        # y joins on the other node and sees x at once (not at x's next renewal).
-        y = await nodes.connect(nodes.nodes[1], sid, "y")
-        await y.wait_until(lambda c: (c.awareness.get(111) or {}).get("name") == "X", timeout=5)
-        assert y.awareness[111]["parley"] == {"user_id": "x"}
-        await y.set_awareness(222, 1, {"name": "Y"})
-        await x.wait_until(lambda c: (c.awareness.get(222) or {}).get("name") == "Y", timeout=5)
-        await y.close()
-        await x.wait_until(lambda c: 222 in c.awareness and c.awareness[222] is None, timeout=5)
-        await x.close()
+@shared
+async def test_presence_crosses_nodes(nodes: Cluster) -> None:
+    sid = await nodes.new_session({"x": "editor", "y": "viewer"})
+    x = await nodes.connect(nodes.nodes[0], sid, "x")
+    await x.set_awareness(111, 1, {"name": "X"})
+    await x.wait_until(lambda c: 111 in c.awareness, timeout=5)
+    # y joins on the other node and sees x at once (not at x's next renewal).
+    y = await nodes.connect(nodes.nodes[1], sid, "y")
+    await y.wait_until(lambda c: (c.awareness.get(111) or {}).get("name") == "X", timeout=5)
+    assert y.awareness[111]["parley"] == {"user_id": "x"}
+    await y.set_awareness(222, 1, {"name": "Y"})
+    await x.wait_until(lambda c: (c.awareness.get(222) or {}).get("name") == "Y", timeout=5)
+    await y.close()
+    await x.wait_until(lambda c: 222 in c.awareness and c.awareness[222] is None, timeout=5)
+    await x.close()
 
 
-async def test_rest_writes_on_any_node_reach_the_running_one(tmp_path: Path) -> None:
-    async with cluster(tmp_path, 2) as nodes:
-        sid = await nodes.new_session({"a": "owner"})
-        runner_node = nodes.nodes[0]
-        client = await nodes.connect(runner_node, sid, "a")
-        posted = await client.command({"type": "message", "id": "m1", "text": "acct 7731"})
-        running, other = await nodes.running_and_other(sid)
-        holder = running.env["PARLEY_NODE_ID"]
-        headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
-        async with httpx.AsyncClient(base_url=other.base_url, headers=headers) as http:
-            fact = await http.put(f"/api/v1/sessions/{sid}/facts/region", json={"value": "eu"})
-            assert fact.status_code == 200, fact.text
-            assert fact.json() == {"facts": {"region": "eu"}}
-            pin = await http.post(
-                f"/api/v1/sessions/{sid}/pins", json={"entry_id": posted["message_id"]}
-            )
-            assert pin.status_code == 201, pin.text
-            assert pin.json() == {"pins": [posted["message_id"]]}
-            policy = await http.patch(f"/api/v1/sessions/{sid}", json={"policy": "coalesce"})
-            assert policy.status_code == 200, policy.text
-            missing = await http.post(f"/api/v1/sessions/{sid}/pins", json={"entry_id": "nope"})
-            assert missing.status_code == 404, missing.text  # the running node's error
-        await client.wait_until(
-            lambda c: (
-                c.doc.get("facts", type=Map).to_py() == {"region": "eu"}
-                and c.doc.get("meta", type=Map).get("policy") == "coalesce"
-                and list(c.doc.get("pins", type=Array)) == [posted["message_id"]]
-            ),
-            timeout=10,
+@shared
+async def test_rest_writes_on_any_node_reach_the_running_one(nodes: Cluster) -> None:
+    sid = await nodes.new_session({"a": "owner"})
+    runner_node = nodes.nodes[0]
+    client = await nodes.connect(runner_node, sid, "a")
+    posted = await client.command({"type": "message", "id": "m1", "text": "acct 7731"})
+    running, other = await nodes.running_and_other(sid)
+    holder = running.env["PARLEY_NODE_ID"]
+    headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    async with httpx.AsyncClient(base_url=other.base_url, headers=headers) as http:
+        fact = await http.put(f"/api/v1/sessions/{sid}/facts/region", json={"value": "eu"})
+        assert fact.status_code == 200, fact.text
+        assert fact.json() == {"facts": {"region": "eu"}}
+        pin = await http.post(
+            f"/api/v1/sessions/{sid}/pins", json={"entry_id": posted["message_id"]}
         )
-        assert (await nodes.holder(sid)) is not None and (await nodes.holder(sid))[0] == holder
-        await client.close()
+        assert pin.status_code == 201, pin.text
+        assert pin.json() == {"pins": [posted["message_id"]]}
+        policy = await http.patch(f"/api/v1/sessions/{sid}", json={"policy": "coalesce"})
+        assert policy.status_code == 200, policy.text
+        missing = await http.post(f"/api/v1/sessions/{sid}/pins", json={"entry_id": "nope"})
+        assert missing.status_code == 404, missing.text  # the running node's error
+    await client.wait_until(
+        lambda c: (
+            c.doc.get("facts", type=Map).to_py() == {"region": "eu"}
+            and c.doc.get("meta", type=Map).get("policy") == "coalesce"
+            and list(c.doc.get("pins", type=Array)) == [posted["message_id"]]
+        ),
+        timeout=10,
+    )
+    assert (await nodes.holder(sid)) is not None and (await nodes.holder(sid))[0] == holder
+    await client.close()
 
 
-async def test_a_members_command_budget_is_one_across_the_nodes(tmp_path: Path) -> None:
+@shared
+async def test_a_members_command_budget_is_one_across_the_nodes(budgeted: Cluster) -> None:
     """Review (same answer everywhere): each node kept its own budget of a member's
     commands, so a member spread over two nodes got twice the rate. The running node
     charges every command of the session it runs, forwarded ones included: the member's
     budget (here 10) holds however their sockets are spread."""
-    async with cluster(
-        tmp_path, 2, PARLEY_COMMANDS_BURST="5", PARLEY_USER_COMMANDS_PER_SECOND="0.01"
-    ) as nodes:
-        sid = await nodes.new_session({"ann": "editor"})
-        running, other = await nodes.running_and_other(sid)
-        sockets = [
-            await nodes.connect(running, sid, "ann"),
-            await nodes.connect(other, sid, "ann"),
-            await nodes.connect(other, sid, "ann"),
-        ]
-        replies = []
-        for n, socket in enumerate(sockets):  # 5 each: within every socket's own budget
-            for k in range(5):
-                command = {"type": "message", "id": f"m{n}-{k}", "text": f"note {n} {k}"}
-                replies.append(await socket.command(command, timeout=30))
-        kinds = [r["type"] if r["type"] == "ack" else r["code"] for r in replies]
-        assert kinds.count("ack") == 10 and kinds.count("rate_limited") == 5, kinds
-        # FX59: refused by the running node's relay, each says when, as a socket's does.
-        waits = [r.get("retry_after_ms") for r in replies if r["type"] == "error"]
-        assert all(isinstance(w, int) and w > 10_000 for w in waits), waits
+    sid = await budgeted.new_session({"ann": "editor"})
+    running, other = await budgeted.running_and_other(sid)
+    sockets = [
+        await budgeted.connect(running, sid, "ann"),
+        await budgeted.connect(other, sid, "ann"),
+        await budgeted.connect(other, sid, "ann"),
+    ]
+    replies = []
+    for n, socket in enumerate(sockets):  # 5 each: within every socket's own budget
+        for k in range(5):
+            command = {"type": "message", "id": f"m{n}-{k}", "text": f"note {n} {k}"}
+            replies.append(await socket.command(command, timeout=30))
+    kinds = [r["type"] if r["type"] == "ack" else r["code"] for r in replies]
+    assert kinds.count("ack") == 10 and kinds.count("rate_limited") == 5, kinds
+    # FX59: refused by the running node's relay, each says when, as a socket's does.
+    waits = [r.get("retry_after_ms") for r in replies if r["type"] == "error"]
+    assert all(isinstance(w, int) and w > 10_000 for w in waits), waits
 
 
-async def test_resends_through_a_following_node_get_their_first_answers(tmp_path: Path) -> None:
+@shared
+async def test_resends_through_a_following_node_get_their_first_answers(budgeted: Cluster) -> None:
     """Review of the resends: acks are kept where the session runs, so commands resent at
     once through the other node (an SDK reconnected behind a load balancer) ran into that
     node's rates and 28 of 60 came back rate_limited. Over its rate, that node asks the
     running one, which answers a resend as it was and refuses anything else."""
-    async with cluster(
-        tmp_path, 2, PARLEY_COMMANDS_BURST="5", PARLEY_USER_COMMANDS_PER_SECOND="0.01"
-    ) as nodes:
-        sid = await nodes.new_session({"ann": "editor"})
-        running, other = await nodes.running_and_other(sid)
-        sent = [{"type": "message", "id": f"m{n}", "text": f"note {n}"} for n in range(10)]
-        first = []
-        for half in (sent[:5], sent[5:]):  # within each socket's own budget
-            socket = await nodes.connect(running, sid, "ann")
-            first += [await socket.command(command, timeout=30) for command in half]
-        assert [a["type"] for a in first] == ["ack"] * 10
-        again = await nodes.connect(other, sid, "ann")
-        resent = await asyncio.gather(*(again.command(c, timeout=30) for c in sent))
-        assert list(resent) == first
-        new = await again.command({"type": "message", "id": "m10", "text": "new"}, timeout=30)
-        assert (new["type"], new["code"]) == ("error", "rate_limited")
-        assert new["retry_after_ms"] > 10_000  # FX59: when, as every rate refusal says
+    sid = await budgeted.new_session({"ann": "editor"})
+    running, other = await budgeted.running_and_other(sid)
+    sent = [{"type": "message", "id": f"m{n}", "text": f"note {n}"} for n in range(10)]
+    first = []
+    for half in (sent[:5], sent[5:]):  # within each socket's own budget
+        socket = await budgeted.connect(running, sid, "ann")
+        first += [await socket.command(command, timeout=30) for command in half]
+    assert [a["type"] for a in first] == ["ack"] * 10
+    again = await budgeted.connect(other, sid, "ann")
+    resent = await asyncio.gather(*(again.command(c, timeout=30) for c in sent))
+    assert list(resent) == first
+    new = await again.command({"type": "message", "id": "m10", "text": "new"}, timeout=30)
+    assert (new["type"], new["code"]) == ("error", "rate_limited")
+    assert new["retry_after_ms"] > 10_000  # FX59: when, as every rate refusal says
 
 
 async def test_after_a_failover_command_ids_are_judged_by_what_is_stored(tmp_path: Path) -> None:

@@ -12,10 +12,15 @@ import pytest
 import websockets
 
 from tests.conftest import ServerProcess
-from tests.server.cluster.nodes import Cluster, cluster
+from tests.server.cluster.nodes import Cluster, cluster, module_cluster, on_module_cluster
 from tests.yclient import YClient
 
 pytestmark = pytest.mark.postgres
+
+# Nodes that poll the database for changes once a minute (what they are told, they were
+# told), shared by the tests that neither stop nor reconfigure one, each on its own session.
+polled = module_cluster(PARLEY_CLUSTER_POLL_S="60")
+shared = on_module_cluster(__name__)
 
 
 async def _issue(nodes: Cluster, node: ServerProcess, sid: str, user: str) -> tuple[str, str]:
@@ -100,84 +105,84 @@ async def test_revocation_and_removal_hold_on_every_node(tmp_path: Path) -> None
         await watcher.close()
 
 
+@shared
 async def test_a_token_revoked_through_a_following_node_is_dead_where_the_session_runs(
-    tmp_path: Path,
+    polled: Cluster,
 ) -> None:
     """Review (same answer everywhere): the revocation answered 204 on the follower before
     the running node knew of it, and the token then stored a message there (10 of 10)."""
-    async with cluster(tmp_path, 2, PARLEY_CLUSTER_POLL_S="30") as nodes:
-        sid = await nodes.new_session({"a": "editor"})
-        running, other = await nodes.running_and_other(sid)
-        token, jti = await _issue(nodes, running, sid, "a")
-        a = await _socket(running, sid, token)
-        revoked = await nodes.http.delete(f"{other.base_url}/api/v1/sessions/{sid}/tokens/{jti}")
-        assert revoked.status_code == 204, revoked.text
-        try:
-            reply = await a.command({"type": "message", "id": "m", "text": "still here?"})
-        except (ConnectionError, websockets.ConnectionClosed):  # closed already: as good
-            reply = {"type": "closed"}
-        assert reply["type"] != "ack"
-        assert await a.wait_closed(timeout=20) == 4401
-        transcript = await nodes.http.get(f"{running.base_url}/api/v1/sessions/{sid}/transcript")
-        assert transcript.status_code == 200 and "still here?" not in transcript.text
+    sid = await polled.new_session({"a": "editor"})
+    running, other = await polled.running_and_other(sid)
+    token, jti = await _issue(polled, running, sid, "a")
+    a = await _socket(running, sid, token)
+    revoked = await polled.http.delete(f"{other.base_url}/api/v1/sessions/{sid}/tokens/{jti}")
+    assert revoked.status_code == 204, revoked.text
+    try:
+        reply = await a.command({"type": "message", "id": "m", "text": "still here?"})
+    except (ConnectionError, websockets.ConnectionClosed):  # closed already: as good
+        reply = {"type": "closed"}
+    assert reply["type"] != "ack"
+    assert await a.wait_closed(timeout=20) == 4401
+    transcript = await polled.http.get(f"{running.base_url}/api/v1/sessions/{sid}/transcript")
+    assert transcript.status_code == 200 and "still here?" not in transcript.text
 
 
-async def test_a_following_node_admits_sockets_by_the_members_as_stored(tmp_path: Path) -> None:
+@shared
+async def test_a_following_node_admits_sockets_by_the_members_as_stored(polled: Cluster) -> None:
     """Review (same answer everywhere): a node following a session judged a new socket by
     the members it last read, refreshed every poll: a member removed on another node was
     admitted there and sent the document (8 of 8), one added there refused 4403 for good,
     and a removed member's open socket there stayed open until the poll."""
-    async with cluster(tmp_path, 2, PARLEY_CLUSTER_POLL_S="60") as nodes:
-        sid = await nodes.new_session({"o": "owner", "eve": "editor", "carl": "editor"})
-        running, other = await nodes.running_and_other(sid)
-        admin = httpx.AsyncClient(
-            base_url=running.base_url,
-            headers=dict(nodes.http.headers),
-            timeout=30,
-        )
-        async with admin:
-            watcher = await nodes.connect(other, sid, "o")  # the other node follows it
-            eve = await nodes.token(running, sid, "eve")
-            carl = await _socket(other, sid, await nodes.token(running, sid, "carl"))
-            for gone in ("eve", "carl"):
-                removed = await admin.delete(f"/api/v1/sessions/{sid}/members/{gone}")
-                assert removed.status_code == 204, removed.text
-            refused = await YClient.connect(other.ws_url, sid, eve)
-            assert await refused.wait_closed(timeout=20) == 4403
-            assert await carl.wait_closed(timeout=20) == 4403
-            added = await admin.put(f"/api/v1/sessions/{sid}/members/ned", json={"role": "editor"})
-            assert added.status_code == 200, added.text
-            ned = await _socket(other, sid, await nodes.token(running, sid, "ned"))
-            assert ned.close_code is None
-            await ned.close()
-            await watcher.close()
+    sid = await polled.new_session({"o": "owner", "eve": "editor", "carl": "editor"})
+    running, other = await polled.running_and_other(sid)
+    admin = httpx.AsyncClient(
+        base_url=running.base_url,
+        headers=dict(polled.http.headers),
+        timeout=30,
+    )
+    async with admin:
+        watcher = await polled.connect(other, sid, "o")  # the other node follows it
+        eve = await polled.token(running, sid, "eve")
+        carl = await _socket(other, sid, await polled.token(running, sid, "carl"))
+        for gone in ("eve", "carl"):
+            removed = await admin.delete(f"/api/v1/sessions/{sid}/members/{gone}")
+            assert removed.status_code == 204, removed.text
+        refused = await YClient.connect(other.ws_url, sid, eve)
+        assert await refused.wait_closed(timeout=20) == 4403
+        assert await carl.wait_closed(timeout=20) == 4403
+        added = await admin.put(f"/api/v1/sessions/{sid}/members/ned", json={"role": "editor"})
+        assert added.status_code == 200, added.text
+        ned = await _socket(other, sid, await polled.token(running, sid, "ned"))
+        assert ned.close_code is None
+        await ned.close()
+        await watcher.close()
 
 
-async def test_a_token_from_a_link_dies_with_its_maker_on_every_node(tmp_path: Path) -> None:
+@shared
+async def test_a_token_from_a_link_dies_with_its_maker_on_every_node(polled: Cluster) -> None:
     """Review RI-2, in cluster mode: a token exchanged from alice's link for carol, used
     on the node following the session, is refused there once alice is removed through
     the running node (its socket closes 4401, REST 401)."""
-    async with cluster(tmp_path, 2, PARLEY_CLUSTER_POLL_S="60") as nodes:
-        sid = await nodes.new_session({"alice": "owner", "carol": "editor"})
-        running, other = await nodes.running_and_other(sid)
-        alice = await nodes.token(running, sid, "alice")
-        async with httpx.AsyncClient(base_url=running.base_url, timeout=30) as client:
-            minted = await client.post(
-                f"/api/v1/sessions/{sid}/invites",
-                json={"user_id": "carol"},
-                headers={"Authorization": f"Bearer {alice}"},
-            )
-            assert minted.status_code == 201, minted.text
-        async with httpx.AsyncClient(base_url=other.base_url, timeout=30) as client:
-            exchanged = await client.post(
-                "/api/v1/invites/exchange", json={"invite": minted.json()["secret"]}
-            )
-            assert exchanged.status_code == 200, exchanged.text
-        carol = exchanged.json()["token"]
-        socket = await _socket(other, sid, carol)
-        removed = await nodes.http.delete(f"{running.base_url}/api/v1/sessions/{sid}/members/alice")
-        assert removed.status_code == 204, removed.text
-        assert await socket.wait_closed(timeout=20) == 4401
-        assert socket.ws.close_reason is not None and "alice" in socket.ws.close_reason
-        assert await _status(other, sid, carol) == 401
-        assert await _status(running, sid, carol) == 401
+    sid = await polled.new_session({"alice": "owner", "carol": "editor"})
+    running, other = await polled.running_and_other(sid)
+    alice = await polled.token(running, sid, "alice")
+    async with httpx.AsyncClient(base_url=running.base_url, timeout=30) as client:
+        minted = await client.post(
+            f"/api/v1/sessions/{sid}/invites",
+            json={"user_id": "carol"},
+            headers={"Authorization": f"Bearer {alice}"},
+        )
+        assert minted.status_code == 201, minted.text
+    async with httpx.AsyncClient(base_url=other.base_url, timeout=30) as client:
+        exchanged = await client.post(
+            "/api/v1/invites/exchange", json={"invite": minted.json()["secret"]}
+        )
+        assert exchanged.status_code == 200, exchanged.text
+    carol = exchanged.json()["token"]
+    socket = await _socket(other, sid, carol)
+    removed = await polled.http.delete(f"{running.base_url}/api/v1/sessions/{sid}/members/alice")
+    assert removed.status_code == 204, removed.text
+    assert await socket.wait_closed(timeout=20) == 4401
+    assert socket.ws.close_reason is not None and "alice" in socket.ws.close_reason
+    assert await _status(other, sid, carol) == 401
+    assert await _status(running, sid, carol) == 401
