@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import pytest_asyncio
 
 from parley.server.providers.offline import OfflineProvider
 from parley.session.model import ModelEvent, ModelRequest, TextDelta
@@ -130,14 +131,17 @@ def _require_tools() -> None:
 
 @dataclass
 class Browser:
-    """One Chromium; each ``page`` is a fresh context (its own storage), its page errors
-    and console errors/warnings collected in ``problems``."""
+    """A test's view of one Chromium; each ``page`` is a fresh context (its own storage),
+    its page errors and console errors/warnings collected in ``problems``. ``close`` closes
+    the contexts it opened: the Chromium itself is the worker's (``browser`` fixture)."""
 
     chromium: Any
     problems: list[str] = field(default_factory=list)
+    contexts: list[Any] = field(default_factory=list)
 
     async def page(self, name: str, url: str | None = None, **context: Any) -> Any:
         ctx = await self.chromium.new_context(viewport=VIEWPORT, **context)
+        self.contexts.append(ctx)
         page = await ctx.new_page()
         page.set_default_timeout(TIMEOUT_MS)
         page.on("pageerror", lambda exc: self.problems.append(f"{name}: {exc}"))
@@ -153,6 +157,21 @@ class Browser:
             await page.goto(url)
         return page
 
+    async def close(self) -> None:
+        """Close this test's pages: none of them goes on talking to a server of a later
+        test's, nor adds to its problems."""
+        for ctx in self.contexts:
+            await ctx.close()
+        self.contexts.clear()
+
+    async def __aenter__(self) -> Browser:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        """``async with server, browser:`` closes the pages before the server stops, as
+        closing a Chromium of the test's own did."""
+        await self.close()
+
     async def member(self, server: RunningServer, sid: str, user_id: str) -> Any:
         """A page signed in as ``user_id`` with a fresh token, connected."""
         token = await server.token(sid, user_id)
@@ -163,7 +182,8 @@ class Browser:
 
 
 @contextlib.asynccontextmanager
-async def chromium() -> AsyncIterator[Browser]:
+async def chromium() -> AsyncIterator[Any]:
+    """Chromium, launched (Playwright's ``Browser``), the demo built first if it was not."""
     await asyncio.to_thread(_require_tools)
     from playwright.async_api import async_playwright
 
@@ -171,9 +191,34 @@ async def chromium() -> AsyncIterator[Browser]:
     async with async_playwright() as pw:
         launched = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
-            yield Browser(launched)
+            yield launched
         finally:
             await launched.close()
+
+
+# Launching Chromium took seconds of each test's time: a worker launches it once, and each
+# test gets contexts of its own (storage, cookies, pages), closed when it ends. Playwright
+# is bound to the event loop it started on, so the browser tests run on the session's
+# (``on_the_browsers_loop``).
+on_the_browsers_loop = pytest.mark.asyncio(loop_scope="session")
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def chromium_process() -> AsyncIterator[Any]:
+    """This worker's Chromium."""
+    async with chromium() as launched:
+        yield launched
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def browser(chromium_process: Any) -> AsyncIterator[Browser]:
+    """A test's Chromium: the worker's, its contexts the test's own."""
+    assert chromium_process.is_connected(), "the worker's Chromium is gone"
+    view = Browser(chromium_process)
+    try:
+        yield view
+    finally:
+        await view.close()
 
 
 async def compose(page: Any, text: str, *, to: str = "ai") -> None:

@@ -10,9 +10,15 @@ from typing import Any
 import pytest
 
 from tests.conftest import make_settings, serve_in_process, sqlite_url
-from tests.server.demo_browser import axe_violations, chromium, compose, screenshot
+from tests.server.demo_browser import (
+    Browser,
+    axe_violations,
+    compose,
+    on_the_browsers_loop,
+    screenshot,
+)
 
-pytestmark = pytest.mark.node
+pytestmark = [pytest.mark.node, on_the_browsers_loop]
 
 # Every control a member uses, by id: each must be reached by Tab alone.
 CONTROLS = {
@@ -52,9 +58,11 @@ async def _tab_through(page: Any, presses: int) -> tuple[set[str], list[dict[str
     return ids, looks
 
 
-async def test_no_serious_axe_violation_and_a_keyboard_path(tmp_path: Path) -> None:
+async def test_no_serious_axe_violation_and_a_keyboard_path(
+    tmp_path: Path, browser: Browser
+) -> None:
     settings = make_settings(sqlite_url(tmp_path), tmp_path / "d", offline_token_delay_ms=5)
-    async with serve_in_process(settings) as server, chromium() as browser:
+    async with serve_in_process(settings) as server, browser:
         sid = await server.new_session({"olga": "owner", "vera": "viewer"}, title="Ops")
         join = await browser.page("guest", f"{server.base_url}/demo/")
         await join.wait_for_selector("#invite-input")

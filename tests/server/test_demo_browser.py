@@ -11,16 +11,16 @@ import pytest
 
 from tests.conftest import make_settings, serve_in_process, sqlite_url
 from tests.fake_model import Answer, FakeModel, Sent, call
-from tests.server.demo_browser import HeldModel, chromium, compose, screenshot
+from tests.server.demo_browser import Browser, HeldModel, compose, on_the_browsers_loop, screenshot
 from tests.yclient import all_replies_settled
 
-pytestmark = pytest.mark.node
+pytestmark = [pytest.mark.node, on_the_browsers_loop]
 
 
-async def test_demo_in_three_browsers(tmp_path: Path) -> None:
+async def test_demo_in_three_browsers(tmp_path: Path, browser: Browser) -> None:
     settings = make_settings(sqlite_url(tmp_path), tmp_path / "d")
     model = HeldModel(token_delay_s=0.02)
-    async with serve_in_process(settings, model) as server, chromium() as browser:
+    async with serve_in_process(settings, model) as server, browser:
         sid = await server.new_session(
             {"alice": "editor", "bob": "editor", "vera": "viewer"}, title="Incident 42"
         )
@@ -115,7 +115,9 @@ async def _transcript(page: Any) -> list[dict[str, str]]:
     return rows
 
 
-async def test_a_reader_sees_restricted_text_in_place_after_a_reload(tmp_path: Path) -> None:
+async def test_a_reader_sees_restricted_text_in_place_after_a_reload(
+    tmp_path: Path, browser: Browser
+) -> None:
     """Review (browser client): a reply drawn from a document only bob may read showed bob
     the placeholder, like everyone else, and a reload kept it so. His page shows the text
     in place, marked; alice's shows the placeholder and never the text."""
@@ -127,7 +129,7 @@ async def test_a_reader_sees_restricted_text_in_place_after_a_reload(tmp_path: P
         return ["ok"]
 
     settings = make_settings(sqlite_url(tmp_path), tmp_path / "d")
-    async with serve_in_process(settings, FakeModel(script)) as server, chromium() as browser:
+    async with serve_in_process(settings, FakeModel(script)) as server, browser:
         sid = await server.new_session({"alice": "editor", "bob": "editor"})
         made = await server.http.post(
             f"/api/v1/sessions/{sid}/documents",

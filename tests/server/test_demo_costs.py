@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 
 from tests.conftest import make_settings, serve_in_process, sqlite_url
-from tests.server.demo_browser import chromium, compose
+from tests.server.demo_browser import Browser, compose, on_the_browsers_loop
 
-pytestmark = pytest.mark.node
+pytestmark = [pytest.mark.node, on_the_browsers_loop]
 
 MARKDOWN_CHARS = 4000  # client-demo/src/markdown.js
 HIGHLIGHT_CHARS = 2000
@@ -32,12 +32,14 @@ async def _work(page: Any) -> dict[str, int]:
     return work
 
 
-async def test_a_32000_character_message_costs_a_bounded_render(tmp_path: Path) -> None:
+async def test_a_32000_character_message_costs_a_bounded_render(
+    tmp_path: Path, browser: Browser
+) -> None:
     """Review: valid 32,000-character messages (links, e-mail addresses, a YAML block of
     `- - -`) went whole through markdown-it, linkify and highlight.js in every member's
     page: 0.5-1.7 s of main thread each, twenty froze pages for 24 s. Now only the first
     MARKDOWN_CHARS are parsed, the rest is plain text on request, still safe."""
-    async with serve_in_process(_settings(tmp_path)) as server, chromium() as browser:
+    async with serve_in_process(_settings(tmp_path)) as server, browser:
         sid = await server.new_session({"alice": "editor", "bob": "editor"})
         alice = await browser.member(server, sid, "alice")
         bob = await browser.member(server, sid, "bob")
@@ -78,13 +80,13 @@ async def test_a_32000_character_message_costs_a_bounded_render(tmp_path: Path) 
         assert not browser.problems, browser.problems
 
 
-async def test_a_streamed_reply_touches_its_rows_only(tmp_path: Path) -> None:
+async def test_a_streamed_reply_touches_its_rows_only(tmp_path: Path, browser: Browser) -> None:
     """Review: every streamed token re-filled every row of the conversation (a 3,000-entry
     session: up to 0.69 s a time). An update now fills only the rows whose entry (or what
     the row shows of it) changed; a long history opens with its newest WINDOW entries."""
     many = {"commands_per_second": 1000.0, "commands_burst": 1000}
     settings = _settings(tmp_path, user_commands_per_second=1000.0, **many)
-    async with serve_in_process(settings) as server, chromium() as browser:
+    async with serve_in_process(settings) as server, browser:
         sid = await server.new_session({"alice": "editor", "bob": "editor"})
         total = WINDOW + 30
         for n in range(total):

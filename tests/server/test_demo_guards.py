@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 
 from tests.conftest import make_settings, serve_in_process, sqlite_url
-from tests.server.demo_browser import chromium, compose
+from tests.server.demo_browser import Browser, compose, on_the_browsers_loop
 
-pytestmark = pytest.mark.node
+pytestmark = [pytest.mark.node, on_the_browsers_loop]
 
 STORE = "parley.sessions.v1"  # client-demo/src/join.js
 
@@ -23,10 +23,10 @@ def _settings(tmp_path: Path, **overrides: Any) -> Any:
     )
 
 
-async def test_a_double_enter_or_click_sends_once(tmp_path: Path) -> None:
+async def test_a_double_enter_or_click_sends_once(tmp_path: Path, browser: Browser) -> None:
     """Review: Enter twice (or a double click on Send) before the ack posted the prompt
     twice under two ids: two model runs, two entries for everyone."""
-    async with serve_in_process(_settings(tmp_path)) as server, chromium() as browser:
+    async with serve_in_process(_settings(tmp_path)) as server, browser:
         sid = await server.new_session({"alice": "editor"})
         alice = await browser.member(server, sid, "alice")
         box = alice.locator("#composer-text")
@@ -52,10 +52,10 @@ async def test_a_double_enter_or_click_sends_once(tmp_path: Path) -> None:
         assert not browser.problems, browser.problems
 
 
-async def test_a_token_link_of_another_member_asks_first(tmp_path: Path) -> None:
+async def test_a_token_link_of_another_member_asks_first(tmp_path: Path, browser: Browser) -> None:
     """Review: a `?token=` link of bob's replaced alice's saved sign-in for the session
     without a word (her token lost; her next "Ask privately" went into bob's thread)."""
-    async with serve_in_process(_settings(tmp_path)) as server, chromium() as browser:
+    async with serve_in_process(_settings(tmp_path)) as server, browser:
         sid = await server.new_session({"alice": "editor", "bob": "editor"})
         alice = await browser.member(server, sid, "alice")
         link = f"{server.base_url}/demo/?session={sid}&token={await server.token(sid, 'bob')}"
@@ -82,12 +82,14 @@ async def test_a_token_link_of_another_member_asks_first(tmp_path: Path) -> None
         assert not browser.problems, browser.problems
 
 
-async def test_a_token_link_for_another_session_changes_no_sign_in(tmp_path: Path) -> None:
+async def test_a_token_link_for_another_session_changes_no_sign_in(
+    tmp_path: Path, browser: Browser
+) -> None:
     """Review K8: `?session=S2&token=<a token of S1 for a member also named alice>` replaced
     alice's saved sign-in for S2 without asking (the address's session won over the
     token's), and S2 then closed 4401 on every visit. Such a link is refused in words and
     no sign-in changes."""
-    async with serve_in_process(_settings(tmp_path)) as server, chromium() as browser:
+    async with serve_in_process(_settings(tmp_path)) as server, browser:
         s1 = await server.new_session({"alice": "editor"})
         s2 = await server.new_session({"alice": "editor"})
         alice = await browser.member(server, s2, "alice")
@@ -105,14 +107,16 @@ async def test_a_token_link_for_another_session_changes_no_sign_in(tmp_path: Pat
         assert not browser.problems, browser.problems
 
 
-async def test_a_side_thread_socket_past_the_cap_says_so_and_comes_back(tmp_path: Path) -> None:
+async def test_a_side_thread_socket_past_the_cap_says_so_and_comes_back(
+    tmp_path: Path, browser: Browser
+) -> None:
     """Review K9: a side-thread's socket refused (one connection too many) failed in
     silence: the panel stayed empty, with no note and no error. Review RK-2: it was closed
     4429, final to a stock client, so the thread never showed. It is refused at the upgrade
     (429), which the page retries: the panel says so, and shows the thread once there is
     room."""
     settings = _settings(tmp_path, max_connections_per_user=2)
-    async with serve_in_process(settings) as server, chromium() as browser:
+    async with serve_in_process(settings) as server, browser:
         sid = await server.new_session({"bob": "editor"})
         bob = await browser.member(server, sid, "bob")
         second = await bob.context.new_page()
@@ -128,13 +132,13 @@ async def test_a_side_thread_socket_past_the_cap_says_so_and_comes_back(tmp_path
         assert [p for p in browser.problems if refused not in p] == [], browser.problems
 
 
-async def test_a_final_close_says_the_servers_reason(tmp_path: Path) -> None:
+async def test_a_final_close_says_the_servers_reason(tmp_path: Path, browser: Browser) -> None:
     """Review: a page refused for too many sockets of its user read "Too many refused
     commands" (the fixed sentence for 4429); the server's reason and the code were lost.
     Review RK-2: that refusal is now at the upgrade, and the page comes back once there is
     room; a final close (bob removed) still shows the server's reason and its code."""
     settings = _settings(tmp_path, max_connections_per_user=1)
-    async with serve_in_process(settings) as server, chromium() as browser:
+    async with serve_in_process(settings) as server, browser:
         sid = await server.new_session({"bob": "editor"})
         held = await server.connect(sid, "bob")
         token = await server.token(sid, "bob")
@@ -151,10 +155,12 @@ async def test_a_final_close_says_the_servers_reason(tmp_path: Path) -> None:
         assert [p for p in browser.problems if refused not in p] == [], browser.problems
 
 
-async def test_ask_privately_cuts_the_title_between_characters(tmp_path: Path) -> None:
+async def test_ask_privately_cuts_the_title_between_characters(
+    tmp_path: Path, browser: Browser
+) -> None:
     """Review: the title was the question's first 80 UTF-16 units; an emoji across the
     80th was cut in half and the server refused the lone surrogate."""
-    async with serve_in_process(_settings(tmp_path)) as server, chromium() as browser:
+    async with serve_in_process(_settings(tmp_path)) as server, browser:
         sid = await server.new_session({"alice": "editor"})
         alice = await browser.member(server, sid, "alice")
         question = "a" * 79 + "😀 is this ok?"

@@ -8,20 +8,22 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import make_settings, serve_in_process, sqlite_url
-from tests.server.demo_browser import HeldModel, chromium, compose, screenshot
+from tests.server.demo_browser import Browser, HeldModel, compose, on_the_browsers_loop, screenshot
 
-pytestmark = pytest.mark.node
+pytestmark = [pytest.mark.node, on_the_browsers_loop]
 
 STREAMING = "#transcript li.kind-reply[data-status=streaming]"
 
 
-async def test_queue_cancel_and_context_while_a_reply_streams(tmp_path: Path) -> None:
+async def test_queue_cancel_and_context_while_a_reply_streams(
+    tmp_path: Path, browser: Browser
+) -> None:
     # Some seventy words at 80 ms each, and the model held after forty of them: bob's reply
     # streams for seconds and cannot end before the checks below release it.
     model = HeldModel(token_delay_s=0.08)
     model.hold(after=40)
     settings = make_settings(sqlite_url(tmp_path), tmp_path / "d")
-    async with serve_in_process(settings, model) as server, chromium() as browser:
+    async with serve_in_process(settings, model) as server, browser:
         sid = await server.new_session({"alice": "editor", "bob": "editor"})
         alice = await browser.member(server, sid, "alice")
         bob = await browser.member(server, sid, "bob")
@@ -62,9 +64,9 @@ async def test_queue_cancel_and_context_while_a_reply_streams(tmp_path: Path) ->
         assert not browser.problems, browser.problems
 
 
-async def test_role_and_controls_come_from_the_server(tmp_path: Path) -> None:
+async def test_role_and_controls_come_from_the_server(tmp_path: Path, browser: Browser) -> None:
     settings = make_settings(sqlite_url(tmp_path), tmp_path / "d")
-    async with serve_in_process(settings) as server, chromium() as browser:
+    async with serve_in_process(settings) as server, browser:
         sid = await server.new_session({"olga": "owner", "ed": "editor", "vera": "viewer"})
         roles = {}
         for name in ("olga", "ed", "vera"):
@@ -92,9 +94,11 @@ async def test_role_and_controls_come_from_the_server(tmp_path: Path) -> None:
         assert not browser.problems, browser.problems
 
 
-async def test_presence_clears_others_when_the_server_is_gone(tmp_path: Path) -> None:
+async def test_presence_clears_others_when_the_server_is_gone(
+    tmp_path: Path, browser: Browser
+) -> None:
     settings = make_settings(sqlite_url(tmp_path), tmp_path / "d")
-    async with chromium() as browser:
+    async with browser:
         async with serve_in_process(settings) as server:
             sid = await server.new_session({"alice": "editor", "bob": "editor"})
             alice = await browser.member(server, sid, "alice")
@@ -109,11 +113,13 @@ async def test_presence_clears_others_when_the_server_is_gone(tmp_path: Path) ->
     # The lost connection's console errors (the socket failing to reconnect) are expected.
 
 
-async def test_a_role_changed_while_the_page_is_open_is_followed(tmp_path: Path) -> None:
+async def test_a_role_changed_while_the_page_is_open_is_followed(
+    tmp_path: Path, browser: Browser
+) -> None:
     """Review K1: the page read the member's role once, so a viewer promoted to editor could
     not write (the server would take it) and a demoted editor's every send failed."""
     settings = make_settings(sqlite_url(tmp_path), tmp_path / "d")
-    async with serve_in_process(settings) as server, chromium() as browser:
+    async with serve_in_process(settings) as server, browser:
         sid = await server.new_session({"olga": "owner", "bob": "editor", "vera": "viewer"})
         bob = await browser.member(server, sid, "bob")
         vera = await browser.member(server, sid, "vera")
@@ -134,11 +140,13 @@ async def test_a_role_changed_while_the_page_is_open_is_followed(tmp_path: Path)
         assert not browser.problems, browser.problems
 
 
-async def test_names_shown_are_the_ones_the_server_holds_now(tmp_path: Path) -> None:
+async def test_names_shown_are_the_ones_the_server_holds_now(
+    tmp_path: Path, browser: Browser
+) -> None:
     """Review K2: names were learned once and never forgotten, so after alice renamed herself
     and carol took her old name, bob's page showed both as "Alice Boss"."""
     settings = make_settings(sqlite_url(tmp_path), tmp_path / "d")
-    async with serve_in_process(settings) as server, chromium() as browser:
+    async with serve_in_process(settings) as server, browser:
         sid = await server.new_session({"alice": "owner", "bob": "editor", "carol": "editor"})
         path = f"/api/v1/sessions/{sid}"
         named = await server.http.put(
@@ -180,11 +188,12 @@ async def test_names_shown_are_the_ones_the_server_holds_now(tmp_path: Path) -> 
 
 async def test_a_role_changed_while_the_page_was_away_is_read_on_reconnect(
     tmp_path: Path,
+    browser: Browser,
 ) -> None:
     """Review K1: what the server says while the page's socket is down is lost; the page
     reads its role and the names again when it connects again."""
     settings = make_settings(sqlite_url(tmp_path), tmp_path / "d")
-    async with serve_in_process(settings) as server, chromium() as browser:
+    async with serve_in_process(settings) as server, browser:
         sid = await server.new_session({"olga": "owner", "vera": "viewer"})
         vera = await browser.member(server, sid, "vera")
         await vera.evaluate("window.parleyDemo.provider.disconnect()")
@@ -201,13 +210,15 @@ async def test_a_role_changed_while_the_page_was_away_is_read_on_reconnect(
         assert not browser.problems, browser.problems
 
 
-async def test_pins_and_facts_keep_their_buttons_while_a_reply_streams(tmp_path: Path) -> None:
+async def test_pins_and_facts_keep_their_buttons_while_a_reply_streams(
+    tmp_path: Path, browser: Browser
+) -> None:
     """Review K3: the Pinned & facts panel was emptied and rebuilt on every streamed batch
     of any reply, so Unpin, Remove and Edit under the mouse or the keyboard's focus were
     gone before a click or a key landed. It is rebuilt only when what it shows changes."""
     model = HeldModel(token_delay_s=0.08)
     settings = make_settings(sqlite_url(tmp_path), tmp_path / "d")
-    async with serve_in_process(settings, model) as server, chromium() as browser:
+    async with serve_in_process(settings, model) as server, browser:
         sid = await server.new_session({"alice": "editor", "bob": "editor"})
         alice = await browser.member(server, sid, "alice")
         bob = await browser.member(server, sid, "bob")

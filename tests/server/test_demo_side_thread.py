@@ -9,17 +9,17 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import make_settings, serve_in_process, sqlite_url
-from tests.server.demo_browser import chromium, screenshot
+from tests.server.demo_browser import Browser, on_the_browsers_loop, screenshot
 
-pytestmark = pytest.mark.node
+pytestmark = [pytest.mark.node, on_the_browsers_loop]
 
 MARKER = "ZQX-private-7f3e"
 SHARED = "Checked privately: the proxy is fine."
 
 
-async def test_ask_privately_then_share_to_session(tmp_path: Path) -> None:
+async def test_ask_privately_then_share_to_session(tmp_path: Path, browser: Browser) -> None:
     settings = make_settings(sqlite_url(tmp_path), tmp_path / "d", offline_token_delay_ms=5)
-    async with serve_in_process(settings) as server, chromium() as browser:
+    async with serve_in_process(settings) as server, browser:
         sid = await server.new_session({"alice": "editor", "bob": "editor"})
         alice = await browser.member(server, sid, "alice")
         bob = await browser.member(server, sid, "bob")
@@ -50,7 +50,9 @@ async def test_ask_privately_then_share_to_session(tmp_path: Path) -> None:
         assert not browser.problems, browser.problems
 
 
-async def test_a_shared_message_is_marked_when_drawn_later(tmp_path: Path) -> None:
+async def test_a_shared_message_is_marked_when_drawn_later(
+    tmp_path: Path, browser: Browser
+) -> None:
     """Review K6: the "from a private thread" mark was set only on rows that existed two
     frames after a transcript change, so a shared message drawn later (by *Show earlier*,
     past the newest 200 entries) read as an ordinary one. Each row now carries its source."""
@@ -61,7 +63,7 @@ async def test_a_shared_message_is_marked_when_drawn_later(tmp_path: Path) -> No
         commands_burst=1000,
         user_commands_per_second=1000.0,
     )
-    async with serve_in_process(settings) as server, chromium() as browser:
+    async with serve_in_process(settings) as server, browser:
         sid = await server.new_session({"alice": "editor", "bob": "editor"})
         token = await server.token(sid, "bob")
         bob = {"Authorization": f"Bearer {token}"}

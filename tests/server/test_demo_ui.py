@@ -11,9 +11,16 @@ from typing import Any
 import pytest
 
 from tests.conftest import make_settings, serve_in_process, sqlite_url
-from tests.server.demo_browser import HeldModel, acked, chromium, compose, screenshot
+from tests.server.demo_browser import (
+    Browser,
+    HeldModel,
+    acked,
+    compose,
+    on_the_browsers_loop,
+    screenshot,
+)
 
-pytestmark = pytest.mark.node
+pytestmark = [pytest.mark.node, on_the_browsers_loop]
 
 LIVE = ":is([data-status=queued], [data-status=running])"
 
@@ -27,8 +34,10 @@ async def _values(page: Any, selector: str) -> list[str]:
     return found
 
 
-async def test_markdown_is_rendered_highlighted_and_sanitised(tmp_path: Path) -> None:
-    async with serve_in_process(_settings(tmp_path)) as server, chromium() as browser:
+async def test_markdown_is_rendered_highlighted_and_sanitised(
+    tmp_path: Path, browser: Browser
+) -> None:
+    async with serve_in_process(_settings(tmp_path)) as server, browser:
         sid = await server.new_session({"alice": "editor", "bob": "editor"})
         alice = await browser.member(server, sid, "alice")
         bob = await browser.member(server, sid, "bob")
@@ -66,10 +75,10 @@ async def test_markdown_is_rendered_highlighted_and_sanitised(tmp_path: Path) ->
         assert not browser.problems, browser.problems
 
 
-async def test_composer_keys_destinations_stop_and_retry(tmp_path: Path) -> None:
+async def test_composer_keys_destinations_stop_and_retry(tmp_path: Path, browser: Browser) -> None:
     model = HeldModel()
     model.hold()  # every prompt below is stopped, cancelled or interrupted while it runs
-    async with serve_in_process(_settings(tmp_path), model) as server, chromium() as browser:
+    async with serve_in_process(_settings(tmp_path), model) as server, browser:
         sid = await server.new_session({"alice": "editor", "bob": "editor"})
         alice = await browser.member(server, sid, "alice")
         box = alice.locator("#composer-text")
@@ -136,9 +145,9 @@ async def test_composer_keys_destinations_stop_and_retry(tmp_path: Path) -> None
         assert not browser.problems, browser.problems
 
 
-async def test_people_by_display_name_in_plain_words(tmp_path: Path) -> None:
+async def test_people_by_display_name_in_plain_words(tmp_path: Path, browser: Browser) -> None:
     model = HeldModel()
-    async with serve_in_process(_settings(tmp_path), model) as server, chromium() as browser:
+    async with serve_in_process(_settings(tmp_path), model) as server, browser:
         sid = await server.new_session({"alice": "editor", "bob": "editor"})
         put = await server.http.put(
             f"/api/v1/sessions/{sid}/members/alice",
@@ -180,8 +189,8 @@ async def test_people_by_display_name_in_plain_words(tmp_path: Path) -> None:
         assert not browser.problems, browser.problems
 
 
-async def test_invite_link_session_list_and_model_picker(tmp_path: Path) -> None:
-    async with serve_in_process(_settings(tmp_path)) as server, chromium() as browser:
+async def test_invite_link_session_list_and_model_picker(tmp_path: Path, browser: Browser) -> None:
+    async with serve_in_process(_settings(tmp_path)) as server, browser:
         members = {"olga": "owner", "alice": "editor", "bob": "editor"}
         sid = await server.new_session(members, title="Ops room")
         other = await server.new_session({"alice": "viewer"}, title="Elsewhere")
@@ -248,8 +257,8 @@ async def test_invite_link_session_list_and_model_picker(tmp_path: Path) -> None
         assert [p for p in browser.problems if not p.startswith(refused)] == [], browser.problems
 
 
-async def test_pins_facts_and_the_items_the_model_gets(tmp_path: Path) -> None:
-    async with serve_in_process(_settings(tmp_path)) as server, chromium() as browser:
+async def test_pins_facts_and_the_items_the_model_gets(tmp_path: Path, browser: Browser) -> None:
+    async with serve_in_process(_settings(tmp_path)) as server, browser:
         sid = await server.new_session({"alice": "editor", "bob": "editor", "vera": "viewer"})
         alice = await browser.member(server, sid, "alice")
         bob = await browser.member(server, sid, "bob")
