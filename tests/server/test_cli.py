@@ -2,7 +2,8 @@
 
 Each case runs ``python -m parley.server.cli`` as a real process in a scratch directory: a
 configuration mistake is one line on stderr and exit status 2, and nothing was touched
-(no database file, no data directory, no port held).
+(no database file, no data directory, no port held). Further mistakes of a kind a real
+process was refused for already go through ``main`` in this process (``in_process``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from parley.server import cli
 from parley.server.cli import build_parser
 from parley.server.store.db import head_revision
 from tests.conftest import REPO_ROOT
@@ -51,6 +53,48 @@ def parley(
         text=True,
         timeout=120,
     )
+
+
+class GotPastTheConfiguration(Exception):
+    """``in_process`` stops ``main`` where a real run would start to act."""
+
+
+def in_process(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], *args: str, **env: str
+) -> subprocess.CompletedProcess[str]:
+    """``parley *args`` as ``parley`` runs it (the same environment and working folder),
+    through ``main`` in this process: for a configuration mistake, refused before anything
+    is opened. Spawning an interpreter for each took most of such a test's time; each
+    command's refusal keeps a real process in another test. A configuration taken, ``main``
+    is stopped where it would listen or log (return code -1): a mistake let through fails
+    the test and starts nothing."""
+
+    def past(*_: object, **__: object) -> None:
+        raise GotPastTheConfiguration
+
+    with pytest.MonkeyPatch.context() as patch:
+        for name in [k for k in os.environ if k.startswith("PARLEY_")]:
+            if not name.startswith("PARLEY_TEST"):
+                patch.delenv(name)
+        patch.delenv(GOOD_KEY, raising=False)
+        for name, value in {
+            "PARLEY_DATA_DIR": str(tmp_path / "data"),
+            "PARLEY_DATABASE_URL": f"sqlite:///{tmp_path / 'parley.db'}",
+            **env,
+        }.items():
+            patch.setenv(name, value)
+        patch.chdir(tmp_path)
+        patch.setattr(cli, "listen_socket", past)
+        patch.setattr(cli, "configure_logging", past)
+        capsys.readouterr()
+        try:
+            code = cli.main(list(args))
+        except GotPastTheConfiguration:
+            code = -1
+        except SystemExit as exit_:  # argparse's
+            code = exit_.code if isinstance(exit_.code, int) else 1
+        out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(["parley", *args], code, out, err)
 
 
 def untouched(tmp_path: Path) -> bool:
@@ -109,10 +153,12 @@ def test_models_that_are_not_json_are_one_line(tmp_path: Path) -> None:
     assert untouched(tmp_path)
 
 
-def test_a_wrong_model_field_names_where_it_is(tmp_path: Path) -> None:
+def test_a_wrong_model_field_names_where_it_is(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     models = json.dumps([{"name": "x", "kind": "nope"}])
-    refused(parley(tmp_path, "serve", PARLEY_MODELS=models), "PARLEY_MODELS[0].kind:")
-    refused(parley(tmp_path, "serve", PARLEY_PORT="eighty"), "PARLEY_PORT:")
+    refused(in_process(tmp_path, capsys, "serve", PARLEY_MODELS=models), "PARLEY_MODELS[0].kind:")
+    refused(in_process(tmp_path, capsys, "serve", PARLEY_PORT="eighty"), "PARLEY_PORT:")
     assert untouched(tmp_path)
 
 
@@ -143,14 +189,22 @@ def test_a_busy_port_is_refused_before_anything_is_touched(tmp_path: Path) -> No
     assert untouched(tmp_path)
 
 
-def test_settings_are_read_from_a_dotenv_file(tmp_path: Path) -> None:
+def test_settings_are_read_from_a_dotenv_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     (tmp_path / ".env").write_text("PARLEY_MODELS=[{bad\n")
-    refused(parley(tmp_path, "serve"), "PARLEY_MODELS: not valid JSON")
+    refused(in_process(tmp_path, capsys, "serve"), "PARLEY_MODELS: not valid JSON")
     elsewhere = tmp_path / "conf"
     elsewhere.mkdir()
     (elsewhere / "parley.env").write_text("PARLEY_PORT=eighty\n")
-    refused(parley(tmp_path, "serve", "--env-file", str(elsewhere / "parley.env")), "PARLEY_PORT:")
-    refused(parley(tmp_path, "serve", "--env-file", str(tmp_path / "none.env")), "--env-file")
+    refused(
+        in_process(tmp_path, capsys, "serve", "--env-file", str(elsewhere / "parley.env")),
+        "PARLEY_PORT:",
+    )
+    refused(
+        in_process(tmp_path, capsys, "serve", "--env-file", str(tmp_path / "none.env")),
+        "--env-file",
+    )
     assert untouched(tmp_path)
 
 
@@ -205,14 +259,18 @@ def test_the_search_bound_in_characters_is_refused_by_its_new_name(tmp_path: Pat
 
 def test_a_port_past_65535_or_a_database_url_of_no_known_dialect_is_one_line(
     tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """Review RL-4: ``--port 99999`` (bind's ``OverflowError``) and a database URL of a
     dialect SQLAlchemy does not know, or no URL at all, were Python tracebacks."""
-    refused(parley(tmp_path, "serve", "--port", "99999"), "PARLEY_PORT:")
-    refused(parley(tmp_path, "serve", PARLEY_PORT="65536"), "PARLEY_PORT:")
+    refused(in_process(tmp_path, capsys, "serve", "--port", "99999"), "PARLEY_PORT:")
+    refused(in_process(tmp_path, capsys, "serve", PARLEY_PORT="65536"), "PARLEY_PORT:")
     for url in ("nosuch://x", "not a url", "postgresql+nosuchdriver://u@h/db"):
         for command in (["serve", "--port", "0"], ["migrate"], ["db", "current"]):
-            refused(parley(tmp_path, *command, "--database-url", url), "PARLEY_DATABASE_URL:")
+            refused(
+                in_process(tmp_path, capsys, *command, "--database-url", url),
+                "PARLEY_DATABASE_URL:",
+            )
     assert untouched(tmp_path)
 
 
@@ -387,7 +445,9 @@ def test_serve_without_migrations_on_a_schema_behind_writes_nothing(tmp_path: Pa
     assert (tmp_path / "parley.db").read_bytes() == before
 
 
-def test_a_misspelled_setting_is_refused_with_the_name_it_is_near(tmp_path: Path) -> None:
+def test_a_misspelled_setting_is_refused_with_the_name_it_is_near(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Review RY-9: ``PARLEY_MAX_PROMT_CHARS=10`` (in the environment or ``.env``) was
     ignored without a word, so the limit the operator meant was not in force. A
     ``PARLEY_`` name that is no setting (nor one the project's tests and tools read) is a
@@ -396,8 +456,10 @@ def test_a_misspelled_setting_is_refused_with_the_name_it_is_near(tmp_path: Path
     for command in (["serve"], ["migrate"], ["db", "current"]):
         refused(parley(tmp_path, *command, PARLEY_MAX_PROMT_CHARS="10"), said)
     (tmp_path / ".env").write_text("OTHER_TOOL=1\nPARLEY_MAX_PROMT_CHARS=10\n")
-    refused(parley(tmp_path, "serve"), said.replace(":", " (in .env):", 1))
+    refused(in_process(tmp_path, capsys, "serve"), said.replace(":", " (in .env):", 1))
     (tmp_path / ".env").write_text("PARLEY_TOTALLY_UNRELATED=1\n")
-    refused(parley(tmp_path, "serve"), "PARLEY_TOTALLY_UNRELATED (in .env): not a setting")
+    refused(
+        in_process(tmp_path, capsys, "serve"), "PARLEY_TOTALLY_UNRELATED (in .env): not a setting"
+    )
     (tmp_path / ".env").unlink()
     assert untouched(tmp_path)
