@@ -101,6 +101,37 @@ def newest_within(
 
 
 OUTPUT_SHARE = 3  # the output: a third at most of what the instructions leave
+CUT_MARK = " \u2026"  # after a summary cut to its output budget
+
+
+def output_tokens(window_tokens: int, max_output_tokens: int) -> int:
+    """What a summary call may write in a window of ``window_tokens``: ``max_output_tokens``
+    at most, and a third of what its instructions leave (below 1: no call fits)."""
+    instructions = input_tokens(summary_request("", SummaryPlan(None, ())))
+    return min(max_output_tokens, (window_tokens - instructions) // OUTPUT_SHARE)
+
+
+def bounded_text(text: str, max_tokens: int) -> str:
+    """``text`` within ``max_tokens`` (counted as the context counts): whole when it fits,
+    else its start, cut after its last whitespace in the part kept (on a character when
+    none is near the end: one long word) and marked with ``CUT_MARK``. A model may ignore
+    the ``max_tokens`` it was sent, and the offline one counts words: a summary given in
+    every later system text must leave the window its room (review RV38-F1: one of 15,443
+    tokens failed every prompt after it too_large). The cost is bounded by ``max_tokens``."""
+    kept = cut_to(text, max_tokens)
+    if kept == text:
+        return text
+    room = max_tokens - count_tokens(CUT_MARK)
+    while room > 0:
+        kept = cut_to(text, room).rstrip()
+        space = max(kept.rfind(" "), kept.rfind("\n"))
+        if space > len(kept) * 3 // 4:
+            kept = kept[:space].rstrip()
+        bounded = kept + CUT_MARK if kept else ""
+        if count_tokens(bounded) <= max_tokens:  # tokens may merge across the cut
+            return bounded
+        room -= 1
+    return cut_to(text, max_tokens).rstrip()  # no room for the mark: a budget of a token
 
 
 def plan_extension(
@@ -117,8 +148,7 @@ def plan_extension(
     whole. None: not worth a call yet, or the previous summary leaves no room for a turn."""
     if not dropped or sum(item.tokens for item in dropped) < min_tokens:
         return None
-    instructions = input_tokens(summary_request("", SummaryPlan(None, ())))
-    output = min(max_output_tokens, (window_tokens - instructions) // OUTPUT_SHARE)
+    output = output_tokens(window_tokens, max_output_tokens)
     limit = window_tokens - output
     opening = input_tokens(summary_request("", SummaryPlan(previous, ())))
     if output < 1 or opening >= limit:
@@ -200,8 +230,17 @@ def summary_request(session_id: str, plan: SummaryPlan, model: str | None = None
     )
 
 
+def bounded(summary: Summary, max_tokens: int) -> Summary:
+    """``summary`` with its text held to ``max_tokens`` (``bounded_text``): itself when it
+    fits. A summary stored before the bound, or by a larger window's call, is given so."""
+    text = bounded_text(summary.text, max_tokens)
+    return summary if text == summary.text else replace(summary, text=text)
+
+
 def extended(plan: SummaryPlan, summary_id: str, text: str) -> Summary:
-    """The summary a plan's call produced."""
+    """The summary a plan's call produced, its ``text`` held to what the call may write
+    (``bounded_text``), whatever the model wrote."""
+    text = bounded_text(text, plan.max_output_tokens)
     previous = plan.previous
     covers = covering(plan.new_ids) if previous is None else extend(previous.covers, plan.new_ids)
     return Summary(
@@ -210,7 +249,7 @@ def extended(plan: SummaryPlan, summary_id: str, text: str) -> Summary:
         to_seq=plan.to_seq,
         covers=covers,
         text=text,
-        extends=None if plan.previous is None else plan.previous.id,
+        extends=None if previous is None else previous.id,
     )
 
 

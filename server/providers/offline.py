@@ -10,7 +10,9 @@ import asyncio
 import re
 from collections.abc import AsyncIterator
 
+from parley.session import tokens
 from parley.session.model import Finish, ModelEvent, ModelMessage, ModelRequest, TextDelta, Usage
+from parley.session.summary import bounded_text
 
 _WORD = re.compile(r"\S+\s*")
 EXCERPT_CHARS = 80
@@ -46,11 +48,14 @@ def compose_reply(request: ModelRequest) -> str:
 
 
 SUMMARY_LINE_WORDS = 24
+SUMMARY_LINE_TOKENS = 64  # a turn's line at most: a word of 25,000 characters is cut
 
 
 def compose_summary(request: ModelRequest) -> str:
     """An extractive summary: the previous one's lines, then the opening words of each new
-    message with its number and author, trimmed from the oldest line to the output limit."""
+    message with its number and author, trimmed from the oldest line to the output limit,
+    all counted as the server counts tokens (review RV38-F1: a line of 24 words, one of
+    them 25,000 characters long, made a summary of 15,443 tokens for a limit of 768)."""
     content = request.messages[-1].content if request.messages else ""
     previous, _, new = content.partition("New messages:\n")
     lines = [
@@ -61,10 +66,11 @@ def compose_summary(request: ModelRequest) -> str:
     for label, words in _turns(new):
         short = " ".join(words[:SUMMARY_LINE_WORDS])
         more = " \u2026" if len(words) > SUMMARY_LINE_WORDS else ""
-        lines.append(f"{label}{short}{more}".rstrip())
-    while len(lines) > 1 and count_tokens("\n".join(lines)) > request.max_output_tokens:
+        lines.append(bounded_text(f"{label}{short}{more}".rstrip(), SUMMARY_LINE_TOKENS))
+    limit = request.max_output_tokens
+    while len(lines) > 1 and tokens.count_tokens("\n".join(lines)) > limit:
         lines.pop(0)
-    return "\n".join(lines)
+    return bounded_text("\n".join(lines), limit)  # one line left, and still too long
 
 
 # The server's line over each turn of a summary call (``session.summary.transcript_turn``).

@@ -114,10 +114,10 @@ class Summariser:
                 usage = estimated_usage(request, parts, [])
             if usage is not None:
                 await self._record_usage(issuers, model, summary_id, usage)
-        text = "".join(parts).strip()
-        if not text:
+        # Held to what the call may write, whatever the model wrote (``extended``).
+        summary = extended(plan, summary_id, "".join(parts).strip())
+        if not summary.text:
             raise ParleyError("the model returned an empty summary")
-        summary = extended(plan, summary_id, text)
         await room.context.add_summary(summary, plan.new_ids, model, usage)
         room.metrics.summaries.labels(status="done").inc()
         log.info(

@@ -5,14 +5,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncGenerator
+from dataclasses import replace
 from typing import Any, cast
 
 from parley.server.providers.offline import (
     EXCERPT_CHARS,
+    SUMMARY_LINE_TOKENS,
     OfflineProvider,
     compose_reply,
+    compose_summary,
     count_tokens,
 )
+from parley.session import tokens
 from parley.session.model import Finish, ModelEvent, ModelMessage, ModelRequest, TextDelta, Usage
 
 
@@ -128,3 +132,27 @@ async def test_cancelling_a_consumer_while_it_waits_stops_the_stream() -> None:
         await task
     await agen.aclose()
     assert [event async for event in agen] == []
+
+
+def test_the_offline_summary_is_held_to_its_output_limit_in_the_servers_tokens() -> None:
+    """Review RV38-F1: each turn's first 24 words, trimmed by lines while more than one was
+    left, made a summary of 15,443 tokens of one 25,000-character word (its limit 768)."""
+    turns = [f"[alice wrote, message #{n}]\nm{n} " + "y" * 25_000 for n in range(1, 31)]
+    turns.append("[bob wrote, message #31]\nthe deploy moved to Friday, ticket PRJ-7")
+    sent = ModelRequest(
+        session_id="s1",
+        issuers=(),
+        system="Summarise.",
+        messages=(ModelMessage("user", "New messages:\n" + "\n".join(turns)),),
+        answering=(0,),
+        max_output_tokens=200,
+        purpose="summary",
+    )
+    summary = compose_summary(sent)
+    lines = summary.split("\n")
+    assert tokens.count_tokens(summary) <= 200
+    assert lines[-1] == "#31 bob wrote: the deploy moved to Friday, ticket PRJ-7"  # the newest kept
+    assert lines[0].startswith("#") and " alice wrote: m" in lines[0]
+    assert all(tokens.count_tokens(line) <= SUMMARY_LINE_TOKENS for line in lines)
+    one = compose_summary(replace(sent, max_output_tokens=20))  # not even a line fits
+    assert tokens.count_tokens(one) <= 20 and one.startswith("#31 bob wrote: the deploy")

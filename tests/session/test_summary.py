@@ -12,8 +12,10 @@ from parley.session.context import BuiltContext, ContextSettings, build_context
 from parley.session.entries import Entry, EntryKind
 from parley.session.fold import HistoryFold
 from parley.session.summary import (
+    CUT_MARK,
     Summary,
     SummaryPlan,
+    bounded_text,
     chained,
     extended,
     newest_within,
@@ -21,7 +23,7 @@ from parley.session.summary import (
     summary_request,
     transcript_turn,
 )
-from parley.session.tokens import input_tokens
+from parley.session.tokens import count_tokens, input_tokens
 from tests.session.factories import entry
 
 
@@ -274,3 +276,37 @@ def test_turns_said_before_the_summarys_end_that_it_does_not_cover_come_before_i
     assert reasons["e2"] == reasons["e3"] == "over budget"
     assert "message #3" not in tight.request.system
     assert tight.tokens <= tight.budget
+
+
+def test_a_summary_is_held_to_what_its_call_may_write() -> None:
+    """Review RV38-F1: a summary of one 25,000-character word held 15,443 tokens, its call's
+    budget 768, and given in every later system text it left no room for a prompt. What
+    the model wrote past the budget is cut: after a word when one ends near the cut, else
+    on a character (one long word), and marked."""
+    word = bounded_text("#1 alice: " + "y" * 25_000, 50)
+    assert count_tokens(word) <= 50
+    assert word.startswith("#1 alice: yyy") and word.endswith("y" + CUT_MARK)
+    words = bounded_text("\u00e9t\u00e9 " * 200, 50)
+    assert count_tokens(words) <= 50
+    assert words.endswith("\u00e9t\u00e9" + CUT_MARK)  # whole words, readable
+    short = "#1 alice: a short turn"
+    assert bounded_text(short, 50) == short  # within the budget: as written
+    entries = [long_note(n, 480) for n in range(3)]
+    built = build_context(
+        session_id="s", entries=entries, prompt_ids=[], settings=ContextSettings(1_500, 300)
+    )
+    plan = plan_extension(
+        built.dropped, None, min_tokens=50, window_tokens=1_500, max_output_tokens=60
+    )
+    assert plan is not None and plan.max_output_tokens == 60
+    made = extended(plan, "sum-1", "x" * 10_000)  # a model that ignored max_tokens
+    assert 50 < count_tokens(made.text) <= 60 and made.text.endswith(CUT_MARK)
+
+
+@settings(max_examples=200, deadline=None)
+@given(text=st.text(min_size=1, max_size=600), budget=st.integers(1, 120))
+def test_a_bounded_summary_fits_its_budget_and_starts_as_written(text: str, budget: int) -> None:
+    bounded = bounded_text(text, budget)
+    assert count_tokens(bounded) <= budget
+    if bounded != text:
+        assert text.startswith(bounded.removesuffix(CUT_MARK))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -444,3 +445,82 @@ async def test_a_summary_holding_a_nul_is_stored_replaced(tmp_path: Path) -> Non
             assert s.room.context.summaries[-1].text == "Summary: col1\ufffdcol2 \ufffd"
         async with memory_session(members, None, store=store, **SMALL_WINDOW) as s:
             assert s.room.context.summaries[-1].text == "Summary: col1\ufffdcol2 \ufffd"
+
+
+async def long_words(s: MemorySession, user: str, count: int, chars: int) -> None:
+    """Review RV38-F1: messages of one very long word each, a prompt after every third."""
+    for i in range(count):
+        assert (await s.message(user, f"m{i} " + "y" * chars))["type"] == "ack"
+        if i % 3 == 0:
+            await ask(s, user, f"q{i} " + "w " * 20)
+
+
+async def test_a_summary_of_long_words_stays_within_its_output_budget() -> None:
+    """Review RV38-F1: the offline model kept each turn's first 24 *words*, so a turn of one
+    25,000-character word made a 15,443-token summary (its budget 768); given in the system
+    text, it failed every later prompt too_large, blaming facts and pins the session had
+    not. A summary is held to what its call may write, and the session goes on."""
+    provider = RecordingOffline()
+    async with memory_session({"alice": "editor"}, provider, **SMALL_WINDOW) as s:
+        await long_words(s, "alice", 12, 2_800)
+        calls = provider.calls("summary")
+        assert calls and s.room.context.summaries
+        assert all(
+            summary.tokens <= call.max_output_tokens
+            for summary, call in zip(s.room.context.summaries, calls, strict=True)
+        )
+        asked = await s.prompt("alice", "and now?")
+        await s.settled(asked["prompt_id"])
+        prompt = s.room.doc.entry(asked["prompt_id"])
+        assert (prompt.status, prompt.reason_code) == ("done", None), prompt.reason
+
+
+async def test_a_summary_longer_than_its_call_may_write_is_cut_to_it() -> None:
+    """A real model may ignore ``max_tokens``: the server does not trust the summary's size.
+    It keeps what fits the call's output budget, cut on a character boundary, marked."""
+
+    def script(sent: Sent) -> Answer:
+        if sent.purpose == "summary":
+            return ["Summary: " + "\u00e9t\u00e9 " * 4_000 + "z" * 30_000]
+        return ["ok"]
+
+    model = FakeModel(script)
+    async with memory_session({"bob": "editor"}, model, **SMALL_WINDOW) as s:
+        await chat(s, "bob", 0, 40)
+        await ask(s, "bob", "status?")
+        summaries = s.room.context.summaries
+        requests = [r for r in model.requests if r.purpose == "summary"]
+        assert summaries and len(summaries) == len(requests)
+        for summary, request in zip(summaries, requests, strict=True):
+            assert summary.tokens <= request.body["max_tokens"]
+            assert summary.text.startswith("Summary: \u00e9t\u00e9 \u00e9t\u00e9 ")
+            assert summary.text.endswith("\u00e9t\u00e9 \u2026")  # cut after a word
+        stored = await s.store.load_summaries(SESSION)
+        assert [x.text for x in stored] == [x.text for x in summaries]  # as runs are given
+        asked = await s.prompt("bob", "and now?")
+        await s.settled(asked["prompt_id"])
+        assert s.room.doc.entry(asked["prompt_id"]).status == "done"
+
+
+async def test_a_summary_stored_past_its_budget_is_given_within_it_once_loaded() -> None:
+    """A session whose summary was stored before the server bounded them (review RV38-F1:
+    every prompt failed too_large) runs again once loaded: the summary is given cut."""
+    store = MemoryStore()
+    members = {"bob": "editor"}
+    async with memory_session(members, RecordingOffline(), store=store, **SMALL_WINDOW) as s:
+        await chat(s, "bob", 0, 40)
+        await ask(s, "bob", "status?")
+        last = s.room.context.summaries[-1]
+        huge = replace(last, id="sum-huge", text="#1 bob: " + "y" * 25_000, extends=last.id)
+        await store.add_summary(
+            SESSION, huge, added=frozenset(), model="m", input_tokens=0, output_tokens=0, now=0
+        )
+    async with memory_session(members, RecordingOffline(), store=store, **SMALL_WINDOW) as s:
+        built = preview(s, "bob")
+        assert built.summary is not None and built.summary.id == "sum-huge"
+        assert built.summary.text.startswith("#1 bob: yyy")
+        assert built.summary.tokens <= SMALL_WINDOW["summary_max_output_tokens"]
+        s.commands = 1_000  # past the ids the first room used
+        asked = await s.prompt("bob", "and now?")
+        await s.settled(asked["prompt_id"])
+        assert s.room.doc.entry(asked["prompt_id"]).status == "done"
