@@ -113,6 +113,18 @@ class ContextSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class FixedParts:
+    """What a call carries whatever prompts it answers (``total`` tokens), by cause: the
+    summary with the turns quoted before its end, the facts and pins (``held``), the
+    tools' definitions; the rest is the server's instructions."""
+
+    total: int
+    summary: int = 0
+    held: int = 0
+    tools: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class BuiltContext:
     """A model input and an account of what was left out of it.
 
@@ -145,6 +157,7 @@ class BuiltContext:
     # The provider's opening turn before an input that opens with the model's turn
     # (``ContextSettings.user_turn_first``): not a message of ``request``, sent all the same.
     opening_tokens: int = 0
+    held_tokens: int = 0  # of ``system_tokens``: the facts and the pins given
 
     @property
     def tokens(self) -> int:
@@ -160,6 +173,17 @@ class BuiltContext:
         """What a call with this input takes whatever prompts it answers: the system text
         and the tools' definitions."""
         return self.system_tokens + self.tools_tokens
+
+    @property
+    def fixed_parts(self) -> FixedParts:
+        """``fixed_tokens`` by cause, for a ``too_large`` reason that names it."""
+        summary = self.system_tokens - self.held_tokens - system_text_tokens(SYSTEM_PROMPT)
+        return FixedParts(
+            self.fixed_tokens,
+            summary=max(summary, 0) if self.summary is not None else 0,
+            held=self.held_tokens,
+            tools=self.tools_tokens,
+        )
 
     def _covered(self, item: FoldedItem) -> bool:
         return self.summary is not None and _covered_by(self.summary, item)
@@ -317,6 +341,7 @@ class _SystemText:
     tokens: int
     pins: tuple[Entry, ...]
     left: tuple[str, ...]
+    held: int = 0  # what the facts and the pins given add to the instructions
 
 
 @dataclass(slots=True)
@@ -355,15 +380,18 @@ def _system_within(
         units.setdefault(companions.get(pin.id, pin.id), []).append(pin)
     room = limit - fixed_tokens(facts, (0,))
     left: dict[str, None] = {}
+    held = 0
     for unit in sorted(units, key=lambda pin_id: order.get(pin_id, len(order))):
         cost = sum(pin_tokens(pin) for pin in units[unit])
         if cost <= room:
             room -= cost
+            held += cost
         else:
             left.update((pin.id, None) for pin in units[unit])
     given = tuple(p for p in pinned if p.id not in left)
     text = _system_text(facts, given, summary)
-    return _SystemText(text, system_text_tokens(text), given, tuple(left))
+    held += fixed_tokens(facts, (0,) if held else ()) - fixed_tokens({}, ())
+    return _SystemText(text, system_text_tokens(text), given, tuple(left), held)
 
 
 @dataclass(slots=True)
@@ -811,6 +839,7 @@ class ContextBuilder:
             tokens_per_message=tuple(cost[index] for index in kept),
             opening_tokens=cost[OPENING_COST],
             system_tokens=system_tokens,
+            held_tokens=given.held,
             notes=notes,
             budget=settings.budget,
             tokenizer=tokenizer_name(),

@@ -13,8 +13,10 @@ A summary call fits the model's window with its output (``plan_extension``): its
 instructions, the previous summary, the new turns and their headers, every message framed
 as a run's are (``session.tokens.input_tokens``), and ``max_output_tokens``. The output is
 at most a third of what the instructions leave, so the summary it writes, the next call's
-previous one, leaves room for new turns. A first turn too large to be read whole is cut,
-with the server's line saying how much of it the call read.
+previous one, leaves room for new turns; what a model writes past it is cut
+(``bounded_text``): the server does not take the model's word for the size. A first turn
+too large to be read whole is cut, with the server's line saying how much of it the call
+read.
 """
 
 from __future__ import annotations

@@ -226,7 +226,7 @@ class RunSteps:
             except Forbidden:  # refused by the core before any fit counts
                 return None
             built = self.room.context.build(tuple(p.id for p in prompts), scope)
-            ending = too_large(built.tokens, built.budget, built.fixed_tokens)
+            ending = too_large(built.tokens, built.budget, built.fixed_parts)
             return None if ending is None else Overflow(ending, built.fixed_tokens > built.budget)
 
         return replace(event, fit=fit_run(planned.prompts, judge))

@@ -186,7 +186,7 @@ class SessionRunner:
                 "reply_id": reply_id,
             },
         )
-        overflow = too_large(built.tokens, built.budget, built.fixed_tokens)
+        overflow = too_large(built.tokens, built.budget, built.fixed_parts)
         if overflow is not None:
             outcome = RunOutcome(overflow)
         else:

@@ -112,7 +112,7 @@ class ThreadRuns:
             base = run_audit_base(active.run, active.reply_id, scope, seen)
             active.audit_base = {**base, "thread_id": thread.id}
             await steps.widen(active, seen.restriction)
-            ending = too_large(built.tokens, built.budget, built.fixed_tokens)
+            ending = too_large(built.tokens, built.budget, built.fixed_parts)
             if ending is None:
                 budget = InputBudget(built.budget, built.tokens)
                 outcome = await runner.execute(active, request, budget)

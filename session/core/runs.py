@@ -17,6 +17,7 @@ from typing import Any
 
 from parley.authz.policy import Restriction, Subject, restrict
 from parley.authz.scope import ContextSeen, RunScope, drawn_refusal, prompt_refusal
+from parley.session.context import FixedParts
 from parley.session.core.effects import (
     AppendText,
     AuditRecord,
@@ -633,20 +634,28 @@ def run_ended(
     return AuditRecord("run_ended", actor, data)
 
 
-def too_large(tokens: int, budget: int, fixed: int = 0) -> Ending | None:
-    """Pins, facts, the tools' definitions and the prompts alone overflow the window: no
-    call can fit. ``fixed``: what the call carries whatever it answers (the system text,
-    the tools' definitions); past the window alone, the ending says so, and what to do."""
+def too_large(tokens: int, budget: int, fixed: FixedParts | None = None) -> Ending | None:
+    """Pins, facts, the summary, the tools' definitions and the prompts overflow the
+    window: no call can fit. ``fixed``: what the call carries whatever it answers, by
+    cause; past the window alone, the ending names the causes, largest first, and what
+    each one's remedy is (review RV38-F1: a summary that filled the window was blamed on
+    facts and pins the session did not have)."""
     if tokens <= budget:
         return None
-    if fixed > budget:
-        said = "the session's facts and pinned messages with the tool definitions need"
-        do = "remove a fact or unpin a message first"
+    if fixed is not None and fixed.total > budget:
+        causes = sorted(
+            ((n, name) for name, n in _fixed_causes(fixed) if n > 0), key=lambda c: -c[0]
+        )
+        named = [name for _, name in causes] or ["the server's instructions"]
+        counted = ", ".join(f"{name} {n}" for n, name in causes)
+        said = "what every call carries needs"
+        remedy = "; ".join(_REMEDIES[name] for name in named)
         return Ending(
             ReasonCode.TOO_LARGE,
-            f"{said} {fixed} tokens before any prompt; the window leaves {budget}: {do}",
+            f"{said} {fixed.total} tokens before any prompt"
+            f"{f' ({counted})' if counted else ''}; the window leaves {budget}: {remedy}",
             uncounted=f"{said} more tokens than the window leaves ({budget}) before any "
-            f"prompt: {do}",
+            f"prompt ({', '.join(named)}): {remedy}",
         )
     said = "the prompt with the pinned messages, facts and tool definitions needs"
     return Ending(
@@ -654,3 +663,19 @@ def too_large(tokens: int, budget: int, fixed: int = 0) -> Ending | None:
         f"{said} {tokens} tokens; the window leaves {budget}",
         uncounted=f"{said} more tokens than the window leaves ({budget})",
     )
+
+
+_FACTS_PINS = "the facts and pinned messages"
+_SUMMARY = "the summary of older turns"
+_TOOLS = "the tool definitions"
+_REMEDIES = {
+    _FACTS_PINS: "remove a fact or unpin a message first",
+    _SUMMARY: "an operator may lower PARLEY_SUMMARY_MAX_OUTPUT_TOKENS (the summary is held "
+    "to it) or choose a model with a larger window",
+    _TOOLS: "an admin may grant fewer tools or an operator choose a model with a larger window",
+    "the server's instructions": "an operator may choose a model with a larger window",
+}
+
+
+def _fixed_causes(fixed: FixedParts) -> tuple[tuple[str, int], ...]:
+    return ((_FACTS_PINS, fixed.held), (_SUMMARY, fixed.summary), (_TOOLS, fixed.tools))

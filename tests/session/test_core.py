@@ -30,7 +30,7 @@ from parley.session.commands import (
     PolicyCommand,
     PromptCommand,
 )
-from parley.session.context import fixed_tokens, pin_tokens
+from parley.session.context import FixedParts, fixed_tokens, pin_tokens
 from parley.session.core import (
     Ack,
     AppendText,
@@ -1073,6 +1073,28 @@ def test_a_context_that_cannot_fit_ends_the_run_too_large() -> None:
     assert "101 tokens" in ending.reason and "leaves 100" in ending.reason
 
 
+def test_a_window_filled_before_any_prompt_is_told_by_what_fills_it() -> None:
+    """Review RV38-F1: a summary filled the window and the reason said to remove a fact or
+    unpin a message, in a session with neither: nothing a member could do fixed it."""
+    summary = too_large(300, 200, FixedParts(260, summary=180, tools=30))
+    assert summary is not None and summary.code is ReasonCode.TOO_LARGE
+    assert summary.reason.startswith(
+        "what every call carries needs 260 tokens before any prompt (the summary of older "
+        "turns 180, the tool definitions 30); the window leaves 200: "
+    )
+    assert "PARLEY_SUMMARY_MAX_OUTPUT_TOKENS" in summary.reason
+    assert "fact" not in summary.reason and "unpin" not in summary.reason
+    held = too_large(300, 200, FixedParts(260, summary=40, held=170))
+    assert held is not None and held.reason.index("facts and pinned messages 170") < (
+        held.reason.index("summary of older turns 40")
+    )
+    assert "remove a fact or unpin a message first" in held.reason
+    assert held.uncounted is not None and "170" not in held.uncounted
+    assert "(the facts and pinned messages, the summary of older turns)" in held.uncounted
+    bare = too_large(300, 200, FixedParts(260))  # the instructions alone: a tiny window
+    assert bare is not None and "larger window" in bare.reason and "fact" not in bare.reason
+
+
 @pytest.mark.parametrize(("tokens", "fixed"), [(101, 0), (150, 120)])
 def test_a_run_past_the_window_tells_its_count_to_members_who_may_read_all_it_drew_on(
     tokens: int, fixed: int
@@ -1080,7 +1102,7 @@ def test_a_run_past_the_window_tells_its_count_to_members_who_may_read_all_it_dr
     """Review A2: the count holds what the build gave the run's issuers (a restricted
     reply pinned, kept server-side): told without it when not every member may read what
     the run drew on (a pin's refusal counts only what its setter may read: R3-1)."""
-    ending = too_large(tokens, 100, fixed)
+    ending = too_large(tokens, 100, FixedParts(fixed, held=fixed))
     assert ending is not None and f"{fixed or tokens} tokens" in ending.reason
     assert shown_ending(ending, readable_by_all=True) == ending
     shown = shown_ending(ending, readable_by_all=False)

@@ -310,3 +310,20 @@ def test_a_bounded_summary_fits_its_budget_and_starts_as_written(text: str, budg
     assert count_tokens(bounded) <= budget
     if bounded != text:
         assert text.startswith(bounded.removesuffix(CUT_MARK))
+
+
+def test_a_builds_fixed_part_is_told_by_cause() -> None:
+    """What a ``too_large`` reason names (review RV38-F1): a summary and no fact or pin."""
+    built = build_context(session_id="s", entries=HISTORY, prompt_ids=[], settings=TIGHT)
+    plan = plan_extension(built.dropped, None, min_tokens=10, **ROOMY)
+    assert plan is not None
+    summary = extended(plan, "sum-1", "bob moved tickets PRJ-0 to PRJ-9 to review " * 4)
+    entries = [*HISTORY, prompt(40, "where are we?")]
+    after = build_context(
+        session_id="s", entries=entries, prompt_ids=["e40"], settings=TIGHT, summaries=[summary]
+    )
+    parts = after.fixed_parts
+    assert parts.total == after.fixed_tokens and parts.held == 0 and parts.tools == 0
+    assert summary.tokens <= parts.summary <= summary.tokens + 40  # with its heading lines
+    alone = build_context(session_id="s", entries=entries[-1:], prompt_ids=["e40"], settings=TIGHT)
+    assert alone.fixed_parts.summary == 0
