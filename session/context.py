@@ -60,7 +60,7 @@ from parley.session.history import (
 )
 from parley.session.model import ModelMessage, ModelRequest, ToolSpec
 from parley.session.references import GivenReferences
-from parley.session.summary import Summary, newest_within
+from parley.session.summary import Summary, bounded, newest_within, output_tokens
 from parley.session.tokens import (
     count_tokens,
     framing_tokens,
@@ -100,6 +100,13 @@ class ContextSettings:
     # The provider puts a user turn (``OPENING``) before an input that opens with the
     # model's turn (Anthropic's API refuses it): the build counts it (review RZ-4).
     user_turn_first: bool = False
+    summary_max_output_tokens: int = 768  # what a summary call may write, at most
+
+    @property
+    def summary_tokens(self) -> int:
+        """The most a summary given takes: what a summary call may write in this window
+        (``session.summary.output_tokens``), one token at least."""
+        return max(output_tokens(self.window_tokens, self.summary_max_output_tokens), 1)
 
     @property
     def budget(self) -> int:
@@ -514,6 +521,8 @@ class ContextBuilder:
         # in: made again from every pin, a 1.5 MB one cost each build 30 ms (review), and a
         # coalesced run's start may build once per prompt it judges.
         self._systems: OrderedDict[tuple[object, ...], _SystemText] = OrderedDict()
+        # The summaries given lately, each held to ``summary_tokens`` (``_bounded``).
+        self._summaries: OrderedDict[str, tuple[Summary, Summary]] = OrderedDict()
 
     def _fold_for(self, scope_key: str) -> _Scope:
         kept = self._folds.get(scope_key)
@@ -643,6 +652,7 @@ class ContextBuilder:
 
         unreadable = frozenset(x.entry_id for x in withheld_items)
         summary = newest_within(summaries, history[-1][0].seq, unreadable) if history else None
+        summary = None if summary is None else self._bounded(summary)
         given = self._system(facts or {}, pinned, pins, summary, read.companions)
         offered = tools_tokens(tools)
         # A run's reply and tool steps, given, would answer a question the input does not
@@ -857,6 +867,23 @@ class ContextBuilder:
                 entry_id for index in sorted(runs_left) for entry_id in fold.items[index].entry_ids
             ),
         )
+
+    def _bounded(self, summary: Summary) -> Summary:
+        """``summary`` held to what a summary call may write in this window: one stored
+        before the server cut them (review RV38-F1: 15,443 tokens failed every prompt
+        after it too_large) or for a larger window. Checked once per summary, and the same
+        object given again (a build knows what it covers by it); counting each summary at
+        a session's load would cost seconds for hundreds of them."""
+        kept = self._summaries.get(summary.id)
+        if kept is None or kept[0] is not summary:
+            kept = self._summaries[summary.id] = (
+                summary,
+                bounded(summary, self.settings.summary_tokens),
+            )
+            if len(self._summaries) > SYSTEM_TEXTS_KEPT:
+                self._summaries.popitem(last=False)
+        self._summaries.move_to_end(summary.id)
+        return kept[1]
 
     def _system(
         self,

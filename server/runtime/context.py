@@ -33,13 +33,7 @@ from parley.session.fold import prepare, prepare_entry
 from parley.session.history import ReadFilter
 from parley.session.model import Usage
 from parley.session.schema import SessionDocument
-from parley.session.summary import (
-    Summary,
-    SummaryPlan,
-    bounded,
-    output_tokens,
-    plan_extension,
-)
+from parley.session.summary import Summary, SummaryPlan, plan_extension
 
 NOT_SHARED = "not every member may read it"
 FOLD_STEP = 64  # history entries folded ahead per pass of the event loop
@@ -117,13 +111,7 @@ class SessionContext:
         """Read the restricted text and the summaries kept beside the document."""
         items = await self.store.access.private_items(self.session_id)
         self.private = {i.entry_id: i for i in items}
-        # Each held to what a summary call may write now: one stored before the server
-        # bounded them (review RV38-F1), or for a larger window, would crowd out prompts.
-        most = output_tokens(
-            self.settings_now().window_tokens, self.settings.summary_max_output_tokens
-        )
-        stored = await self.store.load_summaries(self.session_id)
-        self.summaries = [bounded(summary, max(most, 1)) for summary in stored]
+        self.summaries = await self.store.load_summaries(self.session_id)
         self._revision += 1
 
     def keep(self, item: PrivateItem) -> None:
@@ -305,6 +293,7 @@ class SessionContext:
                     fixed_share=self.settings.pins_facts_max_share,
                     # its API refuses an input opening with the model's turn (review RZ-4)
                     user_turn_first=spec.kind == "anthropic",
+                    summary_max_output_tokens=self.settings.summary_max_output_tokens,
                 ),
             )
         return kept[1]

@@ -8,7 +8,7 @@ from dataclasses import replace
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from parley.session.context import BuiltContext, ContextSettings, build_context
+from parley.session.context import BuiltContext, ContextBuilder, ContextSettings, build_context
 from parley.session.entries import Entry, EntryKind
 from parley.session.fold import HistoryFold
 from parley.session.summary import (
@@ -327,3 +327,31 @@ def test_a_builds_fixed_part_is_told_by_cause() -> None:
     assert summary.tokens <= parts.summary <= summary.tokens + 40  # with its heading lines
     alone = build_context(session_id="s", entries=entries[-1:], prompt_ids=["e40"], settings=TIGHT)
     assert alone.fixed_parts.summary == 0
+
+
+def test_a_build_gives_a_stored_summary_within_what_a_call_may_write() -> None:
+    """A summary stored before the server cut them (review RV38-F1: 15,443 tokens, and
+    every prompt after it failed too_large), or made for a larger window, is given cut
+    to what a summary call may write in this one; the same object build after build."""
+    settings = ContextSettings(window_tokens=1_200, reserve_output_tokens=200)
+    assert settings.summary_tokens <= 768 and settings.summary_tokens < 1_200 // 3
+    huge = Summary("sum-old", 0, 19, {e.id for e in HISTORY[:20]}, "#1 bob: " + "y" * 25_000)
+    builder = ContextBuilder(settings)
+    entries = [*HISTORY, prompt(40, "where are we?")]
+
+    def build() -> BuiltContext:
+        return builder.build(session_id="s", entries=entries, prompt_ids=["e40"], summaries=[huge])
+
+    first, again = build(), build()
+    assert first.summary is not None and first.summary.id == "sum-old"
+    assert first.summary.tokens <= settings.summary_tokens
+    assert first.summary.text.startswith("#1 bob: yyy")
+    assert first.summary.covers == huge.covers and again.summary is first.summary
+    assert first.tokens <= first.budget
+    small = Summary("sum-small", 0, 19, huge.covers, "bob moved the tickets")
+    assert (
+        builder.build(
+            session_id="s", entries=entries, prompt_ids=["e40"], summaries=[small]
+        ).summary
+        is small
+    )  # within it: given as stored
