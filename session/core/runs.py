@@ -642,20 +642,24 @@ def too_large(tokens: int, budget: int, fixed: FixedParts | None = None) -> Endi
     facts and pins the session did not have)."""
     if tokens <= budget:
         return None
-    if fixed is not None and fixed.total > budget:
-        causes = sorted(
-            ((n, name) for name, n in _fixed_causes(fixed) if n > 0), key=lambda c: -c[0]
-        )
-        named = [name for _, name in causes] or ["the server's instructions"]
-        counted = ", ".join(f"{name} {n}" for n, name in causes)
+    if fixed is not None and fixed.total + PROMPT_ROOM > budget:
+        # Past the window alone, or leaving it too little for a prompt of a few words
+        # (review RV39-F1: a one-character prompt was refused with the prompt blamed).
+        present = [(name, n) for name, n in _fixed_causes(fixed) if n > 0]
+        causes = sorted(present, key=lambda c: -c[1])
+        counted = ", ".join(f"{name} {n}" for name, n in causes)
         said = "what every call carries needs"
-        remedy = "; ".join(_REMEDIES[name] for name in named)
+        left = "" if fixed.total > budget else ", too little for any prompt beside it"
         return Ending(
             ReasonCode.TOO_LARGE,
             f"{said} {fixed.total} tokens before any prompt"
-            f"{f' ({counted})' if counted else ''}; the window leaves {budget}: {remedy}",
-            uncounted=f"{said} more tokens than the window leaves ({budget}) before any "
-            f"prompt ({', '.join(named)}): {remedy}",
+            f"{f' ({counted})' if counted else ''}; the window leaves {budget}{left}: "
+            f"{_remedies(name for name, _ in causes)}",
+            # In a fixed order: the order by size would tell how restricted text weighs
+            # against the summary (review RV39-N1).
+            uncounted=f"{said} more tokens than the window leaves ({budget}){left} before "
+            f"any prompt ({', '.join(_named(name for name, _ in present))}): "
+            f"{_remedies(name for name, _ in present)}",
         )
     said = "the prompt with the pinned messages, facts and tool definitions needs"
     return Ending(
@@ -665,6 +669,10 @@ def too_large(tokens: int, budget: int, fixed: FixedParts | None = None) -> Endi
     )
 
 
+# Room a prompt of a few words takes with the header every message carries: what every
+# call carries leaving less than this is blamed, not the prompt.
+PROMPT_ROOM = 32
+_INSTRUCTIONS = "the server's instructions"
 _FACTS_PINS = "the facts and pinned messages"
 _SUMMARY = "the summary of older turns"
 _TOOLS = "the tool definitions"
@@ -673,8 +681,16 @@ _REMEDIES = {
     _SUMMARY: "an operator may lower PARLEY_SUMMARY_MAX_OUTPUT_TOKENS (the summary is held "
     "to it) or choose a model with a larger window",
     _TOOLS: "an admin may grant fewer tools or an operator choose a model with a larger window",
-    "the server's instructions": "an operator may choose a model with a larger window",
+    _INSTRUCTIONS: "an operator may choose a model with a larger window",
 }
+
+
+def _named(causes: Iterable[str]) -> list[str]:
+    return list(causes) or [_INSTRUCTIONS]
+
+
+def _remedies(causes: Iterable[str]) -> str:
+    return "; ".join(_REMEDIES[name] for name in _named(causes))
 
 
 def _fixed_causes(fixed: FixedParts) -> tuple[tuple[str, int], ...]:

@@ -1095,6 +1095,35 @@ def test_a_window_filled_before_any_prompt_is_told_by_what_fills_it() -> None:
     assert bare is not None and "larger window" in bare.reason and "fact" not in bare.reason
 
 
+def test_a_window_that_leaves_no_room_for_a_prompt_blames_what_fills_it() -> None:
+    """Review RV39-F1: what every call carries fit the window but left it too little for any
+    prompt, and a one-character prompt was told the prompt needed too many tokens, with no
+    cause named and nothing anyone could do."""
+    tight = too_large(1197, 1188, FixedParts(1180, summary=544, held=560, tools=40))
+    assert tight is not None and tight.code is ReasonCode.TOO_LARGE
+    assert tight.reason.startswith(
+        "what every call carries needs 1180 tokens before any prompt (the facts and pinned "
+        "messages 560, the summary of older turns 544, the tool definitions 40); the window "
+        "leaves 1188, too little for any prompt beside it: remove a fact or unpin a message"
+    )
+    # A prompt too long for a window with room for a short one is still the prompt's.
+    roomy = too_large(1300, 1188, FixedParts(1100, summary=544, held=500))
+    assert roomy is not None and roomy.reason.startswith("the prompt with the pinned")
+
+
+def test_a_reason_told_without_counts_names_the_causes_in_a_fixed_order() -> None:
+    """Review RV39-N1: ordered by size, the causes told a member who may not read a
+    restricted pin whether the facts and pins outweigh the summary."""
+    for held, summary in ((300, 100), (100, 300)):
+        ending = too_large(500, 350, FixedParts(420, summary=summary, held=held))
+        assert ending is not None and ending.uncounted is not None
+        assert str(held) not in ending.uncounted and str(summary) not in ending.uncounted
+        assert "(the facts and pinned messages, the summary of older turns)" in (ending.uncounted)
+        assert ending.uncounted.index("remove a fact") < ending.uncounted.index(
+            "PARLEY_SUMMARY_MAX_OUTPUT_TOKENS"
+        )
+
+
 @pytest.mark.parametrize(("tokens", "fixed"), [(101, 0), (150, 120)])
 def test_a_run_past_the_window_tells_its_count_to_members_who_may_read_all_it_drew_on(
     tokens: int, fixed: int
