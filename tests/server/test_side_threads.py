@@ -402,6 +402,28 @@ async def test_a_side_thread_read_spends_its_answers_bytes_and_a_refused_one_loa
             assert loads == [thread_id] * 2  # refused before the thread was loaded
 
 
+async def bob_opens_a_thread(rooms: Any, room: Any) -> str:
+    """Bob's new side-thread's id, opened through the room's command door."""
+    opened = json.loads(
+        await rooms.command(room, "bob", json.dumps({"type": "thread_open", "id": "t"}))
+    )
+    return str(opened["thread_id"])
+
+
+async def bobs_turns_after_a_restart(
+    settings: Settings, model: FakeModel, sid: str, thread_id: str
+) -> list[dict[str, Any]]:
+    """The turns of bob's side-thread as REST reads them on a server started again."""
+    async with serve_in_process(settings, model) as again:
+        token = await again.token(sid, "bob")
+        read = await again.http.get(
+            f"/api/v1/sessions/{sid}/threads/{thread_id}",
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        assert read.status_code == 200, read.text
+        return list(read.json()["turns"])
+
+
 async def test_a_side_thread_reply_cut_by_a_shutdown_is_kept_as_a_session_reply_is(
     tmp_path: Path,
 ) -> None:
@@ -419,17 +441,10 @@ async def test_a_side_thread_reply_cut_by_a_shutdown_is_kept_as_a_session_reply_
     settings = make_settings(sqlite_url(tmp_path), tmp_path / "d", shutdown_grace_s=0.05)
     async with serve_in_process(settings, model) as s:
         sid, thread_id = await bob_halfway(s, halfway)
-    async with serve_in_process(settings, model) as again:
-        token = await again.token(sid, "bob")
-        read = await again.http.get(
-            f"/api/v1/sessions/{sid}/threads/{thread_id}",
-            headers={"Authorization": f"Bearer {token}"},
-        )
-        assert read.status_code == 200, read.text
-        prompt, reply = read.json()["turns"]
-        assert (prompt["status"], prompt["reason_code"]) == ("failed", "server_shutdown")
-        assert (reply["kind"], reply["status"]) == ("reply", "interrupted")
-        assert (reply["reason_code"], reply["text"]) == ("server_shutdown", "one two ")
+    prompt, reply = await bobs_turns_after_a_restart(settings, model, sid, thread_id)
+    assert (prompt["status"], prompt["reason_code"]) == ("failed", "server_shutdown")
+    assert (reply["kind"], reply["status"]) == ("reply", "interrupted")
+    assert (reply["reason_code"], reply["text"]) == ("server_shutdown", "one two ")
 
 
 async def test_a_side_thread_prompt_acked_as_the_drain_begins_is_marked_by_it(
@@ -445,10 +460,7 @@ async def test_a_side_thread_prompt_acked_as_the_drain_begins_is_marked_by_it(
         sid = await s.new_session({"bob": "editor"})
         rooms = s.app.state.parley.rooms
         room = await rooms.get(sid)
-        opened = json.loads(
-            await rooms.command(room, "bob", json.dumps({"type": "thread_open", "id": "t"}))
-        )
-        thread_id = opened["thread_id"]
+        thread_id = await bob_opens_a_thread(rooms, room)
         asked = {"type": "thread_prompt", "id": "q", "thread_id": thread_id, "text": "hi"}
         acked = json.loads(await rooms.command(room, "bob", json.dumps(asked)))
         assert acked["type"] == "ack", acked
@@ -456,18 +468,11 @@ async def test_a_side_thread_prompt_acked_as_the_drain_begins_is_marked_by_it(
         # grace, the drain stops what it sees at once; the unload comes right after.
         await rooms.drain(0)
         await rooms.close()
-    async with serve_in_process(settings, model) as again:
-        token = await again.token(sid, "bob")
-        read = await again.http.get(
-            f"/api/v1/sessions/{sid}/threads/{thread_id}",
-            headers={"Authorization": f"Bearer {token}"},
-        )
-        assert read.status_code == 200, read.text
-        turns = read.json()["turns"]
-        assert [(t["kind"], t["status"], t["reason_code"]) for t in turns] == [
-            ("prompt", "failed", "server_shutdown"),
-            ("reply", "interrupted", "server_shutdown"),
-        ]
+    turns = await bobs_turns_after_a_restart(settings, model, sid, thread_id)
+    assert [(t["kind"], t["status"], t["reason_code"]) for t in turns] == [
+        ("prompt", "failed", "server_shutdown"),
+        ("reply", "interrupted", "server_shutdown"),
+    ]
 
 
 async def test_a_side_thread_prompt_stored_as_the_drain_begins_is_marked_by_it(
@@ -482,10 +487,7 @@ async def test_a_side_thread_prompt_stored_as_the_drain_begins_is_marked_by_it(
         sid = await s.new_session({"bob": "editor"})
         rooms = s.app.state.parley.rooms
         room = await rooms.get(sid)
-        opened = json.loads(
-            await rooms.command(room, "bob", json.dumps({"type": "thread_open", "id": "t"}))
-        )
-        thread_id = opened["thread_id"]
+        thread_id = await bob_opens_a_thread(rooms, room)
         inside, go_on = asyncio.Event(), asyncio.Event()
         write = room.side_threads.write
 
@@ -514,15 +516,8 @@ async def test_a_side_thread_prompt_stored_as_the_drain_begins_is_marked_by_it(
         assert acked["type"] == "ack", acked
         await draining
         await rooms.close()
-    async with serve_in_process(settings, model) as again:
-        token = await again.token(sid, "bob")
-        read = await again.http.get(
-            f"/api/v1/sessions/{sid}/threads/{thread_id}",
-            headers={"Authorization": f"Bearer {token}"},
-        )
-        assert read.status_code == 200, read.text
-        turns = read.json()["turns"]
-        assert [(t["kind"], t["status"], t["reason_code"]) for t in turns] == [
-            ("prompt", "failed", "server_shutdown"),
-            ("reply", "interrupted", "server_shutdown"),
-        ]
+    turns = await bobs_turns_after_a_restart(settings, model, sid, thread_id)
+    assert [(t["kind"], t["status"], t["reason_code"]) for t in turns] == [
+        ("prompt", "failed", "server_shutdown"),
+        ("reply", "interrupted", "server_shutdown"),
+    ]
