@@ -13,7 +13,7 @@ Both keep the same promises, checked by one contract test (``tests/server/store`
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -31,7 +31,7 @@ from parley.session.reasons import Ending
 from parley.session.summary import Summary
 
 if TYPE_CHECKING:
-    from parley.server.store.group_commit import Outcome
+    from parley.server.store.group_commit import Outcome, Stored
 
 
 class SessionTx(Protocol):
@@ -224,7 +224,7 @@ class UpdateGroup(Protocol):
         update: bytes,
         fence: Any,
         thread_id: str | None = None,
-        on_stored: Callable[[int], None] | None = None,
+        on_stored: Stored | None = None,
     ) -> Outcome:
         """``thread_id``: the update is of that side-thread's document; ``on_stored``:
         called with its id once stored, before the waiter wakes."""
