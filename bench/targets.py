@@ -158,7 +158,8 @@ class Target:
         return made
 
     def write(self, room: Room, tokens: int, rate: float) -> Awaitable[list[float]]:
-        """Start the room's writer; the awaitable gives when each token was yielded."""
+        """Start the room's writer; the awaitable gives when each token was yielded (awaited
+        once the subscribers hold them all)."""
 
         async def run() -> list[float]:
             assert self.http is not None
@@ -299,25 +300,30 @@ class ParleyTarget(Target):
         call_id = uuid.uuid4().hex
         text = f"bench tokens={tokens} rate={rate:g} id={call_id}"
 
-        async def run() -> list[float]:
+        async def prompt() -> None:
             assert room.driver is not None
             reply = await room.driver.command({"type": "prompt", "id": call_id, "text": text})
             if reply.get("type") != "ack":
                 raise RuntimeError(f"prompt refused: {reply}")
-            # The server records when each token was yielded, so asking late costs no
-            # accuracy; asking less keeps the benchmark's own requests off the server.
-            if rate > 0:
-                await asyncio.sleep(tokens / rate)
-            deadline = time.monotonic() + 600
-            while time.monotonic() < deadline:
-                await self.records()
-                if call_id in self.finished:
-                    yields: list[float] = self.finished.pop(call_id)["yields"]
-                    return yields
-                await asyncio.sleep(0.1)
-            raise TimeoutError(f"the bench call {call_id} did not finish")
 
-        return asyncio.ensure_future(run())
+        return self._yields(asyncio.ensure_future(prompt()), call_id)
+
+    async def _yields(self, acked: Awaitable[None], call_id: str) -> list[float]:
+        """When each token of the call was yielded, asked of the server (it records them)
+        once this is awaited: ``workloads._round`` awaits its writers after the subscribers
+        hold every token, so the benchmark's own requests stay out of what it measures (a
+        poll while the last tokens streamed cost the loop a request and a JSON body of
+        every finished call's times, and delayed the runs' last tokens; the peers give
+        their times in their write's answer)."""
+        await acked
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            await self.records()
+            if call_id in self.finished:
+                yields: list[float] = self.finished.pop(call_id)["yields"]
+                return yields
+            await asyncio.sleep(0.1)
+        raise TimeoutError(f"the bench call {call_id} did not finish")
 
     async def runs_finished(self) -> int:
         """Runs settled so far, from the server's own metrics (``parley_runs_total``)."""

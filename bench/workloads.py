@@ -88,9 +88,10 @@ async def _round(
     rate: float,
     timeout_s: float,
 ) -> tuple[list[list[float]], list[array[float]], list[int]]:
-    """Arm the subscribers, start every room's writer, wait for the tokens to arrive.
-    Returns each room's yield times, and each socket's hold times and count of updates
-    applied (sockets per shard, in order)."""
+    """Arm the subscribers, start every room's writer, wait for the tokens to arrive, then
+    for the writers' times (asked only now: ``ParleyTarget._yields``). Returns each room's
+    yield times, and each socket's hold times and count of updates applied (sockets per
+    shard, in order)."""
     await pool.call_all("arm", tokens=tokens)
     writers = [target.write(room, tokens, rate) for room in rooms]
     packed = await pool.call_all("collect", timeout_s=timeout_s)
