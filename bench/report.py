@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from bench.workloads import PHASE_S, PHASES
+
 PARLEY = "parley"
 
 
@@ -140,12 +142,14 @@ def markdown(results: dict[str, Any]) -> str:
             f"**Token fan-out, paced**: {sizes['paced_sessions']} sessions \u00d7 "
             f"{sizes['paced_subscribers']} subscribers, each session's writer at a steady "
             f"rate for {sizes['paced_seconds']:g} s; delay from the writer yielding a token to "
-            "each subscriber holding it (ms).",
+            "each subscriber holding it (ms); its p99 also by when the token was yielded: in "
+            f"the round's first {PHASE_S:g} s (the runs starting), its last {PHASE_S:g} s (the "
+            "runs ending) and between.",
             "",
             "| Tokens/s per session | Server | p50 | p99 | max | tokens missing "
             "| Updates per subscriber | Server CPU | Server CPU per update sent (µs) "
-            "| Clients' CPU | Server waits / preempted per s |",
-            "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "| Clients' CPU | Server waits / preempted per s | p99 start / steady / end |",
+            "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for rate in sizes["paced_rates"]:
             for name, result in servers.items():
@@ -160,7 +164,9 @@ def markdown(results: dict[str, Any]) -> str:
                     f"{_cpu(got, 'server')} | "
                     f"{_num(got.get('server_cpu_us_per_update'), 1)} | {_cpu(got, 'clients')} | "
                     f"{_num(got.get('server_waits_per_s'), 0)} / "
-                    f"{_num(got.get('server_preempted_per_s'), 0)} |"
+                    f"{_num(got.get('server_preempted_per_s'), 0)} | "
+                    + " / ".join(_num(got.get(f"delay_p99_{p}_ms"), 1) for p in PHASES)
+                    + " |"
                 )
         lines.append("")
 

@@ -16,6 +16,12 @@ from typing import Any
 from bench.clients import ClientPool
 from bench.targets import ParleyTarget, Room, Target
 
+# The paced rounds' p99 is also given by phase: the tokens yielded in the first and the last
+# PHASE_S of the round (the runs starting and ending: prompts admitted, contexts built, runs
+# settled, for Parley) and those between (streaming only).
+PHASE_S = 0.5
+PHASES = ("start", "steady", "end")
+
 
 def percentile(values: list[float], q: float) -> float:
     """The ``q``-th percentile (0..100), nearest rank; NaN of nothing."""
@@ -182,10 +188,17 @@ async def fanout_paced(
             cpu = _cpu_percent(cpu_before, target, pool, updates)
             delays = []
             missing = 0
+            first = min(times[0] for times in yields)
+            last = max(times[-1] for times in yields)
+            phases: tuple[list[float], list[float], list[float]] = ([], [], [])
             for room, held in zip(order, holds, strict=True):
                 for index in range(tokens):
                     if held[index] > 0:
-                        delays.append(held[index] - yields[room][index])
+                        yielded = yields[room][index]
+                        delay = held[index] - yielded
+                        delays.append(delay)
+                        starting, ending = yielded < first + PHASE_S, yielded > last - PHASE_S
+                        phases[0 if starting else 2 if ending else 1].append(delay)
                     else:
                         missing += 1
             measured.append(
@@ -193,6 +206,10 @@ async def fanout_paced(
                     "delay_p50_ms": 1000 * percentile(delays, 50),
                     "delay_p99_ms": 1000 * percentile(delays, 99),
                     "delay_max_ms": 1000 * max(delays, default=float("nan")),
+                    **{
+                        f"delay_p99_{name}_ms": 1000 * percentile(values, 99)
+                        for name, values in zip(PHASES, phases, strict=True)
+                    },
                     "missing_fraction": missing / (len(holds) * tokens),
                     "updates_per_subscriber": statistics.median(updates),
                     **cpu,

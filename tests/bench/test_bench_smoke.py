@@ -71,6 +71,9 @@ async def test_every_server_workload(server: str, pool: ClientPool, tmp_path: Pa
     # Context switches of the server's main thread over the round: counted, never negative.
     assert paced["median"]["server_waits_per_s"] >= 0
     assert paced["median"]["server_preempted_per_s"] >= 0
+    # A 0.3 s round is all start (its first PHASE_S): that phase's p99 is the round's.
+    assert paced["median"]["delay_p99_start_ms"] == paced["median"]["delay_p99_ms"]
+    assert math.isnan(paced["median"]["delay_p99_steady_ms"])
     connections = result["connections"]
     assert connections["held"] == connections["requested"] == 20
 
