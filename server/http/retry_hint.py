@@ -24,6 +24,17 @@ MAX_CLOSE_REASON_BYTES = 123  # RFC 6455: a control frame's 125 bytes, less the 
 CAP_RETRY_AFTER_S = 5.0
 
 
+def close_reason(text: str) -> str:
+    """``text`` as a close frame may carry it: cut to ``MAX_CLOSE_REASON_BYTES`` of UTF-8
+    on a character's boundary. A longer reason is not sent at all (the close fails, and the
+    client sees 1006, not the code it would stop at): a cut by characters let text that
+    echoes non-ASCII input (an id, a header) run past the bytes a reason may have."""
+    encoded = text.encode()
+    if len(encoded) <= MAX_CLOSE_REASON_BYTES:
+        return text
+    return encoded[:MAX_CLOSE_REASON_BYTES].decode(errors="ignore")
+
+
 def retry_reason(
     message: str, retry_after_s: float, code: ErrorCode = ErrorCode.UNAVAILABLE
 ) -> str:

@@ -37,7 +37,7 @@ from parley.authz.policy import Do, decide
 from parley.authz.roles import Capability
 from parley.authz.tokens import ClientClaims, verify_token
 from parley.server.http.rest import error_response
-from parley.server.http.retry_hint import CAP_RETRY_AFTER_S
+from parley.server.http.retry_hint import CAP_RETRY_AFTER_S, close_reason
 from parley.server.runtime.room import SessionRoom
 from parley.server.settings import Settings
 from parley.server.state import AppState
@@ -136,7 +136,7 @@ async def admit(websocket: WebSocket, state: AppState) -> Admitted | None:
     await websocket.accept()
     closing: tuple[CloseCode, str] | None = None
     if refusal is not None:
-        closing = close_code_for(refusal), refusal.message[:120]
+        closing = close_code_for(refusal), close_reason(refusal.message)
     elif (too_many := over_connection_cap(room, claims.user_id, state.settings)) is not None:
         # Checked again after the accept's await, and counted by the caller's attach with
         # none between: no race (a side-thread's socket awaits its document first, so it

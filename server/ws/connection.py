@@ -23,7 +23,7 @@ from enum import Enum
 from starlette.websockets import WebSocket, WebSocketState
 
 from parley.authz.tokens import ClientClaims
-from parley.server.http.retry_hint import retry_reason
+from parley.server.http.retry_hint import close_reason, retry_reason
 from parley.server.settings import Settings
 from parley.server.ws.direct_send import DirectWriter
 from parley.server.ws.inbound import InboundMeter
@@ -327,7 +327,7 @@ class Connection:
             return
         self.closed = True
         self.close_code = code
-        self._reason = reason
+        self._reason = close_reason(reason)
         if self.direct is not None and self.direct.backed_up():
             # A close frame sent through ASGI would wait for the client to read the rest.
             self.drop(DropReason.CLOSING)

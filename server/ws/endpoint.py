@@ -129,7 +129,7 @@ async def _serve(
             try:
                 text, data, channel = decode_command_frame(data), None, CommandChannel.BINARY
             except ProtocolError as exc:
-                connection.close(close_code_for(exc), f"protocol error: {exc.message}"[:120])
+                connection.close(close_code_for(exc), f"protocol error: {exc.message}")
                 return
         now = state.clock()
         if token_expired(connection, now):
@@ -171,7 +171,7 @@ async def _serve(
                 await _on_binary(room, connection, presence, data, now, dropped)
             except ProtocolError as exc:
                 log.info("protocol error; closing socket", extra={"error": exc.message})
-                connection.close(close_code_for(exc), f"protocol error: {exc.message}"[:120])
+                connection.close(close_code_for(exc), f"protocol error: {exc.message}")
                 return
             except ParleyError as exc:
                 # A refused frame (over a budget, too large; a write, told once): the

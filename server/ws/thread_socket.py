@@ -78,7 +78,7 @@ async def thread_socket(websocket: WebSocket) -> None:
             await room.side_threads.read_rows()
         live = await room.side_threads.document(thread_id, connection.user_id, writes=writes)
     except ParleyError as exc:  # NotFound; Unavailable: the database, or no log yet
-        connection.close(close_code_for(exc), exc.message[:120])
+        connection.close(close_code_for(exc), exc.message)
     else:  # the document's read awaited: sockets counted since admission count too
         too_many = over_connection_cap(room, connection.user_id, state.settings)
         if too_many is not None:  # to come back, as one refused at the upgrade (429)
@@ -132,7 +132,7 @@ async def _serve(
         try:
             await _on_binary(room, connection, live, data, now, dropped)
         except ProtocolError as exc:
-            connection.close(close_code_for(exc), f"protocol error: {exc.message}"[:120])
+            connection.close(close_code_for(exc), f"protocol error: {exc.message}")
             return
         except ParleyError as exc:  # a refused frame: over a budget
             state.metrics.errors.labels(code=exc.code).inc()

@@ -10,11 +10,13 @@ import math
 import sqlite3
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from sqlalchemy.exc import OperationalError
 
 from parley.server.cli import FIRST_RETRY_S, MAX_RETRY_S, wait_for_database
 from parley.server.http.rest import error_response
-from parley.server.http.retry_hint import MAX_CLOSE_REASON_BYTES, retry_reason
+from parley.server.http.retry_hint import MAX_CLOSE_REASON_BYTES, close_reason, retry_reason
 from parley.server.store.health import LockTimeout, StorageHealth, fault_kind
 from parley.session.errors import RateLimited, Unavailable
 
@@ -64,6 +66,16 @@ def test_a_retry_reason_is_json_that_fits_a_close_frame() -> None:
     parsed = json.loads(reason)
     assert parsed["code"] == "unavailable" and parsed["retry_after_ms"] == 2500
     assert parsed["message"].startswith("the database is unavailable")
+
+
+@given(st.text())
+def test_a_close_reason_fits_a_close_frame_cut_on_a_character(text: str) -> None:
+    """Review RV41-F2: a reason cut to 120 characters of non-ASCII text (an id echoed) ran
+    past the frame's 123 bytes, no close frame was sent, and a stock client saw 1006."""
+    reason = close_reason(text)
+    assert len(reason.encode()) <= MAX_CLOSE_REASON_BYTES
+    assert text.startswith(reason)
+    assert reason == text or len(reason.encode()) > MAX_CLOSE_REASON_BYTES - 4
 
 
 def test_a_refused_upgrade_says_when_to_come_back() -> None:

@@ -11,6 +11,7 @@ import contextlib
 import json
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -60,6 +61,8 @@ async def _scenario(server: RunningServer) -> None:
         threads_url = f"{server.ws_url}/ws/sessions/{sid}/threads"
         assert await close_code_of(f"{threads_url}/{thread_id}?token={alice_token}") == 4404
         assert await close_code_of(f"{threads_url}/nothing?token={bob_token}") == 4404
+        # A refusal echoing a non-ASCII id still fits its close frame (review RV41-F2: 1006).
+        assert await close_code_of(f"{threads_url}/{quote('é' * 70)}?token={bob_token}") == 4404
 
         stock = await StockYjsClient.start(threads_url, thread_id, bob_token, name="Bob")
         try:
