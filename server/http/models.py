@@ -157,8 +157,11 @@ class Readiness(Strict):
     listener: str = Field(default="off", description="Cluster mode: ok / down; else off")
 
 
+SESSION_TITLE_MAX_CHARS = 500
+
+
 class SessionCreate(Strict):
-    title: str = Field(default="", max_length=500)
+    title: str = Field(default="", max_length=SESSION_TITLE_MAX_CHARS)
     policy: PolicyName = Field(default="queue", description="How concurrent prompts run.")
 
 
@@ -166,7 +169,7 @@ RestrictedReplies = Literal["private", "shared"]
 
 
 class SessionPatch(Strict):
-    title: str | None = Field(default=None, max_length=500)
+    title: str | None = Field(default=None, max_length=SESSION_TITLE_MAX_CHARS)
     policy: PolicyName | None = None
     model: str | None = Field(
         default=None,

@@ -825,3 +825,59 @@ async def test_audit_pages_end_at_their_bytes_and_list_every_record_once(tmp_pat
             assert len(alone) == 1 and len(alone[0]["records"]) == 1
             for page in found[:-1]:  # each but the last says where the next begins
                 assert page["next_after"] == page["records"][-1]["id"]
+
+
+async def test_a_members_reads_of_facts_and_pins_spend_their_read_budget(tmp_path: Path) -> None:
+    """Review RV40-F1: ``GET …/facts`` (up to the facts' share of the window, some 200 kB at
+    a large one) and ``GET …/pins`` spent no budget: a viewer read them in a loop at 46-81
+    MB/s against a budget of 1 MiB/s, and another member's reads slowed sixfold. They
+    spend the read budget by their bytes, as the transcript's do."""
+    settings = make_settings(
+        sqlite_url(tmp_path), tmp_path / "d", read_bytes_per_s=1.0, read_burst_bytes=2000
+    )
+    async with serve_in_process(settings) as server:
+        sid, vic = await _members_session(server, 1)
+        for key in ("region", "tier", "owner"):
+            put = await server.http.put(
+                f"/api/v1/sessions/{sid}/facts/{key}", json={"value": "x" * 900}
+            )
+            assert put.status_code == 200, put.text
+        path = f"/api/v1/sessions/{sid}/facts"
+        first = await server.http.get(path, headers=vic)
+        assert first.status_code == 200 and len(first.content) > 2000
+        refused = await server.http.get(path, headers=vic)
+        assert refused.status_code == 429 and refused.json()["error"]["code"] == "rate_limited"
+        assert "read budget" in refused.json()["error"]["message"]
+        # The pins' read spends the same budget: in debt, it is refused too.
+        pins = await server.http.get(f"/api/v1/sessions/{sid}/pins", headers=vic)
+        assert pins.status_code == 429
+        for _ in range(3):  # the admin key reads unbudgeted
+            assert (await server.http.get(path)).json() == first.json()
+        # A change's answer lists every fact: its bytes are paid as a read's are.
+        await server.http.put(f"/api/v1/sessions/{sid}/members/ed", json={"role": "editor"})
+        ed = {"Authorization": f"Bearer {await server.token(sid, 'ed')}"}
+        put = await server.http.put(f"{path}/zone", json={"value": "y"}, headers=ed)
+        assert put.status_code == 200 and len(put.content) > 2000
+        assert (await server.http.get(path, headers=ed)).status_code == 429
+
+
+async def test_a_members_list_of_their_sessions_spends_their_budgets(tmp_path: Path) -> None:
+    """Review RV40-F2: ``GET /api/v1/me/sessions`` (a page of 200 sessions took the loop
+    about 16 ms) spent no budget. A page spends a command and the read budget in the token's
+    session by its bytes."""
+    settings = make_settings(
+        sqlite_url(tmp_path), tmp_path / "d", read_bytes_per_s=1.0, read_burst_bytes=2000
+    )
+    async with serve_in_process(settings) as server:
+        sid = await server.new_session({"vic": "viewer"}, title="t" * 500)
+        for _ in range(4):
+            await server.new_session({"vic": "viewer"}, title="t" * 500)
+        vic = {"Authorization": f"Bearer {await server.token(sid, 'vic')}"}
+        first = await server.http.get("/api/v1/me/sessions?limit=10", headers=vic)
+        assert first.status_code == 200 and len(first.json()["sessions"]) == 5
+        assert len(first.content) > 2000
+        second = await server.http.get("/api/v1/me/sessions?limit=10", headers=vic)
+        assert second.status_code == 429 and second.json()["error"]["code"] == "rate_limited"
+        # The token's session's other reads wait for the same budget.
+        facts = await server.http.get(f"/api/v1/sessions/{sid}/facts", headers=vic)
+        assert facts.status_code == 429
