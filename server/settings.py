@@ -20,6 +20,7 @@ from pydantic_settings import (
 
 from parley.authz.origins import check_allowed_origins
 from parley.server.store.database_url import check_database_url
+from parley.session.context import ContextSettings
 from parley.session.errors import ConfigurationError
 
 OFFLINE_MODEL = "offline"
@@ -142,7 +143,12 @@ class Settings(BaseSettings):
     )
 
     # Context building
-    context_window_tokens: int = 16_384
+    context_window_tokens: int = Field(
+        default=16_384,
+        ge=2,
+        description="The offline model's window (PARLEY_MODELS: each model's own); one "
+        "too small for the instructions, the largest summary and a prompt is refused",
+    )
     min_block_lines: int = 4
     max_pins: int = 50
     max_facts: int = 100
@@ -481,6 +487,38 @@ class Settings(BaseSettings):
                 "set that instead"
             )
         return self
+
+    @model_validator(mode="after")
+    def _windows_fit_a_prompt(self) -> Settings:
+        # Review RV39-F1b: in a window too small for the instructions, the largest summary
+        # and a prompt, every prompt failed too_large, whatever members did. Every window a
+        # session may use is one of the catalog's, so the rule holds for every session.
+        problems = [
+            f"{where}: {problem}"
+            for where, spec in self._windows()
+            if (problem := self.context_settings(spec).window_problem()) is not None
+        ]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def _windows(self) -> list[tuple[str, ModelSpec]]:
+        """Each model's spec, named by the setting that gives it its window."""
+        if not self.models:
+            return [(f"{PREFIX}CONTEXT_WINDOW_TOKENS", self.catalog()[OFFLINE_MODEL])]
+        return [(f"{PREFIX}MODELS: model {spec.name!r}", spec) for spec in self.models]
+
+    def context_settings(self, spec: ModelSpec) -> ContextSettings:
+        """How a session using the model ``spec`` builds its model inputs."""
+        return ContextSettings(
+            window_tokens=spec.context_window_tokens,
+            reserve_output_tokens=spec.reserved_output_tokens,
+            min_block_lines=self.min_block_lines,
+            fixed_share=self.pins_facts_max_share,
+            # its API refuses an input opening with the model's turn (review RZ-4)
+            user_turn_first=spec.kind == "anthropic",
+            summary_max_output_tokens=self.summary_max_output_tokens,
+        )
 
     def catalog(self) -> dict[str, ModelSpec]:
         """The models sessions may choose, by name (the offline model when none is set)."""

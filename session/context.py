@@ -26,6 +26,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from itertools import chain
 
 from parley.session.attribution import (
@@ -62,6 +63,8 @@ from parley.session.model import ModelMessage, ModelRequest, ToolSpec
 from parley.session.references import GivenReferences
 from parley.session.summary import Summary, bounded, newest_within, output_tokens
 from parley.session.tokens import (
+    MESSAGE_TOKENS,
+    REPLY_TOKENS,
     count_tokens,
     framing_tokens,
     opening_tokens,
@@ -91,6 +94,14 @@ OPENING_COST = -1
 SYSTEM_TEXTS_KEPT = 4  # per builder: a run's scope, a preview's, a summary plan's
 
 
+# Room a prompt of a few words takes with the header every message carries: what every
+# call carries leaving less than this fails every prompt ``too_large`` (``core.runs``).
+PROMPT_ROOM = 32
+# Of a summary's tokens, what quoting its lines may add at most before it is cut further
+# (``summary_within``): a line break and the quote's blanks, about a token a line.
+QUOTING_SHARE = 8
+
+
 @dataclass(frozen=True, slots=True)
 class ContextSettings:
     window_tokens: int = 16_384
@@ -109,14 +120,55 @@ class ContextSettings:
         return max(output_tokens(self.window_tokens, self.summary_max_output_tokens), 1)
 
     @property
+    def summary_room(self) -> int:
+        """The most the summary's block takes in the system text: its text
+        (``summary_tokens``) quoted line by line between the server's two lines
+        (``summary_within`` holds it there)."""
+        return self.summary_tokens + self.summary_tokens // QUOTING_SHARE + summary_frame_tokens()
+
+    @property
     def budget(self) -> int:
         return self.window_tokens - self.reserve_output_tokens
 
     @property
+    def max_carried_tokens(self) -> int:
+        """The most the instructions, facts and pins may take whatever the share: the
+        budget less the largest summary, the system text's framing and a prompt's room.
+        One budget for what every call carries (review RV39-F1b: the share was taken of
+        the whole budget and the summary came on top, so below a window of about 2,200
+        tokens accepted facts and pins failed every prompt ``too_large``)."""
+        framing = MESSAGE_TOKENS + REPLY_TOKENS
+        return self.budget - self.summary_room - framing - PROMPT_ROOM
+
+    @property
     def max_fixed_tokens(self) -> int:
         """The most the system text's fixed part (``fixed_tokens``) may take of the budget:
-        a pin or fact past it is refused, and a build gives only the pins within it."""
-        return int(self.budget * self.fixed_share)
+        its share, within what the summary and a prompt leave (``max_carried_tokens``). A
+        pin or fact past it is refused, and a build gives only the pins within it."""
+        return min(int(self.budget * self.fixed_share), self.max_carried_tokens)
+
+    @property
+    def fixed_limit_cause(self) -> str:
+        """Why ``max_fixed_tokens`` is what it is, as a refusal says it."""
+        if self.max_carried_tokens < int(self.budget * self.fixed_share):
+            return "what its window leaves beside the largest summary and a prompt"
+        return "a share of its window, so that prompts still fit"
+
+    def window_problem(self) -> str | None:
+        """Why no prompt could ever be answered in this window (None: one can): the
+        instructions, the largest summary and a prompt's room do not fit its budget.
+        Checked where a window is configured (``server.settings``)."""
+        instructions = fixed_tokens({}, ())
+        if self.max_carried_tokens >= instructions:
+            return None
+        need = self.budget - self.max_carried_tokens + instructions
+        return (
+            f"a window of {self.window_tokens} tokens less {self.reserve_output_tokens} "
+            f"reserved for the output leaves {self.budget}; the server's instructions, the "
+            f"largest summary ({self.summary_room}) and a short prompt ({PROMPT_ROOM}) need "
+            f"{need}: choose a larger window or a smaller output reserve, or lower "
+            "PARLEY_SUMMARY_MAX_OUTPUT_TOKENS"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -308,13 +360,42 @@ def _system_text(
             parts += _pin_lines(said)
         parts.append(EARLIER_END)
     if summary is not None:
-        parts.append(
-            f"[Summary of the conversation up to message #{summary.to_seq}, written by the "
-            "assistant (the turns it covers are not repeated below)]"
-        )
-        parts += quoted(summary.text)
-        parts.append("[End of summary]")
+        parts += _summary_lines(summary.to_seq, summary.text)
     return "\n".join(parts)
+
+
+def _summary_lines(to_seq: int, text: str) -> list[str]:
+    return [
+        f"[Summary of the conversation up to message #{to_seq}, written by the "
+        "assistant (the turns it covers are not repeated below)]",
+        *quoted(text),
+        "[End of summary]",
+    ]
+
+
+def summary_block_tokens(summary: Summary) -> int:
+    """What ``summary`` adds to the system text: its heading, quoted lines and end line,
+    with the line break before them (as ``fixed_tokens`` counts its parts)."""
+    return count_tokens("\n".join(_summary_lines(summary.to_seq, summary.text)) + "\n")
+
+
+@lru_cache(maxsize=1)
+def summary_frame_tokens() -> int:
+    """The summary block's own lines, its heading naming the largest message number a
+    session reaches (``summary_block_tokens`` of an empty summary)."""
+    return count_tokens("\n".join(_summary_lines(10**15, "")) + "\n")
+
+
+def summary_within(summary: Summary, settings: ContextSettings) -> Summary:
+    """``summary`` held to what a summary call may write in the window (``summary_tokens``)
+    and its block to ``summary_room``: a text of many short lines takes more quoted than it
+    counts, so it is cut further, by what it is over each time (review RV39-F1b)."""
+    limit = settings.summary_tokens
+    given = bounded(summary, limit)
+    while limit > 0 and (over := summary_block_tokens(given) - settings.summary_room) > 0:
+        limit = max(limit - over, 0)
+        given = bounded(summary, limit)
+    return given
 
 
 def pin_tokens(pin: Entry) -> int:
@@ -521,7 +602,7 @@ class ContextBuilder:
         # in: made again from every pin, a 1.5 MB one cost each build 30 ms (review), and a
         # coalesced run's start may build once per prompt it judges.
         self._systems: OrderedDict[tuple[object, ...], _SystemText] = OrderedDict()
-        # The summaries given lately, each held to ``summary_tokens`` (``_bounded``).
+        # The summaries given lately, each held to ``summary_room`` (``_bounded``).
         self._summaries: OrderedDict[str, tuple[Summary, Summary]] = OrderedDict()
 
     def _fold_for(self, scope_key: str) -> _Scope:
@@ -878,7 +959,7 @@ class ContextBuilder:
         if kept is None or kept[0] is not summary:
             kept = self._summaries[summary.id] = (
                 summary,
-                bounded(summary, self.settings.summary_tokens),
+                summary_within(summary, self.settings),
             )
             if len(self._summaries) > SYSTEM_TEXTS_KEPT:
                 self._summaries.popitem(last=False)

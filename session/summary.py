@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence, Set
 from dataclasses import dataclass, replace
+from functools import lru_cache
 
 from parley.session.attribution import REPLY_LINE, escape_text, placed
 from parley.session.covers import Covers, covering, extend
@@ -109,8 +110,14 @@ CUT_MARK = " \u2026"  # after a summary cut to its output budget
 def output_tokens(window_tokens: int, max_output_tokens: int) -> int:
     """What a summary call may write in a window of ``window_tokens``: ``max_output_tokens``
     at most, and a third of what its instructions leave (below 1: no call fits)."""
-    instructions = input_tokens(summary_request("", SummaryPlan(None, ())))
-    return min(max_output_tokens, (window_tokens - instructions) // OUTPUT_SHARE)
+    return min(max_output_tokens, (window_tokens - _instructions_tokens()) // OUTPUT_SHARE)
+
+
+@lru_cache(maxsize=1)
+def _instructions_tokens() -> int:
+    """A summary call's input with nothing to summarise: read with every context setting
+    (``ContextSettings.max_fixed_tokens``), counted once."""
+    return input_tokens(summary_request("", SummaryPlan(None, ())))
 
 
 def bounded_text(text: str, max_tokens: int) -> str:

@@ -284,18 +284,7 @@ class SessionContext:
         kept = self._settings_of
         if kept is None or kept[0] != model:
             spec = self.settings.model_spec(model)
-            kept = self._settings_of = (
-                model,
-                ContextSettings(
-                    window_tokens=spec.context_window_tokens,
-                    reserve_output_tokens=spec.reserved_output_tokens,
-                    min_block_lines=self.settings.min_block_lines,
-                    fixed_share=self.settings.pins_facts_max_share,
-                    # its API refuses an input opening with the model's turn (review RZ-4)
-                    user_turn_first=spec.kind == "anthropic",
-                    summary_max_output_tokens=self.settings.summary_max_output_tokens,
-                ),
-            )
+            kept = self._settings_of = (model, self.settings.context_settings(spec))
         return kept[1]
 
     def build(

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
 
 def session_view(room: SessionRoom) -> SessionView:
     settings = room.settings
+    context = room.context.settings_now()
     active = room.active_run
     document = room.writer.document
     return SessionView(
@@ -28,7 +29,8 @@ def session_view(room: SessionRoom) -> SessionView:
             settings.max_pins,
             settings.max_facts,
             settings.max_session_bytes,
-            room.context.settings_now().max_fixed_tokens,
+            context.max_fixed_tokens,
+            context.fixed_limit_cause,
         ),
         accepting_prompts=not room.draining,
         subjects=room.membership.subjects,

@@ -17,7 +17,7 @@ from typing import Any
 
 from parley.authz.policy import Restriction, Subject, restrict
 from parley.authz.scope import ContextSeen, RunScope, drawn_refusal, prompt_refusal
-from parley.session.context import FixedParts
+from parley.session.context import PROMPT_ROOM, FixedParts
 from parley.session.core.effects import (
     AppendText,
     AuditRecord,
@@ -669,9 +669,6 @@ def too_large(tokens: int, budget: int, fixed: FixedParts | None = None) -> Endi
     )
 
 
-# Room a prompt of a few words takes with the header every message carries: what every
-# call carries leaving less than this is blamed, not the prompt.
-PROMPT_ROOM = 32
 _INSTRUCTIONS = "the server's instructions"
 _FACTS_PINS = "the facts and pinned messages"
 _SUMMARY = "the summary of older turns"

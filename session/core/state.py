@@ -51,12 +51,15 @@ class DocumentLimits:
     keep it under (None: no limit), so that a new client's first sync stays within what
     the server may send at once. ``max_fixed_tokens``: what the system text with the facts
     and pins may take of the session model's input (``session.context.fixed_tokens``;
-    None: no limit), so that every model input leaves room for the prompts."""
+    None: no limit), so that every model input leaves room for the prompts;
+    ``max_fixed_cause``: why it is what it is, as a refusal says it
+    (``ContextSettings.fixed_limit_cause``)."""
 
     max_pins: int
     max_facts: int
     max_session_bytes: int | None = None
     max_fixed_tokens: int | None = None
+    max_fixed_cause: str = "a share of its window, so that prompts still fit"
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,8 +197,8 @@ def require_context_room(
         return
     raise TooLarge(
         f"{what} would make the pinned messages and facts, which every model input carries, "
-        f"take {after} tokens; the session's model leaves them {limit} (a share of its "
-        "window, so that prompts still fit): unpin a message or remove a fact first"
+        f"take {after} tokens; the session's model leaves them {limit} "
+        f"({view.limits.max_fixed_cause}): unpin a message or remove a fact first"
     )
 
 
