@@ -463,3 +463,28 @@ def test_a_misspelled_setting_is_refused_with_the_name_it_is_near(
     )
     (tmp_path / ".env").unlink()
     assert untouched(tmp_path)
+
+
+def test_a_window_too_small_for_a_prompt_beside_a_summary_is_refused_at_start_up(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Review RV39-F1b: a window where the instructions, the largest summary and a short
+    prompt do not fit failed every prompt ``too_large``, whatever members did. It is
+    refused where it is set, one line naming the setting, exit 2, nothing written."""
+    small = {"PARLEY_CONTEXT_WINDOW_TOKENS": "1500", "PARLEY_MAX_OUTPUT_TOKENS": "1024"}
+    refused(
+        in_process(tmp_path, capsys, "serve", **small),
+        "PARLEY_CONTEXT_WINDOW_TOKENS: a window of 1500 tokens less 1024 reserved for the "
+        "output leaves 476;",
+    )
+    model = {
+        "name": "tiny",
+        "kind": "offline",
+        "context_window_tokens": 700,
+        "reserved_output_tokens": 400,
+    }
+    refused(
+        in_process(tmp_path, capsys, "serve", PARLEY_MODELS=json.dumps([model])),
+        "PARLEY_MODELS: model 'tiny': a window of 700 tokens",
+    )
+    assert untouched(tmp_path)

@@ -776,3 +776,64 @@ async def test_a_preview_folding_ahead_as_a_grant_is_taken_away_answers_without_
         assert [x for x in answer["excluded"] if "alice may not read it" in x["reason"]]
         again = await b.call(context_api.preview_context, session_id=sid, user_id="bob")
         assert SECRET in again.body.decode()  # bob still may
+
+
+async def test_facts_up_to_their_share_beside_a_summary_leave_a_small_window_a_prompt(
+    tmp_path: Path,
+) -> None:
+    """Review RV39-F1b, over a socket and REST: in a 2,000-token window with 1,024 for the
+    output, facts set until refused and a summary as long as its call may write left no
+    room for any prompt (the facts' share was half the budget, the summary on top): every
+    prompt failed ``too_large``. The facts' share is now what the summary and a prompt
+    leave, so a short prompt is answered."""
+
+    def script(sent: Sent) -> Answer:
+        if sent.purpose == "summary":
+            return ["Summary: " + "the team shipped the release on time " * 400]
+        return ["ok"]
+
+    settings = make_settings(
+        sqlite_url(tmp_path),
+        tmp_path / "d",
+        context_window_tokens=2_000,
+        max_output_tokens=1_024,
+        summary_min_tokens=100,
+        commands_burst=1_000,
+    )
+    async with serve_in_process(settings, FakeModel(script)) as server:
+        sid = await server.new_session({"alice": "editor"})
+        path = f"/api/v1/sessions/{sid}"
+        alice = await server.connect(sid, "alice")
+        for n in range(30):
+            text = f"update {n}: " + " ".join(["progress"] * 60)
+            await alice.command({"type": "message", "id": f"m{n}", "text": text})
+        await alice.command({"type": "prompt", "id": "p", "text": "status?"})
+        await alice.wait_until(lambda c: all_replies_settled(c, 1))
+        headers = {"Authorization": f"Bearer {await server.token(sid, 'alice')}"}
+        preview = f"{path}/context?user_id=alice"
+        for _ in range(400):  # the summariser runs after the run, on a task of its own
+            summary = (await server.http.get(preview)).json()["summary"]
+            if summary is not None:
+                break
+            await asyncio.sleep(0.05)
+        assert summary is not None and summary["tokens"] > 500
+        refused = None
+        for n in range(40):
+            fact = {"value": " ".join(["detail"] * 20)}
+            put = await server.http.put(f"{path}/facts/f{n}", json=fact, headers=headers)
+            if put.status_code != 200:
+                refused = put
+                break
+        assert refused is not None and n > 1
+        error = refused.json()["error"]
+        assert (refused.status_code, error["code"]) == (413, "too_large")
+        assert "beside the largest summary and a prompt" in error["message"]
+        asked = await alice.command({"type": "prompt", "id": "q", "text": "and now?"})
+
+        def ended(c: Any) -> dict[str, Any] | None:
+            said = next(e for e in c.entries() if e["id"] == asked["prompt_id"])
+            return None if said["status"] in ("queued", "running") else said
+
+        await alice.wait_until(lambda c: ended(c) is not None)
+        prompt = ended(alice)
+        assert prompt is not None and prompt["status"] == "done", prompt

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from parley.server.settings import Settings
+from parley.session.context import fixed_tokens
 from parley.session.errors import ConfigurationError
 
 
@@ -99,3 +100,27 @@ def test_a_settings_object_made_in_code_ignores_no_unknown_name(
     monkeypatch.setenv("PARLEY_MAX_PROMT_CHARS", "10")
     with pytest.raises(ConfigurationError):
         create_app()
+
+
+def test_every_window_a_session_may_use_leaves_a_prompt_room_beside_the_largest_summary() -> None:
+    """Review RV39-F1b: each model's window (the offline one's from
+    PARLEY_CONTEXT_WINDOW_TOKENS) is judged by the context settings a session using it
+    builds with: accepted, the instructions, the largest summary and a prompt fit it;
+    refused, the reason names the window."""
+    seen = set()
+    for window in range(1_800, 2_200, 25):
+        spec = {"name": "m", "kind": "offline", "context_window_tokens": window}
+        for given in ({"context_window_tokens": window}, {"models": [spec]}):
+            try:
+                settings = Settings(max_output_tokens=1_024, **given)
+            except ValueError as refused:
+                assert f"a window of {window} tokens less 1024 reserved" in str(refused)
+                seen.add("refused")
+                continue
+            context = settings.context_settings(settings.model_spec(None))
+            assert context.window_problem() is None
+            assert context.max_fixed_tokens >= fixed_tokens({}, ())
+            seen.add("accepted")
+    assert seen == {"refused", "accepted"}
+    lowered = Settings(context_window_tokens=1_400, summary_max_output_tokens=16)
+    assert lowered.context_settings(lowered.model_spec(None)).window_problem() is None

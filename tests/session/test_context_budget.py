@@ -114,3 +114,18 @@ def test_facts_up_to_the_share_with_a_summary_leave_a_small_window_a_prompt() ->
     )
     assert built.summary is not None
     assert too_large(built.tokens, built.budget, built.fixed_parts) is None
+
+
+def test_a_refusal_names_what_bounds_the_facts_and_pins() -> None:
+    """The pin rule's limit is the share of the budget, or what the largest summary and a
+    prompt leave when that is less: the refusal says which (``fixed_limit_cause``)."""
+    small = ContextSettings(window_tokens=2_000, reserve_output_tokens=1_024)
+    assert small.max_fixed_tokens == small.max_carried_tokens < int(small.budget * 0.5)
+    assert "beside the largest summary and a prompt" in small.fixed_limit_cause
+    usual = ContextSettings()
+    assert usual.max_fixed_tokens == int(usual.budget * 0.5) < usual.max_carried_tokens
+    assert "a share of its window" in usual.fixed_limit_cause
+    tiny = ContextSettings(window_tokens=1_500, reserve_output_tokens=1_024)
+    problem = tiny.window_problem()
+    assert problem is not None and problem.startswith("a window of 1500 tokens less 1024")
+    assert small.window_problem() is None and usual.window_problem() is None
