@@ -10,6 +10,7 @@ import asyncio
 from typing import Any
 
 from parley.server.runtime.session_writes import SETTINGS_WRITE, apply_session_write
+from parley.server.store.memory import MemoryStore
 from parley.session.commands import FactCommand, PromptCommand
 from parley.session.entries import Entry
 from parley.session.lifecycle import PromptStatus
@@ -207,14 +208,16 @@ async def test_a_coalesced_run_whose_fixed_part_overflows_is_judged_by_one_build
     """Review B3: in a coalesced session whose pins and facts overflow the window, each run
     start judged the prompts it planned with a build for all of them, then one per prompt
     (21 builds of a 1.5 MB system text: a stall of the loop of 0.6-1.5 s per run). The
-    facts here were set under a larger share (the window shrank since): one build judges
+    facts here were set under a larger window (it shrank since): one build judges
     them all, and every prompt fails with what to remove."""
     members = {"alice": "editor", "bob": "editor", "dave": "editor", "erin": "editor"}
-    share = {"pins_facts_max_share": 4.0}  # past the bound: facts past the window
-    async with memory_session(members, policy=Policy.COALESCE, unvalidated=share, **SMALL) as s:
+    store = MemoryStore()
+    async with memory_session(members, policy=Policy.COALESCE, store=store) as s:
         terms = " ".join(f"clause {n} of the contract" for n in range(80))[:2000]
         for key in ("terms", "more_terms"):
             assert (await s.send("alice", FactCommand(key, key, terms)))["type"] == "ack"
+    async with memory_session(members, policy=Policy.COALESCE, store=store, **SMALL) as s:
+        s.commands = 1_000  # past the ids the first room used
         ids = [str((await s.prompt(user, f"what about {user}?"))["prompt_id"]) for user in members]
         builds = []
         build = s.room.context.build
