@@ -4,6 +4,7 @@ Only the secret's SHA-256 is stored, so the table gives nobody a working link. A
 spent in the transaction that mints the token: its use count is raised only while below
 ``max_uses``, the member is read there, and it must still be the membership the invite was
 made for (the same ``token_epoch``: a member removed and added back kills older invites).
+That is part of ``_live``, the one rule the listing, the cap and the exchange apply.
 One its maker could no longer mint is revoked there, for good (``Killed``): judged with what
 the server holds of its member then (``read_traces``).
 """
@@ -95,11 +96,25 @@ async def read_traces(connection: AsyncConnection, session_id: str, user_id: str
     return Traces(*(bool(there) for there in row))
 
 
+def _of_membership() -> Any:
+    """Whether the invite's member is still the membership it was made for (same
+    ``token_epoch``): one removed, even added back, makes it dead (review RV40-F3)."""
+    return exists().where(
+        and_(
+            members.c.session_id == invites.c.session_id,
+            members.c.user_id == invites.c.user_id,
+            members.c.token_epoch == invites.c.token_epoch,
+        )
+    )
+
+
 def _live(now: int) -> Any:
+    """The one rule of a live invite, for the listing, the cap, a revoke and the exchange."""
     return and_(
         invites.c.revoked_at.is_(None),
         invites.c.expires_at > now,
         invites.c.uses < invites.c.max_uses,
+        _of_membership(),
     )
 
 
@@ -124,7 +139,11 @@ class InviteStore:
                 invites.delete().where(
                     and_(
                         invites.c.session_id == row.session_id,
-                        or_(invites.c.revoked_at.is_not(None), invites.c.expires_at <= now),
+                        or_(
+                            invites.c.revoked_at.is_not(None),
+                            invites.c.expires_at <= now,
+                            ~_of_membership(),
+                        ),
                     )
                 )
             )

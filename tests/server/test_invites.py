@@ -189,6 +189,32 @@ async def test_a_session_has_a_bounded_number_of_live_invites(server: RunningSer
     await _invite(server, sid)
 
 
+async def test_invites_dead_with_their_membership_are_not_live_nor_counted(
+    server: RunningServer,
+) -> None:
+    """Review RV40-F3: links made for a membership that ended (alice removed, then added
+    back) are refused at the exchange, so they are not listed as live, cannot be revoked
+    as live, and do not fill the cap: a new link for alice works."""
+    sid = await server.new_session({"alice": "editor"})
+    first = await _invite(server, sid, max_uses=5)
+    for _ in range(99):
+        await _invite(server, sid)
+    members = f"/api/v1/sessions/{sid}/members/alice"
+    assert (await server.http.delete(members)).status_code == 204
+    listing = f"/api/v1/sessions/{sid}/invites"
+    assert (await server.http.get(listing)).json()["invites"] == []
+    assert (await server.http.put(members, json={"role": "viewer"})).status_code == 200
+    assert (await _exchange(server, first["secret"])).status_code == 401
+    assert (await server.http.get(listing)).json()["invites"] == []
+    assert (await server.http.delete(f"{listing}/{first['id']}")).status_code == 404
+
+    fresh = await _invite(server, sid)
+    listed = (await server.http.get(listing)).json()["invites"]
+    assert [i["id"] for i in listed] == [fresh["id"]]
+    token = await _exchange(server, fresh["secret"])
+    assert token.status_code == 200 and token.json()["user_id"] == "alice", token.text
+
+
 async def test_a_link_is_judged_again_when_used_as_if_its_maker_minted_it_then(
     server: RunningServer,
 ) -> None:
