@@ -186,3 +186,39 @@ async def test_a_token_from_a_link_dies_with_its_maker_on_every_node(polled: Clu
     assert socket.ws.close_reason is not None and "alice" in socket.ws.close_reason
     assert await _status(other, sid, carol) == 401
     assert await _status(running, sid, carol) == 401
+
+
+@shared
+async def test_invites_dead_with_their_membership_are_not_live_on_any_node(
+    polled: Cluster,
+) -> None:
+    """Review RV40-F3, in cluster mode: carol removed through one node and added back
+    through the other, her links from before are refused, listed as live on neither node,
+    and leave room for a new link, which works on both."""
+    sid = await polled.new_session({"carol": "editor"})
+    running, other = await polled.running_and_other(sid)
+    invites = f"/api/v1/sessions/{sid}/invites"
+    old = await polled.http.post(
+        f"{running.base_url}{invites}", json={"user_id": "carol", "max_uses": 5}
+    )
+    assert old.status_code == 201, old.text
+    member = f"/api/v1/sessions/{sid}/members/carol"
+    removed = await polled.http.delete(f"{running.base_url}{member}")
+    assert removed.status_code == 204, removed.text
+    assert (await polled.http.get(f"{other.base_url}{invites}")).json()["invites"] == []
+    added = await polled.http.put(f"{other.base_url}{member}", json={"role": "viewer"})
+    assert added.status_code == 200, added.text
+    exchange = "/api/v1/invites/exchange"
+    async with httpx.AsyncClient(base_url=other.base_url, timeout=30) as client:
+        refused = await client.post(exchange, json={"invite": old.json()["secret"]})
+    assert refused.status_code == 401, refused.text
+    for node in (running, other):
+        assert (await polled.http.get(f"{node.base_url}{invites}")).json()["invites"] == []
+    new = await polled.http.post(f"{other.base_url}{invites}", json={"user_id": "carol"})
+    assert new.status_code == 201, new.text
+    for node in (running, other):
+        listed = (await polled.http.get(f"{node.base_url}{invites}")).json()["invites"]
+        assert [i["id"] for i in listed] == [new.json()["id"]]
+    async with httpx.AsyncClient(base_url=running.base_url, timeout=30) as client:
+        exchanged = await client.post(exchange, json={"invite": new.json()["secret"]})
+    assert exchanged.status_code == 200 and exchanged.json()["user_id"] == "carol"
