@@ -25,6 +25,7 @@ from parley.server.http.rest import (
     Encoded,
     Operation,
     QueryStr,
+    audit_refusal,
     path_pattern,
     read_paid_after,
     spend_command_everywhere,
@@ -146,6 +147,9 @@ def _asked(room: SessionRoom, doc: SessionDocument, user_id: str) -> _Asked:
     return _Asked(prompt_ids, scope, room.membership.grants_key(), tuple(pending))
 
 
+CONTEXT_PATH = "/api/v1/sessions/{session_id}/context"
+
+
 async def preview_context(
     state: AppState, session_id: str, user_id: str, caller: Caller
 ) -> Encoded:
@@ -153,7 +157,11 @@ async def preview_context(
     the run that takes the user's next waiting prompt, or the history alone. A member may
     preview only their own."""
     if caller.user_id is not None and caller.user_id != user_id:
-        raise Forbidden("a member may preview only their own model input")
+        # Audited as every refusal is (review RV40-F4: this one was not).
+        reason = "a member may preview only their own model input"
+        room = await state.rooms.current(session_id)
+        await audit_refusal(state, room, caller, f"GET {CONTEXT_PATH}", reason)
+        raise Forbidden(reason)
     # The document as committed (review RA-4): a write under way is not previewed, so no
     # node answers what a failed write takes back, nor older after another node answered.
     room, doc = await state.rooms.committed(session_id, kept=True)  # read before an await
@@ -372,7 +380,7 @@ OPERATIONS: list[Operation] = [
     ),
     Operation(
         "GET",
-        "/api/v1/sessions/{session_id}/context",
+        CONTEXT_PATH,
         preview_context,
         "Preview the next model input for a member",
         capability=Capability.READ_SESSION,

@@ -400,11 +400,18 @@ def _session_of(op: Operation, caller: Caller, session_id: str | None) -> str | 
 async def _refused(
     op: Operation, caller: Caller, state: AppState, room: SessionRoom, refusal: Decision
 ) -> None:
-    """Audit a member's refused call: at most at their command rate (their socket's
-    refused commands spend it too); past it, refused unwritten."""
+    await audit_refusal(state, room, caller, f"{op.method} {op.path}", refusal.reason)
+
+
+async def audit_refusal(
+    state: AppState, room: SessionRoom, caller: Caller, action: str, reason: str
+) -> None:
+    """Audit a member's refused call (``action``: its method and route): at most at their
+    command rate (their socket's refused commands spend it too); past it, refused
+    unwritten. For a refusal a route's handler makes (a member naming another), as
+    ``judge`` makes one of a capability."""
     await spend_command_everywhere(state, room, caller.user_id, "too many refused calls; slow down")
-    what = {"action": f"{op.method} {op.path}", "reason": refusal.reason}
-    await room.writer.audit("refused", caller.actor, what)
+    await room.writer.audit("refused", caller.actor, {"action": action, "reason": reason})
 
 
 def spend_command(

@@ -64,6 +64,7 @@ from parley.session.errors import (
     Forbidden,
     NotFound,
     ParleyError,
+    RestrictedShare,
     ShuttingDown,
     TooLarge,
     Unauthenticated,
@@ -73,6 +74,7 @@ from parley.session.queue import PendingPrompt
 from parley.session.reasons import Ending, ReasonCode, cancelled_by
 from parley.session.thread_commands import (
     ThreadCloseCommand,
+    ThreadCommand,
     ThreadOpenCommand,
     ThreadPromptCommand,
     ThreadShareCommand,
@@ -141,7 +143,7 @@ def _handle(view: SessionView, event: CommandEvent) -> Effects:
         # A member's, as their routes are (a close or a delete read no capability: review
         # of RG-2, one judged after its owner's removal was stored after ``member_left``).
         refused = _authorized(view, event, Capability.READ_SESSION)
-        return refused or threads.handle_thread(view, event, command)
+        return refused or _thread(view, event, command)
     if threads.used_in_threads(view, event.actor, command.id):
         raise DuplicateCommand(command.id)  # a side-thread command's id
     if isinstance(command, PromptCommand):
@@ -156,6 +158,22 @@ def _handle(view: SessionView, event: CommandEvent) -> Effects:
     if isinstance(command, PolicyCommand):
         return _authorized(view, event, Capability.MANAGE_SESSION) or _policy(view, event, command)
     return _cancel(view, event, command)
+
+
+def _thread(view: SessionView, event: CommandEvent, command: ThreadCommand) -> Effects:
+    """A side-thread command, its member's refusal (no ``prompt``, no ``post_message``,
+    replies they may no longer read) audited as the session's own commands' are (review
+    RV40-F4: answered ``forbidden`` unaudited). The record names the command and the reason,
+    never the thread's text. ``restricted_share`` is the session's policy, not a refusal
+    of the member's rights."""
+    try:
+        return threads.handle_thread(view, event, command)
+    except RestrictedShare:
+        raise
+    except Forbidden as exc:
+        if event.admin:
+            raise  # the admin key has no side-thread to be refused
+        return _refusal(event, exc.message)
 
 
 def _refusal(event: CommandEvent, reason: str, error: type[ParleyError] = Forbidden) -> Effects:

@@ -4,8 +4,10 @@ A side-thread belongs to the member who opened it (``owner``). Its model input i
 shared session up to its anchor, built with the owner's scope (what their own prompt there
 would see), then its own turns; none of it enters the shared document, other members'
 inputs, summaries or previews. Its runs do not wait in, or block, the session's queue: at
-most ``ThreadLimits.max_runs_per_session`` run at once, one per thread, and at most
-``ThreadLimits.runs_per_member`` of one member's. What the owner
+most ``ThreadLimits.runs_per_member`` of one member's run at once, one per thread; a
+member's second and later only while the session runs fewer than
+``ThreadLimits.max_runs_per_session`` (their first is never refused for the others'
+runs, whose count no refusal tells). What the owner
 shares back is posted as their message, marked as from a private thread; text derived from
 what not every member may read is refused (``RestrictedShare``) unless the session's
 ``restricted_replies`` policy is ``shared``, chosen by the admin key or by a member who may
@@ -217,15 +219,22 @@ def _prompt(
     # A member's share first: one member prompting in every thread of theirs held all the
     # session's runs, and the others' prompts were refused for as long as the runs lasted
     # (review).
-    if running_threads(view.threads.values(), event.actor) >= limits.runs_per_member:
+    mine = running_threads(view.threads.values(), event.actor)
+    if mine >= limits.runs_per_member:
         raise ThreadRunsBusy(
             f"you have {limits.runs_per_member} side-thread replies being written in this "
             "session, your share; try again when one of them is done"
         )
-    if running_threads(view.threads.values()) >= limits.max_runs_per_session:
+    # The session's cap refuses only a member with a run of their own, and says nothing of
+    # how many are the others' (review RV41-F1: a member with none was refused "4
+    # side-thread replies are being written", which told them when, and how many, the
+    # others asked privately; and two members held every run). So a member's first run is
+    # never refused for the others' runs: a session runs at most ``max_runs_per_session``
+    # plus one per other member with a run of their own.
+    if mine and running_threads(view.threads.values()) >= limits.max_runs_per_session:
         raise ThreadRunsBusy(
-            f"{limits.max_runs_per_session} side-thread replies are being written in this "
-            "session; try again when one is done"
+            "this session's side-thread runs are all taken while a reply of yours is being "
+            "written; try again when yours is done"
         )
     # A run folds the session's history up to its anchor anew when its thread's fold is
     # not kept, paid from its owner's read budget as a preview's build is: while it is

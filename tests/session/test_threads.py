@@ -172,9 +172,13 @@ def test_a_prompt_starts_a_run_beside_the_queue() -> None:
     assert (turn.kind, turn.status, turn.text) == ("prompt", "running", "is this right?")
     assert isinstance(t.refused("bob", ThreadPromptCommand("q", thread_id, "more")), Busy)
     other = t.open("alice")
-    refused = t.refused("alice", ThreadPromptCommand("a", other, "x"))
-    assert isinstance(refused, ThreadRunsBusy)  # one side-thread run at a time here
-    assert isinstance(t.refused("alice", ThreadPromptCommand("a", thread_id, "x")), NotFound)
+    # Her first run is never refused for bob's (review RV41-F1), past the session's one.
+    t.ok("alice", ThreadPromptCommand("a", other, "x"))
+    more = t.ok("alice", ThreadOpenCommand("o2", None, "t")).ack
+    assert more is not None
+    refused = t.refused("alice", ThreadPromptCommand("a2", dict(more.ids)["thread_id"], "x"))
+    assert isinstance(refused, ThreadRunsBusy)  # her share: one side-thread run here
+    assert isinstance(t.refused("alice", ThreadPromptCommand("a3", thread_id, "x")), NotFound)
     reply = t.answer(thread_id)
     assert (reply.kind, reply.status) == ("reply", "done")
     assert [x.status for x in t.threads[thread_id].turns] == ["done", "done"]
@@ -192,8 +196,36 @@ def test_a_member_holds_at_most_their_share_of_the_sessions_side_thread_runs() -
     refused = t.refused("alice", ThreadPromptCommand("p2", threads[2], "x"))
     assert isinstance(refused, ThreadRunsBusy) and "your share" in refused.message
     t.ok("bob", ThreadPromptCommand("b", t.open("bob"), "x"))  # the session's third run
+    # Review RV41-F1: the session's cap refuses only a member with a run of their own, and
+    # tells no count of the others' runs.
+    t.members["carol"] = "editor"
+    t.ok("carol", ThreadPromptCommand("c", t.open("carol"), "x"))  # past it: her first
+    bobs = t.ok("bob", ThreadOpenCommand("o2", None, "t")).ack
+    assert bobs is not None
+    busy = t.refused("bob", ThreadPromptCommand("b2", dict(bobs.ids)["thread_id"], "x"))
+    assert isinstance(busy, ThreadRunsBusy) and "yours" in busy.message
+    assert not any(digit in busy.message for digit in "0123456789")
     assert ThreadLimits(max_runs_per_session=1, max_runs_per_member=2).runs_per_member == 1
     assert ThreadLimits().runs_per_member == 2  # of 4
+
+
+def test_a_refusal_of_the_members_rights_is_audited_without_the_threads_text() -> None:
+    """Review RV40-F4: a side-thread command refused for a missing ``prompt`` or
+    ``post_message`` was ``forbidden`` with no audit record, as the session's own are."""
+    t = Threads()
+    thread_id = t.open()
+    t.members["bob"] = "viewer"
+    for command in (
+        ThreadOpenCommand("o2", None, "SECRET-title"),
+        ThreadPromptCommand("p", thread_id, "SECRET-text"),
+        ThreadShareCommand("s", thread_id, "SECRET-text", ()),
+    ):
+        effects = t.send("bob", command)
+        assert isinstance(effects.error, Forbidden) and not effects.writes
+        [record] = effects.audit
+        assert (record.kind, record.actor) == ("refused", "bob")
+        assert record.data["action"] == f"command {type(command).__name__}"
+        assert record.data["reason"] and "SECRET" not in str(record.data)
 
 
 def test_summarising_asks_with_the_servers_instruction() -> None:

@@ -253,11 +253,14 @@ async def test_limits_on_threads_turns_and_concurrent_runs() -> None:
         await s.until(lambda s: thread(s, mine).running)
         assert (await ask(s, "bob", mine, "again"))["code"] == "busy"
         hers = await open_thread(s, "alice")
-        assert (await ask(s, "alice", hers, "mine too"))["code"] == "thread_runs_busy"
+        # Past the session's one run, hers: a member's first is never refused for the
+        # others' runs (review RV41-F1); her second would be, her share being one.
+        assert (await ask(s, "alice", hers, "[wait] mine too"))["type"] == "ack"
         # Another member's thread is not there for alice (nor confirmed to exist).
         assert (await ask(s, "alice", mine, "peek"))["code"] == "not_found"
         model.gate.set()
         await answered(s, mine)
+        await answered(s, hers)
         await ask(s, "bob", mine, "second")
         await answered(s, mine)
         assert (await ask(s, "bob", mine, "third"))["code"] == "thread_limit"
