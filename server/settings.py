@@ -203,7 +203,12 @@ class Settings(BaseSettings):
         description="Turns (prompts, replies, tool steps) per side-thread",
     )
     max_thread_runs_per_session: int = Field(
-        default=4, ge=1, le=100, description="Side-thread replies written at once in one session"
+        default=4,
+        ge=1,
+        le=100,
+        description="Side-thread replies written at once in one session before a member "
+        "with one of their own is refused another (a member's first is never refused for "
+        "the others': at most this plus one per other member)",
     )
     max_thread_runs_per_member: int = Field(
         default=2,

@@ -14,6 +14,8 @@ RUNNING, DONE = "running", "done"
 
 @dataclass(frozen=True, slots=True)
 class ThreadLimits:
+    # ``max_runs_per_session`` refuses only a member with a run of their own (review
+    # RV41-F1): a member's first run is never refused for the others'.
     max_threads_per_member: int = 20
     max_turns_per_thread: int = 200
     max_runs_per_session: int = 4
