@@ -21,7 +21,9 @@ from pydantic_settings import (
 from parley.authz.origins import check_allowed_origins
 from parley.server.store.database_url import check_database_url
 from parley.session.context import ContextSettings
+from parley.session.documents import SEARCH_DOCUMENTS
 from parley.session.errors import ConfigurationError
+from parley.session.tokens import tools_tokens
 
 OFFLINE_MODEL = "offline"
 
@@ -513,8 +515,10 @@ class Settings(BaseSettings):
             return [(f"{PREFIX}CONTEXT_WINDOW_TOKENS", self.catalog()[OFFLINE_MODEL])]
         return [(f"{PREFIX}MODELS: model {spec.name!r}", spec) for spec in self.models]
 
-    def context_settings(self, spec: ModelSpec) -> ContextSettings:
-        """How a session using the model ``spec`` builds its model inputs."""
+    def context_settings(self, spec: ModelSpec, tools_room: int | None = None) -> ContextSettings:
+        """How a session using the model ``spec`` builds its model inputs; ``tools_room``:
+        what the definitions of every tool a run may be offered take (None: the built-in
+        one's alone, as before any tool is registered)."""
         return ContextSettings(
             window_tokens=spec.context_window_tokens,
             reserve_output_tokens=spec.reserved_output_tokens,
@@ -523,6 +527,7 @@ class Settings(BaseSettings):
             # its API refuses an input opening with the model's turn (review RZ-4)
             user_turn_first=spec.kind == "anthropic",
             summary_max_output_tokens=self.summary_max_output_tokens,
+            tools_room=builtin_tools_room() if tools_room is None else tools_room,
         )
 
     def catalog(self) -> dict[str, ModelSpec]:
@@ -536,6 +541,13 @@ class Settings(BaseSettings):
         catalog = self.catalog()
         chosen = catalog.get(name) if name is not None else None
         return chosen or catalog[self.default_model or next(iter(catalog))]
+
+
+@lru_cache(maxsize=1)
+def builtin_tools_room() -> int:
+    """What the built-in tool's definition adds to a call (``search_documents``, offered
+    to every member who may search the session's documents)."""
+    return tools_tokens([SEARCH_DOCUMENTS])
 
 
 class UnknownNames(PydanticBaseSettingsSource):

@@ -112,6 +112,10 @@ class ContextSettings:
     # model's turn (Anthropic's API refuses it): the build counts it (review RZ-4).
     user_turn_first: bool = False
     summary_max_output_tokens: int = 768  # what a summary call may write, at most
+    # The most the tools' definitions add to a call (``tokens.tools_tokens`` of every tool
+    # the server may offer a run): kept out of the facts' and pins' room as the summary's
+    # is (review RV42-F1: the built-in search tool's 89 tokens ate a short prompt's room).
+    tools_room: int = 0
 
     @property
     def summary_tokens(self) -> int:
@@ -133,12 +137,13 @@ class ContextSettings:
     @property
     def max_carried_tokens(self) -> int:
         """The most the instructions, facts and pins may take whatever the share: the
-        budget less the largest summary, the system text's framing and a prompt's room.
-        One budget for what every call carries (review RV39-F1b: the share was taken of
-        the whole budget and the summary came on top, so below a window of about 2,200
-        tokens accepted facts and pins failed every prompt ``too_large``)."""
+        budget less the largest summary, the tools' definitions, the system text's framing
+        and a prompt's room. One budget for what every call carries (review RV39-F1b: the
+        share was taken of the whole budget and the summary came on top, so below a
+        window of about 2,200 tokens accepted facts and pins failed every prompt
+        ``too_large``)."""
         framing = MESSAGE_TOKENS + REPLY_TOKENS
-        return self.budget - self.summary_room - framing - PROMPT_ROOM
+        return self.budget - self.summary_room - self.tools_room - framing - PROMPT_ROOM
 
     @property
     def max_fixed_tokens(self) -> int:
@@ -151,23 +156,24 @@ class ContextSettings:
     def fixed_limit_cause(self) -> str:
         """Why ``max_fixed_tokens`` is what it is, as a refusal says it."""
         if self.max_carried_tokens < int(self.budget * self.fixed_share):
-            return "what its window leaves beside the largest summary and a prompt"
+            return "what its window leaves beside the largest summary, the tools and a prompt"
         return "a share of its window, so that prompts still fit"
 
     def window_problem(self) -> str | None:
         """Why no prompt could ever be answered in this window (None: one can): the
-        instructions, the largest summary and a prompt's room do not fit its budget.
-        Checked where a window is configured (``server.settings``)."""
+        instructions, the largest summary, the tools' definitions and a prompt's room do
+        not fit its budget. Checked where a window is configured (``server.settings``)."""
         instructions = fixed_tokens({}, ())
         if self.max_carried_tokens >= instructions:
             return None
         need = self.budget - self.max_carried_tokens + instructions
+        tools = f", the tools' definitions ({self.tools_room})" if self.tools_room else ""
         return (
             f"a window of {self.window_tokens} tokens less {self.reserve_output_tokens} "
             f"reserved for the output leaves {self.budget}; the server's instructions, the "
-            f"largest summary ({self.summary_room}) and a short prompt ({PROMPT_ROOM}) need "
-            f"{need}: choose a larger window or a smaller output reserve, or lower "
-            "PARLEY_SUMMARY_MAX_OUTPUT_TOKENS"
+            f"largest summary ({self.summary_room}){tools} and a short prompt "
+            f"({PROMPT_ROOM}) need {need}: choose a larger window or a smaller output "
+            "reserve, or lower PARLEY_SUMMARY_MAX_OUTPUT_TOKENS"
         )
 
 

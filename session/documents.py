@@ -27,8 +27,22 @@ from dataclasses import dataclass
 from itertools import accumulate, chain, islice
 
 from parley.session.attribution import escape_text, quoted_in_line
+from parley.session.model import ToolSpec
 
 _WORD = re.compile(r"\w{2,}", re.UNICODE)
+
+# The built-in tool (its capability ``tool:search_documents``; run by ``server.runtime.tools``).
+SEARCH_DOCUMENTS = ToolSpec(
+    "search_documents",
+    "Search the documents attached to this session that the asking member may read; "
+    "returns the best matching passages with their document titles.",
+    {
+        "type": "object",
+        "properties": {"query": {"type": "string", "description": "words to look for"}},
+        "required": ["query"],
+        "additionalProperties": False,
+    },
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -47,13 +47,14 @@ from parley.server.http.rest import (
 )
 from parley.server.outbound.targets import url_form_problem
 from parley.server.runtime.room import SessionRoom
-from parley.server.runtime.tools import SEARCH_DOCUMENTS, new_secret
+from parley.server.runtime.tools import new_secret
 from parley.server.state import AppState
 from parley.server.store.access import AccessStore
 from parley.server.store.access_rows import AuditPage, DocumentRow, DocumentSizes, ToolRow
 from parley.server.store.horizon import Place
 from parley.server.store.link_tokens import by_readers
 from parley.session.core.audit_view import shown_record
+from parley.session.documents import SEARCH_DOCUMENTS
 from parley.session.errors import Conflict, Forbidden, InvalidInput, NotFound, TooLarge
 
 

@@ -60,19 +60,17 @@ async def put_fact(
     state: AppState, session_id: str, key: str, body: FactPut, caller: Caller
 ) -> Encoded:
     room = await state.rooms.get(session_id)
+    # Its answer lists every fact (up to the facts' share of the window): paid from the
+    # member's read budget as a read of the list is, so a member whose budget is spent is
+    # refused before anything is written (review RV42-F3: answers charged only after were
+    # sent at 11 times the budget, as fast as the command rate let the changes go).
+    spend_read(state, room, caller.user_id, 1)
     await spend_command_everywhere(state, room, caller.user_id)
     write = {"op": "set_fact", "key": key, "value": body.value, "author": caller.user_id or ""}
     result = await state.rooms.change(room, write)
-    return _paid_answer(room, caller, FactsOut(facts=result["facts"]))
-
-
-def _paid_answer(room: SessionRoom, caller: Caller, answer: Strict) -> Encoded:
-    """A change's answer that lists every fact (up to the facts' share of the window):
-    its bytes are paid from the member's read budget once sent, as a read of the list is
-    (their next reads wait until paid); the change itself spent a command."""
-    body = answer.model_dump_json().encode()
-    room.charge_read(caller.user_id, len(body))
-    return Encoded(body)
+    answer = FactsOut(facts=result["facts"]).model_dump_json().encode()
+    room.settle_read(caller.user_id, 1, [answer])
+    return Encoded(answer)
 
 
 async def delete_fact(state: AppState, session_id: str, key: str, caller: Caller) -> None:

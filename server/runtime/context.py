@@ -18,8 +18,9 @@ from parley.authz.policy import Restriction
 from parley.authz.scope import ContextSeen, RunScope, seen_in_context
 from parley.server.metrics import Metrics
 from parley.server.runtime.fold_turns import FoldTurn
+from parley.server.runtime.tools import tool_defs
 from parley.server.settings import Settings
-from parley.server.store.access_rows import PrivateItem
+from parley.server.store.access_rows import PrivateItem, ToolRow
 from parley.server.store.port import SessionStore
 from parley.session.context import (
     BuiltContext,
@@ -34,6 +35,7 @@ from parley.session.history import ReadFilter
 from parley.session.model import Usage
 from parley.session.schema import SessionDocument
 from parley.session.summary import Summary, SummaryPlan, plan_extension
+from parley.session.tokens import tools_tokens
 
 NOT_SHARED = "not every member may read it"
 FOLD_STEP = 64  # history entries folded ahead per pass of the event loop
@@ -84,6 +86,7 @@ class SessionContext:
         doc: Callable[[], SessionDocument],
         model: Callable[[], str | None],
         readable_by_all: Callable[[Restriction], bool],
+        tools: Callable[[], Sequence[ToolRow]] = tuple,
     ) -> None:
         self.session_id = session_id
         self.store = store
@@ -92,6 +95,7 @@ class SessionContext:
         self.clock = clock
         self._doc = doc
         self._model = model
+        self._tools = tools  # the tools registered on the server (``SessionRooms.webhooks``)
         self._readable_by_all = readable_by_all  # (``Membership.everyone_may_read``)
         # Full text behind the placeholders of the shared document, with its readers.
         self.private: dict[str, PrivateItem] = {}
@@ -100,7 +104,10 @@ class SessionContext:
         # The previews built of one state of what a build reads (``preview``).
         self._kept_state: tuple[object, ...] = ()
         self._kept: list[tuple[tuple[str, ...], RunScope, KeptPreview]] = []
-        self._settings_of: tuple[str | None, ContextSettings] | None = None
+        # The settings kept: for the model, the list of tools read (and a copy of it).
+        self._settings_of: (
+            tuple[str | None, Sequence[ToolRow], list[ToolRow], ContextSettings] | None
+        ) = None
         self._builder = ContextBuilder(self.settings_now())
         # The fold aheads under way or waiting, by scope key: one at a time folds a fold.
         self._fold_turns: dict[str, FoldTurn] = {}
@@ -278,14 +285,20 @@ class SessionContext:
         return restrictions
 
     def settings_now(self) -> ContextSettings:
-        """The context's settings for the session's model now: kept per model name, as
-        the core judges each streamed token with them (made anew, 5 to 15 us a token)."""
-        model = self._model()
+        """The context's settings for the session's model and the server's tools now: kept
+        per model name and list of tools, as the core judges each streamed token with them
+        (made anew, 5 to 15 us a token). Every tool a run may be offered counts in the room
+        what every call carries leaves the facts and pins (review RV42-F1)."""
+        model, tools = self._model(), self._tools()
         kept = self._settings_of
-        if kept is None or kept[0] != model:
+        if kept is not None and kept[0] == model and kept[1] is not tools and kept[2] == tools:
+            kept = self._settings_of = (model, tools, kept[2], kept[3])  # the same tools
+        if kept is None or kept[0] != model or kept[1] is not tools:
             spec = self.settings.model_spec(model)
-            kept = self._settings_of = (model, self.settings.context_settings(spec))
-        return kept[1]
+            room = tools_tokens([tool.spec for tool in tool_defs(tools)])
+            settings = self.settings.context_settings(spec, tools_room=room)
+            kept = self._settings_of = (model, tools, list(tools), settings)
+        return kept[3]
 
     def build(
         self,

@@ -157,6 +157,7 @@ class SessionRoom:
             doc=lambda: document.doc,
             model=weak_method(self._session_model),
             readable_by_all=self.membership.everyone_may_read,
+            tools=webhooks,
         )
         self.presence = Presence(settings.max_awareness_state_bytes)
         self.awareness = AwarenessFanout(

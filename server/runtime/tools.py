@@ -36,20 +36,8 @@ from parley.server.settings import Settings
 from parley.server.store.access_rows import DocumentRow, ToolRow
 from parley.server.store.port import RuntimeAccess
 from parley.session.commands import storable
-from parley.session.documents import render
+from parley.session.documents import SEARCH_DOCUMENTS, render
 from parley.session.model import ToolSpec
-
-SEARCH_DOCUMENTS = ToolSpec(
-    "search_documents",
-    "Search the documents attached to this session that the asking member may read; "
-    "returns the best matching passages with their document titles.",
-    {
-        "type": "object",
-        "properties": {"query": {"type": "string", "description": "words to look for"}},
-        "required": ["query"],
-        "additionalProperties": False,
-    },
-)
 
 
 @dataclass(frozen=True, slots=True)

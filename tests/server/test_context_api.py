@@ -556,7 +556,7 @@ async def test_a_members_refused_fact_tells_nothing_of_a_pin_they_may_not_read(
     settings = make_settings(
         sqlite_url(tmp_path),
         tmp_path / "d",
-        context_window_tokens=1500,
+        context_window_tokens=1700,  # what the facts and pins had before the summary, tools counted
         max_output_tokens=512,
         commands_burst=1000,
     )
@@ -621,7 +621,7 @@ async def test_a_readers_reply_goes_private_whether_or_not_a_restricted_pin_fits
     settings = make_settings(
         sqlite_url(tmp_path),
         tmp_path / "d",
-        context_window_tokens=1500,
+        context_window_tokens=1700,  # what the facts and pins had before the summary, tools counted
         max_output_tokens=512,
         commands_burst=1000,
     )
@@ -784,7 +784,8 @@ async def test_facts_up_to_their_share_beside_a_summary_leave_a_small_window_a_p
     """Review RV39-F1b, over a socket and REST: in a 2,000-token window with 1,024 for the
     output, facts set until refused and a summary as long as its call may write left no
     room for any prompt (the facts' share was half the budget, the summary on top): every
-    prompt failed ``too_large``. The facts' share is now what the summary and a prompt
+    prompt failed ``too_large``. The facts' share is now what the summary, the tools'
+    definitions (review RV42-F1: the built-in search's 89 tokens, at 2,200) and a prompt
     leave, so a short prompt is answered."""
 
     def script(sent: Sent) -> Answer:
@@ -795,7 +796,7 @@ async def test_facts_up_to_their_share_beside_a_summary_leave_a_small_window_a_p
     settings = make_settings(
         sqlite_url(tmp_path),
         tmp_path / "d",
-        context_window_tokens=2_000,
+        context_window_tokens=2_200,
         max_output_tokens=1_024,
         summary_min_tokens=100,
         commands_burst=1_000,
@@ -827,7 +828,7 @@ async def test_facts_up_to_their_share_beside_a_summary_leave_a_small_window_a_p
         assert refused is not None and n > 1
         error = refused.json()["error"]
         assert (refused.status_code, error["code"]) == (413, "too_large")
-        assert "beside the largest summary and a prompt" in error["message"]
+        assert "beside the largest summary, the tools and a prompt" in error["message"]
         asked = await alice.command({"type": "prompt", "id": "q", "text": "and now?"})
 
         def ended(c: Any) -> dict[str, Any] | None:
@@ -837,3 +838,38 @@ async def test_facts_up_to_their_share_beside_a_summary_leave_a_small_window_a_p
         await alice.wait_until(lambda c: ended(c) is not None)
         prompt = ended(alice)
         assert prompt is not None and prompt["status"] == "done", prompt
+
+
+async def test_a_registered_tools_definition_leaves_the_facts_less_room(tmp_path: Path) -> None:
+    """Review RV42-F1: what every call carries counts the definitions of every tool a run
+    may be offered, a tool registered on the server too (from its registration on), so
+    facts accepted never leave a prompt without room once a summary comes."""
+    settings = make_settings(
+        sqlite_url(tmp_path),
+        tmp_path / "d",
+        context_window_tokens=2_600,
+        max_output_tokens=1_024,
+        commands_burst=1_000,
+    )
+    async with serve_in_process(settings) as server:
+
+        async def words_accepted(sid: str) -> int:
+            path = f"/api/v1/sessions/{sid}/facts/f"
+            low, high = 1, 2_000
+            while low < high:
+                k = (low + high) // 2
+                put = await server.http.put(path, json={"value": " ".join(["a"] * k)})
+                if put.status_code == 413:
+                    assert "the tools" in put.json()["error"]["message"]
+                    high = k
+                else:
+                    assert put.status_code == 200, put.text
+                    low = k + 1
+            return low - 1
+
+        before = await words_accepted(await server.new_session({"alice": "editor"}))
+        described = " ".join(["looks a record up by its number"] * 40)
+        tool = {"name": "lookup", "description": described, "url": "https://example.com/t"}
+        assert (await server.http.post("/api/v1/tools", json=tool)).status_code == 201
+        after = await words_accepted(await server.new_session({"alice": "editor"}))
+        assert before - after >= 200  # its definition: some 250 tokens, a word each here

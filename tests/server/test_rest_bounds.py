@@ -859,6 +859,11 @@ async def test_a_members_reads_of_facts_and_pins_spend_their_read_budget(tmp_pat
         put = await server.http.put(f"{path}/zone", json={"value": "y"}, headers=ed)
         assert put.status_code == 200 and len(put.content) > 2000
         assert (await server.http.get(path, headers=ed)).status_code == 429
+        # Nor does another change's answer go past it (review RV42-F3: answers were sent at
+        # 11 times the budget): refused before anything is written.
+        again = await server.http.put(f"{path}/area", json={"value": "z"}, headers=ed)
+        assert again.status_code == 429 and again.json()["error"]["code"] == "rate_limited"
+        assert "area" not in (await server.http.get(path)).json()["facts"]
 
 
 async def test_a_members_list_of_their_sessions_spends_their_budgets(tmp_path: Path) -> None:

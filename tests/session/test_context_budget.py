@@ -1,7 +1,8 @@
 """One budget for what every call carries: the facts and pins the pin rule accepts, the
 largest summary a window gives and the instructions leave a prompt its room (review
 RV39-F1b: below a window of about 2,200 tokens, accepted facts and pins with a summary
-failed every prompt ``too_large``)."""
+failed every prompt ``too_large``; review RV42-F1: the tools' definitions, 89 tokens for
+the built-in search, came on top)."""
 
 from __future__ import annotations
 
@@ -13,11 +14,19 @@ from hypothesis import strategies as st
 from parley.session.attribution import Fact
 from parley.session.context import ContextSettings, build_context, fixed_tokens, pin_tokens
 from parley.session.core.runs import too_large
+from parley.session.documents import SEARCH_DOCUMENTS
 from parley.session.entries import EntryKind
+from parley.session.model import ToolSpec
 from parley.session.summary import Summary
+from parley.session.tokens import tools_tokens
 from tests.session.factories import entry
 
 CHATTER = 4  # messages e1..e4, all covered by the summary
+
+
+# A tool registered beside the built-in one, its description of ``words`` words.
+def _registered(words: int) -> ToolSpec:
+    return ToolSpec("lookup", " ".join(["lookup"] * words), {"type": "object"})
 
 
 def _largest_summary(words_per_line: list[int]) -> Summary:
@@ -60,6 +69,7 @@ def _accepted(
     fact_words=st.lists(st.integers(1, 400), max_size=6),
     pin_words=st.lists(st.integers(1, 600), max_size=6),
     words_per_line=st.lists(st.integers(0, 12), min_size=1, max_size=5),
+    tool_words=st.sampled_from([None, 0, 40, 300]),
 )
 def test_accepted_facts_and_pins_with_the_largest_summary_leave_a_prompt_room(
     window: int,
@@ -69,12 +79,18 @@ def test_accepted_facts_and_pins_with_the_largest_summary_leave_a_prompt_room(
     fact_words: list[int],
     pin_words: list[int],
     words_per_line: list[int],
+    tool_words: int | None,
 ) -> None:
+    """Whatever the window, the share, the summary's bound and the tools the server may
+    offer (none, the built-in search, and a registered one of several sizes)."""
+    tools = [] if tool_words is None else [SEARCH_DOCUMENTS]
+    tools += [_registered(tool_words)] if tool_words else []
     config = ContextSettings(
         window_tokens=window,
         reserve_output_tokens=min(reserve, window - 1),
         fixed_share=share,
         summary_max_output_tokens=summary_max,
+        tools_room=tools_tokens(tools),
     )
     assume(config.window_problem() is None)  # refused where the window is configured
     facts, pins = _accepted(config, fact_words, pin_words)
@@ -89,6 +105,7 @@ def test_accepted_facts_and_pins_with_the_largest_summary_leave_a_prompt_room(
         pins=[f"e{100 + n}" for n in range(len(pins))],
         settings=config,
         summaries=(_largest_summary(words_per_line),),
+        tools=tools,
     )
     assert built.summary is not None and built.pins_left == ()
     ending = too_large(built.tokens, built.budget, built.fixed_parts)
@@ -96,10 +113,13 @@ def test_accepted_facts_and_pins_with_the_largest_summary_leave_a_prompt_room(
 
 
 def test_facts_up_to_the_share_with_a_summary_leave_a_small_window_a_prompt() -> None:
-    """The repro of RV39-F1b: a 2,000-token window with the default output reserve; facts
-    set up to what the pin rule accepts, a summary as long as the window lets a call
-    write: a short prompt is still answered."""
-    config = ContextSettings(window_tokens=2_000, reserve_output_tokens=1_024)
+    """The repros of RV39-F1b and RV42-F1: a 2,200-token window with the default output
+    reserve and the built-in tool; facts set up to what the pin rule accepts, a summary as
+    long as the window lets a call write: a short prompt is still answered."""
+    tools = [SEARCH_DOCUMENTS]
+    config = ContextSettings(
+        window_tokens=2_200, reserve_output_tokens=1_024, tools_room=tools_tokens(tools)
+    )
     facts, _ = _accepted(config, [20] * 40, [])
     assert len(facts) > 1
     entries = [entry(n, "carol", f"older turn {n}") for n in range(1, CHATTER + 1)]
@@ -111,6 +131,7 @@ def test_facts_up_to_the_share_with_a_summary_leave_a_small_window_a_prompt() ->
         facts=facts,
         settings=config,
         summaries=(_largest_summary([12, 12, 3]),),
+        tools=tools,
     )
     assert built.summary is not None
     assert too_large(built.tokens, built.budget, built.fixed_parts) is None
@@ -121,7 +142,7 @@ def test_a_refusal_names_what_bounds_the_facts_and_pins() -> None:
     prompt leave when that is less: the refusal says which (``fixed_limit_cause``)."""
     small = ContextSettings(window_tokens=2_000, reserve_output_tokens=1_024)
     assert small.max_fixed_tokens == small.max_carried_tokens < int(small.budget * 0.5)
-    assert "beside the largest summary and a prompt" in small.fixed_limit_cause
+    assert "beside the largest summary, the tools and a prompt" in small.fixed_limit_cause
     usual = ContextSettings()
     assert usual.max_fixed_tokens == int(usual.budget * 0.5) < usual.max_carried_tokens
     assert "a share of its window" in usual.fixed_limit_cause

@@ -90,7 +90,7 @@ async def test_a_prompt_that_cannot_fit_fails_without_a_model_call() -> None:
     gate = asyncio.Event()
     gate.set()
     model = first_call_waits(gate)
-    limits = {"context_window_tokens": 400, "max_output_tokens": 100}
+    limits = {"context_window_tokens": 600, "max_output_tokens": 100}
     async with memory_session({"alice": "editor"}, model, **limits) as s:
         long = " ".join(f"clause {i} of the contract" for i in range(120))
         posted = await s.message("alice", long)
