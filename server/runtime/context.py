@@ -104,10 +104,8 @@ class SessionContext:
         # The previews built of one state of what a build reads (``preview``).
         self._kept_state: tuple[object, ...] = ()
         self._kept: list[tuple[tuple[str, ...], RunScope, KeptPreview]] = []
-        # The settings kept: for the model, the list of tools read (and a copy of it).
-        self._settings_of: (
-            tuple[str | None, Sequence[ToolRow], list[ToolRow], ContextSettings] | None
-        ) = None
+        # The settings kept, with the model and the tools they were made for.
+        self._settings_of: tuple[str | None, Sequence[ToolRow], ContextSettings] | None = None
         self._builder = ContextBuilder(self.settings_now())
         # The fold aheads under way or waiting, by scope key: one at a time folds a fold.
         self._fold_turns: dict[str, FoldTurn] = {}
@@ -291,14 +289,14 @@ class SessionContext:
         what every call carries leaves the facts and pins (review RV42-F1)."""
         model, tools = self._model(), self._tools()
         kept = self._settings_of
-        if kept is not None and kept[0] == model and kept[1] is not tools and kept[2] == tools:
-            kept = self._settings_of = (model, tools, kept[2], kept[3])  # the same tools
-        if kept is None or kept[0] != model or kept[1] is not tools:
+        # The server replaces its list of tools when they change (``load_access``), never
+        # changes it: the same list is the same tools, and another is compared by value.
+        if kept is None or kept[0] != model or (kept[1] is not tools and kept[1] != tools):
             spec = self.settings.model_spec(model)
             room = tools_tokens([tool.spec for tool in tool_defs(tools)])
             settings = self.settings.context_settings(spec, tools_room=room)
-            kept = self._settings_of = (model, tools, list(tools), settings)
-        return kept[3]
+            kept = self._settings_of = (model, tools, settings)
+        return kept[2]
 
     def build(
         self,
