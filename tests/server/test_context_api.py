@@ -588,16 +588,29 @@ async def _fewest_words_refused(server: RunningServer, pinner: str) -> int:
         pinned = await http.post(f"{path}/pins", json={"entry_id": reply["id"]}, headers=as_pinner)
         assert pinned.status_code == 201, pinned.text
         as_bob = {"Authorization": f"Bearer {tokens['bob']}"}
-        low, high = 1, 1000
-        while low < high:
-            k = (low + high) // 2
-            fact = {"value": " ".join(["a"] * k)}
-            put = await http.put(f"{path}/facts/f", json=fact, headers=as_bob)
-            if put.status_code == 413:
-                high = k
-            else:
-                assert put.status_code == 200, put.text
-                low = k + 1
+        return await fewest_fact_words_refused(http, path, as_bob)
+
+
+async def fewest_fact_words_refused(
+    http: httpx.AsyncClient,
+    session_path: str,
+    headers: dict[str, str] | None = None,
+    most: int = 1_000,
+    refusal_says: str = "",
+) -> int:
+    """The fewest words (up to ``most``) of the fact ``f`` the caller is refused
+    ``too_large``, found as a member would, by trying; every refusal says ``refusal_says``."""
+    low, high = 1, most
+    while low < high:
+        k = (low + high) // 2
+        fact = {"value": " ".join(["a"] * k)}
+        put = await http.put(f"{session_path}/facts/f", json=fact, headers=headers)
+        if put.status_code == 413:
+            assert refusal_says in put.json()["error"]["message"]
+            high = k
+        else:
+            assert put.status_code == 200, put.text
+            low = k + 1
     return low
 
 
@@ -854,18 +867,8 @@ async def test_a_registered_tools_definition_leaves_the_facts_less_room(tmp_path
     async with serve_in_process(settings) as server:
 
         async def words_accepted(sid: str) -> int:
-            path = f"/api/v1/sessions/{sid}/facts/f"
-            low, high = 1, 2_000
-            while low < high:
-                k = (low + high) // 2
-                put = await server.http.put(path, json={"value": " ".join(["a"] * k)})
-                if put.status_code == 413:
-                    assert "the tools" in put.json()["error"]["message"]
-                    high = k
-                else:
-                    assert put.status_code == 200, put.text
-                    low = k + 1
-            return low - 1
+            path = f"/api/v1/sessions/{sid}"
+            return await fewest_fact_words_refused(server.http, path, None, 2_000, "the tools") - 1
 
         before = await words_accepted(await server.new_session({"alice": "editor"}))
         described = " ".join(["looks a record up by its number"] * 40)

@@ -386,6 +386,19 @@ async def test_a_read_of_the_member_list_costs_what_changed_not_every_member(
         assert costs == {10: (0, 0), 200: (0, 0)}
 
 
+async def _read_over_the_burst(server: RunningServer, path: str, member: dict[str, str]) -> None:
+    """``member``'s read of ``path``, an answer over the read budget's burst of 2,000 bytes,
+    is answered, and their next is refused ``rate_limited`` for the read budget; the admin
+    key reads it unbudgeted, the same answer."""
+    first = await server.http.get(path, headers=member)
+    assert first.status_code == 200 and len(first.content) > 2000
+    refused = await server.http.get(path, headers=member)
+    assert refused.status_code == 429 and refused.json()["error"]["code"] == "rate_limited"
+    assert "read budget" in refused.json()["error"]["message"]
+    for _ in range(3):  # the admin key reads unbudgeted
+        assert (await server.http.get(path)).json() == first.json()
+
+
 async def test_a_members_reads_of_the_member_list_spend_their_read_budget(
     tmp_path: Path,
 ) -> None:
@@ -396,14 +409,7 @@ async def test_a_members_reads_of_the_member_list_spend_their_read_budget(
     )
     async with serve_in_process(settings) as server:
         sid, vic = await _members_session(server, 20)  # a list well over the burst
-        path = f"/api/v1/sessions/{sid}/members"
-        first = await server.http.get(path, headers=vic)
-        assert first.status_code == 200 and len(first.content) > 2000
-        refused = await server.http.get(path, headers=vic)
-        assert refused.status_code == 429 and refused.json()["error"]["code"] == "rate_limited"
-        assert "read budget" in refused.json()["error"]["message"]
-        for _ in range(3):  # the admin key reads unbudgeted
-            assert (await server.http.get(path)).json() == first.json()
+        await _read_over_the_burst(server, f"/api/v1/sessions/{sid}/members", vic)
 
 
 async def test_a_members_audit_reads_spend_their_read_budget_and_a_refused_one_reads_nothing(
@@ -843,16 +849,10 @@ async def test_a_members_reads_of_facts_and_pins_spend_their_read_budget(tmp_pat
             )
             assert put.status_code == 200, put.text
         path = f"/api/v1/sessions/{sid}/facts"
-        first = await server.http.get(path, headers=vic)
-        assert first.status_code == 200 and len(first.content) > 2000
-        refused = await server.http.get(path, headers=vic)
-        assert refused.status_code == 429 and refused.json()["error"]["code"] == "rate_limited"
-        assert "read budget" in refused.json()["error"]["message"]
+        await _read_over_the_burst(server, path, vic)
         # The pins' read spends the same budget: in debt, it is refused too.
         pins = await server.http.get(f"/api/v1/sessions/{sid}/pins", headers=vic)
         assert pins.status_code == 429
-        for _ in range(3):  # the admin key reads unbudgeted
-            assert (await server.http.get(path)).json() == first.json()
         # A change's answer lists every fact: its bytes are paid as a read's are.
         await server.http.put(f"/api/v1/sessions/{sid}/members/ed", json={"role": "editor"})
         ed = {"Authorization": f"Bearer {await server.token(sid, 'ed')}"}

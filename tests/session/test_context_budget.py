@@ -12,7 +12,13 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from parley.session.attribution import Fact
-from parley.session.context import ContextSettings, build_context, fixed_tokens, pin_tokens
+from parley.session.context import (
+    BuiltContext,
+    ContextSettings,
+    build_context,
+    fixed_tokens,
+    pin_tokens,
+)
 from parley.session.core.runs import too_large
 from parley.session.documents import SEARCH_DOCUMENTS
 from parley.session.entries import EntryKind
@@ -60,6 +66,30 @@ def _accepted(
     return facts, pins
 
 
+def _short_prompt_built(
+    config: ContextSettings,
+    facts: dict[str, Fact],
+    pins: list[int],
+    words_per_line: list[int],
+    tools: list[ToolSpec],
+) -> BuiltContext:
+    """The input of a short prompt after the chatter a summary covers, with ``facts``, the
+    pins (their sizes in words), the largest summary and ``tools``."""
+    entries = [entry(n, "carol", f"older turn {n}") for n in range(1, CHATTER + 1)]
+    entries += [entry(100 + n, "bob", " ".join(["pinned"] * w)) for n, w in enumerate(pins)]
+    entries.append(entry(200, "dan", "and now?", EntryKind.PROMPT))
+    return build_context(
+        session_id="s",
+        entries=entries,
+        prompt_ids=["e200"],
+        facts=facts,
+        pins=[f"e{100 + n}" for n in range(len(pins))],
+        settings=config,
+        summaries=(_largest_summary(words_per_line),),
+        tools=tools,
+    )
+
+
 @settings(max_examples=150, deadline=None)
 @given(
     window=st.integers(600, 20_000),
@@ -94,19 +124,7 @@ def test_accepted_facts_and_pins_with_the_largest_summary_leave_a_prompt_room(
     )
     assume(config.window_problem() is None)  # refused where the window is configured
     facts, pins = _accepted(config, fact_words, pin_words)
-    entries = [entry(n, "carol", f"older turn {n}") for n in range(1, CHATTER + 1)]
-    entries += [entry(100 + n, "bob", " ".join(["pinned"] * w)) for n, w in enumerate(pins)]
-    entries.append(entry(200, "dan", "and now?", EntryKind.PROMPT))
-    built = build_context(
-        session_id="s",
-        entries=entries,
-        prompt_ids=["e200"],
-        facts=facts,
-        pins=[f"e{100 + n}" for n in range(len(pins))],
-        settings=config,
-        summaries=(_largest_summary(words_per_line),),
-        tools=tools,
-    )
+    built = _short_prompt_built(config, facts, pins, words_per_line, tools)
     assert built.summary is not None and built.pins_left == ()
     ending = too_large(built.tokens, built.budget, built.fixed_parts)
     assert ending is None, (config, ending)
@@ -122,17 +140,7 @@ def test_facts_up_to_the_share_with_a_summary_leave_a_small_window_a_prompt() ->
     )
     facts, _ = _accepted(config, [20] * 40, [])
     assert len(facts) > 1
-    entries = [entry(n, "carol", f"older turn {n}") for n in range(1, CHATTER + 1)]
-    entries.append(entry(200, "dan", "and now?", EntryKind.PROMPT))
-    built = build_context(
-        session_id="s",
-        entries=entries,
-        prompt_ids=["e200"],
-        facts=facts,
-        settings=config,
-        summaries=(_largest_summary([12, 12, 3]),),
-        tools=tools,
-    )
+    built = _short_prompt_built(config, facts, [], [12, 12, 3], tools)
     assert built.summary is not None
     assert too_large(built.tokens, built.budget, built.fixed_parts) is None
 
